@@ -1,0 +1,58 @@
+//! Adapter file formats: detection and dispatch to the readers and writers.
+
+pub mod kohya;
+pub mod peft;
+
+use super::{Adapter, Format};
+use crate::error::{InputError, InputResult};
+use crate::io::SafetensorsFile;
+use std::path::Path;
+
+/// Opens an adapter file or PEFT folder, detecting its format from the tensor names.
+pub fn open(path: &Path) -> InputResult<Adapter> {
+    let meta = std::fs::metadata(path).map_err(|e| InputError::io(path, e))?;
+    let (file_path, config_path) = if meta.is_dir() {
+        let f = path.join(peft::WEIGHTS_NAME);
+        if !f.exists() {
+            if path.join("adapter_model.bin").exists() {
+                return Err(InputError::invalid(
+                    path,
+                    "adapter_model.bin (pickle) is not supported; save the adapter with safe_serialization=True",
+                ));
+            }
+            return Err(InputError::invalid(path, format!("no {} in this folder", peft::WEIGHTS_NAME)));
+        }
+        (f, Some(path.join(peft::CONFIG_NAME)))
+    } else {
+        let beside = path.parent().map(|p| p.join(peft::CONFIG_NAME));
+        (path.to_path_buf(), beside)
+    };
+    let file = SafetensorsFile::open(&file_path)?;
+    match detect(&file) {
+        Some(Format::Kohya) => kohya::read(path, file),
+        Some(Format::Peft) => {
+            let cfg = config_path.filter(|p| p.exists() || meta.is_dir()).ok_or_else(|| {
+                InputError::invalid(path, format!("PEFT adapter has no {} beside it", peft::CONFIG_NAME))
+            })?;
+            peft::read(path, file, &cfg)
+        }
+        None => Err(InputError::invalid(
+            &file_path,
+            "no LoRA tensors found (expected PEFT `lora_A`/`lora_B` or kohya `lora_down`/`lora_up` names)",
+        )),
+    }
+}
+
+/// Guesses the format from tensor names.
+pub fn detect(file: &SafetensorsFile) -> Option<Format> {
+    let names = || file.tensors().iter().map(|t| t.name.as_str());
+    if names().any(|n| n.contains(".lora_down.") || n.contains(".lora_up.") || n.ends_with(".hada_w1_a")) {
+        return Some(Format::Kohya);
+    }
+    if names().any(|n| {
+        n.contains(".lora_A.") || n.contains(".lora_B.") || n.ends_with(".lora_embedding_A") || n.ends_with(".lora_A")
+    }) {
+        return Some(Format::Peft);
+    }
+    None
+}

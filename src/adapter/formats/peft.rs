@@ -1,0 +1,467 @@
+//! Hugging Face PEFT LoRA adapters: `adapter_model.safetensors` + `adapter_config.json`.
+//!
+//! Key names follow PEFT `utils/save_and_load.py` (`get_peft_model_state_dict`): the adapter
+//! name is removed and keys carry the `base_model.model.` prefix —
+//! `{module}.lora_A.weight` `[r, in]` (conv: `[r, in, kh, kw]`), `{module}.lora_B.weight`
+//! `[out, r]` (conv: `[out, r, 1, 1]`), `{module}.lora_B.bias` (`lora_bias`),
+//! `{module}.lora_embedding_A` `[r, vocab]`, `{module}.lora_embedding_B` `[dim, r]`,
+//! `{module}.lora_magnitude_vector` (DoRA), and any other tensor a full replacement
+//! (`modules_to_save`, trained biases, `{module}.base_layer.weight` of saved embeddings).
+//!
+//! Rank and alpha per module follow PEFT `tuners/lora/model.py` `_create_and_replace`:
+//! `rank_pattern` / `alpha_pattern` keys are matched against the module name with
+//! `re.match(rf"(.*\.)?({key})$", name)`, first match in the config's order wins
+//! (`utils/other.py` `get_pattern_key`); scale is `alpha/r`, or `alpha/√r` with `use_rslora`
+//! (`layer.py` `update_layer`).
+
+use crate::adapter::{scale_for, Adapter, Data, Format, FullTensor, LoraModule, ModuleKind};
+use crate::error::{InputError, InputResult};
+use crate::io::SafetensorsFile;
+use regex::Regex;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
+pub const CONFIG_NAME: &str = "adapter_config.json";
+/// Prefix PEFT puts before module paths on disk.
+pub const PREFIX: &str = "base_model.model.";
+
+/// The LoRA fields of `adapter_config.json` that lorakit reads.
+#[derive(Debug, Clone)]
+pub struct PeftConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub use_rslora: bool,
+    pub use_dora: bool,
+    pub fan_in_fan_out: bool,
+    pub rank_pattern: Vec<(String, usize)>,
+    pub alpha_pattern: Vec<(String, f64)>,
+    pub target_modules: Value,
+    pub modules_to_save: Vec<String>,
+    pub bias: String,
+    pub base_model: Option<String>,
+    pub raw: Value,
+}
+
+impl PeftConfig {
+    /// Parses and checks the fields; `path` names the file in errors.
+    pub fn parse(path: &Path, text: &[u8]) -> InputResult<PeftConfig> {
+        let raw: Value = serde_json::from_slice(text)
+            .map_err(|e| InputError::invalid(path, format!("not valid JSON: {e}")))?;
+        let obj = raw.as_object().ok_or_else(|| InputError::invalid(path, "not a JSON object"))?;
+        let bad = |k: &str, why: &str| InputError::invalid(path, format!("`{k}` {why}"));
+        if let Some(t) = obj.get("peft_type").and_then(Value::as_str) {
+            if t != "LORA" {
+                return Err(bad("peft_type", &format!("is `{t}`; only LORA adapters are supported")));
+            }
+        }
+        let r = match obj.get("r") {
+            Some(v) => v.as_u64().filter(|&r| r > 0).ok_or_else(|| bad("r", "must be a positive integer"))? as usize,
+            None => 8,
+        };
+        let lora_alpha = match obj.get("lora_alpha") {
+            Some(v) => v.as_f64().ok_or_else(|| bad("lora_alpha", "must be a number"))?,
+            None => 8.0,
+        };
+        let flag = |k: &str| -> InputResult<bool> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(bad(k, "must be true or false")),
+            }
+        };
+        let pattern = |k: &str| -> InputResult<Vec<(String, f64)>> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Object(m)) => m
+                    .iter()
+                    .map(|(key, v)| {
+                        v.as_f64().map(|x| (key.clone(), x)).ok_or_else(|| bad(k, &format!("value for `{key}` is not a number")))
+                    })
+                    .collect(),
+                Some(_) => Err(bad(k, "must be an object")),
+            }
+        };
+        let rank_pattern = pattern("rank_pattern")?
+            .into_iter()
+            .map(|(k, v)| {
+                if v >= 1.0 && v.fract() == 0.0 {
+                    Ok((k, v as usize))
+                } else {
+                    Err(bad("rank_pattern", &format!("rank for `{k}` is not a positive integer")))
+                }
+            })
+            .collect::<InputResult<Vec<_>>>()?;
+        let modules_to_save = match obj.get("modules_to_save") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| bad("modules_to_save", "must hold strings")))
+                .collect::<InputResult<_>>()?,
+            Some(_) => return Err(bad("modules_to_save", "must be a list")),
+        };
+        Ok(PeftConfig {
+            r,
+            lora_alpha,
+            use_rslora: flag("use_rslora")?,
+            use_dora: flag("use_dora")?,
+            fan_in_fan_out: flag("fan_in_fan_out")?,
+            rank_pattern,
+            alpha_pattern: pattern("alpha_pattern")?,
+            target_modules: obj.get("target_modules").cloned().unwrap_or(Value::Null),
+            modules_to_save,
+            bias: obj.get("bias").and_then(Value::as_str).unwrap_or("none").to_owned(),
+            base_model: obj.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_owned),
+            raw: raw.clone(),
+        })
+    }
+
+    /// Rank configured for `module` (rank_pattern, else `r`).
+    pub fn rank_for(&self, module: &str) -> InputResult<usize> {
+        Ok(match pattern_match(self.rank_pattern.iter().map(|(k, _)| k.as_str()), module)? {
+            Some(i) => self.rank_pattern[i].1,
+            None => self.r,
+        })
+    }
+
+    /// Alpha configured for `module` (alpha_pattern, else `lora_alpha`).
+    pub fn alpha_for(&self, module: &str) -> InputResult<f64> {
+        Ok(match pattern_match(self.alpha_pattern.iter().map(|(k, _)| k.as_str()), module)? {
+            Some(i) => self.alpha_pattern[i].1,
+            None => self.lora_alpha,
+        })
+    }
+}
+
+/// Index of the first pattern key matching `name` as PEFT's `get_pattern_key` does.
+pub fn pattern_match<'a>(keys: impl Iterator<Item = &'a str>, name: &str) -> InputResult<Option<usize>> {
+    for (i, key) in keys.enumerate() {
+        let re = Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
+            .map_err(|e| InputError::invalid(CONFIG_NAME, format!("pattern `{key}` is not a valid regex: {e}")))?;
+        if re.is_match(name) {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
+#[derive(Default)]
+struct Parts {
+    a: Option<(String, Vec<usize>)>,
+    b: Option<(String, Vec<usize>)>,
+    embedding: bool,
+    magnitude: Option<(String, Vec<usize>)>,
+    bias: Option<(String, Vec<usize>)>,
+}
+
+/// Reads a PEFT adapter whose tensors are in `file` and config at `config_path`.
+pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResult<Adapter> {
+    let text = std::fs::read(config_path).map_err(|e| InputError::io(config_path, e))?;
+    let cfg = PeftConfig::parse(config_path, &text)?;
+    let fpath = file.path().to_path_buf();
+    let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let slot = |suffix: &str| rel.strip_suffix(suffix).map(str::to_owned);
+        let entry = (t.name.clone(), t.shape.clone());
+        if let Some(m) = slot(".lora_A.weight") {
+            parts.entry(m).or_default().a = Some(entry);
+        } else if let Some(m) = slot(".lora_B.weight") {
+            parts.entry(m).or_default().b = Some(entry);
+        } else if let Some(m) = slot(".lora_B.bias") {
+            parts.entry(m).or_default().bias = Some(entry);
+        } else if let Some(m) = slot(".lora_embedding_A") {
+            let p = parts.entry(m).or_default();
+            p.a = Some(entry);
+            p.embedding = true;
+        } else if let Some(m) = slot(".lora_embedding_B") {
+            let p = parts.entry(m).or_default();
+            p.b = Some(entry);
+            p.embedding = true;
+        } else if let Some(m) = slot(".lora_magnitude_vector").or_else(|| slot(".lora_magnitude_vector.weight")) {
+            parts.entry(m).or_default().magnitude = Some(entry);
+        } else if rel.contains(".lora_") {
+            return Err(InputError::invalid(&fpath, format!("tensor `{key}`: unsupported LoRA tensor kind")));
+        } else {
+            let name = rel.replace(".base_layer.", ".");
+            full.push(FullTensor { name, data: Data::Stored { key: key.to_owned(), transpose: false }, shape: t.shape.clone() });
+        }
+    }
+    let mut modules = Vec::with_capacity(parts.len());
+    for (name, p) in parts {
+        let (Some((akey, ashape)), Some((bkey, bshape))) = (p.a, p.b) else {
+            return Err(InputError::invalid(
+                &fpath,
+                format!("module `{name}`: has only one of lora_A / lora_B"),
+            ));
+        };
+        let m = build_module(&fpath, &cfg, name, akey, ashape, bkey, bshape, p.embedding, p.magnitude, p.bias)?;
+        modules.push(m);
+    }
+    let metadata = file.header().metadata.clone();
+    Ok(Adapter {
+        format: Format::Peft,
+        path: path.to_path_buf(),
+        source: Some(file),
+        modules,
+        full_tensors: full,
+        base_model: cfg.base_model.clone(),
+        use_rslora: cfg.use_rslora,
+        use_dora: cfg.use_dora,
+        modules_to_save: cfg.modules_to_save.clone(),
+        config: Some(cfg.raw.clone()),
+        metadata,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_module(
+    fpath: &Path,
+    cfg: &PeftConfig,
+    name: String,
+    akey: String,
+    ashape: Vec<usize>,
+    bkey: String,
+    bshape: Vec<usize>,
+    embedding: bool,
+    magnitude: Option<(String, Vec<usize>)>,
+    bias: Option<(String, Vec<usize>)>,
+) -> InputResult<LoraModule> {
+    let err = |msg: String| InputError::invalid(fpath, format!("module `{name}`: {msg}"));
+    if ashape.len() < 2 || bshape.len() < 2 {
+        return Err(err(format!("lora_A {ashape:?} and lora_B {bshape:?} must have at least 2 dimensions")));
+    }
+    let rank = ashape[0];
+    let (kind, out_features, in_features) = if embedding {
+        if ashape.len() != 2 || bshape.len() != 2 {
+            return Err(err(format!("embedding factors must be 2-D, got {ashape:?} and {bshape:?}")));
+        }
+        (ModuleKind::Embedding, bshape[0], ashape[1])
+    } else if ashape.len() == 2 {
+        if bshape.len() != 2 {
+            return Err(err(format!("lora_B {bshape:?} is not 2-D like lora_A {ashape:?}")));
+        }
+        (ModuleKind::Linear, bshape[0], ashape[1])
+    } else {
+        if bshape.len() != ashape.len() || bshape[2..].iter().any(|&d| d != 1) {
+            return Err(err(format!("conv lora_B {bshape:?} must be [out, r, 1, …] for lora_A {ashape:?}")));
+        }
+        (ModuleKind::Conv { kernel: ashape[2..].to_vec() }, bshape[0], ashape[1..].iter().product())
+    };
+    if bshape[1] != rank {
+        return Err(err(format!("lora_A has rank {rank} {ashape:?} but lora_B has {} columns {bshape:?}", bshape[1])));
+    }
+    let cfg_rank = cfg.rank_for(&name)?;
+    if cfg_rank != rank {
+        return Err(err(format!(
+            "adapter_config.json gives r = {cfg_rank} but lora_A has {rank} rows (check r / rank_pattern)"
+        )));
+    }
+    let alpha = cfg.alpha_for(&name)?;
+    let base_transposed = embedding || cfg.fan_in_fan_out && kind == ModuleKind::Linear;
+    let check_vec = |what: &str, e: &(String, Vec<usize>)| -> InputResult<Data> {
+        let n: usize = e.1.iter().product();
+        if n != out_features {
+            return Err(err(format!("{what} has {n} values {:?}, expected {out_features}", e.1)));
+        }
+        Ok(Data::Stored { key: e.0.clone(), transpose: false })
+    };
+    let dora_magnitude = magnitude.as_ref().map(|m| check_vec("lora_magnitude_vector", m)).transpose()?;
+    if dora_magnitude.is_some() && embedding {
+        return Err(err("DoRA on embedding layers is not supported".into()));
+    }
+    if cfg.use_dora && dora_magnitude.is_none() {
+        return Err(err("use_dora is set but the module has no lora_magnitude_vector".into()));
+    }
+    let bias = bias.as_ref().map(|b| check_vec("lora_B.bias", b)).transpose()?;
+    Ok(LoraModule {
+        scale: scale_for(alpha, rank, cfg.use_rslora),
+        name,
+        kind,
+        rank,
+        alpha,
+        out_features,
+        in_features,
+        a: Data::Stored { key: akey, transpose: false },
+        b: Data::Stored { key: bkey, transpose: false },
+        base_transposed,
+        dora_magnitude,
+        bias,
+    })
+}
+
+/// Writes `adapter` as a PEFT folder (`adapter_model.safetensors`, `adapter_config.json`)
+/// into `out` through `output`. `rank_pattern` / `alpha_pattern` are emitted for modules whose
+/// rank or alpha differ from the most common one, so PEFT rebuilds every module's shape and
+/// scale exactly.
+pub fn write(
+    adapter: &Adapter,
+    out: &Path,
+    output: &mut crate::io::Output,
+    dtype: crate::dtype::Dtype,
+    extra_metadata: &[(String, String)],
+) -> InputResult<()> {
+    use crate::io::TensorSpec;
+    std::fs::create_dir_all(out).map_err(|e| InputError::io(out, e))?;
+    let mut specs = Vec::new();
+    let mut payload: Vec<(String, Vec<f32>)> = Vec::new();
+    for m in &adapter.modules {
+        let (b, a) = adapter.factors(m)?;
+        let (ka, kb) = if m.kind == ModuleKind::Embedding {
+            (format!("{PREFIX}{}.lora_embedding_A", m.name), format!("{PREFIX}{}.lora_embedding_B", m.name))
+        } else {
+            (format!("{PREFIX}{}.lora_A.weight", m.name), format!("{PREFIX}{}.lora_B.weight", m.name))
+        };
+        let (ashape, bshape) = match &m.kind {
+            ModuleKind::Conv { kernel } => {
+                let mut ash = vec![m.rank, m.in_features / kernel.iter().product::<usize>()];
+                ash.extend(kernel);
+                let mut bsh = vec![m.out_features, m.rank];
+                bsh.extend(kernel.iter().map(|_| 1));
+                (ash, bsh)
+            }
+            _ => (vec![m.rank, m.in_features], vec![m.out_features, m.rank]),
+        };
+        specs.push(TensorSpec::new(&ka, dtype, ashape));
+        payload.push((ka, a.to_vec()));
+        specs.push(TensorSpec::new(&kb, dtype, bshape));
+        payload.push((kb, b.to_vec()));
+        if let Some(d) = &m.bias {
+            let k = format!("{PREFIX}{}.lora_B.bias", m.name);
+            specs.push(TensorSpec::new(&k, dtype, vec![m.out_features]));
+            payload.push((k, adapter.values(d)?.to_vec()));
+        }
+        if let Some(d) = &m.dora_magnitude {
+            let k = format!("{PREFIX}{}.lora_magnitude_vector", m.name);
+            specs.push(TensorSpec::new(&k, dtype, vec![m.out_features]));
+            payload.push((k, adapter.values(d)?.to_vec()));
+        }
+    }
+    for f in &adapter.full_tensors {
+        let k = format!("{PREFIX}{}", f.name);
+        specs.push(TensorSpec::new(&k, dtype, f.shape.clone()));
+        payload.push((k, adapter.values(&f.data)?.to_vec()));
+    }
+    // Deterministic order: sorted by name, as PEFT's own files are.
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by(|&i, &j| specs[i].name.cmp(&specs[j].name));
+    let specs: Vec<TensorSpec> = order.iter().map(|&i| specs[i].clone()).collect();
+    let mut meta = vec![("format".to_string(), "pt".to_string())];
+    meta.extend(extra_metadata.iter().cloned());
+    let weights = out.join(WEIGHTS_NAME);
+    let mut w = output.safetensors(&weights, &meta, specs)?;
+    for &i in &order {
+        let (k, v) = &payload[i];
+        w.write_tensor(k, &crate::dtype::encode(dtype, v))?;
+    }
+    w.finish()?;
+    let cfg = config_json(adapter);
+    let mut text = serde_json::to_vec_pretty(&cfg).expect("json");
+    text.push(b'\n');
+    output.small_file(&out.join(CONFIG_NAME), &text)
+}
+
+/// Builds `adapter_config.json` for `adapter`: the most common rank and alpha as `r` /
+/// `lora_alpha`, exceptions as full-name `rank_pattern` / `alpha_pattern` entries.
+pub fn config_json(adapter: &Adapter) -> Value {
+    let most_common = |vals: Vec<String>| -> Option<String> {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for v in vals {
+            *counts.entry(v).or_default() += 1;
+        }
+        counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(k, _)| k)
+    };
+    let r: usize = most_common(adapter.modules.iter().map(|m| m.rank.to_string()).collect())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let alpha: f64 = most_common(adapter.modules.iter().map(|m| fmt_num(m.alpha)).collect())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(r as f64);
+    let mut rank_pattern = Map::new();
+    let mut alpha_pattern = Map::new();
+    for m in &adapter.modules {
+        // Anchored full names: PEFT matches `(.*\.)?(key)$`, so a full path matches only itself.
+        if m.rank != r {
+            rank_pattern.insert(regex::escape(&m.name), json!(m.rank));
+        }
+        if fmt_num(m.alpha) != fmt_num(alpha) {
+            alpha_pattern.insert(regex::escape(&m.name), num_value(m.alpha));
+        }
+    }
+    // Full module names: PEFT matches list entries exactly or as a dotted suffix, so every
+    // adapted module and nothing else is targeted.
+    let mut targets: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
+    targets.sort();
+    let keep_targets = adapter.config.as_ref().and_then(|c| c.get("target_modules")).is_some_and(|t| !t.is_null());
+    let fifo = adapter.modules.iter().any(|m| m.base_transposed && m.kind == ModuleKind::Linear);
+    let mut cfg = match adapter.config.as_ref().and_then(Value::as_object) {
+        Some(orig) => orig.clone(),
+        None => Map::new(),
+    };
+    let mut set = |k: &str, v: Value| {
+        cfg.insert(k.to_owned(), v);
+    };
+    set("peft_type", json!("LORA"));
+    set("r", json!(r));
+    set("lora_alpha", num_value(alpha));
+    if !keep_targets {
+        set("target_modules", json!(targets));
+    }
+    set("rank_pattern", Value::Object(rank_pattern));
+    set("alpha_pattern", Value::Object(alpha_pattern));
+    set("use_rslora", json!(adapter.use_rslora));
+    set("use_dora", json!(adapter.modules.iter().any(|m| m.dora_magnitude.is_some())));
+    set("fan_in_fan_out", json!(fifo));
+    set("lora_bias", json!(adapter.modules.iter().any(|m| m.bias.is_some())));
+    set(
+        "modules_to_save",
+        if adapter.modules_to_save.is_empty() { Value::Null } else { json!(adapter.modules_to_save) },
+    );
+    set("base_model_name_or_path", adapter.base_model.as_ref().map_or(Value::Null, |s| json!(s)));
+    for (k, v) in [
+        ("bias", json!("none")),
+        ("lora_dropout", json!(0.0)),
+        ("inference_mode", json!(true)),
+        ("init_lora_weights", json!(true)),
+        ("task_type", Value::Null),
+    ] {
+        cfg.entry(k.to_owned()).or_insert(v);
+    }
+    let mut sorted: Vec<(String, Value)> = cfg.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    Value::Object(sorted.into_iter().collect())
+}
+
+/// Integers as JSON integers (PEFT types `lora_alpha` as int), others as floats.
+fn num_value(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
+fn fmt_num(x: f64) -> String {
+    format!("{x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_matching_follows_peft() {
+        let keys = ["k_proj", "layers.1.self_attn.q_proj"];
+        let m = |n: &str| pattern_match(keys.iter().copied(), n).unwrap();
+        assert_eq!(m("model.layers.0.self_attn.k_proj"), Some(0));
+        assert_eq!(m("model.layers.1.self_attn.q_proj"), Some(1));
+        assert_eq!(m("model.layers.0.self_attn.q_proj"), None);
+        // Suffix must sit on a dot boundary: `xk_proj` is not `k_proj`.
+        assert_eq!(m("model.layers.0.self_attn.xk_proj"), None);
+        // First match wins.
+        assert_eq!(pattern_match(["q_proj", "self_attn.q_proj"].into_iter(), "a.self_attn.q_proj").unwrap(), Some(0));
+    }
+}

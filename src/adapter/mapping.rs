@@ -1,0 +1,237 @@
+//! Resolving adapter module names onto a base checkpoint's tensors.
+//!
+//! Every module must land on exactly one base tensor of matching shape; the [`Resolution`]
+//! lists the ones that do not, each with its reason, so callers can refuse or warn — nothing is
+//! dropped silently.
+//!
+//! PEFT modules (dotted paths, `base_model.model.` already removed) map to `{module}.weight`;
+//! when the base was saved with a different root (e.g. `LlamaModel` without `model.`), a unique
+//! tensor whose name and the expected name agree on a dotted suffix is accepted. kohya names
+//! (`lora_te_text_model_encoder_layers_0_self_attn_q_proj`) are compared with the base's module
+//! paths with dots replaced by underscores, exact first, then as an underscore-bounded suffix;
+//! more than one candidate is an error (ambiguous), as underscores inside names make the
+//! reverse mapping non-unique.
+
+use super::formats::kohya;
+use super::{Adapter, Format, LoraModule, ModuleKind};
+use crate::io::Checkpoint;
+use std::collections::HashMap;
+
+/// Why a module or full tensor found no base tensor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Unmatched {
+    NotFound { module: String, expected: String },
+    ShapeMismatch { module: String, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    Ambiguous { module: String, candidates: Vec<String> },
+    NotFloat { module: String, tensor: String, dtype: String },
+}
+
+impl std::fmt::Display for Unmatched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unmatched::NotFound { module, expected } => write!(f, "`{module}`: no base tensor `{expected}`"),
+            Unmatched::ShapeMismatch { module, tensor, expected, found } => {
+                write!(f, "`{module}`: base tensor `{tensor}` has shape {found:?}, the adapter needs {expected:?}")
+            }
+            Unmatched::Ambiguous { module, candidates } => {
+                write!(f, "`{module}`: ambiguous, matches {}", candidates.join(", "))
+            }
+            Unmatched::NotFloat { module, tensor, dtype } => {
+                write!(f, "`{module}`: base tensor `{tensor}` is {dtype}, lorakit merges only into F32/F16/BF16/F64")
+            }
+        }
+    }
+}
+
+/// A module placed on a base tensor.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub module: usize,
+    /// Base weight tensor.
+    pub weight: String,
+    /// Base bias tensor (when the module has a `lora_B` bias).
+    pub bias: Option<String>,
+}
+
+/// Where each module and full tensor of an adapter goes in a base.
+#[derive(Debug, Clone, Default)]
+pub struct Resolution {
+    pub modules: Vec<Placement>,
+    /// (index into `full_tensors`, base tensor name).
+    pub full: Vec<(usize, String)>,
+    pub unmatched: Vec<Unmatched>,
+}
+
+/// Shape the base must store for `m`.
+pub fn expected_shape(m: &LoraModule) -> Vec<usize> {
+    match &m.kind {
+        ModuleKind::Conv { kernel } => {
+            let mut s = vec![m.out_features, m.in_features / kernel.iter().product::<usize>().max(1)];
+            s.extend(kernel);
+            s
+        }
+        _ if m.base_transposed => vec![m.in_features, m.out_features],
+        _ => vec![m.out_features, m.in_features],
+    }
+}
+
+/// Resolves every module and full tensor of `adapter` against `base`.
+pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
+    let names: Vec<&str> = base.names().collect();
+    let kohya_index: HashMap<String, Vec<&str>> = if adapter.format == Format::Kohya {
+        let mut idx: HashMap<String, Vec<&str>> = HashMap::new();
+        for n in &names {
+            if let Some(m) = n.strip_suffix(".weight") {
+                idx.entry(m.replace('.', "_")).or_default().push(n);
+            }
+        }
+        idx
+    } else {
+        HashMap::new()
+    };
+    let mut res = Resolution::default();
+    for (mi, m) in adapter.modules.iter().enumerate() {
+        let candidates = if adapter.format == Format::Kohya && !m.name.contains('.') {
+            kohya_candidates(&m.name, &kohya_index)
+        } else {
+            dotted_candidates(&format!("{}.weight", m.name), &names)
+        };
+        let weight = match candidates.as_slice() {
+            [] => {
+                res.unmatched.push(Unmatched::NotFound { module: m.name.clone(), expected: format!("{}.weight", m.name) });
+                continue;
+            }
+            [one] => one.to_string(),
+            many => {
+                res.unmatched.push(Unmatched::Ambiguous {
+                    module: m.name.clone(),
+                    candidates: many.iter().map(|s| s.to_string()).collect(),
+                });
+                continue;
+            }
+        };
+        let info = base.info(&weight).expect("candidate exists");
+        let expected = expected_shape(m);
+        let found = info.shape.clone();
+        let fits = found == expected || shape_fits_flat(m, &found);
+        if !fits {
+            res.unmatched.push(Unmatched::ShapeMismatch { module: m.name.clone(), tensor: weight, expected, found });
+            continue;
+        }
+        if !crate::dtype::is_float_compute(info.dtype) {
+            res.unmatched.push(Unmatched::NotFloat {
+                module: m.name.clone(),
+                tensor: weight,
+                dtype: crate::dtype::name(info.dtype),
+            });
+            continue;
+        }
+        let bias = match &m.bias {
+            None => None,
+            Some(_) => {
+                let b = format!("{}.bias", weight.strip_suffix(".weight").unwrap_or(&weight));
+                match base.info(&b) {
+                    Some(i) if i.shape.iter().product::<usize>() == m.out_features => Some(b),
+                    Some(i) => {
+                        res.unmatched.push(Unmatched::ShapeMismatch {
+                            module: format!("{}.lora_B.bias", m.name),
+                            tensor: b,
+                            expected: vec![m.out_features],
+                            found: i.shape.clone(),
+                        });
+                        continue;
+                    }
+                    None => {
+                        res.unmatched.push(Unmatched::NotFound { module: format!("{}.lora_B.bias", m.name), expected: b });
+                        continue;
+                    }
+                }
+            }
+        };
+        res.modules.push(Placement { module: mi, weight, bias });
+    }
+    for (fi, f) in adapter.full_tensors.iter().enumerate() {
+        let candidates = dotted_candidates(&f.name, &names);
+        match candidates.as_slice() {
+            [] => res.unmatched.push(Unmatched::NotFound { module: f.name.clone(), expected: f.name.clone() }),
+            [one] => {
+                let info = base.info(one).expect("candidate exists");
+                if info.shape != f.shape {
+                    res.unmatched.push(Unmatched::ShapeMismatch {
+                        module: f.name.clone(),
+                        tensor: one.to_string(),
+                        expected: f.shape.clone(),
+                        found: info.shape.clone(),
+                    });
+                } else {
+                    res.full.push((fi, one.to_string()));
+                }
+            }
+            many => res.unmatched.push(Unmatched::Ambiguous {
+                module: f.name.clone(),
+                candidates: many.iter().map(|s| s.to_string()).collect(),
+            }),
+        }
+    }
+    res
+}
+
+/// A Conv base can be stored `[out, in, kh, kw]` while a kohya/PEFT 1×1 conv adapter on a
+/// linear-like layer stores 4-D factors: accept equal element layout `[out, in·kh·kw]`.
+fn shape_fits_flat(m: &LoraModule, found: &[usize]) -> bool {
+    match &m.kind {
+        ModuleKind::Conv { kernel } if kernel.iter().all(|&k| k == 1) => {
+            found.len() == 2 && found[0] == m.out_features && found[1] == m.in_features
+        }
+        ModuleKind::Linear => {
+            // Linear adapter on a 1×1 conv base (`[out, in, 1, 1]`).
+            found.len() > 2
+                && found[0] == m.out_features
+                && found[1] == m.in_features
+                && found[2..].iter().all(|&d| d == 1)
+        }
+        _ => false,
+    }
+}
+
+/// Exact name first; otherwise names that agree with `want` on a dotted suffix.
+fn dotted_candidates<'a>(want: &str, names: &[&'a str]) -> Vec<&'a str> {
+    if let Some(n) = names.iter().find(|n| **n == want) {
+        return vec![n];
+    }
+    names
+        .iter()
+        .filter(|n| {
+            let (long, short) = if n.len() > want.len() { (**n, want) } else { (want, **n) };
+            long.ends_with(short) && long.as_bytes()[long.len() - short.len() - 1] == b'.'
+        })
+        .copied()
+        .collect()
+}
+
+fn kohya_candidates<'a>(name: &str, index: &HashMap<String, Vec<&'a str>>) -> Vec<&'a str> {
+    let rest = kohya::split_prefix(name).map(|(_, r)| r).unwrap_or(name);
+    if let Some(v) = index.get(rest) {
+        return v.clone();
+    }
+    let mut out: Vec<&str> = index
+        .iter()
+        .filter(|(k, _)| {
+            let (long, short) = if k.len() > rest.len() { (k.as_str(), rest) } else { (rest, k.as_str()) };
+            long.ends_with(short) && long.as_bytes()[long.len() - short.len() - 1] == b'_'
+        })
+        .flat_map(|(_, v)| v.iter().copied())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Renames kohya modules to the dotted base module paths they resolved to, so the adapter
+/// can be written as PEFT. Unresolved modules are left as they are (see the resolution).
+pub fn rename_to_base(adapter: &mut Adapter, res: &Resolution) {
+    for p in &res.modules {
+        let m = &mut adapter.modules[p.module];
+        m.name = p.weight.strip_suffix(".weight").unwrap_or(&p.weight).to_owned();
+    }
+}

@@ -1,0 +1,249 @@
+//! The CPU backend: the reference implementation of every op.
+//!
+//! Merges run over blocks of rows in parallel (rayon); each block is decoded from the stored
+//! dtype, updated in f32 and encoded straight into the output buffer, so the working memory is
+//! the output tensor plus a few rows. The per-element arithmetic order is the one documented on
+//! [`MergeJob`], which the GPU kernels follow too.
+
+use super::{MergeError, MergeJob, NormAxis, Term};
+use crate::dtype;
+use rayon::prelude::*;
+
+/// Rows per parallel block: enough work per task, few rows in flight.
+const BLOCK_ELEMS: usize = 1 << 16;
+
+/// `acc[j] = Σₖ b[row,k]·a[k,j]` in ascending k, no fused multiply-add.
+#[inline]
+fn low_rank_row(t: &Term, cols: usize, row: usize, acc: &mut [f32]) {
+    acc.fill(0.0);
+    let b_row = &t.b[row * t.rank..(row + 1) * t.rank];
+    for (k, &bk) in b_row.iter().enumerate() {
+        let a_row = &t.a[k * cols..(k + 1) * cols];
+        for (o, &a) in acc.iter_mut().zip(a_row) {
+            *o += bk * a;
+        }
+    }
+}
+
+/// Merges low-rank terms into one tensor (see [`MergeJob`] for the exact arithmetic).
+pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
+    job.validate()?;
+    let (rows, cols) = (job.rows, job.cols);
+    let in_size = job.in_dtype.bitsize() / 8;
+    let out_size = job.out_dtype.bitsize() / 8;
+    let norms = dora_norms(job);
+    let block_rows = (BLOCK_ELEMS / cols.max(1)).max(1);
+    let mut out = vec![0u8; rows * cols * out_size];
+    if rows == 0 || cols == 0 {
+        return Ok(out);
+    }
+    let errors: Vec<MergeError> = out
+        .par_chunks_mut(block_rows * cols * out_size)
+        .enumerate()
+        .filter_map(|(bi, out_block)| {
+            let r0 = bi * block_rows;
+            let nrows = out_block.len() / (cols * out_size);
+            let src = &job.w0[r0 * cols * in_size..(r0 + nrows) * cols * in_size];
+            let mut w = vec![0f32; nrows * cols];
+            dtype::decode_into(job.in_dtype, src, &mut w);
+            let mut w0 = if norms.is_empty() { Vec::new() } else { w.clone() };
+            let mut acc = vec![0f32; cols];
+            for (li, row) in w.chunks_exact_mut(cols).enumerate() {
+                let i = r0 + li;
+                for (ti, t) in job.terms.iter().enumerate() {
+                    low_rank_row(t, cols, i, &mut acc);
+                    match (&t.dora, norms.get(ti).and_then(|n| n.as_ref())) {
+                        (Some(d), Some(norm)) => {
+                            for (j, (x, &a)) in row.iter_mut().zip(acc.iter()).enumerate() {
+                                let f = match d.axis {
+                                    NormAxis::Rows => d.magnitude[i] / norm[i],
+                                    NormAxis::Cols => d.magnitude[j] / norm[j],
+                                };
+                                *x = f * (*x + t.scale * a);
+                            }
+                        }
+                        _ => {
+                            for (x, &a) in row.iter_mut().zip(acc.iter()) {
+                                *x += t.scale * a;
+                            }
+                        }
+                    }
+                }
+            }
+            w0.clear();
+            if let Some(pos) = w.iter().position(|v| !v.is_finite()) {
+                return Some(MergeError::NonFinite { row: r0 + pos / cols, col: pos % cols, value: w[pos] });
+            }
+            let mut enc = Vec::with_capacity(out_block.len());
+            dtype::encode_into(job.out_dtype, &w, &mut enc);
+            out_block.copy_from_slice(&enc);
+            None
+        })
+        .collect();
+    match errors.into_iter().min_by_key(|e| match e {
+        MergeError::NonFinite { row, col, .. } => (*row, *col),
+        _ => (0, 0),
+    }) {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// For each DoRA term, `‖W0 + δₜ‖` per output feature (f64 sums, rounded to f32 as PEFT's
+/// f32 `torch.linalg.norm` result is); `None` for plain terms. Empty when no term is DoRA.
+pub fn dora_norms(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
+    if job.terms.iter().all(|t| t.dora.is_none()) {
+        return Vec::new();
+    }
+    let (rows, cols) = (job.rows, job.cols);
+    let in_size = job.in_dtype.bitsize() / 8;
+    job.terms
+        .iter()
+        .map(|t| {
+            let d = t.dora.as_ref()?;
+            let sums: Vec<f64> = (0..rows)
+                .into_par_iter()
+                .fold(
+                    || (vec![0f32; cols], vec![0f32; cols], Vec::new()),
+                    |(mut w, mut acc, mut part): (Vec<f32>, Vec<f32>, Vec<(usize, f64)>), i| {
+                        dtype::decode_into(job.in_dtype, &job.w0[i * cols * in_size..(i + 1) * cols * in_size], &mut w);
+                        low_rank_row(t, cols, i, &mut acc);
+                        match d.axis {
+                            NormAxis::Rows => {
+                                let s: f64 = w.iter().zip(&acc).map(|(&x, &a)| ((x + t.scale * a) as f64).powi(2)).sum();
+                                part.push((i, s));
+                            }
+                            NormAxis::Cols => {
+                                if part.is_empty() {
+                                    part = (0..cols).map(|j| (j, 0.0)).collect();
+                                }
+                                for (j, (&x, &a)) in w.iter().zip(&acc).enumerate() {
+                                    part[j].1 += ((x + t.scale * a) as f64).powi(2);
+                                }
+                            }
+                        }
+                        (w, acc, part)
+                    },
+                )
+                .map(|(_, _, part)| part)
+                .reduce(Vec::new, |mut a, b| {
+                    match d.axis {
+                        NormAxis::Rows => a.extend(b),
+                        NormAxis::Cols => {
+                            if a.is_empty() {
+                                return b;
+                            }
+                            for (x, y) in a.iter_mut().zip(b) {
+                                x.1 += y.1;
+                            }
+                        }
+                    }
+                    a
+                })
+                .into_iter()
+                .fold(vec![0f64; if d.axis == NormAxis::Rows { rows } else { cols }], |mut v, (i, s)| {
+                    v[i] += s;
+                    v
+                });
+            Some(sums.into_iter().map(|s| s.sqrt() as f32).collect())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Dora, Term};
+    use crate::dtype::Dtype;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    /// f64 reference of the same formula.
+    fn reference(w0: &[f32], rows: usize, cols: usize, terms: &[Term]) -> Vec<f64> {
+        let mut w: Vec<f64> = w0.iter().map(|&x| x as f64).collect();
+        for t in terms {
+            let delta: Vec<f64> = (0..rows * cols)
+                .map(|p| {
+                    let (i, j) = (p / cols, p % cols);
+                    (0..t.rank).map(|k| t.b[i * t.rank + k] as f64 * t.a[k * cols + j] as f64).sum::<f64>()
+                        * t.scale as f64
+                })
+                .collect();
+            match t.dora {
+                None => w.iter_mut().zip(&delta).for_each(|(x, d)| *x += d),
+                Some(d) => {
+                    let nfeat = if d.axis == NormAxis::Rows { rows } else { cols };
+                    let mut norm = vec![0f64; nfeat];
+                    for p in 0..rows * cols {
+                        let f = if d.axis == NormAxis::Rows { p / cols } else { p % cols };
+                        norm[f] += (w0[p] as f64 + delta[p]).powi(2);
+                    }
+                    for p in 0..rows * cols {
+                        let f = if d.axis == NormAxis::Rows { p / cols } else { p % cols };
+                        w[p] = d.magnitude[f] as f64 / norm[f].sqrt() * (w[p] + delta[p]);
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    #[test]
+    fn merge_matches_f64_reference_for_every_variant() {
+        let mut seed = 7;
+        let (rows, cols) = (37, 53);
+        let w0: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+        let mk = |r: usize, seed: &mut u64| -> (Vec<f32>, Vec<f32>) {
+            ((0..rows * r).map(|_| lcg(seed)).collect(), (0..r * cols).map(|_| lcg(seed)).collect())
+        };
+        let (b1, a1) = mk(3, &mut seed);
+        let (b2, a2) = mk(5, &mut seed);
+        let mag_r: Vec<f32> = (0..rows).map(|_| 1.0 + lcg(&mut seed)).collect();
+        let mag_c: Vec<f32> = (0..cols).map(|_| 1.0 + lcg(&mut seed)).collect();
+        let plain = Term { b: &b1, a: &a1, rank: 3, scale: 0.7, dora: None };
+        let neg = Term { b: &b2, a: &a2, rank: 5, scale: -1.3, dora: None };
+        let dora_r = Term { dora: Some(Dora { magnitude: &mag_r, axis: NormAxis::Rows }), ..neg };
+        let dora_c = Term { dora: Some(Dora { magnitude: &mag_c, axis: NormAxis::Cols }), ..plain };
+        let bytes = dtype::encode(Dtype::F32, &w0);
+        for terms in [vec![plain], vec![plain, neg], vec![dora_r], vec![plain, dora_c], vec![dora_c, dora_r]] {
+            let job = MergeJob { w0: &bytes, in_dtype: Dtype::F32, rows, cols, terms: &terms, out_dtype: Dtype::F32 };
+            let got = dtype::decode(Dtype::F32, &merge(&job).unwrap());
+            let want = reference(&w0, rows, cols, &terms);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_output_is_rounded_f32_result() {
+        let mut seed = 3;
+        let (rows, cols, r) = (130, 70, 4);
+        let w0: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+        let b: Vec<f32> = (0..rows * r).map(|_| lcg(&mut seed)).collect();
+        let a: Vec<f32> = (0..r * cols).map(|_| lcg(&mut seed)).collect();
+        let w0_bf = dtype::encode(Dtype::BF16, &w0);
+        let terms = [Term { b: &b, a: &a, rank: r, scale: 0.25, dora: None }];
+        let f32_out = merge(&MergeJob { w0: &w0_bf, in_dtype: Dtype::BF16, rows, cols, terms: &terms, out_dtype: Dtype::F32 }).unwrap();
+        let bf_out = merge(&MergeJob { w0: &w0_bf, in_dtype: Dtype::BF16, rows, cols, terms: &terms, out_dtype: Dtype::BF16 }).unwrap();
+        let f32_vals = dtype::decode(Dtype::F32, &f32_out);
+        let bf_vals = dtype::decode(Dtype::BF16, &bf_out);
+        for (x, y) in f32_vals.iter().zip(&bf_vals) {
+            assert_eq!(dtype::round_bf16_reference(*x).to_bits(), y.to_bits());
+        }
+    }
+
+    #[test]
+    fn non_finite_is_reported_with_position() {
+        let w0 = dtype::encode(Dtype::F32, &[1.0, 2.0, 3.0, 4.0]);
+        let b = [1.0f32, f32::INFINITY];
+        let a = [1.0f32, 1.0];
+        let terms = [Term { b: &b, a: &a, rank: 1, scale: 1.0, dora: None }];
+        let err = merge(&MergeJob { w0: &w0, in_dtype: Dtype::F32, rows: 2, cols: 2, terms: &terms, out_dtype: Dtype::F32 })
+            .unwrap_err();
+        assert_eq!(err, MergeError::NonFinite { row: 1, col: 0, value: f32::INFINITY });
+    }
+}

@@ -1,0 +1,78 @@
+//! `lorakit merge`.
+
+use crate::adapter::Adapter;
+use crate::backend::Engine;
+use crate::cli::MergeArgs;
+use crate::inspect::{human_bytes, table};
+use crate::io::Checkpoint;
+use crate::merge::{MergeOptions, MergePlan, MergeSummary, WeightedAdapter};
+use anyhow::{bail, Result};
+
+pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
+    if a.weights.len() > a.adapters.len() {
+        bail!("{} --weight values for {} --adapter values; give at most one weight per adapter", a.weights.len(), a.adapters.len());
+    }
+    if let Some(w) = a.weights.iter().find(|w| !w.is_finite()) {
+        bail!("--weight {w} is not a finite number");
+    }
+    let base = Checkpoint::open(&a.base)?;
+    let mut adapters = Vec::new();
+    for (i, p) in a.adapters.iter().enumerate() {
+        let adapter = Adapter::open(p)?;
+        adapters.push(WeightedAdapter { adapter, weight: a.weights.get(i).copied().unwrap_or(1.0) });
+    }
+    let options = MergeOptions {
+        dtype: a.dtype,
+        max_shard_size: a.max_shard_size,
+        unmerge: a.unmerge,
+        allow_unmatched: a.allow_unmatched,
+        device: a.device.into(),
+        progress: !quiet && !a.json,
+    };
+    let plan = MergePlan::new(base, adapters, a.out.clone(), options)?;
+    for u in &plan.unmatched {
+        super::warn(quiet, &format!("{}: unmatched module {}", u.adapter, u.detail));
+    }
+    let engine = Engine::new(a.device.into())?;
+    let summary = plan.run(&engine)?;
+    if a.json {
+        super::print_json(&summary)?;
+    } else {
+        super::print(&render(&summary))?;
+    }
+    Ok(0)
+}
+
+fn render(s: &MergeSummary) -> String {
+    let rows: Vec<Vec<String>> = s
+        .adapters
+        .iter()
+        .map(|a| {
+            vec![
+                a.path.clone(),
+                format!("{}", a.weight),
+                a.modules_merged.to_string(),
+                a.tensors_replaced.to_string(),
+                a.biases_updated.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "{} {} → {}\n\n",
+        if s.operation == "unmerge" { "unmerged from" } else { "merged into" },
+        s.base,
+        s.out
+    );
+    out.push_str(&table(&["adapter", "weight", "modules", "replaced", "biases"], &rows, &[false, true, true, true, true]));
+    out.push_str(&format!(
+        "\n{} tensors merged, {} copied, {} files, {} written in {:.2} s ({:.2} GB/s) on {}\n",
+        s.tensors_merged,
+        s.tensors_copied,
+        s.files_written,
+        human_bytes(s.bytes_written),
+        s.seconds,
+        s.gb_per_s,
+        s.device
+    ));
+    out
+}

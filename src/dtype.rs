@@ -1,0 +1,182 @@
+//! Element types: decoding stored tensors to `f32` for compute and encoding results back.
+//!
+//! Written once for every float dtype lorakit computes with (F32, F16, BF16, and F64 for reading).
+//! Encoding rounds to nearest, ties to even, exactly once (the `half` crate's conversions), so a
+//! merged bf16 tensor equals `round_bf16(f32 result)` bit for bit. Every other dtype (I8, U8,
+//! F8_E4M3, …) is never converted: it is listed and copied through byte for byte.
+
+pub use safetensors::Dtype;
+
+/// Whether lorakit can decode this dtype to `f32` for compute.
+pub fn is_float_compute(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
+}
+
+/// Whether lorakit can encode `f32` results into this dtype.
+pub fn is_float_storage(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
+}
+
+/// Size in bytes of `n` elements, or `None` on overflow or for sub-byte totals that do not
+/// end on a byte boundary.
+pub fn byte_len(dtype: Dtype, n: usize) -> Option<usize> {
+    let bits = n.checked_mul(dtype.bitsize())?;
+    (bits % 8 == 0).then_some(bits / 8)
+}
+
+/// Canonical name as it appears in safetensors headers (`"BF16"`, `"F8_E4M3"`).
+pub fn name(dtype: Dtype) -> String {
+    // Dtype's serde form is the header spelling.
+    serde_json::to_value(dtype)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{dtype:?}"))
+}
+
+/// Parses a header dtype string; `None` for a dtype this build of safetensors does not know.
+pub fn parse(s: &str) -> Option<Dtype> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+/// Decodes little-endian `bytes` of `dtype` into `out` (`out.len()` elements).
+///
+/// Panics if `dtype` is not a float compute dtype or the lengths disagree: callers validate
+/// dtypes and shapes when the header is read, so a mismatch here is a bug, not bad input.
+pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        Dtype::F32 => {
+            assert_eq!(bytes.len(), out.len() * 4);
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        Dtype::F16 => {
+            assert_eq!(bytes.len(), out.len() * 2);
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        Dtype::BF16 => {
+            assert_eq!(bytes.len(), out.len() * 2);
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                // bf16 is the top half of an f32: widening is exact.
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+        Dtype::F64 => {
+            assert_eq!(bytes.len(), out.len() * 8);
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32;
+            }
+        }
+        other => panic!("decode_into: {other:?} is not a float compute dtype"),
+    }
+}
+
+/// Decodes a whole tensor into a new `Vec<f32>`.
+pub fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
+    let n = bytes.len() * 8 / dtype.bitsize();
+    let mut out = vec![0f32; n];
+    decode_into(dtype, bytes, &mut out);
+    out
+}
+
+/// Encodes `values` as little-endian `dtype`, rounding to nearest even, appending to `out`.
+pub fn encode_into(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
+    match dtype {
+        Dtype::F32 => {
+            out.reserve(values.len() * 4);
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Dtype::F16 => {
+            out.reserve(values.len() * 2);
+            for v in values {
+                out.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        Dtype::BF16 => {
+            out.reserve(values.len() * 2);
+            for v in values {
+                out.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        Dtype::F64 => {
+            out.reserve(values.len() * 8);
+            for v in values {
+                out.extend_from_slice(&(*v as f64).to_le_bytes());
+            }
+        }
+        other => panic!("encode_into: {other:?} is not a float storage dtype"),
+    }
+}
+
+/// Encodes `values` as little-endian `dtype` into a new buffer.
+pub fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * dtype.bitsize() / 8);
+    encode_into(dtype, values, &mut out);
+    out
+}
+
+/// Round-to-nearest-even to bf16 and back, written out bit by bit (independent of `half`) so
+/// tests can check the encoder against it.
+pub fn round_bf16_reference(x: f32) -> f32 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return f32::from_bits((bits | 0x0040_0000) & 0xFFFF_0000);
+    }
+    let lsb = (bits >> 16) & 1;
+    let rounded = bits.wrapping_add(0x7FFF + lsb) & 0xFFFF_0000;
+    f32::from_bits(rounded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_encoding_rounds_to_nearest_even() {
+        // Exhaustive over a strided sample of all f32 bit patterns, against the bit-level rule.
+        let mut bits: u32 = 0;
+        loop {
+            let x = f32::from_bits(bits);
+            if !x.is_nan() {
+                let enc = encode(Dtype::BF16, &[x]);
+                let back = decode(Dtype::BF16, &enc)[0];
+                assert_eq!(back.to_bits(), round_bf16_reference(x).to_bits(), "x = {x:e}");
+            }
+            match bits.checked_add(65_521) {
+                Some(b) => bits = b,
+                None => break,
+            }
+        }
+        // Exact ties: 1 + 2^-8 is halfway between 1 and 1 + 2^-7; ties go to the even one (1).
+        let tie = f32::from_bits(0x3F80_8000);
+        assert_eq!(decode(Dtype::BF16, &encode(Dtype::BF16, &[tie]))[0], 1.0);
+        let tie_odd = f32::from_bits(0x3F81_8000);
+        assert_eq!(
+            decode(Dtype::BF16, &encode(Dtype::BF16, &[tie_odd]))[0].to_bits(),
+            0x3F82_0000
+        );
+    }
+
+    #[test]
+    fn f16_round_trip_and_rounding() {
+        let vals = [0.0f32, -0.0, 1.0, 65504.0, 1e-8, 0.333_333_34, -2.5];
+        let back = decode(Dtype::F16, &encode(Dtype::F16, &vals));
+        for (v, b) in vals.iter().zip(&back) {
+            let expect = half::f16::from_f64(*v as f64).to_f32();
+            assert_eq!(b.to_bits(), expect.to_bits());
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for d in [Dtype::F32, Dtype::BF16, Dtype::F8_E4M3, Dtype::I8, Dtype::U8] {
+            assert_eq!(parse(&name(d)), Some(d));
+        }
+        assert_eq!(name(Dtype::F8_E4M3), "F8_E4M3");
+        assert_eq!(parse("F7"), None);
+    }
+}

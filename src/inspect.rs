@@ -1,0 +1,451 @@
+//! `inspect`: what a checkpoint or adapter holds, from headers alone unless a spectrum is asked.
+//!
+//! The report is one serialisable value ([`Report`]) printed either as aligned tables for
+//! people or as JSON for scripts (schema in the README). Reading a checkpoint's report costs
+//! what its headers cost; `--spectrum` reads adapter factors and computes the singular values
+//! of `s·B·A` from the factors (QR of B and Aᵀ, SVD of the r×r core), never forming d×k.
+
+use crate::adapter::{self, Adapter, Format, ModuleKind};
+use crate::dtype;
+use crate::io::checkpoint::Layout;
+use crate::io::Checkpoint;
+use anyhow::Result;
+use ndarray::ArrayView2;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// A checkpoint or adapter report.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Report {
+    Checkpoint(CheckpointReport),
+    Adapter(AdapterReport),
+}
+
+#[derive(Debug, Serialize)]
+pub struct DtypeStats {
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TensorRow {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub bytes: u64,
+    pub file: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckpointReport {
+    pub path: String,
+    /// `file`, `folder` or `sharded`.
+    pub layout: &'static str,
+    pub files: Vec<String>,
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+    pub dtypes: BTreeMap<String, DtypeStats>,
+    pub metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensor_list: Option<Vec<TensorRow>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModuleRow {
+    pub name: String,
+    pub kind: String,
+    pub rank: usize,
+    pub alpha: f64,
+    pub scale: f64,
+    /// `[out, in]` (`in` includes the kernel area for convolutions).
+    pub shape: [usize; 2],
+    pub a_shape: Vec<usize>,
+    pub b_shape: Vec<usize>,
+    pub fan_in_fan_out: bool,
+    pub dora: bool,
+    pub bias: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spectrum: Option<SpectrumRow>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct SpectrumRow {
+    pub singular_values: Vec<f32>,
+    pub fro_norm: f64,
+    pub rank90: usize,
+    pub rank99: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AdapterReport {
+    pub path: String,
+    pub format: Format,
+    pub base_model: Option<String>,
+    pub use_rslora: bool,
+    pub dora: bool,
+    pub modules: Vec<ModuleRow>,
+    pub modules_to_save: Vec<String>,
+    pub full_tensors: Vec<String>,
+    pub parameters: usize,
+    pub bytes: u64,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Options of `inspect`.
+#[derive(Debug, Clone, Default)]
+pub struct InspectOptions {
+    pub tensors: bool,
+    pub spectrum: bool,
+}
+
+/// True when `path` is an adapter (PEFT folder, or a file with LoRA tensor names).
+pub fn is_adapter(path: &Path) -> bool {
+    if path.is_dir() {
+        return path.join(adapter::formats::peft::WEIGHTS_NAME).exists();
+    }
+    match crate::io::SafetensorsFile::open(path) {
+        Ok(f) => adapter::formats::detect(&f).is_some(),
+        Err(_) => false,
+    }
+}
+
+/// Builds the report for `path`.
+pub fn inspect(path: &Path, opts: &InspectOptions) -> Result<Report> {
+    if is_adapter(path) {
+        let a = Adapter::open(path)?;
+        Ok(Report::Adapter(adapter_report(&a, opts)?))
+    } else {
+        let c = Checkpoint::open(path)?;
+        Ok(Report::Checkpoint(checkpoint_report(&c, opts)))
+    }
+}
+
+fn checkpoint_report(c: &Checkpoint, opts: &InspectOptions) -> CheckpointReport {
+    let mut dtypes: BTreeMap<String, DtypeStats> = BTreeMap::new();
+    let mut params = 0u64;
+    for (_, t) in c.infos() {
+        let s = dtypes.entry(dtype::name(t.dtype)).or_insert(DtypeStats { tensors: 0, parameters: 0, bytes: 0 });
+        s.tensors += 1;
+        s.parameters += t.numel() as u64;
+        s.bytes += t.byte_len();
+        params += t.numel() as u64;
+    }
+    let file_name = |i: usize| c.shards[i].path().file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let tensor_list = opts.tensors.then(|| {
+        c.infos()
+            .map(|(s, t)| TensorRow {
+                name: t.name.clone(),
+                dtype: dtype::name(t.dtype),
+                shape: t.shape.clone(),
+                bytes: t.byte_len(),
+                file: file_name(s),
+            })
+            .collect()
+    });
+    CheckpointReport {
+        path: c.root.display().to_string(),
+        layout: match c.layout {
+            Layout::File => "file",
+            Layout::Folder { .. } => "folder",
+            Layout::Sharded { .. } => "sharded",
+        },
+        files: (0..c.shards.len()).map(file_name).collect(),
+        tensors: c.len(),
+        parameters: params,
+        bytes: c.total_bytes(),
+        dtypes,
+        metadata: c.metadata().iter().cloned().collect(),
+        tensor_list,
+    }
+}
+
+fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
+    let mut modules = Vec::new();
+    for m in &a.modules {
+        let spectrum = if opts.spectrum {
+            let (b, av) = a.factors(m)?;
+            let bv = ArrayView2::from_shape((m.out_features, m.rank), b.as_slice())?;
+            let avv = ArrayView2::from_shape((m.rank, m.in_features), av.as_slice())?;
+            let s = crate::linalg::spectrum_of_factors(bv, avv, m.scale as f32);
+            Some(SpectrumRow { singular_values: s.singular_values, fro_norm: s.fro_norm, rank90: s.rank90, rank99: s.rank99 })
+        } else {
+            None
+        };
+        let key_shape = |d: &adapter::Data, fallback: Vec<usize>| match (d, &a.source) {
+            (adapter::Data::Stored { key, .. }, Some(src)) => src.info(key).map(|i| i.shape.clone()).unwrap_or(fallback),
+            _ => fallback,
+        };
+        modules.push(ModuleRow {
+            name: m.name.clone(),
+            kind: match &m.kind {
+                ModuleKind::Linear => "linear".into(),
+                ModuleKind::Embedding => "embedding".into(),
+                ModuleKind::Conv { kernel } => {
+                    format!("conv{}", kernel.iter().map(|k| k.to_string()).collect::<Vec<_>>().join("x"))
+                }
+            },
+            rank: m.rank,
+            alpha: m.alpha,
+            scale: m.scale,
+            shape: [m.out_features, m.in_features],
+            a_shape: key_shape(&m.a, vec![m.rank, m.in_features]),
+            b_shape: key_shape(&m.b, vec![m.out_features, m.rank]),
+            fan_in_fan_out: m.base_transposed && m.kind == ModuleKind::Linear,
+            dora: m.dora_magnitude.is_some(),
+            bias: m.bias.is_some(),
+            spectrum,
+        });
+    }
+    let bytes = a.source.as_ref().map(|s| s.header().data_len).unwrap_or(0);
+    Ok(AdapterReport {
+        path: a.path.display().to_string(),
+        format: a.format,
+        base_model: a.base_model.clone(),
+        use_rslora: a.use_rslora,
+        dora: a.modules.iter().any(|m| m.dora_magnitude.is_some()),
+        modules,
+        modules_to_save: a.modules_to_save.clone(),
+        full_tensors: a.full_tensors.iter().map(|f| f.name.clone()).collect(),
+        parameters: a.parameter_count(),
+        bytes,
+        metadata: a.metadata.iter().cloned().collect(),
+    })
+}
+
+/// Human-readable rendering: aligned tables.
+pub fn render_text(r: &Report) -> String {
+    let mut s = String::new();
+    match r {
+        Report::Checkpoint(c) => {
+            let _ = writeln!(s, "checkpoint  {}", c.path);
+            let _ = writeln!(s, "layout      {} ({} file{})", c.layout, c.files.len(), if c.files.len() == 1 { "" } else { "s" });
+            let _ = writeln!(s, "tensors     {}", c.tensors);
+            let _ = writeln!(s, "parameters  {} ({})", c.parameters, human_count(c.parameters));
+            let _ = writeln!(s, "bytes       {} ({})", c.bytes, human_bytes(c.bytes));
+            let rows: Vec<Vec<String>> = c
+                .dtypes
+                .iter()
+                .map(|(d, st)| vec![d.clone(), st.tensors.to_string(), st.parameters.to_string(), human_bytes(st.bytes)])
+                .collect();
+            s.push('\n');
+            s.push_str(&table(&["dtype", "tensors", "parameters", "bytes"], &rows, &[false, true, true, true]));
+            if !c.metadata.is_empty() {
+                s.push_str("\nmetadata\n");
+                for (k, v) in &c.metadata {
+                    let _ = writeln!(s, "  {k} = {v}");
+                }
+            }
+            if let Some(list) = &c.tensor_list {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|t| vec![t.name.clone(), t.dtype.clone(), format!("{:?}", t.shape), t.bytes.to_string(), t.file.clone()])
+                    .collect();
+                s.push('\n');
+                s.push_str(&table(&["name", "dtype", "shape", "bytes", "file"], &rows, &[false, false, false, true, false]));
+            }
+        }
+        Report::Adapter(a) => {
+            let _ = writeln!(s, "adapter     {}", a.path);
+            let _ = writeln!(s, "format      {}", match a.format { Format::Peft => "peft", Format::Kohya => "kohya" });
+            if let Some(b) = &a.base_model {
+                let _ = writeln!(s, "base model  {b}");
+            }
+            let _ = writeln!(s, "modules     {}", a.modules.len());
+            let _ = writeln!(s, "parameters  {} ({})", a.parameters, human_count(a.parameters as u64));
+            let _ = writeln!(s, "bytes       {} ({})", a.bytes, human_bytes(a.bytes));
+            let _ = writeln!(s, "rslora      {}", a.use_rslora);
+            let _ = writeln!(s, "dora        {}", a.dora);
+            if !a.modules_to_save.is_empty() || !a.full_tensors.is_empty() {
+                let _ = writeln!(s, "modules_to_save  {}", a.modules_to_save.join(", "));
+                let _ = writeln!(s, "full tensors     {}", a.full_tensors.join(", "));
+            }
+            let spectrum = a.modules.iter().any(|m| m.spectrum.is_some());
+            let mut head = vec!["module", "kind", "rank", "alpha", "scale", "out×in"];
+            if spectrum {
+                head.extend(["‖ΔW‖F", "r90", "r99", "σ1", "σmin"]);
+            }
+            let rows: Vec<Vec<String>> = a
+                .modules
+                .iter()
+                .map(|m| {
+                    let mut flags = String::new();
+                    if m.fan_in_fan_out {
+                        flags.push_str(" fifo");
+                    }
+                    if m.dora {
+                        flags.push_str(" dora");
+                    }
+                    if m.bias {
+                        flags.push_str(" bias");
+                    }
+                    let mut row = vec![
+                        m.name.clone(),
+                        format!("{}{flags}", m.kind),
+                        m.rank.to_string(),
+                        format!("{}", m.alpha),
+                        format!("{:.4}", m.scale),
+                        format!("{}×{}", m.shape[0], m.shape[1]),
+                    ];
+                    if let Some(sp) = &m.spectrum {
+                        row.push(format!("{:.4e}", sp.fro_norm));
+                        row.push(sp.rank90.to_string());
+                        row.push(sp.rank99.to_string());
+                        row.push(format!("{:.3e}", sp.singular_values.first().copied().unwrap_or(0.0)));
+                        row.push(format!("{:.3e}", sp.singular_values.last().copied().unwrap_or(0.0)));
+                    }
+                    row
+                })
+                .collect();
+            s.push('\n');
+            let right: Vec<bool> = head.iter().enumerate().map(|(i, _)| i >= 2).collect();
+            s.push_str(&table(&head, &rows, &right));
+        }
+    }
+    s
+}
+
+/// Aligned columns; `right[i]` right-aligns column i.
+pub fn table(head: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
+    let n = head.len();
+    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(n) {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    let line = |cells: &[String], s: &mut String| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pad = w[i] - c.chars().count();
+                if right.get(i).copied().unwrap_or(false) {
+                    format!("{}{c}", " ".repeat(pad))
+                } else {
+                    format!("{c}{}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "{}", parts.join("  ").trim_end());
+    };
+    line(&head.iter().map(|h| h.to_string()).collect::<Vec<_>>(), &mut s);
+    line(&w.iter().map(|&x| "-".repeat(x)).collect::<Vec<_>>(), &mut s);
+    for r in rows {
+        line(r, &mut s);
+    }
+    s
+}
+
+pub fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
+}
+
+pub fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// Draws the spectra (log scale, one line per module, r90/r99 cut-offs marked) to an SVG or
+/// PNG file, chosen by extension.
+pub fn plot_spectra(report: &AdapterReport, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let series: Vec<(&str, &SpectrumRow)> =
+        report.modules.iter().filter_map(|m| m.spectrum.as_ref().map(|s| (m.name.as_str(), s))).collect();
+    anyhow::ensure!(!series.is_empty(), "no spectra to plot (use --spectrum)");
+    let max_len = series.iter().map(|(_, s)| s.singular_values.len()).max().unwrap_or(1).max(2);
+    let positive = series.iter().flat_map(|(_, s)| s.singular_values.iter().copied()).filter(|v| *v > 0.0);
+    let (lo, hi) = positive.fold((f32::MAX, 0f32), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    anyhow::ensure!(hi > 0.0, "all singular values are zero: nothing to plot");
+    let (lo, hi) = ((lo as f64 * 0.8).max(hi as f64 * 1e-8), hi as f64 * 1.25);
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "svg" => draw_spectra(SVGBackend::new(path, (1000, 640)).into_drawing_area(), &series, max_len, lo, hi),
+        "png" => draw_spectra(BitMapBackend::new(path, (1000, 640)).into_drawing_area(), &series, max_len, lo, hi),
+        _ => anyhow::bail!("{}: plot file must end in .svg or .png", path.display()),
+    }
+}
+
+fn draw_spectra<DB: plotters::prelude::DrawingBackend>(
+    root: plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    series: &[(&str, &SpectrumRow)],
+    max_len: usize,
+    lo: f64,
+    hi: f64,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
+    {
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("singular values of s·B·A per module", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(1usize..max_len, (lo..hi).log_scale())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("index i")
+            .y_desc("σᵢ")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (i, (name, s)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let pts: Vec<(usize, f64)> = s
+                .singular_values
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0.0)
+                .map(|(j, v)| (j + 1, *v as f64))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(1)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            // Cut-offs: a circle at r90, a cross at r99.
+            for (r, cross) in [(s.rank90, false), (s.rank99, true)] {
+                if let Some(&(x, y)) = pts.get(r.saturating_sub(1)) {
+                    if cross {
+                        chart.draw_series(std::iter::once(Cross::new((x, y), 4, color.stroke_width(2)))).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    } else {
+                        chart.draw_series(std::iter::once(Circle::new((x, y), 4, color.filled()))).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                }
+            }
+        }
+        if series.len() <= 24 {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+}

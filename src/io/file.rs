@@ -1,0 +1,182 @@
+//! One `.safetensors` file: its validated header, read with two small reads, and its data
+//! memory-mapped on first use.
+//!
+//! Opening a file costs what its header costs; the mapping is created only when a tensor's bytes
+//! are asked for. Tensors are borrowed views over the map, nothing is copied until a kernel needs
+//! it. Pages already used can be released with [`SafetensorsFile::release`] so that streaming
+//! over a model larger than memory keeps resident memory bounded.
+
+use crate::dtype::{self, Dtype};
+use crate::error::{FormatError, InputError, InputResult};
+use crate::io::header::{self, Header, TensorInfo};
+use memmap2::{Mmap, UncheckedAdvice};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// A borrowed tensor: header facts plus its bytes inside the memory map.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorView<'a> {
+    pub name: &'a str,
+    pub dtype: Dtype,
+    pub shape: &'a [usize],
+    pub data: &'a [u8],
+}
+
+impl TensorView<'_> {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Decodes to `f32` (F32, F16, BF16, F64 only; the caller checks the dtype).
+    pub fn to_f32(&self) -> Vec<f32> {
+        dtype::decode(self.dtype, self.data)
+    }
+}
+
+/// An open safetensors file.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    map: OnceLock<Mmap>,
+}
+
+impl SafetensorsFile {
+    /// Opens `path` and validates its header; tensor data is not read.
+    pub fn open(path: impl AsRef<Path>) -> InputResult<Self> {
+        let path = path.as_ref();
+        let err = |e: FormatError| InputError::new(path, e);
+        let mut file = File::open(path).map_err(|e| InputError::io(path, e))?;
+        let meta = file.metadata().map_err(|e| InputError::io(path, e))?;
+        if !meta.is_file() {
+            return Err(InputError::invalid(path, "not a regular file"));
+        }
+        let file_len = meta.len();
+        let mut prefix = [0u8; 8];
+        let got = read_up_to(&mut file, &mut prefix).map_err(|e| InputError::io(path, e))?;
+        let n = header::header_len(&prefix[..got], file_len).map_err(err)?;
+        let mut json = vec![0u8; n as usize];
+        file.seek(SeekFrom::Start(8)).map_err(|e| InputError::io(path, e))?;
+        file.read_exact(&mut json).map_err(|e| InputError::io(path, e))?;
+        let header = header::parse(&json, file_len).map_err(err)?;
+        Ok(SafetensorsFile { path: path.to_path_buf(), file, header, map: OnceLock::new() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.header.tensors
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.header.get(name)
+    }
+
+    /// The memory map, created on first use.
+    ///
+    /// # Safety contract
+    /// Mapping a file is only sound while no other process truncates or rewrites it. lorakit
+    /// never writes to a file it has open for reading (outputs go to a temporary file that is
+    /// renamed into place, and an output path that resolves to an input is refused), and the
+    /// file's size is checked against its header when the map is made. Another program modifying
+    /// an input while lorakit runs is outside the contract (documented in the README).
+    fn map(&self) -> InputResult<&Mmap> {
+        if let Some(m) = self.map.get() {
+            return Ok(m);
+        }
+        let actual = self.file.metadata().map_err(|e| InputError::io(&self.path, e))?.len();
+        let expected = self.header.file_len();
+        if actual != expected {
+            return Err(InputError::new(&self.path, FormatError::SizeChanged { expected, actual }));
+        }
+        // SAFETY: see the contract above; the size was just checked against the header.
+        let map = unsafe { Mmap::map(&self.file) }.map_err(|e| InputError::io(&self.path, e))?;
+        Ok(self.map.get_or_init(|| map))
+    }
+
+    /// Borrows a tensor's bytes from the map.
+    pub fn view(&self, name: &str) -> InputResult<TensorView<'_>> {
+        let info = self
+            .header
+            .get(name)
+            .ok_or_else(|| InputError::invalid(&self.path, format!("tensor `{name}` not found")))?;
+        self.view_info(info)
+    }
+
+    /// Borrows the bytes of a tensor of this file's header.
+    pub fn view_info<'a>(&'a self, info: &'a TensorInfo) -> InputResult<TensorView<'a>> {
+        let map = self.map()?;
+        let start = (self.header.data_start + info.start) as usize;
+        let end = (self.header.data_start + info.end) as usize;
+        let data = map.get(start..end).ok_or_else(|| {
+            InputError::new(
+                &self.path,
+                FormatError::SizeChanged { expected: self.header.file_len(), actual: map.len() as u64 },
+            )
+        })?;
+        Ok(TensorView { name: &info.name, dtype: info.dtype, shape: &info.shape, data })
+    }
+
+    /// Decodes a float tensor to `f32`, or explains why it cannot be.
+    pub fn read_f32(&self, name: &str) -> InputResult<Vec<f32>> {
+        let v = self.view(name)?;
+        if !dtype::is_float_compute(v.dtype) {
+            return Err(InputError::invalid(
+                &self.path,
+                format!("tensor `{name}`: dtype {} is not a float type lorakit computes with", dtype::name(v.dtype)),
+            ));
+        }
+        Ok(v.to_f32())
+    }
+
+    /// Tells the kernel the pages of `info` are no longer needed, so a streaming pass over a
+    /// file larger than memory does not keep it resident. Harmless if the map does not exist.
+    pub fn release(&self, info: &TensorInfo) {
+        if let Some(map) = self.map.get() {
+            let start = (self.header.data_start + info.start) as usize;
+            let len = info.byte_len() as usize;
+            // Only whole pages inside the range are dropped.
+            let page = 4096;
+            let s = start.next_multiple_of(page);
+            let e = (start + len) / page * page;
+            if e > s {
+                // SAFETY: the map is read-only and file-backed, so dropped pages are read back
+                // from the file on the next access; no borrowed view observes a change.
+                let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, s, e - s) };
+            }
+        }
+    }
+
+    /// Reads a byte range of a tensor with ordinary reads (no map), for plain copies.
+    pub fn read_range(&self, info: &TensorInfo, offset: u64, buf: &mut [u8]) -> InputResult<()> {
+        use std::os::unix::fs::FileExt;
+        let at = self.header.data_start + info.start + offset;
+        self.file.read_exact_at(buf, at).map_err(|e| InputError::io(&self.path, e))
+    }
+
+    /// File identity (device, inode) for refusing outputs that alias inputs.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|m| (m.dev(), m.ino()))
+    }
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}

@@ -1,0 +1,12 @@
+//! Reading and writing safetensors checkpoints: validated headers ([`header`]), memory-mapped
+//! files ([`file`]), single-file and sharded checkpoints ([`checkpoint`]), and the streaming,
+//! atomic writer every command uses ([`writer`]).
+
+pub mod checkpoint;
+pub mod file;
+pub mod header;
+pub mod writer;
+
+pub use checkpoint::Checkpoint;
+pub use file::{SafetensorsFile, TensorView};
+pub use writer::{Output, TensorSpec};

@@ -1,0 +1,17 @@
+//! lorakit: LoRA adapter files and model surgery.
+//!
+//! Data flows one way: command-line plan → [`io`] (memory-mapped reads) → [`backend`] (compute)
+//! → [`io::writer`] (streamed, atomic writes), with [`adapter`] as the one model every adapter
+//! format is read into and written from.
+
+pub mod adapter;
+pub mod backend;
+pub mod dtype;
+pub mod error;
+pub mod io;
+pub mod linalg;
+pub mod merge;
+pub mod progress;
+pub mod inspect;
+pub mod cli;
+pub mod commands;

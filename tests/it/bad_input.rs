@@ -1,0 +1,283 @@
+//! Malformed and contradictory inputs: each gives one `error:` line naming the file (and the
+//! tensor where there is one), exit status 2, no panic, and no output file.
+
+use super::common::*;
+use std::path::{Path, PathBuf};
+
+/// Writes a safetensors file from a raw header string and data length.
+fn raw_file(dir: &Path, name: &str, header: &str, data: usize) -> PathBuf {
+    let mut h = header.as_bytes().to_vec();
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&h);
+    bytes.resize(bytes.len() + data, 0);
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Runs inspect and a merge over `path` (as the base) and checks the error both times.
+fn check_rejected(path: &Path, expect: &[&str]) {
+    let dir = path.parent().unwrap();
+    let before = listing(dir);
+    let inspect = run_err(["inspect", path.to_str().unwrap()]);
+    let line = one_line_error(&inspect);
+    assert!(line.contains(path.file_name().unwrap().to_str().unwrap()), "file not named: {line}");
+    for e in expect {
+        assert!(line.contains(e), "`{e}` not in: {line}");
+    }
+    let out = dir.join("out.safetensors");
+    let merge = run_err([
+        "merge", "--base", path.to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(), "--out",
+        out.to_str().unwrap(),
+    ]);
+    let line = one_line_error(&merge);
+    for e in expect {
+        assert!(line.contains(e), "merge: `{e}` not in: {line}");
+    }
+    assert_eq!(listing(dir), before, "nothing written");
+}
+
+const OK: &str = r#"{"t":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
+
+#[test]
+fn truncated_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = raw_file(dir.path(), "trunc.safetensors", OK, 16);
+    let len = std::fs::metadata(&p).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 5).unwrap();
+    check_rejected(&p, &["tensor `t`", "beyond"]);
+}
+
+#[test]
+fn too_short_for_header_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("short.safetensors");
+    std::fs::write(&p, [1u8, 2, 3]).unwrap();
+    check_rejected(&p, &["too short"]);
+    let e = dir.path().join("empty.safetensors");
+    std::fs::write(&e, []).unwrap();
+    check_rejected(&e, &["0 bytes"]);
+}
+
+#[test]
+fn header_length_beyond_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("beyond.safetensors");
+    let mut b = 4096u64.to_le_bytes().to_vec();
+    b.extend_from_slice(b"{}      ");
+    std::fs::write(&p, b).unwrap();
+    check_rejected(&p, &["header length 4096 runs past the end"]);
+}
+
+#[test]
+fn huge_header_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("huge.safetensors");
+    let mut b = (200_000_000u64).to_le_bytes().to_vec();
+    b.extend_from_slice(b"{}      ");
+    std::fs::write(&p, b).unwrap();
+    check_rejected(&p, &["exceeds"]);
+}
+
+#[test]
+fn header_not_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = raw_file(dir.path(), "notjson.safetensors", "{\"t\": [1, 2", 0);
+    check_rejected(&p, &["not valid JSON"]);
+}
+
+#[test]
+fn header_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notutf8.safetensors");
+    let mut b = 8u64.to_le_bytes().to_vec();
+    b.extend_from_slice(&[b'{', 0xff, 0xfe, b'}', b' ', b' ', b' ', b' ']);
+    std::fs::write(&p, b).unwrap();
+    check_rejected(&p, &["not valid UTF-8"]);
+}
+
+#[test]
+fn overlapping_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
+    let p = raw_file(dir.path(), "overlap.safetensors", h, 12);
+    check_rejected(&p, &["tensor `b`", "overlap"]);
+}
+
+#[test]
+fn offsets_out_of_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = raw_file(dir.path(), "oob.safetensors", OK, 8);
+    check_rejected(&p, &["tensor `t`", "beyond the 8-byte data section"]);
+}
+
+#[test]
+fn offsets_not_covering_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = raw_file(dir.path(), "gap.safetensors", OK, 24);
+    check_rejected(&p, &["cover 16 bytes but the data section holds 24"]);
+}
+
+#[test]
+fn shape_times_dtype_is_not_the_byte_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = r#"{"t":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,16]}}"#;
+    let p = raw_file(dir.path(), "len.safetensors", h, 16);
+    check_rejected(&p, &["tensor `t`", "needs 8 bytes", "give 16"]);
+}
+
+#[test]
+fn unknown_dtype_and_duplicate_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = raw_file(dir.path(), "dtype.safetensors", r#"{"t":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}}"#, 8);
+    check_rejected(&p, &["tensor `t`", "unknown dtype `Q4_K`"]);
+    let d = raw_file(
+        dir.path(),
+        "dup.safetensors",
+        r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+        8,
+    );
+    check_rejected(&d, &["duplicate key `t`"]);
+}
+
+/// A copy of a PEFT adapter folder with its config edited.
+fn edited_adapter(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let a = dir.join("adapter");
+    std::fs::create_dir_all(&a).unwrap();
+    let src = fixture("llama/adapters/qv_r8");
+    std::fs::copy(src.join("adapter_model.safetensors"), a.join("adapter_model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("adapter_config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(a.join("adapter_config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    a
+}
+
+fn merge_err(dir: &Path, adapter: &Path) -> String {
+    merge_err_with(dir, adapter, &[])
+}
+
+fn merge_err_with(dir: &Path, adapter: &Path, extra: &[&str]) -> String {
+    let out = dir.join("out");
+    let mut args = vec![
+        "merge", "--base", fixture("llama/base").to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out",
+        out.to_str().unwrap(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let res = run_err(args);
+    let line = one_line_error(&res);
+    assert!(!out.exists());
+    line
+}
+
+#[test]
+fn adapter_config_contradicts_the_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = edited_adapter(dir.path(), |c| c["r"] = serde_json::json!(4));
+    let line = merge_err(dir.path(), &a);
+    assert!(line.contains("adapter_model.safetensors") && line.contains("q_proj") && line.contains("r = 4 but lora_A has 8 rows"), "{line}");
+}
+
+#[test]
+fn adapter_config_missing_or_not_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = edited_adapter(dir.path(), |_| {});
+    std::fs::remove_file(a.join("adapter_config.json")).unwrap();
+    let line = merge_err(dir.path(), &a);
+    assert!(line.contains("adapter_config.json"), "{line}");
+    std::fs::write(a.join("adapter_config.json"), "{ not json").unwrap();
+    let line = merge_err(dir.path(), &a);
+    assert!(line.contains("adapter_config.json: not valid JSON"), "{line}");
+}
+
+/// Writes an adapter file with the given factor shapes/values for q_proj of layer 0.
+fn adapter_with(dir: &Path, a_shape: [usize; 2], b_shape: [usize; 2], poison: Option<f32>) -> PathBuf {
+    let a = dir.join("bad_adapter");
+    std::fs::create_dir_all(&a).unwrap();
+    let mut av: Vec<f32> = vec![0.01; a_shape[0] * a_shape[1]];
+    if let Some(p) = poison {
+        av[3] = p;
+    }
+    let bv: Vec<f32> = vec![0.02; b_shape[0] * b_shape[1]];
+    let to_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (ab, bb) = (to_bytes(&av), to_bytes(&bv));
+    let tensors = vec![
+        ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, a_shape.to_vec(), &ab).unwrap()),
+        ("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, b_shape.to_vec(), &bb).unwrap()),
+    ];
+    safetensors::serialize_to_file(tensors, None, &a.join("adapter_model.safetensors")).unwrap();
+    let cfg = serde_json::json!({"peft_type": "LORA", "r": a_shape[0], "lora_alpha": 8, "target_modules": ["q_proj"]});
+    std::fs::write(a.join("adapter_config.json"), cfg.to_string()).unwrap();
+    a
+}
+
+#[test]
+fn a_and_b_of_different_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = adapter_with(dir.path(), [4, 64], [64, 3], None);
+    let line = merge_err(dir.path(), &a);
+    assert!(line.contains("model.layers.0.self_attn.q_proj") && line.contains("lora_A has rank 4") && line.contains("3 columns"), "{line}");
+    let i = run_err(["inspect", a.to_str().unwrap()]);
+    one_line_error(&i);
+}
+
+#[test]
+fn adapter_module_with_another_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = adapter_with(dir.path(), [4, 48], [64, 4], None);
+    let line = merge_err(dir.path(), &a);
+    assert!(line.contains("has shape [64, 64], the adapter needs [64, 48]"), "{line}");
+}
+
+#[test]
+fn nan_in_adapter_factors() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [f32::NAN, f32::INFINITY] {
+        let a = adapter_with(dir.path(), [4, 64], [64, 4], Some(bad));
+        let line = merge_err(dir.path(), &a);
+        assert!(line.contains("lora_A.weight") && line.contains("not finite"), "{line}");
+    }
+}
+
+#[test]
+fn overflowing_merge_result_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = adapter_with(dir.path(), [4, 64], [64, 4], Some(f32::MAX));
+    let line = merge_err_with(dir.path(), &a, &["--weight", "1e6"]);
+    assert!(line.contains("model.layers.0.self_attn.q_proj.weight") && line.contains("not finite"), "{line}");
+}
+
+#[test]
+fn sharded_index_naming_missing_shard_or_traversal() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    let src = fixture("llama/base_sharded");
+    for f in listing(&src) {
+        std::fs::copy(src.join(&f), base.join(&f)).unwrap();
+    }
+    let index_path = base.join("model.safetensors.index.json");
+    let original = std::fs::read_to_string(&index_path).unwrap();
+    let edit = |from: &str, to: &str| std::fs::write(&index_path, original.replacen(from, to, 1)).unwrap();
+    let first_shard = "model-00001-of-00004.safetensors";
+    for (replacement, expect) in [
+        ("../../etc/passwd", "not a plain file name"),
+        ("model-00009-of-00004.safetensors", "is missing"),
+        ("model-00002-of-00004.safetensors", "index places it in"),
+    ] {
+        edit(&format!("\"{first_shard}\""), &format!("\"{replacement}\""));
+        let out = dir.path().join("out");
+        let res = run_err(["inspect", base.to_str().unwrap()]);
+        let line = one_line_error(&res);
+        assert!(line.contains(expect), "{replacement}: {line}");
+        let res = run_err([
+            "merge", "--base", base.to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(), "--out",
+            out.to_str().unwrap(),
+        ]);
+        one_line_error(&res);
+        assert!(!out.exists());
+    }
+}

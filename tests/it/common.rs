@@ -1,0 +1,147 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lorakit"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+}
+
+/// Runs lorakit with `args`, asserting success; returns stdout.
+pub fn run_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = bin().args(args).output().expect("spawn lorakit");
+    assert!(
+        out.status.success(),
+        "lorakit failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8 stdout")
+}
+
+/// Runs lorakit expecting failure; returns the output.
+pub fn run_err<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = bin().args(args).output().expect("spawn lorakit");
+    assert!(!out.status.success(), "lorakit unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    out
+}
+
+/// The stderr of a failed run, checked to be a single `error: …` line without a panic.
+pub fn one_line_error(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert_eq!(out.status.code(), Some(2), "exit status for bad input: {err}");
+    lines[0].to_owned()
+}
+
+/// A tensor read with the `safetensors` crate (independent of lorakit's reader).
+#[derive(Debug, Clone, PartialEq)]
+pub struct T {
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl T {
+    pub fn f32(&self) -> Vec<f32> {
+        match self.dtype {
+            safetensors::Dtype::F32 => self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            safetensors::Dtype::BF16 => self
+                .data
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+            safetensors::Dtype::F16 => self
+                .data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+            d => panic!("not a float tensor: {d:?}"),
+        }
+    }
+}
+
+pub fn read(path: &Path) -> BTreeMap<String, T> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, T { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
+        .collect()
+}
+
+/// All tensors of a checkpoint file or folder (single or sharded).
+pub fn read_checkpoint(path: &Path) -> BTreeMap<String, T> {
+    if path.is_file() {
+        return read(path);
+    }
+    let mut all = BTreeMap::new();
+    let mut entries: Vec<_> = std::fs::read_dir(path).unwrap().flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.extension().is_some_and(|e| e == "safetensors") {
+            for (k, v) in read(&p) {
+                assert!(all.insert(k.clone(), v).is_none(), "tensor {k} in two shards");
+            }
+        }
+    }
+    all
+}
+
+/// ‖a − b‖_F / ‖b‖_F in f64.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Checks a merged checkpoint against a reference holding only the tensors that changed:
+/// changed tensors within `tol` relative (Frobenius), every other tensor byte-identical to the
+/// base. Returns how many tensors were compared against the reference.
+pub fn assert_matches_reference(out: &BTreeMap<String, T>, base: &BTreeMap<String, T>, reference: &BTreeMap<String, T>, tol: f64) -> usize {
+    assert_eq!(out.keys().collect::<Vec<_>>(), base.keys().collect::<Vec<_>>(), "output has the base's tensors");
+    let mut changed = 0;
+    for (name, t) in out {
+        let b = &base[name];
+        assert_eq!(t.shape, b.shape, "{name}: shape");
+        match reference.get(name) {
+            Some(r) => {
+                assert_eq!(t.shape, r.shape, "{name}: shape vs reference");
+                let e = rel_err(&t.f32(), &r.f32());
+                assert!(e <= tol, "{name}: relative error {e:e} > {tol:e}");
+                changed += 1;
+            }
+            None => assert!(t.data == b.data && t.dtype == b.dtype, "{name}: untouched tensor is not byte-identical"),
+        }
+    }
+    assert_eq!(changed, reference.len(), "every reference tensor is in the output");
+    changed
+}
+
+/// Files in a folder (names), sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}

@@ -1,0 +1,178 @@
+//! `inspect`: counts from headers, adapter facts, spectra against an f64 reference.
+
+use super::common::*;
+
+#[test]
+fn checkpoint_counts_match_the_file() {
+    let s = run_ok(["inspect", fixture("llama/base_sharded").to_str().unwrap(), "--json", "--tensors"]);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let all = read_checkpoint(&fixture("llama/base_sharded"));
+    assert_eq!(v["kind"], "checkpoint");
+    assert_eq!(v["layout"], "sharded");
+    assert_eq!(v["files"].as_array().unwrap().len(), 4);
+    assert_eq!(v["tensors"].as_u64().unwrap() as usize, all.len());
+    let params: usize = all.values().map(|t| t.shape.iter().product::<usize>()).sum();
+    assert_eq!(v["parameters"].as_u64().unwrap() as usize, params);
+    assert_eq!(v["dtypes"]["F32"]["tensors"].as_u64().unwrap() as usize, all.len());
+    let list = v["tensor_list"].as_array().unwrap();
+    assert_eq!(list.len(), all.len());
+    for row in list {
+        let t = &all[row["name"].as_str().unwrap()];
+        assert_eq!(row["bytes"].as_u64().unwrap() as usize, t.data.len());
+    }
+    let text = run_ok(["inspect", fixture("llama/base_bf16").to_str().unwrap()]);
+    assert!(text.contains("BF16") && text.contains("90432"), "{text}");
+}
+
+#[test]
+fn adapter_facts_follow_the_config() {
+    let s = run_ok(["inspect", fixture("llama/adapters/patterns").to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(v["kind"], "adapter");
+    assert_eq!(v["format"], "peft");
+    let m = |name: &str| v["modules"].as_array().unwrap().iter().find(|m| m["name"] == name).cloned().unwrap();
+    // rank_pattern {"k_proj": 2, "layers.1.self_attn.q_proj": 6}, alpha_pattern {"v_proj": 3, "layers.0.self_attn.o_proj": 5}
+    assert_eq!(m("model.layers.0.self_attn.k_proj")["rank"], 2);
+    assert_eq!(m("model.layers.0.self_attn.k_proj")["scale"], 4.0);
+    assert_eq!(m("model.layers.1.self_attn.q_proj")["rank"], 6);
+    assert_eq!(m("model.layers.0.self_attn.q_proj")["rank"], 4);
+    assert_eq!(m("model.layers.0.self_attn.v_proj")["scale"], 0.75);
+    assert_eq!(m("model.layers.0.self_attn.o_proj")["scale"], 1.25);
+    assert_eq!(m("model.layers.1.self_attn.o_proj")["scale"], 2.0);
+
+    let k = run_ok(["inspect", fixture("kohya/te_lora.safetensors").to_str().unwrap(), "--json"]);
+    let k: serde_json::Value = serde_json::from_str(&k).unwrap();
+    assert_eq!(k["format"], "kohya");
+    let missing = k["modules"].as_array().unwrap().iter().find(|m| m["name"] == "lora_te_text_model_encoder_layers_1_self_attn_v_proj").unwrap();
+    assert_eq!(missing["scale"], 1.0, "missing alpha means alpha = rank");
+
+    let d = run_ok(["inspect", fixture("llama/adapters/dora").to_str().unwrap(), "--json"]);
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["dora"], true);
+    let r = run_ok(["inspect", fixture("llama/adapters/rslora_all").to_str().unwrap(), "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(r["modules"][0]["scale"], 4.0, "rsLoRA: 8/√4");
+}
+
+/// Singular values from the factors equal those of the materialised s·B·A, computed here by
+/// an f64 Jacobi eigen-solve of (sBA)ᵀ(sBA)'s small Gram form.
+#[test]
+fn spectrum_matches_materialised_delta() {
+    let s = run_ok(["inspect", fixture("llama/adapters/qv_r8").to_str().unwrap(), "--spectrum", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let ad = read(&fixture("llama/adapters/qv_r8/adapter_model.safetensors"));
+    for m in v["modules"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        let a = &ad[&format!("base_model.model.{name}.lora_A.weight")];
+        let b = &ad[&format!("base_model.model.{name}.lora_B.weight")];
+        let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
+        let (av, bv) = (a.f32(), b.f32());
+        let scale = m["scale"].as_f64().unwrap();
+        // ΔW (d×k) in f64, then the r-dim Gram G = ΔWᵀΔW restricted via ΔW·ΔWᵀ (d×d) eigenvalues.
+        let mut dw = vec![0f64; d * k];
+        for i in 0..d {
+            for j in 0..k {
+                dw[i * k + j] = scale * (0..r).map(|q| bv[i * r + q] as f64 * av[q * k + j] as f64).sum::<f64>();
+            }
+        }
+        let mut g = vec![0f64; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                g[i * d + j] = (0..k).map(|q| dw[i * k + q] * dw[j * k + q]).sum();
+            }
+        }
+        let mut eig = jacobi_eigenvalues(g, d);
+        eig.sort_by(|x, y| y.partial_cmp(x).unwrap());
+        let got: Vec<f64> = m["spectrum"]["singular_values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(got.len(), r.min(d).min(k));
+        for (i, sv) in got.iter().enumerate() {
+            let want = eig[i].max(0.0).sqrt();
+            assert!((sv - want).abs() <= 1e-4 * eig[0].sqrt(), "{name} σ{i}: {sv} vs {want}");
+        }
+        let fro: f64 = dw.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((m["spectrum"]["fro_norm"].as_f64().unwrap() - fro).abs() <= 1e-5 * fro);
+        // r90: smallest k with Σ_{i<k} σ² ≥ 0.9 Σ σ².
+        let total: f64 = got.iter().map(|x| x * x).sum();
+        let mut acc = 0.0;
+        let r90 = got.iter().position(|x| {
+            acc += x * x;
+            acc >= 0.9 * total
+        });
+        assert_eq!(m["spectrum"]["rank90"].as_u64().unwrap() as usize, r90.unwrap() + 1);
+    }
+}
+
+fn jacobi_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
+    for _ in 0..100 {
+        let mut off = 0.0;
+        for p in 0..n {
+            for q in p + 1..n {
+                off += a[p * n + q] * a[p * n + q];
+            }
+        }
+        if off < 1e-30 {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+            }
+        }
+    }
+    (0..n).map(|i| a[i * n + i]).collect()
+}
+
+#[test]
+fn plot_writes_an_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("s.svg");
+    run_ok(["inspect", fixture("llama/adapters/patterns").to_str().unwrap(), "--plot", svg.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("polyline"), "{}", &text[..200.min(text.len())]);
+    assert!(text.contains("model.layers.1.self_attn.q_proj"));
+}
+
+/// A 20 GiB sparse file with a valid header: inspect reads the header only.
+#[test]
+fn inspect_reads_headers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.safetensors");
+    let n: u64 = 20 << 30;
+    let header = format!(r#"{{"w":{{"dtype":"BF16","shape":[{},1024],"data_offsets":[0,{}]}}}}"#, n / 2048, n);
+    let mut h = header.into_bytes();
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&h);
+    std::fs::write(&p, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(bytes.len() as u64 + n).unwrap();
+    let s = run_ok(["inspect", p.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(v["bytes"].as_u64(), Some(n));
+    // Peak resident memory of the children this test process has waited for: had inspect
+    // touched the 20 GiB data section it would be gigabytes (other tests' children are small).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) }, 0);
+    assert!(ru.ru_maxrss < 1_000_000, "child peak RSS {} KiB", ru.ru_maxrss);
+    let du = std::process::Command::new("du").arg("-k").arg(&p).output().unwrap();
+    let kb: u64 = String::from_utf8_lossy(&du.stdout).split_whitespace().next().unwrap().parse().unwrap();
+    assert!(kb < 1024, "file stayed sparse: nothing was written into it");
+}

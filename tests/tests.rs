@@ -1,0 +1,13 @@
+//! Integration tests: one target, each test in a fresh temp dir, driving the real binary.
+
+mod it {
+    /// Shared helpers: running the binary, reading outputs with the independent `safetensors`
+    /// crate, comparing tensors.
+    pub mod common;
+    /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
+    pub mod inspect;
+    /// `merge` against PEFT's own merge_and_unload outputs and the other references.
+    pub mod merge;
+    /// Malformed files: one-line errors naming file and tensor, exit 2, nothing written.
+    pub mod bad_input;
+}
