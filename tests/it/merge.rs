@@ -353,3 +353,101 @@ fn json_summary_is_parseable() {
     assert_eq!(v["bytes_written"].as_u64(), Some(std::fs::metadata(&out).unwrap().len()));
     assert!(Path::new(v["out"].as_str().unwrap()).exists());
 }
+
+/// Builds a safetensors file from (name, dtype, shape, bytes).
+fn synth(path: &Path, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (*n, safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    let w: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
+    let f64v: Vec<u8> = [1.5f64, -2.25, 1e-3].iter().flat_map(|x| x.to_le_bytes()).collect();
+    synth(
+        &base,
+        &[
+            ("layer.weight", Dtype::F32, vec![4, 3], f32_bytes(&w)),
+            ("q.int8", Dtype::I8, vec![5], vec![1, 255, 3, 128, 7]),
+            ("q.fp8", Dtype::F8_E4M3, vec![3], vec![0x38, 0xb8, 0x7e]),
+            ("q.u8", Dtype::U8, vec![2], vec![9, 250]),
+            ("d.f64", Dtype::F64, vec![3], f64v.clone()),
+        ],
+    );
+    let ad = dir.path().join("ad");
+    std::fs::create_dir(&ad).unwrap();
+    let a: Vec<f32> = vec![0.5, -1.0, 2.0];
+    let b: Vec<f32> = vec![1.0, 0.0, -1.0, 0.5];
+    synth(
+        &ad.join("adapter_model.safetensors"),
+        &[
+            ("base_model.model.layer.lora_A.weight", Dtype::F32, vec![1, 3], f32_bytes(&a)),
+            ("base_model.model.layer.lora_B.weight", Dtype::F32, vec![4, 1], f32_bytes(&b)),
+        ],
+    );
+    std::fs::write(ad.join("adapter_config.json"), r#"{"peft_type":"LORA","r":1,"lora_alpha":2,"target_modules":["layer"]}"#).unwrap();
+    let out = dir.path().join("out.safetensors");
+    run_ok(["merge", "--base", base.to_str().unwrap(), "--adapter", ad.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "bf16"]);
+    let o = read(&out);
+    let inb = read(&base);
+    for n in ["q.int8", "q.fp8", "q.u8"] {
+        assert_eq!(o[n], inb[n], "{n} copied unchanged");
+    }
+    assert_eq!(o["d.f64"].dtype, Dtype::BF16, "float tensors follow --dtype");
+    assert_eq!(o["d.f64"].f32(), vec![1.5, -2.25, half::bf16::from_f32(1e-3f64 as f32).to_f32()]);
+    let merged = o["layer.weight"].f32();
+    for i in 0..4 {
+        for j in 0..3 {
+            let want = w[i * 3 + j] + 2.0 * b[i] * a[j];
+            let want_bf16 = half::bf16::from_f32(want).to_f32();
+            assert_eq!(merged[i * 3 + j], want_bf16, "[{i},{j}]");
+        }
+    }
+}
+
+#[test]
+fn kohya_names_that_match_two_base_tensors_are_ambiguous() {
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    let z = f32_bytes(&[0.0; 4]);
+    // `a.b_c` and `a_b.c` both become `a_b_c` with underscores.
+    synth(&base, &[("a.b_c.weight", Dtype::F32, vec![2, 2], z.clone()), ("a_b.c.weight", Dtype::F32, vec![2, 2], z.clone())]);
+    let ad = dir.path().join("k.safetensors");
+    synth(
+        &ad,
+        &[
+            ("lora_unet_a_b_c.lora_down.weight", Dtype::F32, vec![1, 2], f32_bytes(&[1.0, 1.0])),
+            ("lora_unet_a_b_c.lora_up.weight", Dtype::F32, vec![2, 1], f32_bytes(&[1.0, 1.0])),
+        ],
+    );
+    let out = dir.path().join("o.safetensors");
+    let res = run_err(["merge", "--base", base.to_str().unwrap(), "--adapter", ad.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let line = one_line_error(&res);
+    assert!(line.contains("ambiguous") && line.contains("a.b_c.weight") && line.contains("a_b.c.weight"), "{line}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let res = run_err(["merge", "--base", "x", "--out", "y"]);
+    assert_eq!(res.status.code(), Some(2));
+    let res = run_err([
+        "merge", "--base", fixture("llama/base").to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--weight", "1", "--weight", "2", "--out", "/tmp/never-written-lorakit",
+    ]);
+    let line = one_line_error(&res);
+    assert!(line.contains("2 --weight values for 1 --adapter"), "{line}");
+    let help = run_ok(["merge", "--help"]);
+    assert!(help.contains("Examples:") && help.contains("--unmerge"));
+}
