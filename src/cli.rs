@@ -29,6 +29,10 @@ pub struct Cli {
 pub enum Command {
     Inspect(InspectArgs),
     Merge(MergeArgs),
+    Extract(crate::commands::extract::ExtractArgs),
+    Resize(crate::commands::resize::ResizeArgs),
+    Combine(crate::commands::combine::CombineArgs),
+    Convert(crate::commands::convert::ConvertArgs),
 }
 
 /// Output format of a command's report.

@@ -10,4 +10,8 @@ mod it {
     pub mod merge;
     /// Malformed files: one-line errors naming file and tensor, exit 2, nothing written.
     pub mod bad_input;
+    /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
+    pub mod extract;
+    /// `resize`, `combine`, `convert` against full SVDs and PEFT's add_weighted_adapter.
+    pub mod algebra;
 }

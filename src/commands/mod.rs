@@ -1,8 +1,12 @@
 //! One orchestrator per subcommand: turn parsed arguments into library plans, run them, and
 //! print the report (stdout) — progress and warnings go to stderr.
 
+pub mod combine;
+pub mod convert;
+pub mod extract;
 pub mod inspect;
 pub mod merge;
+pub mod resize;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -14,6 +18,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Merge(a) => merge::run(a, quiet),
+        Command::Extract(a) => extract::run(a, quiet),
+        Command::Resize(a) => resize::run(a, quiet),
+        Command::Combine(a) => combine::run(a, quiet),
+        Command::Convert(a) => convert::run(a, quiet),
     }
 }
 
