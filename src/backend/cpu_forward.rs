@@ -1,0 +1,494 @@
+//! CPU twins of the GPU forward and sketch kernels, in f32, and the shape checks both backends
+//! share.
+//!
+//! * [`lora_forward`]: `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` (every adapter on every row).
+//! * [`bgmv_forward`]: the same with one adapter (or none) per row of `X`, chosen by an index
+//!   (batched gather matrix-vector, as Punica BGMV / S-LoRA serve many adapters in one batch).
+//! * [`delta_sketch`] / [`delta_sketch_t`]: `(W − W0)·Ω` and `(W − W0)ᵀ·Q` reading `W` and `W0`
+//!   in their stored dtypes a block of rows at a time, never holding `W − W0` whole;
+//!   [`DeltaPair`] is a [`LinearOperator`] on them.
+//!
+//! Arithmetic: stored matrices are decoded to f32 (exactly), `W − W0` is formed per element in
+//! f32, and every product is an f32 matrix product by ndarray (matrixmultiply's blocked SGEMM,
+//! which may use FMA and its own summation order). The forward computes `Y = X·W0ᵀ` first, then
+//! for each adapter in order `T = sₐ·(X·Aₐᵀ)` and `Y += T·Bₐᵀ`. Results therefore agree with the
+//! GPU kernels to rounding, not bit for bit; the tests bound the difference by the f32
+//! dot-product error bound (see `backend::gpu` tests).
+
+use crate::dtype::{self, Dtype};
+use crate::linalg::LinearOperator;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array2, ArrayView2, Axis};
+
+/// Row index value meaning "no adapter" in [`bgmv_forward`] (also what `-1i32 as u32` gives).
+pub const NO_ADAPTER: u32 = u32::MAX;
+
+/// Rows of a stored matrix decoded at once (bounds the f32 working copy).
+const BLOCK_ELEMS: usize = 1 << 20;
+
+/// Inputs inconsistent with their declared shapes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ShapeError(pub String);
+
+/// A row-major `rows × cols` matrix in its stored bytes (little-endian `dtype`).
+#[derive(Debug, Clone, Copy)]
+pub struct StoredMatrix<'a> {
+    pub bytes: &'a [u8],
+    pub dtype: Dtype,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl StoredMatrix<'_> {
+    /// Checks the byte length against the shape and that the dtype decodes to f32.
+    pub fn validate(&self, what: &str) -> Result<(), ShapeError> {
+        if !dtype::is_float_compute(self.dtype) {
+            return Err(ShapeError(format!(
+                "{what}: dtype {:?} is not a float type",
+                self.dtype
+            )));
+        }
+        let n = self
+            .rows
+            .checked_mul(self.cols)
+            .ok_or_else(|| ShapeError(format!("{what}: size overflows")))?;
+        if dtype::byte_len(self.dtype, n) != Some(self.bytes.len()) {
+            return Err(ShapeError(format!(
+                "{what}: {} bytes for {}×{} {:?}",
+                self.bytes.len(),
+                self.rows,
+                self.cols,
+                self.dtype
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rows `r0..r1` decoded to f32, row-major.
+    pub fn decode_rows(&self, r0: usize, r1: usize) -> Vec<f32> {
+        let es = self.dtype.bitsize() / 8;
+        dtype::decode(
+            self.dtype,
+            &self.bytes[r0 * self.cols * es..r1 * self.cols * es],
+        )
+    }
+
+    fn block_rows(&self) -> usize {
+        (BLOCK_ELEMS / self.cols.max(1)).max(1)
+    }
+}
+
+/// One LoRA adapter for a forward: `scale · B·A` with `A` `rank × k` and `B` `d × rank`,
+/// row-major f32.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardAdapter<'a> {
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub rank: usize,
+    pub scale: f32,
+}
+
+/// Checks a forward's inputs: `x` is `n × k`, `w0` is `d × k`, each adapter's factors match, and
+/// every index is an adapter or [`NO_ADAPTER`].
+pub fn validate_forward(
+    x: &[f32],
+    n: usize,
+    w0: &StoredMatrix,
+    adapters: &[ForwardAdapter],
+    indices: Option<&[u32]>,
+) -> Result<(), ShapeError> {
+    w0.validate("W0")?;
+    let (d, k) = (w0.rows, w0.cols);
+    if Some(x.len()) != n.checked_mul(k) {
+        return Err(ShapeError(format!("X has {} values for {n}×{k}", x.len())));
+    }
+    for (i, ad) in adapters.iter().enumerate() {
+        if Some(ad.a.len()) != ad.rank.checked_mul(k) || Some(ad.b.len()) != d.checked_mul(ad.rank)
+        {
+            return Err(ShapeError(format!(
+                "adapter {i}: A has {} and B {} values for rank {} with d = {d}, k = {k}",
+                ad.a.len(),
+                ad.b.len(),
+                ad.rank
+            )));
+        }
+    }
+    if let Some(idx) = indices {
+        if idx.len() != n {
+            return Err(ShapeError(format!(
+                "{} adapter indices for {n} rows",
+                idx.len()
+            )));
+        }
+        if let Some((row, &bad)) = idx
+            .iter()
+            .enumerate()
+            .find(|(_, &a)| a != NO_ADAPTER && a as usize >= adapters.len())
+        {
+            return Err(ShapeError(format!(
+                "row {row}: adapter index {bad} but {} adapters",
+                adapters.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` for `X` `n × k` (f32) and `W0` `d × k` (stored); returns `Y`,
+/// `n × d` row-major.
+pub fn lora_forward(
+    x: &[f32],
+    n: usize,
+    w0: &StoredMatrix,
+    adapters: &[ForwardAdapter],
+) -> Result<Vec<f32>, ShapeError> {
+    validate_forward(x, n, w0, adapters, None)?;
+    let x = ArrayView2::from_shape((n, w0.cols), x).expect("validated");
+    let mut y = dense_part(x, w0);
+    for ad in adapters {
+        add_adapter(&mut y.view_mut(), x, ad, w0.rows, w0.cols);
+    }
+    Ok(y.into_raw_vec_and_offset().0)
+}
+
+/// Like [`lora_forward`], but row `i` of `X` uses only adapter `indices[i]` ([`NO_ADAPTER`]:
+/// none, `Y[i] = X[i]·W0ᵀ`).
+pub fn bgmv_forward(
+    x: &[f32],
+    n: usize,
+    w0: &StoredMatrix,
+    adapters: &[ForwardAdapter],
+    indices: &[u32],
+) -> Result<Vec<f32>, ShapeError> {
+    validate_forward(x, n, w0, adapters, Some(indices))?;
+    let x = ArrayView2::from_shape((n, w0.cols), x).expect("validated");
+    let mut y = dense_part(x, w0);
+    for (ai, ad) in adapters.iter().enumerate() {
+        // Gather the rows that use this adapter, run them as one small batch, scatter back.
+        let rows: Vec<usize> = (0..n)
+            .filter(|&i| indices[i] as usize == ai && indices[i] != NO_ADAPTER)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let xs = x.select(Axis(0), &rows);
+        let mut ys = y.select(Axis(0), &rows);
+        add_adapter(&mut ys.view_mut(), xs.view(), ad, w0.rows, w0.cols);
+        for (r, &i) in rows.iter().enumerate() {
+            y.row_mut(i).assign(&ys.row(r));
+        }
+    }
+    Ok(y.into_raw_vec_and_offset().0)
+}
+
+/// `X·W0ᵀ`, decoding `W0` a block of rows at a time.
+fn dense_part(x: ArrayView2<f32>, w0: &StoredMatrix) -> Array2<f32> {
+    let (n, d, k) = (x.nrows(), w0.rows, w0.cols);
+    let mut y = Array2::<f32>::zeros((n, d));
+    let step = w0.block_rows();
+    let mut r0 = 0;
+    while r0 < d {
+        let r1 = (r0 + step).min(d);
+        let block = w0.decode_rows(r0, r1);
+        let wb = ArrayView2::from_shape((r1 - r0, k), &block).expect("block shape");
+        general_mat_mul(1.0, &x, &wb.t(), 0.0, &mut y.slice_mut(s![.., r0..r1]));
+        r0 = r1;
+    }
+    y
+}
+
+/// `y += (s·(X·Aᵀ))·Bᵀ`.
+fn add_adapter(
+    y: &mut ndarray::ArrayViewMut2<f32>,
+    x: ArrayView2<f32>,
+    ad: &ForwardAdapter,
+    d: usize,
+    k: usize,
+) {
+    let a = ArrayView2::from_shape((ad.rank, k), ad.a).expect("validated");
+    let b = ArrayView2::from_shape((d, ad.rank), ad.b).expect("validated");
+    let mut t = Array2::<f32>::zeros((x.nrows(), ad.rank));
+    general_mat_mul(1.0, &x, &a.t(), 0.0, &mut t);
+    t.mapv_inplace(|v| ad.scale * v);
+    general_mat_mul(1.0, &t, &b.t(), 1.0, y);
+}
+
+/// A fine-tuned matrix `W` and its base `W0`, same shape, each in its stored dtype: the operator
+/// `M = W − W0` (`rows × cols`).
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaPair<'a> {
+    pub w: StoredMatrix<'a>,
+    pub w0: StoredMatrix<'a>,
+}
+
+impl DeltaPair<'_> {
+    pub fn rows(&self) -> usize {
+        self.w.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.w.cols
+    }
+
+    /// Checks both matrices and that their shapes agree.
+    pub fn validate(&self) -> Result<(), ShapeError> {
+        self.w.validate("W")?;
+        self.w0.validate("W0")?;
+        if (self.w.rows, self.w.cols) != (self.w0.rows, self.w0.cols) {
+            return Err(ShapeError(format!(
+                "W is {}×{} but W0 is {}×{}",
+                self.w.rows, self.w.cols, self.w0.rows, self.w0.cols
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rows `r0..r1` of `W − W0` in f32.
+    fn delta_rows(&self, r0: usize, r1: usize) -> Vec<f32> {
+        let mut d = self.w.decode_rows(r0, r1);
+        let base = self.w0.decode_rows(r0, r1);
+        for (x, b) in d.iter_mut().zip(&base) {
+            *x -= b;
+        }
+        d
+    }
+}
+
+fn check_len(what: &str, got: usize, rows: usize, l: usize) -> Result<(), ShapeError> {
+    if Some(got) != rows.checked_mul(l) {
+        return Err(ShapeError(format!(
+            "{what} has {got} values for {rows}×{l}"
+        )));
+    }
+    Ok(())
+}
+
+/// `Y = (W − W0)·Ω` for `Ω` `cols × l` (row-major f32); returns `Y`, `rows × l`.
+pub fn delta_sketch(pair: &DeltaPair, omega: &[f32], l: usize) -> Result<Vec<f32>, ShapeError> {
+    pair.validate()?;
+    let (m, k) = (pair.rows(), pair.cols());
+    check_len("Ω", omega.len(), k, l)?;
+    let om = ArrayView2::from_shape((k, l), omega).expect("checked");
+    let mut y = Array2::<f32>::zeros((m, l));
+    let step = pair.w.block_rows();
+    let mut r0 = 0;
+    while r0 < m {
+        let r1 = (r0 + step).min(m);
+        let block = pair.delta_rows(r0, r1);
+        let mb = ArrayView2::from_shape((r1 - r0, k), &block).expect("block shape");
+        general_mat_mul(1.0, &mb, &om, 0.0, &mut y.slice_mut(s![r0..r1, ..]));
+        r0 = r1;
+    }
+    Ok(y.into_raw_vec_and_offset().0)
+}
+
+/// `Z = (W − W0)ᵀ·Q` for `Q` `rows × l` (row-major f32); returns `Z`, `cols × l`.
+pub fn delta_sketch_t(pair: &DeltaPair, q: &[f32], l: usize) -> Result<Vec<f32>, ShapeError> {
+    pair.validate()?;
+    let (m, k) = (pair.rows(), pair.cols());
+    check_len("Q", q.len(), m, l)?;
+    let qm = ArrayView2::from_shape((m, l), q).expect("checked");
+    let mut z = Array2::<f32>::zeros((k, l));
+    let step = pair.w.block_rows();
+    let mut r0 = 0;
+    while r0 < m {
+        let r1 = (r0 + step).min(m);
+        let block = pair.delta_rows(r0, r1);
+        let mb = ArrayView2::from_shape((r1 - r0, k), &block).expect("block shape");
+        general_mat_mul(1.0, &mb.t(), &qm.slice(s![r0..r1, ..]), 1.0, &mut z);
+        r0 = r1;
+    }
+    Ok(z.into_raw_vec_and_offset().0)
+}
+
+/// `W − W0` as an operator, computed on the CPU a block of rows at a time.
+///
+/// Panics (as the trait cannot return errors) if the pair is inconsistent: call
+/// [`DeltaPair::validate`] first.
+impl LinearOperator for DeltaPair<'_> {
+    fn rows(&self) -> usize {
+        self.w.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.w.cols
+    }
+
+    fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let x = x.as_standard_layout();
+        let l = x.ncols();
+        let y = delta_sketch(self, x.as_slice().expect("standard layout"), l)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Array2::from_shape_vec((self.w.rows, l), y).expect("shape")
+    }
+
+    fn apply_t(&self, y: ArrayView2<f32>) -> Array2<f32> {
+        let y = y.as_standard_layout();
+        let l = y.ncols();
+        let z = delta_sketch_t(self, y.as_slice().expect("standard layout"), l)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Array2::from_shape_vec((self.w.cols, l), z).expect("shape")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    fn rand(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n).map(|_| lcg(seed)).collect()
+    }
+
+    /// f64 triple-loop reference: `Y[i, o] = Σ_p X[i,p]·W0[o,p] + Σ_a [use a] s_a Σ_c (Σ_p X[i,p]A[c,p]) B[o,c]`.
+    fn reference(
+        x: &[f32],
+        n: usize,
+        k: usize,
+        w0: &[f32],
+        d: usize,
+        ads: &[ForwardAdapter],
+        uses: impl Fn(usize, usize) -> bool,
+    ) -> Vec<f64> {
+        let mut y = vec![0f64; n * d];
+        for i in 0..n {
+            for o in 0..d {
+                let mut acc: f64 = (0..k)
+                    .map(|p| x[i * k + p] as f64 * w0[o * k + p] as f64)
+                    .sum();
+                for (ai, ad) in ads.iter().enumerate() {
+                    if !uses(i, ai) {
+                        continue;
+                    }
+                    for c in 0..ad.rank {
+                        let t: f64 = (0..k)
+                            .map(|p| x[i * k + p] as f64 * ad.a[c * k + p] as f64)
+                            .sum();
+                        acc += ad.scale as f64 * t * ad.b[o * ad.rank + c] as f64;
+                    }
+                }
+                y[i * d + o] = acc;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn forward_matches_f64_reference() {
+        let mut seed = 11;
+        let (n, k, d) = (7, 19, 13);
+        let x = rand(n * k, &mut seed);
+        let w0 = rand(d * k, &mut seed);
+        let (a1, b1) = (rand(3 * k, &mut seed), rand(d * 3, &mut seed));
+        let (a2, b2) = (rand(k, &mut seed), rand(d, &mut seed));
+        let ads = [
+            ForwardAdapter {
+                a: &a1,
+                b: &b1,
+                rank: 3,
+                scale: 0.5,
+            },
+            ForwardAdapter {
+                a: &a2,
+                b: &b2,
+                rank: 1,
+                scale: -2.0,
+            },
+        ];
+        for dt in [Dtype::F32, Dtype::BF16, Dtype::F16] {
+            let bytes = dtype::encode(dt, &w0);
+            let w0r = dtype::decode(dt, &bytes);
+            let sm = StoredMatrix {
+                bytes: &bytes,
+                dtype: dt,
+                rows: d,
+                cols: k,
+            };
+            let got = lora_forward(&x, n, &sm, &ads).unwrap();
+            let want = reference(&x, n, k, &w0r, d, &ads, |_, _| true);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+            }
+            let idx = [0, 1, NO_ADAPTER, 1, 0, 0, NO_ADAPTER];
+            let got = bgmv_forward(&x, n, &sm, &ads, &idx).unwrap();
+            let want = reference(&x, n, k, &w0r, d, &ads, |i, a| idx[i] as usize == a);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn forward_rejects_bad_shapes_and_indices() {
+        let w0 = dtype::encode(Dtype::F32, &[0.0; 6]);
+        let sm = StoredMatrix {
+            bytes: &w0,
+            dtype: Dtype::F32,
+            rows: 2,
+            cols: 3,
+        };
+        let a = [0.0f32; 3];
+        let b = [0.0f32; 2];
+        let ads = [ForwardAdapter {
+            a: &a,
+            b: &b,
+            rank: 1,
+            scale: 1.0,
+        }];
+        assert!(lora_forward(&[0.0; 5], 2, &sm, &ads).is_err());
+        assert!(bgmv_forward(&[0.0; 6], 2, &sm, &ads, &[0, 1]).is_err());
+        assert!(bgmv_forward(&[0.0; 6], 2, &sm, &ads, &[0, NO_ADAPTER]).is_ok());
+        assert_eq!(-1i32 as u32, NO_ADAPTER);
+        let bad = ForwardAdapter {
+            a: &a[..2],
+            ..ads[0]
+        };
+        assert!(lora_forward(&[0.0; 6], 2, &sm, &[bad]).is_err());
+    }
+
+    #[test]
+    fn delta_operator_matches_dense_difference() {
+        let mut seed = 5;
+        let (m, k, l) = (23, 17, 4);
+        let w = rand(m * k, &mut seed);
+        let w0 = rand(m * k, &mut seed);
+        let wb = dtype::encode(Dtype::BF16, &w);
+        let w0b = dtype::encode(Dtype::F16, &w0);
+        let pair = DeltaPair {
+            w: StoredMatrix {
+                bytes: &wb,
+                dtype: Dtype::BF16,
+                rows: m,
+                cols: k,
+            },
+            w0: StoredMatrix {
+                bytes: &w0b,
+                dtype: Dtype::F16,
+                rows: m,
+                cols: k,
+            },
+        };
+        let (wr, w0r) = (
+            dtype::decode(Dtype::BF16, &wb),
+            dtype::decode(Dtype::F16, &w0b),
+        );
+        let delta: Vec<f32> = wr.iter().zip(&w0r).map(|(a, b)| a - b).collect();
+        let dm = Array2::from_shape_vec((m, k), delta).unwrap();
+        let om = Array2::from_shape_vec((k, l), rand(k * l, &mut seed)).unwrap();
+        let q = Array2::from_shape_vec((m, l), rand(m * l, &mut seed)).unwrap();
+        let y = pair.apply(om.view());
+        let z = pair.apply_t(q.view());
+        let (y_ref, z_ref) = (dm.dot(&om), dm.t().dot(&q));
+        for (a, b) in y.iter().zip(&y_ref).chain(z.iter().zip(&z_ref)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert!(delta_sketch(&pair, &[0.0; 3], 1).is_err());
+    }
+}

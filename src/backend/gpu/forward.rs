@@ -1,0 +1,233 @@
+//! GPU LoRA forward: shrink (`shaders/forward_shrink.wgsl`) then fused dense + expand
+//! (`shaders/forward_dense.wgsl`), as Punica's SGMV/BGMV split the low-rank product.
+//!
+//! All adapters are stacked: `A_cat` (`R × k`, `R = Σ rank`) and `B_cat` (`d × R`), each column
+//! `c` of `T = X·A_catᵀ` carrying its adapter's scale. A row of `X` uses a column range of `T`
+//! (all of it when adapters are summed, one adapter's block for BGMV, nothing for
+//! [`NO_ADAPTER`]); the shrink kernel zeroes the other columns, so the expand is one product
+//! `T·B_catᵀ` added in the same accumulators as `X·W0ᵀ`.
+//!
+//! Tiling: `X` (and `T`) by rows, `W0` (and `B_cat`) by rows, `Y` in the resulting blocks; `A_cat`
+//! must fit one binding (`R·k·4` bytes).
+
+use super::kernels::{self, GEMM_TILE};
+use super::{dtype_code, elem_bytes, f32s, fit_rows, GpuContext, GpuError};
+use crate::backend::cpu_forward::{validate_forward, ForwardAdapter, StoredMatrix, NO_ADAPTER};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ShrinkParams {
+    n: u32,
+    k: u32,
+    r_total: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DenseParams {
+    n: u32,
+    k: u32,
+    d: u32,
+    r_total: u32,
+    w0_dtype: u32,
+    _pad: [u32; 3],
+}
+
+/// `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` on the GPU; same contract as
+/// [`crate::backend::cpu_forward::lora_forward`] (`X` `n × k` f32, `W0` `d × k` stored F32/F16/BF16;
+/// returns `Y`, `n × d`).
+pub fn lora_forward(
+    ctx: &GpuContext,
+    x: &[f32],
+    n: usize,
+    w0: &StoredMatrix,
+    adapters: &[ForwardAdapter],
+) -> Result<Vec<f32>, GpuError> {
+    validate_forward(x, n, w0, adapters, None)?;
+    let r_total: usize = adapters.iter().map(|a| a.rank).sum();
+    forward(ctx, x, n, w0, adapters, |_| (0, r_total))
+}
+
+/// Multi-adapter forward (BGMV): row `i` of `X` uses adapter `indices[i]` only, or none for
+/// [`NO_ADAPTER`] (`u32::MAX`, i.e. `-1i32 as u32`); same contract as
+/// [`crate::backend::cpu_forward::bgmv_forward`].
+pub fn bgmv_forward(
+    ctx: &GpuContext,
+    x: &[f32],
+    n: usize,
+    w0: &StoredMatrix,
+    adapters: &[ForwardAdapter],
+    indices: &[u32],
+) -> Result<Vec<f32>, GpuError> {
+    validate_forward(x, n, w0, adapters, Some(indices))?;
+    let offsets: Vec<usize> = adapters
+        .iter()
+        .scan(0, |acc, a| {
+            let o = *acc;
+            *acc += a.rank;
+            Some(o)
+        })
+        .collect();
+    forward(ctx, x, n, w0, adapters, |i| match indices[i] {
+        NO_ADAPTER => (0, 0),
+        a => (
+            offsets[a as usize],
+            offsets[a as usize] + adapters[a as usize].rank,
+        ),
+    })
+}
+
+fn forward(
+    ctx: &GpuContext,
+    x: &[f32],
+    n: usize,
+    w0: &StoredMatrix,
+    adapters: &[ForwardAdapter],
+    range: impl Fn(usize) -> (usize, usize),
+) -> Result<Vec<f32>, GpuError> {
+    let (d, k) = (w0.rows, w0.cols);
+    let w0_code = dtype_code(w0.dtype)?;
+    let es = elem_bytes(w0.dtype);
+    let mut y = vec![0f32; n * d];
+    if n == 0 || d == 0 {
+        return Ok(y);
+    }
+    let r_total: usize = adapters.iter().map(|a| a.rank).sum();
+    let (r4, k4) = (4 * r_total as u64, 4 * k as u64);
+    let limit = ctx.max_binding();
+    let groups = ctx.max_groups();
+    ctx.check_binding("stacked LoRA A (rank × k f32)", r4 * k as u64)?;
+    if r_total as u64 > groups as u64 * GEMM_TILE as u64 {
+        return Err(GpuError::TooLarge {
+            what: format!("shrink grid for total rank {r_total}"),
+            bytes: r4,
+            limit,
+        });
+    }
+    // Row tiles of W0 (with B) and of X (with T, the row ranges and the Y block).
+    let td = fit_rows(d, (k as u64 * es).max(r4), limit, groups).min(fit_rows(d, 4, limit, groups));
+    let tn = fit_rows(n, k4.max(r4).max(8).max(4 * td as u64), limit, groups);
+    if td == 0 || tn == 0 {
+        return Err(GpuError::TooLarge {
+            what: format!("forward row of k = {k}"),
+            bytes: k as u64 * es.max(4),
+            limit,
+        });
+    }
+
+    // Stacked factors: A_cat (R × k), per-column scale, B_cat (d × R).
+    let mut a_cat = Vec::with_capacity(r_total * k);
+    let mut col_scale = Vec::with_capacity(r_total);
+    for ad in adapters {
+        a_cat.extend_from_slice(ad.a);
+        col_scale.extend(std::iter::repeat_n(ad.scale, ad.rank));
+    }
+    let mut b_cat = vec![0f32; d * r_total];
+    let mut off = 0;
+    for ad in adapters {
+        for o in 0..d {
+            b_cat[o * r_total + off..o * r_total + off + ad.rank]
+                .copy_from_slice(&ad.b[o * ad.rank..(o + 1) * ad.rank]);
+        }
+        off += ad.rank;
+    }
+
+    let shrink = ctx.kernel(&kernels::FORWARD_SHRINK, &[])?;
+    let dense = ctx.kernel(&kernels::FORWARD_DENSE, &[])?;
+    ctx.scoped(|| {
+        let a_buf = ctx.upload("forward a_cat", bytemuck::cast_slice(&a_cat));
+        let s_buf = ctx.upload("forward col_scale", bytemuck::cast_slice(&col_scale));
+        // W0 / B row tiles, uploaded once and reused for every row tile of X.
+        let w_tiles: Vec<(usize, usize, wgpu::Buffer, wgpu::Buffer)> = (0..d)
+            .step_by(td)
+            .map(|o0| {
+                let nd = td.min(d - o0);
+                let w = ctx.upload(
+                    "forward w0",
+                    &w0.bytes[(o0 * k) * es as usize..((o0 + nd) * k) * es as usize],
+                );
+                let b = ctx.upload(
+                    "forward b",
+                    bytemuck::cast_slice(&b_cat[o0 * r_total..(o0 + nd) * r_total]),
+                );
+                (o0, nd, w, b)
+            })
+            .collect();
+        for i0 in (0..n).step_by(tn) {
+            let nn = tn.min(n - i0);
+            let x_buf = ctx.upload("forward x", bytemuck::cast_slice(&x[i0 * k..(i0 + nn) * k]));
+            let ranges: Vec<u32> = (i0..i0 + nn)
+                .flat_map(|i| {
+                    let (lo, hi) = range(i);
+                    [lo as u32, hi as u32]
+                })
+                .collect();
+            let r_buf = ctx.upload("forward row ranges", bytemuck::cast_slice(&ranges));
+            let t_buf = ctx.output("forward t", (nn * r_total * 4) as u64);
+            let sp = ctx.uniform(
+                "shrink params",
+                &ShrinkParams {
+                    n: nn as u32,
+                    k: k as u32,
+                    r_total: r_total as u32,
+                    _pad: 0,
+                },
+            );
+            let mut enc = ctx.encoder();
+            if r_total > 0 {
+                let g = (
+                    (r_total as u32).div_ceil(GEMM_TILE),
+                    (nn as u32).div_ceil(GEMM_TILE),
+                );
+                ctx.dispatch(
+                    &mut enc,
+                    &shrink,
+                    &[&sp, &x_buf, &a_buf, &s_buf, &r_buf, &t_buf],
+                    g,
+                );
+            }
+            let mut outs = Vec::with_capacity(w_tiles.len());
+            for (o0, nd, w_buf, b_buf) in &w_tiles {
+                let dp = ctx.uniform(
+                    "dense params",
+                    &DenseParams {
+                        n: nn as u32,
+                        k: k as u32,
+                        d: *nd as u32,
+                        r_total: r_total as u32,
+                        w0_dtype: w0_code,
+                        _pad: [0; 3],
+                    },
+                );
+                let y_buf = ctx.output("forward y", (nn * nd * 4) as u64);
+                let g = (
+                    (*nd as u32).div_ceil(GEMM_TILE),
+                    (nn as u32).div_ceil(GEMM_TILE),
+                );
+                ctx.dispatch(
+                    &mut enc,
+                    &dense,
+                    &[&dp, &x_buf, w_buf, &t_buf, b_buf, &y_buf],
+                    g,
+                );
+                outs.push((*o0, *nd, y_buf));
+            }
+            let sources: Vec<(&wgpu::Buffer, u64)> = outs
+                .iter()
+                .map(|(_, nd, b)| (b, (nn * nd * 4) as u64))
+                .collect();
+            let blocks = ctx.submit_and_read(enc, &sources)?;
+            // Scatter each nn × nd block into Y.
+            for ((o0, nd, _), bytes) in outs.iter().zip(blocks) {
+                let vals = f32s(&bytes);
+                for i in 0..nn {
+                    y[(i0 + i) * d + o0..(i0 + i) * d + o0 + nd]
+                        .copy_from_slice(&vals[i * nd..(i + 1) * nd]);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(y)
+}

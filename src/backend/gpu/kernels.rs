@@ -1,0 +1,199 @@
+//! The kernel registry: every WGSL kernel, its sources, entry point and binding layout, in one
+//! place. Pipelines are compiled on first use and cached per [`GpuContext`].
+//!
+//! WGSL has no `#include`, so a kernel's source is the concatenation of its parts: always
+//! `shaders/common.wgsl` (dtype codecs), then `shaders/gemm.wgsl` for the tiled-GEMM kernels,
+//! then the kernel's own file. Each file's header documents its bindings, layouts and formula.
+
+use super::{GpuContext, GpuError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
+
+/// The kind of one binding slot (all in bind group 0, numbered from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// A registered kernel.
+#[derive(Debug)]
+pub(crate) struct KernelSpec {
+    pub name: &'static str,
+    /// Source parts, concatenated in order.
+    pub sources: &'static [&'static str],
+    pub entry: &'static str,
+    /// Binding `i` of group 0 has kind `bindings[i]`.
+    pub bindings: &'static [Slot],
+}
+
+use Slot::{Read, ReadWrite, Uniform};
+
+/// W = W0 + Σ scale·B·A (+ DoRA), see `shaders/merge.wgsl`.
+pub(crate) const MERGE: KernelSpec = KernelSpec {
+    name: "merge",
+    sources: &[COMMON, include_str!("../../../shaders/merge.wgsl")],
+    entry: "main",
+    bindings: &[Uniform, Read, ReadWrite, Read, Read, Read, Read, ReadWrite],
+};
+
+/// T = scale ⊙ mask ⊙ X·Aᵀ, see `shaders/forward_shrink.wgsl`.
+pub(crate) const FORWARD_SHRINK: KernelSpec = KernelSpec {
+    name: "forward_shrink",
+    sources: &[
+        COMMON,
+        GEMM,
+        include_str!("../../../shaders/forward_shrink.wgsl"),
+    ],
+    entry: "main",
+    bindings: &[Uniform, Read, Read, Read, Read, ReadWrite],
+};
+
+/// Y = X·W0ᵀ + T·Bᵀ, see `shaders/forward_dense.wgsl`.
+pub(crate) const FORWARD_DENSE: KernelSpec = KernelSpec {
+    name: "forward_dense",
+    sources: &[
+        COMMON,
+        GEMM,
+        include_str!("../../../shaders/forward_dense.wgsl"),
+    ],
+    entry: "main",
+    bindings: &[Uniform, Read, Read, Read, Read, ReadWrite],
+};
+
+/// Y = (W − W0)·Ω, see `shaders/sketch.wgsl`.
+pub(crate) const SKETCH: KernelSpec = KernelSpec {
+    name: "sketch",
+    sources: &[COMMON, GEMM, include_str!("../../../shaders/sketch.wgsl")],
+    entry: "main",
+    bindings: &[Uniform, Read, Read, Read, ReadWrite],
+};
+
+/// Z += (W − W0)ᵀ·Q, see `shaders/sketch_t.wgsl`.
+pub(crate) const SKETCH_T: KernelSpec = KernelSpec {
+    name: "sketch_t",
+    sources: &[COMMON, GEMM, include_str!("../../../shaders/sketch_t.wgsl")],
+    entry: "main",
+    bindings: &[Uniform, Read, Read, Read, ReadWrite],
+};
+
+/// The dtype codecs on raw bits (tests only), see `shaders/convert.wgsl`.
+pub(crate) const CONVERT: KernelSpec = KernelSpec {
+    name: "convert",
+    sources: &[COMMON, include_str!("../../../shaders/convert.wgsl")],
+    entry: "main",
+    bindings: &[Uniform, Read, ReadWrite],
+};
+
+/// Every registered kernel.
+pub(crate) const ALL: &[&KernelSpec] = &[
+    &MERGE,
+    &FORWARD_SHRINK,
+    &FORWARD_DENSE,
+    &SKETCH,
+    &SKETCH_T,
+    &CONVERT,
+];
+
+/// Workgroup widths of the 1-D kernels (must match the WGSL constants of the same name).
+pub(crate) const MERGE_WG: u32 = 256;
+#[cfg(test)]
+pub(crate) const CONVERT_WG: u32 = 256;
+/// Result block computed by one workgroup of the tiled-GEMM kernels (`GEMM_TILE` in gemm.wgsl).
+pub(crate) const GEMM_TILE: u32 = 64;
+
+/// A compiled kernel: its pipeline and the bind group layout its bind groups are made against.
+#[derive(Debug)]
+pub(crate) struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub slots: usize,
+}
+
+/// Compiled pipelines, keyed by kernel name and pipeline-overridable constants.
+#[derive(Debug, Default)]
+pub(crate) struct Cache(Mutex<HashMap<String, Arc<Kernel>>>);
+
+impl GpuContext {
+    /// The pipeline for `spec` with the given override constants, compiled on first use.
+    pub(crate) fn kernel(
+        &self,
+        spec: &KernelSpec,
+        constants: &[(&str, f64)],
+    ) -> Result<Arc<Kernel>, GpuError> {
+        let key = format!("{}{constants:?}", spec.name);
+        // Holding the lock while compiling keeps two threads from compiling the same kernel.
+        let mut cache = self.kernels.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = cache.get(&key) {
+            return Ok(k.clone());
+        }
+        let kernel = self.scoped(|| Ok(self.compile(spec, constants)))?;
+        let kernel = Arc::new(kernel);
+        cache.insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    fn compile(&self, spec: &KernelSpec, constants: &[(&str, f64)]) -> Kernel {
+        let source: String = spec.sources.concat();
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(spec.name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match slot {
+                        Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                        Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(spec.name),
+                entries: &entries,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(spec.name),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.name),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        Kernel {
+            pipeline,
+            layout,
+            slots: spec.bindings.len(),
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! GPU backend: WGSL compute kernels run through wgpu (Vulkan, Metal, DX12 or GL), tested against
+//! the CPU backend.
+//!
+//! A [`GpuContext`] (instance, adapter, device, queue, compiled pipelines) is created once per run
+//! and passed to every op, so tests can inject one (e.g. with a lowered binding limit that forces
+//! tiling). Ops:
+//!
+//! * [`merge`]: `W = W0 + Σ scale·B·A` (+ DoRA), the same contract as [`crate::backend::cpu::merge`]
+//!   and bit-identical to it (see `shaders/merge.wgsl` for how fused multiply-add is prevented).
+//! * [`lora_forward`] / [`bgmv_forward`]: `Y = X·W0ᵀ + Σ s·(X·Aᵀ)·Bᵀ`, all adapters summed or one
+//!   per row of X; CPU twins in [`crate::backend::cpu_forward`].
+//! * [`delta_sketch`] / [`delta_sketch_t`] / [`GpuDeltaOp`]: `(W − W0)·Ω` and `(W − W0)ᵀ·Q`
+//!   without forming `W − W0`, and a [`crate::linalg::LinearOperator`] built on them.
+//!
+//! Every buffer a kernel binds is at most [`GpuContext::max_binding`] bytes (the device's
+//! `max_storage_buffer_binding_size` and `max_buffer_size`): larger tensors are processed in row
+//! (and, where needed, column) tiles, so e.g. an embedding matrix larger than the limit works.
+//!
+//! wgpu validation, out-of-memory and internal errors are captured in error scopes around each op
+//! and returned as [`GpuError`]; nothing here panics on a missing or failing GPU.
+
+mod forward;
+mod kernels;
+mod merge;
+mod sketch;
+#[cfg(test)]
+mod tests;
+
+pub use forward::{bgmv_forward, lora_forward};
+pub use merge::merge;
+pub use sketch::{delta_sketch, delta_sketch_t, GpuDeltaOp};
+
+use super::cpu_forward::ShapeError;
+use super::MergeError;
+use crate::dtype::Dtype;
+use kernels::Kernel;
+use wgpu::util::DeviceExt;
+
+/// Why a GPU op (or context creation) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpuError {
+    /// No usable adapter (no driver, no device, or none matching `WGPU_BACKEND` /
+    /// `WGPU_ADAPTER_NAME`).
+    #[error("no wgpu adapter: {0}")]
+    NoAdapter(String),
+    #[error("wgpu device request failed: {0}")]
+    Device(String),
+    /// Inputs inconsistent with the declared shapes.
+    #[error("{0}")]
+    Shape(String),
+    /// An input dtype the GPU kernels do not read or write.
+    #[error("gpu kernels support F32, F16 and BF16, not {0:?}")]
+    Dtype(Dtype),
+    /// A buffer that cannot be tiled is larger than one binding may be.
+    #[error("{what} needs a {bytes}-byte binding, over the {limit}-byte limit")]
+    TooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+    },
+    /// A wgpu validation, out-of-memory or internal error.
+    #[error("wgpu: {0}")]
+    Wgpu(String),
+    /// Reading results back failed (buffer mapping or device poll).
+    #[error("gpu readback failed: {0}")]
+    Readback(String),
+}
+
+impl From<ShapeError> for GpuError {
+    fn from(e: ShapeError) -> Self {
+        GpuError::Shape(e.0)
+    }
+}
+
+impl From<GpuError> for MergeError {
+    fn from(e: GpuError) -> Self {
+        match e {
+            GpuError::Shape(s) => MergeError::Shape(s),
+            other => MergeError::Gpu(other.to_string()),
+        }
+    }
+}
+
+/// Options for [`GpuContext::with_options`].
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Upper bound on the bytes of any one binding (and buffer), below the device's own limits.
+    /// Tests lower it to force tiling.
+    pub binding_limit: Option<u64>,
+}
+
+/// Device limits relevant to lorakit's kernels.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GpuLimits {
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+}
+
+/// What [`GpuContext::describe`] reports (for `lorakit gpu-info`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GpuInfo {
+    /// Adapter name, e.g. "llvmpipe (LLVM 15.0.7, 256 bits)".
+    pub name: String,
+    /// Graphics API: "vulkan", "metal", "dx12", "gl".
+    pub backend: String,
+    /// "DiscreteGpu", "IntegratedGpu", "VirtualGpu", "Cpu" or "Other".
+    pub device_type: String,
+    pub vendor: u32,
+    pub device: u32,
+    pub driver: String,
+    pub driver_info: String,
+    /// Limits of the device as created (possibly lowered by [`GpuOptions`]).
+    pub limits: GpuLimits,
+    /// Largest binding lorakit uses; bigger tensors are tiled.
+    pub tile_binding_bytes: u64,
+}
+
+/// Element-type code shared with the shaders (`DT_*` in common.wgsl).
+pub(crate) fn dtype_code(d: Dtype) -> Result<u32, GpuError> {
+    match d {
+        Dtype::F32 => Ok(0),
+        Dtype::F16 => Ok(1),
+        Dtype::BF16 => Ok(2),
+        other => Err(GpuError::Dtype(other)),
+    }
+}
+
+/// An adapter, its device and queue, and the compiled pipelines: create once per run.
+#[derive(Debug)]
+pub struct GpuContext {
+    // Kept alive for the device's lifetime.
+    _instance: wgpu::Instance,
+    _adapter: wgpu::Adapter,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    max_binding: u64,
+    kernels: kernels::Cache,
+}
+
+/// Binding sizes are kept below 2 GiB so every element index of a binding fits a WGSL `u32`.
+const INDEX_SAFE_BINDING: u64 = 1 << 31;
+
+impl GpuContext {
+    /// Opens the default adapter (honouring `WGPU_BACKEND`, `WGPU_POWER_PREF` and
+    /// `WGPU_ADAPTER_NAME`); [`GpuError::NoAdapter`] when there is none.
+    pub fn new() -> Result<Self, GpuError> {
+        Self::with_options(&GpuOptions::default())
+    }
+
+    /// Like [`GpuContext::new`], but `Ok(None)` when no adapter exists.
+    pub fn try_new() -> Result<Option<Self>, GpuError> {
+        match Self::new() {
+            Ok(c) => Ok(Some(c)),
+            Err(GpuError::NoAdapter(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A context whose bindings are at most `bytes` (rounded down to a multiple of 4, at least
+    /// 256), so tensors larger than that are tiled.
+    pub fn with_binding_limit(bytes: u64) -> Result<Self, GpuError> {
+        Self::with_options(&GpuOptions {
+            binding_limit: Some(bytes),
+        })
+    }
+
+    pub fn with_options(opts: &GpuOptions) -> Result<Self, GpuError> {
+        pollster::block_on(Self::create(opts))
+    }
+
+    async fn create(opts: &GpuOptions) -> Result<Self, GpuError> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = Self::pick_adapter(&instance).await?;
+        let info = adapter.get_info();
+        let mut limits = adapter.limits();
+        if let Some(cap) = opts.binding_limit {
+            let cap = (cap & !3).max(256);
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+            limits.max_buffer_size = limits.max_buffer_size.min(cap);
+        }
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("lorakit"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        // Every op runs inside error scopes; anything that escapes them is reported, not a panic.
+        device.on_uncaptured_error(std::sync::Arc::new(|e| {
+            eprintln!("lorakit: uncaptured wgpu error: {e}")
+        }));
+        let limits = device.limits();
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(INDEX_SAFE_BINDING)
+            & !3;
+        Ok(GpuContext {
+            _instance: instance,
+            _adapter: adapter,
+            device,
+            queue,
+            info,
+            limits,
+            max_binding,
+            kernels: kernels::Cache::default(),
+        })
+    }
+
+    async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter, GpuError> {
+        if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
+            let want = want.to_lowercase();
+            let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            return adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&want))
+                .ok_or_else(|| {
+                    GpuError::NoAdapter(format!(
+                        "none named like WGPU_ADAPTER_NAME={want:?} among {names:?}"
+                    ))
+                });
+        }
+        instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::from_env()
+                    .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::NoAdapter(e.to_string()))
+    }
+
+    /// Adapter, driver and limits, serialisable.
+    pub fn describe(&self) -> GpuInfo {
+        let l = &self.limits;
+        GpuInfo {
+            name: self.info.name.clone(),
+            backend: self.info.backend.to_string(),
+            device_type: format!("{:?}", self.info.device_type),
+            vendor: self.info.vendor,
+            device: self.info.device,
+            driver: self.info.driver.clone(),
+            driver_info: self.info.driver_info.clone(),
+            limits: GpuLimits {
+                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+                max_buffer_size: l.max_buffer_size,
+                max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+                max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+                max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+                max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+            },
+            tile_binding_bytes: self.max_binding,
+        }
+    }
+
+    /// Compiles every registered kernel (pipelines are otherwise compiled on first use); a shader
+    /// the device's compiler rejects is reported here.
+    pub fn compile_all(&self) -> Result<(), GpuError> {
+        for spec in kernels::ALL {
+            self.kernel(spec, &[])?;
+        }
+        Ok(())
+    }
+
+    /// The largest buffer any kernel binds, in bytes (a multiple of 4).
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// Most workgroups one dispatch dimension may have.
+    pub(crate) fn max_groups(&self) -> u32 {
+        self.limits.max_compute_workgroups_per_dimension.max(1)
+    }
+
+    /// Runs `f` inside validation / out-of-memory / internal error scopes; a captured wgpu error
+    /// takes precedence over `f`'s own result (it is usually the cause).
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T, GpuError>) -> Result<T, GpuError> {
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        // Scopes pop innermost first.
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        match errors.into_iter().flatten().next() {
+            Some(e) => Err(GpuError::Wgpu(e.to_string())),
+            None => result,
+        }
+    }
+
+    /// Fails with [`GpuError::TooLarge`] when `bytes` exceeds one binding.
+    pub(crate) fn check_binding(&self, what: &str, bytes: u64) -> Result<(), GpuError> {
+        if bytes > self.max_binding {
+            return Err(GpuError::TooLarge {
+                what: what.to_owned(),
+                bytes,
+                limit: self.max_binding,
+            });
+        }
+        Ok(())
+    }
+
+    /// A storage buffer holding `bytes` (padded to a multiple of 4, at least 4 bytes).
+    pub(crate) fn upload(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let mut padded;
+        let contents = if bytes.is_empty() || bytes.len() % 4 != 0 {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+            &padded[..]
+        } else {
+            bytes
+        };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// A uniform buffer holding `value`.
+    pub(crate) fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// A zero-filled storage buffer of at least `bytes` bytes (rounded up to a multiple of 4).
+    pub(crate) fn output(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: pad4(bytes),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Records one dispatch of `kernel` with `buffers` bound to slots 0, 1, … in its own pass
+    /// (passes are ordered, so a later dispatch sees an earlier one's writes).
+    pub(crate) fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: &Kernel,
+        buffers: &[&wgpu::Buffer],
+        groups: (u32, u32),
+    ) {
+        debug_assert_eq!(buffers.len(), kernel.slots);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+
+    pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+    }
+
+    /// Workgroup grid for `invocations` one-dimensional invocations of width `wg`: x up to the
+    /// per-dimension limit, the rest in y (kernels recover the index with `linear_id`).
+    pub(crate) fn grid_1d(&self, invocations: u64, wg: u32) -> (u32, u32) {
+        let groups = invocations.div_ceil(wg as u64).max(1);
+        let max_x = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let x = groups.min(max_x);
+        (x as u32, groups.div_ceil(x) as u32)
+    }
+
+    /// Submits `encoder` after appending copies of `sources` (buffer, byte length) to staging
+    /// buffers, waits, and returns each source's first `len` bytes.
+    pub(crate) fn submit_and_read(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        sources: &[(&wgpu::Buffer, u64)],
+    ) -> Result<Vec<Vec<u8>>, GpuError> {
+        // 1. Storage buffers cannot be mapped: copy each result into a MAP_READ staging buffer
+        //    at the end of the same command buffer, after the dispatches that produce it.
+        let staging: Vec<wgpu::Buffer> = sources
+            .iter()
+            .map(|&(src, len)| {
+                let size = pad4(len);
+                let st = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("staging"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.copy_buffer_to_buffer(src, 0, &st, 0, size);
+                st
+            })
+            .collect();
+        // 2. Submit the work; it runs asynchronously on the device.
+        let submission = self.queue.submit([encoder.finish()]);
+        // 3. Request a read mapping of each staging buffer; the callback fires from a device
+        //    poll once the submission has finished.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, st) in staging.iter().enumerate() {
+            let tx = tx.clone();
+            st.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send((i, r));
+            });
+        }
+        drop(tx);
+        // 4. Block until the submission completes and the map callbacks have run.
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let mut results: Vec<Option<Result<(), wgpu::BufferAsyncError>>> =
+            vec![None; staging.len()];
+        for _ in 0..3 {
+            while let Ok((i, r)) = rx.try_recv() {
+                results[i] = Some(r);
+            }
+            if results.iter().all(Option::is_some) {
+                break;
+            }
+            // Callbacks not delivered yet: poll again (returns once all queued work is done).
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
+        }
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    return Err(GpuError::Readback(format!(
+                        "mapping staging buffer {i}: {e}"
+                    )))
+                }
+                None => {
+                    return Err(GpuError::Readback(format!(
+                        "staging buffer {i} was never mapped"
+                    )))
+                }
+            }
+        }
+        // 5. Copy the bytes out of each mapped range; the view must be dropped before unmap.
+        let mut out = Vec::with_capacity(staging.len());
+        for (st, &(_, len)) in staging.iter().zip(sources) {
+            let view = st
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            out.push(view[..len as usize].to_vec());
+            drop(view);
+            st.unmap();
+        }
+        Ok(out)
+    }
+}
+
+/// Largest `rows` (≤ `cap`) with `rows · bytes_per_row ≤ limit`, and at most what one GEMM grid
+/// dimension covers (`max_groups` workgroups of `GEMM_TILE` rows).
+pub(crate) fn fit_rows(cap: usize, bytes_per_row: u64, limit: u64, max_groups: u32) -> usize {
+    let by_limit = limit.checked_div(bytes_per_row).unwrap_or(u64::MAX);
+    by_limit
+        .min(cap as u64)
+        .min(max_groups as u64 * kernels::GEMM_TILE as u64) as usize
+}
+
+pub(crate) fn pad4(bytes: u64) -> u64 {
+    bytes.div_ceil(4).max(1) * 4
+}
+
+/// Bytes of `n` elements of a GPU dtype.
+pub(crate) fn elem_bytes(d: Dtype) -> u64 {
+    (d.bitsize() / 8) as u64
+}
+
+/// Reads `bytes` as little-endian `f32`s.
+pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
