@@ -59,13 +59,20 @@ pub struct InputError {
 /// The cause of an [`InputError`].
 #[derive(Debug, thiserror::Error)]
 pub enum InputErrorKind {
+    /// Boxed: keeps `Result<_, InputError>` small on the happy path.
     #[error(transparent)]
-    Format(#[from] FormatError),
+    Format(Box<FormatError>),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// Anything else about the file's content, already phrased (names the tensor if any).
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<FormatError> for InputErrorKind {
+    fn from(e: FormatError) -> Self {
+        InputErrorKind::Format(Box::new(e))
+    }
 }
 
 impl fmt::Display for InputError {
@@ -77,7 +84,7 @@ impl fmt::Display for InputError {
 impl std::error::Error for InputError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
-            InputErrorKind::Format(e) => Some(e),
+            InputErrorKind::Format(e) => Some(e.as_ref()),
             InputErrorKind::Io(e) => Some(e),
             InputErrorKind::Invalid(_) => None,
         }

@@ -23,7 +23,6 @@ use crate::io::{Checkpoint, Output, TensorSpec};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Output dtype policy.
@@ -532,7 +531,7 @@ impl MergePlan {
         let rows = info.shape.first().copied().unwrap_or(1);
         let cols = info.shape.iter().skip(1).product::<usize>();
         // Factors in the stored orientation: a transposed base gets (B·A)ᵀ = Aᵀ·Bᵀ.
-        let mut owned: Vec<(Vec<f32>, Vec<f32>, Option<Arc<Vec<f32>>>)> = Vec::new();
+        let mut owned: Vec<StoredTerm> = Vec::new();
         let mut order = terms.to_vec();
         if self.options.unmerge {
             order.reverse();
@@ -550,12 +549,12 @@ impl MergePlan {
                 (b.to_vec(), av.to_vec())
             };
             let mag = m.dora_magnitude.as_ref().map(|d| a.values(d)).transpose()?;
-            owned.push((bb, aa, mag));
+            owned.push(StoredTerm { b: bb, a: aa, magnitude: mag });
         }
         let term_list: Vec<Term> = order
             .iter()
             .zip(&owned)
-            .map(|(&(ai, mi), (b, a, mag))| {
+            .map(|(&(ai, mi), StoredTerm { b, a, magnitude: mag })| {
                 let wa = &self.adapters[ai];
                 let m = &wa.adapter.modules[mi];
                 Term {
@@ -606,6 +605,13 @@ impl MergePlan {
         meta.push(("lorakit.adapters".into(), serde_json::Value::Array(adapters).to_string()));
         meta
     }
+}
+
+/// One term's factors in the base tensor's stored orientation.
+struct StoredTerm {
+    b: Vec<f32>,
+    a: Vec<f32>,
+    magnitude: Option<crate::adapter::Values>,
 }
 
 fn check_finite(base: &Checkpoint, name: &str, v: &[f32]) -> InputResult<()> {

@@ -38,6 +38,9 @@ pub enum ModuleKind {
     Conv { kernel: Vec<usize> },
 }
 
+/// Shared canonical values of a factor.
+pub type Values = Arc<Vec<f32>>;
+
 /// Where a factor's values come from: a tensor of the adapter file, or memory.
 #[derive(Debug, Clone)]
 pub enum Data {
@@ -145,7 +148,7 @@ impl Adapter {
     }
 
     /// Canonical `(B, A)` of a module (`B`: d×r, `A`: r×k).
-    pub fn factors(&self, m: &LoraModule) -> InputResult<(Arc<Vec<f32>>, Arc<Vec<f32>>)> {
+    pub fn factors(&self, m: &LoraModule) -> InputResult<(Values, Values)> {
         Ok((self.values(&m.b)?, self.values(&m.a)?))
     }
 

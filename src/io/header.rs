@@ -306,7 +306,8 @@ mod tests {
     fn each_malformation_is_named() {
         let ok = r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
         assert!(parse_file(ok, 8).is_ok());
-        let cases: &[(&str, usize, fn(&FormatError) -> bool)] = &[
+        type Case = (&'static str, usize, fn(&FormatError) -> bool);
+        let cases: &[Case] = &[
             (r#"{"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8, |e| matches!(e, FormatError::LengthMismatch { .. })),
             (r#"{"t":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#, 8, |e| matches!(e, FormatError::UnknownDtype { .. })),
             (r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 8, |e| matches!(e, FormatError::DuplicateKey(k) if k == "t")),
