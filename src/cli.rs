@@ -15,7 +15,12 @@ use std::path::PathBuf;
 /// Exit status: 0 success, 1 a check failed (diff), 2 bad usage or bad input, 3 internal or
 /// output I/O error.
 #[derive(Debug, Parser)]
-#[command(name = "lorakit", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "lorakit",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -33,6 +38,23 @@ pub enum Command {
     Resize(crate::commands::resize::ResizeArgs),
     Combine(crate::commands::combine::CombineArgs),
     Convert(crate::commands::convert::ConvertArgs),
+    GpuInfo(GpuInfoArgs),
+}
+
+/// Show the GPU adapter wgpu finds (name, backend, device type, driver, limits).
+///
+/// Exits 2 when no adapter exists. `--device auto` uses a hardware GPU when one exists and never a
+/// software one (lavapipe); `--device gpu` uses whatever this command shows.
+///
+/// Examples:
+///   lorakit gpu-info
+///   lorakit gpu-info --json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct GpuInfoArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Output format of a command's report.
@@ -163,9 +185,13 @@ impl From<DeviceArg> for Device {
 /// Parses sizes like `5GB`, `500MB`, `2GiB`, `1000` (bytes), as Hugging Face does (GB = 10⁹).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size like 5GB or 500MB"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 5GB or 500MB"))?;
     let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1.0,
         "KB" => 1e3,
@@ -176,7 +202,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MIB" => 1024.0 * 1024.0,
         "GIB" => 1024.0 * 1024.0 * 1024.0,
         "TIB" => 1024f64.powi(4),
-        u => return Err(format!("unknown size unit `{u}` (use B, KB, MB, GB, KiB, MiB, GiB)")),
+        u => {
+            return Err(format!(
+                "unknown size unit `{u}` (use B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
     };
     let v = n * mult;
     if v < 1.0 {

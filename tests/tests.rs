@@ -1,17 +1,19 @@
 //! Integration tests: one target, each test in a fresh temp dir, driving the real binary.
 
 mod it {
+    /// `resize`, `combine`, `convert` against full SVDs and PEFT's add_weighted_adapter.
+    pub mod algebra;
+    /// Malformed files: one-line errors naming file and tensor, exit 2, nothing written.
+    pub mod bad_input;
     /// Shared helpers: running the binary, reading outputs with the independent `safetensors`
     /// crate, comparing tensors.
     pub mod common;
+    /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
+    pub mod extract;
+    /// `merge --device gpu` against `--device cpu`; `gpu-info`.
+    pub mod gpu;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
     pub mod inspect;
     /// `merge` against PEFT's own merge_and_unload outputs and the other references.
     pub mod merge;
-    /// Malformed files: one-line errors naming file and tensor, exit 2, nothing written.
-    pub mod bad_input;
-    /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
-    pub mod extract;
-    /// `resize`, `combine`, `convert` against full SVDs and PEFT's add_weighted_adapter.
-    pub mod algebra;
 }

@@ -75,9 +75,17 @@ pub enum MergeError {
 impl MergeJob<'_> {
     /// Checks the factor and magnitude lengths against the declared shape.
     pub fn validate(&self) -> Result<(), MergeError> {
-        let n = self.rows.checked_mul(self.cols).ok_or_else(|| MergeError::Shape("size overflows".into()))?;
+        let n = self
+            .rows
+            .checked_mul(self.cols)
+            .ok_or_else(|| MergeError::Shape("size overflows".into()))?;
         if self.w0.len() * 8 != n * self.in_dtype.bitsize() {
-            return Err(MergeError::Shape(format!("base has {} bytes for {}×{}", self.w0.len(), self.rows, self.cols)));
+            return Err(MergeError::Shape(format!(
+                "base has {} bytes for {}×{}",
+                self.w0.len(),
+                self.rows,
+                self.cols
+            )));
         }
         for (i, t) in self.terms.iter().enumerate() {
             if t.b.len() != self.rows * t.rank || t.a.len() != t.rank * self.cols {
@@ -117,26 +125,40 @@ pub enum Device {
     Gpu,
 }
 
-/// The backend chosen for a run: created once, shared by every op of the run.
+/// The backend chosen for a run: created once (instance, device, queue, cached pipelines),
+/// shared by every op of the run.
 #[derive(Debug)]
 pub enum Engine {
     Cpu,
+    Gpu(Box<gpu::GpuContext>),
 }
 
 impl Engine {
     /// Creates the engine for `device`: `Gpu` fails with a clear error when no GPU adapter
-    /// exists; `Auto` uses a GPU when one exists and falls back to the CPU otherwise.
+    /// exists; `Auto` uses a hardware GPU when one exists and the CPU otherwise (a software
+    /// adapter such as lavapipe is slower than the CPU path, so `auto` never picks it; ask for
+    /// it with `--device gpu`).
     pub fn new(device: Device) -> anyhow::Result<Engine> {
         match device {
-            Device::Cpu | Device::Auto => Ok(Engine::Cpu),
-            Device::Gpu => anyhow::bail!("--device gpu: the GPU backend is not available in this build"),
+            Device::Cpu => Ok(Engine::Cpu),
+            Device::Gpu => match gpu::GpuContext::new() {
+                Ok(ctx) => Ok(Engine::Gpu(Box::new(ctx))),
+                Err(e) => anyhow::bail!("--device gpu: {e}"),
+            },
+            Device::Auto => Ok(match gpu::GpuContext::try_new() {
+                Ok(Some(ctx)) if ctx.describe().device_type != "Cpu" => Engine::Gpu(Box::new(ctx)),
+                _ => Engine::Cpu,
+            }),
         }
     }
 
-    /// See [`MergeJob`].
+    /// See [`MergeJob`]. F64 tensors (no WGSL type) are merged on the CPU.
     pub fn merge(&self, job: &MergeJob) -> Result<Vec<u8>, MergeError> {
         match self {
-            Engine::Cpu => cpu::merge(job),
+            Engine::Gpu(ctx) if job.in_dtype != Dtype::F64 && job.out_dtype != Dtype::F64 => {
+                gpu::merge(ctx, job)
+            }
+            _ => cpu::merge(job),
         }
     }
 
@@ -144,6 +166,14 @@ impl Engine {
     pub fn describe(&self) -> String {
         match self {
             Engine::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+            Engine::Gpu(ctx) => {
+                let i = ctx.describe();
+                format!("gpu ({}, {})", i.name, i.backend)
+            }
         }
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        matches!(self, Engine::Gpu(_))
     }
 }

@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Resize(a) => resize::run(a, quiet),
         Command::Combine(a) => combine::run(a, quiet),
         Command::Convert(a) => convert::run(a, quiet),
+        Command::GpuInfo(a) => gpu_info(a),
     }
 }
 
@@ -47,4 +48,39 @@ pub fn warn(quiet: bool, msg: &str) {
     if !quiet {
         eprintln!("warning: {msg}");
     }
+}
+
+fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
+    use crate::backend::gpu::{GpuContext, GpuError};
+    let ctx = match GpuContext::new() {
+        Ok(c) => c,
+        Err(e @ GpuError::NoAdapter(_)) => {
+            return Err(anyhow::Error::new(crate::error::InputError::invalid(
+                "gpu",
+                e.to_string(),
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ctx.compile_all()?;
+    let info = ctx.describe();
+    if a.json {
+        print_json(&info)
+    } else {
+        let l = &info.limits;
+        print(&format!(
+            "adapter      {}\nbackend      {}\ndevice type  {}\ndriver       {} {}\nmax binding  {} (lorakit tiles above {})\nmax buffer   {}\nworkgroup    {} invocations, {} bytes shared\nkernels      all compiled\n",
+            info.name,
+            info.backend,
+            info.device_type,
+            info.driver,
+            info.driver_info,
+            crate::inspect::human_bytes(l.max_storage_buffer_binding_size),
+            crate::inspect::human_bytes(info.tile_binding_bytes),
+            crate::inspect::human_bytes(l.max_buffer_size),
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroup_storage_size,
+        ))
+    }
+    .map(|_| 0)
 }
