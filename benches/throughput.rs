@@ -54,9 +54,15 @@ fn main() {
     let t = Instant::now();
     let plan = MergePlan::new(
         Checkpoint::open(&base).unwrap(),
-        vec![WeightedAdapter { adapter: Adapter::open(&adapter).unwrap(), weight: 1.0 }],
+        vec![WeightedAdapter {
+            adapter: Adapter::open(&adapter).unwrap(),
+            weight: 1.0,
+        }],
         out.clone(),
-        MergeOptions { device: Device::Cpu, ..Default::default() },
+        MergeOptions {
+            device: Device::Cpu,
+            ..Default::default()
+        },
     )
     .unwrap();
     let summary = plan.run(&Engine::new(Device::Cpu).unwrap()).unwrap();
@@ -66,11 +72,27 @@ fn main() {
 
     let gb = base_len as f64 / 1e9;
     println!("merge benchmark: bf16 Llama-shaped, hidden {HIDDEN}, {LAYERS} layers, r={RANK} on all linear layers");
-    println!("  base file            {:.3} GB, largest tensor {:.1} MB", gb, largest as f64 / 1e6);
+    println!(
+        "  base file            {:.3} GB, largest tensor {:.1} MB",
+        gb,
+        largest as f64 / 1e6
+    );
     println!("  threads              {}", rayon::current_num_threads());
-    println!("  plain copy           {:.2} s  ({:.2} GB/s)", copy_s, gb / copy_s);
-    println!("  merge                {:.2} s  ({:.2} GB/s), {} tensors merged", merge_s, gb / merge_s, summary.tensors_merged);
-    println!("  merge / copy         {:.2}×   (target ≤ 1.5×)", merge_s / copy_s);
+    println!(
+        "  plain copy           {:.2} s  ({:.2} GB/s)",
+        copy_s,
+        gb / copy_s
+    );
+    println!(
+        "  merge                {:.2} s  ({:.2} GB/s), {} tensors merged",
+        merge_s,
+        gb / merge_s,
+        summary.tensors_merged
+    );
+    println!(
+        "  merge / copy         {:.2}×   (target ≤ 1.5×)",
+        merge_s / copy_s
+    );
     println!(
         "  peak RSS             {:.1} MB (process before merge {:.1} MB); target ≤ 3 × largest + 64 MB = {:.1} MB",
         peak as f64 / 1024.0,
@@ -81,7 +103,11 @@ fn main() {
 
 /// Writes the base (random bf16) and the adapter (random f32 factors) with lorakit's writer.
 fn generate(base: &Path, adapter: &Path) {
-    let mut specs = vec![TensorSpec::new("model.embed_tokens.weight", Dtype::BF16, vec![VOCAB, HIDDEN])];
+    let mut specs = vec![TensorSpec::new(
+        "model.embed_tokens.weight",
+        Dtype::BF16,
+        vec![VOCAB, HIDDEN],
+    )];
     let mut linear = Vec::new();
     for l in 0..LAYERS {
         for (name, d, k) in [
@@ -94,14 +120,34 @@ fn generate(base: &Path, adapter: &Path) {
             ("mlp.down_proj", HIDDEN, INTER),
         ] {
             let n = format!("model.layers.{l}.{name}");
-            specs.push(TensorSpec::new(format!("{n}.weight"), Dtype::BF16, vec![d, k]));
+            specs.push(TensorSpec::new(
+                format!("{n}.weight"),
+                Dtype::BF16,
+                vec![d, k],
+            ));
             linear.push((n, d, k));
         }
-        specs.push(TensorSpec::new(format!("model.layers.{l}.input_layernorm.weight"), Dtype::BF16, vec![HIDDEN]));
-        specs.push(TensorSpec::new(format!("model.layers.{l}.post_attention_layernorm.weight"), Dtype::BF16, vec![HIDDEN]));
+        specs.push(TensorSpec::new(
+            format!("model.layers.{l}.input_layernorm.weight"),
+            Dtype::BF16,
+            vec![HIDDEN],
+        ));
+        specs.push(TensorSpec::new(
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            Dtype::BF16,
+            vec![HIDDEN],
+        ));
     }
-    specs.push(TensorSpec::new("model.norm.weight", Dtype::BF16, vec![HIDDEN]));
-    specs.push(TensorSpec::new("lm_head.weight", Dtype::BF16, vec![VOCAB, HIDDEN]));
+    specs.push(TensorSpec::new(
+        "model.norm.weight",
+        Dtype::BF16,
+        vec![HIDDEN],
+    ));
+    specs.push(TensorSpec::new(
+        "lm_head.weight",
+        Dtype::BF16,
+        vec![VOCAB, HIDDEN],
+    ));
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -110,7 +156,9 @@ fn generate(base: &Path, adapter: &Path) {
         ((rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
     };
     let mut out = Output::new();
-    let mut w = out.safetensors(base, &[("format".into(), "pt".into())], specs.clone()).unwrap();
+    let mut w = out
+        .safetensors(base, &[("format".into(), "pt".into())], specs.clone())
+        .unwrap();
     for s in &specs {
         let n: usize = s.shape.iter().product();
         w.begin(&s.name).unwrap();
@@ -126,14 +174,29 @@ fn generate(base: &Path, adapter: &Path) {
     std::fs::create_dir_all(adapter).unwrap();
     let mut aspecs = Vec::new();
     for (n, d, k) in &linear {
-        aspecs.push(TensorSpec::new(format!("base_model.model.{n}.lora_A.weight"), Dtype::F32, vec![RANK, *k]));
-        aspecs.push(TensorSpec::new(format!("base_model.model.{n}.lora_B.weight"), Dtype::F32, vec![*d, RANK]));
+        aspecs.push(TensorSpec::new(
+            format!("base_model.model.{n}.lora_A.weight"),
+            Dtype::F32,
+            vec![RANK, *k],
+        ));
+        aspecs.push(TensorSpec::new(
+            format!("base_model.model.{n}.lora_B.weight"),
+            Dtype::F32,
+            vec![*d, RANK],
+        ));
     }
-    let mut w = out.safetensors(&adapter.join("adapter_model.safetensors"), &[], aspecs.clone()).unwrap();
+    let mut w = out
+        .safetensors(
+            &adapter.join("adapter_model.safetensors"),
+            &[],
+            aspecs.clone(),
+        )
+        .unwrap();
     for s in &aspecs {
         let n: usize = s.shape.iter().product();
         let vals: Vec<f32> = (0..n).map(|_| next()).collect();
-        w.write_tensor(&s.name, &dtype::encode(Dtype::F32, &vals)).unwrap();
+        w.write_tensor(&s.name, &dtype::encode(Dtype::F32, &vals))
+            .unwrap();
     }
     w.finish().unwrap();
     out.small_file(

@@ -144,7 +144,11 @@ mod tests {
             if !x.is_nan() {
                 let enc = encode(Dtype::BF16, &[x]);
                 let back = decode(Dtype::BF16, &enc)[0];
-                assert_eq!(back.to_bits(), round_bf16_reference(x).to_bits(), "x = {x:e}");
+                assert_eq!(
+                    back.to_bits(),
+                    round_bf16_reference(x).to_bits(),
+                    "x = {x:e}"
+                );
             }
             match bits.checked_add(65_521) {
                 Some(b) => bits = b,
@@ -173,7 +177,13 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for d in [Dtype::F32, Dtype::BF16, Dtype::F8_E4M3, Dtype::I8, Dtype::U8] {
+        for d in [
+            Dtype::F32,
+            Dtype::BF16,
+            Dtype::F8_E4M3,
+            Dtype::I8,
+            Dtype::U8,
+        ] {
             assert_eq!(parse(&name(d)), Some(d));
         }
         assert_eq!(name(Dtype::F8_E4M3), "F8_E4M3");

@@ -36,11 +36,26 @@ pub enum FormatError {
     #[error("tensor `{tensor}`: element count of shape {shape:?} overflows")]
     ShapeOverflow { tensor: String, shape: Vec<u64> },
     #[error("tensor `{tensor}`: shape {shape:?} of {dtype} needs {expected} bytes, data_offsets give {actual}")]
-    LengthMismatch { tensor: String, shape: Vec<usize>, dtype: String, expected: u128, actual: u64 },
+    LengthMismatch {
+        tensor: String,
+        shape: Vec<usize>,
+        dtype: String,
+        expected: u128,
+        actual: u64,
+    },
     #[error("tensor `{tensor}`: data_offsets [{start}, {end}] are reversed")]
-    ReversedOffsets { tensor: String, start: u64, end: u64 },
+    ReversedOffsets {
+        tensor: String,
+        start: u64,
+        end: u64,
+    },
     #[error("tensor `{tensor}`: data_offsets [{start}, {end}] overlap or leave a gap after the previous tensor (which ends at {expected})")]
-    NonContiguous { tensor: String, start: u64, end: u64, expected: u64 },
+    NonContiguous {
+        tensor: String,
+        start: u64,
+        end: u64,
+        expected: u64,
+    },
     #[error("tensor `{tensor}`: data_offsets end {end} is beyond the {data}-byte data section")]
     OutOfBounds { tensor: String, end: u64, data: u64 },
     #[error("tensors cover {covered} bytes but the data section holds {data}")]
@@ -93,7 +108,10 @@ impl std::error::Error for InputError {
 
 impl InputError {
     pub fn new(path: impl AsRef<Path>, kind: impl Into<InputErrorKind>) -> Self {
-        InputError { path: path.as_ref().to_path_buf(), kind: kind.into() }
+        InputError {
+            path: path.as_ref().to_path_buf(),
+            kind: kind.into(),
+        }
     }
 
     /// A content error with a message (it should name the tensor or key it is about).

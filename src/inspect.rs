@@ -129,13 +129,23 @@ fn checkpoint_report(c: &Checkpoint, opts: &InspectOptions) -> CheckpointReport 
     let mut dtypes: BTreeMap<String, DtypeStats> = BTreeMap::new();
     let mut params = 0u64;
     for (_, t) in c.infos() {
-        let s = dtypes.entry(dtype::name(t.dtype)).or_insert(DtypeStats { tensors: 0, parameters: 0, bytes: 0 });
+        let s = dtypes.entry(dtype::name(t.dtype)).or_insert(DtypeStats {
+            tensors: 0,
+            parameters: 0,
+            bytes: 0,
+        });
         s.tensors += 1;
         s.parameters += t.numel() as u64;
         s.bytes += t.byte_len();
         params += t.numel() as u64;
     }
-    let file_name = |i: usize| c.shards[i].path().file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = |i: usize| {
+        c.shards[i]
+            .path()
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let tensor_list = opts.tensors.then(|| {
         c.infos()
             .map(|(s, t)| TensorRow {
@@ -172,12 +182,19 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
             let bv = ArrayView2::from_shape((m.out_features, m.rank), b.as_slice())?;
             let avv = ArrayView2::from_shape((m.rank, m.in_features), av.as_slice())?;
             let s = crate::linalg::spectrum_of_factors(bv, avv, m.scale as f32);
-            Some(SpectrumRow { singular_values: s.singular_values, fro_norm: s.fro_norm, rank90: s.rank90, rank99: s.rank99 })
+            Some(SpectrumRow {
+                singular_values: s.singular_values,
+                fro_norm: s.fro_norm,
+                rank90: s.rank90,
+                rank99: s.rank99,
+            })
         } else {
             None
         };
         let key_shape = |d: &adapter::Data, fallback: Vec<usize>| match (d, &a.source) {
-            (adapter::Data::Stored { key, .. }, Some(src)) => src.info(key).map(|i| i.shape.clone()).unwrap_or(fallback),
+            (adapter::Data::Stored { key, .. }, Some(src)) => {
+                src.info(key).map(|i| i.shape.clone()).unwrap_or(fallback)
+            }
             _ => fallback,
         };
         modules.push(ModuleRow {
@@ -186,7 +203,14 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
                 ModuleKind::Linear => "linear".into(),
                 ModuleKind::Embedding => "embedding".into(),
                 ModuleKind::Conv { kernel } => {
-                    format!("conv{}", kernel.iter().map(|k| k.to_string()).collect::<Vec<_>>().join("x"))
+                    format!(
+                        "conv{}",
+                        kernel
+                            .iter()
+                            .map(|k| k.to_string())
+                            .collect::<Vec<_>>()
+                            .join("x")
+                    )
                 }
             },
             rank: m.rank,
@@ -223,17 +247,39 @@ pub fn render_text(r: &Report) -> String {
     match r {
         Report::Checkpoint(c) => {
             let _ = writeln!(s, "checkpoint  {}", c.path);
-            let _ = writeln!(s, "layout      {} ({} file{})", c.layout, c.files.len(), if c.files.len() == 1 { "" } else { "s" });
+            let _ = writeln!(
+                s,
+                "layout      {} ({} file{})",
+                c.layout,
+                c.files.len(),
+                if c.files.len() == 1 { "" } else { "s" }
+            );
             let _ = writeln!(s, "tensors     {}", c.tensors);
-            let _ = writeln!(s, "parameters  {} ({})", c.parameters, human_count(c.parameters));
+            let _ = writeln!(
+                s,
+                "parameters  {} ({})",
+                c.parameters,
+                human_count(c.parameters)
+            );
             let _ = writeln!(s, "bytes       {} ({})", c.bytes, human_bytes(c.bytes));
             let rows: Vec<Vec<String>> = c
                 .dtypes
                 .iter()
-                .map(|(d, st)| vec![d.clone(), st.tensors.to_string(), st.parameters.to_string(), human_bytes(st.bytes)])
+                .map(|(d, st)| {
+                    vec![
+                        d.clone(),
+                        st.tensors.to_string(),
+                        st.parameters.to_string(),
+                        human_bytes(st.bytes),
+                    ]
+                })
                 .collect();
             s.push('\n');
-            s.push_str(&table(&["dtype", "tensors", "parameters", "bytes"], &rows, &[false, true, true, true]));
+            s.push_str(&table(
+                &["dtype", "tensors", "parameters", "bytes"],
+                &rows,
+                &[false, true, true, true],
+            ));
             if !c.metadata.is_empty() {
                 s.push_str("\nmetadata\n");
                 for (k, v) in &c.metadata {
@@ -243,20 +289,44 @@ pub fn render_text(r: &Report) -> String {
             if let Some(list) = &c.tensor_list {
                 let rows: Vec<Vec<String>> = list
                     .iter()
-                    .map(|t| vec![t.name.clone(), t.dtype.clone(), format!("{:?}", t.shape), t.bytes.to_string(), t.file.clone()])
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.dtype.clone(),
+                            format!("{:?}", t.shape),
+                            t.bytes.to_string(),
+                            t.file.clone(),
+                        ]
+                    })
                     .collect();
                 s.push('\n');
-                s.push_str(&table(&["name", "dtype", "shape", "bytes", "file"], &rows, &[false, false, false, true, false]));
+                s.push_str(&table(
+                    &["name", "dtype", "shape", "bytes", "file"],
+                    &rows,
+                    &[false, false, false, true, false],
+                ));
             }
         }
         Report::Adapter(a) => {
             let _ = writeln!(s, "adapter     {}", a.path);
-            let _ = writeln!(s, "format      {}", match a.format { Format::Peft => "peft", Format::Kohya => "kohya" });
+            let _ = writeln!(
+                s,
+                "format      {}",
+                match a.format {
+                    Format::Peft => "peft",
+                    Format::Kohya => "kohya",
+                }
+            );
             if let Some(b) = &a.base_model {
                 let _ = writeln!(s, "base model  {b}");
             }
             let _ = writeln!(s, "modules     {}", a.modules.len());
-            let _ = writeln!(s, "parameters  {} ({})", a.parameters, human_count(a.parameters as u64));
+            let _ = writeln!(
+                s,
+                "parameters  {} ({})",
+                a.parameters,
+                human_count(a.parameters as u64)
+            );
             let _ = writeln!(s, "bytes       {} ({})", a.bytes, human_bytes(a.bytes));
             let _ = writeln!(s, "rslora      {}", a.use_rslora);
             let _ = writeln!(s, "dora        {}", a.dora);
@@ -295,8 +365,14 @@ pub fn render_text(r: &Report) -> String {
                         row.push(format!("{:.4e}", sp.fro_norm));
                         row.push(sp.rank90.to_string());
                         row.push(sp.rank99.to_string());
-                        row.push(format!("{:.3e}", sp.singular_values.first().copied().unwrap_or(0.0)));
-                        row.push(format!("{:.3e}", sp.singular_values.last().copied().unwrap_or(0.0)));
+                        row.push(format!(
+                            "{:.3e}",
+                            sp.singular_values.first().copied().unwrap_or(0.0)
+                        ));
+                        row.push(format!(
+                            "{:.3e}",
+                            sp.singular_values.last().copied().unwrap_or(0.0)
+                        ));
                     }
                     row
                 })
@@ -334,8 +410,14 @@ pub fn table(head: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
             .collect();
         let _ = writeln!(s, "{}", parts.join("  ").trim_end());
     };
-    line(&head.iter().map(|h| h.to_string()).collect::<Vec<_>>(), &mut s);
-    line(&w.iter().map(|&x| "-".repeat(x)).collect::<Vec<_>>(), &mut s);
+    line(
+        &head.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        &mut s,
+    );
+    line(
+        &w.iter().map(|&x| "-".repeat(x)).collect::<Vec<_>>(),
+        &mut s,
+    );
     for r in rows {
         line(r, &mut s);
     }
@@ -370,18 +452,45 @@ pub fn human_count(n: u64) -> String {
 /// PNG file, chosen by extension.
 pub fn plot_spectra(report: &AdapterReport, path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    let series: Vec<(&str, &SpectrumRow)> =
-        report.modules.iter().filter_map(|m| m.spectrum.as_ref().map(|s| (m.name.as_str(), s))).collect();
+    let series: Vec<(&str, &SpectrumRow)> = report
+        .modules
+        .iter()
+        .filter_map(|m| m.spectrum.as_ref().map(|s| (m.name.as_str(), s)))
+        .collect();
     anyhow::ensure!(!series.is_empty(), "no spectra to plot (use --spectrum)");
-    let max_len = series.iter().map(|(_, s)| s.singular_values.len()).max().unwrap_or(1).max(2);
-    let positive = series.iter().flat_map(|(_, s)| s.singular_values.iter().copied()).filter(|v| *v > 0.0);
+    let max_len = series
+        .iter()
+        .map(|(_, s)| s.singular_values.len())
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let positive = series
+        .iter()
+        .flat_map(|(_, s)| s.singular_values.iter().copied())
+        .filter(|v| *v > 0.0);
     let (lo, hi) = positive.fold((f32::MAX, 0f32), |(lo, hi), v| (lo.min(v), hi.max(v)));
     anyhow::ensure!(hi > 0.0, "all singular values are zero: nothing to plot");
     let (lo, hi) = ((lo as f64 * 0.8).max(hi as f64 * 1e-8), hi as f64 * 1.25);
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
-        "svg" => draw_spectra(SVGBackend::new(path, (1000, 640)).into_drawing_area(), &series, max_len, lo, hi),
-        "png" => draw_spectra(BitMapBackend::new(path, (1000, 640)).into_drawing_area(), &series, max_len, lo, hi),
+        "svg" => draw_spectra(
+            SVGBackend::new(path, (1000, 640)).into_drawing_area(),
+            &series,
+            max_len,
+            lo,
+            hi,
+        ),
+        "png" => draw_spectra(
+            BitMapBackend::new(path, (1000, 640)).into_drawing_area(),
+            &series,
+            max_len,
+            lo,
+            hi,
+        ),
         _ => anyhow::bail!("{}: plot file must end in .svg or .png", path.display()),
     }
 }
@@ -430,9 +539,17 @@ where
             for (r, cross) in [(s.rank90, false), (s.rank99, true)] {
                 if let Some(&(x, y)) = pts.get(r.saturating_sub(1)) {
                     if cross {
-                        chart.draw_series(std::iter::once(Cross::new((x, y), 4, color.stroke_width(2)))).map_err(|e| anyhow::anyhow!("{e}"))?;
+                        chart
+                            .draw_series(std::iter::once(Cross::new(
+                                (x, y),
+                                4,
+                                color.stroke_width(2),
+                            )))
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
                     } else {
-                        chart.draw_series(std::iter::once(Circle::new((x, y), 4, color.filled()))).map_err(|e| anyhow::anyhow!("{e}"))?;
+                        chart
+                            .draw_series(std::iter::once(Circle::new((x, y), 4, color.filled())))
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
                 }
             }

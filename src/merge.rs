@@ -149,9 +149,15 @@ pub struct MergePlan {
 
 /// Names of input-embedding tensors that `tie_word_embeddings` ties to `lm_head`.
 fn is_embedding_name(name: &str) -> bool {
-    ["embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight", "shared.weight"]
-        .iter()
-        .any(|s| name == *s || name.ends_with(&format!(".{s}")))
+    [
+        "embed_tokens.weight",
+        "wte.weight",
+        "word_embeddings.weight",
+        "embed_in.weight",
+        "shared.weight",
+    ]
+    .iter()
+    .any(|s| name == *s || name.ends_with(&format!(".{s}")))
 }
 
 fn is_lm_head_name(name: &str) -> bool {
@@ -164,12 +170,21 @@ fn tie_word_embeddings(folder: &Path) -> Option<bool> {
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
     v.get("tie_word_embeddings")
         .and_then(|t| t.as_bool())
-        .or_else(|| v.get("text_config").and_then(|c| c.get("tie_word_embeddings")).and_then(|t| t.as_bool()))
+        .or_else(|| {
+            v.get("text_config")
+                .and_then(|c| c.get("tie_word_embeddings"))
+                .and_then(|t| t.as_bool())
+        })
 }
 
 impl MergePlan {
     /// Resolves and validates everything; writes nothing.
-    pub fn new(base: Checkpoint, adapters: Vec<WeightedAdapter>, out: PathBuf, options: MergeOptions) -> Result<Self> {
+    pub fn new(
+        base: Checkpoint,
+        adapters: Vec<WeightedAdapter>,
+        out: PathBuf,
+        options: MergeOptions,
+    ) -> Result<Self> {
         if adapters.is_empty() {
             bail!("no adapter given");
         }
@@ -194,7 +209,10 @@ impl MergePlan {
             let label = a.path.display().to_string();
             let res = mapping::resolve(a, &base);
             for u in &res.unmatched {
-                unmatched.push(UnmatchedReport { adapter: label.clone(), detail: u.clone() });
+                unmatched.push(UnmatchedReport {
+                    adapter: label.clone(),
+                    detail: u.clone(),
+                });
             }
             let mut touched: Vec<(String, String)> = Vec::new();
             for p in &res.modules {
@@ -209,25 +227,40 @@ impl MergePlan {
                     ));
                 }
                 touched.push((m.name.clone(), p.weight.clone()));
-                match actions.entry(p.weight.clone()).or_insert_with(|| Action::Merge(Vec::new())) {
+                match actions
+                    .entry(p.weight.clone())
+                    .or_insert_with(|| Action::Merge(Vec::new()))
+                {
                     Action::Merge(v) => {
                         if v.iter().any(|(x, _)| *x == ai) {
                             bail!(InputError::invalid(
                                 &a.path,
-                                format!("two modules of this adapter land on base tensor `{}`", p.weight)
+                                format!(
+                                    "two modules of this adapter land on base tensor `{}`",
+                                    p.weight
+                                )
                             ));
                         }
                         v.push((ai, p.module));
                     }
                     _ => bail!(InputError::invalid(
                         &a.path,
-                        format!("module `{}`: base tensor `{}` is also replaced by a full tensor", m.name, p.weight)
+                        format!(
+                            "module `{}`: base tensor `{}` is also replaced by a full tensor",
+                            m.name, p.weight
+                        )
                     )),
                 }
                 if let Some(b) = &p.bias {
-                    match actions.entry(b.clone()).or_insert_with(|| Action::Bias(Vec::new())) {
+                    match actions
+                        .entry(b.clone())
+                        .or_insert_with(|| Action::Bias(Vec::new()))
+                    {
                         Action::Bias(v) => v.push((ai, p.module)),
-                        _ => bail!(InputError::invalid(&a.path, format!("base bias `{b}` is also replaced"))),
+                        _ => bail!(InputError::invalid(
+                            &a.path,
+                            format!("base bias `{b}` is also replaced")
+                        )),
                     }
                 }
             }
@@ -253,7 +286,10 @@ impl MergePlan {
                         }
                     }
                 }
-                if actions.insert(name.clone(), Action::Replace(ai, *fi)).is_some() {
+                if actions
+                    .insert(name.clone(), Action::Replace(ai, *fi))
+                    .is_some()
+                {
                     bail!(InputError::invalid(
                         &a.path,
                         format!("base tensor `{name}` is changed by more than one adapter entry (modules_to_save and LoRA)")
@@ -261,7 +297,8 @@ impl MergePlan {
                 }
             }
             // Tied embeddings (PEFT issue #2018): changing one silently changes the other.
-            let is_tied = tied == Some(true) || (tied.is_none() && !has_lm_head && base.names().any(is_embedding_name));
+            let is_tied = tied == Some(true)
+                || (tied.is_none() && !has_lm_head && base.names().any(is_embedding_name));
             if is_tied {
                 for (module, tensor) in &touched {
                     if is_embedding_name(tensor) || is_lm_head_name(tensor) {
@@ -286,7 +323,10 @@ impl MergePlan {
             }
         }
         if !unmatched.is_empty() && !options.allow_unmatched {
-            let list: Vec<String> = unmatched.iter().map(|u| format!("{}: {}", u.adapter, u.detail)).collect();
+            let list: Vec<String> = unmatched
+                .iter()
+                .map(|u| format!("{}: {}", u.adapter, u.detail))
+                .collect();
             bail!(
                 "{} adapter module(s) do not match the base {} (pass --allow-unmatched to merge the rest): {}",
                 unmatched.len(),
@@ -297,7 +337,11 @@ impl MergePlan {
 
         // Output layout.
         let names: Vec<String> = base.names().map(str::to_owned).collect();
-        let out_dtype = |n: &str| options.dtype.apply(base.info(n).expect("base tensor").dtype);
+        let out_dtype = |n: &str| {
+            options
+                .dtype
+                .apply(base.info(n).expect("base tensor").dtype)
+        };
         let size_of = |n: &str| {
             let i = base.info(n).expect("base tensor");
             dtype::byte_len(out_dtype(n), i.numel()).expect("valid") as u64
@@ -310,7 +354,14 @@ impl MergePlan {
                     out.clone()
                 };
                 crate::io::writer::refuse_overwrite(&target, &inputs)?;
-                (vec![OutFile { path: target, tensors: names }], None, Vec::new())
+                (
+                    vec![OutFile {
+                        path: target,
+                        tensors: names,
+                    }],
+                    None,
+                    Vec::new(),
+                )
             }
             (layout, max) => {
                 if out.exists() && !out.is_dir() {
@@ -327,11 +378,17 @@ impl MergePlan {
                             } else {
                                 format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
                             };
-                            files.push(OutFile { path: out.join(name), tensors: g });
+                            files.push(OutFile {
+                                path: out.join(name),
+                                tensors: g,
+                            });
                         }
                     }
                     (Layout::Folder { file_name }, None) => {
-                        files.push(OutFile { path: out.join(file_name), tensors: names });
+                        files.push(OutFile {
+                            path: out.join(file_name),
+                            tensors: names,
+                        });
                     }
                     (Layout::Sharded { .. }, None) => {
                         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); base.shards.len()];
@@ -340,24 +397,45 @@ impl MergePlan {
                         }
                         for (s, tensors) in base.shards.iter().zip(by_shard) {
                             let fname = s.path().file_name().expect("shard name");
-                            files.push(OutFile { path: out.join(fname), tensors });
+                            files.push(OutFile {
+                                path: out.join(fname),
+                                tensors,
+                            });
                         }
                     }
                     (Layout::File, None) => unreachable!(),
                 }
                 let index = match (&base.layout, files.len()) {
-                    (Layout::Sharded { index_name }, _) if max.is_none() => Some(out.join(index_name)),
+                    (Layout::Sharded { index_name }, _) if max.is_none() => {
+                        Some(out.join(index_name))
+                    }
                     (_, n) if n > 1 => Some(out.join("model.safetensors.index.json")),
                     _ => None,
                 };
-                let extra = if matches!(base.layout, Layout::File) { Vec::new() } else { extra_files(&base, &out)? };
+                let extra = if matches!(base.layout, Layout::File) {
+                    Vec::new()
+                } else {
+                    extra_files(&base, &out)?
+                };
                 for f in &files {
                     crate::io::writer::refuse_overwrite(&f.path, &inputs)?;
                 }
                 (files, index, extra)
             }
         };
-        Ok(MergePlan { base, adapters, out, options, actions, base_override, files, index, extra_files, unmatched, resolutions })
+        Ok(MergePlan {
+            base,
+            adapters,
+            out,
+            options,
+            actions,
+            base_override,
+            files,
+            index,
+            extra_files,
+            unmatched,
+            resolutions,
+        })
     }
 
     /// Bytes the output will hold (tensor data only).
@@ -375,10 +453,16 @@ impl MergePlan {
     /// Runs the merge and commits the output. On failure nothing is left behind: temporary
     /// files are removed, and so is the output folder if this run created it.
     pub fn run(self, engine: &backend::Engine) -> Result<MergeSummary> {
-        let dir = self.files.first().and_then(|f| f.path.parent()).filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf);
+        let dir = self
+            .files
+            .first()
+            .and_then(|f| f.path.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf);
         let created = match &dir {
             Some(d) if !d.exists() => {
-                std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create folder", d.display()))?;
+                std::fs::create_dir_all(d)
+                    .with_context(|| format!("{}: cannot create folder", d.display()))?;
                 true
             }
             _ => false,
@@ -406,10 +490,19 @@ impl MergePlan {
                 .iter()
                 .map(|n| {
                     let i = self.base.info(n).expect("base tensor");
-                    TensorSpec::new(n.clone(), self.options.dtype.apply(i.dtype), i.shape.clone())
+                    TensorSpec::new(
+                        n.clone(),
+                        self.options.dtype.apply(i.dtype),
+                        i.shape.clone(),
+                    )
                 })
                 .collect();
-            let fname = f.path.file_name().expect("name").to_string_lossy().into_owned();
+            let fname = f
+                .path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
             let mut w = output.safetensors(&f.path, &metadata, specs)?;
             for name in &f.tensors {
                 weight_map.insert(name.clone(), fname.clone());
@@ -475,7 +568,8 @@ impl MergePlan {
             w.finish()?;
         }
         for (src, dst) in &self.extra_files {
-            let bytes = std::fs::read(src).with_context(|| format!("{}: cannot read", src.display()))?;
+            let bytes =
+                std::fs::read(src).with_context(|| format!("{}: cannot read", src.display()))?;
             output.small_file(dst, &bytes)?;
         }
         if let Some(index) = &self.index {
@@ -504,12 +598,18 @@ impl MergePlan {
         Ok(MergeSummary {
             base: self.base.root.display().to_string(),
             out: self.out.display().to_string(),
-            operation: if self.options.unmerge { "unmerge" } else { "merge" },
+            operation: if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            },
             device: engine.describe(),
             adapters,
             tensors_merged: merged,
             tensors_copied: copied,
-            files_written: self.files.len() + self.extra_files.len() + usize::from(self.index.is_some()),
+            files_written: self.files.len()
+                + self.extra_files.len()
+                + usize::from(self.index.is_some()),
             bytes_written: bytes,
             seconds,
             gb_per_s: bytes as f64 / 1e9 / seconds.max(1e-9),
@@ -525,7 +625,13 @@ impl MergePlan {
         }
     }
 
-    fn merge_tensor(&self, engine: &backend::Engine, name: &str, terms: &[(usize, usize)], out_dtype: Dtype) -> Result<Vec<u8>> {
+    fn merge_tensor(
+        &self,
+        engine: &backend::Engine,
+        name: &str,
+        terms: &[(usize, usize)],
+        out_dtype: Dtype,
+    ) -> Result<Vec<u8>> {
         let file = self.base.file_of(name).expect("base tensor");
         let info = self.base.info(name).expect("base tensor");
         let rows = info.shape.first().copied().unwrap_or(1);
@@ -549,25 +655,42 @@ impl MergePlan {
                 (b.to_vec(), av.to_vec())
             };
             let mag = m.dora_magnitude.as_ref().map(|d| a.values(d)).transpose()?;
-            owned.push(StoredTerm { b: bb, a: aa, magnitude: mag });
+            owned.push(StoredTerm {
+                b: bb,
+                a: aa,
+                magnitude: mag,
+            });
         }
         let term_list: Vec<Term> = order
             .iter()
             .zip(&owned)
-            .map(|(&(ai, mi), StoredTerm { b, a, magnitude: mag })| {
-                let wa = &self.adapters[ai];
-                let m = &wa.adapter.modules[mi];
-                Term {
-                    b,
-                    a,
-                    rank: m.rank,
-                    scale: self.signed(wa.weight * m.scale) as f32,
-                    dora: mag.as_ref().map(|v| Dora {
-                        magnitude: v.as_slice(),
-                        axis: if m.base_transposed { NormAxis::Cols } else { NormAxis::Rows },
-                    }),
-                }
-            })
+            .map(
+                |(
+                    &(ai, mi),
+                    StoredTerm {
+                        b,
+                        a,
+                        magnitude: mag,
+                    },
+                )| {
+                    let wa = &self.adapters[ai];
+                    let m = &wa.adapter.modules[mi];
+                    Term {
+                        b,
+                        a,
+                        rank: m.rank,
+                        scale: self.signed(wa.weight * m.scale) as f32,
+                        dora: mag.as_ref().map(|v| Dora {
+                            magnitude: v.as_slice(),
+                            axis: if m.base_transposed {
+                                NormAxis::Cols
+                            } else {
+                                NormAxis::Rows
+                            },
+                        }),
+                    }
+                },
+            )
             .collect();
         let view = file.view_info(info)?;
         let replaced;
@@ -579,7 +702,14 @@ impl MergePlan {
             }
             None => view.data,
         };
-        let job = MergeJob { w0, in_dtype: info.dtype, rows, cols, terms: &term_list, out_dtype };
+        let job = MergeJob {
+            w0,
+            in_dtype: info.dtype,
+            rows,
+            cols,
+            terms: &term_list,
+            out_dtype,
+        };
         engine.merge(&job).map_err(|e| {
             let modules: Vec<String> = order
                 .iter()
@@ -587,22 +717,41 @@ impl MergePlan {
                 .collect();
             anyhow::Error::new(InputError::invalid(
                 file.path(),
-                format!("tensor `{name}`: merging {} gives an invalid result: {e}", modules.join(" + ")),
+                format!(
+                    "tensor `{name}`: merging {} gives an invalid result: {e}",
+                    modules.join(" + ")
+                ),
             ))
         })
     }
 
     fn output_metadata(&self) -> Vec<(String, String)> {
-        let mut meta: Vec<(String, String)> =
-            self.base.metadata().iter().filter(|(k, _)| !k.starts_with("lorakit.")).cloned().collect();
+        let mut meta: Vec<(String, String)> = self
+            .base
+            .metadata()
+            .iter()
+            .filter(|(k, _)| !k.starts_with("lorakit."))
+            .cloned()
+            .collect();
         let adapters: Vec<serde_json::Value> = self
             .adapters
             .iter()
             .map(|wa| serde_json::json!({ "path": wa.adapter.path.display().to_string(), "weight": wa.weight }))
             .collect();
         meta.push(("lorakit.version".into(), env!("CARGO_PKG_VERSION").into()));
-        meta.push(("lorakit.operation".into(), if self.options.unmerge { "unmerge" } else { "merge" }.into()));
-        meta.push(("lorakit.adapters".into(), serde_json::Value::Array(adapters).to_string()));
+        meta.push((
+            "lorakit.operation".into(),
+            if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            }
+            .into(),
+        ));
+        meta.push((
+            "lorakit.adapters".into(),
+            serde_json::Value::Array(adapters).to_string(),
+        ));
         meta
     }
 }
@@ -616,8 +765,17 @@ struct StoredTerm {
 
 fn check_finite(base: &Checkpoint, name: &str, v: &[f32]) -> InputResult<()> {
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        let path = base.file_of(name).map(|f| f.path().to_path_buf()).unwrap_or_default();
-        return Err(InputError::invalid(path, format!("tensor `{name}`: merged value at {i} is not finite ({})", v[i])));
+        let path = base
+            .file_of(name)
+            .map(|f| f.path().to_path_buf())
+            .unwrap_or_default();
+        return Err(InputError::invalid(
+            path,
+            format!(
+                "tensor `{name}`: merged value at {i} is not finite ({})",
+                v[i]
+            ),
+        ));
     }
     Ok(())
 }
@@ -656,8 +814,15 @@ fn extra_files(base: &Checkpoint, out: &Path) -> Result<Vec<(PathBuf, PathBuf)>>
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
         let is_weight = name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json");
-        let is_pickle = name.ends_with(".bin") || name.ends_with(".pt") || name.ends_with(".pth") || name.ends_with(".ckpt");
-        if is_weight || is_pickle || name.starts_with('.') || !e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+        let is_pickle = name.ends_with(".bin")
+            || name.ends_with(".pt")
+            || name.ends_with(".pth")
+            || name.ends_with(".ckpt");
+        if is_weight
+            || is_pickle
+            || name.starts_with('.')
+            || !e.file_type().map(|t| t.is_file()).unwrap_or(false)
+        {
             continue;
         }
         v.push((e.path(), out.join(&name)));

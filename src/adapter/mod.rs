@@ -35,7 +35,9 @@ pub enum ModuleKind {
     Linear,
     Embedding,
     /// Convolution with the given kernel size (`[kh, kw]`, `[1, 1]` for pointwise).
-    Conv { kernel: Vec<usize> },
+    Conv {
+        kernel: Vec<usize>,
+    },
 }
 
 /// Shared canonical values of a factor.
@@ -122,20 +124,29 @@ impl Adapter {
             Data::Owned(v) => Ok(v.clone()),
             Data::Stored { key, transpose } => {
                 let src = self.source.as_ref().ok_or_else(|| {
-                    InputError::invalid(&self.path, format!("tensor `{key}`: adapter has no backing file"))
+                    InputError::invalid(
+                        &self.path,
+                        format!("tensor `{key}`: adapter has no backing file"),
+                    )
                 })?;
                 let view = src.view(key)?;
                 if !crate::dtype::is_float_compute(view.dtype) {
                     return Err(InputError::invalid(
                         src.path(),
-                        format!("tensor `{key}`: dtype {} is not a float type", crate::dtype::name(view.dtype)),
+                        format!(
+                            "tensor `{key}`: dtype {} is not a float type",
+                            crate::dtype::name(view.dtype)
+                        ),
                     ));
                 }
                 let mut v = view.to_f32();
                 if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                     return Err(InputError::invalid(
                         src.path(),
-                        format!("tensor `{key}`: value {} at flat index {i} is not finite", v[i]),
+                        format!(
+                            "tensor `{key}`: value {} at flat index {i} is not finite",
+                            v[i]
+                        ),
                     ));
                 }
                 if *transpose {
@@ -189,7 +200,11 @@ impl Adapter {
                     + m.bias.as_ref().map_or(0, |_| m.out_features)
             })
             .sum();
-        m + self.full_tensors.iter().map(|f| f.shape.iter().product::<usize>()).sum::<usize>()
+        m + self
+            .full_tensors
+            .iter()
+            .map(|f| f.shape.iter().product::<usize>())
+            .sum::<usize>()
     }
 
     pub fn module(&self, name: &str) -> Option<&LoraModule> {

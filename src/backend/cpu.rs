@@ -46,7 +46,11 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
             let src = &job.w0[r0 * cols * in_size..(r0 + nrows) * cols * in_size];
             let mut w = vec![0f32; nrows * cols];
             dtype::decode_into(job.in_dtype, src, &mut w);
-            let mut w0 = if norms.is_empty() { Vec::new() } else { w.clone() };
+            let mut w0 = if norms.is_empty() {
+                Vec::new()
+            } else {
+                w.clone()
+            };
             let mut acc = vec![0f32; cols];
             for (li, row) in w.chunks_exact_mut(cols).enumerate() {
                 let i = r0 + li;
@@ -72,7 +76,11 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
             }
             w0.clear();
             if let Some(pos) = w.iter().position(|v| !v.is_finite()) {
-                return Some(MergeError::NonFinite { row: r0 + pos / cols, col: pos % cols, value: w[pos] });
+                return Some(MergeError::NonFinite {
+                    row: r0 + pos / cols,
+                    col: pos % cols,
+                    value: w[pos],
+                });
             }
             let mut enc = Vec::with_capacity(out_block.len());
             dtype::encode_into(job.out_dtype, &w, &mut enc);
@@ -106,11 +114,19 @@ pub fn dora_norms(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
                 .fold(
                     || (vec![0f32; cols], vec![0f32; cols], Vec::new()),
                     |(mut w, mut acc, mut part): (Vec<f32>, Vec<f32>, Vec<(usize, f64)>), i| {
-                        dtype::decode_into(job.in_dtype, &job.w0[i * cols * in_size..(i + 1) * cols * in_size], &mut w);
+                        dtype::decode_into(
+                            job.in_dtype,
+                            &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
+                            &mut w,
+                        );
                         low_rank_row(t, cols, i, &mut acc);
                         match d.axis {
                             NormAxis::Rows => {
-                                let s: f64 = w.iter().zip(&acc).map(|(&x, &a)| ((x + t.scale * a) as f64).powi(2)).sum();
+                                let s: f64 = w
+                                    .iter()
+                                    .zip(&acc)
+                                    .map(|(&x, &a)| ((x + t.scale * a) as f64).powi(2))
+                                    .sum();
                                 part.push((i, s));
                             }
                             NormAxis::Cols => {
@@ -141,10 +157,13 @@ pub fn dora_norms(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
                     a
                 })
                 .into_iter()
-                .fold(vec![0f64; if d.axis == NormAxis::Rows { rows } else { cols }], |mut v, (i, s)| {
-                    v[i] += s;
-                    v
-                });
+                .fold(
+                    vec![0f64; if d.axis == NormAxis::Rows { rows } else { cols }],
+                    |mut v, (i, s)| {
+                        v[i] += s;
+                        v
+                    },
+                );
             Some(sums.into_iter().map(|s| s.sqrt() as f32).collect())
         })
         .collect()
@@ -157,7 +176,9 @@ mod tests {
     use crate::dtype::Dtype;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
@@ -168,7 +189,9 @@ mod tests {
             let delta: Vec<f64> = (0..rows * cols)
                 .map(|p| {
                     let (i, j) = (p / cols, p % cols);
-                    (0..t.rank).map(|k| t.b[i * t.rank + k] as f64 * t.a[k * cols + j] as f64).sum::<f64>()
+                    (0..t.rank)
+                        .map(|k| t.b[i * t.rank + k] as f64 * t.a[k * cols + j] as f64)
+                        .sum::<f64>()
                         * t.scale as f64
                 })
                 .collect();
@@ -178,11 +201,19 @@ mod tests {
                     let nfeat = if d.axis == NormAxis::Rows { rows } else { cols };
                     let mut norm = vec![0f64; nfeat];
                     for p in 0..rows * cols {
-                        let f = if d.axis == NormAxis::Rows { p / cols } else { p % cols };
+                        let f = if d.axis == NormAxis::Rows {
+                            p / cols
+                        } else {
+                            p % cols
+                        };
                         norm[f] += (w0[p] as f64 + delta[p]).powi(2);
                     }
                     for p in 0..rows * cols {
-                        let f = if d.axis == NormAxis::Rows { p / cols } else { p % cols };
+                        let f = if d.axis == NormAxis::Rows {
+                            p / cols
+                        } else {
+                            p % cols
+                        };
                         w[p] = d.magnitude[f] as f64 / norm[f].sqrt() * (w[p] + delta[p]);
                     }
                 }
@@ -197,23 +228,66 @@ mod tests {
         let (rows, cols) = (37, 53);
         let w0: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         let mk = |r: usize, seed: &mut u64| -> (Vec<f32>, Vec<f32>) {
-            ((0..rows * r).map(|_| lcg(seed)).collect(), (0..r * cols).map(|_| lcg(seed)).collect())
+            (
+                (0..rows * r).map(|_| lcg(seed)).collect(),
+                (0..r * cols).map(|_| lcg(seed)).collect(),
+            )
         };
         let (b1, a1) = mk(3, &mut seed);
         let (b2, a2) = mk(5, &mut seed);
         let mag_r: Vec<f32> = (0..rows).map(|_| 1.0 + lcg(&mut seed)).collect();
         let mag_c: Vec<f32> = (0..cols).map(|_| 1.0 + lcg(&mut seed)).collect();
-        let plain = Term { b: &b1, a: &a1, rank: 3, scale: 0.7, dora: None };
-        let neg = Term { b: &b2, a: &a2, rank: 5, scale: -1.3, dora: None };
-        let dora_r = Term { dora: Some(Dora { magnitude: &mag_r, axis: NormAxis::Rows }), ..neg };
-        let dora_c = Term { dora: Some(Dora { magnitude: &mag_c, axis: NormAxis::Cols }), ..plain };
+        let plain = Term {
+            b: &b1,
+            a: &a1,
+            rank: 3,
+            scale: 0.7,
+            dora: None,
+        };
+        let neg = Term {
+            b: &b2,
+            a: &a2,
+            rank: 5,
+            scale: -1.3,
+            dora: None,
+        };
+        let dora_r = Term {
+            dora: Some(Dora {
+                magnitude: &mag_r,
+                axis: NormAxis::Rows,
+            }),
+            ..neg
+        };
+        let dora_c = Term {
+            dora: Some(Dora {
+                magnitude: &mag_c,
+                axis: NormAxis::Cols,
+            }),
+            ..plain
+        };
         let bytes = dtype::encode(Dtype::F32, &w0);
-        for terms in [vec![plain], vec![plain, neg], vec![dora_r], vec![plain, dora_c], vec![dora_c, dora_r]] {
-            let job = MergeJob { w0: &bytes, in_dtype: Dtype::F32, rows, cols, terms: &terms, out_dtype: Dtype::F32 };
+        for terms in [
+            vec![plain],
+            vec![plain, neg],
+            vec![dora_r],
+            vec![plain, dora_c],
+            vec![dora_c, dora_r],
+        ] {
+            let job = MergeJob {
+                w0: &bytes,
+                in_dtype: Dtype::F32,
+                rows,
+                cols,
+                terms: &terms,
+                out_dtype: Dtype::F32,
+            };
             let got = dtype::decode(Dtype::F32, &merge(&job).unwrap());
             let want = reference(&w0, rows, cols, &terms);
             for (g, w) in got.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{g} vs {w}"
+                );
             }
         }
     }
@@ -226,9 +300,31 @@ mod tests {
         let b: Vec<f32> = (0..rows * r).map(|_| lcg(&mut seed)).collect();
         let a: Vec<f32> = (0..r * cols).map(|_| lcg(&mut seed)).collect();
         let w0_bf = dtype::encode(Dtype::BF16, &w0);
-        let terms = [Term { b: &b, a: &a, rank: r, scale: 0.25, dora: None }];
-        let f32_out = merge(&MergeJob { w0: &w0_bf, in_dtype: Dtype::BF16, rows, cols, terms: &terms, out_dtype: Dtype::F32 }).unwrap();
-        let bf_out = merge(&MergeJob { w0: &w0_bf, in_dtype: Dtype::BF16, rows, cols, terms: &terms, out_dtype: Dtype::BF16 }).unwrap();
+        let terms = [Term {
+            b: &b,
+            a: &a,
+            rank: r,
+            scale: 0.25,
+            dora: None,
+        }];
+        let f32_out = merge(&MergeJob {
+            w0: &w0_bf,
+            in_dtype: Dtype::BF16,
+            rows,
+            cols,
+            terms: &terms,
+            out_dtype: Dtype::F32,
+        })
+        .unwrap();
+        let bf_out = merge(&MergeJob {
+            w0: &w0_bf,
+            in_dtype: Dtype::BF16,
+            rows,
+            cols,
+            terms: &terms,
+            out_dtype: Dtype::BF16,
+        })
+        .unwrap();
         let f32_vals = dtype::decode(Dtype::F32, &f32_out);
         let bf_vals = dtype::decode(Dtype::BF16, &bf_out);
         for (x, y) in f32_vals.iter().zip(&bf_vals) {
@@ -241,9 +337,29 @@ mod tests {
         let w0 = dtype::encode(Dtype::F32, &[1.0, 2.0, 3.0, 4.0]);
         let b = [1.0f32, f32::INFINITY];
         let a = [1.0f32, 1.0];
-        let terms = [Term { b: &b, a: &a, rank: 1, scale: 1.0, dora: None }];
-        let err = merge(&MergeJob { w0: &w0, in_dtype: Dtype::F32, rows: 2, cols: 2, terms: &terms, out_dtype: Dtype::F32 })
-            .unwrap_err();
-        assert_eq!(err, MergeError::NonFinite { row: 1, col: 0, value: f32::INFINITY });
+        let terms = [Term {
+            b: &b,
+            a: &a,
+            rank: 1,
+            scale: 1.0,
+            dora: None,
+        }];
+        let err = merge(&MergeJob {
+            w0: &w0,
+            in_dtype: Dtype::F32,
+            rows: 2,
+            cols: 2,
+            terms: &terms,
+            out_dtype: Dtype::F32,
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            MergeError::NonFinite {
+                row: 1,
+                col: 0,
+                value: f32::INFINITY
+            }
+        );
     }
 }

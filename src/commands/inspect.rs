@@ -5,12 +5,18 @@ use crate::inspect::{self, InspectOptions, Report};
 use anyhow::Result;
 
 pub fn run(a: InspectArgs) -> Result<i32> {
-    let opts = InspectOptions { tensors: a.tensors, spectrum: a.spectrum || a.plot.is_some() };
+    let opts = InspectOptions {
+        tensors: a.tensors,
+        spectrum: a.spectrum || a.plot.is_some(),
+    };
     let report = inspect::inspect(&a.path, &opts)?;
     if let Some(plot) = &a.plot {
         match &report {
             Report::Adapter(ad) => inspect::plot_spectra(ad, plot)?,
-            Report::Checkpoint(_) => anyhow::bail!("{}: --plot needs an adapter (spectra are per LoRA module)", a.path.display()),
+            Report::Checkpoint(_) => anyhow::bail!(
+                "{}: --plot needs an adapter (spectra are per LoRA module)",
+                a.path.display()
+            ),
         }
     }
     if a.json {

@@ -10,7 +10,11 @@ use anyhow::{bail, Result};
 
 pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     if a.weights.len() > a.adapters.len() {
-        bail!("{} --weight values for {} --adapter values; give at most one weight per adapter", a.weights.len(), a.adapters.len());
+        bail!(
+            "{} --weight values for {} --adapter values; give at most one weight per adapter",
+            a.weights.len(),
+            a.adapters.len()
+        );
     }
     if let Some(w) = a.weights.iter().find(|w| !w.is_finite()) {
         bail!("--weight {w} is not a finite number");
@@ -19,7 +23,10 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     let mut adapters = Vec::new();
     for (i, p) in a.adapters.iter().enumerate() {
         let adapter = Adapter::open(p)?;
-        adapters.push(WeightedAdapter { adapter, weight: a.weights.get(i).copied().unwrap_or(1.0) });
+        adapters.push(WeightedAdapter {
+            adapter,
+            weight: a.weights.get(i).copied().unwrap_or(1.0),
+        });
     }
     let options = MergeOptions {
         dtype: a.dtype,
@@ -31,7 +38,10 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     };
     let plan = MergePlan::new(base, adapters, a.out.clone(), options)?;
     for u in &plan.unmatched {
-        super::warn(quiet, &format!("{}: unmatched module {}", u.adapter, u.detail));
+        super::warn(
+            quiet,
+            &format!("{}: unmatched module {}", u.adapter, u.detail),
+        );
     }
     let engine = Engine::new(a.device.into())?;
     let summary = plan.run(&engine)?;
@@ -59,11 +69,19 @@ fn render(s: &MergeSummary) -> String {
         .collect();
     let mut out = format!(
         "{} {} → {}\n\n",
-        if s.operation == "unmerge" { "unmerged from" } else { "merged into" },
+        if s.operation == "unmerge" {
+            "unmerged from"
+        } else {
+            "merged into"
+        },
         s.base,
         s.out
     );
-    out.push_str(&table(&["adapter", "weight", "modules", "replaced", "biases"], &rows, &[false, true, true, true, true]));
+    out.push_str(&table(
+        &["adapter", "weight", "modules", "replaced", "biases"],
+        &rows,
+        &[false, true, true, true, true],
+    ));
     out.push_str(&format!(
         "\n{} tensors merged, {} copied, {} files, {} written in {:.2} s ({:.2} GB/s) on {}\n",
         s.tensors_merged,

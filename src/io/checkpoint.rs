@@ -43,8 +43,11 @@ pub struct Checkpoint {
 }
 
 /// File names that mark a folder as a model (in preference order).
-const SINGLE_NAMES: &[&str] =
-    &["model.safetensors", "adapter_model.safetensors", "diffusion_pytorch_model.safetensors"];
+const SINGLE_NAMES: &[&str] = &[
+    "model.safetensors",
+    "adapter_model.safetensors",
+    "diffusion_pytorch_model.safetensors",
+];
 
 impl Checkpoint {
     /// Opens a file or folder.
@@ -71,12 +74,18 @@ impl Checkpoint {
         }
         indexes.sort();
         singles.sort();
-        if let Some(name) = indexes.iter().find(|n| n.as_str() == "model.safetensors.index.json").or(indexes.first())
+        if let Some(name) = indexes
+            .iter()
+            .find(|n| n.as_str() == "model.safetensors.index.json")
+            .or(indexes.first())
         {
             if indexes.len() > 1 && name != "model.safetensors.index.json" {
                 return Err(InputError::invalid(
                     path,
-                    format!("several shard indexes ({}); name one file", indexes.join(", ")),
+                    format!(
+                        "several shard indexes ({}); name one file",
+                        indexes.join(", ")
+                    ),
                 ));
             }
             return Self::open_sharded(path, name);
@@ -89,21 +98,46 @@ impl Checkpoint {
         match pick {
             Some(name) => {
                 let f = SafetensorsFile::open(path.join(&name))?;
-                Ok(Self::from_single(path.to_path_buf(), Layout::Folder { file_name: name }, f))
+                Ok(Self::from_single(
+                    path.to_path_buf(),
+                    Layout::Folder { file_name: name },
+                    f,
+                ))
             }
-            None if singles.is_empty() => Err(InputError::invalid(path, "no .safetensors file in this folder")),
+            None if singles.is_empty() => Err(InputError::invalid(
+                path,
+                "no .safetensors file in this folder",
+            )),
             None => Err(InputError::invalid(
                 path,
-                format!("several .safetensors files and no index ({}); name one file", singles.join(", ")),
+                format!(
+                    "several .safetensors files and no index ({}); name one file",
+                    singles.join(", ")
+                ),
             )),
         }
     }
 
     fn from_single(root: PathBuf, layout: Layout, f: SafetensorsFile) -> Self {
-        let order: Vec<(String, Entry)> =
-            f.tensors().iter().enumerate().map(|(i, t)| (t.name.clone(), Entry { shard: 0, index: i })).collect();
-        let by_name = order.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
-        Checkpoint { root, layout, shards: vec![f], index_metadata: None, order, by_name }
+        let order: Vec<(String, Entry)> = f
+            .tensors()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), Entry { shard: 0, index: i }))
+            .collect();
+        let by_name = order
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        Checkpoint {
+            root,
+            layout,
+            shards: vec![f],
+            index_metadata: None,
+            order,
+            by_name,
+        }
     }
 
     fn open_sharded(dir: &Path, index_name: &str) -> InputResult<Self> {
@@ -123,17 +157,27 @@ impl Checkpoint {
         // Shards in name order (model-00001-of-…, model-00002-of-…) so that output mirrors input.
         sorted.sort();
         sorted.dedup();
-        let remap: HashMap<&str, usize> = sorted.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+        let remap: HashMap<&str, usize> = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i))
+            .collect();
         let mut shards = Vec::with_capacity(sorted.len());
         for name in &sorted {
             let p = dir.join(name);
             if !p.exists() {
-                return Err(InputError::invalid(&index_path, format!("shard `{name}` named by the index is missing")));
+                return Err(InputError::invalid(
+                    &index_path,
+                    format!("shard `{name}` named by the index is missing"),
+                ));
             }
             shards.push(SafetensorsFile::open(&p)?);
         }
-        let listed: HashMap<&str, &str> =
-            index.weight_map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let listed: HashMap<&str, &str> = index
+            .weight_map
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let mut by_name = HashMap::new();
         let mut order = Vec::new();
         for (si, shard) in shards.iter().enumerate() {
@@ -143,7 +187,10 @@ impl Checkpoint {
                     Some(s) => {
                         return Err(InputError::invalid(
                             shard.path(),
-                            format!("tensor `{}` is in this shard but the index places it in `{s}`", t.name),
+                            format!(
+                                "tensor `{}` is in this shard but the index places it in `{s}`",
+                                t.name
+                            ),
                         ))
                     }
                     None => {
@@ -154,7 +201,13 @@ impl Checkpoint {
                     }
                 }
                 by_name.insert(t.name.clone(), order.len());
-                order.push((t.name.clone(), Entry { shard: si, index: ti }));
+                order.push((
+                    t.name.clone(),
+                    Entry {
+                        shard: si,
+                        index: ti,
+                    },
+                ));
             }
         }
         for (tensor, shard) in &index.weight_map {
@@ -167,7 +220,9 @@ impl Checkpoint {
         }
         Ok(Checkpoint {
             root: dir.to_path_buf(),
-            layout: Layout::Sharded { index_name: index_name.to_owned() },
+            layout: Layout::Sharded {
+                index_name: index_name.to_owned(),
+            },
             shards,
             index_metadata: index.metadata,
             order,
@@ -197,12 +252,15 @@ impl Checkpoint {
     }
 
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.entry(name).map(|e| &self.shards[e.shard].tensors()[e.index])
+        self.entry(name)
+            .map(|e| &self.shards[e.shard].tensors()[e.index])
     }
 
     /// All tensors' header entries with the shard they are in, in file order.
     pub fn infos(&self) -> impl Iterator<Item = (usize, &TensorInfo)> {
-        self.order.iter().map(|(_, e)| (e.shard, &self.shards[e.shard].tensors()[e.index]))
+        self.order
+            .iter()
+            .map(|(_, e)| (e.shard, &self.shards[e.shard].tensors()[e.index]))
     }
 
     /// The file holding `name`.
@@ -213,14 +271,20 @@ impl Checkpoint {
     pub fn view(&self, name: &str) -> InputResult<TensorView<'_>> {
         match self.entry(name) {
             Some(e) => self.shards[e.shard].view_info(&self.shards[e.shard].tensors()[e.index]),
-            None => Err(InputError::invalid(&self.root, format!("tensor `{name}` not found"))),
+            None => Err(InputError::invalid(
+                &self.root,
+                format!("tensor `{name}` not found"),
+            )),
         }
     }
 
     pub fn read_f32(&self, name: &str) -> InputResult<Vec<f32>> {
         match self.file_of(name) {
             Some(f) => f.read_f32(name),
-            None => Err(InputError::invalid(&self.root, format!("tensor `{name}` not found"))),
+            None => Err(InputError::invalid(
+                &self.root,
+                format!("tensor `{name}` not found"),
+            )),
         }
     }
 
@@ -262,13 +326,16 @@ pub struct Index {
 
 /// Parses an index; the message names the offending key.
 pub fn parse_index(text: &[u8]) -> Result<Index, String> {
-    let v: serde_json::Value = serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let obj = v.as_object().ok_or("not a JSON object")?;
     let wm = obj.get("weight_map").ok_or("missing `weight_map`")?;
     let wm = wm.as_object().ok_or("`weight_map` is not an object")?;
     let mut weight_map = Vec::with_capacity(wm.len());
     for (k, v) in wm {
-        let s = v.as_str().ok_or_else(|| format!("tensor `{k}`: shard is not a string"))?;
+        let s = v
+            .as_str()
+            .ok_or_else(|| format!("tensor `{k}`: shard is not a string"))?;
         weight_map.push((k.clone(), s.to_owned()));
     }
     let metadata = match obj.get("metadata") {
@@ -276,15 +343,20 @@ pub fn parse_index(text: &[u8]) -> Result<Index, String> {
         Some(serde_json::Value::Null) | None => None,
         Some(_) => return Err("`metadata` is not an object".into()),
     };
-    Ok(Index { metadata, weight_map })
+    Ok(Index {
+        metadata,
+        weight_map,
+    })
 }
 
 /// A shard name must be one normal path component: no `/`, `..`, or absolute path.
 fn is_plain_file_name(name: &str) -> bool {
     let p = Path::new(name);
     let mut comps = p.components();
-    matches!((comps.next(), comps.next()), (Some(Component::Normal(_)), None))
-        && !name.contains('\\')
+    matches!(
+        (comps.next(), comps.next()),
+        (Some(Component::Normal(_)), None)
+    ) && !name.contains('\\')
         && !name.is_empty()
 }
 
@@ -295,7 +367,15 @@ mod tests {
     #[test]
     fn shard_names_must_be_plain() {
         assert!(is_plain_file_name("model-00001-of-00002.safetensors"));
-        for bad in ["../../etc/passwd", "/etc/passwd", "a/b.safetensors", "..", ".", "", "a\\b"] {
+        for bad in [
+            "../../etc/passwd",
+            "/etc/passwd",
+            "a/b.safetensors",
+            "..",
+            ".",
+            "",
+            "a\\b",
+        ] {
             assert!(!is_plain_file_name(bad), "{bad}");
         }
     }

@@ -59,10 +59,17 @@ impl SafetensorsFile {
         let got = read_up_to(&mut file, &mut prefix).map_err(|e| InputError::io(path, e))?;
         let n = header::header_len(&prefix[..got], file_len).map_err(err)?;
         let mut json = vec![0u8; n as usize];
-        file.seek(SeekFrom::Start(8)).map_err(|e| InputError::io(path, e))?;
-        file.read_exact(&mut json).map_err(|e| InputError::io(path, e))?;
+        file.seek(SeekFrom::Start(8))
+            .map_err(|e| InputError::io(path, e))?;
+        file.read_exact(&mut json)
+            .map_err(|e| InputError::io(path, e))?;
         let header = header::parse(&json, file_len).map_err(err)?;
-        Ok(SafetensorsFile { path: path.to_path_buf(), file, header, map: OnceLock::new() })
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            file,
+            header,
+            map: OnceLock::new(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -93,10 +100,17 @@ impl SafetensorsFile {
         if let Some(m) = self.map.get() {
             return Ok(m);
         }
-        let actual = self.file.metadata().map_err(|e| InputError::io(&self.path, e))?.len();
+        let actual = self
+            .file
+            .metadata()
+            .map_err(|e| InputError::io(&self.path, e))?
+            .len();
         let expected = self.header.file_len();
         if actual != expected {
-            return Err(InputError::new(&self.path, FormatError::SizeChanged { expected, actual }));
+            return Err(InputError::new(
+                &self.path,
+                FormatError::SizeChanged { expected, actual },
+            ));
         }
         // SAFETY: see the contract above; the size was just checked against the header.
         let map = unsafe { Mmap::map(&self.file) }.map_err(|e| InputError::io(&self.path, e))?;
@@ -120,10 +134,18 @@ impl SafetensorsFile {
         let data = map.get(start..end).ok_or_else(|| {
             InputError::new(
                 &self.path,
-                FormatError::SizeChanged { expected: self.header.file_len(), actual: map.len() as u64 },
+                FormatError::SizeChanged {
+                    expected: self.header.file_len(),
+                    actual: map.len() as u64,
+                },
             )
         })?;
-        Ok(TensorView { name: &info.name, dtype: info.dtype, shape: &info.shape, data })
+        Ok(TensorView {
+            name: &info.name,
+            dtype: info.dtype,
+            shape: &info.shape,
+            data,
+        })
     }
 
     /// Decodes a float tensor to `f32`, or explains why it cannot be.
@@ -132,7 +154,10 @@ impl SafetensorsFile {
         if !dtype::is_float_compute(v.dtype) {
             return Err(InputError::invalid(
                 &self.path,
-                format!("tensor `{name}`: dtype {} is not a float type lorakit computes with", dtype::name(v.dtype)),
+                format!(
+                    "tensor `{name}`: dtype {} is not a float type lorakit computes with",
+                    dtype::name(v.dtype)
+                ),
             ));
         }
         Ok(v.to_f32())
@@ -160,7 +185,9 @@ impl SafetensorsFile {
     pub fn read_range(&self, info: &TensorInfo, offset: u64, buf: &mut [u8]) -> InputResult<()> {
         use std::os::unix::fs::FileExt;
         let at = self.header.data_start + info.start + offset;
-        self.file.read_exact_at(buf, at).map_err(|e| InputError::io(&self.path, e))
+        self.file
+            .read_exact_at(buf, at)
+            .map_err(|e| InputError::io(&self.path, e))
     }
 
     /// File identity (device, inode) for refusing outputs that alias inputs.

@@ -67,7 +67,10 @@ impl Header {
     }
 
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -84,7 +87,10 @@ pub fn header_len(prefix: &[u8], file_len: u64) -> Result<u64, FormatError> {
         return Err(FormatError::HeaderTooLarge(n));
     }
     if n > file_len.saturating_sub(8) {
-        return Err(FormatError::HeaderBeyondFile { header: n, file: file_len });
+        return Err(FormatError::HeaderBeyondFile {
+            header: n,
+            file: file_len,
+        });
     }
     Ok(n)
 }
@@ -117,7 +123,9 @@ pub fn parse(json: &[u8], file_len: u64) -> Result<Header, FormatError> {
                 match v {
                     serde_json::Value::String(s) => metadata.push((k, s)),
                     other => {
-                        return Err(FormatError::BadMetadata(format!("value of `{k}` is {other}")))
+                        return Err(FormatError::BadMetadata(format!(
+                            "value of `{k}` is {other}"
+                        )))
                     }
                 }
             }
@@ -139,19 +147,39 @@ pub fn parse(json: &[u8], file_len: u64) -> Result<Header, FormatError> {
             });
         }
         if t.end > data_avail {
-            return Err(FormatError::OutOfBounds { tensor: t.name.clone(), end: t.end, data: data_avail });
+            return Err(FormatError::OutOfBounds {
+                tensor: t.name.clone(),
+                end: t.end,
+                data: data_avail,
+            });
         }
         expected = t.end;
     }
     if expected != data_avail {
-        return Err(FormatError::DataNotCovered { covered: expected, data: data_avail });
+        return Err(FormatError::DataNotCovered {
+            covered: expected,
+            data: data_avail,
+        });
     }
-    let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-    Ok(Header { metadata, tensors, data_start, data_len: expected, by_name })
+    let by_name = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect();
+    Ok(Header {
+        metadata,
+        tensors,
+        data_start,
+        data_len: expected,
+        by_name,
+    })
 }
 
 fn parse_entry(name: String, value: serde_json::Value) -> Result<TensorInfo, FormatError> {
-    let bad = |msg: &str| FormatError::BadEntry { tensor: name.clone(), msg: msg.to_owned() };
+    let bad = |msg: &str| FormatError::BadEntry {
+        tensor: name.clone(),
+        msg: msg.to_owned(),
+    };
     let serde_json::Value::Object(map) = value else {
         return Err(bad("entry is not an object"));
     };
@@ -160,33 +188,59 @@ fn parse_entry(name: String, value: serde_json::Value) -> Result<TensorInfo, For
             return Err(bad(&format!("unexpected field `{key}`")));
         }
     }
-    let dtype_str = map.get("dtype").and_then(|v| v.as_str()).ok_or_else(|| bad("missing string `dtype`"))?;
-    let dtype = dtype::parse(dtype_str)
-        .ok_or_else(|| FormatError::UnknownDtype { tensor: name.clone(), dtype: dtype_str.to_owned() })?;
+    let dtype_str = map
+        .get("dtype")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| bad("missing string `dtype`"))?;
+    let dtype = dtype::parse(dtype_str).ok_or_else(|| FormatError::UnknownDtype {
+        tensor: name.clone(),
+        dtype: dtype_str.to_owned(),
+    })?;
     let shape_raw: Vec<u64> = map
         .get("shape")
         .and_then(|v| v.as_array())
         .ok_or_else(|| bad("missing array `shape`"))?
         .iter()
-        .map(|d| d.as_u64().ok_or_else(|| bad(&format!("shape entry {d} is not a non-negative integer"))))
+        .map(|d| {
+            d.as_u64()
+                .ok_or_else(|| bad(&format!("shape entry {d} is not a non-negative integer")))
+        })
         .collect::<Result<_, _>>()?;
     let offsets: Vec<u64> = map
         .get("data_offsets")
         .and_then(|v| v.as_array())
         .ok_or_else(|| bad("missing array `data_offsets`"))?
         .iter()
-        .map(|d| d.as_u64().ok_or_else(|| bad(&format!("data_offsets entry {d} is not a non-negative integer"))))
+        .map(|d| {
+            d.as_u64().ok_or_else(|| {
+                bad(&format!(
+                    "data_offsets entry {d} is not a non-negative integer"
+                ))
+            })
+        })
         .collect::<Result<_, _>>()?;
     let [start, end] = offsets[..] else {
         return Err(bad("data_offsets must have exactly two entries"));
     };
     if end < start {
-        return Err(FormatError::ReversedOffsets { tensor: name, start, end });
+        return Err(FormatError::ReversedOffsets {
+            tensor: name,
+            start,
+            end,
+        });
     }
-    let overflow = || FormatError::ShapeOverflow { tensor: name.clone(), shape: shape_raw.clone() };
-    let shape: Vec<usize> =
-        shape_raw.iter().map(|&d| usize::try_from(d).map_err(|_| overflow())).collect::<Result<_, _>>()?;
-    let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(overflow)?;
+    let overflow = || FormatError::ShapeOverflow {
+        tensor: name.clone(),
+        shape: shape_raw.clone(),
+    };
+    let shape: Vec<usize> = shape_raw
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| overflow()))
+        .collect::<Result<_, _>>()?;
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(overflow)?;
     let bits = (numel as u128) * dtype.bitsize() as u128;
     let actual = end - start;
     if bits % 8 != 0 || bits / 8 != actual as u128 {
@@ -198,7 +252,13 @@ fn parse_entry(name: String, value: serde_json::Value) -> Result<TensorInfo, For
             actual,
         });
     }
-    Ok(TensorInfo { name, dtype, shape, start, end })
+    Ok(TensorInfo {
+        name,
+        dtype,
+        shape,
+        start,
+        end,
+    })
 }
 
 const DUPLICATE_PREFIX: &str = "duplicate key: ";
@@ -237,11 +297,16 @@ impl<'de> Visitor<'de> for UniqueMap {
 /// Serialises a header for writing: `__metadata__` first (omitted when empty), then tensors in
 /// the given order with contiguous offsets, padded with spaces to a multiple of 8 bytes as the
 /// safetensors crate does. Returns the bytes including the 8-byte length prefix.
-pub fn serialize(metadata: &[(String, String)], tensors: &[(String, Dtype, Vec<usize>)]) -> Vec<u8> {
+pub fn serialize(
+    metadata: &[(String, String)],
+    tensors: &[(String, Dtype, Vec<usize>)],
+) -> Vec<u8> {
     let mut obj = serde_json::Map::new();
     if !metadata.is_empty() {
-        let meta: serde_json::Map<String, serde_json::Value> =
-            metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        let meta: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
         obj.insert("__metadata__".into(), serde_json::Value::Object(meta));
     }
     let mut offset = 0u64;
@@ -308,18 +373,58 @@ mod tests {
         assert!(parse_file(ok, 8).is_ok());
         type Case = (&'static str, usize, fn(&FormatError) -> bool);
         let cases: &[Case] = &[
-            (r#"{"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8, |e| matches!(e, FormatError::LengthMismatch { .. })),
-            (r#"{"t":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#, 8, |e| matches!(e, FormatError::UnknownDtype { .. })),
-            (r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 8, |e| matches!(e, FormatError::DuplicateKey(k) if k == "t")),
-            (r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"u":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, 12, |e| matches!(e, FormatError::NonContiguous { .. })),
-            (r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4, |e| matches!(e, FormatError::OutOfBounds { .. })),
-            (r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 16, |e| matches!(e, FormatError::DataNotCovered { .. })),
-            (r#"{"t":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#, 8, |e| matches!(e, FormatError::ShapeOverflow { .. })),
-            (r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#, 8, |e| matches!(e, FormatError::ReversedOffsets { .. })),
-            (r#"{"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, 8, |e| matches!(e, FormatError::BadEntry { .. })),
+            (
+                r#"{"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                8,
+                |e| matches!(e, FormatError::LengthMismatch { .. }),
+            ),
+            (
+                r#"{"t":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#,
+                8,
+                |e| matches!(e, FormatError::UnknownDtype { .. }),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                8,
+                |e| matches!(e, FormatError::DuplicateKey(k) if k == "t"),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"u":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                12,
+                |e| matches!(e, FormatError::NonContiguous { .. }),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                4,
+                |e| matches!(e, FormatError::OutOfBounds { .. }),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                16,
+                |e| matches!(e, FormatError::DataNotCovered { .. }),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#,
+                8,
+                |e| matches!(e, FormatError::ShapeOverflow { .. }),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#,
+                8,
+                |e| matches!(e, FormatError::ReversedOffsets { .. }),
+            ),
+            (
+                r#"{"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#,
+                8,
+                |e| matches!(e, FormatError::BadEntry { .. }),
+            ),
             (r#"[1,2]"#, 0, |e| matches!(e, FormatError::NotObject)),
-            (r#"{"t": nope}"#, 0, |e| matches!(e, FormatError::NotJson(_))),
-            (r#"{"__metadata__":{"a":1}}"#, 0, |e| matches!(e, FormatError::BadMetadata(_))),
+            (r#"{"t": nope}"#, 0, |e| {
+                matches!(e, FormatError::NotJson(_))
+            }),
+            (r#"{"__metadata__":{"a":1}}"#, 0, |e| {
+                matches!(e, FormatError::BadMetadata(_))
+            }),
         ];
         for (json, data, check) in cases {
             let err = parse_file(json, *data).expect_err(json);
@@ -329,12 +434,30 @@ mod tests {
 
     #[test]
     fn header_length_checks() {
-        assert!(matches!(header_len(&[1, 2], 2), Err(FormatError::TooShort(2))));
-        assert!(matches!(header_len(&0u64.to_le_bytes(), 8), Err(FormatError::EmptyHeader)));
-        assert!(matches!(header_len(&(200_000_000u64).to_le_bytes(), 8), Err(FormatError::HeaderTooLarge(_))));
-        assert!(matches!(header_len(&(64u64).to_le_bytes(), 20), Err(FormatError::HeaderBeyondFile { .. })));
-        assert!(matches!(parse(&[0xff, 0xfe], 10), Err(FormatError::NotUtf8(0))));
+        assert!(matches!(
+            header_len(&[1, 2], 2),
+            Err(FormatError::TooShort(2))
+        ));
+        assert!(matches!(
+            header_len(&0u64.to_le_bytes(), 8),
+            Err(FormatError::EmptyHeader)
+        ));
+        assert!(matches!(
+            header_len(&(200_000_000u64).to_le_bytes(), 8),
+            Err(FormatError::HeaderTooLarge(_))
+        ));
+        assert!(matches!(
+            header_len(&(64u64).to_le_bytes(), 20),
+            Err(FormatError::HeaderBeyondFile { .. })
+        ));
+        assert!(matches!(
+            parse(&[0xff, 0xfe], 10),
+            Err(FormatError::NotUtf8(0))
+        ));
         let deep = "[".repeat(10_000);
-        assert!(matches!(parse(deep.as_bytes(), 20_000), Err(FormatError::NotObject | FormatError::NotJson(_))));
+        assert!(matches!(
+            parse(deep.as_bytes(), 20_000),
+            Err(FormatError::NotObject | FormatError::NotJson(_))
+        ));
     }
 }

@@ -29,7 +29,11 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>) -> Self {
-        TensorSpec { name: name.into(), dtype, shape }
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape,
+        }
     }
 
     pub fn byte_len(&self) -> u64 {
@@ -59,8 +63,10 @@ impl Output {
         let tmp = temp_path(path)?;
         let file = create_new(&tmp)?;
         let mut w = BufWriter::with_capacity(8 << 20, file);
-        let triples: Vec<(String, Dtype, Vec<usize>)> =
-            specs.iter().map(|s| (s.name.clone(), s.dtype, s.shape.clone())).collect();
+        let triples: Vec<(String, Dtype, Vec<usize>)> = specs
+            .iter()
+            .map(|s| (s.name.clone(), s.dtype, s.shape.clone()))
+            .collect();
         let head = header::serialize(metadata, &triples);
         self.pending.push((tmp.clone(), path.to_path_buf()));
         w.write_all(&head).map_err(|e| InputError::io(&tmp, e))?;
@@ -145,10 +151,16 @@ impl FileWriter<'_> {
     pub fn begin(&mut self, name: &str) -> InputResult<()> {
         if self.left != 0 {
             let prev = &self.specs[self.next - 1].name;
-            return Err(InputError::invalid(&self.tmp, format!("tensor `{prev}`: {} bytes short", self.left)));
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!("tensor `{prev}`: {} bytes short", self.left),
+            ));
         }
         let spec = self.specs.get(self.next).ok_or_else(|| {
-            InputError::invalid(&self.tmp, format!("tensor `{name}` was not declared for this file"))
+            InputError::invalid(
+                &self.tmp,
+                format!("tensor `{name}` was not declared for this file"),
+            )
         })?;
         if spec.name != name {
             return Err(InputError::invalid(
@@ -164,8 +176,15 @@ impl FileWriter<'_> {
     /// Appends bytes to the current tensor.
     pub fn write_chunk(&mut self, data: &[u8]) -> InputResult<()> {
         if data.len() as u64 > self.left {
-            let name = self.next.checked_sub(1).map(|i| self.specs[i].name.as_str()).unwrap_or("?");
-            return Err(InputError::invalid(&self.tmp, format!("tensor `{name}`: more bytes than its shape holds")));
+            let name = self
+                .next
+                .checked_sub(1)
+                .map(|i| self.specs[i].name.as_str())
+                .unwrap_or("?");
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!("tensor `{name}`: more bytes than its shape holds"),
+            ));
         }
         self.left -= data.len() as u64;
         self.bytes += data.len() as u64;
@@ -176,11 +195,20 @@ impl FileWriter<'_> {
     /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
     pub fn finish(mut self) -> InputResult<u64> {
         if self.next != self.specs.len() || self.left != 0 {
-            let missing = self.specs.get(self.next).map(|s| s.name.as_str()).unwrap_or("the last tensor");
-            return Err(InputError::invalid(&self.tmp, format!("tensor `{missing}` was never written")));
+            let missing = self
+                .specs
+                .get(self.next)
+                .map(|s| s.name.as_str())
+                .unwrap_or("the last tensor");
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!("tensor `{missing}` was never written"),
+            ));
         }
         let w = self.w.take().expect("open until finish");
-        let file = w.into_inner().map_err(|e| InputError::io(&self.tmp, e.into_error()))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| InputError::io(&self.tmp, e.into_error()))?;
         file.sync_all().map_err(|e| InputError::io(&self.tmp, e))?;
         self.out.bytes += self.bytes;
         Ok(self.bytes)
@@ -206,8 +234,13 @@ fn temp_path(dest: &Path) -> InputResult<PathBuf> {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for ent in rd.flatten() {
             let fname = ent.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = fname.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) {
-                let alive = pid.parse::<u32>().is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if let Some(pid) = fname
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".tmp"))
+            {
+                let alive = pid
+                    .parse::<u32>()
+                    .is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
                 if !alive {
                     let _ = std::fs::remove_file(ent.path());
                 }
@@ -220,7 +253,11 @@ fn temp_path(dest: &Path) -> InputResult<PathBuf> {
 fn create_new(p: &Path) -> InputResult<File> {
     // A leftover of our own pid (an earlier output in this process) is ours to replace.
     let _ = std::fs::remove_file(p);
-    OpenOptions::new().write(true).create_new(true).open(p).map_err(|e| InputError::io(p, e))
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(p)
+        .map_err(|e| InputError::io(p, e))
 }
 
 /// Refuses an output path that is, or resolves (through symlinks or hard links) to, one of the
@@ -237,7 +274,10 @@ pub fn refuse_overwrite(output: &Path, inputs: &[PathBuf]) -> InputResult<()> {
         if same_inode || same_path {
             return Err(InputError::invalid(
                 output,
-                format!("output is also an input ({}); choose another output path", input.display()),
+                format!(
+                    "output is also an input ({}); choose another output path",
+                    input.display()
+                ),
             ));
         }
     }
@@ -251,7 +291,11 @@ fn canonical_target(p: &Path) -> Option<PathBuf> {
         return Some(c);
     }
     if let Ok(link) = std::fs::read_link(p) {
-        let joined = if link.is_absolute() { link } else { parent_of(p).join(link) };
+        let joined = if link.is_absolute() {
+            link
+        } else {
+            parent_of(p).join(link)
+        };
         return canonical_target(&joined);
     }
     let parent = std::fs::canonicalize(parent_of(p)).ok()?;
@@ -272,8 +316,11 @@ mod tests {
             TensorSpec::new("x", Dtype::F32, vec![2]),
             TensorSpec::new("y", Dtype::U8, vec![3]),
         ];
-        let mut w = out.safetensors(&dest, &[("k".into(), "v".into())], specs).unwrap();
-        w.write_tensor("x", &dtype::encode(Dtype::F32, &[1.0, 2.0])).unwrap();
+        let mut w = out
+            .safetensors(&dest, &[("k".into(), "v".into())], specs)
+            .unwrap();
+        w.write_tensor("x", &dtype::encode(Dtype::F32, &[1.0, 2.0]))
+            .unwrap();
         w.begin("y").unwrap();
         w.write_chunk(&[7]).unwrap();
         w.write_chunk(&[8, 9]).unwrap();
@@ -294,7 +341,9 @@ mod tests {
         let dest = dir.path().join("out.safetensors");
         {
             let mut out = Output::new();
-            let mut w = out.safetensors(&dest, &[], vec![TensorSpec::new("x", Dtype::F32, vec![2])]).unwrap();
+            let mut w = out
+                .safetensors(&dest, &[], vec![TensorSpec::new("x", Dtype::F32, vec![2])])
+                .unwrap();
             w.write_tensor("x", &[0u8; 8]).unwrap();
             assert!(w.write_tensor("z", &[0u8; 8]).is_err());
         }

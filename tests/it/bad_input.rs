@@ -22,13 +22,21 @@ fn check_rejected(path: &Path, expect: &[&str]) {
     let before = listing(dir);
     let inspect = run_err(["inspect", path.to_str().unwrap()]);
     let line = one_line_error(&inspect);
-    assert!(line.contains(path.file_name().unwrap().to_str().unwrap()), "file not named: {line}");
+    assert!(
+        line.contains(path.file_name().unwrap().to_str().unwrap()),
+        "file not named: {line}"
+    );
     for e in expect {
         assert!(line.contains(e), "`{e}` not in: {line}");
     }
     let out = dir.join("out.safetensors");
     let merge = run_err([
-        "merge", "--base", path.to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(), "--out",
+        "merge",
+        "--base",
+        path.to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
         out.to_str().unwrap(),
     ]);
     let line = one_line_error(&merge);
@@ -45,7 +53,12 @@ fn truncated_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = raw_file(dir.path(), "trunc.safetensors", OK, 16);
     let len = std::fs::metadata(&p).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 5).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
     check_rejected(&p, &["tensor `t`", "beyond"]);
 }
 
@@ -130,7 +143,12 @@ fn shape_times_dtype_is_not_the_byte_length() {
 #[test]
 fn unknown_dtype_and_duplicate_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let p = raw_file(dir.path(), "dtype.safetensors", r#"{"t":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}}"#, 8);
+    let p = raw_file(
+        dir.path(),
+        "dtype.safetensors",
+        r#"{"t":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}}"#,
+        8,
+    );
     check_rejected(&p, &["tensor `t`", "unknown dtype `Q4_K`"]);
     let d = raw_file(
         dir.path(),
@@ -146,10 +164,19 @@ fn edited_adapter(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> Path
     let a = dir.join("adapter");
     std::fs::create_dir_all(&a).unwrap();
     let src = fixture("llama/adapters/qv_r8");
-    std::fs::copy(src.join("adapter_model.safetensors"), a.join("adapter_model.safetensors")).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("adapter_config.json")).unwrap()).unwrap();
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        a.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("adapter_config.json")).unwrap()).unwrap();
     edit(&mut cfg);
-    std::fs::write(a.join("adapter_config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        a.join("adapter_config.json"),
+        serde_json::to_vec(&cfg).unwrap(),
+    )
+    .unwrap();
     a
 }
 
@@ -160,7 +187,12 @@ fn merge_err(dir: &Path, adapter: &Path) -> String {
 fn merge_err_with(dir: &Path, adapter: &Path, extra: &[&str]) -> String {
     let out = dir.join("out");
     let mut args = vec![
-        "merge", "--base", fixture("llama/base").to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out",
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
         out.to_str().unwrap(),
     ]
     .into_iter()
@@ -178,7 +210,12 @@ fn adapter_config_contradicts_the_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let a = edited_adapter(dir.path(), |c| c["r"] = serde_json::json!(4));
     let line = merge_err(dir.path(), &a);
-    assert!(line.contains("adapter_model.safetensors") && line.contains("q_proj") && line.contains("r = 4 but lora_A has 8 rows"), "{line}");
+    assert!(
+        line.contains("adapter_model.safetensors")
+            && line.contains("q_proj")
+            && line.contains("r = 4 but lora_A has 8 rows"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -190,11 +227,19 @@ fn adapter_config_missing_or_not_json() {
     assert!(line.contains("adapter_config.json"), "{line}");
     std::fs::write(a.join("adapter_config.json"), "{ not json").unwrap();
     let line = merge_err(dir.path(), &a);
-    assert!(line.contains("adapter_config.json: not valid JSON"), "{line}");
+    assert!(
+        line.contains("adapter_config.json: not valid JSON"),
+        "{line}"
+    );
 }
 
 /// Writes an adapter file with the given factor shapes/values for q_proj of layer 0.
-fn adapter_with(dir: &Path, a_shape: [usize; 2], b_shape: [usize; 2], poison: Option<f32>) -> PathBuf {
+fn adapter_with(
+    dir: &Path,
+    a_shape: [usize; 2],
+    b_shape: [usize; 2],
+    poison: Option<f32>,
+) -> PathBuf {
     let a = dir.join("bad_adapter");
     std::fs::create_dir_all(&a).unwrap();
     let mut av: Vec<f32> = vec![0.01; a_shape[0] * a_shape[1]];
@@ -205,8 +250,16 @@ fn adapter_with(dir: &Path, a_shape: [usize; 2], b_shape: [usize; 2], poison: Op
     let to_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let (ab, bb) = (to_bytes(&av), to_bytes(&bv));
     let tensors = vec![
-        ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, a_shape.to_vec(), &ab).unwrap()),
-        ("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, b_shape.to_vec(), &bb).unwrap()),
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, a_shape.to_vec(), &ab)
+                .unwrap(),
+        ),
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, b_shape.to_vec(), &bb)
+                .unwrap(),
+        ),
     ];
     safetensors::serialize_to_file(tensors, None, &a.join("adapter_model.safetensors")).unwrap();
     let cfg = serde_json::json!({"peft_type": "LORA", "r": a_shape[0], "lora_alpha": 8, "target_modules": ["q_proj"]});
@@ -219,7 +272,12 @@ fn a_and_b_of_different_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let a = adapter_with(dir.path(), [4, 64], [64, 3], None);
     let line = merge_err(dir.path(), &a);
-    assert!(line.contains("model.layers.0.self_attn.q_proj") && line.contains("lora_A has rank 4") && line.contains("3 columns"), "{line}");
+    assert!(
+        line.contains("model.layers.0.self_attn.q_proj")
+            && line.contains("lora_A has rank 4")
+            && line.contains("3 columns"),
+        "{line}"
+    );
     let i = run_err(["inspect", a.to_str().unwrap()]);
     one_line_error(&i);
 }
@@ -229,7 +287,10 @@ fn adapter_module_with_another_shape() {
     let dir = tempfile::tempdir().unwrap();
     let a = adapter_with(dir.path(), [4, 48], [64, 4], None);
     let line = merge_err(dir.path(), &a);
-    assert!(line.contains("has shape [64, 64], the adapter needs [64, 48]"), "{line}");
+    assert!(
+        line.contains("has shape [64, 64], the adapter needs [64, 48]"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -238,7 +299,10 @@ fn nan_in_adapter_factors() {
     for bad in [f32::NAN, f32::INFINITY] {
         let a = adapter_with(dir.path(), [4, 64], [64, 4], Some(bad));
         let line = merge_err(dir.path(), &a);
-        assert!(line.contains("lora_A.weight") && line.contains("not finite"), "{line}");
+        assert!(
+            line.contains("lora_A.weight") && line.contains("not finite"),
+            "{line}"
+        );
     }
 }
 
@@ -247,7 +311,10 @@ fn overflowing_merge_result_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let a = adapter_with(dir.path(), [4, 64], [64, 4], Some(f32::MAX));
     let line = merge_err_with(dir.path(), &a, &["--weight", "1e6"]);
-    assert!(line.contains("model.layers.0.self_attn.q_proj.weight") && line.contains("not finite"), "{line}");
+    assert!(
+        line.contains("model.layers.0.self_attn.q_proj.weight") && line.contains("not finite"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -261,7 +328,8 @@ fn sharded_index_naming_missing_shard_or_traversal() {
     }
     let index_path = base.join("model.safetensors.index.json");
     let original = std::fs::read_to_string(&index_path).unwrap();
-    let edit = |from: &str, to: &str| std::fs::write(&index_path, original.replacen(from, to, 1)).unwrap();
+    let edit =
+        |from: &str, to: &str| std::fs::write(&index_path, original.replacen(from, to, 1)).unwrap();
     let first_shard = "model-00001-of-00004.safetensors";
     for (replacement, expect) in [
         ("../../etc/passwd", "not a plain file name"),
@@ -274,7 +342,12 @@ fn sharded_index_naming_missing_shard_or_traversal() {
         let line = one_line_error(&res);
         assert!(line.contains(expect), "{replacement}: {line}");
         let res = run_err([
-            "merge", "--base", base.to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(), "--out",
+            "merge",
+            "--base",
+            base.to_str().unwrap(),
+            "--adapter",
+            fixture("llama/adapters/qv_r8").to_str().unwrap(),
+            "--out",
             out.to_str().unwrap(),
         ]);
         one_line_error(&res);

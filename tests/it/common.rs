@@ -9,7 +9,9 @@ pub fn bin() -> Command {
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
 }
 
 /// Runs lorakit with `args`, asserting success; returns stdout.
@@ -36,7 +38,11 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let out = bin().args(args).output().expect("spawn lorakit");
-    assert!(!out.status.success(), "lorakit unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "lorakit unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     out
 }
 
@@ -47,7 +53,11 @@ pub fn one_line_error(out: &Output) -> String {
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got:\n{err}");
     assert!(lines[0].starts_with("error: "), "{err}");
-    assert_eq!(out.status.code(), Some(2), "exit status for bad input: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit status for bad input: {err}"
+    );
     lines[0].to_owned()
 }
 
@@ -62,7 +72,11 @@ pub struct T {
 impl T {
     pub fn f32(&self) -> Vec<f32> {
         match self.dtype {
-            safetensors::Dtype::F32 => self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            safetensors::Dtype::F32 => self
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
             safetensors::Dtype::BF16 => self
                 .data
                 .chunks_exact(2)
@@ -80,10 +94,20 @@ impl T {
 
 pub fn read(path: &Path) -> BTreeMap<String, T> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     st.tensors()
         .into_iter()
-        .map(|(n, v)| (n, T { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
+        .map(|(n, v)| {
+            (
+                n,
+                T {
+                    dtype: v.dtype(),
+                    shape: v.shape().to_vec(),
+                    data: v.data().to_vec(),
+                },
+            )
+        })
         .collect()
 }
 
@@ -93,12 +117,19 @@ pub fn read_checkpoint(path: &Path) -> BTreeMap<String, T> {
         return read(path);
     }
     let mut all = BTreeMap::new();
-    let mut entries: Vec<_> = std::fs::read_dir(path).unwrap().flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.extension().is_some_and(|e| e == "safetensors") {
             for (k, v) in read(&p) {
-                assert!(all.insert(k.clone(), v).is_none(), "tensor {k} in two shards");
+                assert!(
+                    all.insert(k.clone(), v).is_none(),
+                    "tensor {k} in two shards"
+                );
             }
         }
     }
@@ -108,7 +139,11 @@ pub fn read_checkpoint(path: &Path) -> BTreeMap<String, T> {
 /// ‖a − b‖_F / ‖b‖_F in f64.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
@@ -116,8 +151,17 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 /// Checks a merged checkpoint against a reference holding only the tensors that changed:
 /// changed tensors within `tol` relative (Frobenius), every other tensor byte-identical to the
 /// base. Returns how many tensors were compared against the reference.
-pub fn assert_matches_reference(out: &BTreeMap<String, T>, base: &BTreeMap<String, T>, reference: &BTreeMap<String, T>, tol: f64) -> usize {
-    assert_eq!(out.keys().collect::<Vec<_>>(), base.keys().collect::<Vec<_>>(), "output has the base's tensors");
+pub fn assert_matches_reference(
+    out: &BTreeMap<String, T>,
+    base: &BTreeMap<String, T>,
+    reference: &BTreeMap<String, T>,
+    tol: f64,
+) -> usize {
+    assert_eq!(
+        out.keys().collect::<Vec<_>>(),
+        base.keys().collect::<Vec<_>>(),
+        "output has the base's tensors"
+    );
     let mut changed = 0;
     for (name, t) in out {
         let b = &base[name];
@@ -129,17 +173,27 @@ pub fn assert_matches_reference(out: &BTreeMap<String, T>, base: &BTreeMap<Strin
                 assert!(e <= tol, "{name}: relative error {e:e} > {tol:e}");
                 changed += 1;
             }
-            None => assert!(t.data == b.data && t.dtype == b.dtype, "{name}: untouched tensor is not byte-identical"),
+            None => assert!(
+                t.data == b.data && t.dtype == b.dtype,
+                "{name}: untouched tensor is not byte-identical"
+            ),
         }
     }
-    assert_eq!(changed, reference.len(), "every reference tensor is in the output");
+    assert_eq!(
+        changed,
+        reference.len(),
+        "every reference tensor is in the output"
+    );
     changed
 }
 
 /// Files in a folder (names), sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     };
     v.sort();

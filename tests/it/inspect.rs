@@ -4,16 +4,27 @@ use super::common::*;
 
 #[test]
 fn checkpoint_counts_match_the_file() {
-    let s = run_ok(["inspect", fixture("llama/base_sharded").to_str().unwrap(), "--json", "--tensors"]);
+    let s = run_ok([
+        "inspect",
+        fixture("llama/base_sharded").to_str().unwrap(),
+        "--json",
+        "--tensors",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
     let all = read_checkpoint(&fixture("llama/base_sharded"));
     assert_eq!(v["kind"], "checkpoint");
     assert_eq!(v["layout"], "sharded");
     assert_eq!(v["files"].as_array().unwrap().len(), 4);
     assert_eq!(v["tensors"].as_u64().unwrap() as usize, all.len());
-    let params: usize = all.values().map(|t| t.shape.iter().product::<usize>()).sum();
+    let params: usize = all
+        .values()
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum();
     assert_eq!(v["parameters"].as_u64().unwrap() as usize, params);
-    assert_eq!(v["dtypes"]["F32"]["tensors"].as_u64().unwrap() as usize, all.len());
+    assert_eq!(
+        v["dtypes"]["F32"]["tensors"].as_u64().unwrap() as usize,
+        all.len()
+    );
     let list = v["tensor_list"].as_array().unwrap();
     assert_eq!(list.len(), all.len());
     for row in list {
@@ -26,11 +37,23 @@ fn checkpoint_counts_match_the_file() {
 
 #[test]
 fn adapter_facts_follow_the_config() {
-    let s = run_ok(["inspect", fixture("llama/adapters/patterns").to_str().unwrap(), "--json"]);
+    let s = run_ok([
+        "inspect",
+        fixture("llama/adapters/patterns").to_str().unwrap(),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
     assert_eq!(v["kind"], "adapter");
     assert_eq!(v["format"], "peft");
-    let m = |name: &str| v["modules"].as_array().unwrap().iter().find(|m| m["name"] == name).cloned().unwrap();
+    let m = |name: &str| {
+        v["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap()
+    };
     // rank_pattern {"k_proj": 2, "layers.1.self_attn.q_proj": 6}, alpha_pattern {"v_proj": 3, "layers.0.self_attn.o_proj": 5}
     assert_eq!(m("model.layers.0.self_attn.k_proj")["rank"], 2);
     assert_eq!(m("model.layers.0.self_attn.k_proj")["scale"], 4.0);
@@ -40,16 +63,33 @@ fn adapter_facts_follow_the_config() {
     assert_eq!(m("model.layers.0.self_attn.o_proj")["scale"], 1.25);
     assert_eq!(m("model.layers.1.self_attn.o_proj")["scale"], 2.0);
 
-    let k = run_ok(["inspect", fixture("kohya/te_lora.safetensors").to_str().unwrap(), "--json"]);
+    let k = run_ok([
+        "inspect",
+        fixture("kohya/te_lora.safetensors").to_str().unwrap(),
+        "--json",
+    ]);
     let k: serde_json::Value = serde_json::from_str(&k).unwrap();
     assert_eq!(k["format"], "kohya");
-    let missing = k["modules"].as_array().unwrap().iter().find(|m| m["name"] == "lora_te_text_model_encoder_layers_1_self_attn_v_proj").unwrap();
+    let missing = k["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "lora_te_text_model_encoder_layers_1_self_attn_v_proj")
+        .unwrap();
     assert_eq!(missing["scale"], 1.0, "missing alpha means alpha = rank");
 
-    let d = run_ok(["inspect", fixture("llama/adapters/dora").to_str().unwrap(), "--json"]);
+    let d = run_ok([
+        "inspect",
+        fixture("llama/adapters/dora").to_str().unwrap(),
+        "--json",
+    ]);
     let d: serde_json::Value = serde_json::from_str(&d).unwrap();
     assert_eq!(d["dora"], true);
-    let r = run_ok(["inspect", fixture("llama/adapters/rslora_all").to_str().unwrap(), "--json"]);
+    let r = run_ok([
+        "inspect",
+        fixture("llama/adapters/rslora_all").to_str().unwrap(),
+        "--json",
+    ]);
     let r: serde_json::Value = serde_json::from_str(&r).unwrap();
     assert_eq!(r["modules"][0]["scale"], 4.0, "rsLoRA: 8/√4");
 }
@@ -58,7 +98,12 @@ fn adapter_facts_follow_the_config() {
 /// an f64 Jacobi eigen-solve of (sBA)ᵀ(sBA)'s small Gram form.
 #[test]
 fn spectrum_matches_materialised_delta() {
-    let s = run_ok(["inspect", fixture("llama/adapters/qv_r8").to_str().unwrap(), "--spectrum", "--json"]);
+    let s = run_ok([
+        "inspect",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--spectrum",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
     let ad = read(&fixture("llama/adapters/qv_r8/adapter_model.safetensors"));
     for m in v["modules"].as_array().unwrap() {
@@ -72,7 +117,10 @@ fn spectrum_matches_materialised_delta() {
         let mut dw = vec![0f64; d * k];
         for i in 0..d {
             for j in 0..k {
-                dw[i * k + j] = scale * (0..r).map(|q| bv[i * r + q] as f64 * av[q * k + j] as f64).sum::<f64>();
+                dw[i * k + j] = scale
+                    * (0..r)
+                        .map(|q| bv[i * r + q] as f64 * av[q * k + j] as f64)
+                        .sum::<f64>();
             }
         }
         let mut g = vec![0f64; d * d];
@@ -83,11 +131,19 @@ fn spectrum_matches_materialised_delta() {
         }
         let mut eig = jacobi_eigenvalues(g, d);
         eig.sort_by(|x, y| y.partial_cmp(x).unwrap());
-        let got: Vec<f64> = m["spectrum"]["singular_values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let got: Vec<f64> = m["spectrum"]["singular_values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         assert_eq!(got.len(), r.min(d).min(k));
         for (i, sv) in got.iter().enumerate() {
             let want = eig[i].max(0.0).sqrt();
-            assert!((sv - want).abs() <= 1e-4 * eig[0].sqrt(), "{name} σ{i}: {sv} vs {want}");
+            assert!(
+                (sv - want).abs() <= 1e-4 * eig[0].sqrt(),
+                "{name} σ{i}: {sv} vs {want}"
+            );
         }
         let fro: f64 = dw.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!((m["spectrum"]["fro_norm"].as_f64().unwrap() - fro).abs() <= 1e-5 * fro);
@@ -98,7 +154,10 @@ fn spectrum_matches_materialised_delta() {
             acc += x * x;
             acc >= 0.9 * total
         });
-        assert_eq!(m["spectrum"]["rank90"].as_u64().unwrap() as usize, r90.unwrap() + 1);
+        assert_eq!(
+            m["spectrum"]["rank90"].as_u64().unwrap() as usize,
+            r90.unwrap() + 1
+        );
     }
 }
 
@@ -144,9 +203,18 @@ fn jacobi_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
 fn plot_writes_an_svg() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("s.svg");
-    run_ok(["inspect", fixture("llama/adapters/patterns").to_str().unwrap(), "--plot", svg.to_str().unwrap()]);
+    run_ok([
+        "inspect",
+        fixture("llama/adapters/patterns").to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
     let text = std::fs::read_to_string(&svg).unwrap();
-    assert!(text.starts_with("<svg") && text.contains("polyline"), "{}", &text[..200.min(text.len())]);
+    assert!(
+        text.starts_with("<svg") && text.contains("polyline"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
     assert!(text.contains("model.layers.1.self_attn.q_proj"));
 }
 
@@ -156,7 +224,11 @@ fn inspect_reads_headers_only() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("big.safetensors");
     let n: u64 = 20 << 30;
-    let header = format!(r#"{{"w":{{"dtype":"BF16","shape":[{},1024],"data_offsets":[0,{}]}}}}"#, n / 2048, n);
+    let header = format!(
+        r#"{{"w":{{"dtype":"BF16","shape":[{},1024],"data_offsets":[0,{}]}}}}"#,
+        n / 2048,
+        n
+    );
     let mut h = header.into_bytes();
     h.resize(h.len().next_multiple_of(8), b' ');
     let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
@@ -170,9 +242,25 @@ fn inspect_reads_headers_only() {
     // Peak resident memory of the children this test process has waited for: had inspect
     // touched the 20 GiB data section it would be gigabytes (other tests' children are small).
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) }, 0);
-    assert!(ru.ru_maxrss < 1_000_000, "child peak RSS {} KiB", ru.ru_maxrss);
-    let du = std::process::Command::new("du").arg("-k").arg(&p).output().unwrap();
-    let kb: u64 = String::from_utf8_lossy(&du.stdout).split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) },
+        0
+    );
+    assert!(
+        ru.ru_maxrss < 1_000_000,
+        "child peak RSS {} KiB",
+        ru.ru_maxrss
+    );
+    let du = std::process::Command::new("du")
+        .arg("-k")
+        .arg(&p)
+        .output()
+        .unwrap();
+    let kb: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(kb < 1024, "file stayed sparse: nothing was written into it");
 }

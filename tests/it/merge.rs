@@ -11,11 +11,25 @@ fn merge_case(base: &str, adapters: &[(&str, f64)], reference: &str) {
     let dir = tempfile::tempdir().unwrap();
     let base_path = fixture(base);
     let out = dir.path().join("out");
-    let mut args: Vec<String> = vec!["merge".into(), "--base".into(), base_path.display().to_string()];
+    let mut args: Vec<String> = vec![
+        "merge".into(),
+        "--base".into(),
+        base_path.display().to_string(),
+    ];
     for (a, w) in adapters {
-        args.extend(["--adapter".into(), fixture(a).display().to_string(), "--weight".into(), w.to_string()]);
+        args.extend([
+            "--adapter".into(),
+            fixture(a).display().to_string(),
+            "--weight".into(),
+            w.to_string(),
+        ]);
     }
-    args.extend(["--out".into(), out.display().to_string(), "--device".into(), "cpu".into()]);
+    args.extend([
+        "--out".into(),
+        out.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+    ]);
     run_ok(&args);
     let merged = read_checkpoint(&out);
     let base_t = read_checkpoint(&base_path);
@@ -26,74 +40,133 @@ fn merge_case(base: &str, adapters: &[(&str, f64)], reference: &str) {
 
 #[test]
 fn peft_qv_r8() {
-    merge_case("llama/base", &[("llama/adapters/qv_r8", 1.0)], "llama/merged/qv_r8.safetensors");
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/qv_r8", 1.0)],
+        "llama/merged/qv_r8.safetensors",
+    );
 }
 
 #[test]
 fn peft_rslora_all_linear() {
-    merge_case("llama/base", &[("llama/adapters/rslora_all", 1.0)], "llama/merged/rslora_all.safetensors");
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/rslora_all", 1.0)],
+        "llama/merged/rslora_all.safetensors",
+    );
 }
 
 #[test]
 fn peft_rank_and_alpha_patterns() {
-    merge_case("llama/base", &[("llama/adapters/patterns", 1.0)], "llama/merged/patterns.safetensors");
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/patterns", 1.0)],
+        "llama/merged/patterns.safetensors",
+    );
 }
 
 #[test]
 fn peft_dora() {
-    merge_case("llama/base", &[("llama/adapters/dora", 1.0)], "llama/merged/dora.safetensors");
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/dora", 1.0)],
+        "llama/merged/dora.safetensors",
+    );
 }
 
 #[test]
 fn peft_embedding_lora() {
-    merge_case("llama/base", &[("llama/adapters/embed", 1.0)], "llama/merged/embed.safetensors");
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/embed", 1.0)],
+        "llama/merged/embed.safetensors",
+    );
 }
 
 #[test]
 fn peft_lora_bias() {
-    merge_case("llama/base_attn_bias", &[("llama/adapters/bias", 1.0)], "llama/merged/bias.safetensors");
+    merge_case(
+        "llama/base_attn_bias",
+        &[("llama/adapters/bias", 1.0)],
+        "llama/merged/bias.safetensors",
+    );
 }
 
 #[test]
 fn peft_modules_to_save() {
-    merge_case("llama/base", &[("llama/adapters/modules_to_save", 1.0)], "llama/merged/modules_to_save.safetensors");
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/modules_to_save", 1.0)],
+        "llama/merged/modules_to_save.safetensors",
+    );
 }
 
 #[test]
 fn two_adapters_with_weights_match_peft_weighted_cat() {
     merge_case(
         "llama/base",
-        &[("llama/adapters/weighted_a", 0.7), ("llama/adapters/weighted_b", -0.4)],
+        &[
+            ("llama/adapters/weighted_a", 0.7),
+            ("llama/adapters/weighted_b", -0.4),
+        ],
         "llama/merged/weighted.safetensors",
     );
     // PEFT's own cat adapter merged with weight 1 gives the same tensors.
-    merge_case("llama/base", &[("llama/adapters/weighted_cat", 1.0)], "llama/merged/weighted.safetensors");
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/weighted_cat", 1.0)],
+        "llama/merged/weighted.safetensors",
+    );
 }
 
 #[test]
 fn gpt2_fan_in_fan_out() {
-    merge_case("gpt2/base", &[("gpt2/adapters/fifo", 1.0)], "gpt2/merged/fifo.safetensors");
+    merge_case(
+        "gpt2/base",
+        &[("gpt2/adapters/fifo", 1.0)],
+        "gpt2/merged/fifo.safetensors",
+    );
 }
 
 #[test]
 fn peft_conv_1x1_and_3x3() {
-    merge_case("conv/base/model.safetensors", &[("conv/adapters/peft", 1.0)], "conv/merged/peft.safetensors");
+    merge_case(
+        "conv/base/model.safetensors",
+        &[("conv/adapters/peft", 1.0)],
+        "conv/merged/peft.safetensors",
+    );
 }
 
 #[test]
 fn kohya_text_encoder_with_missing_alpha() {
-    merge_case("kohya/te_base", &[("kohya/te_lora.safetensors", 1.0)], "kohya/merged_te.safetensors");
+    merge_case(
+        "kohya/te_base",
+        &[("kohya/te_lora.safetensors", 1.0)],
+        "kohya/merged_te.safetensors",
+    );
 }
 
 #[test]
 fn kohya_locon_conv() {
-    merge_case("conv/base/model.safetensors", &[("kohya/locon.safetensors", 1.0)], "kohya/merged_locon.safetensors");
+    merge_case(
+        "conv/base/model.safetensors",
+        &[("kohya/locon.safetensors", 1.0)],
+        "kohya/merged_locon.safetensors",
+    );
 }
 
 #[test]
 fn peft_text_encoder_and_its_diffusers_kohya_conversion_agree() {
-    merge_case("kohya/te_base", &[("kohya/adapters/te_peft", 1.0)], "kohya/merged/te_peft.safetensors");
-    merge_case("kohya/te_base", &[("kohya/te_from_peft.safetensors", 1.0)], "kohya/merged/te_peft.safetensors");
+    merge_case(
+        "kohya/te_base",
+        &[("kohya/adapters/te_peft", 1.0)],
+        "kohya/merged/te_peft.safetensors",
+    );
+    merge_case(
+        "kohya/te_base",
+        &[("kohya/te_from_peft.safetensors", 1.0)],
+        "kohya/merged/te_peft.safetensors",
+    );
 }
 
 #[test]
@@ -101,22 +174,47 @@ fn sharded_in_sharded_out_with_valid_index() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let base = fixture("llama/base_sharded");
-    run_ok(["merge", "--base", base.to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    run_ok([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     // Same shard files, index and non-weight files as the base.
     assert_eq!(listing(&out), listing(&base));
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
     let base_index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(base.join("model.safetensors.index.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(base.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
     assert_eq!(index["weight_map"], base_index["weight_map"]);
     // Every tensor is in the shard the index names.
     for (tensor, shard) in index["weight_map"].as_object().unwrap() {
-        assert!(read(&out.join(shard.as_str().unwrap())).contains_key(tensor), "{tensor} not in {shard}");
+        assert!(
+            read(&out.join(shard.as_str().unwrap())).contains_key(tensor),
+            "{tensor} not in {shard}"
+        );
     }
-    let total: u64 = read_checkpoint(&out).values().map(|t| t.data.len() as u64).sum();
+    let total: u64 = read_checkpoint(&out)
+        .values()
+        .map(|t| t.data.len() as u64)
+        .sum();
     assert_eq!(index["metadata"]["total_size"].as_u64(), Some(total));
     let merged = read_checkpoint(&out);
-    assert_matches_reference(&merged, &read_checkpoint(&base), &read(&fixture("llama/merged/qv_r8.safetensors")), TOL);
-    assert_eq!(read(&out.join("model-00001-of-00004.safetensors")).len(), read(&base.join("model-00001-of-00004.safetensors")).len());
+    assert_matches_reference(
+        &merged,
+        &read_checkpoint(&base),
+        &read(&fixture("llama/merged/qv_r8.safetensors")),
+        TOL,
+    );
+    assert_eq!(
+        read(&out.join("model-00001-of-00004.safetensors")).len(),
+        read(&base.join("model-00001-of-00004.safetensors")).len()
+    );
 }
 
 #[test]
@@ -124,18 +222,34 @@ fn reshard_with_max_shard_size() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     run_ok([
-        "merge", "--base", fixture("llama/base").to_str().unwrap(), "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-shard-size", "120KB",
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-shard-size",
+        "120KB",
     ]);
     let files = listing(&out);
-    let shards: Vec<&String> = files.iter().filter(|f| f.ends_with(".safetensors")).collect();
+    let shards: Vec<&String> = files
+        .iter()
+        .filter(|f| f.ends_with(".safetensors"))
+        .collect();
     assert!(shards.len() >= 3, "{files:?}");
     assert!(shards[0].starts_with("model-00001-of-0000"), "{files:?}");
     for s in &shards {
         let len = std::fs::metadata(out.join(s)).unwrap().len();
-        let data: u64 = read(&out.join(s)).values().map(|t| t.data.len() as u64).sum();
+        let data: u64 = read(&out.join(s))
+            .values()
+            .map(|t| t.data.len() as u64)
+            .sum();
         // A shard exceeds the limit only when it holds one tensor larger than the limit.
-        assert!(data <= 120_000 || read(&out.join(s)).len() == 1, "{s}: {len} bytes");
+        assert!(
+            data <= 120_000 || read(&out.join(s)).len() == 1,
+            "{s}: {len} bytes"
+        );
     }
     assert!(files.contains(&"model.safetensors.index.json".to_string()));
     assert!(files.contains(&"config.json".to_string()));
@@ -156,16 +270,33 @@ fn bf16_merge_rounds_once_from_f32() {
     let out32 = dir.path().join("out32");
     let base = fixture("llama/base_bf16");
     let adapter = fixture("llama/adapters/qv_r8");
-    run_ok(["merge", "--base", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     run_ok([
-        "merge", "--base", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out", out32.to_str().unwrap(),
-        "--dtype", "f32",
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    run_ok([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        out32.to_str().unwrap(),
+        "--dtype",
+        "f32",
     ]);
     let merged = read_checkpoint(&out);
     let merged32 = read_checkpoint(&out32);
     let base_t = read_checkpoint(&base);
     let ad = read(&adapter.join("adapter_model.safetensors"));
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+            .unwrap();
     let scale = (cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap()) as f32;
     let rne = |x: f32| -> u16 {
         let b = x.to_bits();
@@ -184,7 +315,11 @@ fn bf16_merge_rounds_once_from_f32() {
         let (av, bv) = (a.f32(), b.f32());
         let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
         let w0 = base_t[name].f32();
-        let got: Vec<u16> = t.data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let got: Vec<u16> = t
+            .data
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
         let got32 = merged32[name].f32();
         for i in 0..d {
             for j in 0..k {
@@ -194,7 +329,11 @@ fn bf16_merge_rounds_once_from_f32() {
                 }
                 let v = w0[i * k + j] + scale * acc;
                 assert_eq!(got[i * k + j], rne(v), "{name}[{i},{j}]");
-                assert_eq!(got[i * k + j], rne(got32[i * k + j]), "{name}[{i},{j}] vs f32 output");
+                assert_eq!(
+                    got[i * k + j],
+                    rne(got32[i * k + j]),
+                    "{name}[{i},{j}] vs f32 output"
+                );
             }
         }
         checked += 1;
@@ -209,13 +348,31 @@ fn unmerge_restores_the_base() {
     let restored = dir.path().join("restored");
     let base = fixture("llama/base");
     for adapter in ["llama/adapters/rslora_all", "llama/adapters/bias"] {
-        let base = if adapter.ends_with("bias") { fixture("llama/base_attn_bias") } else { base.clone() };
+        let base = if adapter.ends_with("bias") {
+            fixture("llama/base_attn_bias")
+        } else {
+            base.clone()
+        };
         let _ = std::fs::remove_dir_all(&merged);
         let _ = std::fs::remove_dir_all(&restored);
         let a = fixture(adapter);
-        run_ok(["merge", "--base", base.to_str().unwrap(), "--adapter", a.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
         run_ok([
-            "merge", "--base", merged.to_str().unwrap(), "--adapter", a.to_str().unwrap(), "--out", restored.to_str().unwrap(),
+            "merge",
+            "--base",
+            base.to_str().unwrap(),
+            "--adapter",
+            a.to_str().unwrap(),
+            "--out",
+            merged.to_str().unwrap(),
+        ]);
+        run_ok([
+            "merge",
+            "--base",
+            merged.to_str().unwrap(),
+            "--adapter",
+            a.to_str().unwrap(),
+            "--out",
+            restored.to_str().unwrap(),
             "--unmerge",
         ]);
         let b = read_checkpoint(&base);
@@ -230,7 +387,10 @@ fn unmerge_restores_the_base() {
             for (p, q) in x.iter().zip(&y) {
                 // The merged value was rounded to f32 once; subtracting the same delta returns
                 // within a couple of ulps of the magnitudes involved.
-                assert!((p - q).abs() <= 4.0 * f32::EPSILON * (1.0 + q.abs()) * 8.0, "{name}: {p} vs {q}");
+                assert!(
+                    (p - q).abs() <= 4.0 * f32::EPSILON * (1.0 + q.abs()) * 8.0,
+                    "{name}: {p} vs {q}"
+                );
             }
         }
         assert!(changed > 0, "{adapter}: the merge changed something");
@@ -242,14 +402,27 @@ fn unmatched_modules_are_listed_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let res = run_err([
-        "merge", "--base", fixture("gpt2/base").to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out", out.to_str().unwrap(),
+        "merge",
+        "--base",
+        fixture("gpt2/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
     ]);
     let err = one_line_error(&res);
     assert!(err.contains("4 adapter module(s) do not match"), "{err}");
-    assert!(err.contains("model.layers.0.self_attn.q_proj") && err.contains("model.layers.1.self_attn.v_proj"), "{err}");
+    assert!(
+        err.contains("model.layers.0.self_attn.q_proj")
+            && err.contains("model.layers.1.self_attn.v_proj"),
+        "{err}"
+    );
     assert!(!out.exists());
-    assert!(listing(dir.path()).is_empty(), "no temp files left: {:?}", listing(dir.path()));
+    assert!(
+        listing(dir.path()).is_empty(),
+        "no temp files left: {:?}",
+        listing(dir.path())
+    );
 }
 
 #[test]
@@ -259,15 +432,26 @@ fn allow_unmatched_warns_and_merges_the_rest() {
     // The lora_bias adapter on a base whose q/o projections have no bias: PEFT refuses to merge
     // it; lorakit lists each bias as unmatched, and with --allow-unmatched merges the weights.
     let err = run_err([
-        "merge", "--base", fixture("llama/base").to_str().unwrap(), "--adapter", fixture("llama/adapters/bias_nobase").to_str().unwrap(),
-        "--out", out.to_str().unwrap(),
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/bias_nobase").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
     ]);
     let line = one_line_error(&err);
     assert!(line.contains("lora_B.bias"), "{line}");
     let o = bin()
         .args([
-            "merge", "--base", fixture("llama/base").to_str().unwrap(), "--adapter",
-            fixture("llama/adapters/bias_nobase").to_str().unwrap(), "--out", out.to_str().unwrap(), "--allow-unmatched",
+            "merge",
+            "--base",
+            fixture("llama/base").to_str().unwrap(),
+            "--adapter",
+            fixture("llama/adapters/bias_nobase").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--allow-unmatched",
         ])
         .output()
         .unwrap();
@@ -282,16 +466,29 @@ fn tied_embeddings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let res = run_err([
-        "merge", "--base", fixture("llama/tied").to_str().unwrap(), "--adapter", fixture("llama/adapters/embed").to_str().unwrap(),
-        "--out", out.to_str().unwrap(),
+        "merge",
+        "--base",
+        fixture("llama/tied").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/embed").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
     ]);
     let err = one_line_error(&res);
-    assert!(err.contains("tie_word_embeddings") && err.contains("embed_tokens"), "{err}");
+    assert!(
+        err.contains("tie_word_embeddings") && err.contains("embed_tokens"),
+        "{err}"
+    );
     assert!(!out.exists());
     // An adapter that leaves the embeddings alone merges into the tied base.
     run_ok([
-        "merge", "--base", fixture("llama/tied").to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out", out.to_str().unwrap(),
+        "merge",
+        "--base",
+        fixture("llama/tied").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
     ]);
 }
 
@@ -305,24 +502,40 @@ fn output_onto_input_is_refused() {
     std::os::unix::fs::symlink(&base, &link).unwrap();
     for out in [&base, &link] {
         let res = run_err([
-            "merge", "--base", base.to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(), "--out",
+            "merge",
+            "--base",
+            base.to_str().unwrap(),
+            "--adapter",
+            fixture("llama/adapters/qv_r8").to_str().unwrap(),
+            "--out",
             out.to_str().unwrap(),
         ]);
         let err = one_line_error(&res);
         assert!(err.contains("output is also an input"), "{err}");
     }
     assert_eq!(std::fs::read(&base).unwrap(), before);
-    assert_eq!(listing(dir.path()), vec!["base.safetensors", "link.safetensors"]);
+    assert_eq!(
+        listing(dir.path()),
+        vec!["base.safetensors", "link.safetensors"]
+    );
 }
 
 #[test]
 fn reruns_are_byte_identical_and_carry_provenance() {
     let dir = tempfile::tempdir().unwrap();
-    let (o1, o2) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+    let (o1, o2) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
     for o in [&o1, &o2] {
         run_ok([
-            "merge", "--base", fixture("llama/base/model.safetensors").to_str().unwrap(), "--adapter",
-            fixture("llama/adapters/dora").to_str().unwrap(), "--out", o.to_str().unwrap(),
+            "merge",
+            "--base",
+            fixture("llama/base/model.safetensors").to_str().unwrap(),
+            "--adapter",
+            fixture("llama/adapters/dora").to_str().unwrap(),
+            "--out",
+            o.to_str().unwrap(),
         ]);
     }
     let (a, b) = (std::fs::read(&o1).unwrap(), std::fs::read(&o2).unwrap());
@@ -339,9 +552,20 @@ fn json_summary_is_parseable() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.safetensors");
     let s = run_ok([
-        "merge", "--base", fixture("llama/base/model.safetensors").to_str().unwrap(), "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(), "--adapter", fixture("llama/adapters/weighted_b").to_str().unwrap(),
-        "--weight", "1", "--weight", "0.5", "--out", out.to_str().unwrap(), "--json",
+        "merge",
+        "--base",
+        fixture("llama/base/model.safetensors").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/weighted_b").to_str().unwrap(),
+        "--weight",
+        "1",
+        "--weight",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
     assert_eq!(v["adapters"][0]["modules_merged"], 4);
@@ -350,7 +574,10 @@ fn json_summary_is_parseable() {
     // q_proj of both layers is hit by both adapters: 4 + 4 − 2 tensors.
     assert_eq!(v["tensors_merged"], 6);
     assert_eq!(v["tensors_copied"], 15);
-    assert_eq!(v["bytes_written"].as_u64(), Some(std::fs::metadata(&out).unwrap().len()));
+    assert_eq!(
+        v["bytes_written"].as_u64(),
+        Some(std::fs::metadata(&out).unwrap().len())
+    );
     assert!(Path::new(v["out"].as_str().unwrap()).exists());
 }
 
@@ -358,7 +585,12 @@ fn json_summary_is_parseable() {
 fn synth(path: &Path, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
     let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, d, s, b)| (*n, safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                *n,
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
@@ -373,7 +605,10 @@ fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.safetensors");
     let w: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
-    let f64v: Vec<u8> = [1.5f64, -2.25, 1e-3].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let f64v: Vec<u8> = [1.5f64, -2.25, 1e-3]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
     synth(
         &base,
         &[
@@ -391,20 +626,51 @@ fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
     synth(
         &ad.join("adapter_model.safetensors"),
         &[
-            ("base_model.model.layer.lora_A.weight", Dtype::F32, vec![1, 3], f32_bytes(&a)),
-            ("base_model.model.layer.lora_B.weight", Dtype::F32, vec![4, 1], f32_bytes(&b)),
+            (
+                "base_model.model.layer.lora_A.weight",
+                Dtype::F32,
+                vec![1, 3],
+                f32_bytes(&a),
+            ),
+            (
+                "base_model.model.layer.lora_B.weight",
+                Dtype::F32,
+                vec![4, 1],
+                f32_bytes(&b),
+            ),
         ],
     );
-    std::fs::write(ad.join("adapter_config.json"), r#"{"peft_type":"LORA","r":1,"lora_alpha":2,"target_modules":["layer"]}"#).unwrap();
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        r#"{"peft_type":"LORA","r":1,"lora_alpha":2,"target_modules":["layer"]}"#,
+    )
+    .unwrap();
     let out = dir.path().join("out.safetensors");
-    run_ok(["merge", "--base", base.to_str().unwrap(), "--adapter", ad.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "bf16"]);
+    run_ok([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]);
     let o = read(&out);
     let inb = read(&base);
     for n in ["q.int8", "q.fp8", "q.u8"] {
         assert_eq!(o[n], inb[n], "{n} copied unchanged");
     }
-    assert_eq!(o["d.f64"].dtype, Dtype::BF16, "float tensors follow --dtype");
-    assert_eq!(o["d.f64"].f32(), vec![1.5, -2.25, half::bf16::from_f32(1e-3f64 as f32).to_f32()]);
+    assert_eq!(
+        o["d.f64"].dtype,
+        Dtype::BF16,
+        "float tensors follow --dtype"
+    );
+    assert_eq!(
+        o["d.f64"].f32(),
+        vec![1.5, -2.25, half::bf16::from_f32(1e-3f64 as f32).to_f32()]
+    );
     let merged = o["layer.weight"].f32();
     for i in 0..4 {
         for j in 0..3 {
@@ -422,19 +688,48 @@ fn kohya_names_that_match_two_base_tensors_are_ambiguous() {
     let base = dir.path().join("base.safetensors");
     let z = f32_bytes(&[0.0; 4]);
     // `a.b_c` and `a_b.c` both become `a_b_c` with underscores.
-    synth(&base, &[("a.b_c.weight", Dtype::F32, vec![2, 2], z.clone()), ("a_b.c.weight", Dtype::F32, vec![2, 2], z.clone())]);
+    synth(
+        &base,
+        &[
+            ("a.b_c.weight", Dtype::F32, vec![2, 2], z.clone()),
+            ("a_b.c.weight", Dtype::F32, vec![2, 2], z.clone()),
+        ],
+    );
     let ad = dir.path().join("k.safetensors");
     synth(
         &ad,
         &[
-            ("lora_unet_a_b_c.lora_down.weight", Dtype::F32, vec![1, 2], f32_bytes(&[1.0, 1.0])),
-            ("lora_unet_a_b_c.lora_up.weight", Dtype::F32, vec![2, 1], f32_bytes(&[1.0, 1.0])),
+            (
+                "lora_unet_a_b_c.lora_down.weight",
+                Dtype::F32,
+                vec![1, 2],
+                f32_bytes(&[1.0, 1.0]),
+            ),
+            (
+                "lora_unet_a_b_c.lora_up.weight",
+                Dtype::F32,
+                vec![2, 1],
+                f32_bytes(&[1.0, 1.0]),
+            ),
         ],
     );
     let out = dir.path().join("o.safetensors");
-    let res = run_err(["merge", "--base", base.to_str().unwrap(), "--adapter", ad.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let res = run_err([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let line = one_line_error(&res);
-    assert!(line.contains("ambiguous") && line.contains("a.b_c.weight") && line.contains("a_b.c.weight"), "{line}");
+    assert!(
+        line.contains("ambiguous")
+            && line.contains("a.b_c.weight")
+            && line.contains("a_b.c.weight"),
+        "{line}"
+    );
     assert!(!out.exists());
 }
 
@@ -443,8 +738,17 @@ fn usage_errors_exit_2() {
     let res = run_err(["merge", "--base", "x", "--out", "y"]);
     assert_eq!(res.status.code(), Some(2));
     let res = run_err([
-        "merge", "--base", fixture("llama/base").to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--weight", "1", "--weight", "2", "--out", "/tmp/never-written-lorakit",
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--weight",
+        "1",
+        "--weight",
+        "2",
+        "--out",
+        "/tmp/never-written-lorakit",
     ]);
     let line = one_line_error(&res);
     assert!(line.contains("2 --weight values for 1 --adapter"), "{line}");

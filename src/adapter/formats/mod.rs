@@ -20,7 +20,10 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
                     "adapter_model.bin (pickle) is not supported; save the adapter with safe_serialization=True",
                 ));
             }
-            return Err(InputError::invalid(path, format!("no {} in this folder", peft::WEIGHTS_NAME)));
+            return Err(InputError::invalid(
+                path,
+                format!("no {} in this folder", peft::WEIGHTS_NAME),
+            ));
         }
         (f, Some(path.join(peft::CONFIG_NAME)))
     } else {
@@ -46,11 +49,16 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
 /// Guesses the format from tensor names.
 pub fn detect(file: &SafetensorsFile) -> Option<Format> {
     let names = || file.tensors().iter().map(|t| t.name.as_str());
-    if names().any(|n| n.contains(".lora_down.") || n.contains(".lora_up.") || n.ends_with(".hada_w1_a")) {
+    if names()
+        .any(|n| n.contains(".lora_down.") || n.contains(".lora_up.") || n.ends_with(".hada_w1_a"))
+    {
         return Some(Format::Kohya);
     }
     if names().any(|n| {
-        n.contains(".lora_A.") || n.contains(".lora_B.") || n.ends_with(".lora_embedding_A") || n.ends_with(".lora_A")
+        n.contains(".lora_A.")
+            || n.contains(".lora_B.")
+            || n.ends_with(".lora_embedding_A")
+            || n.ends_with(".lora_A")
     }) {
         return Some(Format::Peft);
     }
