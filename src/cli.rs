@@ -38,6 +38,8 @@ pub enum Command {
     Resize(crate::commands::resize::ResizeArgs),
     Combine(crate::commands::combine::CombineArgs),
     Convert(crate::commands::convert::ConvertArgs),
+    Eval(crate::commands::eval::EvalArgs),
+    Train(crate::commands::train::TrainArgs),
     GpuInfo(GpuInfoArgs),
 }
 

@@ -3,10 +3,12 @@
 
 pub mod combine;
 pub mod convert;
+pub mod eval;
 pub mod extract;
 pub mod inspect;
 pub mod merge;
 pub mod resize;
+pub mod train;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -22,6 +24,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Resize(a) => resize::run(a, quiet),
         Command::Combine(a) => combine::run(a, quiet),
         Command::Convert(a) => convert::run(a, quiet),
+        Command::Eval(a) => eval::run(a, quiet),
+        Command::Train(a) => train::run(a, quiet),
         Command::GpuInfo(a) => gpu_info(a),
     }
 }
