@@ -40,6 +40,7 @@ pub enum Command {
     Convert(crate::commands::convert::ConvertArgs),
     Eval(crate::commands::eval::EvalArgs),
     Train(crate::commands::train::TrainArgs),
+    Diff(crate::commands::diff::DiffArgs),
     GpuInfo(GpuInfoArgs),
 }
 

@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod backend;
+pub mod diff;
 pub mod dtype;
 pub mod error;
 pub mod io;

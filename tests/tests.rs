@@ -10,6 +10,8 @@ mod it {
     pub mod common;
     /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
     pub mod extract;
+    /// `diff`: exit status and figures.
+    pub mod diff;
     /// `merge --device gpu` against `--device cpu`; `gpu-info`.
     pub mod gpu;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.

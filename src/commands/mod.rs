@@ -3,6 +3,7 @@
 
 pub mod combine;
 pub mod convert;
+pub mod diff;
 pub mod eval;
 pub mod extract;
 pub mod inspect;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Convert(a) => convert::run(a, quiet),
         Command::Eval(a) => eval::run(a, quiet),
         Command::Train(a) => train::run(a, quiet),
+        Command::Diff(a) => diff::run(a),
         Command::GpuInfo(a) => gpu_info(a),
     }
 }

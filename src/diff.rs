@@ -1,0 +1,129 @@
+//! `diff`: per-tensor comparison of two checkpoints, so a pipeline can assert that a merge
+//! reproduced a reference.
+//!
+//! For every tensor name in either checkpoint: present in one only; dtype or shape differ;
+//! otherwise, for float tensors, the largest absolute difference and the relative Frobenius
+//! difference `‖a − b‖_F / ‖b‖_F` (f64 sums; `‖a − b‖_F` when `b` is zero), and whether the
+//! bytes are identical; non-float tensors are compared byte for byte. A tensor passes when it is
+//! in both, with equal dtype and shape, and (float) its relative difference is ≤ the tolerance
+//! and its max-abs difference ≤ `max_abs` when given, or (other dtypes) its bytes are equal.
+//! Tensors are streamed from the memory maps, one at a time, pages released after use.
+
+use crate::dtype;
+use crate::io::Checkpoint;
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// Options of a diff.
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// Largest accepted relative Frobenius difference per float tensor.
+    pub tolerance: f64,
+    /// Largest accepted absolute difference per element (float tensors), if any.
+    pub max_abs: Option<f64>,
+}
+
+/// One tensor's comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorDiff {
+    pub name: String,
+    /// `both`, `only_a` or `only_b`.
+    pub presence: &'static str,
+    pub dtype_a: Option<String>,
+    pub dtype_b: Option<String>,
+    pub shape_a: Option<Vec<usize>>,
+    pub shape_b: Option<Vec<usize>>,
+    pub identical: bool,
+    /// Float tensors of equal shape only.
+    pub max_abs_diff: Option<f64>,
+    pub rel_fro_diff: Option<f64>,
+    pub pass: bool,
+}
+
+/// The report of a diff.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiffReport {
+    pub a: String,
+    pub b: String,
+    pub tolerance: f64,
+    pub max_abs: Option<f64>,
+    pub tensors_compared: usize,
+    pub identical: usize,
+    pub failed: usize,
+    pub only_in_a: usize,
+    pub only_in_b: usize,
+    pub max_rel_fro_diff: f64,
+    pub max_abs_diff: f64,
+    pub pass: bool,
+    pub tensors: Vec<TensorDiff>,
+}
+
+/// Compares every tensor of `a` and `b`.
+pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffReport> {
+    let names: BTreeSet<&str> = a.names().chain(b.names()).collect();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let (ia, ib) = (a.info(name), b.info(name));
+        let mut d = TensorDiff {
+            name: name.to_owned(),
+            presence: match (ia, ib) {
+                (Some(_), Some(_)) => "both",
+                (Some(_), None) => "only_a",
+                _ => "only_b",
+            },
+            dtype_a: ia.map(|i| dtype::name(i.dtype)),
+            dtype_b: ib.map(|i| dtype::name(i.dtype)),
+            shape_a: ia.map(|i| i.shape.clone()),
+            shape_b: ib.map(|i| i.shape.clone()),
+            identical: false,
+            max_abs_diff: None,
+            rel_fro_diff: None,
+            pass: false,
+        };
+        if let (Some(ia), Some(ib)) = (ia, ib) {
+            if ia.dtype == ib.dtype && ia.shape == ib.shape {
+                let (fa, fb) = (a.file_of(name).expect("listed"), b.file_of(name).expect("listed"));
+                let (va, vb) = (fa.view_info(ia)?, fb.view_info(ib)?);
+                d.identical = va.data == vb.data;
+                if dtype::is_float_compute(ia.dtype) {
+                    let (x, y) = (va.to_f32(), vb.to_f32());
+                    let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
+                    for (p, q) in x.iter().zip(&y) {
+                        let e = (*p as f64 - *q as f64).abs();
+                        // NaN compares as an infinite difference unless both are NaN.
+                        let e = if e.is_nan() { if p.is_nan() && q.is_nan() { 0.0 } else { f64::INFINITY } } else { e };
+                        num += e * e;
+                        den += (*q as f64) * (*q as f64);
+                        mx = mx.max(e);
+                    }
+                    let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+                    d.max_abs_diff = Some(mx);
+                    d.rel_fro_diff = Some(rel);
+                    d.pass = d.identical || (rel <= opts.tolerance && opts.max_abs.is_none_or(|m| mx <= m));
+                } else {
+                    d.pass = d.identical;
+                }
+                fa.release(ia);
+                fb.release(ib);
+            }
+        }
+        tensors.push(d);
+    }
+    let failed = tensors.iter().filter(|t| !t.pass).count();
+    Ok(DiffReport {
+        a: a.root.display().to_string(),
+        b: b.root.display().to_string(),
+        tolerance: opts.tolerance,
+        max_abs: opts.max_abs,
+        tensors_compared: tensors.iter().filter(|t| t.presence == "both").count(),
+        identical: tensors.iter().filter(|t| t.identical).count(),
+        failed,
+        only_in_a: tensors.iter().filter(|t| t.presence == "only_a").count(),
+        only_in_b: tensors.iter().filter(|t| t.presence == "only_b").count(),
+        max_rel_fro_diff: tensors.iter().filter_map(|t| t.rel_fro_diff).fold(0.0, f64::max),
+        max_abs_diff: tensors.iter().filter_map(|t| t.max_abs_diff).fold(0.0, f64::max),
+        pass: failed == 0,
+        tensors,
+    })
+}
