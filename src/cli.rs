@@ -41,6 +41,7 @@ pub enum Command {
     Eval(crate::commands::eval::EvalArgs),
     Train(crate::commands::train::TrainArgs),
     Diff(crate::commands::diff::DiffArgs),
+    Finalize(FinalizeArgs),
     GpuInfo(GpuInfoArgs),
 }
 
@@ -159,7 +160,30 @@ pub struct MergeArgs {
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 
+    /// Write only part I of N of the output files (file j goes to part j mod N + 1), for N
+    /// jobs on N machines; then run `lorakit finalize OUT` once. The output is byte-identical to
+    /// a single run.
+    #[arg(long, value_name = "I/N", value_parser = crate::parts::parse_part)]
+    pub part: Option<(usize, usize)>,
+
     /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Check that every part of a `--part I/N` output is present and consistent, then write the
+/// index and the copied non-weight files.
+///
+/// Examples:
+///   for i in 1 2 3; do lorakit merge --base m/ --adapter a/ --out out/ --part $i/3 & done; wait
+///   lorakit finalize out/
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct FinalizeArgs {
+    /// The output folder the parts wrote to.
+    #[arg(value_hint = ValueHint::DirPath)]
+    pub out: PathBuf,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }

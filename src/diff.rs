@@ -83,7 +83,10 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
         };
         if let (Some(ia), Some(ib)) = (ia, ib) {
             if ia.dtype == ib.dtype && ia.shape == ib.shape {
-                let (fa, fb) = (a.file_of(name).expect("listed"), b.file_of(name).expect("listed"));
+                let (fa, fb) = (
+                    a.file_of(name).expect("listed"),
+                    b.file_of(name).expect("listed"),
+                );
                 let (va, vb) = (fa.view_info(ia)?, fb.view_info(ib)?);
                 d.identical = va.data == vb.data;
                 if dtype::is_float_compute(ia.dtype) {
@@ -92,15 +95,28 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
                     for (p, q) in x.iter().zip(&y) {
                         let e = (*p as f64 - *q as f64).abs();
                         // NaN compares as an infinite difference unless both are NaN.
-                        let e = if e.is_nan() { if p.is_nan() && q.is_nan() { 0.0 } else { f64::INFINITY } } else { e };
+                        let e = if e.is_nan() {
+                            if p.is_nan() && q.is_nan() {
+                                0.0
+                            } else {
+                                f64::INFINITY
+                            }
+                        } else {
+                            e
+                        };
                         num += e * e;
                         den += (*q as f64) * (*q as f64);
                         mx = mx.max(e);
                     }
-                    let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+                    let rel = if den > 0.0 {
+                        (num / den).sqrt()
+                    } else {
+                        num.sqrt()
+                    };
                     d.max_abs_diff = Some(mx);
                     d.rel_fro_diff = Some(rel);
-                    d.pass = d.identical || (rel <= opts.tolerance && opts.max_abs.is_none_or(|m| mx <= m));
+                    d.pass = d.identical
+                        || (rel <= opts.tolerance && opts.max_abs.is_none_or(|m| mx <= m));
                 } else {
                     d.pass = d.identical;
                 }
@@ -121,8 +137,14 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
         failed,
         only_in_a: tensors.iter().filter(|t| t.presence == "only_a").count(),
         only_in_b: tensors.iter().filter(|t| t.presence == "only_b").count(),
-        max_rel_fro_diff: tensors.iter().filter_map(|t| t.rel_fro_diff).fold(0.0, f64::max),
-        max_abs_diff: tensors.iter().filter_map(|t| t.max_abs_diff).fold(0.0, f64::max),
+        max_rel_fro_diff: tensors
+            .iter()
+            .filter_map(|t| t.rel_fro_diff)
+            .fold(0.0, f64::max),
+        max_abs_diff: tensors
+            .iter()
+            .filter_map(|t| t.max_abs_diff)
+            .fold(0.0, f64::max),
         pass: failed == 0,
         tensors,
     })

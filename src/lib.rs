@@ -6,13 +6,14 @@
 
 pub mod adapter;
 pub mod backend;
+pub mod cli;
+pub mod commands;
 pub mod diff;
 pub mod dtype;
 pub mod error;
+pub mod inspect;
 pub mod io;
 pub mod linalg;
 pub mod merge;
+pub mod parts;
 pub mod progress;
-pub mod inspect;
-pub mod cli;
-pub mod commands;

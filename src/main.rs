@@ -7,6 +7,7 @@ use lorakit::error::InputError;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    quiet_mesa();
     let cli = Cli::parse();
     match lorakit::commands::run(cli) {
         Ok(code) => ExitCode::from(code as u8),
@@ -26,4 +27,22 @@ fn main() -> ExitCode {
 /// Errors raised by argument checks in the commands (no file involved) are usage errors.
 fn is_usage(e: &anyhow::Error) -> bool {
     e.chain().count() == 1 && e.downcast_ref::<std::io::Error>().is_none()
+}
+
+/// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on stderr when the GPU is
+/// probed (as `--device auto` does) without one; give them a private one so stderr stays ours.
+/// Runs first in `main`, before any thread exists.
+fn quiet_mesa() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("lorakit-xdg-{uid}"));
+        if std::fs::create_dir_all(&dir).is_ok()
+            && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+        {
+            std::env::set_var("XDG_RUNTIME_DIR", &dir);
+        }
+    }
 }

@@ -65,6 +65,8 @@ pub struct MergeOptions {
     pub device: backend::Device,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Write only part `i` of `n` (1-based) of the output files; see [`crate::parts`].
+    pub part: Option<(usize, usize)>,
 }
 
 /// One adapter and its weight.
@@ -482,9 +484,12 @@ impl MergePlan {
         let bar = crate::progress::bar(self.options.progress, total, "merging");
         let mut output = Output::new();
         let metadata = self.output_metadata();
-        let mut weight_map: BTreeMap<String, String> = BTreeMap::new();
         let (mut merged, mut copied) = (0usize, 0usize);
-        for f in &self.files {
+        let mut written = Vec::new();
+        for (fi, f) in self.files.iter().enumerate() {
+            if !crate::parts::owns(self.options.part, fi) {
+                continue;
+            }
             let specs: Vec<TensorSpec> = f
                 .tensors
                 .iter()
@@ -497,15 +502,9 @@ impl MergePlan {
                     )
                 })
                 .collect();
-            let fname = f
-                .path
-                .file_name()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned();
+            written.push(file_name(&f.path));
             let mut w = output.safetensors(&f.path, &metadata, specs)?;
             for name in &f.tensors {
-                weight_map.insert(name.clone(), fname.clone());
                 let file = self.base.file_of(name).expect("base tensor");
                 let info = self.base.info(name).expect("base tensor");
                 let out_dtype = self.options.dtype.apply(info.dtype);
@@ -567,18 +566,24 @@ impl MergePlan {
             }
             w.finish()?;
         }
-        for (src, dst) in &self.extra_files {
-            let bytes =
-                std::fs::read(src).with_context(|| format!("{}: cannot read", src.display()))?;
-            output.small_file(dst, &bytes)?;
-        }
-        if let Some(index) = &self.index {
-            let mut meta = self.base.index_metadata.clone().unwrap_or_default();
-            meta.insert("total_size".into(), serde_json::json!(total));
-            let doc = serde_json::json!({ "metadata": meta, "weight_map": weight_map });
-            let mut text = serde_json::to_vec_pretty(&doc).expect("json");
-            text.push(b'\n');
-            output.small_file(index, &text)?;
+        match self.options.part {
+            None => self.write_finals(&mut output)?,
+            Some((i, n)) => {
+                // The last files (index, copied configs) are written by `finalize` once every
+                // part is done; this part records what it wrote and what the whole plan is.
+                let manifest = crate::parts::Manifest {
+                    version: 1,
+                    part: i,
+                    parts: n,
+                    plan: self.part_plan()?,
+                    written,
+                };
+                let dir = crate::parts::out_dir(&self.files[0].path);
+                output.small_file(
+                    &dir.join(crate::parts::manifest_name(i, n)),
+                    &manifest.to_bytes(),
+                )?;
+            }
         }
         let bytes = output.commit()?;
         bar.finish_and_clear();
@@ -614,6 +619,86 @@ impl MergePlan {
             seconds,
             gb_per_s: bytes as f64 / 1e9 / seconds.max(1e-9),
             unmatched: self.unmatched.clone(),
+        })
+    }
+
+    /// The index document of the output (sharded outputs).
+    fn index_doc(&self) -> Option<Vec<u8>> {
+        self.index.as_ref()?;
+        let mut weight_map: BTreeMap<String, String> = BTreeMap::new();
+        for f in &self.files {
+            for n in &f.tensors {
+                weight_map.insert(n.clone(), file_name(&f.path));
+            }
+        }
+        let mut meta = self.base.index_metadata.clone().unwrap_or_default();
+        meta.insert("total_size".into(), serde_json::json!(self.output_bytes()));
+        let doc = serde_json::json!({ "metadata": meta, "weight_map": weight_map });
+        let mut text = serde_json::to_vec_pretty(&doc).expect("json");
+        text.push(b'\n');
+        Some(text)
+    }
+
+    /// Copied non-weight files, then the index (last).
+    fn write_finals(&self, output: &mut Output) -> Result<()> {
+        for (src, dst) in &self.extra_files {
+            let bytes =
+                std::fs::read(src).with_context(|| format!("{}: cannot read", src.display()))?;
+            output.small_file(dst, &bytes)?;
+        }
+        if let (Some(index), Some(doc)) = (&self.index, self.index_doc()) {
+            output.small_file(index, &doc)?;
+        }
+        Ok(())
+    }
+
+    /// The whole output as `finalize` needs it: every file with its expected size, the index,
+    /// and the files to copy.
+    fn part_plan(&self) -> Result<crate::parts::Plan> {
+        let metadata = self.output_metadata();
+        let files = self
+            .files
+            .iter()
+            .map(|f| {
+                let triples: Vec<(String, Dtype, Vec<usize>)> = f
+                    .tensors
+                    .iter()
+                    .map(|n| {
+                        let i = self.base.info(n).expect("base tensor");
+                        (
+                            n.clone(),
+                            self.options.dtype.apply(i.dtype),
+                            i.shape.clone(),
+                        )
+                    })
+                    .collect();
+                let data: u64 = triples
+                    .iter()
+                    .map(|(_, d, s)| dtype::byte_len(*d, s.iter().product()).expect("valid") as u64)
+                    .sum();
+                let header = crate::io::header::serialize(&metadata, &triples).len() as u64;
+                crate::parts::PlannedFile {
+                    name: file_name(&f.path),
+                    bytes: header + data,
+                }
+            })
+            .collect();
+        let extra = self
+            .extra_files
+            .iter()
+            .map(|(src, dst)| -> Result<(String, String)> {
+                let src = std::fs::canonicalize(src)
+                    .with_context(|| format!("{}: cannot resolve", src.display()))?;
+                Ok((src.display().to_string(), file_name(dst)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(crate::parts::Plan {
+            files,
+            index_name: self.index.as_ref().map(|p| file_name(p)),
+            index: self
+                .index_doc()
+                .map(|v| String::from_utf8(v).expect("utf8 json")),
+            extra,
         })
     }
 
@@ -754,6 +839,12 @@ impl MergePlan {
         ));
         meta
     }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// One term's factors in the base tensor's stored orientation.

@@ -8,10 +8,10 @@ mod it {
     /// Shared helpers: running the binary, reading outputs with the independent `safetensors`
     /// crate, comparing tensors.
     pub mod common;
-    /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
-    pub mod extract;
     /// `diff`: exit status and figures.
     pub mod diff;
+    /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
+    pub mod extract;
     /// `merge --device gpu` against `--device cpu`; `gpu-info`.
     pub mod gpu;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.

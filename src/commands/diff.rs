@@ -43,9 +43,19 @@ pub struct DiffArgs {
 }
 
 pub fn run(a: DiffArgs) -> Result<i32> {
-    anyhow::ensure!(a.tolerance >= 0.0 && a.tolerance.is_finite(), "--tolerance must be a finite number ≥ 0");
+    anyhow::ensure!(
+        a.tolerance >= 0.0 && a.tolerance.is_finite(),
+        "--tolerance must be a finite number ≥ 0"
+    );
     let (ca, cb) = (Checkpoint::open(&a.a)?, Checkpoint::open(&a.b)?);
-    let report = diff(&ca, &cb, &DiffOptions { tolerance: a.tolerance, max_abs: a.max_abs })?;
+    let report = diff(
+        &ca,
+        &cb,
+        &DiffOptions {
+            tolerance: a.tolerance,
+            max_abs: a.max_abs,
+        },
+    )?;
     if a.json {
         super::print_json(&report)?;
     } else {
@@ -64,17 +74,35 @@ fn render(r: &DiffReport, all: bool) -> String {
             let what = match t.presence {
                 "only_a" => "only in A".to_string(),
                 "only_b" => "only in B".to_string(),
-                _ if t.dtype_a != t.dtype_b => format!("dtype {} vs {}", t.dtype_a.as_deref().unwrap_or("?"), t.dtype_b.as_deref().unwrap_or("?")),
-                _ if t.shape_a != t.shape_b => format!("shape {:?} vs {:?}", t.shape_a.clone().unwrap_or_default(), t.shape_b.clone().unwrap_or_default()),
+                _ if t.dtype_a != t.dtype_b => format!(
+                    "dtype {} vs {}",
+                    t.dtype_a.as_deref().unwrap_or("?"),
+                    t.dtype_b.as_deref().unwrap_or("?")
+                ),
+                _ if t.shape_a != t.shape_b => format!(
+                    "shape {:?} vs {:?}",
+                    t.shape_a.clone().unwrap_or_default(),
+                    t.shape_b.clone().unwrap_or_default()
+                ),
                 _ if t.identical => "identical".into(),
                 _ => "values".into(),
             };
-            vec![t.name.clone(), what, fmt(t.max_abs_diff), fmt(t.rel_fro_diff), if t.pass { "ok" } else { "FAIL" }.into()]
+            vec![
+                t.name.clone(),
+                what,
+                fmt(t.max_abs_diff),
+                fmt(t.rel_fro_diff),
+                if t.pass { "ok" } else { "FAIL" }.into(),
+            ]
         })
         .collect();
     let mut s = String::new();
     if !rows.is_empty() {
-        s.push_str(&table(&["tensor", "difference", "max |a-b|", "rel fro", ""], &rows, &[false, false, true, true, false]));
+        s.push_str(&table(
+            &["tensor", "difference", "max |a-b|", "rel fro", ""],
+            &rows,
+            &[false, false, true, true, false],
+        ));
         s.push('\n');
     }
     s.push_str(&format!(

@@ -35,6 +35,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         allow_unmatched: a.allow_unmatched,
         device: a.device.into(),
         progress: !quiet && !a.json,
+        part: a.part,
     };
     let plan = MergePlan::new(base, adapters, a.out.clone(), options)?;
     for u in &plan.unmatched {

@@ -28,6 +28,27 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Eval(a) => eval::run(a, quiet),
         Command::Train(a) => train::run(a, quiet),
         Command::Diff(a) => diff::run(a),
+        Command::Finalize(a) => {
+            let r = crate::parts::finalize(&a.out)?;
+            if a.json {
+                print_json(&r)?;
+            } else {
+                print(&format!(
+                    "finalized {}: {} parts, {} files checked ({}), index {}, copied {}\n",
+                    r.out,
+                    r.parts,
+                    r.files_checked,
+                    crate::inspect::human_bytes(r.bytes),
+                    r.index.as_deref().unwrap_or("none"),
+                    if r.copied.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        r.copied.join(", ")
+                    }
+                ))?;
+            }
+            Ok(0)
+        }
         Command::GpuInfo(a) => gpu_info(a),
     }
 }

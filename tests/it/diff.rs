@@ -5,7 +5,12 @@ use super::common::*;
 #[test]
 fn identical_checkpoints_pass_and_layouts_do_not_matter() {
     // The same weights as one file and as four shards.
-    let s = run_ok(["diff", fixture("llama/base").to_str().unwrap(), fixture("llama/base_sharded").to_str().unwrap(), "--json"]);
+    let s = run_ok([
+        "diff",
+        fixture("llama/base").to_str().unwrap(),
+        fixture("llama/base_sharded").to_str().unwrap(),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
     assert_eq!(v["pass"], true);
     assert_eq!(v["identical"], 21);
@@ -17,10 +22,23 @@ fn differences_fail_with_exit_1_and_exact_figures() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
     run_ok([
-        "merge", "--base", fixture("llama/base").to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out", out.to_str().unwrap(),
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
     ]);
-    let o = bin().args(["diff", out.to_str().unwrap(), fixture("llama/base").to_str().unwrap(), "--json"]).output().unwrap();
+    let o = bin()
+        .args([
+            "diff",
+            out.to_str().unwrap(),
+            fixture("llama/base").to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["failed"], 4);
@@ -29,24 +47,62 @@ fn differences_fail_with_exit_1_and_exact_figures() {
     for t in v["tensors"].as_array().unwrap() {
         let name = t["name"].as_str().unwrap();
         let (a, b) = (merged[name].f32(), base[name].f32());
-        let mx = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max);
+        let mx = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (*x as f64 - *y as f64).abs())
+            .fold(0.0, f64::max);
         assert_eq!(t["max_abs_diff"].as_f64().unwrap(), mx, "{name}");
         let rel = rel_err(&a, &b);
-        assert!((t["rel_fro_diff"].as_f64().unwrap() - rel).abs() <= 1e-12 * (1.0 + rel), "{name}");
-        assert_eq!(t["pass"], t["identical"], "{name}: tolerance 0 passes identical tensors only");
+        assert!(
+            (t["rel_fro_diff"].as_f64().unwrap() - rel).abs() <= 1e-12 * (1.0 + rel),
+            "{name}"
+        );
+        assert_eq!(
+            t["pass"], t["identical"],
+            "{name}: tolerance 0 passes identical tensors only"
+        );
     }
     // Against PEFT's merge, within 1e-6: pass (compare only the changed tensors' file would
     // list base tensors as only-in-A, so compare the merged output with itself re-merged).
     let o = bin()
-        .args(["diff", out.to_str().unwrap(), out.to_str().unwrap(), "--tolerance", "1e-6"])
+        .args([
+            "diff",
+            out.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--tolerance",
+            "1e-6",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0));
     // A loose tolerance lets the merge pass against the base; --max-abs can still fail it.
-    let o = bin().args(["diff", out.to_str().unwrap(), fixture("llama/base").to_str().unwrap(), "--tolerance", "10"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
     let o = bin()
-        .args(["diff", out.to_str().unwrap(), fixture("llama/base").to_str().unwrap(), "--tolerance", "10", "--max-abs", "1e-9"])
+        .args([
+            "diff",
+            out.to_str().unwrap(),
+            fixture("llama/base").to_str().unwrap(),
+            "--tolerance",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = bin()
+        .args([
+            "diff",
+            out.to_str().unwrap(),
+            fixture("llama/base").to_str().unwrap(),
+            "--tolerance",
+            "10",
+            "--max-abs",
+            "1e-9",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -57,22 +113,48 @@ fn missing_tensors_and_dtype_changes_fail() {
     let dir = tempfile::tempdir().unwrap();
     let bf = dir.path().join("bf");
     run_ok([
-        "merge", "--base", fixture("llama/base").to_str().unwrap(), "--adapter", fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out", bf.to_str().unwrap(), "--dtype", "bf16",
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        bf.to_str().unwrap(),
+        "--dtype",
+        "bf16",
     ]);
-    let o = bin().args(["diff", bf.to_str().unwrap(), fixture("llama/base").to_str().unwrap()]).output().unwrap();
+    let o = bin()
+        .args([
+            "diff",
+            bf.to_str().unwrap(),
+            fixture("llama/base").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("dtype BF16 vs F32") && text.contains("FAIL"), "{text}");
+    assert!(
+        text.contains("dtype BF16 vs F32") && text.contains("FAIL"),
+        "{text}"
+    );
     // The changed-tensors-only reference: 17 base tensors exist only in A.
     let o = bin()
-        .args(["diff", fixture("llama/base").to_str().unwrap(), fixture("llama/merged/qv_r8.safetensors").to_str().unwrap(), "--json"])
+        .args([
+            "diff",
+            fixture("llama/base").to_str().unwrap(),
+            fixture("llama/merged/qv_r8.safetensors").to_str().unwrap(),
+            "--json",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["only_in_a"], 17);
     // Bad input is exit 2, not 1.
-    let o = run_err(["diff", "/nonexistent/a", fixture("llama/base").to_str().unwrap()]);
+    let o = run_err([
+        "diff",
+        "/nonexistent/a",
+        fixture("llama/base").to_str().unwrap(),
+    ]);
     one_line_error(&o);
 }

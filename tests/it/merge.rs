@@ -755,3 +755,52 @@ fn usage_errors_exit_2() {
     let help = run_ok(["merge", "--help"]);
     assert!(help.contains("Examples:") && help.contains("--unmerge"));
 }
+
+#[test]
+fn three_parts_in_separate_processes_equal_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let split = dir.path().join("split");
+    let base = fixture("llama/base_sharded");
+    let common = |out: &Path| {
+        vec![
+            "merge".to_string(),
+            "--base".into(),
+            base.display().to_string(),
+            "--adapter".into(),
+            fixture("llama/adapters/rslora_all").display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--dtype".into(),
+            "bf16".into(),
+        ]
+    };
+    run_ok(common(&one));
+    // Three processes at once, as three jobs would run.
+    let children: Vec<_> = (1..=3)
+        .map(|i| {
+            let mut args = common(&split);
+            args.extend(["--part".into(), format!("{i}/3"), "--quiet".into()]);
+            bin().args(&args).spawn().unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    // Before finalize there is no index; finalize refuses while a part is missing.
+    assert!(!split.join("model.safetensors.index.json").exists());
+    let m2 = split.join(".lorakit-part-2-of-3.json");
+    let saved = std::fs::read(&m2).unwrap();
+    std::fs::remove_file(&m2).unwrap();
+    let err = run_err(["finalize", split.to_str().unwrap()]);
+    assert!(one_line_error(&err).contains("parts not finished: 2/3"));
+    std::fs::write(&m2, saved).unwrap();
+    run_ok(["finalize", split.to_str().unwrap()]);
+    assert_eq!(listing(&one), listing(&split));
+    for f in listing(&one) {
+        assert!(
+            std::fs::read(one.join(&f)).unwrap() == std::fs::read(split.join(&f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}
