@@ -42,6 +42,8 @@ pub enum Command {
     Train(crate::commands::train::TrainArgs),
     Diff(crate::commands::diff::DiffArgs),
     Finalize(FinalizeArgs),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
     GpuInfo(GpuInfoArgs),
 }
 
@@ -187,6 +189,27 @@ pub struct FinalizeArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+/// Print a shell completion script.
+///
+/// Examples:
+///   lorakit completions bash > /etc/bash_completion.d/lorakit
+///   lorakit completions zsh > "${fpath[1]}/_lorakit"
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Print the man page (roff), generated from these definitions.
+///
+/// Examples:
+///   lorakit man > lorakit.1 && man ./lorakit.1
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ManArgs {}
 
 /// `--device` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

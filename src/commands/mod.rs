@@ -28,6 +28,20 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Eval(a) => eval::run(a, quiet),
         Command::Train(a) => train::run(a, quiet),
         Command::Diff(a) => diff::run(a),
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_complete::generate(a.shell, &mut Cli::command(), "lorakit", &mut buf);
+            print(&String::from_utf8_lossy(&buf))?;
+            Ok(0)
+        }
+        Command::Man(_) => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+            print(&String::from_utf8_lossy(&buf))?;
+            Ok(0)
+        }
         Command::Finalize(a) => {
             let r = crate::parts::finalize(&a.out)?;
             if a.json {
