@@ -12,6 +12,8 @@ mod it {
     pub mod diff;
     /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
     pub mod extract;
+    /// kill -9 during a merge, full disk, reruns.
+    pub mod faults;
     /// `merge --device gpu` against `--device cpu`; `gpu-info`.
     pub mod gpu;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.

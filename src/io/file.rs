@@ -207,3 +207,29 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     }
     Ok(got)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract: a file whose size changes between opening (header read) and mapping is an
+    /// error, not a crash or a read past the end.
+    #[test]
+    fn size_change_before_mapping_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.safetensors");
+        let header = crate::io::header::serialize(&[], &[("t".into(), Dtype::F32, vec![4])]);
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(&[0u8; 16]);
+        std::fs::write(&p, &bytes).unwrap();
+        let f = SafetensorsFile::open(&p).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(bytes.len() as u64 - 8)
+            .unwrap();
+        let err = f.view("t").unwrap_err().to_string();
+        assert!(err.contains("changed size"), "{err}");
+    }
+}

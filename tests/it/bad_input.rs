@@ -354,3 +354,96 @@ fn sharded_index_naming_missing_shard_or_traversal() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn deeply_nested_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = format!("{{\"t\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let p = raw_file(dir.path(), "deep.safetensors", &deep, 0);
+    check_rejected(&p, &["not valid JSON"]);
+}
+
+#[test]
+fn negative_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = raw_file(
+        dir.path(),
+        "neg.safetensors",
+        r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}}"#,
+        8,
+    );
+    check_rejected(&p, &["tensor `t`", "not a non-negative integer"]);
+}
+
+#[test]
+fn shape_product_overflowing_usize() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = r#"{"t":{"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8]}}"#;
+    let p = raw_file(dir.path(), "overflow.safetensors", h, 8);
+    check_rejected(&p, &["tensor `t`", "overflows"]);
+}
+
+/// A header declaring a 10 TB tensor over a tiny file: rejected from the header alone, with no
+/// allocation of the declared size (the process would be killed if it tried).
+#[test]
+fn ten_terabyte_tensor_is_not_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let n: u64 = 10_000_000_000_000;
+    let h = format!(r#"{{"t":{{"dtype":"U8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#);
+    let p = raw_file(dir.path(), "tb.safetensors", &h, 16);
+    check_rejected(&p, &["tensor `t`", "beyond the 16-byte data section"]);
+}
+
+#[test]
+fn header_with_wrong_types() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (h, expect)) in [
+        (
+            r#"{"t":{"dtype":"F32","shape":"2","data_offsets":[0,8]}}"#,
+            "missing array `shape`",
+        ),
+        (
+            r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8,16]}}"#,
+            "exactly two entries",
+        ),
+        (
+            r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}}"#,
+            "unexpected field `extra`",
+        ),
+        (r#"{"t":7}"#, "entry is not an object"),
+        (
+            r#"{"__metadata__":{"k":[1]}}"#,
+            "`__metadata__` must map strings to strings",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = raw_file(dir.path(), &format!("types{i}.safetensors"), h, 8);
+        check_rejected(&p, &[expect]);
+    }
+}
+
+#[test]
+fn empty_adapter_and_unknown_tensor_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    // A safetensors file with no LoRA tensors is not an adapter.
+    let p = raw_file(dir.path(), "plain.safetensors", OK, 16);
+    let out = dir.path().join("o.safetensors");
+    let res = run_err([
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        p.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(one_line_error(&res).contains("no LoRA tensors found"));
+    // A kohya LoHa file is refused by name.
+    let h = r#"{"lora_unet_x.hada_w1_a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let k = raw_file(dir.path(), "loha.safetensors", h, 8);
+    let res = run_err(["inspect", k.to_str().unwrap()]);
+    assert!(one_line_error(&res).contains("LoHa/LoKr"));
+    assert!(!out.exists());
+}

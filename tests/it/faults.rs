@@ -1,0 +1,194 @@
+//! Faults: kill -9 in the middle of a merge, a full disk, reruns. The destination holds either
+//! the old file or nothing — never a truncated one — and a rerun is not tripped by leftovers.
+
+use super::common::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn f32_bytes(v: impl Iterator<Item = f32>) -> Vec<u8> {
+    v.flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A ~48 MB base of six 2048×1024 f32 tensors and a rank-16 adapter on all of them.
+fn big_case(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use safetensors::{tensor::TensorView, Dtype};
+    let base = dir.join("base.safetensors");
+    let (d, k, r) = (2048usize, 1024usize, 16usize);
+    let data: Vec<Vec<u8>> = (0..6)
+        .map(|t| f32_bytes((0..d * k).map(move |i| ((i * 7 + t) % 13) as f32 * 0.01)))
+        .collect();
+    let names: Vec<String> = (0..6).map(|t| format!("layers.{t}.proj.weight")).collect();
+    let views: Vec<(&str, TensorView)> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, b)| {
+            (
+                n.as_str(),
+                TensorView::new(Dtype::F32, vec![d, k], b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &base).unwrap();
+    let ad = dir.join("adapter");
+    std::fs::create_dir(&ad).unwrap();
+    let a = f32_bytes((0..r * k).map(|i| (i % 5) as f32 * 0.001));
+    let b = f32_bytes((0..d * r).map(|i| (i % 3) as f32 * 0.002));
+    let keys: Vec<(String, String)> = (0..6)
+        .map(|t| {
+            (
+                format!("base_model.model.layers.{t}.proj.lora_A.weight"),
+                format!("base_model.model.layers.{t}.proj.lora_B.weight"),
+            )
+        })
+        .collect();
+    let mut views = Vec::new();
+    for (ka, kb) in &keys {
+        views.push((
+            ka.as_str(),
+            TensorView::new(Dtype::F32, vec![r, k], &a).unwrap(),
+        ));
+        views.push((
+            kb.as_str(),
+            TensorView::new(Dtype::F32, vec![d, r], &b).unwrap(),
+        ));
+    }
+    safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        r#"{"peft_type":"LORA","r":16,"lora_alpha":16,"target_modules":["proj"]}"#,
+    )
+    .unwrap();
+    (base, ad)
+}
+
+fn merge_args(base: &Path, ad: &Path, out: &Path, weight: &str) -> Vec<String> {
+    [
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--weight",
+        weight,
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn kill_9_leaves_old_file_or_nothing_and_reruns_are_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ad) = big_case(dir.path());
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("merged.safetensors");
+    // The complete output of weight 2, to compare a finished run against.
+    run_ok(merge_args(&base, &ad, &out, "2"));
+    let new_bytes = std::fs::read(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    // The "old" file: weight 1.
+    run_ok(merge_args(&base, &ad, &out, "1"));
+    let old_bytes = std::fs::read(&out).unwrap();
+    assert_ne!(old_bytes, new_bytes);
+    let mut interrupted = 0;
+    for (i, delay_ms) in [0u64, 5, 20, 60, 150, 400].into_iter().enumerate() {
+        // Half the runs start with no file at all.
+        let had_old = i % 2 == 0;
+        if !had_old {
+            let _ = std::fs::remove_file(&out);
+        } else if !out.exists() || std::fs::read(&out).unwrap() != old_bytes {
+            std::fs::write(&out, &old_bytes).unwrap();
+        }
+        let mut child = bin()
+            .args(merge_args(&base, &ad, &out, "2"))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let temp_left = listing(&outdir).iter().any(|f| f.ends_with(".tmp"));
+        let finished = std::fs::read(&out).is_ok_and(|b| b == new_bytes);
+        if temp_left || !finished {
+            interrupted += 1;
+        }
+        match std::fs::read(&out) {
+            Ok(bytes) => assert!(
+                bytes == new_bytes || (had_old && bytes == old_bytes),
+                "after kill at {delay_ms} ms the destination is neither the old nor the complete new file ({} bytes)",
+                bytes.len()
+            ),
+            Err(_) => assert!(!had_old, "the old file vanished after a kill at {delay_ms} ms"),
+        }
+    }
+    assert!(
+        interrupted >= 2,
+        "only {interrupted} kills landed before the merge finished"
+    );
+    // A rerun succeeds, sweeps every temp file of the killed runs, and is byte-identical.
+    run_ok(merge_args(&base, &ad, &out, "2"));
+    assert_eq!(std::fs::read(&out).unwrap(), new_bytes);
+    assert_eq!(
+        listing(&outdir),
+        vec!["merged.safetensors"],
+        "temp files left behind"
+    );
+}
+
+/// A destination on a 256 KiB tmpfs: the 360 KB merge cannot fit. One error line, non-zero
+/// exit, nothing left on the small disk. Needs root (mount); skipped loudly otherwise.
+#[test]
+fn full_disk_is_a_clear_error_with_no_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=256k",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("FULL-DISK TEST SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&mnt);
+    let out = mnt.join("merged.safetensors");
+    let res = run_err([
+        "merge",
+        "--base",
+        fixture("llama/base/model.safetensors").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("merged.safetensors"),
+        "{err}"
+    );
+    assert!(
+        listing(&mnt).is_empty(),
+        "left on the full disk: {:?}",
+        listing(&mnt)
+    );
+}
