@@ -12,8 +12,8 @@ use std::path::PathBuf;
 /// checkpoints exactly as PEFT's merge_and_unload does, and more. Files are memory-mapped and
 /// outputs are streamed and written atomically.
 ///
-/// Exit status: 0 success, 1 a check failed (diff), 2 bad usage or bad input, 3 internal or
-/// output I/O error.
+/// Exit status: 0 success, 1 a check failed (diff), 2 bad usage or bad input, 3 the output
+/// could not be written (disk full, I/O error).
 #[derive(Debug, Parser)]
 #[command(
     name = "lorakit",
@@ -42,6 +42,7 @@ pub enum Command {
     Train(crate::commands::train::TrainArgs),
     Diff(crate::commands::diff::DiffArgs),
     Finalize(FinalizeArgs),
+    Run(RunArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
     GpuInfo(GpuInfoArgs),
@@ -186,6 +187,31 @@ pub struct FinalizeArgs {
     #[arg(value_hint = ValueHint::DirPath)]
     pub out: PathBuf,
     /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run a recipe: a TOML file of named steps (any lorakit command) whose inputs are files or
+/// earlier steps' outputs.
+///
+/// Everything is validated before any work starts: each step's arguments, that every input
+/// exists or is written by an earlier step, and for merges the whole plan (adapter ↔ base
+/// matching). Steps whose output exists with the same provenance (command line + input sizes
+/// and modification times) are skipped. The format is described in the README; see examples/.
+///
+/// Examples:
+///   lorakit run examples/merge-and-check.toml --dry-run
+///   lorakit run examples/merge-and-check.toml
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct RunArgs {
+    /// The recipe file.
+    #[arg(value_hint = ValueHint::FilePath)]
+    pub recipe: PathBuf,
+    /// Validate and print the plan (bytes each step reads and writes); run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the plan as JSON (with --dry-run).
     #[arg(long)]
     pub json: bool,
 }

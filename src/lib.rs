@@ -17,3 +17,4 @@ pub mod linalg;
 pub mod merge;
 pub mod parts;
 pub mod progress;
+pub mod recipe;

@@ -1,5 +1,5 @@
 //! The `lorakit` binary: parse, run, and turn an error into one line on stderr and an exit code
-//! (0 ok, 1 check failed, 2 bad usage or input, 3 internal or output I/O error).
+//! (0 ok, 1 check failed, 2 bad usage or input, 3 the output could not be written).
 
 use clap::Parser;
 use lorakit::cli::Cli;
@@ -18,15 +18,23 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("error: {e:#}");
-            let input = e.chain().any(|c| c.downcast_ref::<InputError>().is_some());
-            ExitCode::from(if input || is_usage(&e) { 2 } else { 3 })
+            ExitCode::from(if is_output_failure(&e) { 3 } else { 2 })
         }
     }
 }
 
-/// Errors raised by argument checks in the commands (no file involved) are usage errors.
-fn is_usage(e: &anyhow::Error) -> bool {
-    e.chain().count() == 1 && e.downcast_ref::<std::io::Error>().is_none()
+/// Writing the output failed (disk full, permissions, I/O error on a temporary file): exit 3.
+/// Everything else — bad usage, bad or mismatched input — is exit 2.
+fn is_output_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        if let Some(ie) = c.downcast_ref::<InputError>() {
+            if let lorakit::error::InputErrorKind::Io(io) = &ie.kind {
+                return ie.path.to_string_lossy().ends_with(".tmp")
+                    || io.kind() == std::io::ErrorKind::StorageFull;
+            }
+        }
+        false
+    })
 }
 
 /// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on stderr when the GPU is

@@ -28,6 +28,31 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Eval(a) => eval::run(a, quiet),
         Command::Train(a) => train::run(a, quiet),
         Command::Diff(a) => diff::run(a),
+        Command::Run(a) => {
+            let steps = crate::recipe::load(&a.recipe)?;
+            let plan = crate::recipe::plan(&steps)?;
+            if a.dry_run {
+                if a.json {
+                    print_json(&plan)?;
+                } else {
+                    let rows: Vec<Vec<String>> = plan
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.name.clone(),
+                                p.action.to_string(),
+                                crate::inspect::human_bytes(p.bytes_read),
+                                p.bytes_written.map(crate::inspect::human_bytes).unwrap_or_else(|| "?".into()),
+                                p.argv[1..].join(" "),
+                            ]
+                        })
+                        .collect();
+                    print(&crate::inspect::table(&["step", "action", "reads", "writes", "command"], &rows, &[false, false, true, true, false]))?;
+                }
+                return Ok(0);
+            }
+            crate::recipe::run(&steps, quiet)
+        }
         Command::Completions(a) => {
             use clap::CommandFactory;
             let mut buf = Vec::new();

@@ -182,6 +182,11 @@ fn full_disk_is_a_clear_error_with_no_partial_output() {
     ]);
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        res.status.code(),
+        Some(3),
+        "an output that cannot be written is exit 3: {err}"
+    );
     assert!(
         err.contains("No space left on device") && err.contains("merged.safetensors"),
         "{err}"

@@ -1,0 +1,448 @@
+//! Recipes: a TOML file of named steps (any lorakit command: extract, resize, combine, convert,
+//! merge, eval, diff, …) whose inputs are files or earlier steps' outputs, validated as a whole
+//! before any work starts, and rerun incrementally.
+//!
+//! ```toml
+//! [[step]]
+//! name = "merged"
+//! command = "merge"
+//! base = "fixtures/llama/base"
+//! adapter = ["fixtures/llama/adapters/qv_r8"]
+//! out = "out/merged"
+//!
+//! [[step]]
+//! name = "check"
+//! command = "diff"
+//! a = "${merged.out}"
+//! b = "fixtures/llama/base"
+//! tolerance = 10.0
+//! ```
+//!
+//! Each step's keys are the command's options (`base` is `--base`, lists repeat the flag,
+//! `true` is a bare flag) or its positional arguments by name (`a`, `b`, `path`, `adapter` for
+//! commands that take it positionally); `${step.key}` refers to an earlier step's value.
+//! Validation parses every step with the command's own argument parser, checks that every input
+//! path exists or is produced by an earlier step, and, for merges whose inputs exist, builds the
+//! whole merge plan (adapter ↔ base matching). A step is skipped when its output exists and its
+//! provenance file (`OUT.lorakit-step.json`, or `OUT/.lorakit-step.json` for folders) records
+//! the same fingerprint: the step's command line and, for every input, its path, size and
+//! modification time (a cheap stand-in for a content hash; touch an input to force a rerun).
+
+use crate::cli::Cli;
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Option names that name inputs (checked to exist before anything runs).
+const INPUT_KEYS: &[&str] = &[
+    "base",
+    "adapter",
+    "tuned",
+    "model",
+    "a",
+    "b",
+    "path",
+    "data",
+    "eval-data",
+    "text",
+    "input-ids",
+];
+
+/// One parsed step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub name: String,
+    pub command: String,
+    /// The command line, as run.
+    pub argv: Vec<String>,
+    pub inputs: Vec<String>,
+    pub out: Option<String>,
+}
+
+/// A step's line in `--dry-run`.
+#[derive(Debug, Serialize)]
+pub struct PlannedStep {
+    pub name: String,
+    pub command: String,
+    pub argv: Vec<String>,
+    /// `run`, or `skip` (output up to date).
+    pub action: &'static str,
+    pub bytes_read: u64,
+    /// Known for merges; `null` where it depends on the data.
+    pub bytes_written: Option<u64>,
+}
+
+/// Parses and validates a recipe. Nothing is written.
+pub fn load(path: &Path) -> Result<Vec<Step>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(0);
+        crate::error::InputError::invalid(
+            path,
+            format!("not valid TOML at line {line}: {}", e.message().trim()),
+        )
+    })?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let steps = doc
+        .get("step")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| crate::error::InputError::invalid(path, "no [[step]] tables"))?;
+    let cli = Cli::command();
+    let mut out: Vec<Step> = Vec::new();
+    let mut values: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        let t = s.as_table().ok_or_else(|| {
+            crate::error::InputError::invalid(path, format!("step {}: not a table", i + 1))
+        })?;
+        let bad = |m: String| crate::error::InputError::invalid(path, m);
+        let name = t
+            .get("name")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad(format!("step {}: missing `name`", i + 1)))?
+            .to_owned();
+        if values.contains_key(&name) || name.is_empty() || name.contains(['.', '$', '{', '}']) {
+            bail!(bad(format!(
+                "step `{name}`: names must be unique and plain"
+            )));
+        }
+        let command = t
+            .get("command")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad(format!("step `{name}`: missing `command`")))?
+            .to_owned();
+        if command == "run" {
+            bail!(bad(format!("step `{name}`: recipes cannot run recipes")));
+        }
+        let sub = cli
+            .find_subcommand(&command)
+            .ok_or_else(|| bad(format!("step `{name}`: unknown command `{command}`")))?;
+        let positional: Vec<String> = sub
+            .get_positionals()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let mut flags: Vec<String> = Vec::new();
+        let mut pos: BTreeMap<usize, String> = BTreeMap::new();
+        let mut mine: BTreeMap<String, String> = BTreeMap::new();
+        let mut inputs = Vec::new();
+        for (k, v) in t {
+            if k == "name" || k == "command" {
+                continue;
+            }
+            let items: Vec<&toml::Value> = match v {
+                toml::Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            let mut rendered = Vec::new();
+            for item in items {
+                let raw = match item {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => bail!(bad(format!(
+                        "step `{name}`: `{k}` must be a string, number, boolean or a list of them"
+                    ))),
+                };
+                rendered.push(
+                    substitute(&raw, &values).map_err(|e| bad(format!("step `{name}`: {e}")))?,
+                );
+            }
+            let flag = k.replace('_', "-");
+            let is_input = INPUT_KEYS.contains(&flag.as_str());
+            if let Some(p) = positional
+                .iter()
+                .position(|id| id == k || id.replace('_', "-") == flag)
+            {
+                let v = rendered.first().cloned().unwrap_or_default();
+                if is_input || p == 0 {
+                    inputs.push(resolve(&base_dir, &v));
+                }
+                pos.insert(p, resolve_if_path(&base_dir, &flag, &v));
+                mine.insert(k.clone(), v);
+                continue;
+            }
+            for r in &rendered {
+                if r == "true" && matches!(v, toml::Value::Boolean(_)) {
+                    flags.push(format!("--{flag}"));
+                } else if r == "false" && matches!(v, toml::Value::Boolean(_)) {
+                } else {
+                    let val = resolve_if_path(&base_dir, &flag, r);
+                    if is_input {
+                        inputs.push(val.clone());
+                    }
+                    flags.push(format!("--{flag}"));
+                    flags.push(val);
+                }
+            }
+            mine.insert(k.clone(), rendered.join(","));
+        }
+        let mut argv = vec!["lorakit".to_string(), command.clone()];
+        argv.extend(pos.into_values());
+        argv.extend(flags);
+        Cli::try_parse_from(&argv).map_err(|e| {
+            let msg = e.to_string();
+            let first = msg
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim()
+                .to_owned();
+            bad(format!("step `{name}` ({command}): {first}"))
+        })?;
+        let out_val = mine.get("out").map(|o| resolve(&base_dir, o));
+        if let Some(o) = &out_val {
+            mine.insert("out".into(), o.clone());
+        }
+        values.insert(name.clone(), mine);
+        out.push(Step {
+            name,
+            command,
+            argv,
+            inputs,
+            out: out_val,
+        });
+    }
+    // Every input exists now or is an earlier step's output.
+    for (i, s) in out.iter().enumerate() {
+        for inp in &s.inputs {
+            let produced = out[..i].iter().any(|p| {
+                p.out
+                    .as_deref()
+                    .is_some_and(|o| Path::new(inp).starts_with(o))
+            });
+            if !produced && !Path::new(inp).exists() {
+                bail!(crate::error::InputError::invalid(
+                    path,
+                    format!(
+                        "step `{}`: input `{inp}` does not exist and no earlier step writes it",
+                        s.name
+                    )
+                ));
+            }
+        }
+        if let Some(o) = &s.out {
+            if s.inputs.iter().any(|inp| inp == o) {
+                bail!(crate::error::InputError::invalid(
+                    path,
+                    format!("step `{}`: output `{o}` is also an input", s.name)
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `${step.key}` substitution.
+fn substitute(
+    raw: &str,
+    values: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<String, String> {
+    let mut s = raw.to_owned();
+    while let Some(start) = s.find("${") {
+        let end = s[start..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in `{raw}`"))?
+            + start;
+        let key = &s[start + 2..end];
+        let (step, field) = key
+            .split_once('.')
+            .ok_or_else(|| format!("`${{{key}}}` must be `${{step.key}}`"))?;
+        let v = values
+            .get(step)
+            .ok_or_else(|| {
+                format!("`${{{key}}}` refers to `{step}`, which is not an earlier step")
+            })?
+            .get(field)
+            .ok_or_else(|| format!("step `{step}` has no `{field}`"))?;
+        s.replace_range(start..=end, v);
+    }
+    Ok(s)
+}
+
+fn resolve(base: &Path, p: &str) -> String {
+    let pb = Path::new(p);
+    if pb.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(pb).display().to_string()
+    }
+}
+
+/// Relative paths in a recipe are relative to the recipe's folder.
+fn resolve_if_path(base: &Path, flag: &str, v: &str) -> String {
+    if INPUT_KEYS.contains(&flag) || matches!(flag, "out" | "logits" | "plot") {
+        resolve(base, v)
+    } else {
+        v.to_owned()
+    }
+}
+
+fn provenance_path(out: &Path) -> PathBuf {
+    if out.is_dir() {
+        out.join(".lorakit-step.json")
+    } else {
+        let mut s = out.as_os_str().to_owned();
+        s.push(".lorakit-step.json");
+        PathBuf::from(s)
+    }
+}
+
+/// Fingerprint of a step: its command line and every input file's path, size and mtime.
+fn fingerprint(s: &Step) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: &[u8]| {
+        for x in b {
+            h ^= *x as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for a in &s.argv {
+        feed(a.as_bytes());
+    }
+    let mut files = Vec::new();
+    for inp in &s.inputs {
+        collect_files(Path::new(inp), &mut files);
+    }
+    files.sort();
+    for f in files {
+        if let Ok(m) = std::fs::metadata(&f) {
+            use std::os::unix::fs::MetadataExt;
+            feed(f.display().to_string().as_bytes());
+            feed(&m.len().to_le_bytes());
+            feed(&m.mtime().to_le_bytes());
+            feed(&m.mtime_nsec().to_le_bytes());
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn collect_files(p: &Path, out: &mut Vec<PathBuf>) {
+    if p.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let n = e.file_name();
+                if !n.to_string_lossy().starts_with('.') {
+                    collect_files(&e.path(), out);
+                }
+            }
+        }
+    } else if p.exists() {
+        out.push(p.to_path_buf());
+    }
+}
+
+fn up_to_date(s: &Step) -> bool {
+    let Some(o) = &s.out else { return false };
+    let o = Path::new(o);
+    o.exists()
+        && std::fs::read_to_string(provenance_path(o)).is_ok_and(|t| t.trim() == fingerprint(s))
+}
+
+fn bytes_of(paths: &[String]) -> u64 {
+    let mut files = Vec::new();
+    for p in paths {
+        collect_files(Path::new(p), &mut files);
+    }
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The plan as `--dry-run` prints it. Merges whose inputs exist are fully planned (which also
+/// validates adapter ↔ base matching).
+pub fn plan(steps: &[Step]) -> Result<Vec<PlannedStep>> {
+    let mut v = Vec::new();
+    for s in steps {
+        let mut bytes_written = None;
+        if s.command == "merge" && s.inputs.iter().all(|i| Path::new(i).exists()) {
+            if let Ok(Cli {
+                command: crate::cli::Command::Merge(a),
+                ..
+            }) = Cli::try_parse_from(&s.argv)
+            {
+                let base = crate::io::Checkpoint::open(&a.base)?;
+                let adapters = a
+                    .adapters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| -> Result<_> {
+                        Ok(crate::merge::WeightedAdapter {
+                            adapter: crate::adapter::Adapter::open(p)?,
+                            weight: a.weights.get(i).copied().unwrap_or(1.0),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let opts = crate::merge::MergeOptions {
+                    dtype: a.dtype,
+                    max_shard_size: a.max_shard_size,
+                    unmerge: a.unmerge,
+                    allow_unmatched: a.allow_unmatched,
+                    ..Default::default()
+                };
+                let p = crate::merge::MergePlan::new(base, adapters, a.out.clone(), opts)
+                    .with_context(|| format!("step `{}`", s.name))?;
+                bytes_written = Some(p.output_bytes());
+            }
+        }
+        v.push(PlannedStep {
+            name: s.name.clone(),
+            command: s.command.clone(),
+            argv: s.argv.clone(),
+            action: if up_to_date(s) { "skip" } else { "run" },
+            bytes_read: bytes_of(&s.inputs),
+            bytes_written,
+        });
+    }
+    Ok(v)
+}
+
+/// Runs the steps in order, skipping up-to-date ones; stops at the first failure. A step whose
+/// command exits 1 (a failed `diff`) stops the recipe with status 1.
+pub fn run(steps: &[Step], quiet: bool) -> Result<i32> {
+    for s in steps {
+        if up_to_date(s) {
+            if !quiet {
+                eprintln!("[{}] up to date, skipped", s.name);
+            }
+            continue;
+        }
+        if !quiet {
+            eprintln!("[{}] {}", s.name, s.argv[1..].join(" "));
+        }
+        let mut argv = s.argv.clone();
+        if quiet {
+            argv.push("--quiet".into());
+        }
+        let cli = Cli::try_parse_from(&argv).with_context(|| format!("step `{}`", s.name))?;
+        let code = crate::commands::run(cli)
+            .with_context(|| format!("step `{}` ({})", s.name, s.command))?;
+        if code != 0 {
+            if !quiet {
+                eprintln!("[{}] exited with status {code}; stopping", s.name);
+            }
+            return Ok(code);
+        }
+        if let Some(o) = &s.out {
+            let o = Path::new(o);
+            if o.exists() {
+                let mut text = fingerprint(s);
+                text.push('\n');
+                let p = provenance_path(o);
+                let mut out = crate::io::Output::new();
+                out.small_file(&p, text.as_bytes())?;
+                out.commit()?;
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,130 @@
+//! Recipes: validation before work, dry-run plan, step references, incremental reruns.
+
+use super::common::*;
+use std::path::Path;
+
+fn write_recipe(dir: &Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("r.toml");
+    let fx = fixture("");
+    std::fs::write(&p, body.replace("FX/", &format!("{}/", fx.display()))).unwrap();
+    p
+}
+
+const RECIPE: &str = r#"
+[[step]]
+name = "merged"
+command = "merge"
+base = "FX/llama/base"
+adapter = ["FX/llama/adapters/qv_r8"]
+out = "out/merged"
+
+[[step]]
+name = "again"
+command = "merge"
+base = "${merged.out}"
+adapter = ["FX/llama/adapters/qv_r8"]
+unmerge = true
+out = "out/restored"
+
+[[step]]
+name = "check"
+command = "diff"
+a = "${again.out}"
+b = "FX/llama/base"
+tolerance = 1e-6
+"#;
+
+#[test]
+fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = write_recipe(dir.path(), RECIPE);
+    let plan = run_ok(["run", r.to_str().unwrap(), "--dry-run", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert_eq!(v[0]["action"], "run");
+    // The first merge is fully planned: 21 tensors of f32, 361728 bytes.
+    assert_eq!(v[0]["bytes_written"], 361728);
+    assert!(v[0]["bytes_read"].as_u64().unwrap() > 361728);
+    assert!(!dir.path().join("out").exists(), "dry-run writes nothing");
+
+    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.path().join("out/restored/model.safetensors").exists());
+    // Second run: everything up to date.
+    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success());
+    assert_eq!(err.matches("up to date, skipped").count(), 2, "{err}");
+    // Touching an input reruns the steps that depend on it.
+    let cfg = fixture("llama/adapters/qv_r8/adapter_config.json");
+    let data = std::fs::read(&cfg).unwrap();
+    let copy = dir.path().join("qv");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::write(copy.join("adapter_config.json"), &data).unwrap();
+    std::fs::copy(
+        fixture("llama/adapters/qv_r8/adapter_model.safetensors"),
+        copy.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let r2 = write_recipe(
+        dir.path(),
+        &RECIPE.replace(
+            "FX/llama/adapters/qv_r8\"]\nout = \"out/merged\"",
+            &format!("{}\"]\nout = \"out/merged\"", copy.display()),
+        ),
+    );
+    let o = bin().args(["run", r2.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("[merged] merge"), "{err}");
+}
+
+#[test]
+fn invalid_recipes_fail_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, expect) in [
+        (
+            RECIPE.replace("${merged.out}", "${nosuch.out}"),
+            "not an earlier step",
+        ),
+        (
+            RECIPE.replace("FX/llama/base\"\nadapter", "FX/llama/nosuch\"\nadapter"),
+            "does not exist",
+        ),
+        (
+            RECIPE.replace("unmerge = true", "unmerge = true\nbogus = 3"),
+            "step `again` (merge)",
+        ),
+        (
+            RECIPE.replace("command = \"diff\"", "command = \"frobnicate\""),
+            "unknown command",
+        ),
+        (
+            RECIPE.replace(
+                "FX/llama/base\"\nadapter = [\"FX/llama/adapters/qv_r8\"]\nout = \"out/merged\"",
+                "FX/gpt2/base\"\nadapter = [\"FX/llama/adapters/qv_r8\"]\nout = \"out/merged\"",
+            ),
+            "do not match",
+        ),
+        ("not toml [".to_string(), "not valid TOML"),
+    ] {
+        let r = write_recipe(dir.path(), &body);
+        let o = run_err(["run", r.to_str().unwrap()]);
+        let line = one_line_error(&o);
+        assert!(line.contains(expect), "{expect}: {line}");
+        assert!(!dir.path().join("out").exists(), "nothing ran: {expect}");
+    }
+}
+
+#[test]
+fn bundled_example_recipe_is_valid() {
+    let out = run_ok([
+        "run",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/merge-and-check.toml")
+            .to_str()
+            .unwrap(),
+        "--dry-run",
+    ]);
+    assert!(out.contains("merged") && out.contains("check"), "{out}");
+}
