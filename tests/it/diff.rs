@@ -162,8 +162,14 @@ fn missing_tensors_and_dtype_changes_fail() {
 #[test]
 fn completions_and_man_page_are_generated() {
     let bash = run_ok(["completions", "bash"]);
-    assert!(bash.contains("lorakit") && bash.contains("merge") && bash.contains("--max-shard-size"));
+    assert!(
+        bash.contains("lorakit") && bash.contains("merge") && bash.contains("--max-shard-size")
+    );
     let man = run_ok(["man"]);
-    assert!(man.starts_with(".ie") || man.contains(".TH lorakit"), "{}", &man[..100.min(man.len())]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH lorakit"),
+        "{}",
+        &man[..100.min(man.len())]
+    );
     assert!(man.contains("merge"));
 }
