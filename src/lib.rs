@@ -5,6 +5,7 @@
 //! format is read into and written from.
 
 pub mod adapter;
+pub mod algebra;
 pub mod backend;
 pub mod cli;
 pub mod commands;

@@ -21,23 +21,53 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Unmatched {
-    NotFound { module: String, expected: String },
-    ShapeMismatch { module: String, tensor: String, expected: Vec<usize>, found: Vec<usize> },
-    Ambiguous { module: String, candidates: Vec<String> },
-    NotFloat { module: String, tensor: String, dtype: String },
+    NotFound {
+        module: String,
+        expected: String,
+    },
+    ShapeMismatch {
+        module: String,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    Ambiguous {
+        module: String,
+        candidates: Vec<String>,
+    },
+    NotFloat {
+        module: String,
+        tensor: String,
+        dtype: String,
+    },
 }
 
 impl std::fmt::Display for Unmatched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unmatched::NotFound { module, expected } => write!(f, "`{module}`: no base tensor `{expected}`"),
-            Unmatched::ShapeMismatch { module, tensor, expected, found } => {
+            Unmatched::NotFound { module, expected } => {
+                write!(f, "`{module}`: no base tensor `{expected}`")
+            }
+            Unmatched::ShapeMismatch {
+                module,
+                tensor,
+                expected,
+                found,
+            } => {
                 write!(f, "`{module}`: base tensor `{tensor}` has shape {found:?}, the adapter needs {expected:?}")
             }
             Unmatched::Ambiguous { module, candidates } => {
-                write!(f, "`{module}`: ambiguous, matches {}", candidates.join(", "))
+                write!(
+                    f,
+                    "`{module}`: ambiguous, matches {}",
+                    candidates.join(", ")
+                )
             }
-            Unmatched::NotFloat { module, tensor, dtype } => {
+            Unmatched::NotFloat {
+                module,
+                tensor,
+                dtype,
+            } => {
                 write!(f, "`{module}`: base tensor `{tensor}` is {dtype}, lorakit merges only into F32/F16/BF16/F64")
             }
         }
@@ -67,7 +97,10 @@ pub struct Resolution {
 pub fn expected_shape(m: &LoraModule) -> Vec<usize> {
     match &m.kind {
         ModuleKind::Conv { kernel } => {
-            let mut s = vec![m.out_features, m.in_features / kernel.iter().product::<usize>().max(1)];
+            let mut s = vec![
+                m.out_features,
+                m.in_features / kernel.iter().product::<usize>().max(1),
+            ];
             s.extend(kernel);
             s
         }
@@ -99,7 +132,10 @@ pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
         };
         let weight = match candidates.as_slice() {
             [] => {
-                res.unmatched.push(Unmatched::NotFound { module: m.name.clone(), expected: format!("{}.weight", m.name) });
+                res.unmatched.push(Unmatched::NotFound {
+                    module: m.name.clone(),
+                    expected: format!("{}.weight", m.name),
+                });
                 continue;
             }
             [one] => one.to_string(),
@@ -116,7 +152,12 @@ pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
         let found = info.shape.clone();
         let fits = found == expected || shape_fits_flat(m, &found);
         if !fits {
-            res.unmatched.push(Unmatched::ShapeMismatch { module: m.name.clone(), tensor: weight, expected, found });
+            res.unmatched.push(Unmatched::ShapeMismatch {
+                module: m.name.clone(),
+                tensor: weight,
+                expected,
+                found,
+            });
             continue;
         }
         if !crate::dtype::is_float_compute(info.dtype) {
@@ -143,18 +184,28 @@ pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
                         continue;
                     }
                     None => {
-                        res.unmatched.push(Unmatched::NotFound { module: format!("{}.lora_B.bias", m.name), expected: b });
+                        res.unmatched.push(Unmatched::NotFound {
+                            module: format!("{}.lora_B.bias", m.name),
+                            expected: b,
+                        });
                         continue;
                     }
                 }
             }
         };
-        res.modules.push(Placement { module: mi, weight, bias });
+        res.modules.push(Placement {
+            module: mi,
+            weight,
+            bias,
+        });
     }
     for (fi, f) in adapter.full_tensors.iter().enumerate() {
         let candidates = dotted_candidates(&f.name, &names);
         match candidates.as_slice() {
-            [] => res.unmatched.push(Unmatched::NotFound { module: f.name.clone(), expected: f.name.clone() }),
+            [] => res.unmatched.push(Unmatched::NotFound {
+                module: f.name.clone(),
+                expected: f.name.clone(),
+            }),
             [one] => {
                 let info = base.info(one).expect("candidate exists");
                 if info.shape != f.shape {
@@ -203,7 +254,11 @@ fn dotted_candidates<'a>(want: &str, names: &[&'a str]) -> Vec<&'a str> {
     names
         .iter()
         .filter(|n| {
-            let (long, short) = if n.len() > want.len() { (**n, want) } else { (want, **n) };
+            let (long, short) = if n.len() > want.len() {
+                (**n, want)
+            } else {
+                (want, **n)
+            };
             long.ends_with(short) && long.as_bytes()[long.len() - short.len() - 1] == b'.'
         })
         .copied()
@@ -218,7 +273,11 @@ fn kohya_candidates<'a>(name: &str, index: &HashMap<String, Vec<&'a str>>) -> Ve
     let mut out: Vec<&str> = index
         .iter()
         .filter(|(k, _)| {
-            let (long, short) = if k.len() > rest.len() { (k.as_str(), rest) } else { (rest, k.as_str()) };
+            let (long, short) = if k.len() > rest.len() {
+                (k.as_str(), rest)
+            } else {
+                (rest, k.as_str())
+            };
             long.ends_with(short) && long.as_bytes()[long.len() - short.len() - 1] == b'_'
         })
         .flat_map(|(_, v)| v.iter().copied())
@@ -232,6 +291,10 @@ fn kohya_candidates<'a>(name: &str, index: &HashMap<String, Vec<&'a str>>) -> Ve
 pub fn rename_to_base(adapter: &mut Adapter, res: &Resolution) {
     for p in &res.modules {
         let m = &mut adapter.modules[p.module];
-        m.name = p.weight.strip_suffix(".weight").unwrap_or(&p.weight).to_owned();
+        m.name = p
+            .weight
+            .strip_suffix(".weight")
+            .unwrap_or(&p.weight)
+            .to_owned();
     }
 }

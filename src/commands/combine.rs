@@ -1,11 +1,355 @@
-//! `lorakit combine` (to be written).
+//! `lorakit combine`.
 
-use anyhow::Result;
+use super::convert::{check_output, files_line, format_name, open_base, show};
+use crate::adapter::formats::kohya;
+use crate::adapter::{Adapter, Format};
+use crate::algebra::combine::{
+    self, CombineOptions, MajoritySign, Method, ModuleCombine, WeightedInput,
+};
+use crate::algebra::{self, convert, DtypeChoice, Provenance, WriteSpec};
+use crate::inspect::table;
+use anyhow::{bail, Result};
+use clap::ValueHint;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
 
-/// Placeholder: arguments of `lorakit combine`.
+/// Combine several adapters into one, as PEFT's add_weighted_adapter does.
+///
+/// With weights wᵢ and scales sᵢ, per module:
+///   cat          exact: A = [w₁s₁A₁; w₂s₂A₂; …], B = [B₁ B₂ …], rank Σ rᵢ, scale 1. Like PEFT,
+///                every module gets rank Σᵢ max-rank(adapterᵢ), zero-padded where an adapter
+///                lacks the module (--no-pad: each module's own Σ rᵢ).
+///   svd          the exact sum Σ wᵢsᵢBᵢAᵢ re-compressed to --rank (default: the largest input
+///                rank) by QR of the stacked factors and SVD of the small core — the d×k sum is
+///                never formed; the best rank-R approximation. B = U·diag(σ), A = Vᵀ.
+///   linear       PEFT's factor-wise sum: A = Σ sign(wᵢsᵢ)√|wᵢsᵢ|·Aᵢ, B = Σ √|wᵢsᵢ|·Bᵢ
+///                (cross terms: an approximation; equal ranks needed).
+///   ties         per side: keep the ⌊density·n⌋ largest |x| of each input, elect each entry's
+///                sign from the pruned unweighted inputs (--majority-sign), average the weighted
+///                entries of that sign.
+///   dare_linear  keep each entry with probability density, rescale by 1/density, then linear.
+///   dare_ties    DARE pruning, then ties' sign election and mean.
+/// The DARE masks come from lorakit's seeded generator (--seed), not torch's: reproducible, and
+/// distributed as PEFT's, but not PEFT's draws. Modules held by only some adapters combine those
+/// that hold them. The result has scale 1 (r = alpha) and no rsLoRA. DoRA, lora bias and
+/// modules_to_save adapters are refused.
+///
+/// Inputs are brought to one format first (--format, default the first adapter's; kohya → PEFT
+/// needs --base or lorakit metadata, see convert).
+///
+/// Examples:
+///   lorakit combine --adapter a/ --weight 0.7 --adapter b/ --weight -0.4 --method cat --out mix/
+///   lorakit combine --adapter a/ --adapter b/ --method svd --rank 16 --out mix/
+///   lorakit combine --adapter a/ --weight 0.6 --adapter b/ --weight 0.3 --method ties \
+///       --density 0.5 --out mix/
+///   lorakit combine --adapter a.safetensors --adapter b.safetensors --method dare_linear \
+///       --density 0.3 --seed 7 --out mix.safetensors
 #[derive(Debug, clap::Args)]
-pub struct CombineArgs {}
+#[command(verbatim_doc_comment)]
+pub struct CombineArgs {
+    /// Adapter to combine (PEFT folder or file, or kohya file); repeat for each.
+    #[arg(long = "adapter", required = true, value_hint = ValueHint::AnyPath)]
+    pub adapters: Vec<PathBuf>,
 
-pub fn run(_a: CombineArgs, _quiet: bool) -> Result<i32> {
-    anyhow::bail!("lorakit combine is not implemented yet")
+    /// Weight of each adapter, paired with --adapter in order: give one per adapter, or none
+    /// (all 1.0). May be negative.
+    #[arg(long = "weight", allow_negative_numbers = true)]
+    pub weights: Vec<f64>,
+
+    /// How to combine.
+    #[arg(long, value_enum)]
+    pub method: Method,
+
+    /// svd: rank of the result (default: the largest input rank).
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
+
+    /// ties, dare_linear, dare_ties: fraction of entries kept, in (0, 1].
+    #[arg(long, value_name = "D")]
+    pub density: Option<f64>,
+
+    /// dare_linear, dare_ties: seed of the random masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// ties, dare_ties: how each entry's sign is elected.
+    #[arg(long, value_enum, default_value_t = MajoritySign::Total)]
+    pub majority_sign: MajoritySign,
+
+    /// cat: give each module the sum of its own inputs' ranks instead of PEFT's common rank.
+    #[arg(long)]
+    pub no_pad: bool,
+
+    /// Output: a folder for PEFT, a .safetensors file for kohya.
+    #[arg(long, value_hint = ValueHint::AnyPath)]
+    pub out: PathBuf,
+
+    /// Output format (default: the first adapter's).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Base model, to bring kohya adapters to PEFT module paths (see convert).
+    #[arg(long, value_hint = ValueHint::AnyPath)]
+    pub base: Option<PathBuf>,
+
+    /// kohya prefix of module paths when writing kohya from PEFT (see convert).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kohya::PREFIXES))]
+    pub prefix: Option<String>,
+
+    /// dtype of the written factors; keep = the first adapter's.
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
+    pub dtype: DtypeChoice,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One input of a combination.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InputSummary {
+    pub path: String,
+    pub format: Format,
+    pub weight: f64,
+    pub modules: usize,
+}
+
+/// What `combine` did (`--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CombineSummary {
+    pub operation: &'static str,
+    pub method: Method,
+    pub out: String,
+    pub format: Format,
+    pub adapters: Vec<InputSummary>,
+    /// Options that shaped the result (`rank`, `density`, `seed`, `majority_sign`, `pad`, only
+    /// those the method uses).
+    pub params: serde_json::Value,
+    pub modules: Vec<ModuleCombine>,
+    pub parameters: usize,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+fn options(a: &CombineArgs) -> Result<(CombineOptions, serde_json::Value)> {
+    let m = a.method;
+    if a.rank.is_some() && m != Method::Svd {
+        bail!("--rank applies to --method svd only");
+    }
+    if a.rank == Some(0) {
+        bail!("--rank must be at least 1");
+    }
+    if a.no_pad && m != Method::Cat {
+        bail!("--no-pad applies to --method cat only");
+    }
+    match (m.uses_density(), a.density) {
+        (true, None) => bail!(
+            "--method {} needs --density (the fraction of entries kept, in (0, 1])",
+            m.name()
+        ),
+        (false, Some(_)) => {
+            bail!("--density applies to --method ties, dare_linear and dare_ties only")
+        }
+        (true, Some(d)) if !(d > 0.0 && d <= 1.0) => bail!("--density {d} must be in (0, 1]"),
+        _ => {}
+    }
+    let mut params = serde_json::Map::new();
+    params.insert("method".into(), json!(m));
+    match m {
+        Method::Cat => {
+            params.insert("pad".into(), json!(!a.no_pad));
+        }
+        Method::Svd => {
+            params.insert("rank".into(), json!(a.rank));
+        }
+        Method::Linear => {}
+        Method::Ties => {
+            params.insert("density".into(), json!(a.density));
+            params.insert("majority_sign".into(), json!(a.majority_sign));
+        }
+        Method::DareLinear | Method::DareTies => {
+            params.insert("density".into(), json!(a.density));
+            params.insert("seed".into(), json!(a.seed));
+            if m == Method::DareTies {
+                params.insert("majority_sign".into(), json!(a.majority_sign));
+            }
+        }
+    }
+    let opts = CombineOptions {
+        method: m,
+        rank: a.rank,
+        density: a.density,
+        seed: a.seed,
+        majority_sign: a.majority_sign,
+        pad: !a.no_pad,
+    };
+    Ok((opts, serde_json::Value::Object(params)))
+}
+
+pub fn run(a: CombineArgs, _quiet: bool) -> Result<i32> {
+    let start = Instant::now();
+    if !a.weights.is_empty() && a.weights.len() != a.adapters.len() {
+        bail!(
+            "{} --weight values for {} --adapter values; give one weight per adapter, or none",
+            a.weights.len(),
+            a.adapters.len()
+        );
+    }
+    if let Some(w) = a.weights.iter().find(|w| !w.is_finite()) {
+        bail!("--weight {w} is not a finite number");
+    }
+    let (opts, mut params) = options(&a)?;
+    let mut adapters = Vec::with_capacity(a.adapters.len());
+    for p in &a.adapters {
+        adapters.push(Adapter::open(p)?);
+    }
+    let base = open_base(a.base.as_deref())?;
+    let to = a.format.unwrap_or(adapters[0].format);
+    let dtype = algebra::computed_dtype(a.dtype, &adapters[0]);
+    let spec = WriteSpec {
+        format: to,
+        out: a.out.clone(),
+        dtype: Some(dtype),
+        kohya_prefix: a.prefix.clone(),
+    };
+    check_output(&spec, &adapters.iter().collect::<Vec<_>>(), base.as_ref())?;
+    let weights: Vec<f64> = (0..adapters.len())
+        .map(|i| a.weights.get(i).copied().unwrap_or(1.0))
+        .collect();
+    let mut summaries = Vec::new();
+    let mut inputs = Vec::new();
+    for ((adapter, weight), path) in adapters.into_iter().zip(&weights).zip(&a.adapters) {
+        let mut adapter = adapter;
+        summaries.push(InputSummary {
+            path: show(path),
+            format: adapter.format,
+            weight: *weight,
+            modules: adapter.modules.len(),
+        });
+        convert::prepare(&mut adapter, to, base.as_ref())?;
+        inputs.push(WeightedInput {
+            adapter,
+            weight: *weight,
+        });
+    }
+    let mut opts = opts;
+    if opts.method == Method::Svd && opts.rank.is_none() {
+        // PEFT's default: the largest input rank.
+        let max = inputs
+            .iter()
+            .flat_map(|wi| wi.adapter.modules.iter().map(|m| m.rank))
+            .max();
+        opts.rank = Some(max.unwrap_or(1));
+        if let Some(o) = params.as_object_mut() {
+            o.insert("rank".into(), json!(opts.rank));
+        }
+    }
+    let (combined, modules) = combine::combine(&inputs, &opts)?;
+    if let Some(o) = params.as_object_mut() {
+        o.insert("weights".into(), json!(weights));
+        o.insert("to".into(), json!(to));
+        o.insert("dtype".into(), json!(a.dtype));
+    }
+    let mut input_list: Vec<serde_json::Value> = a
+        .adapters
+        .iter()
+        .zip(&weights)
+        .map(|(p, w)| json!({"path": show(p), "weight": w}))
+        .collect();
+    if let Some(b) = &a.base {
+        input_list.push(json!({"path": show(b), "role": "base"}));
+    }
+    let prov = Provenance {
+        operation: "combine",
+        inputs: serde_json::Value::Array(input_list),
+        params: params.clone(),
+    };
+    let written = algebra::write_adapter(&combined, &spec, &prov)?;
+    if let Some(o) = params.as_object_mut() {
+        for k in ["weights", "to", "method"] {
+            o.remove(k);
+        }
+    }
+    let summary = CombineSummary {
+        operation: "combine",
+        method: opts.method,
+        out: show(&a.out),
+        format: to,
+        adapters: summaries,
+        params,
+        parameters: combined.parameter_count(),
+        modules,
+        files: written.files.clone(),
+        bytes_written: written.bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    if a.json {
+        super::print_json(&summary)?;
+    } else {
+        super::print(&render(&summary, &written))?;
+    }
+    Ok(0)
+}
+
+fn render(s: &CombineSummary, w: &algebra::Written) -> String {
+    let mut out = format!(
+        "combined ({}) → {} ({})\n\n",
+        s.method.name(),
+        s.out,
+        format_name(s.format)
+    );
+    let rows: Vec<Vec<String>> = s
+        .adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            vec![
+                format!("#{i}"),
+                a.path.clone(),
+                format_name(a.format).into(),
+                format!("{}", a.weight),
+                a.modules.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["", "adapter", "format", "weight", "modules"],
+        &rows,
+        &[false, false, false, true, true],
+    ));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .modules
+        .iter()
+        .map(|m| {
+            let from: Vec<String> = m
+                .inputs
+                .iter()
+                .zip(&m.input_ranks)
+                .map(|(i, r)| format!("#{i}:{r}"))
+                .collect();
+            vec![
+                m.name.clone(),
+                from.join(" "),
+                m.rank.to_string(),
+                m.energy_kept
+                    .map(|e| format!("{:.2}%", 100.0 * e))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["module", "inputs (#:rank)", "rank", "energy kept"],
+        &rows,
+        &[false, false, true, true],
+    ));
+    out.push_str(&format!(
+        "\n{} modules, {} parameters; {}\n",
+        s.modules.len(),
+        s.parameters,
+        files_line(w, s.seconds)
+    ));
+    out
 }

@@ -1,11 +1,311 @@
-//! `lorakit convert` (to be written).
+//! `lorakit convert`, and what `resize` and `combine` share with it: opening a base, checking
+//! the output, writing, and the module table.
 
+use crate::adapter::formats::kohya;
+use crate::adapter::{Adapter, Format};
+use crate::algebra::convert::{self, NameSource};
+use crate::algebra::{self, DtypeChoice, Provenance, WriteSpec, Written};
+use crate::inspect::{human_bytes, table};
+use crate::io::Checkpoint;
 use anyhow::Result;
+use clap::ValueHint;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-/// Placeholder: arguments of `lorakit convert`.
+/// Convert an adapter between the PEFT and kohya formats, exactly.
+///
+/// Factors are copied byte for byte (unless --dtype asks otherwise) and every module keeps its
+/// exact scale: PEFT → kohya writes each module's alpha (scale·rank for rsLoRA, since kohya's
+/// scale is always alpha/rank); kohya → PEFT writes the kohya alphas, with alpha_pattern /
+/// rank_pattern where modules differ. kohya names lost the dots of module paths, so kohya →
+/// PEFT needs --base, the model the adapter is for (each module must land on exactly one base
+/// tensor of matching shape; an ambiguous name is an error) — except for a kohya file lorakit
+/// wrote from PEFT, whose metadata holds the module paths and the PEFT config: converting it
+/// back restores the original config and per-module alphas. File metadata is kept.
+///
+/// PEFT output is a folder (adapter_model.safetensors + adapter_config.json); kohya output is
+/// one .safetensors file. DoRA, lora bias, embedding, fan_in_fan_out modules and
+/// modules_to_save tensors have no kohya form and are refused.
+///
+/// Examples:
+///   lorakit convert fixtures/kohya/adapters/te_peft --to kohya --out te.safetensors
+///   lorakit convert fixtures/kohya/te_lora.safetensors --to peft --base fixtures/kohya/te_base \
+///       --out te_peft/
+///   lorakit convert te.safetensors --to peft --out back/        # lorakit-written: no --base needed
+///   lorakit convert a/ --to kohya --prefix lora_te1 --dtype f16 --out a.safetensors --json
 #[derive(Debug, clap::Args)]
-pub struct ConvertArgs {}
+#[command(verbatim_doc_comment)]
+pub struct ConvertArgs {
+    /// Adapter to convert: a PEFT folder (or its adapter_model.safetensors) or a kohya file.
+    #[arg(value_hint = ValueHint::AnyPath)]
+    pub adapter: PathBuf,
 
-pub fn run(_a: ConvertArgs, _quiet: bool) -> Result<i32> {
-    anyhow::bail!("lorakit convert is not implemented yet")
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub to: Format,
+
+    /// Base model (file or Hugging Face folder) to restore kohya module paths from, and to check
+    /// that every module lands on it.
+    #[arg(long, value_hint = ValueHint::AnyPath)]
+    pub base: Option<PathBuf>,
+
+    /// Output: a folder for PEFT, a .safetensors file for kohya.
+    #[arg(long, value_hint = ValueHint::AnyPath)]
+    pub out: PathBuf,
+
+    /// kohya prefix of module paths (default: lora_te when every module is under
+    /// `text_model.`, else lora_unet).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kohya::PREFIXES))]
+    pub prefix: Option<String>,
+
+    /// dtype of the written factors; keep copies each tensor byte for byte.
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
+    pub dtype: DtypeChoice,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One module of a conversion.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleConvert {
+    /// Name in the input file's terms (PEFT module path or kohya name).
+    pub from: String,
+    /// Name in the output file's terms.
+    pub to: String,
+    pub rank: usize,
+    /// Alpha as the input stated it.
+    pub alpha_in: f64,
+    /// Alpha as written (kohya: `.alpha`, rounded to f32).
+    pub alpha_out: f64,
+    /// `ΔW = scale·B·A`, the same before and after.
+    pub scale: f64,
+}
+
+/// What `convert` did (`--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConvertSummary {
+    pub operation: &'static str,
+    pub input: String,
+    pub out: String,
+    pub from: Format,
+    pub to: Format,
+    pub base: Option<String>,
+    /// kohya prefix used for module paths (kohya output).
+    pub prefix: Option<String>,
+    pub names_from: NameSource,
+    /// The PEFT config and alphas came back from lorakit metadata.
+    pub config_restored: bool,
+    pub dtype: DtypeChoice,
+    pub modules: Vec<ModuleConvert>,
+    /// `__metadata__` entries carried from the input.
+    pub metadata_kept: usize,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
+    let start = Instant::now();
+    let mut adapter = Adapter::open(&a.adapter)?;
+    let base = open_base(a.base.as_deref())?;
+    let spec = WriteSpec {
+        format: a.to,
+        out: a.out.clone(),
+        dtype: algebra::copy_dtype(a.dtype),
+        kohya_prefix: a.prefix.clone(),
+    };
+    check_output(&spec, &[&adapter], base.as_ref())?;
+    let from = adapter.format;
+    if from == a.to {
+        super::warn(
+            quiet,
+            &format!(
+                "{} is already {}; rewriting it",
+                a.adapter.display(),
+                format_name(from)
+            ),
+        );
+    }
+    let prep = convert::prepare(&mut adapter, a.to, base.as_ref())?;
+    let prefix = (a.to == Format::Kohya).then(|| algebra::kohya_prefix_for(&adapter, &spec));
+    let prov = Provenance {
+        operation: "convert",
+        inputs: inputs_json(&[&a.adapter], a.base.as_deref()),
+        params: json!({"from": from, "to": a.to, "prefix": prefix, "dtype": a.dtype}),
+    };
+    let written = algebra::write_adapter(&adapter, &spec, &prov)?;
+    let modules = adapter
+        .modules
+        .iter()
+        .zip(prep.names_before.iter().zip(&prep.alphas_before))
+        .map(|(m, (before, &alpha_in))| ModuleConvert {
+            from: before.clone(),
+            to: algebra::written_name(&m.name, a.to, prefix.as_deref().unwrap_or("")),
+            rank: m.rank,
+            alpha_in,
+            alpha_out: convert::kohya_or_peft_alpha(&adapter, m, a.to),
+            scale: m.scale,
+        })
+        .collect();
+    let summary = ConvertSummary {
+        operation: "convert",
+        input: show(&a.adapter),
+        out: show(&a.out),
+        from,
+        to: a.to,
+        base: a.base.as_deref().map(show),
+        prefix,
+        names_from: prep.names_from,
+        config_restored: prep.config_restored,
+        dtype: a.dtype,
+        modules,
+        metadata_kept: metadata_kept(&adapter),
+        files: written.files,
+        bytes_written: written.bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    if a.json {
+        super::print_json(&summary)?;
+    } else {
+        super::print(&render(&summary))?;
+    }
+    Ok(0)
+}
+
+fn render(s: &ConvertSummary) -> String {
+    let names = match s.names_from {
+        NameSource::Adapter => String::new(),
+        NameSource::Metadata => ", module paths from lorakit metadata".into(),
+        NameSource::Base => format!(
+            ", module paths from {}",
+            s.base.as_deref().unwrap_or("the base")
+        ),
+    };
+    let mut out = format!(
+        "converted {} ({}) → {} ({}){names}{}\n\n",
+        s.input,
+        format_name(s.from),
+        s.out,
+        format_name(s.to),
+        if s.config_restored {
+            ", PEFT config restored"
+        } else {
+            ""
+        }
+    );
+    let rows: Vec<Vec<String>> = s
+        .modules
+        .iter()
+        .map(|m| {
+            vec![
+                m.from.clone(),
+                m.to.clone(),
+                m.rank.to_string(),
+                num(m.alpha_in),
+                num(m.alpha_out),
+                num(m.scale),
+            ]
+        })
+        .collect();
+    let head_from = format!("module ({})", format_name(s.from));
+    let head_to = format!("module ({})", format_name(s.to));
+    out.push_str(&table(
+        &[
+            &head_from,
+            &head_to,
+            "rank",
+            "alpha in",
+            "alpha out",
+            "scale",
+        ],
+        &rows,
+        &[false, false, true, true, true, true],
+    ));
+    out.push_str(&format!(
+        "\n{} modules, {} metadata entries kept, {} files, {} written in {:.2} s\n",
+        s.modules.len(),
+        s.metadata_kept,
+        s.files.len(),
+        human_bytes(s.bytes_written),
+        s.seconds
+    ));
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared by resize, combine and convert.
+
+/// Opens `--base` when given.
+pub(crate) fn open_base(path: Option<&Path>) -> Result<Option<Checkpoint>> {
+    Ok(path.map(Checkpoint::open).transpose()?)
+}
+
+/// Refuses an output that is an input (adapters, their configs, the base) before any work.
+pub(crate) fn check_output(
+    spec: &WriteSpec,
+    adapters: &[&Adapter],
+    base: Option<&Checkpoint>,
+) -> Result<()> {
+    let mut inputs: Vec<PathBuf> = adapters
+        .iter()
+        .flat_map(|a| algebra::adapter_inputs(a))
+        .collect();
+    if let Some(b) = base {
+        inputs.extend(b.input_paths());
+        inputs.push(b.root.clone());
+    }
+    algebra::check_output(spec, &inputs)?;
+    Ok(())
+}
+
+/// `lorakit.inputs` of a single- or multi-adapter operation (paths as given).
+pub(crate) fn inputs_json(adapters: &[&Path], base: Option<&Path>) -> serde_json::Value {
+    let mut v: Vec<serde_json::Value> = adapters.iter().map(|p| json!({"path": show(p)})).collect();
+    if let Some(b) = base {
+        v.push(json!({"path": show(b), "role": "base"}));
+    }
+    serde_json::Value::Array(v)
+}
+
+/// Metadata entries an output carries over from `adapter`.
+pub(crate) fn metadata_kept(adapter: &Adapter) -> usize {
+    adapter
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("lorakit.") && k != "format")
+        .count()
+}
+
+pub(crate) fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Peft => "peft",
+        Format::Kohya => "kohya",
+    }
+}
+
+pub(crate) fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A number as in the tables: integers plainly, others with up to 6 significant digits.
+pub(crate) fn num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        let s = format!("{x:.6}");
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
+/// The files line of the text reports.
+pub(crate) fn files_line(w: &Written, seconds: f64) -> String {
+    format!(
+        "{} files, {} written in {:.2} s",
+        w.files.len(),
+        human_bytes(w.bytes),
+        seconds
+    )
 }

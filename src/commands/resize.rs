@@ -1,11 +1,269 @@
-//! `lorakit resize` (to be written).
+//! `lorakit resize`.
 
-use anyhow::Result;
+use super::convert::{check_output, files_line, format_name, inputs_json, num, open_base, show};
+use crate::adapter::formats::kohya;
+use crate::adapter::{Adapter, Format};
+use crate::algebra::resize::{self, ModuleResize, RankRule};
+use crate::algebra::{self, convert, DtypeChoice, Provenance, WriteSpec};
+use crate::inspect::table;
+use anyhow::{bail, Result};
+use clap::ValueHint;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
 
-/// Placeholder: arguments of `lorakit resize`.
+/// Change the rank of every module of an adapter: the best low-rank approximation, exactly.
+///
+/// For each module ΔW = s·B·A the SVD comes from the factors (QR of B and Aᵀ, SVD of the small
+/// r×r core; the d×k matrix is never formed) and the leading r′ singular triplets are kept:
+/// B′ = U·diag(σ), A′ = Vᵀ (singular values in B, as kohya's resize_lora.py and PEFT's svd
+/// combination). The scale is kept — alpha′ = alpha·r′/r (alpha·√(r′/r) with rsLoRA), kohya's
+/// new_alpha = scale·new_rank — so s·B′·A′ is the best rank-r′ approximation of ΔW in Frobenius
+/// and spectral norm. A module whose rank does not change is copied untouched. The report gives
+/// per module the ranks, alphas and the energy kept (Σ kept σ² / Σ σ²).
+///
+/// Rank rules: --rank R (modules of lower rank are kept as they are); --energy E, the smallest
+/// rank keeping a fraction E of ‖ΔW‖²_F; --sv-ratio X, kohya's sv_ratio (keep σ > σ₁/X). With
+/// --energy or --sv-ratio, --rank caps the result. A zero module gets rank 1.
+///
+/// Output: the input's format unless --format says otherwise (a PEFT folder with rank_pattern /
+/// alpha_pattern for modules that differ, or a kohya file); metadata is kept (kohya's
+/// ss_network_dim / ss_network_alpha updated as kohya's resize does). DoRA magnitudes, lora
+/// biases and modules_to_save tensors are kept as they are.
+///
+/// Examples:
+///   lorakit resize fixtures/llama/adapters/qv_r8 --rank 4 --out qv_r4/
+///   lorakit resize lora.safetensors --energy 0.9 --rank 32 --out lora_small.safetensors
+///   lorakit resize lora.safetensors --sv-ratio 20 --out small.safetensors --json
+///   lorakit resize kohya.safetensors --rank 8 --format peft --base model/ --out r8/
 #[derive(Debug, clap::Args)]
-pub struct ResizeArgs {}
+#[command(verbatim_doc_comment)]
+#[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["rank", "energy", "sv_ratio"])))]
+pub struct ResizeArgs {
+    /// Adapter to resize: a PEFT folder (or its adapter_model.safetensors) or a kohya file.
+    #[arg(value_hint = ValueHint::AnyPath)]
+    pub adapter: PathBuf,
 
-pub fn run(_a: ResizeArgs, _quiet: bool) -> Result<i32> {
-    anyhow::bail!("lorakit resize is not implemented yet")
+    /// New rank (with --energy or --sv-ratio: the largest rank allowed).
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
+
+    /// Keep the smallest rank whose singular values carry this fraction of ‖ΔW‖²_F (0 < E ≤ 1).
+    #[arg(long, value_name = "E", conflicts_with = "sv_ratio")]
+    pub energy: Option<f64>,
+
+    /// kohya's sv_ratio rule: keep the singular values above σ_max / X (X ≥ 1).
+    #[arg(long, value_name = "X")]
+    pub sv_ratio: Option<f64>,
+
+    /// Output: a folder for PEFT, a .safetensors file for kohya.
+    #[arg(long, value_hint = ValueHint::AnyPath)]
+    pub out: PathBuf,
+
+    /// Output format (default: the input's).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Base model, needed to write a kohya adapter as PEFT (restores module paths; see convert).
+    #[arg(long, value_hint = ValueHint::AnyPath)]
+    pub base: Option<PathBuf>,
+
+    /// kohya prefix of module paths when writing kohya from PEFT (see convert).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kohya::PREFIXES))]
+    pub prefix: Option<String>,
+
+    /// dtype of the written factors; keep = the input's.
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
+    pub dtype: DtypeChoice,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `resize` did (`--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResizeSummary {
+    pub operation: &'static str,
+    pub input: String,
+    pub out: String,
+    pub from: Format,
+    pub to: Format,
+    /// `{"rule": "rank", "rank": R}`, `{"rule": "energy", "energy": E, "max_rank": R|null}` or
+    /// `{"rule": "sv_ratio", "sv_ratio": X, "max_rank": R|null}`.
+    pub rule: serde_json::Value,
+    pub modules: Vec<ModuleResize>,
+    pub modules_resized: usize,
+    pub parameters_before: usize,
+    pub parameters_after: usize,
+    /// Energy kept over all modules: `Σ ‖ΔW′‖²_F / Σ ‖ΔW‖²_F`.
+    pub energy_kept: f64,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+fn rule_of(a: &ResizeArgs) -> Result<RankRule> {
+    if a.rank == Some(0) {
+        bail!("--rank must be at least 1");
+    }
+    Ok(match (a.energy, a.sv_ratio) {
+        (Some(e), _) => {
+            if !(e > 0.0 && e <= 1.0) {
+                bail!("--energy {e} must be in (0, 1]");
+            }
+            RankRule::Energy {
+                energy: e,
+                max_rank: a.rank,
+            }
+        }
+        (None, Some(x)) => {
+            if !(x >= 1.0 && x.is_finite()) {
+                bail!("--sv-ratio {x} must be a finite number ≥ 1");
+            }
+            RankRule::SvRatio {
+                ratio: x,
+                max_rank: a.rank,
+            }
+        }
+        (None, None) => RankRule::Rank(a.rank.expect("clap requires a rule")),
+    })
+}
+
+pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
+    let start = Instant::now();
+    let rule = rule_of(&a)?;
+    let mut adapter = Adapter::open(&a.adapter)?;
+    let base = open_base(a.base.as_deref())?;
+    let from = adapter.format;
+    let to = a.format.unwrap_or(from);
+    let dtype = algebra::computed_dtype(a.dtype, &adapter);
+    let spec = WriteSpec {
+        format: to,
+        out: a.out.clone(),
+        dtype: Some(dtype),
+        kohya_prefix: a.prefix.clone(),
+    };
+    check_output(&spec, &[&adapter], base.as_ref())?;
+    let parameters_before = adapter.parameter_count();
+    convert::prepare(&mut adapter, to, base.as_ref())?;
+    let (mut resized, modules) = resize::resize(adapter, &rule)?;
+    update_kohya_metadata(&mut resized, &modules);
+    let prov = Provenance {
+        operation: "resize",
+        inputs: inputs_json(&[&a.adapter], a.base.as_deref()),
+        params: json!({"rule": rule.to_json(), "to": to, "dtype": a.dtype}),
+    };
+    let written = algebra::write_adapter(&resized, &spec, &prov)?;
+    let (kept, total) = modules.iter().fold((0.0, 0.0), |(k, t), m| {
+        let e = m.fro_norm * m.fro_norm;
+        (k + e * m.energy_kept, t + e)
+    });
+    let summary = ResizeSummary {
+        operation: "resize",
+        input: show(&a.adapter),
+        out: show(&a.out),
+        from,
+        to,
+        rule: rule.to_json(),
+        modules_resized: modules.iter().filter(|m| m.changed).count(),
+        modules,
+        parameters_before,
+        parameters_after: resized.parameter_count(),
+        energy_kept: if total > 0.0 { kept / total } else { 1.0 },
+        files: written.files.clone(),
+        bytes_written: written.bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    if a.json {
+        super::print_json(&summary)?;
+    } else {
+        super::print(&render(&summary, &written))?;
+    }
+    Ok(0)
+}
+
+/// kohya's resize_lora.py records the new dim and alpha (`Dynamic` when they vary).
+fn update_kohya_metadata(adapter: &mut Adapter, modules: &[ModuleResize]) {
+    let uniform = |f: &dyn Fn(&ModuleResize) -> String| {
+        let first = modules.first().map(f);
+        if modules.iter().all(|m| Some(f(m)) == first) {
+            first.unwrap_or_else(|| "Dynamic".into())
+        } else {
+            "Dynamic".into()
+        }
+    };
+    let dim = uniform(&|m| m.rank_after.to_string());
+    let alpha = uniform(&|m| format!("{:?}", m.alpha_after));
+    for (k, v) in adapter.metadata.iter_mut() {
+        match k.as_str() {
+            "ss_network_dim" => *v = dim.clone(),
+            "ss_network_alpha" => *v = alpha.clone(),
+            _ => {}
+        }
+    }
+}
+
+fn render(s: &ResizeSummary, w: &algebra::Written) -> String {
+    let mut out = format!(
+        "resized {} ({}) → {} ({}), rule {}\n\n",
+        s.input,
+        format_name(s.from),
+        s.out,
+        format_name(s.to),
+        rule_text(&s.rule)
+    );
+    let rows: Vec<Vec<String>> = s
+        .modules
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.rank_before.to_string(),
+                m.rank_after.to_string(),
+                num(m.alpha_before),
+                num(m.alpha_after),
+                num(m.scale),
+                format!("{:.2}%", 100.0 * m.energy_kept),
+                format!("{:.4e}", m.fro_error),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "module",
+            "rank",
+            "→ rank",
+            "alpha",
+            "→ alpha",
+            "scale",
+            "energy kept",
+            "‖ΔW−ΔW′‖_F",
+        ],
+        &rows,
+        &[false, true, true, true, true, true, true, true],
+    ));
+    out.push_str(&format!(
+        "\n{} of {} modules resized, {} → {} parameters, {:.2}% of the energy kept; {}\n",
+        s.modules_resized,
+        s.modules.len(),
+        s.parameters_before,
+        s.parameters_after,
+        100.0 * s.energy_kept,
+        files_line(w, s.seconds)
+    ));
+    out
+}
+
+fn rule_text(r: &serde_json::Value) -> String {
+    let max = r
+        .get("max_rank")
+        .and_then(|v| v.as_u64())
+        .map(|m| format!(", at most rank {m}"))
+        .unwrap_or_default();
+    match r["rule"].as_str() {
+        Some("rank") => format!("rank {}", r["rank"]),
+        Some("energy") => format!("energy {}{max}", r["energy"]),
+        _ => format!("sv_ratio {}{max}", r["sv_ratio"]),
+    }
 }

@@ -36,7 +36,13 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
             parts.entry(m.to_owned()).or_default().up = Some(entry);
         } else if let Some(m) = key.strip_suffix(".alpha") {
             if t.shape.iter().product::<usize>() != 1 {
-                return Err(InputError::invalid(&fpath, format!("tensor `{key}`: alpha must be a scalar, shape is {:?}", t.shape)));
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensor `{key}`: alpha must be a scalar, shape is {:?}",
+                        t.shape
+                    ),
+                ));
             }
             parts.entry(m.to_owned()).or_default().alpha = Some(t.name.clone());
         } else if key.contains(".hada_") || key.contains(".lokr_") {
@@ -45,37 +51,57 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                 format!("tensor `{key}`: LoHa/LoKr (LyCORIS) networks are not LoRA and are not supported"),
             ));
         } else if key.ends_with(".dora_scale") {
-            return Err(InputError::invalid(&fpath, format!("tensor `{key}`: kohya DoRA is not supported")));
+            return Err(InputError::invalid(
+                &fpath,
+                format!("tensor `{key}`: kohya DoRA is not supported"),
+            ));
         } else {
-            return Err(InputError::invalid(&fpath, format!("tensor `{key}`: not a kohya LoRA tensor")));
+            return Err(InputError::invalid(
+                &fpath,
+                format!("tensor `{key}`: not a kohya LoRA tensor"),
+            ));
         }
     }
     let mut modules = Vec::new();
     for (name, p) in parts {
         let err = |msg: String| InputError::invalid(&fpath, format!("module `{name}`: {msg}"));
         let (Some((dkey, dshape)), Some((ukey, ushape))) = (p.down, p.up) else {
-            return Err(err("has only one of lora_down / lora_up (or only an alpha)".into()));
+            return Err(err(
+                "has only one of lora_down / lora_up (or only an alpha)".into(),
+            ));
         };
         if dshape.len() < 2 || ushape.len() != dshape.len() {
-            return Err(err(format!("lora_down {dshape:?} and lora_up {ushape:?} do not fit together")));
+            return Err(err(format!(
+                "lora_down {dshape:?} and lora_up {ushape:?} do not fit together"
+            )));
         }
         let rank = dshape[0];
         if ushape[1] != rank {
-            return Err(err(format!("lora_down has rank {rank} {dshape:?} but lora_up has {} columns {ushape:?}", ushape[1])));
+            return Err(err(format!(
+                "lora_down has rank {rank} {dshape:?} but lora_up has {} columns {ushape:?}",
+                ushape[1]
+            )));
         }
         let kind = if dshape.len() == 2 {
             ModuleKind::Linear
         } else {
             if ushape[2..].iter().any(|&d| d != 1) {
-                return Err(err(format!("conv lora_up {ushape:?} must be [out, r, 1, 1]")));
+                return Err(err(format!(
+                    "conv lora_up {ushape:?} must be [out, r, 1, 1]"
+                )));
             }
-            ModuleKind::Conv { kernel: dshape[2..].to_vec() }
+            ModuleKind::Conv {
+                kernel: dshape[2..].to_vec(),
+            }
         };
         let alpha = match &p.alpha {
             Some(k) => {
                 let v = read_scalar(&file, k)?;
                 if !v.is_finite() {
-                    return Err(InputError::invalid(&fpath, format!("tensor `{k}`: alpha is not finite")));
+                    return Err(InputError::invalid(
+                        &fpath,
+                        format!("tensor `{k}`: alpha is not finite"),
+                    ));
                 }
                 v
             }
@@ -92,8 +118,14 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
             alpha,
             out_features: ushape[0],
             in_features: dshape[1..].iter().product(),
-            a: Data::Stored { key: dkey, transpose: false },
-            b: Data::Stored { key: ukey, transpose: false },
+            a: Data::Stored {
+                key: dkey,
+                transpose: false,
+            },
+            b: Data::Stored {
+                key: ukey,
+                transpose: false,
+            },
             base_transposed: false,
             dora_magnitude: None,
             bias: None,
@@ -117,7 +149,11 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
 
 /// Splits a kohya module name into its prefix and the underscored module path.
 pub fn split_prefix(name: &str) -> Option<(&'static str, &str)> {
-    PREFIXES.iter().find_map(|p| name.strip_prefix(p).and_then(|r| r.strip_prefix('_')).map(|r| (*p, r)))
+    PREFIXES.iter().find_map(|p| {
+        name.strip_prefix(p)
+            .and_then(|r| r.strip_prefix('_'))
+            .map(|r| (*p, r))
+    })
 }
 
 /// Kohya name of a module path: `prefix` + `_` + path with dots replaced by underscores.
@@ -125,9 +161,8 @@ pub fn kohya_name(prefix: &str, module: &str) -> String {
     format!("{prefix}_{}", module.replace('.', "_"))
 }
 
-/// Writes `adapter` (names already resolved to dotted module paths) as a kohya file. The
-/// scale is carried as `alpha` when the adapter is not rsLoRA; with rsLoRA, kohya has no
-/// `√r` rule, so alpha is rewritten to `scale · r`, which keeps every module's ΔW exact.
+/// Writes `adapter` (names already resolved to dotted module paths, or kohya names) as a kohya
+/// file, every tensor encoded as `dtype`; see [`write_with`].
 pub fn write(
     adapter: &Adapter,
     prefix: &str,
@@ -136,11 +171,43 @@ pub fn write(
     dtype: crate::dtype::Dtype,
     extra_metadata: &[(String, String)],
 ) -> InputResult<()> {
+    write_with(adapter, prefix, out, output, Some(dtype), extra_metadata)
+}
+
+/// Kohya alpha that gives module `m` its scale under kohya's `alpha / rank` rule: `alpha`
+/// itself, or `scale · rank` for rsLoRA (kohya has no `√r` rule).
+pub fn kohya_alpha(adapter: &Adapter, m: &LoraModule) -> f64 {
+    if adapter.use_rslora {
+        m.scale * m.rank as f64
+    } else {
+        m.alpha
+    }
+}
+
+/// Writes `adapter` as a kohya file. Modules with a kohya prefix keep their name; dotted module
+/// paths become `prefix_path_with_underscores` (two modules that would get the same kohya name
+/// are an error). The scale is carried as `.alpha` ([`kohya_alpha`]), always stored as an F32
+/// scalar so a half-precision file does not round it. `dtype`: `Some(d)` encodes every factor
+/// as `d`; `None` copies stored factors byte for byte (see [`super::peft::encoded`]).
+pub fn write_with(
+    adapter: &Adapter,
+    prefix: &str,
+    out: &Path,
+    output: &mut crate::io::Output,
+    dtype: Option<crate::dtype::Dtype>,
+    extra_metadata: &[(String, String)],
+) -> InputResult<()> {
+    use crate::dtype::Dtype;
     use crate::io::TensorSpec;
     let mut specs = Vec::new();
-    let mut payload = Vec::new();
+    let mut payload: Vec<Vec<u8>> = Vec::new();
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for m in &adapter.modules {
-        if m.dora_magnitude.is_some() || m.bias.is_some() || m.kind == ModuleKind::Embedding || m.base_transposed {
+        if m.dora_magnitude.is_some()
+            || m.bias.is_some()
+            || m.kind == ModuleKind::Embedding
+            || m.base_transposed
+        {
             return Err(InputError::invalid(
                 &adapter.path,
                 format!("module `{}`: kohya format cannot hold DoRA, lora bias, embedding or fan_in_fan_out modules", m.name),
@@ -150,35 +217,46 @@ pub fn write(
             Some(_) => m.name.clone(),
             None => kohya_name(prefix, &m.name),
         };
-        let (b, a) = adapter.factors(m)?;
-        let (dshape, ushape) = match &m.kind {
-            ModuleKind::Conv { kernel } => {
-                let mut d = vec![m.rank, m.in_features / kernel.iter().product::<usize>()];
-                d.extend(kernel);
-                let mut u = vec![m.out_features, m.rank];
-                u.extend(kernel.iter().map(|_| 1));
-                (d, u)
-            }
-            _ => (vec![m.rank, m.in_features], vec![m.out_features, m.rank]),
-        };
-        let alpha = if adapter.use_rslora { m.scale * m.rank as f64 } else { m.alpha } as f32;
-        specs.push(TensorSpec::new(format!("{base}.alpha"), dtype, vec![]));
-        payload.push((format!("{base}.alpha"), vec![alpha]));
-        specs.push(TensorSpec::new(format!("{base}.lora_down.weight"), dtype, dshape));
-        payload.push((format!("{base}.lora_down.weight"), a.to_vec()));
-        specs.push(TensorSpec::new(format!("{base}.lora_up.weight"), dtype, ushape));
-        payload.push((format!("{base}.lora_up.weight"), b.to_vec()));
+        if let Some(other) = seen.insert(base.clone(), &m.name) {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "modules `{other}` and `{}` both become kohya module `{base}`",
+                    m.name
+                ),
+            ));
+        }
+        let (dshape, ushape) = super::peft::factor_shapes(m);
+        let alpha = kohya_alpha(adapter, m) as f32;
+        specs.push(TensorSpec::new(format!("{base}.alpha"), Dtype::F32, vec![]));
+        payload.push(alpha.to_le_bytes().to_vec());
+        let (dt, bytes) = super::peft::encoded(adapter, &m.a, dtype)?;
+        specs.push(TensorSpec::new(
+            format!("{base}.lora_down.weight"),
+            dt,
+            dshape,
+        ));
+        payload.push(bytes);
+        let (dt, bytes) = super::peft::encoded(adapter, &m.b, dtype)?;
+        specs.push(TensorSpec::new(
+            format!("{base}.lora_up.weight"),
+            dt,
+            ushape,
+        ));
+        payload.push(bytes);
     }
-    if !adapter.full_tensors.is_empty() {
-        return Err(InputError::invalid(&adapter.path, "kohya format cannot hold full tensors (modules_to_save)"));
+    if let Some(f) = adapter.full_tensors.first() {
+        return Err(InputError::invalid(
+            &adapter.path,
+            format!("tensor `{}`: kohya format cannot hold full tensors (modules_to_save, saved embedding layers)", f.name),
+        ));
     }
     let mut order: Vec<usize> = (0..specs.len()).collect();
     order.sort_by(|&i, &j| specs[i].name.cmp(&specs[j].name));
     let specs: Vec<TensorSpec> = order.iter().map(|&i| specs[i].clone()).collect();
-    let mut w = output.safetensors(out, extra_metadata, specs)?;
-    for &i in &order {
-        let (k, v): &(String, Vec<f32>) = &payload[i];
-        w.write_tensor(k, &crate::dtype::encode(dtype, v))?;
+    let mut w = output.safetensors(out, extra_metadata, specs.clone())?;
+    for (spec, &i) in specs.iter().zip(&order) {
+        w.write_tensor(&spec.name, &payload[i])?;
     }
     w.finish()?;
     Ok(())
@@ -205,7 +283,10 @@ fn read_scalar(file: &SafetensorsFile, key: &str) -> InputResult<f64> {
         other => {
             return Err(InputError::invalid(
                 file.path(),
-                format!("tensor `{key}`: alpha has unsupported dtype {}", crate::dtype::name(other)),
+                format!(
+                    "tensor `{key}`: alpha has unsupported dtype {}",
+                    crate::dtype::name(other)
+                ),
             ))
         }
     })

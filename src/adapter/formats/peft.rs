@@ -49,19 +49,30 @@ impl PeftConfig {
     pub fn parse(path: &Path, text: &[u8]) -> InputResult<PeftConfig> {
         let raw: Value = serde_json::from_slice(text)
             .map_err(|e| InputError::invalid(path, format!("not valid JSON: {e}")))?;
-        let obj = raw.as_object().ok_or_else(|| InputError::invalid(path, "not a JSON object"))?;
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| InputError::invalid(path, "not a JSON object"))?;
         let bad = |k: &str, why: &str| InputError::invalid(path, format!("`{k}` {why}"));
         if let Some(t) = obj.get("peft_type").and_then(Value::as_str) {
             if t != "LORA" {
-                return Err(bad("peft_type", &format!("is `{t}`; only LORA adapters are supported")));
+                return Err(bad(
+                    "peft_type",
+                    &format!("is `{t}`; only LORA adapters are supported"),
+                ));
             }
         }
         let r = match obj.get("r") {
-            Some(v) => v.as_u64().filter(|&r| r > 0).ok_or_else(|| bad("r", "must be a positive integer"))? as usize,
+            Some(v) => {
+                v.as_u64()
+                    .filter(|&r| r > 0)
+                    .ok_or_else(|| bad("r", "must be a positive integer"))? as usize
+            }
             None => 8,
         };
         let lora_alpha = match obj.get("lora_alpha") {
-            Some(v) => v.as_f64().ok_or_else(|| bad("lora_alpha", "must be a number"))?,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| bad("lora_alpha", "must be a number"))?,
             None => 8.0,
         };
         let flag = |k: &str| -> InputResult<bool> {
@@ -77,7 +88,9 @@ impl PeftConfig {
                 Some(Value::Object(m)) => m
                     .iter()
                     .map(|(key, v)| {
-                        v.as_f64().map(|x| (key.clone(), x)).ok_or_else(|| bad(k, &format!("value for `{key}` is not a number")))
+                        v.as_f64()
+                            .map(|x| (key.clone(), x))
+                            .ok_or_else(|| bad(k, &format!("value for `{key}` is not a number")))
                     })
                     .collect(),
                 Some(_) => Err(bad(k, "must be an object")),
@@ -89,7 +102,10 @@ impl PeftConfig {
                 if v >= 1.0 && v.fract() == 0.0 {
                     Ok((k, v as usize))
                 } else {
-                    Err(bad("rank_pattern", &format!("rank for `{k}` is not a positive integer")))
+                    Err(bad(
+                        "rank_pattern",
+                        &format!("rank for `{k}` is not a positive integer"),
+                    ))
                 }
             })
             .collect::<InputResult<Vec<_>>>()?;
@@ -97,7 +113,11 @@ impl PeftConfig {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| bad("modules_to_save", "must hold strings")))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad("modules_to_save", "must hold strings"))
+                })
                 .collect::<InputResult<_>>()?,
             Some(_) => return Err(bad("modules_to_save", "must be a list")),
         };
@@ -111,34 +131,52 @@ impl PeftConfig {
             alpha_pattern: pattern("alpha_pattern")?,
             target_modules: obj.get("target_modules").cloned().unwrap_or(Value::Null),
             modules_to_save,
-            bias: obj.get("bias").and_then(Value::as_str).unwrap_or("none").to_owned(),
-            base_model: obj.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_owned),
+            bias: obj
+                .get("bias")
+                .and_then(Value::as_str)
+                .unwrap_or("none")
+                .to_owned(),
+            base_model: obj
+                .get("base_model_name_or_path")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             raw: raw.clone(),
         })
     }
 
     /// Rank configured for `module` (rank_pattern, else `r`).
     pub fn rank_for(&self, module: &str) -> InputResult<usize> {
-        Ok(match pattern_match(self.rank_pattern.iter().map(|(k, _)| k.as_str()), module)? {
-            Some(i) => self.rank_pattern[i].1,
-            None => self.r,
-        })
+        Ok(
+            match pattern_match(self.rank_pattern.iter().map(|(k, _)| k.as_str()), module)? {
+                Some(i) => self.rank_pattern[i].1,
+                None => self.r,
+            },
+        )
     }
 
     /// Alpha configured for `module` (alpha_pattern, else `lora_alpha`).
     pub fn alpha_for(&self, module: &str) -> InputResult<f64> {
-        Ok(match pattern_match(self.alpha_pattern.iter().map(|(k, _)| k.as_str()), module)? {
-            Some(i) => self.alpha_pattern[i].1,
-            None => self.lora_alpha,
-        })
+        Ok(
+            match pattern_match(self.alpha_pattern.iter().map(|(k, _)| k.as_str()), module)? {
+                Some(i) => self.alpha_pattern[i].1,
+                None => self.lora_alpha,
+            },
+        )
     }
 }
 
 /// Index of the first pattern key matching `name` as PEFT's `get_pattern_key` does.
-pub fn pattern_match<'a>(keys: impl Iterator<Item = &'a str>, name: &str) -> InputResult<Option<usize>> {
+pub fn pattern_match<'a>(
+    keys: impl Iterator<Item = &'a str>,
+    name: &str,
+) -> InputResult<Option<usize>> {
     for (i, key) in keys.enumerate() {
-        let re = Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
-            .map_err(|e| InputError::invalid(CONFIG_NAME, format!("pattern `{key}` is not a valid regex: {e}")))?;
+        let re = Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
+            InputError::invalid(
+                CONFIG_NAME,
+                format!("pattern `{key}` is not a valid regex: {e}"),
+            )
+        })?;
         if re.is_match(name) {
             return Ok(Some(i));
         }
@@ -181,13 +219,25 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
             let p = parts.entry(m).or_default();
             p.b = Some(entry);
             p.embedding = true;
-        } else if let Some(m) = slot(".lora_magnitude_vector").or_else(|| slot(".lora_magnitude_vector.weight")) {
+        } else if let Some(m) =
+            slot(".lora_magnitude_vector").or_else(|| slot(".lora_magnitude_vector.weight"))
+        {
             parts.entry(m).or_default().magnitude = Some(entry);
         } else if rel.contains(".lora_") {
-            return Err(InputError::invalid(&fpath, format!("tensor `{key}`: unsupported LoRA tensor kind")));
+            return Err(InputError::invalid(
+                &fpath,
+                format!("tensor `{key}`: unsupported LoRA tensor kind"),
+            ));
         } else {
             let name = rel.replace(".base_layer.", ".");
-            full.push(FullTensor { name, data: Data::Stored { key: key.to_owned(), transpose: false }, shape: t.shape.clone() });
+            full.push(FullTensor {
+                name,
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            });
         }
     }
     let mut modules = Vec::with_capacity(parts.len());
@@ -198,7 +248,18 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
                 format!("module `{name}`: has only one of lora_A / lora_B"),
             ));
         };
-        let m = build_module(&fpath, &cfg, name, akey, ashape, bkey, bshape, p.embedding, p.magnitude, p.bias)?;
+        let m = build_module(
+            &fpath,
+            &cfg,
+            name,
+            akey,
+            ashape,
+            bkey,
+            bshape,
+            p.embedding,
+            p.magnitude,
+            p.bias,
+        )?;
         modules.push(m);
     }
     let metadata = file.header().metadata.clone();
@@ -232,27 +293,44 @@ fn build_module(
 ) -> InputResult<LoraModule> {
     let err = |msg: String| InputError::invalid(fpath, format!("module `{name}`: {msg}"));
     if ashape.len() < 2 || bshape.len() < 2 {
-        return Err(err(format!("lora_A {ashape:?} and lora_B {bshape:?} must have at least 2 dimensions")));
+        return Err(err(format!(
+            "lora_A {ashape:?} and lora_B {bshape:?} must have at least 2 dimensions"
+        )));
     }
     let rank = ashape[0];
     let (kind, out_features, in_features) = if embedding {
         if ashape.len() != 2 || bshape.len() != 2 {
-            return Err(err(format!("embedding factors must be 2-D, got {ashape:?} and {bshape:?}")));
+            return Err(err(format!(
+                "embedding factors must be 2-D, got {ashape:?} and {bshape:?}"
+            )));
         }
         (ModuleKind::Embedding, bshape[0], ashape[1])
     } else if ashape.len() == 2 {
         if bshape.len() != 2 {
-            return Err(err(format!("lora_B {bshape:?} is not 2-D like lora_A {ashape:?}")));
+            return Err(err(format!(
+                "lora_B {bshape:?} is not 2-D like lora_A {ashape:?}"
+            )));
         }
         (ModuleKind::Linear, bshape[0], ashape[1])
     } else {
         if bshape.len() != ashape.len() || bshape[2..].iter().any(|&d| d != 1) {
-            return Err(err(format!("conv lora_B {bshape:?} must be [out, r, 1, …] for lora_A {ashape:?}")));
+            return Err(err(format!(
+                "conv lora_B {bshape:?} must be [out, r, 1, …] for lora_A {ashape:?}"
+            )));
         }
-        (ModuleKind::Conv { kernel: ashape[2..].to_vec() }, bshape[0], ashape[1..].iter().product())
+        (
+            ModuleKind::Conv {
+                kernel: ashape[2..].to_vec(),
+            },
+            bshape[0],
+            ashape[1..].iter().product(),
+        )
     };
     if bshape[1] != rank {
-        return Err(err(format!("lora_A has rank {rank} {ashape:?} but lora_B has {} columns {bshape:?}", bshape[1])));
+        return Err(err(format!(
+            "lora_A has rank {rank} {ashape:?} but lora_B has {} columns {bshape:?}",
+            bshape[1]
+        )));
     }
     let cfg_rank = cfg.rank_for(&name)?;
     if cfg_rank != rank {
@@ -265,18 +343,32 @@ fn build_module(
     let check_vec = |what: &str, e: &(String, Vec<usize>)| -> InputResult<Data> {
         let n: usize = e.1.iter().product();
         if n != out_features {
-            return Err(err(format!("{what} has {n} values {:?}, expected {out_features}", e.1)));
+            return Err(err(format!(
+                "{what} has {n} values {:?}, expected {out_features}",
+                e.1
+            )));
         }
-        Ok(Data::Stored { key: e.0.clone(), transpose: false })
+        Ok(Data::Stored {
+            key: e.0.clone(),
+            transpose: false,
+        })
     };
-    let dora_magnitude = magnitude.as_ref().map(|m| check_vec("lora_magnitude_vector", m)).transpose()?;
+    let dora_magnitude = magnitude
+        .as_ref()
+        .map(|m| check_vec("lora_magnitude_vector", m))
+        .transpose()?;
     if dora_magnitude.is_some() && embedding {
         return Err(err("DoRA on embedding layers is not supported".into()));
     }
     if cfg.use_dora && dora_magnitude.is_none() {
-        return Err(err("use_dora is set but the module has no lora_magnitude_vector".into()));
+        return Err(err(
+            "use_dora is set but the module has no lora_magnitude_vector".into(),
+        ));
     }
-    let bias = bias.as_ref().map(|b| check_vec("lora_B.bias", b)).transpose()?;
+    let bias = bias
+        .as_ref()
+        .map(|b| check_vec("lora_B.bias", b))
+        .transpose()?;
     Ok(LoraModule {
         scale: scale_for(alpha, rank, cfg.use_rslora),
         name,
@@ -285,8 +377,14 @@ fn build_module(
         alpha,
         out_features,
         in_features,
-        a: Data::Stored { key: akey, transpose: false },
-        b: Data::Stored { key: bkey, transpose: false },
+        a: Data::Stored {
+            key: akey,
+            transpose: false,
+        },
+        b: Data::Stored {
+            key: bkey,
+            transpose: false,
+        },
         base_transposed,
         dora_magnitude,
         bias,
@@ -294,9 +392,9 @@ fn build_module(
 }
 
 /// Writes `adapter` as a PEFT folder (`adapter_model.safetensors`, `adapter_config.json`)
-/// into `out` through `output`. `rank_pattern` / `alpha_pattern` are emitted for modules whose
-/// rank or alpha differ from the most common one, so PEFT rebuilds every module's shape and
-/// scale exactly.
+/// into `out` through `output`, every tensor encoded as `dtype`. `rank_pattern` /
+/// `alpha_pattern` are emitted for modules whose rank or alpha differ from the most common one,
+/// so PEFT rebuilds every module's shape and scale exactly.
 pub fn write(
     adapter: &Adapter,
     out: &Path,
@@ -304,64 +402,163 @@ pub fn write(
     dtype: crate::dtype::Dtype,
     extra_metadata: &[(String, String)],
 ) -> InputResult<()> {
+    write_with(adapter, out, output, Some(dtype), extra_metadata)
+}
+
+/// [`write`] with a dtype policy: `Some(d)` encodes every tensor as `d`; `None` copies stored
+/// tensors byte for byte in their own dtype and writes owned values as F32 (see [`encoded`]).
+/// `extra_metadata` follows `"format": "pt"` in `__metadata__` (a `format` entry in it is
+/// dropped, so the key is never written twice).
+pub fn write_with(
+    adapter: &Adapter,
+    out: &Path,
+    output: &mut crate::io::Output,
+    dtype: Option<crate::dtype::Dtype>,
+    extra_metadata: &[(String, String)],
+) -> InputResult<()> {
     use crate::io::TensorSpec;
     std::fs::create_dir_all(out).map_err(|e| InputError::io(out, e))?;
     let mut specs = Vec::new();
-    let mut payload: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut payload: Vec<Vec<u8>> = Vec::new();
+    let mut push =
+        |name: String, shape: Vec<usize>, (dt, bytes): (crate::dtype::Dtype, Vec<u8>)| {
+            specs.push(TensorSpec::new(name, dt, shape));
+            payload.push(bytes);
+        };
     for m in &adapter.modules {
-        let (b, a) = adapter.factors(m)?;
         let (ka, kb) = if m.kind == ModuleKind::Embedding {
-            (format!("{PREFIX}{}.lora_embedding_A", m.name), format!("{PREFIX}{}.lora_embedding_B", m.name))
+            (
+                format!("{PREFIX}{}.lora_embedding_A", m.name),
+                format!("{PREFIX}{}.lora_embedding_B", m.name),
+            )
         } else {
-            (format!("{PREFIX}{}.lora_A.weight", m.name), format!("{PREFIX}{}.lora_B.weight", m.name))
+            (
+                format!("{PREFIX}{}.lora_A.weight", m.name),
+                format!("{PREFIX}{}.lora_B.weight", m.name),
+            )
         };
-        let (ashape, bshape) = match &m.kind {
-            ModuleKind::Conv { kernel } => {
-                let mut ash = vec![m.rank, m.in_features / kernel.iter().product::<usize>()];
-                ash.extend(kernel);
-                let mut bsh = vec![m.out_features, m.rank];
-                bsh.extend(kernel.iter().map(|_| 1));
-                (ash, bsh)
-            }
-            _ => (vec![m.rank, m.in_features], vec![m.out_features, m.rank]),
-        };
-        specs.push(TensorSpec::new(&ka, dtype, ashape));
-        payload.push((ka, a.to_vec()));
-        specs.push(TensorSpec::new(&kb, dtype, bshape));
-        payload.push((kb, b.to_vec()));
+        let (ashape, bshape) = factor_shapes(m);
+        push(ka, ashape, encoded(adapter, &m.a, dtype)?);
+        push(kb, bshape, encoded(adapter, &m.b, dtype)?);
         if let Some(d) = &m.bias {
-            let k = format!("{PREFIX}{}.lora_B.bias", m.name);
-            specs.push(TensorSpec::new(&k, dtype, vec![m.out_features]));
-            payload.push((k, adapter.values(d)?.to_vec()));
+            push(
+                format!("{PREFIX}{}.lora_B.bias", m.name),
+                vec![m.out_features],
+                encoded(adapter, d, dtype)?,
+            );
         }
         if let Some(d) = &m.dora_magnitude {
-            let k = format!("{PREFIX}{}.lora_magnitude_vector", m.name);
-            specs.push(TensorSpec::new(&k, dtype, vec![m.out_features]));
-            payload.push((k, adapter.values(d)?.to_vec()));
+            push(
+                format!("{PREFIX}{}.lora_magnitude_vector", m.name),
+                vec![m.out_features],
+                encoded(adapter, d, dtype)?,
+            );
         }
     }
     for f in &adapter.full_tensors {
-        let k = format!("{PREFIX}{}", f.name);
-        specs.push(TensorSpec::new(&k, dtype, f.shape.clone()));
-        payload.push((k, adapter.values(&f.data)?.to_vec()));
+        push(
+            full_tensor_key(adapter, f),
+            f.shape.clone(),
+            encoded(adapter, &f.data, dtype)?,
+        );
     }
     // Deterministic order: sorted by name, as PEFT's own files are.
     let mut order: Vec<usize> = (0..specs.len()).collect();
     order.sort_by(|&i, &j| specs[i].name.cmp(&specs[j].name));
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| specs[w[0]].name == specs[w[1]].name)
+    {
+        return Err(InputError::invalid(
+            &adapter.path,
+            format!("tensor `{}` would be written twice", specs[w[0]].name),
+        ));
+    }
     let specs: Vec<TensorSpec> = order.iter().map(|&i| specs[i].clone()).collect();
     let mut meta = vec![("format".to_string(), "pt".to_string())];
-    meta.extend(extra_metadata.iter().cloned());
+    meta.extend(
+        extra_metadata
+            .iter()
+            .filter(|(k, _)| k != "format")
+            .cloned(),
+    );
     let weights = out.join(WEIGHTS_NAME);
-    let mut w = output.safetensors(&weights, &meta, specs)?;
-    for &i in &order {
-        let (k, v) = &payload[i];
-        w.write_tensor(k, &crate::dtype::encode(dtype, v))?;
+    let mut w = output.safetensors(&weights, &meta, specs.clone())?;
+    for (spec, &i) in specs.iter().zip(&order) {
+        w.write_tensor(&spec.name, &payload[i])?;
     }
     w.finish()?;
     let cfg = config_json(adapter);
     let mut text = serde_json::to_vec_pretty(&cfg).expect("json");
     text.push(b'\n');
     output.small_file(&out.join(CONFIG_NAME), &text)
+}
+
+/// The key a full tensor is saved under. A saved embedding layer (read from
+/// `{module}.base_layer.weight`, the copy of the base weight PEFT saves for a targeted
+/// embedding) keeps that key, also when its values were taken into memory: PEFT loads it into the
+/// LoRA layer's base layer, and lorakit's merge uses it as `W0` rather than as a replacement.
+/// Anything else is `base_model.model.{name}` (`modules_to_save`).
+pub fn full_tensor_key(adapter: &Adapter, f: &FullTensor) -> String {
+    if let Data::Stored { key, .. } = &f.data {
+        if key.contains(".base_layer.") {
+            return key.clone();
+        }
+    }
+    let saved_layer = adapter.modules.iter().find(|m| {
+        m.kind == ModuleKind::Embedding && f.name.strip_suffix(".weight") == Some(m.name.as_str())
+    });
+    match saved_layer {
+        Some(m) if matches!(f.data, Data::Owned(_)) => {
+            format!("{PREFIX}{}.base_layer.weight", m.name)
+        }
+        _ => format!("{PREFIX}{}", f.name),
+    }
+}
+
+/// On-disk shapes of a module's `A` and `B` (conv: `[r, in, kh, kw]` and `[out, r, 1, 1]`;
+/// kohya uses the same layouts).
+pub fn factor_shapes(m: &LoraModule) -> (Vec<usize>, Vec<usize>) {
+    match &m.kind {
+        ModuleKind::Conv { kernel } => {
+            let mut ash = vec![
+                m.rank,
+                m.in_features / kernel.iter().product::<usize>().max(1),
+            ];
+            ash.extend(kernel);
+            let mut bsh = vec![m.out_features, m.rank];
+            bsh.extend(kernel.iter().map(|_| 1));
+            (ash, bsh)
+        }
+        _ => (vec![m.rank, m.in_features], vec![m.out_features, m.rank]),
+    }
+}
+
+/// The dtype and bytes a tensor is written with. A stored tensor (not transposed) whose dtype
+/// is kept (`dtype` is `None` or its own) is copied byte for byte, so a conversion changes no
+/// factor; anything else is encoded from its canonical `f32` values into `dtype` (F32 when
+/// `None`). Values are checked to be finite either way.
+pub fn encoded(
+    adapter: &Adapter,
+    data: &Data,
+    dtype: Option<crate::dtype::Dtype>,
+) -> InputResult<(crate::dtype::Dtype, Vec<u8>)> {
+    let values = adapter.values(data)?;
+    if let (
+        Data::Stored {
+            key,
+            transpose: false,
+        },
+        Some(src),
+    ) = (data, adapter.source.as_ref())
+    {
+        let view = src.view(key)?;
+        if dtype.is_none_or(|d| d == view.dtype) && crate::dtype::is_float_storage(view.dtype) {
+            return Ok((view.dtype, view.data.to_vec()));
+        }
+    }
+    let dt = dtype.unwrap_or(crate::dtype::Dtype::F32);
+    Ok((dt, crate::dtype::encode(dt, &values)))
 }
 
 /// Builds `adapter_config.json` for `adapter`: the most common rank and alpha as `r` /
@@ -372,7 +569,10 @@ pub fn config_json(adapter: &Adapter) -> Value {
         for v in vals {
             *counts.entry(v).or_default() += 1;
         }
-        counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(k, _)| k)
+        counts
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|(k, _)| k)
     };
     let r: usize = most_common(adapter.modules.iter().map(|m| m.rank.to_string()).collect())
         .and_then(|s| s.parse().ok())
@@ -395,8 +595,15 @@ pub fn config_json(adapter: &Adapter) -> Value {
     // adapted module and nothing else is targeted.
     let mut targets: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
     targets.sort();
-    let keep_targets = adapter.config.as_ref().and_then(|c| c.get("target_modules")).is_some_and(|t| !t.is_null());
-    let fifo = adapter.modules.iter().any(|m| m.base_transposed && m.kind == ModuleKind::Linear);
+    let keep_targets = adapter
+        .config
+        .as_ref()
+        .and_then(|c| c.get("target_modules"))
+        .is_some_and(|t| !t.is_null());
+    let fifo = adapter
+        .modules
+        .iter()
+        .any(|m| m.base_transposed && m.kind == ModuleKind::Linear);
     let mut cfg = match adapter.config.as_ref().and_then(Value::as_object) {
         Some(orig) => orig.clone(),
         None => Map::new(),
@@ -413,14 +620,30 @@ pub fn config_json(adapter: &Adapter) -> Value {
     set("rank_pattern", Value::Object(rank_pattern));
     set("alpha_pattern", Value::Object(alpha_pattern));
     set("use_rslora", json!(adapter.use_rslora));
-    set("use_dora", json!(adapter.modules.iter().any(|m| m.dora_magnitude.is_some())));
+    set(
+        "use_dora",
+        json!(adapter.modules.iter().any(|m| m.dora_magnitude.is_some())),
+    );
     set("fan_in_fan_out", json!(fifo));
-    set("lora_bias", json!(adapter.modules.iter().any(|m| m.bias.is_some())));
+    set(
+        "lora_bias",
+        json!(adapter.modules.iter().any(|m| m.bias.is_some())),
+    );
     set(
         "modules_to_save",
-        if adapter.modules_to_save.is_empty() { Value::Null } else { json!(adapter.modules_to_save) },
+        if adapter.modules_to_save.is_empty() {
+            Value::Null
+        } else {
+            json!(adapter.modules_to_save)
+        },
     );
-    set("base_model_name_or_path", adapter.base_model.as_ref().map_or(Value::Null, |s| json!(s)));
+    set(
+        "base_model_name_or_path",
+        adapter
+            .base_model
+            .as_ref()
+            .map_or(Value::Null, |s| json!(s)),
+    );
     for (k, v) in [
         ("bias", json!("none")),
         ("lora_dropout", json!(0.0)),
@@ -462,6 +685,13 @@ mod tests {
         // Suffix must sit on a dot boundary: `xk_proj` is not `k_proj`.
         assert_eq!(m("model.layers.0.self_attn.xk_proj"), None);
         // First match wins.
-        assert_eq!(pattern_match(["q_proj", "self_attn.q_proj"].into_iter(), "a.self_attn.q_proj").unwrap(), Some(0));
+        assert_eq!(
+            pattern_match(
+                ["q_proj", "self_attn.q_proj"].into_iter(),
+                "a.self_attn.q_proj"
+            )
+            .unwrap(),
+            Some(0)
+        );
     }
 }

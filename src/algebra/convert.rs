@@ -1,0 +1,255 @@
+//! PEFT ↔ kohya conversion.
+//!
+//! Factors are the same matrices in both formats (`lora_A` ≡ `lora_down`, `lora_B` ≡
+//! `lora_up`, conv layouts identical), so a conversion copies them byte for byte (unless a
+//! dtype is asked for) and only names and the scale's encoding change:
+//!
+//! * **PEFT → kohya.** A module path becomes `prefix_path_with_underscores`. kohya's scale is
+//!   `alpha / rank`, so each module's alpha is written as is, or as `scale·rank` for rsLoRA
+//!   (kohya has no `√r` rule) — per-module alphas (`alpha_pattern`) are naturally per-module in
+//!   kohya. DoRA, `lora_B` biases, embeddings, `fan_in_fan_out` modules and full tensors have no
+//!   kohya form and are refused. The PEFT module paths and the adapter_config.json are recorded
+//!   in the file's metadata ([`super::META_MODULE_NAMES`], [`super::META_PEFT_CONFIG`]).
+//! * **kohya → PEFT.** kohya names lost the dots of the module paths (`…_self_attn_q_proj`), and
+//!   underscores inside names make the reverse ambiguous, so the paths come from the base's
+//!   tensor list ([`crate::adapter::mapping::resolve`]: every module must land on exactly one base
+//!   tensor of matching shape; an ambiguous or unmatched module is an error) — or, for a file
+//!   lorakit wrote, from its metadata. A file lorakit converted from PEFT gets back the original
+//!   config and every module's original alpha and rsLoRA flag when they still agree with the
+//!   file's `.alpha` tensors, so PEFT → kohya → PEFT gives identical factors and identical
+//!   per-module scales. Otherwise each module keeps its kohya alpha (`alpha_pattern` where they
+//!   differ), which gives the same scale `alpha/rank`. With a base, a kohya 1×1-conv module on a
+//!   linear base weight (or the reverse) takes the base's layout, so PEFT can load it.
+//!
+//! File metadata is carried over in both directions (see [`super::output_metadata`]).
+
+use crate::adapter::formats::{kohya, peft::PeftConfig};
+use crate::adapter::{mapping, scale_for, Adapter, Format, ModuleKind};
+use crate::error::{InputError, InputResult};
+use crate::io::Checkpoint;
+
+/// How module names were obtained for the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NameSource {
+    /// The input's own names were kept.
+    Adapter,
+    /// lorakit metadata of a kohya file.
+    Metadata,
+    /// Resolved against `--base`.
+    Base,
+}
+
+/// What converting an adapter changed, before it is written.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Module names before, in module order.
+    pub names_before: Vec<String>,
+    /// Alphas before (as the input format states them).
+    pub alphas_before: Vec<f64>,
+    pub names_from: NameSource,
+    /// The PEFT config and alphas were restored from lorakit metadata.
+    pub config_restored: bool,
+}
+
+/// Turns `adapter` into one ready to be written as `to`: kohya → PEFT restores module paths
+/// (lorakit metadata, else `base`) and alphas; with a `base`, every module must land on it.
+pub fn prepare(
+    adapter: &mut Adapter,
+    to: Format,
+    base: Option<&Checkpoint>,
+) -> InputResult<Prepared> {
+    let names_before: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
+    let alphas_before: Vec<f64> = adapter.modules.iter().map(|m| m.alpha).collect();
+    let mut names_from = NameSource::Adapter;
+    let mut config_restored = false;
+    if adapter.format == Format::Kohya {
+        // kohya → kohya keeps the kohya names (and the metadata that maps them).
+        let (restored, cfg) = if to == Format::Peft {
+            restore_from_metadata(adapter)?
+        } else {
+            (0, false)
+        };
+        config_restored = cfg;
+        if restored > 0 {
+            names_from = NameSource::Metadata;
+        }
+        match base {
+            Some(base) if to == Format::Peft && restored < adapter.modules.len() => {
+                resolve_onto(adapter, base)?;
+                names_from = NameSource::Base;
+            }
+            Some(base) => check_onto(adapter, base)?,
+            None if to == Format::Peft && restored < adapter.modules.len() => {
+                let m = adapter
+                    .modules
+                    .iter()
+                    .find(|m| kohya::split_prefix(&m.name).is_some());
+                return Err(InputError::invalid(
+                    &adapter.path,
+                    format!(
+                        "module `{}`: kohya names lost the dots of the module paths; give --base (the model the adapter is for) to restore them",
+                        m.map_or("?", |m| m.name.as_str())
+                    ),
+                ));
+            }
+            None => {}
+        }
+        if to == Format::Peft && adapter.base_model.is_none() {
+            adapter.base_model = base.map(|b| b.root.display().to_string());
+        }
+    } else if let Some(base) = base {
+        check_onto(adapter, base)?;
+    }
+    adapter.format = to;
+    Ok(Prepared {
+        names_before,
+        alphas_before,
+        names_from,
+        config_restored,
+    })
+}
+
+/// The alpha a module is written with in `format`.
+pub fn kohya_or_peft_alpha(
+    adapter: &Adapter,
+    m: &crate::adapter::LoraModule,
+    format: Format,
+) -> f64 {
+    match format {
+        Format::Kohya => kohya::kohya_alpha(adapter, m) as f32 as f64,
+        Format::Peft => m.alpha,
+    }
+}
+
+/// Applies the module paths and PEFT config lorakit records in a kohya file it writes. Names
+/// are taken for every module listed; the config (alphas, rsLoRA, the rest of
+/// adapter_config.json) only when every module's rank and stored alpha agree with it (a file
+/// edited or resized by another tool since keeps its own alphas). Returns (modules renamed,
+/// config restored).
+pub fn restore_from_metadata(adapter: &mut Adapter) -> InputResult<(usize, bool)> {
+    let meta = |k: &str| {
+        adapter
+            .metadata
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let Some(names) = meta(super::META_MODULE_NAMES) else {
+        return Ok((0, false));
+    };
+    let names: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(&names) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "metadata `{}` is not a JSON object of names",
+                    super::META_MODULE_NAMES
+                ),
+            ))
+        }
+    };
+    let mut renamed = 0;
+    for m in adapter.modules.iter_mut() {
+        if let Some(serde_json::Value::String(dotted)) = names.get(&m.name) {
+            m.name = dotted.clone();
+            renamed += 1;
+        }
+    }
+    let Some(text) = meta(super::META_PEFT_CONFIG) else {
+        return Ok((renamed, false));
+    };
+    let Ok(cfg) = PeftConfig::parse(&adapter.path, text.as_bytes()) else {
+        return Ok((renamed, false));
+    };
+    if renamed != adapter.modules.len() {
+        return Ok((renamed, false));
+    }
+    let mut alphas = Vec::with_capacity(adapter.modules.len());
+    for m in &adapter.modules {
+        let (Ok(rank), Ok(alpha)) = (cfg.rank_for(&m.name), cfg.alpha_for(&m.name)) else {
+            return Ok((renamed, false));
+        };
+        let kohya_alpha = if cfg.use_rslora {
+            scale_for(alpha, rank, true) * rank as f64
+        } else {
+            alpha
+        };
+        if rank != m.rank || kohya_alpha as f32 != m.alpha as f32 {
+            return Ok((renamed, false));
+        }
+        alphas.push(alpha);
+    }
+    for (m, alpha) in adapter.modules.iter_mut().zip(alphas) {
+        m.alpha = alpha;
+        m.scale = scale_for(alpha, m.rank, cfg.use_rslora);
+    }
+    adapter.use_rslora = cfg.use_rslora;
+    adapter.base_model = cfg.base_model.clone();
+    adapter.config = Some(cfg.raw.clone());
+    Ok((renamed, true))
+}
+
+/// Every module must land on exactly one base tensor; the error lists every one that does not.
+fn unmatched_error(
+    adapter: &Adapter,
+    base: &Checkpoint,
+    res: &mapping::Resolution,
+) -> InputResult<()> {
+    if res.unmatched.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = res.unmatched.iter().map(|u| u.to_string()).collect();
+    Err(InputError::invalid(
+        &adapter.path,
+        format!(
+            "{} module(s) do not match the base {}: {}",
+            list.len(),
+            base.root.display(),
+            list.join("; ")
+        ),
+    ))
+}
+
+/// Checks that every module lands on `base` (names are not changed).
+pub fn check_onto(adapter: &Adapter, base: &Checkpoint) -> InputResult<()> {
+    let res = mapping::resolve(adapter, base);
+    unmatched_error(adapter, base, &res)
+}
+
+/// Renames modules to the base module paths they land on and gives 1×1 modules the base's
+/// layout (linear on a 2-D weight, 1×1 conv on a 4-D one).
+pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()> {
+    let res = mapping::resolve(adapter, base);
+    unmatched_error(adapter, base, &res)?;
+    let mut seen = std::collections::BTreeMap::new();
+    for p in &res.modules {
+        if let Some(other) = seen.insert(p.weight.clone(), p.module) {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "modules `{}` and `{}` both land on base tensor `{}`",
+                    adapter.modules[other].name, adapter.modules[p.module].name, p.weight
+                ),
+            ));
+        }
+    }
+    mapping::rename_to_base(adapter, &res);
+    for p in &res.modules {
+        let shape = base.info(&p.weight).expect("resolved").shape.clone();
+        let m = &mut adapter.modules[p.module];
+        match &m.kind {
+            ModuleKind::Conv { kernel } if kernel.iter().all(|&k| k == 1) && shape.len() == 2 => {
+                m.kind = ModuleKind::Linear
+            }
+            ModuleKind::Linear if shape.len() > 2 => {
+                m.kind = ModuleKind::Conv {
+                    kernel: shape[2..].to_vec(),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

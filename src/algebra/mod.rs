@@ -1,0 +1,347 @@
+//! Adapter algebra: operations that read LoRA adapters and write a new adapter, never touching a
+//! base model's weights — [`resize`] (change ranks, exactly in factor space), [`combine`] (PEFT's
+//! `add_weighted_adapter` methods, plus exact `cat` and `svd`) and [`convert`] (PEFT ↔ kohya).
+//!
+//! Every operation works on the one adapter model ([`crate::adapter::Adapter`]) and ends in
+//! [`write_adapter`], which writes either format atomically through [`crate::io::Output`],
+//! refuses an output that is an input, removes an output folder it created when anything fails,
+//! carries the input's `__metadata__` and records provenance (`lorakit.version`,
+//! `lorakit.operation`, `lorakit.inputs`, `lorakit.params`). A kohya file written from an
+//! adapter with dotted module names also records `lorakit.module_names` (kohya name → module
+//! path) and `lorakit.peft_config` (the adapter_config.json PEFT output would have), so that
+//! converting it back to PEFT needs no base and restores every module's alpha exactly
+//! ([`convert::restore_from_metadata`]); a kohya → kohya rewrite (resize, dtype change) keeps
+//! the kohya names and carries both entries, which the reader checks against the file's ranks
+//! and alphas before trusting the config.
+//!
+//! Same inputs and options give byte-identical outputs: modules are processed in a fixed order,
+//! the random masks of DARE come from a seeded generator keyed by module name (not by thread
+//! schedule), and no timestamps are written.
+
+pub mod combine;
+pub mod convert;
+pub mod resize;
+
+use crate::adapter::formats::{kohya, peft};
+use crate::adapter::{Adapter, Data, Format};
+use crate::dtype::Dtype;
+use crate::error::{InputError, InputResult};
+use crate::io::Output;
+use std::path::{Path, PathBuf};
+
+/// Metadata key: JSON object kohya module name → dotted module path.
+pub const META_MODULE_NAMES: &str = "lorakit.module_names";
+/// Metadata key: the PEFT `adapter_config.json` (compact JSON) the adapter has as PEFT.
+pub const META_PEFT_CONFIG: &str = "lorakit.peft_config";
+
+/// Where and how an adapter is written.
+#[derive(Debug, Clone)]
+pub struct WriteSpec {
+    pub format: Format,
+    /// A folder for PEFT, a `.safetensors` file for kohya.
+    pub out: PathBuf,
+    /// `Some(d)`: every tensor encoded as `d`. `None`: stored tensors copied byte for byte in
+    /// their own dtype, computed values as F32.
+    pub dtype: Option<Dtype>,
+    /// kohya prefix for dotted module names (`lora_unet`, `lora_te`, …); `None` picks
+    /// [`default_kohya_prefix`].
+    pub kohya_prefix: Option<String>,
+}
+
+/// What an operation records in the output's `__metadata__`.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    /// `resize`, `combine`, `convert`.
+    pub operation: &'static str,
+    /// JSON list of the inputs (paths, with weights for combine).
+    pub inputs: serde_json::Value,
+    /// JSON object of the options that shaped the result.
+    pub params: serde_json::Value,
+}
+
+/// Files an adapter write produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Written {
+    pub files: Vec<String>,
+    pub bytes: u64,
+}
+
+/// The kohya prefix used for dotted module names when none is given: `lora_te` when every
+/// module is under `text_model.` (a CLIP text encoder, as kohya names SD 1.x ones), else
+/// `lora_unet`.
+pub fn default_kohya_prefix(adapter: &Adapter) -> &'static str {
+    if !adapter.modules.is_empty()
+        && adapter
+            .modules
+            .iter()
+            .all(|m| m.name.starts_with("text_model."))
+    {
+        "lora_te"
+    } else {
+        "lora_unet"
+    }
+}
+
+/// The prefix a write will use.
+pub fn kohya_prefix_for(adapter: &Adapter, spec: &WriteSpec) -> String {
+    spec.kohya_prefix
+        .clone()
+        .unwrap_or_else(|| default_kohya_prefix(adapter).to_owned())
+}
+
+/// The file name a module gets in `format` (PEFT: the module path; kohya: the kohya name).
+pub fn written_name(name: &str, format: Format, prefix: &str) -> String {
+    match format {
+        Format::Peft => name.to_owned(),
+        Format::Kohya => match kohya::split_prefix(name) {
+            Some(_) => name.to_owned(),
+            None => kohya::kohya_name(prefix, name),
+        },
+    }
+}
+
+/// Every file reading `adapter` touches (its folder or file, tensor file, config beside it).
+pub fn adapter_inputs(adapter: &Adapter) -> Vec<PathBuf> {
+    let mut v = vec![adapter.path.clone()];
+    if let Some(src) = &adapter.source {
+        v.push(src.path().to_path_buf());
+    }
+    if adapter.format == Format::Peft {
+        if adapter.path.is_dir() {
+            v.push(adapter.path.join(peft::CONFIG_NAME));
+        } else if let Some(p) = adapter.path.parent() {
+            v.push(p.join(peft::CONFIG_NAME));
+        }
+    }
+    v
+}
+
+/// Paths a write of `spec` creates or replaces.
+pub fn output_paths(spec: &WriteSpec) -> Vec<PathBuf> {
+    match spec.format {
+        Format::Peft => vec![
+            spec.out.clone(),
+            spec.out.join(peft::WEIGHTS_NAME),
+            spec.out.join(peft::CONFIG_NAME),
+        ],
+        Format::Kohya => vec![spec.out.clone()],
+    }
+}
+
+/// Refuses (before anything is written) an output that is one of `inputs` or holds one, and an
+/// output path of the wrong kind (a file where a PEFT folder goes, a folder where a kohya file
+/// goes).
+pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
+    for p in output_paths(spec) {
+        crate::io::writer::refuse_overwrite(&p, inputs)?;
+    }
+    match spec.format {
+        Format::Peft if spec.out.is_file() => Err(InputError::invalid(
+            &spec.out,
+            "is a file, but a PEFT adapter is written as a folder (choose a folder, or --format kohya)",
+        )),
+        Format::Kohya if spec.out.is_dir() => Err(InputError::invalid(
+            &spec.out,
+            "is a folder, but a kohya adapter is written as one .safetensors file (choose a file name, or --format peft)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `--dtype` of the adapter-writing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DtypeChoice {
+    /// The input's dtype (convert: every tensor copied byte for byte).
+    #[default]
+    Keep,
+    F32,
+    F16,
+    Bf16,
+}
+
+/// The dtype computed factors are written in: `--dtype`, or with `keep` the dtype of the
+/// input's first stored factor (F32 when there is none).
+pub fn computed_dtype(choice: DtypeChoice, input: &Adapter) -> Dtype {
+    copy_dtype(choice)
+        .or_else(|| stored_dtype(input))
+        .unwrap_or(Dtype::F32)
+}
+
+/// The dtype policy of a pure rewrite (convert): `keep` (`None`) copies stored tensors byte
+/// for byte.
+pub fn copy_dtype(choice: DtypeChoice) -> Option<Dtype> {
+    match choice {
+        DtypeChoice::Keep => None,
+        DtypeChoice::F32 => Some(Dtype::F32),
+        DtypeChoice::F16 => Some(Dtype::F16),
+        DtypeChoice::Bf16 => Some(Dtype::BF16),
+    }
+}
+
+/// The stored dtype of an adapter's first factor.
+pub fn stored_dtype(a: &Adapter) -> Option<Dtype> {
+    let src = a.source.as_ref()?;
+    a.modules.iter().find_map(|m| match &m.a {
+        Data::Stored { key, .. } => src.header().get(key).map(|t| t.dtype),
+        Data::Owned(_) => None,
+    })
+}
+
+/// The `__metadata__` an output gets: the input's (minus earlier `lorakit.*` keys and the
+/// `format` key PEFT's writer sets itself), then provenance, then for a kohya output of an
+/// adapter with dotted names the PEFT names and config.
+pub fn output_metadata(
+    adapter: &Adapter,
+    spec: &WriteSpec,
+    prov: &Provenance,
+) -> Vec<(String, String)> {
+    let mut meta: Vec<(String, String)> = adapter
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("lorakit.") && k != "format")
+        .cloned()
+        .collect();
+    if spec.format == Format::Kohya {
+        // Kohya files written by kohya carry no `format`; keep one that was there.
+        if let Some(f) = adapter.metadata.iter().find(|(k, _)| k == "format") {
+            meta.insert(0, f.clone());
+        }
+    }
+    meta.push(("lorakit.version".into(), env!("CARGO_PKG_VERSION").into()));
+    meta.push(("lorakit.operation".into(), prov.operation.into()));
+    meta.push(("lorakit.inputs".into(), prov.inputs.to_string()));
+    meta.push(("lorakit.params".into(), prov.params.to_string()));
+    if spec.format == Format::Kohya {
+        let prefix = kohya_prefix_for(adapter, spec);
+        let dotted: Vec<_> = adapter
+            .modules
+            .iter()
+            .filter(|m| kohya::split_prefix(&m.name).is_none())
+            .collect();
+        if !dotted.is_empty() && dotted.len() == adapter.modules.len() {
+            let names: serde_json::Map<String, serde_json::Value> = adapter
+                .modules
+                .iter()
+                .map(|m| {
+                    (
+                        kohya::kohya_name(&prefix, &m.name),
+                        serde_json::Value::String(m.name.clone()),
+                    )
+                })
+                .collect();
+            meta.push((
+                META_MODULE_NAMES.into(),
+                serde_json::Value::Object(names).to_string(),
+            ));
+            meta.push((
+                META_PEFT_CONFIG.into(),
+                peft::config_json(adapter).to_string(),
+            ));
+        } else if dotted.is_empty() {
+            // kohya names kept: carry lorakit's earlier map and config; a reader checks them
+            // against the file before trusting them.
+            for key in [META_MODULE_NAMES, META_PEFT_CONFIG] {
+                if let Some(kv) = adapter.metadata.iter().find(|(k, _)| k == key) {
+                    meta.push(kv.clone());
+                }
+            }
+        }
+    }
+    meta
+}
+
+/// Writes `adapter` as `spec` says, atomically: nothing lands unless everything succeeded, and
+/// folders this call created (the PEFT output folder, a kohya file's missing parents) are
+/// removed again on failure.
+pub fn write_adapter(
+    adapter: &Adapter,
+    spec: &WriteSpec,
+    prov: &Provenance,
+) -> InputResult<Written> {
+    let meta = output_metadata(adapter, spec, prov);
+    let folder = match spec.format {
+        Format::Peft => spec.out.clone(),
+        Format::Kohya => spec
+            .out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+    };
+    let created = create_dirs(&folder)?;
+    let result = (|| -> InputResult<Written> {
+        let mut output = Output::new();
+        let files = match spec.format {
+            Format::Peft => {
+                peft::write_with(adapter, &spec.out, &mut output, spec.dtype, &meta)?;
+                vec![
+                    show(&spec.out.join(peft::WEIGHTS_NAME)),
+                    show(&spec.out.join(peft::CONFIG_NAME)),
+                ]
+            }
+            Format::Kohya => {
+                let prefix = kohya_prefix_for(adapter, spec);
+                kohya::write_with(adapter, &prefix, &spec.out, &mut output, spec.dtype, &meta)?;
+                vec![show(&spec.out)]
+            }
+        };
+        let bytes = output.commit()?;
+        Ok(Written { files, bytes })
+    })();
+    if result.is_err() {
+        for d in created.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    result
+}
+
+/// Creates `dir` and its missing parents; returns the folders created, outermost first.
+fn create_dirs(dir: &Path) -> InputResult<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    missing.reverse();
+    for (i, d) in missing.iter().enumerate() {
+        if let Err(e) = std::fs::create_dir(d) {
+            for c in missing[..i].iter().rev() {
+                let _ = std::fs::remove_dir(c);
+            }
+            return Err(InputError::io(d, e));
+        }
+    }
+    Ok(missing)
+}
+
+/// Row-major `r × c` view of canonical values.
+pub(crate) fn view<'a>(v: &'a [f32], r: usize, c: usize) -> ndarray::ArrayView2<'a, f32> {
+    ndarray::ArrayView2::from_shape((r, c), v).expect("canonical factor shape")
+}
+
+/// `B' = U_k·diag(s_k)` (`d×k`, zero columns past the SVD's rank) and `A' = V_kᵀ` (`k×n`), the
+/// factor split of PEFT's `svd` combination and kohya's `resize_lora.py` (singular values in
+/// the up/B factor).
+pub(crate) fn svd_factors(svd: &crate::linalg::Svd, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let (d, n) = (svd.u.nrows(), svd.vt.ncols());
+    let mut b = vec![0f32; d * k];
+    let mut a = vec![0f32; k * n];
+    for j in 0..k.min(svd.s.len()) {
+        let s = svd.s[j];
+        for i in 0..d {
+            b[i * k + j] = svd.u[[i, j]] * s;
+        }
+        for c in 0..n {
+            a[j * n + c] = svd.vt[[j, c]];
+        }
+    }
+    (b, a)
+}
+
+/// Path shown in reports.
+pub(crate) fn show(p: &Path) -> String {
+    p.display().to_string()
+}
