@@ -22,4 +22,6 @@ mod it {
     pub mod inspect;
     /// `merge` against PEFT's own merge_and_unload outputs and the other references.
     pub mod merge;
+    /// `eval` and `train` against transformers + PEFT logits, losses and torch's AdamW.
+    pub mod model;
 }
