@@ -12,6 +12,7 @@ pub mod commands;
 pub mod diff;
 pub mod dtype;
 pub mod error;
+pub mod extract;
 pub mod inspect;
 pub mod io;
 pub mod linalg;

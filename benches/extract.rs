@@ -1,0 +1,293 @@
+//! Extraction speed and accuracy (issue: extract benchmark). Not a timed test: run with
+//! `cargo bench --bench extract` and read the figures.
+//!
+//! Generates a pair of f32 checkpoints with 4 × 2048×2048 and 2 × 5632×2048 weights whose
+//! difference has a realistic decaying spectrum plus noise: `ΔW = Σ_{j<64} wⱼ·uⱼ·vⱼᵀ + N`,
+//! `wⱼ = 1/(j+1)` (power-law decay), `uⱼ`, `vⱼ` Gaussian with unit expected norm, `N` iid
+//! Gaussian (std 1e-4, its singular values around 0.005–0.009, i.e. `w₁₁₀`–`w₂₀₀`), on a
+//! `N(0, 0.02²)` base. Then extracts rank 16 with the randomized SVD (defaults `p = 10`, `q = 2`,
+//! and a few other settings) and with `--exact` (full SVD of every ΔW, what extraction scripts
+//! built on `torch.linalg.svd` do), and prints per module and in total: time, relative error
+//! `‖ΔW − B·A‖_F/‖ΔW‖_F` and its ratio to the optimum (the exact SVD's truncation error,
+//! Eckart–Young), plus the factorisation alone on in-memory matrices. Targets: ≥ 100× faster
+//! than exact, ≤ 1.001× the optimal error. Data goes to `$LORAKIT_BENCH_DIR` (default
+//! `target/bench-data`), reused between runs. `LORAKIT_BENCH_4096=1` adds a 4096×4096 ΔW
+//! (factorisation only, in memory).
+
+use lorakit::dtype::{self, Dtype};
+use lorakit::extract::{
+    factorize, CpuDeltaOperators, ExtractOptions, ExtractPlan, ExtractSummary, RankRule,
+    EXTRACT_DENSE,
+};
+use lorakit::io::{Checkpoint, Output, TensorSpec};
+use lorakit::linalg::{self, rng::gaussian_matrix, Dense, DenseOp, RsvdOptions};
+use ndarray::{Array2, Axis};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const RANK: usize = 16;
+const TERMS: usize = 64;
+const NOISE: f32 = 1e-4;
+const MODULES: [(&str, usize, usize); 6] = [
+    ("model.layers.0.self_attn.q_proj", 2048, 2048),
+    ("model.layers.0.self_attn.o_proj", 2048, 2048),
+    ("model.layers.1.self_attn.q_proj", 2048, 2048),
+    ("model.layers.1.self_attn.o_proj", 2048, 2048),
+    ("model.layers.0.mlp.up_proj", 5632, 2048),
+    ("model.layers.1.mlp.up_proj", 5632, 2048),
+];
+
+fn main() {
+    let dir = std::env::var_os("LORAKIT_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"))
+        .join("extract");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (base, tuned) = (dir.join("base.safetensors"), dir.join("tuned.safetensors"));
+    if !base.exists() || !tuned.exists() {
+        eprintln!("generating {} …", dir.display());
+        generate(&base, &tuned);
+    }
+    // Warm the page cache.
+    for f in [&base, &tuned] {
+        let _ = std::fs::read(f).map(|v| v.len());
+    }
+    println!(
+        "extract benchmark: rank {RANK}, ΔW = Σ_(j<{TERMS}) u_j v_jᵀ/(j+1) + N(0, {NOISE:e}²), f32, {} threads",
+        rayon::current_num_threads()
+    );
+
+    let run = |name: &str, exact: bool, p: usize, q: usize| -> (ExtractSummary, f64) {
+        let out = dir.join(format!("out-{name}"));
+        let _ = std::fs::remove_dir_all(&out);
+        let mut o = ExtractOptions::new(RankRule::Fixed(RANK));
+        o.exact = exact;
+        o.oversample = p;
+        o.power_iters = q;
+        let t = Instant::now();
+        let plan = ExtractPlan::new(
+            Checkpoint::open(&base).unwrap(),
+            Checkpoint::open(&tuned).unwrap(),
+            out.clone(),
+            o,
+        )
+        .unwrap();
+        let s = plan.run(&CpuDeltaOperators).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        std::fs::remove_dir_all(&out).unwrap();
+        (s, secs)
+    };
+
+    // The machine may be shared: repeat, and keep each module's fastest time.
+    let best = |n: usize, exact: bool| -> (ExtractSummary, f64) {
+        let (mut s, mut secs) = run(if exact { "exact" } else { "randomized" }, exact, 10, 2);
+        for _ in 1..n {
+            let (t, ts) = run(if exact { "exact" } else { "randomized" }, exact, 10, 2);
+            for (a, b) in s.modules.iter_mut().zip(&t.modules) {
+                assert_eq!(
+                    a.rel_error, b.rel_error,
+                    "{}: same inputs, same result",
+                    a.name
+                );
+                a.seconds = a.seconds.min(b.seconds);
+            }
+            secs = secs.min(ts);
+        }
+        (s, secs)
+    };
+    let (rand, rand_s) = best(5, false);
+    let (exact, exact_s) = best(2, true);
+    println!("(fastest of 5 randomized and 2 exact runs)");
+    println!();
+    println!(
+        "{:<34} {:>10} {:>10} {:>10} {:>8} {:>11} {:>11} {:>9}",
+        "module (end to end)",
+        "shape",
+        "rand s",
+        "exact s",
+        "speedup",
+        "rand err",
+        "optimal",
+        "ratio"
+    );
+    let mut worst: f64 = 0.0;
+    for (r, e) in rand.modules.iter().zip(&exact.modules) {
+        assert_eq!(r.name, e.name);
+        let ratio = r.rel_error / e.rel_error;
+        worst = worst.max(ratio);
+        println!(
+            "{:<34} {:>10} {:>10.3} {:>10.3} {:>7.0}× {:>11.6} {:>11.6} {:>9.6}",
+            r.name,
+            format!("{}×{}", r.shape[0], r.shape[1]),
+            r.seconds,
+            e.seconds,
+            e.seconds / r.seconds,
+            r.rel_error,
+            e.rel_error,
+            ratio
+        );
+    }
+    let sum = |s: &ExtractSummary| s.modules.iter().map(|m| m.seconds).sum::<f64>();
+    println!(
+        "{:<34} {:>10} {:>10.3} {:>10.3} {:>7.0}× {:>11.6} {:>11.6} {:>9.6}",
+        "all modules",
+        "",
+        sum(&rand),
+        sum(&exact),
+        sum(&exact) / sum(&rand),
+        rand.totals.rel_error,
+        exact.totals.rel_error,
+        rand.totals.rel_error / exact.totals.rel_error
+    );
+    println!(
+        "whole command (open, read, extract, write): randomized {rand_s:.2} s, exact {exact_s:.2} s ({:.0}×)",
+        exact_s / rand_s
+    );
+    println!("worst per-module error ratio at defaults (p=10, q=2): {worst:.6} (target ≤ 1.001)");
+
+    // Other settings of the randomized SVD, same matrices.
+    println!();
+    println!(
+        "{:<16} {:>10} {:>12} {:>14}",
+        "setting", "total s", "worst ratio", "total ratio"
+    );
+    for (p, q) in [(10, 0), (10, 1), (10, 2), (5, 2), (20, 2), (10, 3)] {
+        let (s, _) = run(&format!("p{p}q{q}"), false, p, q);
+        let w = s
+            .modules
+            .iter()
+            .zip(&exact.modules)
+            .map(|(r, e)| r.rel_error / e.rel_error)
+            .fold(0.0f64, f64::max);
+        println!(
+            "p={p:<3} q={q:<8} {:>10.3} {:>12.6} {:>14.6}",
+            sum(&s),
+            w,
+            s.totals.rel_error / exact.totals.rel_error
+        );
+    }
+
+    // The factorisation alone, on ΔW already in memory.
+    println!();
+    println!(
+        "{:<34} {:>10} {:>12} {:>12} {:>8}",
+        "factorisation only", "shape", "randomized s", "exact SVD s", "speedup"
+    );
+    let bt = Checkpoint::open(&base).unwrap();
+    let tt = Checkpoint::open(&tuned).unwrap();
+    for &(name, m, n) in &[MODULES[0], MODULES[4]] {
+        let t = format!("{name}.weight");
+        let w: Vec<f32> = tt.read_f32(&t).unwrap();
+        let w0: Vec<f32> = bt.read_f32(&t).unwrap();
+        let d = Array2::from_shape_vec((m, n), w.iter().zip(&w0).map(|(a, b)| a - b).collect())
+            .unwrap();
+        let norm = linalg::frobenius_norm_sq(d.view());
+        let op = DenseOp::with_backend(d.view(), &EXTRACT_DENSE);
+        let opts = RsvdOptions {
+            oversample: 10,
+            power_iters: 2,
+            seed: 1,
+        };
+        let mut tr = f64::INFINITY;
+        let mut f = None;
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            f = Some(factorize(&op, norm, &RankRule::Fixed(RANK), false, &opts));
+            tr = tr.min(t0.elapsed().as_secs_f64());
+        }
+        let f = f.unwrap();
+        let t0 = Instant::now();
+        let g = factorize(&op, norm, &RankRule::Fixed(RANK), true, &opts);
+        let te = t0.elapsed().as_secs_f64();
+        assert_eq!((f.rank, g.rank), (RANK, RANK));
+        println!(
+            "{:<34} {:>10} {:>12.4} {:>12.3} {:>7.0}×",
+            name,
+            format!("{m}×{n}"),
+            tr,
+            te,
+            te / tr
+        );
+    }
+    // Llama-7B-sized square weight, in memory only (opt in: the exact SVD takes ~1 min here).
+    if std::env::var_os("LORAKIT_BENCH_4096").is_some() {
+        let (m, n) = (4096, 4096);
+        let d = delta(m, n, 77);
+        let norm = linalg::frobenius_norm_sq(d.view());
+        let op = DenseOp::with_backend(d.view(), &EXTRACT_DENSE);
+        let opts = RsvdOptions {
+            oversample: 10,
+            power_iters: 2,
+            seed: 1,
+        };
+        let mut tr = f64::INFINITY;
+        let mut f = None;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            f = Some(factorize(&op, norm, &RankRule::Fixed(RANK), false, &opts));
+            tr = tr.min(t0.elapsed().as_secs_f64());
+        }
+        let t0 = Instant::now();
+        let g = factorize(&op, norm, &RankRule::Fixed(RANK), true, &opts);
+        let te = t0.elapsed().as_secs_f64();
+        let err = |f: &lorakit::extract::Factorization| {
+            let (b, a) = linalg::split_factors(&f.svd, RANK);
+            lorakit::extract::residual_sq(d.view(), b.view(), a.view(), 1.0).sqrt()
+        };
+        println!(
+            "{:<34} {:>10} {:>12.4} {:>12.3} {:>7.0}×   error ratio {:.6}",
+            "in-memory ΔW",
+            format!("{m}×{n}"),
+            tr,
+            te,
+            te / tr,
+            err(f.as_ref().unwrap()) / err(&g)
+        );
+    }
+}
+
+/// Writes base (`N(0, 0.02²)`) and tuned (`base + ΔW`) with lorakit's writer.
+fn generate(base: &Path, tuned: &Path) {
+    let specs: Vec<TensorSpec> = MODULES
+        .iter()
+        .map(|(n, m, k)| TensorSpec::new(format!("{n}.weight"), Dtype::F32, vec![*m, *k]))
+        .collect();
+    let mut out = Output::new();
+    let meta = [("format".to_string(), "pt".to_string())];
+    let mut wb = Vec::new();
+    let mut wt = Vec::new();
+    for (i, &(_, m, n)) in MODULES.iter().enumerate() {
+        let seed = 1000 + 10 * i as u64;
+        let mut w0 = gaussian_matrix(m, n, seed);
+        w0.mapv_inplace(|x| x * 0.02);
+        let d = delta(m, n, seed);
+        let w = &w0 + &d;
+        wb.push(w0);
+        wt.push(w);
+    }
+    for (path, ws) in [(base, &wb), (tuned, &wt)] {
+        let mut w = out.safetensors(path, &meta, specs.clone()).unwrap();
+        for (s, a) in specs.iter().zip(ws.iter()) {
+            let a = a.as_standard_layout();
+            w.write_tensor(&s.name, &dtype::encode(Dtype::F32, a.as_slice().unwrap()))
+                .unwrap();
+        }
+        w.finish().unwrap();
+    }
+    out.commit().unwrap();
+}
+
+/// `Σ_{j<64} uⱼ·vⱼᵀ/(j+1) + N(0, NOISE²)` (`m×n`); `uⱼ/√m`, `vⱼ/√n` have unit expected norm.
+fn delta(m: usize, n: usize, seed: u64) -> Array2<f32> {
+    let mut u = gaussian_matrix(m, TERMS, seed + 1);
+    for (j, mut col) in u.axis_iter_mut(Axis(1)).enumerate() {
+        let c = 1.0 / ((j + 1) as f32 * (m as f32).sqrt());
+        col.mapv_inplace(|x| x * c);
+    }
+    let mut v = gaussian_matrix(TERMS, n, seed + 2);
+    v.mapv_inplace(|x| x / (n as f32).sqrt());
+    let mut d = linalg::dense::FAER.matmul(u.view(), v.view());
+    let noise = gaussian_matrix(m, n, seed + 3);
+    d.zip_mut_with(&noise, |x, &z| *x += NOISE * z);
+    d
+}

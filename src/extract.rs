@@ -1,0 +1,1444 @@
+//! Extracting a LoRA adapter from two checkpoints: `ΔW = W − W0` per weight, factored by a
+//! randomized SVD, written as a PEFT folder or a kohya file.
+//!
+//! # What is extracted
+//!
+//! Every float tensor named `*.weight` with at least two dimensions, present in both
+//! checkpoints with the same shape and dtype, is a candidate module (name = tensor name without
+//! `.weight`):
+//!
+//! * 2-D weights are `nn.Linear`, stored `[out, in]`; with `fan_in_fan_out` they are GPT-2
+//!   `Conv1D`, stored `[in, out]` (nothing in a checkpoint tells the two apart, so the caller
+//!   says which);
+//! * 2-D weights whose module name looks like an embedding (last component containing `embed`
+//!   but not `embed_out`, or `wte`, `wpe`, `shared`) are embeddings, stored `[vocab, dim]`, handled
+//!   per [`EmbeddingMode`];
+//! * weights with more than two dimensions are convolutions `[out, in, kh, kw, …]`, flattened
+//!   to `[out, in·kh·kw]`.
+//!
+//! Every other float tensor (norms, biases, …) is compared; a changed one is reported and, with
+//! [`ExtractOptions::save_changed`], stored in full (see [`ExtractPlan::run`]). Non-float
+//! tensors are compared byte for byte and only reported.
+//!
+//! # Arithmetic
+//!
+//! Per module, in one streamed pass over the two memory maps: `W` and `W0` are decoded to f32
+//! (exact for F32/F16/BF16), `ΔW = W − W0` is formed in f32 and `‖ΔW‖_F²`, `‖W0‖_F²` are summed in
+//! f64. The pages of both tensors are released afterwards, so resident memory stays at about one
+//! f32 copy of the largest module.
+//!
+//! `ΔW` is factored by the randomized range finder of Halko, Martinsson & Tropp (2011),
+//! Algorithm 4.4 (subspace iteration with QR re-orthonormalisation after every product,
+//! `l = rank + oversample` samples, `power_iters` iterations) followed by Algorithm 5.1 (SVD of
+//! `QᵀΔW`) — [`crate::linalg::randomized_svd`] — through a [`LinearOperator`] for `ΔW`, so the
+//! products can run elsewhere (see [`DeltaOperators`]). When `rank + oversample ≥ min(d, k)` the
+//! exact SVD is used (nothing is gained by sampling); `exact` forces a full SVD everywhere.
+//! The kept triplets become `B = U_k·√S_k`, `A = √S_k·V_kᵀ` ([`crate::linalg::split_factors`]),
+//! rescaled by `1/√scale` each when `scale = alpha/rank ≠ 1`, so that `scale·B·A = U_k·S_k·V_kᵀ`.
+//!
+//! The reported relative error `‖ΔW − scale·B·A‖_F / ‖ΔW‖_F` is computed explicitly from the
+//! factors as written (after rounding to the output dtype): `scale·B·A` is formed in f32 and the
+//! squared differences summed in f64. It is therefore the error of the file, not an estimate.
+//!
+//! # Determinism
+//!
+//! The Gaussian test matrix of each module is seeded by [`module_seed`] (`seed` and the tensor
+//! name), so a module's factors do not depend on which other modules are extracted. The dense
+//! kernels are faer's (whatever the `lapack` feature says): matrix products on the rayon pool
+//! (bit-identical for any thread count), QR and the small SVDs sequential (faer's parallel QR/SVD
+//! round differently with different thread counts). Same inputs, options and seed → byte-identical
+//! output on the same CPU type. `exact` uses faer's parallel SVD for speed and is reproducible
+//! for a given thread count.
+
+use crate::adapter::{formats, Adapter, Data, Format, FullTensor, LoraModule, ModuleKind};
+use crate::dtype::{self, Dtype};
+use crate::error::{InputError, InputResult};
+use crate::io::{Checkpoint, Output};
+use crate::linalg::dense::{faer_matmul, faer_qr, faer_svd, with_faer, FAER};
+use crate::linalg::{self, Dense, LinearOperator, RsvdOptions, Svd};
+use anyhow::{bail, Context, Result};
+use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
+use regex::Regex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How many triplets each module keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RankRule {
+    /// The same rank for every module (capped at `min(d, k)`).
+    Fixed(usize),
+    /// The smallest rank whose leading triplets hold a fraction `≥ energy` of `‖ΔW‖_F²` (the
+    /// total computed exactly from `ΔW`, not from the triplets), at most `max_rank`. The
+    /// singular values are f32 (their energies are off by ~`10⁻⁷` relative), so a threshold that
+    /// close to a cumulative energy, `energy = 1` included, is decided by rounding; use e.g.
+    /// `1 − 10⁻⁶` for "all but rounding noise".
+    Energy { energy: f64, max_rank: usize },
+    /// kohya's `sv_ratio`: keep the singular values `> s₁/ratio`
+    /// ([`crate::linalg::rank_for_sv_ratio`]), at most `max_rank`.
+    SvRatio { ratio: f64, max_rank: usize },
+}
+
+impl RankRule {
+    /// The largest rank the rule can pick.
+    pub fn cap(&self) -> usize {
+        match *self {
+            RankRule::Fixed(r) => r,
+            RankRule::Energy { max_rank, .. } | RankRule::SvRatio { max_rank, .. } => max_rank,
+        }
+    }
+}
+
+/// What to do with changed embedding matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingMode {
+    /// Low-rank, in PEFT's embedding layout (`lora_embedding_A` `[r, vocab]`, `lora_embedding_B`
+    /// `[dim, r]`, `ΔW = (B·A)ᵀ`).
+    Lora,
+    /// The tuned embedding stored in full (`modules_to_save`).
+    Full,
+    /// Left out (reported).
+    Skip,
+}
+
+/// Options of an extraction.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    pub rank: RankRule,
+    /// Only modules whose name matches (unanchored search) …
+    pub targets: Option<Regex>,
+    /// … and does not match this.
+    pub exclude: Option<Regex>,
+    pub format: Format,
+    /// kohya key prefix (`lora_unet`, `lora_te`, …).
+    pub kohya_prefix: String,
+    /// `lora_alpha` of every module; `None` = each module's rank (scale 1).
+    pub alpha: Option<f64>,
+    pub embeddings: EmbeddingMode,
+    /// Full SVD instead of the randomized one.
+    pub exact: bool,
+    pub oversample: usize,
+    pub power_iters: usize,
+    pub seed: u64,
+    /// Skip modules with `‖ΔW‖_F / ‖W0‖_F` below this.
+    pub min_diff: f64,
+    /// Store changed tensors that are not extracted (norms, biases) in full.
+    pub save_changed: bool,
+    /// 2-D weights are stored `[in, out]` (GPT-2 Conv1D).
+    pub fan_in_fan_out: bool,
+    /// Dtype of the written factors and full tensors.
+    pub dtype: Dtype,
+    /// `base_model_name_or_path` of the PEFT config.
+    pub base_model: Option<String>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl ExtractOptions {
+    /// PEFT output, f32 factors, randomized SVD with `p = 10`, `q = 2`, seed 0, nothing else.
+    pub fn new(rank: RankRule) -> Self {
+        ExtractOptions {
+            rank,
+            targets: None,
+            exclude: None,
+            format: Format::Peft,
+            kohya_prefix: "lora_unet".into(),
+            alpha: None,
+            embeddings: EmbeddingMode::Lora,
+            exact: false,
+            oversample: 10,
+            power_iters: 2,
+            seed: 0,
+            min_diff: 0.0,
+            save_changed: false,
+            fan_in_fan_out: false,
+            dtype: Dtype::F32,
+            base_model: None,
+            progress: false,
+        }
+    }
+
+    fn selects(&self, module: &str) -> bool {
+        self.targets.as_ref().is_none_or(|r| r.is_match(module))
+            && !self.exclude.as_ref().is_some_and(|r| r.is_match(module))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Operators for ΔW
+// ---------------------------------------------------------------------------
+
+/// One module's inputs, for building an operator `M = W − W0`.
+#[derive(Clone, Copy)]
+pub struct DeltaInput<'a> {
+    /// Tensor name.
+    pub name: &'a str,
+    /// The stored matrix is `rows × cols`, row-major (convolutions flattened).
+    pub rows: usize,
+    pub cols: usize,
+    /// Stored bytes of `W` (tuned) and `W0` (base), little-endian.
+    pub w: &'a [u8],
+    pub w_dtype: Dtype,
+    pub w0: &'a [u8],
+    pub w0_dtype: Dtype,
+    /// `W − W0` in f32 on the host (always formed: the norm and the reported error need it).
+    pub delta: ArrayView2<'a, f32>,
+}
+
+/// Where the products `ΔW·X`, `ΔWᵀ·Y` of the randomized SVD run. The CPU implementation wraps
+/// the host copy of `ΔW`; a GPU implementation can form `W − W0` from the stored bytes on the
+/// device instead.
+pub trait DeltaOperators {
+    /// One line for the summary ("cpu (2 threads)").
+    fn describe(&self) -> String;
+    /// The operator for one module.
+    fn operator<'a>(&'a self, input: &DeltaInput<'a>) -> Result<Box<dyn LinearOperator + 'a>>;
+}
+
+/// Products on the CPU, from the host copy of `ΔW`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuDeltaOperators;
+
+impl DeltaOperators for CpuDeltaOperators {
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn operator<'a>(&'a self, input: &DeltaInput<'a>) -> Result<Box<dyn LinearOperator + 'a>> {
+        Ok(Box::new(HostDeltaOp::new(input.delta)))
+    }
+}
+
+/// Rows of `ΔW` per block of [`HostDeltaOp`].
+pub const BLOCK_ROWS: usize = 256;
+
+/// `ΔW` in host memory (standard layout) as a [`LinearOperator`] whose products run over
+/// fixed blocks of [`BLOCK_ROWS`] rows in parallel, each block a sequential faer product:
+/// `ΔW·X` block row by block row, `ΔWᵀ·Y = Σ_blocks ΔW_bᵀ·Y_b` summed in block order. The
+/// blocks, not the threads, fix the arithmetic, so results are the same for any thread count.
+/// (faer's own parallel `ΔWᵀ·Y` is several times slower for tall `ΔW` and skinny `Y`.)
+#[derive(Clone, Copy)]
+pub struct HostDeltaOp<'a> {
+    a: ArrayView2<'a, f32>,
+}
+
+impl<'a> HostDeltaOp<'a> {
+    /// Wraps `a`; panics unless it is in standard (row-major) layout.
+    pub fn new(a: ArrayView2<'a, f32>) -> Self {
+        assert!(
+            a.is_standard_layout(),
+            "HostDeltaOp needs a row-major matrix"
+        );
+        HostDeltaOp { a }
+    }
+
+    fn blocks(&self) -> Vec<(usize, usize)> {
+        let m = self.a.nrows();
+        (0..m)
+            .step_by(BLOCK_ROWS)
+            .map(|r| (r, (r + BLOCK_ROWS).min(m)))
+            .collect()
+    }
+}
+
+fn seq_matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
+    with_faer(a, |fa| {
+        with_faer(b, |fb| faer_matmul(fa, fb, Some(faer::Par::Seq)))
+    })
+}
+
+impl LinearOperator for HostDeltaOp<'_> {
+    fn rows(&self) -> usize {
+        self.a.nrows()
+    }
+    fn cols(&self) -> usize {
+        self.a.ncols()
+    }
+    fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let parts: Vec<Array2<f32>> = self
+            .blocks()
+            .into_par_iter()
+            .map(|(r0, r1)| seq_matmul(self.a.slice(ndarray::s![r0..r1, ..]), x))
+            .collect();
+        let views: Vec<ArrayView2<f32>> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views).expect("blocks of equal width")
+    }
+    fn apply_t(&self, y: ArrayView2<f32>) -> Array2<f32> {
+        let parts: Vec<Array2<f32>> = self
+            .blocks()
+            .into_par_iter()
+            .map(|(r0, r1)| {
+                let block = self.a.slice(ndarray::s![r0..r1, ..]);
+                seq_matmul(block.t(), y.slice(ndarray::s![r0..r1, ..]))
+            })
+            .collect();
+        let mut out = Array2::<f32>::zeros((self.a.ncols(), y.ncols()));
+        for p in &parts {
+            out += p;
+        }
+        out
+    }
+    fn as_dense(&self) -> Option<ArrayView2<'_, f32>> {
+        Some(self.a)
+    }
+}
+
+/// faer with matrix products on the rayon pool (bit-identical for any thread count) and QR /
+/// SVD sequential (faer's parallel ones depend on the thread count), so extraction output does
+/// not depend on the machine's core count.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtractDense;
+
+/// The [`ExtractDense`] instance.
+pub static EXTRACT_DENSE: ExtractDense = ExtractDense;
+
+impl Dense for ExtractDense {
+    fn name(&self) -> &'static str {
+        "faer (sequential QR/SVD)"
+    }
+    fn matmul(&self, a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
+        FAER.matmul(a, b)
+    }
+    fn qr_thin(&self, a: ArrayView2<f32>) -> (Array2<f32>, Array2<f32>) {
+        with_faer(a, |fa| faer_qr(fa, Some(faer::Par::Seq)))
+    }
+    fn svd_thin(&self, a: ArrayView2<f32>) -> Svd {
+        with_faer(a, |fa| faer_svd(fa, Some(faer::Par::Seq)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Per-module numerics
+// ---------------------------------------------------------------------------
+
+/// Seed of a module's test matrix: SplitMix64 of `seed` xor the FNV-1a hash of `name`.
+pub fn module_seed(seed: u64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    linalg::rng::SplitMix64::new(seed ^ h).next_u64()
+}
+
+/// Rank chosen by `rule` from the leading singular values `s` (non-increasing, at least the
+/// rule's cap of them when available) of a matrix with `‖M‖_F² = norm_sq`. At least 1, at most
+/// `s.len()`.
+///
+/// `Energy`: the smallest `k` with `Σ_{i<k} sᵢ² ≥ (energy − 10⁻¹²)·norm_sq` (the slack of
+/// [`linalg::ENERGY_RTOL`] only absorbs summation rounding), or `s.len()` when the leading values
+/// available do not reach it. `SvRatio`: [`linalg::rank_for_sv_ratio`]. `Fixed(r)`: `r`.
+pub fn choose_rank(s: &[f32], norm_sq: f64, rule: &RankRule) -> usize {
+    let n = s.len().min(rule.cap());
+    if n == 0 {
+        return 0;
+    }
+    let k = match *rule {
+        RankRule::Fixed(r) => r,
+        RankRule::Energy { energy, .. } => {
+            let target = (energy.min(1.0) - linalg::ENERGY_RTOL) * norm_sq;
+            let mut cum = 0.0f64;
+            let mut k = n;
+            for (i, &x) in s[..n].iter().enumerate() {
+                cum += (x as f64) * (x as f64);
+                if cum >= target {
+                    k = i + 1;
+                    break;
+                }
+            }
+            k
+        }
+        RankRule::SvRatio { ratio, .. } => linalg::rank_for_sv_ratio(s, ratio),
+    };
+    k.clamp(1, n)
+}
+
+/// A module's truncated SVD and the rank the rule picked.
+#[derive(Debug, Clone)]
+pub struct Factorization {
+    /// Truncated to `rank` triplets.
+    pub svd: Svd,
+    pub rank: usize,
+    /// `Σ_{i<rank} sᵢ² / ‖M‖_F²` (≤ 1 up to rounding).
+    pub energy_kept: f64,
+    /// The exact SVD was used (forced, or because sampling would not save anything).
+    pub exact: bool,
+}
+
+/// Factors the operator `M` (`‖M‖_F² = norm_sq`, known exactly) by the rule: randomized SVD of
+/// rank `min(cap, m, n)` (HMT Alg. 4.4 + 5.1, see [`linalg::randomized_svd`]) or, with `exact`, a
+/// full SVD; then the rank is chosen from the leading singular values and the SVD truncated.
+pub fn factorize(
+    op: &dyn LinearOperator,
+    norm_sq: f64,
+    rule: &RankRule,
+    exact: bool,
+    rsvd: &RsvdOptions,
+) -> Factorization {
+    let (m, n) = (op.rows(), op.cols());
+    let cap = rule.cap().min(m).min(n).max(1);
+    let sampled = !exact && cap + rsvd.oversample < m.min(n);
+    let svd = if exact {
+        let svd = match op.as_dense() {
+            Some(a) => linalg::exact_svd_with(&FAER, a),
+            None => linalg::exact_svd_with(&FAER, op.to_dense().view()),
+        };
+        svd.truncate(cap)
+    } else {
+        linalg::randomized_svd_with(&EXTRACT_DENSE, op, cap, rsvd)
+    };
+    let rank = choose_rank(&svd.s, norm_sq, &rule_with_cap(rule, cap));
+    let svd = svd.truncate(rank);
+    let kept = linalg::energy(&svd.s);
+    let energy_kept = if norm_sq > 0.0 {
+        (kept / norm_sq).min(1.0)
+    } else {
+        1.0
+    };
+    Factorization {
+        svd,
+        rank,
+        energy_kept,
+        exact: !sampled,
+    }
+}
+
+fn rule_with_cap(rule: &RankRule, cap: usize) -> RankRule {
+    match *rule {
+        RankRule::Fixed(_) => RankRule::Fixed(cap),
+        RankRule::Energy { energy, .. } => RankRule::Energy {
+            energy,
+            max_rank: cap,
+        },
+        RankRule::SvRatio { ratio, .. } => RankRule::SvRatio {
+            ratio,
+            max_rank: cap,
+        },
+    }
+}
+
+/// `‖D − scale·B·A‖_F²` in f64 (`B·A` formed in f32), over blocks of [`BLOCK_ROWS`] rows in
+/// parallel (no second `d×k` copy), block sums added in block order.
+pub fn residual_sq(d: ArrayView2<f32>, b: ArrayView2<f32>, a: ArrayView2<f32>, scale: f32) -> f64 {
+    let m = d.nrows();
+    let blocks: Vec<(usize, usize)> = (0..m)
+        .step_by(BLOCK_ROWS)
+        .map(|r| (r, (r + BLOCK_ROWS).min(m)))
+        .collect();
+    let parts: Vec<f64> = blocks
+        .into_par_iter()
+        .map(|(r0, r1)| {
+            let p = seq_matmul(b.slice(ndarray::s![r0..r1, ..]), a);
+            d.slice(ndarray::s![r0..r1, ..])
+                .iter()
+                .zip(p.iter())
+                .map(|(&x, &y)| {
+                    let r = x as f64 - (scale * y) as f64;
+                    r * r
+                })
+                .sum::<f64>()
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+// ---------------------------------------------------------------------------
+// Plan
+// ---------------------------------------------------------------------------
+
+/// How a candidate weight is laid out.
+#[derive(Debug, Clone, PartialEq)]
+enum Layout {
+    /// `[out, in]`.
+    Linear,
+    /// `[in, out]` (fan_in_fan_out).
+    LinearT,
+    /// `[vocab, dim]`.
+    Embedding,
+    /// `[out, in, kernel…]`.
+    Conv(Vec<usize>),
+}
+
+#[derive(Debug, Clone)]
+enum ItemKind {
+    /// A low-rank candidate.
+    LowRank(Layout),
+    /// An embedding under `--embeddings full` or `skip`.
+    EmbeddingWhole(EmbeddingMode),
+    /// Another float tensor (norm, bias, …).
+    Other,
+    /// Not a float tensor: compared byte for byte only.
+    NonFloat,
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    name: String,
+    module: String,
+    shape: Vec<usize>,
+    kind: ItemKind,
+}
+
+/// A validated extraction, ready to run.
+#[derive(Debug)]
+pub struct ExtractPlan {
+    pub base: Checkpoint,
+    pub tuned: Checkpoint,
+    pub out: PathBuf,
+    pub options: ExtractOptions,
+    items: Vec<Item>,
+    /// Tensors left out by `targets` / `exclude`.
+    pub excluded: usize,
+}
+
+/// The module a tensor belongs to: its name without the last dotted component.
+pub fn module_of(tensor: &str) -> &str {
+    tensor.rsplit_once('.').map_or(tensor, |(m, _)| m)
+}
+
+/// Whether a 2-D `*.weight` looks like an embedding, from its module name.
+pub fn is_embedding_module(module: &str) -> bool {
+    let last = module.rsplit('.').next().unwrap_or(module);
+    (last.contains("embed") && last != "embed_out") || matches!(last, "wte" | "wpe" | "shared")
+}
+
+impl ExtractPlan {
+    /// Checks both checkpoints against each other and classifies every selected tensor; reads
+    /// headers only, writes nothing.
+    pub fn new(
+        base: Checkpoint,
+        tuned: Checkpoint,
+        out: PathBuf,
+        options: ExtractOptions,
+    ) -> Result<Self> {
+        let o = &options;
+        if o.format == Format::Kohya {
+            if o.save_changed {
+                bail!("--format kohya cannot hold full tensors; drop --save-changed or use --format peft");
+            }
+            if o.embeddings != EmbeddingMode::Skip {
+                bail!(
+                    "--format kohya cannot hold embeddings; use --embeddings skip or --format peft"
+                );
+            }
+            if o.fan_in_fan_out {
+                bail!(
+                    "--format kohya cannot hold fan_in_fan_out (Conv1D) modules; use --format peft"
+                );
+            }
+        }
+        if o.rank.cap() == 0 {
+            bail!("the rank must be at least 1");
+        }
+        let mut inputs = base.input_paths();
+        inputs.extend(tuned.input_paths());
+        inputs.push(base.root.clone());
+        inputs.push(tuned.root.clone());
+        crate::io::writer::refuse_overwrite(&out, &inputs)?;
+        match o.format {
+            Format::Peft => {
+                if out.exists() && !out.is_dir() {
+                    bail!(InputError::invalid(
+                        &out,
+                        "a PEFT adapter is a folder, but this path is a file"
+                    ));
+                }
+                for f in [formats::peft::WEIGHTS_NAME, formats::peft::CONFIG_NAME] {
+                    crate::io::writer::refuse_overwrite(&out.join(f), &inputs)?;
+                }
+            }
+            Format::Kohya => {
+                if out.is_dir() {
+                    bail!(InputError::invalid(
+                        &out,
+                        "a kohya adapter is a file, but this path is a folder"
+                    ));
+                }
+            }
+        }
+
+        let mut items = Vec::new();
+        let mut excluded = 0;
+        for name in base.names() {
+            let module = module_of(name);
+            if !o.selects(module) {
+                excluded += 1;
+                continue;
+            }
+            let bi = base.info(name).expect("listed");
+            let ti = match tuned.info(name) {
+                Some(t) => t,
+                None => bail!(InputError::invalid(
+                    &tuned.root,
+                    format!(
+                        "tensor `{name}` is in the base ({}) but not in this checkpoint",
+                        base.root.display()
+                    )
+                )),
+            };
+            let tfile = tuned.file_of(name).expect("listed").path();
+            if ti.shape != bi.shape {
+                bail!(InputError::invalid(
+                    tfile,
+                    format!(
+                        "tensor `{name}`: shape {:?} differs from the base's {:?} ({})",
+                        ti.shape,
+                        bi.shape,
+                        base.root.display()
+                    )
+                ));
+            }
+            if ti.dtype != bi.dtype {
+                bail!(InputError::invalid(
+                    tfile,
+                    format!(
+                        "tensor `{name}`: dtype {} differs from the base's {} ({}); convert one checkpoint first",
+                        dtype::name(ti.dtype),
+                        dtype::name(bi.dtype),
+                        base.root.display()
+                    )
+                ));
+            }
+            let float = dtype::is_float_compute(bi.dtype);
+            let kind = if !float {
+                ItemKind::NonFloat
+            } else if name.ends_with(".weight")
+                && bi.shape.len() >= 2
+                && bi.shape.iter().all(|&d| d > 0)
+            {
+                if bi.shape.len() > 2 {
+                    ItemKind::LowRank(Layout::Conv(bi.shape[2..].to_vec()))
+                } else if is_embedding_module(module) {
+                    match o.embeddings {
+                        EmbeddingMode::Lora => ItemKind::LowRank(Layout::Embedding),
+                        m => ItemKind::EmbeddingWhole(m),
+                    }
+                } else if o.fan_in_fan_out {
+                    ItemKind::LowRank(Layout::LinearT)
+                } else {
+                    ItemKind::LowRank(Layout::Linear)
+                }
+            } else {
+                ItemKind::Other
+            };
+            items.push(Item {
+                name: name.to_owned(),
+                module: module.to_owned(),
+                shape: bi.shape.clone(),
+                kind,
+            });
+        }
+        for name in tuned.names() {
+            if !base.contains(name) && o.selects(module_of(name)) {
+                bail!(InputError::invalid(
+                    tuned.file_of(name).expect("listed").path(),
+                    format!(
+                        "tensor `{name}` is not in the base ({})",
+                        base.root.display()
+                    )
+                ));
+            }
+        }
+        Ok(ExtractPlan {
+            base,
+            tuned,
+            out,
+            options,
+            items,
+            excluded,
+        })
+    }
+
+    /// Runs the extraction and commits the output. On failure nothing is left behind:
+    /// temporary files are removed, and so is the output folder if this run created it.
+    pub fn run(self, ops: &dyn DeltaOperators) -> Result<ExtractSummary> {
+        let folder = match self.options.format {
+            Format::Peft => Some(self.out.clone()),
+            Format::Kohya => self
+                .out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf),
+        };
+        let created = match &folder {
+            Some(d) if !d.exists() => {
+                std::fs::create_dir_all(d)
+                    .with_context(|| format!("{}: cannot create folder", d.display()))?;
+                true
+            }
+            _ => false,
+        };
+        let result = self.run_inner(ops);
+        if result.is_err() && created {
+            if let Some(d) = &folder {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+        result
+    }
+
+    fn run_inner(&self, ops: &dyn DeltaOperators) -> Result<ExtractSummary> {
+        let start = Instant::now();
+        let o = &self.options;
+        let bar = crate::progress::count_bar(o.progress, self.items.len() as u64, "extracting");
+        let mut modules: Vec<LoraModule> = Vec::new();
+        let mut reports: Vec<ModuleReport> = Vec::new();
+        let mut skipped = Vec::new();
+        let mut changed = Vec::new();
+        // Modules whose tensors are stored whole: module → reason.
+        let mut whole: BTreeMap<String, &'static str> = BTreeMap::new();
+        let mut lora_biases: Vec<String> = Vec::new();
+        let (mut total_res, mut total_norm, mut total_kept, mut full_delta_bytes) =
+            (0f64, 0f64, 0f64, 0u64);
+        for item in &self.items {
+            match &item.kind {
+                ItemKind::NonFloat => {
+                    let a = self.base.view(&item.name)?;
+                    let b = self.tuned.view(&item.name)?;
+                    if a.data != b.data {
+                        changed.push(TensorReport::new(item, None, "non_float"));
+                    }
+                }
+                ItemKind::Other | ItemKind::EmbeddingWhole(_) => {
+                    let d = self.delta(item)?;
+                    let rel = d.rel_diff();
+                    self.release(&item.name);
+                    let is_changed = d.norm_sq > 0.0;
+                    match (&item.kind, is_changed) {
+                        (_, false) => skipped.push(TensorReport::new(item, rel, "unchanged")),
+                        (ItemKind::EmbeddingWhole(EmbeddingMode::Full), true) => {
+                            whole.insert(item.module.clone(), "embedding_full");
+                        }
+                        (ItemKind::EmbeddingWhole(_), true) => {
+                            skipped.push(TensorReport::new(item, rel, "embedding_skip"))
+                        }
+                        (_, true) if o.save_changed => {
+                            whole.entry(item.module.clone()).or_insert("save_changed");
+                            changed.push(TensorReport::new(item, rel, "stored"));
+                        }
+                        (_, true) => changed.push(TensorReport::new(item, rel, "not_stored")),
+                    }
+                }
+                ItemKind::LowRank(layout) => {
+                    let t0 = Instant::now();
+                    let d = self.delta(item)?;
+                    let rel = d.rel_diff();
+                    if d.norm_sq == 0.0 {
+                        self.release(&item.name);
+                        skipped.push(TensorReport::new(item, rel, "unchanged"));
+                        bar.inc(1);
+                        continue;
+                    }
+                    if rel.is_some_and(|r| r < o.min_diff) {
+                        self.release(&item.name);
+                        skipped.push(TensorReport::new(item, rel, "below_min_diff"));
+                        bar.inc(1);
+                        continue;
+                    }
+                    let (rows, cols) = (d.rows, d.cols);
+                    let view = ArrayView2::from_shape((rows, cols), &d.values).expect("shape");
+                    let (w, w0) = (self.tuned.view(&item.name)?, self.base.view(&item.name)?);
+                    let input = DeltaInput {
+                        name: &item.name,
+                        rows,
+                        cols,
+                        w: w.data,
+                        w_dtype: w.dtype,
+                        w0: w0.data,
+                        w0_dtype: w0.dtype,
+                        delta: view,
+                    };
+                    let op = ops.operator(&input)?;
+                    let rsvd = RsvdOptions {
+                        oversample: o.oversample,
+                        power_iters: o.power_iters,
+                        seed: module_seed(o.seed, &item.name),
+                    };
+                    let f = factorize(op.as_ref(), d.norm_sq, &o.rank, o.exact, &rsvd);
+                    drop(op);
+                    let k = f.rank;
+                    let alpha = o.alpha.unwrap_or(k as f64);
+                    let scale = alpha / k as f64;
+                    let (mut bs, mut as_) = linalg::split_factors(&f.svd, k);
+                    if scale != 1.0 {
+                        let c = (1.0 / scale).sqrt() as f32;
+                        bs.mapv_inplace(|x| x * c);
+                        as_.mapv_inplace(|x| x * c);
+                    }
+                    // Round to the output dtype now, so the error is that of the file.
+                    let round = |a: &mut Array2<f32>| {
+                        if o.dtype != Dtype::F32 {
+                            let r = dtype::decode(
+                                o.dtype,
+                                &dtype::encode(o.dtype, a.as_slice().expect("standard layout")),
+                            );
+                            a.as_slice_mut()
+                                .expect("standard layout")
+                                .copy_from_slice(&r);
+                        }
+                    };
+                    round(&mut bs);
+                    round(&mut as_);
+                    let res = residual_sq(view, bs.view(), as_.view(), scale as f32);
+                    self.release(&item.name);
+                    total_res += res;
+                    total_norm += d.norm_sq;
+                    total_kept += f.energy_kept * d.norm_sq;
+                    full_delta_bytes += (rows * cols * d.elem_bytes) as u64;
+                    let owned =
+                        |a: Array2<f32>| Data::Owned(Arc::new(a.into_raw_vec_and_offset().0));
+                    // Canonical orientation: B is out×k, A is k×in.
+                    let (kind, out_f, in_f, b, a, transposed) = match layout {
+                        Layout::Linear => {
+                            (ModuleKind::Linear, rows, cols, owned(bs), owned(as_), false)
+                        }
+                        Layout::Conv(kernel) => (
+                            ModuleKind::Conv {
+                                kernel: kernel.clone(),
+                            },
+                            rows,
+                            cols,
+                            owned(bs),
+                            owned(as_),
+                            false,
+                        ),
+                        Layout::LinearT | Layout::Embedding => {
+                            let kind = if *layout == Layout::Embedding {
+                                ModuleKind::Embedding
+                            } else {
+                                ModuleKind::Linear
+                            };
+                            let b = as_.t().as_standard_layout().into_owned();
+                            let a = bs.t().as_standard_layout().into_owned();
+                            (kind, cols, rows, owned(b), owned(a), true)
+                        }
+                    };
+                    let kind_label = kind_label(&kind);
+                    modules.push(LoraModule {
+                        name: item.module.clone(),
+                        kind,
+                        rank: k,
+                        alpha,
+                        scale,
+                        out_features: out_f,
+                        in_features: in_f,
+                        a,
+                        b,
+                        base_transposed: transposed,
+                        dora_magnitude: None,
+                        bias: None,
+                    });
+                    reports.push(ModuleReport {
+                        name: item.module.clone(),
+                        tensor: item.name.clone(),
+                        kind: kind_label,
+                        shape: item.shape.clone(),
+                        rank: k,
+                        alpha,
+                        scale,
+                        energy_kept: f.energy_kept,
+                        rel_error: (res / d.norm_sq).sqrt(),
+                        delta_norm: d.norm_sq.sqrt(),
+                        rel_diff: rel,
+                        method: if f.exact { "exact" } else { "randomized" },
+                        seconds: t0.elapsed().as_secs_f64(),
+                    });
+                }
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+
+        // Whole tensors: PEFT `modules_to_save` (every direct tensor of the module, from the
+        // tuned checkpoint), or `{module}.base_layer.bias` with `bias: "lora_only"` for a changed
+        // bias of a module that is also a LoRA module.
+        let lora_names: BTreeSet<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        let mut full_tensors = Vec::new();
+        let mut full_reports = Vec::new();
+        let mut modules_to_save = Vec::new();
+        for (module, reason) in &whole {
+            if lora_names.contains(module.as_str()) {
+                let bias = format!("{module}.bias");
+                if let Some(c) = changed.iter().find(|c| {
+                    c.reason == "stored" && c.name != bias && module_of(&c.name) == module
+                }) {
+                    bail!(InputError::invalid(
+                        self.tuned.file_of(&c.name).expect("listed").path(),
+                        format!(
+                            "tensor `{}` changed, but its module `{module}` is extracted as LoRA and PEFT cannot also save it whole; exclude the module or drop --save-changed",
+                            c.name
+                        )
+                    ));
+                }
+                lora_biases.push(module.clone());
+                continue;
+            }
+            modules_to_save.push(module.clone());
+            for t in self.tuned.names().filter(|t| module_of(t) == module) {
+                let info = self.tuned.info(t).expect("listed");
+                if !dtype::is_float_compute(info.dtype) {
+                    bail!(InputError::invalid(
+                        self.tuned.file_of(t).expect("listed").path(),
+                        format!("tensor `{t}`: module `{module}` is saved whole, but this tensor is {} (only float tensors can be stored)", dtype::name(info.dtype))
+                    ));
+                }
+                let v = self.tuned.read_f32(t)?;
+                self.release_tuned(t);
+                full_reports.push(FullReport {
+                    name: t.to_owned(),
+                    shape: info.shape.clone(),
+                    reason,
+                });
+                full_tensors.push(FullTensor {
+                    name: t.to_owned(),
+                    data: Data::Owned(Arc::new(v)),
+                    shape: info.shape.clone(),
+                });
+            }
+        }
+        let bias_mode = if lora_biases.is_empty() {
+            "none"
+        } else {
+            "lora_only"
+        };
+        if !lora_biases.is_empty() {
+            // PEFT's `lora_only` saves the bias of every LoRA layer that has one.
+            for m in &modules {
+                let t = format!("{}.bias", m.name);
+                if let Some(info) = self.tuned.info(&t) {
+                    let v = self.tuned.read_f32(&t)?;
+                    full_reports.push(FullReport {
+                        name: t.clone(),
+                        shape: info.shape.clone(),
+                        reason: "lora_only_bias",
+                    });
+                    full_tensors.push(FullTensor {
+                        name: format!("{}.base_layer.bias", m.name),
+                        data: Data::Owned(Arc::new(v)),
+                        shape: info.shape.clone(),
+                    });
+                }
+            }
+        }
+        modules.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let mut config = serde_json::Map::new();
+        config.insert("bias".into(), serde_json::json!(bias_mode));
+        config.insert("task_type".into(), serde_json::Value::Null);
+        let base_model = o
+            .base_model
+            .clone()
+            .unwrap_or_else(|| self.base.root.display().to_string());
+        let adapter = Adapter {
+            format: o.format,
+            path: self.out.clone(),
+            source: None,
+            modules,
+            full_tensors,
+            base_model: Some(base_model),
+            use_rslora: false,
+            use_dora: false,
+            modules_to_save: modules_to_save.clone(),
+            config: Some(serde_json::Value::Object(config)),
+            metadata: Vec::new(),
+        };
+        let elem = dtype::byte_len(o.dtype, 1).expect("float dtype") as u64;
+        let adapter_params = adapter.parameter_count() as u64
+            + if o.format == Format::Kohya {
+                adapter.modules.len() as u64
+            } else {
+                0
+            };
+        let adapter_bytes = adapter_params * elem;
+
+        let mut output = Output::new();
+        let meta = self.metadata();
+        match o.format {
+            Format::Peft => formats::peft::write(&adapter, &self.out, &mut output, o.dtype, &meta)?,
+            Format::Kohya => formats::kohya::write(
+                &adapter,
+                &o.kohya_prefix,
+                &self.out,
+                &mut output,
+                o.dtype,
+                &meta,
+            )?,
+        }
+        let bytes_written = output.commit()?;
+
+        let ranks: Vec<usize> = reports.iter().map(|r| r.rank).collect();
+        let totals = Totals {
+            modules: reports.len(),
+            rank_min: ranks.iter().copied().min().unwrap_or(0),
+            rank_max: ranks.iter().copied().max().unwrap_or(0),
+            rel_error: if total_norm > 0.0 {
+                (total_res / total_norm).sqrt()
+            } else {
+                0.0
+            },
+            energy_kept: if total_norm > 0.0 {
+                total_kept / total_norm
+            } else {
+                1.0
+            },
+            delta_norm: total_norm.sqrt(),
+        };
+        Ok(ExtractSummary {
+            base: self.base.root.display().to_string(),
+            tuned: self.tuned.root.display().to_string(),
+            out: self.out.display().to_string(),
+            format: o.format,
+            device: ops.describe(),
+            method: if o.exact { "exact" } else { "randomized" },
+            oversample: o.oversample,
+            power_iters: o.power_iters,
+            seed: o.seed,
+            rank_rule: RankRuleReport::from(&o.rank),
+            alpha: o.alpha,
+            dtype: dtype::name(o.dtype),
+            modules: reports,
+            full_tensors: full_reports,
+            modules_to_save,
+            changed_tensors: changed,
+            skipped,
+            excluded: self.excluded,
+            totals,
+            adapter_bytes,
+            full_delta_bytes,
+            compression: if adapter_bytes > 0 {
+                full_delta_bytes as f64 / adapter_bytes as f64
+            } else {
+                0.0
+            },
+            bytes_written,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// `W − W0` of one tensor in f32, with both norms, checking that every value is finite.
+    fn delta(&self, item: &Item) -> InputResult<Delta> {
+        let name = &item.name;
+        let w = self.tuned.view(name)?;
+        let w0 = self.base.view(name)?;
+        let tpath = || {
+            self.tuned
+                .file_of(name)
+                .expect("listed")
+                .path()
+                .to_path_buf()
+        };
+        let bpath = || {
+            self.base
+                .file_of(name)
+                .expect("listed")
+                .path()
+                .to_path_buf()
+        };
+        let n = w.numel();
+        // Same dtype in both (checked by the plan).
+        let elem = dtype::byte_len(w.dtype, 1).expect("float dtype");
+        enum Bad {
+            Tuned(usize, f32),
+            Base(usize, f32),
+            Overflow(usize),
+        }
+        // Chunks in parallel; their sums are added in chunk order, so the result does not
+        // depend on the thread count.
+        const CHUNK: usize = 1 << 16;
+        let mut values = vec![0f32; n];
+        let parts: Vec<Result<(f64, f64), Bad>> = values
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .map(|(c, out)| {
+                let (at, end) = (c * CHUNK, c * CHUNK + out.len());
+                dtype::decode_into(w.dtype, &w.data[at * elem..end * elem], out);
+                let mut base = vec![0f32; out.len()];
+                dtype::decode_into(w0.dtype, &w0.data[at * elem..end * elem], &mut base);
+                let (mut norm_sq, mut base_sq) = (0f64, 0f64);
+                for (i, (x, &y)) in out.iter_mut().zip(&base).enumerate() {
+                    if !x.is_finite() {
+                        return Err(Bad::Tuned(at + i, *x));
+                    }
+                    if !y.is_finite() {
+                        return Err(Bad::Base(at + i, y));
+                    }
+                    let d = *x - y;
+                    if !d.is_finite() {
+                        return Err(Bad::Overflow(at + i));
+                    }
+                    *x = d;
+                    norm_sq += (d as f64) * (d as f64);
+                    base_sq += (y as f64) * (y as f64);
+                }
+                Ok((norm_sq, base_sq))
+            })
+            .collect();
+        let (mut norm_sq, mut base_sq) = (0f64, 0f64);
+        for part in parts {
+            match part {
+                Ok((a, b)) => {
+                    norm_sq += a;
+                    base_sq += b;
+                }
+                Err(Bad::Tuned(i, x)) => {
+                    return Err(InputError::invalid(
+                        tpath(),
+                        format!("tensor `{name}`: value {x} at flat index {i} is not finite"),
+                    ))
+                }
+                Err(Bad::Base(i, y)) => {
+                    return Err(InputError::invalid(
+                        bpath(),
+                        format!("tensor `{name}`: value {y} at flat index {i} is not finite"),
+                    ))
+                }
+                Err(Bad::Overflow(i)) => {
+                    return Err(InputError::invalid(
+                        tpath(),
+                        format!("tensor `{name}`: W − W0 overflows f32 at flat index {i}"),
+                    ))
+                }
+            }
+        }
+        let rows = item.shape.first().copied().unwrap_or(1);
+        let cols = n.checked_div(rows).unwrap_or(0);
+        Ok(Delta {
+            values,
+            rows,
+            cols,
+            norm_sq,
+            base_sq,
+            elem_bytes: elem,
+        })
+    }
+
+    fn release(&self, name: &str) {
+        if let (Some(f), Some(i)) = (self.base.file_of(name), self.base.info(name)) {
+            f.release(i);
+        }
+        self.release_tuned(name);
+    }
+
+    fn release_tuned(&self, name: &str) {
+        if let (Some(f), Some(i)) = (self.tuned.file_of(name), self.tuned.info(name)) {
+            f.release(i);
+        }
+    }
+
+    fn metadata(&self) -> Vec<(String, String)> {
+        let o = &self.options;
+        let settings = serde_json::json!({
+            "rank_rule": RankRuleReport::from(&o.rank),
+            "method": if o.exact { "exact" } else { "randomized" },
+            "oversample": o.oversample,
+            "power_iters": o.power_iters,
+            "seed": o.seed,
+        });
+        vec![
+            ("lorakit.operation".into(), "extract".into()),
+            ("lorakit.extract".into(), settings.to_string()),
+        ]
+    }
+}
+
+struct Delta {
+    /// Row-major `rows × cols`.
+    values: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    norm_sq: f64,
+    base_sq: f64,
+    elem_bytes: usize,
+}
+
+impl Delta {
+    /// `‖ΔW‖_F / ‖W0‖_F`; `None` when `W0 = 0` and `ΔW ≠ 0` (infinite).
+    fn rel_diff(&self) -> Option<f64> {
+        if self.base_sq > 0.0 {
+            Some((self.norm_sq / self.base_sq).sqrt())
+        } else if self.norm_sq == 0.0 {
+            Some(0.0)
+        } else {
+            None
+        }
+    }
+}
+
+fn kind_label(k: &ModuleKind) -> String {
+    match k {
+        ModuleKind::Linear => "linear".into(),
+        ModuleKind::Embedding => "embedding".into(),
+        ModuleKind::Conv { kernel } => {
+            format!(
+                "conv{}",
+                kernel
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x")
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Summary
+// ---------------------------------------------------------------------------
+
+/// One extracted module.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleReport {
+    /// Module name (PEFT target).
+    pub name: String,
+    /// Checkpoint tensor.
+    pub tensor: String,
+    /// `linear`, `embedding`, `conv3x3`, …
+    pub kind: String,
+    /// Stored shape of the weight.
+    pub shape: Vec<usize>,
+    pub rank: usize,
+    pub alpha: f64,
+    pub scale: f64,
+    /// `Σ_{i<rank} sᵢ² / ‖ΔW‖_F²`.
+    pub energy_kept: f64,
+    /// `‖ΔW − scale·B·A‖_F / ‖ΔW‖_F`, of the factors as written.
+    pub rel_error: f64,
+    /// `‖ΔW‖_F`.
+    pub delta_norm: f64,
+    /// `‖ΔW‖_F / ‖W0‖_F` (`null` when `W0 = 0`).
+    pub rel_diff: Option<f64>,
+    /// `randomized` or `exact`.
+    pub method: &'static str,
+    pub seconds: f64,
+}
+
+/// A tensor that was not extracted.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// `‖ΔW‖_F / ‖W0‖_F` (`null` for non-float tensors, or when `W0 = 0`).
+    pub rel_diff: Option<f64>,
+    /// skipped: `unchanged`, `below_min_diff`, `embedding_skip`; changed: `stored`,
+    /// `not_stored`, `non_float`.
+    pub reason: &'static str,
+}
+
+impl TensorReport {
+    fn new(item: &Item, rel_diff: Option<f64>, reason: &'static str) -> Self {
+        TensorReport {
+            name: item.name.clone(),
+            shape: item.shape.clone(),
+            rel_diff,
+            reason,
+        }
+    }
+}
+
+/// A tensor stored whole in the adapter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FullReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// `save_changed`, `embedding_full` or `lora_only_bias`.
+    pub reason: &'static str,
+}
+
+/// The rank rule, as reported.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RankRuleReport {
+    Fixed { rank: usize },
+    Energy { energy: f64, max_rank: usize },
+    SvRatio { ratio: f64, max_rank: usize },
+}
+
+impl From<&RankRule> for RankRuleReport {
+    fn from(r: &RankRule) -> Self {
+        match *r {
+            RankRule::Fixed(rank) => RankRuleReport::Fixed { rank },
+            RankRule::Energy { energy, max_rank } => RankRuleReport::Energy { energy, max_rank },
+            RankRule::SvRatio { ratio, max_rank } => RankRuleReport::SvRatio { ratio, max_rank },
+        }
+    }
+}
+
+/// Totals over the extracted modules.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Totals {
+    pub modules: usize,
+    pub rank_min: usize,
+    pub rank_max: usize,
+    /// `(Σ ‖ΔW − scale·B·A‖_F²)^½ / (Σ ‖ΔW‖_F²)^½` over the modules.
+    pub rel_error: f64,
+    /// `Σ kept energy / Σ ‖ΔW‖_F²`.
+    pub energy_kept: f64,
+    /// `(Σ ‖ΔW‖_F²)^½`.
+    pub delta_norm: f64,
+}
+
+/// What an extraction did (printed as a table, or as JSON with `--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExtractSummary {
+    pub base: String,
+    pub tuned: String,
+    pub out: String,
+    pub format: Format,
+    pub device: String,
+    /// `randomized` or `exact`.
+    pub method: &'static str,
+    pub oversample: usize,
+    pub power_iters: usize,
+    pub seed: u64,
+    pub rank_rule: RankRuleReport,
+    /// `--alpha`, `null` = each module's rank.
+    pub alpha: Option<f64>,
+    /// Dtype of the written tensors.
+    pub dtype: String,
+    pub modules: Vec<ModuleReport>,
+    pub full_tensors: Vec<FullReport>,
+    pub modules_to_save: Vec<String>,
+    /// Changed tensors that are not low-rank modules (norms, biases, non-float).
+    pub changed_tensors: Vec<TensorReport>,
+    pub skipped: Vec<TensorReport>,
+    /// Tensors left out by --targets / --exclude.
+    pub excluded: usize,
+    pub totals: Totals,
+    /// Tensor data bytes of the adapter (factors, alphas, full tensors).
+    pub adapter_bytes: u64,
+    /// Bytes of the extracted modules' full `ΔW` in the checkpoint dtype.
+    pub full_delta_bytes: u64,
+    /// `full_delta_bytes / adapter_bytes`.
+    pub compression: f64,
+    /// Bytes written (headers and config included).
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn energy_rule_uses_the_exact_total() {
+        // s² = 16, 16, 16, 4 of a total 64 (4 left in the tail not sampled).
+        let s = [4.0f32, 4.0, 4.0, 2.0];
+        let r = |e: f64| {
+            choose_rank(
+                &s,
+                64.0,
+                &RankRule::Energy {
+                    energy: e,
+                    max_rank: 10,
+                },
+            )
+        };
+        assert_eq!(r(0.75), 3);
+        assert_eq!(r(0.7501), 4);
+        assert_eq!(r(0.7499), 3);
+        assert_eq!(r(0.99), 4, "the cap: all sampled values");
+        assert_eq!(
+            choose_rank(
+                &s,
+                64.0,
+                &RankRule::Energy {
+                    energy: 0.99,
+                    max_rank: 2
+                }
+            ),
+            2
+        );
+        assert_eq!(
+            choose_rank(
+                &s,
+                64.0,
+                &RankRule::SvRatio {
+                    ratio: 2.0,
+                    max_rank: 10
+                }
+            ),
+            3
+        );
+        assert_eq!(
+            choose_rank(
+                &s,
+                64.0,
+                &RankRule::SvRatio {
+                    ratio: 2.0,
+                    max_rank: 1
+                }
+            ),
+            1
+        );
+        assert_eq!(choose_rank(&s, 64.0, &RankRule::Fixed(2)), 2);
+    }
+
+    #[test]
+    fn host_delta_op_is_exact_and_thread_count_independent() {
+        // 600 rows: three blocks, the last one partial.
+        let a = linalg::rng::gaussian_matrix(600, 70, 1)
+            .as_standard_layout()
+            .into_owned();
+        let x = linalg::rng::gaussian_matrix(70, 9, 2);
+        let y = linalg::rng::gaussian_matrix(600, 9, 3);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let op = HostDeltaOp::new(a.view());
+                (op.apply(x.view()), op.apply_t(y.view()))
+            })
+        };
+        let (ax1, aty1) = run(1);
+        let (ax3, aty3) = run(3);
+        assert_eq!(ax1, ax3);
+        assert_eq!(aty1, aty3);
+        // Against f64 products.
+        let check = |got: &Array2<f32>, l: ArrayView2<f32>, r: ArrayView2<f32>| {
+            for i in 0..got.nrows() {
+                for j in 0..got.ncols() {
+                    let (mut v, mut mag) = (0f64, 0f64);
+                    for k in 0..l.ncols() {
+                        v += l[[i, k]] as f64 * r[[k, j]] as f64;
+                        mag += (l[[i, k]] as f64 * r[[k, j]] as f64).abs();
+                    }
+                    assert!((got[[i, j]] as f64 - v).abs() <= 1e-5 * mag, "[{i}, {j}]");
+                }
+            }
+        };
+        check(&ax1, a.view(), x.view());
+        check(&aty1, a.t(), y.view());
+    }
+
+    #[test]
+    fn module_seed_depends_on_seed_and_name() {
+        assert_eq!(module_seed(0, "a.weight"), module_seed(0, "a.weight"));
+        assert_ne!(module_seed(0, "a.weight"), module_seed(1, "a.weight"));
+        assert_ne!(module_seed(0, "a.weight"), module_seed(0, "b.weight"));
+    }
+
+    #[test]
+    fn embedding_names() {
+        for n in [
+            "model.embed_tokens",
+            "transformer.wte",
+            "transformer.wpe",
+            "bert.embeddings.word_embeddings",
+            "shared",
+        ] {
+            assert!(is_embedding_module(n), "{n}");
+        }
+        for n in [
+            "gpt_neox.embed_out",
+            "model.layers.0.self_attn.q_proj",
+            "lm_head",
+        ] {
+            assert!(!is_embedding_module(n), "{n}");
+        }
+    }
+}
