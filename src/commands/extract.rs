@@ -231,9 +231,6 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
         Format::Peft => EmbeddingMode::Lora,
         Format::Kohya => EmbeddingMode::Skip,
     });
-    if a.device == DeviceArg::Gpu {
-        bail!("--device gpu: extract has no GPU delta operator in this build yet; use --device cpu (or auto)");
-    }
     let options = ExtractOptions {
         rank,
         targets,
@@ -256,7 +253,12 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
     let base = Checkpoint::open(&a.base)?;
     let tuned = Checkpoint::open(&a.tuned)?;
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
-    let summary = plan.run(&CpuDeltaOperators).context("extract")?;
+    let engine = crate::backend::Engine::new(a.device.into())?;
+    let summary = match &engine {
+        crate::backend::Engine::Gpu(ctx) => plan.run(&crate::extract::GpuDeltaOperators { ctx }),
+        crate::backend::Engine::Cpu => plan.run(&CpuDeltaOperators),
+    }
+    .context("extract")?;
     let unsaved: Vec<&str> = summary
         .changed_tensors
         .iter()

@@ -1303,13 +1303,6 @@ fn bad_inputs_give_one_line_and_no_output() {
         &["--rank", "2", "--targets", "("],
         &["--targets"],
     );
-    check(
-        &base,
-        &tuned,
-        &out,
-        &["--rank", "2", "--device", "gpu"],
-        &["--device gpu"],
-    );
     // A missing file.
     check(
         &base,

@@ -151,3 +151,71 @@ fn device_gpu_without_adapter_is_a_clear_error() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["device"].as_str().unwrap().starts_with("cpu"));
 }
+
+/// `extract --device gpu` (W − W0 formed on the device by the sketch kernels) recovers the same
+/// ΔW as the CPU path: both within rounding of the exact-rank delta of a PEFT merge.
+#[test]
+fn extract_on_gpu_matches_cpu() {
+    if !gpu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // tuned = base with PEFT's qv_r8 merge overlaid (rank-8 deltas on q and v).
+    let mut tuned = read_checkpoint(&fixture("llama/base"));
+    for (k, t) in read(&fixture("llama/merged/qv_r8.safetensors")) {
+        tuned.insert(k, t);
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tuned
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    let tuned_path = dir.path().join("tuned.safetensors");
+    safetensors::serialize_to_file(views, None, &tuned_path).unwrap();
+    let mut factors = Vec::new();
+    for device in ["cpu", "gpu"] {
+        let out = dir.path().join(device);
+        let s = run_ok([
+            "extract",
+            "--base",
+            fixture("llama/base").to_str().unwrap(),
+            "--tuned",
+            tuned_path.to_str().unwrap(),
+            "--rank",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            device,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert!(v["device"].as_str().unwrap().starts_with(device), "{s}");
+        for m in v["modules"].as_array().unwrap() {
+            assert!(m["rel_error"].as_f64().unwrap() < 1e-5, "{device}: {m}");
+        }
+        factors.push(read(&out.join("adapter_model.safetensors")));
+    }
+    // ΔW = B·A per module agrees between devices (factors may differ by signs).
+    let (c, g) = (&factors[0], &factors[1]);
+    for k in c.keys().filter(|k| k.ends_with("lora_A.weight")) {
+        let kb = k.replace("lora_A", "lora_B");
+        let delta = |t: &std::collections::BTreeMap<String, T>| {
+            let (a, b) = (t[k].f32(), t[&kb].f32());
+            let (r, cols, rows) = (t[k].shape[0], t[k].shape[1], t[&kb].shape[0]);
+            (0..rows * cols)
+                .map(|p| {
+                    (0..r)
+                        .map(|q| b[(p / cols) * r + q] * a[q * cols + p % cols])
+                        .sum::<f32>()
+                })
+                .collect::<Vec<f32>>()
+        };
+        let e = rel_err(&delta(g), &delta(c));
+        assert!(e < 1e-5, "{k}: gpu vs cpu ΔW differ by {e:e}");
+    }
+}
