@@ -197,3 +197,68 @@ fn full_disk_is_a_clear_error_with_no_partial_output() {
         listing(&mnt)
     );
 }
+
+#[test]
+fn kill_9_during_extract_leaves_nothing_or_the_complete_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ad) = big_case(dir.path());
+    let tuned = dir.path().join("tuned.safetensors");
+    run_ok(merge_args(&base, &ad, &tuned, "1"));
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("adapter");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "extract",
+            "--base",
+            base.to_str().unwrap(),
+            "--tuned",
+            tuned.to_str().unwrap(),
+            "--rank",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let complete = dir.path().join("complete");
+    run_ok(args(&complete));
+    let want = std::fs::read(complete.join("adapter_model.safetensors")).unwrap();
+    let mut interrupted = 0;
+    for delay_ms in [0u64, 10, 40, 120, 300] {
+        let _ = std::fs::remove_dir_all(&out);
+        let mut child = bin().args(args(&out)).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        match std::fs::read(out.join("adapter_model.safetensors")) {
+            Ok(bytes) => assert!(
+                bytes == want,
+                "after kill at {delay_ms} ms the adapter is not the complete one"
+            ),
+            Err(_) => interrupted += 1,
+        }
+        // Never a config without its weights or the reverse.
+        assert_eq!(
+            out.join("adapter_config.json").exists(),
+            out.join("adapter_model.safetensors").exists()
+        );
+    }
+    assert!(interrupted >= 1, "no kill landed before extract finished");
+    run_ok(args(&out));
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        want,
+        "rerun is byte-identical"
+    );
+    assert_eq!(
+        listing(&out),
+        vec!["adapter_config.json", "adapter_model.safetensors"],
+        "temp files left behind"
+    );
+}
