@@ -25,7 +25,10 @@ fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> f64 {
 }
 
 fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn main() {
@@ -45,27 +48,74 @@ fn main() {
     let a: Vec<f32> = (0..r * d).map(|_| next()).collect();
     let b: Vec<f32> = (0..d * r).map(|_| next()).collect();
     let x: Vec<f32> = (0..rows * d).map(|_| next()).collect();
-    let terms = [Term { b: &b, a: &a, rank: r, scale: 0.5, dora: None }];
-    let job = MergeJob { w0: &w0, in_dtype: Dtype::BF16, rows: d, cols: d, terms: &terms, out_dtype: Dtype::BF16 };
+    let terms = [Term {
+        b: &b,
+        a: &a,
+        rank: r,
+        scale: 0.5,
+        dora: None,
+    }];
+    let job = MergeJob {
+        w0: &w0,
+        in_dtype: Dtype::BF16,
+        rows: d,
+        cols: d,
+        terms: &terms,
+        out_dtype: Dtype::BF16,
+    };
     let bytes = (w0.len() * 2) as f64; // read + write
     let flops = 2.0 * rows as f64 * d as f64 * (d + 2 * r) as f64;
-    let stored = StoredMatrix { bytes: &w0, dtype: Dtype::BF16, rows: d, cols: d };
-    let fa = [ForwardAdapter { a: &a, b: &b, rank: r, scale: 0.5 }];
+    let stored = StoredMatrix {
+        bytes: &w0,
+        dtype: Dtype::BF16,
+        rows: d,
+        cols: d,
+    };
+    let fa = [ForwardAdapter {
+        a: &a,
+        b: &b,
+        rank: r,
+        scale: 0.5,
+    }];
 
     println!("kernel benchmark: {d}×{d} bf16 weight, rank {r}, forward batch {rows} rows");
     let t = best_of(5, || cpu::merge(&job).unwrap());
-    println!("  cpu merge            {:8.2} ms  {:7.2} GB/s   ({} threads)", t * 1e3, bytes / t / 1e9, rayon::current_num_threads());
-    let t = best_of(3, || cpu_forward::lora_forward(&x, rows, &stored, &fa).unwrap());
-    println!("  cpu forward          {:8.2} ms  {:7.2} GFLOP/s", t * 1e3, flops / t / 1e9);
+    println!(
+        "  cpu merge            {:8.2} ms  {:7.2} GB/s   ({} threads)",
+        t * 1e3,
+        bytes / t / 1e9,
+        rayon::current_num_threads()
+    );
+    let t = best_of(3, || {
+        cpu_forward::lora_forward(&x, rows, &stored, &fa).unwrap()
+    });
+    println!(
+        "  cpu forward          {:8.2} ms  {:7.2} GFLOP/s",
+        t * 1e3,
+        flops / t / 1e9
+    );
     match GpuContext::new() {
         Err(e) => println!("  gpu                  skipped: {e}"),
         Ok(ctx) => {
             let info = ctx.describe();
-            println!("  gpu adapter          {} ({}, {})", info.name, info.backend, info.device_type);
+            println!(
+                "  gpu adapter          {} ({}, {})",
+                info.name, info.backend, info.device_type
+            );
             let t = best_of(5, || gpu::merge(&ctx, &job).unwrap());
-            println!("  gpu merge            {:8.2} ms  {:7.2} GB/s   (incl. upload + readback)", t * 1e3, bytes / t / 1e9);
-            let t = best_of(3, || gpu::lora_forward(&ctx, &x, rows, &stored, &fa).unwrap());
-            println!("  gpu forward          {:8.2} ms  {:7.2} GFLOP/s (incl. upload + readback)", t * 1e3, flops / t / 1e9);
+            println!(
+                "  gpu merge            {:8.2} ms  {:7.2} GB/s   (incl. upload + readback)",
+                t * 1e3,
+                bytes / t / 1e9
+            );
+            let t = best_of(3, || {
+                gpu::lora_forward(&ctx, &x, rows, &stored, &fa).unwrap()
+            });
+            println!(
+                "  gpu forward          {:8.2} ms  {:7.2} GFLOP/s (incl. upload + readback)",
+                t * 1e3,
+                flops / t / 1e9
+            );
         }
     }
 }

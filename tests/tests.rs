@@ -8,8 +8,6 @@ mod it {
     /// Shared helpers: running the binary, reading outputs with the independent `safetensors`
     /// crate, comparing tensors.
     pub mod common;
-    /// Recipes: validation, dry-run, references, incremental reruns.
-    pub mod recipe;
     /// `diff`: exit status and figures.
     pub mod diff;
     /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
@@ -24,4 +22,6 @@ mod it {
     pub mod merge;
     /// `eval` and `train` against transformers + PEFT logits, losses and torch's AdamW.
     pub mod model;
+    /// Recipes: validation, dry-run, references, incremental reruns.
+    pub mod recipe;
 }

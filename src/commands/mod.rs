@@ -42,12 +42,18 @@ pub fn run(cli: Cli) -> Result<i32> {
                                 p.name.clone(),
                                 p.action.to_string(),
                                 crate::inspect::human_bytes(p.bytes_read),
-                                p.bytes_written.map(crate::inspect::human_bytes).unwrap_or_else(|| "?".into()),
+                                p.bytes_written
+                                    .map(crate::inspect::human_bytes)
+                                    .unwrap_or_else(|| "?".into()),
                                 p.argv[1..].join(" "),
                             ]
                         })
                         .collect();
-                    print(&crate::inspect::table(&["step", "action", "reads", "writes", "command"], &rows, &[false, false, true, true, false]))?;
+                    print(&crate::inspect::table(
+                        &["step", "action", "reads", "writes", "command"],
+                        &rows,
+                        &[false, false, true, true, false],
+                    ))?;
                 }
                 return Ok(0);
             }

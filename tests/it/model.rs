@@ -1,0 +1,1 @@
+//! `eval` and `train` tests (being written).
