@@ -1318,6 +1318,47 @@ pub struct ExtractSummary {
     pub seconds: f64,
 }
 
+/// Products on a GPU: `W − W0` is formed on the device from the stored bytes by the delta-sketch
+/// kernels (`shaders/sketch*.wgsl`), so only the skinny sketches cross the bus. Tensors in a
+/// dtype the kernels do not read (F64) use the host copy. A failed GPU product falls back to the
+/// CPU twin inside [`crate::backend::gpu::GpuDeltaOp`], so results stay correct. Outputs agree
+/// with the CPU path to rounding, not bit for bit (other summation order).
+pub struct GpuDeltaOperators<'c> {
+    pub ctx: &'c crate::backend::gpu::GpuContext,
+}
+
+impl DeltaOperators for GpuDeltaOperators<'_> {
+    fn describe(&self) -> String {
+        let i = self.ctx.describe();
+        format!("gpu ({}, {})", i.name, i.backend)
+    }
+
+    fn operator<'a>(&'a self, input: &DeltaInput<'a>) -> Result<Box<dyn LinearOperator + 'a>> {
+        use crate::backend::cpu_forward::{DeltaPair, StoredMatrix};
+        let gpu_dtype = |d: Dtype| matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+        if !gpu_dtype(input.w_dtype) || !gpu_dtype(input.w0_dtype) {
+            return Ok(Box::new(HostDeltaOp::new(input.delta)));
+        }
+        let pair = DeltaPair {
+            w: StoredMatrix {
+                bytes: input.w,
+                dtype: input.w_dtype,
+                rows: input.rows,
+                cols: input.cols,
+            },
+            w0: StoredMatrix {
+                bytes: input.w0,
+                dtype: input.w0_dtype,
+                rows: input.rows,
+                cols: input.cols,
+            },
+        };
+        let op = crate::backend::gpu::GpuDeltaOp::new(self.ctx, pair)
+            .map_err(|e| anyhow::anyhow!("tensor `{}`: gpu: {e}", input.name))?;
+        Ok(Box::new(op))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1440,46 +1481,5 @@ mod tests {
         ] {
             assert!(!is_embedding_module(n), "{n}");
         }
-    }
-}
-
-/// Products on a GPU: `W − W0` is formed on the device from the stored bytes by the delta-sketch
-/// kernels (`shaders/sketch*.wgsl`), so only the skinny sketches cross the bus. Tensors in a
-/// dtype the kernels do not read (F64) use the host copy. A failed GPU product falls back to the
-/// CPU twin inside [`crate::backend::gpu::GpuDeltaOp`], so results stay correct. Outputs agree
-/// with the CPU path to rounding, not bit for bit (other summation order).
-pub struct GpuDeltaOperators<'c> {
-    pub ctx: &'c crate::backend::gpu::GpuContext,
-}
-
-impl DeltaOperators for GpuDeltaOperators<'_> {
-    fn describe(&self) -> String {
-        let i = self.ctx.describe();
-        format!("gpu ({}, {})", i.name, i.backend)
-    }
-
-    fn operator<'a>(&'a self, input: &DeltaInput<'a>) -> Result<Box<dyn LinearOperator + 'a>> {
-        use crate::backend::cpu_forward::{DeltaPair, StoredMatrix};
-        let gpu_dtype = |d: Dtype| matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16);
-        if !gpu_dtype(input.w_dtype) || !gpu_dtype(input.w0_dtype) {
-            return Ok(Box::new(HostDeltaOp::new(input.delta)));
-        }
-        let pair = DeltaPair {
-            w: StoredMatrix {
-                bytes: input.w,
-                dtype: input.w_dtype,
-                rows: input.rows,
-                cols: input.cols,
-            },
-            w0: StoredMatrix {
-                bytes: input.w0,
-                dtype: input.w0_dtype,
-                rows: input.rows,
-                cols: input.cols,
-            },
-        };
-        let op = crate::backend::gpu::GpuDeltaOp::new(self.ctx, pair)
-            .map_err(|e| anyhow::anyhow!("tensor `{}`: gpu: {e}", input.name))?;
-        Ok(Box::new(op))
     }
 }

@@ -17,6 +17,8 @@ pub mod inspect;
 pub mod io;
 pub mod linalg;
 pub mod merge;
+pub mod model;
 pub mod parts;
 pub mod progress;
 pub mod recipe;
+pub mod train;

@@ -1,11 +1,423 @@
-//! `lorakit train` (to be written).
+//! `lorakit train`: train a LoRA adapter on a frozen Llama-family model (CPU).
 
-use anyhow::Result;
+use crate::adapter::Adapter;
+use crate::io::Checkpoint;
+use crate::model::data::token_stream;
+use crate::model::{Model, ModelConfig, TextTokenizer, Weights};
+use crate::train::{Dataset, EvalStats, Init, Schedule, StepStats, TrainOptions, Trainer};
+use anyhow::{bail, Result};
+use clap::{Args, ValueHint};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-/// Placeholder: arguments of `lorakit train`.
-#[derive(Debug, clap::Args)]
-pub struct TrainArgs {}
+/// Train a LoRA adapter on a frozen Llama-family model (CPU) and save it as a PEFT folder.
+///
+/// The base (LlamaForCausalLM, Mistral, Qwen2; a Hugging Face folder, f32/f16/bf16 weights
+/// computed in f32, memory-mapped) stays frozen; LoRA factors A and B on the --targets layers
+/// are trained with a hand-written backward pass through every layer (RMSNorm, RoPE, causal
+/// GQA attention, SwiGLU, lm_head, cross-entropy). Initialisation as PEFT: A Kaiming-uniform
+/// (U(−1/√in, 1/√in)), B = 0, so step 0 computes the base model. Optimiser: torch's AdamW,
+/// global-norm gradient clipping, linear warmup then cosine decay (transformers' schedule).
+/// Deterministic for a seed, whatever the thread count.
+///
+/// Data: plain text, .jsonl ({"text": …} per line; each record gets BOS from the tokenizer and
+/// the config's EOS after it) or a .safetensors file with `input_ids` (no tokenizer needed),
+/// tokenized with the model folder's tokenizer.json (or --tokenizer), concatenated, cut into
+/// sequences of --seq-len (the partial tail is dropped) and shuffled per epoch by --seed. The
+/// loss is transformers' causal-LM loss with labels = inputs.
+///
+/// Output: --out gets adapter_model.safetensors + adapter_config.json (PEFT loads it with
+/// PeftModel.from_pretrained; `lorakit merge` merges it) and trainer_state.json /
+/// trainer_state.safetensors (step, options, Adam moments) for --resume. --save-every N writes
+/// the same into OUT/checkpoint-N/. Each file is written atomically.
+///
+/// Examples:
+///   lorakit train --model fixtures/llama/base --tokenizer fixtures/text/tokenizer.json \
+///       --data fixtures/text/tiny.txt --seq-len 32 --steps 50 --lr 1e-2 --out /tmp/a
+///   lorakit train --model model/ --data train.jsonl --targets q_proj,k_proj,v_proj,o_proj \
+///       --rank 16 --alpha 32 --steps 1000 --lr 2e-4 --warmup 50 --out adapter/
+///   lorakit train --model model/ --data train.jsonl --eval-data valid.jsonl --eval-every 100 \
+///       --save-every 500 --steps 2000 --out adapter/
+///   lorakit train --model model/ --data train.jsonl --steps 2000 \
+///       --resume adapter/checkpoint-1000 --out adapter/
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct TrainArgs {
+    /// Base model: a Hugging Face folder (config.json + model.safetensors or shards).
+    #[arg(long, value_hint = ValueHint::DirPath)]
+    pub model: PathBuf,
 
-pub fn run(_a: TrainArgs, _quiet: bool) -> Result<i32> {
-    anyhow::bail!("lorakit train is not implemented yet")
+    /// Training data: text, .jsonl with a "text" field, or .safetensors with `input_ids`.
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub data: PathBuf,
+
+    /// Output adapter folder (PEFT layout, plus the trainer state).
+    #[arg(long, value_hint = ValueHint::DirPath)]
+    pub out: PathBuf,
+
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+
+    /// LoRA alpha (scale = alpha / r, or alpha / √r with --rslora); default: the rank.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+
+    /// rsLoRA scaling alpha / √r.
+    #[arg(long)]
+    pub rslora: bool,
+
+    /// Layers to adapt, comma-separated: module names or dotted suffixes (q_proj, k_proj,
+    /// v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head, layers.3.mlp.down_proj, …),
+    /// matched as PEFT matches target_modules.
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj")]
+    pub targets: Vec<String>,
+
+    /// Start from an existing PEFT adapter's factors (its modules, ranks and alphas replace
+    /// --targets, --rank, --alpha, --rslora).
+    #[arg(long, value_name = "ADAPTER", value_hint = ValueHint::AnyPath)]
+    pub init_adapter: Option<PathBuf>,
+
+    /// Optimiser steps (default: one pass over the data).
+    #[arg(long)]
+    pub steps: Option<usize>,
+
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+
+    /// Linear warmup steps (from 0 to --lr).
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+
+    /// Decay after warmup, to 0 at the last step (constant: none).
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
+
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+
+    /// Clip the global gradient norm to this value (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+
+    /// Adam β₁.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+
+    /// Adam β₂.
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f64,
+
+    /// Adam ε.
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f64,
+
+    /// Seed of the initialisation and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Evaluate every N steps (and after the last) on --eval-data, or on the training data.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub eval_every: usize,
+
+    /// Evaluation data (same formats as --data), scored in consecutive --seq-len sequences.
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub eval_data: Option<PathBuf>,
+
+    /// Save the adapter and trainer state to OUT/checkpoint-STEP every N steps.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub save_every: usize,
+
+    /// Continue from a folder with a trainer state (OUT or OUT/checkpoint-N) to --steps.
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    pub resume: Option<PathBuf>,
+
+    /// Tokenizer: a tokenizer.json (or a folder holding one), or `bytes`; default:
+    /// tokenizer.json in the model folder.
+    #[arg(long, value_name = "FILE|bytes")]
+    pub tokenizer: Option<String>,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train --json` output.
+#[derive(Debug, serde::Serialize)]
+pub struct TrainReport {
+    pub model: String,
+    pub data: String,
+    pub out: String,
+    pub device: String,
+    pub tokenizer: Option<String>,
+    pub data_tokens: usize,
+    pub sequences: usize,
+    pub eval_data: Option<String>,
+    pub resumed_from: Option<String>,
+    pub start_step: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub tokens_per_step: usize,
+    pub modules: Vec<String>,
+    pub rank: Vec<usize>,
+    pub alpha: Vec<f64>,
+    pub rslora: bool,
+    pub trainable_parameters: usize,
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    pub seed: u64,
+    pub first_loss: Option<f64>,
+    pub final_loss: Option<f64>,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub history: Vec<StepStats>,
+    pub eval: Vec<EvalStats>,
+    pub checkpoints: Vec<String>,
+}
+
+pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
+    if a.init_adapter.is_some() && (a.alpha.is_some() || a.rslora) {
+        bail!("--init-adapter takes the rank, alpha and rsLoRA setting from the adapter; drop --alpha / --rslora");
+    }
+    for (name, v) in [
+        ("--lr", a.lr),
+        ("--weight-decay", a.weight_decay),
+        ("--grad-clip", a.grad_clip),
+        ("--adam-eps", a.adam_eps),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("{name} must be a non-negative number");
+        }
+    }
+    if !(0.0..1.0).contains(&a.beta1) || !(0.0..1.0).contains(&a.beta2) {
+        bail!("--beta1 and --beta2 must be in [0, 1)");
+    }
+    let ck = Checkpoint::open(&a.model)?;
+    let config = ModelConfig::from_folder(ck.folder())?;
+    {
+        let mut inputs = ck.input_paths();
+        inputs.push(a.data.clone());
+        inputs.extend(a.eval_data.iter().cloned());
+        inputs.push(ck.folder().to_path_buf());
+        crate::io::writer::refuse_overwrite(&a.out, &inputs)?;
+    }
+    let is_ids = |p: &Path| {
+        p.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+    };
+    let needs_tok = !is_ids(&a.data) || a.eval_data.as_deref().is_some_and(|p| !is_ids(p));
+    let tok = if needs_tok {
+        Some(TextTokenizer::resolve(ck.folder(), a.tokenizer.as_deref())?)
+    } else {
+        None
+    };
+    let data = Dataset::new(
+        token_stream(&a.data, tok.as_ref(), config.eos_token_id)?,
+        a.seq_len,
+    )?;
+    let eval_data = match (&a.eval_data, a.eval_every > 0) {
+        (Some(p), _) => Some(Dataset::for_eval(
+            token_stream(p, tok.as_ref(), config.eos_token_id)?,
+            a.seq_len,
+        )?),
+        (None, true) => Some(data.clone()),
+        (None, false) => None,
+    };
+    let steps = a
+        .steps
+        .unwrap_or_else(|| data.sequences().div_ceil(a.batch.max(1)));
+    let options = TrainOptions {
+        steps,
+        lr: a.lr,
+        schedule: a.schedule,
+        warmup: a.warmup,
+        weight_decay: a.weight_decay,
+        grad_clip: a.grad_clip,
+        betas: (a.beta1, a.beta2),
+        eps: a.adam_eps,
+        batch: a.batch,
+        seq_len: a.seq_len,
+        seed: a.seed,
+    };
+    let model: Model<f32> = Model::load(Weights::Checkpoint(&ck), config)?;
+    let init_adapter = a.init_adapter.as_ref().map(Adapter::open).transpose()?;
+    let (init, rslora) = match &init_adapter {
+        Some(ad) => (Init::Adapter(ad), ad.use_rslora),
+        None => (
+            Init::Fresh {
+                targets: &a.targets,
+                rank: a.rank,
+                alpha: a.alpha.unwrap_or(a.rank as f64),
+            },
+            a.rslora,
+        ),
+    };
+    let targets: Vec<String> = match &init_adapter {
+        Some(ad) => ad.modules.iter().map(|m| m.name.clone()).collect(),
+        None => a.targets.clone(),
+    };
+    let mut trainer = Trainer::new(model, init, rslora, options.clone(), data)?;
+    drop(init_adapter);
+    if let Some(dir) = &a.resume {
+        trainer.resume(dir)?;
+    }
+    let start = trainer.step;
+    let base_name = a.model.display().to_string();
+    let show = !quiet && !a.json;
+    let pb = crate::progress::count_bar(show, steps as u64, "train");
+    pb.set_position(start as u64);
+    let tokens_per_step = a.batch * a.seq_len;
+    let t0 = Instant::now();
+    let mut checkpoints = Vec::new();
+    let mut evaluated_at = None;
+    while trainer.step < steps {
+        let s = trainer.step()?;
+        let el = t0.elapsed().as_secs_f64().max(1e-9);
+        pb.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            s.loss,
+            s.lr,
+            ((trainer.step - start) * tokens_per_step) as f64 / el
+        ));
+        pb.set_position(trainer.step as u64);
+        if a.eval_every > 0 && trainer.step % a.eval_every == 0 {
+            if let Some(d) = &eval_data {
+                let e = trainer.evaluate(d)?;
+                evaluated_at = Some(trainer.step);
+                if show {
+                    pb.suspend(|| {
+                        eprintln!(
+                            "step {}: eval loss {:.4}, perplexity {:.3}",
+                            e.step, e.loss, e.perplexity
+                        )
+                    });
+                }
+            }
+        }
+        if a.save_every > 0 && trainer.step % a.save_every == 0 && trainer.step < steps {
+            let dir = a.out.join(format!("checkpoint-{}", trainer.step));
+            trainer.save(&dir, &base_name, &targets)?;
+            checkpoints.push(dir.display().to_string());
+        }
+    }
+    pb.finish_and_clear();
+    let seconds = t0.elapsed().as_secs_f64();
+    if let Some(d) = &eval_data {
+        if evaluated_at != Some(trainer.step) {
+            trainer.evaluate(d)?;
+        }
+    }
+    trainer.save(&a.out, &base_name, &targets)?;
+
+    let report = TrainReport {
+        model: base_name,
+        data: a.data.display().to_string(),
+        out: a.out.display().to_string(),
+        device: format!("cpu ({} threads)", rayon::current_num_threads()),
+        tokenizer: tok.as_ref().map(|t| t.describe()),
+        data_tokens: trainer.data.tokens.len(),
+        sequences: trainer.data.sequences(),
+        eval_data: a
+            .eval_data
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .or_else(|| eval_data.as_ref().map(|_| "training data".to_string())),
+        resumed_from: a.resume.as_ref().map(|p| p.display().to_string()),
+        start_step: start,
+        steps,
+        batch: a.batch,
+        seq_len: a.seq_len,
+        tokens_per_step,
+        modules: trainer.modules.iter().map(|m| m.name.clone()).collect(),
+        rank: trainer.modules.iter().map(|m| m.rank).collect(),
+        alpha: trainer.modules.iter().map(|m| m.alpha).collect(),
+        rslora,
+        trainable_parameters: trainer.parameters(),
+        lr: a.lr,
+        schedule: a.schedule,
+        warmup: a.warmup,
+        weight_decay: a.weight_decay,
+        grad_clip: a.grad_clip,
+        seed: a.seed,
+        first_loss: trainer.history.first().map(|s| s.loss),
+        final_loss: trainer.history.last().map(|s| s.loss),
+        seconds,
+        tokens_per_s: ((trainer.step - start) * tokens_per_step) as f64 / seconds.max(1e-9),
+        history: trainer.history.clone(),
+        eval: trainer.eval.clone(),
+        checkpoints,
+    };
+    if a.json {
+        super::print_json(&report)?;
+    } else {
+        super::print(&render(&report))?;
+    }
+    Ok(0)
+}
+
+fn render(r: &TrainReport) -> String {
+    let mut short: Vec<String> = r
+        .modules
+        .iter()
+        .map(|m| m.rsplit('.').next().unwrap_or(m).to_string())
+        .collect();
+    short.sort();
+    short.dedup();
+    let ranks = {
+        let mut v = r.rank.clone();
+        v.dedup();
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let mut s = format!(
+        "trained    {} modules ({}), rank {ranks}, {} parameters\n",
+        r.modules.len(),
+        short.join(", "),
+        r.trainable_parameters
+    );
+    s.push_str(&format!(
+        "data       {}: {} tokens, {} sequences of {}\n",
+        r.data, r.data_tokens, r.sequences, r.seq_len
+    ));
+    s.push_str(&format!(
+        "steps      {}{} (batch {}, {} tokens/step) in {:.2} s, {:.0} tokens/s on {}\n",
+        if r.start_step > 0 {
+            format!("{}→", r.start_step)
+        } else {
+            String::new()
+        },
+        r.steps,
+        r.batch,
+        r.tokens_per_step,
+        r.seconds,
+        r.tokens_per_s,
+        r.device
+    ));
+    if let (Some(f), Some(l)) = (r.first_loss, r.final_loss) {
+        s.push_str(&format!("loss       {f:.4} → {l:.4} (first → last step)\n"));
+    }
+    if let Some(e) = r.eval.last() {
+        s.push_str(&format!(
+            "eval       step {}: loss {:.4}, perplexity {:.3}\n",
+            e.step, e.loss, e.perplexity
+        ));
+    }
+    s.push_str(&format!("saved      {}\n", r.out));
+    s
 }

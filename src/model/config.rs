@@ -1,0 +1,329 @@
+//! `config.json` of a Llama-family causal LM: LlamaForCausalLM, MistralForCausalLM and
+//! Qwen2ForCausalLM (same block; Qwen2 has q/k/v biases, Mistral and Qwen2 sliding windows).
+//!
+//! Both spellings of the rotary settings are read: transformers ≥ 5 writes
+//! `"rope_parameters": {"rope_theta": …, "rope_type": …, …}`, older files a top-level `rope_theta`
+//! and an optional `rope_scaling` object. Rope types `default`, `linear` and `llama3` are
+//! supported; others (`dynamic`, `yarn`, `longrope`, …) are refused with a clear error.
+
+use crate::error::{InputError, InputResult};
+use serde_json::Value;
+use std::path::Path;
+
+/// How rotary frequencies are derived (`rope_type`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "rope_type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// `inv_freq[i] = θ^(−2i/d)`.
+    Default,
+    /// Positions divided by `factor` (`inv_freq / factor`).
+    Linear { factor: f64 },
+    /// Llama 3.1 frequency-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// The architecture facts lorakit's forward needs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelConfig {
+    /// `llama`, `mistral` or `qwen2`.
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    /// `lm_head` shares `embed_tokens` (also assumed when the checkpoint has no `lm_head.weight`).
+    pub tie_word_embeddings: bool,
+    /// Per layer: attend only to the last `w` positions (`i − j < w`), or everything before.
+    pub sliding_windows: Vec<Option<usize>>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Reads `config.json` from a model folder.
+    pub fn from_folder(dir: &Path) -> InputResult<ModelConfig> {
+        let path = dir.join("config.json");
+        let text = std::fs::read(&path).map_err(|e| InputError::io(&path, e))?;
+        Self::parse(&path, &text)
+    }
+
+    /// Parses `config.json` text; errors name the key.
+    pub fn parse(path: &Path, text: &[u8]) -> InputResult<ModelConfig> {
+        let bad = |msg: String| InputError::invalid(path, msg);
+        let v: Value = serde_json::from_slice(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("not a JSON object".into()))?;
+        let model_type = obj
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("llama")
+            .to_owned();
+        if !matches!(model_type.as_str(), "llama" | "mistral" | "qwen2") {
+            return Err(bad(format!(
+                "model_type `{model_type}` is not supported (llama, mistral, qwen2)"
+            )));
+        }
+        let uint = |k: &str| -> InputResult<usize> {
+            obj.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "key `{k}` is missing or not a non-negative integer"
+                    ))
+                })
+        };
+        let opt_uint = |k: &str| obj.get(k).and_then(Value::as_u64).map(|x| x as usize);
+        let hidden_size = uint("hidden_size")?;
+        let num_attention_heads = uint("num_attention_heads")?;
+        let num_key_value_heads = opt_uint("num_key_value_heads").unwrap_or(num_attention_heads);
+        let head_dim = opt_uint("head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
+        let num_hidden_layers = uint("num_hidden_layers")?;
+        if num_attention_heads == 0
+            || num_key_value_heads == 0
+            || num_attention_heads % num_key_value_heads != 0
+        {
+            return Err(bad(format!(
+                "num_attention_heads {num_attention_heads} is not a positive multiple of num_key_value_heads {num_key_value_heads}"
+            )));
+        }
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(bad(format!(
+                "head_dim {head_dim} must be even and positive"
+            )));
+        }
+        let act = obj
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu");
+        if act != "silu" {
+            return Err(bad(format!(
+                "hidden_act `{act}` is not supported (silu only)"
+            )));
+        }
+        // Rotary settings: transformers 5 `rope_parameters`, else top-level + `rope_scaling`.
+        let rope_obj = obj
+            .get("rope_parameters")
+            .filter(|v| v.is_object())
+            .or_else(|| obj.get("rope_scaling").filter(|v| v.is_object()));
+        let rope_theta = rope_obj
+            .and_then(|r| r.get("rope_theta"))
+            .or_else(|| obj.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .unwrap_or(10000.0);
+        let rope_type = rope_obj
+            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let rget = |k: &str| -> InputResult<f64> {
+            rope_obj
+                .and_then(|r| r.get(k))
+                .and_then(Value::as_f64)
+                .ok_or_else(|| bad(format!("rope `{rope_type}` needs `{k}`")))
+        };
+        let rope_scaling = match rope_type {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear {
+                factor: rget("factor")?,
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: rget("factor")?,
+                low_freq_factor: rget("low_freq_factor")?,
+                high_freq_factor: rget("high_freq_factor")?,
+                original_max_position_embeddings: rget("original_max_position_embeddings")?,
+            },
+            other => {
+                return Err(bad(format!(
+                    "rope_type `{other}` is not supported (default, linear, llama3)"
+                )))
+            }
+        };
+        // Sliding windows: explicit `layer_types`, else the model type's rule.
+        let window = opt_uint("sliding_window");
+        let mut sliding_windows = vec![None; num_hidden_layers];
+        if let Some(types) = obj.get("layer_types").and_then(Value::as_array) {
+            if types.len() != num_hidden_layers {
+                return Err(bad(format!(
+                    "layer_types has {} entries for {num_hidden_layers} layers",
+                    types.len()
+                )));
+            }
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    Some("full_attention") => {}
+                    Some("sliding_attention") => {
+                        sliding_windows[i] = Some(window.ok_or_else(|| {
+                            bad(
+                                "layer_types has sliding_attention but sliding_window is not set"
+                                    .into(),
+                            )
+                        })?)
+                    }
+                    other => {
+                        return Err(bad(format!("layer_types[{i}] {other:?} is not supported")))
+                    }
+                }
+            }
+        } else {
+            match model_type.as_str() {
+                "mistral" => sliding_windows = vec![window; num_hidden_layers],
+                "qwen2" => {
+                    let on = obj
+                        .get("use_sliding_window")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    let from = opt_uint("max_window_layers").unwrap_or(num_hidden_layers);
+                    if on {
+                        for (i, w) in sliding_windows.iter_mut().enumerate() {
+                            if i >= from {
+                                *w = window;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let token_id = |k: &str| -> Option<u32> {
+            match obj.get(k) {
+                Some(Value::Number(n)) => n.as_u64().map(|x| x as u32),
+                Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(|x| x as u32),
+                _ => None,
+            }
+        };
+        Ok(ModelConfig {
+            model_type,
+            hidden_size,
+            intermediate_size: uint("intermediate_size")?,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            vocab_size: uint("vocab_size")?,
+            rms_norm_eps: obj
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: opt_uint("max_position_embeddings").unwrap_or(4096),
+            tie_word_embeddings: obj
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            sliding_windows,
+            bos_token_id: token_id("bos_token_id"),
+            eos_token_id: token_id("eos_token_id"),
+        })
+    }
+
+    /// Inverse rotary frequencies (`head_dim / 2` of them) in f64, as transformers'
+    /// `ROPE_INIT_FUNCTIONS` compute them.
+    pub fn inv_freq(&self) -> Vec<f64> {
+        let d = self.head_dim;
+        let base: Vec<f64> = (0..d / 2)
+            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64))
+            .collect();
+        match &self.rope_scaling {
+            RopeScaling::Default => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                        if medium {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * scaled / factor + smooth * scaled
+                        } else {
+                            scaled
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Number of query heads sharing one key/value head.
+    pub fn group_size(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_rope_spellings() {
+        let p = Path::new("config.json");
+        let v5 = br#"{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+            "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":128,
+            "rope_parameters":{"rope_theta":500000.0,"rope_type":"default"}}"#;
+        let c = ModelConfig::parse(p, v5).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.rope_scaling, RopeScaling::Default);
+        let v4 = br#"{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":128,"rope_theta":1000.0,
+            "rope_scaling":{"type":"linear","factor":4.0}}"#;
+        let c = ModelConfig::parse(p, v4).unwrap();
+        assert_eq!(c.rope_theta, 1000.0);
+        assert_eq!(c.num_key_value_heads, 4);
+        assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 4.0 });
+        let yarn = br#"{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":128,"rope_parameters":{"rope_type":"yarn","factor":4.0}}"#;
+        let e = ModelConfig::parse(p, yarn).unwrap_err().to_string();
+        assert!(e.contains("yarn"), "{e}");
+        let gelu = br#"{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":128,"hidden_act":"gelu"}"#;
+        assert!(ModelConfig::parse(p, gelu).is_err());
+    }
+
+    #[test]
+    fn sliding_window_rules() {
+        let p = Path::new("config.json");
+        let m = br#"{"model_type":"mistral","hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":128,"sliding_window":4}"#;
+        assert_eq!(
+            ModelConfig::parse(p, m).unwrap().sliding_windows,
+            vec![Some(4), Some(4)]
+        );
+        let q = br#"{"model_type":"qwen2","hidden_size":32,"intermediate_size":64,"num_hidden_layers":3,
+            "num_attention_heads":4,"vocab_size":128,"sliding_window":4,"use_sliding_window":true,
+            "max_window_layers":1}"#;
+        assert_eq!(
+            ModelConfig::parse(p, q).unwrap().sliding_windows,
+            vec![None, Some(4), Some(4)]
+        );
+        let lt = br#"{"model_type":"qwen2","hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":128,"sliding_window":4,
+            "layer_types":["sliding_attention","full_attention"]}"#;
+        assert_eq!(
+            ModelConfig::parse(p, lt).unwrap().sliding_windows,
+            vec![Some(4), None]
+        );
+    }
+}

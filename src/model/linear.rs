@@ -1,0 +1,332 @@
+//! Frozen weight matrices (memory-mapped views or owned f32 values) and linear layers with LoRA
+//! adapters applied **unmerged**: `y = x·W0ᵀ + b + Σₐ sₐ·((x·Aₐᵀ)·Bₐᵀ + bₐ)`, and its backward
+//! (gradients of the input and, for trainable adapters, of `A` and `B`).
+//!
+//! Stored weights are read in place when their dtype is the compute type and the data is aligned
+//! (f32 checkpoints in f32); other dtypes (bf16, f16) are decoded a block of rows at a time on
+//! every use, so resident memory stays at the checkpoint's own size. On `Exec::Gpu` the f32
+//! forward of a frozen layer runs through `backend::gpu::lora_forward` (WGSL), biases on the
+//! CPU.
+
+use super::scalar::{gemm, stored_as, MatView, Real};
+use crate::backend::cpu_forward::{ForwardAdapter, StoredMatrix};
+use crate::backend::gpu::GpuContext;
+use crate::dtype::Dtype;
+use anyhow::Result;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Decoded elements per block when a stored matrix must be converted.
+const BLOCK_ELEMS: usize = 1 << 20;
+
+/// Where matrix products run.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Exec<'g> {
+    #[default]
+    Cpu,
+    /// f32 forwards of frozen layers on the GPU (the rest on the CPU).
+    Gpu(&'g GpuContext),
+}
+
+/// Where a weight matrix's values live.
+#[derive(Debug, Clone)]
+pub enum MatrixData<'c> {
+    /// Bytes inside a memory-mapped checkpoint, in their stored dtype.
+    Stored { bytes: &'c [u8], dtype: Dtype },
+    /// f32 values in memory (merged in memory, replaced, or synthetic).
+    Owned(Arc<Vec<f32>>),
+}
+
+/// A frozen `rows × cols` row-major matrix.
+#[derive(Debug, Clone)]
+pub struct Matrix<'c> {
+    pub data: MatrixData<'c>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<'c> Matrix<'c> {
+    pub fn owned(values: Vec<f32>, rows: usize, cols: usize) -> Matrix<'static> {
+        assert_eq!(values.len(), rows * cols);
+        Matrix {
+            data: MatrixData::Owned(Arc::new(values)),
+            rows,
+            cols,
+        }
+    }
+
+    /// Stored bytes and dtype (owned values as F32 bytes).
+    pub fn bytes(&self) -> (&[u8], Dtype) {
+        match &self.data {
+            MatrixData::Stored { bytes, dtype } => (bytes, *dtype),
+            MatrixData::Owned(v) => (bytemuck::cast_slice(v.as_slice()), Dtype::F32),
+        }
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.bytes().1
+    }
+
+    /// The view the backend kernels take.
+    pub fn stored(&self) -> StoredMatrix<'_> {
+        let (bytes, dtype) = self.bytes();
+        StoredMatrix {
+            bytes,
+            dtype,
+            rows: self.rows,
+            cols: self.cols,
+        }
+    }
+
+    /// Rows `r0..r1` as `T` values (borrowed when possible).
+    pub fn rows_as<T: Real>(&self, r0: usize, r1: usize) -> Cow<'_, [T]> {
+        let (bytes, dtype) = self.bytes();
+        let es = dtype.bitsize() / 8;
+        stored_as(&bytes[r0 * self.cols * es..r1 * self.cols * es], dtype)
+    }
+
+    /// Rows per block in products: everything when the values can be borrowed.
+    fn block_rows<T: Real>(&self) -> usize {
+        let (bytes, dtype) = self.bytes();
+        if T::borrow_stored(bytes, dtype).is_some() {
+            self.rows.max(1)
+        } else {
+            (BLOCK_ELEMS / self.cols.max(1)).max(1)
+        }
+    }
+
+    /// `Y (+)= X·Wᵀ`: `X` is `n × cols`, `Y` is `n × rows` with row stride `ldy`.
+    pub fn mul_t<T: Real>(&self, x: &[T], n: usize, y: &mut [T], ldy: usize, acc: bool) {
+        let step = self.block_rows::<T>();
+        let xv = MatView::new(x, n, self.cols);
+        let mut r0 = 0;
+        while r0 < self.rows {
+            let r1 = (r0 + step).min(self.rows);
+            let w = self.rows_as::<T>(r0, r1);
+            gemm(
+                &mut y[r0..],
+                ldy,
+                xv,
+                MatView::new(&w, r1 - r0, self.cols).t(),
+                acc,
+            );
+            r0 = r1;
+        }
+    }
+
+    /// `dX += dY·W`: `dY` is `n × rows`, `dX` is `n × cols`.
+    pub fn mul_acc<T: Real>(&self, dy: &[T], n: usize, dx: &mut [T]) {
+        let step = self.block_rows::<T>();
+        let mut r0 = 0;
+        while r0 < self.rows {
+            let r1 = (r0 + step).min(self.rows);
+            let w = self.rows_as::<T>(r0, r1);
+            gemm(
+                dx,
+                self.cols,
+                MatView::strided(&dy[r0..], n, r1 - r0, self.rows),
+                MatView::new(&w, r1 - r0, self.cols),
+                true,
+            );
+            r0 = r1;
+        }
+    }
+
+    /// All values as f32 (a copy).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.rows_as::<f32>(0, self.rows).into_owned()
+    }
+}
+
+/// One LoRA adapter on a linear layer: `scale · ((x·Aᵀ)·Bᵀ + bias)`, `A` `rank × in`, `B`
+/// `out × rank`, row-major.
+#[derive(Debug, Clone)]
+pub struct Lora<T> {
+    /// Where it came from (adapter path) or `trainable`.
+    pub source: String,
+    pub a: Vec<T>,
+    pub b: Vec<T>,
+    pub rank: usize,
+    pub scale: T,
+    /// PEFT `lora_B.bias` (`lora_bias = true`).
+    pub bias: Option<Vec<T>>,
+    /// Receives gradients in [`Linear::backward`].
+    pub trainable: bool,
+}
+
+/// Gradients of one trainable adapter's factors.
+#[derive(Debug, Clone)]
+pub struct LoraGrad<T> {
+    pub a: Vec<T>,
+    pub b: Vec<T>,
+}
+
+impl<T: Real> LoraGrad<T> {
+    pub fn zeros(l: &Lora<T>) -> Self {
+        LoraGrad {
+            a: vec![T::ZERO; l.a.len()],
+            b: vec![T::ZERO; l.b.len()],
+        }
+    }
+}
+
+/// What a trainable adapter's backward needs from its forward: `t = x·Aᵀ` (`n × rank`).
+pub type LoraTape<T> = Option<Vec<T>>;
+
+/// A frozen linear layer (`out × in` weight, optional bias) with adapters.
+#[derive(Debug, Clone)]
+pub struct Linear<'c, T> {
+    /// Module path (`model.layers.0.self_attn.q_proj`).
+    pub name: String,
+    pub w: Matrix<'c>,
+    pub bias: Option<Vec<T>>,
+    pub loras: Vec<Lora<T>>,
+}
+
+impl<'c, T: Real> Linear<'c, T> {
+    pub fn out_features(&self) -> usize {
+        self.w.rows
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.w.cols
+    }
+
+    /// The trainable adapter, if any (at most one per layer).
+    pub fn trainable(&self) -> Option<&Lora<T>> {
+        self.loras.iter().find(|l| l.trainable)
+    }
+
+    /// `Y = X·W0ᵀ + b + Σ s·((X·Aᵀ)·Bᵀ + b_lora)` for `X` `n × in`; with `tape`, also returns
+    /// `X·Aᵀ` of the trainable adapter for the backward.
+    pub fn forward(
+        &self,
+        x: &[T],
+        n: usize,
+        exec: Exec,
+        tape: bool,
+    ) -> Result<(Vec<T>, LoraTape<T>)> {
+        let (d, k) = (self.out_features(), self.in_features());
+        debug_assert_eq!(x.len(), n * k);
+        let mut kept = None;
+        let mut y = match (exec, T::as_f32(x)) {
+            (Exec::Gpu(ctx), Some(xf)) if !tape && self.loras.iter().all(|l| !l.trainable) => {
+                let facts: Vec<(&[f32], &[f32])> = self
+                    .loras
+                    .iter()
+                    .filter_map(|l| Some((T::as_f32(&l.a)?, T::as_f32(&l.b)?)))
+                    .collect();
+                let ads: Vec<ForwardAdapter> = self
+                    .loras
+                    .iter()
+                    .zip(&facts)
+                    .map(|(l, (a, b))| ForwardAdapter {
+                        a,
+                        b,
+                        rank: l.rank,
+                        scale: l.scale.to_f32(),
+                    })
+                    .collect();
+                let y = crate::backend::gpu::lora_forward(ctx, xf, n, &self.w.stored(), &ads)?;
+                y.into_iter().map(T::from_f32).collect()
+            }
+            _ => {
+                let mut y = vec![T::ZERO; n * d];
+                self.w.mul_t(x, n, &mut y, d, false);
+                for l in &self.loras {
+                    // t = s·(X·Aᵀ), then Y += t·Bᵀ (the CPU twin's order).
+                    let t = super::scalar::matmul(
+                        MatView::new(x, n, k),
+                        MatView::new(&l.a, l.rank, k).t(),
+                    );
+                    let mut ts = t.clone();
+                    for v in ts.iter_mut() {
+                        *v *= l.scale;
+                    }
+                    gemm(
+                        &mut y,
+                        d,
+                        MatView::new(&ts, n, l.rank),
+                        MatView::new(&l.b, d, l.rank).t(),
+                        true,
+                    );
+                    if l.trainable && tape {
+                        kept = Some(t);
+                    }
+                }
+                y
+            }
+        };
+        let mut add_bias = |b: &[T], s: T| {
+            for row in y.chunks_exact_mut(d) {
+                for (v, bb) in row.iter_mut().zip(b) {
+                    *v += s * *bb;
+                }
+            }
+        };
+        if let Some(b) = &self.bias {
+            add_bias(b, T::ONE);
+        }
+        for l in &self.loras {
+            if let Some(b) = &l.bias {
+                add_bias(b, l.scale);
+            }
+        }
+        Ok((y, kept))
+    }
+
+    /// Backward of [`Linear::forward`]: `dX += dY·W0 + Σ s·(dY·B)·A`; for the trainable adapter
+    /// `dB += s·dYᵀ·t` and `dA += s·(dY·B)ᵀ·X` into `grad`.
+    pub fn backward(
+        &self,
+        x: &[T],
+        n: usize,
+        dy: &[T],
+        tape: &LoraTape<T>,
+        dx: &mut [T],
+        grad: Option<&mut LoraGrad<T>>,
+    ) {
+        let (d, k) = (self.out_features(), self.in_features());
+        self.w.mul_acc(dy, n, dx);
+        let mut grad = grad;
+        for l in &self.loras {
+            // u = s·(dY·B)  (n × r)
+            let mut u =
+                super::scalar::matmul(MatView::new(dy, n, d), MatView::new(&l.b, d, l.rank));
+            for v in u.iter_mut() {
+                *v *= l.scale;
+            }
+            gemm(
+                dx,
+                k,
+                MatView::new(&u, n, l.rank),
+                MatView::new(&l.a, l.rank, k),
+                true,
+            );
+            if l.trainable {
+                if let (Some(g), Some(t)) = (grad.as_deref_mut(), tape.as_ref()) {
+                    // dA += uᵀ·X
+                    gemm(
+                        &mut g.a,
+                        k,
+                        MatView::new(&u, n, l.rank).t(),
+                        MatView::new(x, n, k),
+                        true,
+                    );
+                    // dB += s·dYᵀ·t
+                    let mut ts = t.clone();
+                    for v in ts.iter_mut() {
+                        *v *= l.scale;
+                    }
+                    gemm(
+                        &mut g.b,
+                        l.rank,
+                        MatView::new(dy, n, d).t(),
+                        MatView::new(&ts, n, l.rank),
+                        true,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1016 @@
+//! The Llama-family causal LM: loading from a checkpoint, attaching adapters (unmerged, or merged
+//! in memory), the forward pass, and the backward pass to trainable LoRA factors.
+//!
+//! Block (transformers `LlamaDecoderLayer`, also Mistral and Qwen2):
+//! `h = x + o_proj(attn(rope(q_proj(n₁)), rope(k_proj(n₁)), v_proj(n₁)))`, `n₁ = RMSNorm₁(x)`;
+//! `y = h + down_proj(silu(gate_proj(n₂)) ⊙ up_proj(n₂))`, `n₂ = RMSNorm₂(h)`; after the last
+//! layer `logits = lm_head(RMSNorm(y))`. Every projection is a [`Linear`] (slot `7·layer + i`
+//! for q, k, v, o, gate, up, down; `lm_head` last).
+//!
+//! Adapters: LoRA on any of these linear layers is applied unmerged through the low-rank path;
+//! embedding LoRA is applied unmerged at the lookup (`E[t] + s·B·A[:, t]`). DoRA modules, and
+//! everything when merging is asked for, are merged in memory into an f32 copy of the weight by
+//! the same kernel as `lorakit merge` (`backend::cpu::merge`); `modules_to_save` tensors replace
+//! the model's own. The loss is transformers' causal-LM loss: the mean cross-entropy of the
+//! next-token targets given.
+
+use super::config::ModelConfig;
+use super::linear::{Exec, Linear, Lora, LoraGrad, LoraTape, Matrix, MatrixData};
+use super::ops::{
+    attention, attention_backward, rmsnorm, rmsnorm_backward, swiglu, swiglu_backward, AttnShape,
+    Rope,
+};
+use super::scalar::{stored_as, Real};
+use crate::adapter::{Adapter, ModuleKind};
+use crate::backend::{Dora, MergeJob, NormAxis, Term};
+use crate::dtype::{self, Dtype};
+use crate::error::{InputError, InputResult};
+use crate::io::Checkpoint;
+use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Projection names inside a layer, in slot order.
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
+/// Target value meaning "no prediction at this position".
+pub const NO_TARGET: u32 = u32::MAX;
+
+/// In-memory tensors (name → shape, f32 values), for synthetic models.
+pub type MemoryTensors = BTreeMap<String, (Vec<usize>, Arc<Vec<f32>>)>;
+
+/// Where a model's tensors come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Weights<'c> {
+    Checkpoint(&'c Checkpoint),
+    Memory(&'c MemoryTensors),
+}
+
+impl<'c> Weights<'c> {
+    fn path(&self) -> PathBuf {
+        match self {
+            Weights::Checkpoint(c) => c.root.clone(),
+            Weights::Memory(_) => PathBuf::from("<memory>"),
+        }
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        match self {
+            Weights::Checkpoint(c) => c.info(name).map(|i| i.shape.clone()),
+            Weights::Memory(m) => m.get(name).map(|(s, _)| s.clone()),
+        }
+    }
+
+    fn data(&self, name: &str) -> InputResult<MatrixData<'c>> {
+        match self {
+            Weights::Checkpoint(c) => {
+                let v = c.view(name)?;
+                if !dtype::is_float_compute(v.dtype) {
+                    return Err(InputError::invalid(
+                        &c.root,
+                        format!(
+                            "tensor `{name}`: dtype {} is not a float type",
+                            dtype::name(v.dtype)
+                        ),
+                    ));
+                }
+                Ok(MatrixData::Stored {
+                    bytes: v.data,
+                    dtype: v.dtype,
+                })
+            }
+            Weights::Memory(m) => Ok(MatrixData::Owned(m[name].1.clone())),
+        }
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> InputResult<Matrix<'c>> {
+        match self.shape(name) {
+            None => Err(InputError::invalid(
+                self.path(),
+                format!("tensor `{name}` is missing"),
+            )),
+            Some(s) if s != [rows, cols] => Err(InputError::invalid(
+                self.path(),
+                format!("tensor `{name}` has shape {s:?}, the config needs [{rows}, {cols}]"),
+            )),
+            Some(_) => Ok(Matrix {
+                data: self.data(name)?,
+                rows,
+                cols,
+            }),
+        }
+    }
+
+    fn vector<T: Real>(&self, name: &str, len: usize) -> InputResult<Vec<T>> {
+        let m = self.matrix_1d(name, len)?;
+        Ok(m.rows_as::<T>(0, 1).into_owned())
+    }
+
+    fn matrix_1d(&self, name: &str, len: usize) -> InputResult<Matrix<'c>> {
+        match self.shape(name) {
+            None => Err(InputError::invalid(
+                self.path(),
+                format!("tensor `{name}` is missing"),
+            )),
+            Some(s) if s != [len] => Err(InputError::invalid(
+                self.path(),
+                format!("tensor `{name}` has shape {s:?}, the config needs [{len}]"),
+            )),
+            Some(_) => Ok(Matrix {
+                data: self.data(name)?,
+                rows: 1,
+                cols: len,
+            }),
+        }
+    }
+}
+
+/// One decoder layer.
+#[derive(Debug, Clone)]
+pub struct Layer<'c, T> {
+    pub input_norm: Vec<T>,
+    pub post_norm: Vec<T>,
+    /// q, k, v, o, gate, up, down.
+    pub proj: [Linear<'c, T>; 7],
+    pub window: Option<usize>,
+}
+
+/// LoRA on the token embedding (unmerged): `E[t] + s·B·A[:, t]`, `A` `rank × vocab`, `B`
+/// `hidden × rank`.
+#[derive(Debug, Clone)]
+pub struct EmbedLora<T> {
+    pub a: Vec<T>,
+    pub b: Vec<T>,
+    pub rank: usize,
+    pub scale: T,
+}
+
+/// A Llama-family causal LM computing in `T`.
+#[derive(Debug, Clone)]
+pub struct Model<'c, T> {
+    pub config: ModelConfig,
+    /// Tensor-name prefix of the decoder (`model.`, or empty for a bare `LlamaModel`).
+    pub prefix: String,
+    pub embed: Matrix<'c>,
+    pub embed_loras: Vec<EmbedLora<T>>,
+    pub layers: Vec<Layer<'c, T>>,
+    pub norm: Vec<T>,
+    pub lm_head: Linear<'c, T>,
+    /// `lm_head` uses the embedding matrix.
+    pub tied: bool,
+    inv_freq: Vec<f64>,
+}
+
+/// Gradients of every trainable adapter, by slot.
+#[derive(Debug, Clone)]
+pub struct Grads<T> {
+    pub slots: Vec<Option<LoraGrad<T>>>,
+}
+
+impl<T: Real> Grads<T> {
+    /// Σ of squared entries (f64).
+    pub fn sum_sq(&self) -> f64 {
+        self.slots
+            .iter()
+            .flatten()
+            .flat_map(|g| g.a.iter().chain(&g.b))
+            .map(|&v| v.to_f64() * v.to_f64())
+            .sum()
+    }
+}
+
+/// Shape and rotary tables of one forward/backward pass.
+struct Pass<'r, T> {
+    batch: usize,
+    seq: usize,
+    rope: &'r Rope<T>,
+}
+
+/// What one layer's backward needs from its forward.
+struct LayerTape<T> {
+    x: Vec<T>,
+    rstd1: Vec<T>,
+    h1: Vec<T>,
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    att: Vec<T>,
+    lse: Vec<T>,
+    x2: Vec<T>,
+    rstd2: Vec<T>,
+    h2: Vec<T>,
+    g: Vec<T>,
+    u: Vec<T>,
+    m: Vec<T>,
+    t: [LoraTape<T>; 7],
+}
+
+/// Where an adapter module lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Embed,
+    Linear(usize),
+}
+
+/// Counts of what attaching one adapter did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Attached {
+    pub path: String,
+    pub weight: f64,
+    /// Modules applied through the low-rank path.
+    pub modules_unmerged: usize,
+    /// Modules merged into an in-memory copy of the weight (DoRA, or all with merging asked).
+    pub modules_merged: usize,
+    /// `modules_to_save` tensors that replaced the model's.
+    pub tensors_replaced: usize,
+}
+
+impl<'c, T: Real> Model<'c, T> {
+    /// Builds the model from a checkpoint (or memory) and its config; checks every shape.
+    pub fn load(src: Weights<'c>, config: ModelConfig) -> InputResult<Self> {
+        let prefix = if src.shape("model.embed_tokens.weight").is_some() {
+            "model."
+        } else if src.shape("embed_tokens.weight").is_some() {
+            ""
+        } else {
+            return Err(InputError::invalid(
+                src.path(),
+                "no `model.embed_tokens.weight`: not a Llama-family checkpoint",
+            ));
+        }
+        .to_owned();
+        let c = &config;
+        let (h, nh, nkv, hd) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        );
+        let embed = src.matrix(&format!("{prefix}embed_tokens.weight"), c.vocab_size, h)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let base = format!("{prefix}layers.{l}");
+            let dims = [
+                (nh * hd, h),
+                (nkv * hd, h),
+                (nkv * hd, h),
+                (h, nh * hd),
+                (c.intermediate_size, h),
+                (c.intermediate_size, h),
+                (h, c.intermediate_size),
+            ];
+            let mk = |i: usize| -> InputResult<Linear<'c, T>> {
+                let name = format!("{base}.{}", PROJECTIONS[i]);
+                let (d, k) = dims[i];
+                let bias_name = format!("{name}.bias");
+                let bias = match src.shape(&bias_name) {
+                    Some(_) => Some(src.vector::<T>(&bias_name, d)?),
+                    None => None,
+                };
+                Ok(Linear {
+                    w: src.matrix(&format!("{name}.weight"), d, k)?,
+                    name,
+                    bias,
+                    loras: Vec::new(),
+                })
+            };
+            layers.push(Layer {
+                input_norm: src.vector(&format!("{base}.input_layernorm.weight"), h)?,
+                post_norm: src.vector(&format!("{base}.post_attention_layernorm.weight"), h)?,
+                proj: [mk(0)?, mk(1)?, mk(2)?, mk(3)?, mk(4)?, mk(5)?, mk(6)?],
+                window: c.sliding_windows[l],
+            });
+        }
+        let tied = c.tie_word_embeddings || src.shape("lm_head.weight").is_none();
+        let lm_w = if tied {
+            embed.clone()
+        } else {
+            src.matrix("lm_head.weight", c.vocab_size, h)?
+        };
+        Ok(Model {
+            norm: src.vector(&format!("{prefix}norm.weight"), h)?,
+            lm_head: Linear {
+                name: "lm_head".into(),
+                w: lm_w,
+                bias: None,
+                loras: Vec::new(),
+            },
+            embed,
+            embed_loras: Vec::new(),
+            layers,
+            tied,
+            inv_freq: config.inv_freq(),
+            prefix,
+            config,
+        })
+    }
+
+    /// Number of linear slots (7 per layer, then `lm_head`).
+    pub fn num_slots(&self) -> usize {
+        self.layers.len() * 7 + 1
+    }
+
+    pub fn linear(&self, slot: usize) -> &Linear<'c, T> {
+        if slot == self.layers.len() * 7 {
+            &self.lm_head
+        } else {
+            &self.layers[slot / 7].proj[slot % 7]
+        }
+    }
+
+    pub fn linear_mut(&mut self, slot: usize) -> &mut Linear<'c, T> {
+        if slot == self.layers.len() * 7 {
+            &mut self.lm_head
+        } else {
+            &mut self.layers[slot / 7].proj[slot % 7]
+        }
+    }
+
+    /// Module path of the embedding (`model.embed_tokens`).
+    pub fn embed_name(&self) -> String {
+        format!("{}embed_tokens", self.prefix)
+    }
+
+    /// Slots whose module path matches one of `targets` as PEFT matches a `target_modules`
+    /// list: the whole path, or a suffix of it that starts after a dot (`q_proj`,
+    /// `self_attn.q_proj`, `layers.0.mlp.down_proj`). Every target must match something.
+    pub fn select(&self, targets: &[String]) -> Result<Vec<usize>> {
+        let mut slots = Vec::new();
+        for t in targets {
+            let hits: Vec<usize> = (0..self.num_slots())
+                .filter(|&s| dotted_suffix(&self.linear(s).name, t))
+                .collect();
+            if hits.is_empty() {
+                if dotted_suffix(&self.embed_name(), t) {
+                    bail!(
+                        "target `{t}` is the embedding; lorakit trains LoRA on linear layers only"
+                    );
+                }
+                bail!(
+                    "target `{t}` matches no linear layer (names end in q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head)"
+                );
+            }
+            slots.extend(hits);
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        Ok(slots)
+    }
+
+    /// Slot of the linear layer an adapter module name refers to (same matching as
+    /// [`Model::attach`]).
+    pub fn module_slot(&self, name: &str) -> std::result::Result<usize, String> {
+        match self.find_module(name)? {
+            Target::Linear(s) => Ok(s),
+            Target::Embed => Err(format!(
+                "module `{name}` is the embedding, not a linear layer"
+            )),
+        }
+    }
+
+    fn find_module(&self, name: &str) -> std::result::Result<Target, String> {
+        let mut names: Vec<(String, Target)> = (0..self.num_slots())
+            .map(|s| (self.linear(s).name.clone(), Target::Linear(s)))
+            .collect();
+        names.push((self.embed_name(), Target::Embed));
+        if let Some((_, t)) = names.iter().find(|(n, _)| n == name) {
+            return Ok(*t);
+        }
+        let hits: Vec<&(String, Target)> = if name.contains('.') {
+            names
+                .iter()
+                .filter(|(n, _)| dotted_suffix(n, name) || dotted_suffix(name, n))
+                .collect()
+        } else {
+            // kohya-style `lora_te_model_layers_0_self_attn_q_proj`
+            let rest = strip_kohya_prefix(name);
+            names
+                .iter()
+                .filter(|(n, _)| {
+                    let u = n.replace('.', "_");
+                    u == rest
+                        || u.ends_with(&format!("_{rest}"))
+                        || rest.ends_with(&format!("_{u}"))
+                })
+                .collect()
+        };
+        match hits.as_slice() {
+            [one] => Ok(one.1),
+            [] => Err(format!("module `{name}` matches no layer of the model")),
+            many => Err(format!(
+                "module `{name}` is ambiguous: {}",
+                many.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Attaches every module of `adapter` with weight `weight`: unmerged through the low-rank
+    /// path, or merged into an in-memory f32 copy of the weight when `merge` is set (DoRA
+    /// modules are always merged). Nothing is dropped: a module that fits no layer is an error.
+    pub fn attach(&mut self, adapter: &Adapter, weight: f64, merge: bool) -> Result<Attached> {
+        let path = adapter.path.clone();
+        let err = |m: String| anyhow::Error::new(InputError::invalid(&path, m));
+        let mut rep = Attached {
+            path: adapter.path.display().to_string(),
+            weight,
+            ..Default::default()
+        };
+        // Replacement tensors first (`modules_to_save`, PEFT's saved base embedding): they are
+        // the base the adapter's modules apply to, as in `lorakit merge`.
+        for f in &adapter.full_tensors {
+            let vals = adapter.values(&f.data)?;
+            self.replace_tensor(&f.name, &f.shape, &vals)
+                .map_err(|e| err(format!("tensor `{}` (modules_to_save): {e}", f.name)))?;
+            rep.tensors_replaced += 1;
+        }
+        let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
+        for m in &adapter.modules {
+            let target = self.find_module(&m.name).map_err(&err)?;
+            let scale = weight * m.scale;
+            let (b, a) = adapter.factors(m)?;
+            let magnitude = m
+                .dora_magnitude
+                .as_ref()
+                .map(|d| adapter.values(d))
+                .transpose()?;
+            let lbias = m.bias.as_ref().map(|d| adapter.values(d)).transpose()?;
+            match target {
+                Target::Embed => {
+                    if m.kind != ModuleKind::Embedding
+                        || m.in_features != vocab
+                        || m.out_features != hidden
+                    {
+                        return Err(err(format!(
+                            "module `{}` ({:?}, {}→{}) does not fit the embedding ({vocab}×{hidden})",
+                            m.name, m.kind, m.in_features, m.out_features
+                        )));
+                    }
+                    if merge || magnitude.is_some() {
+                        // Stored [vocab, hidden] = transposed: ΔW = s·(B·A)ᵀ = s·Aᵀ·Bᵀ.
+                        let bt = crate::adapter::transpose(&a, m.rank, m.in_features);
+                        let at = crate::adapter::transpose(&b, m.out_features, m.rank);
+                        let merged = merge_matrix(
+                            &self.embed,
+                            &bt,
+                            &at,
+                            m.rank,
+                            scale,
+                            magnitude.as_deref().map(|v| (v.as_slice(), NormAxis::Cols)),
+                        )
+                        .map_err(|e| err(format!("module `{}`: {e}", m.name)))?;
+                        self.embed = merged;
+                        rep.modules_merged += 1;
+                    } else {
+                        self.embed_loras.push(EmbedLora {
+                            a: a.iter().map(|&x| T::from_f32(x)).collect(),
+                            b: b.iter().map(|&x| T::from_f32(x)).collect(),
+                            rank: m.rank,
+                            scale: T::from_f64(scale),
+                        });
+                        rep.modules_unmerged += 1;
+                    }
+                }
+                Target::Linear(slot) => {
+                    let lin = self.linear_mut(slot);
+                    if m.kind != ModuleKind::Linear
+                        || m.base_transposed
+                        || m.out_features != lin.out_features()
+                        || m.in_features != lin.in_features()
+                    {
+                        return Err(err(format!(
+                            "module `{}` ({:?}{}, {}→{}) does not fit `{}` ({}→{})",
+                            m.name,
+                            m.kind,
+                            if m.base_transposed {
+                                ", fan_in_fan_out"
+                            } else {
+                                ""
+                            },
+                            m.in_features,
+                            m.out_features,
+                            lin.name,
+                            lin.in_features(),
+                            lin.out_features()
+                        )));
+                    }
+                    if merge || magnitude.is_some() {
+                        let merged = merge_matrix(
+                            &lin.w,
+                            &b,
+                            &a,
+                            m.rank,
+                            scale,
+                            magnitude.as_deref().map(|v| (v.as_slice(), NormAxis::Rows)),
+                        )
+                        .map_err(|e| err(format!("module `{}`: {e}", m.name)))?;
+                        lin.w = merged;
+                        if let Some(lb) = &lbias {
+                            let d = lin.out_features();
+                            let bias = lin.bias.get_or_insert_with(|| vec![T::ZERO; d]);
+                            for (o, &v) in bias.iter_mut().zip(lb.iter()) {
+                                *o = T::from_f32(o.to_f32() + (scale as f32) * v);
+                            }
+                        }
+                        rep.modules_merged += 1;
+                    } else {
+                        lin.loras.push(Lora {
+                            source: adapter.path.display().to_string(),
+                            a: a.iter().map(|&x| T::from_f32(x)).collect(),
+                            b: b.iter().map(|&x| T::from_f32(x)).collect(),
+                            rank: m.rank,
+                            scale: T::from_f64(scale),
+                            bias: lbias
+                                .as_ref()
+                                .map(|v| v.iter().map(|&x| T::from_f32(x)).collect()),
+                            trainable: false,
+                        });
+                        rep.modules_unmerged += 1;
+                    }
+                }
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Replaces one of the model's tensors (a `modules_to_save` copy).
+    fn replace_tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        vals: &[f32],
+    ) -> std::result::Result<(), String> {
+        let module = name
+            .strip_suffix(".weight")
+            .or_else(|| name.strip_suffix(".bias"));
+        let is_bias = name.ends_with(".bias");
+        let to_t = |v: &[f32]| v.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>();
+        let Some(module) = module else {
+            return Err("not a .weight or .bias tensor".into());
+        };
+        let check = |want: &[usize]| -> std::result::Result<(), String> {
+            if shape != want {
+                return Err(format!("shape {shape:?}, the model has {want:?}"));
+            }
+            Ok(())
+        };
+        // Norms.
+        let mut norms: Vec<(String, usize, usize)> = Vec::new();
+        for l in 0..self.layers.len() {
+            norms.push((format!("{}layers.{l}.input_layernorm", self.prefix), l, 0));
+            norms.push((
+                format!("{}layers.{l}.post_attention_layernorm", self.prefix),
+                l,
+                1,
+            ));
+        }
+        let h = self.config.hidden_size;
+        if !is_bias {
+            if let Some((_, l, which)) = norms
+                .iter()
+                .find(|(n, _, _)| dotted_suffix(n, module) || dotted_suffix(module, n))
+            {
+                check(&[h])?;
+                let v = to_t(vals);
+                if *which == 0 {
+                    self.layers[*l].input_norm = v;
+                } else {
+                    self.layers[*l].post_norm = v;
+                }
+                return Ok(());
+            }
+            let final_norm = format!("{}norm", self.prefix);
+            if dotted_suffix(&final_norm, module) || module == final_norm {
+                check(&[h])?;
+                self.norm = to_t(vals);
+                return Ok(());
+            }
+        }
+        match self.find_module(module)? {
+            Target::Embed if !is_bias => {
+                check(&[self.embed.rows, self.embed.cols])?;
+                self.embed = Matrix::owned(vals.to_vec(), self.embed.rows, self.embed.cols);
+            }
+            Target::Embed => return Err("the embedding has no bias".into()),
+            Target::Linear(slot) => {
+                let lin = self.linear_mut(slot);
+                if is_bias {
+                    check(&[lin.out_features()])?;
+                    lin.bias = Some(to_t(vals));
+                } else {
+                    check(&[lin.out_features(), lin.in_features()])?;
+                    lin.w = Matrix::owned(vals.to_vec(), lin.w.rows, lin.w.cols);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Embedding lookup with embedding adapters; every id must be below the vocabulary size.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Vec<T>> {
+        let (vocab, h) = (self.config.vocab_size, self.config.hidden_size);
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            bail!("token id {bad} is not below the vocabulary size {vocab}");
+        }
+        let mut x = Vec::with_capacity(ids.len() * h);
+        for &t in ids {
+            x.extend_from_slice(&self.embed.rows_as::<T>(t as usize, t as usize + 1));
+        }
+        for l in &self.embed_loras {
+            for (i, &t) in ids.iter().enumerate() {
+                let col: Vec<T> = (0..l.rank).map(|r| l.a[r * vocab + t as usize]).collect();
+                for (o, brow) in x[i * h..(i + 1) * h]
+                    .iter_mut()
+                    .zip(l.b.chunks_exact(l.rank))
+                {
+                    let s: T = brow.iter().zip(&col).map(|(&b, &c)| b * c).sum();
+                    *o += l.scale * s;
+                }
+            }
+        }
+        Ok(x)
+    }
+
+    fn attn_shape(&self, batch: usize, seq: usize, l: usize) -> AttnShape {
+        AttnShape {
+            batch,
+            seq,
+            heads: self.config.num_attention_heads,
+            kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+            window: self.layers[l].window,
+        }
+    }
+
+    fn layer_forward(
+        &self,
+        l: usize,
+        x: Vec<T>,
+        pass: &Pass<T>,
+        exec: Exec,
+        keep: bool,
+    ) -> Result<(Vec<T>, Option<LayerTape<T>>)> {
+        let (batch, seq, rope) = (pass.batch, pass.seq, pass.rope);
+        let c = &self.config;
+        let layer = &self.layers[l];
+        let (n, h) = (batch * seq, c.hidden_size);
+        let (h1, rstd1) = rmsnorm(&x, h, &layer.input_norm, c.rms_norm_eps);
+        let (mut q, tq) = layer.proj[Q].forward(&h1, n, exec, keep)?;
+        let (mut k, tk) = layer.proj[K].forward(&h1, n, exec, keep)?;
+        let (v, tv) = layer.proj[V].forward(&h1, n, exec, keep)?;
+        rope.apply(&mut q, seq, c.num_attention_heads, false);
+        rope.apply(&mut k, seq, c.num_key_value_heads, false);
+        let (att, lse) = attention(&q, &k, &v, &self.attn_shape(batch, seq, l));
+        let (mut x2, to) = layer.proj[O].forward(&att, n, exec, keep)?;
+        for (o, &xv) in x2.iter_mut().zip(&x) {
+            *o += xv;
+        }
+        let (h2, rstd2) = rmsnorm(&x2, h, &layer.post_norm, c.rms_norm_eps);
+        let (g, tg) = layer.proj[GATE].forward(&h2, n, exec, keep)?;
+        let (u, tu) = layer.proj[UP].forward(&h2, n, exec, keep)?;
+        let m = swiglu(&g, &u);
+        let (mut y, td) = layer.proj[DOWN].forward(&m, n, exec, keep)?;
+        for (o, &xv) in y.iter_mut().zip(&x2) {
+            *o += xv;
+        }
+        let tape = keep.then_some(LayerTape {
+            x,
+            rstd1,
+            h1,
+            q,
+            k,
+            v,
+            att,
+            lse,
+            x2,
+            rstd2,
+            h2,
+            g,
+            u,
+            m,
+            t: [tq, tk, tv, to, tg, tu, td],
+        });
+        Ok((y, tape))
+    }
+
+    fn layer_backward(
+        &self,
+        l: usize,
+        tp: LayerTape<T>,
+        dy: Vec<T>,
+        pass: &Pass<T>,
+        grads: &mut Grads<T>,
+    ) -> Vec<T> {
+        let (batch, seq, rope) = (pass.batch, pass.seq, pass.rope);
+        let c = &self.config;
+        let layer = &self.layers[l];
+        let (n, h) = (batch * seq, c.hidden_size);
+        macro_rules! g {
+            ($i:expr) => {
+                grads.slots[7 * l + $i].as_mut()
+            };
+        }
+        // MLP
+        let mut dm = vec![T::ZERO; n * c.intermediate_size];
+        layer.proj[DOWN].backward(&tp.m, n, &dy, &tp.t[DOWN], &mut dm, g!(DOWN));
+        let (dg, du) = swiglu_backward(&tp.g, &tp.u, &dm);
+        drop(dm);
+        let mut dh2 = vec![T::ZERO; n * h];
+        layer.proj[GATE].backward(&tp.h2, n, &dg, &tp.t[GATE], &mut dh2, g!(GATE));
+        layer.proj[UP].backward(&tp.h2, n, &du, &tp.t[UP], &mut dh2, g!(UP));
+        let mut dx2 = dy;
+        rmsnorm_backward(&tp.x2, &tp.rstd2, &layer.post_norm, &dh2, h, &mut dx2);
+        // Attention
+        let mut datt = vec![T::ZERO; tp.att.len()];
+        layer.proj[O].backward(&tp.att, n, &dx2, &tp.t[O], &mut datt, g!(O));
+        let (mut dq, mut dk, dv) = attention_backward(
+            &tp.q,
+            &tp.k,
+            &tp.v,
+            &tp.att,
+            &tp.lse,
+            &datt,
+            &self.attn_shape(batch, seq, l),
+        );
+        rope.apply(&mut dq, seq, c.num_attention_heads, true);
+        rope.apply(&mut dk, seq, c.num_key_value_heads, true);
+        let mut dh1 = vec![T::ZERO; n * h];
+        layer.proj[Q].backward(&tp.h1, n, &dq, &tp.t[Q], &mut dh1, g!(Q));
+        layer.proj[K].backward(&tp.h1, n, &dk, &tp.t[K], &mut dh1, g!(K));
+        layer.proj[V].backward(&tp.h1, n, &dv, &tp.t[V], &mut dh1, g!(V));
+        let mut dx = dx2;
+        rmsnorm_backward(&tp.x, &tp.rstd1, &layer.input_norm, &dh1, h, &mut dx);
+        dx
+    }
+
+    fn check_batch(&self, ids: &[u32], batch: usize, seq: usize) -> Result<()> {
+        if ids.len() != batch * seq || seq == 0 {
+            bail!("{} token ids for {batch} sequences of {seq}", ids.len());
+        }
+        Ok(())
+    }
+
+    /// Final hidden states (after the last norm) of `batch` sequences of `seq` tokens.
+    fn hidden(&self, ids: &[u32], batch: usize, seq: usize, exec: Exec) -> Result<Vec<T>> {
+        self.check_batch(ids, batch, seq)?;
+        let rope = Rope::new(&self.inv_freq, seq);
+        let pass = Pass {
+            batch,
+            seq,
+            rope: &rope,
+        };
+        let mut x = self.embed_tokens(ids)?;
+        for l in 0..self.layers.len() {
+            x = self.layer_forward(l, x, &pass, exec, false)?.0;
+        }
+        Ok(rmsnorm(
+            &x,
+            self.config.hidden_size,
+            &self.norm,
+            self.config.rms_norm_eps,
+        )
+        .0)
+    }
+
+    /// Logits `[batch·seq, vocab]` of `batch` sequences of `seq` tokens (row-major ids), or with
+    /// `last_only` those of each sequence's last position (`[batch, vocab]`).
+    pub fn logits(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+        exec: Exec,
+        last_only: bool,
+    ) -> Result<Vec<T>> {
+        let hf = self.hidden(ids, batch, seq, exec)?;
+        let h = self.config.hidden_size;
+        let (rows, hf) = if last_only {
+            let mut v = Vec::with_capacity(batch * h);
+            for b in 0..batch {
+                let r = b * seq + seq - 1;
+                v.extend_from_slice(&hf[r * h..(r + 1) * h]);
+            }
+            (batch, v)
+        } else {
+            (batch * seq, hf)
+        };
+        Ok(self.lm_head.forward(&hf, rows, exec, false)?.0)
+    }
+
+    /// Summed cross-entropy of `targets` (one per position, [`NO_TARGET`] to skip) and the
+    /// number of targets, without gradients.
+    pub fn loss_sum(
+        &self,
+        ids: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+        exec: Exec,
+    ) -> Result<(f64, usize)> {
+        let hf = self.hidden(ids, batch, seq, exec)?;
+        let count = targets.iter().filter(|&&t| t != NO_TARGET).count();
+        let s = self.head_loss(&hf, targets, T::ONE, None, exec)?;
+        Ok((s, count))
+    }
+
+    /// Mean cross-entropy over the `targets` (one per position; [`NO_TARGET`] to skip), and its
+    /// gradient with respect to every trainable adapter's factors.
+    pub fn loss_and_grads(
+        &self,
+        ids: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<(f64, Grads<T>)> {
+        self.check_batch(ids, batch, seq)?;
+        if targets.len() != ids.len() {
+            bail!("{} targets for {} positions", targets.len(), ids.len());
+        }
+        let count = targets.iter().filter(|&&t| t != NO_TARGET).count();
+        if count == 0 {
+            bail!("no targets in the batch");
+        }
+        let rope = Rope::new(&self.inv_freq, seq);
+        let pass = Pass {
+            batch,
+            seq,
+            rope: &rope,
+        };
+        let mut x = self.embed_tokens(ids)?;
+        let mut tapes = Vec::with_capacity(self.layers.len());
+        for l in 0..self.layers.len() {
+            let (y, tape) = self.layer_forward(l, x, &pass, Exec::Cpu, true)?;
+            tapes.push(tape.expect("kept"));
+            x = y;
+        }
+        let c = &self.config;
+        let (hf, rstd) = rmsnorm(&x, c.hidden_size, &self.norm, c.rms_norm_eps);
+        let mut grads = self.zero_grads();
+        let mut dhf = vec![T::ZERO; hf.len()];
+        let denom = T::from_f64(count as f64);
+        let sum = self.head_loss(&hf, targets, denom, Some((&mut dhf, &mut grads)), Exec::Cpu)?;
+        let mut dx = vec![T::ZERO; x.len()];
+        rmsnorm_backward(&x, &rstd, &self.norm, &dhf, c.hidden_size, &mut dx);
+        drop((hf, dhf, x));
+        for l in (0..self.layers.len()).rev() {
+            let tape = tapes.pop().expect("one per layer");
+            dx = self.layer_backward(l, tape, dx, &pass, &mut grads);
+        }
+        Ok((sum / count as f64, grads))
+    }
+
+    /// Zero gradients for every trainable adapter.
+    pub fn zero_grads(&self) -> Grads<T> {
+        Grads {
+            slots: (0..self.num_slots())
+                .map(|s| self.linear(s).trainable().map(LoraGrad::zeros))
+                .collect(),
+        }
+    }
+
+    /// `lm_head` + cross-entropy over row chunks; with `back`, writes `dL/dhf` (of the summed
+    /// loss divided by `denom`) and `lm_head`'s adapter gradient. Returns the summed loss.
+    fn head_loss(
+        &self,
+        hf: &[T],
+        targets: &[u32],
+        denom: T,
+        mut back: Option<(&mut [T], &mut Grads<T>)>,
+        exec: Exec,
+    ) -> Result<f64> {
+        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let n = hf.len() / h;
+        // ~16 MB of logits per chunk, but at least 256 rows so a large vocabulary's weight is
+        // not streamed once per handful of rows.
+        let chunk = ((1usize << 22) / vocab).max(256).min(n.max(1));
+        let slot = self.num_slots() - 1;
+        let mut sum = 0f64;
+        let mut r0 = 0;
+        while r0 < n {
+            let r1 = (r0 + chunk).min(n);
+            let rows = r1 - r0;
+            let x = &hf[r0 * h..r1 * h];
+            let (mut z, tape) = self.lm_head.forward(x, rows, exec, back.is_some())?;
+            for (i, zr) in z.chunks_exact_mut(vocab).enumerate() {
+                let t = targets[r0 + i];
+                if t == NO_TARGET {
+                    if back.is_some() {
+                        zr.fill(T::ZERO);
+                    }
+                    continue;
+                }
+                if t as usize >= vocab {
+                    bail!("target id {t} is not below the vocabulary size {vocab}");
+                }
+                let mx = zr.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+                for v in zr.iter_mut() {
+                    *v -= mx;
+                }
+                let zt = zr[t as usize];
+                T::exp_slice(zr);
+                let se: T = zr.iter().copied().sum();
+                let lse = se.ln();
+                sum += (lse - zt).to_f64();
+                if back.is_some() {
+                    // softmax − onehot, over the count of targets
+                    let k = T::ONE / (se * denom);
+                    for v in zr.iter_mut() {
+                        *v *= k;
+                    }
+                    zr[t as usize] -= T::ONE / denom;
+                }
+            }
+            if let Some((dhf, grads)) = back.as_mut() {
+                self.lm_head.backward(
+                    x,
+                    rows,
+                    &z,
+                    &tape,
+                    &mut dhf[r0 * h..r1 * h],
+                    grads.slots[slot].as_mut(),
+                );
+            }
+            r0 = r1;
+        }
+        Ok(sum)
+    }
+}
+
+/// `W0 + s·B·A` (with DoRA when a magnitude is given) as an owned f32 matrix, by the merge
+/// kernel `lorakit merge` uses.
+fn merge_matrix<'c>(
+    w: &Matrix<'c>,
+    b: &[f32],
+    a: &[f32],
+    rank: usize,
+    scale: f64,
+    dora: Option<(&[f32], NormAxis)>,
+) -> std::result::Result<Matrix<'c>, String> {
+    let (bytes, in_dtype) = w.bytes();
+    let terms = [Term {
+        b,
+        a,
+        rank,
+        scale: scale as f32,
+        dora: dora.map(|(magnitude, axis)| Dora { magnitude, axis }),
+    }];
+    let job = MergeJob {
+        w0: bytes,
+        in_dtype,
+        rows: w.rows,
+        cols: w.cols,
+        terms: &terms,
+        out_dtype: Dtype::F32,
+    };
+    job.validate().map_err(|e| e.to_string())?;
+    let out = crate::backend::cpu::merge(&job).map_err(|e| e.to_string())?;
+    let vals: Vec<f32> = stored_as::<f32>(&out, Dtype::F32).into_owned();
+    Ok(Matrix {
+        data: MatrixData::Owned(Arc::new(vals)),
+        rows: w.rows,
+        cols: w.cols,
+    })
+}
+
+/// `long` equals `short` or ends with `.short`.
+fn dotted_suffix(long: &str, short: &str) -> bool {
+    long == short
+        || (long.len() > short.len()
+            && long.ends_with(short)
+            && long.as_bytes()[long.len() - short.len() - 1] == b'.')
+}
+
+fn strip_kohya_prefix(name: &str) -> &str {
+    for p in ["lora_unet_", "lora_te1_", "lora_te2_", "lora_te_", "lora_"] {
+        if let Some(r) = name.strip_prefix(p) {
+            return r;
+        }
+    }
+    name
+}
+
+/// Opens a model folder (or a `.safetensors` file beside a `config.json`): the checkpoint and
+/// its config.
+pub fn open(path: &Path) -> Result<(Checkpoint, ModelConfig)> {
+    let ck = Checkpoint::open(path)?;
+    let config = ModelConfig::from_folder(ck.folder())?;
+    Ok((ck, config))
+}

@@ -1,0 +1,440 @@
+//! The non-linear pieces of a Llama block and their backward passes, generic over [`Real`]:
+//! RMSNorm, rotary embeddings, causal (optionally sliding-window) grouped-query attention, SwiGLU.
+//!
+//! Conventions follow transformers' eager Llama code: `RMSNorm(x) = w ⊙ (x · (mean(x²) + ε)^-½)`;
+//! RoPE rotates the two halves of each head (`rotate_half`); attention scores are
+//! `(Q·Kᵀ)·d^-½` with masked entries excluded, `softmax` per row, then `P·V`.
+//!
+//! Attention runs one task per (sequence, key/value head) on the rayon pool, each computing
+//! the heads of its group; results are scattered in a fixed order, so outputs do not depend on
+//! the thread count. The backward recomputes `P` from the saved per-row log-sum-exp instead of
+//! storing the `T × T` probabilities.
+
+use super::scalar::{gemm, matmul, MatView, Real};
+use rayon::prelude::*;
+
+/// Rows per rayon task in element-wise kernels.
+const ROWS_PER_TASK: usize = 16;
+
+/// Shape facts of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    /// Sequences and tokens per sequence.
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Keys at distance `≥ window` are masked (sliding-window attention).
+    pub window: Option<usize>,
+}
+
+impl AttnShape {
+    /// Keys query `i` sees: `lo..i + 1`.
+    fn visible_range(&self, i: usize) -> (usize, usize) {
+        let lo = self.window.map_or(0, |w| (i + 1).saturating_sub(w));
+        (lo, i + 1)
+    }
+
+    #[cfg(test)]
+    fn visible(&self, i: usize, j: usize) -> bool {
+        let (lo, hi) = self.visible_range(i);
+        (lo..hi).contains(&j)
+    }
+}
+
+/// `y = w ⊙ (x · rstd)` per row, `rstd = (mean(x²) + ε)^-½`; returns `(y, rstd)`.
+pub fn rmsnorm<T: Real>(x: &[T], h: usize, w: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
+    let n = x.len() / h;
+    let mut y = vec![T::ZERO; x.len()];
+    let mut rstd = vec![T::ZERO; n];
+    let eps = T::from_f64(eps);
+    let hn = T::from_f64(h as f64);
+    y.par_chunks_mut(h * ROWS_PER_TASK)
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(h * ROWS_PER_TASK))
+        .for_each(|((yc, rc), xc)| {
+            for ((yr, r), xr) in yc.chunks_mut(h).zip(rc.iter_mut()).zip(xc.chunks(h)) {
+                let ss: T = xr.iter().map(|&v| v * v).sum();
+                *r = T::ONE / (ss / hn + eps).sqrt();
+                for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                    *o = wv * (xv * *r);
+                }
+            }
+        });
+    (y, rstd)
+}
+
+/// Backward of [`rmsnorm`]: `dx += r·g − x·r³·(Σ g⊙x)/h` with `g = w ⊙ dy`.
+pub fn rmsnorm_backward<T: Real>(x: &[T], rstd: &[T], w: &[T], dy: &[T], h: usize, dx: &mut [T]) {
+    let hn = T::from_f64(h as f64);
+    dx.par_chunks_mut(h * ROWS_PER_TASK)
+        .zip(x.par_chunks(h * ROWS_PER_TASK))
+        .zip(dy.par_chunks(h * ROWS_PER_TASK))
+        .zip(rstd.par_chunks(ROWS_PER_TASK))
+        .for_each(|(((dxc, xc), dyc), rc)| {
+            for (((dxr, xr), dyr), &r) in dxc
+                .chunks_mut(h)
+                .zip(xc.chunks(h))
+                .zip(dyc.chunks(h))
+                .zip(rc)
+            {
+                let dot: T = xr
+                    .iter()
+                    .zip(dyr)
+                    .zip(w)
+                    .map(|((&xv, &g), &wv)| xv * g * wv)
+                    .sum();
+                let c = r * r * r * dot / hn;
+                for (((o, &xv), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+                    *o += r * (g * wv) - xv * c;
+                }
+            }
+        });
+}
+
+/// Rotary tables for positions `0..seq`: `cos`/`sin` `[seq × head_dim/2]`.
+#[derive(Debug, Clone)]
+pub struct Rope<T> {
+    pub cos: Vec<T>,
+    pub sin: Vec<T>,
+    pub half: usize,
+}
+
+impl<T: Real> Rope<T> {
+    /// As transformers: the angle `pos · inv_freq` is formed in the compute type (f32 for f32
+    /// models), then its cosine and sine.
+    pub fn new(inv_freq: &[f64], seq: usize) -> Self {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for p in 0..seq {
+            for &f in inv_freq {
+                let angle = T::from_f64(p as f64) * T::from_f64(f);
+                let a = angle.to_f64();
+                cos.push(T::from_f64(a.cos()));
+                sin.push(T::from_f64(a.sin()));
+            }
+        }
+        Rope { cos, sin, half }
+    }
+
+    /// Rotates every head of `x` (`[batch·seq, heads·2·half]`) in place; `inverse` applies the
+    /// transpose (the backward).
+    pub fn apply(&self, x: &mut [T], seq: usize, heads: usize, inverse: bool) {
+        let half = self.half;
+        let hd = 2 * half;
+        let row = heads * hd;
+        x.par_chunks_mut(row).enumerate().for_each(|(i, r)| {
+            let p = i % seq;
+            let (c, s) = (
+                &self.cos[p * half..(p + 1) * half],
+                &self.sin[p * half..(p + 1) * half],
+            );
+            for head in r.chunks_mut(hd) {
+                let (x1, x2) = head.split_at_mut(half);
+                for j in 0..half {
+                    let (a, b) = (x1[j], x2[j]);
+                    if inverse {
+                        x1[j] = a * c[j] + b * s[j];
+                        x2[j] = b * c[j] - a * s[j];
+                    } else {
+                        x1[j] = a * c[j] - b * s[j];
+                        x2[j] = b * c[j] + a * s[j];
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Scaled scores `S = (Q_h·K_gᵀ)·scale` (`seq × seq`) of one head of one sequence.
+fn scores<T: Real>(q: &[T], k: &[T], s: &AttnShape, b: usize, h: usize, g: usize) -> Vec<T> {
+    let (t, hd) = (s.seq, s.head_dim);
+    let (qrow, krow) = (s.heads * hd, s.kv_heads * hd);
+    let qv = MatView::strided(&q[b * t * qrow + h * hd..], t, hd, qrow);
+    let kv = MatView::strided(&k[b * t * krow + g * hd..], t, hd, krow);
+    let mut sc = matmul(qv, kv.t());
+    let scale = T::from_f64(1.0 / (hd as f64).sqrt());
+    for v in sc.iter_mut() {
+        *v *= scale;
+    }
+    sc
+}
+
+/// Attention forward: returns the head outputs `[batch·seq, heads·head_dim]` and the per-row
+/// log-sum-exp of the scores `[batch·seq, heads]` (for the backward).
+pub fn attention<T: Real>(q: &[T], k: &[T], v: &[T], s: &AttnShape) -> (Vec<T>, Vec<T>) {
+    let (t, hd, nh) = (s.seq, s.head_dim, s.heads);
+    let gs = nh / s.kv_heads;
+    let krow = s.kv_heads * hd;
+    let tasks: Vec<(usize, usize)> = (0..s.batch)
+        .flat_map(|b| (0..s.kv_heads).map(move |g| (b, g)))
+        .collect();
+    let parts: Vec<Vec<(Vec<T>, Vec<T>)>> = tasks
+        .par_iter()
+        .map(|&(b, g)| {
+            let vv = MatView::strided(&v[b * t * krow + g * hd..], t, hd, krow);
+            (g * gs..(g + 1) * gs)
+                .map(|h| {
+                    let mut p = scores(q, k, s, b, h, g);
+                    let mut lse = vec![T::ZERO; t];
+                    for i in 0..t {
+                        let row = &mut p[i * t..(i + 1) * t];
+                        let (lo, hi) = s.visible_range(i);
+                        row[..lo].fill(T::ZERO);
+                        row[hi..].fill(T::ZERO);
+                        let vis = &mut row[lo..hi];
+                        let mx = vis.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+                        for x in vis.iter_mut() {
+                            *x -= mx;
+                        }
+                        T::exp_slice(vis);
+                        let sum: T = vis.iter().copied().sum();
+                        for x in vis.iter_mut() {
+                            *x /= sum;
+                        }
+                        lse[i] = mx + sum.ln();
+                    }
+                    (matmul(MatView::new(&p, t, t), vv), lse)
+                })
+                .collect()
+        })
+        .collect();
+    let mut out = vec![T::ZERO; s.batch * t * nh * hd];
+    let mut lse = vec![T::ZERO; s.batch * t * nh];
+    for (&(b, g), heads) in tasks.iter().zip(parts) {
+        for (hi, (o, l)) in heads.into_iter().enumerate() {
+            let h = g * gs + hi;
+            for i in 0..t {
+                let r = b * t + i;
+                out[r * nh * hd + h * hd..r * nh * hd + (h + 1) * hd]
+                    .copy_from_slice(&o[i * hd..(i + 1) * hd]);
+                lse[r * nh + h] = l[i];
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// Attention backward: from `dO` (`[batch·seq, heads·head_dim]`) and the forward's inputs and
+/// outputs, returns `(dQ, dK, dV)` (before the inverse rotation).
+pub fn attention_backward<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    o: &[T],
+    lse: &[T],
+    d_o: &[T],
+    s: &AttnShape,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (t, hd, nh) = (s.seq, s.head_dim, s.heads);
+    let gs = nh / s.kv_heads;
+    let (qrow, krow) = (nh * hd, s.kv_heads * hd);
+    let scale = T::from_f64(1.0 / (hd as f64).sqrt());
+    let tasks: Vec<(usize, usize)> = (0..s.batch)
+        .flat_map(|b| (0..s.kv_heads).map(move |g| (b, g)))
+        .collect();
+    type Part<T> = (Vec<Vec<T>>, Vec<T>, Vec<T>);
+    let parts: Vec<Part<T>> = tasks
+        .par_iter()
+        .map(|&(b, g)| {
+            let kv = MatView::strided(&k[b * t * krow + g * hd..], t, hd, krow);
+            let vv = MatView::strided(&v[b * t * krow + g * hd..], t, hd, krow);
+            let mut dk = vec![T::ZERO; t * hd];
+            let mut dv = vec![T::ZERO; t * hd];
+            let mut dqs = Vec::with_capacity(gs);
+            for h in g * gs..(g + 1) * gs {
+                let qv = MatView::strided(&q[b * t * qrow + h * hd..], t, hd, qrow);
+                let dov = MatView::strided(&d_o[b * t * qrow + h * hd..], t, hd, qrow);
+                // P = exp(S − lse) on visible entries.
+                let mut p = scores(q, k, s, b, h, g);
+                for i in 0..t {
+                    let l = lse[(b * t + i) * nh + h];
+                    let row = &mut p[i * t..(i + 1) * t];
+                    let (lo, hi) = s.visible_range(i);
+                    row[..lo].fill(T::ZERO);
+                    row[hi..].fill(T::ZERO);
+                    let vis = &mut row[lo..hi];
+                    for x in vis.iter_mut() {
+                        *x -= l;
+                    }
+                    T::exp_slice(vis);
+                }
+                // dV += Pᵀ·dO
+                gemm(&mut dv, hd, MatView::new(&p, t, t).t(), dov, true);
+                // dP = dO·Vᵀ; dS = P ⊙ (dP − rowsum(dO ⊙ O)) · scale
+                let mut ds = matmul(dov, vv.t());
+                for i in 0..t {
+                    let r = (b * t + i) * qrow + h * hd;
+                    let dsum: T = d_o[r..r + hd]
+                        .iter()
+                        .zip(&o[r..r + hd])
+                        .map(|(&a, &c)| a * c)
+                        .sum();
+                    for j in 0..t {
+                        let idx = i * t + j;
+                        ds[idx] = p[idx] * (ds[idx] - dsum) * scale;
+                    }
+                }
+                // dQ = dS·K; dK += dSᵀ·Q
+                dqs.push(matmul(MatView::new(&ds, t, t), kv));
+                gemm(&mut dk, hd, MatView::new(&ds, t, t).t(), qv, true);
+            }
+            (dqs, dk, dv)
+        })
+        .collect();
+    let mut dq = vec![T::ZERO; q.len()];
+    let mut dk = vec![T::ZERO; k.len()];
+    let mut dv = vec![T::ZERO; v.len()];
+    for (&(b, g), (dqs, dkg, dvg)) in tasks.iter().zip(parts) {
+        for i in 0..t {
+            let r = b * t + i;
+            for (hi, dqh) in dqs.iter().enumerate() {
+                let h = g * gs + hi;
+                dq[r * qrow + h * hd..r * qrow + (h + 1) * hd]
+                    .copy_from_slice(&dqh[i * hd..(i + 1) * hd]);
+            }
+            dk[r * krow + g * hd..r * krow + (g + 1) * hd]
+                .copy_from_slice(&dkg[i * hd..(i + 1) * hd]);
+            dv[r * krow + g * hd..r * krow + (g + 1) * hd]
+                .copy_from_slice(&dvg[i * hd..(i + 1) * hd]);
+        }
+    }
+    (dq, dk, dv)
+}
+
+/// `σ(g)` of a chunk, through the vectorised exponential.
+fn sigmoid_into<T: Real>(g: &[T], out: &mut Vec<T>) {
+    out.clear();
+    out.extend(g.iter().map(|&v| -v));
+    T::exp_slice(out);
+    for e in out.iter_mut() {
+        *e = T::ONE / (T::ONE + *e);
+    }
+}
+
+/// SwiGLU: `m = silu(g) ⊙ u`.
+pub fn swiglu<T: Real>(g: &[T], u: &[T]) -> Vec<T> {
+    let mut m = vec![T::ZERO; g.len()];
+    m.par_chunks_mut(4096)
+        .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+        .for_each(|(mc, (gc, uc))| {
+            let mut sg = Vec::with_capacity(gc.len());
+            sigmoid_into(gc, &mut sg);
+            for (((o, &gv), &uv), &s) in mc.iter_mut().zip(gc).zip(uc).zip(&sg) {
+                *o = gv * s * uv;
+            }
+        });
+    m
+}
+
+/// Backward of [`swiglu`]: `(dg, du)`.
+pub fn swiglu_backward<T: Real>(g: &[T], u: &[T], dm: &[T]) -> (Vec<T>, Vec<T>) {
+    let mut dg = vec![T::ZERO; g.len()];
+    let mut du = vec![T::ZERO; g.len()];
+    dg.par_chunks_mut(4096)
+        .zip(du.par_chunks_mut(4096))
+        .zip(
+            g.par_chunks(4096)
+                .zip(u.par_chunks(4096))
+                .zip(dm.par_chunks(4096)),
+        )
+        .for_each(|((dgc, duc), ((gc, uc), dmc))| {
+            let mut sg = Vec::with_capacity(gc.len());
+            sigmoid_into(gc, &mut sg);
+            for i in 0..gc.len() {
+                let (gv, uv, d, s) = (gc[i], uc[i], dmc[i], sg[i]);
+                duc[i] = d * (gv * s);
+                dgc[i] = d * uv * s * (T::ONE + gv * (T::ONE - s));
+            }
+        });
+    (dg, du)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64 / (1u64 << 53) as f64) - 0.5
+    }
+
+    /// Naive attention in f64 for one shape, as transformers' eager code computes it.
+    fn naive(q: &[f64], k: &[f64], v: &[f64], s: &AttnShape) -> Vec<f64> {
+        let (t, hd, nh, nkv) = (s.seq, s.head_dim, s.heads, s.kv_heads);
+        let mut out = vec![0.0; s.batch * t * nh * hd];
+        for b in 0..s.batch {
+            for h in 0..nh {
+                let g = h / (nh / nkv);
+                for i in 0..t {
+                    let sc: Vec<f64> = (0..t)
+                        .map(|j| {
+                            if !s.visible(i, j) {
+                                return f64::NEG_INFINITY;
+                            }
+                            (0..hd)
+                                .map(|d| {
+                                    q[(b * t + i) * nh * hd + h * hd + d]
+                                        * k[(b * t + j) * nkv * hd + g * hd + d]
+                                })
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+                    for d in 0..hd {
+                        out[(b * t + i) * nh * hd + h * hd + d] = (0..t)
+                            .map(|j| {
+                                (sc[j] - mx).exp() / z * v[(b * t + j) * nkv * hd + g * hd + d]
+                            })
+                            .sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_naive_with_gqa_and_window() {
+        let mut seed = 3;
+        for window in [None, Some(2)] {
+            let s = AttnShape {
+                batch: 2,
+                seq: 5,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 4,
+                window,
+            };
+            let nq = s.batch * s.seq * s.heads * s.head_dim;
+            let nk = s.batch * s.seq * s.kv_heads * s.head_dim;
+            let q: Vec<f64> = (0..nq).map(|_| lcg(&mut seed)).collect();
+            let k: Vec<f64> = (0..nk).map(|_| lcg(&mut seed)).collect();
+            let v: Vec<f64> = (0..nk).map(|_| lcg(&mut seed)).collect();
+            let (o, _) = attention(&q, &k, &v, &s);
+            let want = naive(&q, &k, &v, &s);
+            for (a, b) in o.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn rope_inverse_undoes_forward() {
+        let rope = Rope::<f64>::new(&[1.0, 0.1], 3);
+        let x: Vec<f64> = (0..2 * 3 * 2 * 4).map(|i| i as f64 * 0.1 - 1.0).collect();
+        let mut y = x.clone();
+        rope.apply(&mut y, 3, 2, false);
+        assert!(y != x);
+        rope.apply(&mut y, 3, 2, true);
+        for (a, b) in y.iter().zip(&x) {
+            assert!((a - b).abs() < 1e-12);
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The element type of a forward/backward pass ([`Real`]: `f32` for eval and training, `f64` for
+//! the gradient checks, through the same code) and the few matrix products the model needs, on
+//! faer's GEMM.
+//!
+//! Matrices are row-major slices with a row stride ([`MatView`]), so heads of a
+//! `[tokens, heads·head_dim]` activation are views without copies. faer's matrix product is
+//! bit-identical for every thread count (see `linalg::dense`), which keeps training
+//! deterministic.
+
+use crate::dtype::{self, Dtype};
+use faer::{Accum, MatMut, MatRef, Par};
+use std::borrow::Cow;
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
+
+/// Work (multiply-adds) from which a product runs on the rayon pool.
+const PAR_WORK: usize = 1 << 23;
+
+/// A float type the model computes in.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + Debug
+    + PartialOrd
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Sum
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INFINITY: Self;
+    /// Safetensors dtype of this type (`F32` / `F64`).
+    const DTYPE: Dtype;
+    fn from_f64(x: f64) -> Self;
+    fn from_f32(x: f32) -> Self;
+    fn to_f64(self) -> f64;
+    fn to_f32(self) -> f32;
+    fn exp(self) -> Self;
+    /// `x ← eˣ` over a slice: for f32 a branch-free Cephes-style `expf` (≤ 2 ulp, vectorised
+    /// by the compiler; arguments below −87.3 give 0), for f64 `f64::exp`.
+    fn exp_slice(x: &mut [Self]);
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn max(self, o: Self) -> Self;
+    fn is_finite(self) -> bool;
+    /// Stored bytes as `&[Self]` without a copy (same dtype, aligned), else `None`.
+    fn borrow_stored(bytes: &[u8], dtype: Dtype) -> Option<&[Self]>;
+    /// Decodes stored float bytes (F32, F16, BF16, F64) into `out`.
+    fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [Self]);
+    /// `x` as `f32` values without a copy, when `Self` is `f32`.
+    fn as_f32(x: &[Self]) -> Option<&[f32]>;
+    /// `dst (+)= alpha · a · b` with faer.
+    fn matmul(dst: MatMut<'_, Self>, acc: bool, a: MatRef<'_, Self>, b: MatRef<'_, Self>, par: Par);
+}
+
+macro_rules! real_impl {
+    ($t:ty, $dt:expr, $exp:path) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const DTYPE: Dtype = $dt;
+            #[inline]
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            #[inline]
+            fn from_f32(x: f32) -> Self {
+                x as $t
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn to_f32(self) -> f32 {
+                self as f32
+            }
+            #[inline]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn exp_slice(x: &mut [Self]) {
+                $exp(x)
+            }
+            #[inline]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline]
+            fn max(self, o: Self) -> Self {
+                <$t>::max(self, o)
+            }
+            #[inline]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            fn borrow_stored(bytes: &[u8], dtype: Dtype) -> Option<&[Self]> {
+                if dtype != $dt {
+                    return None;
+                }
+                bytemuck::try_cast_slice(bytes).ok()
+            }
+            fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [Self]) {
+                decode_generic(dtype, bytes, out)
+            }
+            fn as_f32(x: &[Self]) -> Option<&[f32]> {
+                cast_if_f32(x)
+            }
+            fn matmul(
+                dst: MatMut<'_, Self>,
+                acc: bool,
+                a: MatRef<'_, Self>,
+                b: MatRef<'_, Self>,
+                par: Par,
+            ) {
+                faer::linalg::matmul::matmul(
+                    dst,
+                    if acc { Accum::Add } else { Accum::Replace },
+                    a,
+                    b,
+                    1.0 as $t,
+                    par,
+                )
+            }
+        }
+    };
+}
+
+fn exp_f64_slice(x: &mut [f64]) {
+    for v in x.iter_mut() {
+        *v = v.exp();
+    }
+}
+
+/// [`expf`] over a slice, compiled for AVX2 when the CPU has it (the same operations, so the
+/// same results: Rust never contracts `a·b + c` into a fused multiply-add).
+fn expf_slice(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { expf_slice_avx2(x) };
+            return;
+        }
+    }
+    for v in x.iter_mut() {
+        *v = expf(*v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn expf_slice_avx2(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = expf(*v);
+    }
+}
+
+/// `eˣ` in f32 without branches or libm (Cephes `expf`: Cody–Waite reduction by ln 2, degree-5
+/// minimax polynomial, exponent bits), so loops over it vectorise; ≤ 2 ulp on [−87.3, 88].
+#[inline(always)]
+pub fn expf(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting rounds to an integer
+    let xc = x.clamp(-87.0, 88.0);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * C1 - n * C2;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    let e = y * scale;
+    if x < -87.0 {
+        0.0
+    } else {
+        e
+    }
+}
+
+fn cast_if_f32<T: 'static>(x: &[T]) -> Option<&[f32]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T is f32 (checked by TypeId), so the slice has the same layout.
+        Some(unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+    } else {
+        None
+    }
+}
+
+fn decode_generic<T: Real>(dtype: Dtype, bytes: &[u8], out: &mut [T]) {
+    if dtype == Dtype::F64 {
+        assert_eq!(bytes.len(), out.len() * 8);
+        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+            *o = T::from_f64(f64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        return;
+    }
+    // F32 / F16 / BF16 widen exactly to f32.
+    const CHUNK: usize = 4096;
+    let es = dtype.bitsize() / 8;
+    let mut buf = [0f32; CHUNK];
+    for (o, b) in out.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK * es)) {
+        let n = o.len();
+        dtype::decode_into(dtype, b, &mut buf[..n]);
+        for (d, s) in o.iter_mut().zip(&buf[..n]) {
+            *d = T::from_f32(*s);
+        }
+    }
+}
+
+real_impl!(f32, Dtype::F32, expf_slice);
+real_impl!(f64, Dtype::F64, exp_f64_slice);
+
+/// Stored bytes as `Self` values: borrowed when the layout allows, else decoded.
+pub fn stored_as<T: Real>(bytes: &[u8], dtype: Dtype) -> Cow<'_, [T]> {
+    match T::borrow_stored(bytes, dtype) {
+        Some(s) => Cow::Borrowed(s),
+        None => {
+            let n = bytes.len() * 8 / dtype.bitsize();
+            let mut v = vec![T::ZERO; n];
+            T::decode_into(dtype, bytes, &mut v);
+            Cow::Owned(v)
+        }
+    }
+}
+
+/// A row-major matrix view: `rows × cols` with `stride` elements between rows, optionally
+/// read transposed (then it stands for the `cols × rows` matrix).
+#[derive(Clone, Copy, Debug)]
+pub struct MatView<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    transposed: bool,
+}
+
+impl<'a, T: Real> MatView<'a, T> {
+    /// A contiguous row-major `rows × cols` matrix.
+    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols)
+    }
+
+    /// Rows `stride` elements apart, starting at `data[0]`.
+    pub fn strided(data: &'a [T], rows: usize, cols: usize, stride: usize) -> Self {
+        assert!(
+            rows == 0 || cols == 0 || (rows - 1) * stride + cols <= data.len(),
+            "view {rows}×{cols} (stride {stride}) over {} values",
+            data.len()
+        );
+        MatView {
+            data,
+            rows,
+            cols,
+            stride,
+            transposed: false,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        MatView {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// Logical shape.
+    pub fn shape(&self) -> (usize, usize) {
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+
+    fn faer(&self) -> MatRef<'a, T> {
+        let m = if self.rows == 0 || self.cols == 0 {
+            MatRef::from_row_major_slice(&self.data[..0], self.rows, self.cols)
+        } else {
+            MatRef::from_row_major_slice_with_stride(self.data, self.rows, self.cols, self.stride)
+        };
+        if self.transposed {
+            m.transpose()
+        } else {
+            m
+        }
+    }
+}
+
+/// `C = A·B` (or `C += A·B` with `acc`), `C` row-major `m × n` with row stride `ldc`.
+pub fn gemm<T: Real>(c: &mut [T], ldc: usize, a: MatView<T>, b: MatView<T>, acc: bool) {
+    let (m, k) = a.shape();
+    let (k2, n) = b.shape();
+    assert_eq!(k, k2, "gemm: inner dimensions {m}×{k} · {k2}×{n}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    assert!((m - 1) * ldc + n <= c.len(), "gemm: output too small");
+    // (faer 0.24.4's `from_row_major_slice_with_stride_mut` builds a column-major view: avoid it.)
+    let dst = MatMut::from_column_major_slice_with_stride_mut(c, n, m, ldc).transpose_mut();
+    // Inside a rayon task (attention heads) the pool is already busy: run sequentially. faer's
+    // product gives the same bits either way.
+    let par = if m.saturating_mul(n).saturating_mul(k) >= PAR_WORK
+        && rayon::current_thread_index().is_none()
+    {
+        Par::rayon(0)
+    } else {
+        Par::Seq
+    };
+    T::matmul(dst, acc, a.faer(), b.faer(), par);
+}
+
+/// `A·B` into a new `m × n` row-major vector.
+pub fn matmul<T: Real>(a: MatView<T>, b: MatView<T>) -> Vec<T> {
+    let (m, _) = a.shape();
+    let (_, n) = b.shape();
+    let mut c = vec![T::ZERO; m * n];
+    gemm(&mut c, n, a, b, false);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_with_strides_and_transposes() {
+        // A: 2×3 inside a stride-4 buffer; B: 2×3 used transposed.
+        let a = [1.0f64, 2.0, 3.0, 99.0, 4.0, 5.0, 6.0];
+        let b = [1.0f64, 0.0, -1.0, 2.0, 1.0, 0.0];
+        let av = MatView::strided(&a, 2, 3, 4);
+        let c = matmul(av, MatView::new(&b, 2, 3).t());
+        assert_eq!(c, vec![-2.0, 4.0, -2.0, 13.0]);
+        let mut c2 = vec![1.0; 4];
+        gemm(&mut c2, 2, av, MatView::new(&b, 2, 3).t(), true);
+        assert_eq!(c2, vec![-1.0, 5.0, -1.0, 14.0]);
+        // Aᵀ·A (3×3)
+        let ata = matmul(av.t(), av);
+        assert_eq!(ata[0], 17.0);
+        assert_eq!(ata[8], 45.0);
+    }
+
+    #[test]
+    fn fast_expf_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let got = expf(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max((got - want).abs() / want);
+            x += 0.0137;
+        }
+        assert!(worst < 2.5e-7, "{worst:e}");
+        assert_eq!(expf(-1000.0), 0.0);
+        assert_eq!(expf(0.0), 1.0);
+        let mut v = vec![0.0f32, 1.0, -1.0];
+        f32::exp_slice(&mut v);
+        assert!((v[1] - std::f32::consts::E).abs() < 1e-6);
+        let mut d = vec![1.0f64];
+        f64::exp_slice(&mut d);
+        assert_eq!(d[0], std::f64::consts::E);
+    }
+
+    #[test]
+    fn stored_decoding() {
+        let v = [1.5f32, -2.25, 3.0];
+        let bytes = dtype::encode(Dtype::BF16, &v);
+        let d: Cow<[f64]> = stored_as(&bytes, Dtype::BF16);
+        assert_eq!(&*d, &[1.5, -2.25, 3.0]);
+        let f = dtype::encode(Dtype::F32, &v);
+        let d: Cow<[f32]> = stored_as(&f, Dtype::F32);
+        assert_eq!(&*d, &v);
+        assert!(<f32 as Real>::as_f32(&[1.0f32]).is_some());
+        assert!(<f64 as Real>::as_f32(&[1.0f64]).is_none());
+    }
+}

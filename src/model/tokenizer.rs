@@ -1,0 +1,91 @@
+//! Text to token ids: a Hugging Face `tokenizer.json` (the `tokenizers` crate, pure Rust), or raw
+//! UTF-8 bytes as ids for models without a tokenizer (`--tokenizer bytes`; every byte must be
+//! below the vocabulary size).
+
+use crate::error::InputError;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// A tokenizer for `eval` and `train`.
+pub enum TextTokenizer {
+    Hf(Box<tokenizers::Tokenizer>),
+    /// Byte `b` is token `b`; nothing is added.
+    Bytes,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TextTokenizer::Hf(_) => write!(f, "TextTokenizer::Hf"),
+            TextTokenizer::Bytes => write!(f, "TextTokenizer::Bytes"),
+        }
+    }
+}
+
+impl TextTokenizer {
+    /// `spec`: `bytes`, a `tokenizer.json` file, or a folder holding one; `None` looks for
+    /// `tokenizer.json` in the model folder.
+    pub fn resolve(model_folder: &Path, spec: Option<&str>) -> Result<TextTokenizer> {
+        let path = match spec {
+            Some("bytes") => return Ok(TextTokenizer::Bytes),
+            Some(p) => {
+                let p = Path::new(p);
+                if p.is_dir() {
+                    p.join("tokenizer.json")
+                } else {
+                    p.to_path_buf()
+                }
+            }
+            None => {
+                let p = model_folder.join("tokenizer.json");
+                if !p.exists() {
+                    anyhow::bail!(
+                        "{}: no tokenizer.json in the model folder; pass --tokenizer FILE, --tokenizer bytes, or token ids (--input-ids)",
+                        model_folder.display()
+                    );
+                }
+                p
+            }
+        };
+        let tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+            anyhow::Error::new(InputError::invalid(
+                &path,
+                format!("cannot load tokenizer: {e}"),
+            ))
+        })?;
+        Ok(TextTokenizer::Hf(Box::new(tok)))
+    }
+
+    /// Token ids of `text`; `add_special` adds what the tokenizer's post-processor adds (a BOS
+    /// token for Llama tokenizers), as transformers does by default.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        match self {
+            TextTokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            TextTokenizer::Hf(t) => Ok(t
+                .encode(text, add_special)
+                .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+                .context("encoding text")?
+                .get_ids()
+                .to_vec()),
+        }
+    }
+
+    /// Text of `ids` (special tokens skipped).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match self {
+            TextTokenizer::Bytes => {
+                let b: Vec<u8> = ids.iter().map(|&i| i.min(255) as u8).collect();
+                String::from_utf8_lossy(&b).into_owned()
+            }
+            TextTokenizer::Hf(t) => t.decode(ids, true).unwrap_or_default(),
+        }
+    }
+
+    /// `bytes` or `tokenizer.json (vocab N)`.
+    pub fn describe(&self) -> String {
+        match self {
+            TextTokenizer::Bytes => "bytes".into(),
+            TextTokenizer::Hf(t) => format!("tokenizer.json (vocab {})", t.get_vocab_size(true)),
+        }
+    }
+}
