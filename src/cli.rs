@@ -174,8 +174,10 @@ pub struct MergeArgs {
     pub json: bool,
 }
 
-/// Check that every part of a `--part I/N` output is present and consistent, then write the
-/// index and the copied non-weight files.
+/// Join the parts of a `merge --part I/N` output: check them, write the index.
+///
+/// Checks that every part is present, planned identically and complete (sizes and headers),
+/// then writes the copied non-weight files and the index, last.
 ///
 /// Examples:
 ///   for i in 1 2 3; do lorakit merge --base m/ --adapter a/ --out out/ --part $i/3 & done; wait
@@ -191,10 +193,9 @@ pub struct FinalizeArgs {
     pub json: bool,
 }
 
-/// Run a recipe: a TOML file of named steps (any lorakit command) whose inputs are files or
-/// earlier steps' outputs.
+/// Run a recipe: a TOML file of named steps whose inputs are files or earlier outputs.
 ///
-/// Everything is validated before any work starts: each step's arguments, that every input
+/// Steps are any lorakit command. Everything is validated before any work starts: each step's arguments, that every input
 /// exists or is written by an earlier step, and for merges the whole plan (adapter ↔ base
 /// matching). Steps whose output exists with the same provenance (command line + input sizes
 /// and modification times) are skipped. The format is described in the README; see examples/.

@@ -265,13 +265,19 @@ fn substitute(
     Ok(s)
 }
 
+/// `p` relative to the recipe's folder, made absolute so that a value passed on through
+/// `${step.key}` resolves to the same path again.
 fn resolve(base: &Path, p: &str) -> String {
     let pb = Path::new(p);
-    if pb.is_absolute() {
-        p.to_owned()
+    let joined = if pb.is_absolute() {
+        pb.to_path_buf()
     } else {
-        base.join(pb).display().to_string()
-    }
+        base.join(pb)
+    };
+    std::path::absolute(&joined)
+        .unwrap_or(joined)
+        .display()
+        .to_string()
 }
 
 /// Relative paths in a recipe are relative to the recipe's folder.

@@ -128,3 +128,39 @@ fn bundled_example_recipe_is_valid() {
     ]);
     assert!(out.contains("merged") && out.contains("check"), "{out}");
 }
+
+/// A recipe given by a relative path: references to earlier outputs resolve to the same place.
+#[test]
+fn relative_recipe_paths_resolve_once() {
+    let out = bin()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            "examples/merge-and-check.toml",
+            "--dry-run",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let base_of_second = v[1]["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip_while(|a| *a != "--base")
+        .nth(1)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        base_of_second.ends_with("target/recipe-out/merged")
+            && !base_of_second.contains("examples/examples"),
+        "{base_of_second}"
+    );
+}
