@@ -174,19 +174,26 @@ pub struct MergeArgs {
     pub json: bool,
 }
 
-/// Join the parts of a `merge --part I/N` output: check them, write the index.
+/// Join the parts of a `merge --part I/N` or `extract --part I/N` output.
 ///
-/// Checks that every part is present, planned identically and complete (sizes and headers),
-/// then writes the copied non-weight files and the index, last.
+/// merge: checks that every part is present, planned identically and complete (sizes and
+/// headers), then writes the copied non-weight files and the index, last.
+/// extract: reads the part files (.lorakit-extract-part-I-of-N.safetensors in the adapter
+/// folder, or beside a kohya file), checks that all N are present, ran with the same flags on
+/// unchanged inputs, and hold the modules the plan gives them; then writes the adapter
+/// (byte-identical to a single run), prints the extract summary and removes the part files.
 ///
 /// Examples:
 ///   for i in 1 2 3; do lorakit merge --base m/ --adapter a/ --out out/ --part $i/3 & done; wait
 ///   lorakit finalize out/
+///   for i in 1 2 3 4; do lorakit extract --base b/ --tuned t/ --rank 16 --out a/ --part $i/4 & done; wait
+///   lorakit finalize a/
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct FinalizeArgs {
-    /// The output folder the parts wrote to.
-    #[arg(value_hint = ValueHint::DirPath)]
+    /// The output the parts wrote to: the merge output folder, the PEFT adapter folder, or
+    /// the kohya adapter file of the extract.
+    #[arg(value_hint = ValueHint::AnyPath)]
     pub out: PathBuf,
     /// Print JSON.
     #[arg(long)]
@@ -239,7 +246,8 @@ pub struct CompletionsArgs {
 pub struct ManArgs {}
 
 /// `--device` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceArg {
     /// The GPU when one exists, else the CPU.
     Auto,

@@ -96,15 +96,10 @@ impl fmt::Display for InputError {
     }
 }
 
-impl std::error::Error for InputError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            InputErrorKind::Format(e) => Some(e.as_ref()),
-            InputErrorKind::Io(e) => Some(e),
-            InputErrorKind::Invalid(_) => None,
-        }
-    }
-}
+/// No `source()`: the message already ends with the cause (an I/O or format error), and
+/// reporters that walk the chain (`anyhow`'s `{:#}`) would print it twice. The cause stays
+/// reachable through [`InputError::kind`].
+impl std::error::Error for InputError {}
 
 impl InputError {
     pub fn new(path: impl AsRef<Path>, kind: impl Into<InputErrorKind>) -> Self {

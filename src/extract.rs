@@ -92,7 +92,9 @@ impl RankRule {
 }
 
 /// What to do with changed embedding matrices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddingMode {
     /// Low-rank, in PEFT's embedding layout (`lora_embedding_A` `[r, vocab]`, `lora_embedding_B`
@@ -682,175 +684,299 @@ impl ExtractPlan {
 
     fn run_inner(&self, ops: &dyn DeltaOperators) -> Result<ExtractSummary> {
         let start = Instant::now();
-        let o = &self.options;
-        let bar = crate::progress::count_bar(o.progress, self.items.len() as u64, "extracting");
-        let mut modules: Vec<LoraModule> = Vec::new();
-        let mut reports: Vec<ModuleReport> = Vec::new();
-        let mut skipped = Vec::new();
-        let mut changed = Vec::new();
-        // Modules whose tensors are stored whole: module → reason.
-        let mut whole: BTreeMap<String, &'static str> = BTreeMap::new();
-        let mut lora_biases: Vec<String> = Vec::new();
-        let (mut total_res, mut total_norm, mut total_kept, mut full_delta_bytes) =
-            (0f64, 0f64, 0f64, 0u64);
+        let bar = crate::progress::count_bar(
+            self.options.progress,
+            self.items.len() as u64,
+            "extracting",
+        );
+        let mut outcomes = Vec::with_capacity(self.items.len());
         for item in &self.items {
-            match &item.kind {
-                ItemKind::NonFloat => {
-                    let a = self.base.view(&item.name)?;
-                    let b = self.tuned.view(&item.name)?;
-                    if a.data != b.data {
-                        changed.push(TensorReport::new(item, None, "non_float"));
-                    }
-                }
-                ItemKind::Other | ItemKind::EmbeddingWhole(_) => {
-                    let d = self.delta(item)?;
-                    let rel = d.rel_diff();
-                    self.release(&item.name);
-                    let is_changed = d.norm_sq > 0.0;
-                    match (&item.kind, is_changed) {
-                        (_, false) => skipped.push(TensorReport::new(item, rel, "unchanged")),
-                        (ItemKind::EmbeddingWhole(EmbeddingMode::Full), true) => {
-                            whole.insert(item.module.clone(), "embedding_full");
-                        }
-                        (ItemKind::EmbeddingWhole(_), true) => {
-                            skipped.push(TensorReport::new(item, rel, "embedding_skip"))
-                        }
-                        (_, true) if o.save_changed => {
-                            whole.entry(item.module.clone()).or_insert("save_changed");
-                            changed.push(TensorReport::new(item, rel, "stored"));
-                        }
-                        (_, true) => changed.push(TensorReport::new(item, rel, "not_stored")),
-                    }
-                }
-                ItemKind::LowRank(layout) => {
-                    let t0 = Instant::now();
-                    let d = self.delta(item)?;
-                    let rel = d.rel_diff();
-                    if d.norm_sq == 0.0 {
-                        self.release(&item.name);
-                        skipped.push(TensorReport::new(item, rel, "unchanged"));
-                        bar.inc(1);
-                        continue;
-                    }
-                    if rel.is_some_and(|r| r < o.min_diff) {
-                        self.release(&item.name);
-                        skipped.push(TensorReport::new(item, rel, "below_min_diff"));
-                        bar.inc(1);
-                        continue;
-                    }
-                    let (rows, cols) = (d.rows, d.cols);
-                    let view = ArrayView2::from_shape((rows, cols), &d.values).expect("shape");
-                    let (w, w0) = (self.tuned.view(&item.name)?, self.base.view(&item.name)?);
-                    let input = DeltaInput {
-                        name: &item.name,
-                        rows,
-                        cols,
-                        w: w.data,
-                        w_dtype: w.dtype,
-                        w0: w0.data,
-                        w0_dtype: w0.dtype,
-                        delta: view,
-                    };
-                    let op = ops.operator(&input)?;
-                    let rsvd = RsvdOptions {
-                        oversample: o.oversample,
-                        power_iters: o.power_iters,
-                        seed: module_seed(o.seed, &item.name),
-                    };
-                    let f = factorize(op.as_ref(), d.norm_sq, &o.rank, o.exact, &rsvd);
-                    drop(op);
-                    let k = f.rank;
-                    let alpha = o.alpha.unwrap_or(k as f64);
-                    let scale = alpha / k as f64;
-                    let (mut bs, mut as_) = linalg::split_factors(&f.svd, k);
-                    if scale != 1.0 {
-                        let c = (1.0 / scale).sqrt() as f32;
-                        bs.mapv_inplace(|x| x * c);
-                        as_.mapv_inplace(|x| x * c);
-                    }
-                    // Round to the output dtype now, so the error is that of the file.
-                    let round = |a: &mut Array2<f32>| {
-                        if o.dtype != Dtype::F32 {
-                            let r = dtype::decode(
-                                o.dtype,
-                                &dtype::encode(o.dtype, a.as_slice().expect("standard layout")),
-                            );
-                            a.as_slice_mut()
-                                .expect("standard layout")
-                                .copy_from_slice(&r);
-                        }
-                    };
-                    round(&mut bs);
-                    round(&mut as_);
-                    let res = residual_sq(view, bs.view(), as_.view(), scale as f32);
-                    self.release(&item.name);
-                    total_res += res;
-                    total_norm += d.norm_sq;
-                    total_kept += f.energy_kept * d.norm_sq;
-                    full_delta_bytes += (rows * cols * d.elem_bytes) as u64;
-                    let owned =
-                        |a: Array2<f32>| Data::Owned(Arc::new(a.into_raw_vec_and_offset().0));
-                    // Canonical orientation: B is out×k, A is k×in.
-                    let (kind, out_f, in_f, b, a, transposed) = match layout {
-                        Layout::Linear => {
-                            (ModuleKind::Linear, rows, cols, owned(bs), owned(as_), false)
-                        }
-                        Layout::Conv(kernel) => (
-                            ModuleKind::Conv {
-                                kernel: kernel.clone(),
-                            },
-                            rows,
-                            cols,
-                            owned(bs),
-                            owned(as_),
-                            false,
-                        ),
-                        Layout::LinearT | Layout::Embedding => {
-                            let kind = if *layout == Layout::Embedding {
-                                ModuleKind::Embedding
-                            } else {
-                                ModuleKind::Linear
-                            };
-                            let b = as_.t().as_standard_layout().into_owned();
-                            let a = bs.t().as_standard_layout().into_owned();
-                            (kind, cols, rows, owned(b), owned(a), true)
-                        }
-                    };
-                    let kind_label = kind_label(&kind);
-                    modules.push(LoraModule {
-                        name: item.module.clone(),
-                        kind,
-                        rank: k,
-                        alpha,
-                        scale,
-                        out_features: out_f,
-                        in_features: in_f,
-                        a,
-                        b,
-                        base_transposed: transposed,
-                        dora_magnitude: None,
-                        bias: None,
-                    });
-                    reports.push(ModuleReport {
-                        name: item.module.clone(),
-                        tensor: item.name.clone(),
-                        kind: kind_label,
-                        shape: item.shape.clone(),
-                        rank: k,
-                        alpha,
-                        scale,
-                        energy_kept: f.energy_kept,
-                        rel_error: (res / d.norm_sq).sqrt(),
-                        delta_norm: d.norm_sq.sqrt(),
-                        rel_diff: rel,
-                        method: if f.exact { "exact" } else { "randomized" },
-                        seconds: t0.elapsed().as_secs_f64(),
-                    });
-                }
-            }
+            outcomes.push(self.process(item, ops)?);
             bar.inc(1);
         }
         bar.finish_and_clear();
+        self.assemble(outcomes, ops.describe(), start)
+    }
+
+    /// Number of tensors the plan looks at (after `targets` / `exclude`).
+    pub fn tensor_count(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Names of the planned tensors, in plan order (what every part of a split run must agree
+    /// on).
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.items.iter().map(|i| i.name.clone()).collect()
+    }
+
+    /// The tensors (plan indices, ascending) that part `i` of `n` processes. Low-rank candidates
+    /// — where the time goes — are dealt largest first to the least-loaded part (ties: the lower
+    /// part; load = elements), the cheap tensors round-robin, so the split depends only on the
+    /// plan.
+    pub fn part_items(&self, part: (usize, usize)) -> Vec<usize> {
+        let (i, n) = part;
+        let mut heavy: Vec<(usize, usize)> = self
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| matches!(it.kind, ItemKind::LowRank(_)))
+            .map(|(j, it)| (j, it.shape.iter().product::<usize>()))
+            .collect();
+        heavy.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut load = vec![0usize; n];
+        let mut owner = vec![usize::MAX; self.items.len()];
+        for (j, size) in heavy {
+            let p = (0..n).min_by_key(|&p| (load[p], p)).expect("n ≥ 1");
+            load[p] += size;
+            owner[j] = p;
+        }
+        let mut light = 0;
+        for (j, o) in owner.iter_mut().enumerate() {
+            if *o == usize::MAX {
+                debug_assert!(!matches!(self.items[j].kind, ItemKind::LowRank(_)));
+                *o = light % n;
+                light += 1;
+            }
+        }
+        (0..self.items.len())
+            .filter(|&j| owner[j] == i - 1)
+            .collect()
+    }
+
+    /// Processes the tensors at `indices` (see [`Self::part_items`]) and returns their
+    /// outcomes, for a split run's part file.
+    pub fn process_items(
+        &self,
+        indices: &[usize],
+        ops: &dyn DeltaOperators,
+    ) -> Result<Vec<Outcome>> {
+        let bar =
+            crate::progress::count_bar(self.options.progress, indices.len() as u64, "extracting");
+        let mut out = Vec::with_capacity(indices.len());
+        for &j in indices {
+            out.push(self.process(&self.items[j], ops)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    }
+
+    /// Extracts one tensor: everything [`Self::assemble`] needs from it.
+    fn process(&self, item: &Item, ops: &dyn DeltaOperators) -> Result<Outcome> {
+        let o = &self.options;
+        let mut out = Outcome::default();
+        match &item.kind {
+            ItemKind::NonFloat => {
+                let a = self.base.view(&item.name)?;
+                let b = self.tuned.view(&item.name)?;
+                if a.data != b.data {
+                    out.changed = Some(TensorReport::new(item, None, "non_float"));
+                }
+            }
+            ItemKind::Other | ItemKind::EmbeddingWhole(_) => {
+                let d = self.delta(item)?;
+                let rel = d.rel_diff();
+                self.release(&item.name);
+                let is_changed = d.norm_sq > 0.0;
+                match (&item.kind, is_changed) {
+                    (_, false) => out.skipped = Some(TensorReport::new(item, rel, "unchanged")),
+                    (ItemKind::EmbeddingWhole(EmbeddingMode::Full), true) => {
+                        out.whole = Some(WholeModule {
+                            module: item.module.clone(),
+                            reason: "embedding_full".into(),
+                            replace: true,
+                        });
+                    }
+                    (ItemKind::EmbeddingWhole(_), true) => {
+                        out.skipped = Some(TensorReport::new(item, rel, "embedding_skip"))
+                    }
+                    (_, true) if o.save_changed => {
+                        out.whole = Some(WholeModule {
+                            module: item.module.clone(),
+                            reason: "save_changed".into(),
+                            replace: false,
+                        });
+                        out.changed = Some(TensorReport::new(item, rel, "stored"));
+                    }
+                    (_, true) => out.changed = Some(TensorReport::new(item, rel, "not_stored")),
+                }
+            }
+            ItemKind::LowRank(layout) => {
+                let t0 = Instant::now();
+                let d = self.delta(item)?;
+                let rel = d.rel_diff();
+                if d.norm_sq == 0.0 {
+                    self.release(&item.name);
+                    out.skipped = Some(TensorReport::new(item, rel, "unchanged"));
+                    return Ok(out);
+                }
+                if rel.is_some_and(|r| r < o.min_diff) {
+                    self.release(&item.name);
+                    out.skipped = Some(TensorReport::new(item, rel, "below_min_diff"));
+                    return Ok(out);
+                }
+                let (rows, cols) = (d.rows, d.cols);
+                let view = ArrayView2::from_shape((rows, cols), &d.values).expect("shape");
+                let (w, w0) = (self.tuned.view(&item.name)?, self.base.view(&item.name)?);
+                let input = DeltaInput {
+                    name: &item.name,
+                    rows,
+                    cols,
+                    w: w.data,
+                    w_dtype: w.dtype,
+                    w0: w0.data,
+                    w0_dtype: w0.dtype,
+                    delta: view,
+                };
+                let op = ops.operator(&input)?;
+                let rsvd = RsvdOptions {
+                    oversample: o.oversample,
+                    power_iters: o.power_iters,
+                    seed: module_seed(o.seed, &item.name),
+                };
+                let f = factorize(op.as_ref(), d.norm_sq, &o.rank, o.exact, &rsvd);
+                drop(op);
+                let k = f.rank;
+                let alpha = o.alpha.unwrap_or(k as f64);
+                let scale = alpha / k as f64;
+                let (mut bs, mut as_) = linalg::split_factors(&f.svd, k);
+                if scale != 1.0 {
+                    let c = (1.0 / scale).sqrt() as f32;
+                    bs.mapv_inplace(|x| x * c);
+                    as_.mapv_inplace(|x| x * c);
+                }
+                // Round to the output dtype now, so the error is that of the file.
+                let round = |a: &mut Array2<f32>| {
+                    if o.dtype != Dtype::F32 {
+                        let r = dtype::decode(
+                            o.dtype,
+                            &dtype::encode(o.dtype, a.as_slice().expect("standard layout")),
+                        );
+                        a.as_slice_mut()
+                            .expect("standard layout")
+                            .copy_from_slice(&r);
+                    }
+                };
+                round(&mut bs);
+                round(&mut as_);
+                let res = residual_sq(view, bs.view(), as_.view(), scale as f32);
+                self.release(&item.name);
+                let raw = |a: Array2<f32>| a.into_raw_vec_and_offset().0;
+                // Canonical orientation: B is out×k, A is k×in.
+                let (kind, out_f, in_f, b, a, transposed) = match layout {
+                    Layout::Linear => (ModuleKind::Linear, rows, cols, raw(bs), raw(as_), false),
+                    Layout::Conv(kernel) => (
+                        ModuleKind::Conv {
+                            kernel: kernel.clone(),
+                        },
+                        rows,
+                        cols,
+                        raw(bs),
+                        raw(as_),
+                        false,
+                    ),
+                    Layout::LinearT | Layout::Embedding => {
+                        let kind = if *layout == Layout::Embedding {
+                            ModuleKind::Embedding
+                        } else {
+                            ModuleKind::Linear
+                        };
+                        let b = as_.t().as_standard_layout().into_owned();
+                        let a = bs.t().as_standard_layout().into_owned();
+                        (kind, cols, rows, raw(b), raw(a), true)
+                    }
+                };
+                let report = ModuleReport {
+                    name: item.module.clone(),
+                    tensor: item.name.clone(),
+                    kind: kind_label(&kind),
+                    shape: item.shape.clone(),
+                    rank: k,
+                    alpha,
+                    scale,
+                    energy_kept: f.energy_kept,
+                    rel_error: (res / d.norm_sq).sqrt(),
+                    delta_norm: d.norm_sq.sqrt(),
+                    rel_diff: rel,
+                    method: if f.exact { "exact" } else { "randomized" }.into(),
+                    seconds: t0.elapsed().as_secs_f64(),
+                };
+                out.low_rank = Some(Box::new(LowRankOutcome {
+                    report,
+                    kind,
+                    out_features: out_f,
+                    in_features: in_f,
+                    transposed,
+                    residual_sq: res,
+                    norm_sq: d.norm_sq,
+                    full_delta_bytes: (rows * cols * d.elem_bytes) as u64,
+                    a,
+                    b,
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Builds and writes the adapter from every tensor's outcome (in plan order) and commits it.
+    /// A split run's `finalize` calls this with the outcomes read back from the part files, so
+    /// the file is byte-identical to a single run's.
+    pub fn assemble(
+        &self,
+        outcomes: Vec<Outcome>,
+        device: String,
+        start: Instant,
+    ) -> Result<ExtractSummary> {
+        let o = &self.options;
+        if outcomes.len() != self.items.len() {
+            bail!(
+                "internal: {} outcomes for {} planned tensors",
+                outcomes.len(),
+                self.items.len()
+            );
+        }
+        let mut modules: Vec<LoraModule> = Vec::new();
+        let mut reports: Vec<ModuleReport> = Vec::new();
+        let mut skipped = Vec::new();
+        let mut changed: Vec<TensorReport> = Vec::new();
+        // Modules whose tensors are stored whole: module → reason.
+        let mut whole: BTreeMap<String, String> = BTreeMap::new();
+        let mut lora_biases: Vec<String> = Vec::new();
+        let (mut total_res, mut total_norm, mut total_kept, mut full_delta_bytes) =
+            (0f64, 0f64, 0f64, 0u64);
+        for out in outcomes {
+            skipped.extend(out.skipped);
+            changed.extend(out.changed);
+            if let Some(w) = out.whole {
+                if w.replace {
+                    whole.insert(w.module, w.reason);
+                } else {
+                    whole.entry(w.module).or_insert(w.reason);
+                }
+            }
+            if let Some(lr) = out.low_rank {
+                let lr = *lr;
+                total_res += lr.residual_sq;
+                total_norm += lr.norm_sq;
+                total_kept += lr.report.energy_kept * lr.norm_sq;
+                full_delta_bytes += lr.full_delta_bytes;
+                modules.push(LoraModule {
+                    name: lr.report.name.clone(),
+                    kind: lr.kind,
+                    rank: lr.report.rank,
+                    alpha: lr.report.alpha,
+                    scale: lr.report.scale,
+                    out_features: lr.out_features,
+                    in_features: lr.in_features,
+                    a: Data::Owned(Arc::new(lr.a)),
+                    b: Data::Owned(Arc::new(lr.b)),
+                    base_transposed: lr.transposed,
+                    dora_magnitude: None,
+                    bias: None,
+                });
+                reports.push(lr.report);
+            }
+        }
 
         // Whole tensors: PEFT `modules_to_save` (every direct tensor of the module, from the
         // tuned checkpoint), or `{module}.base_layer.bias` with `bias: "lora_only"` for a changed
@@ -890,7 +1016,7 @@ impl ExtractPlan {
                 full_reports.push(FullReport {
                     name: t.to_owned(),
                     shape: info.shape.clone(),
-                    reason,
+                    reason: reason.clone(),
                 });
                 full_tensors.push(FullTensor {
                     name: t.to_owned(),
@@ -913,7 +1039,7 @@ impl ExtractPlan {
                     full_reports.push(FullReport {
                         name: t.clone(),
                         shape: info.shape.clone(),
-                        reason: "lora_only_bias",
+                        reason: "lora_only_bias".into(),
                     });
                     full_tensors.push(FullTensor {
                         name: format!("{}.base_layer.bias", m.name),
@@ -991,7 +1117,7 @@ impl ExtractPlan {
             tuned: self.tuned.root.display().to_string(),
             out: self.out.display().to_string(),
             format: o.format,
-            device: ops.describe(),
+            device,
             method: if o.exact { "exact" } else { "randomized" },
             oversample: o.oversample,
             power_iters: o.power_iters,
@@ -1185,11 +1311,62 @@ fn kind_label(k: &ModuleKind) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// Outcomes (what one tensor contributes; the unit of a split run)
+// ---------------------------------------------------------------------------
+
+/// What extracting one planned tensor produced: everything [`ExtractPlan::assemble`] needs
+/// from it. A split run (`extract --part I/N`) stores its tensors' outcomes in a part file
+/// ([`crate::parts`]); `finalize` reads them back and assembles the adapter.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<TensorReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<TensorReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whole: Option<WholeModule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_rank: Option<Box<LowRankOutcome>>,
+}
+
+/// A module whose tensors are stored whole.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct WholeModule {
+    pub module: String,
+    /// `embedding_full` or `save_changed`.
+    pub reason: String,
+    /// Overrides an earlier reason for the same module (embeddings) instead of keeping it.
+    pub replace: bool,
+}
+
+/// One extracted module.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct LowRankOutcome {
+    pub report: ModuleReport,
+    pub kind: ModuleKind,
+    pub out_features: usize,
+    pub in_features: usize,
+    /// The base stores the weight transposed (fan_in_fan_out, embeddings).
+    pub transposed: bool,
+    /// `‖ΔW − scale·B·A‖_F²`, of the factors as written.
+    pub residual_sq: f64,
+    /// `‖ΔW‖_F²`.
+    pub norm_sq: f64,
+    pub full_delta_bytes: u64,
+    /// Canonical `A` (`rank × in_features`) and `B` (`out_features × rank`), already rounded
+    /// to the output dtype. Part files store them as tensors, not in the JSON.
+    #[serde(skip)]
+    pub a: Vec<f32>,
+    #[serde(skip)]
+    pub b: Vec<f32>,
+}
+
+// ---------------------------------------------------------------------------
 // Summary
 // ---------------------------------------------------------------------------
 
 /// One extracted module.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ModuleReport {
     /// Module name (PEFT target).
     pub name: String,
@@ -1211,12 +1388,12 @@ pub struct ModuleReport {
     /// `‖ΔW‖_F / ‖W0‖_F` (`null` when `W0 = 0`).
     pub rel_diff: Option<f64>,
     /// `randomized` or `exact`.
-    pub method: &'static str,
+    pub method: String,
     pub seconds: f64,
 }
 
 /// A tensor that was not extracted.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TensorReport {
     pub name: String,
     pub shape: Vec<usize>,
@@ -1224,16 +1401,16 @@ pub struct TensorReport {
     pub rel_diff: Option<f64>,
     /// skipped: `unchanged`, `below_min_diff`, `embedding_skip`; changed: `stored`,
     /// `not_stored`, `non_float`.
-    pub reason: &'static str,
+    pub reason: String,
 }
 
 impl TensorReport {
-    fn new(item: &Item, rel_diff: Option<f64>, reason: &'static str) -> Self {
+    fn new(item: &Item, rel_diff: Option<f64>, reason: &str) -> Self {
         TensorReport {
             name: item.name.clone(),
             shape: item.shape.clone(),
             rel_diff,
-            reason,
+            reason: reason.to_owned(),
         }
     }
 }
@@ -1244,7 +1421,7 @@ pub struct FullReport {
     pub name: String,
     pub shape: Vec<usize>,
     /// `save_changed`, `embedding_full` or `lora_only_bias`.
-    pub reason: &'static str,
+    pub reason: String,
 }
 
 /// The rank rule, as reported.

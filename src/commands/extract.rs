@@ -4,13 +4,15 @@ use crate::adapter::Format;
 use crate::cli::DeviceArg;
 use crate::dtype::Dtype;
 use crate::extract::{
-    CpuDeltaOperators, EmbeddingMode, ExtractOptions, ExtractPlan, ExtractSummary, RankRule,
+    CpuDeltaOperators, DeltaOperators, EmbeddingMode, ExtractOptions, ExtractPlan, ExtractSummary,
+    RankRule,
 };
 use crate::inspect::{human_bytes, table};
 use crate::io::Checkpoint;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, ValueEnum, ValueHint};
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// Extract a LoRA adapter from a fine-tuned checkpoint: ΔW = W_tuned − W_base, low rank.
 ///
@@ -37,7 +39,7 @@ use std::path::PathBuf;
 ///   lorakit extract --base base/ --tuned tuned/ --energy 0.9 --max-rank 64 --alpha 32 --out a/
 ///   lorakit extract --base b/ --tuned t/ --rank 8 --targets attn --format kohya --out k.safetensors
 ///   lorakit extract --base gpt2/ --tuned gpt2-ft/ --rank 8 --fan-in-fan-out --out a/ --json
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[command(verbatim_doc_comment)]
 #[command(group(ArgGroup::new("rank_rule").required(true).args(["rank", "energy", "sv_ratio"])))]
 pub struct ExtractArgs {
@@ -135,18 +137,28 @@ pub struct ExtractArgs {
     #[arg(long, value_name = "NAME")]
     pub base_model: Option<String>,
 
-    /// Where the ΔW products run. The GPU delta operator is not wired into extract yet: auto
-    /// uses the CPU, gpu is an error.
+    /// Where the products of the randomized SVD run: gpu forms W − W0 on the device from the
+    /// stored bytes (sketch kernels); auto uses a GPU when one exists.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 
+    /// Extract only part I of N of the modules (a deterministic share, balanced by size) into
+    /// a part file beside the output, for N jobs on N machines; then run `lorakit finalize
+    /// OUT` once to write the adapter, byte-identical to a single run. Every part needs the
+    /// same inputs (same paths) and flags.
+    #[arg(long, value_name = "I/N", value_parser = crate::parts::parse_part)]
+    #[serde(skip)]
+    pub part: Option<(usize, usize)>,
+
     /// Print the summary as JSON on stdout.
     #[arg(long)]
+    #[serde(skip)]
     pub json: bool,
 }
 
 /// `--dtype` values of extract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FactorDtype {
     F32,
     F16,
@@ -164,6 +176,172 @@ impl From<FactorDtype> for Dtype {
 }
 
 pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
+    let options = options(&a, quiet)?;
+    let base = Checkpoint::open(&a.base)?;
+    let tuned = Checkpoint::open(&a.tuned)?;
+    if let Some(part) = a.part {
+        return run_part(&a, part, base, tuned, options);
+    }
+    let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
+    let engine = crate::backend::Engine::new(a.device.into())?;
+    let summary = match &engine {
+        crate::backend::Engine::Gpu(ctx) => plan.run(&crate::extract::GpuDeltaOperators { ctx }),
+        crate::backend::Engine::Cpu => plan.run(&CpuDeltaOperators),
+    }
+    .context("extract")?;
+    report(&summary, a.format, a.json, quiet)?;
+    Ok(0)
+}
+
+/// `extract --part I/N`: this part's share of the modules into a part file.
+fn run_part(
+    a: &ExtractArgs,
+    part: (usize, usize),
+    base: Checkpoint,
+    tuned: Checkpoint,
+    options: ExtractOptions,
+) -> Result<i32> {
+    let start = std::time::Instant::now();
+    // What every part must agree on, and what finalize rebuilds the plan from: the arguments
+    // with absolute paths, and the default base_model_name_or_path made explicit (it is the
+    // base as given, which finalize cannot know).
+    let abs = |p: &Path| std::path::absolute(p).with_context(|| format!("{}", p.display()));
+    let mut recorded = a.clone();
+    recorded.base = abs(&a.base)?;
+    recorded.tuned = abs(&a.tuned)?;
+    recorded.out = abs(&a.out)?;
+    recorded.base_model = Some(
+        a.base_model
+            .clone()
+            .unwrap_or_else(|| base.root.display().to_string()),
+    );
+    let mut inputs = base.input_paths();
+    inputs.extend(tuned.input_paths());
+    let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
+    let engine = crate::backend::Engine::new(a.device.into())?;
+    let items = plan.part_items(part);
+    if a.format == crate::adapter::Format::Peft {
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("{}: cannot create folder", a.out.display()))?;
+    }
+    let (outcomes, device) = match &engine {
+        crate::backend::Engine::Gpu(ctx) => {
+            let ops = crate::extract::GpuDeltaOperators { ctx };
+            (plan.process_items(&items, &ops), ops.describe())
+        }
+        crate::backend::Engine::Cpu => (
+            plan.process_items(&items, &CpuDeltaOperators),
+            CpuDeltaOperators.describe(),
+        ),
+    };
+    let outcomes = outcomes.context("extract")?;
+    let header = crate::parts::ExtractPart {
+        version: crate::parts::EXTRACT_PART_VERSION,
+        part: part.0,
+        parts: part.1,
+        args: serde_json::to_value(&recorded)?,
+        tensors: plan.tensor_names(),
+        inputs: crate::parts::stamps(&inputs)?,
+        device,
+        items,
+        outcomes: Vec::new(),
+    };
+    let path = crate::parts::extract_part_path(&a.out, a.format, part.0, part.1);
+    let r = crate::parts::write_extract_part(&path, header, outcomes)?;
+    let r = crate::parts::PartReport {
+        seconds: start.elapsed().as_secs_f64(),
+        ..r
+    };
+    if a.json {
+        super::print_json(&r)?;
+    } else {
+        super::print(&format!(
+            "extract part {}/{}: {} of {} tensors ({} modules) → {}; when all parts are done: lorakit finalize {}\n",
+            r.part,
+            r.parts,
+            r.tensors,
+            plan.tensor_count(),
+            r.modules,
+            r.path,
+            a.out.display()
+        ))?;
+    }
+    Ok(0)
+}
+
+/// `finalize OUT` for the part files of `extract --part`: rebuilds the plan from the recorded
+/// arguments, checks every part against it and writes the adapter.
+pub fn finalize(parts: Vec<PathBuf>, json: bool, quiet: bool) -> Result<i32> {
+    let start = std::time::Instant::now();
+    let loaded = crate::parts::read_extract_parts(&parts)?;
+    let first_path = &parts[0];
+    let device = loaded[0].0.device.clone();
+    let mut a: ExtractArgs = serde_json::from_value(loaded[0].0.args.clone()).map_err(|e| {
+        crate::error::InputError::invalid(
+            first_path,
+            format!("part file records arguments this lorakit cannot read: {e}"),
+        )
+    })?;
+    a.part = None;
+    a.json = json;
+    let options = options(&a, quiet)?;
+    let base = Checkpoint::open(&a.base)?;
+    let tuned = Checkpoint::open(&a.tuned)?;
+    let mut inputs = base.input_paths();
+    inputs.extend(tuned.input_paths());
+    let stamps = crate::parts::stamps(&inputs)?;
+    let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
+    let outcomes =
+        crate::parts::join_extract_parts(loaded, &parts, &plan.tensor_names(), &stamps, |p| {
+            plan.part_items(p)
+        })?;
+    let summary = plan
+        .assemble(outcomes, device, start)
+        .context("finalize extract")?;
+    for p in &parts {
+        std::fs::remove_file(p).map_err(|e| crate::error::InputError::io(p, e))?;
+    }
+    report(&summary, a.format, json, quiet)?;
+    Ok(0)
+}
+
+fn report(summary: &ExtractSummary, format: Format, json: bool, quiet: bool) -> Result<()> {
+    let unsaved: Vec<&str> = summary
+        .changed_tensors
+        .iter()
+        .filter(|c| c.reason != "stored")
+        .map(|c| c.name.as_str())
+        .collect();
+    if !unsaved.is_empty() && !json {
+        super::warn(
+            quiet,
+            &format!(
+                "{} changed tensor(s) not in the adapter ({}{}){}",
+                unsaved.len(),
+                unsaved
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if unsaved.len() > 5 { ", …" } else { "" },
+                if format == Format::Peft {
+                    "; pass --save-changed to store float ones whole"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    if json {
+        super::print_json(summary)
+    } else {
+        super::print(&render(summary))
+    }
+}
+
+/// The extraction options of `a`, validated.
+fn options(a: &ExtractArgs, quiet: bool) -> Result<ExtractOptions> {
     let rank = match (a.rank, a.energy, a.sv_ratio) {
         (Some(r), _, _) => {
             if r == 0 {
@@ -231,7 +409,7 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
         Format::Peft => EmbeddingMode::Lora,
         Format::Kohya => EmbeddingMode::Skip,
     });
-    let options = ExtractOptions {
+    Ok(ExtractOptions {
         rank,
         targets,
         exclude,
@@ -249,49 +427,7 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
         dtype: a.dtype.into(),
         base_model: a.base_model.clone(),
         progress: !quiet && !a.json,
-    };
-    let base = Checkpoint::open(&a.base)?;
-    let tuned = Checkpoint::open(&a.tuned)?;
-    let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
-    let engine = crate::backend::Engine::new(a.device.into())?;
-    let summary = match &engine {
-        crate::backend::Engine::Gpu(ctx) => plan.run(&crate::extract::GpuDeltaOperators { ctx }),
-        crate::backend::Engine::Cpu => plan.run(&CpuDeltaOperators),
-    }
-    .context("extract")?;
-    let unsaved: Vec<&str> = summary
-        .changed_tensors
-        .iter()
-        .filter(|c| c.reason != "stored")
-        .map(|c| c.name.as_str())
-        .collect();
-    if !unsaved.is_empty() && !a.json {
-        super::warn(
-            quiet,
-            &format!(
-                "{} changed tensor(s) not in the adapter ({}{}){}",
-                unsaved.len(),
-                unsaved
-                    .iter()
-                    .take(5)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if unsaved.len() > 5 { ", …" } else { "" },
-                if a.format == Format::Peft {
-                    "; pass --save-changed to store float ones whole"
-                } else {
-                    ""
-                }
-            ),
-        );
-    }
-    if a.json {
-        super::print_json(&summary)?;
-    } else {
-        super::print(&render(&summary))?;
-    }
-    Ok(0)
+    })
 }
 
 fn render(s: &ExtractSummary) -> String {

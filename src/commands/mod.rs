@@ -74,6 +74,22 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Finalize(a) => {
+            let extract_parts = crate::parts::find_extract_parts(&a.out);
+            if !extract_parts.is_empty() {
+                if a.out.is_dir() && crate::parts::has_merge_manifests(&a.out) {
+                    anyhow::bail!(crate::error::InputError::invalid(
+                        &a.out,
+                        "holds parts of both a merge and an extract; finalize them in separate folders"
+                    ));
+                }
+                return extract::finalize(extract_parts, a.json, quiet);
+            }
+            if !a.out.is_dir() {
+                anyhow::bail!(crate::error::InputError::invalid(
+                    &a.out,
+                    "nothing to finalize: not a folder holding merge or extract parts, and no extract part files (.NAME.lorakit-extract-part-I-of-N.safetensors) beside it"
+                ));
+            }
             let r = crate::parts::finalize(&a.out)?;
             if a.json {
                 print_json(&r)?;

@@ -53,6 +53,15 @@ pub fn one_line_error(out: &Output) -> String {
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got:\n{err}");
     assert!(lines[0].starts_with("error: "), "{err}");
+    // The cause is said once ("file: cause", not "file: cause: cause").
+    let parts: Vec<&str> = lines[0].split(": ").collect();
+    for k in 2..parts.len() {
+        let tail = parts[k..].join(": ");
+        assert!(
+            tail.len() < 12 || !parts[..k].join(": ").ends_with(&tail),
+            "message repeats itself: {err}"
+        );
+    }
     assert_eq!(
         out.status.code(),
         Some(2),
