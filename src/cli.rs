@@ -204,8 +204,9 @@ pub struct FinalizeArgs {
 ///
 /// Steps are any lorakit command. Everything is validated before any work starts: each step's arguments, that every input
 /// exists or is written by an earlier step, and for merges the whole plan (adapter ↔ base
-/// matching). Steps whose output exists with the same provenance (command line + input sizes
-/// and modification times) are skipped. The format is described in the README; see examples/.
+/// matching). A step is skipped when its output exists with the same provenance: the same
+/// command line and inputs with the same BLAKE3 content hashes (recorded beside the output),
+/// output files untouched since. The format is described in the README; see examples/.
 ///
 /// Examples:
 ///   lorakit run examples/merge-and-check.toml --dry-run
@@ -222,6 +223,13 @@ pub struct RunArgs {
     /// Print the plan as JSON (with --dry-run).
     #[arg(long)]
     pub json: bool,
+    /// Run every step, up to date or not.
+    #[arg(long)]
+    pub force: bool,
+    /// Take an input whose size and modification time match the record as unchanged without
+    /// hashing it again (faster reruns over very large checkpoints).
+    #[arg(long)]
+    pub trust_mtime: bool,
 }
 
 /// Print a shell completion script.

@@ -24,9 +24,12 @@
 //! Validation parses every step with the command's own argument parser, checks that every input
 //! path exists or is produced by an earlier step, and, for merges whose inputs exist, builds the
 //! whole merge plan (adapter ↔ base matching). A step is skipped when its output exists and its
-//! provenance file (`OUT.lorakit-step.json`, or `OUT/.lorakit-step.json` for folders) records
-//! the same fingerprint: the step's command line and, for every input, its path, size and
-//! modification time (a cheap stand-in for a content hash; touch an input to force a rerun).
+//! provenance record (`OUT.lorakit-step.json`, or `OUT/.lorakit-step.json` for folders) matches:
+//! the same command line, the same input files with the same BLAKE3 content hashes (so touching
+//! or copying an input does not rerun, editing one does), and output files with the sizes and
+//! mtimes recorded when the step finished (an edited output is rewritten). `--trust-mtime` takes
+//! an input whose size and mtime match the record as unchanged without rehashing it (for very
+//! large checkpoints); `--force` runs everything.
 
 use crate::cli::Cli;
 use anyhow::{bail, Context, Result};
@@ -69,6 +72,9 @@ pub struct PlannedStep {
     pub argv: Vec<String>,
     /// `run`, or `skip` (output up to date).
     pub action: &'static str,
+    /// Why a step runs (`no output yet`, `options changed`, `PATH changed`, …); `null` when
+    /// skipped.
+    pub reason: Option<String>,
     pub bytes_read: u64,
     /// Known for merges; `null` where it depends on the data.
     pub bytes_written: Option<u64>,
@@ -299,35 +305,163 @@ fn provenance_path(out: &Path) -> PathBuf {
     }
 }
 
-/// Fingerprint of a step: its command line and every input file's path, size and mtime.
-fn fingerprint(s: &Step) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |b: &[u8]| {
-        for x in b {
-            h ^= *x as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
-    for a in &s.argv {
-        feed(a.as_bytes());
-    }
+/// Version of the provenance record.
+const PROVENANCE_VERSION: u32 = 2;
+
+/// What a finished step records beside its output: the command line, every input file with its
+/// BLAKE3 content hash (and size and mtime, for `--trust-mtime`), and every output file's size
+/// and mtime (an output edited since is rewritten).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+struct Provenance {
+    version: u32,
+    argv: Vec<String>,
+    inputs: Vec<FileRecord>,
+    outputs: Vec<FileRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+struct FileRecord {
+    path: String,
+    bytes: u64,
+    mtime_ns: i128,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blake3: Option<String>,
+}
+
+/// How reruns decide that a step is up to date.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rerun {
+    /// Run every step.
+    pub force: bool,
+    /// An input whose size and mtime match the record is taken as unchanged without hashing it.
+    pub trust_mtime: bool,
+}
+
+fn stat(path: &Path) -> Result<(u64, i128)> {
+    let m = std::fs::metadata(path).map_err(|e| crate::error::InputError::io(path, e))?;
+    let mtime_ns = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    Ok((m.len(), mtime_ns))
+}
+
+/// BLAKE3 of a file's content, memory-mapped and hashed on the rayon pool.
+fn content_hash(path: &Path) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap_rayon(path)
+        .map_err(|e| crate::error::InputError::io(path, e))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+fn files_of(paths: &[String]) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for inp in &s.inputs {
-        collect_files(Path::new(inp), &mut files);
+    for p in paths {
+        collect_files(Path::new(p), &mut files);
     }
     files.sort();
-    for f in files {
-        if let Ok(m) = std::fs::metadata(&f) {
-            use std::os::unix::fs::MetadataExt;
-            feed(f.display().to_string().as_bytes());
-            feed(&m.len().to_le_bytes());
-            feed(&m.mtime().to_le_bytes());
-            feed(&m.mtime_nsec().to_le_bytes());
+    files.dedup();
+    files
+}
+
+fn record(path: &Path, hash: bool) -> Result<FileRecord> {
+    let (bytes, mtime_ns) = stat(path)?;
+    Ok(FileRecord {
+        path: path.display().to_string(),
+        bytes,
+        mtime_ns,
+        blake3: if hash {
+            Some(content_hash(path)?)
+        } else {
+            None
+        },
+    })
+}
+
+/// The provenance of a step that has just run.
+fn provenance(s: &Step, out: &Path) -> Result<Provenance> {
+    let inputs = files_of(&s.inputs)
+        .iter()
+        .map(|f| record(f, true))
+        .collect::<Result<_>>()?;
+    let outputs = output_files(out)
+        .iter()
+        .map(|f| record(f, false))
+        .collect::<Result<_>>()?;
+    Ok(Provenance {
+        version: PROVENANCE_VERSION,
+        argv: s.argv.clone(),
+        inputs,
+        outputs,
+    })
+}
+
+/// The files of an output (a file, or a folder's files), without the provenance record.
+fn output_files(out: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    collect_files(out, &mut v);
+    let own = provenance_path(out);
+    v.retain(|f| *f != own);
+    v.sort();
+    v
+}
+
+/// `None` when the step's output is up to date, else why it must run.
+fn stale(s: &Step, rerun: Rerun) -> Option<String> {
+    if rerun.force {
+        return Some("--force".into());
+    }
+    let Some(o) = &s.out else {
+        return Some("no output to check".into());
+    };
+    let o = Path::new(o);
+    if !o.exists() {
+        return Some("no output yet".into());
+    }
+    let Some(rec) = std::fs::read(provenance_path(o))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<Provenance>(&t).ok())
+        .filter(|p| p.version == PROVENANCE_VERSION)
+    else {
+        return Some("no provenance record".into());
+    };
+    if rec.argv != s.argv {
+        return Some("options changed".into());
+    }
+    let files = files_of(&s.inputs);
+    if files.len() != rec.inputs.len()
+        || files
+            .iter()
+            .zip(&rec.inputs)
+            .any(|(f, r)| f.display().to_string() != r.path)
+    {
+        return Some("the input files changed".into());
+    }
+    for (f, r) in files.iter().zip(&rec.inputs) {
+        let Ok((bytes, mtime_ns)) = stat(f) else {
+            return Some(format!("{} cannot be read", f.display()));
+        };
+        if bytes != r.bytes {
+            return Some(format!("{} changed", f.display()));
+        }
+        if rerun.trust_mtime && mtime_ns == r.mtime_ns {
+            continue;
+        }
+        match content_hash(f) {
+            Ok(h) if Some(&h) == r.blake3.as_ref() => {}
+            _ => return Some(format!("{} changed", f.display())),
         }
     }
-    format!("{h:016x}")
+    let outs = output_files(o);
+    if outs.len() != rec.outputs.len()
+        || outs.iter().zip(&rec.outputs).any(|(f, r)| {
+            f.display().to_string() != r.path || stat(f).ok() != Some((r.bytes, r.mtime_ns))
+        })
+    {
+        return Some("the output was modified".into());
+    }
+    None
 }
 
 fn collect_files(p: &Path, out: &mut Vec<PathBuf>) {
@@ -345,13 +479,6 @@ fn collect_files(p: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn up_to_date(s: &Step) -> bool {
-    let Some(o) = &s.out else { return false };
-    let o = Path::new(o);
-    o.exists()
-        && std::fs::read_to_string(provenance_path(o)).is_ok_and(|t| t.trim() == fingerprint(s))
-}
-
 fn bytes_of(paths: &[String]) -> u64 {
     let mut files = Vec::new();
     for p in paths {
@@ -366,7 +493,7 @@ fn bytes_of(paths: &[String]) -> u64 {
 
 /// The plan as `--dry-run` prints it. Merges whose inputs exist are fully planned (which also
 /// validates adapter ↔ base matching).
-pub fn plan(steps: &[Step]) -> Result<Vec<PlannedStep>> {
+pub fn plan(steps: &[Step], rerun: Rerun) -> Result<Vec<PlannedStep>> {
     let mut v = Vec::new();
     for s in steps {
         let mut bytes_written = None;
@@ -400,11 +527,13 @@ pub fn plan(steps: &[Step]) -> Result<Vec<PlannedStep>> {
                 bytes_written = Some(p.output_bytes());
             }
         }
+        let why = stale(s, rerun);
         v.push(PlannedStep {
             name: s.name.clone(),
             command: s.command.clone(),
             argv: s.argv.clone(),
-            action: if up_to_date(s) { "skip" } else { "run" },
+            action: if why.is_none() { "skip" } else { "run" },
+            reason: why,
             bytes_read: bytes_of(&s.inputs),
             bytes_written,
         });
@@ -414,16 +543,16 @@ pub fn plan(steps: &[Step]) -> Result<Vec<PlannedStep>> {
 
 /// Runs the steps in order, skipping up-to-date ones; stops at the first failure. A step whose
 /// command exits 1 (a failed `diff`) stops the recipe with status 1.
-pub fn run(steps: &[Step], quiet: bool) -> Result<i32> {
+pub fn run(steps: &[Step], rerun: Rerun, quiet: bool) -> Result<i32> {
     for s in steps {
-        if up_to_date(s) {
+        let Some(why) = stale(s, rerun) else {
             if !quiet {
                 eprintln!("[{}] up to date, skipped", s.name);
             }
             continue;
-        }
+        };
         if !quiet {
-            eprintln!("[{}] {}", s.name, s.argv[1..].join(" "));
+            eprintln!("[{}] ({why}) {}", s.name, s.argv[1..].join(" "));
         }
         let mut argv = s.argv.clone();
         if quiet {
@@ -441,7 +570,7 @@ pub fn run(steps: &[Step], quiet: bool) -> Result<i32> {
         if let Some(o) = &s.out {
             let o = Path::new(o);
             if o.exists() {
-                let mut text = fingerprint(s);
+                let mut text = serde_json::to_string_pretty(&provenance(s, o)?)?;
                 text.push('\n');
                 let p = provenance_path(o);
                 let mut out = crate::io::Output::new();

@@ -30,7 +30,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(a) => diff::run(a),
         Command::Run(a) => {
             let steps = crate::recipe::load(&a.recipe)?;
-            let plan = crate::recipe::plan(&steps)?;
+            let rerun = crate::recipe::Rerun {
+                force: a.force,
+                trust_mtime: a.trust_mtime,
+            };
+            let plan = crate::recipe::plan(&steps, rerun)?;
             if a.dry_run {
                 if a.json {
                     print_json(&plan)?;
@@ -57,7 +61,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
                 return Ok(0);
             }
-            crate::recipe::run(&steps, quiet)
+            crate::recipe::run(&steps, rerun, quiet)
         }
         Command::Completions(a) => {
             use clap::CommandFactory;

@@ -76,7 +76,101 @@ fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
     let o = bin().args(["run", r2.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("[merged] merge"), "{err}");
+    assert!(err.contains("[merged] (options changed) merge"), "{err}");
+}
+
+/// The `action` and `reason` of every step of `--dry-run --json`.
+fn actions(recipe: &Path, extra: &[&str]) -> Vec<(String, String)> {
+    let mut args = vec!["run", recipe.to_str().unwrap(), "--dry-run", "--json"];
+    args.extend_from_slice(extra);
+    let v: serde_json::Value = serde_json::from_str(&run_ok(args)).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["action"].as_str().unwrap().to_owned(),
+                s["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn reruns_follow_input_content_not_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("qv");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture("llama/adapters/qv_r8").join(f), copy.join(f)).unwrap();
+    }
+    let r = write_recipe(
+        dir.path(),
+        &RECIPE.replace("FX/llama/adapters/qv_r8", copy.to_str().unwrap()),
+    );
+    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let skip = |n: usize| vec![("skip".to_string(), String::new()); n];
+    assert_eq!(
+        actions(&r, &[]),
+        skip(3)[..2]
+            .iter()
+            .cloned()
+            .chain([("run".into(), "no output to check".into())])
+            .collect::<Vec<_>>()
+    );
+
+    // Touched (new mtime, same bytes): still up to date.
+    let weights = copy.join("adapter_model.safetensors");
+    let f = std::fs::File::options().write(true).open(&weights).unwrap();
+    let t0 = f.metadata().unwrap().modified().unwrap();
+    f.set_modified(t0 + std::time::Duration::from_secs(60))
+        .unwrap();
+    drop(f);
+    assert_eq!(actions(&r, &[])[..2], skip(2)[..]);
+
+    // Edited in place with the recorded size and mtime restored: the content hash sees it.
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x01;
+    std::fs::write(&weights, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(&weights).unwrap();
+    f.set_modified(t0).unwrap();
+    drop(f);
+    let a = actions(&r, &[]);
+    assert_eq!(a[0].0, "run");
+    assert!(
+        a[0].1.ends_with("adapter_model.safetensors changed"),
+        "{a:?}"
+    );
+    // … which --trust-mtime, by design, does not.
+    assert_eq!(actions(&r, &["--trust-mtime"])[..2], skip(2)[..]);
+    // --force runs everything.
+    assert!(actions(&r, &["--force"])
+        .iter()
+        .all(|(a, w)| a == "run" && w == "--force"));
+
+    // Rerun: both merges run again (the second because its input, the first output, changed).
+    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("[merged] (") && err.contains("[again] ("),
+        "{err}"
+    );
+    assert_eq!(actions(&r, &[])[..2], skip(2)[..]);
+
+    // An output edited after its step finished is rewritten.
+    let merged = dir.path().join("out/merged/model.safetensors");
+    let mut data = std::fs::read(&merged).unwrap();
+    let n = data.len();
+    data[n - 1] ^= 0x01;
+    std::fs::write(&merged, &data).unwrap();
+    let a = actions(&r, &[]);
+    assert_eq!(
+        a[0],
+        ("run".to_string(), "the output was modified".to_string())
+    );
 }
 
 #[test]
