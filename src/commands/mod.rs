@@ -44,7 +44,10 @@ pub fn run(cli: Cli) -> Result<i32> {
                         .map(|p| {
                             vec![
                                 p.name.clone(),
-                                p.action.to_string(),
+                                match &p.reason {
+                                    Some(r) => format!("{} ({r})", p.action),
+                                    None => p.action.to_string(),
+                                },
                                 crate::inspect::human_bytes(p.bytes_read),
                                 p.bytes_written
                                     .map(crate::inspect::human_bytes)
