@@ -1,7 +1,8 @@
 //! Extraction speed and accuracy (issue: extract benchmark). Not a timed test: run with
 //! `cargo bench --bench extract` and read the figures.
 //!
-//! Generates a pair of f32 checkpoints with 4 × 2048×2048 and 2 × 5632×2048 weights whose
+//! Generates a pair of f32 checkpoints with 4 × 2048×2048 and 2 × 5632×2048 weights (or, with
+//! `LORAKIT_BENCH_HIDDEN=4096`, 2 × 4096×4096 and 11008×4096: Llama-2-7B layers) whose
 //! difference has a realistic decaying spectrum plus noise: `ΔW = Σ_{j<64} wⱼ·uⱼ·vⱼᵀ + N`,
 //! `wⱼ = 1/(j+1)` (power-law decay), `uⱼ`, `vⱼ` Gaussian with unit expected norm, `N` iid
 //! Gaussian (std 1e-4, its singular values around 0.005–0.009, i.e. `w₁₁₀`–`w₂₀₀`), on a
@@ -12,7 +13,8 @@
 //! Eckart–Young), plus the factorisation alone on in-memory matrices. Targets: ≥ 100× faster
 //! than exact, ≤ 1.001× the optimal error. Data goes to `$LORAKIT_BENCH_DIR` (default
 //! `target/bench-data`), reused between runs. `LORAKIT_BENCH_4096=1` adds a 4096×4096 ΔW
-//! (factorisation only, in memory).
+//! (factorisation only, in memory). `LORAKIT_BENCH_QUICK=1` runs the randomized extraction only
+//! (per-phase times), for iterating on speed.
 
 use lorakit::dtype::{self, Dtype};
 use lorakit::extract::{
@@ -28,7 +30,8 @@ use std::time::Instant;
 const RANK: usize = 16;
 const TERMS: usize = 64;
 const NOISE: f32 = 1e-4;
-const MODULES: [(&str, usize, usize); 6] = [
+/// Hidden 2048 (TinyLlama-sized layers): 4 × 2048² and 2 × 5632×2048.
+const MODULES_2048: [(&str, usize, usize); 6] = [
     ("model.layers.0.self_attn.q_proj", 2048, 2048),
     ("model.layers.0.self_attn.o_proj", 2048, 2048),
     ("model.layers.1.self_attn.q_proj", 2048, 2048),
@@ -37,11 +40,25 @@ const MODULES: [(&str, usize, usize); 6] = [
     ("model.layers.1.mlp.up_proj", 5632, 2048),
 ];
 
+/// Hidden 4096 (`LORAKIT_BENCH_HIDDEN=4096`, Llama-2-7B-sized layers): 2 × 4096², 11008×4096.
+const MODULES_4096: [(&str, usize, usize); 3] = [
+    ("model.layers.0.self_attn.q_proj", 4096, 4096),
+    ("model.layers.0.self_attn.o_proj", 4096, 4096),
+    ("model.layers.0.mlp.up_proj", 11008, 4096),
+];
+
+fn modules() -> (&'static str, &'static [(&'static str, usize, usize)]) {
+    match std::env::var("LORAKIT_BENCH_HIDDEN").as_deref() {
+        Ok("4096") => ("4096", &MODULES_4096),
+        _ => ("2048", &MODULES_2048),
+    }
+}
+
 fn main() {
     let dir = std::env::var_os("LORAKIT_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"))
-        .join("extract");
+        .join(format!("extract-{}", modules().0));
     std::fs::create_dir_all(&dir).unwrap();
     let (base, tuned) = (dir.join("base.safetensors"), dir.join("tuned.safetensors"));
     if !base.exists() || !tuned.exists() {
@@ -90,14 +107,38 @@ fn main() {
                     a.name
                 );
                 a.seconds = a.seconds.min(b.seconds);
+                a.timings.delta = a.timings.delta.min(b.timings.delta);
+                a.timings.factorize = a.timings.factorize.min(b.timings.factorize);
+                a.timings.error = a.timings.error.min(b.timings.error);
             }
             secs = secs.min(ts);
         }
         (s, secs)
     };
     let (rand, rand_s) = best(5, false);
-    let (exact, exact_s) = best(2, true);
-    println!("(fastest of 5 randomized and 2 exact runs)");
+    let phase = |s: &ExtractSummary| {
+        let t = |f: fn(&lorakit::extract::Timings) -> f64| {
+            s.modules.iter().map(|m| f(&m.timings)).sum::<f64>()
+        };
+        format!(
+            "ΔW {:.3} s, factorize {:.3} s, error check {:.3} s",
+            t(|t| t.delta),
+            t(|t| t.factorize),
+            t(|t| t.error)
+        )
+    };
+    println!("randomized, by phase (fastest of 5, all modules): {}", phase(&rand));
+    if std::env::var_os("LORAKIT_BENCH_QUICK").is_some() {
+        for m in &rand.modules {
+            println!("{:<34} {:>8.4} s", m.name, m.seconds);
+        }
+        println!("whole command: {rand_s:.3} s (LORAKIT_BENCH_QUICK: exact runs skipped)");
+        return;
+    }
+    // The exact SVDs of the 4096 set take minutes: one run.
+    let exact_runs = if modules().0 == "4096" { 1 } else { 2 };
+    let (exact, exact_s) = best(exact_runs, true);
+    println!("(fastest of 5 randomized and {exact_runs} exact runs)");
     println!();
     println!(
         "{:<34} {:>10} {:>10} {:>10} {:>8} {:>11} {:>11} {:>9}",
@@ -175,7 +216,8 @@ fn main() {
     );
     let bt = Checkpoint::open(&base).unwrap();
     let tt = Checkpoint::open(&tuned).unwrap();
-    for &(name, m, n) in &[MODULES[0], MODULES[4]] {
+    let mods = modules().1;
+    for &(name, m, n) in &[mods[0], mods[mods.len() - 1]] {
         let t = format!("{name}.weight");
         let w: Vec<f32> = tt.read_f32(&t).unwrap();
         let w0: Vec<f32> = bt.read_f32(&t).unwrap();
@@ -248,7 +290,8 @@ fn main() {
 
 /// Writes base (`N(0, 0.02²)`) and tuned (`base + ΔW`) with lorakit's writer.
 fn generate(base: &Path, tuned: &Path) {
-    let specs: Vec<TensorSpec> = MODULES
+    let specs: Vec<TensorSpec> = modules()
+        .1
         .iter()
         .map(|(n, m, k)| TensorSpec::new(format!("{n}.weight"), Dtype::F32, vec![*m, *k]))
         .collect();
@@ -256,7 +299,7 @@ fn generate(base: &Path, tuned: &Path) {
     let meta = [("format".to_string(), "pt".to_string())];
     let mut wb = Vec::new();
     let mut wt = Vec::new();
-    for (i, &(_, m, n)) in MODULES.iter().enumerate() {
+    for (i, &(_, m, n)) in modules().1.iter().enumerate() {
         let seed = 1000 + 10 * i as u64;
         let mut w0 = gaussian_matrix(m, n, seed);
         w0.mapv_inplace(|x| x * 0.02);

@@ -36,9 +36,13 @@
 //! The kept triplets become `B = U_k·√S_k`, `A = √S_k·V_kᵀ` ([`crate::linalg::split_factors`]),
 //! rescaled by `1/√scale` each when `scale = alpha/rank ≠ 1`, so that `scale·B·A = U_k·S_k·V_kᵀ`.
 //!
-//! The reported relative error `‖ΔW − scale·B·A‖_F / ‖ΔW‖_F` is computed explicitly from the
-//! factors as written (after rounding to the output dtype): `scale·B·A` is formed in f32 and the
-//! squared differences summed in f64. It is therefore the error of the file, not an estimate.
+//! The reported relative error `‖ΔW − scale·B·A‖_F / ‖ΔW‖_F` is that of the factors as written.
+//! For f32 factors of the randomized SVD whose error is at least 10 %, it is `‖ΔW‖² − Σ_{i<k} sᵢ²`
+//! (Pythagoras, exact for an orthonormal basis; see [`closed_form_residual_sq`]), accurate to
+//! ~10⁻⁴ relative and free. Otherwise (smaller errors, where that difference is all rounding;
+//! f16/bf16 factors, whose rounding the spectrum does not see; `exact`) it is computed
+//! explicitly: `scale·B·A` is formed in f32 block by block and the squared differences summed
+//! in f64.
 //!
 //! # Determinism
 //!
@@ -326,6 +330,117 @@ pub fn module_seed(seed: u64, name: &str) -> u64 {
     linalg::rng::SplitMix64::new(seed ^ h).next_u64()
 }
 
+/// Below this `‖ΔW − B·A‖²/‖ΔW‖²` (a relative error of 10 %), the error is computed explicitly.
+pub const CLOSED_FORM_MIN_REL_SQ: f64 = 1e-2;
+
+/// `‖ΔW − U_k·S_k·V_kᵀ‖_F² = ‖ΔW‖_F² − Σ_{i<k} sᵢ²` when that is accurate, else `None`.
+///
+/// For the randomized SVD, `U_k·S_k·V_kᵀ = Q·(QᵀΔW)_k` with `Q` orthonormal, so by Pythagoras
+/// the residual is `‖ΔW − QQᵀΔW‖² + ‖QᵀΔW − (QᵀΔW)_k‖² = ‖ΔW‖² − Σ_{i<k} sᵢ²` (`sᵢ` the
+/// singular values of `QᵀΔW`, i.e. the ones found). The difference cancels: with f32 factors
+/// its absolute error is a few units of 10⁻⁶·‖ΔW‖², so it is used only when the residual is at
+/// least [`CLOSED_FORM_MIN_REL_SQ`]·‖ΔW‖² (relative error ≲ 10⁻⁴ on the reported value); smaller
+/// residuals — nearly exact low-rank deltas — are computed explicitly by [`residual_sq`], which
+/// costs one more pass over `ΔW` and a `d×k·k×n` product. Factors rounded to f16/bf16 always
+/// take the explicit path (the rounding is not in the spectrum).
+pub fn closed_form_residual_sq(f: &Factorization, norm_sq: f64) -> Option<f64> {
+    let kept: f64 = f
+        .svd
+        .s
+        .iter()
+        .take(f.rank)
+        .map(|&x| x as f64 * x as f64)
+        .sum();
+    let r = norm_sq - kept;
+    (r >= CLOSED_FORM_MIN_REL_SQ * norm_sq).then_some(r)
+}
+
+/// `x ← x − y` and `(Σ (x−y)², Σ y²)` in f64. Eight fixed lanes (element `i` goes to lane
+/// `i mod 8`, lanes added in order at the end), so the loop vectorises and the sums are the same
+/// on every CPU; compiled for AVX2 when the CPU has it (same operations, same results: Rust never
+/// contracts into fused multiply-adds).
+fn sub_norms(x: &mut [f32], y: &[f32]) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { sub_norms_avx2(x, y) };
+        }
+    }
+    sub_norms_impl(x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sub_norms_avx2(x: &mut [f32], y: &[f32]) -> (f64, f64) {
+    sub_norms_impl(x, y)
+}
+
+#[inline(always)]
+fn sub_norms_impl(x: &mut [f32], y: &[f32]) -> (f64, f64) {
+    assert_eq!(x.len(), y.len());
+    let (mut ns, mut bs) = ([0f64; 8], [0f64; 8]);
+    let mut xc = x.chunks_exact_mut(8);
+    let mut yc = y.chunks_exact(8);
+    for (xs, ys) in (&mut xc).zip(&mut yc) {
+        for l in 0..8 {
+            let d = xs[l] - ys[l];
+            xs[l] = d;
+            ns[l] += d as f64 * d as f64;
+            bs[l] += ys[l] as f64 * ys[l] as f64;
+        }
+    }
+    for (l, (xv, &yv)) in xc
+        .into_remainder()
+        .iter_mut()
+        .zip(yc.remainder())
+        .enumerate()
+    {
+        let d = *xv - yv;
+        *xv = d;
+        ns[l] += d as f64 * d as f64;
+        bs[l] += yv as f64 * yv as f64;
+    }
+    (ns.iter().sum(), bs.iter().sum())
+}
+
+/// `Σ (x − scale·y)²` in f64 over eight fixed lanes, like [`sub_norms`].
+fn residual_block(x: &[f32], y: &[f32], scale: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { residual_block_avx2(x, y, scale) };
+        }
+    }
+    residual_block_impl(x, y, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn residual_block_avx2(x: &[f32], y: &[f32], scale: f32) -> f64 {
+    residual_block_impl(x, y, scale)
+}
+
+#[inline(always)]
+fn residual_block_impl(x: &[f32], y: &[f32], scale: f32) -> f64 {
+    assert_eq!(x.len(), y.len());
+    let mut acc = [0f64; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..8 {
+            let r = xs[l] as f64 - (scale * ys[l]) as f64;
+            acc[l] += r * r;
+        }
+    }
+    for (l, (&xv, &yv)) in xr.iter().zip(yr).enumerate() {
+        let r = xv as f64 - (scale * yv) as f64;
+        acc[l] += r * r;
+    }
+    acc.iter().sum()
+}
+
 /// Rank chosen by `rule` from the leading singular values `s` (non-increasing, at least the
 /// rule's cap of them when available) of a matrix with `‖M‖_F² = norm_sq`. At least 1, at most
 /// `s.len()`.
@@ -434,14 +549,20 @@ pub fn residual_sq(d: ArrayView2<f32>, b: ArrayView2<f32>, a: ArrayView2<f32>, s
         .into_par_iter()
         .map(|(r0, r1)| {
             let p = seq_matmul(b.slice(ndarray::s![r0..r1, ..]), a);
-            d.slice(ndarray::s![r0..r1, ..])
-                .iter()
-                .zip(p.iter())
-                .map(|(&x, &y)| {
-                    let r = x as f64 - (scale * y) as f64;
-                    r * r
-                })
-                .sum::<f64>()
+            let block = d.slice(ndarray::s![r0..r1, ..]);
+            match (block.as_slice(), p.as_slice()) {
+                // Contiguous rows (the usual case): 8 fixed lanes, so it vectorises and the
+                // sum does not depend on anything but the shapes.
+                (Some(x), Some(y)) => residual_block(x, y, scale),
+                _ => block
+                    .iter()
+                    .zip(p.iter())
+                    .map(|(&x, &y)| {
+                        let r = x as f64 - (scale * y) as f64;
+                        r * r
+                    })
+                    .sum::<f64>(),
+            }
         })
         .collect();
     parts.iter().sum()
@@ -494,6 +615,9 @@ pub struct ExtractPlan {
     items: Vec<Item>,
     /// Tensors left out by `targets` / `exclude`.
     pub excluded: usize,
+    /// The `ΔW` buffer, reused from module to module: a fresh multi-megabyte allocation costs a
+    /// page fault per 4 KiB on first write.
+    scratch: std::sync::Mutex<Vec<f32>>,
 }
 
 /// The module a tensor belongs to: its name without the last dotted component.
@@ -651,6 +775,7 @@ impl ExtractPlan {
             options,
             items,
             excluded,
+            scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -778,6 +903,7 @@ impl ExtractPlan {
                 let rel = d.rel_diff();
                 self.release(&item.name);
                 let is_changed = d.norm_sq > 0.0;
+                self.recycle(d.values);
                 match (&item.kind, is_changed) {
                     (_, false) => out.skipped = Some(TensorReport::new(item, rel, "unchanged")),
                     (ItemKind::EmbeddingWhole(EmbeddingMode::Full), true) => {
@@ -805,16 +931,18 @@ impl ExtractPlan {
                 let t0 = Instant::now();
                 let d = self.delta(item)?;
                 let rel = d.rel_diff();
-                if d.norm_sq == 0.0 {
+                if d.norm_sq == 0.0 || rel.is_some_and(|r| r < o.min_diff) {
                     self.release(&item.name);
-                    out.skipped = Some(TensorReport::new(item, rel, "unchanged"));
+                    let why = if d.norm_sq == 0.0 {
+                        "unchanged"
+                    } else {
+                        "below_min_diff"
+                    };
+                    out.skipped = Some(TensorReport::new(item, rel, why));
+                    self.recycle(d.values);
                     return Ok(out);
                 }
-                if rel.is_some_and(|r| r < o.min_diff) {
-                    self.release(&item.name);
-                    out.skipped = Some(TensorReport::new(item, rel, "below_min_diff"));
-                    return Ok(out);
-                }
+                let t_delta = t0.elapsed().as_secs_f64();
                 let (rows, cols) = (d.rows, d.cols);
                 let view = ArrayView2::from_shape((rows, cols), &d.values).expect("shape");
                 let (w, w0) = (self.tuned.view(&item.name)?, self.base.view(&item.name)?);
@@ -834,8 +962,10 @@ impl ExtractPlan {
                     power_iters: o.power_iters,
                     seed: module_seed(o.seed, &item.name),
                 };
+                let t1 = Instant::now();
                 let f = factorize(op.as_ref(), d.norm_sq, &o.rank, o.exact, &rsvd);
                 drop(op);
+                let t_factorize = t1.elapsed().as_secs_f64();
                 let k = f.rank;
                 let alpha = o.alpha.unwrap_or(k as f64);
                 let scale = alpha / k as f64;
@@ -859,7 +989,12 @@ impl ExtractPlan {
                 };
                 round(&mut bs);
                 round(&mut as_);
-                let res = residual_sq(view, bs.view(), as_.view(), scale as f32);
+                let t2 = Instant::now();
+                let res = match closed_form_residual_sq(&f, d.norm_sq) {
+                    Some(r) if o.dtype == Dtype::F32 && !f.exact => r,
+                    _ => residual_sq(view, bs.view(), as_.view(), scale as f32),
+                };
+                let t_error = t2.elapsed().as_secs_f64();
                 self.release(&item.name);
                 let raw = |a: Array2<f32>| a.into_raw_vec_and_offset().0;
                 // Canonical orientation: B is out×k, A is k×in.
@@ -900,7 +1035,14 @@ impl ExtractPlan {
                     rel_diff: rel,
                     method: if f.exact { "exact" } else { "randomized" }.into(),
                     seconds: t0.elapsed().as_secs_f64(),
+                    timings: Timings {
+                        delta: t_delta,
+                        factorize: t_factorize,
+                        error: t_error,
+                    },
                 };
+                let norm_sq = d.norm_sq;
+                self.recycle(d.values);
                 out.low_rank = Some(Box::new(LowRankOutcome {
                     report,
                     kind,
@@ -908,7 +1050,7 @@ impl ExtractPlan {
                     in_features: in_f,
                     transposed,
                     residual_sq: res,
-                    norm_sq: d.norm_sq,
+                    norm_sq,
                     full_delta_bytes: (rows * cols * d.elem_bytes) as u64,
                     a,
                     b,
@@ -1172,32 +1314,48 @@ impl ExtractPlan {
             Overflow(usize),
         }
         // Chunks in parallel; their sums are added in chunk order, so the result does not
-        // depend on the thread count.
+        // depend on the thread count. Both tensors are decoded and subtracted in one pass per
+        // chunk, into the reused buffer.
         const CHUNK: usize = 1 << 16;
-        let mut values = vec![0f32; n];
+        self.prefetch(name);
+        let mut values = std::mem::take(&mut *self.scratch.lock().expect("scratch"));
+        if values.len() < n {
+            values.resize(n, 0.0);
+        } else {
+            values.truncate(n);
+        }
         let parts: Vec<Result<(f64, f64), Bad>> = values
             .par_chunks_mut(CHUNK)
             .enumerate()
             .map(|(c, out)| {
-                let (at, end) = (c * CHUNK, c * CHUNK + out.len());
-                dtype::decode_into(w.dtype, &w.data[at * elem..end * elem], out);
-                let mut base = vec![0f32; out.len()];
-                dtype::decode_into(w0.dtype, &w0.data[at * elem..end * elem], &mut base);
+                let at = c * CHUNK;
+                let mut base = [0f32; 1024];
                 let (mut norm_sq, mut base_sq) = (0f64, 0f64);
-                for (i, (x, &y)) in out.iter_mut().zip(&base).enumerate() {
-                    if !x.is_finite() {
-                        return Err(Bad::Tuned(at + i, *x));
+                for (k, out) in out.chunks_mut(base.len()).enumerate() {
+                    let at = at + k * base.len();
+                    let len = out.len();
+                    let base = &mut base[..len];
+                    dtype::decode_into(w.dtype, &w.data[at * elem..(at + len) * elem], out);
+                    dtype::decode_into(w0.dtype, &w0.data[at * elem..(at + len) * elem], base);
+                    let (ns, bs) = sub_norms(out, base);
+                    // A non-finite W, W0 or W − W0 makes a sum non-finite (squares of finite
+                    // f32 cannot overflow f64): only then look for the first offender.
+                    if !(ns.is_finite() && bs.is_finite()) {
+                        dtype::decode_into(w.dtype, &w.data[at * elem..(at + len) * elem], out);
+                        for (i, (x, &y)) in out.iter().zip(base.iter()).enumerate() {
+                            if !x.is_finite() {
+                                return Err(Bad::Tuned(at + i, *x));
+                            }
+                            if !y.is_finite() {
+                                return Err(Bad::Base(at + i, y));
+                            }
+                            if !(x - y).is_finite() {
+                                return Err(Bad::Overflow(at + i));
+                            }
+                        }
                     }
-                    if !y.is_finite() {
-                        return Err(Bad::Base(at + i, y));
-                    }
-                    let d = *x - y;
-                    if !d.is_finite() {
-                        return Err(Bad::Overflow(at + i));
-                    }
-                    *x = d;
-                    norm_sq += (d as f64) * (d as f64);
-                    base_sq += (y as f64) * (y as f64);
+                    norm_sq += ns;
+                    base_sq += bs;
                 }
                 Ok((norm_sq, base_sq))
             })
@@ -1239,6 +1397,24 @@ impl ExtractPlan {
             base_sq,
             elem_bytes: elem,
         })
+    }
+
+    /// Maps a tensor's pages in both checkpoints ahead of the pass that reads them (one
+    /// `MADV_POPULATE_READ` each instead of a page fault per 4 KiB).
+    fn prefetch(&self, name: &str) {
+        for c in [&self.base, &self.tuned] {
+            if let (Some(f), Some(i)) = (c.file_of(name), c.info(name)) {
+                f.prefetch(i);
+            }
+        }
+    }
+
+    /// Returns a `ΔW` buffer for the next module.
+    fn recycle(&self, values: Vec<f32>) {
+        let mut s = self.scratch.lock().expect("scratch");
+        if values.capacity() > s.capacity() {
+            *s = values;
+        }
     }
 
     fn release(&self, name: &str) {
@@ -1389,7 +1565,20 @@ pub struct ModuleReport {
     pub rel_diff: Option<f64>,
     /// `randomized` or `exact`.
     pub method: String,
+    /// Wall time of the module, and its parts.
     pub seconds: f64,
+    pub timings: Timings,
+}
+
+/// Where a module's time went (seconds).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Timings {
+    /// Reading both tensors and forming `ΔW` with its norms.
+    pub delta: f64,
+    /// The (randomized or exact) SVD.
+    pub factorize: f64,
+    /// The explicit error `‖ΔW − scale·B·A‖_F` of the factors as written.
+    pub error: f64,
 }
 
 /// A tensor that was not extracted.
@@ -1631,6 +1820,72 @@ mod tests {
         };
         check(&ax1, a.view(), x.view());
         check(&aty1, a.t(), y.view());
+    }
+
+    /// The closed-form residual against an f64 computation of `‖ΔW − U_k·S_k·V_kᵀ‖²` from the
+    /// factors, on a matrix with a slowly decaying spectrum plus noise (relative error ~0.3), and
+    /// the fallback for a nearly exact low-rank `ΔW`.
+    #[test]
+    fn closed_form_residual_matches_the_explicit_one() {
+        let (m, n) = (300, 200);
+        let low = |terms: usize| {
+            let u = linalg::rng::gaussian_matrix(m, terms, 5);
+            let mut v = linalg::rng::gaussian_matrix(terms, n, 6);
+            for (j, mut row) in v.axis_iter_mut(ndarray::Axis(0)).enumerate() {
+                row.mapv_inplace(|x| x / (j + 1) as f32);
+            }
+            linalg::dense::FAER.matmul(u.view(), v.view())
+        };
+        let noise = linalg::rng::gaussian_matrix(m, n, 7);
+        let explicit = |d: &Array2<f32>, f: &Factorization| {
+            let (b, a) = linalg::split_factors(&f.svd, f.rank);
+            let mut r = 0f64;
+            for i in 0..m {
+                for j in 0..n {
+                    let p: f64 = (0..f.rank)
+                        .map(|k| b[[i, k]] as f64 * a[[k, j]] as f64)
+                        .sum();
+                    r += (d[[i, j]] as f64 - p).powi(2);
+                }
+            }
+            r
+        };
+        let opts = RsvdOptions {
+            oversample: 10,
+            power_iters: 2,
+            seed: 3,
+        };
+        // 40 terms + noise at rank 8: residual ~0.3; 8 terms + tiny noise: ~1e-6.
+        for (terms, noise_std, expect_closed) in [(40, 0.05f32, true), (8, 1e-6, false)] {
+            let d = &low(terms) + &noise.mapv(|x| x * noise_std);
+            let d = d.as_standard_layout().into_owned();
+            let norm_sq = linalg::frobenius_norm_sq(d.view());
+            let op = HostDeltaOp::new(d.view());
+            let f = factorize(&op, norm_sq, &RankRule::Fixed(8), false, &opts);
+            let want = explicit(&d, &f);
+            match closed_form_residual_sq(&f, norm_sq) {
+                Some(got) => {
+                    assert!(
+                        expect_closed,
+                        "noise {noise_std}: closed form where it cancels"
+                    );
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want,
+                        "closed form {got} vs explicit {want}"
+                    );
+                }
+                None => {
+                    assert!(
+                        !expect_closed,
+                        "noise {noise_std}: explicit where closed is fine"
+                    );
+                    // Rightly: there the difference would be all rounding.
+                    let kept: f64 = f.svd.s[..f.rank].iter().map(|&x| x as f64 * x as f64).sum();
+                    let naive = norm_sq - kept;
+                    assert!((naive - want).abs() > 1e-2 * want, "{naive} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 /// re-orthonormalisation; exact SVD when that is cheaper, or everywhere with --exact). The kept
 /// triplets become B = U·√S, A = √S·Vᵀ, so alpha/r·B·A is the best rank-r approximation the SVD
 /// found. The output is a PEFT adapter folder (loads with PeftModel.from_pretrained) or a kohya
-/// file. Every module's rank, kept energy and exact relative error ‖ΔW − s·B·A‖_F/‖ΔW‖_F are
-/// reported.
+/// file. Every module's rank, kept energy and relative error ‖ΔW − s·B·A‖_F/‖ΔW‖_F of the
+/// factors as written are reported (from the spectrum when that is exact to ~1e-4, otherwise
+/// computed explicitly).
 ///
 /// Candidates are float tensors named *.weight with 2 or more dimensions in both checkpoints:
 /// 2-D weights are taken as nn.Linear [out, in] (pass --fan-in-fan-out for GPT-2 Conv1D

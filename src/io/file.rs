@@ -163,6 +163,19 @@ impl SafetensorsFile {
         Ok(v.to_f32())
     }
 
+    /// Maps the pages of `info` in one call (`MADV_POPULATE_READ`, Linux ≥ 5.14) ahead of a
+    /// pass over them, instead of one page fault per 4 KiB. A hint: errors (older kernels) are
+    /// ignored, and the pages still fault in on access.
+    pub fn prefetch(&self, info: &TensorInfo) {
+        if let Ok(map) = self.map() {
+            let start = (self.header.data_start + info.start) as usize;
+            let len = info.byte_len() as usize;
+            if len > 0 && start + len <= map.len() {
+                let _ = map.advise_range(memmap2::Advice::PopulateRead, start, len);
+            }
+        }
+    }
+
     /// Tells the kernel the pages of `info` are no longer needed, so a streaming pass over a
     /// file larger than memory does not keep it resident. Harmless if the map does not exist.
     pub fn release(&self, info: &TensorInfo) {
