@@ -59,7 +59,7 @@ use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
 use crate::io::{Checkpoint, Output};
 use crate::linalg::dense::{faer_matmul, faer_qr, faer_svd, with_faer, FAER};
-use crate::linalg::{self, Dense, LinearOperator, RsvdOptions, Svd};
+use crate::linalg::{self, skinny, Dense, LinearOperator, RsvdOptions, Svd};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
@@ -221,7 +221,10 @@ impl DeltaOperators for CpuDeltaOperators {
 /// Rows of `ΔW` per block of [`HostDeltaOp`].
 pub const BLOCK_ROWS: usize = 256;
 
-/// `ΔW` in host memory (standard layout) as a [`LinearOperator`] whose products run over
+/// `ΔW` in host memory (standard layout) as a [`LinearOperator`]. Products with up to
+/// [`skinny::MAX_COLS`] columns (every pass of the range finder at the usual ranks) run in
+/// [`skinny`]'s register-blocked kernels: one FMA chain per output, so the same bits for any
+/// thread count. Wider ones run over
 /// fixed blocks of [`BLOCK_ROWS`] rows in parallel, each block a sequential faer product:
 /// `ΔW·X` block row by block row, `ΔWᵀ·Y = Σ_blocks ΔW_bᵀ·Y_b` summed in block order. The
 /// blocks, not the threads, fix the arithmetic, so results are the same for any thread count.
@@ -264,6 +267,9 @@ impl LinearOperator for HostDeltaOp<'_> {
         self.a.ncols()
     }
     fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        if let Some(y) = skinny::matmul(self.a, x) {
+            return y;
+        }
         let parts: Vec<Array2<f32>> = self
             .blocks()
             .into_par_iter()
@@ -273,6 +279,9 @@ impl LinearOperator for HostDeltaOp<'_> {
         ndarray::concatenate(ndarray::Axis(0), &views).expect("blocks of equal width")
     }
     fn apply_t(&self, y: ArrayView2<f32>) -> Array2<f32> {
+        if let Some(z) = skinny::matmul_tn(self.a, y) {
+            return z;
+        }
         let parts: Vec<Array2<f32>> = self
             .blocks()
             .into_par_iter()

@@ -97,6 +97,7 @@ pub mod dense;
 #[cfg(feature = "lapack")]
 pub mod lapack;
 pub mod rng;
+pub mod skinny;
 
 #[cfg(test)]
 mod tests;

@@ -90,14 +90,26 @@ impl Xoshiro256PlusPlus {
 /// `cols`: raising the oversampling extends the test matrix Ω without changing
 /// the columns already drawn.
 pub fn gaussian_matrix(rows: usize, cols: usize, seed: u64) -> ndarray::Array2<f32> {
+    super::dense::clear_upper_vector_state();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let mut out = ndarray::Array2::<f32>::zeros((rows, cols));
-    for j in 0..cols {
-        for i in 0..rows {
-            out[[i, j]] = rng.next_gaussian() as f32;
-        }
+    // Drawn in order into a column-major buffer (the same values, in the same order, as
+    // `next_gaussian` one by one), then laid out row-major.
+    let total = rows * cols;
+    let mut colmajor = Vec::with_capacity(total + 1);
+    while colmajor.len() < total {
+        let u1 = 1.0 - rng.next_f64();
+        let u2 = rng.next_f64();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
+        colmajor.push((r * cos) as f32);
+        colmajor.push((r * sin) as f32);
     }
-    out
+    colmajor.truncate(total);
+    ndarray::Array2::from_shape_vec((cols, rows), colmajor)
+        .expect("rows × cols values")
+        .reversed_axes()
+        .as_standard_layout()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -160,6 +172,19 @@ mod tests {
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.015, "var {var}");
         assert!((kurt - 3.0).abs() < 0.1, "4th moment {kurt}");
+    }
+
+    #[test]
+    fn gaussian_matrix_draws_next_gaussian_column_by_column() {
+        // Odd row count: a Box–Muller pair straddles two columns.
+        let (rows, cols) = (37, 5);
+        let a = gaussian_matrix(rows, cols, 3);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        for j in 0..cols {
+            for i in 0..rows {
+                assert_eq!(a[[i, j]].to_bits(), (rng.next_gaussian() as f32).to_bits());
+            }
+        }
     }
 
     #[test]

@@ -136,7 +136,8 @@ macro_rules! real_impl {
                     b,
                     1.0 as $t,
                     par,
-                )
+                );
+                crate::linalg::dense::clear_upper_vector_state();
             }
         }
     };
