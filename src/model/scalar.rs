@@ -3,12 +3,13 @@
 //! faer's GEMM.
 //!
 //! Matrices are row-major slices with a row stride ([`MatView`]), so heads of a
-//! `[tokens, heads·head_dim]` activation are views without copies. faer's matrix product is
-//! bit-identical for every thread count (see `linalg::dense`), which keeps training
-//! deterministic.
+//! `[tokens, heads·head_dim]` activation are views without copies. Large products are cut into
+//! fixed output tiles, each a sequential faer product, run on the rayon pool: the results do not
+//! depend on the thread count, which keeps training deterministic.
 
 use crate::dtype::{self, Dtype};
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 use std::borrow::Cow;
 use std::fmt::Debug;
 use std::iter::Sum;
@@ -191,7 +192,10 @@ pub fn expf(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // SAFETY: `n` is an integer in [−126, 127] (from the clamped argument), so the conversion
+    // is exact; unlike `as`, it compiles to one vector instruction (no saturation checks).
+    let ni: i32 = unsafe { n.to_int_unchecked() };
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     let e = y * scale;
     if x < -87.0 {
         0.0
@@ -327,19 +331,46 @@ pub fn gemm<T: Real>(c: &mut [T], ldc: usize, a: MatView<T>, b: MatView<T>, acc:
         return;
     }
     assert!((m - 1) * ldc + n <= c.len(), "gemm: output too small");
-    // (faer 0.24.4's `from_row_major_slice_with_stride_mut` builds a column-major view: avoid it.)
-    let dst = MatMut::from_column_major_slice_with_stride_mut(c, n, m, ldc).transpose_mut();
-    // Inside a rayon task (attention heads) the pool is already busy: run sequentially. faer's
-    // product gives the same bits either way.
-    let par = if m.saturating_mul(n).saturating_mul(k) >= PAR_WORK
-        && rayon::current_thread_index().is_none()
-    {
-        Par::rayon(0)
-    } else {
-        Par::Seq
-    };
-    T::matmul(dst, acc, a.faer(), b.faer(), par);
+    // Small products (attention heads, LoRA factors) run sequentially. A large one called from
+    // inside a rayon task still splits: nested tasks are fine on rayon's pool.
+    if m.saturating_mul(n).saturating_mul(k) < PAR_WORK {
+        // (faer 0.24.4's `from_row_major_slice_with_stride_mut` builds a column-major view:
+        // avoid it.)
+        let dst = MatMut::from_column_major_slice_with_stride_mut(c, n, m, ldc).transpose_mut();
+        T::matmul(dst, acc, a.faer(), b.faer(), Par::Seq);
+        return;
+    }
+    // Large products: fixed `TILE_M × TILE_N` output tiles, one sequential faer product each,
+    // spread over the rayon pool. The tiling does not depend on the thread count, so neither do
+    // the results; independent tasks (no barriers inside a product) keep both cores busy even
+    // when one is shared with another process.
+    let (ta, tb) = (a.faer(), b.faer());
+    let tiles: Vec<(usize, usize)> = (0..m)
+        .step_by(TILE_M)
+        .flat_map(|i| (0..n).step_by(TILE_N).map(move |j| (i, j)))
+        .collect();
+    let ptr = SendPtr(c.as_mut_ptr());
+    tiles.par_iter().for_each(|&(i0, j0)| {
+        let (mt, nt) = (TILE_M.min(m - i0), TILE_N.min(n - j0));
+        let p = &ptr;
+        // SAFETY: tiles are disjoint `mt × nt` blocks of the `m × n` output (row stride `ldc`,
+        // in bounds: checked above), each written by one task only while `c` is borrowed
+        // mutably by this call.
+        let dst = unsafe {
+            MatMut::from_raw_parts_mut(p.0.add(i0 * ldc + j0), mt, nt, ldc as isize, 1isize)
+        };
+        T::matmul(dst, acc, ta.subrows(i0, mt), tb.subcols(j0, nt), Par::Seq);
+    });
 }
+
+/// Output tile of a parallel product (rows × columns).
+const TILE_M: usize = 128;
+const TILE_N: usize = 512;
+
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint output tiles to rayon tasks (see `gemm`).
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 /// `A·B` into a new `m × n` row-major vector.
 pub fn matmul<T: Real>(a: MatView<T>, b: MatView<T>) -> Vec<T> {
@@ -369,6 +400,46 @@ mod tests {
         let ata = matmul(av.t(), av);
         assert_eq!(ata[0], 17.0);
         assert_eq!(ata[8], 45.0);
+    }
+
+    #[test]
+    fn tiled_products_match_and_do_not_depend_on_the_thread_count() {
+        // 300 × 700 × 64 is above `PAR_WORK`: tiles with partial edges in both directions.
+        let (m, k, n) = (300, 64, 700);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+            .collect();
+        let b: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.01)
+            .collect();
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let mut c = vec![1.0f32; m * n];
+                    gemm(
+                        &mut c,
+                        n,
+                        MatView::new(&a, m, k),
+                        MatView::new(&b, n, k).t(),
+                        true,
+                    );
+                    c
+                })
+        };
+        let (c1, c3) = (run(1), run(3));
+        assert!(c1.iter().zip(&c3).all(|(x, y)| x.to_bits() == y.to_bits()));
+        for i in (0..m).step_by(7) {
+            for j in (0..n).step_by(11) {
+                let want: f64 = 1.0
+                    + (0..k)
+                        .map(|p| a[i * k + p] as f64 * b[j * k + p] as f64)
+                        .sum::<f64>();
+                assert!((c1[i * n + j] as f64 - want).abs() < 1e-5, "{i},{j}");
+            }
+        }
     }
 
     #[test]
