@@ -8,7 +8,8 @@
 //! PEFT on the same files and settings through `benches/train_torch.py` (run with
 //! `$LORAKIT_BENCH_PYTHON`, default `python3`; skipped when it fails, e.g. without torch). Both
 //! use as many threads as rayon's pool (`RAYON_NUM_THREADS`). Data goes to `$LORAKIT_BENCH_DIR`
-//! (default `target/bench-data`).
+//! (default `target/bench-data`). Like `lorakit train` / `eval`, it first calls
+//! `model::retain_freed_memory` (glibc keeps freed activations for the next pass).
 
 use lorakit::dtype::Dtype;
 use lorakit::io::{Checkpoint, Output, TensorSpec};
@@ -30,6 +31,8 @@ const WARMUP: usize = 2;
 const STEPS: usize = 10;
 
 fn main() {
+    // As `lorakit train` and `lorakit eval` do.
+    lorakit::model::retain_freed_memory();
     let dir = std::env::var_os("LORAKIT_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"))

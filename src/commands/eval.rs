@@ -203,6 +203,7 @@ pub fn load_model<'c>(
 }
 
 pub fn run(a: EvalArgs, quiet: bool) -> Result<i32> {
+    crate::model::retain_freed_memory();
     if a.seq_len < 2 {
         bail!("--seq-len must be at least 2");
     }

@@ -190,6 +190,7 @@ pub struct TrainReport {
 }
 
 pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
+    crate::model::retain_freed_memory();
     if a.init_adapter.is_some() && (a.alpha.is_some() || a.rslora) {
         bail!("--init-adapter takes the rank, alpha and rsLoRA setting from the adapter; drop --alpha / --rslora");
     }
