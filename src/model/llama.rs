@@ -27,6 +27,7 @@ use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -908,34 +909,48 @@ impl<'c, T: Real> Model<'c, T> {
             let r1 = (r0 + chunk).min(n);
             let rows = r1 - r0;
             let x = &hf[r0 * h..r1 * h];
+            if let Some(&t) = targets[r0..r1]
+                .iter()
+                .find(|&&t| t != NO_TARGET && t as usize >= vocab)
+            {
+                bail!("target id {t} is not below the vocabulary size {vocab}");
+            }
             let (mut z, tape) = self.lm_head.forward(x, rows, exec, back.is_some())?;
-            for (i, zr) in z.chunks_exact_mut(vocab).enumerate() {
-                let t = targets[r0 + i];
-                if t == NO_TARGET {
-                    if back.is_some() {
-                        zr.fill(T::ZERO);
+            // Rows in parallel; their losses are summed in row order afterwards, so the sum does
+            // not depend on the thread count.
+            let grad = back.is_some();
+            let mut losses = vec![0f64; rows];
+            z.par_chunks_mut(vocab)
+                .zip(losses.par_iter_mut())
+                .zip(&targets[r0..r1])
+                .for_each(|((zr, loss), &t)| {
+                    if t == NO_TARGET {
+                        if grad {
+                            zr.fill(T::ZERO);
+                        }
+                        return;
                     }
-                    continue;
-                }
-                if t as usize >= vocab {
-                    bail!("target id {t} is not below the vocabulary size {vocab}");
-                }
-                let mx = zr.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
-                for v in zr.iter_mut() {
-                    *v -= mx;
-                }
-                let zt = zr[t as usize];
-                T::exp_slice(zr);
-                let se: T = zr.iter().copied().sum();
-                let lse = se.ln();
-                sum += (lse - zt).to_f64();
-                if back.is_some() {
-                    // softmax − onehot, over the count of targets
-                    let k = T::ONE / (se * denom);
+                    let mx = zr.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
                     for v in zr.iter_mut() {
-                        *v *= k;
+                        *v -= mx;
                     }
-                    zr[t as usize] -= T::ONE / denom;
+                    let zt = zr[t as usize];
+                    T::exp_slice(zr);
+                    let se: T = zr.iter().copied().sum();
+                    let lse = se.ln();
+                    *loss = (lse - zt).to_f64();
+                    if grad {
+                        // softmax − onehot, over the count of targets
+                        let k = T::ONE / (se * denom);
+                        for v in zr.iter_mut() {
+                            *v *= k;
+                        }
+                        zr[t as usize] -= T::ONE / denom;
+                    }
+                });
+            for (&l, &t) in losses.iter().zip(&targets[r0..r1]) {
+                if t != NO_TARGET {
+                    sum += l;
                 }
             }
             if let Some((dhf, grads)) = back.as_mut() {
