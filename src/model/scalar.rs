@@ -364,8 +364,8 @@ pub fn gemm<T: Real>(c: &mut [T], ldc: usize, a: MatView<T>, b: MatView<T>, acc:
 }
 
 /// Output tile of a parallel product (rows × columns).
-const TILE_M: usize = 128;
-const TILE_N: usize = 512;
+const TILE_M: usize = 256;
+const TILE_N: usize = 256;
 
 struct SendPtr<T>(*mut T);
 // SAFETY: used only to hand disjoint output tiles to rayon tasks (see `gemm`).
