@@ -930,13 +930,13 @@ impl<'c, T: Real> Model<'c, T> {
                         }
                         return;
                     }
-                    let mx = zr.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+                    let mx = super::scalar::max(zr);
                     for v in zr.iter_mut() {
                         *v -= mx;
                     }
                     let zt = zr[t as usize];
                     T::exp_slice(zr);
-                    let se: T = zr.iter().copied().sum();
+                    let se: T = super::scalar::sum(zr);
                     let lse = se.ln();
                     *loss = (lse - zt).to_f64();
                     if grad {

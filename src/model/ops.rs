@@ -10,7 +10,7 @@
 //! the thread count. The backward recomputes `P` from the saved per-row log-sum-exp instead of
 //! storing the `T × T` probabilities.
 
-use super::scalar::{gemm, MatView, Real};
+use super::scalar::{dot, gemm, max, reduce_lanes, sum, MatView, Real};
 use rayon::prelude::*;
 
 /// Rows per rayon task in element-wise kernels.
@@ -55,7 +55,7 @@ pub fn rmsnorm<T: Real>(x: &[T], h: usize, w: &[T], eps: f64) -> (Vec<T>, Vec<T>
         .zip(x.par_chunks(h * ROWS_PER_TASK))
         .for_each(|((yc, rc), xc)| {
             for ((yr, r), xr) in yc.chunks_mut(h).zip(rc.iter_mut()).zip(xc.chunks(h)) {
-                let ss: T = xr.iter().map(|&v| v * v).sum();
+                let ss: T = dot(xr, xr);
                 *r = T::ONE / (ss / hn + eps).sqrt();
                 for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
                     *o = wv * (xv * *r);
@@ -79,12 +79,7 @@ pub fn rmsnorm_backward<T: Real>(x: &[T], rstd: &[T], w: &[T], dy: &[T], h: usiz
                 .zip(dyc.chunks(h))
                 .zip(rc)
             {
-                let dot: T = xr
-                    .iter()
-                    .zip(dyr)
-                    .zip(w)
-                    .map(|((&xv, &g), &wv)| xv * g * wv)
-                    .sum();
+                let dot: T = reduce_lanes(h, |j| xr[j] * dyr[j] * w[j]);
                 let c = r * r * r * dot / hn;
                 for (((o, &xv), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
                     *o += r * (g * wv) - xv * c;
@@ -215,16 +210,16 @@ pub fn attention<T: Real>(q: &[T], k: &[T], v: &[T], s: &AttnShape) -> (Vec<T>, 
                             row[..lo].fill(T::ZERO);
                             row[hi..].fill(T::ZERO);
                             let vis = &mut row[lo..hi];
-                            let mx = vis.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+                            let mx = max(vis);
                             for x in vis.iter_mut() {
                                 *x -= mx;
                             }
                             T::exp_slice(vis);
-                            let sum: T = vis.iter().copied().sum();
+                            let se: T = sum(vis);
                             for x in vis.iter_mut() {
-                                *x /= sum;
+                                *x /= se;
                             }
-                            lse[i] = mx + sum.ln();
+                            lse[i] = mx + se.ln();
                         }
                         let vv = MatView::strided(&v[(b * t + blo) * krow + g * hd..], w, hd, krow);
                         gemm(
@@ -320,11 +315,7 @@ pub fn attention_backward<T: Real>(
                     gemm(&mut ds, w, dov, vv.t(), false);
                     for i in i0..i1 {
                         let r = (b * t + i) * qrow + h * hd;
-                        let dsum: T = d_o[r..r + hd]
-                            .iter()
-                            .zip(&o[r..r + hd])
-                            .map(|(&a, &c)| a * c)
-                            .sum();
+                        let dsum: T = dot(&d_o[r..r + hd], &o[r..r + hd]);
                         let row = (i - i0) * w..(i - i0 + 1) * w;
                         for (d, &pv) in ds[row.clone()].iter_mut().zip(&p[row]) {
                             *d = pv * (*d - dsum) * scale;

@@ -237,6 +237,54 @@ fn decode_generic<T: Real>(dtype: Dtype, bytes: &[u8], out: &mut [T]) {
 real_impl!(f32, Dtype::F32, expf_slice);
 real_impl!(f64, Dtype::F64, exp_f64_slice);
 
+/// Independent accumulators of the slice reductions below: a single running sum is one long
+/// dependency chain (the compiler may not reorder float additions), eight of them vectorise.
+const LANES: usize = 8;
+
+/// `Σ f(i)` over `0..n` in [`LANES`] interleaved partial sums, combined pairwise at the end: a
+/// fixed order, so the same bits on every run and thread count.
+#[inline(always)]
+pub fn reduce_lanes<T: Real>(n: usize, f: impl Fn(usize) -> T) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let full = n - n % LANES;
+    let mut i = 0;
+    while i < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+        i += LANES;
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for j in full..n {
+        s += f(j);
+    }
+    s
+}
+
+/// `Σ x` (see [`reduce_lanes`]).
+pub fn sum<T: Real>(x: &[T]) -> T {
+    reduce_lanes(x.len(), |i| x[i])
+}
+
+/// `Σ x⊙y` (see [`reduce_lanes`]).
+pub fn dot<T: Real>(x: &[T], y: &[T]) -> T {
+    let y = &y[..x.len()];
+    reduce_lanes(x.len(), |i| x[i] * y[i])
+}
+
+/// The largest value (`−∞` for an empty slice; NaNs are skipped, as `f32::max` does).
+pub fn max<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    let m = acc.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+    chunks.remainder().iter().fold(m, |a, &b| a.max(b))
+}
+
 /// Stored bytes as `Self` values: borrowed when the layout allows, else decoded.
 pub fn stored_as<T: Real>(bytes: &[u8], dtype: Dtype) -> Cow<'_, [T]> {
     match T::borrow_stored(bytes, dtype) {
@@ -461,6 +509,19 @@ mod tests {
         let mut d = vec![1.0f64];
         f64::exp_slice(&mut d);
         assert_eq!(d[0], std::f64::consts::E);
+    }
+
+    #[test]
+    fn lane_reductions() {
+        for n in [0usize, 1, 7, 8, 9, 23, 64] {
+            let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+            let y: Vec<f64> = (0..n).map(|i| (i as f64 * 0.11).cos()).collect();
+            let s: f64 = x.iter().sum();
+            let d: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+            assert!((sum(&x) - s).abs() < 1e-12);
+            assert!((dot(&x, &y) - d).abs() < 1e-12);
+            assert_eq!(max(&x), x.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)));
+        }
     }
 
     #[test]
