@@ -7,7 +7,7 @@ use crate::cli::DeviceArg;
 use crate::io::{Checkpoint, Output, TensorSpec};
 use crate::model::data::{read_input_ids, token_stream};
 use crate::model::llama::Attached;
-use crate::model::{Exec, Model, ModelConfig, TextTokenizer, Weights};
+use crate::model::{Exec, KvCache, Model, ModelConfig, TextTokenizer, Weights};
 use anyhow::{bail, Result};
 use clap::{ArgGroup, Args, ValueHint};
 use std::path::PathBuf;
@@ -403,9 +403,16 @@ fn generate(
     let t0 = Instant::now();
     let mut ids = prompt.to_vec();
     let mut out = Vec::new();
+    // Keys and values of the positions so far are cached while the context fits in `seq_len`;
+    // past that the window slides (positions restart at its first token), so it is recomputed.
+    let mut cache = KvCache::default();
     for _ in 0..n {
-        let ctx = &ids[ids.len().saturating_sub(seq_len)..];
-        let z = model.logits(ctx, 1, ctx.len(), exec, true)?;
+        let z = if ids.len() <= seq_len {
+            model.logits_cached(&ids[cache.len()..], &mut cache, exec)?
+        } else {
+            let ctx = &ids[ids.len() - seq_len..];
+            model.logits(ctx, 1, ctx.len(), exec, true)?
+        };
         // First maximum, as torch.argmax.
         let next = z
             .iter()

@@ -17,8 +17,8 @@
 use super::config::ModelConfig;
 use super::linear::{Exec, Linear, Lora, LoraGrad, LoraTape, Matrix, MatrixData};
 use super::ops::{
-    attention, attention_backward, rmsnorm, rmsnorm_backward, swiglu, swiglu_backward, AttnShape,
-    Rope,
+    attention, attention_backward, attention_incremental, rmsnorm, rmsnorm_backward, swiglu,
+    swiglu_backward, AttnShape, Rope,
 };
 use super::scalar::{stored_as, Real};
 use crate::adapter::{Adapter, ModuleKind};
@@ -220,6 +220,25 @@ struct LayerTape<T> {
     u: Vec<T>,
     m: Vec<T>,
     t: [LoraTape<T>; 7],
+}
+
+/// Rotated keys and values of the positions seen so far, per layer (`[len, kv_heads·head_dim]`
+/// each): incremental decoding with [`Model::logits_cached`].
+#[derive(Debug, Clone, Default)]
+pub struct KvCache<T> {
+    layers: Vec<(Vec<T>, Vec<T>)>,
+    len: usize,
+}
+
+impl<T> KvCache<T> {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// Where an adapter module lands.
@@ -814,6 +833,50 @@ impl<'c, T: Real> Model<'c, T> {
             (batch * seq, hf)
         };
         Ok(self.lm_head.forward(&hf, rows, exec, false)?.0)
+    }
+
+    /// Appends `ids` (one sequence, continuing the positions in `cache`) and returns the logits
+    /// of the last of them (`[vocab]`): the same as [`Model::logits`] of the whole sequence with
+    /// `last_only`, but each earlier position's keys and values are computed once.
+    pub fn logits_cached(&self, ids: &[u32], cache: &mut KvCache<T>, exec: Exec) -> Result<Vec<T>> {
+        if ids.is_empty() {
+            bail!("no token ids");
+        }
+        let c = &self.config;
+        let (n, h, p0) = (ids.len(), c.hidden_size, cache.len);
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![(Vec::new(), Vec::new()); self.layers.len()];
+        }
+        let rope = Rope::new(&self.inv_freq, p0 + n);
+        let mut x = self.embed_tokens(ids)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (h1, _) = rmsnorm(&x, h, &layer.input_norm, c.rms_norm_eps);
+            let (mut q, _) = layer.proj[Q].forward(&h1, n, exec, false)?;
+            let (mut k, _) = layer.proj[K].forward(&h1, n, exec, false)?;
+            let (v, _) = layer.proj[V].forward(&h1, n, exec, false)?;
+            rope.apply_from(&mut q, p0, c.num_attention_heads);
+            rope.apply_from(&mut k, p0, c.num_key_value_heads);
+            let (kc, vc) = &mut cache.layers[l];
+            kc.extend_from_slice(&k);
+            vc.extend_from_slice(&v);
+            let att = attention_incremental(&q, kc, vc, &self.attn_shape(1, p0 + n, l), p0);
+            let (mut x2, _) = layer.proj[O].forward(&att, n, exec, false)?;
+            for (o, &xv) in x2.iter_mut().zip(&x) {
+                *o += xv;
+            }
+            let (h2, _) = rmsnorm(&x2, h, &layer.post_norm, c.rms_norm_eps);
+            let (g, _) = layer.proj[GATE].forward(&h2, n, exec, false)?;
+            let (u, _) = layer.proj[UP].forward(&h2, n, exec, false)?;
+            let m = swiglu(&g, &u);
+            let (mut y, _) = layer.proj[DOWN].forward(&m, n, exec, false)?;
+            for (o, &xv) in y.iter_mut().zip(&x2) {
+                *o += xv;
+            }
+            x = y;
+        }
+        cache.len = p0 + n;
+        let (hf, _) = rmsnorm(&x[(n - 1) * h..], h, &self.norm, c.rms_norm_eps);
+        Ok(self.lm_head.forward(&hf, 1, exec, false)?.0)
     }
 
     /// Summed cross-entropy of `targets` (one per position, [`NO_TARGET`] to skip) and the

@@ -21,7 +21,7 @@ pub mod tokenizer;
 
 pub use config::ModelConfig;
 pub use linear::Exec;
-pub use llama::{Grads, Model, Weights, NO_TARGET};
+pub use llama::{Grads, KvCache, Model, Weights, NO_TARGET};
 pub use scalar::Real;
 pub use tokenizer::TextTokenizer;
 

@@ -117,11 +117,27 @@ impl<T: Real> Rope<T> {
     /// Rotates every head of `x` (`[batch·seq, heads·2·half]`) in place; `inverse` applies the
     /// transpose (the backward).
     pub fn apply(&self, x: &mut [T], seq: usize, heads: usize, inverse: bool) {
+        self.rotate(x, heads, inverse, |i| i % seq);
+    }
+
+    /// Rotates the rows of one sequence at positions `pos0, pos0 + 1, …` (incremental decoding;
+    /// the tables must cover them).
+    pub fn apply_from(&self, x: &mut [T], pos0: usize, heads: usize) {
+        self.rotate(x, heads, false, |i| pos0 + i);
+    }
+
+    fn rotate(
+        &self,
+        x: &mut [T],
+        heads: usize,
+        inverse: bool,
+        pos: impl Fn(usize) -> usize + Sync,
+    ) {
         let half = self.half;
         let hd = 2 * half;
         let row = heads * hd;
         x.par_chunks_mut(row).enumerate().for_each(|(i, r)| {
-            let p = i % seq;
+            let p = pos(i);
             let (c, s) = (
                 &self.cos[p * half..(p + 1) * half],
                 &self.sin[p * half..(p + 1) * half],
@@ -249,6 +265,51 @@ pub fn attention<T: Real>(q: &[T], k: &[T], v: &[T], s: &AttnShape) -> (Vec<T>, 
         }
     }
     (out, lse)
+}
+
+/// Attention of `n` new query rows of one sequence, at positions `pos0..pos0 + n`, over the
+/// (rotated) keys and values of positions `0..pos0 + n` (`s.seq = pos0 + n`): incremental
+/// decoding with a key/value cache. Returns `[n, heads·head_dim]`.
+pub fn attention_incremental<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    s: &AttnShape,
+    pos0: usize,
+) -> Vec<T> {
+    let (hd, nh) = (s.head_dim, s.heads);
+    let gs = nh / s.kv_heads;
+    let (qrow, krow) = (nh * hd, s.kv_heads * hd);
+    let scale = T::from_f64(1.0 / (hd as f64).sqrt());
+    let mut out = vec![T::ZERO; q.len()];
+    out.par_chunks_mut(qrow)
+        .zip(q.par_chunks(qrow))
+        .enumerate()
+        .for_each(|(i, (orow, qr))| {
+            let (lo, hi) = s.visible_range(pos0 + i);
+            let mut p = vec![T::ZERO; hi - lo];
+            for (h, (oh, qh)) in orow.chunks_mut(hd).zip(qr.chunks(hd)).enumerate() {
+                let g = h / gs;
+                for (j, x) in (lo..hi).zip(p.iter_mut()) {
+                    *x = dot(qh, &k[j * krow + g * hd..j * krow + (g + 1) * hd]) * scale;
+                }
+                let mx = max(&p);
+                for x in p.iter_mut() {
+                    *x -= mx;
+                }
+                T::exp_slice(&mut p);
+                let se = sum(&p);
+                for x in p.iter_mut() {
+                    *x /= se;
+                }
+                for (j, &pj) in (lo..hi).zip(&p) {
+                    for (o, &vv) in oh.iter_mut().zip(&v[j * krow + g * hd..]) {
+                        *o += pj * vv;
+                    }
+                }
+            }
+        });
+    out
 }
 
 /// Attention backward: from `dO` (`[batch·seq, heads·head_dim]`) and the forward's inputs and
