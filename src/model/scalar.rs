@@ -182,7 +182,9 @@ pub fn expf(x: f32) -> f32 {
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting rounds to an integer
-    let xc = x.clamp(-87.0, 88.0);
+    // `max`/`min` map NaN to a bound (unlike `clamp`), so `n` below is always an integer in
+    // range; NaN is passed through at the end.
+    let xc = x.max(-87.0).min(88.0);
     let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * C1 - n * C2;
     let mut p = 1.987_569_1e-4f32;
@@ -192,13 +194,15 @@ pub fn expf(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    // SAFETY: `n` is an integer in [−126, 127] (from the clamped argument), so the conversion
+    // SAFETY: `n` is an integer in [−126, 127] (from the bounded argument), so the conversion
     // is exact; unlike `as`, it compiles to one vector instruction (no saturation checks).
     let ni: i32 = unsafe { n.to_int_unchecked() };
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
     let e = y * scale;
     if x < -87.0 {
         0.0
+    } else if x.is_nan() {
+        x
     } else {
         e
     }
@@ -503,6 +507,8 @@ mod tests {
         assert!(worst < 2.5e-7, "{worst:e}");
         assert_eq!(expf(-1000.0), 0.0);
         assert_eq!(expf(0.0), 1.0);
+        assert!(expf(f32::NAN).is_nan());
+        assert_eq!(expf(f32::INFINITY), expf(88.0));
         let mut v = vec![0.0f32, 1.0, -1.0];
         f32::exp_slice(&mut v);
         assert!((v[1] - std::f32::consts::E).abs() < 1e-6);
