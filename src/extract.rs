@@ -1326,7 +1326,9 @@ impl ExtractPlan {
         // depend on the thread count. Both tensors are decoded and subtracted in one pass per
         // chunk, into the reused buffer.
         const CHUNK: usize = 1 << 16;
-        self.prefetch(name);
+        // Each chunk maps its own pages of both inputs first (in one call per input rather
+        // than a fault per page), so the threads map pages concurrently.
+        let files = [&self.base, &self.tuned].map(|c| c.file_of(name).zip(c.info(name)));
         let mut values = std::mem::take(&mut *self.scratch.lock().expect("scratch"));
         if values.len() < n {
             values.resize(n, 0.0);
@@ -1338,6 +1340,9 @@ impl ExtractPlan {
             .enumerate()
             .map(|(c, out)| {
                 let at = c * CHUNK;
+                for (f, info) in files.iter().flatten() {
+                    f.prefetch_part(info, at * elem, out.len() * elem);
+                }
                 let mut base = [0f32; 1024];
                 let (mut norm_sq, mut base_sq) = (0f64, 0f64);
                 for (k, out) in out.chunks_mut(base.len()).enumerate() {
@@ -1406,16 +1411,6 @@ impl ExtractPlan {
             base_sq,
             elem_bytes: elem,
         })
-    }
-
-    /// Maps a tensor's pages in both checkpoints ahead of the pass that reads them (one
-    /// `MADV_POPULATE_READ` each instead of a page fault per 4 KiB).
-    fn prefetch(&self, name: &str) {
-        for c in [&self.base, &self.tuned] {
-            if let (Some(f), Some(i)) = (c.file_of(name), c.info(name)) {
-                f.prefetch(i);
-            }
-        }
     }
 
     /// Returns a `ΔW` buffer for the next module.

@@ -167,10 +167,15 @@ impl SafetensorsFile {
     /// pass over them, instead of one page fault per 4 KiB. A hint: errors (older kernels) are
     /// ignored, and the pages still fault in on access.
     pub fn prefetch(&self, info: &TensorInfo) {
+        self.prefetch_part(info, 0, info.byte_len() as usize);
+    }
+
+    /// [`prefetch`](Self::prefetch) of the bytes `offset..offset + len` of `info`'s data, so
+    /// that threads each working on a part of a tensor map their own pages concurrently.
+    pub fn prefetch_part(&self, info: &TensorInfo, offset: usize, len: usize) {
         if let Ok(map) = self.map() {
-            let start = (self.header.data_start + info.start) as usize;
-            let len = info.byte_len() as usize;
-            if len > 0 && start + len <= map.len() {
+            let start = (self.header.data_start + info.start) as usize + offset;
+            if len > 0 && offset + len <= info.byte_len() as usize && start + len <= map.len() {
                 let _ = map.advise_range(memmap2::Advice::PopulateRead, start, len);
             }
         }
