@@ -127,7 +127,10 @@ fn main() {
             t(|t| t.error)
         )
     };
-    println!("randomized, by phase (fastest of 5, all modules): {}", phase(&rand));
+    println!(
+        "randomized, by phase (fastest of 5, all modules): {}",
+        phase(&rand)
+    );
     if std::env::var_os("LORAKIT_BENCH_QUICK").is_some() {
         for m in &rand.modules {
             println!("{:<34} {:>8.4} s", m.name, m.seconds);

@@ -182,8 +182,10 @@ pub fn expf(x: f32) -> f32 {
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting rounds to an integer
-    // `max`/`min` map NaN to a bound (unlike `clamp`), so `n` below is always an integer in
-    // range; NaN is passed through at the end.
+
+    // `max`/`min` map NaN to a bound (unlike `clamp`, which keeps NaN), so `n` below is
+    // always an integer in range; NaN is passed through at the end.
+    #[allow(clippy::manual_clamp)]
     let xc = x.max(-87.0).min(88.0);
     let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * C1 - n * C2;

@@ -383,7 +383,9 @@ fn cached_logits_match_recomputing_the_prefix() {
         let mut cache = super::KvCache::default();
         let mut done = 0;
         for end in [4, 5, 6, 7, 8, 10] {
-            let got = m.logits_cached(&ids[done..end], &mut cache, Exec::Cpu).unwrap();
+            let got = m
+                .logits_cached(&ids[done..end], &mut cache, Exec::Cpu)
+                .unwrap();
             done = end;
             assert_eq!(cache.len(), end);
             let want = m.logits(&ids[..end], 1, end, Exec::Cpu, true).unwrap();
