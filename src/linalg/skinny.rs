@@ -95,7 +95,7 @@ pub fn matmul_tn(a: ArrayView2<f32>, q: ArrayView2<f32>) -> Option<Array2<f32>> 
 /// Columns of `Aᵀ·Q` per parallel task.
 const TN_TASK: usize = 512;
 /// Rows of `A` per register block in [`matmul_tn`] (AVX-512; 4 elsewhere).
-const TN_ROWS: usize = 8;
+const TN_ROWS: usize = 16;
 
 #[allow(clippy::too_many_arguments)]
 fn dispatch_tn(
