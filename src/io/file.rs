@@ -163,15 +163,11 @@ impl SafetensorsFile {
         Ok(v.to_f32())
     }
 
-    /// Maps the pages of `info` in one call (`MADV_POPULATE_READ`, Linux ≥ 5.14) ahead of a
-    /// pass over them, instead of one page fault per 4 KiB. A hint: errors (older kernels) are
-    /// ignored, and the pages still fault in on access.
-    pub fn prefetch(&self, info: &TensorInfo) {
-        self.prefetch_part(info, 0, info.byte_len() as usize);
-    }
-
-    /// [`prefetch`](Self::prefetch) of the bytes `offset..offset + len` of `info`'s data, so
-    /// that threads each working on a part of a tensor map their own pages concurrently.
+    /// Maps the pages of the bytes `offset..offset + len` of `info`'s data in one call
+    /// (`MADV_POPULATE_READ`, Linux ≥ 5.14) ahead of a pass over them, instead of one page
+    /// fault per 4 KiB; threads each working on a part of a tensor map their own parts
+    /// concurrently. A hint: errors (older kernels) are ignored, and the pages still fault in
+    /// on access.
     pub fn prefetch_part(&self, info: &TensorInfo, offset: usize, len: usize) {
         if let Ok(map) = self.map() {
             let start = (self.header.data_start + info.start) as usize + offset;

@@ -152,7 +152,7 @@ pub(crate) fn to_ndarray(a: MatRef<'_, f32>) -> Array2<f32> {
 /// of the vector registers dirty, after which every legacy-SSE instruction on that thread —
 /// all scalar float code of a baseline x86-64 build, glibc's `log` and `sincos` — waits on a
 /// merge with them: Box–Muller for a 4096×26 test matrix measured 26 ms after a faer QR and
-/// 1.9 ms after this call. Called after every faer kernel (and by code that may follow one).
+/// 1.9 ms after this call. Called after every faer kernel.
 #[inline]
 pub(crate) fn clear_upper_vector_state() {
     #[cfg(target_arch = "x86_64")]

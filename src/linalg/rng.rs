@@ -90,26 +90,14 @@ impl Xoshiro256PlusPlus {
 /// `cols`: raising the oversampling extends the test matrix Ω without changing
 /// the columns already drawn.
 pub fn gaussian_matrix(rows: usize, cols: usize, seed: u64) -> ndarray::Array2<f32> {
-    super::dense::clear_upper_vector_state();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    // Drawn in order into a column-major buffer (the same values, in the same order, as
-    // `next_gaussian` one by one), then laid out row-major.
-    let total = rows * cols;
-    let mut colmajor = Vec::with_capacity(total + 1);
-    while colmajor.len() < total {
-        let u1 = 1.0 - rng.next_f64();
-        let u2 = rng.next_f64();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
-        colmajor.push((r * cos) as f32);
-        colmajor.push((r * sin) as f32);
+    let mut out = ndarray::Array2::<f32>::zeros((rows, cols));
+    for j in 0..cols {
+        for i in 0..rows {
+            out[[i, j]] = rng.next_gaussian() as f32;
+        }
     }
-    colmajor.truncate(total);
-    ndarray::Array2::from_shape_vec((cols, rows), colmajor)
-        .expect("rows × cols values")
-        .reversed_axes()
-        .as_standard_layout()
-        .into_owned()
+    out
 }
 
 #[cfg(test)]

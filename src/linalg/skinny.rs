@@ -108,21 +108,40 @@ fn dispatch_tn(
     l: usize,
     zt: &mut [Lane],
 ) {
+    match isa() {
+        // SAFETY: `isa` detected the features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { tn_avx512(a, n, m, j0, w, q, l, zt) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { tn_avx2(a, n, m, j0, w, q, l, zt) },
+        Isa::Portable => tn_rows::<4>(a, n, m, j0, w, q, l, zt),
+    }
+}
+
+/// The instruction set the kernels run with.
+#[derive(Clone, Copy)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+/// AVX-512 (with FMA), else AVX2 + FMA, else the portable path.
+fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were detected above.
-            return unsafe { tn_avx512(a, n, m, j0, w, q, l, zt) };
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("fma") {
+            return Isa::Avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features were detected above.
-            return unsafe { tn_avx2(a, n, m, j0, w, q, l, zt) };
+        if has!("avx2") && has!("fma") {
+            return Isa::Avx2;
         }
     }
-    tn_rows::<4>(a, n, m, j0, w, q, l, zt)
+    Isa::Portable
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -253,23 +272,17 @@ fn dispatch(nv: usize, a: &[f32], n: usize, xp: &[Lane], l: usize, out: &mut [f3
             }
         };
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // 32 zmm registers: up to 24 accumulators (16 lanes each).
-            // SAFETY: the features were detected above.
-            return unsafe { by_nv!(run_avx512, 24) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // 16 ymm registers, two per lane block: up to 6 lane blocks of accumulators.
-            // SAFETY: the features were detected above.
-            return unsafe { by_nv!(run_avx2, 6) };
-        }
+    match isa() {
+        // 32 zmm registers: up to 24 accumulators (16 lanes each).
+        // SAFETY: `isa` detected the features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { by_nv!(run_avx512, 24) },
+        // 16 ymm registers, two per lane block: up to 6 lane blocks of accumulators.
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { by_nv!(run_avx2, 6) },
+        Isa::Portable => by_nv!(run_portable, 8),
     }
-    by_nv!(run_portable, 8)
 }
 
 const fn max1(x: usize) -> usize {
