@@ -55,6 +55,10 @@ fn modules() -> (&'static str, &'static [(&'static str, usize, usize)]) {
 }
 
 fn main() {
+    if std::env::var_os("LORAKIT_BENCH_KERNELS").is_some() {
+        kernels();
+        return;
+    }
     let dir = std::env::var_os("LORAKIT_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"))
@@ -336,4 +340,42 @@ fn delta(m: usize, n: usize, seed: u64) -> Array2<f32> {
     let noise = gaussian_matrix(m, n, seed + 3);
     d.zip_mut_with(&noise, |x, &z| *x += NOISE * z);
     d
+}
+
+/// `LORAKIT_BENCH_KERNELS=1`: the range finder's two skinny products alone, on in-memory
+/// matrices of the benchmark's shapes (`l = 26`: rank 16 + oversampling 10), in GFLOP/s and
+/// GB/s of `ΔW` swept.
+fn kernels() {
+    let l = RANK + 10;
+    for &(_, m, n) in modules().1.iter().take(1).chain(modules().1.last()) {
+        let a = gaussian_matrix(m, n, 1);
+        let x = gaussian_matrix(n, l, 2);
+        let q = gaussian_matrix(m, l, 3);
+        let time = |f: &dyn Fn()| {
+            f();
+            (0..7)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let ax = time(&|| {
+            std::hint::black_box(linalg::skinny::matmul(a.view(), x.view()));
+        });
+        let atq = time(&|| {
+            std::hint::black_box(linalg::skinny::matmul_tn(a.view(), q.view()));
+        });
+        let flops = 2.0 * (m * n * l) as f64;
+        let bytes = (m * n * 4) as f64;
+        for (name, s) in [("A·X", ax), ("Aᵀ·Q", atq)] {
+            println!(
+                "{m}×{n} {name:<5} l={l}: {:.2} ms, {:.1} GFLOP/s, {:.1} GB/s",
+                s * 1e3,
+                flops / s / 1e9,
+                bytes / s / 1e9
+            );
+        }
+    }
 }
