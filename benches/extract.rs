@@ -367,6 +367,17 @@ fn kernels() {
         let atq = time(&|| {
             std::hint::black_box(linalg::skinny::matmul_tn(a.view(), q.view()));
         });
+        let qr = time(&|| {
+            std::hint::black_box(linalg::householder::qr_thin(q.view()));
+        });
+        let qr_faer = time(&|| {
+            std::hint::black_box(lorakit::linalg::dense::FAER.qr_thin(q.view()));
+        });
+        println!(
+            "{m}×{l} QR: householder {:.2} ms, faer {:.2} ms",
+            qr * 1e3,
+            qr_faer * 1e3
+        );
         let flops = 2.0 * (m * n * l) as f64;
         let bytes = (m * n * 4) as f64;
         for (name, s) in [("A·X", ax), ("Aᵀ·Q", atq)] {

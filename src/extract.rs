@@ -303,7 +303,8 @@ impl LinearOperator for HostDeltaOp<'_> {
 
 /// faer with matrix products on the rayon pool (bit-identical for any thread count) and QR /
 /// SVD sequential (faer's parallel ones depend on the thread count), so extraction output does
-/// not depend on the machine's core count.
+/// not depend on the machine's core count. QRs of blocks up to 128 columns wide, those of the
+/// range finder, run in [`linalg::householder`].
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractDense;
 
@@ -318,7 +319,8 @@ impl Dense for ExtractDense {
         FAER.matmul(a, b)
     }
     fn qr_thin(&self, a: ArrayView2<f32>) -> (Array2<f32>, Array2<f32>) {
-        with_faer(a, |fa| faer_qr(fa, Some(faer::Par::Seq)))
+        linalg::householder::qr_thin(a)
+            .unwrap_or_else(|| with_faer(a, |fa| faer_qr(fa, Some(faer::Par::Seq))))
     }
     fn svd_thin(&self, a: ArrayView2<f32>) -> Svd {
         with_faer(a, |fa| faer_svd(fa, Some(faer::Par::Seq)))

@@ -94,6 +94,7 @@
 //! also panic.
 
 pub mod dense;
+pub mod householder;
 #[cfg(feature = "lapack")]
 pub mod lapack;
 pub mod rng;
