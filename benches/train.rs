@@ -76,12 +76,15 @@ fn main() {
         Dataset::new(tokens.clone(), SEQ).unwrap(),
     )
     .unwrap();
-    for _ in 0..WARMUP {
+    // `LORAKIT_BENCH_EVAL_ONLY=1`: evaluation alone (for profiling it), no comparison.
+    let eval_only = std::env::var_os("LORAKIT_BENCH_EVAL_ONLY").is_some();
+    let steps = if eval_only { 0 } else { STEPS };
+    for _ in 0..WARMUP.min(steps) {
         trainer.step().unwrap();
     }
     let t = Instant::now();
     let mut last = 0.0;
-    for _ in 0..STEPS {
+    for _ in 0..steps {
         last = trainer.step().unwrap().loss;
     }
     let train_s = t.elapsed().as_secs_f64();
@@ -112,6 +115,9 @@ fn main() {
         1e3 * train_s / STEPS as f64
     );
 
+    if eval_only {
+        return;
+    }
     // PyTorch + PEFT on the same files.
     let python = std::env::var("LORAKIT_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/train_torch.py");

@@ -8,7 +8,7 @@
 //! forward of a frozen layer runs through `backend::gpu::lora_forward` (WGSL), biases on the
 //! CPU.
 
-use super::scalar::{gemm, stored_as, MatView, Real};
+use super::scalar::{gemm, gemm_raw, stored_as, MatView, Real};
 use crate::backend::cpu_forward::{ForwardAdapter, StoredMatrix};
 use crate::backend::gpu::GpuContext;
 use crate::dtype::Dtype;
@@ -112,6 +112,35 @@ impl<'c> Matrix<'c> {
             );
             r0 = r1;
         }
+    }
+
+    /// `X·Wᵀ` as a new `n × rows` vector, written once by the products (not zero-filled first).
+    pub fn mul_t_new<T: Real>(&self, x: &[T], n: usize) -> Vec<T> {
+        let d = self.rows;
+        let step = self.block_rows::<T>();
+        let xv = MatView::new(x, n, self.cols);
+        let mut y: Vec<T> = Vec::with_capacity(n * d);
+        let mut r0 = 0;
+        while r0 < d {
+            let r1 = (r0 + step).min(d);
+            let w = self.rows_as::<T>(r0, r1);
+            // SAFETY: columns `r0..r1` of the `n × d` output (row stride `d`) lie inside the
+            // buffer's capacity; the row blocks cover every column once, and `gemm_raw` without
+            // accumulation writes every element of its block and reads none.
+            unsafe {
+                gemm_raw(
+                    y.as_mut_ptr().add(r0),
+                    d,
+                    xv,
+                    MatView::new(&w, r1 - r0, self.cols).t(),
+                    false,
+                )
+            };
+            r0 = r1;
+        }
+        // SAFETY: all `n·d` elements were written above (none when `n` or `d` is 0).
+        unsafe { y.set_len(n * d) };
+        y
     }
 
     /// `dX += dY·W`: `dY` is `n × rows`, `dX` is `n × cols`.
@@ -231,8 +260,7 @@ impl<'c, T: Real> Linear<'c, T> {
                 y.into_iter().map(T::from_f32).collect()
             }
             _ => {
-                let mut y = vec![T::ZERO; n * d];
-                self.w.mul_t(x, n, &mut y, d, false);
+                let mut y = self.w.mul_t_new(x, n);
                 for l in &self.loras {
                     // t = s·(X·Aᵀ), then Y += t·Bᵀ (the CPU twin's order).
                     let t = super::scalar::matmul(

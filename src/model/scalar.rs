@@ -150,17 +150,30 @@ fn exp_f64_slice(x: &mut [f64]) {
     }
 }
 
-/// [`expf`] over a slice, compiled for AVX2 when the CPU has it (the same operations, so the
-/// same results: Rust never contracts `a·b + c` into a fused multiply-add).
+/// [`expf`] over a slice, compiled for AVX-512 or AVX2 when the CPU has it (the same
+/// operations, so the same results: Rust never contracts `a·b + c` into a fused multiply-add).
 fn expf_slice(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            unsafe { expf_slice_avx512(x) };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
             unsafe { expf_slice_avx2(x) };
             return;
         }
     }
+    for v in x.iter_mut() {
+        *v = expf(*v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn expf_slice_avx512(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = expf(*v);
     }
@@ -370,6 +383,38 @@ impl<'a, T: Real> MatView<'a, T> {
 
 /// `C = A·B` (or `C += A·B` with `acc`), `C` row-major `m × n` with row stride `ldc`.
 pub fn gemm<T: Real>(c: &mut [T], ldc: usize, a: MatView<T>, b: MatView<T>, acc: bool) {
+    let (m, _) = a.shape();
+    let (_, n) = b.shape();
+    assert!(
+        m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(),
+        "gemm: output too small"
+    );
+    // SAFETY: `c` is a live, exclusively borrowed slice covering the output (checked above).
+    unsafe { gemm_raw(c.as_mut_ptr(), ldc, a, b, acc) }
+}
+
+/// `A·B` as a new row-major `m × n` vector. The product overwrites every element, so the
+/// vector is not zero-filled first (for activations that is a `memset` of the whole output).
+pub fn product<T: Real>(a: MatView<T>, b: MatView<T>) -> Vec<T> {
+    let (m, _) = a.shape();
+    let (_, n) = b.shape();
+    let mut c = Vec::with_capacity(m * n);
+    // SAFETY: the buffer holds `m·n` elements and `gemm_raw` (acc = false) writes each of them
+    // once without reading any, before the length is set.
+    unsafe {
+        gemm_raw(c.as_mut_ptr(), n, a, b, false);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// [`gemm`] into raw memory; with `acc = false` every output element is written and none is
+/// read (faer's `Accum::Replace` overwrites), so `c` may be uninitialised.
+///
+/// # Safety
+/// `c` must be valid for writes (and, with `acc`, reads) of `(m − 1)·ldc + n` elements, and
+/// not aliased by `a` or `b`.
+pub unsafe fn gemm_raw<T: Real>(c: *mut T, ldc: usize, a: MatView<T>, b: MatView<T>, acc: bool) {
     let (m, k) = a.shape();
     let (k2, n) = b.shape();
     assert_eq!(k, k2, "gemm: inner dimensions {m}×{k} · {k2}×{n}");
@@ -379,18 +424,19 @@ pub fn gemm<T: Real>(c: &mut [T], ldc: usize, a: MatView<T>, b: MatView<T>, acc:
     if k == 0 {
         if !acc {
             for i in 0..m {
-                c[i * ldc..i * ldc + n].fill(T::ZERO);
+                for j in 0..n {
+                    // SAFETY: in bounds by the caller's contract.
+                    unsafe { c.add(i * ldc + j).write(T::ZERO) };
+                }
             }
         }
         return;
     }
-    assert!((m - 1) * ldc + n <= c.len(), "gemm: output too small");
     // Small products (attention heads, LoRA factors) run sequentially. A large one called from
     // inside a rayon task still splits: nested tasks are fine on rayon's pool.
     if m.saturating_mul(n).saturating_mul(k) < PAR_WORK {
-        // (faer 0.24.4's `from_row_major_slice_with_stride_mut` builds a column-major view:
-        // avoid it.)
-        let dst = MatMut::from_column_major_slice_with_stride_mut(c, n, m, ldc).transpose_mut();
+        // SAFETY: an `m × n` view with row stride `ldc` inside the caller's buffer.
+        let dst = unsafe { MatMut::from_raw_parts_mut(c, m, n, ldc as isize, 1isize) };
         T::matmul(dst, acc, a.faer(), b.faer(), Par::Seq);
         return;
     }
@@ -403,13 +449,12 @@ pub fn gemm<T: Real>(c: &mut [T], ldc: usize, a: MatView<T>, b: MatView<T>, acc:
         .step_by(TILE_M)
         .flat_map(|i| (0..n).step_by(TILE_N).map(move |j| (i, j)))
         .collect();
-    let ptr = SendPtr(c.as_mut_ptr());
+    let ptr = SendPtr(c);
     tiles.par_iter().for_each(|&(i0, j0)| {
         let (mt, nt) = (TILE_M.min(m - i0), TILE_N.min(n - j0));
         let p = &ptr;
         // SAFETY: tiles are disjoint `mt × nt` blocks of the `m × n` output (row stride `ldc`,
-        // in bounds: checked above), each written by one task only while `c` is borrowed
-        // mutably by this call.
+        // in bounds by the caller's contract), each written by one task only.
         let dst = unsafe {
             MatMut::from_raw_parts_mut(p.0.add(i0 * ldc + j0), mt, nt, ldc as isize, 1isize)
         };
@@ -428,11 +473,7 @@ unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 /// `A·B` into a new `m × n` row-major vector.
 pub fn matmul<T: Real>(a: MatView<T>, b: MatView<T>) -> Vec<T> {
-    let (m, _) = a.shape();
-    let (_, n) = b.shape();
-    let mut c = vec![T::ZERO; m * n];
-    gemm(&mut c, n, a, b, false);
-    c
+    product(a, b)
 }
 
 #[cfg(test)]
@@ -517,6 +558,30 @@ mod tests {
         let mut d = vec![1.0f64];
         f64::exp_slice(&mut d);
         assert_eq!(d[0], std::f64::consts::E);
+    }
+
+    /// The slice version (AVX-512, AVX2 or plain, whichever this CPU takes) gives the scalar
+    /// function's bits, in vector bodies and tails, for ordinary and special arguments.
+    #[test]
+    fn expf_slice_matches_scalar_bits() {
+        let xs: Vec<f32> = (0..10_007)
+            .map(|i| -100.0 + i as f32 * 0.0191)
+            .chain([
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                -87.0,
+                88.0,
+                -0.0,
+            ])
+            .collect();
+        for len in [xs.len(), 15, 17, 1] {
+            let mut v = xs[..len].to_vec();
+            f32::exp_slice(&mut v);
+            for (x, y) in xs.iter().zip(&v) {
+                assert_eq!(y.to_bits(), expf(*x).to_bits(), "x = {x}");
+            }
+        }
     }
 
     #[test]
