@@ -986,31 +986,7 @@ impl<'c, T: Real> Model<'c, T> {
             z.par_chunks_mut(vocab)
                 .zip(losses.par_iter_mut())
                 .zip(&targets[r0..r1])
-                .for_each(|((zr, loss), &t)| {
-                    if t == NO_TARGET {
-                        if grad {
-                            zr.fill(T::ZERO);
-                        }
-                        return;
-                    }
-                    let mx = super::scalar::max(zr);
-                    for v in zr.iter_mut() {
-                        *v -= mx;
-                    }
-                    let zt = zr[t as usize];
-                    T::exp_slice(zr);
-                    let se: T = super::scalar::sum(zr);
-                    let lse = se.ln();
-                    *loss = (lse - zt).to_f64();
-                    if grad {
-                        // softmax − onehot, over the count of targets
-                        let k = T::ONE / (se * denom);
-                        for v in zr.iter_mut() {
-                            *v *= k;
-                        }
-                        zr[t as usize] -= T::ONE / denom;
-                    }
-                });
+                .for_each(|((zr, loss), &t)| *loss = softmax_row(zr, t, grad, denom));
             for (&l, &t) in losses.iter().zip(&targets[r0..r1]) {
                 if t != NO_TARGET {
                     sum += l;
@@ -1029,6 +1005,36 @@ impl<'c, T: Real> Model<'c, T> {
             r0 = r1;
         }
         Ok(sum)
+    }
+}
+
+super::scalar::multiversion! {
+    /// Cross-entropy of one row of logits `zr` against target `t` (0 for [`NO_TARGET`]); with
+    /// `grad`, `zr` becomes `(softmax − onehot)/denom` (zero for [`NO_TARGET`]).
+    pub(super) fn softmax_row<T: Real>(zr: &mut [T], t: u32, grad: bool, denom: T) -> f64 {
+        if t == NO_TARGET {
+            if grad {
+                zr.fill(T::ZERO);
+            }
+            return 0.0;
+        }
+        let mx = super::scalar::max(zr);
+        for v in zr.iter_mut() {
+            *v -= mx;
+        }
+        let zt = zr[t as usize];
+        T::exp_slice(zr);
+        let se: T = super::scalar::sum(zr);
+        let lse = se.ln();
+        if grad {
+            // softmax − onehot, over the count of targets
+            let k = T::ONE / (se * denom);
+            for v in zr.iter_mut() {
+                *v *= k;
+            }
+            zr[t as usize] -= T::ONE / denom;
+        }
+        (lse - zt).to_f64()
     }
 }
 
