@@ -6,7 +6,7 @@ use crate::backend::Engine;
 use crate::cli::DeviceArg;
 use crate::io::{Checkpoint, Output, TensorSpec};
 use crate::model::data::{read_input_ids, token_stream};
-use crate::model::llama::Attached;
+use crate::model::llama::{Attached, NO_TARGET};
 use crate::model::{Exec, KvCache, Model, ModelConfig, TextTokenizer, Weights};
 use anyhow::{bail, Result};
 use clap::{ArgGroup, Args, ValueHint};
@@ -299,20 +299,32 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<i32> {
             .iter()
             .flat_map(|w| stream[w.begin..w.end].iter().copied())
             .collect();
-        let logits = model.logits(&ids, group.len(), len, exec, false)?;
-        for (gi, w) in group.iter().enumerate() {
-            for (p, &target) in stream.iter().enumerate().take(w.end).skip(w.first) {
-                // position p is predicted by the logits of position p − 1
-                let row = gi * len + (p - 1 - w.begin);
-                let z = &logits[row * vocab..(row + 1) * vocab];
-                nll += cross_entropy(z, target as usize);
-                scored += 1;
+        if a.logits.is_some() {
+            let logits = model.logits(&ids, group.len(), len, exec, false)?;
+            for (gi, w) in group.iter().enumerate() {
+                for (p, &target) in stream.iter().enumerate().take(w.end).skip(w.first) {
+                    // position p is predicted by the logits of position p − 1
+                    let row = gi * len + (p - 1 - w.begin);
+                    let z = &logits[row * vocab..(row + 1) * vocab];
+                    nll += cross_entropy(z, target as usize);
+                    scored += 1;
+                }
             }
+            all_logits.extend_from_slice(&logits);
+        } else {
+            // The model's fused head: lm_head and the loss over row chunks in parallel, so the
+            // vocabulary-wide logits of the whole batch are never held at once.
+            let mut targets = vec![NO_TARGET; ids.len()];
+            for (gi, w) in group.iter().enumerate() {
+                for p in w.first..w.end {
+                    targets[gi * len + (p - 1 - w.begin)] = stream[p];
+                }
+            }
+            let (sum, count) = model.loss_sum(&ids, &targets, group.len(), len, exec)?;
+            nll += sum;
+            scored += count;
         }
         tokens += ids.len();
-        if a.logits.is_some() {
-            all_logits.extend_from_slice(&logits);
-        }
         pb.inc(group.len() as u64);
         i = j;
     }
