@@ -14,7 +14,8 @@
 //! than exact, ≤ 1.001× the optimal error. Data goes to `$LORAKIT_BENCH_DIR` (default
 //! `target/bench-data`), reused between runs. `LORAKIT_BENCH_4096=1` adds a 4096×4096 ΔW
 //! (factorisation only, in memory). `LORAKIT_BENCH_QUICK=1` runs the randomized extraction only
-//! (per-phase times), for iterating on speed.
+//! (per-phase times), for iterating on speed; `LORAKIT_BENCH_KERNELS=1` times the two skinny
+//! products and the range finder's QR alone (GFLOP/s, GB/s of ΔW swept).
 
 use lorakit::dtype::{self, Dtype};
 use lorakit::extract::{

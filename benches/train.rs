@@ -10,6 +10,8 @@
 //! use as many threads as rayon's pool (`RAYON_NUM_THREADS`). Data goes to `$LORAKIT_BENCH_DIR`
 //! (default `target/bench-data`). Like `lorakit train` / `eval`, it first calls
 //! `model::retain_freed_memory` (glibc keeps freed activations for the next pass).
+//! `LORAKIT_BENCH_EVAL_ONLY=1` skips training and the comparison: evaluation alone, for
+//! profiling.
 
 use lorakit::dtype::Dtype;
 use lorakit::io::{Checkpoint, Output, TensorSpec};
