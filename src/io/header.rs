@@ -243,7 +243,7 @@ fn parse_entry(name: String, value: serde_json::Value) -> Result<TensorInfo, For
         .ok_or_else(overflow)?;
     let bits = (numel as u128) * dtype.bitsize() as u128;
     let actual = end - start;
-    if bits % 8 != 0 || bits / 8 != actual as u128 {
+    if !bits.is_multiple_of(8) || bits / 8 != actual as u128 {
         return Err(FormatError::LengthMismatch {
             tensor: name,
             shape,

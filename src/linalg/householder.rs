@@ -6,11 +6,13 @@
 //! §5.2.2 and §5.1.6), on a column-major copy so that every reflector is applied with long
 //! contiguous dot products and `axpy`s. For a few dozen columns that beats a blocked QR, whose
 //! packing, block reflectors and layout copies cost more than the arithmetic at this size
-//! (faer's sequential QR of an 11008×26 block took 3.6 ms; this takes well under 1 ms).
+//! (on the development machine faer's sequential QR of an 11008×26 block takes 6.7 ms, this
+//! one 2.5 ms).
 //! Householder reflections keep `Q` orthonormal to working precision even when the block is
 //! rank-deficient (an exactly low-rank `ΔW`), which Cholesky- or Gram–Schmidt-based QRs do not.
 //!
-//! Sequential: the result does not depend on the thread count.
+//! Sequential: the result does not depend on the thread count. On x86-64 it needs FMA (AVX2 or
+//! AVX-512 machines); elsewhere there it declines and the caller's blocked QR runs.
 
 use ndarray::{Array2, ArrayView2};
 
@@ -18,12 +20,14 @@ use ndarray::{Array2, ArrayView2};
 pub const MAX_COLS: usize = 128;
 
 /// `(Q, R)` with `Q` `m×n` (orthonormal columns) and `R` `n×n` upper triangular, `A = Q·R`;
-/// or `None` when `m < n`, `n = 0` or `n >` [`MAX_COLS`] (callers use a general QR then).
+/// or `None` when `m < n`, `n = 0`, `n >` [`MAX_COLS`] or (x86-64) the CPU lacks FMA (callers use
+/// a general QR then).
 pub fn qr_thin(a: ArrayView2<f32>) -> Option<(Array2<f32>, Array2<f32>)> {
     let (m, n) = a.dim();
     if n == 0 || n > MAX_COLS || m < n {
         return None;
     }
+    let isa = isa()?;
     // Column j at c[j·m .. (j+1)·m].
     let mut c = vec![0f32; m * n];
     for (i, row) in a.rows().into_iter().enumerate() {
@@ -32,10 +36,14 @@ pub fn qr_thin(a: ArrayView2<f32>) -> Option<(Array2<f32>, Array2<f32>)> {
         }
     }
     let mut tau = vec![0f32; n];
-    match isa() {
+    match isa {
         // SAFETY: `isa` detected the features.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { factor_avx512(&mut c, m, n, &mut tau) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { factor_avx2(&mut c, m, n, &mut tau) },
+        #[cfg(not(target_arch = "x86_64"))]
         Isa::Portable => factor(&mut c, m, n, &mut tau),
     }
     let mut r = Array2::<f32>::zeros((n, n));
@@ -44,10 +52,14 @@ pub fn qr_thin(a: ArrayView2<f32>) -> Option<(Array2<f32>, Array2<f32>)> {
             r[[i, j]] = c[j * m + i];
         }
     }
-    match isa() {
+    match isa {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { form_q_avx512(&mut c, m, n, &tau) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { form_q_avx2(&mut c, m, n, &tau) },
+        #[cfg(not(target_arch = "x86_64"))]
         Isa::Portable => form_q(&mut c, m, n, &tau),
     }
     let mut q = Array2::<f32>::zeros((m, n));
@@ -63,18 +75,29 @@ pub fn qr_thin(a: ArrayView2<f32>) -> Option<(Array2<f32>, Array2<f32>)> {
 enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Other architectures (whose `mul_add` is a hardware FMA, e.g. aarch64).
+    #[cfg(not(target_arch = "x86_64"))]
     Portable,
 }
 
-fn isa() -> Isa {
+/// `None` on x86-64 without FMA, where `mul_add` is a slow software routine: callers use a
+/// blocked QR there.
+fn isa() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
         if has!("avx512f") && has!("fma") {
-            return Isa::Avx512;
+            return Some(Isa::Avx512);
         }
+        if has!("avx2") && has!("fma") {
+            return Some(Isa::Avx2);
+        }
+        None
     }
-    Isa::Portable
+    #[cfg(not(target_arch = "x86_64"))]
+    Some(Isa::Portable)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -86,6 +109,18 @@ unsafe fn factor_avx512(c: &mut [f32], m: usize, n: usize, tau: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn form_q_avx512(c: &mut [f32], m: usize, n: usize, tau: &[f32]) {
+    form_q(c, m, n, tau)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn factor_avx2(c: &mut [f32], m: usize, n: usize, tau: &mut [f32]) {
+    factor(c, m, n, tau)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn form_q_avx2(c: &mut [f32], m: usize, n: usize, tau: &[f32]) {
     form_q(c, m, n, tau)
 }
 
@@ -123,9 +158,18 @@ fn reflector(x: &mut [f32]) -> (f32, f32) {
     let a = f64::from(alpha);
     let beta = -a.hypot(xnorm).copysign(a);
     let t = ((beta - a) / beta) as f32;
-    let scale = (1.0 / (a - beta)) as f32;
-    for v in &mut x[1..] {
-        *v *= scale;
+    let inv = 1.0 / (a - beta);
+    let scale = inv as f32;
+    if scale.is_finite() {
+        for v in &mut x[1..] {
+            *v *= scale;
+        }
+    } else {
+        // A column below f32's normal range (|x| ≲ 3e-39): 1/(α − β) overflows f32, but each
+        // quotient is at most 1 in magnitude, so divide in f64.
+        for v in &mut x[1..] {
+            *v = (f64::from(*v) * inv) as f32;
+        }
     }
     (t, beta as f32)
 }
@@ -242,11 +286,6 @@ mod tests {
             let (orth, rec) = errors(&a, &q, &r);
             let tol = 20.0 * (m as f64).sqrt() * f64::from(f32::EPSILON);
             assert!(orth < tol && rec < tol, "{m}×{n}: {orth:e} {rec:e}");
-            for i in 0..n {
-                for j in 0..i {
-                    assert_eq!(r[[i, j]], 0.0);
-                }
-            }
         }
     }
 
@@ -281,11 +320,20 @@ mod tests {
         let (q, r) = qr_thin(a.view()).unwrap();
         let (orth, _) = errors(&a, &q, &r);
         assert!(orth < 1e-5, "{orth:e}");
-        for s in [1e30f32, 1e-30] {
+        // 1e-40 is below f32's normal range, where 1/(α − β) overflows f32; subnormal inputs
+        // carry only a few significant digits, hence the looser reconstruction bound there.
+        for (s, rec_tol) in [(1e30f32, 1e-5), (1e-30, 1e-5), (1e-40, 1e-3)] {
             let b = a.mapv(|v| v * s);
             let (q, r) = qr_thin(b.view()).unwrap();
+            assert!(
+                q.iter().chain(r.iter()).all(|v| v.is_finite()),
+                "scale {s:e}"
+            );
             let (orth, rec) = errors(&b, &q, &r);
-            assert!(orth < 1e-5 && rec < 1e-5, "scale {s:e}: {orth:e} {rec:e}");
+            assert!(
+                orth < 1e-5 && rec < rec_tol,
+                "scale {s:e}: {orth:e} {rec:e}"
+            );
         }
     }
 

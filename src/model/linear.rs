@@ -119,7 +119,8 @@ impl<'c> Matrix<'c> {
         let d = self.rows;
         let step = self.block_rows::<T>();
         let xv = MatView::new(x, n, self.cols);
-        let mut y: Vec<T> = Vec::with_capacity(n * d);
+        let len = n.checked_mul(d).expect("mul_t_new: output size overflows");
+        let mut y: Vec<T> = Vec::with_capacity(len);
         let mut r0 = 0;
         while r0 < d {
             let r1 = (r0 + step).min(d);
@@ -139,7 +140,7 @@ impl<'c> Matrix<'c> {
             r0 = r1;
         }
         // SAFETY: all `n·d` elements were written above (none when `n` or `d` is 0).
-        unsafe { y.set_len(n * d) };
+        unsafe { y.set_len(len) };
         y
     }
 

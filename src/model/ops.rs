@@ -489,7 +489,8 @@ mod tests {
         let mut rng = crate::linalg::rng::Xoshiro256PlusPlus::seed_from_u64(3);
         let mut draw =
             |n: usize| -> Vec<f32> { (0..n).map(|_| (3.0 * rng.next_gaussian()) as f32).collect() };
-        let (n, h) = (1003, 96);
+        // h = 100: rows with a tail after the 32-lane reduction blocks.
+        let (n, h) = (1003, 100);
         let (g, u, dm) = (draw(n), draw(n), draw(n));
         let run = |baseline: bool| {
             let go = || {

@@ -193,13 +193,19 @@ pub fn baseline_forced() -> bool {
     BASELINE.with(|b| b.get())
 }
 
-/// Runs `f` with the [`multiversion!`] kernels called on this thread taking their baseline
-/// copy, so tests can compare the two copies bit for bit.
+/// Runs `f` with the [`multiversion!`] kernels called on this thread (not on rayon's workers)
+/// taking their baseline copy, so tests can compare the two copies bit for bit. Nests, and
+/// restores the previous state even if `f` panics.
+#[doc(hidden)]
 pub fn with_baseline_kernels<R>(f: impl FnOnce() -> R) -> R {
-    BASELINE.with(|b| b.set(true));
-    let r = f();
-    BASELINE.with(|b| b.set(false));
-    r
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BASELINE.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(BASELINE.with(|b| b.replace(true)));
+    f()
 }
 
 /// [`expf`] over a slice, compiled for AVX-512 or AVX2 when the CPU has it (the same
@@ -313,6 +319,7 @@ real_impl!(f64, Dtype::F64, exp_f64_slice);
 /// AVX-512 registers (or eight SSE ones), so the adds' latency overlaps instead of bounding
 /// the loop (eight, one register, ran at a quarter of the adder's throughput).
 const LANES: usize = 32;
+const _: () = assert!(LANES.is_power_of_two(), "combine halves the accumulators");
 
 /// The accumulators added pairwise, halves first: a fixed tree.
 #[inline(always)]
@@ -456,7 +463,12 @@ pub fn gemm<T: Real>(c: &mut [T], ldc: usize, a: MatView<T>, b: MatView<T>, acc:
     let (m, _) = a.shape();
     let (_, n) = b.shape();
     assert!(
-        m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(),
+        m == 0
+            || n == 0
+            || (m - 1)
+                .checked_mul(ldc)
+                .and_then(|x| x.checked_add(n))
+                .is_some_and(|end| end <= c.len()),
         "gemm: output too small"
     );
     // SAFETY: `c` is a live, exclusively borrowed slice covering the output (checked above).
@@ -468,12 +480,13 @@ pub fn gemm<T: Real>(c: &mut [T], ldc: usize, a: MatView<T>, b: MatView<T>, acc:
 pub fn product<T: Real>(a: MatView<T>, b: MatView<T>) -> Vec<T> {
     let (m, _) = a.shape();
     let (_, n) = b.shape();
-    let mut c = Vec::with_capacity(m * n);
+    let len = m.checked_mul(n).expect("product: output size overflows");
+    let mut c = Vec::with_capacity(len);
     // SAFETY: the buffer holds `m·n` elements and `gemm_raw` (acc = false) writes each of them
     // once without reading any, before the length is set.
     unsafe {
         gemm_raw(c.as_mut_ptr(), n, a, b, false);
-        c.set_len(m * n);
+        c.set_len(len);
     }
     c
 }

@@ -319,7 +319,7 @@ impl GpuContext {
     /// A storage buffer holding `bytes` (padded to a multiple of 4, at least 4 bytes).
     pub(crate) fn upload(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
         let mut padded;
-        let contents = if bytes.is_empty() || bytes.len() % 4 != 0 {
+        let contents = if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
             padded = bytes.to_vec();
             padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
             &padded[..]
