@@ -14,6 +14,7 @@
 //! Sequential: the result does not depend on the thread count. On x86-64 it needs FMA (AVX2 or
 //! AVX-512 machines); elsewhere there it declines and the caller's blocked QR runs.
 
+use super::skinny::Isa;
 use ndarray::{Array2, ArrayView2};
 
 /// Widest matrix handled here; wider ones go to a blocked QR.
@@ -43,7 +44,6 @@ pub fn qr_thin(a: ArrayView2<f32>) -> Option<(Array2<f32>, Array2<f32>)> {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { factor_avx2(&mut c, m, n, &mut tau) },
-        #[cfg(not(target_arch = "x86_64"))]
         Isa::Portable => factor(&mut c, m, n, &mut tau),
     }
     let mut r = Array2::<f32>::zeros((n, n));
@@ -59,7 +59,6 @@ pub fn qr_thin(a: ArrayView2<f32>) -> Option<(Array2<f32>, Array2<f32>)> {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { form_q_avx2(&mut c, m, n, &tau) },
-        #[cfg(not(target_arch = "x86_64"))]
         Isa::Portable => form_q(&mut c, m, n, &tau),
     }
     let mut q = Array2::<f32>::zeros((m, n));
@@ -71,33 +70,15 @@ pub fn qr_thin(a: ArrayView2<f32>) -> Option<(Array2<f32>, Array2<f32>)> {
     Some((q, r))
 }
 
-#[derive(Clone, Copy)]
-enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// Other architectures (whose `mul_add` is a hardware FMA, e.g. aarch64).
-    #[cfg(not(target_arch = "x86_64"))]
-    Portable,
-}
-
-/// `None` on x86-64 without FMA, where `mul_add` is a slow software routine: callers use a
-/// blocked QR there.
+/// [`skinny`](super::skinny)'s instruction set, or `None` on x86-64 without FMA, where `mul_add`
+/// is a slow software routine (callers use a blocked QR there). Elsewhere (e.g. aarch64)
+/// `mul_add` is a hardware FMA and the portable copy serves.
 fn isa() -> Option<Isa> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("fma") {
-            return Some(Isa::Avx512);
-        }
-        if has!("avx2") && has!("fma") {
-            return Some(Isa::Avx2);
-        }
-        None
+    match super::skinny::isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Portable => None,
+        isa => Some(isa),
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    Some(Isa::Portable)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -119,9 +119,9 @@ fn dispatch_tn(
     }
 }
 
-/// The instruction set the kernels run with.
+/// The instruction set the kernels run with (also [`super::householder`]'s).
 #[derive(Clone, Copy)]
-enum Isa {
+pub(crate) enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
@@ -130,7 +130,7 @@ enum Isa {
 }
 
 /// AVX-512 (with FMA), else AVX2 + FMA, else the portable path.
-fn isa() -> Isa {
+pub(crate) fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
