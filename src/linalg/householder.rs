@@ -36,31 +36,15 @@ pub fn qr_thin(a: ArrayView2<f32>) -> Option<(Array2<f32>, Array2<f32>)> {
             c[j * m + i] = *v;
         }
     }
-    let mut tau = vec![0f32; n];
-    match isa {
+    let r = match isa {
         // SAFETY: `isa` detected the features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { factor_avx512(&mut c, m, n, &mut tau) },
+        Isa::Avx512 => unsafe { qr_in_place_avx512(&mut c, m, n) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { factor_avx2(&mut c, m, n, &mut tau) },
-        Isa::Portable => factor(&mut c, m, n, &mut tau),
-    }
-    let mut r = Array2::<f32>::zeros((n, n));
-    for j in 0..n {
-        for i in 0..=j {
-            r[[i, j]] = c[j * m + i];
-        }
-    }
-    match isa {
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { form_q_avx512(&mut c, m, n, &tau) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { form_q_avx2(&mut c, m, n, &tau) },
-        Isa::Portable => form_q(&mut c, m, n, &tau),
-    }
+        Isa::Avx2 => unsafe { qr_in_place_avx2(&mut c, m, n) },
+        Isa::Portable => qr_in_place(&mut c, m, n),
+    };
     let mut q = Array2::<f32>::zeros((m, n));
     for (i, row) in q.rows_mut().into_iter().enumerate() {
         for (j, v) in row.into_iter().enumerate() {
@@ -81,28 +65,31 @@ fn isa() -> Option<Isa> {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn factor_avx512(c: &mut [f32], m: usize, n: usize, tau: &mut [f32]) {
-    factor(c, m, n, tau)
+/// Factors the column-major `c` and overwrites it with `Q`; returns `R`.
+#[inline(always)]
+fn qr_in_place(c: &mut [f32], m: usize, n: usize) -> Array2<f32> {
+    let mut tau = vec![0f32; n];
+    factor(c, m, n, &mut tau);
+    let mut r = Array2::<f32>::zeros((n, n));
+    for j in 0..n {
+        for i in 0..=j {
+            r[[i, j]] = c[j * m + i];
+        }
+    }
+    form_q(c, m, n, &tau);
+    r
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn form_q_avx512(c: &mut [f32], m: usize, n: usize, tau: &[f32]) {
-    form_q(c, m, n, tau)
+unsafe fn qr_in_place_avx512(c: &mut [f32], m: usize, n: usize) -> Array2<f32> {
+    qr_in_place(c, m, n)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn factor_avx2(c: &mut [f32], m: usize, n: usize, tau: &mut [f32]) {
-    factor(c, m, n, tau)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn form_q_avx2(c: &mut [f32], m: usize, n: usize, tau: &[f32]) {
-    form_q(c, m, n, tau)
+unsafe fn qr_in_place_avx2(c: &mut [f32], m: usize, n: usize) -> Array2<f32> {
+    qr_in_place(c, m, n)
 }
 
 /// `geqr2`: on return `R` is on and above the diagonal of `c`, and below it column `k` holds

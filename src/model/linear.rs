@@ -95,31 +95,12 @@ impl<'c> Matrix<'c> {
         }
     }
 
-    /// `Y (+)= X·Wᵀ`: `X` is `n × cols`, `Y` is `n × rows` with row stride `ldy`.
-    pub fn mul_t<T: Real>(&self, x: &[T], n: usize, y: &mut [T], ldy: usize, acc: bool) {
-        let step = self.block_rows::<T>();
-        let xv = MatView::new(x, n, self.cols);
-        let mut r0 = 0;
-        while r0 < self.rows {
-            let r1 = (r0 + step).min(self.rows);
-            let w = self.rows_as::<T>(r0, r1);
-            gemm(
-                &mut y[r0..],
-                ldy,
-                xv,
-                MatView::new(&w, r1 - r0, self.cols).t(),
-                acc,
-            );
-            r0 = r1;
-        }
-    }
-
     /// `X·Wᵀ` as a new `n × rows` vector, written once by the products (not zero-filled first).
-    pub fn mul_t_new<T: Real>(&self, x: &[T], n: usize) -> Vec<T> {
+    pub fn mul_t<T: Real>(&self, x: &[T], n: usize) -> Vec<T> {
         let d = self.rows;
         let step = self.block_rows::<T>();
         let xv = MatView::new(x, n, self.cols);
-        let len = n.checked_mul(d).expect("mul_t_new: output size overflows");
+        let len = n.checked_mul(d).expect("mul_t: output size overflows");
         let mut y: Vec<T> = Vec::with_capacity(len);
         let mut r0 = 0;
         while r0 < d {
@@ -261,7 +242,7 @@ impl<'c, T: Real> Linear<'c, T> {
                 y.into_iter().map(T::from_f32).collect()
             }
             _ => {
-                let mut y = self.w.mul_t_new(x, n);
+                let mut y = self.w.mul_t(x, n);
                 for l in &self.loras {
                     // t = s·(X·Aᵀ), then Y += t·Bᵀ (the CPU twin's order).
                     let t = super::scalar::matmul(

@@ -475,22 +475,6 @@ pub fn gemm<T: Real>(c: &mut [T], ldc: usize, a: MatView<T>, b: MatView<T>, acc:
     unsafe { gemm_raw(c.as_mut_ptr(), ldc, a, b, acc) }
 }
 
-/// `A·B` as a new row-major `m × n` vector. The product overwrites every element, so the
-/// vector is not zero-filled first (for activations that is a `memset` of the whole output).
-pub fn product<T: Real>(a: MatView<T>, b: MatView<T>) -> Vec<T> {
-    let (m, _) = a.shape();
-    let (_, n) = b.shape();
-    let len = m.checked_mul(n).expect("product: output size overflows");
-    let mut c = Vec::with_capacity(len);
-    // SAFETY: the buffer holds `m·n` elements and `gemm_raw` (acc = false) writes each of them
-    // once without reading any, before the length is set.
-    unsafe {
-        gemm_raw(c.as_mut_ptr(), n, a, b, false);
-        c.set_len(len);
-    }
-    c
-}
-
 /// [`gemm`] into raw memory; with `acc = false` every output element is written and none is
 /// read (faer's `Accum::Replace` overwrites), so `c` may be uninitialised.
 ///
@@ -554,9 +538,20 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
-/// `A·B` into a new `m × n` row-major vector.
+/// `A·B` as a new row-major `m × n` vector. The product overwrites every element, so the
+/// vector is not zero-filled first (for activations that is a `memset` of the whole output).
 pub fn matmul<T: Real>(a: MatView<T>, b: MatView<T>) -> Vec<T> {
-    product(a, b)
+    let (m, _) = a.shape();
+    let (_, n) = b.shape();
+    let len = m.checked_mul(n).expect("matmul: output size overflows");
+    let mut c = Vec::with_capacity(len);
+    // SAFETY: the buffer holds `m·n` elements and `gemm_raw` (acc = false) writes each of them
+    // once without reading any, before the length is set.
+    unsafe {
+        gemm_raw(c.as_mut_ptr(), n, a, b, false);
+        c.set_len(len);
+    }
+    c
 }
 
 #[cfg(test)]
