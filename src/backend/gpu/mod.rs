@@ -448,17 +448,29 @@ impl GpuContext {
             .map_err(|e| GpuError::Readback(e.to_string()))?;
         let mut results: Vec<Option<Result<(), wgpu::BufferAsyncError>>> =
             vec![None; staging.len()];
-        for _ in 0..3 {
-            while let Ok((i, r)) = rx.try_recv() {
-                results[i] = Some(r);
+        // A callback runs on whichever thread polls the device: when another thread sharing it
+        // is polling at the same moment, ours can return before that thread has delivered the
+        // callback. So wait on the channel itself (polling again between waits) up to a
+        // deadline, rather than for a fixed number of polls.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut pending = staging.len();
+        while pending > 0 {
+            match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+                Ok((i, r)) => {
+                    if results[i].replace(r).is_none() {
+                        pending -= 1;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    self.device
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| GpuError::Readback(e.to_string()))?;
+                }
             }
-            if results.iter().all(Option::is_some) {
-                break;
-            }
-            // Callbacks not delivered yet: poll again (returns once all queued work is done).
-            self.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| GpuError::Readback(e.to_string()))?;
         }
         for (i, r) in results.into_iter().enumerate() {
             match r {
