@@ -58,7 +58,7 @@ use crate::adapter::{formats, Adapter, Data, Format, FullTensor, LoraModule, Mod
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
 use crate::io::{Checkpoint, Output};
-use crate::linalg::dense::{faer_matmul, faer_qr, faer_svd, with_faer, FAER};
+use crate::linalg::dense::{faer_matmul, faer_svd, thin_qr, with_faer, FAER};
 use crate::linalg::{self, skinny, Dense, LinearOperator, RsvdOptions, Svd};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array2, ArrayView2};
@@ -319,11 +319,10 @@ impl Dense for ExtractDense {
         FAER.matmul(a, b)
     }
     fn qr_thin(&self, a: ArrayView2<f32>) -> (Array2<f32>, Array2<f32>) {
-        linalg::householder::qr_thin(a)
-            .unwrap_or_else(|| with_faer(a, |fa| faer_qr(fa, Some(faer::Par::Seq))))
+        thin_qr(a, Some(faer::Par::Seq))
     }
     fn svd_thin(&self, a: ArrayView2<f32>) -> Svd {
-        with_faer(a, |fa| faer_svd(fa, Some(faer::Par::Seq)))
+        faer_svd(a, Some(faer::Par::Seq))
     }
 }
 

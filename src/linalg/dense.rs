@@ -190,6 +190,29 @@ pub(crate) fn faer_matmul(a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Option<Pa
     out
 }
 
+/// Aspect ratio above which an SVD starts with a QR (faer's own default, `11/6`): for a tall
+/// `m×n` matrix a QR (`2mn²`) then a square SVD of `R` costs less than bidiagonalising `m×n`.
+const QR_FIRST_RATIO: f64 = 11.0 / 6.0;
+
+/// Thin QR, `a = Q·R` (`Q: m×k`, `R: k×n`, `k = min(m, n)`), that never drops a direction.
+///
+/// faer 0.24's f32 QR (`qr_in_place_unblocked`) skips the reflector of a column whose part below
+/// the diagonal is under `ε·16·(m − row)·‖col‖` and treats it as rank-deficient: at m = 30 522 in
+/// f32 that cut-off is 5.8 % of the column norm, so a tall matrix silently lost every direction
+/// below it (`extract --exact` at 1.06× the Eckart–Young optimum on 30 522×64, a smallest
+/// singular value of 0.00707 returned as 3e-11). Here blocks up to
+/// [`householder::MAX_COLS`](super::householder::MAX_COLS) columns run in lorakit's own
+/// Householder QR (LAPACK `geqr2`, no cut-off); anything else runs in faer's QR in **f64**,
+/// whose cut-off (`2.2e-16·16·m`, 1e-10 of the column norm at m = 30 522) lies far below f32
+/// resolution, and is rounded back once.
+pub(crate) fn thin_qr(a: ArrayView2<'_, f32>, par: Option<Par>) -> (Array2<f32>, Array2<f32>) {
+    if let Some(qr) = super::householder::qr_thin(a) {
+        return qr;
+    }
+    with_faer(a, |fa| faer_qr(fa, par))
+}
+
+/// faer's blocked Householder QR in f64 (see [`thin_qr`] for why not f32).
 pub(crate) fn faer_qr(a: MatRef<'_, f32>, par: Option<Par>) -> (Array2<f32>, Array2<f32>) {
     use faer::linalg::householder::{
         apply_block_householder_sequence_on_the_left_in_place_scratch,
@@ -204,14 +227,14 @@ pub(crate) fn faer_qr(a: MatRef<'_, f32>, par: Option<Par>) -> (Array2<f32>, Arr
         return (Array2::zeros((m, 0)), Array2::zeros((0, n)));
     }
     let par = par.unwrap_or_else(|| par_for(m.saturating_mul(n).saturating_mul(k)));
-    let mut qr = a.to_owned(); // column major
-    let bs = recommended_block_size::<f32>(m, n);
-    let mut coeff = Mat::<f32>::zeros(bs, k);
+    let mut qr = Mat::<f64>::from_fn(m, n, |i, j| a[(i, j)] as f64);
+    let bs = recommended_block_size::<f64>(m, n);
+    let mut coeff = Mat::<f64>::zeros(bs, k);
     qr_in_place(
         qr.as_mut(),
         coeff.as_mut(),
         par,
-        MemStack::new(&mut MemBuffer::new(qr_in_place_scratch::<f32>(
+        MemStack::new(&mut MemBuffer::new(qr_in_place_scratch::<f64>(
             m,
             n,
             bs,
@@ -224,18 +247,18 @@ pub(crate) fn faer_qr(a: MatRef<'_, f32>, par: Option<Par>) -> (Array2<f32>, Arr
     let mut r = Array2::<f32>::zeros((k, n));
     for j in 0..n {
         for i in 0..=j.min(k - 1) {
-            r[[i, j]] = qr[(i, j)];
+            r[[i, j]] = qr[(i, j)] as f32;
         }
     }
     // Householder basis: unit lower trapezoidal m×k.
-    let mut basis = Mat::<f32>::zeros(m, k);
+    let mut basis = Mat::<f64>::zeros(m, k);
     for j in 0..k {
         basis[(j, j)] = 1.0;
         for i in j + 1..m {
             basis[(i, j)] = qr[(i, j)];
         }
     }
-    let mut q = Mat::<f32>::identity(m, k);
+    let mut q = Mat::<f64>::identity(m, k);
     apply_block_householder_sequence_on_the_left_in_place_with_conj(
         basis.as_ref(),
         coeff.as_ref(),
@@ -243,16 +266,20 @@ pub(crate) fn faer_qr(a: MatRef<'_, f32>, par: Option<Par>) -> (Array2<f32>, Arr
         q.as_mut(),
         par,
         MemStack::new(&mut MemBuffer::new(
-            apply_block_householder_sequence_on_the_left_in_place_scratch::<f32>(m, bs, k),
+            apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(m, bs, k),
         )),
     );
     clear_upper_vector_state();
-    (to_ndarray(q.as_ref()), r)
+    let q = Array2::from_shape_fn((m, k), |(i, j)| q[(i, j)] as f32);
+    (q, r)
 }
 
-pub(crate) fn faer_svd(a: MatRef<'_, f32>, par: Option<Par>) -> Svd {
-    use faer::linalg::svd::{svd, svd_scratch, ComputeSvdVectors};
-    let (m, n) = a.shape();
+/// Thin SVD through faer, without faer's f32 QR (see [`thin_qr`]): a tall matrix
+/// (`m/n >` [`QR_FIRST_RATIO`]) is reduced by [`thin_qr`] to its `n×n` `R` first
+/// (`A = Q·R = (Q·U_R)·Σ·Vᵀ`), a wide one goes through its transpose, and faer only ever
+/// bidiagonalises a square-ish matrix (its own QR-first step is switched off).
+pub(crate) fn faer_svd(a: ArrayView2<'_, f32>, par: Option<Par>) -> Svd {
+    let (m, n) = a.dim();
     let k = m.min(n);
     if k == 0 {
         return Svd {
@@ -261,7 +288,40 @@ pub(crate) fn faer_svd(a: MatRef<'_, f32>, par: Option<Par>) -> Svd {
             vt: Array2::zeros((0, n)),
         };
     }
+    if n as f64 / m as f64 > QR_FIRST_RATIO {
+        let t = faer_svd(a.t(), par);
+        return Svd {
+            u: t.vt.t().as_standard_layout().into_owned(),
+            s: t.s,
+            vt: t.u.t().as_standard_layout().into_owned(),
+        };
+    }
+    if m as f64 / n as f64 > QR_FIRST_RATIO {
+        let (q, r) = thin_qr(a, par);
+        let small = with_faer(r.view(), |fr| faer_svd_squareish(fr, par));
+        let u = with_faer(q.view(), |fq| {
+            with_faer(small.u.view(), |fu| faer_matmul(fq, fu, par))
+        });
+        return Svd {
+            u,
+            s: small.s,
+            vt: small.vt,
+        };
+    }
+    with_faer(a, |fa| faer_svd_squareish(fa, par))
+}
+
+/// faer's SVD with its QR-first step disabled (`qr_ratio_threshold = ∞`).
+fn faer_svd_squareish(a: MatRef<'_, f32>, par: Option<Par>) -> Svd {
+    use faer::linalg::svd::{svd, svd_scratch, ComputeSvdVectors, SvdParams};
+    use faer::Auto;
+    let (m, n) = a.shape();
+    let k = m.min(n);
     let par = par.unwrap_or_else(|| par_for(m.saturating_mul(n).saturating_mul(k)));
+    let params = SvdParams {
+        qr_ratio_threshold: f64::INFINITY,
+        ..<SvdParams as Auto<f32>>::auto()
+    };
     let mut u = Mat::<f32>::zeros(m, k);
     let mut v = Mat::<f32>::zeros(n, k);
     let mut s = faer::diag::Diag::<f32>::zeros(k);
@@ -277,9 +337,9 @@ pub(crate) fn faer_svd(a: MatRef<'_, f32>, par: Option<Par>) -> Svd {
             ComputeSvdVectors::Thin,
             ComputeSvdVectors::Thin,
             par,
-            Default::default(),
+            params.into(),
         ))),
-        Default::default(),
+        params.into(),
     )
     .unwrap_or_else(|e| panic!("linalg: faer SVD of a {m}×{n} matrix failed: {e:?}"));
     clear_upper_vector_state();
@@ -301,10 +361,10 @@ impl Dense for FaerDense {
     }
 
     fn qr_thin(&self, a: ArrayView2<f32>) -> (Array2<f32>, Array2<f32>) {
-        with_faer(a, |fa| faer_qr(fa, None))
+        thin_qr(a, None)
     }
 
     fn svd_thin(&self, a: ArrayView2<f32>) -> Svd {
-        with_faer(a, |fa| faer_svd(fa, None))
+        faer_svd(a, None)
     }
 }
