@@ -112,6 +112,57 @@ pub fn encode_into(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
     }
 }
 
+/// Index of the first element of `bytes` (little-endian `dtype`) that is NaN or ±∞ *as
+/// stored*: a finite `f32` result that rounds to ±∞ in F16 (|x| ≥ 65520) or BF16 is caught
+/// here, where an `f32` check before encoding would pass it. `None` for non-float dtypes.
+pub fn first_non_finite(dtype: Dtype, bytes: &[u8]) -> Option<usize> {
+    // All-ones exponent = NaN or ±∞; the scans OR a flag so the loop vectorises and only a
+    // tensor that has such an element is searched again for its position.
+    fn scan<const N: usize>(bytes: &[u8], bad: impl Fn([u8; N]) -> bool) -> Option<usize> {
+        let chunks = bytes.chunks_exact(N);
+        let any = chunks
+            .clone()
+            .fold(false, |acc, c| acc | bad(c.try_into().expect("chunk")));
+        if !any {
+            return None;
+        }
+        chunks
+            .clone()
+            .position(|c| bad(c.try_into().expect("chunk")))
+    }
+    match dtype {
+        Dtype::F32 => scan::<4>(bytes, |c| {
+            u32::from_le_bytes(c) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        Dtype::F16 => scan::<2>(bytes, |c| u16::from_le_bytes(c) & 0x7c00 == 0x7c00),
+        Dtype::BF16 => scan::<2>(bytes, |c| u16::from_le_bytes(c) & 0x7f80 == 0x7f80),
+        Dtype::F64 => scan::<8>(bytes, |c| {
+            u64::from_le_bytes(c) & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000
+        }),
+        _ => None,
+    }
+}
+
+/// Why an element is not finite in `dtype`, for error messages: `NaN`, or `±inf` with the
+/// dtype's range when the value overflowed it.
+pub fn non_finite_reason(dtype: Dtype, bytes: &[u8], index: usize) -> String {
+    let size = dtype.bitsize() / 8;
+    let v = bytes
+        .get(index * size..(index + 1) * size)
+        .map(|b| decode(dtype, b)[0])
+        .unwrap_or(f32::NAN);
+    let range = match dtype {
+        Dtype::F16 => " (F16 holds at most ±65504: the result overflows it)",
+        Dtype::BF16 => " (BF16 holds at most ±3.39e38)",
+        _ => "",
+    };
+    if v.is_nan() {
+        format!("NaN in {}", name(dtype))
+    } else {
+        format!("{v} in {}{range}", name(dtype))
+    }
+}
+
 /// Encodes `values` as little-endian `dtype` into a new buffer.
 pub fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * dtype.bitsize() / 8);

@@ -79,6 +79,10 @@ pub enum InputErrorKind {
     Format(Box<FormatError>),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The destination could not be written (a temporary file, a rename, a folder, a lock):
+    /// exit status 3, whatever the I/O error was.
+    #[error("cannot write: {0}")]
+    Write(std::io::Error),
     /// Anything else about the file's content, already phrased (names the tensor if any).
     #[error("{0}")]
     Invalid(String),
@@ -117,7 +121,37 @@ impl InputError {
     pub fn io(path: impl AsRef<Path>, e: std::io::Error) -> Self {
         Self::new(path, InputErrorKind::Io(e))
     }
+
+    /// Writing the output at `path` failed (exit status 3).
+    pub fn write(path: impl AsRef<Path>, e: std::io::Error) -> Self {
+        Self::new(path, InputErrorKind::Write(e))
+    }
+
+    /// Whether this is a failure to write the destination (exit status 3).
+    pub fn is_write_failure(&self) -> bool {
+        match &self.kind {
+            InputErrorKind::Write(_) => true,
+            InputErrorKind::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
 }
 
 /// A result whose error is an [`InputError`].
 pub type InputResult<T> = Result<T, InputError>;
+
+/// `s` as one printable line: newlines, carriage returns, ESC and every other control
+/// character are written as Rust escapes (`\n`, `\r`, `\u{1b}`), as `{:?}` does. Error and
+/// warning lines pass through it, so a tensor, shard or path name read from a file can never
+/// split a message or drive the terminal.
+pub fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

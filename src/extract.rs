@@ -60,12 +60,12 @@ use crate::error::{InputError, InputResult};
 use crate::io::{Checkpoint, Output};
 use crate::linalg::dense::{faer_matmul, faer_svd, thin_qr, with_faer, FAER};
 use crate::linalg::{self, skinny, Dense, LinearOperator, RsvdOptions, Svd};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 use regex::Regex;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -673,7 +673,6 @@ impl ExtractPlan {
         inputs.extend(tuned.input_paths());
         inputs.push(base.root.clone());
         inputs.push(tuned.root.clone());
-        crate::io::writer::refuse_overwrite(&out, &inputs)?;
         match o.format {
             Format::Peft => {
                 if out.exists() && !out.is_dir() {
@@ -682,9 +681,11 @@ impl ExtractPlan {
                         "a PEFT adapter is a folder, but this path is a file"
                     ));
                 }
-                for f in [formats::peft::WEIGHTS_NAME, formats::peft::CONFIG_NAME] {
-                    crate::io::writer::refuse_overwrite(&out.join(f), &inputs)?;
-                }
+                let files: Vec<PathBuf> = [formats::peft::WEIGHTS_NAME, formats::peft::CONFIG_NAME]
+                    .iter()
+                    .map(|f| out.join(f))
+                    .collect();
+                crate::io::writer::check_writes(&inputs, &files, std::slice::from_ref(&out))?;
             }
             Format::Kohya => {
                 if out.is_dir() {
@@ -693,6 +694,7 @@ impl ExtractPlan {
                         "a kohya adapter is a file, but this path is a folder"
                     ));
                 }
+                crate::io::writer::check_writes(&inputs, std::slice::from_ref(&out), &[])?;
             }
         }
 
@@ -792,32 +794,6 @@ impl ExtractPlan {
     /// Runs the extraction and commits the output. On failure nothing is left behind:
     /// temporary files are removed, and so is the output folder if this run created it.
     pub fn run(self, ops: &dyn DeltaOperators) -> Result<ExtractSummary> {
-        let folder = match self.options.format {
-            Format::Peft => Some(self.out.clone()),
-            Format::Kohya => self
-                .out
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(Path::to_path_buf),
-        };
-        let created = match &folder {
-            Some(d) if !d.exists() => {
-                std::fs::create_dir_all(d)
-                    .with_context(|| format!("{}: cannot create folder", d.display()))?;
-                true
-            }
-            _ => false,
-        };
-        let result = self.run_inner(ops);
-        if result.is_err() && created {
-            if let Some(d) = &folder {
-                let _ = std::fs::remove_dir(d);
-            }
-        }
-        result
-    }
-
-    fn run_inner(&self, ops: &dyn DeltaOperators) -> Result<ExtractSummary> {
         let start = Instant::now();
         let bar = crate::progress::count_bar(
             self.options.progress,
@@ -1232,7 +1208,27 @@ impl ExtractPlan {
             };
         let adapter_bytes = adapter_params * elem;
 
+        if adapter.modules.is_empty() && adapter.full_tensors.is_empty() {
+            bail!(InputError::invalid(
+                &self.tuned.root,
+                format!(
+                    "no module differs from the base {} among the {} tensor(s) searched{}; an adapter with nothing in it would load nowhere, so nothing was written",
+                    self.base.root.display(),
+                    self.items.len(),
+                    if changed.is_empty() { String::new() } else { format!(" ({} changed tensor(s) could not be stored: pass --save-changed)", changed.len()) }
+                )
+            ));
+        }
         let mut output = Output::new();
+        let folder = match o.format {
+            Format::Peft => self.out.clone(),
+            Format::Kohya => crate::parts::out_dir(&self.out),
+        };
+        output.create_dir_all(&folder)?;
+        match o.format {
+            Format::Peft => output.lock(&folder, crate::io::writer::LockMode::Exclusive)?,
+            Format::Kohya => output.lock(&self.out, crate::io::writer::LockMode::Exclusive)?,
+        }
         let meta = self.metadata();
         match o.format {
             Format::Peft => formats::peft::write(&adapter, &self.out, &mut output, o.dtype, &meta)?,

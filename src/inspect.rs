@@ -450,7 +450,10 @@ pub fn human_count(n: u64) -> String {
 
 /// Draws the spectra (log scale, one line per module, r90/r99 cut-offs marked) to an SVG or
 /// PNG file, chosen by extension.
-pub fn plot_spectra(report: &AdapterReport, path: &Path) -> Result<()> {
+///
+/// The format follows `path`'s extension; the drawing goes to `write_to` (the temporary file an
+/// [`crate::io::Output`] commits to `path`).
+pub fn plot_spectra(report: &AdapterReport, path: &Path, write_to: &Path) -> Result<()> {
     use plotters::prelude::*;
     let series: Vec<(&str, &SpectrumRow)> = report
         .modules
@@ -478,14 +481,14 @@ pub fn plot_spectra(report: &AdapterReport, path: &Path) -> Result<()> {
         .to_ascii_lowercase();
     match ext.as_str() {
         "svg" => draw_spectra(
-            SVGBackend::new(path, (1000, 640)).into_drawing_area(),
+            SVGBackend::new(write_to, (1000, 640)).into_drawing_area(),
             &series,
             max_len,
             lo,
             hi,
         ),
         "png" => draw_spectra(
-            BitMapBackend::new(path, (1000, 640)).into_drawing_area(),
+            BitMapBackend::new(write_to, (1000, 640)).into_drawing_area(),
             &series,
             max_len,
             lo,

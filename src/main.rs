@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     quiet_mesa();
+    clean_up_on_signals();
     let cli = Cli::parse();
     match lorakit::commands::run(cli) {
         Ok(code) => ExitCode::from(code as u8),
@@ -17,23 +18,19 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", lorakit::error::one_line(&format!("{e:#}")));
             ExitCode::from(if is_output_failure(&e) { 3 } else { 2 })
         }
     }
 }
 
-/// Writing the output failed (disk full, permissions, I/O error on a temporary file): exit 3.
+/// Writing the output failed (disk full, permissions, read-only file system, a folder that
+/// cannot be created): exit 3, decided by the error's type ([`InputError::is_write_failure`]).
 /// Everything else — bad usage, bad or mismatched input — is exit 2.
 fn is_output_failure(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        if let Some(ie) = c.downcast_ref::<InputError>() {
-            if let lorakit::error::InputErrorKind::Io(io) = &ie.kind {
-                return ie.path.to_string_lossy().ends_with(".tmp")
-                    || io.kind() == std::io::ErrorKind::StorageFull;
-            }
-        }
-        false
+        c.downcast_ref::<InputError>()
+            .is_some_and(InputError::is_write_failure)
     })
 }
 
@@ -51,6 +48,49 @@ fn quiet_mesa() {
             && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
         {
             std::env::set_var("XDG_RUNTIME_DIR", &dir);
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP remove this run's temporary files, lock files and the folders it
+/// created, then end the process by the same signal (so the shell sees 130 for Ctrl-C).
+///
+/// The signals are blocked in every thread (the mask is set here, before any thread exists,
+/// and threads inherit it) and taken by one thread in `sigwait`, where ordinary code may run:
+/// the clean-up locks a mutex and removes files, which a signal handler could not do safely.
+/// kill -9 cannot be caught: it leaves the old output or nothing, plus temporary files that the
+/// next run sweeps.
+fn clean_up_on_signals() {
+    // SAFETY: plain libc calls on a local, zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        let set_copy = set;
+        let spawned = std::thread::Builder::new()
+            .name("lorakit-signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                if libc::sigwait(&set_copy, &mut sig) == 0 {
+                    lorakit::io::writer::cleanup_on_signal();
+                    // Die by the signal itself: default action, unblocked, raised here.
+                    libc::signal(sig, libc::SIG_DFL);
+                    let mut one: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut one);
+                    libc::sigaddset(&mut one, sig);
+                    libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                    libc::raise(sig);
+                    libc::_exit(128 + sig);
+                }
+            });
+        if spawned.is_err() {
+            // No thread to take them: let the signals act as before.
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         }
     }
 }

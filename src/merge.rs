@@ -166,17 +166,69 @@ fn is_lm_head_name(name: &str) -> bool {
     name == "lm_head.weight" || name.ends_with(".lm_head.weight") || name == "embed_out.weight"
 }
 
-/// Reads `tie_word_embeddings` from the base's `config.json`, if any.
-fn tie_word_embeddings(folder: &Path) -> Option<bool> {
-    let text = std::fs::read(folder.join("config.json")).ok()?;
+/// Reads `tie_word_embeddings` and `architectures` from the base's `config.json`, if any.
+fn tie_config(folder: &Path) -> Option<(Option<bool>, Vec<String>)> {
+    let text = crate::io::read_json_file(&folder.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    v.get("tie_word_embeddings")
+    let tie = v
+        .get("tie_word_embeddings")
         .and_then(|t| t.as_bool())
         .or_else(|| {
             v.get("text_config")
                 .and_then(|c| c.get("tie_word_embeddings"))
                 .and_then(|t| t.as_bool())
+        });
+    let archs = v
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
         })
+        .unwrap_or_default();
+    Some((tie, archs))
+}
+
+/// Whether the base's output embedding is the input embedding (so changing one changes both).
+///
+/// It follows the architecture, as transformers does: a tie exists only where the model has an
+/// output embedding (`*ForCausalLM`, `*LMHeadModel`, `*ForMaskedLM`,
+/// `*ForConditionalGeneration`, …) and `tie_word_embeddings` is true (transformers' default when
+/// the config does not say). An encoder without an LM head (BertModel, sentence-transformers)
+/// ties nothing, whatever `tie_word_embeddings` says. Without a config, a checkpoint with no
+/// `lm_head` tensor is taken as tied only if it looks like a decoder LM (layer names of
+/// Llama/GPT-2 families).
+fn ties_embeddings(base: &Checkpoint, has_lm_head: bool) -> bool {
+    let has_embedding = base.names().any(is_embedding_name);
+    if !has_embedding {
+        return false;
+    }
+    match tie_config(base.folder()) {
+        Some((tie, archs)) if !archs.is_empty() => {
+            let has_head = archs.iter().any(|a| {
+                [
+                    "ForCausalLM",
+                    "LMHeadModel",
+                    "ForMaskedLM",
+                    "ForConditionalGeneration",
+                    "WithLMHead",
+                ]
+                .iter()
+                .any(|s| a.ends_with(s))
+            });
+            has_head && tie.unwrap_or(!has_lm_head)
+        }
+        Some((Some(tie), _)) => tie,
+        _ => {
+            !has_lm_head
+                && base.names().any(|n| {
+                    n.contains(".self_attn.")
+                        || n.starts_with("transformer.h.")
+                        || n.contains(".attn.c_attn")
+                })
+        }
+    }
 }
 
 impl MergePlan {
@@ -190,22 +242,20 @@ impl MergePlan {
         if adapters.is_empty() {
             bail!("no adapter given");
         }
-        // Refuse outputs that are inputs before anything else.
+        // Everything this run reads; checked against everything it writes once the layout is
+        // known, before anything is written.
         let mut inputs = base.input_paths();
+        inputs.push(base.root.clone());
         for a in &adapters {
-            if let Some(src) = &a.adapter.source {
-                inputs.push(src.path().to_path_buf());
-            }
-            inputs.push(a.adapter.path.clone());
+            inputs.extend(a.adapter.input_paths());
         }
-        crate::io::writer::refuse_overwrite(&out, &inputs)?;
 
         let mut actions: HashMap<String, Action> = HashMap::new();
         let mut base_override: HashMap<String, (usize, usize)> = HashMap::new();
         let mut unmatched = Vec::new();
         let mut resolutions = Vec::new();
-        let tied = tie_word_embeddings(base.folder());
         let has_lm_head = base.names().any(is_lm_head_name);
+        let is_tied = ties_embeddings(&base, has_lm_head);
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
             let label = a.path.display().to_string();
@@ -276,6 +326,18 @@ impl MergePlan {
                         )
                     ));
                 }
+                if let Some(bi) = base.info(name) {
+                    if !dtype::is_float_storage(bi.dtype) {
+                        bail!(InputError::invalid(
+                            &a.path,
+                            format!(
+                                "tensor `{}` (modules_to_save) would replace base tensor `{name}`, which is {}, not a float type; lorakit does not round float values into integer tensors",
+                                a.full_tensors[*fi].name,
+                                dtype::name(bi.dtype)
+                            )
+                        ));
+                    }
+                }
                 touched.push((a.full_tensors[*fi].name.clone(), name.clone()));
                 // PEFT saves a targeted embedding's base weight as `{module}.base_layer.weight`;
                 // loading it replaces the base weight, which the LoRA delta is then added to.
@@ -299,8 +361,6 @@ impl MergePlan {
                 }
             }
             // Tied embeddings (PEFT issue #2018): changing one silently changes the other.
-            let is_tied = tied == Some(true)
-                || (tied.is_none() && !has_lm_head && base.names().any(is_embedding_name));
             if is_tied {
                 for (module, tensor) in &touched {
                     if is_embedding_name(tensor) || is_lm_head_name(tensor) {
@@ -337,6 +397,25 @@ impl MergePlan {
             );
         }
 
+        let landed: usize = resolutions
+            .iter()
+            .map(|r| r.modules.len() + r.full.len())
+            .sum();
+        if landed == 0 {
+            let list: Vec<String> = unmatched
+                .iter()
+                .take(5)
+                .map(|u| format!("{}: {}", u.adapter, u.detail))
+                .collect();
+            bail!(InputError::invalid(
+                &base.root,
+                format!(
+                    "no adapter module matches a tensor of this base, so the merge would change nothing (--allow-unmatched never allows that){}{}",
+                    if list.is_empty() { String::new() } else { format!(": {}", list.join("; ")) },
+                    if unmatched.len() > 5 { format!("; and {} more", unmatched.len() - 5) } else { String::new() }
+                )
+            ));
+        }
         // Output layout.
         let names: Vec<String> = base.names().map(str::to_owned).collect();
         let out_dtype = |n: &str| {
@@ -350,12 +429,12 @@ impl MergePlan {
         };
         let (files, index, extra_files) = match (&base.layout, options.max_shard_size) {
             (Layout::File, None) => {
-                let target = if out.is_dir() {
+                // `--out DIR` or `--out new/` (trailing slash): the base's file name inside it.
+                let target = if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {
                     out.join(base.root.file_name().expect("file has a name"))
                 } else {
                     out.clone()
                 };
-                crate::io::writer::refuse_overwrite(&target, &inputs)?;
                 (
                     vec![OutFile {
                         path: target,
@@ -368,6 +447,12 @@ impl MergePlan {
             (layout, max) => {
                 if out.exists() && !out.is_dir() {
                     bail!(InputError::invalid(&out, "the base is a folder (or --max-shard-size is set), so the output must be a folder"));
+                }
+                if !out.exists() && out.extension().is_some_and(|e| e == "safetensors") {
+                    bail!(InputError::invalid(
+                        &out,
+                        "the base is a folder (or --max-shard-size is set), so the output is a folder, not one .safetensors file; give a folder name (a folder named like a file would be made otherwise)"
+                    ));
                 }
                 let mut files = Vec::new();
                 match (layout, max) {
@@ -419,12 +504,25 @@ impl MergePlan {
                 } else {
                     extra_files(&base, &out)?
                 };
-                for f in &files {
-                    crate::io::writer::refuse_overwrite(&f.path, &inputs)?;
-                }
                 (files, index, extra)
             }
         };
+        inputs.extend(extra_files.iter().map(|(src, _)| src.clone()));
+        let folder_out = !matches!((&base.layout, options.max_shard_size), (Layout::File, None));
+        let mut writes: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        writes.extend(index.iter().cloned());
+        writes.extend(extra_files.iter().map(|(_, d)| d.clone()));
+        if let Some((i, n)) = options.part {
+            writes.push(
+                crate::parts::out_dir(&files[0].path).join(crate::parts::manifest_name(i, n)),
+            );
+        }
+        let folders: Vec<PathBuf> = if folder_out {
+            vec![out.clone()]
+        } else {
+            Vec::new()
+        };
+        crate::io::writer::check_writes(&inputs, &writes, &folders)?;
         Ok(MergePlan {
             base,
             adapters,
@@ -455,34 +553,27 @@ impl MergePlan {
     /// Runs the merge and commits the output. On failure nothing is left behind: temporary
     /// files are removed, and so is the output folder if this run created it.
     pub fn run(self, engine: &backend::Engine) -> Result<MergeSummary> {
-        let dir = self
-            .files
-            .first()
-            .and_then(|f| f.path.parent())
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf);
-        let created = match &dir {
-            Some(d) if !d.exists() => {
-                std::fs::create_dir_all(d)
-                    .with_context(|| format!("{}: cannot create folder", d.display()))?;
-                true
-            }
-            _ => false,
-        };
-        let result = self.run_inner(engine);
-        if result.is_err() && created {
-            if let Some(d) = &dir {
-                let _ = std::fs::remove_dir(d);
-            }
-        }
-        result
-    }
-
-    fn run_inner(&self, engine: &backend::Engine) -> Result<MergeSummary> {
         let start = Instant::now();
         let total = self.output_bytes();
         let bar = crate::progress::bar(self.options.progress, total, "merging");
         let mut output = Output::new();
+        let dir = crate::parts::out_dir(&self.files[0].path);
+        output.create_dir_all(&dir)?;
+        let folder_out = self.index.is_some()
+            || !matches!(self.base.layout, Layout::File)
+            || self.options.max_shard_size.is_some();
+        if folder_out {
+            let mode = match self.options.part {
+                Some(_) => crate::io::writer::LockMode::Shared,
+                None => crate::io::writer::LockMode::Exclusive,
+            };
+            output.lock(&dir, mode)?;
+            if self.options.part.is_none() {
+                output.remove_on_commit(self.stale_files(&dir));
+            }
+        } else {
+            output.lock(&self.files[0].path, crate::io::writer::LockMode::Exclusive)?;
+        }
         let metadata = self.output_metadata();
         let (mut merged, mut copied) = (0usize, 0usize);
         let mut written = Vec::new();
@@ -572,7 +663,7 @@ impl MergePlan {
                 // The last files (index, copied configs) are written by `finalize` once every
                 // part is done; this part records what it wrote and what the whole plan is.
                 let manifest = crate::parts::Manifest {
-                    version: 1,
+                    version: crate::parts::MANIFEST_VERSION,
                     part: i,
                     parts: n,
                     plan: self.part_plan()?,
@@ -622,6 +713,63 @@ impl MergePlan {
         })
     }
 
+    /// Files of an older checkpoint in the output folder that would survive this run and make
+    /// it open as the old model: an index lorakit would write (and the shards it lists),
+    /// `model.safetensors` and `model-NNNNN-of-NNNNN.safetensors` shards not in the new layout.
+    /// Never anything else.
+    fn stale_files(&self, dir: &Path) -> Vec<PathBuf> {
+        let new: Vec<&Path> = self
+            .files
+            .iter()
+            .map(|f| f.path.as_path())
+            .chain(self.index.as_deref())
+            .collect();
+        let mut stale = Vec::new();
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return stale;
+        };
+        let is_shard_name = |n: &str| {
+            n == "model.safetensors"
+                || n.strip_prefix("model-")
+                    .and_then(|r| r.strip_suffix(".safetensors"))
+                    .is_some_and(|r| {
+                        let b = r.as_bytes();
+                        b.len() == 14
+                            && &r[5..9] == "-of-"
+                            && b[..5].iter().chain(&b[9..]).all(u8::is_ascii_digit)
+                    })
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let p = dir.join(&name);
+            if new.contains(&p.as_path()) || !e.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            if name.ends_with(".safetensors.index.json") {
+                // The shards an old index lists go with it (plain names only).
+                if let Ok(text) = crate::io::read_json_file(&p) {
+                    if let Ok(idx) = crate::io::checkpoint::parse_index(&text) {
+                        for (_, shard) in idx.weight_map {
+                            let sp = dir.join(&shard);
+                            if crate::parts::is_plain_name(&shard)
+                                && !new.contains(&sp.as_path())
+                                && !stale.contains(&sp)
+                            {
+                                stale.push(sp);
+                            }
+                        }
+                    }
+                }
+                stale.push(p);
+            } else if is_shard_name(&name) && !stale.contains(&p) {
+                stale.push(p);
+            }
+        }
+        stale.sort();
+        stale.dedup();
+        stale
+    }
+
     /// The index document of the output (sharded outputs).
     fn index_doc(&self) -> Option<Vec<u8>> {
         self.index.as_ref()?;
@@ -642,8 +790,10 @@ impl MergePlan {
     /// Copied non-weight files, then the index (last).
     fn write_finals(&self, output: &mut Output) -> Result<()> {
         for (src, dst) in &self.extra_files {
-            let bytes =
-                std::fs::read(src).with_context(|| format!("{}: cannot read", src.display()))?;
+            let bytes = crate::io::read_whole_file(src)?;
+            if let Some(parent) = dst.parent() {
+                output.create_dir_all(parent)?;
+            }
             output.small_file(dst, &bytes)?;
         }
         if let (Some(index), Some(doc)) = (&self.index, self.index_doc()) {
@@ -683,16 +833,13 @@ impl MergePlan {
                 }
             })
             .collect();
-        let extra = self
-            .extra_files
-            .iter()
-            .map(|(src, dst)| -> Result<(String, String)> {
-                let src = std::fs::canonicalize(src)
-                    .with_context(|| format!("{}: cannot resolve", src.display()))?;
-                Ok((src.display().to_string(), file_name(dst)))
-            })
-            .collect::<Result<_>>()?;
+        let extra = copied_files(&self.base, &self.out)?;
+        let base = std::fs::canonicalize(self.base.folder())
+            .with_context(|| format!("{}: cannot resolve", self.base.folder().display()))?
+            .display()
+            .to_string();
         Ok(crate::parts::Plan {
+            base,
             files,
             index_name: self.index.as_ref().map(|p| file_name(p)),
             index: self
@@ -894,30 +1041,58 @@ fn shard_groups(names: &[String], size_of: &dyn Fn(&str) -> u64, max: u64) -> Ve
 
 /// Every regular, non-weight, non-hidden file of the base folder (config.json, tokenizer
 /// files, generation_config.json, …), to copy beside the output.
+/// [`extra_files`] as a part manifest records them: (canonical source, destination relative
+/// to `out`).
+pub(crate) fn copied_files(base: &Checkpoint, out: &Path) -> Result<Vec<(String, String)>> {
+    extra_files(base, out)?
+        .into_iter()
+        .map(|(src, dst)| -> Result<(String, String)> {
+            let src = std::fs::canonicalize(&src)
+                .with_context(|| format!("{}: cannot resolve", src.display()))?;
+            let rel = dst.strip_prefix(out).unwrap_or(&dst);
+            Ok((
+                src.display().to_string(),
+                rel.to_string_lossy().into_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The non-weight files of a base folder, copied into the output: configs, tokenizer files,
+/// and subfolders (sentence-transformers' `1_Pooling/`, `2_Normalize/`), recursively. Symlinks
+/// are followed (a Hugging Face cache snapshot is all symlinks into `blobs/`); hidden entries,
+/// weights and pickles are not copied.
 fn extra_files(base: &Checkpoint, out: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
-    let mut v = Vec::new();
-    let dir = base.folder();
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list", dir.display()))?
-        .flatten()
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let is_weight = name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json");
-        let is_pickle = name.ends_with(".bin")
-            || name.ends_with(".pt")
-            || name.ends_with(".pth")
-            || name.ends_with(".ckpt");
-        if is_weight
-            || is_pickle
-            || name.starts_with('.')
-            || !e.file_type().map(|t| t.is_file()).unwrap_or(false)
-        {
-            continue;
+    fn walk(dir: &Path, out: &Path, depth: usize, v: &mut Vec<(PathBuf, PathBuf)>) -> Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot list", dir.display()))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_weight =
+                name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json");
+            let is_pickle = [".bin", ".pt", ".pth", ".ckpt", ".gguf"]
+                .iter()
+                .any(|x| name.ends_with(x));
+            if is_weight || is_pickle || name.starts_with('.') {
+                continue;
+            }
+            // Follows symlinks: what the entry is, not what the link is.
+            let Ok(meta) = std::fs::metadata(e.path()) else {
+                continue;
+            };
+            if meta.is_file() {
+                v.push((e.path(), out.join(&name)));
+            } else if meta.is_dir() && depth < 4 {
+                walk(&e.path(), &out.join(&name), depth + 1, v)?;
+            }
         }
-        v.push((e.path(), out.join(&name)));
+        Ok(())
     }
+    let mut v = Vec::new();
+    walk(base.folder(), out, 0, &mut v)?;
     Ok(v)
 }
 

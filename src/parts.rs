@@ -34,8 +34,62 @@ pub struct Plan {
     pub index_name: Option<String>,
     /// The index document, written by `finalize`.
     pub index: Option<String>,
-    /// (absolute source, destination name) of non-weight files to copy.
+    /// (absolute source, destination path relative to the output folder) of non-weight files
+    /// to copy.
     pub extra: Vec<(String, String)>,
+    /// The base folder (absolute). `finalize` checks that the output's tensors are the base's
+    /// and that `extra` is exactly the base's non-weight files, so an edited manifest cannot
+    /// make it copy any other file.
+    pub base: String,
+}
+
+/// Version of the merge part manifest (2: the plan records the base folder).
+pub const MANIFEST_VERSION: u32 = 2;
+
+/// Whether `name` is a plain file name: not empty, no `/`, not `.` or `..`, no NUL. Every file
+/// name taken from a manifest or an index must be one before it is joined to a folder.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// Whether `rel` is a relative path of plain names (`1_Pooling/config.json`), never leaving
+/// the folder it is joined to.
+pub fn is_safe_relative(rel: &str) -> bool {
+    !rel.is_empty() && rel.split('/').all(is_plain_name)
+}
+
+/// Refuses a manifest whose file names could reach outside the output folder.
+fn check_manifest_names(path: &Path, m: &Manifest) -> InputResult<()> {
+    let bad = |what: &str, name: &str| {
+        Err(InputError::invalid(
+            path,
+            format!(
+                "{what} {:?} is not a plain file name inside the output folder; the manifest is not lorakit's or was edited",
+                name
+            ),
+        ))
+    };
+    for f in &m.plan.files {
+        if !is_plain_name(&f.name) {
+            return bad("planned file", &f.name);
+        }
+    }
+    if let Some(n) = &m.plan.index_name {
+        if !is_plain_name(n) || !n.ends_with(".json") {
+            return bad("index name", n);
+        }
+    }
+    for (_, dst) in &m.plan.extra {
+        if !is_safe_relative(dst) {
+            return bad("copied file", dst);
+        }
+    }
+    for w in &m.written {
+        if !is_plain_name(w) {
+            return bad("written file", w);
+        }
+    }
+    Ok(())
 }
 
 /// What one part wrote.
@@ -127,10 +181,20 @@ pub fn finalize(dir: &Path) -> Result<FinalizeReport> {
     {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(".lorakit-part-") && name.ends_with(".json") {
-            let text = std::fs::read(e.path()).map_err(|err| InputError::io(e.path(), err))?;
+            let text = crate::io::read_json_file(&e.path())?;
             let m: Manifest = serde_json::from_slice(&text).map_err(|err| {
                 InputError::invalid(e.path(), format!("not a lorakit part manifest: {err}"))
             })?;
+            if m.version != MANIFEST_VERSION {
+                bail!(InputError::invalid(
+                    e.path(),
+                    format!(
+                        "part manifest version {} (this lorakit writes {MANIFEST_VERSION}): rerun the parts",
+                        m.version
+                    )
+                ));
+            }
+            check_manifest_names(&e.path(), &m)?;
             manifests.push((e.path(), m));
         }
     }
@@ -166,7 +230,14 @@ pub fn finalize(dir: &Path) -> Result<FinalizeReport> {
             format!("parts not finished: {}", missing.join(", "))
         ));
     }
+    if n == 0 || first.part == 0 || manifests.iter().any(|(_, m)| m.part > n) {
+        bail!(InputError::invalid(
+            &first_path,
+            "part numbers out of range"
+        ));
+    }
     let mut bytes = 0;
+    let mut out_names: Vec<String> = Vec::new();
     for (j, f) in first.plan.files.iter().enumerate() {
         let owner = j % n + 1;
         let path = dir.join(&f.name);
@@ -185,14 +256,50 @@ pub fn finalize(dir: &Path) -> Result<FinalizeReport> {
                 )
             ));
         }
-        check_header(&path)?;
+        let f = SafetensorsFile::open(&path)?;
+        out_names.extend(f.tensors().iter().map(|t| t.name.clone()));
         bytes += len;
     }
+    // The copied files must be exactly the recorded base's non-weight files, and the base must
+    // be the checkpoint the parts wrote: nothing else can be copied into the output.
+    let base = crate::io::Checkpoint::open(&first.plan.base).map_err(|e| {
+        InputError::invalid(
+            &first_path,
+            format!("the base folder the manifest records cannot be opened: {e}"),
+        )
+    })?;
+    let mut base_names: Vec<String> = base.names().map(str::to_owned).collect();
+    base_names.sort();
+    out_names.sort();
+    if base_names != out_names {
+        bail!(InputError::invalid(
+            &first_path,
+            format!(
+                "the output's tensors are not those of the recorded base {}; the manifest was edited or the base changed",
+                first.plan.base
+            )
+        ));
+    }
+    let expected = crate::merge::copied_files(&base, dir)?;
+    if expected != first.plan.extra {
+        bail!(InputError::invalid(
+            &first_path,
+            format!(
+                "the files to copy are not the non-weight files of the recorded base {}; the manifest was edited or the base changed",
+                first.plan.base
+            )
+        ));
+    }
     let mut out = Output::new();
+    out.lock(dir, crate::io::writer::LockMode::Exclusive)?;
     let mut copied = Vec::new();
     for (src, dst) in &first.plan.extra {
-        let data = std::fs::read(src).map_err(|e| InputError::io(src, e))?;
-        out.small_file(&dir.join(dst), &data)?;
+        let data = crate::io::read_whole_file(Path::new(src))?;
+        let d = dir.join(dst);
+        if let Some(parent) = d.parent() {
+            out.create_dir_all(parent)?;
+        }
+        out.small_file(&d, &data)?;
         copied.push(dst.clone());
     }
     if let (Some(name), Some(doc)) = (&first.plan.index_name, &first.plan.index) {
@@ -383,6 +490,8 @@ pub fn write_extract_part(
     )];
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let mut out = Output::new();
+    out.create_dir_all(&out_dir(path))?;
+    out.lock(path, crate::io::writer::LockMode::Exclusive)?;
     let mut w = out.safetensors(path, &meta, specs)?;
     for (name, d) in names.iter().zip(&data) {
         w.write_tensor(name, d)?;
@@ -561,10 +670,6 @@ pub fn join_extract_parts(
             })
         })
         .collect()
-}
-
-fn check_header(path: &Path) -> InputResult<()> {
-    SafetensorsFile::open(path).map(|_| ())
 }
 
 #[cfg(test)]

@@ -82,8 +82,8 @@ pub struct PlannedStep {
 
 /// Parses and validates a recipe. Nothing is written.
 pub fn load(path: &Path) -> Result<Vec<Step>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = String::from_utf8(crate::io::read_json_file(path)?)
+        .map_err(|_| crate::error::InputError::invalid(path, "not UTF-8 text"))?;
     let doc: toml::Table = toml::from_str(&text).map_err(|e| {
         let line = e
             .span()

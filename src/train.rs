@@ -545,6 +545,8 @@ impl<'c> Trainer<'c> {
     pub fn save(&self, dir: &Path, base_model: &str, targets: &[String]) -> Result<()> {
         let adapter = self.adapter(base_model, targets);
         let mut out = Output::new();
+        out.create_dir_all(dir)?;
+        out.lock(dir, crate::io::writer::LockMode::Exclusive)?;
         let meta = vec![
             (
                 "lorakit.version".to_string(),
@@ -610,7 +612,7 @@ impl<'c> Trainer<'c> {
     /// same as this run's; the step count, learning rate and schedule may change.
     pub fn resume(&mut self, dir: &Path) -> Result<()> {
         let sp = dir.join(STATE_JSON);
-        let text = std::fs::read(&sp).map_err(|e| InputError::io(&sp, e))?;
+        let text = crate::io::read_json_file(&sp)?;
         let st: StateFile = serde_json::from_slice(&text)
             .map_err(|e| InputError::invalid(&sp, format!("not a lorakit trainer state: {e}")))?;
         let bad = |m: String| anyhow::Error::new(InputError::invalid(&sp, m));
@@ -690,6 +692,35 @@ impl<'c> Trainer<'c> {
                 || vb.len() != b.len()
             {
                 bail!(bad(format!("module `{}`: saved shapes differ", tm.name)));
+            }
+            // AdamW's state: first moments finite, second moments finite and ≥ 0 (they are
+            // running means of squares; a negative one makes √v̂ NaN on the first step).
+            for (what, v, second) in [
+                ("lora_A.exp_avg", &ma, false),
+                ("lora_A.exp_avg_sq", &va, true),
+                ("lora_B.exp_avg", &mb, false),
+                ("lora_B.exp_avg_sq", &vb, true),
+            ] {
+                if let Some(i) = v
+                    .iter()
+                    .position(|x| !x.is_finite() || (second && *x < 0.0))
+                {
+                    bail!(InputError::invalid(
+                        dir.join(STATE_TENSORS),
+                        format!(
+                            "tensor `{}.{what}`: element {i} is {}, not a valid AdamW {} moment; the state is corrupt",
+                            tm.name,
+                            v[i],
+                            if second { "second" } else { "first" }
+                        )
+                    ));
+                }
+            }
+            if let Some(x) = a.iter().chain(b.iter()).find(|x| !x.is_finite()) {
+                bail!(bad(format!(
+                    "module `{}`: a saved factor holds {x}",
+                    tm.name
+                )));
             }
             lora.a = a.to_vec();
             lora.b = b.to_vec();

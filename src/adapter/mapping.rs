@@ -172,6 +172,8 @@ pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
             None => None,
             Some(_) => {
                 let b = format!("{}.bias", weight.strip_suffix(".weight").unwrap_or(&weight));
+                // An unplaceable bias is reported on its own; the weight still lands, so
+                // `--allow-unmatched` merges B·A and leaves the bias out (as listed).
                 match base.info(&b) {
                     Some(i) if i.shape.iter().product::<usize>() == m.out_features => Some(b),
                     Some(i) => {
@@ -181,14 +183,14 @@ pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
                             expected: vec![m.out_features],
                             found: i.shape.clone(),
                         });
-                        continue;
+                        None
                     }
                     None => {
                         res.unmatched.push(Unmatched::NotFound {
                             module: format!("{}.lora_B.bias", m.name),
                             expected: b,
                         });
-                        continue;
+                        None
                     }
                 }
             }

@@ -120,6 +120,23 @@ impl Adapter {
         formats::open(path.as_ref())
     }
 
+    /// Every path reading this adapter touches (its folder or file, the tensor file, the
+    /// config beside it), for [`crate::io::writer::check_writes`].
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.path.clone()];
+        if let Some(src) = &self.source {
+            v.push(src.path().to_path_buf());
+        }
+        if self.format == Format::Peft {
+            if self.path.is_dir() {
+                v.push(self.path.join(formats::peft::CONFIG_NAME));
+            } else if let Some(p) = self.path.parent() {
+                v.push(p.join(formats::peft::CONFIG_NAME));
+            }
+        }
+        v
+    }
+
     /// Canonical values of a factor.
     pub fn values(&self, data: &Data) -> InputResult<Arc<Vec<f32>>> {
         match data {

@@ -100,20 +100,9 @@ pub fn written_name(name: &str, format: Format, prefix: &str) -> String {
     }
 }
 
-/// Every file reading `adapter` touches (its folder or file, tensor file, config beside it).
+/// Every file reading `adapter` touches ([`Adapter::input_paths`]).
 pub fn adapter_inputs(adapter: &Adapter) -> Vec<PathBuf> {
-    let mut v = vec![adapter.path.clone()];
-    if let Some(src) = &adapter.source {
-        v.push(src.path().to_path_buf());
-    }
-    if adapter.format == Format::Peft {
-        if adapter.path.is_dir() {
-            v.push(adapter.path.join(peft::CONFIG_NAME));
-        } else if let Some(p) = adapter.path.parent() {
-            v.push(p.join(peft::CONFIG_NAME));
-        }
-    }
-    v
+    adapter.input_paths()
 }
 
 /// Paths a write of `spec` creates or replaces.
@@ -132,9 +121,25 @@ pub fn output_paths(spec: &WriteSpec) -> Vec<PathBuf> {
 /// output path of the wrong kind (a file where a PEFT folder goes, a folder where a kohya file
 /// goes).
 pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
-    for p in output_paths(spec) {
-        crate::io::writer::refuse_overwrite(&p, inputs)?;
+    match spec.format {
+        Format::Peft => crate::io::writer::check_writes(
+            inputs,
+            &[
+                spec.out.join(peft::WEIGHTS_NAME),
+                spec.out.join(peft::CONFIG_NAME),
+            ],
+            std::slice::from_ref(&spec.out),
+        ),
+        Format::Kohya => {
+            crate::io::writer::check_writes(inputs, std::slice::from_ref(&spec.out), &[])
+        }
     }
+    .or_else(|e| match spec.format {
+        // The wrong kind of path gets the adapter-specific wording below.
+        Format::Peft if spec.out.is_file() => Ok(()),
+        Format::Kohya if spec.out.is_dir() => Ok(()),
+        _ => Err(e),
+    })?;
     match spec.format {
         Format::Peft if spec.out.is_file() => Err(InputError::invalid(
             &spec.out,
@@ -269,52 +274,28 @@ pub fn write_adapter(
             .unwrap_or(Path::new("."))
             .to_path_buf(),
     };
-    let created = create_dirs(&folder)?;
-    let result = (|| -> InputResult<Written> {
-        let mut output = Output::new();
-        let files = match spec.format {
-            Format::Peft => {
-                peft::write_with(adapter, &spec.out, &mut output, spec.dtype, &meta)?;
-                vec![
-                    show(&spec.out.join(peft::WEIGHTS_NAME)),
-                    show(&spec.out.join(peft::CONFIG_NAME)),
-                ]
-            }
-            Format::Kohya => {
-                let prefix = kohya_prefix_for(adapter, spec);
-                kohya::write_with(adapter, &prefix, &spec.out, &mut output, spec.dtype, &meta)?;
-                vec![show(&spec.out)]
-            }
-        };
-        let bytes = output.commit()?;
-        Ok(Written { files, bytes })
-    })();
-    if result.is_err() {
-        for d in created.iter().rev() {
-            let _ = std::fs::remove_dir(d);
+    let mut output = Output::new();
+    output.create_dir_all(&folder)?;
+    match spec.format {
+        Format::Peft => output.lock(&folder, crate::io::writer::LockMode::Exclusive)?,
+        Format::Kohya => output.lock(&spec.out, crate::io::writer::LockMode::Exclusive)?,
+    }
+    let files = match spec.format {
+        Format::Peft => {
+            peft::write_with(adapter, &spec.out, &mut output, spec.dtype, &meta)?;
+            vec![
+                show(&spec.out.join(peft::WEIGHTS_NAME)),
+                show(&spec.out.join(peft::CONFIG_NAME)),
+            ]
         }
-    }
-    result
-}
-
-/// Creates `dir` and its missing parents; returns the folders created, outermost first.
-fn create_dirs(dir: &Path) -> InputResult<Vec<PathBuf>> {
-    let mut missing = Vec::new();
-    let mut p = Some(dir);
-    while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        missing.push(d.to_path_buf());
-        p = d.parent();
-    }
-    missing.reverse();
-    for (i, d) in missing.iter().enumerate() {
-        if let Err(e) = std::fs::create_dir(d) {
-            for c in missing[..i].iter().rev() {
-                let _ = std::fs::remove_dir(c);
-            }
-            return Err(InputError::io(d, e));
+        Format::Kohya => {
+            let prefix = kohya_prefix_for(adapter, spec);
+            kohya::write_with(adapter, &prefix, &spec.out, &mut output, spec.dtype, &meta)?;
+            vec![show(&spec.out)]
         }
-    }
-    Ok(missing)
+    };
+    let bytes = output.commit()?;
+    Ok(Written { files, bytes })
 }
 
 /// Row-major `r × c` view of canonical values.

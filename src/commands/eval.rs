@@ -218,13 +218,24 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<i32> {
         bail!("--generate needs --prompt");
     }
     let ck = Checkpoint::open(&a.model)?;
-    let config = ModelConfig::from_folder(ck.folder())?;
+    let config = ModelConfig::for_checkpoint(&ck)?;
     if let Some(out) = &a.logits {
         let mut inputs = ck.input_paths();
-        inputs.extend(a.adapters.iter().cloned());
+        inputs.push(ck.root.clone());
+        inputs.push(ck.folder().to_path_buf());
+        for p in &a.adapters {
+            inputs.push(p.clone());
+            if p.is_dir() {
+                inputs.push(p.join(crate::adapter::formats::peft::WEIGHTS_NAME));
+                inputs.push(p.join(crate::adapter::formats::peft::CONFIG_NAME));
+            }
+        }
         inputs.extend(a.input_ids.iter().cloned());
         inputs.extend(a.text.iter().cloned());
-        crate::io::writer::refuse_overwrite(out, &inputs)?;
+        if let Some(t) = a.tokenizer.as_deref().filter(|t| *t != "bytes") {
+            inputs.push(PathBuf::from(t));
+        }
+        crate::io::writer::check_writes(&inputs, std::slice::from_ref(out), &[])?;
     }
     let (model, attached) = load_model(&ck, config.clone(), &a.adapters, &a.weights, a.merged)?;
     let engine = Engine::new(a.device.into())?;
@@ -335,6 +346,8 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<i32> {
     if let Some(out) = &a.logits {
         let (b, s) = rows.unwrap_or((1, stream.len()));
         let mut o = Output::new();
+        o.create_dir_all(&crate::parts::out_dir(out))?;
+        o.lock(out, crate::io::writer::LockMode::Exclusive)?;
         let mut w = o.safetensors(
             out,
             &[("format".into(), "pt".into())],

@@ -221,10 +221,6 @@ fn run_part(
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
     let engine = crate::backend::Engine::new(a.device.into())?;
     let items = plan.part_items(part);
-    if a.format == crate::adapter::Format::Peft {
-        std::fs::create_dir_all(&a.out)
-            .with_context(|| format!("{}: cannot create folder", a.out.display()))?;
-    }
     let (outcomes, device) = match &engine {
         crate::backend::Engine::Gpu(ctx) => {
             let ops = crate::extract::GpuDeltaOperators { ctx };
@@ -272,7 +268,14 @@ fn run_part(
 
 /// `finalize OUT` for the part files of `extract --part`: rebuilds the plan from the recorded
 /// arguments, checks every part against it and writes the adapter.
-pub fn finalize(parts: Vec<PathBuf>, json: bool, quiet: bool) -> Result<i32> {
+/// Joins the extract part files of `out`. `out` comes from the command line: the output path
+/// recorded in the part files is never used (an edited part file cannot redirect the adapter).
+pub fn finalize(
+    parts: Vec<PathBuf>,
+    out: &std::path::Path,
+    json: bool,
+    quiet: bool,
+) -> Result<i32> {
     let start = std::time::Instant::now();
     let loaded = crate::parts::read_extract_parts(&parts)?;
     let first_path = &parts[0];
@@ -285,6 +288,7 @@ pub fn finalize(parts: Vec<PathBuf>, json: bool, quiet: bool) -> Result<i32> {
     })?;
     a.part = None;
     a.json = json;
+    a.out = out.to_path_buf();
     let options = options(&a, quiet)?;
     let base = Checkpoint::open(&a.base)?;
     let tuned = Checkpoint::open(&a.tuned)?;

@@ -1,8 +1,11 @@
 //! `lorakit inspect`.
 
 use crate::cli::InspectArgs;
+use crate::error::InputError;
 use crate::inspect::{self, InspectOptions, Report};
+use crate::io::Output;
 use anyhow::Result;
+use std::path::Path;
 
 pub fn run(a: InspectArgs) -> Result<i32> {
     let opts = InspectOptions {
@@ -12,7 +15,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     let report = inspect::inspect(&a.path, &opts)?;
     if let Some(plot) = &a.plot {
         match &report {
-            Report::Adapter(ad) => inspect::plot_spectra(ad, plot)?,
+            Report::Adapter(ad) => write_plot(ad, &a.path, plot)?,
             Report::Checkpoint(_) => anyhow::bail!(
                 "{}: --plot needs an adapter (spectra are per LoRA module)",
                 a.path.display()
@@ -28,4 +31,25 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Draws the plot through the one overwrite check and the atomic writer: never onto the
+/// inspected adapter (or through a link to it), never a half-written file.
+fn write_plot(report: &inspect::AdapterReport, input: &Path, plot: &Path) -> Result<()> {
+    let mut reads = vec![input.to_path_buf()];
+    if let Some(parent) = input.parent().filter(|_| input.is_file()) {
+        reads.push(parent.join(crate::adapter::formats::peft::CONFIG_NAME));
+    }
+    crate::io::writer::check_writes(&reads, &[plot.to_path_buf()], &[])?;
+    let mut out = Output::new();
+    out.create_dir_all(&crate::parts::out_dir(plot))?;
+    let tmp = out.external_file(plot)?;
+    inspect::plot_spectra(report, plot, &tmp).map_err(|e| {
+        InputError::write(
+            plot,
+            std::io::Error::other(format!("cannot draw the plot: {e:#}")),
+        )
+    })?;
+    out.commit()?;
+    Ok(())
 }

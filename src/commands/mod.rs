@@ -89,7 +89,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                         "holds parts of both a merge and an extract; finalize them in separate folders"
                     ));
                 }
-                return extract::finalize(extract_parts, a.json, quiet);
+                return extract::finalize(extract_parts, &a.out, a.json, quiet);
             }
             if !a.out.is_dir() {
                 anyhow::bail!(crate::error::InputError::invalid(

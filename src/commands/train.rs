@@ -208,13 +208,34 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
         bail!("--beta1 and --beta2 must be in [0, 1)");
     }
     let ck = Checkpoint::open(&a.model)?;
-    let config = ModelConfig::from_folder(ck.folder())?;
+    let config = ModelConfig::for_checkpoint(&ck)?;
     {
         let mut inputs = ck.input_paths();
+        inputs.push(ck.root.clone());
+        inputs.push(ck.folder().to_path_buf());
         inputs.push(a.data.clone());
         inputs.extend(a.eval_data.iter().cloned());
-        inputs.push(ck.folder().to_path_buf());
-        crate::io::writer::refuse_overwrite(&a.out, &inputs)?;
+        if let Some(t) = a.tokenizer.as_deref().filter(|t| *t != "bytes") {
+            inputs.push(PathBuf::from(t));
+        }
+        if let Some(init) = &a.init_adapter {
+            inputs.push(init.clone());
+            if init.is_dir() {
+                inputs.push(init.join(crate::adapter::formats::peft::WEIGHTS_NAME));
+                inputs.push(init.join(crate::adapter::formats::peft::CONFIG_NAME));
+            }
+        }
+        inputs.extend(a.resume.iter().cloned());
+        let files: Vec<PathBuf> = [
+            crate::adapter::formats::peft::WEIGHTS_NAME,
+            crate::adapter::formats::peft::CONFIG_NAME,
+            crate::train::STATE_JSON,
+            crate::train::STATE_TENSORS,
+        ]
+        .iter()
+        .map(|f| a.out.join(f))
+        .collect();
+        crate::io::writer::check_writes(&inputs, &files, std::slice::from_ref(&a.out))?;
     }
     let is_ids = |p: &Path| {
         p.extension()

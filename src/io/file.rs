@@ -49,11 +49,8 @@ impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>) -> InputResult<Self> {
         let path = path.as_ref();
         let err = |e: FormatError| InputError::new(path, e);
-        let mut file = File::open(path).map_err(|e| InputError::io(path, e))?;
+        let mut file = open_regular(path)?;
         let meta = file.metadata().map_err(|e| InputError::io(path, e))?;
-        if !meta.is_file() {
-            return Err(InputError::invalid(path, "not a regular file"));
-        }
         let file_len = meta.len();
         let mut prefix = [0u8; 8];
         let got = read_up_to(&mut file, &mut prefix).map_err(|e| InputError::io(path, e))?;
@@ -209,6 +206,81 @@ impl SafetensorsFile {
         use std::os::unix::fs::MetadataExt;
         self.file.metadata().ok().map(|m| (m.dev(), m.ino()))
     }
+}
+
+/// Opens an input for reading, refusing at once anything that is not a regular file (a FIFO,
+/// a device, a socket, a folder). The open itself does not block: `O_NONBLOCK` (which has no
+/// effect on regular files) keeps a FIFO with no writer from hanging the open, and the type is
+/// taken from the opened descriptor, not from an earlier `stat` that could be raced.
+pub fn open_regular(path: &Path) -> InputResult<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| InputError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| InputError::io(path, e))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            use std::os::unix::fs::FileTypeExt;
+            let t = meta.file_type();
+            if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_char_device() || t.is_block_device() {
+                "a device"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            }
+        };
+        return Err(InputError::invalid(
+            path,
+            format!("is {what}, not a regular file; lorakit reads regular files only"),
+        ));
+    }
+    Ok(file)
+}
+
+/// Largest JSON file lorakit reads (configs, indexes, part manifests): 64 MiB. A real
+/// `model.safetensors.index.json` of a 1T-parameter checkpoint is a few MB.
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// Reads a small input file whole (a JSON config, an index, a manifest): a regular file only
+/// ([`open_regular`]) and at most [`MAX_JSON_BYTES`].
+pub fn read_json_file(path: &Path) -> InputResult<Vec<u8>> {
+    use std::io::Read as _;
+    let file = open_regular(path)?;
+    let len = file.metadata().map_err(|e| InputError::io(path, e))?.len();
+    if len > MAX_JSON_BYTES {
+        return Err(InputError::invalid(
+            path,
+            format!("is {len} bytes, over the {MAX_JSON_BYTES}-byte limit for a JSON file"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(MAX_JSON_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| InputError::io(path, e))?;
+    if buf.len() as u64 > MAX_JSON_BYTES {
+        return Err(InputError::invalid(
+            path,
+            format!("grew past the {MAX_JSON_BYTES}-byte limit for a JSON file while read"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// Reads a copied non-weight file (a tokenizer, a config) whole; a regular file only.
+pub fn read_whole_file(path: &Path) -> InputResult<Vec<u8>> {
+    use std::io::Read as _;
+    let mut file = open_regular(path)?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)
+        .map_err(|e| InputError::io(path, e))?;
+    Ok(buf)
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {

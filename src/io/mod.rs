@@ -8,5 +8,5 @@ pub mod header;
 pub mod writer;
 
 pub use checkpoint::Checkpoint;
-pub use file::{SafetensorsFile, TensorView};
+pub use file::{open_regular, read_json_file, read_whole_file, SafetensorsFile, TensorView};
 pub use writer::{Output, TensorSpec};

@@ -1,12 +1,21 @@
-//! The one streaming writer every command uses.
+//! The one streaming writer every command uses, and the one place outputs are committed.
 //!
 //! Tensors are written one at a time, in a declared order, into a temporary file in the
 //! destination folder (`.NAME.lorakit-PID.tmp`); the header is written first from the declared
 //! dtypes and shapes, so nothing needs to be held in memory but the tensor being written. On
 //! [`Output::commit`] every file is flushed and fsynced, then renamed into place (an index last)
-//! and the folder fsynced. Until then the destination is untouched: an error, a panic or a kill
-//! leaves either the old file or nothing, never a truncated one. A dropped, uncommitted output
-//! removes its temporary files; temporary files of dead processes are swept on the next run.
+//! and the folder fsynced. Until then the destination is untouched: an error, a panic, SIGINT,
+//! SIGTERM or a kill leaves either the old files or nothing, never a truncated one.
+//!
+//! All or nothing across files: before a file is replaced its old version is kept as a hard
+//! link (`.NAME.lorakit-PID.old`); if any rename fails, every file this commit renamed is put
+//! back and the links are removed. A dropped, uncommitted output removes its temporary files and
+//! the folders it created ([`Output::create_dir_all`]); SIGINT/SIGTERM do the same through
+//! [`cleanup_on_signal`]; leftovers of killed processes are swept on the next run.
+//!
+//! Two runs never write one destination at once: [`Output::lock`] takes an advisory lock
+//! (`flock`) on the output folder, or on a lock file beside a single output file, and a second
+//! writer fails at once with a clear error.
 //!
 //! Same inputs → byte-identical files: the header is serialised deterministically and no
 //! timestamps are recorded.
@@ -18,6 +27,7 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// A tensor to be written: its name, dtype and shape, declared before any data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,16 +51,139 @@ impl TensorSpec {
     }
 }
 
-/// A set of files being written to one destination folder, committed together.
+/// A set of files being written, committed together.
 #[derive(Debug, Default)]
 pub struct Output {
     pending: Vec<(PathBuf, PathBuf)>,
+    /// Files of an older layout that this commit removes (stale shards and index).
+    stale: Vec<PathBuf>,
+    /// Folders this output created, outermost first; removed again unless committed.
+    created: Vec<PathBuf>,
+    /// Held advisory locks (released on drop).
+    locks: Vec<Lock>,
     bytes: u64,
+}
+
+/// Lock mode of [`Output::lock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// The only writer of the destination.
+    Exclusive,
+    /// One of several cooperating writers (`--part I/N` runs writing different files of one
+    /// folder): shared among themselves, excluded by an exclusive writer.
+    Shared,
+}
+
+#[derive(Debug)]
+struct Lock {
+    _file: File,
+    /// A lock file this output created (removed on release); `None` for a locked folder.
+    path: Option<PathBuf>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+            unregister(p);
+        }
+    }
 }
 
 impl Output {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Creates `dir` and its missing parents. The folders created are removed again (when
+    /// empty) if this output is dropped without a commit, or on SIGINT/SIGTERM.
+    pub fn create_dir_all(&mut self, dir: &Path) -> InputResult<()> {
+        let mut missing = Vec::new();
+        let mut p = Some(dir);
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            match std::fs::symlink_metadata(d) {
+                Ok(m) if m.is_dir() || std::fs::metadata(d).is_ok_and(|m| m.is_dir()) => break,
+                Ok(_) => {
+                    return Err(InputError::write(
+                        d,
+                        std::io::Error::other("exists and is not a folder"),
+                    ))
+                }
+                Err(_) => missing.push(d.to_path_buf()),
+            }
+            p = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            std::fs::create_dir(&d).map_err(|e| InputError::write(&d, e))?;
+            register(&d, Kind::Dir);
+            self.created.push(d);
+        }
+        Ok(())
+    }
+
+    /// Folders [`Self::create_dir_all`] created, outermost first (for the summary).
+    pub fn created_dirs(&self) -> &[PathBuf] {
+        &self.created
+    }
+
+    /// Takes the advisory lock of destination `dest`: a folder is locked itself, a file through
+    /// `.NAME.lorakit.lock` beside it (removed again on release). Fails at once, with the
+    /// destination named, when another lorakit process holds it.
+    pub fn lock(&mut self, dest: &Path, mode: LockMode) -> InputResult<()> {
+        use std::os::unix::io::AsRawFd;
+        let (file, path) = if dest.is_dir() {
+            (
+                File::open(dest).map_err(|e| InputError::write(dest, e))?,
+                None,
+            )
+        } else {
+            let name = dest
+                .file_name()
+                .ok_or_else(|| InputError::invalid(dest, "output path has no file name"))?
+                .to_string_lossy()
+                .into_owned();
+            let p = parent_of(dest).join(format!(".{name}.lorakit.lock"));
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&p)
+                .map_err(|e| InputError::write(&p, e))?;
+            (f, Some(p))
+        };
+        let op = match mode {
+            LockMode::Exclusive => libc::LOCK_EX,
+            LockMode::Shared => libc::LOCK_SH,
+        } | libc::LOCK_NB;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+            let e = std::io::Error::last_os_error();
+            let in_use = e.kind() == std::io::ErrorKind::WouldBlock;
+            // Not ours to remove: the holder created it.
+            drop(file);
+            return Err(if in_use {
+                InputError::write(
+                    dest,
+                    std::io::Error::other(
+                        "another lorakit process is writing this output (advisory lock held); wait for it or choose another --out",
+                    ),
+                )
+            } else {
+                InputError::write(dest, e)
+            });
+        }
+        if let Some(p) = &path {
+            register(p, Kind::File);
+        }
+        self.locks.push(Lock { _file: file, path });
+        Ok(())
+    }
+
+    /// Files of an older layout in the destination that this commit removes after the new
+    /// files are in place (and restores if the commit fails).
+    pub fn remove_on_commit(&mut self, stale: Vec<PathBuf>) {
+        self.stale.extend(stale);
     }
 
     /// Starts a safetensors file at `path` holding exactly `specs`, in that order.
@@ -60,19 +193,19 @@ impl Output {
         metadata: &[(String, String)],
         specs: Vec<TensorSpec>,
     ) -> InputResult<FileWriter<'_>> {
-        let tmp = temp_path(path)?;
-        let file = create_new(&tmp)?;
+        let tmp = self.start(path)?;
+        let file = create_new(&tmp, path)?;
         let mut w = BufWriter::with_capacity(8 << 20, file);
         let triples: Vec<(String, Dtype, Vec<usize>)> = specs
             .iter()
             .map(|s| (s.name.clone(), s.dtype, s.shape.clone()))
             .collect();
         let head = header::serialize(metadata, &triples);
-        self.pending.push((tmp.clone(), path.to_path_buf()));
-        w.write_all(&head).map_err(|e| InputError::io(&tmp, e))?;
+        w.write_all(&head).map_err(|e| InputError::write(path, e))?;
         Ok(FileWriter {
             out: self,
             tmp,
+            dest: path.to_path_buf(),
             w: Some(w),
             specs,
             next: 0,
@@ -83,13 +216,35 @@ impl Output {
 
     /// Adds a small whole file (JSON, copied config) to the set.
     pub fn small_file(&mut self, path: &Path, contents: &[u8]) -> InputResult<()> {
-        let tmp = temp_path(path)?;
-        let mut f = create_new(&tmp)?;
-        self.pending.push((tmp.clone(), path.to_path_buf()));
-        f.write_all(contents).map_err(|e| InputError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| InputError::io(&tmp, e))?;
+        let tmp = self.start(path)?;
+        let mut f = create_new(&tmp, path)?;
+        f.write_all(contents)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| InputError::write(path, e))?;
         self.bytes += contents.len() as u64;
         Ok(())
+    }
+
+    /// A temporary path for `dest` that the caller fills itself (a plotting library writing
+    /// its own file); it is renamed into place with the rest at commit, or removed.
+    pub fn external_file(&mut self, dest: &Path) -> InputResult<PathBuf> {
+        self.start(dest)
+    }
+
+    /// Registers `dest` and returns its temporary path.
+    fn start(&mut self, dest: &Path) -> InputResult<PathBuf> {
+        if let Ok(m) = std::fs::metadata(dest) {
+            if m.is_dir() {
+                return Err(InputError::write(
+                    dest,
+                    std::io::Error::other("is a folder; a file goes here"),
+                ));
+            }
+        }
+        let tmp = temp_path(dest, "tmp")?;
+        register(&tmp, Kind::File);
+        self.pending.push((tmp.clone(), dest.to_path_buf()));
+        Ok(tmp)
     }
 
     /// Bytes written so far (headers included).
@@ -98,12 +253,61 @@ impl Output {
     }
 
     /// Renames every file into place in the order they were started (so an index started last
-    /// lands last) and fsyncs their folders.
+    /// lands last), removes the stale files, and fsyncs the folders. On any failure every file
+    /// already renamed is put back as it was (its old version restored, or removed if it is
+    /// new), so the destination holds the old output or, for a new one, nothing.
     pub fn commit(mut self) -> InputResult<u64> {
         let pending = std::mem::take(&mut self.pending);
+        let stale = std::mem::take(&mut self.stale);
+        // (dest, hard link to its old version) for every path this commit changed.
+        let mut done: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
+        let result = (|| -> InputResult<()> {
+            for (tmp, dest) in &pending {
+                let backup = keep_old(dest)?;
+                if let Err(e) = std::fs::rename(tmp, dest) {
+                    if let Some(b) = backup {
+                        let _ = std::fs::remove_file(&b);
+                        unregister(&b);
+                    }
+                    return Err(InputError::write(dest, e));
+                }
+                unregister(tmp);
+                done.push((dest.clone(), backup));
+            }
+            for p in &stale {
+                if pending.iter().any(|(_, d)| d == p) || std::fs::symlink_metadata(p).is_err() {
+                    continue;
+                }
+                let backup = keep_old(p)?;
+                std::fs::remove_file(p).map_err(|e| InputError::write(p, e))?;
+                done.push((p.clone(), backup));
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for (dest, backup) in done.iter().rev() {
+                match backup {
+                    Some(b) => {
+                        let _ = std::fs::rename(b, dest);
+                        unregister(b);
+                    }
+                    None => {
+                        let _ = std::fs::remove_file(dest);
+                    }
+                }
+            }
+            // Drop removes the temporary files still pending and the folders created.
+            self.pending = pending;
+            return Err(e);
+        }
+        for (_, backup) in &done {
+            if let Some(b) = backup {
+                let _ = std::fs::remove_file(b);
+                unregister(b);
+            }
+        }
         let mut dirs = HashSet::new();
-        for (tmp, dest) in &pending {
-            std::fs::rename(tmp, dest).map_err(|e| InputError::io(dest, e))?;
+        for (_, dest) in &pending {
             dirs.insert(parent_of(dest).to_path_buf());
         }
         for d in dirs {
@@ -111,14 +315,95 @@ impl Output {
                 let _ = f.sync_all();
             }
         }
+        for d in std::mem::take(&mut self.created) {
+            unregister(&d);
+        }
         Ok(self.bytes)
+    }
+}
+
+/// Keeps the current version of `dest` (if any) as a hard link beside it, so a failed commit
+/// can put it back. `None` when there is nothing to keep, or the file system has no hard links
+/// (then that one file is replaced without a way back).
+fn keep_old(dest: &Path) -> InputResult<Option<PathBuf>> {
+    match std::fs::symlink_metadata(dest) {
+        Err(_) => Ok(None),
+        Ok(m) if m.is_dir() => Err(InputError::write(
+            dest,
+            std::io::Error::other("is a folder; a file goes here"),
+        )),
+        Ok(_) => {
+            let b = temp_path(dest, "old")?;
+            let _ = std::fs::remove_file(&b);
+            match std::fs::hard_link(dest, &b) {
+                Ok(()) => {
+                    register(&b, Kind::File);
+                    Ok(Some(b))
+                }
+                Err(_) => Ok(None),
+            }
+        }
     }
 }
 
 impl Drop for Output {
     fn drop(&mut self) {
+        // Locks first: a lock file inside a folder this output created must go before it.
+        self.locks.clear();
         for (tmp, _) in &self.pending {
             let _ = std::fs::remove_file(tmp);
+            unregister(tmp);
+        }
+        for d in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+            unregister(d);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What SIGINT/SIGTERM must remove
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+}
+
+/// Temporary files, lock files and created folders of live outputs, in creation order.
+static LIVE: Mutex<Vec<(PathBuf, Kind)>> = Mutex::new(Vec::new());
+
+fn register(p: &Path, kind: Kind) {
+    if let Ok(mut v) = LIVE.lock() {
+        v.push((p.to_path_buf(), kind));
+    }
+}
+
+fn unregister(p: &Path) {
+    if let Ok(mut v) = LIVE.lock() {
+        if let Some(i) = v.iter().rposition(|(q, _)| q == p) {
+            v.remove(i);
+        }
+    }
+}
+
+/// Removes every temporary file, lock file and created folder of the outputs still being
+/// written (newest first). Called by the binary's signal thread before it exits on SIGINT or
+/// SIGTERM; an output's committed files are not touched (they are no longer registered).
+pub fn cleanup_on_signal() {
+    let live = match LIVE.lock() {
+        Ok(mut v) => std::mem::take(&mut *v),
+        Err(p) => std::mem::take(&mut *p.into_inner()),
+    };
+    for (p, kind) in live.iter().rev() {
+        match kind {
+            Kind::File => {
+                let _ = std::fs::remove_file(p);
+            }
+            Kind::Dir => {
+                let _ = std::fs::remove_dir(p);
+            }
         }
     }
 }
@@ -128,6 +413,7 @@ impl Drop for Output {
 pub struct FileWriter<'o> {
     out: &'o mut Output,
     tmp: PathBuf,
+    dest: PathBuf,
     w: Option<BufWriter<File>>,
     specs: Vec<TensorSpec>,
     next: usize,
@@ -141,9 +427,23 @@ impl FileWriter<'_> {
         &self.specs
     }
 
-    /// Writes the whole of the next tensor, which must be `name`.
+    /// Writes the whole of the next tensor, which must be `name`. Every tensor written whole is
+    /// a result (merged, factored, converted, trained) and is checked in the dtype it is stored
+    /// in: a NaN, or a finite value that overflowed F16/BF16 to ±∞, is an error naming the
+    /// destination and the tensor. Only byte-for-byte copies of input tensors go through
+    /// [`Self::begin`] / [`Self::write_chunk`] unchecked.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
         self.begin(name)?;
+        let dtype = self.specs[self.next - 1].dtype;
+        if let Some(i) = dtype::first_non_finite(dtype, data) {
+            return Err(InputError::invalid(
+                &self.dest,
+                format!(
+                    "tensor `{name}`: element {i} is {}; nothing was written",
+                    dtype::non_finite_reason(dtype, data, i)
+                ),
+            ));
+        }
         self.write_chunk(data)
     }
 
@@ -189,7 +489,8 @@ impl FileWriter<'_> {
         self.left -= data.len() as u64;
         self.bytes += data.len() as u64;
         let w = self.w.as_mut().expect("open until finish");
-        w.write_all(data).map_err(|e| InputError::io(&self.tmp, e))
+        w.write_all(data)
+            .map_err(|e| InputError::write(&self.dest, e))
     }
 
     /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
@@ -208,8 +509,9 @@ impl FileWriter<'_> {
         let w = self.w.take().expect("open until finish");
         let file = w
             .into_inner()
-            .map_err(|e| InputError::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| InputError::io(&self.tmp, e))?;
+            .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| InputError::write(&self.dest, e))?;
         self.out.bytes += self.bytes;
         Ok(self.bytes)
     }
@@ -222,8 +524,9 @@ fn parent_of(p: &Path) -> &Path {
     }
 }
 
-/// `.NAME.lorakit-PID.tmp` beside `dest`; sweeps leftovers of dead lorakit processes first.
-fn temp_path(dest: &Path) -> InputResult<PathBuf> {
+/// `.NAME.lorakit-PID.SUFFIX` beside `dest` (`tmp`: a file being written, `old`: the version a
+/// commit replaces); sweeps leftovers of dead lorakit processes first.
+fn temp_path(dest: &Path, suffix: &str) -> InputResult<PathBuf> {
     let name = dest
         .file_name()
         .ok_or_else(|| InputError::invalid(dest, "output path has no file name"))?
@@ -236,7 +539,7 @@ fn temp_path(dest: &Path) -> InputResult<PathBuf> {
             let fname = ent.file_name().to_string_lossy().into_owned();
             if let Some(pid) = fname
                 .strip_prefix(&prefix)
-                .and_then(|r| r.strip_suffix(".tmp"))
+                .and_then(|r| r.strip_suffix(".tmp").or_else(|| r.strip_suffix(".old")))
             {
                 let alive = pid
                     .parse::<u32>()
@@ -247,38 +550,93 @@ fn temp_path(dest: &Path) -> InputResult<PathBuf> {
             }
         }
     }
-    Ok(dir.join(format!("{prefix}{}.tmp", std::process::id())))
+    Ok(dir.join(format!("{prefix}{}.{suffix}", std::process::id())))
 }
 
-fn create_new(p: &Path) -> InputResult<File> {
+fn create_new(p: &Path, dest: &Path) -> InputResult<File> {
     // A leftover of our own pid (an earlier output in this process) is ours to replace.
     let _ = std::fs::remove_file(p);
     OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(p)
-        .map_err(|e| InputError::io(p, e))
+        .map_err(|e| InputError::write(dest, e))
 }
 
-/// Refuses an output path that is, or resolves (through symlinks or hard links) to, one of the
-/// inputs, or a folder that holds an input when writing a folder. Checked before anything is
-/// written.
-pub fn refuse_overwrite(output: &Path, inputs: &[PathBuf]) -> InputResult<()> {
+/// The one overwrite check every command makes, with **all** the paths it reads and **all**
+/// the paths it will write, before anything is written.
+///
+/// `reads` are files or folders; a folder stands for itself and every file directly inside
+/// it (a base folder's config, tokenizer and shards are all inputs of a merge that copies
+/// them). `files` are paths that will be written as files, `folders` paths that will be
+/// written as folders. A write is refused when it is, or resolves to, a read — compared by
+/// canonical path (symlinks followed, `..` resolved) and by (device, inode), so symlinks and
+/// hard links to an input are caught — or when it exists as the wrong kind (a folder where a
+/// file goes, a file where a folder goes).
+pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -> InputResult<()> {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let out_id = id(output);
-    let out_canon = canonical_target(output);
-    for input in inputs {
-        let same_inode = out_id.is_some() && out_id == id(input);
-        let same_path = out_canon.is_some() && out_canon == canonical_target(input);
-        if same_inode || same_path {
+    let mut ids: Vec<((u64, u64), PathBuf)> = Vec::new();
+    let mut canon: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut add = |p: &Path, shown: &Path| {
+        if let Some(i) = id(p) {
+            ids.push((i, shown.to_path_buf()));
+        }
+        if let Some(c) = canonical_target(p) {
+            canon.push((c, shown.to_path_buf()));
+        }
+    };
+    for r in reads {
+        add(r, r);
+        if std::fs::metadata(r).is_ok_and(|m| m.is_dir()) {
+            if let Ok(rd) = std::fs::read_dir(r) {
+                for e in rd.flatten() {
+                    // Files only: a subfolder (an output folder placed inside a model folder)
+                    // is not read unless it is listed itself.
+                    if std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()) {
+                        add(&e.path(), &e.path());
+                    }
+                }
+            }
+        }
+    }
+    let clash = |w: &Path| -> Option<PathBuf> {
+        if let Some(i) = id(w) {
+            if let Some((_, r)) = ids.iter().find(|(j, _)| *j == i) {
+                return Some(r.clone());
+            }
+        }
+        let c = canonical_target(w)?;
+        canon.iter().find(|(d, _)| *d == c).map(|(_, r)| r.clone())
+    };
+    for (w, want_dir) in files
+        .iter()
+        .map(|f| (f, false))
+        .chain(folders.iter().map(|d| (d, true)))
+    {
+        if let Some(r) = clash(w) {
             return Err(InputError::invalid(
-                output,
+                w,
                 format!(
                     "output is also an input ({}); choose another output path",
-                    input.display()
+                    r.display()
                 ),
             ));
+        }
+        match std::fs::metadata(w) {
+            Ok(m) if m.is_dir() && !want_dir => {
+                return Err(InputError::invalid(
+                    w,
+                    "is a folder; a file is written here",
+                ))
+            }
+            Ok(m) if !m.is_dir() && want_dir => {
+                return Err(InputError::invalid(
+                    w,
+                    "is a file; a folder is written here",
+                ))
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -357,11 +715,23 @@ mod tests {
         std::fs::write(&input, b"x").unwrap();
         let link = dir.path().join("link.safetensors");
         std::os::unix::fs::symlink(&input, &link).unwrap();
-        assert!(refuse_overwrite(&input, std::slice::from_ref(&input)).is_err());
-        assert!(refuse_overwrite(&link, std::slice::from_ref(&input)).is_err());
+        let reads = std::slice::from_ref(&input);
+        assert!(check_writes(reads, std::slice::from_ref(&input), &[]).is_err());
+        assert!(check_writes(reads, &[link], &[]).is_err());
+        let hard = dir.path().join("hard.safetensors");
+        std::fs::hard_link(&input, &hard).unwrap();
+        assert!(check_writes(reads, &[hard], &[]).is_err());
         let other = dir.path().join("sub/../in.safetensors");
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        assert!(refuse_overwrite(&other, std::slice::from_ref(&input)).is_err());
-        assert!(refuse_overwrite(&dir.path().join("new.safetensors"), &[input]).is_ok());
+        assert!(check_writes(reads, &[other], &[]).is_err());
+        assert!(check_writes(reads, &[dir.path().join("new.safetensors")], &[]).is_ok());
+        // A folder read stands for its entries; writing the folder itself is refused too.
+        let folder = vec![dir.path().to_path_buf()];
+        assert!(check_writes(&folder, &[], &folder).is_err());
+        assert!(check_writes(&folder, &[dir.path().join("in.safetensors")], &[]).is_err());
+        assert!(
+            check_writes(&[], &[dir.path().join("sub")], &[]).is_err(),
+            "folder where a file goes"
+        );
     }
 }

@@ -55,8 +55,15 @@ impl ModelConfig {
     /// Reads `config.json` from a model folder.
     pub fn from_folder(dir: &Path) -> InputResult<ModelConfig> {
         let path = dir.join("config.json");
-        let text = std::fs::read(&path).map_err(|e| InputError::io(&path, e))?;
+        let text = crate::io::read_json_file(&path)?;
         Self::parse(&path, &text)
+    }
+
+    /// [`Self::from_folder`] for checkpoint `ck`, then [`Self::check_tensors`] against it.
+    pub fn for_checkpoint(ck: &crate::io::Checkpoint) -> InputResult<ModelConfig> {
+        let c = Self::from_folder(ck.folder())?;
+        c.check_tensors(&ck.folder().join("config.json"), ck)?;
+        Ok(c)
     }
 
     /// Parses `config.json` text; errors name the key.
@@ -86,11 +93,37 @@ impl ModelConfig {
                     ))
                 })
         };
-        let opt_uint = |k: &str| obj.get(k).and_then(Value::as_u64).map(|x| x as usize);
+        // Sizes are bounded before anything is sized by them (a hostile `num_hidden_layers` of
+        // 1e18 must be an error, not an allocation); `check_tensors` then holds them to the
+        // tensors actually present.
+        let uint = |k: &str| -> InputResult<usize> {
+            let v = uint(k)?;
+            let limit = match k {
+                "num_hidden_layers" | "num_attention_heads" | "num_key_value_heads" => 1 << 12,
+                "vocab_size" => 1 << 24,
+                _ => 1 << 22,
+            };
+            if v > limit {
+                return Err(bad(format!(
+                    "`{k}` is {v}, beyond any model lorakit can load (at most {limit})"
+                )));
+            }
+            Ok(v)
+        };
+        let opt_uint = |k: &str| -> Option<usize> {
+            obj.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| usize::try_from(x).unwrap_or(usize::MAX))
+        };
         let hidden_size = uint("hidden_size")?;
         let num_attention_heads = uint("num_attention_heads")?;
         let num_key_value_heads = opt_uint("num_key_value_heads").unwrap_or(num_attention_heads);
         let head_dim = opt_uint("head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
+        if head_dim > 1 << 16 {
+            return Err(bad(format!(
+                "`head_dim` {head_dim} is beyond any model lorakit can load"
+            )));
+        }
         let num_hidden_layers = uint("num_hidden_layers")?;
         if num_attention_heads == 0
             || num_key_value_heads == 0
@@ -228,6 +261,62 @@ impl ModelConfig {
             bos_token_id: token_id("bos_token_id"),
             eos_token_id: token_id("eos_token_id"),
         })
+    }
+
+    /// Holds the config to the checkpoint's tensors before a model is built from it: the
+    /// embedding is `[vocab_size, hidden_size]`, layer `num_hidden_layers − 1` exists and
+    /// `num_hidden_layers` does not, and layer 0's projections have the shapes the head counts
+    /// and `intermediate_size` give. One line naming the key and the tensor otherwise.
+    pub fn check_tensors(&self, config_path: &Path, ck: &crate::io::Checkpoint) -> InputResult<()> {
+        let bad = |msg: String| InputError::invalid(config_path, msg);
+        let shape = |name: &str| ck.info(name).map(|i| i.shape.clone());
+        let want = |name: &str, expect: Vec<usize>, keys: &str| -> InputResult<()> {
+            match shape(name) {
+                Some(s) if s == expect => Ok(()),
+                Some(s) => Err(bad(format!(
+                    "{keys} give tensor `{name}` shape {expect:?}, the checkpoint has {s:?}"
+                ))),
+                None => Err(bad(format!(
+                    "the checkpoint has no tensor `{name}` ({keys})"
+                ))),
+            }
+        };
+        let h = self.hidden_size;
+        want(
+            "model.embed_tokens.weight",
+            vec![self.vocab_size, h],
+            "vocab_size and hidden_size",
+        )?;
+        let has_layer = |l: usize| {
+            let p = format!("model.layers.{l}.");
+            ck.names().any(|n| n.starts_with(&p))
+        };
+        if self.num_hidden_layers == 0
+            || !has_layer(self.num_hidden_layers - 1)
+            || has_layer(self.num_hidden_layers)
+        {
+            let present = (0..).take_while(|&l| has_layer(l)).count();
+            return Err(bad(format!(
+                "`num_hidden_layers` is {}, the checkpoint has {present} layers",
+                self.num_hidden_layers
+            )));
+        }
+        let p = "model.layers.0";
+        want(
+            &format!("{p}.self_attn.q_proj.weight"),
+            vec![self.num_attention_heads * self.head_dim, h],
+            "num_attention_heads and head_dim",
+        )?;
+        want(
+            &format!("{p}.self_attn.k_proj.weight"),
+            vec![self.num_key_value_heads * self.head_dim, h],
+            "num_key_value_heads and head_dim",
+        )?;
+        want(
+            &format!("{p}.mlp.gate_proj.weight"),
+            vec![self.intermediate_size, h],
+            "intermediate_size",
+        )
     }
 
     /// Inverse rotary frequencies (`head_dim / 2` of them) in f64, as transformers'

@@ -72,7 +72,9 @@ pub fn read_input_ids(path: &Path) -> Result<TokenRows> {
 /// Documents of a text file: JSONL records' `"text"` (by extension `.jsonl`), else the whole
 /// file. Returns the texts and whether the file was JSONL.
 pub fn read_documents(path: &Path) -> Result<(Vec<String>, bool)> {
-    let text = std::fs::read(path).map_err(|e| InputError::io(path, e))?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut crate::io::open_regular(path)?, &mut text)
+        .map_err(|e| InputError::io(path, e))?;
     let text = String::from_utf8(text)
         .map_err(|e| InputError::invalid(path, format!("not UTF-8 text: {e}")))?;
     let jsonl = path

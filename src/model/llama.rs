@@ -1095,6 +1095,6 @@ fn strip_kohya_prefix(name: &str) -> &str {
 /// its config.
 pub fn open(path: &Path) -> Result<(Checkpoint, ModelConfig)> {
     let ck = Checkpoint::open(path)?;
-    let config = ModelConfig::from_folder(ck.folder())?;
+    let config = ModelConfig::for_checkpoint(&ck)?;
     Ok((ck, config))
 }

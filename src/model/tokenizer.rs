@@ -47,7 +47,8 @@ impl TextTokenizer {
                 p
             }
         };
-        let tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+        let bytes = crate::io::read_json_file(&path)?;
+        let tok = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
             anyhow::Error::new(InputError::invalid(
                 &path,
                 format!("cannot load tokenizer: {e}"),

@@ -458,7 +458,73 @@ fn allow_unmatched_warns_and_merges_the_rest() {
     assert!(o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(stderr.matches("warning: ").count(), 4, "{stderr}");
-    assert!(out.join("model.safetensors").exists());
+    // The weights did merge: W = W0 + (alpha/r)·B·A in f64 from the adapter's own tensors
+    // (read with the safetensors crate), the biases left as they were.
+    let merged = read_checkpoint(&out);
+    let base_t = read_checkpoint(&fixture("llama/base"));
+    let ad = read(&fixture(
+        "llama/adapters/bias_nobase/adapter_model.safetensors",
+    ));
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture("llama/adapters/bias_nobase/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let scale = cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap();
+    let mut merged_modules = 0;
+    for (key, a) in &ad {
+        let Some(module) = key
+            .strip_prefix("base_model.model.")
+            .and_then(|k| k.strip_suffix(".lora_A.weight"))
+        else {
+            continue;
+        };
+        let b = &ad[&format!("base_model.model.{module}.lora_B.weight")];
+        let (av, bv) = (a.f32(), b.f32());
+        let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
+        let name = format!("{module}.weight");
+        let (w0, w) = (base_t[&name].f32(), merged[&name].f32());
+        let mut moved = 0f64;
+        for i in 0..d {
+            for j in 0..k {
+                let delta: f64 = (0..r)
+                    .map(|q| bv[i * r + q] as f64 * av[q * k + j] as f64)
+                    .sum::<f64>()
+                    * scale;
+                let want = w0[i * k + j] as f64 + delta;
+                assert!(
+                    (w[i * k + j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{name}[{i},{j}]: {} vs {want}",
+                    w[i * k + j]
+                );
+                moved += delta.abs();
+            }
+        }
+        assert!(moved > 0.0, "{name}: the adapter changes nothing");
+        merged_modules += 1;
+    }
+    assert_eq!(merged_modules, 4);
+}
+
+/// `--allow-unmatched` never lets a merge through that lands nothing: an adapter for another
+/// architecture is an error, and no copy of the base is written.
+#[test]
+fn allow_unmatched_with_nothing_matched_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let err = run_err([
+        "merge",
+        "--base",
+        fixture("gpt2/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--allow-unmatched",
+    ]);
+    assert_eq!(err.status.code(), Some(2));
+    let line = one_line_error(&err);
+    assert!(line.contains("no adapter module matches"), "{line}");
+    assert!(!out.exists(), "nothing written");
 }
 
 #[test]

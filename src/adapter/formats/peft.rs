@@ -37,6 +37,9 @@ pub struct PeftConfig {
     pub fan_in_fan_out: bool,
     pub rank_pattern: Vec<(String, usize)>,
     pub alpha_pattern: Vec<(String, f64)>,
+    /// `rank_pattern` / `alpha_pattern` keys compiled once per adapter (same order).
+    rank_re: Vec<Regex>,
+    alpha_re: Vec<Regex>,
     pub target_modules: Value,
     pub modules_to_save: Vec<String>,
     pub bias: String,
@@ -121,6 +124,30 @@ impl PeftConfig {
                 .collect::<InputResult<_>>()?,
             Some(_) => return Err(bad("modules_to_save", "must be a list")),
         };
+        let alpha_pattern = pattern("alpha_pattern")?;
+        let compile = |k: &str, keys: Vec<&str>| -> InputResult<Vec<Regex>> {
+            keys.into_iter()
+                .map(|key| {
+                    compile_pattern(key).map_err(|e| {
+                        InputError::invalid(
+                            path,
+                            format!(
+                                "`{k}` key {key:?} is not a valid regex: {}",
+                                one_line_regex_error(&e)
+                            ),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let rank_re = compile(
+            "rank_pattern",
+            rank_pattern.iter().map(|(k, _)| k.as_str()).collect(),
+        )?;
+        let alpha_re = compile(
+            "alpha_pattern",
+            alpha_pattern.iter().map(|(k, _)| k.as_str()).collect(),
+        )?;
         Ok(PeftConfig {
             r,
             lora_alpha,
@@ -128,7 +155,9 @@ impl PeftConfig {
             use_dora: flag("use_dora")?,
             fan_in_fan_out: flag("fan_in_fan_out")?,
             rank_pattern,
-            alpha_pattern: pattern("alpha_pattern")?,
+            alpha_pattern,
+            rank_re,
+            alpha_re,
             target_modules: obj.get("target_modules").cloned().unwrap_or(Value::Null),
             modules_to_save,
             bias: obj
@@ -146,42 +175,41 @@ impl PeftConfig {
 
     /// Rank configured for `module` (rank_pattern, else `r`).
     pub fn rank_for(&self, module: &str) -> InputResult<usize> {
-        Ok(
-            match pattern_match(self.rank_pattern.iter().map(|(k, _)| k.as_str()), module)? {
-                Some(i) => self.rank_pattern[i].1,
-                None => self.r,
-            },
-        )
+        Ok(match first_match(&self.rank_re, module) {
+            Some(i) => self.rank_pattern[i].1,
+            None => self.r,
+        })
     }
 
     /// Alpha configured for `module` (alpha_pattern, else `lora_alpha`).
     pub fn alpha_for(&self, module: &str) -> InputResult<f64> {
-        Ok(
-            match pattern_match(self.alpha_pattern.iter().map(|(k, _)| k.as_str()), module)? {
-                Some(i) => self.alpha_pattern[i].1,
-                None => self.lora_alpha,
-            },
-        )
+        Ok(match first_match(&self.alpha_re, module) {
+            Some(i) => self.alpha_pattern[i].1,
+            None => self.lora_alpha,
+        })
     }
 }
 
-/// Index of the first pattern key matching `name` as PEFT's `get_pattern_key` does.
-pub fn pattern_match<'a>(
-    keys: impl Iterator<Item = &'a str>,
-    name: &str,
-) -> InputResult<Option<usize>> {
-    for (i, key) in keys.enumerate() {
-        let re = Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
-            InputError::invalid(
-                CONFIG_NAME,
-                format!("pattern `{key}` is not a valid regex: {e}"),
-            )
-        })?;
-        if re.is_match(name) {
-            return Ok(Some(i));
-        }
-    }
-    Ok(None)
+/// A `rank_pattern` / `alpha_pattern` key as PEFT's `get_pattern_key` matches it: the whole
+/// module name, or a suffix of it starting after a dot.
+pub fn compile_pattern(key: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
+}
+
+/// The regex crate's errors span several lines (the pattern, a caret, the message); the last
+/// line is the message.
+fn one_line_regex_error(e: &regex::Error) -> String {
+    let s = e.to_string();
+    s.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("invalid regex")
+        .to_owned()
+}
+
+/// Index of the first compiled pattern matching `name` (first match wins, as in PEFT).
+pub fn first_match(patterns: &[Regex], name: &str) -> Option<usize> {
+    patterns.iter().position(|re| re.is_match(name))
 }
 
 #[derive(Default)]
@@ -195,7 +223,7 @@ struct Parts {
 
 /// Reads a PEFT adapter whose tensors are in `file` and config at `config_path`.
 pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResult<Adapter> {
-    let text = std::fs::read(config_path).map_err(|e| InputError::io(config_path, e))?;
+    let text = crate::io::read_json_file(config_path)?;
     let cfg = PeftConfig::parse(config_path, &text)?;
     let fpath = file.path().to_path_buf();
     let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
@@ -205,24 +233,40 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         let rel = key.strip_prefix(PREFIX).unwrap_or(key);
         let slot = |suffix: &str| rel.strip_suffix(suffix).map(str::to_owned);
         let entry = (t.name.clone(), t.shape.clone());
+        // One key per slot: `x.lora_A.weight` beside `base_model.model.x.lora_A.weight` defines
+        // the module twice, and which one PEFT keeps depends on dict order, so it is refused.
+        let set =
+            |field: &mut Option<(String, Vec<usize>)>, entry: (String, Vec<usize>)| match field {
+                Some((other, _)) => Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensors `{other}` and `{}` define the same adapter tensor twice",
+                        entry.0
+                    ),
+                )),
+                None => {
+                    *field = Some(entry);
+                    Ok(())
+                }
+            };
         if let Some(m) = slot(".lora_A.weight") {
-            parts.entry(m).or_default().a = Some(entry);
+            set(&mut parts.entry(m).or_default().a, entry)?;
         } else if let Some(m) = slot(".lora_B.weight") {
-            parts.entry(m).or_default().b = Some(entry);
+            set(&mut parts.entry(m).or_default().b, entry)?;
         } else if let Some(m) = slot(".lora_B.bias") {
-            parts.entry(m).or_default().bias = Some(entry);
+            set(&mut parts.entry(m).or_default().bias, entry)?;
         } else if let Some(m) = slot(".lora_embedding_A") {
             let p = parts.entry(m).or_default();
-            p.a = Some(entry);
+            set(&mut p.a, entry)?;
             p.embedding = true;
         } else if let Some(m) = slot(".lora_embedding_B") {
             let p = parts.entry(m).or_default();
-            p.b = Some(entry);
+            set(&mut p.b, entry)?;
             p.embedding = true;
         } else if let Some(m) =
             slot(".lora_magnitude_vector").or_else(|| slot(".lora_magnitude_vector.weight"))
         {
-            parts.entry(m).or_default().magnitude = Some(entry);
+            set(&mut parts.entry(m).or_default().magnitude, entry)?;
         } else if rel.contains(".lora_") {
             return Err(InputError::invalid(
                 &fpath,
@@ -230,6 +274,16 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
             ));
         } else {
             let name = rel.replace(".base_layer.", ".");
+            if let Some(other) = full.iter().find(|f: &&FullTensor| f.name == name) {
+                let other_key = match &other.data {
+                    Data::Stored { key, .. } => key.as_str(),
+                    Data::Owned(_) => "?",
+                };
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!("tensors `{other_key}` and `{key}` both replace base tensor `{name}`"),
+                ));
+            }
             full.push(FullTensor {
                 name,
                 data: Data::Stored {
@@ -417,7 +471,7 @@ pub fn write_with(
     extra_metadata: &[(String, String)],
 ) -> InputResult<()> {
     use crate::io::TensorSpec;
-    std::fs::create_dir_all(out).map_err(|e| InputError::io(out, e))?;
+    output.create_dir_all(out)?;
     let mut specs = Vec::new();
     let mut payload: Vec<Vec<u8>> = Vec::new();
     let mut push =
@@ -677,8 +731,12 @@ mod tests {
 
     #[test]
     fn pattern_matching_follows_peft() {
+        let pattern_match = |keys: &[&str], n: &str| {
+            let res: Vec<Regex> = keys.iter().map(|k| compile_pattern(k).unwrap()).collect();
+            first_match(&res, n)
+        };
         let keys = ["k_proj", "layers.1.self_attn.q_proj"];
-        let m = |n: &str| pattern_match(keys.iter().copied(), n).unwrap();
+        let m = |n: &str| pattern_match(&keys, n);
         assert_eq!(m("model.layers.0.self_attn.k_proj"), Some(0));
         assert_eq!(m("model.layers.1.self_attn.q_proj"), Some(1));
         assert_eq!(m("model.layers.0.self_attn.q_proj"), None);
@@ -686,11 +744,7 @@ mod tests {
         assert_eq!(m("model.layers.0.self_attn.xk_proj"), None);
         // First match wins.
         assert_eq!(
-            pattern_match(
-                ["q_proj", "self_attn.q_proj"].into_iter(),
-                "a.self_attn.q_proj"
-            )
-            .unwrap(),
+            pattern_match(&["q_proj", "self_attn.q_proj"], "a.self_attn.q_proj"),
             Some(0)
         );
     }
