@@ -25,7 +25,8 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    /// Print nothing on stderr but errors (no progress, no warnings).
+    /// Print nothing but errors: no report, no progress, no warnings (JSON asked for with
+    /// --json is still printed).
     #[arg(long, short, global = true)]
     pub quiet: bool,
 }

@@ -16,6 +16,9 @@ mod it {
     pub mod faults;
     /// `merge --device gpu` against `--device cpu`; `gpu-info`.
     pub mod gpu;
+    /// The output contract under hostile use: outputs onto inputs, untrusted manifests,
+    /// all-or-nothing commits, signals, locks, stored-dtype checks, special files, escaping.
+    pub mod hardening;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
     pub mod inspect;
     /// `merge` against PEFT's own merge_and_unload outputs and the other references.

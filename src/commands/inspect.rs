@@ -27,7 +27,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     } else {
         super::print(&inspect::render_text(&report))?;
         if let Some(plot) = &a.plot {
-            eprintln!("spectra drawn to {}", plot.display());
+            super::status(&format!("spectra drawn to {}", plot.display()));
         }
     }
     Ok(0)

@@ -18,6 +18,7 @@ use anyhow::Result;
 /// (1 = a check failed).
 pub fn run(cli: Cli) -> Result<i32> {
     let quiet = cli.quiet;
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Merge(a) => merge::run(a, quiet),
@@ -70,14 +71,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             use clap::CommandFactory;
             let mut buf = Vec::new();
             clap_complete::generate(a.shell, &mut Cli::command(), "lorakit", &mut buf);
-            print(&String::from_utf8_lossy(&buf))?;
+            print_always(&String::from_utf8_lossy(&buf))?;
             Ok(0)
         }
         Command::Man(_) => {
             use clap::CommandFactory;
             let mut buf = Vec::new();
             clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
-            print(&String::from_utf8_lossy(&buf))?;
+            print_always(&String::from_utf8_lossy(&buf))?;
             Ok(0)
         }
         Command::Finalize(a) => {
@@ -121,8 +122,19 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Writes `s` to stdout; a closed pipe (`| head`) is not an error.
+/// `-q/--quiet`: nothing but errors (and JSON a script asked for with `--json`).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes a text report to stdout, unless `--quiet`; a closed pipe (`| head`) is not an error.
 pub fn print(s: &str) -> Result<()> {
+    if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    print_always(s)
+}
+
+/// Writes `s` to stdout whatever `--quiet` says (requested JSON, completions, man pages).
+fn print_always(s: &str) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
@@ -135,13 +147,20 @@ pub fn print(s: &str) -> Result<()> {
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let mut s = serde_json::to_string_pretty(v)?;
     s.push('\n');
-    print(&s)
+    print_always(&s)
 }
 
-/// A warning on stderr unless quiet.
+/// A status line on stderr unless `--quiet`.
+pub fn status(msg: &str) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{}", crate::error::one_line(msg));
+    }
+}
+
+/// A warning on stderr unless quiet (one line, control characters escaped).
 pub fn warn(quiet: bool, msg: &str) {
     if !quiet {
-        eprintln!("warning: {msg}");
+        eprintln!("warning: {}", crate::error::one_line(msg));
     }
 }
 

@@ -54,12 +54,10 @@ impl Checkpoint {
     pub fn open(path: impl AsRef<Path>) -> InputResult<Self> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| InputError::io(path, e))?;
-        if meta.is_file() {
+        if !meta.is_dir() {
+            // A regular file, or the one error for a FIFO, device or socket.
             let f = SafetensorsFile::open(path)?;
             return Ok(Self::from_single(path.to_path_buf(), Layout::File, f));
-        }
-        if !meta.is_dir() {
-            return Err(InputError::invalid(path, "not a file or folder"));
         }
         let mut indexes = Vec::new();
         let mut singles = Vec::new();

@@ -54,7 +54,12 @@ impl SafetensorsFile {
         let file_len = meta.len();
         let mut prefix = [0u8; 8];
         let got = read_up_to(&mut file, &mut prefix).map_err(|e| InputError::io(path, e))?;
-        let n = header::header_len(&prefix[..got], file_len).map_err(err)?;
+        let n = header::header_len(&prefix[..got], file_len).map_err(|e| {
+            match foreign_format(&prefix[..got]) {
+                Some(what) => InputError::invalid(path, what),
+                None => err(e),
+            }
+        })?;
         let mut json = vec![0u8; n as usize];
         file.seek(SeekFrom::Start(8))
             .map_err(|e| InputError::io(path, e))?;
@@ -206,6 +211,26 @@ impl SafetensorsFile {
         use std::os::unix::fs::MetadataExt;
         self.file.metadata().ok().map(|m| (m.dev(), m.ino()))
     }
+}
+
+/// Names the format of a file that is not safetensors, from its first bytes, with what to do.
+fn foreign_format(head: &[u8]) -> Option<String> {
+    let what = if head.starts_with(b"GGUF") {
+        "is a GGUF file (llama.cpp), not safetensors; lorakit reads safetensors checkpoints and adapters"
+    } else if head.starts_with(b"PK\x03\x04") {
+        "is a PyTorch checkpoint (a zip archive of pickles: .bin/.pt), not safetensors; convert it to safetensors first (transformers: save_pretrained(..., safe_serialization=True))"
+    } else if head.first() == Some(&0x80) && head.get(1).is_some_and(|v| (2..=5).contains(v)) {
+        "is a Python pickle (a legacy PyTorch .bin/.pt/.ckpt), not safetensors; convert it to safetensors first"
+    } else if head.starts_with(b"\x93NUMPY") {
+        "is a NumPy .npy file, not safetensors"
+    } else if head.starts_with(b"\x89HDF") {
+        "is an HDF5 file (Keras .h5), not safetensors"
+    } else if head.first() == Some(&b'{') {
+        "is a JSON text, not a safetensors file"
+    } else {
+        return None;
+    };
+    Some(what.to_owned())
 }
 
 /// Opens an input for reading, refusing at once anything that is not a regular file (a FIFO,

@@ -288,9 +288,83 @@ impl<'de> Visitor<'de> for UniqueMap {
             if !seen.insert(key.clone()) {
                 return Err(de::Error::custom(format!("{DUPLICATE_PREFIX}{key}")));
             }
-            out.push((key, map.next_value()?));
+            // Nested objects (a tensor's `dtype`/`shape`/`data_offsets`, `__metadata__`) are
+            // held to the same rule, as the safetensors crate's parser does; the key path
+            // names where (`t.dtype`).
+            let value = map.next_value::<StrictValue>().map_err(|e| {
+                let msg = e.to_string();
+                match msg.strip_prefix(DUPLICATE_PREFIX) {
+                    Some(inner) => de::Error::custom(format!(
+                        "{DUPLICATE_PREFIX}{key}.{}",
+                        strip_position(inner)
+                    )),
+                    None => e,
+                }
+            })?;
+            out.push((key, value.0));
         }
         Ok(out)
+    }
+}
+
+/// A JSON value whose objects, at any depth, have no repeated key.
+struct StrictValue(serde_json::Value);
+
+impl<'de> de::Deserialize<'de> for StrictValue {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(x) = seq.next_element::<StrictValue>()? {
+            v.push(x.0);
+        }
+        Ok(serde_json::Value::Array(v))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut obj = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value::<StrictValue>()?;
+            if obj.insert(key.clone(), value.0).is_some() {
+                return Err(de::Error::custom(format!("{DUPLICATE_PREFIX}{key}")));
+            }
+        }
+        Ok(serde_json::Value::Object(obj))
     }
 }
 

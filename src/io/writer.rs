@@ -708,6 +708,37 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
+    /// A rename that fails part-way through a commit (here: the second destination became a
+    /// folder after the output was planned) puts the first file back as it was and leaves no
+    /// temporary or backup file.
+    #[test]
+    fn a_failed_commit_restores_every_file_it_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        std::fs::write(&a, b"old a").unwrap();
+        let mut out = Output::new();
+        out.small_file(&a, b"new a").unwrap();
+        out.small_file(&b, b"new b").unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(b.join("keep"), b"x").unwrap();
+        assert!(out.commit().is_err());
+        assert_eq!(std::fs::read(&a).unwrap(), b"old a");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["a.json", "b.json"]);
+        // And a commit that succeeds replaces the old file and leaves no backup.
+        std::fs::remove_dir_all(&b).unwrap();
+        let mut out = Output::new();
+        out.small_file(&a, b"newer a").unwrap();
+        out.commit().unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"newer a");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
     #[test]
     fn refuses_output_onto_input_or_symlink() {
         let dir = tempfile::tempdir().unwrap();
