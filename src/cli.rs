@@ -18,6 +18,7 @@ use std::path::PathBuf;
 #[command(
     name = "lorakit",
     version,
+    long_version = env!("LORAKIT_LONG_VERSION"),
     propagate_version = true,
     max_term_width = 100
 )]
@@ -105,7 +106,7 @@ pub struct InspectArgs {
     #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub plot: Option<PathBuf>,
 
-    /// Print JSON instead of tables (same as --format json).
+    /// Print JSON instead of tables (schema in the README).
     #[arg(long)]
     pub json: bool,
 }
@@ -139,7 +140,7 @@ pub struct MergeArgs {
     pub weights: Vec<f64>,
 
     /// Output: a file when the base is a file, a folder when the base is a folder.
-    #[arg(long, value_hint = ValueHint::AnyPath)]
+    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
     pub out: PathBuf,
 
     /// Output dtype of float tensors; `keep` keeps each tensor's own (non-float tensors are

@@ -22,6 +22,8 @@ pub struct DiffOptions {
     pub tolerance: f64,
     /// Largest accepted absolute difference per element (float tensors), if any.
     pub max_abs: Option<f64>,
+    /// Compare only the tensors both hold: one present on one side only does not fail.
+    pub common: bool,
 }
 
 /// One tensor's comparison.
@@ -48,6 +50,10 @@ pub struct DiffReport {
     pub b: String,
     pub tolerance: f64,
     pub max_abs: Option<f64>,
+    /// Whether only shared tensors were judged (`--common`).
+    pub common: bool,
+    /// Tensors both hold in different dtypes (compared by value when both are float).
+    pub dtype_changes: usize,
     pub tensors_compared: usize,
     pub identical: usize,
     pub failed: usize,
@@ -81,14 +87,24 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
             rel_fro_diff: None,
             pass: false,
         };
+        if ia.is_none() || ib.is_none() {
+            // With `common`, a tensor on one side only is listed but does not fail.
+            d.pass = opts.common;
+        }
         if let (Some(ia), Some(ib)) = (ia, ib) {
-            if ia.dtype == ib.dtype && ia.shape == ib.shape {
+            // Float tensors of equal shape are compared by value whatever their dtypes (a
+            // bf16 copy of an f32 checkpoint differs by its rounding only); the dtype change is
+            // reported. Other dtypes must match and be byte-identical.
+            let comparable = ia.shape == ib.shape
+                && (ia.dtype == ib.dtype
+                    || (dtype::is_float_compute(ia.dtype) && dtype::is_float_compute(ib.dtype)));
+            if comparable {
                 let (fa, fb) = (
                     a.file_of(name).expect("listed"),
                     b.file_of(name).expect("listed"),
                 );
                 let (va, vb) = (fa.view_info(ia)?, fb.view_info(ib)?);
-                d.identical = va.data == vb.data;
+                d.identical = ia.dtype == ib.dtype && va.data == vb.data;
                 if dtype::is_float_compute(ia.dtype) {
                     let (x, y) = (va.to_f32(), vb.to_f32());
                     let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
@@ -132,6 +148,11 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
         b: b.root.display().to_string(),
         tolerance: opts.tolerance,
         max_abs: opts.max_abs,
+        common: opts.common,
+        dtype_changes: tensors
+            .iter()
+            .filter(|t| t.presence == "both" && t.dtype_a != t.dtype_b)
+            .count(),
         tensors_compared: tensors.iter().filter(|t| t.presence == "both").count(),
         identical: tensors.iter().filter(|t| t.identical).count(),
         failed,

@@ -114,10 +114,10 @@ pub enum EmbeddingMode {
 #[derive(Debug, Clone)]
 pub struct ExtractOptions {
     pub rank: RankRule,
-    /// Only modules whose name matches (unanchored search) …
-    pub targets: Option<Regex>,
-    /// … and does not match this.
-    pub exclude: Option<Regex>,
+    /// Only modules this selects …
+    pub targets: Option<ModuleFilter>,
+    /// … and that this does not (matched against the module and the tensor name).
+    pub exclude: Option<ModuleFilter>,
     pub format: Format,
     /// kohya key prefix (`lora_unet`, `lora_te`, …).
     pub kohya_prefix: String,
@@ -167,9 +167,65 @@ impl ExtractOptions {
         }
     }
 
-    fn selects(&self, module: &str) -> bool {
-        self.targets.as_ref().is_none_or(|r| r.is_match(module))
-            && !self.exclude.as_ref().is_some_and(|r| r.is_match(module))
+    fn selects(&self, tensor: &str) -> bool {
+        let module = module_of(tensor);
+        self.targets.as_ref().is_none_or(|f| f.matches(module))
+            && !self
+                .exclude
+                .as_ref()
+                .is_some_and(|f| f.matches(module) || f.matches(tensor))
+    }
+}
+
+/// Which modules a `--targets` / `--exclude` names, in the one syntax `extract` and `train`
+/// share: a comma list of module names or dotted suffixes, matched as PEFT's
+/// `target_modules` list is (`q_proj` matches `model.layers.0.self_attn.q_proj`, not
+/// `xq_proj`), or `re:PATTERN`, a regex searched anywhere in the name.
+#[derive(Debug, Clone)]
+pub enum ModuleFilter {
+    Names(Vec<String>),
+    Regex(Regex),
+}
+
+impl ModuleFilter {
+    /// Parses the flag's value; `flag` names it in errors.
+    pub fn parse(flag: &str, s: &str) -> Result<ModuleFilter> {
+        if let Some(re) = s.strip_prefix("re:") {
+            return Regex::new(re).map(ModuleFilter::Regex).map_err(|e| {
+                let msg = e.to_string();
+                let last = msg
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                anyhow::anyhow!(
+                    "{flag} `{s}`: not a valid regex: {}",
+                    last.trim().trim_start_matches("error: ")
+                )
+            });
+        }
+        let names: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if names.is_empty() {
+            bail!("{flag} `{s}` names no module (a comma list such as q_proj,v_proj, or re:REGEX)");
+        }
+        Ok(ModuleFilter::Names(names))
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            ModuleFilter::Names(v) => v.iter().any(|t| {
+                name == t
+                    || name
+                        .strip_suffix(t.as_str())
+                        .is_some_and(|head| head.ends_with('.'))
+            }),
+            ModuleFilter::Regex(r) => r.is_match(name),
+        }
     }
 }
 
@@ -625,6 +681,9 @@ pub struct ExtractPlan {
     items: Vec<Item>,
     /// Tensors left out by `targets` / `exclude`.
     pub excluded: usize,
+    /// Non-float tensors (buffers such as `embeddings.position_ids`, which transformers 5 no
+    /// longer saves) present in one checkpoint only: reported and skipped.
+    pub one_sided: Vec<String>,
     /// The `ΔW` buffer, reused from module to module: a fresh multi-megabyte allocation costs a
     /// page fault per 4 KiB on first write.
     scratch: std::sync::Mutex<Vec<f32>>,
@@ -700,15 +759,20 @@ impl ExtractPlan {
 
         let mut items = Vec::new();
         let mut excluded = 0;
+        let mut one_sided = Vec::new();
         for name in base.names() {
             let module = module_of(name);
-            if !o.selects(module) {
+            if !o.selects(name) {
                 excluded += 1;
                 continue;
             }
             let bi = base.info(name).expect("listed");
             let ti = match tuned.info(name) {
                 Some(t) => t,
+                None if !dtype::is_float_compute(bi.dtype) => {
+                    one_sided.push(name.to_owned());
+                    continue;
+                }
                 None => bail!(InputError::invalid(
                     &tuned.root,
                     format!(
@@ -770,7 +834,14 @@ impl ExtractPlan {
             });
         }
         for name in tuned.names() {
-            if !base.contains(name) && o.selects(module_of(name)) {
+            if !base.contains(name)
+                && o.selects(name)
+                && !dtype::is_float_compute(tuned.info(name).expect("listed").dtype)
+            {
+                one_sided.push(name.to_owned());
+                continue;
+            }
+            if !base.contains(name) && o.selects(name) {
                 bail!(InputError::invalid(
                     tuned.file_of(name).expect("listed").path(),
                     format!(
@@ -780,6 +851,20 @@ impl ExtractPlan {
                 ));
             }
         }
+        if !items.iter().any(|i| !matches!(i.kind, ItemKind::NonFloat)) {
+            bail!(InputError::invalid(
+                &tuned.root,
+                format!(
+                    "no float tensor to extract: --targets/--exclude select none of the {} tensors of the base {}{}",
+                    base.names().count(),
+                    base.root.display(),
+                    match (&o.targets, &o.exclude) {
+                        (None, None) => String::new(),
+                        _ => " (a --targets list matches module names or dotted suffixes such as q_proj,v_proj; re:REGEX for a regex)".into(),
+                    }
+                )
+            ));
+        }
         Ok(ExtractPlan {
             base,
             tuned,
@@ -787,6 +872,7 @@ impl ExtractPlan {
             options,
             items,
             excluded,
+            one_sided,
             scratch: std::sync::Mutex::new(Vec::new()),
         })
     }

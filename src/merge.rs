@@ -25,32 +25,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Output dtype policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DtypeChoice {
-    /// Each tensor keeps the base's dtype.
-    #[default]
-    Keep,
-    F32,
-    F16,
-    Bf16,
-}
-
-impl DtypeChoice {
-    /// Output dtype of a base tensor of dtype `d` (non-float tensors are never converted).
-    pub fn apply(self, d: Dtype) -> Dtype {
-        if !dtype::is_float_storage(d) {
-            return d;
-        }
-        match self {
-            DtypeChoice::Keep => d,
-            DtypeChoice::F32 => Dtype::F32,
-            DtypeChoice::F16 => Dtype::F16,
-            DtypeChoice::Bf16 => Dtype::BF16,
-        }
-    }
-}
+/// Output dtype policy: the one `--dtype` of every writing command.
+pub use crate::algebra::DtypeChoice;
 
 /// Options of a merge.
 #[derive(Debug, Clone, Default)]
@@ -119,6 +95,8 @@ pub struct MergeSummary {
     pub bytes_written: u64,
     pub seconds: f64,
     pub gb_per_s: f64,
+    /// Folders this run created for the output (missing parents of `--out`).
+    pub created_folders: Vec<String>,
     pub unmatched: Vec<UnmatchedReport>,
 }
 
@@ -676,6 +654,11 @@ impl MergePlan {
                 )?;
             }
         }
+        let created: Vec<String> = output
+            .created_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         let bytes = output.commit()?;
         bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
@@ -709,6 +692,7 @@ impl MergePlan {
             bytes_written: bytes,
             seconds,
             gb_per_s: bytes as f64 / 1e9 / seconds.max(1e-9),
+            created_folders: created,
             unmatched: self.unmatched.clone(),
         })
     }

@@ -14,6 +14,8 @@ mod it {
     pub mod extract;
     /// kill -9 during a merge, full disk, reruns.
     pub mod faults;
+    /// A new user's first hour: right refusals only, loadable outputs, one command line.
+    pub mod first_hour;
     /// `merge --device gpu` against `--device cpu`; `gpu-info`.
     pub mod gpu;
     /// The output contract under hostile use: outputs onto inputs, untrusted manifests,

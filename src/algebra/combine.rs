@@ -453,8 +453,11 @@ pub fn combine(
                     } else {
                         1.0
                     });
-                    let (b, a) = super::svd_factors(&svd, svd_rank);
-                    (svd_rank, b, a)
+                    // A rank above min(d, k) adds only zero columns: capped, as extract does
+                    // (the report's `rank` says what each module got).
+                    let rank = svd_rank.min(d.min(k));
+                    let (b, a) = super::svd_factors(&svd, rank);
+                    (rank, b, a)
                 }
                 _ => {
                     let (wa, wb): (Vec<f64>, Vec<f64>) =

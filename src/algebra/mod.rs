@@ -157,12 +157,26 @@ pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DtypeChoice {
-    /// The input's dtype (convert: every tensor copied byte for byte).
+    /// The input's dtype (convert: every tensor copied byte for byte; merge: each base
+    /// tensor keeps its own).
     #[default]
     Keep,
+    #[value(alias = "float32", alias = "float")]
     F32,
+    #[value(alias = "float16", alias = "half")]
     F16,
+    #[value(alias = "bfloat16")]
     Bf16,
+}
+
+impl DtypeChoice {
+    /// Output dtype of a tensor stored as `d` (non-float tensors are never converted).
+    pub fn apply(self, d: Dtype) -> Dtype {
+        if !crate::dtype::is_float_storage(d) {
+            return d;
+        }
+        copy_dtype(self).unwrap_or(d)
+    }
 }
 
 /// The dtype computed factors are written in: `--dtype`, or with `keep` the dtype of the

@@ -82,7 +82,7 @@ pub struct CombineArgs {
     pub no_pad: bool,
 
     /// Output: a folder for PEFT, a .safetensors file for kohya.
-    #[arg(long, value_hint = ValueHint::AnyPath)]
+    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
     pub out: PathBuf,
 
     /// Output format (default: the first adapter's).
@@ -188,7 +188,7 @@ fn options(a: &CombineArgs) -> Result<(CombineOptions, serde_json::Value)> {
     Ok((opts, serde_json::Value::Object(params)))
 }
 
-pub fn run(a: CombineArgs, _quiet: bool) -> Result<i32> {
+pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     let start = Instant::now();
     if !a.weights.is_empty() && a.weights.len() != a.adapters.len() {
         bail!(
@@ -247,6 +247,18 @@ pub fn run(a: CombineArgs, _quiet: bool) -> Result<i32> {
         }
     }
     let (combined, modules) = combine::combine(&inputs, &opts)?;
+    if let (Method::Svd, Some(r)) = (opts.method, opts.rank) {
+        let capped = modules.iter().filter(|m| m.rank < r).count();
+        if capped > 0 {
+            super::warn(
+                quiet,
+                &format!(
+                    "--rank {r} capped at min(out, in) for {capped} of {} modules (a larger rank only adds zero columns)",
+                    modules.len()
+                ),
+            );
+        }
+    }
     if let Some(o) = params.as_object_mut() {
         o.insert("weights".into(), json!(weights));
         o.insert("to".into(), json!(to));

@@ -51,7 +51,7 @@ pub struct ConvertArgs {
     pub base: Option<PathBuf>,
 
     /// Output: a folder for PEFT, a .safetensors file for kohya.
-    #[arg(long, value_hint = ValueHint::AnyPath)]
+    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
     pub out: PathBuf,
 
     /// kohya prefix of module paths (default: lora_te when every module is under

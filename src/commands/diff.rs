@@ -12,13 +12,19 @@ use std::path::PathBuf;
 /// For each tensor: present in one only, dtype/shape differences, max absolute difference and
 /// relative Frobenius difference ‖A − B‖/‖B‖ (f64). Float tensors pass when the relative
 /// difference is ≤ --tolerance (default 0: values must be equal) and, with --max-abs, every
-/// element is within it; other dtypes must be byte-identical. A tensor in one checkpoint only, or
-/// with another dtype or shape, always fails.
+/// element is within it; float tensors in different dtypes (F32/F16/BF16/F64) are compared by
+/// value and the dtype change is reported. Other dtypes must be byte-identical. A tensor in one
+/// checkpoint only fails unless --common; another shape always fails.
+///
+/// The default tolerance 0 demands equal values. One bf16 rounding of an f32 tensor differs by
+/// up to 2⁻⁹ ≈ 2e-3 relative per element (≈ 1.1e-3 relative Frobenius for random data), so
+/// compare a bf16 merge with its f32 reference at --tolerance 4e-3.
 ///
 /// Examples:
 ///   lorakit diff merged/ reference/                     # exact
 ///   lorakit diff merged.safetensors ref.safetensors --tolerance 1e-6
 ///   lorakit diff a/ b/ --json | jq '.tensors[] | select(.pass | not)'
+///   lorakit diff merged/ changed-only.safetensors --common --tolerance 1e-6
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct DiffArgs {
@@ -34,6 +40,9 @@ pub struct DiffArgs {
     /// Largest accepted absolute difference of any element.
     #[arg(long)]
     pub max_abs: Option<f64>,
+    /// Judge only the tensors both hold (a reference with just the changed tensors).
+    #[arg(long)]
+    pub common: bool,
     /// List every tensor, not only those that fail.
     #[arg(long)]
     pub all: bool,
@@ -54,6 +63,7 @@ pub fn run(a: DiffArgs) -> Result<i32> {
         &DiffOptions {
             tolerance: a.tolerance,
             max_abs: a.max_abs,
+            common: a.common,
         },
     )?;
     if a.json {

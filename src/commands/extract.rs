@@ -53,7 +53,7 @@ pub struct ExtractArgs {
     pub tuned: PathBuf,
 
     /// Output: a folder for --format peft, a .safetensors file for --format kohya.
-    #[arg(long, value_hint = ValueHint::AnyPath)]
+    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
     pub out: PathBuf,
 
     /// Rank of every module (capped at min(out, in)).
@@ -74,21 +74,23 @@ pub struct ExtractArgs {
     #[arg(long, value_name = "N", default_value_t = 128, conflicts_with = "rank")]
     pub max_rank: usize,
 
-    /// Only modules whose name (tensor name without its last component) matches REGEX
-    /// (unanchored search).
-    #[arg(long, value_name = "REGEX")]
+    /// Only these modules: a comma list of module names or dotted suffixes, as PEFT's
+    /// target_modules (q_proj,v_proj matches model.layers.0.self_attn.q_proj), or re:REGEX
+    /// (searched anywhere in the module name). Same syntax as train --targets.
+    #[arg(long, value_name = "LIST")]
     pub targets: Option<String>,
 
-    /// Leave out modules whose name matches REGEX.
-    #[arg(long, value_name = "REGEX")]
+    /// Leave out these modules or tensors (same syntax as --targets; matched against module
+    /// and tensor names, e.g. embeddings.position_ids).
+    #[arg(long, value_name = "LIST")]
     pub exclude: Option<String>,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Peft)]
     pub format: Format,
 
-    /// kohya key prefix (lora_unet, lora_te, lora_te1, lora_te2).
-    #[arg(long, default_value = "lora_unet")]
+    /// kohya key prefix (lora_unet, lora_te, lora_te1, lora_te2); the same flag as convert's.
+    #[arg(long = "prefix", alias = "kohya-prefix", default_value = "lora_unet")]
     pub kohya_prefix: String,
 
     /// lora_alpha of every module (default: each module's rank, i.e. scale 1). With differing
@@ -161,8 +163,11 @@ pub struct ExtractArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FactorDtype {
+    #[value(alias = "float32", alias = "float")]
     F32,
+    #[value(alias = "float16", alias = "half")]
     F16,
+    #[value(alias = "bfloat16")]
     Bf16,
 }
 
@@ -184,6 +189,7 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
         return run_part(&a, part, base, tuned, options);
     }
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
+    warn_one_sided(&plan, quiet);
     let engine = crate::backend::Engine::new(a.device.into())?;
     let summary = match &engine {
         crate::backend::Engine::Gpu(ctx) => plan.run(&crate::extract::GpuDeltaOperators { ctx }),
@@ -219,6 +225,7 @@ fn run_part(
     let mut inputs = base.input_paths();
     inputs.extend(tuned.input_paths());
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
+    warn_one_sided(&plan, false);
     let engine = crate::backend::Engine::new(a.device.into())?;
     let items = plan.part_items(part);
     let (outcomes, device) = match &engine {
@@ -296,6 +303,7 @@ pub fn finalize(
     inputs.extend(tuned.input_paths());
     let stamps = crate::parts::stamps(&inputs)?;
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
+    warn_one_sided(&plan, quiet);
     let outcomes =
         crate::parts::join_extract_parts(loaded, &parts, &plan.tensor_names(), &stamps, |p| {
             plan.part_items(p)
@@ -385,28 +393,19 @@ fn options(a: &ExtractArgs, quiet: bool) -> Result<ExtractOptions> {
     if !(a.min_diff.is_finite() && a.min_diff >= 0.0) {
         bail!("--min-diff {} must be a non-negative number", a.min_diff);
     }
-    let regex = |flag: &str, r: &Option<String>| -> Result<Option<regex::Regex>> {
-        r.as_deref()
-            .map(|s| {
-                regex::Regex::new(s).map_err(|e| {
-                    // regex's syntax errors span several lines; the last one says what is wrong.
-                    let msg = e.to_string();
-                    let last = msg
-                        .lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("");
-                    let last = last.trim().trim_start_matches("error: ");
-                    anyhow::anyhow!("{flag} `{s}` is not a valid regex: {last}")
-                })
-            })
-            .transpose()
-    };
-    let targets = regex("--targets", &a.targets)?;
-    let exclude = regex("--exclude", &a.exclude)?;
+    let targets = a
+        .targets
+        .as_deref()
+        .map(|t| crate::extract::ModuleFilter::parse("--targets", t))
+        .transpose()?;
+    let exclude = a
+        .exclude
+        .as_deref()
+        .map(|t| crate::extract::ModuleFilter::parse("--exclude", t))
+        .transpose()?;
     if a.kohya_prefix.is_empty() || a.kohya_prefix.contains('.') {
         bail!(
-            "--kohya-prefix `{}` must be a non-empty name without dots",
+            "--prefix `{}` must be a non-empty name without dots",
             a.kohya_prefix
         );
     }
@@ -557,4 +556,18 @@ fn render(s: &ExtractSummary) -> String {
         s.device
     ));
     out
+}
+
+/// Integer buffers in one checkpoint only are skipped, with a word.
+fn warn_one_sided(plan: &ExtractPlan, quiet: bool) {
+    if !plan.one_sided.is_empty() {
+        super::warn(
+            quiet,
+            &format!(
+                "skipped {} non-float tensor(s) present in only one checkpoint (buffers, not weights): {}",
+                plan.one_sided.len(),
+                plan.one_sided.join(", ")
+            ),
+        );
+    }
 }

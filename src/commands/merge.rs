@@ -68,16 +68,29 @@ fn render(s: &MergeSummary) -> String {
             ]
         })
         .collect();
+    // "wrote OUT", first: the base is read, never written.
     let mut out = format!(
-        "{} {} → {}\n\n",
+        "wrote {} ({} {} adapter(s) {} base {})\n\n",
+        s.out,
         if s.operation == "unmerge" {
-            "unmerged from"
+            "unmerged"
         } else {
-            "merged into"
+            "merged"
+        },
+        s.adapters.len(),
+        if s.operation == "unmerge" {
+            "from"
+        } else {
+            "into a copy of"
         },
         s.base,
-        s.out
     );
+    for d in &s.created_folders {
+        out.push_str(&format!("created folder {d}\n"));
+    }
+    if !s.created_folders.is_empty() {
+        out.push('\n');
+    }
     out.push_str(&table(
         &["adapter", "weight", "modules", "replaced", "biases"],
         &rows,

@@ -57,7 +57,7 @@ pub struct ResizeArgs {
     pub sv_ratio: Option<f64>,
 
     /// Output: a folder for PEFT, a .safetensors file for kohya.
-    #[arg(long, value_hint = ValueHint::AnyPath)]
+    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
     pub out: PathBuf,
 
     /// Output format (default: the input's).

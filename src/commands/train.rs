@@ -52,7 +52,7 @@ pub struct TrainArgs {
     pub data: PathBuf,
 
     /// Output adapter folder (PEFT layout, plus the trainer state).
-    #[arg(long, value_hint = ValueHint::DirPath)]
+    #[arg(long, short = 'o', value_hint = ValueHint::DirPath)]
     pub out: PathBuf,
 
     /// LoRA rank r.

@@ -896,7 +896,7 @@ fn targets_and_exclude_filter_modules() {
         &base,
         &tuned,
         &dir.path().join("a"),
-        &["--rank", "2", "--targets", r"layers\.[02]"],
+        &["--rank", "2", "--targets", r"re:layers\.[02]"],
     );
     assert_eq!(
         module_ranks(&v).keys().collect::<Vec<_>>(),
@@ -907,7 +907,7 @@ fn targets_and_exclude_filter_modules() {
         &base,
         &tuned,
         &dir.path().join("b"),
-        &["--rank", "2", "--exclude", r"^layers\.0"],
+        &["--rank", "2", "--exclude", r"re:^layers\.0"],
     );
     assert_eq!(
         module_ranks(&v).keys().collect::<Vec<_>>(),
@@ -921,7 +921,14 @@ fn targets_and_exclude_filter_modules() {
         &base,
         &tuned,
         &dir.path().join("c"),
-        &["--rank", "2", "--targets", "proj$", "--exclude", "layers.2"],
+        &[
+            "--rank",
+            "2",
+            "--targets",
+            "re:proj$",
+            "--exclude",
+            "re:layers.2",
+        ],
     );
     assert_eq!(
         module_ranks(&v).keys().collect::<Vec<_>>(),
@@ -1229,7 +1236,7 @@ fn bad_inputs_give_one_line_and_no_output() {
         &base,
         &bad,
         &dir.path().join("excluded"),
-        &["--rank", "2", "--exclude", r"layers\.1"],
+        &["--rank", "2", "--exclude", r"re:layers\.1"],
     );
     // dtype mismatch.
     let mut t3 = t.clone();
@@ -1300,7 +1307,7 @@ fn bad_inputs_give_one_line_and_no_output() {
         &base,
         &tuned,
         &out,
-        &["--rank", "2", "--targets", "("],
+        &["--rank", "2", "--targets", "re:("],
         &["--targets"],
     );
     // A missing file.
@@ -1333,7 +1340,7 @@ fn help_lists_the_options() {
         "--min-diff",
         "--save-changed",
         "--fan-in-fan-out",
-        "--kohya-prefix",
+        "--prefix",
         "--device",
         "--json",
         "Examples:",

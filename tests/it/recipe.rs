@@ -223,6 +223,30 @@ fn bundled_example_recipe_is_valid() {
     assert!(out.contains("merged") && out.contains("check"), "{out}");
 }
 
+/// Every bundled example runs green out of the box (its check steps included).
+#[test]
+fn bundled_examples_run_green() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut ran = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "toml") {
+            let o = bin()
+                .args(["run", e.path().to_str().unwrap(), "--force", "--quiet"])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{} exits {:?}: {}",
+                e.path().display(),
+                o.status.code(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 1, "no example found");
+}
+
 /// A recipe given by a relative path: references to earlier outputs resolve to the same place.
 #[test]
 fn relative_recipe_paths_resolve_once() {

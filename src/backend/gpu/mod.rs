@@ -1,4 +1,4 @@
-//! GPU backend: WGSL compute kernels run through wgpu (Vulkan, Metal, DX12 or GL), tested against
+//! GPU backend: WGSL compute kernels run through wgpu (Vulkan, Metal or DX12), tested against
 //! the CPU backend.
 //!
 //! A [`GpuContext`] (instance, adapter, device, queue, compiled pipelines) is created once per run
