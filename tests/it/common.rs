@@ -208,3 +208,46 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Waits until a lorakit temporary file exists under `dir` (the child is writing).
+pub fn wait_for_temp(dir: &Path, child: &mut std::process::Child) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(30) {
+        if listing(dir).iter().any(|f| f.ends_with(".tmp")) {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    false
+}
+
+/// Mounts a small tmpfs (root only). As root a failed mount is a failure, not a skip: CI runs
+/// as root, so these tests always run there.
+pub fn small_tmpfs(at: &Path, opts: &str) -> Option<impl Drop> {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    std::fs::create_dir_all(at).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs", at.to_str().unwrap()])
+        .status()
+        .is_ok_and(|st| st.success());
+    if !ok {
+        assert!(
+            !root,
+            "running as root, but mounting a tmpfs at {} failed",
+            at.display()
+        );
+        eprintln!("TMPFS TEST SKIPPED: cannot mount a tmpfs here (needs root)");
+        return None;
+    }
+    Some(Unmount(at.to_path_buf()))
+}

@@ -63,19 +63,46 @@ fn differences_fail_with_exit_1_and_exact_figures() {
             "{name}: tolerance 0 passes identical tensors only"
         );
     }
-    // Against PEFT's merge, within 1e-6: pass (compare only the changed tensors' file would
-    // list base tensors as only-in-A, so compare the merged output with itself re-merged).
+    // Against PEFT's merge_and_unload (a file of the changed tensors only, hence --common):
+    // within 1e-6 it passes, and it is not identical (the test would pass on `diff out out`).
+    let reference = fixture("llama/merged/qv_r8.safetensors");
     let o = bin()
         .args([
             "diff",
             out.to_str().unwrap(),
-            out.to_str().unwrap(),
+            reference.to_str().unwrap(),
+            "--common",
             "--tolerance",
             "1e-6",
+            "--json",
         ])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tensors_compared"], 4);
+    assert_eq!(v["only_in_a"], 17);
+    // …and a tolerance below the f32 rounding of the two merges fails it, so the comparison
+    // measures something.
+    let max = v["max_rel_fro_diff"].as_f64().unwrap();
+    assert!(max > 0.0 && max < 1e-6, "{max}");
+    let o = bin()
+        .args([
+            "diff",
+            out.to_str().unwrap(),
+            reference.to_str().unwrap(),
+            "--common",
+            "--tolerance",
+            &format!("{:e}", max / 2.0),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
     // A loose tolerance lets the merge pass against the base; --max-abs can still fail it.
     let o = bin()
         .args([

@@ -199,7 +199,8 @@ fn finalize_never_writes_or_copies_outside_what_the_plan_may_hold() {
     std::fs::write(&secret, "not for the output").unwrap();
     let victim_dir = dir.path().join("victim");
     std::fs::create_dir(&victim_dir).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "index outside OUT",
             Box::new(|v| v["plan"]["index_name"] = "../victim/x.json".into()),
@@ -476,21 +477,6 @@ fn slow_merge(base: &Path, ad: &Path, out: &Path) -> Command {
     c
 }
 
-/// Waits until a lorakit temporary file exists under `dir` (the child is writing).
-fn wait_for_temp(dir: &Path, child: &mut std::process::Child) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
-        if listing(dir).iter().any(|f| f.ends_with(".tmp")) {
-            return true;
-        }
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
-}
-
 #[test]
 fn sigint_and_sigterm_mid_write_remove_temp_files_and_created_folders() {
     use std::os::unix::process::ExitStatusExt;
@@ -548,34 +534,6 @@ fn a_second_writer_of_the_same_output_fails_at_once() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&fresh).unwrap());
     assert_eq!(listing(&outdir), vec!["merged.safetensors"]);
-}
-
-/// Mounts a small tmpfs (root only). As root a failed mount is a failure, not a skip: CI runs
-/// as root, so these tests always run there.
-fn small_tmpfs(at: &Path, opts: &str) -> Option<impl Drop> {
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    std::fs::create_dir_all(at).unwrap();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", opts, "tmpfs", s(at)])
-        .status()
-        .is_ok_and(|st| st.success());
-    if !ok {
-        assert!(
-            !root,
-            "running as root, but mounting a tmpfs at {} failed",
-            at.display()
-        );
-        eprintln!("TMPFS TEST SKIPPED: cannot mount a tmpfs here (needs root)");
-        return None;
-    }
-    Some(Unmount(at.to_path_buf()))
 }
 
 #[test]

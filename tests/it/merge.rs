@@ -870,3 +870,84 @@ fn three_parts_in_separate_processes_equal_one_run() {
         );
     }
 }
+
+/// The `not_float` unmatched reason: a module aimed at an integer (quantized) base tensor is
+/// listed with it, and with --allow-unmatched the float module still merges.
+#[test]
+fn a_module_on_an_integer_tensor_is_unmatched_as_not_float() {
+    use safetensors::{tensor::TensorView, Dtype};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    let q = vec![1u8; 16];
+    let f: Vec<u8> = (0..16).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    safetensors::serialize_to_file(
+        vec![
+            (
+                "a.weight",
+                TensorView::new(Dtype::I8, vec![4, 4], &q).unwrap(),
+            ),
+            (
+                "b.weight",
+                TensorView::new(Dtype::F32, vec![4, 4], &f).unwrap(),
+            ),
+        ],
+        None,
+        &base,
+    )
+    .unwrap();
+    let ad = dir.path().join("ad");
+    std::fs::create_dir(&ad).unwrap();
+    let av: Vec<u8> = [0.5f32; 4].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let bv: Vec<u8> = [0.25f32; 4].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut views = Vec::new();
+    for m in ["a", "b"] {
+        views.push((
+            format!("base_model.model.{m}.lora_A.weight"),
+            TensorView::new(Dtype::F32, vec![1, 4], &av).unwrap(),
+        ));
+        views.push((
+            format!("base_model.model.{m}.lora_B.weight"),
+            TensorView::new(Dtype::F32, vec![4, 1], &bv).unwrap(),
+        ));
+    }
+    safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        r#"{"peft_type":"LORA","r":1,"lora_alpha":1}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out.safetensors");
+    let line = one_line_error(&run_err([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(line.contains("a.weight") && line.contains("I8"), "{line}");
+    let json = run_ok([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--allow-unmatched",
+        "--json",
+        "-q",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["unmatched"][0]["reason"], "not_float", "{json}");
+    let merged = read(&out);
+    assert_eq!(
+        merged["a.weight"].data, q,
+        "the integer tensor is copied untouched"
+    );
+    let b = merged["b.weight"].f32();
+    for (i, x) in b.iter().enumerate() {
+        assert!((x - (i as f32 + 0.125)).abs() < 1e-6, "b[{i}] = {x}");
+    }
+}

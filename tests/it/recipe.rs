@@ -282,3 +282,46 @@ fn relative_recipe_paths_resolve_once() {
         "{base_of_second}"
     );
 }
+
+/// A `diff` step that fails stops the recipe with status 1 (a check failed, not bad input) and
+/// the steps after it do not run.
+#[test]
+fn a_failing_diff_stops_the_recipe_with_status_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = write_recipe(
+        dir.path(),
+        r#"
+[[step]]
+name = "merged"
+command = "merge"
+base = "FX/llama/base"
+adapter = ["FX/llama/adapters/qv_r8"]
+out = "out/merged"
+
+[[step]]
+name = "check"
+command = "diff"
+a = "${merged.out}"
+b = "FX/llama/base"
+
+[[step]]
+name = "after"
+command = "merge"
+base = "${merged.out}"
+adapter = ["FX/llama/adapters/qv_r8"]
+out = "out/after"
+"#,
+    );
+    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("[check] exited with status 1; stopping"),
+        "{err}"
+    );
+    assert!(dir.path().join("out/merged").exists());
+    assert!(
+        !dir.path().join("out/after").exists(),
+        "a step after the failed check ran"
+    );
+}
