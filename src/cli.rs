@@ -171,6 +171,10 @@ pub struct MergeArgs {
     #[arg(long, value_name = "I/N", value_parser = crate::parts::parse_part)]
     pub part: Option<(usize, usize)>,
 
+    /// Validate and print the plan (matched modules, files and bytes to write); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -247,13 +251,18 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// Print the man page (roff), generated from these definitions.
+/// Print a man page (roff), generated from these definitions: lorakit(1), or with COMMAND the
+/// page of that subcommand, lorakit-COMMAND(1).
 ///
 /// Examples:
 ///   lorakit man > lorakit.1 && man ./lorakit.1
+///   for c in inspect merge extract; do lorakit man $c > lorakit-$c.1; done
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
-pub struct ManArgs {}
+pub struct ManArgs {
+    /// The subcommand whose page to print (merge, extract, …).
+    pub command: Option<String>,
+}
 
 /// `--device` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]

@@ -671,6 +671,21 @@ struct Item {
     kind: ItemKind,
 }
 
+/// The plan of an extraction, printed by `extract --dry-run`: nothing is computed or written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExtractDryRun {
+    pub operation: &'static str,
+    pub dry_run: bool,
+    pub base: String,
+    pub tuned: String,
+    pub out: String,
+    pub files: Vec<String>,
+    pub tensors_count: usize,
+    pub low_rank_candidates_count: usize,
+    pub excluded_count: usize,
+    pub skipped_one_sided: Vec<String>,
+}
+
 /// A validated extraction, ready to run.
 #[derive(Debug)]
 pub struct ExtractPlan {
@@ -893,6 +908,33 @@ impl ExtractPlan {
         }
         bar.finish_and_clear();
         self.assemble(outcomes, ops.describe(), start)
+    }
+
+    /// What [`Self::run`] would do, without doing it (`extract --dry-run`).
+    pub fn dry_run(&self) -> ExtractDryRun {
+        let files = match self.options.format {
+            Format::Peft => vec![
+                self.out.join(formats::peft::WEIGHTS_NAME),
+                self.out.join(formats::peft::CONFIG_NAME),
+            ],
+            Format::Kohya => vec![self.out.clone()],
+        };
+        ExtractDryRun {
+            operation: "extract",
+            dry_run: true,
+            base: self.base.root.display().to_string(),
+            tuned: self.tuned.root.display().to_string(),
+            out: self.out.display().to_string(),
+            files: files.iter().map(|p| p.display().to_string()).collect(),
+            tensors_count: self.items.len(),
+            low_rank_candidates_count: self
+                .items
+                .iter()
+                .filter(|i| matches!(i.kind, ItemKind::LowRank(_)))
+                .count(),
+            excluded_count: self.excluded,
+            skipped_one_sided: self.one_sided.clone(),
+        }
     }
 
     /// Number of tensors the plan looks at (after `targets` / `exclude`).

@@ -100,6 +100,33 @@ pub struct MergeSummary {
     pub unmatched: Vec<UnmatchedReport>,
 }
 
+/// The plan of a merge, printed by `merge --dry-run`: nothing is written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunSummary {
+    pub operation: &'static str,
+    pub dry_run: bool,
+    pub base: String,
+    pub out: String,
+    /// The files this run (or this `--part`) would write.
+    pub files: Vec<DryRunFile>,
+    pub index: Option<String>,
+    /// Non-weight files that would be copied.
+    pub copied: Vec<String>,
+    pub tensors_merged_count: usize,
+    pub modules_matched_count: usize,
+    pub unmatched: Vec<UnmatchedReport>,
+    /// Tensor bytes of the whole output.
+    pub bytes: u64,
+}
+
+/// One planned output file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunFile {
+    pub path: String,
+    pub tensors_count: usize,
+    pub bytes: u64,
+}
+
 /// An unmatched module with its adapter.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct UnmatchedReport {
@@ -514,6 +541,50 @@ impl MergePlan {
             unmatched,
             resolutions,
         })
+    }
+
+    /// What [`Self::run`] would do, without doing it (`merge --dry-run`).
+    pub fn dry_run(&self) -> DryRunSummary {
+        let size = |n: &String| {
+            let i = self.base.info(n).expect("base tensor");
+            dtype::byte_len(self.options.dtype.apply(i.dtype), i.numel()).expect("valid") as u64
+        };
+        let files = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(fi, _)| crate::parts::owns(self.options.part, *fi))
+            .map(|(_, f)| DryRunFile {
+                path: f.path.display().to_string(),
+                tensors_count: f.tensors.len(),
+                bytes: f.tensors.iter().map(size).sum(),
+            })
+            .collect();
+        DryRunSummary {
+            operation: if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            },
+            dry_run: true,
+            base: self.base.root.display().to_string(),
+            out: self.out.display().to_string(),
+            files,
+            index: self.index.as_ref().map(|p| p.display().to_string()),
+            copied: self
+                .extra_files
+                .iter()
+                .map(|(_, d)| d.display().to_string())
+                .collect(),
+            tensors_merged_count: self
+                .actions
+                .values()
+                .filter(|a| !matches!(a, Action::Copy))
+                .count(),
+            modules_matched_count: self.resolutions.iter().map(|r| r.modules.len()).sum(),
+            unmatched: self.unmatched.clone(),
+            bytes: self.output_bytes(),
+        }
     }
 
     /// Bytes the output will hold (tensor data only).

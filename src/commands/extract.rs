@@ -153,6 +153,12 @@ pub struct ExtractArgs {
     #[serde(skip)]
     pub part: Option<(usize, usize)>,
 
+    /// Validate and print the plan (tensors selected, low-rank candidates, files to write);
+    /// compute and write nothing.
+    #[arg(long)]
+    #[serde(skip)]
+    pub dry_run: bool,
+
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     #[serde(skip)]
@@ -190,6 +196,21 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
     }
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
     warn_one_sided(&plan, quiet);
+    if a.dry_run {
+        let d = plan.dry_run();
+        if a.json {
+            super::print_json(&d)?;
+        } else {
+            super::print(&format!(
+                "dry run: would extract {} low-rank candidate(s) of {} selected tensor(s) ({} left out by --targets/--exclude) and write {}; nothing was written\n",
+                d.low_rank_candidates_count,
+                d.tensors_count,
+                d.excluded_count,
+                d.files.join(", ")
+            ))?;
+        }
+        return Ok(0);
+    }
     let engine = crate::backend::Engine::new(a.device.into())?;
     let summary = match &engine {
         crate::backend::Engine::Gpu(ctx) => plan.run(&crate::extract::GpuDeltaOperators { ctx }),

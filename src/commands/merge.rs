@@ -44,6 +44,15 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
             &format!("{}: unmatched module {}", u.adapter, u.detail),
         );
     }
+    if a.dry_run {
+        let d = plan.dry_run();
+        if a.json {
+            super::print_json(&d)?;
+        } else {
+            super::print(&render_dry_run(&d))?;
+        }
+        return Ok(0);
+    }
     let engine = Engine::new(a.device.into())?;
     let summary = plan.run(&engine)?;
     if a.json {
@@ -106,5 +115,41 @@ fn render(s: &MergeSummary) -> String {
         s.gb_per_s,
         s.device
     ));
+    out
+}
+
+fn render_dry_run(d: &crate::merge::DryRunSummary) -> String {
+    let rows: Vec<Vec<String>> = d
+        .files
+        .iter()
+        .map(|f| {
+            vec![
+                f.path.clone(),
+                f.tensors_count.to_string(),
+                human_bytes(f.bytes),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "dry run: would write {} ({} of base {}): {} modules matched, {} tensors changed, {} total\n\n",
+        d.out,
+        d.operation,
+        d.base,
+        d.modules_matched_count,
+        d.tensors_merged_count,
+        human_bytes(d.bytes)
+    );
+    out.push_str(&table(
+        &["file", "tensors", "bytes"],
+        &rows,
+        &[false, true, true],
+    ));
+    if let Some(i) = &d.index {
+        out.push_str(&format!("\nindex {i}\n"));
+    }
+    if !d.copied.is_empty() {
+        out.push_str(&format!("copied {}\n", d.copied.join(", ")));
+    }
+    out.push_str("nothing was written\n");
     out
 }

@@ -74,10 +74,27 @@ pub fn run(cli: Cli) -> Result<i32> {
             print_always(&String::from_utf8_lossy(&buf))?;
             Ok(0)
         }
-        Command::Man(_) => {
+        Command::Man(m) => {
             use clap::CommandFactory;
             let mut buf = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+            let top = Cli::command();
+            let page = match &m.command {
+                None => top,
+                Some(name) => {
+                    let sub = top.find_subcommand(name).cloned().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "no subcommand `{name}` (one of: {})",
+                            top.get_subcommands()
+                                .map(|c| c.get_name().to_owned())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })?;
+                    // clap names are 'static; this runs once per process.
+                    sub.name(&*Box::leak(format!("lorakit-{name}").into_boxed_str()))
+                }
+            };
+            clap_mangen::Man::new(page).render(&mut buf)?;
             print_always(&String::from_utf8_lossy(&buf))?;
             Ok(0)
         }

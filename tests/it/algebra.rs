@@ -6,6 +6,7 @@
 
 use super::common::*;
 use lorakit::adapter::Adapter;
+use safetensors::Dtype;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -35,35 +36,133 @@ struct Delta {
     w: Vec<f64>,
 }
 
+/// Every module's ΔW of the adapter at `path`, read independently of lorakit's own reader (the
+/// `safetensors` crate and the formats' own rules), so scale, alpha and rsLoRA are not taken
+/// from the code under test:
+/// - a PEFT folder: `r` from lora_A, alpha from the first `alpha_pattern` key matching as
+///   PEFT's `get_pattern_key` (`^(.*\.)?(key)$`) else `lora_alpha`, scale `alpha/r` or
+///   `alpha/√r` with `use_rslora`;
+/// - a kohya file: `lora_down` [r, …], `lora_up` [out, r, …], scale `alpha/r` (alpha = r when
+///   absent, as kohya's loader does); module names from lorakit's documented
+///   `lorakit.module_names` metadata when present, else the kohya names.
 fn deltas(path: &Path) -> BTreeMap<String, Delta> {
-    let a = Adapter::open(path).unwrap_or_else(|e| panic!("{e}"));
-    a.modules
-        .iter()
-        .map(|m| {
-            let (b, av) = a.factors(m).unwrap();
-            let (d, r, k) = (m.out_features, m.rank, m.in_features);
-            let mut w = vec![0f64; d * k];
-            for i in 0..d {
-                for t in 0..r {
-                    let bit = b[i * r + t] as f64 * m.scale;
-                    for j in 0..k {
-                        w[i * k + j] += bit * av[t * k + j] as f64;
+    deltas_with(path, true)
+}
+
+/// [`deltas`] with a kohya file's modules under their kohya names (no metadata map).
+fn kohya_deltas(path: &Path) -> BTreeMap<String, Delta> {
+    deltas_with(path, false)
+}
+
+fn deltas_with(path: &Path, mapped_names: bool) -> BTreeMap<String, Delta> {
+    let product = |d: usize, r: usize, k: usize, b: &[f32], a: &[f32], s: f64| {
+        let mut w = vec![0f64; d * k];
+        for i in 0..d {
+            for t in 0..r {
+                let bit = b[i * r + t] as f64 * s;
+                for j in 0..k {
+                    w[i * k + j] += bit * a[t * k + j] as f64;
+                }
+            }
+        }
+        w
+    };
+    let mut out = BTreeMap::new();
+    if path.is_dir() {
+        let t = read(&path.join("adapter_model.safetensors"));
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path.join("adapter_config.json")).unwrap())
+                .unwrap();
+        let rslora = cfg["use_rslora"] == true;
+        let alpha_for = |m: &str| -> f64 {
+            if let Some(pat) = cfg["alpha_pattern"].as_object() {
+                for (k, v) in pat {
+                    if regex::Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
+                        .unwrap()
+                        .is_match(m)
+                    {
+                        return v.as_f64().unwrap();
                     }
                 }
             }
-            (
-                m.name.clone(),
+            cfg["lora_alpha"].as_f64().unwrap_or(8.0)
+        };
+        for (key, a) in &t {
+            let (module, bkey) = if let Some(m) = key.strip_suffix(".lora_A.weight") {
+                (m, format!("{m}.lora_B.weight"))
+            } else if let Some(m) = key.strip_suffix(".lora_embedding_A") {
+                (m, format!("{m}.lora_embedding_B"))
+            } else {
+                continue;
+            };
+            let b = &t[&bkey];
+            let name = module.strip_prefix("base_model.model.").unwrap_or(module);
+            let (r, d) = (a.shape[0], b.shape[0]);
+            let k: usize = a.shape[1..].iter().product();
+            let alpha = alpha_for(name);
+            let scale = if rslora {
+                alpha / (r as f64).sqrt()
+            } else {
+                alpha / r as f64
+            };
+            let w = product(d, r, k, &b.f32(), &a.f32(), scale);
+            out.insert(
+                name.to_owned(),
                 Delta {
                     rank: r,
-                    alpha: m.alpha,
-                    scale: m.scale,
+                    alpha,
+                    scale,
                     d,
                     k,
                     w,
                 },
-            )
-        })
-        .collect()
+            );
+        }
+    } else {
+        let bytes = std::fs::read(path).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let names: BTreeMap<String, String> = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("lorakit.module_names"))
+            .filter(|_| mapped_names)
+            .map(|j| serde_json::from_str(j).unwrap())
+            .unwrap_or_default();
+        let t = read(path);
+        for (key, down) in &t {
+            let Some(module) = key.strip_suffix(".lora_down.weight") else {
+                continue;
+            };
+            let up = &t[&format!("{module}.lora_up.weight")];
+            let (r, d) = (down.shape[0], up.shape[0]);
+            let k: usize = down.shape[1..].iter().product();
+            let alpha = t
+                .get(&format!("{module}.alpha"))
+                .map_or(r as f64, |a| match a.dtype {
+                    Dtype::I64 => i64::from_le_bytes(a.data[..8].try_into().unwrap()) as f64,
+                    Dtype::I32 => i32::from_le_bytes(a.data[..4].try_into().unwrap()) as f64,
+                    _ => a.f32()[0] as f64,
+                });
+            let scale = alpha / r as f64;
+            let w = product(d, r, k, &up.f32(), &down.f32(), scale);
+            let name = names
+                .get(module)
+                .cloned()
+                .unwrap_or_else(|| module.to_owned());
+            out.insert(
+                name,
+                Delta {
+                    rank: r,
+                    alpha,
+                    scale,
+                    d,
+                    k,
+                    w,
+                },
+            );
+        }
+    }
+    out
 }
 
 fn rel64(a: &[f64], b: &[f64]) -> f64 {
@@ -887,6 +986,84 @@ fn combine_dare_semantics() {
     assert!(!lin.is_empty());
 }
 
+/// DARE at density p < 1, checked against the inputs read independently (safetensors crate,
+/// scale alpha/r from each config). With two inputs (with one, PEFT's add_weighted_adapter
+/// falls back to linear) every output factor entry must be Σᵢ mᵢ·√(wᵢsᵢ)·xᵢ/p for some keep
+/// masks mᵢ ∈ {0, 1}; the masks are recovered entry by entry and each input's kept fraction must
+/// be p within 5 standard deviations of a binomial draw.
+#[test]
+fn dare_keeps_rescaled_entries_and_drops_one_minus_density() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = [
+        fixture("llama/adapters/linear_c"),
+        fixture("llama/adapters/linear_d"),
+    ];
+    let scale = |p: &Path| {
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p.join("adapter_config.json")).unwrap()).unwrap();
+        cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap()
+    };
+    let sides: Vec<f64> = inputs.iter().map(|p| scale(p).sqrt()).collect();
+    let tensors: Vec<_> = inputs
+        .iter()
+        .map(|p| read(&p.join("adapter_model.safetensors")))
+        .collect();
+    for density in [0.3f64, 0.7] {
+        let out = dir.path().join(format!("dare{density}"));
+        run_ok([
+            "combine",
+            "--adapter",
+            s(&inputs[0]),
+            "--adapter",
+            s(&inputs[1]),
+            "--method",
+            "dare_linear",
+            "--density",
+            &density.to_string(),
+            "--seed",
+            "11",
+            "--out",
+            s(&out),
+            "-q",
+        ]);
+        let got = read(&out.join("adapter_model.safetensors"));
+        let (mut kept, mut total) = ([0usize; 2], 0usize);
+        for (key, t) in &got {
+            if !(key.ends_with("lora_A.weight") || key.ends_with("lora_B.weight")) {
+                continue;
+            }
+            let x: Vec<Vec<f32>> = tensors.iter().map(|ts| ts[key].f32()).collect();
+            for (j, o) in t.f32().iter().enumerate() {
+                let term = |i: usize| sides[i] * x[i][j] as f64 / density;
+                let masks = [(0, 0), (1, 0), (0, 1), (1, 1)];
+                let found = masks.iter().find(|(m0, m1)| {
+                    let want = *m0 as f64 * term(0) + *m1 as f64 * term(1);
+                    (*o as f64 - want).abs() <= 1e-6 * (term(0).abs() + term(1).abs()).max(1e-12)
+                });
+                let &(m0, m1) = found.unwrap_or_else(|| {
+                    panic!(
+                        "{key}[{j}]: {o} is no sum of kept, rescaled inputs ({} , {})",
+                        term(0),
+                        term(1)
+                    )
+                });
+                kept[0] += m0;
+                kept[1] += m1;
+                total += 1;
+            }
+        }
+        let sd = (density * (1.0 - density) / total as f64).sqrt();
+        for (i, k) in kept.iter().enumerate() {
+            let frac = *k as f64 / total as f64;
+            assert!(
+                (frac - density).abs() <= 5.0 * sd,
+                "input {i}, density {density}: kept {frac:.4} of {total} entries, expected {density} ± {:.4}",
+                5.0 * sd
+            );
+        }
+    }
+}
+
 #[test]
 fn combine_refuses_what_it_cannot_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -1118,10 +1295,10 @@ fn convert_te_peft_to_kohya_matches_diffusers() {
             assert_eq!(&got[k], t, "{k}: factors byte for byte");
         }
     }
-    // ΔW per module equal (lorakit's kohya reader on both files).
+    // ΔW per module equal (the independent kohya reader on both files, kohya names).
     let (g, w) = (
-        deltas(&out),
-        deltas(&fixture("kohya/te_from_peft.safetensors")),
+        kohya_deltas(&out),
+        kohya_deltas(&fixture("kohya/te_from_peft.safetensors")),
     );
     for (name, d) in &w {
         assert_eq!(g[name].w, d.w, "{name}");

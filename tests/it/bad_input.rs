@@ -4,18 +4,6 @@
 use super::common::*;
 use std::path::{Path, PathBuf};
 
-/// Writes a safetensors file from a raw header string and data length.
-fn raw_file(dir: &Path, name: &str, header: &str, data: usize) -> PathBuf {
-    let mut h = header.as_bytes().to_vec();
-    h.resize(h.len().next_multiple_of(8), b' ');
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&h);
-    bytes.resize(bytes.len() + data, 0);
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
 /// Runs inspect and a merge over `path` (as the base) and checks the error both times.
 fn check_rejected(path: &Path, expect: &[&str]) {
     let dir = path.parent().unwrap();

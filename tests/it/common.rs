@@ -251,3 +251,72 @@ pub fn small_tmpfs(at: &Path, opts: &str) -> Option<impl Drop> {
     }
     Some(Unmount(at.to_path_buf()))
 }
+
+fn f32_bytes_of(v: impl Iterator<Item = f32>) -> Vec<u8> {
+    v.flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A base of six 2048×`k` f32 tensors (48 MB at k = 1024) and a rank-16 PEFT adapter on all of
+/// them: large enough for a merge to be interrupted while it writes.
+pub fn big_case(dir: &Path, k: usize) -> (PathBuf, PathBuf) {
+    use safetensors::{tensor::TensorView, Dtype};
+    let base = dir.join("base.safetensors");
+    let (d, r) = (2048usize, 16usize);
+    let data: Vec<Vec<u8>> = (0..6)
+        .map(|t| f32_bytes_of((0..d * k).map(move |i| ((i * 7 + t) % 13) as f32 * 0.01)))
+        .collect();
+    let names: Vec<String> = (0..6).map(|t| format!("layers.{t}.proj.weight")).collect();
+    let views: Vec<(&str, TensorView)> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, b)| {
+            (
+                n.as_str(),
+                TensorView::new(Dtype::F32, vec![d, k], b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &base).unwrap();
+    let ad = dir.join("adapter");
+    std::fs::create_dir(&ad).unwrap();
+    let a = f32_bytes_of((0..r * k).map(|i| (i % 5) as f32 * 0.001));
+    let b = f32_bytes_of((0..d * r).map(|i| (i % 3) as f32 * 0.002));
+    let keys: Vec<(String, String)> = (0..6)
+        .map(|t| {
+            (
+                format!("base_model.model.layers.{t}.proj.lora_A.weight"),
+                format!("base_model.model.layers.{t}.proj.lora_B.weight"),
+            )
+        })
+        .collect();
+    let mut views = Vec::new();
+    for (ka, kb) in &keys {
+        views.push((
+            ka.as_str(),
+            TensorView::new(Dtype::F32, vec![r, k], &a).unwrap(),
+        ));
+        views.push((
+            kb.as_str(),
+            TensorView::new(Dtype::F32, vec![d, r], &b).unwrap(),
+        ));
+    }
+    safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        r#"{"peft_type":"LORA","r":16,"lora_alpha":16,"target_modules":["proj"]}"#,
+    )
+    .unwrap();
+    (base, ad)
+}
+
+/// Writes a safetensors file from a raw header string and data length.
+pub fn raw_file(dir: &Path, name: &str, header: &str, data: usize) -> PathBuf {
+    let mut h = header.as_bytes().to_vec();
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&h);
+    bytes.resize(bytes.len() + data, 0);
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}

@@ -5,62 +5,6 @@ use super::common::*;
 use std::path::Path;
 use std::time::Duration;
 
-fn f32_bytes(v: impl Iterator<Item = f32>) -> Vec<u8> {
-    v.flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// A ~48 MB base of six 2048×1024 f32 tensors and a rank-16 adapter on all of them.
-fn big_case(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    use safetensors::{tensor::TensorView, Dtype};
-    let base = dir.join("base.safetensors");
-    let (d, k, r) = (2048usize, 1024usize, 16usize);
-    let data: Vec<Vec<u8>> = (0..6)
-        .map(|t| f32_bytes((0..d * k).map(move |i| ((i * 7 + t) % 13) as f32 * 0.01)))
-        .collect();
-    let names: Vec<String> = (0..6).map(|t| format!("layers.{t}.proj.weight")).collect();
-    let views: Vec<(&str, TensorView)> = names
-        .iter()
-        .zip(&data)
-        .map(|(n, b)| {
-            (
-                n.as_str(),
-                TensorView::new(Dtype::F32, vec![d, k], b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &base).unwrap();
-    let ad = dir.join("adapter");
-    std::fs::create_dir(&ad).unwrap();
-    let a = f32_bytes((0..r * k).map(|i| (i % 5) as f32 * 0.001));
-    let b = f32_bytes((0..d * r).map(|i| (i % 3) as f32 * 0.002));
-    let keys: Vec<(String, String)> = (0..6)
-        .map(|t| {
-            (
-                format!("base_model.model.layers.{t}.proj.lora_A.weight"),
-                format!("base_model.model.layers.{t}.proj.lora_B.weight"),
-            )
-        })
-        .collect();
-    let mut views = Vec::new();
-    for (ka, kb) in &keys {
-        views.push((
-            ka.as_str(),
-            TensorView::new(Dtype::F32, vec![r, k], &a).unwrap(),
-        ));
-        views.push((
-            kb.as_str(),
-            TensorView::new(Dtype::F32, vec![d, r], &b).unwrap(),
-        ));
-    }
-    safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
-    std::fs::write(
-        ad.join("adapter_config.json"),
-        r#"{"peft_type":"LORA","r":16,"lora_alpha":16,"target_modules":["proj"]}"#,
-    )
-    .unwrap();
-    (base, ad)
-}
-
 fn merge_args(base: &Path, ad: &Path, out: &Path, weight: &str) -> Vec<String> {
     [
         "merge",
@@ -84,7 +28,7 @@ fn merge_args(base: &Path, ad: &Path, out: &Path, weight: &str) -> Vec<String> {
 #[test]
 fn kill_9_leaves_old_file_or_nothing_and_reruns_are_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let (base, ad) = big_case(dir.path());
+    let (base, ad) = big_case(dir.path(), 1024);
     let outdir = dir.path().join("out");
     std::fs::create_dir(&outdir).unwrap();
     let out = outdir.join("merged.safetensors");
@@ -183,7 +127,7 @@ fn full_disk_is_a_clear_error_with_no_partial_output() {
 #[test]
 fn kill_9_during_extract_leaves_nothing_or_the_complete_adapter() {
     let dir = tempfile::tempdir().unwrap();
-    let (base, ad) = big_case(dir.path());
+    let (base, ad) = big_case(dir.path(), 1024);
     let tuned = dir.path().join("tuned.safetensors");
     run_ok(merge_args(&base, &ad, &tuned, "1"));
     let outdir = dir.path().join("out");

@@ -540,3 +540,87 @@ fn diff_compares_across_dtypes_and_only_common_tensors() {
         "tolerance 0 still demands equal values"
     );
 }
+
+#[test]
+fn merge_and_extract_dry_runs_plan_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let j = run_ok([
+        "merge",
+        "--base",
+        s(&fixture("llama/base_sharded")),
+        "--adapter",
+        s(&fixture("llama/adapters/qv_r8")),
+        "-o",
+        s(&out),
+        "--dry-run",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["modules_matched_count"], 4);
+    assert_eq!(v["tensors_merged_count"], 4);
+    let planned: u64 = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(planned, v["bytes"].as_u64().unwrap());
+    assert!(!out.exists(), "a dry run wrote");
+    // The plan is the run: the same files, the same tensor bytes.
+    run_ok([
+        "merge",
+        "--base",
+        s(&fixture("llama/base_sharded")),
+        "--adapter",
+        s(&fixture("llama/adapters/qv_r8")),
+        "-o",
+        s(&out),
+        "-q",
+    ]);
+    for f in v["files"].as_array().unwrap() {
+        let p = PathBuf::from(f["path"].as_str().unwrap());
+        let t = read(&p);
+        assert_eq!(t.len() as u64, f["tensors_count"].as_u64().unwrap());
+        assert_eq!(
+            t.values().map(|x| x.data.len() as u64).sum::<u64>(),
+            f["bytes"].as_u64().unwrap()
+        );
+    }
+    let a = dir.path().join("a");
+    let j = run_ok([
+        "extract",
+        "--base",
+        s(&fixture("llama/base")),
+        "--tuned",
+        s(&out),
+        "--rank",
+        "4",
+        "--targets",
+        "q_proj",
+        "-o",
+        s(&a),
+        "--dry-run",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(v["low_rank_candidates_count"], 2);
+    assert!(!a.exists(), "a dry run wrote");
+}
+
+#[test]
+fn every_subcommand_has_a_man_page() {
+    for c in [
+        "inspect", "merge", "extract", "resize", "combine", "convert", "eval", "train", "diff",
+        "finalize", "run",
+    ] {
+        let page = run_ok(["man", c]);
+        assert!(
+            page.contains(&format!("lorakit\\-{c}")) || page.contains(&format!("lorakit-{c}")),
+            "{c}: {}",
+            &page[..200.min(page.len())]
+        );
+    }
+    one_line_error(&run_err(["man", "nonsense"]));
+}

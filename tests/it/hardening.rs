@@ -405,59 +405,9 @@ fn an_older_layout_in_the_output_folder_does_not_survive() {
     );
 }
 
-/// A rank-16 adapter on a ~100 MB f32 base, so a merge runs long enough to be interrupted.
+/// A ~100 MB f32 base and a rank-16 adapter: a merge runs long enough to be interrupted.
 fn slow_case(dir: &Path) -> (PathBuf, PathBuf) {
-    use safetensors::{tensor::TensorView, Dtype};
-    let base = dir.join("base.safetensors");
-    let (d, k, r) = (2048usize, 2048usize, 16usize);
-    let bytes: Vec<u8> = (0..d * k)
-        .flat_map(|i| (((i * 7) % 13) as f32 * 0.01).to_le_bytes())
-        .collect();
-    let names: Vec<String> = (0..6).map(|t| format!("layers.{t}.proj.weight")).collect();
-    let views: Vec<(&str, TensorView)> = names
-        .iter()
-        .map(|n| {
-            (
-                n.as_str(),
-                TensorView::new(Dtype::F32, vec![d, k], &bytes).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &base).unwrap();
-    let ad = dir.join("adapter");
-    std::fs::create_dir(&ad).unwrap();
-    let a: Vec<u8> = (0..r * k)
-        .flat_map(|i| ((i % 5) as f32 * 1e-3).to_le_bytes())
-        .collect();
-    let b: Vec<u8> = (0..d * r)
-        .flat_map(|i| ((i % 3) as f32 * 2e-3).to_le_bytes())
-        .collect();
-    let keys: Vec<(String, String)> = (0..6)
-        .map(|t| {
-            (
-                format!("base_model.model.layers.{t}.proj.lora_A.weight"),
-                format!("base_model.model.layers.{t}.proj.lora_B.weight"),
-            )
-        })
-        .collect();
-    let mut views = Vec::new();
-    for (ka, kb) in &keys {
-        views.push((
-            ka.as_str(),
-            TensorView::new(Dtype::F32, vec![r, k], &a).unwrap(),
-        ));
-        views.push((
-            kb.as_str(),
-            TensorView::new(Dtype::F32, vec![d, r], &b).unwrap(),
-        ));
-    }
-    safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
-    std::fs::write(
-        ad.join("adapter_config.json"),
-        r#"{"peft_type":"LORA","r":16,"lora_alpha":16,"target_modules":["proj"]}"#,
-    )
-    .unwrap();
-    (base, ad)
+    big_case(dir, 2048)
 }
 
 fn slow_merge(base: &Path, ad: &Path, out: &Path) -> Command {
@@ -727,13 +677,7 @@ fn a_module_defined_twice_is_an_error_naming_both_keys() {
 fn duplicate_fields_inside_a_tensor_entry_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let header = r#"{"t":{"dtype":"F32","shape":[1],"dtype":"F16","data_offsets":[0,4]}}"#;
-    let mut h = header.as_bytes().to_vec();
-    h.resize(h.len().next_multiple_of(8), b' ');
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&h);
-    bytes.extend_from_slice(&[0; 4]);
-    let p = dir.path().join("dup.safetensors");
-    std::fs::write(&p, bytes).unwrap();
+    let p = raw_file(dir.path(), "dup.safetensors", header, 4);
     let line = one_line_error(&run_err(["inspect", s(&p)]));
     assert!(
         line.contains("dup.safetensors") && line.contains("duplicate key `t.dtype`"),
