@@ -74,19 +74,7 @@ fn deltas_with(path: &Path, mapped_names: bool) -> BTreeMap<String, Delta> {
             serde_json::from_slice(&std::fs::read(path.join("adapter_config.json")).unwrap())
                 .unwrap();
         let rslora = cfg["use_rslora"] == true;
-        let alpha_for = |m: &str| -> f64 {
-            if let Some(pat) = cfg["alpha_pattern"].as_object() {
-                for (k, v) in pat {
-                    if regex::Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
-                        .unwrap()
-                        .is_match(m)
-                    {
-                        return v.as_f64().unwrap();
-                    }
-                }
-            }
-            cfg["lora_alpha"].as_f64().unwrap_or(8.0)
-        };
+        let alpha_for = |m: &str| peft_alpha_for(&cfg, m).unwrap_or(8.0);
         for (key, a) in &t {
             let (module, bkey) = if let Some(m) = key.strip_suffix(".lora_A.weight") {
                 (m, format!("{m}.lora_B.weight"))

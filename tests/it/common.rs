@@ -320,3 +320,19 @@ pub fn raw_file(dir: &Path, name: &str, header: &str, data: usize) -> PathBuf {
     std::fs::write(&p, bytes).unwrap();
     p
 }
+
+/// A module's alpha as PEFT's `get_pattern_key` picks it: the first `alpha_pattern` key with
+/// `re.match(rf"(.*\.)?({key})$", module)`, else `lora_alpha` (`None` when the config has none).
+pub fn peft_alpha_for(cfg: &serde_json::Value, module: &str) -> Option<f64> {
+    if let Some(pat) = cfg["alpha_pattern"].as_object() {
+        for (k, v) in pat {
+            if regex::Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
+                .unwrap()
+                .is_match(module)
+            {
+                return Some(v.as_f64().unwrap());
+            }
+        }
+    }
+    cfg["lora_alpha"].as_f64()
+}

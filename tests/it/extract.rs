@@ -179,19 +179,7 @@ fn peft_deltas(dir: &Path) -> BTreeMap<String, Vec<f64>> {
         serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["use_rslora"], false);
     let fifo = cfg["fan_in_fan_out"] == true;
-    let alpha_for = |m: &str| -> f64 {
-        if let Some(pat) = cfg["alpha_pattern"].as_object() {
-            for (k, v) in pat {
-                if regex::Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
-                    .unwrap()
-                    .is_match(m)
-                {
-                    return v.as_f64().unwrap();
-                }
-            }
-        }
-        cfg["lora_alpha"].as_f64().unwrap()
-    };
+    let alpha_for = |m: &str| peft_alpha_for(&cfg, m).unwrap();
     let mut out = BTreeMap::new();
     for (key, a) in &t {
         let (module, embedding) = if let Some(m) = key.strip_suffix(".lora_A.weight") {
