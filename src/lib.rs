@@ -15,7 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod inspect;
 pub mod io;
-pub mod linalg;
+pub use lorakit_linalg as linalg;
 pub mod merge;
 pub mod model;
 pub mod parts;

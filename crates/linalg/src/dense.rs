@@ -121,7 +121,7 @@ fn par_for(work: usize) -> Par {
 
 /// Calls `f` with a faer view of `a`: zero-copy for C- or F-contiguous views,
 /// otherwise through one standard-layout copy.
-pub(crate) fn with_faer<R>(a: ArrayView2<'_, f32>, f: impl FnOnce(MatRef<'_, f32>) -> R) -> R {
+pub fn with_faer<R>(a: ArrayView2<'_, f32>, f: impl FnOnce(MatRef<'_, f32>) -> R) -> R {
     let (m, n) = a.dim();
     if let Some(s) = a.to_slice() {
         return f(MatRef::from_row_major_slice(s, m, n));
@@ -138,7 +138,7 @@ pub(crate) fn with_faer<R>(a: ArrayView2<'_, f32>, f: impl FnOnce(MatRef<'_, f32
 }
 
 /// Copies a faer matrix into a C-order ndarray.
-pub(crate) fn to_ndarray(a: MatRef<'_, f32>) -> Array2<f32> {
+pub fn to_ndarray(a: MatRef<'_, f32>) -> Array2<f32> {
     let (m, n) = a.shape();
     let mut out = Array2::<f32>::zeros((m, n));
     if m * n > 0 {
@@ -154,7 +154,7 @@ pub(crate) fn to_ndarray(a: MatRef<'_, f32>) -> Array2<f32> {
 /// merge with them: Box–Muller for a 4096×26 test matrix measured 26 ms after a faer QR and
 /// 1.9 ms after this call. Called after every faer kernel.
 #[inline]
-pub(crate) fn clear_upper_vector_state() {
+pub fn clear_upper_vector_state() {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         #[target_feature(enable = "avx")]
@@ -166,7 +166,7 @@ pub(crate) fn clear_upper_vector_state() {
     }
 }
 
-pub(crate) fn faer_matmul(a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Option<Par>) -> Array2<f32> {
+pub fn faer_matmul(a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Option<Par>) -> Array2<f32> {
     let (m, k) = a.shape();
     let (k2, n) = b.shape();
     assert_eq!(
@@ -205,7 +205,7 @@ const QR_FIRST_RATIO: f64 = 11.0 / 6.0;
 /// Householder QR (LAPACK `geqr2`, no cut-off); anything else runs in faer's QR in **f64**,
 /// whose cut-off (`2.2e-16·16·m`, 1e-10 of the column norm at m = 30 522) lies far below f32
 /// resolution, and is rounded back once.
-pub(crate) fn thin_qr(a: ArrayView2<'_, f32>, par: Option<Par>) -> (Array2<f32>, Array2<f32>) {
+pub fn thin_qr(a: ArrayView2<'_, f32>, par: Option<Par>) -> (Array2<f32>, Array2<f32>) {
     if let Some(qr) = super::householder::qr_thin(a) {
         return qr;
     }
@@ -213,7 +213,7 @@ pub(crate) fn thin_qr(a: ArrayView2<'_, f32>, par: Option<Par>) -> (Array2<f32>,
 }
 
 /// faer's blocked Householder QR in f64 (see [`thin_qr`] for why not f32).
-pub(crate) fn faer_qr(a: MatRef<'_, f32>, par: Option<Par>) -> (Array2<f32>, Array2<f32>) {
+pub fn faer_qr(a: MatRef<'_, f32>, par: Option<Par>) -> (Array2<f32>, Array2<f32>) {
     use faer::linalg::householder::{
         apply_block_householder_sequence_on_the_left_in_place_scratch,
         apply_block_householder_sequence_on_the_left_in_place_with_conj,
@@ -278,7 +278,7 @@ pub(crate) fn faer_qr(a: MatRef<'_, f32>, par: Option<Par>) -> (Array2<f32>, Arr
 /// (`m/n >` [`QR_FIRST_RATIO`]) is reduced by [`thin_qr`] to its `n×n` `R` first
 /// (`A = Q·R = (Q·U_R)·Σ·Vᵀ`), a wide one goes through its transpose, and faer only ever
 /// bidiagonalises a square-ish matrix (its own QR-first step is switched off).
-pub(crate) fn faer_svd(a: ArrayView2<'_, f32>, par: Option<Par>) -> Svd {
+pub fn faer_svd(a: ArrayView2<'_, f32>, par: Option<Par>) -> Svd {
     let (m, n) = a.dim();
     let k = m.min(n);
     if k == 0 {

@@ -389,7 +389,7 @@ fn fma_row<const NV: usize>(acc: &mut [Lane; NV], s: f32, x: &[Lane; NV]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linalg::rng::gaussian_matrix;
+    use crate::rng::gaussian_matrix;
 
     /// f64 reference product.
     fn reference(a: ArrayView2<f32>, x: ArrayView2<f32>) -> Array2<f64> {

@@ -225,7 +225,7 @@ fn sum_sq(x: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linalg::rng::gaussian_matrix;
+    use crate::rng::gaussian_matrix;
 
     /// ‖QᵀQ − I‖_max and ‖Q·R − A‖_max / ‖A‖_max, both in f64.
     fn errors(a: &Array2<f32>, q: &Array2<f32>, r: &Array2<f32>) -> (f64, f64) {
@@ -317,8 +317,8 @@ mod tests {
     fn agrees_with_faer_up_to_signs() {
         let a = gaussian_matrix(240, 26, 9);
         let (q, r) = qr_thin(a.view()).unwrap();
-        let (qf, rf) = crate::linalg::dense::with_faer(a.view(), |fa| {
-            crate::linalg::dense::faer_qr(fa, Some(faer::Par::Seq))
+        let (qf, rf) = crate::dense::with_faer(a.view(), |fa| {
+            crate::dense::faer_qr(fa, Some(faer::Par::Seq))
         });
         for j in 0..26 {
             let s = (r[[j, j]] * rf[[j, j]]).signum();
