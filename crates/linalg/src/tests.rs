@@ -10,6 +10,28 @@ use super::dense::all_backends;
 use super::*;
 use ndarray::{s, Array2, ArrayView2};
 
+/// The backends these tests run: every one compiled in, or only those named in
+/// `LORAKIT_TEST_BACKENDS` (a comma list, e.g. `lapack`). CI's LAPACK step names `lapack`
+/// alone, since the default-feature run of the same tests has covered faer. A name that is not
+/// compiled in panics, so a typo cannot turn every test into a no-op.
+fn backends() -> Vec<&'static dyn Dense> {
+    let all = all_backends();
+    let Ok(list) = std::env::var("LORAKIT_TEST_BACKENDS") else {
+        return all;
+    };
+    list.split(',')
+        .map(|n| {
+            let n = n.trim();
+            *all.iter().find(|d| d.name() == n).unwrap_or_else(|| {
+                panic!(
+                    "LORAKIT_TEST_BACKENDS names {n:?}; compiled in: {:?}",
+                    all.iter().map(|d| d.name()).collect::<Vec<_>>()
+                )
+            })
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // References and helpers
 // ---------------------------------------------------------------------------
@@ -193,7 +215,7 @@ impl LinearOperator for Opaque {
 
 #[test]
 fn dense_kernels_match_f64_reference() {
-    for dense in all_backends() {
+    for dense in backends() {
         for &(m, n) in &[(60usize, 25usize), (25, 60), (40, 40), (1, 7), (7, 1)] {
             let a64 = gaussian64(m, n, 11 + m as u64);
             let a = to_f32(&a64);
@@ -238,7 +260,7 @@ fn dense_kernels_accept_any_strides() {
         big.slice(s![.., ..;3]),  // non-contiguous columns
         big.slice(s![..;-1, ..]), // negative stride
     ];
-    for dense in all_backends() {
+    for dense in backends() {
         for v in views.iter() {
             let owned = v.to_owned();
             assert_eq!(dense.svd_thin(*v).s, dense.svd_thin(owned.view()).s);
@@ -261,7 +283,7 @@ fn dense_kernels_accept_any_strides() {
 
 #[test]
 fn qr_of_rank_deficient_and_zero_matrices_is_orthonormal() {
-    for dense in all_backends() {
+    for dense in backends() {
         let low = to_f32(&mm64(&gaussian64(50, 3, 1), &gaussian64(3, 20, 2)));
         let zero = Array2::<f32>::zeros((50, 20));
         for a in [&low, &zero] {
@@ -290,7 +312,7 @@ fn randomized_svd_recovers_exact_low_rank() {
     for a in [tall, wide] {
         let (m, n) = a.dim();
         let a64 = to_f64(a.view()); // the f32 matrix, exactly
-        for dense in all_backends() {
+        for dense in backends() {
             for rank in [r, r + 4] {
                 let op = DenseOp::with_backend(a.view(), dense);
                 let svd = randomized_svd_with(dense, &op, rank, &RsvdOptions::default());
@@ -355,7 +377,7 @@ fn randomized_svd_is_near_eckart_young_optimal() {
         let sigma = decaying_spectrum(n, rate, noise, 40 + ci as u64);
         let (a, opt) = spectrum_case(m, n, &sigma, 50 + ci as u64, rank);
         let a64 = to_f64(a.view());
-        for dense in all_backends() {
+        for dense in backends() {
             let op = DenseOp::with_backend(a.view(), dense);
             let svd = randomized_svd_with(dense, &op, rank, &RsvdOptions::default());
             check_svd_shape_and_order(&svd, m, n, rank);
@@ -395,7 +417,7 @@ fn optimality_threshold_is_discriminating() {
 #[test]
 fn randomized_svd_falls_back_to_exact_when_sampling_is_not_cheaper() {
     let a = to_f32(&gaussian64(30, 20, 9));
-    for dense in all_backends() {
+    for dense in backends() {
         let exact = exact_svd_with(dense, a.view());
         // rank + p = 5 + 15 ≥ min(m, n) = 20.
         let opts = RsvdOptions {
@@ -454,7 +476,7 @@ fn check_against(svd: &Svd, m64: &Array2<f64>, tol: f64, what: &str) {
 
 #[test]
 fn factored_svd_matches_materialised_product() {
-    for dense in all_backends() {
+    for dense in backends() {
         for &(d, r, k, scale) in &[
             (120usize, 8usize, 90usize, 0.75f32),
             (90, 16, 120, -2.0),
@@ -482,7 +504,7 @@ fn factored_svd_matches_materialised_product() {
 fn factored_svd_agrees_with_exact_svd_of_the_product() {
     let b = to_f32(&gaussian64(80, 6, 1));
     let a = to_f32(&gaussian64(6, 70, 2));
-    for dense in all_backends() {
+    for dense in backends() {
         let f = factored_svd_with(dense, b.view(), a.view(), 0.5);
         let prod = dense.matmul(b.view(), a.view()).mapv(|x| x * 0.5);
         let e = exact_svd_with(dense, prod.view()).truncate(6);
@@ -518,7 +540,7 @@ fn stacked_factored_svd_reproduces_sum_of_products() {
     let terms: Vec<_> = (0..specs.len())
         .map(|i| (bs[i].view(), as_[i].view(), specs[i].1))
         .collect();
-    for dense in all_backends() {
+    for dense in backends() {
         let svd = stacked_factored_svd_with(dense, &terms);
         assert_eq!(svd.s.len(), 13);
         check_against(&svd, &m64, 1e-5, dense.name());
@@ -533,7 +555,7 @@ fn zero_update_gives_zero_factors_not_nan() {
     let b = Array2::<f32>::zeros((40, 8));
     let a = Array2::<f32>::zeros((8, 30));
     let z = Array2::<f32>::zeros((200, 150));
-    for dense in all_backends() {
+    for dense in backends() {
         let svds = [
             factored_svd_with(dense, b.view(), a.view(), 1.0),
             // nonzero factors, zero scale
@@ -650,7 +672,7 @@ fn split_factors_reconstruct_the_truncation() {
 #[test]
 fn signs_are_normalised() {
     let a = to_f32(&gaussian64(25, 15, 4));
-    for dense in all_backends() {
+    for dense in backends() {
         let svd = exact_svd_with(dense, a.view());
         for i in 0..svd.s.len() {
             let col = svd.u.column(i);
@@ -774,7 +796,7 @@ fn randomized_svd_is_deterministic_in_the_seed() {
         seed: 1234,
         ..Default::default()
     };
-    for dense in all_backends() {
+    for dense in backends() {
         let op = DenseOp::with_backend(a.view(), dense);
         let x = randomized_svd_with(dense, &op, 6, &opts);
         let y = randomized_svd_with(dense, &op, 6, &opts);
@@ -922,7 +944,7 @@ fn timing_randomized_vs_exact_2048() {
     let v = dense.qr_thin(rng::gaussian_matrix(n, n, 2).view()).0;
     let sig: Vec<f32> = sigma.iter().map(|&x| x as f32).collect();
     let a = dense.matmul(scale_columns(u.view(), &sig).view(), v.t());
-    for dense in all_backends() {
+    for dense in backends() {
         let op = DenseOp::with_backend(a.view(), dense);
         let _ = randomized_svd_with(dense, &op, 16, &RsvdOptions::default()); // warm-up
         let t = Instant::now();
@@ -1118,7 +1140,7 @@ fn exact_svd_is_optimal_on_tall_and_wide_matrices() {
         let a = tall_case(m, n, &graded_spectrum(n), 100 + idx as u64);
         let ref_s = svd64_values(&a.mapv(|x| x as f64));
         let wide = a.t().as_standard_layout().into_owned();
-        for dense in all_backends() {
+        for dense in backends() {
             let svd = exact_svd_with(dense, a.view());
             check_tall_svd(&svd, &a, &ref_s, rank, &format!("{} {m}×{n}", dense.name()));
             let svd = exact_svd_with(dense, wide.view());
@@ -1138,7 +1160,7 @@ fn tall_qr_is_orthonormal_and_reproduces_the_matrix() {
     for &(m, n) in &[(30522usize, 384usize), (30000, 48), (5000, 200)] {
         let a = tall_case(m, n, &graded_spectrum(n), 7 + n as u64);
         let ref_s = svd64_values(&a.mapv(|x| x as f64));
-        for dense in all_backends() {
+        for dense in backends() {
             let (q, r) = dense.qr_thin(a.view());
             assert_eq!((q.dim(), r.dim()), ((m, n), (n, n)));
             let what = format!("{} {m}×{n}", dense.name());
@@ -1174,7 +1196,7 @@ fn near_dependent_columns_keep_their_small_singular_value() {
         let reference = jacobi_sv(&to_f64(b.view()));
         assert!((reference[2] - 0.00707).abs() < 1e-4, "{reference:?}");
         let eye = Array2::<f32>::eye(3);
-        for dense in all_backends() {
+        for dense in backends() {
             let what = format!("{} at {m} rows", dense.name());
             let close = |s: &[f32], how: &str| {
                 for (x, y) in s.iter().zip(&reference) {
@@ -1215,7 +1237,7 @@ fn factored_svd_of_a_tall_update_matches_the_f64_svd() {
     let a = to_f32(&orthonormal64(k, r, 10).t().to_owned());
     let prod = mm64_fast(&to_f64(b.view()), &to_f64(a.view()));
     let ref_s = svd64_values(&prod);
-    for dense in all_backends() {
+    for dense in backends() {
         let svd = factored_svd_with(dense, b.view(), a.view(), 0.5);
         assert_eq!(svd.s.len(), r);
         for (i, (x, y)) in svd.s.iter().zip(&ref_s).enumerate() {
