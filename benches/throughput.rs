@@ -87,7 +87,7 @@ fn main() {
         "  merge                {:.2} s  ({:.2} GB/s), {} tensors merged",
         merge_s,
         gb / merge_s,
-        summary.tensors_merged
+        summary.tensors_merged_count
     );
     println!(
         "  merge / copy         {:.2}×   (target ≤ 1.5×)",

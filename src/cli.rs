@@ -80,16 +80,20 @@ pub enum OutputFormat {
 ///
 /// PATH is a .safetensors file, a Hugging Face model folder (single file or sharded with
 /// model.safetensors.index.json), a PEFT adapter folder, or a kohya LoRA file. Only headers are
-/// read unless --spectrum is given.
+/// read unless --spectrum is given. A Hugging Face cache snapshot folder works as a folder, and
+/// a repo id (ORG/NAME or ORG/NAME@REVISION) is looked up in the local cache ($HF_HUB_CACHE, or
+/// $HF_HOME/hub, or ~/.cache/huggingface/hub); nothing is ever downloaded. --tensors is for
+/// checkpoints, --spectrum and --plot for adapters.
 ///
 /// Examples:
 ///   lorakit inspect fixtures/llama/base --tensors
+///   lorakit inspect meta-llama/Llama-3.2-1B           # from the local Hugging Face cache
 ///   lorakit inspect fixtures/llama/adapters/qv_r8 --spectrum --plot spectra.svg
 ///   lorakit inspect model.safetensors --json | jq .parameters
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct InspectArgs {
-    /// File or folder to inspect.
+    /// File or folder to inspect, or a repo id in the local Hugging Face cache.
     #[arg(value_hint = ValueHint::AnyPath)]
     pub path: PathBuf,
 

@@ -1373,7 +1373,7 @@ impl ExtractPlan {
 
         let ranks: Vec<usize> = reports.iter().map(|r| r.rank).collect();
         let totals = Totals {
-            modules: reports.len(),
+            module_count: reports.len(),
             rank_min: ranks.iter().copied().min().unwrap_or(0),
             rank_max: ranks.iter().copied().max().unwrap_or(0),
             rel_error: if total_norm > 0.0 {
@@ -1781,19 +1781,24 @@ pub struct FullReport {
 
 /// The rank rule, as reported.
 #[derive(Debug, Clone, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// Spelled as resize's: `{"rule": "rank", "rank": R}`, `{"rule": "energy", "energy": E,
+/// "max_rank": R}`, `{"rule": "sv_ratio", "sv_ratio": X, "max_rank": R}`.
+#[serde(tag = "rule", rename_all = "snake_case")]
 pub enum RankRuleReport {
-    Fixed { rank: usize },
+    Rank { rank: usize },
     Energy { energy: f64, max_rank: usize },
-    SvRatio { ratio: f64, max_rank: usize },
+    SvRatio { sv_ratio: f64, max_rank: usize },
 }
 
 impl From<&RankRule> for RankRuleReport {
     fn from(r: &RankRule) -> Self {
         match *r {
-            RankRule::Fixed(rank) => RankRuleReport::Fixed { rank },
+            RankRule::Fixed(rank) => RankRuleReport::Rank { rank },
             RankRule::Energy { energy, max_rank } => RankRuleReport::Energy { energy, max_rank },
-            RankRule::SvRatio { ratio, max_rank } => RankRuleReport::SvRatio { ratio, max_rank },
+            RankRule::SvRatio { ratio, max_rank } => RankRuleReport::SvRatio {
+                sv_ratio: ratio,
+                max_rank,
+            },
         }
     }
 }
@@ -1801,7 +1806,7 @@ impl From<&RankRule> for RankRuleReport {
 /// Totals over the extracted modules.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Totals {
-    pub modules: usize,
+    pub module_count: usize,
     pub rank_min: usize,
     pub rank_max: usize,
     /// `(Σ ‖ΔW − scale·B·A‖_F²)^½ / (Σ ‖ΔW‖_F²)^½` over the modules.

@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+pub mod plot;
+pub use plot::plot_spectra;
+
 /// A checkpoint or adapter report.
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -26,7 +29,7 @@ pub enum Report {
 
 #[derive(Debug, Serialize)]
 pub struct DtypeStats {
-    pub tensors: usize,
+    pub tensor_count: usize,
     pub parameters: u64,
     pub bytes: u64,
 }
@@ -46,13 +49,14 @@ pub struct CheckpointReport {
     /// `file`, `folder` or `sharded`.
     pub layout: &'static str,
     pub files: Vec<String>,
-    pub tensors: usize,
+    pub tensor_count: usize,
     pub parameters: u64,
     pub bytes: u64,
     pub dtypes: BTreeMap<String, DtypeStats>,
     pub metadata: BTreeMap<String, String>,
+    /// With `tensors`: every tensor (the list `diff` reports under the same key).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tensor_list: Option<Vec<TensorRow>>,
+    pub tensors: Option<Vec<TensorRow>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,11 +134,11 @@ fn checkpoint_report(c: &Checkpoint, opts: &InspectOptions) -> CheckpointReport 
     let mut params = 0u64;
     for (_, t) in c.infos() {
         let s = dtypes.entry(dtype::name(t.dtype)).or_insert(DtypeStats {
-            tensors: 0,
+            tensor_count: 0,
             parameters: 0,
             bytes: 0,
         });
-        s.tensors += 1;
+        s.tensor_count += 1;
         s.parameters += t.numel() as u64;
         s.bytes += t.byte_len();
         params += t.numel() as u64;
@@ -165,12 +169,12 @@ fn checkpoint_report(c: &Checkpoint, opts: &InspectOptions) -> CheckpointReport 
             Layout::Sharded { .. } => "sharded",
         },
         files: (0..c.shards.len()).map(file_name).collect(),
-        tensors: c.len(),
+        tensor_count: c.len(),
         parameters: params,
         bytes: c.total_bytes(),
         dtypes,
         metadata: c.metadata().iter().cloned().collect(),
-        tensor_list,
+        tensors: tensor_list,
     }
 }
 
@@ -254,7 +258,7 @@ pub fn render_text(r: &Report) -> String {
                 c.files.len(),
                 if c.files.len() == 1 { "" } else { "s" }
             );
-            let _ = writeln!(s, "tensors     {}", c.tensors);
+            let _ = writeln!(s, "tensors     {}", c.tensor_count);
             let _ = writeln!(
                 s,
                 "parameters  {} ({})",
@@ -268,7 +272,7 @@ pub fn render_text(r: &Report) -> String {
                 .map(|(d, st)| {
                     vec![
                         d.clone(),
-                        st.tensors.to_string(),
+                        st.tensor_count.to_string(),
                         st.parameters.to_string(),
                         human_bytes(st.bytes),
                     ]
@@ -286,7 +290,7 @@ pub fn render_text(r: &Report) -> String {
                     let _ = writeln!(s, "  {k} = {v}");
                 }
             }
-            if let Some(list) = &c.tensor_list {
+            if let Some(list) = &c.tensors {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|t| {
@@ -445,127 +449,5 @@ pub fn human_count(n: u64) -> String {
         n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
         n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
         n => n.to_string(),
-    }
-}
-
-/// Draws the spectra (log scale, one line per module, r90/r99 cut-offs marked) to an SVG or
-/// PNG file, chosen by extension.
-///
-/// The format follows `path`'s extension; the drawing goes to `write_to` (the temporary file an
-/// [`crate::io::Output`] commits to `path`).
-pub fn plot_spectra(report: &AdapterReport, path: &Path, write_to: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let series: Vec<(&str, &SpectrumRow)> = report
-        .modules
-        .iter()
-        .filter_map(|m| m.spectrum.as_ref().map(|s| (m.name.as_str(), s)))
-        .collect();
-    anyhow::ensure!(!series.is_empty(), "no spectra to plot (use --spectrum)");
-    let max_len = series
-        .iter()
-        .map(|(_, s)| s.singular_values.len())
-        .max()
-        .unwrap_or(1)
-        .max(2);
-    let positive = series
-        .iter()
-        .flat_map(|(_, s)| s.singular_values.iter().copied())
-        .filter(|v| *v > 0.0);
-    let (lo, hi) = positive.fold((f32::MAX, 0f32), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    anyhow::ensure!(hi > 0.0, "all singular values are zero: nothing to plot");
-    let (lo, hi) = ((lo as f64 * 0.8).max(hi as f64 * 1e-8), hi as f64 * 1.25);
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match ext.as_str() {
-        "svg" => draw_spectra(
-            SVGBackend::new(write_to, (1000, 640)).into_drawing_area(),
-            &series,
-            max_len,
-            lo,
-            hi,
-        ),
-        "png" => draw_spectra(
-            BitMapBackend::new(write_to, (1000, 640)).into_drawing_area(),
-            &series,
-            max_len,
-            lo,
-            hi,
-        ),
-        _ => anyhow::bail!("{}: plot file must end in .svg or .png", path.display()),
-    }
-}
-
-fn draw_spectra<DB: plotters::prelude::DrawingBackend>(
-    root: plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
-    series: &[(&str, &SpectrumRow)],
-    max_len: usize,
-    lo: f64,
-    hi: f64,
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    use plotters::prelude::*;
-    {
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("singular values of s·B·A per module", ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
-            .build_cartesian_2d(1usize..max_len, (lo..hi).log_scale())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart
-            .configure_mesh()
-            .x_desc("index i")
-            .y_desc("σᵢ")
-            .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for (i, (name, s)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let pts: Vec<(usize, f64)> = s
-                .singular_values
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| **v > 0.0)
-                .map(|(j, v)| (j + 1, *v as f64))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(1)))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-            // Cut-offs: a circle at r90, a cross at r99.
-            for (r, cross) in [(s.rank90, false), (s.rank99, true)] {
-                if let Some(&(x, y)) = pts.get(r.saturating_sub(1)) {
-                    if cross {
-                        chart
-                            .draw_series(std::iter::once(Cross::new(
-                                (x, y),
-                                4,
-                                color.stroke_width(2),
-                            )))
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    } else {
-                        chart
-                            .draw_series(std::iter::once(Circle::new((x, y), 4, color.filled())))
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    }
-                }
-            }
-        }
-        if series.len() <= 24 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(())
     }
 }

@@ -89,9 +89,10 @@ pub struct MergeSummary {
     pub operation: &'static str,
     pub device: String,
     pub adapters: Vec<AdapterSummary>,
-    pub tensors_merged: usize,
-    pub tensors_copied: usize,
-    pub files_written: usize,
+    pub tensors_merged_count: usize,
+    pub tensors_copied_count: usize,
+    /// Every file written (shards, then the index, then the copied non-weight files).
+    pub files: Vec<String>,
     pub bytes_written: u64,
     pub seconds: f64,
     pub gb_per_s: f64,
@@ -755,11 +756,19 @@ impl MergePlan {
             },
             device: engine.describe(),
             adapters,
-            tensors_merged: merged,
-            tensors_copied: copied,
-            files_written: self.files.len()
-                + self.extra_files.len()
-                + usize::from(self.index.is_some()),
+            tensors_merged_count: merged,
+            tensors_copied_count: copied,
+            files: self
+                .files
+                .iter()
+                .map(|f| f.path.display().to_string())
+                .chain(self.index.iter().map(|p| p.display().to_string()))
+                .chain(
+                    self.extra_files
+                        .iter()
+                        .map(|(_, d)| d.display().to_string()),
+                )
+                .collect(),
             bytes_written: bytes,
             seconds,
             gb_per_s: bytes as f64 / 1e9 / seconds.max(1e-9),

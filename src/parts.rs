@@ -393,8 +393,8 @@ pub struct PartReport {
     pub part: usize,
     pub parts: usize,
     pub path: String,
-    pub tensors: usize,
-    pub modules: usize,
+    pub tensor_count: usize,
+    pub module_count: usize,
     pub bytes: u64,
     pub seconds: f64,
 }
@@ -502,8 +502,8 @@ pub fn write_extract_part(
         part: header.part,
         parts: header.parts,
         path: path.display().to_string(),
-        tensors,
-        modules,
+        tensor_count: tensors,
+        module_count: modules,
         bytes,
         seconds: 0.0,
     })

@@ -112,7 +112,7 @@ pub struct InputSummary {
     pub path: String,
     pub format: Format,
     pub weight: f64,
-    pub modules: usize,
+    pub module_count: usize,
 }
 
 /// What `combine` did (`--json`).
@@ -226,7 +226,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
             path: show(path),
             format: adapter.format,
             weight: *weight,
-            modules: adapter.modules.len(),
+            module_count: adapter.modules.len(),
         });
         convert::prepare(&mut adapter, to, base.as_ref())?;
         inputs.push(WeightedInput {
@@ -298,7 +298,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
         seconds: start.elapsed().as_secs_f64(),
     };
     if a.json {
-        super::print_json(&summary)?;
+        super::print_json("combine", &summary)?;
     } else {
         super::print(&render(&summary, &written))?;
     }
@@ -322,7 +322,7 @@ fn render(s: &CombineSummary, w: &algebra::Written) -> String {
                 a.path.clone(),
                 format_name(a.format).into(),
                 format!("{}", a.weight),
-                a.modules.to_string(),
+                a.module_count.to_string(),
             ]
         })
         .collect();

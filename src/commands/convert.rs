@@ -101,7 +101,7 @@ pub struct ConvertSummary {
     pub dtype: DtypeChoice,
     pub modules: Vec<ModuleConvert>,
     /// `__metadata__` entries carried from the input.
-    pub metadata_kept: usize,
+    pub metadata_kept_count: usize,
     pub files: Vec<String>,
     pub bytes_written: u64,
     pub seconds: f64,
@@ -162,13 +162,13 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         config_restored: prep.config_restored,
         dtype: a.dtype,
         modules,
-        metadata_kept: metadata_kept(&adapter),
+        metadata_kept_count: metadata_kept(&adapter),
         files: written.files,
         bytes_written: written.bytes,
         seconds: start.elapsed().as_secs_f64(),
     };
     if a.json {
-        super::print_json(&summary)?;
+        super::print_json("convert", &summary)?;
     } else {
         super::print(&render(&summary))?;
     }
@@ -227,7 +227,7 @@ fn render(s: &ConvertSummary) -> String {
     out.push_str(&format!(
         "\n{} modules, {} metadata entries kept, {} files, {} written in {:.2} s\n",
         s.modules.len(),
-        s.metadata_kept,
+        s.metadata_kept_count,
         s.files.len(),
         human_bytes(s.bytes_written),
         s.seconds

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct DiffArgs {
-    /// First checkpoint (file or folder).
+    /// First checkpoint (file or folder, or a repo id in the local Hugging Face cache).
     #[arg(value_hint = ValueHint::AnyPath)]
     pub a: PathBuf,
     /// Second checkpoint, the reference of the relative difference.
@@ -51,7 +51,9 @@ pub struct DiffArgs {
     pub json: bool,
 }
 
-pub fn run(a: DiffArgs) -> Result<i32> {
+pub fn run(mut a: DiffArgs) -> Result<i32> {
+    a.a = crate::io::hub::resolve_input(&a.a)?;
+    a.b = crate::io::hub::resolve_input(&a.b)?;
     anyhow::ensure!(
         a.tolerance >= 0.0 && a.tolerance.is_finite(),
         "--tolerance must be a finite number ≥ 0"
@@ -67,7 +69,7 @@ pub fn run(a: DiffArgs) -> Result<i32> {
         },
     )?;
     if a.json {
-        super::print_json(&report)?;
+        super::print_json("diff", &report)?;
     } else {
         super::print(&render(&report, a.all))?;
     }

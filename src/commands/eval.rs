@@ -202,8 +202,12 @@ pub fn load_model<'c>(
     Ok((model, attached))
 }
 
-pub fn run(a: EvalArgs, quiet: bool) -> Result<i32> {
+pub fn run(mut a: EvalArgs, quiet: bool) -> Result<i32> {
     crate::model::retain_freed_memory();
+    a.model = crate::io::hub::resolve_input(&a.model)?;
+    for ad in &mut a.adapters {
+        *ad = crate::io::hub::resolve_input(ad)?;
+    }
     if a.seq_len < 2 {
         bail!("--seq-len must be at least 2");
     }
@@ -402,7 +406,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<i32> {
         generated,
     };
     if a.json {
-        super::print_json(&report)?;
+        super::print_json("eval", &report)?;
     } else {
         super::print(&render(&report, &config, &ck))?;
     }

@@ -199,7 +199,7 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
     if a.dry_run {
         let d = plan.dry_run();
         if a.json {
-            super::print_json(&d)?;
+            super::print_json("extract", &d)?;
         } else {
             super::print(&format!(
                 "dry run: would extract {} low-rank candidate(s) of {} selected tensor(s) ({} left out by --targets/--exclude) and write {}; nothing was written\n",
@@ -278,15 +278,15 @@ fn run_part(
         ..r
     };
     if a.json {
-        super::print_json(&r)?;
+        super::print_json("extract", &r)?;
     } else {
         super::print(&format!(
             "extract part {}/{}: {} of {} tensors ({} modules) → {}; when all parts are done: lorakit finalize {}\n",
             r.part,
             r.parts,
-            r.tensors,
+            r.tensor_count,
             plan.tensor_count(),
-            r.modules,
+            r.module_count,
             r.path,
             a.out.display()
         ))?;
@@ -368,7 +368,7 @@ fn report(summary: &ExtractSummary, format: Format, json: bool, quiet: bool) -> 
         );
     }
     if json {
-        super::print_json(summary)
+        super::print_json("extract", summary)
     } else {
         super::print(&render(summary))
     }
@@ -567,7 +567,7 @@ fn render(s: &ExtractSummary) -> String {
     };
     out.push_str(&format!(
         "\n\n{} modules, {ranks}, energy kept {:.6}, rel. error {}; adapter {} vs full ΔW {} ({:.1}×); {:.2} s on {}\n",
-        t.modules,
+        t.module_count,
         t.energy_kept,
         sci(t.rel_error),
         human_bytes(s.adapter_bytes),

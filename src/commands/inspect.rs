@@ -7,23 +7,44 @@ use crate::io::Output;
 use anyhow::Result;
 use std::path::Path;
 
-pub fn run(a: InspectArgs) -> Result<i32> {
+pub fn run(mut a: InspectArgs) -> Result<i32> {
+    a.path = crate::io::hub::resolve_input(&a.path)?;
     let opts = InspectOptions {
         tensors: a.tensors,
         spectrum: a.spectrum || a.plot.is_some(),
     };
-    let report = inspect::inspect(&a.path, &opts)?;
-    if let Some(plot) = &a.plot {
-        match &report {
-            Report::Adapter(ad) => write_plot(ad, &a.path, plot)?,
-            Report::Checkpoint(_) => anyhow::bail!(
-                "{}: --plot needs an adapter (spectra are per LoRA module)",
-                a.path.display()
+    // Flags that mean nothing for this kind of input are refused before anything is read.
+    let adapter = inspect::is_adapter(&a.path);
+    if adapter && a.tensors {
+        return Err(InputError::invalid(
+            &a.path,
+            "an adapter: --tensors lists a checkpoint's tensors; an adapter's module table \
+             shows each module's A and B shapes (all of them with --json)",
+        )
+        .into());
+    }
+    if !adapter && opts.spectrum {
+        let flag = if a.plot.is_some() {
+            "--plot"
+        } else {
+            "--spectrum"
+        };
+        return Err(InputError::invalid(
+            &a.path,
+            format!(
+                "a checkpoint, not an adapter: {flag} draws the singular values of an \
+                 adapter's s·B·A per LoRA module (extract an adapter from a fine-tune first: \
+                 lorakit extract --base BASE --tuned TUNED --out ADAPTER)"
             ),
-        }
+        )
+        .into());
+    }
+    let report = inspect::inspect(&a.path, &opts)?;
+    if let (Some(plot), Report::Adapter(ad)) = (&a.plot, &report) {
+        write_plot(ad, &a.path, plot)?;
     }
     if a.json {
-        super::print_json(&report)?;
+        super::print_json("inspect", &report)?;
     } else {
         super::print(&inspect::render_text(&report))?;
         if let Some(plot) = &a.plot {

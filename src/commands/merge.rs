@@ -47,7 +47,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     if a.dry_run {
         let d = plan.dry_run();
         if a.json {
-            super::print_json(&d)?;
+            super::print_json("merge", &d)?;
         } else {
             super::print(&render_dry_run(&d))?;
         }
@@ -56,7 +56,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     let engine = Engine::new(a.device.into())?;
     let summary = plan.run(&engine)?;
     if a.json {
-        super::print_json(&summary)?;
+        super::print_json("merge", &summary)?;
     } else {
         super::print(&render(&summary))?;
     }
@@ -107,9 +107,9 @@ fn render(s: &MergeSummary) -> String {
     ));
     out.push_str(&format!(
         "\n{} tensors merged, {} copied, {} files, {} written in {:.2} s ({:.2} GB/s) on {}\n",
-        s.tensors_merged,
-        s.tensors_copied,
-        s.files_written,
+        s.tensors_merged_count,
+        s.tensors_copied_count,
+        s.files.len(),
         human_bytes(s.bytes_written),
         s.seconds,
         s.gb_per_s,

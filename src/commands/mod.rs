@@ -38,7 +38,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let plan = crate::recipe::plan(&steps, rerun)?;
             if a.dry_run {
                 if a.json {
-                    print_json(&plan)?;
+                    print_json("run", &plan)?;
                 } else {
                     let rows: Vec<Vec<String>> = plan
                         .iter()
@@ -117,7 +117,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             let r = crate::parts::finalize(&a.out)?;
             if a.json {
-                print_json(&r)?;
+                print_json("finalize", &r)?;
             } else {
                 print(&format!(
                     "finalized {}: {} parts, {} files checked ({}), index {}, copied {}\n",
@@ -161,10 +161,34 @@ fn print_always(s: &str) -> Result<()> {
 }
 
 /// Prints `v` as pretty JSON with a trailing newline.
-pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
+/// Prints a report as JSON (always, even with `--quiet`). Every report is an object whose first
+/// key is `operation` (the command that made it): a report that does not name its operation
+/// gets `operation`, and a list becomes `{"operation": …, "items": […]}`. That key is the one
+/// way a script tells reports apart; the README's JSON section lists the shared vocabulary.
+pub fn print_json<T: serde::Serialize>(operation: &str, v: &T) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(&with_operation(operation, serde_json::to_value(v)?))?;
     s.push('\n');
     print_always(&s)
+}
+
+fn with_operation(operation: &str, v: serde_json::Value) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    let mut out = Map::new();
+    match v {
+        Value::Object(m) => {
+            let own = m.get("operation").cloned();
+            out.insert(
+                "operation".into(),
+                own.unwrap_or_else(|| Value::String(operation.into())),
+            );
+            out.extend(m.into_iter().filter(|(k, _)| k != "operation"));
+        }
+        other => {
+            out.insert("operation".into(), Value::String(operation.into()));
+            out.insert("items".into(), other);
+        }
+    }
+    Value::Object(out)
 }
 
 /// A status line on stderr unless `--quiet`.
@@ -196,7 +220,7 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
     ctx.compile_all()?;
     let info = ctx.describe();
     if a.json {
-        print_json(&info)
+        print_json("gpu", &info)
     } else {
         let l = &info.limits;
         print(&format!(

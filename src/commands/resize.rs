@@ -91,9 +91,9 @@ pub struct ResizeSummary {
     pub to: Format,
     /// `{"rule": "rank", "rank": R}`, `{"rule": "energy", "energy": E, "max_rank": R|null}` or
     /// `{"rule": "sv_ratio", "sv_ratio": X, "max_rank": R|null}`.
-    pub rule: serde_json::Value,
+    pub rank_rule: serde_json::Value,
     pub modules: Vec<ModuleResize>,
-    pub modules_resized: usize,
+    pub modules_resized_count: usize,
     pub parameters_before: usize,
     pub parameters_after: usize,
     /// Energy kept over all modules: `Σ ‖ΔW′‖²_F / Σ ‖ΔW‖²_F`.
@@ -165,8 +165,8 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
         out: show(&a.out),
         from,
         to,
-        rule: rule.to_json(),
-        modules_resized: modules.iter().filter(|m| m.changed).count(),
+        rank_rule: rule.to_json(),
+        modules_resized_count: modules.iter().filter(|m| m.changed).count(),
         modules,
         parameters_before,
         parameters_after: resized.parameter_count(),
@@ -176,7 +176,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
         seconds: start.elapsed().as_secs_f64(),
     };
     if a.json {
-        super::print_json(&summary)?;
+        super::print_json("resize", &summary)?;
     } else {
         super::print(&render(&summary, &written))?;
     }
@@ -211,7 +211,7 @@ fn render(s: &ResizeSummary, w: &algebra::Written) -> String {
         format_name(s.from),
         s.out,
         format_name(s.to),
-        rule_text(&s.rule)
+        rule_text(&s.rank_rule)
     );
     let rows: Vec<Vec<String>> = s
         .modules
@@ -245,7 +245,7 @@ fn render(s: &ResizeSummary, w: &algebra::Written) -> String {
     ));
     out.push_str(&format!(
         "\n{} of {} modules resized, {} → {} parameters, {:.2}% of the energy kept; {}\n",
-        s.modules_resized,
+        s.modules_resized_count,
         s.modules.len(),
         s.parameters_before,
         s.parameters_after,

@@ -384,7 +384,7 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
         checkpoints,
     };
     if a.json {
-        super::print_json(&report)?;
+        super::print_json("train", &report)?;
     } else {
         super::print(&render(&report))?;
     }

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod file;
 pub mod header;
+pub mod hub;
 pub mod writer;
 
 pub use checkpoint::Checkpoint;

@@ -388,7 +388,7 @@ fn resize_at_full_rank_is_exact_and_energy_one_drops_only_zero_padding() {
         let e = rel64(&after[name].w, &b.w);
         assert!(e < 1e-6, "{name}: exact to f32 rounding, got {e:e}");
     }
-    assert_eq!(rep["modules_resized"], 4);
+    assert_eq!(rep["modules_resized_count"], 4);
     // The same ranks through --rank: modules whose true rank fits are reproduced exactly.
     let out = dir.path().join("r6");
     run_ok([
@@ -413,7 +413,7 @@ fn resize_at_full_rank_is_exact_and_energy_one_drops_only_zero_padding() {
         "--out",
         s(&out),
     ]);
-    assert_eq!(rep["modules_resized"], 0);
+    assert_eq!(rep["modules_resized_count"], 0);
     let got = read(&out.join("adapter_model.safetensors"));
     let orig = read(&fixture("llama/adapters/qv_r8/adapter_model.safetensors"));
     assert_eq!(got, orig);

@@ -455,7 +455,7 @@ fn peft_merged_fixture_delta_is_recovered() {
         // And against W − W0 itself.
         assert!(rel64(&got[m], &diff(&tuned_t, &base_t, &wn)) <= 1e-5);
     }
-    assert_eq!(v["totals"]["modules"], 4);
+    assert_eq!(v["totals"]["module_count"], 4);
     assert_eq!(names_with_reason(&v, "skipped", "unchanged").len(), 17);
     assert!(v["changed_tensors"].as_array().unwrap().is_empty());
     // adapter bytes: 4 modules × 8·(64 + 64|32) f32 values
@@ -982,7 +982,7 @@ fn embeddings_lora_full_skip() {
         names_with_reason(&v, "skipped", "embedding_skip"),
         vec!["model.embed_tokens.weight"]
     );
-    assert_eq!(v["totals"]["modules"], 2);
+    assert_eq!(v["totals"]["module_count"], 2);
 }
 
 #[test]

@@ -15,17 +15,17 @@ fn checkpoint_counts_match_the_file() {
     assert_eq!(v["kind"], "checkpoint");
     assert_eq!(v["layout"], "sharded");
     assert_eq!(v["files"].as_array().unwrap().len(), 4);
-    assert_eq!(v["tensors"].as_u64().unwrap() as usize, all.len());
+    assert_eq!(v["tensor_count"].as_u64().unwrap() as usize, all.len());
     let params: usize = all
         .values()
         .map(|t| t.shape.iter().product::<usize>())
         .sum();
     assert_eq!(v["parameters"].as_u64().unwrap() as usize, params);
     assert_eq!(
-        v["dtypes"]["F32"]["tensors"].as_u64().unwrap() as usize,
+        v["dtypes"]["F32"]["tensor_count"].as_u64().unwrap() as usize,
         all.len()
     );
-    let list = v["tensor_list"].as_array().unwrap();
+    let list = v["tensors"].as_array().unwrap();
     assert_eq!(list.len(), all.len());
     for row in list {
         let t = &all[row["name"].as_str().unwrap()];
@@ -215,7 +215,50 @@ fn plot_writes_an_svg() {
         "{}",
         &text[..200.min(text.len())]
     );
-    assert!(text.contains("model.layers.1.self_attn.q_proj"));
+    // One panel per module type, each captioned with its module count and stored rank; the
+    // markers and the annotation explained on the figure; a layer colour scale.
+    let v: serde_json::Value = serde_json::from_str(&run_ok([
+        "inspect",
+        fixture("llama/adapters/patterns").to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let mut kinds: Vec<(String, usize, u64)> = Vec::new();
+    for m in v["modules"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        let kind = name.rsplit('.').next().unwrap().to_owned();
+        let rank = m["rank"].as_u64().unwrap();
+        match kinds.iter_mut().find(|k| k.0 == kind) {
+            Some(k) => {
+                k.1 += 1;
+                k.2 = k.2.max(rank);
+            }
+            None => kinds.push((kind, 1, rank)),
+        }
+    }
+    assert!(kinds.len() >= 2, "{kinds:?}");
+    for (kind, n, rank) in &kinds {
+        let caption = format!(
+            "{kind} — {n} module{}, stored rank {rank}",
+            if *n == 1 { "" } else { "s" }
+        );
+        assert!(text.contains(&caption), "no panel {caption:?}");
+    }
+    assert_eq!(text.matches("optimal rel. error").count(), kinds.len() + 1);
+    assert!(text.contains("r90") && text.contains("r99") && text.contains("Eckart"));
+    assert!(text.contains("layer 0") && text.contains("line colour"));
+    // PNG: same drawing, a real PNG of the figure's size.
+    let png = dir.path().join("s.png");
+    run_ok([
+        "inspect",
+        fixture("llama/adapters/patterns").to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    let b = std::fs::read(&png).unwrap();
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
+    let width = u32::from_be_bytes(b[16..20].try_into().unwrap());
+    assert_eq!(width, (460 * kinds.len().min(3) as u32).max(920));
 }
 
 /// A 20 GiB sparse file with a valid header: inspect reads the header only.

@@ -638,8 +638,8 @@ fn json_summary_is_parseable() {
     assert_eq!(v["adapters"][1]["modules_merged"], 4);
     assert_eq!(v["adapters"][1]["weight"], 0.5);
     // q_proj of both layers is hit by both adapters: 4 + 4 − 2 tensors.
-    assert_eq!(v["tensors_merged"], 6);
-    assert_eq!(v["tensors_copied"], 15);
+    assert_eq!(v["tensors_merged_count"], 6);
+    assert_eq!(v["tensors_copied_count"], 15);
     assert_eq!(
         v["bytes_written"].as_u64(),
         Some(std::fs::metadata(&out).unwrap().len())

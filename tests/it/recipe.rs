@@ -40,6 +40,8 @@ fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
     let r = write_recipe(dir.path(), RECIPE);
     let plan = run_ok(["run", r.to_str().unwrap(), "--dry-run", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(v["operation"], "run");
+    let v = &v["items"];
     assert_eq!(v.as_array().unwrap().len(), 3);
     assert_eq!(v[0]["action"], "run");
     // The first merge is fully planned: 21 tensors of f32, 361728 bytes.
@@ -84,7 +86,8 @@ fn actions(recipe: &Path, extra: &[&str]) -> Vec<(String, String)> {
     let mut args = vec!["run", recipe.to_str().unwrap(), "--dry-run", "--json"];
     args.extend_from_slice(extra);
     let v: serde_json::Value = serde_json::from_str(&run_ok(args)).unwrap();
-    v.as_array()
+    v["items"]
+        .as_array()
         .unwrap()
         .iter()
         .map(|s| {
@@ -266,7 +269,7 @@ fn relative_recipe_paths_resolve_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let base_of_second = v[1]["argv"]
+    let base_of_second = v["items"][1]["argv"]
         .as_array()
         .unwrap()
         .iter()
