@@ -951,3 +951,158 @@ fn a_module_on_an_integer_tensor_is_unmatched_as_not_float() {
         assert!((x - (i as f32 + 0.125)).abs() < 1e-6, "b[{i}] = {x}");
     }
 }
+
+/// A copy of a fixture folder whose config.json `edit` changes.
+fn base_with_config(
+    dir: &Path,
+    from: &str,
+    edit: impl Fn(&mut serde_json::Value),
+) -> std::path::PathBuf {
+    let to = dir.join(from.replace('/', "_"));
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(fixture(from)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    let p = to.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    to
+}
+
+/// The two conditions of a tied base, each alone: `tie_word_embeddings: true` with an
+/// `lm_head` tensor saved anyway, and a CausalLM with no `lm_head` tensor and no
+/// `tie_word_embeddings` key (transformers' default for Llama is tied). Both refuse an
+/// adapter on the embeddings; an explicit `false` with an `lm_head` merges it.
+#[test]
+fn tied_embeddings_are_detected_by_either_condition_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let tied_by_config = base_with_config(dir.path(), "llama/base", |c| {
+        c["tie_word_embeddings"] = true.into();
+    });
+    let tied_by_absence = base_with_config(dir.path(), "llama/tied", |c| {
+        c.as_object_mut().unwrap().remove("tie_word_embeddings");
+    });
+    let embed = fixture("llama/adapters/embed");
+    for base in [&tied_by_config, &tied_by_absence] {
+        let out = dir.path().join("out");
+        let err = one_line_error(&run_err([
+            "merge",
+            "--base",
+            base.to_str().unwrap(),
+            "--adapter",
+            embed.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]));
+        assert!(err.contains("embed_tokens"), "{}: {err}", base.display());
+        assert!(!out.exists());
+    }
+    let untied = base_with_config(dir.path(), "llama/base", |c| {
+        c["tie_word_embeddings"] = false.into();
+    });
+    let out = dir.path().join("untied-out");
+    run_ok([
+        "merge",
+        "--base",
+        untied.to_str().unwrap(),
+        "--adapter",
+        embed.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let before = read(&untied.join("model.safetensors"));
+    let after = read(&out.join("model.safetensors"));
+    assert_ne!(
+        before["model.embed_tokens.weight"].data,
+        after["model.embed_tokens.weight"].data
+    );
+    assert_eq!(before["lm_head.weight"].data, after["lm_head.weight"].data);
+}
+
+/// A PEFT adapter on `lm_head` (r = 2, alpha = 4: s = 2): merged into an untied base it moves
+/// `lm_head.weight` by exactly s·B·A (checked in f64 from the raw factors); on a tied base,
+/// which has no `lm_head` tensor, it is an unmatched module whose reason names the tie.
+#[test]
+fn an_adapter_on_lm_head_merges_into_an_untied_base_and_is_refused_on_a_tied_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("llama/base/model.safetensors"));
+    let head = &base["lm_head.weight"];
+    let (vocab, hidden) = (head.shape[0], head.shape[1]);
+    let r = 2;
+    let a: Vec<f32> = (0..r * hidden)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+        .collect();
+    let b: Vec<f32> = (0..vocab * r)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.02)
+        .collect();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (ab, bb) = (bytes(&a), bytes(&b));
+    let ad = dir.path().join("head-lora");
+    std::fs::create_dir_all(&ad).unwrap();
+    safetensors::serialize_to_file(
+        vec![
+            (
+                "base_model.model.lm_head.lora_A.weight",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![r, hidden], &ab)
+                    .unwrap(),
+            ),
+            (
+                "base_model.model.lm_head.lora_B.weight",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![vocab, r], &bb)
+                    .unwrap(),
+            ),
+        ],
+        None,
+        &ad.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["lm_head"],
+            "task_type": "CAUSAL_LM", "fan_in_fan_out": false, "bias": "none"}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    run_ok([
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let merged = read(&out.join("model.safetensors"))["lm_head.weight"].f32();
+    let w0 = head.f32();
+    let mut worst = 0f64;
+    for i in 0..vocab {
+        for j in 0..hidden {
+            let delta: f64 = (0..r)
+                .map(|k| b[i * r + k] as f64 * a[k * hidden + j] as f64)
+                .sum::<f64>()
+                * 2.0;
+            let want = w0[i * hidden + j] as f64 + delta;
+            worst = worst.max((merged[i * hidden + j] as f64 - want).abs());
+        }
+    }
+    // One f32 rounding of W0 + ΔW (|W| < 1 here): half an ulp of 1 at most.
+    assert!(worst <= 6e-8, "lm_head merged off by {worst:e}");
+    assert_eq!(
+        read(&out.join("model.safetensors"))["model.embed_tokens.weight"].data,
+        base["model.embed_tokens.weight"].data
+    );
+    let err = one_line_error(&run_err([
+        "merge",
+        "--base",
+        fixture("llama/tied").to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "-o",
+        dir.path().join("tied-out").to_str().unwrap(),
+    ]));
+    assert!(err.contains("lm_head") && err.contains("tied"), "{err}");
+    assert!(!dir.path().join("tied-out").exists());
+}

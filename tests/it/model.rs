@@ -6,8 +6,14 @@
 use super::common::*;
 use std::path::Path;
 
-/// Relative (Frobenius) tolerance of logits against transformers.
-const TOL: f64 = 1e-4;
+/// Relative (Frobenius) tolerance of logits against transformers (both sides in f32, with
+/// different summation orders). The bound: each product of inner dimension k ≤ 128 rounds with
+/// a relative error of about √k·ε = 6.8e-7 (ε = 2⁻²⁴, errors of independent orders adding in
+/// quadrature), and a logit passes through about a dozen such products in the 2-layer fixtures
+/// (q/k/v/o, gate/up/down per layer, lm_head), so the expected scale is √12·6.8e-7 ≈ 2.4e-6.
+/// Measured worst over the 21 cases: 4.0e-7 (README). 2e-6 is 5× the measurement and below
+/// the estimate; the earlier 1e-4 was 250× the measurement.
+const TOL: f64 = 2e-6;
 
 fn tensor(file: &str, name: &str) -> Vec<f32> {
     let t = read(&fixture(file));
@@ -662,7 +668,12 @@ fn training_matches_torch_adamw_on_a_peft_model() {
         "llama/adapters/qv_r8/adapter_model.safetensors",
     )));
     let (g, w) = (flat(&got), flat(&want));
-    let e = assert_close(&g, &w, 1e-5, "adapter after 3 AdamW steps vs torch");
+    // Three AdamW steps in f32 on both sides: the update is lr·m̂/(√v̂ + eps), whose rounding
+    // is a few ε per step relative to the factors; the gradients themselves agree to the
+    // logits' ~1e-6 but enter only through m̂/√v̂, which is scale-free. Measured 1.7e-7 (README):
+    // 1e-6 leaves 6× headroom (the earlier 1e-5 was 60×).
+    let e = assert_close(&g, &w, 1e-6, "adapter after 3 AdamW steps vs torch");
+    eprintln!("adapter after 3 AdamW steps vs torch: relative error {e:e}");
     // the steps moved the factors far more than the error
     assert!(
         rel_err(&init, &w) > 1000.0 * e.max(1e-9),

@@ -932,50 +932,6 @@ fn spectrum_of_factors_summarises_the_update() {
 // Timing (manual): cargo test --release --lib linalg::tests::timing -- --ignored --nocapture
 // ---------------------------------------------------------------------------
 
-#[test]
-#[ignore]
-fn timing_randomized_vs_exact_2048() {
-    use std::time::Instant;
-    let n = 2048;
-    let sigma = decaying_spectrum(n, 0.02, 1e-3, 1);
-    // Build A = U·diag(σ)·Vᵀ with backend QR of Gaussian matrices (fast).
-    let dense = backend();
-    let u = dense.qr_thin(rng::gaussian_matrix(n, n, 1).view()).0;
-    let v = dense.qr_thin(rng::gaussian_matrix(n, n, 2).view()).0;
-    let sig: Vec<f32> = sigma.iter().map(|&x| x as f32).collect();
-    let a = dense.matmul(scale_columns(u.view(), &sig).view(), v.t());
-    for dense in backends() {
-        let op = DenseOp::with_backend(a.view(), dense);
-        let _ = randomized_svd_with(dense, &op, 16, &RsvdOptions::default()); // warm-up
-        let t = Instant::now();
-        let reps = 5;
-        let mut r = None;
-        for _ in 0..reps {
-            r = Some(randomized_svd_with(dense, &op, 16, &RsvdOptions::default()));
-        }
-        let t_r = t.elapsed().as_secs_f64() / reps as f64;
-        let t = Instant::now();
-        let e = exact_svd_with(dense, a.view());
-        let t_e = t.elapsed().as_secs_f64();
-        let r = r.unwrap();
-        let opt = tail_energy(&e.s, 16).sqrt();
-        let err = {
-            let rec = r.reconstruct();
-            let d = &rec - &a;
-            frobenius_norm_sq(d.view()).sqrt()
-        };
-        println!(
-            "{}: {n}×{n} f32, {} threads: randomized rank-16 (p=10, q=2) {:.1} ms; exact thin SVD {:.1} ms; \
-             rsvd error / Eckart–Young optimum = {:.6}",
-            dense.name(),
-            rayon::current_num_threads(),
-            t_r * 1e3,
-            t_e * 1e3,
-            err / opt
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Tall and wide shapes (the faer f32 QR cut-off, issue #21)
 // ---------------------------------------------------------------------------
