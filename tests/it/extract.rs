@@ -418,8 +418,10 @@ fn decaying_spectrum_is_within_0_1_percent_of_eckart_young() {
 /// the adapter's s·B·A. Tolerance: the tuned weights are fl32(W0 + ΔW_f32), so W − W0 differs
 /// from the adapter's exact s·B·A by E with ‖E‖_F ≲ u·(‖W‖_F + r·‖|s·B|·|A|‖_F) (PEFT's f32
 /// product and the rounding of the sum); a rank-8 truncation of ΔW + E is within 2‖E‖_F of the
-/// rank-8 ΔW. Here that bound is ~1e-6 relative (computed below), so 1e-5 leaves room for the
-/// SVD's own rounding.
+/// rank-8 ΔW. Here that bound is ~1.1e-6 relative (computed below). The extraction adds its own
+/// rounding: an f32 SVD is backward stable, ‖E_svd‖ ≤ c·n·ε·‖ΔW‖ with n = min(d, k)
+/// (Golub & Van Loan §5.4.3), taken here with c = 1 (3.8e-6 at n = 64; measured: at most
+/// 1.5e-6 against W − W0). The assertion is the sum of the two, per module.
 #[test]
 fn peft_merged_fixture_delta_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
@@ -447,13 +449,16 @@ fn peft_merged_fixture_delta_is_recovered() {
                     .collect::<Vec<_>>(),
             ) + 8.0 * norm64(w))
             / norm64(w);
+        let n = tuned_t[&wn].shape.iter().copied().min().unwrap() as f64;
+        let svd_bound = n * U32;
         let e = rel64(&got[m], w);
         assert!(
-            e <= 1e-5,
-            "{m}: relative error {e:e} (rounding bound {bound:e})"
+            e <= bound + svd_bound,
+            "{m}: relative error {e:e} > rounding bound {bound:e} + SVD bound {svd_bound:e}"
         );
-        // And against W − W0 itself.
-        assert!(rel64(&got[m], &diff(&tuned_t, &base_t, &wn)) <= 1e-5);
+        // And against W − W0 itself: the SVD's rounding alone.
+        let e = rel64(&got[m], &diff(&tuned_t, &base_t, &wn));
+        assert!(e <= svd_bound, "{m}: {e:e} against W − W0 > {svd_bound:e}");
     }
     assert_eq!(v["totals"]["module_count"], 4);
     assert_eq!(names_with_reason(&v, "skipped", "unchanged").len(), 17);
