@@ -685,15 +685,19 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
     hf_cache(&hub, "tiny-org/tiny-lora", &fixture("llama/adapters/qv_r8"));
     let expected = run_ok(["inspect", s(&base), "--json"]);
     let expected: serde_json::Value = serde_json::from_str(&expected).unwrap();
-    let inspect = |arg: &str, var: &str, val: &Path| {
-        let out = bin()
-            .args(["inspect", arg, "--json"])
+    // lorakit with one cache variable set (the other removed), run from the temp folder.
+    let with_cache = |args: &[&str], var: &str, val: &Path| {
+        bin()
+            .args(args)
             .env_remove("HF_HUB_CACHE")
             .env_remove("HF_HOME")
             .env(var, val)
             .current_dir(dir.path())
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let inspect = |arg: &str, var: &str, val: &Path| {
+        let out = with_cache(&["inspect", arg, "--json"], var, val);
         assert!(
             out.status.success(),
             "{}",
@@ -729,11 +733,11 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
     // An adapter repo, and diff between an id and a path.
     let ad = inspect("tiny-org/tiny-lora", "HF_HUB_CACHE", &hub);
     assert_eq!(ad["format"], "peft", "{ad}");
-    let out = bin()
-        .args(["diff", "tiny-org/tiny-llama", s(&base)])
-        .env("HF_HUB_CACHE", &hub)
-        .output()
-        .unwrap();
+    let out = with_cache(
+        &["diff", "tiny-org/tiny-llama", s(&base)],
+        "HF_HUB_CACHE",
+        &hub,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -741,13 +745,7 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
     );
     // Not in the cache: one line that says where it looked and that nothing is downloaded.
     for arg in ["tiny-org/absent", "tiny-org/tiny-llama@v9"] {
-        let out = bin()
-            .args(["inspect", arg])
-            .env("HF_HUB_CACHE", &hub)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let e = one_line_error(&out);
+        let e = one_line_error(&with_cache(&["inspect", arg], "HF_HUB_CACHE", &hub));
         assert!(
             e.contains("Hugging Face cache") && e.contains("never downloads"),
             "{e}"
@@ -792,132 +790,47 @@ fn every_json_report_shares_one_vocabulary() {
     let qv = s(&fixture("llama/adapters/qv_r8")).to_owned();
     let merged = s(&fixture("llama/merged/qv_r8.safetensors")).to_owned();
     let ids = s(&fixture("text/tiny_ids.safetensors")).to_owned();
-    let runs: Vec<(&str, Vec<String>)> = vec![
+    let (m, m2, x, x2, r, c, k) = (d("m"), d("m2"), d("x"), d("x2"), d("r"), d("c"), d("k.st"));
+    let runs: Vec<(&str, String)> = vec![
+        ("inspect", format!("inspect {base} --tensors")),
+        ("inspect", format!("inspect {qv} --spectrum")),
         (
-            "inspect",
-            vec!["inspect".into(), base.clone(), "--tensors".into()],
-        ),
-        (
-            "inspect",
-            vec!["inspect".into(), qv.clone(), "--spectrum".into()],
+            "merge",
+            format!("merge --base {base} --adapter {qv} -o {m}"),
         ),
         (
             "merge",
-            vec![
-                "merge".into(),
-                "--base".into(),
-                base.clone(),
-                "--adapter".into(),
-                qv.clone(),
-                "-o".into(),
-                d("m"),
-            ],
-        ),
-        (
-            "merge",
-            vec![
-                "merge".into(),
-                "--base".into(),
-                base.clone(),
-                "--adapter".into(),
-                qv.clone(),
-                "-o".into(),
-                d("m2"),
-                "--dry-run".into(),
-            ],
+            format!("merge --base {base} --adapter {qv} -o {m2} --dry-run"),
         ),
         (
             "extract",
-            vec![
-                "extract".into(),
-                "--base".into(),
-                base.clone(),
-                "--tuned".into(),
-                d("m"),
-                "--rank".into(),
-                "4".into(),
-                "-o".into(),
-                d("x"),
-            ],
+            format!("extract --base {base} --tuned {m} --rank 4 -o {x}"),
         ),
         (
             "extract",
-            vec![
-                "extract".into(),
-                "--base".into(),
-                base.clone(),
-                "--tuned".into(),
-                d("m"),
-                "--rank".into(),
-                "4".into(),
-                "-o".into(),
-                d("x2"),
-                "--dry-run".into(),
-            ],
+            format!("extract --base {base} --tuned {m} --rank 4 -o {x2} --dry-run"),
         ),
-        (
-            "resize",
-            vec![
-                "resize".into(),
-                qv.clone(),
-                "--energy".into(),
-                "0.9".into(),
-                "-o".into(),
-                d("r"),
-            ],
-        ),
+        ("resize", format!("resize {qv} --energy 0.9 -o {r}")),
         (
             "combine",
-            vec![
-                "combine".into(),
-                "--method".into(),
-                "cat".into(),
-                "--adapter".into(),
-                qv.clone(),
-                "--adapter".into(),
-                qv.clone(),
-                "-o".into(),
-                d("c"),
-            ],
+            format!("combine --method cat --adapter {qv} --adapter {qv} -o {c}"),
         ),
         (
             "convert",
-            vec![
-                "convert".into(),
-                qv.clone(),
-                "--to".into(),
-                "kohya".into(),
-                "-o".into(),
-                d("k.safetensors"),
-            ],
+            format!("convert {qv} --to kohya -o {k}.safetensors"),
         ),
-        (
-            "diff",
-            vec![
-                "diff".into(),
-                merged.clone(),
-                format!("{}/model.safetensors", d("m")),
-            ],
-        ),
+        ("diff", format!("diff {merged} {m}/model.safetensors")),
         (
             "eval",
-            vec![
-                "eval".into(),
-                "--model".into(),
-                base.clone(),
-                "--adapter".into(),
-                qv.clone(),
-                "--input-ids".into(),
-                ids.clone(),
-                "--device".into(),
-                "cpu".into(),
-            ],
+            format!("eval --model {base} --adapter {qv} --input-ids {ids} --device cpu"),
         ),
     ];
     let mut seen: Vec<(String, &'static str, String)> = Vec::new();
     let mut rules = Vec::new();
-    for (op, argv) in &runs {
-        let out = bin().args(argv).arg("--json").output().unwrap();
+    for (op, line) in &runs {
+        // Paths here hold no spaces (a tempdir and the fixtures folder).
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        let out = bin().args(&argv).arg("--json").output().unwrap();
         assert!(
             out.status.code().is_some_and(|c| c <= 1),
             "{argv:?}: {}",

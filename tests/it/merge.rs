@@ -952,6 +952,20 @@ fn a_module_on_an_integer_tensor_is_unmatched_as_not_float() {
     }
 }
 
+/// `merge --base BASE --adapter ADAPTER -o OUT`.
+fn merge_argv<'a>(base: &'a Path, adapter: &'a Path, out: &'a Path) -> [&'a str; 7] {
+    let p = |x: &'a Path| x.to_str().unwrap();
+    [
+        "merge",
+        "--base",
+        p(base),
+        "--adapter",
+        p(adapter),
+        "-o",
+        p(out),
+    ]
+}
+
 /// A copy of a fixture folder whose config.json `edit` changes.
 fn base_with_config(
     dir: &Path,
@@ -988,15 +1002,7 @@ fn tied_embeddings_are_detected_by_either_condition_alone() {
     let embed = fixture("llama/adapters/embed");
     for base in [&tied_by_config, &tied_by_absence] {
         let out = dir.path().join("out");
-        let err = one_line_error(&run_err([
-            "merge",
-            "--base",
-            base.to_str().unwrap(),
-            "--adapter",
-            embed.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]));
+        let err = one_line_error(&run_err(merge_argv(base, &embed, &out)));
         assert!(err.contains("embed_tokens"), "{}: {err}", base.display());
         assert!(!out.exists());
     }
@@ -1004,15 +1010,7 @@ fn tied_embeddings_are_detected_by_either_condition_alone() {
         c["tie_word_embeddings"] = false.into();
     });
     let out = dir.path().join("untied-out");
-    run_ok([
-        "merge",
-        "--base",
-        untied.to_str().unwrap(),
-        "--adapter",
-        embed.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    run_ok(merge_argv(&untied, &embed, &out));
     let before = read(&untied.join("model.safetensors"));
     let after = read(&out.join("model.safetensors"));
     assert_ne!(
@@ -1066,15 +1064,7 @@ fn an_adapter_on_lm_head_merges_into_an_untied_base_and_is_refused_on_a_tied_one
     )
     .unwrap();
     let out = dir.path().join("out");
-    run_ok([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    run_ok(merge_argv(&fixture("llama/base"), &ad, &out));
     let merged = read(&out.join("model.safetensors"))["lm_head.weight"].f32();
     let w0 = head.f32();
     let mut worst = 0f64;
@@ -1094,15 +1084,8 @@ fn an_adapter_on_lm_head_merges_into_an_untied_base_and_is_refused_on_a_tied_one
         read(&out.join("model.safetensors"))["model.embed_tokens.weight"].data,
         base["model.embed_tokens.weight"].data
     );
-    let err = one_line_error(&run_err([
-        "merge",
-        "--base",
-        fixture("llama/tied").to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "-o",
-        dir.path().join("tied-out").to_str().unwrap(),
-    ]));
+    let tied_out = dir.path().join("tied-out");
+    let err = one_line_error(&run_err(merge_argv(&fixture("llama/tied"), &ad, &tied_out)));
     assert!(err.contains("lm_head") && err.contains("tied"), "{err}");
     assert!(!dir.path().join("tied-out").exists());
 }
