@@ -59,10 +59,7 @@ fn main() {
             weight: 1.0,
         }],
         out.clone(),
-        MergeOptions {
-            device: Device::Cpu,
-            ..Default::default()
-        },
+        MergeOptions::default(),
     )
     .unwrap();
     let summary = plan.run(&Engine::new(Device::Cpu).unwrap()).unwrap();

@@ -66,16 +66,6 @@ pub struct GpuInfoArgs {
     pub json: bool,
 }
 
-/// Output format of a command's report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum OutputFormat {
-    /// Aligned tables for people.
-    #[default]
-    Text,
-    /// One JSON document on stdout for scripts (schemas in the README).
-    Json,
-}
-
 /// Show what a checkpoint or adapter holds.
 ///
 /// PATH is a .safetensors file, a Hugging Face model folder (single file or sharded with

@@ -1138,7 +1138,7 @@ impl ExtractPlan {
                 let report = ModuleReport {
                     name: item.module.clone(),
                     tensor: item.name.clone(),
-                    kind: kind_label(&kind),
+                    kind: kind.to_string(),
                     shape: item.shape.clone(),
                     rank: k,
                     alpha,
@@ -1633,23 +1633,6 @@ fn zeroed_scratch(n: usize) -> Vec<f32> {
         }
     }
     v
-}
-
-fn kind_label(k: &ModuleKind) -> String {
-    match k {
-        ModuleKind::Linear => "linear".into(),
-        ModuleKind::Embedding => "embedding".into(),
-        ModuleKind::Conv { kernel } => {
-            format!(
-                "conv{}",
-                kernel
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect::<Vec<_>>()
-                    .join("x")
-            )
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

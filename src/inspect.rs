@@ -203,20 +203,7 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
         };
         modules.push(ModuleRow {
             name: m.name.clone(),
-            kind: match &m.kind {
-                ModuleKind::Linear => "linear".into(),
-                ModuleKind::Embedding => "embedding".into(),
-                ModuleKind::Conv { kernel } => {
-                    format!(
-                        "conv{}",
-                        kernel
-                            .iter()
-                            .map(|k| k.to_string())
-                            .collect::<Vec<_>>()
-                            .join("x")
-                    )
-                }
-            },
+            kind: m.kind.to_string(),
             rank: m.rank,
             alpha: m.alpha,
             scale: m.scale,

@@ -14,7 +14,7 @@
 //! the output lands atomically (see [`crate::io::writer`]).
 
 use crate::adapter::mapping::{self, Resolution, Unmatched};
-use crate::adapter::{Adapter, ModuleKind};
+use crate::adapter::Adapter;
 use crate::backend::{self, Dora, MergeJob, NormAxis, Term};
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
@@ -38,7 +38,6 @@ pub struct MergeOptions {
     pub unmerge: bool,
     /// Warn about unmatched modules instead of failing.
     pub allow_unmatched: bool,
-    pub device: backend::Device,
     /// Show a progress bar on stderr.
     pub progress: bool,
     /// Write only part `i` of `n` (1-based) of the output files; see [`crate::parts`].
@@ -1158,13 +1157,4 @@ fn extra_files(base: &Checkpoint, out: &Path) -> Result<Vec<(PathBuf, PathBuf)>>
     let mut v = Vec::new();
     walk(base.folder(), out, 0, &mut v)?;
     Ok(v)
-}
-
-#[allow(dead_code)]
-fn kind_label(k: &ModuleKind) -> &'static str {
-    match k {
-        ModuleKind::Linear => "linear",
-        ModuleKind::Embedding => "embedding",
-        ModuleKind::Conv { .. } => "conv",
-    }
 }

@@ -503,26 +503,7 @@ pub fn plan(steps: &[Step], rerun: Rerun) -> Result<Vec<PlannedStep>> {
                 ..
             }) = Cli::try_parse_from(&s.argv)
             {
-                let base = crate::io::Checkpoint::open(&a.base)?;
-                let adapters = a
-                    .adapters
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| -> Result<_> {
-                        Ok(crate::merge::WeightedAdapter {
-                            adapter: crate::adapter::Adapter::open(p)?,
-                            weight: a.weights.get(i).copied().unwrap_or(1.0),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let opts = crate::merge::MergeOptions {
-                    dtype: a.dtype,
-                    max_shard_size: a.max_shard_size,
-                    unmerge: a.unmerge,
-                    allow_unmatched: a.allow_unmatched,
-                    ..Default::default()
-                };
-                let p = crate::merge::MergePlan::new(base, adapters, a.out.clone(), opts)
+                let p = crate::commands::merge::plan(&a, false)
                     .with_context(|| format!("step `{}`", s.name))?;
                 bytes_written = Some(p.output_bytes());
             }

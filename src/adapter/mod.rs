@@ -42,6 +42,26 @@ pub enum ModuleKind {
     },
 }
 
+/// The one spelling of a module kind in reports: `linear`, `embedding`, `conv3x3`.
+impl std::fmt::Display for ModuleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModuleKind::Linear => f.write_str("linear"),
+            ModuleKind::Embedding => f.write_str("embedding"),
+            ModuleKind::Conv { kernel } => {
+                f.write_str("conv")?;
+                for (i, k) in kernel.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("x")?;
+                    }
+                    write!(f, "{k}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Shared canonical values of a factor.
 pub type Values = Arc<Vec<f32>>;
 

@@ -8,7 +8,10 @@ use crate::io::Checkpoint;
 use crate::merge::{MergeOptions, MergePlan, MergeSummary, WeightedAdapter};
 use anyhow::{bail, Result};
 
-pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
+/// The merge plan of a command line: the adapter weights validated, base and adapters opened,
+/// every module matched. `merge` and `run` (recipes, for their dry-run sizes) both plan
+/// through here, so a recipe step is validated exactly as the command would be.
+pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
     if a.weights.len() > a.adapters.len() {
         bail!(
             "{} --weight values for {} --adapter values; give at most one weight per adapter",
@@ -22,9 +25,8 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     let base = Checkpoint::open(&a.base)?;
     let mut adapters = Vec::new();
     for (i, p) in a.adapters.iter().enumerate() {
-        let adapter = Adapter::open(p)?;
         adapters.push(WeightedAdapter {
-            adapter,
+            adapter: Adapter::open(p)?,
             weight: a.weights.get(i).copied().unwrap_or(1.0),
         });
     }
@@ -33,11 +35,14 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         max_shard_size: a.max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
-        device: a.device.into(),
-        progress: !quiet && !a.json,
+        progress,
         part: a.part,
     };
-    let plan = MergePlan::new(base, adapters, a.out.clone(), options)?;
+    MergePlan::new(base, adapters, a.out.clone(), options)
+}
+
+pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
+    let plan = plan(&a, !quiet && !a.json)?;
     for u in &plan.unmatched {
         super::warn(
             quiet,
