@@ -5,20 +5,16 @@
 //! format is read into and written from.
 
 pub mod adapter;
-pub mod algebra;
 pub mod backend;
 pub mod cli;
 pub mod commands;
-pub mod diff;
 pub mod dtype;
 pub mod error;
-pub mod extract;
-pub mod inspect;
 pub mod io;
 pub use lorakit_linalg as linalg;
-pub mod merge;
 pub mod model;
-pub mod parts;
+pub mod ops;
 pub mod progress;
-pub mod recipe;
-pub mod train;
+
+// The operations keep their short paths (`lorakit::merge`, `crate::extract`, …).
+pub use ops::{diff, extract, inspect, merge, parts, recipe, train};

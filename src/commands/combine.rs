@@ -3,11 +3,12 @@
 use super::convert::{check_output, files_line, format_name, open_base, show};
 use crate::adapter::formats::kohya;
 use crate::adapter::{Adapter, Format};
-use crate::algebra::combine::{
+use crate::inspect::table;
+use crate::ops::combine::{
     self, CombineOptions, MajoritySign, Method, ModuleCombine, WeightedInput,
 };
-use crate::algebra::{self, convert, DtypeChoice, Provenance, WriteSpec};
-use crate::inspect::table;
+use crate::ops::convert;
+use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec};
 use anyhow::{bail, Result};
 use clap::ValueHint;
 use serde_json::json;
@@ -207,7 +208,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     }
     let base = open_base(a.base.as_deref())?;
     let to = a.format.unwrap_or(adapters[0].format);
-    let dtype = algebra::computed_dtype(a.dtype, &adapters[0]);
+    let dtype = output::computed_dtype(a.dtype, &adapters[0]);
     let spec = WriteSpec {
         format: to,
         out: a.out.clone(),
@@ -278,7 +279,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
         inputs: serde_json::Value::Array(input_list),
         params: params.clone(),
     };
-    let written = algebra::write_adapter(&combined, &spec, &prov)?;
+    let written = output::write_adapter(&combined, &spec, &prov)?;
     if let Some(o) = params.as_object_mut() {
         for k in ["weights", "to", "method"] {
             o.remove(k);
@@ -305,7 +306,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn render(s: &CombineSummary, w: &algebra::Written) -> String {
+fn render(s: &CombineSummary, w: &output::Written) -> String {
     let mut out = format!(
         "combined ({}) → {} ({})\n\n",
         s.method.name(),

@@ -3,10 +3,10 @@
 
 use crate::adapter::formats::kohya;
 use crate::adapter::{Adapter, Format};
-use crate::algebra::convert::{self, NameSource};
-use crate::algebra::{self, DtypeChoice, Provenance, WriteSpec, Written};
 use crate::inspect::{human_bytes, table};
 use crate::io::Checkpoint;
+use crate::ops::convert::{self, NameSource};
+use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec, Written};
 use anyhow::Result;
 use clap::ValueHint;
 use serde_json::json;
@@ -114,7 +114,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let spec = WriteSpec {
         format: a.to,
         out: a.out.clone(),
-        dtype: algebra::copy_dtype(a.dtype),
+        dtype: output::copy_dtype(a.dtype),
         kohya_prefix: a.prefix.clone(),
     };
     check_output(&spec, &[&adapter], base.as_ref())?;
@@ -130,20 +130,20 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         );
     }
     let prep = convert::prepare(&mut adapter, a.to, base.as_ref())?;
-    let prefix = (a.to == Format::Kohya).then(|| algebra::kohya_prefix_for(&adapter, &spec));
+    let prefix = (a.to == Format::Kohya).then(|| output::kohya_prefix_for(&adapter, &spec));
     let prov = Provenance {
         operation: "convert",
         inputs: inputs_json(&[&a.adapter], a.base.as_deref()),
         params: json!({"from": from, "to": a.to, "prefix": prefix, "dtype": a.dtype}),
     };
-    let written = algebra::write_adapter(&adapter, &spec, &prov)?;
+    let written = output::write_adapter(&adapter, &spec, &prov)?;
     let modules = adapter
         .modules
         .iter()
         .zip(prep.names_before.iter().zip(&prep.alphas_before))
         .map(|(m, (before, &alpha_in))| ModuleConvert {
             from: before.clone(),
-            to: algebra::written_name(&m.name, a.to, prefix.as_deref().unwrap_or("")),
+            to: output::written_name(&m.name, a.to, prefix.as_deref().unwrap_or("")),
             rank: m.rank,
             alpha_in,
             alpha_out: convert::kohya_or_peft_alpha(&adapter, m, a.to),
@@ -251,13 +251,13 @@ pub(crate) fn check_output(
 ) -> Result<()> {
     let mut inputs: Vec<PathBuf> = adapters
         .iter()
-        .flat_map(|a| algebra::adapter_inputs(a))
+        .flat_map(|a| output::adapter_inputs(a))
         .collect();
     if let Some(b) = base {
         inputs.extend(b.input_paths());
         inputs.push(b.root.clone());
     }
-    algebra::check_output(spec, &inputs)?;
+    output::check_output(spec, &inputs)?;
     Ok(())
 }
 

@@ -3,9 +3,10 @@
 use super::convert::{check_output, files_line, format_name, inputs_json, num, open_base, show};
 use crate::adapter::formats::kohya;
 use crate::adapter::{Adapter, Format};
-use crate::algebra::resize::{self, ModuleResize, RankRule};
-use crate::algebra::{self, convert, DtypeChoice, Provenance, WriteSpec};
 use crate::inspect::table;
+use crate::ops::convert;
+use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec};
+use crate::ops::resize::{self, ModuleResize, RankRule};
 use anyhow::{bail, Result};
 use clap::ValueHint;
 use serde_json::json;
@@ -137,7 +138,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
     let base = open_base(a.base.as_deref())?;
     let from = adapter.format;
     let to = a.format.unwrap_or(from);
-    let dtype = algebra::computed_dtype(a.dtype, &adapter);
+    let dtype = output::computed_dtype(a.dtype, &adapter);
     let spec = WriteSpec {
         format: to,
         out: a.out.clone(),
@@ -154,7 +155,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
         inputs: inputs_json(&[&a.adapter], a.base.as_deref()),
         params: json!({"rule": rule.to_json(), "to": to, "dtype": a.dtype}),
     };
-    let written = algebra::write_adapter(&resized, &spec, &prov)?;
+    let written = output::write_adapter(&resized, &spec, &prov)?;
     let (kept, total) = modules.iter().fold((0.0, 0.0), |(k, t), m| {
         let e = m.fro_norm * m.fro_norm;
         (k + e * m.energy_kept, t + e)
@@ -204,7 +205,7 @@ fn update_kohya_metadata(adapter: &mut Adapter, modules: &[ModuleResize]) {
     }
 }
 
-fn render(s: &ResizeSummary, w: &algebra::Written) -> String {
+fn render(s: &ResizeSummary, w: &output::Written) -> String {
     let mut out = format!(
         "resized {} ({}) → {} ({}), rule {}\n\n",
         s.input,

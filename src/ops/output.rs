@@ -1,26 +1,19 @@
-//! Adapter algebra: operations that read LoRA adapters and write a new adapter, never touching a
-//! base model's weights — [`resize`] (change ranks, exactly in factor space), [`combine`] (PEFT's
-//! `add_weighted_adapter` methods, plus exact `cat` and `svd`) and [`convert`] (PEFT ↔ kohya).
-//!
-//! Every operation works on the one adapter model ([`crate::adapter::Adapter`]) and ends in
-//! [`write_adapter`], which writes either format atomically through [`crate::io::Output`],
-//! refuses an output that is an input, removes an output folder it created when anything fails,
-//! carries the input's `__metadata__` and records provenance (`lorakit.version`,
-//! `lorakit.operation`, `lorakit.inputs`, `lorakit.params`). A kohya file written from an
-//! adapter with dotted module names also records `lorakit.module_names` (kohya name → module
-//! path) and `lorakit.peft_config` (the adapter_config.json PEFT output would have), so that
-//! converting it back to PEFT needs no base and restores every module's alpha exactly
-//! ([`convert::restore_from_metadata`]); a kohya → kohya rewrite (resize, dtype change) keeps
-//! the kohya names and carries both entries, which the reader checks against the file's ranks
-//! and alphas before trusting the config.
+//! The one adapter output of the adapter operations ([`super::resize`], [`super::combine`],
+//! [`super::convert`]; extract and train write through it too where they write adapters): it
+//! writes either format atomically through [`crate::io::Output`], refuses an output that is an
+//! input, removes an output folder it created when anything fails, carries the input's
+//! `__metadata__` and records provenance (`lorakit.version`, `lorakit.operation`,
+//! `lorakit.inputs`, `lorakit.params`). A kohya file written from an adapter with dotted module
+//! names also records `lorakit.module_names` (kohya name → module path) and
+//! `lorakit.peft_config` (the adapter_config.json PEFT output would have), so that converting it
+//! back to PEFT needs no base and restores every module's alpha exactly
+//! ([`super::convert::restore_from_metadata`]); a kohya → kohya rewrite (resize, dtype change)
+//! keeps the kohya names and carries both entries, which the reader checks against the file's
+//! ranks and alphas before trusting the config.
 //!
 //! Same inputs and options give byte-identical outputs: modules are processed in a fixed order,
 //! the random masks of DARE come from a seeded generator keyed by module name (not by thread
-//! schedule), and no timestamps are written.
-
-pub mod combine;
-pub mod convert;
-pub mod resize;
+//! schedule), and no timestamps are written. Must not: read a base model's weights, or print.
 
 use crate::adapter::formats::{kohya, peft};
 use crate::adapter::{Adapter, Data, Format};

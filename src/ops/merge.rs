@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Output dtype policy: the one `--dtype` of every writing command.
-pub use crate::algebra::DtypeChoice;
+pub use crate::ops::output::DtypeChoice;
 
 /// Options of a merge.
 #[derive(Debug, Clone, Default)]

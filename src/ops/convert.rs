@@ -9,7 +9,7 @@
 //!   (kohya has no `√r` rule) — per-module alphas (`alpha_pattern`) are naturally per-module in
 //!   kohya. DoRA, `lora_B` biases, embeddings, `fan_in_fan_out` modules and full tensors have no
 //!   kohya form and are refused. The PEFT module paths and the adapter_config.json are recorded
-//!   in the file's metadata ([`super::META_MODULE_NAMES`], [`super::META_PEFT_CONFIG`]).
+//!   in the file's metadata ([`super::output::META_MODULE_NAMES`], [`super::output::META_PEFT_CONFIG`]).
 //! * **kohya → PEFT.** kohya names lost the dots of the module paths (`…_self_attn_q_proj`), and
 //!   underscores inside names make the reverse ambiguous, so the paths come from the base's
 //!   tensor list ([`crate::adapter::mapping::resolve`]: every module must land on exactly one base
@@ -135,7 +135,7 @@ pub fn restore_from_metadata(adapter: &mut Adapter) -> InputResult<(usize, bool)
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.clone())
     };
-    let Some(names) = meta(super::META_MODULE_NAMES) else {
+    let Some(names) = meta(super::output::META_MODULE_NAMES) else {
         return Ok((0, false));
     };
     let names: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(&names) {
@@ -145,7 +145,7 @@ pub fn restore_from_metadata(adapter: &mut Adapter) -> InputResult<(usize, bool)
                 &adapter.path,
                 format!(
                     "metadata `{}` is not a JSON object of names",
-                    super::META_MODULE_NAMES
+                    super::output::META_MODULE_NAMES
                 ),
             ))
         }
@@ -157,7 +157,7 @@ pub fn restore_from_metadata(adapter: &mut Adapter) -> InputResult<(usize, bool)
             renamed += 1;
         }
     }
-    let Some(text) = meta(super::META_PEFT_CONFIG) else {
+    let Some(text) = meta(super::output::META_PEFT_CONFIG) else {
         return Ok((renamed, false));
     };
     let Ok(cfg) = PeftConfig::parse(&adapter.path, text.as_bytes()) else {

@@ -114,7 +114,11 @@ pub fn resize_module(
     rule: &RankRule,
 ) -> (Option<Factors>, ModuleResize) {
     let (d, r, k) = (m.out_features, m.rank, m.in_features);
-    let svd = linalg::factored_svd(super::view(b, d, r), super::view(a, r, k), 1.0);
+    let svd = linalg::factored_svd(
+        super::output::view(b, d, r),
+        super::output::view(a, r, k),
+        1.0,
+    );
     let new_rank = choose_rank(&svd.s, r, rule);
     let total = linalg::energy(&svd.s);
     let tail = linalg::tail_energy(&svd.s, new_rank);
@@ -137,7 +141,7 @@ pub fn resize_module(
         },
         changed,
     };
-    let factors = changed.then(|| super::svd_factors(&svd, new_rank));
+    let factors = changed.then(|| super::output::svd_factors(&svd, new_rank));
     (factors, report)
 }
 

@@ -440,8 +440,8 @@ pub fn combine(
                         .zip(factors.iter().zip(&ws))
                         .map(|((_, m), ((bi, ai), &w))| {
                             (
-                                super::view(bi, d, m.rank),
-                                super::view(ai, m.rank, k),
+                                super::output::view(bi, d, m.rank),
+                                super::output::view(ai, m.rank, k),
                                 w as f32,
                             )
                         })
@@ -456,7 +456,7 @@ pub fn combine(
                     // A rank above min(d, k) adds only zero columns: capped, as extract does
                     // (the report's `rank` says what each module got).
                     let rank = svd_rank.min(d.min(k));
-                    let (b, a) = super::svd_factors(&svd, rank);
+                    let (b, a) = super::output::svd_factors(&svd, rank);
                     (rank, b, a)
                 }
                 _ => {
