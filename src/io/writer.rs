@@ -114,9 +114,18 @@ impl Output {
             p = d.parent();
         }
         for d in missing.into_iter().rev() {
-            std::fs::create_dir(&d).map_err(|e| InputError::write(&d, e))?;
-            register(&d, Kind::Dir);
-            self.created.push(d);
+            match std::fs::create_dir(&d) {
+                Ok(()) => {
+                    register(&d, Kind::Dir);
+                    self.created.push(d);
+                }
+                // Another process made it in the meantime (parts of one split run start
+                // together): it is theirs to clean up, and ours to use.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && std::fs::metadata(&d).is_ok_and(|m| m.is_dir()) => {}
+                Err(e) => return Err(InputError::write(&d, e)),
+            }
         }
         Ok(())
     }
@@ -663,6 +672,34 @@ fn canonical_target(p: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parts of one split run start together and create the same output folder: whoever
+    /// loses the race uses the folder the other made (this failed with "File exists" in CI).
+    #[test]
+    fn concurrent_create_dir_all_of_one_folder_all_succeed() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join(format!("a{round}/b/c"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (t, b) = (target.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let mut out = Output::new();
+                        b.wait();
+                        let r = out.create_dir_all(&t).map_err(|e| e.to_string());
+                        // Keep the folders: a dropped Output removes what it created.
+                        std::mem::forget(out);
+                        r
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+            assert!(target.is_dir());
+        }
+    }
     use crate::io::file::SafetensorsFile;
 
     #[test]
