@@ -337,13 +337,13 @@ mod tests {
     use super::*;
     use crate::linalg::rng::Xoshiro256PlusPlus as Rng;
 
-    fn lcg(seed: &mut Rng) -> f32 {
+    fn uniform(seed: &mut Rng) -> f32 {
         // Uniform on [-0.5, 0.5), from the one seeded generator (linalg::rng).
         (seed.next_f64() - 0.5) as f32
     }
 
     fn rand(n: usize, seed: &mut Rng) -> Vec<f32> {
-        (0..n).map(|_| lcg(seed)).collect()
+        (0..n).map(|_| uniform(seed)).collect()
     }
 
     /// f64 triple-loop reference: `Y[i, o] = Σ_p X[i,p]·W0[o,p] + Σ_a [use a] s_a Σ_c (Σ_p X[i,p]A[c,p]) B[o,c]`.

@@ -39,7 +39,7 @@ pub fn run(mut a: InspectArgs) -> Result<i32> {
         )
         .into());
     }
-    let report = inspect::inspect(&a.path, &opts)?;
+    let report = inspect::inspect(&a.path, adapter, &opts)?;
     if let (Some(plot), Report::Adapter(ad)) = (&a.plot, &report) {
         write_plot(ad, &a.path, plot)?;
     }

@@ -160,7 +160,6 @@ fn print_always(s: &str) -> Result<()> {
     }
 }
 
-/// Prints `v` as pretty JSON with a trailing newline.
 /// Prints a report as JSON (always, even with `--quiet`). Every report is an object whose first
 /// key is `operation` (the command that made it): a report that does not name its operation
 /// gets `operation`, and a list becomes `{"operation": …, "items": […]}`. That key is the one

@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(run(true), run(false));
     }
 
-    fn lcg(seed: &mut Rng) -> f64 {
+    fn uniform(seed: &mut Rng) -> f64 {
         // Uniform on [-0.5, 0.5), from the one seeded generator (linalg::rng).
         seed.next_f64() - 0.5
     }
@@ -579,9 +579,9 @@ mod tests {
             };
             let nq = s.batch * s.seq * s.heads * s.head_dim;
             let nk = s.batch * s.seq * s.kv_heads * s.head_dim;
-            let q: Vec<f64> = (0..nq).map(|_| lcg(&mut seed)).collect();
-            let k: Vec<f64> = (0..nk).map(|_| lcg(&mut seed)).collect();
-            let v: Vec<f64> = (0..nk).map(|_| lcg(&mut seed)).collect();
+            let q: Vec<f64> = (0..nq).map(|_| uniform(&mut seed)).collect();
+            let k: Vec<f64> = (0..nk).map(|_| uniform(&mut seed)).collect();
+            let v: Vec<f64> = (0..nk).map(|_| uniform(&mut seed)).collect();
             let (o, _) = attention(&q, &k, &v, &s);
             let want = naive(&q, &k, &v, &s);
             for (a, b) in o.iter().zip(&want) {
@@ -607,10 +607,10 @@ mod tests {
             };
             let nq = s.batch * s.seq * s.heads * s.head_dim;
             let nk = s.batch * s.seq * s.kv_heads * s.head_dim;
-            let q: Vec<f64> = (0..nq).map(|_| 2.0 * lcg(&mut seed)).collect();
-            let k: Vec<f64> = (0..nk).map(|_| 2.0 * lcg(&mut seed)).collect();
-            let v: Vec<f64> = (0..nk).map(|_| lcg(&mut seed)).collect();
-            let r: Vec<f64> = (0..nq).map(|_| lcg(&mut seed)).collect();
+            let q: Vec<f64> = (0..nq).map(|_| 2.0 * uniform(&mut seed)).collect();
+            let k: Vec<f64> = (0..nk).map(|_| 2.0 * uniform(&mut seed)).collect();
+            let v: Vec<f64> = (0..nk).map(|_| uniform(&mut seed)).collect();
+            let r: Vec<f64> = (0..nq).map(|_| uniform(&mut seed)).collect();
             let (o, lse) = attention(&q, &k, &v, &s);
             let want = naive(&q, &k, &v, &s);
             for (a, b) in o.iter().zip(&want) {

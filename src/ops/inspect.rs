@@ -118,9 +118,10 @@ pub fn is_adapter(path: &Path) -> bool {
     }
 }
 
-/// Builds the report for `path`.
-pub fn inspect(path: &Path, opts: &InspectOptions) -> Result<Report> {
-    if is_adapter(path) {
+/// Builds the report for `path`, read as an adapter when `adapter` (the caller has asked
+/// [`is_adapter`] already, to check its options against the kind of input).
+pub fn inspect(path: &Path, adapter: bool, opts: &InspectOptions) -> Result<Report> {
+    if adapter {
         let a = Adapter::open(path)?;
         Ok(Report::Adapter(adapter_report(&a, opts)?))
     } else {

@@ -1,6 +1,5 @@
 //! The one adapter output of the adapter operations ([`super::resize`], [`super::combine`],
-//! [`super::convert`]; extract and train write through it too where they write adapters): it
-//! writes either format atomically through [`crate::io::Output`], refuses an output that is an
+//! [`super::convert`]; extract and train still write their adapters on their own): it writes either format atomically through [`crate::io::Output`], refuses an output that is an
 //! input, removes an output folder it created when anything fails, carries the input's
 //! `__metadata__` and records provenance (`lorakit.version`, `lorakit.operation`,
 //! `lorakit.inputs`, `lorakit.params`). A kohya file written from an adapter with dotted module

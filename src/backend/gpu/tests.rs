@@ -61,13 +61,13 @@ fn gpu_tiled() -> Option<&'static GpuContext> {
     context(&CTX, || GpuContext::with_binding_limit(TILED_LIMIT))
 }
 
-fn lcg(seed: &mut Rng) -> f32 {
+fn uniform(seed: &mut Rng) -> f32 {
     // Uniform on [-0.5, 0.5), from the one seeded generator (linalg::rng).
     (seed.next_f64() - 0.5) as f32
 }
 
 fn rand(n: usize, seed: &mut Rng) -> Vec<f32> {
-    (0..n).map(|_| lcg(seed)).collect()
+    (0..n).map(|_| uniform(seed)).collect()
 }
 
 /// Distance in units in the last place between two finite f32s.
@@ -159,8 +159,8 @@ fn merge_matches_cpu_bit_for_bit() {
     // half used).
     let (rows, cols) = (67, 131);
     let w0 = rand(rows * cols, &mut seed);
-    let mag_r: Vec<f32> = (0..rows).map(|_| 1.0 + lcg(&mut seed)).collect();
-    let mag_c: Vec<f32> = (0..cols).map(|_| 1.0 + lcg(&mut seed)).collect();
+    let mag_r: Vec<f32> = (0..rows).map(|_| 1.0 + uniform(&mut seed)).collect();
+    let mag_c: Vec<f32> = (0..cols).map(|_| 1.0 + uniform(&mut seed)).collect();
     let mut inexact = 0;
     for rank in [1, 8, 64] {
         let f1 = factors(rows, cols, rank, &mut seed);
@@ -218,8 +218,8 @@ fn merge_tiled_matches_cpu() {
     let mut seed = Rng::seed_from_u64(29);
     let (rows, cols) = (150, 300);
     let w0 = rand(rows * cols, &mut seed);
-    let mag_r: Vec<f32> = (0..rows).map(|_| 1.0 + lcg(&mut seed)).collect();
-    let mag_c: Vec<f32> = (0..cols).map(|_| 1.0 + lcg(&mut seed)).collect();
+    let mag_r: Vec<f32> = (0..rows).map(|_| 1.0 + uniform(&mut seed)).collect();
+    let mag_c: Vec<f32> = (0..cols).map(|_| 1.0 + uniform(&mut seed)).collect();
     for rank in [1, 8, 64] {
         let f1 = factors(rows, cols, rank, &mut seed);
         let f2 = factors(rows, cols, rank, &mut seed);
@@ -861,7 +861,7 @@ struct Pair {
 impl Pair {
     fn new(rows: usize, cols: usize, wd: Dtype, w0d: Dtype, seed: &mut Rng) -> Self {
         let base = rand(rows * cols, seed);
-        let tuned: Vec<f32> = base.iter().map(|v| v + 0.05 * lcg(seed)).collect();
+        let tuned: Vec<f32> = base.iter().map(|v| v + 0.05 * uniform(seed)).collect();
         Pair {
             w: dtype::encode(wd, &tuned),
             w0: dtype::encode(w0d, &base),

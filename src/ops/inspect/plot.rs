@@ -38,17 +38,11 @@ pub fn layer_of(name: &str) -> Option<usize> {
 /// `‖M − M_k‖_F / ‖M‖_F` for the best rank-`k` approximation (Eckart–Young): the tail of the
 /// spectrum.
 fn optimal_rel_error(s: &SpectrumRow, k: usize) -> f64 {
-    let total: f64 = s.singular_values.iter().map(|&x| (x as f64).powi(2)).sum();
+    let total = crate::linalg::energy(&s.singular_values);
     if total == 0.0 {
         return 0.0;
     }
-    let tail: f64 = s
-        .singular_values
-        .iter()
-        .skip(k)
-        .map(|&x| (x as f64).powi(2))
-        .sum();
-    (tail / total).sqrt()
+    (crate::linalg::tail_energy(&s.singular_values, k) / total).sqrt()
 }
 
 struct Line<'a> {
