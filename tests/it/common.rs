@@ -336,3 +336,13 @@ pub fn peft_alpha_for(cfg: &serde_json::Value, module: &str) -> Option<f64> {
     }
     cfg["lora_alpha"].as_f64()
 }
+
+/// Copies the regular files of `src` (not its subfolders) into `dst`, created if missing.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}

@@ -30,15 +30,6 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     v
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        if e.path().is_file() {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// Asserts the run was refused as an output onto an input (exit 2, one line).
 fn refused_as_input(out: &std::process::Output) {
     let line = one_line_error(out);

@@ -973,11 +973,7 @@ fn base_with_config(
     edit: impl Fn(&mut serde_json::Value),
 ) -> std::path::PathBuf {
     let to = dir.join(from.replace('/', "_"));
-    std::fs::create_dir_all(&to).unwrap();
-    for e in std::fs::read_dir(fixture(from)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
+    copy_dir(&fixture(from), &to);
     let p = to.join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
