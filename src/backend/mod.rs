@@ -116,7 +116,8 @@ impl MergeJob<'_> {
 }
 
 /// Which backend runs an op.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The GPU when one exists, else the CPU.
     #[default]

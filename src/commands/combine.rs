@@ -1,111 +1,15 @@
 //! `lorakit combine`.
 
 use super::convert::{check_output, files_line, format_name, open_base, show};
-use crate::adapter::formats::kohya;
 use crate::adapter::{Adapter, Format};
+use crate::cli::CombineArgs;
 use crate::inspect::table;
-use crate::ops::combine::{
-    self, CombineOptions, MajoritySign, Method, ModuleCombine, WeightedInput,
-};
+use crate::ops::combine::{self, CombineOptions, Method, ModuleCombine, WeightedInput};
 use crate::ops::convert;
-use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec};
+use crate::ops::output::{self, Provenance, WriteSpec};
 use anyhow::{bail, Result};
-use clap::ValueHint;
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::Instant;
-
-/// Combine several adapters into one, as PEFT's add_weighted_adapter does.
-///
-/// With weights wᵢ and scales sᵢ, per module:
-///   cat          exact: A = [w₁s₁A₁; w₂s₂A₂; …], B = [B₁ B₂ …], rank Σ rᵢ, scale 1. Like PEFT,
-///                every module gets rank Σᵢ max-rank(adapterᵢ), zero-padded where an adapter
-///                lacks the module (--no-pad: each module's own Σ rᵢ).
-///   svd          the exact sum Σ wᵢsᵢBᵢAᵢ re-compressed to --rank (default: the largest input
-///                rank) by QR of the stacked factors and SVD of the small core — the d×k sum is
-///                never formed; the best rank-R approximation. B = U·diag(σ), A = Vᵀ.
-///   linear       PEFT's factor-wise sum: A = Σ sign(wᵢsᵢ)√|wᵢsᵢ|·Aᵢ, B = Σ √|wᵢsᵢ|·Bᵢ
-///                (cross terms: an approximation; equal ranks needed).
-///   ties         per side: keep the ⌊density·n⌋ largest |x| of each input, elect each entry's
-///                sign from the pruned unweighted inputs (--majority-sign), average the weighted
-///                entries of that sign.
-///   dare_linear  keep each entry with probability density, rescale by 1/density, then linear.
-///   dare_ties    DARE pruning, then ties' sign election and mean.
-/// The DARE masks come from lorakit's seeded generator (--seed), not torch's: reproducible, and
-/// distributed as PEFT's, but not PEFT's draws. Modules held by only some adapters combine those
-/// that hold them. The result has scale 1 (r = alpha) and no rsLoRA. DoRA, lora bias and
-/// modules_to_save adapters are refused.
-///
-/// Inputs are brought to one format first (--format, default the first adapter's; kohya → PEFT
-/// needs --base or lorakit metadata, see convert).
-///
-/// Examples:
-///   lorakit combine --adapter a/ --weight 0.7 --adapter b/ --weight -0.4 --method cat --out mix/
-///   lorakit combine --adapter a/ --adapter b/ --method svd --rank 16 --out mix/
-///   lorakit combine --adapter a/ --weight 0.6 --adapter b/ --weight 0.3 --method ties \
-///       --density 0.5 --out mix/
-///   lorakit combine --adapter a.safetensors --adapter b.safetensors --method dare_linear \
-///       --density 0.3 --seed 7 --out mix.safetensors
-#[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
-pub struct CombineArgs {
-    /// Adapter to combine (PEFT folder or file, or kohya file); repeat for each.
-    #[arg(long = "adapter", required = true, value_hint = ValueHint::AnyPath)]
-    pub adapters: Vec<PathBuf>,
-
-    /// Weight of each adapter, paired with --adapter in order: give one per adapter, or none
-    /// (all 1.0). May be negative.
-    #[arg(long = "weight", allow_negative_numbers = true)]
-    pub weights: Vec<f64>,
-
-    /// How to combine.
-    #[arg(long, value_enum)]
-    pub method: Method,
-
-    /// svd: rank of the result (default: the largest input rank).
-    #[arg(long, value_name = "R")]
-    pub rank: Option<usize>,
-
-    /// ties, dare_linear, dare_ties: fraction of entries kept, in (0, 1].
-    #[arg(long, value_name = "D")]
-    pub density: Option<f64>,
-
-    /// dare_linear, dare_ties: seed of the random masks.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-
-    /// ties, dare_ties: how each entry's sign is elected.
-    #[arg(long, value_enum, default_value_t = MajoritySign::Total)]
-    pub majority_sign: MajoritySign,
-
-    /// cat: give each module the sum of its own inputs' ranks instead of PEFT's common rank.
-    #[arg(long)]
-    pub no_pad: bool,
-
-    /// Output: a folder for PEFT, a .safetensors file for kohya.
-    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
-    pub out: PathBuf,
-
-    /// Output format (default: the first adapter's).
-    #[arg(long, value_enum)]
-    pub format: Option<Format>,
-
-    /// Base model, to bring kohya adapters to PEFT module paths (see convert).
-    #[arg(long, value_hint = ValueHint::AnyPath)]
-    pub base: Option<PathBuf>,
-
-    /// kohya prefix of module paths when writing kohya from PEFT (see convert).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kohya::PREFIXES))]
-    pub prefix: Option<String>,
-
-    /// dtype of the written factors; keep = the first adapter's.
-    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
-    pub dtype: DtypeChoice,
-
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// One input of a combination.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -206,14 +110,14 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     for p in &a.adapters {
         adapters.push(Adapter::open(p)?);
     }
-    let base = open_base(a.base.as_deref())?;
+    let base = open_base(a.output.base.as_deref())?;
     let to = a.format.unwrap_or(adapters[0].format);
-    let dtype = output::computed_dtype(a.dtype, &adapters[0]);
+    let dtype = output::computed_dtype(a.output.dtype, &adapters[0]);
     let spec = WriteSpec {
         format: to,
-        out: a.out.clone(),
+        out: a.output.out.clone(),
         dtype: Some(dtype),
-        kohya_prefix: a.prefix.clone(),
+        kohya_prefix: a.output.prefix.clone(),
     };
     check_output(&spec, &adapters.iter().collect::<Vec<_>>(), base.as_ref())?;
     let weights: Vec<f64> = (0..adapters.len())
@@ -263,7 +167,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     if let Some(o) = params.as_object_mut() {
         o.insert("weights".into(), json!(weights));
         o.insert("to".into(), json!(to));
-        o.insert("dtype".into(), json!(a.dtype));
+        o.insert("dtype".into(), json!(a.output.dtype));
     }
     let mut input_list: Vec<serde_json::Value> = a
         .adapters
@@ -271,7 +175,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
         .zip(&weights)
         .map(|(p, w)| json!({"path": show(p), "weight": w}))
         .collect();
-    if let Some(b) = &a.base {
+    if let Some(b) = &a.output.base {
         input_list.push(json!({"path": show(b), "role": "base"}));
     }
     let prov = Provenance {
@@ -288,7 +192,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     let summary = CombineSummary {
         operation: "combine",
         method: opts.method,
-        out: show(&a.out),
+        out: show(&a.output.out),
         format: to,
         adapters: summaries,
         params,

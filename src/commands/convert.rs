@@ -1,72 +1,16 @@
 //! `lorakit convert`, and what `resize` and `combine` share with it: opening a base, checking
 //! the output, writing, and the module table.
 
-use crate::adapter::formats::kohya;
 use crate::adapter::{Adapter, Format};
+use crate::cli::ConvertArgs;
 use crate::inspect::{human_bytes, table};
 use crate::io::Checkpoint;
 use crate::ops::convert::{self, NameSource};
 use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec, Written};
 use anyhow::Result;
-use clap::ValueHint;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Convert an adapter between the PEFT and kohya formats, exactly.
-///
-/// Factors are copied byte for byte (unless --dtype asks otherwise) and every module keeps its
-/// exact scale: PEFT → kohya writes each module's alpha (scale·rank for rsLoRA, since kohya's
-/// scale is always alpha/rank); kohya → PEFT writes the kohya alphas, with alpha_pattern /
-/// rank_pattern where modules differ. kohya names lost the dots of module paths, so kohya →
-/// PEFT needs --base, the model the adapter is for (each module must land on exactly one base
-/// tensor of matching shape; an ambiguous name is an error) — except for a kohya file lorakit
-/// wrote from PEFT, whose metadata holds the module paths and the PEFT config: converting it
-/// back restores the original config and per-module alphas. File metadata is kept.
-///
-/// PEFT output is a folder (adapter_model.safetensors + adapter_config.json); kohya output is
-/// one .safetensors file. DoRA, lora bias, embedding, fan_in_fan_out modules and
-/// modules_to_save tensors have no kohya form and are refused.
-///
-/// Examples:
-///   lorakit convert fixtures/kohya/adapters/te_peft --to kohya --out te.safetensors
-///   lorakit convert fixtures/kohya/te_lora.safetensors --to peft --base fixtures/kohya/te_base \
-///       --out te_peft/
-///   lorakit convert te.safetensors --to peft --out back/        # lorakit-written: no --base needed
-///   lorakit convert a/ --to kohya --prefix lora_te1 --dtype f16 --out a.safetensors --json
-#[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
-pub struct ConvertArgs {
-    /// Adapter to convert: a PEFT folder (or its adapter_model.safetensors) or a kohya file.
-    #[arg(value_hint = ValueHint::AnyPath)]
-    pub adapter: PathBuf,
-
-    /// Output format.
-    #[arg(long, value_enum)]
-    pub to: Format,
-
-    /// Base model (file or Hugging Face folder) to restore kohya module paths from, and to check
-    /// that every module lands on it.
-    #[arg(long, value_hint = ValueHint::AnyPath)]
-    pub base: Option<PathBuf>,
-
-    /// Output: a folder for PEFT, a .safetensors file for kohya.
-    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
-    pub out: PathBuf,
-
-    /// kohya prefix of module paths (default: lora_te when every module is under
-    /// `text_model.`, else lora_unet).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kohya::PREFIXES))]
-    pub prefix: Option<String>,
-
-    /// dtype of the written factors; keep copies each tensor byte for byte.
-    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
-    pub dtype: DtypeChoice,
-
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// One module of a conversion.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -110,12 +54,12 @@ pub struct ConvertSummary {
 pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let start = Instant::now();
     let mut adapter = Adapter::open(&a.adapter)?;
-    let base = open_base(a.base.as_deref())?;
+    let base = open_base(a.output.base.as_deref())?;
     let spec = WriteSpec {
         format: a.to,
-        out: a.out.clone(),
-        dtype: output::copy_dtype(a.dtype),
-        kohya_prefix: a.prefix.clone(),
+        out: a.output.out.clone(),
+        dtype: output::copy_dtype(a.output.dtype),
+        kohya_prefix: a.output.prefix.clone(),
     };
     check_output(&spec, &[&adapter], base.as_ref())?;
     let from = adapter.format;
@@ -133,8 +77,8 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let prefix = (a.to == Format::Kohya).then(|| output::kohya_prefix_for(&adapter, &spec));
     let prov = Provenance {
         operation: "convert",
-        inputs: inputs_json(&[&a.adapter], a.base.as_deref()),
-        params: json!({"from": from, "to": a.to, "prefix": prefix, "dtype": a.dtype}),
+        inputs: inputs_json(&[&a.adapter], a.output.base.as_deref()),
+        params: json!({"from": from, "to": a.to, "prefix": prefix, "dtype": a.output.dtype}),
     };
     let written = output::write_adapter(&adapter, &spec, &prov)?;
     let modules = adapter
@@ -153,14 +97,14 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let summary = ConvertSummary {
         operation: "convert",
         input: show(&a.adapter),
-        out: show(&a.out),
+        out: show(&a.output.out),
         from,
         to: a.to,
-        base: a.base.as_deref().map(show),
+        base: a.output.base.as_deref().map(show),
         prefix,
         names_from: prep.names_from,
         config_restored: prep.config_restored,
-        dtype: a.dtype,
+        dtype: a.output.dtype,
         modules,
         metadata_kept_count: metadata_kept(&adapter),
         files: written.files,

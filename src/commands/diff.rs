@@ -1,55 +1,10 @@
 //! `lorakit diff`.
 
+use crate::cli::DiffArgs;
 use crate::diff::{diff, DiffOptions, DiffReport};
 use crate::inspect::table;
 use crate::io::Checkpoint;
 use anyhow::Result;
-use clap::{Args, ValueHint};
-use std::path::PathBuf;
-
-/// Compare two checkpoints tensor by tensor; exit 0 when they agree, 1 when they do not.
-///
-/// For each tensor: present in one only, dtype/shape differences, max absolute difference and
-/// relative Frobenius difference ‖A − B‖/‖B‖ (f64). Float tensors pass when the relative
-/// difference is ≤ --tolerance (default 0: values must be equal) and, with --max-abs, every
-/// element is within it; float tensors in different dtypes (F32/F16/BF16/F64) are compared by
-/// value and the dtype change is reported. Other dtypes must be byte-identical. A tensor in one
-/// checkpoint only fails unless --common; another shape always fails.
-///
-/// The default tolerance 0 demands equal values. One bf16 rounding of an f32 tensor differs by
-/// up to 2⁻⁹ ≈ 2e-3 relative per element (≈ 1.1e-3 relative Frobenius for random data), so
-/// compare a bf16 merge with its f32 reference at --tolerance 4e-3.
-///
-/// Examples:
-///   lorakit diff merged/ reference/                     # exact
-///   lorakit diff merged.safetensors ref.safetensors --tolerance 1e-6
-///   lorakit diff a/ b/ --json | jq '.tensors[] | select(.pass | not)'
-///   lorakit diff merged/ changed-only.safetensors --common --tolerance 1e-6
-#[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
-pub struct DiffArgs {
-    /// First checkpoint (file or folder, or a repo id in the local Hugging Face cache).
-    #[arg(value_hint = ValueHint::AnyPath)]
-    pub a: PathBuf,
-    /// Second checkpoint, the reference of the relative difference.
-    #[arg(value_hint = ValueHint::AnyPath)]
-    pub b: PathBuf,
-    /// Largest accepted relative Frobenius difference per float tensor.
-    #[arg(long, default_value_t = 0.0)]
-    pub tolerance: f64,
-    /// Largest accepted absolute difference of any element.
-    #[arg(long)]
-    pub max_abs: Option<f64>,
-    /// Judge only the tensors both hold (a reference with just the changed tensors).
-    #[arg(long)]
-    pub common: bool,
-    /// List every tensor, not only those that fail.
-    #[arg(long)]
-    pub all: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
 
 pub fn run(mut a: DiffArgs) -> Result<i32> {
     a.a = crate::io::hub::resolve_input(&a.a)?;

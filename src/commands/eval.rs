@@ -3,111 +3,14 @@
 
 use crate::adapter::Adapter;
 use crate::backend::Engine;
-use crate::cli::DeviceArg;
+use crate::cli::EvalArgs;
 use crate::io::{Checkpoint, Output, TensorSpec};
 use crate::model::data::{read_input_ids, token_stream};
 use crate::model::llama::{Attached, NO_TARGET};
 use crate::model::{Exec, KvCache, Model, ModelConfig, TextTokenizer, Weights};
 use anyhow::{bail, Result};
-use clap::{ArgGroup, Args, ValueHint};
 use std::path::PathBuf;
 use std::time::Instant;
-
-/// Evaluate a Llama-family model with LoRA adapters: loss, perplexity, logits, generation.
-///
-/// Runs LlamaForCausalLM (also Mistral and Qwen2) from a Hugging Face folder (config.json +
-/// safetensors, single or sharded; f32, f16 or bf16 weights computed in f32, memory-mapped) with
-/// every --adapter applied UNMERGED through the low-rank path, y = x·W0ᵀ + s·(x·Aᵀ)·Bᵀ, on any
-/// linear layer (q, k, v, o, gate, up, down, lm_head) and on the embedding; DoRA modules are
-/// merged into an in-memory copy of their weight; --merged merges everything in memory instead.
-/// Logits equal transformers' + PEFT's to float rounding.
-///
-/// Loss: the mean next-token cross-entropy, as transformers computes it with labels = input ids.
-/// --text and --prompt are tokenized (tokenizer.json of the model folder, or --tokenizer) and
-/// scored in windows of --seq-len tokens moved by --stride (transformers' perplexity recipe,
-/// summed exactly over tokens): a window scores the tokens after the last one already scored,
-/// except its own first token, which has no context there (so with --stride = --seq-len each
-/// window's first token is not scored). --input-ids rows are scored whole, one sequence each.
-///
-/// Examples:
-///   lorakit eval --model fixtures/llama/base --adapter fixtures/llama/adapters/qv_r8 \
-///       --input-ids fixtures/llama/logits.safetensors --logits /tmp/logits.safetensors
-///   lorakit eval --model fixtures/llama/base --tokenizer fixtures/text/tokenizer.json \
-///       --text fixtures/text/tiny.txt --seq-len 32 --json
-///   lorakit eval --model model/ --adapter a/ --text wiki.txt --seq-len 1024 --stride 512
-///   lorakit eval --model model/ --adapter a/ --prompt "The keeper of the" --generate 40
-///   lorakit eval --model model/ --adapter a/ --weight 0.5 --adapter b/ --text test.jsonl
-#[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
-#[command(group(ArgGroup::new("input").required(true).args(["text", "prompt", "input_ids"])))]
-pub struct EvalArgs {
-    /// Base model: a Hugging Face folder (config.json + model.safetensors or shards).
-    #[arg(long, value_hint = ValueHint::DirPath)]
-    pub model: PathBuf,
-
-    /// LoRA adapter (PEFT folder or file, kohya file); repeat for several, all applied at once.
-    #[arg(long = "adapter", value_hint = ValueHint::AnyPath)]
-    pub adapters: Vec<PathBuf>,
-
-    /// Weight of each adapter, paired with --adapter in order (default 1.0 each).
-    #[arg(long = "weight", allow_negative_numbers = true)]
-    pub weights: Vec<f64>,
-
-    /// Merge the adapters into in-memory f32 copies of the weights (as `lorakit merge` would)
-    /// instead of applying them through the low-rank path.
-    #[arg(long)]
-    pub merged: bool,
-
-    /// Text to score: plain UTF-8, or .jsonl with a "text" field per line (each record gets
-    /// the tokenizer's BOS and is followed by the config's EOS).
-    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
-    pub text: Option<PathBuf>,
-
-    /// A prompt to score, and to continue with --generate.
-    #[arg(long, value_name = "STR")]
-    pub prompt: Option<String>,
-
-    /// Token ids: a safetensors file with an integer tensor `input_ids` [batch, seq] (I64 or
-    /// I32); each row is one sequence. Needs no tokenizer.
-    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
-    pub input_ids: Option<PathBuf>,
-
-    /// Tokenizer: a tokenizer.json (or a folder holding one), or `bytes` (UTF-8 bytes as ids);
-    /// default: tokenizer.json in the model folder.
-    #[arg(long, value_name = "FILE|bytes")]
-    pub tokenizer: Option<String>,
-
-    /// Tokens per window for --text and --prompt.
-    #[arg(long, default_value_t = 1024)]
-    pub seq_len: usize,
-
-    /// Window step for --text (default: --seq-len, windows do not overlap). A smaller stride
-    /// gives scored tokens more context, at more cost.
-    #[arg(long)]
-    pub stride: Option<usize>,
-
-    /// Sequences (windows or input_ids rows) per forward pass.
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-
-    /// Write the logits as a safetensors file with the f32 tensor `logits` [batch, seq, vocab]
-    /// (for --input-ids, or a --text/--prompt that fits one window).
-    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
-    pub logits: Option<PathBuf>,
-
-    /// Greedy-decode N tokens after --prompt (stops early at EOS) and print them.
-    #[arg(long, value_name = "N")]
-    pub generate: Option<usize>,
-
-    /// Where to run the projections: auto uses a hardware GPU when one exists, else the CPU
-    /// (attention, norms and the loss always run on the CPU).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
-
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// `eval --json` output.
 #[derive(Debug, serde::Serialize)]
@@ -242,7 +145,7 @@ pub fn run(mut a: EvalArgs, quiet: bool) -> Result<i32> {
         crate::io::writer::check_writes(&inputs, std::slice::from_ref(out), &[])?;
     }
     let (model, attached) = load_model(&ck, config.clone(), &a.adapters, &a.weights, a.merged)?;
-    let engine = Engine::new(a.device.into())?;
+    let engine = a.compute.engine()?;
     let exec = match &engine {
         Engine::Gpu(ctx) => Exec::Gpu(ctx),
         Engine::Cpu => Exec::Cpu,

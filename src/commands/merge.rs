@@ -1,7 +1,6 @@
 //! `lorakit merge`.
 
 use crate::adapter::Adapter;
-use crate::backend::Engine;
 use crate::cli::MergeArgs;
 use crate::inspect::{human_bytes, table};
 use crate::io::Checkpoint;
@@ -58,7 +57,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         }
         return Ok(0);
     }
-    let engine = Engine::new(a.device.into())?;
+    let engine = a.compute.engine()?;
     let summary = plan.run(&engine)?;
     if a.json {
         super::print_json("merge", &summary)?;

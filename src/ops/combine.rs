@@ -49,7 +49,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A combination method (`--method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Exact: concatenate the factors (rank = Σ rᵢ).
@@ -61,10 +61,8 @@ pub enum Method {
     /// TIES: magnitude pruning, sign election, disjoint mean (equal ranks).
     Ties,
     /// DARE: random pruning with rescaling, then linear (equal ranks).
-    #[value(name = "dare_linear", alias = "dare-linear")]
     DareLinear,
     /// DARE pruning, then TIES sign election and disjoint mean (equal ranks).
-    #[value(name = "dare_ties", alias = "dare-ties")]
     DareTies,
 }
 
@@ -95,7 +93,7 @@ impl Method {
 }
 
 /// How TIES elects the sign of each entry (PEFT `majority_sign_method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MajoritySign {
     /// Sign of the sum of the pruned inputs.

@@ -40,7 +40,7 @@ pub const STATE_JSON: &str = "trainer_state.json";
 pub const STATE_TENSORS: &str = "trainer_state.safetensors";
 
 /// Learning-rate decay after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// transformers `get_cosine_schedule_with_warmup` (half a cosine to 0).

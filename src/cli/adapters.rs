@@ -1,0 +1,126 @@
+//! The adapter commands' arguments: combine, convert (resize and extract follow).
+
+use super::args::AdapterOutArgs;
+use crate::adapter::Format;
+use crate::ops::combine::{MajoritySign, Method};
+use clap::{Args, ValueHint};
+use std::path::PathBuf;
+
+/// Combine several adapters into one, as PEFT's add_weighted_adapter does.
+///
+/// With weights wᵢ and scales sᵢ, per module:
+///   cat          exact: A = [w₁s₁A₁; w₂s₂A₂; …], B = [B₁ B₂ …], rank Σ rᵢ, scale 1. Like PEFT,
+///                every module gets rank Σᵢ max-rank(adapterᵢ), zero-padded where an adapter
+///                lacks the module (--no-pad: each module's own Σ rᵢ).
+///   svd          the exact sum Σ wᵢsᵢBᵢAᵢ re-compressed to --rank (default: the largest input
+///                rank) by QR of the stacked factors and SVD of the small core — the d×k sum is
+///                never formed; the best rank-R approximation. B = U·diag(σ), A = Vᵀ.
+///   linear       PEFT's factor-wise sum: A = Σ sign(wᵢsᵢ)√|wᵢsᵢ|·Aᵢ, B = Σ √|wᵢsᵢ|·Bᵢ
+///                (cross terms: an approximation; equal ranks needed).
+///   ties         per side: keep the ⌊density·n⌋ largest |x| of each input, elect each entry's
+///                sign from the pruned unweighted inputs (--majority-sign), average the weighted
+///                entries of that sign.
+///   dare_linear  keep each entry with probability density, rescale by 1/density, then linear.
+///   dare_ties    DARE pruning, then ties' sign election and mean.
+/// The DARE masks come from lorakit's seeded generator (--seed), not torch's: reproducible, and
+/// distributed as PEFT's, but not PEFT's draws. Modules held by only some adapters combine those
+/// that hold them. The result has scale 1 (r = alpha) and no rsLoRA. DoRA, lora bias and
+/// modules_to_save adapters are refused.
+///
+/// Inputs are brought to one format first (--format, default the first adapter's; kohya → PEFT
+/// needs --base or lorakit metadata, see convert).
+///
+/// Examples:
+///   lorakit combine --adapter a/ --weight 0.7 --adapter b/ --weight -0.4 --method cat --out mix/
+///   lorakit combine --adapter a/ --adapter b/ --method svd --rank 16 --out mix/
+///   lorakit combine --adapter a/ --weight 0.6 --adapter b/ --weight 0.3 --method ties \
+///       --density 0.5 --out mix/
+///   lorakit combine --adapter a.safetensors --adapter b.safetensors --method dare_linear \
+///       --density 0.3 --seed 7 --out mix.safetensors
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct CombineArgs {
+    /// Adapter to combine (PEFT folder or file, or kohya file); repeat for each.
+    #[arg(long = "adapter", required = true, value_hint = ValueHint::AnyPath)]
+    pub adapters: Vec<PathBuf>,
+
+    /// Weight of each adapter, paired with --adapter in order: give one per adapter, or none
+    /// (all 1.0). May be negative.
+    #[arg(long = "weight", allow_negative_numbers = true)]
+    pub weights: Vec<f64>,
+
+    /// How to combine.
+    #[arg(long, value_enum)]
+    pub method: Method,
+
+    /// svd: rank of the result (default: the largest input rank).
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
+
+    /// ties, dare_linear, dare_ties: fraction of entries kept, in (0, 1].
+    #[arg(long, value_name = "D")]
+    pub density: Option<f64>,
+
+    /// dare_linear, dare_ties: seed of the random masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// ties, dare_ties: how each entry's sign is elected.
+    #[arg(long, value_enum, default_value_t = MajoritySign::Total)]
+    pub majority_sign: MajoritySign,
+
+    /// cat: give each module the sum of its own inputs' ranks instead of PEFT's common rank.
+    #[arg(long)]
+    pub no_pad: bool,
+
+    /// Output format (default: the first adapter's).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+
+    #[command(flatten)]
+    pub output: AdapterOutArgs,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Convert an adapter between the PEFT and kohya formats, exactly.
+///
+/// Factors are copied byte for byte (unless --dtype asks otherwise) and every module keeps its
+/// exact scale: PEFT → kohya writes each module's alpha (scale·rank for rsLoRA, since kohya's
+/// scale is always alpha/rank); kohya → PEFT writes the kohya alphas, with alpha_pattern /
+/// rank_pattern where modules differ. kohya names lost the dots of module paths, so kohya →
+/// PEFT needs --base, the model the adapter is for (each module must land on exactly one base
+/// tensor of matching shape; an ambiguous name is an error) — except for a kohya file lorakit
+/// wrote from PEFT, whose metadata holds the module paths and the PEFT config: converting it
+/// back restores the original config and per-module alphas. File metadata is kept.
+///
+/// PEFT output is a folder (adapter_model.safetensors + adapter_config.json); kohya output is
+/// one .safetensors file. DoRA, lora bias, embedding, fan_in_fan_out modules and
+/// modules_to_save tensors have no kohya form and are refused.
+///
+/// Examples:
+///   lorakit convert fixtures/kohya/adapters/te_peft --to kohya --out te.safetensors
+///   lorakit convert fixtures/kohya/te_lora.safetensors --to peft --base fixtures/kohya/te_base \
+///       --out te_peft/
+///   lorakit convert te.safetensors --to peft --out back/        # lorakit-written: no --base needed
+///   lorakit convert a/ --to kohya --prefix lora_te1 --dtype f16 --out a.safetensors --json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct ConvertArgs {
+    /// Adapter to convert: a PEFT folder (or its adapter_model.safetensors) or a kohya file.
+    #[arg(value_hint = ValueHint::AnyPath)]
+    pub adapter: PathBuf,
+
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub to: Format,
+
+    #[command(flatten)]
+    pub output: AdapterOutArgs,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,172 @@
+//! Argument groups several commands share, and the one way a library enum becomes a flag value.
+//!
+//! Owns: the `--device` group, the adapter-output group of resize/combine/convert, size
+//! parsing, and the `clap::ValueEnum` impls of library types ([`value_enum!`]). The library
+//! (`ops/`, `adapter/`, `backend/`) never depends on clap: it defines plain enums with their
+//! own `name()`, and this file says how each is spelled on the command line. Must not hold
+//! logic beyond parsing: commands turn these values into library options.
+
+use crate::adapter::formats::kohya;
+use crate::adapter::Format;
+use crate::backend::{Device, Engine};
+use crate::ops::combine::{MajoritySign, Method};
+use crate::ops::train::Schedule;
+use clap::{Args, ValueHint};
+use std::path::PathBuf;
+
+/// Implements `clap::ValueEnum` for a library enum: each variant's flag spelling, its aliases
+/// and its `--help` line. Written here rather than derived there so the library stays free of
+/// clap (orphan rules allow it: the enums live in this crate).
+macro_rules! value_enum {
+    ($ty:ty { $($variant:ident => $name:literal $([$($alias:literal),+])? : $help:literal),+ $(,)? }) => {
+        impl clap::ValueEnum for $ty {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$(<$ty>::$variant),+]
+            }
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(match self {
+                    $(<$ty>::$variant => clap::builder::PossibleValue::new($name)
+                        $($(.alias($alias))+)?
+                        .help($help)),+
+                })
+            }
+        }
+    };
+}
+
+value_enum!(Device {
+    Auto => "auto": "A hardware GPU when one exists (never a software one such as lavapipe), else the CPU",
+    Cpu => "cpu": "The CPU (the reference implementation)",
+    Gpu => "gpu": "A GPU through wgpu (Vulkan, Metal, DX12), software ones included; an error when none exists",
+});
+
+value_enum!(Format {
+    Peft => "peft": "Hugging Face PEFT: adapter_model.safetensors + adapter_config.json",
+    Kohya => "kohya": "kohya-ss sd-scripts: one .safetensors file (lora_down / lora_up / alpha)",
+});
+
+value_enum!(Method {
+    Cat => "cat": "Exact: concatenate the factors (rank = Σ rᵢ)",
+    Svd => "svd": "Exact sum re-compressed by SVD to --rank",
+    Linear => "linear": "PEFT's factor-wise weighted sum (equal ranks)",
+    Ties => "ties": "TIES: magnitude pruning, sign election, disjoint mean (equal ranks)",
+    DareLinear => "dare_linear" ["dare-linear"]: "DARE: random pruning with rescaling, then linear (equal ranks)",
+    DareTies => "dare_ties" ["dare-ties"]: "DARE pruning, then TIES sign election and disjoint mean (equal ranks)",
+});
+
+value_enum!(MajoritySign {
+    Total => "total": "Sign of the sum of the pruned inputs",
+    Frequency => "frequency": "Sign of the sum of their signs (majority vote)",
+});
+
+value_enum!(Schedule {
+    Cosine => "cosine": "transformers get_cosine_schedule_with_warmup (half a cosine to 0)",
+    Linear => "linear": "transformers get_linear_schedule_with_warmup",
+    Constant => "constant": "transformers get_constant_schedule_with_warmup",
+});
+
+/// `--device`, for every command that computes.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// Where to compute: auto uses a hardware GPU when one exists, else the CPU.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+impl DeviceArgs {
+    /// The backend for this run.
+    pub fn engine(&self) -> anyhow::Result<Engine> {
+        Engine::new(self.device)
+    }
+}
+
+/// Where and how an adapter is written: shared by resize, combine and convert.
+#[derive(Debug, Clone, Args)]
+pub struct AdapterOutArgs {
+    /// Output: a folder for PEFT, a .safetensors file for kohya.
+    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
+    pub out: PathBuf,
+
+    /// Base model (file or Hugging Face folder): restores PEFT module paths when a kohya
+    /// adapter is written as PEFT, and checks that every module lands on it.
+    #[arg(long, value_hint = ValueHint::AnyPath)]
+    pub base: Option<PathBuf>,
+
+    /// kohya prefix of module paths when writing kohya (default: lora_te when every module is
+    /// under `text_model.`, else lora_unet).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kohya::PREFIXES))]
+    pub prefix: Option<String>,
+
+    /// dtype of the written factors; keep = the input's (convert: each tensor copied byte for
+    /// byte; combine: the first adapter's).
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
+    pub dtype: DtypeChoice,
+}
+
+use crate::ops::output::DtypeChoice;
+
+/// Parses sizes like `5GB`, `500MB`, `2GiB`, `1000` (bytes), as Hugging Face does (GB = 10⁹).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 5GB or 500MB"))?;
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        "TIB" => 1024f64.powi(4),
+        u => {
+            return Err(format!(
+                "unknown size unit `{u}` (use B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    let v = n * mult;
+    if v < 1.0 {
+        return Err(format!("size `{s}` must be at least 1 byte"));
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("5GB"), Ok(5_000_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("100KB"), Ok(100_000));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("5XB").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    /// Every flag spelling round-trips, and aliases parse to the same variant.
+    #[test]
+    fn library_enums_parse_by_name_and_alias() {
+        for m in Method::value_variants() {
+            let name = m.to_possible_value().unwrap().get_name().to_owned();
+            assert_eq!(Method::from_str(&name, false).unwrap(), *m);
+            assert_eq!(name, m.name(), "flag spelling = the report's spelling");
+        }
+        assert_eq!(
+            Method::from_str("dare-ties", false).unwrap(),
+            Method::DareTies
+        );
+        assert_eq!(Device::from_str("gpu", false).unwrap(), Device::Gpu);
+        assert_eq!(Format::from_str("kohya", false).unwrap(), Format::Kohya);
+        assert!(Schedule::from_str("step", false).is_err());
+    }
+}

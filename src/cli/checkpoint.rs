@@ -1,0 +1,157 @@
+//! The checkpoint commands' arguments: inspect, merge, diff.
+
+use super::args::{parse_size, DeviceArgs};
+use crate::ops::output::DtypeChoice;
+use clap::{Args, ValueHint};
+use std::path::PathBuf;
+
+/// Show what a checkpoint or adapter holds.
+///
+/// PATH is a .safetensors file, a Hugging Face model folder (single file or sharded with
+/// model.safetensors.index.json), a PEFT adapter folder, or a kohya LoRA file. Only headers are
+/// read unless --spectrum is given. A Hugging Face cache snapshot folder works as a folder, and
+/// a repo id (ORG/NAME or ORG/NAME@REVISION) is looked up in the local cache ($HF_HUB_CACHE, or
+/// $HF_HOME/hub, or ~/.cache/huggingface/hub); nothing is ever downloaded. --tensors is for
+/// checkpoints, --spectrum and --plot for adapters.
+///
+/// Examples:
+///   lorakit inspect fixtures/llama/base --tensors
+///   lorakit inspect meta-llama/Llama-3.2-1B           # from the local Hugging Face cache
+///   lorakit inspect fixtures/llama/adapters/qv_r8 --spectrum --plot spectra.svg
+///   lorakit inspect model.safetensors --json | jq .parameters
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct InspectArgs {
+    /// File or folder to inspect, or a repo id in the local Hugging Face cache.
+    #[arg(value_hint = ValueHint::AnyPath)]
+    pub path: PathBuf,
+
+    /// List every tensor (name, dtype, shape, bytes, file).
+    #[arg(long)]
+    pub tensors: bool,
+
+    /// For adapters: singular values of s·B·A per module, effective rank at 90% and 99% energy
+    /// and ‖ΔW‖_F (computed from the factors, never forming the d×k matrix).
+    #[arg(long)]
+    pub spectrum: bool,
+
+    /// Draw the spectra to FILE (.svg or .png); implies --spectrum.
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub plot: Option<PathBuf>,
+
+    /// Print JSON instead of tables (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Merge one or more LoRA adapters into a base checkpoint (or unmerge them).
+///
+/// W = W0 + Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ, exactly as PEFT's merge_and_unload (rsLoRA, rank/alpha patterns,
+/// fan_in_fan_out, embeddings, conv, DoRA, lora bias, modules_to_save; kohya files too), computed
+/// in f32 and rounded once to the output dtype. The output mirrors the base: a file for a file;
+/// for a folder the same shards, a rewritten index, and every non-weight file (config.json,
+/// tokenizer files) copied. Every adapter module must match exactly one base tensor of the right
+/// shape, or nothing is written.
+///
+/// Examples:
+///   lorakit merge --base fixtures/llama/base --adapter fixtures/llama/adapters/qv_r8 --out merged/
+///   lorakit merge --base model/ --adapter a/ --weight 0.7 --adapter b/ --weight 0.3 --out out/ --dtype bf16
+///   lorakit merge --base merged/ --adapter a/ --unmerge --out restored/
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct MergeArgs {
+    /// Base checkpoint: a .safetensors file or a Hugging Face model folder.
+    #[arg(long, value_hint = ValueHint::AnyPath)]
+    pub base: PathBuf,
+
+    /// Adapter (PEFT folder or file, or kohya file); repeat for several, applied in order.
+    #[arg(long = "adapter", required = true, value_hint = ValueHint::AnyPath)]
+    pub adapters: Vec<PathBuf>,
+
+    /// Weight of each adapter, paired with --adapter in order (default 1.0 each).
+    #[arg(long = "weight", allow_negative_numbers = true)]
+    pub weights: Vec<f64>,
+
+    /// Output: a file when the base is a file, a folder when the base is a folder.
+    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
+    pub out: PathBuf,
+
+    /// Output dtype of float tensors; `keep` keeps each tensor's own (non-float tensors are
+    /// always copied as they are).
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
+    pub dtype: DtypeChoice,
+
+    /// Re-shard the output into files of at most SIZE (e.g. 5GB, 500MB, 2GiB), with Hugging
+    /// Face shard names and index.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_shard_size: Option<u64>,
+
+    /// Subtract the adapters instead of adding them.
+    #[arg(long)]
+    pub unmerge: bool,
+
+    /// Merge what matches and only warn about adapter modules that match no base tensor.
+    #[arg(long)]
+    pub allow_unmatched: bool,
+
+    #[command(flatten)]
+    pub compute: DeviceArgs,
+
+    /// Write only part I of N of the output files (file j goes to part j mod N + 1), for N
+    /// jobs on N machines; then run `lorakit finalize OUT` once. The output is byte-identical to
+    /// a single run.
+    #[arg(long, value_name = "I/N", value_parser = crate::parts::parse_part)]
+    pub part: Option<(usize, usize)>,
+
+    /// Validate and print the plan (matched modules, files and bytes to write); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Compare two checkpoints tensor by tensor; exit 0 when they agree, 1 when they do not.
+///
+/// For each tensor: present in one only, dtype/shape differences, max absolute difference and
+/// relative Frobenius difference ‖A − B‖/‖B‖ (f64). Float tensors pass when the relative
+/// difference is ≤ --tolerance (default 0: values must be equal) and, with --max-abs, every
+/// element is within it; float tensors in different dtypes (F32/F16/BF16/F64) are compared by
+/// value and the dtype change is reported. Other dtypes must be byte-identical. A tensor in one
+/// checkpoint only fails unless --common; another shape always fails.
+///
+/// The default tolerance 0 demands equal values. One bf16 rounding of an f32 tensor differs by
+/// up to 2⁻⁹ ≈ 2e-3 relative per element (≈ 1.1e-3 relative Frobenius for random data), so
+/// compare a bf16 merge with its f32 reference at --tolerance 4e-3.
+///
+/// Examples:
+///   lorakit diff merged/ reference/                     # exact
+///   lorakit diff merged.safetensors ref.safetensors --tolerance 1e-6
+///   lorakit diff a/ b/ --json | jq '.tensors[] | select(.pass | not)'
+///   lorakit diff merged/ changed-only.safetensors --common --tolerance 1e-6
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct DiffArgs {
+    /// First checkpoint (file or folder, or a repo id in the local Hugging Face cache).
+    #[arg(value_hint = ValueHint::AnyPath)]
+    pub a: PathBuf,
+    /// Second checkpoint, the reference of the relative difference.
+    #[arg(value_hint = ValueHint::AnyPath)]
+    pub b: PathBuf,
+    /// Largest accepted relative Frobenius difference per float tensor.
+    #[arg(long, default_value_t = 0.0)]
+    pub tolerance: f64,
+    /// Largest accepted absolute difference of any element.
+    #[arg(long)]
+    pub max_abs: Option<f64>,
+    /// Judge only the tensors both hold (a reference with just the changed tensors).
+    #[arg(long)]
+    pub common: bool,
+    /// List every tensor, not only those that fail.
+    #[arg(long)]
+    pub all: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
