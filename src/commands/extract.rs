@@ -211,7 +211,7 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
         }
         return Ok(0);
     }
-    let engine = crate::backend::Engine::new(a.device.into())?;
+    let engine = crate::backend::Engine::new(a.device)?;
     let summary = match &engine {
         crate::backend::Engine::Gpu(ctx) => plan.run(&crate::extract::GpuDeltaOperators { ctx }),
         crate::backend::Engine::Cpu => plan.run(&CpuDeltaOperators),
@@ -247,7 +247,7 @@ fn run_part(
     inputs.extend(tuned.input_paths());
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
     warn_one_sided(&plan, false);
-    let engine = crate::backend::Engine::new(a.device.into())?;
+    let engine = crate::backend::Engine::new(a.device)?;
     let items = plan.part_items(part);
     let (outcomes, device) = match &engine {
         crate::backend::Engine::Gpu(ctx) => {
