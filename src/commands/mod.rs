@@ -8,17 +8,20 @@ pub mod eval;
 pub mod extract;
 pub mod inspect;
 pub mod merge;
+pub mod printer;
 pub mod resize;
 pub mod train;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
+use printer::print_always;
+pub use printer::{print, print_json, status, warn};
 
 /// Runs the parsed command line; the returned code is the process exit status on success
 /// (1 = a check failed).
 pub fn run(cli: Cli) -> Result<i32> {
     let quiet = cli.quiet;
-    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+    printer::set_quiet(quiet);
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Merge(a) => merge::run(a, quiet),
@@ -136,71 +139,6 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::GpuInfo(a) => gpu_info(a),
-    }
-}
-
-/// `-q/--quiet`: nothing but errors (and JSON a script asked for with `--json`).
-static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Writes a text report to stdout, unless `--quiet`; a closed pipe (`| head`) is not an error.
-pub fn print(s: &str) -> Result<()> {
-    if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-        return Ok(());
-    }
-    print_always(s)
-}
-
-/// Writes `s` to stdout whatever `--quiet` says (requested JSON, completions, man pages).
-fn print_always(s: &str) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => Ok(r?),
-    }
-}
-
-/// Prints a report as JSON (always, even with `--quiet`). Every report is an object whose first
-/// key is `operation` (the command that made it): a report that does not name its operation
-/// gets `operation`, and a list becomes `{"operation": …, "items": […]}`. That key is the one
-/// way a script tells reports apart; the README's JSON section lists the shared vocabulary.
-pub fn print_json<T: serde::Serialize>(operation: &str, v: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(&with_operation(operation, serde_json::to_value(v)?))?;
-    s.push('\n');
-    print_always(&s)
-}
-
-fn with_operation(operation: &str, v: serde_json::Value) -> serde_json::Value {
-    use serde_json::{Map, Value};
-    let mut out = Map::new();
-    match v {
-        Value::Object(m) => {
-            let own = m.get("operation").cloned();
-            out.insert(
-                "operation".into(),
-                own.unwrap_or_else(|| Value::String(operation.into())),
-            );
-            out.extend(m.into_iter().filter(|(k, _)| k != "operation"));
-        }
-        other => {
-            out.insert("operation".into(), Value::String(operation.into()));
-            out.insert("items".into(), other);
-        }
-    }
-    Value::Object(out)
-}
-
-/// A status line on stderr unless `--quiet`.
-pub fn status(msg: &str) {
-    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-        eprintln!("{}", crate::error::one_line(msg));
-    }
-}
-
-/// A warning on stderr unless quiet (one line, control characters escaped).
-pub fn warn(quiet: bool, msg: &str) {
-    if !quiet {
-        eprintln!("warning: {}", crate::error::one_line(msg));
     }
 }
 

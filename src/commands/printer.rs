@@ -1,0 +1,80 @@
+//! The one place that decides where a command's words go: the report on stdout (text, or JSON
+//! with `--json`), status lines and warnings on stderr, and what `-q/--quiet` silences.
+//!
+//! Owns: stdout/stderr writes of every command, the `operation` key of JSON reports, and
+//! broken-pipe handling (`| head` is not an error). Must not decide what a report says:
+//! commands render their text, ops return `Serialize` reports. Progress bars are the one
+//! exception still outside: `crate::progress` draws them (on stderr, TTY only, never with
+//! --quiet or --json).
+
+use anyhow::Result;
+
+/// Sets `-q/--quiet` for this process (once, before the command runs).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `-q/--quiet`: nothing but errors (and JSON a script asked for with `--json`).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes a text report to stdout, unless `--quiet`; a closed pipe (`| head`) is not an error.
+pub fn print(s: &str) -> Result<()> {
+    if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    print_always(s)
+}
+
+/// Writes `s` to stdout whatever `--quiet` says (requested JSON, completions, man pages).
+pub(super) fn print_always(s: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// Prints a report as JSON (always, even with `--quiet`). Every report is an object whose first
+/// key is `operation` (the command that made it): a report that does not name its operation
+/// gets `operation`, and a list becomes `{"operation": …, "items": […]}`. That key is the one
+/// way a script tells reports apart; the README's JSON section lists the shared vocabulary.
+pub fn print_json<T: serde::Serialize>(operation: &str, v: &T) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(&with_operation(operation, serde_json::to_value(v)?))?;
+    s.push('\n');
+    print_always(&s)
+}
+
+fn with_operation(operation: &str, v: serde_json::Value) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    let mut out = Map::new();
+    match v {
+        Value::Object(m) => {
+            let own = m.get("operation").cloned();
+            out.insert(
+                "operation".into(),
+                own.unwrap_or_else(|| Value::String(operation.into())),
+            );
+            out.extend(m.into_iter().filter(|(k, _)| k != "operation"));
+        }
+        other => {
+            out.insert("operation".into(), Value::String(operation.into()));
+            out.insert("items".into(), other);
+        }
+    }
+    Value::Object(out)
+}
+
+/// A status line on stderr unless `--quiet`.
+pub fn status(msg: &str) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{}", crate::error::one_line(msg));
+    }
+}
+
+/// A warning on stderr unless quiet (one line, control characters escaped).
+pub fn warn(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("warning: {}", crate::error::one_line(msg));
+    }
+}
