@@ -33,12 +33,12 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Train(a) => train::run(a, quiet),
         Command::Diff(a) => diff::run(a),
         Command::Run(a) => {
-            let steps = crate::recipe::load(&a.recipe)?;
+            let steps = crate::recipe::load(&a.recipe, &CliCommands)?;
             let rerun = crate::recipe::Rerun {
                 force: a.force,
                 trust_mtime: a.trust_mtime,
             };
-            let plan = crate::recipe::plan(&steps, rerun)?;
+            let plan = crate::recipe::plan(&steps, rerun, &CliCommands)?;
             if a.dry_run {
                 if a.json {
                     print_json("run", &plan)?;
@@ -68,7 +68,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
                 return Ok(0);
             }
-            crate::recipe::run(&steps, rerun, quiet)
+            crate::recipe::run(&steps, rerun, quiet, &CliCommands)
         }
         Command::Completions(a) => {
             use clap::CommandFactory;
@@ -175,4 +175,44 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
         ))
     }
     .map(|_| 0)
+}
+
+/// Recipe steps are command lines of this CLI: parsed by the same clap definitions and run by
+/// [`run`], so a step is validated exactly as the command typed by hand would be.
+struct CliCommands;
+
+impl crate::recipe::Commands for CliCommands {
+    fn positionals(&self, command: &str) -> Option<Vec<String>> {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let sub = cli.find_subcommand(command)?;
+        Some(
+            sub.get_positionals()
+                .map(|a| a.get_id().to_string())
+                .collect(),
+        )
+    }
+
+    fn check(&self, argv: &[String]) -> Result<(), String> {
+        use clap::Parser;
+        Cli::try_parse_from(argv)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn bytes_written(&self, argv: &[String]) -> Result<Option<u64>> {
+        use clap::Parser;
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Merge(a),
+                ..
+            }) => Ok(Some(merge::plan(&a, false)?.output_bytes())),
+            _ => Ok(None),
+        }
+    }
+
+    fn run(&self, argv: &[String]) -> Result<i32> {
+        use clap::Parser;
+        run(Cli::try_parse_from(argv)?)
+    }
 }

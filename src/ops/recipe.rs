@@ -31,12 +31,28 @@
 //! an input whose size and mtime match the record as unchanged without rehashing it (for very
 //! large checkpoints); `--force` runs everything.
 
-use crate::cli::Cli;
 use anyhow::{bail, Context, Result};
-use clap::{CommandFactory, Parser};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// What a recipe needs from the command line whose steps it runs. `commands/` implements it
+/// over clap; this module never sees clap, so recipes, commands and the parser form no cycle.
+/// A step is validated and run through the same parser and the same args → options code as
+/// the command typed by hand.
+pub trait Commands {
+    /// The ids of `command`'s positional arguments, in order; `None` when there is no such
+    /// command.
+    fn positionals(&self, command: &str) -> Option<Vec<String>>;
+    /// Parses a whole command line (`lorakit CMD …`) as the command would; `Err` is the
+    /// parser's message.
+    fn check(&self, argv: &[String]) -> Result<(), String>;
+    /// The bytes a step will write, where that is known before it runs (merges, by planning
+    /// them in full, which also validates adapter ↔ base matching).
+    fn bytes_written(&self, argv: &[String]) -> Result<Option<u64>>;
+    /// Runs a command line; its exit status.
+    fn run(&self, argv: &[String]) -> Result<i32>;
+}
 
 /// Option names that name inputs (checked to exist before anything runs).
 const INPUT_KEYS: &[&str] = &[
@@ -81,7 +97,7 @@ pub struct PlannedStep {
 }
 
 /// Parses and validates a recipe. Nothing is written.
-pub fn load(path: &Path) -> Result<Vec<Step>> {
+pub fn load(path: &Path, commands: &dyn Commands) -> Result<Vec<Step>> {
     let text = String::from_utf8(crate::io::read_json_file(path)?)
         .map_err(|_| crate::error::InputError::invalid(path, "not UTF-8 text"))?;
     let doc: toml::Table = toml::from_str(&text).map_err(|e| {
@@ -99,7 +115,6 @@ pub fn load(path: &Path) -> Result<Vec<Step>> {
         .get("step")
         .and_then(|v| v.as_array())
         .ok_or_else(|| crate::error::InputError::invalid(path, "no [[step]] tables"))?;
-    let cli = Cli::command();
     let mut out: Vec<Step> = Vec::new();
     let mut values: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for (i, s) in steps.iter().enumerate() {
@@ -125,13 +140,9 @@ pub fn load(path: &Path) -> Result<Vec<Step>> {
         if command == "run" {
             bail!(bad(format!("step `{name}`: recipes cannot run recipes")));
         }
-        let sub = cli
-            .find_subcommand(&command)
+        let positional: Vec<String> = commands
+            .positionals(&command)
             .ok_or_else(|| bad(format!("step `{name}`: unknown command `{command}`")))?;
-        let positional: Vec<String> = sub
-            .get_positionals()
-            .map(|a| a.get_id().to_string())
-            .collect();
         let mut flags: Vec<String> = Vec::new();
         let mut pos: BTreeMap<usize, String> = BTreeMap::new();
         let mut mine: BTreeMap<String, String> = BTreeMap::new();
@@ -191,8 +202,7 @@ pub fn load(path: &Path) -> Result<Vec<Step>> {
         let mut argv = vec!["lorakit".to_string(), command.clone()];
         argv.extend(pos.into_values());
         argv.extend(flags);
-        Cli::try_parse_from(&argv).map_err(|e| {
-            let msg = e.to_string();
+        commands.check(&argv).map_err(|msg| {
             let first = msg
                 .lines()
                 .find(|l| !l.trim().is_empty())
@@ -493,21 +503,16 @@ fn bytes_of(paths: &[String]) -> u64 {
 
 /// The plan as `--dry-run` prints it. Merges whose inputs exist are fully planned (which also
 /// validates adapter ↔ base matching).
-pub fn plan(steps: &[Step], rerun: Rerun) -> Result<Vec<PlannedStep>> {
+pub fn plan(steps: &[Step], rerun: Rerun, commands: &dyn Commands) -> Result<Vec<PlannedStep>> {
     let mut v = Vec::new();
     for s in steps {
-        let mut bytes_written = None;
-        if s.command == "merge" && s.inputs.iter().all(|i| Path::new(i).exists()) {
-            if let Ok(Cli {
-                command: crate::cli::Command::Merge(a),
-                ..
-            }) = Cli::try_parse_from(&s.argv)
-            {
-                let p = crate::commands::merge::plan(&a, false)
-                    .with_context(|| format!("step `{}`", s.name))?;
-                bytes_written = Some(p.output_bytes());
-            }
-        }
+        let bytes_written = if s.inputs.iter().all(|i| Path::new(i).exists()) {
+            commands
+                .bytes_written(&s.argv)
+                .with_context(|| format!("step `{}`", s.name))?
+        } else {
+            None
+        };
         let why = stale(s, rerun);
         v.push(PlannedStep {
             name: s.name.clone(),
@@ -524,7 +529,7 @@ pub fn plan(steps: &[Step], rerun: Rerun) -> Result<Vec<PlannedStep>> {
 
 /// Runs the steps in order, skipping up-to-date ones; stops at the first failure. A step whose
 /// command exits 1 (a failed `diff`) stops the recipe with status 1.
-pub fn run(steps: &[Step], rerun: Rerun, quiet: bool) -> Result<i32> {
+pub fn run(steps: &[Step], rerun: Rerun, quiet: bool, commands: &dyn Commands) -> Result<i32> {
     for s in steps {
         let Some(why) = stale(s, rerun) else {
             if !quiet {
@@ -539,8 +544,8 @@ pub fn run(steps: &[Step], rerun: Rerun, quiet: bool) -> Result<i32> {
         if quiet {
             argv.push("--quiet".into());
         }
-        let cli = Cli::try_parse_from(&argv).with_context(|| format!("step `{}`", s.name))?;
-        let code = crate::commands::run(cli)
+        let code = commands
+            .run(&argv)
             .with_context(|| format!("step `{}` ({})", s.name, s.command))?;
         if code != 0 {
             if !quiet {
