@@ -1,0 +1,236 @@
+//! Merging adapters into a base checkpoint (and unmerging them), streamed tensor by tensor.
+//!
+//! Semantics are PEFT's `merge_and_unload` (`tuners/lora/layer.py` `get_delta_weight`, `merge`;
+//! `variants.py` DoRA): `W = W0 + Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ` over adapters in the order given, with
+//! `fan_in_fan_out` and embeddings transposed, convolutions flattened to `[out, in·kh·kw]`,
+//! DoRA rescaled per output feature, `lora_B.bias` added to the base bias, and `modules_to_save`
+//! tensors replacing the base's. Arithmetic is f32, rounded once to the output dtype.
+//!
+//! Planning ([`MergePlan::new`]) resolves every module against the base before anything is
+//! written: unmatched modules are an error (or a listed warning with `allow_unmatched`), tied
+//! embeddings touched by an adapter are refused, and an output that is an input is refused.
+//! Executing ([`MergePlan::run`]) streams: untouched tensors are copied byte for byte with plain
+//! reads, merged tensors are computed from the memory map whose pages are then released, and
+//! the output lands atomically (see [`crate::io::writer`]).
+
+use crate::adapter::mapping::{Resolution, Unmatched};
+use crate::adapter::Adapter;
+use crate::io::Checkpoint;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Output dtype policy: the one `--dtype` of every writing command.
+pub use crate::ops::output::DtypeChoice;
+
+mod plan;
+mod run;
+pub(crate) use run::copied_files;
+use run::*;
+
+/// Options of a merge.
+#[derive(Debug, Clone, Default)]
+pub struct MergeOptions {
+    pub dtype: DtypeChoice,
+    /// Re-shard the output into files of at most this many bytes (Hugging Face names).
+    pub max_shard_size: Option<u64>,
+    /// Subtract instead of add.
+    pub unmerge: bool,
+    /// Warn about unmatched modules instead of failing.
+    pub allow_unmatched: bool,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Write only part `i` of `n` (1-based) of the output files; see [`crate::parts`].
+    pub part: Option<(usize, usize)>,
+}
+
+/// One adapter and its weight.
+#[derive(Debug)]
+pub struct WeightedAdapter {
+    pub adapter: Adapter,
+    pub weight: f64,
+}
+
+/// What happens to one base tensor.
+#[derive(Debug, Clone)]
+enum Action {
+    Copy,
+    /// Low-rank terms: (adapter, module).
+    Merge(Vec<(usize, usize)>),
+    /// Bias of modules with `lora_B.bias`: (adapter, module).
+    Bias(Vec<(usize, usize)>),
+    /// Full replacement: (adapter, full tensor).
+    Replace(usize, usize),
+}
+
+/// One output file: name and the base tensors it holds, in order.
+#[derive(Debug, Clone)]
+struct OutFile {
+    path: PathBuf,
+    tensors: Vec<String>,
+}
+
+/// Per-adapter counts reported after a merge.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterSummary {
+    pub path: String,
+    pub weight: f64,
+    pub modules_merged: usize,
+    pub tensors_replaced: usize,
+    pub biases_updated: usize,
+}
+
+/// What a merge did (printed as a table, or as JSON with `--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MergeSummary {
+    pub base: String,
+    pub out: String,
+    pub operation: &'static str,
+    pub device: String,
+    pub adapters: Vec<AdapterSummary>,
+    pub tensors_merged_count: usize,
+    pub tensors_copied_count: usize,
+    /// Every file written (shards, then the index, then the copied non-weight files).
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+    pub gb_per_s: f64,
+    /// Folders this run created for the output (missing parents of `--out`).
+    pub created_folders: Vec<String>,
+    pub unmatched: Vec<UnmatchedReport>,
+}
+
+/// The plan of a merge, printed by `merge --dry-run`: nothing is written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunSummary {
+    pub operation: &'static str,
+    pub dry_run: bool,
+    pub base: String,
+    pub out: String,
+    /// The files this run (or this `--part`) would write.
+    pub files: Vec<DryRunFile>,
+    pub index: Option<String>,
+    /// Non-weight files that would be copied.
+    pub copied: Vec<String>,
+    pub tensors_merged_count: usize,
+    pub modules_matched_count: usize,
+    pub unmatched: Vec<UnmatchedReport>,
+    /// Tensor bytes of the whole output.
+    pub bytes: u64,
+}
+
+/// One planned output file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunFile {
+    pub path: String,
+    pub tensors_count: usize,
+    pub bytes: u64,
+}
+
+/// An unmatched module with its adapter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnmatchedReport {
+    pub adapter: String,
+    #[serde(flatten)]
+    pub detail: Unmatched,
+}
+
+/// A validated merge, ready to run.
+#[derive(Debug)]
+pub struct MergePlan {
+    pub base: Checkpoint,
+    pub adapters: Vec<WeightedAdapter>,
+    pub out: PathBuf,
+    pub options: MergeOptions,
+    actions: HashMap<String, Action>,
+    /// Base tensors whose W0 comes from the adapter (`base_layer.weight`): (adapter, full).
+    base_override: HashMap<String, (usize, usize)>,
+    files: Vec<OutFile>,
+    /// Index file to write last (sharded output).
+    index: Option<PathBuf>,
+    /// Non-weight files to copy: (source, destination).
+    extra_files: Vec<(PathBuf, PathBuf)>,
+    pub unmatched: Vec<UnmatchedReport>,
+    resolutions: Vec<Resolution>,
+}
+
+/// Names of input-embedding tensors that `tie_word_embeddings` ties to `lm_head`.
+fn is_embedding_name(name: &str) -> bool {
+    [
+        "embed_tokens.weight",
+        "wte.weight",
+        "word_embeddings.weight",
+        "embed_in.weight",
+        "shared.weight",
+    ]
+    .iter()
+    .any(|s| name == *s || name.ends_with(&format!(".{s}")))
+}
+
+fn is_lm_head_name(name: &str) -> bool {
+    name == "lm_head.weight" || name.ends_with(".lm_head.weight") || name == "embed_out.weight"
+}
+
+/// Reads `tie_word_embeddings` and `architectures` from the base's `config.json`, if any.
+fn tie_config(folder: &Path) -> Option<(Option<bool>, Vec<String>)> {
+    let text = crate::io::read_json_file(&folder.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let tie = v
+        .get("tie_word_embeddings")
+        .and_then(|t| t.as_bool())
+        .or_else(|| {
+            v.get("text_config")
+                .and_then(|c| c.get("tie_word_embeddings"))
+                .and_then(|t| t.as_bool())
+        });
+    let archs = v
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((tie, archs))
+}
+
+/// Whether the base's output embedding is the input embedding (so changing one changes both).
+///
+/// It follows the architecture, as transformers does: a tie exists only where the model has an
+/// output embedding (`*ForCausalLM`, `*LMHeadModel`, `*ForMaskedLM`,
+/// `*ForConditionalGeneration`, …) and `tie_word_embeddings` is true (transformers' default when
+/// the config does not say). An encoder without an LM head (BertModel, sentence-transformers)
+/// ties nothing, whatever `tie_word_embeddings` says. Without a config, a checkpoint with no
+/// `lm_head` tensor is taken as tied only if it looks like a decoder LM (layer names of
+/// Llama/GPT-2 families).
+fn ties_embeddings(base: &Checkpoint, has_lm_head: bool) -> bool {
+    let has_embedding = base.names().any(is_embedding_name);
+    if !has_embedding {
+        return false;
+    }
+    match tie_config(base.folder()) {
+        Some((tie, archs)) if !archs.is_empty() => {
+            let has_head = archs.iter().any(|a| {
+                [
+                    "ForCausalLM",
+                    "LMHeadModel",
+                    "ForMaskedLM",
+                    "ForConditionalGeneration",
+                    "WithLMHead",
+                ]
+                .iter()
+                .any(|s| a.ends_with(s))
+            });
+            has_head && tie.unwrap_or(!has_lm_head)
+        }
+        Some((Some(tie), _)) => tie,
+        _ => {
+            !has_lm_head
+                && base.names().any(|n| {
+                    n.contains(".self_attn.")
+                        || n.starts_with("transformer.h.")
+                        || n.contains(".attn.c_attn")
+                })
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Planning a merge: every adapter module resolved against the base, tied embeddings and
+//! unmatched modules decided, the output files laid out and checked against the inputs.
+//! Must not write anything (the plan is also what `--dry-run` and recipes print).
+
+use super::*;
+use crate::adapter::mapping::{self, Unmatched};
+use crate::dtype::{self};
+use crate::error::InputError;
+use crate::io::checkpoint::Layout;
+use crate::io::Checkpoint;
+use anyhow::{bail, Result};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+impl MergePlan {
+    /// Resolves and validates everything; writes nothing.
+    pub fn new(
+        base: Checkpoint,
+        adapters: Vec<WeightedAdapter>,
+        out: PathBuf,
+        options: MergeOptions,
+    ) -> Result<Self> {
+        if adapters.is_empty() {
+            bail!("no adapter given");
+        }
+        // Everything this run reads; checked against everything it writes once the layout is
+        // known, before anything is written.
+        let mut inputs = base.input_paths();
+        inputs.push(base.root.clone());
+        for a in &adapters {
+            inputs.extend(a.adapter.input_paths());
+        }
+
+        let mut actions: HashMap<String, Action> = HashMap::new();
+        let mut base_override: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut unmatched = Vec::new();
+        let mut resolutions = Vec::new();
+        let has_lm_head = base.names().any(is_lm_head_name);
+        let is_tied = ties_embeddings(&base, has_lm_head);
+        for (ai, wa) in adapters.iter().enumerate() {
+            let a = &wa.adapter;
+            let label = a.path.display().to_string();
+            let res = mapping::resolve(a, &base);
+            for u in &res.unmatched {
+                unmatched.push(UnmatchedReport {
+                    adapter: label.clone(),
+                    detail: u.clone(),
+                });
+            }
+            let mut touched: Vec<(String, String)> = Vec::new();
+            for p in &res.modules {
+                let m = &a.modules[p.module];
+                if options.unmerge && m.dora_magnitude.is_some() {
+                    bail!(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "module `{}`: a DoRA merge cannot be undone from the merged weights alone (the weight norm of the original base is lost)",
+                            m.name
+                        )
+                    ));
+                }
+                touched.push((m.name.clone(), p.weight.clone()));
+                match actions
+                    .entry(p.weight.clone())
+                    .or_insert_with(|| Action::Merge(Vec::new()))
+                {
+                    Action::Merge(v) => {
+                        if v.iter().any(|(x, _)| *x == ai) {
+                            bail!(InputError::invalid(
+                                &a.path,
+                                format!(
+                                    "two modules of this adapter land on base tensor `{}`",
+                                    p.weight
+                                )
+                            ));
+                        }
+                        v.push((ai, p.module));
+                    }
+                    _ => bail!(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "module `{}`: base tensor `{}` is also replaced by a full tensor",
+                            m.name, p.weight
+                        )
+                    )),
+                }
+                if let Some(b) = &p.bias {
+                    match actions
+                        .entry(b.clone())
+                        .or_insert_with(|| Action::Bias(Vec::new()))
+                    {
+                        Action::Bias(v) => v.push((ai, p.module)),
+                        _ => bail!(InputError::invalid(
+                            &a.path,
+                            format!("base bias `{b}` is also replaced")
+                        )),
+                    }
+                }
+            }
+            for (fi, name) in &res.full {
+                if options.unmerge {
+                    bail!(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "tensor `{}`: modules_to_save replaces the base tensor, which cannot be undone",
+                            a.full_tensors[*fi].name
+                        )
+                    ));
+                }
+                if let Some(bi) = base.info(name) {
+                    if !dtype::is_float_storage(bi.dtype) {
+                        bail!(InputError::invalid(
+                            &a.path,
+                            format!(
+                                "tensor `{}` (modules_to_save) would replace base tensor `{name}`, which is {}, not a float type; lorakit does not round float values into integer tensors",
+                                a.full_tensors[*fi].name,
+                                dtype::name(bi.dtype)
+                            )
+                        ));
+                    }
+                }
+                touched.push((a.full_tensors[*fi].name.clone(), name.clone()));
+                // PEFT saves a targeted embedding's base weight as `{module}.base_layer.weight`;
+                // loading it replaces the base weight, which the LoRA delta is then added to.
+                let from_base_layer = matches!(&a.full_tensors[*fi].data, crate::adapter::Data::Stored { key, .. } if key.contains(".base_layer."));
+                if from_base_layer {
+                    if let Some(Action::Merge(v)) = actions.get(name) {
+                        if v.iter().any(|(x, _)| *x == ai) {
+                            base_override.insert(name.clone(), (ai, *fi));
+                            continue;
+                        }
+                    }
+                }
+                if actions
+                    .insert(name.clone(), Action::Replace(ai, *fi))
+                    .is_some()
+                {
+                    bail!(InputError::invalid(
+                        &a.path,
+                        format!("base tensor `{name}` is changed by more than one adapter entry (modules_to_save and LoRA)")
+                    ));
+                }
+            }
+            // Tied embeddings (PEFT issue #2018): changing one silently changes the other.
+            if is_tied {
+                for (module, tensor) in &touched {
+                    if is_embedding_name(tensor) || is_lm_head_name(tensor) {
+                        bail!(InputError::invalid(
+                            &a.path,
+                            format!(
+                                "`{module}` changes `{tensor}`, but the base ties lm_head to the input embedding (tie_word_embeddings); merging would change both silently (PEFT issue #2018). Untie the base first, or leave embeddings out of the adapter"
+                            )
+                        ));
+                    }
+                }
+            }
+            resolutions.push(res);
+        }
+        // lm_head targeted on a tied base with no lm_head tensor: say why it is unmatched.
+        for u in unmatched.iter_mut() {
+            if let Unmatched::NotFound { module, expected } = &mut u.detail {
+                if expected.ends_with("lm_head.weight") && !has_lm_head {
+                    *expected = format!("{expected} (the base has no lm_head tensor: lm_head is tied to the input embedding)");
+                    let _ = module;
+                }
+            }
+        }
+        if !unmatched.is_empty() && !options.allow_unmatched {
+            let list: Vec<String> = unmatched
+                .iter()
+                .map(|u| format!("{}: {}", u.adapter, u.detail))
+                .collect();
+            bail!(
+                "{} adapter module(s) do not match the base {} (pass --allow-unmatched to merge the rest): {}",
+                unmatched.len(),
+                base.root.display(),
+                list.join("; ")
+            );
+        }
+
+        let landed: usize = resolutions
+            .iter()
+            .map(|r| r.modules.len() + r.full.len())
+            .sum();
+        if landed == 0 {
+            let list: Vec<String> = unmatched
+                .iter()
+                .take(5)
+                .map(|u| format!("{}: {}", u.adapter, u.detail))
+                .collect();
+            bail!(InputError::invalid(
+                &base.root,
+                format!(
+                    "no adapter module matches a tensor of this base, so the merge would change nothing (--allow-unmatched never allows that){}{}",
+                    if list.is_empty() { String::new() } else { format!(": {}", list.join("; ")) },
+                    if unmatched.len() > 5 { format!("; and {} more", unmatched.len() - 5) } else { String::new() }
+                )
+            ));
+        }
+        // Output layout.
+        let names: Vec<String> = base.names().map(str::to_owned).collect();
+        let out_dtype = |n: &str| {
+            options
+                .dtype
+                .apply(base.info(n).expect("base tensor").dtype)
+        };
+        let size_of = |n: &str| {
+            let i = base.info(n).expect("base tensor");
+            dtype::byte_len(out_dtype(n), i.numel()).expect("valid") as u64
+        };
+        let (files, index, extra_files) = match (&base.layout, options.max_shard_size) {
+            (Layout::File, None) => {
+                // `--out DIR` or `--out new/` (trailing slash): the base's file name inside it.
+                let target = if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {
+                    out.join(base.root.file_name().expect("file has a name"))
+                } else {
+                    out.clone()
+                };
+                (
+                    vec![OutFile {
+                        path: target,
+                        tensors: names,
+                    }],
+                    None,
+                    Vec::new(),
+                )
+            }
+            (layout, max) => {
+                if out.exists() && !out.is_dir() {
+                    bail!(InputError::invalid(&out, "the base is a folder (or --max-shard-size is set), so the output must be a folder"));
+                }
+                if !out.exists() && out.extension().is_some_and(|e| e == "safetensors") {
+                    bail!(InputError::invalid(
+                        &out,
+                        "the base is a folder (or --max-shard-size is set), so the output is a folder, not one .safetensors file; give a folder name (a folder named like a file would be made otherwise)"
+                    ));
+                }
+                let mut files = Vec::new();
+                match (layout, max) {
+                    (_, Some(max)) => {
+                        let groups = shard_groups(&names, &size_of, max);
+                        let n = groups.len();
+                        for (i, g) in groups.into_iter().enumerate() {
+                            let name = if n == 1 {
+                                "model.safetensors".to_string()
+                            } else {
+                                format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+                            };
+                            files.push(OutFile {
+                                path: out.join(name),
+                                tensors: g,
+                            });
+                        }
+                    }
+                    (Layout::Folder { file_name }, None) => {
+                        files.push(OutFile {
+                            path: out.join(file_name),
+                            tensors: names,
+                        });
+                    }
+                    (Layout::Sharded { .. }, None) => {
+                        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); base.shards.len()];
+                        for n in &names {
+                            by_shard[base.entry(n).expect("listed").shard].push(n.clone());
+                        }
+                        for (s, tensors) in base.shards.iter().zip(by_shard) {
+                            let fname = s.path().file_name().expect("shard name");
+                            files.push(OutFile {
+                                path: out.join(fname),
+                                tensors,
+                            });
+                        }
+                    }
+                    (Layout::File, None) => unreachable!(),
+                }
+                let index = match (&base.layout, files.len()) {
+                    (Layout::Sharded { index_name }, _) if max.is_none() => {
+                        Some(out.join(index_name))
+                    }
+                    (_, n) if n > 1 => Some(out.join("model.safetensors.index.json")),
+                    _ => None,
+                };
+                let extra = if matches!(base.layout, Layout::File) {
+                    Vec::new()
+                } else {
+                    extra_files(&base, &out)?
+                };
+                (files, index, extra)
+            }
+        };
+        inputs.extend(extra_files.iter().map(|(src, _)| src.clone()));
+        let folder_out = !matches!((&base.layout, options.max_shard_size), (Layout::File, None));
+        let mut writes: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        writes.extend(index.iter().cloned());
+        writes.extend(extra_files.iter().map(|(_, d)| d.clone()));
+        if let Some((i, n)) = options.part {
+            writes.push(
+                crate::parts::out_dir(&files[0].path).join(crate::parts::manifest_name(i, n)),
+            );
+        }
+        let folders: Vec<PathBuf> = if folder_out {
+            vec![out.clone()]
+        } else {
+            Vec::new()
+        };
+        crate::io::writer::check_writes(&inputs, &writes, &folders)?;
+        Ok(MergePlan {
+            base,
+            adapters,
+            out,
+            options,
+            actions,
+            base_override,
+            files,
+            index,
+            extra_files,
+            unmatched,
+            resolutions,
+        })
+    }
+
+    /// What [`Self::run`] would do, without doing it (`merge --dry-run`).
+    pub fn dry_run(&self) -> DryRunSummary {
+        let size = |n: &String| {
+            let i = self.base.info(n).expect("base tensor");
+            dtype::byte_len(self.options.dtype.apply(i.dtype), i.numel()).expect("valid") as u64
+        };
+        let files = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(fi, _)| crate::parts::owns(self.options.part, *fi))
+            .map(|(_, f)| DryRunFile {
+                path: f.path.display().to_string(),
+                tensors_count: f.tensors.len(),
+                bytes: f.tensors.iter().map(size).sum(),
+            })
+            .collect();
+        DryRunSummary {
+            operation: if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            },
+            dry_run: true,
+            base: self.base.root.display().to_string(),
+            out: self.out.display().to_string(),
+            files,
+            index: self.index.as_ref().map(|p| p.display().to_string()),
+            copied: self
+                .extra_files
+                .iter()
+                .map(|(_, d)| d.display().to_string())
+                .collect(),
+            tensors_merged_count: self
+                .actions
+                .values()
+                .filter(|a| !matches!(a, Action::Copy))
+                .count(),
+            modules_matched_count: self.resolutions.iter().map(|r| r.modules.len()).sum(),
+            unmatched: self.unmatched.clone(),
+            bytes: self.output_bytes(),
+        }
+    }
+
+    /// Bytes the output will hold (tensor data only).
+    pub fn output_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| f.tensors.iter())
+            .map(|n| {
+                let i = self.base.info(n).expect("base tensor");
+                dtype::byte_len(self.options.dtype.apply(i.dtype), i.numel()).expect("valid") as u64
+            })
+            .sum()
+    }
+}

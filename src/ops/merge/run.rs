@@ -1,0 +1,579 @@
+//! Running a planned merge: tensors streamed out (copied byte for byte, or merged on the
+//! engine and rounded once), sharding, `--part` manifests, metadata, the atomic commit.
+//! Must not decide what matches what: that is the plan's.
+
+use super::*;
+use crate::backend::{self, Dora, MergeJob, NormAxis, Term};
+use crate::dtype::{self, Dtype};
+use crate::error::{InputError, InputResult};
+use crate::io::checkpoint::Layout;
+use crate::io::{Checkpoint, Output, TensorSpec};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+impl MergePlan {
+    /// Runs the merge and commits the output. On failure nothing is left behind: temporary
+    /// files are removed, and so is the output folder if this run created it.
+    pub fn run(self, engine: &backend::Engine) -> Result<MergeSummary> {
+        let start = Instant::now();
+        let total = self.output_bytes();
+        let bar = crate::progress::bar(self.options.progress, total, "merging");
+        let mut output = Output::new();
+        let dir = crate::parts::out_dir(&self.files[0].path);
+        output.create_dir_all(&dir)?;
+        let folder_out = self.index.is_some()
+            || !matches!(self.base.layout, Layout::File)
+            || self.options.max_shard_size.is_some();
+        if folder_out {
+            let mode = match self.options.part {
+                Some(_) => crate::io::writer::LockMode::Shared,
+                None => crate::io::writer::LockMode::Exclusive,
+            };
+            output.lock(&dir, mode)?;
+            if self.options.part.is_none() {
+                output.remove_on_commit(self.stale_files(&dir));
+            }
+        } else {
+            output.lock(&self.files[0].path, crate::io::writer::LockMode::Exclusive)?;
+        }
+        let metadata = self.output_metadata();
+        let (mut merged, mut copied) = (0usize, 0usize);
+        let mut written = Vec::new();
+        for (fi, f) in self.files.iter().enumerate() {
+            if !crate::parts::owns(self.options.part, fi) {
+                continue;
+            }
+            let specs: Vec<TensorSpec> = f
+                .tensors
+                .iter()
+                .map(|n| {
+                    let i = self.base.info(n).expect("base tensor");
+                    TensorSpec::new(
+                        n.clone(),
+                        self.options.dtype.apply(i.dtype),
+                        i.shape.clone(),
+                    )
+                })
+                .collect();
+            written.push(file_name(&f.path));
+            let mut w = output.safetensors(&f.path, &metadata, specs)?;
+            for name in &f.tensors {
+                let file = self.base.file_of(name).expect("base tensor");
+                let info = self.base.info(name).expect("base tensor");
+                let out_dtype = self.options.dtype.apply(info.dtype);
+                match self.actions.get(name).unwrap_or(&Action::Copy) {
+                    Action::Copy if out_dtype == info.dtype => {
+                        w.begin(name)?;
+                        let mut buf = vec![0u8; (8usize << 20).min(info.byte_len() as usize)];
+                        let mut off = 0u64;
+                        while off < info.byte_len() {
+                            let n = buf.len().min((info.byte_len() - off) as usize);
+                            file.read_range(info, off, &mut buf[..n])?;
+                            w.write_chunk(&buf[..n])?;
+                            off += n as u64;
+                            bar.inc(n as u64);
+                        }
+                        copied += 1;
+                    }
+                    Action::Copy => {
+                        let v = file.view_info(info)?;
+                        let data = dtype::encode(out_dtype, &v.to_f32());
+                        w.write_tensor(name, &data)?;
+                        file.release(info);
+                        bar.inc(data.len() as u64);
+                        copied += 1;
+                    }
+                    Action::Merge(terms) => {
+                        let data = self.merge_tensor(engine, name, terms, out_dtype)?;
+                        w.write_tensor(name, &data)?;
+                        file.release(info);
+                        bar.inc(data.len() as u64);
+                        merged += 1;
+                    }
+                    Action::Bias(terms) => {
+                        let mut v = file.read_f32(name)?;
+                        for &(ai, mi) in terms {
+                            let wa = &self.adapters[ai];
+                            let m = &wa.adapter.modules[mi];
+                            let bias = wa.adapter.values(m.bias.as_ref().expect("has bias"))?;
+                            let s = self.signed(wa.weight * m.scale) as f32;
+                            for (x, b) in v.iter_mut().zip(bias.iter()) {
+                                *x += b * s;
+                            }
+                        }
+                        check_finite(&self.base, name, &v)?;
+                        let data = dtype::encode(out_dtype, &v);
+                        w.write_tensor(name, &data)?;
+                        bar.inc(data.len() as u64);
+                        merged += 1;
+                    }
+                    Action::Replace(ai, fi) => {
+                        let a = &self.adapters[*ai].adapter;
+                        let v = a.values(&a.full_tensors[*fi].data)?;
+                        let data = dtype::encode(out_dtype, &v);
+                        w.write_tensor(name, &data)?;
+                        bar.inc(data.len() as u64);
+                        merged += 1;
+                    }
+                }
+            }
+            w.finish()?;
+        }
+        match self.options.part {
+            None => self.write_finals(&mut output)?,
+            Some((i, n)) => {
+                // The last files (index, copied configs) are written by `finalize` once every
+                // part is done; this part records what it wrote and what the whole plan is.
+                let manifest = crate::parts::Manifest {
+                    version: crate::parts::MANIFEST_VERSION,
+                    part: i,
+                    parts: n,
+                    plan: self.part_plan()?,
+                    written,
+                };
+                let dir = crate::parts::out_dir(&self.files[0].path);
+                output.small_file(
+                    &dir.join(crate::parts::manifest_name(i, n)),
+                    &manifest.to_bytes(),
+                )?;
+            }
+        }
+        let created: Vec<String> = output
+            .created_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let bytes = output.commit()?;
+        bar.finish_and_clear();
+        let seconds = start.elapsed().as_secs_f64();
+        let adapters = self
+            .adapters
+            .iter()
+            .zip(&self.resolutions)
+            .map(|(wa, r)| AdapterSummary {
+                path: wa.adapter.path.display().to_string(),
+                weight: wa.weight,
+                modules_merged: r.modules.len(),
+                tensors_replaced: r.full.len(),
+                biases_updated: r.modules.iter().filter(|p| p.bias.is_some()).count(),
+            })
+            .collect();
+        Ok(MergeSummary {
+            base: self.base.root.display().to_string(),
+            out: self.out.display().to_string(),
+            operation: if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            },
+            device: engine.describe(),
+            adapters,
+            tensors_merged_count: merged,
+            tensors_copied_count: copied,
+            files: self
+                .files
+                .iter()
+                .map(|f| f.path.display().to_string())
+                .chain(self.index.iter().map(|p| p.display().to_string()))
+                .chain(
+                    self.extra_files
+                        .iter()
+                        .map(|(_, d)| d.display().to_string()),
+                )
+                .collect(),
+            bytes_written: bytes,
+            seconds,
+            gb_per_s: bytes as f64 / 1e9 / seconds.max(1e-9),
+            created_folders: created,
+            unmatched: self.unmatched.clone(),
+        })
+    }
+
+    /// Files of an older checkpoint in the output folder that would survive this run and make
+    /// it open as the old model: an index lorakit would write (and the shards it lists),
+    /// `model.safetensors` and `model-NNNNN-of-NNNNN.safetensors` shards not in the new layout.
+    /// Never anything else.
+    fn stale_files(&self, dir: &Path) -> Vec<PathBuf> {
+        let new: Vec<&Path> = self
+            .files
+            .iter()
+            .map(|f| f.path.as_path())
+            .chain(self.index.as_deref())
+            .collect();
+        let mut stale = Vec::new();
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return stale;
+        };
+        let is_shard_name = |n: &str| {
+            n == "model.safetensors"
+                || n.strip_prefix("model-")
+                    .and_then(|r| r.strip_suffix(".safetensors"))
+                    .is_some_and(|r| {
+                        let b = r.as_bytes();
+                        b.len() == 14
+                            && &r[5..9] == "-of-"
+                            && b[..5].iter().chain(&b[9..]).all(u8::is_ascii_digit)
+                    })
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let p = dir.join(&name);
+            if new.contains(&p.as_path()) || !e.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            if name.ends_with(".safetensors.index.json") {
+                // The shards an old index lists go with it (plain names only).
+                if let Ok(text) = crate::io::read_json_file(&p) {
+                    if let Ok(idx) = crate::io::checkpoint::parse_index(&text) {
+                        for (_, shard) in idx.weight_map {
+                            let sp = dir.join(&shard);
+                            if crate::parts::is_plain_name(&shard)
+                                && !new.contains(&sp.as_path())
+                                && !stale.contains(&sp)
+                            {
+                                stale.push(sp);
+                            }
+                        }
+                    }
+                }
+                stale.push(p);
+            } else if is_shard_name(&name) && !stale.contains(&p) {
+                stale.push(p);
+            }
+        }
+        stale.sort();
+        stale.dedup();
+        stale
+    }
+
+    /// The index document of the output (sharded outputs).
+    fn index_doc(&self) -> Option<Vec<u8>> {
+        self.index.as_ref()?;
+        let mut weight_map: BTreeMap<String, String> = BTreeMap::new();
+        for f in &self.files {
+            for n in &f.tensors {
+                weight_map.insert(n.clone(), file_name(&f.path));
+            }
+        }
+        let mut meta = self.base.index_metadata.clone().unwrap_or_default();
+        meta.insert("total_size".into(), serde_json::json!(self.output_bytes()));
+        let doc = serde_json::json!({ "metadata": meta, "weight_map": weight_map });
+        let mut text = serde_json::to_vec_pretty(&doc).expect("json");
+        text.push(b'\n');
+        Some(text)
+    }
+
+    /// Copied non-weight files, then the index (last).
+    fn write_finals(&self, output: &mut Output) -> Result<()> {
+        for (src, dst) in &self.extra_files {
+            let bytes = crate::io::read_whole_file(src)?;
+            if let Some(parent) = dst.parent() {
+                output.create_dir_all(parent)?;
+            }
+            output.small_file(dst, &bytes)?;
+        }
+        if let (Some(index), Some(doc)) = (&self.index, self.index_doc()) {
+            output.small_file(index, &doc)?;
+        }
+        Ok(())
+    }
+
+    /// The whole output as `finalize` needs it: every file with its expected size, the index,
+    /// and the files to copy.
+    fn part_plan(&self) -> Result<crate::parts::Plan> {
+        let metadata = self.output_metadata();
+        let files = self
+            .files
+            .iter()
+            .map(|f| {
+                let triples: Vec<(String, Dtype, Vec<usize>)> = f
+                    .tensors
+                    .iter()
+                    .map(|n| {
+                        let i = self.base.info(n).expect("base tensor");
+                        (
+                            n.clone(),
+                            self.options.dtype.apply(i.dtype),
+                            i.shape.clone(),
+                        )
+                    })
+                    .collect();
+                let data: u64 = triples
+                    .iter()
+                    .map(|(_, d, s)| dtype::byte_len(*d, s.iter().product()).expect("valid") as u64)
+                    .sum();
+                let header = crate::io::header::serialize(&metadata, &triples).len() as u64;
+                crate::parts::PlannedFile {
+                    name: file_name(&f.path),
+                    bytes: header + data,
+                }
+            })
+            .collect();
+        let extra = copied_files(&self.base, &self.out)?;
+        let base = std::fs::canonicalize(self.base.folder())
+            .with_context(|| format!("{}: cannot resolve", self.base.folder().display()))?
+            .display()
+            .to_string();
+        Ok(crate::parts::Plan {
+            base,
+            files,
+            index_name: self.index.as_ref().map(|p| file_name(p)),
+            index: self
+                .index_doc()
+                .map(|v| String::from_utf8(v).expect("utf8 json")),
+            extra,
+        })
+    }
+
+    fn signed(&self, s: f64) -> f64 {
+        if self.options.unmerge {
+            -s
+        } else {
+            s
+        }
+    }
+
+    fn merge_tensor(
+        &self,
+        engine: &backend::Engine,
+        name: &str,
+        terms: &[(usize, usize)],
+        out_dtype: Dtype,
+    ) -> Result<Vec<u8>> {
+        let file = self.base.file_of(name).expect("base tensor");
+        let info = self.base.info(name).expect("base tensor");
+        let rows = info.shape.first().copied().unwrap_or(1);
+        let cols = info.shape.iter().skip(1).product::<usize>();
+        // Factors in the stored orientation: a transposed base gets (B·A)ᵀ = Aᵀ·Bᵀ.
+        let mut owned: Vec<StoredTerm> = Vec::new();
+        let mut order = terms.to_vec();
+        if self.options.unmerge {
+            order.reverse();
+        }
+        for &(ai, mi) in &order {
+            let a = &self.adapters[ai].adapter;
+            let m = &a.modules[mi];
+            let (b, av) = a.factors(m)?;
+            let (bb, aa) = if m.base_transposed {
+                (
+                    crate::adapter::transpose(&av, m.rank, m.in_features),
+                    crate::adapter::transpose(&b, m.out_features, m.rank),
+                )
+            } else {
+                (b.to_vec(), av.to_vec())
+            };
+            let mag = m.dora_magnitude.as_ref().map(|d| a.values(d)).transpose()?;
+            owned.push(StoredTerm {
+                b: bb,
+                a: aa,
+                magnitude: mag,
+            });
+        }
+        let term_list: Vec<Term> = order
+            .iter()
+            .zip(&owned)
+            .map(
+                |(
+                    &(ai, mi),
+                    StoredTerm {
+                        b,
+                        a,
+                        magnitude: mag,
+                    },
+                )| {
+                    let wa = &self.adapters[ai];
+                    let m = &wa.adapter.modules[mi];
+                    Term {
+                        b,
+                        a,
+                        rank: m.rank,
+                        scale: self.signed(wa.weight * m.scale) as f32,
+                        dora: mag.as_ref().map(|v| Dora {
+                            magnitude: v.as_slice(),
+                            axis: if m.base_transposed {
+                                NormAxis::Cols
+                            } else {
+                                NormAxis::Rows
+                            },
+                        }),
+                    }
+                },
+            )
+            .collect();
+        let view = file.view_info(info)?;
+        let replaced;
+        let w0: &[u8] = match self.base_override.get(name) {
+            Some(&(ai, fi)) => {
+                let a = &self.adapters[ai].adapter;
+                replaced = dtype::encode(info.dtype, &a.values(&a.full_tensors[fi].data)?);
+                &replaced
+            }
+            None => view.data,
+        };
+        let job = MergeJob {
+            w0,
+            in_dtype: info.dtype,
+            rows,
+            cols,
+            terms: &term_list,
+            out_dtype,
+        };
+        engine.merge(&job).map_err(|e| {
+            let modules: Vec<String> = order
+                .iter()
+                .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
+                .collect();
+            anyhow::Error::new(InputError::invalid(
+                file.path(),
+                format!(
+                    "tensor `{name}`: merging {} gives an invalid result: {e}",
+                    modules.join(" + ")
+                ),
+            ))
+        })
+    }
+
+    fn output_metadata(&self) -> Vec<(String, String)> {
+        let mut meta: Vec<(String, String)> = self
+            .base
+            .metadata()
+            .iter()
+            .filter(|(k, _)| !k.starts_with("lorakit."))
+            .cloned()
+            .collect();
+        let adapters: Vec<serde_json::Value> = self
+            .adapters
+            .iter()
+            .map(|wa| serde_json::json!({ "path": wa.adapter.path.display().to_string(), "weight": wa.weight }))
+            .collect();
+        meta.push(("lorakit.version".into(), env!("CARGO_PKG_VERSION").into()));
+        meta.push((
+            "lorakit.operation".into(),
+            if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            }
+            .into(),
+        ));
+        meta.push((
+            "lorakit.adapters".into(),
+            serde_json::Value::Array(adapters).to_string(),
+        ));
+        meta
+    }
+}
+
+pub(super) fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// One term's factors in the base tensor's stored orientation.
+pub(super) struct StoredTerm {
+    b: Vec<f32>,
+    a: Vec<f32>,
+    magnitude: Option<crate::adapter::Values>,
+}
+
+pub(super) fn check_finite(base: &Checkpoint, name: &str, v: &[f32]) -> InputResult<()> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        let path = base
+            .file_of(name)
+            .map(|f| f.path().to_path_buf())
+            .unwrap_or_default();
+        return Err(InputError::invalid(
+            path,
+            format!(
+                "tensor `{name}`: merged value at {i} is not finite ({})",
+                v[i]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Greedy sharding as `huggingface_hub.split_torch_state_dict_into_shards`: tensors in order,
+/// a new shard when the next tensor would exceed `max` (a tensor larger than `max` gets its own).
+pub(super) fn shard_groups(
+    names: &[String],
+    size_of: &dyn Fn(&str) -> u64,
+    max: u64,
+) -> Vec<Vec<String>> {
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut cur: Vec<String> = Vec::new();
+    let mut cur_size = 0u64;
+    for n in names {
+        let s = size_of(n);
+        if !cur.is_empty() && cur_size + s > max {
+            groups.push(std::mem::take(&mut cur));
+            cur_size = 0;
+        }
+        cur.push(n.clone());
+        cur_size += s;
+    }
+    if !cur.is_empty() || groups.is_empty() {
+        groups.push(cur);
+    }
+    groups
+}
+
+/// Every regular, non-weight, non-hidden file of the base folder (config.json, tokenizer
+/// files, generation_config.json, …), to copy beside the output.
+/// [`extra_files`] as a part manifest records them: (canonical source, destination relative
+/// to `out`).
+pub(crate) fn copied_files(base: &Checkpoint, out: &Path) -> Result<Vec<(String, String)>> {
+    extra_files(base, out)?
+        .into_iter()
+        .map(|(src, dst)| -> Result<(String, String)> {
+            let src = std::fs::canonicalize(&src)
+                .with_context(|| format!("{}: cannot resolve", src.display()))?;
+            let rel = dst.strip_prefix(out).unwrap_or(&dst);
+            Ok((
+                src.display().to_string(),
+                rel.to_string_lossy().into_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The non-weight files of a base folder, copied into the output: configs, tokenizer files,
+/// and subfolders (sentence-transformers' `1_Pooling/`, `2_Normalize/`), recursively. Symlinks
+/// are followed (a Hugging Face cache snapshot is all symlinks into `blobs/`); hidden entries,
+/// weights and pickles are not copied.
+pub(super) fn extra_files(base: &Checkpoint, out: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+    fn walk(dir: &Path, out: &Path, depth: usize, v: &mut Vec<(PathBuf, PathBuf)>) -> Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot list", dir.display()))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_weight =
+                name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json");
+            let is_pickle = [".bin", ".pt", ".pth", ".ckpt", ".gguf"]
+                .iter()
+                .any(|x| name.ends_with(x));
+            if is_weight || is_pickle || name.starts_with('.') {
+                continue;
+            }
+            // Follows symlinks: what the entry is, not what the link is.
+            let Ok(meta) = std::fs::metadata(e.path()) else {
+                continue;
+            };
+            if meta.is_file() {
+                v.push((e.path(), out.join(&name)));
+            } else if meta.is_dir() && depth < 4 {
+                walk(&e.path(), &out.join(&name), depth + 1, v)?;
+            }
+        }
+        Ok(())
+    }
+    let mut v = Vec::new();
+    walk(base.folder(), out, 0, &mut v)?;
+    Ok(v)
+}
