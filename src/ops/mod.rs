@@ -10,6 +10,7 @@
 pub mod combine;
 pub mod convert;
 pub mod diff;
+pub mod eval;
 pub mod extract;
 pub mod inspect;
 pub mod merge;
