@@ -1,36 +1,97 @@
-//! Progress bars on stderr, shown only when stderr is a terminal and output is not quiet or JSON.
+//! How an operation says how far it got, without deciding how that looks.
+//!
+//! Owns: the [`Progress`] trait the library's long loops report to, and [`Reporter`], the
+//! handle an operation's options carry (silent by default, so library callers and tests see
+//! nothing). Must not draw anything: the CLI's `commands/printer.rs` supplies the terminal bars
+//! (indicatif, stderr, TTY only, never with --quiet or --json).
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
+use std::sync::Arc;
 
-/// A byte-throughput bar, or a hidden one when `enabled` is false or stderr is not a terminal.
-pub fn bar(enabled: bool, total: u64, msg: &'static str) -> ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb.set_message(msg);
-    pb
+/// What a bar counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Bytes,
+    /// Modules, steps, windows.
+    Items,
 }
 
-/// A count bar (modules, steps), hidden under the same rules.
-pub fn count_bar(enabled: bool, total: u64, msg: &'static str) -> ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+/// One running task. Called from worker threads, hence `Sync`; finished when dropped.
+pub trait Progress: Send + Sync {
+    fn inc(&self, n: u64);
+    fn set_position(&self, _pos: u64) {}
+    fn set_message(&self, _msg: String) {}
+    /// Runs `f` (which prints) with the bar out of the way.
+    fn suspend(&self, f: &mut dyn FnMut()) {
+        f()
     }
-    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(msg);
-    pb
+}
+
+/// A task nobody watches.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn inc(&self, _n: u64) {}
+}
+
+type Start = dyn Fn(&'static str, u64, Unit) -> Box<dyn Progress> + Send + Sync;
+
+/// Starts the tasks of one run: silent unless the caller gave a way to show them.
+#[derive(Clone, Default)]
+pub struct Reporter(Option<Arc<Start>>);
+
+impl Reporter {
+    /// Tasks shown by `start(what, total, unit)`.
+    pub fn new(
+        start: impl Fn(&'static str, u64, Unit) -> Box<dyn Progress> + Send + Sync + 'static,
+    ) -> Self {
+        Reporter(Some(Arc::new(start)))
+    }
+
+    /// A task of `total` units.
+    pub fn start(&self, what: &'static str, total: u64, unit: Unit) -> Box<dyn Progress> {
+        match &self.0 {
+            Some(f) => f(what, total, unit),
+            None => Box::new(Silent),
+        }
+    }
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Reporter(shown)"
+        } else {
+            "Reporter(silent)"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Count(Arc<AtomicU64>);
+    impl Progress for Count {
+        fn inc(&self, n: u64) {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A shown reporter hands every increment to the caller's task; the default one drops them.
+    #[test]
+    fn reporter_is_silent_unless_given_a_task() {
+        let seen = Arc::new(AtomicU64::new(0));
+        let s = seen.clone();
+        let r = Reporter::new(move |what, total, unit| {
+            assert_eq!((what, total, unit), ("merging", 10, Unit::Bytes));
+            Box::new(Count(s.clone()))
+        });
+        let task = r.start("merging", 10, Unit::Bytes);
+        task.inc(3);
+        task.inc(4);
+        assert_eq!(seen.load(Ordering::Relaxed), 7);
+        Reporter::default().start("merging", 10, Unit::Bytes).inc(5);
+        assert_eq!(seen.load(Ordering::Relaxed), 7);
+    }
 }

@@ -10,6 +10,7 @@ use crate::adapter::formats::kohya;
 use crate::adapter::Format;
 use crate::backend::{Device, Engine};
 use crate::ops::combine::{MajoritySign, Method};
+use crate::ops::extract::EmbeddingMode;
 use crate::ops::train::Schedule;
 use clap::{Args, ValueHint};
 use std::path::PathBuf;
@@ -43,6 +44,19 @@ value_enum!(Device {
 value_enum!(Format {
     Peft => "peft": "Hugging Face PEFT: adapter_model.safetensors + adapter_config.json",
     Kohya => "kohya": "kohya-ss sd-scripts: one .safetensors file (lora_down / lora_up / alpha)",
+});
+
+value_enum!(DtypeChoice {
+    Keep => "keep": "The input's dtype",
+    F32 => "f32" ["float32", "float"]: "float32",
+    F16 => "f16" ["float16", "half"]: "float16",
+    Bf16 => "bf16" ["bfloat16"]: "bfloat16",
+});
+
+value_enum!(EmbeddingMode {
+    Lora => "lora": "Low-rank, in PEFT's embedding layout (lora_embedding_A/B)",
+    Full => "full": "The tuned embedding stored in full (modules_to_save)",
+    Skip => "skip": "Left out (reported)",
 });
 
 value_enum!(Method {

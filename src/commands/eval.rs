@@ -42,7 +42,7 @@ pub fn run(mut a: EvalArgs, quiet: bool) -> Result<i32> {
         batch: a.batch,
         logits: a.logits,
         generate: a.generate,
-        progress: !quiet && !a.json,
+        progress: super::printer::progress(!quiet && !a.json),
     };
     let run = evaluate(&options, &a.compute.engine()?)?;
     if a.json {

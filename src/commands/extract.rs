@@ -451,7 +451,7 @@ fn options(a: &ExtractArgs, quiet: bool) -> Result<ExtractOptions> {
         fan_in_fan_out: a.fan_in_fan_out,
         dtype: a.dtype.into(),
         base_model: a.base_model.clone(),
-        progress: !quiet && !a.json,
+        progress: super::printer::progress(!quiet && !a.json),
     })
 }
 

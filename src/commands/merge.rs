@@ -34,7 +34,7 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
         max_shard_size: a.max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
-        progress,
+        progress: super::printer::progress(progress),
         part: a.part,
     };
     MergePlan::new(base, adapters, a.out.clone(), options)

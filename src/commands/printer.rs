@@ -78,3 +78,61 @@ pub fn warn(quiet: bool, msg: &str) {
         eprintln!("warning: {}", crate::error::one_line(msg));
     }
 }
+
+/// Progress of a run: terminal bars on stderr when `shown` and stderr is a terminal, else
+/// silent.
+pub fn progress(shown: bool) -> crate::progress::Reporter {
+    use std::io::IsTerminal;
+    if !shown || is_quiet() || !std::io::stderr().is_terminal() {
+        return crate::progress::Reporter::default();
+    }
+    crate::progress::Reporter::new(|what, total, unit| Box::new(Bar::new(what, total, unit)))
+}
+
+/// An indicatif bar on stderr, cleared when dropped.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(what: &'static str, total: u64, unit: crate::progress::Unit) -> Self {
+        use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+        let template = match unit {
+            crate::progress::Unit::Bytes => {
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+            }
+            crate::progress::Unit::Items => "{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        };
+        let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        pb.set_style(
+            ProgressStyle::with_template(template)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        pb.set_message(what);
+        Bar(pb)
+    }
+}
+
+impl crate::progress::Progress for Bar {
+    fn inc(&self, n: u64) {
+        self.0.inc(n)
+    }
+    fn set_position(&self, pos: u64) {
+        self.0.set_position(pos)
+    }
+    fn set_message(&self, msg: String) {
+        self.0.set_message(msg)
+    }
+    fn suspend(&self, f: &mut dyn FnMut()) {
+        self.0.suspend(f)
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear()
+    }
+}
+
+fn is_quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}

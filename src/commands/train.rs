@@ -158,7 +158,8 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     let start = trainer.step;
     let base_name = a.model.display().to_string();
     let show = !quiet && !a.json;
-    let pb = crate::progress::count_bar(show, steps as u64, "train");
+    let pb =
+        super::printer::progress(show).start("train", steps as u64, crate::progress::Unit::Items);
     pb.set_position(start as u64);
     let tokens_per_step = a.batch * a.seq_len;
     let t0 = Instant::now();
@@ -179,7 +180,7 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
                 let e = trainer.evaluate(d)?;
                 evaluated_at = Some(trainer.step);
                 if show {
-                    pb.suspend(|| {
+                    pb.suspend(&mut || {
                         eprintln!(
                             "step {}: eval loss {:.4}, perplexity {:.3}",
                             e.step, e.loss, e.perplexity
@@ -194,7 +195,7 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
             checkpoints.push(dir.display().to_string());
         }
     }
-    pb.finish_and_clear();
+    drop(pb);
     let seconds = t0.elapsed().as_secs_f64();
     if let Some(d) = &eval_data {
         if evaluated_at != Some(trainer.step) {

@@ -46,7 +46,7 @@ pub struct EvalOptions {
     pub logits: Option<PathBuf>,
     /// Greedy-decode this many tokens after the prompt.
     pub generate: Option<usize>,
-    pub progress: bool,
+    pub progress: crate::progress::Reporter,
 }
 
 /// A finished evaluation: the report, and what the text rendering also shows.
@@ -228,7 +228,9 @@ pub fn evaluate(o: &EvalOptions, engine: &Engine) -> Result<Evaluated> {
         );
     }
     let vocab = config.vocab_size;
-    let pb = crate::progress::count_bar(o.progress, units.len() as u64, "eval");
+    let pb = o
+        .progress
+        .start("eval", units.len() as u64, crate::progress::Unit::Items);
     let t0 = Instant::now();
     let (mut nll, mut scored, mut tokens) = (0f64, 0usize, 0usize);
     let mut all_logits: Vec<f32> = Vec::new();
@@ -274,7 +276,7 @@ pub fn evaluate(o: &EvalOptions, engine: &Engine) -> Result<Evaluated> {
         pb.inc(group.len() as u64);
         i = j;
     }
-    pb.finish_and_clear();
+    drop(pb);
     let seconds = t0.elapsed().as_secs_f64();
 
     let mut logits_path = None;

@@ -96,9 +96,7 @@ impl RankRule {
 }
 
 /// What to do with changed embedding matrices.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddingMode {
     /// Low-rank, in PEFT's embedding layout (`lora_embedding_A` `[r, vocab]`, `lora_embedding_B`
@@ -139,8 +137,8 @@ pub struct ExtractOptions {
     pub dtype: Dtype,
     /// `base_model_name_or_path` of the PEFT config.
     pub base_model: Option<String>,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Where progress is reported (silent by default).
+    pub progress: crate::progress::Reporter,
 }
 
 impl ExtractOptions {
@@ -163,7 +161,7 @@ impl ExtractOptions {
             fan_in_fan_out: false,
             dtype: Dtype::F32,
             base_model: None,
-            progress: false,
+            progress: crate::progress::Reporter::default(),
         }
     }
 
@@ -896,17 +894,17 @@ impl ExtractPlan {
     /// temporary files are removed, and so is the output folder if this run created it.
     pub fn run(self, ops: &dyn DeltaOperators) -> Result<ExtractSummary> {
         let start = Instant::now();
-        let bar = crate::progress::count_bar(
-            self.options.progress,
-            self.items.len() as u64,
+        let bar = self.options.progress.start(
             "extracting",
+            self.items.len() as u64,
+            crate::progress::Unit::Items,
         );
         let mut outcomes = Vec::with_capacity(self.items.len());
         for item in &self.items {
             outcomes.push(self.process(item, ops)?);
             bar.inc(1);
         }
-        bar.finish_and_clear();
+        drop(bar);
         self.assemble(outcomes, ops.describe(), start)
     }
 
@@ -989,14 +987,17 @@ impl ExtractPlan {
         indices: &[usize],
         ops: &dyn DeltaOperators,
     ) -> Result<Vec<Outcome>> {
-        let bar =
-            crate::progress::count_bar(self.options.progress, indices.len() as u64, "extracting");
+        let bar = self.options.progress.start(
+            "extracting",
+            indices.len() as u64,
+            crate::progress::Unit::Items,
+        );
         let mut out = Vec::with_capacity(indices.len());
         for &j in indices {
             out.push(self.process(&self.items[j], ops)?);
             bar.inc(1);
         }
-        bar.finish_and_clear();
+        drop(bar);
         Ok(out)
     }
 

@@ -146,18 +146,15 @@ pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
 }
 
 /// `--dtype` of the adapter-writing commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DtypeChoice {
     /// The input's dtype (convert: every tensor copied byte for byte; merge: each base
     /// tensor keeps its own).
     #[default]
     Keep,
-    #[value(alias = "float32", alias = "float")]
     F32,
-    #[value(alias = "float16", alias = "half")]
     F16,
-    #[value(alias = "bfloat16")]
     Bf16,
 }
 

@@ -38,7 +38,7 @@ pub struct MergeOptions {
     /// Warn about unmatched modules instead of failing.
     pub allow_unmatched: bool,
     /// Show a progress bar on stderr.
-    pub progress: bool,
+    pub progress: crate::progress::Reporter,
     /// Write only part `i` of `n` (1-based) of the output files; see [`crate::parts`].
     pub part: Option<(usize, usize)>,
 }

@@ -19,7 +19,10 @@ impl MergePlan {
     pub fn run(self, engine: &backend::Engine) -> Result<MergeSummary> {
         let start = Instant::now();
         let total = self.output_bytes();
-        let bar = crate::progress::bar(self.options.progress, total, "merging");
+        let bar = self
+            .options
+            .progress
+            .start("merging", total, crate::progress::Unit::Bytes);
         let mut output = Output::new();
         let dir = crate::parts::out_dir(&self.files[0].path);
         output.create_dir_all(&dir)?;
@@ -146,7 +149,7 @@ impl MergePlan {
             .map(|d| d.display().to_string())
             .collect();
         let bytes = output.commit()?;
-        bar.finish_and_clear();
+        drop(bar);
         let seconds = start.elapsed().as_secs_f64();
         let adapters = self
             .adapters
