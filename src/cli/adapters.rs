@@ -1,4 +1,4 @@
-//! The adapter commands' arguments: combine, convert (resize and extract follow).
+//! The adapter commands' arguments: resize, combine, convert.
 
 use super::args::AdapterOutArgs;
 use crate::adapter::Format;
@@ -116,6 +116,62 @@ pub struct ConvertArgs {
     /// Output format.
     #[arg(long, value_enum)]
     pub to: Format,
+
+    #[command(flatten)]
+    pub output: AdapterOutArgs,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Change the rank of every module of an adapter: the best low-rank approximation, exactly.
+///
+/// For each module ΔW = s·B·A the SVD comes from the factors (QR of B and Aᵀ, SVD of the small
+/// r×r core; the d×k matrix is never formed) and the leading r′ singular triplets are kept:
+/// B′ = U·diag(σ), A′ = Vᵀ (singular values in B, as kohya's resize_lora.py and PEFT's svd
+/// combination). The scale is kept — alpha′ = alpha·r′/r (alpha·√(r′/r) with rsLoRA), kohya's
+/// new_alpha = scale·new_rank — so s·B′·A′ is the best rank-r′ approximation of ΔW in Frobenius
+/// and spectral norm. A module whose rank does not change is copied untouched. The report gives
+/// per module the ranks, alphas and the energy kept (Σ kept σ² / Σ σ²).
+///
+/// Rank rules: --rank R (modules of lower rank are kept as they are); --energy E, the smallest
+/// rank keeping a fraction E of ‖ΔW‖²_F; --sv-ratio X, kohya's sv_ratio (keep σ > σ₁/X). With
+/// --energy or --sv-ratio, --rank caps the result. A zero module gets rank 1.
+///
+/// Output: the input's format unless --format says otherwise (a PEFT folder with rank_pattern /
+/// alpha_pattern for modules that differ, or a kohya file); metadata is kept (kohya's
+/// ss_network_dim / ss_network_alpha updated as kohya's resize does). DoRA magnitudes, lora
+/// biases and modules_to_save tensors are kept as they are.
+///
+/// Examples:
+///   lorakit resize fixtures/llama/adapters/qv_r8 --rank 4 --out qv_r4/
+///   lorakit resize lora.safetensors --energy 0.9 --rank 32 --out lora_small.safetensors
+///   lorakit resize lora.safetensors --sv-ratio 20 --out small.safetensors --json
+///   lorakit resize kohya.safetensors --rank 8 --format peft --base model/ --out r8/
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+#[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["rank", "energy", "sv_ratio"])))]
+pub struct ResizeArgs {
+    /// Adapter to resize: a PEFT folder (or its adapter_model.safetensors) or a kohya file.
+    #[arg(value_hint = ValueHint::AnyPath)]
+    pub adapter: PathBuf,
+
+    /// New rank (with --energy or --sv-ratio: the largest rank allowed).
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
+
+    /// Keep the smallest rank whose singular values carry this fraction of ‖ΔW‖²_F (0 < E ≤ 1).
+    #[arg(long, value_name = "E", conflicts_with = "sv_ratio")]
+    pub energy: Option<f64>,
+
+    /// kohya's sv_ratio rule: keep the singular values above σ_max / X (X ≥ 1).
+    #[arg(long, value_name = "X")]
+    pub sv_ratio: Option<f64>,
+
+    /// Output format (default: the input's).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
 
     #[command(flatten)]
     pub output: AdapterOutArgs,

@@ -8,11 +8,13 @@
 mod adapters;
 pub mod args;
 mod checkpoint;
+mod extract;
 mod model;
 
-pub use adapters::{CombineArgs, ConvertArgs};
+pub use adapters::{CombineArgs, ConvertArgs, ResizeArgs};
 pub use args::{parse_size, AdapterOutArgs, DeviceArgs};
 pub use checkpoint::{DiffArgs, InspectArgs, MergeArgs};
+pub use extract::{ExtractArgs, FactorDtype};
 pub use model::{EvalArgs, TrainArgs};
 
 /// `--device` values are the backend's own [`crate::backend::Device`].
@@ -51,8 +53,8 @@ pub struct Cli {
 pub enum Command {
     Inspect(InspectArgs),
     Merge(MergeArgs),
-    Extract(crate::commands::extract::ExtractArgs),
-    Resize(crate::commands::resize::ResizeArgs),
+    Extract(ExtractArgs),
+    Resize(ResizeArgs),
     Combine(CombineArgs),
     Convert(ConvertArgs),
     Eval(EvalArgs),

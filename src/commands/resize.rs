@@ -1,86 +1,15 @@
 //! `lorakit resize`.
 
 use super::convert::{check_output, files_line, format_name, inputs_json, num, open_base, show};
-use crate::adapter::formats::kohya;
 use crate::adapter::{Adapter, Format};
+use crate::cli::ResizeArgs;
 use crate::inspect::table;
 use crate::ops::convert;
-use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec};
+use crate::ops::output::{self, Provenance, WriteSpec};
 use crate::ops::resize::{self, ModuleResize, RankRule};
 use anyhow::{bail, Result};
-use clap::ValueHint;
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::Instant;
-
-/// Change the rank of every module of an adapter: the best low-rank approximation, exactly.
-///
-/// For each module ΔW = s·B·A the SVD comes from the factors (QR of B and Aᵀ, SVD of the small
-/// r×r core; the d×k matrix is never formed) and the leading r′ singular triplets are kept:
-/// B′ = U·diag(σ), A′ = Vᵀ (singular values in B, as kohya's resize_lora.py and PEFT's svd
-/// combination). The scale is kept — alpha′ = alpha·r′/r (alpha·√(r′/r) with rsLoRA), kohya's
-/// new_alpha = scale·new_rank — so s·B′·A′ is the best rank-r′ approximation of ΔW in Frobenius
-/// and spectral norm. A module whose rank does not change is copied untouched. The report gives
-/// per module the ranks, alphas and the energy kept (Σ kept σ² / Σ σ²).
-///
-/// Rank rules: --rank R (modules of lower rank are kept as they are); --energy E, the smallest
-/// rank keeping a fraction E of ‖ΔW‖²_F; --sv-ratio X, kohya's sv_ratio (keep σ > σ₁/X). With
-/// --energy or --sv-ratio, --rank caps the result. A zero module gets rank 1.
-///
-/// Output: the input's format unless --format says otherwise (a PEFT folder with rank_pattern /
-/// alpha_pattern for modules that differ, or a kohya file); metadata is kept (kohya's
-/// ss_network_dim / ss_network_alpha updated as kohya's resize does). DoRA magnitudes, lora
-/// biases and modules_to_save tensors are kept as they are.
-///
-/// Examples:
-///   lorakit resize fixtures/llama/adapters/qv_r8 --rank 4 --out qv_r4/
-///   lorakit resize lora.safetensors --energy 0.9 --rank 32 --out lora_small.safetensors
-///   lorakit resize lora.safetensors --sv-ratio 20 --out small.safetensors --json
-///   lorakit resize kohya.safetensors --rank 8 --format peft --base model/ --out r8/
-#[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
-#[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["rank", "energy", "sv_ratio"])))]
-pub struct ResizeArgs {
-    /// Adapter to resize: a PEFT folder (or its adapter_model.safetensors) or a kohya file.
-    #[arg(value_hint = ValueHint::AnyPath)]
-    pub adapter: PathBuf,
-
-    /// New rank (with --energy or --sv-ratio: the largest rank allowed).
-    #[arg(long, value_name = "R")]
-    pub rank: Option<usize>,
-
-    /// Keep the smallest rank whose singular values carry this fraction of ‖ΔW‖²_F (0 < E ≤ 1).
-    #[arg(long, value_name = "E", conflicts_with = "sv_ratio")]
-    pub energy: Option<f64>,
-
-    /// kohya's sv_ratio rule: keep the singular values above σ_max / X (X ≥ 1).
-    #[arg(long, value_name = "X")]
-    pub sv_ratio: Option<f64>,
-
-    /// Output: a folder for PEFT, a .safetensors file for kohya.
-    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
-    pub out: PathBuf,
-
-    /// Output format (default: the input's).
-    #[arg(long, value_enum)]
-    pub format: Option<Format>,
-
-    /// Base model, needed to write a kohya adapter as PEFT (restores module paths; see convert).
-    #[arg(long, value_hint = ValueHint::AnyPath)]
-    pub base: Option<PathBuf>,
-
-    /// kohya prefix of module paths when writing kohya from PEFT (see convert).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kohya::PREFIXES))]
-    pub prefix: Option<String>,
-
-    /// dtype of the written factors; keep = the input's.
-    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
-    pub dtype: DtypeChoice,
-
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// What `resize` did (`--json`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -135,15 +64,15 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
     let start = Instant::now();
     let rule = rule_of(&a)?;
     let mut adapter = Adapter::open(&a.adapter)?;
-    let base = open_base(a.base.as_deref())?;
+    let base = open_base(a.output.base.as_deref())?;
     let from = adapter.format;
     let to = a.format.unwrap_or(from);
-    let dtype = output::computed_dtype(a.dtype, &adapter);
+    let dtype = output::computed_dtype(a.output.dtype, &adapter);
     let spec = WriteSpec {
         format: to,
-        out: a.out.clone(),
+        out: a.output.out.clone(),
         dtype: Some(dtype),
-        kohya_prefix: a.prefix.clone(),
+        kohya_prefix: a.output.prefix.clone(),
     };
     check_output(&spec, &[&adapter], base.as_ref())?;
     let parameters_before = adapter.parameter_count();
@@ -152,8 +81,8 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
     update_kohya_metadata(&mut resized, &modules);
     let prov = Provenance {
         operation: "resize",
-        inputs: inputs_json(&[&a.adapter], a.base.as_deref()),
-        params: json!({"rule": rule.to_json(), "to": to, "dtype": a.dtype}),
+        inputs: inputs_json(&[&a.adapter], a.output.base.as_deref()),
+        params: json!({"rule": rule.to_json(), "to": to, "dtype": a.output.dtype}),
     };
     let written = output::write_adapter(&resized, &spec, &prov)?;
     let (kept, total) = modules.iter().fold((0.0, 0.0), |(k, t), m| {
@@ -163,7 +92,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
     let summary = ResizeSummary {
         operation: "resize",
         input: show(&a.adapter),
-        out: show(&a.out),
+        out: show(&a.output.out),
         from,
         to,
         rank_rule: rule.to_json(),
