@@ -1,0 +1,259 @@
+//! Per-module numerics: seeds, the randomized or exact SVD of one ΔW, the rank rule applied,
+//! and residual norms. Must not read files or know module names beyond seeding.
+
+use super::*;
+use crate::linalg::dense::FAER;
+use crate::linalg::{self, LinearOperator, RsvdOptions, Svd};
+use ndarray::ArrayView2;
+
+// ---------------------------------------------------------------------------
+// Per-module numerics
+// ---------------------------------------------------------------------------
+
+/// Seed of a module's test matrix: SplitMix64 of `seed` xor the FNV-1a hash of `name`.
+pub fn module_seed(seed: u64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    linalg::rng::SplitMix64::new(seed ^ h).next_u64()
+}
+
+/// Below this `‖ΔW − B·A‖²/‖ΔW‖²` (a relative error of 10 %), the error is computed explicitly.
+pub const CLOSED_FORM_MIN_REL_SQ: f64 = 1e-2;
+
+/// `‖ΔW − U_k·S_k·V_kᵀ‖_F² = ‖ΔW‖_F² − Σ_{i<k} sᵢ²` when that is accurate, else `None`.
+///
+/// For the randomized SVD, `U_k·S_k·V_kᵀ = Q·(QᵀΔW)_k` with `Q` orthonormal, so by Pythagoras
+/// the residual is `‖ΔW − QQᵀΔW‖² + ‖QᵀΔW − (QᵀΔW)_k‖² = ‖ΔW‖² − Σ_{i<k} sᵢ²` (`sᵢ` the
+/// singular values of `QᵀΔW`, i.e. the ones found). The difference cancels: with f32 factors
+/// its absolute error is a few units of 10⁻⁶·‖ΔW‖², so it is used only when the residual is at
+/// least [`CLOSED_FORM_MIN_REL_SQ`]·‖ΔW‖² (relative error ≲ 10⁻⁴ on the reported value); smaller
+/// residuals — nearly exact low-rank deltas — are computed explicitly by [`residual_sq`], which
+/// costs one more pass over `ΔW` and a `d×k·k×n` product. Factors rounded to f16/bf16 always
+/// take the explicit path (the rounding is not in the spectrum).
+pub fn closed_form_residual_sq(f: &Factorization, norm_sq: f64) -> Option<f64> {
+    let kept: f64 = f
+        .svd
+        .s
+        .iter()
+        .take(f.rank)
+        .map(|&x| x as f64 * x as f64)
+        .sum();
+    let r = norm_sq - kept;
+    (r >= CLOSED_FORM_MIN_REL_SQ * norm_sq).then_some(r)
+}
+
+/// `x ← x − y` and `(Σ (x−y)², Σ y²)` in f64. Eight fixed lanes (element `i` goes to lane
+/// `i mod 8`, lanes added in order at the end), so the loop vectorises and the sums are the same
+/// on every CPU; compiled for AVX2 when the CPU has it (same operations, same results: Rust never
+/// contracts into fused multiply-adds).
+pub(super) fn sub_norms(x: &mut [f32], y: &[f32]) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { sub_norms_avx2(x, y) };
+        }
+    }
+    sub_norms_impl(x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sub_norms_avx2(x: &mut [f32], y: &[f32]) -> (f64, f64) {
+    sub_norms_impl(x, y)
+}
+
+#[inline(always)]
+pub(super) fn sub_norms_impl(x: &mut [f32], y: &[f32]) -> (f64, f64) {
+    assert_eq!(x.len(), y.len());
+    let (mut ns, mut bs) = ([0f64; 8], [0f64; 8]);
+    let mut xc = x.chunks_exact_mut(8);
+    let mut yc = y.chunks_exact(8);
+    for (xs, ys) in (&mut xc).zip(&mut yc) {
+        for l in 0..8 {
+            let d = xs[l] - ys[l];
+            xs[l] = d;
+            ns[l] += d as f64 * d as f64;
+            bs[l] += ys[l] as f64 * ys[l] as f64;
+        }
+    }
+    for (l, (xv, &yv)) in xc
+        .into_remainder()
+        .iter_mut()
+        .zip(yc.remainder())
+        .enumerate()
+    {
+        let d = *xv - yv;
+        *xv = d;
+        ns[l] += d as f64 * d as f64;
+        bs[l] += yv as f64 * yv as f64;
+    }
+    (ns.iter().sum(), bs.iter().sum())
+}
+
+/// `Σ (x − scale·y)²` in f64 over eight fixed lanes, like [`sub_norms`].
+pub(super) fn residual_block(x: &[f32], y: &[f32], scale: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { residual_block_avx2(x, y, scale) };
+        }
+    }
+    residual_block_impl(x, y, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn residual_block_avx2(x: &[f32], y: &[f32], scale: f32) -> f64 {
+    residual_block_impl(x, y, scale)
+}
+
+#[inline(always)]
+pub(super) fn residual_block_impl(x: &[f32], y: &[f32], scale: f32) -> f64 {
+    assert_eq!(x.len(), y.len());
+    let mut acc = [0f64; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..8 {
+            let r = xs[l] as f64 - (scale * ys[l]) as f64;
+            acc[l] += r * r;
+        }
+    }
+    for (l, (&xv, &yv)) in xr.iter().zip(yr).enumerate() {
+        let r = xv as f64 - (scale * yv) as f64;
+        acc[l] += r * r;
+    }
+    acc.iter().sum()
+}
+
+/// Rank chosen by `rule` from the leading singular values `s` (non-increasing, at least the
+/// rule's cap of them when available) of a matrix with `‖M‖_F² = norm_sq`. At least 1, at most
+/// `s.len()`.
+///
+/// `Energy`: the smallest `k` with `Σ_{i<k} sᵢ² ≥ (energy − 10⁻¹²)·norm_sq` (the slack of
+/// [`linalg::ENERGY_RTOL`] only absorbs summation rounding), or `s.len()` when the leading values
+/// available do not reach it. `SvRatio`: [`linalg::rank_for_sv_ratio`]. `Fixed(r)`: `r`.
+pub fn choose_rank(s: &[f32], norm_sq: f64, rule: &RankRule) -> usize {
+    let n = s.len().min(rule.cap());
+    if n == 0 {
+        return 0;
+    }
+    let k = match *rule {
+        RankRule::Fixed(r) => r,
+        RankRule::Energy { energy, .. } => {
+            let target = (energy.min(1.0) - linalg::ENERGY_RTOL) * norm_sq;
+            let mut cum = 0.0f64;
+            let mut k = n;
+            for (i, &x) in s[..n].iter().enumerate() {
+                cum += (x as f64) * (x as f64);
+                if cum >= target {
+                    k = i + 1;
+                    break;
+                }
+            }
+            k
+        }
+        RankRule::SvRatio { ratio, .. } => linalg::rank_for_sv_ratio(s, ratio),
+    };
+    k.clamp(1, n)
+}
+
+/// A module's truncated SVD and the rank the rule picked.
+#[derive(Debug, Clone)]
+pub struct Factorization {
+    /// Truncated to `rank` triplets.
+    pub svd: Svd,
+    pub rank: usize,
+    /// `Σ_{i<rank} sᵢ² / ‖M‖_F²` (≤ 1 up to rounding).
+    pub energy_kept: f64,
+    /// The exact SVD was used (forced, or because sampling would not save anything).
+    pub exact: bool,
+}
+
+/// Factors the operator `M` (`‖M‖_F² = norm_sq`, known exactly) by the rule: randomized SVD of
+/// rank `min(cap, m, n)` (HMT Alg. 4.4 + 5.1, see [`linalg::randomized_svd`]) or, with `exact`, a
+/// full SVD; then the rank is chosen from the leading singular values and the SVD truncated.
+pub fn factorize(
+    op: &dyn LinearOperator,
+    norm_sq: f64,
+    rule: &RankRule,
+    exact: bool,
+    rsvd: &RsvdOptions,
+) -> Factorization {
+    let (m, n) = (op.rows(), op.cols());
+    let cap = rule.cap().min(m).min(n).max(1);
+    let sampled = !exact && cap + rsvd.oversample < m.min(n);
+    let svd = if exact {
+        let svd = match op.as_dense() {
+            Some(a) => linalg::exact_svd_with(&FAER, a),
+            None => linalg::exact_svd_with(&FAER, op.to_dense().view()),
+        };
+        svd.truncate(cap)
+    } else {
+        linalg::randomized_svd_with(&EXTRACT_DENSE, op, cap, rsvd)
+    };
+    let rank = choose_rank(&svd.s, norm_sq, &rule_with_cap(rule, cap));
+    let svd = svd.truncate(rank);
+    let kept = linalg::energy(&svd.s);
+    let energy_kept = if norm_sq > 0.0 {
+        (kept / norm_sq).min(1.0)
+    } else {
+        1.0
+    };
+    Factorization {
+        svd,
+        rank,
+        energy_kept,
+        exact: !sampled,
+    }
+}
+
+pub(super) fn rule_with_cap(rule: &RankRule, cap: usize) -> RankRule {
+    match *rule {
+        RankRule::Fixed(_) => RankRule::Fixed(cap),
+        RankRule::Energy { energy, .. } => RankRule::Energy {
+            energy,
+            max_rank: cap,
+        },
+        RankRule::SvRatio { ratio, .. } => RankRule::SvRatio {
+            ratio,
+            max_rank: cap,
+        },
+    }
+}
+
+/// `‖D − scale·B·A‖_F²` in f64 (`B·A` formed in f32), over blocks of [`BLOCK_ROWS`] rows in
+/// parallel (no second `d×k` copy), block sums added in block order.
+pub fn residual_sq(d: ArrayView2<f32>, b: ArrayView2<f32>, a: ArrayView2<f32>, scale: f32) -> f64 {
+    let m = d.nrows();
+    let blocks: Vec<(usize, usize)> = (0..m)
+        .step_by(BLOCK_ROWS)
+        .map(|r| (r, (r + BLOCK_ROWS).min(m)))
+        .collect();
+    let parts: Vec<f64> = blocks
+        .into_par_iter()
+        .map(|(r0, r1)| {
+            let p = seq_matmul(b.slice(ndarray::s![r0..r1, ..]), a);
+            let block = d.slice(ndarray::s![r0..r1, ..]);
+            match (block.as_slice(), p.as_slice()) {
+                // Contiguous rows (the usual case): 8 fixed lanes, so it vectorises and the
+                // sum does not depend on anything but the shapes.
+                (Some(x), Some(y)) => residual_block(x, y, scale),
+                _ => block
+                    .iter()
+                    .zip(p.iter())
+                    .map(|(&x, &y)| {
+                        let r = x as f64 - (scale * y) as f64;
+                        r * r
+                    })
+                    .sum::<f64>(),
+            }
+        })
+        .collect();
+    parts.iter().sum()
+}
