@@ -30,10 +30,11 @@ pub fn run(mut a: EvalArgs, quiet: bool) -> Result<i32> {
         (None, None, Some(t)) => EvalInput::Prompt(t.clone()),
         (None, None, None) => unreachable!("clap requires one of --text, --prompt, --input-ids"),
     };
+    let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let options = EvalOptions {
         model: a.model,
         adapters: a.adapters,
-        weights: a.weights,
+        weights,
         merged: a.merged,
         input,
         tokenizer: a.tokenizer,

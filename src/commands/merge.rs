@@ -5,28 +5,19 @@ use crate::cli::MergeArgs;
 use crate::inspect::{human_bytes, table};
 use crate::io::Checkpoint;
 use crate::merge::{MergeOptions, MergePlan, MergeSummary, WeightedAdapter};
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 /// The merge plan of a command line: the adapter weights validated, base and adapters opened,
 /// every module matched. `merge` and `run` (recipes, for their dry-run sizes) both plan
 /// through here, so a recipe step is validated exactly as the command would be.
 pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
-    if a.weights.len() > a.adapters.len() {
-        bail!(
-            "{} --weight values for {} --adapter values; give at most one weight per adapter",
-            a.weights.len(),
-            a.adapters.len()
-        );
-    }
-    if let Some(w) = a.weights.iter().find(|w| !w.is_finite()) {
-        bail!("--weight {w} is not a finite number");
-    }
+    let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = Checkpoint::open(&a.base)?;
     let mut adapters = Vec::new();
     for (i, p) in a.adapters.iter().enumerate() {
         adapters.push(WeightedAdapter {
             adapter: Adapter::open(p)?,
-            weight: a.weights.get(i).copied().unwrap_or(1.0),
+            weight: weights[i],
         });
     }
     let options = MergeOptions {

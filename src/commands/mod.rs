@@ -177,6 +177,24 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
     .map(|_| 0)
 }
 
+/// `--weight` values paired with `--adapter` in order, checked once for merge and eval: at most
+/// one per adapter, each finite; missing ones are 1.0. Returns one weight per adapter.
+pub fn adapter_weights(adapters: usize, weights: &[f64]) -> Result<Vec<f64>> {
+    if weights.len() > adapters {
+        anyhow::bail!(
+            "{} --weight values for {} --adapter values; give at most one weight per adapter",
+            weights.len(),
+            adapters
+        );
+    }
+    if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
+        anyhow::bail!("--weight {w} is not a finite number");
+    }
+    Ok((0..adapters)
+        .map(|i| weights.get(i).copied().unwrap_or(1.0))
+        .collect())
+}
+
 /// Recipe steps are command lines of this CLI: parsed by the same clap definitions and run by
 /// [`run`], so a step is validated exactly as the command typed by hand would be.
 struct CliCommands;

@@ -32,6 +32,7 @@ pub enum EvalInput {
 pub struct EvalOptions {
     pub model: PathBuf,
     pub adapters: Vec<PathBuf>,
+    /// One weight per adapter.
     pub weights: Vec<f64>,
     /// Merge the adapters into in-memory copies instead of the low-rank path.
     pub merged: bool,
@@ -131,21 +132,12 @@ fn load_model<'c>(
     weights: &[f64],
     merged: bool,
 ) -> Result<(Model<'c, f32>, Vec<Attached>)> {
-    if weights.len() > adapters.len() {
-        bail!(
-            "{} --weight values for {} --adapter values; give at most one weight per adapter",
-            weights.len(),
-            adapters.len()
-        );
-    }
-    if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
-        bail!("--weight {w} is not a finite number");
-    }
+    assert_eq!(weights.len(), adapters.len(), "one weight per adapter");
     let mut model: Model<f32> = Model::load(Weights::Checkpoint(ck), config)?;
     let mut attached = Vec::new();
     for (i, p) in adapters.iter().enumerate() {
         let adapter = Adapter::open(p)?;
-        attached.push(model.attach(&adapter, weights.get(i).copied().unwrap_or(1.0), merged)?);
+        attached.push(model.attach(&adapter, weights[i], merged)?);
     }
     Ok((model, attached))
 }
