@@ -3,9 +3,9 @@
 //!
 //! Owns: stdout/stderr writes of every command, the `operation` key of JSON reports, and
 //! broken-pipe handling (`| head` is not an error). Must not decide what a report says:
-//! commands render their text, ops return `Serialize` reports. Progress bars are the one
-//! exception still outside: `crate::progress` draws them (on stderr, TTY only, never with
-//! --quiet or --json).
+//! commands render their text, ops return `Serialize` reports. Progress bars are drawn here
+//! too ([`progress`]: indicatif on stderr, TTY only, never with --quiet or --json); the library
+//! only reports to the `crate::progress::Progress` trait.
 
 use anyhow::Result;
 
