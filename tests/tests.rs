@@ -29,6 +29,10 @@ mod it {
     pub mod merge;
     /// `eval` and `train` against transformers + PEFT logits, losses and torch's AdamW.
     pub mod model;
+    /// The binary as a process: progress bars on a terminal only, a merge's peak RSS.
+    pub mod process;
     /// Recipes: validation, dry-run, references, incremental reruns.
     pub mod recipe;
+    /// Independent float64 references (Jacobi SVD, best rank-r, relative errors).
+    pub mod reference;
 }

@@ -7,13 +7,11 @@
 //! crate and `s·B·A` is formed in f64.
 
 use super::common::*;
+use super::reference::*;
 use safetensors::Dtype;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// f32 unit roundoff.
-const U32: f64 = 1.0 / (1u64 << 24) as f64;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -167,82 +165,6 @@ fn run_extract_err(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Str
     ];
     args.extend_from_slice(extra);
     one_line_error(&run_err(&args))
-}
-
-/// `ΔW` of every module of a PEFT adapter folder, `scale·B·A` in f64, in the base's stored
-/// orientation (transposed for embeddings and fan_in_fan_out), flattened row-major. Rank and
-/// alpha per module follow PEFT: `r` from lora_A, alpha from the first `alpha_pattern` key with
-/// `re.match(rf"(.*\.)?({key})$", module)`, else `lora_alpha`.
-fn peft_deltas(dir: &Path) -> BTreeMap<String, Vec<f64>> {
-    let t = read(&dir.join("adapter_model.safetensors"));
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["use_rslora"], false);
-    let fifo = cfg["fan_in_fan_out"] == true;
-    let alpha_for = |m: &str| peft_alpha_for(&cfg, m).unwrap();
-    let mut out = BTreeMap::new();
-    for (key, a) in &t {
-        let (module, embedding) = if let Some(m) = key.strip_suffix(".lora_A.weight") {
-            (m, false)
-        } else if let Some(m) = key.strip_suffix(".lora_embedding_A") {
-            (m, true)
-        } else {
-            continue;
-        };
-        let b = if embedding {
-            &t[&format!("{module}.lora_embedding_B")]
-        } else {
-            &t[&format!("{module}.lora_B.weight")]
-        };
-        let name = module.strip_prefix("base_model.model.").unwrap();
-        let r = a.shape[0];
-        let k: usize = a.shape[1..].iter().product();
-        let d = b.shape[0];
-        assert_eq!(b.shape[1], r);
-        let s = alpha_for(name) / r as f64;
-        let (av, bv) = (a.f32(), b.f32());
-        let mut delta = vec![0f64; d * k];
-        for i in 0..d {
-            for j in 0..k {
-                delta[i * k + j] = s
-                    * (0..r)
-                        .map(|t| bv[i * r + t] as f64 * av[t * k + j] as f64)
-                        .sum::<f64>();
-            }
-        }
-        if embedding || (fifo && a.shape.len() == 2) {
-            let mut tr = vec![0f64; d * k];
-            for i in 0..d {
-                for j in 0..k {
-                    tr[j * d + i] = delta[i * k + j];
-                }
-            }
-            delta = tr;
-        }
-        out.insert(name.to_owned(), delta);
-    }
-    out
-}
-
-fn rel64(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    (num / den).sqrt()
-}
-
-fn norm64(a: &[f64]) -> f64 {
-    a.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-/// `W − W0` of one tensor of two checkpoint maps, in f64 (exact: both are f32).
-fn diff(tuned: &BTreeMap<String, T>, base: &BTreeMap<String, T>, name: &str) -> Vec<f64> {
-    tuned[name]
-        .f32()
-        .iter()
-        .zip(base[name].f32())
-        .map(|(&w, w0)| w as f64 - w0 as f64)
-        .collect()
 }
 
 /// `llama/base` with the tensors of `merged` files laid over it.
@@ -468,9 +390,12 @@ fn peft_merged_fixture_delta_is_recovered() {
     assert_eq!(v["full_delta_bytes"], 4 * (2 * 64 * 64 + 2 * 32 * 64));
 }
 
-/// The committed fixture `fixtures/extract/llama_energy` (made by this command, loaded and merged
-/// by PEFT 0.21.2: fixtures/gen/README.md) is reproduced (config exactly, ΔW to 1e-5), and lorakit's merge of it
-/// matches PEFT's merge of it (`fixtures/extract/merged/llama_energy.safetensors`).
+/// Extraction with an energy rule on a PEFT-merged Llama: each module's rank is the one an f64
+/// Jacobi SVD of `W − W0` gives for the rule, and its `ΔW = s·B·A` is that SVD's best rank-r
+/// approximation (Eckart–Young, [`assert_best_rank`]) — references independent of lorakit's
+/// code. The config is the one of `fixtures/extract/llama_energy`, the file PEFT 0.21.2 loaded
+/// and merged (fixtures/gen/README.md), and lorakit's merge of that file matches PEFT's merge
+/// of it (`fixtures/extract/merged/llama_energy.safetensors`).
 #[test]
 fn committed_fixture_is_reproduced_and_merges_like_peft() {
     let dir = tempfile::tempdir().unwrap();
@@ -528,16 +453,35 @@ fn committed_fixture_is_reproduced_and_merges_like_peft() {
             .collect::<Vec<_>>(),
         "same tensors and shapes as the fixture"
     );
-    let (dw, dw_fx) = (peft_deltas(&out), peft_deltas(&fx));
-    for (m, d) in &dw {
-        let e = rel64(d, &dw_fx[m]);
-        assert!(e <= 1e-5, "{m}: ΔW differs from the fixture's by {e:e}");
+    // Every module against the f64 optimum of its own W − W0.
+    let base_t = read_checkpoint(&fixture("llama/base"));
+    let dw = peft_deltas(&out);
+    let ranks = module_ranks(&v);
+    assert_eq!(dw.len(), ranks.len());
+    for (m, got) in &dw {
+        let wn = format!("{m}.weight");
+        let (d, k) = (tuned_t[&wn].shape[0], tuned_t[&wn].shape[1]);
+        let want = diff(&tuned_t, &base_t, &wn);
+        let (_, sv, _) = jacobi_svd(&want, d, k);
+        let total: f64 = sv.iter().map(|x| x * x).sum();
+        let cum = |r: usize| sv[..r].iter().map(|x| x * x).sum::<f64>() / total;
+        // `--energy 0.999 --max-rank 8`: the smallest r with cum(r) ≥ 0.999, at most 8. The
+        // fixture must not sit on the boundary (f32 singular values decide within ~1e-6 there).
+        let r = (1..=sv.len()).find(|&r| cum(r) >= 0.999).unwrap().min(8);
+        assert!(
+            (1..=sv.len()).all(|r| (cum(r) - 0.999).abs() > 1e-5),
+            "{m}: a cumulative energy within 1e-5 of the threshold makes the expected rank ambiguous"
+        );
+        assert_eq!(
+            ranks[m], r as u64,
+            "{m}: rank for --energy 0.999 (f64 spectrum)"
+        );
+        assert_best_rank(m, got, &want, d, k, r);
     }
     assert_eq!(
         ours["base_model.model.model.norm.weight"],
         theirs["base_model.model.model.norm.weight"]
     );
-    let ranks = module_ranks(&v);
     assert_eq!(ranks["model.layers.0.self_attn.k_proj"], 2);
     assert_eq!(ranks["model.layers.1.self_attn.q_proj"], 6);
     assert_eq!(ranks["model.layers.0.self_attn.q_proj"], 4);
@@ -562,7 +506,6 @@ fn committed_fixture_is_reproduced_and_merges_like_peft() {
     );
     assert_eq!(n, 10);
     // And the merge gives back the tuned checkpoint.
-    let base_t = read_checkpoint(&fixture("llama/base"));
     for (name, t) in read_checkpoint(&merged) {
         if tuned_t[&name].data == base_t[&name].data {
             assert_eq!(t.data, base_t[&name].data, "{name}");
