@@ -29,6 +29,8 @@ mod it {
     pub mod merge;
     /// `eval` and `train` against transformers + PEFT logits, losses and torch's AdamW.
     pub mod model;
+    /// PEFT (Python) loads and merges what extract and train write, as lorakit merges it.
+    pub mod peft_load;
     /// The binary as a process: progress bars on a terminal only, a merge's peak RSS.
     pub mod process;
     /// Recipes: validation, dry-run, references, incremental reruns.

@@ -1,0 +1,151 @@
+//! PEFT itself loads the adapters lorakit writes (`extract`, `train`) and merges them to the
+//! same weights as lorakit's merge: `fixtures/gen/check_peft_load.py` (PeftModel.from_pretrained,
+//! no missing or unexpected keys, every file tensor in the model unchanged, merge_and_unload).
+//!
+//! Needs a Python with torch, transformers and peft (`fixtures/gen/requirements.txt`): taken from
+//! `LORAKIT_PYTHON`, else `python3`. Without one the tests say so loudly and pass, unless
+//! `LORAKIT_REQUIRE_PEFT=1`, where they fail. CI does not install it: torch's PyPI wheels pull
+//! about 4.8 GB of CUDA libraries (measured in /work/venv), beyond CI's time budget.
+
+use super::common::*;
+use std::path::{Path, PathBuf};
+
+fn peft_python() -> Option<PathBuf> {
+    let py = std::env::var_os("LORAKIT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import torch, transformers, peft"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    let why = format!(
+        "{} cannot import torch, transformers and peft (set LORAKIT_PYTHON to a Python with \
+         fixtures/gen/requirements.txt)",
+        py.display()
+    );
+    if std::env::var("LORAKIT_REQUIRE_PEFT").as_deref() == Ok("1") {
+        panic!("LORAKIT_REQUIRE_PEFT=1 but {why}");
+    }
+    eprintln!("PEFT TEST SKIPPED: {why}");
+    None
+}
+
+/// PEFT loads `adapter` onto `base` and merges it; the tensors its merge changed must be the
+/// ones lorakit's merge changed, to 1e-6 relative (the merge tests' tolerance against PEFT).
+fn assert_peft_loads_and_merges_like_lorakit(py: &Path, adapter: &Path, base: &Path, dir: &Path) {
+    let peft_out = dir.join("peft_merged.safetensors");
+    let out = std::process::Command::new(py)
+        .arg(fixture("gen/check_peft_load.py"))
+        .arg(adapter)
+        .arg(base)
+        .arg(&peft_out)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "PEFT refused {}:\n{log}",
+        adapter.display()
+    );
+    let merged = dir.join("lorakit_merged");
+    run_ok([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    let n = assert_matches_reference(
+        &read_checkpoint(&merged),
+        &read_checkpoint(base),
+        &read(&peft_out),
+        1e-6,
+    );
+    assert!(n > 0, "PEFT's merge changed nothing:\n{log}");
+}
+
+/// An extraction with linear and embedding modules (tuned = base + PEFT's qv_r8 and embedding
+/// merges, made by lorakit merges that the merge tests tie to PEFT's own).
+#[test]
+fn peft_loads_extract_output() {
+    let Some(py) = peft_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    let step = dir.path().join("step");
+    let tuned = dir.path().join("tuned");
+    for (from, adapter, to) in [
+        (&base, "llama/adapters/qv_r8", &step),
+        (&step, "llama/adapters/embed", &tuned),
+    ] {
+        run_ok([
+            "merge",
+            "--base",
+            from.to_str().unwrap(),
+            "--adapter",
+            fixture(adapter).to_str().unwrap(),
+            "--out",
+            to.to_str().unwrap(),
+        ]);
+    }
+    let ex = dir.path().join("extracted");
+    let v: serde_json::Value = serde_json::from_str(&run_ok([
+        "extract",
+        "--base",
+        base.to_str().unwrap(),
+        "--tuned",
+        tuned.to_str().unwrap(),
+        "--rank",
+        "8",
+        "--out",
+        ex.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let names: Vec<&str> = v["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"model.embed_tokens"), "{names:?}");
+    assert_peft_loads_and_merges_like_lorakit(&py, &ex, &base, dir.path());
+}
+
+/// A trained adapter (two steps from scratch on the fixture token ids, so B ≠ 0).
+#[test]
+fn peft_loads_train_output() {
+    let Some(py) = peft_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    let out = dir.path().join("trained");
+    run_ok([
+        "train",
+        "--model",
+        base.to_str().unwrap(),
+        "--data",
+        fixture("llama/logits.safetensors").to_str().unwrap(),
+        "--seq-len",
+        "8",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--lr",
+        "1e-2",
+        "--targets",
+        "q_proj,v_proj,down_proj",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_peft_loads_and_merges_like_lorakit(&py, &out, &base, dir.path());
+}
