@@ -2,9 +2,9 @@
 
 use super::DeviceArg;
 use crate::adapter::Format;
-use crate::dtype::Dtype;
 use crate::ops::extract::EmbeddingMode;
-use clap::{ArgGroup, Args, ValueEnum, ValueHint};
+use crate::ops::output::DtypeChoice;
+use clap::{ArgGroup, Args, ValueHint};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -126,9 +126,10 @@ pub struct ExtractArgs {
     #[arg(long)]
     pub fan_in_fan_out: bool,
 
-    /// Dtype of the written tensors.
-    #[arg(long, value_enum, default_value_t = FactorDtype::F32)]
-    pub dtype: FactorDtype,
+    /// Dtype of the written tensors (keep: the tuned checkpoint's, from its first 2-D float
+    /// tensor).
+    #[arg(long, value_enum, default_value_t = DtypeChoice::F32)]
+    pub dtype: DtypeChoice,
 
     /// base_model_name_or_path written into adapter_config.json (default: --base as given).
     #[arg(long, value_name = "NAME")]
@@ -157,26 +158,4 @@ pub struct ExtractArgs {
     #[arg(long)]
     #[serde(skip)]
     pub json: bool,
-}
-
-/// `--dtype` values of extract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FactorDtype {
-    #[value(alias = "float32", alias = "float")]
-    F32,
-    #[value(alias = "float16", alias = "half")]
-    F16,
-    #[value(alias = "bfloat16")]
-    Bf16,
-}
-
-impl From<FactorDtype> for Dtype {
-    fn from(d: FactorDtype) -> Dtype {
-        match d {
-            FactorDtype::F32 => Dtype::F32,
-            FactorDtype::F16 => Dtype::F16,
-            FactorDtype::Bf16 => Dtype::BF16,
-        }
-    }
 }

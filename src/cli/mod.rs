@@ -14,7 +14,7 @@ mod model;
 pub use adapters::{CombineArgs, ConvertArgs, ResizeArgs};
 pub use args::{parse_size, AdapterOutArgs, DeviceArgs};
 pub use checkpoint::{DiffArgs, InspectArgs, MergeArgs};
-pub use extract::{ExtractArgs, FactorDtype};
+pub use extract::ExtractArgs;
 pub use model::{EvalArgs, TrainArgs};
 
 /// `--device` values are the backend's own [`crate::backend::Device`].

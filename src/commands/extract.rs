@@ -4,7 +4,6 @@ use crate::adapter::Format;
 use crate::cli::ExtractArgs;
 use crate::extract::{
     CpuDeltaOperators, DeltaOperators, EmbeddingMode, ExtractOptions, ExtractPlan, ExtractSummary,
-    RankRule,
 };
 use crate::inspect::{human_bytes, table};
 use crate::io::Checkpoint;
@@ -12,9 +11,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
-    let options = options(&a, quiet)?;
     let base = Checkpoint::open(&a.base)?;
     let tuned = Checkpoint::open(&a.tuned)?;
+    let options = options(&a, &tuned, quiet)?;
     if let Some(part) = a.part {
         return run_part(&a, part, base, tuned, options);
     }
@@ -141,9 +140,9 @@ pub fn finalize(
     a.part = None;
     a.json = json;
     a.out = out.to_path_buf();
-    let options = options(&a, quiet)?;
     let base = Checkpoint::open(&a.base)?;
     let tuned = Checkpoint::open(&a.tuned)?;
+    let options = options(&a, &tuned, quiet)?;
     let mut inputs = base.input_paths();
     inputs.extend(tuned.input_paths());
     let stamps = crate::parts::stamps(&inputs)?;
@@ -199,37 +198,9 @@ fn report(summary: &ExtractSummary, format: Format, json: bool, quiet: bool) -> 
 }
 
 /// The extraction options of `a`, validated.
-fn options(a: &ExtractArgs, quiet: bool) -> Result<ExtractOptions> {
-    let rank = match (a.rank, a.energy, a.sv_ratio) {
-        (Some(r), _, _) => {
-            if r == 0 {
-                bail!("--rank must be at least 1");
-            }
-            RankRule::Fixed(r)
-        }
-        (_, Some(e), _) => {
-            if !(e > 0.0 && e <= 1.0) {
-                bail!("--energy {e} must be in (0, 1]");
-            }
-            RankRule::Energy {
-                energy: e,
-                max_rank: a.max_rank,
-            }
-        }
-        (_, _, Some(x)) => {
-            if !(x.is_finite() && x > 0.0) {
-                bail!("--sv-ratio {x} must be a positive number");
-            }
-            RankRule::SvRatio {
-                ratio: x,
-                max_rank: a.max_rank,
-            }
-        }
-        _ => bail!("give one of --rank, --energy, --sv-ratio"),
-    };
-    if a.max_rank == 0 {
-        bail!("--max-rank must be at least 1");
-    }
+fn options(a: &ExtractArgs, tuned: &Checkpoint, quiet: bool) -> Result<ExtractOptions> {
+    let rank =
+        crate::cli::args::rank_rule(a.rank, a.energy, a.sv_ratio, Some(a.max_rank), "--max-rank")?;
     if let Some(al) = a.alpha {
         if !(al.is_finite() && al > 0.0) {
             bail!("--alpha {al} must be a positive number");
@@ -273,10 +244,20 @@ fn options(a: &ExtractArgs, quiet: bool) -> Result<ExtractOptions> {
         min_diff: a.min_diff,
         save_changed: a.save_changed,
         fan_in_fan_out: a.fan_in_fan_out,
-        dtype: a.dtype.into(),
+        dtype: a.dtype.apply(tuned_dtype(tuned)),
         base_model: a.base_model.clone(),
         progress: super::printer::progress(!quiet && !a.json),
     })
+}
+
+/// The dtype `--dtype keep` writes: the tuned checkpoint's first 2-D float tensor's (F32 when
+/// there is none).
+fn tuned_dtype(tuned: &Checkpoint) -> crate::dtype::Dtype {
+    tuned
+        .infos()
+        .map(|(_, i)| i)
+        .find(|i| i.shape.len() == 2 && crate::dtype::is_float_storage(i.dtype))
+        .map_or(crate::dtype::Dtype::F32, |i| i.dtype)
 }
 
 fn render(s: &ExtractSummary) -> String {

@@ -7,7 +7,7 @@ use crate::inspect::table;
 use crate::ops::convert;
 use crate::ops::output::{self, Provenance, WriteSpec};
 use crate::ops::resize::{self, ModuleResize, RankRule};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::json;
 use std::time::Instant;
 
@@ -34,30 +34,8 @@ pub struct ResizeSummary {
 }
 
 fn rule_of(a: &ResizeArgs) -> Result<RankRule> {
-    if a.rank == Some(0) {
-        bail!("--rank must be at least 1");
-    }
-    Ok(match (a.energy, a.sv_ratio) {
-        (Some(e), _) => {
-            if !(e > 0.0 && e <= 1.0) {
-                bail!("--energy {e} must be in (0, 1]");
-            }
-            RankRule::Energy {
-                energy: e,
-                max_rank: a.rank,
-            }
-        }
-        (None, Some(x)) => {
-            if !(x >= 1.0 && x.is_finite()) {
-                bail!("--sv-ratio {x} must be a finite number ≥ 1");
-            }
-            RankRule::SvRatio {
-                ratio: x,
-                max_rank: a.rank,
-            }
-        }
-        (None, None) => RankRule::Rank(a.rank.expect("clap requires a rule")),
-    })
+    // --rank is the fixed rank, or the cap of a dynamic rule.
+    crate::cli::args::rank_rule(a.rank, a.energy, a.sv_ratio, a.rank, "--rank")
 }
 
 pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
@@ -82,7 +60,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
     let prov = Provenance {
         operation: "resize",
         inputs: inputs_json(&[&a.adapter], a.output.base.as_deref()),
-        params: json!({"rule": rule.to_json(), "to": to, "dtype": a.output.dtype}),
+        params: json!({"rule": rule, "to": to, "dtype": a.output.dtype}),
     };
     let written = output::write_adapter(&resized, &spec, &prov)?;
     let (kept, total) = modules.iter().fold((0.0, 0.0), |(k, t), m| {
@@ -95,7 +73,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
         out: show(&a.output.out),
         from,
         to,
-        rank_rule: rule.to_json(),
+        rank_rule: serde_json::to_value(rule)?,
         modules_resized_count: modules.iter().filter(|m| m.changed).count(),
         modules,
         parameters_before,

@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod merge;
 pub mod output;
 pub mod parts;
+pub mod rank;
 pub mod recipe;
 pub mod resize;
 pub mod train;

@@ -146,7 +146,7 @@ pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
 }
 
 /// `--dtype` of the adapter-writing commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DtypeChoice {
     /// The input's dtype (convert: every tensor copied byte for byte; merge: each base

@@ -10,10 +10,8 @@
 //! is copied untouched (bit for bit). DoRA magnitudes, `lora_B` biases and full tensors are kept
 //! as they are: only the low-rank part is resized.
 //!
-//! Rank rules: a fixed rank (`--rank`, capped at each module's rank as kohya does), the smallest
-//! rank keeping a fraction of `‖ΔW‖_F²` ([`crate::linalg::rank_for_energy`]), or kohya's
-//! `sv_ratio` rule ([`crate::linalg::rank_for_sv_ratio`]); the dynamic rules can be capped with a
-//! maximum rank. A zero module keeps rank 1 (kohya does the same).
+//! The rank is chosen by [`RankRule`] (`super::rank`) from the module's whole spectrum: a fixed
+//! rank is capped at the module's own (as kohya does); a zero module keeps rank 1 (kohya too).
 
 use crate::adapter::{scale_for, Adapter, Data, LoraModule};
 use crate::error::InputResult;
@@ -21,35 +19,7 @@ use crate::linalg;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-/// How the new rank of each module is chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RankRule {
-    /// This rank, or the module's own when that is lower.
-    Rank(usize),
-    /// The smallest rank whose leading singular values carry at least this fraction of
-    /// `‖ΔW‖_F²` (0 < energy ≤ 1), at most `max_rank`.
-    Energy {
-        energy: f64,
-        max_rank: Option<usize>,
-    },
-    /// kohya `--dynamic_method sv_ratio`: keep `σᵢ > σ₁/ratio`, at most `max_rank`.
-    SvRatio { ratio: f64, max_rank: Option<usize> },
-}
-
-impl RankRule {
-    /// JSON form for reports and provenance.
-    pub fn to_json(&self) -> serde_json::Value {
-        match *self {
-            RankRule::Rank(r) => serde_json::json!({"rule": "rank", "rank": r}),
-            RankRule::Energy { energy, max_rank } => {
-                serde_json::json!({"rule": "energy", "energy": energy, "max_rank": max_rank})
-            }
-            RankRule::SvRatio { ratio, max_rank } => {
-                serde_json::json!({"rule": "sv_ratio", "sv_ratio": ratio, "max_rank": max_rank})
-            }
-        }
-    }
-}
+pub use super::rank::RankRule;
 
 /// What happened to one module.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -69,25 +39,6 @@ pub struct ModuleResize {
     pub fro_error: f64,
     /// False when the rank did not change and the module was copied untouched.
     pub changed: bool,
-}
-
-/// The rank `rule` picks for singular values `s` (non-increasing) of a module of rank `rank`:
-/// at least 1, at most `min(rank, s.len())`; 1 when every value is 0.
-pub fn choose_rank(s: &[f32], rank: usize, rule: &RankRule) -> usize {
-    let cap = rank.min(s.len()).max(1);
-    if s.first().is_none_or(|&x| x == 0.0) {
-        return 1;
-    }
-    let k = match *rule {
-        RankRule::Rank(r) => r,
-        RankRule::Energy { energy, max_rank } => {
-            linalg::rank_for_energy(s, energy).min(max_rank.unwrap_or(usize::MAX))
-        }
-        RankRule::SvRatio { ratio, max_rank } => {
-            linalg::rank_for_sv_ratio(s, ratio).min(max_rank.unwrap_or(usize::MAX))
-        }
-    };
-    k.clamp(1, cap)
 }
 
 /// Alpha that keeps `scale` at rank `new_rank`: `alpha·r'/r`, or `alpha·√(r'/r)` with rsLoRA.
@@ -119,7 +70,7 @@ pub fn resize_module(
         super::output::view(a, r, k),
         1.0,
     );
-    let new_rank = choose_rank(&svd.s, r, rule);
+    let new_rank = rule.choose(&svd.s, linalg::energy(&svd.s), r);
     let total = linalg::energy(&svd.s);
     let tail = linalg::tail_energy(&svd.s, new_rank);
     let energy_kept = if total > 0.0 { 1.0 - tail / total } else { 1.0 };
@@ -176,72 +127,6 @@ pub fn resize(mut adapter: Adapter, rule: &RankRule) -> InputResult<(Adapter, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rank_rules() {
-        let s = [4.0f32, 2.0, 1.0, 0.5];
-        assert_eq!(choose_rank(&s, 4, &RankRule::Rank(2)), 2);
-        assert_eq!(choose_rank(&s, 4, &RankRule::Rank(9)), 4);
-        assert_eq!(choose_rank(&s, 3, &RankRule::Rank(9)), 3);
-        // 16 / 21.25 = 0.753: rank 1 keeps 75.3 %, rank 2 keeps 94.1 %.
-        assert_eq!(
-            choose_rank(
-                &s,
-                4,
-                &RankRule::Energy {
-                    energy: 0.75,
-                    max_rank: None
-                }
-            ),
-            1
-        );
-        assert_eq!(
-            choose_rank(
-                &s,
-                4,
-                &RankRule::Energy {
-                    energy: 0.76,
-                    max_rank: None
-                }
-            ),
-            2
-        );
-        assert_eq!(
-            choose_rank(
-                &s,
-                4,
-                &RankRule::Energy {
-                    energy: 1.0,
-                    max_rank: Some(3)
-                }
-            ),
-            3
-        );
-        // kohya sv_ratio: keep σ > 4/3 → 2 values.
-        assert_eq!(
-            choose_rank(
-                &s,
-                4,
-                &RankRule::SvRatio {
-                    ratio: 3.0,
-                    max_rank: None
-                }
-            ),
-            2
-        );
-        assert_eq!(
-            choose_rank(
-                &s,
-                4,
-                &RankRule::SvRatio {
-                    ratio: 100.0,
-                    max_rank: Some(3)
-                }
-            ),
-            3
-        );
-        assert_eq!(choose_rank(&[0.0, 0.0], 2, &RankRule::Rank(2)), 1);
-    }
 
     #[test]
     fn alpha_keeps_the_scale() {

@@ -605,7 +605,13 @@ fn sv_ratio_picks_the_documented_rank_and_is_capped() {
         assert_eq!(rank(100.0, cap), 7);
     }
     assert_eq!(rank(100.0, &["--max-rank", "4"]), 4);
-    assert_eq!(rank(0.5, &[]), 1, "at least one");
+    assert_eq!(rank(1.0, &[]), 1, "at least one (no σ > σ₁)");
+    // Below 1 no singular value can pass: refused as resize refuses it (one rank rule).
+    let e = run_extract_err(&base, &tuned, &dir.path().join("o"), &["--sv-ratio", "0.5"]);
+    assert!(
+        e.contains("--sv-ratio 0.5 must be a finite number ≥ 1"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1123,6 +1129,39 @@ fn bf16_factors_report_the_error_of_the_file() {
         assert!(
             (reported - actual).abs() <= 1e-3 * actual,
             "{name}: reported {reported} vs {actual}"
+        );
+    }
+}
+
+/// `--dtype keep` writes the factors in the tuned checkpoint's dtype (bf16 here); the default
+/// stays f32.
+#[test]
+fn dtype_keep_writes_the_tuned_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base_bf16");
+    let tuned = dir.path().join("tuned");
+    run_ok([
+        "merge",
+        "--base",
+        p(&base),
+        "--adapter",
+        p(&fixture("llama/adapters/qv_r8")),
+        "--out",
+        p(&tuned),
+    ]);
+    for (flags, want) in [
+        (&["--dtype", "keep"][..], Dtype::BF16),
+        (&[][..], Dtype::F32),
+    ] {
+        let out = dir.path().join(format!("out{}", flags.len()));
+        let mut args = vec!["--rank", "8"];
+        args.extend_from_slice(flags);
+        extract(&base, &tuned, &out, &args);
+        let t = read(&out.join("adapter_model.safetensors"));
+        assert!(!t.is_empty());
+        assert!(
+            t.values().all(|x| x.dtype == want),
+            "{flags:?}: want {want:?}"
         );
     }
 }

@@ -131,38 +131,6 @@ pub(super) fn residual_block_impl(x: &[f32], y: &[f32], scale: f32) -> f64 {
     acc.iter().sum()
 }
 
-/// Rank chosen by `rule` from the leading singular values `s` (non-increasing, at least the
-/// rule's cap of them when available) of a matrix with `‖M‖_F² = norm_sq`. At least 1, at most
-/// `s.len()`.
-///
-/// `Energy`: the smallest `k` with `Σ_{i<k} sᵢ² ≥ (energy − 10⁻¹²)·norm_sq` (the slack of
-/// [`linalg::ENERGY_RTOL`] only absorbs summation rounding), or `s.len()` when the leading values
-/// available do not reach it. `SvRatio`: [`linalg::rank_for_sv_ratio`]. `Fixed(r)`: `r`.
-pub fn choose_rank(s: &[f32], norm_sq: f64, rule: &RankRule) -> usize {
-    let n = s.len().min(rule.cap());
-    if n == 0 {
-        return 0;
-    }
-    let k = match *rule {
-        RankRule::Fixed(r) => r,
-        RankRule::Energy { energy, .. } => {
-            let target = (energy.min(1.0) - linalg::ENERGY_RTOL) * norm_sq;
-            let mut cum = 0.0f64;
-            let mut k = n;
-            for (i, &x) in s[..n].iter().enumerate() {
-                cum += (x as f64) * (x as f64);
-                if cum >= target {
-                    k = i + 1;
-                    break;
-                }
-            }
-            k
-        }
-        RankRule::SvRatio { ratio, .. } => linalg::rank_for_sv_ratio(s, ratio),
-    };
-    k.clamp(1, n)
-}
-
 /// A module's truncated SVD and the rank the rule picked.
 #[derive(Debug, Clone)]
 pub struct Factorization {
@@ -197,7 +165,7 @@ pub fn factorize(
     } else {
         linalg::randomized_svd_with(&EXTRACT_DENSE, op, cap, rsvd)
     };
-    let rank = choose_rank(&svd.s, norm_sq, &rule_with_cap(rule, cap));
+    let rank = rule.choose(&svd.s, norm_sq, cap);
     let svd = svd.truncate(rank);
     let kept = linalg::energy(&svd.s);
     let energy_kept = if norm_sq > 0.0 {
@@ -210,20 +178,6 @@ pub fn factorize(
         rank,
         energy_kept,
         exact: !sampled,
-    }
-}
-
-pub(super) fn rule_with_cap(rule: &RankRule, cap: usize) -> RankRule {
-    match *rule {
-        RankRule::Fixed(_) => RankRule::Fixed(cap),
-        RankRule::Energy { energy, .. } => RankRule::Energy {
-            energy,
-            max_rank: cap,
-        },
-        RankRule::SvRatio { ratio, .. } => RankRule::SvRatio {
-            ratio,
-            max_rank: cap,
-        },
     }
 }
 

@@ -72,31 +72,7 @@ mod tests;
 pub use factor::*;
 pub use operators::*;
 
-/// How many triplets each module keeps.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RankRule {
-    /// The same rank for every module (capped at `min(d, k)`).
-    Fixed(usize),
-    /// The smallest rank whose leading triplets hold a fraction `≥ energy` of `‖ΔW‖_F²` (the
-    /// total computed exactly from `ΔW`, not from the triplets), at most `max_rank`. The
-    /// singular values are f32 (their energies are off by ~`10⁻⁷` relative), so a threshold that
-    /// close to a cumulative energy, `energy = 1` included, is decided by rounding; use e.g.
-    /// `1 − 10⁻⁶` for "all but rounding noise".
-    Energy { energy: f64, max_rank: usize },
-    /// kohya's `sv_ratio`: keep the singular values `> s₁/ratio`
-    /// ([`crate::linalg::rank_for_sv_ratio`]), at most `max_rank`.
-    SvRatio { ratio: f64, max_rank: usize },
-}
-
-impl RankRule {
-    /// The largest rank the rule can pick.
-    pub fn cap(&self) -> usize {
-        match *self {
-            RankRule::Fixed(r) => r,
-            RankRule::Energy { max_rank, .. } | RankRule::SvRatio { max_rank, .. } => max_rank,
-        }
-    }
-}
+pub use crate::ops::rank::RankRule;
 
 /// What to do with changed embedding matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -438,30 +414,6 @@ pub struct FullReport {
     pub reason: String,
 }
 
-/// The rank rule, as reported.
-#[derive(Debug, Clone, serde::Serialize)]
-/// Spelled as resize's: `{"rule": "rank", "rank": R}`, `{"rule": "energy", "energy": E,
-/// "max_rank": R}`, `{"rule": "sv_ratio", "sv_ratio": X, "max_rank": R}`.
-#[serde(tag = "rule", rename_all = "snake_case")]
-pub enum RankRuleReport {
-    Rank { rank: usize },
-    Energy { energy: f64, max_rank: usize },
-    SvRatio { sv_ratio: f64, max_rank: usize },
-}
-
-impl From<&RankRule> for RankRuleReport {
-    fn from(r: &RankRule) -> Self {
-        match *r {
-            RankRule::Fixed(rank) => RankRuleReport::Rank { rank },
-            RankRule::Energy { energy, max_rank } => RankRuleReport::Energy { energy, max_rank },
-            RankRule::SvRatio { ratio, max_rank } => RankRuleReport::SvRatio {
-                sv_ratio: ratio,
-                max_rank,
-            },
-        }
-    }
-}
-
 /// Totals over the extracted modules.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Totals {
@@ -489,7 +441,7 @@ pub struct ExtractSummary {
     pub oversample: usize,
     pub power_iters: usize,
     pub seed: u64,
-    pub rank_rule: RankRuleReport,
+    pub rank_rule: RankRule,
     /// `--alpha`, `null` = each module's rank.
     pub alpha: Option<f64>,
     /// Dtype of the written tensors.

@@ -34,9 +34,7 @@ impl ExtractPlan {
                 );
             }
         }
-        if o.rank.cap() == 0 {
-            bail!("the rank must be at least 1");
-        }
+        o.rank.validate()?;
         let mut inputs = base.input_paths();
         inputs.extend(tuned.input_paths());
         inputs.push(base.root.clone());
@@ -411,7 +409,7 @@ impl ExtractPlan {
     pub(super) fn metadata(&self) -> Vec<(String, String)> {
         let o = &self.options;
         let settings = serde_json::json!({
-            "rank_rule": RankRuleReport::from(&o.rank),
+            "rank_rule": o.rank,
             "method": if o.exact { "exact" } else { "randomized" },
             "oversample": o.oversample,
             "power_iters": o.power_iters,

@@ -451,7 +451,7 @@ impl ExtractPlan {
             oversample: o.oversample,
             power_iters: o.power_iters,
             seed: o.seed,
-            rank_rule: RankRuleReport::from(&o.rank),
+            rank_rule: o.rank,
             alpha: o.alpha,
             dtype: dtype::name(o.dtype),
             modules: reports,

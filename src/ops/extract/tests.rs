@@ -5,60 +5,6 @@ use crate::linalg::{self, Dense, LinearOperator, RsvdOptions};
 use ndarray::{Array2, ArrayView2};
 
 #[test]
-fn energy_rule_uses_the_exact_total() {
-    // s² = 16, 16, 16, 4 of a total 64 (4 left in the tail not sampled).
-    let s = [4.0f32, 4.0, 4.0, 2.0];
-    let r = |e: f64| {
-        choose_rank(
-            &s,
-            64.0,
-            &RankRule::Energy {
-                energy: e,
-                max_rank: 10,
-            },
-        )
-    };
-    assert_eq!(r(0.75), 3);
-    assert_eq!(r(0.7501), 4);
-    assert_eq!(r(0.7499), 3);
-    assert_eq!(r(0.99), 4, "the cap: all sampled values");
-    assert_eq!(
-        choose_rank(
-            &s,
-            64.0,
-            &RankRule::Energy {
-                energy: 0.99,
-                max_rank: 2
-            }
-        ),
-        2
-    );
-    assert_eq!(
-        choose_rank(
-            &s,
-            64.0,
-            &RankRule::SvRatio {
-                ratio: 2.0,
-                max_rank: 10
-            }
-        ),
-        3
-    );
-    assert_eq!(
-        choose_rank(
-            &s,
-            64.0,
-            &RankRule::SvRatio {
-                ratio: 2.0,
-                max_rank: 1
-            }
-        ),
-        1
-    );
-    assert_eq!(choose_rank(&s, 64.0, &RankRule::Fixed(2)), 2);
-}
-
-#[test]
 fn host_delta_op_is_exact_and_thread_count_independent() {
     // 600 rows: three blocks, the last one partial.
     let a = linalg::rng::gaussian_matrix(600, 70, 1)
