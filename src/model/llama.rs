@@ -203,6 +203,17 @@ struct Pass<'r, T> {
     rope: &'r Rope<T>,
 }
 
+/// How a decoder block attends: over the pass's own `batch × seq` positions (training and the
+/// full forward), or — one sequence — its `seq` new positions after `p0` already in the
+/// layer's KV cache (incremental decoding; the new keys and values are appended).
+enum Attend<'a, T> {
+    Full,
+    Cached {
+        kv: &'a mut (Vec<T>, Vec<T>),
+        p0: usize,
+    },
+}
+
 /// What one layer's backward needs from its forward.
 struct LayerTape<T> {
     x: Vec<T>,
@@ -680,6 +691,9 @@ impl<'c, T: Real> Model<'c, T> {
         }
     }
 
+    /// One decoder block (Llama: `x + Attn(RMSNorm(x))`, then `+ MLP(RMSNorm(·))`, SwiGLU),
+    /// the one body behind the full forward, training (`keep`: the tape for backward) and
+    /// KV-cached decoding ([`Attend::Cached`]).
     fn layer_forward(
         &self,
         l: usize,
@@ -687,6 +701,7 @@ impl<'c, T: Real> Model<'c, T> {
         pass: &Pass<T>,
         exec: Exec,
         keep: bool,
+        attend: Attend<'_, T>,
     ) -> Result<(Vec<T>, Option<LayerTape<T>>)> {
         let (batch, seq, rope) = (pass.batch, pass.seq, pass.rope);
         let c = &self.config;
@@ -696,9 +711,23 @@ impl<'c, T: Real> Model<'c, T> {
         let (mut q, tq) = layer.proj[Q].forward(&h1, n, exec, keep)?;
         let (mut k, tk) = layer.proj[K].forward(&h1, n, exec, keep)?;
         let (v, tv) = layer.proj[V].forward(&h1, n, exec, keep)?;
-        rope.apply(&mut q, seq, c.num_attention_heads, false);
-        rope.apply(&mut k, seq, c.num_key_value_heads, false);
-        let (att, lse) = attention(&q, &k, &v, &self.attn_shape(batch, seq, l));
+        let (att, lse) = match attend {
+            Attend::Full => {
+                rope.apply(&mut q, seq, c.num_attention_heads, false);
+                rope.apply(&mut k, seq, c.num_key_value_heads, false);
+                attention(&q, &k, &v, &self.attn_shape(batch, seq, l))
+            }
+            Attend::Cached { kv, p0 } => {
+                debug_assert_eq!(batch, 1);
+                rope.apply_from(&mut q, p0, c.num_attention_heads);
+                rope.apply_from(&mut k, p0, c.num_key_value_heads);
+                let (kc, vc) = kv;
+                kc.extend_from_slice(&k);
+                vc.extend_from_slice(&v);
+                let shape = self.attn_shape(1, p0 + seq, l);
+                (attention_incremental(&q, kc, vc, &shape, p0), Vec::new())
+            }
+        };
         let (mut x2, to) = layer.proj[O].forward(&att, n, exec, keep)?;
         for (o, &xv) in x2.iter_mut().zip(&x) {
             *o += xv;
@@ -799,7 +828,9 @@ impl<'c, T: Real> Model<'c, T> {
         };
         let mut x = self.embed_tokens(ids)?;
         for l in 0..self.layers.len() {
-            x = self.layer_forward(l, x, &pass, exec, false)?.0;
+            x = self
+                .layer_forward(l, x, &pass, exec, false, Attend::Full)?
+                .0;
         }
         Ok(rmsnorm(
             &x,
@@ -848,31 +879,16 @@ impl<'c, T: Real> Model<'c, T> {
             cache.layers = vec![(Vec::new(), Vec::new()); self.layers.len()];
         }
         let rope = Rope::new(&self.inv_freq, p0 + n);
+        let pass = Pass {
+            batch: 1,
+            seq: n,
+            rope: &rope,
+        };
         let mut x = self.embed_tokens(ids)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let (h1, _) = rmsnorm(&x, h, &layer.input_norm, c.rms_norm_eps);
-            let (mut q, _) = layer.proj[Q].forward(&h1, n, exec, false)?;
-            let (mut k, _) = layer.proj[K].forward(&h1, n, exec, false)?;
-            let (v, _) = layer.proj[V].forward(&h1, n, exec, false)?;
-            rope.apply_from(&mut q, p0, c.num_attention_heads);
-            rope.apply_from(&mut k, p0, c.num_key_value_heads);
-            let (kc, vc) = &mut cache.layers[l];
-            kc.extend_from_slice(&k);
-            vc.extend_from_slice(&v);
-            let att = attention_incremental(&q, kc, vc, &self.attn_shape(1, p0 + n, l), p0);
-            let (mut x2, _) = layer.proj[O].forward(&att, n, exec, false)?;
-            for (o, &xv) in x2.iter_mut().zip(&x) {
-                *o += xv;
-            }
-            let (h2, _) = rmsnorm(&x2, h, &layer.post_norm, c.rms_norm_eps);
-            let (g, _) = layer.proj[GATE].forward(&h2, n, exec, false)?;
-            let (u, _) = layer.proj[UP].forward(&h2, n, exec, false)?;
-            let m = swiglu(&g, &u);
-            let (mut y, _) = layer.proj[DOWN].forward(&m, n, exec, false)?;
-            for (o, &xv) in y.iter_mut().zip(&x2) {
-                *o += xv;
-            }
-            x = y;
+        for (l, kv) in cache.layers.iter_mut().enumerate() {
+            x = self
+                .layer_forward(l, x, &pass, exec, false, Attend::Cached { kv, p0 })?
+                .0;
         }
         cache.len = p0 + n;
         let (hf, _) = rmsnorm(&x[(n - 1) * h..], h, &self.norm, c.rms_norm_eps);
@@ -921,7 +937,7 @@ impl<'c, T: Real> Model<'c, T> {
         let mut x = self.embed_tokens(ids)?;
         let mut tapes = Vec::with_capacity(self.layers.len());
         for l in 0..self.layers.len() {
-            let (y, tape) = self.layer_forward(l, x, &pass, Exec::Cpu, true)?;
+            let (y, tape) = self.layer_forward(l, x, &pass, Exec::Cpu, true, Attend::Full)?;
             tapes.push(tape.expect("kept"));
             x = y;
         }
