@@ -1,0 +1,359 @@
+//! Attaching adapters to a [`Model`]: matching module names as PEFT does (whole path or dotted
+//! suffix, kohya names with their prefix), applying LoRA unmerged on the low-rank path, and
+//! merging DoRA modules (or everything, when asked) into an in-memory f32 copy of the weight by
+//! `lorakit merge`'s own kernel (`backend::cpu::merge`); `modules_to_save` tensors replace the
+//! model's.
+
+use super::*;
+
+/// Where an adapter module lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Embed,
+    Linear(usize),
+}
+
+/// Counts of what attaching one adapter did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Attached {
+    pub path: String,
+    pub weight: f64,
+    /// Modules applied through the low-rank path.
+    pub modules_unmerged: usize,
+    /// Modules merged into an in-memory copy of the weight (DoRA, or all with merging asked).
+    pub modules_merged: usize,
+    /// `modules_to_save` tensors that replaced the model's.
+    pub tensors_replaced: usize,
+}
+
+impl<'c, T: Real> Model<'c, T> {
+    /// Slots whose module path matches one of `targets` as PEFT matches a `target_modules`
+    /// list: the whole path, or a suffix of it that starts after a dot (`q_proj`,
+    /// `self_attn.q_proj`, `layers.0.mlp.down_proj`). Every target must match something.
+    pub fn select(&self, targets: &[String]) -> Result<Vec<usize>> {
+        let mut slots = Vec::new();
+        for t in targets {
+            let hits: Vec<usize> = (0..self.num_slots())
+                .filter(|&s| dotted_suffix(&self.linear(s).name, t))
+                .collect();
+            if hits.is_empty() {
+                if dotted_suffix(&self.embed_name(), t) {
+                    bail!(
+                        "target `{t}` is the embedding; lorakit trains LoRA on linear layers only"
+                    );
+                }
+                bail!(
+                    "target `{t}` matches no linear layer (names end in q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head)"
+                );
+            }
+            slots.extend(hits);
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        Ok(slots)
+    }
+
+    /// Slot of the linear layer an adapter module name refers to (same matching as
+    /// [`Model::attach`]).
+    pub fn module_slot(&self, name: &str) -> std::result::Result<usize, String> {
+        match self.find_module(name)? {
+            Target::Linear(s) => Ok(s),
+            Target::Embed => Err(format!(
+                "module `{name}` is the embedding, not a linear layer"
+            )),
+        }
+    }
+
+    fn find_module(&self, name: &str) -> std::result::Result<Target, String> {
+        let mut names: Vec<(String, Target)> = (0..self.num_slots())
+            .map(|s| (self.linear(s).name.clone(), Target::Linear(s)))
+            .collect();
+        names.push((self.embed_name(), Target::Embed));
+        if let Some((_, t)) = names.iter().find(|(n, _)| n == name) {
+            return Ok(*t);
+        }
+        let hits: Vec<&(String, Target)> = if name.contains('.') {
+            names
+                .iter()
+                .filter(|(n, _)| dotted_suffix(n, name) || dotted_suffix(name, n))
+                .collect()
+        } else {
+            // kohya-style `lora_te_model_layers_0_self_attn_q_proj`
+            let rest = strip_kohya_prefix(name);
+            names
+                .iter()
+                .filter(|(n, _)| {
+                    let u = n.replace('.', "_");
+                    u == rest
+                        || u.ends_with(&format!("_{rest}"))
+                        || rest.ends_with(&format!("_{u}"))
+                })
+                .collect()
+        };
+        match hits.as_slice() {
+            [one] => Ok(one.1),
+            [] => Err(format!("module `{name}` matches no layer of the model")),
+            many => Err(format!(
+                "module `{name}` is ambiguous: {}",
+                many.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Attaches every module of `adapter` with weight `weight`: unmerged through the low-rank
+    /// path, or merged into an in-memory f32 copy of the weight when `merge` is set (DoRA
+    /// modules are always merged). Nothing is dropped: a module that fits no layer is an error.
+    pub fn attach(&mut self, adapter: &Adapter, weight: f64, merge: bool) -> Result<Attached> {
+        let path = adapter.path.clone();
+        let err = |m: String| anyhow::Error::new(InputError::invalid(&path, m));
+        let mut rep = Attached {
+            path: adapter.path.display().to_string(),
+            weight,
+            ..Default::default()
+        };
+        // Replacement tensors first (`modules_to_save`, PEFT's saved base embedding): they are
+        // the base the adapter's modules apply to, as in `lorakit merge`.
+        for f in &adapter.full_tensors {
+            let vals = adapter.values(&f.data)?;
+            self.replace_tensor(&f.name, &f.shape, &vals)
+                .map_err(|e| err(format!("tensor `{}` (modules_to_save): {e}", f.name)))?;
+            rep.tensors_replaced += 1;
+        }
+        let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
+        for m in &adapter.modules {
+            let target = self.find_module(&m.name).map_err(&err)?;
+            let scale = weight * m.scale;
+            let (b, a) = adapter.factors(m)?;
+            let magnitude = m
+                .dora_magnitude
+                .as_ref()
+                .map(|d| adapter.values(d))
+                .transpose()?;
+            let lbias = m.bias.as_ref().map(|d| adapter.values(d)).transpose()?;
+            match target {
+                Target::Embed => {
+                    if m.kind != ModuleKind::Embedding
+                        || m.in_features != vocab
+                        || m.out_features != hidden
+                    {
+                        return Err(err(format!(
+                            "module `{}` ({:?}, {}→{}) does not fit the embedding ({vocab}×{hidden})",
+                            m.name, m.kind, m.in_features, m.out_features
+                        )));
+                    }
+                    if merge || magnitude.is_some() {
+                        // Stored [vocab, hidden] = transposed: ΔW = s·(B·A)ᵀ = s·Aᵀ·Bᵀ.
+                        let bt = crate::adapter::transpose(&a, m.rank, m.in_features);
+                        let at = crate::adapter::transpose(&b, m.out_features, m.rank);
+                        let merged = merge_matrix(
+                            &self.embed,
+                            &bt,
+                            &at,
+                            m.rank,
+                            scale,
+                            magnitude.as_deref().map(|v| (v.as_slice(), NormAxis::Cols)),
+                        )
+                        .map_err(|e| err(format!("module `{}`: {e}", m.name)))?;
+                        self.embed = merged;
+                        rep.modules_merged += 1;
+                    } else {
+                        self.embed_loras.push(EmbedLora {
+                            a: a.iter().map(|&x| T::from_f32(x)).collect(),
+                            b: b.iter().map(|&x| T::from_f32(x)).collect(),
+                            rank: m.rank,
+                            scale: T::from_f64(scale),
+                        });
+                        rep.modules_unmerged += 1;
+                    }
+                }
+                Target::Linear(slot) => {
+                    let lin = self.linear_mut(slot);
+                    if m.kind != ModuleKind::Linear
+                        || m.base_transposed
+                        || m.out_features != lin.out_features()
+                        || m.in_features != lin.in_features()
+                    {
+                        return Err(err(format!(
+                            "module `{}` ({:?}{}, {}→{}) does not fit `{}` ({}→{})",
+                            m.name,
+                            m.kind,
+                            if m.base_transposed {
+                                ", fan_in_fan_out"
+                            } else {
+                                ""
+                            },
+                            m.in_features,
+                            m.out_features,
+                            lin.name,
+                            lin.in_features(),
+                            lin.out_features()
+                        )));
+                    }
+                    if merge || magnitude.is_some() {
+                        let merged = merge_matrix(
+                            &lin.w,
+                            &b,
+                            &a,
+                            m.rank,
+                            scale,
+                            magnitude.as_deref().map(|v| (v.as_slice(), NormAxis::Rows)),
+                        )
+                        .map_err(|e| err(format!("module `{}`: {e}", m.name)))?;
+                        lin.w = merged;
+                        if let Some(lb) = &lbias {
+                            let d = lin.out_features();
+                            let bias = lin.bias.get_or_insert_with(|| vec![T::ZERO; d]);
+                            for (o, &v) in bias.iter_mut().zip(lb.iter()) {
+                                *o = T::from_f32(o.to_f32() + (scale as f32) * v);
+                            }
+                        }
+                        rep.modules_merged += 1;
+                    } else {
+                        lin.loras.push(Lora {
+                            source: adapter.path.display().to_string(),
+                            a: a.iter().map(|&x| T::from_f32(x)).collect(),
+                            b: b.iter().map(|&x| T::from_f32(x)).collect(),
+                            rank: m.rank,
+                            scale: T::from_f64(scale),
+                            bias: lbias
+                                .as_ref()
+                                .map(|v| v.iter().map(|&x| T::from_f32(x)).collect()),
+                            trainable: false,
+                        });
+                        rep.modules_unmerged += 1;
+                    }
+                }
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Replaces one of the model's tensors (a `modules_to_save` copy).
+    fn replace_tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        vals: &[f32],
+    ) -> std::result::Result<(), String> {
+        let module = name
+            .strip_suffix(".weight")
+            .or_else(|| name.strip_suffix(".bias"));
+        let is_bias = name.ends_with(".bias");
+        let to_t = |v: &[f32]| v.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>();
+        let Some(module) = module else {
+            return Err("not a .weight or .bias tensor".into());
+        };
+        let check = |want: &[usize]| -> std::result::Result<(), String> {
+            if shape != want {
+                return Err(format!("shape {shape:?}, the model has {want:?}"));
+            }
+            Ok(())
+        };
+        // Norms.
+        let mut norms: Vec<(String, usize, usize)> = Vec::new();
+        for l in 0..self.layers.len() {
+            norms.push((format!("{}layers.{l}.input_layernorm", self.prefix), l, 0));
+            norms.push((
+                format!("{}layers.{l}.post_attention_layernorm", self.prefix),
+                l,
+                1,
+            ));
+        }
+        let h = self.config.hidden_size;
+        if !is_bias {
+            if let Some((_, l, which)) = norms
+                .iter()
+                .find(|(n, _, _)| dotted_suffix(n, module) || dotted_suffix(module, n))
+            {
+                check(&[h])?;
+                let v = to_t(vals);
+                if *which == 0 {
+                    self.layers[*l].input_norm = v;
+                } else {
+                    self.layers[*l].post_norm = v;
+                }
+                return Ok(());
+            }
+            let final_norm = format!("{}norm", self.prefix);
+            if dotted_suffix(&final_norm, module) || module == final_norm {
+                check(&[h])?;
+                self.norm = to_t(vals);
+                return Ok(());
+            }
+        }
+        match self.find_module(module)? {
+            Target::Embed if !is_bias => {
+                check(&[self.embed.rows, self.embed.cols])?;
+                self.embed = Matrix::owned(vals.to_vec(), self.embed.rows, self.embed.cols);
+            }
+            Target::Embed => return Err("the embedding has no bias".into()),
+            Target::Linear(slot) => {
+                let lin = self.linear_mut(slot);
+                if is_bias {
+                    check(&[lin.out_features()])?;
+                    lin.bias = Some(to_t(vals));
+                } else {
+                    check(&[lin.out_features(), lin.in_features()])?;
+                    lin.w = Matrix::owned(vals.to_vec(), lin.w.rows, lin.w.cols);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `W0 + s·B·A` (with DoRA when a magnitude is given) as an owned f32 matrix, by the merge
+/// kernel `lorakit merge` uses.
+fn merge_matrix<'c>(
+    w: &Matrix<'c>,
+    b: &[f32],
+    a: &[f32],
+    rank: usize,
+    scale: f64,
+    dora: Option<(&[f32], NormAxis)>,
+) -> std::result::Result<Matrix<'c>, String> {
+    let (bytes, in_dtype) = w.bytes();
+    let terms = [Term {
+        b,
+        a,
+        rank,
+        scale: scale as f32,
+        dora: dora.map(|(magnitude, axis)| Dora { magnitude, axis }),
+    }];
+    let job = MergeJob {
+        w0: bytes,
+        in_dtype,
+        rows: w.rows,
+        cols: w.cols,
+        terms: &terms,
+        out_dtype: Dtype::F32,
+    };
+    job.validate().map_err(|e| e.to_string())?;
+    let out = crate::backend::cpu::merge(&job).map_err(|e| e.to_string())?;
+    let vals: Vec<f32> = stored_as::<f32>(&out, Dtype::F32).into_owned();
+    Ok(Matrix {
+        data: MatrixData::Owned(Arc::new(vals)),
+        rows: w.rows,
+        cols: w.cols,
+    })
+}
+
+/// `long` equals `short` or ends with `.short`.
+fn dotted_suffix(long: &str, short: &str) -> bool {
+    long == short
+        || (long.len() > short.len()
+            && long.ends_with(short)
+            && long.as_bytes()[long.len() - short.len() - 1] == b'.')
+}
+
+fn strip_kohya_prefix(name: &str) -> &str {
+    for p in ["lora_unet_", "lora_te1_", "lora_te2_", "lora_te_", "lora_"] {
+        if let Some(r) = name.strip_prefix(p) {
+            return r;
+        }
+    }
+    name
+}
