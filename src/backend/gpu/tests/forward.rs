@@ -1,0 +1,201 @@
+//! The fused low-rank forward and BGMV against the CPU forward, within the f32 dot-product
+//! bound (module header of `tests`).
+
+use super::*;
+
+/// `S` for the error bound: the same forward on absolute values.
+fn abs_forward(
+    x: &[f32],
+    n: usize,
+    w0: &StoredMatrix,
+    ads: &[ForwardAdapter],
+    idx: Option<&[u32]>,
+) -> Vec<f32> {
+    let xa: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let wa: Vec<f32> = dtype::decode(w0.dtype, w0.bytes)
+        .iter()
+        .map(|v| v.abs())
+        .collect();
+    let wb = dtype::encode(Dtype::F32, &wa);
+    let sm = StoredMatrix {
+        bytes: &wb,
+        dtype: Dtype::F32,
+        ..*w0
+    };
+    let abs_f: Vec<(Vec<f32>, Vec<f32>)> = ads
+        .iter()
+        .map(|a| {
+            (
+                a.a.iter().map(|v| v.abs()).collect(),
+                a.b.iter().map(|v| v.abs()).collect(),
+            )
+        })
+        .collect();
+    let abs_ads: Vec<ForwardAdapter> = ads
+        .iter()
+        .zip(&abs_f)
+        .map(|(a, (aa, bb))| ForwardAdapter {
+            a: aa,
+            b: bb,
+            rank: a.rank,
+            scale: a.scale.abs(),
+        })
+        .collect();
+    match idx {
+        None => cpu_forward::lora_forward(&xa, n, &sm, &abs_ads).unwrap(),
+        Some(i) => cpu_forward::bgmv_forward(&xa, n, &sm, &abs_ads, i).unwrap(),
+    }
+}
+
+struct Adapters {
+    f: Vec<(Vec<f32>, Vec<f32>, usize, f32)>,
+}
+
+impl Adapters {
+    fn new(d: usize, k: usize, ranks: &[usize], seed: &mut Rng) -> Self {
+        let scales = [0.5f32, -1.25, 2.0, 0.125];
+        Adapters {
+            f: ranks
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| (rand(r * k, seed), rand(d * r, seed), r, scales[i % 4]))
+                .collect(),
+        }
+    }
+
+    fn views(&self) -> Vec<ForwardAdapter<'_>> {
+        self.f
+            .iter()
+            .map(|(a, b, r, s)| ForwardAdapter {
+                a,
+                b,
+                rank: *r,
+                scale: *s,
+            })
+            .collect()
+    }
+}
+
+/// GPU vs CPU forward for `X` `n × k` and `W0` `d × k` (`shape = (n, k, d)`).
+fn check_forward(
+    ctx: &GpuContext,
+    (n, k, d): (usize, usize, usize),
+    dt: Dtype,
+    ranks: &[usize],
+    bgmv: bool,
+    seed: &mut Rng,
+) {
+    let x = rand(n * k, seed);
+    let w0 = dtype::encode(dt, &rand(d * k, seed));
+    let sm = StoredMatrix {
+        bytes: &w0,
+        dtype: dt,
+        rows: d,
+        cols: k,
+    };
+    let ads = Adapters::new(d, k, ranks, seed);
+    let views = ads.views();
+    let idx: Vec<u32> = (0..n as u32)
+        .map(|i| {
+            if i % (ranks.len() as u32 + 1) == ranks.len() as u32 {
+                NO_ADAPTER
+            } else {
+                i % (ranks.len() as u32 + 1)
+            }
+        })
+        .collect();
+    let what = format!(
+        "{} n{n} k{k} d{d} {dt:?} ranks {ranks:?}",
+        if bgmv { "bgmv" } else { "forward" }
+    );
+    let (got, want) = if bgmv {
+        (
+            bgmv_forward(ctx, &x, n, &sm, &views, &idx).unwrap(),
+            cpu_forward::bgmv_forward(&x, n, &sm, &views, &idx).unwrap(),
+        )
+    } else {
+        (
+            lora_forward(ctx, &x, n, &sm, &views).unwrap(),
+            cpu_forward::lora_forward(&x, n, &sm, &views).unwrap(),
+        )
+    };
+    let s = abs_forward(&x, n, &sm, &views, bgmv.then_some(&idx[..]));
+    let r_total: usize = ranks.iter().sum();
+    assert_within_bound(&got, &want, &s, k + r_total, &what);
+}
+
+#[test]
+fn forward_matches_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut seed = Rng::seed_from_u64(41);
+    for dt in DTYPES {
+        for rank in [1, 8, 64] {
+            check_forward(ctx, (37, 150, 77), dt, &[rank], false, &mut seed);
+        }
+        check_forward(ctx, (37, 150, 77), dt, &[1, 8, 64], false, &mut seed);
+    }
+    // No adapters at all, and a single row.
+    check_forward(ctx, (5, 20, 9), Dtype::BF16, &[], false, &mut seed);
+    check_forward(ctx, (1, 20, 9), Dtype::F16, &[8], false, &mut seed);
+}
+
+#[test]
+fn bgmv_matches_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut seed = Rng::seed_from_u64(43);
+    for dt in DTYPES {
+        check_forward(ctx, (37, 150, 77), dt, &[1, 8, 64], true, &mut seed);
+    }
+    let x = [0f32; 4];
+    let w0 = dtype::encode(Dtype::F32, &[0.0; 4]);
+    let sm = StoredMatrix {
+        bytes: &w0,
+        dtype: Dtype::F32,
+        rows: 2,
+        cols: 2,
+    };
+    let (a, b) = ([0f32; 2], [0f32; 2]);
+    let ads = [ForwardAdapter {
+        a: &a,
+        b: &b,
+        rank: 1,
+        scale: 1.0,
+    }];
+    assert!(matches!(
+        bgmv_forward(ctx, &x, 2, &sm, &ads, &[0, 1]),
+        Err(GpuError::Shape(_))
+    ));
+    assert!(bgmv_forward(ctx, &x, 2, &sm, &ads, &[NO_ADAPTER, 0]).is_ok());
+}
+
+#[test]
+fn forward_tiled_matches_cpu() {
+    let Some(ctx) = gpu_tiled() else { return };
+    let mut seed = Rng::seed_from_u64(47);
+    // W0 1100 × 24 (52–103 KiB, up to 12× the binding limit) split into row tiles, X (45 rows)
+    // into two.
+    for dt in DTYPES {
+        check_forward(ctx, (45, 24, 1100), dt, &[1, 8, 64], false, &mut seed);
+        check_forward(ctx, (45, 24, 1100), dt, &[1, 8, 64], true, &mut seed);
+    }
+    // The stacked A (not tiled) over the limit is an error, not a wrong answer.
+    let x = vec![0f32; 2 * 100];
+    let w0 = dtype::encode(Dtype::F32, &vec![0f32; 3 * 100]);
+    let sm = StoredMatrix {
+        bytes: &w0,
+        dtype: Dtype::F32,
+        rows: 3,
+        cols: 100,
+    };
+    let (a, b) = (vec![0f32; 64 * 100], vec![0f32; 3 * 64]);
+    let ads = [ForwardAdapter {
+        a: &a,
+        b: &b,
+        rank: 64,
+        scale: 1.0,
+    }];
+    assert!(matches!(
+        lora_forward(ctx, &x, 2, &sm, &ads),
+        Err(GpuError::TooLarge { .. })
+    ));
+}

@@ -1,0 +1,192 @@
+//! GPU kernels against their CPU twins.
+//!
+//! Skip policy ([`context`]): with no wgpu adapter a test prints
+//! `GPU TEST SKIPPED: no wgpu adapter: …` and passes, unless `LORAKIT_REQUIRE_GPU=1`, when it
+//! fails. Any other context error fails. Two contexts are shared by all tests: the default one
+//! and one whose bindings are capped at [`TILED_LIMIT`] bytes, so that every op on it tiles.
+//!
+//! Tolerances:
+//! * merge: bit-identical bytes for F16/BF16 outputs (the kernel follows the CPU's operation
+//!   order exactly and cannot contract to FMA); F32 outputs within 1 ulp (observed: identical).
+//! * forward / sketch (different summation orders, tiled GEMM vs ndarray's SGEMM): the f32
+//!   dot-product error bound for both sides, `|gpu − cpu| ≤ 2·γ·S` with `γ = (K + 2)·2⁻²⁴`, `K`
+//!   the longest inner dimension and `S` the same product on absolute values (`|X|·|W0|ᵀ + …`),
+//!   computed by the CPU twin on `|inputs|`. It is rigorous to first order and independent of
+//!   the data's scale; random data lands far inside it.
+
+use super::kernels::{self, CONVERT_WG};
+use super::merge::{merge_tiles, merge_with};
+use super::*;
+use crate::backend::cpu_forward::{self, DeltaPair, ForwardAdapter, StoredMatrix, NO_ADAPTER};
+use crate::backend::{cpu, Dora, MergeError, MergeJob, NormAxis, Term};
+use crate::dtype;
+use crate::linalg::rng::Xoshiro256PlusPlus as Rng;
+use crate::linalg::{randomized_svd, LinearOperator, RsvdOptions};
+use std::sync::OnceLock;
+
+mod forward;
+mod merge;
+mod sketch;
+
+/// Binding cap of the tiling context: small enough that every tiling test splits its tensors.
+const TILED_LIMIT: u64 = 8 << 10;
+const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
+
+/// The one place that decides between running, skipping and failing a GPU test.
+fn context(
+    slot: &'static OnceLock<Result<GpuContext, GpuError>>,
+    make: fn() -> Result<GpuContext, GpuError>,
+) -> Option<&'static GpuContext> {
+    match slot.get_or_init(make) {
+        Ok(ctx) => Some(ctx),
+        Err(GpuError::NoAdapter(reason)) => {
+            if std::env::var("LORAKIT_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("LORAKIT_REQUIRE_GPU=1 but no wgpu adapter: {reason}");
+            }
+            // Straight to the stderr handle: libtest captures eprintln! of passing tests.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "GPU TEST SKIPPED: no wgpu adapter: {reason}"
+            );
+            None
+        }
+        Err(e) => panic!("GPU context creation failed: {e}"),
+    }
+}
+
+fn gpu() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Result<GpuContext, GpuError>> = OnceLock::new();
+    context(&CTX, GpuContext::new)
+}
+
+fn gpu_tiled() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Result<GpuContext, GpuError>> = OnceLock::new();
+    context(&CTX, || GpuContext::with_binding_limit(TILED_LIMIT))
+}
+
+fn uniform(seed: &mut Rng) -> f32 {
+    // Uniform on [-0.5, 0.5), from the one seeded generator (linalg::rng).
+    (seed.next_f64() - 0.5) as f32
+}
+
+fn rand(n: usize, seed: &mut Rng) -> Vec<f32> {
+    (0..n).map(|_| uniform(seed)).collect()
+}
+
+/// Distance in units in the last place between two finite f32s.
+fn ulps(a: f32, b: f32) -> u64 {
+    let key = |x: f32| {
+        let i = x.to_bits() as i32;
+        (if i < 0 { i32::MIN - i } else { i }) as i64
+    };
+    (key(a) - key(b)).unsigned_abs()
+}
+
+/// Asserts the GPU merge equals the CPU merge: same error, or same bytes (F16/BF16) / ≤ 1 ulp
+/// (F32). Returns the number of F32 elements that were not bit-identical.
+fn assert_merge_matches(ctx: &GpuContext, job: &MergeJob, what: &str) -> usize {
+    let want = cpu::merge(job);
+    let got = merge(ctx, job);
+    match (want, got) {
+        (Ok(w), Ok(g)) => {
+            assert_eq!(w.len(), g.len(), "{what}: output length");
+            if job.out_dtype == Dtype::F32 {
+                let (w, g) = (dtype::decode(Dtype::F32, &w), dtype::decode(Dtype::F32, &g));
+                let mut inexact = 0;
+                for (i, (a, b)) in w.iter().zip(&g).enumerate() {
+                    let u = ulps(*a, *b);
+                    assert!(
+                        u <= 1,
+                        "{what}: element {i}: cpu {a:e} gpu {b:e} ({u} ulps)"
+                    );
+                    inexact += (u != 0) as usize;
+                }
+                inexact
+            } else {
+                if let Some(i) = w.iter().zip(&g).position(|(a, b)| a != b) {
+                    let e = i / 2;
+                    panic!(
+                        "{what}: element {e} (row {}, col {}) differs: cpu {:02x?} gpu {:02x?}",
+                        e / job.cols,
+                        e % job.cols,
+                        &w[e * 2..e * 2 + 2],
+                        &g[e * 2..e * 2 + 2]
+                    );
+                }
+                0
+            }
+        }
+        (Err(w), Err(g)) => {
+            assert_eq!(format!("{w:?}"), format!("{g:?}"), "{what}: errors differ");
+            0
+        }
+        (w, g) => panic!(
+            "{what}: cpu {:?} but gpu {:?}",
+            w.map(|_| ()),
+            g.map(|_| ())
+        ),
+    }
+}
+
+struct Factors {
+    b: Vec<f32>,
+    a: Vec<f32>,
+    rank: usize,
+}
+
+fn factors(rows: usize, cols: usize, rank: usize, seed: &mut Rng) -> Factors {
+    Factors {
+        b: rand(rows * rank, seed),
+        a: rand(rank * cols, seed),
+        rank,
+    }
+}
+
+impl Factors {
+    fn term(&self, scale: f32) -> Term<'_> {
+        Term {
+            b: &self.b,
+            a: &self.a,
+            rank: self.rank,
+            scale,
+            dora: None,
+        }
+    }
+}
+
+#[test]
+fn context_describes_itself_and_compiles_every_kernel() {
+    let Some(ctx) = gpu() else { return };
+    ctx.compile_all().unwrap();
+    let info = serde_json::to_value(ctx.describe()).unwrap();
+    for key in [
+        "name",
+        "backend",
+        "device_type",
+        "driver",
+        "limits",
+        "tile_binding_bytes",
+    ] {
+        assert!(info.get(key).is_some(), "{key} missing from {info}");
+    }
+    eprintln!("gpu: {info}");
+    assert!(GpuContext::with_binding_limit(1).is_ok_and(|c| c.max_binding() == 256));
+}
+
+/// `|got − want| ≤ 2·(depth + 2)·2⁻²⁴·S` element by element.
+fn assert_within_bound(got: &[f32], want: &[f32], s: &[f32], depth: usize, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let gamma = 2.0 * (depth as f64 + 2.0) * 2f64.powi(-24);
+    let mut worst = 0f64;
+    for (i, ((g, w), s)) in got.iter().zip(want).zip(s).enumerate() {
+        let err = (*g as f64 - *w as f64).abs();
+        let tol = gamma * *s as f64 + 1e-30;
+        assert!(
+            err <= tol,
+            "{what}: element {i}: gpu {g} cpu {w}, |diff| {err:e} > {tol:e}"
+        );
+        worst = worst.max(err / tol);
+    }
+    assert!(worst < 1.0);
+}
