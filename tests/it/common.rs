@@ -278,34 +278,29 @@ pub fn big_case(dir: &Path, k: usize) -> (PathBuf, PathBuf) {
         .collect();
     safetensors::serialize_to_file(views, None, &base).unwrap();
     let ad = dir.join("adapter");
-    std::fs::create_dir(&ad).unwrap();
     let a = f32_bytes_of((0..r * k).map(|i| (i % 5) as f32 * 0.001));
     let b = f32_bytes_of((0..d * r).map(|i| (i % 3) as f32 * 0.002));
-    let keys: Vec<(String, String)> = (0..6)
-        .map(|t| {
-            (
-                format!("base_model.model.layers.{t}.proj.lora_A.weight"),
-                format!("base_model.model.layers.{t}.proj.lora_B.weight"),
-            )
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = (0..6)
+        .flat_map(|t| {
+            [
+                (
+                    format!("base_model.model.layers.{t}.proj.lora_A.weight"),
+                    vec![r, k],
+                    a.clone(),
+                ),
+                (
+                    format!("base_model.model.layers.{t}.proj.lora_B.weight"),
+                    vec![d, r],
+                    b.clone(),
+                ),
+            ]
         })
         .collect();
-    let mut views = Vec::new();
-    for (ka, kb) in &keys {
-        views.push((
-            ka.as_str(),
-            TensorView::new(Dtype::F32, vec![r, k], &a).unwrap(),
-        ));
-        views.push((
-            kb.as_str(),
-            TensorView::new(Dtype::F32, vec![d, r], &b).unwrap(),
-        ));
-    }
-    safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
-    std::fs::write(
-        ad.join("adapter_config.json"),
+    write_peft_adapter(
+        &ad,
         r#"{"peft_type":"LORA","r":16,"lora_alpha":16,"target_modules":["proj"]}"#,
-    )
-    .unwrap();
+        &tensors,
+    );
     (base, ad)
 }
 
@@ -345,4 +340,40 @@ pub fn copy_dir(src: &Path, dst: &Path) {
             std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
         }
     }
+}
+
+/// Arguments of `lorakit merge --base BASE --adapter ADAPTER --out OUT` followed by `extra`.
+pub fn merge_args(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["merge", "--base"].map(String::from).into();
+    for (flag, p) in [("", base), ("--adapter", adapter), ("--out", out)] {
+        if !flag.is_empty() {
+            v.push(flag.into());
+        }
+        v.push(p.display().to_string());
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Runs [`merge_args`], asserting success; returns stdout.
+pub fn merge_ok(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
+    run_ok(merge_args(base, adapter, out, extra))
+}
+
+/// Writes a PEFT adapter folder: `adapter_model.safetensors` with the f32 tensors
+/// `(name, shape, little-endian bytes)` and `adapter_config.json` = `config`.
+pub fn write_peft_adapter(dir: &Path, config: &str, tensors: &[(String, Vec<usize>, Vec<u8>)]) {
+    use safetensors::{tensor::TensorView, Dtype};
+    std::fs::create_dir_all(dir).unwrap();
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.as_str(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(dir.join("adapter_config.json"), config).unwrap();
 }

@@ -336,18 +336,15 @@ fn device_auto_never_picks_a_software_adapter() {
     let software = info["device_type"] == "Cpu";
     let dir = tempfile::tempdir().unwrap();
     for (i, extra) in [&[][..], &["--device", "auto"]].iter().enumerate() {
-        let mut args = vec![
-            "merge".to_string(),
-            "--base".into(),
-            fixture("llama/base").display().to_string(),
-            "--adapter".into(),
-            fixture("llama/adapters/qv_r8").display().to_string(),
-            "--out".into(),
-            dir.path().join(format!("{i}")).display().to_string(),
-            "--json".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let v: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
+        let mut flags = vec!["--json"];
+        flags.extend_from_slice(extra);
+        let v: serde_json::Value = serde_json::from_str(&merge_ok(
+            &fixture("llama/base"),
+            &fixture("llama/adapters/qv_r8"),
+            &dir.path().join(format!("{i}")),
+            &flags,
+        ))
+        .unwrap();
         let device = v["device"].as_str().unwrap();
         let want = if software { "cpu" } else { "gpu" };
         assert!(
@@ -359,18 +356,12 @@ fn device_auto_never_picks_a_software_adapter() {
     }
     // Asked for by name, the software adapter is used.
     if software {
-        let v: serde_json::Value = serde_json::from_str(&run_ok([
-            "merge",
-            "--base",
-            fixture("llama/base").to_str().unwrap(),
-            "--adapter",
-            fixture("llama/adapters/qv_r8").to_str().unwrap(),
-            "--out",
-            dir.path().join("g").to_str().unwrap(),
-            "--device",
-            "gpu",
-            "--json",
-        ]))
+        let v: serde_json::Value = serde_json::from_str(&merge_ok(
+            &fixture("llama/base"),
+            &fixture("llama/adapters/qv_r8"),
+            &dir.path().join("g"),
+            &["--device", "gpu", "--json"],
+        ))
         .unwrap();
         assert!(v["device"].as_str().unwrap().starts_with("gpu"));
     }
@@ -426,43 +417,25 @@ fn merge_tiles_a_tensor_beyond_the_real_binding_limit() {
     .unwrap();
     drop(data);
     let ad = dir.path().join("adapter");
-    std::fs::create_dir(&ad).unwrap();
-    let av = f32s(&mut (0..r * cols).map(|p| a(p / cols, p % cols)));
-    let bv = f32s(&mut (0..rows * r).map(|p| b(p / r, p % r)));
-    safetensors::serialize_to_file(
-        [
+    write_peft_adapter(
+        &ad,
+        r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["big"]}"#,
+        &[
             (
-                "base_model.model.big.lora_A.weight",
-                TensorView::new(Dtype::F32, vec![r, cols], &av).unwrap(),
+                "base_model.model.big.lora_A.weight".into(),
+                vec![r, cols],
+                f32s(&mut (0..r * cols).map(|p| a(p / cols, p % cols))),
             ),
             (
-                "base_model.model.big.lora_B.weight",
-                TensorView::new(Dtype::F32, vec![rows, r], &bv).unwrap(),
+                "base_model.model.big.lora_B.weight".into(),
+                vec![rows, r],
+                f32s(&mut (0..rows * r).map(|p| b(p / r, p % r))),
             ),
         ],
-        None,
-        &ad.join("adapter_model.safetensors"),
-    )
-    .unwrap();
-    std::fs::write(
-        ad.join("adapter_config.json"),
-        r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["big"]}"#,
-    )
-    .unwrap();
+    );
     let out = dir.path().join("gpu.safetensors");
-    let v: serde_json::Value = serde_json::from_str(&run_ok([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "gpu",
-        "--json",
-    ]))
-    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&merge_ok(&base, &ad, &out, &["--device", "gpu", "--json"])).unwrap();
     assert!(v["device"].as_str().unwrap().starts_with("gpu"));
     let t = read(&out);
     let got = &t["big.weight"];

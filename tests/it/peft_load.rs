@@ -56,15 +56,7 @@ fn assert_peft_loads_and_merges_like_lorakit(py: &Path, adapter: &Path, base: &P
         adapter.display()
     );
     let merged = dir.join("lorakit_merged");
-    run_ok([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--out",
-        merged.to_str().unwrap(),
-    ]);
+    merge_ok(base, adapter, &merged, &[]);
     let n = assert_matches_reference(
         &read_checkpoint(&merged),
         &read_checkpoint(base),
@@ -87,15 +79,7 @@ fn peft_loads_extract_output() {
         (&base, "llama/adapters/qv_r8", &step),
         (&step, "llama/adapters/embed", &tuned),
     ] {
-        run_ok([
-            "merge",
-            "--base",
-            from.to_str().unwrap(),
-            "--adapter",
-            fixture(adapter).to_str().unwrap(),
-            "--out",
-            to.to_str().unwrap(),
-        ]);
+        merge_ok(from, &fixture(adapter), to, &[]);
     }
     let ex = dir.path().join("extracted");
     let v: serde_json::Value = serde_json::from_str(&run_ok([

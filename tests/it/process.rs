@@ -36,13 +36,7 @@ fn pty() -> (OwnedFd, OwnedFd) {
 fn merge_on_terminal(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
     let (master, slave) = pty();
     let mut child = bin()
-        .args(["merge", "--base"])
-        .arg(base)
-        .arg("--adapter")
-        .arg(adapter)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
+        .args(merge_args(base, adapter, out, extra))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(slave))
@@ -90,12 +84,12 @@ fn progress_bars_are_drawn_on_a_terminal_only() {
     }
     // Into a pipe: the summary only, no bar, no terminal control.
     let out = bin()
-        .args(["merge", "--base"])
-        .arg(&base)
-        .arg("--adapter")
-        .arg(&adapter)
-        .arg("--out")
-        .arg(dir.path().join("p.safetensors"))
+        .args(merge_args(
+            &base,
+            &adapter,
+            &dir.path().join("p.safetensors"),
+            &[],
+        ))
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -172,48 +166,31 @@ fn merge_peak_rss_stays_within_the_documented_bound() {
     // Every third tensor is merged: layers 0, 3, 6, … (8 of 24).
     let merged: Vec<usize> = (0..n).step_by(3).collect();
     let ad = dir.path().join("adapter");
-    std::fs::create_dir(&ad).unwrap();
     let (a, b) = (bytes(r * k, 1), bytes(d * r, 2));
-    let keys: Vec<(String, String)> = merged
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = merged
         .iter()
-        .map(|t| {
-            (
-                format!("base_model.model.layers.{t}.proj.lora_A.weight"),
-                format!("base_model.model.layers.{t}.proj.lora_B.weight"),
-            )
+        .flat_map(|t| {
+            [
+                (
+                    format!("base_model.model.layers.{t}.proj.lora_A.weight"),
+                    vec![r, k],
+                    a.clone(),
+                ),
+                (
+                    format!("base_model.model.layers.{t}.proj.lora_B.weight"),
+                    vec![d, r],
+                    b.clone(),
+                ),
+            ]
         })
         .collect();
-    let mut views = Vec::new();
-    for (ka, kb) in &keys {
-        views.push((
-            ka.as_str(),
-            TensorView::new(Dtype::F32, vec![r, k], &a).unwrap(),
-        ));
-        views.push((
-            kb.as_str(),
-            TensorView::new(Dtype::F32, vec![d, r], &b).unwrap(),
-        ));
-    }
-    safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
-    std::fs::write(
-        ad.join("adapter_config.json"),
+    write_peft_adapter(
+        &ad,
         r#"{"peft_type":"LORA","r":16,"lora_alpha":16,"target_modules":["proj"]}"#,
-    )
-    .unwrap();
+        &tensors,
+    );
     let out = dir.path().join("out.safetensors");
-    let args = [
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
-    .join("\u{1f}");
+    let args = merge_args(&base, &ad, &out, &["--device", "cpu", "--quiet"]).join("\u{1f}");
     let probe = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
