@@ -24,6 +24,8 @@ pub trait Progress: Send + Sync {
     fn suspend(&self, f: &mut dyn FnMut()) {
         f()
     }
+    /// A line for whoever watches this task (printed above the bar); dropped when nobody does.
+    fn note(&self, _line: &str) {}
 }
 
 /// A task nobody watches.

@@ -125,6 +125,9 @@ impl crate::progress::Progress for Bar {
     fn suspend(&self, f: &mut dyn FnMut()) {
         self.0.suspend(f)
     }
+    fn note(&self, line: &str) {
+        self.0.suspend(|| eprintln!("{line}"))
+    }
 }
 
 impl Drop for Bar {

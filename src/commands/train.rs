@@ -5,10 +5,11 @@ use crate::cli::TrainArgs;
 use crate::io::Checkpoint;
 use crate::model::data::token_stream;
 use crate::model::{Model, ModelConfig, TextTokenizer, Weights};
-use crate::train::{Dataset, EvalStats, Init, Schedule, StepStats, TrainOptions, Trainer};
+use crate::train::{
+    Dataset, EvalStats, Init, RunOutcome, RunPlan, Schedule, StepStats, TrainOptions, Trainer,
+};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// `train --json` output.
 #[derive(Debug, serde::Serialize)]
@@ -155,54 +156,21 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     if let Some(dir) = &a.resume {
         trainer.resume(dir)?;
     }
-    let start = trainer.step;
     let base_name = a.model.display().to_string();
-    let show = !quiet && !a.json;
-    let pb =
-        super::printer::progress(show).start("train", steps as u64, crate::progress::Unit::Items);
-    pb.set_position(start as u64);
-    let tokens_per_step = a.batch * a.seq_len;
-    let t0 = Instant::now();
-    let mut checkpoints = Vec::new();
-    let mut evaluated_at = None;
-    while trainer.step < steps {
-        let s = trainer.step()?;
-        let el = t0.elapsed().as_secs_f64().max(1e-9);
-        pb.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} tok/s",
-            s.loss,
-            s.lr,
-            ((trainer.step - start) * tokens_per_step) as f64 / el
-        ));
-        pb.set_position(trainer.step as u64);
-        if a.eval_every > 0 && trainer.step % a.eval_every == 0 {
-            if let Some(d) = &eval_data {
-                let e = trainer.evaluate(d)?;
-                evaluated_at = Some(trainer.step);
-                if show {
-                    pb.suspend(&mut || {
-                        eprintln!(
-                            "step {}: eval loss {:.4}, perplexity {:.3}",
-                            e.step, e.loss, e.perplexity
-                        )
-                    });
-                }
-            }
-        }
-        if a.save_every > 0 && trainer.step % a.save_every == 0 && trainer.step < steps {
-            let dir = a.out.join(format!("checkpoint-{}", trainer.step));
-            trainer.save(&dir, &base_name, &targets)?;
-            checkpoints.push(dir.display().to_string());
-        }
-    }
-    drop(pb);
-    let seconds = t0.elapsed().as_secs_f64();
-    if let Some(d) = &eval_data {
-        if evaluated_at != Some(trainer.step) {
-            trainer.evaluate(d)?;
-        }
-    }
-    trainer.save(&a.out, &base_name, &targets)?;
+    let plan = RunPlan {
+        eval_every: a.eval_every,
+        save_every: a.save_every,
+        out: a.out.clone(),
+        base_model: base_name.clone(),
+        targets,
+    };
+    let progress = super::printer::progress(!quiet && !a.json);
+    let RunOutcome {
+        start_step: start,
+        seconds,
+        tokens_per_step,
+        checkpoints,
+    } = trainer.run(&plan, eval_data.as_ref(), &progress)?;
 
     let report = TrainReport {
         model: base_name,

@@ -35,6 +35,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 
+mod dataset;
+pub use dataset::Dataset;
+
 /// Name of the trainer-state files written beside the adapter.
 pub const STATE_JSON: &str = "trainer_state.json";
 pub const STATE_TENSORS: &str = "trainer_state.safetensors";
@@ -82,122 +85,6 @@ pub fn lr_at(o: &TrainOptions, step: usize) -> f64 {
         Schedule::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
     };
     o.lr * f
-}
-
-/// Tokens cut into sequences of `seq_len`.
-#[derive(Debug, Clone)]
-pub struct Dataset {
-    pub tokens: Vec<u32>,
-    pub seq_len: usize,
-}
-
-impl Dataset {
-    pub fn new(tokens: Vec<u32>, seq_len: usize) -> Result<Dataset> {
-        if seq_len < 2 {
-            bail!("--seq-len must be at least 2");
-        }
-        if tokens.len() < seq_len {
-            bail!(
-                "the data has {} tokens, fewer than one sequence of --seq-len {seq_len}",
-                tokens.len()
-            );
-        }
-        Ok(Dataset { tokens, seq_len })
-    }
-
-    /// Evaluation data: any length of at least 2 tokens (a last partial sequence is scored).
-    pub fn for_eval(tokens: Vec<u32>, seq_len: usize) -> Result<Dataset> {
-        if seq_len < 2 || tokens.len() < 2 {
-            bail!("evaluation data needs at least 2 tokens and --seq-len at least 2");
-        }
-        Ok(Dataset { tokens, seq_len })
-    }
-
-    /// Whole sequences.
-    pub fn sequences(&self) -> usize {
-        self.tokens.len() / self.seq_len
-    }
-
-    /// FNV-1a of the tokens and the sequence length (checked on resume).
-    pub fn fingerprint(&self) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &t in self
-            .tokens
-            .iter()
-            .chain(std::iter::once(&(self.seq_len as u32)))
-        {
-            for b in t.to_le_bytes() {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        format!("{h:016x}")
-    }
-
-    /// Order of the sequences in epoch `e` (Fisher–Yates with a generator seeded by the seed
-    /// and the epoch).
-    fn order(&self, seed: u64, epoch: usize) -> Vec<usize> {
-        let n = self.sequences();
-        let mut v: Vec<usize> = (0..n).collect();
-        let mut g = SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        for i in (1..n).rev() {
-            let j = (g.next_u64() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-        v
-    }
-
-    /// Ids and next-token targets of the batch of step `step`.
-    pub fn batch(&self, step: usize, batch: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
-        let (n, t) = (self.sequences(), self.seq_len);
-        let mut ids = Vec::with_capacity(batch * t);
-        let mut cache: Option<(usize, Vec<usize>)> = None;
-        for j in 0..batch {
-            let p = step * batch + j;
-            let (e, i) = (p / n, p % n);
-            if cache.as_ref().is_none_or(|(ce, _)| *ce != e) {
-                cache = Some((e, self.order(seed, e)));
-            }
-            let s = cache.as_ref().expect("set").1[i];
-            ids.extend_from_slice(&self.tokens[s * t..(s + 1) * t]);
-        }
-        (ids.clone(), next_targets(&ids, t))
-    }
-
-    /// Evaluation batches: consecutive sequences (and a last shorter one of ≥ 2 tokens), at
-    /// most `batch` per batch, as (ids, targets, rows, len).
-    pub fn eval_batches(&self, batch: usize) -> Vec<(Vec<u32>, Vec<u32>, usize, usize)> {
-        let t = self.seq_len;
-        let mut seqs: Vec<&[u32]> = self.tokens.chunks(t).collect();
-        if seqs.last().is_some_and(|s| s.len() < 2) {
-            seqs.pop();
-        }
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < seqs.len() {
-            let len = seqs[i].len();
-            let mut j = i + 1;
-            while j < seqs.len() && j - i < batch && seqs[j].len() == len {
-                j += 1;
-            }
-            let ids: Vec<u32> = seqs[i..j].concat();
-            let tg = next_targets(&ids, len);
-            out.push((ids, tg, j - i, len));
-            i = j;
-        }
-        out
-    }
-}
-
-/// Next token within each sequence of `t`; the last position of each has none.
-fn next_targets(ids: &[u32], t: usize) -> Vec<u32> {
-    let mut tg = vec![NO_TARGET; ids.len()];
-    for (s, row) in ids.chunks(t).enumerate() {
-        for p in 0..row.len().saturating_sub(1) {
-            tg[s * t + p] = row[p + 1];
-        }
-    }
-    tg
 }
 
 /// A trained module: where it is in the model and its LoRA settings.
@@ -256,6 +143,32 @@ pub struct StateFile {
     pub data_fingerprint: String,
     pub history: Vec<StepStats>,
     pub eval: Vec<EvalStats>,
+}
+
+/// How [`Trainer::run`] drives a run: periodic evaluation and checkpoints, where the adapter
+/// goes, and what its config records.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// Evaluate every N steps (0: only at the end, when there is evaluation data).
+    pub eval_every: usize,
+    /// Save `checkpoint-N` every N steps (0: never).
+    pub save_every: usize,
+    pub out: std::path::PathBuf,
+    /// `base_model_name_or_path` of the written adapter.
+    pub base_model: String,
+    /// `target_modules` of the written adapter.
+    pub targets: Vec<String>,
+}
+
+/// What [`Trainer::run`] did.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub start_step: usize,
+    /// Wall time of the steps (evaluations included, the final save not).
+    pub seconds: f64,
+    pub tokens_per_step: usize,
+    /// `checkpoint-N` folders written.
+    pub checkpoints: Vec<String>,
 }
 
 /// A training run in progress.
@@ -407,6 +320,69 @@ impl<'c> Trainer<'c> {
                 m.rank * (l.in_features() + l.out_features())
             })
             .sum()
+    }
+
+    /// Steps to `options.steps` from the current step (0, or where [`Trainer::resume`] left
+    /// off), evaluating on `eval_data` every `plan.eval_every` steps and once more at the end
+    /// when the last step was not an evaluation step, saving `checkpoint-N` folders every
+    /// `plan.save_every` steps, and the final adapter (with its resumable state) into
+    /// `plan.out`. Progress: one item per step, the loss, learning rate and throughput as its
+    /// message, evaluation results as notes.
+    pub fn run(
+        &mut self,
+        plan: &RunPlan,
+        eval_data: Option<&Dataset>,
+        progress: &crate::progress::Reporter,
+    ) -> Result<RunOutcome> {
+        let steps = self.options.steps;
+        let start = self.step;
+        let pb = progress.start("train", steps as u64, crate::progress::Unit::Items);
+        pb.set_position(start as u64);
+        let tokens_per_step = self.options.batch * self.options.seq_len;
+        let t0 = std::time::Instant::now();
+        let mut checkpoints = Vec::new();
+        let mut evaluated_at = None;
+        while self.step < steps {
+            let s = self.step()?;
+            let el = t0.elapsed().as_secs_f64().max(1e-9);
+            pb.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                s.loss,
+                s.lr,
+                ((self.step - start) * tokens_per_step) as f64 / el
+            ));
+            pb.set_position(self.step as u64);
+            if plan.eval_every > 0 && self.step.is_multiple_of(plan.eval_every) {
+                if let Some(d) = eval_data {
+                    let e = self.evaluate(d)?;
+                    evaluated_at = Some(self.step);
+                    pb.note(&format!(
+                        "step {}: eval loss {:.4}, perplexity {:.3}",
+                        e.step, e.loss, e.perplexity
+                    ));
+                }
+            }
+            if plan.save_every > 0 && self.step.is_multiple_of(plan.save_every) && self.step < steps
+            {
+                let dir = plan.out.join(format!("checkpoint-{}", self.step));
+                self.save(&dir, &plan.base_model, &plan.targets)?;
+                checkpoints.push(dir.display().to_string());
+            }
+        }
+        drop(pb);
+        let seconds = t0.elapsed().as_secs_f64();
+        if let Some(d) = eval_data {
+            if evaluated_at != Some(self.step) {
+                self.evaluate(d)?;
+            }
+        }
+        self.save(&plan.out, &plan.base_model, &plan.targets)?;
+        Ok(RunOutcome {
+            start_step: start,
+            seconds,
+            tokens_per_step,
+            checkpoints,
+        })
     }
 
     /// One optimiser step on the next batch.

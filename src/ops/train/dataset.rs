@@ -1,0 +1,120 @@
+//! Training data: a token stream cut into sequences of `seq_len`, batched deterministically
+//! from the seed, with next-token targets.
+
+use super::*;
+
+/// Tokens cut into sequences of `seq_len`.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub tokens: Vec<u32>,
+    pub seq_len: usize,
+}
+
+impl Dataset {
+    pub fn new(tokens: Vec<u32>, seq_len: usize) -> Result<Dataset> {
+        if seq_len < 2 {
+            bail!("--seq-len must be at least 2");
+        }
+        if tokens.len() < seq_len {
+            bail!(
+                "the data has {} tokens, fewer than one sequence of --seq-len {seq_len}",
+                tokens.len()
+            );
+        }
+        Ok(Dataset { tokens, seq_len })
+    }
+
+    /// Evaluation data: any length of at least 2 tokens (a last partial sequence is scored).
+    pub fn for_eval(tokens: Vec<u32>, seq_len: usize) -> Result<Dataset> {
+        if seq_len < 2 || tokens.len() < 2 {
+            bail!("evaluation data needs at least 2 tokens and --seq-len at least 2");
+        }
+        Ok(Dataset { tokens, seq_len })
+    }
+
+    /// Whole sequences.
+    pub fn sequences(&self) -> usize {
+        self.tokens.len() / self.seq_len
+    }
+
+    /// FNV-1a of the tokens and the sequence length (checked on resume).
+    pub fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &t in self
+            .tokens
+            .iter()
+            .chain(std::iter::once(&(self.seq_len as u32)))
+        {
+            for b in t.to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    }
+
+    /// Order of the sequences in epoch `e` (Fisher–Yates with a generator seeded by the seed
+    /// and the epoch).
+    fn order(&self, seed: u64, epoch: usize) -> Vec<usize> {
+        let n = self.sequences();
+        let mut v: Vec<usize> = (0..n).collect();
+        let mut g = SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        for i in (1..n).rev() {
+            let j = (g.next_u64() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
+
+    /// Ids and next-token targets of the batch of step `step`.
+    pub fn batch(&self, step: usize, batch: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
+        let (n, t) = (self.sequences(), self.seq_len);
+        let mut ids = Vec::with_capacity(batch * t);
+        let mut cache: Option<(usize, Vec<usize>)> = None;
+        for j in 0..batch {
+            let p = step * batch + j;
+            let (e, i) = (p / n, p % n);
+            if cache.as_ref().is_none_or(|(ce, _)| *ce != e) {
+                cache = Some((e, self.order(seed, e)));
+            }
+            let s = cache.as_ref().expect("set").1[i];
+            ids.extend_from_slice(&self.tokens[s * t..(s + 1) * t]);
+        }
+        (ids.clone(), next_targets(&ids, t))
+    }
+
+    /// Evaluation batches: consecutive sequences (and a last shorter one of ≥ 2 tokens), at
+    /// most `batch` per batch, as (ids, targets, rows, len).
+    pub fn eval_batches(&self, batch: usize) -> Vec<(Vec<u32>, Vec<u32>, usize, usize)> {
+        let t = self.seq_len;
+        let mut seqs: Vec<&[u32]> = self.tokens.chunks(t).collect();
+        if seqs.last().is_some_and(|s| s.len() < 2) {
+            seqs.pop();
+        }
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < seqs.len() {
+            let len = seqs[i].len();
+            let mut j = i + 1;
+            while j < seqs.len() && j - i < batch && seqs[j].len() == len {
+                j += 1;
+            }
+            let ids: Vec<u32> = seqs[i..j].concat();
+            let tg = next_targets(&ids, len);
+            out.push((ids, tg, j - i, len));
+            i = j;
+        }
+        out
+    }
+}
+
+/// Next token within each sequence of `t`; the last position of each has none.
+fn next_targets(ids: &[u32], t: usize) -> Vec<u32> {
+    let mut tg = vec![NO_TARGET; ids.len()];
+    for (s, row) in ids.chunks(t).enumerate() {
+        for p in 0..row.len().saturating_sub(1) {
+            tg[s * t + p] = row[p + 1];
+        }
+    }
+    tg
+}
