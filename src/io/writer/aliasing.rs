@@ -1,0 +1,101 @@
+//! No command writes onto what it reads: the one overwrite check, by canonical path and by
+//! (device, inode).
+
+use super::*;
+
+/// The one overwrite check every command makes, with **all** the paths it reads and **all**
+/// the paths it will write, before anything is written.
+///
+/// `reads` are files or folders; a folder stands for itself and every file directly inside
+/// it (a base folder's config, tokenizer and shards are all inputs of a merge that copies
+/// them). `files` are paths that will be written as files, `folders` paths that will be
+/// written as folders. A write is refused when it is, or resolves to, a read — compared by
+/// canonical path (symlinks followed, `..` resolved) and by (device, inode), so symlinks and
+/// hard links to an input are caught — or when it exists as the wrong kind (a folder where a
+/// file goes, a file where a folder goes).
+pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -> InputResult<()> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let mut ids: Vec<((u64, u64), PathBuf)> = Vec::new();
+    let mut canon: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut add = |p: &Path, shown: &Path| {
+        if let Some(i) = id(p) {
+            ids.push((i, shown.to_path_buf()));
+        }
+        if let Some(c) = canonical_target(p) {
+            canon.push((c, shown.to_path_buf()));
+        }
+    };
+    for r in reads {
+        add(r, r);
+        if std::fs::metadata(r).is_ok_and(|m| m.is_dir()) {
+            if let Ok(rd) = std::fs::read_dir(r) {
+                for e in rd.flatten() {
+                    // Files only: a subfolder (an output folder placed inside a model folder)
+                    // is not read unless it is listed itself.
+                    if std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()) {
+                        add(&e.path(), &e.path());
+                    }
+                }
+            }
+        }
+    }
+    let clash = |w: &Path| -> Option<PathBuf> {
+        if let Some(i) = id(w) {
+            if let Some((_, r)) = ids.iter().find(|(j, _)| *j == i) {
+                return Some(r.clone());
+            }
+        }
+        let c = canonical_target(w)?;
+        canon.iter().find(|(d, _)| *d == c).map(|(_, r)| r.clone())
+    };
+    for (w, want_dir) in files
+        .iter()
+        .map(|f| (f, false))
+        .chain(folders.iter().map(|d| (d, true)))
+    {
+        if let Some(r) = clash(w) {
+            return Err(InputError::invalid(
+                w,
+                format!(
+                    "output is also an input ({}); choose another output path",
+                    r.display()
+                ),
+            ));
+        }
+        match std::fs::metadata(w) {
+            Ok(m) if m.is_dir() && !want_dir => {
+                return Err(InputError::invalid(
+                    w,
+                    "is a folder; a file is written here",
+                ))
+            }
+            Ok(m) if !m.is_dir() && want_dir => {
+                return Err(InputError::invalid(
+                    w,
+                    "is a file; a folder is written here",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Canonical form of a path that may not exist yet (its parent canonicalised), following a
+/// symlink at the final component even when dangling.
+fn canonical_target(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return Some(c);
+    }
+    if let Ok(link) = std::fs::read_link(p) {
+        let joined = if link.is_absolute() {
+            link
+        } else {
+            parent_of(p).join(link)
+        };
+        return canonical_target(&joined);
+    }
+    let parent = std::fs::canonicalize(parent_of(p)).ok()?;
+    Some(parent.join(p.file_name()?))
+}
