@@ -1,0 +1,381 @@
+//! `convert` through the binary: PEFT → kohya → PEFT round trips, against diffusers' kohya
+//! conversion (fixtures/kohya/te_from_peft.safetensors), merges of converted files, and one-line
+//! errors that write nothing.
+
+use super::*;
+
+#[test]
+fn convert_round_trip_peft_kohya_peft_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    for (adapter, base) in [
+        ("kohya/adapters/te_peft", "kohya/te_base"),
+        ("llama/adapters/patterns", "llama/base"),
+        ("llama/adapters/rslora_all", "llama/base"),
+        ("conv/adapters/peft", "conv/base/model.safetensors"),
+    ] {
+        let tag = adapter.replace('/', "_");
+        let k = dir.path().join(format!("{tag}.safetensors"));
+        let back = dir.path().join(format!("{tag}_back"));
+        let rep = run_json(&["convert", &fx(adapter), "--to", "kohya", "--out", s(&k)]);
+        assert_eq!(rep["to"], "kohya");
+        let rep = run_json(&["convert", s(&k), "--to", "peft", "--out", s(&back)]);
+        assert_eq!(
+            (rep["names_from"].as_str(), rep["config_restored"].as_bool()),
+            (Some("metadata"), Some(true)),
+            "{adapter}"
+        );
+        // Factors byte for byte.
+        let orig = read(&fixture(adapter).join("adapter_model.safetensors"));
+        let got = read(&back.join("adapter_model.safetensors"));
+        assert_eq!(orig, got, "{adapter}: factors");
+        // Per-module rank, alpha and scale identical.
+        let (o, g) = (
+            Adapter::open(fixture(adapter)).unwrap(),
+            Adapter::open(&back).unwrap(),
+        );
+        assert_eq!(o.use_rslora, g.use_rslora);
+        for (mo, mg) in o.modules.iter().zip(&g.modules) {
+            assert_eq!(
+                (&mo.name, mo.rank, mo.alpha, mo.scale),
+                (&mg.name, mg.rank, mg.alpha, mg.scale)
+            );
+        }
+        // Merges: the kohya file and the round trip both merge exactly like the original.
+        let m0 = merged(dir.path(), base, &fixture(adapter), &format!("{tag}_m0"));
+        assert_eq!(
+            m0,
+            merged(dir.path(), base, &back, &format!("{tag}_m1")),
+            "{adapter}: merge after round trip"
+        );
+        if !adapter.contains("rslora") {
+            assert_eq!(
+                m0,
+                merged(dir.path(), base, &k, &format!("{tag}_m2")),
+                "{adapter}: merge of the kohya file"
+            );
+        }
+    }
+    // A lorakit kohya file resized as kohya keeps its names and the map back to module paths; the
+    // PEFT config no longer fits the new ranks, so only the names come back, with kohya's alphas
+    // (same scales).
+    let k = dir.path().join("te1.safetensors");
+    run_ok([
+        "convert",
+        &fx("kohya/adapters/te_peft"),
+        "--to",
+        "kohya",
+        "--prefix",
+        "lora_te1",
+        "--out",
+        s(&k),
+    ]);
+    let k2 = dir.path().join("te1_r2.safetensors");
+    run_ok(["resize", s(&k), "--rank", "2", "--out", s(&k2)]);
+    assert!(read(&k2).contains_key("lora_te1_text_model_encoder_layers_0_mlp_fc1.alpha"));
+    let back = dir.path().join("te1_r2_peft");
+    let rep = run_json(&["convert", s(&k2), "--to", "peft", "--out", s(&back)]);
+    assert_eq!(
+        (rep["names_from"].as_str(), rep["config_restored"].as_bool()),
+        (Some("metadata"), Some(false))
+    );
+    let direct = dir.path().join("te_r2_direct");
+    run_ok([
+        "resize",
+        &fx("kohya/adapters/te_peft"),
+        "--rank",
+        "2",
+        "--out",
+        s(&direct),
+    ]);
+    let (g, w) = (deltas(&back), deltas(&direct));
+    assert_eq!(g.keys().collect::<Vec<_>>(), w.keys().collect::<Vec<_>>());
+    for (name, d) in &w {
+        assert!(rel64(&g[name].w, &d.w) < 1e-6, "{name}");
+    }
+    // rsLoRA in kohya: alpha = scale·rank (4·4 = 16 for r = 4, alpha 8, √r scaling).
+    let k = read(&dir.path().join("llama_adapters_rslora_all.safetensors"));
+    assert_eq!(
+        k["lora_unet_model_layers_0_self_attn_q_proj.alpha"].f32(),
+        vec![16.0]
+    );
+}
+
+#[test]
+fn convert_te_peft_to_kohya_matches_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("te1.safetensors");
+    run_ok([
+        "convert",
+        &fx("kohya/adapters/te_peft"),
+        "--to",
+        "kohya",
+        "--prefix",
+        "lora_te1",
+        "--out",
+        s(&out),
+    ]);
+    let got = read(&out);
+    let want = read(&fixture("kohya/te_from_peft.safetensors"));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "diffusers' names"
+    );
+    for (k, t) in &want {
+        if k.ends_with(".alpha") {
+            // diffusers writes alpha = rank as I64; lorakit the PEFT alpha (also 4) as F32.
+            assert_eq!(t.dtype, safetensors::Dtype::I64);
+            assert_eq!(
+                i64::from_le_bytes(t.data[..8].try_into().unwrap()) as f32,
+                got[k].f32()[0]
+            );
+        } else {
+            assert_eq!(&got[k], t, "{k}: factors byte for byte");
+        }
+    }
+    // ΔW per module equal (the independent kohya reader on both files, kohya names).
+    let (g, w) = (
+        kohya_deltas(&out),
+        kohya_deltas(&fixture("kohya/te_from_peft.safetensors")),
+    );
+    for (name, d) in &w {
+        assert_eq!(g[name].w, d.w, "{name}");
+    }
+    // Default prefix for a text encoder: lora_te.
+    let out = dir.path().join("te.safetensors");
+    run_ok([
+        "convert",
+        &fx("kohya/adapters/te_peft"),
+        "--to",
+        "kohya",
+        "--out",
+        s(&out),
+    ]);
+    assert!(read(&out)
+        .contains_key("lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"));
+}
+
+#[test]
+fn convert_kohya_to_peft_merges_like_the_kohya_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kohya, base, reference) in [
+        (
+            "kohya/te_lora.safetensors",
+            "kohya/te_base",
+            "kohya/merged_te.safetensors",
+        ),
+        (
+            "kohya/locon.safetensors",
+            "conv/base/model.safetensors",
+            "kohya/merged_locon.safetensors",
+        ),
+    ] {
+        let tag = kohya.replace('/', "_");
+        let peft = dir.path().join(format!("{tag}_peft"));
+        let rep = run_json(&[
+            "convert",
+            &fx(kohya),
+            "--to",
+            "peft",
+            "--base",
+            &fx(base),
+            "--out",
+            s(&peft),
+        ]);
+        assert_eq!(rep["names_from"], "base");
+        // Factors byte for byte.
+        let k = read(&fixture(kohya));
+        let p = read(&peft.join("adapter_model.safetensors"));
+        for (name, t) in &k {
+            if let Some(m) = name.strip_suffix(".lora_down.weight") {
+                let dotted = rep["modules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|x| x["from"] == m)
+                    .unwrap()["to"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                assert_eq!(
+                    &p[&format!("base_model.model.{dotted}.lora_A.weight")],
+                    t,
+                    "{name}"
+                );
+            }
+        }
+        let out = dir.path().join(format!("{tag}_merged.safetensors"));
+        let base_path = fixture(base);
+        let out_path = if base_path.is_dir() {
+            dir.path().join(format!("{tag}_merged"))
+        } else {
+            out
+        };
+        run_ok([
+            "merge",
+            "--base",
+            s(&base_path),
+            "--adapter",
+            s(&peft),
+            "--out",
+            s(&out_path),
+            "--device",
+            "cpu",
+        ]);
+        let merged = read_checkpoint(&out_path);
+        assert_matches_reference(
+            &merged,
+            &read_checkpoint(&base_path),
+            &read(&fixture(reference)),
+            1e-6,
+        );
+    }
+    // The missing alpha of te_lora (alpha = rank = 4) is an alpha_pattern entry.
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("kohya_te_lora.safetensors_peft/adapter_config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["lora_alpha"], 2);
+    assert_eq!(
+        cfg["alpha_pattern"]["text_model\\.encoder\\.layers\\.1\\.self_attn\\.v_proj"],
+        4
+    );
+    assert_eq!(cfg["base_model_name_or_path"], fx("kohya/te_base"));
+}
+
+#[test]
+fn convert_errors_are_one_line_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // kohya → PEFT without base.
+    let out = dir.path().join("p");
+    let line = one_line_error(&run_err([
+        "convert",
+        &fx("kohya/te_lora.safetensors"),
+        "--to",
+        "peft",
+        "--out",
+        s(&out),
+    ]));
+    assert!(
+        line.contains("te_lora.safetensors") && line.contains("--base"),
+        "{line}"
+    );
+    assert!(!out.exists());
+    // A base the modules do not fit.
+    let line = one_line_error(&run_err([
+        "convert",
+        &fx("kohya/te_lora.safetensors"),
+        "--to",
+        "peft",
+        "--base",
+        &fx("llama/base"),
+        "--out",
+        s(&out),
+    ]));
+    assert!(
+        line.contains("do not match the base")
+            && line.contains("lora_te_text_model_encoder_layers_0_mlp_fc1"),
+        "{line}"
+    );
+    assert!(!out.exists());
+    // Ambiguous kohya names: `a.b_c` and `a_b.c` both read `a_b_c`.
+    let base = dir.path().join("base.safetensors");
+    let z: Vec<u8> = [0f32; 4].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let one: Vec<u8> = [1f32; 2].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mk = |n: &'static str, sh: Vec<usize>, b: &Vec<u8>| (n, sh, b.clone());
+    let write = |p: &Path, ts: Vec<(&str, Vec<usize>, Vec<u8>)>| {
+        let views: Vec<(&str, safetensors::tensor::TensorView)> = ts
+            .iter()
+            .map(|(n, sh, b)| {
+                (
+                    *n,
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sh.clone(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, p).unwrap();
+    };
+    write(
+        &base,
+        vec![
+            mk("a.b_c.weight", vec![2, 2], &z),
+            mk("a_b.c.weight", vec![2, 2], &z),
+        ],
+    );
+    let k = dir.path().join("k.safetensors");
+    write(
+        &k,
+        vec![
+            mk("lora_unet_a_b_c.lora_down.weight", vec![1, 2], &one),
+            mk("lora_unet_a_b_c.lora_up.weight", vec![2, 1], &one),
+        ],
+    );
+    let line = one_line_error(&run_err([
+        "convert",
+        s(&k),
+        "--to",
+        "peft",
+        "--base",
+        s(&base),
+        "--out",
+        s(&out),
+    ]));
+    assert!(
+        line.contains("ambiguous")
+            && line.contains("a.b_c.weight")
+            && line.contains("a_b.c.weight"),
+        "{line}"
+    );
+    assert!(!out.exists());
+    // No kohya form: the error names the module; folders created for the output are removed.
+    let nested = dir.path().join("new/sub/e.safetensors");
+    let line = one_line_error(&run_err([
+        "convert",
+        &fx("llama/adapters/embed"),
+        "--to",
+        "kohya",
+        "--out",
+        s(&nested),
+    ]));
+    assert!(
+        line.contains("embed_tokens") && line.contains("kohya format cannot hold"),
+        "{line}"
+    );
+    assert!(
+        !dir.path().join("new").exists(),
+        "created folders are removed on failure"
+    );
+    // Output onto the input (file, and PEFT folder).
+    let line = one_line_error(&run_err([
+        "convert",
+        &fx("kohya/te_lora.safetensors"),
+        "--to",
+        "kohya",
+        "--out",
+        &fx("kohya/te_lora.safetensors"),
+    ]));
+    assert!(line.contains("output is also an input"), "{line}");
+    let line = one_line_error(&run_err([
+        "convert",
+        &fx("llama/adapters/qv_r8"),
+        "--to",
+        "peft",
+        "--out",
+        &fx("llama/adapters/qv_r8"),
+    ]));
+    assert!(line.contains("output is also an input"), "{line}");
+    let line = one_line_error(&run_err([
+        "resize",
+        &fx("llama/adapters/qv_r8"),
+        "--rank",
+        "2",
+        "--out",
+        &fx("llama/adapters/qv_r8"),
+    ]));
+    assert!(line.contains("output is also an input"), "{line}");
+}
