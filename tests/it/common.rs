@@ -280,26 +280,11 @@ pub fn big_case(dir: &Path, k: usize) -> (PathBuf, PathBuf) {
     let ad = dir.join("adapter");
     let a = f32_bytes_of((0..r * k).map(|i| (i % 5) as f32 * 0.001));
     let b = f32_bytes_of((0..d * r).map(|i| (i % 3) as f32 * 0.002));
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = (0..6)
-        .flat_map(|t| {
-            [
-                (
-                    format!("base_model.model.layers.{t}.proj.lora_A.weight"),
-                    vec![r, k],
-                    a.clone(),
-                ),
-                (
-                    format!("base_model.model.layers.{t}.proj.lora_B.weight"),
-                    vec![d, r],
-                    b.clone(),
-                ),
-            ]
-        })
-        .collect();
+    let modules: Vec<String> = (0..6).map(|t| format!("layers.{t}.proj")).collect();
     write_peft_adapter(
         &ad,
         r#"{"peft_type":"LORA","r":16,"lora_alpha":16,"target_modules":["proj"]}"#,
-        &tensors,
+        &shared_lora_tensors(&modules, (&[r, k], &a), (&[d, r], &b)),
     );
     (base, ad)
 }
@@ -376,4 +361,30 @@ pub fn write_peft_adapter(dir: &Path, config: &str, tensors: &[(String, Vec<usiz
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
     std::fs::write(dir.join("adapter_config.json"), config).unwrap();
+}
+
+/// PEFT's `lora_A` / `lora_B` entries of `modules` (paths without `base_model.model.`), every
+/// module with the same factors `a` and `b` `(shape, f32 bytes)`, for [`write_peft_adapter`].
+pub fn shared_lora_tensors(
+    modules: &[String],
+    a: (&[usize], &[u8]),
+    b: (&[usize], &[u8]),
+) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    modules
+        .iter()
+        .flat_map(|m| {
+            [
+                (
+                    format!("base_model.model.{m}.lora_A.weight"),
+                    a.0.to_vec(),
+                    a.1.to_vec(),
+                ),
+                (
+                    format!("base_model.model.{m}.lora_B.weight"),
+                    b.0.to_vec(),
+                    b.1.to_vec(),
+                ),
+            ]
+        })
+        .collect()
 }

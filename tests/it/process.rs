@@ -167,27 +167,11 @@ fn merge_peak_rss_stays_within_the_documented_bound() {
     let merged: Vec<usize> = (0..n).step_by(3).collect();
     let ad = dir.path().join("adapter");
     let (a, b) = (bytes(r * k, 1), bytes(d * r, 2));
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = merged
-        .iter()
-        .flat_map(|t| {
-            [
-                (
-                    format!("base_model.model.layers.{t}.proj.lora_A.weight"),
-                    vec![r, k],
-                    a.clone(),
-                ),
-                (
-                    format!("base_model.model.layers.{t}.proj.lora_B.weight"),
-                    vec![d, r],
-                    b.clone(),
-                ),
-            ]
-        })
-        .collect();
+    let modules: Vec<String> = merged.iter().map(|t| format!("layers.{t}.proj")).collect();
     write_peft_adapter(
         &ad,
         r#"{"peft_type":"LORA","r":16,"lora_alpha":16,"target_modules":["proj"]}"#,
-        &tensors,
+        &shared_lora_tensors(&modules, (&[r, k], &a), (&[d, r], &b)),
     );
     let out = dir.path().join("out.safetensors");
     let args = merge_args(&base, &ad, &out, &["--device", "cpu", "--quiet"]).join("\u{1f}");
