@@ -1,6 +1,7 @@
 //! `inspect`: counts from headers, adapter facts, spectra against an f64 reference.
 
 use super::common::*;
+use super::reference::*;
 
 #[test]
 fn checkpoint_counts_match_the_file() {
@@ -123,14 +124,8 @@ fn spectrum_matches_materialised_delta() {
                         .sum::<f64>();
             }
         }
-        let mut g = vec![0f64; d * d];
-        for i in 0..d {
-            for j in 0..d {
-                g[i * d + j] = (0..k).map(|q| dw[i * k + q] * dw[j * k + q]).sum();
-            }
-        }
-        let mut eig = jacobi_eigenvalues(g, d);
-        eig.sort_by(|x, y| y.partial_cmp(x).unwrap());
+        // The f64 reference: one-sided Jacobi SVD of the materialised ΔW.
+        let (_, sv_ref, _) = jacobi_svd(&dw, d, k);
         let got: Vec<f64> = m["spectrum"]["singular_values"]
             .as_array()
             .unwrap()
@@ -139,9 +134,9 @@ fn spectrum_matches_materialised_delta() {
             .collect();
         assert_eq!(got.len(), r.min(d).min(k));
         for (i, sv) in got.iter().enumerate() {
-            let want = eig[i].max(0.0).sqrt();
+            let want = sv_ref[i];
             assert!(
-                (sv - want).abs() <= 1e-4 * eig[0].sqrt(),
+                (sv - want).abs() <= 1e-4 * sv_ref[0],
                 "{name} σ{i}: {sv} vs {want}"
             );
         }
@@ -159,44 +154,6 @@ fn spectrum_matches_materialised_delta() {
             r90.unwrap() + 1
         );
     }
-}
-
-fn jacobi_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
-    for _ in 0..100 {
-        let mut off = 0.0;
-        for p in 0..n {
-            for q in p + 1..n {
-                off += a[p * n + q] * a[p * n + q];
-            }
-        }
-        if off < 1e-30 {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                if apq.abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
-                    a[k * n + p] = c * akp - s * akq;
-                    a[k * n + q] = s * akp + c * akq;
-                }
-                for k in 0..n {
-                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
-                    a[p * n + k] = c * apk - s * aqk;
-                    a[q * n + k] = s * apk + c * aqk;
-                }
-            }
-        }
-    }
-    (0..n).map(|i| a[i * n + i]).collect()
 }
 
 #[test]
