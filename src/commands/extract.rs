@@ -199,8 +199,7 @@ fn report(summary: &ExtractSummary, format: Format, json: bool, quiet: bool) -> 
 
 /// The extraction options of `a`, validated.
 fn options(a: &ExtractArgs, tuned: &Checkpoint, quiet: bool) -> Result<ExtractOptions> {
-    let rank =
-        crate::cli::args::rank_rule(a.rank, a.energy, a.sv_ratio, Some(a.max_rank), "--max-rank")?;
+    let rank = super::rank_rule(a.rank, a.energy, a.sv_ratio, Some(a.max_rank), "--max-rank")?;
     if let Some(al) = a.alpha {
         if !(al.is_finite() && al > 0.0) {
             bail!("--alpha {al} must be a positive number");

@@ -234,3 +234,33 @@ impl crate::recipe::Commands for CliCommands {
         run(Cli::try_parse_from(argv)?)
     }
 }
+
+/// The rank rule of `extract` and `resize` from their flags, validated once
+/// ([`RankRule::validate`]): `--rank N` alone is a fixed rank, `--energy` or `--sv-ratio` a
+/// dynamic rule capped at `max_rank` (extract's `--max-rank`, resize's `--rank`; its flag is
+/// `max_rank_flag`, used in errors).
+pub(crate) fn rank_rule(
+    rank: Option<usize>,
+    energy: Option<f64>,
+    sv_ratio: Option<f64>,
+    max_rank: Option<usize>,
+    max_rank_flag: &str,
+) -> anyhow::Result<crate::ops::rank::RankRule> {
+    use crate::ops::rank::{RankParam, RankRule};
+    let rule = match (energy, sv_ratio, rank) {
+        (Some(energy), _, _) => RankRule::Energy { energy, max_rank },
+        (None, Some(ratio), _) => RankRule::SvRatio { ratio, max_rank },
+        (None, None, Some(r)) => RankRule::Fixed(r),
+        (None, None, None) => anyhow::bail!("give one of --rank, --energy, --sv-ratio"),
+    };
+    rule.validate().map_err(|e| {
+        let flag = match e.param {
+            RankParam::Rank => "--rank",
+            RankParam::Energy => "--energy",
+            RankParam::SvRatio => "--sv-ratio",
+            RankParam::MaxRank => max_rank_flag,
+        };
+        anyhow::anyhow!("{flag} {}", e.problem)
+    })?;
+    Ok(rule)
+}

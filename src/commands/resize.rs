@@ -35,7 +35,7 @@ pub struct ResizeSummary {
 
 fn rule_of(a: &ResizeArgs) -> Result<RankRule> {
     // --rank is the fixed rank, or the cap of a dynamic rule.
-    crate::cli::args::rank_rule(a.rank, a.energy, a.sv_ratio, a.rank, "--rank")
+    super::rank_rule(a.rank, a.energy, a.sv_ratio, a.rank, "--rank")
 }
 
 pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {

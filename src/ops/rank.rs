@@ -96,21 +96,6 @@ impl RankRule {
         }
     }
 
-    /// The same rule with its cap lowered to `cap` (a fixed rank becomes `cap`).
-    pub fn with_cap(&self, cap: usize) -> RankRule {
-        match *self {
-            RankRule::Fixed(_) => RankRule::Fixed(cap),
-            RankRule::Energy { energy, .. } => RankRule::Energy {
-                energy,
-                max_rank: Some(cap),
-            },
-            RankRule::SvRatio { ratio, .. } => RankRule::SvRatio {
-                ratio,
-                max_rank: Some(cap),
-            },
-        }
-    }
-
     /// The rank the rule picks from the leading singular values `s` (non-increasing) of a
     /// matrix with `‖M‖_F² = norm_sq`, when at most `limit` triplets exist (the module's rank, or
     /// `min(d, k)`). At least 1 and at most `min(limit, cap, s.len())`; 0 only for an empty `s`.
