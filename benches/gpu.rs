@@ -52,6 +52,7 @@ fn main() {
         b: &b,
         a: &a,
         rank: r,
+        dense: None,
         scale: 0.5,
         dora: None,
     }];

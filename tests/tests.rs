@@ -25,6 +25,8 @@ mod it {
     pub mod hardening;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
     pub mod inspect;
+    /// LyCORIS files from lycoris-lora: every algorithm merged as its forward computes it.
+    pub mod lycoris;
     /// `merge` against PEFT's own merge_and_unload outputs and the other references.
     pub mod merge;
     /// `eval` and `train` against transformers + PEFT logits, losses and torch's AdamW.

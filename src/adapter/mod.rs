@@ -10,8 +10,11 @@
 //! Formats ([`formats::peft`], [`formats::kohya`]) only translate names and layouts; every
 //! command works on this model. [`mapping`] resolves module names onto a base checkpoint.
 
+pub mod algo;
 pub mod formats;
 pub mod mapping;
+
+pub use algo::{Algo, Factors, KronHalf};
 
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
@@ -87,17 +90,35 @@ pub struct LoraModule {
     /// `d` (output features) and `k_flat` (input features × kernel area).
     pub out_features: usize,
     pub in_features: usize,
-    /// `A`, canonical `rank × in_features`.
-    pub a: Data,
-    /// `B`, canonical `out_features × rank`.
-    pub b: Data,
+    /// The factors, by algorithm ([`Factors::Lora`]: `A` canonical `rank × in_features`, `B`
+    /// `out_features × rank`).
+    pub factors: Factors,
     /// The base stores this weight transposed relative to `[out, in]`: GPT-2 Conv1D
     /// (`fan_in_fan_out`) and embeddings (`[vocab, dim]` with `ΔW = (B·A)ᵀ`).
     pub base_transposed: bool,
-    /// DoRA magnitude, one per output feature.
+    /// DoRA magnitude: one per output feature (PEFT), or LyCORIS' `dora_scale` (per output
+    /// feature or per input channel, see [`DoraRule`]).
     pub dora_magnitude: Option<Data>,
+    /// How the DoRA magnitude is applied.
+    pub dora_rule: DoraRule,
     /// `lora_B.bias` (PEFT `lora_bias`), added as `scale · bias` to the base bias.
     pub bias: Option<Data>,
+}
+
+/// The two weight-decomposition rules in the wild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DoraRule {
+    /// PEFT `DoraLinearVariant.merge_unsafe`: `W' = m / ‖W0 + ΔW‖ ⊙ (W + ΔW)`, the norm per
+    /// output feature.
+    #[default]
+    Peft,
+    /// LyCORIS `functional/general.py` `_weight_decompose` (`dora_scale`):
+    /// `W' = (W0 + ΔW) · s / (‖W0 + ΔW‖ + ε)`, ε = f32 machine epsilon, the norm per output row
+    /// (`wd_on_out`, `dora_scale` shaped `[out, 1, …]`) or per input channel over the output and
+    /// kernel axes (`dora_scale` shaped `[1, in, …]`, the only layout ComfyUI's
+    /// `weight_decompose` handles).
+    Lycoris { per_input: bool },
 }
 
 /// A full tensor that replaces a base tensor (`modules_to_save`, trained biases, saved
@@ -195,9 +216,68 @@ impl Adapter {
         }
     }
 
-    /// Canonical `(B, A)` of a module (`B`: d×r, `A`: r×k).
+    /// Canonical `(B, A)` of a plain LoRA module (`B`: d×r, `A`: r×k); other algorithms are an
+    /// error naming the module (they have no such factors).
     pub fn factors(&self, m: &LoraModule) -> InputResult<(Values, Values)> {
-        Ok((self.values(&m.b)?, self.values(&m.a)?))
+        match m.factors.lora() {
+            Some((a, b)) => Ok((self.values(b)?, self.values(a)?)),
+            None => Err(InputError::invalid(
+                &self.path,
+                format!(
+                    "module `{}` is {}, not plain LoRA; this operation needs LoRA factors",
+                    m.name,
+                    m.factors.algo()
+                ),
+            )),
+        }
+    }
+
+    /// `ΔW` of a module (canonical `out_features × in_features`, scale included), rebuilt in
+    /// f64 and rounded once to f32 ([`algo::delta`]).
+    pub fn delta(&self, m: &LoraModule) -> InputResult<Vec<f32>> {
+        self.delta_scaled(m, m.scale)
+    }
+
+    /// `ΔW / scale` of a module: what a merge term multiplies by its own scale and weight.
+    pub fn delta_unscaled(&self, m: &LoraModule) -> InputResult<Vec<f32>> {
+        self.delta_scaled(m, 1.0)
+    }
+
+    fn delta_scaled(&self, m: &LoraModule, scale: f64) -> InputResult<Vec<f32>> {
+        let values = m
+            .factors
+            .data()
+            .into_iter()
+            .map(|d| self.values(d))
+            .collect::<InputResult<Vec<_>>>()?;
+        let kk = match &m.kind {
+            ModuleKind::Conv { kernel } => kernel.iter().product::<usize>().max(1),
+            _ => 1,
+        };
+        let loaded = algo::Loaded {
+            factors: &m.factors,
+            values,
+        };
+        Ok(algo::delta(
+            &loaded,
+            m.out_features,
+            m.in_features,
+            m.rank,
+            kk,
+            scale,
+        ))
+    }
+
+    /// Number of stored values of a tensor.
+    pub fn numel(&self, d: &Data) -> usize {
+        match d {
+            Data::Owned(v) => v.len(),
+            Data::Stored { key, .. } => self
+                .source
+                .as_ref()
+                .and_then(|s| s.info(key))
+                .map_or(0, |i| i.numel()),
+        }
     }
 
     /// Replaces stored data by owned values, so the adapter no longer needs its file.
@@ -205,8 +285,9 @@ impl Adapter {
         let mut modules = std::mem::take(&mut self.modules);
         let loaded: InputResult<()> = (|| {
             for m in modules.iter_mut() {
-                m.a = Data::Owned(self.values(&m.a)?);
-                m.b = Data::Owned(self.values(&m.b)?);
+                for d in m.factors.data_mut() {
+                    *d = Data::Owned(self.values(d)?);
+                }
                 if let Some(d) = &m.dora_magnitude {
                     m.dora_magnitude = Some(Data::Owned(self.values(d)?));
                 }
@@ -232,7 +313,11 @@ impl Adapter {
             .modules
             .iter()
             .map(|m| {
-                m.rank * (m.in_features + m.out_features)
+                m.factors
+                    .data()
+                    .into_iter()
+                    .map(|d| self.numel(d))
+                    .sum::<usize>()
                     + m.dora_magnitude.as_ref().map_or(0, |_| m.out_features)
                     + m.bias.as_ref().map_or(0, |_| m.out_features)
             })

@@ -12,9 +12,13 @@ use rayon::prelude::*;
 /// Rows per parallel block: enough work per task, few rows in flight.
 const BLOCK_ELEMS: usize = 1 << 16;
 
-/// `acc[j] = Σₖ b[row,k]·a[k,j]` in ascending k, no fused multiply-add.
+/// `acc[j] = Σₖ b[row,k]·a[k,j]` in ascending k, no fused multiply-add; a dense term's row as is.
 #[inline]
 fn low_rank_row(t: &Term, cols: usize, row: usize, acc: &mut [f32]) {
+    if let Some(d) = t.dense {
+        acc.copy_from_slice(&d[row * cols..(row + 1) * cols]);
+        return;
+    }
     acc.fill(0.0);
     let b_row = &t.b[row * t.rank..(row + 1) * t.rank];
     for (k, &bk) in b_row.iter().enumerate() {
@@ -31,7 +35,7 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
     let (rows, cols) = (job.rows, job.cols);
     let in_size = job.in_dtype.bitsize() / 8;
     let out_size = job.out_dtype.bitsize() / 8;
-    let norms = dora_norms(job);
+    let factors = dora_factors(job);
     let block_rows = (BLOCK_ELEMS / cols.max(1)).max(1);
     let mut out = vec![0u8; rows * cols * out_size];
     if rows == 0 || cols == 0 {
@@ -46,24 +50,21 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
             let src = &job.w0[r0 * cols * in_size..(r0 + nrows) * cols * in_size];
             let mut w = vec![0f32; nrows * cols];
             dtype::decode_into(job.in_dtype, src, &mut w);
-            let mut w0 = if norms.is_empty() {
-                Vec::new()
-            } else {
-                w.clone()
-            };
             let mut acc = vec![0f32; cols];
             for (li, row) in w.chunks_exact_mut(cols).enumerate() {
                 let i = r0 + li;
                 for (ti, t) in job.terms.iter().enumerate() {
                     low_rank_row(t, cols, i, &mut acc);
-                    match (&t.dora, norms.get(ti).and_then(|n| n.as_ref())) {
-                        (Some(d), Some(norm)) => {
+                    match (&t.dora, factors.get(ti).and_then(|n| n.as_ref())) {
+                        (Some(d), Some(f)) => {
+                            let blend = d.strength != 1.0;
                             for (j, (x, &a)) in row.iter_mut().zip(acc.iter()).enumerate() {
                                 let f = match d.axis {
-                                    NormAxis::Rows => d.magnitude[i] / norm[i],
-                                    NormAxis::Cols => d.magnitude[j] / norm[j],
+                                    NormAxis::Rows => f[i],
+                                    NormAxis::Cols => f[j],
                                 };
-                                *x = f * (*x + t.scale * a);
+                                let y = f * (*x + t.scale * a);
+                                *x = if blend { *x + d.strength * (y - *x) } else { y };
                             }
                         }
                         _ => {
@@ -74,7 +75,6 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
                     }
                 }
             }
-            w0.clear();
             if let Some(pos) = w.iter().position(|v| !v.is_finite()) {
                 return Some(MergeError::NonFinite {
                     row: r0 + pos / cols,
@@ -97,8 +97,30 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
     }
 }
 
-/// For each DoRA term, `‖W0 + δₜ‖` per output feature (f64 sums, rounded to f32 as PEFT's
-/// f32 `torch.linalg.norm` result is); `None` for plain terms. Empty when no term is DoRA.
+/// For each DoRA term, the multiplier `m / (‖W0 + δₜ‖ + eps)` per row (`Rows`) or per column
+/// (`Cols`, a group's value repeated over its columns), divided in f32 as PEFT divides its f32
+/// norm; one entry per term, `None` for plain terms. Both backends apply these.
+pub fn dora_factors(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
+    let norms = dora_norms(job);
+    job.terms
+        .iter()
+        .enumerate()
+        .map(|(ti, t)| {
+            let (norm, d) = (norms.get(ti)?.as_ref()?, t.dora?);
+            let per_norm = d.magnitude.iter().zip(norm).map(|(m, n)| m / (n + d.eps));
+            Some(match d.axis {
+                NormAxis::Rows => per_norm.collect(),
+                NormAxis::Cols => per_norm
+                    .flat_map(|f| std::iter::repeat_n(f, d.group))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// For each DoRA term, `‖W0 + δₜ‖` per normed feature (per row, or per group of `group`
+/// columns), from f64 sums rounded to f32 as PEFT's f32 `torch.linalg.norm` result is; `None`
+/// for plain terms. Empty when no term is DoRA.
 pub fn dora_norms(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
     if job.terms.iter().all(|t| t.dora.is_none()) {
         return Vec::new();
@@ -158,9 +180,15 @@ pub fn dora_norms(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
                 })
                 .into_iter()
                 .fold(
-                    vec![0f64; if d.axis == NormAxis::Rows { rows } else { cols }],
+                    match d.axis {
+                        NormAxis::Rows => vec![0f64; rows],
+                        NormAxis::Cols => vec![0f64; cols / d.group.max(1)],
+                    },
                     |mut v, (i, s)| {
-                        v[i] += s;
+                        match d.axis {
+                            NormAxis::Rows => v[i] += s,
+                            NormAxis::Cols => v[i / d.group.max(1)] += s,
+                        }
                         v
                     },
                 );
@@ -181,39 +209,39 @@ mod tests {
         (seed.next_f64() - 0.5) as f32
     }
 
-    /// f64 reference of the same formula.
+    /// f64 reference of the same formula, written from its definition on [`Dora`] and [`Term`].
     fn reference(w0: &[f32], rows: usize, cols: usize, terms: &[Term]) -> Vec<f64> {
         let mut w: Vec<f64> = w0.iter().map(|&x| x as f64).collect();
         for t in terms {
             let delta: Vec<f64> = (0..rows * cols)
                 .map(|p| {
                     let (i, j) = (p / cols, p % cols);
-                    (0..t.rank)
-                        .map(|k| t.b[i * t.rank + k] as f64 * t.a[k * cols + j] as f64)
-                        .sum::<f64>()
-                        * t.scale as f64
+                    let v = match t.dense {
+                        Some(d) => d[p] as f64,
+                        None => (0..t.rank)
+                            .map(|k| t.b[i * t.rank + k] as f64 * t.a[k * cols + j] as f64)
+                            .sum::<f64>(),
+                    };
+                    v * t.scale as f64
                 })
                 .collect();
             match t.dora {
                 None => w.iter_mut().zip(&delta).for_each(|(x, d)| *x += d),
                 Some(d) => {
-                    let nfeat = if d.axis == NormAxis::Rows { rows } else { cols };
-                    let mut norm = vec![0f64; nfeat];
+                    // The normed feature of element p.
+                    let feat = |p: usize| match d.axis {
+                        NormAxis::Rows => p / cols,
+                        NormAxis::Cols => (p % cols) / d.group,
+                    };
+                    let mut norm = vec![0f64; d.magnitude.len()];
                     for p in 0..rows * cols {
-                        let f = if d.axis == NormAxis::Rows {
-                            p / cols
-                        } else {
-                            p % cols
-                        };
-                        norm[f] += (w0[p] as f64 + delta[p]).powi(2);
+                        norm[feat(p)] += (w0[p] as f64 + delta[p]).powi(2);
                     }
                     for p in 0..rows * cols {
-                        let f = if d.axis == NormAxis::Rows {
-                            p / cols
-                        } else {
-                            p % cols
-                        };
-                        w[p] = d.magnitude[f] as f64 / norm[f].sqrt() * (w[p] + delta[p]);
+                        let f = feat(p);
+                        let y = d.magnitude[f] as f64 / (norm[f].sqrt() + d.eps as f64)
+                            * (w[p] + delta[p]);
+                        w[p] += d.strength as f64 * (y - w[p]);
                     }
                 }
             }
@@ -240,6 +268,7 @@ mod tests {
             b: &b1,
             a: &a1,
             rank: 3,
+            dense: None,
             scale: 0.7,
             dora: None,
         };
@@ -247,31 +276,69 @@ mod tests {
             b: &b2,
             a: &a2,
             rank: 5,
+            dense: None,
             scale: -1.3,
             dora: None,
         };
         let dora_r = Term {
-            dora: Some(Dora {
-                magnitude: &mag_r,
-                axis: NormAxis::Rows,
-            }),
+            dora: Some(Dora::peft(&mag_r, NormAxis::Rows)),
             ..neg
         };
         let dora_c = Term {
-            dora: Some(Dora {
-                magnitude: &mag_c,
-                axis: NormAxis::Cols,
-            }),
+            dora: Some(Dora::peft(&mag_c, NormAxis::Cols)),
             ..plain
         };
-        let bytes = dtype::encode(Dtype::F32, &w0);
-        for terms in [
-            vec![plain],
-            vec![plain, neg],
-            vec![dora_r],
-            vec![plain, dora_c],
-            vec![dora_c, dora_r],
-        ] {
+        // LyCORIS: a dense update (a LoHa/LoKr ΔW) with its DoRA norm per group of columns
+        // (a conv's input channel over its kernel), eps, and a blend weight (ComfyUI strength).
+        let dense: Vec<f32> = (0..rows * cols).map(|_| uniform(&mut seed)).collect();
+        let (cols_g, group) = (cols - cols % 4, 4);
+        let mag_g: Vec<f32> = (0..cols_g / group)
+            .map(|_| 1.0 + uniform(&mut seed))
+            .collect();
+        let w0_g: Vec<f32> = (0..rows * cols_g).map(|_| uniform(&mut seed)).collect();
+        let dense_g: Vec<f32> = (0..rows * cols_g).map(|_| uniform(&mut seed)).collect();
+        let lyco = |magnitude, axis, group, strength| Dora {
+            magnitude,
+            axis,
+            group,
+            eps: f32::EPSILON,
+            strength,
+        };
+        let dense_rows = Term {
+            dense: Some(&dense),
+            dora: Some(lyco(&mag_r, NormAxis::Rows, 1, 0.6)),
+            ..plain
+        };
+        let dense_plain = Term {
+            dense: Some(&dense),
+            scale: 0.3,
+            dora: None,
+            ..plain
+        };
+        let grouped = Term {
+            b: &[],
+            a: &[],
+            rank: 0,
+            dense: Some(&dense_g),
+            scale: 1.1,
+            dora: Some(lyco(&mag_g, NormAxis::Cols, group, 1.0)),
+        };
+        let grouped_blend = Term {
+            dora: Some(lyco(&mag_g, NormAxis::Cols, group, -0.4)),
+            ..grouped
+        };
+        let cases: Vec<(&[f32], usize, Vec<Term>)> = vec![
+            (&w0, cols, vec![plain]),
+            (&w0, cols, vec![plain, neg]),
+            (&w0, cols, vec![dora_r]),
+            (&w0, cols, vec![plain, dora_c]),
+            (&w0, cols, vec![dora_c, dora_r]),
+            (&w0, cols, vec![dense_plain, dense_rows]),
+            (&w0_g, cols_g, vec![grouped]),
+            (&w0_g, cols_g, vec![grouped_blend]),
+        ];
+        for (w0, cols, terms) in cases {
+            let bytes = dtype::encode(Dtype::F32, w0);
             let job = MergeJob {
                 w0: &bytes,
                 in_dtype: Dtype::F32,
@@ -281,7 +348,7 @@ mod tests {
                 out_dtype: Dtype::F32,
             };
             let got = dtype::decode(Dtype::F32, &merge(&job).unwrap());
-            let want = reference(&w0, rows, cols, &terms);
+            let want = reference(w0, rows, cols, &terms);
             for (g, w) in got.iter().zip(&want) {
                 assert!(
                     (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
@@ -303,6 +370,7 @@ mod tests {
             b: &b,
             a: &a,
             rank: r,
+            dense: None,
             scale: 0.25,
             dora: None,
         }];
@@ -340,6 +408,7 @@ mod tests {
             b: &b,
             a: &a,
             rank: 1,
+            dense: None,
             scale: 1.0,
             dora: None,
         }];

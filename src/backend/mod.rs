@@ -11,28 +11,59 @@ pub mod gpu;
 
 use crate::dtype::Dtype;
 
-/// A DoRA magnitude applied after the low-rank update (Liu et al. 2024; PEFT
-/// `tuners/lora/variants.py` `DoraLinearVariant.merge_unsafe`, `dora.py` `get_weight_norm`):
-/// `W ← (m / ‖W0 + ΔW‖) ⊙ (W + ΔW)`, the norm taken per output feature over the *original* base
-/// weight `W0`, `W` the weight so far (earlier terms already added).
+/// A DoRA magnitude applied after the low-rank update (Liu et al. 2024):
+/// `W ← W + strength · (f ⊙ (W + δ) − W)` with `f = m / (‖W0 + δ‖ + eps)`, the norm taken over the
+/// *original* base weight `W0` plus this term's `δ`, `W` the weight so far (earlier terms
+/// already added).
+///
+/// - PEFT (`tuners/lora/variants.py` `DoraLinearVariant.merge_unsafe`, `dora.py`
+///   `get_weight_norm`): norm per output feature, `eps = 0`, `strength = 1` (a user weight scales
+///   `δ` instead).
+/// - LyCORIS `dora_scale` (`lycoris/functional/general.py` `_weight_decompose`): norm per output
+///   row (`wd_on_out`) or per input channel over the output and kernel axes, `eps` = f32 machine
+///   epsilon; a user weight blends as ComfyUI's `weight_decompose` does
+///   (`comfy/weight_adapter/base.py`: `W + strength·(DoRA(W + δ) − W)`).
 #[derive(Debug, Clone, Copy)]
 pub struct Dora<'a> {
-    /// One magnitude per output feature.
+    /// One magnitude per normed feature: per row (`Rows`), or per group of `group` columns
+    /// (`Cols`).
     pub magnitude: &'a [f32],
-    /// Which axis of the stored matrix indexes output features.
+    /// Which axis of the stored matrix the norm is taken per.
     pub axis: NormAxis,
+    /// Columns sharing one norm with [`NormAxis::Cols`] (a conv's kernel area for LyCORIS'
+    /// per-input-channel norm; 1 otherwise).
+    pub group: usize,
+    /// Added to the norm before dividing.
+    pub eps: f32,
+    /// Blend of the decomposed weight into the weight so far (1: replace).
+    pub strength: f32,
 }
 
-/// The stored-matrix axis that indexes output features (PEFT takes the L2 norm over the other).
+impl<'a> Dora<'a> {
+    /// PEFT's DoRA: one magnitude per output feature along `axis`.
+    pub fn peft(magnitude: &'a [f32], axis: NormAxis) -> Self {
+        Dora {
+            magnitude,
+            axis,
+            group: 1,
+            eps: 0.0,
+            strength: 1.0,
+        }
+    }
+}
+
+/// The stored-matrix axis that indexes normed features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NormAxis {
-    /// Output features are rows (nn.Linear `[out, in]`, conv `[out, in·kh·kw]`).
+    /// One norm per row (nn.Linear `[out, in]`, conv `[out, in·kh·kw]`): PEFT, LyCORIS
+    /// `wd_on_out`.
     Rows,
-    /// Output features are columns (GPT-2 Conv1D `[in, out]`, i.e. `fan_in_fan_out`).
+    /// One norm per column or group of columns (GPT-2 Conv1D `[in, out]`, i.e. PEFT
+    /// `fan_in_fan_out`; LyCORIS' per-input-channel norm).
     Cols,
 }
 
-/// One low-rank update `scale · B·A` on a `rows × cols` stored matrix.
+/// One update `scale · B·A` (or `scale · D` for a dense `D`) on a `rows × cols` stored matrix.
 #[derive(Debug, Clone, Copy)]
 pub struct Term<'a> {
     /// `rows × rank`, row-major.
@@ -40,6 +71,9 @@ pub struct Term<'a> {
     /// `rank × cols`, row-major.
     pub a: &'a [f32],
     pub rank: usize,
+    /// A dense `rows × cols` update instead of `B·A` (LoHa, LoKr, Tucker and full modules,
+    /// rebuilt by [`crate::adapter::algo::delta`]); `b`, `a` and `rank` are then unused.
+    pub dense: Option<&'a [f32]>,
     /// Effective scale (adapter scale × user weight; negative to unmerge).
     pub scale: f32,
     pub dora: Option<Dora<'a>>,
@@ -50,7 +84,8 @@ pub struct Term<'a> {
 ///
 /// Arithmetic, element by element, which every backend follows exactly so that bf16/f16 outputs
 /// are bit-identical across backends: `acc = Σₖ b[i,k]·a[k,j]` in ascending k, each product
-/// rounded then added (no fused multiply-add); `δ = scale·acc`; `w ← w + δ` term by term.
+/// rounded then added (no fused multiply-add), or `acc = D[i,j]` for a dense term;
+/// `δ = scale·acc`; `w ← w + δ` term by term.
 #[derive(Debug, Clone, Copy)]
 pub struct MergeJob<'a> {
     pub w0: &'a [u8],
@@ -88,25 +123,42 @@ impl MergeJob<'_> {
             )));
         }
         for (i, t) in self.terms.iter().enumerate() {
-            if t.b.len() != self.rows * t.rank || t.a.len() != t.rank * self.cols {
-                return Err(MergeError::Shape(format!(
-                    "term {i}: B has {} and A {} values for rank {} on {}×{}",
-                    t.b.len(),
-                    t.a.len(),
-                    t.rank,
-                    self.rows,
-                    self.cols
-                )));
+            match t.dense {
+                Some(d) if d.len() != n => {
+                    return Err(MergeError::Shape(format!(
+                        "term {i}: dense update has {} values for {}×{}",
+                        d.len(),
+                        self.rows,
+                        self.cols
+                    )))
+                }
+                Some(_) => {}
+                None if t.b.len() != self.rows * t.rank || t.a.len() != t.rank * self.cols => {
+                    return Err(MergeError::Shape(format!(
+                        "term {i}: B has {} and A {} values for rank {} on {}×{}",
+                        t.b.len(),
+                        t.a.len(),
+                        t.rank,
+                        self.rows,
+                        self.cols
+                    )))
+                }
+                None => {}
             }
             if let Some(d) = t.dora {
                 let want = match d.axis {
-                    NormAxis::Rows => self.rows,
-                    NormAxis::Cols => self.cols,
+                    NormAxis::Rows => Some(self.rows),
+                    NormAxis::Cols => (d.group > 0 && self.cols.is_multiple_of(d.group))
+                        .then(|| self.cols / d.group),
                 };
-                if d.magnitude.len() != want {
+                if want != Some(d.magnitude.len()) {
                     return Err(MergeError::Shape(format!(
-                        "term {i}: DoRA magnitude has {} values, expected {want}",
-                        d.magnitude.len()
+                        "term {i}: DoRA magnitude has {} values, which does not fit {}×{} normed along {:?} in groups of {}",
+                        d.magnitude.len(),
+                        self.rows,
+                        self.cols,
+                        d.axis,
+                        d.group
                     )));
                 }
             }
@@ -153,12 +205,11 @@ impl Engine {
         }
     }
 
-    /// See [`MergeJob`]. F64 tensors (no WGSL type) are merged on the CPU.
+    /// See [`MergeJob`]. What the GPU kernel does not cover ([`gpu::merge_supports`]: F64
+    /// tensors, dense terms, blended DoRA) is merged on the CPU.
     pub fn merge(&self, job: &MergeJob) -> Result<Vec<u8>, MergeError> {
         match self {
-            Engine::Gpu(ctx) if job.in_dtype != Dtype::F64 && job.out_dtype != Dtype::F64 => {
-                gpu::merge(ctx, job)
-            }
+            Engine::Gpu(ctx) if gpu::merge_supports(job) => gpu::merge(ctx, job),
             _ => cpu::merge(job),
         }
     }

@@ -41,7 +41,7 @@
 //! combine linearly and are refused; saved embedding layers (`base_layer.weight`, a copy of the
 //! base) are carried when the inputs agree.
 
-use crate::adapter::{Adapter, Data, Format, FullTensor, LoraModule, ModuleKind};
+use crate::adapter::{Adapter, Data, Factors, Format, FullTensor, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::linalg::{self, rng::Xoshiro256PlusPlus};
 use rayon::prelude::*;
@@ -477,10 +477,13 @@ pub fn combine(
                 scale: 1.0,
                 out_features: d,
                 in_features: k,
-                a: Data::Owned(Arc::new(a)),
-                b: Data::Owned(Arc::new(b)),
+                factors: Factors::Lora {
+                    a: Data::Owned(Arc::new(a)),
+                    b: Data::Owned(Arc::new(b)),
+                },
                 base_transposed: m0.base_transposed,
                 dora_magnitude: None,
+                dora_rule: Default::default(),
                 bias: None,
             };
             let report = ModuleCombine {

@@ -68,13 +68,26 @@ pub struct ModuleRow {
     pub scale: f64,
     /// `[out, in]` (`in` includes the kernel area for convolutions).
     pub shape: [usize; 2],
-    pub a_shape: Vec<usize>,
-    pub b_shape: Vec<usize>,
+    /// The algorithm (`lora`, `lora-tucker`, `loha`, `lokr`, `full`).
+    pub algo: crate::adapter::Algo,
+    /// Plain LoRA factor shapes as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub a_shape: Option<Vec<usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b_shape: Option<Vec<usize>>,
+    /// Every stored tensor of the module with its shape (all algorithms).
+    pub factors: Vec<FactorRow>,
     pub fan_in_fan_out: bool,
     pub dora: bool,
     pub bias: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spectrum: Option<SpectrumRow>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct FactorRow {
+    pub key: String,
+    pub shape: Vec<usize>,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -183,10 +196,17 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
     let mut modules = Vec::new();
     for m in &a.modules {
         let spectrum = if opts.spectrum {
-            let (b, av) = a.factors(m)?;
-            let bv = ArrayView2::from_shape((m.out_features, m.rank), b.as_slice())?;
-            let avv = ArrayView2::from_shape((m.rank, m.in_features), av.as_slice())?;
-            let s = crate::linalg::spectrum_of_factors(bv, avv, m.scale as f32);
+            let s = if m.factors.lora().is_some() {
+                let (b, av) = a.factors(m)?;
+                let bv = ArrayView2::from_shape((m.out_features, m.rank), b.as_slice())?;
+                let avv = ArrayView2::from_shape((m.rank, m.in_features), av.as_slice())?;
+                crate::linalg::spectrum_of_factors(bv, avv, m.scale as f32)
+            } else {
+                // No low-rank factors: the exact SVD of the rebuilt ΔW (d×k, small modules).
+                let delta = a.delta(m)?;
+                let dv = ArrayView2::from_shape((m.out_features, m.in_features), delta.as_slice())?;
+                crate::linalg::spectrum_of_values(crate::linalg::exact_svd(dv).s.to_vec())
+            };
             Some(SpectrumRow {
                 singular_values: s.singular_values,
                 fro_norm: s.fro_norm,
@@ -209,8 +229,27 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
             alpha: m.alpha,
             scale: m.scale,
             shape: [m.out_features, m.in_features],
-            a_shape: key_shape(&m.a, vec![m.rank, m.in_features]),
-            b_shape: key_shape(&m.b, vec![m.out_features, m.rank]),
+            algo: m.factors.algo(),
+            a_shape: m
+                .factors
+                .lora()
+                .map(|(d, _)| key_shape(d, vec![m.rank, m.in_features])),
+            b_shape: m
+                .factors
+                .lora()
+                .map(|(_, d)| key_shape(d, vec![m.out_features, m.rank])),
+            factors: m
+                .factors
+                .data()
+                .into_iter()
+                .map(|d| FactorRow {
+                    key: match d {
+                        adapter::Data::Stored { key, .. } => key.clone(),
+                        adapter::Data::Owned(_) => String::new(),
+                    },
+                    shape: key_shape(d, vec![a.numel(d)]),
+                })
+                .collect(),
             fan_in_fan_out: m.base_transposed && m.kind == ModuleKind::Linear,
             dora: m.dora_magnitude.is_some(),
             bias: m.bias.is_some(),
@@ -327,7 +366,7 @@ pub fn render_text(r: &Report) -> String {
                 let _ = writeln!(s, "full tensors     {}", a.full_tensors.join(", "));
             }
             let spectrum = a.modules.iter().any(|m| m.spectrum.is_some());
-            let mut head = vec!["module", "kind", "rank", "alpha", "scale", "out×in"];
+            let mut head = vec!["module", "algo", "kind", "rank", "alpha", "scale", "out×in"];
             if spectrum {
                 head.extend(["‖ΔW‖F", "r90", "r99", "σ1", "σmin"]);
             }
@@ -347,6 +386,7 @@ pub fn render_text(r: &Report) -> String {
                     }
                     let mut row = vec![
                         m.name.clone(),
+                        m.algo.to_string(),
                         format!("{}{flags}", m.kind),
                         m.rank.to_string(),
                         format!("{}", m.alpha),
@@ -370,7 +410,7 @@ pub fn render_text(r: &Report) -> String {
                 })
                 .collect();
             s.push('\n');
-            let right: Vec<bool> = head.iter().enumerate().map(|(i, _)| i >= 2).collect();
+            let right: Vec<bool> = head.iter().enumerate().map(|(i, _)| i >= 3).collect();
             s.push_str(&table(&head, &rows, &right));
         }
     }

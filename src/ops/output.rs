@@ -190,10 +190,12 @@ pub fn copy_dtype(choice: DtypeChoice) -> Option<Dtype> {
 /// The stored dtype of an adapter's first factor.
 pub fn stored_dtype(a: &Adapter) -> Option<Dtype> {
     let src = a.source.as_ref()?;
-    a.modules.iter().find_map(|m| match &m.a {
-        Data::Stored { key, .. } => src.header().get(key).map(|t| t.dtype),
-        Data::Owned(_) => None,
-    })
+    a.modules
+        .iter()
+        .find_map(|m| match m.factors.data().first() {
+            Some(Data::Stored { key, .. }) => src.header().get(key).map(|t| t.dtype),
+            _ => None,
+        })
 }
 
 /// The `__metadata__` an output gets: the input's (minus earlier `lorakit.*` keys and the

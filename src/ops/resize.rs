@@ -116,8 +116,10 @@ pub fn resize(mut adapter: Adapter, rule: &RankRule) -> InputResult<(Adapter, Ve
             m.rank = rep.rank_after;
             m.alpha = rep.alpha_after;
             m.scale = scale_for(m.alpha, m.rank, rslora);
-            m.b = Data::Owned(Arc::new(b));
-            m.a = Data::Owned(Arc::new(a));
+            m.factors = crate::adapter::Factors::Lora {
+                a: Data::Owned(Arc::new(a)),
+                b: Data::Owned(Arc::new(b)),
+            };
         }
         reports.push(rep);
     }

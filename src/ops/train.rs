@@ -23,7 +23,7 @@
 //!   from such a folder continues exactly as if the run had not stopped (the moments and
 //!   factors are stored exactly, and the data order is a function of the step).
 
-use crate::adapter::{Adapter, Data, Format, LoraModule, ModuleKind};
+use crate::adapter::{Adapter, Data, Factors, Format, LoraModule, ModuleKind};
 use crate::dtype::Dtype;
 use crate::error::InputError;
 use crate::io::{Output, SafetensorsFile, TensorSpec};
@@ -487,10 +487,13 @@ impl<'c> Trainer<'c> {
                     scale: crate::adapter::scale_for(tm.alpha, tm.rank, self.rslora),
                     out_features: lin.out_features(),
                     in_features: lin.in_features(),
-                    a: Data::Owned(Arc::new(l.a.clone())),
-                    b: Data::Owned(Arc::new(l.b.clone())),
+                    factors: Factors::Lora {
+                        a: Data::Owned(Arc::new(l.a.clone())),
+                        b: Data::Owned(Arc::new(l.b.clone())),
+                    },
                     base_transposed: false,
                     dora_magnitude: None,
+                    dora_rule: Default::default(),
                     bias: None,
                 }
             })

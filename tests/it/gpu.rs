@@ -471,3 +471,31 @@ fn merge_tiles_a_tensor_beyond_the_real_binding_limit() {
         }
     }
 }
+
+/// LyCORIS files on `--device gpu`: LoCon and DoRA terms (with LyCORIS' eps and its per-input
+/// norm) run in the kernel, dense LoHa/LoKr/full terms and blended DoRA on the CPU backend; the
+/// output is byte-identical to `--device cpu` either way, at weight 1 and at a blend weight.
+#[test]
+fn lycoris_merges_on_gpu_equal_cpu() {
+    if !gpu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("lycoris/base.safetensors");
+    for case in ["dora_out", "locon_tucker", "loha_dora_in", "lokr", "full"] {
+        for weight in ["1", "0.5"] {
+            let adapter = fixture(&format!("lycoris/{case}.safetensors"));
+            let out = |dev: &str| {
+                let p = dir
+                    .path()
+                    .join(format!("{case}.{weight}.{dev}.safetensors"));
+                merge_ok(&base, &adapter, &p, &["--device", dev, "--weight", weight]);
+                std::fs::read(p).unwrap()
+            };
+            assert!(
+                out("gpu") == out("cpu"),
+                "{case} at weight {weight}: gpu != cpu"
+            );
+        }
+    }
+}

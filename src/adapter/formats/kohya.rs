@@ -7,130 +7,60 @@
 //! `alpha = r` (scale 1), as in `networks/lora.py` `LoRAModule.__init__`. Underscored names are
 //! resolved against a base model's tensor list by [`crate::adapter::mapping`].
 
-use crate::adapter::{scale_for, Adapter, Data, Format, LoraModule, ModuleKind};
+use super::lycoris;
+use crate::adapter::{Adapter, Data, DoraRule, Factors, Format, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Known prefixes, longest first so `lora_te1_` is not read as `lora_te_` + `1…`.
-pub const PREFIXES: &[&str] = &["lora_unet", "lora_te1", "lora_te2", "lora_te3", "lora_te"];
+pub const PREFIXES: &[&str] = &[
+    "lora_unet",
+    "lora_prior_unet",
+    "lora_transformer",
+    "lora_te1",
+    "lora_te2",
+    "lora_te3",
+    "lora_te",
+    "lycoris",
+];
 
-#[derive(Default)]
-struct Parts {
-    down: Option<(String, Vec<usize>)>,
-    up: Option<(String, Vec<usize>)>,
-    alpha: Option<String>,
-}
-
-/// Reads a kohya LoRA file.
+/// Reads a kohya-named file: plain LoRA or any LyCORIS algorithm lorakit applies
+/// ([`super::lycoris`]). Every tensor must belong to a module; anything else is refused by name.
 pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     let fpath = file.path().to_path_buf();
-    let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
+    let mut parts: BTreeMap<String, lycoris::Parts> = BTreeMap::new();
     for t in file.tensors() {
         let key = t.name.as_str();
-        let entry = (t.name.clone(), t.shape.clone());
-        if let Some(m) = key.strip_suffix(".lora_down.weight") {
-            parts.entry(m.to_owned()).or_default().down = Some(entry);
-        } else if let Some(m) = key.strip_suffix(".lora_up.weight") {
-            parts.entry(m.to_owned()).or_default().up = Some(entry);
-        } else if let Some(m) = key.strip_suffix(".alpha") {
-            if t.shape.iter().product::<usize>() != 1 {
+        let Some((module, suffix)) = lycoris::split_key(key) else {
+            if let Some(algo) = lycoris::unsupported(key) {
                 return Err(InputError::invalid(
                     &fpath,
-                    format!(
-                        "tensor `{key}`: alpha must be a scalar, shape is {:?}",
-                        t.shape
-                    ),
+                    format!("tensor `{key}`: {algo} modules are not supported yet (lorakit applies LoRA, LoCon, LoHa, LoKr, full/diff and DoRA scales)"),
                 ));
             }
-            parts.entry(m.to_owned()).or_default().alpha = Some(t.name.clone());
-        } else if key.contains(".hada_") || key.contains(".lokr_") {
             return Err(InputError::invalid(
                 &fpath,
-                format!("tensor `{key}`: LoHa/LoKr (LyCORIS) networks are not LoRA and are not supported"),
+                format!("tensor `{key}`: not a LoRA/LyCORIS tensor (no known suffix such as .lora_down.weight, .hada_w1_a, .lokr_w1, .diff, .alpha)"),
             ));
-        } else if key.ends_with(".dora_scale") {
+        };
+        if parts
+            .entry(module.to_owned())
+            .or_default()
+            .insert(suffix, (t.name.clone(), t.shape.clone()))
+            .is_some()
+        {
             return Err(InputError::invalid(
                 &fpath,
-                format!("tensor `{key}`: kohya DoRA is not supported"),
-            ));
-        } else {
-            return Err(InputError::invalid(
-                &fpath,
-                format!("tensor `{key}`: not a kohya LoRA tensor"),
+                format!("tensor `{key}`: given twice"),
             ));
         }
     }
-    let mut modules = Vec::new();
-    for (name, p) in parts {
-        let err = |msg: String| InputError::invalid(&fpath, format!("module `{name}`: {msg}"));
-        let (Some((dkey, dshape)), Some((ukey, ushape))) = (p.down, p.up) else {
-            return Err(err(
-                "has only one of lora_down / lora_up (or only an alpha)".into(),
-            ));
-        };
-        if dshape.len() < 2 || ushape.len() != dshape.len() {
-            return Err(err(format!(
-                "lora_down {dshape:?} and lora_up {ushape:?} do not fit together"
-            )));
-        }
-        let rank = dshape[0];
-        if ushape[1] != rank {
-            return Err(err(format!(
-                "lora_down has rank {rank} {dshape:?} but lora_up has {} columns {ushape:?}",
-                ushape[1]
-            )));
-        }
-        let kind = if dshape.len() == 2 {
-            ModuleKind::Linear
-        } else {
-            if ushape[2..].iter().any(|&d| d != 1) {
-                return Err(err(format!(
-                    "conv lora_up {ushape:?} must be [out, r, 1, 1]"
-                )));
-            }
-            ModuleKind::Conv {
-                kernel: dshape[2..].to_vec(),
-            }
-        };
-        let alpha = match &p.alpha {
-            Some(k) => {
-                let v = read_scalar(&file, k)?;
-                if !v.is_finite() {
-                    return Err(InputError::invalid(
-                        &fpath,
-                        format!("tensor `{k}`: alpha is not finite"),
-                    ));
-                }
-                v
-            }
-            None => rank as f64,
-        };
-        if rank == 0 {
-            return Err(err("rank is 0".into()));
-        }
-        modules.push(LoraModule {
-            scale: scale_for(alpha, rank, false),
-            name,
-            kind,
-            rank,
-            alpha,
-            out_features: ushape[0],
-            in_features: dshape[1..].iter().product(),
-            a: Data::Stored {
-                key: dkey,
-                transpose: false,
-            },
-            b: Data::Stored {
-                key: ukey,
-                transpose: false,
-            },
-            base_transposed: false,
-            dora_magnitude: None,
-            bias: None,
-        });
-    }
+    let modules = parts
+        .iter()
+        .map(|(name, p)| lycoris::module(&file, name, p))
+        .collect::<InputResult<Vec<_>>>()?;
     let metadata = file.header().metadata.clone();
     Ok(Adapter {
         format: Format::Kohya,
@@ -203,14 +133,16 @@ pub fn write_with(
     let mut payload: Vec<Vec<u8>> = Vec::new();
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for m in &adapter.modules {
-        if m.dora_magnitude.is_some()
-            || m.bias.is_some()
+        let lycoris_dora = matches!(m.dora_rule, DoraRule::Lycoris { .. });
+        let full = matches!(m.factors, Factors::Full { .. });
+        if (m.dora_magnitude.is_some() && !lycoris_dora)
+            || (m.bias.is_some() && !full)
             || m.kind == ModuleKind::Embedding
             || m.base_transposed
         {
             return Err(InputError::invalid(
                 &adapter.path,
-                format!("module `{}`: kohya format cannot hold DoRA, lora bias, embedding or fan_in_fan_out modules", m.name),
+                format!("module `{}`: kohya format cannot hold PEFT DoRA, lora bias, embedding or fan_in_fan_out modules", m.name),
             ));
         }
         let base = match split_prefix(&m.name) {
@@ -226,24 +158,38 @@ pub fn write_with(
                 ),
             ));
         }
-        let (dshape, ushape) = super::peft::factor_shapes(m);
-        let alpha = kohya_alpha(adapter, m) as f32;
-        specs.push(TensorSpec::new(format!("{base}.alpha"), Dtype::F32, vec![]));
-        payload.push(alpha.to_le_bytes().to_vec());
-        let (dt, bytes) = super::peft::encoded(adapter, &m.a, dtype)?;
-        specs.push(TensorSpec::new(
-            format!("{base}.lora_down.weight"),
-            dt,
-            dshape,
-        ));
-        payload.push(bytes);
-        let (dt, bytes) = super::peft::encoded(adapter, &m.b, dtype)?;
-        specs.push(TensorSpec::new(
-            format!("{base}.lora_up.weight"),
-            dt,
-            ushape,
-        ));
-        payload.push(bytes);
+        if !full {
+            let alpha = kohya_alpha(adapter, m) as f32;
+            specs.push(TensorSpec::new(format!("{base}.alpha"), Dtype::F32, vec![]));
+            payload.push(alpha.to_le_bytes().to_vec());
+        }
+        for (suffix, data, canonical) in lycoris::tensors(m) {
+            // A stored tensor keeps the shape it was stored with (LyCORIS writes a LoHa conv's
+            // `hada_w1_b` flattened, sd-scripts a conv's factors 4-D), so conversions are exact.
+            let shape = match (data, adapter.source.as_ref()) {
+                (
+                    Data::Stored {
+                        key,
+                        transpose: false,
+                    },
+                    Some(src),
+                ) => src.info(key).map_or(canonical.clone(), |i| i.shape.clone()),
+                _ => canonical,
+            };
+            if shape.iter().product::<usize>() != adapter.numel(data) {
+                return Err(InputError::invalid(
+                    &adapter.path,
+                    format!(
+                        "module `{}`: {suffix} holds {} values, which does not fit shape {shape:?}",
+                        m.name,
+                        adapter.numel(data)
+                    ),
+                ));
+            }
+            let (dt, bytes) = super::peft::encoded(adapter, data, dtype)?;
+            specs.push(TensorSpec::new(format!("{base}.{suffix}"), dt, shape));
+            payload.push(bytes);
+        }
     }
     if let Some(f) = adapter.full_tensors.first() {
         return Err(InputError::invalid(
@@ -264,7 +210,7 @@ pub fn write_with(
 
 /// Reads a one-element tensor of any numeric dtype as f64 (diffusers writes kohya alphas as
 /// I64, kohya itself as F16/F32).
-fn read_scalar(file: &SafetensorsFile, key: &str) -> InputResult<f64> {
+pub(crate) fn read_scalar(file: &SafetensorsFile, key: &str) -> InputResult<f64> {
     use crate::dtype::Dtype;
     let v = file.view(key)?;
     let d = v.data;

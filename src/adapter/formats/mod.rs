@@ -1,6 +1,7 @@
 //! Adapter file formats: detection and dispatch to the readers and writers.
 
 pub mod kohya;
+pub mod lycoris;
 pub mod peft;
 
 use super::{Adapter, Format};
@@ -41,7 +42,7 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
         }
         None => Err(InputError::invalid(
             &file_path,
-            "no LoRA tensors found (expected PEFT `lora_A`/`lora_B` or kohya `lora_down`/`lora_up` names)",
+            "no LoRA tensors found (expected PEFT `lora_A`/`lora_B`, kohya `lora_down`/`lora_up` or LyCORIS `hada_`/`lokr_`/`diff` names)",
         )),
     }
 }
@@ -49,9 +50,12 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
 /// Guesses the format from tensor names.
 pub fn detect(file: &SafetensorsFile) -> Option<Format> {
     let names = || file.tensors().iter().map(|t| t.name.as_str());
-    if names()
-        .any(|n| n.contains(".lora_down.") || n.contains(".lora_up.") || n.ends_with(".hada_w1_a"))
-    {
+    // kohya-named files: sd-scripts LoRA and every LyCORIS algorithm (recognised ones that
+    // lorakit does not apply are detected too, so the reader refuses them by name).
+    if names().any(|n| {
+        lycoris::split_key(n).is_some_and(|(_, s)| s != "alpha")
+            || lycoris::unsupported(n).is_some()
+    }) {
         return Some(Format::Kohya);
     }
     if names().any(|n| {

@@ -14,7 +14,9 @@
 //! (`utils/other.py` `get_pattern_key`); scale is `alpha/r`, or `alpha/√r` with `use_rslora`
 //! (`layer.py` `update_layer`).
 
-use crate::adapter::{scale_for, Adapter, Data, Format, FullTensor, LoraModule, ModuleKind};
+use crate::adapter::{
+    scale_for, Adapter, Data, DoraRule, Factors, Format, FullTensor, LoraModule, ModuleKind,
+};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use regex::Regex;
@@ -431,16 +433,19 @@ fn build_module(
         alpha,
         out_features,
         in_features,
-        a: Data::Stored {
-            key: akey,
-            transpose: false,
-        },
-        b: Data::Stored {
-            key: bkey,
-            transpose: false,
+        factors: Factors::Lora {
+            a: Data::Stored {
+                key: akey,
+                transpose: false,
+            },
+            b: Data::Stored {
+                key: bkey,
+                transpose: false,
+            },
         },
         base_transposed,
         dora_magnitude,
+        dora_rule: DoraRule::Peft,
         bias,
     })
 }
@@ -492,8 +497,18 @@ pub fn write_with(
             )
         };
         let (ashape, bshape) = factor_shapes(m);
-        push(ka, ashape, encoded(adapter, &m.a, dtype)?);
-        push(kb, bshape, encoded(adapter, &m.b, dtype)?);
+        let Some((a, b)) = m.factors.lora() else {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}` is {}: a PEFT LoRA folder holds only LoRA factors",
+                    m.name,
+                    m.factors.algo()
+                ),
+            ));
+        };
+        push(ka, ashape, encoded(adapter, a, dtype)?);
+        push(kb, bshape, encoded(adapter, b, dtype)?);
         if let Some(d) = &m.bias {
             push(
                 format!("{PREFIX}{}.lora_B.bias", m.name),

@@ -1,6 +1,6 @@
 //! GPU merge: the `merge` kernel (`shaders/merge.wgsl`) over tiles of the matrix.
 //!
-//! DoRA norms `‖W0 + δₜ‖` are computed on the CPU with [`cpu::dora_norms`] (f64 sums, as the
+//! DoRA norms `‖W0 + δₜ‖` are computed on the CPU with [`cpu::dora_factors`] (f64 sums, as the
 //! reference does; WGSL has no portable f64) and passed to the kernel as f32 factors
 //! `m / ‖W0 + δₜ‖`, divided on the host exactly as the CPU merge divides, so DoRA outputs stay
 //! bit-identical. Everything else runs on the GPU.
@@ -73,6 +73,19 @@ pub(crate) fn merge_tiles(
 
 /// Merges low-rank terms into one tensor on the GPU: same contract and same bits as
 /// [`cpu::merge`] (F32/F16/BF16 in and out; other dtypes give [`MergeError::Gpu`], F64 included).
+/// Whether the kernel covers `job`: 16/32-bit float tensors, low-rank terms, DoRA that replaces
+/// the weight (strength 1). Dense terms (LoHa, LoKr, full modules) and ComfyUI's blended DoRA
+/// are merged by the CPU backend.
+pub fn merge_supports(job: &MergeJob) -> bool {
+    use crate::dtype::Dtype;
+    job.in_dtype != Dtype::F64
+        && job.out_dtype != Dtype::F64
+        && job
+            .terms
+            .iter()
+            .all(|t| t.dense.is_none() && t.dora.is_none_or(|d| d.strength == 1.0))
+}
+
 pub fn merge(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<u8>, MergeError> {
     merge_with(ctx, job, true)
 }
@@ -97,20 +110,11 @@ pub(crate) fn merge_with(
         return Ok(out);
     }
 
-    // DoRA factors m/‖W0 + δ‖ per output feature, f32 division as in cpu::merge.
-    let norms = cpu::dora_norms(job);
-    let factors: Vec<Option<(NormAxis, Vec<f32>)>> = job
-        .terms
-        .iter()
-        .enumerate()
-        .map(|(ti, t)| {
-            let d = t.dora.as_ref()?;
-            let norm = norms.get(ti)?.as_ref()?;
-            Some((
-                d.axis,
-                d.magnitude.iter().zip(norm).map(|(m, n)| m / n).collect(),
-            ))
-        })
+    // DoRA factors m/(‖W0 + δ‖ + eps) per row or column, the same f32 values cpu::merge uses.
+    let factors: Vec<Option<(NormAxis, Vec<f32>)>> = cpu::dora_factors(job)
+        .into_iter()
+        .zip(job.terms)
+        .map(|(f, t)| Some((t.dora?.axis, f?)))
         .collect();
     let dora_rows = factors
         .iter()

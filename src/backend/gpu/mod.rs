@@ -27,7 +27,7 @@ mod sketch;
 mod tests;
 
 pub use forward::{bgmv_forward, lora_forward};
-pub use merge::merge;
+pub use merge::{merge, merge_supports};
 pub use sketch::{delta_sketch, delta_sketch_t, GpuDeltaOp};
 
 use super::cpu_forward::ShapeError;

@@ -320,8 +320,9 @@ fn merge_matrix<'c>(
         b,
         a,
         rank,
+        dense: None,
         scale: scale as f32,
-        dora: dora.map(|(magnitude, axis)| Dora { magnitude, axis }),
+        dora: dora.map(|(magnitude, axis)| Dora::peft(magnitude, axis)),
     }];
     let job = MergeJob {
         w0: bytes,

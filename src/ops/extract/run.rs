@@ -2,7 +2,7 @@
 //! outcomes assembled into the adapter and its report. Must not decide what is extracted.
 
 use super::*;
-use crate::adapter::{formats, Adapter, Data, Format, FullTensor, LoraModule, ModuleKind};
+use crate::adapter::{formats, Adapter, Data, Factors, Format, FullTensor, LoraModule, ModuleKind};
 use crate::dtype::{self, Dtype};
 use crate::error::InputError;
 use crate::io::Output;
@@ -277,10 +277,13 @@ impl ExtractPlan {
                     scale: lr.report.scale,
                     out_features: lr.out_features,
                     in_features: lr.in_features,
-                    a: Data::Owned(Arc::new(lr.a)),
-                    b: Data::Owned(Arc::new(lr.b)),
+                    factors: Factors::Lora {
+                        a: Data::Owned(Arc::new(lr.a)),
+                        b: Data::Owned(Arc::new(lr.b)),
+                    },
                     base_transposed: lr.transposed,
                     dora_magnitude: None,
+                    dora_rule: Default::default(),
                     bias: None,
                 });
                 reports.push(lr.report);

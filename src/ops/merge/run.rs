@@ -3,6 +3,7 @@
 //! Must not decide what matches what: that is the plan's.
 
 use super::*;
+use crate::adapter::DoraRule;
 use crate::backend::{self, Dora, MergeJob, NormAxis, Term};
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
@@ -358,52 +359,80 @@ impl MergePlan {
         for &(ai, mi) in &order {
             let a = &self.adapters[ai].adapter;
             let m = &a.modules[mi];
-            let (b, av) = a.factors(m)?;
-            let (bb, aa) = if m.base_transposed {
-                (
-                    crate::adapter::transpose(&av, m.rank, m.in_features),
-                    crate::adapter::transpose(&b, m.out_features, m.rank),
-                )
+            let (factors, dense) = if m.factors.lora().is_some() {
+                let (b, av) = a.factors(m)?;
+                let stored = if m.base_transposed {
+                    (
+                        crate::adapter::transpose(&av, m.rank, m.in_features),
+                        crate::adapter::transpose(&b, m.out_features, m.rank),
+                    )
+                } else {
+                    (b.to_vec(), av.to_vec())
+                };
+                (stored, None)
             } else {
-                (b.to_vec(), av.to_vec())
+                // LoHa, LoKr, Tucker and full modules: ΔW rebuilt whole (scale applied by the
+                // term, so weights and unmerge act as on LoRA).
+                let d = a.delta_unscaled(m)?;
+                let d = if m.base_transposed {
+                    crate::adapter::transpose(&d, m.out_features, m.in_features)
+                } else {
+                    d
+                };
+                ((Vec::new(), Vec::new()), Some(d))
             };
             let mag = m.dora_magnitude.as_ref().map(|d| a.values(d)).transpose()?;
             owned.push(StoredTerm {
-                b: bb,
-                a: aa,
+                b: factors.0,
+                a: factors.1,
+                dense,
                 magnitude: mag,
             });
         }
         let term_list: Vec<Term> = order
             .iter()
             .zip(&owned)
-            .map(
-                |(
-                    &(ai, mi),
-                    StoredTerm {
-                        b,
-                        a,
-                        magnitude: mag,
-                    },
-                )| {
-                    let wa = &self.adapters[ai];
-                    let m = &wa.adapter.modules[mi];
-                    Term {
-                        b,
-                        a,
-                        rank: m.rank,
-                        scale: self.signed(wa.weight * m.scale) as f32,
-                        dora: mag.as_ref().map(|v| Dora {
+            .map(|(&(ai, mi), st)| {
+                let wa = &self.adapters[ai];
+                let m = &wa.adapter.modules[mi];
+                let axis = if m.base_transposed {
+                    NormAxis::Cols
+                } else {
+                    NormAxis::Rows
+                };
+                // PEFT's DoRA scales δ by the user weight; LyCORIS' is blended by it as ComfyUI
+                // does (see backend::Dora).
+                let (scale, dora) = match (st.magnitude.as_ref(), m.dora_rule) {
+                    (None, _) => (wa.weight * m.scale, None),
+                    (Some(v), DoraRule::Peft) => (wa.weight * m.scale, Some(Dora::peft(v, axis))),
+                    (Some(v), DoraRule::Lycoris { per_input }) => (
+                        m.scale,
+                        Some(Dora {
                             magnitude: v.as_slice(),
-                            axis: if m.base_transposed {
+                            axis: if per_input {
                                 NormAxis::Cols
                             } else {
                                 NormAxis::Rows
                             },
+                            group: if per_input {
+                                m.in_features / v.len().max(1)
+                            } else {
+                                1
+                            },
+                            eps: f32::EPSILON,
+                            strength: wa.weight as f32,
                         }),
-                    }
-                },
-            )
+                    ),
+                };
+                Term {
+                    b: &st.b,
+                    a: &st.a,
+                    rank: m.rank,
+                    dense: st.dense.as_deref(),
+                    scale: self.signed(scale) as f32,
+                    dora,
+                }
+            })
             .collect();
         let view = file.view_info(info)?;
         let replaced;
@@ -479,6 +508,7 @@ pub(super) fn file_name(p: &Path) -> String {
 pub(super) struct StoredTerm {
     b: Vec<f32>,
     a: Vec<f32>,
+    dense: Option<Vec<f32>>,
     magnitude: Option<crate::adapter::Values>,
 }
 

@@ -20,17 +20,11 @@ fn merge_matches_cpu_bit_for_bit() {
         let plain = f1.term(0.7);
         let unmerge = f2.term(-1.3);
         let dora_r = Term {
-            dora: Some(Dora {
-                magnitude: &mag_r,
-                axis: NormAxis::Rows,
-            }),
+            dora: Some(Dora::peft(&mag_r, NormAxis::Rows)),
             ..unmerge
         };
         let dora_c = Term {
-            dora: Some(Dora {
-                magnitude: &mag_c,
-                axis: NormAxis::Cols,
-            }),
+            dora: Some(Dora::peft(&mag_c, NormAxis::Cols)),
             ..plain
         };
         let sets: [(&str, Vec<Term>); 4] = [
@@ -78,17 +72,11 @@ fn merge_tiled_matches_cpu() {
         let terms = [
             f1.term(0.5),
             Term {
-                dora: Some(Dora {
-                    magnitude: &mag_c,
-                    axis: NormAxis::Cols,
-                }),
+                dora: Some(Dora::peft(&mag_c, NormAxis::Cols)),
                 ..f2.term(-0.75)
             },
             Term {
-                dora: Some(Dora {
-                    magnitude: &mag_r,
-                    axis: NormAxis::Rows,
-                }),
+                dora: Some(Dora::peft(&mag_r, NormAxis::Rows)),
                 ..f1.term(1.5)
             },
         ];
@@ -151,6 +139,7 @@ fn fma_probe(ctx: &GpuContext, w0: f32, b: &[f32], a: &[f32], scale: f32) -> (u3
         b,
         a,
         rank: b.len(),
+        dense: None,
         scale,
         dora: None,
     }];
@@ -215,6 +204,7 @@ fn merge_signed_zero_matches_cpu() {
         b: &b,
         a: &a,
         rank: 1,
+        dense: None,
         scale: 1.0,
         dora: None,
     }];
@@ -268,6 +258,7 @@ fn merge_special_values_round_like_half() {
         b: &zeros_b,
         a: &zeros_a,
         rank: 1,
+        dense: None,
         scale: 1.0,
         dora: None,
     }];
@@ -295,6 +286,7 @@ fn merge_reports_first_non_finite() {
         b: &b,
         a: &a,
         rank: 1,
+        dense: None,
         scale: 1.0,
         dora: None,
     }];

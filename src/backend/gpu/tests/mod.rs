@@ -149,6 +149,7 @@ impl Factors {
             b: &self.b,
             a: &self.a,
             rank: self.rank,
+            dense: None,
             scale,
             dora: None,
         }

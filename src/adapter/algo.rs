@@ -1,0 +1,416 @@
+//! The LoRA-family algorithms a module can carry, and the exact `ΔW` of each.
+//!
+//! Every algorithm is read from its producer's own layout and rebuilt the way the loaders people
+//! use rebuild it: ComfyUI `comfy/weight_adapter/{lora,loha,lokr}.py` `calculate_weight` and
+//! `base.py` (`tucker_weight`, `tucker_weight_from_conv`), which agree with the forward of
+//! LyCORIS `lycoris/modules/{locon,loha,lokr,full}.py` (Yeh et al. 2024, "Navigating
+//! Text-To-Image Customization: From LyCORIS Fine-Tuning to Model Evaluation").
+//!
+//! Shapes are canonical and row-major: `d` output features, `k = in · kh · kw` input features
+//! (kernel area `kk = kh · kw`, 1 for linear layers). The rebuilt `ΔW` is accumulated in f64 and
+//! rounded once to f32, scale included.
+
+use super::Data;
+
+/// The factors of one module, by algorithm.
+#[derive(Debug, Clone)]
+pub enum Factors {
+    /// LoRA / LoCon: `ΔW = scale · B·A`, `A` r×k (`lora_down`, `lora_A`), `B` d×r (`lora_up`,
+    /// `lora_B`).
+    Lora { a: Data, b: Data },
+    /// LoCon with a CP/Tucker conv core (`lora_mid`, LyCORIS `use_tucker`): `up` d×r, `mid`
+    /// r×r×kk, `down` r×in; `ΔW[o, i, s] = scale · Σₘₙ up[o,m]·mid[m,n,s]·down[n,i]` (ComfyUI
+    /// `tucker_weight_from_conv`, einsum `m n ..., i m, n j -> i j ...`).
+    LoraTucker { up: Data, mid: Data, down: Data },
+    /// LoHa (Hyeon-Woo et al. 2022, FedPara): `ΔW = scale · (w1a·w1b) ⊙ (w2a·w2b)`, `w1a`/`w2a`
+    /// d×r, `w1b`/`w2b` r×k. With Tucker cores (`hada_t1`, `hada_t2`, r×r×kk) each half is
+    /// `Σᵢⱼ t[i,j,s]·wb[j,q]·wa[i,p]` with `wa` r×d and `wb` r×in (ComfyUI `loha.py`, einsum
+    /// `i j k l, j r, i p -> p r k l`).
+    Loha {
+        w1a: Data,
+        w1b: Data,
+        w2a: Data,
+        w2b: Data,
+        tucker: Option<(Data, Data)>,
+    },
+    /// LoKr (Kronecker product): `ΔW = scale · kron(w1, w2)`, `w1` a×c, `w2` b×(d'·kk) with
+    /// `a·b = d` and `c·d' = in`; for a conv, `w1` is broadcast over the kernel (ComfyUI
+    /// `lokr.py` unsqueezes it), so `ΔW[i₁b+i₂, (j₁d'+j₂)·kk+s] = w1[i₁,j₁]·w2[i₂, j₂·kk+s]`.
+    Lokr {
+        w1: KronHalf,
+        w2: KronHalf,
+        /// `(a, c)`.
+        w1_shape: (usize, usize),
+        /// `(b, d')` (without the kernel).
+        w2_shape: (usize, usize),
+    },
+    /// Full-rank difference (`diff`, LyCORIS `full`): `ΔW = diff`, scale 1.
+    Full { diff: Data },
+}
+
+/// One half of a LoKr product.
+#[derive(Debug, Clone)]
+pub enum KronHalf {
+    /// Stored whole (`lokr_w1`, `lokr_w2`).
+    Whole(Data),
+    /// `a·b` (`lokr_wN_a` rows×r, `lokr_wN_b` r×cols).
+    LowRank { a: Data, b: Data, rank: usize },
+    /// Tucker (`lokr_t2` r×r×kk, `lokr_w2_a` r×rows, `lokr_w2_b` r×cols), only for `w2`.
+    Tucker {
+        t: Data,
+        a: Data,
+        b: Data,
+        rank: usize,
+    },
+}
+
+/// The algorithm of a module, as reports name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algo {
+    Lora,
+    /// LoCon with a Tucker core.
+    #[serde(rename = "lora-tucker")]
+    LoraTucker,
+    Loha,
+    Lokr,
+    Full,
+}
+
+impl std::fmt::Display for Algo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Algo::Lora => "lora",
+            Algo::LoraTucker => "lora-tucker",
+            Algo::Loha => "loha",
+            Algo::Lokr => "lokr",
+            Algo::Full => "full",
+        })
+    }
+}
+
+impl Factors {
+    pub fn algo(&self) -> Algo {
+        match self {
+            Factors::Lora { .. } => Algo::Lora,
+            Factors::LoraTucker { .. } => Algo::LoraTucker,
+            Factors::Loha { .. } => Algo::Loha,
+            Factors::Lokr { .. } => Algo::Lokr,
+            Factors::Full { .. } => Algo::Full,
+        }
+    }
+
+    /// The plain LoRA factors `(A, B)`, when the module is plain LoRA.
+    pub fn lora(&self) -> Option<(&Data, &Data)> {
+        match self {
+            Factors::Lora { a, b } => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    /// Every tensor of the module, in a fixed order.
+    pub fn data(&self) -> Vec<&Data> {
+        match self {
+            Factors::Lora { a, b } => vec![a, b],
+            Factors::LoraTucker { up, mid, down } => vec![up, mid, down],
+            Factors::Loha {
+                w1a,
+                w1b,
+                w2a,
+                w2b,
+                tucker,
+            } => {
+                let mut v = vec![w1a, w1b, w2a, w2b];
+                if let Some((t1, t2)) = tucker {
+                    v.push(t1);
+                    v.push(t2);
+                }
+                v
+            }
+            Factors::Lokr { w1, w2, .. } => {
+                let mut v = w1.data();
+                v.extend(w2.data());
+                v
+            }
+            Factors::Full { diff } => vec![diff],
+        }
+    }
+
+    /// Mutable access to every tensor (same order as [`Self::data`]).
+    pub fn data_mut(&mut self) -> Vec<&mut Data> {
+        match self {
+            Factors::Lora { a, b } => vec![a, b],
+            Factors::LoraTucker { up, mid, down } => vec![up, mid, down],
+            Factors::Loha {
+                w1a,
+                w1b,
+                w2a,
+                w2b,
+                tucker,
+            } => {
+                let mut v = vec![w1a, w1b, w2a, w2b];
+                if let Some((t1, t2)) = tucker {
+                    v.push(t1);
+                    v.push(t2);
+                }
+                v
+            }
+            Factors::Lokr { w1, w2, .. } => {
+                let mut v = w1.data_mut();
+                v.extend(w2.data_mut());
+                v
+            }
+            Factors::Full { diff } => vec![diff],
+        }
+    }
+}
+
+impl KronHalf {
+    fn data(&self) -> Vec<&Data> {
+        match self {
+            KronHalf::Whole(w) => vec![w],
+            KronHalf::LowRank { a, b, .. } => vec![a, b],
+            KronHalf::Tucker { t, a, b, .. } => vec![t, a, b],
+        }
+    }
+    fn data_mut(&mut self) -> Vec<&mut Data> {
+        match self {
+            KronHalf::Whole(w) => vec![w],
+            KronHalf::LowRank { a, b, .. } => vec![a, b],
+            KronHalf::Tucker { t, a, b, .. } => vec![t, a, b],
+        }
+    }
+}
+
+/// `U[i, (q, s)] = Σⱼ t[i,j,s]·wb[j,q]`: the Tucker core contracted with its input-side factor,
+/// `t` r1×r2×kk and `wb` r2×Q, giving r1×(Q·kk). With `wa` r1×P the rebuilt half is
+/// `waᵀ·U`, i.e. `out[p, q, s] = Σᵢⱼ t[i,j,s]·wb[j,q]·wa[i,p]` (ComfyUI `tucker_weight`,
+/// LyCORIS `rebuild_tucker`).
+pub fn tucker_core(
+    t: &[f32],
+    wb: &[f32],
+    (r1, r2, kk): (usize, usize, usize),
+    q: usize,
+) -> Vec<f64> {
+    let mut u = vec![0f64; r1 * q * kk];
+    for i in 0..r1 {
+        for j in 0..r2 {
+            for (qq, &w) in wb[j * q..(j + 1) * q].iter().enumerate() {
+                let w = w as f64;
+                for s in 0..kk {
+                    u[(i * q + qq) * kk + s] += t[(i * r2 + j) * kk + s] as f64 * w;
+                }
+            }
+        }
+    }
+    u
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// A d×R by R×k product held by its factors in f64, evaluated one row at a time.
+struct Product {
+    b: Vec<f64>,
+    a: Vec<f64>,
+    r: usize,
+}
+
+impl Product {
+    fn row_into(&self, i: usize, k: usize, acc: &mut [f64]) {
+        acc.fill(0.0);
+        for (kk, &bik) in self.b[i * self.r..(i + 1) * self.r].iter().enumerate() {
+            if bik == 0.0 {
+                continue;
+            }
+            for (o, &x) in acc.iter_mut().zip(&self.a[kk * k..(kk + 1) * k]) {
+                *o += bik * x;
+            }
+        }
+    }
+}
+
+/// The values of every tensor of a module, in [`Factors::data`] order, with the shapes the reader
+/// checked; what [`delta`] rebuilds `ΔW` from.
+pub struct Loaded<'a> {
+    pub factors: &'a Factors,
+    pub values: Vec<super::Values>,
+}
+
+/// `ΔW` (d×k, canonical, scale included) of a module from its loaded values: each element is
+/// accumulated in f64 and rounded once to f32. Rows are computed in parallel with f64 scratch of
+/// one row, so the working memory is the f32 output plus the (small) factors.
+///
+/// `rank` is the module's rank (LoRA/LoHa inner dimension), `kk` its kernel area.
+pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64) -> Vec<f32> {
+    use rayon::prelude::*;
+    let v = &l.values;
+    let mut out = vec![0f32; d * k];
+    if d == 0 || k == 0 {
+        return out;
+    }
+    // Every algorithm but LoKr and full is one product or the Hadamard product of two.
+    let products: Vec<Product> = match l.factors {
+        Factors::Lora { .. } => vec![Product {
+            b: f64s(&v[1]),
+            a: f64s(&v[0]),
+            r: rank,
+        }],
+        Factors::LoraTucker { .. } => vec![Product {
+            b: f64s(&v[0]),
+            a: tucker_core(&v[1], &v[2], (rank, rank, kk), k / kk),
+            r: rank,
+        }],
+        Factors::Loha { tucker: None, .. } => vec![
+            Product {
+                b: f64s(&v[0]),
+                a: f64s(&v[1]),
+                r: rank,
+            },
+            Product {
+                b: f64s(&v[2]),
+                a: f64s(&v[3]),
+                r: rank,
+            },
+        ],
+        Factors::Loha {
+            tucker: Some(_), ..
+        } => vec![
+            Product {
+                b: f64s(&super::transpose(&v[0], rank, d)),
+                a: tucker_core(&v[4], &v[1], (rank, rank, kk), k / kk),
+                r: rank,
+            },
+            Product {
+                b: f64s(&super::transpose(&v[2], rank, d)),
+                a: tucker_core(&v[5], &v[3], (rank, rank, kk), k / kk),
+                r: rank,
+            },
+        ],
+        Factors::Lokr {
+            w1,
+            w2,
+            w1_shape: (a, c),
+            w2_shape: (b, dd),
+        } => {
+            let n1 = w1.data().len();
+            let m1 = half(w1, &v[..n1], *a, *c, 1);
+            let m2 = half(w2, &v[n1..], *b, *dd, kk);
+            let (b, c) = (*b, *c);
+            let n2 = dd * kk;
+            out.par_chunks_mut(k).enumerate().for_each(|(row, o)| {
+                let (i1, i2) = (row / b, row % b);
+                let src = &m2[i2 * n2..(i2 + 1) * n2];
+                for j1 in 0..c {
+                    let x = m1[i1 * c + j1] * scale;
+                    for (o, &y) in o[j1 * n2..(j1 + 1) * n2].iter_mut().zip(src) {
+                        *o = (x * y) as f32;
+                    }
+                }
+            });
+            return out;
+        }
+        Factors::Full { .. } => {
+            for (o, &x) in out.iter_mut().zip(v[0].iter()) {
+                *o = (x as f64 * scale) as f32;
+            }
+            return out;
+        }
+    };
+    out.par_chunks_mut(k).enumerate().for_each_init(
+        || (vec![0f64; k], vec![0f64; k]),
+        |(acc, tmp), (i, o)| {
+            products[0].row_into(i, k, acc);
+            for p in &products[1..] {
+                p.row_into(i, k, tmp);
+                for (x, &y) in acc.iter_mut().zip(tmp.iter()) {
+                    *x *= y;
+                }
+            }
+            for (o, &x) in o.iter_mut().zip(acc.iter()) {
+                *o = (x * scale) as f32;
+            }
+        },
+    );
+    out
+}
+
+/// One LoKr half rebuilt as rows×(cols·kk) in f64 (small: the size of the half itself).
+fn half(h: &KronHalf, v: &[super::Values], rows: usize, cols: usize, kk: usize) -> Vec<f64> {
+    let n = cols * kk;
+    let dense = |p: Product| {
+        let mut m = vec![0f64; rows * n];
+        for (i, row) in m.chunks_exact_mut(n).enumerate() {
+            p.row_into(i, n, row);
+        }
+        m
+    };
+    match h {
+        KronHalf::Whole(_) => f64s(&v[0]),
+        KronHalf::LowRank { rank, .. } => dense(Product {
+            b: f64s(&v[0]),
+            a: f64s(&v[1]),
+            r: *rank,
+        }),
+        KronHalf::Tucker { rank, .. } => dense(Product {
+            b: f64s(&super::transpose(&v[1], *rank, rows)),
+            a: tucker_core(&v[0], &v[2], (*rank, *rank, kk), cols),
+            r: *rank,
+        }),
+    }
+}
+
+/// The LoKr scale rule of ComfyUI `lokr.py` `calculate_weight` (and LyCORIS `LokrModule`, which
+/// stores `alpha = dim` when both halves are whole): `alpha / dim` where `dim` is the rank of the
+/// decomposed half (`w2`'s when both are), 1 when both halves are stored whole or no alpha is
+/// stored.
+pub fn lokr_scale(w1: &KronHalf, w2: &KronHalf, alpha: Option<f64>) -> (usize, f64) {
+    let rank_of = |h: &KronHalf| match h {
+        KronHalf::Whole(_) => None,
+        KronHalf::LowRank { rank, .. } | KronHalf::Tucker { rank, .. } => Some(*rank),
+    };
+    let dim = rank_of(w2).or_else(|| rank_of(w1));
+    match (dim, alpha) {
+        (Some(r), Some(a)) => (r, a / r as f64),
+        (Some(r), None) => (r, 1.0),
+        (None, _) => (0, 1.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The core contraction against the einsum `i j s, j q, i p -> p q s` written as a plain
+    /// quadruple loop.
+    #[test]
+    fn tucker_core_and_its_output_factor_give_the_einsum() {
+        let (r1, r2, kk, p, q) = (2, 3, 4, 5, 2);
+        let f = |n: usize, s: f32| {
+            (0..n)
+                .map(|i| ((i as f32 + s) * 0.37).sin())
+                .collect::<Vec<f32>>()
+        };
+        let (t, wa, wb) = (f(r1 * r2 * kk, 1.0), f(r1 * p, 2.0), f(r2 * q, 3.0));
+        let u = tucker_core(&t, &wb, (r1, r2, kk), q);
+        for pp in 0..p {
+            for qq in 0..q {
+                for s in 0..kk {
+                    let mut want = 0f64;
+                    for i in 0..r1 {
+                        for j in 0..r2 {
+                            want += t[(i * r2 + j) * kk + s] as f64
+                                * wb[j * q + qq] as f64
+                                * wa[i * p + pp] as f64;
+                        }
+                    }
+                    let got: f64 = (0..r1)
+                        .map(|i| wa[i * p + pp] as f64 * u[(i * q + qq) * kk + s])
+                        .sum();
+                    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+                }
+            }
+        }
+    }
+}

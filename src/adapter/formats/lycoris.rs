@@ -1,0 +1,571 @@
+//! The per-module tensors of kohya-named files: plain LoRA (sd-scripts `networks/lora.py`) and the
+//! LyCORIS algorithms (`lycoris/modules/{locon,loha,lokr,full}.py`, `weight_list` of each), read
+//! into one [`LoraModule`] with its [`Factors`].
+//!
+//! A module's tensors are `{module}.{suffix}`; [`SUFFIXES`] lists every suffix lorakit reads and
+//! [`UNSUPPORTED`] the LyCORIS ones it recognises but does not apply yet (refused by name, never
+//! skipped). Shapes are checked here, once, so that [`crate::adapter::algo::delta`] can trust them.
+
+use crate::adapter::algo::{self, Factors, KronHalf};
+use crate::adapter::{scale_for, Data, DoraRule, LoraModule, ModuleKind};
+use crate::error::{InputError, InputResult};
+use crate::io::SafetensorsFile;
+use std::collections::BTreeMap;
+
+/// Every per-module suffix lorakit reads, longest first where one ends another.
+pub const SUFFIXES: &[&str] = &[
+    "lora_down.weight",
+    "lora_up.weight",
+    "lora_mid.weight",
+    "dora_scale",
+    "hada_w1_a",
+    "hada_w1_b",
+    "hada_w2_a",
+    "hada_w2_b",
+    "hada_t1",
+    "hada_t2",
+    "lokr_w1_a",
+    "lokr_w1_b",
+    "lokr_w2_a",
+    "lokr_w2_b",
+    "lokr_w1",
+    "lokr_w2",
+    "lokr_t2",
+    "diff_b",
+    "diff",
+    "alpha",
+];
+
+/// LyCORIS suffixes recognised but not applied, with the algorithm they belong to.
+pub const UNSUPPORTED: &[(&str, &str)] = &[
+    ("oft_blocks", "OFT/BOFT"),
+    ("oft_R", "OFT"),
+    ("rescale", "OFT/BOFT"),
+    ("a1.weight", "GLoRA"),
+    ("a2.weight", "GLoRA"),
+    ("b1.weight", "GLoRA"),
+    ("b2.weight", "GLoRA"),
+    ("bm.weight", "GLoRA"),
+    ("on_input", "IA3"),
+    ("w_norm", "norm-layer (LyCORIS train_norm)"),
+    ("b_norm", "norm-layer (LyCORIS train_norm)"),
+    ("q_layer.weight", "T-LoRA"),
+    ("p_layer.weight", "T-LoRA"),
+    ("lambda_layer", "T-LoRA"),
+];
+
+/// Splits `key` into `(module, suffix)` when it ends in a known suffix.
+pub fn split_key(key: &str) -> Option<(&str, &'static str)> {
+    SUFFIXES.iter().find_map(|s| {
+        key.strip_suffix(s)
+            .and_then(|m| m.strip_suffix('.'))
+            .filter(|m| !m.is_empty())
+            .map(|m| (m, *s))
+    })
+}
+
+/// The algorithm an unsupported key belongs to.
+pub fn unsupported(key: &str) -> Option<&'static str> {
+    UNSUPPORTED.iter().find_map(|(s, algo)| {
+        key.strip_suffix(s)
+            .is_some_and(|m| m.ends_with('.'))
+            .then_some(*algo)
+    })
+}
+
+/// One module's tensors: suffix → (key, shape).
+pub type Parts = BTreeMap<&'static str, (String, Vec<usize>)>;
+
+/// Builds the module `name` from its tensors.
+pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<LoraModule> {
+    let fpath = file.path();
+    let err = |msg: String| InputError::invalid(fpath, format!("module `{name}`: {msg}"));
+    let has = |s: &str| parts.contains_key(s);
+    let families = [
+        (
+            "LoRA",
+            ["lora_down.weight", "lora_up.weight", "lora_mid.weight"].as_slice(),
+        ),
+        (
+            "LoHa",
+            [
+                "hada_w1_a",
+                "hada_w1_b",
+                "hada_w2_a",
+                "hada_w2_b",
+                "hada_t1",
+                "hada_t2",
+            ]
+            .as_slice(),
+        ),
+        (
+            "LoKr",
+            [
+                "lokr_w1",
+                "lokr_w1_a",
+                "lokr_w1_b",
+                "lokr_w2",
+                "lokr_w2_a",
+                "lokr_w2_b",
+                "lokr_t2",
+            ]
+            .as_slice(),
+        ),
+        ("full", ["diff", "diff_b"].as_slice()),
+    ];
+    let present: Vec<&str> = families
+        .iter()
+        .filter(|(_, keys)| keys.iter().any(|k| has(k)))
+        .map(|(f, _)| *f)
+        .collect();
+    let family = match present.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(err(format!(
+                "has only {} and no factors",
+                parts.keys().copied().collect::<Vec<_>>().join(", ")
+            )))
+        }
+        many => {
+            return Err(err(format!(
+                "mixes the tensors of {} in one module",
+                many.join(" and ")
+            )))
+        }
+    };
+    let get = |s: &str| -> InputResult<(Data, &Vec<usize>)> {
+        let (key, shape) = parts
+            .get(s)
+            .ok_or_else(|| err(format!("{family} module has no `{name}.{s}`")))?;
+        if shape.contains(&0) {
+            return Err(InputError::invalid(
+                fpath,
+                format!("tensor `{key}`: shape {shape:?} has a zero dimension"),
+            ));
+        }
+        Ok((
+            Data::Stored {
+                key: key.clone(),
+                transpose: false,
+            },
+            shape,
+        ))
+    };
+    let bad_shape = |what: &str, s: &[usize], want: String| {
+        err(format!("{what} has shape {s:?}, expected {want}"))
+    };
+    let alpha = match parts.get("alpha") {
+        Some((k, shape)) => {
+            if shape.iter().product::<usize>() != 1 {
+                return Err(InputError::invalid(
+                    fpath,
+                    format!("tensor `{k}`: alpha must be a scalar, shape is {shape:?}"),
+                ));
+            }
+            let v = super::kohya::read_scalar(file, k)?;
+            if !v.is_finite() {
+                return Err(InputError::invalid(
+                    fpath,
+                    format!("tensor `{k}`: alpha is not finite"),
+                ));
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    // (factors, kind, out, in_flat, rank, alpha, scale)
+    let (factors, kind, out, k, rank, alpha_v, scale);
+    match family {
+        "LoRA" => {
+            let (down, ds) = get("lora_down.weight")?;
+            let (up, us) = get("lora_up.weight")?;
+            if ds.len() < 2 || us.len() != ds.len() || us[1] != ds[0] {
+                return Err(err(format!(
+                    "lora_down {ds:?} and lora_up {us:?} do not fit together"
+                )));
+            }
+            let r = ds[0];
+            if us[2..].iter().any(|&x| x != 1) {
+                return Err(bad_shape(
+                    "conv lora_up",
+                    us,
+                    format!("[{}, {r}, 1, 1]", us[0]),
+                ));
+            }
+            out = us[0];
+            rank = r;
+            match parts.get("lora_mid.weight") {
+                None => {
+                    kind = if ds.len() == 2 {
+                        ModuleKind::Linear
+                    } else {
+                        ModuleKind::Conv {
+                            kernel: ds[2..].to_vec(),
+                        }
+                    };
+                    k = ds[1..].iter().product();
+                    factors = Factors::Lora { a: down, b: up };
+                }
+                Some(_) => {
+                    let (mid, ms) = get("lora_mid.weight")?;
+                    if ds.len() != 4 || ds[2..].iter().any(|&x| x != 1) {
+                        return Err(bad_shape(
+                            "lora_down (with lora_mid)",
+                            ds,
+                            format!("[{r}, in, 1, 1]"),
+                        ));
+                    }
+                    if ms.len() != 4 || ms[0] != r || ms[1] != r {
+                        return Err(bad_shape("lora_mid", ms, format!("[{r}, {r}, kh, kw]")));
+                    }
+                    kind = ModuleKind::Conv {
+                        kernel: ms[2..].to_vec(),
+                    };
+                    k = ds[1] * ms[2] * ms[3];
+                    factors = Factors::LoraTucker { up, mid, down };
+                }
+            }
+            alpha_v = alpha.unwrap_or(r as f64);
+            scale = scale_for(alpha_v, r, false);
+        }
+        "LoHa" => {
+            let (w1a, s1a) = get("hada_w1_a")?;
+            let (w1b, s1b) = get("hada_w1_b")?;
+            let (w2a, s2a) = get("hada_w2_a")?;
+            let (w2b, s2b) = get("hada_w2_b")?;
+            let tucker = match (has("hada_t1"), has("hada_t2")) {
+                (false, false) => None,
+                (true, true) => Some((get("hada_t1")?, get("hada_t2")?)),
+                _ => return Err(err("has only one of hada_t1 / hada_t2".into())),
+            };
+            match tucker {
+                None => {
+                    // w1a d×r, w1b r×k (a conv's k already flattened by LyCORIS; ComfyUI
+                    // reshapes to the weight's shape).
+                    let r = s1b[0];
+                    let (d, kf) = (s1a[0], s1b[1..].iter().product::<usize>());
+                    let ok = s1a.len() == 2
+                        && s1a[1] == r
+                        && s2a.as_slice() == [d, r]
+                        && s2b[0] == r
+                        && s2b[1..].iter().product::<usize>() == kf
+                        && s1b.len() == s2b.len();
+                    if !ok {
+                        return Err(err(format!(
+                            "hada_w1_a {s1a:?}, hada_w1_b {s1b:?}, hada_w2_a {s2a:?} and hada_w2_b {s2b:?} do not form two d×r·r×k products of one shape"
+                        )));
+                    }
+                    kind = if s1b.len() > 2 {
+                        ModuleKind::Conv {
+                            kernel: s1b[2..].to_vec(),
+                        }
+                    } else {
+                        ModuleKind::Linear
+                    };
+                    out = d;
+                    k = kf;
+                    rank = r;
+                }
+                Some(((_, t1s), (_, t2s))) => {
+                    // wa r×d, wb r×in, t r×r×kh×kw.
+                    let r = s1a[0];
+                    let ok = s1a.len() == 2
+                        && s1b.len() == 2
+                        && s1b[0] == r
+                        && s2a == s1a
+                        && s2b == s1b
+                        && t1s.len() == 4
+                        && t1s[0] == r
+                        && t1s[1] == r
+                        && t2s == t1s;
+                    if !ok {
+                        return Err(err(format!(
+                            "Tucker LoHa shapes do not fit: hada_w1_a {s1a:?}, hada_w1_b {s1b:?}, hada_w2_a {s2a:?}, hada_w2_b {s2b:?}, hada_t1 {t1s:?}, hada_t2 {t2s:?} (expected [r, out], [r, in], [r, r, kh, kw])"
+                        )));
+                    }
+                    kind = ModuleKind::Conv {
+                        kernel: t1s[2..].to_vec(),
+                    };
+                    out = s1a[1];
+                    k = s1b[1] * t1s[2] * t1s[3];
+                    rank = r;
+                }
+            }
+            alpha_v = alpha.unwrap_or(rank as f64);
+            scale = scale_for(alpha_v, rank, false);
+            factors = Factors::Loha {
+                w1a,
+                w1b,
+                w2a,
+                w2b,
+                tucker: tucker.map(|((t1, _), (t2, _))| (t1, t2)),
+            };
+        }
+        "LoKr" => {
+            let half = |n: u8| -> InputResult<(KronHalf, usize, usize, Vec<usize>)> {
+                let whole = format!("lokr_w{n}");
+                let (sa, sb) = (format!("lokr_w{n}_a"), format!("lokr_w{n}_b"));
+                let tkey = format!("lokr_t{n}");
+                match (has(&whole), has(&sa), has(&sb)) {
+                    (true, false, false) => {
+                        let (w, s) = get(&whole)?;
+                        if s.len() < 2 || (n == 1 && s.len() != 2) {
+                            return Err(bad_shape(&whole, s, "[rows, cols(, kh, kw)]".into()));
+                        }
+                        Ok((KronHalf::Whole(w), s[0], s[1], s[2..].to_vec()))
+                    }
+                    (false, true, true) => {
+                        let (a, s_a) = get(&sa)?;
+                        let (b, s_b) = get(&sb)?;
+                        if has(&tkey) {
+                            let (t, ts) = get(&tkey)?;
+                            let r = s_a[0];
+                            let ok = s_a.len() == 2
+                                && s_b.len() == 2
+                                && s_b[0] == r
+                                && ts.len() == 4
+                                && ts[0] == r
+                                && ts[1] == r;
+                            if !ok {
+                                return Err(err(format!(
+                                    "Tucker LoKr shapes do not fit: {sa} {s_a:?}, {sb} {s_b:?}, {tkey} {ts:?} (expected [r, rows], [r, cols], [r, r, kh, kw])"
+                                )));
+                            }
+                            Ok((
+                                KronHalf::Tucker { t, a, b, rank: r },
+                                s_a[1],
+                                s_b[1],
+                                ts[2..].to_vec(),
+                            ))
+                        } else {
+                            let r = s_b[0];
+                            if s_a.len() != 2
+                                || s_a[1] != r
+                                || s_b.len() < 2
+                                || (n == 1 && s_b.len() != 2)
+                            {
+                                return Err(err(format!(
+                                    "{sa} {s_a:?} and {sb} {s_b:?} do not multiply"
+                                )));
+                            }
+                            Ok((
+                                KronHalf::LowRank { a, b, rank: r },
+                                s_a[0],
+                                s_b[1],
+                                s_b[2..].to_vec(),
+                            ))
+                        }
+                    }
+                    _ => Err(err(format!("needs `{whole}` or both `{sa}` and `{sb}`"))),
+                }
+            };
+            if has("lokr_t1") {
+                return Err(err("has lokr_t1, which no producer writes".into()));
+            }
+            let (w1, a1, c1, _) = half(1)?;
+            let (w2, b2, d2, kernel) = half(2)?;
+            if has("lokr_t2") && !matches!(w2, KronHalf::Tucker { .. }) {
+                return Err(err("has lokr_t2 but no lokr_w2_a / lokr_w2_b".into()));
+            }
+            kind = if kernel.is_empty() {
+                ModuleKind::Linear
+            } else {
+                ModuleKind::Conv {
+                    kernel: kernel.clone(),
+                }
+            };
+            out = a1 * b2;
+            k = c1 * d2 * kernel.iter().product::<usize>();
+            let (r, s) = algo::lokr_scale(&w1, &w2, alpha);
+            rank = r;
+            scale = s;
+            alpha_v = alpha.unwrap_or(if r == 0 { 1.0 } else { r as f64 });
+            factors = Factors::Lokr {
+                w1,
+                w2,
+                w1_shape: (a1, c1),
+                w2_shape: (b2, d2),
+            };
+        }
+        _ => {
+            let (diff, ds) = get("diff")?;
+            if ds.len() < 2 {
+                return Err(bad_shape("diff", ds, "[out, in(, kh, kw)]".into()));
+            }
+            kind = if ds.len() == 2 {
+                ModuleKind::Linear
+            } else {
+                ModuleKind::Conv {
+                    kernel: ds[2..].to_vec(),
+                }
+            };
+            out = ds[0];
+            k = ds[1..].iter().product();
+            rank = out.min(k);
+            alpha_v = 1.0;
+            scale = 1.0;
+            factors = Factors::Full { diff };
+        }
+    }
+    if rank == 0 && !matches!(factors, Factors::Lokr { .. }) {
+        return Err(err("rank is 0".into()));
+    }
+    let bias = match parts.get("diff_b") {
+        Some(_) => {
+            let (b, bs) = get("diff_b")?;
+            if bs.as_slice() != [out] {
+                return Err(bad_shape("diff_b", bs, format!("[{out}]")));
+            }
+            Some(b)
+        }
+        None => None,
+    };
+    let (dora_magnitude, dora_rule) = match parts.get("dora_scale") {
+        None => (None, DoraRule::Peft),
+        Some(_) => {
+            let (d, s) = get("dora_scale")?;
+            let n: usize = s.iter().product();
+            // [out, 1, …] norms per output row (LyCORIS wd_on_out, the default); [1, in, …]
+            // per input channel, over the output and kernel axes (a flattened LoHa conv does
+            // not say its kernel, so `in` is any divisor of k with the kernel area k/in). A
+            // 1×… vector on a 1-output module is read as per output.
+            let per_input = if s.first() == Some(&out) && n == out {
+                false
+            } else if s.len() >= 2 && s[0] == 1 && s[1] == n && k.is_multiple_of(n) {
+                true
+            } else {
+                return Err(bad_shape(
+                    "dora_scale",
+                    s,
+                    format!("[{out}, 1, …] or [1, in, …] with in dividing {k}"),
+                ));
+            };
+            if matches!(factors, Factors::Full { .. }) {
+                return Err(err("dora_scale on a full (diff) module".into()));
+            }
+            (Some(d), DoraRule::Lycoris { per_input })
+        }
+    };
+    Ok(LoraModule {
+        name: name.to_owned(),
+        kind,
+        rank,
+        alpha: alpha_v,
+        scale,
+        out_features: out,
+        in_features: k,
+        factors,
+        base_transposed: false,
+        dora_magnitude,
+        dora_rule,
+        bias,
+    })
+}
+
+/// The tensors a module is written as in a kohya-named file: suffix, data and canonical shape
+/// (LyCORIS' own layouts, as [`module`] reads them). The alpha is not included.
+pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
+    let (d, k) = (m.out_features, m.in_features);
+    let kernel: Vec<usize> = match &m.kind {
+        ModuleKind::Conv { kernel } => kernel.clone(),
+        _ => Vec::new(),
+    };
+    let kk: usize = kernel.iter().product::<usize>().max(1);
+    let with_kernel = |mut s: Vec<usize>| {
+        s.extend(&kernel);
+        s
+    };
+    let ones = |mut s: Vec<usize>| {
+        s.extend(kernel.iter().map(|_| 1));
+        s
+    };
+    let r = m.rank;
+    let mut v: Vec<(&'static str, &Data, Vec<usize>)> = match &m.factors {
+        Factors::Lora { a, b } => {
+            let (ash, bsh) = super::peft::factor_shapes(m);
+            vec![("lora_down.weight", a, ash), ("lora_up.weight", b, bsh)]
+        }
+        Factors::LoraTucker { up, mid, down } => vec![
+            ("lora_up.weight", up, vec![d, r, 1, 1]),
+            ("lora_down.weight", down, vec![r, k / kk, 1, 1]),
+            ("lora_mid.weight", mid, with_kernel(vec![r, r])),
+        ],
+        Factors::Loha {
+            w1a,
+            w1b,
+            w2a,
+            w2b,
+            tucker: None,
+        } => vec![
+            ("hada_w1_a", w1a, vec![d, r]),
+            ("hada_w1_b", w1b, vec![r, k]),
+            ("hada_w2_a", w2a, vec![d, r]),
+            ("hada_w2_b", w2b, vec![r, k]),
+        ],
+        Factors::Loha {
+            w1a,
+            w1b,
+            w2a,
+            w2b,
+            tucker: Some((t1, t2)),
+        } => vec![
+            ("hada_w1_a", w1a, vec![r, d]),
+            ("hada_w1_b", w1b, vec![r, k / kk]),
+            ("hada_w2_a", w2a, vec![r, d]),
+            ("hada_w2_b", w2b, vec![r, k / kk]),
+            ("hada_t1", t1, with_kernel(vec![r, r])),
+            ("hada_t2", t2, with_kernel(vec![r, r])),
+        ],
+        Factors::Lokr {
+            w1,
+            w2,
+            w1_shape: (a, c),
+            w2_shape: (b, dd),
+        } => {
+            let mut v = Vec::new();
+            match w1 {
+                KronHalf::Whole(x) => v.push(("lokr_w1", x, vec![*a, *c])),
+                KronHalf::LowRank { a: x, b: y, rank } => {
+                    v.push(("lokr_w1_a", x, vec![*a, *rank]));
+                    v.push(("lokr_w1_b", y, vec![*rank, *c]));
+                }
+                KronHalf::Tucker { .. } => unreachable!("the reader refuses lokr_t1"),
+            }
+            match w2 {
+                KronHalf::Whole(x) => v.push(("lokr_w2", x, with_kernel(vec![*b, *dd]))),
+                KronHalf::LowRank { a: x, b: y, rank } => {
+                    v.push(("lokr_w2_a", x, vec![*b, *rank]));
+                    v.push(("lokr_w2_b", y, with_kernel(vec![*rank, *dd])));
+                }
+                KronHalf::Tucker {
+                    t,
+                    a: x,
+                    b: y,
+                    rank,
+                } => {
+                    v.push(("lokr_w2_a", x, vec![*rank, *b]));
+                    v.push(("lokr_w2_b", y, vec![*rank, *dd]));
+                    v.push(("lokr_t2", t, with_kernel(vec![*rank, *rank])));
+                }
+            }
+            v
+        }
+        Factors::Full { diff } => vec![("diff", diff, with_kernel(vec![d, k / kk]))],
+    };
+    if let Some(b) = &m.bias {
+        v.push(("diff_b", b, vec![d]));
+    }
+    if let (Some(s), DoraRule::Lycoris { per_input }) = (&m.dora_magnitude, m.dora_rule) {
+        let shape = if per_input {
+            // A flattened LoHa conv does not say its kernel: the magnitude's length does.
+            match s {
+                Data::Owned(v) => ones(vec![1, v.len()]),
+                Data::Stored { .. } => ones(vec![1, k / kk]),
+            }
+        } else {
+            ones(vec![d, 1])
+        };
+        v.push(("dora_scale", s, shape));
+    }
+    v
+}
