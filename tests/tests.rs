@@ -8,6 +8,8 @@ mod it {
     /// Shared helpers: running the binary, reading outputs with the independent `safetensors`
     /// crate, comparing tensors.
     pub mod common;
+    /// Single-file LoRAs in every naming convention, merged as PEFT merges their factors.
+    pub mod conventions;
     /// `diff`: exit status and figures.
     pub mod diff;
     /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.

@@ -11,6 +11,7 @@
 //! command works on this model. [`mapping`] resolves module names onto a base checkpoint.
 
 pub mod algo;
+pub mod convention;
 pub mod formats;
 pub mod mapping;
 
@@ -151,6 +152,9 @@ pub struct Adapter {
     pub config: Option<serde_json::Value>,
     /// `__metadata__` of the adapter file.
     pub metadata: Vec<(String, String)>,
+    /// How a single-file adapter spells its factors (sorted, each once); empty for PEFT folders
+    /// and adapters lorakit built.
+    pub namings: Vec<formats::lycoris::Naming>,
 }
 
 impl Adapter {

@@ -534,6 +534,7 @@ pub fn combine(
         modules_to_save: Vec::new(),
         config,
         metadata: Vec::new(),
+        namings: Vec::new(),
     };
     Ok((adapter, reports))
 }

@@ -102,6 +102,8 @@ pub struct SpectrumRow {
 pub struct AdapterReport {
     pub path: String,
     pub format: Format,
+    /// Who spelled the names and for which model ([`adapter::convention`]).
+    pub convention: adapter::convention::Convention,
     pub base_model: Option<String>,
     pub use_rslora: bool,
     pub dora: bool,
@@ -260,6 +262,7 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
     Ok(AdapterReport {
         path: a.path.display().to_string(),
         format: a.format,
+        convention: adapter::convention::describe(a),
         base_model: a.base_model.clone(),
         use_rslora: a.use_rslora,
         dora: a.modules.iter().any(|m| m.dora_magnitude.is_some()),
@@ -348,6 +351,15 @@ pub fn render_text(r: &Report) -> String {
                     Format::Kohya => "kohya",
                 }
             );
+            let c = &a.convention;
+            let mut conv = c.naming.join(", ");
+            if !c.prefixes.is_empty() {
+                let _ = write!(conv, " names, prefixes {}", c.prefixes.join(", "));
+            }
+            let _ = writeln!(s, "convention  {conv}");
+            if let Some(f) = c.family {
+                let _ = writeln!(s, "family      {f}");
+            }
             if let Some(b) = &a.base_model {
                 let _ = writeln!(s, "base model  {b}");
             }

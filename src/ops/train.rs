@@ -517,6 +517,7 @@ impl<'c> Trainer<'c> {
             modules_to_save: Vec::new(),
             config: Some(config),
             metadata: Vec::new(),
+            namings: Vec::new(),
         }
     }
 

@@ -8,7 +8,7 @@
 //! resolved against a base model's tensor list by [`crate::adapter::mapping`].
 
 use super::lycoris;
-use crate::adapter::{Adapter, Data, DoraRule, Factors, Format, LoraModule, ModuleKind};
+use crate::adapter::{scale_for, Adapter, Data, DoraRule, Factors, Format, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::collections::BTreeMap;
@@ -31,9 +31,10 @@ pub const PREFIXES: &[&str] = &[
 pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     let fpath = file.path().to_path_buf();
     let mut parts: BTreeMap<String, lycoris::Parts> = BTreeMap::new();
+    let mut namings: BTreeMap<String, lycoris::Naming> = BTreeMap::new();
     for t in file.tensors() {
         let key = t.name.as_str();
-        let Some((module, suffix)) = lycoris::split_key(key) else {
+        let Some((module, role, naming)) = lycoris::split_key(key) else {
             if let Some(algo) = lycoris::unsupported(key) {
                 return Err(InputError::invalid(
                     &fpath,
@@ -45,22 +46,60 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                 format!("tensor `{key}`: not a LoRA/LyCORIS tensor (no known suffix such as .lora_down.weight, .hada_w1_a, .lokr_w1, .diff, .alpha)"),
             ));
         };
-        if parts
-            .entry(module.to_owned())
+        // `alpha` and `dora_scale` go with any spelling of the factors (ComfyUI reads them
+        // beside every one); the factors of one module must be spelled one way.
+        if !matches!(role, "alpha" | "dora_scale") {
+            let first = *namings.entry(module.clone()).or_insert(naming);
+            if first != naming {
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!("tensor `{key}`: module `{module}` mixes {first} and {naming} names for its factors"),
+                ));
+            }
+        }
+        if let Some((other, _)) = parts
+            .entry(module)
             .or_default()
-            .insert(suffix, (t.name.clone(), t.shape.clone()))
-            .is_some()
+            .insert(role, (t.name.clone(), t.shape.clone()))
         {
             return Err(InputError::invalid(
                 &fpath,
-                format!("tensor `{key}`: given twice"),
+                format!("tensors `{other}` and `{key}` define the same adapter tensor twice"),
             ));
         }
     }
-    let modules = parts
-        .iter()
-        .map(|(name, p)| lycoris::module(&file, name, p))
-        .collect::<InputResult<Vec<_>>>()?;
+    let configs = DiffusersConfigs::read(&file)?;
+    let mut modules = Vec::with_capacity(parts.len());
+    for (name, p) in &parts {
+        let mut m = lycoris::module(&file, name, p)?;
+        let peft_named = namings
+            .get(name)
+            .is_some_and(|n| *n != lycoris::Naming::Kohya);
+        // No `.alpha` beside PEFT-named factors: the config diffusers saved in the file's
+        // metadata gives it (`loaders/peft.py` `load_lora_adapter` → `_create_lora_config`);
+        // without one, alpha = rank (diffusers `get_peft_kwargs`, ComfyUI's `alpha = 1.0`).
+        if peft_named && !p.contains_key("alpha") && m.factors.lora().is_some() {
+            if let Some((cfg, rel)) = configs.for_module(name) {
+                let rank = cfg.rank_for(rel)?;
+                if rank != m.rank {
+                    return Err(InputError::invalid(
+                        &fpath,
+                        format!(
+                            "module `{name}`: the `{}` metadata gives r = {rank} but its factors have rank {}",
+                            DiffusersConfigs::KEY,
+                            m.rank
+                        ),
+                    ));
+                }
+                m.alpha = cfg.alpha_for(rel)?;
+                m.scale = scale_for(m.alpha, m.rank, cfg.use_rslora);
+            }
+        }
+        modules.push(m);
+    }
+    let mut used: Vec<lycoris::Naming> = namings.into_values().collect();
+    used.sort();
+    used.dedup();
     let metadata = file.header().metadata.clone();
     Ok(Adapter {
         format: Format::Kohya,
@@ -74,7 +113,77 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
         modules_to_save: Vec::new(),
         config: None,
         metadata,
+        namings: used,
     })
+}
+
+/// The LoRA configs diffusers stores in a single-file adapter's metadata under
+/// `lora_adapter_metadata` (`loaders/lora_base.py` `write_lora_layers`): one PEFT `LoraConfig`
+/// dict, its keys prefixed with the pipeline component (`transformer.r`, `unet.lora_alpha`;
+/// `_pack_dict_with_prefix`) when a pipeline saved it, unprefixed when a model did.
+#[derive(Default)]
+struct DiffusersConfigs {
+    by_component: BTreeMap<String, super::peft::PeftConfig>,
+    plain: Option<super::peft::PeftConfig>,
+}
+
+impl DiffusersConfigs {
+    const KEY: &'static str = "lora_adapter_metadata";
+
+    fn read(file: &SafetensorsFile) -> InputResult<Self> {
+        let Some((_, text)) = file.header().metadata.iter().find(|(k, _)| k == Self::KEY) else {
+            return Ok(Self::default());
+        };
+        let path = file.path();
+        let bad =
+            |why: String| InputError::invalid(path, format!("metadata `{}`: {why}", Self::KEY));
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("not a JSON object".into()))?;
+        let mut grouped: BTreeMap<String, serde_json::Map<String, serde_json::Value>> =
+            BTreeMap::new();
+        let mut plain = serde_json::Map::new();
+        for (k, val) in obj {
+            match k.split_once('.') {
+                Some((component, field)) => {
+                    grouped
+                        .entry(component.to_owned())
+                        .or_default()
+                        .insert(field.to_owned(), val.clone());
+                }
+                None => {
+                    plain.insert(k.clone(), val.clone());
+                }
+            }
+        }
+        let parse = |m: serde_json::Map<String, serde_json::Value>| {
+            let text = serde_json::Value::Object(m).to_string();
+            super::peft::PeftConfig::parse(path, text.as_bytes())
+        };
+        Ok(Self {
+            by_component: grouped
+                .into_iter()
+                .map(|(c, m)| Ok((c, parse(m)?)))
+                .collect::<InputResult<_>>()?,
+            plain: if plain.is_empty() {
+                None
+            } else {
+                Some(parse(plain)?)
+            },
+        })
+    }
+
+    /// The config for module `name` and the name relative to it.
+    fn for_module<'n>(&self, name: &'n str) -> Option<(&super::peft::PeftConfig, &'n str)> {
+        if let Some((component, rel)) = name.split_once('.') {
+            if let Some(c) = self.by_component.get(component) {
+                return Some((c, rel));
+            }
+        }
+        self.plain.as_ref().map(|c| (c, name))
+    }
 }
 
 /// Splits a kohya module name into its prefix and the underscored module path.

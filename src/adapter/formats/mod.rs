@@ -32,7 +32,14 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
         (path.to_path_buf(), beside)
     };
     let file = SafetensorsFile::open(&file_path)?;
-    match detect(&file) {
+    // A lone file with PEFT names and no adapter_config.json beside it is a diffusers-style
+    // single-file LoRA (`pytorch_lora_weights.safetensors`), read like the kohya-named ones.
+    let has_config = config_path.as_ref().is_some_and(|p| p.exists());
+    let detected = match detect(&file) {
+        Some(Format::Peft) if !meta.is_dir() && !has_config => Some(Format::Kohya),
+        d => d,
+    };
+    match detected {
         Some(Format::Kohya) => kohya::read(path, file),
         Some(Format::Peft) => {
             let cfg = config_path.filter(|p| p.exists() || meta.is_dir()).ok_or_else(|| {
@@ -52,10 +59,13 @@ pub fn detect(file: &SafetensorsFile) -> Option<Format> {
     let names = || file.tensors().iter().map(|t| t.name.as_str());
     // kohya-named files: sd-scripts LoRA and every LyCORIS algorithm (recognised ones that
     // lorakit does not apply are detected too, so the reader refuses them by name).
-    if names().any(|n| {
-        lycoris::split_key(n).is_some_and(|(_, s)| s != "alpha")
-            || lycoris::unsupported(n).is_some()
-    }) {
+    let named = |want: fn(lycoris::Naming) -> bool| {
+        names().any(|n| {
+            lycoris::split_key(n).is_some_and(|(_, role, naming)| role != "alpha" && want(naming))
+        })
+    };
+    if named(|n| n == lycoris::Naming::Kohya) || names().any(|n| lycoris::unsupported(n).is_some())
+    {
         return Some(Format::Kohya);
     }
     if names().any(|n| {
@@ -65,6 +75,10 @@ pub fn detect(file: &SafetensorsFile) -> Option<Format> {
             || n.ends_with(".lora_A")
     }) {
         return Some(Format::Peft);
+    }
+    // diffusers' other spellings (`.lora.up.weight`, `_lora.up.weight`, `.lora_linear_layer.…`).
+    if named(|_| true) {
+        return Some(Format::Kohya);
     }
     None
 }

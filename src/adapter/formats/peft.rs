@@ -331,6 +331,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         modules_to_save: cfg.modules_to_save.clone(),
         config: Some(cfg.raw.clone()),
         metadata,
+        namings: Vec::new(),
     })
 }
 

@@ -382,6 +382,7 @@ impl ExtractPlan {
             modules_to_save: modules_to_save.clone(),
             config: Some(serde_json::Value::Object(config)),
             metadata: Vec::new(),
+            namings: Vec::new(),
         };
         let elem = dtype::byte_len(o.dtype, 1).expect("float dtype") as u64;
         let adapter_params = adapter.parameter_count() as u64
