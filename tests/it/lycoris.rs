@@ -358,3 +358,39 @@ fn malformed_lycoris_files_are_refused_by_name() {
     assert!(line.contains(&k) && line.contains("not finite"), "{line}");
     assert!(!out.exists());
 }
+
+/// PEFT's own LoHa and LoKr folders (`fixtures/peft_lycoris/`, written by PEFT 0.21 with random
+/// factors, `fixtures/gen/peft_lycoris_fixtures.py`) merge as PEFT's `merge_and_unload` does:
+/// `scaling = alpha / r` from the config (with rank and alpha patterns), including LoKr with both
+/// halves whole, where LyCORIS' own rule would use 1.
+#[test]
+fn peft_loha_and_lokr_folders_merge_like_merge_and_unload() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_path = fixture("conv/base");
+    let base = read_checkpoint(&base_path);
+    for case in ["loha", "loha_tucker", "lokr", "lokr_both"] {
+        let out = dir.path().join(case);
+        merge_ok(
+            &base_path,
+            &fixture(&format!("peft_lycoris/{case}")),
+            &out,
+            &["--quiet"],
+        );
+        let reference = read(&fixture(&format!("peft_lycoris/{case}.merged.safetensors")));
+        let n = assert_matches_reference(&read_checkpoint(&out), &base, &reference, TOL);
+        assert_eq!(n, 3, "{case}: conv1, conv2 and fc merged");
+    }
+    // The config's rank must be the factors' rank.
+    let bad = dir.path().join("bad");
+    copy_dir(&fixture("peft_lycoris/loha"), &bad);
+    let cfg = std::fs::read_to_string(bad.join("adapter_config.json")).unwrap();
+    std::fs::write(
+        bad.join("adapter_config.json"),
+        cfg.replace("\"r\": 2", "\"r\": 5"),
+    )
+    .unwrap();
+    let out = dir.path().join("never");
+    let line = one_line_error(&run_err(merge_args(&base_path, &bad, &out, &[])));
+    assert!(line.contains("r = 5") && line.contains("conv1"), "{line}");
+    assert!(!out.exists());
+}

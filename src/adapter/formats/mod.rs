@@ -35,8 +35,18 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
     // A lone file with PEFT names and no adapter_config.json beside it is a diffusers-style
     // single-file LoRA (`pytorch_lora_weights.safetensors`), read like the kohya-named ones.
     let has_config = config_path.as_ref().is_some_and(|p| p.exists());
+    // A PEFT folder is read by the PEFT reader whatever its tensors are called (PEFT's LoHa and
+    // LoKr use LyCORIS' suffixes under `base_model.model.`); so is a file with PEFT-prefixed
+    // LyCORIS names and a config beside it.
+    let peft_prefixed = || {
+        file.tensors()
+            .iter()
+            .all(|t| t.name.starts_with(peft::PREFIX))
+    };
     let detected = match detect(&file) {
-        Some(Format::Peft) if !meta.is_dir() && !has_config => Some(Format::Kohya),
+        Some(_) if meta.is_dir() => Some(Format::Peft),
+        Some(Format::Kohya) if has_config && peft_prefixed() => Some(Format::Peft),
+        Some(Format::Peft) if !has_config => Some(Format::Kohya),
         d => d,
     };
     match detected {

@@ -29,9 +29,21 @@ pub const CONFIG_NAME: &str = "adapter_config.json";
 /// Prefix PEFT puts before module paths on disk.
 pub const PREFIX: &str = "base_model.model.";
 
-/// The LoRA fields of `adapter_config.json` that lorakit reads.
+/// The PEFT tuners lorakit reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeftType {
+    Lora,
+    /// `tuners/loha`: LyCORIS' LoHa under PEFT names, `scaling = alpha / r`.
+    Loha,
+    /// `tuners/lokr`: LyCORIS' LoKr under PEFT names, `scaling = alpha / r` always (unlike
+    /// LyCORIS, whose scale is 1 when both Kronecker halves are whole).
+    Lokr,
+}
+
+/// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
 #[derive(Debug, Clone)]
 pub struct PeftConfig {
+    pub peft_type: PeftType,
     pub r: usize,
     pub lora_alpha: f64,
     pub use_rslora: bool,
@@ -58,14 +70,22 @@ impl PeftConfig {
             .as_object()
             .ok_or_else(|| InputError::invalid(path, "not a JSON object"))?;
         let bad = |k: &str, why: &str| InputError::invalid(path, format!("`{k}` {why}"));
-        if let Some(t) = obj.get("peft_type").and_then(Value::as_str) {
-            if t != "LORA" {
+        let peft_type = match obj.get("peft_type").and_then(Value::as_str) {
+            None | Some("LORA") => PeftType::Lora,
+            Some("LOHA") => PeftType::Loha,
+            Some("LOKR") => PeftType::Lokr,
+            Some(t) => {
                 return Err(bad(
                     "peft_type",
-                    &format!("is `{t}`; only LORA adapters are supported"),
-                ));
+                    &format!("is `{t}`; lorakit reads LORA, LOHA and LOKR adapters"),
+                ))
             }
-        }
+        };
+        // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
+        let alpha_key = match peft_type {
+            PeftType::Lora => "lora_alpha",
+            PeftType::Loha | PeftType::Lokr => "alpha",
+        };
         let r = match obj.get("r") {
             Some(v) => {
                 v.as_u64()
@@ -74,10 +94,10 @@ impl PeftConfig {
             }
             None => 8,
         };
-        let lora_alpha = match obj.get("lora_alpha") {
+        let lora_alpha = match obj.get(alpha_key) {
             Some(v) => v
                 .as_f64()
-                .ok_or_else(|| bad("lora_alpha", "must be a number"))?,
+                .ok_or_else(|| bad(alpha_key, "must be a number"))?,
             None => 8.0,
         };
         let flag = |k: &str| -> InputResult<bool> {
@@ -151,6 +171,7 @@ impl PeftConfig {
             alpha_pattern.iter().map(|(k, _)| k.as_str()).collect(),
         )?;
         Ok(PeftConfig {
+            peft_type,
             r,
             lora_alpha,
             use_rslora: flag("use_rslora")?,
@@ -227,6 +248,9 @@ struct Parts {
 pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResult<Adapter> {
     let text = crate::io::read_json_file(config_path)?;
     let cfg = PeftConfig::parse(config_path, &text)?;
+    if cfg.peft_type != PeftType::Lora {
+        return read_lycoris(path, file, cfg);
+    }
     let fpath = file.path().to_path_buf();
     let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
     let mut full = Vec::new();
@@ -328,6 +352,92 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         base_model: cfg.base_model.clone(),
         use_rslora: cfg.use_rslora,
         use_dora: cfg.use_dora,
+        modules_to_save: cfg.modules_to_save.clone(),
+        config: Some(cfg.raw.clone()),
+        metadata,
+        namings: Vec::new(),
+    })
+}
+
+/// Reads a PEFT LoHa or LoKr adapter: `base_model.model.{module}.hada_w1_a` … (the
+/// ParameterDicts of `tuners/loha/layer.py` / `tuners/lokr/layer.py`, adapter name stripped on
+/// save), the same layouts as LyCORIS' ([`super::lycoris::module`] reads and checks them), with
+/// PEFT's rank, alpha and `scaling = alpha / r` from the config (`update_layer`).
+fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    use super::lycoris;
+    let fpath = file.path().to_path_buf();
+    let mut parts: BTreeMap<String, lycoris::Parts> = BTreeMap::new();
+    let mut full = Vec::new();
+    let family = match cfg.peft_type {
+        PeftType::Loha => "hada_",
+        _ => "lokr_",
+    };
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        match lycoris::split_key(rel) {
+            Some((module, role, lycoris::Naming::Kohya)) if role.starts_with(family) => {
+                parts
+                    .entry(module)
+                    .or_default()
+                    .insert(role, (t.name.clone(), t.shape.clone()));
+            }
+            Some(_) => {
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensor `{key}`: not a {} tensor of this {:?} adapter",
+                        family.trim_end_matches('_'),
+                        cfg.peft_type
+                    ),
+                ))
+            }
+            None => full.push(FullTensor {
+                name: rel.to_owned(),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            }),
+        }
+    }
+    let mut modules = Vec::with_capacity(parts.len());
+    for (name, p) in &parts {
+        let mut m = lycoris::module(&file, name, p)?;
+        let r = cfg.rank_for(name)?;
+        let stored = match &m.factors {
+            Factors::Lokr { w1, w2, .. } => [w1, w2].iter().find_map(|h| match h {
+                crate::adapter::KronHalf::Whole(_) => None,
+                crate::adapter::KronHalf::LowRank { rank, .. }
+                | crate::adapter::KronHalf::Tucker { rank, .. } => Some(*rank),
+            }),
+            _ => Some(m.rank),
+        };
+        if stored.is_some_and(|s| s != r) {
+            return Err(InputError::invalid(
+                &fpath,
+                format!(
+                    "module `{name}`: adapter_config.json gives r = {r} but the factors have rank {}",
+                    stored.unwrap_or(0)
+                ),
+            ));
+        }
+        m.rank = r;
+        m.alpha = cfg.alpha_for(name)?;
+        m.scale = scale_for(m.alpha, r, false);
+        modules.push(m);
+    }
+    let metadata = file.header().metadata.clone();
+    Ok(Adapter {
+        format: Format::Peft,
+        path: path.to_path_buf(),
+        source: Some(file),
+        modules,
+        full_tensors: full,
+        base_model: cfg.base_model.clone(),
+        use_rslora: false,
+        use_dora: false,
         modules_to_save: cfg.modules_to_save.clone(),
         config: Some(cfg.raw.clone()),
         metadata,
