@@ -361,6 +361,94 @@ fn half(h: &KronHalf, v: &[super::Values], rows: usize, cols: usize, kk: usize) 
     }
 }
 
+/// An exact low-rank form `ΔW / scale = P·Q` (`P` d×R, `Q` R×k, row-major f32 rounded from f64)
+/// of every algorithm built from products: LoRA (R = r), LoCon with a Tucker core (R = r,
+/// `Q` = the core contracted with `down`), and LoHa (R = r², the row-wise Khatri–Rao form of the
+/// Hadamard product: `(B₁A₁) ⊙ (B₂A₂) = (B₁ ⊙ᵣ B₂)·(A₁ ⊙꜀ A₂)` with
+/// `P[i, p·r+q] = B₁[i,p]·B₂[i,q]` and `Q[p·r+q, j] = A₁[p,j]·A₂[q,j]`). `None` for LoKr and full
+/// modules, which have no such form of small R ([`kron_halves`] serves LoKr).
+pub fn product_form(
+    l: &Loaded,
+    d: usize,
+    k: usize,
+    rank: usize,
+    kk: usize,
+) -> Option<(Vec<f32>, Vec<f32>, usize)> {
+    let v = &l.values;
+    let f32s = |x: Vec<f64>| x.into_iter().map(|y| y as f32).collect::<Vec<f32>>();
+    let halves: Vec<(Vec<f64>, Vec<f64>)> = match l.factors {
+        Factors::Lora { .. } => return Some((v[1].to_vec(), v[0].to_vec(), rank)),
+        Factors::LoraTucker { .. } => {
+            return Some((
+                v[0].to_vec(),
+                f32s(tucker_core(&v[1], &v[2], (rank, rank, kk), k / kk)),
+                rank,
+            ))
+        }
+        Factors::Loha { tucker: None, .. } => {
+            vec![(f64s(&v[0]), f64s(&v[1])), (f64s(&v[2]), f64s(&v[3]))]
+        }
+        Factors::Loha {
+            tucker: Some(_), ..
+        } => vec![
+            (
+                f64s(&super::transpose(&v[0], rank, d)),
+                tucker_core(&v[4], &v[1], (rank, rank, kk), k / kk),
+            ),
+            (
+                f64s(&super::transpose(&v[2], rank, d)),
+                tucker_core(&v[5], &v[3], (rank, rank, kk), k / kk),
+            ),
+        ],
+        Factors::Lokr { .. } | Factors::Full { .. } => return None,
+    };
+    let (b1, a1) = &halves[0];
+    let (b2, a2) = &halves[1];
+    let big = rank * rank;
+    let mut p = vec![0f32; d * big];
+    for i in 0..d {
+        for x in 0..rank {
+            for y in 0..rank {
+                p[i * big + x * rank + y] = (b1[i * rank + x] * b2[i * rank + y]) as f32;
+            }
+        }
+    }
+    let mut q = vec![0f32; big * k];
+    for x in 0..rank {
+        for y in 0..rank {
+            let row = &mut q[(x * rank + y) * k..(x * rank + y + 1) * k];
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = (a1[x * k + j] * a2[y * k + j]) as f32;
+            }
+        }
+    }
+    Some((p, q, big))
+}
+
+/// The two dense halves of a LoKr module, `ΔW / scale = kron(W₁, W₂)` with `W₁` a×c and `W₂`
+/// b×(d'·kk) (a conv's `W₁` broadcast over the kernel is the same Kronecker product with `W₂`
+/// flattened): `((W₁, a, c), (W₂, b, d'·kk))`. `None` for other algorithms.
+#[allow(clippy::type_complexity)]
+pub fn kron_halves(
+    l: &Loaded,
+    kk: usize,
+) -> Option<((Vec<f64>, usize, usize), (Vec<f64>, usize, usize))> {
+    let Factors::Lokr {
+        w1,
+        w2,
+        w1_shape: (a, c),
+        w2_shape: (b, dd),
+    } = l.factors
+    else {
+        return None;
+    };
+    let n1 = w1.data().len();
+    Some((
+        (half(w1, &l.values[..n1], *a, *c, 1), *a, *c),
+        (half(w2, &l.values[n1..], *b, *dd, kk), *b, dd * kk),
+    ))
+}
+
 /// The LoKr scale rule of ComfyUI `lokr.py` `calculate_weight` (and LyCORIS `LokrModule`, which
 /// stores `alpha = dim` when both halves are whole): `alpha / dim` where `dim` is the rank of the
 /// decomposed half (`w2`'s when both are), 1 when both halves are stored whole or no alpha is

@@ -237,20 +237,14 @@ fn shape_fits_flat(m: &LoraModule, found: &[usize]) -> bool {
         ModuleKind::Conv { kernel } if kernel.iter().all(|&k| k == 1) => {
             found.len() == 2 && found[0] == m.out_features && found[1] == m.in_features
         }
-        // LyCORIS stores a LoHa/LoKr conv's input side flattened (`hada_w1_b` is
-        // `[r, in·kh·kw]`); its loaders reshape ΔW to the base weight's shape (ComfyUI
-        // `loha.py` `calculate_weight`), so the flat layout is the conv's `[out, in·kh·kw]`.
-        ModuleKind::Linear if m.factors.lora().is_none() => {
+        // LyCORIS stores a LoHa conv's input side flattened (`hada_w1_b` is `[r, in·kh·kw]`),
+        // and a module lowered from it to LoRA keeps that layout; ComfyUI reshapes every ΔW to
+        // the base weight's shape (`lora.py` / `loha.py` `calculate_weight`: `.reshape(weight.shape)`),
+        // so the flat layout is the conv's `[out, in·kh·kw]` (a 1×1 conv's `[out, in, 1, 1]`).
+        ModuleKind::Linear => {
             found.len() > 2
                 && found[0] == m.out_features
                 && found[1..].iter().product::<usize>() == m.in_features
-        }
-        ModuleKind::Linear => {
-            // Linear adapter on a 1×1 conv base (`[out, in, 1, 1]`).
-            found.len() > 2
-                && found[0] == m.out_features
-                && found[1] == m.in_features
-                && found[2..].iter().all(|&d| d == 1)
         }
         _ => false,
     }

@@ -139,6 +139,11 @@ pub struct ConvertArgs {
 /// rank keeping a fraction E of ‖ΔW‖²_F; --sv-ratio X, kohya's sv_ratio (keep σ > σ₁/X). With
 /// --energy or --sv-ratio, --rank caps the result. A zero module gets rank 1.
 ///
+/// LyCORIS modules (LoHa, LoKr, LoCon with a Tucker core, full) become plain LoRA at the chosen
+/// rank, for loaders that take only LoRA: through their exact SVD without forming d×k (LoHa's
+/// rank-r² Khatri–Rao form; LoKr's Kronecker SVD, whose singular values are products of the
+/// halves'), so the error reported per module is the Eckart–Young optimum.
+///
 /// Output: the input's format unless --format says otherwise (a PEFT folder with rank_pattern /
 /// alpha_pattern for modules that differ, or a kohya file); metadata is kept (kohya's
 /// ss_network_dim / ss_network_alpha updated as kohya's resize does). DoRA magnitudes, lora
@@ -149,6 +154,7 @@ pub struct ConvertArgs {
 ///   lorakit resize lora.safetensors --energy 0.9 --rank 32 --out lora_small.safetensors
 ///   lorakit resize lora.safetensors --sv-ratio 20 --out small.safetensors --json
 ///   lorakit resize kohya.safetensors --rank 8 --format peft --base model/ --out r8/
+///   lorakit resize lokr.safetensors --energy 0.99 --rank 64 --out lora.safetensors   # LoKr → LoRA
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 #[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["rank", "energy", "sv_ratio"])))]

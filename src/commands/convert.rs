@@ -62,6 +62,19 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         kohya_prefix: a.output.prefix.clone(),
     };
     check_output(&spec, &[&adapter], base.as_ref())?;
+    if a.to == Format::Peft {
+        if let Some(m) = adapter.modules.iter().find(|m| m.factors.lora().is_none()) {
+            anyhow::bail!(crate::error::InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}` is {}, which a PEFT LoRA folder cannot hold; lower it to LoRA at a chosen rank with `lorakit resize {} --rank R --format peft` (the error is reported per module)",
+                    m.name,
+                    m.factors.algo(),
+                    a.adapter.display()
+                )
+            ));
+        }
+    }
     let from = adapter.format;
     if from == a.to {
         super::warn(

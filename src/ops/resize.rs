@@ -12,6 +12,19 @@
 //!
 //! The rank is chosen by [`RankRule`] (`super::rank`) from the module's whole spectrum: a fixed
 //! rank is capped at the module's own (as kohya does); a zero module keeps rank 1 (kohya too).
+//!
+//! Modules of the other LyCORIS algorithms become plain LoRA here (for loaders that take only
+//! LoRA: diffusers cannot load LoKr), through their exact SVD, still without forming d×k where
+//! the structure allows it:
+//! - LoHa (and LoCon with a Tucker core): the exact rank-r² product form
+//!   ([`crate::adapter::algo::product_form`], row-wise Khatri–Rao), then the factored SVD above;
+//! - LoKr: `kron(W₁, W₂) = (U₁ ⊗ U₂)(Σ₁ ⊗ Σ₂)(V₁ ⊗ V₂)ᵀ` from the SVDs of the two small halves
+//!   (Van Loan 2000, "The ubiquitous Kronecker product"): the singular values are the products
+//!   σ₁ᵢ·σ₂ⱼ, and the leading ones give the factors directly, O((d + k)·r′) memory;
+//! - full (`diff`): the exact SVD of the stored matrix (it is d×k already).
+//!
+//! The result keeps the module's scale (alpha′ = scale·r′, or scale·√r′ with rsLoRA) and is the
+//! Eckart–Young optimum at rank r′; the report gives `‖ΔW − ΔW′‖_F` per module.
 
 use crate::adapter::{scale_for, Adapter, Data, LoraModule};
 use crate::error::InputResult;
@@ -25,6 +38,8 @@ pub use super::rank::RankRule;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModuleResize {
     pub name: String,
+    /// The module's algorithm before (after a resize it is always plain LoRA).
+    pub algo_before: crate::adapter::Algo,
     pub rank_before: usize,
     pub rank_after: usize,
     pub alpha_before: f64,
@@ -78,6 +93,7 @@ pub fn resize_module(
     let alpha_after = resized_alpha(m.alpha, r, new_rank, rslora);
     let report = ModuleResize {
         name: m.name.clone(),
+        algo_before: m.factors.algo(),
         rank_before: r,
         rank_after: new_rank,
         alpha_before: m.alpha,
@@ -96,6 +112,105 @@ pub fn resize_module(
     (factors, report)
 }
 
+/// Lowers a non-LoRA module to LoRA under `rule`: the new factors (always) and the report.
+pub fn lower_module(
+    adapter: &Adapter,
+    m: &LoraModule,
+    rslora: bool,
+    rule: &RankRule,
+) -> InputResult<(Option<Factors>, ModuleResize)> {
+    use crate::adapter::algo;
+    let (d, k) = (m.out_features, m.in_features);
+    let kk = match &m.kind {
+        crate::adapter::ModuleKind::Conv { kernel } => kernel.iter().product::<usize>().max(1),
+        _ => 1,
+    };
+    let values = m
+        .factors
+        .data()
+        .into_iter()
+        .map(|x| adapter.values(x))
+        .collect::<InputResult<Vec<_>>>()?;
+    let loaded = algo::Loaded {
+        factors: &m.factors,
+        values,
+    };
+    // (spectrum of ΔW/scale, factors of the kept rank-r′ part given r′)
+    let (s, factors): (Vec<f32>, Box<dyn Fn(usize) -> Factors>) =
+        if let Some((p, q, big)) = algo::product_form(&loaded, d, k, m.rank, kk) {
+            let svd = linalg::factored_svd(
+                super::output::view(&p, d, big),
+                super::output::view(&q, big, k),
+                1.0,
+            );
+            let s = svd.s.clone();
+            (s, Box::new(move |r| super::output::svd_factors(&svd, r)))
+        } else if let Some(((w1, a, c), (w2, b, n2))) = algo::kron_halves(&loaded, kk) {
+            let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let (w1, w2) = (f32s(&w1), f32s(&w2));
+            let s1 = linalg::exact_svd(super::output::view(&w1, a, c));
+            let s2 = linalg::exact_svd(super::output::view(&w2, b, n2));
+            // Every product σ₁ᵢσ₂ⱼ, largest first (ties in index order: deterministic).
+            let mut pairs: Vec<(f64, usize, usize)> = (0..s1.s.len())
+                .flat_map(|i| (0..s2.s.len()).map(move |j| (i, j)))
+                .map(|(i, j)| (s1.s[i] as f64 * s2.s[j] as f64, i, j))
+                .collect();
+            pairs.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+            let s = pairs.iter().map(|p| p.0 as f32).collect();
+            (
+                s,
+                Box::new(move |r| {
+                    let mut bm = vec![0f32; d * r];
+                    let mut am = vec![0f32; r * k];
+                    for (t, &(sv, i, j)) in pairs.iter().take(r).enumerate() {
+                        for i1 in 0..a {
+                            let u1 = s1.u[[i1, i]] as f64 * sv;
+                            for i2 in 0..b {
+                                bm[(i1 * b + i2) * r + t] = (u1 * s2.u[[i2, j]] as f64) as f32;
+                            }
+                        }
+                        let row = &mut am[t * k..(t + 1) * k];
+                        for j1 in 0..c {
+                            let v1 = s1.vt[[i, j1]] as f64;
+                            for j2 in 0..n2 {
+                                row[j1 * n2 + j2] = (v1 * s2.vt[[j, j2]] as f64) as f32;
+                            }
+                        }
+                    }
+                    (bm, am)
+                }),
+            )
+        } else {
+            // Full: the stored d×k difference itself.
+            let dense = algo::delta(&loaded, d, k, m.rank, kk, 1.0);
+            let svd = linalg::exact_svd(super::output::view(&dense, d, k));
+            let s = svd.s.clone();
+            (s, Box::new(move |r| super::output::svd_factors(&svd, r)))
+        };
+    let total = linalg::energy(&s);
+    let new_rank = rule.choose(&s, total, s.len()).max(1);
+    let tail = linalg::tail_energy(&s, new_rank);
+    let alpha_after = if rslora {
+        m.scale * (new_rank as f64).sqrt()
+    } else {
+        m.scale * new_rank as f64
+    };
+    let report = ModuleResize {
+        name: m.name.clone(),
+        algo_before: m.factors.algo(),
+        rank_before: m.rank,
+        rank_after: new_rank,
+        alpha_before: m.alpha,
+        alpha_after,
+        scale: m.scale,
+        energy_kept: if total > 0.0 { 1.0 - tail / total } else { 1.0 },
+        fro_norm: m.scale.abs() * total.sqrt(),
+        fro_error: m.scale.abs() * tail.sqrt(),
+        changed: true,
+    };
+    Ok((Some(factors(new_rank)), report))
+}
+
 /// Resizes every module of `adapter` (modules in parallel; the result does not depend on the
 /// thread schedule). The returned adapter keeps the input's format, config, metadata, DoRA
 /// magnitudes, biases and full tensors.
@@ -105,6 +220,9 @@ pub fn resize(mut adapter: Adapter, rule: &RankRule) -> InputResult<(Adapter, Ve
         .modules
         .par_iter()
         .map(|m| {
+            if m.factors.lora().is_none() {
+                return lower_module(&adapter, m, rslora, rule);
+            }
             let (b, a) = adapter.factors(m)?;
             Ok(resize_module(m, &b, &a, rslora, rule))
         })

@@ -113,32 +113,7 @@ fn progress_bars_are_drawn_on_a_terminal_only() {
 #[test]
 fn merge_peak_rss_stays_within_the_documented_bound() {
     use safetensors::{tensor::TensorView, Dtype};
-    if let Some(args) = std::env::var_os("LORAKIT_RSS_PROBE") {
-        let args: Vec<String> = args
-            .to_str()
-            .unwrap()
-            .split('\u{1f}')
-            .map(str::to_owned)
-            .collect();
-        #[allow(clippy::zombie_processes)] // reaped by the wait4 below, which also gives its rusage
-        let child = bin()
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut status = 0;
-        // SAFETY: zeroed rusage is a valid value; wait4 fills it for this child only.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-        assert_eq!(
-            pid,
-            child.id() as i32,
-            "{}",
-            std::io::Error::last_os_error()
-        );
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-        println!("maxrss_kib={}", ru.ru_maxrss);
+    if rss_probe() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -174,31 +149,10 @@ fn merge_peak_rss_stays_within_the_documented_bound() {
         &shared_lora_tensors(&modules, (&[r, k], &a), (&[d, r], &b)),
     );
     let out = dir.path().join("out.safetensors");
-    let args = merge_args(&base, &ad, &out, &["--device", "cpu", "--quiet"]).join("\u{1f}");
-    let probe = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "it::process::merge_peak_rss_stays_within_the_documented_bound",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("LORAKIT_RSS_PROBE", args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&probe.stdout);
-    assert!(
-        probe.status.success(),
-        "probe: {stdout} {}",
-        String::from_utf8_lossy(&probe.stderr)
+    let kib = peak_rss_kib(
+        "it::process::merge_peak_rss_stays_within_the_documented_bound",
+        &merge_args(&base, &ad, &out, &["--device", "cpu", "--quiet"]),
     );
-    // The harness prints "test … ... " before the probe's line.
-    let kib: u64 = stdout
-        .split("maxrss_kib=")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap_or_else(|| panic!("probe printed no figure: {stdout}"))
-        .parse()
-        .unwrap();
     let largest = (d * k * 4) as u64;
     let bound = 3 * largest + (64 << 20);
     let peak = kib * 1024; // ru_maxrss is in KiB on Linux
@@ -220,4 +174,163 @@ fn merge_peak_rss_stays_within_the_documented_bound() {
             "{name}"
         );
     }
+}
+
+/// In a probe run (see [`peak_rss_kib`]): runs lorakit with the probe's arguments, prints its
+/// peak RSS and returns true, so the calling test returns at once.
+fn rss_probe() -> bool {
+    let Some(args) = std::env::var_os("LORAKIT_RSS_PROBE") else {
+        return false;
+    };
+    let args: Vec<String> = args
+        .to_str()
+        .unwrap()
+        .split('\u{1f}')
+        .map(str::to_owned)
+        .collect();
+    #[allow(clippy::zombie_processes)] // reaped by the wait4 below, which also gives its rusage
+    let child = bin()
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value; wait4 fills it for this child only.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    assert_eq!(
+        pid,
+        child.id() as i32,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    println!("maxrss_kib={}", ru.ru_maxrss);
+    true
+}
+
+/// Peak RSS (KiB) of `lorakit ARGS`, measured by a probe: the test binary re-runs `test` alone
+/// with LORAKIT_RSS_PROBE set, and that small process spawns lorakit and reads its `ru_maxrss`
+/// with wait4. (A direct child of this test process would report the test's own high-water mark:
+/// std spawns with vfork, and Linux copies the parent's hiwater into the child at exec.)
+fn peak_rss_kib(test: &str, args: &[String]) -> u64 {
+    let probe = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("LORAKIT_RSS_PROBE", args.join("\u{1f}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        probe.status.success(),
+        "probe: {stdout} {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    // The harness prints "test … ... " before the probe's line.
+    stdout
+        .split("maxrss_kib=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("probe printed no figure: {stdout}"))
+        .parse()
+        .unwrap()
+}
+
+/// A 4096×4096 LoKr (two whole 64×64 halves) lowered to rank-16 LoRA never forms ΔW: the
+/// process peaks below half of ΔW's 64 MiB in f32, and the result is the optimum (the Kronecker
+/// SVD: its singular values are the products of the halves', checked here in f64).
+#[test]
+fn lowering_a_large_lokr_never_forms_the_full_matrix() {
+    use safetensors::{tensor::TensorView, Dtype};
+    if rss_probe() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let n = 64usize;
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let w1: Vec<f32> = (0..n * n).map(|_| next()).collect();
+    let w2: Vec<f32> = (0..n * n).map(|_| next()).collect();
+    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let (b1, b2) = (bytes(&w1), bytes(&w2));
+    let src = dir.path().join("big_lokr.safetensors");
+    safetensors::serialize_to_file(
+        [
+            (
+                "lycoris_big.lokr_w1",
+                TensorView::new(Dtype::F32, vec![n, n], &b1).unwrap(),
+            ),
+            (
+                "lycoris_big.lokr_w2",
+                TensorView::new(Dtype::F32, vec![n, n], &b2).unwrap(),
+            ),
+        ],
+        None,
+        &src,
+    )
+    .unwrap();
+    let out = dir.path().join("r16.safetensors");
+    let args: Vec<String> = [
+        "resize",
+        src.to_str().unwrap(),
+        "--rank",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]
+    .map(String::from)
+    .into();
+    let kib = peak_rss_kib(
+        "it::process::lowering_a_large_lokr_never_forms_the_full_matrix",
+        &args,
+    );
+    let full = (n * n * n * n * 4) as u64;
+    assert!(
+        kib * 1024 < full / 2,
+        "peak RSS {} MiB, ΔW alone is {} MiB",
+        kib >> 10,
+        full >> 20
+    );
+    // The optimum: ‖ΔW‖² − Σ of the 16 largest σ₁ᵢ²σ₂ⱼ² from f64 SVDs of the halves, against
+    // ‖ΔW − B·A‖² computed blockwise from the written factors (f64, no d×k buffer either).
+    let t = read(&out);
+    let (up, down) = (
+        t["lycoris_big.lora_up.weight"].f32(),
+        t["lycoris_big.lora_down.weight"].f32(),
+    );
+    let r = 16;
+    assert_eq!(up.len(), n * n * r);
+    let w64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let (_, s1, _) = super::reference::jacobi_svd(&w64(&w1), n, n);
+    let (_, s2, _) = super::reference::jacobi_svd(&w64(&w2), n, n);
+    let mut prods: Vec<f64> = s1
+        .iter()
+        .flat_map(|a| s2.iter().map(move |b| a * b))
+        .collect();
+    prods.sort_by(|a, b| b.total_cmp(a));
+    let total: f64 = prods.iter().map(|x| x * x).sum();
+    let optimal = (total - prods[..r].iter().map(|x| x * x).sum::<f64>()).sqrt();
+    let mut err2 = 0f64;
+    for row in 0..n * n {
+        let (i1, i2) = (row / n, row % n);
+        for col in 0..n * n {
+            let (j1, j2) = (col / n, col % n);
+            let exact = w1[i1 * n + j1] as f64 * w2[i2 * n + j2] as f64;
+            let approx: f64 = (0..r)
+                .map(|t| up[row * r + t] as f64 * down[t * n * n + col] as f64)
+                .sum();
+            err2 += (exact - approx).powi(2);
+        }
+    }
+    let err = err2.sqrt();
+    assert!(
+        err <= 1.001 * optimal,
+        "error {err:e} vs the rank-16 optimum {optimal:e}"
+    );
 }
