@@ -87,7 +87,7 @@ fn main() {
         let _ = std::fs::remove_dir_all(&out);
         let mut o = ExtractOptions::new(RankRule::Fixed(RANK));
         o.exact = exact;
-        o.oversample = p;
+        o.oversample = Some(p);
         o.power_iters = q;
         let t = Instant::now();
         let plan = ExtractPlan::new(
@@ -258,12 +258,19 @@ fn main() {
         let mut f = None;
         for _ in 0..5 {
             let t0 = Instant::now();
-            f = Some(factorize(&op, norm, &RankRule::Fixed(RANK), false, &opts));
+            f = Some(factorize(
+                &op,
+                norm,
+                &RankRule::Fixed(RANK),
+                false,
+                &opts,
+                10,
+            ));
             tr = tr.min(t0.elapsed().as_secs_f64());
         }
         let f = f.unwrap();
         let t0 = Instant::now();
-        let g = factorize(&op, norm, &RankRule::Fixed(RANK), true, &opts);
+        let g = factorize(&op, norm, &RankRule::Fixed(RANK), true, &opts, 10);
         let te = t0.elapsed().as_secs_f64();
         assert_eq!((f.rank, g.rank), (RANK, RANK));
         println!(
@@ -290,11 +297,18 @@ fn main() {
         let mut f = None;
         for _ in 0..3 {
             let t0 = Instant::now();
-            f = Some(factorize(&op, norm, &RankRule::Fixed(RANK), false, &opts));
+            f = Some(factorize(
+                &op,
+                norm,
+                &RankRule::Fixed(RANK),
+                false,
+                &opts,
+                10,
+            ));
             tr = tr.min(t0.elapsed().as_secs_f64());
         }
         let t0 = Instant::now();
-        let g = factorize(&op, norm, &RankRule::Fixed(RANK), true, &opts);
+        let g = factorize(&op, norm, &RankRule::Fixed(RANK), true, &opts, 10);
         let te = t0.elapsed().as_secs_f64();
         let err = |f: &lorakit::extract::Factorization| {
             let (b, a) = linalg::split_factors(&f.svd, RANK);

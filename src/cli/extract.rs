@@ -101,13 +101,20 @@ pub struct ExtractArgs {
     #[arg(long)]
     pub exact: bool,
 
-    /// Oversampling p of the randomized SVD (rank + p samples).
-    #[arg(long, value_name = "P", default_value_t = 10)]
-    pub oversample: usize,
+    /// Oversampling p of the randomized SVD (rank + p samples). Default: max(10, rank/2), where
+    /// rank is the module's rank cap.
+    #[arg(long, value_name = "P")]
+    pub oversample: Option<usize>,
 
-    /// Power (subspace) iterations q of the randomized SVD.
+    /// Least power (subspace) iterations q of the randomized SVD. More are run while they still
+    /// lower a module's error (its tail energy still falling by more than 1e-4 of itself), up
+    /// to --max-power-iters; each module reports how many it ran.
     #[arg(long, value_name = "Q", default_value_t = 2)]
     pub power_iters: usize,
+
+    /// Most power iterations (set it to --power-iters for a fixed count).
+    #[arg(long, value_name = "Q", default_value_t = 10)]
+    pub max_power_iters: usize,
 
     /// Seed of the random test matrices (combined with each tensor's name).
     #[arg(long, default_value_t = 0)]

@@ -239,6 +239,7 @@ fn options(a: &ExtractArgs, tuned: &Checkpoint, quiet: bool) -> Result<ExtractOp
         exact: a.exact,
         oversample: a.oversample,
         power_iters: a.power_iters,
+        max_power_iters: a.max_power_iters.max(a.power_iters),
         seed: a.seed,
         min_diff: a.min_diff,
         save_changed: a.save_changed,
@@ -284,8 +285,12 @@ fn render(s: &ExtractSummary) -> String {
         "exact SVD".to_string()
     } else {
         format!(
-            "randomized SVD p={} q={} seed {}",
-            s.oversample, s.power_iters, s.seed
+            "randomized SVD p={} q={}…{} (adaptive) seed {}",
+            s.oversample
+                .map_or_else(|| "max(10, r/2)".to_string(), |p| p.to_string()),
+            s.power_iters,
+            s.max_power_iters,
+            s.seed
         )
     };
     let format = match s.format {

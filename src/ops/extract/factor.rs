@@ -141,29 +141,38 @@ pub struct Factorization {
     pub energy_kept: f64,
     /// The exact SVD was used (forced, or because sampling would not save anything).
     pub exact: bool,
+    /// Power iterations the randomized SVD ran (0 when exact).
+    pub power_iters: usize,
 }
 
 /// Factors the operator `M` (`‖M‖_F² = norm_sq`, known exactly) by the rule: randomized SVD of
-/// rank `min(cap, m, n)` (HMT Alg. 4.4 + 5.1, see [`linalg::randomized_svd`]) or, with `exact`, a
-/// full SVD; then the rank is chosen from the leading singular values and the SVD truncated.
+/// rank `min(cap, m, n)` (HMT Alg. 4.4 + 5.1, with as many power iterations as the spectrum
+/// needs, `rsvd.power_iters` to `max_power_iters`: see [`linalg::randomized_svd_adaptive_with`])
+/// or, with `exact`, a full SVD; then the rank is chosen from the leading singular values and
+/// the SVD truncated.
 pub fn factorize(
     op: &dyn LinearOperator,
     norm_sq: f64,
     rule: &RankRule,
     exact: bool,
     rsvd: &RsvdOptions,
+    max_power_iters: usize,
 ) -> Factorization {
     let (m, n) = (op.rows(), op.cols());
     let cap = rule.cap().min(m).min(n).max(1);
     let sampled = !exact && cap + rsvd.oversample < m.min(n);
-    let svd = if exact {
+    let (svd, power_iters) = if exact {
         let svd = match op.as_dense() {
             Some(a) => linalg::exact_svd_with(&FAER, a),
             None => linalg::exact_svd_with(&FAER, op.to_dense().view()),
         };
-        svd.truncate(cap)
+        (svd.truncate(cap), 0)
     } else {
-        linalg::randomized_svd_with(&EXTRACT_DENSE, op, cap, rsvd)
+        let stop = linalg::AdaptiveStop {
+            max_power_iters,
+            ..Default::default()
+        };
+        linalg::randomized_svd_adaptive_with(&EXTRACT_DENSE, op, cap, rsvd, &stop, norm_sq)
     };
     let rank = rule.choose(&svd.s, norm_sq, cap);
     let svd = svd.truncate(rank);
@@ -178,6 +187,7 @@ pub fn factorize(
         rank,
         energy_kept,
         exact: !sampled,
+        power_iters: if sampled { power_iters } else { 0 },
     }
 }
 

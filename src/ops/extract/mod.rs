@@ -103,8 +103,12 @@ pub struct ExtractOptions {
     pub embeddings: EmbeddingMode,
     /// Full SVD instead of the randomized one.
     pub exact: bool,
-    pub oversample: usize,
+    /// Oversampling `p`; `None` = [`crate::linalg::default_oversample`] of the module's rank cap.
+    pub oversample: Option<usize>,
+    /// Power iterations: at least `power_iters`, more while they still lower the error
+    /// ([`crate::linalg::randomized_svd_adaptive_with`]), at most `max_power_iters`.
     pub power_iters: usize,
+    pub max_power_iters: usize,
     pub seed: u64,
     /// Skip modules with `‖ΔW‖_F / ‖W0‖_F` below this.
     pub min_diff: f64,
@@ -121,7 +125,8 @@ pub struct ExtractOptions {
 }
 
 impl ExtractOptions {
-    /// PEFT output, f32 factors, randomized SVD with `p = 10`, `q = 2`, seed 0, nothing else.
+    /// PEFT output, f32 factors, randomized SVD with the default oversampling and 2 to 10
+    /// adaptive power iterations, seed 0, nothing else.
     pub fn new(rank: RankRule) -> Self {
         ExtractOptions {
             rank,
@@ -132,8 +137,9 @@ impl ExtractOptions {
             alpha: None,
             embeddings: EmbeddingMode::Lora,
             exact: false,
-            oversample: 10,
+            oversample: None,
             power_iters: 2,
+            max_power_iters: crate::linalg::AdaptiveStop::default().max_power_iters,
             seed: 0,
             min_diff: 0.0,
             save_changed: false,
@@ -366,6 +372,11 @@ pub struct ModuleReport {
     pub rel_diff: Option<f64>,
     /// `randomized` or `exact`.
     pub method: String,
+    /// Oversampling and power iterations the randomized SVD used (0 and 0 when exact).
+    #[serde(default)]
+    pub oversample: usize,
+    #[serde(default)]
+    pub power_iters: usize,
     /// Wall time of the module, and its parts.
     pub seconds: f64,
     pub timings: Timings,
@@ -438,8 +449,11 @@ pub struct ExtractSummary {
     pub device: String,
     /// `randomized` or `exact`.
     pub method: &'static str,
-    pub oversample: usize,
+    /// `null` = `max(10, rank/2)` per module (each module reports what it used).
+    pub oversample: Option<usize>,
+    /// The least and most power iterations (each module reports how many it ran).
     pub power_iters: usize,
+    pub max_power_iters: usize,
     pub seed: u64,
     pub rank_rule: RankRule,
     /// `--alpha`, `null` = each module's rank.

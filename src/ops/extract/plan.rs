@@ -413,6 +413,7 @@ impl ExtractPlan {
             "method": if o.exact { "exact" } else { "randomized" },
             "oversample": o.oversample,
             "power_iters": o.power_iters,
+            "max_power_iters": o.max_power_iters,
             "seed": o.seed,
         });
         vec![

@@ -124,13 +124,23 @@ impl ExtractPlan {
                     delta: view,
                 };
                 let op = ops.operator(&input)?;
+                let cap = o.rank.cap().min(rows).min(cols).max(1);
                 let rsvd = RsvdOptions {
-                    oversample: o.oversample,
+                    oversample: o
+                        .oversample
+                        .unwrap_or_else(|| linalg::default_oversample(cap)),
                     power_iters: o.power_iters,
                     seed: module_seed(o.seed, &item.name),
                 };
                 let t1 = Instant::now();
-                let f = factorize(op.as_ref(), d.norm_sq, &o.rank, o.exact, &rsvd);
+                let f = factorize(
+                    op.as_ref(),
+                    d.norm_sq,
+                    &o.rank,
+                    o.exact,
+                    &rsvd,
+                    o.max_power_iters,
+                );
                 drop(op);
                 let t_factorize = t1.elapsed().as_secs_f64();
                 let k = f.rank;
@@ -201,6 +211,8 @@ impl ExtractPlan {
                     delta_norm: d.norm_sq.sqrt(),
                     rel_diff: rel,
                     method: if f.exact { "exact" } else { "randomized" }.into(),
+                    oversample: if f.exact { 0 } else { rsvd.oversample },
+                    power_iters: f.power_iters,
                     seconds: t0.elapsed().as_secs_f64(),
                     timings: Timings {
                         delta: t_delta,
@@ -454,6 +466,7 @@ impl ExtractPlan {
             method: if o.exact { "exact" } else { "randomized" },
             oversample: o.oversample,
             power_iters: o.power_iters,
+            max_power_iters: o.max_power_iters,
             seed: o.seed,
             rank_rule: o.rank,
             alpha: o.alpha,

@@ -82,7 +82,7 @@ fn closed_form_residual_matches_the_explicit_one() {
         let d = d.as_standard_layout().into_owned();
         let norm_sq = linalg::frobenius_norm_sq(d.view());
         let op = HostDeltaOp::new(d.view());
-        let f = factorize(&op, norm_sq, &RankRule::Fixed(8), false, &opts);
+        let f = factorize(&op, norm_sq, &RankRule::Fixed(8), false, &opts, 10);
         let want = explicit(&d, &f);
         match closed_form_residual_sq(&f, norm_sq) {
             Some(got) => {
