@@ -147,3 +147,301 @@ fn malformed_gguf_files_fail_in_one_line() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// merge --base MODEL.gguf
+// ---------------------------------------------------------------------------------------------
+
+use lorakit::io::gguf::{names, GgmlType, GgufModel};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Heads of the fixture Llama (fixtures/llama/base/config.json): q with 4, k with 2.
+const N_HEAD: usize = 4;
+const N_HEAD_KV: usize = 2;
+
+/// Every tensor of a GGUF file as `(type, HF name, values in Hugging Face row order)`: the
+/// q/k permutation of llama.cpp's converter undone. Read with lorakit's GGUF reader, whose
+/// dequantization is checked bit for bit against gguf-py in `io::gguf::tests`.
+fn hf_view(path: &Path) -> BTreeMap<String, (GgmlType, Vec<usize>, Vec<f32>, Vec<u8>)> {
+    let m = GgufModel::open(path).unwrap();
+    m.tensors()
+        .map(|(f, t)| {
+            let hf = names::hf_name(&t.name).unwrap();
+            let shape = t.shape();
+            let mut v = f.dequantize(t).unwrap();
+            let heads = if t.name.ends_with("attn_q.weight") {
+                Some(N_HEAD)
+            } else if t.name.ends_with("attn_k.weight") {
+                Some(N_HEAD_KV)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                v = names::unpermute_rows(&v, shape[0], shape[1], h);
+            }
+            (hf, (t.ty, shape, v, f.view(t).data.to_vec()))
+        })
+        .collect()
+}
+
+fn merge_json(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "merge",
+        "--base",
+        base,
+        "--adapter",
+        adapter,
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&run_ok(args)).unwrap()
+}
+
+/// An F32 GGUF base (the fixture Llama as convert_hf_to_gguf lays it out) merged with PEFT
+/// adapters equals PEFT's own merge_and_unload once the q/k permutation is undone (1e-6
+/// relative per tensor, as every safetensors merge test); untouched tensors are byte copies.
+/// rslora_all adapts every linear module, k_proj included (4 q heads, 2 kv heads).
+#[test]
+fn merge_into_an_f32_gguf_equals_the_peft_merge() {
+    for case in ["qv_r8", "rslora_all"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.gguf");
+        let v = merge_json(
+            &g("llama_f32.gguf"),
+            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
+            &out,
+            &[],
+        );
+        assert_eq!(v["operation"], "merge");
+        assert_eq!(v["files"], serde_json::json!([out.to_str().unwrap()]));
+        let got = hf_view(&out);
+        let base = hf_view(&fixture("gguf/llama_f32.gguf"));
+        let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
+        assert_eq!(got.len(), base.len());
+        let mut changed = 0;
+        for (name, (ty, shape, vals, bytes)) in &got {
+            assert_eq!(*ty, GgmlType::F32, "{name}");
+            match reference.get(name) {
+                Some(r) => {
+                    assert_eq!(*shape, r.shape, "{name}");
+                    let e = rel_err(vals, &r.f32());
+                    assert!(e <= 1e-6, "{case} {name}: relative error {e:e}");
+                    changed += 1;
+                }
+                None => assert_eq!(*bytes, base[name].3, "{case} {name}: not a byte copy"),
+            }
+        }
+        assert_eq!(changed, reference.len(), "{case}");
+        assert_eq!(v["tensors_merged_count"], changed);
+        // F32 stores the f32 merge exactly.
+        for t in v["merged_tensors"].as_array().unwrap() {
+            assert_eq!(t["quant_rel_fro_error"], 0.0);
+        }
+    }
+}
+
+/// Per block of 32: the largest error Q8_0 (`d = amax/127` stored as f16, `q = round(x/d)`)
+/// or Q4_0 (`d = max/-8`, one level clipped at the far end) can make.
+fn block_bound(ty: GgmlType, block: &[f32]) -> f32 {
+    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    match ty {
+        // Rounding (d/2) plus 127 steps of the f16 rounding of d (≤ d·2⁻¹¹).
+        GgmlType::Q8_0 => amax / 127.0 * (0.5 + 127.0 / 2048.0) * 1.0001,
+        // One clipped level (|d|) plus 8 steps of the f16 rounding of d.
+        GgmlType::Q4_0 => amax / 8.0 * (1.0 + 8.0 / 2048.0) * 1.0001,
+        _ => unreachable!(),
+    }
+}
+
+/// Quantized bases: with `--outtype f32` the merge is the dequantized base plus PEFT's ΔW
+/// (1e-6 relative); with `keep` each merged tensor is stored in its base type and differs from
+/// that f32 merge by no more than the type's rounding, block by block, and the report states
+/// that error.
+#[test]
+fn merge_into_quantized_gguf_keeps_types_within_their_rounding() {
+    let f32_base = hf_view(&fixture("gguf/llama_f32.gguf"));
+    let peft = read(&fixture("llama/merged/qv_r8.safetensors"));
+    let adapter = fixture("llama/adapters/qv_r8");
+    for (file, ty) in [
+        ("llama_q8_0.gguf", GgmlType::Q8_0),
+        ("llama_q4_0.gguf", GgmlType::Q4_0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let qbase = hf_view(&fixture(&format!("gguf/{file}")));
+        // The exact merge of this base: its dequantized values plus PEFT's ΔW.
+        let expected: BTreeMap<&String, Vec<f32>> = peft
+            .iter()
+            .map(|(name, r)| {
+                let merged = r.f32();
+                let delta = merged.iter().zip(&f32_base[name].2).map(|(m, b)| m - b);
+                (
+                    name,
+                    qbase[name]
+                        .2
+                        .iter()
+                        .zip(delta)
+                        .map(|(q, d)| q + d)
+                        .collect(),
+                )
+            })
+            .collect();
+        let f32_out = dir.path().join("f32.gguf");
+        merge_json(
+            &g(file),
+            adapter.to_str().unwrap(),
+            &f32_out,
+            &["--outtype", "f32"],
+        );
+        let got = hf_view(&f32_out);
+        for (name, want) in &expected {
+            assert_eq!(got[*name].0, GgmlType::F32);
+            let e = rel_err(&got[*name].2, want);
+            assert!(e <= 1e-6, "{file} {name}: {e:e}");
+        }
+        let keep_out = dir.path().join("keep.gguf");
+        let v = merge_json(&g(file), adapter.to_str().unwrap(), &keep_out, &[]);
+        assert_eq!(v["outtype"], "keep");
+        let got = hf_view(&keep_out);
+        for (name, (t, _, vals, bytes)) in &got {
+            assert_eq!(*t, qbase[name].0, "{name}: type kept");
+            let Some(want) = expected.get(name) else {
+                assert_eq!(*bytes, qbase[name].3, "{name}: byte copy");
+                continue;
+            };
+            let mut max = 0f64;
+            for (i, (gb, wb)) in vals.chunks(32).zip(want.chunks(32)).enumerate() {
+                let bound = block_bound(ty, wb);
+                for (x, y) in gb.iter().zip(wb) {
+                    let e = (x - y).abs();
+                    assert!(e <= bound, "{file} {name} block {i}: {e} > {bound}");
+                    max = max.max(e as f64);
+                }
+            }
+            let row = v["merged_tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| names::hf_name(r["name"].as_str().unwrap()).as_ref() == Some(name))
+                .unwrap();
+            let reported = row["quant_max_abs_error"].as_f64().unwrap();
+            assert!(
+                max > 0.0 && (reported - max).abs() <= 1e-6 * max + 1e-7,
+                "{name}: {reported} vs {max}"
+            );
+            assert_eq!(row["type"], ty.name());
+        }
+    }
+}
+
+/// Merge then unmerge with --outtype f32 gives the base back (to f32 rounding).
+#[test]
+fn unmerge_from_a_gguf_restores_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("llama/adapters/rslora_all");
+    let (m, u) = (dir.path().join("m.gguf"), dir.path().join("u.gguf"));
+    merge_json(&g("llama_f32.gguf"), adapter.to_str().unwrap(), &m, &[]);
+    let v = merge_json(
+        m.to_str().unwrap(),
+        adapter.to_str().unwrap(),
+        &u,
+        &["--unmerge"],
+    );
+    assert_eq!(v["operation"], "unmerge");
+    let (got, base) = (hf_view(&u), hf_view(&fixture("gguf/llama_f32.gguf")));
+    for (name, t) in &got {
+        let e = rel_err(&t.2, &base[name].2);
+        assert!(e <= 1e-6, "{name}: {e:e}");
+    }
+}
+
+/// Refusals before anything is written: the output onto the base, an adapter whose modules
+/// are not in the base, safetensors-only flags, --outtype on a safetensors base.
+#[test]
+fn gguf_merge_refusals_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.gguf");
+    std::fs::copy(fixture("gguf/llama_q8_0.gguf"), &base).unwrap();
+    let before = std::fs::read(&base).unwrap();
+    let qv = fixture("llama/adapters/qv_r8");
+    let qv = qv.to_str().unwrap();
+    let b = base.to_str().unwrap();
+    let out = dir.path().join("o.gguf");
+    let o = out.to_str().unwrap();
+    let tiny = g("tiny.gguf");
+    let hf_base = fixture("llama/base");
+    let hf_base = hf_base.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["merge", "--base", b, "--adapter", qv, "--out", b],
+            "output is also an input",
+        ),
+        (
+            vec!["merge", "--base", &tiny, "--adapter", qv, "--out", o],
+            "match no tensor of the GGUF base",
+        ),
+        (
+            vec![
+                "merge",
+                "--base",
+                b,
+                "--adapter",
+                qv,
+                "--out",
+                o,
+                "--max-shard-size",
+                "1MB",
+            ],
+            "--max-shard-size is not supported for GGUF outputs",
+        ),
+        (
+            vec![
+                "merge",
+                "--base",
+                b,
+                "--adapter",
+                qv,
+                "--out",
+                o,
+                "--dtype",
+                "f16",
+            ],
+            "--dtype (use --outtype)",
+        ),
+        (
+            vec![
+                "merge",
+                "--base",
+                hf_base,
+                "--adapter",
+                qv,
+                "--out",
+                o,
+                "--outtype",
+                "q8_0",
+            ],
+            "--outtype sets the type of tensors merged into a GGUF base",
+        ),
+    ];
+    for (args, want) in cases {
+        let e = one_line_error(&run_err(&args));
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    let e = run_err([
+        "merge",
+        "--base",
+        b,
+        "--adapter",
+        qv,
+        "--out",
+        o,
+        "--outtype",
+        "q4_k",
+    ]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("unknown or unwritable GGUF type `q4_k`"));
+    assert_eq!(std::fs::read(&base).unwrap(), before);
+    assert_eq!(listing(dir.path()), ["base.gguf"]);
+}

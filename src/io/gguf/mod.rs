@@ -7,8 +7,10 @@
 //! the map; dequantizing copies one tensor at a time.
 
 pub mod header;
+pub mod names;
 pub mod quant;
 pub mod types;
+pub mod writer;
 
 pub use header::{GgufError, Header, KeyValue, TensorInfo, Value, ValueType};
 pub use types::GgmlType;

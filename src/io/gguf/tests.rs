@@ -113,7 +113,7 @@ fn a_type_without_a_dequantizer_is_named_and_refused() {
     );
 }
 
-/// Every quantizer, byte for byte against `gguf.quants.quantize` on 256 blocks including
+/// Every quantizer, byte for byte against `gguf.quants.quantize` on 128 blocks including
 /// zeros, signed zeros, magnitude ties, f16 overflow and underflow, and grid halfway points.
 #[test]
 fn quantization_equals_gguf_py_byte_for_byte() {
