@@ -160,10 +160,13 @@ use std::path::Path;
 const N_HEAD: usize = 4;
 const N_HEAD_KV: usize = 2;
 
+/// `(type, shape, values in Hugging Face row order, stored bytes)`.
+type Tensor = (GgmlType, Vec<usize>, Vec<f32>, Vec<u8>);
+
 /// Every tensor of a GGUF file as `(type, HF name, values in Hugging Face row order)`: the
 /// q/k permutation of llama.cpp's converter undone. Read with lorakit's GGUF reader, whose
 /// dequantization is checked bit for bit against gguf-py in `io::gguf::tests`.
-fn hf_view(path: &Path) -> BTreeMap<String, (GgmlType, Vec<usize>, Vec<f32>, Vec<u8>)> {
+fn hf_view(path: &Path) -> BTreeMap<String, Tensor> {
     let m = GgufModel::open(path).unwrap();
     m.tensors()
         .map(|(f, t)| {

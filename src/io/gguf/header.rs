@@ -569,7 +569,7 @@ pub fn parse(buf: &[u8]) -> Result<Header, GgufError> {
             id,
         })?;
         let ne0 = dims.first().copied().unwrap_or(1);
-        if ne0 % ty.block_size() as u64 != 0 {
+        if !ne0.is_multiple_of(ty.block_size() as u64) {
             return Err(GgufError::RowNotBlocks {
                 tensor: name,
                 ty,

@@ -98,7 +98,7 @@ pub fn source_row(r: usize, rows: usize, n_head: usize) -> usize {
 
 /// Whether `rows` can be permuted with `n_head` heads (`rows` a multiple of `2·n_head`).
 pub fn permutable(rows: usize, n_head: usize) -> bool {
-    n_head > 0 && rows % (2 * n_head) == 0
+    n_head > 0 && rows.is_multiple_of(2 * n_head)
 }
 
 /// Applies `LlamaModel.permute` to the rows of a row-major `rows × cols` matrix.

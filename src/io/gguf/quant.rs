@@ -25,7 +25,7 @@ fn h(b: &[u8], at: usize) -> f32 {
 /// that does not match; callers check [`GgmlType::can_dequantize`] first and report the type.
 pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
     let (bs, ts) = (ty.block_size(), ty.type_size());
-    if !ty.can_dequantize() || data.len() % ts != 0 || data.len() / ts * bs != out.len() {
+    if !ty.can_dequantize() || !data.len().is_multiple_of(ts) || data.len() / ts * bs != out.len() {
         return false;
     }
     let blocks = data.chunks_exact(ts).zip(out.chunks_exact_mut(bs));
@@ -225,7 +225,7 @@ fn q6_k(b: &[u8], o: &mut [f32]) {
 /// number of blocks.
 pub fn quantize_into(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
     let bs = ty.block_size();
-    if !ty.can_quantize() || values.len() % bs != 0 {
+    if !ty.can_quantize() || !values.len().is_multiple_of(bs) {
         return false;
     }
     out.reserve(values.len() / bs * ty.type_size());

@@ -215,7 +215,7 @@ impl GgmlType {
     /// size overflows.
     pub fn byte_len(self, numel: u64) -> Option<u64> {
         let b = self.block_size() as u64;
-        if numel % b != 0 {
+        if !numel.is_multiple_of(b) {
             return None;
         }
         (numel / b).checked_mul(self.type_size() as u64)

@@ -248,7 +248,7 @@ impl GgufMergePlan {
                     )
                     .into());
                 }
-                if t.dims[0] % out_type.block_size() as u64 != 0 {
+                if !t.dims[0].is_multiple_of(out_type.block_size() as u64) {
                     return Err(InputError::invalid(
                         &bp,
                         format!(
