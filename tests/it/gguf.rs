@@ -448,3 +448,161 @@ fn gguf_merge_refusals_write_nothing() {
     assert_eq!(std::fs::read(&base).unwrap(), before);
     assert_eq!(listing(dir.path()), ["base.gguf"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// convert ADAPTER --to gguf
+// ---------------------------------------------------------------------------------------------
+
+/// `ΔW` of every pair of a GGUF LoRA adapter as llama.cpp applies it (`src/llama-adapter.cpp`,
+/// `llm_build_lora_mm` / `llm_build_inp_embd`): `alpha / rank · B·A` with rank = `b.ne[0]`,
+/// `token_embd` with A stored `[vocab, r]`; rows of q/k un-permuted to Hugging Face order.
+/// Returned by HF tensor name, `[out, in]` row-major (`[vocab, dim]` for the embedding).
+fn gguf_adapter_deltas(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let m = GgufModel::open(path).unwrap();
+    let h = m.header();
+    assert_eq!(
+        h.get("general.type").and_then(|v| v.as_str()),
+        Some("adapter")
+    );
+    assert_eq!(h.get("adapter.type").and_then(|v| v.as_str()), Some("lora"));
+    assert_eq!(h.architecture(), Some("llama"));
+    let alpha = h
+        .get("adapter.lora.alpha")
+        .and_then(|v| v.as_f64())
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for (f, t) in m.tensors() {
+        let Some(base) = t.name.strip_suffix(".lora_a") else {
+            assert!(t.name.ends_with(".lora_b"), "{}", t.name);
+            continue;
+        };
+        let (_, tb) = m.get(&format!("{base}.lora_b")).unwrap();
+        let (a, b) = (f.dequantize(t).unwrap(), f.dequantize(tb).unwrap());
+        let r = tb.dims[0] as usize;
+        let out_f = tb.dims[1] as usize;
+        assert_eq!(t.dims.len(), 2);
+        let scale = if alpha == 0.0 { 1.0 } else { alpha / r as f64 };
+        let hf = names::hf_name(base).unwrap();
+        let delta: Vec<f32> = if base == "token_embd.weight" {
+            // lora_a is [vocab, r] (dims [r, vocab]); row t of ΔW is B·a_t.
+            assert_eq!(t.dims[0] as usize, r);
+            let vocab = t.dims[1] as usize;
+            (0..vocab * out_f)
+                .map(|i| {
+                    let (tok, j) = (i / out_f, i % out_f);
+                    let s: f64 = (0..r)
+                        .map(|k| b[j * r + k] as f64 * a[tok * r + k] as f64)
+                        .sum();
+                    (scale * s) as f32
+                })
+                .collect()
+        } else {
+            assert_eq!(t.dims[1] as usize, r, "lora_a is [r, in] (dims [in, r])");
+            let in_f = t.dims[0] as usize;
+            let d: Vec<f32> = (0..out_f * in_f)
+                .map(|i| {
+                    let (o, c) = (i / in_f, i % in_f);
+                    let s: f64 = (0..r)
+                        .map(|k| b[o * r + k] as f64 * a[k * in_f + c] as f64)
+                        .sum();
+                    (scale * s) as f32
+                })
+                .collect();
+            let heads = if base.ends_with("attn_q.weight") {
+                Some(N_HEAD)
+            } else if base.ends_with("attn_k.weight") {
+                Some(N_HEAD_KV)
+            } else {
+                None
+            };
+            match heads {
+                Some(hh) => names::unpermute_rows(&d, out_f, in_f, hh),
+                None => d,
+            }
+        };
+        out.insert(hf, delta);
+    }
+    out
+}
+
+/// A PEFT adapter written as a llama.cpp adapter applies, as llama.cpp computes it, exactly
+/// PEFT's ΔW (its merge_and_unload minus the base; 1e-6 relative): q/k rows permuted like the
+/// GGUF base, rsLoRA's scale folded into B (llama.cpp has one alpha / rank rule), the
+/// embedding's A transposed. With a GGUF base or the Hugging Face folder alike.
+#[test]
+fn convert_to_gguf_applies_the_peft_delta_as_llama_cpp_computes_it() {
+    let base = read(&fixture("llama/base/model.safetensors"));
+    for (case, base_arg, folded) in [
+        ("qv_r8", "gguf/llama_q8_0.gguf", 0),
+        ("rslora_all", "llama/base", 14),
+        ("embed", "gguf/llama_f32.gguf", 0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a.gguf");
+        let j = run_ok([
+            "convert",
+            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
+            "--to",
+            "gguf",
+            "--base",
+            fixture(base_arg).to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["operation"], "convert");
+        assert_eq!(v["folded_count"], folded, "{case}");
+        let deltas = gguf_adapter_deltas(&out);
+        let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
+        assert_eq!(
+            deltas.keys().collect::<Vec<_>>(),
+            reference.keys().collect::<Vec<_>>(),
+            "{case}"
+        );
+        for (name, r) in &reference {
+            let want: Vec<f32> = r
+                .f32()
+                .iter()
+                .zip(base[name].f32())
+                .map(|(m, b)| m - b)
+                .collect();
+            let e = rel_err(&deltas[name], &want);
+            assert!(e <= 1e-6, "{case} {name}: {e:e}");
+        }
+    }
+}
+
+#[test]
+fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.gguf");
+    let o = out.to_str().unwrap();
+    let base = fixture("llama/base");
+    let b = base.to_str().unwrap();
+    for (case, extra, want) in [
+        (
+            "dora",
+            vec!["--base", b],
+            "is DoRA, which llama.cpp adapters cannot hold",
+        ),
+        (
+            "modules_to_save",
+            vec!["--base", b],
+            "(modules_to_save): a llama.cpp adapter holds LoRA pairs only",
+        ),
+        ("qv_r8", vec![], "--to gguf needs --base"),
+        (
+            "qv_r8",
+            vec!["--base", &g("tiny.gguf")],
+            "no tensor `blk.0.attn_q.weight`",
+        ),
+    ] {
+        let a = fixture(&format!("llama/adapters/{case}"));
+        let mut args = vec!["convert", a.to_str().unwrap(), "--to", "gguf", "-o", o];
+        args.extend(extra);
+        let e = one_line_error(&run_err(&args));
+        assert!(e.contains(want), "{case}: {e}");
+        assert!(!out.exists());
+    }
+}
