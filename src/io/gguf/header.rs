@@ -32,7 +32,7 @@ pub const MAX_VALUES: u64 = 1 << 24;
 /// What is wrong with a GGUF file. One variant per malformed-file case.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GgufError {
-    #[error("truncated: {what} at byte {at} runs past the end of the {len}-byte file")]
+    #[error("truncated GGUF file: {what} at byte {at} runs past the end of the {len}-byte file")]
     Truncated { what: String, at: u64, len: u64 },
     #[error("not a GGUF file (first bytes {0:02x?}, expected \"GGUF\")")]
     BadMagic(Vec<u8>),
