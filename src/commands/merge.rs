@@ -200,7 +200,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     for u in &plan.unmatched {
         super::warn(quiet, &format!("unmatched module {u}"));
     }
-    let report = plan.run()?;
+    let report = plan.run(&a.compute.engine()?)?;
     if a.json {
         super::print_json("merge", &report)?;
     } else {

@@ -138,7 +138,7 @@ pub fn dequantize(path: &Path, v: GgufView<'_>) -> InputResult<Vec<f32>> {
     let n = usize::try_from(t.numel())
         .map_err(|_| InputError::invalid(path, format!("tensor `{}` is too large", t.name)))?;
     let mut out = vec![0f32; n];
-    let ok = quant::dequantize_into(t.ty, v.data, &mut out);
+    let ok = quant::dequantize_par(t.ty, v.data, &mut out);
     debug_assert!(ok, "sizes were validated by the header");
     Ok(out)
 }

@@ -60,6 +60,39 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
     true
 }
 
+/// Blocks per parallel work item of [`dequantize_par`] and [`quantize_par`].
+const PAR_BLOCKS: usize = 4096;
+
+/// [`dequantize_into`] over the cores (blocks are independent, so the result is identical).
+pub fn dequantize_par(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
+    use rayon::prelude::*;
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    if !ty.can_dequantize() || !data.len().is_multiple_of(ts) || data.len() / ts * bs != out.len() {
+        return false;
+    }
+    out.par_chunks_mut(PAR_BLOCKS * bs)
+        .zip(data.par_chunks(PAR_BLOCKS * ts))
+        .all(|(o, d)| dequantize_into(ty, d, o))
+}
+
+/// [`quantize_into`] over the cores (blocks are independent, so the bytes are identical).
+pub fn quantize_par(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
+    use rayon::prelude::*;
+    let bs = ty.block_size();
+    if !ty.can_quantize() || !values.len().is_multiple_of(bs) {
+        return None;
+    }
+    let parts: Vec<Option<Vec<u8>>> = values
+        .par_chunks(PAR_BLOCKS * bs)
+        .map(|c| {
+            let mut v = Vec::new();
+            quantize_into(ty, c, &mut v).then_some(v)
+        })
+        .collect();
+    let parts: Option<Vec<Vec<u8>>> = parts.into_iter().collect();
+    Some(parts?.concat())
+}
+
 /// `quants.py` `Q8_0.dequantize_blocks`: `x * d`.
 fn q8_0(b: &[u8], o: &mut [f32]) {
     let d = h(b, 0);

@@ -25,6 +25,8 @@
 //! that is an input.
 
 use super::WeightedAdapter;
+use crate::backend::{Engine, MergeJob, Term};
+use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::gguf::names::{self, Rope};
 use crate::io::gguf::writer::{kv_string, GgufWriter, OutTensor};
@@ -360,49 +362,87 @@ impl GgufMergePlan {
             .collect()
     }
 
-    /// The f32 merge of one target, in the GGUF tensor's layout.
-    fn merged(&self, t: &Target) -> InputResult<Vec<f32>> {
+    /// The f32 merge of one target, in the GGUF tensor's layout, through the backend's merge
+    /// (the arithmetic every safetensors merge uses: `acc = Σₖ b·a` in f32, `w + scale·acc`).
+    fn merged(&self, t: &Target, engine: &Engine) -> InputResult<Vec<f32>> {
         let (f, info) = self.base.get(&t.tensor).expect("planned");
-        let mut w = f.dequantize(info)?;
+        let w0 = f.dequantize(info)?;
+        let shape = info.shape();
+        let (rows, cols) = (shape[0], shape[1]);
         let mut order = t.terms.clone();
         if self.options.unmerge {
             order.reverse();
         }
-        for (ai, mi) in order {
-            let wa = &self.adapters[ai];
-            let m = &wa.adapter.modules[mi];
-            let mut d = wa.adapter.delta(m)?;
-            if m.base_transposed {
-                d = crate::adapter::transpose(&d, m.out_features, m.in_features);
-            }
-            if let Some(h) = t.permute {
-                d = names::permute_rows(&d, m.out_features, m.in_features, h);
-            }
-            let s = if self.options.unmerge {
-                -wa.weight
+        // Factors in the stored layout: transposed for embeddings, q/k rows permuted.
+        let mut owned = Vec::new();
+        for &(ai, mi) in &order {
+            let a = &self.adapters[ai].adapter;
+            let m = &a.modules[mi];
+            let (mut b, mut av, mut dense) = (Vec::new(), Vec::new(), None);
+            if m.factors.lora().is_some() {
+                let (fb, fa) = a.factors(m)?;
+                (b, av) = if m.base_transposed {
+                    (
+                        crate::adapter::transpose(&fa, m.rank, m.in_features),
+                        crate::adapter::transpose(&fb, m.out_features, m.rank),
+                    )
+                } else {
+                    (fb.to_vec(), fa.to_vec())
+                };
+                if let Some(h) = t.permute {
+                    b = names::permute_rows(&b, rows, m.rank, h);
+                }
             } else {
-                wa.weight
-            } as f32;
-            if s == 1.0 {
-                w.iter_mut().zip(&d).for_each(|(x, y)| *x += *y);
-            } else {
-                w.iter_mut().zip(&d).for_each(|(x, y)| *x += s * *y);
+                let mut d = a.delta_unscaled(m)?;
+                if m.base_transposed {
+                    d = crate::adapter::transpose(&d, m.out_features, m.in_features);
+                }
+                if let Some(h) = t.permute {
+                    d = names::permute_rows(&d, rows, cols, h);
+                }
+                dense = Some(d);
             }
+            owned.push((b, av, dense));
         }
-        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-            return Err(InputError::invalid(
+        let terms: Vec<Term> = order
+            .iter()
+            .zip(&owned)
+            .map(|(&(ai, mi), (b, a, dense))| {
+                let wa = &self.adapters[ai];
+                let m = &wa.adapter.modules[mi];
+                let s = wa.weight * m.scale;
+                Term {
+                    b,
+                    a,
+                    rank: m.rank,
+                    dense: dense.as_deref(),
+                    scale: if self.options.unmerge { -s } else { s } as f32,
+                    dora: None,
+                }
+            })
+            .collect();
+        let job = MergeJob {
+            w0: bytemuck::cast_slice(&w0),
+            in_dtype: Dtype::F32,
+            rows,
+            cols,
+            terms: &terms,
+            out_dtype: Dtype::F32,
+        };
+        let out = engine.merge(&job).map_err(|e| {
+            InputError::invalid(
                 &self.out,
                 format!(
-                    "tensor `{}`: element {i} of the merge is {}; nothing was written",
-                    t.tensor, w[i]
+                    "tensor `{}`: the merge gives an invalid result: {e}; nothing was written",
+                    t.tensor
                 ),
-            ));
-        }
-        Ok(w)
+            )
+        })?;
+        Ok(bytemuck::pod_collect_to_vec(&out))
     }
 
     /// Writes the merged model atomically and reports per merged tensor.
-    pub fn run(self) -> Result<GgufMergeReport> {
+    pub fn run(self, engine: &Engine) -> Result<GgufMergeReport> {
         let start = std::time::Instant::now();
         let out_tensors: Vec<OutTensor> = self
             .base
@@ -433,12 +473,10 @@ impl GgufMergePlan {
                 match self.targets.iter().find(|x| x.tensor == t.name) {
                     None => w.write_tensor(&t.name, f.view(t).data)?,
                     Some(target) => {
-                        let values = self.merged(target)?;
-                        let mut bytes = Vec::new();
-                        let ok = quant::quantize_into(target.out_type, &values, &mut bytes);
-                        debug_assert!(ok, "planned");
+                        let values = self.merged(target, engine)?;
+                        let bytes = quant::quantize_par(target.out_type, &values).expect("planned");
                         let mut back = vec![0f32; values.len()];
-                        quant::dequantize_into(target.out_type, &bytes, &mut back);
+                        quant::dequantize_par(target.out_type, &bytes, &mut back);
                         let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
                         for (q, v) in back.iter().zip(&values) {
                             let e = (*q as f64 - *v as f64).abs();
