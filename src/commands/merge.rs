@@ -16,9 +16,10 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
     let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = Checkpoint::open(&a.base)?;
     let mut adapters = Vec::new();
+    let mut target = None;
     for (i, p) in a.adapters.iter().enumerate() {
         adapters.push(WeightedAdapter {
-            adapter: Adapter::open(p)?,
+            adapter: open_adapter(p, &a.base, &mut target)?,
             weight: weights[i],
         });
     }
@@ -185,9 +186,10 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = crate::io::gguf::GgufModel::open(&a.base)?;
     let mut adapters = Vec::new();
+    let mut target = None;
     for (i, p) in a.adapters.iter().enumerate() {
         adapters.push(WeightedAdapter {
-            adapter: Adapter::open(p)?,
+            adapter: open_adapter(p, &a.base, &mut target)?,
             weight: weights[i],
         });
     }
@@ -260,4 +262,21 @@ fn render_gguf(r: &GgufMergeReport) -> String {
         r.seconds
     ));
     out
+}
+
+/// An adapter of any format; a llama.cpp GGUF adapter is read in the base's terms (its
+/// architecture and head counts, read once from `base`: a GGUF model or a Hugging Face folder).
+fn open_adapter(
+    p: &std::path::Path,
+    base: &std::path::Path,
+    target: &mut Option<crate::adapter::formats::gguf::Target>,
+) -> Result<Adapter> {
+    use crate::adapter::formats::gguf;
+    if !crate::io::gguf::is_gguf(p) {
+        return Ok(Adapter::open(p)?);
+    }
+    if target.is_none() {
+        *target = Some(gguf::Target::open(base)?);
+    }
+    Ok(gguf::read(p, target.as_ref().expect("just set"))?)
 }

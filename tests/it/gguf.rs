@@ -606,3 +606,84 @@ fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
         assert!(!out.exists());
     }
 }
+
+/// llama.cpp GGUF adapters as merge inputs: lorakit's conversion of a PEFT adapter, merged into
+/// the GGUF base and into the Hugging Face base, equals PEFT's own merge (1e-6), so reading
+/// undoes exactly what writing did (names, q/k permutation, embedding layout, folded scales).
+#[test]
+fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
+    let hf_base = read(&fixture("llama/base/model.safetensors"));
+    for case in ["qv_r8", "rslora_all", "embed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let ad = dir.path().join("a.gguf");
+        run_ok([
+            "convert",
+            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
+            "--to",
+            "gguf",
+            "--base",
+            fixture("llama/base").to_str().unwrap(),
+            "-o",
+            ad.to_str().unwrap(),
+        ]);
+        let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
+        // Into the GGUF base.
+        let out = dir.path().join("m.gguf");
+        merge_json(&g("llama_f32.gguf"), ad.to_str().unwrap(), &out, &[]);
+        let got = hf_view(&out);
+        for (name, r) in &reference {
+            let e = rel_err(&got[name].2, &r.f32());
+            assert!(e <= 1e-6, "{case} gguf {name}: {e:e}");
+        }
+        // Into the Hugging Face base.
+        let out = dir.path().join("m.safetensors");
+        run_ok([
+            "merge",
+            "--base",
+            fixture("llama/base/model.safetensors").to_str().unwrap(),
+            "--adapter",
+            ad.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_matches_reference(&read(&out), &hf_base, &reference, 1e-6);
+    }
+    // A GGUF model is not an adapter; an adapter for another architecture is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o.gguf");
+    let e = one_line_error(&run_err([
+        "merge",
+        "--base",
+        &g("llama_f32.gguf"),
+        "--adapter",
+        &g("llama_q8_0.gguf"),
+        "--out",
+        o.to_str().unwrap(),
+    ]));
+    assert!(e.contains("is a GGUF model (general.type ``"), "{e}");
+    let ad = dir.path().join("a.gguf");
+    run_ok([
+        "convert",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "-o",
+        ad.to_str().unwrap(),
+    ]);
+    let e = one_line_error(&run_err([
+        "merge",
+        "--base",
+        fixture("llama/qwen2").to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        dir.path().join("q").to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains("adapter architecture `llama` does not match the base's `qwen2`"),
+        "{e}"
+    );
+    assert_eq!(listing(dir.path()), ["a.gguf"]);
+}

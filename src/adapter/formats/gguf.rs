@@ -356,3 +356,146 @@ fn kv_f32(key: &str, value: f32) -> Vec<u8> {
     b.extend_from_slice(&value.to_le_bytes());
     b
 }
+
+/// Reads a llama.cpp GGUF LoRA adapter into the adapter model, in Hugging Face terms: module
+/// paths from the GGUF names (`blk.N.attn_q.weight` → `model.layers.N.self_attn.q_proj`),
+/// `B` rows of q/k un-permuted when `target` is a `llama` model, `token_embd`'s A (stored
+/// `[vocab, r]`) transposed back, and `scale = alpha / rank` as llama.cpp applies it (`alpha = 0`:
+/// scale 1). Checked as `llama_adapter_lora_init_impl` checks a file: `general.type = adapter`,
+/// `adapter.type = lora`, the architecture of `target`, both halves of every pair, `a.ne[1] =
+/// b.ne[0]`; `*_norm.weight` tensors are skipped as llama.cpp skips them, any other tensor is an
+/// error. The model records format PEFT: its modules are PEFT module paths with PEFT's
+/// canonical factors (held in memory, no backing file).
+pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
+    use crate::adapter::{algo::Factors, Data, DoraRule, LoraModule};
+    use std::sync::Arc;
+    let m = GgufModel::open(path)?;
+    let h = m.header();
+    let s = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let err = |msg: String| InputError::invalid(path, msg);
+    if s("general.type") != "adapter" || s("adapter.type") != "lora" {
+        return Err(err(format!(
+            "is a GGUF {} (general.type `{}`, adapter.type `{}`), not a llama.cpp LoRA adapter",
+            if s("general.type") == "adapter" {
+                "adapter of another kind"
+            } else {
+                "model"
+            },
+            s("general.type"),
+            s("adapter.type")
+        )));
+    }
+    if s("general.architecture") != target.architecture {
+        return Err(err(format!(
+            "adapter architecture `{}` does not match the base's `{}`",
+            s("general.architecture"),
+            target.architecture
+        )));
+    }
+    let alpha = h
+        .get("adapter.lora.alpha")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    let mut modules = Vec::new();
+    for (f, ta) in m.tensors() {
+        let name = &ta.name;
+        let Some(stem) = name.strip_suffix(".lora_a") else {
+            if name.ends_with(".lora_b") || name.ends_with("_norm.weight") {
+                continue;
+            }
+            return Err(err(format!(
+                "tensor `{name}` has an unexpected suffix (llama.cpp refuses it too)"
+            )));
+        };
+        let (fb, tb) = m
+            .get(&format!("{stem}.lora_b"))
+            .ok_or_else(|| err(format!("`{name}` has no `{stem}.lora_b`")))?;
+        if ta.dims.len() != 2 || tb.dims.len() != 2 {
+            return Err(err(format!("`{stem}`: lora_a and lora_b must be 2-D")));
+        }
+        let hf = names::hf_name(stem)
+            .and_then(|n| n.strip_suffix(".weight").map(str::to_owned))
+            .ok_or_else(|| err(format!("tensor `{stem}` has no Hugging Face module name")))?;
+        let (a, b) = (f.dequantize(ta)?, fb.dequantize(tb)?);
+        let r = tb.dims[0] as usize;
+        let out_f = tb.dims[1] as usize;
+        let embed = stem == "token_embd.weight";
+        let (in_f, a) = if embed {
+            if ta.dims[0] as usize != r {
+                return Err(err(format!(
+                    "`{stem}`: lora_a dims {:?} do not hold rank {r}",
+                    ta.dims
+                )));
+            }
+            let vocab = ta.dims[1] as usize;
+            (vocab, crate::adapter::transpose(&a, vocab, r))
+        } else {
+            if ta.dims[1] as usize != r {
+                return Err(err(format!(
+                    "`{stem}`: lora_a ne[1] {} is not lora_b ne[0] {r} (llama.cpp: lora_a is not transposed)",
+                    ta.dims[1]
+                )));
+            }
+            (ta.dims[0] as usize, a)
+        };
+        let (_, rope) = names::gguf_module(&hf).expect("mapped back");
+        let heads = match (target.permute, rope) {
+            (true, Rope::Q) => target.n_head,
+            (true, Rope::K) => target.n_head_kv,
+            _ => None,
+        };
+        let b = match heads {
+            Some(hh) if names::permutable(out_f, hh) => names::unpermute_rows(&b, out_f, r, hh),
+            Some(_) => {
+                return Err(err(format!(
+                    "`{stem}`: {out_f} rows do not split into the base's heads"
+                )))
+            }
+            None if target.permute && rope != Rope::None => {
+                return Err(err(format!(
+                    "`{stem}`: the base's head counts are needed to un-permute its rows"
+                )))
+            }
+            None => b,
+        };
+        let (alpha_m, scale) = if alpha == 0.0 {
+            (r as f64, 1.0)
+        } else {
+            (alpha, alpha / r as f64)
+        };
+        modules.push(LoraModule {
+            name: hf,
+            kind: if embed {
+                ModuleKind::Embedding
+            } else {
+                ModuleKind::Linear
+            },
+            rank: r,
+            alpha: alpha_m,
+            scale,
+            out_features: out_f,
+            in_features: in_f,
+            factors: Factors::Lora {
+                a: Data::Owned(Arc::new(a)),
+                b: Data::Owned(Arc::new(b)),
+            },
+            base_transposed: embed,
+            dora_magnitude: None,
+            dora_rule: DoraRule::Peft,
+            bias: None,
+        });
+    }
+    Ok(Adapter {
+        format: crate::adapter::Format::Peft,
+        path: path.to_path_buf(),
+        source: None,
+        modules,
+        full_tensors: Vec::new(),
+        base_model: None,
+        use_rslora: false,
+        use_dora: false,
+        modules_to_save: Vec::new(),
+        config: None,
+        metadata: Vec::new(),
+    })
+}
