@@ -77,6 +77,9 @@ pub enum InputErrorKind {
     /// Boxed: keeps `Result<_, InputError>` small on the happy path.
     #[error(transparent)]
     Format(Box<FormatError>),
+    /// A malformed GGUF file (boxed for the same reason).
+    #[error(transparent)]
+    Gguf(Box<crate::io::gguf::GgufError>),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// The destination could not be written (a temporary file, a rename, a folder, a lock):
@@ -91,6 +94,12 @@ pub enum InputErrorKind {
 impl From<FormatError> for InputErrorKind {
     fn from(e: FormatError) -> Self {
         InputErrorKind::Format(Box::new(e))
+    }
+}
+
+impl From<crate::io::gguf::GgufError> for InputErrorKind {
+    fn from(e: crate::io::gguf::GgufError) -> Self {
+        InputErrorKind::Gguf(Box::new(e))
     }
 }
 

@@ -18,6 +18,8 @@ mod it {
     pub mod faults;
     /// A new user's first hour: right refusals only, loadable outputs, one command line.
     pub mod first_hour;
+    /// GGUF (llama.cpp): inspect, diff, merge into GGUF bases, malformed files.
+    pub mod gguf;
     /// Outputs byte-identical to the recorded hashes (refactors change no output).
     pub mod golden;
     /// `merge --device gpu` against `--device cpu`; `gpu-info`.

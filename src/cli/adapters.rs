@@ -113,9 +113,11 @@ pub struct ConvertArgs {
     #[arg(value_hint = ValueHint::AnyPath)]
     pub adapter: PathBuf,
 
-    /// Output format.
+    /// Output format: peft, kohya, or gguf (a llama.cpp LoRA adapter: --base names the model,
+    /// a GGUF file or a Hugging Face folder, for its architecture; per-module scales that
+    /// llama.cpp's one alpha per file cannot express are folded into B).
     #[arg(long, value_enum)]
-    pub to: Format,
+    pub to: crate::ops::convert::ConvertTo,
 
     #[command(flatten)]
     pub output: AdapterOutArgs,

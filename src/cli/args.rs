@@ -10,6 +10,7 @@ use crate::adapter::formats::kohya;
 use crate::adapter::Format;
 use crate::backend::{Device, Engine};
 use crate::ops::combine::{MajoritySign, Method};
+use crate::ops::convert::ConvertTo;
 use crate::ops::extract::EmbeddingMode;
 use crate::ops::train::Schedule;
 use clap::{Args, ValueHint};
@@ -44,6 +45,12 @@ value_enum!(Device {
 value_enum!(Format {
     Peft => "peft": "Hugging Face PEFT: adapter_model.safetensors + adapter_config.json",
     Kohya => "kohya": "kohya-ss sd-scripts: one .safetensors file (lora_down / lora_up / alpha)",
+});
+
+value_enum!(ConvertTo {
+    Peft => "peft": "Hugging Face PEFT: adapter_model.safetensors + adapter_config.json",
+    Kohya => "kohya": "kohya-ss sd-scripts: one .safetensors file (lora_down / lora_up / alpha)",
+    Gguf => "gguf": "A llama.cpp LoRA adapter (.gguf, for llama-cli --lora); needs --base (a GGUF model or a Hugging Face folder) for the architecture",
 });
 
 value_enum!(DtypeChoice {

@@ -60,7 +60,8 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct MergeArgs {
-    /// Base checkpoint: a .safetensors file or a Hugging Face model folder.
+    /// Base checkpoint: a .safetensors file or a Hugging Face model folder, or a GGUF model
+    /// (llama.cpp; a split model by any of its parts), merged into one GGUF file.
     #[arg(long, value_hint = ValueHint::AnyPath)]
     pub base: PathBuf,
 
@@ -85,6 +86,14 @@ pub struct MergeArgs {
     /// Face shard names and index.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_shard_size: Option<u64>,
+
+    /// GGUF bases only: the type of each merged tensor. `keep` (the default) requantizes it to
+    /// its original type with ggml's reference quantizer (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+    /// Q5_0, Q5_1; other types are refused, name another); `f32`, `f16`, `bf16`, `q8_0`, `q4_0`,
+    /// `q4_1`, `q5_0`, `q5_1` store every merged tensor in that type. Untouched tensors are
+    /// always copied byte for byte.
+    #[arg(long, value_name = "TYPE", value_parser = crate::merge::gguf::OutType::parse)]
+    pub outtype: Option<crate::merge::gguf::OutType>,
 
     /// Subtract the adapters instead of adding them.
     #[arg(long)]

@@ -53,10 +53,13 @@ pub struct ConvertSummary {
 
 pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let start = Instant::now();
+    let Some(to) = a.to.format() else {
+        return gguf(a, start);
+    };
     let mut adapter = Adapter::open(&a.adapter)?;
     let base = open_base(a.output.base.as_deref())?;
     let spec = WriteSpec {
-        format: a.to,
+        format: to,
         out: a.output.out.clone(),
         dtype: output::copy_dtype(a.output.dtype),
         kohya_prefix: a.output.prefix.clone(),
@@ -76,7 +79,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         }
     }
     let from = adapter.format;
-    if from == a.to {
+    if from == to {
         super::warn(
             quiet,
             &format!(
@@ -86,12 +89,12 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
             ),
         );
     }
-    let prep = convert::prepare(&mut adapter, a.to, base.as_ref())?;
-    let prefix = (a.to == Format::Kohya).then(|| output::kohya_prefix_for(&adapter, &spec));
+    let prep = convert::prepare(&mut adapter, to, base.as_ref())?;
+    let prefix = (to == Format::Kohya).then(|| output::kohya_prefix_for(&adapter, &spec));
     let prov = Provenance {
         operation: "convert",
         inputs: inputs_json(&[&a.adapter], a.output.base.as_deref()),
-        params: json!({"from": from, "to": a.to, "prefix": prefix, "dtype": a.output.dtype}),
+        params: json!({"from": from, "to": to, "prefix": prefix, "dtype": a.output.dtype}),
     };
     let written = output::write_adapter(&adapter, &spec, &prov)?;
     let modules = adapter
@@ -100,10 +103,10 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         .zip(prep.names_before.iter().zip(&prep.alphas_before))
         .map(|(m, (before, &alpha_in))| ModuleConvert {
             from: before.clone(),
-            to: output::written_name(&m.name, a.to, prefix.as_deref().unwrap_or("")),
+            to: output::written_name(&m.name, to, prefix.as_deref().unwrap_or("")),
             rank: m.rank,
             alpha_in,
-            alpha_out: convert::kohya_or_peft_alpha(&adapter, m, a.to),
+            alpha_out: convert::kohya_or_peft_alpha(&adapter, m, to),
             scale: m.scale,
         })
         .collect();
@@ -112,7 +115,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         input: show(&a.adapter),
         out: show(&a.output.out),
         from,
-        to: a.to,
+        to,
         base: a.output.base.as_deref().map(show),
         prefix,
         names_from: prep.names_from,
@@ -265,4 +268,125 @@ pub(crate) fn files_line(w: &Written, seconds: f64) -> String {
         human_bytes(w.bytes),
         seconds
     )
+}
+
+/// What `convert --to gguf` did (`--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GgufConvertSummary {
+    pub operation: &'static str,
+    pub input: String,
+    pub out: String,
+    pub to: &'static str,
+    pub base: String,
+    pub architecture: String,
+    /// `adapter.lora.alpha` as written (llama.cpp scales each pair by alpha / rank).
+    pub alpha: f64,
+    pub dtype: String,
+    pub modules: Vec<crate::adapter::formats::gguf::Written>,
+    /// Modules whose PEFT scale differs from alpha / rank, folded into B.
+    pub folded_count: usize,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+fn gguf(a: ConvertArgs, start: Instant) -> Result<i32> {
+    use crate::adapter::formats::gguf as g;
+    use crate::io::gguf::GgmlType;
+    let base = a.output.base.as_deref().ok_or_else(|| {
+        crate::error::InputError::invalid(
+            &a.adapter,
+            "--to gguf needs --base: a GGUF model or a Hugging Face folder, for the architecture and head counts llama.cpp's tensor layout depends on",
+        )
+    })?;
+    if a.output.prefix.is_some() {
+        anyhow::bail!("--prefix names kohya modules; it means nothing for --to gguf");
+    }
+    let adapter = Adapter::open(&a.adapter)?;
+    let target = g::Target::open(base)?;
+    let ty = match a.output.dtype {
+        DtypeChoice::F32 => GgmlType::F32,
+        DtypeChoice::F16 => GgmlType::F16,
+        DtypeChoice::Bf16 => GgmlType::BF16,
+        // llama.cpp's converter writes f32 unless told otherwise; keep stores the input's.
+        DtypeChoice::Keep => match output::stored_dtype(&adapter) {
+            Some(crate::dtype::Dtype::F16) => GgmlType::F16,
+            Some(crate::dtype::Dtype::BF16) => GgmlType::BF16,
+            _ => GgmlType::F32,
+        },
+    };
+    let extra = vec![
+        crate::io::gguf::writer::kv_string("lorakit.version", env!("CARGO_PKG_VERSION")),
+        crate::io::gguf::writer::kv_string("lorakit.operation", "convert"),
+        crate::io::gguf::writer::kv_string(
+            "lorakit.inputs",
+            &inputs_json(&[&a.adapter], Some(base)).to_string(),
+        ),
+    ];
+    let (modules, bytes) = g::write(&adapter, &target, ty, &a.output.out, extra)?;
+    let s = GgufConvertSummary {
+        operation: "convert",
+        input: a.adapter.display().to_string(),
+        out: a.output.out.display().to_string(),
+        to: "gguf",
+        base: base.display().to_string(),
+        architecture: target.architecture.clone(),
+        alpha: g::file_alpha(&adapter),
+        dtype: ty.name().to_lowercase(),
+        folded_count: modules.iter().filter(|m| m.folded != 1.0).count(),
+        modules,
+        files: vec![a.output.out.display().to_string()],
+        bytes_written: bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    if a.json {
+        super::print_json("convert", &s)?;
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .modules
+            .iter()
+            .map(|m| {
+                vec![
+                    m.from.clone(),
+                    m.to.clone(),
+                    m.rank.to_string(),
+                    format!("{}", m.scale),
+                    if m.folded == 1.0 {
+                        "-".into()
+                    } else {
+                        format!("{:.6}", m.folded)
+                    },
+                    if m.permuted {
+                        "q/k rows".into()
+                    } else {
+                        "-".into()
+                    },
+                ]
+            })
+            .collect();
+        let mut out = format!(
+            "wrote {} (llama.cpp LoRA adapter, {}, alpha {}, {})\n\n",
+            s.out, s.architecture, s.alpha, s.dtype
+        );
+        out.push_str(&table(
+            &[
+                "module",
+                "tensor",
+                "rank",
+                "scale",
+                "folded into B",
+                "permuted",
+            ],
+            &rows,
+            &[false, false, true, true, true, false],
+        ));
+        out.push_str(&format!(
+            "\n{} modules, {} written in {:.2} s\n",
+            s.modules.len(),
+            human_bytes(s.bytes_written),
+            s.seconds
+        ));
+        super::print(&out)?;
+    }
+    Ok(0)
 }

@@ -1,8 +1,10 @@
 //! `lorakit diff`.
 
 use crate::cli::DiffArgs;
-use crate::diff::{diff, DiffOptions, DiffReport};
+use crate::diff::{diff, diff_gguf, DiffOptions, DiffReport};
+use crate::error::InputError;
 use crate::inspect::table;
+use crate::io::gguf;
 use crate::io::Checkpoint;
 use anyhow::Result;
 
@@ -13,16 +15,30 @@ pub fn run(mut a: DiffArgs) -> Result<i32> {
         a.tolerance >= 0.0 && a.tolerance.is_finite(),
         "--tolerance must be a finite number ≥ 0"
     );
-    let (ca, cb) = (Checkpoint::open(&a.a)?, Checkpoint::open(&a.b)?);
-    let report = diff(
-        &ca,
-        &cb,
-        &DiffOptions {
-            tolerance: a.tolerance,
-            max_abs: a.max_abs,
-            common: a.common,
-        },
-    )?;
+    let opts = DiffOptions {
+        tolerance: a.tolerance,
+        max_abs: a.max_abs,
+        common: a.common,
+    };
+    let report = match (gguf::is_gguf(&a.a), gguf::is_gguf(&a.b)) {
+        (true, true) => {
+            let (ga, gb) = (gguf::GgufModel::open(&a.a)?, gguf::GgufModel::open(&a.b)?);
+            let name = |p: &std::path::Path| p.display().to_string();
+            diff_gguf(&ga, &gb, name(&a.a), name(&a.b), &opts)?
+        }
+        (false, false) => diff(&Checkpoint::open(&a.a)?, &Checkpoint::open(&a.b)?, &opts)?,
+        (ga, _) => {
+            let (g, other) = if ga { (&a.a, &a.b) } else { (&a.b, &a.a) };
+            return Err(InputError::invalid(
+                other,
+                format!(
+                    "is not a GGUF file, but {} is: diff compares two GGUF models or two safetensors checkpoints (their tensor names differ)",
+                    g.display()
+                ),
+            )
+            .into());
+        }
+    };
     if a.json {
         super::print_json("diff", &report)?;
     } else {

@@ -13,6 +13,9 @@ pub fn run(mut a: InspectArgs) -> Result<i32> {
         tensors: a.tensors,
         spectrum: a.spectrum || a.plot.is_some(),
     };
+    if crate::io::gguf::is_gguf(&a.path) {
+        return gguf(a, &opts);
+    }
     // Flags that mean nothing for this kind of input are refused before anything is read.
     let adapter = inspect::is_adapter(&a.path);
     if adapter && a.tensors {
@@ -73,4 +76,23 @@ fn write_plot(report: &inspect::AdapterReport, input: &Path, plot: &Path) -> Res
     })?;
     out.commit()?;
     Ok(())
+}
+
+/// A GGUF model: header facts only; `--spectrum`/`--plot` are adapter views.
+fn gguf(a: InspectArgs, opts: &InspectOptions) -> Result<i32> {
+    if opts.spectrum {
+        return Err(InputError::invalid(
+            &a.path,
+            "a GGUF model: --spectrum and --plot draw the singular values of an adapter's modules",
+        )
+        .into());
+    }
+    let m = crate::io::gguf::GgufModel::open(&a.path)?;
+    let report = Report::Gguf(inspect::gguf::report(&m, &a.path, a.tensors));
+    if a.json {
+        super::print_json("inspect", &report)?;
+    } else {
+        super::print(&inspect::render_text(&report))?;
+    }
+    Ok(0)
 }

@@ -2,8 +2,10 @@
 
 use crate::adapter::Adapter;
 use crate::cli::MergeArgs;
+use crate::error::InputError;
 use crate::inspect::{human_bytes, table};
 use crate::io::Checkpoint;
+use crate::merge::gguf::{GgufMergeOptions, GgufMergePlan, GgufMergeReport};
 use crate::merge::{MergeOptions, MergePlan, MergeSummary, WeightedAdapter};
 use anyhow::Result;
 
@@ -14,9 +16,10 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
     let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = Checkpoint::open(&a.base)?;
     let mut adapters = Vec::new();
+    let mut target = None;
     for (i, p) in a.adapters.iter().enumerate() {
         adapters.push(WeightedAdapter {
-            adapter: Adapter::open(p)?,
+            adapter: open_adapter(p, &a.base, &mut target)?,
             weight: weights[i],
         });
     }
@@ -32,6 +35,16 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
 }
 
 pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
+    if crate::io::gguf::is_gguf(&a.base) {
+        return gguf(a, quiet);
+    }
+    if a.outtype.is_some() {
+        return Err(InputError::invalid(
+            &a.base,
+            "is not a GGUF file: --outtype sets the type of tensors merged into a GGUF base; use --dtype for safetensors",
+        )
+        .into());
+    }
     let plan = plan(&a, !quiet && !a.json)?;
     for u in &plan.unmatched {
         super::warn(
@@ -147,4 +160,123 @@ fn render_dry_run(d: &crate::merge::DryRunSummary) -> String {
     }
     out.push_str("nothing was written\n");
     out
+}
+
+/// `merge --base MODEL.gguf`: flags that only make sense for safetensors outputs are refused.
+fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
+    let refuse = |flag: &str| -> Result<i32> {
+        Err(InputError::invalid(
+            &a.base,
+            format!("a GGUF base: {flag} is not supported for GGUF outputs (one file is written)"),
+        )
+        .into())
+    };
+    if a.max_shard_size.is_some() {
+        return refuse("--max-shard-size");
+    }
+    if a.part.is_some() {
+        return refuse("--part");
+    }
+    if a.dry_run {
+        return refuse("--dry-run");
+    }
+    if a.dtype != crate::merge::DtypeChoice::Keep {
+        return refuse("--dtype (use --outtype)");
+    }
+    let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
+    let base = crate::io::gguf::GgufModel::open(&a.base)?;
+    let mut adapters = Vec::new();
+    let mut target = None;
+    for (i, p) in a.adapters.iter().enumerate() {
+        adapters.push(WeightedAdapter {
+            adapter: open_adapter(p, &a.base, &mut target)?,
+            weight: weights[i],
+        });
+    }
+    let options = GgufMergeOptions {
+        outtype: a.outtype.unwrap_or_default(),
+        unmerge: a.unmerge,
+        allow_unmatched: a.allow_unmatched,
+    };
+    let plan = GgufMergePlan::new(&a.base, base, adapters, a.out.clone(), options)?;
+    for u in &plan.unmatched {
+        super::warn(quiet, &format!("unmatched module {u}"));
+    }
+    let report = plan.run(&a.compute.engine()?)?;
+    if a.json {
+        super::print_json("merge", &report)?;
+    } else {
+        super::print(&render_gguf(&report))?;
+    }
+    Ok(0)
+}
+
+fn render_gguf(r: &GgufMergeReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .merged_tensors
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                format!("{} → {}", t.base_type, t.ty),
+                format!("{:.3e}", t.quant_rel_fro_error),
+                format!("{:.3e}", t.quant_max_abs_error),
+                t.modules.join(" + "),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "wrote {} ({} {} adapter(s) {} {}, {})\n\n",
+        r.out,
+        if r.operation == "unmerge" {
+            "unmerged"
+        } else {
+            "merged"
+        },
+        r.adapters.len(),
+        if r.operation == "unmerge" {
+            "from"
+        } else {
+            "into a copy of"
+        },
+        r.base,
+        r.architecture
+    );
+    out.push_str(&table(
+        &[
+            "tensor",
+            "type",
+            "quant rel err",
+            "quant max abs",
+            "modules",
+        ],
+        &rows,
+        &[false, false, true, true, false],
+    ));
+    out.push_str(&format!(
+        "\n{} tensors merged (--outtype {}), {} copied byte for byte, {} written in {:.2} s\n",
+        r.tensors_merged_count,
+        r.outtype,
+        r.tensors_copied_count,
+        human_bytes(r.bytes_written),
+        r.seconds
+    ));
+    out
+}
+
+/// An adapter of any format; a llama.cpp GGUF adapter is read in the base's terms (its
+/// architecture and head counts, read once from `base`: a GGUF model or a Hugging Face folder).
+fn open_adapter(
+    p: &std::path::Path,
+    base: &std::path::Path,
+    target: &mut Option<crate::adapter::formats::gguf::Target>,
+) -> Result<Adapter> {
+    use crate::adapter::formats::gguf;
+    if !crate::io::gguf::is_gguf(p) {
+        return Ok(Adapter::open(p)?);
+    }
+    if target.is_none() {
+        *target = Some(gguf::Target::open(base)?);
+    }
+    Ok(gguf::read(p, target.as_ref().expect("just set"))?)
 }

@@ -216,7 +216,7 @@ impl SafetensorsFile {
 /// Names the format of a file that is not safetensors, from its first bytes, with what to do.
 fn foreign_format(head: &[u8]) -> Option<String> {
     let what = if head.starts_with(b"GGUF") {
-        "is a GGUF file (llama.cpp), not safetensors; lorakit reads safetensors checkpoints and adapters"
+        "is a GGUF file (llama.cpp), not safetensors; lorakit reads GGUF models with inspect, diff, merge --base and convert --base only"
     } else if head.starts_with(b"PK\x03\x04") {
         "is a PyTorch checkpoint (a zip archive of pickles: .bin/.pt), not safetensors; convert it to safetensors first (transformers: save_pretrained(..., safe_serialization=True))"
     } else if head.first() == Some(&0x80) && head.get(1).is_some_and(|v| (2..=5).contains(v)) {

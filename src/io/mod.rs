@@ -1,9 +1,10 @@
 //! Reading and writing safetensors checkpoints: validated headers ([`header`]), memory-mapped
 //! files ([`file`]), single-file and sharded checkpoints ([`checkpoint`]), and the streaming,
-//! atomic writer every command uses ([`writer`]).
+//! atomic writer every command uses ([`writer`]); GGUF files (llama.cpp) in [`gguf`].
 
 pub mod checkpoint;
 pub mod file;
+pub mod gguf;
 pub mod header;
 pub mod hub;
 pub mod writer;

@@ -226,6 +226,20 @@ impl Output {
         })
     }
 
+    /// Starts a file whose bytes the caller produces in order (a GGUF file: its own header and
+    /// tensor layout), streamed into the temporary file and renamed into place at commit like
+    /// every other output.
+    pub fn raw_file(&mut self, path: &Path) -> InputResult<RawFile<'_>> {
+        let tmp = self.start(path)?;
+        let file = create_new(&tmp, path)?;
+        Ok(RawFile {
+            out: self,
+            dest: path.to_path_buf(),
+            w: Some(BufWriter::with_capacity(8 << 20, file)),
+            bytes: 0,
+        })
+    }
+
     /// Adds a small whole file (JSON, copied config) to the set.
     pub fn small_file(&mut self, path: &Path, contents: &[u8]) -> InputResult<()> {
         let tmp = self.start(path)?;
@@ -518,6 +532,41 @@ impl FileWriter<'_> {
                 format!("tensor `{missing}` was never written"),
             ));
         }
+        let w = self.w.take().expect("open until finish");
+        let file = w
+            .into_inner()
+            .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        self.out.bytes += self.bytes;
+        Ok(self.bytes)
+    }
+}
+
+/// A file of an [`Output`] written as a byte stream ([`Output::raw_file`]).
+#[derive(Debug)]
+pub struct RawFile<'o> {
+    out: &'o mut Output,
+    dest: PathBuf,
+    w: Option<BufWriter<File>>,
+    bytes: u64,
+}
+
+impl RawFile<'_> {
+    pub fn write_all(&mut self, data: &[u8]) -> InputResult<()> {
+        self.bytes += data.len() as u64;
+        let w = self.w.as_mut().expect("open until finish");
+        w.write_all(data)
+            .map_err(|e| InputError::write(&self.dest, e))
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
+    pub fn finish(mut self) -> InputResult<u64> {
         let w = self.w.take().expect("open until finish");
         let file = w
             .into_inner()

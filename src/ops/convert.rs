@@ -28,6 +28,27 @@ use crate::adapter::{mapping, scale_for, Adapter, Format, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
 
+/// What `convert` writes: an adapter format, or a llama.cpp GGUF adapter
+/// ([`crate::adapter::formats::gguf`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvertTo {
+    Peft,
+    Kohya,
+    Gguf,
+}
+
+impl ConvertTo {
+    /// The adapter format, `None` for GGUF.
+    pub fn format(self) -> Option<Format> {
+        match self {
+            ConvertTo::Peft => Some(Format::Peft),
+            ConvertTo::Kohya => Some(Format::Kohya),
+            ConvertTo::Gguf => None,
+        }
+    }
+}
+
 /// How module names were obtained for the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

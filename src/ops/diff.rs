@@ -106,29 +106,7 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
                 let (va, vb) = (fa.view_info(ia)?, fb.view_info(ib)?);
                 d.identical = ia.dtype == ib.dtype && va.data == vb.data;
                 if dtype::is_float_compute(ia.dtype) {
-                    let (x, y) = (va.to_f32(), vb.to_f32());
-                    let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
-                    for (p, q) in x.iter().zip(&y) {
-                        let e = (*p as f64 - *q as f64).abs();
-                        // NaN compares as an infinite difference unless both are NaN.
-                        let e = if e.is_nan() {
-                            if p.is_nan() && q.is_nan() {
-                                0.0
-                            } else {
-                                f64::INFINITY
-                            }
-                        } else {
-                            e
-                        };
-                        num += e * e;
-                        den += (*q as f64) * (*q as f64);
-                        mx = mx.max(e);
-                    }
-                    let rel = if den > 0.0 {
-                        (num / den).sqrt()
-                    } else {
-                        num.sqrt()
-                    };
+                    let (mx, rel) = compare_values(&va.to_f32(), &vb.to_f32());
                     d.max_abs_diff = Some(mx);
                     d.rel_fro_diff = Some(rel);
                     d.pass = d.identical
@@ -142,10 +120,105 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
         }
         tensors.push(d);
     }
+    Ok(summarize(
+        a.root.display().to_string(),
+        b.root.display().to_string(),
+        opts,
+        tensors,
+    ))
+}
+
+/// `(max |x − y|, ‖x − y‖_F / ‖y‖_F)` in f64 (`‖x − y‖_F` when `y` is zero); a NaN against a
+/// number is an infinite difference, two NaNs none.
+fn compare_values(x: &[f32], y: &[f32]) -> (f64, f64) {
+    let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
+    for (p, q) in x.iter().zip(y) {
+        let e = (*p as f64 - *q as f64).abs();
+        let e = if e.is_nan() {
+            if p.is_nan() && q.is_nan() {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else {
+            e
+        };
+        num += e * e;
+        den += (*q as f64) * (*q as f64);
+        mx = mx.max(e);
+    }
+    let rel = if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    };
+    (mx, rel)
+}
+
+/// Compares every tensor of two GGUF models (files or split sets) by name. Tensors of equal
+/// shape are compared by their dequantized values whatever their types (a Q8_0 copy of an F16
+/// model differs by its rounding only; the type change is reported); a type lorakit cannot
+/// dequantize must be the same on both sides and is compared byte for byte. Shapes are in
+/// PyTorch order (ggml's dims reversed), types by their ggml names.
+pub fn diff_gguf(
+    a: &crate::io::gguf::GgufModel,
+    b: &crate::io::gguf::GgufModel,
+    a_name: String,
+    b_name: String,
+    opts: &DiffOptions,
+) -> Result<DiffReport> {
+    let names: BTreeSet<&str> = a
+        .tensors()
+        .chain(b.tensors())
+        .map(|(_, t)| t.name.as_str())
+        .collect();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let (ia, ib) = (a.get(name), b.get(name));
+        let mut d = TensorDiff {
+            name: name.to_owned(),
+            presence: match (ia, ib) {
+                (Some(_), Some(_)) => "both",
+                (Some(_), None) => "only_a",
+                _ => "only_b",
+            },
+            dtype_a: ia.map(|(_, t)| t.ty.name().to_owned()),
+            dtype_b: ib.map(|(_, t)| t.ty.name().to_owned()),
+            shape_a: ia.map(|(_, t)| t.shape()),
+            shape_b: ib.map(|(_, t)| t.shape()),
+            identical: false,
+            max_abs_diff: None,
+            rel_fro_diff: None,
+            pass: ia.is_none() || ib.is_none(),
+        };
+        d.pass = d.pass && opts.common;
+        if let (Some((fa, ta)), Some((fb, tb))) = (ia, ib) {
+            if ta.dims == tb.dims {
+                let (va, vb) = (fa.view(ta), fb.view(tb));
+                d.identical = ta.ty == tb.ty && va.data == vb.data;
+                if ta.ty.can_dequantize() && tb.ty.can_dequantize() {
+                    let x = crate::io::gguf::dequantize(fa.path(), va)?;
+                    let y = crate::io::gguf::dequantize(fb.path(), vb)?;
+                    let (mx, rel) = compare_values(&x, &y);
+                    d.max_abs_diff = Some(mx);
+                    d.rel_fro_diff = Some(rel);
+                    d.pass = d.identical
+                        || (rel <= opts.tolerance && opts.max_abs.is_none_or(|m| mx <= m));
+                } else {
+                    d.pass = d.identical;
+                }
+            }
+        }
+        tensors.push(d);
+    }
+    Ok(summarize(a_name, b_name, opts, tensors))
+}
+
+fn summarize(a: String, b: String, opts: &DiffOptions, tensors: Vec<TensorDiff>) -> DiffReport {
     let failed = tensors.iter().filter(|t| !t.pass).count();
-    Ok(DiffReport {
-        a: a.root.display().to_string(),
-        b: b.root.display().to_string(),
+    DiffReport {
+        a,
+        b,
         tolerance: opts.tolerance,
         max_abs: opts.max_abs,
         common: opts.common,
@@ -168,5 +241,5 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
             .fold(0.0, f64::max),
         pass: failed == 0,
         tensors,
-    })
+    }
 }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+pub mod gguf;
 pub mod plot;
 pub use plot::plot_spectra;
 
@@ -25,6 +26,8 @@ pub use plot::plot_spectra;
 pub enum Report {
     Checkpoint(CheckpointReport),
     Adapter(AdapterReport),
+    /// A GGUF model (llama.cpp), one file or a split set.
+    Gguf(gguf::GgufReport),
 }
 
 #[derive(Debug, Serialize)]
@@ -341,6 +344,7 @@ pub fn render_text(r: &Report) -> String {
                 ));
             }
         }
+        Report::Gguf(g) => s.push_str(&gguf::render(g)),
         Report::Adapter(a) => {
             let _ = writeln!(s, "adapter     {}", a.path);
             let _ = writeln!(

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 /// Output dtype policy: the one `--dtype` of every writing command.
 pub use crate::ops::output::DtypeChoice;
 
+pub mod gguf;
 mod plan;
 mod run;
 pub(crate) use run::copied_files;

@@ -1,0 +1,501 @@
+//! Writing an adapter as a llama.cpp GGUF LoRA adapter (`llama-cli --lora FILE`).
+//!
+//! The layout is llama.cpp `convert_lora_to_gguf.py`: metadata `general.architecture`,
+//! `general.type = adapter`, `adapter.type = lora`, `adapter.lora.alpha` (FLOAT32, the config's
+//! `lora_alpha`); per adapted base tensor `NAME.lora_a` (PyTorch shape `[r, in]`, ggml dims
+//! `[in, r]`) and `NAME.lora_b` (`[out, r]`, dims `[r, out]`), NAME the GGUF tensor of the module
+//! (`blk.N.attn_q.weight`, gguf-py `tensor_mapping.py`, see [`crate::io::gguf::names`]); for
+//! architecture `llama` the rows of `q_proj`/`k_proj`'s B permuted by `LlamaModel.permute` as the
+//! base weights were; for `token_embd` A transposed (`[vocab, r]`, as `llm_build_inp_embd`
+//! reads it). What llama.cpp checks on load is `src/llama-adapter.cpp`
+//! (`llama_adapter_lora_init_impl`): those keys, a model tensor per pair, `a.ne[0]` = the model
+//! tensor's `ne[0]`, `b.ne[1]` its `ne[1]`, `a.ne[1] = b.ne[0]` (the rank).
+//!
+//! llama.cpp applies each pair with one scale, `alpha / rank` (rank = `b.ne[0]`; `alpha = 0`
+//! means scale 1), and one alpha per file. A module whose PEFT scale differs from
+//! `alpha / rank` (rsLoRA's `alpha / √rank`, `rank_pattern` / `alpha_pattern`) has the ratio
+//! folded into its B, so `scale·B·A` is the module's ΔW exactly as PEFT computes it; the
+//! converter writes such adapters unfolded (a wrong scale). What llama.cpp cannot apply is
+//! refused naming the module: DoRA, `lora_bias`, non-LoRA algorithms (LoHa, LoKr, …), and full
+//! tensors (`modules_to_save`; the converter refuses embeddings stored in full too), except
+//! the copy of the base embedding PEFT saves beside an embedding LoRA (`base_layer.weight`),
+//! which the converter and lorakit leave out.
+
+use crate::adapter::{Adapter, ModuleKind};
+use crate::error::{InputError, InputResult};
+use crate::io::gguf::names::{self, Rope};
+use crate::io::gguf::writer::{kv_string, GgufWriter, OutTensor};
+use crate::io::gguf::{quant, GgmlType, GgufModel, Value};
+use crate::io::writer::{check_writes, LockMode};
+use crate::io::Output;
+use std::path::{Path, PathBuf};
+
+/// The model an adapter is converted for: its GGUF architecture and head counts.
+#[derive(Debug)]
+pub struct Target {
+    pub architecture: String,
+    /// Whether q/k rows are permuted (architecture `llama`).
+    pub permute: bool,
+    pub n_head: Option<usize>,
+    pub n_head_kv: Option<usize>,
+    /// A GGUF base, whose tensors every module must land on with matching shape.
+    pub base: Option<GgufModel>,
+    pub base_path: PathBuf,
+}
+
+/// HF `architectures[0]` → GGUF architecture, as llama.cpp's converter registers them
+/// (`LlamaModel`: `LlamaForCausalLM`, `MistralForCausalLM`, …; `Qwen2Model`: `Qwen2ForCausalLM`).
+const HF_ARCHS: &[(&str, &str)] = &[
+    ("LlamaForCausalLM", "llama"),
+    ("LLaMAForCausalLM", "llama"),
+    ("LlamaModel", "llama"),
+    ("MistralForCausalLM", "llama"),
+    ("Qwen2ForCausalLM", "qwen2"),
+    ("Qwen2Model", "qwen2"),
+];
+
+impl Target {
+    /// Reads the architecture from a GGUF model or a Hugging Face folder's `config.json`.
+    pub fn open(path: &Path) -> InputResult<Target> {
+        if crate::io::gguf::is_gguf(path) {
+            let m = GgufModel::open(path)?;
+            let arch = m.architecture().unwrap_or("").to_owned();
+            let count = |k: &str| {
+                m.header()
+                    .get(&format!("{arch}.attention.{k}"))
+                    .and_then(Value::as_u64)
+                    .map(|v| v as usize)
+            };
+            let (n_head, n_head_kv) = (count("head_count"), count("head_count_kv"));
+            return Self::new(arch, n_head, n_head_kv, Some(m), path);
+        }
+        let cfg_path = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.with_file_name("config.json")
+        };
+        let cfg: serde_json::Value = serde_json::from_slice(&crate::io::read_json_file(&cfg_path)?)
+            .map_err(|e| InputError::invalid(&cfg_path, format!("not valid JSON: {e}")))?;
+        let hf = cfg["architectures"][0].as_str().unwrap_or("");
+        let arch = HF_ARCHS
+            .iter()
+            .find(|(h, _)| *h == hf)
+            .map(|(_, g)| (*g).to_owned())
+            .ok_or_else(|| {
+                InputError::invalid(
+                    &cfg_path,
+                    format!(
+                        "architecture `{hf}`: lorakit writes GGUF adapters for {}",
+                        HF_ARCHS
+                            .iter()
+                            .map(|(h, _)| *h)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+        let n = |k: &str| cfg[k].as_u64().map(|v| v as usize);
+        let n_head = n("num_attention_heads");
+        Self::new(
+            arch,
+            n_head,
+            n("num_key_value_heads").or(n_head),
+            None,
+            path,
+        )
+    }
+
+    fn new(
+        architecture: String,
+        n_head: Option<usize>,
+        n_head_kv: Option<usize>,
+        base: Option<GgufModel>,
+        path: &Path,
+    ) -> InputResult<Target> {
+        let permute = names::permutes(&architecture).ok_or_else(|| {
+            InputError::invalid(
+                path,
+                format!("GGUF architecture `{architecture}`: lorakit maps module names for llama and qwen2 only"),
+            )
+        })?;
+        Ok(Target {
+            architecture,
+            permute,
+            n_head,
+            n_head_kv: n_head_kv.or(n_head),
+            base,
+            base_path: path.to_path_buf(),
+        })
+    }
+}
+
+/// One written module.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Written {
+    pub from: String,
+    pub to: String,
+    pub rank: usize,
+    pub alpha_in: f64,
+    /// PEFT's scale of the module, which `alpha / rank` times the fold reproduces.
+    pub scale: f64,
+    /// The factor multiplied into B (1 when the file's alpha gives the module's scale).
+    pub folded: f64,
+    pub permuted: bool,
+}
+
+/// The file's single alpha: the config's `lora_alpha`, else the first module's.
+pub fn file_alpha(adapter: &Adapter) -> f64 {
+    adapter
+        .config
+        .as_ref()
+        .and_then(|c| c["lora_alpha"].as_f64())
+        .or_else(|| adapter.modules.first().map(|m| m.alpha))
+        .unwrap_or(0.0)
+}
+
+/// Writes `adapter` as a GGUF LoRA adapter at `out` (F32, F16 or BF16 factors), atomically.
+/// `extra` are provenance metadata entries.
+pub fn write(
+    adapter: &Adapter,
+    target: &Target,
+    ty: GgmlType,
+    out: &Path,
+    extra: Vec<Vec<u8>>,
+) -> InputResult<(Vec<Written>, u64)> {
+    let path = &adapter.path;
+    // PEFT saves the base embedding beside a LoRA on it (`embed_tokens.base_layer.weight`);
+    // llama.cpp's converter skips `.base_layer.weight` tensors, and so does lorakit. Any other
+    // full tensor would replace a base tensor, which a llama.cpp adapter cannot.
+    for f in &adapter.full_tensors {
+        let base_copy = adapter
+            .modules
+            .iter()
+            .any(|m| m.kind == ModuleKind::Embedding && f.name == format!("{}.weight", m.name));
+        if !base_copy {
+            return Err(InputError::invalid(
+                path,
+                format!(
+                    "full tensor `{}` (modules_to_save): a llama.cpp adapter holds LoRA pairs only",
+                    f.name
+                ),
+            ));
+        }
+    }
+    let alpha = file_alpha(adapter);
+    let mut plan = Vec::new();
+    let mut tensors = Vec::new();
+    for m in &adapter.modules {
+        let why = if m.dora_magnitude.is_some() {
+            Some("DoRA")
+        } else if m.bias.is_some() {
+            Some("lora_bias")
+        } else if m.factors.lora().is_none() {
+            Some("not plain LoRA")
+        } else if matches!(m.kind, ModuleKind::Conv { .. }) {
+            Some("a convolution")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(InputError::invalid(
+                path,
+                format!(
+                    "module `{}` is {why}, which llama.cpp adapters cannot hold",
+                    m.name
+                ),
+            ));
+        }
+        let (g, rope) = names::gguf_module(&m.name).ok_or_else(|| {
+            InputError::invalid(
+                path,
+                format!(
+                    "module `{}` has no GGUF tensor name ({})",
+                    m.name, target.architecture
+                ),
+            )
+        })?;
+        let name = format!("{g}.weight");
+        let embed = m.kind == ModuleKind::Embedding;
+        // The model tensor's ggml dims: [in, out] ([dim, vocab] for the embedding).
+        let dims = if embed {
+            [m.out_features as u64, m.in_features as u64]
+        } else {
+            [m.in_features as u64, m.out_features as u64]
+        };
+        if let Some(base) = &target.base {
+            match base.get(&name) {
+                None => {
+                    return Err(InputError::invalid(
+                        &target.base_path,
+                        format!("no tensor `{name}` for module `{}`", m.name),
+                    ))
+                }
+                Some((_, t)) if t.dims != dims => {
+                    return Err(InputError::invalid(
+                        &target.base_path,
+                        format!(
+                            "tensor `{name}` has dims {:?}, module `{}` needs {dims:?}",
+                            t.dims, m.name
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let heads = match (target.permute, rope) {
+            (true, Rope::Q) => Some(target.n_head),
+            (true, Rope::K) => Some(target.n_head_kv),
+            _ => None,
+        };
+        let heads = match heads {
+            Some(Some(h)) if names::permutable(m.out_features, h) => Some(h),
+            Some(_) => {
+                return Err(InputError::invalid(
+                    &target.base_path,
+                    format!("the head count needed to permute `{name}` as llama.cpp does is missing or does not divide its {} rows", m.out_features),
+                ))
+            }
+            None => None,
+        };
+        let llama_scale = if alpha == 0.0 {
+            1.0
+        } else {
+            alpha / m.rank as f64
+        };
+        let fold = m.scale / llama_scale;
+        let r = m.rank as u64;
+        let a_dims = if embed {
+            vec![r, m.in_features as u64]
+        } else {
+            vec![m.in_features as u64, r]
+        };
+        for (suffix, d) in [
+            ("lora_a", a_dims),
+            ("lora_b", vec![r, m.out_features as u64]),
+        ] {
+            let t = OutTensor {
+                name: format!("{name}.{suffix}"),
+                dims: d,
+                ty,
+            };
+            if !t.dims[0].is_multiple_of(ty.block_size() as u64) {
+                return Err(InputError::invalid(
+                    path,
+                    format!(
+                        "tensor `{}`: rows of {} are not whole {ty} blocks",
+                        t.name, t.dims[0]
+                    ),
+                ));
+            }
+            tensors.push(t);
+        }
+        plan.push((m, name, heads, fold));
+    }
+    let mut reads = adapter.input_paths();
+    if let Some(b) = &target.base {
+        reads.extend(b.paths());
+    }
+    check_writes(&reads, &[out.to_path_buf()], &[])?;
+    let mut entries = vec![
+        kv_string("general.architecture", &target.architecture),
+        kv_string("general.type", "adapter"),
+        kv_string("adapter.type", "lora"),
+        kv_f32("adapter.lora.alpha", alpha as f32),
+    ];
+    entries.extend(extra);
+    let mut output = Output::new();
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        output.create_dir_all(dir)?;
+    }
+    output.lock(out, LockMode::Exclusive)?;
+    let mut rows = Vec::new();
+    let bytes;
+    {
+        let file = output.raw_file(out)?;
+        let mut w = GgufWriter::new(file, out, &entries, tensors, 32)?;
+        for (m, name, heads, fold) in plan {
+            let (b, a) = adapter.factors(m)?;
+            let a = if m.kind == ModuleKind::Embedding {
+                crate::adapter::transpose(&a, m.rank, m.in_features)
+            } else {
+                a.to_vec()
+            };
+            let mut b = b.to_vec();
+            if fold != 1.0 {
+                b.iter_mut().for_each(|x| *x = (*x as f64 * fold) as f32);
+            }
+            if let Some(h) = heads {
+                b = names::permute_rows(&b, m.out_features, m.rank, h);
+            }
+            for (suffix, v) in [("lora_a", &a), ("lora_b", &b)] {
+                let mut enc = Vec::new();
+                quant::quantize_into(ty, v, &mut enc);
+                w.write_tensor(&format!("{name}.{suffix}"), &enc)?;
+            }
+            rows.push(Written {
+                from: m.name.clone(),
+                to: name,
+                rank: m.rank,
+                alpha_in: m.alpha,
+                scale: m.scale,
+                folded: fold,
+                permuted: heads.is_some(),
+            });
+        }
+        bytes = w.finish()?;
+    }
+    output.commit()?;
+    Ok((rows, bytes))
+}
+
+/// A `FLOAT32` metadata entry.
+fn kv_f32(key: &str, value: f32) -> Vec<u8> {
+    let mut b = (key.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(&6u32.to_le_bytes());
+    b.extend_from_slice(&value.to_le_bytes());
+    b
+}
+
+/// Reads a llama.cpp GGUF LoRA adapter into the adapter model, in Hugging Face terms: module
+/// paths from the GGUF names (`blk.N.attn_q.weight` → `model.layers.N.self_attn.q_proj`),
+/// `B` rows of q/k un-permuted when `target` is a `llama` model, `token_embd`'s A (stored
+/// `[vocab, r]`) transposed back, and `scale = alpha / rank` as llama.cpp applies it (`alpha = 0`:
+/// scale 1). Checked as `llama_adapter_lora_init_impl` checks a file: `general.type = adapter`,
+/// `adapter.type = lora`, the architecture of `target`, both halves of every pair, `a.ne[1] =
+/// b.ne[0]`; `*_norm.weight` tensors are skipped as llama.cpp skips them, any other tensor is an
+/// error. The model records format PEFT: its modules are PEFT module paths with PEFT's
+/// canonical factors (held in memory, no backing file).
+pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
+    use crate::adapter::{algo::Factors, Data, DoraRule, LoraModule};
+    use std::sync::Arc;
+    let m = GgufModel::open(path)?;
+    let h = m.header();
+    let s = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let err = |msg: String| InputError::invalid(path, msg);
+    if s("general.type") != "adapter" || s("adapter.type") != "lora" {
+        return Err(err(format!(
+            "is a GGUF {} (general.type `{}`, adapter.type `{}`), not a llama.cpp LoRA adapter",
+            if s("general.type") == "adapter" {
+                "adapter of another kind"
+            } else {
+                "model"
+            },
+            s("general.type"),
+            s("adapter.type")
+        )));
+    }
+    if s("general.architecture") != target.architecture {
+        return Err(err(format!(
+            "adapter architecture `{}` does not match the base's `{}`",
+            s("general.architecture"),
+            target.architecture
+        )));
+    }
+    let alpha = h
+        .get("adapter.lora.alpha")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    let mut modules = Vec::new();
+    for (f, ta) in m.tensors() {
+        let name = &ta.name;
+        let Some(stem) = name.strip_suffix(".lora_a") else {
+            if name.ends_with(".lora_b") || name.ends_with("_norm.weight") {
+                continue;
+            }
+            return Err(err(format!(
+                "tensor `{name}` has an unexpected suffix (llama.cpp refuses it too)"
+            )));
+        };
+        let (fb, tb) = m
+            .get(&format!("{stem}.lora_b"))
+            .ok_or_else(|| err(format!("`{name}` has no `{stem}.lora_b`")))?;
+        if ta.dims.len() != 2 || tb.dims.len() != 2 {
+            return Err(err(format!("`{stem}`: lora_a and lora_b must be 2-D")));
+        }
+        let hf = names::hf_name(stem)
+            .and_then(|n| n.strip_suffix(".weight").map(str::to_owned))
+            .ok_or_else(|| err(format!("tensor `{stem}` has no Hugging Face module name")))?;
+        let (a, b) = (f.dequantize(ta)?, fb.dequantize(tb)?);
+        let r = tb.dims[0] as usize;
+        let out_f = tb.dims[1] as usize;
+        let embed = stem == "token_embd.weight";
+        let (in_f, a) = if embed {
+            if ta.dims[0] as usize != r {
+                return Err(err(format!(
+                    "`{stem}`: lora_a dims {:?} do not hold rank {r}",
+                    ta.dims
+                )));
+            }
+            let vocab = ta.dims[1] as usize;
+            (vocab, crate::adapter::transpose(&a, vocab, r))
+        } else {
+            if ta.dims[1] as usize != r {
+                return Err(err(format!(
+                    "`{stem}`: lora_a ne[1] {} is not lora_b ne[0] {r} (llama.cpp: lora_a is not transposed)",
+                    ta.dims[1]
+                )));
+            }
+            (ta.dims[0] as usize, a)
+        };
+        let (_, rope) = names::gguf_module(&hf).expect("mapped back");
+        let heads = match (target.permute, rope) {
+            (true, Rope::Q) => target.n_head,
+            (true, Rope::K) => target.n_head_kv,
+            _ => None,
+        };
+        let b = match heads {
+            Some(hh) if names::permutable(out_f, hh) => names::unpermute_rows(&b, out_f, r, hh),
+            Some(_) => {
+                return Err(err(format!(
+                    "`{stem}`: {out_f} rows do not split into the base's heads"
+                )))
+            }
+            None if target.permute && rope != Rope::None => {
+                return Err(err(format!(
+                    "`{stem}`: the base's head counts are needed to un-permute its rows"
+                )))
+            }
+            None => b,
+        };
+        let (alpha_m, scale) = if alpha == 0.0 {
+            (r as f64, 1.0)
+        } else {
+            (alpha, alpha / r as f64)
+        };
+        modules.push(LoraModule {
+            name: hf,
+            kind: if embed {
+                ModuleKind::Embedding
+            } else {
+                ModuleKind::Linear
+            },
+            rank: r,
+            alpha: alpha_m,
+            scale,
+            out_features: out_f,
+            in_features: in_f,
+            factors: Factors::Lora {
+                a: Data::Owned(Arc::new(a)),
+                b: Data::Owned(Arc::new(b)),
+            },
+            base_transposed: embed,
+            dora_magnitude: None,
+            dora_rule: DoraRule::Peft,
+            bias: None,
+        });
+    }
+    Ok(Adapter {
+        format: crate::adapter::Format::Peft,
+        path: path.to_path_buf(),
+        source: None,
+        modules,
+        full_tensors: Vec::new(),
+        base_model: None,
+        use_rslora: false,
+        use_dora: false,
+        modules_to_save: Vec::new(),
+        config: None,
+        metadata: Vec::new(),
+    })
+}

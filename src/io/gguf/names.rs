@@ -1,0 +1,159 @@
+//! Hugging Face module names ↔ GGUF tensor names, and llama.cpp's q/k row permutation, for the
+//! architectures lorakit's model code knows (Llama, Mistral, Qwen2).
+//!
+//! Names follow llama.cpp `gguf-py/gguf/tensor_mapping.py` (`TensorNameMap` for
+//! `MODEL_ARCH.LLAMA` and `MODEL_ARCH.QWEN2`: `model.layers.N.self_attn.q_proj` → `blk.N.attn_q`,
+//! `model.embed_tokens` → `token_embd`, `lm_head` → `output`, …). The permutation is
+//! `LlamaModel.permute` of llama.cpp `conversion/llama.py` (formerly `convert_hf_to_gguf.py`),
+//! applied by `LlamaModel.modify_tensors` to `q_proj` with `n_head` heads and to `k_proj` with
+//! `n_head_kv` heads, and only by the `LlamaModel` converter (HF `LlamaForCausalLM`,
+//! `MistralForCausalLM`, …: GGUF architecture `llama`); `Qwen2Model` writes q/k unpermuted.
+
+/// Block-level module suffixes and their GGUF names (`tensor_mapping.py`).
+const BLOCK: &[(&str, &str)] = &[
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+];
+
+/// Model-level modules and their GGUF names.
+const TOP: &[(&str, &str)] = &[
+    ("embed_tokens", "token_embd"),
+    ("norm", "output_norm"),
+    ("lm_head", "output"),
+];
+
+/// The GGUF architectures whose tensor names this module maps, and whether their converter
+/// permutes q/k rows.
+pub const ARCHITECTURES: &[(&str, bool)] = &[("llama", true), ("qwen2", false)];
+
+/// Whether `arch` is mapped, and if so whether q/k rows are permuted.
+pub fn permutes(arch: &str) -> Option<bool> {
+    ARCHITECTURES
+        .iter()
+        .find(|(a, _)| *a == arch)
+        .map(|&(_, p)| p)
+}
+
+/// Which projection a module is, for the permutation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rope {
+    Q,
+    K,
+    None,
+}
+
+/// The GGUF tensor (without `.weight`) of a Hugging Face module path
+/// (`model.layers.3.self_attn.q_proj` → `blk.3.attn_q`), and whether it is a q or k projection.
+/// `None` for modules outside the map.
+pub fn gguf_module(hf: &str) -> Option<(String, Rope)> {
+    let name = hf.strip_prefix("model.").unwrap_or(hf);
+    if let Some(&(_, g)) = TOP.iter().find(|(h, _)| *h == name) {
+        return Some((g.to_owned(), Rope::None));
+    }
+    let rest = name.strip_prefix("layers.")?;
+    let (n, module) = rest.split_once('.')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let &(_, g) = BLOCK.iter().find(|(h, _)| *h == module)?;
+    let rope = match g {
+        "attn_q" => Rope::Q,
+        "attn_k" => Rope::K,
+        _ => Rope::None,
+    };
+    Some((format!("blk.{n}.{g}"), rope))
+}
+
+/// The Hugging Face module of a GGUF tensor (inverse of [`gguf_module`]; `.weight` and
+/// `.bias` suffixes are kept).
+pub fn hf_name(gguf: &str) -> Option<String> {
+    let (stem, suffix) = gguf.rsplit_once('.')?;
+    if let Some(&(h, _)) = TOP.iter().find(|(_, g)| *g == stem) {
+        let pre = if h == "lm_head" { "" } else { "model." };
+        return Some(format!("{pre}{h}.{suffix}"));
+    }
+    let rest = stem.strip_prefix("blk.")?;
+    let (n, g) = rest.split_once('.')?;
+    let &(h, _) = BLOCK.iter().find(|(_, gg)| *gg == g)?;
+    Some(format!("model.layers.{n}.{h}.{suffix}"))
+}
+
+/// Row `r` of the permuted tensor comes from row `source_row(r)` of the Hugging Face one:
+/// `w.reshape(n_head, 2, rows / n_head / 2, …).swapaxes(1, 2)` sends HF row
+/// `h·hd + j·hd/2 + i` to GGUF row `h·hd + 2i + j` (hd = rows / n_head).
+pub fn source_row(r: usize, rows: usize, n_head: usize) -> usize {
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let (h, within) = (r / hd, r % hd);
+    let (i, j) = (within / 2, within % 2);
+    h * hd + j * half + i
+}
+
+/// Whether `rows` can be permuted with `n_head` heads (`rows` a multiple of `2·n_head`).
+pub fn permutable(rows: usize, n_head: usize) -> bool {
+    n_head > 0 && rows.is_multiple_of(2 * n_head)
+}
+
+/// Applies `LlamaModel.permute` to the rows of a row-major `rows × cols` matrix.
+pub fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for r in 0..rows {
+        let s = source_row(r, rows, n_head);
+        out[r * cols..(r + 1) * cols].copy_from_slice(&w[s * cols..(s + 1) * cols]);
+    }
+    out
+}
+
+/// Undoes [`permute_rows`].
+pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for r in 0..rows {
+        let s = source_row(r, rows, n_head);
+        out[s * cols..(s + 1) * cols].copy_from_slice(&w[r * cols..(r + 1) * cols]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_both_ways() {
+        for (hf, g) in [
+            ("model.layers.12.self_attn.q_proj", "blk.12.attn_q"),
+            ("model.layers.0.mlp.down_proj", "blk.0.ffn_down"),
+            ("model.embed_tokens", "token_embd"),
+            ("lm_head", "output"),
+        ] {
+            assert_eq!(gguf_module(hf).unwrap().0, g);
+            assert_eq!(
+                hf_name(&format!("{g}.weight")).unwrap(),
+                format!("{hf}.weight")
+            );
+        }
+        assert_eq!(
+            gguf_module("model.layers.1.self_attn.k_proj").unwrap().1,
+            Rope::K
+        );
+        assert_eq!(gguf_module("model.layers.x.self_attn.k_proj"), None);
+        assert_eq!(gguf_module("model.layers.1.mlp.fc1"), None);
+    }
+
+    /// `LlamaModel.permute` on 8 rows, 2 heads: within each head of 4 rows, the two halves
+    /// interleave (`[0, 2, 1, 3]`).
+    #[test]
+    fn permutation_interleaves_the_halves_of_each_head() {
+        let w: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        let p = permute_rows(&w, 8, 1, 2);
+        assert_eq!(p, [0., 2., 1., 3., 4., 6., 5., 7.]);
+        assert_eq!(unpermute_rows(&p, 8, 1, 2), w);
+    }
+}

@@ -1,0 +1,406 @@
+//! ggml block formats to and from `f32`: the dequantizers of [`DEQUANTIZABLE`] and the
+//! reference quantizers of [`QUANTIZABLE`].
+//!
+//! Each function is a per-block transcription of llama.cpp `gguf-py/gguf/quants.py`
+//! (`dequantize_blocks` / `quantize_blocks` of `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, `BF16`,
+//! `Q2_K` … `Q6_K`), which in turn follow `ggml/src/ggml-quants.c` (`dequantize_row_*`,
+//! `quantize_row_*_ref`). The contract is bit-exactness with gguf-py in `f32`: every product
+//! and sum is rounded to `f32` in the order numpy evaluates it (`d * q - m` is two roundings,
+//! never a fused multiply-add), `f16` scales are widened exactly and narrowed with
+//! round-to-nearest-even. The fixtures in `fixtures/gguf/` hold gguf-py's own results and the
+//! tests compare bit for bit.
+//!
+//! [`DEQUANTIZABLE`]: super::types::DEQUANTIZABLE
+//! [`QUANTIZABLE`]: super::types::QUANTIZABLE
+
+use super::types::GgmlType;
+use half::f16;
+
+fn h(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Dequantizes `data` (whole blocks of `ty`) into `out` (`data.len() / type_size * block`
+/// values). Returns `false`, writing nothing, for a type lorakit cannot dequantize or a length
+/// that does not match; callers check [`GgmlType::can_dequantize`] first and report the type.
+pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    if !ty.can_dequantize() || !data.len().is_multiple_of(ts) || data.len() / ts * bs != out.len() {
+        return false;
+    }
+    let blocks = data.chunks_exact(ts).zip(out.chunks_exact_mut(bs));
+    match ty {
+        GgmlType::F32 => {
+            for (b, o) in blocks {
+                o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (b, o) in blocks {
+                o[0] = h(b, 0);
+            }
+        }
+        GgmlType::BF16 => {
+            for (b, o) in blocks {
+                o[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+            }
+        }
+        GgmlType::Q8_0 => blocks.for_each(|(b, o)| q8_0(b, o)),
+        GgmlType::Q4_0 => blocks.for_each(|(b, o)| q4_0(b, o)),
+        GgmlType::Q4_1 => blocks.for_each(|(b, o)| q4_1(b, o)),
+        GgmlType::Q5_0 => blocks.for_each(|(b, o)| q5_0(b, o)),
+        GgmlType::Q5_1 => blocks.for_each(|(b, o)| q5_1(b, o)),
+        GgmlType::Q2_K => blocks.for_each(|(b, o)| q2_k(b, o)),
+        GgmlType::Q3_K => blocks.for_each(|(b, o)| q3_k(b, o)),
+        GgmlType::Q4_K => blocks.for_each(|(b, o)| q4_k(b, o)),
+        GgmlType::Q5_K => blocks.for_each(|(b, o)| q5_k(b, o)),
+        GgmlType::Q6_K => blocks.for_each(|(b, o)| q6_k(b, o)),
+        _ => return false,
+    }
+    true
+}
+
+/// Blocks per parallel work item of [`dequantize_par`] and [`quantize_par`].
+const PAR_BLOCKS: usize = 4096;
+
+/// [`dequantize_into`] over the cores (blocks are independent, so the result is identical).
+pub fn dequantize_par(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
+    use rayon::prelude::*;
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    if !ty.can_dequantize() || !data.len().is_multiple_of(ts) || data.len() / ts * bs != out.len() {
+        return false;
+    }
+    out.par_chunks_mut(PAR_BLOCKS * bs)
+        .zip(data.par_chunks(PAR_BLOCKS * ts))
+        .all(|(o, d)| dequantize_into(ty, d, o))
+}
+
+/// [`quantize_into`] over the cores (blocks are independent, so the bytes are identical).
+pub fn quantize_par(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
+    use rayon::prelude::*;
+    let bs = ty.block_size();
+    if !ty.can_quantize() || !values.len().is_multiple_of(bs) {
+        return None;
+    }
+    let parts: Vec<Option<Vec<u8>>> = values
+        .par_chunks(PAR_BLOCKS * bs)
+        .map(|c| {
+            let mut v = Vec::new();
+            quantize_into(ty, c, &mut v).then_some(v)
+        })
+        .collect();
+    let parts: Option<Vec<Vec<u8>>> = parts.into_iter().collect();
+    Some(parts?.concat())
+}
+
+/// `quants.py` `Q8_0.dequantize_blocks`: `x * d`.
+fn q8_0(b: &[u8], o: &mut [f32]) {
+    let d = h(b, 0);
+    for (j, v) in o.iter_mut().enumerate() {
+        *v = f32::from(b[2 + j] as i8) * d;
+    }
+}
+
+/// The 4-bit value of element `j` of a 32-element block whose nibbles start at `qs`: the low
+/// nibbles hold elements 0..16, the high nibbles 16..32.
+fn nibble(qs: &[u8], j: usize) -> u8 {
+    if j < 16 {
+        qs[j] & 0x0F
+    } else {
+        qs[j - 16] >> 4
+    }
+}
+
+/// `Q4_0`: `d * (q - 8)`.
+fn q4_0(b: &[u8], o: &mut [f32]) {
+    let d = h(b, 0);
+    for (j, v) in o.iter_mut().enumerate() {
+        *v = d * f32::from(nibble(&b[2..], j) as i8 - 8);
+    }
+}
+
+/// `Q4_1`: `d * q + m`.
+fn q4_1(b: &[u8], o: &mut [f32]) {
+    let (d, m) = (h(b, 0), h(b, 2));
+    for (j, v) in o.iter_mut().enumerate() {
+        *v = d * f32::from(nibble(&b[4..], j)) + m;
+    }
+}
+
+/// The 5-bit value of element `j`: its nibble plus bit `j` of the little-endian `qh` word.
+fn five(qh: &[u8], qs: &[u8], j: usize) -> u8 {
+    let hbit = (u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]) >> j) & 1;
+    nibble(qs, j) | ((hbit as u8) << 4)
+}
+
+/// `Q5_0`: `d * (q - 16)`.
+fn q5_0(b: &[u8], o: &mut [f32]) {
+    let d = h(b, 0);
+    for (j, v) in o.iter_mut().enumerate() {
+        *v = d * f32::from(five(&b[2..6], &b[6..], j) as i8 - 16);
+    }
+}
+
+/// `Q5_1`: `d * q + m`.
+fn q5_1(b: &[u8], o: &mut [f32]) {
+    let (d, m) = (h(b, 0), h(b, 2));
+    for (j, v) in o.iter_mut().enumerate() {
+        *v = d * f32::from(five(&b[4..8], &b[8..], j)) + m;
+    }
+}
+
+/// `Q2_K` (84 bytes: 16 scale bytes, 64 bytes of 2-bit values, `d`, `dmin`): element
+/// `i = 128h + 32s + l` is bits `2s..2s+2` of `qs[32h + l]`, in group `i / 16` whose scale is
+/// `d * (sc & 15)` and offset `dmin * (sc >> 4)`.
+fn q2_k(b: &[u8], o: &mut [f32]) {
+    let (scales, qs) = (&b[..16], &b[16..80]);
+    let (d, dmin) = (h(b, 80), h(b, 82));
+    for (i, v) in o.iter_mut().enumerate() {
+        let (hh, s, l) = (i / 128, (i % 128) / 32, i % 32);
+        let q = (qs[32 * hh + l] >> (2 * s)) & 3;
+        let sc = scales[i / 16];
+        let dl = d * f32::from(sc & 0xF);
+        let ml = dmin * f32::from(sc >> 4);
+        *v = dl * f32::from(q) - ml;
+    }
+}
+
+/// `Q3_K` (110 bytes: 32-byte high-bit mask, 64 bytes of 2-bit values, 12 bytes of packed
+/// 6-bit scales, `d`): element `i = 128h + 32s + l` takes bits `2s..` of `qs[32h + l]` and
+/// subtracts 4 when bit `i / 32` of `hmask[l]` is clear; scale `j` is the low or high nibble of
+/// byte `j % 8` plus two bits of byte `8 + j % 4`, minus 32.
+fn q3_k(b: &[u8], o: &mut [f32]) {
+    let (hmask, qs, sc, d) = (&b[..32], &b[32..96], &b[96..108], h(b, 108));
+    let mut dl = [0f32; 16];
+    for (j, x) in dl.iter_mut().enumerate() {
+        let lo = (sc[j % 8] >> (4 * (j / 8))) & 0x0F;
+        let hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 0x03;
+        *x = d * f32::from((lo | (hi << 4)) as i8 - 32);
+    }
+    for (i, v) in o.iter_mut().enumerate() {
+        let (hh, s, l) = (i / 128, (i % 128) / 32, i % 32);
+        let ql = (qs[32 * hh + l] >> (2 * s)) & 3;
+        let qh = ((hmask[l] >> (i / 32)) & 1) ^ 1;
+        let q = ql as i8 - (qh << 2) as i8;
+        *v = dl[i / 16] * f32::from(q);
+    }
+}
+
+/// `Q4_K.get_scale_min`: the eight 6-bit scales and mins packed in 12 bytes.
+fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+    for j in 0..4 {
+        sc[j] = s[j] & 0x3F;
+        mn[j] = s[4 + j] & 0x3F;
+        sc[4 + j] = (s[8 + j] & 0x0F) | ((s[j] >> 2) & 0x30);
+        mn[4 + j] = (s[8 + j] >> 4) | ((s[4 + j] >> 2) & 0x30);
+    }
+    (sc, mn)
+}
+
+/// `Q4_K` (144 bytes: `d`, `dmin`, 12 scale bytes, 128 bytes of nibbles): element
+/// `i = 64c + 32s + l` is nibble `s` of `qs[32c + l]`, in sub-block `i / 32`.
+fn q4_k(b: &[u8], o: &mut [f32]) {
+    let (d, dmin) = (h(b, 0), h(b, 2));
+    let (sc, mn) = scale_min_k4(&b[4..16]);
+    let qs = &b[16..144];
+    for (i, v) in o.iter_mut().enumerate() {
+        let (c, s, l) = (i / 64, (i % 64) / 32, i % 32);
+        let q = (qs[32 * c + l] >> (4 * s)) & 0x0F;
+        let sb = i / 32;
+        let dd = d * f32::from(sc[sb]);
+        let dm = dmin * f32::from(mn[sb]);
+        *v = dd * f32::from(q) - dm;
+    }
+}
+
+/// `Q5_K` (176 bytes: `d`, `dmin`, 12 scale bytes, 32 bytes of high bits, 128 bytes of
+/// nibbles): as `Q4_K` plus bit `i / 32` of `qh[i % 32]` as the fifth bit.
+fn q5_k(b: &[u8], o: &mut [f32]) {
+    let (d, dmin) = (h(b, 0), h(b, 2));
+    let (sc, mn) = scale_min_k4(&b[4..16]);
+    let (qh, qs) = (&b[16..48], &b[48..176]);
+    for (i, v) in o.iter_mut().enumerate() {
+        let (c, s, l) = (i / 64, (i % 64) / 32, i % 32);
+        let ql = (qs[32 * c + l] >> (4 * s)) & 0x0F;
+        let hb = (qh[l] >> (i / 32)) & 1;
+        let q = ql | (hb << 4);
+        let sb = i / 32;
+        let dd = d * f32::from(sc[sb]);
+        let dm = dmin * f32::from(mn[sb]);
+        *v = dd * f32::from(q) - dm;
+    }
+}
+
+/// `Q6_K` (210 bytes: 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 signed scales,
+/// `d`): element `i = 128h + 64s + l` (l < 64) takes nibble `s` of `ql[64h + l]`; element
+/// `i = 128h + 32t + m` (m < 32) takes bits `2t..` of `qh[32h + m]`; minus 32, times
+/// `d * scale[i / 16]`.
+fn q6_k(b: &[u8], o: &mut [f32]) {
+    let (ql, qh, scales, d) = (&b[..128], &b[128..192], &b[192..208], h(b, 208));
+    for (i, v) in o.iter_mut().enumerate() {
+        let hh = i / 128;
+        let r = i % 128;
+        let lo = (ql[64 * hh + r % 64] >> (4 * (r / 64))) & 0x0F;
+        let hi = (qh[32 * hh + r % 32] >> (2 * (r / 32))) & 0x03;
+        let q = (lo | (hi << 4)) as i8 - 32;
+        let dl = d * f32::from(scales[i / 16] as i8);
+        *v = dl * f32::from(q);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantizers
+// ---------------------------------------------------------------------------------------------
+
+/// Quantizes `values` (whole blocks of `ty`) to `ty`, appending to `out`. Returns `false`,
+/// writing nothing, for a type without a reference quantizer or a length that is not a whole
+/// number of blocks.
+pub fn quantize_into(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
+    let bs = ty.block_size();
+    if !ty.can_quantize() || !values.len().is_multiple_of(bs) {
+        return false;
+    }
+    out.reserve(values.len() / bs * ty.type_size());
+    match ty {
+        GgmlType::F32 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::BF16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&to_bf16(*v).to_le_bytes())),
+        GgmlType::Q8_0 => values.chunks_exact(32).for_each(|b| quant_q8_0(b, out)),
+        GgmlType::Q4_0 => values.chunks_exact(32).for_each(|b| quant_sym(b, 4, out)),
+        GgmlType::Q5_0 => values.chunks_exact(32).for_each(|b| quant_sym(b, 5, out)),
+        GgmlType::Q4_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 4, out)),
+        GgmlType::Q5_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 5, out)),
+        _ => return false,
+    }
+    true
+}
+
+/// `quants.py` `BF16.quantize_blocks` (= ggml's `ggml_compute_fp32_to_bf16`): a NaN becomes a
+/// quiet NaN with its sign and top payload bits; everything else rounds to nearest even.
+pub fn to_bf16(x: f32) -> u16 {
+    let mut n = x.to_bits();
+    if n & 0x7fff_ffff > 0x7f80_0000 {
+        n = (n & 0xffff_0000) | (64 << 16);
+    }
+    ((u64::from(n) + (0x7fff + u64::from((n >> 16) & 1))) >> 16) as u16
+}
+
+/// `quants.py` `np_roundf`: round half away from zero, computed as numpy does
+/// (`sign(n) * (floor(|n|) + floor(2 * (|n| - floor(|n|))))`, in `f32`).
+fn roundf(n: f32) -> f32 {
+    let a = n.abs();
+    let fl = a.floor();
+    let b = fl + (2.0 * (a - fl)).floor();
+    let sign = if n > 0.0 {
+        1.0
+    } else if n < 0.0 {
+        -1.0
+    } else {
+        0.0
+    };
+    sign * b
+}
+
+/// `1 / d`, or 0 when `d` is 0 (`np.where(d == 0, 0, 1 / d)`).
+fn inv(d: f32) -> f32 {
+    if d == 0.0 {
+        0.0
+    } else {
+        1.0 / d
+    }
+}
+
+/// Float to integer as numpy's `astype` does on x86-64 for in-range values (truncation); the
+/// quantizers clip afterwards exactly as gguf-py does.
+fn trunc_u8(x: f32) -> u8 {
+    x.trunc() as i32 as u8
+}
+
+/// `Q8_0.quantize_blocks` (bit-exact with ggml's `quantize_row_q8_0_ref`):
+/// `d = max|x| / 127`, `q = roundf(x / d)`.
+fn quant_q8_0(b: &[f32], out: &mut Vec<u8>) {
+    let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = inv(d);
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    for &v in b {
+        out.push(roundf(v * id) as i32 as i8 as u8);
+    }
+}
+
+/// Packs 32 quantized values as `quants.py` does: the low nibbles of elements `j` and `j + 16`
+/// share byte `j`; for 5 bits, the fifth bits go little-endian into a 4-byte `qh` before them.
+fn pack(q: &[u8; 32], bits: u32, out: &mut Vec<u8>) {
+    if bits == 5 {
+        let mut qh = 0u32;
+        for (j, &v) in q.iter().enumerate() {
+            if v >> 4 != 0 {
+                qh |= 1 << j;
+            }
+        }
+        out.extend_from_slice(&qh.to_le_bytes());
+    }
+    for j in 0..16 {
+        out.push((q[j] & 0x0F) | (q[j + 16] << 4));
+    }
+}
+
+/// `Q4_0` / `Q5_0` `quantize_blocks`: the element of largest magnitude (the first one on a
+/// tie) with its sign gives `d = max / -8` (`-16`); `q = min(trunc(x / d + 8.5), 15)`
+/// (`16.5`, `31`).
+fn quant_sym(b: &[f32], bits: u32, out: &mut Vec<u8>) {
+    let mut max = 0f32;
+    let mut amax = -1f32;
+    for &v in b {
+        // argmax keeps the first of equal maxima.
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let (div, add, top) = if bits == 4 {
+        (-8f32, 8.5f32, 15u8)
+    } else {
+        (-16f32, 16.5f32, 31u8)
+    };
+    let d = max / div;
+    let id = inv(d);
+    let mut q = [0u8; 32];
+    for (qi, &v) in q.iter_mut().zip(b) {
+        *qi = trunc_u8(v * id + add).min(top);
+    }
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    pack(&q, bits, out);
+}
+
+/// `Q4_1` / `Q5_1` `quantize_blocks`: `d = (max - min) / 15` (`31`),
+/// `q = min(trunc((x - min) / d + 0.5), 15)`; `d` and `min` stored as f16.
+///
+/// Among equal extremes the later element wins, as numpy's `min`/`max` reductions give on
+/// x86-64: this only shows for signed zeros (a block of ±0 stores `min` as the sign of its last
+/// zero), and is pinned by the signed-zero block of `fixtures/gguf/quant.gguf`.
+fn quant_aff(b: &[f32], bits: u32, out: &mut Vec<u8>) {
+    let max = b[1..].iter().fold(b[0], |m, &v| if v >= m { v } else { m });
+    let min = b[1..].iter().fold(b[0], |m, &v| if v <= m { v } else { m });
+    let (levels, top) = if bits == 4 {
+        (15f32, 15u8)
+    } else {
+        (31f32, 31u8)
+    };
+    let d = (max - min) / levels;
+    let id = inv(d);
+    let mut q = [0u8; 32];
+    for (qi, &v) in q.iter_mut().zip(b) {
+        *qi = trunc_u8((v - min) * id + 0.5).min(top);
+    }
+    out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+    pack(&q, bits, out);
+}

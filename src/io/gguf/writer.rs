@@ -1,0 +1,145 @@
+//! Writing GGUF files: the header (magic, version 3, metadata entries, tensor infos) and the
+//! tensors in declared order, each padded to the alignment, streamed through the project's
+//! atomic [`Output`](crate::io::Output) (temporary file, fsync, rename at commit).
+//!
+//! The layout is `gguf-py/gguf/gguf_writer.py` (`write_header_to_file`,
+//! `write_kv_data_to_file`, `write_ti_data_to_file`, `write_tensors_to_file`): dims written in
+//! ggml order (`ne[0]` first), each tensor's offset the previous end padded to the alignment,
+//! the data section starting at the header's end padded to the alignment, padding after every
+//! tensor. Metadata entries copied from an input are written as their raw bytes, so every value
+//! of every type survives unchanged.
+
+use super::header::{pad, MAGIC};
+use super::types::GgmlType;
+use crate::error::{InputError, InputResult};
+use crate::io::writer::RawFile;
+
+/// A tensor to be written: its name, ggml dims and type, declared before any data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutTensor {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+}
+
+impl OutTensor {
+    /// Bytes of the tensor's data (the caller has checked that rows are whole blocks).
+    pub fn bytes(&self) -> u64 {
+        self.ty
+            .byte_len(self.dims.iter().product())
+            .expect("whole blocks")
+    }
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A `STRING` metadata entry.
+pub fn kv_string(key: &str, value: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(&mut b, key);
+    b.extend_from_slice(&8u32.to_le_bytes());
+    string(&mut b, value);
+    b
+}
+
+/// A `UINT32` metadata entry.
+pub fn kv_u32(key: &str, value: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(&mut b, key);
+    b.extend_from_slice(&4u32.to_le_bytes());
+    b.extend_from_slice(&value.to_le_bytes());
+    b
+}
+
+/// The header: magic, version 3, tensor and entry counts, `entries` (each a whole metadata
+/// entry as bytes), tensor infos, and zero padding up to the data section.
+pub fn header(entries: &[Vec<u8>], tensors: &[OutTensor], alignment: u64) -> Vec<u8> {
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for e in entries {
+        b.extend_from_slice(e);
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        string(&mut b, &t.name);
+        b.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            b.extend_from_slice(&d.to_le_bytes());
+        }
+        b.extend_from_slice(&t.ty.id().to_le_bytes());
+        b.extend_from_slice(&offset.to_le_bytes());
+        offset = pad(offset + t.bytes(), alignment).expect("sizes fit");
+    }
+    let end = pad(b.len() as u64, alignment).expect("sizes fit") as usize;
+    b.resize(end, 0);
+    b
+}
+
+/// Streams one GGUF file: the header first, then each declared tensor whole, in order.
+#[derive(Debug)]
+pub struct GgufWriter<'o> {
+    file: RawFile<'o>,
+    dest: std::path::PathBuf,
+    tensors: Vec<OutTensor>,
+    alignment: u64,
+    next: usize,
+}
+
+impl<'o> GgufWriter<'o> {
+    /// Writes the header of a file holding `entries` and exactly `tensors`.
+    pub fn new(
+        mut file: RawFile<'o>,
+        dest: &std::path::Path,
+        entries: &[Vec<u8>],
+        tensors: Vec<OutTensor>,
+        alignment: u64,
+    ) -> InputResult<Self> {
+        file.write_all(&header(entries, &tensors, alignment))?;
+        Ok(GgufWriter {
+            file,
+            dest: dest.to_path_buf(),
+            tensors,
+            alignment,
+            next: 0,
+        })
+    }
+
+    /// Writes the next tensor, which must be `name` with exactly its declared size.
+    pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
+        let t = self.tensors.get(self.next).ok_or_else(|| {
+            InputError::invalid(&self.dest, format!("tensor `{name}` was not declared"))
+        })?;
+        if t.name != name || t.bytes() != data.len() as u64 {
+            return Err(InputError::invalid(
+                &self.dest,
+                format!(
+                    "tensor `{name}` ({} bytes) written where `{}` ({} bytes) was declared",
+                    data.len(),
+                    t.name,
+                    t.bytes()
+                ),
+            ));
+        }
+        self.next += 1;
+        self.file.write_all(data)?;
+        let n = data.len() as u64;
+        let padding = pad(n, self.alignment).expect("sizes fit") - n;
+        self.file.write_all(&vec![0u8; padding as usize])
+    }
+
+    /// Checks every tensor was written, then flushes and fsyncs.
+    pub fn finish(self) -> InputResult<u64> {
+        if let Some(t) = self.tensors.get(self.next) {
+            return Err(InputError::invalid(
+                &self.dest,
+                format!("tensor `{}` was never written", t.name),
+            ));
+        }
+        self.file.finish()
+    }
+}

@@ -1,0 +1,209 @@
+//! `inspect` of a GGUF model (one file or a split set): what llama.cpp would load, from the
+//! header alone: architecture, version, alignment, metadata with types, tensor types and counts,
+//! and with `--tensors` every tensor's ggml type, shape (PyTorch order: ggml dims reversed) and
+//! size.
+
+use super::{human_bytes, human_count, table, DtypeStats, TensorRow};
+use crate::io::gguf::{GgufModel, Value};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Arrays longer than this are summarised (`element_type`, `element_count`) instead of listed:
+/// a vocabulary is tens of thousands of strings.
+pub const MAX_LISTED: usize = 16;
+
+#[derive(Debug, Serialize)]
+pub struct GgufReport {
+    pub path: String,
+    /// `file` or `split`.
+    pub layout: &'static str,
+    pub files: Vec<String>,
+    pub version: u32,
+    pub architecture: Option<String>,
+    pub alignment: u64,
+    pub tensor_count: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+    /// Per ggml type (`Q4_K`, `F32`, …).
+    pub dtypes: BTreeMap<String, DtypeStats>,
+    /// Every key with its GGUF type and value (long arrays summarised).
+    pub metadata: BTreeMap<String, MetadataRow>,
+    /// Types lorakit cannot dequantize, if any tensor has one (inspect and copy work; merging
+    /// into or diffing those tensors does not).
+    pub unsupported_types: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensors: Option<Vec<TensorRow>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetadataRow {
+    /// `UINT32`, `STRING`, `ARRAY`, … (gguf-py's `GGUFValueType` names).
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub element_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub element_count: Option<usize>,
+    /// The value; absent for a summarised array.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+fn row(v: &Value) -> MetadataRow {
+    match v {
+        Value::Array(et, items) => MetadataRow {
+            ty: "ARRAY",
+            element_type: Some(et.name()),
+            element_count: Some(items.len()),
+            value: (items.len() <= MAX_LISTED).then(|| v.to_json()),
+        },
+        _ => MetadataRow {
+            ty: v.value_type().name(),
+            element_type: None,
+            element_count: None,
+            value: Some(v.to_json()),
+        },
+    }
+}
+
+/// The report of an open model; `path` as the user gave it.
+pub fn report(m: &GgufModel, path: &std::path::Path, tensors: bool) -> GgufReport {
+    let h = m.header();
+    let mut dtypes: BTreeMap<String, DtypeStats> = BTreeMap::new();
+    let (mut params, mut bytes) = (0u64, 0u64);
+    let mut unsupported = std::collections::BTreeSet::new();
+    for (_, t) in m.tensors() {
+        let s = dtypes.entry(t.ty.name().into()).or_insert(DtypeStats {
+            tensor_count: 0,
+            parameters: 0,
+            bytes: 0,
+        });
+        s.tensor_count += 1;
+        s.parameters += t.numel();
+        s.bytes += t.bytes;
+        params += t.numel();
+        bytes += t.bytes;
+        if !t.ty.can_dequantize() {
+            unsupported.insert(t.ty.name().to_owned());
+        }
+    }
+    let file_name = |p: &std::path::Path| {
+        p.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    GgufReport {
+        path: path.display().to_string(),
+        layout: if m.files.len() > 1 { "split" } else { "file" },
+        files: m.files.iter().map(|f| file_name(f.path())).collect(),
+        version: h.version,
+        architecture: m.architecture().map(str::to_owned),
+        alignment: h.alignment,
+        tensor_count: m.len(),
+        parameters: params,
+        bytes,
+        dtypes,
+        metadata: h
+            .metadata
+            .iter()
+            .map(|kv| (kv.key.clone(), row(&kv.value)))
+            .collect(),
+        unsupported_types: unsupported.into_iter().collect(),
+        tensors: tensors.then(|| {
+            m.tensors()
+                .map(|(f, t)| TensorRow {
+                    name: t.name.clone(),
+                    dtype: t.ty.name().into(),
+                    shape: t.shape(),
+                    bytes: t.bytes,
+                    file: file_name(f.path()),
+                })
+                .collect()
+        }),
+    }
+}
+
+/// Aligned tables for people.
+pub fn render(g: &GgufReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "gguf        {}", g.path);
+    let _ = writeln!(
+        s,
+        "layout      {} ({} file{})",
+        g.layout,
+        g.files.len(),
+        if g.files.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        s,
+        "arch        {}",
+        g.architecture.as_deref().unwrap_or("(none)")
+    );
+    let _ = writeln!(s, "version     {} (alignment {})", g.version, g.alignment);
+    let _ = writeln!(s, "tensors     {}", g.tensor_count);
+    let _ = writeln!(
+        s,
+        "parameters  {} ({})",
+        g.parameters,
+        human_count(g.parameters)
+    );
+    let _ = writeln!(s, "bytes       {} ({})", g.bytes, human_bytes(g.bytes));
+    let rows: Vec<Vec<String>> = g
+        .dtypes
+        .iter()
+        .map(|(d, st)| {
+            vec![
+                d.clone(),
+                st.tensor_count.to_string(),
+                st.parameters.to_string(),
+                human_bytes(st.bytes),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&table(
+        &["type", "tensors", "parameters", "bytes"],
+        &rows,
+        &[false, true, true, true],
+    ));
+    if !g.unsupported_types.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nnot dequantizable by lorakit: {}",
+            g.unsupported_types.join(", ")
+        );
+    }
+    if !g.metadata.is_empty() {
+        s.push_str("\nmetadata\n");
+        for (k, r) in &g.metadata {
+            let v = match (&r.value, r.element_type, r.element_count) {
+                (Some(v), _, _) => crate::error::one_line(&v.to_string()),
+                (None, Some(et), Some(n)) => format!("[{et} × {n}]"),
+                _ => String::new(),
+            };
+            let _ = writeln!(s, "  {k} ({}) = {v}", r.ty);
+        }
+    }
+    if let Some(list) = &g.tensors {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|t| {
+                vec![
+                    t.name.clone(),
+                    t.dtype.clone(),
+                    format!("{:?}", t.shape),
+                    t.bytes.to_string(),
+                    t.file.clone(),
+                ]
+            })
+            .collect();
+        s.push('\n');
+        s.push_str(&table(
+            &["name", "type", "shape", "bytes", "file"],
+            &rows,
+            &[false, false, false, true, false],
+        ));
+    }
+    s
+}

@@ -1,0 +1,543 @@
+//! Merging adapters into a GGUF model (llama.cpp), keeping every tensor's type.
+//!
+//! `W = W0 + Σᵢ wᵢ·ΔWᵢ` per adapted tensor, as [`super`] computes it for safetensors bases, with
+//! `W0` the base tensor dequantized to f32 (bit-exact with gguf-py, see
+//! [`crate::io::gguf::quant`]) and each `ΔWᵢ = sᵢ·Bᵢ·Aᵢ` (or the rebuilt ΔW of LoHa/LoKr/full
+//! modules) laid out as the GGUF tensor is: Hugging Face module names map to GGUF names by
+//! gguf-py's `tensor_mapping.py`, and for architecture `llama` the rows of ΔW of `q_proj` and
+//! `k_proj` are permuted by `LlamaModel.permute` (llama.cpp `conversion/llama.py`), with the
+//! head counts read from the base's `llama.attention.head_count` / `head_count_kv` (see
+//! [`crate::io::gguf::names`]). GGUF dims are ggml order (`ne[0]` = input features), so the
+//! dequantized data is the `[out, in]` row-major matrix of the PyTorch weight.
+//!
+//! The merged tensor is stored in its original type with the reference quantizer
+//! (`OutType::Keep`, bit-exact with gguf-py's `quants.quantize`, which follows ggml's
+//! `quantize_row_*_ref`), or in the type asked for; types without a quantizer in lorakit are
+//! refused for `keep` at planning, naming the tensor. Unlike llama.cpp's `llama-export-lora`
+//! (which writes merged tensors as F16, llama.cpp #10049), the report gives per merged tensor
+//! the quantization error of what was stored against the f32 merge. Every other tensor is
+//! copied byte for byte; metadata entries are copied as their raw bytes (a split base's
+//! `split.*` keys dropped: the output is one file) and extended with `lorakit.*` provenance.
+//!
+//! Refused at planning, before anything is written: unmatched modules (unless allowed),
+//! DoRA and `lora_bias` modules and full-tensor replacements (`modules_to_save`), an
+//! architecture outside the name map, base types lorakit cannot dequantize, and an output path
+//! that is an input.
+
+use super::WeightedAdapter;
+use crate::backend::{Engine, MergeJob, Term};
+use crate::dtype::Dtype;
+use crate::error::{InputError, InputResult};
+use crate::io::gguf::names::{self, Rope};
+use crate::io::gguf::writer::{kv_string, GgufWriter, OutTensor};
+use crate::io::gguf::{quant, types, GgmlType, GgufModel, Value};
+use crate::io::writer::{check_writes, LockMode};
+use crate::io::Output;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The type of each merged tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutType {
+    /// The base tensor's own type, requantized with the reference quantizer.
+    #[default]
+    Keep,
+    /// This type (one of [`types::QUANTIZABLE`]).
+    To(GgmlType),
+}
+
+impl OutType {
+    /// `keep` or a writable type name (`f16`, `q8_0`, …).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("keep") {
+            return Ok(OutType::Keep);
+        }
+        match GgmlType::from_name(s) {
+            Some(t) if t.can_quantize() => Ok(OutType::To(t)),
+            _ => Err(format!(
+                "unknown or unwritable GGUF type `{s}`; expected keep or one of {}",
+                types::names(types::QUANTIZABLE).to_lowercase()
+            )),
+        }
+    }
+}
+
+/// Options of a GGUF merge.
+#[derive(Debug, Clone, Default)]
+pub struct GgufMergeOptions {
+    pub outtype: OutType,
+    pub unmerge: bool,
+    pub allow_unmatched: bool,
+}
+
+/// One merged tensor and the modules merged into it.
+#[derive(Debug, Clone)]
+struct Target {
+    tensor: String,
+    /// `(adapter index, module index)` in order.
+    terms: Vec<(usize, usize)>,
+    /// Heads of the q/k permutation, if any.
+    permute: Option<usize>,
+    out_type: GgmlType,
+}
+
+/// A validated GGUF merge: nothing is written until [`GgufMergePlan::run`].
+#[derive(Debug)]
+pub struct GgufMergePlan {
+    base_path: PathBuf,
+    base: GgufModel,
+    adapters: Vec<WeightedAdapter>,
+    out: PathBuf,
+    options: GgufMergeOptions,
+    targets: Vec<Target>,
+    /// Adapter modules that found no tensor (only with `allow_unmatched`).
+    pub unmatched: Vec<String>,
+}
+
+/// Per merged tensor: its stored type and the error of storing it against the f32 merge.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergedTensor {
+    pub name: String,
+    pub modules: Vec<String>,
+    pub base_type: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// `‖Q(W) − W‖_F / ‖W‖_F` with `W` the f32 merge and `Q(W)` the stored tensor dequantized.
+    pub quant_rel_fro_error: f64,
+    pub quant_max_abs_error: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GgufMergeReport {
+    pub operation: &'static str,
+    pub base: String,
+    pub out: String,
+    pub files: Vec<String>,
+    pub architecture: String,
+    pub outtype: String,
+    pub adapters: Vec<serde_json::Value>,
+    pub tensors_merged_count: usize,
+    pub tensors_copied_count: usize,
+    pub merged_tensors: Vec<MergedTensor>,
+    pub unmatched: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+fn head_count(m: &GgufModel, arch: &str, key: &str) -> Option<usize> {
+    let v = m.header().get(&format!("{arch}.attention.{key}"))?;
+    match v {
+        // A per-layer array (some models); lorakit requires one count for all layers.
+        Value::Array(_, items) => {
+            let first = items.first()?.as_u64()?;
+            items
+                .iter()
+                .all(|x| x.as_u64() == Some(first))
+                .then_some(first as usize)
+        }
+        _ => v.as_u64().map(|n| n as usize),
+    }
+}
+
+impl GgufMergePlan {
+    /// Resolves every module onto the base and checks everything that can be checked before
+    /// writing: the plan either runs to completion or fails at its first tensor's I/O.
+    pub fn new(
+        base_path: &Path,
+        base: GgufModel,
+        adapters: Vec<WeightedAdapter>,
+        out: PathBuf,
+        options: GgufMergeOptions,
+    ) -> Result<Self> {
+        let bp = base.files[0].path().to_path_buf();
+        let arch = base.architecture().unwrap_or("").to_owned();
+        let permutes = names::permutes(&arch).ok_or_else(|| {
+            InputError::invalid(
+                &bp,
+                format!(
+                    "GGUF architecture `{arch}`: lorakit maps adapter modules onto {} only",
+                    names::ARCHITECTURES
+                        .iter()
+                        .map(|(a, _)| *a)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        // Read only when a q/k projection is merged.
+        let n_head = head_count(&base, &arch, "head_count");
+        let n_head_kv = head_count(&base, &arch, "head_count_kv").or(n_head);
+        let mut targets: Vec<Target> = Vec::new();
+        let mut unmatched = Vec::new();
+        for (ai, wa) in adapters.iter().enumerate() {
+            let a = &wa.adapter;
+            if let Some(f) = a.full_tensors.first() {
+                return Err(InputError::invalid(
+                    &a.path,
+                    format!("full tensor `{}` (modules_to_save): lorakit does not yet replace whole tensors of a GGUF base", f.name),
+                )
+                .into());
+            }
+            for (mi, m) in a.modules.iter().enumerate() {
+                if m.dora_magnitude.is_some() || m.bias.is_some() {
+                    return Err(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "module `{}`: {} is not supported when merging into a GGUF base",
+                            m.name,
+                            if m.bias.is_some() {
+                                "lora_bias"
+                            } else {
+                                "DoRA"
+                            }
+                        ),
+                    )
+                    .into());
+                }
+                let Some((g, rope)) = names::gguf_module(&m.name) else {
+                    unmatched.push(format!(
+                        "`{}`: no GGUF tensor name for this module ({arch})",
+                        m.name
+                    ));
+                    continue;
+                };
+                let tname = format!("{g}.weight");
+                let Some((_, t)) = base.get(&tname) else {
+                    unmatched.push(format!("`{}`: no base tensor `{tname}`", m.name));
+                    continue;
+                };
+                let want = if m.base_transposed {
+                    vec![m.in_features, m.out_features]
+                } else {
+                    vec![m.out_features, m.in_features]
+                };
+                if t.shape() != want {
+                    return Err(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "module `{}`: base tensor `{tname}` has shape {:?}, the adapter needs {want:?}",
+                            m.name,
+                            t.shape()
+                        ),
+                    )
+                    .into());
+                }
+                if !t.ty.can_dequantize() {
+                    return Err(InputError::invalid(
+                        &bp,
+                        format!(
+                            "tensor `{tname}`: type {} cannot be dequantized by lorakit (it reads {}), so module `{}` cannot be merged into it",
+                            t.ty,
+                            types::names(types::DEQUANTIZABLE),
+                            m.name
+                        ),
+                    )
+                    .into());
+                }
+                let out_type = match options.outtype {
+                    OutType::Keep => t.ty,
+                    OutType::To(ty) => ty,
+                };
+                if !out_type.can_quantize() {
+                    return Err(InputError::invalid(
+                        &bp,
+                        format!(
+                            "tensor `{tname}` is {}: lorakit has no reference quantizer for it, so --outtype keep cannot store the merge; choose --outtype {}",
+                            t.ty,
+                            types::names(types::QUANTIZABLE).to_lowercase().replace(", ", "|")
+                        ),
+                    )
+                    .into());
+                }
+                if !t.dims[0].is_multiple_of(out_type.block_size() as u64) {
+                    return Err(InputError::invalid(
+                        &bp,
+                        format!(
+                            "tensor `{tname}`: rows of {} values are not whole {} blocks of {}",
+                            t.dims[0],
+                            out_type,
+                            out_type.block_size()
+                        ),
+                    )
+                    .into());
+                }
+                let heads = match (permutes, rope) {
+                    (true, Rope::Q) => Some(n_head),
+                    (true, Rope::K) => Some(n_head_kv),
+                    _ => None,
+                };
+                let permute = match heads {
+                    None => None,
+                    Some(Some(h)) => Some(h),
+                    Some(None) => {
+                        return Err(InputError::invalid(
+                            &bp,
+                            format!("`{arch}.attention.head_count` is missing or not one integer; it is needed to permute the rows of `{tname}` as llama.cpp's converter did"),
+                        )
+                        .into())
+                    }
+                };
+                if let Some(h) = permute {
+                    if !names::permutable(m.out_features, h) {
+                        return Err(InputError::invalid(
+                            &bp,
+                            format!(
+                                "tensor `{tname}`: {} rows cannot be split into {h} heads of two halves as llama.cpp permutes q/k",
+                                m.out_features
+                            ),
+                        )
+                        .into());
+                    }
+                }
+                match targets.iter_mut().find(|x| x.tensor == tname) {
+                    Some(x) => x.terms.push((ai, mi)),
+                    None => targets.push(Target {
+                        tensor: tname,
+                        terms: vec![(ai, mi)],
+                        permute,
+                        out_type,
+                    }),
+                }
+            }
+        }
+        if !unmatched.is_empty() && !options.allow_unmatched {
+            return Err(InputError::invalid(
+                &adapters[0].adapter.path,
+                format!(
+                    "{} module(s) match no tensor of the GGUF base ({}); pass --allow-unmatched to merge the rest",
+                    unmatched.len(),
+                    unmatched.join("; ")
+                ),
+            )
+            .into());
+        }
+        let mut reads = base.paths();
+        for wa in &adapters {
+            reads.extend(wa.adapter.input_paths());
+        }
+        check_writes(&reads, std::slice::from_ref(&out), &[])?;
+        Ok(GgufMergePlan {
+            base_path: base_path.to_path_buf(),
+            base,
+            adapters,
+            out,
+            options,
+            targets,
+            unmatched,
+        })
+    }
+
+    /// The output's metadata entries: the base's (raw bytes; `split.*` and old `lorakit.*`
+    /// keys dropped), then the provenance.
+    fn entries(&self) -> Vec<Vec<u8>> {
+        let f = &self.base.files[0];
+        let mut out: Vec<Vec<u8>> = f
+            .header()
+            .metadata
+            .iter()
+            .filter(|kv| !kv.key.starts_with("split.") && !kv.key.starts_with("lorakit."))
+            .map(|kv| f.raw_kv(kv).to_vec())
+            .collect();
+        out.push(kv_string("lorakit.version", env!("CARGO_PKG_VERSION")));
+        out.push(kv_string(
+            "lorakit.operation",
+            if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            },
+        ));
+        out.push(kv_string(
+            "lorakit.adapters",
+            &serde_json::Value::Array(self.adapter_json()).to_string(),
+        ));
+        out
+    }
+
+    fn adapter_json(&self) -> Vec<serde_json::Value> {
+        self.adapters
+            .iter()
+            .map(|wa| serde_json::json!({ "path": wa.adapter.path.display().to_string(), "weight": wa.weight }))
+            .collect()
+    }
+
+    /// The f32 merge of one target, in the GGUF tensor's layout, through the backend's merge
+    /// (the arithmetic every safetensors merge uses: `acc = Σₖ b·a` in f32, `w + scale·acc`).
+    fn merged(&self, t: &Target, engine: &Engine) -> InputResult<Vec<f32>> {
+        let (f, info) = self.base.get(&t.tensor).expect("planned");
+        let w0 = f.dequantize(info)?;
+        let shape = info.shape();
+        let (rows, cols) = (shape[0], shape[1]);
+        let mut order = t.terms.clone();
+        if self.options.unmerge {
+            order.reverse();
+        }
+        // Factors in the stored layout: transposed for embeddings, q/k rows permuted.
+        let mut owned = Vec::new();
+        for &(ai, mi) in &order {
+            let a = &self.adapters[ai].adapter;
+            let m = &a.modules[mi];
+            let (mut b, mut av, mut dense) = (Vec::new(), Vec::new(), None);
+            if m.factors.lora().is_some() {
+                let (fb, fa) = a.factors(m)?;
+                (b, av) = if m.base_transposed {
+                    (
+                        crate::adapter::transpose(&fa, m.rank, m.in_features),
+                        crate::adapter::transpose(&fb, m.out_features, m.rank),
+                    )
+                } else {
+                    (fb.to_vec(), fa.to_vec())
+                };
+                if let Some(h) = t.permute {
+                    b = names::permute_rows(&b, rows, m.rank, h);
+                }
+            } else {
+                let mut d = a.delta_unscaled(m)?;
+                if m.base_transposed {
+                    d = crate::adapter::transpose(&d, m.out_features, m.in_features);
+                }
+                if let Some(h) = t.permute {
+                    d = names::permute_rows(&d, rows, cols, h);
+                }
+                dense = Some(d);
+            }
+            owned.push((b, av, dense));
+        }
+        let terms: Vec<Term> = order
+            .iter()
+            .zip(&owned)
+            .map(|(&(ai, mi), (b, a, dense))| {
+                let wa = &self.adapters[ai];
+                let m = &wa.adapter.modules[mi];
+                let s = wa.weight * m.scale;
+                Term {
+                    b,
+                    a,
+                    rank: m.rank,
+                    dense: dense.as_deref(),
+                    scale: if self.options.unmerge { -s } else { s } as f32,
+                    dora: None,
+                }
+            })
+            .collect();
+        let job = MergeJob {
+            w0: bytemuck::cast_slice(&w0),
+            in_dtype: Dtype::F32,
+            rows,
+            cols,
+            terms: &terms,
+            out_dtype: Dtype::F32,
+        };
+        let out = engine.merge(&job).map_err(|e| {
+            InputError::invalid(
+                &self.out,
+                format!(
+                    "tensor `{}`: the merge gives an invalid result: {e}; nothing was written",
+                    t.tensor
+                ),
+            )
+        })?;
+        Ok(bytemuck::pod_collect_to_vec(&out))
+    }
+
+    /// Writes the merged model atomically and reports per merged tensor.
+    pub fn run(self, engine: &Engine) -> Result<GgufMergeReport> {
+        let start = std::time::Instant::now();
+        let out_tensors: Vec<OutTensor> = self
+            .base
+            .tensors()
+            .map(|(_, t)| OutTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: self
+                    .targets
+                    .iter()
+                    .find(|x| x.tensor == t.name)
+                    .map_or(t.ty, |x| x.out_type),
+            })
+            .collect();
+        let mut output = Output::new();
+        if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            output.create_dir_all(dir)?;
+        }
+        output.lock(&self.out, LockMode::Exclusive)?;
+        let entries = self.entries();
+        let alignment = self.base.header().alignment;
+        let mut merged = Vec::new();
+        let written;
+        {
+            let file = output.raw_file(&self.out)?;
+            let mut w = GgufWriter::new(file, &self.out, &entries, out_tensors, alignment)?;
+            for (f, t) in self.base.tensors() {
+                match self.targets.iter().find(|x| x.tensor == t.name) {
+                    None => w.write_tensor(&t.name, f.view(t).data)?,
+                    Some(target) => {
+                        let values = self.merged(target, engine)?;
+                        let bytes = quant::quantize_par(target.out_type, &values).expect("planned");
+                        let mut back = vec![0f32; values.len()];
+                        quant::dequantize_par(target.out_type, &bytes, &mut back);
+                        let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
+                        for (q, v) in back.iter().zip(&values) {
+                            let e = (*q as f64 - *v as f64).abs();
+                            num += e * e;
+                            den += (*v as f64) * (*v as f64);
+                            mx = mx.max(e);
+                        }
+                        if let Some(i) = back.iter().position(|v| !v.is_finite()) {
+                            return Err(InputError::invalid(
+                                &self.out,
+                                format!(
+                                    "tensor `{}`: element {i} overflows {}; nothing was written",
+                                    t.name, target.out_type
+                                ),
+                            )
+                            .into());
+                        }
+                        w.write_tensor(&t.name, &bytes)?;
+                        merged.push(MergedTensor {
+                            name: t.name.clone(),
+                            modules: target
+                                .terms
+                                .iter()
+                                .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
+                                .collect(),
+                            base_type: t.ty.name().into(),
+                            ty: target.out_type.name().into(),
+                            quant_rel_fro_error: if den > 0.0 {
+                                (num / den).sqrt()
+                            } else {
+                                num.sqrt()
+                            },
+                            quant_max_abs_error: mx,
+                        });
+                    }
+                }
+            }
+            written = w.finish()?;
+        }
+        output.commit()?;
+        Ok(GgufMergeReport {
+            operation: if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            },
+            base: self.base_path.display().to_string(),
+            out: self.out.display().to_string(),
+            files: vec![self.out.display().to_string()],
+            architecture: self.base.architecture().unwrap_or("").into(),
+            outtype: match self.options.outtype {
+                OutType::Keep => "keep".into(),
+                OutType::To(t) => t.name().to_lowercase(),
+            },
+            adapters: self.adapter_json(),
+            tensors_merged_count: merged.len(),
+            tensors_copied_count: self.base.len() - merged.len(),
+            merged_tensors: merged,
+            unmatched: self.unmatched,
+            bytes_written: written,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}

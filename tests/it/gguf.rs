@@ -1,0 +1,689 @@
+//! GGUF (llama.cpp) through the binary: `inspect` and `diff` on files written by gguf-py,
+//! malformed files refused in one line.
+
+use super::common::*;
+
+fn g(name: &str) -> String {
+    fixture(&format!("gguf/{name}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn inspect_gguf_json_speaks_the_report_vocabulary() {
+    let j = run_ok(["inspect", &g("types.gguf"), "--tensors", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj.keys().next().map(String::as_str), Some("operation"));
+    assert_eq!(v["operation"], "inspect");
+    assert_eq!(v["kind"], "gguf");
+    assert_eq!(v["files"], serde_json::json!(["types.gguf"]));
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["version"], 3);
+    assert_eq!(v["tensor_count"], 15);
+    assert_eq!(v["dtypes"]["Q8_0"]["tensor_count"], 2);
+    assert_eq!(v["dtypes"]["Q6_K"]["bytes"], 840);
+    assert_eq!(v["unsupported_types"], serde_json::json!(["IQ4_NL"]));
+    assert_eq!(v["metadata"]["test.u32"]["type"], "UINT32");
+    assert_eq!(v["metadata"]["test.u32"]["value"], 4_000_000_000u64);
+    assert_eq!(
+        v["metadata"]["test.nested"]["value"],
+        serde_json::json!([[1, 2], [3]])
+    );
+    let t = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "t.q8_0_3d")
+        .unwrap();
+    // PyTorch order: ggml's dims [32, 3, 2] reversed.
+    assert_eq!(t["shape"], serde_json::json!([2, 3, 32]));
+    assert_eq!(t["dtype"], "Q8_0");
+}
+
+#[test]
+fn inspect_a_split_gguf_lists_every_part() {
+    let out = run_ok(["inspect", &g("split-00003-of-00003.gguf")]);
+    assert!(out.contains("layout      split (3 files)"), "{out}");
+    assert!(out.contains("tensors     5"), "{out}");
+}
+
+#[test]
+fn diff_of_gguf_files_compares_dequantized_values() {
+    // types.f32.gguf holds gguf-py's dequantization of every tensor of types.gguf.
+    let out = run_err(["diff", &g("types.gguf"), &g("types.f32.gguf"), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["operation"], "diff");
+    assert_eq!(v["failed"], 1, "the IQ4_NL tensor is only in A");
+    assert_eq!(v["max_abs_diff"], 0.0);
+    assert_eq!(v["dtype_changes"], 13);
+    let out = run_ok([
+        "diff",
+        &g("types.gguf"),
+        &g("types.f32.gguf"),
+        "--common",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["pass"], true);
+    // A GGUF against a safetensors file is refused, naming the mismatch.
+    let e = one_line_error(&run_err([
+        "diff",
+        &g("tiny.gguf"),
+        fixture("llama/merged/qv_r8.safetensors").to_str().unwrap(),
+    ]));
+    assert!(e.contains("is not a GGUF file"), "{e}");
+}
+
+/// Hostile GGUF files: one line naming the file and the problem, exit 2.
+#[test]
+fn malformed_gguf_files_fail_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = std::fs::read(fixture("gguf/tiny.gguf")).unwrap();
+    let find = |name: &[u8]| {
+        let mut pat = (name.len() as u64).to_le_bytes().to_vec();
+        pat.extend_from_slice(name);
+        pat.extend_from_slice(&2u32.to_le_bytes());
+        tiny.windows(pat.len()).position(|w| w == pat).unwrap() + pat.len()
+    };
+    // Tensor `b`: dims at +0, type at +16, offset at +20 (after its n_dims).
+    let b = find(b"b");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            tiny[..tiny.len() - 40].to_vec(),
+            "runs past the end",
+        ),
+        (
+            "offset",
+            {
+                let mut t = tiny.clone();
+                t[b + 20..b + 28].copy_from_slice(&0u64.to_le_bytes());
+                t
+            },
+            "tensor `b`: data offset 0 is not the expected 512",
+        ),
+        (
+            "type",
+            {
+                let mut t = tiny.clone();
+                t[b + 16..b + 20].copy_from_slice(&99u32.to_le_bytes());
+                t
+            },
+            "tensor `b`: unknown ggml type id 99",
+        ),
+        (
+            "blocks",
+            {
+                let mut t = tiny.clone();
+                t[b..b + 8].copy_from_slice(&48u64.to_le_bytes());
+                t
+            },
+            "tensor `b`: row length 48 of type Q8_0 is not a multiple of its block size 32",
+        ),
+        (
+            "count",
+            {
+                let mut t = tiny.clone();
+                t[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+                t
+            },
+            "header claims 18446744073709551615 tensors",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let p = dir.path().join(format!("{name}.gguf"));
+        std::fs::write(&p, bytes).unwrap();
+        for cmd in [vec!["inspect", p.to_str().unwrap()], {
+            vec!["diff", p.to_str().unwrap(), p.to_str().unwrap()]
+        }] {
+            let e = one_line_error(&run_err(&cmd));
+            assert!(
+                e.starts_with(&format!("error: {}: ", p.display())) && e.contains(want),
+                "{name}: {e}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// merge --base MODEL.gguf
+// ---------------------------------------------------------------------------------------------
+
+use lorakit::io::gguf::{names, GgmlType, GgufModel};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Heads of the fixture Llama (fixtures/llama/base/config.json): q with 4, k with 2.
+const N_HEAD: usize = 4;
+const N_HEAD_KV: usize = 2;
+
+/// `(type, shape, values in Hugging Face row order, stored bytes)`.
+type Tensor = (GgmlType, Vec<usize>, Vec<f32>, Vec<u8>);
+
+/// Every tensor of a GGUF file as `(type, HF name, values in Hugging Face row order)`: the
+/// q/k permutation of llama.cpp's converter undone. Read with lorakit's GGUF reader, whose
+/// dequantization is checked bit for bit against gguf-py in `io::gguf::tests`.
+fn hf_view(path: &Path) -> BTreeMap<String, Tensor> {
+    let m = GgufModel::open(path).unwrap();
+    m.tensors()
+        .map(|(f, t)| {
+            let hf = names::hf_name(&t.name).unwrap();
+            let shape = t.shape();
+            let mut v = f.dequantize(t).unwrap();
+            let heads = if t.name.ends_with("attn_q.weight") {
+                Some(N_HEAD)
+            } else if t.name.ends_with("attn_k.weight") {
+                Some(N_HEAD_KV)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                v = names::unpermute_rows(&v, shape[0], shape[1], h);
+            }
+            (hf, (t.ty, shape, v, f.view(t).data.to_vec()))
+        })
+        .collect()
+}
+
+fn merge_json(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "merge",
+        "--base",
+        base,
+        "--adapter",
+        adapter,
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&run_ok(args)).unwrap()
+}
+
+/// An F32 GGUF base (the fixture Llama as convert_hf_to_gguf lays it out) merged with PEFT
+/// adapters equals PEFT's own merge_and_unload once the q/k permutation is undone (1e-6
+/// relative per tensor, as every safetensors merge test); untouched tensors are byte copies.
+/// rslora_all adapts every linear module, k_proj included (4 q heads, 2 kv heads).
+#[test]
+fn merge_into_an_f32_gguf_equals_the_peft_merge() {
+    for case in ["qv_r8", "rslora_all"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.gguf");
+        let v = merge_json(
+            &g("llama_f32.gguf"),
+            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
+            &out,
+            &[],
+        );
+        assert_eq!(v["operation"], "merge");
+        assert_eq!(v["files"], serde_json::json!([out.to_str().unwrap()]));
+        let got = hf_view(&out);
+        let base = hf_view(&fixture("gguf/llama_f32.gguf"));
+        let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
+        assert_eq!(got.len(), base.len());
+        let mut changed = 0;
+        for (name, (ty, shape, vals, bytes)) in &got {
+            assert_eq!(*ty, GgmlType::F32, "{name}");
+            match reference.get(name) {
+                Some(r) => {
+                    assert_eq!(*shape, r.shape, "{name}");
+                    let e = rel_err(vals, &r.f32());
+                    assert!(e <= 1e-6, "{case} {name}: relative error {e:e}");
+                    changed += 1;
+                }
+                None => assert_eq!(*bytes, base[name].3, "{case} {name}: not a byte copy"),
+            }
+        }
+        assert_eq!(changed, reference.len(), "{case}");
+        assert_eq!(v["tensors_merged_count"], changed);
+        // F32 stores the f32 merge exactly.
+        for t in v["merged_tensors"].as_array().unwrap() {
+            assert_eq!(t["quant_rel_fro_error"], 0.0);
+        }
+    }
+}
+
+/// Per block of 32: the largest error Q8_0 (`d = amax/127` stored as f16, `q = round(x/d)`)
+/// or Q4_0 (`d = max/-8`, one level clipped at the far end) can make.
+fn block_bound(ty: GgmlType, block: &[f32]) -> f32 {
+    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    match ty {
+        // Rounding (d/2) plus 127 steps of the f16 rounding of d (≤ d·2⁻¹¹).
+        GgmlType::Q8_0 => amax / 127.0 * (0.5 + 127.0 / 2048.0) * 1.0001,
+        // One clipped level (|d|) plus 8 steps of the f16 rounding of d.
+        GgmlType::Q4_0 => amax / 8.0 * (1.0 + 8.0 / 2048.0) * 1.0001,
+        _ => unreachable!(),
+    }
+}
+
+/// Quantized bases: with `--outtype f32` the merge is the dequantized base plus PEFT's ΔW
+/// (1e-6 relative); with `keep` each merged tensor is stored in its base type and differs from
+/// that f32 merge by no more than the type's rounding, block by block, and the report states
+/// that error.
+#[test]
+fn merge_into_quantized_gguf_keeps_types_within_their_rounding() {
+    let f32_base = hf_view(&fixture("gguf/llama_f32.gguf"));
+    let peft = read(&fixture("llama/merged/qv_r8.safetensors"));
+    let adapter = fixture("llama/adapters/qv_r8");
+    for (file, ty) in [
+        ("llama_q8_0.gguf", GgmlType::Q8_0),
+        ("llama_q4_0.gguf", GgmlType::Q4_0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let qbase = hf_view(&fixture(&format!("gguf/{file}")));
+        // The exact merge of this base: its dequantized values plus PEFT's ΔW.
+        let expected: BTreeMap<&String, Vec<f32>> = peft
+            .iter()
+            .map(|(name, r)| {
+                let merged = r.f32();
+                let delta = merged.iter().zip(&f32_base[name].2).map(|(m, b)| m - b);
+                (
+                    name,
+                    qbase[name]
+                        .2
+                        .iter()
+                        .zip(delta)
+                        .map(|(q, d)| q + d)
+                        .collect(),
+                )
+            })
+            .collect();
+        let f32_out = dir.path().join("f32.gguf");
+        merge_json(
+            &g(file),
+            adapter.to_str().unwrap(),
+            &f32_out,
+            &["--outtype", "f32"],
+        );
+        let got = hf_view(&f32_out);
+        for (name, want) in &expected {
+            assert_eq!(got[*name].0, GgmlType::F32);
+            let e = rel_err(&got[*name].2, want);
+            assert!(e <= 1e-6, "{file} {name}: {e:e}");
+        }
+        let keep_out = dir.path().join("keep.gguf");
+        let v = merge_json(&g(file), adapter.to_str().unwrap(), &keep_out, &[]);
+        assert_eq!(v["outtype"], "keep");
+        let got = hf_view(&keep_out);
+        for (name, (t, _, vals, bytes)) in &got {
+            assert_eq!(*t, qbase[name].0, "{name}: type kept");
+            let Some(want) = expected.get(name) else {
+                assert_eq!(*bytes, qbase[name].3, "{name}: byte copy");
+                continue;
+            };
+            let mut max = 0f64;
+            for (i, (gb, wb)) in vals.chunks(32).zip(want.chunks(32)).enumerate() {
+                let bound = block_bound(ty, wb);
+                for (x, y) in gb.iter().zip(wb) {
+                    let e = (x - y).abs();
+                    assert!(e <= bound, "{file} {name} block {i}: {e} > {bound}");
+                    max = max.max(e as f64);
+                }
+            }
+            let row = v["merged_tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| names::hf_name(r["name"].as_str().unwrap()).as_ref() == Some(name))
+                .unwrap();
+            let reported = row["quant_max_abs_error"].as_f64().unwrap();
+            assert!(
+                max > 0.0 && (reported - max).abs() <= 1e-6 * max + 1e-7,
+                "{name}: {reported} vs {max}"
+            );
+            assert_eq!(row["type"], ty.name());
+        }
+    }
+}
+
+/// Merge then unmerge with --outtype f32 gives the base back (to f32 rounding).
+#[test]
+fn unmerge_from_a_gguf_restores_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("llama/adapters/rslora_all");
+    let (m, u) = (dir.path().join("m.gguf"), dir.path().join("u.gguf"));
+    merge_json(&g("llama_f32.gguf"), adapter.to_str().unwrap(), &m, &[]);
+    let v = merge_json(
+        m.to_str().unwrap(),
+        adapter.to_str().unwrap(),
+        &u,
+        &["--unmerge"],
+    );
+    assert_eq!(v["operation"], "unmerge");
+    let (got, base) = (hf_view(&u), hf_view(&fixture("gguf/llama_f32.gguf")));
+    for (name, t) in &got {
+        let e = rel_err(&t.2, &base[name].2);
+        assert!(e <= 1e-6, "{name}: {e:e}");
+    }
+}
+
+/// Refusals before anything is written: the output onto the base, an adapter whose modules
+/// are not in the base, safetensors-only flags, --outtype on a safetensors base.
+#[test]
+fn gguf_merge_refusals_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.gguf");
+    std::fs::copy(fixture("gguf/llama_q8_0.gguf"), &base).unwrap();
+    let before = std::fs::read(&base).unwrap();
+    let qv = fixture("llama/adapters/qv_r8");
+    let qv = qv.to_str().unwrap();
+    let b = base.to_str().unwrap();
+    let out = dir.path().join("o.gguf");
+    let o = out.to_str().unwrap();
+    let tiny = g("tiny.gguf");
+    let hf_base = fixture("llama/base");
+    let hf_base = hf_base.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["merge", "--base", b, "--adapter", qv, "--out", b],
+            "output is also an input",
+        ),
+        (
+            vec!["merge", "--base", &tiny, "--adapter", qv, "--out", o],
+            "match no tensor of the GGUF base",
+        ),
+        (
+            vec![
+                "merge",
+                "--base",
+                b,
+                "--adapter",
+                qv,
+                "--out",
+                o,
+                "--max-shard-size",
+                "1MB",
+            ],
+            "--max-shard-size is not supported for GGUF outputs",
+        ),
+        (
+            vec![
+                "merge",
+                "--base",
+                b,
+                "--adapter",
+                qv,
+                "--out",
+                o,
+                "--dtype",
+                "f16",
+            ],
+            "--dtype (use --outtype)",
+        ),
+        (
+            vec![
+                "merge",
+                "--base",
+                hf_base,
+                "--adapter",
+                qv,
+                "--out",
+                o,
+                "--outtype",
+                "q8_0",
+            ],
+            "--outtype sets the type of tensors merged into a GGUF base",
+        ),
+    ];
+    for (args, want) in cases {
+        let e = one_line_error(&run_err(&args));
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    let e = run_err([
+        "merge",
+        "--base",
+        b,
+        "--adapter",
+        qv,
+        "--out",
+        o,
+        "--outtype",
+        "q4_k",
+    ]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("unknown or unwritable GGUF type `q4_k`"));
+    assert_eq!(std::fs::read(&base).unwrap(), before);
+    assert_eq!(listing(dir.path()), ["base.gguf"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// convert ADAPTER --to gguf
+// ---------------------------------------------------------------------------------------------
+
+/// `ΔW` of every pair of a GGUF LoRA adapter as llama.cpp applies it (`src/llama-adapter.cpp`,
+/// `llm_build_lora_mm` / `llm_build_inp_embd`): `alpha / rank · B·A` with rank = `b.ne[0]`,
+/// `token_embd` with A stored `[vocab, r]`; rows of q/k un-permuted to Hugging Face order.
+/// Returned by HF tensor name, `[out, in]` row-major (`[vocab, dim]` for the embedding).
+fn gguf_adapter_deltas(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let m = GgufModel::open(path).unwrap();
+    let h = m.header();
+    assert_eq!(
+        h.get("general.type").and_then(|v| v.as_str()),
+        Some("adapter")
+    );
+    assert_eq!(h.get("adapter.type").and_then(|v| v.as_str()), Some("lora"));
+    assert_eq!(h.architecture(), Some("llama"));
+    let alpha = h
+        .get("adapter.lora.alpha")
+        .and_then(|v| v.as_f64())
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for (f, t) in m.tensors() {
+        let Some(base) = t.name.strip_suffix(".lora_a") else {
+            assert!(t.name.ends_with(".lora_b"), "{}", t.name);
+            continue;
+        };
+        let (_, tb) = m.get(&format!("{base}.lora_b")).unwrap();
+        let (a, b) = (f.dequantize(t).unwrap(), f.dequantize(tb).unwrap());
+        let r = tb.dims[0] as usize;
+        let out_f = tb.dims[1] as usize;
+        assert_eq!(t.dims.len(), 2);
+        let scale = if alpha == 0.0 { 1.0 } else { alpha / r as f64 };
+        let hf = names::hf_name(base).unwrap();
+        let delta: Vec<f32> = if base == "token_embd.weight" {
+            // lora_a is [vocab, r] (dims [r, vocab]); row t of ΔW is B·a_t.
+            assert_eq!(t.dims[0] as usize, r);
+            let vocab = t.dims[1] as usize;
+            (0..vocab * out_f)
+                .map(|i| {
+                    let (tok, j) = (i / out_f, i % out_f);
+                    let s: f64 = (0..r)
+                        .map(|k| b[j * r + k] as f64 * a[tok * r + k] as f64)
+                        .sum();
+                    (scale * s) as f32
+                })
+                .collect()
+        } else {
+            assert_eq!(t.dims[1] as usize, r, "lora_a is [r, in] (dims [in, r])");
+            let in_f = t.dims[0] as usize;
+            let d: Vec<f32> = (0..out_f * in_f)
+                .map(|i| {
+                    let (o, c) = (i / in_f, i % in_f);
+                    let s: f64 = (0..r)
+                        .map(|k| b[o * r + k] as f64 * a[k * in_f + c] as f64)
+                        .sum();
+                    (scale * s) as f32
+                })
+                .collect();
+            let heads = if base.ends_with("attn_q.weight") {
+                Some(N_HEAD)
+            } else if base.ends_with("attn_k.weight") {
+                Some(N_HEAD_KV)
+            } else {
+                None
+            };
+            match heads {
+                Some(hh) => names::unpermute_rows(&d, out_f, in_f, hh),
+                None => d,
+            }
+        };
+        out.insert(hf, delta);
+    }
+    out
+}
+
+/// A PEFT adapter written as a llama.cpp adapter applies, as llama.cpp computes it, exactly
+/// PEFT's ΔW (its merge_and_unload minus the base; 1e-6 relative): q/k rows permuted like the
+/// GGUF base, rsLoRA's scale folded into B (llama.cpp has one alpha / rank rule), the
+/// embedding's A transposed. With a GGUF base or the Hugging Face folder alike.
+#[test]
+fn convert_to_gguf_applies_the_peft_delta_as_llama_cpp_computes_it() {
+    let base = read(&fixture("llama/base/model.safetensors"));
+    for (case, base_arg, folded) in [
+        ("qv_r8", "gguf/llama_q8_0.gguf", 0),
+        ("rslora_all", "llama/base", 14),
+        ("embed", "gguf/llama_f32.gguf", 0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a.gguf");
+        let j = run_ok([
+            "convert",
+            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
+            "--to",
+            "gguf",
+            "--base",
+            fixture(base_arg).to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["operation"], "convert");
+        assert_eq!(v["folded_count"], folded, "{case}");
+        let deltas = gguf_adapter_deltas(&out);
+        let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
+        assert_eq!(
+            deltas.keys().collect::<Vec<_>>(),
+            reference.keys().collect::<Vec<_>>(),
+            "{case}"
+        );
+        for (name, r) in &reference {
+            let want: Vec<f32> = r
+                .f32()
+                .iter()
+                .zip(base[name].f32())
+                .map(|(m, b)| m - b)
+                .collect();
+            let e = rel_err(&deltas[name], &want);
+            assert!(e <= 1e-6, "{case} {name}: {e:e}");
+        }
+    }
+}
+
+#[test]
+fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.gguf");
+    let o = out.to_str().unwrap();
+    let base = fixture("llama/base");
+    let b = base.to_str().unwrap();
+    for (case, extra, want) in [
+        (
+            "dora",
+            vec!["--base", b],
+            "is DoRA, which llama.cpp adapters cannot hold",
+        ),
+        (
+            "modules_to_save",
+            vec!["--base", b],
+            "(modules_to_save): a llama.cpp adapter holds LoRA pairs only",
+        ),
+        ("qv_r8", vec![], "--to gguf needs --base"),
+        (
+            "qv_r8",
+            vec!["--base", &g("tiny.gguf")],
+            "no tensor `blk.0.attn_q.weight`",
+        ),
+    ] {
+        let a = fixture(&format!("llama/adapters/{case}"));
+        let mut args = vec!["convert", a.to_str().unwrap(), "--to", "gguf", "-o", o];
+        args.extend(extra);
+        let e = one_line_error(&run_err(&args));
+        assert!(e.contains(want), "{case}: {e}");
+        assert!(!out.exists());
+    }
+}
+
+/// llama.cpp GGUF adapters as merge inputs: lorakit's conversion of a PEFT adapter, merged into
+/// the GGUF base and into the Hugging Face base, equals PEFT's own merge (1e-6), so reading
+/// undoes exactly what writing did (names, q/k permutation, embedding layout, folded scales).
+#[test]
+fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
+    let hf_base = read(&fixture("llama/base/model.safetensors"));
+    for case in ["qv_r8", "rslora_all", "embed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let ad = dir.path().join("a.gguf");
+        run_ok([
+            "convert",
+            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
+            "--to",
+            "gguf",
+            "--base",
+            fixture("llama/base").to_str().unwrap(),
+            "-o",
+            ad.to_str().unwrap(),
+        ]);
+        let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
+        // Into the GGUF base.
+        let out = dir.path().join("m.gguf");
+        merge_json(&g("llama_f32.gguf"), ad.to_str().unwrap(), &out, &[]);
+        let got = hf_view(&out);
+        for (name, r) in &reference {
+            let e = rel_err(&got[name].2, &r.f32());
+            assert!(e <= 1e-6, "{case} gguf {name}: {e:e}");
+        }
+        // Into the Hugging Face base.
+        let out = dir.path().join("m.safetensors");
+        run_ok([
+            "merge",
+            "--base",
+            fixture("llama/base/model.safetensors").to_str().unwrap(),
+            "--adapter",
+            ad.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_matches_reference(&read(&out), &hf_base, &reference, 1e-6);
+    }
+    // A GGUF model is not an adapter; an adapter for another architecture is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o.gguf");
+    let e = one_line_error(&run_err([
+        "merge",
+        "--base",
+        &g("llama_f32.gguf"),
+        "--adapter",
+        &g("llama_q8_0.gguf"),
+        "--out",
+        o.to_str().unwrap(),
+    ]));
+    assert!(e.contains("is a GGUF model (general.type ``"), "{e}");
+    let ad = dir.path().join("a.gguf");
+    run_ok([
+        "convert",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "-o",
+        ad.to_str().unwrap(),
+    ]);
+    let e = one_line_error(&run_err([
+        "merge",
+        "--base",
+        fixture("llama/qwen2").to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        dir.path().join("q").to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains("adapter architecture `llama` does not match the base's `qwen2`"),
+        "{e}"
+    );
+    assert_eq!(listing(dir.path()), ["a.gguf"]);
+}
