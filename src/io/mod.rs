@@ -1,11 +1,13 @@
 //! Reading and writing safetensors checkpoints: validated headers ([`header`]), memory-mapped
 //! files ([`file`]), single-file and sharded checkpoints ([`checkpoint`]), and the streaming,
-//! atomic writer every command uses ([`writer`]).
+//! atomic writer every command uses ([`writer`]), and quantized weights inside checkpoints
+//! ([`quant`]).
 
 pub mod checkpoint;
 pub mod file;
 pub mod header;
 pub mod hub;
+pub mod quant;
 pub mod writer;
 
 pub use checkpoint::Checkpoint;

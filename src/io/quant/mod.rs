@@ -1,0 +1,603 @@
+//! Quantized weights inside a safetensors checkpoint: recognising them (and the companion
+//! tensors that hold their scales), validating every companion against the packing before use,
+//! and dequantizing one weight at a time from the memory map.
+//!
+//! One file per producer format: [`bnb4`] (bitsandbytes NF4/FP4, with and without double
+//! quantization), [`int8`] (bitsandbytes LLM.int8), [`fp8`] (F8_E4M3/F8_E5M2 with per-tensor,
+//! per-channel or block scales). A [`QuantMap`] is built from the headers alone ([`QuantMap::scan`]);
+//! it never reads tensor data except the small quant_state JSON blobs of bitsandbytes.
+//!
+//! What it must never do: guess. A companion without its weight, a weight without its scales, a
+//! shape that does not match the packing, a quant_state that contradicts the tensors, a packed
+//! format lorakit does not read (GPTQ/AWQ `qweight`): each is a one-line error naming the file and
+//! the tensor.
+
+pub mod bnb4;
+pub mod fp8;
+pub mod int8;
+
+use crate::dtype::{self, Dtype};
+use crate::error::{InputError, InputResult};
+use crate::io::Checkpoint;
+use std::collections::{BTreeMap, HashMap};
+
+/// Serializes a dtype with its header spelling.
+pub(crate) fn ser_dtype<S: serde::Serializer>(d: &Dtype, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&dtype::name(*d))
+}
+
+/// How one weight is quantized.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Scheme {
+    /// bitsandbytes 4-bit.
+    Bnb4(bnb4::Params),
+    /// bitsandbytes LLM.int8 (row-wise absmax `SCB`).
+    BnbInt8,
+    /// FP8 values with scales.
+    Fp8 {
+        #[serde(serialize_with = "ser_dtype")]
+        format: Dtype,
+        scale: String,
+        #[serde(serialize_with = "ser_dtype")]
+        scale_dtype: Dtype,
+        layout: fp8::Layout,
+    },
+}
+
+/// One quantized weight.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuantTensor {
+    /// The weight's name (`….weight`), which the dequantized tensor keeps.
+    pub name: String,
+    /// Logical shape.
+    pub shape: Vec<usize>,
+    pub scheme: Scheme,
+    /// Companion tensors (scales, code books, state), dropped when dequantized.
+    pub companions: Vec<String>,
+}
+
+impl QuantTensor {
+    /// Short method name: `bnb-nf4`, `bnb-fp4`, `bnb-int8`, `fp8-e4m3`, `fp8-e5m2`.
+    pub fn method(&self) -> String {
+        match &self.scheme {
+            Scheme::Bnb4(p) => format!("bnb-{}", p.kind.name()),
+            Scheme::BnbInt8 => "bnb-int8".into(),
+            Scheme::Fp8 { format, .. } => match format {
+                Dtype::F8_E5M2 => "fp8-e5m2".into(),
+                _ => "fp8-e4m3".into(),
+            },
+        }
+    }
+
+    pub fn bits(&self) -> u32 {
+        match self.scheme {
+            Scheme::Bnb4(_) => 4,
+            _ => 8,
+        }
+    }
+
+    /// Block or group description: `blocksize 64, double-quant (256)`, `per row`, `128x128 blocks`.
+    pub fn blocks(&self) -> String {
+        match &self.scheme {
+            Scheme::Bnb4(p) => match &p.nested {
+                Some(n) => format!("blocksize {}, double-quant {}", p.blocksize, n.blocksize),
+                None => format!("blocksize {}", p.blocksize),
+            },
+            Scheme::BnbInt8 => "per row".into(),
+            Scheme::Fp8 { layout, .. } => {
+                layout.describe(self.shape[0], self.shape.get(1).copied().unwrap_or(1))
+            }
+        }
+    }
+
+    /// The dtype the producing library dequantizes to.
+    pub fn natural_dtype(&self) -> Dtype {
+        match &self.scheme {
+            Scheme::Bnb4(p) => p.dtype,
+            Scheme::BnbInt8 => Dtype::F32,
+            Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
+        }
+    }
+}
+
+/// The quantized weights of a checkpoint.
+#[derive(Debug, Default)]
+pub struct QuantMap {
+    tensors: BTreeMap<String, QuantTensor>,
+    /// Companion name → weight name.
+    companions: HashMap<String, String>,
+    /// config.json `quantization_config`, when present.
+    pub config: Option<serde_json::Value>,
+}
+
+const BNB4_SUFFIXES: [&str; 4] = ["absmax", "quant_map", "nested_absmax", "nested_quant_map"];
+
+fn err(ck: &Checkpoint, tensor: &str, msg: impl std::fmt::Display) -> InputError {
+    let path = ck
+        .file_of(tensor)
+        .map(|f| f.path().to_path_buf())
+        .unwrap_or_else(|| ck.root.clone());
+    InputError::invalid(path, format!("tensor `{tensor}`: {msg}"))
+}
+
+impl QuantMap {
+    /// Reads `quantization_config` from the checkpoint's config.json (if any) and recognises every
+    /// quantized weight from the headers. Errors on anything incomplete or inconsistent.
+    pub fn scan(ck: &Checkpoint) -> InputResult<QuantMap> {
+        let config = read_quant_config(ck)?;
+        let mut map = QuantMap {
+            config,
+            ..QuantMap::default()
+        };
+        let config_block = map.config_block();
+        let names: Vec<String> = ck.names().map(str::to_owned).collect();
+        for name in &names {
+            if let Some(pos) = name.find(".quant_state.") {
+                map.add_bnb4(ck, &name[..pos], name)?;
+            }
+        }
+        for name in &names {
+            let info = ck.info(name).expect("listed");
+            if let Some(p) = name.strip_suffix(".SCB") {
+                map.add_int8(ck, p, name)?;
+            } else if matches!(info.dtype, Dtype::F8_E4M3 | Dtype::F8_E5M2) {
+                map.add_fp8(ck, name, config_block)?;
+            } else if matches!(
+                info.dtype,
+                Dtype::F8_E4M3FNUZ
+                    | Dtype::F8_E5M2FNUZ
+                    | Dtype::F4
+                    | Dtype::F6_E2M3
+                    | Dtype::F6_E3M2
+            ) {
+                return Err(err(
+                    ck,
+                    name,
+                    format!(
+                        "dtype {} is a quantized format lorakit does not read",
+                        dtype::name(info.dtype)
+                    ),
+                ));
+            } else if name.ends_with(".qweight") {
+                return Err(err(
+                    ck,
+                    name,
+                    "GPTQ/AWQ packed weights (`qweight`, `qzeros`, `scales`) are not supported yet",
+                ));
+            }
+        }
+        // Companions whose weight was not recognised: a scale without its quantized weight.
+        for name in &names {
+            if map.companions.contains_key(name) || map.tensors.contains_key(name) {
+                continue;
+            }
+            for suffix in BNB4_SUFFIXES {
+                if let Some(w) = name.strip_suffix(&format!(".{suffix}")) {
+                    if w.ends_with("weight") && ck.contains(w) {
+                        return Err(err(
+                            ck,
+                            name,
+                            format!("is a bitsandbytes `{suffix}` but `{w}` has no `{w}.quant_state.bitsandbytes__nf4|fp4`"),
+                        ));
+                    }
+                }
+            }
+            if name.ends_with(".weight_scale_inv") || name.ends_with(".weight_scale") {
+                return Err(err(
+                    ck,
+                    name,
+                    "is an FP8 scale but its weight is missing or not F8_E4M3/F8_E5M2",
+                ));
+            }
+        }
+        // A bitsandbytes checkpoint whose packed weight lost its state.
+        if map.method().as_deref() == Some("bitsandbytes") {
+            for name in &names {
+                let info = ck.info(name).expect("listed");
+                if name.ends_with("weight")
+                    && matches!(info.dtype, Dtype::U8 | Dtype::I8)
+                    && !map.tensors.contains_key(name)
+                    && !map.companions.contains_key(name)
+                {
+                    return Err(err(
+                        ck,
+                        name,
+                        format!(
+                            "is {} in a bitsandbytes checkpoint but has no quantization state (`.quant_state.bitsandbytes__nf4|fp4` and `.absmax`, or `SCB`)",
+                            dtype::name(info.dtype)
+                        ),
+                    ));
+                }
+            }
+        }
+        if map.tensors.is_empty() {
+            if let Some(m) = map.method() {
+                if matches!(
+                    m.as_str(),
+                    "bitsandbytes" | "fp8" | "fbgemm_fp8" | "compressed-tensors"
+                ) {
+                    // A config that says quantized over float weights: nothing to dequantize.
+                } else {
+                    return Err(InputError::invalid(
+                        ck.folder().join("config.json"),
+                        format!("quantization_config.quant_method `{m}` is not one lorakit reads (bitsandbytes, fp8)"),
+                    ));
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    /// `quantization_config.quant_method`.
+    pub fn method(&self) -> Option<String> {
+        self.config
+            .as_ref()?
+            .get("quant_method")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// `quantization_config.weight_block_size` (FP8), when it is a pair of sizes.
+    fn config_block(&self) -> Option<(usize, usize)> {
+        let b = self.config.as_ref()?.get("weight_block_size")?.as_array()?;
+        match b.as_slice() {
+            [m, n] => Some((m.as_u64()? as usize, n.as_u64()? as usize)),
+            _ => None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&QuantTensor> {
+        self.tensors.get(name)
+    }
+
+    /// The weight a companion tensor belongs to.
+    pub fn companion_of(&self, name: &str) -> Option<&str> {
+        self.companions.get(name).map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &QuantTensor> {
+        self.tensors.values()
+    }
+
+    fn insert(&mut self, ck: &Checkpoint, q: QuantTensor) -> InputResult<()> {
+        for c in &q.companions {
+            if let Some(other) = self.companions.insert(c.clone(), q.name.clone()) {
+                return Err(err(
+                    ck,
+                    c,
+                    format!("belongs to both `{other}` and `{}`", q.name),
+                ));
+            }
+        }
+        if self.tensors.contains_key(&q.name) {
+            return Err(err(ck, &q.name, "has two sets of quantization tensors"));
+        }
+        self.tensors.insert(q.name.clone(), q);
+        Ok(())
+    }
+
+    fn add_bnb4(&mut self, ck: &Checkpoint, weight: &str, state: &str) -> InputResult<()> {
+        let kind_str = state
+            .rsplit_once(".quant_state.")
+            .map(|(_, k)| k)
+            .unwrap_or_default();
+        let kind = kind_str
+            .strip_prefix("bitsandbytes__")
+            .and_then(bnb4::Kind::parse)
+            .ok_or_else(|| {
+                err(
+                    ck,
+                    state,
+                    format!("unknown bitsandbytes quant_state `{kind_str}` (lorakit reads bitsandbytes__nf4 and bitsandbytes__fp4)"),
+                )
+            })?;
+        let winfo = ck.info(weight).ok_or_else(|| {
+            err(
+                ck,
+                state,
+                format!("quant_state without its weight `{weight}`"),
+            )
+        })?;
+        let blob = ck.view(state)?;
+        if blob.dtype != Dtype::U8 || blob.data.len() > 1 << 16 {
+            return Err(err(ck, state, "quant_state is not a small U8 JSON blob"));
+        }
+        let p = bnb4::parse_quant_state(blob.data, kind).map_err(|m| err(ck, state, m))?;
+        let n = p.numel();
+        if winfo.byte_len() != n.div_ceil(2) as u64 {
+            return Err(err(
+                ck,
+                weight,
+                format!(
+                    "holds {} bytes but its quant_state shape {:?} ({n} elements) packs into {}",
+                    winfo.byte_len(),
+                    p.shape,
+                    n.div_ceil(2)
+                ),
+            ));
+        }
+        let need = |suffix: &str| -> InputResult<&crate::io::header::TensorInfo> {
+            let c = format!("{weight}.{suffix}");
+            ck.info(&c).ok_or_else(|| {
+                err(
+                    ck,
+                    weight,
+                    format!("bitsandbytes 4-bit weight without `{c}`"),
+                )
+            })
+        };
+        let check = |suffix: &str, d: Dtype, count: usize| -> InputResult<()> {
+            let i = need(suffix)?;
+            if i.dtype != d || i.numel() != count {
+                return Err(err(
+                    ck,
+                    &i.name,
+                    format!(
+                        "is {} {:?} but the quant_state needs {} with {count} elements",
+                        dtype::name(i.dtype),
+                        i.shape,
+                        dtype::name(d)
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        let blocks = p.blocks();
+        let mut companions = vec![
+            state.to_owned(),
+            format!("{weight}.absmax"),
+            format!("{weight}.quant_map"),
+        ];
+        check("quant_map", Dtype::F32, 16)?;
+        match &p.nested {
+            None => {
+                check("absmax", Dtype::F32, blocks)?;
+                for s in ["nested_absmax", "nested_quant_map"] {
+                    if ck.contains(&format!("{weight}.{s}")) {
+                        return Err(err(
+                            ck,
+                            weight,
+                            format!("has `{s}` but its quant_state has no double quantization"),
+                        ));
+                    }
+                }
+            }
+            Some(nq) => {
+                check("absmax", Dtype::U8, blocks)?;
+                check("nested_absmax", Dtype::F32, blocks.div_ceil(nq.blocksize))?;
+                check("nested_quant_map", Dtype::F32, 256)?;
+                companions.push(format!("{weight}.nested_absmax"));
+                companions.push(format!("{weight}.nested_quant_map"));
+            }
+        }
+        // The stored code book must be the one bitsandbytes dequantizes with (its kernels use
+        // their own table, not the stored one): a different one means the state lies.
+        let qm = dtype::decode(Dtype::F32, ck.view(&format!("{weight}.quant_map"))?.data);
+        let code = p.kind.code();
+        if qm.iter().zip(code).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            return Err(err(
+                ck,
+                &format!("{weight}.quant_map"),
+                format!("is not bitsandbytes' {} code book", p.kind.name()),
+            ));
+        }
+        let shape = p.shape.clone();
+        self.insert(
+            ck,
+            QuantTensor {
+                name: weight.to_owned(),
+                shape,
+                scheme: Scheme::Bnb4(p),
+                companions,
+            },
+        )
+    }
+
+    fn add_int8(&mut self, ck: &Checkpoint, prefix: &str, scb: &str) -> InputResult<()> {
+        let weight = format!("{prefix}.weight");
+        let w = ck.info(&weight).ok_or_else(|| {
+            err(
+                ck,
+                scb,
+                format!("bitsandbytes int8 scale without its weight `{weight}`"),
+            )
+        })?;
+        let s = ck.info(scb).expect("listed");
+        if w.dtype != Dtype::I8 || w.shape.len() != 2 {
+            return Err(err(
+                ck,
+                &weight,
+                format!(
+                    "has an `SCB` scale but is {} {:?}, not a 2-D I8 matrix",
+                    dtype::name(w.dtype),
+                    w.shape
+                ),
+            ));
+        }
+        if s.dtype != Dtype::F32 || s.numel() != w.shape[0] {
+            return Err(err(
+                ck,
+                scb,
+                format!(
+                    "is {} {:?} but `{weight}` has {} rows (one F32 per row needed)",
+                    dtype::name(s.dtype),
+                    s.shape,
+                    w.shape[0]
+                ),
+            ));
+        }
+        let mut companions = vec![scb.to_owned()];
+        let fmt = format!("{prefix}.weight_format");
+        if ck.contains(&fmt) {
+            let v = ck.view(&fmt)?;
+            if v.data.iter().any(|&b| b != 0) {
+                return Err(err(
+                    ck,
+                    &fmt,
+                    "is not 0 (row-major): lorakit reads row-major int8 weights only",
+                ));
+            }
+            companions.push(fmt);
+        }
+        let shape = w.shape.clone();
+        self.insert(
+            ck,
+            QuantTensor {
+                name: weight,
+                shape,
+                scheme: Scheme::BnbInt8,
+                companions,
+            },
+        )
+    }
+
+    fn add_fp8(
+        &mut self,
+        ck: &Checkpoint,
+        weight: &str,
+        config_block: Option<(usize, usize)>,
+    ) -> InputResult<()> {
+        let w = ck.info(weight).expect("listed");
+        let prefix = weight.strip_suffix(".weight").unwrap_or(weight);
+        // transformers names the scale `P.weight_scale_inv` for `P.weight`, `X_scale_inv` for
+        // any other `X` (`Fp8Quantize._quantize_one`).
+        let mut candidates = vec![
+            format!("{prefix}.weight_scale_inv"),
+            format!("{prefix}.weight_scale"),
+        ];
+        if !weight.ends_with(".weight") {
+            candidates.push(format!("{weight}_scale_inv"));
+        }
+        let present: Vec<&String> = candidates.iter().filter(|c| ck.contains(c)).collect();
+        let scale = match present.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(err(
+                    ck,
+                    weight,
+                    format!(
+                        "is {} without a `{prefix}.weight_scale_inv` or `{prefix}.weight_scale`",
+                        dtype::name(w.dtype)
+                    ),
+                ))
+            }
+            _ => {
+                return Err(err(
+                    ck,
+                    weight,
+                    "has both `weight_scale_inv` and `weight_scale`",
+                ))
+            }
+        };
+        if w.shape.len() != 2 {
+            return Err(err(
+                ck,
+                weight,
+                format!(
+                    "FP8 weight of shape {:?}: lorakit reads 2-D FP8 weights only",
+                    w.shape
+                ),
+            ));
+        }
+        let s = ck.info(&scale).expect("present");
+        if fp8::scales_f32(s.dtype, &[]).is_none() {
+            return Err(err(
+                ck,
+                &scale,
+                format!(
+                    "scale dtype {} is not a float or E8M0",
+                    dtype::name(s.dtype)
+                ),
+            ));
+        }
+        let layout = fp8::layout(w.shape[0], w.shape[1], &s.shape, config_block)
+            .map_err(|m| err(ck, &scale, m))?;
+        let mut companions = vec![scale.clone()];
+        for extra in ["input_scale", "activation_scale"] {
+            let c = format!("{prefix}.{extra}");
+            if ck.contains(&c) {
+                companions.push(c);
+            }
+        }
+        let shape = w.shape.clone();
+        self.insert(
+            ck,
+            QuantTensor {
+                name: weight.to_owned(),
+                shape,
+                scheme: Scheme::Fp8 {
+                    format: w.dtype,
+                    scale,
+                    scale_dtype: s.dtype,
+                    layout,
+                },
+                companions,
+            },
+        )
+    }
+
+    /// Dequantizes one weight to f32 (round to [`QuantTensor::natural_dtype`] or the requested
+    /// dtype once when storing). Reads only this weight's bytes and its companions from the map.
+    pub fn dequantize(&self, ck: &Checkpoint, q: &QuantTensor) -> InputResult<Vec<f32>> {
+        let data = |n: &str| ck.view(n).map(|v| v.data);
+        Ok(match &q.scheme {
+            Scheme::Bnb4(p) => {
+                let w = &q.name;
+                let parts = bnb4::Parts {
+                    packed: data(w)?,
+                    absmax: data(&format!("{w}.absmax"))?,
+                    nested_absmax: match p.nested {
+                        Some(_) => Some(data(&format!("{w}.nested_absmax"))?),
+                        None => None,
+                    },
+                    nested_code: match p.nested {
+                        Some(_) => Some(data(&format!("{w}.nested_quant_map"))?),
+                        None => None,
+                    },
+                };
+                bnb4::dequantize(p, &parts)
+            }
+            Scheme::BnbInt8 => {
+                let scb = dtype::decode(Dtype::F32, data(&q.companions[0])?);
+                int8::dequantize(data(&q.name)?, &scb, q.shape[1])
+            }
+            Scheme::Fp8 {
+                format,
+                scale,
+                layout,
+                ..
+            } => {
+                let sv = ck.view(scale)?;
+                let s = fp8::scales_f32(sv.dtype, sv.data).expect("checked at scan");
+                fp8::dequantize(*format, data(&q.name)?, q.shape[1], &s, layout)
+            }
+        })
+    }
+}
+
+/// `quantization_config` of the config.json next to the weights, if there is one.
+fn read_quant_config(ck: &Checkpoint) -> InputResult<Option<serde_json::Value>> {
+    let path = ck.folder().join("config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = crate::io::read_json_file(&path)?;
+    let v: serde_json::Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        // Not this module's business: other readers of config.json report a broken one.
+        Err(_) => return Ok(None),
+    };
+    Ok(v.get("quantization_config").cloned())
+}
+
+#[cfg(test)]
+mod tests;
