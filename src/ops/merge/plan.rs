@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::adapter::mapping::{self, Unmatched};
-use crate::dtype::{self};
+use crate::dtype::{self, Dtype};
 use crate::error::InputError;
 use crate::io::checkpoint::Layout;
 use crate::io::Checkpoint;
@@ -23,6 +23,41 @@ impl MergePlan {
         if adapters.is_empty() {
             bail!("no adapter given");
         }
+        Self::build(base, adapters, out, options, false)
+    }
+
+    /// `lorakit dequantize`: the plan of a copy of `base` with every quantized weight written as
+    /// float and its companion tensors dropped. Refuses a base with nothing quantized.
+    pub fn dequantize(base: Checkpoint, out: PathBuf, options: MergeOptions) -> Result<Self> {
+        Self::build(base, Vec::new(), out, options, true)
+    }
+
+    fn build(
+        base: Checkpoint,
+        adapters: Vec<WeightedAdapter>,
+        out: PathBuf,
+        options: MergeOptions,
+        dequantize_only: bool,
+    ) -> Result<Self> {
+        let quant = crate::io::quant::QuantMap::scan(&base)?;
+        if dequantize_only && quant.is_empty() {
+            bail!(InputError::invalid(
+                &base.root,
+                "no quantized weights (bitsandbytes 4-bit/int8, FP8 with scales) to dequantize"
+            ));
+        }
+        if !quant.is_empty() && options.part.is_some() {
+            bail!(InputError::invalid(
+                &base.root,
+                "--part is not supported with a quantized base yet"
+            ));
+        }
+        if options.as_trained_on.is_some() && !quant.is_empty() {
+            bail!(InputError::invalid(
+                &base.root,
+                "--as-trained-on merges into a full-precision base as if quantized; this base is already quantized (merge into it without --as-trained-on)"
+            ));
+        }
         // Everything this run reads; checked against everything it writes once the layout is
         // known, before anything is written.
         let mut inputs = base.input_paths();
@@ -40,7 +75,7 @@ impl MergePlan {
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
             let label = a.path.display().to_string();
-            let res = mapping::resolve(a, &base);
+            let res = mapping::resolve_in(a, &base, Some(&quant));
             for u in &res.unmatched {
                 unmatched.push(UnmatchedReport {
                     adapter: label.clone(),
@@ -108,7 +143,7 @@ impl MergePlan {
                     ));
                 }
                 if let Some(bi) = base.info(name) {
-                    if !dtype::is_float_storage(bi.dtype) {
+                    if !dtype::is_float_storage(bi.dtype) && quant.get(name).is_none() {
                         bail!(InputError::invalid(
                             &a.path,
                             format!(
@@ -182,7 +217,7 @@ impl MergePlan {
             .iter()
             .map(|r| r.modules.len() + r.full.len())
             .sum();
-        if landed == 0 {
+        if landed == 0 && !dequantize_only {
             let list: Vec<String> = unmatched
                 .iter()
                 .take(5)
@@ -197,17 +232,13 @@ impl MergePlan {
                 )
             ));
         }
-        // Output layout.
-        let names: Vec<String> = base.names().map(str::to_owned).collect();
-        let out_dtype = |n: &str| {
-            options
-                .dtype
-                .apply(base.info(n).expect("base tensor").dtype)
-        };
-        let size_of = |n: &str| {
-            let i = base.info(n).expect("base tensor");
-            dtype::byte_len(out_dtype(n), i.numel()).expect("valid") as u64
-        };
+        // Output layout: every base tensor but the quantization companions.
+        let names: Vec<String> = base
+            .names()
+            .filter(|n| quant.companion_of(n).is_none())
+            .map(str::to_owned)
+            .collect();
+        let size_of = |n: &str| out_bytes(&base, &quant, options.dtype, n);
         let (files, index, extra_files) = match (&base.layout, options.max_shard_size) {
             (Layout::File, None) => {
                 // `--out DIR` or `--out new/` (trailing slash): the base's file name inside it.
@@ -316,15 +347,31 @@ impl MergePlan {
             extra_files,
             unmatched,
             resolutions,
+            quant,
+            dequantize_only,
         })
+    }
+
+    /// Dtype and shape a base tensor is written with: quantized weights as float (`--dtype`, or
+    /// the dtype their producer dequantizes to), in their logical shape.
+    pub(super) fn out_spec(&self, name: &str) -> (Dtype, Vec<usize>) {
+        out_spec(&self.base, &self.quant, self.options.dtype, name)
+    }
+
+    /// The operation name in reports and metadata.
+    pub(super) fn operation(&self) -> &'static str {
+        if self.dequantize_only {
+            "dequantize"
+        } else if self.options.unmerge {
+            "unmerge"
+        } else {
+            "merge"
+        }
     }
 
     /// What [`Self::run`] would do, without doing it (`merge --dry-run`).
     pub fn dry_run(&self) -> DryRunSummary {
-        let size = |n: &String| {
-            let i = self.base.info(n).expect("base tensor");
-            dtype::byte_len(self.options.dtype.apply(i.dtype), i.numel()).expect("valid") as u64
-        };
+        let size = |n: &String| out_bytes(&self.base, &self.quant, self.options.dtype, n);
         let files = self
             .files
             .iter()
@@ -337,11 +384,7 @@ impl MergePlan {
             })
             .collect();
         DryRunSummary {
-            operation: if self.options.unmerge {
-                "unmerge"
-            } else {
-                "merge"
-            },
+            operation: self.operation(),
             dry_run: true,
             base: self.base.root.display().to_string(),
             out: self.out.display().to_string(),
@@ -368,10 +411,32 @@ impl MergePlan {
         self.files
             .iter()
             .flat_map(|f| f.tensors.iter())
-            .map(|n| {
-                let i = self.base.info(n).expect("base tensor");
-                dtype::byte_len(self.options.dtype.apply(i.dtype), i.numel()).expect("valid") as u64
-            })
+            .map(|n| out_bytes(&self.base, &self.quant, self.options.dtype, n))
             .sum()
     }
+}
+
+fn out_spec(
+    base: &Checkpoint,
+    quant: &crate::io::quant::QuantMap,
+    choice: DtypeChoice,
+    name: &str,
+) -> (Dtype, Vec<usize>) {
+    match quant.get(name) {
+        Some(q) => (choice.apply(q.natural_dtype()), q.shape.clone()),
+        None => {
+            let i = base.info(name).expect("base tensor");
+            (choice.apply(i.dtype), i.shape.clone())
+        }
+    }
+}
+
+fn out_bytes(
+    base: &Checkpoint,
+    quant: &crate::io::quant::QuantMap,
+    choice: DtypeChoice,
+    name: &str,
+) -> u64 {
+    let (d, shape) = out_spec(base, quant, choice, name);
+    dtype::byte_len(d, shape.iter().product()).expect("valid") as u64
 }
