@@ -132,6 +132,20 @@ impl QuantMap {
         };
         let config_block = map.config_block();
         let names: Vec<String> = ck.names().map(str::to_owned).collect();
+        // FP8 weights are scaled ones when the config says so or when the checkpoint has FP8
+        // scales at all: then a weight without its scale is an error, not a plain FP8 tensor.
+        let fp8_scaled = matches!(
+            map.method().as_deref(),
+            Some("fp8" | "fbgemm_fp8" | "compressed-tensors")
+        ) || names
+            .iter()
+            .any(|n| n.ends_with(".weight_scale_inv") || n.ends_with(".weight_scale"));
+        let has_fp8_scale = |w: &str| {
+            let p = w.strip_suffix(".weight").unwrap_or(w);
+            ck.contains(&format!("{p}.weight_scale_inv"))
+                || ck.contains(&format!("{p}.weight_scale"))
+                || ck.contains(&format!("{w}_scale_inv"))
+        };
         for name in &names {
             if let Some(pos) = name.find(".quant_state.") {
                 map.add_bnb4(ck, &name[..pos], name)?;
@@ -142,7 +156,11 @@ impl QuantMap {
             if let Some(p) = name.strip_suffix(".SCB") {
                 map.add_int8(ck, p, name)?;
             } else if matches!(info.dtype, Dtype::F8_E4M3 | Dtype::F8_E5M2) {
-                map.add_fp8(ck, name, config_block)?;
+                if fp8_scaled || has_fp8_scale(name) {
+                    map.add_fp8(ck, name, config_block)?;
+                }
+                // Otherwise a plain FP8 tensor (a ComfyUI-style cast with no scales at all):
+                // not a scaled quantization, copied as it is.
             } else if matches!(
                 info.dtype,
                 Dtype::F8_E4M3FNUZ
