@@ -104,6 +104,17 @@ pub struct MergeArgs {
     #[arg(long, value_name = "nf4|fp4[,double-quant]", value_parser = parse_as_trained_on, conflicts_with = "unmerge")]
     pub as_trained_on: Option<(crate::io::quant::bnb4::Kind, bool)>,
 
+    /// A quantized base (bitsandbytes NF4/FP4/int8, FP8 with scales): `keep` writes each merged
+    /// weight quantized again in its format with fresh scales, bit-exact with the producer's
+    /// quantizer (bitsandbytes NF4/FP4 without double quantization; FP8 E4M3 in
+    /// weight_scale_inv blocks as transformers' Fp8Quantize), and copies every other tensor byte
+    /// for byte, quantization_config kept; formats lorakit cannot requantize are refused before
+    /// anything is written. `dequantize` writes every quantized weight as float (--dtype; keep
+    /// = the dtype its library dequantizes to), drops the scales and removes
+    /// quantization_config from config.json.
+    #[arg(long, value_enum, default_value_t = QuantArg::Keep)]
+    pub quant: QuantArg,
+
     /// Block size of --as-trained-on (bnb_4bit blocksize; bitsandbytes' default 64).
     #[arg(long, default_value_t = 64, requires = "as_trained_on", value_parser = parse_blocksize)]
     pub blocksize: usize,
@@ -124,6 +135,15 @@ pub struct MergeArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--quant` of merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantArg {
+    /// Requantize the merged weights in the base's format.
+    Keep,
+    /// Write the quantized weights as float.
+    Dequantize,
 }
 
 /// Parses `nf4`, `fp4`, `nf4,double-quant`.

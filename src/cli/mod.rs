@@ -13,7 +13,7 @@ mod model;
 
 pub use adapters::{CombineArgs, ConvertArgs, ResizeArgs};
 pub use args::{parse_size, AdapterOutArgs, DeviceArgs};
-pub use checkpoint::{DequantizeArgs, DiffArgs, InspectArgs, MergeArgs};
+pub use checkpoint::{DequantizeArgs, DiffArgs, InspectArgs, MergeArgs, QuantArg};
 pub use extract::ExtractArgs;
 pub use model::{EvalArgs, TrainArgs};
 

@@ -27,6 +27,10 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
         allow_unmatched: a.allow_unmatched,
         progress: super::printer::progress(progress),
         part: a.part,
+        quant: match a.quant {
+            crate::cli::QuantArg::Keep => crate::merge::QuantOutput::Keep,
+            crate::cli::QuantArg::Dequantize => crate::merge::QuantOutput::Dequantize,
+        },
         as_trained_on: a
             .as_trained_on
             .map(|(kind, double_quant)| crate::merge::AsTrainedOn {
@@ -145,6 +149,12 @@ fn render(s: &MergeSummary) -> String {
         &rows,
         &[false, true, true, true, true],
     ));
+    if s.tensors_requantized_count > 0 {
+        out.push_str(&format!(
+            "\nquantized base: {} merged weights quantized again in their format (fresh scales), every other tensor copied\n",
+            s.tensors_requantized_count
+        ));
+    }
     if s.tensors_dequantized_count > 0 {
         out.push_str(&format!(
             "\nquantized base: {} weights dequantized and written as float, quantization companions dropped\n",

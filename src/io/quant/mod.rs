@@ -602,6 +602,79 @@ impl QuantMap {
     }
 }
 
+impl QuantMap {
+    /// Why lorakit cannot write `q` back in its own format bit-exactly, if it cannot.
+    pub fn requantize_unsupported(&self, q: &QuantTensor) -> Option<String> {
+        match &q.scheme {
+            Scheme::Bnb4(p) if p.nested.is_some() => Some(
+                "bitsandbytes double quantization (its absmax offset is a torch mean lorakit does not reproduce bit for bit)".into(),
+            ),
+            Scheme::Bnb4(_) => None,
+            Scheme::BnbInt8 => Some("bitsandbytes int8 (quantized from float16 by bitsandbytes)".into()),
+            Scheme::Fp8 {
+                format,
+                scale,
+                scale_dtype,
+                layout,
+            } => {
+                let (rows, cols) = (q.shape[0], q.shape[1]);
+                if *format != Dtype::F8_E4M3
+                    || *scale_dtype != Dtype::F32
+                    || !scale.ends_with("_scale_inv")
+                    || !rows.is_multiple_of(layout.block_m)
+                    || !cols.is_multiple_of(layout.block_n)
+                {
+                    Some("FP8 other than E4M3 with F32 weight_scale_inv blocks that divide the weight (transformers' Fp8Quantize)".into())
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// `merged` (f32, the logical shape) quantized again as `q` was, with fresh scales as its
+    /// producer computes them: the tensors that change, as (name, stored bytes). Code books and
+    /// quant_state blobs do not change and are not returned.
+    pub fn requantize(
+        &self,
+        q: &QuantTensor,
+        merged: &[f32],
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        if let Some(why) = self.requantize_unsupported(q) {
+            return Err(format!("cannot requantize {why}"));
+        }
+        Ok(match &q.scheme {
+            Scheme::Bnb4(p) => {
+                // PEFT's bnb merge quantizes the merged weight in the quant_state dtype
+                // (`Params4bit(w_data, …)` with w_data = dequantized weight + delta).
+                let values = dtype::decode(p.dtype, &dtype::encode(p.dtype, merged));
+                let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, &values);
+                vec![
+                    (q.name.clone(), packed),
+                    (
+                        format!("{}.absmax", q.name),
+                        dtype::encode(Dtype::F32, &absmax),
+                    ),
+                ]
+            }
+            Scheme::Fp8 { scale, layout, .. } => {
+                let (bytes, inv) = fp8::quantize(
+                    merged,
+                    q.shape[0],
+                    q.shape[1],
+                    layout.block_m,
+                    layout.block_n,
+                );
+                vec![
+                    (q.name.clone(), bytes),
+                    (scale.clone(), dtype::encode(Dtype::F32, &inv)),
+                ]
+            }
+            Scheme::BnbInt8 => unreachable!("refused above"),
+        })
+    }
+}
+
 /// `quantization_config` of the config.json next to the weights, if there is one.
 fn read_quant_config(ck: &Checkpoint) -> InputResult<Option<serde_json::Value>> {
     let path = ck.folder().join("config.json");

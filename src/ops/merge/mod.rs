@@ -41,9 +41,24 @@ pub struct MergeOptions {
     pub progress: crate::progress::Reporter,
     /// Write only part `i` of `n` (1-based) of the output files; see [`crate::parts`].
     pub part: Option<(usize, usize)>,
+    /// What happens to a quantized base's weights.
+    pub quant: QuantOutput,
     /// QLoRA-correct merging into a float base: merge into `dequant(Q(W))`, the weights the
     /// adapter was trained against, instead of `W`.
     pub as_trained_on: Option<AsTrainedOn>,
+}
+
+/// How a quantized base is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QuantOutput {
+    /// Merged weights quantized again in their format with fresh scales (bit-exact with the
+    /// producer's quantizer); every other tensor, companions included, copied byte for byte;
+    /// `quantization_config` kept.
+    #[default]
+    Keep,
+    /// Every quantized weight written as float (`--dtype`), companions dropped,
+    /// `quantization_config` removed.
+    Dequantize,
 }
 
 /// The quantization a (Q)LoRA adapter was trained on, for [`MergeOptions::as_trained_on`]:
@@ -127,6 +142,9 @@ pub struct MergeSummary {
     /// Quantized base tensors written as float (merged or not); their companions are dropped.
     #[serde(skip_serializing_if = "is_zero")]
     pub tensors_dequantized_count: usize,
+    /// Merged weights of a quantized base written back quantized (`QuantOutput::Keep`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tensors_requantized_count: usize,
     /// With `as_trained_on`: per merged tensor, the stray term removed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub qlora: Vec<QloraTensor>,

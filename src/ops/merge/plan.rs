@@ -28,7 +28,8 @@ impl MergePlan {
 
     /// `lorakit dequantize`: the plan of a copy of `base` with every quantized weight written as
     /// float and its companion tensors dropped. Refuses a base with nothing quantized.
-    pub fn dequantize(base: Checkpoint, out: PathBuf, options: MergeOptions) -> Result<Self> {
+    pub fn dequantize(base: Checkpoint, out: PathBuf, mut options: MergeOptions) -> Result<Self> {
+        options.quant = QuantOutput::Dequantize;
         Self::build(base, Vec::new(), out, options, true)
     }
 
@@ -232,13 +233,39 @@ impl MergePlan {
                 )
             ));
         }
-        // Output layout: every base tensor but the quantization companions.
+        // Quantized weights that are changed must be quantized again, or written as float.
+        if options.quant == QuantOutput::Keep {
+            let mut changed: Vec<&String> = actions
+                .iter()
+                .filter(|(n, a)| quant.get(n).is_some() && !matches!(a, Action::Copy))
+                .map(|(n, _)| n)
+                .collect();
+            changed.sort();
+            for n in changed {
+                let q = quant.get(n).expect("quantized");
+                let why = match actions.get(n) {
+                    Some(Action::Merge(_)) => quant.requantize_unsupported(q),
+                    _ => Some("a tensor replaced whole (modules_to_save)".into()),
+                };
+                if let Some(why) = why {
+                    bail!(InputError::invalid(
+                        base.file_of(n).map(|f| f.path()).unwrap_or(&base.root),
+                        format!(
+                            "tensor `{n}` ({}): lorakit cannot write it back quantized: {why}; pass --quant dequantize to write the merged model as float",
+                            q.method()
+                        )
+                    ));
+                }
+            }
+        }
+        // Output layout: every base tensor; quantization companions only when kept.
+        let keep = options.quant == QuantOutput::Keep;
         let names: Vec<String> = base
             .names()
-            .filter(|n| quant.companion_of(n).is_none())
+            .filter(|n| keep || quant.companion_of(n).is_none())
             .map(str::to_owned)
             .collect();
-        let size_of = |n: &str| out_bytes(&base, &quant, options.dtype, n);
+        let size_of = |n: &str| out_bytes(&base, &quant, options.dtype, options.quant, n);
         let (files, index, extra_files) = match (&base.layout, options.max_shard_size) {
             (Layout::File, None) => {
                 // `--out DIR` or `--out new/` (trailing slash): the base's file name inside it.
@@ -355,7 +382,13 @@ impl MergePlan {
     /// Dtype and shape a base tensor is written with: quantized weights as float (`--dtype`, or
     /// the dtype their producer dequantizes to), in their logical shape.
     pub(super) fn out_spec(&self, name: &str) -> (Dtype, Vec<usize>) {
-        out_spec(&self.base, &self.quant, self.options.dtype, name)
+        out_spec(
+            &self.base,
+            &self.quant,
+            self.options.dtype,
+            self.options.quant,
+            name,
+        )
     }
 
     /// The operation name in reports and metadata.
@@ -371,7 +404,7 @@ impl MergePlan {
 
     /// What [`Self::run`] would do, without doing it (`merge --dry-run`).
     pub fn dry_run(&self) -> DryRunSummary {
-        let size = |n: &String| out_bytes(&self.base, &self.quant, self.options.dtype, n);
+        let size = |n: &String| self.out_bytes(n);
         let files = self
             .files
             .iter()
@@ -411,8 +444,18 @@ impl MergePlan {
         self.files
             .iter()
             .flat_map(|f| f.tensors.iter())
-            .map(|n| out_bytes(&self.base, &self.quant, self.options.dtype, n))
+            .map(|n| self.out_bytes(n))
             .sum()
+    }
+
+    fn out_bytes(&self, n: &str) -> u64 {
+        out_bytes(
+            &self.base,
+            &self.quant,
+            self.options.dtype,
+            self.options.quant,
+            n,
+        )
     }
 }
 
@@ -420,14 +463,16 @@ fn out_spec(
     base: &Checkpoint,
     quant: &crate::io::quant::QuantMap,
     choice: DtypeChoice,
+    mode: QuantOutput,
     name: &str,
 ) -> (Dtype, Vec<usize>) {
-    match quant.get(name) {
-        Some(q) => (choice.apply(q.natural_dtype()), q.shape.clone()),
-        None => {
-            let i = base.info(name).expect("base tensor");
-            (choice.apply(i.dtype), i.shape.clone())
-        }
+    let i = base.info(name).expect("base tensor");
+    match (quant.get(name), mode) {
+        (Some(q), QuantOutput::Dequantize) => (choice.apply(q.natural_dtype()), q.shape.clone()),
+        // Kept quantized: weights and companions exactly as stored.
+        (Some(_), QuantOutput::Keep) => (i.dtype, i.shape.clone()),
+        (None, _) if quant.companion_of(name).is_some() => (i.dtype, i.shape.clone()),
+        (None, _) => (choice.apply(i.dtype), i.shape.clone()),
     }
 }
 
@@ -435,8 +480,9 @@ fn out_bytes(
     base: &Checkpoint,
     quant: &crate::io::quant::QuantMap,
     choice: DtypeChoice,
+    mode: QuantOutput,
     name: &str,
 ) -> u64 {
-    let (d, shape) = out_spec(base, quant, choice, name);
+    let (d, shape) = out_spec(base, quant, choice, mode, name);
     dtype::byte_len(d, shape.iter().product()).expect("valid") as u64
 }

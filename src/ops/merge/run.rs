@@ -44,7 +44,10 @@ impl MergePlan {
         }
         let metadata = self.output_metadata();
         let (mut merged, mut copied, mut dequantized) = (0usize, 0usize, 0usize);
+        let mut requantized = 0usize;
         let mut qlora = Vec::new();
+        let keep = self.options.quant == QuantOutput::Keep;
+        let mut pending = Requantized::default();
         let mut written = Vec::new();
         for (fi, f) in self.files.iter().enumerate() {
             if !crate::parts::owns(self.options.part, fi) {
@@ -64,7 +67,18 @@ impl MergePlan {
                 let file = self.base.file_of(name).expect("base tensor");
                 let info = self.base.info(name).expect("base tensor");
                 let (out_dtype, _) = self.out_spec(name);
-                let quantized = self.quant.get(name);
+                if keep {
+                    if let Some(bytes) = self.requantized_piece(engine, name, &mut pending)? {
+                        w.write_tensor(name, &bytes)?;
+                        bar.inc(bytes.len() as u64);
+                        if self.quant.get(name).is_some() {
+                            requantized += 1;
+                            merged += 1;
+                        }
+                        continue;
+                    }
+                }
+                let quantized = self.quant.get(name).filter(|_| !keep);
                 if quantized.is_some() {
                     dequantized += 1;
                 }
@@ -202,6 +216,7 @@ impl MergePlan {
             created_folders: created,
             unmatched: self.unmatched.clone(),
             tensors_dequantized_count: dequantized,
+            tensors_requantized_count: requantized,
             qlora,
         })
     }
@@ -284,7 +299,10 @@ impl MergePlan {
     fn write_finals(&self, output: &mut Output) -> Result<()> {
         for (src, dst) in &self.extra_files {
             let mut bytes = crate::io::read_whole_file(src)?;
-            if !self.quant.is_empty() && dst == &self.out.join("config.json") {
+            if !self.quant.is_empty()
+                && self.options.quant == QuantOutput::Dequantize
+                && dst == &self.out.join("config.json")
+            {
                 // Every quantized weight is written as float: the config must not tell loaders
                 // to quantize-load it again.
                 bytes = without_quantization_config(bytes);
@@ -343,6 +361,46 @@ impl MergePlan {
         })
     }
 
+    /// With `QuantOutput::Keep`: the stored bytes of `name` when it is a merged quantized
+    /// weight or one of its changed companions (computed once per weight, kept in `pending`
+    /// until written); `None` for every other tensor.
+    fn requantized_piece(
+        &self,
+        engine: &backend::Engine,
+        name: &str,
+        pending: &mut Requantized,
+    ) -> Result<Option<Vec<u8>>> {
+        if let Some(b) = pending.bytes.remove(name) {
+            return Ok(Some(b));
+        }
+        let owner = match (self.quant.get(name), self.quant.companion_of(name)) {
+            (Some(q), _) => q,
+            (None, Some(w)) => self.quant.get(w).expect("companion's weight"),
+            (None, None) => return Ok(None),
+        };
+        let Some(Action::Merge(terms)) = self.actions.get(&owner.name) else {
+            return Ok(None);
+        };
+        if pending.done.contains(&owner.name) {
+            // Already requantized: this companion did not change.
+            return Ok(None);
+        }
+        let (bytes, _) = self.merge_tensor(engine, &owner.name, terms, Dtype::F32)?;
+        let merged = dtype::decode(Dtype::F32, &bytes);
+        let pieces = self.quant.requantize(owner, &merged).map_err(|m| {
+            anyhow::Error::new(InputError::invalid(
+                self.base
+                    .file_of(&owner.name)
+                    .map(|f| f.path())
+                    .unwrap_or(&self.base.root),
+                format!("tensor `{}`: {m}", owner.name),
+            ))
+        })?;
+        pending.done.insert(owner.name.clone());
+        pending.bytes.extend(pieces);
+        Ok(pending.bytes.remove(name))
+    }
+
     fn signed(&self, s: f64) -> f64 {
         if self.options.unmerge {
             -s
@@ -360,7 +418,11 @@ impl MergePlan {
     ) -> Result<(Vec<u8>, Option<QloraTensor>)> {
         let file = self.base.file_of(name).expect("base tensor");
         let info = self.base.info(name).expect("base tensor");
-        let (_, shape) = self.out_spec(name);
+        // The logical shape (a quantized weight is stored packed).
+        let shape = match self.quant.get(name) {
+            Some(q) => q.shape.clone(),
+            None => info.shape.clone(),
+        };
         let rows = shape.first().copied().unwrap_or(1);
         let cols = shape.iter().skip(1).product::<usize>();
         // Factors in the stored orientation: a transposed base gets (B·A)ᵀ = Aᵀ·Bᵀ.
@@ -625,6 +687,14 @@ pub(super) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// Requantized tensors not yet written (a weight's companions may come before or after it in
+/// the file), and the weights already requantized.
+#[derive(Default)]
+pub(super) struct Requantized {
+    bytes: std::collections::HashMap<String, Vec<u8>>,
+    done: std::collections::HashSet<String>,
 }
 
 /// One term's factors in the base tensor's stored orientation.
