@@ -549,3 +549,80 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
     assert!(e.contains("no quantized weights"), "{e}");
     assert!(!out.exists());
 }
+
+/// `extract` against a quantized base takes ΔW against the base's dequantization: a model
+/// tuned from the NF4 checkpoint gives back exactly the adapter's modules (the other 10
+/// quantized weights are unchanged, not stray differences), and merging the extracted adapter
+/// into the dequantized base reproduces the tuned model.
+#[test]
+fn extract_against_a_quantized_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuned = dir.path().join("tuned");
+    merge_ok(
+        &quant("nf4"),
+        &fixture("llama/adapters/qv_r8"),
+        &tuned,
+        &["--quant", "dequantize", "-q"],
+    );
+    let adapter = dir.path().join("a");
+    // The temporary dequantized base goes to TMPDIR and is removed at exit.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = bin()
+        .env("TMPDIR", &tmp)
+        .args([
+            "extract",
+            "--base",
+            quant("nf4").to_str().unwrap(),
+            "--tuned",
+            tuned.to_str().unwrap(),
+            "--rank",
+            "8",
+            "-o",
+            adapter.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".lorakit-dequantized-base-")
+        })
+        .count();
+    assert_eq!(left, 0, "temporary base left behind");
+    let json = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        cfg["base_model_name_or_path"],
+        quant("nf4").display().to_string(),
+        "{v}"
+    );
+    let tensors = read(&adapter.join("adapter_model.safetensors"));
+    assert_eq!(tensors.len(), 8, "{:?}", tensors.keys().collect::<Vec<_>>());
+    // Round trip: dequantized base + extracted adapter = tuned.
+    let deq = dir.path().join("deq");
+    run_ok([
+        "dequantize",
+        quant("nf4").to_str().unwrap(),
+        "-o",
+        deq.to_str().unwrap(),
+        "-q",
+    ]);
+    let back = dir.path().join("back");
+    merge_ok(&deq, &adapter, &back, &["-q"]);
+    let (got, want) = (read_checkpoint(&back), read_checkpoint(&tuned));
+    let err = rel_to(&got, &want);
+    assert!(err < 1e-6, "{err:e}");
+}
