@@ -70,6 +70,9 @@ pub struct QuantReport {
     /// Number of companion tensors (scales, code books, states) beside the weights.
     pub companion_tensors: usize,
     pub tensors: Vec<QuantRow>,
+    /// Quantized tensors lorakit recognises but does not read (GPTQ/AWQ, …), with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 /// One quantized weight.
@@ -177,7 +180,7 @@ pub fn inspect(path: &Path, adapter: bool, opts: &InspectOptions) -> Result<Repo
 /// The quantization section: `None` for a float checkpoint without `quantization_config`.
 fn quant_report(c: &Checkpoint) -> Result<Option<QuantReport>> {
     let map = crate::io::quant::QuantMap::scan(c)?;
-    if map.is_empty() && map.config.is_none() {
+    if map.is_empty() && map.config.is_none() && map.unsupported.is_empty() {
         return Ok(None);
     }
     let tensors: Vec<QuantRow> = map
@@ -195,6 +198,7 @@ fn quant_report(c: &Checkpoint) -> Result<Option<QuantReport>> {
         config: map.config.clone(),
         companion_tensors: map.iter().map(|q| q.companions.len()).sum(),
         tensors,
+        unreadable: map.unsupported.iter().map(|e| e.kind.to_string()).collect(),
     }))
 }
 
@@ -338,6 +342,9 @@ fn render_quant(s: &mut String, q: &QuantReport) {
     );
     if let Some(cfg) = &q.config {
         let _ = writeln!(s, "quantization_config {cfg}");
+    }
+    for u in &q.unreadable {
+        let _ = writeln!(s, "not read    {}", crate::error::one_line(u));
     }
     if !q.tensors.is_empty() {
         let rows: Vec<Vec<String>> = q

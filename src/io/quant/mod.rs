@@ -109,6 +109,10 @@ pub struct QuantMap {
     companions: HashMap<String, String>,
     /// config.json `quantization_config`, when present.
     pub config: Option<serde_json::Value>,
+    /// Quantized tensors lorakit recognises but cannot read (GPTQ/AWQ, MX formats, an unknown
+    /// `quant_method`): listed by `inspect`, copied as they are by a merge that keeps the base
+    /// quantized, an error for anything that must dequantize them.
+    pub unsupported: Vec<InputError>,
 }
 
 const BNB4_SUFFIXES: [&str; 4] = ["absmax", "quant_map", "nested_absmax", "nested_quant_map"];
@@ -169,7 +173,7 @@ impl QuantMap {
                     | Dtype::F6_E2M3
                     | Dtype::F6_E3M2
             ) {
-                return Err(err(
+                map.unsupported.push(err(
                     ck,
                     name,
                     format!(
@@ -177,11 +181,11 @@ impl QuantMap {
                         dtype::name(info.dtype)
                     ),
                 ));
-            } else if name.ends_with(".qweight") {
-                return Err(err(
+            } else if name.ends_with(".qweight") || name.ends_with(".weight_packed") {
+                map.unsupported.push(err(
                     ck,
                     name,
-                    "GPTQ/AWQ packed weights (`qweight`, `qzeros`, `scales`) are not supported yet",
+                    "GPTQ/AWQ/compressed-tensors packed integer weights (`qweight`, `weight_packed`) are not read yet",
                 ));
             }
         }
@@ -237,7 +241,7 @@ impl QuantMap {
                 ) {
                     // A config that says quantized over float weights: nothing to dequantize.
                 } else {
-                    return Err(InputError::invalid(
+                    map.unsupported.push(InputError::invalid(
                         ck.folder().join("config.json"),
                         format!("quantization_config.quant_method `{m}` is not one lorakit reads (bitsandbytes, fp8)"),
                     ));
@@ -267,6 +271,14 @@ impl QuantMap {
 
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
+    }
+
+    /// The first quantized tensor lorakit cannot dequantize, as the error to report.
+    pub fn check_readable(&self) -> InputResult<()> {
+        match self.unsupported.first() {
+            Some(e) => Err(InputError::invalid(&e.path, e.kind.to_string())),
+            None => Ok(()),
+        }
     }
 
     pub fn len(&self) -> usize {

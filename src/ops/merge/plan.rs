@@ -41,6 +41,9 @@ impl MergePlan {
         dequantize_only: bool,
     ) -> Result<Self> {
         let quant = crate::io::quant::QuantMap::scan(&base)?;
+        if dequantize_only || options.quant == QuantOutput::Dequantize {
+            quant.check_readable()?;
+        }
         if dequantize_only && quant.is_empty() {
             bail!(InputError::invalid(
                 &base.root,
