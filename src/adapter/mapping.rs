@@ -133,7 +133,12 @@ pub fn resolve_in(
             }
         }
     };
-    let names: Vec<&str> = base.names().filter(|n| !is_companion(n)).collect();
+    // Candidates by weight name: a packed weight (`…weight_packed`) is matched as `…weight`.
+    let names: Vec<&str> = base
+        .names()
+        .filter(|n| !is_companion(n))
+        .map(|n| quant.map_or(n, |q| q.logical_name(n)))
+        .collect();
     let kohya_index: HashMap<String, Vec<&str>> = if adapter.format == Format::Kohya {
         let mut idx: HashMap<String, Vec<&str>> = HashMap::new();
         for n in &names {

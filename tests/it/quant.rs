@@ -7,7 +7,15 @@ use super::common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const MODELS: [&str; 6] = ["nf4", "nf4_dq", "fp4", "nf4_bf16", "int8", "fp8_block"];
+const MODELS: [&str; 7] = [
+    "nf4",
+    "nf4_dq",
+    "fp4",
+    "nf4_bf16",
+    "int8",
+    "fp8_block",
+    "ct_pack",
+];
 
 fn quant(rel: &str) -> PathBuf {
     fixture(&format!("quant/{rel}"))
@@ -310,7 +318,11 @@ fn merge_into_fp8_requantizes_with_fresh_block_scales() {
 fn merge_keep_refuses_what_it_cannot_requantize() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o");
-    for (model, want) in [("nf4_dq", "double quantization"), ("int8", "int8")] {
+    for (model, want) in [
+        ("nf4_dq", "double quantization"),
+        ("int8", "int8"),
+        ("ct_pack", "compressed-tensors"),
+    ] {
         let e = one_line_error(&run_err(merge_args(
             &quant(model),
             &fixture("llama/adapters/qv_r8"),
@@ -504,6 +516,33 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
                 s.data.truncate(16);
             }),
             "does not tile",
+        ),
+        (
+            "compressed-tensors weight without its scale",
+            edited(dir.path(), "ct_pack", |t| {
+                t.remove("model.layers.0.self_attn.q_proj.weight_scale");
+            }),
+            "without `model.layers.0.self_attn.q_proj.weight_scale`",
+        ),
+        (
+            "compressed-tensors weight_shape that does not match the packing",
+            edited(dir.path(), "ct_pack", |t| {
+                let s = t
+                    .get_mut("model.layers.0.self_attn.q_proj.weight_shape")
+                    .unwrap();
+                s.data[8..16].copy_from_slice(&1000i64.to_le_bytes());
+            }),
+            "do not pack 1000 elements",
+        ),
+        (
+            "compressed-tensors zero point of the wrong shape",
+            edited(dir.path(), "ct_pack", |t| {
+                let z = t
+                    .get_mut("model.layers.0.self_attn.v_proj.weight_zero_point")
+                    .unwrap();
+                z.shape = vec![z.shape[0] * z.shape[1]];
+            }),
+            "packed zero point",
         ),
         (
             "GPTQ packed weights",

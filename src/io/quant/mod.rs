@@ -15,6 +15,7 @@
 pub mod bnb4;
 pub mod fp8;
 pub mod int8;
+pub mod packed;
 
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
@@ -34,6 +35,8 @@ pub enum Scheme {
     Bnb4(bnb4::Params),
     /// bitsandbytes LLM.int8 (row-wise absmax `SCB`).
     BnbInt8,
+    /// compressed-tensors pack-quantized integers (`weight_packed`).
+    Packed(packed::Params),
     /// FP8 values with scales.
     Fp8 {
         #[serde(serialize_with = "ser_dtype")]
@@ -50,6 +53,9 @@ pub enum Scheme {
 pub struct QuantTensor {
     /// The weight's name (`….weight`), which the dequantized tensor keeps.
     pub name: String,
+    /// The stored tensor holding the quantized values: the weight's own name, except for
+    /// compressed-tensors (`….weight_packed`).
+    pub stored: String,
     /// Logical shape.
     pub shape: Vec<usize>,
     pub scheme: Scheme,
@@ -63,6 +69,7 @@ impl QuantTensor {
         match &self.scheme {
             Scheme::Bnb4(p) => format!("bnb-{}", p.kind.name()),
             Scheme::BnbInt8 => "bnb-int8".into(),
+            Scheme::Packed(p) => format!("ct-int{}", p.bits),
             Scheme::Fp8 { format, .. } => match format {
                 Dtype::F8_E5M2 => "fp8-e5m2".into(),
                 _ => "fp8-e4m3".into(),
@@ -71,8 +78,9 @@ impl QuantTensor {
     }
 
     pub fn bits(&self) -> u32 {
-        match self.scheme {
+        match &self.scheme {
             Scheme::Bnb4(_) => 4,
+            Scheme::Packed(p) => p.bits,
             _ => 8,
         }
     }
@@ -85,6 +93,23 @@ impl QuantTensor {
                 None => format!("blocksize {}", p.blocksize),
             },
             Scheme::BnbInt8 => "per row".into(),
+            Scheme::Packed(p) => {
+                let kind = if p.per_tensor {
+                    "per tensor".to_string()
+                } else if p.groups == 1 {
+                    "per channel".to_string()
+                } else {
+                    format!("group {}", p.group_size())
+                };
+                format!(
+                    "{kind}, {}",
+                    if p.symmetric {
+                        "symmetric"
+                    } else {
+                        "asymmetric"
+                    }
+                )
+            }
             Scheme::Fp8 { layout, .. } => {
                 layout.describe(self.shape[0], self.shape.get(1).copied().unwrap_or(1))
             }
@@ -96,6 +121,7 @@ impl QuantTensor {
         match &self.scheme {
             Scheme::Bnb4(p) => p.dtype,
             Scheme::BnbInt8 => Dtype::F32,
+            Scheme::Packed(p) => p.scale_dtype,
             Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
         }
     }
@@ -107,6 +133,8 @@ pub struct QuantMap {
     tensors: BTreeMap<String, QuantTensor>,
     /// Companion name → weight name.
     companions: HashMap<String, String>,
+    /// Stored name → weight name, where they differ (`P.weight_packed` → `P.weight`).
+    stored: HashMap<String, String>,
     /// config.json `quantization_config`, when present.
     pub config: Option<serde_json::Value>,
     /// Quantized tensors lorakit recognises but cannot read (GPTQ/AWQ, MX formats, an unknown
@@ -181,11 +209,13 @@ impl QuantMap {
                         dtype::name(info.dtype)
                     ),
                 ));
-            } else if name.ends_with(".qweight") || name.ends_with(".weight_packed") {
+            } else if let Some(p) = name.strip_suffix(".weight_packed") {
+                map.add_packed(ck, p, name)?;
+            } else if name.ends_with(".qweight") {
                 map.unsupported.push(err(
                     ck,
                     name,
-                    "GPTQ/AWQ/compressed-tensors packed integer weights (`qweight`, `weight_packed`) are not read yet",
+                    "GPTQ/AWQ packed integer weights (`qweight`, `qzeros`, `scales`) are not read yet",
                 ));
             }
         }
@@ -311,8 +341,165 @@ impl QuantMap {
         if self.tensors.contains_key(&q.name) {
             return Err(err(ck, &q.name, "has two sets of quantization tensors"));
         }
+        if q.stored != q.name {
+            if ck.contains(&q.name) {
+                return Err(err(
+                    ck,
+                    &q.name,
+                    format!("is stored both as itself and packed in `{}`", q.stored),
+                ));
+            }
+            self.stored.insert(q.stored.clone(), q.name.clone());
+        }
         self.tensors.insert(q.name.clone(), q);
         Ok(())
+    }
+
+    /// The name a stored tensor is written under once dequantized (`P.weight_packed` →
+    /// `P.weight`); every other name unchanged.
+    pub fn logical_name<'a>(&'a self, stored: &'a str) -> &'a str {
+        self.stored
+            .get(stored)
+            .map(String::as_str)
+            .unwrap_or(stored)
+    }
+
+    fn add_packed(&mut self, ck: &Checkpoint, prefix: &str, packed_name: &str) -> InputResult<()> {
+        let weight = format!("{prefix}.weight");
+        let pk = ck.info(packed_name).expect("listed");
+        let need = |suffix: &str| {
+            let n = format!("{prefix}.{suffix}");
+            ck.info(&n).cloned().ok_or_else(|| {
+                err(
+                    ck,
+                    packed_name,
+                    format!("compressed-tensors packed weight without `{n}`"),
+                )
+            })
+        };
+        let shape_info = need("weight_shape")?;
+        let scale = need("weight_scale")?;
+        if pk.dtype != Dtype::I32 || pk.shape.len() != 2 {
+            return Err(err(
+                ck,
+                packed_name,
+                format!(
+                    "is {} {:?}, not a 2-D I32 matrix",
+                    dtype::name(pk.dtype),
+                    pk.shape
+                ),
+            ));
+        }
+        let sv = ck.view(&shape_info.name)?;
+        let dims: Vec<i64> = match sv.dtype {
+            Dtype::I64 => sv
+                .data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+            Dtype::I32 => sv
+                .data
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let (rows, cols) = match dims.as_slice() {
+            [r, c]
+                if *r > 0
+                    && *c > 0
+                    && (*r as u64)
+                        .checked_mul(*c as u64)
+                        .is_some_and(|n| n < 1 << 40) =>
+            {
+                (*r as usize, *c as usize)
+            }
+            _ => {
+                return Err(err(
+                    ck,
+                    &shape_info.name,
+                    format!(
+                        "is not two positive sizes (got {dims:?} as {})",
+                        dtype::name(sv.dtype)
+                    ),
+                ))
+            }
+        };
+        if pk.shape[0] != rows {
+            return Err(err(
+                ck,
+                packed_name,
+                format!("has {} rows but weight_shape says {rows}", pk.shape[0]),
+            ));
+        }
+        let bits = packed::infer_bits(cols, pk.shape[1]).ok_or_else(|| {
+            err(
+                ck,
+                packed_name,
+                format!(
+                    "{} words per row do not pack {cols} elements at any width of 1..8 bits (or at more than one)",
+                    pk.shape[1]
+                ),
+            )
+        })?;
+        if !dtype::is_float_compute(scale.dtype) || scale.dtype == Dtype::F64 {
+            return Err(err(
+                ck,
+                &scale.name,
+                format!(
+                    "scale dtype {} is not F32, F16 or BF16",
+                    dtype::name(scale.dtype)
+                ),
+            ));
+        }
+        let (per_tensor, groups) = match scale.shape.as_slice() {
+            [] | [1] => (true, 1),
+            [r, g] if *r == rows && *g >= 1 && cols.is_multiple_of(*g) => (false, *g),
+            s => {
+                return Err(err(
+                    ck,
+                    &scale.name,
+                    format!("shape {s:?} is not [1], [{rows}, 1] or [{rows}, groups] with groups dividing {cols}"),
+                ))
+            }
+        };
+        let zp_name = format!("{prefix}.weight_zero_point");
+        let symmetric = !ck.contains(&zp_name);
+        let mut companions = vec![shape_info.name.clone(), scale.name.clone()];
+        if !symmetric {
+            let z = ck.info(&zp_name).expect("present");
+            let want = [packed::words(rows, bits), groups];
+            if per_tensor || z.dtype != Dtype::I32 || z.shape != want {
+                return Err(err(
+                    ck,
+                    &zp_name,
+                    format!(
+                        "is {} {:?}; a packed zero point of {bits}-bit {rows}x{cols} in {groups} group(s) is I32 {want:?}",
+                        dtype::name(z.dtype),
+                        z.shape
+                    ),
+                ));
+            }
+            companions.push(zp_name);
+        }
+        self.insert(
+            ck,
+            QuantTensor {
+                name: weight,
+                stored: packed_name.to_owned(),
+                shape: vec![rows, cols],
+                scheme: Scheme::Packed(packed::Params {
+                    bits,
+                    rows,
+                    cols,
+                    groups,
+                    per_tensor,
+                    symmetric,
+                    scale_dtype: scale.dtype,
+                }),
+                companions,
+            },
+        )
     }
 
     fn add_bnb4(&mut self, ck: &Checkpoint, weight: &str, state: &str) -> InputResult<()> {
@@ -425,6 +612,7 @@ impl QuantMap {
             ck,
             QuantTensor {
                 name: weight.to_owned(),
+                stored: weight.to_owned(),
                 shape,
                 scheme: Scheme::Bnb4(p),
                 companions,
@@ -482,6 +670,7 @@ impl QuantMap {
         self.insert(
             ck,
             QuantTensor {
+                stored: weight.clone(),
                 name: weight,
                 shape,
                 scheme: Scheme::BnbInt8,
@@ -563,6 +752,7 @@ impl QuantMap {
             ck,
             QuantTensor {
                 name: weight.to_owned(),
+                stored: weight.to_owned(),
                 shape,
                 scheme: Scheme::Fp8 {
                     format: w.dtype,
@@ -600,6 +790,13 @@ impl QuantMap {
                 let scb = dtype::decode(Dtype::F32, data(&q.companions[0])?);
                 int8::dequantize(data(&q.name)?, &scb, q.shape[1])
             }
+            Scheme::Packed(p) => {
+                let zero = match p.symmetric {
+                    true => None,
+                    false => Some(data(&q.companions[2])?),
+                };
+                packed::dequantize(p, data(&q.stored)?, data(&q.companions[1])?, zero)
+            }
             Scheme::Fp8 {
                 format,
                 scale,
@@ -623,6 +820,7 @@ impl QuantMap {
             ),
             Scheme::Bnb4(_) => None,
             Scheme::BnbInt8 => Some("bitsandbytes int8 (quantized from float16 by bitsandbytes)".into()),
+            Scheme::Packed(_) => Some("compressed-tensors pack-quantized (its scales come from calibration)".into()),
             Scheme::Fp8 {
                 format,
                 scale,
@@ -682,7 +880,7 @@ impl QuantMap {
                     (scale.clone(), dtype::encode(Dtype::F32, &inv)),
                 ]
             }
-            Scheme::BnbInt8 => unreachable!("refused above"),
+            Scheme::BnbInt8 | Scheme::Packed(_) => unreachable!("refused above"),
         })
     }
 }

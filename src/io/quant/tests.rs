@@ -105,6 +105,12 @@ fn bnb_int8_dequantizes_bit_exact() {
 }
 
 #[test]
+fn compressed_tensors_pack_quantized_dequantizes_bit_exact() {
+    // 2/3/4/5/6/8 bits, symmetric and asymmetric, channel and groups, f32/f16/bf16 scales.
+    assert_eq!(check_model("ct_pack"), 7);
+}
+
+#[test]
 fn fp8_block_dequantizes_bit_exact_in_f32_and_bf16() {
     assert_eq!(check_model("fp8_block"), 6);
 }

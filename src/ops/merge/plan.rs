@@ -263,10 +263,18 @@ impl MergePlan {
         }
         // Output layout: every base tensor; quantization companions only when kept.
         let keep = options.quant == QuantOutput::Keep;
+        // Dequantized, a packed tensor is written under its weight's name (`…weight_packed` →
+        // `…weight`).
         let names: Vec<String> = base
             .names()
             .filter(|n| keep || quant.companion_of(n).is_none())
-            .map(str::to_owned)
+            .map(|n| {
+                if keep {
+                    n.to_owned()
+                } else {
+                    quant.logical_name(n).to_owned()
+                }
+            })
             .collect();
         let size_of = |n: &str| out_bytes(&base, &quant, options.dtype, options.quant, n);
         let (files, index, extra_files) = match (&base.layout, options.max_shard_size) {
@@ -322,7 +330,8 @@ impl MergePlan {
                     (Layout::Sharded { .. }, None) => {
                         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); base.shards.len()];
                         for n in &names {
-                            by_shard[base.entry(n).expect("listed").shard].push(n.clone());
+                            let stored = quant.get(n).map_or(n.as_str(), |q| q.stored.as_str());
+                            by_shard[base.entry(stored).expect("listed").shard].push(n.clone());
                         }
                         for (s, tensors) in base.shards.iter().zip(by_shard) {
                             let fname = s.path().file_name().expect("shard name");
@@ -469,9 +478,12 @@ fn out_spec(
     mode: QuantOutput,
     name: &str,
 ) -> (Dtype, Vec<usize>) {
+    if let (Some(q), QuantOutput::Dequantize) = (quant.get(name), mode) {
+        return (choice.apply(q.natural_dtype()), q.shape.clone());
+    }
     let i = base.info(name).expect("base tensor");
     match (quant.get(name), mode) {
-        (Some(q), QuantOutput::Dequantize) => (choice.apply(q.natural_dtype()), q.shape.clone()),
+        (Some(_), QuantOutput::Dequantize) => unreachable!("returned above"),
         // Kept quantized: weights and companions exactly as stored.
         (Some(_), QuantOutput::Keep) => (i.dtype, i.shape.clone()),
         (None, _) if quant.companion_of(name).is_some() => (i.dtype, i.shape.clone()),

@@ -64,8 +64,13 @@ impl MergePlan {
             written.push(file_name(&f.path));
             let mut w = output.safetensors(&f.path, &metadata, specs)?;
             for name in &f.tensors {
-                let file = self.base.file_of(name).expect("base tensor");
-                let info = self.base.info(name).expect("base tensor");
+                // The stored tensor behind a name (a packed weight is stored under another).
+                let stored = self
+                    .quant
+                    .get(name)
+                    .map_or(name.as_str(), |q| q.stored.as_str());
+                let file = self.base.file_of(stored).expect("base tensor");
+                let info = self.base.info(stored).expect("base tensor");
                 let (out_dtype, _) = self.out_spec(name);
                 if keep {
                     if let Some(bytes) = self.requantized_piece(engine, name, &mut pending)? {
@@ -416,8 +421,9 @@ impl MergePlan {
         terms: &[(usize, usize)],
         out_dtype: Dtype,
     ) -> Result<(Vec<u8>, Option<QloraTensor>)> {
-        let file = self.base.file_of(name).expect("base tensor");
-        let info = self.base.info(name).expect("base tensor");
+        let stored = self.quant.get(name).map_or(name, |q| q.stored.as_str());
+        let file = self.base.file_of(stored).expect("base tensor");
+        let info = self.base.info(stored).expect("base tensor");
         // The logical shape (a quantized weight is stored packed).
         let shape = match self.quant.get(name) {
             Some(q) => q.shape.clone(),
