@@ -674,3 +674,58 @@ fn extract_against_a_quantized_base() {
     let err = rel_to(&got, &want);
     assert!(err < 1e-6, "{err:e}");
 }
+
+/// A sharded quantized checkpoint whose companions sit in the other shard than their weight:
+/// dequantized exactly, the index rewritten without the companions.
+#[test]
+fn dequantize_sharded_with_companions_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::copy(quant("nf4_dq/config.json"), input.join("config.json")).unwrap();
+    let all = read(&quant("nf4_dq/model.safetensors"));
+    let mut weight_map = serde_json::Map::new();
+    for shard in 0..2 {
+        let name = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        let part: Vec<(&String, &T)> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == shard)
+            .map(|(_, kv)| kv)
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = part
+            .iter()
+            .map(|(n, t)| {
+                weight_map.insert((*n).clone(), serde_json::json!(name));
+                (
+                    (*n).clone(),
+                    safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        safetensors::tensor::serialize_to_file(views, None, &input.join(&name)).unwrap();
+    }
+    std::fs::write(
+        input.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    run_ok([
+        "dequantize",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    let got = read_checkpoint(&out);
+    assert_eq!(got.len(), 21);
+    for (name, want) in read(&quant("ref/nf4_dq.safetensors")) {
+        assert!(got[&name].data == want.data, "{name}");
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["weight_map"].as_object().unwrap().len(), 21);
+}
