@@ -39,6 +39,8 @@ mod it {
     pub mod peft_load;
     /// The binary as a process: progress bars on a terminal only, a merge's peak RSS.
     pub mod process;
+    /// Quantized bases: `dequantize`, merges into and as-trained-on quantized weights, bad input.
+    pub mod quant;
     /// Recipes: validation, dry-run, references, incremental reruns.
     pub mod recipe;
     /// Independent float64 references (Jacobi SVD, best rank-r, relative errors).

@@ -111,7 +111,34 @@ pub fn expected_shape(m: &LoraModule) -> Vec<usize> {
 
 /// Resolves every module and full tensor of `adapter` against `base`.
 pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
-    let names: Vec<&str> = base.names().collect();
+    resolve_in(adapter, base, None)
+}
+
+/// [`resolve`] against a base whose quantized weights are described by `quant`: a quantized
+/// weight is matched by its logical shape and counts as float (it is dequantized to be merged),
+/// and its companion tensors (scales, code books) are never candidates.
+pub fn resolve_in(
+    adapter: &Adapter,
+    base: &Checkpoint,
+    quant: Option<&crate::io::quant::QuantMap>,
+) -> Resolution {
+    let is_companion = |n: &str| quant.is_some_and(|q| q.companion_of(n).is_some());
+    // (logical shape, dtype it is merged in) of a base tensor.
+    let logical = |name: &str| -> (Vec<usize>, crate::dtype::Dtype) {
+        match quant.and_then(|q| q.get(name)) {
+            Some(t) => (t.shape.clone(), t.natural_dtype()),
+            None => {
+                let i = base.info(name).expect("candidate exists");
+                (i.shape.clone(), i.dtype)
+            }
+        }
+    };
+    // Candidates by weight name: a packed weight (`…weight_packed`) is matched as `…weight`.
+    let names: Vec<&str> = base
+        .names()
+        .filter(|n| !is_companion(n))
+        .map(|n| quant.map_or(n, |q| q.logical_name(n)))
+        .collect();
     let kohya_index: HashMap<String, Vec<&str>> = if adapter.format == Format::Kohya {
         let mut idx: HashMap<String, Vec<&str>> = HashMap::new();
         for n in &names {
@@ -147,9 +174,8 @@ pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
                 continue;
             }
         };
-        let info = base.info(&weight).expect("candidate exists");
+        let (found, found_dtype) = logical(&weight);
         let expected = expected_shape(m);
-        let found = info.shape.clone();
         let fits = found == expected || shape_fits_flat(m, &found);
         if !fits {
             res.unmatched.push(Unmatched::ShapeMismatch {
@@ -160,11 +186,11 @@ pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
             });
             continue;
         }
-        if !crate::dtype::is_float_compute(info.dtype) {
+        if !crate::dtype::is_float_compute(found_dtype) {
             res.unmatched.push(Unmatched::NotFloat {
                 module: m.name.clone(),
                 tensor: weight,
-                dtype: crate::dtype::name(info.dtype),
+                dtype: crate::dtype::name(found_dtype),
             });
             continue;
         }
@@ -209,13 +235,13 @@ pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
                 expected: f.name.clone(),
             }),
             [one] => {
-                let info = base.info(one).expect("candidate exists");
-                if info.shape != f.shape {
+                let (found, _) = logical(one);
+                if found != f.shape {
                     res.unmatched.push(Unmatched::ShapeMismatch {
                         module: f.name.clone(),
                         tensor: one.to_string(),
                         expected: f.shape.clone(),
-                        found: info.shape.clone(),
+                        found,
                     });
                 } else {
                     res.full.push((fi, one.to_string()));

@@ -103,6 +103,31 @@ pub struct MergeArgs {
     #[arg(long)]
     pub allow_unmatched: bool,
 
+    /// QLoRA-correct merge into a full-precision base: merge into dequant(Q(W)), the weights a
+    /// QLoRA adapter was trained against, instead of W (a plain merge adds the stray term
+    /// W − dequant(Q(W))). Q is bitsandbytes' 4-bit quantizer, reproduced bit for bit: `nf4` or
+    /// `fp4` (`BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=…)`). The summary
+    /// reports, per merged tensor, ‖W − dequant(Q(W))‖ next to ‖s·B·A‖. `,double-quant`
+    /// (bnb_4bit_use_double_quant) is recognised but refused: its absmax offset is a torch mean
+    /// lorakit does not reproduce bit for bit yet.
+    #[arg(long, value_name = "nf4|fp4[,double-quant]", value_parser = parse_as_trained_on, conflicts_with = "unmerge")]
+    pub as_trained_on: Option<(crate::io::quant::bnb4::Kind, bool)>,
+
+    /// A quantized base (bitsandbytes NF4/FP4/int8, FP8 with scales): `keep` writes each merged
+    /// weight quantized again in its format with fresh scales, bit-exact with the producer's
+    /// quantizer (bitsandbytes NF4/FP4 without double quantization; FP8 E4M3 in
+    /// weight_scale_inv blocks as transformers' Fp8Quantize), and copies every other tensor byte
+    /// for byte, quantization_config kept; formats lorakit cannot requantize are refused before
+    /// anything is written. `dequantize` writes every quantized weight as float (--dtype; keep
+    /// = the dtype its library dequantizes to), drops the scales and removes
+    /// quantization_config from config.json.
+    #[arg(long, value_enum, default_value_t = QuantArg::Keep)]
+    pub quant: QuantArg,
+
+    /// Block size of --as-trained-on (bnb_4bit blocksize; bitsandbytes' default 64).
+    #[arg(long, default_value_t = 64, requires = "as_trained_on", value_parser = parse_blocksize)]
+    pub blocksize: usize,
+
     #[command(flatten)]
     pub compute: DeviceArgs,
 
@@ -113,6 +138,87 @@ pub struct MergeArgs {
     pub part: Option<(usize, usize)>,
 
     /// Validate and print the plan (matched modules, files and bytes to write); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--quant` of merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantArg {
+    /// Requantize the merged weights in the base's format.
+    Keep,
+    /// Write the quantized weights as float.
+    Dequantize,
+}
+
+/// Parses `nf4`, `fp4`, `nf4,double-quant`.
+fn parse_as_trained_on(s: &str) -> Result<(crate::io::quant::bnb4::Kind, bool), String> {
+    let mut parts = s.split(',');
+    let kind = parts.next().unwrap_or_default();
+    let kind = crate::io::quant::bnb4::Kind::parse(kind)
+        .ok_or_else(|| format!("`{kind}` is not nf4 or fp4"))?;
+    let mut double = false;
+    for p in parts {
+        match p {
+            "double-quant" | "dq" => double = true,
+            other => return Err(format!("`{other}` is not `double-quant`")),
+        }
+    }
+    Ok((kind, double))
+}
+
+/// A bitsandbytes 4-bit block size.
+fn parse_blocksize(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if crate::io::quant::bnb4::BLOCKSIZES.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is not a bitsandbytes block size (32, 64, 128, … 4096)"
+        ))
+    }
+}
+
+/// Write a quantized checkpoint back to floating point.
+///
+/// Recognises bitsandbytes 4-bit (NF4/FP4, with or without double quantization) and LLM.int8
+/// weights as transformers saves them, and FP8 (F8_E4M3/F8_E5M2) weights with `weight_scale_inv`
+/// (per 128×128 block, DeepSeek/Qwen FP8) or `weight_scale` (per tensor or channel). Each weight
+/// is dequantized exactly as its library does (bit for bit in f32) and rounded once to the
+/// output dtype; the companion tensors (absmax, quant_map, quant_state, SCB, scales) are
+/// dropped; every other tensor is copied byte for byte. The output mirrors the input (a file
+/// for a file, the same shards for a folder) and config.json is copied without its
+/// `quantization_config`. GPTQ/AWQ (`qweight`) is refused.
+///
+/// Examples:
+///   lorakit dequantize model-bnb-4bit/ --out model-f16/ --dtype f16
+///   lorakit dequantize deepseek-fp8/ --out deepseek-bf16/ --dtype bf16 --max-shard-size 5GB
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct DequantizeArgs {
+    /// The quantized checkpoint: a .safetensors file or a Hugging Face model folder.
+    #[arg(value_hint = ValueHint::AnyPath)]
+    pub model: PathBuf,
+
+    /// Output: a file when the input is a file, a folder when it is a folder.
+    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
+    pub out: PathBuf,
+
+    /// Dtype of the dequantized weights (and of the other float tensors unless `keep`); `keep`
+    /// writes each weight in the dtype its library dequantizes to (bitsandbytes 4-bit: the
+    /// quant_state dtype; int8: f32; FP8: the scale's dtype) and copies the rest unchanged.
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
+    pub dtype: DtypeChoice,
+
+    /// Re-shard the output into files of at most SIZE (e.g. 5GB), with Hugging Face names.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_shard_size: Option<u64>,
+
+    /// Validate and print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
 

@@ -13,7 +13,7 @@ mod model;
 
 pub use adapters::{CombineArgs, ConvertArgs, ResizeArgs};
 pub use args::{parse_size, AdapterOutArgs, DeviceArgs};
-pub use checkpoint::{DiffArgs, InspectArgs, MergeArgs};
+pub use checkpoint::{DequantizeArgs, DiffArgs, InspectArgs, MergeArgs, QuantArg};
 pub use extract::ExtractArgs;
 pub use model::{EvalArgs, TrainArgs};
 
@@ -53,6 +53,7 @@ pub struct Cli {
 pub enum Command {
     Inspect(InspectArgs),
     Merge(MergeArgs),
+    Dequantize(DequantizeArgs),
     Extract(ExtractArgs),
     Resize(ResizeArgs),
     Combine(CombineArgs),

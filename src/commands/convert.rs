@@ -65,7 +65,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         kohya_prefix: a.output.prefix.clone(),
     };
     check_output(&spec, &[&adapter], base.as_ref())?;
-    if a.to == Format::Peft {
+    if to == Format::Peft {
         if let Some(m) = adapter.modules.iter().find(|m| m.factors.lora().is_none()) {
             anyhow::bail!(crate::error::InputError::invalid(
                 &adapter.path,

@@ -13,7 +13,17 @@ use std::path::{Path, PathBuf};
 pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
     let base = Checkpoint::open(&a.base)?;
     let tuned = Checkpoint::open(&a.tuned)?;
-    let options = options(&a, &tuned, quiet)?;
+    let mut options = options(&a, &tuned, quiet)?;
+    // A quantized base: ΔW against its dequantization (a temporary float copy, removed at exit).
+    let (base, _dequantized) = crate::extract::dequantized_base(base, &tuned)?;
+    if _dequantized.is_some() {
+        if a.part.is_some() {
+            bail!("--part is not supported with a quantized base yet");
+        }
+        options
+            .base_model
+            .get_or_insert_with(|| a.base.display().to_string());
+    }
     if let Some(part) = a.part {
         return run_part(&a, part, base, tuned, options);
     }

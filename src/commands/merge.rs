@@ -30,6 +30,17 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
         allow_unmatched: a.allow_unmatched,
         progress: super::printer::progress(progress),
         part: a.part,
+        quant: match a.quant {
+            crate::cli::QuantArg::Keep => crate::merge::QuantOutput::Keep,
+            crate::cli::QuantArg::Dequantize => crate::merge::QuantOutput::Dequantize,
+        },
+        as_trained_on: a
+            .as_trained_on
+            .map(|(kind, double_quant)| crate::merge::AsTrainedOn {
+                kind,
+                blocksize: a.blocksize,
+                double_quant,
+            }),
     };
     MergePlan::new(base, adapters, a.out.clone(), options)
 }
@@ -67,6 +78,44 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         super::print_json("merge", &summary)?;
     } else {
         super::print(&render(&summary))?;
+    }
+    Ok(0)
+}
+
+/// `lorakit dequantize`: a merge plan with no adapters (see `MergePlan::dequantize`).
+pub fn run_dequantize(a: crate::cli::DequantizeArgs, quiet: bool) -> Result<i32> {
+    let base = Checkpoint::open(&a.model)?;
+    let options = MergeOptions {
+        dtype: a.dtype,
+        max_shard_size: a.max_shard_size,
+        progress: super::printer::progress(!quiet && !a.json),
+        ..MergeOptions::default()
+    };
+    let plan = MergePlan::dequantize(base, a.out.clone(), options)?;
+    if a.dry_run {
+        let d = plan.dry_run();
+        if a.json {
+            super::print_json("dequantize", &d)?;
+        } else {
+            super::print(&render_dry_run(&d))?;
+        }
+        return Ok(0);
+    }
+    let engine = crate::backend::Engine::Cpu;
+    let summary = plan.run(&engine)?;
+    if a.json {
+        super::print_json("dequantize", &summary)?;
+    } else {
+        super::print(&format!(
+            "wrote {} (dequantized {} weights of {}; {} other tensors copied, {} files, {} in {:.2} s)\n",
+            summary.out,
+            summary.tensors_dequantized_count,
+            summary.base,
+            summary.tensors_copied_count - summary.tensors_dequantized_count,
+            summary.files.len(),
+            human_bytes(summary.bytes_written),
+            summary.seconds
+        ))?;
     }
     Ok(0)
 }
@@ -113,6 +162,40 @@ fn render(s: &MergeSummary) -> String {
         &rows,
         &[false, true, true, true, true],
     ));
+    if s.tensors_requantized_count > 0 {
+        out.push_str(&format!(
+            "\nquantized base: {} merged weights quantized again in their format (fresh scales), every other tensor copied\n",
+            s.tensors_requantized_count
+        ));
+    }
+    if s.tensors_dequantized_count > 0 {
+        out.push_str(&format!(
+            "\nquantized base: {} weights dequantized and written as float, quantization companions dropped\n",
+            s.tensors_dequantized_count
+        ));
+    }
+    if !s.qlora.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .qlora
+            .iter()
+            .map(|q| {
+                vec![
+                    q.name.clone(),
+                    format!("{:.4e}", q.stray_norm),
+                    format!("{:.4e}", q.delta_norm),
+                    format!("{:.3}", q.ratio),
+                ]
+            })
+            .collect();
+        out.push_str(
+            "\nas trained on: merged into dequant(Q(W)); stray term W − dequant(Q(W)) removed\n",
+        );
+        out.push_str(&table(
+            &["tensor", "‖W−dq(Q(W))‖", "‖ΔW‖", "ratio"],
+            &rows,
+            &[false, true, true, true],
+        ));
+    }
     out.push_str(&format!(
         "\n{} tensors merged, {} copied, {} files, {} written in {:.2} s ({:.2} GB/s) on {}\n",
         s.tensors_merged_count,

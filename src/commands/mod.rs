@@ -25,6 +25,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Merge(a) => merge::run(a, quiet),
+        Command::Dequantize(a) => merge::run_dequantize(a, quiet),
         Command::Extract(a) => extract::run(a, quiet),
         Command::Resize(a) => resize::run(a, quiet),
         Command::Combine(a) => combine::run(a, quiet),

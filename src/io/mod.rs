@@ -1,12 +1,14 @@
 //! Reading and writing safetensors checkpoints: validated headers ([`header`]), memory-mapped
 //! files ([`file`]), single-file and sharded checkpoints ([`checkpoint`]), and the streaming,
-//! atomic writer every command uses ([`writer`]); GGUF files (llama.cpp) in [`gguf`].
+//! atomic writer every command uses ([`writer`]); quantized weights inside checkpoints
+//! ([`quant`]); GGUF files (llama.cpp) in [`gguf`].
 
 pub mod checkpoint;
 pub mod file;
 pub mod gguf;
 pub mod header;
 pub mod hub;
+pub mod quant;
 pub mod writer;
 
 pub use checkpoint::Checkpoint;

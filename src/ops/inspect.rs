@@ -60,6 +60,38 @@ pub struct CheckpointReport {
     /// With `tensors`: every tensor (the list `diff` reports under the same key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tensors: Option<Vec<TensorRow>>,
+    /// Quantized weights and config.json's `quantization_config`; absent for a float checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantReport>,
+}
+
+/// What `inspect` says about a quantized checkpoint (see [`crate::io::quant`]).
+#[derive(Debug, Serialize)]
+pub struct QuantReport {
+    /// config.json `quantization_config`, as written.
+    pub config: Option<serde_json::Value>,
+    /// Number of companion tensors (scales, code books, states) beside the weights.
+    pub companion_tensors: usize,
+    pub tensors: Vec<QuantRow>,
+    /// Quantized tensors lorakit recognises but does not read (GPTQ/AWQ, …), with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
+}
+
+/// One quantized weight.
+#[derive(Debug, Serialize)]
+pub struct QuantRow {
+    pub name: String,
+    /// `bnb-nf4`, `bnb-fp4`, `bnb-int8`, `fp8-e4m3`, `fp8-e5m2`.
+    pub method: String,
+    pub bits: u32,
+    /// Block or group: `blocksize 64`, `blocksize 64, double-quant 256`, `per row`,
+    /// `128x128 blocks`, `per tensor`, `per channel`.
+    pub blocks: String,
+    /// Logical shape.
+    pub shape: Vec<usize>,
+    /// The dtype the producer dequantizes to.
+    pub dtype: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -144,8 +176,35 @@ pub fn inspect(path: &Path, adapter: bool, opts: &InspectOptions) -> Result<Repo
         Ok(Report::Adapter(adapter_report(&a, opts)?))
     } else {
         let c = Checkpoint::open(path)?;
-        Ok(Report::Checkpoint(checkpoint_report(&c, opts)))
+        let mut report = checkpoint_report(&c, opts);
+        report.quantization = quant_report(&c)?;
+        Ok(Report::Checkpoint(report))
     }
+}
+
+/// The quantization section: `None` for a float checkpoint without `quantization_config`.
+fn quant_report(c: &Checkpoint) -> Result<Option<QuantReport>> {
+    let map = crate::io::quant::QuantMap::scan(c)?;
+    if map.is_empty() && map.config.is_none() && map.unsupported.is_empty() {
+        return Ok(None);
+    }
+    let tensors: Vec<QuantRow> = map
+        .iter()
+        .map(|q| QuantRow {
+            name: q.name.clone(),
+            method: q.method(),
+            bits: q.bits(),
+            blocks: q.blocks(),
+            shape: q.shape.clone(),
+            dtype: dtype::name(q.natural_dtype()),
+        })
+        .collect();
+    Ok(Some(QuantReport {
+        config: map.config.clone(),
+        companion_tensors: map.iter().map(|q| q.companions.len()).sum(),
+        tensors,
+        unreadable: map.unsupported.iter().map(|e| e.kind.to_string()).collect(),
+    }))
 }
 
 fn checkpoint_report(c: &Checkpoint, opts: &InspectOptions) -> CheckpointReport {
@@ -194,6 +253,7 @@ fn checkpoint_report(c: &Checkpoint, opts: &InspectOptions) -> CheckpointReport 
         dtypes,
         metadata: c.metadata().iter().cloned().collect(),
         tensors: tensor_list,
+        quantization: None,
     }
 }
 
@@ -278,6 +338,44 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
     })
 }
 
+fn render_quant(s: &mut String, q: &QuantReport) {
+    let _ = writeln!(
+        s,
+        "\nquantized   {} weight{} ({} companion tensors)",
+        q.tensors.len(),
+        if q.tensors.len() == 1 { "" } else { "s" },
+        q.companion_tensors
+    );
+    if let Some(cfg) = &q.config {
+        let _ = writeln!(s, "quantization_config {cfg}");
+    }
+    for u in &q.unreadable {
+        let _ = writeln!(s, "not read    {}", crate::error::one_line(u));
+    }
+    if !q.tensors.is_empty() {
+        let rows: Vec<Vec<String>> = q
+            .tensors
+            .iter()
+            .map(|t| {
+                vec![
+                    t.name.clone(),
+                    t.method.clone(),
+                    t.bits.to_string(),
+                    t.blocks.clone(),
+                    format!("{:?}", t.shape),
+                    t.dtype.clone(),
+                ]
+            })
+            .collect();
+        s.push('\n');
+        s.push_str(&table(
+            &["weight", "method", "bits", "blocks", "shape", "dequantized"],
+            &rows,
+            &[false, false, true, false, false, false],
+        ));
+    }
+}
+
 /// Human-readable rendering: aligned tables.
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
@@ -322,6 +420,9 @@ pub fn render_text(r: &Report) -> String {
                 for (k, v) in &c.metadata {
                     let _ = writeln!(s, "  {k} = {v}");
                 }
+            }
+            if let Some(q) = &c.quantization {
+                render_quant(&mut s, q);
             }
             if let Some(list) = &c.tensors {
                 let rows: Vec<Vec<String>> = list

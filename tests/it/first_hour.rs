@@ -791,6 +791,9 @@ fn every_json_report_shares_one_vocabulary() {
     let merged = s(&fixture("llama/merged/qv_r8.safetensors")).to_owned();
     let ids = s(&fixture("text/tiny_ids.safetensors")).to_owned();
     let (m, m2, x, x2, r, c, k) = (d("m"), d("m2"), d("x"), d("x2"), d("r"), d("c"), d("k.st"));
+    let nf4 = s(&fixture("quant/nf4_dq")).to_owned();
+    let (dq, qm, km) = (d("dq"), d("qm"), d("km"));
+    let km_base = s(&fixture("quant/nf4")).to_owned();
     let runs: Vec<(&str, String)> = vec![
         ("inspect", format!("inspect {base} --tensors")),
         ("inspect", format!("inspect {qv} --spectrum")),
@@ -823,6 +826,16 @@ fn every_json_report_shares_one_vocabulary() {
         (
             "eval",
             format!("eval --model {base} --adapter {qv} --input-ids {ids} --device cpu"),
+        ),
+        ("inspect", format!("inspect {nf4}")),
+        ("dequantize", format!("dequantize {nf4} -o {dq}")),
+        (
+            "merge",
+            format!("merge --base {base} --adapter {qv} -o {qm} --as-trained-on nf4"),
+        ),
+        (
+            "merge",
+            format!("merge --base {km_base} --adapter {qv} -o {km}"),
         ),
     ];
     let mut seen: Vec<(String, &'static str, String)> = Vec::new();

@@ -497,5 +497,6 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
         modules_to_save: Vec::new(),
         config: None,
         metadata: Vec::new(),
+        namings: Vec::new(),
     })
 }

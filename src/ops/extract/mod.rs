@@ -282,6 +282,52 @@ pub struct ExtractPlan {
     scratch: std::sync::Mutex<Vec<f32>>,
 }
 
+/// A quantized base (bitsandbytes, FP8; see [`crate::io::quant`]) made ready for extraction:
+/// ΔW is taken against what the base dequantizes to, so the base is first dequantized, exactly
+/// as `lorakit dequantize` does, into a temporary folder that lives as long as the returned
+/// guard, in the dtype of the tuned checkpoint's counterpart of its first quantized weight.
+/// A float base is returned unchanged (and no guard).
+pub fn dequantized_base(
+    base: Checkpoint,
+    tuned: &Checkpoint,
+) -> Result<(Checkpoint, Option<TempFolder>)> {
+    let quant = crate::io::quant::QuantMap::scan(&base)?;
+    let Some(first) = quant.iter().next() else {
+        return Ok((base, None));
+    };
+    let dtype = match tuned.info(&first.name).map(|i| i.dtype) {
+        Some(crate::dtype::Dtype::F16) => crate::ops::output::DtypeChoice::F16,
+        Some(crate::dtype::Dtype::BF16) => crate::ops::output::DtypeChoice::Bf16,
+        _ => crate::ops::output::DtypeChoice::F32,
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let tmp = TempFolder(std::env::temp_dir().join(format!(
+        ".lorakit-dequantized-base-{}-{nanos}",
+        std::process::id()
+    )));
+    let out = tmp.0.join("base");
+    let options = crate::ops::merge::MergeOptions {
+        dtype,
+        ..Default::default()
+    };
+    crate::ops::merge::MergePlan::dequantize(base, out.clone(), options)?
+        .run(&crate::backend::Engine::Cpu)?;
+    Ok((Checkpoint::open(&out)?, Some(tmp)))
+}
+
+/// A temporary folder removed (with its contents) when dropped.
+#[derive(Debug)]
+pub struct TempFolder(PathBuf);
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The module a tensor belongs to: its name without the last dotted component.
 pub fn module_of(tensor: &str) -> &str {
     tensor.rsplit_once('.').map_or(tensor, |(m, _)| m)

@@ -42,6 +42,48 @@ pub struct MergeOptions {
     pub progress: crate::progress::Reporter,
     /// Write only part `i` of `n` (1-based) of the output files; see [`crate::parts`].
     pub part: Option<(usize, usize)>,
+    /// What happens to a quantized base's weights.
+    pub quant: QuantOutput,
+    /// QLoRA-correct merging into a float base: merge into `dequant(Q(W))`, the weights the
+    /// adapter was trained against, instead of `W`.
+    pub as_trained_on: Option<AsTrainedOn>,
+}
+
+/// How a quantized base is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QuantOutput {
+    /// Merged weights quantized again in their format with fresh scales (bit-exact with the
+    /// producer's quantizer); every other tensor, companions included, copied byte for byte;
+    /// `quantization_config` kept.
+    #[default]
+    Keep,
+    /// Every quantized weight written as float (`--dtype`), companions dropped,
+    /// `quantization_config` removed.
+    Dequantize,
+}
+
+/// The quantization a (Q)LoRA adapter was trained on, for [`MergeOptions::as_trained_on`]:
+/// bitsandbytes 4-bit as `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind)`
+/// quantizes each targeted weight (see [`crate::io::quant::bnb4`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsTrainedOn {
+    pub kind: crate::io::quant::bnb4::Kind,
+    pub blocksize: usize,
+    /// `bnb_4bit_use_double_quant`: the absmax vector is quantized again.
+    pub double_quant: bool,
+}
+
+/// One tensor of a QLoRA-correct merge: how large the stray term `W − dequant(Q(W))` (which a
+/// plain merge into `W` would add) is next to the adapter's own change `s·B·A`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QloraTensor {
+    pub name: String,
+    /// ‖W − dequant(Q(W))‖_F.
+    pub stray_norm: f64,
+    /// ‖ΔW‖_F of the merged adapters.
+    pub delta_norm: f64,
+    /// stray_norm / delta_norm.
+    pub ratio: f64,
 }
 
 /// One adapter and its weight.
@@ -98,6 +140,19 @@ pub struct MergeSummary {
     /// Folders this run created for the output (missing parents of `--out`).
     pub created_folders: Vec<String>,
     pub unmatched: Vec<UnmatchedReport>,
+    /// Quantized base tensors written as float (merged or not); their companions are dropped.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tensors_dequantized_count: usize,
+    /// Merged weights of a quantized base written back quantized (`QuantOutput::Keep`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tensors_requantized_count: usize,
+    /// With `as_trained_on`: per merged tensor, the stray term removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub qlora: Vec<QloraTensor>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The plan of a merge, printed by `merge --dry-run`: nothing is written.
@@ -152,6 +207,10 @@ pub struct MergePlan {
     extra_files: Vec<(PathBuf, PathBuf)>,
     pub unmatched: Vec<UnmatchedReport>,
     resolutions: Vec<Resolution>,
+    /// The base's quantized weights (empty for a float base).
+    pub quant: crate::io::quant::QuantMap,
+    /// `lorakit dequantize`: no adapters, every quantized weight written as float.
+    dequantize_only: bool,
 }
 
 /// Names of input-embedding tensors that `tie_word_embeddings` ties to `lm_head`.

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::adapter::mapping::{self, Unmatched};
-use crate::dtype::{self};
+use crate::dtype::{self, Dtype};
 use crate::error::InputError;
 use crate::io::checkpoint::Layout;
 use crate::io::Checkpoint;
@@ -23,6 +23,45 @@ impl MergePlan {
         if adapters.is_empty() {
             bail!("no adapter given");
         }
+        Self::build(base, adapters, out, options, false)
+    }
+
+    /// `lorakit dequantize`: the plan of a copy of `base` with every quantized weight written as
+    /// float and its companion tensors dropped. Refuses a base with nothing quantized.
+    pub fn dequantize(base: Checkpoint, out: PathBuf, mut options: MergeOptions) -> Result<Self> {
+        options.quant = QuantOutput::Dequantize;
+        Self::build(base, Vec::new(), out, options, true)
+    }
+
+    fn build(
+        base: Checkpoint,
+        adapters: Vec<WeightedAdapter>,
+        out: PathBuf,
+        options: MergeOptions,
+        dequantize_only: bool,
+    ) -> Result<Self> {
+        let quant = crate::io::quant::QuantMap::scan(&base)?;
+        if dequantize_only || options.quant == QuantOutput::Dequantize {
+            quant.check_readable()?;
+        }
+        if dequantize_only && quant.is_empty() {
+            bail!(InputError::invalid(
+                &base.root,
+                "no quantized weights (bitsandbytes 4-bit/int8, FP8 with scales) to dequantize"
+            ));
+        }
+        if !quant.is_empty() && options.part.is_some() {
+            bail!(InputError::invalid(
+                &base.root,
+                "--part is not supported with a quantized base yet"
+            ));
+        }
+        if options.as_trained_on.is_some() && !quant.is_empty() {
+            bail!(InputError::invalid(
+                &base.root,
+                "--as-trained-on merges into a full-precision base as if quantized; this base is already quantized (merge into it without --as-trained-on)"
+            ));
+        }
         // Everything this run reads; checked against everything it writes once the layout is
         // known, before anything is written.
         let mut inputs = base.input_paths();
@@ -40,7 +79,7 @@ impl MergePlan {
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
             let label = a.path.display().to_string();
-            let res = mapping::resolve(a, &base);
+            let res = mapping::resolve_in(a, &base, Some(&quant));
             for u in &res.unmatched {
                 unmatched.push(UnmatchedReport {
                     adapter: label.clone(),
@@ -108,7 +147,7 @@ impl MergePlan {
                     ));
                 }
                 if let Some(bi) = base.info(name) {
-                    if !dtype::is_float_storage(bi.dtype) {
+                    if !dtype::is_float_storage(bi.dtype) && quant.get(name).is_none() {
                         bail!(InputError::invalid(
                             &a.path,
                             format!(
@@ -182,7 +221,7 @@ impl MergePlan {
             .iter()
             .map(|r| r.modules.len() + r.full.len())
             .sum();
-        if landed == 0 {
+        if landed == 0 && !dequantize_only {
             let list: Vec<String> = unmatched
                 .iter()
                 .take(5)
@@ -197,17 +236,47 @@ impl MergePlan {
                 )
             ));
         }
-        // Output layout.
-        let names: Vec<String> = base.names().map(str::to_owned).collect();
-        let out_dtype = |n: &str| {
-            options
-                .dtype
-                .apply(base.info(n).expect("base tensor").dtype)
-        };
-        let size_of = |n: &str| {
-            let i = base.info(n).expect("base tensor");
-            dtype::byte_len(out_dtype(n), i.numel()).expect("valid") as u64
-        };
+        // Quantized weights that are changed must be quantized again, or written as float.
+        if options.quant == QuantOutput::Keep {
+            let mut changed: Vec<&String> = actions
+                .iter()
+                .filter(|(n, a)| quant.get(n).is_some() && !matches!(a, Action::Copy))
+                .map(|(n, _)| n)
+                .collect();
+            changed.sort();
+            for n in changed {
+                let q = quant.get(n).expect("quantized");
+                let why = match actions.get(n) {
+                    Some(Action::Merge(_)) => quant.requantize_unsupported(q),
+                    _ => Some("a tensor replaced whole (modules_to_save)".into()),
+                };
+                if let Some(why) = why {
+                    bail!(InputError::invalid(
+                        base.file_of(n).map(|f| f.path()).unwrap_or(&base.root),
+                        format!(
+                            "tensor `{n}` ({}): lorakit cannot write it back quantized: {why}; pass --quant dequantize to write the merged model as float",
+                            q.method()
+                        )
+                    ));
+                }
+            }
+        }
+        // Output layout: every base tensor; quantization companions only when kept.
+        let keep = options.quant == QuantOutput::Keep;
+        // Dequantized, a packed tensor is written under its weight's name (`…weight_packed` →
+        // `…weight`).
+        let names: Vec<String> = base
+            .names()
+            .filter(|n| keep || quant.companion_of(n).is_none())
+            .map(|n| {
+                if keep {
+                    n.to_owned()
+                } else {
+                    quant.logical_name(n).to_owned()
+                }
+            })
+            .collect();
+        let size_of = |n: &str| out_bytes(&base, &quant, options.dtype, options.quant, n);
         let (files, index, extra_files) = match (&base.layout, options.max_shard_size) {
             (Layout::File, None) => {
                 // `--out DIR` or `--out new/` (trailing slash): the base's file name inside it.
@@ -261,7 +330,8 @@ impl MergePlan {
                     (Layout::Sharded { .. }, None) => {
                         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); base.shards.len()];
                         for n in &names {
-                            by_shard[base.entry(n).expect("listed").shard].push(n.clone());
+                            let stored = quant.get(n).map_or(n.as_str(), |q| q.stored.as_str());
+                            by_shard[base.entry(stored).expect("listed").shard].push(n.clone());
                         }
                         for (s, tensors) in base.shards.iter().zip(by_shard) {
                             let fname = s.path().file_name().expect("shard name");
@@ -316,15 +386,37 @@ impl MergePlan {
             extra_files,
             unmatched,
             resolutions,
+            quant,
+            dequantize_only,
         })
+    }
+
+    /// Dtype and shape a base tensor is written with: quantized weights as float (`--dtype`, or
+    /// the dtype their producer dequantizes to), in their logical shape.
+    pub(super) fn out_spec(&self, name: &str) -> (Dtype, Vec<usize>) {
+        out_spec(
+            &self.base,
+            &self.quant,
+            self.options.dtype,
+            self.options.quant,
+            name,
+        )
+    }
+
+    /// The operation name in reports and metadata.
+    pub(super) fn operation(&self) -> &'static str {
+        if self.dequantize_only {
+            "dequantize"
+        } else if self.options.unmerge {
+            "unmerge"
+        } else {
+            "merge"
+        }
     }
 
     /// What [`Self::run`] would do, without doing it (`merge --dry-run`).
     pub fn dry_run(&self) -> DryRunSummary {
-        let size = |n: &String| {
-            let i = self.base.info(n).expect("base tensor");
-            dtype::byte_len(self.options.dtype.apply(i.dtype), i.numel()).expect("valid") as u64
-        };
+        let size = |n: &String| self.out_bytes(n);
         let files = self
             .files
             .iter()
@@ -337,11 +429,7 @@ impl MergePlan {
             })
             .collect();
         DryRunSummary {
-            operation: if self.options.unmerge {
-                "unmerge"
-            } else {
-                "merge"
-            },
+            operation: self.operation(),
             dry_run: true,
             base: self.base.root.display().to_string(),
             out: self.out.display().to_string(),
@@ -368,10 +456,48 @@ impl MergePlan {
         self.files
             .iter()
             .flat_map(|f| f.tensors.iter())
-            .map(|n| {
-                let i = self.base.info(n).expect("base tensor");
-                dtype::byte_len(self.options.dtype.apply(i.dtype), i.numel()).expect("valid") as u64
-            })
+            .map(|n| self.out_bytes(n))
             .sum()
     }
+
+    fn out_bytes(&self, n: &str) -> u64 {
+        out_bytes(
+            &self.base,
+            &self.quant,
+            self.options.dtype,
+            self.options.quant,
+            n,
+        )
+    }
+}
+
+fn out_spec(
+    base: &Checkpoint,
+    quant: &crate::io::quant::QuantMap,
+    choice: DtypeChoice,
+    mode: QuantOutput,
+    name: &str,
+) -> (Dtype, Vec<usize>) {
+    if let (Some(q), QuantOutput::Dequantize) = (quant.get(name), mode) {
+        return (choice.apply(q.natural_dtype()), q.shape.clone());
+    }
+    let i = base.info(name).expect("base tensor");
+    match (quant.get(name), mode) {
+        (Some(_), QuantOutput::Dequantize) => unreachable!("returned above"),
+        // Kept quantized: weights and companions exactly as stored.
+        (Some(_), QuantOutput::Keep) => (i.dtype, i.shape.clone()),
+        (None, _) if quant.companion_of(name).is_some() => (i.dtype, i.shape.clone()),
+        (None, _) => (choice.apply(i.dtype), i.shape.clone()),
+    }
+}
+
+fn out_bytes(
+    base: &Checkpoint,
+    quant: &crate::io::quant::QuantMap,
+    choice: DtypeChoice,
+    mode: QuantOutput,
+    name: &str,
+) -> u64 {
+    let (d, shape) = out_spec(base, quant, choice, mode, name);
+    dtype::byte_len(d, shape.iter().product()).expect("valid") as u64
 }

@@ -43,7 +43,11 @@ impl MergePlan {
             output.lock(&self.files[0].path, crate::io::writer::LockMode::Exclusive)?;
         }
         let metadata = self.output_metadata();
-        let (mut merged, mut copied) = (0usize, 0usize);
+        let (mut merged, mut copied, mut dequantized) = (0usize, 0usize, 0usize);
+        let mut requantized = 0usize;
+        let mut qlora = Vec::new();
+        let keep = self.options.quant == QuantOutput::Keep;
+        let mut pending = Requantized::default();
         let mut written = Vec::new();
         for (fi, f) in self.files.iter().enumerate() {
             if !crate::parts::owns(self.options.part, fi) {
@@ -53,21 +57,46 @@ impl MergePlan {
                 .tensors
                 .iter()
                 .map(|n| {
-                    let i = self.base.info(n).expect("base tensor");
-                    TensorSpec::new(
-                        n.clone(),
-                        self.options.dtype.apply(i.dtype),
-                        i.shape.clone(),
-                    )
+                    let (d, shape) = self.out_spec(n);
+                    TensorSpec::new(n.clone(), d, shape)
                 })
                 .collect();
             written.push(file_name(&f.path));
             let mut w = output.safetensors(&f.path, &metadata, specs)?;
             for name in &f.tensors {
-                let file = self.base.file_of(name).expect("base tensor");
-                let info = self.base.info(name).expect("base tensor");
-                let out_dtype = self.options.dtype.apply(info.dtype);
+                // The stored tensor behind a name (a packed weight is stored under another).
+                let stored = self
+                    .quant
+                    .get(name)
+                    .map_or(name.as_str(), |q| q.stored.as_str());
+                let file = self.base.file_of(stored).expect("base tensor");
+                let info = self.base.info(stored).expect("base tensor");
+                let (out_dtype, _) = self.out_spec(name);
+                if keep {
+                    if let Some(bytes) = self.requantized_piece(engine, name, &mut pending)? {
+                        w.write_tensor(name, &bytes)?;
+                        bar.inc(bytes.len() as u64);
+                        if self.quant.get(name).is_some() {
+                            requantized += 1;
+                            merged += 1;
+                        }
+                        continue;
+                    }
+                }
+                let quantized = self.quant.get(name).filter(|_| !keep);
+                if quantized.is_some() {
+                    dequantized += 1;
+                }
                 match self.actions.get(name).unwrap_or(&Action::Copy) {
+                    Action::Copy if quantized.is_some() => {
+                        let q = quantized.expect("checked");
+                        let v = self.quant.dequantize(&self.base, q)?;
+                        let data = dtype::encode(out_dtype, &v);
+                        w.write_tensor(name, &data)?;
+                        file.release(info);
+                        bar.inc(data.len() as u64);
+                        copied += 1;
+                    }
                     Action::Copy if out_dtype == info.dtype => {
                         w.begin(name)?;
                         let mut buf = vec![0u8; (8usize << 20).min(info.byte_len() as usize)];
@@ -90,7 +119,10 @@ impl MergePlan {
                         copied += 1;
                     }
                     Action::Merge(terms) => {
-                        let data = self.merge_tensor(engine, name, terms, out_dtype)?;
+                        let (data, stray) = self.merge_tensor(engine, name, terms, out_dtype)?;
+                        if let Some(t) = stray {
+                            qlora.push(t);
+                        }
                         w.write_tensor(name, &data)?;
                         file.release(info);
                         bar.inc(data.len() as u64);
@@ -167,11 +199,7 @@ impl MergePlan {
         Ok(MergeSummary {
             base: self.base.root.display().to_string(),
             out: self.out.display().to_string(),
-            operation: if self.options.unmerge {
-                "unmerge"
-            } else {
-                "merge"
-            },
+            operation: self.operation(),
             device: engine.describe(),
             adapters,
             tensors_merged_count: merged,
@@ -192,6 +220,9 @@ impl MergePlan {
             gb_per_s: bytes as f64 / 1e9 / seconds.max(1e-9),
             created_folders: created,
             unmatched: self.unmatched.clone(),
+            tensors_dequantized_count: dequantized,
+            tensors_requantized_count: requantized,
+            qlora,
         })
     }
 
@@ -272,7 +303,15 @@ impl MergePlan {
     /// Copied non-weight files, then the index (last).
     fn write_finals(&self, output: &mut Output) -> Result<()> {
         for (src, dst) in &self.extra_files {
-            let bytes = crate::io::read_whole_file(src)?;
+            let mut bytes = crate::io::read_whole_file(src)?;
+            if !self.quant.is_empty()
+                && self.options.quant == QuantOutput::Dequantize
+                && dst == &self.out.join("config.json")
+            {
+                // Every quantized weight is written as float: the config must not tell loaders
+                // to quantize-load it again.
+                bytes = without_quantization_config(bytes);
+            }
             if let Some(parent) = dst.parent() {
                 output.create_dir_all(parent)?;
             }
@@ -296,12 +335,8 @@ impl MergePlan {
                     .tensors
                     .iter()
                     .map(|n| {
-                        let i = self.base.info(n).expect("base tensor");
-                        (
-                            n.clone(),
-                            self.options.dtype.apply(i.dtype),
-                            i.shape.clone(),
-                        )
+                        let (d, shape) = self.out_spec(n);
+                        (n.clone(), d, shape)
                     })
                     .collect();
                 let data: u64 = triples
@@ -331,6 +366,46 @@ impl MergePlan {
         })
     }
 
+    /// With `QuantOutput::Keep`: the stored bytes of `name` when it is a merged quantized
+    /// weight or one of its changed companions (computed once per weight, kept in `pending`
+    /// until written); `None` for every other tensor.
+    fn requantized_piece(
+        &self,
+        engine: &backend::Engine,
+        name: &str,
+        pending: &mut Requantized,
+    ) -> Result<Option<Vec<u8>>> {
+        if let Some(b) = pending.bytes.remove(name) {
+            return Ok(Some(b));
+        }
+        let owner = match (self.quant.get(name), self.quant.companion_of(name)) {
+            (Some(q), _) => q,
+            (None, Some(w)) => self.quant.get(w).expect("companion's weight"),
+            (None, None) => return Ok(None),
+        };
+        let Some(Action::Merge(terms)) = self.actions.get(&owner.name) else {
+            return Ok(None);
+        };
+        if pending.done.contains(&owner.name) {
+            // Already requantized: this companion did not change.
+            return Ok(None);
+        }
+        let (bytes, _) = self.merge_tensor(engine, &owner.name, terms, Dtype::F32)?;
+        let merged = dtype::decode(Dtype::F32, &bytes);
+        let pieces = self.quant.requantize(owner, &merged).map_err(|m| {
+            anyhow::Error::new(InputError::invalid(
+                self.base
+                    .file_of(&owner.name)
+                    .map(|f| f.path())
+                    .unwrap_or(&self.base.root),
+                format!("tensor `{}`: {m}", owner.name),
+            ))
+        })?;
+        pending.done.insert(owner.name.clone());
+        pending.bytes.extend(pieces);
+        Ok(pending.bytes.remove(name))
+    }
+
     fn signed(&self, s: f64) -> f64 {
         if self.options.unmerge {
             -s
@@ -345,11 +420,17 @@ impl MergePlan {
         name: &str,
         terms: &[(usize, usize)],
         out_dtype: Dtype,
-    ) -> Result<Vec<u8>> {
-        let file = self.base.file_of(name).expect("base tensor");
-        let info = self.base.info(name).expect("base tensor");
-        let rows = info.shape.first().copied().unwrap_or(1);
-        let cols = info.shape.iter().skip(1).product::<usize>();
+    ) -> Result<(Vec<u8>, Option<QloraTensor>)> {
+        let stored = self.quant.get(name).map_or(name, |q| q.stored.as_str());
+        let file = self.base.file_of(stored).expect("base tensor");
+        let info = self.base.info(stored).expect("base tensor");
+        // The logical shape (a quantized weight is stored packed).
+        let shape = match self.quant.get(name) {
+            Some(q) => q.shape.clone(),
+            None => info.shape.clone(),
+        };
+        let rows = shape.first().copied().unwrap_or(1);
+        let cols = shape.iter().skip(1).product::<usize>();
         // Factors in the stored orientation: a transposed base gets (B·A)ᵀ = Aᵀ·Bᵀ.
         let mut owned: Vec<StoredTerm> = Vec::new();
         let mut order = terms.to_vec();
@@ -436,23 +517,59 @@ impl MergePlan {
             .collect();
         let view = file.view_info(info)?;
         let replaced;
-        let w0: &[u8] = match self.base_override.get(name) {
-            Some(&(ai, fi)) => {
+        let mut in_dtype = info.dtype;
+        let mut stray_norm = None;
+        let w0: &[u8] = match (self.base_override.get(name), self.quant.get(name)) {
+            (Some(&(ai, fi)), _) => {
                 let a = &self.adapters[ai].adapter;
-                replaced = dtype::encode(info.dtype, &a.values(&a.full_tensors[fi].data)?);
+                replaced = dtype::encode(in_dtype, &a.values(&a.full_tensors[fi].data)?);
                 &replaced
             }
-            None => view.data,
+            (None, Some(q)) => {
+                // A quantized base: merge into what it dequantizes to.
+                in_dtype = Dtype::F32;
+                replaced = dtype::encode(in_dtype, &self.quant.dequantize(&self.base, q)?);
+                &replaced
+            }
+            (None, None) => match &self.options.as_trained_on {
+                Some(t) => {
+                    // QLoRA: the adapter was trained against dequant(Q(W)), not W.
+                    let w = view.to_f32();
+                    let wq = quantize_dequantize(t, &w).map_err(|m| {
+                        anyhow::Error::new(InputError::invalid(
+                            file.path(),
+                            format!("tensor `{name}`: {m}"),
+                        ))
+                    })?;
+                    stray_norm = Some(
+                        w.iter()
+                            .zip(&wq)
+                            .map(|(a, b)| ((a - b) as f64).powi(2))
+                            .sum::<f64>()
+                            .sqrt(),
+                    );
+                    in_dtype = Dtype::F32;
+                    replaced = dtype::encode(in_dtype, &wq);
+                    &replaced
+                }
+                None => view.data,
+            },
         };
         let job = MergeJob {
             w0,
-            in_dtype: info.dtype,
+            in_dtype,
             rows,
             cols,
             terms: &term_list,
-            out_dtype,
+            // With a stray-term report the merged values are needed in f32; rounded below,
+            // once, exactly as the engine rounds.
+            out_dtype: if stray_norm.is_some() {
+                Dtype::F32
+            } else {
+                out_dtype
+            },
         };
-        engine.merge(&job).map_err(|e| {
+        let result = engine.merge(&job).map_err(|e| {
             let modules: Vec<String> = order
                 .iter()
                 .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
@@ -464,7 +581,37 @@ impl MergePlan {
                     modules.join(" + ")
                 ),
             ))
-        })
+        })?;
+        let Some(stray_norm) = stray_norm else {
+            return Ok((result, None));
+        };
+        let merged = dtype::decode(Dtype::F32, &result);
+        let w0 = dtype::decode(Dtype::F32, w0);
+        let delta_norm = merged
+            .iter()
+            .zip(&w0)
+            .map(|(m, w)| ((m - w) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let data = dtype::encode(out_dtype, &merged);
+        if let Some(i) = dtype::first_non_finite(out_dtype, &data) {
+            return Err(anyhow::Error::new(InputError::invalid(
+                file.path(),
+                format!(
+                    "tensor `{name}`: merged value at {i} is {}",
+                    dtype::non_finite_reason(out_dtype, &data, i)
+                ),
+            )));
+        }
+        Ok((
+            data,
+            Some(QloraTensor {
+                name: name.to_owned(),
+                stray_norm,
+                delta_norm,
+                ratio: stray_norm / delta_norm.max(f64::MIN_POSITIVE),
+            }),
+        ))
     }
 
     fn output_metadata(&self) -> Vec<(String, String)> {
@@ -481,15 +628,18 @@ impl MergePlan {
             .map(|wa| serde_json::json!({ "path": wa.adapter.path.display().to_string(), "weight": wa.weight }))
             .collect();
         meta.push(("lorakit.version".into(), env!("CARGO_PKG_VERSION").into()));
-        meta.push((
-            "lorakit.operation".into(),
-            if self.options.unmerge {
-                "unmerge"
-            } else {
-                "merge"
-            }
-            .into(),
-        ));
+        meta.push(("lorakit.operation".into(), self.operation().into()));
+        if let Some(t) = &self.options.as_trained_on {
+            meta.push((
+                "lorakit.as_trained_on".into(),
+                format!(
+                    "{}{} blocksize {}",
+                    t.kind.name(),
+                    if t.double_quant { ",double-quant" } else { "" },
+                    t.blocksize
+                ),
+            ));
+        }
         meta.push((
             "lorakit.adapters".into(),
             serde_json::Value::Array(adapters).to_string(),
@@ -498,10 +648,59 @@ impl MergePlan {
     }
 }
 
+/// `dequantize_4bit(quantize_4bit(W))` as bitsandbytes computes it on load
+/// (`BitsAndBytesConfig(load_in_4bit=True)`): the weights a QLoRA adapter was trained against.
+fn quantize_dequantize(t: &AsTrainedOn, w: &[f32]) -> Result<Vec<f32>, String> {
+    use crate::io::quant::bnb4;
+    if t.double_quant {
+        return Err("double quantization is not reproduced bit-exactly yet (its offset is a torch mean); merge with --as-trained-on nf4 or fp4 without double-quant".into());
+    }
+    let (packed, absmax) = bnb4::quantize(t.kind, t.blocksize, w);
+    let p = bnb4::Params {
+        kind: t.kind,
+        blocksize: t.blocksize,
+        dtype: Dtype::F32,
+        shape: vec![w.len()],
+        nested: None,
+    };
+    let absmax = dtype::encode(Dtype::F32, &absmax);
+    Ok(bnb4::dequantize(
+        &p,
+        &bnb4::Parts {
+            packed: &packed,
+            absmax: &absmax,
+            nested_absmax: None,
+            nested_code: None,
+        },
+    ))
+}
+
+/// config.json with `quantization_config` removed (key order kept); the bytes unchanged when
+/// they are not a JSON object.
+pub(crate) fn without_quantization_config(bytes: Vec<u8>) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&bytes) else {
+        return bytes;
+    };
+    if obj.shift_remove("quantization_config").is_none() {
+        return bytes;
+    }
+    let mut text = serde_json::to_vec_pretty(&serde_json::Value::Object(obj)).expect("json");
+    text.push(b'\n');
+    text
+}
+
 pub(super) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// Requantized tensors not yet written (a weight's companions may come before or after it in
+/// the file), and the weights already requantized.
+#[derive(Default)]
+pub(super) struct Requantized {
+    bytes: std::collections::HashMap<String, Vec<u8>>,
+    done: std::collections::HashSet<String>,
 }
 
 /// One term's factors in the base tensor's stored orientation.

@@ -1,0 +1,294 @@
+//! FP8 weights with scales: `P.weight` F8_E4M3 (or F8_E5M2) `[rows, cols]` and either
+//! `P.weight_scale_inv` (DeepSeek-V3 / transformers `FineGrainedFP8Config`: one scale per
+//! `block_m × block_n` tile, grid `[⌈rows/bm⌉, ⌈cols/bn⌉]`) or `P.weight_scale` (compressed-tensors
+//! and fbgemm: one scale per tensor `[]`/`[1]`, per output channel `[rows]`/`[rows, 1]`, or a
+//! block grid). Both names hold the factor the stored value is multiplied by.
+//!
+//! Dequantization follows transformers `integrations/finegrained_fp8.py` `Fp8Dequantize
+//! ._dequantize_one`: the FP8 value widened to f32 (exact), times the tile's scale widened to f32
+//! (U8/F8_E8M0 scales are `2^(byte − 127)`), rounded once to the output dtype. Quantization is
+//! that file's `Fp8Quantize._quantize_one`: per tile `scale = 448 / max|w|` (1 for an all-zero
+//! tile; torch computes it as `(1 / max) · 448`), `weight_scale_inv = 1 / scale` (f32), `q = e4m3fn(clamp(w · scale, ±448))` with
+//! round-to-nearest-even.
+
+use crate::dtype::{self, Dtype};
+
+/// Largest finite float8_e4m3fn value (`torch.finfo(torch.float8_e4m3fn).max`).
+pub const E4M3_MAX: f32 = 448.0;
+
+/// How the scales tile the weight.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Layout {
+    pub block_m: usize,
+    pub block_n: usize,
+    pub grid_rows: usize,
+    pub grid_cols: usize,
+}
+
+impl Layout {
+    /// A description for `inspect`: per tensor, per channel or the block size.
+    pub fn describe(&self, rows: usize, cols: usize) -> String {
+        if self.grid_rows == 1 && self.grid_cols == 1 {
+            "per tensor".into()
+        } else if self.block_m == 1 && self.block_n >= cols {
+            "per channel".into()
+        } else {
+            let _ = rows;
+            format!("{}x{} blocks", self.block_m, self.block_n)
+        }
+    }
+}
+
+/// Works out the tiling from the scale tensor's shape, the weight's `[rows, cols]` and the
+/// config's `weight_block_size` when given.
+pub fn layout(
+    rows: usize,
+    cols: usize,
+    scale_shape: &[usize],
+    config_block: Option<(usize, usize)>,
+) -> Result<Layout, String> {
+    let numel: usize = scale_shape.iter().product();
+    let (gr, gc) = match scale_shape {
+        [] => (1, 1),
+        [1] => (1, 1),
+        [r] => (*r, 1),
+        [r, c] => (*r, *c),
+        _ => {
+            return Err(format!(
+                "scale shape {scale_shape:?} is not a scalar, vector or grid"
+            ))
+        }
+    };
+    if numel == 0 {
+        return Err("scale tensor is empty".into());
+    }
+    if gr == 1 && gc == 1 {
+        return Ok(Layout {
+            block_m: rows,
+            block_n: cols,
+            grid_rows: 1,
+            grid_cols: 1,
+        });
+    }
+    if let Some((bm, bn)) = config_block {
+        if bm == 0 || bn == 0 || rows.div_ceil(bm) != gr || cols.div_ceil(bn) != gc {
+            return Err(format!(
+                "scale grid {gr}x{gc} does not tile the {rows}x{cols} weight in the config's {bm}x{bn} blocks"
+            ));
+        }
+        return Ok(Layout {
+            block_m: bm,
+            block_n: bn,
+            grid_rows: gr,
+            grid_cols: gc,
+        });
+    }
+    if gr == 0 || gc == 0 || !rows.is_multiple_of(gr) || !cols.is_multiple_of(gc) {
+        return Err(format!(
+            "scale grid {gr}x{gc} does not divide the {rows}x{cols} weight (and config.json gives no weight_block_size)"
+        ));
+    }
+    Ok(Layout {
+        block_m: rows / gr,
+        block_n: cols / gc,
+        grid_rows: gr,
+        grid_cols: gc,
+    })
+}
+
+/// float8_e4m3fn → f32 (bias 7, no infinities, S.1111.111 is NaN).
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let e = ((b >> 3) & 0xF) as i32;
+    let m = (b & 7) as f32;
+    if e == 15 && b & 7 == 7 {
+        return f32::NAN;
+    }
+    if e == 0 {
+        return sign * m / 8.0 * 2f32.powi(-6);
+    }
+    sign * (1.0 + m / 8.0) * 2f32.powi(e - 7)
+}
+
+/// float8_e5m2 → f32 (bias 15, IEEE infinities and NaNs).
+pub fn e5m2_to_f32(b: u8) -> f32 {
+    // e5m2 is the top byte of an f16.
+    half::f16::from_bits((b as u16) << 8).to_f32()
+}
+
+/// f32 → float8_e4m3fn, round to nearest even; callers clamp to ±448 first (as transformers
+/// does), larger magnitudes saturate to NaN as torch's cast does.
+pub fn f32_to_e4m3(x: f32) -> u8 {
+    if x.is_nan() {
+        return 0x7F;
+    }
+    let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+    let a = x.abs();
+    if a >= 464.0 {
+        // Past the midpoint between 448 and the (absent) 480: NaN.
+        return sign | 0x7F;
+    }
+    // Smallest subnormal 2^-9; values below 2^-6 are subnormal with step 2^-9.
+    let (e, step) = if a < 2f32.powi(-6) {
+        (0, 2f32.powi(-9))
+    } else {
+        let e = a.log2().floor() as i32;
+        // Guard log2 rounding at exact powers of two.
+        let e = if 2f32.powi(e) > a {
+            e - 1
+        } else if 2f32.powi(e + 1) <= a {
+            e + 1
+        } else {
+            e
+        };
+        (e + 7, 2f32.powi(e - 3))
+    };
+    // a / step is exact (power-of-two step); round half to even.
+    let units = a / step;
+    let r = units.round_ties_even();
+    let (e, m) = if e == 0 {
+        // Subnormal: r in 0..=8 (8 = smallest normal).
+        if r >= 8.0 {
+            (1, 0)
+        } else {
+            (0, r as u8)
+        }
+    } else if r >= 16.0 {
+        (e + 1, 0)
+    } else {
+        (e, (r as u8) - 8)
+    };
+    sign | ((e as u8) << 3) | m
+}
+
+/// The scale values of a scale tensor as f32.
+pub fn scales_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    match dtype {
+        Dtype::U8 | Dtype::F8_E8M0 => Some(
+            bytes
+                .iter()
+                .map(|&b| {
+                    if b == 0xFF && dtype == Dtype::F8_E8M0 {
+                        f32::NAN
+                    } else {
+                        (b as f32 - 127.0).exp2()
+                    }
+                })
+                .collect(),
+        ),
+        d if dtype::is_float_compute(d) => Some(dtype::decode(d, bytes)),
+        _ => None,
+    }
+}
+
+/// The dtype transformers dequantizes to: the scale's own float dtype when it has at least two
+/// bytes, else bf16 (`_dequantize_one` without a target module).
+pub fn natural_dtype(scale_dtype: Dtype) -> Dtype {
+    match scale_dtype {
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 => scale_dtype,
+        Dtype::F64 => Dtype::F32,
+        _ => Dtype::BF16,
+    }
+}
+
+/// Dequantizes `[rows, cols]` FP8 values with per-tile scales.
+pub fn dequantize(dtype: Dtype, q: &[u8], cols: usize, scales: &[f32], l: &Layout) -> Vec<f32> {
+    let widen = match dtype {
+        Dtype::F8_E5M2 => e5m2_to_f32,
+        _ => e4m3_to_f32,
+    };
+    let lut: Vec<f32> = (0..=255u8).map(widen).collect();
+    let mut out = Vec::with_capacity(q.len());
+    for (r, row) in q.chunks_exact(cols.max(1)).enumerate() {
+        let srow = &scales[(r / l.block_m) * l.grid_cols..][..l.grid_cols];
+        out.extend(
+            row.iter()
+                .enumerate()
+                .map(|(c, &b)| lut[b as usize] * srow[c / l.block_n]),
+        );
+    }
+    out
+}
+
+/// transformers' `Fp8Quantize._quantize_one` for a `[rows, cols]` weight in `bm × bn` tiles
+/// (both dividing the weight, as that function requires): the E4M3 bytes and the F32
+/// `weight_scale_inv` grid.
+pub fn quantize(w: &[f32], rows: usize, cols: usize, bm: usize, bn: usize) -> (Vec<u8>, Vec<f32>) {
+    let (gr, gc) = (rows / bm, cols / bn);
+    let mut scale = vec![1f32; gr * gc];
+    let mut inv = vec![1f32; gr * gc];
+    for tr in 0..gr {
+        for tc in 0..gc {
+            let mut m = 0f32;
+            for r in tr * bm..(tr + 1) * bm {
+                for v in &w[r * cols + tc * bn..r * cols + (tc + 1) * bn] {
+                    m = m.max(v.abs());
+                }
+            }
+            // `_FP8_MAX / safe_max_abs` is a Python float over a tensor: torch evaluates it as
+            // `reciprocal(max) * 448`, which is not always the correctly rounded quotient.
+            let s = if m > 0.0 { (1.0 / m) * E4M3_MAX } else { 1.0 };
+            scale[tr * gc + tc] = s;
+            inv[tr * gc + tc] = 1.0 / s;
+        }
+    }
+    let q = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let (r, c) = (i / cols, i % cols);
+            let s = scale[(r / bm) * gc + c / bn];
+            f32_to_e4m3((v * s).clamp(-E4M3_MAX, E4M3_MAX))
+        })
+        .collect();
+    (q, inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e4m3_round_trips_every_finite_code() {
+        for b in 0..=255u8 {
+            let v = e4m3_to_f32(b);
+            if v.is_nan() {
+                continue;
+            }
+            let back = f32_to_e4m3(v);
+            // ±0 both decode to 0 with their sign.
+            assert_eq!(back, b, "code {b:#x} = {v}");
+        }
+        assert_eq!(e4m3_to_f32(0x7E), 448.0);
+        assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9));
+        assert_eq!(e5m2_to_f32(0x7B), 57344.0);
+    }
+
+    #[test]
+    fn e4m3_rounds_half_to_even() {
+        // Between 1.0 (0x38) and 1.125 (0x39): the tie goes to the even mantissa (1.0).
+        assert_eq!(f32_to_e4m3(1.0625), 0x38);
+        assert_eq!(f32_to_e4m3(1.1875), 0x3A);
+        // Subnormal tie: 1.5 · 2^-9 → 2 · 2^-9.
+        assert_eq!(f32_to_e4m3(1.5 * 2f32.powi(-9)), 0x02);
+        assert_eq!(f32_to_e4m3(0.5 * 2f32.powi(-9)), 0x00);
+    }
+
+    #[test]
+    fn layouts() {
+        let l = layout(256, 384, &[2, 3], None).unwrap();
+        assert_eq!((l.block_m, l.block_n), (128, 128));
+        assert!(layout(129, 128, &[2, 1], None).is_err());
+        let l = layout(129, 128, &[2, 1], Some((128, 128))).unwrap();
+        assert_eq!(l.block_m, 128);
+        assert_eq!(
+            layout(64, 32, &[64], None).unwrap().describe(64, 32),
+            "per channel"
+        );
+        assert_eq!(
+            layout(64, 32, &[], None).unwrap().describe(64, 32),
+            "per tensor"
+        );
+        assert!(layout(64, 32, &[3, 3, 3], None).is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! compressed-tensors `pack-quantized` integer weights (what llm-compressor writes for GPTQ/AWQ
+//! style INT2–INT8 models), read as compressed-tensors 0.20 `compressors/pack_quantized/`
+//! (`base.py` `PackedQuantizationCompressor.decompress`, `helpers.py` `unpack_from_int32`) and
+//! `quantization/lifecycle/forward_helpers.py` `_dequantize` define them.
+//!
+//! On disk, for a weight `P.weight` of shape `[rows, cols]` (given by `P.weight_shape`, I64[2]):
+//! - `P.weight_packed` I32 `[rows, ⌈cols·bits/32⌉]`: each row a little-endian stream of bits,
+//!   element `i` at bit `i·bits` (splitting across words), stored unsigned as `q + 2^(bits−1)`;
+//! - `P.weight_scale` `[rows, groups]` (or `[rows, 1]` per channel, `[1]` per tensor), any float;
+//! - `P.weight_zero_point` (asymmetric group/channel only) I32 `[⌈rows·bits/32⌉, groups]`: the
+//!   signed zero points packed the same way along dimension 0 (down the rows, per group).
+//!
+//! Dequantization: `w = (q − z) · s` evaluated in the scale's dtype (`x_q.to(scale.dtype)`, the
+//! subtraction and the product each rounded to it; both exact before the product's rounding for
+//! ≤ 8-bit integers), with group `g = col / (cols / groups)`.
+
+use crate::dtype::{self, Dtype};
+
+/// Parameters of one packed weight, checked against every tensor's shape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Params {
+    pub bits: u32,
+    pub rows: usize,
+    pub cols: usize,
+    /// Scale groups per row (1 = per channel or per tensor).
+    pub groups: usize,
+    /// One scale for the whole tensor.
+    pub per_tensor: bool,
+    pub symmetric: bool,
+    #[serde(serialize_with = "crate::io::quant::ser_dtype")]
+    pub scale_dtype: Dtype,
+}
+
+impl Params {
+    pub fn group_size(&self) -> usize {
+        self.cols / self.groups
+    }
+}
+
+/// Words of one packed row of `cols` elements.
+pub fn words(cols: usize, bits: u32) -> usize {
+    (cols * bits as usize).div_ceil(32)
+}
+
+/// The bit width whose packing gives `packed_cols` words for `cols` elements, when exactly one
+/// does (always for `cols ≥ 32`).
+pub fn infer_bits(cols: usize, packed_cols: usize) -> Option<u32> {
+    let fits: Vec<u32> = (1..=8).filter(|&b| words(cols, b) == packed_cols).collect();
+    match fits.as_slice() {
+        [b] => Some(*b),
+        _ => None,
+    }
+}
+
+/// Element `i` (unsigned) of a bit stream of little-endian 32-bit words.
+fn element(stream: &[u8], i: usize, bits: u32) -> u32 {
+    let start = i * bits as usize;
+    let word = |k: usize| -> u32 {
+        stream
+            .get(4 * k..4 * k + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0)
+    };
+    let (w, off) = (start / 32, (start % 32) as u32);
+    let mask = (1u64 << bits) - 1;
+    let lo = (word(w) as u64) >> off;
+    let hi = if off + bits > 32 {
+        (word(w + 1) as u64) << (32 - off)
+    } else {
+        0
+    };
+    ((lo | hi) & mask) as u32
+}
+
+/// Dequantizes to f32 (values already rounded to the scale dtype, as the library computes them).
+pub fn dequantize(p: &Params, packed: &[u8], scale: &[u8], zero: Option<&[u8]>) -> Vec<f32> {
+    let offset = 1i32 << (p.bits - 1);
+    let scales = dtype::decode(p.scale_dtype, scale);
+    let row_bytes = 4 * words(p.cols, p.bits);
+    let zwords = words(p.rows, p.bits);
+    // Zero points: column g of a [zwords, groups] I32 matrix is the bit stream of group g.
+    let mut zeros = vec![0i32; if zero.is_some() { p.rows * p.groups } else { 0 }];
+    if let Some(z) = zero {
+        for g in 0..p.groups {
+            let col: Vec<u8> = (0..zwords)
+                .flat_map(|k| {
+                    let at = 4 * (k * p.groups + g);
+                    [z[at], z[at + 1], z[at + 2], z[at + 3]]
+                })
+                .collect();
+            for r in 0..p.rows {
+                zeros[r * p.groups + g] = element(&col, r, p.bits) as i32 - offset;
+            }
+        }
+    }
+    let round = |x: f32| -> f32 {
+        match p.scale_dtype {
+            Dtype::F32 => x,
+            d => dtype::decode(d, &dtype::encode(d, &[x]))[0],
+        }
+    };
+    let gs = p.group_size();
+    let mut out = Vec::with_capacity(p.rows * p.cols);
+    for r in 0..p.rows {
+        let row = &packed[r * row_bytes..(r + 1) * row_bytes];
+        for c in 0..p.cols {
+            let g = if p.per_tensor { 0 } else { c / gs };
+            let s = if p.per_tensor {
+                scales[0]
+            } else {
+                scales[r * p.groups + g]
+            };
+            let q = element(row, c, p.bits) as i32 - offset;
+            let z = zeros.get(r * p.groups + g).copied().unwrap_or(0);
+            // `x_q.to(scale.dtype) - zero_point.to(scale.dtype)`, then `* scale`.
+            let diff = round((q - z) as f32);
+            out.push(round(diff * s));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_streams_split_across_words() {
+        // 3-bit elements 0..=7 repeated: element 10 starts at bit 30 and spans two words.
+        let vals: Vec<u32> = (0..32).map(|i| i % 8).collect();
+        let mut words = [0u32; 3];
+        for (i, v) in vals.iter().enumerate() {
+            let s = i * 3;
+            words[s / 32] |= v << (s % 32);
+            if s % 32 + 3 > 32 {
+                words[s / 32 + 1] |= v >> (32 - s % 32);
+            }
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        for (i, v) in vals.iter().enumerate() {
+            assert_eq!(element(&bytes, i, 3), *v, "{i}");
+        }
+        assert_eq!(infer_bits(64, 8), Some(4));
+        assert_eq!(infer_bits(64, 6), Some(3));
+        assert_eq!(infer_bits(8, 1), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! The readers against the producers' own outputs (`fixtures/quant/`, made by
+//! `fixtures/gen/quant_fixtures.py` with bitsandbytes 0.50.2 and transformers 5.24 on CPU):
+//! every comparison is of stored bytes, exact.
+
+use super::*;
+use crate::io::SafetensorsFile;
+use std::path::PathBuf;
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/quant")
+        .join(rel)
+}
+
+/// Stored bytes of `values` in `dtype`.
+fn stored(dtype: Dtype, values: &[f32]) -> Vec<u8> {
+    dtype::encode(dtype, values)
+}
+
+/// Byte equality of two stored tensors, reporting the first differing element (not the bytes).
+#[track_caller]
+fn assert_same(dtype: Dtype, have: &[u8], want: &[u8], what: &str) {
+    if have == want {
+        return;
+    }
+    let size = (dtype.bitsize() / 8).max(1);
+    let i = have
+        .chunks(size)
+        .zip(want.chunks(size))
+        .position(|(a, b)| a != b);
+    let show = |b: &[u8], i: usize| -> String {
+        let e = b.get(i * size..(i + 1) * size).unwrap_or_default();
+        if dtype::is_float_compute(dtype) {
+            format!("{:?}", dtype::decode(dtype, e))
+        } else {
+            format!("{e:?}")
+        }
+    };
+    match i {
+        Some(i) => panic!(
+            "{what}: element {i} differs: lorakit {} library {} ({} of {} bytes)",
+            show(have, i),
+            show(want, i),
+            have.len(),
+            want.len()
+        ),
+        None => panic!("{what}: lengths differ: {} vs {}", have.len(), want.len()),
+    }
+}
+
+/// Checks every reference tensor of `ref/<name>.safetensors` against lorakit's dequantization of
+/// `<name>/`; returns how many were compared.
+fn check_model(name: &str) -> usize {
+    let ck = Checkpoint::open(fixture(name)).unwrap();
+    let map = QuantMap::scan(&ck).unwrap();
+    // 2 layers × (q, k, v, o, gate, up, down); lm_head and embeddings stay float.
+    assert_eq!(map.len(), 14, "{name}");
+    let reference = SafetensorsFile::open(fixture(&format!("ref/{name}.safetensors"))).unwrap();
+    let mut n = 0;
+    for t in reference.tensors() {
+        let (weight, _) = t.name.split_once('@').unwrap_or((&t.name, ""));
+        let q = map
+            .get(weight)
+            .unwrap_or_else(|| panic!("{name}: {weight} not recognised"));
+        let got = map.dequantize(&ck, q).unwrap();
+        assert_eq!(q.shape, t.shape, "{name} {weight}");
+        if !t.name.contains('@') {
+            assert_eq!(q.natural_dtype(), t.dtype, "{name} {weight}");
+        }
+        let want = reference.view_info(t).unwrap().data;
+        assert_same(
+            t.dtype,
+            &stored(t.dtype, &got),
+            want,
+            &format!("{name} {}", t.name),
+        );
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn bnb_nf4_dequantizes_bit_exact() {
+    assert_eq!(check_model("nf4"), 3);
+}
+
+#[test]
+fn bnb_nf4_double_quant_dequantizes_bit_exact() {
+    assert_eq!(check_model("nf4_dq"), 3);
+}
+
+#[test]
+fn bnb_fp4_dequantizes_bit_exact() {
+    assert_eq!(check_model("fp4"), 3);
+}
+
+#[test]
+fn bnb_nf4_bf16_double_quant_dequantizes_bit_exact() {
+    assert_eq!(check_model("nf4_bf16"), 3);
+}
+
+#[test]
+fn bnb_int8_dequantizes_bit_exact() {
+    assert_eq!(check_model("int8"), 3);
+}
+
+#[test]
+fn compressed_tensors_pack_quantized_dequantizes_bit_exact() {
+    // 2/3/4/5/6/8 bits, symmetric and asymmetric, channel and groups, f32/f16/bf16 scales.
+    assert_eq!(check_model("ct_pack"), 7);
+}
+
+#[test]
+fn fp8_block_dequantizes_bit_exact_in_f32_and_bf16() {
+    assert_eq!(check_model("fp8_block"), 6);
+}
+
+/// The awkward bitsandbytes cases: dequantization against `dequantize_4bit`, and (without
+/// double quantization) lorakit's quantizer against `quantize_4bit`'s bytes and absmax.
+#[test]
+fn bnb4_edge_cases_dequantize_and_quantize_like_bitsandbytes() {
+    let ck = Checkpoint::open(fixture("edge.safetensors")).unwrap();
+    let map = QuantMap::scan(&ck).unwrap();
+    assert_eq!(map.len(), 11);
+    let mut quantized = 0;
+    for q in map.iter() {
+        let case = q.name.strip_suffix(".weight").unwrap();
+        let expected = ck.view(&format!("{case}.expected")).unwrap();
+        let got = map.dequantize(&ck, q).unwrap();
+        assert_same(
+            expected.dtype,
+            &stored(expected.dtype, &got),
+            expected.data,
+            &format!("{case}: dequantize"),
+        );
+        let Scheme::Bnb4(p) = &q.scheme else {
+            panic!("{case}")
+        };
+        if p.nested.is_some() {
+            continue;
+        }
+        let source = ck.view(&format!("{case}.source")).unwrap().to_f32();
+        let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, &source);
+        let want = ck.view(&q.name).unwrap().data;
+        assert_same(Dtype::U8, &packed, want, &format!("{case}: packed bytes"));
+        let want = ck.view(&format!("{case}.weight.absmax")).unwrap().data;
+        assert_same(Dtype::F32, &stored(Dtype::F32, &absmax), want, case);
+        quantized += 1;
+    }
+    assert_eq!(quantized, 9);
+}
+
+/// lorakit's NF4/FP4 quantizer on the real model weights equals the bytes bitsandbytes wrote when
+/// transformers loaded `fixtures/llama/base` in 4 bits.
+#[test]
+fn bnb4_quantizer_reproduces_transformers_checkpoints() {
+    let base =
+        Checkpoint::open(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama/base"))
+            .unwrap();
+    for name in ["nf4", "fp4"] {
+        let ck = Checkpoint::open(fixture(name)).unwrap();
+        let map = QuantMap::scan(&ck).unwrap();
+        for q in map.iter() {
+            let Scheme::Bnb4(p) = &q.scheme else { panic!() };
+            let w = base.read_f32(&q.name).unwrap();
+            let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, &w);
+            let what = format!("{name} {}", q.name);
+            assert_same(Dtype::U8, &packed, ck.view(&q.name).unwrap().data, &what);
+            let want = ck.view(&format!("{}.absmax", q.name)).unwrap().data;
+            assert_same(Dtype::F32, &stored(Dtype::F32, &absmax), want, &what);
+        }
+    }
+}
+
+/// FP8: dequantization against `Fp8Dequantize`, quantization against `Fp8Quantize` (128×128
+/// blocks with an all-zero block, and per tensor), from bf16 sources.
+#[test]
+fn fp8_edge_cases_match_transformers() {
+    let ck = Checkpoint::open(fixture("fp8_edge.safetensors")).unwrap();
+    let map = QuantMap::scan(&ck).unwrap();
+    assert_eq!(map.len(), 2);
+    for (case, block) in [("block128", Some((128, 128))), ("per_tensor", None)] {
+        let q = map.get(&format!("{case}.weight")).unwrap();
+        let got = map.dequantize(&ck, q).unwrap();
+        let expected = ck.view(&format!("{case}.expected")).unwrap();
+        assert_same(Dtype::F32, &stored(Dtype::F32, &got), expected.data, case);
+        let source = ck.view(&format!("{case}.source")).unwrap().to_f32();
+        let (rows, cols) = (q.shape[0], q.shape[1]);
+        let (bm, bn) = block.unwrap_or((rows, cols));
+        let (bytes, inv) = fp8::quantize(&source, rows, cols, bm, bn);
+        let want = ck.view(&q.name).unwrap().data;
+        assert_same(Dtype::U8, &bytes, want, &format!("{case}: fp8 bytes"));
+        let want = ck.view(&format!("{case}.weight_scale_inv")).unwrap().data;
+        assert_same(Dtype::F32, &stored(Dtype::F32, &inv), want, case);
+    }
+}
