@@ -1,0 +1,244 @@
+//! `check --fix`: the exact rewrites that make an adapter load and apply the same everywhere.
+//!
+//! One canonical form serves every loader's scale rule ([`super::rules::ScaleRule`]): every
+//! module gets the same rank `R` (the largest; smaller ones zero-padded: `A' = [A; 0]`,
+//! `B' = [B 0]`, so `B'·A' = B·A`), its scale folded into `B` (`B' = s·B`, the `lora_B.bias` too,
+//! as PEFT scales the lora_B output), `lora_alpha = r = R`, no `rank_pattern` / `alpha_pattern`,
+//! no rsLoRA. Then every loader's scale is 1 — one alpha over one rank (vLLM, SGLang, LoRAX), one
+//! alpha over each tensor's rank (llama.cpp), no alpha tensor (ComfyUI) — and
+//! `ΔW' = B'·A' = s·B·A = ΔW` up to one f32 rounding of `s·B` (factors are written as F32).
+//!
+//! Names: a kohya file becomes a PEFT folder (module paths from `--base` or lorakit metadata); a
+//! module lorakit places on the base only by a dotted suffix is renamed to the base tensor's
+//! exact name; keys are written with PEFT's `base_model.model.` prefix; with `drop_unmatched`,
+//! modules and full tensors that land on no base tensor are removed (and listed). Nothing else
+//! changes: DoRA magnitudes, biases, embeddings and full tensors are kept, so the rules they fire
+//! still fire on the fixed adapter (the report after the fix says so). The output goes through
+//! [`crate::ops::output::write_adapter`] (atomic; an output that is an input is refused).
+
+use super::{Plan, Report};
+use crate::adapter::{mapping, Data, Factors, Format};
+use crate::error::{InputError, InputResult};
+use crate::ops::output::{self, Provenance, WriteSpec};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Options of a fix.
+#[derive(Debug, Clone)]
+pub struct FixOptions {
+    /// The PEFT folder to write.
+    pub out: PathBuf,
+    /// Remove modules and full tensors that land on no base tensor.
+    pub drop_unmatched: bool,
+}
+
+/// What a fix did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FixReport {
+    pub out: String,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    /// The common rank every module has now.
+    pub rank: usize,
+    /// Modules renamed to their exact base tensor names (from → to).
+    pub renamed: Vec<(String, String)>,
+    /// Modules and full tensors removed (`drop_unmatched`).
+    pub dropped: Vec<String>,
+    /// Modules zero-padded to `rank` (name, old rank).
+    pub padded: Vec<(String, usize)>,
+    /// One line per rewrite, for people.
+    pub actions: Vec<String>,
+}
+
+/// Rewrites the plan's adapter into `opts.out`.
+pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixReport> {
+    let Plan {
+        mut adapter, base, ..
+    } = plan;
+    let spec = WriteSpec {
+        format: Format::Peft,
+        out: opts.out.clone(),
+        dtype: Some(crate::dtype::Dtype::F32),
+        kohya_prefix: None,
+    };
+    let mut inputs = output::adapter_inputs(&adapter);
+    if let Some(b) = &base {
+        inputs.extend(b.input_paths());
+        inputs.push(b.root.clone());
+    }
+    output::check_output(&spec, &inputs)?;
+    if let Some(m) = adapter.modules.iter().find(|m| m.factors.lora().is_none()) {
+        return Err(InputError::invalid(
+            &adapter.path,
+            format!(
+                "module `{}` is {}: it has no LoRA form, so no loader-neutral rewrite exists (only ComfyUI loads it)",
+                m.name,
+                m.factors.algo()
+            ),
+        ));
+    }
+    let mut actions = Vec::new();
+    let mut dropped = Vec::new();
+    let mut renamed = Vec::new();
+    if let Some(b) = &base {
+        let res = mapping::resolve(&adapter, b);
+        if opts.drop_unmatched && !res.unmatched.is_empty() {
+            let gone: std::collections::BTreeSet<String> =
+                res.unmatched.iter().map(unmatched_name).collect();
+            adapter.modules.retain(|m| {
+                let drop =
+                    gone.contains(&m.name) || gone.contains(&format!("{}.lora_B.bias", m.name));
+                if drop {
+                    dropped.push(m.name.clone());
+                }
+                !drop
+            });
+            adapter.full_tensors.retain(|f| {
+                let drop = gone.contains(&f.name);
+                if drop {
+                    dropped.push(f.name.clone());
+                }
+                !drop
+            });
+            actions.push(format!(
+                "dropped {} unmatched module(s)/tensor(s): {}",
+                dropped.len(),
+                dropped.join(", ")
+            ));
+        }
+        if adapter.format == Format::Kohya {
+            crate::ops::convert::prepare(&mut adapter, Format::Peft, Some(b))?;
+            actions.push("kohya file → PEFT folder (module paths from --base)".into());
+        } else {
+            let res = mapping::resolve(&adapter, b);
+            for p in &res.modules {
+                let m = &adapter.modules[p.module];
+                let exact = format!("{}.weight", m.name);
+                if p.weight != exact {
+                    renamed.push((m.name.clone(), p.weight.trim_end_matches(".weight").into()));
+                }
+            }
+            if !renamed.is_empty() {
+                mapping::rename_to_base(&mut adapter, &res);
+                actions.push(format!(
+                    "renamed {} module(s) to the base's exact names (e.g. {} → {})",
+                    renamed.len(),
+                    renamed[0].0,
+                    renamed[0].1
+                ));
+            }
+            for (fi, t) in &res.full {
+                let f = &mut adapter.full_tensors[*fi];
+                if f.name != *t {
+                    renamed.push((f.name.clone(), t.clone()));
+                    f.name = t.clone();
+                }
+            }
+        }
+    } else if adapter.format == Format::Kohya {
+        crate::ops::convert::prepare(&mut adapter, Format::Peft, None)?;
+        actions.push("kohya file → PEFT folder (module paths from lorakit metadata)".into());
+    }
+    if adapter.modules.is_empty() {
+        return Err(InputError::invalid(
+            &adapter.path,
+            "no module is left to write (every module was dropped as unmatched)",
+        ));
+    }
+    adapter.load_all()?;
+    let rank = adapter.modules.iter().map(|m| m.rank).max().unwrap_or(1);
+    let mut padded = Vec::new();
+    let mut folded = 0usize;
+    for m in adapter.modules.iter_mut() {
+        let Factors::Lora { a, b } = &m.factors else {
+            unreachable!("checked above: every module is plain LoRA")
+        };
+        let (Data::Owned(av), Data::Owned(bv)) = (a, b) else {
+            unreachable!("load_all made every factor owned")
+        };
+        let (r, k, d) = (m.rank, m.in_features, m.out_features);
+        let s = m.scale;
+        // A' = [A; 0] (R×k); B' = [s·B 0] (d×R), the product rounded once per entry of B.
+        let mut a2 = Vec::with_capacity(rank * k);
+        a2.extend_from_slice(&av[..r * k]);
+        a2.resize(rank * k, 0.0);
+        let mut b2 = vec![0f32; d * rank];
+        for i in 0..d {
+            for j in 0..r {
+                b2[i * rank + j] = (bv[i * r + j] as f64 * s) as f32;
+            }
+        }
+        if s != 1.0 {
+            folded += 1;
+        }
+        if let Some(Data::Owned(bias)) = &m.bias {
+            let scaled: Vec<f32> = bias.iter().map(|&x| (x as f64 * s) as f32).collect();
+            m.bias = Some(Data::Owned(Arc::new(scaled)));
+        }
+        if r != rank {
+            padded.push((m.name.clone(), r));
+        }
+        m.factors = Factors::Lora {
+            a: Data::Owned(Arc::new(a2)),
+            b: Data::Owned(Arc::new(b2)),
+        };
+        m.rank = rank;
+        m.alpha = rank as f64;
+        m.scale = 1.0;
+    }
+    if folded > 0 {
+        actions.push(format!(
+            "folded the scale of {folded} module(s) into lora_B (lora_alpha = r = {rank}, no rank/alpha patterns{})",
+            if adapter.use_rslora { ", rsLoRA off" } else { "" }
+        ));
+    }
+    if !padded.is_empty() {
+        actions.push(format!(
+            "zero-padded {} module(s) to rank {rank}",
+            padded.len()
+        ));
+    }
+    adapter.use_rslora = false;
+    if let Some(serde_json::Value::Object(cfg)) = adapter.config.as_mut() {
+        cfg.insert("use_rslora".into(), serde_json::Value::Bool(false));
+        if !dropped.is_empty() || !renamed.is_empty() {
+            // Full module names are written instead (peft::config_json), matching exactly the
+            // modules that are left.
+            cfg.insert("target_modules".into(), serde_json::Value::Null);
+        }
+    }
+    let unkeyed = before.targets.iter().any(|t| {
+        t.findings
+            .iter()
+            .any(|f| f.rule.ends_with(".key_prefix") || f.rule.ends_with(".format"))
+    });
+    if unkeyed {
+        actions.push("keys written with PEFT's `base_model.model.` prefix".into());
+    }
+    actions.push("factors written as F32".into());
+    let prov = Provenance {
+        operation: "check",
+        inputs: serde_json::json!([{"path": adapter.path.display().to_string()}]),
+        params: serde_json::json!({"fix": true, "drop_unmatched": opts.drop_unmatched, "rank": rank}),
+    };
+    let written = output::write_adapter(&adapter, &spec, &prov)?;
+    Ok(FixReport {
+        out: opts.out.display().to_string(),
+        files: written.files,
+        bytes_written: written.bytes,
+        rank,
+        renamed,
+        dropped,
+        padded,
+        actions,
+    })
+}
+
+fn unmatched_name(u: &mapping::Unmatched) -> String {
+    match u {
+        mapping::Unmatched::NotFound { module, .. }
+        | mapping::Unmatched::ShapeMismatch { module, .. }
+        | mapping::Unmatched::Ambiguous { module, .. }
+        | mapping::Unmatched::NotFloat { module, .. } => module.clone(),
+    }
+}
