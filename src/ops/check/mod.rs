@@ -172,7 +172,7 @@ impl Plan {
                     Evaluated::NeedsBase => not_evaluated.push(rule.id),
                 }
             }
-            findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+            findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
             let worst = findings.iter().map(|f| f.severity).max();
             let verdict = match worst {
                 None => Verdict::Loads,
@@ -356,12 +356,28 @@ impl<'a> Facts<'a> {
                 Kind::Llm => vec!["causal-LM module names".to_string()],
                 Kind::Other => vec![],
             },
-            When::NonLoraAlgo => a
-                .modules
-                .iter()
-                .filter(|m| m.factors.lora().is_none())
-                .map(|m| format!("{} ({})", m.name, m.factors.algo()))
-                .collect(),
+            When::NonLoraAlgoSdPrefixed => {
+                if a.format != Format::Kohya || !self.sd_prefixed() {
+                    vec![]
+                } else {
+                    a.modules
+                        .iter()
+                        .filter(|m| m.factors.lora().is_none())
+                        .map(|m| format!("{} ({})", m.name, m.factors.algo()))
+                        .collect()
+                }
+            }
+            When::NotSdPrefixed => {
+                if a.format != Format::Kohya {
+                    vec![]
+                } else {
+                    a.modules
+                        .iter()
+                        .filter(|m| !is_sd_prefixed(&m.name))
+                        .map(|m| m.name.clone())
+                        .collect()
+                }
+            }
             When::Dora => names(&|m| m.dora_magnitude.is_some()),
             When::LoraBias => names(&|m| m.bias.is_some()),
             When::ModulesToSave => {
@@ -430,6 +446,12 @@ impl<'a> Facts<'a> {
                     .unmatched
                     .iter()
                     .filter_map(|u| match u {
+                        Unmatched::NotFound { module, .. } if self.tied_or_saved(module) => None,
+                        // A lora_B bias needs no base bias: PEFT adds it to the layer's output
+                        // (lorakit's merge needs one, which is a merge concern, not a loader's).
+                        Unmatched::NotFound { module, .. } if module.ends_with(".lora_B.bias") => {
+                            None
+                        }
                         Unmatched::NotFound { module, .. } => Some(module.clone()),
                         Unmatched::Ambiguous { module, candidates } => {
                             Some(format!("{module} (ambiguous: {})", candidates.join(", ")))
@@ -516,6 +538,41 @@ impl<'a> Facts<'a> {
             }
         };
         Evaluated::Items(v)
+    }
+
+    /// A name that has no tensor of its own in the base but a module in the model: `lm_head`
+    /// of a base that ties it to `embed_tokens` (transformers does not save it; the module
+    /// exists and loaders adapt it), or the base-layer copy PEFT saves beside a targeted
+    /// embedding or tied head (`…base_layer.weight`, skipped by the loaders).
+    fn tied_or_saved(&self, name: &str) -> bool {
+        let a = &self.plan.adapter;
+        if a.full_tensors
+            .iter()
+            .any(|f| f.name == name && is_saved_base_layer(f))
+        {
+            return true;
+        }
+        let tied = self
+            .plan
+            .base_facts
+            .as_ref()
+            .is_some_and(|b| b.tie_word_embeddings || !b.has_lm_head);
+        let head = name.strip_suffix(".weight").unwrap_or(name);
+        tied && last_component(head) == "lm_head"
+            && self
+                .plan
+                .base
+                .as_ref()
+                .is_some_and(|b| b.names().any(|n| n.ends_with("embed_tokens.weight")))
+    }
+
+    /// Every module of a kohya file has an SD prefix.
+    fn sd_prefixed(&self) -> bool {
+        self.plan
+            .adapter
+            .modules
+            .iter()
+            .all(|m| is_sd_prefixed(&m.name))
     }
 
     /// Modules whose scale in a loader differs from PEFT's (the adapter's own, per module).
@@ -631,6 +688,15 @@ fn layer_kind(name: &str) -> Option<(String, usize)> {
     Some((k.join("."), idx))
 }
 
+/// diffusers' SD/SDXL reader converts kohya keys only when every key starts with one of these
+/// (`lora_pipeline.py` `StableDiffusionLoraLoaderMixin.lora_state_dict`).
+fn is_sd_prefixed(name: &str) -> bool {
+    matches!(
+        crate::adapter::formats::kohya::split_prefix(name),
+        Some(("lora_unet" | "lora_te" | "lora_te1" | "lora_te2", _))
+    )
+}
+
 fn last_component(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
@@ -713,12 +779,14 @@ fn kind_of(a: &Adapter, base: Option<&BaseFacts>) -> Kind {
         "lm_head",
         "embed_tokens",
     ];
+    // Decoder-only names (`model.layers.N.self_attn.q_proj`, `…mlp.gate_proj`, `lm_head`);
+    // CLIP-style text encoders (`text_model.encoder.layers.N.self_attn.q_proj`) are not LLMs.
     let llm = a.format == Format::Peft
         && a.modules.iter().any(|m| {
             let n = &m.name;
-            (n.contains("layers.") && (n.contains(".self_attn.") || n.contains(".mlp.")))
-                || (n == "lm_head" || n.ends_with(".embed_tokens"))
-                    && LLM_LEAVES.contains(&last_component(n))
+            !n.contains("encoder")
+                && LLM_LEAVES.contains(&last_component(n))
+                && (n.contains("layers.") || n == "lm_head" || n.ends_with(".embed_tokens"))
         });
     if llm {
         Kind::Llm

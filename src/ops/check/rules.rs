@@ -62,8 +62,12 @@ pub enum When {
     NotPeft,
     /// The adapter is for a causal LM (its module names or the base's config say so).
     LlmAdapter,
-    /// Modules of an algorithm other than plain LoRA (LoHa, LoKr, LoCon-Tucker, full diff).
-    NonLoraAlgo,
+    /// Modules of an algorithm other than plain LoRA (LoHa, LoKr, LoCon-Tucker, full diff) in a
+    /// kohya file whose every key has an SD prefix (`lora_unet_`, `lora_te_`, `lora_te1_`,
+    /// `lora_te2_`), the files diffusers' SD/SDXL reader converts.
+    NonLoraAlgoSdPrefixed,
+    /// A kohya file with keys outside the SD prefixes (`lycoris_`, `lora_transformer_`, …).
+    NotSdPrefixed,
     /// DoRA magnitudes (`lora_magnitude_vector`, `dora_scale`).
     Dora,
     /// `lora_B.bias` (PEFT `lora_bias=True`).
@@ -336,6 +340,30 @@ pub const RULES: &[Rule] = &[
         why: "SGLang scales every module by lora_alpha/r from the top-level fields (no use_rslora, rank_pattern or alpha_pattern: LoRAConfig reads r, lora_alpha, target_modules, use_dora)",
         source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.__init__ (self.scaling = lora_alpha / r)"),
     },
+    Rule {
+        id: "sglang.lora_bias_unverified",
+        target: Target::Sglang,
+        when: When::LoraBias,
+        severity: Severity::Warning,
+        why: "not verified: lorakit has no rule read from SGLang's source for lora_B.bias; check the server log that it is applied",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.initialize_weights (not read)"),
+    },
+    Rule {
+        id: "sglang.modules_to_save_unverified",
+        target: Target::Sglang,
+        when: When::ModulesToSave,
+        severity: Severity::Warning,
+        why: "not verified: lorakit has no rule read from SGLang's source for full tensors (modules_to_save); check the server log that it is applied",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.initialize_weights (not read)"),
+    },
+    Rule {
+        id: "sglang.embedding_unverified",
+        target: Target::Sglang,
+        when: When::EmbeddingLora,
+        severity: Severity::Warning,
+        why: "not verified: lorakit has no rule read from SGLang's source for embedding LoRA (lora_embedding_A/B); check the server log that it is applied",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.initialize_weights (not read)"),
+    },
     // ---------------------------------------------------------------- LoRAX
     Rule {
         id: "lorax.format",
@@ -494,10 +522,18 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "diffusers.lycoris",
         target: Target::Diffusers,
-        when: When::NonLoraAlgo,
+        when: When::NonLoraAlgoSdPrefixed,
         severity: Severity::Error,
         why: "kohya-named LoHa/LoKr/Tucker/full keys are not converted: \"The following keys have not been correctly renamed\" (diffusers #13137)",
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_non_diffusers_lora_to_diffusers"),
+    },
+    Rule {
+        id: "diffusers.prefix",
+        target: Target::Diffusers,
+        when: When::NotSdPrefixed,
+        severity: Severity::Silent,
+        why: "kohya names are converted only when every key starts with lora_unet_/lora_te_/lora_te1_/lora_te2_; these keys keep their names, fall under no pipeline component (`unet.`, `text_encoder.`) and nothing is applied (SD/SDXL pipelines)",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "StableDiffusionLoraLoaderMixin.lora_state_dict; lora_base.py prefix filter"),
     },
     Rule {
         id: "diffusers.dora",
