@@ -29,6 +29,7 @@ use std::path::PathBuf;
 ///   lorakit check adapter/ --base meta-llama-3-8b/ --target vllm,llama.cpp
 ///   lorakit check lora.safetensors --target diffusers --target comfy --json
 ///   lorakit check adapter/ --base model/ --target vllm --fix --out fixed/
+///   lorakit check dora/ --base model/ --target vllm --fix --dora-rank 16 --out plain/
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CheckArgs {
@@ -57,6 +58,11 @@ pub struct CheckArgs {
     /// With --fix: drop modules that land on no base tensor (needs --base).
     #[arg(long, requires = "fix")]
     pub drop_unmatched: bool,
+
+    /// With --fix: replace each DoRA module by the rank-R LoRA nearest to its effective update
+    /// (SVD of f ⊙ (W0 + ΔW) − W0, needs --base); the error is reported per module.
+    #[arg(long, value_name = "R", requires = "fix", requires = "base")]
+    pub dora_rank: Option<usize>,
 
     /// Print the report as JSON.
     #[arg(long)]

@@ -37,6 +37,7 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
     let fix_opts = FixOptions {
         out: out.clone(),
         drop_unmatched: a.drop_unmatched,
+        dora_rank: a.dora_rank,
     };
     let targets = plan.targets.clone();
     let fixed = fix::fix(plan, &report, &fix_opts)?;
@@ -65,6 +66,12 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
         ));
         for act in &fixed.actions {
             s.push_str(&format!("  - {act}\n"));
+        }
+        for d in &fixed.dora_to_lora {
+            s.push_str(&format!(
+                "    {}: rank {}, ‖D − B′A′‖_F = {:.3e} ({:.3e} relative)\n",
+                d.module, d.rank, d.fro_error, d.rel_fro_error
+            ));
         }
         s.push_str("\nafter --fix:\n");
         s.push_str(&render(&after));

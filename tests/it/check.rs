@@ -545,3 +545,61 @@ fn fix_renames_and_drops_against_the_base() {
     assert_eq!(r["fix"]["dropped"].as_array().unwrap().len(), 2);
     assert_eq!(r["after"]["modules_count"], 2);
 }
+
+/// `--fix --dora-rank R`: each DoRA module becomes the rank-R LoRA nearest to its effective
+/// update. The error it reports is the real one: merging the fixed adapter differs from PEFT's
+/// own DoRA merge (fixtures/llama/merged/dora.safetensors) by exactly the reported
+/// ‖D − B′A′‖_F per module; at full rank the two merges agree to f32 rounding.
+#[test]
+fn fix_dora_to_lora_reports_its_true_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    let reference = read(&fixture("llama/merged/dora.safetensors"));
+    for rank in ["4", "64"] {
+        let fixed = dir.path().join(format!("plain{rank}"));
+        let (code, r) = check_json(&[
+            s(&fixture("llama/adapters/dora")),
+            "--base",
+            s(&base),
+            "--fix",
+            "--dora-rank",
+            rank,
+            "--out",
+            s(&fixed),
+        ]);
+        assert_eq!(code, 0, "{}", r["after"]);
+        let cfg: Value =
+            serde_json::from_slice(&std::fs::read(fixed.join("adapter_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["use_dora"], false);
+        let merged = dir.path().join(format!("m{rank}"));
+        merge_ok(&base, &fixed, &merged, &[]);
+        let got = read_checkpoint(&merged);
+        let conv = r["fix"]["dora_to_lora"].as_array().unwrap();
+        assert_eq!(conv.len(), 6);
+        for c in conv {
+            let module = c["module"].as_str().unwrap();
+            let key = format!("{module}.weight");
+            let (x, y) = (got[&key].f32(), reference[&key].f32());
+            let diff: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let reported = c["fro_error"].as_f64().unwrap();
+            if rank == "64" {
+                assert!(
+                    diff < 1e-5 && reported < 1e-5,
+                    "{module}: {diff} {reported}"
+                );
+            } else {
+                assert!(reported > 1e-3, "{module}: rank 4 cannot be exact here");
+                assert!(
+                    (diff - reported).abs() <= 1e-3 * reported,
+                    "{module}: merged differs by {diff}, reported {reported}"
+                );
+            }
+        }
+    }
+}

@@ -30,6 +30,20 @@ pub struct FixOptions {
     pub out: PathBuf,
     /// Remove modules and full tensors that land on no base tensor.
     pub drop_unmatched: bool,
+    /// Replace every DoRA module by the plain LoRA of this rank closest to its effective
+    /// update (needs the base).
+    pub dora_rank: Option<usize>,
+}
+
+/// One DoRA module turned into plain LoRA.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DoraToLora {
+    pub module: String,
+    pub rank: usize,
+    /// `‖D − B'·A'‖_F`, `D` the effective DoRA update.
+    pub fro_error: f64,
+    /// `‖D − B'·A'‖_F / ‖D‖_F`.
+    pub rel_fro_error: f64,
 }
 
 /// What a fix did.
@@ -46,6 +60,8 @@ pub struct FixReport {
     pub dropped: Vec<String>,
     /// Modules zero-padded to `rank` (name, old rank).
     pub padded: Vec<(String, usize)>,
+    /// DoRA modules replaced by plain LoRA (`dora_rank`), with the error of each.
+    pub dora_to_lora: Vec<DoraToLora>,
     /// One line per rewrite, for people.
     pub actions: Vec<String>,
 }
@@ -146,6 +162,26 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         ));
     }
     adapter.load_all()?;
+    let mut dora_to_lora = Vec::new();
+    if let Some(r) = opts.dora_rank {
+        let Some(b) = &base else {
+            return Err(InputError::invalid(
+                &adapter.path,
+                "turning DoRA into LoRA needs the base weights: give --base",
+            ));
+        };
+        dora_to_lora = dora_to_plain(&mut adapter, b, r)?;
+        if !dora_to_lora.is_empty() {
+            let worst = dora_to_lora
+                .iter()
+                .map(|d| d.rel_fro_error)
+                .fold(0.0, f64::max);
+            actions.push(format!(
+                "replaced {} DoRA module(s) by rank-{r} LoRA of their effective update (largest relative Frobenius error {worst:.3e})",
+                dora_to_lora.len()
+            ));
+        }
+    }
     let rank = adapter.modules.iter().map(|m| m.rank).max().unwrap_or(1);
     let mut padded = Vec::new();
     let mut folded = 0usize;
@@ -230,8 +266,108 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         renamed,
         dropped,
         padded,
+        dora_to_lora,
         actions,
     })
+}
+
+/// Replaces each PEFT DoRA module by the rank-`r` LoRA nearest (Frobenius) to its effective
+/// update. PEFT's merge (`tuners/lora/dora.py`, `DoraLinearVariant.merge_safe`) gives
+/// `W' = f ⊙ (W0 + ΔW)` with `f_i = m_i / ‖(W0 + ΔW)_i‖` per output feature, so the update is
+/// `D = f ⊙ (W0 + ΔW) − W0` — full rank in general (it holds `(f − 1) ⊙ W0`), hence measured, not
+/// exact: the SVD of `D` (d×k, dense) keeps its leading `r` triplets, `B' = U_r·diag(σ_r)`,
+/// `A' = V_rᵀ`, scale 1, and the error `(Σ_{i>r} σᵢ²)^{1/2}` (Eckart–Young–Mirsky) is reported.
+fn dora_to_plain(
+    adapter: &mut crate::adapter::Adapter,
+    base: &crate::io::Checkpoint,
+    r: usize,
+) -> InputResult<Vec<DoraToLora>> {
+    use crate::adapter::{DoraRule, ModuleKind};
+    if r == 0 {
+        return Err(InputError::invalid(
+            &adapter.path,
+            "--dora-rank must be at least 1",
+        ));
+    }
+    let res = mapping::resolve(adapter, base);
+    let mut out = Vec::new();
+    for p in &res.modules {
+        let m = &adapter.modules[p.module];
+        let Some(Data::Owned(mag)) = &m.dora_magnitude else {
+            continue;
+        };
+        if m.kind != ModuleKind::Linear || m.base_transposed || m.dora_rule != DoraRule::Peft {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}`: DoRA → LoRA is implemented for PEFT DoRA on linear layers stored [out, in] only",
+                    m.name
+                ),
+            ));
+        }
+        let (d, k) = (m.out_features, m.in_features);
+        let w0 = base.read_f32(&p.weight)?;
+        if w0.len() != d * k {
+            return Err(InputError::invalid(
+                &base.root,
+                format!(
+                    "tensor `{}` has {} values, expected {d}×{k}",
+                    p.weight,
+                    w0.len()
+                ),
+            ));
+        }
+        let delta = adapter.delta(m)?;
+        let mut dm = vec![0f32; d * k];
+        let mut norm_sq = 0f64;
+        for i in 0..d {
+            let row = i * k..(i + 1) * k;
+            let n: f64 = w0[row.clone()]
+                .iter()
+                .zip(&delta[row.clone()])
+                .map(|(&w, &x)| (w as f64 + x as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let f = if n > 0.0 { mag[i] as f64 / n } else { 1.0 };
+            for j in row {
+                let v = f * (w0[j] as f64 + delta[j] as f64) - w0[j] as f64;
+                dm[j] = v as f32;
+                norm_sq += v * v;
+            }
+        }
+        let view = crate::ops::output::view(&dm, d, k);
+        let svd = crate::linalg::exact_svd(view);
+        let keep = r.min(svd.s.len());
+        let tail: f64 = svd.s[keep..]
+            .iter()
+            .fold(0.0, |acc, &x| acc + (x as f64).powi(2));
+        let (bn, an) = crate::ops::output::svd_factors(&svd, r);
+        let name = m.name.clone();
+        let m = &mut adapter.modules[p.module];
+        m.factors = Factors::Lora {
+            a: Data::Owned(Arc::new(an)),
+            b: Data::Owned(Arc::new(bn)),
+        };
+        m.rank = r;
+        m.alpha = r as f64;
+        m.scale = 1.0;
+        m.dora_magnitude = None;
+        out.push(DoraToLora {
+            module: name,
+            rank: r,
+            fro_error: tail.sqrt(),
+            rel_fro_error: if norm_sq > 0.0 {
+                (tail / norm_sq).sqrt()
+            } else {
+                0.0
+            },
+        });
+    }
+    adapter.use_dora = adapter.modules.iter().any(|m| m.dora_magnitude.is_some());
+    if let Some(serde_json::Value::Object(cfg)) = adapter.config.as_mut() {
+        cfg.insert("use_dora".into(), serde_json::Value::Bool(adapter.use_dora));
+    }
+    Ok(out)
 }
 
 fn unmatched_name(u: &mapping::Unmatched) -> String {
