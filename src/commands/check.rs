@@ -138,15 +138,17 @@ fn render(r: &Report) -> String {
     let mut not_eval: Vec<&str> = Vec::new();
     for t in &r.targets {
         s.push_str(&target_lines(t));
-        not_eval.extend(t.not_evaluated_without_base.iter().copied());
+        not_eval.extend(t.not_evaluated.iter().copied());
     }
     if !not_eval.is_empty() {
         s.push_str(&format!(
-            "not evaluated without --base: {}\n",
+            "not evaluated (needs --base, or a Llama-family base for module lists): {}\n",
             not_eval.join(", ")
         ));
     }
-    s.push_str(if r.pass {
+    s.push_str(if r.pass && !not_eval.is_empty() {
+        "PASS for every rule evaluated (some were not: see above)\n"
+    } else if r.pass {
         "PASS: every target loads and applies every tensor\n"
     } else {
         "FAIL: some target refuses the adapter or does not apply all of it\n"

@@ -185,7 +185,7 @@ impl Plan {
                 loads: worst != Some(Severity::Error),
                 applies_all: worst.is_none_or(|s| s == Severity::Warning),
                 findings,
-                not_evaluated_without_base: not_evaluated,
+                not_evaluated: not_evaluated,
             });
         }
         let pass = targets.iter().all(|t| t.applies_all);
@@ -258,8 +258,9 @@ pub struct TargetReport {
     /// It loads and every tensor is applied as trained.
     pub applies_all: bool,
     pub findings: Vec<Finding>,
-    /// Rules that need `--base` (names, shapes, vocabulary, tied embeddings).
-    pub not_evaluated_without_base: Vec<&'static str>,
+    /// Rules that could not be evaluated: they need `--base` (names, shapes, vocabulary, tied
+    /// embeddings), or a module list known only for Llama-family models.
+    pub not_evaluated: Vec<&'static str>,
 }
 
 /// Where one module lands in the base (with `--base`).
@@ -622,7 +623,19 @@ impl<'a> Facts<'a> {
 
     /// The last name components a loader adapts, or `None` when it cannot be known.
     fn supported(&self, s: Supported) -> Option<BTreeSet<String>> {
+        // The fixed lists are the Llama-family model classes' (Llama, Mistral, Qwen2): for a
+        // base of another family, or an adapter that is not a causal LM, they say nothing.
+        let llama_family = match self
+            .plan
+            .base_facts
+            .as_ref()
+            .and_then(|b| b.model_type.as_deref())
+        {
+            Some(t) => matches!(t, "llama" | "mistral" | "qwen2"),
+            None => self.plan.kind == Kind::Llm,
+        };
         match s {
+            Supported::Fixed(_) if !llama_family => None,
             Supported::Fixed(list) => Some(list.iter().map(|s| s.to_string()).collect()),
             Supported::BaseLinear(fallback) => match &self.plan.base {
                 Some(b) => Some(
@@ -634,7 +647,8 @@ impl<'a> Facts<'a> {
                         })
                         .collect(),
                 ),
-                None => Some(fallback.iter().map(|s| s.to_string()).collect()),
+                None if llama_family => Some(fallback.iter().map(|s| s.to_string()).collect()),
+                None => None,
             },
         }
     }
@@ -761,7 +775,10 @@ fn placements(a: &Adapter, r: &mapping::Resolution) -> Vec<Placement> {
 /// What the adapter is for: the base's architecture when known, else its module names.
 fn kind_of(a: &Adapter, base: Option<&BaseFacts>) -> Kind {
     if let Some(b) = base {
-        if b.architectures.iter().any(|x| x.ends_with("ForCausalLM")) {
+        if b.architectures
+            .iter()
+            .any(|x| x.ends_with("ForCausalLM") || x.ends_with("LMHeadModel"))
+        {
             return Kind::Llm;
         }
         if !b.architectures.is_empty() {
