@@ -185,7 +185,7 @@ impl Plan {
                 loads: worst != Some(Severity::Error),
                 applies_all: worst.is_none_or(|s| s == Severity::Warning),
                 findings,
-                not_evaluated: not_evaluated,
+                not_evaluated,
             });
         }
         let pass = targets.iter().all(|t| t.applies_all);
