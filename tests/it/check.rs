@@ -603,3 +603,31 @@ fn fix_dora_to_lora_reports_its_true_error() {
         }
     }
 }
+
+/// Duplicate keys (`x.lora_A.weight` beside `base_model.model.x.lora_A.weight`) define one module
+/// twice; which one a loader keeps depends on dict order (vLLM's parse_fine_tuned_lora_name maps
+/// both to the same module, the later one silently wins). The adapter reader refuses it: exit 2
+/// with one line naming both keys, whatever the target.
+#[test]
+fn duplicate_keys_are_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("dup");
+    let m = "model.layers.0.self_attn.q_proj";
+    let bytes_a = vec![0u8; 2 * 64 * 4];
+    let bytes_b = vec![0u8; 64 * 2 * 4];
+    let mut t = shared_lora_tensors(&[m.to_string()], (&[2, 64], &bytes_a), (&[64, 2], &bytes_b));
+    t.push((format!("{m}.lora_A.weight"), vec![2, 64], bytes_a.clone()));
+    write_peft_adapter(
+        &a,
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]}"#,
+        &t,
+    );
+    let out = run_err(["check", s(&a), "--target", "vllm"]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line_error(&out);
+    assert!(
+        line.contains(&format!("base_model.model.{m}.lora_A.weight"))
+            && line.contains(&format!("`{m}.lora_A.weight`")),
+        "{line}"
+    );
+}
