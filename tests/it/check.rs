@@ -631,3 +631,74 @@ fn duplicate_keys_are_refused_naming_both() {
         "{line}"
     );
 }
+
+/// A LoRA on a packed `qkv_proj` (how vLLM stacks q/k/v, `packed_modules_mapping`) does not load
+/// on a Llama base whose projections are separate (vLLM: not an expected module); `--fix` splits
+/// it exactly into q/k/v LoRAs — `A` shared, `B` split by the base's row counts — and the merge
+/// of the fixed adapter equals `W0 + s·B[rows]·A` computed here in f64.
+#[test]
+fn fix_splits_packed_projections_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    let m = "model.layers.0.self_attn.qkv_proj";
+    let (r, k, d) = (2usize, 64usize, 128usize);
+    let a: Vec<f32> = (0..r * k)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+        .collect();
+    let b: Vec<f32> = (0..d * r)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.02)
+        .collect();
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let adapter = dir.path().join("qkv");
+    write_peft_adapter(
+        &adapter,
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["qkv_proj"]}"#,
+        &shared_lora_tensors(&[m.to_string()], (&[r, k], &le(&a)), (&[d, r], &le(&b))),
+    );
+    assert_rule_at(&adapter, &base, "vllm", "fails", "vllm.unsupported_module");
+    let fixed = dir.path().join("fixed");
+    let (code, rep) = check_json(&[
+        s(&adapter),
+        "--base",
+        s(&base),
+        "--target",
+        "vllm,peft",
+        "--fix",
+        "--out",
+        s(&fixed),
+    ]);
+    assert_eq!(code, 0, "{}", rep["after"]);
+    assert_eq!(rep["fix"]["split"][0][1].as_array().unwrap().len(), 3);
+    let merged = dir.path().join("merged");
+    merge_ok(&base, &fixed, &merged, &[]);
+    let got = read_checkpoint(&merged);
+    let w0 = read_checkpoint(&base);
+    let mut lo = 0;
+    for (p, n) in [("q_proj", 64usize), ("k_proj", 32), ("v_proj", 32)] {
+        let key = format!("model.layers.0.self_attn.{p}.weight");
+        let (w, w0v) = (got[&key].f32(), w0[&key].f32());
+        for i in 0..n {
+            for j in 0..k {
+                let delta: f64 = (0..r)
+                    .map(|t| b[(lo + i) * r + t] as f64 * a[t * k + j] as f64)
+                    .sum::<f64>()
+                    * 2.0;
+                let want = w0v[i * k + j] as f64 + delta;
+                let e = (w[i * k + j] as f64 - want).abs();
+                assert!(
+                    e <= 1e-6 * want.abs().max(1.0),
+                    "{key}[{i},{j}]: {} vs {want}",
+                    w[i * k + j]
+                );
+            }
+        }
+        lo += n;
+    }
+}
+
+fn assert_rule_at(adapter: &Path, base: &Path, tgt: &str, verdict: &str, rule: &str) {
+    let (_, r) = check_json(&[s(adapter), "--base", s(base), "--target", tgt]);
+    let t = target(&r, tgt);
+    assert_eq!(t["verdict"], verdict, "{t}");
+    assert!(fired(t).iter().any(|x| x == rule), "{t}");
+}

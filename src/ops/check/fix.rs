@@ -60,6 +60,8 @@ pub struct FixReport {
     pub dropped: Vec<String>,
     /// Modules zero-padded to `rank` (name, old rank).
     pub padded: Vec<(String, usize)>,
+    /// Packed modules split into the base's projections (packed name, parts).
+    pub split: Vec<(String, Vec<String>)>,
     /// DoRA modules replaced by plain LoRA (`dora_rank`), with the error of each.
     pub dora_to_lora: Vec<DoraToLora>,
     /// One line per rewrite, for people.
@@ -96,7 +98,20 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
     let mut actions = Vec::new();
     let mut dropped = Vec::new();
     let mut renamed = Vec::new();
+    let mut split = Vec::new();
     if let Some(b) = &base {
+        if adapter.format == Format::Peft {
+            adapter.load_all()?;
+            split = split_packed(&mut adapter, b);
+            if !split.is_empty() {
+                actions.push(format!(
+                    "split {} packed module(s) into the base's own projections (e.g. {} → {})",
+                    split.len(),
+                    split[0].0,
+                    split[0].1.join(", ")
+                ));
+            }
+        }
         let res = mapping::resolve(&adapter, b);
         if opts.drop_unmatched && !res.unmatched.is_empty() {
             let gone: std::collections::BTreeSet<String> =
@@ -266,9 +281,101 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         renamed,
         dropped,
         padded,
+        split,
         dora_to_lora,
         actions,
     })
+}
+
+/// Packed projections some stacks fuse (vLLM's `packed_modules_mapping` of Llama-family
+/// models: `qkv_proj` ← q/k/v_proj, `gate_up_proj` ← gate/up_proj), in the order they are stacked.
+const PACKED: &[(&str, &[&str])] = &[
+    ("qkv_proj", &["q_proj", "k_proj", "v_proj"]),
+    ("gate_up_proj", &["gate_proj", "up_proj"]),
+];
+
+/// Splits a LoRA on a packed projection the base does not have (`…qkv_proj`) into one LoRA per
+/// projection the base does have, exactly: the packed weight is the row-wise stack of the parts,
+/// so `ΔW_part = s·B[rows_part]·A` — each part keeps `A`, takes its rows of `B` (and of a
+/// `lora_B.bias` or DoRA magnitude, both per output row), and the same rank, alpha and scale.
+/// Applied only when every part exists in the base as `[rows_i, in]` with `Σ rows_i` = the
+/// packed module's output size. Values must be loaded.
+fn split_packed(
+    adapter: &mut crate::adapter::Adapter,
+    base: &crate::io::Checkpoint,
+) -> Vec<(String, Vec<String>)> {
+    use crate::adapter::ModuleKind;
+    let mut out = Vec::new();
+    let mut modules = Vec::with_capacity(adapter.modules.len());
+    for m in std::mem::take(&mut adapter.modules) {
+        let leaf = m.name.rsplit('.').next().unwrap_or(&m.name).to_owned();
+        let parts = PACKED
+            .iter()
+            .find(|(p, _)| *p == leaf)
+            .map(|(_, parts)| *parts);
+        let (Some(parts), ModuleKind::Linear, false, false) = (
+            parts,
+            &m.kind,
+            m.base_transposed,
+            base.contains(&format!("{}.weight", m.name)),
+        ) else {
+            modules.push(m);
+            continue;
+        };
+        let parent = &m.name[..m.name.len() - leaf.len()];
+        let rows: Option<Vec<usize>> = parts
+            .iter()
+            .map(|p| {
+                let info = base.info(&format!("{parent}{p}.weight"))?;
+                (info.shape.len() == 2 && info.shape[1] == m.in_features).then_some(info.shape[0])
+            })
+            .collect();
+        let (
+            Some(rows),
+            Factors::Lora {
+                a,
+                b: Data::Owned(bv),
+            },
+        ) = (rows, &m.factors)
+        else {
+            modules.push(m);
+            continue;
+        };
+        if rows.iter().sum::<usize>() != m.out_features {
+            modules.push(m);
+            continue;
+        }
+        let slice = |d: &Option<Data>, lo: usize, n: usize| -> Option<Data> {
+            match d {
+                Some(Data::Owned(v)) => Some(Data::Owned(Arc::new(v[lo..lo + n].to_vec()))),
+                other => other.clone(),
+            }
+        };
+        let mut names = Vec::new();
+        let mut lo = 0;
+        for (p, &n) in parts.iter().zip(&rows) {
+            let mut part = m.clone();
+            part.name = format!("{parent}{p}");
+            part.out_features = n;
+            part.factors = Factors::Lora {
+                a: a.clone(),
+                b: Data::Owned(Arc::new(bv[lo * m.rank..(lo + n) * m.rank].to_vec())),
+            };
+            part.bias = slice(&m.bias, lo, n);
+            part.dora_magnitude = slice(&m.dora_magnitude, lo, n);
+            names.push(part.name.clone());
+            modules.push(part);
+            lo += n;
+        }
+        out.push((m.name.clone(), names));
+    }
+    adapter.modules = modules;
+    if !out.is_empty() {
+        if let Some(serde_json::Value::Object(cfg)) = adapter.config.as_mut() {
+            cfg.insert("target_modules".into(), serde_json::Value::Null);
+        }
+    }
+    out
 }
 
 /// Replaces each PEFT DoRA module by the rank-`r` LoRA nearest (Frobenius) to its effective
