@@ -428,18 +428,23 @@ impl<'a> Facts<'a> {
                 .collect(),
             When::PartialLayers => self.partial_layers(),
             When::AddedTokens => {
-                let vocab = self
-                    .plan
-                    .base_facts
-                    .as_ref()
-                    .and_then(|b| b.vocab_size)
-                    .map(|v| v as u64);
-                self.plan
-                    .added_tokens
-                    .iter()
-                    .filter(|(_, id)| vocab.is_none_or(|v| *id >= v))
-                    .map(|(t, id)| format!("{t} (id {id})"))
-                    .collect()
+                // SGLang counts only ids at or past the base vocabulary (LoRAConfig filters
+                // "fake" added tokens copied from the base tokenizer): without the base's
+                // vocab_size that cannot be decided.
+                if self.plan.added_tokens.is_empty() {
+                    vec![]
+                } else {
+                    let Some(vocab) = self.plan.base_facts.as_ref().and_then(|b| b.vocab_size)
+                    else {
+                        return Evaluated::NeedsBase;
+                    };
+                    self.plan
+                        .added_tokens
+                        .iter()
+                        .filter(|(_, id)| *id >= vocab as u64)
+                        .map(|(t, id)| format!("{t} (id {id})"))
+                        .collect()
+                }
             }
             When::NameNotFound => match &self.resolution {
                 None => return Evaluated::NeedsBase,
