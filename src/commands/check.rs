@@ -102,29 +102,38 @@ fn render(r: &Report) -> String {
         }
     );
     if let Some(b) = &r.base {
-        let off: Vec<_> = r.modules.iter().filter(|p| p.status != "exact").collect();
+        let off: Vec<_> = r
+            .modules
+            .iter()
+            .filter(|p| p.status != "exact" || !p.not_applied_by.is_empty())
+            .collect();
         if off.is_empty() {
             s.push_str(&format!(
-                "base {}: all {} modules land on their exact base tensor\n",
+                "base {}: all {} modules land on their exact base tensor, and every target applies them\n",
                 b.path,
                 r.modules.len()
             ));
         } else {
             s.push_str(&format!(
-                "base {}: {} of {} modules do not land on their exact base tensor:\n",
+                "base {}: {} of {} modules do not land on their exact base tensor or are not applied by some target:\n",
                 b.path,
                 off.len(),
                 r.modules.len()
             ));
             for p in off.iter().take(SHOWN * 2) {
                 s.push_str(&format!(
-                    "  {} {}{}\n",
+                    "  {:<14} {}{}{}\n",
                     p.status,
                     p.module,
                     p.base_tensor
                         .as_ref()
                         .map(|t| format!(" → {t}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    if p.not_applied_by.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  [not applied: {}]", p.not_applied_by.join(", "))
+                    }
                 ));
             }
             if off.len() > SHOWN * 2 {

@@ -546,6 +546,44 @@ fn fix_renames_and_drops_against_the_base() {
     assert_eq!(r["after"]["modules_count"], 2);
 }
 
+/// With `--base`, each module says which targets do not apply it, and by which rule.
+#[test]
+fn every_module_says_where_it_is_not_applied() {
+    let (_, r) = check_json(&[
+        s(&fixture("check/no_root_prefix")),
+        "--base",
+        s(&fixture("llama/base")),
+    ]);
+    for p in r["modules"].as_array().unwrap() {
+        assert_eq!(p["status"], "suffix", "{p}");
+        let by: Vec<&str> = p["not_applied_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            by,
+            [
+                "vllm: vllm.not_applied",
+                "lorax: lorax.not_applied",
+                "peft: peft.not_applied"
+            ],
+            "{p}"
+        );
+    }
+    let (_, r) = check_json(&[
+        s(&fixture("llama/adapters/qv_r8")),
+        "--base",
+        s(&fixture("llama/base")),
+    ]);
+    assert!(r["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["not_applied_by"].as_array().unwrap().is_empty()));
+}
+
 /// `--fix --dora-rank R`: each DoRA module becomes the rank-R LoRA nearest to its effective
 /// update. The error it reports is the real one: merging the fixed adapter differs from PEFT's
 /// own DoRA merge (fixtures/llama/merged/dora.safetensors) by exactly the reported

@@ -189,6 +189,27 @@ impl Plan {
             });
         }
         let pass = targets.iter().all(|t| t.applies_all);
+        let mut placements = facts.placements.clone();
+        for p in placements.iter_mut() {
+            for t in &targets {
+                for f in &t.findings {
+                    if f.severity == Severity::Warning {
+                        continue;
+                    }
+                    let hit = f.items.iter().any(|item| {
+                        let subject = item_subject(item);
+                        subject == p.module
+                            || subject
+                                .strip_prefix(p.module.as_str())
+                                .is_some_and(|rest| rest.starts_with('.'))
+                    });
+                    if hit {
+                        p.not_applied_by
+                            .push(format!("{}: {}", t.target.name(), f.rule));
+                    }
+                }
+            }
+        }
         Report {
             operation: "check",
             adapter: self.adapter.path.display().to_string(),
@@ -197,7 +218,7 @@ impl Plan {
             base: self.base_facts.clone(),
             modules_count: self.adapter.modules.len(),
             full_tensors_count: self.adapter.full_tensors.len(),
-            modules: facts.placements.clone(),
+            modules: placements,
             targets,
             pass,
         }
@@ -272,6 +293,9 @@ pub struct Placement {
     pub status: &'static str,
     pub base_tensor: Option<String>,
     pub detail: Option<String>,
+    /// `target: rule` for every refusal or silent drop that names this module (or one of its
+    /// tensors): where it is not applied as trained, and why.
+    pub not_applied_by: Vec<String>,
 }
 
 /// The report of a check (`--json`).
@@ -716,6 +740,16 @@ fn is_sd_prefixed(name: &str) -> bool {
     )
 }
 
+/// The module or key a finding's item is about: the item up to its first ` (` or `: `.
+fn item_subject(item: &str) -> &str {
+    let end = [item.find(" ("), item.find(": ")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(item.len());
+    &item[..end]
+}
+
 fn last_component(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
@@ -744,6 +778,7 @@ fn placements(a: &Adapter, r: &mapping::Resolution) -> Vec<Placement> {
             status: if exact { "exact" } else { "suffix" },
             base_tensor: Some(p.weight.clone()),
             detail: None,
+            not_applied_by: Vec::new(),
         });
     }
     for (i, t) in &r.full {
@@ -753,6 +788,7 @@ fn placements(a: &Adapter, r: &mapping::Resolution) -> Vec<Placement> {
             status: if *t == f.name { "exact" } else { "suffix" },
             base_tensor: Some(t.clone()),
             detail: Some("full tensor".into()),
+            not_applied_by: Vec::new(),
         });
     }
     for u in &r.unmatched {
@@ -771,6 +807,7 @@ fn placements(a: &Adapter, r: &mapping::Resolution) -> Vec<Placement> {
             status,
             base_tensor,
             detail: Some(u.to_string()),
+            not_applied_by: Vec::new(),
         });
     }
     out.sort_by(|a, b| a.module.cmp(&b.module));

@@ -639,3 +639,34 @@ pub const RULES: &[Rule] = &[
 pub fn for_target(t: Target) -> impl Iterator<Item = &'static Rule> {
     RULES.iter().filter(move |r| r.target == t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids are unique and spelled `{target}.{what}`; every rule says where it was read; every
+    /// target has rules.
+    #[test]
+    fn the_table_is_well_formed() {
+        let mut ids = std::collections::BTreeSet::new();
+        for r in RULES {
+            assert!(ids.insert(r.id), "duplicate rule id {}", r.id);
+            let (t, what) = r.id.rsplit_once('.').unwrap();
+            assert_eq!(t, r.target.name(), "{}", r.id);
+            assert!(!what.is_empty());
+            assert!(!r.why.is_empty() && !r.why.ends_with('.'), "{}", r.id);
+            let s = r.source;
+            assert!(
+                s.repo.contains('/')
+                    && !s.file.is_empty()
+                    && !s.version.is_empty()
+                    && !s.at.is_empty(),
+                "{}",
+                r.id
+            );
+        }
+        for t in Target::ALL {
+            assert!(for_target(t).count() > 0, "{t:?} has no rules");
+        }
+    }
+}
