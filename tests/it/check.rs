@@ -258,6 +258,16 @@ fn scale_rules_name_exactly_the_modules_whose_scale_changes() {
 
 #[test]
 fn sglang_lorax_llamacpp_rules_read_from_their_source() {
+    // sglang lora.py LoRAAdapter.normalize_qkv_proj: q/k/v are stacked from q_proj, a missing k
+    // zero-filled from v: q_proj without v_proj is a KeyError (weighted_b: k and q only).
+    assert_rule(
+        "llama/adapters/weighted_b",
+        None,
+        "sglang",
+        "fails",
+        "sglang.q_without_v",
+    );
+    assert_rule("llama/adapters/qv_r8", None, "sglang", "loads", "");
     // sglang lora_manager.py validate_new_adapter: DoRA and added tokens refused.
     assert_rule(
         "llama/adapters/dora",
@@ -467,18 +477,33 @@ fn fix_folds_patterns_and_merges_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let fixed = dir.path().join("fixed");
     let base = fixture("llama/base");
-    for case in ["llama/adapters/patterns", "llama/adapters/rslora_all"] {
+    // patterns: rank/alpha patterns; rslora_all: rsLoRA; weighted_b: k/q without v (SGLang);
+    // embed: an embedding LoRA (its own factor layout) and a lone q_proj.
+    // LoRAX never reads embedding LoRA (not fixable): embed is checked without it.
+    let llm = "vllm,sglang,lorax,llama.cpp,peft";
+    for (case, targets) in [
+        ("llama/adapters/patterns", llm),
+        ("llama/adapters/rslora_all", llm),
+        ("llama/adapters/weighted_b", llm),
+        ("llama/adapters/embed", "vllm,sglang,llama.cpp,peft"),
+    ] {
         let _ = std::fs::remove_dir_all(&fixed);
         let (code, r) = check_json(&[
             s(&fixture(case)),
             "--base",
             s(&base),
+            "--target",
+            targets,
             "--fix",
             "--out",
             s(&fixed),
         ]);
         assert_eq!(code, 0, "{case}: {}", r["after"]);
         assert_eq!(r["pass"], false, "{case}: the input itself does not pass");
+        assert!(target(&r["after"], "sglang")["findings"]
+            .as_array()
+            .unwrap()
+            .is_empty());
         assert_eq!(r["after"]["pass"], true);
         assert!(r["fix"]["files"].is_array());
         let cfg: Value =

@@ -112,6 +112,24 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
                 ));
             }
         }
+        let wants_siblings = before.targets.iter().any(|t| {
+            t.findings.iter().any(|f| {
+                matches!(
+                    f.rule,
+                    "sglang.q_without_v" | "sglang.kv_without_q" | "sglang.up_without_gate"
+                )
+            })
+        });
+        if wants_siblings {
+            let added = add_zero_siblings(&mut adapter, b);
+            if !added.is_empty() {
+                actions.push(format!(
+                    "added {} zero LoRA module(s) so every q/k/v and gate/up block is complete (ΔW = 0; SGLang stacks them): {}",
+                    added.len(),
+                    added.join(", ")
+                ));
+            }
+        }
         let res = mapping::resolve(&adapter, b);
         if opts.drop_unmatched && !res.unmatched.is_empty() {
             let gone: std::collections::BTreeSet<String> =
@@ -285,6 +303,74 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         dora_to_lora,
         actions,
     })
+}
+
+/// Adds an all-zero LoRA module (ΔW = 0, exact) for the sibling a stacking loader needs:
+/// `v_proj` beside a lone `q_proj`, `q_proj` beside `k_proj`/`v_proj`, `gate_proj` beside
+/// `up_proj` (SGLang `lora.py` `normalize_qkv_proj` / `normalize_gate_up_proj`), shaped like the
+/// base's weight, with the rank of the module it completes. Returns the names added.
+fn add_zero_siblings(
+    adapter: &mut crate::adapter::Adapter,
+    base: &crate::io::Checkpoint,
+) -> Vec<String> {
+    use crate::adapter::ModuleKind;
+    const NEEDS: &[(&[&str], &str)] = &[
+        (&["q_proj"], "v_proj"),
+        (&["k_proj", "v_proj"], "q_proj"),
+        (&["up_proj"], "gate_proj"),
+    ];
+    let mut added = Vec::new();
+    // Repeat until nothing changes: a lone k_proj gains q_proj, which then gains v_proj.
+    loop {
+        let names: std::collections::BTreeSet<String> =
+            adapter.modules.iter().map(|m| m.name.clone()).collect();
+        let mut new = Vec::new();
+        for m in &adapter.modules {
+            let leaf = m.name.rsplit('.').next().unwrap_or(&m.name);
+            let Some((_, lacks)) = NEEDS.iter().find(|(has, _)| has.contains(&leaf)) else {
+                continue;
+            };
+            let parent = &m.name[..m.name.len() - leaf.len()];
+            let name = format!("{parent}{lacks}");
+            if names.contains(&name)
+                || new
+                    .iter()
+                    .any(|n: &crate::adapter::LoraModule| n.name == name)
+            {
+                continue;
+            }
+            let Some(info) = base.info(&format!("{name}.weight")) else {
+                continue;
+            };
+            if info.shape.len() != 2 || m.kind != ModuleKind::Linear || m.base_transposed {
+                continue;
+            }
+            let (d, k) = (info.shape[0], info.shape[1]);
+            let mut z = m.clone();
+            z.name = name;
+            z.out_features = d;
+            z.in_features = k;
+            z.factors = Factors::Lora {
+                a: Data::Owned(Arc::new(vec![0.0; m.rank * k])),
+                b: Data::Owned(Arc::new(vec![0.0; d * m.rank])),
+            };
+            z.bias = None;
+            z.dora_magnitude = None;
+            new.push(z);
+        }
+        if new.is_empty() {
+            break;
+        }
+        added.extend(new.iter().map(|m| m.name.clone()));
+        adapter.modules.extend(new);
+    }
+    if !added.is_empty() {
+        adapter.modules.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(serde_json::Value::Object(cfg)) = adapter.config.as_mut() {
+            cfg.insert("target_modules".into(), serde_json::Value::Null);
+        }
+    }
+    added
 }
 
 /// Packed projections some stacks fuse (vLLM's `packed_modules_mapping` of Llama-family

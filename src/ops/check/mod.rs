@@ -422,6 +422,22 @@ impl<'a> Facts<'a> {
                 v
             }
             When::EmbeddingLora => names(&|m| m.kind == ModuleKind::Embedding),
+            When::SiblingMissing { has, lacks } => {
+                let present: BTreeSet<&str> = a.modules.iter().map(|m| m.name.as_str()).collect();
+                a.modules
+                    .iter()
+                    .filter_map(|m| {
+                        let leaf = last_component(&m.name);
+                        if !has.contains(&leaf) {
+                            return None;
+                        }
+                        let parent = &m.name[..m.name.len() - leaf.len()];
+                        let sibling = format!("{parent}{lacks}");
+                        (!present.contains(sibling.as_str()))
+                            .then(|| format!("{} (no {lacks} beside it)", m.name))
+                    })
+                    .collect()
+            }
             When::RankAbove(n) => a
                 .modules
                 .iter()

@@ -76,6 +76,12 @@ pub enum When {
     ModulesToSave,
     /// LoRA on an embedding (`lora_embedding_A/B`).
     EmbeddingLora,
+    /// A module named `…{parent}.{x}` for some `x` in `has`, with no `…{parent}.{lacks}` beside
+    /// it (per parent path: per attention or MLP block).
+    SiblingMissing {
+        has: &'static [&'static str],
+        lacks: &'static str,
+    },
     /// A module rank above the given value.
     RankAbove(usize),
     /// The loader's scale differs from PEFT's for some module.
@@ -205,6 +211,12 @@ const LLAMACPP_CONVERT: Source = src(
     "convert_lora_to_gguf.py",
     "56bf500",
     "LoraModel.get_tensors",
+);
+const SGLANG_LORA: Source = src(
+    SGLANG,
+    "python/sglang/srt/lora/lora.py",
+    "main (2026)",
+    "LoRAAdapter.normalize_qkv_proj",
 );
 const COMFY_LORA: Source = src(COMFY, "comfy/lora.py", "41444b5", "load_lora");
 
@@ -357,12 +369,28 @@ pub const RULES: &[Rule] = &[
         source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.initialize_weights (not read)"),
     },
     Rule {
-        id: "sglang.embedding_unverified",
+        id: "sglang.q_without_v",
         target: Target::Sglang,
-        when: When::EmbeddingLora,
-        severity: Severity::Warning,
-        why: "not verified: lorakit has no rule read from SGLang's source for embedding LoRA (lora_embedding_A/B); check the server log that it is applied",
-        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.initialize_weights (not read)"),
+        when: When::SiblingMissing { has: &["q_proj"], lacks: "v_proj" },
+        severity: Severity::Error,
+        why: "q/k/v LoRAs are stacked into qkv_proj and a missing k is zero-filled from v's shape: a block with q_proj but no v_proj raises KeyError",
+        source: SGLANG_LORA,
+    },
+    Rule {
+        id: "sglang.kv_without_q",
+        target: Target::Sglang,
+        when: When::SiblingMissing { has: &["k_proj", "v_proj"], lacks: "q_proj" },
+        severity: Severity::Silent,
+        why: "stacking into qkv_proj starts from q_proj (\"every lora adaptor should contain lora modules for q_proj\"): k/v LoRAs of a block without q_proj are never stacked",
+        source: SGLANG_LORA,
+    },
+    Rule {
+        id: "sglang.up_without_gate",
+        target: Target::Sglang,
+        when: When::SiblingMissing { has: &["up_proj"], lacks: "gate_proj" },
+        severity: Severity::Silent,
+        why: "stacking into gate_up_proj starts from gate_proj (a missing up_proj is zero-filled, not the reverse): up_proj LoRAs of a block without gate_proj are never stacked",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.normalize_gate_up_proj"),
     },
     // ---------------------------------------------------------------- LoRAX
     Rule {
