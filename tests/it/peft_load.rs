@@ -142,7 +142,8 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
     let Some(py) = peft_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base");
-    for case in ["patterns", "rslora_all"] {
+    // embed: an embedding LoRA and a lone q_proj, completed by a zero v_proj for SGLang.
+    for case in ["patterns", "rslora_all", "embed"] {
         let fixed = dir.path().join(format!("fixed_{case}"));
         let out = bin()
             .args([
@@ -150,6 +151,9 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
                 fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
                 "--base",
                 base.to_str().unwrap(),
+                // LoRAX never reads embedding LoRA: not fixable, so not asked for here.
+                "--target",
+                "vllm,sglang,llama.cpp,peft",
                 "--fix",
                 "--out",
                 fixed.to_str().unwrap(),
@@ -180,6 +184,18 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
             String::from_utf8_lossy(&run.stderr)
         );
     }
+    // k/q without v (weighted_b), completed with zero v_proj LoRAs.
+    let fixed = dir.path().join("fixed_wb");
+    run_ok([
+        "check",
+        fixture("llama/adapters/weighted_b").to_str().unwrap(),
+        "--base",
+        base.to_str().unwrap(),
+        "--fix",
+        "--out",
+        fixed.to_str().unwrap(),
+    ]);
+    assert_peft_loads_and_merges_like_lorakit(&py, &fixed, &base, dir.path());
     // A renamed (root prefix) adapter: PEFT loads every tensor of the fixed folder.
     let fixed = dir.path().join("fixed_root");
     run_ok([
