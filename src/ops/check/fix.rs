@@ -11,12 +11,12 @@
 //! Names and modules (with the base): a kohya file becomes a PEFT folder (module paths from
 //! `--base` or lorakit metadata); a module lorakit places on the base only by a dotted suffix is
 //! renamed to the base tensor's exact name; a LoRA on a packed projection the base lacks
-//! (`qkv_proj`, `gate_up_proj`) is split row-wise into the base's projections ([`split_packed`],
+//! (`qkv_proj`, `gate_up_proj`) is split row-wise into the base's projections (`split_packed`,
 //! exact); a q/k/v or gate/up block SGLang cannot stack gets its missing sibling as a zero LoRA
-//! ([`add_zero_siblings`], exact); with `drop_unmatched`, modules and full tensors that land on
+//! (`add_zero_siblings`, exact); with `drop_unmatched`, modules and full tensors that land on
 //! no base tensor are removed (and listed). Keys are written with PEFT's `base_model.model.`
 //! prefix. With `dora_rank`, DoRA modules become the nearest plain LoRA of that rank
-//! ([`dora_to_plain`]: measured, the error is reported). Nothing else changes: biases,
+//! (`dora_to_plain`: measured, the error is reported). Nothing else changes: biases,
 //! embeddings, full tensors (and DoRA without `dora_rank`) are kept, so the rules they fire still
 //! fire on the fixed adapter (the report after the fix says so). The output goes through
 //! [`crate::ops::output::write_adapter`] (atomic; an output that is an input is refused).
