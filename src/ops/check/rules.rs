@@ -1,5 +1,5 @@
 //! The loaders' rules, as data: one [`Rule`] per (target, condition), each with the file and
-//! version of the loader it was read from. [`super::engine`] evaluates every [`When`] once and
+//! version of the loader it was read from. The engine in [`super`] evaluates every [`When`] once and
 //! fires the rules of the requested targets; nothing here computes anything.
 //!
 //! Severity says what the loader does when the condition holds:
