@@ -178,6 +178,22 @@ fn vllm_rules_read_from_its_source() {
         "vllm.rank_flag",
     );
     assert_rule("check/rank7", None, "vllm", "loads", "");
+    // config/lora.py verify_with_model_config: lora_dtype "auto" = the model's dtype, so F32
+    // factors on a BF16 base are applied in BF16 (a warning: it loads and applies).
+    assert_rule(
+        "llama/adapters/qv_r8",
+        Some("llama/base_bf16"),
+        "vllm",
+        "loads_with_warnings",
+        "vllm.dtype",
+    );
+    assert_rule(
+        "llama/adapters/qv_r8",
+        Some("llama/base"),
+        "vllm",
+        "loads",
+        "",
+    );
     // model_manager.py @bb1d76e activate_adapter: a LoRA whose module name is not the model's
     // is never set (vllm #34186).
     assert_rule(

@@ -486,6 +486,27 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            When::DtypeDiffersFromBase => match (&self.resolution, &self.plan.base) {
+                (Some(r), Some(b)) => {
+                    let own = crate::ops::output::stored_dtype(a);
+                    let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
+                    for p in &r.modules {
+                        if let (Some(own), Some(info)) = (own, b.info(&p.weight)) {
+                            if own != info.dtype {
+                                pairs.insert((
+                                    crate::dtype::name(own),
+                                    crate::dtype::name(info.dtype),
+                                ));
+                            }
+                        }
+                    }
+                    pairs
+                        .into_iter()
+                        .map(|(x, y)| format!("{x} factors: base weights are {y}"))
+                        .collect()
+                }
+                _ => return Evaluated::NeedsBase,
+            },
             When::NameNotFound => match &self.resolution {
                 None => return Evaluated::NeedsBase,
                 Some(r) => r

@@ -94,6 +94,9 @@ pub enum When {
     PartialLayers,
     /// `added_tokens.json` beside the adapter with ids at or past the base vocabulary.
     AddedTokens,
+    /// With `--base`: the adapter's factors are stored in another float dtype than the base
+    /// weights they land on.
+    DtypeDiffersFromBase,
     /// With `--base`: a module that names no base tensor at all.
     NameNotFound,
     /// With `--base`: a module that lorakit places only by a dotted-suffix match (a different
@@ -318,6 +321,14 @@ pub const RULES: &[Rule] = &[
         severity: Severity::Warning,
         why: "rank above the default --max-lora-rank 16: start vLLM with --max-lora-rank at least this rank (one of 32, 64, 128, 256, 320, 512)",
         source: VLLM_HELPER,
+    },
+    Rule {
+        id: "vllm.dtype",
+        target: Target::Vllm,
+        when: When::DtypeDiffersFromBase,
+        severity: Severity::Warning,
+        why: "factors are cast to lora_dtype, which \"auto\" (the default) sets to the model's dtype: the adapter is applied in the base's precision, not its own",
+        source: src(VLLM, "vllm/config/lora.py", "a78dc92", "LoRAConfig.verify_with_model_config; lora_model.py from_lora_tensors (tensor.to(dtype))"),
     },
     // ---------------------------------------------------------------- SGLang
     Rule {
