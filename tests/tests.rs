@@ -5,6 +5,9 @@ mod it {
     pub mod algebra;
     /// Malformed files: one-line errors naming file and tensor, exit 2, nothing written.
     pub mod bad_input;
+    /// `check`: verdicts against PEFT and diffusers run on the fixtures, and the rules read from
+    /// vLLM, SGLang, LoRAX, llama.cpp and ComfyUI; `--fix` merges to the same weights.
+    pub mod check;
     /// Shared helpers: running the binary, reading outputs with the independent `safetensors`
     /// crate, comparing tensors.
     pub mod common;

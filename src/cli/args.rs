@@ -9,6 +9,7 @@
 use crate::adapter::formats::kohya;
 use crate::adapter::Format;
 use crate::backend::{Device, Engine};
+use crate::ops::check::Target;
 use crate::ops::combine::{MajoritySign, Method};
 use crate::ops::convert::ConvertTo;
 use crate::ops::extract::EmbeddingMode;
@@ -73,6 +74,16 @@ value_enum!(Method {
     Ties => "ties": "TIES: magnitude pruning, sign election, disjoint mean (equal ranks)",
     DareLinear => "dare_linear" ["dare-linear"]: "DARE: random pruning with rescaling, then linear (equal ranks)",
     DareTies => "dare_ties" ["dare-ties"]: "DARE pruning, then TIES sign election and disjoint mean (equal ranks)",
+});
+
+value_enum!(Target {
+    Vllm => "vllm": "vLLM (PEFT folders; vllm/lora/)",
+    Sglang => "sglang": "SGLang (python/sglang/srt/lora/)",
+    Lorax => "lorax": "LoRAX (server/lorax_server/adapters/)",
+    LlamaCpp => "llama.cpp" ["llamacpp", "llama_cpp", "gguf"]: "llama.cpp (convert_lora_to_gguf.py, llama-adapter)",
+    Diffusers => "diffusers": "diffusers pipelines' load_lora_weights",
+    Comfy => "comfy" ["comfyui"]: "ComfyUI (comfy/lora.py)",
+    Peft => "peft": "PEFT PeftModel.from_pretrained",
 });
 
 value_enum!(MajoritySign {

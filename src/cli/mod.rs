@@ -7,12 +7,14 @@
 
 mod adapters;
 pub mod args;
+mod check;
 mod checkpoint;
 mod extract;
 mod model;
 
 pub use adapters::{CombineArgs, ConvertArgs, ResizeArgs};
 pub use args::{parse_size, AdapterOutArgs, DeviceArgs};
+pub use check::CheckArgs;
 pub use checkpoint::{DequantizeArgs, DiffArgs, InspectArgs, MergeArgs, QuantArg};
 pub use extract::ExtractArgs;
 pub use model::{EvalArgs, TrainArgs};
@@ -29,7 +31,7 @@ use std::path::PathBuf;
 /// checkpoints exactly as PEFT's merge_and_unload does, and more. Files are memory-mapped and
 /// outputs are streamed and written atomically.
 ///
-/// Exit status: 0 success, 1 a check failed (diff), 2 bad usage or bad input, 3 the output
+/// Exit status: 0 success, 1 a check failed (diff, check), 2 bad usage or bad input, 3 the output
 /// could not be written (disk full, I/O error).
 #[derive(Debug, Parser)]
 #[command(
@@ -61,6 +63,7 @@ pub enum Command {
     Eval(EvalArgs),
     Train(TrainArgs),
     Diff(DiffArgs),
+    Check(CheckArgs),
     Finalize(FinalizeArgs),
     Run(RunArgs),
     Completions(CompletionsArgs),

@@ -1,6 +1,7 @@
 //! One orchestrator per subcommand: turn parsed arguments into library plans, run them, and
 //! print the report (stdout) — progress and warnings go to stderr.
 
+pub mod check;
 pub mod combine;
 pub mod convert;
 pub mod diff;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Eval(a) => eval::run(a, quiet),
         Command::Train(a) => train::run(a, quiet),
         Command::Diff(a) => diff::run(a),
+        Command::Check(a) => check::run(a, quiet),
         Command::Run(a) => {
             let steps = crate::recipe::load(&a.recipe, &CliCommands)?;
             let rerun = crate::recipe::Rerun {

@@ -4,9 +4,11 @@
 //!
 //! Base-model operations: [`merge`] (adapters into a checkpoint), [`extract`] (checkpoint pair →
 //! adapter), [`diff`], [`inspect`], [`train`]; adapter algebra: [`resize`], [`combine`],
-//! [`convert`], all writing through [`output`]; [`parts`] splits merge and extract across
+//! [`convert`], all writing through [`output`]; [`check`] judges an adapter against serving
+//! loaders' rules; [`parts`] splits merge and extract across
 //! processes (`--part I/N`) and [`recipe`] runs a TOML list of commands.
 
+pub mod check;
 pub mod combine;
 pub mod convert;
 pub mod diff;

@@ -823,6 +823,7 @@ fn every_json_report_shares_one_vocabulary() {
             format!("convert {qv} --to kohya -o {k}.safetensors"),
         ),
         ("diff", format!("diff {merged} {m}/model.safetensors")),
+        ("check", format!("check {qv} --base {base}")),
         (
             "eval",
             format!("eval --model {base} --adapter {qv} --input-ids {ids} --device cpu"),

@@ -1,0 +1,711 @@
+//! The loaders' rules, as data: one [`Rule`] per (target, condition), each with the file and
+//! version of the loader it was read from. The engine in [`super`] evaluates every [`When`] once and
+//! fires the rules of the requested targets; nothing here computes anything.
+//!
+//! Severity says what the loader does when the condition holds:
+//! [`Severity::Error`] — it refuses the adapter (an exception, a non-zero exit);
+//! [`Severity::Silent`] — it loads, but part of the adapter is not applied, or applied with another
+//! scale, without failing (the no-op case); [`Severity::Warning`] — it loads and applies
+//! everything, given a server setting or a note the user must know about.
+//!
+//! Versions: vLLM and SGLang are read at the `vllm-project/vllm` / `sgl-project/sglang` commits
+//! named per rule (the newest stored copies, 2026); LoRAX at `predibase/lorax` a7394ba
+//! (2026-05-28); llama.cpp `convert_lora_to_gguf.py` at 56bf500; diffusers 0.42.1 and PEFT 0.21.2
+//! are the installed packages the fixtures were made with (`fixtures/gen/requirements.txt`),
+//! and their verdicts on the fixtures are recorded by `fixtures/gen/check_fixtures.py`;
+//! ComfyUI `comfy/lora.py` at 41444b5, `comfy/weight_adapter/lora.py` at 6fd406f.
+
+use super::Target;
+
+/// What a loader does when a rule's condition holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Loads and applies everything; something to know (a server flag, a lossless padding).
+    Warning,
+    /// Loads without an error but does not apply everything as trained.
+    Silent,
+    /// Refuses to load.
+    Error,
+}
+
+/// How a loader computes a module's scale (compared with PEFT's `alpha_m / r_m`, or
+/// `alpha_m / √r_m` with rsLoRA, where `alpha_m`/`r_m` come from `alpha_pattern`/`rank_pattern`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleRule {
+    /// One `lora_alpha` and one `r` from adapter_config.json for every module; `rslora` says
+    /// whether `use_rslora` is honoured (`alpha/√r`).
+    GlobalAlphaGlobalRank { rslora: bool },
+    /// One `lora_alpha` for every module over the module's own rank (its tensor's shape); no
+    /// rsLoRA.
+    GlobalAlphaModuleRank,
+    /// Each module's `{module}.alpha` tensor over its rank, or scale 1 without one (PEFT folders
+    /// have no alpha tensors).
+    AlphaKeyOrOne,
+}
+
+/// Which module names a loader adapts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supported {
+    /// Every linear layer and the embedding modules of the base: with `--base`, the last name
+    /// component of every 2-D `.weight` tensor; without, the given Llama-family list.
+    BaseLinear(&'static [&'static str]),
+    /// A fixed list of last name components (the model class's adapter layers).
+    Fixed(&'static [&'static str]),
+}
+
+/// A condition over the adapter (and the base, with `--base`). Conditions that need the base
+/// are not evaluated without one (the report says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// The adapter is not a PEFT folder (a kohya / LyCORIS single file).
+    NotPeft,
+    /// The adapter is for a causal LM (its module names or the base's config say so).
+    LlmAdapter,
+    /// Modules of an algorithm other than plain LoRA (LoHa, LoKr, LoCon-Tucker, full diff) in a
+    /// kohya file whose every key has an SD prefix (`lora_unet_`, `lora_te_`, `lora_te1_`,
+    /// `lora_te2_`), the files diffusers' SD/SDXL reader converts.
+    NonLoraAlgoSdPrefixed,
+    /// A kohya file with keys outside the SD prefixes (`lycoris_`, `lora_transformer_`, …).
+    NotSdPrefixed,
+    /// DoRA magnitudes (`lora_magnitude_vector`, `dora_scale`).
+    Dora,
+    /// `lora_B.bias` (PEFT `lora_bias=True`).
+    LoraBias,
+    /// Full tensors replacing base tensors (`modules_to_save`), or `modules_to_save` configured.
+    ModulesToSave,
+    /// LoRA on an embedding (`lora_embedding_A/B`).
+    EmbeddingLora,
+    /// A module named `…{parent}.{x}` for some `x` in `has`, with no `…{parent}.{lacks}` beside
+    /// it (per parent path: per attention or MLP block).
+    SiblingMissing {
+        has: &'static [&'static str],
+        lacks: &'static str,
+    },
+    /// A module rank above the given value.
+    RankAbove(usize),
+    /// The loader's scale differs from PEFT's for some module.
+    ScaleDiffers(ScaleRule),
+    /// A module whose last name component the loader does not adapt.
+    ModuleNotSupported(Supported),
+    /// Tensor keys without PEFT's `base_model.model.` prefix.
+    KeyPrefixMissing,
+    /// A module kind present in some decoder layers but not all (base's `num_hidden_layers`).
+    PartialLayers,
+    /// `added_tokens.json` beside the adapter with ids at or past the base vocabulary.
+    AddedTokens,
+    /// With `--base`: the adapter's factors are stored in another float dtype than the base
+    /// weights they land on.
+    DtypeDiffersFromBase,
+    /// With `--base`: a module that names no base tensor at all.
+    NameNotFound,
+    /// With `--base`: a module that lorakit places only by a dotted-suffix match (a different
+    /// root prefix); loaders that look modules up by their exact name do not find it.
+    NameNotExact,
+    /// With `--base`: a module whose shape differs from its base tensor's.
+    ShapeMismatch,
+    /// With `--base`: an embedding LoRA whose vocabulary differs from the base's.
+    VocabMismatch,
+    /// With `--base`: the adapter touches `lm_head` and the base ties it to `embed_tokens`.
+    TiedLmHead,
+    /// A PEFT folder (keys `base_model.model.{module}.lora_A.weight`, config in
+    /// adapter_config.json).
+    PeftKeys,
+    /// Tensors of a PEFT folder that are not LoRA A/B factors of a kohya-style loader's key
+    /// scheme (`lora_magnitude_vector`, `lora_B.bias`, `lora_embedding_*`, full tensors).
+    PeftExtraKeys,
+}
+
+/// Where a rule was read.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    pub repo: &'static str,
+    pub file: &'static str,
+    /// Commit or released version.
+    pub version: &'static str,
+    /// The function or line the rule is in.
+    pub at: &'static str,
+}
+
+/// One rule of one loader.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub id: &'static str,
+    pub target: Target,
+    pub when: When,
+    pub severity: Severity,
+    pub why: &'static str,
+    pub source: Source,
+}
+
+const LLAMA_LINEAR: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "embed_tokens",
+    "lm_head",
+];
+
+/// LoRAX `server/lorax_server/models/flash_llama.py` `ADAPTER_LAYERS` (also flash_mistral,
+/// flash_qwen2: the same names).
+const LORAX_LLAMA: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "lm_head",
+];
+
+const VLLM: &str = "vllm-project/vllm";
+const SGLANG: &str = "sgl-project/sglang";
+const LORAX: &str = "predibase/lorax";
+const LLAMACPP: &str = "ggml-org/llama.cpp";
+const DIFFUSERS: &str = "huggingface/diffusers";
+const COMFY: &str = "comfyanonymous/ComfyUI";
+const PEFT: &str = "huggingface/peft";
+
+const fn src(
+    repo: &'static str,
+    file: &'static str,
+    version: &'static str,
+    at: &'static str,
+) -> Source {
+    Source {
+        repo,
+        file,
+        version,
+        at,
+    }
+}
+
+const VLLM_HELPER: Source = src(
+    VLLM,
+    "vllm/lora/peft_helper.py",
+    "e745baf",
+    "PEFTHelper._validate_features / validate_legal",
+);
+const VLLM_UTILS: Source = src(
+    VLLM,
+    "vllm/lora/utils.py",
+    "0fd1570",
+    "parse_fine_tuned_lora_name",
+);
+const VLLM_MODEL: Source = src(
+    VLLM,
+    "vllm/lora/lora_model.py",
+    "532cc25",
+    "LoRAModel.from_local_checkpoint / from_lora_tensors",
+);
+const LORAX_LORA: Source = src(
+    LORAX,
+    "server/lorax_server/adapters/lora.py",
+    "a7394ba",
+    "LoraConfig.map_weights_for_model",
+);
+const LLAMACPP_CONVERT: Source = src(
+    LLAMACPP,
+    "convert_lora_to_gguf.py",
+    "56bf500",
+    "LoraModel.get_tensors",
+);
+const SGLANG_LORA: Source = src(
+    SGLANG,
+    "python/sglang/srt/lora/lora.py",
+    "main (2026)",
+    "LoRAAdapter.normalize_qkv_proj",
+);
+const COMFY_LORA: Source = src(COMFY, "comfy/lora.py", "41444b5", "load_lora");
+
+/// Every rule lorakit knows, in report order (per target, errors first).
+pub const RULES: &[Rule] = &[
+    // ---------------------------------------------------------------- vLLM
+    Rule {
+        id: "vllm.format",
+        target: Target::Vllm,
+        when: When::NotPeft,
+        severity: Severity::Error,
+        why: "vLLM loads a PEFT folder (adapter_config.json + adapter_model.safetensors); a kohya/LyCORIS file is not read (convert it: lorakit convert --to peft --base MODEL)",
+        source: src(VLLM, "vllm/lora/lora_model.py", "532cc25", "LoRAModel.from_local_checkpoint (\"doesn't contain tensors\")"),
+    },
+    Rule {
+        id: "vllm.dora",
+        target: Target::Vllm,
+        when: When::Dora,
+        severity: Severity::Error,
+        why: "vLLM does not support DoRA (\"vLLM does not yet support DoRA.\")",
+        source: VLLM_HELPER,
+    },
+    Rule {
+        id: "vllm.modules_to_save",
+        target: Target::Vllm,
+        when: When::ModulesToSave,
+        severity: Severity::Error,
+        why: "vLLM refuses modules_to_save (\"vLLM only supports modules_to_save being None.\"), and a full tensor is not a LoRA weight",
+        source: VLLM_HELPER,
+    },
+    Rule {
+        id: "vllm.lora_bias",
+        target: Target::Vllm,
+        when: When::LoraBias,
+        severity: Severity::Error,
+        why: "a `lora_B.bias` tensor is \"unsupported LoRA weight\": only lora_A/lora_B.weight and lora_embedding_A/B are parsed",
+        source: VLLM_UTILS,
+    },
+    Rule {
+        id: "vllm.max_rank",
+        target: Target::Vllm,
+        when: When::RankAbove(512),
+        severity: Severity::Error,
+        why: "rank above 512, the largest --max-lora-rank vLLM accepts (MaxLoRARanks = 1, 8, 16, 32, 64, 128, 256, 320, 512)",
+        source: src(VLLM, "vllm/config/lora.py", "a78dc92", "MaxLoRARanks"),
+    },
+    Rule {
+        id: "vllm.unsupported_module",
+        target: Target::Vllm,
+        when: When::ModuleNotSupported(Supported::BaseLinear(LLAMA_LINEAR)),
+        severity: Severity::Error,
+        why: "a module that is not a linear or embedding layer of the model: \"expected target modules in … but received …\"",
+        source: src(VLLM, "vllm/lora/lora_model.py", "532cc25", "check_unexpected_modules (utils.get_supported_lora_modules: every LinearBase + embedding_modules)"),
+    },
+    Rule {
+        id: "vllm.shape",
+        target: Target::Vllm,
+        when: When::ShapeMismatch,
+        severity: Severity::Error,
+        why: "factor shapes do not fit the base layer (set_lora copies into buffers of the base's size)",
+        source: src(VLLM, "vllm/lora/model_manager.py", "bb1d76e", "activate_adapter → module.set_lora"),
+    },
+    Rule {
+        id: "vllm.vocab",
+        target: Target::Vllm,
+        when: When::VocabMismatch,
+        severity: Severity::Error,
+        why: "\"The embedding LoRA size must be consistent with the base model's vocabulary size\"",
+        source: VLLM_MODEL,
+    },
+    Rule {
+        id: "vllm.not_applied",
+        target: Target::Vllm,
+        when: When::NameNotExact,
+        severity: Severity::Silent,
+        why: "LoRA is set only on modules named exactly as the model's; these names (another root prefix) load and are never applied",
+        source: src(VLLM, "vllm/lora/model_manager.py", "bb1d76e", "activate_adapter (modules without a LoRA are reset)"),
+    },
+    Rule {
+        id: "vllm.not_found",
+        target: Target::Vllm,
+        when: When::NameNotFound,
+        severity: Severity::Silent,
+        why: "no module of the base has this name: the weights load and are never applied",
+        source: src(VLLM, "vllm/lora/model_manager.py", "bb1d76e", "activate_adapter"),
+    },
+    Rule {
+        id: "vllm.scale",
+        target: Target::Vllm,
+        when: When::ScaleDiffers(ScaleRule::GlobalAlphaGlobalRank { rslora: true }),
+        severity: Severity::Silent,
+        why: "vLLM scales every module by lora_alpha/r (√r with use_rslora) from the top-level fields: rank_pattern and alpha_pattern are dropped by PEFTHelper.from_dict",
+        source: src(VLLM, "vllm/lora/peft_helper.py", "e745baf", "PEFTHelper.from_dict / __post_init__ (vllm_lora_scaling_factor)"),
+    },
+    Rule {
+        id: "vllm.rank_flag",
+        target: Target::Vllm,
+        when: When::RankAbove(16),
+        severity: Severity::Warning,
+        why: "rank above the default --max-lora-rank 16: start vLLM with --max-lora-rank at least this rank (one of 32, 64, 128, 256, 320, 512)",
+        source: VLLM_HELPER,
+    },
+    Rule {
+        id: "vllm.dtype",
+        target: Target::Vllm,
+        when: When::DtypeDiffersFromBase,
+        severity: Severity::Warning,
+        why: "factors are cast to lora_dtype, which \"auto\" (the default) sets to the model's dtype: the adapter is applied in the base's precision, not its own",
+        source: src(VLLM, "vllm/config/lora.py", "a78dc92", "LoRAConfig.verify_with_model_config; lora_model.py from_lora_tensors (tensor.to(dtype))"),
+    },
+    // ---------------------------------------------------------------- SGLang
+    Rule {
+        id: "sglang.format",
+        target: Target::Sglang,
+        when: When::NotPeft,
+        severity: Severity::Error,
+        why: "SGLang reads adapter_config.json and the adapter's safetensors (a PEFT folder)",
+        source: src(SGLANG, "python/sglang/srt/lora/lora_config.py", "main (2026)", "LoRAConfig.get_lora_config"),
+    },
+    Rule {
+        id: "sglang.dora",
+        target: Target::Sglang,
+        when: When::Dora,
+        severity: Severity::Error,
+        why: "\"LoRA serving currently doesn't support DoRA adapters\"",
+        source: src(SGLANG, "python/sglang/srt/lora/lora_manager.py", "main (2026)", "LoRAManager.validate_new_adapter"),
+    },
+    Rule {
+        id: "sglang.added_tokens",
+        target: Target::Sglang,
+        when: When::AddedTokens,
+        severity: Severity::Error,
+        why: "\"LoRA serving currently doesn't support adapters that add tokens to the vocabulary\" (added_tokens.json ids ≥ the base vocabulary)",
+        source: src(SGLANG, "python/sglang/srt/lora/lora_manager.py", "main (2026)", "LoRAManager.validate_new_adapter / lora_config.py lora_added_tokens_size"),
+    },
+    Rule {
+        id: "sglang.scale",
+        target: Target::Sglang,
+        when: When::ScaleDiffers(ScaleRule::GlobalAlphaGlobalRank { rslora: false }),
+        severity: Severity::Silent,
+        why: "SGLang scales every module by lora_alpha/r from the top-level fields (no use_rslora, rank_pattern or alpha_pattern: LoRAConfig reads r, lora_alpha, target_modules, use_dora)",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.__init__ (self.scaling = lora_alpha / r)"),
+    },
+    Rule {
+        id: "sglang.lora_bias_unverified",
+        target: Target::Sglang,
+        when: When::LoraBias,
+        severity: Severity::Warning,
+        why: "not verified: lorakit has no rule read from SGLang's source for lora_B.bias; check the server log that it is applied",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.initialize_weights (not read)"),
+    },
+    Rule {
+        id: "sglang.modules_to_save_unverified",
+        target: Target::Sglang,
+        when: When::ModulesToSave,
+        severity: Severity::Warning,
+        why: "not verified: lorakit has no rule read from SGLang's source for full tensors (modules_to_save); check the server log that it is applied",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.initialize_weights (not read)"),
+    },
+    Rule {
+        id: "sglang.q_without_v",
+        target: Target::Sglang,
+        when: When::SiblingMissing { has: &["q_proj"], lacks: "v_proj" },
+        severity: Severity::Error,
+        why: "q/k/v LoRAs are stacked into qkv_proj and a missing k is zero-filled from v's shape: a block with q_proj but no v_proj raises KeyError",
+        source: SGLANG_LORA,
+    },
+    Rule {
+        id: "sglang.kv_without_q",
+        target: Target::Sglang,
+        when: When::SiblingMissing { has: &["k_proj", "v_proj"], lacks: "q_proj" },
+        severity: Severity::Silent,
+        why: "stacking into qkv_proj starts from q_proj (\"every lora adaptor should contain lora modules for q_proj\"): k/v LoRAs of a block without q_proj are never stacked",
+        source: SGLANG_LORA,
+    },
+    Rule {
+        id: "sglang.up_without_gate",
+        target: Target::Sglang,
+        when: When::SiblingMissing { has: &["up_proj"], lacks: "gate_proj" },
+        severity: Severity::Silent,
+        why: "stacking into gate_up_proj starts from gate_proj (a missing up_proj is zero-filled, not the reverse): up_proj LoRAs of a block without gate_proj are never stacked",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.normalize_gate_up_proj"),
+    },
+    // ---------------------------------------------------------------- LoRAX
+    Rule {
+        id: "lorax.format",
+        target: Target::Lorax,
+        when: When::NotPeft,
+        severity: Severity::Error,
+        why: "LoRAX reads the adapter config with PEFT's LoraConfig.from_pretrained (a PEFT folder)",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "LoraConfig.load"),
+    },
+    Rule {
+        id: "lorax.unsupported_module",
+        target: Target::Lorax,
+        when: When::ModuleNotSupported(Supported::Fixed(LORAX_LLAMA)),
+        severity: Severity::Silent,
+        why: "only the model's adapter layers (q/k/v/o/gate/up/down_proj, lm_head for Llama, Mistral, Qwen2) are mapped; other tensors are never read and not reported",
+        source: src(LORAX, "server/lorax_server/models/flash_llama.py", "a7394ba", "ADAPTER_LAYERS / adapter_target_to_layer"),
+    },
+    Rule {
+        id: "lorax.key_prefix",
+        target: Target::Lorax,
+        when: When::KeyPrefixMissing,
+        severity: Severity::Silent,
+        why: "weights are looked up as `base_model.model.{module}.lora_A.weight`: keys without that prefix are never read",
+        source: LORAX_LORA,
+    },
+    Rule {
+        id: "lorax.dora",
+        target: Target::Lorax,
+        when: When::Dora,
+        severity: Severity::Silent,
+        why: "lora_magnitude_vector is never read: a DoRA adapter is applied as plain LoRA",
+        source: LORAX_LORA,
+    },
+    Rule {
+        id: "lorax.lora_bias",
+        target: Target::Lorax,
+        when: When::LoraBias,
+        severity: Severity::Silent,
+        why: "lora_B.bias is never read",
+        source: LORAX_LORA,
+    },
+    Rule {
+        id: "lorax.modules_to_save",
+        target: Target::Lorax,
+        when: When::ModulesToSave,
+        severity: Severity::Silent,
+        why: "full tensors (modules_to_save) are never read",
+        source: LORAX_LORA,
+    },
+    Rule {
+        id: "lorax.embedding",
+        target: Target::Lorax,
+        when: When::EmbeddingLora,
+        severity: Severity::Silent,
+        why: "lora_embedding_A/B are never read (embed_tokens is not an adapter layer)",
+        source: LORAX_LORA,
+    },
+    Rule {
+        id: "lorax.partial_layers",
+        target: Target::Lorax,
+        when: When::PartialLayers,
+        severity: Severity::Silent,
+        why: "LoraWeights.load returns None for a layer type as soon as one decoder layer lacks it: the whole type is dropped in every layer",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "LoraWeights.load (\"if weight_name not in module_map: return None\")"),
+    },
+    Rule {
+        id: "lorax.not_applied",
+        target: Target::Lorax,
+        when: When::NameNotExact,
+        severity: Severity::Silent,
+        why: "modules are looked up by the model's own names (model.layers.N.…): these names are never read",
+        source: src(LORAX, "server/lorax_server/models/flash_llama.py", "a7394ba", "adapter_target_to_layer"),
+    },
+    Rule {
+        id: "lorax.not_found",
+        target: Target::Lorax,
+        when: When::NameNotFound,
+        severity: Severity::Silent,
+        why: "no module of the base has this name: never read",
+        source: LORAX_LORA,
+    },
+    Rule {
+        id: "lorax.scale",
+        target: Target::Lorax,
+        when: When::ScaleDiffers(ScaleRule::GlobalAlphaGlobalRank { rslora: true }),
+        severity: Severity::Silent,
+        why: "LoRAX scales every module by lora_alpha/r (√r with use_rslora) from the top-level fields: rank_pattern and alpha_pattern are not read",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "LoraWeights.load → get_scaling_factor(config.lora_alpha, config.r)"),
+    },
+    // ---------------------------------------------------------------- llama.cpp
+    Rule {
+        id: "llama.cpp.format",
+        target: Target::LlamaCpp,
+        when: When::NotPeft,
+        severity: Severity::Error,
+        why: "convert_lora_to_gguf.py reads a PEFT folder (adapter_config.json + adapter_model.safetensors)",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", "56bf500", "__main__ (lora_config = dir_lora / \"adapter_config.json\")"),
+    },
+    Rule {
+        id: "llama.cpp.dora",
+        target: Target::LlamaCpp,
+        when: When::Dora,
+        severity: Severity::Error,
+        why: "lora_magnitude_vector is \"Not a lora_A or lora_B tensor\": the converter exits 1",
+        source: LLAMACPP_CONVERT,
+    },
+    Rule {
+        id: "llama.cpp.lora_bias",
+        target: Target::LlamaCpp,
+        when: When::LoraBias,
+        severity: Severity::Error,
+        why: "lora_B.bias is \"Not a lora_A or lora_B tensor\": the converter exits 1",
+        source: LLAMACPP_CONVERT,
+    },
+    Rule {
+        id: "llama.cpp.modules_to_save",
+        target: Target::LlamaCpp,
+        when: When::ModulesToSave,
+        severity: Severity::Error,
+        why: "full tensors (modules_to_save, e.g. embed_tokens/lm_head from added tokens) are refused: \"Unexpected name\", exit 1 (llama.cpp #9948)",
+        source: LLAMACPP_CONVERT,
+    },
+    Rule {
+        id: "llama.cpp.tied_lm_head",
+        target: Target::LlamaCpp,
+        when: When::TiedLmHead,
+        severity: Severity::Error,
+        why: "\"lm_head is present in adapter, but is ignored in base model\" (tied embeddings, llama.cpp #9065)",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", "56bf500", "LoraModel.modify_tensors"),
+    },
+    Rule {
+        id: "llama.cpp.not_found",
+        target: Target::LlamaCpp,
+        when: When::NameNotFound,
+        severity: Severity::Error,
+        why: "a tensor name the base architecture does not have cannot be mapped to a GGUF tensor",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", "56bf500", "LoraModel.modify_tensors → ModelBase.modify_tensors / map_tensor_name"),
+    },
+    Rule {
+        id: "llama.cpp.scale",
+        target: Target::LlamaCpp,
+        when: When::ScaleDiffers(ScaleRule::GlobalAlphaModuleRank),
+        severity: Severity::Silent,
+        why: "the GGUF holds one adapter.lora.alpha (the top-level lora_alpha) and the runtime scales by alpha/rank of each tensor: alpha_pattern and use_rslora are lost",
+        source: src(LLAMACPP, "src/llama-adapter.h", "master (2026)", "llama_adapter_lora_weight::get_scale; convert_lora_to_gguf.py set_gguf_parameters"),
+    },
+    // ---------------------------------------------------------------- diffusers
+    Rule {
+        id: "diffusers.llm",
+        target: Target::Diffusers,
+        when: When::LlmAdapter,
+        severity: Severity::Error,
+        why: "diffusers loads LoRAs into diffusion pipelines (UNet/transformer, text encoders); this adapter is for a causal LM",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "LoraLoaderMixin classes"),
+    },
+    Rule {
+        id: "diffusers.lycoris",
+        target: Target::Diffusers,
+        when: When::NonLoraAlgoSdPrefixed,
+        severity: Severity::Error,
+        why: "kohya-named LoHa/LoKr/Tucker/full keys are not converted: \"The following keys have not been correctly renamed\" (diffusers #13137)",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_non_diffusers_lora_to_diffusers"),
+    },
+    Rule {
+        id: "diffusers.prefix",
+        target: Target::Diffusers,
+        when: When::NotSdPrefixed,
+        severity: Severity::Silent,
+        why: "kohya names are converted only when every key starts with lora_unet_/lora_te_/lora_te1_/lora_te2_; these keys keep their names, fall under no pipeline component (`unet.`, `text_encoder.`) and nothing is applied (SD/SDXL pipelines)",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "StableDiffusionLoraLoaderMixin.lora_state_dict; lora_base.py prefix filter"),
+    },
+    Rule {
+        id: "diffusers.dora",
+        target: Target::Diffusers,
+        when: When::Dora,
+        severity: Severity::Silent,
+        why: "dora_scale keys are filtered out with a warning: the adapter is applied as plain LoRA",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "StableDiffusionLoraLoaderMixin.lora_state_dict (is_dora_scale_present)"),
+    },
+    Rule {
+        id: "diffusers.peft_prefix",
+        target: Target::Diffusers,
+        when: When::PeftKeys,
+        severity: Severity::Silent,
+        why: "a pipeline keeps only keys under its component prefixes (`unet.`, `text_encoder.`, `transformer.`); PEFT's `base_model.model.` keys match none: \"No LoRA keys associated … found\" is logged and nothing is applied",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_base.py", "0.42.1", "_load_lora_into_text_encoder; loaders/peft.py load_lora_adapter (prefix filter)"),
+    },
+    // ---------------------------------------------------------------- ComfyUI
+    Rule {
+        id: "comfy.llm",
+        target: Target::Comfy,
+        when: When::LlmAdapter,
+        severity: Severity::Error,
+        why: "ComfyUI patches diffusion models and their text encoders; this adapter is for a causal LM",
+        source: src(COMFY, "comfy/lora.py", "41444b5", "model_lora_keys_unet / model_lora_keys_clip"),
+    },
+    Rule {
+        id: "comfy.peft_prefix",
+        target: Target::Comfy,
+        when: When::PeftKeys,
+        severity: Severity::Silent,
+        why: "`base_model.model.` keys are mapped only for SD3 and HunyuanDiT models; for other models every key prints \"lora key not loaded\" and is skipped",
+        source: src(COMFY, "comfy/lora.py", "41444b5", "model_lora_keys_unet"),
+    },
+    Rule {
+        id: "comfy.extra_keys",
+        target: Target::Comfy,
+        when: When::PeftExtraKeys,
+        severity: Severity::Silent,
+        why: "only lora_A/lora_B pairs (and kohya/LyCORIS keys) are read; these print \"lora key not loaded\" and are skipped (PEFT DoRA magnitudes, lora_B.bias, embedding LoRA, full tensors)",
+        source: COMFY_LORA,
+    },
+    Rule {
+        id: "comfy.not_found",
+        target: Target::Comfy,
+        when: When::NameNotFound,
+        severity: Severity::Silent,
+        why: "a key that maps to no model weight prints \"lora key not loaded\" and is skipped",
+        source: COMFY_LORA,
+    },
+    Rule {
+        id: "comfy.scale",
+        target: Target::Comfy,
+        when: When::ScaleDiffers(ScaleRule::AlphaKeyOrOne),
+        severity: Severity::Silent,
+        why: "the scale is `{module}.alpha`/rank, or 1 without an alpha tensor: a PEFT folder's lora_alpha (adapter_config.json) is not read",
+        source: src(COMFY, "comfy/weight_adapter/lora.py", "6fd406f", "LoRAAdapter.calculate_weight (alpha = 1.0 when v[2] is None)"),
+    },
+    // ---------------------------------------------------------------- PEFT
+    Rule {
+        id: "peft.format",
+        target: Target::Peft,
+        when: When::NotPeft,
+        severity: Severity::Error,
+        why: "PeftModel.from_pretrained needs adapter_config.json beside the weights (convert: lorakit convert --to peft --base MODEL)",
+        source: src(PEFT, "src/peft/peft_model.py", "0.21.2", "PeftModel.from_pretrained"),
+    },
+    Rule {
+        id: "peft.shape",
+        target: Target::Peft,
+        when: When::ShapeMismatch,
+        severity: Severity::Error,
+        why: "load_state_dict refuses a size mismatch between the adapter and the LoRA layer built on the base",
+        source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict"),
+    },
+    Rule {
+        id: "peft.vocab",
+        target: Target::Peft,
+        when: When::VocabMismatch,
+        severity: Severity::Error,
+        why: "lora_embedding_A is sized by the base's vocabulary: a size mismatch on load",
+        source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict"),
+    },
+    Rule {
+        id: "peft.not_found",
+        target: Target::Peft,
+        when: When::NameNotFound,
+        severity: Severity::Silent,
+        why: "no module of the base has this name: its weights are unexpected keys, left out with a warning",
+        source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict (unexpected_keys)"),
+    },
+    Rule {
+        id: "peft.not_applied",
+        target: Target::Peft,
+        when: When::NameNotExact,
+        severity: Severity::Silent,
+        why: "keys name modules under another root prefix: the LoRA layers PEFT builds keep their zero init and the keys are left out with a warning",
+        source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict (unexpected_keys)"),
+    },
+];
+
+/// The rules of one target, in table order.
+pub fn for_target(t: Target) -> impl Iterator<Item = &'static Rule> {
+    RULES.iter().filter(move |r| r.target == t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids are unique and spelled `{target}.{what}`; every rule says where it was read; every
+    /// target has rules.
+    #[test]
+    fn the_table_is_well_formed() {
+        let mut ids = std::collections::BTreeSet::new();
+        for r in RULES {
+            assert!(ids.insert(r.id), "duplicate rule id {}", r.id);
+            let (t, what) = r.id.rsplit_once('.').unwrap();
+            assert_eq!(t, r.target.name(), "{}", r.id);
+            assert!(!what.is_empty());
+            assert!(!r.why.is_empty() && !r.why.ends_with('.'), "{}", r.id);
+            let s = r.source;
+            assert!(
+                s.repo.contains('/')
+                    && !s.file.is_empty()
+                    && !s.version.is_empty()
+                    && !s.at.is_empty(),
+                "{}",
+                r.id
+            );
+        }
+        for t in Target::ALL {
+            assert!(for_target(t).count() > 0, "{t:?} has no rules");
+        }
+    }
+}
