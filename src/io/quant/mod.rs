@@ -891,7 +891,11 @@ fn read_quant_config(ck: &Checkpoint) -> InputResult<Option<serde_json::Value>> 
     if !path.is_file() {
         return Ok(None);
     }
-    let text = crate::io::read_json_file(&path)?;
+    // Not this module's business either: a config.json that cannot be read (a FIFO, over the
+    // size limit) is reported by the readers that need it.
+    let Ok(text) = crate::io::read_json_file(&path) else {
+        return Ok(None);
+    };
     let v: serde_json::Value = match serde_json::from_slice(&text) {
         Ok(v) => v,
         // Not this module's business: other readers of config.json report a broken one.
