@@ -178,7 +178,18 @@ fn bnb4_quantizer_reproduces_transformers_checkpoints() {
 fn fp8_edge_cases_match_transformers() {
     let ck = Checkpoint::open(fixture("fp8_edge.safetensors")).unwrap();
     let map = QuantMap::scan(&ck).unwrap();
-    assert_eq!(map.len(), 2);
+    assert_eq!(map.len(), 3);
+    // Power-of-two F8_E8M0 scales (scale_fmt ue8m0): dequantized to bf16, as transformers does.
+    let q = map.get("ue8m0.weight").unwrap();
+    assert_eq!(q.natural_dtype(), Dtype::BF16);
+    let expected = ck.view("ue8m0.expected").unwrap();
+    let got = map.dequantize(&ck, q).unwrap();
+    assert_same(
+        Dtype::BF16,
+        &stored(Dtype::BF16, &got),
+        expected.data,
+        "ue8m0",
+    );
     for (case, block) in [("block128", Some((128, 128))), ("per_tensor", None)] {
         let q = map.get(&format!("{case}.weight")).unwrap();
         let got = map.dequantize(&ck, q).unwrap();
