@@ -271,19 +271,22 @@ pub fn absmax(p: &Params, parts: &Parts<'_>) -> Vec<f32> {
 
 /// `dequantize_4bit` in f32 (round to `p.dtype` when storing).
 pub fn dequantize(p: &Params, parts: &Parts<'_>) -> Vec<f32> {
+    use rayon::prelude::*;
     let code = p.kind.code();
     let absmax = absmax(p, parts);
-    let n = p.numel();
-    let mut out = Vec::with_capacity(n);
-    for (i, &byte) in parts.packed.iter().enumerate() {
-        let a = absmax[2 * i / p.blocksize];
-        out.push(code[(byte >> 4) as usize] * a);
-        if 2 * i + 1 < n {
-            let a = absmax[(2 * i + 1) / p.blocksize];
-            out.push(code[(byte & 0xF) as usize] * a);
-        }
-    }
-    out.truncate(n);
+    let mut out = vec![0f32; p.numel()];
+    // One block per task; block sizes are even, so a block starts on a byte boundary.
+    out.par_chunks_mut(p.blocksize)
+        .zip(parts.packed.par_chunks(p.blocksize / 2))
+        .zip(absmax.par_iter())
+        .for_each(|((block, bytes), &a)| {
+            for (pair, &byte) in block.chunks_mut(2).zip(bytes) {
+                pair[0] = code[(byte >> 4) as usize] * a;
+                if let Some(lo) = pair.get_mut(1) {
+                    *lo = code[(byte & 0xF) as usize] * a;
+                }
+            }
+        });
     out
 }
 

@@ -4,13 +4,16 @@
 //!
 //! One file per producer format: [`bnb4`] (bitsandbytes NF4/FP4, with and without double
 //! quantization), [`int8`] (bitsandbytes LLM.int8), [`fp8`] (F8_E4M3/F8_E5M2 with per-tensor,
-//! per-channel or block scales). A [`QuantMap`] is built from the headers alone ([`QuantMap::scan`]);
-//! it never reads tensor data except the small quant_state JSON blobs of bitsandbytes.
+//! per-channel or block scales, F32/BF16/F16/E8M0), [`packed`] (compressed-tensors
+//! pack-quantized INT1–8). A [`QuantMap`] is built from the headers alone
+//! ([`QuantMap::scan`]); it reads no tensor data except small state tensors (bitsandbytes'
+//! quant_state JSON, compressed-tensors' `weight_shape`, the stored code book it checks).
 //!
 //! What it must never do: guess. A companion without its weight, a weight without its scales, a
-//! shape that does not match the packing, a quant_state that contradicts the tensors, a packed
-//! format lorakit does not read (GPTQ/AWQ `qweight`): each is a one-line error naming the file and
-//! the tensor.
+//! shape that does not match the packing, a quant_state that contradicts the tensors: each is a
+//! one-line error naming the file and the tensor. Formats it recognises but does not read
+//! (native GPTQ/AWQ `qweight`, MX/FNUZ dtypes, an unknown `quant_method`) are listed in
+//! [`QuantMap::unsupported`] and refused by whatever must dequantize them.
 
 pub mod bnb4;
 pub mod fp8;
@@ -891,7 +894,11 @@ fn read_quant_config(ck: &Checkpoint) -> InputResult<Option<serde_json::Value>> 
     if !path.is_file() {
         return Ok(None);
     }
-    let text = crate::io::read_json_file(&path)?;
+    // Not this module's business either: a config.json that cannot be read (a FIFO, over the
+    // size limit) is reported by the readers that need it.
+    let Ok(text) = crate::io::read_json_file(&path) else {
+        return Ok(None);
+    };
     let v: serde_json::Value = match serde_json::from_slice(&text) {
         Ok(v) => v,
         // Not this module's business: other readers of config.json report a broken one.

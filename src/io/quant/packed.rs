@@ -93,10 +93,12 @@ pub fn dequantize(p: &Params, packed: &[u8], scale: &[u8], zero: Option<&[u8]>) 
             }
         }
     }
+    // Rounding to the scale dtype, as `dtype::encode` rounds (nearest even, the `half` crate).
     let round = |x: f32| -> f32 {
         match p.scale_dtype {
-            Dtype::F32 => x,
-            d => dtype::decode(d, &dtype::encode(d, &[x]))[0],
+            Dtype::BF16 => half::bf16::from_f32(x).to_f32(),
+            Dtype::F16 => half::f16::from_f32(x).to_f32(),
+            _ => x,
         }
     };
     let gs = p.group_size();

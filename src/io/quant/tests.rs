@@ -178,7 +178,18 @@ fn bnb4_quantizer_reproduces_transformers_checkpoints() {
 fn fp8_edge_cases_match_transformers() {
     let ck = Checkpoint::open(fixture("fp8_edge.safetensors")).unwrap();
     let map = QuantMap::scan(&ck).unwrap();
-    assert_eq!(map.len(), 2);
+    assert_eq!(map.len(), 3);
+    // Power-of-two F8_E8M0 scales (scale_fmt ue8m0): dequantized to bf16, as transformers does.
+    let q = map.get("ue8m0.weight").unwrap();
+    assert_eq!(q.natural_dtype(), Dtype::BF16);
+    let expected = ck.view("ue8m0.expected").unwrap();
+    let got = map.dequantize(&ck, q).unwrap();
+    assert_same(
+        Dtype::BF16,
+        &stored(Dtype::BF16, &got),
+        expected.data,
+        "ue8m0",
+    );
     for (case, block) in [("block128", Some((128, 128))), ("per_tensor", None)] {
         let q = map.get(&format!("{case}.weight")).unwrap();
         let got = map.dequantize(&ck, q).unwrap();
@@ -193,4 +204,136 @@ fn fp8_edge_cases_match_transformers() {
         let want = ck.view(&format!("{case}.weight_scale_inv")).unwrap().data;
         assert_same(Dtype::F32, &stored(Dtype::F32, &inv), want, case);
     }
+}
+
+/// Hostile variations of real quantized checkpoints (every format): a tensor removed, its dtype
+/// or shape changed (with data of the matching length), its bytes scrambled, a state blob
+/// rewritten. Recognising and dequantizing must end in a result or an error, never a panic or an
+/// out-of-bounds read. Deterministic (xorshift seeds).
+#[test]
+fn mutated_quantized_checkpoints_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let dtypes = [
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::F32,
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::I32,
+        Dtype::I64,
+        Dtype::F8_E4M3,
+    ];
+    let (mut opened, mut scanned, mut dequantized) = (0, 0, 0);
+    for model in ["nf4_dq", "fp4", "int8", "fp8_block", "ct_pack"] {
+        let src = SafetensorsFile::open(fixture(&format!("{model}/model.safetensors"))).unwrap();
+        let base: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = src
+            .tensors()
+            .iter()
+            .map(|t| {
+                let v = src.view_info(t).unwrap();
+                (t.name.clone(), t.dtype, t.shape.clone(), v.data.to_vec())
+            })
+            .collect();
+        for case in 0..60 {
+            let mut tensors = base.clone();
+            // Mutate one or two quantization-related tensors (names with a companion suffix or
+            // the layer-0 weights), so most cases reach the quantization checks.
+            for _ in 0..1 + next() % 2 {
+                let candidates: Vec<usize> = (0..tensors.len())
+                    .filter(|&i| tensors[i].0.contains("layers.0."))
+                    .collect();
+                let i = candidates[(next() as usize) % candidates.len()];
+                let t = &mut tensors[i];
+                match next() % 6 {
+                    0 => {
+                        tensors.remove(i);
+                    }
+                    1 => {
+                        // Another dtype, data resized to match.
+                        t.1 = dtypes[(next() as usize) % dtypes.len()];
+                        let n: usize = t.2.iter().product();
+                        t.3 = vec![0x3C; crate::dtype::byte_len(t.1, n).unwrap()];
+                    }
+                    2 => {
+                        // Another shape with the same or a different element count.
+                        let n: usize = t.2.iter().product();
+                        let m = match next() % 3 {
+                            0 => n,
+                            1 => n / 2 + 1,
+                            _ => n * 2,
+                        };
+                        t.2 = if next() % 2 == 0 { vec![m] } else { vec![1, m] };
+                        t.3 = vec![0x41; crate::dtype::byte_len(t.1, m).unwrap()];
+                    }
+                    3 => {
+                        for b in t.3.iter_mut() {
+                            *b = next() as u8;
+                        }
+                    }
+                    4 if t.0.contains("quant_state") => {
+                        let blobs: [&[u8]; 4] = [
+                            br#"{"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [1000000, 1000000]}"#,
+                            br#"{"quant_type": "fp4", "blocksize": 32, "dtype": "bfloat16", "shape": [3], "nested_blocksize": 1, "nested_offset": 1e39}"#,
+                            br#"{"quant_type": "nf4", "blocksize": 4096, "dtype": "float16", "shape": [18446744073709551615, 2]}"#,
+                            b"\xff\xfe{",
+                        ];
+                        t.3 = blobs[(next() as usize) % blobs.len()].to_vec();
+                        t.2 = vec![t.3.len()];
+                        t.1 = Dtype::U8;
+                    }
+                    _ => {
+                        // Scale-like tensors to extremes.
+                        if crate::dtype::is_float_compute(t.1) {
+                            let n: usize = t.2.iter().product();
+                            let v: Vec<f32> = (0..n)
+                                .map(|k| [f32::NAN, 0.0, -0.0, f32::INFINITY, 1e-45, 3e38][k % 6])
+                                .collect();
+                            t.3 = crate::dtype::encode(t.1, &v);
+                        }
+                    }
+                }
+            }
+            let folder = dir.path().join(format!("{model}-{case}"));
+            std::fs::create_dir(&folder).unwrap();
+            std::fs::copy(
+                fixture(&format!("{model}/config.json")),
+                folder.join("config.json"),
+            )
+            .unwrap();
+            let specs: Vec<(String, Dtype, Vec<usize>)> = tensors
+                .iter()
+                .map(|t| (t.0.clone(), t.1, t.2.clone()))
+                .collect();
+            let mut bytes = crate::io::header::serialize(&[], &specs);
+            for t in &tensors {
+                bytes.extend_from_slice(&t.3);
+            }
+            std::fs::write(folder.join("model.safetensors"), bytes).unwrap();
+            let Ok(ck) = Checkpoint::open(&folder) else {
+                continue;
+            };
+            opened += 1;
+            let Ok(map) = QuantMap::scan(&ck) else {
+                continue;
+            };
+            scanned += 1;
+            for q in map.iter() {
+                if map.dequantize(&ck, q).is_ok() {
+                    dequantized += 1;
+                }
+            }
+        }
+    }
+    // The sweep reached every stage.
+    assert!(
+        opened > 250 && scanned > 50 && dequantized > 500,
+        "{opened} {scanned} {dequantized}"
+    );
 }
