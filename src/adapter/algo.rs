@@ -110,35 +110,20 @@ impl Factors {
 
     /// Every tensor of the module, in a fixed order.
     pub fn data(&self) -> Vec<&Data> {
-        match self {
-            Factors::Lora { a, b } => vec![a, b],
-            Factors::LoraTucker { up, mid, down } => vec![up, mid, down],
-            Factors::Loha {
-                w1a,
-                w1b,
-                w2a,
-                w2b,
-                tucker,
-            } => {
-                let mut v = vec![w1a, w1b, w2a, w2b];
-                if let Some((t1, t2)) = tucker {
-                    v.push(t1);
-                    v.push(t2);
-                }
-                v
-            }
-            Factors::Lokr { w1, w2, .. } => {
-                let mut v = w1.data();
-                v.extend(w2.data());
-                v
-            }
-            Factors::Full { diff } => vec![diff],
-        }
+        every_tensor!(self, data)
     }
 
     /// Mutable access to every tensor (same order as [`Self::data`]).
     pub fn data_mut(&mut self) -> Vec<&mut Data> {
-        match self {
+        every_tensor!(self, data_mut)
+    }
+}
+
+/// The tensors of a [`Factors`] in their fixed order, as `&` or `&mut` (match ergonomics give
+/// the borrow of the scrutinee), so [`Factors::data`] and [`Factors::data_mut`] cannot drift.
+macro_rules! every_tensor {
+    ($factors:expr, $half:ident) => {
+        match $factors {
             Factors::Lora { a, b } => vec![a, b],
             Factors::LoraTucker { up, mid, down } => vec![up, mid, down],
             Factors::Loha {
@@ -156,14 +141,15 @@ impl Factors {
                 v
             }
             Factors::Lokr { w1, w2, .. } => {
-                let mut v = w1.data_mut();
-                v.extend(w2.data_mut());
+                let mut v = w1.$half();
+                v.extend(w2.$half());
                 v
             }
             Factors::Full { diff } => vec![diff],
         }
-    }
+    };
 }
+use every_tensor;
 
 impl KronHalf {
     fn data(&self) -> Vec<&Data> {
