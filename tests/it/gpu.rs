@@ -482,7 +482,8 @@ fn lycoris_merges_on_gpu_equal_cpu() {
     }
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("lycoris/base.safetensors");
-    for case in ["dora_out", "locon_tucker", "loha_dora_in", "lokr", "full"] {
+    // LoRA + DoRA with eps (kernel), LoHa + per-input DoRA (CPU: dense), LoKr (CPU: dense).
+    for case in ["dora_out", "loha_dora_in", "lokr"] {
         for weight in ["1", "0.5"] {
             let adapter = fixture(&format!("lycoris/{case}.safetensors"));
             let out = |dev: &str| {
