@@ -171,9 +171,6 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         )
         .into())
     };
-    if a.max_shard_size.is_some() {
-        return refuse("--max-shard-size");
-    }
     if a.part.is_some() {
         return refuse("--part");
     }
@@ -195,6 +192,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let options = GgufMergeOptions {
         outtype: a.outtype.unwrap_or_default(),
+        max_shard_size: a.max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
     };

@@ -394,10 +394,10 @@ fn gguf_merge_refusals_write_nothing() {
                 qv,
                 "--out",
                 o,
-                "--max-shard-size",
-                "1MB",
+                "--part",
+                "1/2",
             ],
-            "--max-shard-size is not supported for GGUF outputs",
+            "--part is not supported for GGUF outputs",
         ),
         (
             vec![
@@ -686,4 +686,58 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
         "{e}"
     );
     assert_eq!(listing(dir.path()), ["a.gguf"]);
+}
+
+/// Split out and split in: `--max-shard-size` writes parts as gguf-py's `split_max_size` does
+/// (here 4 parts of ≤ 100 kB of tensor data, `split.*` keys in each), they open as one model
+/// equal to PEFT's merge, and unmerging from the split model gives the base back.
+#[test]
+fn gguf_merge_splits_and_reads_its_split_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let adapter = fixture("llama/adapters/qv_r8");
+    let v = merge_json(
+        &g("llama_f32.gguf"),
+        adapter.to_str().unwrap(),
+        &out,
+        &["--max-shard-size", "100KB"],
+    );
+    let files: Vec<String> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert!(files[2].ends_with("m-00003-of-00004.gguf"));
+    assert_eq!(
+        listing(dir.path()),
+        (1..=4)
+            .map(|i| format!("m-0000{i}-of-00004.gguf"))
+            .collect::<Vec<_>>()
+    );
+    let m = GgufModel::open(&files[3]).unwrap();
+    for (i, f) in m.files.iter().enumerate() {
+        let h = f.header();
+        assert!(
+            f.tensors().iter().map(|t| t.bytes).sum::<u64>() <= 100_000 || f.tensors().len() == 1
+        );
+        assert_eq!(h.get("split.no").and_then(|x| x.as_u64()), Some(i as u64));
+        assert_eq!(
+            h.get("split.tensors.count").and_then(|x| x.as_u64()),
+            Some(21)
+        );
+    }
+    let got = hf_view(Path::new(&files[0]));
+    for (name, r) in read(&fixture("llama/merged/qv_r8.safetensors")) {
+        let e = rel_err(&got[&name].2, &r.f32());
+        assert!(e <= 1e-6, "{name}: {e:e}");
+    }
+    let back = dir.path().join("b.gguf");
+    merge_json(&files[1], adapter.to_str().unwrap(), &back, &["--unmerge"]);
+    let base = hf_view(&fixture("gguf/llama_f32.gguf"));
+    for (name, t) in hf_view(&back) {
+        let e = rel_err(&t.2, &base[&name].2);
+        assert!(e <= 1e-6, "{name}: {e:e}");
+    }
 }

@@ -29,7 +29,9 @@ use crate::backend::{Engine, MergeJob, Term};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::gguf::names::{self, Rope};
-use crate::io::gguf::writer::{kv_string, GgufWriter, OutTensor};
+use crate::io::gguf::writer::{
+    kv_i32, kv_string, kv_u16, part_path, split_parts, GgufWriter, OutTensor,
+};
 use crate::io::gguf::{quant, types, GgmlType, GgufModel, Value};
 use crate::io::writer::{check_writes, LockMode};
 use crate::io::Output;
@@ -67,6 +69,9 @@ impl OutType {
 #[derive(Debug, Clone, Default)]
 pub struct GgufMergeOptions {
     pub outtype: OutType,
+    /// Split the output into parts of at most this many bytes of tensor data (gguf-py's
+    /// `split_max_size` rule and `-0000I-of-0000N.gguf` names, `split.*` keys in every part).
+    pub max_shard_size: Option<u64>,
     pub unmerge: bool,
     pub allow_unmatched: bool,
 }
@@ -316,8 +321,7 @@ impl GgufMergePlan {
         for wa in &adapters {
             reads.extend(wa.adapter.input_paths());
         }
-        check_writes(&reads, std::slice::from_ref(&out), &[])?;
-        Ok(GgufMergePlan {
+        let plan = GgufMergePlan {
             base_path: base_path.to_path_buf(),
             base,
             adapters,
@@ -325,7 +329,46 @@ impl GgufMergePlan {
             options,
             targets,
             unmatched,
-        })
+        };
+        let (files, _) = plan.layout();
+        check_writes(&reads, &files, &[])?;
+        Ok(plan)
+    }
+
+    /// The output tensors in order, and the files with the tensor ranges each holds.
+    fn out_tensors(&self) -> Vec<OutTensor> {
+        self.base
+            .tensors()
+            .map(|(_, t)| OutTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: self
+                    .targets
+                    .iter()
+                    .find(|x| x.tensor == t.name)
+                    .map_or(t.ty, |x| x.out_type),
+            })
+            .collect()
+    }
+
+    /// The output files and the tensor range of each.
+    fn layout(&self) -> (Vec<PathBuf>, Vec<std::ops::Range<usize>>) {
+        let tensors = self.out_tensors();
+        let parts = match self.options.max_shard_size {
+            Some(max) => {
+                let sizes: Vec<u64> = tensors.iter().map(OutTensor::bytes).collect();
+                split_parts(&sizes, max)
+            }
+            None => vec![0..tensors.len()],
+        };
+        let files = if parts.len() == 1 {
+            vec![self.out.clone()]
+        } else {
+            (0..parts.len())
+                .map(|i| part_path(&self.out, i, parts.len()))
+                .collect()
+        };
+        (files, parts)
     }
 
     /// The output's metadata entries: the base's (raw bytes; `split.*` and old `lorakit.*`
@@ -444,32 +487,48 @@ impl GgufMergePlan {
     /// Writes the merged model atomically and reports per merged tensor.
     pub fn run(self, engine: &Engine) -> Result<GgufMergeReport> {
         let start = std::time::Instant::now();
-        let out_tensors: Vec<OutTensor> = self
-            .base
-            .tensors()
-            .map(|(_, t)| OutTensor {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                ty: self
-                    .targets
-                    .iter()
-                    .find(|x| x.tensor == t.name)
-                    .map_or(t.ty, |x| x.out_type),
-            })
-            .collect();
+        let out_tensors = self.out_tensors();
+        let (files, parts) = self.layout();
         let mut output = Output::new();
         if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
             output.create_dir_all(dir)?;
         }
         output.lock(&self.out, LockMode::Exclusive)?;
-        let entries = self.entries();
+        let base_entries = self.entries();
         let alignment = self.base.header().alignment;
+        let alignment_kv: Vec<Vec<u8>> = {
+            let f = &self.base.files[0];
+            f.header()
+                .metadata
+                .iter()
+                .filter(|kv| kv.key == "general.alignment")
+                .map(|kv| f.raw_kv(kv).to_vec())
+                .collect()
+        };
+        let base_tensors: Vec<_> = self.base.tensors().collect();
         let mut merged = Vec::new();
-        let written;
-        {
-            let file = output.raw_file(&self.out)?;
-            let mut w = GgufWriter::new(file, &self.out, &entries, out_tensors, alignment)?;
-            for (f, t) in self.base.tensors() {
+        let mut written = 0;
+        for (pi, (path, range)) in files.iter().zip(&parts).enumerate() {
+            // Part 1 holds the metadata; every part its split keys (gguf-py's layout).
+            let mut entries = if pi == 0 {
+                base_entries.clone()
+            } else {
+                alignment_kv.clone()
+            };
+            if files.len() > 1 {
+                entries.push(kv_u16("split.no", pi as u16));
+                entries.push(kv_u16("split.count", files.len() as u16));
+                entries.push(kv_i32("split.tensors.count", out_tensors.len() as i32));
+            }
+            let file = output.raw_file(path)?;
+            let mut w = GgufWriter::new(
+                file,
+                path,
+                &entries,
+                out_tensors[range.clone()].to_vec(),
+                alignment,
+            )?;
+            for &(f, t) in &base_tensors[range.clone()] {
                 match self.targets.iter().find(|x| x.tensor == t.name) {
                     None => w.write_tensor(&t.name, f.view(t).data)?,
                     Some(target) => {
@@ -514,7 +573,7 @@ impl GgufMergePlan {
                     }
                 }
             }
-            written = w.finish()?;
+            written += w.finish()?;
         }
         output.commit()?;
         Ok(GgufMergeReport {
@@ -525,7 +584,7 @@ impl GgufMergePlan {
             },
             base: self.base_path.display().to_string(),
             out: self.out.display().to_string(),
-            files: vec![self.out.display().to_string()],
+            files: files.iter().map(|f| f.display().to_string()).collect(),
             architecture: self.base.architecture().unwrap_or("").into(),
             outtype: match self.options.outtype {
                 OutType::Keep => "keep".into(),
