@@ -359,7 +359,7 @@ impl GgufMergePlan {
                 let sizes: Vec<u64> = tensors.iter().map(OutTensor::bytes).collect();
                 split_parts(&sizes, max)
             }
-            None => vec![0..tensors.len()],
+            None => std::iter::once(0..tensors.len()).collect(),
         };
         let files = if parts.len() == 1 {
             vec![self.out.clone()]
