@@ -690,7 +690,8 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
 
 /// Split out and split in: `--max-shard-size` writes parts as gguf-py's `split_max_size` does
 /// (here 4 parts of ≤ 100 kB of tensor data, `split.*` keys in each), they open as one model
-/// equal to PEFT's merge, and unmerging from the split model gives the base back.
+/// equal to PEFT's merge, and unmerging from the split model gives the base back; `--dry-run`
+/// plans the same parts and writes nothing.
 #[test]
 fn gguf_merge_splits_and_reads_its_split_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -733,6 +734,17 @@ fn gguf_merge_splits_and_reads_its_split_output() {
         let e = rel_err(&got[&name].2, &r.f32());
         assert!(e <= 1e-6, "{name}: {e:e}");
     }
+    // --dry-run states the same layout and writes nothing.
+    let dry = merge_json(
+        &g("llama_f32.gguf"),
+        adapter.to_str().unwrap(),
+        &dir.path().join("dry.gguf"),
+        &["--max-shard-size", "100KB", "--dry-run"],
+    );
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["files"].as_array().unwrap().len(), 4);
+    assert_eq!(dry["tensors_merged_count"], 4);
+    assert_eq!(listing(dir.path()).len(), 4);
     let back = dir.path().join("b.gguf");
     merge_json(&files[1], adapter.to_str().unwrap(), &back, &["--unmerge"]);
     let base = hf_view(&fixture("gguf/llama_f32.gguf"));

@@ -130,6 +130,32 @@ pub struct GgufMergeReport {
     pub seconds: f64,
 }
 
+/// What a GGUF merge would write (`merge --dry-run`): nothing is written.
+#[derive(Debug, Clone, Serialize)]
+pub struct GgufDryRun {
+    pub operation: &'static str,
+    pub dry_run: bool,
+    pub base: String,
+    pub out: String,
+    pub files: Vec<GgufDryRunFile>,
+    pub architecture: String,
+    pub outtype: String,
+    pub tensors_merged_count: usize,
+    pub tensors_copied_count: usize,
+    /// `[tensor, base type, stored type]` of every tensor to merge.
+    pub merged_tensors: Vec<[String; 3]>,
+    pub unmatched: Vec<String>,
+    /// Tensor bytes of the whole output.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GgufDryRunFile {
+    pub path: String,
+    pub tensor_count: usize,
+    pub bytes: u64,
+}
+
 fn head_count(m: &GgufModel, arch: &str, key: &str) -> Option<usize> {
     let v = m.header().get(&format!("{arch}.attention.{key}"))?;
     match v {
@@ -333,6 +359,56 @@ impl GgufMergePlan {
         let (files, _) = plan.layout();
         check_writes(&reads, &files, &[])?;
         Ok(plan)
+    }
+
+    /// The plan as `merge --dry-run` prints it.
+    pub fn dry_run(&self) -> GgufDryRun {
+        let tensors = self.out_tensors();
+        let (files, parts) = self.layout();
+        GgufDryRun {
+            operation: if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            },
+            dry_run: true,
+            base: self.base_path.display().to_string(),
+            out: self.out.display().to_string(),
+            files: files
+                .iter()
+                .zip(&parts)
+                .map(|(f, r)| GgufDryRunFile {
+                    path: f.display().to_string(),
+                    tensor_count: r.len(),
+                    bytes: tensors[r.clone()].iter().map(OutTensor::bytes).sum(),
+                })
+                .collect(),
+            architecture: self.base.architecture().unwrap_or("").into(),
+            outtype: self.outtype_name(),
+            tensors_merged_count: self.targets.len(),
+            tensors_copied_count: self.base.len() - self.targets.len(),
+            merged_tensors: self
+                .targets
+                .iter()
+                .map(|t| {
+                    let (_, info) = self.base.get(&t.tensor).expect("planned");
+                    [
+                        t.tensor.clone(),
+                        info.ty.name().into(),
+                        t.out_type.name().into(),
+                    ]
+                })
+                .collect(),
+            unmatched: self.unmatched.clone(),
+            bytes: tensors.iter().map(OutTensor::bytes).sum(),
+        }
+    }
+
+    fn outtype_name(&self) -> String {
+        match self.options.outtype {
+            OutType::Keep => "keep".into(),
+            OutType::To(t) => t.name().to_lowercase(),
+        }
     }
 
     /// The output tensors in order, and the files with the tensor ranges each holds.
@@ -586,10 +662,7 @@ impl GgufMergePlan {
             out: self.out.display().to_string(),
             files: files.iter().map(|f| f.display().to_string()).collect(),
             architecture: self.base.architecture().unwrap_or("").into(),
-            outtype: match self.options.outtype {
-                OutType::Keep => "keep".into(),
-                OutType::To(t) => t.name().to_lowercase(),
-            },
+            outtype: self.outtype_name(),
             adapters: self.adapter_json(),
             tensors_merged_count: merged.len(),
             tensors_copied_count: self.base.len() - merged.len(),
