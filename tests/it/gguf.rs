@@ -753,3 +753,44 @@ fn gguf_merge_splits_and_reads_its_split_output() {
         assert!(e <= 1e-6, "{name}: {e:e}");
     }
 }
+
+/// Qwen2 (llama.cpp's Qwen2Model writes q/k unpermuted, attention biases kept): a BF16 GGUF
+/// base merged with a PEFT adapter on q/k/v/o/down equals the float64 merge computed from the
+/// files by the fixture generator — 1e-6 with `--outtype f32`, and within one bf16 rounding
+/// (2⁻⁸ relative per element) with `keep`; biases and untouched tensors are byte copies.
+#[test]
+fn merge_into_a_qwen2_gguf_is_not_permuted() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("llama/adapters/qwen2_lora");
+    let expected = GgufModel::open(fixture("gguf/qwen2_lora.expected.gguf")).unwrap();
+    let base = GgufModel::open(fixture("gguf/qwen2_bf16.gguf")).unwrap();
+    for outtype in ["f32", "keep"] {
+        let out = dir.path().join(format!("{outtype}.gguf"));
+        let v = merge_json(
+            &g("qwen2_bf16.gguf"),
+            adapter.to_str().unwrap(),
+            &out,
+            &["--outtype", outtype],
+        );
+        assert_eq!(v["architecture"], "qwen2");
+        assert_eq!(v["tensors_merged_count"], expected.len());
+        let got = GgufModel::open(&out).unwrap();
+        for (f, t) in got.tensors() {
+            let Some((ef, et)) = expected.get(&t.name) else {
+                let (bf, bt) = base.get(&t.name).unwrap();
+                assert_eq!(f.view(t).data, bf.view(bt).data, "{}", t.name);
+                continue;
+            };
+            let (x, y) = (f.dequantize(t).unwrap(), ef.dequantize(et).unwrap());
+            if outtype == "f32" {
+                let e = rel_err(&x, &y);
+                assert!(e <= 1e-6, "{}: {e:e}", t.name);
+            } else {
+                assert_eq!(t.ty, GgmlType::BF16);
+                for (a, b) in x.iter().zip(&y) {
+                    assert!((a - b).abs() <= b.abs() / 256.0, "{}: {a} vs {b}", t.name);
+                }
+            }
+        }
+    }
+}
