@@ -28,7 +28,7 @@ fn inspect_gguf_json_speaks_the_report_vocabulary() {
     assert_eq!(v["metadata"]["test.u32"]["type"], "UINT32");
     assert_eq!(v["metadata"]["test.u32"]["value"], 4_000_000_000u64);
     assert_eq!(
-        v["metadata"]["test.nested"]["value"],
+        v["metadata"]["test.nested"]["values"],
         serde_json::json!([[1, 2], [3]])
     );
     let t = v["tensors"]
@@ -791,6 +791,80 @@ fn merge_into_a_qwen2_gguf_is_not_permuted() {
                     assert!((a - b).abs() <= b.abs() / 256.0, "{}: {a} vs {b}", t.name);
                 }
             }
+        }
+    }
+}
+
+fn kinds(v: &serde_json::Value, out: &mut Vec<(String, &'static str)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let kind = match x {
+                    serde_json::Value::Array(_) => "list",
+                    serde_json::Value::Number(_) => "number",
+                    _ => "other",
+                };
+                out.push((k.clone(), kind));
+                kinds(x, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| kinds(x, out)),
+        _ => {}
+    }
+}
+
+/// The GGUF reports speak the one JSON vocabulary (first_hour's rule): `operation` first,
+/// `files` a list, and no key a number in one report and a list in another — checked together
+/// with the safetensors inspect and merge reports.
+#[test]
+fn gguf_reports_share_the_json_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let qv = fixture("llama/adapters/qv_r8").to_str().unwrap().to_owned();
+    let base = fixture("llama/base").to_str().unwrap().to_owned();
+    let lines = [
+        format!("inspect {} --tensors", g("types.gguf")),
+        format!("inspect {base} --tensors"),
+        format!("merge --base {base} --adapter {qv} -o {}", d("hf")),
+        format!(
+            "merge --base {} --adapter {qv} -o {}",
+            g("llama_q8_0.gguf"),
+            d("m.gguf")
+        ),
+        format!(
+            "merge --base {} --adapter {qv} -o {} --dry-run --max-shard-size 50KB",
+            g("llama_q8_0.gguf"),
+            d("n.gguf")
+        ),
+        format!("convert {qv} --to gguf --base {base} -o {}", d("a.gguf")),
+        format!("diff {} {} --common", g("types.gguf"), g("types.f32.gguf")),
+    ];
+    let mut seen = Vec::new();
+    for line in &lines {
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        let out = bin().args(&argv).arg("--json").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v.as_object().unwrap().keys().next().unwrap(),
+            "operation",
+            "{line}"
+        );
+        kinds(&v, &mut seen);
+    }
+    for (k, kind) in &seen {
+        if k == "files" {
+            assert_eq!(*kind, "list");
+        }
+        if *kind == "number" {
+            assert!(
+                !seen.iter().any(|(k2, kd)| k2 == k && *kd == "list"),
+                "{k} is a number in one report and a list in another"
+            );
         }
     }
 }
