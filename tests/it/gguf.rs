@@ -868,3 +868,57 @@ fn gguf_reports_share_the_json_vocabulary() {
         }
     }
 }
+
+/// Malformed llama.cpp adapters are refused as llama.cpp refuses them, in one line, nothing
+/// written: half a pair, a tensor with an unexpected suffix, a lora_a whose rank differs from its
+/// lora_b.
+#[test]
+fn malformed_gguf_adapters_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ad = dir.path().join("a.gguf");
+    run_ok([
+        "convert",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "-o",
+        ad.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&ad).unwrap();
+    let find = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat).unwrap();
+    let name = b"blk.0.attn_q.weight.lora_b";
+    let at = find(name);
+    let mut pair = bytes.clone();
+    pair[at + name.len() - 1] = b'c';
+    let mut suffix = bytes.clone();
+    let at_a = find(b"blk.0.attn_q.weight.lora_a");
+    suffix[at_a + name.len() - 1] = b'c';
+    // lora_a of blk.0.attn_q: dims [64, 8] follow its name and n_dims; claim rank 4 instead.
+    let a_name = b"blk.0.attn_q.weight.lora_a";
+    let dims = find(a_name) + a_name.len() + 4;
+    let mut rank = bytes.clone();
+    rank[dims..dims + 8].copy_from_slice(&32u64.to_le_bytes());
+    rank[dims + 8..dims + 16].copy_from_slice(&16u64.to_le_bytes());
+    for (case, b, want) in [
+        ("pair", pair, "has no `blk.0.attn_q.weight.lora_b`"),
+        ("suffix", suffix, "has an unexpected suffix"),
+        ("rank", rank, "lora_a ne[1] 16 is not lora_b ne[0] 8"),
+    ] {
+        let p = dir.path().join(format!("{case}.gguf"));
+        std::fs::write(&p, b).unwrap();
+        let o = dir.path().join(format!("{case}.out.gguf"));
+        let e = one_line_error(&run_err([
+            "merge",
+            "--base",
+            &g("llama_f32.gguf"),
+            "--adapter",
+            p.to_str().unwrap(),
+            "--out",
+            o.to_str().unwrap(),
+        ]));
+        assert!(e.contains(want), "{case}: {e}");
+        assert!(!o.exists());
+    }
+}
