@@ -68,13 +68,32 @@ fn diff_of_gguf_files_compares_dequantized_values() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["pass"], true);
-    // A GGUF against a safetensors file is refused, naming the mismatch.
-    let e = one_line_error(&run_err([
-        "diff",
-        &g("tiny.gguf"),
-        fixture("llama/merged/qv_r8.safetensors").to_str().unwrap(),
-    ]));
-    assert!(e.contains("is not a GGUF file"), "{e}");
+    // A GGUF model against a Hugging Face checkpoint is compared in Hugging Face terms (names
+    // mapped back, llama q/k rows un-permuted): the converted base equals its source exactly.
+    for (gguf, hf) in [
+        ("llama_f32.gguf", "llama/base"),
+        ("qwen2_bf16.gguf", "llama/qwen2"),
+    ] {
+        let j = run_ok(["diff", &g(gguf), fixture(hf).to_str().unwrap(), "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["pass"], true, "{gguf}");
+        assert_eq!(v["identical"], v["tensors_compared"], "{gguf}");
+        assert_eq!(v["only_in_a"], 0);
+        assert_eq!(v["only_in_b"], 0);
+    }
+    // A merged GGUF against PEFT's merge (which holds the changed tensors only), either order.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.gguf");
+    let adapter = fixture("llama/adapters/rslora_all");
+    merge_json(&g("llama_f32.gguf"), adapter.to_str().unwrap(), &m, &[]);
+    let peft = fixture("llama/merged/rslora_all.safetensors");
+    let (m, peft) = (m.to_str().unwrap(), peft.to_str().unwrap());
+    run_ok(["diff", m, peft, "--common", "--tolerance", "1e-6"]);
+    run_ok(["diff", peft, m, "--common", "--tolerance", "1e-6"]);
+    assert_eq!(
+        run_err(["diff", m, peft, "--common"]).status.code(),
+        Some(1)
+    );
 }
 
 /// Hostile GGUF files: one line naming the file and the problem, exit 2.
