@@ -941,3 +941,52 @@ fn malformed_gguf_adapters_are_refused() {
         assert!(!o.exists());
     }
 }
+
+/// Several weighted adapters with different tensor sets into one GGUF base: weighted_a at 0.7
+/// and weighted_b at −0.4 equal PEFT's weighted `cat` merge (1e-6), as for safetensors bases.
+#[test]
+fn weighted_adapters_merge_into_a_gguf_as_peft_weighted_cat() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let (a, b) = (
+        fixture("llama/adapters/weighted_a"),
+        fixture("llama/adapters/weighted_b"),
+    );
+    let j = run_ok([
+        "merge",
+        "--base",
+        &g("llama_q8_0.gguf"),
+        "--adapter",
+        a.to_str().unwrap(),
+        "--weight",
+        "0.7",
+        "--adapter",
+        b.to_str().unwrap(),
+        "--weight",
+        "-0.4",
+        "--outtype",
+        "f32",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(v["adapters"][1]["weight"], -0.4);
+    // Reference for this base: its dequantized values plus PEFT's weighted ΔW.
+    let f32_base = hf_view(&fixture("gguf/llama_f32.gguf"));
+    let q_base = hf_view(&fixture("gguf/llama_q8_0.gguf"));
+    let got = hf_view(&out);
+    let peft = read(&fixture("llama/merged/weighted.safetensors"));
+    for (name, r) in &peft {
+        let want: Vec<f32> = r
+            .f32()
+            .iter()
+            .zip(&f32_base[name].2)
+            .zip(&q_base[name].2)
+            .map(|((m, b), q)| q + (m - b))
+            .collect();
+        let e = rel_err(&got[name].2, &want);
+        assert!(e <= 1e-6, "{name}: {e:e}");
+    }
+    assert_eq!(v["tensors_merged_count"], peft.len());
+}
