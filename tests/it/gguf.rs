@@ -990,3 +990,85 @@ fn weighted_adapters_merge_into_a_gguf_as_peft_weighted_cat() {
     }
     assert_eq!(v["tensors_merged_count"], peft.len());
 }
+
+/// A K-quant tensor (no reference quantizer in lorakit yet): `--outtype keep` is refused before
+/// anything is written, naming the tensor and the types that can be written; `--outtype f32`
+/// stores the merge of its dequantized values (gguf-py's Q4_K blocks from types.gguf, in a
+/// file written with lorakit's GGUF writer for this refusal test).
+#[test]
+fn k_quant_tensors_refuse_keep_and_merge_to_a_writable_type() {
+    use lorakit::io::gguf::writer::{header, kv_string, OutTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let types = GgufModel::open(fixture("gguf/types.gguf")).unwrap();
+    let (f, t) = types.get("t.q4_k").unwrap();
+    assert_eq!((t.ty, t.dims.clone()), (GgmlType::Q4_K, vec![512, 2]));
+    let name = "blk.0.attn_v.weight";
+    let mut bytes = header(
+        &[kv_string("general.architecture", "llama")],
+        &[OutTensor {
+            name: name.into(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+        }],
+        32,
+    );
+    bytes.extend_from_slice(f.view(t).data);
+    let base = dir.path().join("k.gguf");
+    std::fs::write(&base, bytes).unwrap();
+    let w0 = f.dequantize(t).unwrap();
+    // A rank-1 adapter on v_proj ([2, 512]): ΔW = 2·b·a with b = [1, -1], a = 0.01·(i mod 7).
+    let a: Vec<f32> = (0..512).map(|i| 0.01 * (i % 7) as f32).collect();
+    let b = [1f32, -1.0];
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let ad = dir.path().join("ad");
+    write_peft_adapter(
+        &ad,
+        r#"{"peft_type": "LORA", "r": 1, "lora_alpha": 2, "target_modules": ["v_proj"]}"#,
+        &[
+            (
+                "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight".into(),
+                vec![1, 512],
+                le(&a),
+            ),
+            (
+                "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight".into(),
+                vec![2, 1],
+                le(&b),
+            ),
+        ],
+    );
+    let out = dir.path().join("m.gguf");
+    let e = one_line_error(&run_err([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains(
+            "tensor `blk.0.attn_v.weight` is Q4_K: lorakit has no reference quantizer for it"
+        ) && e.contains("--outtype f32|f16|bf16|q8_0"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    merge_json(
+        base.to_str().unwrap(),
+        ad.to_str().unwrap(),
+        &out,
+        &["--outtype", "f32"],
+    );
+    let m = GgufModel::open(&out).unwrap();
+    let (mf, mt) = m.get(name).unwrap();
+    assert_eq!(mt.ty, GgmlType::F32);
+    let got = mf.dequantize(mt).unwrap();
+    for (i, (x, w)) in got.iter().zip(&w0).enumerate() {
+        let want = w + 2.0 * b[i / 512] * a[i % 512];
+        assert!(
+            (x - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{i}: {x} vs {want}"
+        );
+    }
+}
