@@ -447,6 +447,19 @@ fn gguf_merge_refusals_write_nothing() {
             "--outtype sets the type of tensors merged into a GGUF base",
         ),
     ];
+    let allow = vec![
+        "merge",
+        "--base",
+        &tiny,
+        "--adapter",
+        qv,
+        "--out",
+        o,
+        "--allow-unmatched",
+    ];
+    let cases = cases
+        .into_iter()
+        .chain([(allow, "no adapter module matches a tensor of the GGUF base")]);
     for (args, want) in cases {
         let e = one_line_error(&run_err(&args));
         assert!(e.contains(want), "{args:?}: {e}");

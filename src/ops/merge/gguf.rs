@@ -343,6 +343,18 @@ impl GgufMergePlan {
             )
             .into());
         }
+        if targets.is_empty() {
+            // As for safetensors bases, --allow-unmatched never lets through a merge that lands
+            // no module at all (it would write a copy of the base).
+            return Err(InputError::invalid(
+                &adapters[0].adapter.path,
+                format!(
+                    "no adapter module matches a tensor of the GGUF base ({})",
+                    unmatched.join("; ")
+                ),
+            )
+            .into());
+        }
         let mut reads = base.paths();
         for wa in &adapters {
             reads.extend(wa.adapter.input_paths());
