@@ -2,7 +2,6 @@
 
 use crate::cli::DiffArgs;
 use crate::diff::{diff, diff_gguf, DiffOptions, DiffReport};
-use crate::error::InputError;
 use crate::inspect::table;
 use crate::io::gguf;
 use crate::io::Checkpoint;
@@ -28,15 +27,12 @@ pub fn run(mut a: DiffArgs) -> Result<i32> {
         }
         (false, false) => diff(&Checkpoint::open(&a.a)?, &Checkpoint::open(&a.b)?, &opts)?,
         (ga, _) => {
-            let (g, other) = if ga { (&a.a, &a.b) } else { (&a.b, &a.a) };
-            return Err(InputError::invalid(
-                other,
-                format!(
-                    "is not a GGUF file, but {} is: diff compares two GGUF models or two safetensors checkpoints (their tensor names differ)",
-                    g.display()
-                ),
-            )
-            .into());
+            // One GGUF model, one Hugging Face checkpoint: compared in Hugging Face terms.
+            let (gp, cp) = if ga { (&a.a, &a.b) } else { (&a.b, &a.a) };
+            let g = gguf::GgufModel::open(gp)?;
+            let c = Checkpoint::open(cp)?;
+            let name = |p: &std::path::Path| p.display().to_string();
+            crate::diff::diff_gguf_checkpoint(&g, &c, ga, (name(&a.a), name(&a.b)), &opts)?
         }
     };
     if a.json {

@@ -254,14 +254,8 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         )
         .into())
     };
-    if a.max_shard_size.is_some() {
-        return refuse("--max-shard-size");
-    }
     if a.part.is_some() {
         return refuse("--part");
-    }
-    if a.dry_run {
-        return refuse("--dry-run");
     }
     if a.dtype != crate::merge::DtypeChoice::Keep {
         return refuse("--dtype (use --outtype)");
@@ -278,12 +272,42 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let options = GgufMergeOptions {
         outtype: a.outtype.unwrap_or_default(),
+        max_shard_size: a.max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
     };
     let plan = GgufMergePlan::new(&a.base, base, adapters, a.out.clone(), options)?;
     for u in &plan.unmatched {
         super::warn(quiet, &format!("unmatched module {u}"));
+    }
+    if a.dry_run {
+        let d = plan.dry_run();
+        if a.json {
+            super::print_json("merge", &d)?;
+        } else {
+            let rows: Vec<Vec<String>> = d
+                .files
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.path.clone(),
+                        f.tensor_count.to_string(),
+                        human_bytes(f.bytes),
+                    ]
+                })
+                .collect();
+            let mut out = format!(
+                "dry run: would write {} ({} tensors merged, --outtype {}, {} copied); nothing written\n\n",
+                d.out, d.tensors_merged_count, d.outtype, d.tensors_copied_count
+            );
+            out.push_str(&table(
+                &["file", "tensors", "bytes"],
+                &rows,
+                &[false, true, true],
+            ));
+            super::print(&out)?;
+        }
+        return Ok(0);
     }
     let report = plan.run(&a.compute.engine()?)?;
     if a.json {

@@ -243,3 +243,154 @@ fn summarize(a: String, b: String, opts: &DiffOptions, tensors: Vec<TensorDiff>)
         tensors,
     }
 }
+
+/// One side of a mixed diff: a tensor's type name, PyTorch shape and values.
+enum Side<'a> {
+    Gguf {
+        file: &'a crate::io::gguf::GgufFile,
+        info: &'a crate::io::gguf::TensorInfo,
+        /// Heads of the q/k permutation to undo, if any.
+        heads: Option<usize>,
+    },
+    Safetensors {
+        ckpt: &'a Checkpoint,
+        name: &'a str,
+    },
+}
+
+impl Side<'_> {
+    fn type_name(&self, c: &Checkpoint) -> String {
+        match self {
+            Side::Gguf { info, .. } => info.ty.name().to_owned(),
+            Side::Safetensors { name, .. } => dtype::name(c.info(name).expect("listed").dtype),
+        }
+    }
+
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Side::Gguf { info, .. } => info.shape(),
+            Side::Safetensors { ckpt, name } => ckpt.info(name).expect("listed").shape.clone(),
+        }
+    }
+
+    /// Values in Hugging Face layout, or `None` for a type that has none lorakit can read.
+    fn values(&self) -> Result<Option<Vec<f32>>> {
+        Ok(match self {
+            Side::Gguf { file, info, heads } => {
+                if !info.ty.can_dequantize() {
+                    return Ok(None);
+                }
+                let v = file.dequantize(info)?;
+                let s = info.shape();
+                Some(match heads {
+                    Some(h) if s.len() == 2 => {
+                        crate::io::gguf::names::unpermute_rows(&v, s[0], s[1], *h)
+                    }
+                    _ => v,
+                })
+            }
+            Side::Safetensors { ckpt, name } => {
+                let info = ckpt.info(name).expect("listed");
+                if !dtype::is_float_compute(info.dtype) {
+                    return Ok(None);
+                }
+                let f = ckpt.file_of(name).expect("listed");
+                Some(f.view_info(info)?.to_f32())
+            }
+        })
+    }
+}
+
+/// Compares a GGUF model with a Hugging Face checkpoint by value, in Hugging Face terms: GGUF
+/// tensors are named by gguf-py's `tensor_mapping.py` in reverse (`blk.N.attn_q.weight` →
+/// `model.layers.N.self_attn.q_proj.weight`) and, for architecture `llama`, q/k rows are
+/// un-permuted (llama.cpp's `LlamaModel.permute`, heads from the file) — so a merged GGUF can be
+/// checked against a PEFT merge. `gguf_is_a` says which side the GGUF is (`b` is the
+/// reference of the relative difference). Types differ by nature (a GGUF type against a
+/// safetensors dtype); values are compared whenever both sides can be read.
+pub fn diff_gguf_checkpoint(
+    g: &crate::io::gguf::GgufModel,
+    c: &Checkpoint,
+    gguf_is_a: bool,
+    names: (String, String),
+    opts: &DiffOptions,
+) -> Result<DiffReport> {
+    use crate::io::gguf::{names as gn, Value};
+    use std::collections::BTreeMap;
+    let arch = g.architecture().unwrap_or("");
+    let permute = gn::permutes(arch).unwrap_or(false);
+    let heads = |k: &str| {
+        g.header()
+            .get(&format!("{arch}.attention.{k}"))
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+    };
+    let (n_head, n_kv) = (heads("head_count"), heads("head_count_kv"));
+    let mut gside: BTreeMap<String, Side> = BTreeMap::new();
+    for (file, info) in g.tensors() {
+        let hf = gn::hf_name(&info.name).unwrap_or_else(|| info.name.clone());
+        let h = match (permute, info.name.as_str()) {
+            (true, n) if n.ends_with("attn_q.weight") || n.ends_with("attn_q.bias") => n_head,
+            (true, n) if n.ends_with("attn_k.weight") || n.ends_with("attn_k.bias") => {
+                n_kv.or(n_head)
+            }
+            _ => None,
+        };
+        gside.insert(
+            hf,
+            Side::Gguf {
+                file,
+                info,
+                heads: h,
+            },
+        );
+    }
+    let all: BTreeSet<String> = gside
+        .keys()
+        .cloned()
+        .chain(c.names().map(str::to_owned))
+        .collect();
+    let mut tensors = Vec::with_capacity(all.len());
+    for name in &all {
+        let gs = gside.get(name);
+        let cs = c.info(name).map(|_| Side::Safetensors {
+            ckpt: c,
+            name: name.as_str(),
+        });
+        let (sa, sb) = if gguf_is_a {
+            (gs, cs.as_ref())
+        } else {
+            (cs.as_ref(), gs)
+        };
+        let mut d = TensorDiff {
+            name: name.clone(),
+            presence: match (sa, sb) {
+                (Some(_), Some(_)) => "both",
+                (Some(_), None) => "only_a",
+                _ => "only_b",
+            },
+            dtype_a: sa.map(|s| s.type_name(c)),
+            dtype_b: sb.map(|s| s.type_name(c)),
+            shape_a: sa.map(Side::shape),
+            shape_b: sb.map(Side::shape),
+            identical: false,
+            max_abs_diff: None,
+            rel_fro_diff: None,
+            pass: (sa.is_none() || sb.is_none()) && opts.common,
+        };
+        if let (Some(a), Some(b)) = (sa, sb) {
+            if a.shape() == b.shape() {
+                if let (Some(x), Some(y)) = (a.values()?, b.values()?) {
+                    let (mx, rel) = compare_values(&x, &y);
+                    d.identical =
+                        mx == 0.0 && x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
+                    d.max_abs_diff = Some(mx);
+                    d.rel_fro_diff = Some(rel);
+                    d.pass = rel <= opts.tolerance && opts.max_abs.is_none_or(|m| mx <= m);
+                }
+            }
+        }
+        tensors.push(d);
+    }
+    Ok(summarize(names.0, names.1, opts, tensors))
+}

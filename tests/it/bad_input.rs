@@ -429,7 +429,7 @@ fn empty_adapter_and_unknown_tensor_kinds() {
     ]);
     assert!(one_line_error(&res).contains("no LoRA tensors found"));
     // A LyCORIS LoHa module missing three of its factors is refused naming the first missing.
-    let h = r#"{"lora_unet_x.hada_w1_a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let h = r#"{"lora_unet_x.hada_w1_a":{"dtype":"F32","shape":[2,1],"data_offsets":[0,8]}}"#;
     let k = raw_file(dir.path(), "loha.safetensors", h, 8);
     let res = run_err(["inspect", k.to_str().unwrap()]);
     let line = one_line_error(&res);

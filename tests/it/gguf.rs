@@ -28,7 +28,7 @@ fn inspect_gguf_json_speaks_the_report_vocabulary() {
     assert_eq!(v["metadata"]["test.u32"]["type"], "UINT32");
     assert_eq!(v["metadata"]["test.u32"]["value"], 4_000_000_000u64);
     assert_eq!(
-        v["metadata"]["test.nested"]["value"],
+        v["metadata"]["test.nested"]["values"],
         serde_json::json!([[1, 2], [3]])
     );
     let t = v["tensors"]
@@ -68,13 +68,32 @@ fn diff_of_gguf_files_compares_dequantized_values() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["pass"], true);
-    // A GGUF against a safetensors file is refused, naming the mismatch.
-    let e = one_line_error(&run_err([
-        "diff",
-        &g("tiny.gguf"),
-        fixture("llama/merged/qv_r8.safetensors").to_str().unwrap(),
-    ]));
-    assert!(e.contains("is not a GGUF file"), "{e}");
+    // A GGUF model against a Hugging Face checkpoint is compared in Hugging Face terms (names
+    // mapped back, llama q/k rows un-permuted): the converted base equals its source exactly.
+    for (gguf, hf) in [
+        ("llama_f32.gguf", "llama/base"),
+        ("qwen2_bf16.gguf", "llama/qwen2"),
+    ] {
+        let j = run_ok(["diff", &g(gguf), fixture(hf).to_str().unwrap(), "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["pass"], true, "{gguf}");
+        assert_eq!(v["identical"], v["tensors_compared"], "{gguf}");
+        assert_eq!(v["only_in_a"], 0);
+        assert_eq!(v["only_in_b"], 0);
+    }
+    // A merged GGUF against PEFT's merge (which holds the changed tensors only), either order.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.gguf");
+    let adapter = fixture("llama/adapters/rslora_all");
+    merge_json(&g("llama_f32.gguf"), adapter.to_str().unwrap(), &m, &[]);
+    let peft = fixture("llama/merged/rslora_all.safetensors");
+    let (m, peft) = (m.to_str().unwrap(), peft.to_str().unwrap());
+    run_ok(["diff", m, peft, "--common", "--tolerance", "1e-6"]);
+    run_ok(["diff", peft, m, "--common", "--tolerance", "1e-6"]);
+    assert_eq!(
+        run_err(["diff", m, peft, "--common"]).status.code(),
+        Some(1)
+    );
 }
 
 /// Hostile GGUF files: one line naming the file and the problem, exit 2.
@@ -394,10 +413,10 @@ fn gguf_merge_refusals_write_nothing() {
                 qv,
                 "--out",
                 o,
-                "--max-shard-size",
-                "1MB",
+                "--part",
+                "1/2",
             ],
-            "--max-shard-size is not supported for GGUF outputs",
+            "--part is not supported for GGUF outputs",
         ),
         (
             vec![
@@ -428,6 +447,19 @@ fn gguf_merge_refusals_write_nothing() {
             "--outtype sets the type of tensors merged into a GGUF base",
         ),
     ];
+    let allow = vec![
+        "merge",
+        "--base",
+        &tiny,
+        "--adapter",
+        qv,
+        "--out",
+        o,
+        "--allow-unmatched",
+    ];
+    let cases = cases
+        .into_iter()
+        .chain([(allow, "no adapter module matches a tensor of the GGUF base")]);
     for (args, want) in cases {
         let e = one_line_error(&run_err(&args));
         assert!(e.contains(want), "{args:?}: {e}");
@@ -686,4 +718,370 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
         "{e}"
     );
     assert_eq!(listing(dir.path()), ["a.gguf"]);
+}
+
+/// Split out and split in: `--max-shard-size` writes parts as gguf-py's `split_max_size` does
+/// (here 4 parts of ≤ 100 kB of tensor data, `split.*` keys in each), they open as one model
+/// equal to PEFT's merge, and unmerging from the split model gives the base back; `--dry-run`
+/// plans the same parts and writes nothing.
+#[test]
+fn gguf_merge_splits_and_reads_its_split_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let adapter = fixture("llama/adapters/qv_r8");
+    let v = merge_json(
+        &g("llama_f32.gguf"),
+        adapter.to_str().unwrap(),
+        &out,
+        &["--max-shard-size", "100KB"],
+    );
+    let files: Vec<String> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert!(files[2].ends_with("m-00003-of-00004.gguf"));
+    assert_eq!(
+        listing(dir.path()),
+        (1..=4)
+            .map(|i| format!("m-0000{i}-of-00004.gguf"))
+            .collect::<Vec<_>>()
+    );
+    let m = GgufModel::open(&files[3]).unwrap();
+    for (i, f) in m.files.iter().enumerate() {
+        let h = f.header();
+        assert!(
+            f.tensors().iter().map(|t| t.bytes).sum::<u64>() <= 100_000 || f.tensors().len() == 1
+        );
+        assert_eq!(h.get("split.no").and_then(|x| x.as_u64()), Some(i as u64));
+        assert_eq!(
+            h.get("split.tensors.count").and_then(|x| x.as_u64()),
+            Some(21)
+        );
+    }
+    let got = hf_view(Path::new(&files[0]));
+    for (name, r) in read(&fixture("llama/merged/qv_r8.safetensors")) {
+        let e = rel_err(&got[&name].2, &r.f32());
+        assert!(e <= 1e-6, "{name}: {e:e}");
+    }
+    // --dry-run states the same layout and writes nothing.
+    let dry = merge_json(
+        &g("llama_f32.gguf"),
+        adapter.to_str().unwrap(),
+        &dir.path().join("dry.gguf"),
+        &["--max-shard-size", "100KB", "--dry-run"],
+    );
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["files"].as_array().unwrap().len(), 4);
+    assert_eq!(dry["tensors_merged_count"], 4);
+    assert_eq!(listing(dir.path()).len(), 4);
+    let back = dir.path().join("b.gguf");
+    merge_json(&files[1], adapter.to_str().unwrap(), &back, &["--unmerge"]);
+    let base = hf_view(&fixture("gguf/llama_f32.gguf"));
+    for (name, t) in hf_view(&back) {
+        let e = rel_err(&t.2, &base[&name].2);
+        assert!(e <= 1e-6, "{name}: {e:e}");
+    }
+}
+
+/// Qwen2 (llama.cpp's Qwen2Model writes q/k unpermuted, attention biases kept): a BF16 GGUF
+/// base merged with a PEFT adapter on q/k/v/o/down equals the float64 merge computed from the
+/// files by the fixture generator — 1e-6 with `--outtype f32`, and within one bf16 rounding
+/// (2⁻⁸ relative per element) with `keep`; biases and untouched tensors are byte copies.
+#[test]
+fn merge_into_a_qwen2_gguf_is_not_permuted() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("llama/adapters/qwen2_lora");
+    let expected = GgufModel::open(fixture("gguf/qwen2_lora.expected.gguf")).unwrap();
+    let base = GgufModel::open(fixture("gguf/qwen2_bf16.gguf")).unwrap();
+    for outtype in ["f32", "keep"] {
+        let out = dir.path().join(format!("{outtype}.gguf"));
+        let v = merge_json(
+            &g("qwen2_bf16.gguf"),
+            adapter.to_str().unwrap(),
+            &out,
+            &["--outtype", outtype],
+        );
+        assert_eq!(v["architecture"], "qwen2");
+        assert_eq!(v["tensors_merged_count"], expected.len());
+        let got = GgufModel::open(&out).unwrap();
+        for (f, t) in got.tensors() {
+            let Some((ef, et)) = expected.get(&t.name) else {
+                let (bf, bt) = base.get(&t.name).unwrap();
+                assert_eq!(f.view(t).data, bf.view(bt).data, "{}", t.name);
+                continue;
+            };
+            let (x, y) = (f.dequantize(t).unwrap(), ef.dequantize(et).unwrap());
+            if outtype == "f32" {
+                let e = rel_err(&x, &y);
+                assert!(e <= 1e-6, "{}: {e:e}", t.name);
+            } else {
+                assert_eq!(t.ty, GgmlType::BF16);
+                for (a, b) in x.iter().zip(&y) {
+                    assert!((a - b).abs() <= b.abs() / 256.0, "{}: {a} vs {b}", t.name);
+                }
+            }
+        }
+    }
+}
+
+fn kinds(v: &serde_json::Value, out: &mut Vec<(String, &'static str)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let kind = match x {
+                    serde_json::Value::Array(_) => "list",
+                    serde_json::Value::Number(_) => "number",
+                    _ => "other",
+                };
+                out.push((k.clone(), kind));
+                kinds(x, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| kinds(x, out)),
+        _ => {}
+    }
+}
+
+/// The GGUF reports speak the one JSON vocabulary (first_hour's rule): `operation` first,
+/// `files` a list, and no key a number in one report and a list in another — checked together
+/// with the safetensors inspect and merge reports.
+#[test]
+fn gguf_reports_share_the_json_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let qv = fixture("llama/adapters/qv_r8").to_str().unwrap().to_owned();
+    let base = fixture("llama/base").to_str().unwrap().to_owned();
+    let lines = [
+        format!("inspect {} --tensors", g("types.gguf")),
+        format!("inspect {base} --tensors"),
+        format!("merge --base {base} --adapter {qv} -o {}", d("hf")),
+        format!(
+            "merge --base {} --adapter {qv} -o {}",
+            g("llama_q8_0.gguf"),
+            d("m.gguf")
+        ),
+        format!(
+            "merge --base {} --adapter {qv} -o {} --dry-run --max-shard-size 50KB",
+            g("llama_q8_0.gguf"),
+            d("n.gguf")
+        ),
+        format!("convert {qv} --to gguf --base {base} -o {}", d("a.gguf")),
+        format!("diff {} {} --common", g("types.gguf"), g("types.f32.gguf")),
+    ];
+    let mut seen = Vec::new();
+    for line in &lines {
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        let out = bin().args(&argv).arg("--json").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v.as_object().unwrap().keys().next().unwrap(),
+            "operation",
+            "{line}"
+        );
+        kinds(&v, &mut seen);
+    }
+    for (k, kind) in &seen {
+        if k == "files" {
+            assert_eq!(*kind, "list");
+        }
+        if *kind == "number" {
+            assert!(
+                !seen.iter().any(|(k2, kd)| k2 == k && *kd == "list"),
+                "{k} is a number in one report and a list in another"
+            );
+        }
+    }
+}
+
+/// Malformed llama.cpp adapters are refused as llama.cpp refuses them, in one line, nothing
+/// written: half a pair, a tensor with an unexpected suffix, a lora_a whose rank differs from its
+/// lora_b.
+#[test]
+fn malformed_gguf_adapters_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ad = dir.path().join("a.gguf");
+    run_ok([
+        "convert",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "-o",
+        ad.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&ad).unwrap();
+    let find = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat).unwrap();
+    let name = b"blk.0.attn_q.weight.lora_b";
+    let at = find(name);
+    let mut pair = bytes.clone();
+    pair[at + name.len() - 1] = b'c';
+    let mut suffix = bytes.clone();
+    let at_a = find(b"blk.0.attn_q.weight.lora_a");
+    suffix[at_a + name.len() - 1] = b'c';
+    // lora_a of blk.0.attn_q: dims [64, 8] follow its name and n_dims; claim rank 4 instead.
+    let a_name = b"blk.0.attn_q.weight.lora_a";
+    let dims = find(a_name) + a_name.len() + 4;
+    let mut rank = bytes.clone();
+    rank[dims..dims + 8].copy_from_slice(&32u64.to_le_bytes());
+    rank[dims + 8..dims + 16].copy_from_slice(&16u64.to_le_bytes());
+    for (case, b, want) in [
+        ("pair", pair, "has no `blk.0.attn_q.weight.lora_b`"),
+        ("suffix", suffix, "has an unexpected suffix"),
+        ("rank", rank, "lora_a ne[1] 16 is not lora_b ne[0] 8"),
+    ] {
+        let p = dir.path().join(format!("{case}.gguf"));
+        std::fs::write(&p, b).unwrap();
+        let o = dir.path().join(format!("{case}.out.gguf"));
+        let e = one_line_error(&run_err([
+            "merge",
+            "--base",
+            &g("llama_f32.gguf"),
+            "--adapter",
+            p.to_str().unwrap(),
+            "--out",
+            o.to_str().unwrap(),
+        ]));
+        assert!(e.contains(want), "{case}: {e}");
+        assert!(!o.exists());
+    }
+}
+
+/// Several weighted adapters with different tensor sets into one GGUF base: weighted_a at 0.7
+/// and weighted_b at −0.4 equal PEFT's weighted `cat` merge (1e-6), as for safetensors bases.
+#[test]
+fn weighted_adapters_merge_into_a_gguf_as_peft_weighted_cat() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let (a, b) = (
+        fixture("llama/adapters/weighted_a"),
+        fixture("llama/adapters/weighted_b"),
+    );
+    let j = run_ok([
+        "merge",
+        "--base",
+        &g("llama_q8_0.gguf"),
+        "--adapter",
+        a.to_str().unwrap(),
+        "--weight",
+        "0.7",
+        "--adapter",
+        b.to_str().unwrap(),
+        "--weight",
+        "-0.4",
+        "--outtype",
+        "f32",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(v["adapters"][1]["weight"], -0.4);
+    // Reference for this base: its dequantized values plus PEFT's weighted ΔW.
+    let f32_base = hf_view(&fixture("gguf/llama_f32.gguf"));
+    let q_base = hf_view(&fixture("gguf/llama_q8_0.gguf"));
+    let got = hf_view(&out);
+    let peft = read(&fixture("llama/merged/weighted.safetensors"));
+    for (name, r) in &peft {
+        let want: Vec<f32> = r
+            .f32()
+            .iter()
+            .zip(&f32_base[name].2)
+            .zip(&q_base[name].2)
+            .map(|((m, b), q)| q + (m - b))
+            .collect();
+        let e = rel_err(&got[name].2, &want);
+        assert!(e <= 1e-6, "{name}: {e:e}");
+    }
+    assert_eq!(v["tensors_merged_count"], peft.len());
+}
+
+/// A K-quant tensor (no reference quantizer in lorakit yet): `--outtype keep` is refused before
+/// anything is written, naming the tensor and the types that can be written; `--outtype f32`
+/// stores the merge of its dequantized values (gguf-py's Q4_K blocks from types.gguf, in a
+/// file written with lorakit's GGUF writer for this refusal test).
+#[test]
+fn k_quant_tensors_refuse_keep_and_merge_to_a_writable_type() {
+    use lorakit::io::gguf::writer::{header, kv_string, OutTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let types = GgufModel::open(fixture("gguf/types.gguf")).unwrap();
+    let (f, t) = types.get("t.q4_k").unwrap();
+    assert_eq!((t.ty, t.dims.clone()), (GgmlType::Q4_K, vec![512, 2]));
+    let name = "blk.0.attn_v.weight";
+    let mut bytes = header(
+        &[kv_string("general.architecture", "llama")],
+        &[OutTensor {
+            name: name.into(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+        }],
+        32,
+    );
+    bytes.extend_from_slice(f.view(t).data);
+    let base = dir.path().join("k.gguf");
+    std::fs::write(&base, bytes).unwrap();
+    let w0 = f.dequantize(t).unwrap();
+    // A rank-1 adapter on v_proj ([2, 512]): ΔW = 2·b·a with b = [1, -1], a = 0.01·(i mod 7).
+    let a: Vec<f32> = (0..512).map(|i| 0.01 * (i % 7) as f32).collect();
+    let b = [1f32, -1.0];
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let ad = dir.path().join("ad");
+    write_peft_adapter(
+        &ad,
+        r#"{"peft_type": "LORA", "r": 1, "lora_alpha": 2, "target_modules": ["v_proj"]}"#,
+        &[
+            (
+                "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight".into(),
+                vec![1, 512],
+                le(&a),
+            ),
+            (
+                "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight".into(),
+                vec![2, 1],
+                le(&b),
+            ),
+        ],
+    );
+    let out = dir.path().join("m.gguf");
+    let e = one_line_error(&run_err([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains(
+            "tensor `blk.0.attn_v.weight` is Q4_K: lorakit has no reference quantizer for it"
+        ) && e.contains("--outtype f32|f16|bf16|q8_0"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    merge_json(
+        base.to_str().unwrap(),
+        ad.to_str().unwrap(),
+        &out,
+        &["--outtype", "f32"],
+    );
+    let m = GgufModel::open(&out).unwrap();
+    let (mf, mt) = m.get(name).unwrap();
+    assert_eq!(mt.ty, GgmlType::F32);
+    let got = mf.dequantize(mt).unwrap();
+    for (i, (x, w)) in got.iter().zip(&w0).enumerate() {
+        let want = w + 2.0 * b[i / 512] * a[i % 512];
+        assert!(
+            (x - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{i}: {x} vs {want}"
+        );
+    }
 }

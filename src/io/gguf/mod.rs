@@ -1,6 +1,7 @@
 //! GGUF files (llama.cpp, Ollama, LM Studio): a validated header ([`header`]), the ggml type
 //! table ([`types`]), the block codecs ([`quant`]), memory-mapped files ([`GgufFile`]) and
-//! models split over several files ([`GgufModel`]), and the streaming writer ([`writer`]).
+//! models split over several files ([`GgufModel`]), Hugging Face ↔ GGUF names and llama.cpp's
+//! q/k permutation ([`names`]), and the streaming writer ([`writer`]).
 //!
 //! Reading never trusts a number from the file: the header is parsed from the memory map with
 //! every count, size and offset checked ([`header::parse`]). Tensors are borrowed views over

@@ -54,6 +54,51 @@ pub fn kv_u32(key: &str, value: u32) -> Vec<u8> {
     b
 }
 
+/// A `UINT16` metadata entry.
+pub fn kv_u16(key: &str, value: u16) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(&mut b, key);
+    b.extend_from_slice(&2u32.to_le_bytes());
+    b.extend_from_slice(&value.to_le_bytes());
+    b
+}
+
+/// An `INT32` metadata entry.
+pub fn kv_i32(key: &str, value: i32) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(&mut b, key);
+    b.extend_from_slice(&5u32.to_le_bytes());
+    b.extend_from_slice(&value.to_le_bytes());
+    b
+}
+
+/// Splits tensors (by byte size, in order) into parts of at most `max` bytes of tensor data, as
+/// gguf-py's `GGUFWriter(split_max_size=…)` does: a new part starts when the current one is not
+/// empty and the next tensor would take it past `max` (a tensor larger than `max` gets a part
+/// of its own).
+pub fn split_parts(sizes: &[u64], max: u64) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut cur) = (0usize, 0u64);
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && cur.saturating_add(n) > max {
+            parts.push(start..i);
+            (start, cur) = (i, 0);
+        }
+        cur = cur.saturating_add(n);
+    }
+    parts.push(start..sizes.len());
+    parts
+}
+
+/// `DIR/STEM-0000I-of-0000N.gguf` for `path` = `DIR/STEM.gguf` (gguf-py `SHARD_NAME_FORMAT`).
+pub fn part_path(path: &std::path::Path, i: usize, n: usize) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}-{:05}-of-{n:05}.gguf", i + 1))
+}
+
 /// The header: magic, version 3, tensor and entry counts, `entries` (each a whole metadata
 /// entry as bytes), tensor infos, and zero padding up to the data section.
 pub fn header(entries: &[Vec<u8>], tensors: &[OutTensor], alignment: u64) -> Vec<u8> {

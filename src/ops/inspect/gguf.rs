@@ -45,9 +45,13 @@ pub struct MetadataRow {
     pub element_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub element_count: Option<usize>,
-    /// The value; absent for a summarised array.
+    /// A scalar's value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<serde_json::Value>,
+    /// An array's elements (absent when summarised): one key per JSON kind, so `value` is
+    /// never a list in one entry and a number in another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
 }
 
 fn row(v: &Value) -> MetadataRow {
@@ -56,13 +60,15 @@ fn row(v: &Value) -> MetadataRow {
             ty: "ARRAY",
             element_type: Some(et.name()),
             element_count: Some(items.len()),
-            value: (items.len() <= MAX_LISTED).then(|| v.to_json()),
+            value: None,
+            values: (items.len() <= MAX_LISTED).then(|| v.to_json()),
         },
         _ => MetadataRow {
             ty: v.value_type().name(),
             element_type: None,
             element_count: None,
             value: Some(v.to_json()),
+            values: None,
         },
     }
 }
@@ -177,7 +183,11 @@ pub fn render(g: &GgufReport) -> String {
     if !g.metadata.is_empty() {
         s.push_str("\nmetadata\n");
         for (k, r) in &g.metadata {
-            let v = match (&r.value, r.element_type, r.element_count) {
+            let v = match (
+                r.value.as_ref().or(r.values.as_ref()),
+                r.element_type,
+                r.element_count,
+            ) {
                 (Some(v), _, _) => crate::error::one_line(&v.to_string()),
                 (None, Some(et), Some(n)) => format!("[{et} × {n}]"),
                 _ => String::new(),

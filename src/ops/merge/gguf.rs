@@ -29,7 +29,9 @@ use crate::backend::{Engine, MergeJob, Term};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::gguf::names::{self, Rope};
-use crate::io::gguf::writer::{kv_string, GgufWriter, OutTensor};
+use crate::io::gguf::writer::{
+    kv_i32, kv_string, kv_u16, part_path, split_parts, GgufWriter, OutTensor,
+};
 use crate::io::gguf::{quant, types, GgmlType, GgufModel, Value};
 use crate::io::writer::{check_writes, LockMode};
 use crate::io::Output;
@@ -67,6 +69,9 @@ impl OutType {
 #[derive(Debug, Clone, Default)]
 pub struct GgufMergeOptions {
     pub outtype: OutType,
+    /// Split the output into parts of at most this many bytes of tensor data (gguf-py's
+    /// `split_max_size` rule and `-0000I-of-0000N.gguf` names, `split.*` keys in every part).
+    pub max_shard_size: Option<u64>,
     pub unmerge: bool,
     pub allow_unmatched: bool,
 }
@@ -123,6 +128,32 @@ pub struct GgufMergeReport {
     pub unmatched: Vec<String>,
     pub bytes_written: u64,
     pub seconds: f64,
+}
+
+/// What a GGUF merge would write (`merge --dry-run`): nothing is written.
+#[derive(Debug, Clone, Serialize)]
+pub struct GgufDryRun {
+    pub operation: &'static str,
+    pub dry_run: bool,
+    pub base: String,
+    pub out: String,
+    pub files: Vec<GgufDryRunFile>,
+    pub architecture: String,
+    pub outtype: String,
+    pub tensors_merged_count: usize,
+    pub tensors_copied_count: usize,
+    /// `[tensor, base type, stored type]` of every tensor to merge.
+    pub merged_tensors: Vec<[String; 3]>,
+    pub unmatched: Vec<String>,
+    /// Tensor bytes of the whole output.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GgufDryRunFile {
+    pub path: String,
+    pub tensor_count: usize,
+    pub bytes: u64,
 }
 
 fn head_count(m: &GgufModel, arch: &str, key: &str) -> Option<usize> {
@@ -312,12 +343,23 @@ impl GgufMergePlan {
             )
             .into());
         }
+        if targets.is_empty() {
+            // As for safetensors bases, --allow-unmatched never lets through a merge that lands
+            // no module at all (it would write a copy of the base).
+            return Err(InputError::invalid(
+                &adapters[0].adapter.path,
+                format!(
+                    "no adapter module matches a tensor of the GGUF base ({})",
+                    unmatched.join("; ")
+                ),
+            )
+            .into());
+        }
         let mut reads = base.paths();
         for wa in &adapters {
             reads.extend(wa.adapter.input_paths());
         }
-        check_writes(&reads, std::slice::from_ref(&out), &[])?;
-        Ok(GgufMergePlan {
+        let plan = GgufMergePlan {
             base_path: base_path.to_path_buf(),
             base,
             adapters,
@@ -325,7 +367,96 @@ impl GgufMergePlan {
             options,
             targets,
             unmatched,
-        })
+        };
+        let (files, _) = plan.layout();
+        check_writes(&reads, &files, &[])?;
+        Ok(plan)
+    }
+
+    /// The plan as `merge --dry-run` prints it.
+    pub fn dry_run(&self) -> GgufDryRun {
+        let tensors = self.out_tensors();
+        let (files, parts) = self.layout();
+        GgufDryRun {
+            operation: if self.options.unmerge {
+                "unmerge"
+            } else {
+                "merge"
+            },
+            dry_run: true,
+            base: self.base_path.display().to_string(),
+            out: self.out.display().to_string(),
+            files: files
+                .iter()
+                .zip(&parts)
+                .map(|(f, r)| GgufDryRunFile {
+                    path: f.display().to_string(),
+                    tensor_count: r.len(),
+                    bytes: tensors[r.clone()].iter().map(OutTensor::bytes).sum(),
+                })
+                .collect(),
+            architecture: self.base.architecture().unwrap_or("").into(),
+            outtype: self.outtype_name(),
+            tensors_merged_count: self.targets.len(),
+            tensors_copied_count: self.base.len() - self.targets.len(),
+            merged_tensors: self
+                .targets
+                .iter()
+                .map(|t| {
+                    let (_, info) = self.base.get(&t.tensor).expect("planned");
+                    [
+                        t.tensor.clone(),
+                        info.ty.name().into(),
+                        t.out_type.name().into(),
+                    ]
+                })
+                .collect(),
+            unmatched: self.unmatched.clone(),
+            bytes: tensors.iter().map(OutTensor::bytes).sum(),
+        }
+    }
+
+    fn outtype_name(&self) -> String {
+        match self.options.outtype {
+            OutType::Keep => "keep".into(),
+            OutType::To(t) => t.name().to_lowercase(),
+        }
+    }
+
+    /// The output tensors in order, and the files with the tensor ranges each holds.
+    fn out_tensors(&self) -> Vec<OutTensor> {
+        self.base
+            .tensors()
+            .map(|(_, t)| OutTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: self
+                    .targets
+                    .iter()
+                    .find(|x| x.tensor == t.name)
+                    .map_or(t.ty, |x| x.out_type),
+            })
+            .collect()
+    }
+
+    /// The output files and the tensor range of each.
+    fn layout(&self) -> (Vec<PathBuf>, Vec<std::ops::Range<usize>>) {
+        let tensors = self.out_tensors();
+        let parts = match self.options.max_shard_size {
+            Some(max) => {
+                let sizes: Vec<u64> = tensors.iter().map(OutTensor::bytes).collect();
+                split_parts(&sizes, max)
+            }
+            None => std::iter::once(0..tensors.len()).collect(),
+        };
+        let files = if parts.len() == 1 {
+            vec![self.out.clone()]
+        } else {
+            (0..parts.len())
+                .map(|i| part_path(&self.out, i, parts.len()))
+                .collect()
+        };
+        (files, parts)
     }
 
     /// The output's metadata entries: the base's (raw bytes; `split.*` and old `lorakit.*`
@@ -444,32 +575,48 @@ impl GgufMergePlan {
     /// Writes the merged model atomically and reports per merged tensor.
     pub fn run(self, engine: &Engine) -> Result<GgufMergeReport> {
         let start = std::time::Instant::now();
-        let out_tensors: Vec<OutTensor> = self
-            .base
-            .tensors()
-            .map(|(_, t)| OutTensor {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                ty: self
-                    .targets
-                    .iter()
-                    .find(|x| x.tensor == t.name)
-                    .map_or(t.ty, |x| x.out_type),
-            })
-            .collect();
+        let out_tensors = self.out_tensors();
+        let (files, parts) = self.layout();
         let mut output = Output::new();
         if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
             output.create_dir_all(dir)?;
         }
         output.lock(&self.out, LockMode::Exclusive)?;
-        let entries = self.entries();
+        let base_entries = self.entries();
         let alignment = self.base.header().alignment;
+        let alignment_kv: Vec<Vec<u8>> = {
+            let f = &self.base.files[0];
+            f.header()
+                .metadata
+                .iter()
+                .filter(|kv| kv.key == "general.alignment")
+                .map(|kv| f.raw_kv(kv).to_vec())
+                .collect()
+        };
+        let base_tensors: Vec<_> = self.base.tensors().collect();
         let mut merged = Vec::new();
-        let written;
-        {
-            let file = output.raw_file(&self.out)?;
-            let mut w = GgufWriter::new(file, &self.out, &entries, out_tensors, alignment)?;
-            for (f, t) in self.base.tensors() {
+        let mut written = 0;
+        for (pi, (path, range)) in files.iter().zip(&parts).enumerate() {
+            // Part 1 holds the metadata; every part its split keys (gguf-py's layout).
+            let mut entries = if pi == 0 {
+                base_entries.clone()
+            } else {
+                alignment_kv.clone()
+            };
+            if files.len() > 1 {
+                entries.push(kv_u16("split.no", pi as u16));
+                entries.push(kv_u16("split.count", files.len() as u16));
+                entries.push(kv_i32("split.tensors.count", out_tensors.len() as i32));
+            }
+            let file = output.raw_file(path)?;
+            let mut w = GgufWriter::new(
+                file,
+                path,
+                &entries,
+                out_tensors[range.clone()].to_vec(),
+                alignment,
+            )?;
+            for &(f, t) in &base_tensors[range.clone()] {
                 match self.targets.iter().find(|x| x.tensor == t.name) {
                     None => w.write_tensor(&t.name, f.view(t).data)?,
                     Some(target) => {
@@ -514,7 +661,7 @@ impl GgufMergePlan {
                     }
                 }
             }
-            written = w.finish()?;
+            written += w.finish()?;
         }
         output.commit()?;
         Ok(GgufMergeReport {
@@ -525,12 +672,9 @@ impl GgufMergePlan {
             },
             base: self.base_path.display().to_string(),
             out: self.out.display().to_string(),
-            files: vec![self.out.display().to_string()],
+            files: files.iter().map(|f| f.display().to_string()).collect(),
             architecture: self.base.architecture().unwrap_or("").into(),
-            outtype: match self.options.outtype {
-                OutType::Keep => "keep".into(),
-                OutType::To(t) => t.name().to_lowercase(),
-            },
+            outtype: self.outtype_name(),
             adapters: self.adapter_json(),
             tensors_merged_count: merged.len(),
             tensors_copied_count: self.base.len() - merged.len(),
