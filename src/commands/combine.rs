@@ -126,13 +126,15 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     let mut summaries = Vec::new();
     let mut inputs = Vec::new();
     for ((adapter, weight), path) in adapters.into_iter().zip(&weights).zip(&a.adapters) {
-        let mut adapter = adapter;
         summaries.push(InputSummary {
             path: show(path),
             format: adapter.format,
             weight: *weight,
             module_count: adapter.modules.len(),
         });
+        // LyCORIS modules take part as the exact LoRA form of their ΔW (every nonzero singular
+        // triplet), so every method sees B and A.
+        let mut adapter = crate::ops::resize::lower_exactly(adapter)?;
         convert::prepare(&mut adapter, to, base.as_ref())?;
         inputs.push(WeightedInput {
             adapter,

@@ -292,6 +292,17 @@ pub fn combine_side(
     }
 }
 
+/// Two modules' layouts agree: the same kind, or a linear (flat) one and a conv of the same
+/// `[out, in·kh·kw]` (LyCORIS stores a LoHa conv flat and does not say its kernel).
+fn same_layout(a: &ModuleKind, b: &ModuleKind) -> bool {
+    a == b
+        || matches!(
+            (a, b),
+            (ModuleKind::Linear, ModuleKind::Conv { .. })
+                | (ModuleKind::Conv { .. }, ModuleKind::Linear)
+        )
+}
+
 /// One module's inputs: (input position, module).
 type Parts<'a> = Vec<(usize, &'a LoraModule)>;
 
@@ -350,7 +361,7 @@ pub fn combine(
                 ));
             }
             if let Some((j, m0)) = parts.first() {
-                if m0.kind != m.kind
+                if !same_layout(&m0.kind, &m.kind)
                     || m0.out_features != m.out_features
                     || m0.in_features != m.in_features
                     || m0.base_transposed != m.base_transposed
@@ -469,9 +480,16 @@ pub fn combine(
                     (m0.rank, b, a)
                 }
             };
+            // A conv kind where one input says it (a flat LoHa conv does not).
+            let kind = parts
+                .iter()
+                .map(|(_, m)| &m.kind)
+                .find(|k| matches!(k, ModuleKind::Conv { .. }))
+                .unwrap_or(&m0.kind)
+                .clone();
             let module = LoraModule {
                 name: name.to_string(),
-                kind: m0.kind.clone(),
+                kind,
                 rank,
                 alpha: rank as f64,
                 scale: 1.0,

@@ -211,6 +211,38 @@ pub fn lower_module(
     Ok((Some(factors(new_rank)), report))
 }
 
+/// Every non-LoRA module of `adapter` replaced by the LoRA form of its whole ΔW (all singular
+/// triplets: exact up to f32 rounding), for operations that work on `B` and `A` (combine). LoRA
+/// modules are left untouched.
+pub fn lower_exactly(mut adapter: Adapter) -> InputResult<Adapter> {
+    if adapter.modules.iter().all(|m| m.factors.lora().is_some()) {
+        return Ok(adapter);
+    }
+    let rslora = adapter.use_rslora;
+    let all = RankRule::Fixed(usize::MAX);
+    let lowered: Vec<Option<(Option<Factors>, ModuleResize)>> = adapter
+        .modules
+        .iter()
+        .map(|m| {
+            (m.factors.lora().is_none())
+                .then(|| lower_module(&adapter, m, rslora, &all))
+                .transpose()
+        })
+        .collect::<InputResult<_>>()?;
+    for (m, l) in adapter.modules.iter_mut().zip(lowered) {
+        if let Some((Some((b, a)), rep)) = l {
+            m.rank = rep.rank_after;
+            m.alpha = rep.alpha_after;
+            m.scale = scale_for(m.alpha, m.rank, rslora);
+            m.factors = crate::adapter::Factors::Lora {
+                a: Data::Owned(Arc::new(a)),
+                b: Data::Owned(Arc::new(b)),
+            };
+        }
+    }
+    Ok(adapter)
+}
+
 /// Resizes every module of `adapter` (modules in parallel; the result does not depend on the
 /// thread schedule). The returned adapter keeps the input's format, config, metadata, DoRA
 /// magnitudes, biases and full tensors.

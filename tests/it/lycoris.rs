@@ -529,3 +529,53 @@ fn lycoris_lowers_to_lora_at_the_optimal_error() {
         }
     }
 }
+
+/// `combine` takes LyCORIS inputs as the exact LoRA form of their ΔW: `cat` of a LoHa and a LoKr
+/// file at weights ½ merges to W0 + ½ΔW₁ + ½ΔW₂, the reference computed here in f64 from the two
+/// forward-probed fixtures. A flat LoHa conv and a LoKr conv of the same layout combine.
+#[test]
+fn combine_takes_lycoris_inputs_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mix.safetensors");
+    run_ok([
+        "combine",
+        "--adapter",
+        fixture("lycoris/loha.safetensors").to_str().unwrap(),
+        "--weight",
+        "0.5",
+        "--adapter",
+        fixture("lycoris/lokr.safetensors").to_str().unwrap(),
+        "--weight",
+        "0.5",
+        "--method",
+        "cat",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let merged = dir.path().join("merged.safetensors");
+    merge_ok(
+        &fixture("lycoris/base.safetensors"),
+        &out,
+        &merged,
+        &["--quiet"],
+    );
+    let base = read(&fixture("lycoris/base.safetensors"));
+    let (m1, m2) = (
+        read(&fixture("lycoris/loha.merged.safetensors")),
+        read(&fixture("lycoris/lokr.merged.safetensors")),
+    );
+    for (name, t) in read(&merged) {
+        let want: Vec<f32> = base[&name]
+            .f32()
+            .iter()
+            .zip(m1[&name].f32())
+            .zip(m2[&name].f32())
+            .map(|((&x, y), z)| {
+                let x = x as f64;
+                (x + 0.5 * (y as f64 - x) + 0.5 * (z as f64 - x)) as f32
+            })
+            .collect();
+        let e = rel_err(&t.f32(), &want);
+        assert!(e <= TOL, "{name}: relative error {e:e}");
+    }
+}
