@@ -106,6 +106,7 @@ pub struct CombineArgs {
 ///       --out te_peft/
 ///   lorakit convert te.safetensors --to peft --out back/        # lorakit-written: no --base needed
 ///   lorakit convert a/ --to kohya --prefix lora_te1 --dtype f16 --out a.safetensors --json
+///   lorakit convert lora.safetensors --to diffusers --base unet/ --out pytorch_lora_weights.safetensors
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ConvertArgs {
@@ -113,9 +114,13 @@ pub struct ConvertArgs {
     #[arg(value_hint = ValueHint::AnyPath)]
     pub adapter: PathBuf,
 
-    /// Output format: peft, kohya, or gguf (a llama.cpp LoRA adapter: --base names the model,
+    /// Output format: peft, kohya, gguf (a llama.cpp LoRA adapter: --base names the model,
     /// a GGUF file or a Hugging Face folder, for its architecture; per-module scales that
-    /// llama.cpp's one alpha per file cannot express are folded into B).
+    /// llama.cpp's one alpha per file cannot express are folded into B), or diffusers (the
+    /// single file `pipe.load_lora_weights` reads: COMPONENT.MODULE.lora_A.weight with each
+    /// component's LoraConfig in `lora_adapter_metadata`; the component comes from the names,
+    /// their kohya prefix, or --prefix as a kohya prefix: lora_unet → unet, lora_te →
+    /// text_encoder, lora_te2 → text_encoder_2, lora_transformer → transformer).
     #[arg(long, value_enum)]
     pub to: crate::ops::convert::ConvertTo,
 

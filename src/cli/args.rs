@@ -52,6 +52,7 @@ value_enum!(ConvertTo {
     Peft => "peft": "Hugging Face PEFT: adapter_model.safetensors + adapter_config.json",
     Kohya => "kohya": "kohya-ss sd-scripts: one .safetensors file (lora_down / lora_up / alpha)",
     Gguf => "gguf": "A llama.cpp LoRA adapter (.gguf, for llama-cli --lora); needs --base (a GGUF model or a Hugging Face folder) for the architecture",
+    Diffusers => "diffusers": "A diffusers single file (pytorch_lora_weights.safetensors): COMPONENT.MODULE.lora_A.weight with the LoraConfig in lora_adapter_metadata; --prefix names the component (unet, transformer, text_encoder) when the names carry none",
 });
 
 value_enum!(DtypeChoice {

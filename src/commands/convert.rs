@@ -5,7 +5,7 @@ use crate::adapter::{Adapter, Format};
 use crate::cli::ConvertArgs;
 use crate::inspect::{human_bytes, table};
 use crate::io::Checkpoint;
-use crate::ops::convert::{self, NameSource};
+use crate::ops::convert::{self, ConvertTo, NameSource};
 use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec, Written};
 use anyhow::Result;
 use serde_json::json;
@@ -54,7 +54,10 @@ pub struct ConvertSummary {
 pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let start = Instant::now();
     let Some(to) = a.to.format() else {
-        return gguf(a, start);
+        return match a.to {
+            ConvertTo::Diffusers => diffusers(a, start),
+            _ => gguf(a, start),
+        };
     };
     let mut adapter = Adapter::open(&a.adapter)?;
     let base = open_base(a.output.base.as_deref())?;
@@ -288,6 +291,116 @@ pub struct GgufConvertSummary {
     pub files: Vec<String>,
     pub bytes_written: u64,
     pub seconds: f64,
+}
+
+/// What `convert --to diffusers` did (`--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiffusersConvertSummary {
+    pub operation: &'static str,
+    pub input: String,
+    pub out: String,
+    pub to: &'static str,
+    pub base: Option<String>,
+    pub component: Option<String>,
+    pub names_from: NameSource,
+    pub module_count: usize,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+/// `convert --to diffusers`: names made dotted (kohya names resolved against `--base`), then
+/// written by [`crate::adapter::formats::diffusers::write`] through the atomic writer.
+fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
+    use crate::adapter::formats::diffusers as d;
+    use crate::io::Output;
+    let mut adapter = Adapter::open(&a.adapter)?;
+    let base = open_base(a.output.base.as_deref())?;
+    let spec = WriteSpec {
+        format: Format::Kohya,
+        out: a.output.out.clone(),
+        dtype: output::copy_dtype(a.output.dtype),
+        kohya_prefix: None,
+    };
+    check_output(&spec, &[&adapter], base.as_ref())?;
+    // The pipeline component of each module: a dotted name's own, else its kohya prefix's
+    // (lora_unet → unet, …), else --prefix's.
+    let from_kohya: Vec<Option<&'static str>> = adapter
+        .modules
+        .iter()
+        .map(|m| {
+            crate::adapter::formats::kohya::split_prefix(&m.name)
+                .and_then(|(p, _)| d::component_of_kohya_prefix(p))
+        })
+        .collect();
+    let fallback = match a.output.prefix.as_deref() {
+        None => None,
+        Some(p) => Some(d::component_of_kohya_prefix(p).ok_or_else(|| {
+            anyhow::anyhow!("--prefix {p} names no diffusers pipeline component")
+        })?),
+    };
+    let kohya_names =
+        adapter.format == Format::Kohya && adapter.modules.iter().any(|m| !m.name.contains('.'));
+    let names_from = if kohya_names {
+        convert::prepare(&mut adapter, Format::Peft, base.as_ref())?.names_from
+    } else {
+        if let Some(b) = base.as_ref() {
+            convert::check_onto(&adapter, b)?;
+        }
+        NameSource::Adapter
+    };
+    for (m, comp) in adapter.modules.iter_mut().zip(from_kohya) {
+        if let (Some(c), false) = (comp, d::has_component(&m.name)) {
+            m.name = format!("{c}.{}", m.name);
+        }
+    }
+    let folder = spec
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut out = Output::new();
+    out.create_dir_all(&folder)?;
+    out.lock(&spec.out, crate::io::writer::LockMode::Exclusive)?;
+    let meta = vec![
+        (
+            "lorakit.version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        ),
+        ("lorakit.operation".to_owned(), "convert".to_owned()),
+        (
+            "lorakit.inputs".to_owned(),
+            inputs_json(&[&a.adapter], a.output.base.as_deref()).to_string(),
+        ),
+    ];
+    d::write(&adapter, fallback, &spec.out, &mut out, spec.dtype, &meta)?;
+    let bytes = out.commit()?;
+    let s = DiffusersConvertSummary {
+        operation: "convert",
+        input: show(&a.adapter),
+        out: show(&spec.out),
+        to: "diffusers",
+        base: a.output.base.as_deref().map(show),
+        component: fallback.map(str::to_owned),
+        names_from,
+        module_count: adapter.modules.len(),
+        files: vec![show(&spec.out)],
+        bytes_written: bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    if a.json {
+        super::print_json("convert", &s)?;
+    } else {
+        println!(
+            "{} modules, {} written to {} in {:.2} s",
+            s.module_count,
+            human_bytes(bytes),
+            s.out,
+            s.seconds
+        );
+    }
+    Ok(0)
 }
 
 fn gguf(a: ConvertArgs, start: Instant) -> Result<i32> {

@@ -36,15 +36,17 @@ pub enum ConvertTo {
     Peft,
     Kohya,
     Gguf,
+    /// A diffusers single file ([`crate::adapter::formats::diffusers`]).
+    Diffusers,
 }
 
 impl ConvertTo {
-    /// The adapter format, `None` for GGUF.
+    /// The adapter format, `None` for GGUF and diffusers single files.
     pub fn format(self) -> Option<Format> {
         match self {
             ConvertTo::Peft => Some(Format::Peft),
             ConvertTo::Kohya => Some(Format::Kohya),
-            ConvertTo::Gguf => None,
+            ConvertTo::Gguf | ConvertTo::Diffusers => None,
         }
     }
 }

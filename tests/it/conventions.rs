@@ -52,14 +52,17 @@ fn unet() -> std::path::PathBuf {
     fixture("conventions/unet")
 }
 
+/// Merges `conventions/{case}.safetensors` (or `dir/{case}.safetensors` when it exists there)
+/// into the UNet.
 fn merge(dir: &Path, case: &str) -> BTreeMap<String, T> {
-    let out = dir.join(case);
-    merge_ok(
-        &unet(),
-        &fixture(&format!("conventions/{case}.safetensors")),
-        &out,
-        &["--quiet"],
-    );
+    let out = dir.join(format!("{case}.merged"));
+    let local = dir.join(format!("{case}.safetensors"));
+    let adapter = if local.exists() {
+        local
+    } else {
+        fixture(&format!("conventions/{case}.safetensors"))
+    };
+    merge_ok(&unet(), &adapter, &out, &["--quiet"]);
     read_checkpoint(&out)
 }
 
@@ -240,4 +243,86 @@ fn contradictory_single_files_are_refused() {
         }
         assert!(!out.exists(), "{name}: nothing written");
     }
+}
+
+/// `convert --to diffusers` writes `COMPONENT.MODULE.lora_A/B.weight` with the config in
+/// `lora_adapter_metadata`: the factors are the input's bytes, the file merges like the input,
+/// and what has no diffusers form (no component, a LoHa module) is refused in one line.
+#[test]
+fn convert_to_diffusers_keeps_factors_and_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, reference, extra) in [
+        ("diffusers_metadata", "reference", vec![]),
+        ("kohya", "reference_alpha_r", vec!["--base", "UNET"]),
+        (
+            "peft_default",
+            "reference_alpha_r",
+            vec!["--prefix", "lora_unet"],
+        ),
+    ] {
+        let src = fixture(&format!("conventions/{case}.safetensors"));
+        let out = dir.path().join(format!("{case}.d.safetensors"));
+        let mut args: Vec<String> = ["convert", src.to_str().unwrap(), "--to", "diffusers"]
+            .map(String::from)
+            .into();
+        args.extend(extra.iter().map(|s| {
+            if *s == "UNET" {
+                unet().display().to_string()
+            } else {
+                s.to_string()
+            }
+        }));
+        args.extend(["--out".to_string(), out.display().to_string()]);
+        run_ok(&args);
+        let t = read(&out);
+        assert!(
+            t.keys()
+                .all(|k| k.starts_with("unet.") && k.contains(".lora_")),
+            "{case}"
+        );
+        // Byte for byte: every written factor is one of the input's.
+        let input: Vec<Vec<u8>> = read(&src).into_values().map(|x| x.data).collect();
+        assert!(
+            t.values().all(|x| input.contains(&x.data)),
+            "{case}: factors copied"
+        );
+        let merged = merge(dir.path(), &format!("{case}.d"));
+        let r = read(&fixture(&format!("conventions/{reference}.safetensors")));
+        for (name, want) in &r {
+            let e = rel_err(&merged[name].f32(), &want.f32());
+            assert!(e <= TOL, "{case} {name}: {e:e}");
+        }
+    }
+    // No pipeline component in the names and none given.
+    let out = dir.path().join("none.safetensors");
+    let line = one_line_error(&run_err([
+        "convert",
+        fixture("conventions/peft_default.safetensors")
+            .to_str()
+            .unwrap(),
+        "--to",
+        "diffusers",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        line.contains("component") && line.contains("--prefix"),
+        "{line}"
+    );
+    assert!(!out.exists());
+    // A LoHa module has no diffusers LoRA form.
+    let line = one_line_error(&run_err([
+        "convert",
+        fixture("lycoris/loha.safetensors").to_str().unwrap(),
+        "--to",
+        "diffusers",
+        "--base",
+        fixture("lycoris/base.safetensors").to_str().unwrap(),
+        "--prefix",
+        "lora_unet",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(line.contains("loha") && line.contains("resize"), "{line}");
+    assert!(!out.exists());
 }

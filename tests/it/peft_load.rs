@@ -209,3 +209,63 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
     ]);
     assert_peft_loads_and_merges_like_lorakit(&py, &fixed, &base, dir.path());
 }
+
+/// diffusers itself loads what `convert --to diffusers` writes, from a diffusers single file with
+/// its `lora_adapter_metadata` alpha (≠ rank) and from a kohya file (names restored with
+/// `--base`), as `pipe.load_lora_weights` does (`fixtures/gen/check_diffusers_load.py`), and its
+/// fused UNet equals lorakit's merge of the input to 1e-6.
+#[test]
+fn diffusers_loads_convert_to_diffusers_output_and_fuses_like_lorakit() {
+    let Some(py) = peft_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let unet = fixture("conventions/unet");
+    for (input, extra) in [
+        ("diffusers_metadata", vec![]),
+        (
+            "kohya",
+            vec!["--base".to_string(), unet.display().to_string()],
+        ),
+        (
+            "bare",
+            vec!["--prefix".to_string(), "lora_unet".to_string()],
+        ),
+    ] {
+        let src = fixture(&format!("conventions/{input}.safetensors"));
+        let out = dir.path().join(format!("{input}.diffusers.safetensors"));
+        let mut args = vec![
+            "convert".to_string(),
+            src.display().to_string(),
+            "--to".into(),
+            "diffusers".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        args.extend(extra);
+        run_ok(&args);
+        let fused = dir.path().join(format!("{input}.fused.safetensors"));
+        let res = std::process::Command::new(&py)
+            .arg(fixture("gen/check_diffusers_load.py"))
+            .arg(&out)
+            .arg(&fused)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            res.status.success(),
+            "diffusers refused {}: {}{}",
+            out.display(),
+            String::from_utf8_lossy(&res.stdout),
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let merged = dir.path().join(format!("{input}.lorakit"));
+        merge_ok(&unet, &src, &merged, &["--quiet"]);
+        let (a, b) = (read(&fused), read_checkpoint(&merged));
+        assert_eq!(a.len(), b.len(), "{input}: same tensors");
+        for (name, t) in &b {
+            let e = rel_err(&a[name].f32(), &t.f32());
+            assert!(e <= 1e-6, "{input} {name}: diffusers vs lorakit {e:e}");
+        }
+    }
+}

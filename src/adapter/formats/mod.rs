@@ -1,5 +1,6 @@
 //! Adapter file formats: detection and dispatch to the readers and writers.
 
+pub mod diffusers;
 pub mod gguf;
 pub mod kohya;
 pub mod lycoris;

@@ -1,0 +1,171 @@
+//! Writing a diffusers single-file LoRA (`pytorch_lora_weights.safetensors`), the form
+//! diffusers' own `save_lora_weights` writes (`loaders/lora_base.py` `write_lora_layers`): keys
+//! `{component}.{module}.lora_A.weight` / `.lora_B.weight` under the pipeline component
+//! (`unet`, `transformer`, `text_encoder`, `text_encoder_2`), and each component's PEFT
+//! `LoraConfig` in the `lora_adapter_metadata` entry of `__metadata__` with its keys prefixed by
+//! the component (`_pack_dict_with_prefix`), which `load_lora_adapter` turns back into the config
+//! (ranks, alphas, patterns, rsLoRA). lorakit's reader ([`super::kohya`]) reads the same file
+//! back to the same modules, factors byte for byte.
+//!
+//! Only plain LoRA on linear and conv layers is written: diffusers' LoRA loader has no place for
+//! LyCORIS factors, DoRA, `lora_B` biases, embeddings or full tensors, and refusing names what
+//! would otherwise be lost.
+
+use super::peft;
+use crate::adapter::{Adapter, Format, ModuleKind};
+use crate::error::{InputError, InputResult};
+use crate::io::TensorSpec;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The metadata entry diffusers reads the config from.
+pub const METADATA_KEY: &str = "lora_adapter_metadata";
+
+/// Pipeline components a module name may already start with.
+pub const COMPONENTS: &[&str] = &[
+    "unet",
+    "transformer",
+    "text_encoder",
+    "text_encoder_2",
+    "prior",
+];
+
+/// The pipeline component a kohya prefix stands for (diffusers' `convert_state_dict_to_kohya`
+/// and `_convert_non_diffusers_lora_to_diffusers` map them so: `lora_unet` ↔ `unet`, `lora_te`/
+/// `lora_te1` ↔ `text_encoder`, `lora_te2` ↔ `text_encoder_2`; `lora_transformer` ↔
+/// `transformer` (OneTrainer), `lora_prior_unet` ↔ `prior`).
+pub fn component_of_kohya_prefix(prefix: &str) -> Option<&'static str> {
+    Some(match prefix {
+        "lora_unet" => "unet",
+        "lora_te" | "lora_te1" => "text_encoder",
+        "lora_te2" => "text_encoder_2",
+        "lora_transformer" => "transformer",
+        "lora_prior_unet" => "prior",
+        _ => return None,
+    })
+}
+
+/// The module name starts with a pipeline component.
+pub fn has_component(name: &str) -> bool {
+    split(name, None).is_some()
+}
+
+/// `(component, module name relative to it)` of a module, `component` when its name has none.
+fn split<'n>(name: &'n str, component: Option<&'n str>) -> Option<(&'n str, &'n str)> {
+    if let Some((first, rest)) = name.split_once('.') {
+        if COMPONENTS.contains(&first) {
+            return Some((first, rest));
+        }
+    }
+    component.map(|c| (c, name))
+}
+
+/// Writes `adapter` (dotted module names) as a diffusers single file at `out`. Modules whose
+/// names carry no component go under `component`; without one that is an error naming the
+/// module. Tensors are encoded as `dtype` (`None`: stored tensors in their own dtype).
+pub fn write(
+    adapter: &Adapter,
+    component: Option<&str>,
+    out: &Path,
+    output: &mut crate::io::Output,
+    dtype: Option<crate::dtype::Dtype>,
+    extra_metadata: &[(String, String)],
+) -> InputResult<()> {
+    let refuse = |what: String| InputError::invalid(&adapter.path, what);
+    if let Some(f) = adapter.full_tensors.first() {
+        return Err(refuse(format!(
+            "tensor `{}`: a diffusers LoRA file cannot hold full tensors (modules_to_save)",
+            f.name
+        )));
+    }
+    let mut groups: BTreeMap<&str, Vec<crate::adapter::LoraModule>> = BTreeMap::new();
+    let mut specs = Vec::new();
+    let mut payload: Vec<Vec<u8>> = Vec::new();
+    for m in &adapter.modules {
+        let Some((a, b)) = m.factors.lora() else {
+            return Err(refuse(format!(
+                "module `{}` is {}, which diffusers' LoRA loader cannot hold; lower it to LoRA first (lorakit resize --rank R)",
+                m.name,
+                m.factors.algo()
+            )));
+        };
+        if m.dora_magnitude.is_some()
+            || m.bias.is_some()
+            || m.kind == ModuleKind::Embedding
+            || m.base_transposed
+        {
+            return Err(refuse(format!(
+                "module `{}`: a diffusers LoRA file cannot hold DoRA, lora bias, embedding or fan_in_fan_out modules",
+                m.name
+            )));
+        }
+        if kohya_named(adapter, &m.name) {
+            return Err(refuse(format!(
+                "module `{}`: kohya names lost the dots of the module paths; give --base (the model the adapter is for) to restore them",
+                m.name
+            )));
+        }
+        let (comp, rel) = split(&m.name, component).ok_or_else(|| {
+            refuse(format!(
+                "module `{}` names no pipeline component ({}): give --prefix with the component's kohya prefix (lora_unet, lora_te, lora_te2, lora_transformer)",
+                m.name,
+                COMPONENTS.join(", ")
+            ))
+        })?;
+        // ai-toolkit's `diffusion_model.` root is the denoiser itself, not a layer.
+        let rel = rel.strip_prefix("diffusion_model.").unwrap_or(rel);
+        let mut rel_module = m.clone();
+        rel_module.name = rel.to_owned();
+        groups.entry(comp).or_default().push(rel_module);
+        let (ashape, bshape) = peft::factor_shapes(m);
+        for (suffix, data, shape) in [("lora_A.weight", a, ashape), ("lora_B.weight", b, bshape)] {
+            let (dt, bytes) = peft::encoded(adapter, data, dtype)?;
+            specs.push(TensorSpec::new(format!("{comp}.{rel}.{suffix}"), dt, shape));
+            payload.push(bytes);
+        }
+    }
+    // Each component's LoraConfig, keys prefixed by the component, sorted (json.dumps with
+    // sort_keys=True).
+    let mut config = BTreeMap::new();
+    for (comp, modules) in groups {
+        let sub = Adapter {
+            format: Format::Peft,
+            path: adapter.path.clone(),
+            source: None,
+            modules,
+            full_tensors: Vec::new(),
+            base_model: None,
+            use_rslora: adapter.use_rslora,
+            use_dora: false,
+            modules_to_save: Vec::new(),
+            config: None,
+            metadata: Vec::new(),
+            namings: Vec::new(),
+        };
+        if let serde_json::Value::Object(c) = peft::config_json(&sub) {
+            for (k, v) in c {
+                config.insert(format!("{comp}.{k}"), v);
+            }
+        }
+    }
+    let mut meta = vec![("format".to_owned(), "pt".to_owned())];
+    meta.push((
+        METADATA_KEY.to_owned(),
+        serde_json::to_string_pretty(&config).expect("JSON of JSON values"),
+    ));
+    meta.extend(extra_metadata.iter().cloned());
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by(|&i, &j| specs[i].name.cmp(&specs[j].name));
+    let specs: Vec<TensorSpec> = order.iter().map(|&i| specs[i].clone()).collect();
+    let mut w = output.safetensors(out, &meta, specs.clone())?;
+    for (spec, &i) in specs.iter().zip(&order) {
+        w.write_tensor(&spec.name, &payload[i])?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// A kohya-named module (`lora_unet_…`, no dots): its paths must be restored first.
+fn kohya_named(adapter: &Adapter, name: &str) -> bool {
+    adapter.format == Format::Kohya && !name.contains('.')
+}
