@@ -781,3 +781,24 @@ fn assert_rule_at(adapter: &Path, base: &Path, tgt: &str, verdict: &str, rule: &
     assert_eq!(t["verdict"], verdict, "{t}");
     assert!(fired(t).iter().any(|x| x == rule), "{t}");
 }
+
+/// diffusers' own single file (`unet.…lora_A.weight`, alpha 2·r only in `lora_adapter_metadata`):
+/// diffusers applies it (tests/it/peft_load.rs runs diffusers on it and on what `convert --to
+/// diffusers` writes), ComfyUI reads no metadata and applies scale 1 instead of 2 — the
+/// `weight_adapter/lora.py` rule — so it is a silent failure there, naming every module.
+#[test]
+fn diffusers_single_files_load_in_diffusers_and_lose_their_alpha_in_comfy() {
+    let p = fixture("conventions/diffusers_metadata.safetensors");
+    let (code, r) = check_json(&[s(&p), "--target", "diffusers,comfy"]);
+    assert_eq!(code, 1);
+    assert_eq!(target(&r, "diffusers")["verdict"], "loads", "{r}");
+    let comfy = target(&r, "comfy");
+    assert_eq!(outcome(comfy), "silent", "{comfy}");
+    assert_eq!(fired(comfy), vec!["comfy.scale".to_string()]);
+    let text = comfy.to_string();
+    assert!(text.contains("scale 1 instead of 2"), "{text}");
+    // The same factors with alpha = r (the kohya conversion) load the same in both.
+    let p = fixture("conventions/kohya.safetensors");
+    let (code, r) = check_json(&[s(&p), "--target", "diffusers,comfy"]);
+    assert_eq!(code, 0, "{r}");
+}

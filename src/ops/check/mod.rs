@@ -665,9 +665,16 @@ impl<'a> Facts<'a> {
                     alpha / m.rank as f64
                 }
                 ScaleRule::AlphaKeyOrOne => match a.format {
-                    // kohya files carry `.alpha` per module (lorakit reads a missing one as
-                    // alpha = r, scale 1, the same as the loader's 1).
-                    Format::Kohya => continue,
+                    // A single file's `{module}.alpha` is read; without one lorakit's alpha is
+                    // r (scale 1, the loader's 1) unless diffusers' `lora_adapter_metadata`
+                    // gave another, which ComfyUI does not read.
+                    Format::Kohya => {
+                        let key = format!("{}.alpha", m.name);
+                        if a.source.as_ref().is_some_and(|s| s.info(&key).is_some()) {
+                            continue;
+                        }
+                        1.0
+                    }
                     Format::Peft => 1.0,
                 },
             };
@@ -770,11 +777,14 @@ fn layer_kind(name: &str) -> Option<(String, usize)> {
 
 /// diffusers' SD/SDXL reader converts kohya keys only when every key starts with one of these
 /// (`lora_pipeline.py` `StableDiffusionLoraLoaderMixin.lora_state_dict`).
+/// Names under a pipeline component (`unet.`, `text_encoder.`, `text_encoder_2.`,
+/// `transformer.`: diffusers' own single files, `lora_base.py` prefix filter) are placed as they
+/// are.
 fn is_sd_prefixed(name: &str) -> bool {
     matches!(
         crate::adapter::formats::kohya::split_prefix(name),
         Some(("lora_unet" | "lora_te" | "lora_te1" | "lora_te2", _))
-    )
+    ) || crate::adapter::formats::diffusers::has_component(name)
 }
 
 /// The module or key a finding's item is about: the item up to its first ` (` or `: `.

@@ -628,7 +628,7 @@ pub const RULES: &[Rule] = &[
         target: Target::Comfy,
         when: When::ScaleDiffers(ScaleRule::AlphaKeyOrOne),
         severity: Severity::Silent,
-        why: "the scale is `{module}.alpha`/rank, or 1 without an alpha tensor: a PEFT folder's lora_alpha (adapter_config.json) is not read",
+        why: "the scale is `{module}.alpha`/rank, or 1 without an alpha tensor: a PEFT folder's lora_alpha (adapter_config.json) and diffusers' lora_adapter_metadata are not read",
         source: src(COMFY, "comfy/weight_adapter/lora.py", "6fd406f", "LoRAAdapter.calculate_weight (alpha = 1.0 when v[2] is None)"),
     },
     // ---------------------------------------------------------------- PEFT
