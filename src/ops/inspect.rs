@@ -260,7 +260,7 @@ fn checkpoint_report(c: &Checkpoint, opts: &InspectOptions) -> CheckpointReport 
 fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
     let mut modules = Vec::new();
     for m in &a.modules {
-        let spectrum = if opts.spectrum {
+        let spectrum = if opts.spectrum && !m.factors.needs_base() {
             let s = if m.factors.lora().is_some() {
                 let (b, av) = a.factors(m)?;
                 let bv = ArrayView2::from_shape((m.out_features, m.rank), b.as_slice())?;

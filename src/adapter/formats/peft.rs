@@ -38,6 +38,9 @@ pub enum PeftType {
     /// `tuners/lokr`: LyCORIS' LoKr under PEFT names, `scaling = alpha / r` always (unlike
     /// LyCORIS, whose scale is 1 when both Kronecker halves are whole).
     Lokr,
+    /// `tuners/ia3`: one vector `ia3_l` per module, `W' = W0 ⊙ l` on the output rows, or on
+    /// the input side for `feedforward_modules`; the bias scaled too on the output side.
+    Ia3,
 }
 
 /// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
@@ -74,17 +77,18 @@ impl PeftConfig {
             None | Some("LORA") => PeftType::Lora,
             Some("LOHA") => PeftType::Loha,
             Some("LOKR") => PeftType::Lokr,
+            Some("IA3") => PeftType::Ia3,
             Some(t) => {
                 return Err(bad(
                     "peft_type",
-                    &format!("is `{t}`; lorakit reads LORA, LOHA and LOKR adapters"),
+                    &format!("is `{t}`; lorakit reads LORA, LOHA, LOKR and IA3 adapters"),
                 ))
             }
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
         let alpha_key = match peft_type {
             PeftType::Lora => "lora_alpha",
-            PeftType::Loha | PeftType::Lokr => "alpha",
+            PeftType::Loha | PeftType::Lokr | PeftType::Ia3 => "alpha",
         };
         let r = match obj.get("r") {
             Some(v) => {
@@ -248,6 +252,9 @@ struct Parts {
 pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResult<Adapter> {
     let text = crate::io::read_json_file(config_path)?;
     let cfg = PeftConfig::parse(config_path, &text)?;
+    if cfg.peft_type == PeftType::Ia3 {
+        return read_ia3(path, file, cfg);
+    }
     if cfg.peft_type != PeftType::Lora {
         return read_lycoris(path, file, cfg);
     }
@@ -427,6 +434,126 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
         m.alpha = cfg.alpha_for(name)?;
         m.scale = scale_for(m.alpha, r, false);
         modules.push(m);
+    }
+    let metadata = file.header().metadata.clone();
+    Ok(Adapter {
+        format: Format::Peft,
+        path: path.to_path_buf(),
+        source: Some(file),
+        modules,
+        full_tensors: full,
+        base_model: cfg.base_model.clone(),
+        use_rslora: false,
+        use_dora: false,
+        modules_to_save: cfg.modules_to_save.clone(),
+        config: Some(cfg.raw.clone()),
+        metadata,
+        namings: Vec::new(),
+    })
+}
+
+/// PEFT IA3 (`tuners/ia3/model.py`, `layer.py`): `{module}.ia3_l` shaped `[out, 1]` (Linear),
+/// `[1, in]` (feed-forward Linear), `[1, n, 1, …]` (Conv, `n` the output channels or, feed-forward,
+/// the input channels). Feed-forward is `_check_target_module_feedforward`: a regex string
+/// matched whole, or a list of names any of which the module name ends with. Merged as
+/// `merge_and_unload` ([`crate::adapter::Ia3Rule::Peft`]); `fan_in_fan_out` is refused.
+fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    use crate::adapter::Ia3Rule;
+    let fpath = file.path().to_path_buf();
+    if cfg.fan_in_fan_out {
+        return Err(InputError::invalid(
+            &fpath,
+            "IA3 with fan_in_fan_out (Conv1D bases) is not supported yet",
+        ));
+    }
+    let ff_re: Option<Regex> = match cfg.raw.get("feedforward_modules") {
+        Some(Value::String(p)) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+            InputError::invalid(
+                &fpath,
+                format!(
+                    "`feedforward_modules` {p:?} is not a valid regex: {}",
+                    one_line_regex_error(&e)
+                ),
+            )
+        })?),
+        _ => None,
+    };
+    let ff_list: Vec<String> = match cfg.raw.get("feedforward_modules") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    InputError::invalid(&fpath, "`feedforward_modules` must hold strings")
+                })
+            })
+            .collect::<InputResult<_>>()?,
+        None | Some(Value::Null) | Some(Value::String(_)) => Vec::new(),
+        Some(_) => {
+            return Err(InputError::invalid(
+                &fpath,
+                "`feedforward_modules` must be a list or a regex string",
+            ))
+        }
+    };
+    let mut modules = Vec::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let Some(name) = rel.strip_suffix(".ia3_l").filter(|n| !n.is_empty()) else {
+            full.push(FullTensor {
+                name: rel.to_owned(),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            });
+            continue;
+        };
+        let ff = match &ff_re {
+            Some(re) => re.is_match(name),
+            None => ff_list.iter().any(|f| name.ends_with(f.as_str())),
+        };
+        let s = &t.shape;
+        let bad = || {
+            InputError::invalid(
+                &fpath,
+                format!(
+                    "tensor `{key}`: shape {s:?} is not an IA3 vector ([out, 1], [1, in] or [1, n, 1, 1]; feed-forward: {ff})"
+                ),
+            )
+        };
+        let (n, kind) = match s.as_slice() {
+            [d, 1] if !ff && *d > 0 => (*d, ModuleKind::Linear),
+            [1, k] if ff && *k > 0 => (*k, ModuleKind::Linear),
+            [1, n, rest @ ..] if !rest.is_empty() && rest.iter().all(|&x| x == 1) && *n > 0 => {
+                (*n, ModuleKind::Conv { kernel: Vec::new() })
+            }
+            _ => return Err(bad()),
+        };
+        let weight = Data::Stored {
+            key: key.to_owned(),
+            transpose: false,
+        };
+        modules.push(LoraModule {
+            name: name.to_owned(),
+            kind,
+            rank: 1,
+            alpha: 1.0,
+            scale: 1.0,
+            out_features: if ff { 0 } else { n },
+            in_features: if ff { n } else { 0 },
+            bias: (!ff).then(|| weight.clone()),
+            factors: Factors::Ia3 {
+                weight,
+                on_input: ff,
+                rule: Ia3Rule::Peft,
+            },
+            base_transposed: false,
+            dora_magnitude: None,
+            dora_rule: crate::adapter::DoraRule::Peft,
+        });
     }
     let metadata = file.header().metadata.clone();
     Ok(Adapter {
