@@ -533,7 +533,8 @@ fn lycoris_lowers_to_lora_at_the_optimal_error() {
 /// The LyCORIS algorithms whose update depends on the base weight, and norm-layer training
 /// (`fixtures/lycoris_w0/`, written by lycoris-lora, `fixtures/gen/lycoris_w0_fixtures.py`):
 /// diag-OFT (plain; with `rescale` and a constraint that binds), LoKr with `train_norm`
-/// (LayerNorm and GroupNorm `w_norm`/`b_norm`), IA3, GLoRA (linear and 3×3 conv), and BOFT
+/// (LayerNorm and GroupNorm `w_norm`/`b_norm`), IA3 (output side; input side on a linear and a
+/// 3×3 conv), GLoRA (linear and 3×3 conv), and BOFT
 /// (plain; with `rescale` and a binding constraint). Expected weights are probed from each
 /// wrapped module's forward, as for the other algorithms.
 const W0_CASES: &[(&str, usize)] = &[
@@ -541,6 +542,7 @@ const W0_CASES: &[(&str, usize)] = &[
     ("oft_rescale", 4),
     ("lokr_norm", 8),
     ("ia3", 4),
+    ("ia3_input", 2),
     ("glora", 4),
     ("boft", 4),
     ("boft_rescale", 4),
@@ -601,7 +603,7 @@ fn oft_ia3_and_norm_layers_merge_to_the_weight_their_forward_computes() {
 fn a_weight_scales_oft_ia3_and_norm_updates_as_the_lycoris_multiplier() {
     let dir = tempfile::tempdir().unwrap();
     let base = read(&fixture("lycoris_w0/base.safetensors"));
-    for case in ["oft", "lokr_norm", "ia3", "glora"] {
+    for case in ["oft", "lokr_norm", "ia3", "ia3_input", "glora"] {
         let out = w0_merged(dir.path(), case, &["--weight", "0.375"]);
         let full = read(&fixture(&format!("lycoris_w0/{case}.merged.safetensors")));
         for (name, t) in &out {
