@@ -78,6 +78,24 @@ pub enum Factors {
         block_size: usize,
         constraint: f64,
     },
+    /// PEFT's OFT (`tuners/oft/layer.py` `OFTRotationModule.get_weight`, `Linear.merge`,
+    /// `Conv2d.merge`): `oft_R.weight` r×n holds each block's strict upper triangle (row-major,
+    /// `triu_indices(s, s, 1)`, `n = s(s−1)/2`); `Q = M − Mᵀ`, with `coft` each block's `Q`
+    /// scaled to Frobenius norm `eps/√r` when above it (`_project_batch`); `R` by the
+    /// Cayley–Neumann series `I + 2Q + 2Q² + … + 2Q^{t−2} + Q^{t−1}` (`t` terms) or exactly
+    /// `(I − Q)(I + Q)⁻¹` (`torch.linalg.solve(I + Q, I − Q, left=False)`); `block_share` repeats one
+    /// block. The rotation acts on the input side: `W' = W0·blockdiag(R)ᵀ` with W0 viewed as
+    /// d×(in·kh·kw). Depends on W0.
+    PeftOft {
+        weight: Data,
+        block_size: usize,
+        /// Rows of `oft_R.weight` (1 with `block_share`).
+        blocks: usize,
+        block_share: bool,
+        cayley: PeftCayley,
+        /// `eps` of `coft`, when set.
+        coft_eps: Option<f64>,
+    },
     /// IA3: `w` broadcast over the output rows or the input channels (`on_input`). LyCORIS
     /// (`modules/ia3.py` `_ia3_weight`, [`Ia3Rule::Lycoris`]): `W' = W0 ⊙ (1 + w)`. PEFT
     /// (`tuners/ia3/layer.py` `merge`, [`Ia3Rule::Peft`]): `W' = W0 ⊙ w`, and on the output side
@@ -98,6 +116,15 @@ pub enum Factors {
         b2: Data,
         rank: usize,
     },
+}
+
+/// How PEFT's OFT turns a skew-symmetric `Q` into a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeftCayley {
+    /// `use_cayley_neumann` with `num_cayley_neumann_terms` terms.
+    Neumann(usize),
+    /// The exact Cayley transform.
+    Exact,
 }
 
 /// How an IA3 vector scales the base weight.
@@ -144,6 +171,9 @@ pub enum Algo {
     Ia3,
     Glora,
     Boft,
+    /// PEFT's OFT (`peft_type` OFT).
+    #[serde(rename = "peft-oft")]
+    PeftOft,
 }
 
 impl std::fmt::Display for Algo {
@@ -159,6 +189,7 @@ impl std::fmt::Display for Algo {
             Algo::Ia3 => "ia3",
             Algo::Glora => "glora",
             Algo::Boft => "boft",
+            Algo::PeftOft => "peft-oft",
         })
     }
 }
@@ -176,6 +207,7 @@ impl Factors {
             Factors::Ia3 { .. } => Algo::Ia3,
             Factors::Glora { .. } => Algo::Glora,
             Factors::Boft { .. } => Algo::Boft,
+            Factors::PeftOft { .. } => Algo::PeftOft,
         }
     }
 
@@ -187,6 +219,7 @@ impl Factors {
             self,
             Factors::Oft { .. }
                 | Factors::Boft { .. }
+                | Factors::PeftOft { .. }
                 | Factors::Ia3 { .. }
                 | Factors::Glora { .. }
         )
@@ -236,7 +269,7 @@ impl Factors {
                 v.extend(rescale.iter());
                 v
             }
-            Factors::Ia3 { weight, .. } => vec![weight],
+            Factors::Ia3 { weight, .. } | Factors::PeftOft { weight, .. } => vec![weight],
             Factors::Glora { a1, a2, b1, b2, .. } => vec![a1, a2, b1, b2],
         }
     }
@@ -277,7 +310,7 @@ impl Factors {
                 v.extend(rescale.iter_mut());
                 v
             }
-            Factors::Ia3 { weight, .. } => vec![weight],
+            Factors::Ia3 { weight, .. } | Factors::PeftOft { weight, .. } => vec![weight],
             Factors::Glora { a1, a2, b1, b2, .. } => vec![a1, a2, b1, b2],
         }
     }
@@ -437,6 +470,7 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         }
         Factors::Oft { .. }
         | Factors::Boft { .. }
+        | Factors::PeftOft { .. }
         | Factors::Ia3 { .. }
         | Factors::Glora { .. } => {
             unreachable!("W0-dependent updates are built by delta_from_base")
@@ -530,6 +564,7 @@ pub fn product_form(
         | Factors::Oft { .. }
         | Factors::Ia3 { .. }
         | Factors::Boft { .. }
+        | Factors::PeftOft { .. }
         | Factors::Glora { .. } => return None,
     };
     let (b1, a1) = &halves[0];
@@ -696,6 +731,36 @@ pub fn delta_from_base(l: &Loaded, w0: &[f32], d: usize, k: usize, multiplier: f
                 }
             }
         }
+        Factors::PeftOft {
+            block_size,
+            blocks,
+            block_share,
+            cayley,
+            coft_eps,
+            ..
+        } => {
+            let (s, nb) = (*block_size, *blocks);
+            let rs = peft_oft_rotations(&v[0], nb, s, *cayley, *coft_eps);
+            let used = if *block_share { k / s } else { nb };
+            for o in 0..d {
+                let row = &w0[o * k..(o + 1) * k];
+                let orow = &mut out[o * k..(o + 1) * k];
+                for b in 0..used {
+                    let r = if *block_share {
+                        &rs[..s * s]
+                    } else {
+                        &rs[b * s * s..(b + 1) * s * s]
+                    };
+                    for j in 0..s {
+                        let mut acc = 0f64;
+                        for i in 0..s {
+                            acc += row[b * s + i] as f64 * r[j * s + i];
+                        }
+                        orow[b * s + j] = (multiplier * (acc - row[b * s + j] as f64)) as f32;
+                    }
+                }
+            }
+        }
         Factors::Glora { rank, .. } => {
             // m·γ·(W0·a1·a2 + b1·b2) with γ folded into `multiplier` by the caller.
             let (a1, a2, b1, b2) = (&v[0], &v[1], &v[2], &v[3]);
@@ -743,6 +808,87 @@ pub fn delta_from_base(l: &Loaded, w0: &[f32], d: usize, k: usize, multiplier: f
     out
 }
 
+/// PEFT OFT's rotations (see [`Factors::PeftOft`]), `nb` blocks of s×s in f64, from `vec`
+/// (nb × s(s−1)/2).
+pub fn peft_oft_rotations(
+    vec: &[f32],
+    nb: usize,
+    s: usize,
+    cayley: PeftCayley,
+    coft_eps: Option<f64>,
+) -> Vec<f64> {
+    let n = s * (s - 1) / 2;
+    let mut q = vec![0f64; nb * s * s];
+    for b in 0..nb {
+        let mut t = 0;
+        for i in 0..s {
+            for j in i + 1..s {
+                let x = vec[b * n + t] as f64;
+                q[(b * s + i) * s + j] = x;
+                q[(b * s + j) * s + i] = -x;
+                t += 1;
+            }
+        }
+    }
+    if let Some(eps) = coft_eps {
+        // `_project_batch`: eps / √(blocks), per block.
+        let e = eps / (nb as f64).sqrt();
+        for qb in q.chunks_exact_mut(s * s) {
+            let norm = qb.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm > e {
+                qb.iter_mut().for_each(|x| *x *= e / norm);
+            }
+        }
+    }
+    match cayley {
+        PeftCayley::Exact => {
+            let neg: Vec<f64> = q.iter().map(|x| -x).collect();
+            cayley_of_skew(&neg, nb, s)
+        }
+        PeftCayley::Neumann(terms) => {
+            let mut r = vec![0f64; nb * s * s];
+            let mul = |a: &[f64], b: &[f64]| {
+                let mut c = vec![0f64; s * s];
+                for i in 0..s {
+                    for t in 0..s {
+                        let x = a[i * s + t];
+                        for j in 0..s {
+                            c[i * s + j] += x * b[t * s + j];
+                        }
+                    }
+                }
+                c
+            };
+            for b in 0..nb {
+                let qb = &q[b * s * s..(b + 1) * s * s];
+                let rb = &mut r[b * s * s..(b + 1) * s * s];
+                for i in 0..s {
+                    rb[i * s + i] = 1.0;
+                }
+                // `_cayley_batch`: I + 2Q for 2 terms; for t ≥ 3, I + 2Q + … + 2Q^{L−1} + Q^L
+                // with L = max(3, t − 1) (its loop `range(3, t − 1)` adds nothing below 5).
+                if terms >= 2 {
+                    for (x, y) in rb.iter_mut().zip(qb) {
+                        *x += 2.0 * y;
+                    }
+                }
+                if terms >= 3 {
+                    let last = (terms - 1).max(3);
+                    let mut p = qb.to_vec();
+                    for power in 2..=last {
+                        p = mul(&p, qb);
+                        let c = if power == last { 1.0 } else { 2.0 };
+                        for (x, y) in rb.iter_mut().zip(&p) {
+                            *x += c * y;
+                        }
+                    }
+                }
+            }
+            r
+        }
+    }
+}
+
 /// The Cayley rotations of LyCORIS `functional/diag_oft.py` `get_r`, in f64: `Q = B − Bᵀ` per
 /// block (`blocks` n×s×s), all of `Q` scaled by `constraint / (‖Q‖_F + 1e-8)` when that norm
 /// exceeds a positive `constraint`, then `R = (I + Q)(I − Q)⁻¹` per block (n×s×s out).
@@ -764,6 +910,11 @@ pub fn cayley_blocks(blocks: &[f32], n: usize, s: usize, constraint: f64) -> Vec
             q.iter_mut().for_each(|x| *x *= f);
         }
     }
+    cayley_of_skew(&q, n, s)
+}
+
+/// `R = (I + Q)(I − Q)⁻¹` per block (`q` n×s×s skew-symmetric, f64).
+fn cayley_of_skew(q: &[f64], n: usize, s: usize) -> Vec<f64> {
     let mut r = vec![0f64; n * s * s];
     for b in 0..n {
         let qb = &q[b * s * s..(b + 1) * s * s];

@@ -280,7 +280,9 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
     // OFT without `rescale` does not say linear or conv either.
     let unknown = matches!(
         m.factors,
-        Factors::Oft { rescale: None, .. } | Factors::Boft { rescale: None, .. }
+        Factors::Oft { rescale: None, .. }
+            | Factors::Boft { rescale: None, .. }
+            | Factors::PeftOft { .. }
     );
     let rank_ok = if unknown {
         found.len() >= 2
@@ -297,6 +299,13 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
                 on_input: false, ..
             } => found[0] == m.out_features,
             Factors::Ia3 { on_input: true, .. } => found[1] == m.in_features,
+            // PEFT OFT rotates the flattened input side (in·kh·kw).
+            Factors::PeftOft {
+                block_share: true,
+                block_size,
+                ..
+            } => found[1..].iter().product::<usize>() % block_size == 0,
+            Factors::PeftOft { .. } => found[1..].iter().product::<usize>() == m.in_features,
             _ => false,
         }
 }

@@ -15,7 +15,7 @@ pub mod convention;
 pub mod formats;
 pub mod mapping;
 
-pub use algo::{Algo, Factors, Ia3Rule, KronHalf};
+pub use algo::{Algo, Factors, Ia3Rule, KronHalf, PeftCayley};
 
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
@@ -268,6 +268,12 @@ impl Adapter {
         let fits = match m.factors {
             Factors::Ia3 { on_input: true, .. } => n > 0 && k.is_multiple_of(n),
             Factors::Glora { .. } => d == m.out_features && k == m.in_features,
+            Factors::PeftOft {
+                block_share: true,
+                block_size,
+                ..
+            } => k.is_multiple_of(block_size),
+            Factors::PeftOft { .. } => k == m.in_features,
             _ => d == m.out_features,
         };
         if !fits || w0.len() != d * k {

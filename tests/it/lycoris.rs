@@ -802,12 +802,12 @@ fn malformed_oft_ia3_and_norm_files_are_refused_by_name() {
     );
 }
 
-/// PEFT's own IA3 folders (`fixtures/peft_w0/`, PEFT 0.21 with random vectors,
-/// `fixtures/gen/peft_w0_fixtures.py`) merge as `merge_and_unload` does: `W' = W0 ⊙ l` on the
-/// output rows (and the bias, `b' = b0 ⊙ l`) or, for `feedforward_modules`, on the input side;
-/// linear and conv, each side.
+/// PEFT's own IA3 and OFT folders (`fixtures/peft_w0/`, PEFT 0.21 with random parameters,
+/// `fixtures/gen/peft_w0_fixtures.py`) merge as `merge_and_unload` does. IA3: `W' = W0 ⊙ l` on
+/// the output rows (and the bias, `b' = b0 ⊙ l`) or, for `feedforward_modules`, on the input
+/// side; linear and conv, each side.
 #[test]
-fn peft_ia3_folders_merge_like_merge_and_unload() {
+fn peft_ia3_and_oft_folders_merge_like_merge_and_unload() {
     let dir = tempfile::tempdir().unwrap();
     let base_path = fixture("conv/base");
     let base = read_checkpoint(&base_path);
@@ -824,6 +824,42 @@ fn peft_ia3_folders_merge_like_merge_and_unload() {
         let n = assert_matches_reference(&read_checkpoint(&out), &base, &reference, TOL);
         assert_eq!(n, changed, "{case}");
     }
+    // PEFT OFT: Cayley–Neumann (5 terms, block 4), exact Cayley with COFT (block 2), one shared
+    // block with 3 terms; W' = W0·blockdiag(R)ᵀ on linear and conv weights.
+    for case in ["oft", "oft_exact_coft", "oft_share"] {
+        let out = dir.path().join(case);
+        merge_ok(
+            &base_path,
+            &fixture(&format!("peft_w0/{case}")),
+            &out,
+            &["--quiet"],
+        );
+        let reference = read(&fixture(&format!("peft_w0/{case}.merged.safetensors")));
+        let n = assert_matches_reference(&read_checkpoint(&out), &base, &reference, TOL);
+        assert_eq!(n, 3, "{case}");
+        let v: serde_json::Value = serde_json::from_str(&run_ok([
+            "inspect",
+            fixture(&format!("peft_w0/{case}")).to_str().unwrap(),
+            "--json",
+        ]))
+        .unwrap();
+        assert!(v["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["algo"] == "peft-oft"));
+    }
+    let never = dir.path().join("never.safetensors");
+    let line = one_line_error(&run_err([
+        "convert",
+        fixture("peft_w0/oft").to_str().unwrap(),
+        "--to",
+        "kohya",
+        "--out",
+        never.to_str().unwrap(),
+    ]));
+    assert!(line.contains("OFT"), "{line}");
+    assert!(!never.exists());
     // PEFT's IA3 has no LyCORIS form, and no ΔW of its own.
     let out = dir.path().join("never.safetensors");
     let line = one_line_error(&run_err([
@@ -846,5 +882,15 @@ fn peft_ia3_folders_merge_like_merge_and_unload() {
     let out = dir.path().join("never");
     let line = one_line_error(&run_err(merge_args(&base_path, &bad, &out, &[])));
     assert!(line.contains(&k) && line.contains("IA3"), "{line}");
+    assert!(!out.exists());
+    // An OFT rotation whose row length is no block's triangle (4 is not s(s−1)/2).
+    let bad = dir.path().join("bad_oft");
+    copy_dir(&fixture("peft_w0/oft"), &bad);
+    let mut t = read(&bad.join("adapter_model.safetensors"));
+    let k = "base_model.model.fc.oft_R.weight".to_string();
+    t.get_mut(&k).unwrap().shape = vec![3, 4];
+    write(&bad.join("adapter_model.safetensors"), &t);
+    let line = one_line_error(&run_err(merge_args(&base_path, &bad, &out, &[])));
+    assert!(line.contains(&k) && line.contains("s(s−1)/2"), "{line}");
     assert!(!out.exists());
 }

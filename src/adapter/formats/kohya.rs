@@ -256,6 +256,12 @@ pub fn write_with(
                 ));
             }
         }
+        if let Factors::PeftOft { .. } = m.factors {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!("module `{}`: PEFT's OFT (input-side rotation, packed oft_R) has no LyCORIS/kohya form", m.name),
+            ));
+        }
         let lycoris_dora = matches!(m.dora_rule, DoraRule::Lycoris { .. });
         let full = matches!(m.factors, Factors::Full { .. });
         let bias_ok = matches!(m.factors, Factors::Full { .. } | Factors::Norm { .. });

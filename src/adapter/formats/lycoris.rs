@@ -883,6 +883,8 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
             }
             v
         }
+        // No LyCORIS form (the kohya writer refuses it first).
+        Factors::PeftOft { .. } => Vec::new(),
         Factors::Glora { a1, a2, b1, b2, .. } => {
             let c = k / kk;
             vec![

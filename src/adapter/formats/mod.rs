@@ -85,6 +85,7 @@ pub fn detect(file: &SafetensorsFile) -> Option<Format> {
             || n.ends_with(".lora_embedding_A")
             || n.ends_with(".lora_A")
             || n.ends_with(".ia3_l")
+            || n.ends_with(".oft_R.weight")
     }) {
         return Some(Format::Peft);
     }

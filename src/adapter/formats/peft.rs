@@ -41,6 +41,8 @@ pub enum PeftType {
     /// `tuners/ia3`: one vector `ia3_l` per module, `W' = W0 ⊙ l` on the output rows, or on
     /// the input side for `feedforward_modules`; the bias scaled too on the output side.
     Ia3,
+    /// `tuners/oft`: `oft_R.weight` per module, `W' = W0·blockdiag(R)ᵀ`.
+    Oft,
 }
 
 /// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
@@ -78,22 +80,24 @@ impl PeftConfig {
             Some("LOHA") => PeftType::Loha,
             Some("LOKR") => PeftType::Lokr,
             Some("IA3") => PeftType::Ia3,
+            Some("OFT") => PeftType::Oft,
             Some(t) => {
                 return Err(bad(
                     "peft_type",
-                    &format!("is `{t}`; lorakit reads LORA, LOHA, LOKR and IA3 adapters"),
+                    &format!("is `{t}`; lorakit reads LORA, LOHA, LOKR, IA3 and OFT adapters"),
                 ))
             }
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
         let alpha_key = match peft_type {
             PeftType::Lora => "lora_alpha",
-            PeftType::Loha | PeftType::Lokr | PeftType::Ia3 => "alpha",
+            PeftType::Loha | PeftType::Lokr | PeftType::Ia3 | PeftType::Oft => "alpha",
         };
         let r = match obj.get("r") {
             Some(v) => {
                 v.as_u64()
-                    .filter(|&r| r > 0)
+                    // OFT's `r` may be 0 (then `oft_block_size` decides).
+                    .filter(|&r| r > 0 || peft_type == PeftType::Oft)
                     .ok_or_else(|| bad("r", "must be a positive integer"))? as usize
             }
             None => 8,
@@ -254,6 +258,9 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
     let cfg = PeftConfig::parse(config_path, &text)?;
     if cfg.peft_type == PeftType::Ia3 {
         return read_ia3(path, file, cfg);
+    }
+    if cfg.peft_type == PeftType::Oft {
+        return read_oft(path, file, cfg);
     }
     if cfg.peft_type != PeftType::Lora {
         return read_lycoris(path, file, cfg);
@@ -549,6 +556,137 @@ fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
                 weight,
                 on_input: ff,
                 rule: Ia3Rule::Peft,
+            },
+            base_transposed: false,
+            dora_magnitude: None,
+            dora_rule: crate::adapter::DoraRule::Peft,
+        });
+    }
+    let metadata = file.header().metadata.clone();
+    Ok(Adapter {
+        format: Format::Peft,
+        path: path.to_path_buf(),
+        source: Some(file),
+        modules,
+        full_tensors: full,
+        base_model: cfg.base_model.clone(),
+        use_rslora: false,
+        use_dora: false,
+        modules_to_save: cfg.modules_to_save.clone(),
+        config: Some(cfg.raw.clone()),
+        metadata,
+        namings: Vec::new(),
+    })
+}
+
+/// PEFT OFT (`tuners/oft/config.py`, `layer.py`): `{module}.oft_R.weight` [r, s(s−1)/2] (the
+/// block size `s` follows from it: PEFT adjusts `r`/`oft_block_size` per layer), with the config's
+/// `use_cayley_neumann` (default true), `num_cayley_neumann_terms` (5), `coft` (false), `eps`
+/// (6e-5) and `block_share` (false). Merged as `merge_and_unload`; `fan_in_fan_out` is refused.
+fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    use crate::adapter::PeftCayley;
+    let fpath = file.path().to_path_buf();
+    let bad = |k: &str, why: &str| InputError::invalid(&fpath, format!("`{k}` {why}"));
+    if cfg.fan_in_fan_out {
+        return Err(bad(
+            "fan_in_fan_out",
+            "is true: OFT on Conv1D bases is not supported yet",
+        ));
+    }
+    let flag = |k: &str, default: bool| -> InputResult<bool> {
+        match cfg.raw.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(bad(k, "must be true or false")),
+        }
+    };
+    let neumann = flag("use_cayley_neumann", true)?;
+    let coft = flag("coft", false)?;
+    let block_share = flag("block_share", false)?;
+    let terms = match cfg.raw.get("num_cayley_neumann_terms") {
+        None | Some(Value::Null) => 5,
+        Some(v) => v.as_u64().filter(|t| (1..=64).contains(t)).ok_or_else(|| {
+            bad(
+                "num_cayley_neumann_terms",
+                "must be an integer from 1 to 64",
+            )
+        })? as usize,
+    };
+    let eps = match cfg.raw.get("eps") {
+        None | Some(Value::Null) => 6e-5,
+        Some(v) => v
+            .as_f64()
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .ok_or_else(|| bad("eps", "must be a non-negative number"))?,
+    };
+    let cayley = if neumann {
+        PeftCayley::Neumann(terms)
+    } else {
+        PeftCayley::Exact
+    };
+    let mut modules = Vec::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let Some(name) = rel.strip_suffix(".oft_R.weight").filter(|n| !n.is_empty()) else {
+            full.push(FullTensor {
+                name: rel.to_owned(),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            });
+            continue;
+        };
+        let s_of = |n: usize| (2..=4096usize).find(|s| s * (s - 1) / 2 == n);
+        let (r, s) = match t.shape.as_slice() {
+            [r, n] if *r > 0 => match s_of(*n) {
+                Some(s) => (*r, s),
+                None => {
+                    return Err(InputError::invalid(
+                        &fpath,
+                        format!(
+                        "tensor `{key}`: {n} values per block is not s(s−1)/2 for a block size s"
+                    ),
+                    ))
+                }
+            },
+            other => {
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensor `{key}`: shape {other:?} is not an OFT rotation [blocks, s(s−1)/2]"
+                    ),
+                ))
+            }
+        };
+        if block_share && r != 1 {
+            return Err(InputError::invalid(
+                &fpath,
+                format!("tensor `{key}`: block_share stores one block, this has {r}"),
+            ));
+        }
+        modules.push(LoraModule {
+            name: name.to_owned(),
+            kind: ModuleKind::Linear,
+            rank: r,
+            alpha: 1.0,
+            scale: 1.0,
+            out_features: 0,
+            in_features: if block_share { 0 } else { r * s },
+            bias: None,
+            factors: Factors::PeftOft {
+                weight: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                block_size: s,
+                blocks: r,
+                block_share,
+                cayley,
+                coft_eps: coft.then_some(eps),
             },
             base_transposed: false,
             dora_magnitude: None,
