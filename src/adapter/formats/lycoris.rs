@@ -1,6 +1,8 @@
 //! The per-module tensors of kohya-named files: plain LoRA (sd-scripts `networks/lora.py`) and the
-//! LyCORIS algorithms (`lycoris/modules/{locon,loha,lokr,full}.py`, `weight_list` of each), read
-//! into one [`LoraModule`] with its [`Factors`].
+//! LyCORIS algorithms (`lycoris/modules/{locon,loha,lokr,full,norms,diag_oft,boft,ia3,glora}.py`,
+//! `weight_list` of each), read into one [`LoraModule`] with its [`Factors`]. OFT, BOFT and IA3
+//! files do not give every side of the weight they adapt (their update is a function of
+//! it): the missing side is 0 and [`crate::adapter::mapping`] takes it from the base.
 //!
 //! A module's tensors are `{module}.{suffix}`; [`SUFFIXES`] lists every suffix lorakit reads and
 //! [`UNSUPPORTED`] the LyCORIS ones it recognises but does not apply yet (refused by name, never
