@@ -591,7 +591,10 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
             // LyCORIS `GLoRAModule`: a1 [in, r], a2 [r, in], b1 [out, r], b2 [r, in(, kh, kw)];
             // a conv's a1, a2, b1 are 1×1 convs ([…, 1, 1]).
             let ones = |s: &[usize]| s[2..].iter().all(|&x| x == 1);
-            let (cin, r) = (s1[0], s1.get(1).copied().unwrap_or(0));
+            let (cin, r) = (
+                s1.first().copied().unwrap_or(0),
+                s1.get(1).copied().unwrap_or(0),
+            );
             let ok = s1.len() >= 2
                 && s2.len() == s1.len()
                 && t1.len() == s1.len()
