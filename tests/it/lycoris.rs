@@ -686,6 +686,22 @@ fn oft_and_ia3_are_inspected_rewritten_and_refused_where_they_need_the_base() {
             "{line}"
         );
         assert!(!never.exists());
+        let folder = dir.path().join("never_peft");
+        let err = run_err([
+            "convert",
+            fixture(&format!("lycoris_w0/{case}.safetensors"))
+                .to_str()
+                .unwrap(),
+            "--to",
+            "peft",
+            "--base",
+            fixture("lycoris_w0/base.safetensors").to_str().unwrap(),
+            "--out",
+            folder.to_str().unwrap(),
+        ]);
+        let line = one_line_error(&err);
+        assert!(line.contains("depends on the base weight"), "{line}");
+        assert!(!folder.exists());
     }
 }
 
