@@ -46,6 +46,94 @@ pub enum Factors {
     },
     /// Full-rank difference (`diff`, LyCORIS `full`): `ΔW = diff`, scale 1.
     Full { diff: Data },
+    /// A norm layer's weight delta (`w_norm`, LyCORIS `modules/norms.py` `NormModule` with
+    /// `train_norm`): `Δw = w_norm` on the 1-D weight of a LayerNorm/GroupNorm (d×1 here), scale
+    /// 1; its `b_norm` is the module's bias delta. `get_diff_weight(multiplier)` scales both.
+    Norm { w: Data },
+    /// LyCORIS diagonal OFT (`modules/diag_oft.py` `DiagOFTModule`, `functional/diag_oft.py`
+    /// `get_r`, `_diff_weight`): `oft_blocks` n×s×s (n·s = d), `Q = B − Bᵀ` per block, scaled
+    /// down to Frobenius norm `constraint` when `‖Q‖ + 1e-8` exceeds it (`constraint = alpha · d`,
+    /// `alpha` as stored; none when 0), the Cayley rotation `R = (I + Q)(I − Q)⁻¹`, and
+    /// `W' = rescale ⊙ (blockdiag(R)ᵀ·W0)` (einsum `k n m, k n ... -> k m ...`: row `m` of a
+    /// block is `Σₙ R[n,m]·W0[n]`), `rescale` d values (1 when absent). The update depends on W0.
+    Oft {
+        blocks: Data,
+        rescale: Option<Data>,
+        block_num: usize,
+        block_size: usize,
+        /// The Frobenius bound on `Q` (`alpha · d`); 0 for none.
+        constraint: f64,
+    },
+    /// LyCORIS BOFT (`modules/boft.py` `ButterflyOFTModule`, `functional/boft.py`
+    /// `_diff_weight`): `oft_blocks` m×n×b×b (n·b = d, b even), each block a Cayley rotation as
+    /// in diag-OFT (one constraint over all of them, `alpha · d`); stage `i` permutes W0's rows
+    /// (groups of `2^i·b/2` interleaved in pairs), applies `blockdiag(Rᵢ)·` (einsum
+    /// `b i j, b j ... -> b i ...`, not transposed), and permutes back; `W' = rescale ⊙ W_m`.
+    /// With a multiplier `s`, each stage's blocks are `s·R + (1 − s)·I`. Depends on W0.
+    Boft {
+        blocks: Data,
+        rescale: Option<Data>,
+        stages: usize,
+        block_num: usize,
+        block_size: usize,
+        constraint: f64,
+    },
+    /// PEFT's OFT (`tuners/oft/layer.py` `OFTRotationModule.get_weight`, `Linear.merge`,
+    /// `Conv2d.merge`): `oft_R.weight` r×n holds each block's strict upper triangle (row-major,
+    /// `triu_indices(s, s, 1)`, `n = s(s−1)/2`); `Q = M − Mᵀ`, with `coft` each block's `Q`
+    /// scaled to Frobenius norm `eps/√r` when above it (`_project_batch`); `R` by the
+    /// Cayley–Neumann series `I + 2Q + 2Q² + … + 2Q^{t−2} + Q^{t−1}` (`t` terms) or exactly
+    /// `(I − Q)(I + Q)⁻¹` (`torch.linalg.solve(I + Q, I − Q, left=False)`); `block_share` repeats one
+    /// block. The rotation acts on the input side: `W' = W0·blockdiag(R)ᵀ` with W0 viewed as
+    /// d×(in·kh·kw). Depends on W0.
+    PeftOft {
+        weight: Data,
+        block_size: usize,
+        /// Rows of `oft_R.weight` (1 with `block_share`).
+        blocks: usize,
+        block_share: bool,
+        cayley: PeftCayley,
+        /// `eps` of `coft`, when set.
+        coft_eps: Option<f64>,
+    },
+    /// IA3: `w` broadcast over the output rows or the input channels (`on_input`). LyCORIS
+    /// (`modules/ia3.py` `_ia3_weight`, [`Ia3Rule::Lycoris`]): `W' = W0 ⊙ (1 + w)`. PEFT
+    /// (`tuners/ia3/layer.py` `merge`, [`Ia3Rule::Peft`]): `W' = W0 ⊙ w`, and on the output side
+    /// the bias too, `b' = b0 ⊙ w`. Depends on W0.
+    Ia3 {
+        weight: Data,
+        on_input: bool,
+        rule: Ia3Rule,
+    },
+    /// LyCORIS GLoRA (`modules/glora.py` `_glora_weight`, ComfyUI `weight_adapter/glora.py`
+    /// "new" layout): `ΔW = scale · (W0·a1·a2 + b1·b2)`, `a1` in×r, `a2` r×in (applied per
+    /// kernel position: einsum `o i ..., i j -> o j ...`), `b1` d×r, `b2` r×k; scale
+    /// `alpha / r`. Depends on W0.
+    Glora {
+        a1: Data,
+        a2: Data,
+        b1: Data,
+        b2: Data,
+        rank: usize,
+    },
+}
+
+/// How PEFT's OFT turns a skew-symmetric `Q` into a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeftCayley {
+    /// `use_cayley_neumann` with `num_cayley_neumann_terms` terms.
+    Neumann(usize),
+    /// The exact Cayley transform.
+    Exact,
+}
+
+/// How an IA3 vector scales the base weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ia3Rule {
+    /// LyCORIS: `W0 ⊙ (1 + w)` (initialised at 0).
+    Lycoris,
+    /// PEFT: `W0 ⊙ w` (initialised at 1), output-side vectors scale the bias as well.
+    Peft,
 }
 
 /// One half of a LoKr product.
@@ -75,6 +163,17 @@ pub enum Algo {
     Loha,
     Lokr,
     Full,
+    /// A norm layer's weight and bias deltas (`w_norm`, `b_norm`).
+    Norm,
+    /// Diagonal (block-diagonal) OFT.
+    #[serde(rename = "diag-oft")]
+    DiagOft,
+    Ia3,
+    Glora,
+    Boft,
+    /// PEFT's OFT (`peft_type` OFT).
+    #[serde(rename = "peft-oft")]
+    PeftOft,
 }
 
 impl std::fmt::Display for Algo {
@@ -85,6 +184,12 @@ impl std::fmt::Display for Algo {
             Algo::Loha => "loha",
             Algo::Lokr => "lokr",
             Algo::Full => "full",
+            Algo::Norm => "norm",
+            Algo::DiagOft => "diag-oft",
+            Algo::Ia3 => "ia3",
+            Algo::Glora => "glora",
+            Algo::Boft => "boft",
+            Algo::PeftOft => "peft-oft",
         })
     }
 }
@@ -97,7 +202,27 @@ impl Factors {
             Factors::Loha { .. } => Algo::Loha,
             Factors::Lokr { .. } => Algo::Lokr,
             Factors::Full { .. } => Algo::Full,
+            Factors::Norm { .. } => Algo::Norm,
+            Factors::Oft { .. } => Algo::DiagOft,
+            Factors::Ia3 { .. } => Algo::Ia3,
+            Factors::Glora { .. } => Algo::Glora,
+            Factors::Boft { .. } => Algo::Boft,
+            Factors::PeftOft { .. } => Algo::PeftOft,
         }
+    }
+
+    /// The update is a function of the base weight itself (OFT's rotation `R·W0`, IA3's
+    /// `W0 ⊙ w`), not a fixed `ΔW`: it is built by [`delta_from_base`] with the base at hand,
+    /// and cannot be lowered to LoRA or undone from the merged weights alone.
+    pub fn needs_base(&self) -> bool {
+        matches!(
+            self,
+            Factors::Oft { .. }
+                | Factors::Boft { .. }
+                | Factors::PeftOft { .. }
+                | Factors::Ia3 { .. }
+                | Factors::Glora { .. }
+        )
     }
 
     /// The plain LoRA factors `(A, B)`, when the module is plain LoRA.
@@ -146,6 +271,19 @@ macro_rules! every_tensor {
                 v
             }
             Factors::Full { diff } => vec![diff],
+            Factors::Norm { w } => vec![w],
+            Factors::Oft {
+                blocks, rescale, ..
+            }
+            | Factors::Boft {
+                blocks, rescale, ..
+            } => {
+                let mut v = vec![blocks];
+                v.extend(rescale);
+                v
+            }
+            Factors::Ia3 { weight, .. } | Factors::PeftOft { weight, .. } => vec![weight],
+            Factors::Glora { a1, a2, b1, b2, .. } => vec![a1, a2, b1, b2],
         }
     };
 }
@@ -297,11 +435,18 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
             });
             return out;
         }
-        Factors::Full { .. } => {
+        Factors::Full { .. } | Factors::Norm { .. } => {
             for (o, &x) in out.iter_mut().zip(v[0].iter()) {
                 *o = (x as f64 * scale) as f32;
             }
             return out;
+        }
+        Factors::Oft { .. }
+        | Factors::Boft { .. }
+        | Factors::PeftOft { .. }
+        | Factors::Ia3 { .. }
+        | Factors::Glora { .. } => {
+            unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
     out.par_chunks_mut(k).enumerate().for_each_init(
@@ -386,7 +531,14 @@ pub fn product_form(
                 tucker_core(&v[5], &v[3], (rank, rank, kk), k / kk),
             ),
         ],
-        Factors::Lokr { .. } | Factors::Full { .. } => return None,
+        Factors::Lokr { .. }
+        | Factors::Full { .. }
+        | Factors::Norm { .. }
+        | Factors::Oft { .. }
+        | Factors::Ia3 { .. }
+        | Factors::Boft { .. }
+        | Factors::PeftOft { .. }
+        | Factors::Glora { .. } => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];
@@ -452,12 +604,382 @@ pub fn lokr_scale(w1: &KronHalf, w2: &KronHalf, alpha: Option<f64>) -> (usize, f
     }
 }
 
+/// `ΔW = W' − W0` (d×k canonical, row-major) of an update that depends on the base weight
+/// ([`Factors::needs_base`]), from the base `w0` (d×k, f32 as stored), accumulated in f64 and
+/// rounded once. `multiplier` is LyCORIS' own (`make_weight(scale=multiplier)` /
+/// `get_diff_weight(multiplier)`): for OFT `ΔW = rescale ⊙ (m·(R − I))ᵀ·W0 + (rescale − 1) ⊙ W0`
+/// per block (`diag_oft.py` `make_weight` with `diff=True`), for IA3 `ΔW = m · W0 ⊙ w`.
+/// ComfyUI differs from LyCORIS' module here (`comfy/weight_adapter/oft.py`: its strength
+/// multiplies the rotation twice, `rescale` is dropped and the constraint is `alpha`, not
+/// `alpha · d`); at multiplier 1 without `rescale` or a binding constraint they agree. `kk` is the
+/// kernel area, `k / kk` the input channels (IA3 `on_input`).
+pub fn delta_from_base(l: &Loaded, w0: &[f32], d: usize, k: usize, multiplier: f64) -> Vec<f32> {
+    let v = &l.values;
+    let mut out = vec![0f32; d * k];
+    match l.factors {
+        Factors::Oft {
+            block_num,
+            block_size,
+            constraint,
+            rescale,
+            ..
+        } => {
+            let (n, s) = (*block_num, *block_size);
+            let rs = cayley_blocks(&v[0], n, s, *constraint);
+            let rescale = rescale.as_ref().map(|_| &v[1]);
+            for b in 0..n {
+                let r = &rs[b * s * s..(b + 1) * s * s];
+                for m in 0..s {
+                    let row = b * s + m;
+                    let c = rescale.map_or(1.0, |x| x[row] as f64);
+                    let o = &mut out[row * k..(row + 1) * k];
+                    for (j, o) in o.iter_mut().enumerate() {
+                        let mut acc = 0f64;
+                        for nn in 0..s {
+                            let coef =
+                                multiplier * (r[nn * s + m] - if nn == m { 1.0 } else { 0.0 });
+                            acc += coef * w0[(b * s + nn) * k + j] as f64;
+                        }
+                        *o = (c * acc + (c - 1.0) * w0[row * k + j] as f64) as f32;
+                    }
+                }
+            }
+        }
+        Factors::Ia3 { on_input, rule, .. } => {
+            let w = &v[0];
+            let per = if *on_input { k / w.len().max(1) } else { 1 };
+            let shift = if *rule == Ia3Rule::Peft { 1.0 } else { 0.0 };
+            for i in 0..d {
+                for j in 0..k {
+                    let s = if *on_input { w[j / per] } else { w[i] } as f64 - shift;
+                    out[i * k + j] = (multiplier * w0[i * k + j] as f64 * s) as f32;
+                }
+            }
+        }
+        Factors::Boft {
+            stages,
+            block_num,
+            block_size,
+            constraint,
+            rescale,
+            ..
+        } => {
+            let (m, n, b) = (*stages, *block_num, *block_size);
+            let rs = cayley_blocks(&v[0], m * n, b, *constraint);
+            let mut x: Vec<f64> = f64s(w0);
+            let mut y = vec![0f64; d * k];
+            for i in 0..m {
+                let g = (1usize << i) * (b / 2);
+                // Row `p` of the permuted order is row `old(p)` of W (functional/boft.py:
+                // unflatten(0, (-1, 2, g)).transpose(1, 2)), and goes back there after.
+                let old = |p: usize| {
+                    let (a, rem) = (p / (2 * g), p % (2 * g));
+                    a * 2 * g + (rem % 2) * g + rem / 2
+                };
+                y.fill(0.0);
+                for blk in 0..n {
+                    let r = &rs[(i * n + blk) * b * b..(i * n + blk + 1) * b * b];
+                    for ii in 0..b {
+                        let dst = old(blk * b + ii) * k;
+                        for jj in 0..b {
+                            let id = if ii == jj { 1.0 } else { 0.0 };
+                            let c = multiplier * r[ii * b + jj] + (1.0 - multiplier) * id;
+                            if c == 0.0 {
+                                continue;
+                            }
+                            let src = old(blk * b + jj) * k;
+                            for j in 0..k {
+                                y[dst + j] += c * x[src + j];
+                            }
+                        }
+                    }
+                }
+                std::mem::swap(&mut x, &mut y);
+            }
+            let rescale = rescale.as_ref().map(|_| &v[1]);
+            for row in 0..d {
+                let c = rescale.map_or(1.0, |r| r[row] as f64);
+                for j in 0..k {
+                    out[row * k + j] = (c * x[row * k + j] - w0[row * k + j] as f64) as f32;
+                }
+            }
+        }
+        Factors::PeftOft {
+            block_size,
+            blocks,
+            block_share,
+            cayley,
+            coft_eps,
+            ..
+        } => {
+            let (s, nb) = (*block_size, *blocks);
+            let rs = peft_oft_rotations(&v[0], nb, s, *cayley, *coft_eps);
+            let used = if *block_share { k / s } else { nb };
+            for o in 0..d {
+                let row = &w0[o * k..(o + 1) * k];
+                let orow = &mut out[o * k..(o + 1) * k];
+                for b in 0..used {
+                    let r = if *block_share {
+                        &rs[..s * s]
+                    } else {
+                        &rs[b * s * s..(b + 1) * s * s]
+                    };
+                    for j in 0..s {
+                        let mut acc = 0f64;
+                        for i in 0..s {
+                            acc += row[b * s + i] as f64 * r[j * s + i];
+                        }
+                        orow[b * s + j] = (multiplier * (acc - row[b * s + j] as f64)) as f32;
+                    }
+                }
+            }
+        }
+        Factors::Glora { rank, .. } => {
+            // m·γ·(W0·a1·a2 + b1·b2) with γ folded into `multiplier` by the caller.
+            let (a1, a2, b1, b2) = (&v[0], &v[1], &v[2], &v[3]);
+            let r = *rank;
+            let cin = a1.len() / r;
+            let kk = k / cin;
+            // a = a1·a2 (cin×cin), then per row o and kernel position s:
+            // ΔW[o, j·kk + s] = Σᵢ W0[o, i·kk + s]·a[i, j] + Σₜ b1[o,t]·b2[t, j·kk + s].
+            let mut a = vec![0f64; cin * cin];
+            for i in 0..cin {
+                for t in 0..r {
+                    let x = a1[i * r + t] as f64;
+                    for j in 0..cin {
+                        a[i * cin + j] += x * a2[t * cin + j] as f64;
+                    }
+                }
+            }
+            let mut acc = vec![0f64; k];
+            for o in 0..d {
+                acc.fill(0.0);
+                for i in 0..cin {
+                    for s in 0..kk {
+                        let w = w0[o * k + i * kk + s] as f64;
+                        if w == 0.0 {
+                            continue;
+                        }
+                        for j in 0..cin {
+                            acc[j * kk + s] += w * a[i * cin + j];
+                        }
+                    }
+                }
+                for t in 0..r {
+                    let x = b1[o * r + t] as f64;
+                    for (c, &y) in acc.iter_mut().zip(&b2[t * k..(t + 1) * k]) {
+                        *c += x * y as f64;
+                    }
+                }
+                for (out, &c) in out[o * k..(o + 1) * k].iter_mut().zip(&acc) {
+                    *out = (multiplier * c) as f32;
+                }
+            }
+        }
+        _ => unreachable!("only W0-dependent updates are built from the base"),
+    }
+    out
+}
+
+/// PEFT OFT's rotations (see [`Factors::PeftOft`]), `nb` blocks of s×s in f64, from `vec`
+/// (nb × s(s−1)/2).
+pub fn peft_oft_rotations(
+    vec: &[f32],
+    nb: usize,
+    s: usize,
+    cayley: PeftCayley,
+    coft_eps: Option<f64>,
+) -> Vec<f64> {
+    let n = s * (s - 1) / 2;
+    let mut q = vec![0f64; nb * s * s];
+    for b in 0..nb {
+        let mut t = 0;
+        for i in 0..s {
+            for j in i + 1..s {
+                let x = vec[b * n + t] as f64;
+                q[(b * s + i) * s + j] = x;
+                q[(b * s + j) * s + i] = -x;
+                t += 1;
+            }
+        }
+    }
+    if let Some(eps) = coft_eps {
+        // `_project_batch`: eps / √(blocks), per block.
+        let e = eps / (nb as f64).sqrt();
+        for qb in q.chunks_exact_mut(s * s) {
+            let norm = qb.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm > e {
+                qb.iter_mut().for_each(|x| *x *= e / norm);
+            }
+        }
+    }
+    match cayley {
+        PeftCayley::Exact => {
+            let neg: Vec<f64> = q.iter().map(|x| -x).collect();
+            cayley_of_skew(&neg, nb, s)
+        }
+        PeftCayley::Neumann(terms) => {
+            let mut r = vec![0f64; nb * s * s];
+            let mul = |a: &[f64], b: &[f64]| {
+                let mut c = vec![0f64; s * s];
+                for i in 0..s {
+                    for t in 0..s {
+                        let x = a[i * s + t];
+                        for j in 0..s {
+                            c[i * s + j] += x * b[t * s + j];
+                        }
+                    }
+                }
+                c
+            };
+            for b in 0..nb {
+                let qb = &q[b * s * s..(b + 1) * s * s];
+                let rb = &mut r[b * s * s..(b + 1) * s * s];
+                for i in 0..s {
+                    rb[i * s + i] = 1.0;
+                }
+                // `_cayley_batch`: I + 2Q for 2 terms; for t ≥ 3, I + 2Q + … + 2Q^{L−1} + Q^L
+                // with L = max(3, t − 1) (its loop `range(3, t − 1)` adds nothing below 5).
+                if terms >= 2 {
+                    for (x, y) in rb.iter_mut().zip(qb) {
+                        *x += 2.0 * y;
+                    }
+                }
+                if terms >= 3 {
+                    let last = (terms - 1).max(3);
+                    let mut p = qb.to_vec();
+                    for power in 2..=last {
+                        p = mul(&p, qb);
+                        let c = if power == last { 1.0 } else { 2.0 };
+                        for (x, y) in rb.iter_mut().zip(&p) {
+                            *x += c * y;
+                        }
+                    }
+                }
+            }
+            r
+        }
+    }
+}
+
+/// The Cayley rotations of LyCORIS `functional/diag_oft.py` `get_r`, in f64: `Q = B − Bᵀ` per
+/// block (`blocks` n×s×s), all of `Q` scaled by `constraint / (‖Q‖_F + 1e-8)` when that norm
+/// exceeds a positive `constraint`, then `R = (I + Q)(I − Q)⁻¹` per block (n×s×s out).
+/// `I − Q` with `Q` skew-symmetric is always invertible (its eigenvalues are `1 − iλ`).
+pub fn cayley_blocks(blocks: &[f32], n: usize, s: usize, constraint: f64) -> Vec<f64> {
+    let mut q = vec![0f64; n * s * s];
+    for b in 0..n {
+        for i in 0..s {
+            for j in 0..s {
+                q[(b * s + i) * s + j] =
+                    blocks[(b * s + i) * s + j] as f64 - blocks[(b * s + j) * s + i] as f64;
+            }
+        }
+    }
+    if constraint > 0.0 {
+        let norm = q.iter().map(|x| x * x).sum::<f64>().sqrt() + 1e-8;
+        if norm > constraint {
+            let f = constraint / norm;
+            q.iter_mut().for_each(|x| *x *= f);
+        }
+    }
+    cayley_of_skew(&q, n, s)
+}
+
+/// `R = (I + Q)(I − Q)⁻¹` per block (`q` n×s×s skew-symmetric, f64).
+fn cayley_of_skew(q: &[f64], n: usize, s: usize) -> Vec<f64> {
+    let mut r = vec![0f64; n * s * s];
+    for b in 0..n {
+        let qb = &q[b * s * s..(b + 1) * s * s];
+        // (I − Q)⁻¹ by Gauss–Jordan with partial pivoting on [I − Q | I].
+        let mut a = vec![0f64; s * 2 * s];
+        for i in 0..s {
+            for j in 0..s {
+                a[i * 2 * s + j] = if i == j { 1.0 } else { 0.0 } - qb[i * s + j];
+            }
+            a[i * 2 * s + s + i] = 1.0;
+        }
+        for c in 0..s {
+            let p = (c..s)
+                .max_by(|&x, &y| a[x * 2 * s + c].abs().total_cmp(&a[y * 2 * s + c].abs()))
+                .expect("non-empty");
+            if p != c {
+                for j in 0..2 * s {
+                    a.swap(p * 2 * s + j, c * 2 * s + j);
+                }
+            }
+            let piv = a[c * 2 * s + c];
+            for j in 0..2 * s {
+                a[c * 2 * s + j] /= piv;
+            }
+            for i in 0..s {
+                if i != c {
+                    let f = a[i * 2 * s + c];
+                    if f != 0.0 {
+                        for j in 0..2 * s {
+                            a[i * 2 * s + j] -= f * a[c * 2 * s + j];
+                        }
+                    }
+                }
+            }
+        }
+        let rb = &mut r[b * s * s..(b + 1) * s * s];
+        for i in 0..s {
+            for j in 0..s {
+                let mut acc = 0f64;
+                for t in 0..s {
+                    let ipq = if i == t { 1.0 } else { 0.0 } + qb[i * s + t];
+                    acc += ipq * a[t * 2 * s + s + j];
+                }
+                rb[i * s + j] = acc;
+            }
+        }
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The core contraction against the einsum `i j s, j q, i p -> p q s` written as a plain
     /// quadruple loop.
+    /// A Cayley rotation is orthogonal, and the constraint caps ‖Q‖.
+    #[test]
+    fn cayley_blocks_are_rotations() {
+        let (n, s) = (2, 5);
+        let blocks: Vec<f32> = (0..n * s * s)
+            .map(|i| ((i as f32) * 0.61).sin() * 0.3)
+            .collect();
+        for constraint in [0.0, 0.1] {
+            let r = cayley_blocks(&blocks, n, s, constraint);
+            for b in 0..n {
+                let rb = &r[b * s * s..(b + 1) * s * s];
+                for i in 0..s {
+                    for j in 0..s {
+                        let dot: f64 = (0..s).map(|t| rb[t * s + i] * rb[t * s + j]).sum();
+                        let want = if i == j { 1.0 } else { 0.0 };
+                        assert!(
+                            (dot - want).abs() < 1e-12,
+                            "{constraint} {b} {i} {j}: {dot}"
+                        );
+                    }
+                }
+            }
+        }
+        // Bound binding: R close to I (‖R − I‖ ≈ 2‖Q‖ for small Q).
+        let r = cayley_blocks(&blocks, n, s, 1e-3);
+        let dev: f64 = (0..n)
+            .flat_map(|b| (0..s).flat_map(move |i| (0..s).map(move |j| (b, i, j))))
+            .map(|(b, i, j)| {
+                let x = r[(b * s + i) * s + j] - if i == j { 1.0 } else { 0.0 };
+                x * x
+            })
+            .sum::<f64>()
+            .sqrt();
+        assert!(dev < 2.1e-3 && dev > 1.9e-3, "{dev}");
+    }
+
     #[test]
     fn tucker_core_and_its_output_factor_give_the_einsum() {
         let (r1, r2, kk, p, q) = (2, 3, 4, 5, 2);

@@ -93,8 +93,12 @@ pub struct Resolution {
     pub unmatched: Vec<Unmatched>,
 }
 
-/// Shape the base must store for `m`.
+/// Shape the base must store for `m` (a norm layer's is 1-D; for the W0-dependent OFT and IA3
+/// the side the file does not give is 0, see [`fits_base_dependent`]).
 pub fn expected_shape(m: &LoraModule) -> Vec<usize> {
+    if matches!(m.factors, crate::adapter::Factors::Norm { .. }) {
+        return vec![m.out_features];
+    }
     match &m.kind {
         ModuleKind::Conv { kernel } => {
             let mut s = vec![
@@ -176,7 +180,8 @@ pub fn resolve_in(
         };
         let (found, found_dtype) = logical(&weight);
         let expected = expected_shape(m);
-        let fits = found == expected || shape_fits_flat(m, &found);
+        let fits =
+            found == expected || shape_fits_flat(m, &found) || fits_base_dependent(m, &found);
         if !fits {
             res.unmatched.push(Unmatched::ShapeMismatch {
                 module: m.name.clone(),
@@ -200,8 +205,17 @@ pub fn resolve_in(
                 let b = format!("{}.bias", weight.strip_suffix(".weight").unwrap_or(&weight));
                 // An unplaceable bias is reported on its own; the weight still lands, so
                 // `--allow-unmatched` merges B·A and leaves the bias out (as listed).
+                let peft_ia3 = matches!(
+                    m.factors,
+                    crate::adapter::Factors::Ia3 {
+                        rule: crate::adapter::Ia3Rule::Peft,
+                        ..
+                    }
+                );
                 match base.info(&b) {
                     Some(i) if i.shape.iter().product::<usize>() == m.out_features => Some(b),
+                    // PEFT's IA3 scales the bias when there is one (`tuners/ia3/layer.py`).
+                    None if peft_ia3 => None,
                     Some(i) => {
                         res.unmatched.push(Unmatched::ShapeMismatch {
                             module: format!("{}.lora_B.bias", m.name),
@@ -254,6 +268,46 @@ pub fn resolve_in(
         }
     }
     res
+}
+
+/// OFT and IA3 files give only one side of the weight they adapt (OFT's and IA3's rows,
+/// IA3 `on_input`'s input channels): any base weight of rank ≥ 2 with that side fits (a conv's
+/// input channels are its second axis), a conv module only a conv weight (OFT without
+/// `rescale` either).
+fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
+    use crate::adapter::Factors;
+    let conv = matches!(m.kind, ModuleKind::Conv { .. });
+    // OFT without `rescale` does not say linear or conv either.
+    let unknown = matches!(
+        m.factors,
+        Factors::Oft { rescale: None, .. }
+            | Factors::Boft { rescale: None, .. }
+            | Factors::PeftOft { .. }
+    );
+    let rank_ok = if unknown {
+        found.len() >= 2
+    } else if conv {
+        found.len() > 2
+    } else {
+        found.len() == 2
+    };
+    rank_ok
+        && match &m.factors {
+            Factors::Oft { .. }
+            | Factors::Boft { .. }
+            | Factors::Ia3 {
+                on_input: false, ..
+            } => found[0] == m.out_features,
+            Factors::Ia3 { on_input: true, .. } => found[1] == m.in_features,
+            // PEFT OFT rotates the flattened input side (in·kh·kw).
+            Factors::PeftOft {
+                block_share: true,
+                block_size,
+                ..
+            } => found[1..].iter().product::<usize>() % block_size == 0,
+            Factors::PeftOft { .. } => found[1..].iter().product::<usize>() == m.in_features,
+            _ => false,
+        }
 }
 
 /// A Conv base can be stored `[out, in, kh, kw]` while a kohya/PEFT 1×1 conv adapter on a

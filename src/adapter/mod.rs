@@ -15,7 +15,7 @@ pub mod convention;
 pub mod formats;
 pub mod mapping;
 
-pub use algo::{Algo, Factors, KronHalf};
+pub use algo::{Algo, Factors, Ia3Rule, KronHalf, PeftCayley};
 
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
@@ -247,7 +247,70 @@ impl Adapter {
         self.delta_scaled(m, 1.0)
     }
 
+    /// `ΔW = f(W0)` of a module whose update depends on the base weight
+    /// ([`Factors::needs_base`]), from the canonical base `w0` (d×k), with LyCORIS' `multiplier`
+    /// ([`algo::delta_from_base`]).
+    pub fn delta_from_base(
+        &self,
+        m: &LoraModule,
+        w0: &[f32],
+        d: usize,
+        k: usize,
+        multiplier: f64,
+    ) -> InputResult<Vec<f32>> {
+        let values = m
+            .factors
+            .data()
+            .into_iter()
+            .map(|d| self.values(d))
+            .collect::<InputResult<Vec<_>>>()?;
+        let n = values.first().map_or(0, |v| v.len());
+        let fits = match m.factors {
+            Factors::Ia3 { on_input: true, .. } => n > 0 && k.is_multiple_of(n),
+            Factors::Glora { .. } => d == m.out_features && k == m.in_features,
+            Factors::PeftOft {
+                block_share: true,
+                block_size,
+                ..
+            } => k.is_multiple_of(block_size),
+            Factors::PeftOft { .. } => k == m.in_features,
+            _ => d == m.out_features,
+        };
+        if !fits || w0.len() != d * k {
+            return Err(InputError::invalid(
+                &self.path,
+                format!(
+                    "module `{}`: the base weight ({d}×{k}) does not fit this {} module",
+                    m.name,
+                    m.factors.algo()
+                ),
+            ));
+        }
+        let loaded = algo::Loaded {
+            factors: &m.factors,
+            values,
+        };
+        // GLoRA's scale (alpha / r) goes with the multiplier (OFT, IA3: scale 1).
+        Ok(algo::delta_from_base(
+            &loaded,
+            w0,
+            d,
+            k,
+            multiplier * m.scale,
+        ))
+    }
+
     fn delta_scaled(&self, m: &LoraModule, scale: f64) -> InputResult<Vec<f32>> {
+        if m.factors.needs_base() {
+            return Err(InputError::invalid(
+                &self.path,
+                format!(
+                    "module `{}` is {}: its update depends on the base weight (W' = f(W0)), so it has no ΔW of its own; merge it into a base instead",
+                    m.name,
+                    m.factors.algo()
+                ),
+            ));
+        }
         let values = m
             .factors
             .data()

@@ -69,6 +69,16 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     };
     check_output(&spec, &[&adapter], base.as_ref())?;
     if to == Format::Peft {
+        if let Some(m) = adapter.modules.iter().find(|m| m.factors.needs_base()) {
+            anyhow::bail!(crate::error::InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}` is {}, which a PEFT LoRA folder cannot hold; its update depends on the base weight, so it has no fixed ΔW to lower to LoRA (merge it into the base instead)",
+                    m.name,
+                    m.factors.algo()
+                )
+            ));
+        }
         if let Some(m) = adapter.modules.iter().find(|m| m.factors.lora().is_none()) {
             anyhow::bail!(crate::error::InputError::invalid(
                 &adapter.path,

@@ -260,7 +260,7 @@ fn checkpoint_report(c: &Checkpoint, opts: &InspectOptions) -> CheckpointReport 
 fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
     let mut modules = Vec::new();
     for m in &a.modules {
-        let spectrum = if opts.spectrum {
+        let spectrum = if opts.spectrum && !m.factors.needs_base() {
             let s = if m.factors.lora().is_some() {
                 let (b, av) = a.factors(m)?;
                 let bv = ArrayView2::from_shape((m.out_features, m.rank), b.as_slice())?;
@@ -508,7 +508,17 @@ pub fn render_text(r: &Report) -> String {
                         m.rank.to_string(),
                         format!("{}", m.alpha),
                         format!("{:.4}", m.scale),
-                        format!("{}×{}", m.shape[0], m.shape[1]),
+                        // 0: a side the file does not give (OFT, IA3: taken from the base).
+                        {
+                            let side = |n: usize| {
+                                if n == 0 {
+                                    "?".to_string()
+                                } else {
+                                    n.to_string()
+                                }
+                            };
+                            format!("{}×{}", side(m.shape[0]), side(m.shape[1]))
+                        },
                     ];
                     if let Some(sp) = &m.spectrum {
                         row.push(format!("{:.4e}", sp.fro_norm));

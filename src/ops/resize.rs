@@ -120,6 +120,16 @@ pub fn lower_module(
     rule: &RankRule,
 ) -> InputResult<(Option<Factors>, ModuleResize)> {
     use crate::adapter::algo;
+    if m.factors.needs_base() {
+        return Err(crate::error::InputError::invalid(
+            &adapter.path,
+            format!(
+                "module `{}` is {}: its update depends on the base weight, so it cannot be lowered to LoRA without the base",
+                m.name,
+                m.factors.algo()
+            ),
+        ));
+    }
     let (d, k) = (m.out_features, m.in_features);
     let kk = match &m.kind {
         crate::adapter::ModuleKind::Conv { kernel } => kernel.iter().product::<usize>().max(1),

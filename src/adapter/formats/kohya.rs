@@ -32,13 +32,19 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     let fpath = file.path().to_path_buf();
     let mut parts: BTreeMap<String, lycoris::Parts> = BTreeMap::new();
     let mut namings: BTreeMap<String, lycoris::Naming> = BTreeMap::new();
+    let names: std::collections::HashSet<&str> =
+        file.tensors().iter().map(|t| t.name.as_str()).collect();
     for t in file.tensors() {
         let key = t.name.as_str();
-        let Some((module, role, naming)) = lycoris::split_key(key) else {
+        let ia3 = key
+            .strip_suffix(lycoris::IA3_WEIGHT)
+            .filter(|m| !m.is_empty() && names.contains(format!("{m}.on_input").as_str()))
+            .map(|m| (m.to_owned(), "weight", lycoris::Naming::Kohya));
+        let Some((module, role, naming)) = ia3.or_else(|| lycoris::split_key(key)) else {
             if let Some(algo) = lycoris::unsupported(key) {
                 return Err(InputError::invalid(
                     &fpath,
-                    format!("tensor `{key}`: {algo} modules are not supported yet (lorakit applies LoRA, LoCon, LoHa, LoKr, full/diff and DoRA scales)"),
+                    format!("tensor `{key}`: {algo} modules are not supported yet (lorakit applies LoRA, LoCon, LoHa, LoKr, full/diff, norm layers, diag-OFT, IA3, GLoRA and DoRA scales)"),
                 ));
             }
             return Err(InputError::invalid(
@@ -242,10 +248,25 @@ pub fn write_with(
     let mut payload: Vec<Vec<u8>> = Vec::new();
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for m in &adapter.modules {
+        if let Factors::Ia3 { rule, .. } = m.factors {
+            if rule != crate::adapter::Ia3Rule::Lycoris {
+                return Err(InputError::invalid(
+                    &adapter.path,
+                    format!("module `{}`: PEFT's IA3 (W0 ⊙ l, bias scaled too) has no LyCORIS/kohya form (W0 ⊙ (1 + w))", m.name),
+                ));
+            }
+        }
+        if let Factors::PeftOft { .. } = m.factors {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!("module `{}`: PEFT's OFT (input-side rotation, packed oft_R) has no LyCORIS/kohya form", m.name),
+            ));
+        }
         let lycoris_dora = matches!(m.dora_rule, DoraRule::Lycoris { .. });
         let full = matches!(m.factors, Factors::Full { .. });
+        let bias_ok = matches!(m.factors, Factors::Full { .. } | Factors::Norm { .. });
         if (m.dora_magnitude.is_some() && !lycoris_dora)
-            || (m.bias.is_some() && !full)
+            || (m.bias.is_some() && !bias_ok)
             || m.kind == ModuleKind::Embedding
             || m.base_transposed
         {
@@ -267,10 +288,21 @@ pub fn write_with(
                 ),
             ));
         }
-        if !full {
+        let no_alpha = matches!(m.factors, Factors::Norm { .. } | Factors::Ia3 { .. });
+        if !full && !no_alpha {
             let alpha = kohya_alpha(adapter, m) as f32;
             specs.push(TensorSpec::new(format!("{base}.alpha"), Dtype::F32, vec![]));
             payload.push(alpha.to_le_bytes().to_vec());
+        }
+        if let Factors::Ia3 { on_input, .. } = m.factors {
+            // LyCORIS' `on_input` buffer (saved in the file's dtype; F32 here, like alpha).
+            let flag = if on_input { 1f32 } else { 0f32 };
+            specs.push(TensorSpec::new(
+                format!("{base}.on_input"),
+                Dtype::F32,
+                vec![],
+            ));
+            payload.push(flag.to_le_bytes().to_vec());
         }
         for (suffix, data, canonical) in lycoris::tensors(m) {
             // A stored tensor keeps the shape it was stored with (LyCORIS writes a LoHa conv's

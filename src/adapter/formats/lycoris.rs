@@ -1,6 +1,8 @@
 //! The per-module tensors of kohya-named files: plain LoRA (sd-scripts `networks/lora.py`) and the
-//! LyCORIS algorithms (`lycoris/modules/{locon,loha,lokr,full}.py`, `weight_list` of each), read
-//! into one [`LoraModule`] with its [`Factors`].
+//! LyCORIS algorithms (`lycoris/modules/{locon,loha,lokr,full,norms,diag_oft,boft,ia3,glora}.py`,
+//! `weight_list` of each), read into one [`LoraModule`] with its [`Factors`]. OFT, BOFT and IA3
+//! files do not give every side of the weight they adapt (their update is a function of
+//! it): the missing side is 0 and [`crate::adapter::mapping`] takes it from the base.
 //!
 //! A module's tensors are `{module}.{suffix}`; [`SUFFIXES`] lists every suffix lorakit reads and
 //! [`UNSUPPORTED`] the LyCORIS ones it recognises but does not apply yet (refused by name, never
@@ -108,21 +110,26 @@ pub const SUFFIXES: &[(&str, &str, Naming)] = &[
     (".diff_b", "diff_b", Naming::Kohya),
     (".diff", "diff", Naming::Kohya),
     (".alpha", "alpha", Naming::Kohya),
+    (".w_norm", "w_norm", Naming::Kohya),
+    (".b_norm", "b_norm", Naming::Kohya),
+    (".oft_blocks", "oft_blocks", Naming::Kohya),
+    (".rescale", "rescale", Naming::Kohya),
+    (".on_input", "on_input", Naming::Kohya),
+    (".a1.weight", "a1.weight", Naming::Kohya),
+    (".a2.weight", "a2.weight", Naming::Kohya),
+    (".b1.weight", "b1.weight", Naming::Kohya),
+    (".b2.weight", "b2.weight", Naming::Kohya),
+    (".bm.weight", "bm.weight", Naming::Kohya),
 ];
+
+/// The IA3 vector is stored as `{module}.weight` (LyCORIS `IA3Module.weight_list`), a suffix too
+/// common to read on its own: it is IA3's only beside `{module}.on_input` (ComfyUI
+/// `weight_adapter/ia3.py` reads the pair the same way).
+pub const IA3_WEIGHT: &str = ".weight";
 
 /// LyCORIS suffixes recognised but not applied, with the algorithm they belong to.
 pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("oft_blocks", "OFT/BOFT"),
     ("oft_R", "OFT"),
-    ("rescale", "OFT/BOFT"),
-    ("a1.weight", "GLoRA"),
-    ("a2.weight", "GLoRA"),
-    ("b1.weight", "GLoRA"),
-    ("b2.weight", "GLoRA"),
-    ("bm.weight", "GLoRA"),
-    ("on_input", "IA3"),
-    ("w_norm", "norm-layer (LyCORIS train_norm)"),
-    ("b_norm", "norm-layer (LyCORIS train_norm)"),
     ("q_layer.weight", "T-LoRA"),
     ("p_layer.weight", "T-LoRA"),
     ("lambda_layer", "T-LoRA"),
@@ -195,6 +202,20 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
             .as_slice(),
         ),
         ("full", ["diff", "diff_b"].as_slice()),
+        ("norm", ["w_norm", "b_norm"].as_slice()),
+        ("OFT", ["oft_blocks", "rescale"].as_slice()),
+        ("IA3", ["weight", "on_input"].as_slice()),
+        (
+            "GLoRA",
+            [
+                "a1.weight",
+                "a2.weight",
+                "b1.weight",
+                "b2.weight",
+                "bm.weight",
+            ]
+            .as_slice(),
+        ),
     ];
     let present: Vec<&str> = families
         .iter()
@@ -226,8 +247,14 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                 format!("tensor `{key}`: shape {shape:?} has a zero dimension"),
             ));
         }
-        // Every factor is a matrix or more; only the bias diff and the DoRA scale are vectors.
-        if shape.len() < 2 && !matches!(s, "diff_b" | "dora_scale") {
+        // Every factor is a matrix or more; bias diffs, DoRA and OFT scales, norm-layer and IA3
+        // vectors may be less.
+        if shape.len() < 2
+            && !matches!(
+                s,
+                "diff_b" | "dora_scale" | "w_norm" | "b_norm" | "weight" | "on_input" | "rescale"
+            )
+        {
             return Err(InputError::invalid(
                 fpath,
                 format!("tensor `{key}`: shape {shape:?} has fewer than 2 dimensions, which no factor has"),
@@ -477,6 +504,199 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                 w2_shape: (b2, d2),
             };
         }
+        "norm" => {
+            // LyCORIS `modules/norms.py`: `w_norm` and `b_norm` both [d] (the norm's weight
+            // and bias deltas); no alpha, scale 1.
+            let (w, ws) = get("w_norm")?;
+            if ws.len() != 1 {
+                return Err(bad_shape("w_norm", ws, "[d]".into()));
+            }
+            kind = ModuleKind::Linear;
+            out = ws[0];
+            k = 1;
+            rank = 1;
+            alpha_v = 1.0;
+            scale = 1.0;
+            factors = Factors::Norm { w };
+        }
+        "OFT" => {
+            let (blocks, bs) = get("oft_blocks")?;
+            // 3-D: diag-OFT; 4-D: BOFT (LyCORIS `DiagOFTModule.algo_check` /
+            // `ButterflyOFTModule.algo_check` tell them apart the same way).
+            let boft = bs.len() == 4;
+            let sq = bs.len() >= 3 && bs[bs.len() - 1] == bs[bs.len() - 2];
+            if !(bs.len() == 3 || boft) || !sq {
+                return Err(bad_shape(
+                    "oft_blocks (OFT/BOFT)",
+                    bs,
+                    "[blocks, size, size] or [stages, blocks, size, size]".into(),
+                ));
+            }
+            let (n, sz) = (bs[bs.len() - 3], bs[bs.len() - 2]);
+            if boft {
+                // Stage i pairs rows 2^i·size/2 apart within groups of 2^i·size.
+                let stages = bs[0];
+                let fits = sz % 2 == 0
+                    && stages < usize::BITS as usize
+                    && (0..stages).all(|i| n % (1usize << i) == 0);
+                if !fits {
+                    return Err(bad_shape(
+                        "oft_blocks (BOFT)",
+                        bs,
+                        "[stages, blocks, size, size] with an even size and blocks divisible by 2^(stages-1)".into(),
+                    ));
+                }
+            }
+            out = n * sz;
+            let rescale = match parts.get("rescale") {
+                None => None,
+                Some(_) => {
+                    let (r, rs) = get("rescale")?;
+                    if rs.first() != Some(&out) || rs[1..].iter().any(|&x| x != 1) {
+                        return Err(bad_shape("rescale", rs, format!("[{out}, 1, …]")));
+                    }
+                    Some((r, rs.len()))
+                }
+            };
+            // The base's input side is not in the file: any [d, …] weight fits (see
+            // `mapping::expected_shape`); a 4-D rescale says the layer is a conv.
+            // (its kernel is not in the file either: `conv` with no kernel size).
+            kind = match rescale {
+                Some((_, n)) if n > 2 => ModuleKind::Conv { kernel: Vec::new() },
+                _ => ModuleKind::Linear,
+            };
+            k = 0;
+            rank = n;
+            // LyCORIS `DiagOFTModule.make_module_from_state_dict`: constraint = alpha, then
+            // `self.constraint = constraint * out_dim`; no alpha is ComfyUI's `alpha = 0`.
+            alpha_v = alpha.unwrap_or(0.0);
+            scale = 1.0;
+            let (rescale, constraint) = (rescale.map(|(r, _)| r), alpha_v * out as f64);
+            factors = if boft {
+                Factors::Boft {
+                    blocks,
+                    rescale,
+                    stages: bs[0],
+                    block_num: n,
+                    block_size: sz,
+                    constraint,
+                }
+            } else {
+                Factors::Oft {
+                    blocks,
+                    rescale,
+                    block_num: n,
+                    block_size: sz,
+                    constraint,
+                }
+            };
+        }
+        "GLoRA" => {
+            if has("bm.weight") {
+                return Err(err(
+                    "GLoRA with a Tucker core (bm.weight) is not supported yet".into(),
+                ));
+            }
+            let (a1, s1) = get("a1.weight")?;
+            let (a2, s2) = get("a2.weight")?;
+            let (b1, t1) = get("b1.weight")?;
+            let (b2, t2) = get("b2.weight")?;
+            // LyCORIS `GLoRAModule`: a1 [in, r], a2 [r, in], b1 [out, r], b2 [r, in(, kh, kw)];
+            // a conv's a1, a2, b1 are 1×1 convs ([…, 1, 1]).
+            let ones = |s: &[usize]| s[2..].iter().all(|&x| x == 1);
+            let (cin, r) = (
+                s1.first().copied().unwrap_or(0),
+                s1.get(1).copied().unwrap_or(0),
+            );
+            let ok = s1.len() >= 2
+                && s2.len() == s1.len()
+                && t1.len() == s1.len()
+                && t2.len() == s1.len()
+                && ones(s1)
+                && ones(s2)
+                && ones(t1)
+                && s2[..2] == [r, cin]
+                && t1[1] == r
+                && t2[..2] == [r, cin];
+            if !ok {
+                return Err(err(format!(
+                    "GLoRA shapes do not fit: a1.weight {s1:?}, a2.weight {s2:?}, b1.weight {t1:?}, b2.weight {t2:?} (expected [in, r], [r, in], [out, r], [r, in(, kh, kw)])"
+                )));
+            }
+            kind = if t2.len() > 2 {
+                ModuleKind::Conv {
+                    kernel: t2[2..].to_vec(),
+                }
+            } else {
+                ModuleKind::Linear
+            };
+            out = t1[0];
+            k = t2[1..].iter().product();
+            rank = r;
+            // `alpha = lora_dim if alpha is None or alpha == 0`; scale alpha / r.
+            alpha_v = match alpha {
+                Some(a) if a != 0.0 => a,
+                _ => r as f64,
+            };
+            scale = scale_for(alpha_v, r, false);
+            factors = Factors::Glora {
+                a1,
+                a2,
+                b1,
+                b2,
+                rank: r,
+            };
+        }
+        "IA3" => {
+            let (weight, ws) = get("weight")?;
+            let (okey, oshape) = parts
+                .get("on_input")
+                .ok_or_else(|| err(format!("IA3 module has no `{name}.on_input`")))?;
+            if oshape.iter().product::<usize>() != 1 {
+                return Err(InputError::invalid(
+                    fpath,
+                    format!("tensor `{okey}`: on_input must be a scalar, shape is {oshape:?}"),
+                ));
+            }
+            let on_input = match super::kohya::read_scalar(file, okey)? {
+                0.0 => false,
+                1.0 => true,
+                x => {
+                    return Err(InputError::invalid(
+                        fpath,
+                        format!("tensor `{okey}`: on_input must be 0 or 1, found {x}"),
+                    ))
+                }
+            };
+            // LyCORIS `IA3Module`: [dim] on a linear, [1, dim, 1, …] on a conv.
+            let n = match ws.as_slice() {
+                [n] => *n,
+                [1, n, rest @ ..] if !rest.is_empty() && rest.iter().all(|&x| x == 1) => *n,
+                _ => {
+                    return Err(bad_shape(
+                        "weight (IA3)",
+                        ws,
+                        "[dim] or [1, dim, 1, 1]".into(),
+                    ))
+                }
+            };
+            kind = if ws.len() > 1 {
+                ModuleKind::Conv { kernel: Vec::new() }
+            } else {
+                ModuleKind::Linear
+            };
+            // The other side is not in the file (any base weight of matching rows or
+            // input channels fits).
+            (out, k) = if on_input { (0, n) } else { (n, 0) };
+            rank = 1;
+            alpha_v = 1.0;
+            scale = 1.0;
+            factors = Factors::Ia3 {
+                weight,
+                on_input,
+                rule: algo::Ia3Rule::Lycoris,
+            };
+        }
         _ => {
             let (diff, ds) = get("diff")?;
             if ds.len() < 2 {
@@ -500,11 +720,12 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
     if rank == 0 && !matches!(factors, Factors::Lokr { .. }) {
         return Err(err("rank is 0".into()));
     }
-    let bias = match parts.get("diff_b") {
+    let bias_role = if family == "norm" { "b_norm" } else { "diff_b" };
+    let bias = match parts.get(bias_role) {
         Some(_) => {
-            let (b, bs) = get("diff_b")?;
+            let (b, bs) = get(bias_role)?;
             if bs.as_slice() != [out] {
-                return Err(bad_shape("diff_b", bs, format!("[{out}]")));
+                return Err(bad_shape(bias_role, bs, format!("[{out}]")));
             }
             Some(b)
         }
@@ -530,8 +751,14 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                     format!("[{out}, 1, …] or [1, in, …] with in dividing {k}"),
                 ));
             };
-            if matches!(factors, Factors::Full { .. }) {
-                return Err(err("dora_scale on a full (diff) module".into()));
+            if !matches!(
+                factors,
+                Factors::Lora { .. }
+                    | Factors::LoraTucker { .. }
+                    | Factors::Loha { .. }
+                    | Factors::Lokr { .. }
+            ) {
+                return Err(err(format!("dora_scale on a {} module", factors.algo())));
             }
             (Some(d), DoraRule::Lycoris { per_input })
         }
@@ -641,9 +868,72 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
             v
         }
         Factors::Full { diff } => vec![("diff", diff, with_kernel(vec![d, k / kk]))],
+        Factors::Norm { w } => vec![("w_norm", w, vec![d])],
+        Factors::Boft {
+            blocks,
+            rescale,
+            stages,
+            block_num,
+            block_size,
+            ..
+        } => {
+            let shape = vec![*stages, *block_num, *block_size, *block_size];
+            let mut v = vec![("oft_blocks", blocks, shape)];
+            if let Some(r) = rescale {
+                v.push(("rescale", r, ones(vec![d, 1])));
+            }
+            v
+        }
+        Factors::Oft {
+            blocks,
+            rescale,
+            block_num,
+            block_size,
+            ..
+        } => {
+            let mut v = vec![(
+                "oft_blocks",
+                blocks,
+                vec![*block_num, *block_size, *block_size],
+            )];
+            if let Some(r) = rescale {
+                v.push(("rescale", r, ones(vec![d, 1])));
+            }
+            v
+        }
+        // No LyCORIS form (the kohya writer refuses it first).
+        Factors::PeftOft { .. } => Vec::new(),
+        Factors::Glora { a1, a2, b1, b2, .. } => {
+            let c = k / kk;
+            vec![
+                ("a1.weight", a1, ones(vec![c, r])),
+                ("a2.weight", a2, ones(vec![r, c])),
+                ("b1.weight", b1, ones(vec![d, r])),
+                ("b2.weight", b2, with_kernel(vec![r, c])),
+            ]
+        }
+        Factors::Ia3 {
+            weight, on_input, ..
+        } => {
+            let n = if *on_input { k } else { d };
+            vec![(
+                "weight",
+                weight,
+                if kernel.is_empty() {
+                    vec![n]
+                } else {
+                    ones(vec![1, n])
+                },
+            )]
+        }
     };
     if let Some(b) = &m.bias {
-        v.push(("diff_b", b, vec![d]));
+        let role = if matches!(m.factors, Factors::Norm { .. }) {
+            "b_norm"
+        } else {
+            "diff_b"
+        };
+        v.push((role, b, vec![d]));
     }
     if let (Some(s), DoraRule::Lycoris { per_input }) = (&m.dora_magnitude, m.dora_rule) {
         let shape = if per_input {
@@ -696,7 +986,7 @@ mod tests {
     /// whose LoRA lowering does not panic either.
     #[test]
     fn random_layouts_are_refused_or_rebuilt_never_a_panic() {
-        let families: [&[&str]; 4] = [
+        let families: [&[&str]; 8] = [
             &["lora_up.weight", "lora_down.weight", "lora_mid.weight"],
             &[
                 "hada_w1_a",
@@ -716,6 +1006,10 @@ mod tests {
                 "lokr_t2",
             ],
             &["diff", "diff_b"],
+            &["w_norm", "b_norm"],
+            &["oft_blocks", "rescale"],
+            &["weight", "on_input"],
+            &["a1.weight", "a2.weight", "b1.weight", "b2.weight"],
         ];
         let dir = tempfile::tempdir().unwrap();
         let mut rng = Rng::seed_from_u64(11);
@@ -748,8 +1042,10 @@ mod tests {
                 Err(_) => false,
                 Ok(a) => {
                     for m in &a.modules {
-                        let d = a.delta(m).expect("stored values read back");
-                        assert_eq!(d.len(), m.out_features * m.in_features, "{tensors:?}");
+                        // Updates that need the base have no ΔW of their own (an error).
+                        if let Ok(d) = a.delta(m) {
+                            assert_eq!(d.len(), m.out_features * m.in_features, "{tensors:?}");
+                        }
                         if m.factors.lora().is_none() {
                             let rule = crate::ops::rank::RankRule::Fixed(2);
                             let _ = crate::ops::resize::lower_module(&a, m, false, &rule);

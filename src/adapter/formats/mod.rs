@@ -61,7 +61,7 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
         }
         None => Err(InputError::invalid(
             &file_path,
-            "no LoRA tensors found (expected PEFT `lora_A`/`lora_B`, kohya `lora_down`/`lora_up` or LyCORIS `hada_`/`lokr_`/`diff` names)",
+            "no LoRA tensors found (expected PEFT `lora_A`/`lora_B`, kohya `lora_down`/`lora_up` or LyCORIS `hada_`/`lokr_`/`diff`/`oft_blocks` names, PEFT `ia3_l`)",
         )),
     }
 }
@@ -85,6 +85,8 @@ pub fn detect(file: &SafetensorsFile) -> Option<Format> {
             || n.contains(".lora_B.")
             || n.ends_with(".lora_embedding_A")
             || n.ends_with(".lora_A")
+            || n.ends_with(".ia3_l")
+            || n.ends_with(".oft_R.weight")
     }) {
         return Some(Format::Peft);
     }

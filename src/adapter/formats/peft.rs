@@ -38,6 +38,11 @@ pub enum PeftType {
     /// `tuners/lokr`: LyCORIS' LoKr under PEFT names, `scaling = alpha / r` always (unlike
     /// LyCORIS, whose scale is 1 when both Kronecker halves are whole).
     Lokr,
+    /// `tuners/ia3`: one vector `ia3_l` per module, `W' = W0 ⊙ l` on the output rows, or on
+    /// the input side for `feedforward_modules`; the bias scaled too on the output side.
+    Ia3,
+    /// `tuners/oft`: `oft_R.weight` per module, `W' = W0·blockdiag(R)ᵀ`.
+    Oft,
 }
 
 /// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
@@ -74,22 +79,25 @@ impl PeftConfig {
             None | Some("LORA") => PeftType::Lora,
             Some("LOHA") => PeftType::Loha,
             Some("LOKR") => PeftType::Lokr,
+            Some("IA3") => PeftType::Ia3,
+            Some("OFT") => PeftType::Oft,
             Some(t) => {
                 return Err(bad(
                     "peft_type",
-                    &format!("is `{t}`; lorakit reads LORA, LOHA and LOKR adapters"),
+                    &format!("is `{t}`; lorakit reads LORA, LOHA, LOKR, IA3 and OFT adapters"),
                 ))
             }
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
         let alpha_key = match peft_type {
             PeftType::Lora => "lora_alpha",
-            PeftType::Loha | PeftType::Lokr => "alpha",
+            PeftType::Loha | PeftType::Lokr | PeftType::Ia3 | PeftType::Oft => "alpha",
         };
         let r = match obj.get("r") {
             Some(v) => {
                 v.as_u64()
-                    .filter(|&r| r > 0)
+                    // OFT's `r` may be 0 (then `oft_block_size` decides).
+                    .filter(|&r| r > 0 || peft_type == PeftType::Oft)
                     .ok_or_else(|| bad("r", "must be a positive integer"))? as usize
             }
             None => 8,
@@ -248,6 +256,12 @@ struct Parts {
 pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResult<Adapter> {
     let text = crate::io::read_json_file(config_path)?;
     let cfg = PeftConfig::parse(config_path, &text)?;
+    if cfg.peft_type == PeftType::Ia3 {
+        return read_ia3(path, file, cfg);
+    }
+    if cfg.peft_type == PeftType::Oft {
+        return read_oft(path, file, cfg);
+    }
     if cfg.peft_type != PeftType::Lora {
         return read_lycoris(path, file, cfg);
     }
@@ -427,6 +441,257 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
         m.alpha = cfg.alpha_for(name)?;
         m.scale = scale_for(m.alpha, r, false);
         modules.push(m);
+    }
+    let metadata = file.header().metadata.clone();
+    Ok(Adapter {
+        format: Format::Peft,
+        path: path.to_path_buf(),
+        source: Some(file),
+        modules,
+        full_tensors: full,
+        base_model: cfg.base_model.clone(),
+        use_rslora: false,
+        use_dora: false,
+        modules_to_save: cfg.modules_to_save.clone(),
+        config: Some(cfg.raw.clone()),
+        metadata,
+        namings: Vec::new(),
+    })
+}
+
+/// PEFT IA3 (`tuners/ia3/model.py`, `layer.py`): `{module}.ia3_l` shaped `[out, 1]` (Linear),
+/// `[1, in]` (feed-forward Linear), `[1, n, 1, …]` (Conv, `n` the output channels or, feed-forward,
+/// the input channels). Feed-forward is `_check_target_module_feedforward`: a regex string
+/// matched whole, or a list of names any of which the module name ends with. Merged as
+/// `merge_and_unload` ([`crate::adapter::Ia3Rule::Peft`]); `fan_in_fan_out` is refused.
+fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    use crate::adapter::Ia3Rule;
+    let fpath = file.path().to_path_buf();
+    if cfg.fan_in_fan_out {
+        return Err(InputError::invalid(
+            &fpath,
+            "IA3 with fan_in_fan_out (Conv1D bases) is not supported yet",
+        ));
+    }
+    let ff_re: Option<Regex> = match cfg.raw.get("feedforward_modules") {
+        Some(Value::String(p)) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+            InputError::invalid(
+                &fpath,
+                format!(
+                    "`feedforward_modules` {p:?} is not a valid regex: {}",
+                    one_line_regex_error(&e)
+                ),
+            )
+        })?),
+        _ => None,
+    };
+    let ff_list: Vec<String> = match cfg.raw.get("feedforward_modules") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    InputError::invalid(&fpath, "`feedforward_modules` must hold strings")
+                })
+            })
+            .collect::<InputResult<_>>()?,
+        None | Some(Value::Null) | Some(Value::String(_)) => Vec::new(),
+        Some(_) => {
+            return Err(InputError::invalid(
+                &fpath,
+                "`feedforward_modules` must be a list or a regex string",
+            ))
+        }
+    };
+    let mut modules = Vec::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let Some(name) = rel.strip_suffix(".ia3_l").filter(|n| !n.is_empty()) else {
+            full.push(FullTensor {
+                name: rel.to_owned(),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            });
+            continue;
+        };
+        let ff = match &ff_re {
+            Some(re) => re.is_match(name),
+            None => ff_list.iter().any(|f| name.ends_with(f.as_str())),
+        };
+        let s = &t.shape;
+        let bad = || {
+            InputError::invalid(
+                &fpath,
+                format!(
+                    "tensor `{key}`: shape {s:?} is not an IA3 vector ([out, 1], [1, in] or [1, n, 1, 1]; feed-forward: {ff})"
+                ),
+            )
+        };
+        let (n, kind) = match s.as_slice() {
+            [d, 1] if !ff && *d > 0 => (*d, ModuleKind::Linear),
+            [1, k] if ff && *k > 0 => (*k, ModuleKind::Linear),
+            [1, n, rest @ ..] if !rest.is_empty() && rest.iter().all(|&x| x == 1) && *n > 0 => {
+                (*n, ModuleKind::Conv { kernel: Vec::new() })
+            }
+            _ => return Err(bad()),
+        };
+        let weight = Data::Stored {
+            key: key.to_owned(),
+            transpose: false,
+        };
+        modules.push(LoraModule {
+            name: name.to_owned(),
+            kind,
+            rank: 1,
+            alpha: 1.0,
+            scale: 1.0,
+            out_features: if ff { 0 } else { n },
+            in_features: if ff { n } else { 0 },
+            bias: (!ff).then(|| weight.clone()),
+            factors: Factors::Ia3 {
+                weight,
+                on_input: ff,
+                rule: Ia3Rule::Peft,
+            },
+            base_transposed: false,
+            dora_magnitude: None,
+            dora_rule: crate::adapter::DoraRule::Peft,
+        });
+    }
+    let metadata = file.header().metadata.clone();
+    Ok(Adapter {
+        format: Format::Peft,
+        path: path.to_path_buf(),
+        source: Some(file),
+        modules,
+        full_tensors: full,
+        base_model: cfg.base_model.clone(),
+        use_rslora: false,
+        use_dora: false,
+        modules_to_save: cfg.modules_to_save.clone(),
+        config: Some(cfg.raw.clone()),
+        metadata,
+        namings: Vec::new(),
+    })
+}
+
+/// PEFT OFT (`tuners/oft/config.py`, `layer.py`): `{module}.oft_R.weight` [r, s(s−1)/2] (the
+/// block size `s` follows from it: PEFT adjusts `r`/`oft_block_size` per layer), with the config's
+/// `use_cayley_neumann` (default true), `num_cayley_neumann_terms` (5), `coft` (false), `eps`
+/// (6e-5) and `block_share` (false). Merged as `merge_and_unload`; `fan_in_fan_out` is refused.
+fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    use crate::adapter::PeftCayley;
+    let fpath = file.path().to_path_buf();
+    let bad = |k: &str, why: &str| InputError::invalid(&fpath, format!("`{k}` {why}"));
+    if cfg.fan_in_fan_out {
+        return Err(bad(
+            "fan_in_fan_out",
+            "is true: OFT on Conv1D bases is not supported yet",
+        ));
+    }
+    let flag = |k: &str, default: bool| -> InputResult<bool> {
+        match cfg.raw.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(bad(k, "must be true or false")),
+        }
+    };
+    let neumann = flag("use_cayley_neumann", true)?;
+    let coft = flag("coft", false)?;
+    let block_share = flag("block_share", false)?;
+    let terms = match cfg.raw.get("num_cayley_neumann_terms") {
+        None | Some(Value::Null) => 5,
+        Some(v) => v.as_u64().filter(|t| (1..=64).contains(t)).ok_or_else(|| {
+            bad(
+                "num_cayley_neumann_terms",
+                "must be an integer from 1 to 64",
+            )
+        })? as usize,
+    };
+    let eps = match cfg.raw.get("eps") {
+        None | Some(Value::Null) => 6e-5,
+        Some(v) => v
+            .as_f64()
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .ok_or_else(|| bad("eps", "must be a non-negative number"))?,
+    };
+    let cayley = if neumann {
+        PeftCayley::Neumann(terms)
+    } else {
+        PeftCayley::Exact
+    };
+    let mut modules = Vec::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let Some(name) = rel.strip_suffix(".oft_R.weight").filter(|n| !n.is_empty()) else {
+            full.push(FullTensor {
+                name: rel.to_owned(),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            });
+            continue;
+        };
+        let s_of = |n: usize| (2..=4096usize).find(|s| s * (s - 1) / 2 == n);
+        let (r, s) = match t.shape.as_slice() {
+            [r, n] if *r > 0 => match s_of(*n) {
+                Some(s) => (*r, s),
+                None => {
+                    return Err(InputError::invalid(
+                        &fpath,
+                        format!(
+                        "tensor `{key}`: {n} values per block is not s(s−1)/2 for a block size s"
+                    ),
+                    ))
+                }
+            },
+            other => {
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensor `{key}`: shape {other:?} is not an OFT rotation [blocks, s(s−1)/2]"
+                    ),
+                ))
+            }
+        };
+        if block_share && r != 1 {
+            return Err(InputError::invalid(
+                &fpath,
+                format!("tensor `{key}`: block_share stores one block, this has {r}"),
+            ));
+        }
+        modules.push(LoraModule {
+            name: name.to_owned(),
+            kind: ModuleKind::Linear,
+            rank: r,
+            alpha: 1.0,
+            scale: 1.0,
+            out_features: 0,
+            in_features: if block_share { 0 } else { r * s },
+            bias: None,
+            factors: Factors::PeftOft {
+                weight: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                block_size: s,
+                blocks: r,
+                block_share,
+                cayley,
+                coft_eps: coft.then_some(eps),
+            },
+            base_transposed: false,
+            dora_magnitude: None,
+            dora_rule: crate::adapter::DoraRule::Peft,
+        });
     }
     let metadata = file.header().metadata.clone();
     Ok(Adapter {

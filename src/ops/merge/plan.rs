@@ -98,6 +98,16 @@ impl MergePlan {
                         )
                     ));
                 }
+                if options.unmerge && m.factors.needs_base() {
+                    bail!(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "module `{}`: a {} update depends on the base weight (W' = f(W0)); lorakit does not undo it from the merged weights",
+                            m.name,
+                            m.factors.algo()
+                        )
+                    ));
+                }
                 touched.push((m.name.clone(), p.weight.clone()));
                 match actions
                     .entry(p.weight.clone())

@@ -134,6 +134,18 @@ impl MergePlan {
                             let wa = &self.adapters[ai];
                             let m = &wa.adapter.modules[mi];
                             let bias = wa.adapter.values(m.bias.as_ref().expect("has bias"))?;
+                            if let crate::adapter::Factors::Ia3 {
+                                rule: crate::adapter::Ia3Rule::Peft,
+                                ..
+                            } = m.factors
+                            {
+                                // PEFT IA3: b' = b0 ⊙ l, blended by the weight as the matrix is.
+                                for (x, l) in v.iter_mut().zip(bias.iter()) {
+                                    let d = *x as f64 * (*l as f64 - 1.0) * wa.weight;
+                                    *x = (*x as f64 + d) as f32;
+                                }
+                                continue;
+                            }
                             let s = self.signed(wa.weight * m.scale) as f32;
                             for (x, b) in v.iter_mut().zip(bias.iter()) {
                                 *x += b * s;
@@ -431,6 +443,46 @@ impl MergePlan {
         };
         let rows = shape.first().copied().unwrap_or(1);
         let cols = shape.iter().skip(1).product::<usize>();
+        let view = file.view_info(info)?;
+        let replaced;
+        let mut in_dtype = info.dtype;
+        let mut stray_norm = None;
+        let w0: &[u8] = match (self.base_override.get(name), self.quant.get(name)) {
+            (Some(&(ai, fi)), _) => {
+                let a = &self.adapters[ai].adapter;
+                replaced = dtype::encode(in_dtype, &a.values(&a.full_tensors[fi].data)?);
+                &replaced
+            }
+            (None, Some(q)) => {
+                // A quantized base: merge into what it dequantizes to.
+                in_dtype = Dtype::F32;
+                replaced = dtype::encode(in_dtype, &self.quant.dequantize(&self.base, q)?);
+                &replaced
+            }
+            (None, None) => match &self.options.as_trained_on {
+                Some(t) => {
+                    // QLoRA: the adapter was trained against dequant(Q(W)), not W.
+                    let w = view.to_f32();
+                    let wq = quantize_dequantize(t, &w).map_err(|m| {
+                        anyhow::Error::new(InputError::invalid(
+                            file.path(),
+                            format!("tensor `{name}`: {m}"),
+                        ))
+                    })?;
+                    stray_norm = Some(
+                        w.iter()
+                            .zip(&wq)
+                            .map(|(a, b)| ((a - b) as f64).powi(2))
+                            .sum::<f64>()
+                            .sqrt(),
+                    );
+                    in_dtype = Dtype::F32;
+                    replaced = dtype::encode(in_dtype, &wq);
+                    &replaced
+                }
+                None => view.data,
+            },
+        };
         // Factors in the stored orientation: a transposed base gets (B·A)ᵀ = Aᵀ·Bᵀ.
         let mut owned: Vec<StoredTerm> = Vec::new();
         let mut order = terms.to_vec();
@@ -440,7 +492,24 @@ impl MergePlan {
         for &(ai, mi) in &order {
             let a = &self.adapters[ai].adapter;
             let m = &a.modules[mi];
-            let (factors, dense) = if m.factors.lora().is_some() {
+            let (factors, dense) = if m.factors.needs_base() {
+                // OFT / IA3: ΔW = f(W0) from the base as it is merged into (after a
+                // modules_to_save override or dequantization), built with the user weight as
+                // LyCORIS' multiplier ([`algo::delta_from_base`]); the term's scale is then 1.
+                let w = dtype::decode(in_dtype, w0);
+                let (w, d, k) = if m.base_transposed {
+                    (crate::adapter::transpose(&w, rows, cols), cols, rows)
+                } else {
+                    (w, rows, cols)
+                };
+                let delta = a.delta_from_base(m, &w, d, k, self.adapters[ai].weight)?;
+                let d = if m.base_transposed {
+                    crate::adapter::transpose(&delta, d, k)
+                } else {
+                    delta
+                };
+                ((Vec::new(), Vec::new()), Some(d))
+            } else if m.factors.lora().is_some() {
                 let (b, av) = a.factors(m)?;
                 let stored = if m.base_transposed {
                     (
@@ -484,6 +553,7 @@ impl MergePlan {
                 // PEFT's DoRA scales δ by the user weight; LyCORIS' is blended by it as ComfyUI
                 // does (see backend::Dora).
                 let (scale, dora) = match (st.magnitude.as_ref(), m.dora_rule) {
+                    (None, _) if m.factors.needs_base() => (1.0, None),
                     (None, _) => (wa.weight * m.scale, None),
                     (Some(v), DoraRule::Peft) => (wa.weight * m.scale, Some(Dora::peft(v, axis))),
                     (Some(v), DoraRule::Lycoris { per_input }) => (
@@ -515,46 +585,6 @@ impl MergePlan {
                 }
             })
             .collect();
-        let view = file.view_info(info)?;
-        let replaced;
-        let mut in_dtype = info.dtype;
-        let mut stray_norm = None;
-        let w0: &[u8] = match (self.base_override.get(name), self.quant.get(name)) {
-            (Some(&(ai, fi)), _) => {
-                let a = &self.adapters[ai].adapter;
-                replaced = dtype::encode(in_dtype, &a.values(&a.full_tensors[fi].data)?);
-                &replaced
-            }
-            (None, Some(q)) => {
-                // A quantized base: merge into what it dequantizes to.
-                in_dtype = Dtype::F32;
-                replaced = dtype::encode(in_dtype, &self.quant.dequantize(&self.base, q)?);
-                &replaced
-            }
-            (None, None) => match &self.options.as_trained_on {
-                Some(t) => {
-                    // QLoRA: the adapter was trained against dequant(Q(W)), not W.
-                    let w = view.to_f32();
-                    let wq = quantize_dequantize(t, &w).map_err(|m| {
-                        anyhow::Error::new(InputError::invalid(
-                            file.path(),
-                            format!("tensor `{name}`: {m}"),
-                        ))
-                    })?;
-                    stray_norm = Some(
-                        w.iter()
-                            .zip(&wq)
-                            .map(|(a, b)| ((a - b) as f64).powi(2))
-                            .sum::<f64>()
-                            .sqrt(),
-                    );
-                    in_dtype = Dtype::F32;
-                    replaced = dtype::encode(in_dtype, &wq);
-                    &replaced
-                }
-                None => view.data,
-            },
-        };
         let job = MergeJob {
             w0,
             in_dtype,
