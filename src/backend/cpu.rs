@@ -5,6 +5,7 @@
 //! the output tensor plus a few rows. The per-element arithmetic order is the one documented on
 //! [`MergeJob`], which the GPU kernels follow too.
 
+use super::profile::{self, Stage};
 use super::{MergeError, MergeJob, NormAxis, Term};
 use crate::dtype;
 use rayon::prelude::*;
@@ -49,7 +50,10 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
             let nrows = out_block.len() / (cols * out_size);
             let src = &job.w0[r0 * cols * in_size..(r0 + nrows) * cols * in_size];
             let mut w = vec![0f32; nrows * cols];
+            let t = profile::time(Stage::Decode);
             dtype::decode_into(job.in_dtype, src, &mut w);
+            drop(t);
+            let t = profile::time(Stage::Product);
             let mut acc = vec![0f32; cols];
             for (li, row) in w.chunks_exact_mut(cols).enumerate() {
                 let i = r0 + li;
@@ -75,6 +79,8 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
                     }
                 }
             }
+            drop(t);
+            let _t = profile::time(Stage::Encode);
             if let Some(pos) = w.iter().position(|v| !v.is_finite()) {
                 return Some(MergeError::NonFinite {
                     row: r0 + pos / cols,

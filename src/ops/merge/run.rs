@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::adapter::DoraRule;
+use crate::backend::profile::{self, Stage};
 use crate::backend::{self, Dora, MergeJob, NormAxis, Term};
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
@@ -98,6 +99,7 @@ impl MergePlan {
                         copied += 1;
                     }
                     Action::Copy if out_dtype == info.dtype => {
+                        let _t = profile::time(Stage::Copy);
                         w.begin(name)?;
                         let mut buf = vec![0u8; (8usize << 20).min(info.byte_len() as usize)];
                         let mut off = 0u64;
@@ -119,11 +121,16 @@ impl MergePlan {
                         copied += 1;
                     }
                     Action::Merge(terms) => {
-                        let (data, stray) = self.merge_tensor(engine, name, terms, out_dtype)?;
+                        let (data, stray) = {
+                            let _t = profile::time(Stage::Kernel);
+                            self.merge_tensor(engine, name, terms, out_dtype)?
+                        };
                         if let Some(t) = stray {
                             qlora.push(t);
                         }
+                        let t = profile::time(Stage::Write);
                         w.write_tensor(name, &data)?;
+                        drop(t);
                         file.release(info);
                         bar.inc(data.len() as u64);
                         merged += 1;
@@ -155,6 +162,7 @@ impl MergePlan {
                     }
                 }
             }
+            let _t = profile::time(Stage::Fsync);
             w.finish()?;
         }
         match self.options.part {
@@ -181,7 +189,9 @@ impl MergePlan {
             .iter()
             .map(|d| d.display().to_string())
             .collect();
+        let t = profile::time(Stage::Commit);
         let bytes = output.commit()?;
+        drop(t);
         drop(bar);
         let seconds = start.elapsed().as_secs_f64();
         let adapters = self
