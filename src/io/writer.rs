@@ -223,6 +223,8 @@ impl Output {
             next: 0,
             left: 0,
             bytes: head.len() as u64,
+            behind: 0,
+            flusher: None,
         })
     }
 
@@ -445,7 +447,61 @@ pub struct FileWriter<'o> {
     next: usize,
     left: u64,
     bytes: u64,
+    /// Bytes before this offset have been handed to the kernel's writeback ([`WRITE_BEHIND`]).
+    behind: u64,
+    /// The thread that starts writeback of the ranges it is sent (created on first use).
+    flusher: Option<Flusher>,
 }
+
+/// Starts the writeback of byte ranges of one file on its own thread:
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)` blocks while the disk's queue is full, and that
+/// wait belongs beside the computation, not in it. Ends when its sender is dropped.
+#[derive(Debug)]
+struct Flusher {
+    tx: std::sync::mpsc::Sender<(u64, u64)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> std::io::Result<Flusher> {
+        use std::os::unix::io::AsRawFd;
+        let file = file.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let thread = std::thread::Builder::new()
+            .name("lorakit-writeback".into())
+            .spawn(move || {
+                for (from, n) in rx {
+                    // SAFETY: a hint about a byte range of a descriptor this thread owns (a
+                    // duplicate); no memory is involved. Errors surface in the final fsync.
+                    let _ = unsafe {
+                        libc::sync_file_range(
+                            file.as_raw_fd(),
+                            from as libc::off64_t,
+                            n as libc::off64_t,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        )
+                    };
+                }
+            })?;
+        Ok(Flusher { tx, thread })
+    }
+
+    /// Waits for the hand-offs already sent.
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+/// Once this many bytes are written past the last hand-off, they are handed to the kernel's
+/// writeback (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: start writing, do not wait), so the
+/// disk writes while the next tensors are computed and the final fsync only waits for the
+/// tail. Without it nothing reaches the disk before the fsync (the kernel's own background
+/// writeback starts at a share of RAM), and the fsync of a whole file is a wait with the CPU idle.
+const WRITE_BEHIND: u64 = 32 << 20;
+
+/// Chunk of the read/write fallback of [`FileWriter::copy_tensor`].
+const COPY_CHUNK: usize = 8 << 20;
 
 impl FileWriter<'_> {
     /// The declared tensors.
@@ -516,7 +572,121 @@ impl FileWriter<'_> {
         self.bytes += data.len() as u64;
         let w = self.w.as_mut().expect("open until finish");
         w.write_all(data)
-            .map_err(|e| InputError::write(&self.dest, e))
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        self.write_behind()
+    }
+
+    /// Writes the whole of the next tensor, which must be `name`, as the `len` bytes of `src`
+    /// (at `src_path`) from `offset`, copied by the kernel (`copy_file_range(2)`: page cache
+    /// to page cache, a reflink or a server-side copy where the file system offers one), not
+    /// through user space. Where the kernel cannot (`EXDEV` across file systems on older or
+    /// newer kernels, `ENOSYS`, `EOPNOTSUPP`, `EINVAL`, `EPERM` under a seccomp filter), the
+    /// bytes are read and written in chunks instead. Unchecked like [`Self::write_chunk`]: only
+    /// for byte-for-byte copies of input tensors.
+    pub fn copy_tensor(
+        &mut self,
+        name: &str,
+        src: &File,
+        src_path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> InputResult<()> {
+        use std::os::unix::fs::FileExt;
+        use std::os::unix::io::AsRawFd;
+        self.begin(name)?;
+        if len != self.left {
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!(
+                    "tensor `{name}`: {len} bytes copied where its shape holds {}",
+                    self.left
+                ),
+            ));
+        }
+        let w = self.w.as_mut().expect("open until finish");
+        w.flush().map_err(|e| InputError::write(&self.dest, e))?;
+        let dst = w.get_ref();
+        let mut done = 0u64;
+        let mut kernel = true;
+        while kernel && done < len {
+            let mut off_in = libc::loff_t::try_from(offset + done)
+                .map_err(|_| InputError::invalid(src_path, "offset out of range"))?;
+            let want = (len - done).min(1 << 30) as usize;
+            // SAFETY: both descriptors are open for the whole call (borrowed `File`s);
+            // `off_in` points to a live local the kernel reads and advances; a null `off_out`
+            // makes the kernel write at, and advance, `dst`'s own file offset, which is where
+            // the flushed buffered writer left it. No user memory is written.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    want,
+                    0,
+                )
+            };
+            match n {
+                n if n > 0 => done += n as u64,
+                0 => {
+                    return Err(InputError::io(
+                        src_path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("file ends inside tensor `{name}`"),
+                        ),
+                    ))
+                }
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) => {}
+                        Some(
+                            libc::EXDEV
+                            | libc::ENOSYS
+                            | libc::EOPNOTSUPP
+                            | libc::EINVAL
+                            | libc::EPERM,
+                        ) => kernel = false,
+                        _ => return Err(InputError::write(&self.dest, e)),
+                    }
+                }
+            }
+        }
+        if done < len {
+            let mut buf = vec![0u8; COPY_CHUNK.min((len - done) as usize)];
+            while done < len {
+                let n = buf.len().min((len - done) as usize);
+                src.read_exact_at(&mut buf[..n], offset + done)
+                    .map_err(|e| InputError::io(src_path, e))?;
+                w.write_all(&buf[..n])
+                    .map_err(|e| InputError::write(&self.dest, e))?;
+                done += n as u64;
+            }
+        }
+        self.left = 0;
+        self.bytes += len;
+        self.write_behind()
+    }
+
+    /// Hands what was written since the last hand-off to the kernel's writeback once it is
+    /// [`WRITE_BEHIND`] bytes or more (see there). A hint: errors are ignored here, and the
+    /// fsync of [`Self::finish`] reports any that matter.
+    fn write_behind(&mut self) -> InputResult<()> {
+        if self.bytes - self.behind < WRITE_BEHIND {
+            return Ok(());
+        }
+        let w = self.w.as_mut().expect("open until finish");
+        w.flush().map_err(|e| InputError::write(&self.dest, e))?;
+        if self.flusher.is_none() {
+            // Without a thread (none can be made) the data simply waits for the fsync.
+            self.flusher = Flusher::start(w.get_ref()).ok();
+        }
+        if let Some(f) = &self.flusher {
+            let _ = f.tx.send((self.behind, self.bytes - self.behind));
+        }
+        self.behind = self.bytes;
+        Ok(())
     }
 
     /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
@@ -536,6 +706,9 @@ impl FileWriter<'_> {
         let file = w
             .into_inner()
             .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
         file.sync_all()
             .map_err(|e| InputError::write(&self.dest, e))?;
         self.out.bytes += self.bytes;

@@ -100,16 +100,9 @@ impl MergePlan {
                     }
                     Action::Copy if out_dtype == info.dtype => {
                         let _t = profile::time(Stage::Copy);
-                        w.begin(name)?;
-                        let mut buf = vec![0u8; (8usize << 20).min(info.byte_len() as usize)];
-                        let mut off = 0u64;
-                        while off < info.byte_len() {
-                            let n = buf.len().min((info.byte_len() - off) as usize);
-                            file.read_range(info, off, &mut buf[..n])?;
-                            w.write_chunk(&buf[..n])?;
-                            off += n as u64;
-                            bar.inc(n as u64);
-                        }
+                        let (src, at) = file.source(info);
+                        w.copy_tensor(name, src, file.path(), at, info.byte_len())?;
+                        bar.inc(info.byte_len());
                         copied += 1;
                     }
                     Action::Copy => {
