@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 mod aliasing;
+mod pipe;
 pub use aliasing::check_writes;
+pub use pipe::{pipelined, Pipe};
 
 /// A tensor to be written: its name, dtype and shape, declared before any data.
 #[derive(Debug, Clone, PartialEq, Eq)]
