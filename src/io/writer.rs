@@ -7,6 +7,11 @@
 //! and the folder fsynced. Until then the destination is untouched: an error, a panic, SIGINT,
 //! SIGTERM or a kill leaves either the old files or nothing, never a truncated one.
 //!
+//! Speed: bytes already written are handed to the kernel's writeback as a file grows
+//! (`WRITE_BEHIND`), so its one fsync waits only for the tail; tensors copied unchanged from
+//! an input go file to file inside the kernel ([`FileWriter::copy_tensor`]); [`pipelined`]
+//! writes a file on its own thread while the caller computes the next tensor.
+//!
 //! All or nothing across files: before a file is replaced its old version is kept as a hard
 //! link (`.NAME.lorakit-PID.old`); if any rename fails, every file this commit renamed is put
 //! back and the links are removed. A dropped, uncommitted output removes its temporary files and
@@ -858,6 +863,56 @@ mod tests {
         assert_eq!(f.header().metadata_value("k"), Some("v"));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(leftovers.len(), 1);
+    }
+
+    /// Tensors copied file to file by the kernel land byte for byte between written ones, a
+    /// copy of the wrong length is refused, and the pipelined writer returns the body's error
+    /// and leaves nothing behind.
+    #[test]
+    fn kernel_copies_and_the_pipelined_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src.bin");
+        let payload: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&src_path, &payload).unwrap();
+        let src = File::open(&src_path).unwrap();
+        let dest = dir.path().join("out.safetensors");
+        let n = payload.len() - 100;
+        let specs = vec![
+            TensorSpec::new("a", Dtype::F32, vec![1]),
+            TensorSpec::new("b", Dtype::U8, vec![n]),
+            TensorSpec::new("c", Dtype::F32, vec![1]),
+        ];
+        let mut out = Output::new();
+        let w = out.safetensors(&dest, &[], specs.clone()).unwrap();
+        let one = dtype::encode(Dtype::F32, &[1.0]);
+        pipelined(w, |p| {
+            p.write_tensor("a", one.clone())?;
+            p.copy_tensor("b", &src, &src_path, 100, n as u64)?;
+            p.write_tensor("c", one.clone())
+        })
+        .unwrap();
+        out.commit().unwrap();
+        let f = SafetensorsFile::open(&dest).unwrap();
+        assert_eq!(f.view("b").unwrap().data, &payload[100..]);
+        assert_eq!(f.read_f32("c").unwrap(), vec![1.0]);
+
+        let mut out = Output::new();
+        let mut w = out.safetensors(&dest, &[], specs.clone()).unwrap();
+        w.write_tensor("a", &one).unwrap();
+        assert!(w.copy_tensor("b", &src, &src_path, 0, 10).is_err());
+        drop(w);
+        drop(out);
+        let mut out = Output::new();
+        let w = out.safetensors(&dest, &[], specs).unwrap();
+        let err = pipelined(w, |p| {
+            p.write_tensor("a", one.clone())?;
+            anyhow::bail!("the body failed")
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "the body failed");
+        drop(out);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 2, "src.bin and the first output only");
     }
 
     #[test]
