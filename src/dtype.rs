@@ -81,6 +81,56 @@ pub fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
     out
 }
 
+/// `f32` → bf16 bits, round to nearest, ties to even; a NaN stays a quiet NaN with its sign and
+/// top payload bits. Bit for bit `half::bf16::from_f32`, written without branches so a loop over
+/// a row vectorises (a tie rounds up exactly when the kept half is odd: adding `0x7fff + lsb`
+/// carries into it).
+#[inline(always)]
+pub fn bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
+    let nan = ((x >> 16) | 0x0040) as u16;
+    if x & 0x7fff_ffff > 0x7f80_0000 {
+        nan
+    } else {
+        rounded
+    }
+}
+
+/// Encodes `values` as little-endian `dtype` into `out` (exactly `values.len()` elements long),
+/// rounding as [`encode_into`] does; for kernels that write each block of rows straight into
+/// its place in the output tensor.
+///
+/// Panics if `dtype` is not a float storage dtype or the lengths disagree (a bug, as for
+/// [`decode_into`]).
+pub fn encode_to_slice(dtype: Dtype, values: &[f32], out: &mut [u8]) {
+    let size = dtype.bitsize() / 8;
+    assert_eq!(out.len(), values.len() * size, "encode_to_slice: lengths");
+    match dtype {
+        Dtype::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(values) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        Dtype::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(values) {
+                o.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        Dtype::BF16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(values) {
+                o.copy_from_slice(&bf16_bits(*v).to_le_bytes());
+            }
+        }
+        Dtype::F64 => {
+            for (o, v) in out.chunks_exact_mut(8).zip(values) {
+                o.copy_from_slice(&(*v as f64).to_le_bytes());
+            }
+        }
+        other => panic!("encode_to_slice: {other:?} is not a float storage dtype"),
+    }
+}
+
 /// Encodes `values` as little-endian `dtype`, rounding to nearest even, appending to `out`.
 pub fn encode_into(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
     match dtype {
@@ -99,7 +149,7 @@ pub fn encode_into(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
         Dtype::BF16 => {
             out.reserve(values.len() * 2);
             for v in values {
-                out.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes());
+                out.extend_from_slice(&bf16_bits(*v).to_le_bytes());
             }
         }
         Dtype::F64 => {
@@ -214,6 +264,31 @@ mod tests {
             decode(Dtype::BF16, &encode(Dtype::BF16, &[tie_odd]))[0].to_bits(),
             0x3F82_0000
         );
+    }
+
+    /// The branch-free rounding is `half`'s bit for bit: every upper half with the low halves
+    /// that decide rounding (ties, just above and below, the extremes), NaNs included.
+    #[test]
+    fn bf16_bits_is_half_bit_for_bit() {
+        for hi in 0..=0xffffu32 {
+            for lo in [
+                0u32, 1, 0x3fff, 0x7fff, 0x8000, 0x8001, 0xc000, 0xfffe, 0xffff,
+            ] {
+                let x = f32::from_bits(hi << 16 | lo);
+                assert_eq!(
+                    bf16_bits(x),
+                    half::bf16::from_f32(x).to_bits(),
+                    "{:#010x}",
+                    x.to_bits()
+                );
+            }
+        }
+        let vals: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.37e-3).collect();
+        for d in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
+            let mut out = vec![0u8; vals.len() * d.bitsize() / 8];
+            encode_to_slice(d, &vals, &mut out);
+            assert_eq!(out, encode(d, &vals), "{d:?}");
+        }
     }
 
     #[test]

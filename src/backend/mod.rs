@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod cpu_forward;
 pub mod gpu;
+pub mod profile;
 
 use crate::dtype::Dtype;
 

@@ -74,6 +74,10 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let engine = a.compute.engine()?;
     let summary = plan.run(&engine)?;
+    if crate::backend::profile::enabled() {
+        // Diagnostics asked for by the environment, shown even with --quiet.
+        eprintln!("{}", crate::backend::profile::line(summary.seconds));
+    }
     if a.json {
         super::print_json("merge", &summary)?;
     } else {

@@ -206,6 +206,12 @@ impl SafetensorsFile {
             .map_err(|e| InputError::io(&self.path, e))
     }
 
+    /// The open file and the absolute offset of `info`'s bytes in it, for copies the kernel
+    /// makes file to file ([`crate::io::writer::FileWriter::copy_tensor`]).
+    pub fn source(&self, info: &TensorInfo) -> (&File, u64) {
+        (&self.file, self.header.data_start + info.start)
+    }
+
     /// File identity (device, inode) for refusing outputs that alias inputs.
     pub fn identity(&self) -> Option<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;

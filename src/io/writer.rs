@@ -7,6 +7,11 @@
 //! and the folder fsynced. Until then the destination is untouched: an error, a panic, SIGINT,
 //! SIGTERM or a kill leaves either the old files or nothing, never a truncated one.
 //!
+//! Speed: bytes already written are handed to the kernel's writeback as a file grows
+//! (`WRITE_BEHIND`), so its one fsync waits only for the tail; tensors copied unchanged from
+//! an input go file to file inside the kernel ([`FileWriter::copy_tensor`]); [`pipelined`]
+//! writes a file on its own thread while the caller computes the next tensor.
+//!
 //! All or nothing across files: before a file is replaced its old version is kept as a hard
 //! link (`.NAME.lorakit-PID.old`); if any rename fails, every file this commit renamed is put
 //! back and the links are removed. A dropped, uncommitted output removes its temporary files and
@@ -30,7 +35,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 mod aliasing;
+mod pipe;
 pub use aliasing::check_writes;
+pub use pipe::{pipelined, Pipe};
 
 /// A tensor to be written: its name, dtype and shape, declared before any data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +230,8 @@ impl Output {
             next: 0,
             left: 0,
             bytes: head.len() as u64,
+            behind: 0,
+            flusher: None,
         })
     }
 
@@ -445,7 +454,61 @@ pub struct FileWriter<'o> {
     next: usize,
     left: u64,
     bytes: u64,
+    /// Bytes before this offset have been handed to the kernel's writeback ([`WRITE_BEHIND`]).
+    behind: u64,
+    /// The thread that starts writeback of the ranges it is sent (created on first use).
+    flusher: Option<Flusher>,
 }
+
+/// Starts the writeback of byte ranges of one file on its own thread:
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)` blocks while the disk's queue is full, and that
+/// wait belongs beside the computation, not in it. Ends when its sender is dropped.
+#[derive(Debug)]
+struct Flusher {
+    tx: std::sync::mpsc::Sender<(u64, u64)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> std::io::Result<Flusher> {
+        use std::os::unix::io::AsRawFd;
+        let file = file.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let thread = std::thread::Builder::new()
+            .name("lorakit-writeback".into())
+            .spawn(move || {
+                for (from, n) in rx {
+                    // SAFETY: a hint about a byte range of a descriptor this thread owns (a
+                    // duplicate); no memory is involved. Errors surface in the final fsync.
+                    let _ = unsafe {
+                        libc::sync_file_range(
+                            file.as_raw_fd(),
+                            from as libc::off64_t,
+                            n as libc::off64_t,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        )
+                    };
+                }
+            })?;
+        Ok(Flusher { tx, thread })
+    }
+
+    /// Waits for the hand-offs already sent.
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+/// Once this many bytes are written past the last hand-off, they are handed to the kernel's
+/// writeback (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: start writing, do not wait), so the
+/// disk writes while the next tensors are computed and the final fsync only waits for the
+/// tail. Without it nothing reaches the disk before the fsync (the kernel's own background
+/// writeback starts at a share of RAM), and the fsync of a whole file is a wait with the CPU idle.
+const WRITE_BEHIND: u64 = 32 << 20;
+
+/// Chunk of the read/write fallback of [`FileWriter::copy_tensor`].
+const COPY_CHUNK: usize = 8 << 20;
 
 impl FileWriter<'_> {
     /// The declared tensors.
@@ -516,7 +579,121 @@ impl FileWriter<'_> {
         self.bytes += data.len() as u64;
         let w = self.w.as_mut().expect("open until finish");
         w.write_all(data)
-            .map_err(|e| InputError::write(&self.dest, e))
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        self.write_behind()
+    }
+
+    /// Writes the whole of the next tensor, which must be `name`, as the `len` bytes of `src`
+    /// (at `src_path`) from `offset`, copied by the kernel (`copy_file_range(2)`: page cache
+    /// to page cache, a reflink or a server-side copy where the file system offers one), not
+    /// through user space. Where the kernel cannot (`EXDEV` across file systems on older or
+    /// newer kernels, `ENOSYS`, `EOPNOTSUPP`, `EINVAL`, `EPERM` under a seccomp filter), the
+    /// bytes are read and written in chunks instead. Unchecked like [`Self::write_chunk`]: only
+    /// for byte-for-byte copies of input tensors.
+    pub fn copy_tensor(
+        &mut self,
+        name: &str,
+        src: &File,
+        src_path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> InputResult<()> {
+        use std::os::unix::fs::FileExt;
+        use std::os::unix::io::AsRawFd;
+        self.begin(name)?;
+        if len != self.left {
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!(
+                    "tensor `{name}`: {len} bytes copied where its shape holds {}",
+                    self.left
+                ),
+            ));
+        }
+        let w = self.w.as_mut().expect("open until finish");
+        w.flush().map_err(|e| InputError::write(&self.dest, e))?;
+        let dst = w.get_ref();
+        let mut done = 0u64;
+        let mut kernel = true;
+        while kernel && done < len {
+            let mut off_in = libc::loff_t::try_from(offset + done)
+                .map_err(|_| InputError::invalid(src_path, "offset out of range"))?;
+            let want = (len - done).min(1 << 30) as usize;
+            // SAFETY: both descriptors are open for the whole call (borrowed `File`s);
+            // `off_in` points to a live local the kernel reads and advances; a null `off_out`
+            // makes the kernel write at, and advance, `dst`'s own file offset, which is where
+            // the flushed buffered writer left it. No user memory is written.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    want,
+                    0,
+                )
+            };
+            match n {
+                n if n > 0 => done += n as u64,
+                0 => {
+                    return Err(InputError::io(
+                        src_path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("file ends inside tensor `{name}`"),
+                        ),
+                    ))
+                }
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) => {}
+                        Some(
+                            libc::EXDEV
+                            | libc::ENOSYS
+                            | libc::EOPNOTSUPP
+                            | libc::EINVAL
+                            | libc::EPERM,
+                        ) => kernel = false,
+                        _ => return Err(InputError::write(&self.dest, e)),
+                    }
+                }
+            }
+        }
+        if done < len {
+            let mut buf = vec![0u8; COPY_CHUNK.min((len - done) as usize)];
+            while done < len {
+                let n = buf.len().min((len - done) as usize);
+                src.read_exact_at(&mut buf[..n], offset + done)
+                    .map_err(|e| InputError::io(src_path, e))?;
+                w.write_all(&buf[..n])
+                    .map_err(|e| InputError::write(&self.dest, e))?;
+                done += n as u64;
+            }
+        }
+        self.left = 0;
+        self.bytes += len;
+        self.write_behind()
+    }
+
+    /// Hands what was written since the last hand-off to the kernel's writeback once it is
+    /// [`WRITE_BEHIND`] bytes or more (see there). A hint: errors are ignored here, and the
+    /// fsync of [`Self::finish`] reports any that matter.
+    fn write_behind(&mut self) -> InputResult<()> {
+        if self.bytes - self.behind < WRITE_BEHIND {
+            return Ok(());
+        }
+        let w = self.w.as_mut().expect("open until finish");
+        w.flush().map_err(|e| InputError::write(&self.dest, e))?;
+        if self.flusher.is_none() {
+            // Without a thread (none can be made) the data simply waits for the fsync.
+            self.flusher = Flusher::start(w.get_ref()).ok();
+        }
+        if let Some(f) = &self.flusher {
+            let _ = f.tx.send((self.behind, self.bytes - self.behind));
+        }
+        self.behind = self.bytes;
+        Ok(())
     }
 
     /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
@@ -536,6 +713,9 @@ impl FileWriter<'_> {
         let file = w
             .into_inner()
             .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
         file.sync_all()
             .map_err(|e| InputError::write(&self.dest, e))?;
         self.out.bytes += self.bytes;
@@ -683,6 +863,56 @@ mod tests {
         assert_eq!(f.header().metadata_value("k"), Some("v"));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(leftovers.len(), 1);
+    }
+
+    /// Tensors copied file to file by the kernel land byte for byte between written ones, a
+    /// copy of the wrong length is refused, and the pipelined writer returns the body's error
+    /// and leaves nothing behind.
+    #[test]
+    fn kernel_copies_and_the_pipelined_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src.bin");
+        let payload: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&src_path, &payload).unwrap();
+        let src = File::open(&src_path).unwrap();
+        let dest = dir.path().join("out.safetensors");
+        let n = payload.len() - 100;
+        let specs = vec![
+            TensorSpec::new("a", Dtype::F32, vec![1]),
+            TensorSpec::new("b", Dtype::U8, vec![n]),
+            TensorSpec::new("c", Dtype::F32, vec![1]),
+        ];
+        let mut out = Output::new();
+        let w = out.safetensors(&dest, &[], specs.clone()).unwrap();
+        let one = dtype::encode(Dtype::F32, &[1.0]);
+        pipelined(w, |p| {
+            p.write_tensor("a", one.clone())?;
+            p.copy_tensor("b", &src, &src_path, 100, n as u64)?;
+            p.write_tensor("c", one.clone())
+        })
+        .unwrap();
+        out.commit().unwrap();
+        let f = SafetensorsFile::open(&dest).unwrap();
+        assert_eq!(f.view("b").unwrap().data, &payload[100..]);
+        assert_eq!(f.read_f32("c").unwrap(), vec![1.0]);
+
+        let mut out = Output::new();
+        let mut w = out.safetensors(&dest, &[], specs.clone()).unwrap();
+        w.write_tensor("a", &one).unwrap();
+        assert!(w.copy_tensor("b", &src, &src_path, 0, 10).is_err());
+        drop(w);
+        drop(out);
+        let mut out = Output::new();
+        let w = out.safetensors(&dest, &[], specs).unwrap();
+        let err = pipelined(w, |p| {
+            p.write_tensor("a", one.clone())?;
+            anyhow::bail!("the body failed")
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "the body failed");
+        drop(out);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 2, "src.bin and the first output only");
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub use tokenizer::TextTokenizer;
 /// free megabyte-sized activations many times a step, and glibc's defaults (large blocks
 /// `mmap`ed and unmapped on free, the heap top trimmed) turned every one into fresh zeroed
 /// pages, page faults costing 10–30 % of a CPU step. Sets glibc's mmap threshold to its maximum
-/// (32 MiB) and the trim threshold to 1 GiB; does nothing on other C libraries. `train` and
-/// `eval` call it once.
+/// (32 MiB) and the trim threshold to 1 GiB; does nothing on other C libraries. `train`,
+/// `eval` and `merge` (one output buffer per merged tensor) call it once.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

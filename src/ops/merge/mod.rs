@@ -9,8 +9,8 @@
 //! Planning ([`MergePlan::new`]) resolves every module against the base before anything is
 //! written: unmatched modules are an error (or a listed warning with `allow_unmatched`), tied
 //! embeddings touched by an adapter are refused, and an output that is an input is refused.
-//! Executing ([`MergePlan::run`]) streams: untouched tensors are copied byte for byte with plain
-//! reads, merged tensors are computed from the memory map whose pages are then released, and
+//! Executing ([`MergePlan::run`]) streams: untouched tensors are copied byte for byte by the
+//! kernel (`copy_file_range`, never through user memory), merged tensors are computed from the memory map whose pages are then released, and
 //! the output lands atomically (see [`crate::io::writer`]).
 
 use crate::adapter::mapping::{Resolution, Unmatched};
