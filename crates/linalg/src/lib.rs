@@ -347,54 +347,7 @@ pub fn randomized_svd_with(
     rank: usize,
     opts: &RsvdOptions,
 ) -> Svd {
-    let (m, n) = (op.rows(), op.cols());
-    let kmax = m.min(n);
-    let rank = rank.min(kmax);
-    if rank == 0 {
-        return Svd::empty(m, n);
-    }
-    let l = rank.saturating_add(opts.oversample);
-    if l >= kmax {
-        let svd = match op.as_dense() {
-            Some(a) => exact_svd_with(dense, a),
-            None => exact_svd_with(dense, op.to_dense().view()),
-        };
-        return svd.truncate(rank);
-    }
-
-    let apply = |x: ArrayView2<f32>| {
-        let y = op.apply(x);
-        assert_eq!(y.dim(), (m, x.ncols()), "LinearOperator::apply shape");
-        y
-    };
-    let apply_t = |y: ArrayView2<f32>| {
-        let x = op.apply_t(y);
-        assert_eq!(x.dim(), (n, y.ncols()), "LinearOperator::apply_t shape");
-        x
-    };
-
-    let omega = rng::gaussian_matrix(n, l, opts.seed);
-    let y = apply(omega.view());
-    assert_finite(y.view(), "randomized_svd (operator output)");
-    let mut q = dense.qr_thin(y.view()).0;
-    for _ in 0..opts.power_iters {
-        let z = apply_t(q.view());
-        let qz = dense.qr_thin(z.view()).0;
-        let y = apply(qz.view());
-        q = dense.qr_thin(y.view()).0;
-    }
-    // Bᵀ = MᵀQ (n×l); B = QᵀM = Ũ Σ Vᵀ.
-    let bt = apply_t(q.view());
-    let small = dense.svd_thin(bt.t());
-    let u = dense.matmul(q.view(), small.u.view());
-    let mut svd = Svd {
-        u,
-        s: small.s,
-        vt: small.vt,
-    }
-    .truncate(rank);
-    svd.normalize_signs();
-    svd
+    subspace_iteration(dense, op, rank, opts, None).0
 }
 
 /// SVD of `scale·B·A` (`B: d×r`, `A: r×k`) without forming the `d×k` product
@@ -456,12 +409,33 @@ pub fn randomized_svd_adaptive_with(
     stop: &AdaptiveStop,
     norm_sq: f64,
 ) -> (Svd, usize) {
+    subspace_iteration(dense, op, rank, opts, Some((stop, norm_sq)))
+}
+
+/// HMT Alg. 4.4 + 5.1, shared by [`randomized_svd_with`] (`stop = None`: exactly
+/// `opts.power_iters` iterations) and [`randomized_svd_adaptive_with`] (the stopping rule
+/// documented there, with `‖M‖²_F`). Both run the same products in the same order, so a fixed
+/// count gives the same bits either way.
+fn subspace_iteration(
+    dense: &dyn Dense,
+    op: &dyn LinearOperator,
+    rank: usize,
+    opts: &RsvdOptions,
+    stop: Option<(&AdaptiveStop, f64)>,
+) -> (Svd, usize) {
     let (m, n) = (op.rows(), op.cols());
     let kmax = m.min(n);
     let rank = rank.min(kmax);
+    if rank == 0 {
+        return (Svd::empty(m, n), 0);
+    }
     let l = rank.saturating_add(opts.oversample);
-    if rank == 0 || l >= kmax {
-        return (randomized_svd_with(dense, op, rank, opts), 0);
+    if l >= kmax {
+        let svd = match op.as_dense() {
+            Some(a) => exact_svd_with(dense, a),
+            None => exact_svd_with(dense, op.to_dense().view()),
+        };
+        return (svd.truncate(rank), 0);
     }
     let apply = |x: ArrayView2<f32>| {
         let y = op.apply(x);
@@ -483,17 +457,23 @@ pub fn randomized_svd_adaptive_with(
     assert_finite(y.view(), "randomized_svd (operator output)");
     let mut q = dense.qr_thin(y.view()).0;
     let mut z = apply_t(q.view());
-    let mut energy = captured(&z);
+    let max_iters = stop.map_or(opts.power_iters, |(s, _)| {
+        s.max_power_iters.max(opts.power_iters)
+    });
+    let mut energy = stop.map_or(0.0, |_| captured(&z));
     let (mut prev_gain, mut iters) = (f64::NAN, 0usize);
-    while iters < stop.max_power_iters.max(opts.power_iters) {
+    while iters < max_iters {
         let qz = dense.qr_thin(z.view()).0;
         let y = apply(qz.view());
         q = dense.qr_thin(y.view()).0;
         z = apply_t(q.view());
+        iters += 1;
+        let Some((stop, norm_sq)) = stop else {
+            continue;
+        };
         let e = captured(&z);
         let gain = e - energy;
         energy = e;
-        iters += 1;
         if iters >= opts.power_iters {
             let tail = (norm_sq - energy).max(0.0);
             let floor = 64.0 * f32::EPSILON as f64 * energy;
