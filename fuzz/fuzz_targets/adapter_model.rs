@@ -1,6 +1,8 @@
 //! The adapter-model builder: the input is split into a safetensors file and an
-//! adapter_config.json, written to a private folder, opened as an adapter (PEFT or kohya),
-//! resolved against a small fixed base and fully loaded. Must never panic.
+//! adapter_config.json, written to a private folder and opened as a PEFT folder (LoRA, LoHa,
+//! LoKr, IA3, OFT), or, when the first byte is odd, as a lone single file (kohya, LyCORIS,
+//! diffusers namings); resolved against a small fixed base and fully loaded, every module's ΔW
+//! rebuilt where it has one of its own. Must never panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use lorakit::adapter::{mapping, Adapter};
@@ -36,11 +38,19 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
+    let single = data[0] & 1 == 1;
     let cut = (u16::from_le_bytes([data[0], data[1]]) as usize).min(data.len() - 2);
     let (cfg, file) = data[2..].split_at(cut);
-    std::fs::write(ad.join("adapter_config.json"), cfg).unwrap();
-    std::fs::write(ad.join("adapter_model.safetensors"), file).unwrap();
-    let Ok(mut a) = Adapter::open(ad) else { return };
+    let opened = if single {
+        let lone = ad.parent().unwrap().join("lone.safetensors");
+        std::fs::write(&lone, file).unwrap();
+        Adapter::open(&lone)
+    } else {
+        std::fs::write(ad.join("adapter_config.json"), cfg).unwrap();
+        std::fs::write(ad.join("adapter_model.safetensors"), file).unwrap();
+        Adapter::open(ad)
+    };
+    let Ok(mut a) = opened else { return };
     let base = Checkpoint::open(base).unwrap();
     let res = mapping::resolve(&a, &base);
     for p in &res.modules {
@@ -49,9 +59,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if a.load_all().is_ok() {
         for m in &a.modules {
-            let (b, av) = a.factors(m).unwrap();
-            assert_eq!(b.len(), m.out_features * m.rank);
-            assert_eq!(av.len(), m.rank * m.in_features);
+            if m.factors.lora().is_some() {
+                let (b, av) = a.factors(m).unwrap();
+                assert_eq!(b.len(), m.out_features * m.rank);
+                assert_eq!(av.len(), m.rank * m.in_features);
+            } else if let Ok(d) = a.delta(m) {
+                // Updates that need the base have no ΔW of their own (an error, not a panic).
+                assert_eq!(d.len(), m.out_features * m.in_features);
+            }
         }
     }
 });
