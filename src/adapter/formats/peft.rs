@@ -356,21 +356,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         )?;
         modules.push(m);
     }
-    let metadata = file.header().metadata.clone();
-    Ok(Adapter {
-        format: Format::Peft,
-        path: path.to_path_buf(),
-        source: Some(file),
-        modules,
-        full_tensors: full,
-        base_model: cfg.base_model.clone(),
-        use_rslora: cfg.use_rslora,
-        use_dora: cfg.use_dora,
-        modules_to_save: cfg.modules_to_save.clone(),
-        config: Some(cfg.raw.clone()),
-        metadata,
-        namings: Vec::new(),
-    })
+    Ok(assemble(path, file, &cfg, modules, full))
 }
 
 /// Reads a PEFT LoHa or LoKr adapter: `base_model.model.{module}.hada_w1_a` … (the
@@ -442,21 +428,7 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
         m.scale = scale_for(m.alpha, r, false);
         modules.push(m);
     }
-    let metadata = file.header().metadata.clone();
-    Ok(Adapter {
-        format: Format::Peft,
-        path: path.to_path_buf(),
-        source: Some(file),
-        modules,
-        full_tensors: full,
-        base_model: cfg.base_model.clone(),
-        use_rslora: false,
-        use_dora: false,
-        modules_to_save: cfg.modules_to_save.clone(),
-        config: Some(cfg.raw.clone()),
-        metadata,
-        namings: Vec::new(),
-    })
+    Ok(assemble(path, file, &cfg, modules, full))
 }
 
 /// PEFT IA3 (`tuners/ia3/model.py`, `layer.py`): `{module}.ia3_l` shaped `[out, 1]` (Linear),
@@ -562,21 +534,7 @@ fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
             dora_rule: crate::adapter::DoraRule::Peft,
         });
     }
-    let metadata = file.header().metadata.clone();
-    Ok(Adapter {
-        format: Format::Peft,
-        path: path.to_path_buf(),
-        source: Some(file),
-        modules,
-        full_tensors: full,
-        base_model: cfg.base_model.clone(),
-        use_rslora: false,
-        use_dora: false,
-        modules_to_save: cfg.modules_to_save.clone(),
-        config: Some(cfg.raw.clone()),
-        metadata,
-        namings: Vec::new(),
-    })
+    Ok(assemble(path, file, &cfg, modules, full))
 }
 
 /// PEFT OFT (`tuners/oft/config.py`, `layer.py`): `{module}.oft_R.weight` [r, s(s−1)/2] (the
@@ -693,21 +651,34 @@ fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
             dora_rule: crate::adapter::DoraRule::Peft,
         });
     }
-    let metadata = file.header().metadata.clone();
-    Ok(Adapter {
+    Ok(assemble(path, file, &cfg, modules, full))
+}
+
+/// The adapter every PEFT reader returns: its modules and full tensors, the config's base model,
+/// `modules_to_save` and raw JSON, and rsLoRA / DoRA as a LoRA config states them (the other
+/// tuners have neither).
+fn assemble(
+    path: &Path,
+    file: SafetensorsFile,
+    cfg: &PeftConfig,
+    modules: Vec<LoraModule>,
+    full: Vec<FullTensor>,
+) -> Adapter {
+    let lora = cfg.peft_type == PeftType::Lora;
+    Adapter {
         format: Format::Peft,
         path: path.to_path_buf(),
+        metadata: file.header().metadata.clone(),
         source: Some(file),
         modules,
         full_tensors: full,
         base_model: cfg.base_model.clone(),
-        use_rslora: false,
-        use_dora: false,
+        use_rslora: lora && cfg.use_rslora,
+        use_dora: lora && cfg.use_dora,
         modules_to_save: cfg.modules_to_save.clone(),
         config: Some(cfg.raw.clone()),
-        metadata,
         namings: Vec::new(),
-    })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
