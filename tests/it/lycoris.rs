@@ -245,11 +245,17 @@ fn write(path: &Path, tensors: &BTreeMap<String, T>) {
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
-/// A malformed edit of a fixture is refused by inspect and merge with one line naming the file
-/// and `expect`, and the merge writes nothing.
+/// A malformed edit of a `fixtures/lycoris/` case: see [`refused_in`].
 fn refused(case: &str, edit: impl Fn(&mut BTreeMap<String, T>), expect: &[&str]) {
+    refused_in("lycoris", case, &edit, expect)
+}
+
+/// A malformed edit of the fixture `{folder}/{case}.safetensors` is refused by inspect and by a
+/// merge into `{folder}/base.safetensors` with one line naming the file and `expect`, and the
+/// merge writes nothing.
+fn refused_in(folder: &str, case: &str, edit: &dyn Fn(&mut BTreeMap<String, T>), expect: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = read(&fixture(&format!("lycoris/{case}.safetensors")));
+    let mut t = read(&fixture(&format!("{folder}/{case}.safetensors")));
     edit(&mut t);
     let p = dir.path().join("bad.safetensors");
     write(&p, &t);
@@ -257,7 +263,7 @@ fn refused(case: &str, edit: impl Fn(&mut BTreeMap<String, T>), expect: &[&str])
     for args in [
         vec!["inspect".to_string(), p.display().to_string()],
         merge_args(
-            &fixture("lycoris/base.safetensors"),
+            &fixture(&format!("{folder}/base.safetensors")),
             &p,
             &dir.path().join("out.safetensors"),
             &[],
@@ -759,28 +765,7 @@ fn oft_and_ia3_are_inspected_rewritten_and_refused_where_they_need_the_base() {
 #[test]
 fn malformed_oft_ia3_and_norm_files_are_refused_by_name() {
     let refused_w0 = |case: &str, edit: &dyn Fn(&mut BTreeMap<String, T>), expect: &[&str]| {
-        let dir = tempfile::tempdir().unwrap();
-        let mut t = read(&fixture(&format!("lycoris_w0/{case}.safetensors")));
-        edit(&mut t);
-        let p = dir.path().join("bad.safetensors");
-        write(&p, &t);
-        let before = listing(dir.path());
-        for args in [
-            vec!["inspect".to_string(), p.display().to_string()],
-            merge_args(
-                &fixture("lycoris_w0/base.safetensors"),
-                &p,
-                &dir.path().join("out.safetensors"),
-                &[],
-            ),
-        ] {
-            let line = one_line_error(&run_err(&args));
-            assert!(line.contains("bad.safetensors"), "file not named: {line}");
-            for e in expect {
-                assert!(line.contains(e), "`{e}` not in: {line}");
-            }
-        }
-        assert_eq!(listing(dir.path()), before, "nothing written");
+        refused_in("lycoris_w0", case, edit, expect)
     };
     let ff = "lycoris_down_blocks_0_ff_out";
     let reshape = |key: String, shape: Vec<usize>| {
