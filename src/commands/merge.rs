@@ -139,21 +139,11 @@ fn render(s: &MergeSummary) -> String {
         })
         .collect();
     // "wrote OUT", first: the base is read, never written.
-    let mut out = format!(
-        "wrote {} ({} {} adapter(s) {} base {})\n\n",
-        s.out,
-        if s.operation == "unmerge" {
-            "unmerged"
-        } else {
-            "merged"
-        },
+    let mut out = headline(
+        &s.out,
+        s.operation,
         s.adapters.len(),
-        if s.operation == "unmerge" {
-            "from"
-        } else {
-            "into a copy of"
-        },
-        s.base,
+        &format!("base {}", s.base),
     );
     for d in &s.created_folders {
         out.push_str(&format!("created folder {d}\n"));
@@ -336,22 +326,11 @@ fn render_gguf(r: &GgufMergeReport) -> String {
             ]
         })
         .collect();
-    let mut out = format!(
-        "wrote {} ({} {} adapter(s) {} {}, {})\n\n",
-        r.out,
-        if r.operation == "unmerge" {
-            "unmerged"
-        } else {
-            "merged"
-        },
+    let mut out = headline(
+        &r.out,
+        r.operation,
         r.adapters.len(),
-        if r.operation == "unmerge" {
-            "from"
-        } else {
-            "into a copy of"
-        },
-        r.base,
-        r.architecture
+        &format!("{}, {}", r.base, r.architecture),
     );
     out.push_str(&table(
         &[
@@ -390,4 +369,15 @@ fn open_adapter(
         *target = Some(gguf::Target::open(base)?);
     }
     Ok(gguf::read(p, target.as_ref().expect("just set"))?)
+}
+
+/// "wrote OUT (merged N adapter(s) into a copy of BASE)", first: the base is read, never
+/// written. One wording for safetensors and GGUF merges.
+fn headline(out: &str, operation: &str, adapters: usize, base: &str) -> String {
+    let (verb, how) = if operation == "unmerge" {
+        ("unmerged", "from")
+    } else {
+        ("merged", "into a copy of")
+    };
+    format!("wrote {out} ({verb} {adapters} adapter(s) {how} {base})\n\n")
 }
