@@ -1,0 +1,326 @@
+//! Right refusals only, outputs that load: tied embeddings, empty extractions, integer buffers,
+//! combine's rank cap, foreign files, merge output folders.
+
+use super::*;
+
+#[test]
+fn tie_detection_follows_the_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let ad = embedding_adapter(dir.path());
+    // An encoder without an LM head ties nothing: the embedding merges, ΔW = (B·A)ᵀ·s.
+    let base = bert_base(dir.path(), "BertModel");
+    let out = dir.path().join("merged");
+    run_ok([
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&ad),
+        "--out",
+        s(&out),
+        "-q",
+    ]);
+    let w = read_checkpoint(&out)["embeddings.word_embeddings.weight"].f32();
+    for (i, x) in w.iter().enumerate() {
+        // Every (B·A)ᵀ entry is 2 · 0.5 · 0.25 = 0.25.
+        let want = i as f32 * 0.01 + 0.25;
+        assert!((x - want).abs() < 1e-6, "[{i}] {x} vs {want}");
+    }
+    // A causal LM with no lm_head tensor does tie it: refused.
+    let base = bert_base(dir.path(), "LlamaForCausalLM");
+    let line = one_line_error(&run_err([
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&ad),
+        "--out",
+        s(&dir.path().join("x")),
+    ]));
+    assert!(line.contains("tie_word_embeddings"), "{line}");
+}
+
+#[test]
+fn extract_refuses_an_empty_result_and_takes_peft_style_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuned = dir.path().join("tuned");
+    run_ok([
+        "merge",
+        "--base",
+        s(&fixture("llama/base")),
+        "--adapter",
+        s(&fixture("llama/adapters/qv_r8")),
+        "--out",
+        s(&tuned),
+        "-q",
+    ]);
+    // Nothing changed: exit 2, nothing written.
+    let out = dir.path().join("a");
+    let line = one_line_error(&run_err([
+        "extract",
+        "--base",
+        s(&fixture("llama/base")),
+        "--tuned",
+        s(&fixture("llama/base")),
+        "--rank",
+        "4",
+        "--out",
+        s(&out),
+    ]));
+    assert!(line.contains("no module differs"), "{line}");
+    assert!(!out.exists());
+    // A --targets list that matches nothing: exit 2, naming the syntax.
+    let line = one_line_error(&run_err([
+        "extract",
+        "--base",
+        s(&fixture("llama/base")),
+        "--tuned",
+        s(&tuned),
+        "--rank",
+        "4",
+        "--targets",
+        "nothing_proj",
+        "--out",
+        s(&out),
+    ]));
+    assert!(line.contains("--targets"), "{line}");
+    assert!(!out.exists());
+    // The comma list of train and PEFT, and re: for a regex, select the same modules.
+    for targets in ["q_proj,v_proj", "re:(q|v)_proj$"] {
+        let o = dir.path().join(format!("t{}", targets.len()));
+        run_ok([
+            "extract",
+            "--base",
+            s(&fixture("llama/base")),
+            "--tuned",
+            s(&tuned),
+            "--rank",
+            "8",
+            "--targets",
+            targets,
+            "--out",
+            s(&o),
+            "-q",
+            "--device",
+            "cpu",
+        ]);
+        let t = read(&o.join("adapter_model.safetensors"));
+        let mut mods: Vec<&str> = t
+            .keys()
+            .filter_map(|k| k.strip_suffix(".lora_A.weight"))
+            .collect();
+        mods.sort();
+        assert_eq!(
+            mods,
+            vec![
+                "base_model.model.model.layers.0.self_attn.q_proj",
+                "base_model.model.model.layers.0.self_attn.v_proj",
+                "base_model.model.model.layers.1.self_attn.q_proj",
+                "base_model.model.model.layers.1.self_attn.v_proj",
+            ],
+            "{targets}"
+        );
+    }
+}
+
+/// transformers 5 no longer saves `embeddings.position_ids`: an integer buffer in one side only
+/// is reported and skipped; `--exclude` also takes tensor names.
+#[test]
+fn extract_skips_integer_buffers_present_on_one_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let mk = |name: &str, with_buffer: bool, shift: f32| {
+        let p = dir.path().join(name);
+        let w: Vec<f32> = (0..64)
+            .map(|i| (i % 7) as f32 * 0.1 + if i % 9 == 0 { shift } else { 0.0 })
+            .collect();
+        let wb = f32_bytes(&w);
+        let ids: Vec<u8> = (0..8i64).flat_map(|x| x.to_le_bytes()).collect();
+        let mut v = vec![(
+            "encoder.proj.weight",
+            TensorView::new(Dtype::F32, vec![8, 8], &wb).unwrap(),
+        )];
+        if with_buffer {
+            v.push((
+                "embeddings.position_ids",
+                TensorView::new(Dtype::I64, vec![1, 8], &ids).unwrap(),
+            ));
+        }
+        safetensors::serialize_to_file(v, None, &p).unwrap();
+        p
+    };
+    let base = mk("base.safetensors", true, 0.0);
+    let tuned = mk("tuned.safetensors", false, 0.5);
+    let out = dir.path().join("a");
+    let o = bin()
+        .args([
+            "extract",
+            "--base",
+            s(&base),
+            "--tuned",
+            s(&tuned),
+            "--rank",
+            "2",
+            "--out",
+            s(&out),
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("embeddings.position_ids"), "reported: {err}");
+    assert!(out.join("adapter_model.safetensors").exists());
+    // A float tensor missing on one side is still an error, unless excluded by tensor name.
+    let tuned2 = dir.path().join("t2.safetensors");
+    let w = f32_bytes(&[0.0; 64]);
+    let e = f32_bytes(&[1.0; 8]);
+    safetensors::serialize_to_file(
+        vec![
+            (
+                "encoder.proj.weight",
+                TensorView::new(Dtype::F32, vec![8, 8], &w).unwrap(),
+            ),
+            (
+                "encoder.extra.bias",
+                TensorView::new(Dtype::F32, vec![8], &e).unwrap(),
+            ),
+        ],
+        None,
+        &tuned2,
+    )
+    .unwrap();
+    one_line_error(&run_err([
+        "extract",
+        "--base",
+        s(&base),
+        "--tuned",
+        s(&tuned2),
+        "--rank",
+        "2",
+        "--out",
+        s(&dir.path().join("b")),
+    ]));
+    run_ok([
+        "extract",
+        "--base",
+        s(&base),
+        "--tuned",
+        s(&tuned2),
+        "--rank",
+        "2",
+        "--exclude",
+        "encoder.extra.bias",
+        "--out",
+        s(&dir.path().join("c")),
+        "-q",
+        "--device",
+        "cpu",
+    ]);
+}
+
+#[test]
+fn combine_svd_caps_the_rank_at_the_module_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mix");
+    let o = bin()
+        .args([
+            "combine",
+            "--adapter",
+            s(&fixture("llama/adapters/qv_r8")),
+            "--adapter",
+            s(&fixture("llama/adapters/qv_r8")),
+            "--method",
+            "svd",
+            "--rank",
+            "1000",
+            "--out",
+            s(&out),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("capped"), "{err}");
+    for (k, t) in read(&out.join("adapter_model.safetensors")) {
+        if k.ends_with("lora_A.weight") {
+            assert!(t.shape[0] <= 64, "{k}: rank {}", t.shape[0]);
+        }
+    }
+}
+
+#[test]
+fn foreign_files_are_named_by_format() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes, want) in [
+        (
+            "model.gguf",
+            b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00".to_vec(),
+            "GGUF",
+        ),
+        (
+            "pytorch_model.bin",
+            b"PK\x03\x04\x14\x00\x00\x00\x00\x00\x00\x00".to_vec(),
+            "PyTorch",
+        ),
+        (
+            "old.pt",
+            b"\x80\x02}q\x00(X\x05\x00\x00\x00".to_vec(),
+            "pickle",
+        ),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let line = one_line_error(&run_err(["inspect", s(&p)]));
+        assert!(line.contains(want) && line.contains(name), "{line}");
+    }
+}
+
+#[test]
+fn merge_copies_subfolders_and_refuses_a_file_name_for_a_folder_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("st");
+    std::fs::create_dir_all(base.join("1_Pooling")).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture(&format!("llama/base/{f}")), base.join(f)).unwrap();
+    }
+    std::fs::write(
+        base.join("1_Pooling/config.json"),
+        r#"{"pooling_mode_mean_tokens": true}"#,
+    )
+    .unwrap();
+    std::fs::write(base.join("modules.json"), "[]").unwrap();
+    // Missing parents are created and named in the summary.
+    let out = dir.path().join("new/parent/out");
+    let text = run_ok([
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&fixture("llama/adapters/qv_r8")),
+        "-o",
+        s(&out),
+    ]);
+    assert!(
+        text.contains("created folder") && text.contains("new/parent"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("1_Pooling/config.json")).unwrap(),
+        std::fs::read(base.join("1_Pooling/config.json")).unwrap()
+    );
+    assert!(out.join("modules.json").exists());
+    // A folder base into `x.safetensors`: refused, nothing made.
+    let x = dir.path().join("x.safetensors");
+    let line = one_line_error(&run_err([
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&fixture("llama/adapters/qv_r8")),
+        "--out",
+        s(&x),
+    ]));
+    assert!(line.contains("folder"), "{line}");
+    assert!(!x.exists());
+}

@@ -1,0 +1,245 @@
+//! Repo ids resolved in the local Hugging Face cache, and one JSON vocabulary over every
+//! command's report.
+
+use super::*;
+
+/// A Hugging Face cache laid out as `huggingface_hub` writes it: refs/main → commit,
+/// snapshots/COMMIT/* symlinks into blobs/.
+fn hf_cache(root: &Path, id: &str, from: &Path) -> String {
+    let commit = "4f1c0ffee0ddba11deadbeef0123456789abcdef";
+    let repo = root.join(format!("models--{}", id.replace('/', "--")));
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        let blob = repo
+            .join("blobs")
+            .join(format!("blob-{}", name.to_string_lossy()));
+        std::fs::copy(e.path(), &blob).unwrap();
+        std::os::unix::fs::symlink(
+            Path::new("../../blobs").join(blob.file_name().unwrap()),
+            snap.join(&name),
+        )
+        .unwrap();
+    }
+    commit.to_owned()
+}
+
+/// Read-only commands take a cache snapshot folder and a repo id found in the local cache
+/// (`HF_HUB_CACHE`, else `HF_HOME/hub`), and never reach for the network for one that is not.
+#[test]
+fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = dir.path().join("hub");
+    let base = fixture("llama/base");
+    let commit = hf_cache(&hub, "tiny-org/tiny-llama", &base);
+    hf_cache(&hub, "tiny-org/tiny-lora", &fixture("llama/adapters/qv_r8"));
+    let expected = run_ok(["inspect", s(&base), "--json"]);
+    let expected: serde_json::Value = serde_json::from_str(&expected).unwrap();
+    // lorakit with one cache variable set (the other removed), run from the temp folder.
+    let with_cache = |args: &[&str], var: &str, val: &Path| {
+        bin()
+            .args(args)
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_HOME")
+            .env(var, val)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let inspect = |arg: &str, var: &str, val: &Path| {
+        let out = with_cache(&["inspect", arg, "--json"], var, val);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    for arg in [
+        "tiny-org/tiny-llama".to_owned(),
+        "tiny-org/tiny-llama@main".to_owned(),
+        format!("tiny-org/tiny-llama@{commit}"),
+    ] {
+        for (var, val) in [
+            ("HF_HUB_CACHE", hub.clone()),
+            ("HF_HOME", dir.path().to_path_buf()),
+        ] {
+            let got = inspect(&arg, var, &val);
+            assert_eq!(got["parameters"], expected["parameters"], "{arg} via {var}");
+            assert_eq!(
+                got["tensor_count"], expected["tensor_count"],
+                "{arg} via {var}"
+            );
+        }
+    }
+    // The snapshot folder itself (symlinks into blobs/) is an ordinary model folder.
+    let snap = hub
+        .join("models--tiny-org--tiny-llama/snapshots")
+        .join(&commit);
+    assert_eq!(
+        inspect(s(&snap), "HF_HUB_CACHE", &hub)["parameters"],
+        expected["parameters"]
+    );
+    // An adapter repo, and diff between an id and a path.
+    let ad = inspect("tiny-org/tiny-lora", "HF_HUB_CACHE", &hub);
+    assert_eq!(ad["format"], "peft", "{ad}");
+    let out = with_cache(
+        &["diff", "tiny-org/tiny-llama", s(&base)],
+        "HF_HUB_CACHE",
+        &hub,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not in the cache: one line that says where it looked and that nothing is downloaded.
+    for arg in ["tiny-org/absent", "tiny-org/tiny-llama@v9"] {
+        let e = one_line_error(&with_cache(&["inspect", arg], "HF_HUB_CACHE", &hub));
+        assert!(
+            e.contains("Hugging Face cache") && e.contains("never downloads"),
+            "{e}"
+        );
+    }
+}
+
+/// Every key of a JSON value, with the kind of value it holds, recursively.
+fn key_kinds(v: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static str, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let kind = match x {
+                    serde_json::Value::Array(_) => "list",
+                    serde_json::Value::Number(_) => "number",
+                    serde_json::Value::Object(_) => "object",
+                    serde_json::Value::String(_) => "string",
+                    serde_json::Value::Bool(_) => "bool",
+                    serde_json::Value::Null => "null",
+                };
+                out.push((k.clone(), kind, format!("{path}.{k}")));
+                key_kinds(x, &format!("{path}.{k}"), out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                key_kinds(x, &format!("{path}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One JSON vocabulary: every command's report is an object whose first key is `operation`,
+/// `files` is always a list, and no key is a count in one report and a list in another (counts
+/// are `*_count`); the rank rule is spelled the same by extract and resize.
+#[test]
+fn every_json_report_shares_one_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let base = s(&fixture("llama/base")).to_owned();
+    let qv = s(&fixture("llama/adapters/qv_r8")).to_owned();
+    let merged = s(&fixture("llama/merged/qv_r8.safetensors")).to_owned();
+    let ids = s(&fixture("text/tiny_ids.safetensors")).to_owned();
+    let (m, m2, x, x2, r, c, k) = (d("m"), d("m2"), d("x"), d("x2"), d("r"), d("c"), d("k.st"));
+    let nf4 = s(&fixture("quant/nf4_dq")).to_owned();
+    let (dq, qm, km) = (d("dq"), d("qm"), d("km"));
+    let km_base = s(&fixture("quant/nf4")).to_owned();
+    let runs: Vec<(&str, String)> = vec![
+        ("inspect", format!("inspect {base} --tensors")),
+        ("inspect", format!("inspect {qv} --spectrum")),
+        (
+            "merge",
+            format!("merge --base {base} --adapter {qv} -o {m}"),
+        ),
+        (
+            "merge",
+            format!("merge --base {base} --adapter {qv} -o {m2} --dry-run"),
+        ),
+        (
+            "extract",
+            format!("extract --base {base} --tuned {m} --rank 4 -o {x}"),
+        ),
+        (
+            "extract",
+            format!("extract --base {base} --tuned {m} --rank 4 -o {x2} --dry-run"),
+        ),
+        ("resize", format!("resize {qv} --energy 0.9 -o {r}")),
+        (
+            "combine",
+            format!("combine --method cat --adapter {qv} --adapter {qv} -o {c}"),
+        ),
+        (
+            "convert",
+            format!("convert {qv} --to kohya -o {k}.safetensors"),
+        ),
+        ("diff", format!("diff {merged} {m}/model.safetensors")),
+        ("check", format!("check {qv} --base {base}")),
+        (
+            "eval",
+            format!("eval --model {base} --adapter {qv} --input-ids {ids} --device cpu"),
+        ),
+        ("inspect", format!("inspect {nf4}")),
+        ("dequantize", format!("dequantize {nf4} -o {dq}")),
+        (
+            "merge",
+            format!("merge --base {base} --adapter {qv} -o {qm} --as-trained-on nf4"),
+        ),
+        (
+            "merge",
+            format!("merge --base {km_base} --adapter {qv} -o {km}"),
+        ),
+    ];
+    let mut seen: Vec<(String, &'static str, String)> = Vec::new();
+    let mut rules = Vec::new();
+    for (op, line) in &runs {
+        // Paths here hold no spaces (a tempdir and the fixtures folder).
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        let out = bin().args(&argv).arg("--json").output().unwrap();
+        assert!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "{argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{argv:?}: not JSON ({e})"));
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{argv:?}: not an object"));
+        assert_eq!(
+            obj.keys().next().map(String::as_str),
+            Some("operation"),
+            "{argv:?}"
+        );
+        assert_eq!(v["operation"], *op, "{argv:?}");
+        if let Some(r) = v.get("rank_rule") {
+            rules.push(r.clone());
+        }
+        key_kinds(&v, op, &mut seen);
+    }
+    for (k, kind, at) in &seen {
+        if k == "files" {
+            assert_eq!(*kind, "list", "{at} is not a list");
+        }
+        if *kind == "number" {
+            if let Some((_, _, other)) = seen.iter().find(|(k2, kd, _)| k2 == k && *kd == "list") {
+                panic!("{k} is a number at {at} and a list at {other}: name the count {k}_count");
+            }
+        }
+    }
+    // extract --rank 4 and resize --energy 0.9: one spelling of the rule.
+    assert!(
+        rules.iter().any(|r| r["rule"] == "rank" && r["rank"] == 4),
+        "{rules:?}"
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["rule"] == "energy" && r["energy"] == 0.9),
+        "{rules:?}"
+    );
+}

@@ -1,0 +1,142 @@
+//! 5. Hostile configs and special files.
+
+use super::*;
+
+#[test]
+fn absurd_config_sizes_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    copy_dir(&fixture("llama/base"), &model);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("llama/base/config.json")).unwrap()).unwrap();
+    for (key, value) in [
+        ("num_hidden_layers", serde_json::json!(1_000_000_000u64)),
+        ("num_hidden_layers", serde_json::json!(1e18)),
+        (
+            "num_hidden_layers",
+            serde_json::json!(1_000_000_000_000_000_000u64),
+        ),
+        ("num_hidden_layers", serde_json::json!(3)),
+        ("hidden_size", serde_json::json!(100_000_000_000u64)),
+        ("vocab_size", serde_json::json!(1_000_000_000_000u64)),
+        ("intermediate_size", serde_json::json!(7)),
+    ] {
+        let mut c = cfg.clone();
+        c[key] = value.clone();
+        std::fs::write(model.join("config.json"), c.to_string()).unwrap();
+        let res = run_err([
+            "eval",
+            "--model",
+            s(&model),
+            "--input-ids",
+            s(&fixture("text/tiny_ids.safetensors")),
+            "--device",
+            "cpu",
+        ]);
+        let line = one_line_error(&res);
+        assert!(line.contains("config.json"), "{key}={value}: {line}");
+    }
+}
+
+#[test]
+fn fifos_and_devices_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    copy_dir(&fixture("llama/base"), &model);
+    let ad = dir.path().join("a");
+    copy_dir(&fixture("llama/adapters/qv_r8"), &ad);
+    let fifo = |p: &Path| {
+        let _ = std::fs::remove_file(p);
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    };
+    fifo(&ad.join("adapter_config.json"));
+    fifo(&model.join("config.json"));
+    let run = |args: &[&str]| {
+        let t = Instant::now();
+        let mut child = bin()
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        loop {
+            if let Some(_st) = child.try_wait().unwrap() {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("{args:?} blocked on a FIFO");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let line = one_line_error(&out);
+        assert!(line.contains("FIFO"), "{line}");
+    };
+    run(&["inspect", s(&ad)]);
+    run(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--input-ids",
+        s(&fixture("text/tiny_ids.safetensors")),
+    ]);
+    let line = one_line_error(&run_err(["inspect", "/dev/zero"]));
+    assert!(line.contains("device"), "{line}");
+}
+
+#[test]
+fn modules_to_save_onto_an_integer_tensor_is_an_error() {
+    use safetensors::{tensor::TensorView, Dtype};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    let ids: Vec<u8> = (0..4i64).flat_map(|x| x.to_le_bytes()).collect();
+    let w: Vec<u8> = vec![0; 16];
+    safetensors::serialize_to_file(
+        vec![
+            (
+                "position_ids",
+                TensorView::new(Dtype::I64, vec![4], &ids).unwrap(),
+            ),
+            (
+                "proj.weight",
+                TensorView::new(Dtype::F32, vec![2, 2], &w).unwrap(),
+            ),
+        ],
+        None,
+        &base,
+    )
+    .unwrap();
+    let ad = dir.path().join("ad");
+    write_adapter(
+        &ad,
+        &[
+            (
+                "base_model.model.proj.lora_A.weight",
+                vec![1, 2],
+                vec![0.1, 0.2],
+            ),
+            (
+                "base_model.model.proj.lora_B.weight",
+                vec![2, 1],
+                vec![0.3, 0.4],
+            ),
+            ("base_model.model.position_ids", vec![4], vec![9.0; 4]),
+        ],
+        serde_json::json!({"peft_type": "LORA", "r": 1, "lora_alpha": 1, "modules_to_save": ["position_ids"]}),
+    );
+    let line = one_line_error(&run_err([
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&ad),
+        "--out",
+        s(&dir.path().join("o.safetensors")),
+    ]));
+    assert!(
+        line.contains("position_ids") && line.contains("I64"),
+        "{line}"
+    );
+}

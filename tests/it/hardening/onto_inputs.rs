@@ -1,0 +1,112 @@
+//! 1. No command writes onto one of its inputs.
+
+use super::*;
+
+#[test]
+fn no_command_writes_onto_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    copy_dir(&fixture("llama/base"), &base);
+    let ad = dir.path().join("qv");
+    copy_dir(&fixture("llama/adapters/qv_r8"), &ad);
+    let before = (snapshot(&base), snapshot(&ad));
+    let base_file = base.join("model.safetensors");
+
+    // merge --out BASE_FOLDER with re-sharding: shards and index would land in the base.
+    refused_as_input(&run_err([
+        "merge",
+        "--base",
+        s(&base),
+        "--adapter",
+        s(&ad),
+        "--out",
+        s(&base),
+        "--max-shard-size",
+        "100KB",
+    ]));
+    // --out onto the adapter's weights or its config.
+    for target in ["adapter_model.safetensors", "adapter_config.json"] {
+        refused_as_input(&run_err([
+            "merge",
+            "--base",
+            s(&base_file),
+            "--adapter",
+            s(&ad),
+            "--out",
+            s(&ad.join(target)),
+        ]));
+    }
+    // extract --format kohya onto the base's config.json.
+    let tuned = dir.path().join("tuned");
+    run_ok([
+        "merge",
+        "--base",
+        s(&fixture("llama/base")),
+        "--adapter",
+        s(&ad),
+        "--out",
+        s(&tuned),
+        "--quiet",
+    ]);
+    refused_as_input(&run_err([
+        "extract",
+        "--base",
+        s(&base),
+        "--tuned",
+        s(&tuned),
+        "--rank",
+        "4",
+        "--format",
+        "kohya",
+        "--out",
+        s(&base.join("config.json")),
+    ]));
+    // eval --logits onto the model's config or the adapter's weights.
+    for target in [
+        base.join("config.json"),
+        ad.join("adapter_model.safetensors"),
+    ] {
+        refused_as_input(&run_err([
+            "eval",
+            "--model",
+            s(&base),
+            "--adapter",
+            s(&ad),
+            "--input-ids",
+            s(&fixture("text/tiny_ids.safetensors")),
+            "--logits",
+            s(&target),
+            "--device",
+            "cpu",
+        ]));
+    }
+    // train --init-adapter A --out A.
+    refused_as_input(&run_err([
+        "train",
+        "--model",
+        s(&base),
+        "--data",
+        s(&fixture("text/tiny_ids.safetensors")),
+        "--seq-len",
+        "8",
+        "--steps",
+        "1",
+        "--init-adapter",
+        s(&ad),
+        "--out",
+        s(&ad),
+    ]));
+    // inspect --plot through a hard link and a symlink to the adapter's weights.
+    let hard = dir.path().join("hard.svg");
+    std::fs::hard_link(ad.join("adapter_model.safetensors"), &hard).unwrap();
+    let soft = dir.path().join("soft.svg");
+    std::os::unix::fs::symlink(ad.join("adapter_config.json"), &soft).unwrap();
+    for p in [&hard, &soft] {
+        refused_as_input(&run_err(["inspect", s(&ad), "--plot", s(p)]));
+    }
+    assert_eq!(
+        (snapshot(&base), snapshot(&ad)),
+        before,
+        "an input was changed"
+    );
+}

@@ -1,0 +1,214 @@
+//! 4. Results checked in their stored dtype; one definition per tensor.
+
+use super::*;
+
+#[test]
+fn f16_overflow_is_an_error_in_every_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    // 1e5 is a finite f32 and ±inf in F16.
+    write_adapter(
+        &big,
+        &[
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                vec![2, 64],
+                vec![1e5; 128],
+            ),
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+                vec![64, 2],
+                vec![1.0; 128],
+            ),
+        ],
+        serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]}),
+    );
+    let out = dir.path().join("out");
+    for args in [
+        vec![
+            "convert",
+            s(&big),
+            "--to",
+            "kohya",
+            "--dtype",
+            "f16",
+            "--out",
+            "x.safetensors",
+        ],
+        vec![
+            "resize",
+            s(&big),
+            "--rank",
+            "1",
+            "--dtype",
+            "f16",
+            "--out",
+            "x",
+        ],
+        vec![
+            "combine",
+            "--adapter",
+            s(&big),
+            "--adapter",
+            s(&big),
+            "--method",
+            "cat",
+            "--dtype",
+            "f16",
+            "--out",
+            "x",
+        ],
+        vec![
+            "merge",
+            "--base",
+            s(&fixture("llama/base")),
+            "--adapter",
+            s(&big),
+            "--dtype",
+            "f16",
+            "--out",
+            "x",
+            "--device",
+            "cpu",
+        ],
+    ] {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with('x') {
+                    out.join(a).display().to_string()
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        let line = one_line_error(&run_err(&args));
+        assert!(
+            line.contains("F16") && line.contains("q_proj") && line.contains("inf"),
+            "{}: {line}",
+            args[0]
+        );
+        assert!(!out.exists(), "{}: wrote {:?}", args[0], listing(&out));
+    }
+}
+
+#[test]
+fn a_module_defined_twice_is_an_error_naming_both_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let ad = dir.path().join("twice");
+    let a = vec![0.01f32; 2 * 64];
+    let b = vec![0.02f32; 64 * 2];
+    write_adapter(
+        &ad,
+        &[
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                vec![2, 64],
+                a.clone(),
+            ),
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+                vec![64, 2],
+                b.clone(),
+            ),
+            (
+                "model.layers.0.self_attn.q_proj.lora_A.weight",
+                vec![2, 64],
+                a,
+            ),
+        ],
+        serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 2}),
+    );
+    let line = one_line_error(&run_err(["inspect", s(&ad)]));
+    assert!(
+        line.contains("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
+            && line.contains("`model.layers.0.self_attn.q_proj.lora_A.weight`")
+            && line.contains("twice"),
+        "{line}"
+    );
+}
+
+#[test]
+fn duplicate_fields_inside_a_tensor_entry_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"t":{"dtype":"F32","shape":[1],"dtype":"F16","data_offsets":[0,4]}}"#;
+    let p = raw_file(dir.path(), "dup.safetensors", header, 4);
+    let line = one_line_error(&run_err(["inspect", s(&p)]));
+    assert!(
+        line.contains("dup.safetensors") && line.contains("duplicate key `t.dtype`"),
+        "{line}"
+    );
+}
+
+#[test]
+fn resume_from_invalid_adam_moments_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--model",
+            s(&fixture("llama/base")),
+            "--data",
+            s(&fixture("text/tiny_ids.safetensors")),
+            "--seq-len",
+            "16",
+            "--batch",
+            "2",
+            "--seed",
+            "1",
+            "--quiet",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    run_ok(train(&["--steps", "2", "--out", s(&out)]));
+    // Resuming the untouched state works (the test can fail only for the poison below).
+    let again = dir.path().join("again");
+    run_ok(train(&[
+        "--resume",
+        s(&out),
+        "--steps",
+        "3",
+        "--out",
+        s(&again),
+    ]));
+    let state = out.join("trainer_state.safetensors");
+    let bytes = std::fs::read(&state).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let victim = owned
+        .iter_mut()
+        .find(|(n, _, _)| n.ends_with("exp_avg_sq"))
+        .unwrap();
+    victim.2[..4].copy_from_slice(&(-1.0f32).to_le_bytes());
+    let name = victim.0.clone();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, sh, d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sh.clone(), d)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, meta.metadata().clone(), &state).unwrap();
+    let line = one_line_error(&run_err(train(&[
+        "--resume",
+        s(&out),
+        "--steps",
+        "3",
+        "--out",
+        s(&dir.path().join("x")),
+    ])));
+    assert!(line.contains(&name) && line.contains("-1"), "{line}");
+}

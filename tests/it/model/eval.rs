@@ -1,0 +1,480 @@
+//! `eval`: logits against transformers + PEFT, losses, the tokenizer, the JSON report and
+//! generation, error lines, GPU against CPU.
+
+use super::*;
+
+#[test]
+fn logits_match_transformers_and_peft() {
+    // (model, adapters, eval flags, reference file, reference tensor)
+    type Case<'a> = (
+        &'a str,
+        &'a [(&'a str, f64)],
+        &'a [&'a str],
+        &'a str,
+        &'a str,
+    );
+    let extra = "llama/logits_extra.safetensors";
+    let base = "llama/logits.safetensors";
+    let cases: &[Case] = &[
+        ("llama/base", &[], &[], base, "logits_base"),
+        ("llama/base_sharded", &[], &[], base, "logits_base"),
+        (
+            "llama/base",
+            &[("llama/adapters/qv_r8", 1.0)],
+            &[],
+            base,
+            "logits_qv_r8",
+        ),
+        (
+            "llama/base",
+            &[("llama/adapters/qv_r8", 1.0)],
+            &["--merged"],
+            base,
+            "logits_qv_r8_merged",
+        ),
+        (
+            "llama/base",
+            &[("llama/adapters/rslora_all", 1.0)],
+            &[],
+            extra,
+            "logits_rslora_all",
+        ),
+        (
+            "llama/base",
+            &[("llama/adapters/rslora_all", 1.0)],
+            &["--merged"],
+            extra,
+            "logits_rslora_all_merged",
+        ),
+        (
+            "llama/base",
+            &[("llama/adapters/patterns", 1.0)],
+            &[],
+            extra,
+            "logits_patterns",
+        ),
+        (
+            "llama/base",
+            &[("llama/adapters/dora", 1.0)],
+            &[],
+            extra,
+            "logits_dora",
+        ),
+        (
+            "llama/base",
+            &[("llama/adapters/embed", 1.0)],
+            &[],
+            extra,
+            "logits_embed",
+        ),
+        (
+            "llama/base",
+            &[("llama/adapters/embed", 1.0)],
+            &["--merged"],
+            extra,
+            "logits_embed",
+        ),
+        ("llama/base_attn_bias", &[], &[], extra, "logits_attn_bias"),
+        (
+            "llama/base_attn_bias",
+            &[("llama/adapters/bias", 1.0)],
+            &[],
+            extra,
+            "logits_bias",
+        ),
+        (
+            "llama/base",
+            &[("llama/adapters/modules_to_save", 1.0)],
+            &[],
+            extra,
+            "logits_modules_to_save",
+        ),
+        ("llama/tied", &[], &[], extra, "logits_tied"),
+        ("llama/base_bf16", &[], &[], extra, "logits_bf16"),
+        (
+            "llama/base_bf16",
+            &[("llama/adapters/qv_r8", 1.0)],
+            &[],
+            extra,
+            "logits_bf16_qv_r8",
+        ),
+        (
+            "llama/base",
+            &[
+                ("llama/adapters/weighted_a", 1.0),
+                ("llama/adapters/weighted_b", 1.0),
+            ],
+            &[],
+            extra,
+            "logits_weighted_a_b",
+        ),
+        ("llama/qwen2", &[], &[], extra, "logits_qwen2"),
+        (
+            "llama/qwen2",
+            &[("llama/adapters/qwen2_lora", 1.0)],
+            &[],
+            extra,
+            "logits_qwen2_lora",
+        ),
+        (
+            "llama/qwen2",
+            &[("llama/adapters/qwen2_lora", 1.0)],
+            &["--merged"],
+            extra,
+            "logits_qwen2_lora_merged",
+        ),
+        ("llama/mistral", &[], &[], extra, "logits_mistral"),
+    ];
+    let mut worst = 0f64;
+    for (model, adapters, flags, file, name) in cases {
+        let (got, _) = eval_logits(model, adapters, flags);
+        let want = tensor(file, name);
+        let e = assert_close(
+            &got,
+            &want,
+            TOL,
+            &format!("{model} {adapters:?} {flags:?} vs {name}"),
+        );
+        worst = worst.max(e);
+    }
+    eprintln!("worst relative error against transformers: {worst:e}");
+}
+
+#[test]
+fn merged_and_unmerged_forwards_agree() {
+    for (model, adapter) in [
+        ("llama/base", "llama/adapters/qv_r8"),
+        ("llama/base", "llama/adapters/rslora_all"),
+        ("llama/base", "llama/adapters/patterns"),
+        ("llama/base_attn_bias", "llama/adapters/bias"),
+        ("llama/qwen2", "llama/adapters/qwen2_lora"),
+    ] {
+        let (u, ru) = eval_logits(model, &[(adapter, 0.7)], &[]);
+        let (m, rm) = eval_logits(model, &[(adapter, 0.7)], &["--merged"]);
+        assert_close(&u, &m, 1e-5, &format!("{adapter} merged vs unmerged"));
+        assert_eq!(ru["mode"], "unmerged");
+        assert_eq!(rm["mode"], "merged");
+        assert!(ru["adapters"][0]["modules_unmerged"].as_u64().unwrap() > 0);
+        assert_eq!(rm["adapters"][0]["modules_unmerged"], 0);
+    }
+    // A weight of 0 gives the base model.
+    let (z, _) = eval_logits("llama/base", &[("llama/adapters/rslora_all", 0.0)], &[]);
+    assert_close(
+        &z,
+        &tensor("llama/logits.safetensors", "logits_base"),
+        1e-6,
+        "weight 0",
+    );
+}
+
+#[test]
+fn loss_is_the_cross_entropy_of_the_reference_logits() {
+    let ids = fixture_ids();
+    for (adapter, name) in [
+        (None, "logits_base"),
+        (Some("llama/adapters/qv_r8"), "logits_qv_r8"),
+    ] {
+        let adapters: Vec<(&str, f64)> = adapter.map(|a| (a, 1.0)).into_iter().collect();
+        let (_, r) = eval_logits("llama/base", &adapters, &[]);
+        let want = causal_lm_loss(&tensor("llama/logits.safetensors", name), &ids, 2, 8, 128);
+        let got = r["loss"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-5 * want,
+            "{name}: loss {got} vs {want}"
+        );
+        assert!((r["perplexity"].as_f64().unwrap() - want.exp()).abs() < 1e-3);
+        assert_eq!(r["tokens_scored"], 14);
+        assert_eq!(r["tokens"], 16);
+    }
+}
+
+#[test]
+fn text_loss_matches_transformers_sliding_windows() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("text/eval_reference.json")).unwrap(),
+    )
+    .unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let mut args = vec![
+            "eval".to_string(),
+            "--model".into(),
+            fixture(case["model"].as_str().unwrap())
+                .display()
+                .to_string(),
+            "--tokenizer".into(),
+            fixture("text/tokenizer.json").display().to_string(),
+            "--text".into(),
+            fixture("text/tiny.txt").display().to_string(),
+            "--seq-len".into(),
+            case["seq_len"].to_string(),
+            "--stride".into(),
+            case["stride"].to_string(),
+            "--batch".into(),
+            "3".into(),
+            "--device".into(),
+            "cpu".into(),
+            "--json".into(),
+        ];
+        if let Some(a) = case["adapter"].as_str() {
+            args.extend(["--adapter".into(), fixture(a).display().to_string()]);
+        }
+        let r: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
+        let (got, want) = (r["loss"].as_f64().unwrap(), case["loss"].as_f64().unwrap());
+        assert!((got - want).abs() <= 1e-5 * want, "{case}: loss {got}");
+        assert_eq!(r["tokens_scored"], case["tokens_scored"], "{case}");
+        assert_eq!(r["sequences"], case["windows"], "{case}");
+        assert_eq!(r["tokens_scored"], case["tokens_scored"]);
+    }
+}
+
+#[test]
+fn tokenizer_matches_python_tokenizers() {
+    // The whole text in one window: its logits must be those of the ids Python's tokenizer made.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    let model = fixture("llama/base").display().to_string();
+    run_ok([
+        "eval",
+        "--model",
+        &model,
+        "--tokenizer",
+        &fixture("text/tokenizer.json").display().to_string(),
+        "--text",
+        &fixture("text/tiny.txt").display().to_string(),
+        "--seq-len",
+        "1024",
+        "--logits",
+        &a.display().to_string(),
+        "--device",
+        "cpu",
+    ]);
+    run_ok([
+        "eval",
+        "--model",
+        &model,
+        "--input-ids",
+        &fixture("text/tiny_ids.safetensors").display().to_string(),
+        "--logits",
+        &b.display().to_string(),
+        "--device",
+        "cpu",
+    ]);
+    let (ta, tb) = (read(&a), read(&b));
+    assert_eq!(ta["logits"].shape, vec![1, 616, 128]);
+    assert_eq!(ta["logits"], tb["logits"]);
+    // JSONL: BOS per record from the tokenizer, EOS from config.json after each.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("text/MANIFEST.json")).unwrap())
+            .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&run_ok([
+        "eval",
+        "--model",
+        &model,
+        "--tokenizer",
+        &fixture("text/tokenizer.json").display().to_string(),
+        "--text",
+        &fixture("text/tiny.jsonl").display().to_string(),
+        "--seq-len",
+        "64",
+        "--json",
+        "--device",
+        "cpu",
+    ]))
+    .unwrap();
+    assert_eq!(r["tokens"], manifest["cases"]["text"]["tokens_jsonl"]);
+}
+
+#[test]
+fn eval_json_report_and_generation() {
+    let r: serde_json::Value = serde_json::from_str(&run_ok([
+        "eval",
+        "--model",
+        &fixture("llama/base").display().to_string(),
+        "--adapter",
+        &fixture("llama/adapters/qv_r8").display().to_string(),
+        "--tokenizer",
+        &fixture("text/tokenizer.json").display().to_string(),
+        "--prompt",
+        "The keeper of the lighthouse",
+        "--generate",
+        "6",
+        "--json",
+        "--device",
+        "cpu",
+    ]))
+    .unwrap();
+    for k in [
+        "model",
+        "model_type",
+        "adapters",
+        "mode",
+        "device",
+        "input",
+        "tokenizer",
+        "sequences",
+        "seq_len",
+        "stride",
+        "tokens",
+        "tokens_scored",
+        "loss",
+        "perplexity",
+        "seconds",
+        "tokens_per_s",
+        "logits",
+        "generated",
+    ] {
+        assert!(r.get(k).is_some(), "missing {k}: {r}");
+    }
+    assert_eq!(r["input"], "prompt");
+    assert_eq!(r["adapters"][0]["modules_unmerged"], 4);
+    let g = &r["generated"];
+    let ids: Vec<u32> = g["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert!(!ids.is_empty() && ids.len() <= 6);
+    assert!(g["text"].is_string());
+    let prompt_tokens = g["prompt_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(r["tokens"].as_u64().unwrap() as usize, prompt_tokens);
+
+    // Greedy: each generated token is the argmax of the logits of the sequence before it.
+    let dir = tempfile::tempdir().unwrap();
+    let full_ids = dir.path().join("ids.safetensors");
+    let text_ids = {
+        let st = read(&fixture("text/tiny_ids.safetensors"));
+        st["input_ids"]
+            .data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    // "The keeper of the lighthouse" is the start of tiny.txt, so its ids are a prefix there.
+    let mut seq: Vec<i64> = text_ids[..prompt_tokens].to_vec();
+    seq.extend(ids.iter().map(|&i| i as i64));
+    write_ids(&full_ids, &seq);
+    let out = dir.path().join("full.safetensors");
+    run_ok([
+        "eval",
+        "--model",
+        &fixture("llama/base").display().to_string(),
+        "--adapter",
+        &fixture("llama/adapters/qv_r8").display().to_string(),
+        "--input-ids",
+        &full_ids.display().to_string(),
+        "--logits",
+        &out.display().to_string(),
+        "--device",
+        "cpu",
+    ]);
+    let z = read(&out)["logits"].f32();
+    for (k, &id) in ids.iter().enumerate() {
+        let p = prompt_tokens - 1 + k;
+        let row = &z[p * 128..(p + 1) * 128];
+        let arg = row
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0;
+        assert_eq!(arg as u32, id, "generated token {k}");
+    }
+}
+
+/// Writes `input_ids` I64 [1, n] with the safetensors crate.
+fn write_ids(path: &Path, ids: &[i64]) {
+    let bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![1, ids.len()], &bytes)
+            .unwrap();
+    safetensors::serialize_to_file([("input_ids", view)], None, path).unwrap();
+}
+
+#[test]
+fn eval_errors_are_one_line() {
+    let model = fixture("llama/base").display().to_string();
+    // No tokenizer in the model folder.
+    let e = one_line_error(&run_err([
+        "eval", "--model", &model, "--prompt", "hi", "--device", "cpu",
+    ]));
+    assert!(e.contains("tokenizer"), "{e}");
+    // An adapter for another architecture.
+    let e = one_line_error(&run_err([
+        "eval",
+        "--model",
+        &model,
+        "--adapter",
+        &fixture("gpt2/adapters/fifo").display().to_string(),
+        "--input-ids",
+        &ids_file(),
+        "--device",
+        "cpu",
+    ]));
+    assert!(
+        e.contains("c_attn") || e.contains("matches no layer"),
+        "{e}"
+    );
+    // Token ids beyond the vocabulary.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.safetensors");
+    write_ids(&bad, &[1, 2, 500]);
+    let e = one_line_error(&run_err([
+        "eval",
+        "--model",
+        &model,
+        "--input-ids",
+        &bad.display().to_string(),
+        "--device",
+        "cpu",
+    ]));
+    assert!(e.contains("500"), "{e}");
+    // --logits of a text longer than one window.
+    let e = one_line_error(&run_err([
+        "eval",
+        "--model",
+        &model,
+        "--tokenizer",
+        &fixture("text/tokenizer.json").display().to_string(),
+        "--text",
+        &fixture("text/tiny.txt").display().to_string(),
+        "--seq-len",
+        "32",
+        "--logits",
+        &dir.path().join("l.safetensors").display().to_string(),
+        "--device",
+        "cpu",
+    ]));
+    assert!(e.contains("--logits"), "{e}");
+    assert!(!dir.path().join("l.safetensors").exists());
+}
+
+#[test]
+fn eval_on_gpu_equals_cpu() {
+    let out = bin().args(["gpu-info", "--json"]).output().unwrap();
+    if !out.status.success() {
+        if std::env::var("LORAKIT_REQUIRE_GPU").as_deref() == Ok("1") {
+            panic!(
+                "LORAKIT_REQUIRE_GPU=1 but no GPU adapter: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        eprintln!("GPU TEST SKIPPED: no wgpu adapter");
+        return;
+    }
+    for (model, adapters) in [
+        ("llama/base", vec![("llama/adapters/rslora_all", 1.0)]),
+        ("llama/base_bf16", vec![("llama/adapters/qv_r8", 1.0)]),
+        ("llama/qwen2", vec![("llama/adapters/qwen2_lora", 0.5)]),
+    ] {
+        let (c, _) = eval_logits(model, &adapters, &["--device", "cpu"]);
+        let (g, r) = eval_logits(model, &adapters, &["--device", "gpu"]);
+        assert!(r["device"].as_str().unwrap().starts_with("gpu"));
+        assert_close(&g, &c, 1e-5, &format!("{model} gpu vs cpu"));
+    }
+}
