@@ -89,6 +89,16 @@ pub enum InputErrorKind {
     /// Anything else about the file's content, already phrased (names the tensor if any).
     #[error("{0}")]
     Invalid(String),
+    /// The file cannot be used with the options chosen; the message names those options
+    /// (see [`OptionError`]).
+    #[error("{0}")]
+    Option(OptionError),
+}
+
+impl From<OptionError> for InputErrorKind {
+    fn from(e: OptionError) -> Self {
+        InputErrorKind::Option(e)
+    }
 }
 
 impl From<FormatError> for InputErrorKind {
@@ -163,4 +173,210 @@ pub fn one_line(s: &str) -> String {
         }
     }
     out
+}
+
+/// An option of a library operation, under the library's own name: the field of the
+/// operation's `Options` (or the argument of its `Plan::new`) it stands for. The library never
+/// spells a command-line flag; a front end maps each option to its own spelling (the `lorakit`
+/// binary: `cli::flag`), so the user of the binary still reads `--save-changed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Opt {
+    AllowUnmatched,
+    Alpha,
+    AsTrainedOn,
+    Base,
+    Batch,
+    Device,
+    DoraRank,
+    Embeddings,
+    Exclude,
+    Format,
+    InputIds,
+    Logits,
+    Lr,
+    MaxAbs,
+    MaxShardSize,
+    Out,
+    Outtype,
+    Part,
+    Plot,
+    Prefix,
+    Quant,
+    Rank,
+    Rslora,
+    SaveChanged,
+    Seed,
+    SeqLen,
+    Spectrum,
+    Steps,
+    Targets,
+    Tensors,
+    Tokenizer,
+    Tolerance,
+    Tuned,
+}
+
+impl Opt {
+    /// The library's name of the option: the `Options` field (or `Plan::new` argument).
+    pub fn name(self) -> &'static str {
+        match self {
+            Opt::AllowUnmatched => "allow_unmatched",
+            Opt::Alpha => "alpha",
+            Opt::AsTrainedOn => "as_trained_on",
+            Opt::Base => "base",
+            Opt::Batch => "batch",
+            Opt::Device => "device",
+            Opt::DoraRank => "dora_rank",
+            Opt::Embeddings => "embeddings",
+            Opt::Exclude => "exclude",
+            Opt::Format => "format",
+            Opt::InputIds => "input_ids",
+            Opt::Logits => "logits",
+            Opt::Lr => "lr",
+            Opt::MaxAbs => "max_abs",
+            Opt::MaxShardSize => "max_shard_size",
+            Opt::Out => "out",
+            Opt::Outtype => "outtype",
+            Opt::Part => "part",
+            Opt::Plot => "plot",
+            Opt::Prefix => "prefix",
+            Opt::Quant => "quant",
+            Opt::Rank => "rank",
+            Opt::Rslora => "rslora",
+            Opt::SaveChanged => "save_changed",
+            Opt::Seed => "seed",
+            Opt::SeqLen => "seq_len",
+            Opt::Spectrum => "spectrum",
+            Opt::Steps => "steps",
+            Opt::Targets => "targets",
+            Opt::Tensors => "tensors",
+            Opt::Tokenizer => "tokenizer",
+            Opt::Tolerance => "tolerance",
+            Opt::Tuned => "tuned",
+        }
+    }
+}
+
+/// How the options in an [`OptionError`] are spelled: a function from an option and an
+/// optional value (`Some("kohya")` for "format kohya") to text.
+pub type Spell<'a> = &'a dyn Fn(Opt, Option<&str>) -> String;
+
+/// Names options inside an [`OptionError`]'s message, in whatever spelling it is rendered with.
+pub struct OptNames<'a>(Spell<'a>);
+
+impl OptNames<'_> {
+    /// The option alone (the library: `` `save_changed` ``; the binary: `--save-changed`).
+    pub fn opt(&self, o: Opt) -> String {
+        (self.0)(o, None)
+    }
+
+    /// The option set to a value (the library: `` `format = kohya` ``; the binary:
+    /// `--format kohya`).
+    pub fn set(&self, o: Opt, value: impl fmt::Display) -> String {
+        (self.0)(o, Some(&value.to_string()))
+    }
+}
+
+type Message = dyn Fn(&OptNames) -> String + Send + Sync;
+
+/// A usage error that names options of the operation: the message is kept as a function of the
+/// options' spelling, so that the library displays the options by their library names
+/// ([`Opt::name`]) and a front end renders the same sentence with its own flags
+/// ([`OptionError::render`]). One line, lowercase, no trailing period, like every error here.
+pub struct OptionError(Box<Message>);
+
+impl OptionError {
+    /// `message` builds the sentence, naming each option through [`OptNames`]:
+    /// `OptionError::new(|o| format!("{} must be at least 1", o.opt(Opt::Rank)))`.
+    pub fn new(message: impl Fn(&OptNames) -> String + Send + Sync + 'static) -> Self {
+        OptionError(Box::new(message))
+    }
+
+    /// The message with each option spelled by `spell`.
+    pub fn render(&self, spell: Spell) -> String {
+        (self.0)(&OptNames(spell))
+    }
+
+    /// The options the message names, in order of appearance (with repeats).
+    pub fn options(&self) -> Vec<Opt> {
+        let seen = std::cell::RefCell::new(Vec::new());
+        self.render(&|o, _| {
+            seen.borrow_mut().push(o);
+            String::new()
+        });
+        seen.into_inner()
+    }
+
+    /// The library's own spelling: `` `name` `` and `` `name = value` ``.
+    fn library_spelling(o: Opt, value: Option<&str>) -> String {
+        match value {
+            None => format!("`{}`", o.name()),
+            Some(v) => format!("`{} = {v}`", o.name()),
+        }
+    }
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(&OptionError::library_spelling))
+    }
+}
+
+impl fmt::Debug for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OptionError").field(&self.to_string()).finish()
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+impl InputError {
+    /// The file cannot be used with the options chosen (see [`OptionError`]).
+    pub fn option(
+        path: impl AsRef<Path>,
+        message: impl Fn(&OptNames) -> String + Send + Sync + 'static,
+    ) -> Self {
+        Self::new(path, OptionError::new(message))
+    }
+
+    /// This error's message with the options spelled by `spell` (as its `Display` otherwise).
+    pub fn render(&self, spell: Spell) -> String {
+        match &self.kind {
+            InputErrorKind::Option(o) => format!("{}: {}", self.path.display(), o.render(spell)),
+            _ => self.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    #[test]
+    fn options_are_named_by_the_library_and_spelled_by_the_front_end() {
+        let e = OptionError::new(|o| {
+            format!(
+                "{} cannot hold full tensors; drop {}",
+                o.set(Opt::Format, "kohya"),
+                o.opt(Opt::SaveChanged)
+            )
+        });
+        assert_eq!(
+            e.to_string(),
+            "`format = kohya` cannot hold full tensors; drop `save_changed`"
+        );
+        let flag = |o: Opt, v: Option<&str>| match v {
+            None => format!("--{}", o.name().replace('_', "-")),
+            Some(v) => format!("--{} {v}", o.name().replace('_', "-")),
+        };
+        assert_eq!(
+            e.render(&flag),
+            "--format kohya cannot hold full tensors; drop --save-changed"
+        );
+        assert_eq!(e.options(), vec![Opt::Format, Opt::SaveChanged]);
+        let i = InputError::option("a/b", |o| format!("use {}", o.opt(Opt::Base)));
+        assert_eq!(i.to_string(), "a/b: use `base`");
+        assert_eq!(i.render(&flag), "a/b: use --base");
+    }
 }

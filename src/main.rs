@@ -18,7 +18,7 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("error: {}", lorakit::error::one_line(&format!("{e:#}")));
+            eprintln!("error: {}", lorakit::commands::printer::error_line(&e));
             ExitCode::from(if is_output_failure(&e) { 3 } else { 2 })
         }
     }

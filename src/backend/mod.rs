@@ -197,7 +197,13 @@ impl Engine {
             Device::Cpu => Ok(Engine::Cpu),
             Device::Gpu => match gpu::GpuContext::new() {
                 Ok(ctx) => Ok(Engine::Gpu(Box::new(ctx))),
-                Err(e) => anyhow::bail!("--device gpu: {e}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    anyhow::bail!(crate::error::OptionError::new(move |o| format!(
+                        "{}: {e}",
+                        o.set(crate::error::Opt::Device, "gpu")
+                    )))
+                }
             },
             Device::Auto => Ok(match gpu::GpuContext::try_new() {
                 Ok(Some(ctx)) if ctx.describe().device_type != "Cpu" => Engine::Gpu(Box::new(ctx)),

@@ -10,6 +10,7 @@ pub mod args;
 mod check;
 mod checkpoint;
 mod extract;
+pub mod flags;
 mod model;
 
 pub use adapters::{CombineArgs, ConvertArgs, ResizeArgs};

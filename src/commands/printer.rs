@@ -65,6 +65,29 @@ fn with_operation(operation: &str, v: serde_json::Value) -> serde_json::Value {
     Value::Object(out)
 }
 
+/// The one line printed for a failed command (after `error: `): the error's chain joined by
+/// `: ` as anyhow's `{:#}` joins it, with the options an [`OptionError`] names spelled as the
+/// flags they came from ([`crate::cli::flags::spell`]), control characters escaped.
+///
+/// [`OptionError`]: crate::error::OptionError
+pub fn error_line(e: &anyhow::Error) -> String {
+    use crate::error::{InputError, OptionError};
+    let spell = &crate::cli::flags::spell;
+    let parts: Vec<String> = e
+        .chain()
+        .map(|c| {
+            if let Some(o) = c.downcast_ref::<OptionError>() {
+                o.render(spell)
+            } else if let Some(i) = c.downcast_ref::<InputError>() {
+                i.render(spell)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    crate::error::one_line(&parts.join(": "))
+}
+
 /// A status line on stderr unless `--quiet`.
 pub fn status(msg: &str) {
     if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {

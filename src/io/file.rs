@@ -7,7 +7,7 @@
 //! over a model larger than memory keeps resident memory bounded.
 
 use crate::dtype::{self, Dtype};
-use crate::error::{FormatError, InputError, InputResult};
+use crate::error::{FormatError, InputError, InputErrorKind, InputResult, Opt, OptionError};
 use crate::io::header::{self, Header, TensorInfo};
 use memmap2::{Mmap, UncheckedAdvice};
 use std::fs::File;
@@ -56,7 +56,7 @@ impl SafetensorsFile {
         let got = read_up_to(&mut file, &mut prefix).map_err(|e| InputError::io(path, e))?;
         let n = header::header_len(&prefix[..got], file_len).map_err(|e| {
             match foreign_format(&prefix[..got]) {
-                Some(what) => InputError::invalid(path, what),
+                Some(what) => InputError::new(path, what),
                 None => err(e),
             }
         })?;
@@ -220,9 +220,17 @@ impl SafetensorsFile {
 }
 
 /// Names the format of a file that is not safetensors, from its first bytes, with what to do.
-fn foreign_format(head: &[u8]) -> Option<String> {
+fn foreign_format(head: &[u8]) -> Option<InputErrorKind> {
     let what = if head.starts_with(b"GGUF") {
-        "is a GGUF file (llama.cpp), not safetensors; lorakit reads GGUF models with inspect, diff, merge --base and convert --base only"
+        return Some(
+            OptionError::new(|o| {
+                format!(
+                    "is a GGUF file (llama.cpp), not safetensors; lorakit reads GGUF models with inspect, diff, merge {0} and convert {0} only",
+                    o.opt(Opt::Base)
+                )
+            })
+            .into(),
+        );
     } else if head.starts_with(b"PK\x03\x04") {
         "is a PyTorch checkpoint (a zip archive of pickles: .bin/.pt), not safetensors; convert it to safetensors first (transformers: save_pretrained(..., safe_serialization=True))"
     } else if head.first() == Some(&0x80) && head.get(1).is_some_and(|v| (2..=5).contains(v)) {
@@ -236,7 +244,7 @@ fn foreign_format(head: &[u8]) -> Option<String> {
     } else {
         return None;
     };
-    Some(what.to_owned())
+    Some(InputErrorKind::Invalid(what.to_owned()))
 }
 
 /// Opens an input for reading, refusing at once anything that is not a regular file (a FIFO,

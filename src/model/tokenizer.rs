@@ -2,7 +2,7 @@
 //! UTF-8 bytes as ids for models without a tokenizer (`--tokenizer bytes`; every byte must be
 //! below the vocabulary size).
 
-use crate::error::InputError;
+use crate::error::{InputError, Opt};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -39,10 +39,12 @@ impl TextTokenizer {
             None => {
                 let p = model_folder.join("tokenizer.json");
                 if !p.exists() {
-                    anyhow::bail!(
-                        "{}: no tokenizer.json in the model folder; pass --tokenizer FILE, --tokenizer bytes, or token ids (--input-ids)",
-                        model_folder.display()
-                    );
+                    anyhow::bail!(InputError::option(model_folder, |o| format!(
+                        "no tokenizer.json in the model folder; pass {}, {}, or token ids ({})",
+                        o.set(Opt::Tokenizer, "FILE"),
+                        o.set(Opt::Tokenizer, "bytes"),
+                        o.opt(Opt::InputIds)
+                    )));
                 }
                 p
             }

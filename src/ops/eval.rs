@@ -7,6 +7,7 @@
 
 use crate::adapter::Adapter;
 use crate::backend::Engine;
+use crate::error::{Opt, OptionError};
 use crate::io::{Checkpoint, Output, TensorSpec};
 use crate::model::data::{read_input_ids, token_stream};
 use crate::model::llama::{Attached, NO_TARGET};
@@ -213,11 +214,12 @@ pub fn evaluate(o: &EvalOptions, engine: &Engine) -> Result<Evaluated> {
         }
     };
     if o.logits.is_some() && rows.is_none() && units.len() > 1 {
-        bail!(
-            "--logits needs the input in one window: {} tokens > --seq-len {}",
-            stream.len(),
-            o.seq_len
-        );
+        let (n, seq_len) = (stream.len(), o.seq_len);
+        bail!(OptionError::new(move |o| format!(
+            "{} needs the input in one window: {n} tokens > {}",
+            o.opt(Opt::Logits),
+            o.set(Opt::SeqLen, seq_len)
+        )));
     }
     let vocab = config.vocab_size;
     let pb = o

@@ -17,7 +17,7 @@
 use crate::adapter::formats::{kohya, peft};
 use crate::adapter::{Adapter, Data, Format};
 use crate::dtype::Dtype;
-use crate::error::{InputError, InputResult};
+use crate::error::{InputError, InputResult, Opt};
 use crate::io::Output;
 use std::path::{Path, PathBuf};
 
@@ -133,14 +133,18 @@ pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
         _ => Err(e),
     })?;
     match spec.format {
-        Format::Peft if spec.out.is_file() => Err(InputError::invalid(
-            &spec.out,
-            "is a file, but a PEFT adapter is written as a folder (choose a folder, or --format kohya)",
-        )),
-        Format::Kohya if spec.out.is_dir() => Err(InputError::invalid(
-            &spec.out,
-            "is a folder, but a kohya adapter is written as one .safetensors file (choose a file name, or --format peft)",
-        )),
+        Format::Peft if spec.out.is_file() => Err(InputError::option(&spec.out, |o| {
+            format!(
+                "is a file, but a PEFT adapter is written as a folder (choose a folder, or {})",
+                o.set(Opt::Format, "kohya")
+            )
+        })),
+        Format::Kohya if spec.out.is_dir() => Err(InputError::option(&spec.out, |o| {
+            format!(
+                "is a folder, but a kohya adapter is written as one .safetensors file (choose a file name, or {})",
+                o.set(Opt::Format, "peft")
+            )
+        })),
         _ => Ok(()),
     }
 }

@@ -14,7 +14,7 @@
 //! **extract**: the output is one adapter, so parts split the modules instead of the files;
 //! see the section on extract part files below.
 
-use crate::error::{InputError, InputResult};
+use crate::error::{InputError, InputResult, Opt};
 use crate::io::{Output, SafetensorsFile};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -200,10 +200,10 @@ pub fn finalize(dir: &Path) -> Result<FinalizeReport> {
     }
     manifests.sort_by_key(|(_, m)| m.part);
     let Some((first_path, first)) = manifests.first().cloned() else {
-        bail!(InputError::invalid(
-            dir,
-            "no part manifests (.lorakit-part-I-of-N.json) or extract part files: run merge or extract with --part I/N first"
-        ));
+        bail!(InputError::option(dir, |o| format!(
+            "no part manifests (.lorakit-part-I-of-N.json) or extract part files: run merge or extract with {} first",
+            o.set(Opt::Part, "I/N")
+        )));
     };
     let n = first.parts;
     for (p, m) in &manifests {

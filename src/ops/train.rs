@@ -25,7 +25,7 @@
 
 use crate::adapter::{Adapter, Data, Factors, Format, LoraModule, ModuleKind};
 use crate::dtype::Dtype;
-use crate::error::InputError;
+use crate::error::{InputError, Opt, OptionError};
 use crate::io::{Output, SafetensorsFile, TensorSpec};
 use crate::linalg::rng::{SplitMix64, Xoshiro256PlusPlus};
 use crate::model::linear::Lora;
@@ -197,10 +197,17 @@ impl<'c> Trainer<'c> {
         data: Dataset,
     ) -> Result<Self> {
         if options.batch == 0 || options.steps == 0 {
-            bail!("--batch and --steps must be at least 1");
+            bail!(OptionError::new(|o| format!(
+                "{} and {} must be at least 1",
+                o.opt(Opt::Batch),
+                o.opt(Opt::Steps)
+            )));
         }
         if !(options.lr.is_finite() && options.lr >= 0.0) {
-            bail!("--lr must be a non-negative number");
+            bail!(OptionError::new(|o| format!(
+                "{} must be a non-negative number",
+                o.opt(Opt::Lr)
+            )));
         }
         let mut modules = Vec::new();
         match init {
@@ -210,7 +217,10 @@ impl<'c> Trainer<'c> {
                 alpha,
             } => {
                 if rank == 0 {
-                    bail!("--rank must be at least 1");
+                    bail!(OptionError::new(|o| format!(
+                        "{} must be at least 1",
+                        o.opt(Opt::Rank)
+                    )));
                 }
                 let mut rng = Xoshiro256PlusPlus::seed_from_u64(options.seed);
                 for slot in model.select(targets)? {
@@ -602,25 +612,38 @@ impl<'c> Trainer<'c> {
                 .collect()
         };
         if names(&st.modules) != names(&self.modules) || st.rslora != self.rslora {
-            bail!(bad(
-                "the saved run trains other modules, ranks or alphas than this one (same --targets, --rank, --alpha, --rslora needed)".into()
-            ));
+            bail!(InputError::option(&sp, |o| format!(
+                "the saved run trains other modules, ranks or alphas than this one (same {}, {}, {}, {} needed)",
+                o.opt(Opt::Targets),
+                o.opt(Opt::Rank),
+                o.opt(Opt::Alpha),
+                o.opt(Opt::Rslora)
+            )));
         }
         let o = &self.options;
         let so = &st.options;
         if (so.seed, so.batch, so.seq_len) != (o.seed, o.batch, o.seq_len) {
-            bail!(bad(format!(
-                "the saved run used --seed {} --batch {} --seq-len {}, this one --seed {} --batch {} --seq-len {}",
-                so.seed, so.batch, so.seq_len, o.seed, o.batch, o.seq_len
-            )));
+            let (saved, this) = ((so.seed, so.batch, so.seq_len), (o.seed, o.batch, o.seq_len));
+            bail!(InputError::option(&sp, move |o| {
+                let run = |(seed, batch, seq_len): (u64, usize, usize)| {
+                    format!(
+                        "{} {} {}",
+                        o.set(Opt::Seed, seed),
+                        o.set(Opt::Batch, batch),
+                        o.set(Opt::SeqLen, seq_len)
+                    )
+                };
+                format!("the saved run used {}, this one {}", run(saved), run(this))
+            }));
         }
         if st.data_fingerprint != self.data.fingerprint() {
             bail!(bad("the saved run was trained on other data".into()));
         }
         if st.step > o.steps {
-            bail!(bad(format!(
-                "the saved run is at step {}, beyond --steps {}",
-                st.step, o.steps
+            let (step, steps) = (st.step, o.steps);
+            bail!(InputError::option(&sp, move |o| format!(
+                "the saved run is at step {step}, beyond {}",
+                o.set(Opt::Steps, steps)
             )));
         }
         let adapter = Adapter::open(dir)?;

@@ -4,7 +4,7 @@
 use super::*;
 use crate::adapter::{formats, Format};
 use crate::dtype::{self};
-use crate::error::{InputError, InputResult};
+use crate::error::{InputError, InputResult, Opt, OptionError};
 use crate::io::Checkpoint;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -21,17 +21,27 @@ impl ExtractPlan {
         let o = &options;
         if o.format == Format::Kohya {
             if o.save_changed {
-                bail!("--format kohya cannot hold full tensors; drop --save-changed or use --format peft");
+                bail!(OptionError::new(|o| format!(
+                    "{} cannot hold full tensors; drop {} or use {}",
+                    o.set(Opt::Format, "kohya"),
+                    o.opt(Opt::SaveChanged),
+                    o.set(Opt::Format, "peft")
+                )));
             }
             if o.embeddings != EmbeddingMode::Skip {
-                bail!(
-                    "--format kohya cannot hold embeddings; use --embeddings skip or --format peft"
-                );
+                bail!(OptionError::new(|o| format!(
+                    "{} cannot hold embeddings; use {} or {}",
+                    o.set(Opt::Format, "kohya"),
+                    o.set(Opt::Embeddings, "skip"),
+                    o.set(Opt::Format, "peft")
+                )));
             }
             if o.fan_in_fan_out {
-                bail!(
-                    "--format kohya cannot hold fan_in_fan_out (Conv1D) modules; use --format peft"
-                );
+                bail!(OptionError::new(|o| format!(
+                    "{} cannot hold fan_in_fan_out (Conv1D) modules; use {}",
+                    o.set(Opt::Format, "kohya"),
+                    o.set(Opt::Format, "peft")
+                )));
             }
         }
         o.rank.validate()?;
@@ -159,18 +169,18 @@ impl ExtractPlan {
             }
         }
         if !items.iter().any(|i| !matches!(i.kind, ItemKind::NonFloat)) {
-            bail!(InputError::invalid(
-                &tuned.root,
-                format!(
-                    "no float tensor to extract: --targets/--exclude select none of the {} tensors of the base {}{}",
-                    base.names().count(),
-                    base.root.display(),
-                    match (&o.targets, &o.exclude) {
-                        (None, None) => String::new(),
-                        _ => " (a --targets list matches module names or dotted suffixes such as q_proj,v_proj; re:REGEX for a regex)".into(),
-                    }
-                )
-            ));
+            let (count, root) = (base.names().count(), base.root.display().to_string());
+            let filtered = o.targets.is_some() || o.exclude.is_some();
+            bail!(InputError::option(&tuned.root, move |o| format!(
+                "no float tensor to extract: {}/{} select none of the {count} tensors of the base {root}{}",
+                o.opt(Opt::Targets),
+                o.opt(Opt::Exclude),
+                if filtered {
+                    format!(" (a {} list matches module names or dotted suffixes such as q_proj,v_proj; re:REGEX for a regex)", o.opt(Opt::Targets))
+                } else {
+                    String::new()
+                }
+            )));
         }
         Ok(ExtractPlan {
             base,

@@ -4,7 +4,7 @@
 use super::*;
 use crate::adapter::{formats, Adapter, Data, Factors, Format, FullTensor, LoraModule, ModuleKind};
 use crate::dtype::{self, Dtype};
-use crate::error::InputError;
+use crate::error::{InputError, Opt};
 use crate::io::Output;
 use crate::linalg::{self, RsvdOptions};
 use anyhow::{bail, Result};
@@ -315,11 +315,12 @@ impl ExtractPlan {
                 if let Some(c) = changed.iter().find(|c| {
                     c.reason == "stored" && c.name != bias && module_of(&c.name) == module
                 }) {
-                    bail!(InputError::invalid(
-                        self.tuned.file_of(&c.name).expect("listed").path(),
-                        format!(
-                            "tensor `{}` changed, but its module `{module}` is extracted as LoRA and PEFT cannot also save it whole; exclude the module or drop --save-changed",
-                            c.name
+                    let (name, module) = (c.name.clone(), module.clone());
+                    bail!(InputError::option(
+                        self.tuned.file_of(&name).expect("listed").path(),
+                        move |o| format!(
+                            "tensor `{name}` changed, but its module `{module}` is extracted as LoRA and PEFT cannot also save it whole; exclude the module or drop {}",
+                            o.opt(Opt::SaveChanged)
                         )
                     ));
                 }
@@ -406,15 +407,12 @@ impl ExtractPlan {
         let adapter_bytes = adapter_params * elem;
 
         if adapter.modules.is_empty() && adapter.full_tensors.is_empty() {
-            bail!(InputError::invalid(
-                &self.tuned.root,
-                format!(
-                    "no module differs from the base {} among the {} tensor(s) searched{}; an adapter with nothing in it would load nowhere, so nothing was written",
-                    self.base.root.display(),
-                    self.items.len(),
-                    if changed.is_empty() { String::new() } else { format!(" ({} changed tensor(s) could not be stored: pass --save-changed)", changed.len()) }
-                )
-            ));
+            let (root, searched, unstored) =
+                (self.base.root.display().to_string(), self.items.len(), changed.len());
+            bail!(InputError::option(&self.tuned.root, move |o| format!(
+                "no module differs from the base {root} among the {searched} tensor(s) searched{}; an adapter with nothing in it would load nowhere, so nothing was written",
+                if unstored == 0 { String::new() } else { format!(" ({unstored} changed tensor(s) could not be stored: pass {})", o.opt(Opt::SaveChanged)) }
+            )));
         }
         let mut output = Output::new();
         let folder = match o.format {

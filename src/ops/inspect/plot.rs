@@ -102,7 +102,13 @@ fn panels(report: &AdapterReport) -> Vec<Panel<'_>> {
 pub fn plot_spectra(report: &AdapterReport, path: &Path, write_to: &Path) -> Result<()> {
     use plotters::prelude::*;
     let panels = panels(report);
-    anyhow::ensure!(!panels.is_empty(), "no spectra to plot (use --spectrum)");
+    anyhow::ensure!(
+        !panels.is_empty(),
+        crate::error::OptionError::new(|o| format!(
+            "no spectra to plot (use {})",
+            o.opt(crate::error::Opt::Spectrum)
+        ))
+    );
     let hi = panels
         .iter()
         .flat_map(|p| &p.lines)

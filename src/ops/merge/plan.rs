@@ -5,7 +5,7 @@
 use super::*;
 use crate::adapter::mapping::{self, Unmatched};
 use crate::dtype::{self, Dtype};
-use crate::error::InputError;
+use crate::error::{InputError, Opt, OptionError};
 use crate::io::checkpoint::Layout;
 use crate::io::Checkpoint;
 use anyhow::{bail, Result};
@@ -51,16 +51,16 @@ impl MergePlan {
             ));
         }
         if !quant.is_empty() && options.part.is_some() {
-            bail!(InputError::invalid(
-                &base.root,
-                "--part is not supported with a quantized base yet"
-            ));
+            bail!(InputError::option(&base.root, |o| format!(
+                "{} is not supported with a quantized base yet",
+                o.opt(Opt::Part)
+            )));
         }
         if options.as_trained_on.is_some() && !quant.is_empty() {
-            bail!(InputError::invalid(
-                &base.root,
-                "--as-trained-on merges into a full-precision base as if quantized; this base is already quantized (merge into it without --as-trained-on)"
-            ));
+            bail!(InputError::option(&base.root, |o| format!(
+                "{0} merges into a full-precision base as if quantized; this base is already quantized (merge into it without {0})",
+                o.opt(Opt::AsTrainedOn)
+            )));
         }
         // Everything this run reads; checked against everything it writes once the layout is
         // known, before anything is written.
@@ -219,12 +219,12 @@ impl MergePlan {
                 .iter()
                 .map(|u| format!("{}: {}", u.adapter, u.detail))
                 .collect();
-            bail!(
-                "{} adapter module(s) do not match the base {} (pass --allow-unmatched to merge the rest): {}",
-                unmatched.len(),
-                base.root.display(),
+            let (count, root) = (unmatched.len(), base.root.display().to_string());
+            bail!(OptionError::new(move |o| format!(
+                "{count} adapter module(s) do not match the base {root} (pass {} to merge the rest): {}",
+                o.opt(Opt::AllowUnmatched),
                 list.join("; ")
-            );
+            )));
         }
 
         let landed: usize = resolutions
@@ -237,14 +237,15 @@ impl MergePlan {
                 .take(5)
                 .map(|u| format!("{}: {}", u.adapter, u.detail))
                 .collect();
-            bail!(InputError::invalid(
-                &base.root,
-                format!(
-                    "no adapter module matches a tensor of this base, so the merge would change nothing (--allow-unmatched never allows that){}{}",
-                    if list.is_empty() { String::new() } else { format!(": {}", list.join("; ")) },
-                    if unmatched.len() > 5 { format!("; and {} more", unmatched.len() - 5) } else { String::new() }
-                )
-            ));
+            let tail = format!(
+                "{}{}",
+                if list.is_empty() { String::new() } else { format!(": {}", list.join("; ")) },
+                if unmatched.len() > 5 { format!("; and {} more", unmatched.len() - 5) } else { String::new() }
+            );
+            bail!(InputError::option(&base.root, move |o| format!(
+                "no adapter module matches a tensor of this base, so the merge would change nothing ({} never allows that){tail}",
+                o.opt(Opt::AllowUnmatched)
+            )));
         }
         // Quantized weights that are changed must be quantized again, or written as float.
         if options.quant == QuantOutput::Keep {
@@ -261,11 +262,12 @@ impl MergePlan {
                     _ => Some("a tensor replaced whole (modules_to_save)".into()),
                 };
                 if let Some(why) = why {
-                    bail!(InputError::invalid(
-                        base.file_of(n).map(|f| f.path()).unwrap_or(&base.root),
-                        format!(
-                            "tensor `{n}` ({}): lorakit cannot write it back quantized: {why}; pass --quant dequantize to write the merged model as float",
-                            q.method()
+                    let (n, method) = (n.clone(), q.method());
+                    bail!(InputError::option(
+                        base.file_of(&n).map(|f| f.path()).unwrap_or(&base.root),
+                        move |o| format!(
+                            "tensor `{n}` ({method}): lorakit cannot write it back quantized: {why}; pass {} to write the merged model as float",
+                            o.set(Opt::Quant, "dequantize")
                         )
                     ));
                 }
@@ -306,13 +308,16 @@ impl MergePlan {
             }
             (layout, max) => {
                 if out.exists() && !out.is_dir() {
-                    bail!(InputError::invalid(&out, "the base is a folder (or --max-shard-size is set), so the output must be a folder"));
+                    bail!(InputError::option(&out, |o| format!(
+                        "the base is a folder (or {} is set), so the output must be a folder",
+                        o.opt(Opt::MaxShardSize)
+                    )));
                 }
                 if !out.exists() && out.extension().is_some_and(|e| e == "safetensors") {
-                    bail!(InputError::invalid(
-                        &out,
-                        "the base is a folder (or --max-shard-size is set), so the output is a folder, not one .safetensors file; give a folder name (a folder named like a file would be made otherwise)"
-                    ));
+                    bail!(InputError::option(&out, |o| format!(
+                        "the base is a folder (or {} is set), so the output is a folder, not one .safetensors file; give a folder name (a folder named like a file would be made otherwise)",
+                        o.opt(Opt::MaxShardSize)
+                    )));
                 }
                 let mut files = Vec::new();
                 match (layout, max) {

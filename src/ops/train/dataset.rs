@@ -2,6 +2,7 @@
 //! from the seed, with next-token targets.
 
 use super::*;
+use crate::error::{Opt, OptionError};
 
 /// Tokens cut into sequences of `seq_len`.
 #[derive(Debug, Clone)]
@@ -13,13 +14,17 @@ pub struct Dataset {
 impl Dataset {
     pub fn new(tokens: Vec<u32>, seq_len: usize) -> Result<Dataset> {
         if seq_len < 2 {
-            bail!("--seq-len must be at least 2");
+            bail!(OptionError::new(|o| format!(
+                "{} must be at least 2",
+                o.opt(Opt::SeqLen)
+            )));
         }
         if tokens.len() < seq_len {
-            bail!(
-                "the data has {} tokens, fewer than one sequence of --seq-len {seq_len}",
-                tokens.len()
-            );
+            let n = tokens.len();
+            bail!(OptionError::new(move |o| format!(
+                "the data has {n} tokens, fewer than one sequence of {}",
+                o.set(Opt::SeqLen, seq_len)
+            )));
         }
         Ok(Dataset { tokens, seq_len })
     }
@@ -27,7 +32,10 @@ impl Dataset {
     /// Evaluation data: any length of at least 2 tokens (a last partial sequence is scored).
     pub fn for_eval(tokens: Vec<u32>, seq_len: usize) -> Result<Dataset> {
         if seq_len < 2 || tokens.len() < 2 {
-            bail!("evaluation data needs at least 2 tokens and --seq-len at least 2");
+            bail!(OptionError::new(|o| format!(
+                "evaluation data needs at least 2 tokens and {} at least 2",
+                o.opt(Opt::SeqLen)
+            )));
         }
         Ok(Dataset { tokens, seq_len })
     }
