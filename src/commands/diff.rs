@@ -1,46 +1,30 @@
-//! `lorakit diff`.
+//! `lorakit diff`: arguments → [`DiffOptions`] → [`DiffPlan`] → report, printed as a table of
+//! the failing tensors (all of them with `--all`) or JSON; exit status 1 when one fails.
 
 use crate::cli::DiffArgs;
-use crate::diff::{diff, diff_gguf, DiffOptions, DiffReport};
+use crate::diff::{DiffOptions, DiffPlan, DiffReport};
 use crate::inspect::table;
-use crate::io::gguf;
-use crate::io::Checkpoint;
 use anyhow::Result;
 
 pub fn run(mut a: DiffArgs) -> Result<i32> {
     a.a = crate::io::hub::resolve_input(&a.a)?;
     a.b = crate::io::hub::resolve_input(&a.b)?;
-    anyhow::ensure!(
-        a.tolerance >= 0.0 && a.tolerance.is_finite(),
-        "--tolerance must be a finite number ≥ 0"
-    );
-    let opts = DiffOptions {
-        tolerance: a.tolerance,
-        max_abs: a.max_abs,
-        common: a.common,
-    };
-    let report = match (gguf::is_gguf(&a.a), gguf::is_gguf(&a.b)) {
-        (true, true) => {
-            let (ga, gb) = (gguf::GgufModel::open(&a.a)?, gguf::GgufModel::open(&a.b)?);
-            let name = |p: &std::path::Path| p.display().to_string();
-            diff_gguf(&ga, &gb, name(&a.a), name(&a.b), &opts)?
-        }
-        (false, false) => diff(&Checkpoint::open(&a.a)?, &Checkpoint::open(&a.b)?, &opts)?,
-        (ga, _) => {
-            // One GGUF model, one Hugging Face checkpoint: compared in Hugging Face terms.
-            let (gp, cp) = if ga { (&a.a, &a.b) } else { (&a.b, &a.a) };
-            let g = gguf::GgufModel::open(gp)?;
-            let c = Checkpoint::open(cp)?;
-            let name = |p: &std::path::Path| p.display().to_string();
-            crate::diff::diff_gguf_checkpoint(&g, &c, ga, (name(&a.a), name(&a.b)), &opts)?
-        }
-    };
+    let report = DiffPlan::new(&a.a, &a.b, options(&a))?.run()?;
     if a.json {
         super::print_json("diff", &report)?;
     } else {
         super::print(&render(&report, a.all))?;
     }
     Ok(if report.pass { 0 } else { 1 })
+}
+
+/// The library options `a` asks for.
+pub fn options(a: &DiffArgs) -> DiffOptions {
+    DiffOptions {
+        tolerance: a.tolerance,
+        max_abs: a.max_abs,
+        common: a.common,
+    }
 }
 
 fn render(r: &DiffReport, all: bool) -> String {

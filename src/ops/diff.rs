@@ -10,10 +10,13 @@
 //! Tensors are streamed from the memory maps, one at a time, pages released after use.
 
 use crate::dtype;
+use crate::error::{Opt, OptionError};
+use crate::io::gguf::{self, GgufModel};
 use crate::io::Checkpoint;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeSet;
+use std::path::Path;
 
 /// Options of a diff.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +27,69 @@ pub struct DiffOptions {
     pub max_abs: Option<f64>,
     /// Compare only the tensors both hold: one present on one side only does not fail.
     pub common: bool,
+}
+
+/// One side of a diff, opened (headers read and checked, no tensor data yet).
+enum Input {
+    Checkpoint(Checkpoint),
+    Gguf(GgufModel),
+}
+
+/// A validated diff, the shape of every operation: [`DiffOptions`] → [`DiffPlan::new`] (the
+/// options checked, both inputs opened) → [`DiffPlan::run`] → [`DiffReport`]. Two GGUF models
+/// are compared with [`diff_gguf`], two Hugging Face checkpoints with [`diff`], one of each
+/// with [`diff_gguf_checkpoint`] (in Hugging Face terms).
+pub struct DiffPlan {
+    a: (String, Input),
+    b: (String, Input),
+    options: DiffOptions,
+}
+
+impl DiffPlan {
+    /// Checks the options (`tolerance` and `max_abs` finite and ≥ 0), then opens `a` and `b`,
+    /// each as a GGUF model or a safetensors checkpoint after its first bytes.
+    pub fn new(a: &Path, b: &Path, options: DiffOptions) -> Result<Self> {
+        let bad = |x: f64| !(x >= 0.0 && x.is_finite());
+        for (opt, value) in [
+            (Opt::Tolerance, Some(options.tolerance)),
+            (Opt::MaxAbs, options.max_abs),
+        ] {
+            if value.is_some_and(bad) {
+                bail!(OptionError::new(move |o| format!(
+                    "{} must be a finite number ≥ 0",
+                    o.opt(opt)
+                )));
+            }
+        }
+        let open = |p: &Path| -> Result<(String, Input)> {
+            let side = if gguf::is_gguf(p) {
+                Input::Gguf(GgufModel::open(p)?)
+            } else {
+                Input::Checkpoint(Checkpoint::open(p)?)
+            };
+            Ok((p.display().to_string(), side))
+        };
+        Ok(DiffPlan {
+            a: open(a)?,
+            b: open(b)?,
+            options,
+        })
+    }
+
+    /// Compares every tensor; the report says whether all passed.
+    pub fn run(&self) -> Result<DiffReport> {
+        let ((na, a), (nb, b), opts) = (&self.a, &self.b, &self.options);
+        match (a, b) {
+            (Input::Gguf(ga), Input::Gguf(gb)) => diff_gguf(ga, gb, na.clone(), nb.clone(), opts),
+            (Input::Checkpoint(ca), Input::Checkpoint(cb)) => diff(ca, cb, opts),
+            (Input::Gguf(g), Input::Checkpoint(c)) => {
+                diff_gguf_checkpoint(g, c, true, (na.clone(), nb.clone()), opts)
+            }
+            (Input::Checkpoint(c), Input::Gguf(g)) => {
+                diff_gguf_checkpoint(g, c, false, (na.clone(), nb.clone()), opts)
+            }
+        }
+    }
 }
 
 /// One tensor's comparison.
@@ -393,4 +459,53 @@ pub fn diff_gguf_checkpoint(
         tensors.push(d);
     }
     Ok(summarize(names.0, names.1, opts, tensors))
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    /// A bad threshold is refused before either input is opened, naming the library option.
+    #[test]
+    fn thresholds_are_checked_first_and_named_as_options() {
+        let missing = Path::new("/nonexistent/lorakit-diff");
+        for (options, opt) in [
+            (
+                DiffOptions {
+                    tolerance: -1.0,
+                    ..Default::default()
+                },
+                Opt::Tolerance,
+            ),
+            (
+                DiffOptions {
+                    tolerance: f64::NAN,
+                    ..Default::default()
+                },
+                Opt::Tolerance,
+            ),
+            (
+                DiffOptions {
+                    max_abs: Some(f64::INFINITY),
+                    ..Default::default()
+                },
+                Opt::MaxAbs,
+            ),
+        ] {
+            let e = DiffPlan::new(missing, missing, options)
+                .err()
+                .expect("refused");
+            let o = e.downcast_ref::<OptionError>().expect("an option error");
+            assert_eq!(o.options(), vec![opt]);
+            assert_eq!(
+                o.to_string(),
+                format!("`{}` must be a finite number ≥ 0", opt.name())
+            );
+        }
+        // Valid options reach the inputs, and the missing file is the error.
+        let e = DiffPlan::new(missing, missing, DiffOptions::default())
+            .err()
+            .expect("refused");
+        assert!(e.downcast_ref::<OptionError>().is_none(), "{e:#}");
+    }
 }

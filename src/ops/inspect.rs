@@ -17,7 +17,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 pub mod gguf;
+mod plan;
 pub mod plot;
+pub use plan::{InspectOptions, InspectPlan};
 pub use plot::plot_spectra;
 
 /// A checkpoint or adapter report.
@@ -150,12 +152,6 @@ pub struct AdapterReport {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Options of `inspect`.
-#[derive(Debug, Clone, Default)]
-pub struct InspectOptions {
-    pub tensors: bool,
-    pub spectrum: bool,
-}
 
 /// True when `path` is an adapter (PEFT folder, or a file with LoRA tensor names).
 pub fn is_adapter(path: &Path) -> bool {
@@ -165,20 +161,6 @@ pub fn is_adapter(path: &Path) -> bool {
     match crate::io::SafetensorsFile::open(path) {
         Ok(f) => adapter::formats::detect(&f).is_some(),
         Err(_) => false,
-    }
-}
-
-/// Builds the report for `path`, read as an adapter when `adapter` (the caller has asked
-/// [`is_adapter`] already, to check its options against the kind of input).
-pub fn inspect(path: &Path, adapter: bool, opts: &InspectOptions) -> Result<Report> {
-    if adapter {
-        let a = Adapter::open(path)?;
-        Ok(Report::Adapter(adapter_report(&a, opts)?))
-    } else {
-        let c = Checkpoint::open(path)?;
-        let mut report = checkpoint_report(&c, opts);
-        report.quantization = quant_report(&c)?;
-        Ok(Report::Checkpoint(report))
     }
 }
 

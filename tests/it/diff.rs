@@ -200,3 +200,33 @@ fn completions_and_man_page_are_generated() {
     );
     assert!(man.contains("merge"));
 }
+
+/// The plan checks both thresholds before opening anything: a negative, infinite or NaN
+/// `--tolerance` or `--max-abs` is one line naming that flag (the library names its option;
+/// the binary spells it as the flag), exit 2.
+#[test]
+fn invalid_thresholds_are_refused_naming_the_flag() {
+    let base = fixture("llama/base");
+    for (flag, value) in [
+        ("--tolerance", "-1"),
+        ("--tolerance", "inf"),
+        ("--tolerance", "NaN"),
+        ("--max-abs", "-0.5"),
+        ("--max-abs", "NaN"),
+    ] {
+        let e = one_line_error(&run_err([
+            "diff",
+            base.to_str().unwrap(),
+            base.to_str().unwrap(),
+            &format!("{flag}={value}"),
+        ]));
+        assert!(
+            e.contains(&format!("{flag} must be a finite number")),
+            "{flag} {value}: {e}"
+        );
+        assert!(
+            !e.contains('`'),
+            "a library name leaked into the CLI message: {e}"
+        );
+    }
+}
