@@ -325,7 +325,9 @@ impl fmt::Display for OptionError {
 
 impl fmt::Debug for OptionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("OptionError").field(&self.to_string()).finish()
+        f.debug_tuple("OptionError")
+            .field(&self.to_string())
+            .finish()
     }
 }
 

@@ -152,7 +152,6 @@ pub struct AdapterReport {
     pub metadata: BTreeMap<String, String>,
 }
 
-
 /// True when `path` is an adapter (PEFT folder, or a file with LoRA tensor names).
 pub fn is_adapter(path: &Path) -> bool {
     if path.is_dir() {

@@ -200,10 +200,12 @@ pub fn finalize(dir: &Path) -> Result<FinalizeReport> {
     }
     manifests.sort_by_key(|(_, m)| m.part);
     let Some((first_path, first)) = manifests.first().cloned() else {
-        bail!(InputError::option(dir, |o| format!(
+        bail!(InputError::option(dir, |o| {
+            format!(
             "no part manifests (.lorakit-part-I-of-N.json) or extract part files: run merge or extract with {} first",
             o.set(Opt::Part, "I/N")
-        )));
+        )
+        }));
     };
     let n = first.parts;
     for (p, m) in &manifests {

@@ -612,18 +612,23 @@ impl<'c> Trainer<'c> {
                 .collect()
         };
         if names(&st.modules) != names(&self.modules) || st.rslora != self.rslora {
-            bail!(InputError::option(&sp, |o| format!(
+            bail!(InputError::option(&sp, |o| {
+                format!(
                 "the saved run trains other modules, ranks or alphas than this one (same {}, {}, {}, {} needed)",
                 o.opt(Opt::Targets),
                 o.opt(Opt::Rank),
                 o.opt(Opt::Alpha),
                 o.opt(Opt::Rslora)
-            )));
+            )
+            }));
         }
         let o = &self.options;
         let so = &st.options;
         if (so.seed, so.batch, so.seq_len) != (o.seed, o.batch, o.seq_len) {
-            let (saved, this) = ((so.seed, so.batch, so.seq_len), (o.seed, o.batch, o.seq_len));
+            let (saved, this) = (
+                (so.seed, so.batch, so.seq_len),
+                (o.seed, o.batch, o.seq_len),
+            );
             bail!(InputError::option(&sp, move |o| {
                 let run = |(seed, batch, seq_len): (u64, usize, usize)| {
                     format!(

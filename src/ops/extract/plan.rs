@@ -171,7 +171,8 @@ impl ExtractPlan {
         if !items.iter().any(|i| !matches!(i.kind, ItemKind::NonFloat)) {
             let (count, root) = (base.names().count(), base.root.display().to_string());
             let filtered = o.targets.is_some() || o.exclude.is_some();
-            bail!(InputError::option(&tuned.root, move |o| format!(
+            bail!(InputError::option(&tuned.root, move |o| {
+                format!(
                 "no float tensor to extract: {}/{} select none of the {count} tensors of the base {root}{}",
                 o.opt(Opt::Targets),
                 o.opt(Opt::Exclude),
@@ -180,7 +181,8 @@ impl ExtractPlan {
                 } else {
                     String::new()
                 }
-            )));
+            )
+            }));
         }
         Ok(ExtractPlan {
             base,

@@ -318,10 +318,12 @@ impl ExtractPlan {
                     let (name, module) = (c.name.clone(), module.clone());
                     bail!(InputError::option(
                         self.tuned.file_of(&name).expect("listed").path(),
-                        move |o| format!(
+                        move |o| {
+                            format!(
                             "tensor `{name}` changed, but its module `{module}` is extracted as LoRA and PEFT cannot also save it whole; exclude the module or drop {}",
                             o.opt(Opt::SaveChanged)
                         )
+                        }
                     ));
                 }
                 lora_biases.push(module.clone());
@@ -407,12 +409,17 @@ impl ExtractPlan {
         let adapter_bytes = adapter_params * elem;
 
         if adapter.modules.is_empty() && adapter.full_tensors.is_empty() {
-            let (root, searched, unstored) =
-                (self.base.root.display().to_string(), self.items.len(), changed.len());
-            bail!(InputError::option(&self.tuned.root, move |o| format!(
+            let (root, searched, unstored) = (
+                self.base.root.display().to_string(),
+                self.items.len(),
+                changed.len(),
+            );
+            bail!(InputError::option(&self.tuned.root, move |o| {
+                format!(
                 "no module differs from the base {root} among the {searched} tensor(s) searched{}; an adapter with nothing in it would load nowhere, so nothing was written",
                 if unstored == 0 { String::new() } else { format!(" ({unstored} changed tensor(s) could not be stored: pass {})", o.opt(Opt::SaveChanged)) }
-            )));
+            )
+            }));
         }
         let mut output = Output::new();
         let folder = match o.format {

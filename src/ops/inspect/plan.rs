@@ -98,7 +98,7 @@ impl InspectPlan {
             if let Some(parent) = path.parent().filter(|_| path.is_file()) {
                 reads.push(parent.join(crate::adapter::formats::peft::CONFIG_NAME));
             }
-            crate::io::writer::check_writes(&reads, &[plot.clone()], &[])?;
+            crate::io::writer::check_writes(&reads, std::slice::from_ref(plot), &[])?;
         }
         Ok(InspectPlan {
             path: path.to_path_buf(),

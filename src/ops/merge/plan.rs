@@ -57,10 +57,12 @@ impl MergePlan {
             )));
         }
         if options.as_trained_on.is_some() && !quant.is_empty() {
-            bail!(InputError::option(&base.root, |o| format!(
+            bail!(InputError::option(&base.root, |o| {
+                format!(
                 "{0} merges into a full-precision base as if quantized; this base is already quantized (merge into it without {0})",
                 o.opt(Opt::AsTrainedOn)
-            )));
+            )
+            }));
         }
         // Everything this run reads; checked against everything it writes once the layout is
         // known, before anything is written.
@@ -220,11 +222,13 @@ impl MergePlan {
                 .map(|u| format!("{}: {}", u.adapter, u.detail))
                 .collect();
             let (count, root) = (unmatched.len(), base.root.display().to_string());
-            bail!(OptionError::new(move |o| format!(
+            bail!(OptionError::new(move |o| {
+                format!(
                 "{count} adapter module(s) do not match the base {root} (pass {} to merge the rest): {}",
                 o.opt(Opt::AllowUnmatched),
                 list.join("; ")
-            )));
+            )
+            }));
         }
 
         let landed: usize = resolutions
@@ -239,13 +243,23 @@ impl MergePlan {
                 .collect();
             let tail = format!(
                 "{}{}",
-                if list.is_empty() { String::new() } else { format!(": {}", list.join("; ")) },
-                if unmatched.len() > 5 { format!("; and {} more", unmatched.len() - 5) } else { String::new() }
+                if list.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", list.join("; "))
+                },
+                if unmatched.len() > 5 {
+                    format!("; and {} more", unmatched.len() - 5)
+                } else {
+                    String::new()
+                }
             );
-            bail!(InputError::option(&base.root, move |o| format!(
+            bail!(InputError::option(&base.root, move |o| {
+                format!(
                 "no adapter module matches a tensor of this base, so the merge would change nothing ({} never allows that){tail}",
                 o.opt(Opt::AllowUnmatched)
-            )));
+            )
+            }));
         }
         // Quantized weights that are changed must be quantized again, or written as float.
         if options.quant == QuantOutput::Keep {
@@ -265,10 +279,12 @@ impl MergePlan {
                     let (n, method) = (n.clone(), q.method());
                     bail!(InputError::option(
                         base.file_of(&n).map(|f| f.path()).unwrap_or(&base.root),
-                        move |o| format!(
+                        move |o| {
+                            format!(
                             "tensor `{n}` ({method}): lorakit cannot write it back quantized: {why}; pass {} to write the merged model as float",
                             o.set(Opt::Quant, "dequantize")
                         )
+                        }
                     ));
                 }
             }
@@ -314,10 +330,12 @@ impl MergePlan {
                     )));
                 }
                 if !out.exists() && out.extension().is_some_and(|e| e == "safetensors") {
-                    bail!(InputError::option(&out, |o| format!(
+                    bail!(InputError::option(&out, |o| {
+                        format!(
                         "the base is a folder (or {} is set), so the output is a folder, not one .safetensors file; give a folder name (a folder named like a file would be made otherwise)",
                         o.opt(Opt::MaxShardSize)
-                    )));
+                    )
+                    }));
                 }
                 let mut files = Vec::new();
                 match (layout, max) {

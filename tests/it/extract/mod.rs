@@ -31,30 +31,21 @@ use std::path::Path;
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// xorshift64* with Box–Muller normals (test data only).
-struct Rng(u64);
+/// Test data from the project's one seeded generator (`linalg::rng`, xoshiro256++ with
+/// Box–Muller normals); only the data comes from lorakit, every reference is computed here.
+struct Rng(lorakit::linalg::rng::Xoshiro256PlusPlus);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        Rng(lorakit::linalg::rng::Xoshiro256PlusPlus::seed_from_u64(
+            seed,
+        ))
     }
     fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn gauss(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        self.0.next_f64()
     }
     fn matrix(&mut self, n: usize, std: f64) -> Vec<f64> {
-        (0..n).map(|_| self.gauss() * std).collect()
+        (0..n).map(|_| self.0.next_gaussian() * std).collect()
     }
 }
 
