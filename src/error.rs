@@ -3,6 +3,10 @@
 //! Every failure caused by an input file is an [`InputError`]: its message is one line that
 //! names the file (and the tensor where there is one), lowercase, with no trailing period.
 //! The binary maps them to exit status 2; see `main.rs` for the full exit-code table.
+//!
+//! Must not print or choose exit codes (the binary does), nor spell a command-line flag: an error
+//! about options names them as [`Opt`]s inside an [`OptionError`], which the binary renders with
+//! its flags.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

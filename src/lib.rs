@@ -3,6 +3,9 @@
 //! Data flows one way: command-line plan → [`io`] (memory-mapped reads) → [`backend`] (compute)
 //! → [`io::writer`] (streamed, atomic writes), with [`adapter`] as the one model every adapter
 //! format is read into and written from.
+//!
+//! Everything except `cli` and `commands` is the library: it must not depend on clap, print, or
+//! spell a command-line flag; the binary (`main.rs`, `cli`, `commands`) is one front end over it.
 
 pub mod adapter;
 pub mod backend;

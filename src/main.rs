@@ -1,5 +1,8 @@
 //! The `lorakit` binary: parse, run, and turn an error into one line on stderr and an exit code
 //! (0 ok, 1 check failed, 2 bad usage or input, 3 the output could not be written).
+//!
+//! Must not do work: parsing is `cli`'s, running `commands`', and the error line
+//! `commands::printer::error_line`.
 
 use clap::Parser;
 use lorakit::cli::Cli;

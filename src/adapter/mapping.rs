@@ -11,6 +11,9 @@
 //! paths with dots replaced by underscores, exact first, then as an underscore-bounded suffix;
 //! more than one candidate is an error (ambiguous), as underscores inside names make the
 //! reverse mapping non-unique.
+//!
+//! Must not read tensor data or decide what an unmatched module means (refuse or warn is the
+//! caller's choice); merge, eval and train all match names through it rather than on their own.
 
 use super::formats::kohya;
 use super::{Adapter, Format, LoraModule, ModuleKind};

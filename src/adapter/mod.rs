@@ -9,6 +9,9 @@
 //!
 //! Formats ([`formats::peft`], [`formats::kohya`]) only translate names and layouts; every
 //! command works on this model. [`mapping`] resolves module names onto a base checkpoint.
+//!
+//! Must not know any file format's key names or layouts (those live in `formats/`, one file each)
+//! nor any operation.
 
 pub mod algo;
 pub mod convention;

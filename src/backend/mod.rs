@@ -4,6 +4,9 @@
 //!
 //! Ops work on row-major `f32` factors and raw stored bytes of the base tensor, and return the
 //! encoded output bytes, so that the CPU and GPU paths round identically.
+//!
+//! Owns the one CPU/GPU switch ([`Engine`]). Must not read or write files, nor know which operation
+//! calls it; no other module chooses between CPU and GPU.
 
 pub mod cpu;
 pub mod cpu_forward;

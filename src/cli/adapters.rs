@@ -1,4 +1,7 @@
 //! The adapter commands' arguments: resize, combine, convert.
+//!
+//! Must not do any work: no I/O and no validation beyond what clap expresses; `commands/` maps
+//! these to library options.
 
 use super::args::AdapterOutArgs;
 use crate::adapter::Format;

@@ -1,4 +1,7 @@
 //! `check`'s arguments.
+//!
+//! Must not do any work: no I/O and no validation beyond what clap expresses; `commands/` maps
+//! these to library options.
 
 use crate::ops::check::Target;
 use clap::{Args, ValueHint};

@@ -1,4 +1,7 @@
 //! The checkpoint commands' arguments: inspect, merge, diff.
+//!
+//! Must not do any work: no I/O and no validation beyond what clap expresses; `commands/` maps
+//! these to library options.
 
 use super::args::{parse_size, DeviceArgs};
 use crate::ops::output::DtypeChoice;

@@ -1,4 +1,7 @@
 //! The extract command's arguments (also recorded in `--part` manifests, hence serde).
+//!
+//! Must not do any work: no I/O and no validation beyond what clap expresses; `commands/` maps
+//! these to library options.
 
 use super::DeviceArg;
 use crate::adapter::Format;

@@ -1,4 +1,7 @@
 //! The model commands' arguments: eval, train.
+//!
+//! Must not do any work: no I/O and no validation beyond what clap expresses; `commands/` maps
+//! these to library options.
 
 use super::args::DeviceArgs;
 use crate::ops::train::Schedule;

@@ -1,4 +1,7 @@
 //! `lorakit combine`.
+//!
+//! Arguments → library options → plan → run → printed report. Must not validate or compute what the
+//! library does, nor write to stdout/stderr except through `printer`.
 
 use super::convert::{check_output, files_line, format_name, open_base, show};
 use crate::adapter::{Adapter, Format};

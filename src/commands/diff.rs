@@ -1,5 +1,8 @@
 //! `lorakit diff`: arguments → [`DiffOptions`] → [`DiffPlan`] → report, printed as a table of
 //! the failing tensors (all of them with `--all`) or JSON; exit status 1 when one fails.
+//!
+//! Must not validate or compute what [`DiffPlan`] does, nor write to stdout/stderr except through
+//! `printer`.
 
 use crate::cli::DiffArgs;
 use crate::diff::{DiffOptions, DiffPlan, DiffReport};

@@ -1,4 +1,7 @@
 //! `lorakit eval`: the command line checked and mapped to [`EvalOptions`], the report printed.
+//!
+//! Must not validate or compute what the library does, nor write to stdout/stderr except through
+//! `printer`.
 
 use crate::cli::EvalArgs;
 use crate::model::ModelConfig;

@@ -1,5 +1,8 @@
 //! `lorakit inspect`: arguments → [`InspectOptions`] → [`InspectPlan`] → report, printed as
 //! tables or JSON.
+//!
+//! Must not validate or compute what [`InspectPlan`] does, nor write to stdout/stderr except
+//! through `printer`.
 
 use crate::cli::InspectArgs;
 use crate::inspect::{self, InspectOptions, InspectPlan};

@@ -1,4 +1,7 @@
 //! `lorakit merge`.
+//!
+//! Arguments → library options → plan → run → printed report. Must not validate or compute what the
+//! library does, nor write to stdout/stderr except through `printer`.
 
 use crate::adapter::Adapter;
 use crate::cli::MergeArgs;

@@ -1,5 +1,8 @@
 //! One orchestrator per subcommand: turn parsed arguments into library plans, run them, and
 //! print the report (stdout) — progress and warnings go to stderr.
+//!
+//! Must not hold library logic: what a Rust user of the library cannot do without this module is a
+//! bug; words reach the terminal only through [`printer`].
 
 pub mod check;
 pub mod combine;
@@ -232,9 +235,15 @@ impl crate::recipe::Commands for CliCommands {
         }
     }
 
-    fn run(&self, argv: &[String]) -> Result<i32> {
+    fn run(&self, argv: &[String], quiet: bool) -> Result<i32> {
         use clap::Parser;
-        run(Cli::try_parse_from(argv)?)
+        let mut cli = Cli::try_parse_from(argv)?;
+        cli.quiet |= quiet;
+        run(cli)
+    }
+
+    fn status(&self, line: &str) {
+        printer::status(line);
     }
 }
 

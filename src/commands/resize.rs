@@ -1,4 +1,7 @@
 //! `lorakit resize`.
+//!
+//! Arguments → library options → plan → run → printed report. Must not validate or compute what the
+//! library does, nor write to stdout/stderr except through `printer`.
 
 use super::convert::{check_output, files_line, format_name, inputs_json, num, open_base, show};
 use crate::adapter::{Adapter, Format};

@@ -1,4 +1,7 @@
 //! `lorakit train`: train a LoRA adapter on a frozen Llama-family model (CPU).
+//!
+//! Must not validate or compute what the library does, nor write to stdout/stderr except through
+//! `printer`.
 
 use crate::adapter::Adapter;
 use crate::cli::TrainArgs;

@@ -5,6 +5,8 @@
 //! names; a missing shard, a tensor missing from its shard, a shard tensor the index does not
 //! list, a tensor in two shards, and a shard name that is not a plain file name (path traversal)
 //! are errors.
+//!
+//! Must not interpret what the tensors mean (no adapter or model knowledge) nor write anything.
 
 use crate::error::{InputError, InputResult};
 use crate::io::file::{SafetensorsFile, TensorView};

@@ -5,6 +5,9 @@
 //! are asked for. Tensors are borrowed views over the map, nothing is copied until a kernel needs
 //! it. Pages already used can be released with [`SafetensorsFile::release`] so that streaming
 //! over a model larger than memory keeps resident memory bounded.
+//!
+//! Must not use a number from the header before it is checked, nor copy tensor data a caller did
+//! not ask for.
 
 use crate::dtype::{self, Dtype};
 use crate::error::{FormatError, InputError, InputErrorKind, InputResult, Opt, OptionError};

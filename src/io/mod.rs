@@ -2,6 +2,8 @@
 //! files ([`file`]), single-file and sharded checkpoints ([`checkpoint`]), and the streaming,
 //! atomic writer every command uses ([`writer`]); quantized weights inside checkpoints
 //! ([`quant`]); GGUF files (llama.cpp) in [`gguf`].
+//!
+//! Must not know adapters, models or operations: it reads and writes tensors and files only.
 
 pub mod checkpoint;
 pub mod file;

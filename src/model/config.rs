@@ -5,6 +5,8 @@
 //! `"rope_parameters": {"rope_theta": …, "rope_type": …, …}`, older files a top-level `rope_theta`
 //! and an optional `rope_scaling` object. Rope types `default`, `linear` and `llama3` are
 //! supported; others (`dynamic`, `yarn`, `longrope`, …) are refused with a clear error.
+//!
+//! Must not guess a setting the file does not give: unsupported rope types are refused.
 
 use crate::error::{InputError, InputResult};
 use serde_json::Value;

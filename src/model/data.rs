@@ -6,6 +6,8 @@
 //! * `*.jsonl`: one JSON object per line with a string `"text"`; each record is encoded with the
 //!   tokenizer's special tokens (BOS for Llama) and followed by the EOS id from `config.json`.
 //! * anything else: plain UTF-8 text, encoded as one document (BOS added, no EOS).
+//!
+//! Must not tokenize by itself: text goes through [`super::tokenizer`].
 
 use super::tokenizer::TextTokenizer;
 use crate::dtype::Dtype;

@@ -7,6 +7,9 @@
 //! every use, so resident memory stays at the checkpoint's own size. On `Exec::Gpu` the f32
 //! forward of a frozen layer runs through `backend::gpu::lora_forward` (WGSL), biases on the
 //! CPU.
+//!
+//! Must not modify the frozen weights: adapters stay unmerged here (merging in memory is
+//! `llama/attach.rs`'s, by the merge kernel).
 
 use super::scalar::{gemm, gemm_raw, stored_as, MatView, Real};
 use crate::backend::cpu_forward::{ForwardAdapter, StoredMatrix};

@@ -13,6 +13,9 @@
 //! the same kernel as `lorakit merge` (`backend::cpu::merge`); `modules_to_save` tensors replace
 //! the model's own. The loss is transformers' causal-LM loss: the mean cross-entropy of the
 //! next-token targets given.
+//!
+//! Must not hold a second copy of the decoder block: full, training and KV-cached forwards all run
+//! `layer_forward`.
 
 use super::config::ModelConfig;
 use super::linear::{Exec, Linear, Lora, LoraGrad, LoraTape, Matrix, MatrixData};

@@ -10,6 +10,8 @@
 //! * [`ops`]: RMSNorm, RoPE, causal GQA attention, SwiGLU, with backward passes.
 //! * [`llama`]: the model, adapter attachment, forward, loss and backward.
 //! * [`tokenizer`], [`data`]: text and token-id inputs.
+//!
+//! Must not know file formats beyond reading tensors through `io`, nor any command-line flag.
 
 pub mod config;
 pub mod data;

@@ -9,6 +9,8 @@
 //! the heads of its group; results are scattered in a fixed order, so outputs do not depend on
 //! the thread count. The backward recomputes `P` from the saved per-row log-sum-exp instead of
 //! storing the `T × T` probabilities.
+//!
+//! Must not depend on the thread count for its results (fixed task split and scatter order).
 
 use super::scalar::{dot, gemm, max, multiversion, reduce_lanes, sum, MatView, Real};
 use rayon::prelude::*;

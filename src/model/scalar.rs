@@ -6,6 +6,8 @@
 //! `[tokens, heads·head_dim]` activation are views without copies. Large products are cut into
 //! fixed output tiles, each a sequential faer product, run on the rayon pool: the results do not
 //! depend on the thread count, which keeps training deterministic.
+//!
+//! Must not let results depend on the thread count (fixed output tiles).
 
 use crate::dtype::{self, Dtype};
 use faer::{Accum, MatMut, MatRef, Par};

@@ -1,5 +1,8 @@
 //! Unit tests of the model: logits against transformers' (fixtures), gradients against finite
 //! differences in f64 through the same generic code.
+//!
+//! Must not compare against lorakit's own outputs: references are transformers' logits and f64
+//! finite differences.
 
 use super::linear::{Exec, Lora};
 use super::llama::{MemoryTensors, Model, Weights, NO_TARGET};

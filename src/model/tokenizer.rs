@@ -1,6 +1,8 @@
 //! Text to token ids: a Hugging Face `tokenizer.json` (the `tokenizers` crate, pure Rust), or raw
 //! UTF-8 bytes as ids for models without a tokenizer (`--tokenizer bytes`; every byte must be
 //! below the vocabulary size).
+//!
+//! Must not reach the network: a tokenizer is a local file or the byte fallback.
 
 use crate::error::{InputError, Opt};
 use anyhow::{Context, Result};

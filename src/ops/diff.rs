@@ -8,6 +8,8 @@
 //! in both, with equal dtype and shape, and (float) its relative difference is ≤ the tolerance
 //! and its max-abs difference ≤ `max_abs` when given, or (other dtypes) its bytes are equal.
 //! Tensors are streamed from the memory maps, one at a time, pages released after use.
+//!
+//! Must not print or write anything: the report goes back to the caller.
 
 use crate::dtype;
 use crate::error::{Opt, OptionError};

@@ -13,6 +13,9 @@
 //!
 //! **extract**: the output is one adapter, so parts split the modules instead of the files;
 //! see the section on extract part files below.
+//!
+//! Must not trust a manifest: every planned file is checked against the plan this run computes, and
+//! nothing is written or copied outside it.
 
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::{Output, SafetensorsFile};

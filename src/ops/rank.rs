@@ -6,6 +6,8 @@
 //! ([`linalg::rank_for_energy`]'s rule, with the total given exactly, since a randomized SVD
 //! returns only the leading values); kohya `resize_lora.py`'s `sv_ratio` (keep `σᵢ > σ₁/ratio`,
 //! [`linalg::rank_for_sv_ratio`]). The dynamic rules take an optional maximum rank.
+//!
+//! Must not be re-implemented elsewhere: extract and resize both choose ranks here.
 
 use crate::linalg;
 

@@ -30,6 +30,10 @@
 //! mtimes recorded when the step finished (an edited output is rewritten). `--trust-mtime` takes
 //! an input whose size and mtime match the record as unchanged without rehashing it (for very
 //! large checkpoints); `--force` runs everything.
+//!
+//! Must not print or parse a command line itself: steps are parsed, checked, run and reported
+//! through the [`Commands`] the front end implements (the binary's runs every step through the same
+//! parser and args → options code as a command typed by hand).
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -50,8 +54,11 @@ pub trait Commands {
     /// The bytes a step will write, where that is known before it runs (merges, by planning
     /// them in full, which also validates adapter ↔ base matching).
     fn bytes_written(&self, argv: &[String]) -> Result<Option<u64>>;
-    /// Runs a command line; its exit status.
-    fn run(&self, argv: &[String]) -> Result<i32>;
+    /// Runs a command line, silenced when `quiet`; its exit status.
+    fn run(&self, argv: &[String], quiet: bool) -> Result<i32>;
+    /// Reports a step's progress (`[name] up to date, skipped`, …) where the front end puts
+    /// status lines; this module never prints.
+    fn status(&self, line: &str);
 }
 
 /// Option names that name inputs (checked to exist before anything runs).
@@ -533,23 +540,19 @@ pub fn run(steps: &[Step], rerun: Rerun, quiet: bool, commands: &dyn Commands) -
     for s in steps {
         let Some(why) = stale(s, rerun) else {
             if !quiet {
-                eprintln!("[{}] up to date, skipped", s.name);
+                commands.status(&format!("[{}] up to date, skipped", s.name));
             }
             continue;
         };
         if !quiet {
-            eprintln!("[{}] ({why}) {}", s.name, s.argv[1..].join(" "));
-        }
-        let mut argv = s.argv.clone();
-        if quiet {
-            argv.push("--quiet".into());
+            commands.status(&format!("[{}] ({why}) {}", s.name, s.argv[1..].join(" ")));
         }
         let code = commands
-            .run(&argv)
+            .run(&s.argv, quiet)
             .with_context(|| format!("step `{}` ({})", s.name, s.command))?;
         if code != 0 {
             if !quiet {
-                eprintln!("[{}] exited with status {code}; stopping", s.name);
+                commands.status(&format!("[{}] exited with status {code}; stopping", s.name));
             }
             return Ok(code);
         }

@@ -22,6 +22,8 @@
 //!   folder whose files disagree — a save interrupted between renames — is refused). Resuming
 //!   from such a folder continues exactly as if the run had not stopped (the moments and
 //!   factors are stored exactly, and the data order is a function of the step).
+//!
+//! Must not print: progress goes to the `Progress` trait and results into the report.
 
 use crate::adapter::{Adapter, Data, Factors, Format, LoraModule, ModuleKind};
 use crate::dtype::Dtype;

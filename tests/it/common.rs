@@ -388,3 +388,19 @@ pub fn shared_lora_tensors(
         })
         .collect()
 }
+
+/// The one GPU-skip policy of the integration tests: whether `lorakit gpu-info` finds a wgpu
+/// adapter. Without one a test skips loudly (`GPU TEST SKIPPED: …` on stderr) and passes,
+/// unless `LORAKIT_REQUIRE_GPU=1` (CI, lavapipe here), where it fails.
+pub fn gpu_available() -> bool {
+    let out = bin().args(["gpu-info", "--json"]).output().unwrap();
+    if out.status.success() {
+        return true;
+    }
+    let why = String::from_utf8_lossy(&out.stderr).into_owned();
+    if std::env::var("LORAKIT_REQUIRE_GPU").as_deref() == Ok("1") {
+        panic!("LORAKIT_REQUIRE_GPU=1 but no GPU adapter: {why}");
+    }
+    eprintln!("GPU TEST SKIPPED: no wgpu adapter: {}", why.trim());
+    false
+}

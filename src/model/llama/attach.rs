@@ -3,6 +3,9 @@
 //! merging DoRA modules (or everything, when asked) into an in-memory f32 copy of the weight by
 //! `lorakit merge`'s own kernel (`backend::cpu::merge`); `modules_to_save` tensors replace the
 //! model's.
+//!
+//! Must not merge with its own arithmetic: in-memory merges go through `backend::cpu::merge`, the
+//! kernel `lorakit merge` runs.
 
 use super::*;
 

@@ -53,6 +53,9 @@
 //! round differently with different thread counts). Same inputs, options and seed → byte-identical
 //! output on the same CPU type. `exact` uses faer's parallel SVD for speed and is reproducible
 //! for a given thread count.
+//!
+//! Must not print or spell a command-line flag: planning is `plan.rs`'s, factoring and writing
+//! `run.rs`'s, and the report goes back to the caller.
 
 use crate::adapter::{Format, ModuleKind};
 use crate::dtype::Dtype;

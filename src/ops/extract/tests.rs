@@ -1,4 +1,6 @@
 //! Unit tests of the extraction numerics and planning.
+//!
+//! Must not compare against lorakit's own outputs: references are exact or f64 SVDs.
 
 use super::*;
 use crate::linalg::{self, Dense, LinearOperator, RsvdOptions};

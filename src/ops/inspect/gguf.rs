@@ -2,6 +2,8 @@
 //! header alone: architecture, version, alignment, metadata with types, tensor types and counts,
 //! and with `--tensors` every tensor's ggml type, shape (PyTorch order: ggml dims reversed) and
 //! size.
+//!
+//! Must not read tensor data: the header alone.
 
 use super::{human_bytes, human_count, table, DtypeStats, TensorRow};
 use crate::io::gguf::{GgufModel, Value};

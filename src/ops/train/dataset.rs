@@ -1,5 +1,7 @@
 //! Training data: a token stream cut into sequences of `seq_len`, batched deterministically
 //! from the seed, with next-token targets.
+//!
+//! Must not depend on anything but the seed and the step for which sequences a batch holds.
 
 use super::*;
 use crate::error::{Opt, OptionError};
