@@ -1,6 +1,8 @@
 //! With feature `lapack`, checks that OpenBLAS can be linked before anything is compiled, so a
 //! machine without it gets one clear message at once instead of a linker error after the whole
 //! build. Without the feature this does nothing.
+//!
+//! Must not change what is compiled: it only checks the link and fails early.
 
 use std::path::Path;
 

@@ -37,6 +37,9 @@
 //! run time) and between backends. The OpenBLAS backend (`LapackDense`) is
 //! reproducible run to run in the tests; its dependence on
 //! `OPENBLAS_NUM_THREADS` has not been measured.
+//!
+//! Must not be chosen at run time or per call: one backend per build, so results do not depend on
+//! which path a caller took.
 
 use super::Svd;
 use faer::dyn_stack::{MemBuffer, MemStack};

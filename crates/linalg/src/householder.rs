@@ -13,6 +13,9 @@
 //!
 //! Sequential: the result does not depend on the thread count. On x86-64 it needs FMA (AVX2 or
 //! AVX-512 machines); elsewhere there it declines and the caller's blocked QR runs.
+//!
+//! Must not fail on a shape it does not serve: it declines (`None`) and the caller's blocked QR
+//! runs; must not depend on the thread count.
 
 use super::skinny::Isa;
 use ndarray::{Array2, ArrayView2};

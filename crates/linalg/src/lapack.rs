@@ -1,6 +1,9 @@
 //! LAPACK (OpenBLAS via ndarray-linalg) implementation of [`Dense`]
 //! (feature `lapack`). QR is `?geqrf` + `?orgqr`, the SVD is the
 //! divide-and-conquer driver `?gesdd`, and matmul is ndarray's `dot`.
+//!
+//! Must not be the only implementation of anything: every operation here has its faer twin, and
+//! both run the same tests.
 
 use super::dense::Dense;
 use super::Svd;

@@ -12,6 +12,9 @@
 //! The normal variates go through `f64::ln`, `cos` and `sin` from the platform
 //! libm, so they are bit-identical on the same machine/toolchain and agree to
 //! within an ulp or so elsewhere.
+//!
+//! The one seeded generator of the project (randomized SVD, training initialisation, combine's
+//! masks, test data). Must not read entropy from the system: a seed alone fixes the stream.
 
 /// SplitMix64: a 64-bit generator used here only to seed xoshiro.
 #[derive(Clone, Debug)]

@@ -14,6 +14,8 @@
 //! the same bits for every thread count, every register blocking and every vector width
 //! (AVX-512, AVX2, NEON, or the portable path, which uses `f32::mul_add`, a correctly
 //! rounded FMA everywhere — in software, slowly, on x86 CPUs without FMA).
+//!
+//! Must not depend on the thread count for its results (fixed row blocks, fixed summation order).
 
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;

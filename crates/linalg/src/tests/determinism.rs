@@ -1,4 +1,6 @@
 //! Determinism in the seed and across thread counts.
+//!
+//! Must not loosen determinism to a tolerance: equal bits are asserted.
 
 use super::*;
 

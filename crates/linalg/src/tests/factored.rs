@@ -1,4 +1,6 @@
 //! Factored and stacked SVDs, corner cases, sign normalisation, the spectrum summary.
+//!
+//! References are the f64 Jacobi SVD of `super`; must not compare a backend with itself.
 
 use super::*;
 

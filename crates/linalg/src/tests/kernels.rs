@@ -1,4 +1,7 @@
 //! Dense kernels against f64 references, any strides, rank-deficient QR.
+//!
+//! References are the f64 products and Jacobi SVD of `super`; must not compare a backend with
+//! itself.
 
 use super::*;
 

@@ -2,6 +2,8 @@
 //! Jacobi SVD and `f64` naive matrix products written here, not the backends
 //! under test. Every numerical test runs once per compiled-in backend
 //! (faer, and LAPACK with feature `lapack`).
+//!
+//! Must not compare a backend with itself: every reference is computed here in f64.
 
 // Index loops read more naturally than zips in this numeric test code.
 #![allow(clippy::needless_range_loop)]

@@ -1,4 +1,6 @@
 //! Randomized SVD: exact-rank recovery and Eckart–Young optimality.
+//!
+//! References are the f64 Jacobi SVD of `super`; must not compare a backend with itself.
 
 use super::*;
 

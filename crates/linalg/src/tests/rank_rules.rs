@@ -1,4 +1,6 @@
 //! Energy and sv_ratio rank boundaries.
+//!
+//! Boundaries are computed from the stated spectra; must not compare a backend with itself.
 
 use super::*;
 

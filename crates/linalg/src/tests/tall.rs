@@ -1,4 +1,6 @@
 //! Tall and wide shapes against f64 references (the faer f32 QR cut-off, issue #21).
+//!
+//! References are computed in f64 here; must not compare a backend with itself.
 
 use super::*;
 
