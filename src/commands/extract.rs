@@ -224,12 +224,12 @@ fn options(a: &ExtractArgs, tuned: &Checkpoint, quiet: bool) -> Result<ExtractOp
     let targets = a
         .targets
         .as_deref()
-        .map(|t| crate::extract::ModuleFilter::parse("--targets", t))
+        .map(|t| crate::extract::ModuleFilter::parse(crate::error::Opt::Targets, t))
         .transpose()?;
     let exclude = a
         .exclude
         .as_deref()
-        .map(|t| crate::extract::ModuleFilter::parse("--exclude", t))
+        .map(|t| crate::extract::ModuleFilter::parse(crate::error::Opt::Exclude, t))
         .transpose()?;
     if a.kohya_prefix.is_empty() || a.kohya_prefix.contains('.') {
         bail!(

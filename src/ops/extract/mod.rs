@@ -59,6 +59,7 @@
 
 use crate::adapter::{Format, ModuleKind};
 use crate::dtype::Dtype;
+use crate::error::{Opt, OptionError};
 use crate::io::Checkpoint;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -174,8 +175,9 @@ pub enum ModuleFilter {
 }
 
 impl ModuleFilter {
-    /// Parses the flag's value; `flag` names it in errors.
-    pub fn parse(flag: &str, s: &str) -> Result<ModuleFilter> {
+    /// Parses the value of option `opt` ([`Opt::Targets`] or [`Opt::Exclude`]), which errors
+    /// name.
+    pub fn parse(opt: Opt, s: &str) -> Result<ModuleFilter> {
         if let Some(re) = s.strip_prefix("re:") {
             return Regex::new(re).map(ModuleFilter::Regex).map_err(|e| {
                 let msg = e.to_string();
@@ -184,10 +186,13 @@ impl ModuleFilter {
                     .rev()
                     .find(|l| !l.trim().is_empty())
                     .unwrap_or("");
-                anyhow::anyhow!(
-                    "{flag} `{s}`: not a valid regex: {}",
-                    last.trim().trim_start_matches("error: ")
-                )
+                let (s, why) = (
+                    s.to_owned(),
+                    last.trim().trim_start_matches("error: ").to_owned(),
+                );
+                anyhow::Error::new(OptionError::new(move |o| {
+                    format!("{} `{s}`: not a valid regex: {why}", o.opt(opt))
+                }))
             });
         }
         let names: Vec<String> = s
@@ -197,7 +202,11 @@ impl ModuleFilter {
             .map(str::to_owned)
             .collect();
         if names.is_empty() {
-            bail!("{flag} `{s}` names no module (a comma list such as q_proj,v_proj, or re:REGEX)");
+            let s = s.to_owned();
+            bail!(OptionError::new(move |o| format!(
+                "{} `{s}` names no module (a comma list such as q_proj,v_proj, or re:REGEX)",
+                o.opt(opt)
+            )));
         }
         Ok(ModuleFilter::Names(names))
     }

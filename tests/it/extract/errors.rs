@@ -115,7 +115,14 @@ fn bad_inputs_give_one_line_and_no_output() {
         &tuned,
         &out,
         &["--rank", "2", "--targets", "re:("],
-        &["--targets"],
+        &["--targets `re:(`: not a valid regex"],
+    );
+    check(
+        &base,
+        &tuned,
+        &out,
+        &["--rank", "2", "--exclude", ","],
+        &["--exclude `,` names no module"],
     );
     // A missing file.
     check(
