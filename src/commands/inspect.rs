@@ -5,8 +5,11 @@
 //! through `printer`.
 
 use crate::cli::InspectArgs;
-use crate::inspect::{self, InspectOptions, InspectPlan};
+use crate::inspect::{InspectOptions, InspectPlan};
 use anyhow::Result;
+
+mod render;
+pub use render::render_text;
 
 pub fn run(mut a: InspectArgs) -> Result<i32> {
     a.path = crate::io::hub::resolve_input(&a.path)?;
@@ -15,7 +18,7 @@ pub fn run(mut a: InspectArgs) -> Result<i32> {
     if a.json {
         super::print_json("inspect", &report)?;
     } else {
-        super::print(&inspect::render_text(&report))?;
+        super::print(&render_text(&report))?;
         if let Some(plot) = &a.plot {
             super::status(&format!("spectra drawn to {}", plot.display()));
         }

@@ -5,11 +5,10 @@
 //!
 //! Must not read tensor data: the header alone.
 
-use super::{human_bytes, human_count, table, DtypeStats, TensorRow};
+use super::{DtypeStats, TensorRow};
 use crate::io::gguf::{GgufModel, Value};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 /// Arrays longer than this are summarised (`element_type`, `element_count`) instead of listed:
 /// a vocabulary is tens of thousands of strings.
@@ -130,92 +129,4 @@ pub fn report(m: &GgufModel, path: &std::path::Path, tensors: bool) -> GgufRepor
                 .collect()
         }),
     }
-}
-
-/// Aligned tables for people.
-pub fn render(g: &GgufReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "gguf        {}", g.path);
-    let _ = writeln!(
-        s,
-        "layout      {} ({} file{})",
-        g.layout,
-        g.files.len(),
-        if g.files.len() == 1 { "" } else { "s" }
-    );
-    let _ = writeln!(
-        s,
-        "arch        {}",
-        g.architecture.as_deref().unwrap_or("(none)")
-    );
-    let _ = writeln!(s, "version     {} (alignment {})", g.version, g.alignment);
-    let _ = writeln!(s, "tensors     {}", g.tensor_count);
-    let _ = writeln!(
-        s,
-        "parameters  {} ({})",
-        g.parameters,
-        human_count(g.parameters)
-    );
-    let _ = writeln!(s, "bytes       {} ({})", g.bytes, human_bytes(g.bytes));
-    let rows: Vec<Vec<String>> = g
-        .dtypes
-        .iter()
-        .map(|(d, st)| {
-            vec![
-                d.clone(),
-                st.tensor_count.to_string(),
-                st.parameters.to_string(),
-                human_bytes(st.bytes),
-            ]
-        })
-        .collect();
-    s.push('\n');
-    s.push_str(&table(
-        &["type", "tensors", "parameters", "bytes"],
-        &rows,
-        &[false, true, true, true],
-    ));
-    if !g.unsupported_types.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nnot dequantizable by lorakit: {}",
-            g.unsupported_types.join(", ")
-        );
-    }
-    if !g.metadata.is_empty() {
-        s.push_str("\nmetadata\n");
-        for (k, r) in &g.metadata {
-            let v = match (
-                r.value.as_ref().or(r.values.as_ref()),
-                r.element_type,
-                r.element_count,
-            ) {
-                (Some(v), _, _) => crate::error::one_line(&v.to_string()),
-                (None, Some(et), Some(n)) => format!("[{et} × {n}]"),
-                _ => String::new(),
-            };
-            let _ = writeln!(s, "  {k} ({}) = {v}", r.ty);
-        }
-    }
-    if let Some(list) = &g.tensors {
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|t| {
-                vec![
-                    t.name.clone(),
-                    t.dtype.clone(),
-                    format!("{:?}", t.shape),
-                    t.bytes.to_string(),
-                    t.file.clone(),
-                ]
-            })
-            .collect();
-        s.push('\n');
-        s.push_str(&table(
-            &["name", "type", "shape", "bytes", "file"],
-            &rows,
-            &[false, false, false, true, false],
-        ));
-    }
-    s
 }

@@ -4,7 +4,7 @@
 //! [`InspectPlan::run`] → [`Report`] (`Serialize`).
 //!
 //! Must not print: the report goes back to the caller (the binary renders it with
-//! [`super::render_text`] or as JSON), and no message names a command-line flag (options are
+//! `commands::inspect::render_text` or as JSON), and no message names a command-line flag (options are
 //! named through [`OptionError`]).
 
 use super::{adapter_report, checkpoint_report, quant_report, AdapterReport, Report};

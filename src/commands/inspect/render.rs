@@ -1,0 +1,302 @@
+//! The text form of an `inspect` report: aligned tables for people (the JSON form is the
+//! report's `Serialize`). Must not compute anything the report does not hold: every figure
+//! comes from [`Report`], built by the library's [`crate::inspect::InspectPlan`].
+
+use crate::adapter::Format;
+use crate::inspect::gguf::GgufReport;
+use crate::inspect::{human_bytes, human_count, table, QuantReport, Report};
+use std::fmt::Write as _;
+
+fn render_quant(s: &mut String, q: &QuantReport) {
+    let _ = writeln!(
+        s,
+        "\nquantized   {} weight{} ({} companion tensors)",
+        q.tensors.len(),
+        if q.tensors.len() == 1 { "" } else { "s" },
+        q.companion_tensors
+    );
+    if let Some(cfg) = &q.config {
+        let _ = writeln!(s, "quantization_config {cfg}");
+    }
+    for u in &q.unreadable {
+        let _ = writeln!(s, "not read    {}", crate::error::one_line(u));
+    }
+    if !q.tensors.is_empty() {
+        let rows: Vec<Vec<String>> = q
+            .tensors
+            .iter()
+            .map(|t| {
+                vec![
+                    t.name.clone(),
+                    t.method.clone(),
+                    t.bits.to_string(),
+                    t.blocks.clone(),
+                    format!("{:?}", t.shape),
+                    t.dtype.clone(),
+                ]
+            })
+            .collect();
+        s.push('\n');
+        s.push_str(&table(
+            &["weight", "method", "bits", "blocks", "shape", "dequantized"],
+            &rows,
+            &[false, false, true, false, false, false],
+        ));
+    }
+}
+
+/// Human-readable rendering: aligned tables.
+pub fn render_text(r: &Report) -> String {
+    let mut s = String::new();
+    match r {
+        Report::Checkpoint(c) => {
+            let _ = writeln!(s, "checkpoint  {}", c.path);
+            let _ = writeln!(
+                s,
+                "layout      {} ({} file{})",
+                c.layout,
+                c.files.len(),
+                if c.files.len() == 1 { "" } else { "s" }
+            );
+            let _ = writeln!(s, "tensors     {}", c.tensor_count);
+            let _ = writeln!(
+                s,
+                "parameters  {} ({})",
+                c.parameters,
+                human_count(c.parameters)
+            );
+            let _ = writeln!(s, "bytes       {} ({})", c.bytes, human_bytes(c.bytes));
+            let rows: Vec<Vec<String>> = c
+                .dtypes
+                .iter()
+                .map(|(d, st)| {
+                    vec![
+                        d.clone(),
+                        st.tensor_count.to_string(),
+                        st.parameters.to_string(),
+                        human_bytes(st.bytes),
+                    ]
+                })
+                .collect();
+            s.push('\n');
+            s.push_str(&table(
+                &["dtype", "tensors", "parameters", "bytes"],
+                &rows,
+                &[false, true, true, true],
+            ));
+            if !c.metadata.is_empty() {
+                s.push_str("\nmetadata\n");
+                for (k, v) in &c.metadata {
+                    let _ = writeln!(s, "  {k} = {v}");
+                }
+            }
+            if let Some(q) = &c.quantization {
+                render_quant(&mut s, q);
+            }
+            if let Some(list) = &c.tensors {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.dtype.clone(),
+                            format!("{:?}", t.shape),
+                            t.bytes.to_string(),
+                            t.file.clone(),
+                        ]
+                    })
+                    .collect();
+                s.push('\n');
+                s.push_str(&table(
+                    &["name", "dtype", "shape", "bytes", "file"],
+                    &rows,
+                    &[false, false, false, true, false],
+                ));
+            }
+        }
+        Report::Gguf(g) => s.push_str(&render_gguf(g)),
+        Report::Adapter(a) => {
+            let _ = writeln!(s, "adapter     {}", a.path);
+            let _ = writeln!(
+                s,
+                "format      {}",
+                match a.format {
+                    Format::Peft => "peft",
+                    Format::Kohya => "kohya",
+                }
+            );
+            let c = &a.convention;
+            let mut conv = c.naming.join(", ");
+            if !c.prefixes.is_empty() {
+                let _ = write!(conv, " names, prefixes {}", c.prefixes.join(", "));
+            }
+            let _ = writeln!(s, "convention  {conv}");
+            if let Some(f) = c.family {
+                let _ = writeln!(s, "family      {f}");
+            }
+            if let Some(b) = &a.base_model {
+                let _ = writeln!(s, "base model  {b}");
+            }
+            let _ = writeln!(s, "modules     {}", a.modules.len());
+            let _ = writeln!(
+                s,
+                "parameters  {} ({})",
+                a.parameters,
+                human_count(a.parameters as u64)
+            );
+            let _ = writeln!(s, "bytes       {} ({})", a.bytes, human_bytes(a.bytes));
+            let _ = writeln!(s, "rslora      {}", a.use_rslora);
+            let _ = writeln!(s, "dora        {}", a.dora);
+            if !a.modules_to_save.is_empty() || !a.full_tensors.is_empty() {
+                let _ = writeln!(s, "modules_to_save  {}", a.modules_to_save.join(", "));
+                let _ = writeln!(s, "full tensors     {}", a.full_tensors.join(", "));
+            }
+            let spectrum = a.modules.iter().any(|m| m.spectrum.is_some());
+            let mut head = vec!["module", "algo", "kind", "rank", "alpha", "scale", "out×in"];
+            if spectrum {
+                head.extend(["‖ΔW‖F", "r90", "r99", "σ1", "σmin"]);
+            }
+            let rows: Vec<Vec<String>> = a
+                .modules
+                .iter()
+                .map(|m| {
+                    let mut flags = String::new();
+                    if m.fan_in_fan_out {
+                        flags.push_str(" fifo");
+                    }
+                    if m.dora {
+                        flags.push_str(" dora");
+                    }
+                    if m.bias {
+                        flags.push_str(" bias");
+                    }
+                    let mut row = vec![
+                        m.name.clone(),
+                        m.algo.to_string(),
+                        format!("{}{flags}", m.kind),
+                        m.rank.to_string(),
+                        format!("{}", m.alpha),
+                        format!("{:.4}", m.scale),
+                        // 0: a side the file does not give (OFT, IA3: taken from the base).
+                        {
+                            let side = |n: usize| {
+                                if n == 0 {
+                                    "?".to_string()
+                                } else {
+                                    n.to_string()
+                                }
+                            };
+                            format!("{}×{}", side(m.shape[0]), side(m.shape[1]))
+                        },
+                    ];
+                    if let Some(sp) = &m.spectrum {
+                        row.push(format!("{:.4e}", sp.fro_norm));
+                        row.push(sp.rank90.to_string());
+                        row.push(sp.rank99.to_string());
+                        row.push(format!(
+                            "{:.3e}",
+                            sp.singular_values.first().copied().unwrap_or(0.0)
+                        ));
+                        row.push(format!(
+                            "{:.3e}",
+                            sp.singular_values.last().copied().unwrap_or(0.0)
+                        ));
+                    }
+                    row
+                })
+                .collect();
+            s.push('\n');
+            let right: Vec<bool> = head.iter().enumerate().map(|(i, _)| i >= 3).collect();
+            s.push_str(&table(&head, &rows, &right));
+        }
+    }
+    s
+}
+
+/// Aligned tables for people.
+fn render_gguf(g: &GgufReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "gguf        {}", g.path);
+    let _ = writeln!(
+        s,
+        "layout      {} ({} file{})",
+        g.layout,
+        g.files.len(),
+        if g.files.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        s,
+        "arch        {}",
+        g.architecture.as_deref().unwrap_or("(none)")
+    );
+    let _ = writeln!(s, "version     {} (alignment {})", g.version, g.alignment);
+    let _ = writeln!(s, "tensors     {}", g.tensor_count);
+    let _ = writeln!(
+        s,
+        "parameters  {} ({})",
+        g.parameters,
+        human_count(g.parameters)
+    );
+    let _ = writeln!(s, "bytes       {} ({})", g.bytes, human_bytes(g.bytes));
+    let rows: Vec<Vec<String>> = g
+        .dtypes
+        .iter()
+        .map(|(d, st)| {
+            vec![
+                d.clone(),
+                st.tensor_count.to_string(),
+                st.parameters.to_string(),
+                human_bytes(st.bytes),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&table(
+        &["type", "tensors", "parameters", "bytes"],
+        &rows,
+        &[false, true, true, true],
+    ));
+    if !g.unsupported_types.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nnot dequantizable by lorakit: {}",
+            g.unsupported_types.join(", ")
+        );
+    }
+    if !g.metadata.is_empty() {
+        s.push_str("\nmetadata\n");
+        for (k, r) in &g.metadata {
+            let v = match (
+                r.value.as_ref().or(r.values.as_ref()),
+                r.element_type,
+                r.element_count,
+            ) {
+                (Some(v), _, _) => crate::error::one_line(&v.to_string()),
+                (None, Some(et), Some(n)) => format!("[{et} × {n}]"),
+                _ => String::new(),
+            };
+            let _ = writeln!(s, "  {k} ({}) = {v}", r.ty);
+        }
+    }
+    if let Some(list) = &g.tensors {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|t| {
+                vec![
+                    t.name.clone(),
+                    t.dtype.clone(),
+                    format!("{:?}", t.shape),
+                    t.bytes.to_string(),
+                    t.file.clone(),
+                ]
+            })
+            .collect();
+        s.push('\n');
+        s.push_str(&table(
+            &["name", "type", "shape", "bytes", "file"],
+            &rows,
+            &[false, false, false, true, false],
+        ));
+    }
+    s
+}
