@@ -5,6 +5,8 @@
 //! cache, so the working memory is the output tensor plus two rows per thread. The per-element arithmetic order is the one documented on
 //! [`MergeJob`], which the GPU kernels follow too.
 
+pub mod exact;
+
 use super::profile::{self, Stage};
 use super::{MergeError, MergeJob, NormAxis, Term};
 use crate::dtype;
