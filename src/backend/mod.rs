@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cpu_forward;
 pub mod gpu;
 pub mod profile;
+pub mod simd;
 
 use crate::dtype::Dtype;
 

@@ -157,7 +157,6 @@ pub fn merge_counted(job: &MergeJob) -> Result<(Vec<u8>, usize), MergeError> {
         ));
     }
     let (rows, cols) = (job.rows, job.cols);
-    let in_size = job.in_dtype.bitsize() / 8;
     let out_size = job.out_dtype.bitsize() / 8;
     let mut out = vec![0u8; rows * cols * out_size];
     if rows == 0 || cols == 0 {
@@ -183,62 +182,7 @@ pub fn merge_counted(job: &MergeJob) -> Result<(Vec<u8>, usize), MergeError> {
     let results: Vec<Result<usize, MergeError>> = out
         .par_chunks_mut(block_rows * cols * out_size)
         .enumerate()
-        .map(|(bi, out_block)| {
-            let mut v = vec![0f64; cols];
-            let mut bound = vec![0f64; cols];
-            let mut acc = vec![0f64; cols];
-            let mut rounded = vec![0f32; cols];
-            let mut slow = 0usize;
-            for (li, out_row) in out_block.chunks_exact_mut(cols * out_size).enumerate() {
-                let i = bi * block_rows + li;
-                let w0 = &job.w0[i * cols * in_size..(i + 1) * cols * in_size];
-                decode_f64(job.in_dtype, w0, &mut v);
-                for (b, x) in bound.iter_mut().zip(&v) {
-                    *b = x.abs();
-                }
-                for (t, ca) in job.terms.iter().zip(&col_abs) {
-                    let s = t.scale as f64;
-                    if let Some(d) = t.dense {
-                        for ((x, b), &d) in v.iter_mut().zip(bound.iter_mut()).zip(&d[i * cols..]) {
-                            let p = s * d as f64;
-                            *x += p;
-                            *b += p.abs();
-                        }
-                        continue;
-                    }
-                    let b_row = &t.b[i * t.rank..(i + 1) * t.rank];
-                    low_rank_row_f64(b_row, t.a, cols, &mut acc);
-                    let b_inf = b_row.iter().fold(0f64, |m, &b| m.max((b as f64).abs()));
-                    let sb = s.abs() * b_inf;
-                    for (((x, b), &a), &c) in v.iter_mut().zip(bound.iter_mut()).zip(&acc).zip(ca) {
-                        *x += s * a;
-                        *b += sb * c;
-                    }
-                }
-                for (j, ((r, &x), &b)) in rounded.iter_mut().zip(&v).zip(&bound).enumerate() {
-                    let e = c_err * b;
-                    let lo = fmt.round(x - e);
-                    let y = if lo.to_bits() == fmt.round(x + e).to_bits() {
-                        lo
-                    } else if x.is_finite() {
-                        slow += 1;
-                        exact_element(job, fmt, i, j, x)
-                    } else {
-                        x
-                    };
-                    if !y.is_finite() {
-                        return Err(MergeError::NonFinite {
-                            row: i,
-                            col: j,
-                            value: y as f32,
-                        });
-                    }
-                    *r = y as f32;
-                }
-                dtype::encode_to_slice(job.out_dtype, &rounded, out_row);
-            }
-            Ok(slow)
-        })
+        .map(|(bi, out_block)| exact_block(job, fmt, &col_abs, c_err, bi * block_rows, out_block))
         .collect();
     let mut slow = 0;
     let mut first: Option<MergeError> = None;
@@ -257,7 +201,70 @@ pub fn merge_counted(job: &MergeJob) -> Result<(Vec<u8>, usize), MergeError> {
     }
 }
 
+super::super::simd::multiversion! {
+    /// Rows `r0..` into `out_block` (whole rows); the number of elements that took the exact
+    /// path, or the first non-finite value. Compiled per CPU level ([`crate::backend::simd`]).
+    fn exact_block(job: &MergeJob, fmt: Format, col_abs: &[Vec<f64>], c_err: f64, r0: usize, out_block: &mut [u8]) -> Result<usize, MergeError> {
+        let (cols, in_size, out_size) = (job.cols, job.in_dtype.bitsize() / 8, job.out_dtype.bitsize() / 8);
+        let mut v = vec![0f64; cols];
+        let mut bound = vec![0f64; cols];
+        let mut acc = vec![0f64; cols];
+        let mut rounded = vec![0f32; cols];
+        let mut slow = 0usize;
+        for (li, out_row) in out_block.chunks_exact_mut(cols * out_size).enumerate() {
+            let i = r0 + li;
+            let w0 = &job.w0[i * cols * in_size..(i + 1) * cols * in_size];
+            decode_f64(job.in_dtype, w0, &mut v);
+            for (b, x) in bound.iter_mut().zip(&v) {
+                *b = x.abs();
+            }
+            for (t, ca) in job.terms.iter().zip(col_abs) {
+                let s = t.scale as f64;
+                if let Some(d) = t.dense {
+                    for ((x, b), &d) in v.iter_mut().zip(bound.iter_mut()).zip(&d[i * cols..]) {
+                        let p = s * d as f64;
+                        *x += p;
+                        *b += p.abs();
+                    }
+                    continue;
+                }
+                let b_row = &t.b[i * t.rank..(i + 1) * t.rank];
+                low_rank_row_f64(b_row, t.a, cols, &mut acc);
+                let b_inf = b_row.iter().fold(0f64, |m, &b| m.max((b as f64).abs()));
+                let sb = s.abs() * b_inf;
+                for (((x, b), &a), &c) in v.iter_mut().zip(bound.iter_mut()).zip(&acc).zip(ca) {
+                    *x += s * a;
+                    *b += sb * c;
+                }
+            }
+            for (j, ((r, &x), &b)) in rounded.iter_mut().zip(&v).zip(&bound).enumerate() {
+                let e = c_err * b;
+                let lo = fmt.round(x - e);
+                let y = if lo.to_bits() == fmt.round(x + e).to_bits() {
+                    lo
+                } else if x.is_finite() {
+                    slow += 1;
+                    exact_element(job, fmt, i, j, x)
+                } else {
+                    x
+                };
+                if !y.is_finite() {
+                    return Err(MergeError::NonFinite {
+                        row: i,
+                        col: j,
+                        value: y as f32,
+                    });
+                }
+                *r = y as f32;
+            }
+            dtype::encode_to_slice(job.out_dtype, &rounded, out_row);
+        }
+        Ok(slow)
+    }
+}
+
 /// Decodes a row of the base into f64, exactly (every stored float is an f64).
+#[inline(always)]
 fn decode_f64(d: Dtype, bytes: &[u8], out: &mut [f64]) {
     if d == Dtype::F64 {
         for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
@@ -273,7 +280,7 @@ fn decode_f64(d: Dtype, bytes: &[u8], out: &mut [f64]) {
 }
 
 /// `acc[j] = Σₖ b[k]·a[k,j]` in f64, ascending k (the products are exact).
-#[inline]
+#[inline(always)]
 fn low_rank_row_f64(b_row: &[f32], a: &[f32], cols: usize, acc: &mut [f64]) {
     let full = cols / COL_BLOCK * COL_BLOCK;
     for (bi, out) in acc[..full].chunks_exact_mut(COL_BLOCK).enumerate() {
