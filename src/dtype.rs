@@ -42,6 +42,7 @@ pub fn parse(s: &str) -> Option<Dtype> {
 ///
 /// Panics if `dtype` is not a float compute dtype or the lengths disagree: callers validate
 /// dtypes and shapes when the header is read, so a mismatch here is a bug, not bad input.
+#[inline]
 pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
     match dtype {
         Dtype::F32 => {
@@ -103,6 +104,7 @@ pub fn bf16_bits(v: f32) -> u16 {
 ///
 /// Panics if `dtype` is not a float storage dtype or the lengths disagree (a bug, as for
 /// [`decode_into`]).
+#[inline]
 pub fn encode_to_slice(dtype: Dtype, values: &[f32], out: &mut [u8]) {
     let size = dtype.bitsize() / 8;
     assert_eq!(out.len(), values.len() * size, "encode_to_slice: lengths");

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod cpu_forward;
 pub mod gpu;
 pub mod profile;
+pub mod simd;
 
 use crate::dtype::Dtype;
 
@@ -98,6 +99,20 @@ pub struct MergeJob<'a> {
     pub cols: usize,
     pub terms: &'a [Term<'a>],
     pub out_dtype: Dtype,
+}
+
+/// How a merge rounds `W0 + Σ s·B·A` to the output dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rounding {
+    /// The f32 arithmetic of [`MergeJob`], rounded once: PEFT's arithmetic (which rounds its
+    /// f32 sum the same way), bit-identical on every backend.
+    #[default]
+    F32,
+    /// The exact value rounded once, to nearest even ([`cpu::exact`]): a function of the
+    /// operands alone, whatever the threads, SIMD width or order of summation. CPU only; DoRA
+    /// terms and f64 outputs are refused.
+    Exact,
 }
 
 /// Why a merge produced no output.
@@ -221,6 +236,15 @@ impl Engine {
         match self {
             Engine::Gpu(ctx) if gpu::merge_supports(job) => gpu::merge(ctx, job),
             _ => cpu::merge(job),
+        }
+    }
+
+    /// [`Engine::merge`] with a choice of [`Rounding`]: exact rounding always runs on the CPU
+    /// (the GPU kernel's f32 arithmetic cannot give it).
+    pub fn merge_with(&self, job: &MergeJob, rounding: Rounding) -> Result<Vec<u8>, MergeError> {
+        match rounding {
+            Rounding::F32 => self.merge(job),
+            Rounding::Exact => cpu::exact::merge(job),
         }
     }
 

@@ -60,6 +60,7 @@ pub struct InspectArgs {
 ///   lorakit merge --base fixtures/llama/base --adapter fixtures/llama/adapters/qv_r8 --out merged/
 ///   lorakit merge --base model/ --adapter a/ --weight 0.7 --adapter b/ --weight 0.3 --out out/ --dtype bf16
 ///   lorakit merge --base merged/ --adapter a/ --unmerge --out restored/
+///   lorakit merge --base model/ --adapter a/ --exact-rounding --out merged/
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct MergeArgs {
@@ -101,6 +102,13 @@ pub struct MergeArgs {
     /// Subtract the adapters instead of adding them.
     #[arg(long)]
     pub unmerge: bool,
+
+    /// Store the correctly rounded W0 + Σ s·B·A (nearest, ties to even) instead of rounding
+    /// PEFT's f32 sum: the result then depends on the inputs alone, not on threads, SIMD width
+    /// or summation order. Runs on the CPU (f64 with an error bound; the rare undecided values
+    /// exactly). Not with DoRA modules, f64 or quantized outputs, --as-trained-on, or GGUF bases.
+    #[arg(long, conflicts_with = "as_trained_on")]
+    pub exact_rounding: bool,
 
     /// Merge what matches and only warn about adapter modules that match no base tensor.
     #[arg(long)]

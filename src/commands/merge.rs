@@ -44,11 +44,23 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
                 blocksize: a.blocksize,
                 double_quant,
             }),
+        rounding: if a.exact_rounding {
+            crate::merge::Rounding::Exact
+        } else {
+            crate::merge::Rounding::F32
+        },
     };
     MergePlan::new(base, adapters, a.out.clone(), options)
 }
 
 pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
+    if a.exact_rounding && crate::io::gguf::is_gguf(&a.base) {
+        return Err(InputError::invalid(
+            &a.base,
+            "is a GGUF model: --exact-rounding covers safetensors bases (a GGUF merge is rounded again into its tensor types)",
+        )
+        .into());
+    }
     if crate::io::gguf::is_gguf(&a.base) {
         return gguf(a, quiet);
     }

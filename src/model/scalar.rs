@@ -152,98 +152,18 @@ fn exp_f64_slice(x: &mut [f64]) {
     }
 }
 
-/// Defines a function whose body is compiled twice, for the baseline and for AVX-512, and
-/// runs the AVX-512 copy when the CPU has it: the loops vectorise 16 lanes wide instead of 4.
-/// The operations and their order are those of the source either way (Rust never reassociates
-/// or contracts float arithmetic), so both copies give the same bits.
-macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident<T: Real>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$m])*
-        #[allow(clippy::too_many_arguments)]
-        $vis fn $name<T: Real>($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
-            fn body<T: Real>($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                #[allow(clippy::too_many_arguments)]
-                unsafe fn wide<T: Real>($($arg: $ty),*) $(-> $ret)? {
-                    body::<T>($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && !$crate::model::scalar::baseline_forced()
-                {
-                    // SAFETY: the CPU supports AVX-512F (checked just above).
-                    return unsafe { wide::<T>($($arg),*) };
-                }
-            }
-            body::<T>($($arg),*)
-        }
-    };
-}
-pub(crate) use multiversion;
-
-thread_local! {
-    static BASELINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether [`with_baseline_kernels`] is in force on this thread.
+/// The one CPU-feature dispatch of the SIMD kernels (see [`crate::backend::simd`]), used here
+/// under the names the model's kernels know.
+pub(crate) use crate::backend::simd::multiversion;
 #[doc(hidden)]
-#[inline]
-pub fn baseline_forced() -> bool {
-    BASELINE.with(|b| b.get())
-}
+pub use crate::backend::simd::with_baseline_kernels;
 
-/// Runs `f` with the [`multiversion!`] kernels called on this thread (not on rayon's workers)
-/// taking their baseline copy, so tests can compare the two copies bit for bit. Nests, and
-/// restores the previous state even if `f` panics.
-#[doc(hidden)]
-pub fn with_baseline_kernels<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            BASELINE.with(|b| b.set(self.0));
+multiversion! {
+    /// [`expf`] over a slice, compiled per CPU level (the same operations, so the same results).
+    fn expf_slice(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = expf(*v);
         }
-    }
-    let _restore = Restore(BASELINE.with(|b| b.replace(true)));
-    f()
-}
-
-/// [`expf`] over a slice, compiled for AVX-512 or AVX2 when the CPU has it (the same
-/// operations, so the same results: Rust never contracts `a·b + c` into a fused multiply-add).
-fn expf_slice(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            unsafe { expf_slice_avx512(x) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { expf_slice_avx2(x) };
-            return;
-        }
-    }
-    for v in x.iter_mut() {
-        *v = expf(*v);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn expf_slice_avx512(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = expf(*v);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn expf_slice_avx2(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = expf(*v);
     }
 }
 

@@ -45,90 +45,57 @@ pub fn closed_form_residual_sq(f: &Factorization, norm_sq: f64) -> Option<f64> {
     (r >= CLOSED_FORM_MIN_REL_SQ * norm_sq).then_some(r)
 }
 
-/// `x ← x − y` and `(Σ (x−y)², Σ y²)` in f64. Eight fixed lanes (element `i` goes to lane
-/// `i mod 8`, lanes added in order at the end), so the loop vectorises and the sums are the same
-/// on every CPU; compiled for AVX2 when the CPU has it (same operations, same results: Rust never
-/// contracts into fused multiply-adds).
-pub(super) fn sub_norms(x: &mut [f32], y: &[f32]) -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { sub_norms_avx2(x, y) };
+crate::backend::simd::multiversion! {
+    /// `x ← x − y` and `(Σ (x−y)², Σ y²)` in f64. Eight fixed lanes (element `i` goes to lane
+    /// `i mod 8`, lanes added in order at the end), so the loop vectorises and the sums are the
+    /// same on every CPU and every compiled copy ([`crate::backend::simd`]).
+    pub(super) fn sub_norms(x: &mut [f32], y: &[f32]) -> (f64, f64) {
+        assert_eq!(x.len(), y.len());
+        let (mut ns, mut bs) = ([0f64; 8], [0f64; 8]);
+        let mut xc = x.chunks_exact_mut(8);
+        let mut yc = y.chunks_exact(8);
+        for (xs, ys) in (&mut xc).zip(&mut yc) {
+            for l in 0..8 {
+                let d = xs[l] - ys[l];
+                xs[l] = d;
+                ns[l] += d as f64 * d as f64;
+                bs[l] += ys[l] as f64 * ys[l] as f64;
+            }
         }
-    }
-    sub_norms_impl(x, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sub_norms_avx2(x: &mut [f32], y: &[f32]) -> (f64, f64) {
-    sub_norms_impl(x, y)
-}
-
-#[inline(always)]
-pub(super) fn sub_norms_impl(x: &mut [f32], y: &[f32]) -> (f64, f64) {
-    assert_eq!(x.len(), y.len());
-    let (mut ns, mut bs) = ([0f64; 8], [0f64; 8]);
-    let mut xc = x.chunks_exact_mut(8);
-    let mut yc = y.chunks_exact(8);
-    for (xs, ys) in (&mut xc).zip(&mut yc) {
-        for l in 0..8 {
-            let d = xs[l] - ys[l];
-            xs[l] = d;
+        for (l, (xv, &yv)) in xc
+            .into_remainder()
+            .iter_mut()
+            .zip(yc.remainder())
+            .enumerate()
+        {
+            let d = *xv - yv;
+            *xv = d;
             ns[l] += d as f64 * d as f64;
-            bs[l] += ys[l] as f64 * ys[l] as f64;
+            bs[l] += yv as f64 * yv as f64;
         }
+        (ns.iter().sum(), bs.iter().sum())
     }
-    for (l, (xv, &yv)) in xc
-        .into_remainder()
-        .iter_mut()
-        .zip(yc.remainder())
-        .enumerate()
-    {
-        let d = *xv - yv;
-        *xv = d;
-        ns[l] += d as f64 * d as f64;
-        bs[l] += yv as f64 * yv as f64;
-    }
-    (ns.iter().sum(), bs.iter().sum())
 }
 
-/// `Σ (x − scale·y)²` in f64 over eight fixed lanes, like [`sub_norms`].
-pub(super) fn residual_block(x: &[f32], y: &[f32], scale: f32) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { residual_block_avx2(x, y, scale) };
+crate::backend::simd::multiversion! {
+    /// `Σ (x − scale·y)²` in f64 over eight fixed lanes, like [`sub_norms`].
+    pub(super) fn residual_block(x: &[f32], y: &[f32], scale: f32) -> f64 {
+        assert_eq!(x.len(), y.len());
+        let mut acc = [0f64; 8];
+        let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+        let (xr, yr) = (xc.remainder(), yc.remainder());
+        for (xs, ys) in xc.zip(yc) {
+            for l in 0..8 {
+                let r = xs[l] as f64 - (scale * ys[l]) as f64;
+                acc[l] += r * r;
+            }
         }
-    }
-    residual_block_impl(x, y, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn residual_block_avx2(x: &[f32], y: &[f32], scale: f32) -> f64 {
-    residual_block_impl(x, y, scale)
-}
-
-#[inline(always)]
-pub(super) fn residual_block_impl(x: &[f32], y: &[f32], scale: f32) -> f64 {
-    assert_eq!(x.len(), y.len());
-    let mut acc = [0f64; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (xs, ys) in xc.zip(yc) {
-        for l in 0..8 {
-            let r = xs[l] as f64 - (scale * ys[l]) as f64;
+        for (l, (&xv, &yv)) in xr.iter().zip(yr).enumerate() {
+            let r = xv as f64 - (scale * yv) as f64;
             acc[l] += r * r;
         }
+        acc.iter().sum()
     }
-    for (l, (&xv, &yv)) in xr.iter().zip(yr).enumerate() {
-        let r = xv as f64 - (scale * yv) as f64;
-        acc[l] += r * r;
-    }
-    acc.iter().sum()
 }
 
 /// A module's truncated SVD and the rank the rule picked.

@@ -15,6 +15,7 @@
 
 use crate::adapter::mapping::{Resolution, Unmatched};
 use crate::adapter::Adapter;
+pub use crate::backend::Rounding;
 use crate::io::Checkpoint;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,10 @@ pub struct MergeOptions {
     /// QLoRA-correct merging into a float base: merge into `dequant(Q(W))`, the weights the
     /// adapter was trained against, instead of `W`.
     pub as_trained_on: Option<AsTrainedOn>,
+    /// How merged values are rounded to the output dtype: f32 arithmetic as PEFT (the
+    /// default), or exactly ([`Rounding::Exact`]; refused with DoRA modules, f64 outputs,
+    /// quantized outputs and `as_trained_on`, checked by [`MergePlan::new`]).
+    pub rounding: Rounding,
 }
 
 /// How a quantized base is written.

@@ -100,6 +100,15 @@ impl MergePlan {
                         )
                     ));
                 }
+                if options.rounding == Rounding::Exact && m.dora_magnitude.is_some() {
+                    bail!(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "module `{}`: exact rounding covers W0 + s·B·A; a DoRA update (a weight norm and a division) is outside it; merge with f32 rounding",
+                            m.name
+                        )
+                    ));
+                }
                 if options.unmerge && m.factors.needs_base() {
                     bail!(InputError::invalid(
                         &a.path,
@@ -285,6 +294,37 @@ impl MergePlan {
                             o.set(Opt::Quant, "dequantize")
                         )
                         }
+                    ));
+                }
+            }
+        }
+        if options.rounding == Rounding::Exact {
+            // Exact rounding is one rounding of the exact value into the stored dtype: not a
+            // value rounded again into a quantized format, an f32 pass of a QLoRA merge, or
+            // f64 (whose own precision the f64 bound cannot decide).
+            if options.as_trained_on.is_some()
+                || (!quant.is_empty() && options.quant == QuantOutput::Keep)
+            {
+                bail!(InputError::invalid(
+                    &base.root,
+                    "exact rounding rounds the merged value once into a float dtype; a quantized output or a merge as trained on a quantized base rounds it again, so they are not combined"
+                ));
+            }
+            let mut merged: Vec<&String> = actions
+                .iter()
+                .filter(|(_, a)| matches!(a, Action::Merge(_)))
+                .map(|(n, _)| n)
+                .collect();
+            merged.sort();
+            for n in merged {
+                let d = out_spec(&base, &quant, options.dtype, options.quant, n).0;
+                if crate::backend::cpu::exact::Format::of(d).is_none() {
+                    bail!(InputError::invalid(
+                        base.file_of(n).map(|f| f.path()).unwrap_or(&base.root),
+                        format!(
+                            "tensor `{n}` is written as {}: exact rounding writes bf16, f16 or f32 (choose one as the output dtype)",
+                            dtype::name(d)
+                        )
                     ));
                 }
             }

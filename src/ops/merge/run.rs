@@ -606,19 +606,21 @@ impl MergePlan {
                 out_dtype
             },
         };
-        let result = engine.merge(&job).map_err(|e| {
-            let modules: Vec<String> = order
-                .iter()
-                .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
-                .collect();
-            anyhow::Error::new(InputError::invalid(
-                file.path(),
-                format!(
-                    "tensor `{name}`: merging {} gives an invalid result: {e}",
-                    modules.join(" + ")
-                ),
-            ))
-        })?;
+        let result = engine
+            .merge_with(&job, self.options.rounding)
+            .map_err(|e| {
+                let modules: Vec<String> = order
+                    .iter()
+                    .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
+                    .collect();
+                anyhow::Error::new(InputError::invalid(
+                    file.path(),
+                    format!(
+                        "tensor `{name}`: merging {} gives an invalid result: {e}",
+                        modules.join(" + ")
+                    ),
+                ))
+            })?;
         let Some(stray_norm) = stray_norm else {
             return Ok((result, None));
         };

@@ -5,6 +5,8 @@
 //! cache, so the working memory is the output tensor plus two rows per thread. The per-element arithmetic order is the one documented on
 //! [`MergeJob`], which the GPU kernels follow too.
 
+pub mod exact;
+
 use super::profile::{self, Stage};
 use super::{MergeError, MergeJob, NormAxis, Term};
 use crate::dtype;
@@ -21,7 +23,7 @@ const COL_BLOCK: usize = 32;
 /// `acc[j] = Σₖ b[row,k]·a[k,j]` in ascending k, no fused multiply-add; a dense term's row as is.
 /// Computed [`COL_BLOCK`] columns at a time; each element's sum is the same sequence of
 /// roundings (`0 + b₀a₀ + b₁a₁ + …`) as a plain loop, so the result does not depend on it.
-#[inline]
+#[inline(always)]
 fn low_rank_row(t: &Term, cols: usize, row: usize, acc: &mut [f32]) {
     if let Some(d) = t.dense {
         acc.copy_from_slice(&d[row * cols..(row + 1) * cols]);
@@ -59,7 +61,6 @@ fn low_rank_row(t: &Term, cols: usize, row: usize, acc: &mut [f32]) {
 pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
     job.validate()?;
     let (rows, cols) = (job.rows, job.cols);
-    let in_size = job.in_dtype.bitsize() / 8;
     let out_size = job.out_dtype.bitsize() / 8;
     let factors = dora_factors(job);
     let block_rows = (BLOCK_ELEMS / cols.max(1)).max(1);
@@ -70,59 +71,7 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
     let errors: Vec<MergeError> = out
         .par_chunks_mut(block_rows * cols * out_size)
         .enumerate()
-        .filter_map(|(bi, out_block)| {
-            let r0 = bi * block_rows;
-            let mut row = vec![0f32; cols];
-            let mut acc = vec![0f32; cols];
-            for (li, out_row) in out_block.chunks_exact_mut(cols * out_size).enumerate() {
-                let i = r0 + li;
-                let t = profile::time(Stage::Decode);
-                dtype::decode_into(
-                    job.in_dtype,
-                    &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
-                    &mut row,
-                );
-                drop(t);
-                let t = profile::time(Stage::Product);
-                for (ti, t) in job.terms.iter().enumerate() {
-                    low_rank_row(t, cols, i, &mut acc);
-                    match (&t.dora, factors.get(ti).and_then(|n| n.as_ref())) {
-                        (Some(d), Some(f)) => {
-                            let blend = d.strength != 1.0;
-                            for (j, (x, &a)) in row.iter_mut().zip(acc.iter()).enumerate() {
-                                let f = match d.axis {
-                                    NormAxis::Rows => f[i],
-                                    NormAxis::Cols => f[j],
-                                };
-                                let y = f * (*x + t.scale * a);
-                                *x = if blend { *x + d.strength * (y - *x) } else { y };
-                            }
-                        }
-                        _ => {
-                            for (x, &a) in row.iter_mut().zip(acc.iter()) {
-                                *x += t.scale * a;
-                            }
-                        }
-                    }
-                }
-                drop(t);
-                let _t = profile::time(Stage::Encode);
-                // NaN or ±∞ (all-ones exponent), or'ed so the scan vectorises.
-                let bad = row
-                    .iter()
-                    .fold(false, |b, v| b | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000));
-                if bad {
-                    let col = row.iter().position(|v| !v.is_finite()).expect("found");
-                    return Some(MergeError::NonFinite {
-                        row: i,
-                        col,
-                        value: row[col],
-                    });
-                }
-                dtype::encode_to_slice(job.out_dtype, &row, out_row);
-            }
-            None
-        })
+        .filter_map(|(bi, out_block)| merge_block(job, &factors, bi * block_rows, out_block))
         .collect();
     match errors.into_iter().min_by_key(|e| match e {
         MergeError::NonFinite { row, col, .. } => (*row, *col),
@@ -130,6 +79,65 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
     }) {
         Some(e) => Err(e),
         None => Ok(out),
+    }
+}
+
+super::simd::multiversion! {
+    /// Rows `r0..` of the merge into `out_block` (whole rows), one pass per row; the first
+    /// non-finite value stops the block. Compiled per CPU level ([`super::simd`]): decode,
+    /// product and encode vectorise to the widest registers, with the same bits.
+    fn merge_block(job: &MergeJob, factors: &[Option<Vec<f32>>], r0: usize, out_block: &mut [u8]) -> Option<MergeError> {
+        let (cols, in_size, out_size) = (job.cols, job.in_dtype.bitsize() / 8, job.out_dtype.bitsize() / 8);
+        let mut row = vec![0f32; cols];
+        let mut acc = vec![0f32; cols];
+        for (li, out_row) in out_block.chunks_exact_mut(cols * out_size).enumerate() {
+            let i = r0 + li;
+            let t = profile::time(Stage::Decode);
+            dtype::decode_into(
+                job.in_dtype,
+                &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
+                &mut row,
+            );
+            drop(t);
+            let t = profile::time(Stage::Product);
+            for (ti, t) in job.terms.iter().enumerate() {
+                low_rank_row(t, cols, i, &mut acc);
+                match (&t.dora, factors.get(ti).and_then(|n| n.as_ref())) {
+                    (Some(d), Some(f)) => {
+                        let blend = d.strength != 1.0;
+                        for (j, (x, &a)) in row.iter_mut().zip(acc.iter()).enumerate() {
+                            let f = match d.axis {
+                                NormAxis::Rows => f[i],
+                                NormAxis::Cols => f[j],
+                            };
+                            let y = f * (*x + t.scale * a);
+                            *x = if blend { *x + d.strength * (y - *x) } else { y };
+                        }
+                    }
+                    _ => {
+                        for (x, &a) in row.iter_mut().zip(acc.iter()) {
+                            *x += t.scale * a;
+                        }
+                    }
+                }
+            }
+            drop(t);
+            let _t = profile::time(Stage::Encode);
+            // NaN or ±∞ (all-ones exponent), or'ed so the scan vectorises.
+            let bad = row
+                .iter()
+                .fold(false, |b, v| b | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000));
+            if bad {
+                let col = row.iter().position(|v| !v.is_finite()).expect("found");
+                return Some(MergeError::NonFinite {
+                    row: i,
+                    col,
+                    value: row[col],
+                });
+            }
+            dtype::encode_to_slice(job.out_dtype, &row, out_row);
+        }
+        None
     }
 }
 

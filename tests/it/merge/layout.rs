@@ -1,0 +1,288 @@
+//! What a merge writes: shards and index, re-sharding, byte-identical reruns with provenance,
+//! the JSON summary, non-float tensors, `--part` runs.
+
+use super::*;
+
+#[test]
+fn sharded_in_sharded_out_with_valid_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let base = fixture("llama/base_sharded");
+    run_ok([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    // Same shard files, index and non-weight files as the base.
+    assert_eq!(listing(&out), listing(&base));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let base_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["weight_map"], base_index["weight_map"]);
+    // Every tensor is in the shard the index names.
+    for (tensor, shard) in index["weight_map"].as_object().unwrap() {
+        assert!(
+            read(&out.join(shard.as_str().unwrap())).contains_key(tensor),
+            "{tensor} not in {shard}"
+        );
+    }
+    let total: u64 = read_checkpoint(&out)
+        .values()
+        .map(|t| t.data.len() as u64)
+        .sum();
+    assert_eq!(index["metadata"]["total_size"].as_u64(), Some(total));
+    let merged = read_checkpoint(&out);
+    assert_matches_reference(
+        &merged,
+        &read_checkpoint(&base),
+        &read(&fixture("llama/merged/qv_r8.safetensors")),
+        TOL,
+    );
+    assert_eq!(
+        read(&out.join("model-00001-of-00004.safetensors")).len(),
+        read(&base.join("model-00001-of-00004.safetensors")).len()
+    );
+}
+
+#[test]
+fn reshard_with_max_shard_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    run_ok([
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-shard-size",
+        "120KB",
+    ]);
+    let files = listing(&out);
+    let shards: Vec<&String> = files
+        .iter()
+        .filter(|f| f.ends_with(".safetensors"))
+        .collect();
+    assert!(shards.len() >= 3, "{files:?}");
+    assert!(shards[0].starts_with("model-00001-of-0000"), "{files:?}");
+    for s in &shards {
+        let len = std::fs::metadata(out.join(s)).unwrap().len();
+        let data: u64 = read(&out.join(s))
+            .values()
+            .map(|t| t.data.len() as u64)
+            .sum();
+        // A shard exceeds the limit only when it holds one tensor larger than the limit.
+        assert!(
+            data <= 120_000 || read(&out.join(s)).len() == 1,
+            "{s}: {len} bytes"
+        );
+    }
+    assert!(files.contains(&"model.safetensors.index.json".to_string()));
+    assert!(files.contains(&"config.json".to_string()));
+    assert_matches_reference(
+        &read_checkpoint(&out),
+        &read_checkpoint(&fixture("llama/base")),
+        &read(&fixture("llama/merged/qv_r8.safetensors")),
+        TOL,
+    );
+}
+
+#[test]
+fn reruns_are_byte_identical_and_carry_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o1, o2) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    for o in [&o1, &o2] {
+        run_ok([
+            "merge",
+            "--base",
+            fixture("llama/base/model.safetensors").to_str().unwrap(),
+            "--adapter",
+            fixture("llama/adapters/dora").to_str().unwrap(),
+            "--out",
+            o.to_str().unwrap(),
+        ]);
+    }
+    let (a, b) = (std::fs::read(&o1).unwrap(), std::fs::read(&o2).unwrap());
+    assert_eq!(a, b);
+    let st = safetensors::SafeTensors::read_metadata(&a).unwrap().1;
+    let meta = st.metadata().clone().unwrap();
+    assert_eq!(meta.get("format").map(String::as_str), Some("pt"));
+    assert!(meta["lorakit.adapters"].contains("adapters/dora"));
+    assert_eq!(meta["lorakit.operation"], "merge");
+}
+
+#[test]
+fn json_summary_is_parseable() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    let s = run_ok([
+        "merge",
+        "--base",
+        fixture("llama/base/model.safetensors").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/weighted_b").to_str().unwrap(),
+        "--weight",
+        "1",
+        "--weight",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(v["adapters"][0]["modules_merged"], 4);
+    assert_eq!(v["adapters"][1]["modules_merged"], 4);
+    assert_eq!(v["adapters"][1]["weight"], 0.5);
+    // q_proj of both layers is hit by both adapters: 4 + 4 − 2 tensors.
+    assert_eq!(v["tensors_merged_count"], 6);
+    assert_eq!(v["tensors_copied_count"], 15);
+    assert_eq!(
+        v["bytes_written"].as_u64(),
+        Some(std::fs::metadata(&out).unwrap().len())
+    );
+    assert!(Path::new(v["out"].as_str().unwrap()).exists());
+}
+
+#[test]
+fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    let w: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
+    let f64v: Vec<u8> = [1.5f64, -2.25, 1e-3]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    synth(
+        &base,
+        &[
+            ("layer.weight", Dtype::F32, vec![4, 3], f32_bytes(&w)),
+            ("q.int8", Dtype::I8, vec![5], vec![1, 255, 3, 128, 7]),
+            ("q.fp8", Dtype::F8_E4M3, vec![3], vec![0x38, 0xb8, 0x7e]),
+            ("q.u8", Dtype::U8, vec![2], vec![9, 250]),
+            ("d.f64", Dtype::F64, vec![3], f64v.clone()),
+        ],
+    );
+    let ad = dir.path().join("ad");
+    std::fs::create_dir(&ad).unwrap();
+    let a: Vec<f32> = vec![0.5, -1.0, 2.0];
+    let b: Vec<f32> = vec![1.0, 0.0, -1.0, 0.5];
+    synth(
+        &ad.join("adapter_model.safetensors"),
+        &[
+            (
+                "base_model.model.layer.lora_A.weight",
+                Dtype::F32,
+                vec![1, 3],
+                f32_bytes(&a),
+            ),
+            (
+                "base_model.model.layer.lora_B.weight",
+                Dtype::F32,
+                vec![4, 1],
+                f32_bytes(&b),
+            ),
+        ],
+    );
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        r#"{"peft_type":"LORA","r":1,"lora_alpha":2,"target_modules":["layer"]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out.safetensors");
+    run_ok([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]);
+    let o = read(&out);
+    let inb = read(&base);
+    for n in ["q.int8", "q.fp8", "q.u8"] {
+        assert_eq!(o[n], inb[n], "{n} copied unchanged");
+    }
+    assert_eq!(
+        o["d.f64"].dtype,
+        Dtype::BF16,
+        "float tensors follow --dtype"
+    );
+    assert_eq!(
+        o["d.f64"].f32(),
+        vec![1.5, -2.25, half::bf16::from_f32(1e-3f64 as f32).to_f32()]
+    );
+    let merged = o["layer.weight"].f32();
+    for i in 0..4 {
+        for j in 0..3 {
+            let want = w[i * 3 + j] + 2.0 * b[i] * a[j];
+            let want_bf16 = half::bf16::from_f32(want).to_f32();
+            assert_eq!(merged[i * 3 + j], want_bf16, "[{i},{j}]");
+        }
+    }
+}
+
+#[test]
+fn three_parts_in_separate_processes_equal_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let split = dir.path().join("split");
+    let base = fixture("llama/base_sharded");
+    let common = |out: &Path| {
+        vec![
+            "merge".to_string(),
+            "--base".into(),
+            base.display().to_string(),
+            "--adapter".into(),
+            fixture("llama/adapters/rslora_all").display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--dtype".into(),
+            "bf16".into(),
+        ]
+    };
+    run_ok(common(&one));
+    // Three processes at once, as three jobs would run.
+    let children: Vec<_> = (1..=3)
+        .map(|i| {
+            let mut args = common(&split);
+            args.extend(["--part".into(), format!("{i}/3"), "--quiet".into()]);
+            bin().args(&args).spawn().unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    // Before finalize there is no index; finalize refuses while a part is missing.
+    assert!(!split.join("model.safetensors.index.json").exists());
+    let m2 = split.join(".lorakit-part-2-of-3.json");
+    let saved = std::fs::read(&m2).unwrap();
+    std::fs::remove_file(&m2).unwrap();
+    let err = run_err(["finalize", split.to_str().unwrap()]);
+    assert!(one_line_error(&err).contains("parts not finished: 2/3"));
+    std::fs::write(&m2, saved).unwrap();
+    run_ok(["finalize", split.to_str().unwrap()]);
+    assert_eq!(listing(&one), listing(&split));
+    for f in listing(&one) {
+        assert!(
+            std::fs::read(one.join(&f)).unwrap() == std::fs::read(split.join(&f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}

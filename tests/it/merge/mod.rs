@@ -1,0 +1,92 @@
+//! `merge`: the shared helpers of its tests, which are split by subject: PEFT and kohya
+//! references ([`peft`]), output layout ([`layout`]), rounding and unmerge ([`rounding`]),
+//! refusals ([`refusals`]).
+
+mod layout;
+mod peft;
+mod refusals;
+mod rounding;
+
+use super::common::*;
+use std::path::Path;
+
+const TOL: f64 = 1e-6;
+
+fn merge_case(base: &str, adapters: &[(&str, f64)], reference: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let base_path = fixture(base);
+    let out = dir.path().join("out");
+    let mut args: Vec<String> = vec![
+        "merge".into(),
+        "--base".into(),
+        base_path.display().to_string(),
+    ];
+    for (a, w) in adapters {
+        args.extend([
+            "--adapter".into(),
+            fixture(a).display().to_string(),
+            "--weight".into(),
+            w.to_string(),
+        ]);
+    }
+    args.extend([
+        "--out".into(),
+        out.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+    ]);
+    run_ok(&args);
+    let merged = read_checkpoint(&out);
+    let base_t = read_checkpoint(&base_path);
+    let reference = read(&fixture(reference));
+    let n = assert_matches_reference(&merged, &base_t, &reference, TOL);
+    assert!(n > 0);
+}
+
+/// Builds a safetensors file from (name, dtype, shape, bytes).
+fn synth(path: &Path, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                *n,
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `merge --base BASE --adapter ADAPTER -o OUT`.
+fn merge_argv<'a>(base: &'a Path, adapter: &'a Path, out: &'a Path) -> [&'a str; 7] {
+    let p = |x: &'a Path| x.to_str().unwrap();
+    [
+        "merge",
+        "--base",
+        p(base),
+        "--adapter",
+        p(adapter),
+        "-o",
+        p(out),
+    ]
+}
+
+/// A copy of a fixture folder whose config.json `edit` changes.
+fn base_with_config(
+    dir: &Path,
+    from: &str,
+    edit: impl Fn(&mut serde_json::Value),
+) -> std::path::PathBuf {
+    let to = dir.join(from.replace('/', "_"));
+    copy_dir(&fixture(from), &to);
+    let p = to.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    to
+}

@@ -1,0 +1,205 @@
+//! `merge` against PEFT's own `merge_and_unload` results (fixtures/llama/merged, gpt2, conv) and
+//! kohya references computed in float64 by the fixture generator.
+
+use super::*;
+
+#[test]
+fn peft_qv_r8() {
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/qv_r8", 1.0)],
+        "llama/merged/qv_r8.safetensors",
+    );
+}
+
+#[test]
+fn peft_rslora_all_linear() {
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/rslora_all", 1.0)],
+        "llama/merged/rslora_all.safetensors",
+    );
+}
+
+#[test]
+fn peft_rank_and_alpha_patterns() {
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/patterns", 1.0)],
+        "llama/merged/patterns.safetensors",
+    );
+}
+
+#[test]
+fn peft_dora() {
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/dora", 1.0)],
+        "llama/merged/dora.safetensors",
+    );
+}
+
+#[test]
+fn peft_embedding_lora() {
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/embed", 1.0)],
+        "llama/merged/embed.safetensors",
+    );
+}
+
+#[test]
+fn peft_lora_bias() {
+    merge_case(
+        "llama/base_attn_bias",
+        &[("llama/adapters/bias", 1.0)],
+        "llama/merged/bias.safetensors",
+    );
+}
+
+#[test]
+fn peft_modules_to_save() {
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/modules_to_save", 1.0)],
+        "llama/merged/modules_to_save.safetensors",
+    );
+}
+
+#[test]
+fn two_adapters_with_weights_match_peft_weighted_cat() {
+    merge_case(
+        "llama/base",
+        &[
+            ("llama/adapters/weighted_a", 0.7),
+            ("llama/adapters/weighted_b", -0.4),
+        ],
+        "llama/merged/weighted.safetensors",
+    );
+    // PEFT's own cat adapter merged with weight 1 gives the same tensors.
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/weighted_cat", 1.0)],
+        "llama/merged/weighted.safetensors",
+    );
+}
+
+#[test]
+fn gpt2_fan_in_fan_out() {
+    merge_case(
+        "gpt2/base",
+        &[("gpt2/adapters/fifo", 1.0)],
+        "gpt2/merged/fifo.safetensors",
+    );
+}
+
+#[test]
+fn peft_conv_1x1_and_3x3() {
+    merge_case(
+        "conv/base/model.safetensors",
+        &[("conv/adapters/peft", 1.0)],
+        "conv/merged/peft.safetensors",
+    );
+}
+
+#[test]
+fn kohya_text_encoder_with_missing_alpha() {
+    merge_case(
+        "kohya/te_base",
+        &[("kohya/te_lora.safetensors", 1.0)],
+        "kohya/merged_te.safetensors",
+    );
+}
+
+#[test]
+fn kohya_locon_conv() {
+    merge_case(
+        "conv/base/model.safetensors",
+        &[("kohya/locon.safetensors", 1.0)],
+        "kohya/merged_locon.safetensors",
+    );
+}
+
+#[test]
+fn peft_text_encoder_and_its_diffusers_kohya_conversion_agree() {
+    merge_case(
+        "kohya/te_base",
+        &[("kohya/adapters/te_peft", 1.0)],
+        "kohya/merged/te_peft.safetensors",
+    );
+    merge_case(
+        "kohya/te_base",
+        &[("kohya/te_from_peft.safetensors", 1.0)],
+        "kohya/merged/te_peft.safetensors",
+    );
+}
+
+/// A PEFT adapter on `lm_head` (r = 2, alpha = 4: s = 2): merged into an untied base it moves
+/// `lm_head.weight` by exactly s·B·A (checked in f64 from the raw factors); on a tied base,
+/// which has no `lm_head` tensor, it is an unmatched module whose reason names the tie.
+#[test]
+fn an_adapter_on_lm_head_merges_into_an_untied_base_and_is_refused_on_a_tied_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("llama/base/model.safetensors"));
+    let head = &base["lm_head.weight"];
+    let (vocab, hidden) = (head.shape[0], head.shape[1]);
+    let r = 2;
+    let a: Vec<f32> = (0..r * hidden)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+        .collect();
+    let b: Vec<f32> = (0..vocab * r)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.02)
+        .collect();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (ab, bb) = (bytes(&a), bytes(&b));
+    let ad = dir.path().join("head-lora");
+    std::fs::create_dir_all(&ad).unwrap();
+    safetensors::serialize_to_file(
+        vec![
+            (
+                "base_model.model.lm_head.lora_A.weight",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![r, hidden], &ab)
+                    .unwrap(),
+            ),
+            (
+                "base_model.model.lm_head.lora_B.weight",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![vocab, r], &bb)
+                    .unwrap(),
+            ),
+        ],
+        None,
+        &ad.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["lm_head"],
+            "task_type": "CAUSAL_LM", "fan_in_fan_out": false, "bias": "none"}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    run_ok(merge_argv(&fixture("llama/base"), &ad, &out));
+    let merged = read(&out.join("model.safetensors"))["lm_head.weight"].f32();
+    let w0 = head.f32();
+    let mut worst = 0f64;
+    for i in 0..vocab {
+        for j in 0..hidden {
+            let delta: f64 = (0..r)
+                .map(|k| b[i * r + k] as f64 * a[k * hidden + j] as f64)
+                .sum::<f64>()
+                * 2.0;
+            let want = w0[i * hidden + j] as f64 + delta;
+            worst = worst.max((merged[i * hidden + j] as f64 - want).abs());
+        }
+    }
+    // One f32 rounding of W0 + ΔW (|W| < 1 here): half an ulp of 1 at most.
+    assert!(worst <= 6e-8, "lm_head merged off by {worst:e}");
+    assert_eq!(
+        read(&out.join("model.safetensors"))["model.embed_tokens.weight"].data,
+        base["model.embed_tokens.weight"].data
+    );
+    let tied_out = dir.path().join("tied-out");
+    let err = one_line_error(&run_err(merge_argv(&fixture("llama/tied"), &ad, &tied_out)));
+    assert!(err.contains("lm_head") && err.contains("tied"), "{err}");
+    assert!(!dir.path().join("tied-out").exists());
+}

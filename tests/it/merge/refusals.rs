@@ -1,0 +1,383 @@
+//! What a merge refuses, and how: unmatched modules, tied embeddings, outputs onto inputs,
+//! ambiguous kohya names, usage errors, integer tensors.
+
+use super::*;
+
+#[test]
+fn unmatched_modules_are_listed_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let res = run_err([
+        "merge",
+        "--base",
+        fixture("gpt2/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = one_line_error(&res);
+    assert!(err.contains("4 adapter module(s) do not match"), "{err}");
+    assert!(
+        err.contains("model.layers.0.self_attn.q_proj")
+            && err.contains("model.layers.1.self_attn.v_proj"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(
+        listing(dir.path()).is_empty(),
+        "no temp files left: {:?}",
+        listing(dir.path())
+    );
+}
+
+#[test]
+fn allow_unmatched_warns_and_merges_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // The lora_bias adapter on a base whose q/o projections have no bias: PEFT refuses to merge
+    // it; lorakit lists each bias as unmatched, and with --allow-unmatched merges the weights.
+    let err = run_err([
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/bias_nobase").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let line = one_line_error(&err);
+    assert!(line.contains("lora_B.bias"), "{line}");
+    let o = bin()
+        .args([
+            "merge",
+            "--base",
+            fixture("llama/base").to_str().unwrap(),
+            "--adapter",
+            fixture("llama/adapters/bias_nobase").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--allow-unmatched",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.matches("warning: ").count(), 4, "{stderr}");
+    // The weights did merge: W = W0 + (alpha/r)·B·A in f64 from the adapter's own tensors
+    // (read with the safetensors crate), the biases left as they were.
+    let merged = read_checkpoint(&out);
+    let base_t = read_checkpoint(&fixture("llama/base"));
+    let ad = read(&fixture(
+        "llama/adapters/bias_nobase/adapter_model.safetensors",
+    ));
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture("llama/adapters/bias_nobase/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let scale = cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap();
+    let mut merged_modules = 0;
+    for (key, a) in &ad {
+        let Some(module) = key
+            .strip_prefix("base_model.model.")
+            .and_then(|k| k.strip_suffix(".lora_A.weight"))
+        else {
+            continue;
+        };
+        let b = &ad[&format!("base_model.model.{module}.lora_B.weight")];
+        let (av, bv) = (a.f32(), b.f32());
+        let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
+        let name = format!("{module}.weight");
+        let (w0, w) = (base_t[&name].f32(), merged[&name].f32());
+        let mut moved = 0f64;
+        for i in 0..d {
+            for j in 0..k {
+                let delta: f64 = (0..r)
+                    .map(|q| bv[i * r + q] as f64 * av[q * k + j] as f64)
+                    .sum::<f64>()
+                    * scale;
+                let want = w0[i * k + j] as f64 + delta;
+                assert!(
+                    (w[i * k + j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{name}[{i},{j}]: {} vs {want}",
+                    w[i * k + j]
+                );
+                moved += delta.abs();
+            }
+        }
+        assert!(moved > 0.0, "{name}: the adapter changes nothing");
+        merged_modules += 1;
+    }
+    assert_eq!(merged_modules, 4);
+}
+
+/// `--allow-unmatched` never lets a merge through that lands nothing: an adapter for another
+/// architecture is an error, and no copy of the base is written.
+#[test]
+fn allow_unmatched_with_nothing_matched_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let err = run_err([
+        "merge",
+        "--base",
+        fixture("gpt2/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--allow-unmatched",
+    ]);
+    assert_eq!(err.status.code(), Some(2));
+    let line = one_line_error(&err);
+    assert!(line.contains("no adapter module matches"), "{line}");
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn tied_embeddings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let res = run_err([
+        "merge",
+        "--base",
+        fixture("llama/tied").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/embed").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = one_line_error(&res);
+    assert!(
+        err.contains("tie_word_embeddings") && err.contains("embed_tokens"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // An adapter that leaves the embeddings alone merges into the tied base.
+    run_ok([
+        "merge",
+        "--base",
+        fixture("llama/tied").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn output_onto_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    std::fs::copy(fixture("llama/base/model.safetensors"), &base).unwrap();
+    let before = std::fs::read(&base).unwrap();
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&base, &link).unwrap();
+    for out in [&base, &link] {
+        let res = run_err([
+            "merge",
+            "--base",
+            base.to_str().unwrap(),
+            "--adapter",
+            fixture("llama/adapters/qv_r8").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let err = one_line_error(&res);
+        assert!(err.contains("output is also an input"), "{err}");
+    }
+    assert_eq!(std::fs::read(&base).unwrap(), before);
+    assert_eq!(
+        listing(dir.path()),
+        vec!["base.safetensors", "link.safetensors"]
+    );
+}
+
+#[test]
+fn kohya_names_that_match_two_base_tensors_are_ambiguous() {
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    let z = f32_bytes(&[0.0; 4]);
+    // `a.b_c` and `a_b.c` both become `a_b_c` with underscores.
+    synth(
+        &base,
+        &[
+            ("a.b_c.weight", Dtype::F32, vec![2, 2], z.clone()),
+            ("a_b.c.weight", Dtype::F32, vec![2, 2], z.clone()),
+        ],
+    );
+    let ad = dir.path().join("k.safetensors");
+    synth(
+        &ad,
+        &[
+            (
+                "lora_unet_a_b_c.lora_down.weight",
+                Dtype::F32,
+                vec![1, 2],
+                f32_bytes(&[1.0, 1.0]),
+            ),
+            (
+                "lora_unet_a_b_c.lora_up.weight",
+                Dtype::F32,
+                vec![2, 1],
+                f32_bytes(&[1.0, 1.0]),
+            ),
+        ],
+    );
+    let out = dir.path().join("o.safetensors");
+    let res = run_err([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let line = one_line_error(&res);
+    assert!(
+        line.contains("ambiguous")
+            && line.contains("a.b_c.weight")
+            && line.contains("a_b.c.weight"),
+        "{line}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let res = run_err(["merge", "--base", "x", "--out", "y"]);
+    assert_eq!(res.status.code(), Some(2));
+    let res = run_err([
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--weight",
+        "1",
+        "--weight",
+        "2",
+        "--out",
+        "/tmp/never-written-lorakit",
+    ]);
+    let line = one_line_error(&res);
+    assert!(line.contains("2 --weight values for 1 --adapter"), "{line}");
+    let help = run_ok(["merge", "--help"]);
+    assert!(help.contains("Examples:") && help.contains("--unmerge"));
+}
+
+/// The `not_float` unmatched reason: a module aimed at an integer (quantized) base tensor is
+/// listed with it, and with --allow-unmatched the float module still merges.
+#[test]
+fn a_module_on_an_integer_tensor_is_unmatched_as_not_float() {
+    use safetensors::{tensor::TensorView, Dtype};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    let q = vec![1u8; 16];
+    let f: Vec<u8> = (0..16).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    safetensors::serialize_to_file(
+        vec![
+            (
+                "a.weight",
+                TensorView::new(Dtype::I8, vec![4, 4], &q).unwrap(),
+            ),
+            (
+                "b.weight",
+                TensorView::new(Dtype::F32, vec![4, 4], &f).unwrap(),
+            ),
+        ],
+        None,
+        &base,
+    )
+    .unwrap();
+    let ad = dir.path().join("ad");
+    std::fs::create_dir(&ad).unwrap();
+    let av: Vec<u8> = [0.5f32; 4].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let bv: Vec<u8> = [0.25f32; 4].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut views = Vec::new();
+    for m in ["a", "b"] {
+        views.push((
+            format!("base_model.model.{m}.lora_A.weight"),
+            TensorView::new(Dtype::F32, vec![1, 4], &av).unwrap(),
+        ));
+        views.push((
+            format!("base_model.model.{m}.lora_B.weight"),
+            TensorView::new(Dtype::F32, vec![4, 1], &bv).unwrap(),
+        ));
+    }
+    safetensors::serialize_to_file(views, None, &ad.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        r#"{"peft_type":"LORA","r":1,"lora_alpha":1}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out.safetensors");
+    let line = one_line_error(&run_err([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(line.contains("a.weight") && line.contains("I8"), "{line}");
+    let json = run_ok([
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--allow-unmatched",
+        "--json",
+        "-q",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["unmatched"][0]["reason"], "not_float", "{json}");
+    let merged = read(&out);
+    assert_eq!(
+        merged["a.weight"].data, q,
+        "the integer tensor is copied untouched"
+    );
+    let b = merged["b.weight"].f32();
+    for (i, x) in b.iter().enumerate() {
+        assert!((x - (i as f32 + 0.125)).abs() < 1e-6, "b[{i}] = {x}");
+    }
+}
+
+/// The two conditions of a tied base, each alone: `tie_word_embeddings: true` with an
+/// `lm_head` tensor saved anyway, and a CausalLM with no `lm_head` tensor and no
+/// `tie_word_embeddings` key (transformers' default for Llama is tied). Both refuse an
+/// adapter on the embeddings; an explicit `false` with an `lm_head` merges it.
+#[test]
+fn tied_embeddings_are_detected_by_either_condition_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let tied_by_config = base_with_config(dir.path(), "llama/base", |c| {
+        c["tie_word_embeddings"] = true.into();
+    });
+    let tied_by_absence = base_with_config(dir.path(), "llama/tied", |c| {
+        c.as_object_mut().unwrap().remove("tie_word_embeddings");
+    });
+    let embed = fixture("llama/adapters/embed");
+    for base in [&tied_by_config, &tied_by_absence] {
+        let out = dir.path().join("out");
+        let err = one_line_error(&run_err(merge_argv(base, &embed, &out)));
+        assert!(err.contains("embed_tokens"), "{}: {err}", base.display());
+        assert!(!out.exists());
+    }
+    let untied = base_with_config(dir.path(), "llama/base", |c| {
+        c["tie_word_embeddings"] = false.into();
+    });
+    let out = dir.path().join("untied-out");
+    run_ok(merge_argv(&untied, &embed, &out));
+    let before = read(&untied.join("model.safetensors"));
+    let after = read(&out.join("model.safetensors"));
+    assert_ne!(
+        before["model.embed_tokens.weight"].data,
+        after["model.embed_tokens.weight"].data
+    );
+    assert_eq!(before["lm_head.weight"].data, after["lm_head.weight"].data);
+}
