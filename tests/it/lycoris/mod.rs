@@ -7,6 +7,7 @@ use super::common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+mod convert;
 mod lowering;
 mod malformed;
 mod w0;

@@ -18,13 +18,18 @@ use regex::Regex;
 use serde_json::Value;
 use std::path::Path;
 
+mod lycoris;
 mod read;
 #[cfg(test)]
 mod tests;
 mod write;
 
+pub use lycoris::{factorization, plan as lycoris_plan, LycorisPeft};
 pub use read::read;
-pub use write::{config_json, encoded, factor_shapes, full_tensor_key, write, write_with};
+pub use write::{
+    config_json, encoded, factor_shapes, full_tensor_key, lycoris_config_json, stored_shape, write,
+    write_with,
+};
 
 pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
 pub const CONFIG_NAME: &str = "adapter_config.json";

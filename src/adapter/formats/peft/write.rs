@@ -42,7 +42,18 @@ pub fn write_with(
             specs.push(TensorSpec::new(name, dt, shape));
             payload.push(bytes);
         };
-    for m in &adapter.modules {
+    let lyc = super::lycoris::plan(adapter)?;
+    for m in adapter.modules.iter().filter(|_| lyc.is_some()) {
+        for (suffix, data, canonical) in crate::adapter::formats::lycoris::tensors(m) {
+            let shape = stored_shape(adapter, data, canonical);
+            push(
+                format!("{PREFIX}{}.{suffix}", m.name),
+                shape,
+                encoded(adapter, data, dtype)?,
+            );
+        }
+    }
+    for m in adapter.modules.iter().filter(|_| lyc.is_none()) {
         let (ka, kb) = if m.kind == ModuleKind::Embedding {
             (
                 format!("{PREFIX}{}.lora_embedding_A", m.name),
@@ -115,7 +126,10 @@ pub fn write_with(
         w.write_tensor(&spec.name, &payload[i])?;
     }
     w.finish()?;
-    let cfg = config_json(adapter);
+    let cfg = match &lyc {
+        Some(l) => lycoris_config_json(adapter, l),
+        None => config_json(adapter),
+    };
     let mut text = serde_json::to_vec_pretty(&cfg).expect("json");
     text.push(b'\n');
     output.small_file(&out.join(CONFIG_NAME), &text)
@@ -188,9 +202,30 @@ pub fn encoded(
     Ok((dt, crate::dtype::encode(dt, &values)))
 }
 
-/// Builds `adapter_config.json` for `adapter`: the most common rank and alpha as `r` /
-/// `lora_alpha`, exceptions as full-name `rank_pattern` / `alpha_pattern` entries.
-pub fn config_json(adapter: &Adapter) -> Value {
+/// The shape a tensor is written with: a stored tensor keeps the shape it was stored with
+/// (LyCORIS and PEFT write a LoHa conv's `hada_w1_b` flattened), so conversions are exact;
+/// anything else its canonical shape.
+pub fn stored_shape(adapter: &Adapter, data: &Data, canonical: Vec<usize>) -> Vec<usize> {
+    match (data, adapter.source.as_ref()) {
+        (
+            Data::Stored {
+                key,
+                transpose: false,
+            },
+            Some(src),
+        ) => src.info(key).map_or(canonical, |i| i.shape.clone()),
+        _ => canonical,
+    }
+}
+
+/// The most common value of `vals` (ties: the smallest string), and full-name pattern entries
+/// for the modules that differ (PEFT matches `(.*\.)?(key)$`, so an escaped full path matches
+/// only itself).
+fn common_and_patterns(
+    adapter: &Adapter,
+    ranks: &[usize],
+    alphas: &[f64],
+) -> (usize, f64, Map<String, Value>, Map<String, Value>) {
     let most_common = |vals: Vec<String>| -> Option<String> {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for v in vals {
@@ -201,23 +236,81 @@ pub fn config_json(adapter: &Adapter) -> Value {
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
             .map(|(k, _)| k)
     };
-    let r: usize = most_common(adapter.modules.iter().map(|m| m.rank.to_string()).collect())
+    let r: usize = most_common(ranks.iter().map(|r| r.to_string()).collect())
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    let alpha: f64 = most_common(adapter.modules.iter().map(|m| fmt_num(m.alpha)).collect())
+    let alpha: f64 = most_common(alphas.iter().map(|&a| fmt_num(a)).collect())
         .and_then(|s| s.parse().ok())
         .unwrap_or(r as f64);
     let mut rank_pattern = Map::new();
     let mut alpha_pattern = Map::new();
-    for m in &adapter.modules {
-        // Anchored full names: PEFT matches `(.*\.)?(key)$`, so a full path matches only itself.
-        if m.rank != r {
-            rank_pattern.insert(regex::escape(&m.name), json!(m.rank));
+    for ((m, &mr), &ma) in adapter.modules.iter().zip(ranks).zip(alphas) {
+        if mr != r {
+            rank_pattern.insert(regex::escape(&m.name), json!(mr));
         }
-        if fmt_num(m.alpha) != fmt_num(alpha) {
-            alpha_pattern.insert(regex::escape(&m.name), num_value(m.alpha));
+        if fmt_num(ma) != fmt_num(alpha) {
+            alpha_pattern.insert(regex::escape(&m.name), num_value(ma));
         }
     }
+    (r, alpha, rank_pattern, alpha_pattern)
+}
+
+/// `adapter_config.json` of a PEFT LOHA / LOKR folder (`tuners/loha/config.py`,
+/// `tuners/lokr/config.py`): `r`/`alpha` with full-name patterns, full-name `target_modules`,
+/// and the folder-wide settings [`super::lycoris::plan`] chose. Fields of a config of the same
+/// type read with the adapter are carried over.
+pub fn lycoris_config_json(adapter: &Adapter, l: &super::lycoris::LycorisPeft) -> Value {
+    let (r, alpha, rank_pattern, alpha_pattern) = common_and_patterns(adapter, &l.ranks, &l.alphas);
+    let mut targets: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
+    targets.sort();
+    let mut cfg = match adapter.config.as_ref().and_then(Value::as_object) {
+        Some(orig) if orig.get("peft_type").and_then(Value::as_str) == Some(l.peft_type) => {
+            orig.clone()
+        }
+        _ => Map::new(),
+    };
+    let mut set = |k: &str, v: Value| {
+        cfg.insert(k.to_owned(), v);
+    };
+    set("peft_type", json!(l.peft_type));
+    set("r", json!(r));
+    set("alpha", num_value(alpha));
+    set("rank_pattern", Value::Object(rank_pattern));
+    set("alpha_pattern", Value::Object(alpha_pattern));
+    set("target_modules", json!(targets));
+    set("use_effective_conv2d", json!(l.use_effective_conv2d));
+    if l.peft_type == "LOKR" {
+        set("decompose_both", json!(l.decompose_both));
+        set("decompose_factor", json!(l.decompose_factor));
+    }
+    set(
+        "base_model_name_or_path",
+        adapter
+            .base_model
+            .as_ref()
+            .map_or(Value::Null, |s| json!(s)),
+    );
+    for (k, v) in [
+        ("rank_dropout", json!(0.0)),
+        ("module_dropout", json!(0.0)),
+        ("init_weights", json!(true)),
+        ("inference_mode", json!(true)),
+        ("modules_to_save", Value::Null),
+        ("task_type", Value::Null),
+    ] {
+        cfg.entry(k.to_owned()).or_insert(v);
+    }
+    let mut sorted: Vec<(String, Value)> = cfg.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    Value::Object(sorted.into_iter().collect())
+}
+
+/// Builds `adapter_config.json` for `adapter`: the most common rank and alpha as `r` /
+/// `lora_alpha`, exceptions as full-name `rank_pattern` / `alpha_pattern` entries.
+pub fn config_json(adapter: &Adapter) -> Value {
+    let ranks: Vec<usize> = adapter.modules.iter().map(|m| m.rank).collect();
+    let alphas: Vec<f64> = adapter.modules.iter().map(|m| m.alpha).collect();
+    let (r, alpha, rank_pattern, alpha_pattern) = common_and_patterns(adapter, &ranks, &alphas);
     // Full module names: PEFT matches list entries exactly or as a dotted suffix, so every
     // adapted module and nothing else is targeted.
     let mut targets: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
