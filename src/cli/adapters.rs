@@ -88,7 +88,7 @@ pub struct CombineArgs {
     pub json: bool,
 }
 
-/// Convert an adapter between the PEFT and kohya formats, exactly.
+/// Convert an adapter between the PEFT, kohya, LyCORIS and ComfyUI forms, exactly.
 ///
 /// Factors are copied byte for byte (unless --dtype asks otherwise) and every module keeps its
 /// exact scale: PEFT → kohya writes each module's alpha (scale·rank for rsLoRA, since kohya's
@@ -103,6 +103,14 @@ pub struct CombineArgs {
 /// one .safetensors file. DoRA, lora bias, embedding, fan_in_fan_out modules and
 /// modules_to_save tensors have no kohya form and are refused.
 ///
+/// LyCORIS algorithms: --to lycoris writes LyCORIS' own file (every algorithm, prefix lycoris_
+/// as create_lycoris_from_weights looks up, or the component's kohya prefix); --to comfy the
+/// same file with the prefixes ComfyUI maps (lora_unet_, lora_te_/lora_te1_/lora_te2_,
+/// lora_transformer_). LoHa and LoKr also go to PEFT's own LOHA/LOKR folders and back, factors
+/// byte for byte; a LoKr split no single PEFT decompose_factor gives is refused by module. A
+/// PEFT LoKr with both halves whole and alpha ≠ r has no LyCORIS alpha: its scale is folded
+/// into lokr_w1 (reported).
+///
 /// Examples:
 ///   lorakit convert fixtures/kohya/adapters/te_peft --to kohya --out te.safetensors
 ///   lorakit convert fixtures/kohya/te_lora.safetensors --to peft --base fixtures/kohya/te_base \
@@ -110,6 +118,9 @@ pub struct CombineArgs {
 ///   lorakit convert te.safetensors --to peft --out back/        # lorakit-written: no --base needed
 ///   lorakit convert a/ --to kohya --prefix lora_te1 --dtype f16 --out a.safetensors --json
 ///   lorakit convert lora.safetensors --to diffusers --base unet/ --out pytorch_lora_weights.safetensors
+///   lorakit convert fixtures/peft_lycoris/loha --to lycoris --out loha.safetensors
+///   lorakit convert loha.safetensors --to peft --out loha_peft/    # back to PEFT LOHA, exact
+///   lorakit convert fixtures/lycoris/loha.safetensors --to comfy --out loha_comfy.safetensors
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ConvertArgs {

@@ -53,6 +53,8 @@ value_enum!(ConvertTo {
     Kohya => "kohya": "kohya-ss sd-scripts: one .safetensors file (lora_down / lora_up / alpha)",
     Gguf => "gguf": "A llama.cpp LoRA adapter (.gguf, for llama-cli --lora); needs --base (a GGUF model or a Hugging Face folder) for the architecture",
     Diffusers => "diffusers": "A diffusers single file (pytorch_lora_weights.safetensors): COMPONENT.MODULE.lora_A.weight with the LoraConfig in lora_adapter_metadata; --prefix names the component (unet, transformer, text_encoder) when the names carry none",
+    Lycoris => "lycoris": "LyCORIS' own file (every algorithm under its LyCORIS names, .alpha per module; prefix lycoris_ as create_lycoris_from_weights looks up, or the component's kohya prefix)",
+    Comfy => "comfy" ["comfyui"]: "The file ComfyUI loads natively: LyCORIS names with the component's kohya prefix (lora_unet_, lora_te_/lora_te1_/lora_te2_, lora_transformer_)",
 });
 
 value_enum!(DtypeChoice {

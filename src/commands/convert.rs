@@ -5,150 +5,74 @@ use crate::adapter::{Adapter, Format};
 use crate::cli::ConvertArgs;
 use crate::inspect::{human_bytes, table};
 use crate::io::Checkpoint;
-use crate::ops::convert::{self, ConvertTo, NameSource};
-use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec, Written};
+use crate::ops::convert::{
+    self, ConvertOptions, ConvertPlan, ConvertReport, ConvertTo, NameSource,
+};
+use crate::ops::output::{self, DtypeChoice, WriteSpec, Written};
 use anyhow::Result;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// One module of a conversion.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ModuleConvert {
-    /// Name in the input file's terms (PEFT module path or kohya name).
-    pub from: String,
-    /// Name in the output file's terms.
-    pub to: String,
-    pub rank: usize,
-    /// Alpha as the input stated it.
-    pub alpha_in: f64,
-    /// Alpha as written (kohya: `.alpha`, rounded to f32).
-    pub alpha_out: f64,
-    /// `ΔW = scale·B·A`, the same before and after.
-    pub scale: f64,
-}
-
-/// What `convert` did (`--json`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ConvertSummary {
-    pub operation: &'static str,
-    pub input: String,
-    pub out: String,
-    pub from: Format,
-    pub to: Format,
-    pub base: Option<String>,
-    /// kohya prefix used for module paths (kohya output).
-    pub prefix: Option<String>,
-    pub names_from: NameSource,
-    /// The PEFT config and alphas came back from lorakit metadata.
-    pub config_restored: bool,
-    pub dtype: DtypeChoice,
-    pub modules: Vec<ModuleConvert>,
-    /// `__metadata__` entries carried from the input.
-    pub metadata_kept_count: usize,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
-    pub seconds: f64,
-}
-
+/// `lorakit convert`: args → [`ConvertOptions`] → [`ConvertPlan`] → run → print. GGUF and
+/// diffusers single files have their own writers below.
 pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let start = Instant::now();
-    let Some(to) = a.to.format() else {
+    if a.to.format().is_none() {
         return match a.to {
             ConvertTo::Diffusers => diffusers(a, start),
             _ => gguf(a, start),
         };
-    };
-    let mut adapter = Adapter::open(&a.adapter)?;
-    let base = open_base(a.output.base.as_deref())?;
-    let spec = WriteSpec {
-        format: to,
-        out: a.output.out.clone(),
-        dtype: output::copy_dtype(a.output.dtype),
-        kohya_prefix: a.output.prefix.clone(),
-    };
-    check_output(&spec, &[&adapter], base.as_ref())?;
-    if to == Format::Peft {
-        if let Some(m) = adapter.modules.iter().find(|m| m.factors.needs_base()) {
-            anyhow::bail!(crate::error::InputError::invalid(
-                &adapter.path,
-                format!(
-                    "module `{}` is {}, which a PEFT LoRA folder cannot hold; its update depends on the base weight, so it has no fixed ΔW to lower to LoRA (merge it into the base instead)",
-                    m.name,
-                    m.factors.algo()
-                )
-            ));
-        }
-        if let Some(m) = adapter.modules.iter().find(|m| m.factors.lora().is_none()) {
-            anyhow::bail!(crate::error::InputError::invalid(
-                &adapter.path,
-                format!(
-                    "module `{}` is {}, which a PEFT LoRA folder cannot hold; lower it to LoRA at a chosen rank with `lorakit resize {} --rank R --format peft` (the error is reported per module)",
-                    m.name,
-                    m.factors.algo(),
-                    a.adapter.display()
-                )
-            ));
-        }
     }
-    let from = adapter.format;
-    if from == to {
+    let opts = ConvertOptions {
+        adapter: a.adapter.clone(),
+        to: a.to,
+        out: a.output.out.clone(),
+        base: a.output.base.clone(),
+        dtype: a.output.dtype,
+        prefix: a.output.prefix.clone(),
+    };
+    let plan = ConvertPlan::new(opts).map_err(|e| {
+        if e.to_string().ends_with(convert::NEEDS_BASE) {
+            anyhow::anyhow!("{e} (give --base)")
+        } else {
+            e.into()
+        }
+    })?;
+    let report = plan.run()?;
+    if report.from == Format::Kohya && a.to == ConvertTo::Kohya
+        || report.from == Format::Peft && a.to == ConvertTo::Peft
+    {
         super::warn(
             quiet,
             &format!(
-                "{} is already {}; rewriting it",
+                "{} is already {}; rewrote it",
                 a.adapter.display(),
-                format_name(from)
+                format_name(report.from)
             ),
         );
     }
-    let prep = convert::prepare(&mut adapter, to, base.as_ref())?;
-    let prefix = (to == Format::Kohya).then(|| output::kohya_prefix_for(&adapter, &spec));
-    let prov = Provenance {
-        operation: "convert",
-        inputs: inputs_json(&[&a.adapter], a.output.base.as_deref()),
-        params: json!({"from": from, "to": to, "prefix": prefix, "dtype": a.output.dtype}),
-    };
-    let written = output::write_adapter(&adapter, &spec, &prov)?;
-    let modules = adapter
-        .modules
-        .iter()
-        .zip(prep.names_before.iter().zip(&prep.alphas_before))
-        .map(|(m, (before, &alpha_in))| ModuleConvert {
-            from: before.clone(),
-            to: output::written_name(&m.name, to, prefix.as_deref().unwrap_or("")),
-            rank: m.rank,
-            alpha_in,
-            alpha_out: convert::kohya_or_peft_alpha(&adapter, m, to),
-            scale: m.scale,
-        })
-        .collect();
-    let summary = ConvertSummary {
-        operation: "convert",
-        input: show(&a.adapter),
-        out: show(&a.output.out),
-        from,
-        to,
-        base: a.output.base.as_deref().map(show),
-        prefix,
-        names_from: prep.names_from,
-        config_restored: prep.config_restored,
-        dtype: a.output.dtype,
-        modules,
-        metadata_kept_count: metadata_kept(&adapter),
-        files: written.files,
-        bytes_written: written.bytes,
-        seconds: start.elapsed().as_secs_f64(),
-    };
+    let seconds = start.elapsed().as_secs_f64();
     if a.json {
-        super::print_json("convert", &summary)?;
+        #[derive(serde::Serialize)]
+        struct WithTime<'a> {
+            #[serde(flatten)]
+            report: &'a ConvertReport,
+            seconds: f64,
+        }
+        super::print_json(
+            "convert",
+            &WithTime {
+                report: &report,
+                seconds,
+            },
+        )?;
     } else {
-        super::print(&render(&summary))?;
+        super::print(&render(&report, seconds))?;
     }
     Ok(0)
 }
 
-fn render(s: &ConvertSummary) -> String {
+fn render(s: &ConvertReport, seconds: f64) -> String {
     let names = match s.names_from {
         NameSource::Adapter => String::new(),
         NameSource::Metadata => ", module paths from lorakit metadata".into(),
@@ -162,7 +86,7 @@ fn render(s: &ConvertSummary) -> String {
         s.input,
         format_name(s.from),
         s.out,
-        format_name(s.to),
+        to_name(s.to),
         if s.config_restored {
             ", PEFT config restored"
         } else {
@@ -176,26 +100,31 @@ fn render(s: &ConvertSummary) -> String {
             vec![
                 m.from.clone(),
                 m.to.clone(),
+                m.algo.to_string(),
                 m.rank.to_string(),
                 num(m.alpha_in),
                 num(m.alpha_out),
-                num(m.scale),
+                match m.folded {
+                    Some(f) => format!("{} (folded into w1)", num(f)),
+                    None => num(m.scale),
+                },
             ]
         })
         .collect();
     let head_from = format!("module ({})", format_name(s.from));
-    let head_to = format!("module ({})", format_name(s.to));
+    let head_to = format!("module ({})", to_name(s.to));
     out.push_str(&table(
         &[
             &head_from,
             &head_to,
+            "algo",
             "rank",
             "alpha in",
             "alpha out",
             "scale",
         ],
         &rows,
-        &[false, false, true, true, true, true],
+        &[false, false, false, true, true, true, true],
     ));
     out.push_str(&format!(
         "\n{} modules, {} metadata entries kept, {} files, {} written in {:.2} s\n",
@@ -203,7 +132,7 @@ fn render(s: &ConvertSummary) -> String {
         s.metadata_kept_count,
         s.files.len(),
         human_bytes(s.bytes_written),
-        s.seconds
+        seconds
     ));
     out
 }
@@ -234,22 +163,18 @@ pub(crate) fn check_output(
     Ok(())
 }
 
-/// `lorakit.inputs` of a single- or multi-adapter operation (paths as given).
-pub(crate) fn inputs_json(adapters: &[&Path], base: Option<&Path>) -> serde_json::Value {
-    let mut v: Vec<serde_json::Value> = adapters.iter().map(|p| json!({"path": show(p)})).collect();
-    if let Some(b) = base {
-        v.push(json!({"path": show(b), "role": "base"}));
-    }
-    serde_json::Value::Array(v)
-}
+pub(crate) use crate::ops::output::inputs_json;
 
-/// Metadata entries an output carries over from `adapter`.
-pub(crate) fn metadata_kept(adapter: &Adapter) -> usize {
-    adapter
-        .metadata
-        .iter()
-        .filter(|(k, _)| !k.starts_with("lorakit.") && k != "format")
-        .count()
+/// The target's name as `--to` spells it.
+fn to_name(t: ConvertTo) -> &'static str {
+    match t {
+        ConvertTo::Peft => "peft",
+        ConvertTo::Kohya => "kohya",
+        ConvertTo::Gguf => "gguf",
+        ConvertTo::Diffusers => "diffusers",
+        ConvertTo::Lycoris => "lycoris",
+        ConvertTo::Comfy => "comfy",
+    }
 }
 
 pub(crate) fn format_name(f: Format) -> &'static str {

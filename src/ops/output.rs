@@ -335,3 +335,24 @@ pub(crate) fn svd_factors(svd: &crate::linalg::Svd, k: usize) -> (Vec<f32>, Vec<
 pub(crate) fn show(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// `lorakit.inputs` of a single- or multi-adapter operation (paths as given).
+pub fn inputs_json(adapters: &[&Path], base: Option<&Path>) -> serde_json::Value {
+    let mut v: Vec<serde_json::Value> = adapters
+        .iter()
+        .map(|p| serde_json::json!({"path": p.display().to_string()}))
+        .collect();
+    if let Some(b) = base {
+        v.push(serde_json::json!({"path": b.display().to_string(), "role": "base"}));
+    }
+    serde_json::Value::Array(v)
+}
+
+/// Metadata entries an output carries over from `adapter`.
+pub fn metadata_kept(adapter: &Adapter) -> usize {
+    adapter
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("lorakit.") && k != "format")
+        .count()
+}

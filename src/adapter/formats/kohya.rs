@@ -262,6 +262,20 @@ pub fn write_with(
                 format!("module `{}`: PEFT's OFT (input-side rotation, packed oft_R) has no LyCORIS/kohya form", m.name),
             ));
         }
+        if let Factors::Lokr {
+            w1: crate::adapter::KronHalf::Whole(_),
+            w2: crate::adapter::KronHalf::Whole(_),
+            ..
+        } = m.factors
+        {
+            // LyCORIS and ComfyUI ignore alpha when both halves are whole (scale 1).
+            if m.scale != 1.0 {
+                return Err(InputError::invalid(
+                    &adapter.path,
+                    format!("module `{}`: a LoKr module with both halves whole has scale 1 in LyCORIS files, and this one's is {} (fold it into lokr_w1 first)", m.name, m.scale),
+                ));
+            }
+        }
         let lycoris_dora = matches!(m.dora_rule, DoraRule::Lycoris { .. });
         let full = matches!(m.factors, Factors::Full { .. });
         let bias_ok = matches!(m.factors, Factors::Full { .. } | Factors::Norm { .. });

@@ -1,15 +1,17 @@
-//! PEFT ↔ kohya conversion.
+//! Module names and alphas of a conversion: PEFT ↔ kohya/LyCORIS naming, restoring PEFT paths
+//! from lorakit metadata or a base, and the component prefixes of LyCORIS and ComfyUI files.
 //!
 //! Factors are the same matrices in both formats (`lora_A` ≡ `lora_down`, `lora_B` ≡
-//! `lora_up`, conv layouts identical), so a conversion copies them byte for byte (unless a
-//! dtype is asked for) and only names and the scale's encoding change:
+//! `lora_up`, conv layouts identical; LyCORIS and PEFT spell LoHa/LoKr factors alike), so a
+//! conversion copies them byte for byte (unless a dtype is asked for) and only names and the
+//! scale's encoding change:
 //!
 //! * **PEFT → kohya.** A module path becomes `prefix_path_with_underscores`. kohya's scale is
 //!   `alpha / rank`, so each module's alpha is written as is, or as `scale·rank` for rsLoRA
 //!   (kohya has no `√r` rule) — per-module alphas (`alpha_pattern`) are naturally per-module in
 //!   kohya. DoRA, `lora_B` biases, embeddings, `fan_in_fan_out` modules and full tensors have no
 //!   kohya form and are refused. The PEFT module paths and the adapter_config.json are recorded
-//!   in the file's metadata ([`super::output::META_MODULE_NAMES`], [`super::output::META_PEFT_CONFIG`]).
+//!   in the file's metadata ([`crate::ops::output::META_MODULE_NAMES`], [`crate::ops::output::META_PEFT_CONFIG`]).
 //! * **kohya → PEFT.** kohya names lost the dots of the module paths (`…_self_attn_q_proj`), and
 //!   underscores inside names make the reverse ambiguous, so the paths come from the base's
 //!   tensor list ([`crate::adapter::mapping::resolve`]: every module must land on exactly one base
@@ -21,35 +23,15 @@
 //!   differ), which gives the same scale `alpha/rank`. With a base, a kohya 1×1-conv module on a
 //!   linear base weight (or the reverse) takes the base's layout, so PEFT can load it.
 //!
-//! File metadata is carried over in both directions (see [`super::output_metadata`]).
+//! File metadata is carried over in both directions (see [`crate::ops::output::output_metadata`]).
 
 use crate::adapter::formats::{kohya, peft::PeftConfig};
 use crate::adapter::{mapping, scale_for, Adapter, Format, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
 
-/// What `convert` writes: an adapter format, or a llama.cpp GGUF adapter
-/// ([`crate::adapter::formats::gguf`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConvertTo {
-    Peft,
-    Kohya,
-    Gguf,
-    /// A diffusers single file ([`crate::adapter::formats::diffusers`]).
-    Diffusers,
-}
-
-impl ConvertTo {
-    /// The adapter format, `None` for GGUF and diffusers single files.
-    pub fn format(self) -> Option<Format> {
-        match self {
-            ConvertTo::Peft => Some(Format::Peft),
-            ConvertTo::Kohya => Some(Format::Kohya),
-            ConvertTo::Gguf | ConvertTo::Diffusers => None,
-        }
-    }
-}
+/// The end of the error a kohya → PEFT conversion without a base gives (the CLI names its flag).
+pub const NEEDS_BASE: &str = "the base model the adapter is for is needed to restore them";
 
 /// How module names were obtained for the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -59,7 +41,7 @@ pub enum NameSource {
     Adapter,
     /// lorakit metadata of a kohya file.
     Metadata,
-    /// Resolved against `--base`.
+    /// Resolved against the base model.
     Base,
 }
 
@@ -111,7 +93,7 @@ pub fn prepare(
                 return Err(InputError::invalid(
                     &adapter.path,
                     format!(
-                        "module `{}`: kohya names lost the dots of the module paths; give --base (the model the adapter is for) to restore them",
+                        "module `{}`: kohya names lost the dots of the module paths; {NEEDS_BASE}",
                         m.map_or("?", |m| m.name.as_str())
                     ),
                 ));
@@ -158,7 +140,7 @@ pub fn restore_from_metadata(adapter: &mut Adapter) -> InputResult<(usize, bool)
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.clone())
     };
-    let Some(names) = meta(super::output::META_MODULE_NAMES) else {
+    let Some(names) = meta(crate::ops::output::META_MODULE_NAMES) else {
         return Ok((0, false));
     };
     let names: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(&names) {
@@ -168,7 +150,7 @@ pub fn restore_from_metadata(adapter: &mut Adapter) -> InputResult<(usize, bool)
                 &adapter.path,
                 format!(
                     "metadata `{}` is not a JSON object of names",
-                    super::output::META_MODULE_NAMES
+                    crate::ops::output::META_MODULE_NAMES
                 ),
             ))
         }
@@ -180,7 +162,7 @@ pub fn restore_from_metadata(adapter: &mut Adapter) -> InputResult<(usize, bool)
             renamed += 1;
         }
     }
-    let Some(text) = meta(super::output::META_PEFT_CONFIG) else {
+    let Some(text) = meta(crate::ops::output::META_PEFT_CONFIG) else {
         return Ok((renamed, false));
     };
     let Ok(cfg) = PeftConfig::parse(&adapter.path, text.as_bytes()) else {

@@ -1,0 +1,251 @@
+//! Hugging Face PEFT LoRA adapters: `adapter_model.safetensors` + `adapter_config.json`.
+//!
+//! Key names follow PEFT `utils/save_and_load.py` (`get_peft_model_state_dict`): the adapter
+//! name is removed and keys carry the `base_model.model.` prefix —
+//! `{module}.lora_A.weight` `[r, in]` (conv: `[r, in, kh, kw]`), `{module}.lora_B.weight`
+//! `[out, r]` (conv: `[out, r, 1, 1]`), `{module}.lora_B.bias` (`lora_bias`),
+//! `{module}.lora_embedding_A` `[r, vocab]`, `{module}.lora_embedding_B` `[dim, r]`,
+//! `{module}.lora_magnitude_vector` (DoRA), and any other tensor a full replacement
+//! (`modules_to_save`, trained biases, `{module}.base_layer.weight` of saved embeddings).
+//!
+//! Rank and alpha per module follow PEFT `tuners/lora/model.py` `_create_and_replace`:
+//! `rank_pattern` / `alpha_pattern` keys are matched against the module name with
+//! `re.match(rf"(.*\.)?({key})$", name)`, first match in the config's order wins
+//! (`utils/other.py` `get_pattern_key`); scale is `alpha/r`, or `alpha/√r` with `use_rslora`
+//! (`layer.py` `update_layer`).
+use crate::error::{InputError, InputResult};
+use regex::Regex;
+use serde_json::Value;
+use std::path::Path;
+
+mod lycoris;
+mod read;
+#[cfg(test)]
+mod tests;
+mod write;
+
+pub use lycoris::{factorization, plan as lycoris_plan, LycorisPeft};
+pub use read::read;
+pub use write::{
+    config_json, encoded, factor_shapes, full_tensor_key, lycoris_config_json, stored_shape, write,
+    write_with,
+};
+
+pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
+pub const CONFIG_NAME: &str = "adapter_config.json";
+/// Prefix PEFT puts before module paths on disk.
+pub const PREFIX: &str = "base_model.model.";
+
+/// The PEFT tuners lorakit reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeftType {
+    Lora,
+    /// `tuners/loha`: LyCORIS' LoHa under PEFT names, `scaling = alpha / r`.
+    Loha,
+    /// `tuners/lokr`: LyCORIS' LoKr under PEFT names, `scaling = alpha / r` always (unlike
+    /// LyCORIS, whose scale is 1 when both Kronecker halves are whole).
+    Lokr,
+    /// `tuners/ia3`: one vector `ia3_l` per module, `W' = W0 ⊙ l` on the output rows, or on
+    /// the input side for `feedforward_modules`; the bias scaled too on the output side.
+    Ia3,
+    /// `tuners/oft`: `oft_R.weight` per module, `W' = W0·blockdiag(R)ᵀ`.
+    Oft,
+}
+
+/// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
+#[derive(Debug, Clone)]
+pub struct PeftConfig {
+    pub peft_type: PeftType,
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub use_rslora: bool,
+    pub use_dora: bool,
+    pub fan_in_fan_out: bool,
+    pub rank_pattern: Vec<(String, usize)>,
+    pub alpha_pattern: Vec<(String, f64)>,
+    /// `rank_pattern` / `alpha_pattern` keys compiled once per adapter (same order).
+    rank_re: Vec<Regex>,
+    alpha_re: Vec<Regex>,
+    pub target_modules: Value,
+    pub modules_to_save: Vec<String>,
+    pub bias: String,
+    pub base_model: Option<String>,
+    pub raw: Value,
+}
+
+impl PeftConfig {
+    /// Parses and checks the fields; `path` names the file in errors.
+    pub fn parse(path: &Path, text: &[u8]) -> InputResult<PeftConfig> {
+        let raw: Value = serde_json::from_slice(text)
+            .map_err(|e| InputError::invalid(path, format!("not valid JSON: {e}")))?;
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| InputError::invalid(path, "not a JSON object"))?;
+        let bad = |k: &str, why: &str| InputError::invalid(path, format!("`{k}` {why}"));
+        let peft_type = match obj.get("peft_type").and_then(Value::as_str) {
+            None | Some("LORA") => PeftType::Lora,
+            Some("LOHA") => PeftType::Loha,
+            Some("LOKR") => PeftType::Lokr,
+            Some("IA3") => PeftType::Ia3,
+            Some("OFT") => PeftType::Oft,
+            Some(t) => {
+                return Err(bad(
+                    "peft_type",
+                    &format!("is `{t}`; lorakit reads LORA, LOHA, LOKR, IA3 and OFT adapters"),
+                ))
+            }
+        };
+        // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
+        let alpha_key = match peft_type {
+            PeftType::Lora => "lora_alpha",
+            PeftType::Loha | PeftType::Lokr | PeftType::Ia3 | PeftType::Oft => "alpha",
+        };
+        let r = match obj.get("r") {
+            Some(v) => {
+                v.as_u64()
+                    // OFT's `r` may be 0 (then `oft_block_size` decides).
+                    .filter(|&r| r > 0 || peft_type == PeftType::Oft)
+                    .ok_or_else(|| bad("r", "must be a positive integer"))? as usize
+            }
+            None => 8,
+        };
+        let lora_alpha = match obj.get(alpha_key) {
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| bad(alpha_key, "must be a number"))?,
+            None => 8.0,
+        };
+        let flag = |k: &str| -> InputResult<bool> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(bad(k, "must be true or false")),
+            }
+        };
+        let pattern = |k: &str| -> InputResult<Vec<(String, f64)>> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Object(m)) => m
+                    .iter()
+                    .map(|(key, v)| {
+                        v.as_f64()
+                            .map(|x| (key.clone(), x))
+                            .ok_or_else(|| bad(k, &format!("value for `{key}` is not a number")))
+                    })
+                    .collect(),
+                Some(_) => Err(bad(k, "must be an object")),
+            }
+        };
+        let rank_pattern = pattern("rank_pattern")?
+            .into_iter()
+            .map(|(k, v)| {
+                if v >= 1.0 && v.fract() == 0.0 {
+                    Ok((k, v as usize))
+                } else {
+                    Err(bad(
+                        "rank_pattern",
+                        &format!("rank for `{k}` is not a positive integer"),
+                    ))
+                }
+            })
+            .collect::<InputResult<Vec<_>>>()?;
+        let modules_to_save = match obj.get("modules_to_save") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad("modules_to_save", "must hold strings"))
+                })
+                .collect::<InputResult<_>>()?,
+            Some(_) => return Err(bad("modules_to_save", "must be a list")),
+        };
+        let alpha_pattern = pattern("alpha_pattern")?;
+        let compile = |k: &str, keys: Vec<&str>| -> InputResult<Vec<Regex>> {
+            keys.into_iter()
+                .map(|key| {
+                    compile_pattern(key).map_err(|e| {
+                        InputError::invalid(
+                            path,
+                            format!(
+                                "`{k}` key {key:?} is not a valid regex: {}",
+                                one_line_regex_error(&e)
+                            ),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let rank_re = compile(
+            "rank_pattern",
+            rank_pattern.iter().map(|(k, _)| k.as_str()).collect(),
+        )?;
+        let alpha_re = compile(
+            "alpha_pattern",
+            alpha_pattern.iter().map(|(k, _)| k.as_str()).collect(),
+        )?;
+        Ok(PeftConfig {
+            peft_type,
+            r,
+            lora_alpha,
+            use_rslora: flag("use_rslora")?,
+            use_dora: flag("use_dora")?,
+            fan_in_fan_out: flag("fan_in_fan_out")?,
+            rank_pattern,
+            alpha_pattern,
+            rank_re,
+            alpha_re,
+            target_modules: obj.get("target_modules").cloned().unwrap_or(Value::Null),
+            modules_to_save,
+            bias: obj
+                .get("bias")
+                .and_then(Value::as_str)
+                .unwrap_or("none")
+                .to_owned(),
+            base_model: obj
+                .get("base_model_name_or_path")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            raw: raw.clone(),
+        })
+    }
+
+    /// Rank configured for `module` (rank_pattern, else `r`).
+    pub fn rank_for(&self, module: &str) -> InputResult<usize> {
+        Ok(match first_match(&self.rank_re, module) {
+            Some(i) => self.rank_pattern[i].1,
+            None => self.r,
+        })
+    }
+
+    /// Alpha configured for `module` (alpha_pattern, else `lora_alpha`).
+    pub fn alpha_for(&self, module: &str) -> InputResult<f64> {
+        Ok(match first_match(&self.alpha_re, module) {
+            Some(i) => self.alpha_pattern[i].1,
+            None => self.lora_alpha,
+        })
+    }
+}
+
+/// A `rank_pattern` / `alpha_pattern` key as PEFT's `get_pattern_key` matches it: the whole
+/// module name, or a suffix of it starting after a dot.
+pub fn compile_pattern(key: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
+}
+
+/// The regex crate's errors span several lines (the pattern, a caret, the message); the last
+/// line is the message.
+fn one_line_regex_error(e: &regex::Error) -> String {
+    let s = e.to_string();
+    s.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("invalid regex")
+        .to_owned()
+}
+
+/// Index of the first compiled pattern matching `name` (first match wins, as in PEFT).
+pub fn first_match(patterns: &[Regex], name: &str) -> Option<usize> {
+    patterns.iter().position(|re| re.is_match(name))
+}

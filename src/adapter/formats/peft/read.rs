@@ -1,0 +1,567 @@
+//! Reading PEFT folders: LoRA (with DoRA, biases, embeddings, full tensors), LoHa/LoKr, IA3 and
+//! OFT, each by its `peft_type`, into the one adapter model. Never writes.
+
+use super::{one_line_regex_error, PeftConfig, PeftType, PREFIX};
+use crate::adapter::{
+    scale_for, Adapter, Data, DoraRule, Factors, Format, FullTensor, LoraModule, ModuleKind,
+};
+use crate::error::{InputError, InputResult};
+use crate::io::SafetensorsFile;
+use regex::Regex;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Default)]
+struct Parts {
+    a: Option<(String, Vec<usize>)>,
+    b: Option<(String, Vec<usize>)>,
+    embedding: bool,
+    magnitude: Option<(String, Vec<usize>)>,
+    bias: Option<(String, Vec<usize>)>,
+}
+
+/// Reads a PEFT adapter whose tensors are in `file` and config at `config_path`.
+pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResult<Adapter> {
+    let text = crate::io::read_json_file(config_path)?;
+    let cfg = PeftConfig::parse(config_path, &text)?;
+    if cfg.peft_type == PeftType::Ia3 {
+        return read_ia3(path, file, cfg);
+    }
+    if cfg.peft_type == PeftType::Oft {
+        return read_oft(path, file, cfg);
+    }
+    if cfg.peft_type != PeftType::Lora {
+        return read_lycoris(path, file, cfg);
+    }
+    let fpath = file.path().to_path_buf();
+    let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let slot = |suffix: &str| rel.strip_suffix(suffix).map(str::to_owned);
+        let entry = (t.name.clone(), t.shape.clone());
+        // One key per slot: `x.lora_A.weight` beside `base_model.model.x.lora_A.weight` defines
+        // the module twice, and which one PEFT keeps depends on dict order, so it is refused.
+        let set =
+            |field: &mut Option<(String, Vec<usize>)>, entry: (String, Vec<usize>)| match field {
+                Some((other, _)) => Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensors `{other}` and `{}` define the same adapter tensor twice",
+                        entry.0
+                    ),
+                )),
+                None => {
+                    *field = Some(entry);
+                    Ok(())
+                }
+            };
+        if let Some(m) = slot(".lora_A.weight") {
+            set(&mut parts.entry(m).or_default().a, entry)?;
+        } else if let Some(m) = slot(".lora_B.weight") {
+            set(&mut parts.entry(m).or_default().b, entry)?;
+        } else if let Some(m) = slot(".lora_B.bias") {
+            set(&mut parts.entry(m).or_default().bias, entry)?;
+        } else if let Some(m) = slot(".lora_embedding_A") {
+            let p = parts.entry(m).or_default();
+            set(&mut p.a, entry)?;
+            p.embedding = true;
+        } else if let Some(m) = slot(".lora_embedding_B") {
+            let p = parts.entry(m).or_default();
+            set(&mut p.b, entry)?;
+            p.embedding = true;
+        } else if let Some(m) =
+            slot(".lora_magnitude_vector").or_else(|| slot(".lora_magnitude_vector.weight"))
+        {
+            set(&mut parts.entry(m).or_default().magnitude, entry)?;
+        } else if rel.contains(".lora_") {
+            return Err(InputError::invalid(
+                &fpath,
+                format!("tensor `{key}`: unsupported LoRA tensor kind"),
+            ));
+        } else {
+            let name = rel.replace(".base_layer.", ".");
+            if let Some(other) = full.iter().find(|f: &&FullTensor| f.name == name) {
+                let other_key = match &other.data {
+                    Data::Stored { key, .. } => key.as_str(),
+                    Data::Owned(_) => "?",
+                };
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!("tensors `{other_key}` and `{key}` both replace base tensor `{name}`"),
+                ));
+            }
+            full.push(FullTensor {
+                name,
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            });
+        }
+    }
+    let mut modules = Vec::with_capacity(parts.len());
+    for (name, p) in parts {
+        let (Some((akey, ashape)), Some((bkey, bshape))) = (p.a, p.b) else {
+            return Err(InputError::invalid(
+                &fpath,
+                format!("module `{name}`: has only one of lora_A / lora_B"),
+            ));
+        };
+        let m = build_module(
+            &fpath,
+            &cfg,
+            name,
+            akey,
+            ashape,
+            bkey,
+            bshape,
+            p.embedding,
+            p.magnitude,
+            p.bias,
+        )?;
+        modules.push(m);
+    }
+    Ok(assemble(path, file, &cfg, modules, full))
+}
+
+/// Reads a PEFT LoHa or LoKr adapter: `base_model.model.{module}.hada_w1_a` … (the
+/// ParameterDicts of `tuners/loha/layer.py` / `tuners/lokr/layer.py`, adapter name stripped on
+/// save), the same layouts as LyCORIS' ([`super::lycoris::module`] reads and checks them), with
+/// PEFT's rank, alpha and `scaling = alpha / r` from the config (`update_layer`).
+fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    use crate::adapter::formats::lycoris;
+    let fpath = file.path().to_path_buf();
+    let mut parts: BTreeMap<String, lycoris::Parts> = BTreeMap::new();
+    let mut full = Vec::new();
+    let family = match cfg.peft_type {
+        PeftType::Loha => "hada_",
+        _ => "lokr_",
+    };
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        match lycoris::split_key(rel) {
+            Some((module, role, lycoris::Naming::Kohya)) if role.starts_with(family) => {
+                parts
+                    .entry(module)
+                    .or_default()
+                    .insert(role, (t.name.clone(), t.shape.clone()));
+            }
+            Some(_) => {
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensor `{key}`: not a {} tensor of this {:?} adapter",
+                        family.trim_end_matches('_'),
+                        cfg.peft_type
+                    ),
+                ))
+            }
+            None => full.push(FullTensor {
+                name: rel.to_owned(),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            }),
+        }
+    }
+    let mut modules = Vec::with_capacity(parts.len());
+    for (name, p) in &parts {
+        let mut m = lycoris::module(&file, name, p)?;
+        let r = cfg.rank_for(name)?;
+        let stored = match &m.factors {
+            Factors::Lokr { w1, w2, .. } => [w1, w2].iter().find_map(|h| match h {
+                crate::adapter::KronHalf::Whole(_) => None,
+                crate::adapter::KronHalf::LowRank { rank, .. }
+                | crate::adapter::KronHalf::Tucker { rank, .. } => Some(*rank),
+            }),
+            _ => Some(m.rank),
+        };
+        if stored.is_some_and(|s| s != r) {
+            return Err(InputError::invalid(
+                &fpath,
+                format!(
+                    "module `{name}`: adapter_config.json gives r = {r} but the factors have rank {}",
+                    stored.unwrap_or(0)
+                ),
+            ));
+        }
+        m.rank = r;
+        m.alpha = cfg.alpha_for(name)?;
+        m.scale = scale_for(m.alpha, r, false);
+        modules.push(m);
+    }
+    Ok(assemble(path, file, &cfg, modules, full))
+}
+
+/// PEFT IA3 (`tuners/ia3/model.py`, `layer.py`): `{module}.ia3_l` shaped `[out, 1]` (Linear),
+/// `[1, in]` (feed-forward Linear), `[1, n, 1, …]` (Conv, `n` the output channels or, feed-forward,
+/// the input channels). Feed-forward is `_check_target_module_feedforward`: a regex string
+/// matched whole, or a list of names any of which the module name ends with. Merged as
+/// `merge_and_unload` ([`crate::adapter::Ia3Rule::Peft`]); `fan_in_fan_out` is refused.
+fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    use crate::adapter::Ia3Rule;
+    let fpath = file.path().to_path_buf();
+    if cfg.fan_in_fan_out {
+        return Err(InputError::invalid(
+            &fpath,
+            "IA3 with fan_in_fan_out (Conv1D bases) is not supported yet",
+        ));
+    }
+    let ff_re: Option<Regex> = match cfg.raw.get("feedforward_modules") {
+        Some(Value::String(p)) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+            InputError::invalid(
+                &fpath,
+                format!(
+                    "`feedforward_modules` {p:?} is not a valid regex: {}",
+                    one_line_regex_error(&e)
+                ),
+            )
+        })?),
+        _ => None,
+    };
+    let ff_list: Vec<String> = match cfg.raw.get("feedforward_modules") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    InputError::invalid(&fpath, "`feedforward_modules` must hold strings")
+                })
+            })
+            .collect::<InputResult<_>>()?,
+        None | Some(Value::Null) | Some(Value::String(_)) => Vec::new(),
+        Some(_) => {
+            return Err(InputError::invalid(
+                &fpath,
+                "`feedforward_modules` must be a list or a regex string",
+            ))
+        }
+    };
+    let mut modules = Vec::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let Some(name) = rel.strip_suffix(".ia3_l").filter(|n| !n.is_empty()) else {
+            full.push(FullTensor {
+                name: rel.to_owned(),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            });
+            continue;
+        };
+        let ff = match &ff_re {
+            Some(re) => re.is_match(name),
+            None => ff_list.iter().any(|f| name.ends_with(f.as_str())),
+        };
+        let s = &t.shape;
+        let bad = || {
+            InputError::invalid(
+                &fpath,
+                format!(
+                    "tensor `{key}`: shape {s:?} is not an IA3 vector ([out, 1], [1, in] or [1, n, 1, 1]; feed-forward: {ff})"
+                ),
+            )
+        };
+        let (n, kind) = match s.as_slice() {
+            [d, 1] if !ff && *d > 0 => (*d, ModuleKind::Linear),
+            [1, k] if ff && *k > 0 => (*k, ModuleKind::Linear),
+            [1, n, rest @ ..] if !rest.is_empty() && rest.iter().all(|&x| x == 1) && *n > 0 => {
+                (*n, ModuleKind::Conv { kernel: Vec::new() })
+            }
+            _ => return Err(bad()),
+        };
+        let weight = Data::Stored {
+            key: key.to_owned(),
+            transpose: false,
+        };
+        modules.push(LoraModule {
+            name: name.to_owned(),
+            kind,
+            rank: 1,
+            alpha: 1.0,
+            scale: 1.0,
+            out_features: if ff { 0 } else { n },
+            in_features: if ff { n } else { 0 },
+            bias: (!ff).then(|| weight.clone()),
+            factors: Factors::Ia3 {
+                weight,
+                on_input: ff,
+                rule: Ia3Rule::Peft,
+            },
+            base_transposed: false,
+            dora_magnitude: None,
+            dora_rule: crate::adapter::DoraRule::Peft,
+        });
+    }
+    Ok(assemble(path, file, &cfg, modules, full))
+}
+
+/// PEFT OFT (`tuners/oft/config.py`, `layer.py`): `{module}.oft_R.weight` [r, s(s−1)/2] (the
+/// block size `s` follows from it: PEFT adjusts `r`/`oft_block_size` per layer), with the config's
+/// `use_cayley_neumann` (default true), `num_cayley_neumann_terms` (5), `coft` (false), `eps`
+/// (6e-5) and `block_share` (false). Merged as `merge_and_unload`; `fan_in_fan_out` is refused.
+fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    use crate::adapter::PeftCayley;
+    let fpath = file.path().to_path_buf();
+    let bad = |k: &str, why: &str| InputError::invalid(&fpath, format!("`{k}` {why}"));
+    if cfg.fan_in_fan_out {
+        return Err(bad(
+            "fan_in_fan_out",
+            "is true: OFT on Conv1D bases is not supported yet",
+        ));
+    }
+    let flag = |k: &str, default: bool| -> InputResult<bool> {
+        match cfg.raw.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(bad(k, "must be true or false")),
+        }
+    };
+    let neumann = flag("use_cayley_neumann", true)?;
+    let coft = flag("coft", false)?;
+    let block_share = flag("block_share", false)?;
+    let terms = match cfg.raw.get("num_cayley_neumann_terms") {
+        None | Some(Value::Null) => 5,
+        Some(v) => v.as_u64().filter(|t| (1..=64).contains(t)).ok_or_else(|| {
+            bad(
+                "num_cayley_neumann_terms",
+                "must be an integer from 1 to 64",
+            )
+        })? as usize,
+    };
+    let eps = match cfg.raw.get("eps") {
+        None | Some(Value::Null) => 6e-5,
+        Some(v) => v
+            .as_f64()
+            .filter(|e| e.is_finite() && *e >= 0.0)
+            .ok_or_else(|| bad("eps", "must be a non-negative number"))?,
+    };
+    let cayley = if neumann {
+        PeftCayley::Neumann(terms)
+    } else {
+        PeftCayley::Exact
+    };
+    let mut modules = Vec::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let Some(name) = rel.strip_suffix(".oft_R.weight").filter(|n| !n.is_empty()) else {
+            full.push(FullTensor {
+                name: rel.to_owned(),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+            });
+            continue;
+        };
+        let s_of = |n: usize| (2..=4096usize).find(|s| s * (s - 1) / 2 == n);
+        let (r, s) = match t.shape.as_slice() {
+            [r, n] if *r > 0 => match s_of(*n) {
+                Some(s) => (*r, s),
+                None => {
+                    return Err(InputError::invalid(
+                        &fpath,
+                        format!(
+                        "tensor `{key}`: {n} values per block is not s(s−1)/2 for a block size s"
+                    ),
+                    ))
+                }
+            },
+            other => {
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensor `{key}`: shape {other:?} is not an OFT rotation [blocks, s(s−1)/2]"
+                    ),
+                ))
+            }
+        };
+        if block_share && r != 1 {
+            return Err(InputError::invalid(
+                &fpath,
+                format!("tensor `{key}`: block_share stores one block, this has {r}"),
+            ));
+        }
+        modules.push(LoraModule {
+            name: name.to_owned(),
+            kind: ModuleKind::Linear,
+            rank: r,
+            alpha: 1.0,
+            scale: 1.0,
+            out_features: 0,
+            in_features: if block_share { 0 } else { r * s },
+            bias: None,
+            factors: Factors::PeftOft {
+                weight: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                block_size: s,
+                blocks: r,
+                block_share,
+                cayley,
+                coft_eps: coft.then_some(eps),
+            },
+            base_transposed: false,
+            dora_magnitude: None,
+            dora_rule: crate::adapter::DoraRule::Peft,
+        });
+    }
+    Ok(assemble(path, file, &cfg, modules, full))
+}
+
+/// The adapter every PEFT reader returns: its modules and full tensors, the config's base model,
+/// `modules_to_save` and raw JSON, and rsLoRA / DoRA as a LoRA config states them (the other
+/// tuners have neither).
+fn assemble(
+    path: &Path,
+    file: SafetensorsFile,
+    cfg: &PeftConfig,
+    modules: Vec<LoraModule>,
+    full: Vec<FullTensor>,
+) -> Adapter {
+    let lora = cfg.peft_type == PeftType::Lora;
+    Adapter {
+        format: Format::Peft,
+        path: path.to_path_buf(),
+        metadata: file.header().metadata.clone(),
+        source: Some(file),
+        modules,
+        full_tensors: full,
+        base_model: cfg.base_model.clone(),
+        use_rslora: lora && cfg.use_rslora,
+        use_dora: lora && cfg.use_dora,
+        modules_to_save: cfg.modules_to_save.clone(),
+        config: Some(cfg.raw.clone()),
+        namings: Vec::new(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_module(
+    fpath: &Path,
+    cfg: &PeftConfig,
+    name: String,
+    akey: String,
+    ashape: Vec<usize>,
+    bkey: String,
+    bshape: Vec<usize>,
+    embedding: bool,
+    magnitude: Option<(String, Vec<usize>)>,
+    bias: Option<(String, Vec<usize>)>,
+) -> InputResult<LoraModule> {
+    let err = |msg: String| InputError::invalid(fpath, format!("module `{name}`: {msg}"));
+    if ashape.len() < 2 || bshape.len() < 2 {
+        return Err(err(format!(
+            "lora_A {ashape:?} and lora_B {bshape:?} must have at least 2 dimensions"
+        )));
+    }
+    let rank = ashape[0];
+    let (kind, out_features, in_features) = if embedding {
+        if ashape.len() != 2 || bshape.len() != 2 {
+            return Err(err(format!(
+                "embedding factors must be 2-D, got {ashape:?} and {bshape:?}"
+            )));
+        }
+        (ModuleKind::Embedding, bshape[0], ashape[1])
+    } else if ashape.len() == 2 {
+        if bshape.len() != 2 {
+            return Err(err(format!(
+                "lora_B {bshape:?} is not 2-D like lora_A {ashape:?}"
+            )));
+        }
+        (ModuleKind::Linear, bshape[0], ashape[1])
+    } else {
+        if bshape.len() != ashape.len() || bshape[2..].iter().any(|&d| d != 1) {
+            return Err(err(format!(
+                "conv lora_B {bshape:?} must be [out, r, 1, …] for lora_A {ashape:?}"
+            )));
+        }
+        (
+            ModuleKind::Conv {
+                kernel: ashape[2..].to_vec(),
+            },
+            bshape[0],
+            ashape[1..].iter().product(),
+        )
+    };
+    if bshape[1] != rank {
+        return Err(err(format!(
+            "lora_A has rank {rank} {ashape:?} but lora_B has {} columns {bshape:?}",
+            bshape[1]
+        )));
+    }
+    let cfg_rank = cfg.rank_for(&name)?;
+    if cfg_rank != rank {
+        return Err(err(format!(
+            "adapter_config.json gives r = {cfg_rank} but lora_A has {rank} rows (check r / rank_pattern)"
+        )));
+    }
+    let alpha = cfg.alpha_for(&name)?;
+    let base_transposed = embedding || cfg.fan_in_fan_out && kind == ModuleKind::Linear;
+    let check_vec = |what: &str, e: &(String, Vec<usize>)| -> InputResult<Data> {
+        let n: usize = e.1.iter().product();
+        if n != out_features {
+            return Err(err(format!(
+                "{what} has {n} values {:?}, expected {out_features}",
+                e.1
+            )));
+        }
+        Ok(Data::Stored {
+            key: e.0.clone(),
+            transpose: false,
+        })
+    };
+    let dora_magnitude = magnitude
+        .as_ref()
+        .map(|m| check_vec("lora_magnitude_vector", m))
+        .transpose()?;
+    if dora_magnitude.is_some() && embedding {
+        return Err(err("DoRA on embedding layers is not supported".into()));
+    }
+    if cfg.use_dora && dora_magnitude.is_none() {
+        return Err(err(
+            "use_dora is set but the module has no lora_magnitude_vector".into(),
+        ));
+    }
+    let bias = bias
+        .as_ref()
+        .map(|b| check_vec("lora_B.bias", b))
+        .transpose()?;
+    Ok(LoraModule {
+        scale: scale_for(alpha, rank, cfg.use_rslora),
+        name,
+        kind,
+        rank,
+        alpha,
+        out_features,
+        in_features,
+        factors: Factors::Lora {
+            a: Data::Stored {
+                key: akey,
+                transpose: false,
+            },
+            b: Data::Stored {
+                key: bkey,
+                transpose: false,
+            },
+        },
+        base_transposed,
+        dora_magnitude,
+        dora_rule: DoraRule::Peft,
+        bias,
+    })
+}

@@ -1,0 +1,392 @@
+//! Writing PEFT folders (`adapter_model.safetensors` + `adapter_config.json`) from the adapter
+//! model. Never reads a config; the reader is [`super::read`].
+
+use super::{CONFIG_NAME, PREFIX, WEIGHTS_NAME};
+use crate::adapter::{Adapter, Data, FullTensor, LoraModule, ModuleKind};
+use crate::error::{InputError, InputResult};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Writes `adapter` as a PEFT folder (`adapter_model.safetensors`, `adapter_config.json`)
+/// into `out` through `output`, every tensor encoded as `dtype`. `rank_pattern` /
+/// `alpha_pattern` are emitted for modules whose rank or alpha differ from the most common one,
+/// so PEFT rebuilds every module's shape and scale exactly.
+pub fn write(
+    adapter: &Adapter,
+    out: &Path,
+    output: &mut crate::io::Output,
+    dtype: crate::dtype::Dtype,
+    extra_metadata: &[(String, String)],
+) -> InputResult<()> {
+    write_with(adapter, out, output, Some(dtype), extra_metadata)
+}
+
+/// [`write`] with a dtype policy: `Some(d)` encodes every tensor as `d`; `None` copies stored
+/// tensors byte for byte in their own dtype and writes owned values as F32 (see [`encoded`]).
+/// `extra_metadata` follows `"format": "pt"` in `__metadata__` (a `format` entry in it is
+/// dropped, so the key is never written twice).
+pub fn write_with(
+    adapter: &Adapter,
+    out: &Path,
+    output: &mut crate::io::Output,
+    dtype: Option<crate::dtype::Dtype>,
+    extra_metadata: &[(String, String)],
+) -> InputResult<()> {
+    use crate::io::TensorSpec;
+    output.create_dir_all(out)?;
+    let mut specs = Vec::new();
+    let mut payload: Vec<Vec<u8>> = Vec::new();
+    let mut push =
+        |name: String, shape: Vec<usize>, (dt, bytes): (crate::dtype::Dtype, Vec<u8>)| {
+            specs.push(TensorSpec::new(name, dt, shape));
+            payload.push(bytes);
+        };
+    let lyc = super::lycoris::plan(adapter)?;
+    for m in adapter.modules.iter().filter(|_| lyc.is_some()) {
+        for (suffix, data, canonical) in crate::adapter::formats::lycoris::tensors(m) {
+            let shape = stored_shape(adapter, data, canonical);
+            push(
+                format!("{PREFIX}{}.{suffix}", m.name),
+                shape,
+                encoded(adapter, data, dtype)?,
+            );
+        }
+    }
+    for m in adapter.modules.iter().filter(|_| lyc.is_none()) {
+        let (ka, kb) = if m.kind == ModuleKind::Embedding {
+            (
+                format!("{PREFIX}{}.lora_embedding_A", m.name),
+                format!("{PREFIX}{}.lora_embedding_B", m.name),
+            )
+        } else {
+            (
+                format!("{PREFIX}{}.lora_A.weight", m.name),
+                format!("{PREFIX}{}.lora_B.weight", m.name),
+            )
+        };
+        let (ashape, bshape) = factor_shapes(m);
+        let Some((a, b)) = m.factors.lora() else {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}` is {}: a PEFT LoRA folder holds only LoRA factors",
+                    m.name,
+                    m.factors.algo()
+                ),
+            ));
+        };
+        push(ka, ashape, encoded(adapter, a, dtype)?);
+        push(kb, bshape, encoded(adapter, b, dtype)?);
+        if let Some(d) = &m.bias {
+            push(
+                format!("{PREFIX}{}.lora_B.bias", m.name),
+                vec![m.out_features],
+                encoded(adapter, d, dtype)?,
+            );
+        }
+        if let Some(d) = &m.dora_magnitude {
+            push(
+                format!("{PREFIX}{}.lora_magnitude_vector", m.name),
+                vec![m.out_features],
+                encoded(adapter, d, dtype)?,
+            );
+        }
+    }
+    for f in &adapter.full_tensors {
+        push(
+            full_tensor_key(adapter, f),
+            f.shape.clone(),
+            encoded(adapter, &f.data, dtype)?,
+        );
+    }
+    // Deterministic order: sorted by name, as PEFT's own files are.
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by(|&i, &j| specs[i].name.cmp(&specs[j].name));
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| specs[w[0]].name == specs[w[1]].name)
+    {
+        return Err(InputError::invalid(
+            &adapter.path,
+            format!("tensor `{}` would be written twice", specs[w[0]].name),
+        ));
+    }
+    let specs: Vec<TensorSpec> = order.iter().map(|&i| specs[i].clone()).collect();
+    let mut meta = vec![("format".to_string(), "pt".to_string())];
+    meta.extend(
+        extra_metadata
+            .iter()
+            .filter(|(k, _)| k != "format")
+            .cloned(),
+    );
+    let weights = out.join(WEIGHTS_NAME);
+    let mut w = output.safetensors(&weights, &meta, specs.clone())?;
+    for (spec, &i) in specs.iter().zip(&order) {
+        w.write_tensor(&spec.name, &payload[i])?;
+    }
+    w.finish()?;
+    let cfg = match &lyc {
+        Some(l) => lycoris_config_json(adapter, l),
+        None => config_json(adapter),
+    };
+    let mut text = serde_json::to_vec_pretty(&cfg).expect("json");
+    text.push(b'\n');
+    output.small_file(&out.join(CONFIG_NAME), &text)
+}
+
+/// The key a full tensor is saved under. A saved embedding layer (read from
+/// `{module}.base_layer.weight`, the copy of the base weight PEFT saves for a targeted
+/// embedding) keeps that key, also when its values were taken into memory: PEFT loads it into the
+/// LoRA layer's base layer, and lorakit's merge uses it as `W0` rather than as a replacement.
+/// Anything else is `base_model.model.{name}` (`modules_to_save`).
+pub fn full_tensor_key(adapter: &Adapter, f: &FullTensor) -> String {
+    if let Data::Stored { key, .. } = &f.data {
+        if key.contains(".base_layer.") {
+            return key.clone();
+        }
+    }
+    let saved_layer = adapter.modules.iter().find(|m| {
+        m.kind == ModuleKind::Embedding && f.name.strip_suffix(".weight") == Some(m.name.as_str())
+    });
+    match saved_layer {
+        Some(m) if matches!(f.data, Data::Owned(_)) => {
+            format!("{PREFIX}{}.base_layer.weight", m.name)
+        }
+        _ => format!("{PREFIX}{}", f.name),
+    }
+}
+
+/// On-disk shapes of a module's `A` and `B` (conv: `[r, in, kh, kw]` and `[out, r, 1, 1]`;
+/// kohya uses the same layouts).
+pub fn factor_shapes(m: &LoraModule) -> (Vec<usize>, Vec<usize>) {
+    match &m.kind {
+        ModuleKind::Conv { kernel } => {
+            let mut ash = vec![
+                m.rank,
+                m.in_features / kernel.iter().product::<usize>().max(1),
+            ];
+            ash.extend(kernel);
+            let mut bsh = vec![m.out_features, m.rank];
+            bsh.extend(kernel.iter().map(|_| 1));
+            (ash, bsh)
+        }
+        _ => (vec![m.rank, m.in_features], vec![m.out_features, m.rank]),
+    }
+}
+
+/// The dtype and bytes a tensor is written with. A stored tensor (not transposed) whose dtype
+/// is kept (`dtype` is `None` or its own) is copied byte for byte, so a conversion changes no
+/// factor; anything else is encoded from its canonical `f32` values into `dtype` (F32 when
+/// `None`). Values are checked to be finite either way.
+pub fn encoded(
+    adapter: &Adapter,
+    data: &Data,
+    dtype: Option<crate::dtype::Dtype>,
+) -> InputResult<(crate::dtype::Dtype, Vec<u8>)> {
+    let values = adapter.values(data)?;
+    if let (
+        Data::Stored {
+            key,
+            transpose: false,
+        },
+        Some(src),
+    ) = (data, adapter.source.as_ref())
+    {
+        let view = src.view(key)?;
+        if dtype.is_none_or(|d| d == view.dtype) && crate::dtype::is_float_storage(view.dtype) {
+            return Ok((view.dtype, view.data.to_vec()));
+        }
+    }
+    let dt = dtype.unwrap_or(crate::dtype::Dtype::F32);
+    Ok((dt, crate::dtype::encode(dt, &values)))
+}
+
+/// The shape a tensor is written with: a stored tensor keeps the shape it was stored with
+/// (LyCORIS and PEFT write a LoHa conv's `hada_w1_b` flattened), so conversions are exact;
+/// anything else its canonical shape.
+pub fn stored_shape(adapter: &Adapter, data: &Data, canonical: Vec<usize>) -> Vec<usize> {
+    match (data, adapter.source.as_ref()) {
+        (
+            Data::Stored {
+                key,
+                transpose: false,
+            },
+            Some(src),
+        ) => src.info(key).map_or(canonical, |i| i.shape.clone()),
+        _ => canonical,
+    }
+}
+
+/// The most common value of `vals` (ties: the smallest string), and full-name pattern entries
+/// for the modules that differ (PEFT matches `(.*\.)?(key)$`, so an escaped full path matches
+/// only itself).
+fn common_and_patterns(
+    adapter: &Adapter,
+    ranks: &[usize],
+    alphas: &[f64],
+) -> (usize, f64, Map<String, Value>, Map<String, Value>) {
+    let most_common = |vals: Vec<String>| -> Option<String> {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for v in vals {
+            *counts.entry(v).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|(k, _)| k)
+    };
+    let r: usize = most_common(ranks.iter().map(|r| r.to_string()).collect())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let alpha: f64 = most_common(alphas.iter().map(|&a| fmt_num(a)).collect())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(r as f64);
+    let mut rank_pattern = Map::new();
+    let mut alpha_pattern = Map::new();
+    for ((m, &mr), &ma) in adapter.modules.iter().zip(ranks).zip(alphas) {
+        if mr != r {
+            rank_pattern.insert(regex::escape(&m.name), json!(mr));
+        }
+        if fmt_num(ma) != fmt_num(alpha) {
+            alpha_pattern.insert(regex::escape(&m.name), num_value(ma));
+        }
+    }
+    (r, alpha, rank_pattern, alpha_pattern)
+}
+
+/// `adapter_config.json` of a PEFT LOHA / LOKR folder (`tuners/loha/config.py`,
+/// `tuners/lokr/config.py`): `r`/`alpha` with full-name patterns, full-name `target_modules`,
+/// and the folder-wide settings [`super::lycoris::plan`] chose. Fields of a config of the same
+/// type read with the adapter are carried over.
+pub fn lycoris_config_json(adapter: &Adapter, l: &super::lycoris::LycorisPeft) -> Value {
+    let (r, alpha, rank_pattern, alpha_pattern) = common_and_patterns(adapter, &l.ranks, &l.alphas);
+    let mut targets: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
+    targets.sort();
+    let mut cfg = match adapter.config.as_ref().and_then(Value::as_object) {
+        Some(orig) if orig.get("peft_type").and_then(Value::as_str) == Some(l.peft_type) => {
+            orig.clone()
+        }
+        _ => Map::new(),
+    };
+    let mut set = |k: &str, v: Value| {
+        cfg.insert(k.to_owned(), v);
+    };
+    set("peft_type", json!(l.peft_type));
+    set("r", json!(r));
+    set("alpha", num_value(alpha));
+    set("rank_pattern", Value::Object(rank_pattern));
+    set("alpha_pattern", Value::Object(alpha_pattern));
+    set("target_modules", json!(targets));
+    set("use_effective_conv2d", json!(l.use_effective_conv2d));
+    if l.peft_type == "LOKR" {
+        set("decompose_both", json!(l.decompose_both));
+        set("decompose_factor", json!(l.decompose_factor));
+    }
+    set(
+        "base_model_name_or_path",
+        adapter
+            .base_model
+            .as_ref()
+            .map_or(Value::Null, |s| json!(s)),
+    );
+    for (k, v) in [
+        ("rank_dropout", json!(0.0)),
+        ("module_dropout", json!(0.0)),
+        ("init_weights", json!(true)),
+        ("inference_mode", json!(true)),
+        ("modules_to_save", Value::Null),
+        ("task_type", Value::Null),
+    ] {
+        cfg.entry(k.to_owned()).or_insert(v);
+    }
+    let mut sorted: Vec<(String, Value)> = cfg.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    Value::Object(sorted.into_iter().collect())
+}
+
+/// Builds `adapter_config.json` for `adapter`: the most common rank and alpha as `r` /
+/// `lora_alpha`, exceptions as full-name `rank_pattern` / `alpha_pattern` entries.
+pub fn config_json(adapter: &Adapter) -> Value {
+    let ranks: Vec<usize> = adapter.modules.iter().map(|m| m.rank).collect();
+    let alphas: Vec<f64> = adapter.modules.iter().map(|m| m.alpha).collect();
+    let (r, alpha, rank_pattern, alpha_pattern) = common_and_patterns(adapter, &ranks, &alphas);
+    // Full module names: PEFT matches list entries exactly or as a dotted suffix, so every
+    // adapted module and nothing else is targeted.
+    let mut targets: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
+    targets.sort();
+    let keep_targets = adapter
+        .config
+        .as_ref()
+        .and_then(|c| c.get("target_modules"))
+        .is_some_and(|t| !t.is_null());
+    let fifo = adapter
+        .modules
+        .iter()
+        .any(|m| m.base_transposed && m.kind == ModuleKind::Linear);
+    let mut cfg = match adapter.config.as_ref().and_then(Value::as_object) {
+        Some(orig) => orig.clone(),
+        None => Map::new(),
+    };
+    let mut set = |k: &str, v: Value| {
+        cfg.insert(k.to_owned(), v);
+    };
+    set("peft_type", json!("LORA"));
+    set("r", json!(r));
+    set("lora_alpha", num_value(alpha));
+    if !keep_targets {
+        set("target_modules", json!(targets));
+    }
+    set("rank_pattern", Value::Object(rank_pattern));
+    set("alpha_pattern", Value::Object(alpha_pattern));
+    set("use_rslora", json!(adapter.use_rslora));
+    set(
+        "use_dora",
+        json!(adapter.modules.iter().any(|m| m.dora_magnitude.is_some())),
+    );
+    set("fan_in_fan_out", json!(fifo));
+    set(
+        "lora_bias",
+        json!(adapter.modules.iter().any(|m| m.bias.is_some())),
+    );
+    set(
+        "modules_to_save",
+        if adapter.modules_to_save.is_empty() {
+            Value::Null
+        } else {
+            json!(adapter.modules_to_save)
+        },
+    );
+    set(
+        "base_model_name_or_path",
+        adapter
+            .base_model
+            .as_ref()
+            .map_or(Value::Null, |s| json!(s)),
+    );
+    for (k, v) in [
+        ("bias", json!("none")),
+        ("lora_dropout", json!(0.0)),
+        ("inference_mode", json!(true)),
+        ("init_lora_weights", json!(true)),
+        ("task_type", Value::Null),
+    ] {
+        cfg.entry(k.to_owned()).or_insert(v);
+    }
+    let mut sorted: Vec<(String, Value)> = cfg.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    Value::Object(sorted.into_iter().collect())
+}
+
+/// Integers as JSON integers (PEFT types `lora_alpha` as int), others as floats.
+fn num_value(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
+fn fmt_num(x: f64) -> String {
+    format!("{x}")
+}

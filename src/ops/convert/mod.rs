@@ -1,0 +1,363 @@
+//! `convert`: rewriting an adapter in another format or naming, exactly. The operation shape is
+//! [`ConvertOptions`] → [`ConvertPlan::new`] (opens the inputs and validates everything: the
+//! output path, every module against the target, names against the base) → [`ConvertPlan::run`]
+//! (writes atomically) → [`ConvertReport`]. Nothing is written when the plan is refused.
+//!
+//! Targets that hold adapter files ([`ConvertTo::format`]): PEFT folders (LoRA, or LoHa/LoKr as
+//! PEFT's own LOHA/LOKR folders, [`crate::adapter::formats::peft::lycoris_plan`]), kohya files,
+//! and two named forms of the kohya-named single file:
+//!
+//! * **lycoris** — LyCORIS' own file (`LycorisNetwork.save_weights`): every algorithm under its
+//!   LyCORIS suffixes with its `.alpha`, module names `{prefix}_{path}` with the prefix
+//!   `lycoris` that `create_lycoris_from_weights` looks up for a wrapped model
+//!   (`lycoris/wrapper.py`, `LORA_PREFIX = "lycoris"`, `lora_name = f"{LORA_PREFIX}_{name}"`),
+//!   or the kohya prefix of the pipeline component the name carries.
+//! * **comfy** — the form ComfyUI reads natively for the model (`comfy/lora.py` @41444b5,
+//!   `load_lora` reads every LyCORIS suffix of a key; `model_lora_keys_unet` maps
+//!   `lora_unet_{diffusers or native path}` for every UNet, `lora_transformer_{path}` for SD3
+//!   and Flux; `model_lora_keys_clip` maps `lora_te_`/`lora_te1_` (CLIP-L/H) and `lora_te2_`
+//!   (CLIP-G beside CLIP-L)): the same file with the component's kohya prefix
+//!   (`unet.` → `lora_unet_`, `text_encoder.` → `lora_te_`, or `lora_te1_` when a
+//!   `text_encoder_2.` is present, `text_encoder_2.` → `lora_te2_`, `transformer.` →
+//!   `lora_transformer_`), and for names without one the kohya default (`lora_te` for
+//!   `text_model.` paths, else `lora_unet`).
+//!
+//! Exactness: factors are copied byte for byte (unless a dtype is asked for) and every module
+//! keeps its scale. The one case where a target cannot state a scale is a LoKr module with both
+//! halves whole whose scale is not 1 (PEFT's `alpha / r`): LyCORIS and ComfyUI use scale 1 for
+//! it, so the scale is folded into `w1` (`s·w1`, rounded once) and the module is reported as
+//! folded.
+
+mod names;
+
+pub use names::{
+    check_onto, kohya_or_peft_alpha, prepare, resolve_onto, restore_from_metadata, NameSource,
+    Prepared, NEEDS_BASE,
+};
+
+use crate::adapter::formats::{diffusers, kohya, peft};
+use crate::adapter::{Adapter, Data, Factors, Format, KronHalf};
+use crate::error::{InputError, InputResult};
+use crate::io::Checkpoint;
+use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec};
+use std::path::PathBuf;
+
+/// What `convert` writes: an adapter format, or a llama.cpp GGUF adapter
+/// ([`crate::adapter::formats::gguf`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvertTo {
+    Peft,
+    Kohya,
+    Gguf,
+    /// A diffusers single file ([`crate::adapter::formats::diffusers`]).
+    Diffusers,
+    /// LyCORIS' own single file (see the module doc).
+    Lycoris,
+    /// The single file ComfyUI reads natively (see the module doc).
+    Comfy,
+}
+
+impl ConvertTo {
+    /// The adapter format written, `None` for GGUF and diffusers single files.
+    pub fn format(self) -> Option<Format> {
+        match self {
+            ConvertTo::Peft => Some(Format::Peft),
+            ConvertTo::Kohya | ConvertTo::Lycoris | ConvertTo::Comfy => Some(Format::Kohya),
+            ConvertTo::Gguf | ConvertTo::Diffusers => None,
+        }
+    }
+}
+
+/// What to convert, as a Rust caller states it.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub adapter: PathBuf,
+    pub to: ConvertTo,
+    pub out: PathBuf,
+    /// The model the adapter is for: restores dotted module paths of kohya names, and every
+    /// module must land on it.
+    pub base: Option<PathBuf>,
+    pub dtype: DtypeChoice,
+    /// kohya prefix for dotted names without a pipeline component (kohya-named targets).
+    pub prefix: Option<String>,
+}
+
+/// One module of a conversion.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleConvert {
+    /// Name in the input file's terms (PEFT module path or kohya name).
+    pub from: String,
+    /// Name in the output file's terms.
+    pub to: String,
+    pub algo: crate::adapter::Algo,
+    pub rank: usize,
+    /// Alpha as the input stated it.
+    pub alpha_in: f64,
+    /// Alpha as written (kohya: `.alpha`, rounded to f32; PEFT LoHa/LoKr: the config's).
+    pub alpha_out: f64,
+    /// The module's scale, the same before and after.
+    pub scale: f64,
+    /// A scale the target cannot state was folded into a factor (LoKr `w1`), rounded once.
+    pub folded: Option<f64>,
+}
+
+/// What `convert` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConvertReport {
+    pub operation: &'static str,
+    pub input: String,
+    pub out: String,
+    pub from: Format,
+    pub to: ConvertTo,
+    pub base: Option<String>,
+    /// kohya prefix used for dotted module paths (kohya-named output).
+    pub prefix: Option<String>,
+    pub names_from: NameSource,
+    /// The PEFT config and alphas came back from lorakit metadata.
+    pub config_restored: bool,
+    pub dtype: DtypeChoice,
+    pub modules: Vec<ModuleConvert>,
+    /// `__metadata__` entries carried from the input.
+    pub metadata_kept_count: usize,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+}
+
+/// A validated conversion, ready to write.
+#[derive(Debug)]
+pub struct ConvertPlan {
+    opts: ConvertOptions,
+    adapter: Adapter,
+    spec: WriteSpec,
+    from: Format,
+    prep: Prepared,
+    prefix: Option<String>,
+    folded: Vec<Option<f64>>,
+    /// PEFT LOHA/LOKR settings (alphas written), when the target is such a folder.
+    lycoris_peft: Option<peft::LycorisPeft>,
+}
+
+impl ConvertPlan {
+    /// Opens the adapter (and base), and checks everything before anything is written: the
+    /// output is no input, every module has a form in the target, names resolve.
+    pub fn new(opts: ConvertOptions) -> InputResult<ConvertPlan> {
+        let to = opts.to.format().ok_or_else(|| {
+            InputError::invalid(
+                &opts.adapter,
+                "gguf and diffusers targets are written by their own writers, not a convert plan",
+            )
+        })?;
+        let mut adapter = Adapter::open(&opts.adapter)?;
+        let base = opts.base.as_deref().map(Checkpoint::open).transpose()?;
+        let spec = WriteSpec {
+            format: to,
+            out: opts.out.clone(),
+            dtype: output::copy_dtype(opts.dtype),
+            kohya_prefix: opts.prefix.clone(),
+        };
+        let mut inputs = output::adapter_inputs(&adapter);
+        if let Some(b) = &base {
+            inputs.extend(b.input_paths());
+            inputs.push(b.root.clone());
+        }
+        output::check_output(&spec, &inputs)?;
+        if to == Format::Peft {
+            check_peft_target(&adapter)?;
+        }
+        let from = adapter.format;
+        let prep = prepare(&mut adapter, to, base.as_ref())?;
+        let mut prefix = None;
+        if to == Format::Kohya {
+            component_prefixes(&mut adapter, opts.to);
+            let p = match (&opts.prefix, opts.to) {
+                (Some(p), _) => p.clone(),
+                (None, ConvertTo::Lycoris) => "lycoris".to_owned(),
+                (None, _) => output::default_kohya_prefix(&adapter).to_owned(),
+            };
+            prefix = Some(p);
+        }
+        let folded = if to == Format::Kohya {
+            fold_whole_lokr(&mut adapter)?
+        } else {
+            vec![None; adapter.modules.len()]
+        };
+        let lycoris_peft = if to == Format::Peft {
+            peft::lycoris_plan(&adapter)?
+        } else {
+            None
+        };
+        Ok(ConvertPlan {
+            opts,
+            adapter,
+            spec: WriteSpec {
+                kohya_prefix: prefix.clone(),
+                ..spec
+            },
+            from,
+            prep,
+            prefix,
+            folded,
+            lycoris_peft,
+        })
+    }
+
+    /// Writes the output (atomically) and reports per module what was written.
+    pub fn run(self) -> InputResult<ConvertReport> {
+        let to = self.spec.format;
+        let prov = Provenance {
+            operation: "convert",
+            inputs: output::inputs_json(&[&self.opts.adapter], self.opts.base.as_deref()),
+            params: serde_json::json!({
+                "from": self.from, "to": self.opts.to, "prefix": self.prefix, "dtype": self.opts.dtype
+            }),
+        };
+        let written = output::write_adapter(&self.adapter, &self.spec, &prov)?;
+        let a = &self.adapter;
+        let modules = a
+            .modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ModuleConvert {
+                from: self.prep.names_before[i].clone(),
+                to: output::written_name(&m.name, to, self.prefix.as_deref().unwrap_or("")),
+                algo: m.factors.algo(),
+                rank: self.lycoris_peft.as_ref().map_or(m.rank, |l| l.ranks[i]),
+                alpha_in: self.prep.alphas_before[i],
+                alpha_out: match &self.lycoris_peft {
+                    Some(l) => l.alphas[i],
+                    None => kohya_or_peft_alpha(a, m, to),
+                },
+                scale: self.folded[i].unwrap_or(m.scale),
+                folded: self.folded[i],
+            })
+            .collect();
+        Ok(ConvertReport {
+            operation: "convert",
+            input: self.opts.adapter.display().to_string(),
+            out: self.opts.out.display().to_string(),
+            from: self.from,
+            to: self.opts.to,
+            base: self.opts.base.as_ref().map(|b| b.display().to_string()),
+            prefix: self.prefix.clone(),
+            names_from: self.prep.names_from,
+            config_restored: self.prep.config_restored,
+            dtype: self.opts.dtype,
+            modules,
+            metadata_kept_count: output::metadata_kept(a),
+            files: written.files,
+            bytes_written: written.bytes,
+        })
+    }
+}
+
+/// A PEFT folder holds LoRA, or LoHa/LoKr as PEFT's own LOHA/LOKR ([`peft::lycoris_plan`]);
+/// anything else is refused by module.
+fn check_peft_target(adapter: &Adapter) -> InputResult<()> {
+    for m in &adapter.modules {
+        let why = if m.factors.needs_base() {
+            "its update depends on the base weight, so it has no fixed ΔW to lower to LoRA (merge it into the base instead)"
+        } else if m.dora_rule == (crate::adapter::DoraRule::Lycoris { per_input: true })
+            && m.dora_magnitude.is_some()
+        {
+            "its dora_scale normalises per input channel, and PEFT's DoRA only per output feature"
+        } else if m.factors.needs_base() {
+            "its update depends on the base weight, so it has no fixed ΔW to lower to LoRA (merge it into the base instead)"
+        } else if matches!(
+            m.factors,
+            Factors::Lora { .. } | Factors::Loha { .. } | Factors::Lokr { .. }
+        ) {
+            continue;
+        } else {
+            "PEFT has no tuner for it; lower it to plain LoRA at a chosen rank first (lorakit resize), with the error reported per module"
+        };
+        return Err(InputError::invalid(
+            &adapter.path,
+            format!(
+                "module `{}` is {}, which a PEFT folder cannot hold: {why}",
+                m.name,
+                m.factors.algo()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Gives dotted names that carry a pipeline component (`unet.`, `text_encoder.`,
+/// `text_encoder_2.`, `transformer.`) the component's kohya prefix, as ComfyUI maps them
+/// (module doc). `lycoris` and `comfy` only; `kohya` keeps its own prefix rule.
+fn component_prefixes(adapter: &mut Adapter, to: ConvertTo) {
+    if !matches!(to, ConvertTo::Lycoris | ConvertTo::Comfy) {
+        return;
+    }
+    let two_encoders = adapter
+        .modules
+        .iter()
+        .any(|m| m.name.starts_with("text_encoder_2."));
+    for m in adapter.modules.iter_mut() {
+        if kohya::split_prefix(&m.name).is_some() {
+            continue;
+        }
+        let Some((component, rest)) = m.name.split_once('.') else {
+            continue;
+        };
+        let prefix = match component {
+            "unet" => "lora_unet",
+            "text_encoder" if two_encoders => "lora_te1",
+            "text_encoder" => "lora_te",
+            "text_encoder_2" => "lora_te2",
+            "transformer" => "lora_transformer",
+            _ => continue,
+        };
+        debug_assert!(diffusers::COMPONENTS.contains(&component));
+        m.name = kohya::kohya_name(prefix, rest);
+    }
+}
+
+/// LyCORIS and ComfyUI give a LoKr module with both halves whole scale 1 whatever its alpha
+/// (`lycoris/modules/lokr.py`: `if self.use_w2 and self.use_w1: alpha = lora_dim`; ComfyUI
+/// `weight_adapter/lokr.py`: `dim` is `None`, so `alpha` is ignored). A module read from PEFT
+/// (scale `alpha / r`) keeps its ΔW only with the scale folded into `w1`: `w1 ← s·w1` in f64,
+/// rounded once to f32. Returns the folded scale per module.
+fn fold_whole_lokr(adapter: &mut Adapter) -> InputResult<Vec<Option<f64>>> {
+    let mut folded = vec![None; adapter.modules.len()];
+    #[allow(clippy::needless_range_loop)] // `adapter` is borrowed again inside (values)
+    for i in 0..adapter.modules.len() {
+        let m = &adapter.modules[i];
+        let Factors::Lokr {
+            w1: KronHalf::Whole(w1),
+            w2: KronHalf::Whole(_),
+            ..
+        } = &m.factors
+        else {
+            continue;
+        };
+        if m.scale == 1.0 {
+            continue;
+        }
+        let s = m.scale;
+        let v = adapter.values(w1)?;
+        let scaled: Vec<f32> = v.iter().map(|&x| (x as f64 * s) as f32).collect();
+        if scaled.iter().any(|x| !x.is_finite()) {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}`: lokr_w1 times the scale {s} overflows f32",
+                    m.name
+                ),
+            ));
+        }
+        let m = &mut adapter.modules[i];
+        if let Factors::Lokr {
+            w1: KronHalf::Whole(w1),
+            ..
+        } = &mut m.factors
+        {
+            *w1 = Data::Owned(std::sync::Arc::new(scaled));
+        }
+        m.scale = 1.0;
+        m.alpha = 1.0;
+        folded[i] = Some(s);
+    }
+    Ok(folded)
+}

@@ -1,0 +1,189 @@
+//! LyCORIS → LoRA lowering (`resize`) at the optimal error, and `combine` of LyCORIS inputs,
+//! checked against ΔW rebuilt here in f64.
+
+use super::*;
+
+/// ΔW of a LyCORIS module rebuilt here in f64 from the file's factors (independently of lorakit's
+/// code): LoHa `(w1a·w1b) ⊙ (w2a·w2b)`, LoKr `kron(w1, w2)` (halves whole or `a·b`), times the
+/// scale LyCORIS itself recorded for the module (MANIFEST.json). Returns (ΔW, d, k).
+fn lycoris_delta64(case: &str, module: &str) -> (Vec<f64>, usize, usize) {
+    let t = read(&fixture(&format!("lycoris/{case}.safetensors")));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("lycoris/MANIFEST.json")).unwrap())
+            .unwrap();
+    let scale = manifest["cases"][case]["modules"][module]["scale"]
+        .as_f64()
+        .unwrap();
+    let key = format!("lycoris_{}", module.replace('.', "_"));
+    let get = |s: &str| t.get(&format!("{key}.{s}"));
+    // (values, rows, cols) of a matrix stored whole or as a·b.
+    let mat = |whole: &str, a: &str, b: &str| -> (Vec<f64>, usize, usize) {
+        if let Some(w) = get(whole) {
+            let cols = w.shape[1..].iter().product();
+            return (
+                w.f32().iter().map(|&x| x as f64).collect(),
+                w.shape[0],
+                cols,
+            );
+        }
+        let (a, b) = (get(a).unwrap(), get(b).unwrap());
+        let (rows, r, cols) = (
+            a.shape[0],
+            a.shape[1],
+            b.shape[1..].iter().product::<usize>(),
+        );
+        let (av, bv) = (a.f32(), b.f32());
+        let v = (0..rows * cols)
+            .map(|p| {
+                (0..r)
+                    .map(|q| av[(p / cols) * r + q] as f64 * bv[q * cols + p % cols] as f64)
+                    .sum()
+            })
+            .collect();
+        (v, rows, cols)
+    };
+    if get("hada_w1_a").is_some() {
+        let (x, d, k) = mat("", "hada_w1_a", "hada_w1_b");
+        let (y, _, _) = mat("", "hada_w2_a", "hada_w2_b");
+        let v = x.iter().zip(&y).map(|(a, b)| a * b * scale).collect();
+        return (v, d, k);
+    }
+    let (w1, a, c) = mat("lokr_w1", "lokr_w1_a", "lokr_w1_b");
+    let (w2, b, n2) = mat("lokr_w2", "lokr_w2_a", "lokr_w2_b");
+    let (d, k) = (a * b, c * n2);
+    let v = (0..d * k)
+        .map(|p| {
+            let (row, col) = (p / k, p % k);
+            w1[(row / b) * c + col / n2] * w2[(row % b) * n2 + col % n2] * scale
+        })
+        .collect();
+    (v, d, k)
+}
+
+/// LyCORIS → plain LoRA (`resize --rank R` on a LyCORIS file): each module's error is the
+/// Eckart–Young optimum of its true ΔW at rank R (an f64 Jacobi SVD of the ΔW rebuilt above),
+/// the report states that error, and the written LoRA is plain `lora_up`/`lora_down`.
+#[test]
+fn lycoris_lowers_to_lora_at_the_optimal_error() {
+    use super::super::reference::{jacobi_svd, norm64};
+    let dir = tempfile::tempdir().unwrap();
+    let modules = [
+        "down_blocks.0.to_q",
+        "down_blocks.0.ff_out",
+        "down_blocks.0.proj_out",
+    ];
+    for case in ["loha", "lokr", "lokr_full"] {
+        for rank in [2usize, 5] {
+            let out = dir.path().join(format!("{case}.r{rank}.safetensors"));
+            let rep: serde_json::Value = serde_json::from_str(&run_ok([
+                "resize",
+                fixture(&format!("lycoris/{case}.safetensors"))
+                    .to_str()
+                    .unwrap(),
+                "--rank",
+                &rank.to_string(),
+                "--out",
+                out.to_str().unwrap(),
+                "--json",
+            ]))
+            .unwrap();
+            let t = read(&out);
+            assert!(t
+                .keys()
+                .all(|k| k.contains(".lora_") || k.ends_with(".alpha")));
+            for module in modules {
+                let key = format!("lycoris_{}", module.replace('.', "_"));
+                let (want, d, k) = lycoris_delta64(case, module);
+                let (_, s, _) = jacobi_svd(&want, d, k);
+                let r = rank.min(s.len());
+                let optimal = s[r..].iter().map(|x| x * x).sum::<f64>().sqrt();
+                let up = t[&format!("{key}.lora_up.weight")].f32();
+                let down = t[&format!("{key}.lora_down.weight")].f32();
+                let alpha = t[&format!("{key}.alpha")].f32()[0] as f64;
+                assert_eq!(up.len(), d * r, "{case} {module}: rank {r}");
+                let got: Vec<f64> = (0..d * k)
+                    .map(|p| {
+                        (0..r)
+                            .map(|q| up[(p / k) * r + q] as f64 * down[q * k + p % k] as f64)
+                            .sum::<f64>()
+                            * alpha
+                            / r as f64
+                    })
+                    .collect();
+                let err = norm64(
+                    &got.iter()
+                        .zip(&want)
+                        .map(|(a, b)| a - b)
+                        .collect::<Vec<f64>>(),
+                );
+                // f32 factors round each entry once: a few ulps of ‖ΔW‖ on top of the optimum.
+                let slack = 1e-6 * norm64(&want);
+                assert!(
+                    err <= 1.001 * optimal + slack,
+                    "{case} {module} rank {r}: error {err:e}, optimum {optimal:e}"
+                );
+                let reported = rep["modules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["name"] == key.as_str())
+                    .unwrap();
+                let fro_error = reported["fro_error"].as_f64().unwrap();
+                assert!(
+                    (fro_error - err).abs() <= 1e-3 * err + slack,
+                    "{case} {module}: reported {fro_error:e}, measured {err:e}"
+                );
+            }
+        }
+    }
+}
+
+/// `combine` takes LyCORIS inputs as the exact LoRA form of their ΔW: `cat` of a LoHa and a LoKr
+/// file at weights ½ merges to W0 + ½ΔW₁ + ½ΔW₂, the reference computed here in f64 from the two
+/// forward-probed fixtures. A flat LoHa conv and a LoKr conv of the same layout combine.
+#[test]
+fn combine_takes_lycoris_inputs_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mix.safetensors");
+    run_ok([
+        "combine",
+        "--adapter",
+        fixture("lycoris/loha.safetensors").to_str().unwrap(),
+        "--weight",
+        "0.5",
+        "--adapter",
+        fixture("lycoris/lokr.safetensors").to_str().unwrap(),
+        "--weight",
+        "0.5",
+        "--method",
+        "cat",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let merged = dir.path().join("merged.safetensors");
+    merge_ok(
+        &fixture("lycoris/base.safetensors"),
+        &out,
+        &merged,
+        &["--quiet"],
+    );
+    let base = read(&fixture("lycoris/base.safetensors"));
+    let (m1, m2) = (
+        read(&fixture("lycoris/loha.merged.safetensors")),
+        read(&fixture("lycoris/lokr.merged.safetensors")),
+    );
+    for (name, t) in read(&merged) {
+        let want: Vec<f32> = base[&name]
+            .f32()
+            .iter()
+            .zip(m1[&name].f32())
+            .zip(m2[&name].f32())
+            .map(|((&x, y), z)| {
+                let x = x as f64;
+                (x + 0.5 * (y as f64 - x) + 0.5 * (z as f64 - x)) as f32
+            })
+            .collect();
+        let e = rel_err(&t.f32(), &want);
+        assert!(e <= TOL, "{name}: relative error {e:e}");
+    }
+}

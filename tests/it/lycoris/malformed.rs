@@ -1,0 +1,181 @@
+//! Malformed LyCORIS files (every algorithm, OFT/IA3/norm included): one line naming the file
+//! and the key, nothing written.
+
+use super::*;
+
+#[test]
+fn malformed_lycoris_files_are_refused_by_name() {
+    // A LoHa factor of the wrong shape.
+    refused(
+        "loha",
+        |t| {
+            let k = format!("{CONV}.hada_w2_b");
+            let mut x = t.remove(&k).unwrap();
+            x.shape = vec![2, 108];
+            t.insert(k, x);
+        },
+        &[CONV, "hada_w2_b"],
+    );
+    // Only one of the two Tucker cores.
+    refused(
+        "loha_tucker",
+        |t| {
+            t.remove(&format!("{CONV}.hada_t2"));
+        },
+        &[CONV, "hada_t1"],
+    );
+    // Two algorithms' tensors in one module.
+    refused(
+        "loha",
+        |t| {
+            let x = t[&format!("{CONV}.hada_w1_a")].clone();
+            t.insert(format!("{CONV}.lokr_w1"), x);
+        },
+        &[CONV, "LoHa", "LoKr"],
+    );
+    // A LoKr half given neither whole nor as a product.
+    refused(
+        "lokr",
+        |t| {
+            t.retain(|k, _| !(k.starts_with(CONV) && k.contains("lokr_w2")));
+        },
+        &[CONV, "lokr_w2"],
+    );
+    // An algorithm lorakit recognises but does not apply: refused by key, never skipped.
+    refused(
+        "loha",
+        |t| {
+            let x = t[&format!("{CONV}.hada_w1_a")].clone();
+            t.insert("lycoris_down_blocks_0_to_q.lambda_layer".into(), x);
+        },
+        &["lambda_layer", "T-LoRA"],
+    );
+    // A tensor with no known suffix.
+    refused(
+        "full",
+        |t| {
+            let x = t[&format!("{CONV}.diff_b")].clone();
+            t.insert(format!("{CONV}.mystery"), x);
+        },
+        &["mystery"],
+    );
+    // A DoRA scale that fits neither axis.
+    refused(
+        "dora_out",
+        |t| {
+            let k = "lycoris_down_blocks_0_to_q.dora_scale".to_string();
+            let mut x = t.remove(&k).unwrap();
+            x.shape = vec![2, 16];
+            t.insert(k, x);
+        },
+        &["dora_scale", "to_q"],
+    );
+    // NaN in a stored factor: refused naming the adapter tensor.
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = read(&fixture("lycoris/lokr.safetensors"));
+    let k = format!("{CONV}.lokr_w1");
+    t.get_mut(&k).unwrap().data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let p = dir.path().join("nan.safetensors");
+    write(&p, &t);
+    let out = dir.path().join("out.safetensors");
+    let line = one_line_error(&run_err(merge_args(
+        &fixture("lycoris/base.safetensors"),
+        &p,
+        &out,
+        &[],
+    )));
+    assert!(line.contains(&k) && line.contains("not finite"), "{line}");
+    assert!(!out.exists());
+}
+
+/// Malformed OFT / IA3 / norm files: one line naming the file and the key, nothing written.
+#[test]
+fn malformed_oft_ia3_and_norm_files_are_refused_by_name() {
+    let refused_w0 = |case: &str, edit: &dyn Fn(&mut BTreeMap<String, T>), expect: &[&str]| {
+        refused_in("lycoris_w0", case, edit, expect)
+    };
+    let ff = "lycoris_down_blocks_0_ff_out";
+    let reshape = |key: String, shape: Vec<usize>| {
+        move |t: &mut BTreeMap<String, T>| {
+            let mut x = t.remove(&key).unwrap();
+            x.shape = shape.clone();
+            t.insert(key.clone(), x);
+        }
+    };
+    // Blocks that are not square.
+    refused_w0(
+        "oft",
+        &reshape(format!("{ff}.oft_blocks"), vec![4, 4, 9]),
+        &[ff, "oft_blocks"],
+    );
+    // A rescale of the wrong length.
+    refused_w0(
+        "oft_rescale",
+        &reshape(format!("{ff}.rescale"), vec![24, 2]),
+        &[ff, "rescale"],
+    );
+    // BOFT stages that the block count cannot pair (4 stages of 1 block).
+    refused_w0(
+        "oft",
+        &reshape(format!("{ff}.oft_blocks"), vec![4, 1, 6, 6]),
+        &[ff, "BOFT"],
+    );
+    // An IA3 on_input that is neither 0 nor 1.
+    refused_w0(
+        "ia3",
+        &|t: &mut BTreeMap<String, T>| {
+            let x = t.get_mut(&format!("{ff}.on_input")).unwrap();
+            x.data = 2f32.to_le_bytes().to_vec();
+        },
+        &[ff, "on_input"],
+    );
+    // An IA3 vector without its on_input: an unknown `.weight` tensor, by name.
+    refused_w0(
+        "ia3",
+        &|t: &mut BTreeMap<String, T>| {
+            t.remove(&format!("{ff}.on_input"));
+        },
+        &[&format!("{ff}.weight")],
+    );
+    // A b_norm of the wrong length; b_norm without w_norm.
+    let norm = "lycoris_down_blocks_0_norm1";
+    refused_w0(
+        "lokr_norm",
+        &|t: &mut BTreeMap<String, T>| {
+            let x = t.get_mut(&format!("{norm}.b_norm")).unwrap();
+            x.shape = vec![31];
+            x.data.truncate(31 * 4);
+        },
+        &[norm, "b_norm"],
+    );
+    refused_w0(
+        "lokr_norm",
+        &|t: &mut BTreeMap<String, T>| {
+            t.remove(&format!("{norm}.w_norm"));
+        },
+        &[norm, "w_norm"],
+    );
+    // GLoRA halves that do not fit; a GLoRA Tucker core.
+    refused_w0(
+        "glora",
+        &reshape(format!("{ff}.b2.weight"), vec![2, 64]),
+        &[ff, "GLoRA", "b2.weight"],
+    );
+    refused_w0(
+        "glora",
+        &|t: &mut BTreeMap<String, T>| {
+            let x = t[&format!("{ff}.a1.weight")].clone();
+            t.insert(format!("{ff}.bm.weight"), x);
+        },
+        &[ff, "bm.weight"],
+    );
+    // Two algorithms in one module.
+    refused_w0(
+        "oft",
+        &|t: &mut BTreeMap<String, T>| {
+            let x = t[&format!("{ff}.oft_blocks")].clone();
+            t.insert(format!("{ff}.w_norm"), x);
+        },
+        &[ff, "norm", "OFT"],
+    );
+}

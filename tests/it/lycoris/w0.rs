@@ -1,0 +1,272 @@
+//! Updates that depend on the base weight (diag-OFT, BOFT, IA3, GLoRA, norm layers; PEFT IA3
+//! and OFT folders), merged against the wrapped modules' own forward.
+
+use super::*;
+
+/// The LyCORIS algorithms whose update depends on the base weight, and norm-layer training
+/// (`fixtures/lycoris_w0/`, written by lycoris-lora, `fixtures/gen/lycoris_w0_fixtures.py`):
+/// diag-OFT (plain; with `rescale` and a constraint that binds), LoKr with `train_norm`
+/// (LayerNorm and GroupNorm `w_norm`/`b_norm`), IA3 (output side; input side on a linear and a
+/// 3×3 conv), GLoRA (linear and 3×3 conv), and BOFT
+/// (plain; with `rescale` and a binding constraint). Expected weights are probed from each
+/// wrapped module's forward, as for the other algorithms.
+const W0_CASES: &[(&str, usize)] = &[
+    ("oft", 4),
+    ("oft_rescale", 4),
+    ("lokr_norm", 8),
+    ("ia3", 4),
+    ("ia3_input", 2),
+    ("glora", 4),
+    ("boft", 4),
+    ("boft_rescale", 4),
+];
+
+fn w0_merged(dir: &Path, case: &str, extra: &[&str]) -> BTreeMap<String, T> {
+    let out = dir.join(format!("{case}.safetensors"));
+    let mut args = vec!["--device", "cpu", "--quiet"];
+    args.extend_from_slice(extra);
+    merge_ok(
+        &fixture("lycoris_w0/base.safetensors"),
+        &fixture(&format!("lycoris_w0/{case}.safetensors")),
+        &out,
+        &args,
+    );
+    read(&out)
+}
+
+#[test]
+fn oft_ia3_and_norm_layers_merge_to_the_weight_their_forward_computes() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("lycoris_w0/base.safetensors"));
+    for &(case, targeted) in W0_CASES {
+        let out = w0_merged(dir.path(), case, &[]);
+        let want = read(&fixture(&format!("lycoris_w0/{case}.merged.safetensors")));
+        assert_eq!(
+            out.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        let mut changed = 0;
+        for (name, t) in &out {
+            assert_eq!(t.shape, want[name].shape, "{case} {name}: shape");
+            if want[name].data == base[name].data {
+                assert!(
+                    t.data == base[name].data,
+                    "{case} {name}: untouched tensor changed"
+                );
+                continue;
+            }
+            changed += 1;
+            let (got, want, b) = (t.f32(), want[name].f32(), base[name].f32());
+            let e = rel_err(&got, &want);
+            assert!(e <= TOL, "{case} {name}: relative error {e:e} > {TOL:e}");
+            // Not vacuous: small against the change itself (the base alone is far off).
+            let e0 = rel_err(&b, &want);
+            assert!(
+                e0 > 1e3 * e.max(1e-9),
+                "{case} {name}: change {e0:e} vs error {e:e}"
+            );
+        }
+        assert_eq!(changed, targeted, "{case}: tensors changed");
+    }
+}
+
+/// `--weight w` is LyCORIS' multiplier: linear in w for IA3, GLoRA, norm layers and OFT without
+/// `rescale` (`ΔW = w·(R − I)ᵀW0`), so the reference is W0 + w·(W1 − W0) in f64.
+#[test]
+fn a_weight_scales_oft_ia3_and_norm_updates_as_the_lycoris_multiplier() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("lycoris_w0/base.safetensors"));
+    for case in ["oft", "lokr_norm", "ia3", "ia3_input", "glora"] {
+        let out = w0_merged(dir.path(), case, &["--weight", "0.375"]);
+        let full = read(&fixture(&format!("lycoris_w0/{case}.merged.safetensors")));
+        for (name, t) in &out {
+            let (b, w1) = (base[name].f32(), full[name].f32());
+            let want: Vec<f32> = b
+                .iter()
+                .zip(&w1)
+                .map(|(&x, &y)| (x as f64 + 0.375 * (y as f64 - x as f64)) as f32)
+                .collect();
+            let e = rel_err(&t.f32(), &want);
+            assert!(
+                e <= TOL,
+                "{case} {name} at weight 0.375: relative error {e:e}"
+            );
+        }
+    }
+}
+
+/// W0-dependent updates are named by inspect, rewritten exactly, and refused (by module, one
+/// line, nothing written) where they would need a ΔW of their own: unmerge and lowering to LoRA.
+#[test]
+fn oft_and_ia3_are_inspected_rewritten_and_refused_where_they_need_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, algo, key) in [
+        ("oft_rescale", "diag-oft", "rescale"),
+        ("ia3", "ia3", "on_input"),
+        ("lokr_norm", "norm", "b_norm"),
+        ("glora", "glora", "b2.weight"),
+        ("boft_rescale", "boft", "oft_blocks"),
+    ] {
+        let path = fixture(&format!("lycoris_w0/{case}.safetensors"));
+        let v: serde_json::Value =
+            serde_json::from_str(&run_ok(["inspect", path.to_str().unwrap(), "--json"])).unwrap();
+        let algos: Vec<&str> = v["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["algo"].as_str().unwrap())
+            .collect();
+        assert!(algos.contains(&algo), "{case}: {algos:?}");
+        assert!(run_ok(["inspect", path.to_str().unwrap()]).contains(algo));
+        let conv = dir.path().join(format!("{case}.kohya.safetensors"));
+        run_ok([
+            "convert",
+            path.to_str().unwrap(),
+            "--to",
+            "kohya",
+            "--out",
+            conv.to_str().unwrap(),
+        ]);
+        let (a, b) = (read(&path), read(&conv));
+        assert_eq!(a, b, "{case}: tensors identical after the rewrite");
+        assert!(a.keys().any(|k| k.ends_with(key)));
+    }
+    for case in ["oft", "ia3", "glora"] {
+        let never = dir.path().join("never.safetensors");
+        let err = run_err(merge_args(
+            &fixture("lycoris_w0/base.safetensors"),
+            &fixture(&format!("lycoris_w0/{case}.safetensors")),
+            &never,
+            &["--unmerge"],
+        ));
+        let line = one_line_error(&err);
+        assert!(line.contains("depends on the base weight"), "{line}");
+        assert!(line.contains("lycoris_down_blocks_0_"), "{line}");
+        assert!(!never.exists());
+        let err = run_err([
+            "resize",
+            fixture(&format!("lycoris_w0/{case}.safetensors"))
+                .to_str()
+                .unwrap(),
+            "--rank",
+            "2",
+            "--out",
+            never.to_str().unwrap(),
+        ]);
+        let line = one_line_error(&err);
+        assert!(
+            line.contains("depends on the base weight") && line.contains("cannot be lowered"),
+            "{line}"
+        );
+        assert!(!never.exists());
+        let folder = dir.path().join("never_peft");
+        let err = run_err([
+            "convert",
+            fixture(&format!("lycoris_w0/{case}.safetensors"))
+                .to_str()
+                .unwrap(),
+            "--to",
+            "peft",
+            "--base",
+            fixture("lycoris_w0/base.safetensors").to_str().unwrap(),
+            "--out",
+            folder.to_str().unwrap(),
+        ]);
+        let line = one_line_error(&err);
+        assert!(line.contains("depends on the base weight"), "{line}");
+        assert!(!folder.exists());
+    }
+}
+
+/// PEFT's own IA3 and OFT folders (`fixtures/peft_w0/`, PEFT 0.21 with random parameters,
+/// `fixtures/gen/peft_w0_fixtures.py`) merge as `merge_and_unload` does. IA3: `W' = W0 ⊙ l` on
+/// the output rows (and the bias, `b' = b0 ⊙ l`) or, for `feedforward_modules`, on the input
+/// side; linear and conv, each side.
+#[test]
+fn peft_ia3_and_oft_folders_merge_like_merge_and_unload() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_path = fixture("conv/base");
+    let base = read_checkpoint(&base_path);
+    // (case, tensors changed: weights and the biases of output-side modules)
+    for (case, changed) in [("ia3", 5), ("ia3_ff", 4)] {
+        let out = dir.path().join(case);
+        merge_ok(
+            &base_path,
+            &fixture(&format!("peft_w0/{case}")),
+            &out,
+            &["--quiet"],
+        );
+        let reference = read(&fixture(&format!("peft_w0/{case}.merged.safetensors")));
+        let n = assert_matches_reference(&read_checkpoint(&out), &base, &reference, TOL);
+        assert_eq!(n, changed, "{case}");
+    }
+    // PEFT OFT: Cayley–Neumann (5 terms, block 4), exact Cayley with COFT (block 2), one shared
+    // block with 3 terms; W' = W0·blockdiag(R)ᵀ on linear and conv weights.
+    for case in ["oft", "oft_exact_coft", "oft_share"] {
+        let out = dir.path().join(case);
+        merge_ok(
+            &base_path,
+            &fixture(&format!("peft_w0/{case}")),
+            &out,
+            &["--quiet"],
+        );
+        let reference = read(&fixture(&format!("peft_w0/{case}.merged.safetensors")));
+        let n = assert_matches_reference(&read_checkpoint(&out), &base, &reference, TOL);
+        assert_eq!(n, 3, "{case}");
+        let v: serde_json::Value = serde_json::from_str(&run_ok([
+            "inspect",
+            fixture(&format!("peft_w0/{case}")).to_str().unwrap(),
+            "--json",
+        ]))
+        .unwrap();
+        assert!(v["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["algo"] == "peft-oft"));
+    }
+    let never = dir.path().join("never.safetensors");
+    let line = one_line_error(&run_err([
+        "convert",
+        fixture("peft_w0/oft").to_str().unwrap(),
+        "--to",
+        "kohya",
+        "--out",
+        never.to_str().unwrap(),
+    ]));
+    assert!(line.contains("OFT"), "{line}");
+    assert!(!never.exists());
+    // PEFT's IA3 has no LyCORIS form, and no ΔW of its own.
+    let out = dir.path().join("never.safetensors");
+    let line = one_line_error(&run_err([
+        "convert",
+        fixture("peft_w0/ia3").to_str().unwrap(),
+        "--to",
+        "kohya",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(line.contains("IA3"), "{line}");
+    assert!(!out.exists());
+    // A vector of the wrong shape is refused by key.
+    let bad = dir.path().join("bad");
+    copy_dir(&fixture("peft_w0/ia3"), &bad);
+    let mut t = read(&bad.join("adapter_model.safetensors"));
+    let k = "base_model.model.fc.ia3_l".to_string();
+    t.get_mut(&k).unwrap().shape = vec![3, 2];
+    write(&bad.join("adapter_model.safetensors"), &t);
+    let out = dir.path().join("never");
+    let line = one_line_error(&run_err(merge_args(&base_path, &bad, &out, &[])));
+    assert!(line.contains(&k) && line.contains("IA3"), "{line}");
+    assert!(!out.exists());
+    // An OFT rotation whose row length is no block's triangle (4 is not s(s−1)/2).
+    let bad = dir.path().join("bad_oft");
+    copy_dir(&fixture("peft_w0/oft"), &bad);
+    let mut t = read(&bad.join("adapter_model.safetensors"));
+    let k = "base_model.model.fc.oft_R.weight".to_string();
+    t.get_mut(&k).unwrap().shape = vec![3, 4];
+    write(&bad.join("adapter_model.safetensors"), &t);
+    let line = one_line_error(&run_err(merge_args(&base_path, &bad, &out, &[])));
+    assert!(line.contains(&k) && line.contains("s(s−1)/2"), "{line}");
+    assert!(!out.exists());
+}
