@@ -8,6 +8,9 @@ mod it {
     /// `check`: verdicts against PEFT and diffusers run on the fixtures, and the rules read from
     /// vLLM, SGLang, LoRAX, llama.cpp and ComfyUI; `--fix` merges to the same weights.
     pub mod check;
+    /// `check --fix` of saved embeddings: trainable tokens (exact) and LoRA (measured), loaded
+    /// by PEFT; the trainable-token rules of every loader.
+    pub mod check_fix;
     /// Shared helpers: running the binary, reading outputs with the independent `safetensors`
     /// crate, comparing tensors.
     pub mod common;

@@ -30,6 +30,8 @@ use std::path::PathBuf;
 ///   lorakit check lora.safetensors --target diffusers --target comfy --json
 ///   lorakit check adapter/ --base model/ --target vllm --fix --out fixed/
 ///   lorakit check dora/ --base model/ --target vllm --fix --dora-rank 16 --out plain/
+///   lorakit check tokens/ --base model/ --target peft --fix --saved-tokens --out small/
+///   lorakit check tokens/ --base model/ --target vllm --fix --saved-rank 16 --out lora/
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CheckArgs {
@@ -63,6 +65,18 @@ pub struct CheckArgs {
     /// (SVD of f ⊙ (W0 + ΔW) − W0, needs --base); the error is reported per module.
     #[arg(long, value_name = "R", requires = "fix", requires = "base")]
     pub dora_rank: Option<usize>,
+
+    /// With --fix: a saved embed_tokens/lm_head (modules_to_save) of which only some rows differ
+    /// from the base becomes PEFT trainable tokens (trainable_token_indices and those rows;
+    /// exact, needs --base). PEFT loads it; vLLM and llama.cpp refuse it (use --saved-rank).
+    #[arg(long, requires = "fix", requires = "base")]
+    pub saved_tokens: bool,
+
+    /// With --fix: a saved embed_tokens/lm_head not turned into trainable tokens becomes a
+    /// rank-R LoRA of its difference from the base (truncated SVD, needs --base); the error is
+    /// reported per module. A saved tensor equal to the base is dropped.
+    #[arg(long, value_name = "R", requires = "fix", requires = "base")]
+    pub saved_rank: Option<usize>,
 
     /// Print the report as JSON.
     #[arg(long)]

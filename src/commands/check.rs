@@ -38,6 +38,10 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
         out: out.clone(),
         drop_unmatched: a.drop_unmatched,
         dora_rank: a.dora_rank,
+        saved: crate::ops::check::saved::SavedOptions {
+            tokens: a.saved_tokens,
+            rank: a.saved_rank,
+        },
     };
     let targets = plan.targets.clone();
     let fixed = fix::fix(plan, &report, &fix_opts)?;
@@ -105,11 +109,11 @@ fn render(r: &Report) -> String {
         let off: Vec<_> = r
             .modules
             .iter()
-            .filter(|p| p.status != "exact" || !p.not_applied_by.is_empty())
+            .filter(|p| !matches!(p.status, "exact" | "rows") || !p.not_applied_by.is_empty())
             .collect();
         if off.is_empty() {
             s.push_str(&format!(
-                "base {}: all {} modules land on their exact base tensor, and every target applies them\n",
+                "base {}: all {} modules land on their exact base tensor (or its rows), and every target applies them\n",
                 b.path,
                 r.modules.len()
             ));

@@ -2,7 +2,7 @@
 //! adapter's `added_tokens.json`, what the adapter is for, and where every module lands on the
 //! base. Must not: evaluate rules or print.
 
-use super::facts::last_component;
+use super::facts::{last_component, tokens_module};
 use super::{BaseFacts, Kind, Placement};
 use crate::adapter::mapping::{self, Unmatched};
 use crate::adapter::{Adapter, Format};
@@ -10,7 +10,11 @@ use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
 
 /// Every module and full tensor with its placement.
-pub(super) fn placements(a: &Adapter, r: &mapping::Resolution) -> Vec<Placement> {
+pub(super) fn placements(
+    a: &Adapter,
+    r: &mapping::Resolution,
+    base: &Checkpoint,
+) -> Vec<Placement> {
     let mut out = Vec::new();
     for p in &r.modules {
         let m = &a.modules[p.module];
@@ -35,7 +39,13 @@ pub(super) fn placements(a: &Adapter, r: &mapping::Resolution) -> Vec<Placement>
     }
     for u in &r.unmatched {
         let (module, status, base_tensor) = match u {
-            Unmatched::NotFound { module, .. } => (module, "not_found", None),
+            Unmatched::NotFound { module, .. } => match tokens_module(module) {
+                // Trainable-token rows replace rows of their module's weight.
+                Some(m) if base.contains(&format!("{m}.weight")) => {
+                    (module, "rows", Some(format!("{m}.weight")))
+                }
+                _ => (module, "not_found", None),
+            },
             Unmatched::Ambiguous { module, .. } => (module, "ambiguous", None),
             Unmatched::ShapeMismatch { module, tensor, .. } => {
                 (module, "shape_mismatch", Some(tensor.clone()))
@@ -48,7 +58,11 @@ pub(super) fn placements(a: &Adapter, r: &mapping::Resolution) -> Vec<Placement>
             module: module.clone(),
             status,
             base_tensor,
-            detail: Some(u.to_string()),
+            detail: Some(if status == "rows" {
+                "trainable-token rows (trainable_token_indices) of this base weight".into()
+            } else {
+                u.to_string()
+            }),
             not_applied_by: Vec::new(),
         });
     }

@@ -42,7 +42,13 @@ impl<'a> Facts<'a> {
             .map(|b| mapping::resolve(&plan.adapter, b));
         let placements = resolution
             .as_ref()
-            .map(|r| super::base::placements(&plan.adapter, r))
+            .map(|r| {
+                super::base::placements(
+                    &plan.adapter,
+                    r,
+                    plan.base.as_ref().expect("a resolution needs the base"),
+                )
+            })
             .unwrap_or_default();
         Facts {
             plan,
@@ -103,7 +109,7 @@ impl<'a> Facts<'a> {
                 let mut v: Vec<String> = a
                     .full_tensors
                     .iter()
-                    .filter(|f| !is_saved_base_layer(f))
+                    .filter(|f| !is_saved_base_layer(f) && tokens_module(&f.name).is_none())
                     .map(|f| f.name.clone())
                     .collect();
                 if v.is_empty() {
@@ -116,6 +122,30 @@ impl<'a> Facts<'a> {
                 v
             }
             When::EmbeddingLora => names(&|m| m.kind == ModuleKind::Embedding),
+            When::TrainableTokens => a
+                .full_tensors
+                .iter()
+                .filter_map(|f| {
+                    tokens_module(&f.name)?;
+                    Some(format!(
+                        "{} ({} token rows)",
+                        f.name,
+                        f.shape.first().unwrap_or(&0)
+                    ))
+                })
+                .collect(),
+            When::TrainableTokensMismatch => match &self.plan.base {
+                None => return Evaluated::NeedsBase,
+                Some(b) => a
+                    .full_tensors
+                    .iter()
+                    .filter_map(|f| {
+                        let m = tokens_module(&f.name)?;
+                        let why = tokens_mismatch(a.config.as_ref(), m, &f.shape, b)?;
+                        Some(format!("{} ({why})", f.name))
+                    })
+                    .collect(),
+            },
             When::SiblingMissing { has, lacks } => {
                 let present: BTreeSet<&str> = a.modules.iter().map(|m| m.name.as_str()).collect();
                 a.modules
@@ -208,6 +238,11 @@ impl<'a> Facts<'a> {
                     .iter()
                     .filter_map(|u| match u {
                         Unmatched::NotFound { module, .. } if self.tied_or_saved(module) => None,
+                        // Trainable-token rows are placed by their module, not their own name
+                        // (checked by When::TrainableTokensMismatch).
+                        Unmatched::NotFound { module, .. } if tokens_module(module).is_some() => {
+                            None
+                        }
                         // A lora_B bias needs no base bias: PEFT adds it to the layer's output
                         // (lorakit's merge needs one, which is a merge concern, not a loader's).
                         Unmatched::NotFound { module, .. } if module.ends_with(".lora_B.bias") => {
@@ -455,6 +490,85 @@ impl<'a> Facts<'a> {
             })
             .collect()
     }
+}
+
+/// The key suffix of PEFT's trainable-token rows: `{module}.token_adapter.trainable_tokens_delta`
+/// holds the new values of the rows `trainable_token_indices` names, in that order (PEFT 0.21.2
+/// `tuners/trainable_tokens/layer.py`, `TrainableTokensLayer.update_layer`: `[len(indices),
+/// embed_dim]`; the key as `save_pretrained` writes it, checked on a PEFT-written folder).
+pub(crate) const TOKENS_SUFFIX: &str = ".token_adapter.trainable_tokens_delta";
+
+/// The module a trainable-token tensor belongs to.
+pub(crate) fn tokens_module(name: &str) -> Option<&str> {
+    name.strip_suffix(TOKENS_SUFFIX)
+}
+
+/// The token indices `trainable_token_indices` gives a module: a list targets the input
+/// embedding (`embed_tokens`); a dict maps a module name (PEFT matches it as a name suffix) to
+/// its list (PEFT 0.21.2 `tuners/lora/config.py` `LoraConfig.trainable_token_indices`).
+pub(crate) fn token_indices(cfg: Option<&serde_json::Value>, module: &str) -> Option<Vec<u64>> {
+    let v = cfg?.get("trainable_token_indices")?;
+    let list = |v: &serde_json::Value| -> Option<Vec<u64>> {
+        v.as_array()?.iter().map(|x| x.as_u64()).collect()
+    };
+    match v {
+        serde_json::Value::Array(_) if last_component(module) == "embed_tokens" => list(v),
+        serde_json::Value::Object(o) => o.iter().find_map(|(k, ids)| {
+            let hit = module == k
+                || module
+                    .strip_suffix(k.as_str())
+                    .is_some_and(|p| p.ends_with('.'));
+            if hit {
+                list(ids)
+            } else {
+                None
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Why PEFT cannot load a module's trainable-token rows onto the base, or `None` when it can:
+/// the module must have a 2-D base weight `[V, D]` (or be `lm_head` tied to `embed_tokens`),
+/// the config must list its indices, each `< V`, and the rows must be `[len(indices), D]`
+/// (`load_state_dict` refuses another size; `index_copy` another index).
+fn tokens_mismatch(
+    cfg: Option<&serde_json::Value>,
+    module: &str,
+    shape: &[usize],
+    base: &crate::io::Checkpoint,
+) -> Option<String> {
+    let weight = format!("{module}.weight");
+    let info = base.info(&weight).or_else(|| {
+        (last_component(module) == "lm_head")
+            .then(|| {
+                base.names()
+                    .find(|n| n.ends_with("embed_tokens.weight"))
+                    .and_then(|n| base.info(n))
+            })
+            .flatten()
+    });
+    let Some(info) = info else {
+        return Some("no such module in the base".into());
+    };
+    if info.shape.len() != 2 {
+        return Some(format!("base weight is {:?}, not a matrix", info.shape));
+    }
+    let (v, d) = (info.shape[0], info.shape[1]);
+    let Some(ids) = token_indices(cfg, module) else {
+        return Some("trainable_token_indices does not name this module".into());
+    };
+    if let Some(bad) = ids.iter().find(|&&i| i >= v as u64) {
+        return Some(format!("token index {bad} ≥ the base's {v} rows"));
+    }
+    if shape != [ids.len(), d] {
+        return Some(format!(
+            "rows are {shape:?}, expected [{}, {d}] ({} indices)",
+            ids.len(),
+            ids.len()
+        ));
+    }
+    None
 }
 
 /// `layers.N.rest` → (`layers.*.rest`, N).

@@ -21,6 +21,7 @@
 //! fire on the fixed adapter (the report after the fix says so). The output goes through
 //! [`crate::ops::output::write_adapter`] (atomic; an output that is an input is refused).
 
+use super::saved::{self, SavedOptions, SavedRewrite};
 use super::{Plan, Report};
 use crate::adapter::{mapping, Data, Factors, Format};
 use crate::error::{InputError, InputResult};
@@ -38,6 +39,9 @@ pub struct FixOptions {
     /// Replace every DoRA module by the plain LoRA of this rank closest to its effective
     /// update (needs the base).
     pub dora_rank: Option<usize>,
+    /// Rewrite saved embeddings and heads (`modules_to_save`) into trainable tokens or LoRA
+    /// ([`super::saved`]; needs the base).
+    pub saved: SavedOptions,
 }
 
 /// One DoRA module turned into plain LoRA.
@@ -69,6 +73,8 @@ pub struct FixReport {
     pub split: Vec<(String, Vec<String>)>,
     /// DoRA modules replaced by plain LoRA (`dora_rank`), with the error of each.
     pub dora_to_lora: Vec<DoraToLora>,
+    /// Saved embeddings and heads rewritten (`saved`), with the error of each LoRA.
+    pub saved: Vec<SavedRewrite>,
     /// One line per rewrite, for people.
     pub actions: Vec<String>,
 }
@@ -137,8 +143,13 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         }
         let res = mapping::resolve(&adapter, b);
         if opts.drop_unmatched && !res.unmatched.is_empty() {
-            let gone: std::collections::BTreeSet<String> =
-                res.unmatched.iter().map(unmatched_name).collect();
+            // Trainable-token rows land on their module's weight, not on a tensor of their name.
+            let gone: std::collections::BTreeSet<String> = res
+                .unmatched
+                .iter()
+                .map(unmatched_name)
+                .filter(|n| super::facts::tokens_module(n).is_none())
+                .collect();
             adapter.modules.retain(|m| {
                 let drop =
                     gone.contains(&m.name) || gone.contains(&format!("{}.lora_B.bias", m.name));
@@ -200,6 +211,39 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         ));
     }
     adapter.load_all()?;
+    let mut saved_rw = Vec::new();
+    if opts.saved.any() {
+        let Some(b) = &base else {
+            return Err(InputError::invalid(
+                &adapter.path,
+                "rewriting saved embeddings needs the base weights to compare them with",
+            ));
+        };
+        saved_rw = saved::rewrite(&mut adapter, b, opts.saved)?;
+        for s in &saved_rw {
+            actions.push(match s.form {
+                "dropped_equal_to_base" => format!("{}: saved tensor equals the base, dropped", s.module),
+                "trainable_tokens" => format!(
+                    "{}: {} of {} rows differ from the base → trainable_token_indices (exact)",
+                    s.module, s.rows_changed, s.rows
+                ),
+                "lora" => format!(
+                    "{}: saved tensor → rank-{} LoRA of its difference from the base (‖Δ − B·A‖_F = {:.3e}, {:.3e} relative)",
+                    s.module,
+                    s.rank.unwrap_or(0),
+                    s.fro_error.unwrap_or(0.0),
+                    s.rel_fro_error.unwrap_or(0.0)
+                ),
+                _ => format!(
+                    "{}: saved tensor kept ({} of {} rows differ): {}",
+                    s.module,
+                    s.rows_changed,
+                    s.rows,
+                    s.why.as_deref().unwrap_or("")
+                ),
+            });
+        }
+    }
     let mut dora_to_lora = Vec::new();
     if let Some(r) = opts.dora_rank {
         let Some(b) = &base else {
@@ -306,6 +350,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         padded,
         split,
         dora_to_lora,
+        saved: saved_rw,
         actions,
     })
 }

@@ -15,6 +15,7 @@ mod base;
 mod facts;
 pub mod fix;
 pub mod rules;
+pub mod saved;
 
 use crate::adapter::{Adapter, Format};
 use crate::error::InputResult;
@@ -291,8 +292,8 @@ pub struct TargetReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Placement {
     pub module: String,
-    /// `exact`, `suffix` (another root prefix), `not_found`, `ambiguous`, `shape_mismatch`,
-    /// `not_float`.
+    /// `exact`, `suffix` (another root prefix), `rows` (trainable-token rows of the base
+    /// tensor), `not_found`, `ambiguous`, `shape_mismatch`, `not_float`.
     pub status: &'static str,
     pub base_tensor: Option<String>,
     pub detail: Option<String>,
