@@ -210,6 +210,28 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            When::AdapterDtype(list) => {
+                let Some(src) = a.source.as_ref() else {
+                    return Evaluated::Items(vec![]);
+                };
+                let mut count: BTreeMap<String, usize> = BTreeMap::new();
+                for m in &a.modules {
+                    for d in m.factors.data() {
+                        if let Data::Stored { key, .. } = d {
+                            if let Some(t) = src.header().get(key) {
+                                let n = crate::dtype::name(t.dtype);
+                                if list.contains(&n.as_str()) {
+                                    *count.entry(n).or_default() += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+                count
+                    .into_iter()
+                    .map(|(d, n)| format!("{d} factors ({n} tensors)"))
+                    .collect()
+            }
             When::DtypeDiffersFromBase => match (&self.resolution, &self.plan.base) {
                 (Some(r), Some(b)) => {
                     let own = crate::ops::output::stored_dtype(a);

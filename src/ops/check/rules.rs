@@ -103,6 +103,8 @@ pub enum When {
     /// With `--base`: the adapter's factors are stored in another float dtype than the base
     /// weights they land on.
     DtypeDiffersFromBase,
+    /// Factor tensors stored in one of these dtypes (safetensors names: `F64`, `F8_E4M3`, …).
+    AdapterDtype(&'static [&'static str]),
     /// With `--base`: a module that names no base tensor at all.
     NameNotFound,
     /// With `--base`: a module that lorakit places only by a dotted-suffix match (a different
@@ -587,6 +589,14 @@ pub const RULES: &[Rule] = &[
         why: "the GGUF holds one adapter.lora.alpha (the top-level lora_alpha) and the runtime scales by alpha/rank of each tensor: alpha_pattern and use_rslora are lost",
         source: src(LLAMACPP, "src/llama-adapter.h", "master (2026)", "llama_adapter_lora_weight::get_scale; convert_lora_to_gguf.py set_gguf_parameters"),
     },
+    Rule {
+        id: "llama.cpp.dtype",
+        target: Target::LlamaCpp,
+        when: When::AdapterDtype(&["F64"]),
+        severity: Severity::Warning,
+        why: "the converter reads F64/F32/BF16/F16/F8 tensors but writes the GGUF adapter as --outtype f32 (the default), f16, bf16 or q8_0: f64 factors are rounded to f32 at best",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", "master (2026)", "parse_args (--outtype choices) / LazyTorchTensor._dtype_str_map"),
+    },
     // ---------------------------------------------------------------- diffusers
     Rule {
         id: "diffusers.llm",
@@ -717,6 +727,14 @@ pub const RULES: &[Rule] = &[
         severity: Severity::Silent,
         why: "keys name modules under another root prefix: the LoRA layers PEFT builds keep their zero init and the keys are left out with a warning",
         source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict (unexpected_keys)"),
+    },
+    Rule {
+        id: "peft.dtype",
+        target: Target::Peft,
+        when: When::AdapterDtype(&["F64"]),
+        severity: Severity::Warning,
+        why: "the LoRA weights PEFT builds are float32 (autocast_adapter_dtype=True) and load_state_dict copies the file's tensors into them: f64 factors are applied rounded to f32 (F8/F16/BF16 factors convert exactly)",
+        source: src(PEFT, "src/peft/peft_model.py", "0.21.2", "PeftModel.from_pretrained → load_adapter (autocast_adapter_dtype); checked with fixtures/gen/check_dtype_load.py"),
     },
 ];
 
