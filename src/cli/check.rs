@@ -32,6 +32,7 @@ use std::path::PathBuf;
 ///   lorakit check dora/ --base model/ --target vllm --fix --dora-rank 16 --out plain/
 ///   lorakit check tokens/ --base model/ --target peft --fix --saved-tokens --out small/
 ///   lorakit check tokens/ --base model/ --target vllm --fix --saved-rank 16 --out lora/
+///   lorakit check lokr.safetensors --target diffusers --fix --lower-rank 8 --out lora.safetensors
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CheckArgs {
@@ -49,11 +50,13 @@ pub struct CheckArgs {
 
     /// Write an adapter with the exact fixes applied (zero-padded ranks, per-module alphas
     /// folded into the factors, PEFT key prefixes, unmatched modules dropped with
-    /// --drop-unmatched), then check it again.
+    /// --drop-unmatched), then check it again. For diffusers/comfy only: a kohya single file with
+    /// every scale folded into lora_up (alpha = rank).
     #[arg(long, requires = "out")]
     pub fix: bool,
 
-    /// Where --fix writes the fixed adapter (a PEFT folder).
+    /// Where --fix writes the fixed adapter: a PEFT folder, or a kohya .safetensors file when
+    /// every target is diffusers or comfy.
     #[arg(long, short = 'o', requires = "fix", value_hint = ValueHint::DirPath)]
     pub out: Option<PathBuf>,
 
@@ -77,6 +80,11 @@ pub struct CheckArgs {
     /// reported per module. A saved tensor equal to the base is dropped.
     #[arg(long, value_name = "R", requires = "fix", requires = "base")]
     pub saved_rank: Option<usize>,
+
+    /// With --fix for diffusers/comfy: lower LoKr/LoHa/full modules to rank-R LoRA (truncated
+    /// SVD of their update; diffusers cannot load them); the error is reported per module.
+    #[arg(long, value_name = "R", requires = "fix")]
+    pub lower_rank: Option<usize>,
 
     /// Print the report as JSON.
     #[arg(long)]

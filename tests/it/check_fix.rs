@@ -288,3 +288,195 @@ fn trainable_tokens_rules_per_loader() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `ΔW = w1 ⊗ w2` (LyCORIS LoKr with both factors full: scale 1), in f64.
+fn kron(w1: &[f32], (a, c): (usize, usize), w2: &[f32], (b, d): (usize, usize)) -> Vec<f64> {
+    let (rows, cols) = (a * b, c * d);
+    let mut out = vec![0f64; rows * cols];
+    for i1 in 0..a {
+        for i2 in 0..b {
+            for j1 in 0..c {
+                for j2 in 0..d {
+                    out[(i1 * b + i2) * cols + j1 * d + j2] =
+                        w1[i1 * c + j1] as f64 * w2[i2 * d + j2] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn fix_for_diffusers_lowers_lokr_and_diffusers_fuses_it_within_the_reported_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lora.safetensors");
+    let lokr = fixture("check/lokr_unet.safetensors");
+    let (code, r) = check_json(&[
+        s(&lokr),
+        "--target",
+        "diffusers,comfy",
+        "--fix",
+        "--lower-rank",
+        "4",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{}", r["after"]);
+    assert!(fired(target(&r, "diffusers")).contains(&"diffusers.lycoris".into()));
+    for t in ["diffusers", "comfy"] {
+        assert_eq!(target(&r["after"], t)["verdict"], "loads", "{t}");
+    }
+    let orig = read(&lokr);
+    let fixed = read(&out);
+    let lowered = r["fix"]["lowered"].as_array().unwrap();
+    assert_eq!(lowered.len(), 24);
+    // The reported error is the written factors' true error against w1 ⊗ w2, in f64.
+    let mut reported = std::collections::BTreeMap::new();
+    for l in lowered {
+        let m = l["module"].as_str().unwrap();
+        assert_eq!(l["algo"], "lokr");
+        let rep = l["fro_error"].as_f64().unwrap();
+        let dw = kron(
+            &orig[&format!("{m}.lokr_w1")].f32(),
+            (2, 2),
+            &orig[&format!("{m}.lokr_w2")].f32(),
+            (4, 4),
+        );
+        let down = fixed[&format!("{m}.lora_down.weight")].f32();
+        let up = fixed[&format!("{m}.lora_up.weight")].f32();
+        assert_eq!(fixed[&format!("{m}.alpha")].f32(), [4.0]);
+        let mut err2 = 0f64;
+        for i in 0..8 {
+            for j in 0..8 {
+                let ba: f64 = (0..4)
+                    .map(|k| up[i * 4 + k] as f64 * down[k * 8 + j] as f64)
+                    .sum();
+                err2 += (dw[i * 8 + j] - ba).powi(2);
+            }
+        }
+        assert!(
+            (err2.sqrt() - rep).abs() <= 1e-5 * rep + 1e-7,
+            "{m}: reported {rep}, recomputed {}",
+            err2.sqrt()
+        );
+        reported.insert(m.to_owned(), (rep, dw));
+    }
+    let Some(py) = peft_python() else { return };
+    // diffusers loads the fixed file onto the tiny UNet and fuses it.
+    let fused_path = dir.path().join("fused.safetensors");
+    let o = std::process::Command::new(&py)
+        .arg(fixture("gen/check_diffusers_load.py"))
+        .arg(&out)
+        .arg(&fused_path)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "diffusers: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let unet = fixture("conventions/unet");
+    let base = read_checkpoint(&unet);
+    let fused = read(&fused_path);
+    // Where each module lands, by lorakit's matcher (the placements `check --base` reports).
+    let (_, placed) = check_json(&[s(&lokr), "--base", s(&unet), "--target", "comfy"]);
+    let mut seen = 0;
+    for p in placed["modules"].as_array().unwrap() {
+        let m = p["module"].as_str().unwrap();
+        let t = p["base_tensor"].as_str().unwrap();
+        let (rep, dw) = &reported[m];
+        let (w0, wf) = (base[t].f32(), fused[t].f32());
+        let err: f64 = wf
+            .iter()
+            .zip(&w0)
+            .zip(dw)
+            .map(|((&f, &b), &d)| (f as f64 - b as f64 - d).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        // diffusers' fused weight differs from the exact LoKr merge by the reported error (up
+        // to the f32 rounding of W0 + ΔW).
+        assert!(
+            (err - rep).abs() <= 1e-3 * rep + 1e-6,
+            "{m} → {t}: diffusers is {err} from the LoKr merge, reported {rep}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 24);
+    for (k, t) in &base {
+        if !placed["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["base_tensor"] == k.as_str())
+        {
+            assert_eq!(fused[k].data, t.data, "{k} changed");
+        }
+    }
+}
+
+#[test]
+fn fix_for_comfy_folds_a_metadata_alpha_into_the_factors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lora.safetensors");
+    let orig_path = fixture("conventions/diffusers_metadata.safetensors");
+    let (code, r) = check_json(&[
+        s(&orig_path),
+        "--target",
+        "comfy,diffusers",
+        "--fix",
+        "--out",
+        s(&out),
+    ]);
+    // Before: ComfyUI reads no alpha (scale 1 instead of the metadata's 2); after: loads.
+    assert_eq!(fired(target(&r, "comfy")), ["comfy.scale"]);
+    assert_eq!(code, 0, "{}", r["after"]);
+    let unet = fixture("conventions/unet");
+    let (code, after) = check_json(&[s(&out), "--base", s(&unet), "--target", "comfy,diffusers"]);
+    assert_eq!(code, 0, "{after}");
+    // ComfyUI's scale is `{module}.alpha`/rank (comfy/weight_adapter/lora.py): alpha = rank now,
+    // and lora_up carries the metadata's scale: up'·down = 2·B·A per module.
+    let orig = read(&orig_path);
+    let fixed = read(&out);
+    let mut modules = 0;
+    for (k, t) in &orig {
+        let Some(m) = k.strip_suffix(".lora_A.weight") else {
+            continue;
+        };
+        let kohya = format!(
+            "lora_unet_{}",
+            m.strip_prefix("unet.").unwrap().replace('.', "_")
+        );
+        let up = &fixed[&format!("{kohya}.lora_up.weight")];
+        let down = &fixed[&format!("{kohya}.lora_down.weight")];
+        let rank = down.shape[0];
+        assert_eq!(fixed[&format!("{kohya}.alpha")].f32(), [rank as f32]);
+        assert_eq!(down.f32(), t.f32(), "{m}: lora_down is lora_A");
+        let b = orig[&format!("{m}.lora_B.weight")].f32();
+        for (x, y) in up.f32().iter().zip(&b) {
+            assert_eq!(*x, (2.0 * *y as f64) as f32, "{m}");
+        }
+        modules += 1;
+    }
+    assert_eq!(modules, 60);
+    let Some(py) = peft_python() else { return };
+    // diffusers fuses the original (alpha from its metadata) and the fix to the same UNet.
+    let fuse = |lora: &Path, name: &str| {
+        let p = dir.path().join(name);
+        let o = std::process::Command::new(&py)
+            .arg(fixture("gen/check_diffusers_load.py"))
+            .arg(lora)
+            .arg(&p)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        read(&p)
+    };
+    let a = fuse(&orig_path, "a.safetensors");
+    let b = fuse(&out, "b.safetensors");
+    for (k, t) in &a {
+        let e = rel_err(&t.f32(), &b[k].f32());
+        assert!(e <= 1e-6, "{k}: fused weights differ by {e}");
+    }
+}

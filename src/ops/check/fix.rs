@@ -42,6 +42,34 @@ pub struct FixOptions {
     /// Rewrite saved embeddings and heads (`modules_to_save`) into trainable tokens or LoRA
     /// ([`super::saved`]; needs the base).
     pub saved: SavedOptions,
+    /// What to write: a PEFT folder, or a kohya single file for the diffusion loaders
+    /// ([`super::single_file`]).
+    pub form: FixForm,
+    /// Kohya form: lower modules of other algorithms (LoKr, LoHa, …) to LoRA of this rank.
+    pub lower_rank: Option<usize>,
+}
+
+/// The form of the fixed adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FixForm {
+    /// A PEFT folder (vLLM, SGLang, LoRAX, llama.cpp's converter, PEFT).
+    #[default]
+    Peft,
+    /// A kohya single file (diffusers, ComfyUI).
+    Kohya,
+}
+
+/// One module of another algorithm lowered to plain LoRA.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lowered {
+    pub module: String,
+    /// Its algorithm before (`lokr`, `loha`, …).
+    pub algo: String,
+    pub rank: usize,
+    /// `‖ΔW − B'·A'‖_F` (scale included).
+    pub fro_error: f64,
+    /// That over `‖ΔW‖_F`.
+    pub rel_fro_error: f64,
 }
 
 /// One DoRA module turned into plain LoRA.
@@ -75,12 +103,17 @@ pub struct FixReport {
     pub dora_to_lora: Vec<DoraToLora>,
     /// Saved embeddings and heads rewritten (`saved`), with the error of each LoRA.
     pub saved: Vec<SavedRewrite>,
+    /// Modules of other algorithms lowered to LoRA (kohya form), with the error of each.
+    pub lowered: Vec<Lowered>,
     /// One line per rewrite, for people.
     pub actions: Vec<String>,
 }
 
 /// Rewrites the plan's adapter into `opts.out`.
 pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixReport> {
+    if opts.form == FixForm::Kohya {
+        return super::single_file::fix(plan, before, opts);
+    }
     let Plan {
         mut adapter, base, ..
     } = plan;
@@ -351,6 +384,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         split,
         dora_to_lora,
         saved: saved_rw,
+        lowered: Vec::new(),
         actions,
     })
 }

@@ -16,6 +16,7 @@ mod facts;
 pub mod fix;
 pub mod rules;
 pub mod saved;
+mod single_file;
 
 use crate::adapter::{Adapter, Format};
 use crate::error::InputResult;
