@@ -8,6 +8,11 @@ mod it {
     /// `check`: verdicts against PEFT and diffusers run on the fixtures, and the rules read from
     /// vLLM, SGLang, LoRAX, llama.cpp and ComfyUI; `--fix` merges to the same weights.
     pub mod check;
+    /// `check --fix` of saved embeddings: trainable tokens (exact) and LoRA (measured), loaded
+    /// by PEFT; the trainable-token rules of every loader.
+    pub mod check_fix;
+    /// `check` rules from the audit: dtypes against PEFT, SGLang bias/modules_to_save.
+    pub mod check_rules;
     /// Shared helpers: running the binary, reading outputs with the independent `safetensors`
     /// crate, comparing tensors.
     pub mod common;

@@ -33,6 +33,9 @@ use std::path::PathBuf;
 ///   lorakit check lora.safetensors --target diffusers --target comfy --json
 ///   lorakit check adapter/ --base model/ --target vllm --fix --out fixed/
 ///   lorakit check dora/ --base model/ --target vllm --fix --dora-rank 16 --out plain/
+///   lorakit check tokens/ --base model/ --target peft --fix --saved-tokens --out small/
+///   lorakit check tokens/ --base model/ --target vllm --fix --saved-rank 16 --out lora/
+///   lorakit check lokr.safetensors --target diffusers --fix --lower-rank 8 --out lora.safetensors
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CheckArgs {
@@ -50,11 +53,13 @@ pub struct CheckArgs {
 
     /// Write an adapter with the exact fixes applied (zero-padded ranks, per-module alphas
     /// folded into the factors, PEFT key prefixes, unmatched modules dropped with
-    /// --drop-unmatched), then check it again.
+    /// --drop-unmatched), then check it again. For diffusers/comfy only: a kohya single file with
+    /// every scale folded into lora_up (alpha = rank).
     #[arg(long, requires = "out")]
     pub fix: bool,
 
-    /// Where --fix writes the fixed adapter (a PEFT folder).
+    /// Where --fix writes the fixed adapter: a PEFT folder, or a kohya .safetensors file when
+    /// every target is diffusers or comfy.
     #[arg(long, short = 'o', requires = "fix", value_hint = ValueHint::DirPath)]
     pub out: Option<PathBuf>,
 
@@ -66,6 +71,23 @@ pub struct CheckArgs {
     /// (SVD of f ⊙ (W0 + ΔW) − W0, needs --base); the error is reported per module.
     #[arg(long, value_name = "R", requires = "fix", requires = "base")]
     pub dora_rank: Option<usize>,
+
+    /// With --fix: a saved embed_tokens/lm_head (modules_to_save) of which only some rows differ
+    /// from the base becomes PEFT trainable tokens (trainable_token_indices and those rows;
+    /// exact, needs --base). PEFT loads it; vLLM and llama.cpp refuse it (use --saved-rank).
+    #[arg(long, requires = "fix", requires = "base")]
+    pub saved_tokens: bool,
+
+    /// With --fix: a saved embed_tokens/lm_head not turned into trainable tokens becomes a
+    /// rank-R LoRA of its difference from the base (truncated SVD, needs --base); the error is
+    /// reported per module. A saved tensor equal to the base is dropped.
+    #[arg(long, value_name = "R", requires = "fix", requires = "base")]
+    pub saved_rank: Option<usize>,
+
+    /// With --fix for diffusers/comfy: lower LoKr/LoHa/full modules to rank-R LoRA (truncated
+    /// SVD of their update; diffusers cannot load them); the error is reported per module.
+    #[arg(long, value_name = "R", requires = "fix")]
+    pub lower_rank: Option<usize>,
 
     /// Print the report as JSON.
     #[arg(long)]

@@ -1,8 +1,8 @@
 //! `lorakit check`: args → options → plan → run (→ fix → check again) → print.
 
 use crate::cli::CheckArgs;
-use crate::ops::check::fix::{self, FixOptions, FixReport};
-use crate::ops::check::{Options, Plan, Report, TargetReport};
+use crate::ops::check::fix::{self, FixForm, FixOptions, FixReport};
+use crate::ops::check::{Options, Plan, Report, Target, TargetReport};
 use anyhow::Result;
 
 /// The JSON of `check --fix`: the report of the input, what was written, and the report of the
@@ -38,6 +38,21 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
         out: out.clone(),
         drop_unmatched: a.drop_unmatched,
         dora_rank: a.dora_rank,
+        saved: crate::ops::check::saved::SavedOptions {
+            tokens: a.saved_tokens,
+            rank: a.saved_rank,
+        },
+        // Only the diffusion loaders asked for: the kohya single file both read.
+        form: if plan
+            .targets
+            .iter()
+            .all(|t| matches!(t, Target::Diffusers | Target::Comfy))
+        {
+            FixForm::Kohya
+        } else {
+            FixForm::Peft
+        },
+        lower_rank: a.lower_rank,
     };
     let targets = plan.targets.clone();
     let fixed = fix::fix(plan, &report, &fix_opts)?;
@@ -66,6 +81,12 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
         ));
         for act in &fixed.actions {
             s.push_str(&format!("  - {act}\n"));
+        }
+        for l in &fixed.lowered {
+            s.push_str(&format!(
+                "    {} ({}): rank {}, ‖ΔW − B′A′‖_F = {:.3e} ({:.3e} relative)\n",
+                l.module, l.algo, l.rank, l.fro_error, l.rel_fro_error
+            ));
         }
         for d in &fixed.dora_to_lora {
             s.push_str(&format!(
@@ -105,11 +126,11 @@ fn render(r: &Report) -> String {
         let off: Vec<_> = r
             .modules
             .iter()
-            .filter(|p| p.status != "exact" || !p.not_applied_by.is_empty())
+            .filter(|p| !matches!(p.status, "exact" | "rows") || !p.not_applied_by.is_empty())
             .collect();
         if off.is_empty() {
             s.push_str(&format!(
-                "base {}: all {} modules land on their exact base tensor, and every target applies them\n",
+                "base {}: all {} modules land on their exact base tensor (or its rows), and every target applies them\n",
                 b.path,
                 r.modules.len()
             ));

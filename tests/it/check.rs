@@ -12,7 +12,7 @@ use super::common::*;
 use serde_json::Value;
 use std::path::Path;
 
-fn check_json(args: &[&str]) -> (i32, Value) {
+pub(super) fn check_json(args: &[&str]) -> (i32, Value) {
     let out = bin()
         .arg("check")
         .args(args)
@@ -31,7 +31,7 @@ fn check_json(args: &[&str]) -> (i32, Value) {
     (code, v)
 }
 
-fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
+pub(super) fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["targets"]
         .as_array()
         .unwrap()
@@ -41,7 +41,7 @@ fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The loader's outcome in the manifest's words: `fails`, `silent`, `loads`.
-fn outcome(t: &Value) -> &'static str {
+pub(super) fn outcome(t: &Value) -> &'static str {
     if !t["loads"].as_bool().unwrap() {
         "fails"
     } else if !t["applies_all"].as_bool().unwrap() {
@@ -51,7 +51,7 @@ fn outcome(t: &Value) -> &'static str {
     }
 }
 
-fn fired(t: &Value) -> Vec<String> {
+pub(super) fn fired(t: &Value) -> Vec<String> {
     t["findings"]
         .as_array()
         .unwrap()
@@ -112,7 +112,7 @@ fn diffusers_verdicts_match_what_diffusers_did() {
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
-fn s(p: &Path) -> &str {
+pub(super) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

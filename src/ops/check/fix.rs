@@ -21,6 +21,7 @@
 //! fire on the fixed adapter (the report after the fix says so). The output goes through
 //! [`crate::ops::output::write_adapter`] (atomic; an output that is an input is refused).
 
+use super::saved::{self, SavedOptions, SavedRewrite};
 use super::{Plan, Report};
 use crate::adapter::{mapping, Data, Factors, Format};
 use crate::error::{InputError, InputResult};
@@ -38,6 +39,37 @@ pub struct FixOptions {
     /// Replace every DoRA module by the plain LoRA of this rank closest to its effective
     /// update (needs the base).
     pub dora_rank: Option<usize>,
+    /// Rewrite saved embeddings and heads (`modules_to_save`) into trainable tokens or LoRA
+    /// ([`super::saved`]; needs the base).
+    pub saved: SavedOptions,
+    /// What to write: a PEFT folder, or a kohya single file for the diffusion loaders
+    /// ([`super::single_file`]).
+    pub form: FixForm,
+    /// Kohya form: lower modules of other algorithms (LoKr, LoHa, …) to LoRA of this rank.
+    pub lower_rank: Option<usize>,
+}
+
+/// The form of the fixed adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FixForm {
+    /// A PEFT folder (vLLM, SGLang, LoRAX, llama.cpp's converter, PEFT).
+    #[default]
+    Peft,
+    /// A kohya single file (diffusers, ComfyUI).
+    Kohya,
+}
+
+/// One module of another algorithm lowered to plain LoRA.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lowered {
+    pub module: String,
+    /// Its algorithm before (`lokr`, `loha`, …).
+    pub algo: String,
+    pub rank: usize,
+    /// `‖ΔW − B'·A'‖_F` (scale included).
+    pub fro_error: f64,
+    /// That over `‖ΔW‖_F`.
+    pub rel_fro_error: f64,
 }
 
 /// One DoRA module turned into plain LoRA.
@@ -69,12 +101,19 @@ pub struct FixReport {
     pub split: Vec<(String, Vec<String>)>,
     /// DoRA modules replaced by plain LoRA (`dora_rank`), with the error of each.
     pub dora_to_lora: Vec<DoraToLora>,
+    /// Saved embeddings and heads rewritten (`saved`), with the error of each LoRA.
+    pub saved: Vec<SavedRewrite>,
+    /// Modules of other algorithms lowered to LoRA (kohya form), with the error of each.
+    pub lowered: Vec<Lowered>,
     /// One line per rewrite, for people.
     pub actions: Vec<String>,
 }
 
 /// Rewrites the plan's adapter into `opts.out`.
 pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixReport> {
+    if opts.form == FixForm::Kohya {
+        return super::single_file::fix(plan, before, opts);
+    }
     let Plan {
         mut adapter, base, ..
     } = plan;
@@ -137,8 +176,13 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         }
         let res = mapping::resolve(&adapter, b);
         if opts.drop_unmatched && !res.unmatched.is_empty() {
-            let gone: std::collections::BTreeSet<String> =
-                res.unmatched.iter().map(unmatched_name).collect();
+            // Trainable-token rows land on their module's weight, not on a tensor of their name.
+            let gone: std::collections::BTreeSet<String> = res
+                .unmatched
+                .iter()
+                .map(unmatched_name)
+                .filter(|n| super::facts::tokens_module(n).is_none())
+                .collect();
             adapter.modules.retain(|m| {
                 let drop =
                     gone.contains(&m.name) || gone.contains(&format!("{}.lora_B.bias", m.name));
@@ -200,6 +244,39 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         ));
     }
     adapter.load_all()?;
+    let mut saved_rw = Vec::new();
+    if opts.saved.any() {
+        let Some(b) = &base else {
+            return Err(InputError::invalid(
+                &adapter.path,
+                "rewriting saved embeddings needs the base weights to compare them with",
+            ));
+        };
+        saved_rw = saved::rewrite(&mut adapter, b, opts.saved)?;
+        for s in &saved_rw {
+            actions.push(match s.form {
+                "dropped_equal_to_base" => format!("{}: saved tensor equals the base, dropped", s.module),
+                "trainable_tokens" => format!(
+                    "{}: {} of {} rows differ from the base → trainable_token_indices (exact)",
+                    s.module, s.rows_changed, s.rows
+                ),
+                "lora" => format!(
+                    "{}: saved tensor → rank-{} LoRA of its difference from the base (‖Δ − B·A‖_F = {:.3e}, {:.3e} relative)",
+                    s.module,
+                    s.rank.unwrap_or(0),
+                    s.fro_error.unwrap_or(0.0),
+                    s.rel_fro_error.unwrap_or(0.0)
+                ),
+                _ => format!(
+                    "{}: saved tensor kept ({} of {} rows differ): {}",
+                    s.module,
+                    s.rows_changed,
+                    s.rows,
+                    s.why.as_deref().unwrap_or("")
+                ),
+            });
+        }
+    }
     let mut dora_to_lora = Vec::new();
     if let Some(r) = opts.dora_rank {
         let Some(b) = &base else {
@@ -306,6 +383,8 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         padded,
         split,
         dora_to_lora,
+        saved: saved_rw,
+        lowered: Vec::new(),
         actions,
     })
 }

@@ -76,6 +76,12 @@ pub enum When {
     ModulesToSave,
     /// LoRA on an embedding (`lora_embedding_A/B`).
     EmbeddingLora,
+    /// PEFT trainable tokens (`trainable_token_indices`): `{module}.token_adapter.trainable_tokens_delta`
+    /// rows that replace rows of an embedding or `lm_head`.
+    TrainableTokens,
+    /// With `--base`: trainable-token rows PEFT cannot place (no such module, indices missing
+    /// from the config or past the vocabulary, rows of another size).
+    TrainableTokensMismatch,
     /// A module named `…{parent}.{x}` for some `x` in `has`, with no `…{parent}.{lacks}` beside
     /// it (per parent path: per attention or MLP block).
     SiblingMissing {
@@ -97,6 +103,8 @@ pub enum When {
     /// With `--base`: the adapter's factors are stored in another float dtype than the base
     /// weights they land on.
     DtypeDiffersFromBase,
+    /// Factor tensors stored in one of these dtypes (safetensors names: `F64`, `F8_E4M3`, …).
+    AdapterDtype(&'static [&'static str]),
     /// With `--base`: a module that names no base tensor at all.
     NameNotFound,
     /// With `--base`: a module that lorakit places only by a dotted-suffix match (a different
@@ -259,6 +267,14 @@ pub const RULES: &[Rule] = &[
         source: VLLM_UTILS,
     },
     Rule {
+        id: "vllm.trainable_tokens",
+        target: Target::Vllm,
+        when: When::TrainableTokens,
+        severity: Severity::Error,
+        why: "`…token_adapter.trainable_tokens_delta` is \"unsupported LoRA weight\": only lora_A/lora_B.weight and lora_embedding_A/B are parsed (trainable_token_indices is not a PEFTHelper field); a LoRA on the embedding or lm_head loads instead",
+        source: VLLM_UTILS,
+    },
+    Rule {
         id: "vllm.max_rank",
         target: Target::Vllm,
         when: When::RankAbove(512),
@@ -364,20 +380,28 @@ pub const RULES: &[Rule] = &[
         source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.__init__ (self.scaling = lora_alpha / r)"),
     },
     Rule {
-        id: "sglang.lora_bias_unverified",
+        id: "sglang.lora_bias",
         target: Target::Sglang,
         when: When::LoraBias,
-        severity: Severity::Warning,
-        why: "not verified: lorakit has no rule read from SGLang's source for lora_B.bias; check the server log that it is applied",
-        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.initialize_weights (not read)"),
+        severity: Severity::Silent,
+        why: "every tensor of a layer whose name lacks \"lora_A\" is loaded into the lora_B slot of its module, so `lora_B.bias` (read first: keys are sorted) is overwritten by `lora_B.weight` and never applied",
+        source: src(SGLANG, "python/sglang/srt/lora/mem_pool.py", "main (2026)", "LoRAMemoryPool.load_lora_weight_to_buffer (if \"lora_A\" in name … else temp_B_buffer)"),
     },
     Rule {
-        id: "sglang.modules_to_save_unverified",
+        id: "sglang.modules_to_save",
         target: Target::Sglang,
         when: When::ModulesToSave,
-        severity: Severity::Warning,
-        why: "not verified: lorakit has no rule read from SGLang's source for full tensors (modules_to_save); check the server log that it is applied",
-        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter.initialize_weights (not read)"),
+        severity: Severity::Silent,
+        why: "full embed_tokens/lm_head tensors are kept only when the module is in target_modules (then as LoRA weights), else skipped with a debug log (\"Skipping … not in adapter's target_modules\"); modules_to_save is not read",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter._process_weight"),
+    },
+    Rule {
+        id: "sglang.trainable_tokens",
+        target: Target::Sglang,
+        when: When::TrainableTokens,
+        severity: Severity::Silent,
+        why: "trainable-token rows are handled like full embed_tokens/lm_head tensors: skipped unless the module is a LoRA target (trainable_token_indices is not read)",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", "main (2026)", "LoRAAdapter._process_weight"),
     },
     Rule {
         id: "sglang.q_without_v",
@@ -461,6 +485,14 @@ pub const RULES: &[Rule] = &[
         source: LORAX_LORA,
     },
     Rule {
+        id: "lorax.trainable_tokens",
+        target: Target::Lorax,
+        when: When::TrainableTokens,
+        severity: Severity::Silent,
+        why: "only lora_A/lora_B weights of adapter layers are looked up: trainable-token rows are never read",
+        source: LORAX_LORA,
+    },
+    Rule {
         id: "lorax.partial_layers",
         target: Target::Lorax,
         when: When::PartialLayers,
@@ -526,6 +558,14 @@ pub const RULES: &[Rule] = &[
         source: LLAMACPP_CONVERT,
     },
     Rule {
+        id: "llama.cpp.trainable_tokens",
+        target: Target::LlamaCpp,
+        when: When::TrainableTokens,
+        severity: Severity::Error,
+        why: "trainable-token rows are \"Not a lora_A or lora_B tensor\": the converter exits 1 (only lora_A/B, lora_embedding_A/B, saved base layers and norms are accepted)",
+        source: LLAMACPP_CONVERT,
+    },
+    Rule {
         id: "llama.cpp.tied_lm_head",
         target: Target::LlamaCpp,
         when: When::TiedLmHead,
@@ -548,6 +588,14 @@ pub const RULES: &[Rule] = &[
         severity: Severity::Silent,
         why: "the GGUF holds one adapter.lora.alpha (the top-level lora_alpha) and the runtime scales by alpha/rank of each tensor: alpha_pattern and use_rslora are lost",
         source: src(LLAMACPP, "src/llama-adapter.h", "master (2026)", "llama_adapter_lora_weight::get_scale; convert_lora_to_gguf.py set_gguf_parameters"),
+    },
+    Rule {
+        id: "llama.cpp.dtype",
+        target: Target::LlamaCpp,
+        when: When::AdapterDtype(&["F64"]),
+        severity: Severity::Warning,
+        why: "the converter reads F64/F32/BF16/F16/F8 tensors but writes the GGUF adapter as --outtype f32 (the default), f16, bf16 or q8_0: f64 factors are rounded to f32 at best",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", "master (2026)", "parse_args (--outtype choices) / LazyTorchTensor._dtype_str_map"),
     },
     // ---------------------------------------------------------------- diffusers
     Rule {
@@ -657,6 +705,14 @@ pub const RULES: &[Rule] = &[
         source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict"),
     },
     Rule {
+        id: "peft.trainable_tokens",
+        target: Target::Peft,
+        when: When::TrainableTokensMismatch,
+        severity: Severity::Error,
+        why: "trainable-token rows must be [len(indices), embedding dim] of a base module that trainable_token_indices names, with every index below its vocabulary: load_state_dict refuses another size",
+        source: src(PEFT, "src/peft/tuners/trainable_tokens/layer.py", "0.21.2", "TrainableTokensLayer.update_layer; utils/save_and_load.py set_peft_model_state_dict"),
+    },
+    Rule {
         id: "peft.not_found",
         target: Target::Peft,
         when: When::NameNotFound,
@@ -671,6 +727,14 @@ pub const RULES: &[Rule] = &[
         severity: Severity::Silent,
         why: "keys name modules under another root prefix: the LoRA layers PEFT builds keep their zero init and the keys are left out with a warning",
         source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict (unexpected_keys)"),
+    },
+    Rule {
+        id: "peft.dtype",
+        target: Target::Peft,
+        when: When::AdapterDtype(&["F64"]),
+        severity: Severity::Warning,
+        why: "the LoRA weights PEFT builds are float32 (autocast_adapter_dtype=True) and load_state_dict copies the file's tensors into them: f64 factors are applied rounded to f32 (F8/F16/BF16 factors convert exactly)",
+        source: src(PEFT, "src/peft/peft_model.py", "0.21.2", "PeftModel.from_pretrained → load_adapter (autocast_adapter_dtype); checked with fixtures/gen/check_dtype_load.py"),
     },
 ];
 

@@ -1,0 +1,184 @@
+//! What `check` reads besides the adapter's tensors: the base's `config.json` facts, the
+//! adapter's `added_tokens.json`, what the adapter is for, and where every module lands on the
+//! base. Must not: evaluate rules or print.
+
+use super::facts::{last_component, tokens_module};
+use super::{BaseFacts, Kind, Placement};
+use crate::adapter::mapping::{self, Unmatched};
+use crate::adapter::{Adapter, Format};
+use crate::error::{InputError, InputResult};
+use crate::io::Checkpoint;
+
+/// Every module and full tensor with its placement.
+pub(super) fn placements(
+    a: &Adapter,
+    r: &mapping::Resolution,
+    base: &Checkpoint,
+) -> Vec<Placement> {
+    let mut out = Vec::new();
+    for p in &r.modules {
+        let m = &a.modules[p.module];
+        let exact = p.weight == format!("{}.weight", m.name) || a.format == Format::Kohya;
+        out.push(Placement {
+            module: m.name.clone(),
+            status: if exact { "exact" } else { "suffix" },
+            base_tensor: Some(p.weight.clone()),
+            detail: None,
+            not_applied_by: Vec::new(),
+        });
+    }
+    for (i, t) in &r.full {
+        let f = &a.full_tensors[*i];
+        out.push(Placement {
+            module: f.name.clone(),
+            status: if *t == f.name { "exact" } else { "suffix" },
+            base_tensor: Some(t.clone()),
+            detail: Some("full tensor".into()),
+            not_applied_by: Vec::new(),
+        });
+    }
+    for u in &r.unmatched {
+        let (module, status, base_tensor) = match u {
+            Unmatched::NotFound { module, .. } => match tokens_module(module) {
+                // Trainable-token rows replace rows of their module's weight.
+                Some(m) if base.contains(&format!("{m}.weight")) => {
+                    (module, "rows", Some(format!("{m}.weight")))
+                }
+                _ => (module, "not_found", None),
+            },
+            Unmatched::Ambiguous { module, .. } => (module, "ambiguous", None),
+            Unmatched::ShapeMismatch { module, tensor, .. } => {
+                (module, "shape_mismatch", Some(tensor.clone()))
+            }
+            Unmatched::NotFloat { module, tensor, .. } => {
+                (module, "not_float", Some(tensor.clone()))
+            }
+        };
+        out.push(Placement {
+            module: module.clone(),
+            status,
+            base_tensor,
+            detail: Some(if status == "rows" {
+                "trainable-token rows (trainable_token_indices) of this base weight".into()
+            } else {
+                u.to_string()
+            }),
+            not_applied_by: Vec::new(),
+        });
+    }
+    out.sort_by(|a, b| a.module.cmp(&b.module));
+    out
+}
+
+/// What the adapter is for: the base's architecture when known, else its module names.
+pub(super) fn kind_of(a: &Adapter, base: Option<&BaseFacts>) -> Kind {
+    if let Some(b) = base {
+        if b.architectures
+            .iter()
+            .any(|x| x.ends_with("ForCausalLM") || x.ends_with("LMHeadModel"))
+        {
+            return Kind::Llm;
+        }
+        if !b.architectures.is_empty() {
+            return Kind::Other;
+        }
+    }
+    const LLM_LEAVES: &[&str] = &[
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "lm_head",
+        "embed_tokens",
+    ];
+    // Decoder-only names (`model.layers.N.self_attn.q_proj`, `…mlp.gate_proj`, `lm_head`);
+    // CLIP-style text encoders (`text_model.encoder.layers.N.self_attn.q_proj`) are not LLMs.
+    let llm = a.format == Format::Peft
+        && a.modules.iter().any(|m| {
+            let n = &m.name;
+            !n.contains("encoder")
+                && LLM_LEAVES.contains(&last_component(n))
+                && (n.contains("layers.") || n == "lm_head" || n.ends_with(".embed_tokens"))
+        });
+    if llm {
+        Kind::Llm
+    } else {
+        Kind::Other
+    }
+}
+
+/// Reads the few `config.json` fields the rules need (any architecture).
+pub(super) fn base_facts(b: &Checkpoint) -> InputResult<BaseFacts> {
+    let mut f = BaseFacts {
+        path: b.root.display().to_string(),
+        has_lm_head: b.contains("lm_head.weight"),
+        ..Default::default()
+    };
+    let cfg = b.folder().join("config.json");
+    if !cfg.is_file() {
+        return Ok(f);
+    }
+    let text = crate::io::read_json_file(&cfg)?;
+    let v: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| InputError::invalid(&cfg, format!("not valid JSON: {e}")))?;
+    // Multimodal configs keep the language model's fields in `text_config`.
+    let get = |k: &str| {
+        v.get(k)
+            .or_else(|| v.get("text_config").and_then(|t| t.get(k)))
+    };
+    f.model_type = get("model_type")
+        .and_then(|x| x.as_str())
+        .map(str::to_owned);
+    f.architectures = v
+        .get("architectures")
+        .and_then(|x| x.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    f.vocab_size = get("vocab_size")
+        .and_then(|x| x.as_u64())
+        .map(|x| x as usize);
+    f.num_hidden_layers = get("num_hidden_layers")
+        .or_else(|| get("n_layer"))
+        .and_then(|x| x.as_u64())
+        .map(|x| x as usize);
+    // transformers' default is True when the key is absent.
+    f.tie_word_embeddings = get("tie_word_embeddings")
+        .and_then(|x| x.as_bool())
+        .unwrap_or(true);
+    Ok(f)
+}
+
+/// `added_tokens.json` of a PEFT folder (SGLang `LoRAConfig.get_added_tokens_config`).
+pub(super) fn read_added_tokens(a: &Adapter) -> InputResult<Vec<(String, u64)>> {
+    let dir = if a.path.is_dir() {
+        a.path.clone()
+    } else {
+        return Ok(vec![]);
+    };
+    let p = dir.join("added_tokens.json");
+    if !p.is_file() {
+        return Ok(vec![]);
+    }
+    let text = crate::io::read_json_file(&p)?;
+    let v: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| InputError::invalid(&p, format!("not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| InputError::invalid(&p, "not a JSON object of token → id"))?;
+    let mut out = Vec::new();
+    for (k, id) in obj {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| InputError::invalid(&p, format!("id of `{k}` is not an integer")))?;
+        out.push((k.clone(), id));
+    }
+    out.sort_by_key(|(_, id)| *id);
+    Ok(out)
+}

@@ -1,0 +1,645 @@
+//! The conditions of the rules ([`super::rules::When`]), computed once per check from the
+//! adapter and, with a base, from lorakit's one name matcher and the base's facts. Owns: what
+//! each condition means, item by item. Must not: decide a verdict (that is [`super`]), write or
+//! print anything.
+
+use super::rules::{ScaleRule, Supported, When};
+use super::{Kind, Placement, Plan};
+use crate::adapter::mapping::{self, Unmatched};
+use crate::adapter::{Data, Format, ModuleKind};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub(super) enum Evaluated {
+    Items(Vec<String>),
+    NeedsBase,
+}
+
+/// Everything the conditions are computed from, gathered once.
+pub(super) struct Facts<'a> {
+    plan: &'a Plan,
+    /// `r` and `lora_alpha` of adapter_config.json (PEFT).
+    cfg_r: Option<usize>,
+    cfg_alpha: Option<f64>,
+    resolution: Option<mapping::Resolution>,
+    pub(super) placements: Vec<Placement>,
+}
+
+impl<'a> Facts<'a> {
+    pub(super) fn compute(plan: &'a Plan) -> Facts<'a> {
+        let cfg = plan.adapter.config.as_ref();
+        let cfg_r = cfg
+            .and_then(|c| c.get("r"))
+            .and_then(|v| v.as_u64())
+            .map(|r| r as usize)
+            .or(cfg.map(|_| 8));
+        let cfg_alpha = cfg
+            .and_then(|c| c.get("lora_alpha"))
+            .and_then(|v| v.as_f64())
+            .or(cfg.map(|_| 8.0));
+        let resolution = plan
+            .base
+            .as_ref()
+            .map(|b| mapping::resolve(&plan.adapter, b));
+        let placements = resolution
+            .as_ref()
+            .map(|r| {
+                super::base::placements(
+                    &plan.adapter,
+                    r,
+                    plan.base.as_ref().expect("a resolution needs the base"),
+                )
+            })
+            .unwrap_or_default();
+        Facts {
+            plan,
+            cfg_r,
+            cfg_alpha,
+            resolution,
+            placements,
+        }
+    }
+
+    pub(super) fn items(&self, when: When) -> Evaluated {
+        let a = &self.plan.adapter;
+        let names = |f: &dyn Fn(&crate::adapter::LoraModule) -> bool| -> Vec<String> {
+            a.modules
+                .iter()
+                .filter(|m| f(m))
+                .map(|m| m.name.clone())
+                .collect()
+        };
+        let v = match when {
+            When::NotPeft => match a.format {
+                Format::Peft => vec![],
+                Format::Kohya => vec![format!("{} (kohya/LyCORIS file)", a.path.display())],
+            },
+            When::PeftKeys => match (a.format, self.plan.kind) {
+                (Format::Peft, Kind::Other) => vec![format!("{} (PEFT folder)", a.path.display())],
+                _ => vec![],
+            },
+            When::LlmAdapter => match self.plan.kind {
+                Kind::Llm => vec!["causal-LM module names".to_string()],
+                Kind::Other => vec![],
+            },
+            When::NonLoraAlgoSdPrefixed => {
+                if a.format != Format::Kohya || !self.sd_prefixed() {
+                    vec![]
+                } else {
+                    a.modules
+                        .iter()
+                        .filter(|m| m.factors.lora().is_none())
+                        .map(|m| format!("{} ({})", m.name, m.factors.algo()))
+                        .collect()
+                }
+            }
+            When::NotSdPrefixed => {
+                if a.format != Format::Kohya {
+                    vec![]
+                } else {
+                    a.modules
+                        .iter()
+                        .filter(|m| !is_sd_prefixed(&m.name))
+                        .map(|m| m.name.clone())
+                        .collect()
+                }
+            }
+            When::Dora => names(&|m| m.dora_magnitude.is_some()),
+            When::LoraBias => names(&|m| m.bias.is_some()),
+            When::ModulesToSave => {
+                let mut v: Vec<String> = a
+                    .full_tensors
+                    .iter()
+                    .filter(|f| !is_saved_base_layer(f) && tokens_module(&f.name).is_none())
+                    .map(|f| f.name.clone())
+                    .collect();
+                if v.is_empty() {
+                    v = a
+                        .modules_to_save
+                        .iter()
+                        .map(|m| format!("{m} (modules_to_save)"))
+                        .collect();
+                }
+                v
+            }
+            When::EmbeddingLora => names(&|m| m.kind == ModuleKind::Embedding),
+            When::TrainableTokens => a
+                .full_tensors
+                .iter()
+                .filter_map(|f| {
+                    tokens_module(&f.name)?;
+                    Some(format!(
+                        "{} ({} token rows)",
+                        f.name,
+                        f.shape.first().unwrap_or(&0)
+                    ))
+                })
+                .collect(),
+            When::TrainableTokensMismatch => match &self.plan.base {
+                None => return Evaluated::NeedsBase,
+                Some(b) => a
+                    .full_tensors
+                    .iter()
+                    .filter_map(|f| {
+                        let m = tokens_module(&f.name)?;
+                        let why = tokens_mismatch(a.config.as_ref(), m, &f.shape, b)?;
+                        Some(format!("{} ({why})", f.name))
+                    })
+                    .collect(),
+            },
+            When::SiblingMissing { has, lacks } => {
+                let present: BTreeSet<&str> = a.modules.iter().map(|m| m.name.as_str()).collect();
+                a.modules
+                    .iter()
+                    .filter_map(|m| {
+                        let leaf = last_component(&m.name);
+                        if !has.contains(&leaf) {
+                            return None;
+                        }
+                        let parent = &m.name[..m.name.len() - leaf.len()];
+                        let sibling = format!("{parent}{lacks}");
+                        (!present.contains(sibling.as_str()))
+                            .then(|| format!("{} (no {lacks} beside it)", m.name))
+                    })
+                    .collect()
+            }
+            When::RankAbove(n) => a
+                .modules
+                .iter()
+                .filter(|m| m.rank > n)
+                .map(|m| format!("{} (rank {})", m.name, m.rank))
+                .collect(),
+            When::ScaleDiffers(rule) => self.scale_differs(rule),
+            When::ModuleNotSupported(s) => match self.supported(s) {
+                None => return Evaluated::NeedsBase,
+                Some(set) => a
+                    .modules
+                    .iter()
+                    .filter(|m| !set.contains(last_component(&m.name)))
+                    .map(|m| m.name.clone())
+                    .collect(),
+            },
+            When::KeyPrefixMissing => a
+                .modules
+                .iter()
+                .filter(|m| match m.factors.lora() {
+                    Some((Data::Stored { key, .. }, _)) => {
+                        a.format == Format::Peft
+                            && !key.starts_with(crate::adapter::formats::peft::PREFIX)
+                    }
+                    _ => false,
+                })
+                .map(|m| m.name.clone())
+                .collect(),
+            When::PartialLayers => self.partial_layers(),
+            When::AddedTokens => {
+                // SGLang counts only ids at or past the base vocabulary (LoRAConfig filters
+                // "fake" added tokens copied from the base tokenizer): without the base's
+                // vocab_size that cannot be decided.
+                if self.plan.added_tokens.is_empty() {
+                    vec![]
+                } else {
+                    let Some(vocab) = self.plan.base_facts.as_ref().and_then(|b| b.vocab_size)
+                    else {
+                        return Evaluated::NeedsBase;
+                    };
+                    self.plan
+                        .added_tokens
+                        .iter()
+                        .filter(|(_, id)| *id >= vocab as u64)
+                        .map(|(t, id)| format!("{t} (id {id})"))
+                        .collect()
+                }
+            }
+            When::AdapterDtype(list) => {
+                let Some(src) = a.source.as_ref() else {
+                    return Evaluated::Items(vec![]);
+                };
+                let mut count: BTreeMap<String, usize> = BTreeMap::new();
+                for m in &a.modules {
+                    for d in m.factors.data() {
+                        if let Data::Stored { key, .. } = d {
+                            if let Some(t) = src.header().get(key) {
+                                let n = crate::dtype::name(t.dtype);
+                                if list.contains(&n.as_str()) {
+                                    *count.entry(n).or_default() += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+                count
+                    .into_iter()
+                    .map(|(d, n)| format!("{d} factors ({n} tensors)"))
+                    .collect()
+            }
+            When::DtypeDiffersFromBase => match (&self.resolution, &self.plan.base) {
+                (Some(r), Some(b)) => {
+                    let own = crate::ops::output::stored_dtype(a);
+                    let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
+                    for p in &r.modules {
+                        if let (Some(own), Some(info)) = (own, b.info(&p.weight)) {
+                            if own != info.dtype {
+                                pairs.insert((
+                                    crate::dtype::name(own),
+                                    crate::dtype::name(info.dtype),
+                                ));
+                            }
+                        }
+                    }
+                    pairs
+                        .into_iter()
+                        .map(|(x, y)| format!("{x} factors: base weights are {y}"))
+                        .collect()
+                }
+                _ => return Evaluated::NeedsBase,
+            },
+            When::NameNotFound => match &self.resolution {
+                None => return Evaluated::NeedsBase,
+                Some(r) => r
+                    .unmatched
+                    .iter()
+                    .filter_map(|u| match u {
+                        Unmatched::NotFound { module, .. } if self.tied_or_saved(module) => None,
+                        // Trainable-token rows are placed by their module, not their own name
+                        // (checked by When::TrainableTokensMismatch).
+                        Unmatched::NotFound { module, .. } if tokens_module(module).is_some() => {
+                            None
+                        }
+                        // A lora_B bias needs no base bias: PEFT adds it to the layer's output
+                        // (lorakit's merge needs one, which is a merge concern, not a loader's).
+                        Unmatched::NotFound { module, .. } if module.ends_with(".lora_B.bias") => {
+                            None
+                        }
+                        Unmatched::NotFound { module, .. } => Some(module.clone()),
+                        Unmatched::Ambiguous { module, candidates } => {
+                            Some(format!("{module} (ambiguous: {})", candidates.join(", ")))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            },
+            When::NameNotExact => match &self.resolution {
+                None => return Evaluated::NeedsBase,
+                Some(_) => self
+                    .placements
+                    .iter()
+                    .filter(|p| p.status == "suffix")
+                    .map(|p| {
+                        format!(
+                            "{} (base has {})",
+                            p.module,
+                            p.base_tensor.as_deref().unwrap_or("?")
+                        )
+                    })
+                    .collect(),
+            },
+            When::ShapeMismatch | When::VocabMismatch => match &self.resolution {
+                None => return Evaluated::NeedsBase,
+                Some(r) => {
+                    let vocab = when == When::VocabMismatch;
+                    r.unmatched
+                        .iter()
+                        .filter_map(|u| match u {
+                            Unmatched::ShapeMismatch {
+                                module,
+                                expected,
+                                found,
+                                ..
+                            } => {
+                                let is_embedding = a
+                                    .module(module)
+                                    .is_some_and(|m| m.kind == ModuleKind::Embedding);
+                                (is_embedding == vocab).then(|| {
+                                    format!("{module} (adapter {expected:?}, base {found:?})")
+                                })
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                }
+            },
+            When::TiedLmHead => match &self.plan.base_facts {
+                None => return Evaluated::NeedsBase,
+                Some(b) if b.tie_word_embeddings || !b.has_lm_head => {
+                    let mut v = names(&|m| last_component(&m.name) == "lm_head");
+                    v.extend(
+                        a.full_tensors
+                            .iter()
+                            .filter(|f| {
+                                f.name.starts_with("lm_head.") || f.name.contains(".lm_head.")
+                            })
+                            .map(|f| f.name.clone()),
+                    );
+                    v
+                }
+                Some(_) => vec![],
+            },
+            When::PeftExtraKeys => {
+                if a.format != Format::Peft {
+                    vec![]
+                } else {
+                    let mut v = Vec::new();
+                    for m in &a.modules {
+                        if m.dora_magnitude.is_some() {
+                            v.push(format!("{}.lora_magnitude_vector", m.name));
+                        }
+                        if m.bias.is_some() {
+                            v.push(format!("{}.lora_B.bias", m.name));
+                        }
+                        if m.kind == ModuleKind::Embedding {
+                            v.push(format!("{}.lora_embedding_A/B", m.name));
+                        }
+                    }
+                    v.extend(a.full_tensors.iter().map(|f| f.name.clone()));
+                    v
+                }
+            }
+        };
+        Evaluated::Items(v)
+    }
+
+    /// A name that has no tensor of its own in the base but a module in the model: `lm_head`
+    /// of a base that ties it to `embed_tokens` (transformers does not save it; the module
+    /// exists and loaders adapt it), or the base-layer copy PEFT saves beside a targeted
+    /// embedding or tied head (`…base_layer.weight`, skipped by the loaders).
+    fn tied_or_saved(&self, name: &str) -> bool {
+        let a = &self.plan.adapter;
+        if a.full_tensors
+            .iter()
+            .any(|f| f.name == name && is_saved_base_layer(f))
+        {
+            return true;
+        }
+        let tied = self
+            .plan
+            .base_facts
+            .as_ref()
+            .is_some_and(|b| b.tie_word_embeddings || !b.has_lm_head);
+        let head = name.strip_suffix(".weight").unwrap_or(name);
+        tied && last_component(head) == "lm_head"
+            && self
+                .plan
+                .base
+                .as_ref()
+                .is_some_and(|b| b.names().any(|n| n.ends_with("embed_tokens.weight")))
+    }
+
+    /// Every module of a kohya file has an SD prefix.
+    fn sd_prefixed(&self) -> bool {
+        self.plan
+            .adapter
+            .modules
+            .iter()
+            .all(|m| is_sd_prefixed(&m.name))
+    }
+
+    /// Modules whose scale in a loader differs from PEFT's (the adapter's own, per module).
+    fn scale_differs(&self, rule: ScaleRule) -> Vec<String> {
+        let a = &self.plan.adapter;
+        let mut out = Vec::new();
+        for m in &a.modules {
+            let loader = match rule {
+                ScaleRule::GlobalAlphaGlobalRank { rslora } => {
+                    let (Some(r), Some(alpha)) = (self.cfg_r, self.cfg_alpha) else {
+                        continue;
+                    };
+                    if rslora && a.use_rslora {
+                        alpha / (r as f64).sqrt()
+                    } else {
+                        alpha / r as f64
+                    }
+                }
+                ScaleRule::GlobalAlphaModuleRank => {
+                    let Some(alpha) = self.cfg_alpha else {
+                        continue;
+                    };
+                    alpha / m.rank as f64
+                }
+                ScaleRule::AlphaKeyOrOne => match a.format {
+                    // A single file's `{module}.alpha` is read; without one lorakit's alpha is
+                    // r (scale 1, the loader's 1) unless diffusers' `lora_adapter_metadata`
+                    // gave another, which ComfyUI does not read.
+                    Format::Kohya => {
+                        let key = format!("{}.alpha", m.name);
+                        if a.source.as_ref().is_some_and(|s| s.info(&key).is_some()) {
+                            continue;
+                        }
+                        1.0
+                    }
+                    Format::Peft => 1.0,
+                },
+            };
+            if m.factors.lora().is_none() {
+                continue;
+            }
+            let tol = 1e-9 * m.scale.abs().max(1e-30);
+            if (loader - m.scale).abs() > tol {
+                out.push(format!(
+                    "{}: scale {} instead of {}",
+                    m.name,
+                    short(loader),
+                    short(m.scale)
+                ));
+            }
+        }
+        out
+    }
+
+    /// The last name components a loader adapts, or `None` when it cannot be known.
+    fn supported(&self, s: Supported) -> Option<BTreeSet<String>> {
+        // The fixed lists are the Llama-family model classes' (Llama, Mistral, Qwen2): for a
+        // base of another family, or an adapter that is not a causal LM, they say nothing.
+        let llama_family = match self
+            .plan
+            .base_facts
+            .as_ref()
+            .and_then(|b| b.model_type.as_deref())
+        {
+            Some(t) => matches!(t, "llama" | "mistral" | "qwen2"),
+            None => self.plan.kind == Kind::Llm,
+        };
+        match s {
+            Supported::Fixed(_) if !llama_family => None,
+            Supported::Fixed(list) => Some(list.iter().map(|s| s.to_string()).collect()),
+            Supported::BaseLinear(fallback) => match &self.plan.base {
+                Some(b) => Some(
+                    b.names()
+                        .filter_map(|n| {
+                            let info = b.info(n)?;
+                            let m = n.strip_suffix(".weight")?;
+                            (info.shape.len() == 2).then(|| last_component(m).to_string())
+                        })
+                        .collect(),
+                ),
+                None if llama_family => Some(fallback.iter().map(|s| s.to_string()).collect()),
+                None => None,
+            },
+        }
+    }
+
+    /// Module kinds (the name with its layer index replaced) present in fewer decoder layers
+    /// than the model has (the base's `num_hidden_layers`, else every layer the adapter
+    /// touches).
+    fn partial_layers(&self) -> Vec<String> {
+        let a = &self.plan.adapter;
+        let mut by_kind: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        let mut all: BTreeSet<usize> = BTreeSet::new();
+        for m in &a.modules {
+            if let Some((kind, idx)) = layer_kind(&m.name) {
+                by_kind.entry(kind).or_default().insert(idx);
+                all.insert(idx);
+            }
+        }
+        let n = self
+            .plan
+            .base_facts
+            .as_ref()
+            .and_then(|b| b.num_hidden_layers)
+            .unwrap_or(all.len());
+        by_kind
+            .into_iter()
+            .filter(|(_, layers)| layers.len() < n)
+            .map(|(kind, layers)| {
+                format!(
+                    "{kind} in {} of {n} layers ({})",
+                    layers.len(),
+                    layers
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect()
+    }
+}
+
+/// The key suffix of PEFT's trainable-token rows: `{module}.token_adapter.trainable_tokens_delta`
+/// holds the new values of the rows `trainable_token_indices` names, in that order (PEFT 0.21.2
+/// `tuners/trainable_tokens/layer.py`, `TrainableTokensLayer.update_layer`: `[len(indices),
+/// embed_dim]`; the key as `save_pretrained` writes it, checked on a PEFT-written folder).
+pub(crate) const TOKENS_SUFFIX: &str = ".token_adapter.trainable_tokens_delta";
+
+/// The module a trainable-token tensor belongs to.
+pub(crate) fn tokens_module(name: &str) -> Option<&str> {
+    name.strip_suffix(TOKENS_SUFFIX)
+}
+
+/// The token indices `trainable_token_indices` gives a module: a list targets the input
+/// embedding (`embed_tokens`); a dict maps a module name (PEFT matches it as a name suffix) to
+/// its list (PEFT 0.21.2 `tuners/lora/config.py` `LoraConfig.trainable_token_indices`).
+pub(crate) fn token_indices(cfg: Option<&serde_json::Value>, module: &str) -> Option<Vec<u64>> {
+    let v = cfg?.get("trainable_token_indices")?;
+    let list = |v: &serde_json::Value| -> Option<Vec<u64>> {
+        v.as_array()?.iter().map(|x| x.as_u64()).collect()
+    };
+    match v {
+        serde_json::Value::Array(_) if last_component(module) == "embed_tokens" => list(v),
+        serde_json::Value::Object(o) => o.iter().find_map(|(k, ids)| {
+            let hit = module == k
+                || module
+                    .strip_suffix(k.as_str())
+                    .is_some_and(|p| p.ends_with('.'));
+            if hit {
+                list(ids)
+            } else {
+                None
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Why PEFT cannot load a module's trainable-token rows onto the base, or `None` when it can:
+/// the module must have a 2-D base weight `[V, D]` (or be `lm_head` tied to `embed_tokens`),
+/// the config must list its indices, each `< V`, and the rows must be `[len(indices), D]`
+/// (`load_state_dict` refuses another size; `index_copy` another index).
+fn tokens_mismatch(
+    cfg: Option<&serde_json::Value>,
+    module: &str,
+    shape: &[usize],
+    base: &crate::io::Checkpoint,
+) -> Option<String> {
+    let weight = format!("{module}.weight");
+    let info = base.info(&weight).or_else(|| {
+        (last_component(module) == "lm_head")
+            .then(|| {
+                base.names()
+                    .find(|n| n.ends_with("embed_tokens.weight"))
+                    .and_then(|n| base.info(n))
+            })
+            .flatten()
+    });
+    let Some(info) = info else {
+        return Some("no such module in the base".into());
+    };
+    if info.shape.len() != 2 {
+        return Some(format!("base weight is {:?}, not a matrix", info.shape));
+    }
+    let (v, d) = (info.shape[0], info.shape[1]);
+    let Some(ids) = token_indices(cfg, module) else {
+        return Some("trainable_token_indices does not name this module".into());
+    };
+    if let Some(bad) = ids.iter().find(|&&i| i >= v as u64) {
+        return Some(format!("token index {bad} ≥ the base's {v} rows"));
+    }
+    if shape != [ids.len(), d] {
+        return Some(format!(
+            "rows are {shape:?}, expected [{}, {d}] ({} indices)",
+            ids.len(),
+            ids.len()
+        ));
+    }
+    None
+}
+
+/// `layers.N.rest` → (`layers.*.rest`, N).
+pub(super) fn layer_kind(name: &str) -> Option<(String, usize)> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let i = parts
+        .iter()
+        .position(|p| *p == "layers" || *p == "h" || *p == "blocks")?;
+    let idx: usize = parts.get(i + 1)?.parse().ok()?;
+    let mut k = parts.clone();
+    k[i + 1] = "*";
+    Some((k.join("."), idx))
+}
+
+/// diffusers' SD/SDXL reader converts kohya keys only when every key starts with one of these
+/// (`lora_pipeline.py` `StableDiffusionLoraLoaderMixin.lora_state_dict`).
+/// Names under a pipeline component (`unet.`, `text_encoder.`, `text_encoder_2.`,
+/// `transformer.`: diffusers' own single files, `lora_base.py` prefix filter) are placed as they
+/// are.
+pub(super) fn is_sd_prefixed(name: &str) -> bool {
+    matches!(
+        crate::adapter::formats::kohya::split_prefix(name),
+        Some(("lora_unet" | "lora_te" | "lora_te1" | "lora_te2", _))
+    ) || crate::adapter::formats::diffusers::has_component(name)
+}
+
+/// The module or key a finding's item is about: the item up to its first ` (` or `: `.
+pub(super) fn item_subject(item: &str) -> &str {
+    let end = [item.find(" ("), item.find(": ")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(item.len());
+    &item[..end]
+}
+
+pub(super) fn last_component(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
+}
+
+pub(super) fn short(x: f64) -> String {
+    let s = format!("{x:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+/// A full tensor read from `{module}.base_layer.weight` (the base copy PEFT saves beside a
+/// targeted embedding), which loaders skip on purpose (vLLM `is_base_embeddding_weights`,
+/// llama.cpp `.base_layer.weight`).
+pub(super) fn is_saved_base_layer(f: &crate::adapter::FullTensor) -> bool {
+    matches!(&f.data, Data::Stored { key, .. } if key.contains(".base_layer."))
+}

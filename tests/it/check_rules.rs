@@ -1,0 +1,109 @@
+//! `check` rules added for issue #19's audit: dtypes (PEFT checked here by running it), SGLang's
+//! `lora_B.bias` and `modules_to_save` (read from its loader), and the rest of the issue's list.
+//!
+//! Cases whose loader runs here (PEFT) are compared with what it does
+//! (`fixtures/gen/check_dtype_load.py`, gated on `LORAKIT_PYTHON` like every PEFT test); the
+//! others assert the rule read from the loader's source, cited at each case and in
+//! src/ops/check/rules.rs.
+
+use super::check::{check_json, fired, s, target};
+use super::common::*;
+use std::path::PathBuf;
+
+fn peft_python() -> Option<PathBuf> {
+    let py = std::env::var_os("LORAKIT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import torch, transformers, peft"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    let why = format!(
+        "{} cannot import torch, transformers and peft",
+        py.display()
+    );
+    if std::env::var("LORAKIT_REQUIRE_PEFT").as_deref() == Ok("1") {
+        panic!("LORAKIT_REQUIRE_PEFT=1 but {why}");
+    }
+    eprintln!("PEFT TEST SKIPPED: {why}");
+    None
+}
+
+#[test]
+fn dtype_rules_match_what_peft_does_and_what_the_converters_read() {
+    let base = fixture("llama/base");
+    let all = "peft,llama.cpp,vllm";
+    let (code, f64r) = check_json(&[
+        s(&fixture("check/dtype_f64")),
+        "--base",
+        s(&base),
+        "--target",
+        all,
+    ]);
+    // Warnings only: every target loads and applies everything.
+    assert_eq!(code, 0);
+    assert_eq!(fired(target(&f64r, "peft")), ["peft.dtype"]);
+    // convert_lora_to_gguf.py: --outtype f32 (default)/f16/bf16/q8_0, F64 read.
+    assert_eq!(fired(target(&f64r, "llama.cpp")), ["llama.cpp.dtype"]);
+    // vLLM casts to the model dtype (lora_dtype "auto"): F64 on an F32 base.
+    assert_eq!(fired(target(&f64r, "vllm")), ["vllm.dtype"]);
+    let (code, f8r) = check_json(&[
+        s(&fixture("check/dtype_f8")),
+        "--base",
+        s(&base),
+        "--target",
+        all,
+    ]);
+    assert_eq!(code, 0);
+    assert!(fired(target(&f8r, "peft")).is_empty());
+    assert!(fired(target(&f8r, "llama.cpp")).is_empty());
+    assert_eq!(fired(target(&f8r, "vllm")), ["vllm.dtype"]);
+    let Some(py) = peft_python() else { return };
+    for (case, rounded) in [("check/dtype_f64", true), ("check/dtype_f8", false)] {
+        let out = std::process::Command::new(&py)
+            .arg(fixture("gen/check_dtype_load.py"))
+            .arg(fixture(case))
+            .arg(&base)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{case}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        // PEFT loads both into float32 LoRA weights equal to the file's values cast to f32.
+        assert_eq!(v["loads"], true, "{case}: {v}");
+        assert_eq!(
+            v["param_dtypes"],
+            serde_json::json!(["torch.float32"]),
+            "{case}"
+        );
+        assert_eq!(v["equal_to_cast"], true, "{case}");
+        // The warning fires exactly where the cast rounds (f64 → f32), not where it is exact.
+        let r = if rounded { &f64r } else { &f8r };
+        assert_eq!(
+            fired(target(r, "peft")).contains(&"peft.dtype".into()),
+            rounded
+        );
+    }
+}
+
+#[test]
+fn sglang_bias_and_modules_to_save_are_silently_dropped() {
+    // sglang mem_pool.py load_lora_weight_to_buffer: a layer tensor without "lora_A" in its name
+    // goes to the lora_B slot, where lora_B.weight (sorted after lora_B.bias) overwrites it.
+    let (_, r) = check_json(&[s(&fixture("llama/adapters/bias")), "--target", "sglang"]);
+    // (This fixture also has q_proj without v_proj, which SGLang refuses: sglang.q_without_v.)
+    assert_eq!(target(&r, "sglang")["verdict"], "fails");
+    assert!(fired(target(&r, "sglang")).contains(&"sglang.lora_bias".into()));
+    // sglang lora.py _process_weight: embed_tokens/lm_head tensors of modules that are no LoRA
+    // target are skipped with a debug log (saved_rows: q/v LoRA + saved embed_tokens, lm_head).
+    let (_, r) = check_json(&[s(&fixture("check/saved_rows")), "--target", "sglang"]);
+    assert_eq!(target(&r, "sglang")["loads"], true);
+    assert_eq!(fired(target(&r, "sglang")), ["sglang.modules_to_save"]);
+    // Neither fires on a plain q/v adapter.
+    let (code, r) = check_json(&[s(&fixture("llama/adapters/qv_r8")), "--target", "sglang"]);
+    assert_eq!(code, 0);
+    assert!(fired(target(&r, "sglang")).is_empty());
+}
