@@ -7,7 +7,7 @@ use super::*;
 /// `llm_build_lora_mm` / `llm_build_inp_embd`): `alpha / rank · B·A` with rank = `b.ne[0]`,
 /// `token_embd` with A stored `[vocab, r]`; rows of q/k un-permuted to Hugging Face order.
 /// Returned by HF tensor name, `[out, in]` row-major (`[vocab, dim]` for the embedding).
-fn gguf_adapter_deltas(path: &Path) -> BTreeMap<String, Vec<f32>> {
+pub(super) fn gguf_adapter_deltas(path: &Path) -> BTreeMap<String, Vec<f32>> {
     let m = GgufModel::open(path).unwrap();
     let h = m.header();
     assert_eq!(

@@ -12,6 +12,8 @@ use std::path::Path;
 mod adapter;
 /// K-quant bases: `keep` requantizes with ggml's reference quantizers.
 mod kquant;
+/// lorakit against llama.cpp's own outputs (fixtures/gguf/llamacpp/).
+mod llamacpp;
 /// `merge --base MODEL.gguf`: F32, Q8_0/Q4_0, unmerge, refusals, split, Qwen2, weights.
 mod merge;
 /// `inspect`, `diff`, malformed GGUF files, the JSON vocabulary of the GGUF reports.
