@@ -244,13 +244,14 @@ fn loadable(src: &Path, dst: &Path) {
     std::fs::write(dst, bytes).unwrap();
 }
 
-/// llama.cpp runs what lorakit writes. On the fixture Llama (F32 and Q8_0, made loadable):
-/// lorakit's adapter applied by llama.cpp's runtime (`--lora`) gives the logits of lorakit's
-/// f32 merge (1e-5 relative), and so does llama.cpp's own converter output where it is right
-/// (qv_r8: identical logits to lorakit's adapter) — but not for rsLoRA / alpha_pattern, where it
-/// is off by ≥ 1e-2. Into the Q8_0 base, `keep` (merged q/v requantized to Q8_0) is within the
-/// quantization error: closer to the base + llama.cpp-adapter logits than the Q8_0 base is to
-/// the F32 base.
+/// llama.cpp runs what lorakit writes. On the fixture Llama (made loadable): lorakit's adapter
+/// applied by llama.cpp's runtime (`llama_set_adapters_lora`, as `--lora`) gives the logits of
+/// lorakit's f32 merged model run by llama.cpp (1e-5 relative; measured 2e-7 … 4e-7), and so
+/// does llama.cpp's own converter output where it is right (qv_r8: identical logits) — but not
+/// for rsLoRA / alpha_pattern, where it is off by ≥ 1e-2 (measured 0.59 and 0.30). Into the
+/// Q8_0 base, `keep` (merged q/v requantized to Q8_0, run with llama.cpp's Q8_0 kernels) is as
+/// close to the exact merge as llama.cpp's own adapter on that base (≤ 1.25×; measured
+/// 1.28e-2 against 1.31e-2), and within 2× of that error from it (measured 1.40e-2).
 #[test]
 fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
     let Some(bin) = llama_logits_bin() else {
@@ -262,6 +263,7 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
     loadable(&fixture("gguf/llama_q8_0.gguf"), &p("q8.gguf"));
     let base_f32 = llama_logits(&bin, &p("f32.gguf"), None);
     let base_q8 = llama_logits(&bin, &p("q8.gguf"), None);
+    let mut exact = None;
     for case in ["qv_r8", "rslora_all", "patterns"] {
         let adapter = fixture(&format!("llama/adapters/{case}"));
         let lk = p(&format!("{case}.lk.gguf"));
@@ -296,34 +298,37 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
         );
         if case == "qv_r8" {
             assert_eq!(l_lc, l_lk, "{case}: same tensors, same logits");
+            exact = Some(l_merged);
         } else {
             assert!(e_lc >= 1e-2, "{case}: llama.cpp's converter {e_lc:e}");
         }
     }
-    // Q8_0 base: llama.cpp applying its own adapter is the reference.
+    // Q8_0 base. `exact`: the f32 merge into the F32 base (checked above against lorakit's
+    // adapter and, in the merge tests, against PEFT). llama.cpp multiplies Q8_0 weights with
+    // Q8_0-quantized activations, so every Q8_0 model is off `exact` by a quantization error;
+    // `reference` (llama.cpp's own adapter on the Q8_0 base) shows how much.
     let adapter = fixture("llama/adapters/qv_r8");
+    let exact = exact.expect("qv_r8 ran");
     let reference = llama_logits(
         &bin,
         &p("q8.gguf"),
         Some(&fixture("gguf/llamacpp/qv_r8.gguf")),
     );
-    let (keep, f32m) = (p("q8.keep.gguf"), p("q8.f32.gguf"));
+    let keep = p("q8.keep.gguf");
     merge_json(
         p("q8.gguf").to_str().unwrap(),
         adapter.to_str().unwrap(),
         &keep,
         &[],
     );
-    merge_json(
-        p("q8.gguf").to_str().unwrap(),
-        adapter.to_str().unwrap(),
-        &f32m,
-        &["--outtype", "f32"],
+    let l_keep = llama_logits(&bin, &keep, None);
+    let (e_keep, e_ref) = (logits_err(&l_keep, &exact), logits_err(&reference, &exact));
+    let e_between = logits_err(&l_keep, &reference);
+    eprintln!(
+        "q8_0 keep: {e_keep:.2e} from the exact merge, llama.cpp base + adapter {e_ref:.2e}, \
+         between them {e_between:.2e}; Q8_0 base vs F32 base {:.2e}",
+        logits_err(&base_q8, &base_f32)
     );
-    let e_keep = logits_err(&llama_logits(&bin, &keep, None), &reference);
-    let e_f32 = logits_err(&llama_logits(&bin, &f32m, None), &reference);
-    let q8_err = logits_err(&base_q8, &base_f32);
-    eprintln!("q8_0: keep {e_keep:.2e}, f32 merge {e_f32:.2e}, Q8_0 base vs F32 base {q8_err:.2e}");
-    assert!(e_f32 <= 1e-5, "{e_f32:e}");
-    assert!(e_keep > 0.0 && e_keep < q8_err, "{e_keep:e} vs {q8_err:e}");
+    assert!(e_keep <= 1.25 * e_ref, "{e_keep:e} vs {e_ref:e}");
+    assert!(e_between <= 2.0 * e_ref, "{e_between:e} vs {e_ref:e}");
 }
