@@ -92,10 +92,11 @@ pub struct MergeArgs {
     pub max_shard_size: Option<u64>,
 
     /// GGUF bases only: the type of each merged tensor. `keep` (the default) requantizes it to
-    /// its original type with ggml's reference quantizer (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-    /// Q5_0, Q5_1; other types are refused, name another); `f32`, `f16`, `bf16`, `q8_0`, `q4_0`,
-    /// `q4_1`, `q5_0`, `q5_1` store every merged tensor in that type. Untouched tensors are
-    /// always copied byte for byte.
+    /// its original type with ggml's reference quantizer, no importance matrix (F32, F16, BF16,
+    /// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; other types are refused,
+    /// name another); `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q2_k`,
+    /// `q3_k`, `q4_k`, `q5_k`, `q6_k` store every merged tensor in that type. Untouched tensors
+    /// are always copied byte for byte.
     #[arg(long, value_name = "TYPE", value_parser = crate::merge::gguf::OutType::parse)]
     pub outtype: Option<crate::merge::gguf::OutType>,
 

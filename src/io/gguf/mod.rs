@@ -8,6 +8,7 @@
 //! the map; dequantizing copies one tensor at a time.
 
 pub mod header;
+mod kquant;
 pub mod names;
 pub mod quant;
 pub mod types;

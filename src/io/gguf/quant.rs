@@ -4,7 +4,8 @@
 //! Each function is a per-block transcription of llama.cpp `gguf-py/gguf/quants.py`
 //! (`dequantize_blocks` / `quantize_blocks` of `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, `BF16`,
 //! `Q2_K` … `Q6_K`), which in turn follow `ggml/src/ggml-quants.c` (`dequantize_row_*`,
-//! `quantize_row_*_ref`). The contract is bit-exactness with gguf-py in `f32`: every product
+//! `quantize_row_*_ref`); the K-quant quantizers, which gguf-py lacks, are in
+//! [`super::kquant`]. The contract is bit-exactness with gguf-py in `f32`: every product
 //! and sum is rounded to `f32` in the order numpy evaluates it (`d * q - m` is two roundings,
 //! never a fused multiply-add), `f16` scales are widened exactly and narrowed with
 //! round-to-nearest-even. The fixtures in `fixtures/gguf/` hold gguf-py's own results and the
@@ -13,6 +14,7 @@
 //! [`DEQUANTIZABLE`]: super::types::DEQUANTIZABLE
 //! [`QUANTIZABLE`]: super::types::QUANTIZABLE
 
+use super::kquant;
 use super::types::GgmlType;
 use half::f16;
 
@@ -277,6 +279,11 @@ pub fn quantize_into(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
         GgmlType::Q5_0 => values.chunks_exact(32).for_each(|b| quant_sym(b, 5, out)),
         GgmlType::Q4_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 4, out)),
         GgmlType::Q5_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 5, out)),
+        GgmlType::Q2_K => values.chunks_exact(256).for_each(|b| kquant::q2_k(b, out)),
+        GgmlType::Q3_K => values.chunks_exact(256).for_each(|b| kquant::q3_k(b, out)),
+        GgmlType::Q4_K => values.chunks_exact(256).for_each(|b| kquant::q4_k(b, out)),
+        GgmlType::Q5_K => values.chunks_exact(256).for_each(|b| kquant::q5_k(b, out)),
+        GgmlType::Q6_K => values.chunks_exact(256).for_each(|b| kquant::q6_k(b, out)),
         _ => return false,
     }
     true

@@ -140,6 +140,36 @@ fn quantization_equals_gguf_py_byte_for_byte() {
     assert_eq!(checked, 7);
 }
 
+/// The K-quant quantizers, byte for byte against ggml's own `quantize_row_q*_K_ref` (compiled
+/// from llama.cpp's `ggml-quants.c` by `fixtures/gen/gguf_kquant.py`) on edge-case super-blocks.
+#[test]
+fn k_quantization_equals_ggml_reference_byte_for_byte() {
+    let f = GgufFile::open(fixture("kquant.gguf")).unwrap();
+    let input = f.dequantize(f.header().tensor("input").unwrap()).unwrap();
+    let mut checked = Vec::new();
+    for t in f.tensors().iter().filter(|t| t.name.starts_with("q.")) {
+        let want = f.view(t).data;
+        let mut got = Vec::new();
+        assert!(quant::quantize_into(t.ty, &input, &mut got), "{}", t.ty);
+        assert_eq!(got.len(), want.len(), "{}", t.ty);
+        let bs = t.ty.type_size();
+        for (i, (g, w)) in got.chunks(bs).zip(want.chunks(bs)).enumerate() {
+            assert_eq!(
+                g,
+                w,
+                "{} super-block {i}: input {:?}",
+                t.ty,
+                &input[i * 256..(i + 1) * 256]
+            );
+        }
+        // The parallel path gives the same bytes.
+        assert_eq!(quant::quantize_par(t.ty, &input).unwrap(), want, "{}", t.ty);
+        checked.push(t.ty);
+    }
+    use GgmlType::*;
+    assert_eq!(checked, [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K]);
+}
+
 #[test]
 fn a_split_model_opens_from_any_part_as_one() {
     for part in ["split-00001-of-00003.gguf", "split-00003-of-00003.gguf"] {

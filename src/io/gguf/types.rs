@@ -159,8 +159,9 @@ pub const DEQUANTIZABLE: &[GgmlType] = &[
     GgmlType::Q6_K,
 ];
 
-/// The types lorakit quantizes to (bit-exact with gguf-py's `quants.quantize`, whose
-/// Q8_0/BF16 follow ggml's `quantize_row_q8_0_ref` / `ggml_compute_fp32_to_bf16`).
+/// The types lorakit quantizes to: bit-exact with gguf-py's `quants.quantize` (whose
+/// Q8_0/BF16 follow ggml's `quantize_row_q8_0_ref` / `ggml_compute_fp32_to_bf16`) up to
+/// `Q5_1`, and with ggml's own `quantize_row_q*_K_ref` for the K-quants (`super::kquant`).
 pub const QUANTIZABLE: &[GgmlType] = &[
     GgmlType::F32,
     GgmlType::F16,
@@ -170,6 +171,11 @@ pub const QUANTIZABLE: &[GgmlType] = &[
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
 ];
 
 impl GgmlType {

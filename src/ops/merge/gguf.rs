@@ -12,7 +12,8 @@
 //!
 //! The merged tensor is stored in its original type with the reference quantizer
 //! (`OutType::Keep`, bit-exact with gguf-py's `quants.quantize`, which follows ggml's
-//! `quantize_row_*_ref`), or in the type asked for; types without a quantizer in lorakit are
+//! `quantize_row_*_ref`, and for the K-quants with ggml's own `quantize_row_q*_K_ref`, see
+//! [`crate::io::gguf::quant`]), or in the type asked for; types without a quantizer in lorakit are
 //! refused for `keep` at planning, naming the tensor. Unlike llama.cpp's `llama-export-lora`
 //! (which writes merged tensors as F16, llama.cpp #10049), the report gives per merged tensor
 //! the quantization error of what was stored against the f32 merge. Every other tensor is
@@ -274,7 +275,7 @@ impl GgufMergePlan {
                     return Err(InputError::invalid(
                         &bp,
                         format!(
-                            "tensor `{tname}` is {}: lorakit has no reference quantizer for it, so --outtype keep cannot store the merge; choose --outtype {}",
+                            "tensor `{tname}` is {}: lorakit has no reference quantizer for it, so the `keep` output type cannot store the merge; choose one of {}",
                             t.ty,
                             types::names(types::QUANTIZABLE).to_lowercase().replace(", ", "|")
                         ),
@@ -336,7 +337,7 @@ impl GgufMergePlan {
             return Err(InputError::invalid(
                 &adapters[0].adapter.path,
                 format!(
-                    "{} module(s) match no tensor of the GGUF base ({}); pass --allow-unmatched to merge the rest",
+                    "{} module(s) match no tensor of the GGUF base ({}); allow unmatched modules to merge the rest",
                     unmatched.len(),
                     unmatched.join("; ")
                 ),

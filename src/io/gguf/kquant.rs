@@ -1,0 +1,539 @@
+//! ggml's reference K-quant quantizers (`Q2_K` … `Q6_K`, 256-value super-blocks), without an
+//! importance matrix.
+//!
+//! Each function transcribes `ggml/src/ggml-quants.c` (llama.cpp as vendored by
+//! llama-cpp-python 0.3.36): `quantize_row_q{2,3,4,5,6}_K_ref` and their helpers
+//! `nearest_int`, `make_qx_quants` (`rmse_type = 1`, no weights), `make_q3_quants`
+//! (`do_rmse`), `make_qkx2_quants` and the `get_scale_min_k4` packing. `llama-quantize`
+//! without `--imatrix` uses exactly these (`quantize_q4_K` calls the `_ref` function when
+//! `quant_weights` is NULL). gguf-py (`quants.py`) has no K-quant quantizer.
+//!
+//! The contract is byte-exactness with ggml compiled without floating-point contraction (the
+//! x86-64 baseline that `ggml-base` is built for): every product and sum is one `f32` rounding
+//! in C's evaluation order (`w*x*l` is `(w*x)*l`, never a fused multiply-add), integer-to-float
+//! conversions happen where C's usual arithmetic conversions put them, narrowing to
+//! `int8_t`/`uint8_t` wraps as gcc does, and `f16` narrowing is ggml's
+//! `ggml_compute_fp32_to_fp16` (round to nearest even; NaN becomes `0x7E00` with its sign).
+//! `fixtures/gguf/kquant.gguf` holds ggml's own bytes for edge-case super-blocks
+//! (generator: `fixtures/gen/gguf_kquant.py` with `fixtures/gen/kquant_ref.c`).
+
+use half::f16;
+
+/// `GROUP_MAX_EPS` of ggml-quants.c: a group whose largest magnitude is below it is all zero.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// `nearest_int`: round to nearest (ties to even) through the `1.5 * 2^23` magic number, with
+/// the same bit arithmetic, so out-of-range inputs give ggml's (meaningless but fixed) results.
+fn nearest_int(f: f32) -> i32 {
+    let val = f + 12_582_912.0;
+    (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+/// `GGML_FP32_TO_FP16` as little-endian bytes.
+fn f16_le(x: f32) -> [u8; 2] {
+    if x.is_nan() {
+        let sign = if x.is_sign_negative() { 0x8000u16 } else { 0 };
+        return (sign | 0x7E00).to_le_bytes();
+    }
+    f16::from_f32(x).to_le_bytes()
+}
+
+/// `GGML_FP16_TO_FP32` of the two bytes at `b[at..]`.
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// `make_qx_quants(n, nmax, x, L, 1, NULL)`: a symmetric scale for `x` by weighted least squares
+/// (weights `x²`) over 19 candidate inverse scales; `L` gets `l + nmax`.
+fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out.fill(0);
+        return 0.0;
+    }
+    let q = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let l = q(iscale, v) as f32;
+            let w = v * v;
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+    let iscale = -(nmax as f32) / max;
+    for (o, &v) in l_out.iter_mut().zip(x) {
+        *o = (q(iscale, v) + nmax) as i8;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in (-9..=9).filter(|&is| is != 0) {
+        let iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (o, &v) in l_out.iter_mut().zip(x) {
+                *o = (q(iscale, v) + nmax) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// `make_q3_quants(n, nmax, x, L, true)`: a symmetric scale refined by up to five passes of
+/// coordinate descent on the weighted (`x²`) error; `L` gets `l + nmax`.
+fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out.fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    let mut l = [0i32; 16];
+    for (li, &v) in l.iter_mut().zip(x) {
+        *li = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        let w = v * v;
+        sumlx += w * v * *li as f32;
+        suml2 += w * *li as f32 * *li as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for (li, &v) in l.iter_mut().zip(x) {
+            let w = v * v;
+            let mut slx = sumlx - w * v * *li as f32;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * *li as f32 * *li as f32;
+                let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != *li {
+                    slx += w * v * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *li = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    for (o, li) in l_out.iter_mut().zip(l) {
+        *o = (li + nmax) as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// `make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad)`:
+/// an affine `scale * l - the_min` fit searched over `nstep + 1` inverse scales, each solved by
+/// weighted least squares. Returns `(scale, the_min)`.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for (&v, &w) in x.iter().zip(weights).skip(1) {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+        sum_w += w;
+        sum_x += w * v;
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out.fill(0);
+        return (0.0, -min);
+    }
+    let err = |d: f32| if use_mad { d.abs() } else { d * d };
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for ((o, &v), &w) in l_out.iter_mut().zip(x).zip(weights) {
+        *o = nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
+        best_error += w * err(scale * f32::from(*o) + min - v);
+    }
+    let mut laux = [0u8; 32];
+    let laux = &mut laux[..x.len()];
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for ((a, &v), &w) in laux.iter_mut().zip(x).zip(weights) {
+            let l = nearest_int(iscale * (v - min)).clamp(0, nmax);
+            *a = l as u8;
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * v;
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for ((&a, &v), &w) in laux.iter().zip(x).zip(weights) {
+                cur_error += w * err(this_scale * f32::from(a) + this_min - v);
+            }
+            if cur_error < best_error {
+                l_out.copy_from_slice(laux);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// Packs 256 2-bit values as `q2_K`/`q3_K` do: byte `32h + l` of `qs` holds elements
+/// `128h + l + 32s` in bits `2s..2s+2`.
+fn pack_2bit(l: &[u8; 256], out: &mut Vec<u8>) {
+    for j in (0..256).step_by(128) {
+        for i in 0..32 {
+            out.push(l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6));
+        }
+    }
+}
+
+/// `quantize_row_q2_K_ref` for one super-block: 16 groups of 16 with 4-bit scales and mins
+/// (`make_qkx2_quants(16, 3, …, |x|, -0.5, 0.1, 15, use_mad)`), 2-bit values. Layout:
+/// `scales[16] qs[64] d dmin`.
+pub(super) fn q2_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut l = [0u8; 256];
+    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..16 {
+        let xs = &x[16 * j..16 * j + 16];
+        let mut w = [0f32; 16];
+        for (wi, v) in w.iter_mut().zip(xs) {
+            *wi = v.abs();
+        }
+        let (s, m) = make_qkx2_quants(3, xs, &w, &mut l[16 * j..16 * j + 16], -0.5, 0.1, 15, true);
+        (scales[j], mins[j]) = (s, m);
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let mut sc = [0u8; 16];
+    let d = if max_scale > 0.0 {
+        let iscale = 15.0 / max_scale;
+        for (b, s) in sc.iter_mut().zip(scales) {
+            *b = nearest_int(iscale * s) as u8;
+        }
+        f16_le(max_scale / 15.0)
+    } else {
+        f16_le(0.0)
+    };
+    let dmin = if max_min > 0.0 {
+        let iscale = 15.0 / max_min;
+        for (b, m) in sc.iter_mut().zip(mins) {
+            *b |= (nearest_int(iscale * m) << 4) as u8;
+        }
+        f16_le(max_min / 15.0)
+    } else {
+        f16_le(0.0)
+    };
+    let (df, dminf) = (f16_at(&d, 0), f16_at(&dmin, 0));
+    for j in 0..16 {
+        let dd = df * f32::from(sc[j] & 0xF);
+        if dd == 0.0 {
+            continue;
+        }
+        let dm = dminf * f32::from(sc[j] >> 4);
+        for i in 0..16 {
+            l[16 * j + i] = nearest_int((x[16 * j + i] + dm) / dd).clamp(0, 3) as u8;
+        }
+    }
+    out.extend_from_slice(&sc);
+    pack_2bit(&l, out);
+    out.extend_from_slice(&d);
+    out.extend_from_slice(&dmin);
+}
+
+/// `quantize_row_q3_K_ref` for one super-block: 16 groups of 16 with signed 6-bit scales
+/// (`make_q3_quants(16, 4, …, true)`), 3-bit values split into a 2-bit `qs` and a high-bit
+/// mask. Layout: `hmask[32] qs[64] scales[12] d`.
+pub(super) fn q3_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut l = [0i8; 256];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut amax) = (0f32, 0f32);
+    for j in 0..16 {
+        scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+        if scales[j].abs() > amax {
+            amax = scales[j].abs();
+            max_scale = scales[j];
+        }
+    }
+    let mut sc = [0u8; 12];
+    let d = if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        for (j, &s) in scales.iter().enumerate() {
+            // `int8_t l = nearest_int(…)` wraps before the clamp.
+            let q = (nearest_int(iscale * s) as i8 as i32).clamp(-32, 31) + 32;
+            if j < 8 {
+                sc[j] = (q & 0xF) as u8;
+            } else {
+                sc[j - 8] |= ((q & 0xF) << 4) as u8;
+            }
+            sc[j % 4 + 8] |= ((q >> 4) << (2 * (j / 4))) as u8;
+        }
+        f16_le(1.0 / iscale)
+    } else {
+        f16_le(0.0)
+    };
+    let df = f16_at(&d, 0);
+    for j in 0..16 {
+        let lo = if j < 8 { sc[j] & 0xF } else { sc[j - 8] >> 4 };
+        let s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
+        let dd = df * s as f32;
+        if dd == 0.0 {
+            continue;
+        }
+        for i in 0..16 {
+            l[16 * j + i] = (nearest_int(x[16 * j + i] / dd).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    let mut hmask = [0u8; 32];
+    let mut low = [0u8; 256];
+    for (j, (&v, lo)) in l.iter().zip(low.iter_mut()).enumerate() {
+        let mut v = v;
+        if v > 3 {
+            hmask[j % 32] |= 1 << (j / 32);
+            v -= 4;
+        }
+        *lo = v as u8;
+    }
+    out.extend_from_slice(&hmask);
+    pack_2bit(&low, out);
+    out.extend_from_slice(&sc);
+    out.extend_from_slice(&d);
+}
+
+/// The `q4_K`/`q5_K` first pass: 8 groups of 32 fitted by `make_qkx2_quants(32, nmax, …)` with
+/// weights `sqrt(mean(x²)) + |x|`; then 6-bit scales and mins packed as `get_scale_min_k4`
+/// reads them, `d` and `dmin`, and the values requantized against the stored scales. Returns
+/// the 16 header bytes (`d dmin scales[12]`) and the values.
+fn kx_superblock(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8; 256]) {
+    let mut l = [0u8; 256];
+    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let mut w = [0f32; 32];
+        for (wi, v) in w.iter_mut().zip(xs) {
+            *wi = av_x + v.abs();
+        }
+        let (s, m) = make_qkx2_quants(
+            nmax,
+            xs,
+            &w,
+            &mut l[32 * j..32 * j + 32],
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
+        (scales[j], mins[j]) = (s, m);
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut head = [0u8; 16];
+    let (ls_all, lm_all): (Vec<u8>, Vec<u8>) = (0..8)
+        .map(|j| {
+            let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+            let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+            (ls, lm)
+        })
+        .unzip();
+    {
+        let sc = &mut head[4..16];
+        for j in 0..8 {
+            let (ls, lm) = (ls_all[j], lm_all[j]);
+            if j < 4 {
+                sc[j] = ls;
+                sc[j + 4] = lm;
+            } else {
+                sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+                sc[j - 4] |= (ls >> 4) << 6;
+                sc[j] |= (lm >> 4) << 6;
+            }
+        }
+    }
+    let (d, dmin) = (f16_le(max_scale / 63.0), f16_le(max_min / 63.0));
+    head[..2].copy_from_slice(&d);
+    head[2..4].copy_from_slice(&dmin);
+    let (df, dminf) = (f16_at(&d, 0), f16_at(&dmin, 0));
+    for j in 0..8 {
+        let (sc, m) = get_scale_min_k4(j, &head[4..16]);
+        let dd = df * f32::from(sc);
+        if dd == 0.0 {
+            continue;
+        }
+        let dm = dminf * f32::from(m);
+        for i in 0..32 {
+            l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dd).clamp(0, nmax) as u8;
+        }
+    }
+    (head, l)
+}
+
+/// `get_scale_min_k4(j, q, &d, &m)`.
+fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// `quantize_row_q4_K_ref` for one super-block (`make_qkx2_quants(32, 15, …, -1, 0.1, 20)`).
+/// Layout: `d dmin scales[12] qs[128]`, byte `32c + l` holding elements `64c + l` (low nibble)
+/// and `64c + 32 + l` (high nibble).
+pub(super) fn q4_k(x: &[f32], out: &mut Vec<u8>) {
+    let (head, l) = kx_superblock(x, 15, -1.0, 20);
+    out.extend_from_slice(&head);
+    for j in (0..256).step_by(64) {
+        for i in 0..32 {
+            out.push(l[j + i] | (l[j + i + 32] << 4));
+        }
+    }
+}
+
+/// `quantize_row_q5_K_ref` for one super-block (`make_qkx2_quants(32, 31, …, -0.5, 0.1, 15)`).
+/// Layout: `d dmin scales[12] qh[32] qs[128]`; the fifth bit of elements `64c + l` and
+/// `64c + 32 + l` goes to bits `2c` and `2c + 1` of `qh[l]`.
+pub(super) fn q5_k(x: &[f32], out: &mut Vec<u8>) {
+    let (head, l) = kx_superblock(x, 31, -0.5, 15);
+    let mut qh = [0u8; 32];
+    let mut ql = [0u8; 128];
+    for c in 0..4 {
+        for j in 0..32 {
+            let (mut l1, mut l2) = (l[64 * c + j], l[64 * c + j + 32]);
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= 1 << (2 * c);
+            }
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= 2 << (2 * c);
+            }
+            ql[32 * c + j] = l1 | (l2 << 4);
+        }
+    }
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&qh);
+    out.extend_from_slice(&ql);
+}
+
+/// `quantize_row_q6_K_ref` for one super-block: 16 groups of 16 (`make_qx_quants(16, 32, …, 1)`)
+/// with signed 8-bit scales. A super-block whose scales are all below `GROUP_MAX_EPS` is 210
+/// zero bytes. Layout: `ql[128] qh[64] scales[16] d`.
+pub(super) fn q6_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut l = [0i8; 256];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs) = (0f32, 0f32);
+    for ib in 0..16 {
+        let s = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
+        scales[ib] = s;
+        if s.abs() > max_abs {
+            max_abs = s.abs();
+            max_scale = s;
+        }
+    }
+    if max_abs < GROUP_MAX_EPS {
+        out.extend_from_slice(&[0u8; 210]);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = f16_le(1.0 / iscale);
+    let mut sc = [0i8; 16];
+    for (b, s) in sc.iter_mut().zip(scales) {
+        *b = nearest_int(iscale * s).min(127) as i8;
+    }
+    let df = f16_at(&d, 0);
+    for j in 0..16 {
+        let dd = df * f32::from(sc[j]);
+        if dd == 0.0 {
+            continue;
+        }
+        for i in 0..16 {
+            l[16 * j + i] = (nearest_int(x[16 * j + i] / dd).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    let l = l.map(|v| v as u8);
+    let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+    for h in 0..2 {
+        let j = 128 * h;
+        for i in 0..32 {
+            let q = [l[j + i], l[j + i + 32], l[j + i + 64], l[j + i + 96]];
+            ql[64 * h + i] = (q[0] & 0xF) | ((q[2] & 0xF) << 4);
+            ql[64 * h + i + 32] = (q[1] & 0xF) | ((q[3] & 0xF) << 4);
+            qh[32 * h + i] =
+                (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+        }
+    }
+    out.extend_from_slice(&ql);
+    out.extend_from_slice(&qh);
+    out.extend_from_slice(&sc.map(|v| v as u8));
+    out.extend_from_slice(&d);
+}

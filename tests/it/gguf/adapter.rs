@@ -1,0 +1,293 @@
+//! `convert ADAPTER --to gguf` and llama.cpp GGUF adapters as merge inputs: the delta each
+//! adapter applies as llama.cpp computes it, against PEFT; malformed adapters refused.
+
+use super::*;
+
+/// `ΔW` of every pair of a GGUF LoRA adapter as llama.cpp applies it (`src/llama-adapter.cpp`,
+/// `llm_build_lora_mm` / `llm_build_inp_embd`): `alpha / rank · B·A` with rank = `b.ne[0]`,
+/// `token_embd` with A stored `[vocab, r]`; rows of q/k un-permuted to Hugging Face order.
+/// Returned by HF tensor name, `[out, in]` row-major (`[vocab, dim]` for the embedding).
+pub(super) fn gguf_adapter_deltas(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let m = GgufModel::open(path).unwrap();
+    let h = m.header();
+    assert_eq!(
+        h.get("general.type").and_then(|v| v.as_str()),
+        Some("adapter")
+    );
+    assert_eq!(h.get("adapter.type").and_then(|v| v.as_str()), Some("lora"));
+    assert_eq!(h.architecture(), Some("llama"));
+    let alpha = h
+        .get("adapter.lora.alpha")
+        .and_then(|v| v.as_f64())
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for (f, t) in m.tensors() {
+        let Some(base) = t.name.strip_suffix(".lora_a") else {
+            assert!(t.name.ends_with(".lora_b"), "{}", t.name);
+            continue;
+        };
+        let (_, tb) = m.get(&format!("{base}.lora_b")).unwrap();
+        let (a, b) = (f.dequantize(t).unwrap(), f.dequantize(tb).unwrap());
+        let r = tb.dims[0] as usize;
+        let out_f = tb.dims[1] as usize;
+        assert_eq!(t.dims.len(), 2);
+        let scale = if alpha == 0.0 { 1.0 } else { alpha / r as f64 };
+        let hf = names::hf_name(base).unwrap();
+        let delta: Vec<f32> = if base == "token_embd.weight" {
+            // lora_a is [vocab, r] (dims [r, vocab]); row t of ΔW is B·a_t.
+            assert_eq!(t.dims[0] as usize, r);
+            let vocab = t.dims[1] as usize;
+            (0..vocab * out_f)
+                .map(|i| {
+                    let (tok, j) = (i / out_f, i % out_f);
+                    let s: f64 = (0..r)
+                        .map(|k| b[j * r + k] as f64 * a[tok * r + k] as f64)
+                        .sum();
+                    (scale * s) as f32
+                })
+                .collect()
+        } else {
+            assert_eq!(t.dims[1] as usize, r, "lora_a is [r, in] (dims [in, r])");
+            let in_f = t.dims[0] as usize;
+            let d: Vec<f32> = (0..out_f * in_f)
+                .map(|i| {
+                    let (o, c) = (i / in_f, i % in_f);
+                    let s: f64 = (0..r)
+                        .map(|k| b[o * r + k] as f64 * a[k * in_f + c] as f64)
+                        .sum();
+                    (scale * s) as f32
+                })
+                .collect();
+            let heads = if base.ends_with("attn_q.weight") {
+                Some(N_HEAD)
+            } else if base.ends_with("attn_k.weight") {
+                Some(N_HEAD_KV)
+            } else {
+                None
+            };
+            match heads {
+                Some(hh) => names::unpermute_rows(&d, out_f, in_f, hh),
+                None => d,
+            }
+        };
+        out.insert(hf, delta);
+    }
+    out
+}
+
+/// A PEFT adapter written as a llama.cpp adapter applies, as llama.cpp computes it, exactly
+/// PEFT's ΔW (its merge_and_unload minus the base; 1e-6 relative): q/k rows permuted like the
+/// GGUF base, rsLoRA's scale folded into B (llama.cpp has one alpha / rank rule), the
+/// embedding's A transposed. With a GGUF base or the Hugging Face folder alike.
+#[test]
+fn convert_to_gguf_applies_the_peft_delta_as_llama_cpp_computes_it() {
+    let base = read(&fixture("llama/base/model.safetensors"));
+    for (case, base_arg, folded) in [
+        ("qv_r8", "gguf/llama_q8_0.gguf", 0),
+        ("rslora_all", "llama/base", 14),
+        ("embed", "gguf/llama_f32.gguf", 0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a.gguf");
+        let j = run_ok([
+            "convert",
+            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
+            "--to",
+            "gguf",
+            "--base",
+            fixture(base_arg).to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["operation"], "convert");
+        assert_eq!(v["folded_count"], folded, "{case}");
+        let deltas = gguf_adapter_deltas(&out);
+        let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
+        assert_eq!(
+            deltas.keys().collect::<Vec<_>>(),
+            reference.keys().collect::<Vec<_>>(),
+            "{case}"
+        );
+        for (name, r) in &reference {
+            let want: Vec<f32> = r
+                .f32()
+                .iter()
+                .zip(base[name].f32())
+                .map(|(m, b)| m - b)
+                .collect();
+            let e = rel_err(&deltas[name], &want);
+            assert!(e <= 1e-6, "{case} {name}: {e:e}");
+        }
+    }
+}
+
+#[test]
+fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.gguf");
+    let o = out.to_str().unwrap();
+    let base = fixture("llama/base");
+    let b = base.to_str().unwrap();
+    for (case, extra, want) in [
+        (
+            "dora",
+            vec!["--base", b],
+            "is DoRA, which llama.cpp adapters cannot hold",
+        ),
+        (
+            "modules_to_save",
+            vec!["--base", b],
+            "(modules_to_save): a llama.cpp adapter holds LoRA pairs only",
+        ),
+        ("qv_r8", vec![], "--to gguf needs --base"),
+        (
+            "qv_r8",
+            vec!["--base", &g("tiny.gguf")],
+            "no tensor `blk.0.attn_q.weight`",
+        ),
+    ] {
+        let a = fixture(&format!("llama/adapters/{case}"));
+        let mut args = vec!["convert", a.to_str().unwrap(), "--to", "gguf", "-o", o];
+        args.extend(extra);
+        let e = one_line_error(&run_err(&args));
+        assert!(e.contains(want), "{case}: {e}");
+        assert!(!out.exists());
+    }
+}
+
+/// llama.cpp GGUF adapters as merge inputs: lorakit's conversion of a PEFT adapter, merged into
+/// the GGUF base and into the Hugging Face base, equals PEFT's own merge (1e-6), so reading
+/// undoes exactly what writing did (names, q/k permutation, embedding layout, folded scales).
+#[test]
+fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
+    let hf_base = read(&fixture("llama/base/model.safetensors"));
+    for case in ["qv_r8", "rslora_all", "embed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let ad = dir.path().join("a.gguf");
+        run_ok([
+            "convert",
+            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
+            "--to",
+            "gguf",
+            "--base",
+            fixture("llama/base").to_str().unwrap(),
+            "-o",
+            ad.to_str().unwrap(),
+        ]);
+        let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
+        // Into the GGUF base.
+        let out = dir.path().join("m.gguf");
+        merge_json(&g("llama_f32.gguf"), ad.to_str().unwrap(), &out, &[]);
+        let got = hf_view(&out);
+        for (name, r) in &reference {
+            let e = rel_err(&got[name].2, &r.f32());
+            assert!(e <= 1e-6, "{case} gguf {name}: {e:e}");
+        }
+        // Into the Hugging Face base.
+        let out = dir.path().join("m.safetensors");
+        run_ok([
+            "merge",
+            "--base",
+            fixture("llama/base/model.safetensors").to_str().unwrap(),
+            "--adapter",
+            ad.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_matches_reference(&read(&out), &hf_base, &reference, 1e-6);
+    }
+    // A GGUF model is not an adapter; an adapter for another architecture is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o.gguf");
+    let e = one_line_error(&run_err([
+        "merge",
+        "--base",
+        &g("llama_f32.gguf"),
+        "--adapter",
+        &g("llama_q8_0.gguf"),
+        "--out",
+        o.to_str().unwrap(),
+    ]));
+    assert!(e.contains("is a GGUF model (general.type ``"), "{e}");
+    let ad = dir.path().join("a.gguf");
+    run_ok([
+        "convert",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "-o",
+        ad.to_str().unwrap(),
+    ]);
+    let e = one_line_error(&run_err([
+        "merge",
+        "--base",
+        fixture("llama/qwen2").to_str().unwrap(),
+        "--adapter",
+        ad.to_str().unwrap(),
+        "--out",
+        dir.path().join("q").to_str().unwrap(),
+    ]));
+    assert!(
+        e.contains("adapter architecture `llama` does not match the base's `qwen2`"),
+        "{e}"
+    );
+    assert_eq!(listing(dir.path()), ["a.gguf"]);
+}
+
+/// Malformed llama.cpp adapters are refused as llama.cpp refuses them, in one line, nothing
+/// written: half a pair, a tensor with an unexpected suffix, a lora_a whose rank differs from its
+/// lora_b.
+#[test]
+fn malformed_gguf_adapters_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ad = dir.path().join("a.gguf");
+    run_ok([
+        "convert",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "-o",
+        ad.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&ad).unwrap();
+    let find = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat).unwrap();
+    let name = b"blk.0.attn_q.weight.lora_b";
+    let at = find(name);
+    let mut pair = bytes.clone();
+    pair[at + name.len() - 1] = b'c';
+    let mut suffix = bytes.clone();
+    let at_a = find(b"blk.0.attn_q.weight.lora_a");
+    suffix[at_a + name.len() - 1] = b'c';
+    // lora_a of blk.0.attn_q: dims [64, 8] follow its name and n_dims; claim rank 4 instead.
+    let a_name = b"blk.0.attn_q.weight.lora_a";
+    let dims = find(a_name) + a_name.len() + 4;
+    let mut rank = bytes.clone();
+    rank[dims..dims + 8].copy_from_slice(&32u64.to_le_bytes());
+    rank[dims + 8..dims + 16].copy_from_slice(&16u64.to_le_bytes());
+    for (case, b, want) in [
+        ("pair", pair, "has no `blk.0.attn_q.weight.lora_b`"),
+        ("suffix", suffix, "has an unexpected suffix"),
+        ("rank", rank, "lora_a ne[1] 16 is not lora_b ne[0] 8"),
+    ] {
+        let p = dir.path().join(format!("{case}.gguf"));
+        std::fs::write(&p, b).unwrap();
+        let o = dir.path().join(format!("{case}.out.gguf"));
+        let e = one_line_error(&run_err([
+            "merge",
+            "--base",
+            &g("llama_f32.gguf"),
+            "--adapter",
+            p.to_str().unwrap(),
+            "--out",
+            o.to_str().unwrap(),
+        ]));
+        assert!(e.contains(want), "{case}: {e}");
+        assert!(!o.exists());
+    }
+}

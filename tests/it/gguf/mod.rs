@@ -1,0 +1,74 @@
+//! GGUF (llama.cpp) through the binary: `inspect` and `diff` on files written by gguf-py,
+//! malformed files refused in one line, merges into GGUF bases (F32, quantized, K-quant, split,
+//! Qwen2), `convert --to gguf` and GGUF adapters as inputs. Shared helpers live here; each file
+//! below owns one of those areas.
+
+use super::common::*;
+use lorakit::io::gguf::{names, GgmlType, GgufModel};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// `convert ADAPTER --to gguf`, GGUF adapters as merge inputs, malformed GGUF adapters.
+mod adapter;
+/// K-quant bases: `keep` requantizes with ggml's reference quantizers.
+mod kquant;
+/// lorakit against llama.cpp's own outputs (fixtures/gguf/llamacpp/).
+mod llamacpp;
+/// `merge --base MODEL.gguf`: F32, Q8_0/Q4_0, unmerge, refusals, split, Qwen2, weights.
+mod merge;
+/// `inspect`, `diff`, malformed GGUF files, the JSON vocabulary of the GGUF reports.
+mod read;
+
+fn g(name: &str) -> String {
+    fixture(&format!("gguf/{name}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Heads of the fixture Llama (fixtures/llama/base/config.json): q with 4, k with 2.
+const N_HEAD: usize = 4;
+const N_HEAD_KV: usize = 2;
+
+/// `(type, shape, values in Hugging Face row order, stored bytes)`.
+type Tensor = (GgmlType, Vec<usize>, Vec<f32>, Vec<u8>);
+
+/// Every tensor of a GGUF file as `(type, HF name, values in Hugging Face row order)`: the
+/// q/k permutation of llama.cpp's converter undone. Read with lorakit's GGUF reader, whose
+/// dequantization is checked bit for bit against gguf-py in `io::gguf::tests`.
+fn hf_view(path: &Path) -> BTreeMap<String, Tensor> {
+    let m = GgufModel::open(path).unwrap();
+    m.tensors()
+        .map(|(f, t)| {
+            let hf = names::hf_name(&t.name).unwrap();
+            let shape = t.shape();
+            let mut v = f.dequantize(t).unwrap();
+            let heads = if t.name.ends_with("attn_q.weight") {
+                Some(N_HEAD)
+            } else if t.name.ends_with("attn_k.weight") {
+                Some(N_HEAD_KV)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                v = names::unpermute_rows(&v, shape[0], shape[1], h);
+            }
+            (hf, (t.ty, shape, v, f.view(t).data.to_vec()))
+        })
+        .collect()
+}
+
+fn merge_json(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "merge",
+        "--base",
+        base,
+        "--adapter",
+        adapter,
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&run_ok(args)).unwrap()
+}
