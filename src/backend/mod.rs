@@ -215,6 +215,22 @@ impl Engine {
         }
     }
 
+    /// [`Engine::merge`] with the output handed to `sink` in row-major pieces. On the GPU the
+    /// tensor streams through the device in chunks ([`gpu::merge_into`]) and no whole-tensor
+    /// output buffer exists on the host; on the CPU (and for jobs the kernel does not cover) the
+    /// output is computed whole and handed over once. After an error the pieces already
+    /// delivered are to be discarded.
+    pub fn merge_into(
+        &self,
+        job: &MergeJob,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), MergeError>,
+    ) -> Result<(), MergeError> {
+        match self {
+            Engine::Gpu(ctx) if gpu::merge_supports(job) => gpu::merge_into(ctx, job, sink),
+            _ => sink(&cpu::merge(job)?),
+        }
+    }
+
     /// One-line description for summaries.
     pub fn describe(&self) -> String {
         match self {

@@ -60,6 +60,18 @@ fn gpu() -> Option<&'static GpuContext> {
     context(&CTX, GpuContext::new)
 }
 
+/// A context with the default binding limit but 4 KiB merge chunks: every merge streams many
+/// tiles through the ring.
+fn gpu_chunked() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Result<GpuContext, GpuError>> = OnceLock::new();
+    context(&CTX, || {
+        GpuContext::with_options(&GpuOptions {
+            chunk_bytes: Some(4096),
+            ..GpuOptions::default()
+        })
+    })
+}
+
 fn gpu_tiled() -> Option<&'static GpuContext> {
     static CTX: OnceLock<Result<GpuContext, GpuError>> = OnceLock::new();
     context(&CTX, || GpuContext::with_binding_limit(TILED_LIMIT))
