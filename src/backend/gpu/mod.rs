@@ -348,11 +348,6 @@ impl GpuContext {
         self.chunk_bytes
     }
 
-    /// The adapter's raw info (vendor id, device type) for device selection.
-    pub(crate) fn adapter_info(&self) -> &wgpu::AdapterInfo {
-        &self.info
-    }
-
     pub(crate) fn take_ring(&self) -> merge::Ring {
         let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
         rings.pop().unwrap_or_default()
@@ -521,6 +516,7 @@ impl GpuContext {
 
     /// Workgroup grid for `invocations` one-dimensional invocations of width `wg`: x up to the
     /// per-dimension limit, the rest in y (kernels recover the index with `linear_id`).
+    #[cfg(test)]
     pub(crate) fn grid_1d(&self, invocations: u64, wg: u32) -> (u32, u32) {
         let groups = invocations.div_ceil(wg as u64).max(1);
         let max_x = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;

@@ -203,3 +203,62 @@ fn assert_within_bound(got: &[f32], want: &[f32], s: &[f32], depth: usize, what:
     }
     assert!(worst < 1.0);
 }
+
+/// The `--device auto` probe runs on this adapter, is byte-identical to the CPU, and is timed;
+/// on a software adapter the rule stops before the probe.
+#[test]
+fn auto_probe_matches_cpu_and_rule_rejects_software() {
+    let Some(ctx) = gpu() else { return };
+    let p = crate::backend::probe_merge(ctx).unwrap();
+    assert!(p.identical, "probe merge differs from the CPU");
+    assert!(p.gpu_s > 0.0 && p.cpu_s > 0.0, "{p:?}");
+    eprintln!(
+        "auto probe on {}: gpu {:.4} s, cpu {:.4} s",
+        ctx.describe().name,
+        p.gpu_s,
+        p.cpu_s
+    );
+    let choice = crate::backend::decide_auto(ctx);
+    if ctx.describe().device_type == "Cpu" {
+        assert!(
+            matches!(choice, crate::backend::AutoChoice::Software { .. }),
+            "{choice:?}"
+        );
+    } else {
+        assert!(
+            matches!(
+                choice,
+                crate::backend::AutoChoice::Gpu { .. } | crate::backend::AutoChoice::Slower { .. }
+            ),
+            "{choice:?}"
+        );
+    }
+}
+
+/// `--gpu-index`: every listed adapter opens by its index and is the one listed; an index past
+/// the list is a clear error.
+#[test]
+fn adapters_open_by_index() {
+    if gpu().is_none() {
+        return;
+    }
+    let list = list_adapters();
+    assert!(!list.is_empty());
+    for e in &list {
+        let ctx = GpuContext::with_options(&GpuOptions {
+            adapter_index: Some(e.index),
+            ..GpuOptions::default()
+        })
+        .unwrap();
+        assert_eq!(ctx.describe().name, e.name);
+    }
+    let err = GpuContext::with_options(&GpuOptions {
+        adapter_index: Some(list.len()),
+        ..GpuOptions::default()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, GpuError::NoAdapter(m) if m.contains(&format!("index {}", list.len()))),
+        "{err}"
+    );
+}
