@@ -22,7 +22,7 @@ use std::num::NonZeroU64;
 use std::sync::mpsc;
 
 /// Words per term in the kernel's `terms` table (`TERM_WORDS` in merge.wgsl).
-const TERM_WORDS: usize = 8;
+pub(crate) const TERM_WORDS: usize = 8;
 
 /// Most multiply-adds (elements × total rank) one dispatch may do: ~2·10⁹, a few milliseconds
 /// on a discrete GPU, far from the ~2 s watchdogs of desktop drivers even on a slow one.
@@ -34,17 +34,17 @@ const MAX_GROUPS_Y: u64 = 65535;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct MergeParams {
-    rows: u32,
-    cols: u32,
-    n_terms: u32,
-    r_total: u32,
-    in_dtype: u32,
-    out_dtype: u32,
+pub(crate) struct MergeParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub n_terms: u32,
+    pub r_total: u32,
+    pub in_dtype: u32,
+    pub out_dtype: u32,
     /// Always 0; the kernel's FMA guard XORs with it (see merge.wgsl).
-    zero: u32,
+    pub zero: u32,
     /// Row stride of the W0 / output tiles on the device, in elements (a multiple of 8).
-    stride: u32,
+    pub stride: u32,
 }
 
 /// `n` rounded up to the kernel's vector width (the device row stride of a tile of `n` columns).

@@ -19,6 +19,8 @@
 //! wgpu validation, out-of-memory and internal errors are captured in error scopes around each op
 //! and returned as [`GpuError`]; nothing here panics on a missing or failing GPU.
 
+#[doc(hidden)]
+pub mod bench;
 mod forward;
 mod kernels;
 mod merge;
@@ -239,7 +241,8 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("lorakit"),
-                required_features: wgpu::Features::empty(),
+                // Timestamps where the adapter has them (benchmarks time kernels with them).
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -516,7 +519,6 @@ impl GpuContext {
 
     /// Workgroup grid for `invocations` one-dimensional invocations of width `wg`: x up to the
     /// per-dimension limit, the rest in y (kernels recover the index with `linear_id`).
-    #[cfg(test)]
     pub(crate) fn grid_1d(&self, invocations: u64, wg: u32) -> (u32, u32) {
         let groups = invocations.div_ceil(wg as u64).max(1);
         let max_x = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
