@@ -127,7 +127,7 @@ step() {
   local rc=$?
   local secs=$(( $(date +%s) - t0 ))
   local json
-  json=$(grep '^{' "$log" | tail -n 1)
+  json=$(grep -E '^\{.*\}$' "$log" | tail -n 1)
   [ -z "$json" ] && json=null
   local status=ok
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status=timeout; elif [ $rc -ne 0 ]; then status=failed; fi
