@@ -60,10 +60,7 @@ fn bf16(n: usize, seed: u64) -> Vec<u8> {
     let mut done = 0;
     while done < n {
         let m = piece.min(n - done);
-        out.extend_from_slice(&dtype::encode(
-            Dtype::BF16,
-            &values(m, seed ^ done as u64),
-        ));
+        out.extend_from_slice(&dtype::encode(Dtype::BF16, &values(m, seed ^ done as u64)));
         done += m;
     }
     out
@@ -156,9 +153,11 @@ fn merge_kernel(rows: usize, cols: usize, rank: usize) -> Res<Value> {
         secs * 1e3,
         of_copy.map_or(String::new(), |f| format!(", {:.0} % of copy", f * 100.0))
     );
-    Ok(json!({"rows": rows, "cols": cols, "rank": rank, "timing": t, "gb_per_s": gbs,
+    Ok(
+        json!({"rows": rows, "cols": cols, "rank": rank, "timing": t, "gb_per_s": gbs,
               "fraction_of_copy": of_copy,
-              "timed_by": if t.device_s.is_some() { "timestamps" } else { "wall clock" }}))
+              "timed_by": if t.device_s.is_some() { "timestamps" } else { "wall clock" }}),
+    )
 }
 
 fn e2e(rows: usize, cols: usize, rank: usize) -> Res<Value> {
@@ -216,15 +215,20 @@ fn e2e(rows: usize, cols: usize, rank: usize) -> Res<Value> {
     })?;
     let gpu_s = t.elapsed().as_secs_f64();
     let (_, gpu_peak) = rss();
-    eprintln!("gpu e2e: {gpu_s:.3} s in {pieces} pieces, identical: {}", same && at == want.len());
-    Ok(json!({"rows": rows, "cols": cols, "rank": rank, "tensor_bytes": tensor,
+    eprintln!(
+        "gpu e2e: {gpu_s:.3} s in {pieces} pieces, identical: {}",
+        same && at == want.len()
+    );
+    Ok(
+        json!({"rows": rows, "cols": cols, "rank": rank, "tensor_bytes": tensor,
               "chunk_bytes": c.chunk_bytes(), "pieces": pieces,
               "gpu_s": gpu_s, "cpu_s": cpu_s, "identical": same && at == want.len(),
               "gpu_gb_per_s": 2.0 * tensor as f64 / gpu_s / 1e9,
               "cpu_gb_per_s": 2.0 * tensor as f64 / cpu_s / 1e9,
               "gpu_peak_rss_added": peak_ok.then(|| gpu_peak.saturating_sub(rss_gpu)),
               "cpu_peak_rss_added": peak_ok.then(|| cpu_peak.saturating_sub(rss_cpu)),
-              "threads": rayon::current_num_threads()}))
+              "threads": rayon::current_num_threads()}),
+    )
 }
 
 fn forward(n: usize, d: usize, rank: usize) -> Res<Value> {
@@ -248,10 +252,16 @@ fn forward(n: usize, d: usize, rank: usize) -> Res<Value> {
     let flops = 2.0 * n as f64 * d as f64 * (d + 2 * rank) as f64;
     let g = best_of(3, || Ok(gpu::lora_forward(&c, &x, n, &stored, &fa)?))?;
     let cpu = best_of(3, || Ok(cpu_forward::lora_forward(&x, n, &stored, &fa)?))?;
-    eprintln!("forward n={n} {d}²: gpu {:.3} ms, cpu {:.3} ms", g * 1e3, cpu * 1e3);
-    Ok(json!({"n": n, "d": d, "rank": rank, "gpu_s": g, "cpu_s": cpu,
+    eprintln!(
+        "forward n={n} {d}²: gpu {:.3} ms, cpu {:.3} ms",
+        g * 1e3,
+        cpu * 1e3
+    );
+    Ok(
+        json!({"n": n, "d": d, "rank": rank, "gpu_s": g, "cpu_s": cpu,
               "gpu_gflop_per_s": flops / g / 1e9, "cpu_gflop_per_s": flops / cpu / 1e9,
-              "gpu_includes": "W0 upload and readback"}))
+              "gpu_includes": "W0 upload and readback"}),
+    )
 }
 
 fn sketch(d: usize, l: usize) -> Res<Value> {
@@ -271,7 +281,11 @@ fn sketch(d: usize, l: usize) -> Res<Value> {
     let omega = values(d * l, 29);
     let g = best_of(3, || Ok(gpu::delta_sketch(&c, &pair, &omega, l)?))?;
     let cpu = best_of(3, || Ok(cpu_forward::delta_sketch(&pair, &omega, l)?))?;
-    eprintln!("sketch {d}² l={l}: gpu {:.3} ms, cpu {:.3} ms", g * 1e3, cpu * 1e3);
+    eprintln!(
+        "sketch {d}² l={l}: gpu {:.3} ms, cpu {:.3} ms",
+        g * 1e3,
+        cpu * 1e3
+    );
     Ok(json!({"d": d, "l": l, "gpu_s": g, "cpu_s": cpu, "gpu_includes": "upload and readback"}))
 }
 

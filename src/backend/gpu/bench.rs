@@ -22,7 +22,9 @@ pub struct Timing {
 
 /// Whether kernels can be timed on the device.
 pub fn has_timestamps(ctx: &GpuContext) -> bool {
-    ctx.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+    ctx.device
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY)
 }
 
 fn storage(ctx: &GpuContext, label: &str, bytes: u64, extra: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -229,7 +231,9 @@ pub fn transfer(ctx: &GpuContext, bytes: u64, reps: usize) -> Result<(f64, f64),
             }
         }
         if back != host {
-            return Err(GpuError::Readback("transfer round trip changed the bytes".into()));
+            return Err(GpuError::Readback(
+                "transfer round trip changed the bytes".into(),
+            ));
         }
         Ok((up, down))
     })
@@ -261,9 +265,12 @@ pub fn merge_kernel(
         // bf16 1.0 in every element; B, A small ordinary values.
         let w0 = storage(ctx, "bench w0", w_bytes, wgpu::BufferUsages::empty());
         ctx.queue
-            .write_buffer(&w0, 0, &vec![0x80u8, 0x3f].repeat(rows * stride));
+            .write_buffer(&w0, 0, &[0x80u8, 0x3f].repeat(rows * stride));
         let out = storage(ctx, "bench out", w_bytes, wgpu::BufferUsages::empty());
-        let a = ctx.upload("bench a", bytemuck::cast_slice(&vec![0.01f32; rank * stride]));
+        let a = ctx.upload(
+            "bench a",
+            bytemuck::cast_slice(&vec![0.01f32; rank * stride]),
+        );
         let b = ctx.upload("bench b", bytemuck::cast_slice(&vec![0.02f32; rows * rank]));
         let mut table = [0u32; TERM_WORDS];
         table[0] = rank as u32;

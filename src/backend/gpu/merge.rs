@@ -58,6 +58,7 @@ pub(crate) fn stride_of(n: usize) -> usize {
 ///
 /// Full rows are preferred (contiguous host copies); columns are split, in multiples of 8, only
 /// when one row of the base/output, or the terms' `A` restricted to all columns, does not fit.
+#[allow(clippy::too_many_arguments)] // plain numbers, named at every call
 pub(crate) fn merge_tiles(
     rows: usize,
     cols: usize,
@@ -442,7 +443,13 @@ fn submit(
     let out_bytes = (t.nr * stride * s.out_es) as u64;
     let storage = U::STORAGE | U::COPY_DST;
     let w0 = ensure(ctx, &mut slot.w0, "merge w0", w0_bytes, storage);
-    let out = ensure(ctx, &mut slot.out, "merge out", out_bytes, U::STORAGE | U::COPY_SRC);
+    let out = ensure(
+        ctx,
+        &mut slot.out,
+        "merge out",
+        out_bytes,
+        U::STORAGE | U::COPY_SRC,
+    );
     let rb = ensure(
         ctx,
         &mut slot.readback,
@@ -529,12 +536,30 @@ fn submit(
     let bb = ensure(ctx, &mut slot.b, "merge b", b_bytes.len() as u64, storage);
     ctx.queue.write_buffer(&bb, 0, b_bytes);
     let t_bytes: &[u8] = bytemuck::cast_slice(&table);
-    let tb = ensure(ctx, &mut slot.terms, "merge terms", t_bytes.len() as u64, storage);
+    let tb = ensure(
+        ctx,
+        &mut slot.terms,
+        "merge terms",
+        t_bytes.len() as u64,
+        storage,
+    );
     ctx.queue.write_buffer(&tb, 0, t_bytes);
     let f_bytes: &[u8] = bytemuck::cast_slice(&fac);
-    let fb = ensure(ctx, &mut slot.factors, "merge factors", f_bytes.len() as u64, storage);
+    let fb = ensure(
+        ctx,
+        &mut slot.factors,
+        "merge factors",
+        f_bytes.len() as u64,
+        storage,
+    );
     ctx.queue.write_buffer(&fb, 0, f_bytes);
-    let flags = ensure(ctx, &mut slot.flags, "merge flags", 4, storage | U::COPY_SRC);
+    let flags = ensure(
+        ctx,
+        &mut slot.flags,
+        "merge flags",
+        4,
+        storage | U::COPY_SRC,
+    );
     ctx.queue.write_buffer(&flags, 0, &u32::MAX.to_le_bytes());
     let params = MergeParams {
         rows: t.nr as u32,

@@ -162,7 +162,10 @@ fn merge_streams_many_chunks_byte_identical() {
             // At least ⌈tensor / chunk⌉ tiles (more when rows are padded to the vector width and
             // handed out one by one), none larger than a chunk.
             let es = 2usize.max(out_dtype.bitsize() / 8);
-            assert!(pieces >= (rows * cols * es).div_ceil(4096), "{pieces} pieces");
+            assert!(
+                pieces >= (rows * cols * es).div_ceil(4096),
+                "{pieces} pieces"
+            );
             assert!(largest <= 4096, "a piece of {largest} bytes");
         }
     }
@@ -223,8 +226,7 @@ fn merge_tiled_matches_cpu() {
                 ..f1.term(1.5)
             },
         ];
-        let (tr, tc) =
-            merge_tiles(rows, cols, 4, 3 * rank, 1, 1, TILED_LIMIT, 1 << 26).unwrap();
+        let (tr, tc) = merge_tiles(rows, cols, 4, 3 * rank, 1, 1, TILED_LIMIT, 1 << 26).unwrap();
         // Row tiles always; column tiles too once the stacked A (3·rank × cols) outgrows a binding.
         assert!(
             tr < rows && (rank == 1 || tc < cols),
@@ -517,7 +519,16 @@ fn merge_rejects_unsupported_input() {
 fn merge_tile_plan_respects_limits() {
     use crate::backend::gpu::merge::{stride_of, WORK_CAP};
     for &(rows, cols, es, r, dr, dc, limit, chunk) in &[
-        (150usize, 300usize, 4u64, 24usize, 1usize, 1usize, 8192u64, 1u64 << 26),
+        (
+            150usize,
+            300usize,
+            4u64,
+            24usize,
+            1usize,
+            1usize,
+            8192u64,
+            1u64 << 26,
+        ),
         (3001, 48, 2, 8, 0, 0, 8192, 1 << 26),
         (10, 100_000, 2, 64, 0, 2, 1 << 20, 1 << 26),
         (100_000, 4096, 2, 16, 1, 0, 128 << 20, 1 << 26),
@@ -533,7 +544,10 @@ fn merge_tile_plan_respects_limits() {
         assert!(tc == cols || tc % 8 == 0, "column tiles are whole vectors");
         assert!(tr64 * s * es <= limit, "tile");
         assert!(tr == 1 || tr64 * s * es <= chunk, "chunk");
-        assert!(tr == 1 || tr64 * s * r.max(1) as u64 <= WORK_CAP, "work cap");
+        assert!(
+            tr == 1 || tr64 * s * r.max(1) as u64 <= WORK_CAP,
+            "work cap"
+        );
         assert!(
             tr64 * r as u64 * 4 <= limit && r as u64 * s * 4 <= limit,
             "factors"
