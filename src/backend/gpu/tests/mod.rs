@@ -262,3 +262,23 @@ fn adapters_open_by_index() {
         "{err}"
     );
 }
+
+/// The benchmark helpers `scripts/gpu-bench.sh` relies on run on this adapter: the copy kernel
+/// copies, the transfer round trip keeps the bytes (checked inside), the merge kernel alone
+/// runs at a rank that needs several chunks, and every time is positive, from timestamp
+/// queries wherever the adapter has them.
+#[test]
+fn bench_helpers_time_kernels() {
+    let Some(ctx) = gpu() else { return };
+    let stamps = bench::has_timestamps(ctx);
+    let copy = bench::copy_kernel(ctx, 1 << 20, 2).unwrap();
+    let merge = bench::merge_kernel(ctx, 40, 300, 20, 2).unwrap();
+    for t in [copy, merge] {
+        assert!(t.wall_s > 0.0, "{t:?}");
+        assert_eq!(t.device_s.is_some(), stamps, "{t:?}");
+        assert!(t.device_s.is_none_or(|d| d > 0.0), "{t:?}");
+    }
+    let (up, down) = bench::transfer(ctx, 1 << 20, 1).unwrap();
+    assert!(up > 0.0 && down > 0.0);
+    eprintln!("timestamps on {}: {stamps}", ctx.describe().name);
+}
