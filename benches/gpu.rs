@@ -1,57 +1,174 @@
-//! GPU vs CPU kernel throughput (not a timed test): merge GB/s and low-rank forward GFLOP/s on
-//! whatever wgpu adapter exists (`cargo bench --bench gpu`; `scripts/gpu-bench.sh` runs it with
-//! the GPU tests and prints the device's peak figures beside it). On a software adapter
-//! (lavapipe) the GPU path is slower than the CPU path; that is recorded as measured.
+//! GPU figures, one step per run, for `scripts/gpu-bench.sh` (which carries this binary, built
+//! beforehand, to a machine with a GPU and runs each step under a timeout). Not a timed test.
 //!
-//! Sizes: `LORAKIT_BENCH_DIM` (default 4096) square bf16 weight, rank 16, a forward batch of
-//! `LORAKIT_BENCH_ROWS` (default 256) rows. Each figure is the best of 5 runs after a warm-up;
-//! GPU times include upload and readback (what a merge pays per tensor).
+//! Usage: `gpu [STEP [ARGS]]`; each step prints progress on stderr and one JSON object on the
+//! last line of stdout. Sizes are exact as given; the script passes small ones for a dry run.
+//!
+//! * `info`: the adapter (name, backend, device type, vendor id), limits, timestamp support.
+//! * `copy MIB`: the copy kernel over MIB MiB: the device's achievable memory bandwidth.
+//! * `transfer MIB`: host→device and device→host rates of MIB MiB.
+//! * `merge-kernel ROWS COLS RANK`: the merge kernel alone (bf16, device-resident buffers),
+//!   GB/s moved and the fraction of the copy kernel's bandwidth when `COPY_GBS` is set.
+//! * `e2e ROWS COLS RANK`: the streamed GPU merge of a ROWS×COLS bf16 tensor from host memory to
+//!   a sink, beside the CPU merge of the same job; byte-identical check, seconds, and the peak
+//!   resident memory each adds (`VmHWM`, reset through `/proc/self/clear_refs`).
+//! * `forward N D RANK`: the low-rank forward (`Y = X·W0ᵀ + s·(X·Aᵀ)·Bᵀ`) of N rows on a D×D
+//!   bf16 weight, GPU (incl. upload and readback) and CPU.
+//! * `sketch D L`: `(W − W0)·Ω` with L columns on D×D bf16 pairs, GPU and CPU.
+//!
+//! Without a step (`cargo bench --bench gpu`): `info`, `copy 64`, `transfer 64`,
+//! `merge-kernel 2048 2048 16`, `e2e 2048 2048 16`, `forward 128 2048 16`, `sketch 2048 16`.
+//! On a software adapter (lavapipe) every GPU figure is a CPU figure in disguise.
 
-use lorakit::backend::cpu_forward::{self, ForwardAdapter, StoredMatrix};
-use lorakit::backend::gpu::GpuContext;
-use lorakit::backend::{cpu, gpu, MergeJob, Term};
+use lorakit::backend::cpu_forward::{self, DeltaPair, ForwardAdapter, StoredMatrix};
+use lorakit::backend::gpu::{self, bench, GpuContext};
+use lorakit::backend::{cpu, MergeJob, Term};
 use lorakit::dtype::{self, Dtype};
+use serde_json::{json, Value};
 use std::time::Instant;
 
-fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> f64 {
-    let _ = f();
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn best_of<T>(n: usize, mut f: impl FnMut() -> Res<T>) -> Res<f64> {
+    f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..n {
+        let t = Instant::now();
+        std::hint::black_box(f()?);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Ordinary values in ±0.05 from a fixed xorshift.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
     (0..n)
         .map(|_| {
-            let t = Instant::now();
-            let _ = std::hint::black_box(f());
-            t.elapsed().as_secs_f64()
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
         })
-        .fold(f64::INFINITY, f64::min)
+        .collect()
 }
 
-fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
+fn bf16(n: usize, seed: u64) -> Vec<u8> {
+    // In pieces, so a multi-GiB base never exists as f32.
+    let mut out = Vec::with_capacity(n * 2);
+    let piece = 1 << 22;
+    let mut done = 0;
+    while done < n {
+        let m = piece.min(n - done);
+        out.extend_from_slice(&dtype::encode(Dtype::BF16, &values(m, seed ^ done as u64)));
+        done += m;
+    }
+    out
 }
 
-fn main() {
-    let d = env_usize("LORAKIT_BENCH_DIM", 4096);
-    let rows = env_usize("LORAKIT_BENCH_ROWS", 256);
-    let r = 16;
-    let mut s = 0x1234_5678u64;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+/// (current, peak) resident set in bytes, from /proc/self/status (Linux); zeros elsewhere.
+fn rss() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
     };
-    let w: Vec<f32> = (0..d * d).map(|_| next()).collect();
-    let w0 = dtype::encode(Dtype::BF16, &w);
-    drop(w);
-    let a: Vec<f32> = (0..r * d).map(|_| next()).collect();
-    let b: Vec<f32> = (0..d * r).map(|_| next()).collect();
-    let x: Vec<f32> = (0..rows * d).map(|_| next()).collect();
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets the peak resident set to the current one (Linux ≥ 4.0); false where it cannot.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn arg(args: &[String], i: usize, what: &str) -> Res<usize> {
+    args.get(i)
+        .ok_or_else(|| format!("missing {what}"))?
+        .parse()
+        .map_err(|e| format!("{what}: {e}").into())
+}
+
+/// The default adapter; `LORAKIT_GPU_CHUNK_MIB` sets the merge chunk (the dry run streams a
+/// small tensor in several 1 MiB tiles with it).
+fn ctx() -> Res<GpuContext> {
+    let chunk_bytes = std::env::var("LORAKIT_GPU_CHUNK_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|m| m << 20);
+    Ok(GpuContext::with_options(&gpu::GpuOptions {
+        chunk_bytes,
+        ..gpu::GpuOptions::default()
+    })?)
+}
+
+fn info() -> Res<Value> {
+    let c = ctx()?;
+    c.compile_all()?;
+    let i = c.describe();
+    eprintln!("adapter {} ({}, {})", i.name, i.backend, i.device_type);
+    Ok(json!({
+        "adapter": i,
+        "timestamps": bench::has_timestamps(&c),
+        "adapters": gpu::list_adapters(),
+    }))
+}
+
+fn copy(mib: usize) -> Res<Value> {
+    let c = ctx()?;
+    let bytes = (mib as u64) << 20;
+    let t = bench::copy_kernel(&c, bytes, 10)?;
+    let secs = t.device_s.unwrap_or(t.wall_s);
+    let gbs = 2.0 * bytes as f64 / secs / 1e9;
+    eprintln!("copy kernel {mib} MiB: {:.3} ms, {gbs:.1} GB/s", secs * 1e3);
+    Ok(json!({"bytes": bytes, "timing": t, "gb_per_s": gbs,
+              "timed_by": if t.device_s.is_some() { "timestamps" } else { "wall clock" }}))
+}
+
+fn transfer(mib: usize) -> Res<Value> {
+    let c = ctx()?;
+    let bytes = (mib as u64) << 20;
+    let (up, down) = bench::transfer(&c, bytes, 5)?;
+    let (u, d) = (bytes as f64 / up / 1e9, bytes as f64 / down / 1e9);
+    eprintln!("transfer {mib} MiB: up {u:.2} GB/s, down {d:.2} GB/s");
+    Ok(json!({"bytes": bytes, "up_s": up, "down_s": down, "up_gb_per_s": u, "down_gb_per_s": d}))
+}
+
+fn merge_kernel(rows: usize, cols: usize, rank: usize) -> Res<Value> {
+    let c = ctx()?;
+    let t = bench::merge_kernel(&c, rows, cols, rank, 10)?;
+    let secs = t.device_s.unwrap_or(t.wall_s);
+    let moved = 2.0 * (rows * cols * 2) as f64;
+    let gbs = moved / secs / 1e9;
+    let of_copy = std::env::var("COPY_GBS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .map(|v| gbs / v);
+    eprintln!(
+        "merge kernel {rows}×{cols} r{rank}: {:.3} ms, {gbs:.1} GB/s{}",
+        secs * 1e3,
+        of_copy.map_or(String::new(), |f| format!(", {:.0} % of copy", f * 100.0))
+    );
+    Ok(
+        json!({"rows": rows, "cols": cols, "rank": rank, "timing": t, "gb_per_s": gbs,
+              "fraction_of_copy": of_copy,
+              "timed_by": if t.device_s.is_some() { "timestamps" } else { "wall clock" }}),
+    )
+}
+
+fn e2e(rows: usize, cols: usize, rank: usize) -> Res<Value> {
+    let c = ctx()?;
+    let w0 = bf16(rows * cols, 7);
+    let a = values(rank * cols, 11);
+    let b = values(rows * rank, 13);
     let terms = [Term {
         b: &b,
         a: &a,
-        rank: r,
+        rank,
         dense: None,
         scale: 0.5,
         dora: None,
@@ -59,13 +176,67 @@ fn main() {
     let job = MergeJob {
         w0: &w0,
         in_dtype: Dtype::BF16,
-        rows: d,
-        cols: d,
+        rows,
+        cols,
         terms: &terms,
         out_dtype: Dtype::BF16,
     };
-    let bytes = (w0.len() * 2) as f64; // read + write
-    let flops = 2.0 * rows as f64 * d as f64 * (d + 2 * r) as f64;
+    let tensor = (rows * cols * 2) as u64;
+    // The CPU first: its output is the reference the GPU's pieces are compared with as they
+    // arrive (a memcmp, so the GPU's time is its own).
+    let peak_ok = reset_peak();
+    let (rss_cpu, _) = rss();
+    let t = Instant::now();
+    let want = cpu::merge(&job)?;
+    let cpu_s = t.elapsed().as_secs_f64();
+    let (_, cpu_peak) = rss();
+    eprintln!("cpu e2e {rows}×{cols} r{rank}: {cpu_s:.3} s");
+    // Warm-up on a one-row job compiles the pipeline and sizes nothing large.
+    gpu::merge(
+        &c,
+        &MergeJob {
+            rows: 1,
+            w0: &w0[..cols * 2],
+            terms: &[],
+            ..job
+        },
+    )?;
+    reset_peak();
+    let (rss_gpu, _) = rss();
+    let mut at = 0usize;
+    let mut same = true;
+    let mut pieces = 0usize;
+    let t = Instant::now();
+    gpu::merge_into(&c, &job, &mut |piece| {
+        same &= want.get(at..at + piece.len()) == Some(piece);
+        at += piece.len();
+        pieces += 1;
+        Ok(())
+    })?;
+    let gpu_s = t.elapsed().as_secs_f64();
+    let (_, gpu_peak) = rss();
+    eprintln!(
+        "gpu e2e: {gpu_s:.3} s in {pieces} pieces, identical: {}",
+        same && at == want.len()
+    );
+    Ok(
+        json!({"rows": rows, "cols": cols, "rank": rank, "tensor_bytes": tensor,
+              "chunk_bytes": c.chunk_bytes(), "pieces": pieces,
+              "gpu_s": gpu_s, "cpu_s": cpu_s, "identical": same && at == want.len(),
+              "gpu_gb_per_s": 2.0 * tensor as f64 / gpu_s / 1e9,
+              "cpu_gb_per_s": 2.0 * tensor as f64 / cpu_s / 1e9,
+              "gpu_peak_rss_added": peak_ok.then(|| gpu_peak.saturating_sub(rss_gpu)),
+              "cpu_peak_rss_added": peak_ok.then(|| cpu_peak.saturating_sub(rss_cpu)),
+              "threads": rayon::current_num_threads()}),
+    )
+}
+
+fn forward(n: usize, d: usize, rank: usize) -> Res<Value> {
+    let c = ctx()?;
+    let w0 = bf16(d * d, 3);
+    let a = values(rank * d, 5);
+    let b = values(d * rank, 9);
+    let x = values(n * d, 17);
     let stored = StoredMatrix {
         bytes: &w0,
         dtype: Dtype::BF16,
@@ -75,48 +246,112 @@ fn main() {
     let fa = [ForwardAdapter {
         a: &a,
         b: &b,
-        rank: r,
+        rank,
         scale: 0.5,
     }];
+    let flops = 2.0 * n as f64 * d as f64 * (d + 2 * rank) as f64;
+    let g = best_of(3, || Ok(gpu::lora_forward(&c, &x, n, &stored, &fa)?))?;
+    let cpu = best_of(3, || Ok(cpu_forward::lora_forward(&x, n, &stored, &fa)?))?;
+    eprintln!(
+        "forward n={n} {d}²: gpu {:.3} ms, cpu {:.3} ms",
+        g * 1e3,
+        cpu * 1e3
+    );
+    Ok(
+        json!({"n": n, "d": d, "rank": rank, "gpu_s": g, "cpu_s": cpu,
+              "gpu_gflop_per_s": flops / g / 1e9, "cpu_gflop_per_s": flops / cpu / 1e9,
+              "gpu_includes": "W0 upload and readback"}),
+    )
+}
 
-    println!("kernel benchmark: {d}×{d} bf16 weight, rank {r}, forward batch {rows} rows");
-    let t = best_of(5, || cpu::merge(&job).unwrap());
-    println!(
-        "  cpu merge            {:8.2} ms  {:7.2} GB/s   ({} threads)",
-        t * 1e3,
-        bytes / t / 1e9,
-        rayon::current_num_threads()
+fn sketch(d: usize, l: usize) -> Res<Value> {
+    let c = ctx()?;
+    let w = bf16(d * d, 19);
+    let w0 = bf16(d * d, 23);
+    let m = |bytes| StoredMatrix {
+        bytes,
+        dtype: Dtype::BF16,
+        rows: d,
+        cols: d,
+    };
+    let pair = DeltaPair {
+        w: m(&w),
+        w0: m(&w0),
+    };
+    let omega = values(d * l, 29);
+    let g = best_of(3, || Ok(gpu::delta_sketch(&c, &pair, &omega, l)?))?;
+    let cpu = best_of(3, || Ok(cpu_forward::delta_sketch(&pair, &omega, l)?))?;
+    eprintln!(
+        "sketch {d}² l={l}: gpu {:.3} ms, cpu {:.3} ms",
+        g * 1e3,
+        cpu * 1e3
     );
-    let t = best_of(3, || {
-        cpu_forward::lora_forward(&x, rows, &stored, &fa).unwrap()
-    });
-    println!(
-        "  cpu forward          {:8.2} ms  {:7.2} GFLOP/s",
-        t * 1e3,
-        flops / t / 1e9
-    );
-    match GpuContext::new() {
-        Err(e) => println!("  gpu                  skipped: {e}"),
-        Ok(ctx) => {
-            let info = ctx.describe();
-            println!(
-                "  gpu adapter          {} ({}, {})",
-                info.name, info.backend, info.device_type
-            );
-            let t = best_of(5, || gpu::merge(&ctx, &job).unwrap());
-            println!(
-                "  gpu merge            {:8.2} ms  {:7.2} GB/s   (incl. upload + readback)",
-                t * 1e3,
-                bytes / t / 1e9
-            );
-            let t = best_of(3, || {
-                gpu::lora_forward(&ctx, &x, rows, &stored, &fa).unwrap()
-            });
-            println!(
-                "  gpu forward          {:8.2} ms  {:7.2} GFLOP/s (incl. upload + readback)",
-                t * 1e3,
-                flops / t / 1e9
-            );
+    Ok(json!({"d": d, "l": l, "gpu_s": g, "cpu_s": cpu, "gpu_includes": "upload and readback"}))
+}
+
+fn step(args: &[String]) -> Res<Value> {
+    let name = args.first().map(String::as_str).unwrap_or("");
+    let v = match name {
+        "info" => info()?,
+        "copy" => copy(arg(args, 1, "MIB")?)?,
+        "transfer" => transfer(arg(args, 1, "MIB")?)?,
+        "merge-kernel" => merge_kernel(
+            arg(args, 1, "ROWS")?,
+            arg(args, 2, "COLS")?,
+            arg(args, 3, "RANK")?,
+        )?,
+        "e2e" => e2e(
+            arg(args, 1, "ROWS")?,
+            arg(args, 2, "COLS")?,
+            arg(args, 3, "RANK")?,
+        )?,
+        "forward" => forward(
+            arg(args, 1, "N")?,
+            arg(args, 2, "D")?,
+            arg(args, 3, "RANK")?,
+        )?,
+        "sketch" => sketch(arg(args, 1, "D")?, arg(args, 2, "L")?)?,
+        other => return Err(format!("unknown step {other:?}").into()),
+    };
+    let mut v = v;
+    v["step"] = json!(args.join(" "));
+    Ok(v)
+}
+
+fn main() {
+    // cargo bench passes `--bench`; steps are the other arguments.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let steps: Vec<Vec<String>> = if args.is_empty() {
+        [
+            "info",
+            "copy 64",
+            "transfer 64",
+            "merge-kernel 2048 2048 16",
+            "e2e 2048 2048 16",
+            "forward 128 2048 16",
+            "sketch 2048 16",
+        ]
+        .iter()
+        .map(|s| s.split(' ').map(String::from).collect())
+        .collect()
+    } else {
+        vec![args]
+    };
+    let mut failed = false;
+    for s in &steps {
+        match step(s) {
+            Ok(v) => println!("{v}"),
+            Err(e) => {
+                eprintln!("step {:?} failed: {e}", s.join(" "));
+                println!("{}", json!({"step": s.join(" "), "error": e.to_string()}));
+                failed = true;
+            }
         }
+    }
+    if failed {
+        std::process::exit(1);
     }
 }

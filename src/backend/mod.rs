@@ -205,16 +205,154 @@ pub enum Engine {
     Gpu(Box<gpu::GpuContext>),
 }
 
+/// Why `--device auto` chose the backend it chose (see [`decide_auto`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "choice")]
+pub enum AutoChoice {
+    /// The probe merge was faster on the GPU and byte-identical to the CPU's.
+    Gpu { gpu_s: f64, cpu_s: f64 },
+    /// No adapter, or it could not be opened.
+    NoAdapter { reason: String },
+    /// A software adapter (wgpu device type `Cpu`: lavapipe, SwiftShader, WARP): it runs the
+    /// kernels on the same CPU cores, slower than the CPU backend.
+    Software { name: String },
+    /// The driver rejected a kernel when all were compiled up front.
+    KernelRejected { error: String },
+    /// The probe merge differed from the CPU's bytes (a driver that contracts to FMA or
+    /// flushes denormals despite the guards, e.g. Metal fast-math): never used silently.
+    NotBitIdentical { name: String },
+    /// The probe merge was not faster on the GPU (host link, integrated GPU, busy device).
+    Slower { gpu_s: f64, cpu_s: f64 },
+    /// The probe itself failed on the device.
+    ProbeFailed { error: String },
+}
+
+/// Timings of the `--device auto` probe: one merge of a [`PROBE_ROWS`] × [`PROBE_COLS`] bf16
+/// tensor (8 MiB in, 8 MiB out) with a rank-16 term, end to end (upload, kernel, readback) on
+/// the GPU and on the CPU backend, best of [`PROBE_RUNS`] after a warm-up each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub gpu_s: f64,
+    pub cpu_s: f64,
+    /// The GPU's output bytes equal the CPU's.
+    pub identical: bool,
+}
+
+pub const PROBE_ROWS: usize = 4096;
+pub const PROBE_COLS: usize = 1024;
+pub const PROBE_RUNS: usize = 3;
+
+/// Runs the `--device auto` probe on `ctx` (see [`Probe`]); tens of milliseconds on a discrete
+/// GPU, about a second on lavapipe (where `auto` never runs it).
+pub fn probe_merge(ctx: &gpu::GpuContext) -> Result<Probe, MergeError> {
+    // A fixed xorshift fill: the values only need to be ordinary (no zeros, no specials).
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.25
+    };
+    let (rows, cols, rank) = (PROBE_ROWS, PROBE_COLS, 16);
+    let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+    let w0 = crate::dtype::encode(Dtype::BF16, &w);
+    drop(w);
+    let b: Vec<f32> = (0..rows * rank).map(|_| next()).collect();
+    let a: Vec<f32> = (0..rank * cols).map(|_| next()).collect();
+    let terms = [Term {
+        b: &b,
+        a: &a,
+        rank,
+        dense: None,
+        scale: 0.5,
+        dora: None,
+    }];
+    let job = MergeJob {
+        w0: &w0,
+        in_dtype: Dtype::BF16,
+        rows,
+        cols,
+        terms: &terms,
+        out_dtype: Dtype::BF16,
+    };
+    let time = |f: &dyn Fn() -> Result<Vec<u8>, MergeError>| -> Result<(f64, Vec<u8>), MergeError> {
+        let out = f()?;
+        let mut best = f64::INFINITY;
+        for _ in 0..PROBE_RUNS {
+            let t = std::time::Instant::now();
+            std::hint::black_box(f()?);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok((best, out))
+    };
+    let (gpu_s, g) = time(&|| gpu::merge(ctx, &job))?;
+    let (cpu_s, c) = time(&|| cpu::merge(&job))?;
+    Ok(Probe {
+        gpu_s,
+        cpu_s,
+        identical: g == c,
+    })
+}
+
+/// The `--device auto` rule, in order: an adapter must open; a software adapter is never used;
+/// every kernel (and every merge specialisation) must compile; then the probe merge must be
+/// byte-identical to the CPU's and faster. Measured on the machine itself, so a slow host link
+/// or a small integrated GPU loses to the CPU, as it should; no real-GPU figure exists yet to
+/// replace the probe with a fixed rule (README "GPU").
+pub fn decide_auto(ctx: &gpu::GpuContext) -> AutoChoice {
+    let info = ctx.describe();
+    if info.device_type == "Cpu" {
+        return AutoChoice::Software { name: info.name };
+    }
+    if let Err(e) = ctx.compile_all() {
+        return AutoChoice::KernelRejected {
+            error: e.to_string(),
+        };
+    }
+    match probe_merge(ctx) {
+        Err(e) => AutoChoice::ProbeFailed {
+            error: e.to_string(),
+        },
+        Ok(p) if !p.identical => AutoChoice::NotBitIdentical { name: info.name },
+        Ok(p) if p.gpu_s < p.cpu_s => AutoChoice::Gpu {
+            gpu_s: p.gpu_s,
+            cpu_s: p.cpu_s,
+        },
+        Ok(p) => AutoChoice::Slower {
+            gpu_s: p.gpu_s,
+            cpu_s: p.cpu_s,
+        },
+    }
+}
+
 impl Engine {
-    /// Creates the engine for `device`: `Gpu` fails with a clear error when no GPU adapter
-    /// exists; `Auto` uses a hardware GPU when one exists and the CPU otherwise (a software
-    /// adapter such as lavapipe is slower than the CPU path, so `auto` never picks it; ask for
-    /// it with `--device gpu`).
+    /// Creates the engine for `device` on the default adapter; see [`Engine::with_gpu_index`].
     pub fn new(device: Device) -> anyhow::Result<Engine> {
+        Self::with_gpu_index(device, None)
+    }
+
+    /// Creates the engine for `device`: `Gpu` fails with a clear error when no GPU adapter
+    /// exists (or none has index `gpu_index`, as `lorakit gpu-info` lists them); `Auto` uses
+    /// the GPU only when [`decide_auto`] says so (a hardware adapter whose kernels all compile
+    /// and whose probe merge is bit-identical to and faster than the CPU's), the CPU otherwise
+    /// (a software adapter such as lavapipe is never picked; ask for it with `--device gpu`).
+    pub fn with_gpu_index(device: Device, gpu_index: Option<usize>) -> anyhow::Result<Engine> {
+        Ok(Self::choose(device, gpu_index)?.0)
+    }
+
+    /// [`Engine::with_gpu_index`], also returning why `auto` chose (`None` for `cpu`/`gpu`).
+    pub fn choose(
+        device: Device,
+        gpu_index: Option<usize>,
+    ) -> anyhow::Result<(Engine, Option<AutoChoice>)> {
+        let opts = gpu::GpuOptions {
+            adapter_index: gpu_index,
+            ..gpu::GpuOptions::default()
+        };
         match device {
-            Device::Cpu => Ok(Engine::Cpu),
-            Device::Gpu => match gpu::GpuContext::new() {
-                Ok(ctx) => Ok(Engine::Gpu(Box::new(ctx))),
+            Device::Cpu => Ok((Engine::Cpu, None)),
+            Device::Gpu => match gpu::GpuContext::with_options(&opts) {
+                Ok(ctx) => Ok((Engine::Gpu(Box::new(ctx)), None)),
                 Err(e) => {
                     let e = e.to_string();
                     anyhow::bail!(crate::error::OptionError::new(move |o| format!(
@@ -223,10 +361,21 @@ impl Engine {
                     )))
                 }
             },
-            Device::Auto => Ok(match gpu::GpuContext::try_new() {
-                Ok(Some(ctx)) if ctx.describe().device_type != "Cpu" => Engine::Gpu(Box::new(ctx)),
-                _ => Engine::Cpu,
-            }),
+            Device::Auto => {
+                let ctx = match gpu::GpuContext::with_options(&opts) {
+                    Ok(ctx) => ctx,
+                    Err(e) => {
+                        let reason = e.to_string();
+                        return Ok((Engine::Cpu, Some(AutoChoice::NoAdapter { reason })));
+                    }
+                };
+                let choice = decide_auto(&ctx);
+                let engine = match choice {
+                    AutoChoice::Gpu { .. } => Engine::Gpu(Box::new(ctx)),
+                    _ => Engine::Cpu,
+                };
+                Ok((engine, Some(choice)))
+            }
         }
     }
 
@@ -245,6 +394,22 @@ impl Engine {
         match rounding {
             Rounding::F32 => self.merge(job),
             Rounding::Exact => cpu::exact::merge(job),
+        }
+    }
+
+    /// [`Engine::merge`] with the output handed to `sink` in row-major pieces. On the GPU the
+    /// tensor streams through the device in chunks ([`gpu::merge_into`]) and no whole-tensor
+    /// output buffer exists on the host; on the CPU (and for jobs the kernel does not cover) the
+    /// output is computed whole and handed over once. After an error the pieces already
+    /// delivered are to be discarded.
+    pub fn merge_into(
+        &self,
+        job: &MergeJob,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), MergeError>,
+    ) -> Result<(), MergeError> {
+        match self {
+            Engine::Gpu(ctx) if gpu::merge_supports(job) => gpu::merge_into(ctx, job, sink),
+            _ => sink(&cpu::merge(job)?),
         }
     }
 

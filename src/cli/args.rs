@@ -104,14 +104,20 @@ value_enum!(Schedule {
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {
     /// Where to compute: auto uses a hardware GPU when one exists, else the CPU.
+    /// auto also needs the GPU to pass a short probe merge (bit-identical to the CPU and faster).
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+
+    /// Which GPU adapter, by the index `lorakit gpu-info` lists (default: wgpu's
+    /// high-performance choice).
+    #[arg(long, value_name = "N")]
+    pub gpu_index: Option<usize>,
 }
 
 impl DeviceArgs {
     /// The backend for this run.
     pub fn engine(&self) -> anyhow::Result<Engine> {
-        Engine::new(self.device)
+        Engine::with_gpu_index(self.device, self.gpu_index)
     }
 }
 

@@ -80,12 +80,17 @@ pub enum Command {
 /// Examples:
 ///   lorakit gpu-info
 ///   lorakit gpu-info --json
+///   lorakit gpu-info --gpu-index 1
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct GpuInfoArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Describe the adapter with this index (as listed under "adapters") instead of the default.
+    #[arg(long, value_name = "N")]
+    pub gpu_index: Option<usize>,
 }
 
 /// Join the parts of a `merge --part I/N` or `extract --part I/N` output.

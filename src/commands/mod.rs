@@ -149,8 +149,11 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
-    use crate::backend::gpu::{GpuContext, GpuError};
-    let ctx = match GpuContext::new() {
+    use crate::backend::gpu::{GpuContext, GpuError, GpuOptions};
+    let ctx = match GpuContext::with_options(&GpuOptions {
+        adapter_index: a.gpu_index,
+        ..GpuOptions::default()
+    }) {
         Ok(c) => c,
         Err(e @ GpuError::NoAdapter(_)) => {
             return Err(anyhow::Error::new(crate::error::InputError::invalid(
@@ -162,9 +165,33 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
     };
     ctx.compile_all()?;
     let info = ctx.describe();
+    let adapters = crate::backend::gpu::list_adapters();
     if a.json {
-        print_json("gpu", &info)
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            info: &'a crate::backend::gpu::GpuInfo,
+            /// Every adapter, by the index `--gpu-index` takes.
+            adapters: &'a [crate::backend::gpu::AdapterEntry],
+        }
+        print_json(
+            "gpu",
+            &Out {
+                info: &info,
+                adapters: &adapters,
+            },
+        )
     } else {
+        let list: String = adapters
+            .iter()
+            .map(|e| {
+                format!(
+                    "  [{}] {} ({}, {}, vendor {:#06x})\n",
+                    e.index, e.name, e.backend, e.device_type, e.vendor
+                )
+            })
+            .collect();
+        print(&format!("adapters (--gpu-index)\n{list}"))?;
         let l = &info.limits;
         print(&format!(
             "adapter      {}\nbackend      {}\ndevice type  {}\ndriver       {} {}\nmax binding  {} (lorakit tiles above {})\nmax buffer   {}\nworkgroup    {} invocations, {} bytes shared\nkernels      all compiled\n",

@@ -237,6 +237,61 @@ fn device_gpu_without_adapter_is_a_clear_error() {
     assert!(v["device"].as_str().unwrap().starts_with("cpu"));
 }
 
+/// `--gpu-index N`: `gpu-info --json` lists every adapter with its index, each index opens the
+/// adapter listed under it, a merge runs on the one chosen, and an index past the list is a
+/// one-line error that writes nothing.
+#[test]
+fn gpu_index_picks_the_listed_adapter() {
+    if !gpu_available() {
+        return;
+    }
+    let info: serde_json::Value = serde_json::from_str(&run_ok(["gpu-info", "--json"])).unwrap();
+    let adapters = info["adapters"].as_array().unwrap().clone();
+    assert!(!adapters.is_empty(), "{info}");
+    for a in &adapters {
+        let i = a["index"].as_u64().unwrap().to_string();
+        let one: serde_json::Value =
+            serde_json::from_str(&run_ok(["gpu-info", "--json", "--gpu-index", &i])).unwrap();
+        assert_eq!(one["name"], a["name"], "index {i}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &dir.path().join("ok"),
+        &["--device", "gpu", "--gpu-index", "0", "--json"],
+    ))
+    .unwrap();
+    let device = v["device"].as_str().unwrap();
+    assert!(
+        device.contains(adapters[0]["name"].as_str().unwrap()),
+        "{device}"
+    );
+    let past = adapters.len().to_string();
+    let out = dir.path().join("bad");
+    let err = run_err([
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "gpu",
+        "--gpu-index",
+        &past,
+    ]);
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.trim_end().lines().count() == 1
+            && stderr.contains(&format!("index {past}")),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
 /// `extract --device gpu` (W − W0 formed on the device by the sketch kernels) recovers W − W0
 /// itself, computed here in f64 from the two files: tuned = base + PEFT's rank-8 merge, so the
 /// rank-8 extraction is exact but for the f32 SVD's backward error, ≤ n·u·‖ΔW‖ with

@@ -89,6 +89,14 @@ pub(crate) const CONVERT: KernelSpec = KernelSpec {
     bindings: &[Uniform, Read, ReadWrite],
 };
 
+/// dst = src in vec4s: the bandwidth baseline of the benchmarks, see `shaders/copy.wgsl`.
+pub(crate) const COPY: KernelSpec = KernelSpec {
+    name: "copy",
+    sources: &[COMMON, include_str!("../../../shaders/copy.wgsl")],
+    entry: "main",
+    bindings: &[Uniform, Read, ReadWrite],
+};
+
 /// Every registered kernel.
 pub(crate) const ALL: &[&KernelSpec] = &[
     &MERGE,
@@ -97,12 +105,21 @@ pub(crate) const ALL: &[&KernelSpec] = &[
     &SKETCH,
     &SKETCH_T,
     &CONVERT,
+    &COPY,
 ];
 
-/// Workgroup widths of the 1-D kernels (must match the WGSL constants of the same name).
-pub(crate) const MERGE_WG: u32 = 256;
+/// Merge kernel geometry (`VEC`, `TILE_C`, `TILE_R` in merge.wgsl): elements per invocation
+/// along a row, and the columns × rows one workgroup covers.
+pub(crate) const MERGE_VEC: usize = 8;
+pub(crate) const MERGE_TILE_C: usize = 256;
+pub(crate) const MERGE_TILE_R: usize = 16;
+/// The merge kernel's rank-chunk specialisations (`RK` in merge.wgsl).
+pub(crate) const MERGE_RK: [u32; 3] = [1, 4, 8];
+/// Workgroup width of the 1-D convert kernel (must match `CONVERT_WG` in convert.wgsl).
 #[cfg(test)]
 pub(crate) const CONVERT_WG: u32 = 256;
+/// Workgroup width of the copy kernel (`COPY_WG` in copy.wgsl).
+pub(crate) const COPY_WG: u32 = 256;
 /// Result block computed by one workgroup of the tiled-GEMM kernels (`GEMM_TILE` in gemm.wgsl).
 pub(crate) const GEMM_TILE: u32 = 64;
 

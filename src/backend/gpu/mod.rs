@@ -19,6 +19,8 @@
 //! wgpu validation, out-of-memory and internal errors are captured in error scopes around each op
 //! and returned as [`GpuError`]; nothing here panics on a missing or failing GPU.
 
+#[doc(hidden)]
+pub mod bench;
 mod forward;
 mod kernels;
 mod merge;
@@ -27,7 +29,7 @@ mod sketch;
 mod tests;
 
 pub use forward::{bgmv_forward, lora_forward};
-pub use merge::{merge, merge_supports};
+pub use merge::{merge, merge_into, merge_supports};
 pub use sketch::{delta_sketch, delta_sketch_t, GpuDeltaOp};
 
 use super::cpu_forward::ShapeError;
@@ -87,6 +89,51 @@ pub struct GpuOptions {
     /// Upper bound on the bytes of any one binding (and buffer), below the device's own limits.
     /// Tests lower it to force tiling.
     pub binding_limit: Option<u64>,
+    /// Bytes of base (or output) per streamed merge tile; [`DEFAULT_CHUNK_BYTES`] when `None`.
+    pub chunk_bytes: Option<u64>,
+    /// Which adapter, as an index into [`list_adapters`] (all backends, wgpu's order); the
+    /// default adapter (high-performance preference, `WGPU_*` variables) when `None`.
+    pub adapter_index: Option<usize>,
+}
+
+/// Base/output bytes per streamed merge tile: 64 MiB, the low end of what keeps a PCIe link
+/// busy (tens of milliseconds per transfer) with two tiles in flight.
+pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
+
+/// One adapter wgpu can open, as listed by [`list_adapters`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterEntry {
+    /// The index `--gpu-index` takes.
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub vendor: u32,
+    pub device: u32,
+    pub driver: String,
+}
+
+/// Every adapter of every backend wgpu was built with, in wgpu's enumeration order (stable for
+/// one machine and driver set).
+pub fn list_adapters() -> Vec<AdapterEntry> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .enumerate()
+        .map(|(index, a)| {
+            let i = a.get_info();
+            AdapterEntry {
+                index,
+                name: i.name,
+                backend: i.backend.to_string(),
+                device_type: format!("{:?}", i.device_type),
+                vendor: i.vendor,
+                device: i.device,
+                driver: i.driver,
+            }
+        })
+        .collect()
 }
 
 /// Device limits relevant to lorakit's kernels.
@@ -140,7 +187,11 @@ pub struct GpuContext {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     max_binding: u64,
+    chunk_bytes: u64,
     kernels: kernels::Cache,
+    /// Idle merge rings (persistent device buffers), reused by later merges; a merge running
+    /// concurrently with another takes its own.
+    rings: std::sync::Mutex<Vec<merge::Ring>>,
 }
 
 /// Binding sizes are kept below 2 GiB so every element index of a binding fits a WGSL `u32`.
@@ -167,6 +218,7 @@ impl GpuContext {
     pub fn with_binding_limit(bytes: u64) -> Result<Self, GpuError> {
         Self::with_options(&GpuOptions {
             binding_limit: Some(bytes),
+            ..GpuOptions::default()
         })
     }
 
@@ -177,7 +229,7 @@ impl GpuContext {
     async fn create(opts: &GpuOptions) -> Result<Self, GpuError> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = Self::pick_adapter(&instance).await?;
+        let adapter = Self::pick_adapter(&instance, opts.adapter_index).await?;
         let info = adapter.get_info();
         let mut limits = adapter.limits();
         if let Some(cap) = opts.binding_limit {
@@ -189,7 +241,8 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("lorakit"),
-                required_features: wgpu::Features::empty(),
+                // Timestamps where the adapter has them (benchmarks time kernels with them).
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -215,11 +268,25 @@ impl GpuContext {
             info,
             limits,
             max_binding,
+            chunk_bytes: opts.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES).max(4096) & !3,
             kernels: kernels::Cache::default(),
+            rings: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter, GpuError> {
+    async fn pick_adapter(
+        instance: &wgpu::Instance,
+        index: Option<usize>,
+    ) -> Result<wgpu::Adapter, GpuError> {
+        if let Some(i) = index {
+            let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+            let n = adapters.len();
+            return adapters.into_iter().nth(i).ok_or_else(|| {
+                GpuError::NoAdapter(format!(
+                    "no adapter with index {i} ({n} found; `lorakit gpu-info` lists them)"
+                ))
+            });
+        }
         if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
             let want = want.to_lowercase();
             let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
@@ -272,7 +339,26 @@ impl GpuContext {
         for spec in kernels::ALL {
             self.kernel(spec, &[])?;
         }
+        // The merge kernel's rank-chunk specialisations, as merges request them.
+        for rk in kernels::MERGE_RK {
+            self.kernel(&kernels::MERGE, &[("RK", rk as f64)])?;
+        }
         Ok(())
+    }
+
+    /// Bytes of base or output per streamed merge tile.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
+    }
+
+    pub(crate) fn take_ring(&self) -> merge::Ring {
+        let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        rings.pop().unwrap_or_default()
+    }
+
+    pub(crate) fn put_ring(&self, ring: merge::Ring) {
+        let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        rings.push(ring);
     }
 
     /// The largest buffer any kernel binds, in bytes (a multiple of 4).
@@ -374,6 +460,42 @@ impl GpuContext {
             .map(|(i, b)| wgpu::BindGroupEntry {
                 binding: i as u32,
                 resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+
+    /// [`GpuContext::dispatch`] with each binding limited to its first `len` bytes (for
+    /// persistent buffers larger than the data of the current call).
+    pub(crate) fn dispatch_ranges(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: &Kernel,
+        buffers: &[(&wgpu::Buffer, u64)],
+        groups: (u32, u32),
+    ) {
+        debug_assert_eq!(buffers.len(), kernel.slots);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, &(b, len))| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(pad4(len)),
+                }),
             })
             .collect();
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {

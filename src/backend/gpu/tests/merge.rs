@@ -57,6 +57,152 @@ fn merge_matches_cpu_bit_for_bit() {
     eprintln!("merge f32 outputs not bit-identical to the CPU: {inexact}");
 }
 
+/// Edge shapes of the 2-D tiled kernel: column counts that are odd, below, at and just past
+/// the 8-element vector and the 256-column workgroup tile, row counts around the 16-row tile,
+/// and ranks 1, 3 (padded to a chunk of 4), 64 and 256 (several chunks of 8).
+#[test]
+fn merge_edge_shapes_match_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut seed = Rng::seed_from_u64(41);
+    for &(rows, cols, rank) in &[
+        (1usize, 1usize, 1usize),
+        (3, 7, 3),
+        (17, 9, 1),
+        (16, 8, 64),
+        (5, 255, 3),
+        (33, 257, 256),
+        (2, 513, 64),
+        (31, 4099, 3),
+    ] {
+        let w0 = rand(rows * cols, &mut seed);
+        let mag_r: Vec<f32> = (0..rows).map(|_| 1.0 + uniform(&mut seed)).collect();
+        let mag_c: Vec<f32> = (0..cols).map(|_| 1.0 + uniform(&mut seed)).collect();
+        let f1 = factors(rows, cols, rank, &mut seed);
+        let f2 = factors(rows, cols, rank.div_ceil(2), &mut seed);
+        let sets: [(&str, Vec<Term>); 3] = [
+            ("plain", vec![f1.term(0.7)]),
+            ("two ranks", vec![f1.term(0.7), f2.term(-1.1)]),
+            (
+                "dora rows+cols",
+                vec![
+                    Term {
+                        dora: Some(Dora::peft(&mag_r, NormAxis::Rows)),
+                        ..f2.term(0.9)
+                    },
+                    Term {
+                        dora: Some(Dora::peft(&mag_c, NormAxis::Cols)),
+                        ..f1.term(-0.4)
+                    },
+                ],
+            ),
+        ];
+        for in_dtype in DTYPES {
+            let bytes = dtype::encode(in_dtype, &w0);
+            for out_dtype in DTYPES {
+                for (name, terms) in &sets {
+                    let job = MergeJob {
+                        w0: &bytes,
+                        in_dtype,
+                        rows,
+                        cols,
+                        terms,
+                        out_dtype,
+                    };
+                    assert_merge_matches(
+                        ctx,
+                        &job,
+                        &format!("{rows}×{cols} r{rank} {in_dtype:?}→{out_dtype:?} {name}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The streamed path: 4 KiB chunks cut a 300×515 tensor into dozens of row tiles that go
+/// through the two-slot ring, and [`merge_into`] hands them out in pieces whose concatenation
+/// is byte-identical to the CPU merge, none of them the whole tensor. A second, smaller tensor
+/// on the same context reuses the (larger) ring buffers.
+#[test]
+fn merge_streams_many_chunks_byte_identical() {
+    let Some(ctx) = gpu_chunked() else { return };
+    let mut seed = Rng::seed_from_u64(43);
+    for &(rows, cols, rank) in &[(300usize, 515usize, 16usize), (40, 64, 1)] {
+        let w0 = dtype::encode(Dtype::BF16, &rand(rows * cols, &mut seed));
+        let f = factors(rows, cols, rank, &mut seed);
+        let mag: Vec<f32> = (0..rows).map(|_| 1.0 + uniform(&mut seed)).collect();
+        let terms = [
+            f.term(0.8),
+            Term {
+                dora: Some(Dora::peft(&mag, NormAxis::Rows)),
+                ..f.term(-0.3)
+            },
+        ];
+        for out_dtype in DTYPES {
+            let job = MergeJob {
+                w0: &w0,
+                in_dtype: Dtype::BF16,
+                rows,
+                cols,
+                terms: &terms,
+                out_dtype,
+            };
+            let want = cpu::merge(&job).unwrap();
+            let mut got = Vec::new();
+            let mut pieces = 0;
+            let mut largest = 0;
+            merge_into(ctx, &job, &mut |b| {
+                got.extend_from_slice(b);
+                pieces += 1;
+                largest = largest.max(b.len());
+                Ok(())
+            })
+            .unwrap();
+            assert!(got == want, "{rows}×{cols} → {out_dtype:?}: bytes differ");
+            // At least ⌈tensor / chunk⌉ tiles (more when rows are padded to the vector width and
+            // handed out one by one), none larger than a chunk.
+            let es = 2usize.max(out_dtype.bitsize() / 8);
+            assert!(
+                pieces >= (rows * cols * es).div_ceil(4096),
+                "{pieces} pieces"
+            );
+            assert!(largest <= 4096, "a piece of {largest} bytes");
+        }
+    }
+}
+
+/// A sink error stops the merge and is returned as is.
+#[test]
+fn merge_into_returns_the_sink_error() {
+    let Some(ctx) = gpu_chunked() else { return };
+    let mut seed = Rng::seed_from_u64(47);
+    let (rows, cols) = (100, 64);
+    let w0 = dtype::encode(Dtype::F16, &rand(rows * cols, &mut seed));
+    let f = factors(rows, cols, 4, &mut seed);
+    let terms = [f.term(1.0)];
+    let job = MergeJob {
+        w0: &w0,
+        in_dtype: Dtype::F16,
+        rows,
+        cols,
+        terms: &terms,
+        out_dtype: Dtype::F16,
+    };
+    let mut calls = 0;
+    let err = merge_into(ctx, &job, &mut |_| {
+        calls += 1;
+        if calls == 3 {
+            return Err(MergeError::Shape("disk full".into()));
+        }
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(err, MergeError::Shape("disk full".into()));
+    assert_eq!(calls, 3);
+    // The context still merges correctly afterwards.
+    assert_merge_matches(ctx, &job, "after a sink error");
+}
+
 #[test]
 fn merge_tiled_matches_cpu() {
     let Some(ctx) = gpu_tiled() else { return };
@@ -80,7 +226,7 @@ fn merge_tiled_matches_cpu() {
                 ..f1.term(1.5)
             },
         ];
-        let (tr, tc) = merge_tiles(rows, cols, 4, 3 * rank, 1, 1, TILED_LIMIT).unwrap();
+        let (tr, tc) = merge_tiles(rows, cols, 4, 3 * rank, 1, 1, TILED_LIMIT, 1 << 26).unwrap();
         // Row tiles always; column tiles too once the stacked A (3·rank × cols) outgrows a binding.
         assert!(
             tr < rows && (rank == 1 || tc < cols),
@@ -371,27 +517,48 @@ fn merge_rejects_unsupported_input() {
 
 #[test]
 fn merge_tile_plan_respects_limits() {
-    for &(rows, cols, es, r, dr, dc, limit) in &[
-        (150usize, 300usize, 4u64, 24usize, 1usize, 1usize, 8192u64),
-        (3001, 48, 2, 8, 0, 0, 8192),
-        (10, 100_000, 2, 64, 0, 2, 1 << 20),
-        (100_000, 4096, 2, 16, 1, 0, 128 << 20),
+    use crate::backend::gpu::merge::{stride_of, WORK_CAP};
+    for &(rows, cols, es, r, dr, dc, limit, chunk) in &[
+        (
+            150usize,
+            300usize,
+            4u64,
+            24usize,
+            1usize,
+            1usize,
+            8192u64,
+            1u64 << 26,
+        ),
+        (3001, 48, 2, 8, 0, 0, 8192, 1 << 26),
+        (10, 100_000, 2, 64, 0, 2, 1 << 20, 1 << 26),
+        (100_000, 4096, 2, 16, 1, 0, 128 << 20, 1 << 26),
+        (100_000, 4097, 2, 16, 1, 0, 1 << 31, 64 << 20),
+        (28672, 8192, 2, 256, 0, 0, 1 << 31, 256 << 20),
+        (7, 131, 4, 3, 1, 1, 1 << 31, 4096),
     ] {
-        let (tr, tc) = merge_tiles(rows, cols, es, r, dr, dc, limit).unwrap();
-        let (tr64, tc64) = (tr as u64, tc as u64);
+        let (tr, tc) = merge_tiles(rows, cols, es, r, dr, dc, limit, chunk).unwrap();
+        // The device row stride: tc rounded up to the kernel's vector width.
+        let s = stride_of(tc) as u64;
+        let tr64 = tr as u64;
         assert!(tr >= 1 && tc >= 1 && tr <= rows && tc <= cols);
-        assert!(tr64 * tc64 * es <= limit, "tile");
+        assert!(tc == cols || tc % 8 == 0, "column tiles are whole vectors");
+        assert!(tr64 * s * es <= limit, "tile");
+        assert!(tr == 1 || tr64 * s * es <= chunk, "chunk");
         assert!(
-            tr64 * r as u64 * 4 <= limit && r as u64 * tc64 * 4 <= limit,
+            tr == 1 || tr64 * s * r.max(1) as u64 <= WORK_CAP,
+            "work cap"
+        );
+        assert!(
+            tr64 * r as u64 * 4 <= limit && r as u64 * s * 4 <= limit,
             "factors"
         );
         assert!(
-            (dr as u64 * tr64 + dc as u64 * tc64) * 4 <= limit,
+            (dr as u64 * tr64 + dc as u64 * s) * 4 <= limit,
             "dora factors"
         );
     }
     assert!(matches!(
-        merge_tiles(4, 4, 4, 1 << 20, 0, 0, 1 << 20),
+        merge_tiles(4, 4, 4, 1 << 20, 0, 0, 1 << 20, 1 << 26),
         Err(GpuError::TooLarge { .. })
     ));
 }

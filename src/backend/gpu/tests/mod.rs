@@ -60,6 +60,18 @@ fn gpu() -> Option<&'static GpuContext> {
     context(&CTX, GpuContext::new)
 }
 
+/// A context with the default binding limit but 4 KiB merge chunks: every merge streams many
+/// tiles through the ring.
+fn gpu_chunked() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Result<GpuContext, GpuError>> = OnceLock::new();
+    context(&CTX, || {
+        GpuContext::with_options(&GpuOptions {
+            chunk_bytes: Some(4096),
+            ..GpuOptions::default()
+        })
+    })
+}
+
 fn gpu_tiled() -> Option<&'static GpuContext> {
     static CTX: OnceLock<Result<GpuContext, GpuError>> = OnceLock::new();
     context(&CTX, || GpuContext::with_binding_limit(TILED_LIMIT))
@@ -190,4 +202,83 @@ fn assert_within_bound(got: &[f32], want: &[f32], s: &[f32], depth: usize, what:
         worst = worst.max(err / tol);
     }
     assert!(worst < 1.0);
+}
+
+/// The `--device auto` probe runs on this adapter, is byte-identical to the CPU, and is timed;
+/// on a software adapter the rule stops before the probe.
+#[test]
+fn auto_probe_matches_cpu_and_rule_rejects_software() {
+    let Some(ctx) = gpu() else { return };
+    let p = crate::backend::probe_merge(ctx).unwrap();
+    assert!(p.identical, "probe merge differs from the CPU");
+    assert!(p.gpu_s > 0.0 && p.cpu_s > 0.0, "{p:?}");
+    eprintln!(
+        "auto probe on {}: gpu {:.4} s, cpu {:.4} s",
+        ctx.describe().name,
+        p.gpu_s,
+        p.cpu_s
+    );
+    let choice = crate::backend::decide_auto(ctx);
+    if ctx.describe().device_type == "Cpu" {
+        assert!(
+            matches!(choice, crate::backend::AutoChoice::Software { .. }),
+            "{choice:?}"
+        );
+    } else {
+        assert!(
+            matches!(
+                choice,
+                crate::backend::AutoChoice::Gpu { .. } | crate::backend::AutoChoice::Slower { .. }
+            ),
+            "{choice:?}"
+        );
+    }
+}
+
+/// `--gpu-index`: every listed adapter opens by its index and is the one listed; an index past
+/// the list is a clear error.
+#[test]
+fn adapters_open_by_index() {
+    if gpu().is_none() {
+        return;
+    }
+    let list = list_adapters();
+    assert!(!list.is_empty());
+    for e in &list {
+        let ctx = GpuContext::with_options(&GpuOptions {
+            adapter_index: Some(e.index),
+            ..GpuOptions::default()
+        })
+        .unwrap();
+        assert_eq!(ctx.describe().name, e.name);
+    }
+    let err = GpuContext::with_options(&GpuOptions {
+        adapter_index: Some(list.len()),
+        ..GpuOptions::default()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, GpuError::NoAdapter(m) if m.contains(&format!("index {}", list.len()))),
+        "{err}"
+    );
+}
+
+/// The benchmark helpers `scripts/gpu-bench.sh` relies on run on this adapter: the copy kernel
+/// copies, the transfer round trip keeps the bytes (checked inside), the merge kernel alone
+/// runs at a rank that needs several chunks, and every time is positive, from timestamp
+/// queries wherever the adapter has them.
+#[test]
+fn bench_helpers_time_kernels() {
+    let Some(ctx) = gpu() else { return };
+    let stamps = bench::has_timestamps(ctx);
+    let copy = bench::copy_kernel(ctx, 1 << 20, 2).unwrap();
+    let merge = bench::merge_kernel(ctx, 40, 300, 20, 2).unwrap();
+    for t in [copy, merge] {
+        assert!(t.wall_s > 0.0, "{t:?}");
+        assert_eq!(t.device_s.is_some(), stamps, "{t:?}");
+        assert!(t.device_s.is_none_or(|d| d > 0.0), "{t:?}");
+    }
+    let (up, down) = bench::transfer(ctx, 1 << 20, 1).unwrap();
+    assert!(up > 0.0 && down > 0.0);
+    eprintln!("timestamps on {}: {stamps}", ctx.describe().name);
 }
