@@ -5,18 +5,20 @@
 //! One file per producer format: [`bnb4`] (bitsandbytes NF4/FP4, with and without double
 //! quantization), [`int8`] (bitsandbytes LLM.int8), [`fp8`] (F8_E4M3/F8_E5M2 with per-tensor,
 //! per-channel or block scales, F32/BF16/F16/E8M0), [`packed`] (compressed-tensors
-//! pack-quantized INT1–8). A [`QuantMap`] is built from the headers alone
-//! ([`QuantMap::scan`]); it reads no tensor data except small state tensors (bitsandbytes'
-//! quant_state JSON, compressed-tensors' `weight_shape`, the stored code book it checks).
+//! pack-quantized INT1–8), [`gptq`] (native GPTQ 2/3/4/8-bit, v1 and v2 zeros, act-order; AWQ
+//! GEMM 4-bit). A [`QuantMap`] is built from the headers alone ([`QuantMap::scan`], in
+//! `scan.rs`); it reads no tensor data except small state tensors (bitsandbytes' quant_state
+//! JSON, compressed-tensors' `weight_shape`, the stored code book it checks, GPTQ's `g_idx`).
 //!
 //! What it must never do: guess. A companion without its weight, a weight without its scales, a
 //! shape that does not match the packing, a quant_state that contradicts the tensors: each is a
 //! one-line error naming the file and the tensor. Formats it recognises but does not read
-//! (native GPTQ/AWQ `qweight`, MX/FNUZ dtypes, an unknown `quant_method`) are listed in
+//! (GPTQ marlin/planar/`dynamic`, AWQ GEMV, MX/FNUZ dtypes, an unknown `quant_method`) are listed in
 //! [`QuantMap::unsupported`] and refused by whatever must dequantize them.
 
 pub mod bnb4;
 pub mod fp8;
+pub mod gptq;
 pub mod int8;
 pub mod packed;
 mod scan;
@@ -41,6 +43,8 @@ pub enum Scheme {
     BnbInt8,
     /// compressed-tensors pack-quantized integers (`weight_packed`).
     Packed(packed::Params),
+    /// Native GPTQ (`qweight`, `qzeros`, `scales`, `g_idx`) or AWQ GEMM.
+    Gptq(gptq::Params),
     /// FP8 values with scales.
     Fp8 {
         #[serde(serialize_with = "ser_dtype")]
@@ -74,6 +78,11 @@ impl QuantTensor {
             Scheme::Bnb4(p) => format!("bnb-{}", p.kind.name()),
             Scheme::BnbInt8 => "bnb-int8".into(),
             Scheme::Packed(p) => format!("ct-int{}", p.bits),
+            Scheme::Gptq(p) => match p.layout {
+                gptq::Layout::Awq => "awq".into(),
+                gptq::Layout::GptqV1 => "gptq".into(),
+                gptq::Layout::GptqV2 => "gptq-v2".into(),
+            },
             Scheme::Fp8 { format, .. } => match format {
                 Dtype::F8_E5M2 => "fp8-e5m2".into(),
                 _ => "fp8-e4m3".into(),
@@ -85,6 +94,7 @@ impl QuantTensor {
         match &self.scheme {
             Scheme::Bnb4(_) => 4,
             Scheme::Packed(p) => p.bits,
+            Scheme::Gptq(p) => p.bits,
             _ => 8,
         }
     }
@@ -114,6 +124,22 @@ impl QuantTensor {
                     }
                 )
             }
+            Scheme::Gptq(p) => {
+                let mut d = if p.groups == 1 {
+                    "per channel".to_string()
+                } else {
+                    format!("group {}", p.group_size())
+                };
+                if p.act_order {
+                    d.push_str(", act-order");
+                }
+                match p.sym {
+                    Some(true) => d.push_str(", symmetric"),
+                    Some(false) => d.push_str(", asymmetric"),
+                    None => {}
+                }
+                d
+            }
             Scheme::Fp8 { layout, .. } => {
                 layout.describe(self.shape[0], self.shape.get(1).copied().unwrap_or(1))
             }
@@ -126,6 +152,7 @@ impl QuantTensor {
             Scheme::Bnb4(p) => p.dtype,
             Scheme::BnbInt8 => Dtype::F32,
             Scheme::Packed(p) => p.scale_dtype,
+            Scheme::Gptq(p) => p.scale_dtype,
             Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
         }
     }
@@ -141,7 +168,8 @@ pub struct QuantMap {
     stored: HashMap<String, String>,
     /// config.json `quantization_config`, when present.
     pub config: Option<serde_json::Value>,
-    /// Quantized tensors lorakit recognises but cannot read (GPTQ/AWQ, MX formats, an unknown
+    /// Quantized tensors lorakit recognises but cannot read (GPTQ/AWQ layouts other than
+    /// gptq/gptq_v2/GEMM, MX formats, an unknown
     /// `quant_method`): listed by `inspect`, copied as they are by a merge that keeps the base
     /// quantized, an error for anything that must dequantize them.
     pub unsupported: Vec<InputError>,
@@ -271,6 +299,12 @@ impl QuantMap {
                 };
                 packed::dequantize(p, data(&q.stored)?, data(&q.companions[1])?, zero)
             }
+            Scheme::Gptq(p) => gptq::dequantize(
+                p,
+                data(&q.stored)?,
+                data(&q.companions[0])?,
+                data(&q.companions[1])?,
+            ),
             Scheme::Fp8 {
                 format,
                 scale,
@@ -295,6 +329,7 @@ impl QuantMap {
             Scheme::Bnb4(_) => None,
             Scheme::BnbInt8 => Some("bitsandbytes int8 (quantized from float16 by bitsandbytes)".into()),
             Scheme::Packed(_) => Some("compressed-tensors pack-quantized (its scales come from calibration)".into()),
+            Scheme::Gptq(_) => None,
             Scheme::Fp8 {
                 format,
                 scale,
@@ -321,6 +356,7 @@ impl QuantMap {
     /// quant_state blobs do not change and are not returned.
     pub fn requantize(
         &self,
+        ck: &Checkpoint,
         q: &QuantTensor,
         merged: &[f32],
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
@@ -353,6 +389,13 @@ impl QuantMap {
                     (q.name.clone(), bytes),
                     (scale.clone(), dtype::encode(Dtype::F32, &inv)),
                 ]
+            }
+            Scheme::Gptq(p) => {
+                // Round to nearest with the stored scales, zeros and g_idx: only qweight changes.
+                let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
+                let bytes =
+                    gptq::requantize(p, merged, data(&q.companions[0])?, data(&q.companions[1])?);
+                vec![(q.stored.clone(), bytes)]
             }
             Scheme::BnbInt8 | Scheme::Packed(_) => unreachable!("refused above"),
         })

@@ -3,7 +3,9 @@
 //! anything is read. It reads no tensor data except small state tensors (quant_state JSON,
 //! `weight_shape`, the stored code book it checks).
 
+use super::gptq::{self, Config as GptqConfig, Layout as GptqLayout};
 use super::*;
+use crate::io::header::TensorInfo;
 
 const BNB4_SUFFIXES: [&str; 4] = ["absmax", "quant_map", "nested_absmax", "nested_quant_map"];
 
@@ -17,6 +19,7 @@ impl QuantMap {
             ..QuantMap::default()
         };
         let config_block = map.config_block();
+        let gptq_config = GptqConfig::parse(map.config.as_ref());
         let names: Vec<String> = ck.names().map(str::to_owned).collect();
         // FP8 weights are scaled ones when the config says so or when the checkpoint has FP8
         // scales at all: then a weight without its scale is an error, not a plain FP8 tensor.
@@ -65,12 +68,11 @@ impl QuantMap {
                 ));
             } else if let Some(p) = name.strip_suffix(".weight_packed") {
                 map.add_packed(ck, p, name)?;
-            } else if name.ends_with(".qweight") {
-                map.unsupported.push(err(
-                    ck,
-                    name,
-                    "GPTQ/AWQ packed integer weights (`qweight`, `qzeros`, `scales`) are not read yet",
-                ));
+            } else if let Some(p) = name.strip_suffix(".qweight") {
+                match &gptq_config {
+                    Ok(cfg) => map.add_gptq(ck, p, name, cfg)?,
+                    Err(why) => map.unsupported.push(err(ck, name, why)),
+                }
             }
         }
         // Companions whose weight was not recognised: a scale without its quantized weight.
@@ -88,6 +90,17 @@ impl QuantMap {
                         ));
                     }
                 }
+            }
+            if gptq_config.is_ok()
+                && [".qzeros", ".scales", ".g_idx"]
+                    .iter()
+                    .any(|s| name.ends_with(s))
+            {
+                return Err(err(
+                    ck,
+                    name,
+                    "is a GPTQ/AWQ companion but its `qweight` is missing",
+                ));
             }
             if name.ends_with(".weight_scale_inv") || name.ends_with(".weight_scale") {
                 return Err(err(
@@ -121,13 +134,13 @@ impl QuantMap {
             if let Some(m) = map.method() {
                 if matches!(
                     m.as_str(),
-                    "bitsandbytes" | "fp8" | "fbgemm_fp8" | "compressed-tensors"
+                    "bitsandbytes" | "fp8" | "fbgemm_fp8" | "compressed-tensors" | "gptq" | "awq"
                 ) {
                     // A config that says quantized over float weights: nothing to dequantize.
                 } else {
                     map.unsupported.push(InputError::invalid(
                         ck.folder().join("config.json"),
-                        format!("quantization_config.quant_method `{m}` is not one lorakit reads (bitsandbytes, fp8)"),
+                        format!("quantization_config.quant_method `{m}` is not one lorakit reads (bitsandbytes, fp8, compressed-tensors, gptq, awq)"),
                     ));
                 }
             }
@@ -531,6 +544,200 @@ impl QuantMap {
                     scale_dtype: s.dtype,
                     layout,
                 },
+                companions,
+            },
+        )
+    }
+
+    /// A GPTQ or AWQ weight `P.qweight` with `P.qzeros`, `P.scales` (and GPTQ's `P.g_idx`), every
+    /// shape checked against the packing `gptq.rs` describes; g_idx is read (small) and each
+    /// group index checked.
+    fn add_gptq(
+        &mut self,
+        ck: &Checkpoint,
+        prefix: &str,
+        qname: &str,
+        cfg: &GptqConfig,
+    ) -> InputResult<()> {
+        let awq = cfg.layout == GptqLayout::Awq;
+        let kind = if awq { "AWQ" } else { "GPTQ" };
+        let bits = cfg.bits;
+        let need = |suffix: &str| -> InputResult<TensorInfo> {
+            let n = format!("{prefix}.{suffix}");
+            ck.info(&n)
+                .cloned()
+                .ok_or_else(|| err(ck, qname, format!("{kind} qweight without `{n}`")))
+        };
+        let qw = ck.info(qname).expect("listed").clone();
+        let qz = need("qzeros")?;
+        let sc = need("scales")?;
+        for t in [&qw, &qz] {
+            if t.dtype != Dtype::I32 || t.shape.len() != 2 {
+                return Err(err(
+                    ck,
+                    &t.name,
+                    format!(
+                        "is {} {:?}, not a 2-D I32 matrix",
+                        dtype::name(t.dtype),
+                        t.shape
+                    ),
+                ));
+            }
+        }
+        if !matches!(sc.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32) || sc.shape.len() != 2 {
+            return Err(err(
+                ck,
+                &sc.name,
+                format!(
+                    "is {} {:?}, not a 2-D F16, BF16 or F32 matrix",
+                    dtype::name(sc.dtype),
+                    sc.shape
+                ),
+            ));
+        }
+        let gname = format!("{prefix}.g_idx");
+        let g_info = ck.info(&gname).cloned();
+        let shape_err = |t: &str, m: String| Err(err(ck, t, m));
+        let (inf, outf) = if awq {
+            (qw.shape[0], qw.shape[1] * 8)
+        } else {
+            let outf = qw.shape[1];
+            let inf = match &g_info {
+                Some(g) if g.dtype == Dtype::I32 && g.shape.len() == 1 => g.shape[0],
+                Some(g) => {
+                    return shape_err(
+                        &gname,
+                        format!(
+                            "is {} {:?}, not a 1-D I32 vector",
+                            dtype::name(g.dtype),
+                            g.shape
+                        ),
+                    )
+                }
+                None if (qw.shape[0] * 32).is_multiple_of(bits as usize) => {
+                    qw.shape[0] * 32 / bits as usize
+                }
+                None => {
+                    return shape_err(
+                        qname,
+                        format!(
+                            "{} rows of 32 bits are not a whole number of {bits}-bit codes (and there is no g_idx giving in_features)",
+                            qw.shape[0]
+                        ),
+                    )
+                }
+            };
+            (inf, outf)
+        };
+        if inf == 0
+            || outf == 0
+            || (inf as u64)
+                .checked_mul(outf as u64)
+                .is_none_or(|n| n >= 1 << 40)
+        {
+            return shape_err(
+                qname,
+                format!("packs an empty or oversized {outf}x{inf} weight"),
+            );
+        }
+        if !awq && qw.shape[0] != gptq::words(inf, bits) {
+            return shape_err(
+                qname,
+                format!(
+                    "has {} rows but {inf} input channels of {bits} bits pack into {}",
+                    qw.shape[0],
+                    gptq::words(inf, bits)
+                ),
+            );
+        }
+        if !awq && bits == 3 && (!inf.is_multiple_of(32) || !outf.is_multiple_of(32)) {
+            return shape_err(
+                qname,
+                format!("3-bit GPTQ packs 32 codes per 3 words: {outf}x{inf} is not a multiple of 32 both ways"),
+            );
+        }
+        let groups = if awq {
+            sc.shape[0]
+        } else {
+            cfg.group_size.map_or(1, |g| inf.div_ceil(g))
+        };
+        let group_ok = if awq {
+            groups > 0
+                && inf.is_multiple_of(groups)
+                && cfg.group_size.unwrap_or(inf) == inf / groups
+        } else {
+            true
+        };
+        if !group_ok || sc.shape != [groups, outf] {
+            return shape_err(
+                &sc.name,
+                format!(
+                    "has shape {:?}; {kind} {outf}x{inf} with group_size {} needs [{groups}, {outf}]",
+                    sc.shape,
+                    cfg.group_size.map_or("-1".to_string(), |g| g.to_string())
+                ),
+            );
+        }
+        let zwords = if awq {
+            outf / 8
+        } else {
+            gptq::words(outf, bits)
+        };
+        if qz.shape != [groups, zwords] {
+            return shape_err(
+                &qz.name,
+                format!(
+                    "has shape {:?}; the zeros of {groups} group(s) x {outf} channels at {bits} bits pack into [{groups}, {zwords}]",
+                    qz.shape
+                ),
+            );
+        }
+        let gs = inf.div_ceil(groups);
+        let plain: Vec<u32> = (0..inf).map(|i| (i / gs) as u32).collect();
+        let mut companions = vec![qz.name.clone(), sc.name.clone()];
+        let g_idx = match g_info {
+            Some(_) => {
+                let v = ck.view(&gname)?;
+                let mut g = Vec::with_capacity(inf);
+                for (i, c) in v.data.chunks_exact(4).enumerate() {
+                    let x = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    if x < 0 || x as usize >= groups {
+                        return shape_err(
+                            &gname,
+                            format!("input channel {i} is in group {x}, not one of the {groups} groups of `{}`", sc.name),
+                        );
+                    }
+                    g.push(x as u32);
+                }
+                companions.push(gname);
+                g
+            }
+            None if cfg.desc_act => {
+                return shape_err(
+                    qname,
+                    format!("desc_act (act-order) GPTQ weight without `{gname}`"),
+                )
+            }
+            None => plain.clone(),
+        };
+        let act_order = g_idx != plain;
+        self.insert(
+            ck,
+            QuantTensor {
+                name: format!("{prefix}.weight"),
+                stored: qname.to_owned(),
+                shape: vec![outf, inf],
+                scheme: Scheme::Gptq(gptq::Params {
+                    layout: cfg.layout,
+                    bits,
+                    in_features: inf,
+                    out_features: outf,
+                    groups,
+                    g_idx,
+                    act_order,
+                    sym: cfg.sym,
+                    scale_dtype: sc.dtype,
+                }),
                 companions,
             },
         )

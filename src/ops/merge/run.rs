@@ -84,7 +84,7 @@ impl MergePlan {
                         if let Some(bytes) = self.requantized_piece(engine, name, &mut pending)? {
                             bar.inc(bytes.len() as u64);
                             w.write_tensor(name, bytes)?;
-                            if self.quant.get(name).is_some() {
+                            if self.quant.get(self.quant.logical_name(name)).is_some() {
                                 requantized += 1;
                                 merged += 1;
                             }
@@ -397,7 +397,11 @@ impl MergePlan {
         if let Some(b) = pending.bytes.remove(name) {
             return Ok(Some(b));
         }
-        let owner = match (self.quant.get(name), self.quant.companion_of(name)) {
+        // A weight stored under another name (GPTQ's `P.qweight` for `P.weight`) is found by it.
+        let owner = match (
+            self.quant.get(self.quant.logical_name(name)),
+            self.quant.companion_of(name),
+        ) {
             (Some(q), _) => q,
             (None, Some(w)) => self.quant.get(w).expect("companion's weight"),
             (None, None) => return Ok(None),
@@ -411,15 +415,18 @@ impl MergePlan {
         }
         let (bytes, _) = self.merge_tensor(engine, &owner.name, terms, Dtype::F32)?;
         let merged = dtype::decode(Dtype::F32, &bytes);
-        let pieces = self.quant.requantize(owner, &merged).map_err(|m| {
-            anyhow::Error::new(InputError::invalid(
-                self.base
-                    .file_of(&owner.name)
-                    .map(|f| f.path())
-                    .unwrap_or(&self.base.root),
-                format!("tensor `{}`: {m}", owner.name),
-            ))
-        })?;
+        let pieces = self
+            .quant
+            .requantize(&self.base, owner, &merged)
+            .map_err(|m| {
+                anyhow::Error::new(InputError::invalid(
+                    self.base
+                        .file_of(&owner.name)
+                        .map(|f| f.path())
+                        .unwrap_or(&self.base.root),
+                    format!("tensor `{}`: {m}", owner.name),
+                ))
+            })?;
         pending.done.insert(owner.name.clone());
         pending.bytes.extend(pieces);
         Ok(pending.bytes.remove(name))
