@@ -293,14 +293,15 @@ impl Config {
                     .or_else(|| c.get("checkpoint_format"))
                     .and_then(|v| v.as_str())
                     .unwrap_or("gptq");
-                let layout =
-                    match format {
-                        "gptq" => Layout::GptqV1,
-                        "gptq_v2" => Layout::GptqV2,
-                        f => return Err(format!(
+                let layout = match format {
+                    "gptq" => Layout::GptqV1,
+                    "gptq_v2" => Layout::GptqV2,
+                    f => {
+                        return Err(format!(
                             "GPTQ checkpoint format `{f}` is not one lorakit reads (gptq, gptq_v2)"
-                        )),
-                    };
+                        ))
+                    }
+                };
                 if let Some(d) = c.get("pack_dtype").and_then(|v| v.as_str()) {
                     if d != "int32" {
                         return Err(format!(

@@ -375,6 +375,7 @@ impl MergePlan {
             .display()
             .to_string();
         Ok(crate::parts::Plan {
+            dequantized: !self.quant.is_empty() && self.options.quant == QuantOutput::Dequantize,
             base,
             files,
             index_name: self.index.as_ref().map(|p| file_name(p)),

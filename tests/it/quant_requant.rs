@@ -1,0 +1,102 @@
+//! Quantized bases, continued (issue #18): `merge --part I/N` + `finalize` into sharded quantized
+//! bases, byte-identical to one process, with the companions of a weight in the other shard.
+
+use super::common::*;
+use std::path::{Path, PathBuf};
+
+fn quant(rel: &str) -> PathBuf {
+    fixture(&format!("quant/{rel}"))
+}
+
+/// `fixtures/quant/<model>` as two shards and an index, tensors dealt alternately so that a
+/// weight and its companions land in different shards.
+fn sharded(dir: &Path, model: &str) -> PathBuf {
+    let input = dir.join(format!("{model}-sharded"));
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::copy(
+        quant(&format!("{model}/config.json")),
+        input.join("config.json"),
+    )
+    .unwrap();
+    let all = read(&quant(&format!("{model}/model.safetensors")));
+    let mut weight_map = serde_json::Map::new();
+    for shard in 0..2 {
+        let name = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == shard)
+            .map(|(_, (n, t))| {
+                weight_map.insert(n.clone(), serde_json::json!(name));
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        safetensors::tensor::serialize_to_file(views, None, &input.join(&name)).unwrap();
+    }
+    std::fs::write(
+        input.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    input
+}
+
+/// Every file of a folder, by name, with its bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("llama/adapters/qv_r8");
+    for model in ["nf4", "gptq3_act", "fp8_block", "awq4"] {
+        let base = sharded(dir.path(), model);
+        for mode in [&[][..], &["--quant", "dequantize", "--dtype", "bf16"][..]] {
+            let tag = format!("{model}{}", mode.len());
+            let whole = dir.path().join(format!("{tag}-whole"));
+            merge_ok(&base, &adapter, &whole, &[&["-q"][..], mode].concat());
+            let split = dir.path().join(format!("{tag}-split"));
+            for part in ["1/2", "2/2"] {
+                merge_ok(
+                    &base,
+                    &adapter,
+                    &split,
+                    &[&["-q", "--part", part][..], mode].concat(),
+                );
+            }
+            run_ok(["finalize", split.to_str().unwrap(), "-q"]);
+            let (a, b) = (files(&whole), files(&split));
+            assert_eq!(
+                a.iter().map(|f| &f.0).collect::<Vec<_>>(),
+                b.iter().map(|f| &f.0).collect::<Vec<_>>(),
+                "{tag}"
+            );
+            for ((name, x), (_, y)) in a.iter().zip(&b) {
+                assert!(x == y, "{tag}: {name} differs from the one-process merge");
+            }
+            let cfg = String::from_utf8(a.iter().find(|f| f.0 == "config.json").unwrap().1.clone())
+                .unwrap();
+            assert_eq!(
+                cfg.contains("quantization_config"),
+                mode.is_empty(),
+                "{tag}"
+            );
+        }
+    }
+}
