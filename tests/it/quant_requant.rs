@@ -65,7 +65,7 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = fixture("llama/adapters/qv_r8");
-    for model in ["nf4", "gptq3_act", "fp8_block", "awq4"] {
+    for model in ["nf4", "nf4_dq", "gptq3_act", "fp8_block", "awq4"] {
         let base = sharded(dir.path(), model);
         for mode in [&[][..], &["--quant", "dequantize", "--dtype", "bf16"][..]] {
             let tag = format!("{model}{}", mode.len());
@@ -161,4 +161,50 @@ fn extract_parts_against_a_quantized_base_equal_one_process() {
     // Four modules with a change, each recovered to f32 rounding.
     let got = read(&whole.join("adapter_model.safetensors"));
     assert_eq!(got.len(), 8);
+}
+
+/// `merge --quant keep` into the NF4 + double-quant checkpoint: every stored byte PEFT's own
+/// merge_and_unload writes (Params4bit with compress_statistics: packed weight, absmax codes,
+/// nested absmax, the quant_state JSON with the new offset), untouched tensors copied.
+#[test]
+fn merge_into_nf4_double_quant_keeps_it_like_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let text = merge_ok(
+        &quant("nf4_dq"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &[],
+    );
+    assert!(text.contains("4 merged weights quantized again"), "{text}");
+    let got = read_checkpoint(&out);
+    let want = read(&quant("qlora/peft_merged_nf4_dq.safetensors"));
+    // weight, absmax, nested_absmax, quant_map, nested_quant_map, quant_state for 4 weights.
+    assert_eq!(want.len(), 24);
+    // The merged weight is W + s·B·A in f32, summed in another order than PEFT's, so a block's
+    // maximum can differ in its last bit (ε relative). The nested absmax is max |absmax − offset|
+    // with the offset about half the absmax, which doubles that relative difference: up to 4ε
+    // allowed there, nothing else may differ (from identical inputs the requantizer is exact:
+    // `bnb4_double_quant_requantizes_bit_exact`).
+    let mut rounded = 0;
+    for (name, w) in &want {
+        let g = &got[name];
+        if name.ends_with(".nested_absmax") && g != w {
+            for (a, b) in g.f32().iter().zip(w.f32()) {
+                let rel = ((a - b) / b).abs();
+                assert!(rel <= 4.0 * f32::EPSILON, "{name}: {a} vs {b} ({rel:e})");
+            }
+            rounded += 1;
+        } else {
+            assert!(g == w, "{name}: differs from PEFT");
+        }
+    }
+    assert!(rounded <= 2, "{rounded}");
+    let input = read_checkpoint(&quant("nf4_dq"));
+    assert_eq!(got.len(), input.len());
+    for (n, t) in &input {
+        if !want.contains_key(n) {
+            assert_eq!(&got[n], t, "{n} changed");
+        }
+    }
 }

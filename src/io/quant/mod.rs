@@ -17,6 +17,7 @@
 //! [`QuantMap::unsupported`] and refused by whatever must dequantize them.
 
 pub mod bnb4;
+pub mod bnb4_dq;
 pub mod fp8;
 pub mod gptq;
 pub mod int8;
@@ -323,12 +324,13 @@ impl QuantMap {
     /// Why lorakit cannot write `q` back in its own format bit-exactly, if it cannot.
     pub fn requantize_unsupported(&self, q: &QuantTensor) -> Option<String> {
         match &q.scheme {
-            Scheme::Bnb4(p) if p.nested.is_some() => Some(
-                "bitsandbytes double quantization (its absmax offset is a torch mean lorakit does not reproduce bit for bit)".into(),
-            ),
             Scheme::Bnb4(_) => None,
-            Scheme::BnbInt8 => Some("bitsandbytes int8 (quantized from float16 by bitsandbytes)".into()),
-            Scheme::Packed(_) => Some("compressed-tensors pack-quantized (its scales come from calibration)".into()),
+            Scheme::BnbInt8 => {
+                Some("bitsandbytes int8 (quantized from float16 by bitsandbytes)".into())
+            }
+            Scheme::Packed(_) => {
+                Some("compressed-tensors pack-quantized (its scales come from calibration)".into())
+            }
             Scheme::Gptq(_) => None,
             Scheme::Fp8 {
                 format,
@@ -369,13 +371,34 @@ impl QuantMap {
                 // (`Params4bit(w_data, …)` with w_data = dequantized weight + delta).
                 let values = dtype::decode(p.dtype, &dtype::encode(p.dtype, merged));
                 let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, &values);
-                vec![
-                    (q.name.clone(), packed),
-                    (
-                        format!("{}.absmax", q.name),
-                        dtype::encode(Dtype::F32, &absmax),
-                    ),
-                ]
+                let w = &q.name;
+                match &p.nested {
+                    None => vec![
+                        (w.clone(), packed),
+                        (format!("{w}.absmax"), dtype::encode(Dtype::F32, &absmax)),
+                    ],
+                    Some(n) => {
+                        // compress_statistics: offset = mean, absmax − offset in 8 bits with the
+                        // stored dynamic code (see bnb4_dq).
+                        let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
+                        let code =
+                            dtype::decode(Dtype::F32, data(&format!("{w}.nested_quant_map"))?);
+                        let (offset, codes, nabs) =
+                            bnb4_dq::compress_statistics(&absmax, &code, n.blocksize);
+                        let state = &q.companions[0];
+                        let blob = bnb4_dq::with_offset(data(state)?, offset)
+                            .ok_or("its quant_state has no nested_offset number to update")?;
+                        vec![
+                            (w.clone(), packed),
+                            (format!("{w}.absmax"), codes),
+                            (
+                                format!("{w}.nested_absmax"),
+                                dtype::encode(Dtype::F32, &nabs),
+                            ),
+                            (state.clone(), blob),
+                        ]
+                    }
+                }
             }
             Scheme::Fp8 { scale, layout, .. } => {
                 let (bytes, inv) = fp8::quantize(

@@ -54,6 +54,12 @@ impl MergePlan {
         let mut qlora = Vec::new();
         let keep = self.options.quant == QuantOutput::Keep;
         let mut pending = Requantized::default();
+        // A requantized bitsandbytes double-quant weight rewrites its quant_state JSON, whose
+        // length follows the new offset's digits: found first, so every header states it.
+        let resized = match keep {
+            true => self.resized_states(engine)?,
+            false => BTreeMap::new(),
+        };
         let mut written = Vec::new();
         for (fi, f) in self.files.iter().enumerate() {
             if !crate::parts::owns(self.options.part, fi) {
@@ -64,6 +70,7 @@ impl MergePlan {
                 .iter()
                 .map(|n| {
                     let (d, shape) = self.out_spec(n);
+                    let shape = resized.get(n).map_or(shape, |&len| vec![len]);
                     TensorSpec::new(n.clone(), d, shape)
                 })
                 .collect();
@@ -183,7 +190,7 @@ impl MergePlan {
                     version: crate::parts::MANIFEST_VERSION,
                     part: i,
                     parts: n,
-                    plan: self.part_plan()?,
+                    plan: self.part_plan(&resized)?,
                     written,
                 };
                 let dir = crate::parts::out_dir(&self.files[0].path);
@@ -344,7 +351,7 @@ impl MergePlan {
 
     /// The whole output as `finalize` needs it: every file with its expected size, the index,
     /// and the files to copy.
-    fn part_plan(&self) -> Result<crate::parts::Plan> {
+    fn part_plan(&self, resized: &BTreeMap<String, usize>) -> Result<crate::parts::Plan> {
         let metadata = self.output_metadata();
         let files = self
             .files
@@ -355,6 +362,7 @@ impl MergePlan {
                     .iter()
                     .map(|n| {
                         let (d, shape) = self.out_spec(n);
+                        let shape = resized.get(n).map_or(shape, |&len| vec![len]);
                         (n.clone(), d, shape)
                     })
                     .collect();
@@ -431,6 +439,30 @@ impl MergePlan {
         pending.done.insert(owner.name.clone());
         pending.bytes.extend(pieces);
         Ok(pending.bytes.remove(name))
+    }
+
+    /// With `QuantOutput::Keep`: the quant_state blobs of merged double-quant weights whose new
+    /// JSON has another length than the stored one (name → new length). Merges and requantizes
+    /// each such weight once more than the write does, and keeps nothing else.
+    fn resized_states(&self, engine: &backend::Engine) -> Result<BTreeMap<String, usize>> {
+        let mut out = BTreeMap::new();
+        for q in self.quant.iter() {
+            let crate::io::quant::Scheme::Bnb4(p) = &q.scheme else {
+                continue;
+            };
+            let (Some(_), Some(Action::Merge(_))) = (&p.nested, self.actions.get(&q.name)) else {
+                continue;
+            };
+            let mut pending = Requantized::default();
+            let state = &q.companions[0];
+            if let Some(blob) = self.requantized_piece(engine, state, &mut pending)? {
+                let stored = self.base.info(state).expect("companion").byte_len();
+                if blob.len() as u64 != stored {
+                    out.insert(state.clone(), blob.len());
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn signed(&self, s: f64) -> f64 {
