@@ -49,6 +49,10 @@ mod it {
     pub mod process;
     /// Quantized bases: `dequantize`, merges into and as-trained-on quantized weights, bad input.
     pub mod quant;
+    /// Native GPTQ/AWQ bases against gptqmodel's and AutoAWQ's own packers and dequantization.
+    pub mod quant_gptq;
+    /// Quantized bases: `--part` merges, requantization of the remaining formats.
+    pub mod quant_requant;
     /// Recipes: validation, dry-run, references, incremental reruns.
     pub mod recipe;
     /// Independent float64 references (Jacobi SVD, best rank-r, relative errors).

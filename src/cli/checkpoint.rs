@@ -120,17 +120,20 @@ pub struct MergeArgs {
     /// W − dequant(Q(W))). Q is bitsandbytes' 4-bit quantizer, reproduced bit for bit: `nf4` or
     /// `fp4` (`BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=…)`). The summary
     /// reports, per merged tensor, ‖W − dequant(Q(W))‖ next to ‖s·B·A‖. `,double-quant`
-    /// (bnb_4bit_use_double_quant) is recognised but refused: its absmax offset is a torch mean
-    /// lorakit does not reproduce bit for bit yet.
+    /// (bnb_4bit_use_double_quant) is recognised but refused: it needs bitsandbytes' dynamic
+    /// 8-bit code map (`create_dynamic_map`), which lorakit does not build yet (a double-quant
+    /// base itself stores it, so `merge` into one requantizes bit for bit).
     #[arg(long, value_name = "nf4|fp4[,double-quant]", value_parser = parse_as_trained_on, conflicts_with = "unmerge")]
     pub as_trained_on: Option<(crate::io::quant::bnb4::Kind, bool)>,
 
-    /// A quantized base (bitsandbytes NF4/FP4/int8, FP8 with scales): `keep` writes each merged
-    /// weight quantized again in its format with fresh scales, bit-exact with the producer's
-    /// quantizer (bitsandbytes NF4/FP4 without double quantization; FP8 E4M3 in
-    /// weight_scale_inv blocks as transformers' Fp8Quantize), and copies every other tensor byte
-    /// for byte, quantization_config kept; formats lorakit cannot requantize are refused before
-    /// anything is written. `dequantize` writes every quantized weight as float (--dtype; keep
+    /// A quantized base (bitsandbytes NF4/FP4/int8, FP8 with scales, GPTQ, AWQ, compressed-tensors):
+    /// `keep` writes each merged weight quantized again in its format, bit-exact with the
+    /// producer's quantizer (bitsandbytes NF4/FP4 with and without double quantization; FP8 E4M3
+    /// in weight_scale_inv blocks with fresh scales as transformers' Fp8Quantize; GPTQ and AWQ by
+    /// round-to-nearest with the checkpoint's own scales, zeros and g_idx, as their packers
+    /// compute it: not a new calibration), and copies every other tensor byte for byte,
+    /// quantization_config kept; formats lorakit cannot requantize are refused before anything
+    /// is written. `dequantize` writes every quantized weight as float (--dtype; keep
     /// = the dtype its library dequantizes to), drops the scales and removes
     /// quantization_config from config.json.
     #[arg(long, value_enum, default_value_t = QuantArg::Keep)]

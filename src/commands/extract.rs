@@ -17,18 +17,17 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
     let base = Checkpoint::open(&a.base)?;
     let tuned = Checkpoint::open(&a.tuned)?;
     let mut options = options(&a, &tuned, quiet)?;
+    // The files a part must find unchanged at finalize: the base as given, not its copy.
+    let base_inputs = base.input_paths();
     // A quantized base: ΔW against its dequantization (a temporary float copy, removed at exit).
     let (base, _dequantized) = crate::extract::dequantized_base(base, &tuned)?;
     if _dequantized.is_some() {
-        if a.part.is_some() {
-            bail!("--part is not supported with a quantized base yet");
-        }
         options
             .base_model
             .get_or_insert_with(|| a.base.display().to_string());
     }
     if let Some(part) = a.part {
-        return run_part(&a, part, base, tuned, options);
+        return run_part(&a, part, base, base_inputs, tuned, options);
     }
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
     warn_one_sided(&plan, quiet);
@@ -62,6 +61,7 @@ fn run_part(
     a: &ExtractArgs,
     part: (usize, usize),
     base: Checkpoint,
+    base_inputs: Vec<PathBuf>,
     tuned: Checkpoint,
     options: ExtractOptions,
 ) -> Result<i32> {
@@ -75,11 +75,12 @@ fn run_part(
     recorded.tuned = abs(&a.tuned)?;
     recorded.out = abs(&a.out)?;
     recorded.base_model = Some(
-        a.base_model
+        options
+            .base_model
             .clone()
             .unwrap_or_else(|| base.root.display().to_string()),
     );
-    let mut inputs = base.input_paths();
+    let mut inputs = base_inputs;
     inputs.extend(tuned.input_paths());
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
     warn_one_sided(&plan, false);
@@ -159,6 +160,8 @@ pub fn finalize(
     let mut inputs = base.input_paths();
     inputs.extend(tuned.input_paths());
     let stamps = crate::parts::stamps(&inputs)?;
+    // A quantized base is dequantized again, as each part did (deterministic).
+    let (base, _dequantized) = crate::extract::dequantized_base(base, &tuned)?;
     let plan = ExtractPlan::new(base, tuned, a.out.clone(), options)?;
     warn_one_sided(&plan, quiet);
     let outcomes =

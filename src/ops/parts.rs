@@ -44,6 +44,11 @@ pub struct Plan {
     /// and that `extra` is exactly the base's non-weight files, so an edited manifest cannot
     /// make it copy any other file.
     pub base: String,
+    /// The base is quantized and the output writes it as float (`merge --quant dequantize`):
+    /// the output's tensors are the base's logical weights (companions dropped, packed weights
+    /// under their `….weight` names) and config.json is copied without `quantization_config`.
+    #[serde(default)]
+    pub dequantized: bool,
 }
 
 /// Version of the merge part manifest (2: the plan records the base folder).
@@ -273,7 +278,15 @@ pub fn finalize(dir: &Path) -> Result<FinalizeReport> {
             format!("the base folder the manifest records cannot be opened: {e}"),
         )
     })?;
-    let mut base_names: Vec<String> = base.names().map(str::to_owned).collect();
+    let mut base_names: Vec<String> = if first.plan.dequantized {
+        let q = crate::io::quant::QuantMap::scan(&base)?;
+        base.names()
+            .filter(|n| q.companion_of(n).is_none())
+            .map(|n| q.logical_name(n).to_owned())
+            .collect()
+    } else {
+        base.names().map(str::to_owned).collect()
+    };
     base_names.sort();
     out_names.sort();
     if base_names != out_names {
@@ -299,7 +312,11 @@ pub fn finalize(dir: &Path) -> Result<FinalizeReport> {
     out.lock(dir, crate::io::writer::LockMode::Exclusive)?;
     let mut copied = Vec::new();
     for (src, dst) in &first.plan.extra {
-        let data = crate::io::read_whole_file(Path::new(src))?;
+        let mut data = crate::io::read_whole_file(Path::new(src))?;
+        if first.plan.dequantized && dst == "config.json" {
+            // As the single-process merge writes it (`write_finals`).
+            data = crate::merge::without_quantization_config(data);
+        }
         let d = dir.join(dst);
         if let Some(parent) = d.parent() {
             out.create_dir_all(parent)?;

@@ -27,8 +27,7 @@
 //! code index is `torch.bucketize(scaled, midpoints)` over the sorted code book's midpoints
 //! (index = number of midpoints strictly below the value), mapped back through the code book's
 //! stable argsort for FP4. Double quantization (`functional.py` `quantize_4bit` with
-//! `compress_statistics`) is not reproduced: its offset is a torch `mean` whose summation order
-//! lorakit does not replicate, so it is refused rather than approximated.
+//! `compress_statistics`) of the absmax this returns is [`super::bnb4_dq`].
 
 use crate::dtype::{self, Dtype};
 

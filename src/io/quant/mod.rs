@@ -5,20 +5,24 @@
 //! One file per producer format: [`bnb4`] (bitsandbytes NF4/FP4, with and without double
 //! quantization), [`int8`] (bitsandbytes LLM.int8), [`fp8`] (F8_E4M3/F8_E5M2 with per-tensor,
 //! per-channel or block scales, F32/BF16/F16/E8M0), [`packed`] (compressed-tensors
-//! pack-quantized INT1–8). A [`QuantMap`] is built from the headers alone
-//! ([`QuantMap::scan`]); it reads no tensor data except small state tensors (bitsandbytes'
-//! quant_state JSON, compressed-tensors' `weight_shape`, the stored code book it checks).
+//! pack-quantized INT1–8), [`gptq`] (native GPTQ 2/3/4/8-bit, v1 and v2 zeros, act-order; AWQ
+//! GEMM 4-bit). A [`QuantMap`] is built from the headers alone ([`QuantMap::scan`], in
+//! `scan.rs`); it reads no tensor data except small state tensors (bitsandbytes' quant_state
+//! JSON, compressed-tensors' `weight_shape`, the stored code book it checks, GPTQ's `g_idx`).
 //!
 //! What it must never do: guess. A companion without its weight, a weight without its scales, a
 //! shape that does not match the packing, a quant_state that contradicts the tensors: each is a
 //! one-line error naming the file and the tensor. Formats it recognises but does not read
-//! (native GPTQ/AWQ `qweight`, MX/FNUZ dtypes, an unknown `quant_method`) are listed in
+//! (GPTQ marlin/planar/`dynamic`, AWQ GEMV, MX/FNUZ dtypes, an unknown `quant_method`) are listed in
 //! [`QuantMap::unsupported`] and refused by whatever must dequantize them.
 
 pub mod bnb4;
+pub mod bnb4_dq;
 pub mod fp8;
+pub mod gptq;
 pub mod int8;
 pub mod packed;
+mod scan;
 
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
@@ -40,6 +44,8 @@ pub enum Scheme {
     BnbInt8,
     /// compressed-tensors pack-quantized integers (`weight_packed`).
     Packed(packed::Params),
+    /// Native GPTQ (`qweight`, `qzeros`, `scales`, `g_idx`) or AWQ GEMM.
+    Gptq(gptq::Params),
     /// FP8 values with scales.
     Fp8 {
         #[serde(serialize_with = "ser_dtype")]
@@ -73,6 +79,11 @@ impl QuantTensor {
             Scheme::Bnb4(p) => format!("bnb-{}", p.kind.name()),
             Scheme::BnbInt8 => "bnb-int8".into(),
             Scheme::Packed(p) => format!("ct-int{}", p.bits),
+            Scheme::Gptq(p) => match p.layout {
+                gptq::Layout::Awq => "awq".into(),
+                gptq::Layout::GptqV1 => "gptq".into(),
+                gptq::Layout::GptqV2 => "gptq-v2".into(),
+            },
             Scheme::Fp8 { format, .. } => match format {
                 Dtype::F8_E5M2 => "fp8-e5m2".into(),
                 _ => "fp8-e4m3".into(),
@@ -84,6 +95,7 @@ impl QuantTensor {
         match &self.scheme {
             Scheme::Bnb4(_) => 4,
             Scheme::Packed(p) => p.bits,
+            Scheme::Gptq(p) => p.bits,
             _ => 8,
         }
     }
@@ -113,6 +125,22 @@ impl QuantTensor {
                     }
                 )
             }
+            Scheme::Gptq(p) => {
+                let mut d = if p.groups == 1 {
+                    "per channel".to_string()
+                } else {
+                    format!("group {}", p.group_size())
+                };
+                if p.act_order {
+                    d.push_str(", act-order");
+                }
+                match p.sym {
+                    Some(true) => d.push_str(", symmetric"),
+                    Some(false) => d.push_str(", asymmetric"),
+                    None => {}
+                }
+                d
+            }
             Scheme::Fp8 { layout, .. } => {
                 layout.describe(self.shape[0], self.shape.get(1).copied().unwrap_or(1))
             }
@@ -125,6 +153,7 @@ impl QuantTensor {
             Scheme::Bnb4(p) => p.dtype,
             Scheme::BnbInt8 => Dtype::F32,
             Scheme::Packed(p) => p.scale_dtype,
+            Scheme::Gptq(p) => p.scale_dtype,
             Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
         }
     }
@@ -140,13 +169,12 @@ pub struct QuantMap {
     stored: HashMap<String, String>,
     /// config.json `quantization_config`, when present.
     pub config: Option<serde_json::Value>,
-    /// Quantized tensors lorakit recognises but cannot read (GPTQ/AWQ, MX formats, an unknown
+    /// Quantized tensors lorakit recognises but cannot read (GPTQ/AWQ layouts other than
+    /// gptq/gptq_v2/GEMM, MX formats, an unknown
     /// `quant_method`): listed by `inspect`, copied as they are by a merge that keeps the base
     /// quantized, an error for anything that must dequantize them.
     pub unsupported: Vec<InputError>,
 }
-
-const BNB4_SUFFIXES: [&str; 4] = ["absmax", "quant_map", "nested_absmax", "nested_quant_map"];
 
 fn err(ck: &Checkpoint, tensor: &str, msg: impl std::fmt::Display) -> InputError {
     let path = ck
@@ -157,133 +185,6 @@ fn err(ck: &Checkpoint, tensor: &str, msg: impl std::fmt::Display) -> InputError
 }
 
 impl QuantMap {
-    /// Reads `quantization_config` from the checkpoint's config.json (if any) and recognises every
-    /// quantized weight from the headers. Errors on anything incomplete or inconsistent.
-    pub fn scan(ck: &Checkpoint) -> InputResult<QuantMap> {
-        let config = read_quant_config(ck)?;
-        let mut map = QuantMap {
-            config,
-            ..QuantMap::default()
-        };
-        let config_block = map.config_block();
-        let names: Vec<String> = ck.names().map(str::to_owned).collect();
-        // FP8 weights are scaled ones when the config says so or when the checkpoint has FP8
-        // scales at all: then a weight without its scale is an error, not a plain FP8 tensor.
-        let fp8_scaled = matches!(
-            map.method().as_deref(),
-            Some("fp8" | "fbgemm_fp8" | "compressed-tensors")
-        ) || names
-            .iter()
-            .any(|n| n.ends_with(".weight_scale_inv") || n.ends_with(".weight_scale"));
-        let has_fp8_scale = |w: &str| {
-            let p = w.strip_suffix(".weight").unwrap_or(w);
-            ck.contains(&format!("{p}.weight_scale_inv"))
-                || ck.contains(&format!("{p}.weight_scale"))
-                || ck.contains(&format!("{w}_scale_inv"))
-        };
-        for name in &names {
-            if let Some(pos) = name.find(".quant_state.") {
-                map.add_bnb4(ck, &name[..pos], name)?;
-            }
-        }
-        for name in &names {
-            let info = ck.info(name).expect("listed");
-            if let Some(p) = name.strip_suffix(".SCB") {
-                map.add_int8(ck, p, name)?;
-            } else if matches!(info.dtype, Dtype::F8_E4M3 | Dtype::F8_E5M2) {
-                if fp8_scaled || has_fp8_scale(name) {
-                    map.add_fp8(ck, name, config_block)?;
-                }
-                // Otherwise a plain FP8 tensor (a ComfyUI-style cast with no scales at all):
-                // not a scaled quantization, copied as it is.
-            } else if matches!(
-                info.dtype,
-                Dtype::F8_E4M3FNUZ
-                    | Dtype::F8_E5M2FNUZ
-                    | Dtype::F4
-                    | Dtype::F6_E2M3
-                    | Dtype::F6_E3M2
-            ) {
-                map.unsupported.push(err(
-                    ck,
-                    name,
-                    format!(
-                        "dtype {} is a quantized format lorakit does not read",
-                        dtype::name(info.dtype)
-                    ),
-                ));
-            } else if let Some(p) = name.strip_suffix(".weight_packed") {
-                map.add_packed(ck, p, name)?;
-            } else if name.ends_with(".qweight") {
-                map.unsupported.push(err(
-                    ck,
-                    name,
-                    "GPTQ/AWQ packed integer weights (`qweight`, `qzeros`, `scales`) are not read yet",
-                ));
-            }
-        }
-        // Companions whose weight was not recognised: a scale without its quantized weight.
-        for name in &names {
-            if map.companions.contains_key(name) || map.tensors.contains_key(name) {
-                continue;
-            }
-            for suffix in BNB4_SUFFIXES {
-                if let Some(w) = name.strip_suffix(&format!(".{suffix}")) {
-                    if w.ends_with("weight") && ck.contains(w) {
-                        return Err(err(
-                            ck,
-                            name,
-                            format!("is a bitsandbytes `{suffix}` but `{w}` has no `{w}.quant_state.bitsandbytes__nf4|fp4`"),
-                        ));
-                    }
-                }
-            }
-            if name.ends_with(".weight_scale_inv") || name.ends_with(".weight_scale") {
-                return Err(err(
-                    ck,
-                    name,
-                    "is an FP8 scale but its weight is missing or not F8_E4M3/F8_E5M2",
-                ));
-            }
-        }
-        // A bitsandbytes checkpoint whose packed weight lost its state.
-        if map.method().as_deref() == Some("bitsandbytes") {
-            for name in &names {
-                let info = ck.info(name).expect("listed");
-                if name.ends_with("weight")
-                    && matches!(info.dtype, Dtype::U8 | Dtype::I8)
-                    && !map.tensors.contains_key(name)
-                    && !map.companions.contains_key(name)
-                {
-                    return Err(err(
-                        ck,
-                        name,
-                        format!(
-                            "is {} in a bitsandbytes checkpoint but has no quantization state (`.quant_state.bitsandbytes__nf4|fp4` and `.absmax`, or `SCB`)",
-                            dtype::name(info.dtype)
-                        ),
-                    ));
-                }
-            }
-        }
-        if map.tensors.is_empty() {
-            if let Some(m) = map.method() {
-                if matches!(
-                    m.as_str(),
-                    "bitsandbytes" | "fp8" | "fbgemm_fp8" | "compressed-tensors"
-                ) {
-                    // A config that says quantized over float weights: nothing to dequantize.
-                } else {
-                    map.unsupported.push(InputError::invalid(
-                        ck.folder().join("config.json"),
-                        format!("quantization_config.quant_method `{m}` is not one lorakit reads (bitsandbytes, fp8)"),
-                    ));
-                }
-            }
-        }
-        Ok(map)
-    }
-
     /// `quantization_config.quant_method`.
     pub fn method(&self) -> Option<String> {
         self.config
@@ -367,407 +268,6 @@ impl QuantMap {
             .unwrap_or(stored)
     }
 
-    fn add_packed(&mut self, ck: &Checkpoint, prefix: &str, packed_name: &str) -> InputResult<()> {
-        let weight = format!("{prefix}.weight");
-        let pk = ck.info(packed_name).expect("listed");
-        let need = |suffix: &str| {
-            let n = format!("{prefix}.{suffix}");
-            ck.info(&n).cloned().ok_or_else(|| {
-                err(
-                    ck,
-                    packed_name,
-                    format!("compressed-tensors packed weight without `{n}`"),
-                )
-            })
-        };
-        let shape_info = need("weight_shape")?;
-        let scale = need("weight_scale")?;
-        if pk.dtype != Dtype::I32 || pk.shape.len() != 2 {
-            return Err(err(
-                ck,
-                packed_name,
-                format!(
-                    "is {} {:?}, not a 2-D I32 matrix",
-                    dtype::name(pk.dtype),
-                    pk.shape
-                ),
-            ));
-        }
-        let sv = ck.view(&shape_info.name)?;
-        let dims: Vec<i64> = match sv.dtype {
-            Dtype::I64 => sv
-                .data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
-                .collect(),
-            Dtype::I32 => sv
-                .data
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
-                .collect(),
-            _ => Vec::new(),
-        };
-        let (rows, cols) = match dims.as_slice() {
-            [r, c]
-                if *r > 0
-                    && *c > 0
-                    && (*r as u64)
-                        .checked_mul(*c as u64)
-                        .is_some_and(|n| n < 1 << 40) =>
-            {
-                (*r as usize, *c as usize)
-            }
-            _ => {
-                return Err(err(
-                    ck,
-                    &shape_info.name,
-                    format!(
-                        "is not two positive sizes (got {dims:?} as {})",
-                        dtype::name(sv.dtype)
-                    ),
-                ))
-            }
-        };
-        if pk.shape[0] != rows {
-            return Err(err(
-                ck,
-                packed_name,
-                format!("has {} rows but weight_shape says {rows}", pk.shape[0]),
-            ));
-        }
-        let bits = packed::infer_bits(cols, pk.shape[1]).ok_or_else(|| {
-            err(
-                ck,
-                packed_name,
-                format!(
-                    "{} words per row do not pack {cols} elements at any width of 1..8 bits (or at more than one)",
-                    pk.shape[1]
-                ),
-            )
-        })?;
-        if !dtype::is_float_compute(scale.dtype) || scale.dtype == Dtype::F64 {
-            return Err(err(
-                ck,
-                &scale.name,
-                format!(
-                    "scale dtype {} is not F32, F16 or BF16",
-                    dtype::name(scale.dtype)
-                ),
-            ));
-        }
-        let (per_tensor, groups) = match scale.shape.as_slice() {
-            [] | [1] => (true, 1),
-            [r, g] if *r == rows && *g >= 1 && cols.is_multiple_of(*g) => (false, *g),
-            s => {
-                return Err(err(
-                    ck,
-                    &scale.name,
-                    format!("shape {s:?} is not [1], [{rows}, 1] or [{rows}, groups] with groups dividing {cols}"),
-                ))
-            }
-        };
-        let zp_name = format!("{prefix}.weight_zero_point");
-        let symmetric = !ck.contains(&zp_name);
-        let mut companions = vec![shape_info.name.clone(), scale.name.clone()];
-        if !symmetric {
-            let z = ck.info(&zp_name).expect("present");
-            let want = [packed::words(rows, bits), groups];
-            if per_tensor || z.dtype != Dtype::I32 || z.shape != want {
-                return Err(err(
-                    ck,
-                    &zp_name,
-                    format!(
-                        "is {} {:?}; a packed zero point of {bits}-bit {rows}x{cols} in {groups} group(s) is I32 {want:?}",
-                        dtype::name(z.dtype),
-                        z.shape
-                    ),
-                ));
-            }
-            companions.push(zp_name);
-        }
-        self.insert(
-            ck,
-            QuantTensor {
-                name: weight,
-                stored: packed_name.to_owned(),
-                shape: vec![rows, cols],
-                scheme: Scheme::Packed(packed::Params {
-                    bits,
-                    rows,
-                    cols,
-                    groups,
-                    per_tensor,
-                    symmetric,
-                    scale_dtype: scale.dtype,
-                }),
-                companions,
-            },
-        )
-    }
-
-    fn add_bnb4(&mut self, ck: &Checkpoint, weight: &str, state: &str) -> InputResult<()> {
-        let kind_str = state
-            .rsplit_once(".quant_state.")
-            .map(|(_, k)| k)
-            .unwrap_or_default();
-        let kind = kind_str
-            .strip_prefix("bitsandbytes__")
-            .and_then(bnb4::Kind::parse)
-            .ok_or_else(|| {
-                err(
-                    ck,
-                    state,
-                    format!("unknown bitsandbytes quant_state `{kind_str}` (lorakit reads bitsandbytes__nf4 and bitsandbytes__fp4)"),
-                )
-            })?;
-        let winfo = ck.info(weight).ok_or_else(|| {
-            err(
-                ck,
-                state,
-                format!("quant_state without its weight `{weight}`"),
-            )
-        })?;
-        let blob = ck.view(state)?;
-        if blob.dtype != Dtype::U8 || blob.data.len() > 1 << 16 {
-            return Err(err(ck, state, "quant_state is not a small U8 JSON blob"));
-        }
-        let p = bnb4::parse_quant_state(blob.data, kind).map_err(|m| err(ck, state, m))?;
-        let n = p.numel();
-        if winfo.byte_len() != n.div_ceil(2) as u64 {
-            return Err(err(
-                ck,
-                weight,
-                format!(
-                    "holds {} bytes but its quant_state shape {:?} ({n} elements) packs into {}",
-                    winfo.byte_len(),
-                    p.shape,
-                    n.div_ceil(2)
-                ),
-            ));
-        }
-        let need = |suffix: &str| -> InputResult<&crate::io::header::TensorInfo> {
-            let c = format!("{weight}.{suffix}");
-            ck.info(&c).ok_or_else(|| {
-                err(
-                    ck,
-                    weight,
-                    format!("bitsandbytes 4-bit weight without `{c}`"),
-                )
-            })
-        };
-        let check = |suffix: &str, d: Dtype, count: usize| -> InputResult<()> {
-            let i = need(suffix)?;
-            if i.dtype != d || i.numel() != count {
-                return Err(err(
-                    ck,
-                    &i.name,
-                    format!(
-                        "is {} {:?} but the quant_state needs {} with {count} elements",
-                        dtype::name(i.dtype),
-                        i.shape,
-                        dtype::name(d)
-                    ),
-                ));
-            }
-            Ok(())
-        };
-        let blocks = p.blocks();
-        let mut companions = vec![
-            state.to_owned(),
-            format!("{weight}.absmax"),
-            format!("{weight}.quant_map"),
-        ];
-        check("quant_map", Dtype::F32, 16)?;
-        match &p.nested {
-            None => {
-                check("absmax", Dtype::F32, blocks)?;
-                for s in ["nested_absmax", "nested_quant_map"] {
-                    if ck.contains(&format!("{weight}.{s}")) {
-                        return Err(err(
-                            ck,
-                            weight,
-                            format!("has `{s}` but its quant_state has no double quantization"),
-                        ));
-                    }
-                }
-            }
-            Some(nq) => {
-                check("absmax", Dtype::U8, blocks)?;
-                check("nested_absmax", Dtype::F32, blocks.div_ceil(nq.blocksize))?;
-                check("nested_quant_map", Dtype::F32, 256)?;
-                companions.push(format!("{weight}.nested_absmax"));
-                companions.push(format!("{weight}.nested_quant_map"));
-            }
-        }
-        // The stored code book must be the one bitsandbytes dequantizes with (its kernels use
-        // their own table, not the stored one): a different one means the state lies.
-        let qm = dtype::decode(Dtype::F32, ck.view(&format!("{weight}.quant_map"))?.data);
-        let code = p.kind.code();
-        if qm.iter().zip(code).any(|(a, b)| a.to_bits() != b.to_bits()) {
-            return Err(err(
-                ck,
-                &format!("{weight}.quant_map"),
-                format!("is not bitsandbytes' {} code book", p.kind.name()),
-            ));
-        }
-        let shape = p.shape.clone();
-        self.insert(
-            ck,
-            QuantTensor {
-                name: weight.to_owned(),
-                stored: weight.to_owned(),
-                shape,
-                scheme: Scheme::Bnb4(p),
-                companions,
-            },
-        )
-    }
-
-    fn add_int8(&mut self, ck: &Checkpoint, prefix: &str, scb: &str) -> InputResult<()> {
-        let weight = format!("{prefix}.weight");
-        let w = ck.info(&weight).ok_or_else(|| {
-            err(
-                ck,
-                scb,
-                format!("bitsandbytes int8 scale without its weight `{weight}`"),
-            )
-        })?;
-        let s = ck.info(scb).expect("listed");
-        if w.dtype != Dtype::I8 || w.shape.len() != 2 {
-            return Err(err(
-                ck,
-                &weight,
-                format!(
-                    "has an `SCB` scale but is {} {:?}, not a 2-D I8 matrix",
-                    dtype::name(w.dtype),
-                    w.shape
-                ),
-            ));
-        }
-        if s.dtype != Dtype::F32 || s.numel() != w.shape[0] {
-            return Err(err(
-                ck,
-                scb,
-                format!(
-                    "is {} {:?} but `{weight}` has {} rows (one F32 per row needed)",
-                    dtype::name(s.dtype),
-                    s.shape,
-                    w.shape[0]
-                ),
-            ));
-        }
-        let mut companions = vec![scb.to_owned()];
-        let fmt = format!("{prefix}.weight_format");
-        if ck.contains(&fmt) {
-            let v = ck.view(&fmt)?;
-            if v.data.iter().any(|&b| b != 0) {
-                return Err(err(
-                    ck,
-                    &fmt,
-                    "is not 0 (row-major): lorakit reads row-major int8 weights only",
-                ));
-            }
-            companions.push(fmt);
-        }
-        let shape = w.shape.clone();
-        self.insert(
-            ck,
-            QuantTensor {
-                stored: weight.clone(),
-                name: weight,
-                shape,
-                scheme: Scheme::BnbInt8,
-                companions,
-            },
-        )
-    }
-
-    fn add_fp8(
-        &mut self,
-        ck: &Checkpoint,
-        weight: &str,
-        config_block: Option<(usize, usize)>,
-    ) -> InputResult<()> {
-        let w = ck.info(weight).expect("listed");
-        let prefix = weight.strip_suffix(".weight").unwrap_or(weight);
-        // transformers names the scale `P.weight_scale_inv` for `P.weight`, `X_scale_inv` for
-        // any other `X` (`Fp8Quantize._quantize_one`).
-        let mut candidates = vec![
-            format!("{prefix}.weight_scale_inv"),
-            format!("{prefix}.weight_scale"),
-        ];
-        if !weight.ends_with(".weight") {
-            candidates.push(format!("{weight}_scale_inv"));
-        }
-        let present: Vec<&String> = candidates.iter().filter(|c| ck.contains(c)).collect();
-        let scale = match present.as_slice() {
-            [one] => (*one).clone(),
-            [] => {
-                return Err(err(
-                    ck,
-                    weight,
-                    format!(
-                        "is {} without a `{prefix}.weight_scale_inv` or `{prefix}.weight_scale`",
-                        dtype::name(w.dtype)
-                    ),
-                ))
-            }
-            _ => {
-                return Err(err(
-                    ck,
-                    weight,
-                    "has both `weight_scale_inv` and `weight_scale`",
-                ))
-            }
-        };
-        if w.shape.len() != 2 {
-            return Err(err(
-                ck,
-                weight,
-                format!(
-                    "FP8 weight of shape {:?}: lorakit reads 2-D FP8 weights only",
-                    w.shape
-                ),
-            ));
-        }
-        let s = ck.info(&scale).expect("present");
-        if fp8::scales_f32(s.dtype, &[]).is_none() {
-            return Err(err(
-                ck,
-                &scale,
-                format!(
-                    "scale dtype {} is not a float or E8M0",
-                    dtype::name(s.dtype)
-                ),
-            ));
-        }
-        let layout = fp8::layout(w.shape[0], w.shape[1], &s.shape, config_block)
-            .map_err(|m| err(ck, &scale, m))?;
-        let mut companions = vec![scale.clone()];
-        for extra in ["input_scale", "activation_scale"] {
-            let c = format!("{prefix}.{extra}");
-            if ck.contains(&c) {
-                companions.push(c);
-            }
-        }
-        let shape = w.shape.clone();
-        self.insert(
-            ck,
-            QuantTensor {
-                name: weight.to_owned(),
-                stored: weight.to_owned(),
-                shape,
-                scheme: Scheme::Fp8 {
-                    format: w.dtype,
-                    scale,
-                    scale_dtype: s.dtype,
-                    layout,
-                },
-                companions,
-            },
-        )
-    }
-
     /// Dequantizes one weight to f32 (round to [`QuantTensor::natural_dtype`] or the requested
     /// dtype once when storing). Reads only this weight's bytes and its companions from the map.
     pub fn dequantize(&self, ck: &Checkpoint, q: &QuantTensor) -> InputResult<Vec<f32>> {
@@ -800,6 +300,12 @@ impl QuantMap {
                 };
                 packed::dequantize(p, data(&q.stored)?, data(&q.companions[1])?, zero)
             }
+            Scheme::Gptq(p) => gptq::dequantize(
+                p,
+                data(&q.stored)?,
+                data(&q.companions[0])?,
+                data(&q.companions[1])?,
+            ),
             Scheme::Fp8 {
                 format,
                 scale,
@@ -818,12 +324,14 @@ impl QuantMap {
     /// Why lorakit cannot write `q` back in its own format bit-exactly, if it cannot.
     pub fn requantize_unsupported(&self, q: &QuantTensor) -> Option<String> {
         match &q.scheme {
-            Scheme::Bnb4(p) if p.nested.is_some() => Some(
-                "bitsandbytes double quantization (its absmax offset is a torch mean lorakit does not reproduce bit for bit)".into(),
-            ),
             Scheme::Bnb4(_) => None,
-            Scheme::BnbInt8 => Some("bitsandbytes int8 (quantized from float16 by bitsandbytes)".into()),
-            Scheme::Packed(_) => Some("compressed-tensors pack-quantized (its scales come from calibration)".into()),
+            Scheme::BnbInt8 => {
+                Some("bitsandbytes int8 (quantized from float16 by bitsandbytes)".into())
+            }
+            Scheme::Packed(_) => {
+                Some("compressed-tensors pack-quantized (its scales come from calibration)".into())
+            }
+            Scheme::Gptq(_) => None,
             Scheme::Fp8 {
                 format,
                 scale,
@@ -850,6 +358,7 @@ impl QuantMap {
     /// quant_state blobs do not change and are not returned.
     pub fn requantize(
         &self,
+        ck: &Checkpoint,
         q: &QuantTensor,
         merged: &[f32],
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
@@ -862,13 +371,34 @@ impl QuantMap {
                 // (`Params4bit(w_data, …)` with w_data = dequantized weight + delta).
                 let values = dtype::decode(p.dtype, &dtype::encode(p.dtype, merged));
                 let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, &values);
-                vec![
-                    (q.name.clone(), packed),
-                    (
-                        format!("{}.absmax", q.name),
-                        dtype::encode(Dtype::F32, &absmax),
-                    ),
-                ]
+                let w = &q.name;
+                match &p.nested {
+                    None => vec![
+                        (w.clone(), packed),
+                        (format!("{w}.absmax"), dtype::encode(Dtype::F32, &absmax)),
+                    ],
+                    Some(n) => {
+                        // compress_statistics: offset = mean, absmax − offset in 8 bits with the
+                        // stored dynamic code (see bnb4_dq).
+                        let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
+                        let code =
+                            dtype::decode(Dtype::F32, data(&format!("{w}.nested_quant_map"))?);
+                        let (offset, codes, nabs) =
+                            bnb4_dq::compress_statistics(&absmax, &code, n.blocksize);
+                        let state = &q.companions[0];
+                        let blob = bnb4_dq::with_offset(data(state)?, offset)
+                            .ok_or("its quant_state has no nested_offset number to update")?;
+                        vec![
+                            (w.clone(), packed),
+                            (format!("{w}.absmax"), codes),
+                            (
+                                format!("{w}.nested_absmax"),
+                                dtype::encode(Dtype::F32, &nabs),
+                            ),
+                            (state.clone(), blob),
+                        ]
+                    }
+                }
             }
             Scheme::Fp8 { scale, layout, .. } => {
                 let (bytes, inv) = fp8::quantize(
@@ -883,28 +413,16 @@ impl QuantMap {
                     (scale.clone(), dtype::encode(Dtype::F32, &inv)),
                 ]
             }
+            Scheme::Gptq(p) => {
+                // Round to nearest with the stored scales, zeros and g_idx: only qweight changes.
+                let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
+                let bytes =
+                    gptq::requantize(p, merged, data(&q.companions[0])?, data(&q.companions[1])?);
+                vec![(q.stored.clone(), bytes)]
+            }
             Scheme::BnbInt8 | Scheme::Packed(_) => unreachable!("refused above"),
         })
     }
-}
-
-/// `quantization_config` of the config.json next to the weights, if there is one.
-fn read_quant_config(ck: &Checkpoint) -> InputResult<Option<serde_json::Value>> {
-    let path = ck.folder().join("config.json");
-    if !path.is_file() {
-        return Ok(None);
-    }
-    // Not this module's business either: a config.json that cannot be read (a FIFO, over the
-    // size limit) is reported by the readers that need it.
-    let Ok(text) = crate::io::read_json_file(&path) else {
-        return Ok(None);
-    };
-    let v: serde_json::Value = match serde_json::from_slice(&text) {
-        Ok(v) => v,
-        // Not this module's business: other readers of config.json report a broken one.
-        Err(_) => return Ok(None),
-    };
-    Ok(v.get("quantization_config").cloned())
 }
 
 #[cfg(test)]

@@ -172,6 +172,79 @@ fn bnb4_quantizer_reproduces_transformers_checkpoints() {
     }
 }
 
+/// bitsandbytes double quantization: lorakit's requantizer (4-bit codes, absmax → torch mean →
+/// 8-bit table quantizer, quant_state JSON) reproduces every stored byte of the NF4 + double-quant
+/// checkpoints transformers wrote (f32 and bf16 bases) and of the nested edge cases.
+#[test]
+fn bnb4_double_quant_requantizes_bit_exact() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama");
+    let mut checked = 0;
+    for (name, base, edge) in [
+        ("nf4_dq", "base", false),
+        ("nf4_bf16", "base_bf16", false),
+        ("edge.safetensors", "", true),
+    ] {
+        let ck = Checkpoint::open(fixture(name)).unwrap();
+        let base = (!edge).then(|| Checkpoint::open(root.join(base)).unwrap());
+        let map = QuantMap::scan(&ck).unwrap();
+        for q in map.iter() {
+            let Scheme::Bnb4(p) = &q.scheme else { panic!() };
+            if p.nested.is_none() {
+                continue;
+            }
+            let w = match &base {
+                Some(b) => b.read_f32(&q.name).unwrap(),
+                None => {
+                    let case = q.name.strip_suffix(".weight").unwrap();
+                    ck.view(&format!("{case}.source")).unwrap().to_f32()
+                }
+            };
+            let pieces = map.requantize(&ck, q, &w).unwrap();
+            assert_eq!(pieces.len(), 4);
+            for (n, bytes) in pieces {
+                let want = ck.view(&n).unwrap();
+                assert_same(want.dtype, &bytes, want.data, &format!("{name} {n}"));
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 14 + 14 + 2);
+}
+
+/// The two steps of compress_statistics on absmax vectors of awkward lengths (1 to 33000, one
+/// torch thread): torch's mean and bitsandbytes' CPU quantize_blockwise, exact.
+#[test]
+fn torch_mean_and_bnb_blockwise_quantizer_match() {
+    let edge = Checkpoint::open(fixture("dq_edge.safetensors")).unwrap();
+    let model = Checkpoint::open(fixture("nf4_dq")).unwrap();
+    let code = model
+        .view("model.layers.0.self_attn.q_proj.weight.nested_quant_map")
+        .unwrap()
+        .to_f32();
+    let mut cases = 0;
+    for name in edge.names().filter(|n| n.ends_with(".absmax")) {
+        let n = name.strip_suffix(".absmax").unwrap();
+        let absmax = edge.view(name).unwrap().to_f32();
+        let (offset, codes, nabs) = bnb4_dq::compress_statistics(&absmax, &code, 256);
+        let want = edge.view(&format!("{n}.offset")).unwrap().to_f32()[0];
+        assert_eq!(
+            offset.to_bits(),
+            want.to_bits(),
+            "{n}: mean {offset} vs {want}"
+        );
+        assert_same(
+            Dtype::U8,
+            &codes,
+            edge.view(&format!("{n}.codes")).unwrap().data,
+            n,
+        );
+        let want = edge.view(&format!("{n}.nested_absmax")).unwrap().data;
+        assert_same(Dtype::F32, &stored(Dtype::F32, &nabs), want, n);
+        cases += 1;
+    }
+    assert_eq!(cases, 11);
+}
+
 /// FP8: dequantization against `Fp8Dequantize`, quantization against `Fp8Quantize` (128×128
 /// blocks with an all-zero block, and per tensor), from bf16 sources.
 #[test]

@@ -297,7 +297,8 @@ pub struct ExtractPlan {
 /// A quantized base (bitsandbytes, FP8; see [`crate::io::quant`]) made ready for extraction:
 /// ΔW is taken against what the base dequantizes to, so the base is first dequantized, exactly
 /// as `lorakit dequantize` does, into a temporary folder that lives as long as the returned
-/// guard, in the dtype of the tuned checkpoint's counterpart of its first quantized weight.
+/// guard, in the dtype of the tuned checkpoint's counterpart of its first quantized weight
+/// (when that is the dtype the library dequantizes to, only the quantized weights take it).
 /// A float base is returned unchanged (and no guard).
 pub fn dequantized_base(
     base: Checkpoint,
@@ -308,6 +309,9 @@ pub fn dequantized_base(
         return Ok((base, None));
     };
     let dtype = match tuned.info(&first.name).map(|i| i.dtype) {
+        // The dtype the library dequantizes to: every other tensor keeps its own (a GPTQ
+        // model's float16 weights beside a float32 lm_head).
+        Some(d) if d == first.natural_dtype() => crate::ops::output::DtypeChoice::Keep,
         Some(crate::dtype::Dtype::F16) => crate::ops::output::DtypeChoice::F16,
         Some(crate::dtype::Dtype::BF16) => crate::ops::output::DtypeChoice::Bf16,
         _ => crate::ops::output::DtypeChoice::F32,

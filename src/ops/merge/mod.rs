@@ -26,8 +26,8 @@ pub use crate::ops::output::DtypeChoice;
 pub mod gguf;
 mod plan;
 mod run;
-pub(crate) use run::copied_files;
 use run::*;
+pub(crate) use run::{copied_files, without_quantization_config};
 
 /// Options of a merge.
 #[derive(Debug, Clone, Default)]

@@ -50,12 +50,6 @@ impl MergePlan {
                 "no quantized weights (bitsandbytes 4-bit/int8, FP8 with scales) to dequantize"
             ));
         }
-        if !quant.is_empty() && options.part.is_some() {
-            bail!(InputError::option(&base.root, |o| format!(
-                "{} is not supported with a quantized base yet",
-                o.opt(Opt::Part)
-            )));
-        }
         if options.as_trained_on.is_some() && !quant.is_empty() {
             bail!(InputError::option(&base.root, |o| {
                 format!(

@@ -54,6 +54,12 @@ impl MergePlan {
         let mut qlora = Vec::new();
         let keep = self.options.quant == QuantOutput::Keep;
         let mut pending = Requantized::default();
+        // A requantized bitsandbytes double-quant weight rewrites its quant_state JSON, whose
+        // length follows the new offset's digits: found first, so every header states it.
+        let resized = match keep {
+            true => self.resized_states(engine)?,
+            false => BTreeMap::new(),
+        };
         let mut written = Vec::new();
         for (fi, f) in self.files.iter().enumerate() {
             if !crate::parts::owns(self.options.part, fi) {
@@ -64,6 +70,7 @@ impl MergePlan {
                 .iter()
                 .map(|n| {
                     let (d, shape) = self.out_spec(n);
+                    let shape = resized.get(n).map_or(shape, |&len| vec![len]);
                     TensorSpec::new(n.clone(), d, shape)
                 })
                 .collect();
@@ -84,7 +91,7 @@ impl MergePlan {
                         if let Some(bytes) = self.requantized_piece(engine, name, &mut pending)? {
                             bar.inc(bytes.len() as u64);
                             w.write_tensor(name, bytes)?;
-                            if self.quant.get(name).is_some() {
+                            if self.quant.get(self.quant.logical_name(name)).is_some() {
                                 requantized += 1;
                                 merged += 1;
                             }
@@ -183,7 +190,7 @@ impl MergePlan {
                     version: crate::parts::MANIFEST_VERSION,
                     part: i,
                     parts: n,
-                    plan: self.part_plan()?,
+                    plan: self.part_plan(&resized)?,
                     written,
                 };
                 let dir = crate::parts::out_dir(&self.files[0].path);
@@ -344,7 +351,7 @@ impl MergePlan {
 
     /// The whole output as `finalize` needs it: every file with its expected size, the index,
     /// and the files to copy.
-    fn part_plan(&self) -> Result<crate::parts::Plan> {
+    fn part_plan(&self, resized: &BTreeMap<String, usize>) -> Result<crate::parts::Plan> {
         let metadata = self.output_metadata();
         let files = self
             .files
@@ -355,6 +362,7 @@ impl MergePlan {
                     .iter()
                     .map(|n| {
                         let (d, shape) = self.out_spec(n);
+                        let shape = resized.get(n).map_or(shape, |&len| vec![len]);
                         (n.clone(), d, shape)
                     })
                     .collect();
@@ -375,6 +383,7 @@ impl MergePlan {
             .display()
             .to_string();
         Ok(crate::parts::Plan {
+            dequantized: !self.quant.is_empty() && self.options.quant == QuantOutput::Dequantize,
             base,
             files,
             index_name: self.index.as_ref().map(|p| file_name(p)),
@@ -397,7 +406,11 @@ impl MergePlan {
         if let Some(b) = pending.bytes.remove(name) {
             return Ok(Some(b));
         }
-        let owner = match (self.quant.get(name), self.quant.companion_of(name)) {
+        // A weight stored under another name (GPTQ's `P.qweight` for `P.weight`) is found by it.
+        let owner = match (
+            self.quant.get(self.quant.logical_name(name)),
+            self.quant.companion_of(name),
+        ) {
             (Some(q), _) => q,
             (None, Some(w)) => self.quant.get(w).expect("companion's weight"),
             (None, None) => return Ok(None),
@@ -411,18 +424,45 @@ impl MergePlan {
         }
         let (bytes, _) = self.merge_tensor(engine, &owner.name, terms, Dtype::F32)?;
         let merged = dtype::decode(Dtype::F32, &bytes);
-        let pieces = self.quant.requantize(owner, &merged).map_err(|m| {
-            anyhow::Error::new(InputError::invalid(
-                self.base
-                    .file_of(&owner.name)
-                    .map(|f| f.path())
-                    .unwrap_or(&self.base.root),
-                format!("tensor `{}`: {m}", owner.name),
-            ))
-        })?;
+        let pieces = self
+            .quant
+            .requantize(&self.base, owner, &merged)
+            .map_err(|m| {
+                anyhow::Error::new(InputError::invalid(
+                    self.base
+                        .file_of(&owner.name)
+                        .map(|f| f.path())
+                        .unwrap_or(&self.base.root),
+                    format!("tensor `{}`: {m}", owner.name),
+                ))
+            })?;
         pending.done.insert(owner.name.clone());
         pending.bytes.extend(pieces);
         Ok(pending.bytes.remove(name))
+    }
+
+    /// With `QuantOutput::Keep`: the quant_state blobs of merged double-quant weights whose new
+    /// JSON has another length than the stored one (name → new length). Merges and requantizes
+    /// each such weight once more than the write does, and keeps nothing else.
+    fn resized_states(&self, engine: &backend::Engine) -> Result<BTreeMap<String, usize>> {
+        let mut out = BTreeMap::new();
+        for q in self.quant.iter() {
+            let crate::io::quant::Scheme::Bnb4(p) = &q.scheme else {
+                continue;
+            };
+            let (Some(_), Some(Action::Merge(_))) = (&p.nested, self.actions.get(&q.name)) else {
+                continue;
+            };
+            let mut pending = Requantized::default();
+            let state = &q.companions[0];
+            if let Some(blob) = self.requantized_piece(engine, state, &mut pending)? {
+                let stored = self.base.info(state).expect("companion").byte_len();
+                if blob.len() as u64 != stored {
+                    out.insert(state.clone(), blob.len());
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn signed(&self, s: f64) -> f64 {
@@ -692,7 +732,7 @@ impl MergePlan {
 fn quantize_dequantize(t: &AsTrainedOn, w: &[f32]) -> Result<Vec<f32>, String> {
     use crate::io::quant::bnb4;
     if t.double_quant {
-        return Err("double quantization is not reproduced bit-exactly yet (its offset is a torch mean); merge with --as-trained-on nf4 or fp4 without double-quant".into());
+        return Err("double quantization needs bitsandbytes' dynamic code map, which lorakit does not build yet; merge with --as-trained-on nf4 or fp4 without double-quant".into());
     }
     let (packed, absmax) = bnb4::quantize(t.kind, t.blocksize, w);
     let p = bnb4::Params {

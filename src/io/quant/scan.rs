@@ -1,0 +1,764 @@
+//! Recognising quantized weights from a checkpoint's headers: [`QuantMap::scan`] and one
+//! `add_*` per producer format, each checking every companion tensor against the packing before
+//! anything is read. It reads no tensor data except small state tensors (quant_state JSON,
+//! `weight_shape`, the stored code book it checks).
+
+use super::gptq::{self, Config as GptqConfig, Layout as GptqLayout};
+use super::*;
+use crate::io::header::TensorInfo;
+
+const BNB4_SUFFIXES: [&str; 4] = ["absmax", "quant_map", "nested_absmax", "nested_quant_map"];
+
+impl QuantMap {
+    /// Reads `quantization_config` from the checkpoint's config.json (if any) and recognises every
+    /// quantized weight from the headers. Errors on anything incomplete or inconsistent.
+    pub fn scan(ck: &Checkpoint) -> InputResult<QuantMap> {
+        let config = read_quant_config(ck)?;
+        let mut map = QuantMap {
+            config,
+            ..QuantMap::default()
+        };
+        let config_block = map.config_block();
+        let gptq_config = GptqConfig::parse(map.config.as_ref());
+        let names: Vec<String> = ck.names().map(str::to_owned).collect();
+        // FP8 weights are scaled ones when the config says so or when the checkpoint has FP8
+        // scales at all: then a weight without its scale is an error, not a plain FP8 tensor.
+        let fp8_scaled = matches!(
+            map.method().as_deref(),
+            Some("fp8" | "fbgemm_fp8" | "compressed-tensors")
+        ) || names
+            .iter()
+            .any(|n| n.ends_with(".weight_scale_inv") || n.ends_with(".weight_scale"));
+        let has_fp8_scale = |w: &str| {
+            let p = w.strip_suffix(".weight").unwrap_or(w);
+            ck.contains(&format!("{p}.weight_scale_inv"))
+                || ck.contains(&format!("{p}.weight_scale"))
+                || ck.contains(&format!("{w}_scale_inv"))
+        };
+        for name in &names {
+            if let Some(pos) = name.find(".quant_state.") {
+                map.add_bnb4(ck, &name[..pos], name)?;
+            }
+        }
+        for name in &names {
+            let info = ck.info(name).expect("listed");
+            if let Some(p) = name.strip_suffix(".SCB") {
+                map.add_int8(ck, p, name)?;
+            } else if matches!(info.dtype, Dtype::F8_E4M3 | Dtype::F8_E5M2) {
+                if fp8_scaled || has_fp8_scale(name) {
+                    map.add_fp8(ck, name, config_block)?;
+                }
+                // Otherwise a plain FP8 tensor (a ComfyUI-style cast with no scales at all):
+                // not a scaled quantization, copied as it is.
+            } else if matches!(
+                info.dtype,
+                Dtype::F8_E4M3FNUZ
+                    | Dtype::F8_E5M2FNUZ
+                    | Dtype::F4
+                    | Dtype::F6_E2M3
+                    | Dtype::F6_E3M2
+            ) {
+                map.unsupported.push(err(
+                    ck,
+                    name,
+                    format!(
+                        "dtype {} is a quantized format lorakit does not read",
+                        dtype::name(info.dtype)
+                    ),
+                ));
+            } else if let Some(p) = name.strip_suffix(".weight_packed") {
+                map.add_packed(ck, p, name)?;
+            } else if let Some(p) = name.strip_suffix(".qweight") {
+                match &gptq_config {
+                    Ok(cfg) => map.add_gptq(ck, p, name, cfg)?,
+                    Err(why) => map.unsupported.push(err(ck, name, why)),
+                }
+            }
+        }
+        // Companions whose weight was not recognised: a scale without its quantized weight.
+        for name in &names {
+            if map.companions.contains_key(name) || map.tensors.contains_key(name) {
+                continue;
+            }
+            for suffix in BNB4_SUFFIXES {
+                if let Some(w) = name.strip_suffix(&format!(".{suffix}")) {
+                    if w.ends_with("weight") && ck.contains(w) {
+                        return Err(err(
+                            ck,
+                            name,
+                            format!("is a bitsandbytes `{suffix}` but `{w}` has no `{w}.quant_state.bitsandbytes__nf4|fp4`"),
+                        ));
+                    }
+                }
+            }
+            if gptq_config.is_ok()
+                && [".qzeros", ".scales", ".g_idx"]
+                    .iter()
+                    .any(|s| name.ends_with(s))
+            {
+                return Err(err(
+                    ck,
+                    name,
+                    "is a GPTQ/AWQ companion but its `qweight` is missing",
+                ));
+            }
+            if name.ends_with(".weight_scale_inv") || name.ends_with(".weight_scale") {
+                return Err(err(
+                    ck,
+                    name,
+                    "is an FP8 scale but its weight is missing or not F8_E4M3/F8_E5M2",
+                ));
+            }
+        }
+        // A bitsandbytes checkpoint whose packed weight lost its state.
+        if map.method().as_deref() == Some("bitsandbytes") {
+            for name in &names {
+                let info = ck.info(name).expect("listed");
+                if name.ends_with("weight")
+                    && matches!(info.dtype, Dtype::U8 | Dtype::I8)
+                    && !map.tensors.contains_key(name)
+                    && !map.companions.contains_key(name)
+                {
+                    return Err(err(
+                        ck,
+                        name,
+                        format!(
+                            "is {} in a bitsandbytes checkpoint but has no quantization state (`.quant_state.bitsandbytes__nf4|fp4` and `.absmax`, or `SCB`)",
+                            dtype::name(info.dtype)
+                        ),
+                    ));
+                }
+            }
+        }
+        if map.tensors.is_empty() {
+            if let Some(m) = map.method() {
+                if matches!(
+                    m.as_str(),
+                    "bitsandbytes" | "fp8" | "fbgemm_fp8" | "compressed-tensors" | "gptq" | "awq"
+                ) {
+                    // A config that says quantized over float weights: nothing to dequantize.
+                } else {
+                    map.unsupported.push(InputError::invalid(
+                        ck.folder().join("config.json"),
+                        format!("quantization_config.quant_method `{m}` is not one lorakit reads (bitsandbytes, fp8, compressed-tensors, gptq, awq)"),
+                    ));
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    fn add_packed(&mut self, ck: &Checkpoint, prefix: &str, packed_name: &str) -> InputResult<()> {
+        let weight = format!("{prefix}.weight");
+        let pk = ck.info(packed_name).expect("listed");
+        let need = |suffix: &str| {
+            let n = format!("{prefix}.{suffix}");
+            ck.info(&n).cloned().ok_or_else(|| {
+                err(
+                    ck,
+                    packed_name,
+                    format!("compressed-tensors packed weight without `{n}`"),
+                )
+            })
+        };
+        let shape_info = need("weight_shape")?;
+        let scale = need("weight_scale")?;
+        if pk.dtype != Dtype::I32 || pk.shape.len() != 2 {
+            return Err(err(
+                ck,
+                packed_name,
+                format!(
+                    "is {} {:?}, not a 2-D I32 matrix",
+                    dtype::name(pk.dtype),
+                    pk.shape
+                ),
+            ));
+        }
+        let sv = ck.view(&shape_info.name)?;
+        let dims: Vec<i64> = match sv.dtype {
+            Dtype::I64 => sv
+                .data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+            Dtype::I32 => sv
+                .data
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let (rows, cols) = match dims.as_slice() {
+            [r, c]
+                if *r > 0
+                    && *c > 0
+                    && (*r as u64)
+                        .checked_mul(*c as u64)
+                        .is_some_and(|n| n < 1 << 40) =>
+            {
+                (*r as usize, *c as usize)
+            }
+            _ => {
+                return Err(err(
+                    ck,
+                    &shape_info.name,
+                    format!(
+                        "is not two positive sizes (got {dims:?} as {})",
+                        dtype::name(sv.dtype)
+                    ),
+                ))
+            }
+        };
+        if pk.shape[0] != rows {
+            return Err(err(
+                ck,
+                packed_name,
+                format!("has {} rows but weight_shape says {rows}", pk.shape[0]),
+            ));
+        }
+        let bits = packed::infer_bits(cols, pk.shape[1]).ok_or_else(|| {
+            err(
+                ck,
+                packed_name,
+                format!(
+                    "{} words per row do not pack {cols} elements at any width of 1..8 bits (or at more than one)",
+                    pk.shape[1]
+                ),
+            )
+        })?;
+        if !dtype::is_float_compute(scale.dtype) || scale.dtype == Dtype::F64 {
+            return Err(err(
+                ck,
+                &scale.name,
+                format!(
+                    "scale dtype {} is not F32, F16 or BF16",
+                    dtype::name(scale.dtype)
+                ),
+            ));
+        }
+        let (per_tensor, groups) = match scale.shape.as_slice() {
+            [] | [1] => (true, 1),
+            [r, g] if *r == rows && *g >= 1 && cols.is_multiple_of(*g) => (false, *g),
+            s => {
+                return Err(err(
+                    ck,
+                    &scale.name,
+                    format!("shape {s:?} is not [1], [{rows}, 1] or [{rows}, groups] with groups dividing {cols}"),
+                ))
+            }
+        };
+        let zp_name = format!("{prefix}.weight_zero_point");
+        let symmetric = !ck.contains(&zp_name);
+        let mut companions = vec![shape_info.name.clone(), scale.name.clone()];
+        if !symmetric {
+            let z = ck.info(&zp_name).expect("present");
+            let want = [packed::words(rows, bits), groups];
+            if per_tensor || z.dtype != Dtype::I32 || z.shape != want {
+                return Err(err(
+                    ck,
+                    &zp_name,
+                    format!(
+                        "is {} {:?}; a packed zero point of {bits}-bit {rows}x{cols} in {groups} group(s) is I32 {want:?}",
+                        dtype::name(z.dtype),
+                        z.shape
+                    ),
+                ));
+            }
+            companions.push(zp_name);
+        }
+        self.insert(
+            ck,
+            QuantTensor {
+                name: weight,
+                stored: packed_name.to_owned(),
+                shape: vec![rows, cols],
+                scheme: Scheme::Packed(packed::Params {
+                    bits,
+                    rows,
+                    cols,
+                    groups,
+                    per_tensor,
+                    symmetric,
+                    scale_dtype: scale.dtype,
+                }),
+                companions,
+            },
+        )
+    }
+
+    fn add_bnb4(&mut self, ck: &Checkpoint, weight: &str, state: &str) -> InputResult<()> {
+        let kind_str = state
+            .rsplit_once(".quant_state.")
+            .map(|(_, k)| k)
+            .unwrap_or_default();
+        let kind = kind_str
+            .strip_prefix("bitsandbytes__")
+            .and_then(bnb4::Kind::parse)
+            .ok_or_else(|| {
+                err(
+                    ck,
+                    state,
+                    format!("unknown bitsandbytes quant_state `{kind_str}` (lorakit reads bitsandbytes__nf4 and bitsandbytes__fp4)"),
+                )
+            })?;
+        let winfo = ck.info(weight).ok_or_else(|| {
+            err(
+                ck,
+                state,
+                format!("quant_state without its weight `{weight}`"),
+            )
+        })?;
+        let blob = ck.view(state)?;
+        if blob.dtype != Dtype::U8 || blob.data.len() > 1 << 16 {
+            return Err(err(ck, state, "quant_state is not a small U8 JSON blob"));
+        }
+        let p = bnb4::parse_quant_state(blob.data, kind).map_err(|m| err(ck, state, m))?;
+        let n = p.numel();
+        if winfo.byte_len() != n.div_ceil(2) as u64 {
+            return Err(err(
+                ck,
+                weight,
+                format!(
+                    "holds {} bytes but its quant_state shape {:?} ({n} elements) packs into {}",
+                    winfo.byte_len(),
+                    p.shape,
+                    n.div_ceil(2)
+                ),
+            ));
+        }
+        let need = |suffix: &str| -> InputResult<&crate::io::header::TensorInfo> {
+            let c = format!("{weight}.{suffix}");
+            ck.info(&c).ok_or_else(|| {
+                err(
+                    ck,
+                    weight,
+                    format!("bitsandbytes 4-bit weight without `{c}`"),
+                )
+            })
+        };
+        let check = |suffix: &str, d: Dtype, count: usize| -> InputResult<()> {
+            let i = need(suffix)?;
+            if i.dtype != d || i.numel() != count {
+                return Err(err(
+                    ck,
+                    &i.name,
+                    format!(
+                        "is {} {:?} but the quant_state needs {} with {count} elements",
+                        dtype::name(i.dtype),
+                        i.shape,
+                        dtype::name(d)
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        let blocks = p.blocks();
+        let mut companions = vec![
+            state.to_owned(),
+            format!("{weight}.absmax"),
+            format!("{weight}.quant_map"),
+        ];
+        check("quant_map", Dtype::F32, 16)?;
+        match &p.nested {
+            None => {
+                check("absmax", Dtype::F32, blocks)?;
+                for s in ["nested_absmax", "nested_quant_map"] {
+                    if ck.contains(&format!("{weight}.{s}")) {
+                        return Err(err(
+                            ck,
+                            weight,
+                            format!("has `{s}` but its quant_state has no double quantization"),
+                        ));
+                    }
+                }
+            }
+            Some(nq) => {
+                check("absmax", Dtype::U8, blocks)?;
+                check("nested_absmax", Dtype::F32, blocks.div_ceil(nq.blocksize))?;
+                check("nested_quant_map", Dtype::F32, 256)?;
+                companions.push(format!("{weight}.nested_absmax"));
+                companions.push(format!("{weight}.nested_quant_map"));
+            }
+        }
+        // The stored code book must be the one bitsandbytes dequantizes with (its kernels use
+        // their own table, not the stored one): a different one means the state lies.
+        let qm = dtype::decode(Dtype::F32, ck.view(&format!("{weight}.quant_map"))?.data);
+        let code = p.kind.code();
+        if qm.iter().zip(code).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            return Err(err(
+                ck,
+                &format!("{weight}.quant_map"),
+                format!("is not bitsandbytes' {} code book", p.kind.name()),
+            ));
+        }
+        let shape = p.shape.clone();
+        self.insert(
+            ck,
+            QuantTensor {
+                name: weight.to_owned(),
+                stored: weight.to_owned(),
+                shape,
+                scheme: Scheme::Bnb4(p),
+                companions,
+            },
+        )
+    }
+
+    fn add_int8(&mut self, ck: &Checkpoint, prefix: &str, scb: &str) -> InputResult<()> {
+        let weight = format!("{prefix}.weight");
+        let w = ck.info(&weight).ok_or_else(|| {
+            err(
+                ck,
+                scb,
+                format!("bitsandbytes int8 scale without its weight `{weight}`"),
+            )
+        })?;
+        let s = ck.info(scb).expect("listed");
+        if w.dtype != Dtype::I8 || w.shape.len() != 2 {
+            return Err(err(
+                ck,
+                &weight,
+                format!(
+                    "has an `SCB` scale but is {} {:?}, not a 2-D I8 matrix",
+                    dtype::name(w.dtype),
+                    w.shape
+                ),
+            ));
+        }
+        if s.dtype != Dtype::F32 || s.numel() != w.shape[0] {
+            return Err(err(
+                ck,
+                scb,
+                format!(
+                    "is {} {:?} but `{weight}` has {} rows (one F32 per row needed)",
+                    dtype::name(s.dtype),
+                    s.shape,
+                    w.shape[0]
+                ),
+            ));
+        }
+        let mut companions = vec![scb.to_owned()];
+        let fmt = format!("{prefix}.weight_format");
+        if ck.contains(&fmt) {
+            let v = ck.view(&fmt)?;
+            if v.data.iter().any(|&b| b != 0) {
+                return Err(err(
+                    ck,
+                    &fmt,
+                    "is not 0 (row-major): lorakit reads row-major int8 weights only",
+                ));
+            }
+            companions.push(fmt);
+        }
+        let shape = w.shape.clone();
+        self.insert(
+            ck,
+            QuantTensor {
+                stored: weight.clone(),
+                name: weight,
+                shape,
+                scheme: Scheme::BnbInt8,
+                companions,
+            },
+        )
+    }
+
+    fn add_fp8(
+        &mut self,
+        ck: &Checkpoint,
+        weight: &str,
+        config_block: Option<(usize, usize)>,
+    ) -> InputResult<()> {
+        let w = ck.info(weight).expect("listed");
+        let prefix = weight.strip_suffix(".weight").unwrap_or(weight);
+        // transformers names the scale `P.weight_scale_inv` for `P.weight`, `X_scale_inv` for
+        // any other `X` (`Fp8Quantize._quantize_one`).
+        let mut candidates = vec![
+            format!("{prefix}.weight_scale_inv"),
+            format!("{prefix}.weight_scale"),
+        ];
+        if !weight.ends_with(".weight") {
+            candidates.push(format!("{weight}_scale_inv"));
+        }
+        let present: Vec<&String> = candidates.iter().filter(|c| ck.contains(c)).collect();
+        let scale = match present.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(err(
+                    ck,
+                    weight,
+                    format!(
+                        "is {} without a `{prefix}.weight_scale_inv` or `{prefix}.weight_scale`",
+                        dtype::name(w.dtype)
+                    ),
+                ))
+            }
+            _ => {
+                return Err(err(
+                    ck,
+                    weight,
+                    "has both `weight_scale_inv` and `weight_scale`",
+                ))
+            }
+        };
+        if w.shape.len() != 2 {
+            return Err(err(
+                ck,
+                weight,
+                format!(
+                    "FP8 weight of shape {:?}: lorakit reads 2-D FP8 weights only",
+                    w.shape
+                ),
+            ));
+        }
+        let s = ck.info(&scale).expect("present");
+        if fp8::scales_f32(s.dtype, &[]).is_none() {
+            return Err(err(
+                ck,
+                &scale,
+                format!(
+                    "scale dtype {} is not a float or E8M0",
+                    dtype::name(s.dtype)
+                ),
+            ));
+        }
+        let layout = fp8::layout(w.shape[0], w.shape[1], &s.shape, config_block)
+            .map_err(|m| err(ck, &scale, m))?;
+        let mut companions = vec![scale.clone()];
+        for extra in ["input_scale", "activation_scale"] {
+            let c = format!("{prefix}.{extra}");
+            if ck.contains(&c) {
+                companions.push(c);
+            }
+        }
+        let shape = w.shape.clone();
+        self.insert(
+            ck,
+            QuantTensor {
+                name: weight.to_owned(),
+                stored: weight.to_owned(),
+                shape,
+                scheme: Scheme::Fp8 {
+                    format: w.dtype,
+                    scale,
+                    scale_dtype: s.dtype,
+                    layout,
+                },
+                companions,
+            },
+        )
+    }
+
+    /// A GPTQ or AWQ weight `P.qweight` with `P.qzeros`, `P.scales` (and GPTQ's `P.g_idx`), every
+    /// shape checked against the packing `gptq.rs` describes; g_idx is read (small) and each
+    /// group index checked.
+    fn add_gptq(
+        &mut self,
+        ck: &Checkpoint,
+        prefix: &str,
+        qname: &str,
+        cfg: &GptqConfig,
+    ) -> InputResult<()> {
+        let awq = cfg.layout == GptqLayout::Awq;
+        let kind = if awq { "AWQ" } else { "GPTQ" };
+        let bits = cfg.bits;
+        let need = |suffix: &str| -> InputResult<TensorInfo> {
+            let n = format!("{prefix}.{suffix}");
+            ck.info(&n)
+                .cloned()
+                .ok_or_else(|| err(ck, qname, format!("{kind} qweight without `{n}`")))
+        };
+        let qw = ck.info(qname).expect("listed").clone();
+        let qz = need("qzeros")?;
+        let sc = need("scales")?;
+        for t in [&qw, &qz] {
+            if t.dtype != Dtype::I32 || t.shape.len() != 2 {
+                return Err(err(
+                    ck,
+                    &t.name,
+                    format!(
+                        "is {} {:?}, not a 2-D I32 matrix",
+                        dtype::name(t.dtype),
+                        t.shape
+                    ),
+                ));
+            }
+        }
+        if !matches!(sc.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32) || sc.shape.len() != 2 {
+            return Err(err(
+                ck,
+                &sc.name,
+                format!(
+                    "is {} {:?}, not a 2-D F16, BF16 or F32 matrix",
+                    dtype::name(sc.dtype),
+                    sc.shape
+                ),
+            ));
+        }
+        let gname = format!("{prefix}.g_idx");
+        let g_info = ck.info(&gname).cloned();
+        let shape_err = |t: &str, m: String| Err(err(ck, t, m));
+        let (inf, outf) = if awq {
+            (qw.shape[0], qw.shape[1] * 8)
+        } else {
+            let outf = qw.shape[1];
+            let inf = match &g_info {
+                Some(g) if g.dtype == Dtype::I32 && g.shape.len() == 1 => g.shape[0],
+                Some(g) => {
+                    return shape_err(
+                        &gname,
+                        format!(
+                            "is {} {:?}, not a 1-D I32 vector",
+                            dtype::name(g.dtype),
+                            g.shape
+                        ),
+                    )
+                }
+                None if (qw.shape[0] * 32).is_multiple_of(bits as usize) => {
+                    qw.shape[0] * 32 / bits as usize
+                }
+                None => {
+                    return shape_err(
+                        qname,
+                        format!(
+                            "{} rows of 32 bits are not a whole number of {bits}-bit codes (and there is no g_idx giving in_features)",
+                            qw.shape[0]
+                        ),
+                    )
+                }
+            };
+            (inf, outf)
+        };
+        if inf == 0
+            || outf == 0
+            || (inf as u64)
+                .checked_mul(outf as u64)
+                .is_none_or(|n| n >= 1 << 40)
+        {
+            return shape_err(
+                qname,
+                format!("packs an empty or oversized {outf}x{inf} weight"),
+            );
+        }
+        if !awq && qw.shape[0] != gptq::words(inf, bits) {
+            return shape_err(
+                qname,
+                format!(
+                    "has {} rows but {inf} input channels of {bits} bits pack into {}",
+                    qw.shape[0],
+                    gptq::words(inf, bits)
+                ),
+            );
+        }
+        if !awq && bits == 3 && (!inf.is_multiple_of(32) || !outf.is_multiple_of(32)) {
+            return shape_err(
+                qname,
+                format!("3-bit GPTQ packs 32 codes per 3 words: {outf}x{inf} is not a multiple of 32 both ways"),
+            );
+        }
+        let groups = if awq {
+            sc.shape[0]
+        } else {
+            cfg.group_size.map_or(1, |g| inf.div_ceil(g))
+        };
+        let group_ok = if awq {
+            groups > 0
+                && inf.is_multiple_of(groups)
+                && cfg.group_size.unwrap_or(inf) == inf / groups
+        } else {
+            true
+        };
+        if !group_ok || sc.shape != [groups, outf] {
+            return shape_err(
+                &sc.name,
+                format!(
+                    "has shape {:?}; {kind} {outf}x{inf} with group_size {} needs [{groups}, {outf}]",
+                    sc.shape,
+                    cfg.group_size.map_or("-1".to_string(), |g| g.to_string())
+                ),
+            );
+        }
+        let zwords = if awq {
+            outf / 8
+        } else {
+            gptq::words(outf, bits)
+        };
+        if qz.shape != [groups, zwords] {
+            return shape_err(
+                &qz.name,
+                format!(
+                    "has shape {:?}; the zeros of {groups} group(s) x {outf} channels at {bits} bits pack into [{groups}, {zwords}]",
+                    qz.shape
+                ),
+            );
+        }
+        let gs = inf.div_ceil(groups);
+        let plain: Vec<u32> = (0..inf).map(|i| (i / gs) as u32).collect();
+        let mut companions = vec![qz.name.clone(), sc.name.clone()];
+        let g_idx = match g_info {
+            Some(_) => {
+                let v = ck.view(&gname)?;
+                let mut g = Vec::with_capacity(inf);
+                for (i, c) in v.data.chunks_exact(4).enumerate() {
+                    let x = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    if x < 0 || x as usize >= groups {
+                        return shape_err(
+                            &gname,
+                            format!("input channel {i} is in group {x}, not one of the {groups} groups of `{}`", sc.name),
+                        );
+                    }
+                    g.push(x as u32);
+                }
+                companions.push(gname);
+                g
+            }
+            None if cfg.desc_act => {
+                return shape_err(
+                    qname,
+                    format!("desc_act (act-order) GPTQ weight without `{gname}`"),
+                )
+            }
+            None => plain.clone(),
+        };
+        let act_order = g_idx != plain;
+        self.insert(
+            ck,
+            QuantTensor {
+                name: format!("{prefix}.weight"),
+                stored: qname.to_owned(),
+                shape: vec![outf, inf],
+                scheme: Scheme::Gptq(gptq::Params {
+                    layout: cfg.layout,
+                    bits,
+                    in_features: inf,
+                    out_features: outf,
+                    groups,
+                    g_idx,
+                    act_order,
+                    sym: cfg.sym,
+                    scale_dtype: sc.dtype,
+                }),
+                companions,
+            },
+        )
+    }
+}
+
+/// `quantization_config` of the config.json next to the weights, if there is one.
+fn read_quant_config(ck: &Checkpoint) -> InputResult<Option<serde_json::Value>> {
+    let path = ck.folder().join("config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    // Not this module's business either: a config.json that cannot be read (a FIFO, over the
+    // size limit) is reported by the readers that need it.
+    let Ok(text) = crate::io::read_json_file(&path) else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        // Not this module's business: other readers of config.json report a broken one.
+        Err(_) => return Ok(None),
+    };
+    Ok(v.get("quantization_config").cloned())
+}

@@ -1,0 +1,389 @@
+//! Native GPTQ and AWQ bases (issue #18) against gptqmodel 7.7's and AutoAWQ 0.2.9's own code
+//! (`fixtures/quant/{gptq4_v1,gptq3_act,gptq2_v1,gptq8_v2,awq4}`, made by
+//! `fixtures/gen/gptq_awq_fixtures.py`): `dequantize` bit for bit, `merge --quant keep` as the
+//! packer's round-to-nearest with the stored scales and zeros, `--quant dequantize` against an
+//! f64 recomputation, `inspect`, and malformed files.
+
+use super::common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const MODELS: [&str; 5] = ["gptq4_v1", "gptq3_act", "gptq2_v1", "gptq8_v2", "awq4"];
+
+fn quant(rel: &str) -> PathBuf {
+    fixture(&format!("quant/{rel}"))
+}
+
+/// `<fixture>/<tensor>` entries of a reference file, for one fixture.
+fn refs_of(file: &str, model: &str) -> BTreeMap<String, T> {
+    read(&quant(file))
+        .into_iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&format!("{model}/"))
+                .map(|n| (n.to_owned(), v))
+        })
+        .collect()
+}
+
+#[test]
+fn dequantize_gptq_awq_equals_gptqmodel_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read_checkpoint(&fixture("llama/base"));
+    for model in MODELS {
+        let out = dir.path().join(model);
+        let text = run_ok([
+            "dequantize",
+            quant(model).to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(text.contains("dequantized 14 weights"), "{model}: {text}");
+        let got = read_checkpoint(&out);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            base.keys().collect::<Vec<_>>(),
+            "{model}: qweight/qzeros/scales/g_idx dropped, weights under their own names"
+        );
+        let want = refs_of("ref/gptq_awq.safetensors", model);
+        assert_eq!(want.len(), 14);
+        for (name, w) in &want {
+            // float16 as gptqmodel's dequantize_weight returns it, byte for byte.
+            assert_eq!(&got[name], w, "{model} {name}");
+        }
+        for (name, t) in &got {
+            if !want.contains_key(name) {
+                assert_eq!(t, &base[name], "{model} {name}");
+            }
+        }
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert!(cfg.get("quantization_config").is_none(), "{model}");
+    }
+}
+
+/// `merge --quant keep` (the default) into GPTQ/AWQ: each merged weight is rounded to nearest
+/// with the checkpoint's own scales, zeros and g_idx; the reference is gptqmodel's packer run on
+/// dequant(W) + PEFT's delta with those scales. Everything else, qzeros/scales/g_idx included,
+/// and config.json are copied byte for byte.
+#[test]
+fn merge_keep_into_gptq_awq_is_the_packers_round_to_nearest() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in MODELS {
+        let out = dir.path().join(model);
+        let text = merge_ok(&quant(model), &fixture("llama/adapters/qv_r8"), &out, &[]);
+        assert!(
+            text.contains("4 merged weights quantized again"),
+            "{model}: {text}"
+        );
+        let got = read_checkpoint(&out);
+        let input = read_checkpoint(&quant(model));
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            input.keys().collect::<Vec<_>>()
+        );
+        let want = refs_of("qlora/gptq_awq_keep.safetensors", model);
+        assert_eq!(want.len(), 4);
+        for (name, t) in &input {
+            match want.get(name) {
+                Some(w) => {
+                    assert_eq!(&got[name], w, "{model} {name}");
+                    assert_ne!(&got[name], t, "{model} {name}: the merge changed nothing");
+                }
+                None => assert_eq!(&got[name], t, "{model} {name} changed"),
+            }
+        }
+        assert_eq!(
+            std::fs::read(out.join("config.json")).unwrap(),
+            std::fs::read(quant(&format!("{model}/config.json"))).unwrap(),
+            "{model}: quantization_config kept"
+        );
+    }
+}
+
+/// `--quant dequantize`: the merged weights are the producer's dequantization plus s·B·A,
+/// recomputed here in f64 from the reference and the adapter file.
+#[test]
+fn merge_dequantize_gptq_awq_against_f64() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = read(&fixture("llama/adapters/qv_r8/adapter_model.safetensors"));
+    let scaling = 16.0 / 8.0;
+    for model in ["gptq3_act", "awq4"] {
+        let out = dir.path().join(model);
+        merge_ok(
+            &quant(model),
+            &fixture("llama/adapters/qv_r8"),
+            &out,
+            &["--quant", "dequantize", "--dtype", "f32"],
+        );
+        let got = read_checkpoint(&out);
+        let deq = refs_of("ref/gptq_awq.safetensors", model);
+        let mut merged = 0;
+        for (name, w) in &deq {
+            let g = got[name].f32();
+            let w0 = w.f32();
+            let m = name.strip_suffix(".weight").unwrap();
+            let (Some(a), Some(b)) = (
+                adapter.get(&format!("base_model.model.{m}.lora_A.weight")),
+                adapter.get(&format!("base_model.model.{m}.lora_B.weight")),
+            ) else {
+                assert_eq!(g, w0, "{model} {name}: untouched = its dequantization");
+                continue;
+            };
+            merged += 1;
+            let (a, b) = (a.f32(), b.f32());
+            let (rows, cols, r) = (w.shape[0], w.shape[1], 8);
+            let (mut num, mut den) = (0f64, 0f64);
+            for i in 0..rows {
+                for j in 0..cols {
+                    let d: f64 = (0..r)
+                        .map(|k| b[i * r + k] as f64 * a[k * cols + j] as f64)
+                        .sum();
+                    let want = w0[i * cols + j] as f64 + scaling * d;
+                    num += (g[i * cols + j] as f64 - want).powi(2);
+                    den += want * want;
+                }
+            }
+            let rel = (num / den).sqrt();
+            assert!(rel < 1e-6, "{model} {name}: {rel:e}");
+        }
+        assert_eq!(merged, 4);
+        assert!(!got
+            .keys()
+            .any(|k| k.ends_with("qweight") || k.ends_with("scales")));
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert!(cfg.get("quantization_config").is_none());
+    }
+}
+
+#[test]
+fn inspect_reports_gptq_and_awq() {
+    for (model, method, bits, blocks) in [
+        ("gptq3_act", "gptq-v2", 3, "group 32, act-order, asymmetric"),
+        ("gptq4_v1", "gptq", 4, "group 32, symmetric"),
+        ("gptq8_v2", "gptq-v2", 8, "per channel, symmetric"),
+        ("awq4", "awq", 4, "group 32, asymmetric"),
+    ] {
+        let v: serde_json::Value = serde_json::from_str(&run_ok([
+            "inspect",
+            quant(model).to_str().unwrap(),
+            "--json",
+        ]))
+        .unwrap();
+        let q = &v["quantization"];
+        let t = q["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "model.layers.0.self_attn.v_proj.weight")
+            .unwrap_or_else(|| panic!("{model}: {q}"));
+        assert_eq!(
+            (t["method"].as_str().unwrap(), t["bits"].as_u64().unwrap()),
+            (method, bits),
+            "{model}"
+        );
+        assert_eq!(t["blocks"], blocks, "{model}");
+        assert_eq!(t["shape"], serde_json::json!([32, 64]), "{model}");
+        assert_eq!(q["tensors"].as_array().unwrap().len(), 14);
+        assert!(q["unreadable"].as_array().is_none_or(|u| u.is_empty()));
+    }
+}
+
+/// A copy of a fixture with its tensors and its quantization_config edited.
+fn edited(
+    dir: &Path,
+    model: &str,
+    edit: impl FnOnce(&mut BTreeMap<String, T>),
+    cfg_edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = dir.join(format!("bad-{n}-{model}"));
+    std::fs::create_dir_all(&d).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(quant(&format!("{model}/config.json"))).unwrap())
+            .unwrap();
+    cfg_edit(&mut cfg["quantization_config"]);
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    let mut tensors = read(&quant(&format!("{model}/model.safetensors")));
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+    d
+}
+
+#[test]
+fn malformed_gptq_awq_checkpoints_are_one_line_errors_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = "model.layers.0.self_attn.q_proj";
+    let none = |_: &mut serde_json::Value| {};
+    let i32s = |v: &[i32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let cases: Vec<(&str, PathBuf, String)> = vec![
+        (
+            "missing qzeros",
+            edited(
+                dir.path(),
+                "gptq4_v1",
+                |t| {
+                    t.remove(&format!("{p}.qzeros"));
+                },
+                none,
+            ),
+            format!("GPTQ qweight without `{p}.qzeros`"),
+        ),
+        (
+            "missing scales",
+            edited(
+                dir.path(),
+                "awq4",
+                |t| {
+                    t.remove(&format!("{p}.scales"));
+                },
+                none,
+            ),
+            format!("AWQ qweight without `{p}.scales`"),
+        ),
+        (
+            "scales of the wrong group count",
+            edited(
+                dir.path(),
+                "gptq3_act",
+                |t| {
+                    let s = t.get_mut(&format!("{p}.scales")).unwrap();
+                    s.shape = vec![1, 64];
+                    s.data.truncate(128);
+                },
+                none,
+            ),
+            "needs [2, 64]".into(),
+        ),
+        (
+            "qweight rows that do not pack in_features",
+            edited(
+                dir.path(),
+                "gptq4_v1",
+                |t| {
+                    let q = t.get_mut(&format!("{p}.qweight")).unwrap();
+                    q.shape = vec![7, 64];
+                    q.data.truncate(7 * 64 * 4);
+                },
+                none,
+            ),
+            "pack into 8".into(),
+        ),
+        (
+            "g_idx pointing past the groups",
+            edited(
+                dir.path(),
+                "gptq3_act",
+                |t| {
+                    let g = t.get_mut(&format!("{p}.g_idx")).unwrap();
+                    g.data[4..8].copy_from_slice(&i32s(&[2]));
+                },
+                none,
+            ),
+            "input channel 1 is in group 2".into(),
+        ),
+        (
+            "act-order without g_idx",
+            edited(
+                dir.path(),
+                "gptq3_act",
+                |t| {
+                    t.remove(&format!("{p}.g_idx"));
+                },
+                none,
+            ),
+            "without `model.layers.0.self_attn.q_proj.g_idx`".into(),
+        ),
+        (
+            "qzeros of the wrong width",
+            edited(
+                dir.path(),
+                "awq4",
+                |t| {
+                    let z = t.get_mut(&format!("{p}.qzeros")).unwrap();
+                    z.shape = vec![2, 4];
+                    z.data.truncate(32);
+                },
+                none,
+            ),
+            "pack into [2, 8]".into(),
+        ),
+        (
+            "qzeros without its qweight",
+            edited(
+                dir.path(),
+                "gptq8_v2",
+                |t| {
+                    t.insert(
+                        "model.layers.0.mlp.extra.qzeros".into(),
+                        T {
+                            dtype: safetensors::Dtype::I32,
+                            shape: vec![1, 1],
+                            data: vec![0; 4],
+                        },
+                    );
+                },
+                none,
+            ),
+            "its `qweight` is missing".into(),
+        ),
+        (
+            "unknown GPTQ checkpoint format",
+            edited(
+                dir.path(),
+                "gptq4_v1",
+                |_| {},
+                |c| {
+                    c["format"] = "marlin".into();
+                    c["checkpoint_format"] = "marlin".into();
+                },
+            ),
+            "checkpoint format `marlin`".into(),
+        ),
+        (
+            "AWQ GEMV",
+            edited(dir.path(), "awq4", |_| {}, |c| c["version"] = "gemv".into()),
+            "AWQ version `gemv`".into(),
+        ),
+        (
+            "GPTQ 5 bits",
+            edited(dir.path(), "gptq4_v1", |_| {}, |c| c["bits"] = 5.into()),
+            "GPTQ bits 5".into(),
+        ),
+    ];
+    for (what, input, want) in cases {
+        let out = dir.path().join("out");
+        let e = one_line_error(&run_err([
+            "dequantize",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        assert!(e.contains(&want), "{what}: {e}");
+        assert!(
+            e.contains("model.safetensors"),
+            "{what}: names no file: {e}"
+        );
+        assert!(e.contains('`'), "{what}: names no tensor: {e}");
+        assert!(!out.exists(), "{what}: wrote output");
+        // The same from a merge that writes float.
+        let e = one_line_error(&run_err(merge_args(
+            &input,
+            &fixture("llama/adapters/qv_r8"),
+            &out,
+            &["--quant", "dequantize"],
+        )));
+        assert!(e.contains(&want), "{what}: {e}");
+        assert!(!out.exists(), "{what}: wrote output");
+    }
+}
