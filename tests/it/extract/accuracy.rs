@@ -283,15 +283,7 @@ fn committed_fixture_is_reproduced_and_merges_like_peft() {
     assert_eq!(v["modules_to_save"], serde_json::json!(["model.norm"]));
     // lorakit merge of the fixture vs PEFT's merge of it.
     let merged = dir.path().join("merged");
-    run_ok([
-        "merge",
-        "--base",
-        p(&fixture("llama/base")),
-        "--adapter",
-        p(&fx),
-        "--out",
-        p(&merged),
-    ]);
+    merge_ok(&fixture("llama/base"), &fx, &merged, &[]);
     let n = assert_matches_reference(
         &read_checkpoint(&merged),
         &read_checkpoint(&fixture("llama/base")),

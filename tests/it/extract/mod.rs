@@ -142,9 +142,9 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Runs `extract --json` and parses the summary.
-fn extract(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Value {
-    let mut args = vec![
+/// The one argv of `extract` in these tests: `extract --base B --tuned T --out O EXTRA…`.
+fn extract_args(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "extract",
         "--base",
         p(base),
@@ -152,24 +152,22 @@ fn extract(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Value {
         p(tuned),
         "--out",
         p(out),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs `extract --json` and parses the summary.
+fn extract(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Value {
+    let mut args = extract_args(base, tuned, out, &["--json"]);
+    args.extend(extra.iter().map(|s| s.to_string()));
     serde_json::from_str(&run_ok(&args)).unwrap()
 }
 
 fn run_extract_err(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "extract",
-        "--base",
-        p(base),
-        "--tuned",
-        p(tuned),
-        "--out",
-        p(out),
-    ];
-    args.extend_from_slice(extra);
-    one_line_error(&run_err(&args))
+    one_line_error(&run_err(extract_args(base, tuned, out, extra)))
 }
 
 /// `llama/base` with the tensors of `merged` files laid over it.

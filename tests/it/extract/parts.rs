@@ -7,16 +7,7 @@ fn extract_parts(base: &Path, tuned: &Path, out: &Path, extra: &[&str], n: usize
     let children: Vec<_> = (1..=n)
         .map(|i| {
             bin()
-                .args([
-                    "extract",
-                    "--base",
-                    p(base),
-                    "--tuned",
-                    p(tuned),
-                    "--out",
-                    p(out),
-                ])
-                .args(extra)
+                .args(extract_args(base, tuned, out, extra))
                 .args(["--part", &format!("{i}/{n}"), "--quiet"])
                 .spawn()
                 .unwrap()
@@ -56,15 +47,7 @@ fn three_extract_parts_in_separate_processes_equal_one_run() {
     assert_eq!(listing(&split).len(), 2);
     // A part run with other flags is refused by name.
     bin()
-        .args([
-            "extract",
-            "--base",
-            p(&base),
-            "--tuned",
-            p(&tuned),
-            "--out",
-            p(&split),
-        ])
+        .args(extract_args(&base, &tuned, &split, &[]))
         .args([
             "--energy",
             "0.9",

@@ -10,19 +10,12 @@ fn unchanged_skipped_changed_reported_and_saved_with_save_changed() {
     // Without --save-changed: reported, with a warning, not stored.
     let out = dir.path().join("plain");
     let o = bin()
-        .args([
-            "extract",
-            "--base",
-            p(&base),
-            "--tuned",
-            p(&tuned),
-            "--out",
-            p(&out),
-            "--rank",
-            "4",
-            "--min-diff",
-            "1e-4",
-        ])
+        .args(extract_args(
+            &base,
+            &tuned,
+            &out,
+            &["--rank", "4", "--min-diff", "1e-4"],
+        ))
         .output()
         .unwrap();
     assert!(o.status.success());
@@ -108,15 +101,7 @@ fn unchanged_skipped_changed_reported_and_saved_with_save_changed() {
     assert_eq!(cfg["target_modules"], serde_json::json!(["layers.0.proj"]));
     // lorakit merge of it gives the tuned tensors back (layers.2 stays the base's).
     let merged = dir.path().join("merged.safetensors");
-    run_ok([
-        "merge",
-        "--base",
-        p(&base),
-        "--adapter",
-        p(&out),
-        "--out",
-        p(&merged),
-    ]);
+    merge_ok(&base, &out, &merged, &[]);
     let (m, tu, b) = (read(&merged), read(&tuned), read(&base));
     for n in [
         "layers.0.proj.bias",
@@ -308,24 +293,8 @@ fn kohya_output_merges_to_the_same_result_as_peft_output() {
         vec![8.0]
     );
     let (mk, mp) = (dir.path().join("mk"), dir.path().join("mp"));
-    run_ok([
-        "merge",
-        "--base",
-        p(&base),
-        "--adapter",
-        p(&kohya),
-        "--out",
-        p(&mk),
-    ]);
-    run_ok([
-        "merge",
-        "--base",
-        p(&base),
-        "--adapter",
-        p(&peft),
-        "--out",
-        p(&mp),
-    ]);
+    merge_ok(&base, &kohya, &mk, &[]);
+    merge_ok(&base, &peft, &mp, &[]);
     assert_eq!(read_checkpoint(&mk), read_checkpoint(&mp));
     // kohya cannot hold full tensors or embeddings: refused before anything is written.
     // The library names its options; the binary prints the flags the user typed.
@@ -393,16 +362,7 @@ fn output_is_deterministic_and_per_module() {
         let e = dir.path().join(format!("t{threads}"));
         let o = bin()
             .env("RAYON_NUM_THREADS", threads)
-            .args([
-                "extract",
-                "--base",
-                p(&base),
-                "--tuned",
-                p(&tuned),
-                "--out",
-                p(&e),
-            ])
-            .args(["--rank", "3", "-q"])
+            .args(extract_args(&base, &tuned, &e, &["--rank", "3", "-q"]))
             .output()
             .unwrap();
         assert!(o.status.success());
@@ -457,15 +417,7 @@ fn dtype_keep_writes_the_tuned_dtype() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base_bf16");
     let tuned = dir.path().join("tuned");
-    run_ok([
-        "merge",
-        "--base",
-        p(&base),
-        "--adapter",
-        p(&fixture("llama/adapters/qv_r8")),
-        "--out",
-        p(&tuned),
-    ]);
+    merge_ok(&base, &fixture("llama/adapters/qv_r8"), &tuned, &[]);
     for (flags, want) in [
         (&["--dtype", "keep"][..], Dtype::BF16),
         (&[][..], Dtype::F32),
