@@ -54,6 +54,17 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
         },
         lower_rank: a.lower_rank,
     };
+    match fix_opts.form {
+        FixForm::Peft if a.lower_rank.is_some() => anyhow::bail!(
+            "--lower-rank applies when every --target is diffusers or comfy (the fix is then a kohya file)"
+        ),
+        FixForm::Kohya if a.saved_tokens || a.saved_rank.is_some() || a.dora_rank.is_some() => {
+            anyhow::bail!(
+                "--saved-tokens, --saved-rank and --dora-rank apply to PEFT fixes (a target other than diffusers and comfy)"
+            )
+        }
+        _ => {}
+    }
     let targets = plan.targets.clone();
     let fixed = fix::fix(plan, &report, &fix_opts)?;
     let after = Plan::new(

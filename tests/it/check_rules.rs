@@ -36,7 +36,7 @@ fn peft_python() -> Option<PathBuf> {
 #[test]
 fn dtype_rules_match_what_peft_does_and_what_the_converters_read() {
     let base = fixture("llama/base");
-    let all = "peft,llama.cpp,vllm";
+    let all = "peft,llama.cpp,vllm,lorax";
     let (code, f64r) = check_json(&[
         s(&fixture("check/dtype_f64")),
         "--base",
@@ -49,8 +49,10 @@ fn dtype_rules_match_what_peft_does_and_what_the_converters_read() {
     assert_eq!(fired(target(&f64r, "peft")), ["peft.dtype"]);
     // convert_lora_to_gguf.py: --outtype f32 (default)/f16/bf16/q8_0, F64 read.
     assert_eq!(fired(target(&f64r, "llama.cpp")), ["llama.cpp.dtype"]);
-    // vLLM casts to the model dtype (lora_dtype "auto"): F64 on an F32 base.
+    // vLLM casts to the model dtype (lora_dtype "auto"): F64 on an F32 base. LoRAX too
+    // (lora.py LoraWeights.load → load_module_weight(…, model.dtype)).
     assert_eq!(fired(target(&f64r, "vllm")), ["vllm.dtype"]);
+    assert_eq!(fired(target(&f64r, "lorax")), ["lorax.dtype"]);
     let (code, f8r) = check_json(&[
         s(&fixture("check/dtype_f8")),
         "--base",
@@ -106,4 +108,31 @@ fn sglang_bias_and_modules_to_save_are_silently_dropped() {
     let (code, r) = check_json(&[s(&fixture("llama/adapters/qv_r8")), "--target", "sglang"]);
     assert_eq!(code, 0);
     assert!(fired(target(&r, "sglang")).is_empty());
+}
+
+#[test]
+fn llama_cpp_refuses_shapes_and_vocabularies_that_do_not_fit() {
+    // llama-adapter.cpp llama_adapter_lora_init_impl: "tensor … has incorrect shape (hint:
+    // maybe wrong base model?)", for token_embd against the vocabulary too. added_tokens is an
+    // embed_tokens LoRA over 130 tokens on a 128-token base (PEFT refuses it: MANIFEST.json).
+    let base = fixture("llama/base");
+    let (code, r) = check_json(&[
+        s(&fixture("check/added_tokens")),
+        "--base",
+        s(&base),
+        "--target",
+        "llama.cpp,peft",
+    ]);
+    assert_eq!(code, 1);
+    assert!(fired(target(&r, "llama.cpp")).contains(&"llama.cpp.vocab".into()));
+    assert_eq!(target(&r, "peft")["verdict"], "fails");
+    let (code, r) = check_json(&[
+        s(&fixture("llama/adapters/qv_r8")),
+        "--base",
+        s(&base),
+        "--target",
+        "llama.cpp",
+    ]);
+    assert_eq!(code, 0);
+    assert!(fired(target(&r, "llama.cpp")).is_empty());
 }

@@ -524,6 +524,14 @@ pub const RULES: &[Rule] = &[
         why: "LoRAX scales every module by lora_alpha/r (√r with use_rslora) from the top-level fields: rank_pattern and alpha_pattern are not read",
         source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "LoraWeights.load → get_scaling_factor(config.lora_alpha, config.r)"),
     },
+    Rule {
+        id: "lorax.dtype",
+        target: Target::Lorax,
+        when: When::DtypeDiffersFromBase,
+        severity: Severity::Warning,
+        why: "lora_A/lora_B are loaded with .to(model.dtype): the adapter is applied in the base's precision, not its own",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "LoraWeights.load → utils/weights.py load_module_weight (f.get_tensor(name).to(dtype))"),
+    },
     // ---------------------------------------------------------------- llama.cpp
     Rule {
         id: "llama.cpp.format",
@@ -580,6 +588,22 @@ pub const RULES: &[Rule] = &[
         severity: Severity::Error,
         why: "a tensor name the base architecture does not have cannot be mapped to a GGUF tensor",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", "56bf500", "LoraModel.modify_tensors → ModelBase.modify_tensors / map_tensor_name"),
+    },
+    Rule {
+        id: "llama.cpp.shape",
+        target: Target::LlamaCpp,
+        when: When::ShapeMismatch,
+        severity: Severity::Error,
+        why: "the runtime refuses factors that do not fit the model tensor: \"tensor … has incorrect shape (hint: maybe wrong base model?)\"",
+        source: src(LLAMACPP, "src/llama-adapter.cpp", "master (2026)", "llama_adapter_lora_init_impl (validate tensor shape)"),
+    },
+    Rule {
+        id: "llama.cpp.vocab",
+        target: Target::LlamaCpp,
+        when: When::VocabMismatch,
+        severity: Severity::Error,
+        why: "an embedding LoRA is checked against token_embd's vocabulary: \"tensor … has incorrect shape (hint: maybe wrong base model?)\"",
+        source: src(LLAMACPP, "src/llama-adapter.cpp", "master (2026)", "llama_adapter_lora_init_impl (is_token_embd shape check)"),
     },
     Rule {
         id: "llama.cpp.scale",
