@@ -14,7 +14,10 @@
 //
 // Workgroup: GEMM_WG_X × GEMM_WG_Y = 16 × 16 invocations. Invocation (x, y) owns result rows
 // row0 + y + 16·i and columns col0 + x + 16·j for i, j < MICRO, accumulator index i·MICRO + j.
-// Workgroup memory: sh_l[GEMM_TILE][GEMM_TK] and sh_r[GEMM_TK][GEMM_TILE], 4 KiB each; each step
+// Workgroup memory: sh_l[GEMM_TILE][GEMM_TK] and sh_r[GEMM_TK][GEMM_TILE], ~4 KiB each, rows
+// padded by one word (strides GEMM_LS = 17, GEMM_RS = 65) so that the cooperative stores, which
+// walk m (or q) fastest when the operand is stored that way, hit 32 different banks instead of
+// 2 (a stride of 16 words) or 1 (64 words); the reads were already conflict-free. Each step
 // of GEMM_TK along p loads both tiles cooperatively (GEMM_TILE·GEMM_TK / 256 = 4 loads per
 // invocation), then every invocation does GEMM_TK·MICRO² multiply-adds from workgroup memory.
 // Barriers sit in uniform control flow: `depth` must be uniform (it comes from the uniform params).
@@ -25,9 +28,11 @@ const GEMM_THREADS: u32 = 256u; // GEMM_WG_X · GEMM_WG_Y
 const MICRO: u32 = 4u;
 const GEMM_TILE: u32 = 64u; // GEMM_WG_X · MICRO = GEMM_WG_Y · MICRO
 const GEMM_TK: u32 = 16u;
+const GEMM_LS: u32 = 17u; // GEMM_TK + 1: padded row stride of sh_l
+const GEMM_RS: u32 = 65u; // GEMM_TILE + 1: padded row stride of sh_r
 
-var<workgroup> sh_l: array<f32, 1024>; // GEMM_TILE · GEMM_TK, index m·GEMM_TK + p
-var<workgroup> sh_r: array<f32, 1024>; // GEMM_TK · GEMM_TILE, index p·GEMM_TILE + n
+var<workgroup> sh_l: array<f32, 1088>; // GEMM_TILE · GEMM_LS, index m·GEMM_LS + p
+var<workgroup> sh_r: array<f32, 1040>; // GEMM_TK · GEMM_RS, index p·GEMM_RS + n
 
 fn gemm_accumulate(
     acc: ptr<function, array<f32, 16>>,
@@ -49,7 +54,7 @@ fn gemm_accumulate(
                 m = e / GEMM_TK;
                 p = e % GEMM_TK;
             }
-            sh_l[m * GEMM_TK + p] = load_l(phase, row0 + m, p0 + p);
+            sh_l[m * GEMM_LS + p] = load_l(phase, row0 + m, p0 + p);
             var n: u32;
             var q: u32;
             if (R_N_FASTEST) {
@@ -59,17 +64,17 @@ fn gemm_accumulate(
                 n = e / GEMM_TK;
                 q = e % GEMM_TK;
             }
-            sh_r[q * GEMM_TILE + n] = load_r(phase, p0 + q, col0 + n);
+            sh_r[q * GEMM_RS + n] = load_r(phase, p0 + q, col0 + n);
         }
         workgroupBarrier();
         for (var p = 0u; p < GEMM_TK; p++) {
             var lv: array<f32, 4>;
             var rv: array<f32, 4>;
             for (var i = 0u; i < MICRO; i++) {
-                lv[i] = sh_l[(lid.y + GEMM_WG_Y * i) * GEMM_TK + p];
+                lv[i] = sh_l[(lid.y + GEMM_WG_Y * i) * GEMM_LS + p];
             }
             for (var j = 0u; j < MICRO; j++) {
-                rv[j] = sh_r[p * GEMM_TILE + lid.x + GEMM_WG_X * j];
+                rv[j] = sh_r[p * GEMM_RS + lid.x + GEMM_WG_X * j];
             }
             for (var i = 0u; i < MICRO; i++) {
                 for (var j = 0u; j < MICRO; j++) {

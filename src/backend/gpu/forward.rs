@@ -9,6 +9,10 @@
 //!
 //! Tiling: `X` (and `T`) by rows, `W0` (and `B_cat`) by rows, `Y` in the resulting blocks; `A_cat`
 //! must fit one binding (`R·k·4` bytes).
+//!
+//! `W0` is uploaded on every [`lora_forward`] call; a caller that runs many forwards over the
+//! same weight (an eval over batches) uploads it once with [`ResidentWeight::new`] and calls
+//! [`lora_forward_resident`], which runs the same kernels on the same tiles (same bits).
 
 use super::kernels::{self, GEMM_TILE};
 use super::{dtype_code, elem_bytes, f32s, fit_rows, GpuContext, GpuError};
@@ -46,7 +50,97 @@ pub fn lora_forward(
 ) -> Result<Vec<f32>, GpuError> {
     validate_forward(x, n, w0, adapters, None)?;
     let r_total: usize = adapters.iter().map(|a| a.rank).sum();
-    forward(ctx, x, n, w0, adapters, |_| (0, r_total))
+    forward(ctx, x, n, W0::Host(w0), adapters, |_| (0, r_total))
+}
+
+/// A base weight `W0` (`d × k`, stored F32/F16/BF16) kept on the device in row tiles, for
+/// repeated [`lora_forward_resident`] calls without re-uploading it. Belongs to the context it
+/// was made on.
+#[derive(Debug)]
+pub struct ResidentWeight {
+    rows: usize,
+    cols: usize,
+    dtype: crate::dtype::Dtype,
+    /// Rows per tile (the last may be shorter) and the tiles `(first row, rows, buffer)`.
+    tile_rows: usize,
+    tiles: Vec<(usize, usize, wgpu::Buffer)>,
+}
+
+impl ResidentWeight {
+    /// Uploads `w0` once, in row tiles of at most one binding each.
+    pub fn new(ctx: &GpuContext, w0: &StoredMatrix) -> Result<Self, GpuError> {
+        w0.validate("W0")?;
+        dtype_code(w0.dtype)?;
+        let (d, k) = (w0.rows, w0.cols);
+        let es = elem_bytes(w0.dtype);
+        let (limit, groups) = (ctx.max_binding(), ctx.max_groups());
+        let td = fit_rows(d, (k as u64 * es).max(1), limit, groups)
+            .min(fit_rows(d, 4, limit, groups))
+            .max(1);
+        if d > 0 && k as u64 * es > limit {
+            return Err(GpuError::TooLarge {
+                what: format!("forward row of k = {k}"),
+                bytes: k as u64 * es,
+                limit,
+            });
+        }
+        let tiles = ctx.scoped(|| {
+            Ok((0..d)
+                .step_by(td)
+                .map(|o0| {
+                    let nd = td.min(d - o0);
+                    let bytes = &w0.bytes[(o0 * k) * es as usize..((o0 + nd) * k) * es as usize];
+                    (o0, nd, ctx.upload("resident w0", bytes))
+                })
+                .collect())
+        })?;
+        Ok(ResidentWeight {
+            rows: d,
+            cols: k,
+            dtype: w0.dtype,
+            tile_rows: td,
+            tiles,
+        })
+    }
+}
+
+/// [`lora_forward`] with `W0` already on the device: the same kernels over the same tiles, so
+/// the same bits, as long as the stacked `B` of those tiles fits a binding (otherwise
+/// [`GpuError::TooLarge`]: use [`lora_forward`]).
+pub fn lora_forward_resident(
+    ctx: &GpuContext,
+    x: &[f32],
+    n: usize,
+    w0: &ResidentWeight,
+    adapters: &[ForwardAdapter],
+) -> Result<Vec<f32>, GpuError> {
+    let (d, k) = (w0.rows, w0.cols);
+    if Some(x.len()) != n.checked_mul(k) {
+        return Err(GpuError::Shape(format!(
+            "X has {} values for {n}×{k}",
+            x.len()
+        )));
+    }
+    for (i, ad) in adapters.iter().enumerate() {
+        if Some(ad.a.len()) != ad.rank.checked_mul(k) || Some(ad.b.len()) != d.checked_mul(ad.rank)
+        {
+            return Err(GpuError::Shape(format!(
+                "adapter {i}: A has {} and B {} values for rank {} with d = {d}, k = {k}",
+                ad.a.len(),
+                ad.b.len(),
+                ad.rank
+            )));
+        }
+    }
+    let r_total: usize = adapters.iter().map(|a| a.rank).sum();
+    forward(ctx, x, n, W0::Resident(w0), adapters, |_| (0, r_total))
+}
+
+/// Where the forward's `W0` comes from.
+#[derive(Clone, Copy)]
+enum W0<'a> {
+    Host(&'a StoredMatrix<'a>),
+    Resident(&'a ResidentWeight),
 }
 
 /// Multi-adapter forward (BGMV): row `i` of `X` uses adapter `indices[i]` only, or none for
@@ -69,7 +163,7 @@ pub fn bgmv_forward(
             Some(o)
         })
         .collect();
-    forward(ctx, x, n, w0, adapters, |i| match indices[i] {
+    forward(ctx, x, n, W0::Host(w0), adapters, |i| match indices[i] {
         NO_ADAPTER => (0, 0),
         a => (
             offsets[a as usize],
@@ -82,13 +176,16 @@ fn forward(
     ctx: &GpuContext,
     x: &[f32],
     n: usize,
-    w0: &StoredMatrix,
+    w0: W0,
     adapters: &[ForwardAdapter],
     range: impl Fn(usize) -> (usize, usize),
 ) -> Result<Vec<f32>, GpuError> {
-    let (d, k) = (w0.rows, w0.cols);
-    let w0_code = dtype_code(w0.dtype)?;
-    let es = elem_bytes(w0.dtype);
+    let (d, k, dtype) = match w0 {
+        W0::Host(m) => (m.rows, m.cols, m.dtype),
+        W0::Resident(r) => (r.rows, r.cols, r.dtype),
+    };
+    let w0_code = dtype_code(dtype)?;
+    let es = elem_bytes(dtype);
     let mut y = vec![0f32; n * d];
     if n == 0 || d == 0 {
         return Ok(y);
@@ -106,7 +203,20 @@ fn forward(
         });
     }
     // Row tiles of W0 (with B) and of X (with T, the row ranges and the Y block).
-    let td = fit_rows(d, (k as u64 * es).max(r4), limit, groups).min(fit_rows(d, 4, limit, groups));
+    let td = match w0 {
+        W0::Host(_) => {
+            fit_rows(d, (k as u64 * es).max(r4), limit, groups).min(fit_rows(d, 4, limit, groups))
+        }
+        // The resident tiles, when their stacked B fits a binding too.
+        W0::Resident(r) if r.tile_rows as u64 * r4 <= limit => r.tile_rows,
+        W0::Resident(r) => {
+            return Err(GpuError::TooLarge {
+                what: format!("stacked B of total rank {r_total} over resident W0 tiles"),
+                bytes: r.tile_rows as u64 * r4,
+                limit,
+            })
+        }
+    };
     let tn = fit_rows(n, k4.max(r4).max(8).max(4 * td as u64), limit, groups);
     if td == 0 || tn == 0 {
         return Err(GpuError::TooLarge {
@@ -141,12 +251,16 @@ fn forward(
         // W0 / B row tiles, uploaded once and reused for every row tile of X.
         let w_tiles: Vec<(usize, usize, wgpu::Buffer, wgpu::Buffer)> = (0..d)
             .step_by(td)
-            .map(|o0| {
+            .enumerate()
+            .map(|(ti, o0)| {
                 let nd = td.min(d - o0);
-                let w = ctx.upload(
-                    "forward w0",
-                    &w0.bytes[(o0 * k) * es as usize..((o0 + nd) * k) * es as usize],
-                );
+                let w = match w0 {
+                    W0::Host(m) => ctx.upload(
+                        "forward w0",
+                        &m.bytes[(o0 * k) * es as usize..((o0 + nd) * k) * es as usize],
+                    ),
+                    W0::Resident(r) => r.tiles[ti].2.clone(),
+                };
                 let b = ctx.upload(
                     "forward b",
                     bytemuck::cast_slice(&b_cat[o0 * r_total..(o0 + nd) * r_total]),

@@ -28,7 +28,7 @@ mod sketch;
 #[cfg(test)]
 mod tests;
 
-pub use forward::{bgmv_forward, lora_forward};
+pub use forward::{bgmv_forward, lora_forward, lora_forward_resident, ResidentWeight};
 pub use merge::{merge, merge_into, merge_supports};
 pub use sketch::{delta_sketch, delta_sketch_t, GpuDeltaOp};
 

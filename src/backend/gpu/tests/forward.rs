@@ -199,3 +199,62 @@ fn forward_tiled_matches_cpu() {
         Err(GpuError::TooLarge { .. })
     ));
 }
+
+/// A weight uploaded once ([`ResidentWeight`]) gives the same bits as uploading it on every
+/// call, over several calls with different X and adapters, with and without row tiles; a rank
+/// whose stacked B does not fit the resident tiles is an error, not a wrong answer.
+#[test]
+fn resident_weight_forward_equals_upload_per_call() {
+    let mut seed = Rng::seed_from_u64(53);
+    for (tiled, (n, k, d)) in [
+        (false, (37usize, 150usize, 77usize)),
+        (true, (45, 24, 1100)),
+    ] {
+        let Some(ctx) = (if tiled { gpu_tiled() } else { gpu() }) else {
+            return;
+        };
+        for dt in DTYPES {
+            let w0 = dtype::encode(dt, &rand(d * k, &mut seed));
+            let sm = StoredMatrix {
+                bytes: &w0,
+                dtype: dt,
+                rows: d,
+                cols: k,
+            };
+            let resident = ResidentWeight::new(ctx, &sm).unwrap();
+            for rank in [1, 3] {
+                let x = rand(n * k, &mut seed);
+                let (a, b) = (rand(rank * k, &mut seed), rand(d * rank, &mut seed));
+                let ads = [ForwardAdapter {
+                    a: &a,
+                    b: &b,
+                    rank,
+                    scale: 0.75,
+                }];
+                let want = lora_forward(ctx, &x, n, &sm, &ads).unwrap();
+                let got = lora_forward_resident(ctx, &x, n, &resident, &ads).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "tiled {tiled} {dt:?} rank {rank}");
+            }
+            if tiled {
+                let x = vec![0f32; n * k];
+                let (a, b) = (vec![0f32; 64 * k], vec![0f32; d * 64]);
+                let ads = [ForwardAdapter {
+                    a: &a,
+                    b: &b,
+                    rank: 64,
+                    scale: 1.0,
+                }];
+                assert!(matches!(
+                    lora_forward_resident(ctx, &x, n, &resident, &ads),
+                    Err(GpuError::TooLarge { .. })
+                ));
+            }
+            // Shapes are checked against the resident weight.
+            assert!(matches!(
+                lora_forward_resident(ctx, &[0.0; 3], 1, &resident, &[]),
+                Err(GpuError::Shape(_))
+            ));
+        }
+    }
+}
