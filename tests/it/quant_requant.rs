@@ -208,3 +208,31 @@ fn merge_into_nf4_double_quant_keeps_it_like_peft() {
         }
     }
 }
+
+/// `merge --quant keep` into the LLM.int8 checkpoint: the I8 weights and `SCB` PEFT's
+/// merge_and_unload writes (Int8Params: float16, row absmax, round(A·127/SCB)), byte for byte;
+/// `weight_format` and every untouched tensor copied.
+#[test]
+fn merge_into_int8_requantizes_like_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let text = merge_ok(&quant("int8"), &fixture("llama/adapters/qv_r8"), &out, &[]);
+    assert!(text.contains("4 merged weights quantized again"), "{text}");
+    let got = read_checkpoint(&out);
+    let want: std::collections::BTreeMap<String, T> =
+        read(&quant("qlora/peft_merged_int8.safetensors"))
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with(".merged"))
+            .collect();
+    assert_eq!(want.len(), 8);
+    for (name, w) in &want {
+        assert!(&got[name] == w, "{name}: differs from PEFT");
+    }
+    let input = read_checkpoint(&quant("int8"));
+    assert_eq!(got.len(), input.len());
+    for (n, t) in &input {
+        if !want.contains_key(n) {
+            assert_eq!(&got[n], t, "{n} changed");
+        }
+    }
+}

@@ -111,9 +111,10 @@ fn multi_row_sum<T: Acc, const R: usize>(
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..R {
-                acc[j][k] = acc[j][k].add(acc[j - 1][k]);
-                acc[j - 1][k] = zero;
+            let (lower, upper) = acc.split_at_mut(j);
+            for (hi, lo) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
+                *hi = hi.add(*lo);
+                *lo = zero;
             }
             if i & (level_mask << (j * level_power)) != 0 {
                 break;
@@ -126,12 +127,13 @@ fn multi_row_sum<T: Acc, const R: usize>(
         }
         i += 1;
     }
-    for j in 1..LEVELS {
-        for k in 0..R {
-            acc[0][k] = acc[0][k].add(acc[j][k]);
+    let [mut out, rest @ ..] = acc;
+    for level in rest {
+        for (o, v) in out.iter_mut().zip(level) {
+            *o = o.add(v);
         }
     }
-    acc[0]
+    out
 }
 
 /// bitsandbytes' CPU `quantize_blockwise` of `x` with the 256-entry `code`: the U8 codes and the
@@ -251,6 +253,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::excessive_precision)]
     fn python_float_repr() {
         for (x, want) in [
             (0.05182970315217972f32, "0.05182970315217972"),

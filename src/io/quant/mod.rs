@@ -325,9 +325,7 @@ impl QuantMap {
     pub fn requantize_unsupported(&self, q: &QuantTensor) -> Option<String> {
         match &q.scheme {
             Scheme::Bnb4(_) => None,
-            Scheme::BnbInt8 => {
-                Some("bitsandbytes int8 (quantized from float16 by bitsandbytes)".into())
-            }
+            Scheme::BnbInt8 => None,
             Scheme::Packed(_) => {
                 Some("compressed-tensors pack-quantized (its scales come from calibration)".into())
             }
@@ -420,7 +418,14 @@ impl QuantMap {
                     gptq::requantize(p, merged, data(&q.companions[0])?, data(&q.companions[1])?);
                 vec![(q.stored.clone(), bytes)]
             }
-            Scheme::BnbInt8 | Scheme::Packed(_) => unreachable!("refused above"),
+            Scheme::BnbInt8 => {
+                let (q8, scb) = int8::quantize(merged, q.shape[1]);
+                vec![
+                    (q.name.clone(), q8),
+                    (q.companions[0].clone(), dtype::encode(Dtype::F32, &scb)),
+                ]
+            }
+            Scheme::Packed(_) => unreachable!("refused above"),
         })
     }
 }

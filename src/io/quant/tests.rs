@@ -211,6 +211,25 @@ fn bnb4_double_quant_requantizes_bit_exact() {
     assert_eq!(checked, 14 + 14 + 2);
 }
 
+/// LLM.int8 requantization from the exact float32 weight PEFT handed to `Int8Params` (dequantized
+/// weight + delta): the I8 codes and `SCB` bitsandbytes wrote, byte for byte.
+#[test]
+fn bnb_int8_requantizes_bit_exact() {
+    let ck = Checkpoint::open(fixture("qlora/peft_merged_int8.safetensors")).unwrap();
+    let mut n = 0;
+    for name in ck.names().filter(|n| n.ends_with(".merged")) {
+        let m = name.strip_suffix(".merged").unwrap();
+        let v = ck.view(name).unwrap();
+        let (q, scb) = int8::quantize(&v.to_f32(), v.shape[1]);
+        let want = ck.view(&format!("{m}.weight")).unwrap().data;
+        assert_same(Dtype::I8, &q, want, m);
+        let want = ck.view(&format!("{m}.SCB")).unwrap().data;
+        assert_same(Dtype::F32, &stored(Dtype::F32, &scb), want, m);
+        n += 1;
+    }
+    assert_eq!(n, 4);
+}
+
 /// The two steps of compress_statistics on absmax vectors of awkward lengths (1 to 33000, one
 /// torch thread): torch's mean and bitsandbytes' CPU quantize_blockwise, exact.
 #[test]
