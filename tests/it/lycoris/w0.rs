@@ -95,6 +95,46 @@ fn a_weight_scales_oft_ia3_and_norm_updates_as_the_lycoris_multiplier() {
     }
 }
 
+/// `--weight 0.375` on diag-OFT and BOFT, with and without `rescale`, against the weights
+/// lycoris-lora's own modules compute at multiplier 0.375 (loaded by
+/// `create_lycoris_from_weights(0.375, …)` and probed through the forward,
+/// `fixtures/gen/lycoris_w0_weight_fixtures.py`): BOFT's stages `s·R + (1 − s)·I` and OFT's
+/// rescale are not linear in the weight, so this is the only reference that can fail them.
+#[test]
+fn a_weight_on_oft_and_boft_matches_the_lycoris_modules_at_that_multiplier() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("lycoris_w0/base.safetensors"));
+    for case in ["oft", "oft_rescale", "boft", "boft_rescale"] {
+        let out = w0_merged(dir.path(), case, &["--weight", "0.375"]);
+        let want = read(&fixture(&format!(
+            "lycoris_w0/{case}.w0375.merged.safetensors"
+        )));
+        let full = read(&fixture(&format!("lycoris_w0/{case}.merged.safetensors")));
+        let mut changed = 0;
+        for (name, t) in &out {
+            if want[name].data == base[name].data {
+                assert!(
+                    t.data == base[name].data,
+                    "{case} {name}: untouched tensor changed"
+                );
+                continue;
+            }
+            changed += 1;
+            let e = rel_err(&t.f32(), &want[name].f32());
+            assert!(
+                e <= TOL,
+                "{case} {name} at weight 0.375: relative error {e:e}"
+            );
+            // Not the weight-1 merge.
+            assert!(
+                rel_err(&full[name].f32(), &want[name].f32()) > 100.0 * TOL,
+                "{case} {name}"
+            );
+        }
+        assert_eq!(changed, 4, "{case}: four weights");
+    }
+}
+
 /// W0-dependent updates are named by inspect, rewritten exactly, and refused (by module, one
 /// line, nothing written) where they would need a ΔW of their own: unmerge and lowering to LoRA.
 #[test]
