@@ -25,6 +25,7 @@ pub use crate::ops::output::DtypeChoice;
 pub mod gguf;
 mod plan;
 mod run;
+mod sequence;
 pub(crate) use run::copied_files;
 use run::*;
 
