@@ -138,7 +138,8 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
         // LyCORIS modules take part as the exact LoRA form of their ΔW (every nonzero singular
         // triplet), so every method sees B and A.
         let mut adapter = crate::ops::resize::lower_exactly(adapter)?;
-        convert::prepare(&mut adapter, to, base.as_ref())?;
+        convert::prepare(&mut adapter, to, base.as_ref())
+            .map_err(super::convert::name_base_flag)?;
         inputs.push(WeightedInput {
             adapter,
             weight: *weight,

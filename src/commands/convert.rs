@@ -31,13 +31,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         dtype: a.output.dtype,
         prefix: a.output.prefix.clone(),
     };
-    let plan = ConvertPlan::new(opts).map_err(|e| {
-        if e.to_string().ends_with(convert::NEEDS_BASE) {
-            anyhow::anyhow!("{e} (give --base)")
-        } else {
-            e.into()
-        }
-    })?;
+    let plan = ConvertPlan::new(opts).map_err(name_base_flag)?;
     let report = plan.run()?;
     if report.from == Format::Kohya && a.to == ConvertTo::Kohya
         || report.from == Format::Peft && a.to == ConvertTo::Peft
@@ -165,6 +159,16 @@ pub(crate) fn check_output(
 
 pub(crate) use crate::ops::output::inputs_json;
 
+/// The library's "the base model … is needed" error, with the flag that gives it named (the
+/// library never names flags).
+pub(crate) fn name_base_flag(e: crate::error::InputError) -> anyhow::Error {
+    if e.to_string().ends_with(convert::NEEDS_BASE) {
+        anyhow::anyhow!("{e} (give --base)")
+    } else {
+        e.into()
+    }
+}
+
 /// The target's name as `--to` spells it.
 fn to_name(t: ConvertTo) -> &'static str {
     match t {
@@ -277,7 +281,9 @@ fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
     let kohya_names =
         adapter.format == Format::Kohya && adapter.modules.iter().any(|m| !m.name.contains('.'));
     let names_from = if kohya_names {
-        convert::prepare(&mut adapter, Format::Peft, base.as_ref())?.names_from
+        convert::prepare(&mut adapter, Format::Peft, base.as_ref())
+            .map_err(name_base_flag)?
+            .names_from
     } else {
         if let Some(b) = base.as_ref() {
             convert::check_onto(&adapter, b)?;

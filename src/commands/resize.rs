@@ -57,7 +57,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
     };
     check_output(&spec, &[&adapter], base.as_ref())?;
     let parameters_before = adapter.parameter_count();
-    convert::prepare(&mut adapter, to, base.as_ref())?;
+    convert::prepare(&mut adapter, to, base.as_ref()).map_err(super::convert::name_base_flag)?;
     let (mut resized, modules) = resize::resize(adapter, &rule)?;
     update_kohya_metadata(&mut resized, &modules);
     let prov = Provenance {

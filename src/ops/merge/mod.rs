@@ -26,6 +26,7 @@ pub use crate::ops::output::DtypeChoice;
 pub mod gguf;
 mod plan;
 mod run;
+mod sequence;
 use run::*;
 pub(crate) use run::{copied_files, without_quantization_config};
 

@@ -536,6 +536,15 @@ impl MergePlan {
         if self.options.unmerge {
             order.reverse();
         }
+        // A base-dependent update after another term sees the weight as the terms before it
+        // left it, as ComfyUI applies patches (`comfy/lora.py` `calculate_weight`: each
+        // adapter's `calculate_weight` gets the previous result): `running` is W0 plus every
+        // earlier term's ΔW, in f32 as ComfyUI's intermediate dtype holds it.
+        let sequential = order
+            .iter()
+            .skip(1)
+            .any(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].factors.needs_base());
+        let mut running: Option<Vec<f32>> = sequential.then(|| dtype::decode(in_dtype, w0));
         for &(ai, mi) in &order {
             let a = &self.adapters[ai].adapter;
             let m = &a.modules[mi];
@@ -543,7 +552,10 @@ impl MergePlan {
                 // OFT / IA3: ΔW = f(W0) from the base as it is merged into (after a
                 // modules_to_save override or dequantization), built with the user weight as
                 // LyCORIS' multiplier ([`algo::delta_from_base`]); the term's scale is then 1.
-                let w = dtype::decode(in_dtype, w0);
+                let w = match &running {
+                    Some(r) => r.clone(),
+                    None => dtype::decode(in_dtype, w0),
+                };
                 let (w, d, k) = if m.base_transposed {
                     (crate::adapter::transpose(&w, rows, cols), cols, rows)
                 } else {
@@ -579,6 +591,20 @@ impl MergePlan {
                 ((Vec::new(), Vec::new()), Some(d))
             };
             let mag = m.dora_magnitude.as_ref().map(|d| a.values(d)).transpose()?;
+            if let Some(r) = running.as_mut() {
+                if mag.is_some() {
+                    return Err(anyhow::Error::new(InputError::invalid(
+                        &a.path,
+                        format!("module `{}`: a DoRA module before a base-dependent update on tensor `{name}` cannot be applied in sequence (its result is not a fixed ΔW)", m.name),
+                    )));
+                }
+                let s = if m.factors.needs_base() {
+                    1.0
+                } else {
+                    self.adapters[ai].weight * m.scale
+                };
+                super::sequence::accumulate(r, &factors, dense.as_deref(), m.rank, s);
+            }
             owned.push(StoredTerm {
                 b: factors.0,
                 a: factors.1,

@@ -7,10 +7,18 @@
 use super::*;
 use std::path::PathBuf;
 
-/// LyCORIS fixtures PEFT can hold (LoHa, LoKr whose Kronecker splits one `decompose_factor`
-/// gives; `lokr` and `lokr_both_tucker`, made with LyCORIS' `factor=4` / `factor=8`, are
-/// refused below).
-const TO_PEFT: &[&str] = &["loha", "loha_tucker", "lokr_full"];
+/// LyCORIS files (folder, case) PEFT can hold: LoHa, and LoKr whose Kronecker splits one
+/// `decompose_factor` gives (`fixtures/lycoris_peft/`, made by lycoris-lora with its default
+/// factor: `lokr_w2` decomposed, and both halves decomposed with a Tucker core). `lokr` and
+/// `lokr_both_tucker` of `fixtures/lycoris/`, made with LyCORIS' `factor=4` / `factor=8`, are
+/// refused below.
+const TO_PEFT: &[(&str, &str)] = &[
+    ("lycoris", "loha"),
+    ("lycoris", "loha_tucker"),
+    ("lycoris", "lokr_full"),
+    ("lycoris_peft", "lokr_w2"),
+    ("lycoris_peft", "lokr_both"),
+];
 const PEFT_CASES: &[&str] = &["loha", "loha_tucker", "lokr", "lokr_both"];
 
 fn convert(input: &Path, to: &str, out: &Path, extra: &[&str]) -> String {
@@ -51,8 +59,8 @@ fn same_tensors(
 
 /// A merge of `adapter` onto the LyCORIS fixture base, tensor by tensor against the fixture's
 /// forward-probed weights: within TOL where they changed, byte-identical elsewhere.
-fn assert_merges_like(dir: &Path, adapter: &Path, case: &str) {
-    let out = dir.join(format!("{case}.merged.safetensors"));
+fn assert_merges_like(dir: &Path, adapter: &Path, folder: &str, case: &str) {
+    let out = dir.join(format!("{folder}_{case}.merged.safetensors"));
     merge_ok(
         &fixture("lycoris/base.safetensors"),
         adapter,
@@ -61,7 +69,7 @@ fn assert_merges_like(dir: &Path, adapter: &Path, case: &str) {
     );
     let (got, want, base) = (
         read(&out),
-        read(&fixture(&format!("lycoris/{case}.merged.safetensors"))),
+        read(&fixture(&format!("{folder}/{case}.merged.safetensors"))),
         read(&fixture("lycoris/base.safetensors")),
     );
     let mut changed = 0;
@@ -86,9 +94,9 @@ fn assert_merges_like(dir: &Path, adapter: &Path, case: &str) {
 #[test]
 fn lycoris_to_peft_and_back_is_exact() {
     let dir = tempfile::tempdir().unwrap();
-    for case in TO_PEFT {
-        let src = fixture(&format!("lycoris/{case}.safetensors"));
-        let peft = dir.path().join(format!("{case}_peft"));
+    for &(folder, case) in TO_PEFT {
+        let src = fixture(&format!("{folder}/{case}.safetensors"));
+        let peft = dir.path().join(format!("{folder}_{case}_peft"));
         convert(
             &src,
             "peft",
@@ -104,8 +112,8 @@ fn lycoris_to_peft_and_back_is_exact() {
             "LOKR"
         };
         assert_eq!(cfg["peft_type"], want_type, "{case}");
-        assert_merges_like(dir.path(), &peft, case);
-        let back = dir.path().join(format!("{case}_back.safetensors"));
+        assert_merges_like(dir.path(), &peft, folder, case);
+        let back = dir.path().join(format!("{folder}_{case}_back.safetensors"));
         convert(&peft, "lycoris", &back, &[]);
         let (orig, peft_t, again) = (
             read(&src),
@@ -131,7 +139,7 @@ fn lycoris_to_peft_and_back_is_exact() {
         for (k, t) in orig.iter().filter(|(k, _)| is_alpha(k)) {
             assert_eq!(t.f32(), again[k].f32(), "{case} {k}: alpha");
         }
-        assert_merges_like(dir.path(), &back, case);
+        assert_merges_like(dir.path(), &back, folder, case);
     }
 }
 
@@ -298,17 +306,17 @@ fn peft_and_lycoris_load_the_converted_files() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let lyc_base = fixture("lycoris/base.safetensors");
-    for case in TO_PEFT {
-        let folder = dir.path().join(case);
+    for &(fx, case) in TO_PEFT {
+        let folder = dir.path().join(format!("{fx}_{case}"));
         convert(
-            &fixture(&format!("lycoris/{case}.safetensors")),
+            &fixture(&format!("{fx}/{case}.safetensors")),
             "peft",
             &folder,
             &["--base", s(&lyc_base)],
         );
-        let peer_out = dir.path().join(format!("{case}.peft.safetensors"));
+        let peer_out = dir.path().join(format!("{fx}_{case}.peft.safetensors"));
         peer(&py, "peft", &folder, "lycoris-net", &lyc_base, &peer_out);
-        let ours = dir.path().join(format!("{case}.ours.safetensors"));
+        let ours = dir.path().join(format!("{fx}_{case}.ours.safetensors"));
         merge_ok(&lyc_base, &folder, &ours, &["--quiet"]);
         assert_eq!(
             assert_matches_reference(&read(&ours), &read(&lyc_base), &read(&peer_out), TOL),

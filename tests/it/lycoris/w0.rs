@@ -95,6 +95,113 @@ fn a_weight_scales_oft_ia3_and_norm_updates_as_the_lycoris_multiplier() {
     }
 }
 
+/// `--weight 0.375` on diag-OFT and BOFT, with and without `rescale`, against the weights
+/// lycoris-lora's own modules compute at multiplier 0.375 (loaded by
+/// `create_lycoris_from_weights(0.375, …)` and probed through the forward,
+/// `fixtures/gen/lycoris_w0_weight_fixtures.py`): BOFT's stages `s·R + (1 − s)·I` and OFT's
+/// rescale are not linear in the weight, so this is the only reference that can fail them.
+#[test]
+fn a_weight_on_oft_and_boft_matches_the_lycoris_modules_at_that_multiplier() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("lycoris_w0/base.safetensors"));
+    for case in ["oft", "oft_rescale", "boft", "boft_rescale"] {
+        let out = w0_merged(dir.path(), case, &["--weight", "0.375"]);
+        let want = read(&fixture(&format!(
+            "lycoris_w0/{case}.w0375.merged.safetensors"
+        )));
+        let full = read(&fixture(&format!("lycoris_w0/{case}.merged.safetensors")));
+        let mut changed = 0;
+        for (name, t) in &out {
+            if want[name].data == base[name].data {
+                assert!(
+                    t.data == base[name].data,
+                    "{case} {name}: untouched tensor changed"
+                );
+                continue;
+            }
+            changed += 1;
+            let e = rel_err(&t.f32(), &want[name].f32());
+            assert!(
+                e <= TOL,
+                "{case} {name} at weight 0.375: relative error {e:e}"
+            );
+            // Not the weight-1 merge.
+            assert!(
+                rel_err(&full[name].f32(), &want[name].f32()) > 100.0 * TOL,
+                "{case} {name}"
+            );
+        }
+        assert_eq!(changed, 4, "{case}: four weights");
+    }
+}
+
+/// Two base-dependent adapters on the same tensors, `--adapter A --adapter B`: B is computed
+/// from the weight A left, as ComfyUI applies patches in the order given. The reference applies
+/// lycoris-lora's modules one after another (A's forward-probed weights become the base B is
+/// loaded onto, `fixtures/gen/lycoris_sequence_fixtures.py`); summing both updates computed
+/// from W0 differs from it by far more than the tolerance (checked, so the test can fail).
+#[test]
+fn base_dependent_adapters_apply_in_sequence_as_comfyui_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_path = fixture("lycoris_w0/base.safetensors");
+    let base = read(&base_path);
+    for (a, b) in [
+        ("oft", "boft"),
+        ("oft_rescale", "boft_rescale"),
+        ("boft_rescale", "glora"),
+    ] {
+        let out = dir.path().join(format!("{a}_{b}.safetensors"));
+        let args = merge_args(
+            &base_path,
+            &fixture(&format!("lycoris_w0/{a}.safetensors")),
+            &out,
+            &[
+                "--adapter",
+                fixture(&format!("lycoris_w0/{b}.safetensors"))
+                    .to_str()
+                    .unwrap(),
+                "--device",
+                "cpu",
+                "--quiet",
+            ],
+        );
+        run_ok(args);
+        let got = read(&out);
+        let want = read(&fixture(&format!(
+            "lycoris_w0/seq_{a}_{b}.merged.safetensors"
+        )));
+        let (wa, wb) = (
+            read(&fixture(&format!("lycoris_w0/{a}.merged.safetensors"))),
+            read(&fixture(&format!("lycoris_w0/{b}.merged.safetensors"))),
+        );
+        let mut changed = 0;
+        for (name, t) in &got {
+            if want[name].data == base[name].data {
+                assert!(
+                    t.data == base[name].data,
+                    "{a}+{b} {name}: untouched tensor changed"
+                );
+                continue;
+            }
+            changed += 1;
+            let e = rel_err(&t.f32(), &want[name].f32());
+            assert!(e <= TOL, "{a}+{b} {name}: relative error {e:e}");
+            // Both updates from W0, summed: not what the sequence gives.
+            let summed: Vec<f32> = base[name]
+                .f32()
+                .iter()
+                .zip(wa[name].f32().iter().zip(wb[name].f32()))
+                .map(|(&w, (&x, y))| (x as f64 + y as f64 - w as f64) as f32)
+                .collect();
+            assert!(
+                rel_err(&summed, &want[name].f32()) > 10.0 * TOL,
+                "{a}+{b} {name}"
+            );
+        }
+        assert_eq!(changed, 4, "{a}+{b}: four weights");
+    }
+}
+
 /// W0-dependent updates are named by inspect, rewritten exactly, and refused (by module, one
 /// line, nothing written) where they would need a ΔW of their own: unmerge and lowering to LoRA.
 #[test]

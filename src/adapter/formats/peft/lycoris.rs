@@ -186,11 +186,12 @@ pub fn plan(adapter: &Adapter) -> InputResult<Option<LycorisPeft>> {
     for m in &adapter.modules {
         if let Factors::Lokr {
             w1_shape: (a, c),
-            w2_shape: (b, dd),
+            w2_shape: (b, _),
             ..
         } = m.factors
         {
-            for f in [a, c, b, dd] {
+            let kk: usize = kernel_of(m).iter().product::<usize>().max(1);
+            for f in [a, c, b, m.in_features / kk / c.max(1)] {
                 if !candidates.contains(&(f as i64)) {
                     candidates.push(f as i64);
                 }
@@ -240,14 +241,16 @@ fn lokr_settings(
             w1,
             w2,
             w1_shape: (a, c),
-            w2_shape: (b, dd),
+            w2_shape: (b, _),
         } = &m.factors
         else {
             unreachable!("checked by plan")
         };
+        // In channels from the module (a flattened conv `lokr_w2_b` states `d'·kh·kw` as its
+        // width, so the reader's `w2_shape` may carry the kernel).
         let kk: usize = kernel_of(m).iter().product::<usize>().max(1);
-        let (out, inn) = (a * b, c * dd);
-        debug_assert_eq!(inn * kk, m.in_features);
+        let (out, inn) = (a * b, m.in_features / kk);
+        let dd = &(inn / c);
         let (out_l, out_k) = factorization(out, factor);
         let (in_m, in_n) = factorization(inn, factor);
         if (out_l, out_k, in_m, in_n) != (*a, *b, *c, *dd) {
