@@ -26,6 +26,7 @@ pub use crate::ops::output::DtypeChoice;
 pub mod gguf;
 mod plan;
 mod run;
+mod tensor;
 pub(crate) use run::copied_files;
 use run::*;
 
