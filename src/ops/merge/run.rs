@@ -3,8 +3,8 @@
 //! Must not decide what matches what: that is the plan's.
 
 use super::*;
-use crate::backend::profile::{self, Stage};
 use crate::backend;
+use crate::backend::profile::{self, Stage};
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
 use crate::io::checkpoint::Layout;

@@ -94,8 +94,10 @@ struct Case {
     scale: f32,
 }
 
-/// (p, emin, max, bits → value, exponent field range, mantissa bits) of the output dtypes.
-fn format_of(d: Dtype) -> (i32, i32, f64, fn(u32) -> f64, (u32, u32), u32) {
+/// (p, emin, max, bits → value, exponent field range, mantissa bits) of an output dtype.
+type FormatInfo = (i32, i32, f64, fn(u32) -> f64, (u32, u32), u32);
+
+fn format_of(d: Dtype) -> FormatInfo {
     match d {
         Dtype::BF16 => (
             8,
@@ -204,7 +206,7 @@ fn random_case(d: Dtype, seed: u64) -> Case {
     let (rows, cols, rank) = (67usize, 53usize, 7usize);
     let mut f = |lo: f64| -> f32 {
         let x = (lo + (1.0 - lo) * rng.next_f64()) as f32;
-        if rng.next_u64() % 2 == 0 {
+        if rng.next_u64().is_multiple_of(2) {
             x
         } else {
             -x
@@ -446,7 +448,11 @@ fn format_round_agrees_with_the_integer_reference() {
             };
             let x = (1.0 + rng.next_f64())
                 * 2f64.powi(e)
-                * if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 };
+                * if rng.next_u64().is_multiple_of(2) {
+                    1.0
+                } else {
+                    -1.0
+                };
             let (m, l) = split(x);
             assert_eq!(
                 fmt.round(x).to_bits(),
