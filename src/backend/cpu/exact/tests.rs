@@ -462,3 +462,34 @@ fn format_round_agrees_with_the_integer_reference() {
         }
     }
 }
+
+/// `Engine::merge_with(…, Rounding::Exact)` on a GPU engine runs the exact CPU kernel (the GPU's
+/// f32 arithmetic cannot give it): same bytes as the CPU engine, and the midpoints right. Skips
+/// loudly without a wgpu adapter, fails then with `LORAKIT_REQUIRE_GPU=1`.
+#[test]
+fn exact_rounding_on_a_gpu_engine_runs_on_the_cpu() {
+    use crate::backend::{gpu::GpuContext, Engine, Rounding};
+    let ctx = match GpuContext::try_new() {
+        Ok(Some(ctx)) => ctx,
+        other => {
+            assert!(
+                std::env::var("LORAKIT_REQUIRE_GPU").as_deref() != Ok("1"),
+                "LORAKIT_REQUIRE_GPU=1 but no GPU context: {other:?}"
+            );
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "GPU TEST SKIPPED: no wgpu adapter");
+            return;
+        }
+    };
+    let gpu = Engine::Gpu(Box::new(ctx));
+    let c = midpoint_case(Dtype::BF16, 3, 0.5);
+    let terms = c.terms();
+    let job = c.job(&terms);
+    let got = gpu.merge_with(&job, Rounding::Exact).unwrap();
+    assert_eq!(got, Engine::Cpu.merge_with(&job, Rounding::Exact).unwrap());
+    assert_same(
+        &values(Dtype::BF16, &got),
+        &c.reference(),
+        "gpu engine, exact",
+    );
+}
