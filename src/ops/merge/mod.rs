@@ -27,6 +27,7 @@ pub mod gguf;
 mod plan;
 mod run;
 mod sequence;
+mod tensor;
 use run::*;
 pub(crate) use run::{copied_files, without_quantization_config};
 

@@ -94,8 +94,10 @@ struct Case {
     scale: f32,
 }
 
-/// (p, emin, max, bits → value, exponent field range, mantissa bits) of the output dtypes.
-fn format_of(d: Dtype) -> (i32, i32, f64, fn(u32) -> f64, (u32, u32), u32) {
+/// (p, emin, max, bits → value, exponent field range, mantissa bits) of an output dtype.
+type FormatInfo = (i32, i32, f64, fn(u32) -> f64, (u32, u32), u32);
+
+fn format_of(d: Dtype) -> FormatInfo {
     match d {
         Dtype::BF16 => (
             8,
@@ -204,7 +206,7 @@ fn random_case(d: Dtype, seed: u64) -> Case {
     let (rows, cols, rank) = (67usize, 53usize, 7usize);
     let mut f = |lo: f64| -> f32 {
         let x = (lo + (1.0 - lo) * rng.next_f64()) as f32;
-        if rng.next_u64() % 2 == 0 {
+        if rng.next_u64().is_multiple_of(2) {
             x
         } else {
             -x
@@ -446,7 +448,11 @@ fn format_round_agrees_with_the_integer_reference() {
             };
             let x = (1.0 + rng.next_f64())
                 * 2f64.powi(e)
-                * if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 };
+                * if rng.next_u64().is_multiple_of(2) {
+                    1.0
+                } else {
+                    -1.0
+                };
             let (m, l) = split(x);
             assert_eq!(
                 fmt.round(x).to_bits(),
@@ -455,4 +461,35 @@ fn format_round_agrees_with_the_integer_reference() {
             );
         }
     }
+}
+
+/// `Engine::merge_with(…, Rounding::Exact)` on a GPU engine runs the exact CPU kernel (the GPU's
+/// f32 arithmetic cannot give it): same bytes as the CPU engine, and the midpoints right. Skips
+/// loudly without a wgpu adapter, fails then with `LORAKIT_REQUIRE_GPU=1`.
+#[test]
+fn exact_rounding_on_a_gpu_engine_runs_on_the_cpu() {
+    use crate::backend::{gpu::GpuContext, Engine, Rounding};
+    let ctx = match GpuContext::try_new() {
+        Ok(Some(ctx)) => ctx,
+        other => {
+            assert!(
+                std::env::var("LORAKIT_REQUIRE_GPU").as_deref() != Ok("1"),
+                "LORAKIT_REQUIRE_GPU=1 but no GPU context: {other:?}"
+            );
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "GPU TEST SKIPPED: no wgpu adapter");
+            return;
+        }
+    };
+    let gpu = Engine::Gpu(Box::new(ctx));
+    let c = midpoint_case(Dtype::BF16, 3, 0.5);
+    let terms = c.terms();
+    let job = c.job(&terms);
+    let got = gpu.merge_with(&job, Rounding::Exact).unwrap();
+    assert_eq!(got, Engine::Cpu.merge_with(&job, Rounding::Exact).unwrap());
+    assert_same(
+        &values(Dtype::BF16, &got),
+        &c.reference(),
+        "gpu engine, exact",
+    );
 }

@@ -1,0 +1,321 @@
+//! The per-file writers of [`Output`]: [`FileWriter`] streams one safetensors file's tensors
+//! in their declared order (with early writeback and kernel copies of untouched tensors);
+//! [`RawFile`] is a non-safetensors output (GGUF). Committing, locking and cleanup stay in
+//! the parent module.
+
+use super::*;
+
+/// Writes one safetensors file's tensors in their declared order.
+#[derive(Debug)]
+pub struct FileWriter<'o> {
+    pub(super) out: &'o mut Output,
+    pub(super) tmp: PathBuf,
+    pub(super) dest: PathBuf,
+    pub(super) w: Option<BufWriter<File>>,
+    pub(super) specs: Vec<TensorSpec>,
+    pub(super) next: usize,
+    pub(super) left: u64,
+    pub(super) bytes: u64,
+    /// Bytes before this offset have been handed to the kernel's writeback ([`WRITE_BEHIND`]).
+    pub(super) behind: u64,
+    /// The thread that starts writeback of the ranges it is sent (created on first use).
+    pub(super) flusher: Option<Flusher>,
+}
+
+/// Starts the writeback of byte ranges of one file on its own thread:
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)` blocks while the disk's queue is full, and that
+/// wait belongs beside the computation, not in it. Ends when its sender is dropped.
+#[derive(Debug)]
+pub(super) struct Flusher {
+    tx: std::sync::mpsc::Sender<(u64, u64)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> std::io::Result<Flusher> {
+        use std::os::unix::io::AsRawFd;
+        let file = file.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let thread = std::thread::Builder::new()
+            .name("lorakit-writeback".into())
+            .spawn(move || {
+                for (from, n) in rx {
+                    // SAFETY: a hint about a byte range of a descriptor this thread owns (a
+                    // duplicate); no memory is involved. Errors surface in the final fsync.
+                    let _ = unsafe {
+                        libc::sync_file_range(
+                            file.as_raw_fd(),
+                            from as libc::off64_t,
+                            n as libc::off64_t,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        )
+                    };
+                }
+            })?;
+        Ok(Flusher { tx, thread })
+    }
+
+    /// Waits for the hand-offs already sent.
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+/// Once this many bytes are written past the last hand-off, they are handed to the kernel's
+/// writeback (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: start writing, do not wait), so the
+/// disk writes while the next tensors are computed and the final fsync only waits for the
+/// tail. Without it nothing reaches the disk before the fsync (the kernel's own background
+/// writeback starts at a share of RAM), and the fsync of a whole file is a wait with the CPU idle.
+const WRITE_BEHIND: u64 = 32 << 20;
+
+/// Chunk of the read/write fallback of [`FileWriter::copy_tensor`].
+const COPY_CHUNK: usize = 8 << 20;
+
+impl FileWriter<'_> {
+    /// The declared tensors.
+    pub fn specs(&self) -> &[TensorSpec] {
+        &self.specs
+    }
+
+    /// Writes the whole of the next tensor, which must be `name`. Every tensor written whole is
+    /// a result (merged, factored, converted, trained) and is checked in the dtype it is stored
+    /// in: a NaN, or a finite value that overflowed F16/BF16 to ±∞, is an error naming the
+    /// destination and the tensor. Only byte-for-byte copies of input tensors go through
+    /// [`Self::begin`] / [`Self::write_chunk`] unchecked.
+    pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
+        self.begin(name)?;
+        let dtype = self.specs[self.next - 1].dtype;
+        if let Some(i) = dtype::first_non_finite(dtype, data) {
+            return Err(InputError::invalid(
+                &self.dest,
+                format!(
+                    "tensor `{name}`: element {i} is {}; nothing was written",
+                    dtype::non_finite_reason(dtype, data, i)
+                ),
+            ));
+        }
+        self.write_chunk(data)
+    }
+
+    /// Starts the next tensor, which must be `name`; its bytes follow with [`Self::write_chunk`].
+    pub fn begin(&mut self, name: &str) -> InputResult<()> {
+        if self.left != 0 {
+            let prev = &self.specs[self.next - 1].name;
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!("tensor `{prev}`: {} bytes short", self.left),
+            ));
+        }
+        let spec = self.specs.get(self.next).ok_or_else(|| {
+            InputError::invalid(
+                &self.tmp,
+                format!("tensor `{name}` was not declared for this file"),
+            )
+        })?;
+        if spec.name != name {
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!("tensor `{name}` written where `{}` was declared", spec.name),
+            ));
+        }
+        self.left = spec.byte_len();
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Appends bytes to the current tensor.
+    pub fn write_chunk(&mut self, data: &[u8]) -> InputResult<()> {
+        if data.len() as u64 > self.left {
+            let name = self
+                .next
+                .checked_sub(1)
+                .map(|i| self.specs[i].name.as_str())
+                .unwrap_or("?");
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!("tensor `{name}`: more bytes than its shape holds"),
+            ));
+        }
+        self.left -= data.len() as u64;
+        self.bytes += data.len() as u64;
+        let w = self.w.as_mut().expect("open until finish");
+        w.write_all(data)
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        self.write_behind()
+    }
+
+    /// Writes the whole of the next tensor, which must be `name`, as the `len` bytes of `src`
+    /// (at `src_path`) from `offset`, copied by the kernel (`copy_file_range(2)`: page cache
+    /// to page cache, a reflink or a server-side copy where the file system offers one), not
+    /// through user space. Where the kernel cannot (`EXDEV` across file systems on older or
+    /// newer kernels, `ENOSYS`, `EOPNOTSUPP`, `EINVAL`, `EPERM` under a seccomp filter), the
+    /// bytes are read and written in chunks instead. Unchecked like [`Self::write_chunk`]: only
+    /// for byte-for-byte copies of input tensors.
+    pub fn copy_tensor(
+        &mut self,
+        name: &str,
+        src: &File,
+        src_path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> InputResult<()> {
+        use std::os::unix::fs::FileExt;
+        use std::os::unix::io::AsRawFd;
+        self.begin(name)?;
+        if len != self.left {
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!(
+                    "tensor `{name}`: {len} bytes copied where its shape holds {}",
+                    self.left
+                ),
+            ));
+        }
+        let w = self.w.as_mut().expect("open until finish");
+        w.flush().map_err(|e| InputError::write(&self.dest, e))?;
+        let dst = w.get_ref();
+        let mut done = 0u64;
+        let mut kernel = true;
+        while kernel && done < len {
+            let mut off_in = libc::loff_t::try_from(offset + done)
+                .map_err(|_| InputError::invalid(src_path, "offset out of range"))?;
+            let want = (len - done).min(1 << 30) as usize;
+            // SAFETY: both descriptors are open for the whole call (borrowed `File`s);
+            // `off_in` points to a live local the kernel reads and advances; a null `off_out`
+            // makes the kernel write at, and advance, `dst`'s own file offset, which is where
+            // the flushed buffered writer left it. No user memory is written.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    want,
+                    0,
+                )
+            };
+            match n {
+                n if n > 0 => done += n as u64,
+                0 => {
+                    return Err(InputError::io(
+                        src_path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("file ends inside tensor `{name}`"),
+                        ),
+                    ))
+                }
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) => {}
+                        Some(
+                            libc::EXDEV
+                            | libc::ENOSYS
+                            | libc::EOPNOTSUPP
+                            | libc::EINVAL
+                            | libc::EPERM,
+                        ) => kernel = false,
+                        _ => return Err(InputError::write(&self.dest, e)),
+                    }
+                }
+            }
+        }
+        if done < len {
+            let mut buf = vec![0u8; COPY_CHUNK.min((len - done) as usize)];
+            while done < len {
+                let n = buf.len().min((len - done) as usize);
+                src.read_exact_at(&mut buf[..n], offset + done)
+                    .map_err(|e| InputError::io(src_path, e))?;
+                w.write_all(&buf[..n])
+                    .map_err(|e| InputError::write(&self.dest, e))?;
+                done += n as u64;
+            }
+        }
+        self.left = 0;
+        self.bytes += len;
+        self.write_behind()
+    }
+
+    /// Hands what was written since the last hand-off to the kernel's writeback once it is
+    /// [`WRITE_BEHIND`] bytes or more (see there). A hint: errors are ignored here, and the
+    /// fsync of [`Self::finish`] reports any that matter.
+    fn write_behind(&mut self) -> InputResult<()> {
+        if self.bytes - self.behind < WRITE_BEHIND {
+            return Ok(());
+        }
+        let w = self.w.as_mut().expect("open until finish");
+        w.flush().map_err(|e| InputError::write(&self.dest, e))?;
+        if self.flusher.is_none() {
+            // Without a thread (none can be made) the data simply waits for the fsync.
+            self.flusher = Flusher::start(w.get_ref()).ok();
+        }
+        if let Some(f) = &self.flusher {
+            let _ = f.tx.send((self.behind, self.bytes - self.behind));
+        }
+        self.behind = self.bytes;
+        Ok(())
+    }
+
+    /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
+    pub fn finish(mut self) -> InputResult<u64> {
+        if self.next != self.specs.len() || self.left != 0 {
+            let missing = self
+                .specs
+                .get(self.next)
+                .map(|s| s.name.as_str())
+                .unwrap_or("the last tensor");
+            return Err(InputError::invalid(
+                &self.tmp,
+                format!("tensor `{missing}` was never written"),
+            ));
+        }
+        let w = self.w.take().expect("open until finish");
+        let file = w
+            .into_inner()
+            .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
+        file.sync_all()
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        self.out.bytes += self.bytes;
+        Ok(self.bytes)
+    }
+}
+
+/// A file of an [`Output`] written as a byte stream ([`Output::raw_file`]).
+#[derive(Debug)]
+pub struct RawFile<'o> {
+    pub(super) out: &'o mut Output,
+    pub(super) dest: PathBuf,
+    pub(super) w: Option<BufWriter<File>>,
+    pub(super) bytes: u64,
+}
+
+impl RawFile<'_> {
+    pub fn write_all(&mut self, data: &[u8]) -> InputResult<()> {
+        self.bytes += data.len() as u64;
+        let w = self.w.as_mut().expect("open until finish");
+        w.write_all(data)
+            .map_err(|e| InputError::write(&self.dest, e))
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
+    pub fn finish(mut self) -> InputResult<u64> {
+        let w = self.w.take().expect("open until finish");
+        let file = w
+            .into_inner()
+            .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        self.out.bytes += self.bytes;
+        Ok(self.bytes)
+    }
+}

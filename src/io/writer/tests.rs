@@ -1,0 +1,183 @@
+//! The writer's commit, cleanup, lock and writeback contracts.
+
+use super::*;
+
+/// Parts of one split run start together and create the same output folder: whoever
+/// loses the race uses the folder the other made (this failed with "File exists" in CI).
+#[test]
+fn concurrent_create_dir_all_of_one_folder_all_succeed() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join(format!("a{round}/b/c"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (t, b) = (target.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut out = Output::new();
+                    b.wait();
+                    let r = out.create_dir_all(&t).map_err(|e| e.to_string());
+                    // Keep the folders: a dropped Output removes what it created.
+                    std::mem::forget(out);
+                    r
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert!(target.is_dir());
+    }
+}
+use crate::io::file::SafetensorsFile;
+
+#[test]
+fn writes_atomically_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.safetensors");
+    let mut out = Output::new();
+    let specs = vec![
+        TensorSpec::new("x", Dtype::F32, vec![2]),
+        TensorSpec::new("y", Dtype::U8, vec![3]),
+    ];
+    let mut w = out
+        .safetensors(&dest, &[("k".into(), "v".into())], specs)
+        .unwrap();
+    w.write_tensor("x", &dtype::encode(Dtype::F32, &[1.0, 2.0]))
+        .unwrap();
+    w.begin("y").unwrap();
+    w.write_chunk(&[7]).unwrap();
+    w.write_chunk(&[8, 9]).unwrap();
+    w.finish().unwrap();
+    assert!(!dest.exists(), "nothing lands before commit");
+    out.commit().unwrap();
+    let f = SafetensorsFile::open(&dest).unwrap();
+    assert_eq!(f.read_f32("x").unwrap(), vec![1.0, 2.0]);
+    assert_eq!(f.view("y").unwrap().data, &[7, 8, 9]);
+    assert_eq!(f.header().metadata_value("k"), Some("v"));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(leftovers.len(), 1);
+}
+
+/// Tensors copied file to file by the kernel land byte for byte between written ones, a
+/// copy of the wrong length is refused, and the pipelined writer returns the body's error
+/// and leaves nothing behind.
+#[test]
+fn kernel_copies_and_the_pipelined_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = dir.path().join("src.bin");
+    let payload: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&src_path, &payload).unwrap();
+    let src = File::open(&src_path).unwrap();
+    let dest = dir.path().join("out.safetensors");
+    let n = payload.len() - 100;
+    let specs = vec![
+        TensorSpec::new("a", Dtype::F32, vec![1]),
+        TensorSpec::new("b", Dtype::U8, vec![n]),
+        TensorSpec::new("c", Dtype::F32, vec![1]),
+    ];
+    let mut out = Output::new();
+    let w = out.safetensors(&dest, &[], specs.clone()).unwrap();
+    let one = dtype::encode(Dtype::F32, &[1.0]);
+    pipelined(w, |p| {
+        p.write_tensor("a", one.clone())?;
+        p.copy_tensor("b", &src, &src_path, 100, n as u64)?;
+        p.write_tensor("c", one.clone())
+    })
+    .unwrap();
+    out.commit().unwrap();
+    let f = SafetensorsFile::open(&dest).unwrap();
+    assert_eq!(f.view("b").unwrap().data, &payload[100..]);
+    assert_eq!(f.read_f32("c").unwrap(), vec![1.0]);
+
+    let mut out = Output::new();
+    let mut w = out.safetensors(&dest, &[], specs.clone()).unwrap();
+    w.write_tensor("a", &one).unwrap();
+    assert!(w.copy_tensor("b", &src, &src_path, 0, 10).is_err());
+    drop(w);
+    drop(out);
+    let mut out = Output::new();
+    let w = out.safetensors(&dest, &[], specs).unwrap();
+    let err = pipelined(w, |p| {
+        p.write_tensor("a", one.clone())?;
+        anyhow::bail!("the body failed")
+    })
+    .unwrap_err();
+    assert_eq!(err.to_string(), "the body failed");
+    drop(out);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(left.len(), 2, "src.bin and the first output only");
+}
+
+#[test]
+fn dropped_output_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.safetensors");
+    {
+        let mut out = Output::new();
+        let mut w = out
+            .safetensors(&dest, &[], vec![TensorSpec::new("x", Dtype::F32, vec![2])])
+            .unwrap();
+        w.write_tensor("x", &[0u8; 8]).unwrap();
+        assert!(w.write_tensor("z", &[0u8; 8]).is_err());
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// A rename that fails part-way through a commit (here: the second destination became a
+/// folder after the output was planned) puts the first file back as it was and leaves no
+/// temporary or backup file.
+#[test]
+fn a_failed_commit_restores_every_file_it_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    std::fs::write(&a, b"old a").unwrap();
+    let mut out = Output::new();
+    out.small_file(&a, b"new a").unwrap();
+    out.small_file(&b, b"new b").unwrap();
+    std::fs::create_dir(&b).unwrap();
+    std::fs::write(b.join("keep"), b"x").unwrap();
+    assert!(out.commit().is_err());
+    assert_eq!(std::fs::read(&a).unwrap(), b"old a");
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["a.json", "b.json"]);
+    // And a commit that succeeds replaces the old file and leaves no backup.
+    std::fs::remove_dir_all(&b).unwrap();
+    let mut out = Output::new();
+    out.small_file(&a, b"newer a").unwrap();
+    out.commit().unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), b"newer a");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn refuses_output_onto_input_or_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    std::fs::write(&input, b"x").unwrap();
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let reads = std::slice::from_ref(&input);
+    assert!(check_writes(reads, std::slice::from_ref(&input), &[]).is_err());
+    assert!(check_writes(reads, &[link], &[]).is_err());
+    let hard = dir.path().join("hard.safetensors");
+    std::fs::hard_link(&input, &hard).unwrap();
+    assert!(check_writes(reads, &[hard], &[]).is_err());
+    let other = dir.path().join("sub/../in.safetensors");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    assert!(check_writes(reads, &[other], &[]).is_err());
+    assert!(check_writes(reads, &[dir.path().join("new.safetensors")], &[]).is_ok());
+    // A folder read stands for its entries; writing the folder itself is refused too.
+    let folder = vec![dir.path().to_path_buf()];
+    assert!(check_writes(&folder, &[], &folder).is_err());
+    assert!(check_writes(&folder, &[dir.path().join("in.safetensors")], &[]).is_err());
+    assert!(
+        check_writes(&[], &[dir.path().join("sub")], &[]).is_err(),
+        "folder where a file goes"
+    );
+}

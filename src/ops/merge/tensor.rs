@@ -1,0 +1,294 @@
+//! One merged tensor: its W0 (the base's, a modules_to_save override, a dequantized quantized
+//! weight, or dequant(Q(W)) as trained on), every term's factors in the stored orientation, the
+//! engine call with the plan's rounding, and the QLoRA stray-term report. Must not write: the
+//! caller streams the bytes it returns.
+
+use super::*;
+use crate::adapter::DoraRule;
+use crate::backend::{self, Dora, MergeJob, NormAxis, Term};
+use crate::dtype::{self, Dtype};
+use crate::error::InputError;
+use anyhow::Result;
+
+impl MergePlan {
+    pub(super) fn merge_tensor(
+        &self,
+        engine: &backend::Engine,
+        name: &str,
+        terms: &[(usize, usize)],
+        out_dtype: Dtype,
+    ) -> Result<(Vec<u8>, Option<QloraTensor>)> {
+        let stored = self.quant.get(name).map_or(name, |q| q.stored.as_str());
+        let file = self.base.file_of(stored).expect("base tensor");
+        let info = self.base.info(stored).expect("base tensor");
+        // The logical shape (a quantized weight is stored packed).
+        let shape = match self.quant.get(name) {
+            Some(q) => q.shape.clone(),
+            None => info.shape.clone(),
+        };
+        let rows = shape.first().copied().unwrap_or(1);
+        let cols = shape.iter().skip(1).product::<usize>();
+        let view = file.view_info(info)?;
+        let replaced;
+        let mut in_dtype = info.dtype;
+        let mut stray_norm = None;
+        let w0: &[u8] = match (self.base_override.get(name), self.quant.get(name)) {
+            (Some(&(ai, fi)), _) => {
+                let a = &self.adapters[ai].adapter;
+                replaced = dtype::encode(in_dtype, &a.values(&a.full_tensors[fi].data)?);
+                &replaced
+            }
+            (None, Some(q)) => {
+                // A quantized base: merge into what it dequantizes to.
+                in_dtype = Dtype::F32;
+                replaced = dtype::encode(in_dtype, &self.quant.dequantize(&self.base, q)?);
+                &replaced
+            }
+            (None, None) => match &self.options.as_trained_on {
+                Some(t) => {
+                    // QLoRA: the adapter was trained against dequant(Q(W)), not W.
+                    let w = view.to_f32();
+                    let wq = quantize_dequantize(t, &w).map_err(|m| {
+                        anyhow::Error::new(InputError::invalid(
+                            file.path(),
+                            format!("tensor `{name}`: {m}"),
+                        ))
+                    })?;
+                    stray_norm = Some(
+                        w.iter()
+                            .zip(&wq)
+                            .map(|(a, b)| ((a - b) as f64).powi(2))
+                            .sum::<f64>()
+                            .sqrt(),
+                    );
+                    in_dtype = Dtype::F32;
+                    replaced = dtype::encode(in_dtype, &wq);
+                    &replaced
+                }
+                None => view.data,
+            },
+        };
+        // Factors in the stored orientation: a transposed base gets (B·A)ᵀ = Aᵀ·Bᵀ.
+        let mut owned: Vec<StoredTerm> = Vec::new();
+        let mut order = terms.to_vec();
+        if self.options.unmerge {
+            order.reverse();
+        }
+        // A base-dependent update after another term sees the weight as the terms before it
+        // left it, as ComfyUI applies patches (`comfy/lora.py` `calculate_weight`: each
+        // adapter's `calculate_weight` gets the previous result): `running` is W0 plus every
+        // earlier term's ΔW, in f32 as ComfyUI's intermediate dtype holds it.
+        let sequential = order
+            .iter()
+            .skip(1)
+            .any(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].factors.needs_base());
+        let mut running: Option<Vec<f32>> = sequential.then(|| dtype::decode(in_dtype, w0));
+        for &(ai, mi) in &order {
+            let a = &self.adapters[ai].adapter;
+            let m = &a.modules[mi];
+            let (factors, dense) = if m.factors.needs_base() {
+                // OFT / IA3: ΔW = f(W0) from the base as it is merged into (after a
+                // modules_to_save override or dequantization), built with the user weight as
+                // LyCORIS' multiplier ([`algo::delta_from_base`]); the term's scale is then 1.
+                let w = match &running {
+                    Some(r) => r.clone(),
+                    None => dtype::decode(in_dtype, w0),
+                };
+                let (w, d, k) = if m.base_transposed {
+                    (crate::adapter::transpose(&w, rows, cols), cols, rows)
+                } else {
+                    (w, rows, cols)
+                };
+                let delta = a.delta_from_base(m, &w, d, k, self.adapters[ai].weight)?;
+                let d = if m.base_transposed {
+                    crate::adapter::transpose(&delta, d, k)
+                } else {
+                    delta
+                };
+                ((Vec::new(), Vec::new()), Some(d))
+            } else if m.factors.lora().is_some() {
+                let (b, av) = a.factors(m)?;
+                let stored = if m.base_transposed {
+                    (
+                        crate::adapter::transpose(&av, m.rank, m.in_features),
+                        crate::adapter::transpose(&b, m.out_features, m.rank),
+                    )
+                } else {
+                    (b.to_vec(), av.to_vec())
+                };
+                (stored, None)
+            } else {
+                // LoHa, LoKr, Tucker and full modules: ΔW rebuilt whole (scale applied by the
+                // term, so weights and unmerge act as on LoRA).
+                let d = a.delta_unscaled(m)?;
+                let d = if m.base_transposed {
+                    crate::adapter::transpose(&d, m.out_features, m.in_features)
+                } else {
+                    d
+                };
+                ((Vec::new(), Vec::new()), Some(d))
+            };
+            let mag = m.dora_magnitude.as_ref().map(|d| a.values(d)).transpose()?;
+            if let Some(r) = running.as_mut() {
+                if mag.is_some() {
+                    return Err(anyhow::Error::new(InputError::invalid(
+                        &a.path,
+                        format!("module `{}`: a DoRA module before a base-dependent update on tensor `{name}` cannot be applied in sequence (its result is not a fixed ΔW)", m.name),
+                    )));
+                }
+                let s = if m.factors.needs_base() {
+                    1.0
+                } else {
+                    self.adapters[ai].weight * m.scale
+                };
+                super::sequence::accumulate(r, &factors, dense.as_deref(), m.rank, s);
+            }
+            owned.push(StoredTerm {
+                b: factors.0,
+                a: factors.1,
+                dense,
+                magnitude: mag,
+            });
+        }
+        let term_list: Vec<Term> = order
+            .iter()
+            .zip(&owned)
+            .map(|(&(ai, mi), st)| {
+                let wa = &self.adapters[ai];
+                let m = &wa.adapter.modules[mi];
+                let axis = if m.base_transposed {
+                    NormAxis::Cols
+                } else {
+                    NormAxis::Rows
+                };
+                // PEFT's DoRA scales δ by the user weight; LyCORIS' is blended by it as ComfyUI
+                // does (see backend::Dora).
+                let (scale, dora) = match (st.magnitude.as_ref(), m.dora_rule) {
+                    (None, _) if m.factors.needs_base() => (1.0, None),
+                    (None, _) => (wa.weight * m.scale, None),
+                    (Some(v), DoraRule::Peft) => (wa.weight * m.scale, Some(Dora::peft(v, axis))),
+                    (Some(v), DoraRule::Lycoris { per_input }) => (
+                        m.scale,
+                        Some(Dora {
+                            magnitude: v.as_slice(),
+                            axis: if per_input {
+                                NormAxis::Cols
+                            } else {
+                                NormAxis::Rows
+                            },
+                            group: if per_input {
+                                m.in_features / v.len().max(1)
+                            } else {
+                                1
+                            },
+                            eps: f32::EPSILON,
+                            strength: wa.weight as f32,
+                        }),
+                    ),
+                };
+                Term {
+                    b: &st.b,
+                    a: &st.a,
+                    rank: m.rank,
+                    dense: st.dense.as_deref(),
+                    scale: self.signed(scale) as f32,
+                    dora,
+                }
+            })
+            .collect();
+        let job = MergeJob {
+            w0,
+            in_dtype,
+            rows,
+            cols,
+            terms: &term_list,
+            // With a stray-term report the merged values are needed in f32; rounded below,
+            // once, exactly as the engine rounds.
+            out_dtype: if stray_norm.is_some() {
+                Dtype::F32
+            } else {
+                out_dtype
+            },
+        };
+        let result = engine
+            .merge_with(&job, self.options.rounding)
+            .map_err(|e| {
+                let modules: Vec<String> = order
+                    .iter()
+                    .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
+                    .collect();
+                anyhow::Error::new(InputError::invalid(
+                    file.path(),
+                    format!(
+                        "tensor `{name}`: merging {} gives an invalid result: {e}",
+                        modules.join(" + ")
+                    ),
+                ))
+            })?;
+        let Some(stray_norm) = stray_norm else {
+            return Ok((result, None));
+        };
+        let merged = dtype::decode(Dtype::F32, &result);
+        let w0 = dtype::decode(Dtype::F32, w0);
+        let delta_norm = merged
+            .iter()
+            .zip(&w0)
+            .map(|(m, w)| ((m - w) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let data = dtype::encode(out_dtype, &merged);
+        if let Some(i) = dtype::first_non_finite(out_dtype, &data) {
+            return Err(anyhow::Error::new(InputError::invalid(
+                file.path(),
+                format!(
+                    "tensor `{name}`: merged value at {i} is {}",
+                    dtype::non_finite_reason(out_dtype, &data, i)
+                ),
+            )));
+        }
+        Ok((
+            data,
+            Some(QloraTensor {
+                name: name.to_owned(),
+                stray_norm,
+                delta_norm,
+                ratio: stray_norm / delta_norm.max(f64::MIN_POSITIVE),
+            }),
+        ))
+    }
+}
+
+/// `dequantize_4bit(quantize_4bit(W))` as bitsandbytes computes it on load
+/// (`BitsAndBytesConfig(load_in_4bit=True)`): the weights a QLoRA adapter was trained against.
+fn quantize_dequantize(t: &AsTrainedOn, w: &[f32]) -> Result<Vec<f32>, String> {
+    use crate::io::quant::bnb4;
+    if t.double_quant {
+        return Err("double quantization needs bitsandbytes' dynamic code map, which lorakit does not build yet; merge with --as-trained-on nf4 or fp4 without double-quant".into());
+    }
+    let (packed, absmax) = bnb4::quantize(t.kind, t.blocksize, w);
+    let p = bnb4::Params {
+        kind: t.kind,
+        blocksize: t.blocksize,
+        dtype: Dtype::F32,
+        shape: vec![w.len()],
+        nested: None,
+    };
+    let absmax = dtype::encode(Dtype::F32, &absmax);
+    Ok(bnb4::dequantize(
+        &p,
+        &bnb4::Parts {
+            packed: &packed,
+            absmax: &absmax,
+            nested_absmax: None,
+            nested_code: None,
+        },
+    ))
+}
+
+/// One term's factors in the base tensor's stored orientation.
+struct StoredTerm {
+    b: Vec<f32>,
+    a: Vec<f32>,
+    dense: Option<Vec<f32>>,
+    magnitude: Option<crate::adapter::Values>,
+}
