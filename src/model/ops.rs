@@ -579,17 +579,35 @@ mod tests {
                 head_dim: 4,
                 window,
             };
-            let nq = s.batch * s.seq * s.heads * s.head_dim;
-            let nk = s.batch * s.seq * s.kv_heads * s.head_dim;
-            let q: Vec<f64> = (0..nq).map(|_| uniform(&mut seed)).collect();
-            let k: Vec<f64> = (0..nk).map(|_| uniform(&mut seed)).collect();
-            let v: Vec<f64> = (0..nk).map(|_| uniform(&mut seed)).collect();
-            let (o, _) = attention(&q, &k, &v, &s);
-            let want = naive(&q, &k, &v, &s);
-            for (a, b) in o.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-12, "{a} vs {b}");
-            }
+            let (q, k, v) = random_qkv(&mut seed, &s, 1.0);
+            forward_matches_naive(&q, &k, &v, &s);
         }
+    }
+
+    /// Random q and k with entries `qk_scale · U[-0.5, 0.5)` ([`uniform`]), v unscaled; drawn
+    /// in that order.
+    fn random_qkv(seed: &mut Rng, s: &AttnShape, qk_scale: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let nq = s.batch * s.seq * s.heads * s.head_dim;
+        let nk = s.batch * s.seq * s.kv_heads * s.head_dim;
+        let q: Vec<f64> = (0..nq).map(|_| qk_scale * uniform(seed)).collect();
+        let k: Vec<f64> = (0..nk).map(|_| qk_scale * uniform(seed)).collect();
+        let v: Vec<f64> = (0..nk).map(|_| uniform(seed)).collect();
+        (q, k, v)
+    }
+
+    /// The forward against the naive one to 1e-12; returns its output and log-sum-exps.
+    fn forward_matches_naive(
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        s: &AttnShape,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (o, lse) = attention(q, k, v, s);
+        let want = naive(q, k, v, s);
+        for (a, b) in o.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+        (o, lse)
     }
 
     /// Several query blocks (the last one partial), with and without a window that starts
@@ -607,17 +625,10 @@ mod tests {
                 head_dim: 4,
                 window,
             };
-            let nq = s.batch * s.seq * s.heads * s.head_dim;
-            let nk = s.batch * s.seq * s.kv_heads * s.head_dim;
-            let q: Vec<f64> = (0..nq).map(|_| 2.0 * uniform(&mut seed)).collect();
-            let k: Vec<f64> = (0..nk).map(|_| 2.0 * uniform(&mut seed)).collect();
-            let v: Vec<f64> = (0..nk).map(|_| uniform(&mut seed)).collect();
+            let (q, k, v) = random_qkv(&mut seed, &s, 2.0);
+            let (nq, nk) = (q.len(), k.len());
             let r: Vec<f64> = (0..nq).map(|_| uniform(&mut seed)).collect();
-            let (o, lse) = attention(&q, &k, &v, &s);
-            let want = naive(&q, &k, &v, &s);
-            for (a, b) in o.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-12, "{a} vs {b}");
-            }
+            let (o, lse) = forward_matches_naive(&q, &k, &v, &s);
             let (dq, dk, dv) = attention_backward(&q, &k, &v, &o, &lse, &r, &s);
             let loss = |q: &[f64], k: &[f64], v: &[f64]| -> f64 {
                 naive(q, k, v, &s).iter().zip(&r).map(|(a, b)| a * b).sum()
