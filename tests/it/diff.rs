@@ -21,15 +21,12 @@ fn identical_checkpoints_pass_and_layouts_do_not_matter() {
 fn differences_fail_with_exit_1_and_exact_figures() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
-    run_ok([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &[],
+    );
     let o = bin()
         .args([
             "diff",
@@ -139,17 +136,12 @@ fn differences_fail_with_exit_1_and_exact_figures() {
 fn missing_tensors_and_dtype_changes_fail() {
     let dir = tempfile::tempdir().unwrap();
     let bf = dir.path().join("bf");
-    run_ok([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        bf.to_str().unwrap(),
-        "--dtype",
-        "bf16",
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &bf,
+        &["--dtype", "bf16"],
+    );
     let o = bin()
         .args([
             "diff",

@@ -160,17 +160,7 @@ fn deltas_with(path: &Path, mapped_names: bool) -> BTreeMap<String, Delta> {
 
 fn merged(dir: &Path, base: &str, adapter: &Path, name: &str) -> Vec<u8> {
     let out = dir.join(name);
-    run_ok([
-        "merge",
-        "--base",
-        &fx(base),
-        "--adapter",
-        s(adapter),
-        "--out",
-        s(&out),
-        "--device",
-        "cpu",
-    ]);
+    merge_ok(&fixture(base), adapter, &out, &["--device", "cpu"]);
     let f = if out.is_dir() {
         out.join("model.safetensors")
     } else {
