@@ -19,7 +19,7 @@ fn check_rejected(path: &Path, expect: &[&str]) {
     }
     let out = dir.join("out.safetensors");
     let merge = run_err(merge_args(
-        &path,
+        path,
         &fixture("llama/adapters/qv_r8"),
         &out,
         &[],
