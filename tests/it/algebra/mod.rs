@@ -24,8 +24,8 @@ fn fx(rel: &str) -> String {
 }
 
 /// Runs lorakit with `--json` appended and parses the summary.
-fn run_json(args: &[&str]) -> serde_json::Value {
-    let mut v: Vec<&str> = args.to_vec();
+fn run_json<S: AsRef<str>>(args: &[S]) -> serde_json::Value {
+    let mut v: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     v.push("--json");
     serde_json::from_str(&run_ok(&v)).expect("json summary")
 }
