@@ -181,6 +181,24 @@ fn q_blocks(s: &AttnShape) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
     })
 }
 
+/// Row `i` of a block's scores `p` (`w` columns from key `blo`, first row `i0`): the entries
+/// query `i` may not see are zeroed and the visible ones returned.
+fn visible_row<'p, T: Real>(
+    p: &'p mut [T],
+    s: &AttnShape,
+    i: usize,
+    i0: usize,
+    blo: usize,
+    w: usize,
+) -> &'p mut [T] {
+    let row = &mut p[(i - i0) * w..(i - i0 + 1) * w];
+    let (lo, hi) = s.visible_range(i);
+    let (lo, hi) = (lo - blo, hi - blo);
+    row[..lo].fill(T::ZERO);
+    row[hi..].fill(T::ZERO);
+    &mut row[lo..hi]
+}
+
 /// Scaled scores `S = (Q_h[i0..i1]·K_g[lo..i1]ᵀ)·scale` of one head of one sequence, into `sc`
 /// (`(i1 − i0) × (i1 − lo)`).
 #[allow(clippy::too_many_arguments)]
@@ -229,13 +247,8 @@ pub fn attention<T: Real>(q: &[T], k: &[T], v: &[T], s: &AttnShape) -> (Vec<T>, 
                         let (i0, i1, blo) = blk;
                         let w = i1 - blo;
                         block_scores(q, k, s, b, h, g, blk, &mut p);
-                        for i in i0..i1 {
-                            let row = &mut p[(i - i0) * w..(i - i0 + 1) * w];
-                            let (lo, hi) = s.visible_range(i);
-                            let (lo, hi) = (lo - blo, hi - blo);
-                            row[..lo].fill(T::ZERO);
-                            row[hi..].fill(T::ZERO);
-                            let vis = &mut row[lo..hi];
+                        for (i, lse_i) in lse.iter_mut().enumerate().take(i1).skip(i0) {
+                            let vis = visible_row(&mut p, s, i, i0, blo, w);
                             let mx = max(vis);
                             for x in vis.iter_mut() {
                                 *x -= mx;
@@ -245,7 +258,7 @@ pub fn attention<T: Real>(q: &[T], k: &[T], v: &[T], s: &AttnShape) -> (Vec<T>, 
                             for x in vis.iter_mut() {
                                 *x /= se;
                             }
-                            lse[i] = mx + se.ln();
+                            *lse_i = mx + se.ln();
                         }
                         let vv = MatView::strided(&v[(b * t + blo) * krow + g * hd..], w, hd, krow);
                         gemm(
@@ -361,12 +374,7 @@ pub fn attention_backward<T: Real>(
                     block_scores(q, k, s, b, h, g, blk, &mut p);
                     for i in i0..i1 {
                         let l = lse[(b * t + i) * nh + h];
-                        let row = &mut p[(i - i0) * w..(i - i0 + 1) * w];
-                        let (lo, hi) = s.visible_range(i);
-                        let (lo, hi) = (lo - blo, hi - blo);
-                        row[..lo].fill(T::ZERO);
-                        row[hi..].fill(T::ZERO);
-                        let vis = &mut row[lo..hi];
+                        let vis = visible_row(&mut p, s, i, i0, blo, w);
                         for x in vis.iter_mut() {
                             *x -= l;
                         }

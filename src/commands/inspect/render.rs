@@ -4,9 +4,31 @@
 
 use crate::adapter::Format;
 use crate::inspect::gguf::GgufReport;
-use crate::inspect::{human_bytes, human_count, table, DtypeStats, QuantReport, Report};
+use crate::inspect::{human_bytes, human_count, table, DtypeStats, QuantReport, Report, TensorRow};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// The `--tensors` table of a checkpoint or a GGUF file; `kind` heads the type column.
+fn render_tensors(s: &mut String, kind: &str, list: &[TensorRow]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.dtype.clone(),
+                format!("{:?}", t.shape),
+                t.bytes.to_string(),
+                t.file.clone(),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&table(
+        &["name", kind, "shape", "bytes", "file"],
+        &rows,
+        &[false, false, false, true, false],
+    ));
+}
 
 /// The totals lines (tensors, parameters, bytes) and the per-type table that a checkpoint
 /// and a GGUF file report alike; `kind` heads the type column ("dtype" or "type").
@@ -110,24 +132,7 @@ pub fn render_text(r: &Report) -> String {
                 render_quant(&mut s, q);
             }
             if let Some(list) = &c.tensors {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.name.clone(),
-                            t.dtype.clone(),
-                            format!("{:?}", t.shape),
-                            t.bytes.to_string(),
-                            t.file.clone(),
-                        ]
-                    })
-                    .collect();
-                s.push('\n');
-                s.push_str(&table(
-                    &["name", "dtype", "shape", "bytes", "file"],
-                    &rows,
-                    &[false, false, false, true, false],
-                ));
+                render_tensors(&mut s, "dtype", list);
             }
         }
         Report::Gguf(g) => s.push_str(&render_gguf(g)),
@@ -275,24 +280,7 @@ fn render_gguf(g: &GgufReport) -> String {
         }
     }
     if let Some(list) = &g.tensors {
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|t| {
-                vec![
-                    t.name.clone(),
-                    t.dtype.clone(),
-                    format!("{:?}", t.shape),
-                    t.bytes.to_string(),
-                    t.file.clone(),
-                ]
-            })
-            .collect();
-        s.push('\n');
-        s.push_str(&table(
-            &["name", "type", "shape", "bytes", "file"],
-            &rows,
-            &[false, false, false, true, false],
-        ));
+        render_tensors(&mut s, "type", list);
     }
     s
 }
