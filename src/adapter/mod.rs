@@ -183,6 +183,16 @@ impl Adapter {
         v
     }
 
+    /// Canonical values of every factor of `m`, in [`Factors::data`] order (what
+    /// [`algo::Loaded`] takes).
+    fn factor_values(&self, m: &LoraModule) -> InputResult<Vec<Arc<Vec<f32>>>> {
+        m.factors
+            .data()
+            .into_iter()
+            .map(|d| self.values(d))
+            .collect()
+    }
+
     /// Canonical values of a factor.
     pub fn values(&self, data: &Data) -> InputResult<Arc<Vec<f32>>> {
         match data {
@@ -261,12 +271,7 @@ impl Adapter {
         k: usize,
         multiplier: f64,
     ) -> InputResult<Vec<f32>> {
-        let values = m
-            .factors
-            .data()
-            .into_iter()
-            .map(|d| self.values(d))
-            .collect::<InputResult<Vec<_>>>()?;
+        let values = self.factor_values(m)?;
         let n = values.first().map_or(0, |v| v.len());
         let fits = match m.factors {
             Factors::Ia3 { on_input: true, .. } => n > 0 && k.is_multiple_of(n),
@@ -314,12 +319,7 @@ impl Adapter {
                 ),
             ));
         }
-        let values = m
-            .factors
-            .data()
-            .into_iter()
-            .map(|d| self.values(d))
-            .collect::<InputResult<Vec<_>>>()?;
+        let values = self.factor_values(m)?;
         let kk = match &m.kind {
             ModuleKind::Conv { kernel } => kernel.iter().product::<usize>().max(1),
             _ => 1,

@@ -218,18 +218,18 @@ fn render(s: &MergeSummary) -> String {
     out
 }
 
-fn render_dry_run(d: &crate::merge::DryRunSummary) -> String {
-    let rows: Vec<Vec<String>> = d
-        .files
-        .iter()
-        .map(|f| {
-            vec![
-                f.path.clone(),
-                f.tensors_count.to_string(),
-                human_bytes(f.bytes),
-            ]
+/// The dry-run table of the files a merge would write (safetensors shards or one GGUF file):
+/// path, tensor count, size.
+fn files_table<'a>(files: impl Iterator<Item = (&'a str, usize, u64)>) -> String {
+    let rows: Vec<Vec<String>> = files
+        .map(|(path, tensors, bytes)| {
+            vec![path.to_string(), tensors.to_string(), human_bytes(bytes)]
         })
         .collect();
+    table(&["file", "tensors", "bytes"], &rows, &[false, true, true])
+}
+
+fn render_dry_run(d: &crate::merge::DryRunSummary) -> String {
     let mut out = format!(
         "dry run: would write {} ({} of base {}): {} modules matched, {} tensors changed, {} total\n\n",
         d.out,
@@ -239,10 +239,10 @@ fn render_dry_run(d: &crate::merge::DryRunSummary) -> String {
         d.tensors_merged_count,
         human_bytes(d.bytes)
     );
-    out.push_str(&table(
-        &["file", "tensors", "bytes"],
-        &rows,
-        &[false, true, true],
+    out.push_str(&files_table(
+        d.files
+            .iter()
+            .map(|f| (f.path.as_str(), f.tensors_count, f.bytes)),
     ));
     if let Some(i) = &d.index {
         out.push_str(&format!("\nindex {i}\n"));
@@ -294,25 +294,14 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         if a.json {
             super::print_json("merge", &d)?;
         } else {
-            let rows: Vec<Vec<String>> = d
-                .files
-                .iter()
-                .map(|f| {
-                    vec![
-                        f.path.clone(),
-                        f.tensor_count.to_string(),
-                        human_bytes(f.bytes),
-                    ]
-                })
-                .collect();
             let mut out = format!(
                 "dry run: would write {} ({} tensors merged, --outtype {}, {} copied); nothing written\n\n",
                 d.out, d.tensors_merged_count, d.outtype, d.tensors_copied_count
             );
-            out.push_str(&table(
-                &["file", "tensors", "bytes"],
-                &rows,
-                &[false, true, true],
+            out.push_str(&files_table(
+                d.files
+                    .iter()
+                    .map(|f| (f.path.as_str(), f.tensor_count, f.bytes)),
             ));
             super::print(&out)?;
         }

@@ -211,6 +211,11 @@ impl<'c, T: Real> Linear<'c, T> {
         self.loras.iter().find(|l| l.trainable)
     }
 
+    /// The trainable adapter, mutably (the optimizer's step and a resumed state write it).
+    pub fn trainable_mut(&mut self) -> Option<&mut Lora<T>> {
+        self.loras.iter_mut().find(|l| l.trainable)
+    }
+
     /// `Y = X·W0ᵀ + b + Σ s·((X·Aᵀ)·Bᵀ + b_lora)` for `X` `n × in`; with `tape`, also returns
     /// `X·Aᵀ` of the trainable adapter for the backward.
     pub fn forward(

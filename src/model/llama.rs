@@ -203,10 +203,22 @@ impl<T: Real> Grads<T> {
 }
 
 /// Shape and rotary tables of one forward/backward pass.
-struct Pass<'r, T> {
+struct Pass<T> {
     batch: usize,
     seq: usize,
-    rope: &'r Rope<T>,
+    rope: Rope<T>,
+}
+
+impl<T: Real> Pass<T> {
+    /// `batch` sequences of `seq` new tokens, with rotary tables for the first `positions`
+    /// positions (`seq`, or more when earlier positions sit in a KV cache).
+    fn new(inv_freq: &[f64], batch: usize, seq: usize, positions: usize) -> Self {
+        Pass {
+            batch,
+            seq,
+            rope: Rope::new(inv_freq, positions),
+        }
+    }
 }
 
 /// How a decoder block attends: over the pass's own `batch × seq` positions (training and the
@@ -412,7 +424,7 @@ impl<'c, T: Real> Model<'c, T> {
         keep: bool,
         attend: Attend<'_, T>,
     ) -> Result<(Vec<T>, Option<LayerTape<T>>)> {
-        let (batch, seq, rope) = (pass.batch, pass.seq, pass.rope);
+        let (batch, seq, rope) = (pass.batch, pass.seq, &pass.rope);
         let c = &self.config;
         let layer = &self.layers[l];
         let (n, h) = (batch * seq, c.hidden_size);
@@ -477,7 +489,7 @@ impl<'c, T: Real> Model<'c, T> {
         pass: &Pass<T>,
         grads: &mut Grads<T>,
     ) -> Vec<T> {
-        let (batch, seq, rope) = (pass.batch, pass.seq, pass.rope);
+        let (batch, seq, rope) = (pass.batch, pass.seq, &pass.rope);
         let c = &self.config;
         let layer = &self.layers[l];
         let (n, h) = (batch * seq, c.hidden_size);
@@ -529,12 +541,7 @@ impl<'c, T: Real> Model<'c, T> {
     /// Final hidden states (after the last norm) of `batch` sequences of `seq` tokens.
     fn hidden(&self, ids: &[u32], batch: usize, seq: usize, exec: Exec) -> Result<Vec<T>> {
         self.check_batch(ids, batch, seq)?;
-        let rope = Rope::new(&self.inv_freq, seq);
-        let pass = Pass {
-            batch,
-            seq,
-            rope: &rope,
-        };
+        let pass = Pass::new(&self.inv_freq, batch, seq, seq);
         let mut x = self.embed_tokens(ids)?;
         for l in 0..self.layers.len() {
             x = self
@@ -587,12 +594,7 @@ impl<'c, T: Real> Model<'c, T> {
         if cache.layers.len() != self.layers.len() {
             cache.layers = vec![(Vec::new(), Vec::new()); self.layers.len()];
         }
-        let rope = Rope::new(&self.inv_freq, p0 + n);
-        let pass = Pass {
-            batch: 1,
-            seq: n,
-            rope: &rope,
-        };
+        let pass = Pass::new(&self.inv_freq, 1, n, p0 + n);
         let mut x = self.embed_tokens(ids)?;
         for (l, kv) in cache.layers.iter_mut().enumerate() {
             x = self
@@ -637,12 +639,7 @@ impl<'c, T: Real> Model<'c, T> {
         if count == 0 {
             bail!("no targets in the batch");
         }
-        let rope = Rope::new(&self.inv_freq, seq);
-        let pass = Pass {
-            batch,
-            seq,
-            rope: &rope,
-        };
+        let pass = Pass::new(&self.inv_freq, batch, seq, seq);
         let mut x = self.embed_tokens(ids)?;
         let mut tapes = Vec::with_capacity(self.layers.len());
         for l in 0..self.layers.len() {

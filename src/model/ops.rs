@@ -181,6 +181,24 @@ fn q_blocks(s: &AttnShape) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
     })
 }
 
+/// Row `i` of a block's scores `p` (`w` columns from key `blo`, first row `i0`): the entries
+/// query `i` may not see are zeroed and the visible ones returned.
+fn visible_row<'p, T: Real>(
+    p: &'p mut [T],
+    s: &AttnShape,
+    i: usize,
+    i0: usize,
+    blo: usize,
+    w: usize,
+) -> &'p mut [T] {
+    let row = &mut p[(i - i0) * w..(i - i0 + 1) * w];
+    let (lo, hi) = s.visible_range(i);
+    let (lo, hi) = (lo - blo, hi - blo);
+    row[..lo].fill(T::ZERO);
+    row[hi..].fill(T::ZERO);
+    &mut row[lo..hi]
+}
+
 /// Scaled scores `S = (Q_h[i0..i1]·K_g[lo..i1]ᵀ)·scale` of one head of one sequence, into `sc`
 /// (`(i1 − i0) × (i1 − lo)`).
 #[allow(clippy::too_many_arguments)]
@@ -229,13 +247,8 @@ pub fn attention<T: Real>(q: &[T], k: &[T], v: &[T], s: &AttnShape) -> (Vec<T>, 
                         let (i0, i1, blo) = blk;
                         let w = i1 - blo;
                         block_scores(q, k, s, b, h, g, blk, &mut p);
-                        for i in i0..i1 {
-                            let row = &mut p[(i - i0) * w..(i - i0 + 1) * w];
-                            let (lo, hi) = s.visible_range(i);
-                            let (lo, hi) = (lo - blo, hi - blo);
-                            row[..lo].fill(T::ZERO);
-                            row[hi..].fill(T::ZERO);
-                            let vis = &mut row[lo..hi];
+                        for (i, lse_i) in lse.iter_mut().enumerate().take(i1).skip(i0) {
+                            let vis = visible_row(&mut p, s, i, i0, blo, w);
                             let mx = max(vis);
                             for x in vis.iter_mut() {
                                 *x -= mx;
@@ -245,7 +258,7 @@ pub fn attention<T: Real>(q: &[T], k: &[T], v: &[T], s: &AttnShape) -> (Vec<T>, 
                             for x in vis.iter_mut() {
                                 *x /= se;
                             }
-                            lse[i] = mx + se.ln();
+                            *lse_i = mx + se.ln();
                         }
                         let vv = MatView::strided(&v[(b * t + blo) * krow + g * hd..], w, hd, krow);
                         gemm(
@@ -361,12 +374,7 @@ pub fn attention_backward<T: Real>(
                     block_scores(q, k, s, b, h, g, blk, &mut p);
                     for i in i0..i1 {
                         let l = lse[(b * t + i) * nh + h];
-                        let row = &mut p[(i - i0) * w..(i - i0 + 1) * w];
-                        let (lo, hi) = s.visible_range(i);
-                        let (lo, hi) = (lo - blo, hi - blo);
-                        row[..lo].fill(T::ZERO);
-                        row[hi..].fill(T::ZERO);
-                        let vis = &mut row[lo..hi];
+                        let vis = visible_row(&mut p, s, i, i0, blo, w);
                         for x in vis.iter_mut() {
                             *x -= l;
                         }
@@ -579,17 +587,35 @@ mod tests {
                 head_dim: 4,
                 window,
             };
-            let nq = s.batch * s.seq * s.heads * s.head_dim;
-            let nk = s.batch * s.seq * s.kv_heads * s.head_dim;
-            let q: Vec<f64> = (0..nq).map(|_| uniform(&mut seed)).collect();
-            let k: Vec<f64> = (0..nk).map(|_| uniform(&mut seed)).collect();
-            let v: Vec<f64> = (0..nk).map(|_| uniform(&mut seed)).collect();
-            let (o, _) = attention(&q, &k, &v, &s);
-            let want = naive(&q, &k, &v, &s);
-            for (a, b) in o.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-12, "{a} vs {b}");
-            }
+            let (q, k, v) = random_qkv(&mut seed, &s, 1.0);
+            forward_matches_naive(&q, &k, &v, &s);
         }
+    }
+
+    /// Random q and k with entries `qk_scale · U[-0.5, 0.5)` ([`uniform`]), v unscaled; drawn
+    /// in that order.
+    fn random_qkv(seed: &mut Rng, s: &AttnShape, qk_scale: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let nq = s.batch * s.seq * s.heads * s.head_dim;
+        let nk = s.batch * s.seq * s.kv_heads * s.head_dim;
+        let q: Vec<f64> = (0..nq).map(|_| qk_scale * uniform(seed)).collect();
+        let k: Vec<f64> = (0..nk).map(|_| qk_scale * uniform(seed)).collect();
+        let v: Vec<f64> = (0..nk).map(|_| uniform(seed)).collect();
+        (q, k, v)
+    }
+
+    /// The forward against the naive one to 1e-12; returns its output and log-sum-exps.
+    fn forward_matches_naive(
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        s: &AttnShape,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (o, lse) = attention(q, k, v, s);
+        let want = naive(q, k, v, s);
+        for (a, b) in o.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+        (o, lse)
     }
 
     /// Several query blocks (the last one partial), with and without a window that starts
@@ -607,17 +633,10 @@ mod tests {
                 head_dim: 4,
                 window,
             };
-            let nq = s.batch * s.seq * s.heads * s.head_dim;
-            let nk = s.batch * s.seq * s.kv_heads * s.head_dim;
-            let q: Vec<f64> = (0..nq).map(|_| 2.0 * uniform(&mut seed)).collect();
-            let k: Vec<f64> = (0..nk).map(|_| 2.0 * uniform(&mut seed)).collect();
-            let v: Vec<f64> = (0..nk).map(|_| uniform(&mut seed)).collect();
+            let (q, k, v) = random_qkv(&mut seed, &s, 2.0);
+            let (nq, nk) = (q.len(), k.len());
             let r: Vec<f64> = (0..nq).map(|_| uniform(&mut seed)).collect();
-            let (o, lse) = attention(&q, &k, &v, &s);
-            let want = naive(&q, &k, &v, &s);
-            for (a, b) in o.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-12, "{a} vs {b}");
-            }
+            let (o, lse) = forward_matches_naive(&q, &k, &v, &s);
             let (dq, dk, dv) = attention_backward(&q, &k, &v, &o, &lse, &r, &s);
             let loss = |q: &[f64], k: &[f64], v: &[f64]| -> f64 {
                 naive(q, k, v, &s).iter().zip(&r).map(|(a, b)| a * b).sum()

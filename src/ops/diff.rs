@@ -111,6 +111,49 @@ pub struct TensorDiff {
     pub pass: bool,
 }
 
+impl TensorDiff {
+    /// A tensor's row before its values are compared: `a` and `b` are its (type name, shape)
+    /// on each side, `None` where it is missing. A tensor on one side only fails unless
+    /// `common` is set (then it is listed but does not fail); a tensor on both sides fails
+    /// until a comparison passes it.
+    fn new(
+        name: &str,
+        a: Option<(String, Vec<usize>)>,
+        b: Option<(String, Vec<usize>)>,
+        opts: &DiffOptions,
+    ) -> Self {
+        let presence = match (&a, &b) {
+            (Some(_), Some(_)) => "both",
+            (Some(_), None) => "only_a",
+            _ => "only_b",
+        };
+        let (dtype_a, shape_a) = a.unzip();
+        let (dtype_b, shape_b) = b.unzip();
+        TensorDiff {
+            name: name.to_owned(),
+            presence,
+            dtype_a,
+            dtype_b,
+            shape_a,
+            shape_b,
+            identical: false,
+            max_abs_diff: None,
+            rel_fro_diff: None,
+            pass: presence != "both" && opts.common,
+        }
+    }
+
+    /// Records the value comparison of `x` (side a) against `y` (side b) and the verdict:
+    /// identical, or within `tolerance` (relative Frobenius) and `max_abs`.
+    fn judge_values(&mut self, x: &[f32], y: &[f32], opts: &DiffOptions) {
+        let (mx, rel) = compare_values(x, y);
+        self.max_abs_diff = Some(mx);
+        self.rel_fro_diff = Some(rel);
+        self.pass =
+            self.identical || (rel <= opts.tolerance && opts.max_abs.is_none_or(|m| mx <= m));
+    }
+}
+
 /// The report of a diff.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiffReport {
@@ -139,26 +182,12 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
         let (ia, ib) = (a.info(name), b.info(name));
-        let mut d = TensorDiff {
-            name: name.to_owned(),
-            presence: match (ia, ib) {
-                (Some(_), Some(_)) => "both",
-                (Some(_), None) => "only_a",
-                _ => "only_b",
-            },
-            dtype_a: ia.map(|i| dtype::name(i.dtype)),
-            dtype_b: ib.map(|i| dtype::name(i.dtype)),
-            shape_a: ia.map(|i| i.shape.clone()),
-            shape_b: ib.map(|i| i.shape.clone()),
-            identical: false,
-            max_abs_diff: None,
-            rel_fro_diff: None,
-            pass: false,
-        };
-        if ia.is_none() || ib.is_none() {
-            // With `common`, a tensor on one side only is listed but does not fail.
-            d.pass = opts.common;
-        }
+        let mut d = TensorDiff::new(
+            name,
+            ia.map(|i| (dtype::name(i.dtype), i.shape.clone())),
+            ib.map(|i| (dtype::name(i.dtype), i.shape.clone())),
+            opts,
+        );
         if let (Some(ia), Some(ib)) = (ia, ib) {
             // Float tensors of equal shape are compared by value whatever their dtypes (a
             // bf16 copy of an f32 checkpoint differs by its rounding only); the dtype change is
@@ -174,11 +203,7 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
                 let (va, vb) = (fa.view_info(ia)?, fb.view_info(ib)?);
                 d.identical = ia.dtype == ib.dtype && va.data == vb.data;
                 if dtype::is_float_compute(ia.dtype) {
-                    let (mx, rel) = compare_values(&va.to_f32(), &vb.to_f32());
-                    d.max_abs_diff = Some(mx);
-                    d.rel_fro_diff = Some(rel);
-                    d.pass = d.identical
-                        || (rel <= opts.tolerance && opts.max_abs.is_none_or(|m| mx <= m));
+                    d.judge_values(&va.to_f32(), &vb.to_f32(), opts);
                 } else {
                     d.pass = d.identical;
                 }
@@ -243,23 +268,12 @@ pub fn diff_gguf(
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
         let (ia, ib) = (a.get(name), b.get(name));
-        let mut d = TensorDiff {
-            name: name.to_owned(),
-            presence: match (ia, ib) {
-                (Some(_), Some(_)) => "both",
-                (Some(_), None) => "only_a",
-                _ => "only_b",
-            },
-            dtype_a: ia.map(|(_, t)| t.ty.name().to_owned()),
-            dtype_b: ib.map(|(_, t)| t.ty.name().to_owned()),
-            shape_a: ia.map(|(_, t)| t.shape()),
-            shape_b: ib.map(|(_, t)| t.shape()),
-            identical: false,
-            max_abs_diff: None,
-            rel_fro_diff: None,
-            pass: ia.is_none() || ib.is_none(),
-        };
-        d.pass = d.pass && opts.common;
+        let mut d = TensorDiff::new(
+            name,
+            ia.map(|(_, t)| (t.ty.name().to_owned(), t.shape())),
+            ib.map(|(_, t)| (t.ty.name().to_owned(), t.shape())),
+            opts,
+        );
         if let (Some((fa, ta)), Some((fb, tb))) = (ia, ib) {
             if ta.dims == tb.dims {
                 let (va, vb) = (fa.view(ta), fb.view(tb));
@@ -267,11 +281,7 @@ pub fn diff_gguf(
                 if ta.ty.can_dequantize() && tb.ty.can_dequantize() {
                     let x = crate::io::gguf::dequantize(fa.path(), va)?;
                     let y = crate::io::gguf::dequantize(fb.path(), vb)?;
-                    let (mx, rel) = compare_values(&x, &y);
-                    d.max_abs_diff = Some(mx);
-                    d.rel_fro_diff = Some(rel);
-                    d.pass = d.identical
-                        || (rel <= opts.tolerance && opts.max_abs.is_none_or(|m| mx <= m));
+                    d.judge_values(&x, &y, opts);
                 } else {
                     d.pass = d.identical;
                 }
@@ -430,31 +440,19 @@ pub fn diff_gguf_checkpoint(
         } else {
             (cs.as_ref(), gs)
         };
-        let mut d = TensorDiff {
-            name: name.clone(),
-            presence: match (sa, sb) {
-                (Some(_), Some(_)) => "both",
-                (Some(_), None) => "only_a",
-                _ => "only_b",
-            },
-            dtype_a: sa.map(|s| s.type_name(c)),
-            dtype_b: sb.map(|s| s.type_name(c)),
-            shape_a: sa.map(Side::shape),
-            shape_b: sb.map(Side::shape),
-            identical: false,
-            max_abs_diff: None,
-            rel_fro_diff: None,
-            pass: (sa.is_none() || sb.is_none()) && opts.common,
-        };
+        let mut d = TensorDiff::new(
+            name,
+            sa.map(|s| (s.type_name(c), s.shape())),
+            sb.map(|s| (s.type_name(c), s.shape())),
+            opts,
+        );
         if let (Some(a), Some(b)) = (sa, sb) {
             if a.shape() == b.shape() {
                 if let (Some(x), Some(y)) = (a.values()?, b.values()?) {
-                    let (mx, rel) = compare_values(&x, &y);
-                    d.identical =
-                        mx == 0.0 && x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
-                    d.max_abs_diff = Some(mx);
-                    d.rel_fro_diff = Some(rel);
-                    d.pass = rel <= opts.tolerance && opts.max_abs.is_none_or(|m| mx <= m);
+                    // Identical only bit for bit (a bit-identical pair has max |x − y| = 0 and
+                    // passes any threshold, so `judge_values`'s shortcut changes nothing here).
+                    d.identical = x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
+                    d.judge_values(&x, &y, opts);
                 }
             }
         }

@@ -241,16 +241,22 @@ pub fn lower_exactly(mut adapter: Adapter) -> InputResult<Adapter> {
         .collect::<InputResult<_>>()?;
     for (m, l) in adapter.modules.iter_mut().zip(lowered) {
         if let Some((Some((b, a)), rep)) = l {
-            m.rank = rep.rank_after;
-            m.alpha = rep.alpha_after;
-            m.scale = scale_for(m.alpha, m.rank, rslora);
-            m.factors = crate::adapter::Factors::Lora {
-                a: Data::Owned(Arc::new(a)),
-                b: Data::Owned(Arc::new(b)),
-            };
+            install(m, b, a, &rep, rslora);
         }
     }
     Ok(adapter)
+}
+
+/// Puts the new factors `B′`, `A′` of `m` in place with the rank and alpha of `rep` (and the
+/// scale they give).
+fn install(m: &mut LoraModule, b: Vec<f32>, a: Vec<f32>, rep: &ModuleResize, rslora: bool) {
+    m.rank = rep.rank_after;
+    m.alpha = rep.alpha_after;
+    m.scale = scale_for(m.alpha, m.rank, rslora);
+    m.factors = crate::adapter::Factors::Lora {
+        a: Data::Owned(Arc::new(a)),
+        b: Data::Owned(Arc::new(b)),
+    };
 }
 
 /// Resizes every module of `adapter` (modules in parallel; the result does not depend on the
@@ -273,13 +279,7 @@ pub fn resize(mut adapter: Adapter, rule: &RankRule) -> InputResult<(Adapter, Ve
     for (m, res) in adapter.modules.iter_mut().zip(results) {
         let (factors, rep) = res?;
         if let Some((b, a)) = factors {
-            m.rank = rep.rank_after;
-            m.alpha = rep.alpha_after;
-            m.scale = scale_for(m.alpha, m.rank, rslora);
-            m.factors = crate::adapter::Factors::Lora {
-                a: Data::Owned(Arc::new(a)),
-                b: Data::Owned(Arc::new(b)),
-            };
+            install(m, b, a, &rep, rslora);
         }
         reports.push(rep);
     }

@@ -435,9 +435,7 @@ impl<'c> Trainer<'c> {
             let lora = self
                 .model
                 .linear_mut(tm.slot)
-                .loras
-                .iter_mut()
-                .find(|l| l.trainable)
+                .trainable_mut()
                 .expect("trainable");
             let (ma, mb) = &mut self.m[i];
             let (va, vb) = &mut self.v[i];
@@ -690,9 +688,7 @@ impl<'c> Trainer<'c> {
             let lora = self
                 .model
                 .linear_mut(tm.slot)
-                .loras
-                .iter_mut()
-                .find(|l| l.trainable)
+                .trainable_mut()
                 .expect("trainable");
             if a.len() != lora.a.len()
                 || b.len() != lora.b.len()

@@ -18,15 +18,12 @@ fn check_rejected(path: &Path, expect: &[&str]) {
         assert!(line.contains(e), "`{e}` not in: {line}");
     }
     let out = dir.join("out.safetensors");
-    let merge = run_err([
-        "merge",
-        "--base",
-        path.to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let merge = run_err(merge_args(
+        path,
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &[],
+    ));
     let line = one_line_error(&merge);
     for e in expect {
         assert!(line.contains(e), "merge: `{e}` not in: {line}");
@@ -329,15 +326,12 @@ fn sharded_index_naming_missing_shard_or_traversal() {
         let res = run_err(["inspect", base.to_str().unwrap()]);
         let line = one_line_error(&res);
         assert!(line.contains(expect), "{replacement}: {line}");
-        let res = run_err([
-            "merge",
-            "--base",
-            base.to_str().unwrap(),
-            "--adapter",
-            fixture("llama/adapters/qv_r8").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let res = run_err(merge_args(
+            &base,
+            &fixture("llama/adapters/qv_r8"),
+            &out,
+            &[],
+        ));
         one_line_error(&res);
         assert!(!out.exists());
     }
@@ -418,15 +412,7 @@ fn empty_adapter_and_unknown_tensor_kinds() {
     // A safetensors file with no LoRA tensors is not an adapter.
     let p = raw_file(dir.path(), "plain.safetensors", OK, 16);
     let out = dir.path().join("o.safetensors");
-    let res = run_err([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        p.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = run_err(merge_args(&fixture("llama/base"), &p, &out, &[]));
     assert!(one_line_error(&res).contains("no LoRA tensors found"));
     // A LyCORIS LoHa module missing three of its factors is refused naming the first missing.
     let h = r#"{"lora_unet_x.hada_w1_a":{"dtype":"F32","shape":[2,1],"data_offsets":[0,8]}}"#;

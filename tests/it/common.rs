@@ -340,6 +340,32 @@ pub fn merge_args(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Ve
     v
 }
 
+/// Arguments of `lorakit combine`: `--adapter PATH` for each of `adapters`, followed by
+/// `--weight W` where one is given, then `extra`, then `--out OUT`.
+pub fn combine_args(adapters: &[(&Path, Option<&str>)], out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v = vec!["combine".to_string()];
+    for (path, weight) in adapters {
+        v.extend(["--adapter".to_string(), path.display().to_string()]);
+        if let Some(w) = weight {
+            v.extend(["--weight".to_string(), w.to_string()]);
+        }
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v.extend(["--out".to_string(), out.display().to_string()]);
+    v
+}
+
+/// Arguments of `lorakit diff A B` followed by `extra`.
+pub fn diff_args(a: &Path, b: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "diff".to_string(),
+        a.display().to_string(),
+        b.display().to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
 /// Runs [`merge_args`], asserting success; returns stdout.
 pub fn merge_ok(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
     run_ok(merge_args(base, adapter, out, extra))

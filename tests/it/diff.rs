@@ -1,16 +1,16 @@
 //! `diff`: exit status and per-tensor figures against values computed here.
 
 use super::common::*;
+use std::path::Path;
 
 #[test]
 fn identical_checkpoints_pass_and_layouts_do_not_matter() {
     // The same weights as one file and as four shards.
-    let s = run_ok([
-        "diff",
-        fixture("llama/base").to_str().unwrap(),
-        fixture("llama/base_sharded").to_str().unwrap(),
-        "--json",
-    ]);
+    let s = run_ok(diff_args(
+        &fixture("llama/base"),
+        &fixture("llama/base_sharded"),
+        &["--json"],
+    ));
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
     assert_eq!(v["pass"], true);
     assert_eq!(v["identical"], 21);
@@ -21,22 +21,14 @@ fn identical_checkpoints_pass_and_layouts_do_not_matter() {
 fn differences_fail_with_exit_1_and_exact_figures() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
-    run_ok([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &[],
+    );
     let o = bin()
-        .args([
-            "diff",
-            out.to_str().unwrap(),
-            fixture("llama/base").to_str().unwrap(),
-            "--json",
-        ])
+        .args(diff_args(&out, &fixture("llama/base"), &["--json"]))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -67,15 +59,11 @@ fn differences_fail_with_exit_1_and_exact_figures() {
     // within 1e-6 it passes, and it is not identical (the test would pass on `diff out out`).
     let reference = fixture("llama/merged/qv_r8.safetensors");
     let o = bin()
-        .args([
-            "diff",
-            out.to_str().unwrap(),
-            reference.to_str().unwrap(),
-            "--common",
-            "--tolerance",
-            "1e-6",
-            "--json",
-        ])
+        .args(diff_args(
+            &out,
+            &reference,
+            &["--common", "--tolerance", "1e-6", "--json"],
+        ))
         .output()
         .unwrap();
     assert_eq!(
@@ -92,26 +80,21 @@ fn differences_fail_with_exit_1_and_exact_figures() {
     let max = v["max_rel_fro_diff"].as_f64().unwrap();
     assert!(max > 0.0 && max < 1e-6, "{max}");
     let o = bin()
-        .args([
-            "diff",
-            out.to_str().unwrap(),
-            reference.to_str().unwrap(),
-            "--common",
-            "--tolerance",
-            &format!("{:e}", max / 2.0),
-        ])
+        .args(diff_args(
+            &out,
+            &reference,
+            &["--common", "--tolerance", &format!("{:e}", max / 2.0)],
+        ))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     // A loose tolerance lets the merge pass against the base; --max-abs can still fail it.
     let o = bin()
-        .args([
-            "diff",
-            out.to_str().unwrap(),
-            fixture("llama/base").to_str().unwrap(),
-            "--tolerance",
-            "10",
-        ])
+        .args(diff_args(
+            &out,
+            &fixture("llama/base"),
+            &["--tolerance", "10"],
+        ))
         .output()
         .unwrap();
     assert_eq!(
@@ -121,15 +104,11 @@ fn differences_fail_with_exit_1_and_exact_figures() {
         String::from_utf8_lossy(&o.stdout)
     );
     let o = bin()
-        .args([
-            "diff",
-            out.to_str().unwrap(),
-            fixture("llama/base").to_str().unwrap(),
-            "--tolerance",
-            "10",
-            "--max-abs",
-            "1e-9",
-        ])
+        .args(diff_args(
+            &out,
+            &fixture("llama/base"),
+            &["--tolerance", "10", "--max-abs", "1e-9"],
+        ))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -139,23 +118,14 @@ fn differences_fail_with_exit_1_and_exact_figures() {
 fn missing_tensors_and_dtype_changes_fail() {
     let dir = tempfile::tempdir().unwrap();
     let bf = dir.path().join("bf");
-    run_ok([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        bf.to_str().unwrap(),
-        "--dtype",
-        "bf16",
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &bf,
+        &["--dtype", "bf16"],
+    );
     let o = bin()
-        .args([
-            "diff",
-            bf.to_str().unwrap(),
-            fixture("llama/base").to_str().unwrap(),
-        ])
+        .args(diff_args(&bf, &fixture("llama/base"), &[]))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -166,23 +136,22 @@ fn missing_tensors_and_dtype_changes_fail() {
     );
     // The changed-tensors-only reference: 17 base tensors exist only in A.
     let o = bin()
-        .args([
-            "diff",
-            fixture("llama/base").to_str().unwrap(),
-            fixture("llama/merged/qv_r8.safetensors").to_str().unwrap(),
-            "--json",
-        ])
+        .args(diff_args(
+            &fixture("llama/base"),
+            &fixture("llama/merged/qv_r8.safetensors"),
+            &["--json"],
+        ))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["only_in_a"], 17);
     // Bad input is exit 2, not 1.
-    let o = run_err([
-        "diff",
-        "/nonexistent/a",
-        fixture("llama/base").to_str().unwrap(),
-    ]);
+    let o = run_err(diff_args(
+        Path::new("/nonexistent/a"),
+        &fixture("llama/base"),
+        &[],
+    ));
     one_line_error(&o);
 }
 
@@ -214,12 +183,11 @@ fn invalid_thresholds_are_refused_naming_the_flag() {
         ("--max-abs", "-0.5"),
         ("--max-abs", "NaN"),
     ] {
-        let e = one_line_error(&run_err([
-            "diff",
-            base.to_str().unwrap(),
-            base.to_str().unwrap(),
-            &format!("{flag}={value}"),
-        ]));
+        let e = one_line_error(&run_err(diff_args(
+            &base,
+            &base,
+            &[&format!("{flag}={value}")],
+        )));
         assert!(
             e.contains(&format!("{flag} must be a finite number")),
             "{flag} {value}: {e}"

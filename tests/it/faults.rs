@@ -5,24 +5,14 @@ use super::common::*;
 use std::path::Path;
 use std::time::Duration;
 
-fn merge_args(base: &Path, ad: &Path, out: &Path, weight: &str) -> Vec<String> {
-    [
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--weight",
-        weight,
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// `merge` on the CPU, quiet, with the adapter at `weight`.
+fn weighted_merge(base: &Path, ad: &Path, out: &Path, weight: &str) -> Vec<String> {
+    merge_args(
+        base,
+        ad,
+        out,
+        &["--weight", weight, "--device", "cpu", "--quiet"],
+    )
 }
 
 #[test]
@@ -33,11 +23,11 @@ fn kill_9_leaves_old_file_or_nothing_and_reruns_are_clean() {
     std::fs::create_dir(&outdir).unwrap();
     let out = outdir.join("merged.safetensors");
     // The complete output of weight 2, to compare a finished run against.
-    run_ok(merge_args(&base, &ad, &out, "2"));
+    run_ok(weighted_merge(&base, &ad, &out, "2"));
     let new_bytes = std::fs::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     // The "old" file: weight 1.
-    run_ok(merge_args(&base, &ad, &out, "1"));
+    run_ok(weighted_merge(&base, &ad, &out, "1"));
     let old_bytes = std::fs::read(&out).unwrap();
     assert_ne!(old_bytes, new_bytes);
     // Kills that land while a temporary file is being written (the child is waited for until
@@ -52,7 +42,7 @@ fn kill_9_leaves_old_file_or_nothing_and_reruns_are_clean() {
             std::fs::write(&out, &old_bytes).unwrap();
         }
         let mut child = bin()
-            .args(merge_args(&base, &ad, &out, "2"))
+            .args(weighted_merge(&base, &ad, &out, "2"))
             .spawn()
             .unwrap();
         let writing = wait_for_temp(&outdir, &mut child);
@@ -77,7 +67,7 @@ fn kill_9_leaves_old_file_or_nothing_and_reruns_are_clean() {
         "only {during_write} kills landed while a temporary file was being written"
     );
     // A rerun succeeds, sweeps every temp file of the killed runs, and is byte-identical.
-    run_ok(merge_args(&base, &ad, &out, "2"));
+    run_ok(weighted_merge(&base, &ad, &out, "2"));
     assert_eq!(std::fs::read(&out).unwrap(), new_bytes);
     assert_eq!(
         listing(&outdir),
@@ -97,15 +87,12 @@ fn full_disk_is_a_clear_error_with_no_partial_output() {
         return;
     };
     let out = mnt.join("merged.safetensors");
-    let res = run_err([
-        "merge",
-        "--base",
-        fixture("llama/base/model.safetensors").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = run_err(merge_args(
+        &fixture("llama/base/model.safetensors"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &[],
+    ));
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(
@@ -129,7 +116,7 @@ fn kill_9_during_extract_leaves_nothing_or_the_complete_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let (base, ad) = big_case(dir.path(), 1024);
     let tuned = dir.path().join("tuned.safetensors");
-    run_ok(merge_args(&base, &ad, &tuned, "1"));
+    run_ok(weighted_merge(&base, &ad, &tuned, "1"));
     let outdir = dir.path().join("out");
     std::fs::create_dir(&outdir).unwrap();
     let out = outdir.join("adapter");

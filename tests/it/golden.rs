@@ -6,7 +6,9 @@
 //! Float results depend on the SIMD path the CPU takes (FMA contracts roundings), so the file
 //! records the CPU class it was made on; on another class only the files that involve no float
 //! arithmetic are compared, and the test says so loudly. To re-record after an intended
-//! change of output: `LORAKIT_BLESS=1 cargo test golden`.
+//! change of output: `LORAKIT_BLESS=1 cargo test golden`. The dequantize, finalize and
+//! `inspect --plot` lines were added after the restructuring: their hashes come from that
+//! build and guard later refactors; they are not pre-refactor hashes.
 
 use super::common::*;
 use std::path::Path;
@@ -25,6 +27,15 @@ const RUNS: &[&str] = &[
     "convert fx/llama/adapters/qv_r8 --to kohya -o out/convert.safetensors",
     "train --model fx/llama/base --data fx/text/tiny_ids.safetensors --seq-len 8 --steps 2 --rank 2 --seed 7 -o out/train",
     "eval --model fx/llama/base --adapter fx/llama/adapters/qv_r8 --input-ids fx/text/tiny_ids.safetensors --logits out/eval_logits.safetensors --device cpu",
+    // Added after the restructuring (recorded from its build, not the pre-refactor one): they
+    // guard later refactors of dequantize, part runs + finalize and the spectrum plot.
+    "dequantize fx/quant/nf4 --dtype f16 -o out/dequantize",
+    "dequantize fx/quant/nf4_dq --dtype keep -o out/dequantize_keep",
+    "merge --base fx/llama/base_sharded --adapter fx/llama/adapters/qv_r8 --part 1/2 -o out/merge_parts",
+    "merge --base fx/llama/base_sharded --adapter fx/llama/adapters/qv_r8 --part 2/2 -o out/merge_parts",
+    "finalize out/merge_parts",
+    "inspect fx/llama/adapters/qv_r8 --plot out/plot.svg",
+    "inspect fx/llama/adapters/qv_r8 --plot out/plot.png",
 ];
 
 /// The CPU class the float outputs depend on.
@@ -72,9 +83,12 @@ fn hashes(dir: &Path) -> Vec<(String, String)> {
     v
 }
 
-/// Files whose bytes involve no float arithmetic: copied configs, tokenizers and the like.
+/// Files whose bytes involve no float arithmetic: copied configs, tokenizers and the like (not
+/// tensors, adapter configs with their alphas, nor the spectrum plots drawn from singular values).
 fn float_free(name: &str) -> bool {
-    !name.ends_with(".safetensors") && !name.ends_with("adapter_config.json")
+    !name.ends_with(".safetensors")
+        && !name.ends_with("adapter_config.json")
+        && !name.starts_with("plot.")
 }
 
 #[test]

@@ -4,8 +4,66 @@
 
 use crate::adapter::Format;
 use crate::inspect::gguf::GgufReport;
-use crate::inspect::{human_bytes, human_count, table, QuantReport, Report};
+use crate::inspect::{human_bytes, human_count, table, DtypeStats, QuantReport, Report, TensorRow};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// The `--tensors` table of a checkpoint or a GGUF file; `kind` heads the type column.
+fn render_tensors(s: &mut String, kind: &str, list: &[TensorRow]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.dtype.clone(),
+                format!("{:?}", t.shape),
+                t.bytes.to_string(),
+                t.file.clone(),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&table(
+        &["name", kind, "shape", "bytes", "file"],
+        &rows,
+        &[false, false, false, true, false],
+    ));
+}
+
+/// The totals lines (tensors, parameters, bytes) and the per-type table that a checkpoint
+/// and a GGUF file report alike; `kind` heads the type column ("dtype" or "type").
+fn render_totals(
+    s: &mut String,
+    kind: &str,
+    (tensors, parameters, bytes): (usize, u64, u64),
+    dtypes: &BTreeMap<String, DtypeStats>,
+) {
+    let _ = writeln!(s, "tensors     {tensors}");
+    let _ = writeln!(
+        s,
+        "parameters  {} ({})",
+        parameters,
+        human_count(parameters)
+    );
+    let _ = writeln!(s, "bytes       {} ({})", bytes, human_bytes(bytes));
+    let rows: Vec<Vec<String>> = dtypes
+        .iter()
+        .map(|(d, st)| {
+            vec![
+                d.clone(),
+                st.tensor_count.to_string(),
+                st.parameters.to_string(),
+                human_bytes(st.bytes),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&table(
+        &[kind, "tensors", "parameters", "bytes"],
+        &rows,
+        &[false, true, true, true],
+    ));
+}
 
 fn render_quant(s: &mut String, q: &QuantReport) {
     let _ = writeln!(
@@ -58,32 +116,12 @@ pub fn render_text(r: &Report) -> String {
                 c.files.len(),
                 if c.files.len() == 1 { "" } else { "s" }
             );
-            let _ = writeln!(s, "tensors     {}", c.tensor_count);
-            let _ = writeln!(
-                s,
-                "parameters  {} ({})",
-                c.parameters,
-                human_count(c.parameters)
+            render_totals(
+                &mut s,
+                "dtype",
+                (c.tensor_count, c.parameters, c.bytes),
+                &c.dtypes,
             );
-            let _ = writeln!(s, "bytes       {} ({})", c.bytes, human_bytes(c.bytes));
-            let rows: Vec<Vec<String>> = c
-                .dtypes
-                .iter()
-                .map(|(d, st)| {
-                    vec![
-                        d.clone(),
-                        st.tensor_count.to_string(),
-                        st.parameters.to_string(),
-                        human_bytes(st.bytes),
-                    ]
-                })
-                .collect();
-            s.push('\n');
-            s.push_str(&table(
-                &["dtype", "tensors", "parameters", "bytes"],
-                &rows,
-                &[false, true, true, true],
-            ));
             if !c.metadata.is_empty() {
                 s.push_str("\nmetadata\n");
                 for (k, v) in &c.metadata {
@@ -94,24 +132,7 @@ pub fn render_text(r: &Report) -> String {
                 render_quant(&mut s, q);
             }
             if let Some(list) = &c.tensors {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.name.clone(),
-                            t.dtype.clone(),
-                            format!("{:?}", t.shape),
-                            t.bytes.to_string(),
-                            t.file.clone(),
-                        ]
-                    })
-                    .collect();
-                s.push('\n');
-                s.push_str(&table(
-                    &["name", "dtype", "shape", "bytes", "file"],
-                    &rows,
-                    &[false, false, false, true, false],
-                ));
+                render_tensors(&mut s, "dtype", list);
             }
         }
         Report::Gguf(g) => s.push_str(&render_gguf(g)),
@@ -230,32 +251,12 @@ fn render_gguf(g: &GgufReport) -> String {
         g.architecture.as_deref().unwrap_or("(none)")
     );
     let _ = writeln!(s, "version     {} (alignment {})", g.version, g.alignment);
-    let _ = writeln!(s, "tensors     {}", g.tensor_count);
-    let _ = writeln!(
-        s,
-        "parameters  {} ({})",
-        g.parameters,
-        human_count(g.parameters)
+    render_totals(
+        &mut s,
+        "type",
+        (g.tensor_count, g.parameters, g.bytes),
+        &g.dtypes,
     );
-    let _ = writeln!(s, "bytes       {} ({})", g.bytes, human_bytes(g.bytes));
-    let rows: Vec<Vec<String>> = g
-        .dtypes
-        .iter()
-        .map(|(d, st)| {
-            vec![
-                d.clone(),
-                st.tensor_count.to_string(),
-                st.parameters.to_string(),
-                human_bytes(st.bytes),
-            ]
-        })
-        .collect();
-    s.push('\n');
-    s.push_str(&table(
-        &["type", "tensors", "parameters", "bytes"],
-        &rows,
-        &[false, true, true, true],
-    ));
     if !g.unsupported_types.is_empty() {
         let _ = writeln!(
             s,
@@ -279,24 +280,7 @@ fn render_gguf(g: &GgufReport) -> String {
         }
     }
     if let Some(list) = &g.tensors {
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|t| {
-                vec![
-                    t.name.clone(),
-                    t.dtype.clone(),
-                    format!("{:?}", t.shape),
-                    t.bytes.to_string(),
-                    t.file.clone(),
-                ]
-            })
-            .collect();
-        s.push('\n');
-        s.push_str(&table(
-            &["name", "type", "shape", "bytes", "file"],
-            &rows,
-            &[false, false, false, true, false],
-        ));
+        render_tensors(&mut s, "type", list);
     }
     s
 }

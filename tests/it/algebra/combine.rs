@@ -36,23 +36,13 @@ fn weighted_sum(parts: &[(&str, f64)]) -> BTreeMap<String, Vec<f64>> {
 fn combine_cat_reproduces_peft_weighted_cat() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cat");
-    let a = fx("llama/adapters/weighted_a");
-    let b = fx("llama/adapters/weighted_b");
-    let rep = run_json(&[
-        "combine",
-        "--adapter",
-        &a,
-        "--weight",
-        "0.7",
-        "--adapter",
-        &b,
-        "--weight",
-        "-0.4",
-        "--method",
-        "cat",
-        "--out",
-        s(&out),
-    ]);
+    let a = fixture("llama/adapters/weighted_a");
+    let b = fixture("llama/adapters/weighted_b");
+    let rep = run_json(&combine_args(
+        &[(&a, Some("0.7")), (&b, Some("-0.4"))],
+        &out,
+        &["--method", "cat"],
+    ));
     // PEFT's layout: every module rank 10 = 4 + 6, packed then zero-padded; r = alpha = 10.
     assert_factors_close(&out, &fixture("llama/adapters/weighted_cat"), 1e-6);
     let cfg: serde_json::Value =
@@ -74,22 +64,11 @@ fn combine_cat_reproduces_peft_weighted_cat() {
     }
     // --no-pad: each module keeps the ranks of its own inputs, same ΔW.
     let out2 = dir.path().join("cat_nopad");
-    run_ok([
-        "combine",
-        "--adapter",
-        &a,
-        "--weight",
-        "0.7",
-        "--adapter",
-        &b,
-        "--weight",
-        "-0.4",
-        "--method",
-        "cat",
-        "--no-pad",
-        "--out",
-        s(&out2),
-    ]);
+    run_ok(combine_args(
+        &[(&a, Some("0.7")), (&b, Some("-0.4"))],
+        &out2,
+        &["--method", "cat", "--no-pad"],
+    ));
     let got = deltas(&out2);
     for (name, w) in &want {
         let r = if name.contains("q_proj") {
@@ -108,25 +87,13 @@ fn combine_cat_reproduces_peft_weighted_cat() {
 fn combine_svd_at_full_rank_is_exact_and_matches_peft_svd_mix() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("svd10");
-    let a = fx("llama/adapters/weighted_a");
-    let b = fx("llama/adapters/weighted_b");
-    let rep = run_json(&[
-        "combine",
-        "--adapter",
-        &a,
-        "--weight",
-        "0.7",
-        "--adapter",
-        &b,
-        "--weight",
-        "-0.4",
-        "--method",
-        "svd",
-        "--rank",
-        "10",
-        "--out",
-        s(&out),
-    ]);
+    let a = fixture("llama/adapters/weighted_a");
+    let b = fixture("llama/adapters/weighted_b");
+    let rep = run_json(&combine_args(
+        &[(&a, Some("0.7")), (&b, Some("-0.4"))],
+        &out,
+        &["--method", "svd", "--rank", "10"],
+    ));
     let want = weighted_sum(&[
         ("llama/adapters/weighted_a", 0.7),
         ("llama/adapters/weighted_b", -0.4),
@@ -146,23 +113,13 @@ fn combine_svd_at_full_rank_is_exact_and_matches_peft_svd_mix() {
 
     // PEFT's svd_mix: linear_c·0.6 + linear_d·0.3 at rank 4 (the largest input rank).
     let out = dir.path().join("svd4");
-    let c = fx("llama/adapters/linear_c");
-    let d = fx("llama/adapters/linear_d");
-    run_ok([
-        "combine",
-        "--adapter",
-        &c,
-        "--weight",
-        "0.6",
-        "--adapter",
-        &d,
-        "--weight",
-        "0.3",
-        "--method",
-        "svd",
-        "--out",
-        s(&out),
-    ]);
+    let c = fixture("llama/adapters/linear_c");
+    let d = fixture("llama/adapters/linear_d");
+    run_ok(combine_args(
+        &[(&c, Some("0.6")), (&d, Some("0.3"))],
+        &out,
+        &["--method", "svd"],
+    ));
     let peft = deltas(&fixture("llama/adapters/svd_mix"));
     let got = deltas(&out);
     let sum = weighted_sum(&[
@@ -408,20 +365,14 @@ fn dare_keeps_rescaled_entries_and_drops_one_minus_density() {
 fn combine_refuses_what_it_cannot_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x");
-    let a = fx("llama/adapters/weighted_a");
-    let b = fx("llama/adapters/weighted_b");
+    let a = fixture("llama/adapters/weighted_a");
+    let b = fixture("llama/adapters/weighted_b");
     // Unequal ranks for a factor-wise method: one line naming the module.
-    let res = run_err([
-        "combine",
-        "--adapter",
-        &a,
-        "--adapter",
-        &b,
-        "--method",
-        "linear",
-        "--out",
-        s(&out),
-    ]);
+    let res = run_err(combine_args(
+        &[(&a, None), (&b, None)],
+        &out,
+        &["--method", "linear"],
+    ));
     let line = one_line_error(&res);
     assert!(
         line.contains("q_proj") && line.contains("rank 6") && line.contains("equal ranks"),
@@ -435,45 +386,23 @@ fn combine_refuses_what_it_cannot_do() {
         &["--method", "dare_ties", "--density", "0"],
         &["--method", "cat", "--weight", "1"],
     ] {
-        let mut v = vec![
-            "combine",
-            "--adapter",
-            a.as_str(),
-            "--adapter",
-            b.as_str(),
-            "--out",
-            s(&out),
-        ];
-        v.extend_from_slice(bad);
-        let res = run_err(&v);
+        let res = run_err(combine_args(&[(&a, None), (&b, None)], &out, bad));
         one_line_error(&res);
     }
     // DoRA does not combine.
-    let res = run_err([
-        "combine",
-        "--adapter",
-        &fx("llama/adapters/dora"),
-        "--adapter",
-        &a,
-        "--method",
-        "cat",
-        "--out",
-        s(&out),
-    ]);
+    let res = run_err(combine_args(
+        &[(&fixture("llama/adapters/dora"), None), (&a, None)],
+        &out,
+        &["--method", "cat"],
+    ));
     let line = one_line_error(&res);
     assert!(line.contains("DoRA") && line.contains("dora"), "{line}");
     // Output onto an input.
-    let res = run_err([
-        "combine",
-        "--adapter",
-        &a,
-        "--adapter",
+    let res = run_err(combine_args(
+        &[(&a, None), (&b, None)],
         &b,
-        "--method",
-        "cat",
-        "--out",
-        &b,
-    ]);
+        &["--method", "cat"],
+    ));
     assert!(one_line_error(&res).contains("output is also an input"));
     assert!(!out.exists());
 }

@@ -211,17 +211,7 @@ fn convert_kohya_to_peft_merges_like_the_kohya_file() {
         } else {
             out
         };
-        run_ok([
-            "merge",
-            "--base",
-            s(&base_path),
-            "--adapter",
-            s(&peft),
-            "--out",
-            s(&out_path),
-            "--device",
-            "cpu",
-        ]);
+        merge_ok(&base_path, &peft, &out_path, &["--device", "cpu"]);
         let merged = read_checkpoint(&out_path);
         assert_matches_reference(
             &merged,

@@ -24,8 +24,8 @@ fn fx(rel: &str) -> String {
 }
 
 /// Runs lorakit with `--json` appended and parses the summary.
-fn run_json(args: &[&str]) -> serde_json::Value {
-    let mut v: Vec<&str> = args.to_vec();
+fn run_json<S: AsRef<str>>(args: &[S]) -> serde_json::Value {
+    let mut v: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     v.push("--json");
     serde_json::from_str(&run_ok(&v)).expect("json summary")
 }
@@ -160,17 +160,7 @@ fn deltas_with(path: &Path, mapped_names: bool) -> BTreeMap<String, Delta> {
 
 fn merged(dir: &Path, base: &str, adapter: &Path, name: &str) -> Vec<u8> {
     let out = dir.join(name);
-    run_ok([
-        "merge",
-        "--base",
-        &fx(base),
-        "--adapter",
-        s(adapter),
-        "--out",
-        s(&out),
-        "--device",
-        "cpu",
-    ]);
+    merge_ok(&fixture(base), adapter, &out, &["--device", "cpu"]);
     let f = if out.is_dir() {
         out.join("model.safetensors")
     } else {

@@ -158,15 +158,7 @@ fn resize_at_full_rank_is_exact_and_energy_one_drops_only_zero_padding() {
         vec![2, 128]
     );
     let merged = dir.path().join("embed2_merged");
-    run_ok([
-        "merge",
-        "--base",
-        &fx("llama/base"),
-        "--adapter",
-        s(&out),
-        "--out",
-        s(&merged),
-    ]);
+    merge_ok(&fixture("llama/base"), &out, &merged, &[]);
 }
 
 /// A one-module PEFT adapter with `ΔW = 2·B·A`, `B·A = diag(σ)` padded: singular values known.

@@ -105,7 +105,7 @@ fn diff_compares_across_dtypes_and_only_common_tensors() {
     // Against PEFT's merge_and_unload, which holds only the changed tensors.
     let reference = fixture("llama/merged/qv_r8.safetensors");
     let o = bin()
-        .args(["diff", s(&merged), s(&reference), "--tolerance", "1e-6"])
+        .args(diff_args(&merged, &reference, &["--tolerance", "1e-6"]))
         .output()
         .unwrap();
     assert_eq!(
@@ -113,14 +113,11 @@ fn diff_compares_across_dtypes_and_only_common_tensors() {
         Some(1),
         "tensors only in A fail by default"
     );
-    run_ok([
-        "diff",
-        s(&merged),
-        s(&reference),
-        "--common",
-        "--tolerance",
-        "1e-6",
-    ]);
+    run_ok(diff_args(
+        &merged,
+        &reference,
+        &["--common", "--tolerance", "1e-6"],
+    ));
     // A bf16 copy: values compared, the dtype change reported; within bf16 rounding it passes.
     let bf = dir.path().join("bf");
     run_ok([
@@ -135,13 +132,13 @@ fn diff_compares_across_dtypes_and_only_common_tensors() {
         s(&bf),
         "-q",
     ]);
-    let j = run_ok(["diff", s(&bf), s(&merged), "--tolerance", "4e-3", "--json"]);
+    let j = run_ok(diff_args(&bf, &merged, &["--tolerance", "4e-3", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&j).unwrap();
     assert_eq!(v["pass"], true, "{j}");
     assert_eq!(v["dtype_changes"], 21);
     let max = v["max_rel_fro_diff"].as_f64().unwrap();
     assert!(max > 0.0 && max < 4e-3, "{max}");
-    let o = bin().args(["diff", s(&bf), s(&merged)]).output().unwrap();
+    let o = bin().args(diff_args(&bf, &merged, &[])).output().unwrap();
     assert_eq!(
         o.status.code(),
         Some(1),

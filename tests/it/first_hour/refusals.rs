@@ -10,16 +10,7 @@ fn tie_detection_follows_the_architecture() {
     // An encoder without an LM head ties nothing: the embedding merges, ΔW = (B·A)ᵀ·s.
     let base = bert_base(dir.path(), "BertModel");
     let out = dir.path().join("merged");
-    run_ok([
-        "merge",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&ad),
-        "--out",
-        s(&out),
-        "-q",
-    ]);
+    merge_ok(&base, &ad, &out, &["-q"]);
     let w = read_checkpoint(&out)["embeddings.word_embeddings.weight"].f32();
     for (i, x) in w.iter().enumerate() {
         // Every (B·A)ᵀ entry is 2 · 0.5 · 0.25 = 0.25.
@@ -28,15 +19,7 @@ fn tie_detection_follows_the_architecture() {
     }
     // A causal LM with no lm_head tensor does tie it: refused.
     let base = bert_base(dir.path(), "LlamaForCausalLM");
-    let line = one_line_error(&run_err([
-        "merge",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&ad),
-        "--out",
-        s(&dir.path().join("x")),
-    ]));
+    let line = one_line_error(&run_err(merge_args(&base, &ad, &dir.path().join("x"), &[])));
     assert!(line.contains("tie_word_embeddings"), "{line}");
 }
 
@@ -44,16 +27,12 @@ fn tie_detection_follows_the_architecture() {
 fn extract_refuses_an_empty_result_and_takes_peft_style_targets() {
     let dir = tempfile::tempdir().unwrap();
     let tuned = dir.path().join("tuned");
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--out",
-        s(&tuned),
-        "-q",
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &tuned,
+        &["-q"],
+    );
     // Nothing changed: exit 2, nothing written.
     let out = dir.path().join("a");
     let line = one_line_error(&run_err([
@@ -292,15 +271,7 @@ fn merge_copies_subfolders_and_refuses_a_file_name_for_a_folder_output() {
     std::fs::write(base.join("modules.json"), "[]").unwrap();
     // Missing parents are created and named in the summary.
     let out = dir.path().join("new/parent/out");
-    let text = run_ok([
-        "merge",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "-o",
-        s(&out),
-    ]);
+    let text = merge_ok(&base, &fixture("llama/adapters/qv_r8"), &out, &[]);
     assert!(
         text.contains("created folder") && text.contains("new/parent"),
         "{text}"
@@ -312,15 +283,12 @@ fn merge_copies_subfolders_and_refuses_a_file_name_for_a_folder_output() {
     assert!(out.join("modules.json").exists());
     // A folder base into `x.safetensors`: refused, nothing made.
     let x = dir.path().join("x.safetensors");
-    let line = one_line_error(&run_err([
-        "merge",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--out",
-        s(&x),
-    ]));
+    let line = one_line_error(&run_err(merge_args(
+        &base,
+        &fixture("llama/adapters/qv_r8"),
+        &x,
+        &[],
+    )));
     assert!(line.contains("folder"), "{line}");
     assert!(!x.exists());
 }

@@ -8,21 +8,12 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
     let dir = tempfile::tempdir().unwrap();
     // Fails in the middle of the merge (F16 overflow), after the folders were created.
     let out = dir.path().join("a/b/c");
-    let line = one_line_error(&run_err([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--weight",
-        "1e9",
-        "--dtype",
-        "f16",
-        "--out",
-        s(&out),
-        "--device",
-        "cpu",
-    ]));
+    let line = one_line_error(&run_err(merge_args(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--weight", "1e9", "--dtype", "f16", "--device", "cpu"],
+    )));
     assert!(line.contains("F16") && line.contains("self_attn"), "{line}");
     assert!(
         listing(dir.path()).is_empty(),
@@ -57,28 +48,20 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
 fn an_older_layout_in_the_output_folder_does_not_survive() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base_sharded")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--out",
-        s(&out),
-        "--quiet",
-    ]);
+    merge_ok(
+        &fixture("llama/base_sharded"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--quiet"],
+    );
     assert!(out.join("model.safetensors.index.json").exists());
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--out",
-        s(&out),
-        "--quiet",
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--quiet"],
+    );
     assert_eq!(
         listing(&out),
         vec![
@@ -97,18 +80,7 @@ fn slow_case(dir: &Path) -> (PathBuf, PathBuf) {
 
 fn slow_merge(base: &Path, ad: &Path, out: &Path) -> Command {
     let mut c = bin();
-    c.args([
-        "merge",
-        "--base",
-        s(base),
-        "--adapter",
-        s(ad),
-        "--out",
-        s(out),
-        "--device",
-        "cpu",
-        "--quiet",
-    ]);
+    c.args(merge_args(base, ad, out, &["--device", "cpu", "--quiet"]));
     c
 }
 
@@ -182,15 +154,12 @@ fn unwritable_destinations_exit_3_naming_the_path() {
         ro.join("merged.safetensors"),
         ro.join("a/b/merged.safetensors"),
     ] {
-        let res = run_err([
-            "merge",
-            "--base",
-            s(&fixture("llama/base/model.safetensors")),
-            "--adapter",
-            s(&fixture("llama/adapters/qv_r8")),
-            "--out",
-            s(&out),
-        ]);
+        let res = run_err(merge_args(
+            &fixture("llama/base/model.safetensors"),
+            &fixture("llama/adapters/qv_r8"),
+            &out,
+            &[],
+        ));
         let err = String::from_utf8_lossy(&res.stderr);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert_eq!(res.status.code(), Some(3), "{err}");

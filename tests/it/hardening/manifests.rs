@@ -4,18 +4,13 @@ use super::*;
 
 fn merge_parts(base: &Path, out: &Path) {
     for i in 1..=2 {
-        run_ok([
-            "merge",
-            "--base",
-            s(base),
-            "--adapter",
-            s(&fixture("llama/adapters/qv_r8")),
-            "--out",
-            s(out),
-            "--part",
-            &format!("{i}/2"),
-            "--quiet",
-        ]);
+        let part = format!("{i}/2");
+        merge_ok(
+            base,
+            &fixture("llama/adapters/qv_r8"),
+            out,
+            &["--part", &part, "--quiet"],
+        );
     }
 }
 
@@ -109,16 +104,12 @@ fn extract_finalize_takes_out_from_the_command_line() {
     let out = dir.path().join("adapter");
     let elsewhere = dir.path().join("elsewhere");
     let tuned = dir.path().join("tuned");
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--out",
-        s(&tuned),
-        "--quiet",
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &tuned,
+        &["--quiet"],
+    );
     for i in 1..=2 {
         run_ok([
             "extract",

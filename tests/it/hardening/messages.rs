@@ -17,15 +17,12 @@ fn names_with_control_characters_are_escaped() {
         ],
         serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 2}),
     );
-    let res = run_err([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&ad),
-        "--out",
-        s(&dir.path().join("o")),
-    ]);
+    let res = run_err(merge_args(
+        &fixture("llama/base"),
+        &ad,
+        &dir.path().join("o"),
+        &[],
+    ));
     let line = one_line_error(&res);
     assert!(
         !res.stderr.contains(&0x1b) && !res.stderr.contains(&b'\r'),
@@ -72,16 +69,7 @@ fn a_hub_cache_snapshot_merges_with_its_configs() {
     }
     let blobs_before = snapshot(&blobs);
     let out = dir.path().join("out");
-    run_ok([
-        "merge",
-        "--base",
-        s(&snap),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--out",
-        s(&out),
-        "--quiet",
-    ]);
+    merge_ok(&snap, &fixture("llama/adapters/qv_r8"), &out, &["--quiet"]);
     assert_eq!(
         listing(&out),
         vec!["config.json", "generation_config.json", "model.safetensors"]

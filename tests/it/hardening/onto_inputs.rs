@@ -13,41 +13,19 @@ fn no_command_writes_onto_its_inputs() {
     let base_file = base.join("model.safetensors");
 
     // merge --out BASE_FOLDER with re-sharding: shards and index would land in the base.
-    refused_as_input(&run_err([
-        "merge",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&ad),
-        "--out",
-        s(&base),
-        "--max-shard-size",
-        "100KB",
-    ]));
+    refused_as_input(&run_err(merge_args(
+        &base,
+        &ad,
+        &base,
+        &["--max-shard-size", "100KB"],
+    )));
     // --out onto the adapter's weights or its config.
     for target in ["adapter_model.safetensors", "adapter_config.json"] {
-        refused_as_input(&run_err([
-            "merge",
-            "--base",
-            s(&base_file),
-            "--adapter",
-            s(&ad),
-            "--out",
-            s(&ad.join(target)),
-        ]));
+        refused_as_input(&run_err(merge_args(&base_file, &ad, &ad.join(target), &[])));
     }
     // extract --format kohya onto the base's config.json.
     let tuned = dir.path().join("tuned");
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&ad),
-        "--out",
-        s(&tuned),
-        "--quiet",
-    ]);
+    merge_ok(&fixture("llama/base"), &ad, &tuned, &["--quiet"]);
     refused_as_input(&run_err([
         "extract",
         "--base",
