@@ -113,11 +113,7 @@ impl<'c> Weights<'c> {
                 self.path(),
                 format!("tensor `{name}` has shape {s:?}, the config needs [{rows}, {cols}]"),
             )),
-            Some(_) => Ok(Matrix {
-                data: self.data(name)?,
-                rows,
-                cols,
-            }),
+            Some(_) => Ok(Matrix::new(self.data(name)?, rows, cols)),
         }
     }
 
@@ -136,11 +132,7 @@ impl<'c> Weights<'c> {
                 self.path(),
                 format!("tensor `{name}` has shape {s:?}, the config needs [{len}]"),
             )),
-            Some(_) => Ok(Matrix {
-                data: self.data(name)?,
-                rows: 1,
-                cols: len,
-            }),
+            Some(_) => Ok(Matrix::new(self.data(name)?, 1, len)),
         }
     }
 }

@@ -64,9 +64,16 @@ pub struct ResidentWeight {
     /// Rows per tile (the last may be shorter) and the tiles `(first row, rows, buffer)`.
     tile_rows: usize,
     tiles: Vec<(usize, usize, wgpu::Buffer)>,
+    /// [`GpuContext`] id the tiles live on.
+    ctx_id: u64,
 }
 
 impl ResidentWeight {
+    /// Whether the tiles live on `ctx`.
+    pub fn on(&self, ctx: &GpuContext) -> bool {
+        self.ctx_id == ctx.id()
+    }
+
     /// Uploads `w0` once, in row tiles of at most one binding each.
     pub fn new(ctx: &GpuContext, w0: &StoredMatrix) -> Result<Self, GpuError> {
         w0.validate("W0")?;
@@ -94,7 +101,9 @@ impl ResidentWeight {
                 })
                 .collect())
         })?;
+        ctx.count_resident_upload();
         Ok(ResidentWeight {
+            ctx_id: ctx.id(),
             rows: d,
             cols: k,
             dtype: w0.dtype,
@@ -115,6 +124,11 @@ pub fn lora_forward_resident(
     adapters: &[ForwardAdapter],
 ) -> Result<Vec<f32>, GpuError> {
     let (d, k) = (w0.rows, w0.cols);
+    if w0.ctx_id != ctx.id() {
+        return Err(GpuError::Shape(
+            "the resident weight was uploaded to another GPU context".to_owned(),
+        ));
+    }
     if Some(x.len()) != n.checked_mul(k) {
         return Err(GpuError::Shape(format!(
             "X has {} values for {n}×{k}",

@@ -26,7 +26,7 @@ mod kernels;
 mod merge;
 mod sketch;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use forward::{bgmv_forward, lora_forward, lora_forward_resident, ResidentWeight};
 pub use merge::{merge, merge_into, merge_supports};
@@ -192,7 +192,15 @@ pub struct GpuContext {
     /// Idle merge rings (persistent device buffers), reused by later merges; a merge running
     /// concurrently with another takes its own.
     rings: std::sync::Mutex<Vec<merge::Ring>>,
+    /// Unique per context: a [`ResidentWeight`] records the context it was uploaded to.
+    id: u64,
+    /// Weights uploaded by [`ResidentWeight::new`] on this context (tests check eval uploads
+    /// each weight once).
+    resident_uploads: std::sync::atomic::AtomicU64,
 }
+
+/// Source of [`GpuContext`] ids.
+static NEXT_CONTEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Binding sizes are kept below 2 GiB so every element index of a binding fits a WGSL `u32`.
 const INDEX_SAFE_BINDING: u64 = 1 << 31;
@@ -271,6 +279,8 @@ impl GpuContext {
             chunk_bytes: opts.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES).max(4096) & !3,
             kernels: kernels::Cache::default(),
             rings: std::sync::Mutex::new(Vec::new()),
+            id: NEXT_CONTEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            resident_uploads: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -388,6 +398,21 @@ impl GpuContext {
             Some(e) => Err(GpuError::Wgpu(e.to_string())),
             None => result,
         }
+    }
+
+    /// How many weights [`ResidentWeight::new`] has uploaded on this context.
+    pub fn resident_uploads(&self) -> u64 {
+        self.resident_uploads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn count_resident_upload(&self) {
+        self.resident_uploads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Fails with [`GpuError::TooLarge`] when `bytes` exceeds one binding.
