@@ -93,7 +93,7 @@ impl<'c> Matrix<'c> {
     ) -> Result<Vec<f32>, GpuError> {
         let stored = self.stored();
         // Validates X, W0 and the adapters against each other (as the per-call path does).
-        crate::backend::cpu_forward::validate_forward(x, n, &stored, ads, None)?;
+        crate::backend::cpu_forward::validate_forward(x, n, &stored, ads)?;
         let resident = {
             let mut slot = self.device.0.lock().unwrap_or_else(|e| e.into_inner());
             match &*slot {

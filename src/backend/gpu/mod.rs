@@ -7,8 +7,9 @@
 //!
 //! * [`merge`]: `W = W0 + Σ scale·B·A` (+ DoRA), the same contract as [`crate::backend::cpu::merge`]
 //!   and bit-identical to it (see `shaders/merge.wgsl` for how fused multiply-add is prevented).
-//! * [`lora_forward`] / [`bgmv_forward`]: `Y = X·W0ᵀ + Σ s·(X·Aᵀ)·Bᵀ`, all adapters summed or one
-//!   per row of X; CPU twins in [`crate::backend::cpu_forward`].
+//! * [`lora_forward`] / [`lora_forward_resident`]: `Y = X·W0ᵀ + Σ s·(X·Aᵀ)·Bᵀ`, all adapters
+//!   summed (W0 uploaded per call, or kept on the device by [`ResidentWeight`], as eval does);
+//!   CPU twin in [`crate::backend::cpu_forward`].
 //! * [`delta_sketch`] / [`delta_sketch_t`] / [`GpuDeltaOp`]: `(W − W0)·Ω` and `(W − W0)ᵀ·Q`
 //!   without forming `W − W0`, and a [`crate::linalg::LinearOperator`] built on them.
 //!
@@ -28,7 +29,7 @@ mod sketch;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use forward::{bgmv_forward, lora_forward, lora_forward_resident, ResidentWeight};
+pub use forward::{lora_forward, lora_forward_resident, ResidentWeight};
 pub use merge::{merge, merge_into, merge_supports};
 pub use sketch::{delta_sketch, delta_sketch_t, GpuDeltaOp};
 

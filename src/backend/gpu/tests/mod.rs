@@ -17,7 +17,7 @@
 use super::kernels::{self, CONVERT_WG};
 use super::merge::{merge_tiles, merge_with};
 use super::*;
-use crate::backend::cpu_forward::{self, DeltaPair, ForwardAdapter, StoredMatrix, NO_ADAPTER};
+use crate::backend::cpu_forward::{self, DeltaPair, ForwardAdapter, StoredMatrix};
 use crate::backend::{cpu, Dora, MergeError, MergeJob, NormAxis, Term};
 use crate::dtype;
 use crate::linalg::rng::Xoshiro256PlusPlus as Rng;
