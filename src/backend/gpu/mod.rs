@@ -479,6 +479,17 @@ impl GpuContext {
         buffers: &[&wgpu::Buffer],
         groups: (u32, u32),
     ) {
+        self.dispatch3(encoder, kernel, buffers, (groups.0, groups.1, 1));
+    }
+
+    /// [`Self::dispatch`] over a 3-D grid (split-K sketches use z).
+    pub(crate) fn dispatch3(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: &Kernel,
+        buffers: &[&wgpu::Buffer],
+        groups: (u32, u32, u32),
+    ) {
         debug_assert_eq!(buffers.len(), kernel.slots);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -499,7 +510,7 @@ impl GpuContext {
         });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
     }
 
     /// [`GpuContext::dispatch`] with each binding limited to its first `len` bytes (for
