@@ -1,17 +1,16 @@
-// forward_shrink.wgsl: the "shrink" half of a LoRA forward (Punica SGMV / BGMV style):
-//   T[i, c] = scale[c] · Σ_p X[i, p]·A[c, p]   if lo[i] ≤ c < hi[i],   else 0
+// forward_shrink.wgsl: the "shrink" half of a LoRA forward (Punica SGMV style):
+//   T[i, c] = scale[c] · Σ_p X[i, p]·A[c, p]
 // for one row tile of X (n×k) against all adapters' A stacked (r_total×k). Column c of T belongs
-// to one adapter; `scale` repeats that adapter's scale over its columns; [lo[i], hi[i]) are the
-// columns row i uses (all of them when adapters are summed, one adapter's block for BGMV, empty
-// for "no adapter"). The expand half is phase 1 of forward_dense. Registered as "forward_shrink".
+// to one adapter; `scale` repeats that adapter's scale over its columns (every row uses every
+// adapter: they are summed). The expand half is phase 1 of forward_dense. Registered as
+// "forward_shrink".
 //
 // Bindings (group 0):
 //   0 uniform              P          ShrinkParams
 //   1 storage read         x          array<f32>  n × k, row-major
 //   2 storage read         a          array<f32>  r_total × k (A of each adapter, stacked)
 //   3 storage read         col_scale  array<f32>  r_total
-//   4 storage read         row_range  array<u32>  n × 2: lo, hi
-//   5 storage read_write   t          array<f32>  n × r_total
+//   4 storage read_write   t          array<f32>  n × r_total
 // Dispatch: (⌈r_total / GEMM_TILE⌉, ⌈n / GEMM_TILE⌉) workgroups of gemm.wgsl's 16×16 shape.
 
 struct ShrinkParams {
@@ -25,8 +24,7 @@ struct ShrinkParams {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> col_scale: array<f32>;
-@group(0) @binding(4) var<storage, read> row_range: array<u32>;
-@group(0) @binding(5) var<storage, read_write> t: array<f32>;
+@group(0) @binding(4) var<storage, read_write> t: array<f32>;
 
 const L_M_FASTEST: bool = false; // X[m, p] at m·k + p
 const R_N_FASTEST: bool = false; // A[c, p] at c·k + p
@@ -60,15 +58,12 @@ fn main(
         if (r >= P.n) {
             continue;
         }
-        let lo = row_range[2u * r];
-        let hi = row_range[2u * r + 1u];
         for (var j = 0u; j < MICRO; j++) {
             let c = gemm_col(col0, lid, j);
             if (c >= P.r_total) {
                 continue;
             }
-            let live = c >= lo && c < hi;
-            t[r * P.r_total + c] = select(0.0, col_scale[c] * acc[i * MICRO + j], live);
+            t[r * P.r_total + c] = col_scale[c] * acc[i * MICRO + j];
         }
     }
 }

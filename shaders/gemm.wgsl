@@ -34,6 +34,53 @@ const GEMM_RS: u32 = 65u; // GEMM_TILE + 1: padded row stride of sh_r
 var<workgroup> sh_l: array<f32, 1088>; // GEMM_TILE · GEMM_LS, index m·GEMM_LS + p
 var<workgroup> sh_r: array<f32, 1040>; // GEMM_TK · GEMM_RS, index p·GEMM_RS + n
 
+const GEMM_LOADS: u32 = 4u; // GEMM_TILE · GEMM_TK / GEMM_THREADS: loads per invocation per operand
+
+// (m, p) of the left tile's element `e` in cooperative-load order (m fastest when L is stored so).
+fn gemm_l_at(e: u32) -> vec2<u32> {
+    if (L_M_FASTEST) {
+        return vec2<u32>(e % GEMM_TILE, e / GEMM_TILE);
+    }
+    return vec2<u32>(e / GEMM_TK, e % GEMM_TK);
+}
+
+// (n, q) of the right tile's element `e` in cooperative-load order.
+fn gemm_r_at(e: u32) -> vec2<u32> {
+    if (R_N_FASTEST) {
+        return vec2<u32>(e % GEMM_TILE, e / GEMM_TILE);
+    }
+    return vec2<u32>(e / GEMM_TK, e % GEMM_TK);
+}
+
+// This invocation's share of the tiles of step p0, read from global memory into registers:
+// left values in [0, GEMM_LOADS), right values in [GEMM_LOADS, 2·GEMM_LOADS).
+fn gemm_fetch(phase: u32, row0: u32, col0: u32, p0: u32, li: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    for (var s = 0u; s < GEMM_LOADS; s++) {
+        let e = li + s * GEMM_THREADS;
+        let l = gemm_l_at(e);
+        v[s] = load_l(phase, row0 + l.x, p0 + l.y);
+        let r = gemm_r_at(e);
+        v[GEMM_LOADS + s] = load_r(phase, p0 + r.y, col0 + r.x);
+    }
+    return v;
+}
+
+fn gemm_store(v: array<f32, 8>, li: u32) {
+    for (var s = 0u; s < GEMM_LOADS; s++) {
+        let e = li + s * GEMM_THREADS;
+        let l = gemm_l_at(e);
+        sh_l[l.x * GEMM_LS + l.y] = v[s];
+        let r = gemm_r_at(e);
+        sh_r[r.y * GEMM_RS + r.x] = v[GEMM_LOADS + s];
+    }
+}
+
+// Register-staged double buffering: the global reads of step p0 + GEMM_TK are issued before the
+// multiply-adds of step p0 (their latency hides behind the arithmetic) and stored to workgroup
+// memory after it. A second workgroup-memory buffer (one barrier per step instead of two) would
+// need 2 · 8.5 KiB, over WebGPU's guaranteed 16 KiB of workgroup storage. Each accumulator still
+// adds its products in ascending p, so the results are the same bits as the single-buffered loop.
 fn gemm_accumulate(
     acc: ptr<function, array<f32, 16>>,
     phase: u32,
@@ -43,30 +90,13 @@ fn gemm_accumulate(
     lid: vec3<u32>,
     li: u32,
 ) {
+    var next = gemm_fetch(phase, row0, col0, 0u, li);
     for (var p0 = 0u; p0 < depth; p0 += GEMM_TK) {
-        for (var e = li; e < GEMM_TILE * GEMM_TK; e += GEMM_THREADS) {
-            var m: u32;
-            var p: u32;
-            if (L_M_FASTEST) {
-                m = e % GEMM_TILE;
-                p = e / GEMM_TILE;
-            } else {
-                m = e / GEMM_TK;
-                p = e % GEMM_TK;
-            }
-            sh_l[m * GEMM_LS + p] = load_l(phase, row0 + m, p0 + p);
-            var n: u32;
-            var q: u32;
-            if (R_N_FASTEST) {
-                n = e % GEMM_TILE;
-                q = e / GEMM_TILE;
-            } else {
-                n = e / GEMM_TK;
-                q = e % GEMM_TK;
-            }
-            sh_r[q * GEMM_RS + n] = load_r(phase, p0 + q, col0 + n);
-        }
+        gemm_store(next, li);
         workgroupBarrier();
+        if (p0 + GEMM_TK < depth) {
+            next = gemm_fetch(phase, row0, col0, p0 + GEMM_TK, li);
+        }
         for (var p = 0u; p < GEMM_TK; p++) {
             var lv: array<f32, 4>;
             var rv: array<f32, 4>;

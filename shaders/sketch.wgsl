@@ -2,13 +2,18 @@
 // and Ω (k × l, f32), without forming W − W0 anywhere: each loaded element is
 // decode(W[i, p]) − decode(W0[i, p]) in f32. Registered as "sketch".
 //
+// Split-K: workgroup z sums only p in [z·k_chunk, min((z + 1)·k_chunk, k)) (k_chunk a multiple of
+// GEMM_TK) and writes its partial product to slice z of y; the host adds the slices in z order.
+// A tall-thin sketch (l ≤ 64 columns) otherwise has only ⌈rows / 64⌉ workgroups, each walking all
+// of k.
+//
 // Bindings (group 0):
 //   0 uniform              P      SketchParams
 //   1 storage read         w      array<u32>  rows × k in w_dtype packing (see common.wgsl)
 //   2 storage read         w0     array<u32>  rows × k in w0_dtype packing
 //   3 storage read         omega  array<f32>  k × l
-//   4 storage read_write   y      array<f32>  rows × l
-// Dispatch: (⌈l / GEMM_TILE⌉, ⌈rows / GEMM_TILE⌉) workgroups of gemm.wgsl's 16×16 shape.
+//   4 storage read_write   y      array<f32>  splits × rows × l (one partial product per split)
+// Dispatch: (⌈l / GEMM_TILE⌉, ⌈rows / GEMM_TILE⌉, splits) workgroups of gemm.wgsl's 16×16 shape.
 
 struct SketchParams {
     rows: u32,
@@ -16,7 +21,7 @@ struct SketchParams {
     l: u32,
     w_dtype: u32,
     w0_dtype: u32,
-    _pad0: u32,
+    k_chunk: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -29,6 +34,9 @@ struct SketchParams {
 
 const L_M_FASTEST: bool = false; // (W − W0)[i, p] at i·k + p
 const R_N_FASTEST: bool = true; // Ω[p, c] at p·l + c
+
+// First p of this workgroup's split (gemm_accumulate's p counts from it).
+var<private> k_base: u32;
 
 fn delta_at(e: u32) -> f32 {
     var hi: f32;
@@ -46,14 +54,16 @@ fn delta_at(e: u32) -> f32 {
     return hi - lo;
 }
 
-fn load_l(phase: u32, i: u32, p: u32) -> f32 {
+fn load_l(phase: u32, i: u32, q: u32) -> f32 {
+    let p = k_base + q;
     if (i < P.rows && p < P.k) {
         return delta_at(i * P.k + p);
     }
     return 0.0;
 }
 
-fn load_r(phase: u32, p: u32, c: u32) -> f32 {
+fn load_r(phase: u32, q: u32, c: u32) -> f32 {
+    let p = k_base + q;
     if (p < P.k && c < P.l) {
         return omega[p * P.l + c];
     }
@@ -68,14 +78,17 @@ fn main(
 ) {
     let row0 = wg.y * GEMM_TILE;
     let col0 = wg.x * GEMM_TILE;
+    k_base = wg.z * P.k_chunk;
+    let depth = min(P.k_chunk, P.k - k_base);
+    let out0 = wg.z * P.rows * P.l;
     var acc: array<f32, 16>;
-    gemm_accumulate(&acc, 0u, row0, col0, P.k, lid, li);
+    gemm_accumulate(&acc, 0u, row0, col0, depth, lid, li);
     for (var i = 0u; i < MICRO; i++) {
         let r = gemm_row(row0, lid, i);
         for (var j = 0u; j < MICRO; j++) {
             let c = gemm_col(col0, lid, j);
             if (r < P.rows && c < P.l) {
-                y[r * P.l + c] = acc[i * MICRO + j];
+                y[out0 + r * P.l + c] = acc[i * MICRO + j];
             }
         }
     }

@@ -2,8 +2,6 @@
 //! share.
 //!
 //! * [`lora_forward`]: `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` (every adapter on every row).
-//! * [`bgmv_forward`]: the same with one adapter (or none) per row of `X`, chosen by an index
-//!   (batched gather matrix-vector, as Punica BGMV / S-LoRA serve many adapters in one batch).
 //! * [`delta_sketch`] / [`delta_sketch_t`]: `(W − W0)·Ω` and `(W − W0)ᵀ·Q` reading `W` and `W0`
 //!   in their stored dtypes a block of rows at a time, never holding `W − W0` whole;
 //!   [`DeltaPair`] is a [`LinearOperator`] on them.
@@ -18,10 +16,7 @@
 use crate::dtype::{self, Dtype};
 use crate::linalg::LinearOperator;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, ArrayView2, Axis};
-
-/// Row index value meaning "no adapter" in [`bgmv_forward`] (also what `-1i32 as u32` gives).
-pub const NO_ADAPTER: u32 = u32::MAX;
+use ndarray::{s, Array2, ArrayView2};
 
 /// Rows of a stored matrix decoded at once (bounds the f32 working copy).
 const BLOCK_ELEMS: usize = 1 << 20;
@@ -89,14 +84,12 @@ pub struct ForwardAdapter<'a> {
     pub scale: f32,
 }
 
-/// Checks a forward's inputs: `x` is `n × k`, `w0` is `d × k`, each adapter's factors match, and
-/// every index is an adapter or [`NO_ADAPTER`].
+/// Checks a forward's inputs: `x` is `n × k`, `w0` is `d × k`, each adapter's factors match.
 pub fn validate_forward(
     x: &[f32],
     n: usize,
     w0: &StoredMatrix,
     adapters: &[ForwardAdapter],
-    indices: Option<&[u32]>,
 ) -> Result<(), ShapeError> {
     w0.validate("W0")?;
     let (d, k) = (w0.rows, w0.cols);
@@ -114,24 +107,6 @@ pub fn validate_forward(
             )));
         }
     }
-    if let Some(idx) = indices {
-        if idx.len() != n {
-            return Err(ShapeError(format!(
-                "{} adapter indices for {n} rows",
-                idx.len()
-            )));
-        }
-        if let Some((row, &bad)) = idx
-            .iter()
-            .enumerate()
-            .find(|(_, &a)| a != NO_ADAPTER && a as usize >= adapters.len())
-        {
-            return Err(ShapeError(format!(
-                "row {row}: adapter index {bad} but {} adapters",
-                adapters.len()
-            )));
-        }
-    }
     Ok(())
 }
 
@@ -143,41 +118,11 @@ pub fn lora_forward(
     w0: &StoredMatrix,
     adapters: &[ForwardAdapter],
 ) -> Result<Vec<f32>, ShapeError> {
-    validate_forward(x, n, w0, adapters, None)?;
+    validate_forward(x, n, w0, adapters)?;
     let x = ArrayView2::from_shape((n, w0.cols), x).expect("validated");
     let mut y = dense_part(x, w0);
     for ad in adapters {
         add_adapter(&mut y.view_mut(), x, ad, w0.rows, w0.cols);
-    }
-    Ok(y.into_raw_vec_and_offset().0)
-}
-
-/// Like [`lora_forward`], but row `i` of `X` uses only adapter `indices[i]` ([`NO_ADAPTER`]:
-/// none, `Y[i] = X[i]·W0ᵀ`).
-pub fn bgmv_forward(
-    x: &[f32],
-    n: usize,
-    w0: &StoredMatrix,
-    adapters: &[ForwardAdapter],
-    indices: &[u32],
-) -> Result<Vec<f32>, ShapeError> {
-    validate_forward(x, n, w0, adapters, Some(indices))?;
-    let x = ArrayView2::from_shape((n, w0.cols), x).expect("validated");
-    let mut y = dense_part(x, w0);
-    for (ai, ad) in adapters.iter().enumerate() {
-        // Gather the rows that use this adapter, run them as one small batch, scatter back.
-        let rows: Vec<usize> = (0..n)
-            .filter(|&i| indices[i] as usize == ai && indices[i] != NO_ADAPTER)
-            .collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let xs = x.select(Axis(0), &rows);
-        let mut ys = y.select(Axis(0), &rows);
-        add_adapter(&mut ys.view_mut(), xs.view(), ad, w0.rows, w0.cols);
-        for (r, &i) in rows.iter().enumerate() {
-            y.row_mut(i).assign(&ys.row(r));
-        }
     }
     Ok(y.into_raw_vec_and_offset().0)
 }
@@ -354,7 +299,6 @@ mod tests {
         w0: &[f32],
         d: usize,
         ads: &[ForwardAdapter],
-        uses: impl Fn(usize, usize) -> bool,
     ) -> Vec<f64> {
         let mut y = vec![0f64; n * d];
         for i in 0..n {
@@ -362,10 +306,7 @@ mod tests {
                 let mut acc: f64 = (0..k)
                     .map(|p| x[i * k + p] as f64 * w0[o * k + p] as f64)
                     .sum();
-                for (ai, ad) in ads.iter().enumerate() {
-                    if !uses(i, ai) {
-                        continue;
-                    }
+                for ad in ads {
                     for c in 0..ad.rank {
                         let t: f64 = (0..k)
                             .map(|p| x[i * k + p] as f64 * ad.a[c * k + p] as f64)
@@ -411,13 +352,7 @@ mod tests {
                 cols: k,
             };
             let got = lora_forward(&x, n, &sm, &ads).unwrap();
-            let want = reference(&x, n, k, &w0r, d, &ads, |_, _| true);
-            for (g, w) in got.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
-            }
-            let idx = [0, 1, NO_ADAPTER, 1, 0, 0, NO_ADAPTER];
-            let got = bgmv_forward(&x, n, &sm, &ads, &idx).unwrap();
-            let want = reference(&x, n, k, &w0r, d, &ads, |i, a| idx[i] as usize == a);
+            let want = reference(&x, n, k, &w0r, d, &ads);
             for (g, w) in got.iter().zip(&want) {
                 assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
             }
@@ -425,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn forward_rejects_bad_shapes_and_indices() {
+    fn forward_rejects_bad_shapes() {
         let w0 = dtype::encode(Dtype::F32, &[0.0; 6]);
         let sm = StoredMatrix {
             bytes: &w0,
@@ -442,9 +377,6 @@ mod tests {
             scale: 1.0,
         }];
         assert!(lora_forward(&[0.0; 5], 2, &sm, &ads).is_err());
-        assert!(bgmv_forward(&[0.0; 6], 2, &sm, &ads, &[0, 1]).is_err());
-        assert!(bgmv_forward(&[0.0; 6], 2, &sm, &ads, &[0, NO_ADAPTER]).is_ok());
-        assert_eq!(-1i32 as u32, NO_ADAPTER);
         let bad = ForwardAdapter {
             a: &a[..2],
             ..ads[0]

@@ -5,19 +5,22 @@
 //! Stored weights are read in place when their dtype is the compute type and the data is aligned
 //! (f32 checkpoints in f32); other dtypes (bf16, f16) are decoded a block of rows at a time on
 //! every use, so resident memory stays at the checkpoint's own size. On `Exec::Gpu` the f32
-//! forward of a frozen layer runs through `backend::gpu::lora_forward` (WGSL), biases on the
-//! CPU.
+//! forward of a frozen layer runs through `backend::gpu::lora_forward_resident` (WGSL), biases on
+//! the CPU: the first GPU forward of a matrix uploads it once ([`DeviceSlot`]) and later forwards
+//! (every batch of an eval) reuse the device copy; a weight whose stacked `B` tiles do not fit
+//! the resident tiles, or that cannot be kept on the device (out of memory), goes through
+//! `backend::gpu::lora_forward` instead, which uploads `W0` per call (same kernels, same bits).
 //!
 //! Must not modify the frozen weights: adapters stay unmerged here (merging in memory is
 //! `llama/attach.rs`'s, by the merge kernel).
 
 use super::scalar::{gemm, gemm_raw, stored_as, MatView, Real};
 use crate::backend::cpu_forward::{ForwardAdapter, StoredMatrix};
-use crate::backend::gpu::GpuContext;
+use crate::backend::gpu::{GpuContext, GpuError, ResidentWeight};
 use crate::dtype::Dtype;
 use anyhow::Result;
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Decoded elements per block when a stored matrix must be converted.
 const BLOCK_ELEMS: usize = 1 << 20;
@@ -46,16 +49,81 @@ pub struct Matrix<'c> {
     pub data: MatrixData<'c>,
     pub rows: usize,
     pub cols: usize,
+    /// The device copy for `Exec::Gpu`, made on the first GPU forward. Built fresh by
+    /// [`Matrix::new`]; a clone shares it (same values). Code that changes `data` builds a new
+    /// matrix rather than assigning the field.
+    device: DeviceSlot,
+}
+
+/// What [`Linear::forward`] on the GPU keeps of a matrix between calls.
+#[derive(Debug, Clone, Default)]
+struct DeviceSlot(Arc<Mutex<DeviceCopy>>);
+
+#[derive(Debug, Default)]
+enum DeviceCopy {
+    /// No GPU forward yet.
+    #[default]
+    None,
+    /// Uploaded once, on the context it records.
+    Resident(Arc<ResidentWeight>),
+    /// Not kept (it did not fit): every GPU forward uploads it.
+    PerCall,
 }
 
 impl<'c> Matrix<'c> {
-    pub fn owned(values: Vec<f32>, rows: usize, cols: usize) -> Matrix<'static> {
-        assert_eq!(values.len(), rows * cols);
+    pub fn new(data: MatrixData<'c>, rows: usize, cols: usize) -> Self {
         Matrix {
-            data: MatrixData::Owned(Arc::new(values)),
+            data,
             rows,
             cols,
+            device: DeviceSlot::default(),
         }
+    }
+
+    pub fn owned(values: Vec<f32>, rows: usize, cols: usize) -> Matrix<'static> {
+        assert_eq!(values.len(), rows * cols);
+        Matrix::new(MatrixData::Owned(Arc::new(values)), rows, cols)
+    }
+
+    /// `X·Wᵀ + Σ s·(X·Aᵀ)·Bᵀ` on the GPU with this matrix resident on the device (uploaded on
+    /// the first call, reused by later ones on the same context).
+    fn gpu_forward(
+        &self,
+        ctx: &GpuContext,
+        x: &[f32],
+        n: usize,
+        ads: &[ForwardAdapter],
+    ) -> Result<Vec<f32>, GpuError> {
+        let stored = self.stored();
+        // Validates X, W0 and the adapters against each other (as the per-call path does).
+        crate::backend::cpu_forward::validate_forward(x, n, &stored, ads)?;
+        let resident = {
+            let mut slot = self.device.0.lock().unwrap_or_else(|e| e.into_inner());
+            match &*slot {
+                DeviceCopy::Resident(r) if r.on(ctx) => Some(r.clone()),
+                DeviceCopy::PerCall => None,
+                // First use (or another context): upload once.
+                _ => match ResidentWeight::new(ctx, &stored) {
+                    Ok(r) => {
+                        let r = Arc::new(r);
+                        *slot = DeviceCopy::Resident(r.clone());
+                        Some(r)
+                    }
+                    Err(GpuError::TooLarge { .. } | GpuError::Wgpu(_)) => {
+                        *slot = DeviceCopy::PerCall;
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        };
+        if let Some(r) = resident {
+            match crate::backend::gpu::lora_forward_resident(ctx, x, n, &r, ads) {
+                Err(GpuError::TooLarge { .. }) => {}
+                other => return other,
+            }
+        }
+        crate::backend::gpu::lora_forward(ctx, x, n, &stored, ads)
     }
 
     /// Stored bytes and dtype (owned values as F32 bytes).
@@ -246,7 +314,7 @@ impl<'c, T: Real> Linear<'c, T> {
                         scale: l.scale.to_f32(),
                     })
                     .collect();
-                let y = crate::backend::gpu::lora_forward(ctx, xf, n, &self.w.stored(), &ads)?;
+                let y = self.w.gpu_forward(ctx, xf, n, &ads)?;
                 y.into_iter().map(T::from_f32).collect()
             }
             _ => {

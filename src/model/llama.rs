@@ -116,11 +116,7 @@ impl<'c> Weights<'c> {
                 self.path(),
                 format!("tensor `{name}` has shape {s:?}, the config needs [{rows}, {cols}]"),
             )),
-            Some(_) => Ok(Matrix {
-                data: self.data(name)?,
-                rows,
-                cols,
-            }),
+            Some(_) => Ok(Matrix::new(self.data(name)?, rows, cols)),
         }
     }
 
@@ -139,11 +135,7 @@ impl<'c> Weights<'c> {
                 self.path(),
                 format!("tensor `{name}` has shape {s:?}, the config needs [{len}]"),
             )),
-            Some(_) => Ok(Matrix {
-                data: self.data(name)?,
-                rows: 1,
-                cols: len,
-            }),
+            Some(_) => Ok(Matrix::new(self.data(name)?, 1, len)),
         }
     }
 }

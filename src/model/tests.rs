@@ -415,3 +415,50 @@ fn softmax_row_copies_agree_bit_for_bit() {
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }
+
+/// Eval's forward on the GPU keeps every base weight resident: the first logits upload each
+/// linear's `W0` once (one upload per slot), later calls upload nothing and give the same bits,
+/// and the logits match the CPU's (unmerged LoRA on q and v, as the eval test of the CLI).
+#[test]
+fn gpu_logits_upload_each_weight_once_and_match_the_cpu() {
+    let Some(ctx) = crate::backend::gpu::tests::fresh_gpu() else {
+        return;
+    };
+    let ck = Checkpoint::open(fixture("llama/base")).unwrap();
+    let cfg = ModelConfig::from_folder(ck.folder()).unwrap();
+    let mut m: Model<f32> = Model::load(Weights::Checkpoint(&ck), cfg).unwrap();
+    m.attach(
+        &Adapter::open(fixture("llama/adapters/qv_r8")).unwrap(),
+        1.0,
+        false,
+    )
+    .unwrap();
+    let ids = fixture_ids();
+    let want = m.logits(&ids, 2, 8, Exec::Cpu, false).unwrap();
+    assert_eq!(ctx.resident_uploads(), 0);
+    let first = m.logits(&ids, 2, 8, Exec::Gpu(&ctx), false).unwrap();
+    assert_eq!(ctx.resident_uploads(), m.num_slots() as u64);
+    let e = rel_err(&first, &want);
+    assert!(e < 1e-5, "gpu vs cpu: relative error {e:e}");
+    for _ in 0..2 {
+        let again = m.logits(&ids, 2, 8, Exec::Gpu(&ctx), false).unwrap();
+        assert_eq!(ctx.resident_uploads(), m.num_slots() as u64);
+        assert!(again
+            .iter()
+            .zip(&first)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    // A clone shares the device copies; a second context gets its own.
+    let m2 = m.clone();
+    let _ = m2.logits(&ids[..8], 1, 8, Exec::Gpu(&ctx), true).unwrap();
+    assert_eq!(ctx.resident_uploads(), m.num_slots() as u64);
+    let Some(other) = crate::backend::gpu::tests::fresh_gpu() else {
+        return;
+    };
+    let on_other = m.logits(&ids, 2, 8, Exec::Gpu(&other), false).unwrap();
+    assert_eq!(other.resident_uploads(), m.num_slots() as u64);
+    assert!(on_other
+        .iter()
+        .zip(&first)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}

@@ -1,11 +1,11 @@
 //! GPU LoRA forward: shrink (`shaders/forward_shrink.wgsl`) then fused dense + expand
-//! (`shaders/forward_dense.wgsl`), as Punica's SGMV/BGMV split the low-rank product.
+//! (`shaders/forward_dense.wgsl`), as Punica's SGMV splits the low-rank product.
 //!
 //! All adapters are stacked: `A_cat` (`R × k`, `R = Σ rank`) and `B_cat` (`d × R`), each column
-//! `c` of `T = X·A_catᵀ` carrying its adapter's scale. A row of `X` uses a column range of `T`
-//! (all of it when adapters are summed, one adapter's block for BGMV, nothing for
-//! [`NO_ADAPTER`]); the shrink kernel zeroes the other columns, so the expand is one product
-//! `T·B_catᵀ` added in the same accumulators as `X·W0ᵀ`.
+//! `c` of `T = X·A_catᵀ` carrying its adapter's scale, so the expand is one product `T·B_catᵀ`
+//! added in the same accumulators as `X·W0ᵀ`. Every row uses every adapter (eval sums them);
+//! a per-row adapter choice (BGMV/SGMV serving) existed as a masked kernel that nothing used and
+//! was removed (issue #20: serve eval or go).
 //!
 //! Tiling: `X` (and `T`) by rows, `W0` (and `B_cat`) by rows, `Y` in the resulting blocks; `A_cat`
 //! must fit one binding (`R·k·4` bytes).
@@ -16,7 +16,7 @@
 
 use super::kernels::{self, GEMM_TILE};
 use super::{dtype_code, elem_bytes, f32s, fit_rows, GpuContext, GpuError};
-use crate::backend::cpu_forward::{validate_forward, ForwardAdapter, StoredMatrix, NO_ADAPTER};
+use crate::backend::cpu_forward::{validate_forward, ForwardAdapter, StoredMatrix};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -48,9 +48,8 @@ pub fn lora_forward(
     w0: &StoredMatrix,
     adapters: &[ForwardAdapter],
 ) -> Result<Vec<f32>, GpuError> {
-    validate_forward(x, n, w0, adapters, None)?;
-    let r_total: usize = adapters.iter().map(|a| a.rank).sum();
-    forward(ctx, x, n, W0::Host(w0), adapters, |_| (0, r_total))
+    validate_forward(x, n, w0, adapters)?;
+    forward(ctx, x, n, W0::Host(w0), adapters)
 }
 
 /// A base weight `W0` (`d × k`, stored F32/F16/BF16) kept on the device in row tiles, for
@@ -64,9 +63,16 @@ pub struct ResidentWeight {
     /// Rows per tile (the last may be shorter) and the tiles `(first row, rows, buffer)`.
     tile_rows: usize,
     tiles: Vec<(usize, usize, wgpu::Buffer)>,
+    /// [`GpuContext`] id the tiles live on.
+    ctx_id: u64,
 }
 
 impl ResidentWeight {
+    /// Whether the tiles live on `ctx`.
+    pub fn on(&self, ctx: &GpuContext) -> bool {
+        self.ctx_id == ctx.id()
+    }
+
     /// Uploads `w0` once, in row tiles of at most one binding each.
     pub fn new(ctx: &GpuContext, w0: &StoredMatrix) -> Result<Self, GpuError> {
         w0.validate("W0")?;
@@ -94,7 +100,9 @@ impl ResidentWeight {
                 })
                 .collect())
         })?;
+        ctx.count_resident_upload();
         Ok(ResidentWeight {
+            ctx_id: ctx.id(),
             rows: d,
             cols: k,
             dtype: w0.dtype,
@@ -115,6 +123,11 @@ pub fn lora_forward_resident(
     adapters: &[ForwardAdapter],
 ) -> Result<Vec<f32>, GpuError> {
     let (d, k) = (w0.rows, w0.cols);
+    if w0.ctx_id != ctx.id() {
+        return Err(GpuError::Shape(
+            "the resident weight was uploaded to another GPU context".to_owned(),
+        ));
+    }
     if Some(x.len()) != n.checked_mul(k) {
         return Err(GpuError::Shape(format!(
             "X has {} values for {n}×{k}",
@@ -132,8 +145,7 @@ pub fn lora_forward_resident(
             )));
         }
     }
-    let r_total: usize = adapters.iter().map(|a| a.rank).sum();
-    forward(ctx, x, n, W0::Resident(w0), adapters, |_| (0, r_total))
+    forward(ctx, x, n, W0::Resident(w0), adapters)
 }
 
 /// Where the forward's `W0` comes from.
@@ -143,42 +155,12 @@ enum W0<'a> {
     Resident(&'a ResidentWeight),
 }
 
-/// Multi-adapter forward (BGMV): row `i` of `X` uses adapter `indices[i]` only, or none for
-/// [`NO_ADAPTER`] (`u32::MAX`, i.e. `-1i32 as u32`); same contract as
-/// [`crate::backend::cpu_forward::bgmv_forward`].
-pub fn bgmv_forward(
-    ctx: &GpuContext,
-    x: &[f32],
-    n: usize,
-    w0: &StoredMatrix,
-    adapters: &[ForwardAdapter],
-    indices: &[u32],
-) -> Result<Vec<f32>, GpuError> {
-    validate_forward(x, n, w0, adapters, Some(indices))?;
-    let offsets: Vec<usize> = adapters
-        .iter()
-        .scan(0, |acc, a| {
-            let o = *acc;
-            *acc += a.rank;
-            Some(o)
-        })
-        .collect();
-    forward(ctx, x, n, W0::Host(w0), adapters, |i| match indices[i] {
-        NO_ADAPTER => (0, 0),
-        a => (
-            offsets[a as usize],
-            offsets[a as usize] + adapters[a as usize].rank,
-        ),
-    })
-}
-
 fn forward(
     ctx: &GpuContext,
     x: &[f32],
     n: usize,
     w0: W0,
     adapters: &[ForwardAdapter],
-    range: impl Fn(usize) -> (usize, usize),
 ) -> Result<Vec<f32>, GpuError> {
     let (d, k, dtype) = match w0 {
         W0::Host(m) => (m.rows, m.cols, m.dtype),
@@ -202,7 +184,7 @@ fn forward(
             limit,
         });
     }
-    // Row tiles of W0 (with B) and of X (with T, the row ranges and the Y block).
+    // Row tiles of W0 (with B) and of X (with T and the Y block).
     let td = match w0 {
         W0::Host(_) => {
             fit_rows(d, (k as u64 * es).max(r4), limit, groups).min(fit_rows(d, 4, limit, groups))
@@ -271,13 +253,6 @@ fn forward(
         for i0 in (0..n).step_by(tn) {
             let nn = tn.min(n - i0);
             let x_buf = ctx.upload("forward x", bytemuck::cast_slice(&x[i0 * k..(i0 + nn) * k]));
-            let ranges: Vec<u32> = (i0..i0 + nn)
-                .flat_map(|i| {
-                    let (lo, hi) = range(i);
-                    [lo as u32, hi as u32]
-                })
-                .collect();
-            let r_buf = ctx.upload("forward row ranges", bytemuck::cast_slice(&ranges));
             let t_buf = ctx.output("forward t", (nn * r_total * 4) as u64);
             let sp = ctx.uniform(
                 "shrink params",
@@ -294,12 +269,7 @@ fn forward(
                     (r_total as u32).div_ceil(GEMM_TILE),
                     (nn as u32).div_ceil(GEMM_TILE),
                 );
-                ctx.dispatch(
-                    &mut enc,
-                    &shrink,
-                    &[&sp, &x_buf, &a_buf, &s_buf, &r_buf, &t_buf],
-                    g,
-                );
+                ctx.dispatch(&mut enc, &shrink, &[&sp, &x_buf, &a_buf, &s_buf, &t_buf], g);
             }
             let mut outs = Vec::with_capacity(w_tiles.len());
             for (o0, nd, w_buf, b_buf) in &w_tiles {

@@ -41,7 +41,7 @@ pub(crate) const MERGE: KernelSpec = KernelSpec {
     bindings: &[Uniform, Read, ReadWrite, Read, Read, Read, Read, ReadWrite],
 };
 
-/// T = scale ⊙ mask ⊙ X·Aᵀ, see `shaders/forward_shrink.wgsl`.
+/// T = scale ⊙ X·Aᵀ, see `shaders/forward_shrink.wgsl`.
 pub(crate) const FORWARD_SHRINK: KernelSpec = KernelSpec {
     name: "forward_shrink",
     sources: &[
@@ -50,7 +50,7 @@ pub(crate) const FORWARD_SHRINK: KernelSpec = KernelSpec {
         include_str!("../../../shaders/forward_shrink.wgsl"),
     ],
     entry: "main",
-    bindings: &[Uniform, Read, Read, Read, Read, ReadWrite],
+    bindings: &[Uniform, Read, Read, Read, ReadWrite],
 };
 
 /// Y = X·W0ᵀ + T·Bᵀ, see `shaders/forward_dense.wgsl`.

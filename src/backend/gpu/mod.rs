@@ -7,8 +7,9 @@
 //!
 //! * [`merge`]: `W = W0 + Σ scale·B·A` (+ DoRA), the same contract as [`crate::backend::cpu::merge`]
 //!   and bit-identical to it (see `shaders/merge.wgsl` for how fused multiply-add is prevented).
-//! * [`lora_forward`] / [`bgmv_forward`]: `Y = X·W0ᵀ + Σ s·(X·Aᵀ)·Bᵀ`, all adapters summed or one
-//!   per row of X; CPU twins in [`crate::backend::cpu_forward`].
+//! * [`lora_forward`] / [`lora_forward_resident`]: `Y = X·W0ᵀ + Σ s·(X·Aᵀ)·Bᵀ`, all adapters
+//!   summed (W0 uploaded per call, or kept on the device by [`ResidentWeight`], as eval does);
+//!   CPU twin in [`crate::backend::cpu_forward`].
 //! * [`delta_sketch`] / [`delta_sketch_t`] / [`GpuDeltaOp`]: `(W − W0)·Ω` and `(W − W0)ᵀ·Q`
 //!   without forming `W − W0`, and a [`crate::linalg::LinearOperator`] built on them.
 //!
@@ -26,9 +27,9 @@ mod kernels;
 mod merge;
 mod sketch;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
-pub use forward::{bgmv_forward, lora_forward, lora_forward_resident, ResidentWeight};
+pub use forward::{lora_forward, lora_forward_resident, ResidentWeight};
 pub use merge::{merge, merge_into, merge_supports};
 pub use sketch::{delta_sketch, delta_sketch_t, GpuDeltaOp};
 
@@ -192,7 +193,15 @@ pub struct GpuContext {
     /// Idle merge rings (persistent device buffers), reused by later merges; a merge running
     /// concurrently with another takes its own.
     rings: std::sync::Mutex<Vec<merge::Ring>>,
+    /// Unique per context: a [`ResidentWeight`] records the context it was uploaded to.
+    id: u64,
+    /// Weights uploaded by [`ResidentWeight::new`] on this context (tests check eval uploads
+    /// each weight once).
+    resident_uploads: std::sync::atomic::AtomicU64,
 }
+
+/// Source of [`GpuContext`] ids.
+static NEXT_CONTEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Binding sizes are kept below 2 GiB so every element index of a binding fits a WGSL `u32`.
 const INDEX_SAFE_BINDING: u64 = 1 << 31;
@@ -271,6 +280,8 @@ impl GpuContext {
             chunk_bytes: opts.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES).max(4096) & !3,
             kernels: kernels::Cache::default(),
             rings: std::sync::Mutex::new(Vec::new()),
+            id: NEXT_CONTEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            resident_uploads: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -390,6 +401,21 @@ impl GpuContext {
         }
     }
 
+    /// How many weights [`ResidentWeight::new`] has uploaded on this context.
+    pub fn resident_uploads(&self) -> u64 {
+        self.resident_uploads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn count_resident_upload(&self) {
+        self.resident_uploads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Fails with [`GpuError::TooLarge`] when `bytes` exceeds one binding.
     pub(crate) fn check_binding(&self, what: &str, bytes: u64) -> Result<(), GpuError> {
         if bytes > self.max_binding {
@@ -453,6 +479,17 @@ impl GpuContext {
         buffers: &[&wgpu::Buffer],
         groups: (u32, u32),
     ) {
+        self.dispatch3(encoder, kernel, buffers, (groups.0, groups.1, 1));
+    }
+
+    /// [`Self::dispatch`] over a 3-D grid (split-K sketches use z).
+    pub(crate) fn dispatch3(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: &Kernel,
+        buffers: &[&wgpu::Buffer],
+        groups: (u32, u32, u32),
+    ) {
         debug_assert_eq!(buffers.len(), kernel.slots);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -473,7 +510,7 @@ impl GpuContext {
         });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
     }
 
     /// [`GpuContext::dispatch`] with each binding limited to its first `len` bytes (for

@@ -19,7 +19,27 @@ struct SketchParams {
     l: u32,
     w_dtype: u32,
     w0_dtype: u32,
-    _pad: [u32; 3],
+    /// Split-K chunk of `sketch` (a multiple of the GEMM step); unused by `sketch_t`.
+    k_chunk: u32,
+    _pad: [u32; 2],
+}
+
+/// Workgroups a sketch dispatch aims for before it splits `k` (a few per compute unit of a large
+/// GPU); splits never go below [`MIN_K_CHUNK`] values of `k` each.
+const SPLIT_K_TARGET_GROUPS: u64 = 512;
+const MIN_K_CHUNK: usize = 64;
+
+/// `(splits, chunk)` for a `rows × k` by `k × l` product: enough splits of `k` to reach
+/// [`SPLIT_K_TARGET_GROUPS`] workgroups, chunks a multiple of `GEMM_TK` (16) and at least
+/// [`MIN_K_CHUNK`], and the partial products (`splits · rows · l` f32) within `limit` bytes.
+pub(crate) fn split_k(rows: usize, k: usize, l: usize, limit: u64) -> (usize, usize) {
+    let groups = (l.div_ceil(GEMM_TILE as usize) * rows.div_ceil(GEMM_TILE as usize)) as u64;
+    let max_splits = (k / MIN_K_CHUNK).max(1);
+    let by_memory = (limit / (4 * (rows * l).max(1) as u64)).max(1) as usize;
+    let want = SPLIT_K_TARGET_GROUPS.div_ceil(groups.max(1)) as usize;
+    let splits = want.min(max_splits).min(by_memory).max(1);
+    let chunk = k.div_ceil(splits).div_ceil(16) * 16;
+    (k.div_ceil(chunk.max(1)).max(1), chunk.max(16))
 }
 
 /// `Y = (W − W0)·Ω` for `Ω` `cols × l` (row-major f32); returns `Y`, `rows × l`. Same contract as
@@ -149,14 +169,15 @@ impl<'a> GpuDeltaOp<'a> {
         f(guard.as_ref().expect("just set"))
     }
 
-    fn params(&self, rows: usize, l: usize) -> Result<SketchParams, GpuError> {
+    fn params(&self, rows: usize, l: usize, k_chunk: usize) -> Result<SketchParams, GpuError> {
         Ok(SketchParams {
             rows: rows as u32,
             k: self.pair.cols() as u32,
             l: l as u32,
             w_dtype: dtype_code(self.pair.w.dtype)?,
             w0_dtype: dtype_code(self.pair.w0.dtype)?,
-            _pad: [0; 3],
+            k_chunk: k_chunk as u32,
+            _pad: [0; 2],
         })
     }
 
@@ -179,22 +200,31 @@ impl<'a> GpuDeltaOp<'a> {
                 let mut enc = ctx.encoder();
                 let mut outs = Vec::with_capacity(res.tiles.len());
                 for (r0, nr, w, w0) in &res.tiles {
-                    let p = ctx.uniform("sketch params", &self.params(*nr, l)?);
-                    let yb = ctx.output("sketch y", (nr * l * 4) as u64);
+                    let (splits, chunk) = split_k(*nr, k, l, ctx.max_binding());
+                    let p = ctx.uniform("sketch params", &self.params(*nr, l, chunk)?);
+                    let bytes = (splits * nr * l * 4) as u64;
+                    let yb = ctx.output("sketch y", bytes);
                     let g = (
                         (l as u32).div_ceil(GEMM_TILE),
                         (*nr as u32).div_ceil(GEMM_TILE),
+                        splits as u32,
                     );
-                    ctx.dispatch(&mut enc, &kernel, &[&p, w, w0, &om, &yb], g);
-                    outs.push((*r0, *nr, yb));
+                    ctx.dispatch3(&mut enc, &kernel, &[&p, w, w0, &om, &yb], g);
+                    outs.push((*r0, *nr, bytes, yb));
                 }
-                let sources: Vec<(&wgpu::Buffer, u64)> = outs
-                    .iter()
-                    .map(|(_, nr, b)| (b, (nr * l * 4) as u64))
-                    .collect();
+                let sources: Vec<(&wgpu::Buffer, u64)> =
+                    outs.iter().map(|(_, _, bytes, b)| (b, *bytes)).collect();
                 let blocks = ctx.submit_and_read(enc, &sources)?;
-                for ((r0, nr, _), bytes) in outs.iter().zip(blocks) {
-                    y[r0 * l..(r0 + nr) * l].copy_from_slice(&f32s(&bytes));
+                for ((r0, nr, _, _), bytes) in outs.iter().zip(blocks) {
+                    // The splits' partial products, added in split order (deterministic).
+                    let parts = f32s(&bytes);
+                    let out = &mut y[r0 * l..(r0 + nr) * l];
+                    out.copy_from_slice(&parts[..nr * l]);
+                    for part in parts[nr * l..].chunks_exact(nr * l) {
+                        for (o, v) in out.iter_mut().zip(part) {
+                            *o += v;
+                        }
+                    }
                 }
                 Ok(())
             })
@@ -221,7 +251,7 @@ impl<'a> GpuDeltaOp<'a> {
                 let zb = ctx.output("sketch z", z_bytes);
                 let mut enc = ctx.encoder();
                 for (r0, nr, w, w0) in &res.tiles {
-                    let p = ctx.uniform("sketch_t params", &self.params(*nr, l)?);
+                    let p = ctx.uniform("sketch_t params", &self.params(*nr, l, 0)?);
                     let qb =
                         ctx.upload("sketch q", bytemuck::cast_slice(&q[r0 * l..(r0 + nr) * l]));
                     let g = (

@@ -338,11 +338,11 @@ fn merge_matrix<'c>(
     job.validate().map_err(|e| e.to_string())?;
     let out = crate::backend::cpu::merge(&job).map_err(|e| e.to_string())?;
     let vals: Vec<f32> = stored_as::<f32>(&out, Dtype::F32).into_owned();
-    Ok(Matrix {
-        data: MatrixData::Owned(Arc::new(vals)),
-        rows: w.rows,
-        cols: w.cols,
-    })
+    Ok(Matrix::new(
+        MatrixData::Owned(Arc::new(vals)),
+        w.rows,
+        w.cols,
+    ))
 }
 
 /// `long` equals `short` or ends with `.short`.

@@ -1,16 +1,10 @@
-//! The fused low-rank forward and BGMV against the CPU forward, within the f32 dot-product
+//! The fused low-rank forward against the CPU forward, within the f32 dot-product
 //! bound (module header of `tests`).
 
 use super::*;
 
 /// `S` for the error bound: the same forward on absolute values.
-fn abs_forward(
-    x: &[f32],
-    n: usize,
-    w0: &StoredMatrix,
-    ads: &[ForwardAdapter],
-    idx: Option<&[u32]>,
-) -> Vec<f32> {
+fn abs_forward(x: &[f32], n: usize, w0: &StoredMatrix, ads: &[ForwardAdapter]) -> Vec<f32> {
     let xa: Vec<f32> = x.iter().map(|v| v.abs()).collect();
     let wa: Vec<f32> = dtype::decode(w0.dtype, w0.bytes)
         .iter()
@@ -41,10 +35,7 @@ fn abs_forward(
             scale: a.scale.abs(),
         })
         .collect();
-    match idx {
-        None => cpu_forward::lora_forward(&xa, n, &sm, &abs_ads).unwrap(),
-        Some(i) => cpu_forward::bgmv_forward(&xa, n, &sm, &abs_ads, i).unwrap(),
-    }
+    cpu_forward::lora_forward(&xa, n, &sm, &abs_ads).unwrap()
 }
 
 struct Adapters {
@@ -82,7 +73,6 @@ fn check_forward(
     (n, k, d): (usize, usize, usize),
     dt: Dtype,
     ranks: &[usize],
-    bgmv: bool,
     seed: &mut Rng,
 ) {
     let x = rand(n * k, seed);
@@ -95,31 +85,10 @@ fn check_forward(
     };
     let ads = Adapters::new(d, k, ranks, seed);
     let views = ads.views();
-    let idx: Vec<u32> = (0..n as u32)
-        .map(|i| {
-            if i % (ranks.len() as u32 + 1) == ranks.len() as u32 {
-                NO_ADAPTER
-            } else {
-                i % (ranks.len() as u32 + 1)
-            }
-        })
-        .collect();
-    let what = format!(
-        "{} n{n} k{k} d{d} {dt:?} ranks {ranks:?}",
-        if bgmv { "bgmv" } else { "forward" }
-    );
-    let (got, want) = if bgmv {
-        (
-            bgmv_forward(ctx, &x, n, &sm, &views, &idx).unwrap(),
-            cpu_forward::bgmv_forward(&x, n, &sm, &views, &idx).unwrap(),
-        )
-    } else {
-        (
-            lora_forward(ctx, &x, n, &sm, &views).unwrap(),
-            cpu_forward::lora_forward(&x, n, &sm, &views).unwrap(),
-        )
-    };
-    let s = abs_forward(&x, n, &sm, &views, bgmv.then_some(&idx[..]));
+    let what = format!("forward n{n} k{k} d{d} {dt:?} ranks {ranks:?}");
+    let got = lora_forward(ctx, &x, n, &sm, &views).unwrap();
+    let want = cpu_forward::lora_forward(&x, n, &sm, &views).unwrap();
+    let s = abs_forward(&x, n, &sm, &views);
     let r_total: usize = ranks.iter().sum();
     assert_within_bound(&got, &want, &s, k + r_total, &what);
 }
@@ -130,42 +99,13 @@ fn forward_matches_cpu() {
     let mut seed = Rng::seed_from_u64(41);
     for dt in DTYPES {
         for rank in [1, 8, 64] {
-            check_forward(ctx, (37, 150, 77), dt, &[rank], false, &mut seed);
+            check_forward(ctx, (37, 150, 77), dt, &[rank], &mut seed);
         }
-        check_forward(ctx, (37, 150, 77), dt, &[1, 8, 64], false, &mut seed);
+        check_forward(ctx, (37, 150, 77), dt, &[1, 8, 64], &mut seed);
     }
     // No adapters at all, and a single row.
-    check_forward(ctx, (5, 20, 9), Dtype::BF16, &[], false, &mut seed);
-    check_forward(ctx, (1, 20, 9), Dtype::F16, &[8], false, &mut seed);
-}
-
-#[test]
-fn bgmv_matches_cpu() {
-    let Some(ctx) = gpu() else { return };
-    let mut seed = Rng::seed_from_u64(43);
-    for dt in DTYPES {
-        check_forward(ctx, (37, 150, 77), dt, &[1, 8, 64], true, &mut seed);
-    }
-    let x = [0f32; 4];
-    let w0 = dtype::encode(Dtype::F32, &[0.0; 4]);
-    let sm = StoredMatrix {
-        bytes: &w0,
-        dtype: Dtype::F32,
-        rows: 2,
-        cols: 2,
-    };
-    let (a, b) = ([0f32; 2], [0f32; 2]);
-    let ads = [ForwardAdapter {
-        a: &a,
-        b: &b,
-        rank: 1,
-        scale: 1.0,
-    }];
-    assert!(matches!(
-        bgmv_forward(ctx, &x, 2, &sm, &ads, &[0, 1]),
-        Err(GpuError::Shape(_))
-    ));
-    assert!(bgmv_forward(ctx, &x, 2, &sm, &ads, &[NO_ADAPTER, 0]).is_ok());
+    check_forward(ctx, (5, 20, 9), Dtype::BF16, &[], &mut seed);
+    check_forward(ctx, (1, 20, 9), Dtype::F16, &[8], &mut seed);
 }
 
 #[test]
@@ -175,8 +115,7 @@ fn forward_tiled_matches_cpu() {
     // W0 1100 × 24 (52–103 KiB, up to 12× the binding limit) split into row tiles, X (45 rows)
     // into two.
     for dt in DTYPES {
-        check_forward(ctx, (45, 24, 1100), dt, &[1, 8, 64], false, &mut seed);
-        check_forward(ctx, (45, 24, 1100), dt, &[1, 8, 64], true, &mut seed);
+        check_forward(ctx, (45, 24, 1100), dt, &[1, 8, 64], &mut seed);
     }
     // The stacked A (not tiled) over the limit is an error, not a wrong answer.
     let x = vec![0f32; 2 * 100];

@@ -17,7 +17,7 @@
 use super::kernels::{self, CONVERT_WG};
 use super::merge::{merge_tiles, merge_with};
 use super::*;
-use crate::backend::cpu_forward::{self, DeltaPair, ForwardAdapter, StoredMatrix, NO_ADAPTER};
+use crate::backend::cpu_forward::{self, DeltaPair, ForwardAdapter, StoredMatrix};
 use crate::backend::{cpu, Dora, MergeError, MergeJob, NormAxis, Term};
 use crate::dtype;
 use crate::linalg::rng::Xoshiro256PlusPlus as Rng;
@@ -32,6 +32,19 @@ mod sketch;
 const TILED_LIMIT: u64 = 8 << 10;
 const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
 
+/// Without an adapter: fails under `LORAKIT_REQUIRE_GPU=1`, otherwise says so loudly.
+fn skip_or_fail(reason: &str) {
+    if std::env::var("LORAKIT_REQUIRE_GPU").as_deref() == Ok("1") {
+        panic!("LORAKIT_REQUIRE_GPU=1 but no wgpu adapter: {reason}");
+    }
+    // Straight to the stderr handle: libtest captures eprintln! of passing tests.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "GPU TEST SKIPPED: no wgpu adapter: {reason}"
+    );
+}
+
 /// The one place that decides between running, skipping and failing a GPU test.
 fn context(
     slot: &'static OnceLock<Result<GpuContext, GpuError>>,
@@ -40,15 +53,7 @@ fn context(
     match slot.get_or_init(make) {
         Ok(ctx) => Some(ctx),
         Err(GpuError::NoAdapter(reason)) => {
-            if std::env::var("LORAKIT_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("LORAKIT_REQUIRE_GPU=1 but no wgpu adapter: {reason}");
-            }
-            // Straight to the stderr handle: libtest captures eprintln! of passing tests.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "GPU TEST SKIPPED: no wgpu adapter: {reason}"
-            );
+            skip_or_fail(reason);
             None
         }
         Err(e) => panic!("GPU context creation failed: {e}"),
@@ -58,6 +63,19 @@ fn context(
 fn gpu() -> Option<&'static GpuContext> {
     static CTX: OnceLock<Result<GpuContext, GpuError>> = OnceLock::new();
     context(&CTX, GpuContext::new)
+}
+
+/// A context of the caller's own (not shared with other tests, so its counters are the
+/// caller's), under the same run/skip/fail policy.
+pub(crate) fn fresh_gpu() -> Option<GpuContext> {
+    match GpuContext::new() {
+        Ok(ctx) => Some(ctx),
+        Err(GpuError::NoAdapter(reason)) => {
+            skip_or_fail(&reason);
+            None
+        }
+        Err(e) => panic!("GPU context creation failed: {e}"),
+    }
 }
 
 /// A context with the default binding limit but 4 KiB merge chunks: every merge streams many

@@ -95,6 +95,12 @@ fn sketch_matches_cpu() {
             check_sketch(ctx, &p, l, &mut seed);
         }
     }
+    // Split-K: k = 1000 goes to 13 splits of 80 (the last 40), each a partial product added
+    // on the host; the bound is the whole depth's.
+    let p = Pair::new(30, 1000, Dtype::BF16, Dtype::F32, &mut seed);
+    for l in [1, 24] {
+        check_sketch(ctx, &p, l, &mut seed);
+    }
 }
 
 #[test]
@@ -161,5 +167,33 @@ fn delta_operator_drives_randomized_svd() {
                 want.s
             );
         }
+    }
+}
+
+/// The split rule: chunks are multiples of 16, at least 64 (short products are not split), cover
+/// `k` with no empty split, and the partial products fit the binding limit.
+#[test]
+fn split_k_covers_k_within_limits() {
+    use crate::backend::gpu::sketch::split_k;
+    assert_eq!(split_k(30, 1000, 24, 1 << 30), (13, 80));
+    assert_eq!(split_k(30, 40, 8, 1 << 30), (1, 48));
+    for (rows, k, l, limit) in [
+        (4096, 4096, 32, 1u64 << 31),
+        (64, 100_000, 8, 1 << 31),
+        (7, 333, 1, 1 << 31),
+        (500, 40, 48, 8 << 10),
+        (100, 5000, 64, 100 * 64 * 4 * 3),
+    ] {
+        let (splits, chunk) = split_k(rows, k, l, limit);
+        assert!(chunk % 16 == 0 && splits >= 1, "{rows} {k} {l}");
+        assert!(
+            (splits - 1) * chunk < k && splits * chunk >= k,
+            "{rows} {k} {l}"
+        );
+        assert!(splits == 1 || chunk >= 64, "{rows} {k} {l}");
+        assert!(
+            splits == 1 || (splits * rows * l * 4) as u64 <= limit,
+            "{rows} {k} {l}"
+        );
     }
 }
