@@ -119,7 +119,8 @@ pub struct MergeArgs {
     /// producer's quantizer (bitsandbytes NF4/FP4 with and without double quantization; FP8 E4M3
     /// in weight_scale_inv blocks with fresh scales as transformers' Fp8Quantize; GPTQ and AWQ by
     /// round-to-nearest with the checkpoint's own scales, zeros and g_idx, as their packers
-    /// compute it: not a new calibration), and copies every other tensor byte for byte,
+    /// compute it: not a new calibration; compressed-tensors pack-quantized the same way with
+    /// its scales and zero points, as its compressor rounds), and copies every other tensor byte for byte,
     /// quantization_config kept; formats lorakit cannot requantize are refused before anything
     /// is written. `dequantize` writes every quantized weight as float (--dtype; keep
     /// = the dtype its library dequantizes to), drops the scales and removes

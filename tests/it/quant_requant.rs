@@ -236,3 +236,40 @@ fn merge_into_int8_requantizes_like_peft() {
         }
     }
 }
+
+/// `merge --quant keep` into compressed-tensors pack-quantized (every scheme of `ct_pack`: 2..8
+/// bits, symmetric and asymmetric, channel and group, f32/f16/bf16 scales, all seven projections
+/// by `rslora_all`): each merged weight rounded to nearest with the stored scales and zero points,
+/// equal to compressed-tensors 0.20's own `PackedQuantizationCompressor.compress` on
+/// dequant(W) + PEFT's delta (`fixtures/gen/ct_keep_fixtures.py`). Scales, zero points, shapes and
+/// config.json are copied byte for byte.
+#[test]
+fn merge_keep_into_compressed_tensors_is_its_compressors_rounding() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let model = fixture("quant/ct_pack");
+    let text = merge_ok(&model, &fixture("llama/adapters/rslora_all"), &out, &[]);
+    assert!(text.contains("14 merged weights quantized again"), "{text}");
+    let got = read_checkpoint(&out);
+    let input = read_checkpoint(&model);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        input.keys().collect::<Vec<_>>()
+    );
+    let want = read(&fixture("quant/qlora/ct_pack_keep.safetensors"));
+    assert_eq!(want.len(), 14);
+    for (name, t) in &input {
+        match want.get(name) {
+            Some(w) => {
+                assert_eq!(&got[name], w, "{name}");
+                assert_ne!(&got[name], t, "{name}: the merge changed nothing");
+            }
+            None => assert_eq!(&got[name], t, "{name} changed"),
+        }
+    }
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        std::fs::read(model.join("config.json")).unwrap(),
+        "quantization_config kept"
+    );
+}

@@ -326,9 +326,7 @@ impl QuantMap {
         match &q.scheme {
             Scheme::Bnb4(_) => None,
             Scheme::BnbInt8 => None,
-            Scheme::Packed(_) => {
-                Some("compressed-tensors pack-quantized (its scales come from calibration)".into())
-            }
+            Scheme::Packed(_) => None,
             Scheme::Gptq(_) => None,
             Scheme::Fp8 {
                 format,
@@ -425,7 +423,17 @@ impl QuantMap {
                     (q.companions[0].clone(), dtype::encode(Dtype::F32, &scb)),
                 ]
             }
-            Scheme::Packed(_) => unreachable!("refused above"),
+            Scheme::Packed(p) => {
+                // Round to nearest with the stored scales and zero points: only weight_packed
+                // changes.
+                let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
+                let zero = match p.symmetric {
+                    true => None,
+                    false => Some(data(&q.companions[2])?),
+                };
+                let bytes = packed::requantize(p, merged, data(&q.companions[1])?, zero);
+                vec![(q.stored.clone(), bytes)]
+            }
         })
     }
 }
