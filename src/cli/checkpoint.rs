@@ -120,7 +120,8 @@ pub struct MergeArgs {
     /// in weight_scale_inv blocks with fresh scales as transformers' Fp8Quantize; GPTQ and AWQ by
     /// round-to-nearest with the checkpoint's own scales, zeros and g_idx, as their packers
     /// compute it: not a new calibration; compressed-tensors pack-quantized the same way with
-    /// its scales and zero points, as its compressor rounds), and copies every other tensor byte for byte,
+    /// its scales and zero points, as its compressor rounds; compressed-tensors FP8 per channel
+    /// or per tensor with fresh min/max scales as its calculate_qparams), and copies every other tensor byte for byte,
     /// quantization_config kept; formats lorakit cannot requantize are refused before anything
     /// is written. `dequantize` writes every quantized weight as float (--dtype; keep
     /// = the dtype its library dequantizes to), drops the scales and removes
