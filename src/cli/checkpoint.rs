@@ -108,9 +108,8 @@ pub struct MergeArgs {
     /// W − dequant(Q(W))). Q is bitsandbytes' 4-bit quantizer, reproduced bit for bit: `nf4` or
     /// `fp4` (`BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=…)`). The summary
     /// reports, per merged tensor, ‖W − dequant(Q(W))‖ next to ‖s·B·A‖. `,double-quant`
-    /// (bnb_4bit_use_double_quant) is recognised but refused: it needs bitsandbytes' dynamic
-    /// 8-bit code map (`create_dynamic_map`), which lorakit does not build yet (a double-quant
-    /// base itself stores it, so `merge` into one requantizes bit for bit).
+    /// (bnb_4bit_use_double_quant) also quantizes the absmax as bitsandbytes does, with its
+    /// dynamic 8-bit code map (`create_dynamic_map`) in blocks of 256.
     #[arg(long, value_name = "nf4|fp4[,double-quant]", value_parser = parse_as_trained_on, conflicts_with = "unmerge")]
     pub as_trained_on: Option<(crate::io::quant::bnb4::Kind, bool)>,
 

@@ -452,3 +452,18 @@ fn ct_fp8_requantizes_bit_exact() {
     }
     assert_eq!(n, 14);
 }
+
+/// bitsandbytes' `create_dynamic_map()` (torch's f32 linspace included) equals the nested code
+/// map bitsandbytes stored in every double-quant weight transformers saved, byte for byte.
+#[test]
+fn dynamic_map_equals_the_map_bitsandbytes_stores() {
+    let model = Checkpoint::open(fixture("nf4_dq")).unwrap();
+    let mine = stored(Dtype::F32, &bnb4_dq::dynamic_map());
+    let mut n = 0;
+    for name in model.names().filter(|n| n.ends_with(".nested_quant_map")) {
+        assert_same(Dtype::F32, &mine, model.view(name).unwrap().data, name);
+        n += 1;
+    }
+    assert_eq!(n, 14);
+    assert_eq!(bnb4_dq::torch_linspace_f32(0.1, 1.0, 1), vec![0.1]);
+}
