@@ -51,6 +51,8 @@ mod it {
     pub mod quant;
     /// Native GPTQ/AWQ bases against gptqmodel's and AutoAWQ's own packers and dequantization.
     pub mod quant_gptq;
+    /// A truly QLoRA-trained adapter: merged logits against the NF4 model running it.
+    pub mod quant_qlora;
     /// Quantized bases: `--part` merges, requantization of the remaining formats.
     pub mod quant_requant;
     /// Recipes: validation, dry-run, references, incremental reruns.

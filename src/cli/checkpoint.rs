@@ -120,9 +120,8 @@ pub struct MergeArgs {
     /// W − dequant(Q(W))). Q is bitsandbytes' 4-bit quantizer, reproduced bit for bit: `nf4` or
     /// `fp4` (`BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=…)`). The summary
     /// reports, per merged tensor, ‖W − dequant(Q(W))‖ next to ‖s·B·A‖. `,double-quant`
-    /// (bnb_4bit_use_double_quant) is recognised but refused: it needs bitsandbytes' dynamic
-    /// 8-bit code map (`create_dynamic_map`), which lorakit does not build yet (a double-quant
-    /// base itself stores it, so `merge` into one requantizes bit for bit).
+    /// (bnb_4bit_use_double_quant) also quantizes the absmax as bitsandbytes does, with its
+    /// dynamic 8-bit code map (`create_dynamic_map`) in blocks of 256.
     #[arg(long, value_name = "nf4|fp4[,double-quant]", value_parser = parse_as_trained_on, conflicts_with = "unmerge")]
     pub as_trained_on: Option<(crate::io::quant::bnb4::Kind, bool)>,
 
@@ -131,7 +130,9 @@ pub struct MergeArgs {
     /// producer's quantizer (bitsandbytes NF4/FP4 with and without double quantization; FP8 E4M3
     /// in weight_scale_inv blocks with fresh scales as transformers' Fp8Quantize; GPTQ and AWQ by
     /// round-to-nearest with the checkpoint's own scales, zeros and g_idx, as their packers
-    /// compute it: not a new calibration), and copies every other tensor byte for byte,
+    /// compute it: not a new calibration; compressed-tensors pack-quantized the same way with
+    /// its scales and zero points, as its compressor rounds; compressed-tensors FP8 per channel
+    /// or per tensor with fresh min/max scales as its calculate_qparams), and copies every other tensor byte for byte,
     /// quantization_config kept; formats lorakit cannot requantize are refused before anything
     /// is written. `dequantize` writes every quantized weight as float (--dtype; keep
     /// = the dtype its library dequantizes to), drops the scales and removes

@@ -236,3 +236,96 @@ fn merge_into_int8_requantizes_like_peft() {
         }
     }
 }
+
+/// `merge --quant keep` into compressed-tensors pack-quantized (every scheme of `ct_pack`: 2..8
+/// bits, symmetric and asymmetric, channel and group, f32/f16/bf16 scales, all seven projections
+/// by `rslora_all`): each merged weight rounded to nearest with the stored scales and zero points,
+/// equal to compressed-tensors 0.20's own `PackedQuantizationCompressor.compress` on
+/// dequant(W) + PEFT's delta (`fixtures/gen/ct_keep_fixtures.py`). Scales, zero points, shapes and
+/// config.json are copied byte for byte.
+#[test]
+fn merge_keep_into_compressed_tensors_is_its_compressors_rounding() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let model = fixture("quant/ct_pack");
+    let text = merge_ok(&model, &fixture("llama/adapters/rslora_all"), &out, &[]);
+    assert!(text.contains("14 merged weights quantized again"), "{text}");
+    let got = read_checkpoint(&out);
+    let input = read_checkpoint(&model);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        input.keys().collect::<Vec<_>>()
+    );
+    let want = read(&fixture("quant/qlora/ct_pack_keep.safetensors"));
+    assert_eq!(want.len(), 14);
+    for (name, t) in &input {
+        match want.get(name) {
+            Some(w) => {
+                assert_eq!(&got[name], w, "{name}");
+                assert_ne!(&got[name], t, "{name}: the merge changed nothing");
+            }
+            None => assert_eq!(&got[name], t, "{name} changed"),
+        }
+    }
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        std::fs::read(model.join("config.json")).unwrap(),
+        "quantization_config kept"
+    );
+}
+
+/// `merge --quant keep` into compressed-tensors float-quantized FP8 (`ct_fp8`: per-channel and
+/// per-tensor `weight_scale` in bf16, f16 and f32): fresh scales and E4M3 values as the producer
+/// computes them (llm-compressor's min/max observer, compressed-tensors 0.20's
+/// `calculate_qparams` and `FloatQuantizationCompressor.compress`, run by
+/// `fixtures/gen/ct_fp8_fixtures.py` on dequant(W) + `rslora_all`'s delta), byte for byte for
+/// the bf16/f16 weights. The f32 weights (up/down) keep the last bit of the f32 merge, where
+/// lorakit's `s·B·A` and torch's `b @ a` may differ by an ulp: their quantizer is checked on the
+/// identical recorded input by the library test `ct_fp8_requantizes_bit_exact`; here they must
+/// be requantized (changed) and leave everything else untouched.
+#[test]
+fn merge_keep_into_compressed_tensors_fp8_has_the_producers_fresh_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let model = fixture("quant/ct_fp8");
+    let text = merge_ok(&model, &fixture("llama/adapters/rslora_all"), &out, &[]);
+    assert!(text.contains("14 merged weights quantized again"), "{text}");
+    let got = read_checkpoint(&out);
+    let input = read_checkpoint(&model);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        input.keys().collect::<Vec<_>>()
+    );
+    let want = read(&fixture("quant/qlora/ct_fp8_keep.safetensors"));
+    assert_eq!(want.len(), 42);
+    let (mut exact, mut scales_changed) = (0, 0);
+    for (name, t) in &input {
+        let Some(w) = want.get(name) else {
+            assert_eq!(&got[name], t, "{name} changed");
+            continue;
+        };
+        if name.ends_with(".weight") {
+            assert_ne!(&got[name], t, "{name}: the merge changed nothing");
+        }
+        if name.contains("up_proj") || name.contains("down_proj") {
+            assert_eq!(got[name].dtype, w.dtype, "{name}");
+            assert_eq!(got[name].shape, w.shape, "{name}");
+            continue;
+        }
+        assert_eq!(&got[name], w, "{name}");
+        exact += 1;
+        if name.ends_with("_scale") && &got[name] != t {
+            scales_changed += 1;
+        }
+    }
+    assert_eq!(exact, 20);
+    assert!(
+        scales_changed > 0,
+        "no fresh scale differs from the stored one"
+    );
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        std::fs::read(model.join("config.json")).unwrap(),
+        "quantization_config kept"
+    );
+}

@@ -184,6 +184,82 @@ pub fn compress_statistics(
     (offset, codes, nabs)
 }
 
+/// `torch.linspace(start, end, steps, dtype=torch.float32)` on CPU (torch 2.15
+/// `aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp` `linspace_kernel`): `step = (end − start)
+/// / (steps − 1)` in f32; the first half `start + step·i`, the second `end − step·(steps − 1 − i)`,
+/// each with one rounding (the kernel's multiply-add is fused: measured equal to torch on every
+/// length `create_dynamic_map` uses, where two roundings differed on 24 of 134 values).
+pub fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps)
+        .map(|i| {
+            if i < half {
+                step.mul_add(i as f32, start)
+            } else {
+                (-step).mul_add((steps - 1 - i) as f32, end)
+            }
+        })
+        .collect()
+}
+
+/// bitsandbytes' `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`
+/// (`functional.py`, 0.50.2): the 256-entry code of the nested absmax that
+/// `quantize_4bit(..., compress_statistics=True)` uses. For `i` in 0..7, the midpoints of
+/// `linspace(0.1, 1, 2^i + 1)` (f32 sums halved) times `10^(i − 6)` (a Python float, rounded to
+/// f32 by torch's scalar multiply) and their negatives; then 0 and 1; sorted.
+pub fn dynamic_map() -> Vec<f32> {
+    let mut data = Vec::with_capacity(256);
+    for i in 0..7i32 {
+        let b = torch_linspace_f32(0.1, 1.0, (1usize << i) + 1);
+        let scale = 10f64.powi(i - 6) as f32;
+        for w in b.windows(2) {
+            let mean = (w[0] + w[1]) / 2.0;
+            data.push(scale * mean);
+            data.push(-(scale * mean));
+        }
+    }
+    data.push(0.0);
+    data.push(1.0);
+    data.sort_by(f32::total_cmp);
+    data
+}
+
+/// `dequantize_4bit(quantize_4bit(w, blocksize, compress_statistics=True, quant_type))` on a
+/// float32 weight, as bitsandbytes computes it on load with `bnb_4bit_use_double_quant`: the 4-bit
+/// codes and absmax of [`super::bnb4::quantize`], the absmax double-quantized with
+/// [`dynamic_map`] in blocks of 256 ([`compress_statistics`]), then dequantized.
+pub fn quantize_dequantize(kind: super::bnb4::Kind, blocksize: usize, w: &[f32]) -> Vec<f32> {
+    use super::bnb4;
+    use crate::dtype::{encode, Dtype};
+    let (packed, absmax) = bnb4::quantize(kind, blocksize, w);
+    let code = dynamic_map();
+    let (offset, codes, nabs) = compress_statistics(&absmax, &code, 256);
+    let p = bnb4::Params {
+        kind,
+        blocksize,
+        dtype: Dtype::F32,
+        shape: vec![w.len()],
+        nested: Some(bnb4::Nested {
+            blocksize: 256,
+            offset,
+        }),
+    };
+    let (nabs, code) = (encode(Dtype::F32, &nabs), encode(Dtype::F32, &code));
+    bnb4::dequantize(
+        &p,
+        &bnb4::Parts {
+            packed: &packed,
+            absmax: &codes,
+            nested_absmax: Some(&nabs),
+            nested_code: Some(&code),
+        },
+    )
+}
+
 /// Python's `repr` of an f32 widened to a double (what `json.dumps` writes for
 /// `QuantState.offset.item()`): the shortest digits that read back to the same double, fixed
 /// notation for decimal exponents −4..16 (`0.0518`, `12.0`), scientific otherwise (`1e-05`).

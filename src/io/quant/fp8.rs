@@ -244,6 +244,66 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, bm: usize, bn: usize) -> (V
     (q, inv)
 }
 
+/// Fresh per-channel (`layout.block_m == 1`, one column of scales) or per-tensor `weight_scale`
+/// as compressed-tensors 0.20 computes them for llm-compressor's FP8 schemes (symmetric E4M3):
+/// the weight in the scale's dtype `dt` (the dtype it was quantized from); the observer's min and
+/// max per row or over the tensor; `quantization/utils/helpers.py` `calculate_qparams`:
+/// `scale = max(|min(min, 0)|, max(max, 0)) / (896 / 2)` rounded to `dt`, `finfo(dt).eps` where
+/// 0; then `forward_helpers.py` `_quantize` with the module's zero zero point (registered by
+/// default, `force_zero_point=True`; it turns −0 into +0): `e4m3(clamp(x / scale + 0, ±448))`,
+/// each operation rounded to `dt`. Returns the E4M3 bytes and the scales (one per row, or one).
+pub fn quantize_ct(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    per_tensor: bool,
+    dt: Dtype,
+) -> (Vec<u8>, Vec<f32>) {
+    let (round, eps): (fn(f32) -> f32, f32) = match dt {
+        Dtype::BF16 => (
+            |x| half::bf16::from_f32(x).to_f32(),
+            half::bf16::EPSILON.to_f32(),
+        ),
+        Dtype::F16 => (
+            |x| half::f16::from_f32(x).to_f32(),
+            half::f16::EPSILON.to_f32(),
+        ),
+        _ => (|x| x, f32::EPSILON),
+    };
+    let x: Vec<f32> = w.iter().map(|&v| round(v)).collect();
+    let scale_of = |vals: &[f32]| -> f32 {
+        let (mn, mx) = vals
+            .iter()
+            .fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+        let s = round(mn.abs().max(mx.abs()) / 448.0);
+        if s == 0.0 {
+            eps
+        } else {
+            s
+        }
+    };
+    let scales: Vec<f32> = if per_tensor {
+        vec![scale_of(&x)]
+    } else {
+        x.chunks_exact(cols.max(1)).map(scale_of).collect()
+    };
+    let q = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let s = if per_tensor {
+                scales[0]
+            } else {
+                scales[i / cols]
+            };
+            let scaled = round(round(v / s) + 0.0);
+            f32_to_e4m3(scaled.clamp(-E4M3_MAX, E4M3_MAX))
+        })
+        .collect();
+    let _ = rows;
+    (q, scales)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -314,7 +314,13 @@ impl QuantMap {
             } => {
                 let sv = ck.view(scale)?;
                 let s = fp8::scales_f32(sv.dtype, sv.data).expect("checked at scan");
-                fp8::dequantize(*format, data(&q.name)?, q.shape[1], &s, layout)
+                let w = fp8::dequantize(*format, data(&q.name)?, q.shape[1], &s, layout);
+                // The library's product is in the scale's dtype (compressed-tensors `_dequantize`:
+                // `x_q.to(scale.dtype) * scale`): a merge adds its delta to those values.
+                match q.natural_dtype() {
+                    Dtype::F32 => w,
+                    d => dtype::decode(d, &dtype::encode(d, &w)),
+                }
             }
         })
     }
@@ -326,9 +332,7 @@ impl QuantMap {
         match &q.scheme {
             Scheme::Bnb4(_) => None,
             Scheme::BnbInt8 => None,
-            Scheme::Packed(_) => {
-                Some("compressed-tensors pack-quantized (its scales come from calibration)".into())
-            }
+            Scheme::Packed(_) => None,
             Scheme::Gptq(_) => None,
             Scheme::Fp8 {
                 format,
@@ -337,13 +341,15 @@ impl QuantMap {
                 layout,
             } => {
                 let (rows, cols) = (q.shape[0], q.shape[1]);
-                if *format != Dtype::F8_E4M3
+                if fp8_ct_keep(self, *format, scale, *scale_dtype, layout) {
+                    None
+                } else if *format != Dtype::F8_E4M3
                     || *scale_dtype != Dtype::F32
                     || !scale.ends_with("_scale_inv")
                     || !rows.is_multiple_of(layout.block_m)
                     || !cols.is_multiple_of(layout.block_n)
                 {
-                    Some("FP8 other than E4M3 with F32 weight_scale_inv blocks that divide the weight (transformers' Fp8Quantize)".into())
+                    Some("FP8 other than E4M3 with F32 weight_scale_inv blocks that divide the weight (transformers' Fp8Quantize) or compressed-tensors' per-channel / per-tensor weight_scale".into())
                 } else {
                     None
                 }
@@ -398,6 +404,20 @@ impl QuantMap {
                     }
                 }
             }
+            Scheme::Fp8 {
+                scale,
+                scale_dtype,
+                layout,
+                format,
+            } if fp8_ct_keep(self, *format, scale, *scale_dtype, layout) => {
+                let per_tensor = layout.grid_rows == 1 && layout.grid_cols == 1;
+                let (bytes, s) =
+                    fp8::quantize_ct(merged, q.shape[0], q.shape[1], per_tensor, *scale_dtype);
+                vec![
+                    (q.name.clone(), bytes),
+                    (scale.clone(), dtype::encode(*scale_dtype, &s)),
+                ]
+            }
             Scheme::Fp8 { scale, layout, .. } => {
                 let (bytes, inv) = fp8::quantize(
                     merged,
@@ -425,9 +445,39 @@ impl QuantMap {
                     (q.companions[0].clone(), dtype::encode(Dtype::F32, &scb)),
                 ]
             }
-            Scheme::Packed(_) => unreachable!("refused above"),
+            Scheme::Packed(p) => {
+                // Round to nearest with the stored scales and zero points: only weight_packed
+                // changes.
+                let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
+                let zero = match p.symmetric {
+                    true => None,
+                    false => Some(data(&q.companions[2])?),
+                };
+                let bytes = packed::requantize(p, merged, data(&q.companions[1])?, zero);
+                vec![(q.stored.clone(), bytes)]
+            }
         })
     }
+}
+
+/// An FP8 weight whose fresh scales lorakit computes as compressed-tensors does
+/// ([`fp8::quantize_ct`]): E4M3 with a float `weight_scale` per channel or per tensor, in a
+/// `quant_method: compressed-tensors` checkpoint (fbgemm_fp8's per-row scales come from its GPU
+/// kernel and are not reproduced).
+fn fp8_ct_keep(
+    map: &QuantMap,
+    format: Dtype,
+    scale: &str,
+    scale_dtype: Dtype,
+    layout: &fp8::Layout,
+) -> bool {
+    let per_tensor = layout.grid_rows == 1 && layout.grid_cols == 1;
+    let per_channel = layout.block_m == 1 && layout.grid_cols == 1;
+    map.method().as_deref() == Some("compressed-tensors")
+        && format == Dtype::F8_E4M3
+        && scale.ends_with(".weight_scale")
+        && matches!(scale_dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+        && (per_tensor || per_channel)
 }
 
 #[cfg(test)]

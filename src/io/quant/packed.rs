@@ -77,22 +77,7 @@ pub fn dequantize(p: &Params, packed: &[u8], scale: &[u8], zero: Option<&[u8]>) 
     let offset = 1i32 << (p.bits - 1);
     let scales = dtype::decode(p.scale_dtype, scale);
     let row_bytes = 4 * words(p.cols, p.bits);
-    let zwords = words(p.rows, p.bits);
-    // Zero points: column g of a [zwords, groups] I32 matrix is the bit stream of group g.
-    let mut zeros = vec![0i32; if zero.is_some() { p.rows * p.groups } else { 0 }];
-    if let Some(z) = zero {
-        for g in 0..p.groups {
-            let col: Vec<u8> = (0..zwords)
-                .flat_map(|k| {
-                    let at = 4 * (k * p.groups + g);
-                    [z[at], z[at + 1], z[at + 2], z[at + 3]]
-                })
-                .collect();
-            for r in 0..p.rows {
-                zeros[r * p.groups + g] = element(&col, r, p.bits) as i32 - offset;
-            }
-        }
-    }
+    let zeros = zero.map(|z| unpack_zeros(p, z)).unwrap_or_default();
     // Rounding to the scale dtype, as `dtype::encode` rounds (nearest even, the `half` crate).
     let round = |x: f32| -> f32 {
         match p.scale_dtype {
@@ -120,6 +105,78 @@ pub fn dequantize(p: &Params, packed: &[u8], scale: &[u8], zero: Option<&[u8]>) 
         }
     }
     out
+}
+
+/// `merged` (f32, logical shape) rounded to nearest with the stored scales and zero points, as
+/// compressed-tensors 0.20 `PackedQuantizationCompressor.compress_weight` computes it
+/// (`quantization/lifecycle/forward_helpers.py` `_quantize`, `quant_args.py`
+/// `round_to_quantized_type_args`, `helpers.py` `pack_to_int32`): the producer compresses the
+/// weight in the scale's dtype (`fixtures/gen/quant_fixtures.py` `ct_pack`, llm-compressor's
+/// model dtype), so `x` is first rounded to it; then `x / s` and `+ z` each rounded to that
+/// dtype, clamped to `[−2^(b−1), 2^(b−1)−1]`, rounded half to even, packed as the reader reads.
+/// Only `weight_packed` changes; scales and zero points are kept.
+pub fn requantize(p: &Params, merged: &[f32], scale: &[u8], zero: Option<&[u8]>) -> Vec<u8> {
+    let offset = 1i32 << (p.bits - 1);
+    let (qmin, qmax) = (-(offset as f32), (offset - 1) as f32);
+    let scales = dtype::decode(p.scale_dtype, scale);
+    let zeros = zero.map(|z| unpack_zeros(p, z));
+    let round = |x: f32| -> f32 {
+        match p.scale_dtype {
+            Dtype::BF16 => half::bf16::from_f32(x).to_f32(),
+            Dtype::F16 => half::f16::from_f32(x).to_f32(),
+            _ => x,
+        }
+    };
+    let gs = p.group_size();
+    let nwords = words(p.cols, p.bits);
+    let mut out = Vec::with_capacity(4 * nwords * p.rows);
+    for r in 0..p.rows {
+        let mut row = vec![0u32; nwords];
+        for c in 0..p.cols {
+            let g = if p.per_tensor { 0 } else { c / gs };
+            let s = if p.per_tensor {
+                scales[0]
+            } else {
+                scales[r * p.groups + g]
+            };
+            let mut scaled = round(round(merged[r * p.cols + c]) / s);
+            if let Some(z) = &zeros {
+                scaled = round(scaled + z[r * p.groups + g] as f32);
+            }
+            // torch.clamp then torch.round (half to even); NaN clamps to NaN and casts to 0.
+            let q = scaled.clamp(qmin, qmax).round_ties_even();
+            let q = if q.is_nan() { 0 } else { q as i32 };
+            let u = (q + offset) as u64;
+            let start = c * p.bits as usize;
+            let (w, off) = (start / 32, start % 32);
+            let v = u << off;
+            row[w] |= v as u32;
+            if off + p.bits as usize > 32 {
+                row[w + 1] |= (v >> 32) as u32;
+            }
+        }
+        out.extend(row.iter().flat_map(|w| w.to_le_bytes()));
+    }
+    out
+}
+
+/// Signed zero points `[rows, groups]` from the `[⌈rows·bits/32⌉, groups]` packed matrix.
+fn unpack_zeros(p: &Params, z: &[u8]) -> Vec<i32> {
+    let offset = 1i32 << (p.bits - 1);
+    let zwords = words(p.rows, p.bits);
+    let mut zeros = vec![0i32; p.rows * p.groups];
+    for g in 0..p.groups {
+        let col: Vec<u8> = (0..zwords)
+            .flat_map(|k| {
+                let at = 4 * (k * p.groups + g);
+                [z[at], z[at + 1], z[at + 2], z[at + 3]]
+            })
+            .collect();
+        for r in 0..p.rows {
+            zeros[r * p.groups + g] = element(&col, r, p.bits) as i32 - offset;
+        }
+    }
+    zeros
 }
 
 #[cfg(test)]

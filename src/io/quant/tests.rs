@@ -429,3 +429,41 @@ fn mutated_quantized_checkpoints_never_panic() {
         "{opened} {scanned} {dequantized}"
     );
 }
+
+/// compressed-tensors FP8 per-channel / per-tensor requantization from the exact f32 input
+/// compressed-tensors' own observer + `calculate_qparams` + `compress` was given
+/// (`fixtures/gen/ct_fp8_fixtures.py`): the E4M3 bytes and the fresh `weight_scale` (bf16, f16,
+/// f32), byte for byte, on all 14 weights.
+#[test]
+fn ct_fp8_requantizes_bit_exact() {
+    let ck = Checkpoint::open(fixture("qlora/ct_fp8_keep.safetensors")).unwrap();
+    let mut n = 0;
+    for name in ck.names().filter(|n| n.ends_with(".merged")) {
+        let m = name.strip_suffix(".merged").unwrap();
+        let v = ck.view(name).unwrap();
+        let s = ck.view(&format!("{m}.weight_scale")).unwrap();
+        let per_tensor = s.shape.iter().product::<usize>() == 1;
+        let (q, scales) =
+            fp8::quantize_ct(&v.to_f32(), v.shape[0], v.shape[1], per_tensor, s.dtype);
+        let want = ck.view(&format!("{m}.weight")).unwrap().data;
+        assert_same(Dtype::F8_E4M3, &q, want, m);
+        assert_same(s.dtype, &stored(s.dtype, &scales), s.data, m);
+        n += 1;
+    }
+    assert_eq!(n, 14);
+}
+
+/// bitsandbytes' `create_dynamic_map()` (torch's f32 linspace included) equals the nested code
+/// map bitsandbytes stored in every double-quant weight transformers saved, byte for byte.
+#[test]
+fn dynamic_map_equals_the_map_bitsandbytes_stores() {
+    let model = Checkpoint::open(fixture("nf4_dq")).unwrap();
+    let mine = stored(Dtype::F32, &bnb4_dq::dynamic_map());
+    let mut n = 0;
+    for name in model.names().filter(|n| n.ends_with(".nested_quant_map")) {
+        assert_same(Dtype::F32, &mine, model.view(name).unwrap().data, name);
+        n += 1;
+    }
+    assert_eq!(n, 14);
+    assert_eq!(bnb4_dq::torch_linspace_f32(0.1, 1.0, 1), vec![0.1]);
+}

@@ -263,7 +263,11 @@ impl MergePlan {
 fn quantize_dequantize(t: &AsTrainedOn, w: &[f32]) -> Result<Vec<f32>, String> {
     use crate::io::quant::bnb4;
     if t.double_quant {
-        return Err("double quantization needs bitsandbytes' dynamic code map, which lorakit does not build yet; merge with --as-trained-on nf4 or fp4 without double-quant".into());
+        return Ok(crate::io::quant::bnb4_dq::quantize_dequantize(
+            t.kind,
+            t.blocksize,
+            w,
+        ));
     }
     let (packed, absmax) = bnb4::quantize(t.kind, t.blocksize, w);
     let p = bnb4::Params {
