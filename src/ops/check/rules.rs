@@ -239,7 +239,7 @@ pub const RULES: &[Rule] = &[
         target: Target::Vllm,
         when: When::NotPeft,
         severity: Severity::Error,
-        why: "vLLM loads a PEFT folder (adapter_config.json + adapter_model.safetensors); a kohya/LyCORIS file is not read (convert it: lorakit convert --to peft --base MODEL)",
+        why: "vLLM loads a PEFT folder (adapter_config.json + adapter_model.safetensors); a kohya/LyCORIS file is not read (convert it to a PEFT folder with lorakit's convert operation and the base model)",
         source: src(VLLM, "vllm/lora/lora_model.py", "532cc25", "LoRAModel.from_local_checkpoint (\"doesn't contain tensors\")"),
     },
     Rule {
@@ -709,7 +709,7 @@ pub const RULES: &[Rule] = &[
         target: Target::Peft,
         when: When::NotPeft,
         severity: Severity::Error,
-        why: "PeftModel.from_pretrained needs adapter_config.json beside the weights (convert: lorakit convert --to peft --base MODEL)",
+        why: "PeftModel.from_pretrained needs adapter_config.json beside the weights (convert it to a PEFT folder with lorakit's convert operation and the base model)",
         source: src(PEFT, "src/peft/peft_model.py", "0.21.2", "PeftModel.from_pretrained"),
     },
     Rule {

@@ -201,6 +201,31 @@ fn fix_dora_to_lora_reports_its_true_error() {
     }
 }
 
+/// A usage error raised by the library (`dora_rank` of 0) reaches the user of the binary with
+/// the flag they typed (`--dora-rank`, through `error::Opt` and `cli::flags`), on one line,
+/// exit 2, and nothing is written.
+#[test]
+fn fix_usage_errors_name_the_flag_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = dir.path().join("fixed");
+    let out = run_err([
+        "check",
+        s(&fixture("llama/adapters/dora")),
+        "--base",
+        s(&fixture("llama/base")),
+        "--fix",
+        "--dora-rank",
+        "0",
+        "--out",
+        s(&fixed),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line_error(&out);
+    assert!(line.contains("--dora-rank must be at least 1"), "{line}");
+    assert!(!line.contains("dora_rank"), "{line}");
+    assert!(!fixed.exists(), "nothing written");
+}
+
 /// Duplicate keys (`x.lora_A.weight` beside `base_model.model.x.lora_A.weight`) define one module
 /// twice; which one a loader keeps depends on dict order (vLLM's parse_fine_tuned_lora_name maps
 /// both to the same module, the later one silently wins). The adapter reader refuses it: exit 2
