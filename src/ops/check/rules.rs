@@ -639,6 +639,14 @@ pub const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_non_diffusers_lora_to_diffusers"),
     },
     Rule {
+        id: "diffusers.dtype",
+        target: Target::Diffusers,
+        when: When::AdapterDtype(&["F64"]),
+        severity: Severity::Warning,
+        why: "load_lora_into_unet builds the LoRA layers in the pipeline component's dtype and copies the file's tensors into them (PEFT set_peft_model_state_dict): f64 factors are applied rounded (F8/F16/BF16 factors convert exactly to an f32 or wider component)",
+        source: src(DIFFUSERS, "src/diffusers/loaders/peft.py", "0.42.1", "PeftAdapterMixin.load_lora_adapter (inject_adapter_in_model, set_peft_model_state_dict); checked with fixtures/gen/check_diffusers_dtype.py"),
+    },
+    Rule {
         id: "diffusers.prefix",
         target: Target::Diffusers,
         when: When::NotSdPrefixed,

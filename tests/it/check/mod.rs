@@ -351,6 +351,18 @@ fn sglang_lorax_llamacpp_rules_read_from_their_source() {
         "loads",
         "",
     );
+    // vLLM applies an lm_head LoRA on a tied base: the model class still has an `lm_head`
+    // module (tied to embed_tokens) and declares it in `embedding_modules`; model_manager.py
+    // `_create_lora_modules` wraps it and LogitsProcessorWithLoRA adds the LoRA to the logits
+    // (vllm model_executor/models/qwen3.py, lora/model_manager.py, lora/layers/logits_processor.py).
+    // It loads, with every module applied, as in PEFT.
+    assert_rule(
+        "check/tied_lm_head",
+        Some("llama/tied"),
+        "vllm",
+        "loads",
+        "",
+    );
     // Without the base, the tied rule is not guessed: listed as not evaluated.
     let (_, r) = check_json(&[s(&fixture("check/tied_lm_head")), "--target", "llama.cpp"]);
     let t = target(&r, "llama.cpp");
