@@ -171,7 +171,11 @@ fn diffusers_dtype_rule_matches_what_diffusers_does() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{case}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(v["loads"], true, "{case}: {v}");
-        assert_eq!(v["param_dtypes"], serde_json::json!(["torch.float32"]), "{case}");
+        assert_eq!(
+            v["param_dtypes"],
+            serde_json::json!(["torch.float32"]),
+            "{case}"
+        );
         assert_eq!(v["equal_to_cast"], true, "{case}");
         assert_eq!(v["file_exact_in_f32"], !rounded, "{case}");
     }
