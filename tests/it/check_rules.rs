@@ -136,3 +136,47 @@ fn llama_cpp_refuses_shapes_and_vocabularies_that_do_not_fit() {
     assert_eq!(code, 0);
     assert!(fired(target(&r, "llama.cpp")).is_empty());
 }
+
+/// diffusers with F64 and F8_E4M3 LoRA files (fixtures/gen/check_diffusers_dtype.py, which ran
+/// diffusers 0.42.1 on them): both load, into float32 LoRA layers holding the file's values cast
+/// to f32 — the f64 file's values are not representable in f32, so they are rounded, and only
+/// there does `diffusers.dtype` warn.
+#[test]
+fn diffusers_dtype_rule_matches_what_diffusers_does() {
+    let (_, f64r) = check_json(&[
+        s(&fixture("check/dtype_f64_unet.safetensors")),
+        "--target",
+        "diffusers",
+    ]);
+    assert_eq!(fired(target(&f64r, "diffusers")), ["diffusers.dtype"]);
+    assert_eq!(target(&f64r, "diffusers")["verdict"], "loads_with_warnings");
+    let (_, f8r) = check_json(&[
+        s(&fixture("check/dtype_f8_unet.safetensors")),
+        "--target",
+        "diffusers",
+    ]);
+    assert!(fired(target(&f8r, "diffusers")).is_empty());
+    let Some(py) = peft_python() else { return };
+    for (case, rounded) in [
+        ("check/dtype_f64_unet.safetensors", true),
+        ("check/dtype_f8_unet.safetensors", false),
+    ] {
+        let out = std::process::Command::new(&py)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg(fixture("gen/check_diffusers_dtype.py"))
+            .arg("load")
+            .arg(fixture(case))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{case}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(v["loads"], true, "{case}: {v}");
+        assert_eq!(
+            v["param_dtypes"],
+            serde_json::json!(["torch.float32"]),
+            "{case}"
+        );
+        assert_eq!(v["equal_to_cast"], true, "{case}");
+        assert_eq!(v["file_exact_in_f32"], !rounded, "{case}");
+    }
+}

@@ -462,15 +462,34 @@ impl<'a> Facts<'a> {
             Supported::Fixed(_) if !llama_family => None,
             Supported::Fixed(list) => Some(list.iter().map(|s| s.to_string()).collect()),
             Supported::BaseLinear(fallback) => match &self.plan.base {
-                Some(b) => Some(
-                    b.names()
+                Some(b) => {
+                    let mut names: BTreeSet<String> = b
+                        .names()
                         .filter_map(|n| {
                             let info = b.info(n)?;
                             let m = n.strip_suffix(".weight")?;
                             (info.shape.len() == 2).then(|| last_component(m).to_string())
                         })
-                        .collect(),
-                ),
+                        .collect();
+                    // A base that ties its embeddings stores no `lm_head.weight`, but vLLM's
+                    // model still has an `lm_head` module (Llama: a ParallelLMHead tied to
+                    // embed_tokens; Qwen3: `self.lm_head = self.model.embed_tokens`) and the
+                    // class declares it in `embedding_modules`, so an lm_head LoRA is expected
+                    // and applied to the logits (model_manager.py `_create_lora_modules` wraps
+                    // `lm_head` even when it is the embed_tokens module, then the
+                    // LogitsProcessorWithLoRA adds B·A·h). Read in vllm
+                    // model_executor/models/qwen3.py and lora/model_manager.py (2026).
+                    if llama_family
+                        && self
+                            .plan
+                            .base_facts
+                            .as_ref()
+                            .is_some_and(|f| f.tie_word_embeddings)
+                    {
+                        names.insert("lm_head".to_string());
+                    }
+                    Some(names)
+                }
                 None if llama_family => Some(fallback.iter().map(|s| s.to_string()).collect()),
                 None => None,
             },

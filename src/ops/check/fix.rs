@@ -24,7 +24,7 @@
 use super::saved::{self, SavedOptions, SavedRewrite};
 use super::{Plan, Report};
 use crate::adapter::{mapping, Data, Factors, Format};
-use crate::error::{InputError, InputResult};
+use crate::error::{InputError, InputResult, Opt};
 use crate::ops::output::{self, Provenance, WriteSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -206,7 +206,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         }
         if adapter.format == Format::Kohya {
             crate::ops::convert::prepare(&mut adapter, Format::Peft, Some(b))?;
-            actions.push("kohya file → PEFT folder (module paths from --base)".into());
+            actions.push("kohya file → PEFT folder (module paths from the base)".into());
         } else {
             let res = mapping::resolve(&adapter, b);
             for p in &res.modules {
@@ -280,10 +280,12 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
     let mut dora_to_lora = Vec::new();
     if let Some(r) = opts.dora_rank {
         let Some(b) = &base else {
-            return Err(InputError::invalid(
-                &adapter.path,
-                "turning DoRA into LoRA needs the base weights: give --base",
-            ));
+            return Err(InputError::option(&adapter.path, |o| {
+                format!(
+                    "turning DoRA into LoRA needs the base weights: give {}",
+                    o.opt(Opt::Base)
+                )
+            }));
         };
         dora_to_lora = dora_to_plain(&mut adapter, b, r)?;
         if !dora_to_lora.is_empty() {
@@ -561,10 +563,9 @@ fn dora_to_plain(
 ) -> InputResult<Vec<DoraToLora>> {
     use crate::adapter::{DoraRule, ModuleKind};
     if r == 0 {
-        return Err(InputError::invalid(
-            &adapter.path,
-            "--dora-rank must be at least 1",
-        ));
+        return Err(InputError::option(&adapter.path, |o| {
+            format!("{} must be at least 1", o.opt(Opt::DoraRank))
+        }));
     }
     let res = mapping::resolve(adapter, base);
     let mut out = Vec::new();

@@ -17,6 +17,7 @@ pub mod fix;
 pub mod rules;
 pub mod saved;
 mod single_file;
+pub mod when;
 
 use crate::adapter::{Adapter, Format};
 use crate::error::InputResult;

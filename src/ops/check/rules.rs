@@ -17,112 +17,7 @@
 
 use super::Target;
 
-/// What a loader does when a rule's condition holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Loads and applies everything; something to know (a server flag, a lossless padding).
-    Warning,
-    /// Loads without an error but does not apply everything as trained.
-    Silent,
-    /// Refuses to load.
-    Error,
-}
-
-/// How a loader computes a module's scale (compared with PEFT's `alpha_m / r_m`, or
-/// `alpha_m / √r_m` with rsLoRA, where `alpha_m`/`r_m` come from `alpha_pattern`/`rank_pattern`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScaleRule {
-    /// One `lora_alpha` and one `r` from adapter_config.json for every module; `rslora` says
-    /// whether `use_rslora` is honoured (`alpha/√r`).
-    GlobalAlphaGlobalRank { rslora: bool },
-    /// One `lora_alpha` for every module over the module's own rank (its tensor's shape); no
-    /// rsLoRA.
-    GlobalAlphaModuleRank,
-    /// Each module's `{module}.alpha` tensor over its rank, or scale 1 without one (PEFT folders
-    /// have no alpha tensors).
-    AlphaKeyOrOne,
-}
-
-/// Which module names a loader adapts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Supported {
-    /// Every linear layer and the embedding modules of the base: with `--base`, the last name
-    /// component of every 2-D `.weight` tensor; without, the given Llama-family list.
-    BaseLinear(&'static [&'static str]),
-    /// A fixed list of last name components (the model class's adapter layers).
-    Fixed(&'static [&'static str]),
-}
-
-/// A condition over the adapter (and the base, with `--base`). Conditions that need the base
-/// are not evaluated without one (the report says so).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum When {
-    /// The adapter is not a PEFT folder (a kohya / LyCORIS single file).
-    NotPeft,
-    /// The adapter is for a causal LM (its module names or the base's config say so).
-    LlmAdapter,
-    /// Modules of an algorithm other than plain LoRA (LoHa, LoKr, LoCon-Tucker, full diff) in a
-    /// kohya file whose every key has an SD prefix (`lora_unet_`, `lora_te_`, `lora_te1_`,
-    /// `lora_te2_`), the files diffusers' SD/SDXL reader converts.
-    NonLoraAlgoSdPrefixed,
-    /// A kohya file with keys outside the SD prefixes (`lycoris_`, `lora_transformer_`, …).
-    NotSdPrefixed,
-    /// DoRA magnitudes (`lora_magnitude_vector`, `dora_scale`).
-    Dora,
-    /// `lora_B.bias` (PEFT `lora_bias=True`).
-    LoraBias,
-    /// Full tensors replacing base tensors (`modules_to_save`), or `modules_to_save` configured.
-    ModulesToSave,
-    /// LoRA on an embedding (`lora_embedding_A/B`).
-    EmbeddingLora,
-    /// PEFT trainable tokens (`trainable_token_indices`): `{module}.token_adapter.trainable_tokens_delta`
-    /// rows that replace rows of an embedding or `lm_head`.
-    TrainableTokens,
-    /// With `--base`: trainable-token rows PEFT cannot place (no such module, indices missing
-    /// from the config or past the vocabulary, rows of another size).
-    TrainableTokensMismatch,
-    /// A module named `…{parent}.{x}` for some `x` in `has`, with no `…{parent}.{lacks}` beside
-    /// it (per parent path: per attention or MLP block).
-    SiblingMissing {
-        has: &'static [&'static str],
-        lacks: &'static str,
-    },
-    /// A module rank above the given value.
-    RankAbove(usize),
-    /// The loader's scale differs from PEFT's for some module.
-    ScaleDiffers(ScaleRule),
-    /// A module whose last name component the loader does not adapt.
-    ModuleNotSupported(Supported),
-    /// Tensor keys without PEFT's `base_model.model.` prefix.
-    KeyPrefixMissing,
-    /// A module kind present in some decoder layers but not all (base's `num_hidden_layers`).
-    PartialLayers,
-    /// `added_tokens.json` beside the adapter with ids at or past the base vocabulary.
-    AddedTokens,
-    /// With `--base`: the adapter's factors are stored in another float dtype than the base
-    /// weights they land on.
-    DtypeDiffersFromBase,
-    /// Factor tensors stored in one of these dtypes (safetensors names: `F64`, `F8_E4M3`, …).
-    AdapterDtype(&'static [&'static str]),
-    /// With `--base`: a module that names no base tensor at all.
-    NameNotFound,
-    /// With `--base`: a module that lorakit places only by a dotted-suffix match (a different
-    /// root prefix); loaders that look modules up by their exact name do not find it.
-    NameNotExact,
-    /// With `--base`: a module whose shape differs from its base tensor's.
-    ShapeMismatch,
-    /// With `--base`: an embedding LoRA whose vocabulary differs from the base's.
-    VocabMismatch,
-    /// With `--base`: the adapter touches `lm_head` and the base ties it to `embed_tokens`.
-    TiedLmHead,
-    /// A PEFT folder (keys `base_model.model.{module}.lora_A.weight`, config in
-    /// adapter_config.json).
-    PeftKeys,
-    /// Tensors of a PEFT folder that are not LoRA A/B factors of a kohya-style loader's key
-    /// scheme (`lora_magnitude_vector`, `lora_B.bias`, `lora_embedding_*`, full tensors).
-    PeftExtraKeys,
-}
+pub use super::when::{ScaleRule, Severity, Supported, When};
 
 /// Where a rule was read.
 #[derive(Debug, Clone, Copy)]
@@ -239,7 +134,7 @@ pub const RULES: &[Rule] = &[
         target: Target::Vllm,
         when: When::NotPeft,
         severity: Severity::Error,
-        why: "vLLM loads a PEFT folder (adapter_config.json + adapter_model.safetensors); a kohya/LyCORIS file is not read (convert it: lorakit convert --to peft --base MODEL)",
+        why: "vLLM loads a PEFT folder (adapter_config.json + adapter_model.safetensors); a kohya/LyCORIS file is not read (convert it to a PEFT folder with lorakit's convert operation and the base model)",
         source: src(VLLM, "vllm/lora/lora_model.py", "532cc25", "LoRAModel.from_local_checkpoint (\"doesn't contain tensors\")"),
     },
     Rule {
@@ -639,6 +534,14 @@ pub const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_non_diffusers_lora_to_diffusers"),
     },
     Rule {
+        id: "diffusers.dtype",
+        target: Target::Diffusers,
+        when: When::AdapterDtype(&["F64"]),
+        severity: Severity::Warning,
+        why: "load_lora_into_unet builds the LoRA layers in the pipeline component's dtype and copies the file's tensors into them (PEFT set_peft_model_state_dict): f64 factors are applied rounded (F8/F16/BF16 factors convert exactly to an f32 or wider component)",
+        source: src(DIFFUSERS, "src/diffusers/loaders/peft.py", "0.42.1", "PeftAdapterMixin.load_lora_adapter (inject_adapter_in_model, set_peft_model_state_dict); checked with fixtures/gen/check_diffusers_dtype.py"),
+    },
+    Rule {
         id: "diffusers.prefix",
         target: Target::Diffusers,
         when: When::NotSdPrefixed,
@@ -709,7 +612,7 @@ pub const RULES: &[Rule] = &[
         target: Target::Peft,
         when: When::NotPeft,
         severity: Severity::Error,
-        why: "PeftModel.from_pretrained needs adapter_config.json beside the weights (convert: lorakit convert --to peft --base MODEL)",
+        why: "PeftModel.from_pretrained needs adapter_config.json beside the weights (convert it to a PEFT folder with lorakit's convert operation and the base model)",
         source: src(PEFT, "src/peft/peft_model.py", "0.21.2", "PeftModel.from_pretrained"),
     },
     Rule {

@@ -1,0 +1,111 @@
+//! The vocabulary of the rules in [`super::rules`]: what a loader does ([`Severity`]), the scale
+//! conventions ([`ScaleRule`]), the module lists ([`Supported`]) and the conditions ([`When`]).
+//! Split out of rules.rs to keep it under 800 lines; nothing here names a loader or computes
+//! anything (the conditions are evaluated in `facts.rs`).
+
+/// What a loader does when a rule's condition holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Loads and applies everything; something to know (a server flag, a lossless padding).
+    Warning,
+    /// Loads without an error but does not apply everything as trained.
+    Silent,
+    /// Refuses to load.
+    Error,
+}
+
+/// How a loader computes a module's scale (compared with PEFT's `alpha_m / r_m`, or
+/// `alpha_m / √r_m` with rsLoRA, where `alpha_m`/`r_m` come from `alpha_pattern`/`rank_pattern`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleRule {
+    /// One `lora_alpha` and one `r` from adapter_config.json for every module; `rslora` says
+    /// whether `use_rslora` is honoured (`alpha/√r`).
+    GlobalAlphaGlobalRank { rslora: bool },
+    /// One `lora_alpha` for every module over the module's own rank (its tensor's shape); no
+    /// rsLoRA.
+    GlobalAlphaModuleRank,
+    /// Each module's `{module}.alpha` tensor over its rank, or scale 1 without one (PEFT folders
+    /// have no alpha tensors).
+    AlphaKeyOrOne,
+}
+
+/// Which module names a loader adapts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supported {
+    /// Every linear layer and the embedding modules of the base: with `--base`, the last name
+    /// component of every 2-D `.weight` tensor; without, the given Llama-family list.
+    BaseLinear(&'static [&'static str]),
+    /// A fixed list of last name components (the model class's adapter layers).
+    Fixed(&'static [&'static str]),
+}
+
+/// A condition over the adapter (and the base, with `--base`). Conditions that need the base
+/// are not evaluated without one (the report says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// The adapter is not a PEFT folder (a kohya / LyCORIS single file).
+    NotPeft,
+    /// The adapter is for a causal LM (its module names or the base's config say so).
+    LlmAdapter,
+    /// Modules of an algorithm other than plain LoRA (LoHa, LoKr, LoCon-Tucker, full diff) in a
+    /// kohya file whose every key has an SD prefix (`lora_unet_`, `lora_te_`, `lora_te1_`,
+    /// `lora_te2_`), the files diffusers' SD/SDXL reader converts.
+    NonLoraAlgoSdPrefixed,
+    /// A kohya file with keys outside the SD prefixes (`lycoris_`, `lora_transformer_`, …).
+    NotSdPrefixed,
+    /// DoRA magnitudes (`lora_magnitude_vector`, `dora_scale`).
+    Dora,
+    /// `lora_B.bias` (PEFT `lora_bias=True`).
+    LoraBias,
+    /// Full tensors replacing base tensors (`modules_to_save`), or `modules_to_save` configured.
+    ModulesToSave,
+    /// LoRA on an embedding (`lora_embedding_A/B`).
+    EmbeddingLora,
+    /// PEFT trainable tokens (`trainable_token_indices`): `{module}.token_adapter.trainable_tokens_delta`
+    /// rows that replace rows of an embedding or `lm_head`.
+    TrainableTokens,
+    /// With `--base`: trainable-token rows PEFT cannot place (no such module, indices missing
+    /// from the config or past the vocabulary, rows of another size).
+    TrainableTokensMismatch,
+    /// A module named `…{parent}.{x}` for some `x` in `has`, with no `…{parent}.{lacks}` beside
+    /// it (per parent path: per attention or MLP block).
+    SiblingMissing {
+        has: &'static [&'static str],
+        lacks: &'static str,
+    },
+    /// A module rank above the given value.
+    RankAbove(usize),
+    /// The loader's scale differs from PEFT's for some module.
+    ScaleDiffers(ScaleRule),
+    /// A module whose last name component the loader does not adapt.
+    ModuleNotSupported(Supported),
+    /// Tensor keys without PEFT's `base_model.model.` prefix.
+    KeyPrefixMissing,
+    /// A module kind present in some decoder layers but not all (base's `num_hidden_layers`).
+    PartialLayers,
+    /// `added_tokens.json` beside the adapter with ids at or past the base vocabulary.
+    AddedTokens,
+    /// With `--base`: the adapter's factors are stored in another float dtype than the base
+    /// weights they land on.
+    DtypeDiffersFromBase,
+    /// Factor tensors stored in one of these dtypes (safetensors names: `F64`, `F8_E4M3`, …).
+    AdapterDtype(&'static [&'static str]),
+    /// With `--base`: a module that names no base tensor at all.
+    NameNotFound,
+    /// With `--base`: a module that lorakit places only by a dotted-suffix match (a different
+    /// root prefix); loaders that look modules up by their exact name do not find it.
+    NameNotExact,
+    /// With `--base`: a module whose shape differs from its base tensor's.
+    ShapeMismatch,
+    /// With `--base`: an embedding LoRA whose vocabulary differs from the base's.
+    VocabMismatch,
+    /// With `--base`: the adapter touches `lm_head` and the base ties it to `embed_tokens`.
+    TiedLmHead,
+    /// A PEFT folder (keys `base_model.model.{module}.lora_A.weight`, config in
+    /// adapter_config.json).
+    PeftKeys,
+    /// Tensors of a PEFT folder that are not LoRA A/B factors of a kohya-style loader's key
+    /// scheme (`lora_magnitude_vector`, `lora_B.bias`, `lora_embedding_*`, full tensors).
+    PeftExtraKeys,
+}

@@ -1,0 +1,347 @@
+//! `check --fix` against the loaders' own merges: folded scales, renames and drops, DoRA →
+//! LoRA with its true error, duplicate keys, packed-projection splits, diffusers single files.
+//! The verdict tests and the shared helpers are in `mod.rs`.
+
+use super::*;
+
+/// `--fix` makes every LLM loader's scale agree with PEFT's, and the fixed adapter merges to
+/// the same weights as the original (lorakit merge, then diff to f32 rounding).
+#[test]
+fn fix_folds_patterns_and_merges_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = dir.path().join("fixed");
+    let base = fixture("llama/base");
+    // patterns: rank/alpha patterns; rslora_all: rsLoRA; weighted_b: k/q without v (SGLang);
+    // embed: an embedding LoRA (its own factor layout) and a lone q_proj.
+    // LoRAX never reads embedding LoRA (not fixable): embed is checked without it.
+    let llm = "vllm,sglang,lorax,llama.cpp,peft";
+    for (case, targets) in [
+        ("llama/adapters/patterns", llm),
+        ("llama/adapters/rslora_all", llm),
+        ("llama/adapters/weighted_b", llm),
+        ("llama/adapters/embed", "vllm,sglang,llama.cpp,peft"),
+    ] {
+        let _ = std::fs::remove_dir_all(&fixed);
+        let (code, r) = check_json(&[
+            s(&fixture(case)),
+            "--base",
+            s(&base),
+            "--target",
+            targets,
+            "--fix",
+            "--out",
+            s(&fixed),
+        ]);
+        assert_eq!(code, 0, "{case}: {}", r["after"]);
+        assert_eq!(r["pass"], false, "{case}: the input itself does not pass");
+        assert!(target(&r["after"], "sglang")["findings"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        assert_eq!(r["after"]["pass"], true);
+        assert!(r["fix"]["files"].is_array());
+        let cfg: Value =
+            serde_json::from_slice(&std::fs::read(fixed.join("adapter_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["r"], cfg["lora_alpha"], "{cfg}");
+        assert_eq!(cfg["rank_pattern"], serde_json::json!({}));
+        assert_eq!(cfg["alpha_pattern"], serde_json::json!({}));
+        assert_eq!(cfg["use_rslora"], false);
+        let m1 = dir.path().join("m1");
+        let m2 = dir.path().join("m2");
+        let _ = std::fs::remove_dir_all(&m1);
+        let _ = std::fs::remove_dir_all(&m2);
+        merge_ok(&base, &fixture(case), &m1, &[]);
+        merge_ok(&base, &fixed, &m2, &[]);
+        let a = read_checkpoint(&m1);
+        let b = read_checkpoint(&m2);
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        let mut worst = 0f64;
+        for (k, ta) in &a {
+            let (x, y) = (ta.f32(), b[k].f32());
+            for (p, q) in x.iter().zip(&y) {
+                let tol = 4.0 * f32::EPSILON as f64 * (p.abs().max(q.abs()) as f64).max(1.0);
+                let d = (*p as f64 - *q as f64).abs();
+                assert!(d <= tol, "{case} {k}: {p} vs {q}");
+                worst = worst.max(d);
+            }
+        }
+        assert!(worst < 1e-5, "{case}: {worst}");
+    }
+}
+
+/// `--fix --drop-unmatched` removes what lands nowhere and renames root-prefix modules.
+#[test]
+fn fix_renames_and_drops_against_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    let out = dir.path().join("f1");
+    let (code, r) = check_json(&[
+        s(&fixture("check/no_root_prefix")),
+        "--base",
+        s(&base),
+        "--target",
+        "vllm,lorax,peft",
+        "--fix",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{}", r["after"]);
+    assert_eq!(r["fix"]["renamed"].as_array().unwrap().len(), 4);
+    let out2 = dir.path().join("f2");
+    let (code, r) = check_json(&[
+        s(&fixture("check/unknown_module")),
+        "--base",
+        s(&base),
+        "--target",
+        "vllm,peft",
+        "--fix",
+        "--out",
+        s(&out2),
+        "--drop-unmatched",
+    ]);
+    assert_eq!(code, 0, "{}", r["after"]);
+    assert_eq!(r["fix"]["dropped"].as_array().unwrap().len(), 2);
+    assert_eq!(r["after"]["modules_count"], 2);
+}
+
+/// With `--base`, each module says which targets do not apply it, and by which rule.
+#[test]
+fn every_module_says_where_it_is_not_applied() {
+    let (_, r) = check_json(&[
+        s(&fixture("check/no_root_prefix")),
+        "--base",
+        s(&fixture("llama/base")),
+    ]);
+    for p in r["modules"].as_array().unwrap() {
+        assert_eq!(p["status"], "suffix", "{p}");
+        let by: Vec<&str> = p["not_applied_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            by,
+            [
+                "vllm: vllm.not_applied",
+                "lorax: lorax.not_applied",
+                "peft: peft.not_applied"
+            ],
+            "{p}"
+        );
+    }
+    let (_, r) = check_json(&[
+        s(&fixture("llama/adapters/qv_r8")),
+        "--base",
+        s(&fixture("llama/base")),
+    ]);
+    assert!(r["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["not_applied_by"].as_array().unwrap().is_empty()));
+}
+
+/// `--fix --dora-rank R`: each DoRA module becomes the rank-R LoRA nearest to its effective
+/// update. The error it reports is the real one: merging the fixed adapter differs from PEFT's
+/// own DoRA merge (fixtures/llama/merged/dora.safetensors) by exactly the reported
+/// ‖D − B′A′‖_F per module; at full rank the two merges agree to f32 rounding.
+#[test]
+fn fix_dora_to_lora_reports_its_true_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    let reference = read(&fixture("llama/merged/dora.safetensors"));
+    for rank in ["4", "64"] {
+        let fixed = dir.path().join(format!("plain{rank}"));
+        let (code, r) = check_json(&[
+            s(&fixture("llama/adapters/dora")),
+            "--base",
+            s(&base),
+            "--fix",
+            "--dora-rank",
+            rank,
+            "--out",
+            s(&fixed),
+        ]);
+        assert_eq!(code, 0, "{}", r["after"]);
+        let cfg: Value =
+            serde_json::from_slice(&std::fs::read(fixed.join("adapter_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["use_dora"], false);
+        let merged = dir.path().join(format!("m{rank}"));
+        merge_ok(&base, &fixed, &merged, &[]);
+        let got = read_checkpoint(&merged);
+        let conv = r["fix"]["dora_to_lora"].as_array().unwrap();
+        assert_eq!(conv.len(), 6);
+        for c in conv {
+            let module = c["module"].as_str().unwrap();
+            let key = format!("{module}.weight");
+            let (x, y) = (got[&key].f32(), reference[&key].f32());
+            let diff: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let reported = c["fro_error"].as_f64().unwrap();
+            if rank == "64" {
+                assert!(
+                    diff < 1e-5 && reported < 1e-5,
+                    "{module}: {diff} {reported}"
+                );
+            } else {
+                assert!(reported > 1e-3, "{module}: rank 4 cannot be exact here");
+                assert!(
+                    (diff - reported).abs() <= 1e-3 * reported,
+                    "{module}: merged differs by {diff}, reported {reported}"
+                );
+            }
+        }
+    }
+}
+
+/// A usage error raised by the library (`dora_rank` of 0) reaches the user of the binary with
+/// the flag they typed (`--dora-rank`, through `error::Opt` and `cli::flags`), on one line,
+/// exit 2, and nothing is written.
+#[test]
+fn fix_usage_errors_name_the_flag_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = dir.path().join("fixed");
+    let out = run_err([
+        "check",
+        s(&fixture("llama/adapters/dora")),
+        "--base",
+        s(&fixture("llama/base")),
+        "--fix",
+        "--dora-rank",
+        "0",
+        "--out",
+        s(&fixed),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line_error(&out);
+    assert!(line.contains("--dora-rank must be at least 1"), "{line}");
+    assert!(!line.contains("dora_rank"), "{line}");
+    assert!(!fixed.exists(), "nothing written");
+}
+
+/// Duplicate keys (`x.lora_A.weight` beside `base_model.model.x.lora_A.weight`) define one module
+/// twice; which one a loader keeps depends on dict order (vLLM's parse_fine_tuned_lora_name maps
+/// both to the same module, the later one silently wins). The adapter reader refuses it: exit 2
+/// with one line naming both keys, whatever the target.
+#[test]
+fn duplicate_keys_are_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("dup");
+    let m = "model.layers.0.self_attn.q_proj";
+    let bytes_a = vec![0u8; 2 * 64 * 4];
+    let bytes_b = vec![0u8; 64 * 2 * 4];
+    let mut t = shared_lora_tensors(&[m.to_string()], (&[2, 64], &bytes_a), (&[64, 2], &bytes_b));
+    t.push((format!("{m}.lora_A.weight"), vec![2, 64], bytes_a.clone()));
+    write_peft_adapter(
+        &a,
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]}"#,
+        &t,
+    );
+    let out = run_err(["check", s(&a), "--target", "vllm"]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line_error(&out);
+    assert!(
+        line.contains(&format!("base_model.model.{m}.lora_A.weight"))
+            && line.contains(&format!("`{m}.lora_A.weight`")),
+        "{line}"
+    );
+}
+
+/// A LoRA on a packed `qkv_proj` (how vLLM stacks q/k/v, `packed_modules_mapping`) does not load
+/// on a Llama base whose projections are separate (vLLM: not an expected module); `--fix` splits
+/// it exactly into q/k/v LoRAs — `A` shared, `B` split by the base's row counts — and the merge
+/// of the fixed adapter equals `W0 + s·B[rows]·A` computed here in f64.
+#[test]
+fn fix_splits_packed_projections_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    let m = "model.layers.0.self_attn.qkv_proj";
+    let (r, k, d) = (2usize, 64usize, 128usize);
+    let a: Vec<f32> = (0..r * k)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+        .collect();
+    let b: Vec<f32> = (0..d * r)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.02)
+        .collect();
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let adapter = dir.path().join("qkv");
+    write_peft_adapter(
+        &adapter,
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["qkv_proj"]}"#,
+        &shared_lora_tensors(&[m.to_string()], (&[r, k], &le(&a)), (&[d, r], &le(&b))),
+    );
+    assert_rule_at(&adapter, &base, "vllm", "fails", "vllm.unsupported_module");
+    let fixed = dir.path().join("fixed");
+    let (code, rep) = check_json(&[
+        s(&adapter),
+        "--base",
+        s(&base),
+        "--target",
+        "vllm,peft",
+        "--fix",
+        "--out",
+        s(&fixed),
+    ]);
+    assert_eq!(code, 0, "{}", rep["after"]);
+    assert_eq!(rep["fix"]["split"][0][1].as_array().unwrap().len(), 3);
+    let merged = dir.path().join("merged");
+    merge_ok(&base, &fixed, &merged, &[]);
+    let got = read_checkpoint(&merged);
+    let w0 = read_checkpoint(&base);
+    let mut lo = 0;
+    for (p, n) in [("q_proj", 64usize), ("k_proj", 32), ("v_proj", 32)] {
+        let key = format!("model.layers.0.self_attn.{p}.weight");
+        let (w, w0v) = (got[&key].f32(), w0[&key].f32());
+        for i in 0..n {
+            for j in 0..k {
+                let delta: f64 = (0..r)
+                    .map(|t| b[(lo + i) * r + t] as f64 * a[t * k + j] as f64)
+                    .sum::<f64>()
+                    * 2.0;
+                let want = w0v[i * k + j] as f64 + delta;
+                let e = (w[i * k + j] as f64 - want).abs();
+                assert!(
+                    e <= 1e-6 * want.abs().max(1.0),
+                    "{key}[{i},{j}]: {} vs {want}",
+                    w[i * k + j]
+                );
+            }
+        }
+        lo += n;
+    }
+}
+
+fn assert_rule_at(adapter: &Path, base: &Path, tgt: &str, verdict: &str, rule: &str) {
+    let (_, r) = check_json(&[s(adapter), "--base", s(base), "--target", tgt]);
+    let t = target(&r, tgt);
+    assert_eq!(t["verdict"], verdict, "{t}");
+    assert!(fired(t).iter().any(|x| x == rule), "{t}");
+}
+
+/// diffusers' own single file (`unet.…lora_A.weight`, alpha 2·r only in `lora_adapter_metadata`):
+/// diffusers applies it (tests/it/peft_load.rs runs diffusers on it and on what `convert --to
+/// diffusers` writes), ComfyUI reads no metadata and applies scale 1 instead of 2 — the
+/// `weight_adapter/lora.py` rule — so it is a silent failure there, naming every module.
+#[test]
+fn diffusers_single_files_load_in_diffusers_and_lose_their_alpha_in_comfy() {
+    let p = fixture("conventions/diffusers_metadata.safetensors");
+    let (code, r) = check_json(&[s(&p), "--target", "diffusers,comfy"]);
+    assert_eq!(code, 1);
+    assert_eq!(target(&r, "diffusers")["verdict"], "loads", "{r}");
+    let comfy = target(&r, "comfy");
+    assert_eq!(outcome(comfy), "silent", "{comfy}");
+    assert_eq!(fired(comfy), vec!["comfy.scale".to_string()]);
+    let text = comfy.to_string();
+    assert!(text.contains("scale 1 instead of 2"), "{text}");
+    // The same factors with alpha = r (the kohya conversion) load the same in both.
+    let p = fixture("conventions/kohya.safetensors");
+    let (code, r) = check_json(&[s(&p), "--target", "diffusers,comfy"]);
+    assert_eq!(code, 0, "{r}");
+}
