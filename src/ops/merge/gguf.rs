@@ -28,7 +28,7 @@
 use super::WeightedAdapter;
 use crate::backend::{Engine, MergeJob, Term};
 use crate::dtype::Dtype;
-use crate::error::{InputError, InputResult};
+use crate::error::{InputError, InputResult, Opt};
 use crate::io::gguf::names::{self, Rope};
 use crate::io::gguf::writer::{
     kv_i32, kv_string, kv_u16, part_path, split_parts, GgufWriter, OutTensor,
@@ -272,14 +272,17 @@ impl GgufMergePlan {
                     OutType::To(ty) => ty,
                 };
                 if !out_type.can_quantize() {
-                    return Err(InputError::invalid(
-                        &bp,
+                    let (ty, writable) = (
+                        t.ty,
+                        types::names(types::QUANTIZABLE).to_lowercase().replace(", ", "|"),
+                    );
+                    return Err(InputError::option(&bp, move |o| {
                         format!(
-                            "tensor `{tname}` is {}: lorakit has no reference quantizer for it, so the `keep` output type cannot store the merge; choose one of {}",
-                            t.ty,
-                            types::names(types::QUANTIZABLE).to_lowercase().replace(", ", "|")
-                        ),
-                    )
+                            "tensor `{tname}` is {ty}: lorakit has no reference quantizer for it, so {} cannot store the merge; choose {} with one of {writable}",
+                            o.set(Opt::Outtype, "keep"),
+                            o.opt(Opt::Outtype)
+                        )
+                    })
                     .into());
                 }
                 if !t.dims[0].is_multiple_of(out_type.block_size() as u64) {
@@ -334,26 +337,25 @@ impl GgufMergePlan {
             }
         }
         if !unmatched.is_empty() && !options.allow_unmatched {
-            return Err(InputError::invalid(
-                &adapters[0].adapter.path,
+            let (count, list) = (unmatched.len(), unmatched.join("; "));
+            return Err(InputError::option(&adapters[0].adapter.path, move |o| {
                 format!(
-                    "{} module(s) match no tensor of the GGUF base ({}); allow unmatched modules to merge the rest",
-                    unmatched.len(),
-                    unmatched.join("; ")
-                ),
-            )
+                    "{count} module(s) match no tensor of the GGUF base ({list}); pass {} to merge the rest",
+                    o.opt(Opt::AllowUnmatched)
+                )
+            })
             .into());
         }
         if targets.is_empty() {
             // As for safetensors bases, --allow-unmatched never lets through a merge that lands
             // no module at all (it would write a copy of the base).
-            return Err(InputError::invalid(
-                &adapters[0].adapter.path,
+            let list = unmatched.join("; ");
+            return Err(InputError::option(&adapters[0].adapter.path, move |o| {
                 format!(
-                    "no adapter module matches a tensor of the GGUF base ({})",
-                    unmatched.join("; ")
-                ),
-            )
+                    "no adapter module matches a tensor of the GGUF base, so the merge would change nothing ({} never allows that): {list}",
+                    o.opt(Opt::AllowUnmatched)
+                )
+            })
             .into());
         }
         let mut reads = base.paths();

@@ -184,7 +184,7 @@ fn gguf_merge_refusals_write_nothing() {
         ),
         (
             vec!["merge", "--base", &tiny, "--adapter", qv, "--out", o],
-            "match no tensor of the GGUF base",
+            "); pass --allow-unmatched to merge the rest",
         ),
         (
             vec![
@@ -241,7 +241,10 @@ fn gguf_merge_refusals_write_nothing() {
     ];
     let cases = cases
         .into_iter()
-        .chain([(allow, "no adapter module matches a tensor of the GGUF base")]);
+        .chain([(
+            allow,
+            "no adapter module matches a tensor of the GGUF base, so the merge would change nothing (--allow-unmatched never allows that): ",
+        )]);
     for (args, want) in cases {
         let e = one_line_error(&run_err(&args));
         assert!(e.contains(want), "{args:?}: {e}");
