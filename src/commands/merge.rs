@@ -259,13 +259,10 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     let refuse = |flag: &str| -> Result<i32> {
         Err(InputError::invalid(
             &a.base,
-            format!("a GGUF base: {flag} is not supported for GGUF outputs (one file is written)"),
+            format!("a GGUF base: {flag} is not supported for GGUF outputs"),
         )
         .into())
     };
-    if a.part.is_some() {
-        return refuse("--part");
-    }
     if a.dtype != crate::merge::DtypeChoice::Keep {
         return refuse("--dtype (use --outtype)");
     }
@@ -284,6 +281,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         max_shard_size: a.max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
+        part: a.part,
     };
     let plan = GgufMergePlan::new(&a.base, base, adapters, a.out.clone(), options)?;
     for u in &plan.unmatched {
@@ -312,6 +310,24 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         super::print_json("merge", &report)?;
     } else {
         super::print(&render_gguf(&report))?;
+    }
+    Ok(0)
+}
+
+/// `finalize OUT.gguf`: the parts of a GGUF merge checked, their manifests removed.
+pub fn finalize_gguf(out: &std::path::Path, json: bool) -> Result<i32> {
+    let r = crate::merge::gguf_parts::finalize(out)?;
+    if json {
+        super::print_json("finalize", &r)?;
+    } else {
+        super::print(&format!(
+            "finalized {}: {} parts, {} files checked ({}, {} tensors)\n",
+            r.out,
+            r.parts,
+            r.files.len(),
+            human_bytes(r.bytes),
+            r.tensor_count
+        ))?;
     }
     Ok(0)
 }
@@ -355,6 +371,13 @@ fn render_gguf(r: &GgufMergeReport) -> String {
         human_bytes(r.bytes_written),
         r.seconds
     ));
+    if let Some([i, n]) = r.part {
+        out.push_str(&format!(
+            "part {i}/{n}: wrote {} of the output's files; when all parts are done: lorakit finalize {}\n",
+            r.files.len(),
+            r.out
+        ));
+    }
     out
 }
 

@@ -108,6 +108,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Finalize(a) => {
+            if !crate::merge::gguf_parts::find_manifests(&a.out).is_empty() {
+                return merge::finalize_gguf(&a.out, a.json);
+            }
             let extract_parts = crate::parts::find_extract_parts(&a.out);
             if !extract_parts.is_empty() {
                 if a.out.is_dir() && crate::parts::has_merge_manifests(&a.out) {

@@ -75,6 +75,8 @@ pub struct GgufMergeOptions {
     pub max_shard_size: Option<u64>,
     pub unmerge: bool,
     pub allow_unmatched: bool,
+    /// Write only this part's files and a manifest (see [`super::gguf_parts`]).
+    pub part: Option<(usize, usize)>,
 }
 
 /// One merged tensor and the modules merged into it.
@@ -99,6 +101,8 @@ pub struct GgufMergePlan {
     targets: Vec<Target>,
     /// Adapter modules that found no tensor (only with `allow_unmatched`).
     pub unmatched: Vec<String>,
+    /// Every file read (base parts, adapter files), for the part manifest.
+    inputs: Vec<PathBuf>,
 }
 
 /// Per merged tensor: its stored type and the error of storing it against the f32 merge.
@@ -119,7 +123,10 @@ pub struct GgufMergeReport {
     pub operation: &'static str,
     pub base: String,
     pub out: String,
+    /// The files written (with `--part`, this part's share).
     pub files: Vec<String>,
+    /// `[I, N]` of `--part I/N`.
+    pub part: Option<[usize; 2]>,
     pub architecture: String,
     pub outtype: String,
     pub adapters: Vec<serde_json::Value>,
@@ -274,7 +281,9 @@ impl GgufMergePlan {
                 if !out_type.can_quantize() {
                     let (ty, writable) = (
                         t.ty,
-                        types::names(types::QUANTIZABLE).to_lowercase().replace(", ", "|"),
+                        types::names(types::QUANTIZABLE)
+                            .to_lowercase()
+                            .replace(", ", "|"),
                     );
                     return Err(InputError::option(&bp, move |o| {
                         format!(
@@ -370,8 +379,12 @@ impl GgufMergePlan {
             options,
             targets,
             unmatched,
+            inputs: reads.clone(),
         };
-        let (files, _) = plan.layout();
+        let (mut files, _) = plan.layout();
+        if let Some((i, n)) = plan.options.part {
+            files.push(super::gguf_parts::manifest_path(&plan.out, i, n));
+        }
         check_writes(&reads, &files, &[])?;
         Ok(plan)
     }
@@ -584,7 +597,13 @@ impl GgufMergePlan {
         if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
             output.create_dir_all(dir)?;
         }
-        output.lock(&self.out, LockMode::Exclusive)?;
+        let part = self.options.part;
+        // Parts of one run write side by side; `finalize` takes the lock exclusively.
+        let mode = match part {
+            Some(_) => LockMode::Shared,
+            None => LockMode::Exclusive,
+        };
+        output.lock(&self.out, mode)?;
         let base_entries = self.entries();
         let alignment = self.base.header().alignment;
         let alignment_kv: Vec<Vec<u8>> = {
@@ -599,7 +618,11 @@ impl GgufMergePlan {
         let base_tensors: Vec<_> = self.base.tensors().collect();
         let mut merged = Vec::new();
         let mut written = 0;
+        let mut wrote = Vec::new();
         for (pi, (path, range)) in files.iter().zip(&parts).enumerate() {
+            if !crate::parts::owns(part, pi) {
+                continue;
+            }
             // Part 1 holds the metadata; every part its split keys (gguf-py's layout).
             let mut entries = if pi == 0 {
                 base_entries.clone()
@@ -664,7 +687,38 @@ impl GgufMergePlan {
                     }
                 }
             }
-            written += w.finish()?;
+            let bytes = w.finish()?;
+            written += bytes;
+            wrote.push((path.clone(), bytes));
+        }
+        if let Some((i, n)) = part {
+            let layout: Vec<(PathBuf, &[OutTensor])> = files
+                .iter()
+                .zip(&parts)
+                .map(|(f, r)| (f.clone(), &out_tensors[r.clone()]))
+                .collect();
+            let manifest = super::gguf_parts::GgufManifest {
+                version: super::gguf_parts::GGUF_MANIFEST_VERSION,
+                part: i,
+                parts: n,
+                plan: super::gguf_parts::part_plan(
+                    &self.out,
+                    &base_entries,
+                    &layout,
+                    &self.inputs,
+                )?,
+                written: wrote
+                    .iter()
+                    .map(|(p, b)| {
+                        let name = p.file_name().expect("planned").to_string_lossy();
+                        (name.into_owned(), *b)
+                    })
+                    .collect(),
+            };
+            output.small_file(
+                &super::gguf_parts::manifest_path(&self.out, i, n),
+                &manifest.to_bytes(),
+            )?;
         }
         output.commit()?;
         Ok(GgufMergeReport {
@@ -675,7 +729,8 @@ impl GgufMergePlan {
             },
             base: self.base_path.display().to_string(),
             out: self.out.display().to_string(),
-            files: files.iter().map(|f| f.display().to_string()).collect(),
+            files: wrote.iter().map(|(f, _)| f.display().to_string()).collect(),
+            part: part.map(|(i, n)| [i, n]),
             architecture: self.base.architecture().unwrap_or("").into(),
             outtype: self.outtype_name(),
             adapters: self.adapter_json(),

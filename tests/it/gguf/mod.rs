@@ -16,6 +16,8 @@ mod kquant;
 mod llamacpp;
 /// `merge --base MODEL.gguf`: F32, Q8_0/Q4_0, unmerge, refusals, split, Qwen2, weights.
 mod merge;
+/// `merge --part I/N` into a GGUF output and `finalize`.
+mod parts;
 /// `inspect`, `diff`, malformed GGUF files, the JSON vocabulary of the GGUF reports.
 mod read;
 

@@ -1,0 +1,182 @@
+//! `merge --base MODEL.gguf --part I/N` + `finalize OUT.gguf`: the parts write the bytes of the
+//! single run; finalize refuses mismatched, missing and foreign parts in one line, changing
+//! nothing.
+
+use super::*;
+
+/// Every file of `dir` (manifests and locks included) with its bytes, sorted by name.
+fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    listing(dir)
+        .into_iter()
+        .map(|n| {
+            let b = std::fs::read(dir.join(&n)).unwrap();
+            (n, b)
+        })
+        .collect()
+}
+
+/// `merge` of `base` with `adapter` into `out`, run as `parts` processes (or one when `None`).
+fn merge_in_parts(base: &str, adapter: &str, out: &Path, parts: Option<usize>, extra: &[&str]) {
+    match parts {
+        None => {
+            merge_json(base, adapter, out, extra);
+        }
+        Some(n) => {
+            for i in 1..=n {
+                let part = format!("{i}/{n}");
+                let v = merge_json(base, adapter, out, &[extra, &["--part", &part]].concat());
+                assert_eq!(v["part"], serde_json::json!([i, n]));
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&run_ok(["finalize", out.to_str().unwrap(), "--json"]))
+                    .unwrap();
+            assert_eq!(v["parts"], n);
+        }
+    }
+}
+
+/// For a single-file and a split GGUF base, merged into one file and into split files: the
+/// parts (2 and 3 processes) plus `finalize` leave exactly the files of the single run, byte
+/// for byte, and no manifest or lock behind.
+#[test]
+fn gguf_merge_parts_equal_the_single_run_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("llama/adapters/rslora_all");
+    let adapter = adapter.to_str().unwrap();
+    // A split base: the fixture Llama in several files (lorakit's split writer, gguf-py's
+    // layout).
+    let split_dir = dir.path().join("split_base");
+    std::fs::create_dir(&split_dir).unwrap();
+    merge_json(
+        &g("llama_q8_0.gguf"),
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        &split_dir.join("b.gguf"),
+        &["--max-shard-size", "40KB"],
+    );
+    let parts = listing(&split_dir);
+    assert!(parts.len() > 1, "{parts:?}");
+    let split_base = split_dir.join(&parts[1]);
+    let split_base = split_base.to_str().unwrap().to_owned();
+    for (bi, base) in [g("llama_q4_0.gguf"), split_base].iter().enumerate() {
+        for shard in [&[][..], &["--max-shard-size", "20KB"][..]] {
+            let whole = dir.path().join(format!("whole{bi}{}", shard.len()));
+            std::fs::create_dir(&whole).unwrap();
+            merge_in_parts(base, adapter, &whole.join("m.gguf"), None, shard);
+            let want = contents(&whole);
+            let names: Vec<&String> = want.iter().map(|f| &f.0).collect();
+            assert_eq!(want.len() > 2, !shard.is_empty(), "{names:?}");
+            for n in [2, 3] {
+                let parted = dir.path().join(format!("parts{bi}{}-{n}", shard.len()));
+                std::fs::create_dir(&parted).unwrap();
+                merge_in_parts(base, adapter, &parted.join("m.gguf"), Some(n), shard);
+                let got = contents(&parted);
+                assert_eq!(
+                    got.iter().map(|f| &f.0).collect::<Vec<_>>(),
+                    want.iter().map(|f| &f.0).collect::<Vec<_>>(),
+                    "base {bi}, {shard:?}, {n} parts"
+                );
+                for ((name, a), (_, b)) in got.iter().zip(&want) {
+                    assert!(a == b, "base {bi}, {shard:?}, {n} parts: {name} differs");
+                }
+            }
+        }
+    }
+}
+
+/// Bad sets of parts: a part missing, a part of another run (other adapter), parts planned
+/// differently (--outtype), a manifest edited to name a file outside the folder, and an input
+/// changed after the parts ran. Each is one line naming the file, exit non-zero, and leaves
+/// the folder exactly as it was.
+#[test]
+fn gguf_finalize_refuses_bad_parts_changing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_copy = dir.path().join("base.gguf");
+    std::fs::copy(fixture("gguf/llama_f32.gguf"), &base_copy).unwrap();
+    let base = base_copy.to_str().unwrap().to_owned();
+    let qv = fixture("llama/adapters/qv_r8");
+    let all = fixture("llama/adapters/rslora_all");
+    let (qv, all) = (qv.to_str().unwrap(), all.to_str().unwrap());
+    let shard = ["--max-shard-size", "100KB"];
+    let part = |out: &Path, adapter: &str, p: &str, extra: &[&str]| {
+        merge_json(
+            &base,
+            adapter,
+            out,
+            &[&shard[..], &["--part", p], extra].concat(),
+        );
+    };
+    let check = |out: &Path, want: &str| {
+        let d = out.parent().unwrap();
+        let before = contents(d);
+        let e = run_err(["finalize", out.to_str().unwrap()]);
+        assert_ne!(e.status.code(), Some(0));
+        let line = one_line_error(&e);
+        assert!(line.contains(want), "{}: {line}", out.display());
+        assert_eq!(
+            contents(d),
+            before,
+            "{}: finalize changed files",
+            out.display()
+        );
+    };
+    let case = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        d.join("m.gguf")
+    };
+    // Missing part.
+    let out = case("missing");
+    part(&out, qv, "1/3", &[]);
+    part(&out, qv, "3/3", &[]);
+    check(&out, "parts not finished: 2/3");
+    // A part from another run: same layout, another adapter.
+    let out = case("foreign");
+    part(&out, qv, "1/2", &[]);
+    part(&out, all, "2/2", &[]);
+    check(&out, "belongs to another run than");
+    // Mismatched parts: planned with another --outtype.
+    let out = case("mismatched");
+    part(&out, qv, "1/2", &[]);
+    part(&out, qv, "2/2", &["--outtype", "q8_0"]);
+    check(&out, "belongs to another run than");
+    // A manifest edited to name a file outside the folder.
+    let out = case("edited");
+    part(&out, qv, "1/2", &[]);
+    part(&out, qv, "2/2", &[]);
+    let m = out
+        .parent()
+        .unwrap()
+        .join(".m.gguf.lorakit-part-2-of-2.json");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replacen("m-00002-of-00004.gguf", "../x.gguf", 1)).unwrap();
+    check(&out, "is not a plain file name");
+    // A written file truncated after its part ran.
+    let out = case("truncated");
+    part(&out, qv, "1/2", &[]);
+    part(&out, qv, "2/2", &[]);
+    let f = out.parent().unwrap().join("m-00003-of-00004.gguf");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    check(&out, "m-00003-of-00004.gguf");
+    // The base changed after the parts ran.
+    let out = case("changed");
+    part(&out, qv, "1/2", &[]);
+    part(&out, qv, "2/2", &[]);
+    let t = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+    std::fs::File::options()
+        .write(true)
+        .open(&base_copy)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    check(&out, "changed (size or mtime) since the parts ran");
+    // Nothing to finalize.
+    let e = run_err(["finalize", dir.path().join("none.gguf").to_str().unwrap()]);
+    assert_ne!(e.status.code(), Some(0));
+    one_line_error(&e);
+}
