@@ -96,7 +96,10 @@ pub struct MergeArgs {
     /// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K; other types are refused,
     /// name another); `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q2_k`,
     /// `q3_k`, `q4_k`, `q5_k`, `q6_k` store every merged tensor in that type. Untouched tensors
-    /// are always copied byte for byte.
+    /// are always copied byte for byte. With a Hugging Face base and an `--out` ending in
+    /// `.gguf` (Llama, Mistral), the merged model is written as llama.cpp's
+    /// convert_hf_to_gguf.py writes it, tokenizer included: 2-D weights in TYPE (default f16),
+    /// norms and 1-D tensors in F32.
     #[arg(long, value_name = "TYPE", value_parser = crate::merge::gguf::OutType::parse)]
     pub outtype: Option<crate::merge::gguf::OutType>,
 
@@ -149,7 +152,8 @@ pub struct MergeArgs {
 
     /// Write only part I of N of the output files (file j goes to part j mod N + 1), for N
     /// jobs on N machines; then run `lorakit finalize OUT` once. The output is byte-identical to
-    /// a single run.
+    /// a single run. For a GGUF base, parts write the files of `--max-shard-size` (or the one
+    /// file) and `finalize OUT.gguf` checks them.
     #[arg(long, value_name = "I/N", value_parser = crate::parts::parse_part)]
     pub part: Option<(usize, usize)>,
 

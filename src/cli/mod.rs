@@ -110,8 +110,8 @@ pub struct GpuInfoArgs {
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct FinalizeArgs {
-    /// The output the parts wrote to: the merge output folder, the PEFT adapter folder, or
-    /// the kohya adapter file of the extract.
+    /// The output the parts wrote to: the merge output folder (or `OUT.gguf` of a GGUF
+    /// merge), the PEFT adapter folder, or the kohya adapter file of the extract.
     #[arg(value_hint = ValueHint::AnyPath)]
     pub out: PathBuf,
     /// Print JSON.

@@ -64,10 +64,16 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     if crate::io::gguf::is_gguf(&a.base) {
         return gguf(a, quiet);
     }
+    if a.out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return hf_to_gguf(a, quiet);
+    }
     if a.outtype.is_some() {
         return Err(InputError::invalid(
             &a.base,
-            "is not a GGUF file: --outtype sets the type of tensors merged into a GGUF base; use --dtype for safetensors",
+            "is not a GGUF file: --outtype sets the type of tensors merged into a GGUF base or written to a .gguf output; use --dtype for safetensors",
         )
         .into());
     }
@@ -310,6 +316,67 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         super::print_json("merge", &report)?;
     } else {
         super::print(&render_gguf(&report))?;
+    }
+    Ok(0)
+}
+
+/// `merge --base HF_FOLDER --out MODEL.gguf`: the merged model written as llama.cpp's
+/// converter writes it.
+fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
+    use crate::merge::gguf::OutType;
+    if a.dtype != crate::merge::DtypeChoice::Keep {
+        return Err(InputError::invalid(
+            &a.out,
+            "is a GGUF model: --dtype sets safetensors outputs; use --outtype",
+        )
+        .into());
+    }
+    // convert_hf_to_gguf.py's default type.
+    let outtype = match a.outtype {
+        None => crate::io::gguf::GgmlType::F16,
+        Some(OutType::To(t)) => t,
+        Some(OutType::Keep) => {
+            return Err(InputError::invalid(
+                &a.out,
+                "--outtype keep: a safetensors base has no GGUF types to keep; choose f32, f16, bf16, q8_0, …",
+            )
+            .into())
+        }
+    };
+    if a.dry_run {
+        return Err(InputError::invalid(
+            &a.out,
+            "--dry-run is not supported yet for a GGUF model written from a safetensors base",
+        )
+        .into());
+    }
+    let merge = plan(&a, false)?;
+    for u in &merge.unmatched {
+        super::warn(
+            quiet,
+            &format!("{}: unmatched module {}", u.adapter, u.detail),
+        );
+    }
+    let p = crate::merge::gguf_hf::HfGgufPlan::new(merge, a.out.clone(), outtype)?;
+    let r = p.run(&a.compute.engine()?)?;
+    if a.json {
+        super::print_json("merge", &r)?;
+    } else {
+        let mut out = headline(
+            &r.out,
+            r.operation,
+            r.adapters.len(),
+            &format!("{}, as GGUF {}", r.base, r.architecture),
+        );
+        out.push_str(&format!(
+            "{} tensors ({} merged), --outtype {}, {} written in {:.2} s\n",
+            r.tensors.len(),
+            r.tensors_merged_count,
+            r.outtype,
+            human_bytes(r.bytes_written),
+            r.seconds
+        ));
+        super::print(&out)?;
     }
     Ok(0)
 }

@@ -24,7 +24,7 @@
 use crate::adapter::{Adapter, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::gguf::names::{self, Rope};
-use crate::io::gguf::writer::{kv_string, GgufWriter, OutTensor};
+use crate::io::gguf::writer::{kv_f32, kv_string, GgufWriter, OutTensor};
 use crate::io::gguf::{quant, GgmlType, GgufModel, Value};
 use crate::io::writer::{check_writes, LockMode};
 use crate::io::Output;
@@ -346,15 +346,6 @@ pub fn write(
     }
     output.commit()?;
     Ok((rows, bytes))
-}
-
-/// A `FLOAT32` metadata entry.
-fn kv_f32(key: &str, value: f32) -> Vec<u8> {
-    let mut b = (key.len() as u64).to_le_bytes().to_vec();
-    b.extend_from_slice(key.as_bytes());
-    b.extend_from_slice(&6u32.to_le_bytes());
-    b.extend_from_slice(&value.to_le_bytes());
-    b
 }
 
 /// Reads a llama.cpp GGUF LoRA adapter into the adapter model, in Hugging Face terms: module

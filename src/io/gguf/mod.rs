@@ -8,10 +8,12 @@
 //! the map; dequantizing copies one tensor at a time.
 
 pub mod header;
+pub mod hparams;
 mod kquant;
 pub mod names;
 pub mod quant;
 pub mod types;
+pub mod vocab;
 pub mod writer;
 
 pub use header::{GgufError, Header, KeyValue, TensorInfo, Value, ValueType};

@@ -72,6 +72,60 @@ pub fn kv_i32(key: &str, value: i32) -> Vec<u8> {
     b
 }
 
+/// A `FLOAT32` metadata entry.
+pub fn kv_f32(key: &str, value: f32) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(&mut b, key);
+    b.extend_from_slice(&6u32.to_le_bytes());
+    b.extend_from_slice(&value.to_le_bytes());
+    b
+}
+
+/// A `BOOL` metadata entry.
+pub fn kv_bool(key: &str, value: bool) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(&mut b, key);
+    b.extend_from_slice(&7u32.to_le_bytes());
+    b.push(value as u8);
+    b
+}
+
+/// An `ARRAY` of `STRING` metadata entry.
+pub fn kv_strings(key: &str, values: &[String]) -> Vec<u8> {
+    let mut b = array_head(key, 8, values.len());
+    for v in values {
+        string(&mut b, v);
+    }
+    b
+}
+
+/// An `ARRAY` of `FLOAT32` metadata entry.
+pub fn kv_f32s(key: &str, values: &[f32]) -> Vec<u8> {
+    let mut b = array_head(key, 6, values.len());
+    for v in values {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+/// An `ARRAY` of `INT32` metadata entry.
+pub fn kv_i32s(key: &str, values: &[i32]) -> Vec<u8> {
+    let mut b = array_head(key, 5, values.len());
+    for v in values {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+fn array_head(key: &str, item_type: u32, len: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    string(&mut b, key);
+    b.extend_from_slice(&9u32.to_le_bytes());
+    b.extend_from_slice(&item_type.to_le_bytes());
+    b.extend_from_slice(&(len as u64).to_le_bytes());
+    b
+}
+
 /// Splits tensors (by byte size, in order) into parts of at most `max` bytes of tensor data, as
 /// gguf-py's `GGUFWriter(split_max_size=…)` does: a new part starts when the current one is not
 /// empty and the next tensor would take it past `max` (a tensor larger than `max` gets a part

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 pub use crate::ops::output::DtypeChoice;
 
 pub mod gguf;
+pub mod gguf_hf;
 pub mod gguf_parts;
 mod plan;
 mod run;

@@ -139,28 +139,7 @@ impl MergePlan {
                             merged += 1;
                         }
                         Action::Bias(terms) => {
-                            let mut v = file.read_f32(name)?;
-                            for &(ai, mi) in terms {
-                                let wa = &self.adapters[ai];
-                                let m = &wa.adapter.modules[mi];
-                                let bias = wa.adapter.values(m.bias.as_ref().expect("has bias"))?;
-                                if let crate::adapter::Factors::Ia3 {
-                                    rule: crate::adapter::Ia3Rule::Peft,
-                                    ..
-                                } = m.factors
-                                {
-                                    // PEFT IA3: b' = b0 ⊙ l, blended by the weight as the matrix is.
-                                    for (x, l) in v.iter_mut().zip(bias.iter()) {
-                                        let d = *x as f64 * (*l as f64 - 1.0) * wa.weight;
-                                        *x = (*x as f64 + d) as f32;
-                                    }
-                                    continue;
-                                }
-                                let s = self.signed(wa.weight * m.scale) as f32;
-                                for (x, b) in v.iter_mut().zip(bias.iter()) {
-                                    *x += b * s;
-                                }
-                            }
+                            let v = self.biased(name, terms)?;
                             check_finite(&self.base, name, &v)?;
                             let data = dtype::encode(out_dtype, &v);
                             bar.inc(data.len() as u64);

@@ -11,6 +11,60 @@ use crate::error::InputError;
 use anyhow::Result;
 
 impl MergePlan {
+    /// A bias of modules with `lora_B.bias`, `terms` applied in order (PEFT IA3 scales it).
+    pub(super) fn biased(&self, name: &str, terms: &[(usize, usize)]) -> Result<Vec<f32>> {
+        let mut v = self.base.read_f32(name)?;
+        for &(ai, mi) in terms {
+            let wa = &self.adapters[ai];
+            let m = &wa.adapter.modules[mi];
+            let bias = wa.adapter.values(m.bias.as_ref().expect("has bias"))?;
+            if let crate::adapter::Factors::Ia3 {
+                rule: crate::adapter::Ia3Rule::Peft,
+                ..
+            } = m.factors
+            {
+                // PEFT IA3: b' = b0 ⊙ l, blended by the weight as the matrix is.
+                for (x, l) in v.iter_mut().zip(bias.iter()) {
+                    let d = *x as f64 * (*l as f64 - 1.0) * wa.weight;
+                    *x = (*x as f64 + d) as f32;
+                }
+                continue;
+            }
+            let s = self.signed(wa.weight * m.scale) as f32;
+            for (x, b) in v.iter_mut().zip(bias.iter()) {
+                *x += b * s;
+            }
+        }
+        Ok(v)
+    }
+
+    /// Whether the merge changes base tensor `name`.
+    pub fn changes(&self, name: &str) -> bool {
+        !matches!(self.actions.get(name), None | Some(Action::Copy))
+    }
+
+    /// The merged value of base tensor `name` in f32, as the merge would store it before
+    /// rounding to the output dtype (for writers of other formats: the GGUF output of a
+    /// safetensors base). Quantized bases are not covered (the caller refuses them).
+    pub fn merged_f32(&self, engine: &backend::Engine, name: &str) -> Result<Vec<f32>> {
+        Ok(match self.actions.get(name).unwrap_or(&Action::Copy) {
+            Action::Copy => self.base.read_f32(name)?,
+            Action::Merge(terms) => {
+                let (bytes, _) = self.merge_tensor(engine, name, terms, Dtype::F32)?;
+                bytemuck::pod_collect_to_vec(&bytes)
+            }
+            Action::Bias(terms) => {
+                let v = self.biased(name, terms)?;
+                check_finite(&self.base, name, &v)?;
+                v
+            }
+            Action::Replace(ai, fi) => {
+                let a = &self.adapters[*ai].adapter;
+                a.values(&a.full_tensors[*fi].data)?.to_vec()
+            }
+        })
+    }
+
     pub(super) fn merge_tensor(
         &self,
         engine: &backend::Engine,

@@ -177,6 +177,9 @@ fn gguf_merge_refusals_write_nothing() {
     let tiny = g("tiny.gguf");
     let hf_base = fixture("llama/base");
     let hf_base = hf_base.to_str().unwrap();
+    // A safetensors output (not .gguf).
+    let st_out = dir.path().join("merged");
+    let st_out = st_out.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["merge", "--base", b, "--adapter", qv, "--out", b],
@@ -208,11 +211,11 @@ fn gguf_merge_refusals_write_nothing() {
                 "--adapter",
                 qv,
                 "--out",
-                o,
+                st_out,
                 "--outtype",
                 "q8_0",
             ],
-            "--outtype sets the type of tensors merged into a GGUF base",
+            "--outtype sets the type of tensors merged into a GGUF base or written to a .gguf output",
         ),
     ];
     let allow = vec![
