@@ -456,13 +456,18 @@ pub fn find_extract_parts(out: &Path) -> Vec<PathBuf> {
             .unwrap_or_default();
         (out_dir(out), format!(".{name}.lorakit-extract-part-"))
     };
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+    files_named(&dir, &prefix, ".safetensors")
+}
+
+/// The files of `dir` whose names start with `prefix` and end with `suffix`, sorted.
+pub fn files_named(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(&prefix) && n.ends_with(".safetensors")
+            n.starts_with(prefix) && n.ends_with(suffix)
         })
         .map(|e| e.path())
         .collect();

@@ -36,94 +36,79 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// A `STRING` metadata entry.
-pub fn kv_string(key: &str, value: &str) -> Vec<u8> {
+/// A metadata entry: key, value type `ty` (gguf-py `GGUFValueType`), value bytes.
+fn entry(key: &str, ty: u32, value: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     string(&mut b, key);
-    b.extend_from_slice(&8u32.to_le_bytes());
-    string(&mut b, value);
+    b.extend_from_slice(&ty.to_le_bytes());
+    b.extend_from_slice(value);
     b
+}
+
+/// A `STRING` metadata entry.
+pub fn kv_string(key: &str, value: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    string(&mut v, value);
+    entry(key, 8, &v)
 }
 
 /// A `UINT32` metadata entry.
 pub fn kv_u32(key: &str, value: u32) -> Vec<u8> {
-    let mut b = Vec::new();
-    string(&mut b, key);
-    b.extend_from_slice(&4u32.to_le_bytes());
-    b.extend_from_slice(&value.to_le_bytes());
-    b
+    entry(key, 4, &value.to_le_bytes())
 }
 
 /// A `UINT16` metadata entry.
 pub fn kv_u16(key: &str, value: u16) -> Vec<u8> {
-    let mut b = Vec::new();
-    string(&mut b, key);
-    b.extend_from_slice(&2u32.to_le_bytes());
-    b.extend_from_slice(&value.to_le_bytes());
-    b
+    entry(key, 2, &value.to_le_bytes())
 }
 
 /// An `INT32` metadata entry.
 pub fn kv_i32(key: &str, value: i32) -> Vec<u8> {
-    let mut b = Vec::new();
-    string(&mut b, key);
-    b.extend_from_slice(&5u32.to_le_bytes());
-    b.extend_from_slice(&value.to_le_bytes());
-    b
+    entry(key, 5, &value.to_le_bytes())
 }
 
 /// A `FLOAT32` metadata entry.
 pub fn kv_f32(key: &str, value: f32) -> Vec<u8> {
-    let mut b = Vec::new();
-    string(&mut b, key);
-    b.extend_from_slice(&6u32.to_le_bytes());
-    b.extend_from_slice(&value.to_le_bytes());
-    b
+    entry(key, 6, &value.to_le_bytes())
 }
 
 /// A `BOOL` metadata entry.
 pub fn kv_bool(key: &str, value: bool) -> Vec<u8> {
-    let mut b = Vec::new();
-    string(&mut b, key);
-    b.extend_from_slice(&7u32.to_le_bytes());
-    b.push(value as u8);
-    b
+    entry(key, 7, &[value as u8])
 }
 
 /// An `ARRAY` of `STRING` metadata entry.
 pub fn kv_strings(key: &str, values: &[String]) -> Vec<u8> {
-    let mut b = array_head(key, 8, values.len());
-    for v in values {
-        string(&mut b, v);
+    let mut v = array_head(8, values.len());
+    for x in values {
+        string(&mut v, x);
     }
-    b
+    entry(key, 9, &v)
 }
 
 /// An `ARRAY` of `FLOAT32` metadata entry.
 pub fn kv_f32s(key: &str, values: &[f32]) -> Vec<u8> {
-    let mut b = array_head(key, 6, values.len());
-    for v in values {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    b
+    let mut v = array_head(6, values.len());
+    values
+        .iter()
+        .for_each(|x| v.extend_from_slice(&x.to_le_bytes()));
+    entry(key, 9, &v)
 }
 
 /// An `ARRAY` of `INT32` metadata entry.
 pub fn kv_i32s(key: &str, values: &[i32]) -> Vec<u8> {
-    let mut b = array_head(key, 5, values.len());
-    for v in values {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    b
+    let mut v = array_head(5, values.len());
+    values
+        .iter()
+        .for_each(|x| v.extend_from_slice(&x.to_le_bytes()));
+    entry(key, 9, &v)
 }
 
-fn array_head(key: &str, item_type: u32, len: usize) -> Vec<u8> {
-    let mut b = Vec::new();
-    string(&mut b, key);
-    b.extend_from_slice(&9u32.to_le_bytes());
-    b.extend_from_slice(&item_type.to_le_bytes());
-    b.extend_from_slice(&(len as u64).to_le_bytes());
-    b
+/// An array value's item type and length.
+fn array_head(item_type: u32, len: usize) -> Vec<u8> {
+    let mut v = item_type.to_le_bytes().to_vec();
+    v.extend_from_slice(&(len as u64).to_le_bytes());
+    v
 }
 
 /// Splits tensors (by byte size, in order) into parts of at most `max` bytes of tensor data, as

@@ -19,7 +19,7 @@ use crate::error::{InputError, InputResult, Opt};
 use crate::io::gguf::writer::OutTensor;
 use crate::io::gguf::GgufModel;
 use crate::io::writer::LockMode;
-use crate::parts::{is_plain_name, out_dir, stamps, Stamp};
+use crate::parts::{files_named, is_plain_name, out_dir, stamps, Stamp};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -70,19 +70,7 @@ fn manifest_prefix(out: &Path) -> String {
 
 /// The manifests of GGUF output `out`, sorted by name.
 pub fn find_manifests(out: &Path) -> Vec<PathBuf> {
-    let prefix = manifest_prefix(out);
-    let mut v: Vec<PathBuf> = std::fs::read_dir(out_dir(out))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(&prefix) && n.ends_with(".json")
-        })
-        .map(|e| e.path())
-        .collect();
-    v.sort();
-    v
+    files_named(&out_dir(out), &manifest_prefix(out), ".json")
 }
 
 /// The plan of one run: `entries` the metadata of the first file (raw bytes), `layout` the
