@@ -189,3 +189,62 @@ fn hf_to_gguf_refusals_write_nothing() {
     }
     assert_eq!(listing(dir.path()), ["sp", "tiny-llama"]);
 }
+
+/// The other writable types against gguf-py, which quantized fixtures/gguf/llama_{f32,q8_0,q4_0}.gguf
+/// from the same base (gguf_fixtures.py: the converter's layout, `gguf.quants.quantize`):
+/// lorakit's HF → GGUF output with `--outtype f32|q8_0|q4_0` holds the fixture's tensors and
+/// types; every tensor the adapter leaves alone is byte-identical to gguf-py's; the merged
+/// ones, read back in Hugging Face row order, equal PEFT's merge (1e-6 relative for F32, and
+/// within the type's rounding bound per block of 32 for Q8_0/Q4_0). `general.file_type` is
+/// llama.cpp's `LlamaFileType` of the type.
+#[test]
+fn hf_base_to_gguf_other_types_match_gguf_py() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = hf_folder(dir.path());
+    let adapter = fixture("llama/adapters/qv_r8");
+    let peft = read(&fixture("llama/merged/qv_r8.safetensors"));
+    for (t, ty, file_type) in [
+        ("f32", GgmlType::F32, 0),
+        ("q8_0", GgmlType::Q8_0, 7),
+        ("q4_0", GgmlType::Q4_0, 2),
+    ] {
+        let out = dir.path().join(format!("m.{t}.gguf"));
+        merge_json(
+            base.to_str().unwrap(),
+            adapter.to_str().unwrap(),
+            &out,
+            &["--outtype", t],
+        );
+        let m = GgufModel::open(&out).unwrap();
+        assert_eq!(
+            m.header().get("general.file_type").and_then(|v| v.as_u64()),
+            Some(file_type)
+        );
+        let got = hf_view(&out);
+        let want = hf_view(&fixture(&format!("gguf/llama_{t}.gguf")));
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        for (name, (gty, shape, vals, bytes)) in &got {
+            let (wty, wshape, _, wbytes) = &want[name];
+            assert_eq!((gty, shape), (wty, wshape), "{t} {name}");
+            let Some(r) = peft.get(name) else {
+                assert!(bytes == wbytes, "{t} {name}: not gguf-py's bytes");
+                continue;
+            };
+            let r = r.f32();
+            if ty == GgmlType::F32 {
+                let e = rel_err(vals, &r);
+                assert!(e <= 1e-6, "{t} {name}: {e:e}");
+                continue;
+            }
+            for (gb, wb) in vals.chunks(32).zip(r.chunks(32)) {
+                let bound = super::merge::block_bound(ty, wb);
+                for (x, y) in gb.iter().zip(wb) {
+                    assert!((x - y).abs() <= bound, "{t} {name}: {x} vs {y}");
+                }
+            }
+        }
+    }
+}

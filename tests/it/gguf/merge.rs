@@ -49,7 +49,7 @@ fn merge_into_an_f32_gguf_equals_the_peft_merge() {
 
 /// Per block of 32: the largest error Q8_0 (`d = amax/127` stored as f16, `q = round(x/d)`)
 /// or Q4_0 (`d = max/-8`, one level clipped at the far end) can make.
-fn block_bound(ty: GgmlType, block: &[f32]) -> f32 {
+pub(super) fn block_bound(ty: GgmlType, block: &[f32]) -> f32 {
     let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
     match ty {
         // Rounding (d/2) plus 127 steps of the f16 rounding of d (≤ d·2⁻¹¹).
