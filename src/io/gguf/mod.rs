@@ -12,6 +12,7 @@ pub mod hparams;
 mod kquant;
 pub mod names;
 pub mod quant;
+mod spm;
 pub mod types;
 pub mod vocab;
 pub mod writer;

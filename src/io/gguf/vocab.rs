@@ -10,10 +10,10 @@
 //! tokenizer.json's `added_tokens`, then config.json's `*_token_id`; `add_*_token` from the
 //! post-processor and tokenizer_config; the chat template; normalizer flags).
 //!
-//! Covered: the tokenizer kind `LlamaHfVocab` converts — a `BPE` model with `byte_fallback`
-//! and a `Sequence` decoder in tokenizer.json, no `tokenizer.model`. Refused, naming the file:
-//! a SentencePiece `tokenizer.model` (llama.cpp reads it with the sentencepiece library), a
-//! Llama-3 / GPT-2 style BPE (llama.cpp's `BpeVocab` path identifies the pre-tokenizer by a
+//! Covered: a SentencePiece `tokenizer.model` (`_set_vocab_sentencepiece`, read by
+//! [`super::spm`]) and, without one, the tokenizer kind `LlamaHfVocab` converts — a `BPE`
+//! model with `byte_fallback` and a `Sequence` decoder in tokenizer.json. Refused, naming the
+//! file: a Llama-3 / GPT-2 style BPE (llama.cpp's `BpeVocab` path identifies the pre-tokenizer by a
 //! hash of its output on a test text), chat templates given as lists. Must not read weights
 //! or write files.
 //!
@@ -87,114 +87,45 @@ fn truthy(v: &Option<String>) -> bool {
     v.as_deref().is_some_and(|s| !s.is_empty())
 }
 
+/// `(tokens, scores, token types)` of a vocabulary.
+pub(super) type Tokens = (Vec<String>, Vec<f32>, Vec<i32>);
+
 /// The `tokenizer.*` entries (raw GGUF key/values) for the Hugging Face folder `dir`, in the
 /// order convert_hf_to_gguf.py writes them.
 pub fn entries(dir: &Path) -> InputResult<Vec<Vec<u8>>> {
     let tj_path = dir.join("tokenizer.json");
-    if dir.join("tokenizer.model").is_file() {
-        return Err(InputError::invalid(
-            dir.join("tokenizer.model"),
-            "a SentencePiece tokenizer.model: lorakit does not yet write its GGUF vocabulary (llama.cpp reads it with the sentencepiece library); convert the model with convert_hf_to_gguf.py",
-        ));
-    }
-    if !tj_path.is_file() {
-        return Err(InputError::invalid(
-            dir,
-            "no tokenizer.json: a GGUF model needs the tokenizer (tokenizer.ggml.*), which lorakit reads from tokenizer.json",
-        ));
-    }
-    let tj = read_json(&tj_path)?;
-    let model = &tj["model"];
-    let llama_bpe = model["type"] == "BPE"
-        && model["byte_fallback"].as_bool() == Some(true)
-        && tj["decoder"]["type"] == "Sequence";
-    if !llama_bpe {
-        return Err(InputError::invalid(
-            &tj_path,
-            "not a Llama BPE tokenizer with byte_fallback (llama.cpp's LlamaHfVocab): lorakit does not yet write GPT-2/Llama-3 style BPE vocabularies, whose llama.cpp pre-tokenizer is identified by a hash of the tokenizer's output",
-        ));
-    }
     let tc_path = dir.join("tokenizer_config.json");
     let mut tc = read_opt(&tc_path)?;
     let config = read_opt(&dir.join("config.json"))?;
-    let bad = |msg: String| InputError::invalid(&tj_path, msg);
-
-    // LlamaHfVocab: base tokens by id, then added tokens beyond the base vocabulary.
-    let vocab = model["vocab"]
-        .as_object()
-        .ok_or_else(|| bad("model.vocab is not an object".into()))?;
-    let mut by_id: BTreeMap<u64, String> = BTreeMap::new();
-    for (t, id) in vocab {
-        let id = id
-            .as_u64()
-            .ok_or_else(|| bad(format!("token {t:?} has no integer id")))?;
-        by_id.insert(id, t.clone());
+    let tj = read_opt(&tj_path)?;
+    let vocab_size = config.as_ref().and_then(|c| c["vocab_size"].as_u64());
+    if let Some(n @ (32016 | 49152)) = vocab_size {
+        // LlamaModel.set_vocab: CodeLlama's FIM tokens, granite's add_bos_token.
+        return Err(InputError::invalid(
+            dir.join("config.json"),
+            format!("vocab_size {n}: llama.cpp's converter special-cases this vocabulary (CodeLlama / Granite), which lorakit does not yet write"),
+        ));
     }
-    let base = vocab.len() as u64;
-    let added: Vec<(u64, String)> = tj["added_tokens"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| Some((t["id"].as_u64()?, t["content"].as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut full = by_id.clone();
-    for (id, t) in &added {
-        full.insert(*id, t.clone());
-    }
-    let lookup = |content: &str| full.iter().find(|(_, t)| *t == content).map(|(&i, _)| i);
-    let mut special_ids = Vec::new();
-    if let Some(c) = &tc {
-        let named = TYPES
-            .iter()
-            .filter_map(|typ| token_content(c.get(format!("{typ}_token").as_str())));
-        let extra = c["additional_special_tokens"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| token_content(Some(v)));
-        for t in named.chain(extra) {
-            if let Some(id) = lookup(t) {
-                special_ids.push(id);
-            }
-        }
-    }
-    let mut tokens = Vec::new();
-    let mut types = Vec::new();
-    for id in 0..base {
-        let t = by_id
-            .get(&id)
-            .ok_or_else(|| bad(format!("no token has id {id} of the {base} in model.vocab")))?;
-        let byte = t.len() == 6
-            && t.starts_with("<0x")
-            && t.ends_with('>')
-            && t[3..5].bytes().all(|b| b.is_ascii_hexdigit());
-        types.push(if byte {
-            BYTE
-        } else if special_ids.contains(&id) {
-            CONTROL
-        } else {
-            NORMAL
-        });
-        tokens.push(t.clone());
-    }
-    let mut beyond: Vec<&(u64, String)> = added.iter().filter(|(id, _)| *id >= base).collect();
-    beyond.sort();
-    for (i, (id, t)) in beyond.iter().enumerate() {
-        if *id != base + i as u64 {
-            return Err(bad(format!(
-                "added token {t:?} has id {id}; llama.cpp numbers added tokens after the {base} base tokens without gaps"
-            )));
-        }
-        tokens.push(t.clone());
-        types.push(if special_ids.contains(id) {
-            CONTROL
-        } else {
-            USER_DEFINED
-        });
-    }
+    let spm_path = dir.join("tokenizer.model");
+    let (tokens, scores, types) = if spm_path.is_file() {
+        super::spm::tokens(
+            &spm_path,
+            vocab_size,
+            &dir.join("added_tokens.json"),
+            tc.as_ref(),
+        )?
+    } else {
+        let Some(tj) = &tj else {
+            return Err(InputError::invalid(
+                dir,
+                "no tokenizer.json or tokenizer.model: a GGUF model needs the tokenizer (tokenizer.ggml.*)",
+            ));
+        };
+        llama_hf_tokens(tj, &tj_path, tc.as_ref())?
+    };
     let n_vocab = tokens.len() as u64;
+    let tj = tj.unwrap_or(Json::Null);
+    let added = added_tokens(&tj);
 
     let mut out = Vec::new();
     if let Some(b) = tc.as_ref().and_then(|c| c["add_prefix_space"].as_bool()) {
@@ -203,10 +134,7 @@ pub fn entries(dir: &Path) -> InputResult<Vec<Vec<u8>>> {
     out.push(kv_string("tokenizer.ggml.model", "llama"));
     out.push(kv_string("tokenizer.ggml.pre", "default"));
     out.push(kv_strings("tokenizer.ggml.tokens", &tokens));
-    out.push(kv_f32s(
-        "tokenizer.ggml.scores",
-        &vec![-1000.0; tokens.len()],
-    ));
+    out.push(kv_f32s("tokenizer.ggml.scores", &scores));
     out.push(kv_i32s("tokenizer.ggml.token_type", &types));
 
     // SpecialVocab (load_merges = False).
@@ -243,11 +171,12 @@ pub fn entries(dir: &Path) -> InputResult<Vec<Vec<u8>>> {
     let mut scls = get(&tc, "cls_token");
     let mut seos = get(&tc, "eos_token");
     let mut ssep = get(&tc, "sep_token");
-    if !truthy(&sbos) && truthy(&scls) && has_tc(&tc) {
+    let has_tj = !tj.is_null();
+    if has_tj && !truthy(&sbos) && truthy(&scls) && has_tc(&tc) {
         sbos = scls.clone();
         set(&mut tc, "bos_token", &sbos);
     }
-    if !truthy(&seos) && truthy(&ssep) && has_tc(&tc) {
+    if has_tj && !truthy(&seos) && truthy(&ssep) && has_tc(&tc) {
         seos = ssep.clone();
         set(&mut tc, "eos_token", &seos);
     }
@@ -437,6 +366,102 @@ pub fn entries(dir: &Path) -> InputResult<Vec<Vec<u8>>> {
         out.push(kv_bool("tokenizer.ggml.normalizer.strip_accents", v));
     }
     Ok(out)
+}
+
+/// `tokenizer.json`'s `added_tokens` as `(id, content)`.
+fn added_tokens(tj: &Json) -> Vec<(u64, String)> {
+    tj["added_tokens"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| Some((t["id"].as_u64()?, t["content"].as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `LlamaHfVocab`: base tokens by id, then added tokens beyond the base vocabulary.
+fn llama_hf_tokens(tj: &Json, tj_path: &Path, tc: Option<&Json>) -> InputResult<Tokens> {
+    let model = &tj["model"];
+    let llama_bpe = model["type"] == "BPE"
+        && model["byte_fallback"].as_bool() == Some(true)
+        && tj["decoder"]["type"] == "Sequence";
+    if !llama_bpe {
+        return Err(InputError::invalid(
+            tj_path,
+            "not a Llama BPE tokenizer with byte_fallback (llama.cpp's LlamaHfVocab): lorakit does not yet write GPT-2/Llama-3 style BPE vocabularies, whose llama.cpp pre-tokenizer is identified by a hash of the tokenizer's output",
+        ));
+    }
+    let bad = |msg: String| InputError::invalid(tj_path, msg);
+    let added = added_tokens(tj);
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("model.vocab is not an object".into()))?;
+    let mut by_id: BTreeMap<u64, String> = BTreeMap::new();
+    for (t, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| bad(format!("token {t:?} has no integer id")))?;
+        by_id.insert(id, t.clone());
+    }
+    let base = vocab.len() as u64;
+    let mut full = by_id.clone();
+    for (id, t) in &added {
+        full.insert(*id, t.clone());
+    }
+    let lookup = |content: &str| full.iter().find(|(_, t)| *t == content).map(|(&i, _)| i);
+    let mut special_ids = Vec::new();
+    if let Some(c) = tc {
+        let named = TYPES
+            .iter()
+            .filter_map(|typ| token_content(c.get(format!("{typ}_token").as_str())));
+        let extra = c["additional_special_tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| token_content(Some(v)));
+        for t in named.chain(extra) {
+            if let Some(id) = lookup(t) {
+                special_ids.push(id);
+            }
+        }
+    }
+    let mut tokens = Vec::new();
+    let mut types = Vec::new();
+    for id in 0..base {
+        let t = by_id
+            .get(&id)
+            .ok_or_else(|| bad(format!("no token has id {id} of the {base} in model.vocab")))?;
+        let byte = t.len() == 6
+            && t.starts_with("<0x")
+            && t.ends_with('>')
+            && t[3..5].bytes().all(|b| b.is_ascii_hexdigit());
+        types.push(if byte {
+            BYTE
+        } else if special_ids.contains(&id) {
+            CONTROL
+        } else {
+            NORMAL
+        });
+        tokens.push(t.clone());
+    }
+    let mut beyond: Vec<&(u64, String)> = added.iter().filter(|(id, _)| *id >= base).collect();
+    beyond.sort();
+    for (i, (id, t)) in beyond.iter().enumerate() {
+        if *id != base + i as u64 {
+            return Err(bad(format!(
+                "added token {t:?} has id {id}; llama.cpp numbers added tokens after the {base} base tokens without gaps"
+            )));
+        }
+        tokens.push(t.clone());
+        types.push(if special_ids.contains(id) {
+            CONTROL
+        } else {
+            USER_DEFINED
+        });
+    }
+    let scores = vec![-1000.0; tokens.len()];
+    Ok((tokens, scores, types))
 }
 
 /// `SpecialVocab._parse_normalizer`.

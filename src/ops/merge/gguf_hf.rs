@@ -19,8 +19,8 @@
 //! [`crate::io::gguf::vocab`], then lorakit's provenance (`lorakit.*`, not in the converter's
 //! output).
 //!
-//! Refused at planning: architectures other than Llama/Mistral, tokenizers other than the
-//! Llama BPE kind, quantized safetensors bases, tensors outside the name map, `--part` and
+//! Refused at planning: architectures other than Llama/Mistral, tokenizers other than
+//! SentencePiece `tokenizer.model` and the Llama BPE tokenizer.json, quantized safetensors bases, tensors outside the name map, `--part` and
 //! `--max-shard-size` (one file is written). Must not write anything but the one output file.
 
 use super::MergePlan;

@@ -7,9 +7,14 @@ use super::*;
 /// The fixture Llama with the fixture tokenizer, in a folder named `tiny-llama` as the
 /// generator's (the converter derives `general.name` from the folder name).
 fn hf_folder(dir: &Path) -> std::path::PathBuf {
+    hf_folder_with(dir, "gguf/hf_tokenizer")
+}
+
+/// The fixture Llama with the tokenizer files of fixture folder `tokenizer`.
+fn hf_folder_with(dir: &Path, tokenizer: &str) -> std::path::PathBuf {
     let d = dir.join("tiny-llama");
     std::fs::create_dir_all(&d).unwrap();
-    for src in ["llama/base", "gguf/hf_tokenizer"] {
+    for src in ["llama/base", tokenizer] {
         for e in std::fs::read_dir(fixture(src)).unwrap().flatten() {
             std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
         }
@@ -28,7 +33,9 @@ fn metadata(m: &GgufModel) -> Vec<(String, Vec<u8>)> {
 }
 
 /// lorakit's GGUF model of the fixture Llama merged with qv_r8, against the converter's GGUF
-/// of PEFT's merge_and_unload of the same adapter, for --outtype f16 and q8_0:
+/// of PEFT's merge_and_unload of the same adapter, for --outtype f16 and q8_0 with the Llama
+/// BPE tokenizer (tokenizer.json, `LlamaHfVocab`), and q8_0 with the SentencePiece one
+/// (tokenizer.model padded to 128 tokens, added_tokens.json, added_tokens_decoder):
 /// - metadata: every key of the converter's file, in its order, with identical bytes (type and
 ///   value: hyperparameters, general.name/size_label, the whole tokenizer); lorakit adds only
 ///   its `lorakit.*` provenance keys after them.
@@ -40,10 +47,14 @@ fn metadata(m: &GgufModel) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
     let dir = tempfile::tempdir().unwrap();
-    let base = hf_folder(dir.path());
     let adapter = fixture("llama/adapters/qv_r8");
-    for (t, ty) in [("f16", GgmlType::F16), ("q8_0", GgmlType::Q8_0)] {
-        let out = dir.path().join(format!("m.{t}.gguf"));
+    for (t, ty, tok, reference) in [
+        ("f16", GgmlType::F16, "hf_tokenizer", "hf_qv_r8.f16.gguf"),
+        ("q8_0", GgmlType::Q8_0, "hf_tokenizer", "hf_qv_r8.q8_0.gguf"),
+        ("q8_0", GgmlType::Q8_0, "hf_spm", "hf_spm_qv_r8.q8_0.gguf"),
+    ] {
+        let base = hf_folder_with(&dir.path().join(tok), &format!("gguf/{tok}"));
+        let out = dir.path().join(format!("{tok}.{t}.gguf"));
         let v = merge_json(
             base.to_str().unwrap(),
             adapter.to_str().unwrap(),
@@ -52,7 +63,7 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
         );
         assert_eq!(v["tensors_merged_count"], 4, "{t}");
         let ours = GgufModel::open(&out).unwrap();
-        let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/hf_qv_r8.{t}.gguf"))).unwrap();
+        let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
         let (mo, mt) = (metadata(&ours), metadata(&theirs));
         assert_eq!(mo.len(), mt.len() + 3, "{t}");
         for ((ko, vo), (kt, vt)) in mo.iter().zip(&mt) {
@@ -107,8 +118,7 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
 }
 
 /// What lorakit cannot yet write as llama.cpp would is refused in one line, writing nothing:
-/// Qwen2 (GPT-2 BPE vocabulary), a SentencePiece tokenizer.model, a folder without
-/// tokenizer.json, `--outtype keep`, and a K-quant on rows of 64 values (not whole blocks).
+/// Qwen2 (GPT-2 BPE vocabulary), a malformed tokenizer.model, a folder without a tokenizer, `--outtype keep`, and a K-quant on rows of 64 values (not whole blocks).
 #[test]
 fn hf_to_gguf_refusals_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,7 +153,7 @@ fn hf_to_gguf_refusals_write_nothing() {
                 "--adapter",
                 qv.to_str().unwrap(),
             ],
-            "tokenizer.model: a SentencePiece tokenizer.model",
+            "tokenizer.model: not a SentencePiece model (malformed protobuf)",
         ),
         (
             vec![
@@ -152,7 +162,7 @@ fn hf_to_gguf_refusals_write_nothing() {
                 "--adapter",
                 qv.to_str().unwrap(),
             ],
-            "no tokenizer.json",
+            "no tokenizer.json or tokenizer.model",
         ),
         (
             vec![
