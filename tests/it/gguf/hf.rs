@@ -7,14 +7,14 @@ use super::*;
 /// The fixture Llama with the fixture tokenizer, in a folder named `tiny-llama` as the
 /// generator's (the converter derives `general.name` from the folder name).
 fn hf_folder(dir: &Path) -> std::path::PathBuf {
-    hf_folder_with(dir, "gguf/hf_tokenizer")
+    hf_folder_with(dir, "tiny-llama", "llama/base", "gguf/hf_tokenizer")
 }
 
-/// The fixture Llama with the tokenizer files of fixture folder `tokenizer`.
-fn hf_folder_with(dir: &Path, tokenizer: &str) -> std::path::PathBuf {
-    let d = dir.join("tiny-llama");
+/// Fixture model `model` with the tokenizer files of fixture folder `tokenizer`, in `dir/name`.
+fn hf_folder_with(dir: &Path, name: &str, model: &str, tokenizer: &str) -> std::path::PathBuf {
+    let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
-    for src in ["llama/base", tokenizer] {
+    for src in [model, tokenizer] {
         for e in std::fs::read_dir(fixture(src)).unwrap().flatten() {
             std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
         }
@@ -35,7 +35,9 @@ fn metadata(m: &GgufModel) -> Vec<(String, Vec<u8>)> {
 /// lorakit's GGUF model of the fixture Llama merged with qv_r8, against the converter's GGUF
 /// of PEFT's merge_and_unload of the same adapter, for --outtype f16 and q8_0 with the Llama
 /// BPE tokenizer (tokenizer.json, `LlamaHfVocab`), and q8_0 with the SentencePiece one
-/// (tokenizer.model padded to 128 tokens, added_tokens.json, added_tokens_decoder):
+/// (tokenizer.model padded to 128 tokens, added_tokens.json, added_tokens_decoder), and f16
+/// for the fixture Mistral (an f16 base, linear rope scaling, q and k adapted: k permuted with
+/// the kv heads) with a PEFT adapter made by the same generator:
 /// - metadata: every key of the converter's file, in its order, with identical bytes (type and
 ///   value: hyperparameters, general.name/size_label, the whole tokenizer); lorakit adds only
 ///   its `lorakit.*` provenance keys after them.
@@ -47,14 +49,27 @@ fn metadata(m: &GgufModel) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
     let dir = tempfile::tempdir().unwrap();
-    let adapter = fixture("llama/adapters/qv_r8");
-    for (t, ty, tok, reference) in [
-        ("f16", GgmlType::F16, "hf_tokenizer", "hf_qv_r8.f16.gguf"),
-        ("q8_0", GgmlType::Q8_0, "hf_tokenizer", "hf_qv_r8.q8_0.gguf"),
-        ("q8_0", GgmlType::Q8_0, "hf_spm", "hf_spm_qv_r8.q8_0.gguf"),
-    ] {
-        let base = hf_folder_with(&dir.path().join(tok), &format!("gguf/{tok}"));
-        let out = dir.path().join(format!("{tok}.{t}.gguf"));
+    let cases = [
+        ("f16", "hf_tokenizer", "llama", "hf_qv_r8.f16.gguf"),
+        ("q8_0", "hf_tokenizer", "llama", "hf_qv_r8.q8_0.gguf"),
+        ("q8_0", "hf_spm", "llama", "hf_spm_qv_r8.q8_0.gguf"),
+        ("f16", "hf_spm", "mistral", "hf_mistral.f16.gguf"),
+    ];
+    for (t, tok, model, reference) in cases {
+        let ty = GgmlType::from_name(t).unwrap();
+        let (name, base_dir, adapter) = match model {
+            "llama" => ("tiny-llama", "llama/base", "llama/adapters/qv_r8"),
+            _ => ("tiny-mistral", "llama/mistral", "gguf/hf_mistral/adapter"),
+        };
+        let adapter = fixture(adapter);
+        let tok_dir = format!("gguf/{tok}");
+        let base = hf_folder_with(
+            &dir.path().join(format!("in-{reference}")),
+            name,
+            base_dir,
+            &tok_dir,
+        );
+        let out = dir.path().join(reference);
         let v = merge_json(
             base.to_str().unwrap(),
             adapter.to_str().unwrap(),
@@ -78,17 +93,20 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
         let to: Vec<_> = ours.tensors().collect();
         let tt: Vec<_> = theirs.tensors().collect();
         assert_eq!(to.len(), tt.len());
-        let merged = ["attn_q", "attn_v"];
+        let merged: Vec<&str> = v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["merged"] == true)
+            .map(|x| x["name"].as_str().unwrap())
+            .collect();
         let mut exact = 0;
         for ((fo, a), (ft, b)) in to.iter().zip(&tt) {
             assert_eq!((&a.name, &a.dims, a.ty), (&b.name, &b.dims, b.ty), "{t}");
             let want_ty = if a.dims.len() == 1 { GgmlType::F32 } else { ty };
             assert_eq!(a.ty, want_ty, "{t} {}", a.name);
             let (x, y) = (fo.view(a).data, ft.view(b).data);
-            if !merged
-                .iter()
-                .any(|m| a.name.ends_with(&format!("{m}.weight")))
-            {
+            if !merged.contains(&a.name.as_str()) {
                 assert!(
                     x == y,
                     "{t} {}: untouched tensor not byte-identical",
@@ -113,7 +131,7 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
                 }
             }
         }
-        assert_eq!(exact, 21 - 4, "{t}");
+        assert_eq!(exact, to.len() - 4, "{t}");
     }
 }
 
