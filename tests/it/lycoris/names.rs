@@ -257,3 +257,59 @@ fn inspect_names_the_family_and_prefixes_of_each_producers_names() {
         assert_eq!(c["naming"], serde_json::json!([naming]), "{file}");
     }
 }
+
+/// DyLoRA as lycoris-lora writes it (`fixtures/lycoris_dylora/`, `fixtures/gen/lycoris_dylora_fixture.py`):
+/// plain LoRA on disk, with a 2-D `lora_up` even for the convs. It merges as ComfyUI's LoRA
+/// adapter computes it (alpha / rank, the reference made in f64 by the generator), byte for
+/// byte elsewhere; inspect calls it LoRA with the rank of its blocks.
+#[test]
+fn dylora_files_merge_as_the_plain_lora_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("lycoris_dylora/dylora.safetensors");
+    let out = dir.path().join("merged.safetensors");
+    merge_ok(
+        &fixture("lycoris/base.safetensors"),
+        &adapter,
+        &out,
+        &["--quiet"],
+    );
+    let (got, want, base) = (
+        read(&out),
+        read(&fixture("lycoris_dylora/dylora.merged.safetensors")),
+        read(&fixture("lycoris/base.safetensors")),
+    );
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    let mut changed = 0;
+    for (name, t) in &got {
+        if want[name].data == base[name].data {
+            assert!(
+                t.data == base[name].data,
+                "{name}: untouched tensor changed"
+            );
+            continue;
+        }
+        let e = rel_err(&t.f32(), &want[name].f32());
+        assert!(e <= TOL, "{name}: relative error {e:e}");
+        changed += 1;
+    }
+    assert_eq!(changed, 4);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("lycoris_dylora/MANIFEST.json")).unwrap())
+            .unwrap();
+    let report = inspect(&adapter);
+    for (module, facts) in manifest["modules"].as_object().unwrap() {
+        let name = format!("lycoris_{}", module.replace('.', "_"));
+        let row = report["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name.as_str())
+            .unwrap();
+        assert_eq!(row["algo"], "lora", "{name}");
+        assert_eq!(row["rank"], facts["rank"], "{name}");
+        assert_eq!(row["alpha"].as_f64(), facts["alpha"].as_f64(), "{name}");
+    }
+}
