@@ -313,3 +313,36 @@ fn dylora_files_merge_as_the_plain_lora_they_are() {
         assert_eq!(row["alpha"].as_f64(), facts["alpha"].as_f64(), "{name}");
     }
 }
+
+/// The `.lora_linear_layer.up/down` spelling, as diffusers' own `convert_state_dict_to_diffusers`
+/// writes a text-encoder LoRA (`fixtures/conventions_te/`, `fixtures/gen/lora_linear_layer_fixture.py`:
+/// the CLIP attention projections renamed, the MLP left in PEFT names): it merges into the
+/// text encoder as PEFT's merge of the same factors (`kohya/merged/te_peft.safetensors`), and
+/// inspect names both spellings, the `text_encoder` component and the CLIP family.
+#[test]
+fn lora_linear_layer_files_merge_like_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("conventions_te/te_lora_linear_layer.safetensors");
+    let out = dir.path().join("merged");
+    merge_ok(&fixture("kohya/te_base"), &adapter, &out, &["--quiet"]);
+    let got = read_checkpoint(&out);
+    let want = read(&fixture("kohya/merged/te_peft.safetensors"));
+    let base = read_checkpoint(&fixture("kohya/te_base"));
+    for (name, t) in &got {
+        match want.get(name) {
+            Some(w) => {
+                let e = rel_err(&t.f32(), &w.f32());
+                assert!(e <= TOL, "{name}: relative error {e:e}");
+            }
+            None => assert!(t.data == base[name].data, "{name} changed"),
+        }
+    }
+    assert!(want.keys().all(|k| got.contains_key(k)));
+    let c = inspect(&adapter)["convention"].clone();
+    assert_eq!(
+        c["naming"],
+        serde_json::json!(["lora-linear-layer", "peft"])
+    );
+    assert_eq!(c["prefixes"], serde_json::json!(["text_encoder"]));
+    assert_eq!(c["family"], "CLIP text encoder");
+}
