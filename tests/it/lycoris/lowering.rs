@@ -187,3 +187,103 @@ fn combine_takes_lycoris_inputs_exactly() {
         assert!(e <= TOL, "{name}: relative error {e:e}");
     }
 }
+
+/// LyCORIS → LoRA by `--energy E`, convs included (a 3×3 LoHa/LoKr conv lowers to a flat
+/// `lora_down` [r, in·kh·kw]): each module gets the smallest rank whose leading singular values
+/// of the true ΔW (f64 Jacobi SVD of the ΔW rebuilt above, LoHa's up to rank r², LoKr's up to the
+/// product of its halves' ranks) hold a fraction ≥ E of ‖ΔW‖², and its error is the
+/// Eckart–Young optimum at that rank.
+#[test]
+fn lycoris_lowers_to_lora_by_energy() {
+    use super::super::reference::{jacobi_svd, norm64};
+    let dir = tempfile::tempdir().unwrap();
+    let energy = 0.95;
+    let mut modules_checked = 0;
+    for case in ["loha", "lokr", "lokr_full"] {
+        let out = dir.path().join(format!("{case}.e.safetensors"));
+        let rep: serde_json::Value = serde_json::from_str(&run_ok([
+            "resize",
+            fixture(&format!("lycoris/{case}.safetensors"))
+                .to_str()
+                .unwrap(),
+            "--energy",
+            &energy.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]))
+        .unwrap();
+        let t = read(&out);
+        for module in [
+            "down_blocks.0.to_q",
+            "down_blocks.0.ff_out",
+            "down_blocks.0.proj_out",
+            "down_blocks.0.conv_in",
+        ] {
+            let key = format!("lycoris_{}", module.replace('.', "_"));
+            let (want, d, k) = lycoris_delta64(case, module);
+            let (_, s, _) = jacobi_svd(&want, d, k);
+            let total: f64 = s.iter().map(|x| x * x).sum();
+            let mut kept = 0.0;
+            let r = s
+                .iter()
+                .position(|x| {
+                    kept += x * x;
+                    kept >= energy * total
+                })
+                .unwrap()
+                + 1;
+            // The rule is decided by rounding only when a cumulative energy sits at E.
+            let cum = |n: usize| s[..n].iter().map(|x| x * x).sum::<f64>() / total;
+            assert!(
+                (cum(r) - energy).abs() > 1e-5 && (cum(r - 1) - energy).abs() > 1e-5,
+                "{case} {module}: energy {energy} too close to a cumulative energy"
+            );
+            let up = t[&format!("{key}.lora_up.weight")].f32();
+            let down = &t[&format!("{key}.lora_down.weight")];
+            assert_eq!(down.shape[0], r, "{case} {module}: rank");
+            assert_eq!(
+                down.shape[1..].iter().product::<usize>(),
+                k,
+                "{case} {module}: flat down"
+            );
+            let down = down.f32();
+            let alpha = t[&format!("{key}.alpha")].f32()[0] as f64;
+            let got: Vec<f64> = (0..d * k)
+                .map(|p| {
+                    (0..r)
+                        .map(|q| up[(p / k) * r + q] as f64 * down[q * k + p % k] as f64)
+                        .sum::<f64>()
+                        * alpha
+                        / r as f64
+                })
+                .collect();
+            let err = norm64(
+                &got.iter()
+                    .zip(&want)
+                    .map(|(a, b)| a - b)
+                    .collect::<Vec<f64>>(),
+            );
+            let optimal = s[r..].iter().map(|x| x * x).sum::<f64>().sqrt();
+            assert!(
+                err <= 1.001 * optimal + 1e-6 * norm64(&want),
+                "{case} {module} rank {r}: error {err:e}, optimum {optimal:e}"
+            );
+            let row = rep["modules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == key.as_str())
+                .unwrap();
+            assert_eq!(row["rank_after"], r, "{case} {module}: reported rank");
+            let e = row["energy_kept"].as_f64().unwrap();
+            assert!(
+                (e - cum(r)).abs() <= 1e-5,
+                "{case} {module}: energy kept {e}, {}",
+                cum(r)
+            );
+            modules_checked += 1;
+        }
+    }
+    assert_eq!(modules_checked, 12);
+}
