@@ -329,3 +329,61 @@ fn merge_keep_into_compressed_tensors_fp8_has_the_producers_fresh_scales() {
         "quantization_config kept"
     );
 }
+
+/// A quantization method lorakit does not read (`quant_method: hqq`, its packed weight stored
+/// as U8 under the weight's name) is refused, never read as something else: `dequantize`, a
+/// float merge and a merge that keeps the base quantized each stop with one line naming the
+/// checkpoint and the method, and write nothing.
+#[test]
+fn unknown_quantization_methods_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("hqq");
+    copy_dir(&fixture("llama/base"), &model);
+    let cfg_path = model.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["quantization_config"] = serde_json::json!({"quant_method": "hqq", "nbits": 4});
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let st = model.join("model.safetensors");
+    let mut t = read(&st);
+    let w = "model.layers.0.self_attn.q_proj.weight";
+    let n = t[w].shape.iter().product::<usize>() / 2;
+    t.insert(
+        w.into(),
+        T {
+            dtype: safetensors::Dtype::U8,
+            shape: vec![n],
+            data: (0..n).map(|i| i as u8).collect(),
+        },
+    );
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = t
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, &st).unwrap();
+    let out = dir.path().join("out");
+    let adapter = fixture("llama/adapters/qv_r8");
+    for args in [
+        vec![
+            "dequantize".to_string(),
+            model.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ],
+        merge_args(&model, &adapter, &out, &["--quant", "dequantize"]),
+        merge_args(&model, &adapter, &out, &[]),
+    ] {
+        let e = one_line_error(&run_err(&args));
+        assert!(e.contains("hqq"), "{args:?}: method not named: {e}");
+        assert!(
+            e.contains(&model.display().to_string()),
+            "{args:?}: checkpoint not named: {e}"
+        );
+        assert!(!out.exists(), "{args:?}: wrote output");
+    }
+}
