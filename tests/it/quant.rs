@@ -269,7 +269,7 @@ fn merge_into_nf4_base_writes_float_and_matches_peft() {
 /// Scales (absmax, weight_scale_inv) are maxima of the merged weight, which lorakit and PEFT
 /// compute in f32 with different summation orders of s·B·A: they may differ in the last bits
 /// while every quantized code is the same. Checked: codes byte-identical, scales within 2 ulp.
-fn assert_requantized_like(got: &BTreeMap<String, T>, reference: &Path) -> usize {
+pub(super) fn assert_requantized_like(got: &BTreeMap<String, T>, reference: &Path) -> usize {
     let mut codes = 0;
     for (name, want) in read(reference) {
         let have = &got[&name];

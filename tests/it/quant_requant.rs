@@ -387,3 +387,45 @@ fn unknown_quantization_methods_are_refused_by_name() {
         assert!(!out.exists(), "{args:?}: wrote output");
     }
 }
+
+/// `merge --quant keep` (the default) into the bitsandbytes FP4 checkpoint: the merged weights
+/// are what PEFT's own merge_and_unload into the FP4 model writes (dequantize_4bit, add the
+/// delta, Params4bit quantizes again; `qlora/peft_merged_fp4.safetensors`,
+/// `fixtures/gen/fp4_keep_fixture.py`): FP4 codes byte for byte, absmax within 2 ulp (see
+/// `assert_requantized_like`); every other tensor and config.json copied.
+#[test]
+fn merge_into_fp4_keeps_it_fp4_like_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let text = merge_ok(&quant("fp4"), &fixture("llama/adapters/qv_r8"), &out, &[]);
+    assert!(text.contains("4 merged weights quantized again"), "{text}");
+    let got = read_checkpoint(&out);
+    // 4 packed weights, their quant_map and quant_state blobs; 4 absmax within 2 ulp.
+    assert_eq!(
+        super::quant::assert_requantized_like(&got, &quant("qlora/peft_merged_fp4.safetensors")),
+        12
+    );
+    let input = read_checkpoint(&quant("fp4"));
+    assert_eq!(got.len(), input.len());
+    let mut changed = 0;
+    for (n, t) in &input {
+        let merged = [
+            "layers.0.self_attn.q",
+            "layers.0.self_attn.v",
+            "layers.1.self_attn.q",
+            "layers.1.self_attn.v",
+        ]
+        .iter()
+        .any(|m| n.starts_with(&format!("model.{m}_proj.weight")));
+        if merged && (n.ends_with("_proj.weight") || n.ends_with(".absmax")) {
+            changed += usize::from(&got[n] != t);
+        } else {
+            assert_eq!(&got[n], t, "{n} changed");
+        }
+    }
+    assert_eq!(changed, 8, "the merged weights and their absmax");
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        std::fs::read(quant("fp4/config.json")).unwrap()
+    );
+}
