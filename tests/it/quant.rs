@@ -427,6 +427,12 @@ fn edited(dir: &Path, model: &str, edit: impl FnOnce(&mut BTreeMap<String, T>)) 
     .unwrap();
     let mut tensors = read(&quant(&format!("{model}/model.safetensors")));
     edit(&mut tensors);
+    write_tensors(&d.join("model.safetensors"), &tensors);
+    d
+}
+
+/// Writes `tensors` with the independent `safetensors` crate.
+pub(super) fn write_tensors(path: &Path, tensors: &BTreeMap<String, T>) {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -436,8 +442,7 @@ fn edited(dir: &Path, model: &str, edit: impl FnOnce(&mut BTreeMap<String, T>)) 
             )
         })
         .collect();
-    safetensors::tensor::serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
-    d
+    safetensors::tensor::serialize_to_file(views, None, path).unwrap();
 }
 
 #[test]

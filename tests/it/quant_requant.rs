@@ -356,16 +356,7 @@ fn unknown_quantization_methods_are_refused_by_name() {
             data: (0..n).map(|i| i as u8).collect(),
         },
     );
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = t
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::tensor::serialize_to_file(views, None, &st).unwrap();
+    super::quant::write_tensors(&st, &t);
     let out = dir.path().join("out");
     let adapter = fixture("llama/adapters/qv_r8");
     for args in [
