@@ -1,8 +1,8 @@
 //! What lorakit makes of a diffusion adapter's names: the per-module scale of every LyCORIS
 //! algorithm against the scale lycoris-lora itself computed (`fixtures/lycoris/MANIFEST.json`),
 //! the model family and component prefixes of files named as each producer names them, and the
-//! spellings that had no fixture before: DyLoRA as lycoris-lora writes it and diffusers'
-//! `.lora_linear_layer.up/down`.
+//! spellings that had no fixture before: DyLoRA as lycoris-lora writes it, diffusers'
+//! `.lora_linear_layer.up/down` and OneTrainer's kohya-style "mixture" format.
 
 use super::*;
 
@@ -314,35 +314,44 @@ fn dylora_files_merge_as_the_plain_lora_they_are() {
     }
 }
 
-/// The `.lora_linear_layer.up/down` spelling, as diffusers' own `convert_state_dict_to_diffusers`
-/// writes a text-encoder LoRA (`fixtures/conventions_te/`, `fixtures/gen/lora_linear_layer_fixture.py`:
-/// the CLIP attention projections renamed, the MLP left in PEFT names): it merges into the
-/// text encoder as PEFT's merge of the same factors (`kohya/merged/te_peft.safetensors`), and
-/// inspect names both spellings, the `text_encoder` component and the CLIP family.
+/// Two text-encoder spellings made from one PEFT adapter (`kohya/adapters/te_peft`, alpha = r):
+/// `.lora_linear_layer.up/down`, as diffusers' own `convert_state_dict_to_diffusers` writes it
+/// (`fixtures/gen/lora_linear_layer_fixture.py`: the CLIP attention projections renamed, the
+/// MLP left in PEFT names), and OneTrainer's "mixture" format (`lora_te1_…` kohya-style, built
+/// to OneTrainer's `convert_to_mixture`/`kohya_flatten` by `fixtures/gen/onetrainer_fixture.py`).
+/// Each merges into the text encoder as PEFT's merge of the same factors
+/// (`kohya/merged/te_peft.safetensors`), and inspect names its spellings, component prefix and
+/// the CLIP family.
 #[test]
-fn lora_linear_layer_files_merge_like_peft() {
+fn text_encoder_spellings_merge_like_peft() {
     let dir = tempfile::tempdir().unwrap();
-    let adapter = fixture("conventions_te/te_lora_linear_layer.safetensors");
-    let out = dir.path().join("merged");
-    merge_ok(&fixture("kohya/te_base"), &adapter, &out, &["--quiet"]);
-    let got = read_checkpoint(&out);
     let want = read(&fixture("kohya/merged/te_peft.safetensors"));
     let base = read_checkpoint(&fixture("kohya/te_base"));
-    for (name, t) in &got {
-        match want.get(name) {
-            Some(w) => {
-                let e = rel_err(&t.f32(), &w.f32());
-                assert!(e <= TOL, "{name}: relative error {e:e}");
+    for (file, naming, prefix) in [
+        (
+            "te_lora_linear_layer",
+            &["lora-linear-layer", "peft"][..],
+            "text_encoder",
+        ),
+        ("te_onetrainer", &["kohya"][..], "lora_te1"),
+    ] {
+        let adapter = fixture(&format!("conventions_te/{file}.safetensors"));
+        let out = dir.path().join(file);
+        merge_ok(&fixture("kohya/te_base"), &adapter, &out, &["--quiet"]);
+        let got = read_checkpoint(&out);
+        for (name, t) in &got {
+            match want.get(name) {
+                Some(w) => {
+                    let e = rel_err(&t.f32(), &w.f32());
+                    assert!(e <= TOL, "{file} {name}: relative error {e:e}");
+                }
+                None => assert!(t.data == base[name].data, "{file} {name} changed"),
             }
-            None => assert!(t.data == base[name].data, "{name} changed"),
         }
+        assert!(want.keys().all(|k| got.contains_key(k)), "{file}");
+        let c = inspect(&adapter)["convention"].clone();
+        assert_eq!(c["naming"], serde_json::json!(naming), "{file}");
+        assert_eq!(c["prefixes"], serde_json::json!([prefix]), "{file}");
+        assert_eq!(c["family"], "CLIP text encoder", "{file}");
     }
-    assert!(want.keys().all(|k| got.contains_key(k)));
-    let c = inspect(&adapter)["convention"].clone();
-    assert_eq!(
-        c["naming"],
-        serde_json::json!(["lora-linear-layer", "peft"])
-    );
-    assert_eq!(c["prefixes"], serde_json::json!(["text_encoder"]));
-    assert_eq!(c["family"], "CLIP text encoder");
 }
