@@ -7,13 +7,16 @@ use super::common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const MODELS: [&str; 7] = [
+/// `fp8_e5m2` is built to transformers' FP8 rule with E5M2 values (no producer writes them) and
+/// dequantized by transformers' own `Fp8Dequantize` (`fixtures/gen/fp8_e5m2_fixture.py`).
+const MODELS: [&str; 8] = [
     "nf4",
     "nf4_dq",
     "fp4",
     "nf4_bf16",
     "int8",
     "fp8_block",
+    "fp8_e5m2",
     "ct_pack",
 ];
 
