@@ -18,14 +18,7 @@ use anyhow::Result;
 pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
     let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = Checkpoint::open(&a.base)?;
-    let mut adapters = Vec::new();
-    let mut target = None;
-    for (i, p) in a.adapters.iter().enumerate() {
-        adapters.push(WeightedAdapter {
-            adapter: open_adapter(p, &a.base, &mut target)?,
-            weight: weights[i],
-        });
-    }
+    let adapters = weighted_adapters(a, &weights)?;
     let options = MergeOptions {
         dtype: a.dtype,
         max_shard_size: a.max_shard_size,
@@ -51,6 +44,21 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
         },
     };
     MergePlan::new(base, adapters, a.out.clone(), options)
+}
+
+/// The adapters of the command line, opened in order, each with its weight.
+fn weighted_adapters(a: &MergeArgs, weights: &[f64]) -> Result<Vec<WeightedAdapter>> {
+    let mut target = None;
+    a.adapters
+        .iter()
+        .zip(weights)
+        .map(|(p, &weight)| {
+            Ok(WeightedAdapter {
+                adapter: open_adapter(p, &a.base, &mut target)?,
+                weight,
+            })
+        })
+        .collect()
 }
 
 pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
@@ -263,14 +271,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = crate::io::gguf::GgufModel::open(&a.base)?;
-    let mut adapters = Vec::new();
-    let mut target = None;
-    for (i, p) in a.adapters.iter().enumerate() {
-        adapters.push(WeightedAdapter {
-            adapter: open_adapter(p, &a.base, &mut target)?,
-            weight: weights[i],
-        });
-    }
+    let adapters = weighted_adapters(&a, &weights)?;
     let options = GgufMergeOptions {
         outtype: a.outtype.unwrap_or_default(),
         max_shard_size: a.max_shard_size,
