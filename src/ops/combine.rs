@@ -541,18 +541,10 @@ pub fn combine(
         c
     });
     let adapter = Adapter {
-        format: first.format,
-        path: first.path.clone(),
-        source: None,
-        modules,
         full_tensors,
         base_model: first.base_model.clone(),
-        use_rslora: false,
-        use_dora: false,
-        modules_to_save: Vec::new(),
         config,
-        metadata: Vec::new(),
-        namings: Vec::new(),
+        ..Adapter::of_modules(first.format, first.path.clone(), modules)
     };
     Ok((adapter, reports))
 }
