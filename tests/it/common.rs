@@ -14,6 +14,11 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// A path as an argument of the binary (test paths are UTF-8: the fixtures folder and temp dirs).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
 /// Runs lorakit with `args`, asserting success; returns stdout.
 pub fn run_ok<I, S>(args: I) -> String
 where
@@ -329,15 +334,69 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 
 /// Arguments of `lorakit merge --base BASE --adapter ADAPTER --out OUT` followed by `extra`.
 pub fn merge_args(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["merge", "--base"].map(String::from).into();
-    for (flag, p) in [("", base), ("--adapter", adapter), ("--out", out)] {
-        if !flag.is_empty() {
-            v.push(flag.into());
-        }
-        v.push(p.display().to_string());
-    }
+    let mut v: Vec<String> = [
+        "merge",
+        "--base",
+        s(base),
+        "--adapter",
+        s(adapter),
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .into();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
+}
+
+/// Arguments of `lorakit extract --base BASE --tuned TUNED --out OUT` followed by `extra`.
+pub fn extract_args(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "extract",
+        "--base",
+        s(base),
+        "--tuned",
+        s(tuned),
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Arguments of `lorakit resize ADAPTER --out OUT` followed by `extra` (the rank rule).
+pub fn resize_args(adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["resize", s(adapter), "--out", s(out)]
+        .map(String::from)
+        .into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Arguments of `lorakit convert ADAPTER --to TO --out OUT` followed by `extra`.
+pub fn convert_args(adapter: &Path, to: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["convert", s(adapter), "--to", to, "--out", s(out)]
+        .map(String::from)
+        .into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `--adapter FIXTURE --weight W` for each `(fixture, weight)`, in order (merge and eval).
+pub fn weighted_adapter_args(adapters: &[(&str, f64)]) -> Vec<String> {
+    adapters
+        .iter()
+        .flat_map(|(a, w)| {
+            [
+                "--adapter".into(),
+                fixture(a).display().to_string(),
+                "--weight".into(),
+                w.to_string(),
+            ]
+        })
+        .collect()
 }
 
 /// Arguments of `lorakit combine`: `--adapter PATH` for each of `adapters`, followed by

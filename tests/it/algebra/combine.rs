@@ -32,17 +32,21 @@ fn weighted_sum(parts: &[(&str, f64)]) -> BTreeMap<String, Vec<f64>> {
     out
 }
 
+/// `combine` of PEFT's weighted-adapter fixtures as fixtures/gen weighs them (weighted_a × 0.7,
+/// weighted_b × −0.4) into `out`, then `extra`.
+fn weighted_ab_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let (a, b) = (
+        fixture("llama/adapters/weighted_a"),
+        fixture("llama/adapters/weighted_b"),
+    );
+    combine_args(&[(&a, Some("0.7")), (&b, Some("-0.4"))], out, extra)
+}
+
 #[test]
 fn combine_cat_reproduces_peft_weighted_cat() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cat");
-    let a = fixture("llama/adapters/weighted_a");
-    let b = fixture("llama/adapters/weighted_b");
-    let rep = run_json(&combine_args(
-        &[(&a, Some("0.7")), (&b, Some("-0.4"))],
-        &out,
-        &["--method", "cat"],
-    ));
+    let rep = run_json(&weighted_ab_args(&out, &["--method", "cat"]));
     // PEFT's layout: every module rank 10 = 4 + 6, packed then zero-padded; r = alpha = 10.
     assert_factors_close(&out, &fixture("llama/adapters/weighted_cat"), 1e-6);
     let cfg: serde_json::Value =
@@ -64,11 +68,7 @@ fn combine_cat_reproduces_peft_weighted_cat() {
     }
     // --no-pad: each module keeps the ranks of its own inputs, same ΔW.
     let out2 = dir.path().join("cat_nopad");
-    run_ok(combine_args(
-        &[(&a, Some("0.7")), (&b, Some("-0.4"))],
-        &out2,
-        &["--method", "cat", "--no-pad"],
-    ));
+    run_ok(weighted_ab_args(&out2, &["--method", "cat", "--no-pad"]));
     let got = deltas(&out2);
     for (name, w) in &want {
         let r = if name.contains("q_proj") {
@@ -87,10 +87,7 @@ fn combine_cat_reproduces_peft_weighted_cat() {
 fn combine_svd_at_full_rank_is_exact_and_matches_peft_svd_mix() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("svd10");
-    let a = fixture("llama/adapters/weighted_a");
-    let b = fixture("llama/adapters/weighted_b");
-    let rep = run_json(&combine_args(
-        &[(&a, Some("0.7")), (&b, Some("-0.4"))],
+    let rep = run_json(&weighted_ab_args(
         &out,
         &["--method", "svd", "--rank", "10"],
     ));

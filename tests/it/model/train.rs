@@ -237,34 +237,23 @@ fn resume_continues_bit_exactly() {
         ]
         .map(String::from),
     );
-    let mut a = common.clone();
-    a.extend(
-        [
-            "--seed",
-            "7",
-            "--save-every",
-            "4",
-            "--out",
-            full.to_str().unwrap(),
-        ]
-        .map(String::from),
+    // `train` with `args` then `extra`; the adapter file a run wrote.
+    let train_with = |args: &[String], extra: &[&str]| {
+        let mut v: Vec<&str> = args.iter().map(String::as_str).collect();
+        v.extend(extra);
+        train(&v)
+    };
+    let adapter_bytes = |dir: &Path| std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let ra = train_with(
+        &common,
+        &["--seed", "7", "--save-every", "4", "--out", s(&full)],
     );
-    let ra = train(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let ckpt = full.join("checkpoint-4");
     assert_eq!(ra["checkpoints"][0], ckpt.display().to_string());
-    let mut b = common.clone();
-    b.extend(
-        [
-            "--seed",
-            "7",
-            "--resume",
-            ckpt.to_str().unwrap(),
-            "--out",
-            resumed.to_str().unwrap(),
-        ]
-        .map(String::from),
+    let rb = train_with(
+        &common,
+        &["--seed", "7", "--resume", s(&ckpt), "--out", s(&resumed)],
     );
-    let rb = train(&b.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(rb["start_step"], 4);
     for f in ["adapter_model.safetensors", "trainer_state.safetensors"] {
         let (x, y) = (
@@ -274,38 +263,24 @@ fn resume_continues_bit_exactly() {
         assert!(x == y, "{f} differs after resume");
     }
     assert_eq!(ra["history"], rb["history"]);
-    assert_ne!(
-        std::fs::read(ckpt.join("adapter_model.safetensors")).unwrap(),
-        std::fs::read(full.join("adapter_model.safetensors")).unwrap()
-    );
+    assert_ne!(adapter_bytes(&ckpt), adapter_bytes(&full));
     // Same seed, same everything: a rerun is byte-identical too.
     let again = dir.path().join("again");
-    let mut c = common.clone();
-    c.extend(["--seed", "7", "--out", again.to_str().unwrap()].map(String::from));
-    train(&c.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(
-        std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
-        std::fs::read(again.join("adapter_model.safetensors")).unwrap()
-    );
+    train_with(&common, &["--seed", "7", "--out", s(&again)]);
+    assert_eq!(adapter_bytes(&full), adapter_bytes(&again));
     // A different seed is not.
     let other = dir.path().join("other");
-    let mut d = common.clone();
-    d.extend(["--seed", "8", "--out", other.to_str().unwrap()].map(String::from));
-    train(&d.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_ne!(
-        std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
-        std::fs::read(other.join("adapter_model.safetensors")).unwrap()
-    );
+    train_with(&common, &["--seed", "8", "--out", s(&other)]);
+    assert_ne!(adapter_bytes(&full), adapter_bytes(&other));
     // N steps, then --resume to 2N, equals 2N steps (a constant rate: the schedule then does
     // not depend on the total).
     let mut flat = common.clone();
     let i = flat.iter().position(|a| a == "--steps").unwrap();
     flat[i + 1] = "4".into();
     let run = |args: &[String], extra: &[&str]| {
-        let mut v = args.to_vec();
-        v.extend(["--schedule", "constant", "--seed", "3"].map(String::from));
-        v.extend(extra.iter().map(|s| s.to_string()));
-        train(&v.iter().map(String::as_str).collect::<Vec<_>>())
+        let mut v = vec!["--schedule", "constant", "--seed", "3"];
+        v.extend(extra);
+        train_with(args, &v)
     };
     let (n, n2, straight) = (
         dir.path().join("n"),
@@ -408,17 +383,7 @@ fn trained_adapter_merges_to_the_unmerged_logits() {
         .map(String::from),
     );
     train(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    run_ok([
-        "merge",
-        "--base",
-        &fixture("llama/base").display().to_string(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--out",
-        merged.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    merge_ok(&fixture("llama/base"), &ad, &merged, &["--device", "cpu"]);
     let (u, _) = eval_logits("llama/base", &[(ad.to_str().unwrap(), 1.0)], &[]);
     let (m, _) = eval_logits(merged.to_str().unwrap(), &[], &[]);
     assert_close(&m, &u, 1e-5, "merged checkpoint vs unmerged adapter");
