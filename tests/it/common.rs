@@ -489,3 +489,30 @@ pub fn gpu_available() -> bool {
     eprintln!("GPU TEST SKIPPED: no wgpu adapter: {}", why.trim());
     false
 }
+
+/// The one Python policy of the PEFT tests: `LORAKIT_PYTHON`, else `python3`, if it imports
+/// torch, transformers and peft. Without one a test skips loudly (`PEFT TEST SKIPPED: …` on
+/// stderr) and passes, unless `LORAKIT_REQUIRE_PEFT=1`, where it fails.
+pub fn peft_python() -> Option<PathBuf> {
+    let py = std::env::var_os("LORAKIT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import torch, transformers, peft"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    let why = format!(
+        "{} cannot import torch, transformers and peft (set LORAKIT_PYTHON to a Python with \
+         fixtures/gen/requirements.txt)",
+        py.display()
+    );
+    if std::env::var("LORAKIT_REQUIRE_PEFT").as_deref() == Ok("1") {
+        panic!("LORAKIT_REQUIRE_PEFT=1 but {why}");
+    }
+    eprintln!("PEFT TEST SKIPPED: {why}");
+    None
+}
