@@ -79,13 +79,11 @@ fn allow_unmatched_warns_and_merges_the_rest() {
         let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
         let name = format!("{module}.weight");
         let (w0, w) = (base_t[&name].f32(), merged[&name].f32());
+        let product = crate::it::reference::scaled_product64(scale, &bv, &av, (d, r, k));
         let mut moved = 0f64;
         for i in 0..d {
             for j in 0..k {
-                let delta: f64 = (0..r)
-                    .map(|q| bv[i * r + q] as f64 * av[q * k + j] as f64)
-                    .sum::<f64>()
-                    * scale;
+                let delta = product[i * k + j];
                 let want = w0[i * k + j] as f64 + delta;
                 assert!(
                     (w[i * k + j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
