@@ -425,6 +425,23 @@ pub fn diff_args(a: &Path, b: &Path, extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// Runs `lorakit diff A B EXTRA…`, asserting its exit status `code` (0: within tolerance, 1:
+/// not); returns stdout.
+pub fn diff_exit(a: &Path, b: &Path, extra: &[&str], code: i32) -> String {
+    let o = bin()
+        .args(diff_args(a, b, extra))
+        .output()
+        .expect("spawn lorakit");
+    let stdout = String::from_utf8(o.stdout).expect("utf8 stdout");
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
 /// Runs [`merge_args`], asserting success; returns stdout.
 pub fn merge_ok(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
     run_ok(merge_args(base, adapter, out, extra))
