@@ -399,6 +399,13 @@ pub fn weighted_adapter_args(adapters: &[(&str, f64)]) -> Vec<String> {
         .collect()
 }
 
+/// Arguments of `lorakit train --model MODEL` followed by `extra`.
+pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["train", "--model", s(model)].map(String::from).into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
 /// Arguments of `lorakit combine`: `--adapter PATH` for each of `adapters`, followed by
 /// `--weight W` where one is given, then `extra`, then `--out OUT`.
 pub fn combine_args(adapters: &[(&Path, Option<&str>)], out: &Path, extra: &[&str]) -> Vec<String> {

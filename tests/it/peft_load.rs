@@ -82,25 +82,25 @@ fn peft_loads_train_output() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base");
     let out = dir.path().join("trained");
-    run_ok([
-        "train",
-        "--model",
-        base.to_str().unwrap(),
-        "--data",
-        fixture("llama/logits.safetensors").to_str().unwrap(),
-        "--seq-len",
-        "8",
-        "--batch",
-        "2",
-        "--steps",
-        "2",
-        "--lr",
-        "1e-2",
-        "--targets",
-        "q_proj,v_proj,down_proj",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    run_ok(train_args(
+        &base,
+        &[
+            "--data",
+            s(&fixture("llama/logits.safetensors")),
+            "--seq-len",
+            "8",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--lr",
+            "1e-2",
+            "--targets",
+            "q_proj,v_proj,down_proj",
+            "--out",
+            s(&out),
+        ],
+    ));
     assert_peft_loads_and_merges_like_lorakit(&py, &out, &base, dir.path());
 }
 

@@ -4,13 +4,7 @@
 use super::*;
 
 fn train(extra: &[&str]) -> serde_json::Value {
-    let mut args: Vec<String> = vec![
-        "train".into(),
-        "--model".into(),
-        fixture("llama/base").display().to_string(),
-        "--json".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let args = train_args(&fixture("llama/base"), &[&["--json"][..], extra].concat());
     serde_json::from_str(&run_ok(&args)).unwrap()
 }
 
@@ -316,36 +310,31 @@ fn resume_continues_bit_exactly() {
         ]
         .map(String::from),
     );
-    let mut args = vec![
-        "train".to_string(),
-        "--model".into(),
-        fixture("llama/base").display().to_string(),
-    ];
-    args.extend(m);
-    let e = one_line_error(&run_err(&args));
+    let m: Vec<&str> = m.iter().map(String::as_str).collect();
+    let e = one_line_error(&run_err(train_args(&fixture("llama/base"), &m)));
     assert!(e.contains("interrupted"), "{e}");
     // Resuming with other data is refused.
-    let e = one_line_error(&run_err([
-        "train",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--data",
-        &ids_file(),
-        "--seq-len",
-        "32",
-        "--batch",
-        "4",
-        "--targets",
-        "q_proj,v_proj,lm_head",
-        "--seed",
-        "7",
-        "--steps",
-        "8",
-        "--resume",
-        ckpt.to_str().unwrap(),
-        "--out",
-        dir.path().join("x").to_str().unwrap(),
-    ]));
+    let e = one_line_error(&run_err(train_args(
+        &fixture("llama/base"),
+        &[
+            "--data",
+            &ids_file(),
+            "--seq-len",
+            "32",
+            "--batch",
+            "4",
+            "--targets",
+            "q_proj,v_proj,lm_head",
+            "--seed",
+            "7",
+            "--steps",
+            "8",
+            "--resume",
+            s(&ckpt),
+            "--out",
+            s(&dir.path().join("x")),
+        ],
+    )));
     assert!(e.contains("data") || e.contains("tokens"), "{e}");
 }
 
@@ -393,31 +382,24 @@ fn trained_adapter_merges_to_the_unmerged_logits() {
 fn train_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a");
-    let e = one_line_error(&run_err([
-        "train",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--data",
-        &ids_file(),
-        "--seq-len",
-        "8",
-        "--targets",
-        "nonexistent_proj",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    let e = one_line_error(&run_err(train_args(
+        &fixture("llama/base"),
+        &[
+            "--data",
+            &ids_file(),
+            "--seq-len",
+            "8",
+            "--targets",
+            "nonexistent_proj",
+            "--out",
+            s(&out),
+        ],
+    )));
     assert!(e.contains("nonexistent_proj"), "{e}");
-    let e = one_line_error(&run_err([
-        "train",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--data",
-        &ids_file(),
-        "--seq-len",
-        "64",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    let e = one_line_error(&run_err(train_args(
+        &fixture("llama/base"),
+        &["--data", &ids_file(), "--seq-len", "64", "--out", s(&out)],
+    )));
     assert!(e.contains("fewer than one sequence"), "{e}");
     assert!(!out.exists());
 }
