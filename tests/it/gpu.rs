@@ -555,3 +555,164 @@ fn lycoris_merges_on_gpu_equal_cpu() {
         }
     }
 }
+
+/// Issue #20: the `merge` command's GPU path streams. With 4 KiB chunks
+/// (`LORAKIT_GPU_CHUNK_BYTES`, the test hook) the merged tensors cross several tiles of the
+/// device ring and go from the readback to the writer in pieces; the summary counts those
+/// tensors, and every output file (headers, metadata, shards, index, copied configs) is
+/// byte-identical to `--device cpu`'s: f32, bf16 and f16 outputs, a bf16 base, DoRA, GPT-2's
+/// transposed Conv1D, a conv base (smaller than a chunk), a sharded base, a kohya file, an
+/// unmerge, and rows whose width is not a multiple of the kernel's vector (padded on the
+/// device, read back row by row) over many chunks.
+#[test]
+fn merge_command_streams_through_the_gpu_byte_identical_to_cpu() {
+    use safetensors::{tensor::TensorView, Dtype};
+    if !gpu_available() {
+        return;
+    }
+    const CHUNK: u64 = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    // Odd widths: a bf16 203×45 and an f32 130×77 tensor, rank-3 LoRA on both.
+    let odd = dir.path().join("odd.safetensors");
+    let val = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 37 + seed * 11) % 101) as f32 * 0.002 - 0.1)
+            .collect()
+    };
+    let f32b = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let bf16b: Vec<u8> = val(203 * 45, 1)
+        .iter()
+        .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+        .collect();
+    let f32w = f32b(&val(130 * 77, 2));
+    safetensors::serialize_to_file(
+        [
+            (
+                "a.weight",
+                TensorView::new(Dtype::BF16, vec![203, 45], &bf16b).unwrap(),
+            ),
+            (
+                "b.weight",
+                TensorView::new(Dtype::F32, vec![130, 77], &f32w).unwrap(),
+            ),
+        ],
+        None,
+        &odd,
+    )
+    .unwrap();
+    let odd_ad = dir.path().join("odd_adapter");
+    let mut tensors = Vec::new();
+    for (m, rows, cols) in [("a", 203usize, 45usize), ("b", 130, 77)] {
+        let p = format!("base_model.model.{m}");
+        tensors.push((
+            format!("{p}.lora_A.weight"),
+            vec![3, cols],
+            f32b(&val(3 * cols, 3)),
+        ));
+        tensors.push((
+            format!("{p}.lora_B.weight"),
+            vec![rows, 3],
+            f32b(&val(rows * 3, 4)),
+        ));
+    }
+    write_peft_adapter(
+        &odd_ad,
+        r#"{"peft_type":"LORA","r":3,"lora_alpha":6,"target_modules":["a","b"]}"#,
+        &tensors,
+    );
+    // (base, adapter, flags, whether the largest merged tensor spans more than one chunk).
+    let mut cases: Vec<(std::path::PathBuf, std::path::PathBuf, &[&str], bool)> = [
+        ("llama/base", "llama/adapters/qv_r8", &[][..]),
+        ("llama/base", "llama/adapters/dora", &[]),
+        ("llama/base_bf16", "llama/adapters/rslora_all", &[]),
+        ("llama/base", "llama/adapters/patterns", &["--dtype", "f16"]),
+        ("llama/base", "llama/adapters/qv_r8", &["--dtype", "bf16"]),
+        ("llama/base_sharded", "llama/adapters/qv_r8", &[]),
+        ("llama/base", "llama/adapters/qv_r8", &["--unmerge"]),
+        ("gpt2/base", "gpt2/adapters/fifo", &[]),
+        ("kohya/te_base", "kohya/te_lora.safetensors", &[]),
+    ]
+    .into_iter()
+    .map(|(b, a, f)| (fixture(b), fixture(a), f, true))
+    .collect();
+    cases.push((
+        fixture("conv/base/model.safetensors"),
+        fixture("conv/adapters/peft"),
+        &[],
+        false,
+    ));
+    cases.push((odd.clone(), odd_ad.clone(), &[], true));
+    cases.push((odd, odd_ad, &["--dtype", "f16"], true));
+    /// Every file under `p` (or `p` itself), by path relative to it.
+    fn files(p: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        if p.is_file() {
+            out.insert(String::new(), std::fs::read(p).unwrap());
+            return out;
+        }
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            for (k, v) in files(&e.path()) {
+                out.insert(format!("{}/{k}", e.file_name().to_string_lossy()), v);
+            }
+        }
+        out
+    }
+    for (i, (base, adapter, extra, spans)) in cases.iter().enumerate() {
+        let what = format!("{} + {} {extra:?}", base.display(), adapter.display());
+        let mut outs = Vec::new();
+        let mut summaries = Vec::new();
+        for device in ["cpu", "gpu"] {
+            let out = dir.path().join(format!("{i}-{device}"));
+            let mut args = merge_args(base, adapter, &out, &["--device", device, "--json"]);
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let o = bin()
+                .args(&args)
+                .env("LORAKIT_GPU_CHUNK_BYTES", CHUNK.to_string())
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{what} on {device}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert!(v["device"].as_str().unwrap().starts_with(device), "{v}");
+            summaries.push(v);
+            outs.push(files(&out));
+        }
+        let (cpu, gpu) = (&summaries[0], &summaries[1]);
+        let merged = gpu["tensors_merged_count"].as_u64().unwrap();
+        assert!(merged > 0, "{what}: nothing merged");
+        assert!(cpu.get("tensors_streamed_count").is_none(), "{what}: {cpu}");
+        assert_eq!(
+            gpu["tensors_streamed_count"].as_u64(),
+            Some(merged),
+            "{what}: every merged tensor streams: {gpu}"
+        );
+        // The largest merged tensor (one that changed) spans more than one chunk: the ring
+        // turned.
+        let base_t = read_checkpoint(base);
+        let largest = read_checkpoint(&dir.path().join(format!("{i}-gpu")))
+            .iter()
+            .filter(|(n, t)| base_t.get(*n).is_none_or(|b| b.data != t.data))
+            .map(|(_, t)| t.data.len() as u64)
+            .max()
+            .unwrap();
+        assert!(
+            !spans || largest > CHUNK,
+            "{what}: largest merged tensor {largest} B"
+        );
+        let (c, g) = (&outs[0], &outs[1]);
+        assert_eq!(
+            c.keys().collect::<Vec<_>>(),
+            g.keys().collect::<Vec<_>>(),
+            "{what}"
+        );
+        for (name, bytes) in c {
+            assert!(
+                bytes == &g[name],
+                "{what}: {name} differs between gpu and cpu"
+            );
+        }
+    }
+}
