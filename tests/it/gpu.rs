@@ -716,3 +716,103 @@ fn merge_command_streams_through_the_gpu_byte_identical_to_cpu() {
         }
     }
 }
+
+/// Issue #20: the merge command's GPU path holds memory bounded by the chunk, not the tensor.
+/// The same merge (f32, rank 4, 1 MiB chunks) on a 32 MiB and on a 96 MiB tensor: the peak RSS
+/// of the process (`wait4`, as the CPU bound's test measures it) grows by less than a quarter of
+/// the 64 MiB the tensor grew by. Whole-tensor handling would add at least the tensor's output
+/// buffer (64 MiB more) and, before the consumed base pages were dropped, its mapped pages.
+#[test]
+fn merge_on_gpu_peak_rss_does_not_grow_with_the_tensor() {
+    use safetensors::{tensor::TensorView, Dtype};
+    if super::process::rss_probe() || !gpu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cols, r) = (2048usize, 4usize);
+    let w0 = |i: usize, j: usize| ((i * 31 + j * 17) % 29) as f32 * 0.01 - 0.14;
+    let a = |t: usize, j: usize| ((t * 7 + j) % 11) as f32 * 0.002 - 0.01;
+    let b = |i: usize, t: usize| ((i * 5 + t) % 13) as f32 * 0.003 - 0.018;
+    let f32s =
+        |v: &mut dyn Iterator<Item = f32>| -> Vec<u8> { v.flat_map(f32::to_le_bytes).collect() };
+    let period: Vec<Vec<u8>> = (0..29)
+        .map(|i| f32s(&mut (0..cols).map(|j| w0(i, j))))
+        .collect();
+    let mut peaks = Vec::new();
+    for rows in [4096usize, 12288] {
+        let base = dir.path().join(format!("base{rows}.safetensors"));
+        let mut data = Vec::with_capacity(rows * cols * 4);
+        for i in 0..rows {
+            data.extend_from_slice(&period[i % 29]);
+        }
+        safetensors::serialize_to_file(
+            [(
+                "big.weight",
+                TensorView::new(Dtype::F32, vec![rows, cols], &data).unwrap(),
+            )],
+            None,
+            &base,
+        )
+        .unwrap();
+        drop(data);
+        let ad = dir.path().join(format!("adapter{rows}"));
+        write_peft_adapter(
+            &ad,
+            r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["big"]}"#,
+            &[
+                (
+                    "base_model.model.big.lora_A.weight".into(),
+                    vec![r, cols],
+                    f32s(&mut (0..r * cols).map(|p| a(p / cols, p % cols))),
+                ),
+                (
+                    "base_model.model.big.lora_B.weight".into(),
+                    vec![rows, r],
+                    f32s(&mut (0..rows * r).map(|p| b(p / r, p % r))),
+                ),
+            ],
+        );
+        let out = dir.path().join(format!("out{rows}.safetensors"));
+        let kib = super::process::peak_rss_kib_env(
+            "it::gpu::merge_on_gpu_peak_rss_does_not_grow_with_the_tensor",
+            &merge_args(&base, &ad, &out, &["--device", "gpu", "--quiet"]),
+            &[("LORAKIT_GPU_CHUNK_BYTES", "1048576")],
+        );
+        peaks.push(kib * 1024);
+        // It merged: sampled elements against the f64 sum (8 ulps of the terms' magnitude).
+        let t = read(&out);
+        let got = &t["big.weight"];
+        for i in (0..rows).step_by(331).chain([rows - 1]) {
+            for j in (0..cols).step_by(97) {
+                let want = w0(i, j) as f64
+                    + 2.0 * (0..r).map(|t| b(i, t) as f64 * a(t, j) as f64).sum::<f64>();
+                let mag = w0(i, j).abs() as f64
+                    + 2.0
+                        * (0..r)
+                            .map(|t| (b(i, t) * a(t, j)).abs() as f64)
+                            .sum::<f64>();
+                let p = 4 * (i * cols + j);
+                let g = f32::from_le_bytes(got.data[p..p + 4].try_into().unwrap()) as f64;
+                assert!(
+                    (g - want).abs() <= 8.0 * U32 * mag,
+                    "[{i}, {j}]: {g} vs {want}"
+                );
+            }
+        }
+        std::fs::remove_file(&out).unwrap();
+        std::fs::remove_file(&base).unwrap();
+    }
+    let grew = peaks[1] as i64 - peaks[0] as i64;
+    eprintln!(
+        "peak RSS: {} MiB (32 MiB tensor), {} MiB (96 MiB tensor)",
+        peaks[0] >> 20,
+        peaks[1] >> 20
+    );
+    assert!(
+        grew < 16 << 20,
+        "peak RSS grew by {} MiB for 64 MiB more tensor: {} → {} MiB",
+        grew >> 20,
+        peaks[0] >> 20,
+        peaks[1] >> 20
+    );
+}
