@@ -26,9 +26,9 @@
 # copy-kernel bandwidth (timestamp queries where the adapter has them) and host↔device rates;
 # the merge kernel alone at 4096², 8192×28672 and 28672×8192 for ranks 16, then 1, 64, 256;
 # the streamed end-to-end merge of a 2.25 GiB bf16 tensor beside the CPU (byte-identical check,
-# peak RSS each adds), in memory and then through the `merge` command from file to file (seconds,
-# peak RSS, byte-identical outputs); the forward at n = 1, 16, 1024; the delta-sketch kernel; the GPU unit
-# tests (bit-identity with the CPU on this driver) with LORAKIT_REQUIRE_GPU=1.
+# peak RSS each adds), in memory and then through the `merge` command from file to file
+# (seconds, peak RSS, byte-identical outputs); the forward at n = 1, 16, 1024; the delta-sketch
+# kernel; the GPU unit tests (bit-identity with the CPU on this driver) with LORAKIT_REQUIRE_GPU=1.
 #
 # Device-machine invocation from a session (the binaries built here first, then carried):
 #   scripts/gpu-bench.sh --build
@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --bin) BIN="$2"; shift ;;
     --budget) BUDGET="$2"; shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo pipefail/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "gpu-bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
