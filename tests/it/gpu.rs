@@ -432,7 +432,6 @@ fn device_auto_never_picks_a_software_adapter() {
 /// would be too large for a test: skipped loudly there.
 #[test]
 fn merge_tiles_a_tensor_beyond_the_real_binding_limit() {
-    use safetensors::{tensor::TensorView, Dtype};
     if !gpu_available() {
         return;
     }
@@ -442,20 +441,66 @@ fn merge_tiles_a_tensor_beyond_the_real_binding_limit() {
         eprintln!("GPU TEST SKIPPED: binding limit {limit} B is too large for a test-sized tensor");
         return;
     }
-    let (cols, r) = (4096usize, 4usize);
+    let cols = 4096usize;
     let tile_rows = limit / (cols * 4);
     let rows = tile_rows + 8; // 8 rows over the limit
-    let w0 = |i: usize, j: usize| ((i * 31 + j * 17) % 29) as f32 * 0.01 - 0.14;
-    let a = |t: usize, j: usize| ((t * 7 + j) % 11) as f32 * 0.002 - 0.01;
-    let b = |i: usize, t: usize| ((i * 5 + t) % 13) as f32 * 0.003 - 0.018;
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ad) = periodic_case(dir.path(), rows, cols);
+    let out = dir.path().join("gpu.safetensors");
+    let v: serde_json::Value =
+        serde_json::from_str(&merge_ok(&base, &ad, &out, &["--device", "gpu", "--json"])).unwrap();
+    assert!(v["device"].as_str().unwrap().starts_with("gpu"));
+    let t = read(&out);
+    let got = &t["big.weight"];
+    assert_eq!(got.shape, vec![rows, cols]);
+    assert!(
+        got.data.len() > limit,
+        "the tensor exceeds the binding limit"
+    );
+    // Tiles hold at most `tile_rows` rows; check each side of every multiple of a power-of-two
+    // fraction of it (wherever the implementation cuts) and the ends.
+    let mut check_rows: Vec<usize> = (0..4).chain(rows - 12..rows).collect();
+    for div in [1, 2, 4, 8] {
+        for m in 1..=div {
+            let edge = m * tile_rows / div;
+            check_rows.extend(edge.saturating_sub(2)..(edge + 2).min(rows));
+        }
+    }
+    for i in check_rows {
+        for j in (0..cols).step_by(37) {
+            check_periodic(&got.data, cols, i, j);
+        }
+    }
+}
+
+/// The periodic case's base, `A` and `B` (rank [`PERIODIC_RANK`], alpha 2·rank: scale 2).
+fn pw0(i: usize, j: usize) -> f32 {
+    ((i * 31 + j * 17) % 29) as f32 * 0.01 - 0.14
+}
+fn pa(t: usize, j: usize) -> f32 {
+    ((t * 7 + j) % 11) as f32 * 0.002 - 0.01
+}
+fn pb(i: usize, t: usize) -> f32 {
+    ((i * 5 + t) % 13) as f32 * 0.003 - 0.018
+}
+const PERIODIC_RANK: usize = 4;
+
+/// Writes `base{rows}.safetensors` (one f32 `big.weight`, rows × cols of [`pw0`]) and
+/// `adapter{rows}/` (PEFT LoRA of [`pa`], [`pb`]) under `dir`; returns their paths.
+fn periodic_case(
+    dir: &std::path::Path,
+    rows: usize,
+    cols: usize,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use safetensors::{tensor::TensorView, Dtype};
+    let r = PERIODIC_RANK;
     let f32s =
         |v: &mut dyn Iterator<Item = f32>| -> Vec<u8> { v.flat_map(f32::to_le_bytes).collect() };
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.safetensors");
+    let base = dir.join(format!("base{rows}.safetensors"));
     // w0's rows repeat with period 29: encode those once, then copy (a debug build is slow
     // per element).
     let period: Vec<Vec<u8>> = (0..29)
-        .map(|i| f32s(&mut (0..cols).map(|j| w0(i, j))))
+        .map(|i| f32s(&mut (0..cols).map(|j| pw0(i, j))))
         .collect();
     let mut data = Vec::with_capacity(rows * cols * 4);
     for i in 0..rows {
@@ -471,60 +516,49 @@ fn merge_tiles_a_tensor_beyond_the_real_binding_limit() {
     )
     .unwrap();
     drop(data);
-    let ad = dir.path().join("adapter");
+    let ad = dir.join(format!("adapter{rows}"));
     write_peft_adapter(
         &ad,
-        r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["big"]}"#,
+        &format!(
+            r#"{{"peft_type":"LORA","r":{r},"lora_alpha":{},"target_modules":["big"]}}"#,
+            2 * r
+        ),
         &[
             (
                 "base_model.model.big.lora_A.weight".into(),
                 vec![r, cols],
-                f32s(&mut (0..r * cols).map(|p| a(p / cols, p % cols))),
+                f32s(&mut (0..r * cols).map(|p| pa(p / cols, p % cols))),
             ),
             (
                 "base_model.model.big.lora_B.weight".into(),
                 vec![rows, r],
-                f32s(&mut (0..rows * r).map(|p| b(p / r, p % r))),
+                f32s(&mut (0..rows * r).map(|p| pb(p / r, p % r))),
             ),
         ],
     );
-    let out = dir.path().join("gpu.safetensors");
-    let v: serde_json::Value =
-        serde_json::from_str(&merge_ok(&base, &ad, &out, &["--device", "gpu", "--json"])).unwrap();
-    assert!(v["device"].as_str().unwrap().starts_with("gpu"));
-    let t = read(&out);
-    let got = &t["big.weight"];
-    assert_eq!(got.shape, vec![rows, cols]);
+    (base, ad)
+}
+
+/// Element `[i, j]` of a merged periodic case (f32 bytes `got`, `cols` wide) equals
+/// `W0 + 2·B·A` computed in f64, to f32 rounding (the GPU's f32 product of a rank-4 sum: ≤ 8
+/// ulps of the operands' magnitude).
+fn check_periodic(got: &[u8], cols: usize, i: usize, j: usize) {
+    let r = PERIODIC_RANK;
+    let s = 2.0;
+    let w = pw0(i, j) as f64
+        + s * (0..r)
+            .map(|t| pb(i, t) as f64 * pa(t, j) as f64)
+            .sum::<f64>();
+    let p = 4 * (i * cols + j);
+    let g = f32::from_le_bytes(got[p..p + 4].try_into().unwrap()) as f64;
+    let mag = pw0(i, j).abs() as f64
+        + s * (0..r)
+            .map(|t| (pb(i, t) * pa(t, j)).abs() as f64)
+            .sum::<f64>();
     assert!(
-        got.data.len() > limit,
-        "the tensor exceeds the binding limit"
+        (g - w).abs() <= 8.0 * U32 * mag + 1e-30,
+        "row {i} col {j}: {g} vs f64 {w}"
     );
-    let s = 8.0 / 4.0;
-    // Tiles hold at most `tile_rows` rows; check each side of every multiple of a power-of-two
-    // fraction of it (wherever the implementation cuts) and the ends.
-    let mut check_rows: Vec<usize> = (0..4).chain(rows - 12..rows).collect();
-    for div in [1, 2, 4, 8] {
-        for m in 1..=div {
-            let edge = m * tile_rows / div;
-            check_rows.extend(edge.saturating_sub(2)..(edge + 2).min(rows));
-        }
-    }
-    for i in check_rows {
-        for j in (0..cols).step_by(37) {
-            let w =
-                w0(i, j) as f64 + s * (0..r).map(|t| b(i, t) as f64 * a(t, j) as f64).sum::<f64>();
-            let p = 4 * (i * cols + j);
-            let g = f32::from_le_bytes(got.data[p..p + 4].try_into().unwrap()) as f64;
-            let mag = w0(i, j).abs() as f64
-                + s * (0..r)
-                    .map(|t| (b(i, t) * a(t, j)).abs() as f64)
-                    .sum::<f64>();
-            assert!(
-                (g - w).abs() <= 8.0 * U32 * mag + 1e-30,
-                "row {i} col {j}: {g} vs f64 {w}"
-            );
-        }
-    }
 }
 
 /// LyCORIS files on `--device gpu`: LoCon and DoRA terms (with LyCORIS' eps and its per-input
@@ -724,54 +758,14 @@ fn merge_command_streams_through_the_gpu_byte_identical_to_cpu() {
 /// buffer (64 MiB more) and, before the consumed base pages were dropped, its mapped pages.
 #[test]
 fn merge_on_gpu_peak_rss_does_not_grow_with_the_tensor() {
-    use safetensors::{tensor::TensorView, Dtype};
     if super::process::rss_probe() || !gpu_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (cols, r) = (2048usize, 4usize);
-    let w0 = |i: usize, j: usize| ((i * 31 + j * 17) % 29) as f32 * 0.01 - 0.14;
-    let a = |t: usize, j: usize| ((t * 7 + j) % 11) as f32 * 0.002 - 0.01;
-    let b = |i: usize, t: usize| ((i * 5 + t) % 13) as f32 * 0.003 - 0.018;
-    let f32s =
-        |v: &mut dyn Iterator<Item = f32>| -> Vec<u8> { v.flat_map(f32::to_le_bytes).collect() };
-    let period: Vec<Vec<u8>> = (0..29)
-        .map(|i| f32s(&mut (0..cols).map(|j| w0(i, j))))
-        .collect();
+    let cols = 2048usize;
     let mut peaks = Vec::new();
     for rows in [4096usize, 12288] {
-        let base = dir.path().join(format!("base{rows}.safetensors"));
-        let mut data = Vec::with_capacity(rows * cols * 4);
-        for i in 0..rows {
-            data.extend_from_slice(&period[i % 29]);
-        }
-        safetensors::serialize_to_file(
-            [(
-                "big.weight",
-                TensorView::new(Dtype::F32, vec![rows, cols], &data).unwrap(),
-            )],
-            None,
-            &base,
-        )
-        .unwrap();
-        drop(data);
-        let ad = dir.path().join(format!("adapter{rows}"));
-        write_peft_adapter(
-            &ad,
-            r#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["big"]}"#,
-            &[
-                (
-                    "base_model.model.big.lora_A.weight".into(),
-                    vec![r, cols],
-                    f32s(&mut (0..r * cols).map(|p| a(p / cols, p % cols))),
-                ),
-                (
-                    "base_model.model.big.lora_B.weight".into(),
-                    vec![rows, r],
-                    f32s(&mut (0..rows * r).map(|p| b(p / r, p % r))),
-                ),
-            ],
-        );
+        let (base, ad) = periodic_case(dir.path(), rows, cols);
         let out = dir.path().join(format!("out{rows}.safetensors"));
         let kib = super::process::peak_rss_kib_env(
             "it::gpu::merge_on_gpu_peak_rss_does_not_grow_with_the_tensor",
@@ -779,24 +773,11 @@ fn merge_on_gpu_peak_rss_does_not_grow_with_the_tensor() {
             &[("LORAKIT_GPU_CHUNK_BYTES", "1048576")],
         );
         peaks.push(kib * 1024);
-        // It merged: sampled elements against the f64 sum (8 ulps of the terms' magnitude).
+        // It merged: sampled elements against the f64 sum.
         let t = read(&out);
-        let got = &t["big.weight"];
         for i in (0..rows).step_by(331).chain([rows - 1]) {
             for j in (0..cols).step_by(97) {
-                let want = w0(i, j) as f64
-                    + 2.0 * (0..r).map(|t| b(i, t) as f64 * a(t, j) as f64).sum::<f64>();
-                let mag = w0(i, j).abs() as f64
-                    + 2.0
-                        * (0..r)
-                            .map(|t| (b(i, t) * a(t, j)).abs() as f64)
-                            .sum::<f64>();
-                let p = 4 * (i * cols + j);
-                let g = f32::from_le_bytes(got.data[p..p + 4].try_into().unwrap()) as f64;
-                assert!(
-                    (g - want).abs() <= 8.0 * U32 * mag,
-                    "[{i}, {j}]: {g} vs {want}"
-                );
+                check_periodic(&t["big.weight"].data, cols, i, j);
             }
         }
         std::fs::remove_file(&out).unwrap();
