@@ -175,6 +175,12 @@ fn render(s: &MergeSummary) -> String {
             ]
         },
     ));
+    if s.tensors_streamed_count > 0 {
+        out.push_str(&format!(
+            "\ngpu: {} of {} merged tensors streamed through the device in chunks, never whole in memory\n",
+            s.tensors_streamed_count, s.tensors_merged_count
+        ));
+    }
     if s.tensors_requantized_count > 0 {
         out.push_str(&format!(
             "\nquantized base: {} merged weights quantized again in their format (fresh scales), every other tensor copied\n",
