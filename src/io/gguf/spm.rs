@@ -12,18 +12,10 @@
 //! field 1 repeated `SentencePiece { piece = 1 (string), score = 2 (float), type = 3 (enum,
 //! NORMAL = 1 by default) }`; other fields are skipped. Must not write files.
 
-use super::vocab::Tokens;
+use super::vocab::{Tokens, BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED};
 use crate::error::{InputError, InputResult};
 use serde_json::Value as Json;
 use std::path::Path;
-
-/// gguf-py / sentencepiece token types.
-const NORMAL: i32 = 1;
-const UNKNOWN: i32 = 2;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
-const UNUSED: i32 = 5;
-const BYTE: i32 = 6;
 
 fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
     let mut v = 0u64;

@@ -27,11 +27,13 @@ use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// gguf-py `TokenType`.
-const NORMAL: i32 = 1;
-const USER_DEFINED: i32 = 4;
-const CONTROL: i32 = 3;
-const BYTE: i32 = 6;
+/// gguf-py `TokenType` (sentencepiece's piece types).
+pub(super) const NORMAL: i32 = 1;
+pub(super) const UNKNOWN: i32 = 2;
+pub(super) const CONTROL: i32 = 3;
+pub(super) const USER_DEFINED: i32 = 4;
+pub(super) const UNUSED: i32 = 5;
+pub(super) const BYTE: i32 = 6;
 
 /// `SpecialVocab.special_token_types` (default) and the GGUF key of each id (`add_*_token_id`
 /// handlers of `GGUFWriter`; `cls` has none and is skipped, as gguf-py does with a warning).
