@@ -423,6 +423,25 @@ fn as_trained_on_refusals() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// `dequantize` of `input` fails with one line naming `model.safetensors`, a tensor and `want`,
+/// and writes nothing (`what` names the case).
+pub(super) fn dequantize_refuses(dir: &Path, what: &str, input: &Path, want: &str) {
+    let out = dir.join("out");
+    let e = one_line_error(&run_err([
+        "dequantize",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(e.contains(want), "{what}: {e}");
+    assert!(
+        e.contains("model.safetensors"),
+        "{what}: names no file: {e}"
+    );
+    assert!(e.contains('`'), "{what}: names no tensor: {e}");
+    assert!(!out.exists(), "{what}: wrote output");
+}
+
 /// A copy of a quantized fixture with its tensors edited by `edit`, written with the
 /// independent `safetensors` crate; returns the folder.
 pub(super) fn edited(
@@ -618,20 +637,7 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
         ),
     ];
     for (what, input, want) in cases {
-        let out = dir.path().join("out");
-        let e = one_line_error(&run_err([
-            "dequantize",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]));
-        assert!(e.contains(want), "{what}: {e}");
-        assert!(
-            e.contains("model.safetensors"),
-            "{what}: names no file: {e}"
-        );
-        assert!(e.contains('`'), "{what}: names no tensor: {e}");
-        assert!(!out.exists(), "{what}: wrote output");
+        dequantize_refuses(dir.path(), what, &input, want);
         if want == "GPTQ/AWQ" {
             // Valid, just not read: inspect lists it instead of failing.
             let text = run_ok(["inspect", input.to_str().unwrap()]);
