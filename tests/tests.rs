@@ -49,6 +49,8 @@ mod it {
     pub mod process;
     /// Quantized bases: `dequantize`, merges into and as-trained-on quantized weights, bad input.
     pub mod quant;
+    /// ComfyUI's legacy scaled-FP8 bases: the scale applied in merges, refusals.
+    pub mod quant_comfy;
     /// Native GPTQ/AWQ bases against gptqmodel's and AutoAWQ's own packers and dequantization.
     pub mod quant_gptq;
     /// A truly QLoRA-trained adapter: merged logits against the NF4 model running it.

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// `fp8_e5m2` is built to transformers' FP8 rule with E5M2 values (no producer writes them) and
-/// dequantized by transformers' own `Fp8Dequantize` (`fixtures/gen/fp8_e5m2_fixture.py`).
-const MODELS: [&str; 8] = [
+/// dequantized by transformers' own `Fp8Dequantize` (`fixtures/gen/fp8_e5m2_fixture.py`);
+/// `comfy_fp8` is ComfyUI's legacy scaled FP8 (`scale_weight`, `scaled_fp8` marker), built and
+/// dequantized to ComfyUI's `comfy/quant_ops.py` (`fixtures/gen/comfy_fp8_fixture.py`).
+const MODELS: [&str; 9] = [
     "nf4",
     "nf4_dq",
     "fp4",
@@ -18,6 +20,7 @@ const MODELS: [&str; 8] = [
     "fp8_block",
     "fp8_e5m2",
     "ct_pack",
+    "comfy_fp8",
 ];
 
 fn quant(rel: &str) -> PathBuf {
@@ -78,29 +81,33 @@ fn dequantize_equals_each_library_bit_for_bit() {
     }
 }
 
+/// To bf16, each producer's own dequantization into bf16: transformers' (`fp8_block`, three
+/// weights recorded) and ComfyUI's `qdata.to(bfloat16) * scale` (`comfy_fp8`, all 14).
 #[test]
 fn dequantize_fp8_to_bf16_equals_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o");
-    run_ok([
-        "dequantize",
-        quant("fp8_block").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--dtype",
-        "bf16",
-        "--quiet",
-    ]);
-    let got = read_checkpoint(&out);
-    let mut n = 0;
-    for (name, want) in read(&quant("ref/fp8_block.safetensors")) {
-        if let Some(w) = name.strip_suffix("@bf16") {
-            assert_eq!(got[w].dtype, safetensors::Dtype::BF16);
-            assert!(got[w].data == want.data, "{w}");
-            n += 1;
+    for (model, count) in [("fp8_block", 3), ("comfy_fp8", 14)] {
+        let out = dir.path().join(model);
+        run_ok([
+            "dequantize",
+            quant(model).to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--dtype",
+            "bf16",
+            "--quiet",
+        ]);
+        let got = read_checkpoint(&out);
+        let mut n = 0;
+        for (name, want) in read(&quant(&format!("ref/{model}.safetensors"))) {
+            if let Some(w) = name.strip_suffix("@bf16") {
+                assert_eq!(got[w].dtype, safetensors::Dtype::BF16);
+                assert!(got[w].data == want.data, "{model} {w}");
+                n += 1;
+            }
         }
+        assert_eq!(n, count, "{model}");
     }
-    assert_eq!(n, 3);
 }
 
 #[test]
@@ -416,9 +423,32 @@ fn as_trained_on_refusals() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// `dequantize` of `input` fails with one line naming `model.safetensors`, a tensor and `want`,
+/// and writes nothing (`what` names the case).
+pub(super) fn dequantize_refuses(dir: &Path, what: &str, input: &Path, want: &str) {
+    let out = dir.join("out");
+    let e = one_line_error(&run_err([
+        "dequantize",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(e.contains(want), "{what}: {e}");
+    assert!(
+        e.contains("model.safetensors"),
+        "{what}: names no file: {e}"
+    );
+    assert!(e.contains('`'), "{what}: names no tensor: {e}");
+    assert!(!out.exists(), "{what}: wrote output");
+}
+
 /// A copy of a quantized fixture with its tensors edited by `edit`, written with the
 /// independent `safetensors` crate; returns the folder.
-fn edited(dir: &Path, model: &str, edit: impl FnOnce(&mut BTreeMap<String, T>)) -> PathBuf {
+pub(super) fn edited(
+    dir: &Path,
+    model: &str,
+    edit: impl FnOnce(&mut BTreeMap<String, T>),
+) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = dir.join(format!("bad-{n}-{model}"));
@@ -607,20 +637,7 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
         ),
     ];
     for (what, input, want) in cases {
-        let out = dir.path().join("out");
-        let e = one_line_error(&run_err([
-            "dequantize",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]));
-        assert!(e.contains(want), "{what}: {e}");
-        assert!(
-            e.contains("model.safetensors"),
-            "{what}: names no file: {e}"
-        );
-        assert!(e.contains('`'), "{what}: names no tensor: {e}");
-        assert!(!out.exists(), "{what}: wrote output");
+        dequantize_refuses(dir.path(), what, &input, want);
         if want == "GPTQ/AWQ" {
             // Valid, just not read: inspect lists it instead of failing.
             let text = run_ok(["inspect", input.to_str().unwrap()]);

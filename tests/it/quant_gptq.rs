@@ -105,8 +105,6 @@ fn merge_keep_into_gptq_awq_is_the_packers_round_to_nearest() {
 #[test]
 fn merge_dequantize_gptq_awq_against_f64() {
     let dir = tempfile::tempdir().unwrap();
-    let adapter = read(&fixture("llama/adapters/qv_r8/adapter_model.safetensors"));
-    let scaling = 16.0 / 8.0;
     for model in ["gptq3_act", "awq4"] {
         let out = dir.path().join(model);
         merge_ok(
@@ -117,35 +115,7 @@ fn merge_dequantize_gptq_awq_against_f64() {
         );
         let got = read_checkpoint(&out);
         let deq = refs_of("ref/gptq_awq.safetensors", model);
-        let mut merged = 0;
-        for (name, w) in &deq {
-            let g = got[name].f32();
-            let w0 = w.f32();
-            let m = name.strip_suffix(".weight").unwrap();
-            let (Some(a), Some(b)) = (
-                adapter.get(&format!("base_model.model.{m}.lora_A.weight")),
-                adapter.get(&format!("base_model.model.{m}.lora_B.weight")),
-            ) else {
-                assert_eq!(g, w0, "{model} {name}: untouched = its dequantization");
-                continue;
-            };
-            merged += 1;
-            let (a, b) = (a.f32(), b.f32());
-            let (rows, cols, r) = (w.shape[0], w.shape[1], 8);
-            let (mut num, mut den) = (0f64, 0f64);
-            for i in 0..rows {
-                for j in 0..cols {
-                    let d: f64 = (0..r)
-                        .map(|k| b[i * r + k] as f64 * a[k * cols + j] as f64)
-                        .sum();
-                    let want = w0[i * cols + j] as f64 + scaling * d;
-                    num += (g[i * cols + j] as f64 - want).powi(2);
-                    den += want * want;
-                }
-            }
-            let rel = (num / den).sqrt();
-            assert!(rel < 1e-6, "{model} {name}: {rel:e}");
-        }
+        let merged = assert_qv_r8_merged_against_f64(&got, &deq, model);
         assert_eq!(merged, 4);
         assert!(!got
             .keys()
@@ -154,6 +124,48 @@ fn merge_dequantize_gptq_awq_against_f64() {
             serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
         assert!(cfg.get("quantization_config").is_none());
     }
+}
+
+/// `got` (a `--dtype f32` merge of `llama/adapters/qv_r8`) against `deq` (the producer's
+/// dequantized weights) plus s·B·A recomputed in f64 from the adapter file, to 1e-6 relative;
+/// weights the adapter does not touch equal their dequantization. Returns how many it merged.
+pub(super) fn assert_qv_r8_merged_against_f64(
+    got: &BTreeMap<String, T>,
+    deq: &BTreeMap<String, T>,
+    model: &str,
+) -> usize {
+    let adapter = read(&fixture("llama/adapters/qv_r8/adapter_model.safetensors"));
+    let scaling = 16.0 / 8.0;
+    let mut merged = 0;
+    for (name, w) in deq {
+        let g = got[name].f32();
+        let w0 = w.f32();
+        let m = name.strip_suffix(".weight").unwrap();
+        let (Some(a), Some(b)) = (
+            adapter.get(&format!("base_model.model.{m}.lora_A.weight")),
+            adapter.get(&format!("base_model.model.{m}.lora_B.weight")),
+        ) else {
+            assert_eq!(g, w0, "{model} {name}: untouched = its dequantization");
+            continue;
+        };
+        merged += 1;
+        let (a, b) = (a.f32(), b.f32());
+        let (rows, cols, r) = (w.shape[0], w.shape[1], 8);
+        let (mut num, mut den) = (0f64, 0f64);
+        for i in 0..rows {
+            for j in 0..cols {
+                let d: f64 = (0..r)
+                    .map(|k| b[i * r + k] as f64 * a[k * cols + j] as f64)
+                    .sum();
+                let want = w0[i * cols + j] as f64 + scaling * d;
+                num += (g[i * cols + j] as f64 - want).powi(2);
+                den += want * want;
+            }
+        }
+        let rel = (num / den).sqrt();
+        assert!(rel < 1e-6, "{model} {name}: {rel:e}");
+    }
+    merged
 }
 
 #[test]
@@ -362,20 +374,8 @@ fn malformed_gptq_awq_checkpoints_are_one_line_errors_and_write_nothing() {
         ),
     ];
     for (what, input, want) in cases {
+        super::quant::dequantize_refuses(dir.path(), what, &input, &want);
         let out = dir.path().join("out");
-        let e = one_line_error(&run_err([
-            "dequantize",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]));
-        assert!(e.contains(&want), "{what}: {e}");
-        assert!(
-            e.contains("model.safetensors"),
-            "{what}: names no file: {e}"
-        );
-        assert!(e.contains('`'), "{what}: names no tensor: {e}");
-        assert!(!out.exists(), "{what}: wrote output");
         // The same from a merge that writes float.
         let e = one_line_error(&run_err(merge_args(
             &input,

@@ -304,6 +304,52 @@ pub fn quantize_ct(
     (q, scales)
 }
 
+/// ComfyUI's legacy "scaled FP8" checkpoints (the `*_fp8_scaled` diffusion files): a marker
+/// tensor `scaled_fp8` (`<model prefix>scaled_fp8`, its dtype the FP8 format, or F32 for E4M3;
+/// two elements ask for full-precision matmuls), and beside each quantized `P.weight` an F32
+/// scalar `P.scale_weight` (and optionally `P.scale_input`, an activation scale).
+///
+/// Read from ComfyUI `comfy/utils.py` `convert_old_quants` and `comfy/quant_ops.py`
+/// (commit 0411153ac63b0983342bca73362a8f95e1da59ac): `scale_weight` is renamed `weight_scale`
+/// of the `float8_e4m3fn` layout, whose `TensorCoreFP8Layout.dequantize` is
+/// `qdata.to(orig_dtype) * scale` (the stored value times the scale, f32 scale); the legacy
+/// `comfy/ops.py` `scaled_fp8_ops` `convert_weight` multiplies the same way. So the scale is a
+/// `weight_scale` in this module's sense and dequantizes through [`dequantize`] per tensor.
+/// An FP8 weight without a `scale_weight` is loaded unscaled by both (a plain cast).
+pub mod comfy {
+    use crate::dtype::{self, Dtype};
+
+    /// The per-weight scale: `P.scale_weight` for `P.weight`.
+    pub const SCALE: &str = "scale_weight";
+    /// The activation scale, used only by FP8 matmuls: a companion, never applied to the weight.
+    pub const INPUT_SCALE: &str = "scale_input";
+
+    /// The checkpoint-wide marker (`scaled_fp8`, under the model's prefix if any).
+    pub fn is_marker(name: &str) -> bool {
+        name == "scaled_fp8" || name.ends_with(".scaled_fp8")
+    }
+
+    /// What lorakit reads: E4M3 weights with one float scale. `convert_old_quants` reads every
+    /// scaled weight as `float8_e4m3fn` ("TODO: check if anyone did some non e4m3fn scaled
+    /// checkpoints") while the legacy ops kept the marker's dtype, so E5M2 values have two
+    /// meanings there and are refused; a scale of any other shape has none.
+    pub fn check(weight: Dtype, scale: Dtype, shape: &[usize]) -> Result<(), String> {
+        if weight != Dtype::F8_E4M3 {
+            return Err(format!(
+                "is a ComfyUI scaled-FP8 scale of a {} weight: ComfyUI versions disagree on what it means (lorakit reads F8_E4M3)",
+                dtype::name(weight)
+            ));
+        }
+        if !matches!(scale, Dtype::F32 | Dtype::F16 | Dtype::BF16) || !matches!(shape, [] | [1]) {
+            return Err(format!(
+                "is {} {shape:?}; ComfyUI's scale_weight is one float per tensor",
+                dtype::name(scale)
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -327,6 +327,24 @@ impl QuantMap {
 }
 
 impl QuantMap {
+    /// ComfyUI's `scaled_fp8` markers become companions of the first weight with a
+    /// `scale_weight`: dropped with the scales when the model is written as float (a float model
+    /// that kept the marker would be loaded as scaled FP8 again), copied when kept quantized.
+    fn adopt_comfy_markers(&mut self, markers: Vec<String>) {
+        let suffix = format!(".{}", fp8::comfy::SCALE);
+        let Some(owner) = self
+            .tensors
+            .values_mut()
+            .find(|q| matches!(&q.scheme, Scheme::Fp8 { scale, .. } if scale.ends_with(&suffix)))
+        else {
+            return;
+        };
+        for m in markers {
+            self.companions.insert(m.clone(), owner.name.clone());
+            owner.companions.push(m);
+        }
+    }
+
     /// Why lorakit cannot write `q` back in its own format bit-exactly, if it cannot.
     pub fn requantize_unsupported(&self, q: &QuantTensor) -> Option<String> {
         match &q.scheme {
@@ -343,6 +361,10 @@ impl QuantMap {
                 let (rows, cols) = (q.shape[0], q.shape[1]);
                 if fp8_ct_keep(self, *format, scale, *scale_dtype, layout) {
                     None
+                } else if scale.ends_with(&format!(".{}", fp8::comfy::SCALE)) {
+                    // comfy/ops.py `set_weight`: `QuantizedTensor.from_float(weight, ...,
+                    // scale="recalculate", stochastic_rounding=seed)`.
+                    Some("ComfyUI's scaled FP8 is written back with a fresh scale and stochastic rounding from a seed (comfy/ops.py set_weight), which lorakit does not reproduce".into())
                 } else if *format != Dtype::F8_E4M3
                     || *scale_dtype != Dtype::F32
                     || !scale.ends_with("_scale_inv")

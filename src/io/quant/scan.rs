@@ -29,21 +29,28 @@ impl QuantMap {
         ) || names
             .iter()
             .any(|n| n.ends_with(".weight_scale_inv") || n.ends_with(".weight_scale"));
+        // ComfyUI's legacy scaled FP8 (`fp8::comfy`): `P.scale_weight` beside `P.weight`. Its
+        // FP8 weights without a scale are plain casts there too, so they do not make the
+        // checkpoint `fp8_scaled`.
         let has_fp8_scale = |w: &str| {
             let p = w.strip_suffix(".weight").unwrap_or(w);
             ck.contains(&format!("{p}.weight_scale_inv"))
                 || ck.contains(&format!("{p}.weight_scale"))
                 || ck.contains(&format!("{w}_scale_inv"))
+                || ck.contains(&format!("{p}.{}", fp8::comfy::SCALE))
         };
         for name in &names {
             if let Some(pos) = name.find(".quant_state.") {
                 map.add_bnb4(ck, &name[..pos], name)?;
             }
         }
+        let mut markers = Vec::new();
         for name in &names {
             let info = ck.info(name).expect("listed");
             if let Some(p) = name.strip_suffix(".SCB") {
                 map.add_int8(ck, p, name)?;
+            } else if fp8::comfy::is_marker(name) {
+                markers.push(name.clone());
             } else if matches!(info.dtype, Dtype::F8_E4M3 | Dtype::F8_E5M2) {
                 if fp8_scaled || has_fp8_scale(name) {
                     map.add_fp8(ck, name, config_block)?;
@@ -75,6 +82,7 @@ impl QuantMap {
                 }
             }
         }
+        map.adopt_comfy_markers(markers);
         // Companions whose weight was not recognised: a scale without its quantized weight.
         for name in &names {
             if map.companions.contains_key(name) || map.tensors.contains_key(name) {
@@ -102,7 +110,10 @@ impl QuantMap {
                     "is a GPTQ/AWQ companion but its `qweight` is missing",
                 ));
             }
-            if name.ends_with(".weight_scale_inv") || name.ends_with(".weight_scale") {
+            if name.ends_with(".weight_scale_inv")
+                || name.ends_with(".weight_scale")
+                || name.ends_with(&format!(".{}", fp8::comfy::SCALE))
+            {
                 return Err(err(
                     ck,
                     name,
@@ -476,6 +487,7 @@ impl QuantMap {
         let mut candidates = vec![
             format!("{prefix}.weight_scale_inv"),
             format!("{prefix}.weight_scale"),
+            format!("{prefix}.{}", fp8::comfy::SCALE),
         ];
         if !weight.ends_with(".weight") {
             candidates.push(format!("{weight}_scale_inv"));
@@ -497,10 +509,22 @@ impl QuantMap {
                 return Err(err(
                     ck,
                     weight,
-                    "has both `weight_scale_inv` and `weight_scale`",
+                    format!(
+                        "has more than one scale ({})",
+                        present
+                            .iter()
+                            .map(|c| format!("`{c}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 ))
             }
         };
+        let comfy = scale.ends_with(&format!(".{}", fp8::comfy::SCALE));
+        if comfy {
+            let s = ck.info(&scale).expect("present");
+            fp8::comfy::check(w.dtype, s.dtype, &s.shape).map_err(|m| err(ck, &scale, m))?;
+        }
         if w.shape.len() != 2 {
             return Err(err(
                 ck,
@@ -525,7 +549,7 @@ impl QuantMap {
         let layout = fp8::layout(w.shape[0], w.shape[1], &s.shape, config_block)
             .map_err(|m| err(ck, &scale, m))?;
         let mut companions = vec![scale.clone()];
-        for extra in ["input_scale", "activation_scale"] {
+        for extra in ["input_scale", "activation_scale", fp8::comfy::INPUT_SCALE] {
             let c = format!("{prefix}.{extra}");
             if ck.contains(&c) {
                 companions.push(c);
