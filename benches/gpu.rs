@@ -12,6 +12,11 @@
 //! * `e2e ROWS COLS RANK`: the streamed GPU merge of a ROWS×COLS bf16 tensor from host memory to
 //!   a sink, beside the CPU merge of the same job; byte-identical check, seconds, and the peak
 //!   resident memory each adds (`VmHWM`, reset through `/proc/self/clear_refs`).
+//! * `cli-merge ROWS COLS RANK LORAKIT`: the `merge` command itself (binary LORAKIT) on a
+//!   ROWS×COLS bf16 base file with a rank-RANK PEFT adapter, written to `$TMPDIR`: `--device
+//!   gpu` (mmap → upload ring → device → readback → writer, streamed) and `--device cpu`,
+//!   seconds and peak RSS (`ru_maxrss` from `wait4`) of each, and whether the two output files
+//!   are byte-identical. The temporary files are removed.
 //! * `forward N D RANK`: the low-rank forward (`Y = X·W0ᵀ + s·(X·Aᵀ)·Bᵀ`) of N rows on a D×D
 //!   bf16 weight, GPU (incl. upload and readback) and CPU.
 //! * `sketch D L`: `(W − W0)·Ω` with L columns on D×D bf16 pairs, GPU and CPU.
@@ -92,13 +97,12 @@ fn arg(args: &[String], i: usize, what: &str) -> Res<usize> {
         .map_err(|e| format!("{what}: {e}").into())
 }
 
-/// The default adapter; `LORAKIT_GPU_CHUNK_MIB` sets the merge chunk (the dry run streams a
-/// small tensor in several 1 MiB tiles with it).
+/// The default adapter; `LORAKIT_GPU_CHUNK_BYTES` sets the merge chunk, as it does for the
+/// CLI (the dry run streams a small tensor in several 1 MiB tiles with it).
 fn ctx() -> Res<GpuContext> {
-    let chunk_bytes = std::env::var("LORAKIT_GPU_CHUNK_MIB")
+    let chunk_bytes = std::env::var("LORAKIT_GPU_CHUNK_BYTES")
         .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|m| m << 20);
+        .and_then(|v| v.parse::<u64>().ok());
     Ok(GpuContext::with_options(&gpu::GpuOptions {
         chunk_bytes,
         ..gpu::GpuOptions::default()
@@ -289,6 +293,167 @@ fn sketch(d: usize, l: usize) -> Res<Value> {
     Ok(json!({"d": d, "l": l, "gpu_s": g, "cpu_s": cpu, "gpu_includes": "upload and readback"}))
 }
 
+/// A safetensors file of `(name, dtype, shape, bytes)` tensors, each written from `fill(offset,
+/// len)` in pieces of at most 64 MiB, so a multi-GiB tensor is never whole in memory.
+fn write_st(
+    path: &std::path::Path,
+    tensors: &[(&str, &str, Vec<usize>, usize)],
+    fill: &dyn Fn(usize, usize, usize) -> Vec<u8>,
+) -> Res<()> {
+    use std::io::Write;
+    let mut header = serde_json::Map::new();
+    let mut off = 0usize;
+    for (name, dt, shape, bytes) in tensors {
+        header.insert(
+            name.to_string(),
+            json!({"dtype": dt, "shape": shape, "data_offsets": [off, off + bytes]}),
+        );
+        off += bytes;
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header))?;
+    h.resize(h.len().div_ceil(8) * 8, b' ');
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    f.write_all(&(h.len() as u64).to_le_bytes())?;
+    f.write_all(&h)?;
+    for (t, (_, _, _, bytes)) in tensors.iter().enumerate() {
+        let mut done = 0;
+        while done < *bytes {
+            let n = (64usize << 20).min(bytes - done);
+            f.write_all(&fill(t, done, n))?;
+            done += n;
+        }
+    }
+    f.into_inner().map_err(|e| e.to_string())?.sync_all()?;
+    Ok(())
+}
+
+/// Runs `lorakit ARGS` and returns (seconds, peak RSS in bytes) from `wait4`. This process
+/// holds no large buffer when it spawns, so the child's high-water mark (which Linux seeds from
+/// the parent's at a vfork'd exec) is its own.
+fn run_measured(lorakit: &str, args: &[&str]) -> Res<(f64, u64)> {
+    let t = Instant::now();
+    #[allow(clippy::zombie_processes)] // reaped by the wait4 below
+    let child = std::process::Command::new(lorakit)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value; wait4 fills it for this child only.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    if pid != child.id() as i32 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        return Err(format!("lorakit {args:?} failed (status {status})").into());
+    }
+    Ok((t.elapsed().as_secs_f64(), ru.ru_maxrss as u64 * 1024))
+}
+
+fn cli_merge(rows: usize, cols: usize, rank: usize, lorakit: &str) -> Res<Value> {
+    let dir = tempfile::tempdir()?;
+    let base = dir.path().join("base.safetensors");
+    let n = rows * cols;
+    write_st(
+        &base,
+        &[("big.weight", "BF16", vec![rows, cols], 2 * n)],
+        &|_, at, len| {
+            let v = values(len / 2, 7 ^ (at as u64 / 2));
+            dtype::encode(Dtype::BF16, &v)
+        },
+    )?;
+    let ad = dir.path().join("adapter");
+    std::fs::create_dir(&ad)?;
+    write_st(
+        &ad.join("adapter_model.safetensors"),
+        &[
+            (
+                "base_model.model.big.lora_A.weight",
+                "F32",
+                vec![rank, cols],
+                4 * rank * cols,
+            ),
+            (
+                "base_model.model.big.lora_B.weight",
+                "F32",
+                vec![rows, rank],
+                4 * rows * rank,
+            ),
+        ],
+        &|t, at, len| {
+            let v = values(len / 4, (11 + 2 * t as u64) ^ (at as u64 / 4));
+            dtype::encode(Dtype::F32, &v)
+        },
+    )?;
+    std::fs::write(
+        ad.join("adapter_config.json"),
+        format!(
+            r#"{{"peft_type":"LORA","r":{rank},"lora_alpha":{},"target_modules":["big"]}}"#,
+            2 * rank
+        ),
+    )?;
+    let mut fig = json!({"rows": rows, "cols": cols, "rank": rank, "tensor_bytes": 2 * n});
+    let mut outs = Vec::new();
+    for device in ["gpu", "cpu"] {
+        let out = dir.path().join(format!("{device}.safetensors"));
+        let (b, a, o) = (
+            base.display().to_string(),
+            ad.display().to_string(),
+            out.display().to_string(),
+        );
+        let args = [
+            "merge",
+            "--base",
+            &b,
+            "--adapter",
+            &a,
+            "--out",
+            &o,
+            "--device",
+            device,
+            "--quiet",
+        ];
+        let (s, peak) = run_measured(lorakit, &args)?;
+        eprintln!(
+            "cli merge --device {device}: {s:.3} s, peak RSS {} MiB",
+            peak >> 20
+        );
+        fig[format!("{device}_s")] = json!(s);
+        fig[format!("{device}_peak_rss")] = json!(peak);
+        fig[format!("{device}_gb_per_s")] = json!(4.0 * n as f64 / s / 1e9);
+        outs.push(out);
+    }
+    // Compared in pieces (the files are GiBs).
+    let identical = {
+        use std::io::Read;
+        let (mut g, mut c) = (
+            std::fs::File::open(&outs[0])?,
+            std::fs::File::open(&outs[1])?,
+        );
+        let (mut bg, mut bc) = (vec![0u8; 16 << 20], vec![0u8; 16 << 20]);
+        loop {
+            let ng = g.read(&mut bg)?;
+            let mut nc = 0;
+            while nc < ng {
+                let k = c.read(&mut bc[nc..ng])?;
+                if k == 0 {
+                    break;
+                }
+                nc += k;
+            }
+            if ng != nc || bg[..ng] != bc[..nc] {
+                break false;
+            }
+            if ng == 0 {
+                break true;
+            }
+        }
+    };
+    eprintln!("cli merge: outputs identical: {identical}");
+    fig["identical"] = json!(identical);
+    Ok(fig)
+}
+
 fn step(args: &[String]) -> Res<Value> {
     let name = args.first().map(String::as_str).unwrap_or("");
     let v = match name {
@@ -311,6 +476,12 @@ fn step(args: &[String]) -> Res<Value> {
             arg(args, 3, "RANK")?,
         )?,
         "sketch" => sketch(arg(args, 1, "D")?, arg(args, 2, "L")?)?,
+        "cli-merge" => cli_merge(
+            arg(args, 1, "ROWS")?,
+            arg(args, 2, "COLS")?,
+            arg(args, 3, "RANK")?,
+            args.get(4).ok_or("missing LORAKIT")?,
+        )?,
         other => return Err(format!("unknown step {other:?}").into()),
     };
     let mut v = v;

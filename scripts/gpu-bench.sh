@@ -26,8 +26,9 @@
 # copy-kernel bandwidth (timestamp queries where the adapter has them) and host↔device rates;
 # the merge kernel alone at 4096², 8192×28672 and 28672×8192 for ranks 16, then 1, 64, 256;
 # the streamed end-to-end merge of a 2.25 GiB bf16 tensor beside the CPU (byte-identical check,
-# peak RSS each adds); the forward at n = 1, 16, 1024; the delta-sketch kernel; the GPU unit
-# tests (bit-identity with the CPU on this driver) with LORAKIT_REQUIRE_GPU=1.
+# peak RSS each adds), in memory and then through the `merge` command from file to file
+# (seconds, peak RSS, byte-identical outputs); the forward at n = 1, 16, 1024; the delta-sketch
+# kernel; the GPU unit tests (bit-identity with the CPU on this driver) with LORAKIT_REQUIRE_GPU=1.
 #
 # Device-machine invocation from a session (the binaries built here first, then carried):
 #   scripts/gpu-bench.sh --build
@@ -45,7 +46,7 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --bin) BIN="$2"; shift ;;
     --budget) BUDGET="$2"; shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo pipefail/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "gpu-bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -173,7 +174,7 @@ fi
 
 if [ "$DRY" = 1 ]; then
   # Small sizes, and 1 MiB merge chunks so the end-to-end step streams several tiles.
-  export LORAKIT_GPU_CHUNK_MIB=1
+  export LORAKIT_GPU_CHUNK_BYTES=1048576
   COPY_MIB=16; SQUARE=1024; WIDE_R=512; WIDE_C=2048; TALL_R=2048; TALL_C=512
   E2E_R=1024; E2E_C=4096; FWD_D=1024; SK_D=1024; RANKS_MORE="1 64"
 else
@@ -192,6 +193,8 @@ for s in $shapes; do
   step "merge-kernel ${s%:*} ${s#*:} 16" 45 "$BIN/gpu-bench" merge-kernel "${s%:*}" "${s#*:}" 16
 done
 step "e2e $E2E_R $E2E_C 16" 150 "$BIN/gpu-bench" e2e "$E2E_R" "$E2E_C" 16
+# The same size through the merge command (file → mmap → ring → writer → file), GPU and CPU.
+step "cli-merge $E2E_R $E2E_C 16" 150 "$BIN/gpu-bench" cli-merge "$E2E_R" "$E2E_C" 16 "$BIN/lorakit"
 if [ -x "$BIN/lorakit-tests" ]; then
   step "unit tests backend::gpu" 150 env LORAKIT_REQUIRE_GPU=1 "$BIN/lorakit-tests" backend::gpu --test-threads 4
 fi

@@ -81,9 +81,11 @@ pub enum InputErrorKind {
     /// Boxed: keeps `Result<_, InputError>` small on the happy path.
     #[error(transparent)]
     Format(Box<FormatError>),
-    /// A malformed GGUF file (boxed for the same reason).
+    /// A malformed GGUF file (boxed for the same reason). Held as a trait object so that this
+    /// module depends on no reader: `io` converts `io::gguf::GgufError` into it (`From` in
+    /// `io/mod.rs`), and the cause stays reachable by `downcast_ref`.
     #[error(transparent)]
-    Gguf(Box<crate::io::gguf::GgufError>),
+    Gguf(Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// The destination could not be written (a temporary file, a rename, a folder, a lock):
@@ -108,12 +110,6 @@ impl From<OptionError> for InputErrorKind {
 impl From<FormatError> for InputErrorKind {
     fn from(e: FormatError) -> Self {
         InputErrorKind::Format(Box::new(e))
-    }
-}
-
-impl From<crate::io::gguf::GgufError> for InputErrorKind {
-    fn from(e: crate::io::gguf::GgufError) -> Self {
-        InputErrorKind::Gguf(Box::new(e))
     }
 }
 

@@ -37,14 +37,20 @@ const DOTTED: &[&str] = &[
 /// turned into underscores (so kohya and dotted names read alike). Each entry: family, and
 /// groups of which every group needs one of its substrings.
 const FAMILIES: &[(&str, &[&[&str]])] = &[
-    // BFL single-file names (`double_blocks.N.img_attn.qkv`) or diffusers' FluxTransformer2DModel.
+    // BFL single-file names (`double_blocks.N.img_attn.qkv`, `single_blocks.N.linear1`) or
+    // diffusers' FluxTransformer2DModel (`single_transformer_blocks`). Either kind of BFL block
+    // alone is Flux: kohya sd-scripts' `lora_flux.py` trains only one with `train_blocks=double`
+    // or `single` (@48d368fa), and the double blocks' `img_mlp`/`img_mod` are Qwen-Image's names
+    // too, so Flux is decided first.
     (
         "Flux",
-        &[
-            &["double_blocks", "single_transformer_blocks"],
-            &["single_blocks", "single_transformer_blocks"],
-        ],
+        &[&[
+            "double_blocks",
+            "single_blocks",
+            "single_transformer_blocks",
+        ]],
     ),
+    // diffusers' QwenImageTransformerBlock (`transformer_blocks.N.img_mlp.net.0.proj`, `img_mod.1`).
     ("Qwen-Image", &[&["img_mlp", "txt_mlp", "img_mod"]]),
     ("Wan", &[&["cross_attn"], &["ffn_0", "ffn_2"]]),
     // SD3's MMDiT: `joint_blocks` (single file) or diffusers' `add_q_proj` beside `context_pre_only`.

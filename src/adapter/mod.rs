@@ -161,6 +161,26 @@ pub struct Adapter {
 }
 
 impl Adapter {
+    /// An adapter of `modules` and nothing else: no source file, full tensors, base model,
+    /// config, metadata or namings, no rsLoRA or DoRA. Readers and operations set what they
+    /// have on top (`Adapter { config, ..Adapter::of_modules(..) }`).
+    pub fn of_modules(format: Format, path: PathBuf, modules: Vec<LoraModule>) -> Adapter {
+        Adapter {
+            format,
+            path,
+            source: None,
+            modules,
+            full_tensors: Vec::new(),
+            base_model: None,
+            use_rslora: false,
+            use_dora: false,
+            modules_to_save: Vec::new(),
+            config: None,
+            metadata: Vec::new(),
+            namings: Vec::new(),
+        }
+    }
+
     /// Opens an adapter of any supported format (file or PEFT folder), detecting the format.
     pub fn open(path: impl AsRef<Path>) -> InputResult<Adapter> {
         formats::open(path.as_ref())

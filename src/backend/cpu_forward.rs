@@ -209,6 +209,24 @@ fn check_len(what: &str, got: usize, rows: usize, l: usize) -> Result<(), ShapeE
     Ok(())
 }
 
+/// Calls `f(r0, r1, block)` for each block of rows `r0..r1` of `W − W0`, in order, `block` being
+/// `(r1 − r0) × cols` (the block height is the one the tensor decodes in).
+fn for_each_delta_block(pair: &DeltaPair, mut f: impl FnMut(usize, usize, ArrayView2<f32>)) {
+    let (m, k) = (pair.rows(), pair.cols());
+    let step = pair.w.block_rows();
+    let mut r0 = 0;
+    while r0 < m {
+        let r1 = (r0 + step).min(m);
+        let block = pair.delta_rows(r0, r1);
+        f(
+            r0,
+            r1,
+            ArrayView2::from_shape((r1 - r0, k), &block).expect("block shape"),
+        );
+        r0 = r1;
+    }
+}
+
 /// `Y = (W − W0)·Ω` for `Ω` `cols × l` (row-major f32); returns `Y`, `rows × l`.
 pub fn delta_sketch(pair: &DeltaPair, omega: &[f32], l: usize) -> Result<Vec<f32>, ShapeError> {
     pair.validate()?;
@@ -216,15 +234,9 @@ pub fn delta_sketch(pair: &DeltaPair, omega: &[f32], l: usize) -> Result<Vec<f32
     check_len("Ω", omega.len(), k, l)?;
     let om = ArrayView2::from_shape((k, l), omega).expect("checked");
     let mut y = Array2::<f32>::zeros((m, l));
-    let step = pair.w.block_rows();
-    let mut r0 = 0;
-    while r0 < m {
-        let r1 = (r0 + step).min(m);
-        let block = pair.delta_rows(r0, r1);
-        let mb = ArrayView2::from_shape((r1 - r0, k), &block).expect("block shape");
+    for_each_delta_block(pair, |r0, r1, mb| {
         general_mat_mul(1.0, &mb, &om, 0.0, &mut y.slice_mut(s![r0..r1, ..]));
-        r0 = r1;
-    }
+    });
     Ok(y.into_raw_vec_and_offset().0)
 }
 
@@ -235,15 +247,9 @@ pub fn delta_sketch_t(pair: &DeltaPair, q: &[f32], l: usize) -> Result<Vec<f32>,
     check_len("Q", q.len(), m, l)?;
     let qm = ArrayView2::from_shape((m, l), q).expect("checked");
     let mut z = Array2::<f32>::zeros((k, l));
-    let step = pair.w.block_rows();
-    let mut r0 = 0;
-    while r0 < m {
-        let r1 = (r0 + step).min(m);
-        let block = pair.delta_rows(r0, r1);
-        let mb = ArrayView2::from_shape((r1 - r0, k), &block).expect("block shape");
+    for_each_delta_block(pair, |r0, r1, mb| {
         general_mat_mul(1.0, &mb.t(), &qm.slice(s![r0..r1, ..]), 1.0, &mut z);
-        r0 = r1;
-    }
+    });
     Ok(z.into_raw_vec_and_offset().0)
 }
 

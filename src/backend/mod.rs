@@ -115,6 +115,16 @@ pub enum Rounding {
     Exact,
 }
 
+/// A merge's output as [`Engine::merge_to`] hands it over.
+#[derive(Debug)]
+pub enum Piece<'a> {
+    /// The whole tensor, computed on the host.
+    Whole(Vec<u8>),
+    /// The next row-major bytes of a tensor streamed from the device (borrowed from its
+    /// mapped readback: copy what must outlive the call).
+    Part(&'a [u8]),
+}
+
 /// Why a merge produced no output.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MergeError {
@@ -124,6 +134,10 @@ pub enum MergeError {
     Shape(String),
     #[error("gpu: {0}")]
     Gpu(String),
+    /// The sink of [`Engine::merge_to`] failed; the caller holds its error (a full disk, a
+    /// stopped writer) and returns that instead.
+    #[error("the output stopped")]
+    SinkStopped,
 }
 
 impl MergeJob<'_> {
@@ -337,21 +351,22 @@ impl Engine {
     /// and whose probe merge is bit-identical to and faster than the CPU's), the CPU otherwise
     /// (a software adapter such as lavapipe is never picked; ask for it with `--device gpu`).
     pub fn with_gpu_index(device: Device, gpu_index: Option<usize>) -> anyhow::Result<Engine> {
-        Ok(Self::choose(device, gpu_index)?.0)
-    }
-
-    /// [`Engine::with_gpu_index`], also returning why `auto` chose (`None` for `cpu`/`gpu`).
-    pub fn choose(
-        device: Device,
-        gpu_index: Option<usize>,
-    ) -> anyhow::Result<(Engine, Option<AutoChoice>)> {
         let opts = gpu::GpuOptions {
             adapter_index: gpu_index,
             ..gpu::GpuOptions::default()
         };
+        Ok(Self::choose(device, &opts)?.0)
+    }
+
+    /// [`Engine::with_gpu_index`] with every GPU option (the adapter, and the chunk size and
+    /// binding limit tests lower), also returning why `auto` chose (`None` for `cpu`/`gpu`).
+    pub fn choose(
+        device: Device,
+        opts: &gpu::GpuOptions,
+    ) -> anyhow::Result<(Engine, Option<AutoChoice>)> {
         match device {
             Device::Cpu => Ok((Engine::Cpu, None)),
-            Device::Gpu => match gpu::GpuContext::with_options(&opts) {
+            Device::Gpu => match gpu::GpuContext::with_options(opts) {
                 Ok(ctx) => Ok((Engine::Gpu(Box::new(ctx)), None)),
                 Err(e) => {
                     let e = e.to_string();
@@ -362,7 +377,7 @@ impl Engine {
                 }
             },
             Device::Auto => {
-                let ctx = match gpu::GpuContext::with_options(&opts) {
+                let ctx = match gpu::GpuContext::with_options(opts) {
                     Ok(ctx) => ctx,
                     Err(e) => {
                         let reason = e.to_string();
@@ -397,19 +412,26 @@ impl Engine {
         }
     }
 
-    /// [`Engine::merge`] with the output handed to `sink` in row-major pieces. On the GPU the
-    /// tensor streams through the device in chunks ([`gpu::merge_into`]) and no whole-tensor
-    /// output buffer exists on the host; on the CPU (and for jobs the kernel does not cover) the
-    /// output is computed whole and handed over once. After an error the pieces already
-    /// delivered are to be discarded.
-    pub fn merge_into(
+    /// [`Engine::merge_with`] with the output handed to `sink` as it is produced. Where the GPU
+    /// kernel covers the job ([`gpu::merge_supports`]) and the rounding is [`Rounding::F32`],
+    /// the tensor streams through the device in chunks ([`gpu::merge_into`]): the base is read
+    /// from `job.w0` (the memory map) straight into the upload ring, each chunk's readback is
+    /// handed over as a [`Piece::Part`] in row-major order, and no whole-tensor buffer exists
+    /// on the host. Everywhere else (the CPU engine, F64 tensors, dense terms, blended DoRA,
+    /// exact rounding) the output is computed whole and handed over once as [`Piece::Whole`],
+    /// moved, not copied. After an error the pieces already delivered are to be discarded; an
+    /// error of the sink's own ends the merge and is returned as the sink gave it.
+    pub fn merge_to(
         &self,
         job: &MergeJob,
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), MergeError>,
+        rounding: Rounding,
+        sink: &mut dyn FnMut(Piece<'_>) -> Result<(), MergeError>,
     ) -> Result<(), MergeError> {
         match self {
-            Engine::Gpu(ctx) if gpu::merge_supports(job) => gpu::merge_into(ctx, job, sink),
-            _ => sink(&cpu::merge(job)?),
+            Engine::Gpu(ctx) if rounding == Rounding::F32 && gpu::merge_supports(job) => {
+                gpu::merge_into(ctx, job, &mut |b| sink(Piece::Part(b)))
+            }
+            _ => sink(Piece::Whole(self.merge_with(job, rounding)?)),
         }
     }
 

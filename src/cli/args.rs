@@ -116,8 +116,23 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     /// The backend for this run.
+    ///
+    /// Test and benchmark hook, not a user option: `LORAKIT_GPU_CHUNK_BYTES` sets the bytes of
+    /// base per streamed GPU merge tile (default 64 MiB), so a test can stream a small fixture
+    /// through many tiles of the ring without a tensor of hundreds of MiB.
     pub fn engine(&self) -> anyhow::Result<Engine> {
-        Engine::with_gpu_index(self.device, self.gpu_index)
+        let chunk_bytes = match std::env::var("LORAKIT_GPU_CHUNK_BYTES") {
+            Ok(v) => Some(v.parse::<u64>().map_err(|_| {
+                anyhow::anyhow!("LORAKIT_GPU_CHUNK_BYTES: `{v}` is not a number of bytes")
+            })?),
+            Err(_) => None,
+        };
+        let opts = crate::backend::gpu::GpuOptions {
+            adapter_index: self.gpu_index,
+            chunk_bytes,
+            ..Default::default()
+        };
+        Ok(Engine::choose(self.device, &opts)?.0)
     }
 }
 

@@ -6,7 +6,7 @@
 use super::convert::{check_output, files_line, format_name, open_base, show};
 use crate::adapter::{Adapter, Format};
 use crate::cli::CombineArgs;
-use crate::inspect::table;
+use crate::inspect::table_of;
 use crate::ops::combine::{self, CombineOptions, Method, ModuleCombine, WeightedInput};
 use crate::ops::convert;
 use crate::ops::output::{self, Provenance, WriteSpec};
@@ -223,11 +223,11 @@ fn render(s: &CombineSummary, w: &output::Written) -> String {
         s.out,
         format_name(s.format)
     );
-    let rows: Vec<Vec<String>> = s
-        .adapters
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
+    out.push_str(&table_of(
+        &["", "adapter", "format", "weight", "modules"],
+        &[false, false, false, true, true],
+        s.adapters.iter().enumerate(),
+        |(i, a)| {
             vec![
                 format!("#{i}"),
                 a.path.clone(),
@@ -235,18 +235,14 @@ fn render(s: &CombineSummary, w: &output::Written) -> String {
                 format!("{}", a.weight),
                 a.module_count.to_string(),
             ]
-        })
-        .collect();
-    out.push_str(&table(
-        &["", "adapter", "format", "weight", "modules"],
-        &rows,
-        &[false, false, false, true, true],
+        },
     ));
     out.push('\n');
-    let rows: Vec<Vec<String>> = s
-        .modules
-        .iter()
-        .map(|m| {
+    out.push_str(&table_of(
+        &["module", "inputs (#:rank)", "rank", "energy kept"],
+        &[false, false, true, true],
+        s.modules.iter(),
+        |m| {
             let from: Vec<String> = m
                 .inputs
                 .iter()
@@ -261,12 +257,7 @@ fn render(s: &CombineSummary, w: &output::Written) -> String {
                     .map(|e| format!("{:.2}%", 100.0 * e))
                     .unwrap_or_else(|| "-".into()),
             ]
-        })
-        .collect();
-    out.push_str(&table(
-        &["module", "inputs (#:rank)", "rank", "energy kept"],
-        &rows,
-        &[false, false, true, true],
+        },
     ));
     out.push_str(&format!(
         "\n{} modules, {} parameters; {}\n",

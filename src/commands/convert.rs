@@ -3,7 +3,7 @@
 
 use crate::adapter::{Adapter, Format};
 use crate::cli::ConvertArgs;
-use crate::inspect::{human_bytes, table};
+use crate::inspect::{human_bytes, table_of};
 use crate::io::Checkpoint;
 use crate::ops::convert::{
     self, ConvertOptions, ConvertPlan, ConvertReport, ConvertTo, NameSource,
@@ -87,10 +87,21 @@ fn render(s: &ConvertReport, seconds: f64) -> String {
             ""
         }
     );
-    let rows: Vec<Vec<String>> = s
-        .modules
-        .iter()
-        .map(|m| {
+    let head_from = format!("module ({})", format_name(s.from));
+    let head_to = format!("module ({})", to_name(s.to));
+    out.push_str(&table_of(
+        &[
+            &head_from,
+            &head_to,
+            "algo",
+            "rank",
+            "alpha in",
+            "alpha out",
+            "scale",
+        ],
+        &[false, false, false, true, true, true, true],
+        s.modules.iter(),
+        |m| {
             vec![
                 m.from.clone(),
                 m.to.clone(),
@@ -103,22 +114,7 @@ fn render(s: &ConvertReport, seconds: f64) -> String {
                     None => num(m.scale),
                 },
             ]
-        })
-        .collect();
-    let head_from = format!("module ({})", format_name(s.from));
-    let head_to = format!("module ({})", to_name(s.to));
-    out.push_str(&table(
-        &[
-            &head_from,
-            &head_to,
-            "algo",
-            "rank",
-            "alpha in",
-            "alpha out",
-            "scale",
-        ],
-        &rows,
-        &[false, false, false, true, true, true, true],
+        },
     ));
     out.push_str(&format!(
         "\n{} modules, {} metadata entries kept, {} files, {} written in {:.2} s\n",
@@ -387,10 +383,22 @@ fn gguf(a: ConvertArgs, start: Instant) -> Result<i32> {
     if a.json {
         super::print_json("convert", &s)?;
     } else {
-        let rows: Vec<Vec<String>> = s
-            .modules
-            .iter()
-            .map(|m| {
+        let mut out = format!(
+            "wrote {} (llama.cpp LoRA adapter, {}, alpha {}, {})\n\n",
+            s.out, s.architecture, s.alpha, s.dtype
+        );
+        out.push_str(&table_of(
+            &[
+                "module",
+                "tensor",
+                "rank",
+                "scale",
+                "folded into B",
+                "permuted",
+            ],
+            &[false, false, true, true, true, false],
+            s.modules.iter(),
+            |m| {
                 vec![
                     m.from.clone(),
                     m.to.clone(),
@@ -407,23 +415,7 @@ fn gguf(a: ConvertArgs, start: Instant) -> Result<i32> {
                         "-".into()
                     },
                 ]
-            })
-            .collect();
-        let mut out = format!(
-            "wrote {} (llama.cpp LoRA adapter, {}, alpha {}, {})\n\n",
-            s.out, s.architecture, s.alpha, s.dtype
-        );
-        out.push_str(&table(
-            &[
-                "module",
-                "tensor",
-                "rank",
-                "scale",
-                "folded into B",
-                "permuted",
-            ],
-            &rows,
-            &[false, false, true, true, true, false],
+            },
         ));
         out.push_str(&format!(
             "\n{} modules, {} written in {:.2} s\n",

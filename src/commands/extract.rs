@@ -8,7 +8,7 @@ use crate::cli::ExtractArgs;
 use crate::extract::{
     CpuDeltaOperators, DeltaOperators, EmbeddingMode, ExtractOptions, ExtractPlan, ExtractSummary,
 };
-use crate::inspect::{human_bytes, table};
+use crate::inspect::{human_bytes, table_of};
 use crate::io::Checkpoint;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -278,25 +278,6 @@ fn tuned_dtype(tuned: &Checkpoint) -> crate::dtype::Dtype {
 
 fn render(s: &ExtractSummary) -> String {
     let sci = |x: f64| format!("{x:.2e}");
-    let rows: Vec<Vec<String>> = s
-        .modules
-        .iter()
-        .map(|m| {
-            vec![
-                m.name.clone(),
-                m.kind.clone(),
-                m.shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join("×"),
-                m.rank.to_string(),
-                format!("{}", m.alpha),
-                format!("{:.6}", m.energy_kept),
-                sci(m.rel_error),
-            ]
-        })
-        .collect();
     let method = if s.method == "exact" {
         "exact SVD".to_string()
     } else {
@@ -317,7 +298,7 @@ fn render(s: &ExtractSummary) -> String {
         "extracted {} − {} → {} ({format}, {method})\n\n",
         s.tuned, s.base, s.out
     );
-    out.push_str(&table(
+    out.push_str(&table_of(
         &[
             "module",
             "kind",
@@ -327,8 +308,23 @@ fn render(s: &ExtractSummary) -> String {
             "energy",
             "rel.error",
         ],
-        &rows,
         &[false, false, true, true, true, true, true],
+        s.modules.iter(),
+        |m| {
+            vec![
+                m.name.clone(),
+                m.kind.clone(),
+                m.shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("×"),
+                m.rank.to_string(),
+                format!("{}", m.alpha),
+                format!("{:.6}", m.energy_kept),
+                sci(m.rel_error),
+            ]
+        },
     ));
     let list = |v: Vec<&str>| -> String {
         let n = v.len();

@@ -6,7 +6,7 @@
 use crate::adapter::Adapter;
 use crate::cli::MergeArgs;
 use crate::error::InputError;
-use crate::inspect::{human_bytes, table};
+use crate::inspect::{human_bytes, table_of};
 use crate::io::Checkpoint;
 use crate::merge::gguf::{GgufMergeOptions, GgufMergePlan, GgufMergeReport};
 use crate::merge::{MergeOptions, MergePlan, MergeSummary, WeightedAdapter};
@@ -18,14 +18,7 @@ use anyhow::Result;
 pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
     let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = Checkpoint::open(&a.base)?;
-    let mut adapters = Vec::new();
-    let mut target = None;
-    for (i, p) in a.adapters.iter().enumerate() {
-        adapters.push(WeightedAdapter {
-            adapter: open_adapter(p, &a.base, &mut target)?,
-            weight: weights[i],
-        });
-    }
+    let adapters = weighted_adapters(a, &weights)?;
     let options = MergeOptions {
         dtype: a.dtype,
         max_shard_size: a.max_shard_size,
@@ -51,6 +44,21 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
         },
     };
     MergePlan::new(base, adapters, a.out.clone(), options)
+}
+
+/// The adapters of the command line, opened in order, each with its weight.
+fn weighted_adapters(a: &MergeArgs, weights: &[f64]) -> Result<Vec<WeightedAdapter>> {
+    let mut target = None;
+    a.adapters
+        .iter()
+        .zip(weights)
+        .map(|(p, &weight)| {
+            Ok(WeightedAdapter {
+                adapter: open_adapter(p, &a.base, &mut target)?,
+                weight,
+            })
+        })
+        .collect()
 }
 
 pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
@@ -140,19 +148,6 @@ pub fn run_dequantize(a: crate::cli::DequantizeArgs, quiet: bool) -> Result<i32>
 }
 
 fn render(s: &MergeSummary) -> String {
-    let rows: Vec<Vec<String>> = s
-        .adapters
-        .iter()
-        .map(|a| {
-            vec![
-                a.path.clone(),
-                format!("{}", a.weight),
-                a.modules_merged.to_string(),
-                a.tensors_replaced.to_string(),
-                a.biases_updated.to_string(),
-            ]
-        })
-        .collect();
     // "wrote OUT", first: the base is read, never written.
     let mut out = headline(
         &s.out,
@@ -166,11 +161,26 @@ fn render(s: &MergeSummary) -> String {
     if !s.created_folders.is_empty() {
         out.push('\n');
     }
-    out.push_str(&table(
+    out.push_str(&table_of(
         &["adapter", "weight", "modules", "replaced", "biases"],
-        &rows,
         &[false, true, true, true, true],
+        s.adapters.iter(),
+        |a| {
+            vec![
+                a.path.clone(),
+                format!("{}", a.weight),
+                a.modules_merged.to_string(),
+                a.tensors_replaced.to_string(),
+                a.biases_updated.to_string(),
+            ]
+        },
     ));
+    if s.tensors_streamed_count > 0 {
+        out.push_str(&format!(
+            "\ngpu: {} of {} merged tensors streamed through the device in chunks, never whole in memory\n",
+            s.tensors_streamed_count, s.tensors_merged_count
+        ));
+    }
     if s.tensors_requantized_count > 0 {
         out.push_str(&format!(
             "\nquantized base: {} merged weights quantized again in their format (fresh scales), every other tensor copied\n",
@@ -184,25 +194,21 @@ fn render(s: &MergeSummary) -> String {
         ));
     }
     if !s.qlora.is_empty() {
-        let rows: Vec<Vec<String>> = s
-            .qlora
-            .iter()
-            .map(|q| {
+        out.push_str(
+            "\nas trained on: merged into dequant(Q(W)); stray term W − dequant(Q(W)) removed\n",
+        );
+        out.push_str(&table_of(
+            &["tensor", "‖W−dq(Q(W))‖", "‖ΔW‖", "ratio"],
+            &[false, true, true, true],
+            s.qlora.iter(),
+            |q| {
                 vec![
                     q.name.clone(),
                     format!("{:.4e}", q.stray_norm),
                     format!("{:.4e}", q.delta_norm),
                     format!("{:.3}", q.ratio),
                 ]
-            })
-            .collect();
-        out.push_str(
-            "\nas trained on: merged into dequant(Q(W)); stray term W − dequant(Q(W)) removed\n",
-        );
-        out.push_str(&table(
-            &["tensor", "‖W−dq(Q(W))‖", "‖ΔW‖", "ratio"],
-            &rows,
-            &[false, true, true, true],
+            },
         ));
     }
     out.push_str(&format!(
@@ -221,12 +227,12 @@ fn render(s: &MergeSummary) -> String {
 /// The dry-run table of the files a merge would write (safetensors shards or one GGUF file):
 /// path, tensor count, size.
 fn files_table<'a>(files: impl Iterator<Item = (&'a str, usize, u64)>) -> String {
-    let rows: Vec<Vec<String>> = files
-        .map(|(path, tensors, bytes)| {
-            vec![path.to_string(), tensors.to_string(), human_bytes(bytes)]
-        })
-        .collect();
-    table(&["file", "tensors", "bytes"], &rows, &[false, true, true])
+    table_of(
+        &["file", "tensors", "bytes"],
+        &[false, true, true],
+        files,
+        |(path, tensors, bytes)| vec![path.to_string(), tensors.to_string(), human_bytes(bytes)],
+    )
 }
 
 fn render_dry_run(d: &crate::merge::DryRunSummary) -> String {
@@ -271,14 +277,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = crate::io::gguf::GgufModel::open(&a.base)?;
-    let mut adapters = Vec::new();
-    let mut target = None;
-    for (i, p) in a.adapters.iter().enumerate() {
-        adapters.push(WeightedAdapter {
-            adapter: open_adapter(p, &a.base, &mut target)?,
-            weight: weights[i],
-        });
-    }
+    let adapters = weighted_adapters(&a, &weights)?;
     let options = GgufMergeOptions {
         outtype: a.outtype.unwrap_or_default(),
         max_shard_size: a.max_shard_size,
@@ -317,26 +316,13 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
 }
 
 fn render_gguf(r: &GgufMergeReport) -> String {
-    let rows: Vec<Vec<String>> = r
-        .merged_tensors
-        .iter()
-        .map(|t| {
-            vec![
-                t.name.clone(),
-                format!("{} → {}", t.base_type, t.ty),
-                format!("{:.3e}", t.quant_rel_fro_error),
-                format!("{:.3e}", t.quant_max_abs_error),
-                t.modules.join(" + "),
-            ]
-        })
-        .collect();
     let mut out = headline(
         &r.out,
         r.operation,
         r.adapters.len(),
         &format!("{}, {}", r.base, r.architecture),
     );
-    out.push_str(&table(
+    out.push_str(&table_of(
         &[
             "tensor",
             "type",
@@ -344,8 +330,17 @@ fn render_gguf(r: &GgufMergeReport) -> String {
             "quant max abs",
             "modules",
         ],
-        &rows,
         &[false, false, true, true, false],
+        r.merged_tensors.iter(),
+        |t| {
+            vec![
+                t.name.clone(),
+                format!("{} → {}", t.base_type, t.ty),
+                format!("{:.3e}", t.quant_rel_fro_error),
+                format!("{:.3e}", t.quant_max_abs_error),
+                t.modules.join(" + "),
+            ]
+        },
     ));
     out.push_str(&format!(
         "\n{} tensors merged (--outtype {}), {} copied byte for byte, {} written in {:.2} s\n",

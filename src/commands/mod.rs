@@ -49,9 +49,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 if a.json {
                     print_json("run", &plan)?;
                 } else {
-                    let rows: Vec<Vec<String>> = plan
-                        .iter()
-                        .map(|p| {
+                    print(&crate::inspect::table_of(
+                        &["step", "action", "reads", "writes", "command"],
+                        &[false, false, true, true, false],
+                        &plan,
+                        |p| {
                             vec![
                                 p.name.clone(),
                                 match &p.reason {
@@ -64,12 +66,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                                     .unwrap_or_else(|| "?".into()),
                                 p.argv[1..].join(" "),
                             ]
-                        })
-                        .collect();
-                    print(&crate::inspect::table(
-                        &["step", "action", "reads", "writes", "command"],
-                        &rows,
-                        &[false, false, true, true, false],
+                        },
                     ))?;
                 }
                 return Ok(0);

@@ -6,7 +6,7 @@
 use super::convert::{check_output, files_line, format_name, inputs_json, num, open_base, show};
 use crate::adapter::{Adapter, Format};
 use crate::cli::ResizeArgs;
-use crate::inspect::table;
+use crate::inspect::table_of;
 use crate::ops::convert;
 use crate::ops::output::{self, Provenance, WriteSpec};
 use crate::ops::resize::{self, ModuleResize, RankRule};
@@ -124,23 +124,7 @@ fn render(s: &ResizeSummary, w: &output::Written) -> String {
         format_name(s.to),
         rule_text(&s.rank_rule)
     );
-    let rows: Vec<Vec<String>> = s
-        .modules
-        .iter()
-        .map(|m| {
-            vec![
-                m.name.clone(),
-                m.rank_before.to_string(),
-                m.rank_after.to_string(),
-                num(m.alpha_before),
-                num(m.alpha_after),
-                num(m.scale),
-                format!("{:.2}%", 100.0 * m.energy_kept),
-                format!("{:.4e}", m.fro_error),
-            ]
-        })
-        .collect();
-    out.push_str(&table(
+    out.push_str(&table_of(
         &[
             "module",
             "rank",
@@ -151,8 +135,20 @@ fn render(s: &ResizeSummary, w: &output::Written) -> String {
             "energy kept",
             "‖ΔW−ΔW′‖_F",
         ],
-        &rows,
         &[false, true, true, true, true, true, true, true],
+        s.modules.iter(),
+        |m| {
+            vec![
+                m.name.clone(),
+                m.rank_before.to_string(),
+                m.rank_after.to_string(),
+                num(m.alpha_before),
+                num(m.alpha_after),
+                num(m.scale),
+                format!("{:.2}%", 100.0 * m.energy_kept),
+                format!("{:.4e}", m.fro_error),
+            ]
+        },
     ));
     out.push_str(&format!(
         "\n{} of {} modules resized, {} → {} parameters, {:.2}% of the energy kept; {}\n",

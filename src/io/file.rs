@@ -185,9 +185,16 @@ impl SafetensorsFile {
     /// Tells the kernel the pages of `info` are no longer needed, so a streaming pass over a
     /// file larger than memory does not keep it resident. Harmless if the map does not exist.
     pub fn release(&self, info: &TensorInfo) {
+        self.release_range(info, 0, info.byte_len());
+    }
+
+    /// [`Self::release`] of bytes `offset..offset + len` of `info` only (clamped to it): the
+    /// part of a tensor a streamed pass has consumed.
+    pub fn release_range(&self, info: &TensorInfo, offset: u64, len: u64) {
         if let Some(map) = self.map.get() {
-            let start = (self.header.data_start + info.start) as usize;
-            let len = info.byte_len() as usize;
+            let offset = offset.min(info.byte_len());
+            let len = len.min(info.byte_len() - offset) as usize;
+            let start = (self.header.data_start + info.start + offset) as usize;
             // Only whole pages inside the range are dropped.
             let page = 4096;
             let s = start.next_multiple_of(page);

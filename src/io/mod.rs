@@ -16,3 +16,11 @@ pub mod writer;
 pub use checkpoint::Checkpoint;
 pub use file::{open_regular, read_json_file, read_whole_file, SafetensorsFile, TensorView};
 pub use writer::{Output, TensorSpec};
+
+/// A malformed GGUF file as the cause of an [`crate::error::InputError`]. Written here, not in
+/// `error.rs`, so that the error types depend on no reader (no `error` ↔ `io::gguf` cycle).
+impl From<gguf::GgufError> for crate::error::InputErrorKind {
+    fn from(e: gguf::GgufError) -> Self {
+        crate::error::InputErrorKind::Gguf(Box::new(e))
+    }
+}

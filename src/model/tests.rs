@@ -147,19 +147,12 @@ fn gradients_match_finite_differences_in_f64() {
         let (cfg, tensors) = synthetic(tied, 7);
         let mut m: Model<f64> = Model::load(Weights::Memory(&tensors), cfg).unwrap();
         let mut rng = crate::linalg::rng::Xoshiro256PlusPlus::seed_from_u64(11);
-        let targets: Vec<String> = [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-            "lm_head",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        // Every projection of every layer (by its in-layer path), and the head.
+        let targets: Vec<String> = crate::model::llama::PROJECTIONS
+            .iter()
+            .chain(&["lm_head"])
+            .map(|s| s.to_string())
+            .collect();
         let slots = m.select(&targets).unwrap();
         assert_eq!(slots.len(), 15);
         for &s in &slots {

@@ -238,17 +238,12 @@ pub fn disjoint_merge(ts: &[Vec<f64>], w: &[f64], majority: MajoritySign) -> Vec
 /// input's position, so masks do not depend on processing order.
 pub fn mask_rng(seed: u64, module: &str, side: char, input: usize) -> Xoshiro256PlusPlus {
     // FNV-1a over the key, then SplitMix64 seeding inside xoshiro.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    feed(&seed.to_le_bytes());
-    feed(module.as_bytes());
-    feed(&[0, side as u8]);
-    feed(&(input as u64).to_le_bytes());
+    let h = crate::linalg::rng::Fnv1a::new()
+        .feed(&seed.to_le_bytes())
+        .feed(module.as_bytes())
+        .feed(&[0, side as u8])
+        .feed(&(input as u64).to_le_bytes())
+        .finish();
     Xoshiro256PlusPlus::seed_from_u64(h)
 }
 
@@ -541,18 +536,10 @@ pub fn combine(
         c
     });
     let adapter = Adapter {
-        format: first.format,
-        path: first.path.clone(),
-        source: None,
-        modules,
         full_tensors,
         base_model: first.base_model.clone(),
-        use_rslora: false,
-        use_dora: false,
-        modules_to_save: Vec::new(),
         config,
-        metadata: Vec::new(),
-        namings: Vec::new(),
+        ..Adapter::of_modules(first.format, first.path.clone(), modules)
     };
     Ok((adapter, reports))
 }

@@ -320,6 +320,17 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
 }
 
 /// Aligned columns; `right[i]` right-aligns column i.
+/// A [`table`] with one row per item of `items`, whose cells `row` gives.
+pub fn table_of<T>(
+    head: &[&str],
+    right: &[bool],
+    items: impl IntoIterator<Item = T>,
+    row: impl FnMut(T) -> Vec<String>,
+) -> String {
+    let rows: Vec<Vec<String>> = items.into_iter().map(row).collect();
+    table(head, &rows, right)
+}
+
 pub fn table(head: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     let n = head.len();
     let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();

@@ -516,18 +516,10 @@ impl<'c> Trainer<'c> {
             "inference_mode": true,
         });
         Adapter {
-            format: Format::Peft,
-            path: Path::new("<trained>").to_path_buf(),
-            source: None,
-            modules,
-            full_tensors: Vec::new(),
             base_model: Some(base_model.to_owned()),
             use_rslora: self.rslora,
-            use_dora: false,
-            modules_to_save: Vec::new(),
             config: Some(config),
-            metadata: Vec::new(),
-            namings: Vec::new(),
+            ..Adapter::of_modules(Format::Peft, Path::new("<trained>").to_path_buf(), modules)
         }
     }
 

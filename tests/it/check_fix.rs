@@ -12,30 +12,7 @@
 use super::check::{check_json, fired, s, target};
 use super::common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-pub(crate) fn peft_python() -> Option<PathBuf> {
-    let py = std::env::var_os("LORAKIT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("python3"));
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import torch, transformers, peft"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    let why = format!(
-        "{} cannot import torch, transformers and peft (set LORAKIT_PYTHON)",
-        py.display()
-    );
-    if std::env::var("LORAKIT_REQUIRE_PEFT").as_deref() == Ok("1") {
-        panic!("LORAKIT_REQUIRE_PEFT=1 but {why}");
-    }
-    eprintln!("PEFT TEST SKIPPED: {why}");
-    None
-}
+use std::path::Path;
 
 /// PEFT loads both adapters onto the tiny Llama base, merges them, and runs one batch holding
 /// every token id: the JSON of `check_saved_load.py`.

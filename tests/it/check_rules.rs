@@ -8,29 +8,22 @@
 
 use super::check::{check_json, fired, s, target};
 use super::common::*;
-use std::path::PathBuf;
 
-fn peft_python() -> Option<PathBuf> {
-    let py = std::env::var_os("LORAKIT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("python3"));
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import torch, transformers, peft"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    let why = format!(
-        "{} cannot import torch, transformers and peft",
-        py.display()
+/// Runs a loader script on `case` and reads its JSON verdict, which must be the one every loader
+/// run here gives a float adapter: loaded, into float32 LoRA weights equal to the file's values
+/// cast to f32.
+fn loads_as_f32_cast(script: &mut std::process::Command, case: &str) -> serde_json::Value {
+    let out = script.output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{case}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["loads"], true, "{case}: {v}");
+    assert_eq!(
+        v["param_dtypes"],
+        serde_json::json!(["torch.float32"]),
+        "{case}"
     );
-    if std::env::var("LORAKIT_REQUIRE_PEFT").as_deref() == Ok("1") {
-        panic!("LORAKIT_REQUIRE_PEFT=1 but {why}");
-    }
-    eprintln!("PEFT TEST SKIPPED: {why}");
-    None
+    assert_eq!(v["equal_to_cast"], true, "{case}");
+    v
 }
 
 #[test]
@@ -66,22 +59,14 @@ fn dtype_rules_match_what_peft_does_and_what_the_converters_read() {
     assert_eq!(fired(target(&f8r, "vllm")), ["vllm.dtype"]);
     let Some(py) = peft_python() else { return };
     for (case, rounded) in [("check/dtype_f64", true), ("check/dtype_f8", false)] {
-        let out = std::process::Command::new(&py)
-            .arg(fixture("gen/check_dtype_load.py"))
-            .arg(fixture(case))
-            .arg(&base)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{case}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
         // PEFT loads both into float32 LoRA weights equal to the file's values cast to f32.
-        assert_eq!(v["loads"], true, "{case}: {v}");
-        assert_eq!(
-            v["param_dtypes"],
-            serde_json::json!(["torch.float32"]),
-            "{case}"
+        loads_as_f32_cast(
+            std::process::Command::new(&py)
+                .arg(fixture("gen/check_dtype_load.py"))
+                .arg(fixture(case))
+                .arg(&base),
+            case,
         );
-        assert_eq!(v["equal_to_cast"], true, "{case}");
         // The warning fires exactly where the cast rounds (f64 → f32), not where it is exact.
         let r = if rounded { &f64r } else { &f8r };
         assert_eq!(
@@ -161,22 +146,14 @@ fn diffusers_dtype_rule_matches_what_diffusers_does() {
         ("check/dtype_f64_unet.safetensors", true),
         ("check/dtype_f8_unet.safetensors", false),
     ] {
-        let out = std::process::Command::new(&py)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .arg(fixture("gen/check_diffusers_dtype.py"))
-            .arg("load")
-            .arg(fixture(case))
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{case}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
-        assert_eq!(v["loads"], true, "{case}: {v}");
-        assert_eq!(
-            v["param_dtypes"],
-            serde_json::json!(["torch.float32"]),
-            "{case}"
+        let v = loads_as_f32_cast(
+            std::process::Command::new(&py)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .arg(fixture("gen/check_diffusers_dtype.py"))
+                .arg("load")
+                .arg(fixture(case)),
+            case,
         );
-        assert_eq!(v["equal_to_cast"], true, "{case}");
         assert_eq!(v["file_exact_in_f32"], !rounded, "{case}");
     }
 }

@@ -14,6 +14,11 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// A path as an argument of the binary (test paths are UTF-8: the fixtures folder and temp dirs).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
 /// Runs lorakit with `args`, asserting success; returns stdout.
 pub fn run_ok<I, S>(args: I) -> String
 where
@@ -329,13 +334,74 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 
 /// Arguments of `lorakit merge --base BASE --adapter ADAPTER --out OUT` followed by `extra`.
 pub fn merge_args(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["merge", "--base"].map(String::from).into();
-    for (flag, p) in [("", base), ("--adapter", adapter), ("--out", out)] {
-        if !flag.is_empty() {
-            v.push(flag.into());
-        }
-        v.push(p.display().to_string());
-    }
+    let mut v: Vec<String> = [
+        "merge",
+        "--base",
+        s(base),
+        "--adapter",
+        s(adapter),
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Arguments of `lorakit extract --base BASE --tuned TUNED --out OUT` followed by `extra`.
+pub fn extract_args(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "extract",
+        "--base",
+        s(base),
+        "--tuned",
+        s(tuned),
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Arguments of `lorakit resize ADAPTER --out OUT` followed by `extra` (the rank rule).
+pub fn resize_args(adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["resize", s(adapter), "--out", s(out)]
+        .map(String::from)
+        .into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Arguments of `lorakit convert ADAPTER --to TO --out OUT` followed by `extra`.
+pub fn convert_args(adapter: &Path, to: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["convert", s(adapter), "--to", to, "--out", s(out)]
+        .map(String::from)
+        .into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `--adapter FIXTURE --weight W` for each `(fixture, weight)`, in order (merge and eval).
+pub fn weighted_adapter_args(adapters: &[(&str, f64)]) -> Vec<String> {
+    adapters
+        .iter()
+        .flat_map(|(a, w)| {
+            [
+                "--adapter".into(),
+                fixture(a).display().to_string(),
+                "--weight".into(),
+                w.to_string(),
+            ]
+        })
+        .collect()
+}
+
+/// Arguments of `lorakit train --model MODEL` followed by `extra`.
+pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["train", "--model", s(model)].map(String::from).into();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -364,6 +430,23 @@ pub fn diff_args(a: &Path, b: &Path, extra: &[&str]) -> Vec<String> {
     ];
     v.extend(extra.iter().map(|s| s.to_string()));
     v
+}
+
+/// Runs `lorakit diff A B EXTRA…`, asserting its exit status `code` (0: within tolerance, 1:
+/// not); returns stdout.
+pub fn diff_exit(a: &Path, b: &Path, extra: &[&str], code: i32) -> String {
+    let o = bin()
+        .args(diff_args(a, b, extra))
+        .output()
+        .expect("spawn lorakit");
+    let stdout = String::from_utf8(o.stdout).expect("utf8 stdout");
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
 }
 
 /// Runs [`merge_args`], asserting success; returns stdout.
@@ -429,4 +512,31 @@ pub fn gpu_available() -> bool {
     }
     eprintln!("GPU TEST SKIPPED: no wgpu adapter: {}", why.trim());
     false
+}
+
+/// The one Python policy of the PEFT tests: `LORAKIT_PYTHON`, else `python3`, if it imports
+/// torch, transformers and peft. Without one a test skips loudly (`PEFT TEST SKIPPED: …` on
+/// stderr) and passes, unless `LORAKIT_REQUIRE_PEFT=1`, where it fails.
+pub fn peft_python() -> Option<PathBuf> {
+    let py = std::env::var_os("LORAKIT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import torch, transformers, peft"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    let why = format!(
+        "{} cannot import torch, transformers and peft (set LORAKIT_PYTHON to a Python with \
+         fixtures/gen/requirements.txt)",
+        py.display()
+    );
+    if std::env::var("LORAKIT_REQUIRE_PEFT").as_deref() == Ok("1") {
+        panic!("LORAKIT_REQUIRE_PEFT=1 but {why}");
+    }
+    eprintln!("PEFT TEST SKIPPED: {why}");
+    None
 }

@@ -311,18 +311,17 @@ fn convert_to_diffusers_keeps_factors_and_scales() {
     );
     assert!(!out.exists());
     // A LoHa module has no diffusers LoRA form.
-    let line = one_line_error(&run_err([
-        "convert",
-        fixture("lycoris/loha.safetensors").to_str().unwrap(),
-        "--to",
+    let line = one_line_error(&run_err(convert_args(
+        &fixture("lycoris/loha.safetensors"),
         "diffusers",
-        "--base",
-        fixture("lycoris/base.safetensors").to_str().unwrap(),
-        "--prefix",
-        "lora_unet",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+        &out,
+        &[
+            "--base",
+            s(&fixture("lycoris/base.safetensors")),
+            "--prefix",
+            "lora_unet",
+        ],
+    )));
     assert!(line.contains("loha") && line.contains("resize"), "{line}");
     assert!(!out.exists());
 }

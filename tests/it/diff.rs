@@ -27,12 +27,8 @@ fn differences_fail_with_exit_1_and_exact_figures() {
         &out,
         &[],
     );
-    let o = bin()
-        .args(diff_args(&out, &fixture("llama/base"), &["--json"]))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = diff_exit(&out, &fixture("llama/base"), &["--json"], 1);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
     assert_eq!(v["failed"], 4);
     let merged = read_checkpoint(&out);
     let base = read_checkpoint(&fixture("llama/base"));
@@ -58,60 +54,33 @@ fn differences_fail_with_exit_1_and_exact_figures() {
     // Against PEFT's merge_and_unload (a file of the changed tensors only, hence --common):
     // within 1e-6 it passes, and it is not identical (the test would pass on `diff out out`).
     let reference = fixture("llama/merged/qv_r8.safetensors");
-    let o = bin()
-        .args(diff_args(
-            &out,
-            &reference,
-            &["--common", "--tolerance", "1e-6", "--json"],
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+    let o = diff_exit(
+        &out,
+        &reference,
+        &["--common", "--tolerance", "1e-6", "--json"],
+        0,
     );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
     assert_eq!(v["tensors_compared"], 4);
     assert_eq!(v["only_in_a"], 17);
     // …and a tolerance below the f32 rounding of the two merges fails it, so the comparison
     // measures something.
     let max = v["max_rel_fro_diff"].as_f64().unwrap();
     assert!(max > 0.0 && max < 1e-6, "{max}");
-    let o = bin()
-        .args(diff_args(
-            &out,
-            &reference,
-            &["--common", "--tolerance", &format!("{:e}", max / 2.0)],
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    // A loose tolerance lets the merge pass against the base; --max-abs can still fail it.
-    let o = bin()
-        .args(diff_args(
-            &out,
-            &fixture("llama/base"),
-            &["--tolerance", "10"],
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+    diff_exit(
+        &out,
+        &reference,
+        &["--common", "--tolerance", &format!("{:e}", max / 2.0)],
+        1,
     );
-    let o = bin()
-        .args(diff_args(
-            &out,
-            &fixture("llama/base"),
-            &["--tolerance", "10", "--max-abs", "1e-9"],
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    // A loose tolerance lets the merge pass against the base; --max-abs can still fail it.
+    diff_exit(&out, &fixture("llama/base"), &["--tolerance", "10"], 0);
+    diff_exit(
+        &out,
+        &fixture("llama/base"),
+        &["--tolerance", "10", "--max-abs", "1e-9"],
+        1,
+    );
 }
 
 #[test]
@@ -124,27 +93,20 @@ fn missing_tensors_and_dtype_changes_fail() {
         &bf,
         &["--dtype", "bf16"],
     );
-    let o = bin()
-        .args(diff_args(&bf, &fixture("llama/base"), &[]))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&o.stdout);
+    let o = diff_exit(&bf, &fixture("llama/base"), &[], 1);
+    let text = o;
     assert!(
         text.contains("dtype BF16 vs F32") && text.contains("FAIL"),
         "{text}"
     );
     // The changed-tensors-only reference: 17 base tensors exist only in A.
-    let o = bin()
-        .args(diff_args(
-            &fixture("llama/base"),
-            &fixture("llama/merged/qv_r8.safetensors"),
-            &["--json"],
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = diff_exit(
+        &fixture("llama/base"),
+        &fixture("llama/merged/qv_r8.safetensors"),
+        &["--json"],
+        1,
+    );
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
     assert_eq!(v["only_in_a"], 17);
     // Bad input is exit 2, not 1.
     let o = run_err(diff_args(

@@ -115,15 +115,7 @@ fn spectrum_matches_materialised_delta() {
         let (av, bv) = (a.f32(), b.f32());
         let scale = m["scale"].as_f64().unwrap();
         // ΔW (d×k) in f64, then the r-dim Gram G = ΔWᵀΔW restricted via ΔW·ΔWᵀ (d×d) eigenvalues.
-        let mut dw = vec![0f64; d * k];
-        for i in 0..d {
-            for j in 0..k {
-                dw[i * k + j] = scale
-                    * (0..r)
-                        .map(|q| bv[i * r + q] as f64 * av[q * k + j] as f64)
-                        .sum::<f64>();
-            }
-        }
+        let dw = scaled_product64(scale, &bv, &av, (d, r, k));
         // The f64 reference: one-sided Jacobi SVD of the materialised ΔW.
         let (_, sv_ref, _) = jacobi_svd(&dw, d, k);
         let got: Vec<f64> = m["spectrum"]["singular_values"]

@@ -8,31 +8,7 @@
 //! about 4.8 GB of CUDA libraries (measured in /work/venv), beyond CI's time budget.
 
 use super::common::*;
-use std::path::{Path, PathBuf};
-
-fn peft_python() -> Option<PathBuf> {
-    let py = std::env::var_os("LORAKIT_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("python3"));
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import torch, transformers, peft"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    let why = format!(
-        "{} cannot import torch, transformers and peft (set LORAKIT_PYTHON to a Python with \
-         fixtures/gen/requirements.txt)",
-        py.display()
-    );
-    if std::env::var("LORAKIT_REQUIRE_PEFT").as_deref() == Ok("1") {
-        panic!("LORAKIT_REQUIRE_PEFT=1 but {why}");
-    }
-    eprintln!("PEFT TEST SKIPPED: {why}");
-    None
-}
+use std::path::Path;
 
 /// PEFT loads `adapter` onto `base` and merges it; the tensors its merge changed must be the
 /// ones lorakit's merge changed, to 1e-6 relative (the merge tests' tolerance against PEFT).
@@ -82,18 +58,12 @@ fn peft_loads_extract_output() {
         merge_ok(from, &fixture(adapter), to, &[]);
     }
     let ex = dir.path().join("extracted");
-    let v: serde_json::Value = serde_json::from_str(&run_ok([
-        "extract",
-        "--base",
-        base.to_str().unwrap(),
-        "--tuned",
-        tuned.to_str().unwrap(),
-        "--rank",
-        "8",
-        "--out",
-        ex.to_str().unwrap(),
-        "--json",
-    ]))
+    let v: serde_json::Value = serde_json::from_str(&run_ok(extract_args(
+        &base,
+        &tuned,
+        &ex,
+        &["--rank", "8", "--json"],
+    )))
     .unwrap();
     let names: Vec<&str> = v["modules"]
         .as_array()
@@ -112,25 +82,25 @@ fn peft_loads_train_output() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base");
     let out = dir.path().join("trained");
-    run_ok([
-        "train",
-        "--model",
-        base.to_str().unwrap(),
-        "--data",
-        fixture("llama/logits.safetensors").to_str().unwrap(),
-        "--seq-len",
-        "8",
-        "--batch",
-        "2",
-        "--steps",
-        "2",
-        "--lr",
-        "1e-2",
-        "--targets",
-        "q_proj,v_proj,down_proj",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    run_ok(train_args(
+        &base,
+        &[
+            "--data",
+            s(&fixture("llama/logits.safetensors")),
+            "--seq-len",
+            "8",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--lr",
+            "1e-2",
+            "--targets",
+            "q_proj,v_proj,down_proj",
+            "--out",
+            s(&out),
+        ],
+    ));
     assert_peft_loads_and_merges_like_lorakit(&py, &out, &base, dir.path());
 }
 

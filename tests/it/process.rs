@@ -178,7 +178,7 @@ fn merge_peak_rss_stays_within_the_documented_bound() {
 
 /// In a probe run (see [`peak_rss_kib`]): runs lorakit with the probe's arguments, prints its
 /// peak RSS and returns true, so the calling test returns at once.
-fn rss_probe() -> bool {
+pub(super) fn rss_probe() -> bool {
     let Some(args) = std::env::var_os("LORAKIT_RSS_PROBE") else {
         return false;
     };
@@ -215,9 +215,15 @@ fn rss_probe() -> bool {
 /// with wait4. (A direct child of this test process would report the test's own high-water mark:
 /// std spawns with vfork, and Linux copies the parent's hiwater into the child at exec.)
 fn peak_rss_kib(test: &str, args: &[String]) -> u64 {
+    peak_rss_kib_env(test, args, &[])
+}
+
+/// [`peak_rss_kib`] with `env` set for lorakit (through the probe, which passes it on).
+pub(super) fn peak_rss_kib_env(test: &str, args: &[String], env: &[(&str, &str)]) -> u64 {
     let probe = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env("LORAKIT_RSS_PROBE", args.join("\u{1f}"))
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&probe.stdout);

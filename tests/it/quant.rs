@@ -7,13 +7,16 @@ use super::common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const MODELS: [&str; 7] = [
+/// `fp8_e5m2` is built to transformers' FP8 rule with E5M2 values (no producer writes them) and
+/// dequantized by transformers' own `Fp8Dequantize` (`fixtures/gen/fp8_e5m2_fixture.py`).
+const MODELS: [&str; 8] = [
     "nf4",
     "nf4_dq",
     "fp4",
     "nf4_bf16",
     "int8",
     "fp8_block",
+    "fp8_e5m2",
     "ct_pack",
 ];
 
@@ -269,7 +272,7 @@ fn merge_into_nf4_base_writes_float_and_matches_peft() {
 /// Scales (absmax, weight_scale_inv) are maxima of the merged weight, which lorakit and PEFT
 /// compute in f32 with different summation orders of s·B·A: they may differ in the last bits
 /// while every quantized code is the same. Checked: codes byte-identical, scales within 2 ulp.
-fn assert_requantized_like(got: &BTreeMap<String, T>, reference: &Path) -> usize {
+pub(super) fn assert_requantized_like(got: &BTreeMap<String, T>, reference: &Path) -> usize {
     let mut codes = 0;
     for (name, want) in read(reference) {
         let have = &got[&name];
@@ -427,6 +430,12 @@ fn edited(dir: &Path, model: &str, edit: impl FnOnce(&mut BTreeMap<String, T>)) 
     .unwrap();
     let mut tensors = read(&quant(&format!("{model}/model.safetensors")));
     edit(&mut tensors);
+    write_tensors(&d.join("model.safetensors"), &tensors);
+    d
+}
+
+/// Writes `tensors` with the independent `safetensors` crate.
+pub(super) fn write_tensors(path: &Path, tensors: &BTreeMap<String, T>) {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -436,8 +445,7 @@ fn edited(dir: &Path, model: &str, edit: impl FnOnce(&mut BTreeMap<String, T>)) 
             )
         })
         .collect();
-    safetensors::tensor::serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
-    d
+    safetensors::tensor::serialize_to_file(views, None, path).unwrap();
 }
 
 #[test]

@@ -329,3 +329,94 @@ fn merge_keep_into_compressed_tensors_fp8_has_the_producers_fresh_scales() {
         "quantization_config kept"
     );
 }
+
+/// A quantization method lorakit does not read (`quant_method: hqq`, its packed weight stored
+/// as U8 under the weight's name) is refused, never read as something else: `dequantize`, a
+/// float merge and a merge that keeps the base quantized each stop with one line naming the
+/// checkpoint and the method, and write nothing.
+#[test]
+fn unknown_quantization_methods_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("hqq");
+    copy_dir(&fixture("llama/base"), &model);
+    let cfg_path = model.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["quantization_config"] = serde_json::json!({"quant_method": "hqq", "nbits": 4});
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let st = model.join("model.safetensors");
+    let mut t = read(&st);
+    let w = "model.layers.0.self_attn.q_proj.weight";
+    let n = t[w].shape.iter().product::<usize>() / 2;
+    t.insert(
+        w.into(),
+        T {
+            dtype: safetensors::Dtype::U8,
+            shape: vec![n],
+            data: (0..n).map(|i| i as u8).collect(),
+        },
+    );
+    super::quant::write_tensors(&st, &t);
+    let out = dir.path().join("out");
+    let adapter = fixture("llama/adapters/qv_r8");
+    for args in [
+        vec![
+            "dequantize".to_string(),
+            model.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ],
+        merge_args(&model, &adapter, &out, &["--quant", "dequantize"]),
+        merge_args(&model, &adapter, &out, &[]),
+    ] {
+        let e = one_line_error(&run_err(&args));
+        assert!(e.contains("hqq"), "{args:?}: method not named: {e}");
+        assert!(
+            e.contains(&model.display().to_string()),
+            "{args:?}: checkpoint not named: {e}"
+        );
+        assert!(!out.exists(), "{args:?}: wrote output");
+    }
+}
+
+/// `merge --quant keep` (the default) into the bitsandbytes FP4 checkpoint: the merged weights
+/// are what PEFT's own merge_and_unload into the FP4 model writes (dequantize_4bit, add the
+/// delta, Params4bit quantizes again; `qlora/peft_merged_fp4.safetensors`,
+/// `fixtures/gen/fp4_keep_fixture.py`): FP4 codes byte for byte, absmax within 2 ulp (see
+/// `assert_requantized_like`); every other tensor and config.json copied.
+#[test]
+fn merge_into_fp4_keeps_it_fp4_like_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let text = merge_ok(&quant("fp4"), &fixture("llama/adapters/qv_r8"), &out, &[]);
+    assert!(text.contains("4 merged weights quantized again"), "{text}");
+    let got = read_checkpoint(&out);
+    // 4 packed weights, their quant_map and quant_state blobs; 4 absmax within 2 ulp.
+    assert_eq!(
+        super::quant::assert_requantized_like(&got, &quant("qlora/peft_merged_fp4.safetensors")),
+        12
+    );
+    let input = read_checkpoint(&quant("fp4"));
+    assert_eq!(got.len(), input.len());
+    let mut changed = 0;
+    for (n, t) in &input {
+        let merged = [
+            "layers.0.self_attn.q",
+            "layers.0.self_attn.v",
+            "layers.1.self_attn.q",
+            "layers.1.self_attn.v",
+        ]
+        .iter()
+        .any(|m| n.starts_with(&format!("model.{m}_proj.weight")));
+        if merged && (n.ends_with("_proj.weight") || n.ends_with(".absmax")) {
+            changed += usize::from(&got[n] != t);
+        } else {
+            assert_eq!(&got[n], t, "{n} changed");
+        }
+    }
+    assert_eq!(changed, 8, "the merged weights and their absmax");
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        std::fs::read(quant("fp4/config.json")).unwrap()
+    );
+}

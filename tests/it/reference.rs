@@ -195,15 +195,7 @@ pub fn peft_deltas(dir: &Path) -> BTreeMap<String, Vec<f64>> {
         assert_eq!(b.shape[1], r);
         let s = alpha_for(name) / r as f64;
         let (av, bv) = (a.f32(), b.f32());
-        let mut delta = vec![0f64; d * k];
-        for i in 0..d {
-            for j in 0..k {
-                delta[i * k + j] = s
-                    * (0..r)
-                        .map(|t| bv[i * r + t] as f64 * av[t * k + j] as f64)
-                        .sum::<f64>();
-            }
-        }
+        let mut delta = scaled_product64(s, &bv, &av, (d, r, k));
         if embedding || (fifo && a.shape.len() == 2) {
             let mut tr = vec![0f64; d * k];
             for i in 0..d {
@@ -214,6 +206,27 @@ pub fn peft_deltas(dir: &Path) -> BTreeMap<String, Vec<f64>> {
             delta = tr;
         }
         out.insert(name.to_owned(), delta);
+    }
+    out
+}
+
+/// `s·B·A` in f64 for factors `B` `d×r` and `A` `r×k` (row-major f32), row-major `d×k`:
+/// each entry `s · Σ_q B[i,q]·A[q,j]`, the sum in ascending `q`.
+pub fn scaled_product64(
+    s: f64,
+    b: &[f32],
+    a: &[f32],
+    (d, r, k): (usize, usize, usize),
+) -> Vec<f64> {
+    assert_eq!((b.len(), a.len()), (d * r, r * k), "factor sizes");
+    let mut out = vec![0f64; d * k];
+    for i in 0..d {
+        for j in 0..k {
+            out[i * k + j] = s
+                * (0..r)
+                    .map(|q| b[i * r + q] as f64 * a[q * k + j] as f64)
+                    .sum::<f64>();
+        }
     }
     out
 }

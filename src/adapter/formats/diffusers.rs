@@ -143,18 +143,8 @@ pub fn write(
     let mut config = BTreeMap::new();
     for (comp, modules) in groups {
         let sub = Adapter {
-            format: Format::Peft,
-            path: adapter.path.clone(),
-            source: None,
-            modules,
-            full_tensors: Vec::new(),
-            base_model: None,
             use_rslora: adapter.use_rslora,
-            use_dora: false,
-            modules_to_save: Vec::new(),
-            config: None,
-            metadata: Vec::new(),
-            namings: Vec::new(),
+            ..Adapter::of_modules(Format::Peft, adapter.path.clone(), modules)
         };
         if let serde_json::Value::Object(c) = peft::config_json(&sub) {
             for (k, v) in c {

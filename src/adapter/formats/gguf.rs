@@ -485,18 +485,9 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
             bias: None,
         });
     }
-    Ok(Adapter {
-        format: crate::adapter::Format::Peft,
-        path: path.to_path_buf(),
-        source: None,
+    Ok(Adapter::of_modules(
+        crate::adapter::Format::Peft,
+        path.to_path_buf(),
         modules,
-        full_tensors: Vec::new(),
-        base_model: None,
-        use_rslora: false,
-        use_dora: false,
-        modules_to_save: Vec::new(),
-        config: None,
-        metadata: Vec::new(),
-        namings: Vec::new(),
-    })
+    ))
 }

@@ -108,18 +108,10 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     used.dedup();
     let metadata = file.header().metadata.clone();
     Ok(Adapter {
-        format: Format::Kohya,
-        path: path.to_path_buf(),
         source: Some(file),
-        modules,
-        full_tensors: Vec::new(),
-        base_model: None,
-        use_rslora: false,
-        use_dora: false,
-        modules_to_save: Vec::new(),
-        config: None,
         metadata,
         namings: used,
+        ..Adapter::of_modules(Format::Kohya, path.to_path_buf(), modules)
     })
 }
 

@@ -4,15 +4,20 @@
 
 use crate::adapter::Format;
 use crate::inspect::gguf::GgufReport;
-use crate::inspect::{human_bytes, human_count, table, DtypeStats, QuantReport, Report, TensorRow};
+use crate::inspect::{
+    human_bytes, human_count, table_of, DtypeStats, QuantReport, Report, TensorRow,
+};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// The `--tensors` table of a checkpoint or a GGUF file; `kind` heads the type column.
 fn render_tensors(s: &mut String, kind: &str, list: &[TensorRow]) {
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|t| {
+    s.push('\n');
+    s.push_str(&table_of(
+        &["name", kind, "shape", "bytes", "file"],
+        &[false, false, false, true, false],
+        list.iter(),
+        |t| {
             vec![
                 t.name.clone(),
                 t.dtype.clone(),
@@ -20,13 +25,7 @@ fn render_tensors(s: &mut String, kind: &str, list: &[TensorRow]) {
                 t.bytes.to_string(),
                 t.file.clone(),
             ]
-        })
-        .collect();
-    s.push('\n');
-    s.push_str(&table(
-        &["name", kind, "shape", "bytes", "file"],
-        &rows,
-        &[false, false, false, true, false],
+        },
     ));
 }
 
@@ -46,22 +45,19 @@ fn render_totals(
         human_count(parameters)
     );
     let _ = writeln!(s, "bytes       {} ({})", bytes, human_bytes(bytes));
-    let rows: Vec<Vec<String>> = dtypes
-        .iter()
-        .map(|(d, st)| {
+    s.push('\n');
+    s.push_str(&table_of(
+        &[kind, "tensors", "parameters", "bytes"],
+        &[false, true, true, true],
+        dtypes.iter(),
+        |(d, st)| {
             vec![
                 d.clone(),
                 st.tensor_count.to_string(),
                 st.parameters.to_string(),
                 human_bytes(st.bytes),
             ]
-        })
-        .collect();
-    s.push('\n');
-    s.push_str(&table(
-        &[kind, "tensors", "parameters", "bytes"],
-        &rows,
-        &[false, true, true, true],
+        },
     ));
 }
 
@@ -80,10 +76,12 @@ fn render_quant(s: &mut String, q: &QuantReport) {
         let _ = writeln!(s, "not read    {}", crate::error::one_line(u));
     }
     if !q.tensors.is_empty() {
-        let rows: Vec<Vec<String>> = q
-            .tensors
-            .iter()
-            .map(|t| {
+        s.push('\n');
+        s.push_str(&table_of(
+            &["weight", "method", "bits", "blocks", "shape", "dequantized"],
+            &[false, false, true, false, false, false],
+            q.tensors.iter(),
+            |t| {
                 vec![
                     t.name.clone(),
                     t.method.clone(),
@@ -92,13 +90,7 @@ fn render_quant(s: &mut String, q: &QuantReport) {
                     format!("{:?}", t.shape),
                     t.dtype.clone(),
                 ]
-            })
-            .collect();
-        s.push('\n');
-        s.push_str(&table(
-            &["weight", "method", "bits", "blocks", "shape", "dequantized"],
-            &rows,
-            &[false, false, true, false, false, false],
+            },
         ));
     }
 }
@@ -177,58 +169,53 @@ pub fn render_text(r: &Report) -> String {
             if spectrum {
                 head.extend(["‖ΔW‖F", "r90", "r99", "σ1", "σmin"]);
             }
-            let rows: Vec<Vec<String>> = a
-                .modules
-                .iter()
-                .map(|m| {
-                    let mut flags = String::new();
-                    if m.fan_in_fan_out {
-                        flags.push_str(" fifo");
-                    }
-                    if m.dora {
-                        flags.push_str(" dora");
-                    }
-                    if m.bias {
-                        flags.push_str(" bias");
-                    }
-                    let mut row = vec![
-                        m.name.clone(),
-                        m.algo.to_string(),
-                        format!("{}{flags}", m.kind),
-                        m.rank.to_string(),
-                        format!("{}", m.alpha),
-                        format!("{:.4}", m.scale),
-                        // 0: a side the file does not give (OFT, IA3: taken from the base).
-                        {
-                            let side = |n: usize| {
-                                if n == 0 {
-                                    "?".to_string()
-                                } else {
-                                    n.to_string()
-                                }
-                            };
-                            format!("{}×{}", side(m.shape[0]), side(m.shape[1]))
-                        },
-                    ];
-                    if let Some(sp) = &m.spectrum {
-                        row.push(format!("{:.4e}", sp.fro_norm));
-                        row.push(sp.rank90.to_string());
-                        row.push(sp.rank99.to_string());
-                        row.push(format!(
-                            "{:.3e}",
-                            sp.singular_values.first().copied().unwrap_or(0.0)
-                        ));
-                        row.push(format!(
-                            "{:.3e}",
-                            sp.singular_values.last().copied().unwrap_or(0.0)
-                        ));
-                    }
-                    row
-                })
-                .collect();
             s.push('\n');
             let right: Vec<bool> = head.iter().enumerate().map(|(i, _)| i >= 3).collect();
-            s.push_str(&table(&head, &rows, &right));
+            s.push_str(&table_of(&head, &right, a.modules.iter(), |m| {
+                let mut flags = String::new();
+                if m.fan_in_fan_out {
+                    flags.push_str(" fifo");
+                }
+                if m.dora {
+                    flags.push_str(" dora");
+                }
+                if m.bias {
+                    flags.push_str(" bias");
+                }
+                let mut row = vec![
+                    m.name.clone(),
+                    m.algo.to_string(),
+                    format!("{}{flags}", m.kind),
+                    m.rank.to_string(),
+                    format!("{}", m.alpha),
+                    format!("{:.4}", m.scale),
+                    // 0: a side the file does not give (OFT, IA3: taken from the base).
+                    {
+                        let side = |n: usize| {
+                            if n == 0 {
+                                "?".to_string()
+                            } else {
+                                n.to_string()
+                            }
+                        };
+                        format!("{}×{}", side(m.shape[0]), side(m.shape[1]))
+                    },
+                ];
+                if let Some(sp) = &m.spectrum {
+                    row.push(format!("{:.4e}", sp.fro_norm));
+                    row.push(sp.rank90.to_string());
+                    row.push(sp.rank99.to_string());
+                    row.push(format!(
+                        "{:.3e}",
+                        sp.singular_values.first().copied().unwrap_or(0.0)
+                    ));
+                    row.push(format!(
+                        "{:.3e}",
+                        sp.singular_values.last().copied().unwrap_or(0.0)
+                    ));
+                }
+                row
+            }));
         }
     }
     s

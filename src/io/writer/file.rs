@@ -85,12 +85,23 @@ impl FileWriter<'_> {
     /// [`Self::begin`] / [`Self::write_chunk`] unchecked.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
         self.begin(name)?;
-        let dtype = self.specs[self.next - 1].dtype;
+        self.write_result_chunk(data)
+    }
+
+    /// Appends the next bytes of a result tensor begun with [`Self::begin`] (one streamed in
+    /// pieces, as a GPU merge reads it back), checked as [`Self::write_tensor`] checks a whole
+    /// one: the element index in an error counts from the tensor's start.
+    pub fn write_result_chunk(&mut self, data: &[u8]) -> InputResult<()> {
+        let spec = &self.specs[self.next.checked_sub(1).expect("a tensor was begun")];
+        let dtype = spec.dtype;
         if let Some(i) = dtype::first_non_finite(dtype, data) {
+            let done = spec.byte_len().saturating_sub(self.left) * 8 / dtype.bitsize() as u64;
             return Err(InputError::invalid(
                 &self.dest,
                 format!(
-                    "tensor `{name}`: element {i} is {}; nothing was written",
+                    "tensor `{}`: element {} is {}; nothing was written",
+                    spec.name,
+                    done + i as u64,
                     dtype::non_finite_reason(dtype, data, i)
                 ),
             ));

@@ -5,6 +5,10 @@
 //! (flushed, fsynced) when the caller's body returns `Ok`. The channel is a rendezvous: a send
 //! waits until the writer has taken the tensor, so at most one tensor is being written while
 //! the next is computed — the memory bound of a streamed merge (3 × the largest tensor) holds.
+//! A tensor produced in pieces (a GPU merge's readback) goes as [`Pipe::begin_tensor`] and
+//! [`Pipe::write_chunk`]s (owned) or [`Pipe::write_borrowed`]s (written from the caller's
+//! buffer while the caller waits), one piece in flight at a time, so it is never whole on the
+//! host.
 //! Errors keep their type: a write error (a full disk) is returned as the writer raised it.
 //! Must not reorder, drop or alter bytes: it only moves them to another thread.
 
@@ -17,6 +21,10 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 
 enum Msg<'a> {
     Tensor(String, Vec<u8>),
+    Begin(String),
+    Chunk(Vec<u8>),
+    /// Bytes the sender keeps owning; it waits on `done` before they may change or go.
+    Borrowed(Lent, SyncSender<bool>),
     Copy {
         name: String,
         src: &'a File,
@@ -26,6 +34,18 @@ enum Msg<'a> {
     },
     Finish,
 }
+
+/// A slice lent to the writer thread by [`Pipe::write_borrowed`], which does not return (nor
+/// let the bytes change) until the writer has signalled that it no longer reads them.
+struct Lent {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: a `Lent` is only a pointer to bytes that stay valid and unmodified until the writer
+// answers on the message's `done` channel (see `Pipe::write_borrowed`); reading them from the
+// writer thread meanwhile is a shared borrow, which `&[u8]: Send` already allows.
+unsafe impl Send for Lent {}
 
 /// The caller's end of a pipelined file (see the module doc).
 pub struct Pipe<'a> {
@@ -46,6 +66,37 @@ impl<'a> Pipe<'a> {
     /// [`FileWriter::write_tensor`] on the writer thread.
     pub fn write_tensor(&mut self, name: &str, data: Vec<u8>) -> anyhow::Result<()> {
         self.send(Msg::Tensor(name.to_owned(), data))
+    }
+
+    /// [`FileWriter::begin`] on the writer thread: a result tensor whose bytes follow in pieces
+    /// ([`Self::write_chunk`]), for a producer that never holds it whole.
+    pub fn begin_tensor(&mut self, name: &str) -> anyhow::Result<()> {
+        self.send(Msg::Begin(name.to_owned()))
+    }
+
+    /// [`FileWriter::write_result_chunk`] on the writer thread: the next bytes of the tensor
+    /// begun last, checked as a whole result is.
+    pub fn write_chunk(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
+        self.send(Msg::Chunk(data))
+    }
+
+    /// [`Self::write_chunk`] without a copy: the writer thread writes straight from `data`
+    /// (a GPU readback still mapped), and this call returns once it has, so only one piece is
+    /// in flight and the caller's buffer is reused at once.
+    pub fn write_borrowed(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        let (done, wait) = sync_channel(1);
+        let lent = Lent {
+            ptr: data.as_ptr(),
+            len: data.len(),
+        };
+        self.send(Msg::Borrowed(lent, done))?;
+        // The writer answers after its last read of `data`. A closed channel means it
+        // unwound (a panic) and dropped `done` on the way, also after its last read. Either
+        // way `data`, borrowed for this whole call, outlived every read.
+        match wait.recv() {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(_) => Err(Stopped.into()),
+        }
     }
 
     /// [`FileWriter::copy_tensor`] on the writer thread.
@@ -82,6 +133,21 @@ pub fn pipelined<'a>(
                     Msg::Tensor(name, data) => {
                         let _t = profile::time(Stage::Write);
                         w.write_tensor(&name, &data)?;
+                    }
+                    Msg::Begin(name) => w.begin(&name)?,
+                    Msg::Chunk(data) => {
+                        let _t = profile::time(Stage::Write);
+                        w.write_result_chunk(&data)?;
+                    }
+                    Msg::Borrowed(lent, done) => {
+                        let _t = profile::time(Stage::Write);
+                        // SAFETY: the sender keeps the bytes alive and unchanged until `done`
+                        // is answered or dropped (see `Pipe::write_borrowed`); `data` is not
+                        // used after either.
+                        let data = unsafe { std::slice::from_raw_parts(lent.ptr, lent.len) };
+                        let r = w.write_result_chunk(data);
+                        let _ = done.send(r.is_ok());
+                        r?;
                     }
                     Msg::Copy {
                         name,

@@ -109,6 +109,56 @@ fn kernel_copies_and_the_pipelined_writer() {
     assert_eq!(left.len(), 2, "src.bin and the first output only");
 }
 
+/// A result streamed in pieces through the pipelined writer (owned and borrowed, as a GPU
+/// merge hands them over) lands as the same bytes as the whole tensor would; a non-finite
+/// value in a later piece is refused with its index counted from the tensor's start, and the
+/// writer's error (not the stopped pipe's) is what the body gets back.
+#[test]
+fn streamed_pieces_through_the_pipelined_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.safetensors");
+    let v: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let bytes = dtype::encode(Dtype::F32, &v);
+    let specs = vec![
+        TensorSpec::new("s", Dtype::F32, vec![1000]),
+        TensorSpec::new("t", Dtype::F32, vec![1]),
+    ];
+    let mut out = Output::new();
+    let w = out.safetensors(&dest, &[], specs.clone()).unwrap();
+    pipelined(w, |p| {
+        p.begin_tensor("s")?;
+        p.write_borrowed(&bytes[..400])?;
+        p.write_chunk(bytes[400..1200].to_vec())?;
+        p.write_borrowed(&bytes[1200..])?;
+        p.write_tensor("t", dtype::encode(Dtype::F32, &[3.0]))
+    })
+    .unwrap();
+    out.commit().unwrap();
+    let f = SafetensorsFile::open(&dest).unwrap();
+    assert_eq!(f.read_f32("s").unwrap(), v);
+    assert_eq!(f.read_f32("t").unwrap(), vec![3.0]);
+
+    let mut bad = bytes.clone();
+    bad[4 * 700..4 * 701].copy_from_slice(&f32::NAN.to_le_bytes());
+    let dest = dir.path().join("bad.safetensors");
+    let mut out = Output::new();
+    let w = out.safetensors(&dest, &[], specs).unwrap();
+    let err = pipelined(w, |p| {
+        p.begin_tensor("s")?;
+        p.write_borrowed(&bad[..2000])?;
+        p.write_borrowed(&bad[2000..])?;
+        p.write_tensor("t", dtype::encode(Dtype::F32, &[3.0]))
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("tensor `s`: element 700 is") && err.contains("nothing was written"),
+        "{err}"
+    );
+    drop(out);
+    assert!(!dest.exists());
+}
+
 #[test]
 fn dropped_output_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();

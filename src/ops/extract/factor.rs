@@ -12,11 +12,7 @@ use ndarray::ArrayView2;
 
 /// Seed of a module's test matrix: SplitMix64 of `seed` xor the FNV-1a hash of `name`.
 pub fn module_seed(seed: u64, name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = linalg::rng::Fnv1a::new().feed(name.as_bytes()).finish();
     linalg::rng::SplitMix64::new(seed ^ h).next_u64()
 }
 

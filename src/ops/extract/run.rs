@@ -386,18 +386,11 @@ impl ExtractPlan {
             .clone()
             .unwrap_or_else(|| self.base.root.display().to_string());
         let adapter = Adapter {
-            format: o.format,
-            path: self.out.clone(),
-            source: None,
-            modules,
             full_tensors,
             base_model: Some(base_model),
-            use_rslora: false,
-            use_dora: false,
             modules_to_save: modules_to_save.clone(),
             config: Some(serde_json::Value::Object(config)),
-            metadata: Vec::new(),
-            namings: Vec::new(),
+            ..Adapter::of_modules(o.format, self.out.clone(), modules)
         };
         let elem = dtype::byte_len(o.dtype, 1).expect("float dtype") as u64;
         let adapter_params = adapter.parameter_count() as u64

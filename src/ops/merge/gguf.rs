@@ -274,7 +274,9 @@ impl GgufMergePlan {
                 if !out_type.can_quantize() {
                     let (ty, writable) = (
                         t.ty,
-                        types::names(types::QUANTIZABLE).to_lowercase().replace(", ", "|"),
+                        types::names(types::QUANTIZABLE)
+                            .to_lowercase()
+                            .replace(", ", "|"),
                     );
                     return Err(InputError::option(&bp, move |o| {
                         format!(

@@ -153,6 +153,11 @@ pub struct MergeSummary {
     /// Merged weights of a quantized base written back quantized (`QuantOutput::Keep`).
     #[serde(skip_serializing_if = "is_zero")]
     pub tensors_requantized_count: usize,
+    /// Merged tensors that streamed through the GPU in chunks (read from the memory map into
+    /// the device's upload ring, read back into the writer), never whole on the host; the
+    /// others merged by the GPU engine went whole (see `MergePlan::merge_tensor`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tensors_streamed_count: usize,
     /// With `as_trained_on`: per merged tensor, the stray term removed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub qlora: Vec<QloraTensor>,

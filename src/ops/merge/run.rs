@@ -49,7 +49,7 @@ impl MergePlan {
         }
         let metadata = self.output_metadata();
         let (mut merged, mut copied, mut dequantized) = (0usize, 0usize, 0usize);
-        let mut requantized = 0usize;
+        let (mut requantized, mut streamed) = (0usize, 0usize);
         let mut qlora = Vec::new();
         let keep = self.options.quant == QuantOutput::Keep;
         let mut pending = Requantized::default();
@@ -126,15 +126,30 @@ impl MergePlan {
                             copied += 1;
                         }
                         Action::Merge(terms) => {
-                            let (data, stray) = {
-                                let _t = profile::time(Stage::Kernel);
-                                self.merge_tensor(engine, name, terms, out_dtype)?
+                            // Base pages a streamed merge has consumed are dropped from the
+                            // map as it goes (rows in = rows out), so they do not add up.
+                            let ratio = (info.dtype.bitsize(), out_dtype.bitsize());
+                            let consumed = |from: u64, to: u64| {
+                                file.release_range(
+                                    info,
+                                    from * ratio.0 as u64 / ratio.1 as u64,
+                                    (to - from) * ratio.0 as u64 / ratio.1 as u64,
+                                )
                             };
+                            let plain = self.quant.get(name).is_none();
+                            let mut out = Streamed::new(name, plain.then_some(&consumed));
+                            let stray = {
+                                let _t = profile::time(Stage::Kernel);
+                                self.merge_tensor(engine, name, terms, out_dtype, &mut |p| {
+                                    out.take(w, bar.as_ref(), p)
+                                })?
+                            };
+                            if out.finish(w, bar.as_ref())? {
+                                streamed += 1;
+                            }
                             if let Some(t) = stray {
                                 qlora.push(t);
                             }
-                            bar.inc(data.len() as u64);
-                            w.write_tensor(name, data)?;
                             file.release(info);
                             merged += 1;
                         }
@@ -247,6 +262,7 @@ impl MergePlan {
             unmatched: self.unmatched.clone(),
             tensors_dequantized_count: dequantized,
             tensors_requantized_count: requantized,
+            tensors_streamed_count: streamed,
             qlora,
         })
     }
@@ -421,7 +437,7 @@ impl MergePlan {
             // Already requantized: this companion did not change.
             return Ok(None);
         }
-        let (bytes, _) = self.merge_tensor(engine, &owner.name, terms, Dtype::F32)?;
+        let bytes = self.merge_tensor_whole(engine, &owner.name, terms, Dtype::F32)?;
         let merged = dtype::decode(Dtype::F32, &bytes);
         let pieces = self
             .quant
@@ -524,6 +540,112 @@ pub(super) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// A merged tensor on its way to the output file: moved whole when the engine computed it on
+/// the host, or, streamed from the GPU, each tile written by the writer thread straight from
+/// the mapped readback ([`crate::io::writer::Pipe::write_borrowed`]); small pieces (a tile of
+/// rows whose width is not a multiple of the kernel's vector comes back one row at a time) are
+/// gathered into batches of [`Streamed::BATCH`] bytes first. The host never holds the tensor.
+struct Streamed<'n> {
+    name: &'n str,
+    begun: bool,
+    streamed: bool,
+    batch: Vec<u8>,
+    /// Output bytes written so far.
+    written: u64,
+    /// Told each range of output bytes once written (the base's consumed pages are dropped).
+    consumed: Option<&'n dyn Fn(u64, u64)>,
+}
+
+impl<'n> Streamed<'n> {
+    const BATCH: usize = 8 << 20;
+
+    fn new(name: &'n str, consumed: Option<&'n dyn Fn(u64, u64)>) -> Self {
+        Streamed {
+            name,
+            begun: false,
+            streamed: false,
+            batch: Vec::new(),
+            written: 0,
+            consumed,
+        }
+    }
+
+    fn take(
+        &mut self,
+        w: &mut crate::io::writer::Pipe<'_>,
+        bar: &dyn crate::progress::Progress,
+        p: backend::Piece<'_>,
+    ) -> Result<()> {
+        match p {
+            backend::Piece::Whole(data) => {
+                bar.inc(data.len() as u64);
+                self.begun = true;
+                w.write_tensor(self.name, data)
+            }
+            backend::Piece::Part(b) => {
+                if !self.begun {
+                    w.begin_tensor(self.name)?;
+                    (self.begun, self.streamed) = (true, true);
+                }
+                if b.len() >= Self::BATCH {
+                    // A whole tile: written from the mapped readback, no copy.
+                    self.flush(w, bar)?;
+                    w.write_borrowed(b)?;
+                    self.wrote(bar, b.len());
+                    return Ok(());
+                }
+                if self.batch.is_empty() {
+                    self.batch.reserve(Self::BATCH);
+                }
+                self.batch.extend_from_slice(b);
+                if self.batch.len() >= Self::BATCH {
+                    self.flush(w, bar)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn wrote(&mut self, bar: &dyn crate::progress::Progress, n: usize) {
+        bar.inc(n as u64);
+        if let Some(f) = self.consumed {
+            f(self.written, self.written + n as u64);
+        }
+        self.written += n as u64;
+    }
+
+    fn flush(
+        &mut self,
+        w: &mut crate::io::writer::Pipe<'_>,
+        bar: &dyn crate::progress::Progress,
+    ) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let b = std::mem::take(&mut self.batch);
+        let n = b.len();
+        w.write_chunk(b)?;
+        self.wrote(bar, n);
+        Ok(())
+    }
+
+    /// Sends what is left; a tensor that produced no piece at all (no elements) is written
+    /// empty. Returns whether the tensor came in streamed pieces.
+    fn finish(
+        mut self,
+        w: &mut crate::io::writer::Pipe<'_>,
+        bar: &dyn crate::progress::Progress,
+    ) -> Result<bool> {
+        if !self.begun {
+            w.write_tensor(self.name, Vec::new())?;
+            return Ok(false);
+        }
+        let streamed = self.streamed;
+        self.flush(w, bar)?;
+        Ok(streamed)
+    }
 }
 
 /// Requantized tensors not yet written (a weight's companions may come before or after it in

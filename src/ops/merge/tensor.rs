@@ -1,23 +1,34 @@
 //! One merged tensor: its W0 (the base's, a modules_to_save override, a dequantized quantized
 //! weight, or dequant(Q(W)) as trained on), every term's factors in the stored orientation, the
 //! engine call with the plan's rounding, and the QLoRA stray-term report. Must not write: the
-//! caller streams the bytes it returns.
+//! bytes go to the caller's sink, whole or (streamed from the GPU) in row-major pieces.
 
 use super::*;
 use crate::adapter::DoraRule;
-use crate::backend::{self, Dora, MergeJob, NormAxis, Term};
+use crate::backend::{self, Dora, MergeError, MergeJob, NormAxis, Piece, Term};
 use crate::dtype::{self, Dtype};
 use crate::error::InputError;
 use anyhow::Result;
 
 impl MergePlan {
+    /// Merges `terms` into base tensor `name` and hands the `out_dtype` bytes to `sink`.
+    ///
+    /// Streamed (pieces of at most one GPU chunk, [`backend::Engine::merge_to`]) when the GPU
+    /// engine's kernel covers the job: a plain bf16/f16/f32 base tensor, read from the memory
+    /// map, with low-rank terms (LoRA, LoCon, DoRA at strength 1) and F32 rounding. Handed over
+    /// whole, as the CPU engine computes it, for everything else: the CPU engine; a W0 that is
+    /// itself computed on the host (a modules_to_save override, a dequantized quantized weight,
+    /// dequant(Q(W)) for `as_trained_on`, whose stray-term report needs the f32 result whole);
+    /// dense terms (LoHa, LoKr, full, base-dependent OFT/IA3); blended DoRA; exact rounding;
+    /// F64 tensors.
     pub(super) fn merge_tensor(
         &self,
         engine: &backend::Engine,
         name: &str,
         terms: &[(usize, usize)],
         out_dtype: Dtype,
-    ) -> Result<(Vec<u8>, Option<QloraTensor>)> {
+        sink: &mut dyn FnMut(Piece<'_>) -> Result<()>,
+    ) -> Result<Option<QloraTensor>> {
         let stored = self.quant.get(name).map_or(name, |q| q.stored.as_str());
         let file = self.base.file_of(stored).expect("base tensor");
         let info = self.base.info(stored).expect("base tensor");
@@ -210,24 +221,37 @@ impl MergePlan {
                 out_dtype
             },
         };
+        let invalid = |e: MergeError| {
+            let modules: Vec<String> = order
+                .iter()
+                .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
+                .collect();
+            anyhow::Error::new(InputError::invalid(
+                file.path(),
+                format!(
+                    "tensor `{name}`: merging {} gives an invalid result: {e}",
+                    modules.join(" + ")
+                ),
+            ))
+        };
+        let Some(stray_norm) = stray_norm else {
+            // The sink's own error (the writer's) is kept aside and returned as it was raised.
+            let mut stopped = None;
+            let r = engine.merge_to(&job, self.options.rounding, &mut |p| {
+                sink(p).map_err(|e| {
+                    stopped = Some(e);
+                    MergeError::SinkStopped
+                })
+            });
+            if let Some(e) = stopped {
+                return Err(e);
+            }
+            r.map_err(invalid)?;
+            return Ok(None);
+        };
         let result = engine
             .merge_with(&job, self.options.rounding)
-            .map_err(|e| {
-                let modules: Vec<String> = order
-                    .iter()
-                    .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
-                    .collect();
-                anyhow::Error::new(InputError::invalid(
-                    file.path(),
-                    format!(
-                        "tensor `{name}`: merging {} gives an invalid result: {e}",
-                        modules.join(" + ")
-                    ),
-                ))
-            })?;
-        let Some(stray_norm) = stray_norm else {
-            return Ok((result, None));
-        };
+            .map_err(invalid)?;
         let merged = dtype::decode(Dtype::F32, &result);
         let w0 = dtype::decode(Dtype::F32, w0);
         let delta_norm = merged
@@ -246,15 +270,34 @@ impl MergePlan {
                 ),
             )));
         }
-        Ok((
-            data,
-            Some(QloraTensor {
-                name: name.to_owned(),
-                stray_norm,
-                delta_norm,
-                ratio: stray_norm / delta_norm.max(f64::MIN_POSITIVE),
-            }),
-        ))
+        sink(Piece::Whole(data))?;
+        Ok(Some(QloraTensor {
+            name: name.to_owned(),
+            stray_norm,
+            delta_norm,
+            ratio: stray_norm / delta_norm.max(f64::MIN_POSITIVE),
+        }))
+    }
+
+    /// [`Self::merge_tensor`] into one host buffer (for a caller that needs the whole result,
+    /// as requantization does).
+    pub(super) fn merge_tensor_whole(
+        &self,
+        engine: &backend::Engine,
+        name: &str,
+        terms: &[(usize, usize)],
+        out_dtype: Dtype,
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.merge_tensor(engine, name, terms, out_dtype, &mut |p| {
+            match p {
+                Piece::Whole(v) if out.is_empty() => out = v,
+                Piece::Whole(v) => out.extend_from_slice(&v),
+                Piece::Part(b) => out.extend_from_slice(b),
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 }
 

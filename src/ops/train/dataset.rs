@@ -49,18 +49,15 @@ impl Dataset {
 
     /// FNV-1a of the tokens and the sequence length (checked on resume).
     pub fn fingerprint(&self) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = crate::linalg::rng::Fnv1a::new();
         for &t in self
             .tokens
             .iter()
             .chain(std::iter::once(&(self.seq_len as u32)))
         {
-            for b in t.to_le_bytes() {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
+            h.feed(&t.to_le_bytes());
         }
-        format!("{h:016x}")
+        format!("{:016x}", h.finish())
     }
 
     /// Order of the sequences in epoch `e` (Fisher–Yates with a generator seeded by the seed

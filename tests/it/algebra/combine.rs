@@ -32,17 +32,30 @@ fn weighted_sum(parts: &[(&str, f64)]) -> BTreeMap<String, Vec<f64>> {
     out
 }
 
+/// `combine` of two fixtures, each `(fixture, weight)`, into `out`, then `extra`.
+fn pair_args(a: (&str, &str), b: (&str, &str), out: &Path, extra: &[&str]) -> Vec<String> {
+    let (pa, pb) = (fixture(a.0), fixture(b.0));
+    combine_args(&[(&pa, Some(a.1)), (&pb, Some(b.1))], out, extra)
+}
+
+/// PEFT's weighted-adapter fixtures as fixtures/gen weighs them (weighted_a × 0.7,
+/// weighted_b × −0.4).
+fn weighted_ab_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let (a, b) = ("llama/adapters/weighted_a", "llama/adapters/weighted_b");
+    pair_args((a, "0.7"), (b, "-0.4"), out, extra)
+}
+
+/// The linear/TIES/DARE fixtures as fixtures/gen weighs them (linear_c × 0.6, linear_d × 0.3).
+fn linear_cd_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let (c, d) = ("llama/adapters/linear_c", "llama/adapters/linear_d");
+    pair_args((c, "0.6"), (d, "0.3"), out, extra)
+}
+
 #[test]
 fn combine_cat_reproduces_peft_weighted_cat() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cat");
-    let a = fixture("llama/adapters/weighted_a");
-    let b = fixture("llama/adapters/weighted_b");
-    let rep = run_json(&combine_args(
-        &[(&a, Some("0.7")), (&b, Some("-0.4"))],
-        &out,
-        &["--method", "cat"],
-    ));
+    let rep = run_json(&weighted_ab_args(&out, &["--method", "cat"]));
     // PEFT's layout: every module rank 10 = 4 + 6, packed then zero-padded; r = alpha = 10.
     assert_factors_close(&out, &fixture("llama/adapters/weighted_cat"), 1e-6);
     let cfg: serde_json::Value =
@@ -64,11 +77,7 @@ fn combine_cat_reproduces_peft_weighted_cat() {
     }
     // --no-pad: each module keeps the ranks of its own inputs, same ΔW.
     let out2 = dir.path().join("cat_nopad");
-    run_ok(combine_args(
-        &[(&a, Some("0.7")), (&b, Some("-0.4"))],
-        &out2,
-        &["--method", "cat", "--no-pad"],
-    ));
+    run_ok(weighted_ab_args(&out2, &["--method", "cat", "--no-pad"]));
     let got = deltas(&out2);
     for (name, w) in &want {
         let r = if name.contains("q_proj") {
@@ -87,10 +96,7 @@ fn combine_cat_reproduces_peft_weighted_cat() {
 fn combine_svd_at_full_rank_is_exact_and_matches_peft_svd_mix() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("svd10");
-    let a = fixture("llama/adapters/weighted_a");
-    let b = fixture("llama/adapters/weighted_b");
-    let rep = run_json(&combine_args(
-        &[(&a, Some("0.7")), (&b, Some("-0.4"))],
+    let rep = run_json(&weighted_ab_args(
         &out,
         &["--method", "svd", "--rank", "10"],
     ));
@@ -169,29 +175,15 @@ fn combine_svd_at_full_rank_is_exact_and_matches_peft_svd_mix() {
 #[test]
 fn combine_linear_and_ties_match_peft() {
     let dir = tempfile::tempdir().unwrap();
-    let c = fx("llama/adapters/linear_c");
-    let d = fx("llama/adapters/linear_d");
-    let base = [
-        "combine",
-        "--adapter",
-        &c,
-        "--weight",
-        "0.6",
-        "--adapter",
-        &d,
-        "--weight",
-        "0.3",
-    ];
     for (method, extra, reference) in [
         ("linear", &[][..], "linear_mix"),
         ("ties", &["--density", "0.5"][..], "ties_mix"),
     ] {
         let out = dir.path().join(method);
-        let mut args: Vec<&str> = base.to_vec();
-        args.extend(["--method", method]);
-        args.extend_from_slice(extra);
-        args.extend(["--out", s(&out)]);
-        run_ok(&args);
+        run_ok(linear_cd_args(
+            &out,
+            &[&["--method", method][..], extra].concat(),
+        ));
         let refdir = fixture(&format!("llama/adapters/{reference}"));
         assert_factors_close(&out, &refdir, 1e-6);
         let (got, want) = (deltas(&out), deltas(&refdir));
@@ -209,24 +201,9 @@ fn combine_linear_and_ties_match_peft() {
 #[test]
 fn combine_dare_semantics() {
     let dir = tempfile::tempdir().unwrap();
-    let c = fx("llama/adapters/linear_c");
-    let d = fx("llama/adapters/linear_d");
     let run = |name: &str, rest: &[&str]| -> BTreeMap<String, T> {
         let out = dir.path().join(name);
-        let mut args = vec![
-            "combine",
-            "--adapter",
-            &c,
-            "--weight",
-            "0.6",
-            "--adapter",
-            &d,
-            "--weight",
-            "0.3",
-        ];
-        args.extend_from_slice(rest);
-        args.extend(["--out", s(&out)]);
-        run_ok(&args);
+        run_ok(linear_cd_args(&out, rest));
         read(&out.join("adapter_model.safetensors"))
     };
     // Density 1 drops nothing: DARE equals the undropped method, bit for bit.
@@ -260,17 +237,11 @@ fn combine_dare_semantics() {
     // With one input DARE-linear is that input pruned and rescaled: each entry of A is either 0
     // or the (signed √(w·s)-weighted) input divided by the density.
     let out = dir.path().join("single");
-    run_ok([
-        "combine",
-        "--adapter",
-        &c,
-        "--weight",
-        "0.5",
-        "--method",
-        "linear",
-        "--out",
-        s(&out),
-    ]);
+    run_ok(combine_args(
+        &[(&fixture("llama/adapters/linear_c"), Some("0.5"))],
+        &out,
+        &["--method", "linear"],
+    ));
     let lin = read(&out.join("adapter_model.safetensors"));
     let want = deltas(&fixture("llama/adapters/linear_c"));
     for (name, dl) in deltas(&out) {

@@ -16,9 +16,9 @@ fn convert_round_trip_peft_kohya_peft_is_exact() {
         let tag = adapter.replace('/', "_");
         let k = dir.path().join(format!("{tag}.safetensors"));
         let back = dir.path().join(format!("{tag}_back"));
-        let rep = run_json(&["convert", &fx(adapter), "--to", "kohya", "--out", s(&k)]);
+        let rep = run_json(&convert_args(&fixture(adapter), "kohya", &k, &[]));
         assert_eq!(rep["to"], "kohya");
-        let rep = run_json(&["convert", s(&k), "--to", "peft", "--out", s(&back)]);
+        let rep = run_json(&convert_args(&k, "peft", &back, &[]));
         assert_eq!(
             (rep["names_from"].as_str(), rep["config_restored"].as_bool()),
             (Some("metadata"), Some(true)),
@@ -59,34 +59,27 @@ fn convert_round_trip_peft_kohya_peft_is_exact() {
     // PEFT config no longer fits the new ranks, so only the names come back, with kohya's alphas
     // (same scales).
     let k = dir.path().join("te1.safetensors");
-    run_ok([
-        "convert",
-        &fx("kohya/adapters/te_peft"),
-        "--to",
+    run_ok(convert_args(
+        &fixture("kohya/adapters/te_peft"),
         "kohya",
-        "--prefix",
-        "lora_te1",
-        "--out",
-        s(&k),
-    ]);
+        &k,
+        &["--prefix", "lora_te1"],
+    ));
     let k2 = dir.path().join("te1_r2.safetensors");
-    run_ok(["resize", s(&k), "--rank", "2", "--out", s(&k2)]);
+    run_ok(resize_args(&k, &k2, &["--rank", "2"]));
     assert!(read(&k2).contains_key("lora_te1_text_model_encoder_layers_0_mlp_fc1.alpha"));
     let back = dir.path().join("te1_r2_peft");
-    let rep = run_json(&["convert", s(&k2), "--to", "peft", "--out", s(&back)]);
+    let rep = run_json(&convert_args(&k2, "peft", &back, &[]));
     assert_eq!(
         (rep["names_from"].as_str(), rep["config_restored"].as_bool()),
         (Some("metadata"), Some(false))
     );
     let direct = dir.path().join("te_r2_direct");
-    run_ok([
-        "resize",
-        &fx("kohya/adapters/te_peft"),
-        "--rank",
-        "2",
-        "--out",
-        s(&direct),
-    ]);
+    run_ok(resize_args(
+        &fixture("kohya/adapters/te_peft"),
+        &direct,
+        &["--rank", "2"],
+    ));
     let (g, w) = (deltas(&back), deltas(&direct));
     assert_eq!(g.keys().collect::<Vec<_>>(), w.keys().collect::<Vec<_>>());
     for (name, d) in &w {
@@ -104,16 +97,12 @@ fn convert_round_trip_peft_kohya_peft_is_exact() {
 fn convert_te_peft_to_kohya_matches_diffusers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("te1.safetensors");
-    run_ok([
-        "convert",
-        &fx("kohya/adapters/te_peft"),
-        "--to",
+    run_ok(convert_args(
+        &fixture("kohya/adapters/te_peft"),
         "kohya",
-        "--prefix",
-        "lora_te1",
-        "--out",
-        s(&out),
-    ]);
+        &out,
+        &["--prefix", "lora_te1"],
+    ));
     let got = read(&out);
     let want = read(&fixture("kohya/te_from_peft.safetensors"));
     assert_eq!(
@@ -143,14 +132,12 @@ fn convert_te_peft_to_kohya_matches_diffusers() {
     }
     // Default prefix for a text encoder: lora_te.
     let out = dir.path().join("te.safetensors");
-    run_ok([
-        "convert",
-        &fx("kohya/adapters/te_peft"),
-        "--to",
+    run_ok(convert_args(
+        &fixture("kohya/adapters/te_peft"),
         "kohya",
-        "--out",
-        s(&out),
-    ]);
+        &out,
+        &[],
+    ));
     assert!(read(&out)
         .contains_key("lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"));
 }
@@ -172,16 +159,12 @@ fn convert_kohya_to_peft_merges_like_the_kohya_file() {
     ] {
         let tag = kohya.replace('/', "_");
         let peft = dir.path().join(format!("{tag}_peft"));
-        let rep = run_json(&[
-            "convert",
-            &fx(kohya),
-            "--to",
+        let rep = run_json(&convert_args(
+            &fixture(kohya),
             "peft",
-            "--base",
-            &fx(base),
-            "--out",
-            s(&peft),
-        ]);
+            &peft,
+            &["--base", &fx(base)],
+        ));
         assert_eq!(rep["names_from"], "base");
         // Factors byte for byte.
         let k = read(&fixture(kohya));
@@ -242,30 +225,24 @@ fn convert_errors_are_one_line_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // kohya → PEFT without base.
     let out = dir.path().join("p");
-    let line = one_line_error(&run_err([
-        "convert",
-        &fx("kohya/te_lora.safetensors"),
-        "--to",
+    let line = one_line_error(&run_err(convert_args(
+        &fixture("kohya/te_lora.safetensors"),
         "peft",
-        "--out",
-        s(&out),
-    ]));
+        &out,
+        &[],
+    )));
     assert!(
         line.contains("te_lora.safetensors") && line.contains("--base"),
         "{line}"
     );
     assert!(!out.exists());
     // A base the modules do not fit.
-    let line = one_line_error(&run_err([
-        "convert",
-        &fx("kohya/te_lora.safetensors"),
-        "--to",
+    let line = one_line_error(&run_err(convert_args(
+        &fixture("kohya/te_lora.safetensors"),
         "peft",
-        "--base",
-        &fx("llama/base"),
-        "--out",
-        s(&out),
-    ]));
+        &out,
+        &["--base", &fx("llama/base")],
+    )));
     assert!(
         line.contains("do not match the base")
             && line.contains("lora_te_text_model_encoder_layers_0_mlp_fc1"),
@@ -305,16 +282,12 @@ fn convert_errors_are_one_line_and_write_nothing() {
             mk("lora_unet_a_b_c.lora_up.weight", vec![2, 1], &one),
         ],
     );
-    let line = one_line_error(&run_err([
-        "convert",
-        s(&k),
-        "--to",
+    let line = one_line_error(&run_err(convert_args(
+        &k,
         "peft",
-        "--base",
-        s(&base),
-        "--out",
-        s(&out),
-    ]));
+        &out,
+        &["--base", s(&base)],
+    )));
     assert!(
         line.contains("ambiguous")
             && line.contains("a.b_c.weight")
@@ -324,14 +297,12 @@ fn convert_errors_are_one_line_and_write_nothing() {
     assert!(!out.exists());
     // No kohya form: the error names the module; folders created for the output are removed.
     let nested = dir.path().join("new/sub/e.safetensors");
-    let line = one_line_error(&run_err([
-        "convert",
-        &fx("llama/adapters/embed"),
-        "--to",
+    let line = one_line_error(&run_err(convert_args(
+        &fixture("llama/adapters/embed"),
         "kohya",
-        "--out",
-        s(&nested),
-    ]));
+        &nested,
+        &[],
+    )));
     assert!(
         line.contains("embed_tokens") && line.contains("kohya format cannot hold"),
         "{line}"
@@ -341,31 +312,24 @@ fn convert_errors_are_one_line_and_write_nothing() {
         "created folders are removed on failure"
     );
     // Output onto the input (file, and PEFT folder).
-    let line = one_line_error(&run_err([
-        "convert",
-        &fx("kohya/te_lora.safetensors"),
-        "--to",
+    let line = one_line_error(&run_err(convert_args(
+        &fixture("kohya/te_lora.safetensors"),
         "kohya",
-        "--out",
-        &fx("kohya/te_lora.safetensors"),
-    ]));
+        &fixture("kohya/te_lora.safetensors"),
+        &[],
+    )));
     assert!(line.contains("output is also an input"), "{line}");
-    let line = one_line_error(&run_err([
-        "convert",
-        &fx("llama/adapters/qv_r8"),
-        "--to",
+    let line = one_line_error(&run_err(convert_args(
+        &fixture("llama/adapters/qv_r8"),
         "peft",
-        "--out",
-        &fx("llama/adapters/qv_r8"),
-    ]));
+        &fixture("llama/adapters/qv_r8"),
+        &[],
+    )));
     assert!(line.contains("output is also an input"), "{line}");
-    let line = one_line_error(&run_err([
-        "resize",
-        &fx("llama/adapters/qv_r8"),
-        "--rank",
-        "2",
-        "--out",
-        &fx("llama/adapters/qv_r8"),
-    ]));
+    let line = one_line_error(&run_err(resize_args(
+        &fixture("llama/adapters/qv_r8"),
+        &fixture("llama/adapters/qv_r8"),
+        &["--rank", "2"],
+    )));
     assert!(line.contains("output is also an input"), "{line}");
 }

@@ -15,10 +15,6 @@ mod combine;
 mod convert;
 mod resize;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn fx(rel: &str) -> String {
     fixture(rel).display().to_string()
 }
@@ -251,14 +247,11 @@ fn help_has_examples() {
     }
     // Text reports are tables.
     let dir = tempfile::tempdir().unwrap();
-    let text = run_ok([
-        "resize",
-        &fx("llama/adapters/qv_r8"),
-        "--rank",
-        "2",
-        "--out",
-        s(&dir.path().join("r")),
-    ]);
+    let text = run_ok(resize_args(
+        &fixture("llama/adapters/qv_r8"),
+        &dir.path().join("r"),
+        &["--rank", "2"],
+    ));
     assert!(
         text.contains("energy kept") && text.contains("model.layers.0.self_attn.q_proj"),
         "{text}"

@@ -12,14 +12,11 @@ fn resize_gives_the_best_rank_r_approximation_and_keeps_scales() {
         ("llama/adapters/patterns", 3),
     ] {
         let out = dir.path().join(adapter.replace('/', "_"));
-        let rep = run_json(&[
-            "resize",
-            &fx(adapter),
-            "--rank",
-            &r.to_string(),
-            "--out",
-            s(&out),
-        ]);
+        let rep = run_json(&resize_args(
+            &fixture(adapter),
+            &out,
+            &["--rank", &r.to_string()],
+        ));
         let before = deltas(&fixture(adapter));
         let after = deltas(&out);
         assert_eq!(
@@ -77,14 +74,11 @@ fn resize_at_full_rank_is_exact_and_energy_one_drops_only_zero_padding() {
     let dir = tempfile::tempdir().unwrap();
     // weighted_cat pads k_proj (true rank 6) and v_proj (true rank 4) to rank 10 with zeros.
     let out = dir.path().join("e1");
-    let rep = run_json(&[
-        "resize",
-        &fx("llama/adapters/weighted_cat"),
-        "--energy",
-        "1",
-        "--out",
-        s(&out),
-    ]);
+    let rep = run_json(&resize_args(
+        &fixture("llama/adapters/weighted_cat"),
+        &out,
+        &["--energy", "1"],
+    ));
     let before = deltas(&fixture("llama/adapters/weighted_cat"));
     let after = deltas(&out);
     for (name, b) in &before {
@@ -102,28 +96,22 @@ fn resize_at_full_rank_is_exact_and_energy_one_drops_only_zero_padding() {
     assert_eq!(rep["modules_resized_count"], 4);
     // The same ranks through --rank: modules whose true rank fits are reproduced exactly.
     let out = dir.path().join("r6");
-    run_ok([
-        "resize",
-        &fx("llama/adapters/weighted_cat"),
-        "--rank",
-        "6",
-        "--out",
-        s(&out),
-    ]);
+    run_ok(resize_args(
+        &fixture("llama/adapters/weighted_cat"),
+        &out,
+        &["--rank", "6"],
+    ));
     let after = deltas(&out);
     for (name, b) in before.iter().filter(|(n, _)| !n.contains("q_proj")) {
         assert!(rel64(&after[name].w, &b.w) < 1e-6, "{name}");
     }
     // Rank not below the module's: copied untouched.
     let out = dir.path().join("same");
-    let rep = run_json(&[
-        "resize",
-        &fx("llama/adapters/qv_r8"),
-        "--rank",
-        "8",
-        "--out",
-        s(&out),
-    ]);
+    let rep = run_json(&resize_args(
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--rank", "8"],
+    ));
     assert_eq!(rep["modules_resized_count"], 0);
     let got = read(&out.join("adapter_model.safetensors"));
     let orig = read(&fixture("llama/adapters/qv_r8/adapter_model.safetensors"));
@@ -131,25 +119,19 @@ fn resize_at_full_rank_is_exact_and_energy_one_drops_only_zero_padding() {
     // Embeddings: the saved embedding layer keeps its `base_layer` key, so the result still
     // merges (it is W0 there, not a replacement).
     let out = dir.path().join("embed4");
-    run_ok([
-        "resize",
-        &fx("llama/adapters/embed"),
-        "--rank",
-        "4",
-        "--out",
-        s(&out),
-    ]);
+    run_ok(resize_args(
+        &fixture("llama/adapters/embed"),
+        &out,
+        &["--rank", "4"],
+    ));
     let orig = read(&fixture("llama/adapters/embed/adapter_model.safetensors"));
     assert_eq!(read(&out.join("adapter_model.safetensors")), orig);
     let out = dir.path().join("embed2");
-    run_ok([
-        "resize",
-        &fx("llama/adapters/embed"),
-        "--rank",
-        "2",
-        "--out",
-        s(&out),
-    ]);
+    run_ok(resize_args(
+        &fixture("llama/adapters/embed"),
+        &out,
+        &["--rank", "2"],
+    ));
     let got = read(&out.join("adapter_model.safetensors"));
     let key = "base_model.model.model.embed_tokens.base_layer.weight";
     assert_eq!(got[key], orig[key]);
@@ -217,7 +199,7 @@ fn resize_energy_boundary_and_sv_ratio_rules() {
     assert_eq!(rank_for(&["--sv-ratio", "2.001", "--rank", "5"]), 5);
     // The kept part is exact: 2·diag(4, 4, 4).
     let out = dir.path().join("r3");
-    run_ok(["resize", s(&ad), "--rank", "3", "--out", s(&out)]);
+    run_ok(resize_args(&ad, &out, &["--rank", "3"]));
     let got = deltas(&out);
     let m = &got["proj"];
     assert_eq!((m.rank, m.alpha, m.scale), (3, 6.0, 2.0));
@@ -251,14 +233,11 @@ fn resize_energy_boundary_and_sv_ratio_rules() {
 fn resize_kohya_keeps_format_metadata_and_scale() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("te_r2.safetensors");
-    run_ok([
-        "resize",
-        &fx("kohya/te_lora.safetensors"),
-        "--rank",
-        "2",
-        "--out",
-        s(&out),
-    ]);
+    run_ok(resize_args(
+        &fixture("kohya/te_lora.safetensors"),
+        &out,
+        &["--rank", "2"],
+    ));
     let t = read(&out);
     // kohya names and alphas: alpha' = alpha·2/4 (1.0; 2.0 where alpha was missing = rank 4).
     let a = t["lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha"].f32();
@@ -334,16 +313,11 @@ fn resize_changes_format_and_is_deterministic() {
     );
     // Without a base it is an error naming the module, and nothing is written.
     let out2 = dir.path().join("nobase");
-    let res = run_err([
-        "resize",
-        &fx("kohya/te_lora.safetensors"),
-        "--rank",
-        "2",
-        "--format",
-        "peft",
-        "--out",
-        s(&out2),
-    ]);
+    let res = run_err(resize_args(
+        &fixture("kohya/te_lora.safetensors"),
+        &out2,
+        &["--rank", "2", "--format", "peft"],
+    ));
     let line = one_line_error(&res);
     assert!(
         line.contains("--base") && line.contains("lora_te_text_model"),

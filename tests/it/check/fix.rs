@@ -477,7 +477,7 @@ fn ba64(b: &[f32], a: &[f32], (d, r, k): (usize, usize, usize), s: f64) -> Vec<f
 /// none without Python (skipped loudly, or failing with `LORAKIT_REQUIRE_PEFT=1`).
 fn assert_diffusers_merges_agree(script: &str, original: &Path, fixed: &Path) -> Vec<String> {
     use super::super::reference::{rel64, U32};
-    let Some(py) = crate::it::check_fix::peft_python() else {
+    let Some(py) = peft_python() else {
         return Vec::new();
     };
     let dir = tempfile::tempdir().unwrap();

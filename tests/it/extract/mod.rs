@@ -130,33 +130,20 @@ fn synth(path: &Path, tensors: &Tensors) {
 }
 
 /// A checkpoint file from a map of tensors read with [`read`] (any order).
+/// `DIR/tuned.safetensors`: `llama/base` with every tensor of the merged file `merged` laid over
+/// it (see [`llama_tuned`]).
+fn llama_tuned_file(dir: &Path, merged: &str) -> std::path::PathBuf {
+    let tuned = dir.join("tuned.safetensors");
+    write_checkpoint(&tuned, &llama_tuned(&[(merged, None)]));
+    tuned
+}
+
 fn write_checkpoint(path: &Path, t: &BTreeMap<String, T>) {
     let v: Tensors = t
         .iter()
         .map(|(n, x)| (n.clone(), x.dtype, x.shape.clone(), x.data.clone()))
         .collect();
     synth(path, &v);
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// The one argv of `extract` in these tests: `extract --base B --tuned T --out O EXTRA…`.
-fn extract_args(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "extract",
-        "--base",
-        p(base),
-        "--tuned",
-        p(tuned),
-        "--out",
-        p(out),
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
 }
 
 /// Runs `extract --json` and parses the summary.

@@ -21,11 +21,7 @@ fn extract_parts(base: &Path, tuned: &Path, out: &Path, extra: &[&str], n: usize
 #[test]
 fn three_extract_parts_in_separate_processes_equal_one_run() {
     let dir = tempfile::tempdir().unwrap();
-    let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(
-        &tuned,
-        &llama_tuned(&[("llama/merged/rslora_all.safetensors", None)]),
-    );
+    let tuned = llama_tuned_file(dir.path(), "llama/merged/rslora_all.safetensors");
     let base = fixture("llama/base");
     let (one, split) = (dir.path().join("one"), dir.path().join("split"));
     let flags = ["--energy", "0.9", "--max-rank", "6", "--dtype", "bf16"];
@@ -42,7 +38,7 @@ fn three_extract_parts_in_separate_processes_equal_one_run() {
     let p2 = split.join(".lorakit-extract-part-2-of-3.safetensors");
     let saved = std::fs::read(&p2).unwrap();
     std::fs::remove_file(&p2).unwrap();
-    let err = one_line_error(&run_err(["finalize", p(&split)]));
+    let err = one_line_error(&run_err(["finalize", s(&split)]));
     assert!(err.contains("extract parts not finished: 2/3"), "{err}");
     assert_eq!(listing(&split).len(), 2);
     // A part run with other flags is refused by name.
@@ -61,13 +57,13 @@ fn three_extract_parts_in_separate_processes_equal_one_run() {
         .args(["--part", "2/3", "-q"])
         .status()
         .unwrap();
-    let err = one_line_error(&run_err(["finalize", p(&split)]));
+    let err = one_line_error(&run_err(["finalize", s(&split)]));
     assert!(
         err.contains(".lorakit-extract-part-2-of-3.safetensors") && err.contains("other arguments"),
         "{err}"
     );
     std::fs::write(&p2, &saved).unwrap();
-    let joined: Value = serde_json::from_str(&run_ok(["finalize", p(&split), "--json"])).unwrap();
+    let joined: Value = serde_json::from_str(&run_ok(["finalize", s(&split), "--json"])).unwrap();
     assert_eq!(listing(&one), listing(&split), "part files removed");
     for f in listing(&one) {
         assert!(
@@ -110,7 +106,7 @@ fn kohya_parts_beside_the_file_and_changed_inputs_are_refused() {
         .path()
         .join(".split.safetensors.lorakit-extract-part-1-of-2.safetensors")
         .exists());
-    let joined: Value = serde_json::from_str(&run_ok(["finalize", p(&split), "--json"])).unwrap();
+    let joined: Value = serde_json::from_str(&run_ok(["finalize", s(&split), "--json"])).unwrap();
     assert!(std::fs::read(&one).unwrap() == std::fs::read(&split).unwrap());
     for list in ["skipped", "changed_tensors"] {
         assert_eq!(single[list], joined[list], "{list}");
@@ -126,13 +122,13 @@ fn kohya_parts_beside_the_file_and_changed_inputs_are_refused() {
     let bytes = std::fs::read(&tuned).unwrap();
     std::fs::remove_file(&tuned).unwrap();
     std::fs::write(&tuned, bytes).unwrap();
-    let err = one_line_error(&run_err(["finalize", p(&again)]));
+    let err = one_line_error(&run_err(["finalize", s(&again)]));
     assert!(err.contains("tuned.safetensors changed"), "{err}");
     assert!(!again.exists());
     // Nothing to finalize: a clear error.
     let err = one_line_error(&run_err([
         "finalize",
-        p(&dir.path().join("none.safetensors")),
+        s(&dir.path().join("none.safetensors")),
     ]));
     assert!(err.contains("nothing to finalize"), "{err}");
 }

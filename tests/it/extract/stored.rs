@@ -272,11 +272,7 @@ fn fan_in_fan_out_and_conv_match_the_fixture_adapters() {
 #[test]
 fn kohya_output_merges_to_the_same_result_as_peft_output() {
     let dir = tempfile::tempdir().unwrap();
-    let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(
-        &tuned,
-        &llama_tuned(&[("llama/merged/qv_r8.safetensors", None)]),
-    );
+    let tuned = llama_tuned_file(dir.path(), "llama/merged/qv_r8.safetensors");
     let base = fixture("llama/base");
     let kohya = dir.path().join("lora.safetensors");
     let peft = dir.path().join("peft");
@@ -324,11 +320,7 @@ fn kohya_output_merges_to_the_same_result_as_peft_output() {
 #[test]
 fn output_is_deterministic_and_per_module() {
     let dir = tempfile::tempdir().unwrap();
-    let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(
-        &tuned,
-        &llama_tuned(&[("llama/merged/rslora_all.safetensors", None)]),
-    );
+    let tuned = llama_tuned_file(dir.path(), "llama/merged/rslora_all.safetensors");
     let base = fixture("llama/base");
     let (a, b, c, d) = (
         dir.path().join("a"),
@@ -378,11 +370,7 @@ fn output_is_deterministic_and_per_module() {
 #[test]
 fn bf16_factors_report_the_error_of_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(
-        &tuned,
-        &llama_tuned(&[("llama/merged/qv_r8.safetensors", None)]),
-    );
+    let tuned = llama_tuned_file(dir.path(), "llama/merged/qv_r8.safetensors");
     let out = dir.path().join("out");
     let v = extract(
         &fixture("llama/base"),

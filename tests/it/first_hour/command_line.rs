@@ -8,79 +8,52 @@ fn one_command_line() {
     let dir = tempfile::tempdir().unwrap();
     // torch spellings of dtypes, -o, --prefix (and the old --kohya-prefix, hidden).
     let out = dir.path().join("bf");
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--dtype",
-        "bfloat16",
-        "-o",
-        s(&out),
-        "-q",
-    ]);
+    let mut argv = merge_args(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--dtype", "bfloat16", "-q"],
+    );
+    assert_eq!(argv[5], "--out");
+    argv[5] = "-o".into();
+    run_ok(argv);
     assert!(read_checkpoint(&out)
         .values()
         .all(|t| t.dtype == Dtype::BF16));
     let tuned = dir.path().join("tuned");
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "-o",
-        s(&tuned),
-        "-q",
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &tuned,
+        &["-q"],
+    );
     for flag in ["--prefix", "--kohya-prefix"] {
         let k = dir.path().join(format!("k{}.safetensors", flag.len()));
-        run_ok([
-            "extract",
-            "--base",
-            s(&fixture("llama/base")),
-            "--tuned",
-            s(&tuned),
-            "--rank",
-            "4",
-            "--format",
-            "kohya",
-            flag,
-            "lora_te",
-            "-o",
-            s(&k),
-            "--dtype",
-            "float16",
-            "-q",
-            "--device",
-            "cpu",
-        ]);
+        run_ok(extract_args(
+            &fixture("llama/base"),
+            &tuned,
+            &k,
+            &[
+                "--rank", "4", "--format", "kohya", flag, "lora_te", "--dtype", "float16", "-q",
+                "--device", "cpu",
+            ],
+        ));
         assert!(read(&k).keys().all(|n| n.starts_with("lora_te_")));
     }
     // -q silences the report; --json still prints what was asked for.
-    let quiet = run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "-o",
-        s(&dir.path().join("q")),
-        "-q",
-    ]);
+    let quiet = merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &dir.path().join("q"),
+        &["-q"],
+    );
     assert!(quiet.is_empty(), "{quiet}");
-    let json = run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "-o",
-        s(&dir.path().join("j")),
-        "-q",
-        "--json",
-    ]);
+    let json = merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &dir.path().join("j"),
+        &["-q", "--json"],
+    );
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["operation"], "merge");
     // --version names the revision and the features.
@@ -92,27 +65,16 @@ fn one_command_line() {
 fn diff_compares_across_dtypes_and_only_common_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let merged = dir.path().join("m");
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "-o",
-        s(&merged),
-        "-q",
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &merged,
+        &["-q"],
+    );
     // Against PEFT's merge_and_unload, which holds only the changed tensors.
     let reference = fixture("llama/merged/qv_r8.safetensors");
-    let o = bin()
-        .args(diff_args(&merged, &reference, &["--tolerance", "1e-6"]))
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "tensors only in A fail by default"
-    );
+    // Tensors only in A fail by default.
+    diff_exit(&merged, &reference, &["--tolerance", "1e-6"], 1);
     run_ok(diff_args(
         &merged,
         &reference,
@@ -120,47 +82,32 @@ fn diff_compares_across_dtypes_and_only_common_tensors() {
     ));
     // A bf16 copy: values compared, the dtype change reported; within bf16 rounding it passes.
     let bf = dir.path().join("bf");
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--dtype",
-        "bf16",
-        "-o",
-        s(&bf),
-        "-q",
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &bf,
+        &["--dtype", "bf16", "-q"],
+    );
     let j = run_ok(diff_args(&bf, &merged, &["--tolerance", "4e-3", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&j).unwrap();
     assert_eq!(v["pass"], true, "{j}");
     assert_eq!(v["dtype_changes"], 21);
     let max = v["max_rel_fro_diff"].as_f64().unwrap();
     assert!(max > 0.0 && max < 4e-3, "{max}");
-    let o = bin().args(diff_args(&bf, &merged, &[])).output().unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "tolerance 0 still demands equal values"
-    );
+    // Tolerance 0 still demands equal values.
+    diff_exit(&bf, &merged, &[], 1);
 }
 
 #[test]
 fn merge_and_extract_dry_runs_plan_without_writing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let j = run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base_sharded")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "-o",
-        s(&out),
-        "--dry-run",
-        "--json",
-    ]);
+    let j = merge_ok(
+        &fixture("llama/base_sharded"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--dry-run", "--json"],
+    );
     let v: serde_json::Value = serde_json::from_str(&j).unwrap();
     assert_eq!(v["dry_run"], true);
     assert_eq!(v["modules_matched_count"], 4);
@@ -174,16 +121,12 @@ fn merge_and_extract_dry_runs_plan_without_writing() {
     assert_eq!(planned, v["bytes"].as_u64().unwrap());
     assert!(!out.exists(), "a dry run wrote");
     // The plan is the run: the same files, the same tensor bytes.
-    run_ok([
-        "merge",
-        "--base",
-        s(&fixture("llama/base_sharded")),
-        "--adapter",
-        s(&fixture("llama/adapters/qv_r8")),
-        "-o",
-        s(&out),
-        "-q",
-    ]);
+    merge_ok(
+        &fixture("llama/base_sharded"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["-q"],
+    );
     for f in v["files"].as_array().unwrap() {
         let p = PathBuf::from(f["path"].as_str().unwrap());
         let t = read(&p);
@@ -194,21 +137,12 @@ fn merge_and_extract_dry_runs_plan_without_writing() {
         );
     }
     let a = dir.path().join("a");
-    let j = run_ok([
-        "extract",
-        "--base",
-        s(&fixture("llama/base")),
-        "--tuned",
-        s(&out),
-        "--rank",
-        "4",
-        "--targets",
-        "q_proj",
-        "-o",
-        s(&a),
-        "--dry-run",
-        "--json",
-    ]);
+    let j = run_ok(extract_args(
+        &fixture("llama/base"),
+        &out,
+        &a,
+        &["--rank", "4", "--targets", "q_proj", "--dry-run", "--json"],
+    ));
     let v: serde_json::Value = serde_json::from_str(&j).unwrap();
     assert_eq!(v["low_rank_candidates_count"], 2);
     assert!(!a.exists(), "a dry run wrote");

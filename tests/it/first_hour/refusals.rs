@@ -35,54 +35,32 @@ fn extract_refuses_an_empty_result_and_takes_peft_style_targets() {
     );
     // Nothing changed: exit 2, nothing written.
     let out = dir.path().join("a");
-    let line = one_line_error(&run_err([
-        "extract",
-        "--base",
-        s(&fixture("llama/base")),
-        "--tuned",
-        s(&fixture("llama/base")),
-        "--rank",
-        "4",
-        "--out",
-        s(&out),
-    ]));
+    let line = one_line_error(&run_err(extract_args(
+        &fixture("llama/base"),
+        &fixture("llama/base"),
+        &out,
+        &["--rank", "4"],
+    )));
     assert!(line.contains("no module differs"), "{line}");
     assert!(!out.exists());
     // A --targets list that matches nothing: exit 2, naming the syntax.
-    let line = one_line_error(&run_err([
-        "extract",
-        "--base",
-        s(&fixture("llama/base")),
-        "--tuned",
-        s(&tuned),
-        "--rank",
-        "4",
-        "--targets",
-        "nothing_proj",
-        "--out",
-        s(&out),
-    ]));
+    let line = one_line_error(&run_err(extract_args(
+        &fixture("llama/base"),
+        &tuned,
+        &out,
+        &["--rank", "4", "--targets", "nothing_proj"],
+    )));
     assert!(line.contains("--targets"), "{line}");
     assert!(!out.exists());
     // The comma list of train and PEFT, and re: for a regex, select the same modules.
     for targets in ["q_proj,v_proj", "re:(q|v)_proj$"] {
         let o = dir.path().join(format!("t{}", targets.len()));
-        run_ok([
-            "extract",
-            "--base",
-            s(&fixture("llama/base")),
-            "--tuned",
-            s(&tuned),
-            "--rank",
-            "8",
-            "--targets",
-            targets,
-            "--out",
-            s(&o),
-            "-q",
-            "--device",
-            "cpu",
-        ]);
+        run_ok(extract_args(
+            &fixture("llama/base"),
+            &tuned,
+            &o,
+            &["--rank", "8", "--targets", targets, "-q", "--device", "cpu"],
+        ));
         let t = read(&o.join("adapter_model.safetensors"));
         let mut mods: Vec<&str> = t
             .keys()
@@ -131,19 +109,12 @@ fn extract_skips_integer_buffers_present_on_one_side() {
     let tuned = mk("tuned.safetensors", false, 0.5);
     let out = dir.path().join("a");
     let o = bin()
-        .args([
-            "extract",
-            "--base",
-            s(&base),
-            "--tuned",
-            s(&tuned),
-            "--rank",
-            "2",
-            "--out",
-            s(&out),
-            "--device",
-            "cpu",
-        ])
+        .args(extract_args(
+            &base,
+            &tuned,
+            &out,
+            &["--rank", "2", "--device", "cpu"],
+        ))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -169,33 +140,26 @@ fn extract_skips_integer_buffers_present_on_one_side() {
         &tuned2,
     )
     .unwrap();
-    one_line_error(&run_err([
-        "extract",
-        "--base",
-        s(&base),
-        "--tuned",
-        s(&tuned2),
-        "--rank",
-        "2",
-        "--out",
-        s(&dir.path().join("b")),
-    ]));
-    run_ok([
-        "extract",
-        "--base",
-        s(&base),
-        "--tuned",
-        s(&tuned2),
-        "--rank",
-        "2",
-        "--exclude",
-        "encoder.extra.bias",
-        "--out",
-        s(&dir.path().join("c")),
-        "-q",
-        "--device",
-        "cpu",
-    ]);
+    one_line_error(&run_err(extract_args(
+        &base,
+        &tuned2,
+        &dir.path().join("b"),
+        &["--rank", "2"],
+    )));
+    run_ok(extract_args(
+        &base,
+        &tuned2,
+        &dir.path().join("c"),
+        &[
+            "--rank",
+            "2",
+            "--exclude",
+            "encoder.extra.bias",
+            "-q",
+            "--device",
+            "cpu",
+        ],
+    ));
 }
 
 #[test]

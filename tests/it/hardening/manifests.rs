@@ -111,22 +111,20 @@ fn extract_finalize_takes_out_from_the_command_line() {
         &["--quiet"],
     );
     for i in 1..=2 {
-        run_ok([
-            "extract",
-            "--base",
-            s(&fixture("llama/base")),
-            "--tuned",
-            s(&tuned),
-            "--rank",
-            "8",
-            "--out",
-            s(&out),
-            "--part",
-            &format!("{i}/2"),
-            "--quiet",
-            "--device",
-            "cpu",
-        ]);
+        run_ok(extract_args(
+            &fixture("llama/base"),
+            &tuned,
+            &out,
+            &[
+                "--rank",
+                "8",
+                "--part",
+                &format!("{i}/2"),
+                "--quiet",
+                "--device",
+                "cpu",
+            ],
+        ));
     }
     for e in std::fs::read_dir(&out).unwrap().flatten() {
         let bytes = std::fs::read(e.path()).unwrap();

@@ -26,19 +26,12 @@ fn no_command_writes_onto_its_inputs() {
     // extract --format kohya onto the base's config.json.
     let tuned = dir.path().join("tuned");
     merge_ok(&fixture("llama/base"), &ad, &tuned, &["--quiet"]);
-    refused_as_input(&run_err([
-        "extract",
-        "--base",
-        s(&base),
-        "--tuned",
-        s(&tuned),
-        "--rank",
-        "4",
-        "--format",
-        "kohya",
-        "--out",
-        s(&base.join("config.json")),
-    ]));
+    refused_as_input(&run_err(extract_args(
+        &base,
+        &tuned,
+        &base.join("config.json"),
+        &["--rank", "4", "--format", "kohya"],
+    )));
     // eval --logits onto the model's config or the adapter's weights.
     for target in [
         base.join("config.json"),
@@ -59,21 +52,21 @@ fn no_command_writes_onto_its_inputs() {
         ]));
     }
     // train --init-adapter A --out A.
-    refused_as_input(&run_err([
-        "train",
-        "--model",
-        s(&base),
-        "--data",
-        s(&fixture("text/tiny_ids.safetensors")),
-        "--seq-len",
-        "8",
-        "--steps",
-        "1",
-        "--init-adapter",
-        s(&ad),
-        "--out",
-        s(&ad),
-    ]));
+    refused_as_input(&run_err(train_args(
+        &base,
+        &[
+            "--data",
+            s(&fixture("text/tiny_ids.safetensors")),
+            "--seq-len",
+            "8",
+            "--steps",
+            "1",
+            "--init-adapter",
+            s(&ad),
+            "--out",
+            s(&ad),
+        ],
+    )));
     // inspect --plot through a hard link and a symlink to the adapter's weights.
     let hard = dir.path().join("hard.svg");
     std::fs::hard_link(ad.join("adapter_model.safetensors"), &hard).unwrap();

@@ -60,6 +60,56 @@ fn lycoris_delta64(case: &str, module: &str) -> (Vec<f64>, usize, usize) {
     (v, d, k)
 }
 
+/// `resize` of `fixtures/lycoris/{case}.safetensors` with `rule` into `out`: its JSON report.
+fn resize_json(case: &str, rule: &[&str], out: &Path) -> serde_json::Value {
+    let input = fixture(&format!("lycoris/{case}.safetensors"));
+    let mut args = vec!["resize", input.to_str().unwrap()];
+    args.extend_from_slice(rule);
+    args.extend(["--out", out.to_str().unwrap(), "--json"]);
+    serde_json::from_str(&run_ok(args)).unwrap()
+}
+
+/// The lowered module `key` of the written LoRA `t` against the true ΔW `want` (d×k): its rank
+/// and ‖(alpha/r)·up·down − ΔW‖_F in f64.
+fn lowered_error(
+    t: &BTreeMap<String, T>,
+    key: &str,
+    want: &[f64],
+    d: usize,
+    k: usize,
+) -> (usize, f64) {
+    let up = t[&format!("{key}.lora_up.weight")].f32();
+    let down = t[&format!("{key}.lora_down.weight")].f32();
+    let alpha = t[&format!("{key}.alpha")].f32()[0] as f64;
+    let r = up.len() / d;
+    assert_eq!(
+        (up.len(), down.len()),
+        (d * r, r * k),
+        "{key}: factor sizes"
+    );
+    let err2: f64 = (0..d * k)
+        .map(|p| {
+            let got = (0..r)
+                .map(|q| up[(p / k) * r + q] as f64 * down[q * k + p % k] as f64)
+                .sum::<f64>()
+                * alpha
+                / r as f64;
+            (got - want[p]).powi(2)
+        })
+        .sum();
+    (r, err2.sqrt())
+}
+
+/// The report's row for module `key`.
+fn reported<'a>(rep: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    rep["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == key)
+        .unwrap_or_else(|| panic!("{key} not in the report"))
+}
+
 /// LyCORIS → plain LoRA (`resize --rank R` on a LyCORIS file): each module's error is the
 /// Eckart–Young optimum of its true ΔW at rank R (an f64 Jacobi SVD of the ΔW rebuilt above),
 /// the report states that error, and the written LoRA is plain `lora_up`/`lora_down`.
@@ -75,18 +125,7 @@ fn lycoris_lowers_to_lora_at_the_optimal_error() {
     for case in ["loha", "lokr", "lokr_full"] {
         for rank in [2usize, 5] {
             let out = dir.path().join(format!("{case}.r{rank}.safetensors"));
-            let rep: serde_json::Value = serde_json::from_str(&run_ok([
-                "resize",
-                fixture(&format!("lycoris/{case}.safetensors"))
-                    .to_str()
-                    .unwrap(),
-                "--rank",
-                &rank.to_string(),
-                "--out",
-                out.to_str().unwrap(),
-                "--json",
-            ]))
-            .unwrap();
+            let rep = resize_json(case, &["--rank", &rank.to_string()], &out);
             let t = read(&out);
             assert!(t
                 .keys()
@@ -97,38 +136,15 @@ fn lycoris_lowers_to_lora_at_the_optimal_error() {
                 let (_, s, _) = jacobi_svd(&want, d, k);
                 let r = rank.min(s.len());
                 let optimal = s[r..].iter().map(|x| x * x).sum::<f64>().sqrt();
-                let up = t[&format!("{key}.lora_up.weight")].f32();
-                let down = t[&format!("{key}.lora_down.weight")].f32();
-                let alpha = t[&format!("{key}.alpha")].f32()[0] as f64;
-                assert_eq!(up.len(), d * r, "{case} {module}: rank {r}");
-                let got: Vec<f64> = (0..d * k)
-                    .map(|p| {
-                        (0..r)
-                            .map(|q| up[(p / k) * r + q] as f64 * down[q * k + p % k] as f64)
-                            .sum::<f64>()
-                            * alpha
-                            / r as f64
-                    })
-                    .collect();
-                let err = norm64(
-                    &got.iter()
-                        .zip(&want)
-                        .map(|(a, b)| a - b)
-                        .collect::<Vec<f64>>(),
-                );
+                let (got_rank, err) = lowered_error(&t, &key, &want, d, k);
+                assert_eq!(got_rank, r, "{case} {module}: rank");
                 // f32 factors round each entry once: a few ulps of ‖ΔW‖ on top of the optimum.
                 let slack = 1e-6 * norm64(&want);
                 assert!(
                     err <= 1.001 * optimal + slack,
                     "{case} {module} rank {r}: error {err:e}, optimum {optimal:e}"
                 );
-                let reported = rep["modules"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|m| m["name"] == key.as_str())
-                    .unwrap();
-                let fro_error = reported["fro_error"].as_f64().unwrap();
+                let fro_error = reported(&rep, &key)["fro_error"].as_f64().unwrap();
                 assert!(
                     (fro_error - err).abs() <= 1e-3 * err + slack,
                     "{case} {module}: reported {fro_error:e}, measured {err:e}"
@@ -186,4 +202,71 @@ fn combine_takes_lycoris_inputs_exactly() {
         let e = rel_err(&t.f32(), &want);
         assert!(e <= TOL, "{name}: relative error {e:e}");
     }
+}
+
+/// LyCORIS → LoRA by `--energy E`, convs included (a 3×3 LoHa/LoKr conv lowers to a flat
+/// `lora_down` [r, in·kh·kw]): each module gets the smallest rank whose leading singular values
+/// of the true ΔW (f64 Jacobi SVD of the ΔW rebuilt above, LoHa's up to rank r², LoKr's up to the
+/// product of its halves' ranks) hold a fraction ≥ E of ‖ΔW‖², and its error is the
+/// Eckart–Young optimum at that rank.
+#[test]
+fn lycoris_lowers_to_lora_by_energy() {
+    use super::super::reference::{jacobi_svd, norm64};
+    let dir = tempfile::tempdir().unwrap();
+    let energy = 0.95;
+    let mut modules_checked = 0;
+    for case in ["loha", "lokr", "lokr_full"] {
+        let out = dir.path().join(format!("{case}.e.safetensors"));
+        let rep = resize_json(case, &["--energy", &energy.to_string()], &out);
+        let t = read(&out);
+        for module in [
+            "down_blocks.0.to_q",
+            "down_blocks.0.ff_out",
+            "down_blocks.0.proj_out",
+            "down_blocks.0.conv_in",
+        ] {
+            let key = format!("lycoris_{}", module.replace('.', "_"));
+            let (want, d, k) = lycoris_delta64(case, module);
+            let (_, s, _) = jacobi_svd(&want, d, k);
+            let total: f64 = s.iter().map(|x| x * x).sum();
+            let mut kept = 0.0;
+            let r = s
+                .iter()
+                .position(|x| {
+                    kept += x * x;
+                    kept >= energy * total
+                })
+                .unwrap()
+                + 1;
+            // The rule is decided by rounding only when a cumulative energy sits at E.
+            let cum = |n: usize| s[..n].iter().map(|x| x * x).sum::<f64>() / total;
+            assert!(
+                (cum(r) - energy).abs() > 1e-5 && (cum(r - 1) - energy).abs() > 1e-5,
+                "{case} {module}: energy {energy} too close to a cumulative energy"
+            );
+            let down = &t[&format!("{key}.lora_down.weight")];
+            assert_eq!(
+                down.shape[1..].iter().product::<usize>(),
+                k,
+                "{case} {module}: flat down"
+            );
+            let (got_rank, err) = lowered_error(&t, &key, &want, d, k);
+            assert_eq!(got_rank, r, "{case} {module}: rank");
+            let optimal = s[r..].iter().map(|x| x * x).sum::<f64>().sqrt();
+            assert!(
+                err <= 1.001 * optimal + 1e-6 * norm64(&want),
+                "{case} {module} rank {r}: error {err:e}, optimum {optimal:e}"
+            );
+            let row = reported(&rep, &key);
+            assert_eq!(row["rank_after"], r, "{case} {module}: reported rank");
+            let e = row["energy_kept"].as_f64().unwrap();
+            assert!(
+                (e - cum(r)).abs() <= 1e-5,
+                "{case} {module}: energy kept {e}, {}",
+                cum(r)
+            );
+            modules_checked += 1;
+        }
+    }
+    assert_eq!(modules_checked, 12);
 }

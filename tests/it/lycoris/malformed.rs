@@ -179,3 +179,101 @@ fn malformed_oft_ia3_and_norm_files_are_refused_by_name() {
         &[ff, "norm", "OFT"],
     );
 }
+
+/// Refused by a merge into `{folder}/base.safetensors` (the file alone is well-formed, so
+/// `inspect` reads it): one line naming the adapter file and `expect`, nothing written.
+fn refused_by_merge(
+    folder: &str,
+    case: &str,
+    edit: &dyn Fn(&mut BTreeMap<String, T>),
+    expect: &[&str],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = read(&fixture(&format!("{folder}/{case}.safetensors")));
+    edit(&mut t);
+    let p = dir.path().join("bad.safetensors");
+    write(&p, &t);
+    run_ok(["inspect", p.to_str().unwrap()]);
+    let before = listing(dir.path());
+    let line = one_line_error(&run_err(merge_args(
+        &fixture(&format!("{folder}/base.safetensors")),
+        &p,
+        &dir.path().join("out.safetensors"),
+        &[],
+    )));
+    assert!(line.contains("bad.safetensors"), "file not named: {line}");
+    for e in expect {
+        assert!(line.contains(e), "`{e}` not in: {line}");
+    }
+    assert_eq!(listing(dir.path()), before, "nothing written");
+}
+
+/// Factors that agree with each other but whose product is not the shape of the weight they
+/// name: a LoKr whose `kron(w1, w2)` is 16×64 for the 32×32 `to_q`, a LoHa whose Hadamard
+/// halves are 32×16. Refused by a merge naming the file, the module and both shapes.
+#[test]
+fn factors_whose_product_misses_the_target_shape_are_refused() {
+    let to_q = "lycoris_down_blocks_0_to_q";
+    refused_by_merge(
+        "lycoris",
+        "lokr_full",
+        &|t: &mut BTreeMap<String, T>| {
+            t.get_mut(&format!("{to_q}.lokr_w2")).unwrap().shape = vec![4, 16];
+        },
+        &[to_q, "[32, 32]", "[16, 64]"],
+    );
+    refused_by_merge(
+        "lycoris",
+        "loha",
+        &|t: &mut BTreeMap<String, T>| {
+            for half in ["hada_w1_b", "hada_w2_b"] {
+                let x = t.get_mut(&format!("{to_q}.{half}")).unwrap();
+                x.shape = vec![4, 16];
+                x.data.truncate(4 * 16 * 4);
+            }
+        },
+        &[to_q, "[32, 32]", "[32, 16]"],
+    );
+}
+
+/// A plain LoRA module with one half (kohya `lora_up` without `lora_down`, diffusers `lora_B`
+/// without `lora_A`): refused by inspect and merge, naming the file, the module and the half
+/// that is missing; nothing written.
+#[test]
+fn lora_modules_missing_a_half_are_refused_by_name() {
+    let proj_in = "down_blocks_0_attentions_0_proj_in";
+    for (case, key, missing) in [
+        (
+            "kohya",
+            format!("lora_unet_{proj_in}.lora_down.weight"),
+            "lora_down",
+        ),
+        (
+            "diffusers_metadata",
+            "unet.down_blocks.0.attentions.0.proj_in.lora_A.weight".to_string(),
+            "lora_A",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = read(&fixture(&format!("conventions/{case}.safetensors")));
+        assert!(t.remove(&key).is_some(), "{key}");
+        let p = dir.path().join("half.safetensors");
+        write(&p, &t);
+        let before = listing(dir.path());
+        for args in [
+            vec!["inspect".to_string(), p.display().to_string()],
+            merge_args(
+                &fixture("conventions/unet"),
+                &p,
+                &dir.path().join("out"),
+                &[],
+            ),
+        ] {
+            let line = one_line_error(&run_err(&args));
+            assert!(line.contains("half.safetensors"), "{case}: {line}");
+            assert!(line.contains("proj_in"), "{case}: module not named: {line}");
+            assert!(line.contains(missing), "{case}: `{missing}` not in: {line}");
+        }
+        assert_eq!(listing(dir.path()), before, "{case}: nothing written");
+    }
+}

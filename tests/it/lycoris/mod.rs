@@ -10,6 +10,7 @@ use std::path::Path;
 mod convert;
 mod lowering;
 mod malformed;
+mod names;
 mod w0;
 
 /// Relative Frobenius error allowed against the forward-probed weights: both sides are f32

@@ -8,15 +8,7 @@ fn sharded_in_sharded_out_with_valid_index() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let base = fixture("llama/base_sharded");
-    run_ok([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    merge_ok(&base, &fixture("llama/adapters/qv_r8"), &out, &[]);
     // Same shard files, index and non-weight files as the base.
     assert_eq!(listing(&out), listing(&base));
     let index: serde_json::Value =
@@ -55,17 +47,12 @@ fn sharded_in_sharded_out_with_valid_index() {
 fn reshard_with_max_shard_size() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    run_ok([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-shard-size",
-        "120KB",
-    ]);
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--max-shard-size", "120KB"],
+    );
     let files = listing(&out);
     let shards: Vec<&String> = files
         .iter()
@@ -103,15 +90,12 @@ fn reruns_are_byte_identical_and_carry_provenance() {
         dir.path().join("b.safetensors"),
     );
     for o in [&o1, &o2] {
-        run_ok([
-            "merge",
-            "--base",
-            fixture("llama/base/model.safetensors").to_str().unwrap(),
-            "--adapter",
-            fixture("llama/adapters/dora").to_str().unwrap(),
-            "--out",
-            o.to_str().unwrap(),
-        ]);
+        merge_ok(
+            &fixture("llama/base/model.safetensors"),
+            &fixture("llama/adapters/dora"),
+            o,
+            &[],
+        );
     }
     let (a, b) = (std::fs::read(&o1).unwrap(), std::fs::read(&o2).unwrap());
     assert_eq!(a, b);
@@ -126,22 +110,20 @@ fn reruns_are_byte_identical_and_carry_provenance() {
 fn json_summary_is_parseable() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.safetensors");
-    let s = run_ok([
-        "merge",
-        "--base",
-        fixture("llama/base/model.safetensors").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/weighted_b").to_str().unwrap(),
-        "--weight",
-        "1",
-        "--weight",
-        "0.5",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+    let s = merge_ok(
+        &fixture("llama/base/model.safetensors"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &[
+            "--adapter",
+            s(&fixture("llama/adapters/weighted_b")),
+            "--weight",
+            "1",
+            "--weight",
+            "0.5",
+            "--json",
+        ],
+    );
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
     assert_eq!(v["adapters"][0]["modules_merged"], 4);
     assert_eq!(v["adapters"][1]["modules_merged"], 4);
@@ -203,17 +185,7 @@ fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
     )
     .unwrap();
     let out = dir.path().join("out.safetensors");
-    run_ok([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--dtype",
-        "bf16",
-    ]);
+    merge_ok(&base, &ad, &out, &["--dtype", "bf16"]);
     let o = read(&out);
     let inb = read(&base);
     for n in ["q.int8", "q.fp8", "q.u8"] {

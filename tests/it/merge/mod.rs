@@ -21,14 +21,7 @@ fn merge_case(base: &str, adapters: &[(&str, f64)], reference: &str) {
         "--base".into(),
         base_path.display().to_string(),
     ];
-    for (a, w) in adapters {
-        args.extend([
-            "--adapter".into(),
-            fixture(a).display().to_string(),
-            "--weight".into(),
-            w.to_string(),
-        ]);
-    }
+    args.extend(weighted_adapter_args(adapters));
     args.extend([
         "--out".into(),
         out.display().to_string(),
@@ -59,20 +52,6 @@ fn synth(path: &Path, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// `merge --base BASE --adapter ADAPTER -o OUT`.
-fn merge_argv<'a>(base: &'a Path, adapter: &'a Path, out: &'a Path) -> [&'a str; 7] {
-    let p = |x: &'a Path| x.to_str().unwrap();
-    [
-        "merge",
-        "--base",
-        p(base),
-        "--adapter",
-        p(adapter),
-        "-o",
-        p(out),
-    ]
 }
 
 /// A copy of a fixture folder whose config.json `edit` changes.

@@ -178,7 +178,7 @@ fn an_adapter_on_lm_head_merges_into_an_untied_base_and_is_refused_on_a_tied_one
     )
     .unwrap();
     let out = dir.path().join("out");
-    run_ok(merge_argv(&fixture("llama/base"), &ad, &out));
+    merge_ok(&fixture("llama/base"), &ad, &out, &[]);
     let merged = read(&out.join("model.safetensors"))["lm_head.weight"].f32();
     let w0 = head.f32();
     let mut worst = 0f64;
@@ -199,7 +199,12 @@ fn an_adapter_on_lm_head_merges_into_an_untied_base_and_is_refused_on_a_tied_one
         base["model.embed_tokens.weight"].data
     );
     let tied_out = dir.path().join("tied-out");
-    let err = one_line_error(&run_err(merge_argv(&fixture("llama/tied"), &ad, &tied_out)));
+    let err = one_line_error(&run_err(merge_args(
+        &fixture("llama/tied"),
+        &ad,
+        &tied_out,
+        &[],
+    )));
     assert!(err.contains("lm_head") && err.contains("tied"), "{err}");
     assert!(!dir.path().join("tied-out").exists());
 }

@@ -7,15 +7,12 @@ use super::*;
 fn unmatched_modules_are_listed_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let res = run_err([
-        "merge",
-        "--base",
-        fixture("gpt2/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = run_err(merge_args(
+        &fixture("gpt2/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &[],
+    ));
     let err = one_line_error(&res);
     assert!(err.contains("4 adapter module(s) do not match"), "{err}");
     assert!(
@@ -37,28 +34,21 @@ fn allow_unmatched_warns_and_merges_the_rest() {
     let out = dir.path().join("out");
     // The lora_bias adapter on a base whose q/o projections have no bias: PEFT refuses to merge
     // it; lorakit lists each bias as unmatched, and with --allow-unmatched merges the weights.
-    let err = run_err([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/bias_nobase").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let err = run_err(merge_args(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/bias_nobase"),
+        &out,
+        &[],
+    ));
     let line = one_line_error(&err);
     assert!(line.contains("lora_B.bias"), "{line}");
     let o = bin()
-        .args([
-            "merge",
-            "--base",
-            fixture("llama/base").to_str().unwrap(),
-            "--adapter",
-            fixture("llama/adapters/bias_nobase").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--allow-unmatched",
-        ])
+        .args(merge_args(
+            &fixture("llama/base"),
+            &fixture("llama/adapters/bias_nobase"),
+            &out,
+            &["--allow-unmatched"],
+        ))
         .output()
         .unwrap();
     assert!(o.status.success());
@@ -89,13 +79,11 @@ fn allow_unmatched_warns_and_merges_the_rest() {
         let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
         let name = format!("{module}.weight");
         let (w0, w) = (base_t[&name].f32(), merged[&name].f32());
+        let product = crate::it::reference::scaled_product64(scale, &bv, &av, (d, r, k));
         let mut moved = 0f64;
         for i in 0..d {
             for j in 0..k {
-                let delta: f64 = (0..r)
-                    .map(|q| bv[i * r + q] as f64 * av[q * k + j] as f64)
-                    .sum::<f64>()
-                    * scale;
+                let delta = product[i * k + j];
                 let want = w0[i * k + j] as f64 + delta;
                 assert!(
                     (w[i * k + j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
@@ -117,16 +105,12 @@ fn allow_unmatched_warns_and_merges_the_rest() {
 fn allow_unmatched_with_nothing_matched_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let err = run_err([
-        "merge",
-        "--base",
-        fixture("gpt2/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--allow-unmatched",
-    ]);
+    let err = run_err(merge_args(
+        &fixture("gpt2/base"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--allow-unmatched"],
+    ));
     assert_eq!(err.status.code(), Some(2));
     let line = one_line_error(&err);
     assert!(line.contains("no adapter module matches"), "{line}");
@@ -137,15 +121,12 @@ fn allow_unmatched_with_nothing_matched_is_an_error() {
 fn tied_embeddings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let res = run_err([
-        "merge",
-        "--base",
-        fixture("llama/tied").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/embed").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = run_err(merge_args(
+        &fixture("llama/tied"),
+        &fixture("llama/adapters/embed"),
+        &out,
+        &[],
+    ));
     let err = one_line_error(&res);
     assert!(
         err.contains("tie_word_embeddings") && err.contains("embed_tokens"),
@@ -153,15 +134,12 @@ fn tied_embeddings_are_refused() {
     );
     assert!(!out.exists());
     // An adapter that leaves the embeddings alone merges into the tied base.
-    run_ok([
-        "merge",
-        "--base",
-        fixture("llama/tied").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    merge_ok(
+        &fixture("llama/tied"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &[],
+    );
 }
 
 #[test]
@@ -173,15 +151,12 @@ fn output_onto_input_is_refused() {
     let link = dir.path().join("link.safetensors");
     std::os::unix::fs::symlink(&base, &link).unwrap();
     for out in [&base, &link] {
-        let res = run_err([
-            "merge",
-            "--base",
-            base.to_str().unwrap(),
-            "--adapter",
-            fixture("llama/adapters/qv_r8").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let res = run_err(merge_args(
+            &base,
+            &fixture("llama/adapters/qv_r8"),
+            out,
+            &[],
+        ));
         let err = one_line_error(&res);
         assert!(err.contains("output is also an input"), "{err}");
     }
@@ -225,15 +200,7 @@ fn kohya_names_that_match_two_base_tensors_are_ambiguous() {
         ],
     );
     let out = dir.path().join("o.safetensors");
-    let res = run_err([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = run_err(merge_args(&base, &ad, &out, &[]));
     let line = one_line_error(&res);
     assert!(
         line.contains("ambiguous")
@@ -313,28 +280,9 @@ fn a_module_on_an_integer_tensor_is_unmatched_as_not_float() {
     )
     .unwrap();
     let out = dir.path().join("out.safetensors");
-    let line = one_line_error(&run_err([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    let line = one_line_error(&run_err(merge_args(&base, &ad, &out, &[])));
     assert!(line.contains("a.weight") && line.contains("I8"), "{line}");
-    let json = run_ok([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--allow-unmatched",
-        "--json",
-        "-q",
-    ]);
+    let json = merge_ok(&base, &ad, &out, &["--allow-unmatched", "--json", "-q"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["unmatched"][0]["reason"], "not_float", "{json}");
     let merged = read(&out);
@@ -364,7 +312,7 @@ fn tied_embeddings_are_detected_by_either_condition_alone() {
     let embed = fixture("llama/adapters/embed");
     for base in [&tied_by_config, &tied_by_absence] {
         let out = dir.path().join("out");
-        let err = one_line_error(&run_err(merge_argv(base, &embed, &out)));
+        let err = one_line_error(&run_err(merge_args(base, &embed, &out, &[])));
         assert!(err.contains("embed_tokens"), "{}: {err}", base.display());
         assert!(!out.exists());
     }
@@ -372,7 +320,7 @@ fn tied_embeddings_are_detected_by_either_condition_alone() {
         c["tie_word_embeddings"] = false.into();
     });
     let out = dir.path().join("untied-out");
-    run_ok(merge_argv(&untied, &embed, &out));
+    merge_ok(&untied, &embed, &out, &[]);
     let before = read(&untied.join("model.safetensors"));
     let after = read(&out.join("model.safetensors"));
     assert_ne!(

@@ -12,26 +12,8 @@ fn bf16_merge_rounds_once_from_f32() {
     let out32 = dir.path().join("out32");
     let base = fixture("llama/base_bf16");
     let adapter = fixture("llama/adapters/qv_r8");
-    run_ok([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    run_ok([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--out",
-        out32.to_str().unwrap(),
-        "--dtype",
-        "f32",
-    ]);
+    merge_ok(&base, &adapter, &out, &[]);
+    merge_ok(&base, &adapter, &out32, &["--dtype", "f32"]);
     let merged = read_checkpoint(&out);
     let merged32 = read_checkpoint(&out32);
     let base_t = read_checkpoint(&base);
@@ -98,25 +80,8 @@ fn unmerge_restores_the_base() {
         let _ = std::fs::remove_dir_all(&merged);
         let _ = std::fs::remove_dir_all(&restored);
         let a = fixture(adapter);
-        run_ok([
-            "merge",
-            "--base",
-            base.to_str().unwrap(),
-            "--adapter",
-            a.to_str().unwrap(),
-            "--out",
-            merged.to_str().unwrap(),
-        ]);
-        run_ok([
-            "merge",
-            "--base",
-            merged.to_str().unwrap(),
-            "--adapter",
-            a.to_str().unwrap(),
-            "--out",
-            restored.to_str().unwrap(),
-            "--unmerge",
-        ]);
+        merge_ok(&base, &a, &merged, &[]);
+        merge_ok(&merged, &a, &restored, &["--unmerge"]);
         let b = read_checkpoint(&base);
         let r = read_checkpoint(&restored);
         let m = read_checkpoint(&merged);
@@ -208,16 +173,7 @@ fn exact_rounding_stores_the_correctly_rounded_value() {
     let out = dir.path().join("out");
     let base = fixture("llama/base_bf16");
     let adapter = fixture("llama/adapters/qv_r8");
-    run_ok([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--exact-rounding",
-    ]);
+    merge_ok(&base, &adapter, &out, &["--exact-rounding"]);
     let merged = read_checkpoint(&out);
     let base_t = read_checkpoint(&base);
     let ad = read(&adapter.join("adapter_model.safetensors"));
@@ -257,16 +213,12 @@ fn exact_rounding_refuses_dora() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let base = fixture("llama/base");
-    let err = run_err([
-        "merge",
-        "--base",
-        base.to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/dora").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--exact-rounding",
-    ]);
+    let err = run_err(merge_args(
+        &base,
+        &fixture("llama/adapters/dora"),
+        &out,
+        &["--exact-rounding"],
+    ));
     let line = one_line_error(&err);
     assert!(line.contains("DoRA") && line.contains("module `"), "{line}");
     assert!(!out.exists());

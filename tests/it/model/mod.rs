@@ -52,14 +52,7 @@ fn eval_logits(
         out.display().to_string(),
         "--json".into(),
     ];
-    for (a, w) in adapters {
-        args.extend([
-            "--adapter".into(),
-            fixture(a).display().to_string(),
-            "--weight".into(),
-            w.to_string(),
-        ]);
-    }
+    args.extend(weighted_adapter_args(adapters));
     if !extra.contains(&"--device") {
         args.extend(["--device".into(), "cpu".into()]);
     }

@@ -4,13 +4,7 @@
 use super::*;
 
 fn train(extra: &[&str]) -> serde_json::Value {
-    let mut args: Vec<String> = vec![
-        "train".into(),
-        "--model".into(),
-        fixture("llama/base").display().to_string(),
-        "--json".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let args = train_args(&fixture("llama/base"), &[&["--json"][..], extra].concat());
     serde_json::from_str(&run_ok(&args)).unwrap()
 }
 
@@ -61,27 +55,17 @@ fn training_matches_torch_adamw_on_a_peft_model() {
     ]);
     let hist = r["history"].as_array().unwrap();
     for (i, h) in hist.iter().enumerate() {
-        let (l, rl) = (
-            h["loss"].as_f64().unwrap(),
-            reference["losses"][i].as_f64().unwrap(),
-        );
-        assert!(
-            (l - rl).abs() < 1e-5 * rl,
-            "step {i}: loss {l} vs torch {rl}"
-        );
-        let (g, rg) = (
-            h["grad_norm"].as_f64().unwrap(),
-            reference["grad_norms_before_clipping"][i].as_f64().unwrap(),
-        );
-        assert!(
-            (g - rg).abs() < 1e-5 * rg,
-            "step {i}: grad norm {g} vs torch {rg}"
-        );
-        let (lr, rlr) = (
-            h["lr"].as_f64().unwrap(),
-            reference["learning_rates"][i].as_f64().unwrap(),
-        );
-        assert!((lr - rlr).abs() < 1e-12, "step {i}: lr {lr} vs {rlr}");
+        // Step i's `ours` against torch's `theirs`, within `tol` absolute.
+        let near = |ours: &str, theirs: &str, tol: &dyn Fn(f64) -> f64| {
+            let (x, r) = (
+                h[ours].as_f64().unwrap(),
+                reference[theirs][i].as_f64().unwrap(),
+            );
+            assert!((x - r).abs() < tol(r), "step {i}: {ours} {x} vs torch {r}");
+        };
+        near("loss", "losses", &|r| 1e-5 * r);
+        near("grad_norm", "grad_norms_before_clipping", &|r| 1e-5 * r);
+        near("lr", "learning_rates", &|_| 1e-12);
     }
     let got = read(&out.join("adapter_model.safetensors"));
     let want = read(&fixture("llama/train_ref/adapter_model.safetensors"));
@@ -237,34 +221,23 @@ fn resume_continues_bit_exactly() {
         ]
         .map(String::from),
     );
-    let mut a = common.clone();
-    a.extend(
-        [
-            "--seed",
-            "7",
-            "--save-every",
-            "4",
-            "--out",
-            full.to_str().unwrap(),
-        ]
-        .map(String::from),
+    // `train` with `args` then `extra`; the adapter file a run wrote.
+    let train_with = |args: &[String], extra: &[&str]| {
+        let mut v: Vec<&str> = args.iter().map(String::as_str).collect();
+        v.extend(extra);
+        train(&v)
+    };
+    let adapter_bytes = |dir: &Path| std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let ra = train_with(
+        &common,
+        &["--seed", "7", "--save-every", "4", "--out", s(&full)],
     );
-    let ra = train(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let ckpt = full.join("checkpoint-4");
     assert_eq!(ra["checkpoints"][0], ckpt.display().to_string());
-    let mut b = common.clone();
-    b.extend(
-        [
-            "--seed",
-            "7",
-            "--resume",
-            ckpt.to_str().unwrap(),
-            "--out",
-            resumed.to_str().unwrap(),
-        ]
-        .map(String::from),
+    let rb = train_with(
+        &common,
+        &["--seed", "7", "--resume", s(&ckpt), "--out", s(&resumed)],
     );
-    let rb = train(&b.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(rb["start_step"], 4);
     for f in ["adapter_model.safetensors", "trainer_state.safetensors"] {
         let (x, y) = (
@@ -274,38 +247,24 @@ fn resume_continues_bit_exactly() {
         assert!(x == y, "{f} differs after resume");
     }
     assert_eq!(ra["history"], rb["history"]);
-    assert_ne!(
-        std::fs::read(ckpt.join("adapter_model.safetensors")).unwrap(),
-        std::fs::read(full.join("adapter_model.safetensors")).unwrap()
-    );
+    assert_ne!(adapter_bytes(&ckpt), adapter_bytes(&full));
     // Same seed, same everything: a rerun is byte-identical too.
     let again = dir.path().join("again");
-    let mut c = common.clone();
-    c.extend(["--seed", "7", "--out", again.to_str().unwrap()].map(String::from));
-    train(&c.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(
-        std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
-        std::fs::read(again.join("adapter_model.safetensors")).unwrap()
-    );
+    train_with(&common, &["--seed", "7", "--out", s(&again)]);
+    assert_eq!(adapter_bytes(&full), adapter_bytes(&again));
     // A different seed is not.
     let other = dir.path().join("other");
-    let mut d = common.clone();
-    d.extend(["--seed", "8", "--out", other.to_str().unwrap()].map(String::from));
-    train(&d.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_ne!(
-        std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
-        std::fs::read(other.join("adapter_model.safetensors")).unwrap()
-    );
+    train_with(&common, &["--seed", "8", "--out", s(&other)]);
+    assert_ne!(adapter_bytes(&full), adapter_bytes(&other));
     // N steps, then --resume to 2N, equals 2N steps (a constant rate: the schedule then does
     // not depend on the total).
     let mut flat = common.clone();
     let i = flat.iter().position(|a| a == "--steps").unwrap();
     flat[i + 1] = "4".into();
     let run = |args: &[String], extra: &[&str]| {
-        let mut v = args.to_vec();
-        v.extend(["--schedule", "constant", "--seed", "3"].map(String::from));
-        v.extend(extra.iter().map(|s| s.to_string()));
-        train(&v.iter().map(String::as_str).collect::<Vec<_>>())
+        let mut v = vec!["--schedule", "constant", "--seed", "3"];
+        v.extend(extra);
+        train_with(args, &v)
     };
     let (n, n2, straight) = (
         dir.path().join("n"),
@@ -351,36 +310,31 @@ fn resume_continues_bit_exactly() {
         ]
         .map(String::from),
     );
-    let mut args = vec![
-        "train".to_string(),
-        "--model".into(),
-        fixture("llama/base").display().to_string(),
-    ];
-    args.extend(m);
-    let e = one_line_error(&run_err(&args));
+    let m: Vec<&str> = m.iter().map(String::as_str).collect();
+    let e = one_line_error(&run_err(train_args(&fixture("llama/base"), &m)));
     assert!(e.contains("interrupted"), "{e}");
     // Resuming with other data is refused.
-    let e = one_line_error(&run_err([
-        "train",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--data",
-        &ids_file(),
-        "--seq-len",
-        "32",
-        "--batch",
-        "4",
-        "--targets",
-        "q_proj,v_proj,lm_head",
-        "--seed",
-        "7",
-        "--steps",
-        "8",
-        "--resume",
-        ckpt.to_str().unwrap(),
-        "--out",
-        dir.path().join("x").to_str().unwrap(),
-    ]));
+    let e = one_line_error(&run_err(train_args(
+        &fixture("llama/base"),
+        &[
+            "--data",
+            &ids_file(),
+            "--seq-len",
+            "32",
+            "--batch",
+            "4",
+            "--targets",
+            "q_proj,v_proj,lm_head",
+            "--seed",
+            "7",
+            "--steps",
+            "8",
+            "--resume",
+            s(&ckpt),
+            "--out",
+            s(&dir.path().join("x")),
+        ],
+    )));
     assert!(e.contains("data") || e.contains("tokens"), "{e}");
 }
 
@@ -408,17 +362,7 @@ fn trained_adapter_merges_to_the_unmerged_logits() {
         .map(String::from),
     );
     train(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    run_ok([
-        "merge",
-        "--base",
-        &fixture("llama/base").display().to_string(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--out",
-        merged.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    merge_ok(&fixture("llama/base"), &ad, &merged, &["--device", "cpu"]);
     let (u, _) = eval_logits("llama/base", &[(ad.to_str().unwrap(), 1.0)], &[]);
     let (m, _) = eval_logits(merged.to_str().unwrap(), &[], &[]);
     assert_close(&m, &u, 1e-5, "merged checkpoint vs unmerged adapter");
@@ -438,31 +382,24 @@ fn trained_adapter_merges_to_the_unmerged_logits() {
 fn train_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a");
-    let e = one_line_error(&run_err([
-        "train",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--data",
-        &ids_file(),
-        "--seq-len",
-        "8",
-        "--targets",
-        "nonexistent_proj",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    let e = one_line_error(&run_err(train_args(
+        &fixture("llama/base"),
+        &[
+            "--data",
+            &ids_file(),
+            "--seq-len",
+            "8",
+            "--targets",
+            "nonexistent_proj",
+            "--out",
+            s(&out),
+        ],
+    )));
     assert!(e.contains("nonexistent_proj"), "{e}");
-    let e = one_line_error(&run_err([
-        "train",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--data",
-        &ids_file(),
-        "--seq-len",
-        "64",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    let e = one_line_error(&run_err(train_args(
+        &fixture("llama/base"),
+        &["--data", &ids_file(), "--seq-len", "64", "--out", s(&out)],
+    )));
     assert!(e.contains("fewer than one sequence"), "{e}");
     assert!(!out.exists());
 }

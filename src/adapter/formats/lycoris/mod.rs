@@ -165,5 +165,25 @@ pub fn unsupported(key: &str) -> Option<&'static str> {
     })
 }
 
+/// The key `role` would have in the spelling the module's other tensors use: the key of one of
+/// its factors with that factor's suffix replaced (`….lora_B.weight` → `….lora_A.weight`,
+/// `….processor.to_q_lora.up.weight` → `….processor.to_q_lora.down.weight`), so an error names
+/// the tensor the file lacks as the file would spell it. `None` when no factor gives a spelling
+/// that has `role`.
+pub fn sibling_key(parts: &Parts, role: &str) -> Option<String> {
+    parts
+        .iter()
+        .filter(|(r, _)| !matches!(**r, "alpha" | "dora_scale"))
+        .find_map(|(r, (key, _))| {
+            let (suffix, _, naming) = SUFFIXES
+                .iter()
+                .find(|(suffix, r2, _)| r2 == r && key.ends_with(suffix))?;
+            let (wanted, _, _) = SUFFIXES
+                .iter()
+                .find(|(_, r2, n2)| *r2 == role && n2 == naming)?;
+            Some(format!("{}{wanted}", key.strip_suffix(suffix)?))
+        })
+}
+
 /// One module's tensors: role (kohya/LyCORIS suffix) → (key, shape).
 pub type Parts = std::collections::BTreeMap<&'static str, (String, Vec<usize>)>;

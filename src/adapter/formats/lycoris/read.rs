@@ -79,9 +79,10 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
         }
     };
     let get = |s: &str| -> InputResult<(Data, &Vec<usize>)> {
-        let (key, shape) = parts
-            .get(s)
-            .ok_or_else(|| err(format!("{family} module has no `{name}.{s}`")))?;
+        let (key, shape) = parts.get(s).ok_or_else(|| {
+            let missing = super::sibling_key(parts, s).unwrap_or_else(|| format!("{name}.{s}"));
+            err(format!("{family} module has no `{missing}`"))
+        })?;
         if shape.contains(&0) {
             return Err(InputError::invalid(
                 fpath,
@@ -137,7 +138,11 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
         "LoRA" => {
             let (down, ds) = get("lora_down.weight")?;
             let (up, us) = get("lora_up.weight")?;
-            if ds.len() < 2 || us.len() != ds.len() || us[1] != ds[0] {
+            // A conv's `lora_up` is [out, r, 1, 1], or [out, r] as LyCORIS' DyLoRA writes it
+            // (`lycoris/modules/dylora.py` `custom_state_dict` concatenates 2-D up blocks);
+            // ComfyUI reads both the same way (`weight_adapter/lora.py`: `mat1.flatten(start_dim=1)`).
+            let up_fits = us.len() == ds.len() || (us.len() == 2 && ds.len() > 2);
+            if ds.len() < 2 || !up_fits || us[1] != ds[0] {
                 return Err(err(format!(
                     "lora_down {ds:?} and lora_up {us:?} do not fit together"
                 )));

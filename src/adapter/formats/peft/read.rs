@@ -6,6 +6,7 @@ use crate::adapter::{
     scale_for, Adapter, Data, DoraRule, Factors, Format, FullTensor, LoraModule, ModuleKind,
 };
 use crate::error::{InputError, InputResult};
+use crate::io::header::TensorInfo;
 use crate::io::SafetensorsFile;
 use regex::Regex;
 use serde_json::Value;
@@ -93,14 +94,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
                     format!("tensors `{other_key}` and `{key}` both replace base tensor `{name}`"),
                 ));
             }
-            full.push(FullTensor {
-                name,
-                data: Data::Stored {
-                    key: key.to_owned(),
-                    transpose: false,
-                },
-                shape: t.shape.clone(),
-            });
+            full.push(stored_full(name, t));
         }
     }
     let mut modules = Vec::with_capacity(parts.len());
@@ -161,14 +155,7 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
                     ),
                 ))
             }
-            None => full.push(FullTensor {
-                name: rel.to_owned(),
-                data: Data::Stored {
-                    key: key.to_owned(),
-                    transpose: false,
-                },
-                shape: t.shape.clone(),
-            }),
+            None => full.push(stored_full(rel.to_owned(), t)),
         }
     }
     let mut modules = Vec::with_capacity(parts.len());
@@ -244,21 +231,9 @@ fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
         }
     };
     let mut modules = Vec::new();
-    let mut full = Vec::new();
-    for t in file.tensors() {
+    let (named, full) = split_by_suffix(&file, ".ia3_l");
+    for (name, t) in named {
         let key = t.name.as_str();
-        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
-        let Some(name) = rel.strip_suffix(".ia3_l").filter(|n| !n.is_empty()) else {
-            full.push(FullTensor {
-                name: rel.to_owned(),
-                data: Data::Stored {
-                    key: key.to_owned(),
-                    transpose: false,
-                },
-                shape: t.shape.clone(),
-            });
-            continue;
-        };
         let ff = match &ff_re {
             Some(re) => re.is_match(name),
             None => ff_list.iter().any(|f| name.ends_with(f.as_str())),
@@ -352,21 +327,9 @@ fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
         PeftCayley::Exact
     };
     let mut modules = Vec::new();
-    let mut full = Vec::new();
-    for t in file.tensors() {
+    let (named, full) = split_by_suffix(&file, ".oft_R.weight");
+    for (name, t) in named {
         let key = t.name.as_str();
-        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
-        let Some(name) = rel.strip_suffix(".oft_R.weight").filter(|n| !n.is_empty()) else {
-            full.push(FullTensor {
-                name: rel.to_owned(),
-                data: Data::Stored {
-                    key: key.to_owned(),
-                    transpose: false,
-                },
-                shape: t.shape.clone(),
-            });
-            continue;
-        };
         let s_of = |n: usize| (2..=4096usize).find(|s| s * (s - 1) / 2 == n);
         let (r, s) = match t.shape.as_slice() {
             [r, n] if *r > 0 => match s_of(*n) {
@@ -421,6 +384,38 @@ fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
         });
     }
     Ok(assemble(path, file, &cfg, modules, full))
+}
+
+/// A tensor of the file kept whole under `name`, read as stored (not transposed).
+fn stored_full(name: String, t: &TensorInfo) -> FullTensor {
+    FullTensor {
+        name,
+        data: Data::Stored {
+            key: t.name.clone(),
+            transpose: false,
+        },
+        shape: t.shape.clone(),
+    }
+}
+
+/// The tensors of a tuner with one tensor per module (IA3, OFT): those named
+/// `{PREFIX}{module}{suffix}`, with the module name, in file order; every other tensor is a full
+/// tensor named without the prefix.
+fn split_by_suffix<'f>(
+    file: &'f SafetensorsFile,
+    suffix: &str,
+) -> (Vec<(&'f str, &'f TensorInfo)>, Vec<FullTensor>) {
+    let mut named = Vec::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        match rel.strip_suffix(suffix).filter(|n| !n.is_empty()) {
+            Some(name) => named.push((name, t)),
+            None => full.push(stored_full(rel.to_owned(), t)),
+        }
+    }
+    (named, full)
 }
 
 /// The adapter every PEFT reader returns: its modules and full tensors, the config's base model,

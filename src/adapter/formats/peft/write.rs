@@ -283,26 +283,18 @@ pub fn lycoris_config_json(adapter: &Adapter, l: &super::lycoris::LycorisPeft) -
         set("decompose_both", json!(l.decompose_both));
         set("decompose_factor", json!(l.decompose_factor));
     }
-    set(
-        "base_model_name_or_path",
-        adapter
-            .base_model
-            .as_ref()
-            .map_or(Value::Null, |s| json!(s)),
-    );
-    for (k, v) in [
-        ("rank_dropout", json!(0.0)),
-        ("module_dropout", json!(0.0)),
-        ("init_weights", json!(true)),
-        ("inference_mode", json!(true)),
-        ("modules_to_save", Value::Null),
-        ("task_type", Value::Null),
-    ] {
-        cfg.entry(k.to_owned()).or_insert(v);
-    }
-    let mut sorted: Vec<(String, Value)> = cfg.into_iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    Value::Object(sorted.into_iter().collect())
+    finish_config(
+        cfg,
+        adapter,
+        [
+            ("rank_dropout", json!(0.0)),
+            ("module_dropout", json!(0.0)),
+            ("init_weights", json!(true)),
+            ("inference_mode", json!(true)),
+            ("modules_to_save", Value::Null),
+            ("task_type", Value::Null),
+        ],
+    )
 }
 
 /// Builds `adapter_config.json` for `adapter`: the most common rank and alpha as `r` /
@@ -357,20 +349,34 @@ pub fn config_json(adapter: &Adapter) -> Value {
             json!(adapter.modules_to_save)
         },
     );
-    set(
-        "base_model_name_or_path",
+    finish_config(
+        cfg,
+        adapter,
+        [
+            ("bias", json!("none")),
+            ("lora_dropout", json!(0.0)),
+            ("inference_mode", json!(true)),
+            ("init_lora_weights", json!(true)),
+            ("task_type", Value::Null),
+        ],
+    )
+}
+
+/// The end of every config this module writes: `base_model_name_or_path` from the adapter,
+/// `defaults` for the keys still missing (PEFT's own defaults), keys sorted (deterministic).
+fn finish_config<const N: usize>(
+    mut cfg: Map<String, Value>,
+    adapter: &Adapter,
+    defaults: [(&str, Value); N],
+) -> Value {
+    cfg.insert(
+        "base_model_name_or_path".to_owned(),
         adapter
             .base_model
             .as_ref()
             .map_or(Value::Null, |s| json!(s)),
     );
-    for (k, v) in [
-        ("bias", json!("none")),
-        ("lora_dropout", json!(0.0)),
-        ("inference_mode", json!(true)),
-        ("init_lora_weights", json!(true)),
-        ("task_type", Value::Null),
-    ] {
+    for (k, v) in defaults {
         cfg.entry(k.to_owned()).or_insert(v);
     }
     let mut sorted: Vec<(String, Value)> = cfg.into_iter().collect();
