@@ -248,7 +248,6 @@ pub struct DiffusersConvertSummary {
 /// written by [`crate::adapter::formats::diffusers::write`] through the atomic writer.
 fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
     use crate::adapter::formats::diffusers as d;
-    use crate::io::Output;
     let mut adapter = Adapter::open(&a.adapter)?;
     let base = open_base(a.output.base.as_deref())?;
     let spec = WriteSpec {
@@ -291,15 +290,7 @@ fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
             m.name = format!("{c}.{}", m.name);
         }
     }
-    let folder = spec
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let mut out = Output::new();
-    out.create_dir_all(&folder)?;
-    out.lock(&spec.out, crate::io::writer::LockMode::Exclusive)?;
+    let mut out = output::single_file_output(&spec.out)?;
     let meta = vec![
         (
             "lorakit.version".to_owned(),

@@ -307,6 +307,48 @@ pub fn write_adapter(
     Ok(Written { files, bytes })
 }
 
+/// An atomic output for one file at `out`: its missing parent folders are created (and removed
+/// again if the write fails) and `out` is locked against concurrent writers.
+pub fn single_file_output(out: &Path) -> InputResult<Output> {
+    let folder = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut output = Output::new();
+    output.create_dir_all(&folder)?;
+    output.lock(out, crate::io::writer::LockMode::Exclusive)?;
+    Ok(output)
+}
+
+/// Writes `adapter` (module names under their pipeline component: `transformer.…`) as a
+/// diffusers single file at `spec.out` ([`crate::adapter::formats::diffusers::write`], which
+/// writes each component's config as `lora_adapter_metadata`), atomically, with the provenance
+/// of [`write_adapter`].
+pub fn write_diffusers(
+    adapter: &Adapter,
+    spec: &WriteSpec,
+    prov: &Provenance,
+) -> InputResult<Written> {
+    use crate::adapter::formats::diffusers;
+    // The input's metadata and provenance, without a kohya file's name map or an old config.
+    let plain = WriteSpec {
+        format: Format::Peft,
+        ..spec.clone()
+    };
+    let meta: Vec<(String, String)> = output_metadata(adapter, &plain, prov)
+        .into_iter()
+        .filter(|(k, _)| k != diffusers::METADATA_KEY)
+        .collect();
+    let mut output = single_file_output(&spec.out)?;
+    diffusers::write(adapter, None, &spec.out, &mut output, spec.dtype, &meta)?;
+    let bytes = output.commit()?;
+    Ok(Written {
+        files: vec![show(&spec.out)],
+        bytes,
+    })
+}
+
 /// Row-major `r × c` view of canonical values.
 pub(crate) fn view<'a>(v: &'a [f32], r: usize, c: usize) -> ndarray::ArrayView2<'a, f32> {
     ndarray::ArrayView2::from_shape((r, c), v).expect("canonical factor shape")

@@ -338,12 +338,24 @@ fn fix_for_diffusers_lowers_lokr_and_diffusers_fuses_it_within_the_reported_erro
         );
         reported.insert(m.to_owned(), (rep, dw));
     }
+    assert_diffusers_fuses_within(&lokr, &out, &reported);
+}
+
+/// diffusers loads `fixed` onto the tiny UNet (fixtures/conventions/unet) and fuses it; every
+/// module of `original` (placed by lorakit's matcher, as `check --base` reports) must land within
+/// its reported error of the exact merge `W0 + ΔW` (`reported`: module → (error, ΔW in f64)),
+/// and every other weight must be unchanged. Skipped loudly without Python.
+fn assert_diffusers_fuses_within(
+    original: &Path,
+    fixed: &Path,
+    reported: &std::collections::BTreeMap<String, (f64, Vec<f64>)>,
+) {
     let Some(py) = peft_python() else { return };
-    // diffusers loads the fixed file onto the tiny UNet and fuses it.
-    let fused_path = dir.path().join("fused.safetensors");
+    let tmp = tempfile::tempdir().unwrap();
+    let fused_path = tmp.path().join("fused.safetensors");
     let o = std::process::Command::new(&py)
         .arg(fixture("gen/check_diffusers_load.py"))
-        .arg(&out)
+        .arg(fixed)
         .arg(&fused_path)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -357,7 +369,7 @@ fn fix_for_diffusers_lowers_lokr_and_diffusers_fuses_it_within_the_reported_erro
     let base = read_checkpoint(&unet);
     let fused = read(&fused_path);
     // Where each module lands, by lorakit's matcher (the placements `check --base` reports).
-    let (_, placed) = check_json(&[s(&lokr), "--base", s(&unet), "--target", "comfy"]);
+    let (_, placed) = check_json(&[s(original), "--base", s(&unet), "--target", "comfy"]);
     let mut seen = 0;
     for p in placed["modules"].as_array().unwrap() {
         let m = p["module"].as_str().unwrap();
@@ -371,15 +383,15 @@ fn fix_for_diffusers_lowers_lokr_and_diffusers_fuses_it_within_the_reported_erro
             .map(|((&f, &b), &d)| (f as f64 - b as f64 - d).powi(2))
             .sum::<f64>()
             .sqrt();
-        // diffusers' fused weight differs from the exact LoKr merge by the reported error (up
-        // to the f32 rounding of W0 + ΔW).
+        // diffusers' fused weight differs from the exact merge of the original by the reported
+        // error (up to the f32 rounding of W0 + ΔW).
         assert!(
             (err - rep).abs() <= 1e-3 * rep + 1e-6,
-            "{m} → {t}: diffusers is {err} from the LoKr merge, reported {rep}"
+            "{m} → {t}: diffusers is {err} from the original's merge, reported {rep}"
         );
         seen += 1;
     }
-    assert_eq!(seen, 24);
+    assert_eq!(seen, reported.len());
     for (k, t) in &base {
         if !placed["modules"]
             .as_array()
@@ -390,6 +402,94 @@ fn fix_for_diffusers_lowers_lokr_and_diffusers_fuses_it_within_the_reported_erro
             assert_eq!(fused[k].data, t.data, "{k} changed");
         }
     }
+}
+
+/// LoHa (diffusers #13137 covers it with LoKr: diffusers converts no LyCORIS keys) lowered for
+/// diffusers, linear and conv modules alike (`conv_in`: a 3×3 conv, ΔW `[12, 8·3·3]`;
+/// `proj_out`: 1×1). ΔW is rebuilt in f64 by LyCORIS' rule (`lycoris/modules/loha.py`:
+/// `(w1a·w1b) ⊙ (w2a·w2b)` times `alpha / dim`, dim the rows of `w1b`); each reported error must
+/// be the Eckart–Young optimum `sqrt(Σ_{i>r} σᵢ²)` of that ΔW (an independent f64 Jacobi SVD) and
+/// the written factors' true error. The file stores conv factors flattened; with `--base` the
+/// conv modules are written 4-D (`lora_down [r, in, kh, kw]`, `lora_up [out, r, 1, 1]`), the
+/// shapes diffusers' Conv2d LoRA layers take. (These modules are the LyCORIS test base's, not
+/// the tiny UNet's: the diffusers load of a fixed conv LoRA is the multi-component test's.)
+#[test]
+fn fix_for_diffusers_lowers_loha_and_conv_at_the_optimal_error() {
+    use super::reference::jacobi_svd;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lora.safetensors");
+    let loha = fixture("check/loha_unet.safetensors");
+    let rank = 2usize;
+    let base = fixture("lycoris/base.safetensors");
+    let (code, r) = check_json(&[
+        s(&loha),
+        "--base",
+        s(&base),
+        "--target",
+        "diffusers",
+        "--fix",
+        "--lower-rank",
+        &rank.to_string(),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{}", r["after"]);
+    assert!(fired(target(&r, "diffusers")).contains(&"diffusers.lycoris".into()));
+    assert_eq!(target(&r["after"], "diffusers")["verdict"], "loads");
+    let orig = read(&loha);
+    let fixed = read(&out);
+    let lowered = r["fix"]["lowered"].as_array().unwrap();
+    assert_eq!(lowered.len(), 4, "{lowered:?}");
+    let mut conv = 0;
+    for l in lowered {
+        let m = l["module"].as_str().unwrap();
+        assert_eq!(l["algo"], "loha");
+        let rep = l["fro_error"].as_f64().unwrap();
+        let t = |x: &str| &orig[&format!("{m}.hada_{x}")];
+        let (w1a, w1b, w2a, w2b) = (t("w1_a"), t("w1_b"), t("w2_a"), t("w2_b"));
+        let (d, dim, k) = (w1a.shape[0], w1a.shape[1], w1b.shape[1]);
+        let scale = orig[&format!("{m}.alpha")].f32()[0] as f64 / dim as f64;
+        let prod = |a: &[f32], b: &[f32], i: usize, j: usize| -> f64 {
+            (0..dim)
+                .map(|q| a[i * dim + q] as f64 * b[q * k + j] as f64)
+                .sum()
+        };
+        let (a1, b1, a2, b2) = (w1a.f32(), w1b.f32(), w2a.f32(), w2b.f32());
+        let dw: Vec<f64> = (0..d * k)
+            .map(|p| scale * prod(&a1, &b1, p / k, p % k) * prod(&a2, &b2, p / k, p % k))
+            .collect();
+        let (_, sv, _) = jacobi_svd(&dw, d, k);
+        let optimal = sv[rank..].iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(
+            (rep - optimal).abs() <= 1e-4 * optimal + 1e-7,
+            "{m}: reported {rep}, Eckart–Young optimum {optimal}"
+        );
+        let down = &fixed[&format!("{m}.lora_down.weight")];
+        let up = &fixed[&format!("{m}.lora_up.weight")];
+        let leaf = m.strip_prefix("lora_unet_down_blocks_0_").unwrap();
+        let w0 = &read(&base)[&format!("down_blocks.0.{leaf}.weight")];
+        if w0.shape.len() == 4 {
+            conv += 1;
+            assert_eq!(down.shape, [&[rank][..], &w0.shape[1..]].concat(), "{m}");
+            assert_eq!(up.shape, vec![d, rank, 1, 1], "{m}");
+        }
+        assert_eq!(fixed[&format!("{m}.alpha")].f32(), [rank as f32]);
+        let (down, up) = (down.f32(), up.f32());
+        let err = (0..d * k)
+            .map(|p| {
+                let ba: f64 = (0..rank)
+                    .map(|q| up[(p / k) * rank + q] as f64 * down[q * k + p % k] as f64)
+                    .sum();
+                (dw[p] - ba).powi(2)
+            })
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            (err - rep).abs() <= 1e-5 * rep + 1e-7,
+            "{m}: reported {rep}, written factors are {err} away"
+        );
+    }
+    assert_eq!(conv, 2, "conv_in and proj_out are convolutions");
 }
 
 #[test]

@@ -45,6 +45,20 @@ pub fn component_of_kohya_prefix(prefix: &str) -> Option<&'static str> {
     })
 }
 
+/// The kohya prefix a pipeline component's modules get (the inverse of
+/// [`component_of_kohya_prefix`]): `text_encoder` is `lora_te1` beside a `text_encoder_2` (SDXL,
+/// as kohya names them) and `lora_te` alone (SD 1.x); `None` for `prior`, which has none here.
+pub fn kohya_prefix_of_component(component: &str, two_encoders: bool) -> Option<&'static str> {
+    Some(match component {
+        "unet" => "lora_unet",
+        "text_encoder" if two_encoders => "lora_te1",
+        "text_encoder" => "lora_te",
+        "text_encoder_2" => "lora_te2",
+        "transformer" => "lora_transformer",
+        _ => return None,
+    })
+}
+
 /// The module name starts with a pipeline component.
 pub fn has_component(name: &str) -> bool {
     split(name, None).is_some()

@@ -168,6 +168,39 @@ impl<'a> Facts<'a> {
                 .filter(|m| m.rank > n)
                 .map(|m| format!("{} (rank {})", m.name, m.rank))
                 .collect(),
+            When::RankDiffersFromConfig => match (a.format, self.cfg_r) {
+                (Format::Peft, Some(r)) => a
+                    .modules
+                    .iter()
+                    .filter(|m| m.rank != r)
+                    .map(|m| format!("{} (rank {}, config r {r})", m.name, m.rank))
+                    .collect(),
+                _ => vec![],
+            },
+            When::TargetModulesString(allowed) => match self.cfg_str("target_modules") {
+                Some(t) if !allowed.contains(&t) => vec![format!("target_modules \"{t}\"")],
+                _ => vec![],
+            },
+            When::InitWeightsNot(allowed) => match self.cfg_str("init_lora_weights") {
+                Some(i) if !allowed.contains(&i.to_lowercase().as_str()) => {
+                    vec![format!("init_lora_weights \"{i}\"")]
+                }
+                _ => vec![],
+            },
+            When::ConfigSet(keys) => keys
+                .iter()
+                .filter_map(|k| {
+                    let v = a.config.as_ref()?.get(*k)?;
+                    let set = match v {
+                        serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+                        serde_json::Value::Array(x) => !x.is_empty(),
+                        serde_json::Value::Object(x) => !x.is_empty(),
+                        serde_json::Value::String(x) => !x.is_empty(),
+                        _ => true,
+                    };
+                    set.then(|| format!("{k}: {v}"))
+                })
+                .collect(),
             When::ScaleDiffers(rule) => self.scale_differs(rule),
             When::ModuleNotSupported(s) => match self.supported(s) {
                 None => return Evaluated::NeedsBase,
@@ -382,6 +415,11 @@ impl<'a> Facts<'a> {
                 .base
                 .as_ref()
                 .is_some_and(|b| b.names().any(|n| n.ends_with("embed_tokens.weight")))
+    }
+
+    /// A string field of adapter_config.json.
+    fn cfg_str(&self, key: &str) -> Option<&str> {
+        self.plan.adapter.config.as_ref()?.get(key)?.as_str()
     }
 
     /// Every module of a kohya file has an SD prefix.

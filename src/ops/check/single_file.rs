@@ -1,33 +1,46 @@
 //! `check --fix` for the diffusion loaders (diffusers, ComfyUI): the fixed adapter is a kohya
-//! single file (`lora_unet_…`/`lora_te_…` names, `lora_down`/`lora_up`/`alpha`), the naming
-//! both read (diffusers `lora_conversion_utils.py` `_convert_non_diffusers_lora_to_diffusers`,
-//! ComfyUI `comfy/lora.py` `model_lora_keys_unet`).
+//! single file (`lora_unet_…`/`lora_te_…` names, `lora_down`/`lora_up`/`alpha`; a diffusers
+//! single file for a transformer's modules), the naming both read (diffusers
+//! `lora_conversion_utils.py` `_convert_non_diffusers_lora_to_diffusers`, ComfyUI
+//! `comfy/lora.py` `model_lora_keys_unet`).
 //!
 //! - Modules of another algorithm (LoKr, LoHa, full, …), which diffusers refuses, become the
 //!   rank-`r` LoRA nearest to their update (the lowering of `resize`,
 //!   [`crate::ops::resize::lower_module`]: truncated SVD, Eckart–Young–Mirsky), with the error
 //!   `‖ΔW − ΔW'‖_F` reported per module. ComfyUI reads them as they are: for a ComfyUI-only fix
 //!   without a rank they are kept.
+//! - Names: a diffusers single file's components (`unet.`, `text_encoder.`, `text_encoder_2.`)
+//!   each get their kohya prefix in the one file (`name_components`); a transformer's
+//!   (`transformer.…`, Flux/SD3) keeps the diffusers form, the one both loaders read by name.
+//!   A LyCORIS conv module's flattened factors get the base weight's kernel back (with `--base`).
 //! - Every LoRA module's scale is folded into its up factor (`up' = s·up`) with `alpha = rank`,
 //!   so each loader's scale is 1 whether it reads `{module}.alpha` (diffusers, ComfyUI) or
 //!   ignores metadata-only alphas (ComfyUI: `lora_adapter_metadata`), and
 //!   `ΔW' = up'·down = s·up·down = ΔW` up to one f32 rounding per entry.
 //!
-//! Must not: write anything but through [`crate::ops::output::write_adapter`] (atomic).
+//! Must not: write anything but through [`crate::ops::output::write_adapter`] or
+//! [`crate::ops::output::write_diffusers`] (atomic).
 
 use super::fix::{FixOptions, FixReport, Lowered};
 use super::{Plan, Report, Target};
-use crate::adapter::{Data, Factors, Format};
+use crate::adapter::{Data, Factors, Format, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::ops::output::{self, Provenance, WriteSpec};
 use std::sync::Arc;
 
-/// Strips the one pipeline component every module name starts with (`unet.`, `text_encoder.`,
-/// `text_encoder_2.`) and returns its kohya prefix (`lora_unet`, `lora_te`, `lora_te2`); `None`
-/// when the names have no component. Several components, or one with no SD kohya prefix, are
-/// refused: no single kohya file names them for both loaders.
-fn component_prefix(adapter: &mut crate::adapter::Adapter) -> InputResult<Option<String>> {
-    use crate::adapter::formats::diffusers::COMPONENTS;
+/// Renames every module under a pipeline component (a diffusers single file: `unet.…`,
+/// `text_encoder.…`, `text_encoder_2.…`) to its kohya name under that component's prefix, so
+/// one file holds every component: `lora_unet_`, `lora_te2_` for `text_encoder_2`, and for
+/// `text_encoder` `lora_te1_` beside a second encoder (SDXL) or `lora_te_` alone (SD 1.x).
+/// diffusers maps them back (`lora_conversion_utils.py` `_convert_non_diffusers_lora_to_diffusers`:
+/// `lora_te_`/`lora_te1_` → `text_encoder`, `lora_te2_` → `text_encoder_2`), and ComfyUI reads
+/// `lora_te_`/`lora_te1_` for CLIP-L and `lora_te2_` for CLIP-G (`comfy/lora.py`
+/// `model_lora_keys_clip`). Returns the components renamed. Refused: `prior.`, `transformer.`
+/// beside another component (Cascade, Flux, SD3: their kohya names are the single-file
+/// checkpoints' paths, not a renaming of the diffusers ones; a transformer alone keeps the
+/// diffusers form), and a file mixing names with and without a component.
+fn name_components(adapter: &mut crate::adapter::Adapter) -> InputResult<Vec<String>> {
+    use crate::adapter::formats::diffusers::{kohya_prefix_of_component, COMPONENTS};
     let comp = |n: &str| {
         n.split_once('.')
             .map(|(c, _)| c.to_owned())
@@ -35,53 +48,56 @@ fn component_prefix(adapter: &mut crate::adapter::Adapter) -> InputResult<Option
     };
     let comps: std::collections::BTreeSet<Option<String>> =
         adapter.modules.iter().map(|m| comp(&m.name)).collect();
-    let Some(Some(c)) = comps.iter().next().cloned().filter(|_| comps.len() == 1) else {
-        if comps.iter().any(|c| c.is_some()) {
-            return Err(InputError::invalid(
-                &adapter.path,
-                format!(
-                    "modules under several pipeline components ({}): one kohya file is written per component",
-                    comps
-                        .iter()
-                        .map(|c| c.as_deref().unwrap_or("none"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        return Ok(None);
-    };
-    let prefix = match c.as_str() {
-        "unet" => "lora_unet",
-        "text_encoder" => "lora_te",
-        "text_encoder_2" => "lora_te2",
-        other => {
-            return Err(InputError::invalid(
-                &adapter.path,
-                format!("modules under `{other}.`: the SD kohya prefixes name only unet and the text encoders"),
-            ))
-        }
-    };
-    for m in adapter.modules.iter_mut() {
-        m.name = m.name[c.len() + 1..].to_owned();
+    if comps.iter().all(|c| c.is_none()) {
+        return Ok(Vec::new());
     }
-    Ok(Some(prefix.to_owned()))
+    if comps.contains(&None) {
+        return Err(InputError::invalid(
+            &adapter.path,
+            "some modules are under a pipeline component (`unet.`, `text_encoder.`) and some are not: no kohya prefix names both",
+        ));
+    }
+    let two_encoders = comps.contains(&Some("text_encoder_2".to_owned()));
+    for m in adapter.modules.iter_mut() {
+        let c = comp(&m.name).expect("every module has a component");
+        let prefix = match kohya_prefix_of_component(&c, two_encoders) {
+            Some(p) if c != "transformer" => p,
+            _ => {
+                return Err(InputError::invalid(
+                    &adapter.path,
+                    format!("module `{}` is under `{c}.`: the SD kohya prefixes name only unet and the text encoders", m.name),
+                ))
+            }
+        };
+        m.name = crate::adapter::formats::kohya::kohya_name(prefix, &m.name[c.len() + 1..]);
+    }
+    Ok(comps.into_iter().flatten().collect())
 }
 
 pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixReport> {
     let Plan {
         mut adapter, base, ..
     } = plan;
-    // A diffusers single file names modules under their pipeline component (`unet.…`): the
-    // kohya file names them under the component's prefix instead (`lora_unet_…`; diffusers'
-    // `_convert_non_diffusers_lora_to_diffusers` and ComfyUI map them back). One component per
-    // file: the writer has one prefix.
-    let kohya_prefix = component_prefix(&mut adapter)?;
+    // A diffusers single file names modules under their pipeline components (`unet.…`,
+    // `text_encoder.…`): the kohya file names each under its component's prefix. A
+    // transformer's (Flux, SD3: `transformer.…`) stays a diffusers file, which both loaders read
+    // by these names (diffusers natively; ComfyUI's `model_lora_keys_unet` maps
+    // `transformer.{diffusers name}` for Flux through `comfy.utils.flux_to_diffusers`).
+    let transformer = !adapter.modules.is_empty()
+        && adapter
+            .modules
+            .iter()
+            .all(|m| m.name.starts_with("transformer."));
+    let components = if transformer {
+        Vec::new()
+    } else {
+        name_components(&mut adapter)?
+    };
     let spec = WriteSpec {
         format: Format::Kohya,
         out: opts.out.clone(),
         dtype: Some(crate::dtype::Dtype::F32),
-        kohya_prefix,
+        kohya_prefix: None,
     };
     let mut inputs = output::adapter_inputs(&adapter);
     if let Some(b) = &base {
@@ -90,10 +106,31 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
     }
     output::check_output(&spec, &inputs)?;
     let mut actions = Vec::new();
+    if !components.is_empty() {
+        actions.push(format!(
+            "named the modules of {} under their kohya prefixes",
+            components.join(", ")
+        ));
+    }
     if adapter.format == Format::Peft {
         crate::ops::convert::prepare(&mut adapter, Format::Kohya, base.as_ref())?;
         actions.push("PEFT folder → kohya single file".into());
     }
+    // A LoHa/LoKr conv module stores its factors flattened (`hada_w1_b` `[r, in·kh·kw]`), so
+    // the file does not give its kernel; diffusers builds a Conv2d LoRA for it and refuses a 2-D
+    // `lora_down`. With the base, the kernel is the base weight's `[out, in, kh, kw]` (the same
+    // values, reshaped: exact).
+    let kernels: std::collections::BTreeMap<usize, Vec<usize>> = match &base {
+        Some(b) => crate::adapter::mapping::resolve(&adapter, b)
+            .modules
+            .iter()
+            .filter_map(|p| {
+                let shape = &b.info(&p.weight)?.shape;
+                (shape.len() == 4).then(|| (p.module, shape[2..].to_vec()))
+            })
+            .collect(),
+        None => Default::default(),
+    };
     adapter.load_all()?;
     let diffusers = before.targets.iter().any(|t| t.target == Target::Diffusers);
     let mut lowered = Vec::new();
@@ -131,6 +168,11 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
             m.factors = Factors::Lora {
                 a: Data::Owned(Arc::new(a)),
                 b: Data::Owned(Arc::new(b)),
+            };
+        }
+        if let (ModuleKind::Linear, Some(kernel)) = (&m.kind, kernels.get(&i)) {
+            m.kind = ModuleKind::Conv {
+                kernel: kernel.clone(),
             };
         }
         lowered.push(Lowered {
@@ -189,13 +231,22 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
             "folded the scale of {folded} module(s) into lora_up (alpha = rank: scale 1 in every loader)"
         ));
     }
-    actions.push("factors written as F32 in a kohya single file".into());
+    actions.push(if transformer {
+        "factors written as F32 in a diffusers single file (`transformer.` names, lora_alpha = r)"
+            .into()
+    } else {
+        "factors written as F32 in a kohya single file".into()
+    });
     let prov = Provenance {
         operation: "check",
         inputs: serde_json::json!([{"path": adapter.path.display().to_string()}]),
         params: serde_json::json!({"fix": true, "form": "kohya", "lower_rank": opts.lower_rank}),
     };
-    let written = output::write_adapter(&adapter, &spec, &prov)?;
+    let written = if transformer {
+        output::write_diffusers(&adapter, &spec, &prov)?
+    } else {
+        output::write_adapter(&adapter, &spec, &prov)?
+    };
     Ok(FixReport {
         out: opts.out.display().to_string(),
         files: written.files,

@@ -76,6 +76,18 @@ pub enum When {
     },
     /// A module rank above the given value.
     RankAbove(usize),
+    /// A module whose rank (its factors' shape) differs from adapter_config.json's `r` (a
+    /// `rank_pattern` entry, or factors written another way).
+    RankDiffersFromConfig,
+    /// adapter_config.json's `target_modules` is one string (PEFT: a regex, or a shorthand)
+    /// other than these.
+    TargetModulesString(&'static [&'static str]),
+    /// adapter_config.json's `init_lora_weights` is a string other than these (compared
+    /// lowercase): an init that changes the base weights when PEFT loads it (PiSSA, OLoRA, …).
+    InitWeightsNot(&'static [&'static str]),
+    /// adapter_config.json fields set to a value other than their default (`null`, `false`,
+    /// empty).
+    ConfigSet(&'static [&'static str]),
     /// The loader's scale differs from PEFT's for some module.
     ScaleDiffers(ScaleRule),
     /// A module whose last name component the loader does not adapt.

@@ -301,13 +301,8 @@ fn component_prefixes(adapter: &mut Adapter, to: ConvertTo) {
         let Some((component, rest)) = m.name.split_once('.') else {
             continue;
         };
-        let prefix = match component {
-            "unet" => "lora_unet",
-            "text_encoder" if two_encoders => "lora_te1",
-            "text_encoder" => "lora_te",
-            "text_encoder_2" => "lora_te2",
-            "transformer" => "lora_transformer",
-            _ => continue,
+        let Some(prefix) = diffusers::kohya_prefix_of_component(component, two_encoders) else {
+            continue;
         };
         debug_assert!(diffusers::COMPONENTS.contains(&component));
         m.name = kohya::kohya_name(prefix, rest);

@@ -345,3 +345,169 @@ fn diffusers_single_files_load_in_diffusers_and_lose_their_alpha_in_comfy() {
     let (code, r) = check_json(&[s(&p), "--target", "diffusers,comfy"]);
     assert_eq!(code, 0, "{r}");
 }
+
+/// A diffusers-written file with two pipeline components (`unet.…` and `text_encoder.…`, alphas
+/// only in `lora_adapter_metadata`: unet 8/4, text encoder 2/4; made by
+/// fixtures/gen/check_multi_component.py) becomes one kohya file for both loaders: every module
+/// under its component's prefix, its scale folded (ComfyUI reads no metadata). The factors are
+/// checked in f64 against `s·B·A` of the original, then diffusers loads both files onto the tiny
+/// UNet and CLIP text encoder and the fused weights of every component must agree.
+#[test]
+fn fix_names_every_component_of_a_diffusers_file_for_kohya_loaders() {
+    use super::super::reference::{rel64, U32};
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("check/unet_te.safetensors");
+    let out = dir.path().join("fixed.safetensors");
+    fix_metadata_alpha_for_diffusion(&src, &out);
+    let orig = read(&src);
+    let fixed = read(&out);
+    assert_eq!(
+        fixed.len(),
+        orig.len() / 2 * 3,
+        "lora_down, lora_up, alpha per module"
+    );
+    let mut modules = 0;
+    for (key, a) in &orig {
+        let Some(m) = key.strip_suffix(".lora_A.weight") else {
+            continue;
+        };
+        let (comp, rest) = m.split_once('.').unwrap();
+        let (prefix, scale) = match comp {
+            "unet" => ("lora_unet", 8.0 / 4.0),
+            "text_encoder" => ("lora_te", 2.0 / 4.0),
+            other => panic!("component {other}"),
+        };
+        let k = format!("{prefix}_{}", rest.replace('.', "_"));
+        let b = &orig[&format!("{m}.lora_B.weight")];
+        let (down, up) = (
+            &fixed[&format!("{k}.lora_down.weight")],
+            &fixed[&format!("{k}.lora_up.weight")],
+        );
+        assert_eq!((&down.shape, &up.shape), (&a.shape, &b.shape), "{k}");
+        let r = a.shape[0];
+        assert_eq!(fixed[&format!("{k}.alpha")].f32(), [r as f32], "{k}");
+        let (d, n) = (b.shape[0], a.data.len() / 4 / r);
+        let want = ba64(&b.f32(), &a.f32(), (d, r, n), scale);
+        let got = ba64(&up.f32(), &down.f32(), (d, r, n), 1.0);
+        // One f32 rounding of s·B per entry: a relative error of at most U32 per factor entry.
+        assert!(
+            rel64(&got, &want) <= 4.0 * U32,
+            "{k}: {}",
+            rel64(&got, &want)
+        );
+        modules += 1;
+    }
+    assert_eq!(modules, 72);
+    let merged = assert_diffusers_merges_agree("check_multi_component.py", &src, &out);
+    assert!(merged.is_empty() || merged.iter().any(|k| k.starts_with("text_encoder.")));
+}
+
+/// A Flux LoRA as diffusers writes it (`transformer.…` names, alpha 8 over r 4 only in
+/// `lora_adapter_metadata`; fixtures/gen/check_flux.py, on a tiny FluxTransformer2DModel): there
+/// are no SD kohya names for it, so the fix keeps the diffusers form (which ComfyUI maps for Flux)
+/// with the scale folded (ComfyUI reads no metadata). Factors checked in f64 against `s·B·A`;
+/// then diffusers loads both files onto the tiny transformer and the merged weights must agree.
+#[test]
+fn fix_keeps_a_transformer_lora_in_diffusers_form_with_its_scale_folded() {
+    use super::super::reference::{rel64, U32};
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("check/flux_lora.safetensors");
+    let out = dir.path().join("fixed.safetensors");
+    fix_metadata_alpha_for_diffusion(&src, &out);
+    let (orig, fixed) = (read(&src), read(&out));
+    assert_eq!(
+        orig.keys().collect::<Vec<_>>(),
+        fixed.keys().collect::<Vec<_>>(),
+        "the same diffusers keys"
+    );
+    let mut n = 0;
+    for (key, a) in &orig {
+        let Some(m) = key.strip_suffix(".lora_A.weight") else {
+            continue;
+        };
+        let b = &orig[&format!("{m}.lora_B.weight")];
+        let (a2, b2) = (&fixed[key], &fixed[&format!("{m}.lora_B.weight")]);
+        let dims = (b.shape[0], a.shape[0], a.shape[1]);
+        let want = ba64(&b.f32(), &a.f32(), dims, 8.0 / 4.0);
+        let got = ba64(&b2.f32(), &a2.f32(), dims, 1.0);
+        assert!(
+            rel64(&got, &want) <= 4.0 * U32,
+            "{m}: {}",
+            rel64(&got, &want)
+        );
+        n += 1;
+    }
+    assert!(n > 0);
+    assert_diffusers_merges_agree("check_flux.py", &src, &out);
+}
+
+/// `check --fix` for diffusers and ComfyUI of a file whose alphas are only in
+/// `lora_adapter_metadata`: before, ComfyUI (which reads no metadata) is the one that fails, on
+/// its scale rule; after, both load and apply everything (exit 0).
+fn fix_metadata_alpha_for_diffusion(src: &Path, out: &Path) {
+    let (code, r) = check_json(&[
+        s(src),
+        "--target",
+        "diffusers,comfy",
+        "--fix",
+        "--out",
+        s(out),
+    ]);
+    assert_eq!(fired(target(&r, "comfy")), vec!["comfy.scale".to_string()]);
+    assert_eq!(code, 0, "{}", r["after"]);
+    for t in ["diffusers", "comfy"] {
+        assert_eq!(target(&r["after"], t)["verdict"], "loads", "{t}");
+    }
+}
+
+/// `s·B·A` in f64 (`B` `d×r`, `A` `r×k`, row-major).
+fn ba64(b: &[f32], a: &[f32], (d, r, k): (usize, usize, usize), s: f64) -> Vec<f64> {
+    (0..d * k)
+        .map(|p| {
+            s * (0..r)
+                .map(|q| b[(p / k) * r + q] as f64 * a[q * k + p % k] as f64)
+                .sum::<f64>()
+        })
+        .collect()
+}
+
+/// diffusers loads and merges the original and the fixed file (`fixtures/gen/{script} fuse`);
+/// every merged weight must agree: `W0 + ΔW` rounded to f32 twice, from ΔWs that differ by one
+/// rounding of `s·B` (8 units of f32 roundoff, relative). Returns the merged weights' names;
+/// none without Python (skipped loudly, or failing with `LORAKIT_REQUIRE_PEFT=1`).
+fn assert_diffusers_merges_agree(script: &str, original: &Path, fixed: &Path) -> Vec<String> {
+    use super::super::reference::{rel64, U32};
+    let Some(py) = peft_python() else {
+        return Vec::new();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fuse = |lora: &Path, name: &str| {
+        let fused = dir.path().join(name);
+        let o = std::process::Command::new(&py)
+            .arg(fixture(&format!("gen/{script}")))
+            .arg("fuse")
+            .arg(lora)
+            .arg(&fused)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "diffusers on {}: {}",
+            lora.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        read(&fused)
+    };
+    let (a, b) = (
+        fuse(original, "a.safetensors"),
+        fuse(fixed, "b.safetensors"),
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, x) in &a {
+        let x: Vec<f64> = x.f32().iter().map(|&v| v as f64).collect();
+        let y: Vec<f64> = b[k].f32().iter().map(|&v| v as f64).collect();
+        assert!(rel64(&y, &x) <= 8.0 * U32, "{k}: {}", rel64(&y, &x));
+    }
+    a.into_keys().collect()
+}

@@ -1,0 +1,342 @@
+//! The rules of the two GPU serving stacks, vLLM and SGLang, as data (split out of `rules.rs`
+//! to keep files under 800 lines; the vocabulary is in `when.rs`, the evaluation in `facts.rs`).
+//!
+//! Versions. vLLM: the `vllm` 0.34.0 wheel on PyPI (`vllm/_version.py`: commit 62d4bc3c7),
+//! every file below read there. SGLang: the `sglang` 0.5.23 wheel on PyPI (its `_version.py`
+//! records no commit). The stored GitHub copies of both repositories are over the 500 MiB that
+//! `fetch` brings (1.2 GB and 1.1 GB), and the file versions the index returns by path are old
+//! ones (SGLang `lora_config.py` @8487760 predates DoRA and added-token checks; vLLM
+//! `peft_helper.py` @0214369 predates `validate_legal`), so the released packages are the
+//! newest copies with a version that can be named. Nothing here computes anything.
+//!
+//! Read and deliberately not rules: an `lm_head` LoRA on a base that ties it to `embed_tokens`
+//! is applied by both (vLLM's Llama/Qwen classes keep a `ParallelLMHead` tied with
+//! `tie_weights` and `model_manager.py` wraps it; SGLang's `LoRAManager.init_lora_modules`
+//! builds a separate `ParallelLMHead` sharing the embedding weight when `lm_head` is a target).
+//! SGLang has no fixed rank limit: `--max-lora-rank` defaults to the largest `r` of the
+//! adapters given at start (`init_lora_shapes`), and only an adapter loaded later with a larger
+//! `r` is refused (`LoRAMemoryPool.can_support`), a server setting no file can show.
+
+use super::{src, Rule, ScaleRule, Severity, Source, Supported, When, LLAMA_LINEAR};
+use crate::ops::check::Target;
+
+const VLLM: &str = "vllm-project/vllm";
+const SGLANG: &str = "sgl-project/sglang";
+/// vLLM 0.34.0 (PyPI; `_version.py` commit_id g62d4bc3c7).
+const V: &str = "0.34.0 (62d4bc3c7)";
+/// SGLang 0.5.23 (PyPI).
+const S: &str = "0.5.23";
+
+const VLLM_HELPER: Source = src(
+    VLLM,
+    "vllm/lora/peft_helper.py",
+    V,
+    "PEFTHelper._validate_features / validate_legal",
+);
+const VLLM_UTILS: Source = src(VLLM, "vllm/lora/utils.py", V, "parse_fine_tuned_lora_name");
+const VLLM_MODEL: Source = src(
+    VLLM,
+    "vllm/lora/lora_model.py",
+    V,
+    "LoRAModel.from_lora_tensors",
+);
+const VLLM_MANAGER: Source = src(
+    VLLM,
+    "vllm/lora/model_manager.py",
+    V,
+    "activate_adapter (a module without LoRA weights is reset)",
+);
+const SGLANG_LORA: Source = src(
+    SGLANG,
+    "python/sglang/srt/lora/lora.py",
+    S,
+    "LoRAAdapter.normalize_qkv_proj",
+);
+const SGLANG_MANAGER: Source = src(
+    SGLANG,
+    "python/sglang/srt/lora/lora_manager.py",
+    S,
+    "LoRAManager.validate_new_adapter",
+);
+const SGLANG_POOL_LOAD: Source = src(
+    SGLANG,
+    "python/sglang/srt/lora/mem_pool.py",
+    S,
+    "LoRAMemoryPool.load_lora_weight_to_buffer (get_target_module_name raises for a weight under no target module; load_lora_weight_tensor asserts buffer shape == weight shape)",
+);
+
+/// SGLang's Llama-family LoRA modules: the names `get_normalized_target_modules` maps onto
+/// (`q/k/v_proj` → `qkv_proj`, `gate/up_proj` → `gate_up_proj`) and those
+/// `get_default_hidden_dim` sizes (Llama, Mistral and Qwen2 define no `get_hidden_dim`); any
+/// other name raises `NotImplementedError("get_hidden_dim not implemented for …")`
+/// (python/sglang/srt/lora/utils.py, 0.5.23).
+const SGLANG_LLAMA: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "qkv_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "gate_up_proj",
+    "down_proj",
+    "embed_tokens",
+    "lm_head",
+];
+
+/// vLLM's inits that leave the base weights alone (`PEFTHelper._init_is_supported`; `true` and
+/// `false` are not strings and pass).
+const VLLM_INITS: &[&str] = &["gaussian", "eva", "orthogonal", "mica", "lora_ga"];
+
+pub(super) const RULES: &[Rule] = &[
+    // ---------------------------------------------------------------- vLLM
+    Rule {
+        id: "vllm.format",
+        target: Target::Vllm,
+        when: When::NotPeft,
+        severity: Severity::Error,
+        why: "vLLM loads a PEFT folder (adapter_config.json + adapter_model.safetensors); a kohya/LyCORIS file is not read (convert it to a PEFT folder with lorakit's convert operation and the base model)",
+        source: src(VLLM, "vllm/lora/lora_model.py", V, "LoRAModel.from_local_checkpoint (\"doesn't contain tensors\")"),
+    },
+    Rule {
+        id: "vllm.dora",
+        target: Target::Vllm,
+        when: When::Dora,
+        severity: Severity::Error,
+        why: "vLLM does not support DoRA (\"vLLM does not yet support DoRA.\")",
+        source: VLLM_HELPER,
+    },
+    Rule {
+        id: "vllm.modules_to_save",
+        target: Target::Vllm,
+        when: When::ModulesToSave,
+        severity: Severity::Error,
+        why: "vLLM refuses modules_to_save other than a classification head (\"vLLM only supports modules_to_save being either None or [\\\"classifier\\\", \\\"score\\\"]\"), and a full tensor is not a LoRA weight",
+        source: VLLM_HELPER,
+    },
+    Rule {
+        id: "vllm.lora_bias",
+        target: Target::Vllm,
+        when: When::LoraBias,
+        severity: Severity::Error,
+        why: "\"vLLM does not support LoRA bias (lora_bias).\", and a `lora_B.bias` tensor is \"unsupported LoRA weight\": only lora_A/lora_B.weight and lora_embedding_A/B are parsed",
+        source: VLLM_UTILS,
+    },
+    Rule {
+        id: "vllm.trainable_tokens",
+        target: Target::Vllm,
+        when: When::TrainableTokens,
+        severity: Severity::Error,
+        why: "`…token_adapter.trainable_tokens_delta` is \"unsupported LoRA weight\": only lora_A/lora_B.weight and lora_embedding_A/B are parsed (trainable_token_indices is not a PEFTHelper field); a LoRA on the embedding or lm_head loads instead",
+        source: VLLM_UTILS,
+    },
+    Rule {
+        id: "vllm.init_weights",
+        target: Target::Vllm,
+        when: When::InitWeightsNot(VLLM_INITS),
+        severity: Severity::Error,
+        why: "\"vLLM does not support init_lora_weights=…\": PiSSA, OLoRA, CorDA and LoftQ change the base weights when PEFT loads the adapter (convert with PEFT's path_initial_model_for_weight_conversion)",
+        source: src(VLLM, "vllm/lora/peft_helper.py", V, "PEFTHelper._validate_features / _init_is_supported"),
+    },
+    Rule {
+        id: "vllm.peft_features",
+        target: Target::Vllm,
+        when: When::ConfigSet(&["alora_invocation_tokens", "layer_replication", "use_bdlora", "use_qalora"]),
+        severity: Severity::Error,
+        why: "PEFT features vLLM refuses: Activated LoRA, layer_replication, block-diagonal LoRA, QALoRA (\"vLLM does not support …\")",
+        source: VLLM_HELPER,
+    },
+    Rule {
+        id: "vllm.max_rank",
+        target: Target::Vllm,
+        when: When::RankAbove(512),
+        severity: Severity::Error,
+        why: "rank above 512, the largest --max-lora-rank vLLM accepts (MaxLoRARanks = 1, 8, 16, 32, 64, 128, 256, 320, 512); validate_legal compares max(r, rank_pattern values) with it",
+        source: src(VLLM, "vllm/config/lora.py", V, "MaxLoRARanks; peft_helper.py validate_legal"),
+    },
+    Rule {
+        id: "vllm.unsupported_module",
+        target: Target::Vllm,
+        when: When::ModuleNotSupported(Supported::BaseLinear(LLAMA_LINEAR)),
+        severity: Severity::Error,
+        why: "a module that is not a linear or embedding layer of the model: \"expected target modules in … but received …\"",
+        source: src(VLLM, "vllm/lora/lora_model.py", V, "check_unexpected_modules (utils.get_supported_lora_modules: every LinearBase + embedding_modules)"),
+    },
+    Rule {
+        id: "vllm.shape",
+        target: Target::Vllm,
+        when: When::ShapeMismatch,
+        severity: Severity::Error,
+        why: "factor shapes do not fit the base layer (set_lora copies into buffers of the base's size)",
+        source: src(VLLM, "vllm/lora/model_manager.py", V, "activate_adapter → module.set_lora"),
+    },
+    Rule {
+        id: "vllm.vocab",
+        target: Target::Vllm,
+        when: When::VocabMismatch,
+        severity: Severity::Error,
+        why: "\"The embedding LoRA size(…) must be consistent with the base model's vocabulary size(…)\"",
+        source: VLLM_MODEL,
+    },
+    Rule {
+        id: "vllm.not_applied",
+        target: Target::Vllm,
+        when: When::NameNotExact,
+        severity: Severity::Silent,
+        why: "LoRA is set only on modules named exactly as the model's; these names (another root prefix) load and are never applied",
+        source: VLLM_MANAGER,
+    },
+    Rule {
+        id: "vllm.not_found",
+        target: Target::Vllm,
+        when: When::NameNotFound,
+        severity: Severity::Silent,
+        why: "no module of the base has this name: the weights load and are never applied",
+        source: VLLM_MANAGER,
+    },
+    Rule {
+        id: "vllm.rank_flag",
+        target: Target::Vllm,
+        when: When::RankAbove(16),
+        severity: Severity::Warning,
+        why: "rank above the default --max-lora-rank 16: start vLLM with --max-lora-rank at least this rank (one of 32, 64, 128, 256, 320, 512)",
+        source: src(VLLM, "vllm/config/lora.py", V, "LoRAConfig.max_lora_rank = 16; peft_helper.py validate_legal"),
+    },
+    Rule {
+        id: "vllm.dtype",
+        target: Target::Vllm,
+        when: When::DtypeDiffersFromBase,
+        severity: Severity::Warning,
+        why: "factors are cast to lora_dtype, which \"auto\" (the default) sets to the model's dtype: the adapter is applied in the base's precision, not its own",
+        source: src(VLLM, "vllm/config/lora.py", V, "LoRAConfig.verify_with_model_config; lora_model.py from_lora_tensors (tensor.to(dtype))"),
+    },
+    // ---------------------------------------------------------------- SGLang
+    Rule {
+        id: "sglang.format",
+        target: Target::Sglang,
+        when: When::NotPeft,
+        severity: Severity::Error,
+        why: "SGLang reads adapter_config.json and the adapter's safetensors (a PEFT folder)",
+        source: src(SGLANG, "python/sglang/srt/lora/lora_config.py", S, "LoRAConfig.get_lora_config"),
+    },
+    Rule {
+        id: "sglang.dora",
+        target: Target::Sglang,
+        when: When::Dora,
+        severity: Severity::Error,
+        why: "\"LoRA serving currently doesn't support DoRA adapters\"",
+        source: SGLANG_MANAGER,
+    },
+    Rule {
+        id: "sglang.added_tokens",
+        target: Target::Sglang,
+        when: When::AddedTokens,
+        severity: Severity::Error,
+        why: "\"LoRA serving currently doesn't support adapters that add tokens to the vocabulary\" (added_tokens.json ids ≥ the base vocabulary)",
+        source: src(SGLANG, "python/sglang/srt/lora/lora_manager.py", S, "LoRAManager.validate_new_adapter / lora_config.py lora_added_tokens_size"),
+    },
+    Rule {
+        id: "sglang.target_modules_string",
+        target: Target::Sglang,
+        when: When::TargetModulesString(&["all", "all-linear"]),
+        severity: Severity::Error,
+        why: "target_modules as one string (a PEFT regex) is refused: \"Only 'all' or 'all-linear' can be used as the string for target module\" / \"SGLang does not recognize target_modules=…\"",
+        source: src(SGLANG, "python/sglang/srt/lora/utils.py", S, "get_normalized_target_modules; lora_manager.py LoRAManager.init_lora_shapes"),
+    },
+    Rule {
+        id: "sglang.unsupported_module",
+        target: Target::Sglang,
+        when: When::ModuleNotSupported(Supported::Fixed(SGLANG_LLAMA)),
+        severity: Severity::Error,
+        why: "the memory pool sizes only q/k/v/o, gate/up/down, embed_tokens and lm_head for Llama-family models: \"get_hidden_dim not implemented for …\" (or, loaded at run time, \"incompatible with the current LoRA memory pool configuration\")",
+        source: src(SGLANG, "python/sglang/srt/lora/utils.py", S, "get_default_hidden_dim; mem_pool.py LoRAMemoryPool.can_support"),
+    },
+    Rule {
+        id: "sglang.rank_pattern",
+        target: Target::Sglang,
+        when: When::RankDiffersFromConfig,
+        severity: Severity::Error,
+        why: "every module is copied into a buffer slice of the config's r rows (`buffer[:, :r * stacked]`): a module of another rank (rank_pattern) fails \"LoRA buffer shape … does not match weight shape …\" (rank_pattern is not read)",
+        source: SGLANG_POOL_LOAD,
+    },
+    Rule {
+        id: "sglang.shape",
+        target: Target::Sglang,
+        when: When::ShapeMismatch,
+        severity: Severity::Error,
+        why: "factors are copied into buffers sized from the base model: \"LoRA buffer shape … does not match weight shape …\"",
+        source: SGLANG_POOL_LOAD,
+    },
+    Rule {
+        id: "sglang.vocab",
+        target: Target::Sglang,
+        when: When::VocabMismatch,
+        severity: Severity::Error,
+        why: "embedding LoRA A is copied into a buffer of the base vocabulary (plus added tokens): \"LoRA buffer shape … does not match weight shape …\"",
+        source: src(SGLANG, "python/sglang/srt/lora/mem_pool.py", S, "LoRAMemoryPool.load_lora_weight_to_buffer (embedding_A_buffer[:, :r, :org_vocab_size + lora_added_tokens_size])"),
+    },
+    Rule {
+        id: "sglang.q_without_v",
+        target: Target::Sglang,
+        when: When::SiblingMissing { has: &["q_proj"], lacks: "v_proj" },
+        severity: Severity::Error,
+        why: "q/k/v LoRAs are stacked into qkv_proj and a missing k is zero-filled from v's shape: a block with q_proj but no v_proj raises KeyError",
+        source: SGLANG_LORA,
+    },
+    Rule {
+        id: "sglang.kv_without_q",
+        target: Target::Sglang,
+        when: When::SiblingMissing { has: &["k_proj", "v_proj"], lacks: "q_proj" },
+        severity: Severity::Error,
+        why: "stacking into qkv_proj starts from q_proj (\"every lora adaptor should contain lora modules for q_proj\"): k/v LoRAs of a block without q_proj keep their names, match no target module (qkv_proj) and load_lora_weight_to_buffer raises \"Cannot find target module name for …\"",
+        source: SGLANG_POOL_LOAD,
+    },
+    Rule {
+        id: "sglang.up_without_gate",
+        target: Target::Sglang,
+        when: When::SiblingMissing { has: &["up_proj"], lacks: "gate_proj" },
+        severity: Severity::Error,
+        why: "stacking into gate_up_proj starts from gate_proj (\"Orphan up_proj weights … are kept as-is\"): the up_proj LoRA matches no target module (gate_up_proj) and load_lora_weight_to_buffer raises \"Cannot find target module name for …\"",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "LoRAAdapter.normalize_gate_up_proj; mem_pool.py load_lora_weight_to_buffer → utils.get_target_module_name"),
+    },
+    Rule {
+        id: "sglang.scale",
+        target: Target::Sglang,
+        when: When::ScaleDiffers(ScaleRule::GlobalAlphaGlobalRank { rslora: false }),
+        severity: Severity::Silent,
+        why: "SGLang scales every module by lora_alpha/r from the top-level fields (no use_rslora or alpha_pattern: LoRAConfig reads r, lora_alpha, target_modules, use_dora)",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "LoRAAdapter.__init__ (self.scaling = lora_alpha / r); lora_config.py LoRAConfig.__init__"),
+    },
+    Rule {
+        id: "sglang.lora_bias",
+        target: Target::Sglang,
+        when: When::LoraBias,
+        severity: Severity::Silent,
+        why: "every tensor of a layer whose name lacks \"lora_A\" is loaded into the lora_B slot of its module, so `lora_B.bias` (read first: keys are sorted) is overwritten by `lora_B.weight` and never applied",
+        source: src(SGLANG, "python/sglang/srt/lora/mem_pool.py", S, "LoRAMemoryPool.load_lora_weight_to_buffer (elif \"lora_A\" in name … else temp_B_buffer)"),
+    },
+    Rule {
+        id: "sglang.modules_to_save",
+        target: Target::Sglang,
+        when: When::ModulesToSave,
+        severity: Severity::Silent,
+        why: "full embed_tokens/lm_head tensors are kept only when the module is in target_modules (then as LoRA weights), else skipped with a debug log (\"Skipping … not in adapter's target_modules\"); modules_to_save is not read",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "LoRAAdapter._process_weight"),
+    },
+    Rule {
+        id: "sglang.trainable_tokens",
+        target: Target::Sglang,
+        when: When::TrainableTokens,
+        severity: Severity::Silent,
+        why: "trainable-token rows are handled like full embed_tokens/lm_head tensors: skipped unless the module is a LoRA target (trainable_token_indices is not read)",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "LoRAAdapter._process_weight"),
+    },
+    Rule {
+        id: "sglang.dtype",
+        target: Target::Sglang,
+        when: When::DtypeDiffersFromBase,
+        severity: Severity::Warning,
+        why: "the LoRA buffers are allocated in the server's dtype (the model's) and copy_weight_into_buffer casts the factors into them: the adapter is applied in the base's precision, not its own",
+        source: src(SGLANG, "python/sglang/srt/lora/utils.py", S, "copy_weight_into_buffer (weight.to(dtype=buffer_view.dtype)); mem_pool.py LoRAMemoryPool(dtype=LoRAManager.dtype)"),
+    },
+];

@@ -1,0 +1,136 @@
+//! vLLM 0.34.0 and SGLang 0.5.23 (the PyPI releases; src/ops/check/rules/serving.rs says why
+//! not a stored GitHub copy): neither installs on this CPU machine, so each case asserts the
+//! rule read from the released source, cited at the case. The config-only fixtures are made by
+//! fixtures/gen/check_config_fixtures.py from a PEFT-written adapter.
+
+use super::{assert_rule, check_json, fired, fixture, s, target};
+
+#[test]
+fn sglang_rank_rules_read_from_mem_pool() {
+    // mem_pool.py load_lora_weight_to_buffer: every module goes into
+    // `buffer[buffer_id, :r * stacked, :]` with r = adapter_config.json's r, and
+    // load_lora_weight_tensor asserts `buffer_view.shape == weight.shape`. patterns has r 4 and
+    // rank_pattern {k_proj: 2, layers.1.self_attn.q_proj: 6}: those modules fail; qv_r8 (every
+    // module at r) does not.
+    let (_, r) = check_json(&[s(&fixture("llama/adapters/patterns")), "--target", "sglang"]);
+    let t = target(&r, "sglang");
+    assert_eq!(t["verdict"], "fails", "{t}");
+    let f = t["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "sglang.rank_pattern")
+        .unwrap_or_else(|| panic!("no sglang.rank_pattern: {t}"));
+    let mut items: Vec<&str> = f["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().split(' ').next().unwrap())
+        .collect();
+    items.sort();
+    assert_eq!(
+        items,
+        vec![
+            "model.layers.0.self_attn.k_proj",
+            "model.layers.1.self_attn.k_proj",
+            "model.layers.1.self_attn.q_proj",
+        ]
+    );
+    assert_rule("llama/adapters/qv_r8", None, "sglang", "loads", "");
+    // --fix zero-pads every module to the largest rank and writes r = that rank (exact):
+    // SGLang's buffers then fit every module, and its one alpha/r is every module's scale.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fixed");
+    let (_, r) = check_json(&[
+        s(&fixture("llama/adapters/patterns")),
+        "--target",
+        "sglang",
+        "--fix",
+        "--out",
+        s(&out),
+    ]);
+    let after = target(&r["after"], "sglang");
+    assert_eq!(after["verdict"], "loads", "{after}");
+}
+
+#[test]
+fn sglang_module_and_shape_rules() {
+    // utils.py get_normalized_target_modules: a string other than "all"/"all-linear" raises.
+    assert_rule(
+        "check/target_regex",
+        None,
+        "sglang",
+        "fails",
+        "sglang.target_modules_string",
+    );
+    // vLLM keeps target_modules: list | str and loads it.
+    assert_rule("check/target_regex", None, "vllm", "loads", "");
+    // utils.py get_default_hidden_dim: "get_hidden_dim not implemented for w_proj".
+    assert_rule(
+        "check/unknown_module",
+        Some("llama/base"),
+        "sglang",
+        "fails",
+        "sglang.unsupported_module",
+    );
+    // mem_pool.py: the embedding A buffer has the base vocabulary's columns.
+    assert_rule(
+        "check/added_tokens",
+        Some("llama/base"),
+        "sglang",
+        "fails",
+        "sglang.vocab",
+    );
+    // utils.py copy_weight_into_buffer casts to the buffers' (the server's) dtype.
+    assert_rule(
+        "llama/adapters/qv_r8",
+        Some("llama/base_bf16"),
+        "sglang",
+        "loads_with_warnings",
+        "sglang.dtype",
+    );
+    assert_rule(
+        "llama/adapters/qv_r8",
+        Some("llama/base"),
+        "sglang",
+        "loads",
+        "",
+    );
+}
+
+#[test]
+fn sglang_applies_an_lm_head_lora_on_a_tied_base() {
+    // lora_manager.py init_lora_modules: with lm_head a target and lm_head `is` embed_tokens,
+    // SGLang builds a separate ParallelLMHead sharing the embedding weight and wraps it: no rule
+    // fires on lm_head. (tied_lm_head targets q_proj without v_proj, which normalize_qkv_proj
+    // refuses: that is the only finding.)
+    let (_, r) = check_json(&[
+        s(&fixture("check/tied_lm_head")),
+        "--base",
+        s(&fixture("llama/tied")),
+        "--target",
+        "sglang",
+    ]);
+    let t = target(&r, "sglang");
+    assert_eq!(fired(t), vec!["sglang.q_without_v"], "{t}");
+    let items = t["findings"][0]["items"].to_string();
+    assert!(!items.contains("lm_head"), "{items}");
+    assert!(t["not_evaluated"].as_array().unwrap().is_empty(), "{t}");
+}
+
+#[test]
+fn vllm_config_rules_read_from_peft_helper() {
+    // peft_helper.py PEFTHelper._init_is_supported: only gaussian/eva/orthogonal/mica/lora_ga
+    // strings pass; "vLLM does not support init_lora_weights='pissa'".
+    assert_rule(
+        "check/init_pissa",
+        None,
+        "vllm",
+        "fails",
+        "vllm.init_weights",
+    );
+    // _validate_features: "vLLM does not support Activated LoRA (aLoRA)."
+    assert_rule("check/alora", None, "vllm", "fails", "vllm.peft_features");
+    // The unchanged adapter: init_lora_weights true, no aLoRA.
+    assert_rule("llama/adapters/qv_r8", None, "vllm", "loads", "");
+}
