@@ -23,8 +23,9 @@
 
 use super::saved::{self, SavedOptions, SavedRewrite};
 use super::{Plan, Report};
-use crate::adapter::{mapping, Data, Factors, Format};
+use crate::adapter::{mapping, Adapter, Data, Factors, Format};
 use crate::error::{InputError, InputResult, Opt};
+use crate::io::Checkpoint;
 use crate::ops::output::{self, Provenance, WriteSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,6 +110,29 @@ pub struct FixReport {
     pub actions: Vec<String>,
 }
 
+/// The f32 output of a fix in `format`, refused before any work when `opts.out` is one of the
+/// inputs (the adapter's files, the base's files or folder).
+pub(super) fn checked_spec(
+    format: Format,
+    adapter: &Adapter,
+    base: Option<&Checkpoint>,
+    opts: &FixOptions,
+) -> InputResult<WriteSpec> {
+    let spec = WriteSpec {
+        format,
+        out: opts.out.clone(),
+        dtype: Some(crate::dtype::Dtype::F32),
+        kohya_prefix: None,
+    };
+    let mut inputs = output::adapter_inputs(adapter);
+    if let Some(b) = base {
+        inputs.extend(b.input_paths());
+        inputs.push(b.root.clone());
+    }
+    output::check_output(&spec, &inputs)?;
+    Ok(spec)
+}
+
 /// Rewrites the plan's adapter into `opts.out`.
 pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixReport> {
     if opts.form == FixForm::Kohya {
@@ -117,18 +141,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
     let Plan {
         mut adapter, base, ..
     } = plan;
-    let spec = WriteSpec {
-        format: Format::Peft,
-        out: opts.out.clone(),
-        dtype: Some(crate::dtype::Dtype::F32),
-        kohya_prefix: None,
-    };
-    let mut inputs = output::adapter_inputs(&adapter);
-    if let Some(b) = &base {
-        inputs.extend(b.input_paths());
-        inputs.push(b.root.clone());
-    }
-    output::check_output(&spec, &inputs)?;
+    let spec = checked_spec(Format::Peft, &adapter, base.as_ref(), opts)?;
     if let Some(m) = adapter.modules.iter().find(|m| m.factors.lora().is_none()) {
         return Err(InputError::invalid(
             &adapter.path,

@@ -25,7 +25,7 @@ use super::fix::{FixOptions, FixReport, Lowered};
 use super::{Plan, Report, Target};
 use crate::adapter::{Data, Factors, Format, ModuleKind};
 use crate::error::{InputError, InputResult};
-use crate::ops::output::{self, Provenance, WriteSpec};
+use crate::ops::output::{self, Provenance};
 use std::sync::Arc;
 
 /// Renames every module under a pipeline component (a diffusers single file: `unet.…`,
@@ -93,18 +93,7 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
     } else {
         name_components(&mut adapter)?
     };
-    let spec = WriteSpec {
-        format: Format::Kohya,
-        out: opts.out.clone(),
-        dtype: Some(crate::dtype::Dtype::F32),
-        kohya_prefix: None,
-    };
-    let mut inputs = output::adapter_inputs(&adapter);
-    if let Some(b) = &base {
-        inputs.extend(b.input_paths());
-        inputs.push(b.root.clone());
-    }
-    output::check_output(&spec, &inputs)?;
+    let spec = super::fix::checked_spec(Format::Kohya, &adapter, base.as_ref(), opts)?;
     let mut actions = Vec::new();
     if !components.is_empty() {
         actions.push(format!(
