@@ -89,18 +89,11 @@ fn convert_to_gguf_applies_the_peft_delta_as_llama_cpp_computes_it() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("a.gguf");
-        let j = run_ok([
-            "convert",
-            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
-            "--to",
-            "gguf",
-            "--base",
-            fixture(base_arg).to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--json",
-        ]);
-        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        let v = to_gguf(
+            &fixture(&format!("llama/adapters/{case}")),
+            &fixture(base_arg),
+            &out,
+        );
         assert_eq!(v["operation"], "convert");
         assert_eq!(v["folded_count"], folded, "{case}");
         let deltas = gguf_adapter_deltas(&out);
@@ -166,16 +159,11 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
     for case in ["qv_r8", "rslora_all", "embed"] {
         let dir = tempfile::tempdir().unwrap();
         let ad = dir.path().join("a.gguf");
-        run_ok([
-            "convert",
-            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
-            "--to",
-            "gguf",
-            "--base",
-            fixture("llama/base").to_str().unwrap(),
-            "-o",
-            ad.to_str().unwrap(),
-        ]);
+        to_gguf(
+            &fixture(&format!("llama/adapters/{case}")),
+            &fixture("llama/base"),
+            &ad,
+        );
         let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
         // Into the GGUF base.
         let out = dir.path().join("m.gguf");
@@ -212,16 +200,11 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
     ]));
     assert!(e.contains("is a GGUF model (general.type ``"), "{e}");
     let ad = dir.path().join("a.gguf");
-    run_ok([
-        "convert",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--to",
-        "gguf",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "-o",
-        ad.to_str().unwrap(),
-    ]);
+    to_gguf(
+        &fixture("llama/adapters/qv_r8"),
+        &fixture("llama/base"),
+        &ad,
+    );
     let e = one_line_error(&run_err([
         "merge",
         "--base",
@@ -245,16 +228,11 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
 fn malformed_gguf_adapters_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ad = dir.path().join("a.gguf");
-    run_ok([
-        "convert",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--to",
-        "gguf",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "-o",
-        ad.to_str().unwrap(),
-    ]);
+    to_gguf(
+        &fixture("llama/adapters/qv_r8"),
+        &fixture("llama/base"),
+        &ad,
+    );
     let bytes = std::fs::read(&ad).unwrap();
     let find = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat).unwrap();
     let name = b"blk.0.attn_q.weight.lora_b";

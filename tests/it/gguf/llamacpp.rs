@@ -32,18 +32,11 @@ fn convert_to_gguf_equals_llama_cpp_converter_output() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("a.gguf");
-        let j = run_ok([
-            "convert",
-            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
-            "--to",
-            "gguf",
-            "--base",
-            fixture(base).to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--json",
-        ]);
-        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        let v = to_gguf(
+            &fixture(&format!("llama/adapters/{case}")),
+            &fixture(base),
+            &out,
+        );
         assert_eq!(v["folded_count"], folded_count, "{case}");
         let folded: BTreeMap<String, f32> = v["modules"]
             .as_array()
@@ -267,16 +260,7 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
     for case in ["qv_r8", "rslora_all", "patterns"] {
         let adapter = fixture(&format!("llama/adapters/{case}"));
         let lk = p(&format!("{case}.lk.gguf"));
-        run_ok([
-            "convert",
-            adapter.to_str().unwrap(),
-            "--to",
-            "gguf",
-            "--base",
-            p("f32.gguf").to_str().unwrap(),
-            "-o",
-            lk.to_str().unwrap(),
-        ]);
+        to_gguf(&adapter, &p("f32.gguf"), &lk);
         let merged = p(&format!("{case}.merged.gguf"));
         merge_json(
             p("f32.gguf").to_str().unwrap(),

@@ -62,6 +62,22 @@ fn hf_view(path: &Path) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
+/// `lorakit convert ADAPTER --to gguf --base BASE -o OUT --json`: its JSON report.
+fn to_gguf(adapter: &Path, base: &Path, out: &Path) -> serde_json::Value {
+    serde_json::from_str(&run_ok([
+        "convert",
+        adapter.to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--base",
+        base.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap()
+}
+
 fn merge_json(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "merge",
