@@ -33,6 +33,30 @@ const CASES: &[&str] = &[
     "full",
 ];
 
+/// Every tensor of `out` (a merge at `--weight w`) equals `W0 + w·(W1 − W0)` computed in f64
+/// from the base `W0` and the full-strength merge `W1`, within [`TOL`].
+fn assert_blended(
+    case: &str,
+    base: &BTreeMap<String, T>,
+    full: &BTreeMap<String, T>,
+    out: &BTreeMap<String, T>,
+    w: f64,
+) {
+    for (name, t) in out {
+        let (b, w1) = (base[name].f32(), full[name].f32());
+        let want: Vec<f32> = b
+            .iter()
+            .zip(&w1)
+            .map(|(&x, &y)| (x as f64 + w * (y as f64 - x as f64)) as f32)
+            .collect();
+        let e = rel_err(&t.f32(), &want);
+        assert!(
+            e <= TOL,
+            "{case} {name} at weight {w}: relative error {e:e}"
+        );
+    }
+}
+
 fn merged(dir: &Path, case: &str, extra: &[&str]) -> BTreeMap<String, T> {
     let out = dir.join(format!("{case}.safetensors"));
     let mut args = vec!["--device", "cpu", "--quiet"];
@@ -113,19 +137,7 @@ fn a_weight_scales_the_change_as_comfyui_applies_strength() {
     ] {
         let out = merged(dir.path(), case, &["--weight", "0.375"]);
         let full = read(&fixture(&format!("lycoris/{case}.merged.safetensors")));
-        for (name, t) in &out {
-            let (b, w1) = (base[name].f32(), full[name].f32());
-            let want: Vec<f32> = b
-                .iter()
-                .zip(&w1)
-                .map(|(&x, &y)| (x as f64 + 0.375 * (y as f64 - x as f64)) as f32)
-                .collect();
-            let e = rel_err(&t.f32(), &want);
-            assert!(
-                e <= TOL,
-                "{case} {name} at weight 0.375: relative error {e:e}"
-            );
-        }
+        assert_blended(case, &base, &full, &out, 0.375);
     }
 }
 

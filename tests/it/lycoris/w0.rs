@@ -79,19 +79,7 @@ fn a_weight_scales_oft_ia3_and_norm_updates_as_the_lycoris_multiplier() {
     for case in ["oft", "lokr_norm", "ia3", "ia3_input", "glora"] {
         let out = w0_merged(dir.path(), case, &["--weight", "0.375"]);
         let full = read(&fixture(&format!("lycoris_w0/{case}.merged.safetensors")));
-        for (name, t) in &out {
-            let (b, w1) = (base[name].f32(), full[name].f32());
-            let want: Vec<f32> = b
-                .iter()
-                .zip(&w1)
-                .map(|(&x, &y)| (x as f64 + 0.375 * (y as f64 - x as f64)) as f32)
-                .collect();
-            let e = rel_err(&t.f32(), &want);
-            assert!(
-                e <= TOL,
-                "{case} {name} at weight 0.375: relative error {e:e}"
-            );
-        }
+        assert_blended(case, &base, &full, &out, 0.375);
     }
 }
 
