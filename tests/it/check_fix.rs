@@ -490,6 +490,32 @@ fn fix_for_diffusers_lowers_loha_and_conv_at_the_optimal_error() {
         );
     }
     assert_eq!(conv, 2, "conv_in and proj_out are convolutions");
+    let warned = |r: &serde_json::Value| {
+        r["fix"]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("their kernels are unknown"))
+    };
+    assert!(!warned(&r), "{}", r["fix"]);
+    // Without the base nothing says which flattened LyCORIS modules are convolutions: the fix
+    // lowers them as linear LoRA and says so, rather than claiming diffusers loads them all.
+    let out2 = dir.path().join("lora2.safetensors");
+    let (_, r2) = check_json(&[
+        s(&loha),
+        "--target",
+        "diffusers",
+        "--fix",
+        "--lower-rank",
+        &rank.to_string(),
+        "--out",
+        s(&out2),
+    ]);
+    assert!(warned(&r2), "{}", r2["fix"]);
+    assert!(read(&out2)
+        .iter()
+        .filter(|(k, _)| k.ends_with(".lora_down.weight"))
+        .all(|(_, t)| t.shape.len() == 2));
 }
 
 #[test]

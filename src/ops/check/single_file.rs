@@ -183,6 +183,14 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
             lowered.len(),
             lowered[0].rank
         ));
+        if diffusers && base.is_none() {
+            // LyCORIS stores a conv module's factors flattened, so without the base nothing says
+            // which lowered modules sit over a Conv2d; diffusers refuses a 2-D `lora_down` there.
+            actions.push(format!(
+                "wrote the {} lowered module(s) as linear LoRA: without the base model their kernels are unknown, and diffusers refuses one that sits over a conv layer (give the base model to restore them)",
+                lowered.len()
+            ));
+        }
     }
     let mut folded = 0usize;
     for m in adapter.modules.iter_mut() {
