@@ -105,7 +105,7 @@ impl<'a> Facts<'a> {
             }
             When::Dora => names(&|m| m.dora_magnitude.is_some()),
             When::LoraBias => names(&|m| m.bias.is_some()),
-            When::ModulesToSave => {
+            When::ModulesToSave | When::ModulesToSaveBeyondHead => {
                 let mut v: Vec<String> = a
                     .full_tensors
                     .iter()
@@ -113,9 +113,11 @@ impl<'a> Facts<'a> {
                     .map(|f| f.name.clone())
                     .collect();
                 if v.is_empty() {
+                    let heads_pass = when == When::ModulesToSaveBeyondHead;
                     v = a
                         .modules_to_save
                         .iter()
+                        .filter(|m| !(heads_pass && matches!(m.as_str(), "classifier" | "score")))
                         .map(|m| format!("{m} (modules_to_save)"))
                         .collect();
                 }

@@ -60,6 +60,10 @@ pub enum When {
     LoraBias,
     /// Full tensors replacing base tensors (`modules_to_save`), or `modules_to_save` configured.
     ModulesToSave,
+    /// As [`When::ModulesToSave`], except that a configured `modules_to_save` of only
+    /// classification heads (`classifier`, `score`) with no full tensor in the file does not
+    /// count: vLLM's `PEFTHelper._validate_features` accepts exactly that configuration.
+    ModulesToSaveBeyondHead,
     /// LoRA on an embedding (`lora_embedding_A/B`).
     EmbeddingLora,
     /// PEFT trainable tokens (`trainable_token_indices`): `{module}.token_adapter.trainable_tokens_delta`

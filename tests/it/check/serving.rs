@@ -134,3 +134,43 @@ fn vllm_config_rules_read_from_peft_helper() {
     // The unchanged adapter: init_lora_weights true, no aLoRA.
     assert_rule("llama/adapters/qv_r8", None, "vllm", "loads", "");
 }
+
+/// vllm 0.34.0 peft_helper.py `PEFTHelper._validate_features`: `modules_to_save` entries other
+/// than "classifier" and "score" are refused ("vLLM only supports modules_to_save being either
+/// None or [\"classifier\", \"score\"] for classification models"); a configured classification
+/// head alone passes. qv_r8 with only its config edited, so no full tensor is in the file.
+#[test]
+fn vllm_accepts_a_classification_head_in_modules_to_save() {
+    for (saved, verdict, rule) in [
+        (serde_json::json!(["score"]), "loads", ""),
+        (serde_json::json!(["classifier", "score"]), "loads", ""),
+        (
+            serde_json::json!(["lm_head"]),
+            "fails",
+            "vllm.modules_to_save",
+        ),
+        (
+            serde_json::json!(["score", "embed_tokens"]),
+            "fails",
+            "vllm.modules_to_save",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        super::super::common::copy_dir(&fixture("llama/adapters/qv_r8"), &a);
+        let cfg = a.join("adapter_config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+        v["modules_to_save"] = saved.clone();
+        std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
+        let (_, r) = check_json(&[s(&a), "--target", "vllm"]);
+        let t = target(&r, "vllm");
+        assert_eq!(t["verdict"], verdict, "{saved}: {t}");
+        let rules = fired(t);
+        assert_eq!(
+            rules.iter().any(|x| x == "vllm.modules_to_save"),
+            !rule.is_empty(),
+            "{saved}: {rules:?}"
+        );
+    }
+}

@@ -109,7 +109,7 @@ pub(super) const RULES: &[Rule] = &[
     Rule {
         id: "vllm.modules_to_save",
         target: Target::Vllm,
-        when: When::ModulesToSave,
+        when: When::ModulesToSaveBeyondHead,
         severity: Severity::Error,
         why: "vLLM refuses modules_to_save other than a classification head (\"vLLM only supports modules_to_save being either None or [\\\"classifier\\\", \\\"score\\\"]\"), and a full tensor is not a LoRA weight",
         source: VLLM_HELPER,
