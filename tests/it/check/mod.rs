@@ -145,6 +145,55 @@ fn assert_rule(adapter: &str, base: Option<&str>, tgt: &str, verdict: &str, rule
     }
 }
 
+/// The wrong base: qv_r8 (hidden 64) against the Qwen2 fixture (hidden 32). Every LLM loader
+/// refuses a LoRA whose factors do not fit the base layer — PEFT and SGLang through torch's
+/// `copy_`/`load_state_dict` size check, vLLM's `set_lora` slicing into buffers of the base's
+/// size, llama.cpp's `llama_adapter_lora_init` ("tensor '…' has incorrect shape (hint: maybe
+/// wrong base model?)", src/llama-adapter.cpp) — and `--base`
+/// lists every module as a shape mismatch with both shapes, not as applied.
+#[test]
+fn a_wrong_base_fails_every_llm_target_by_shape() {
+    let a = fixture("llama/adapters/qv_r8");
+    let b = fixture("llama/qwen2");
+    let (code, r) = check_json(&[
+        s(&a),
+        "--base",
+        s(&b),
+        "--target",
+        "vllm,sglang,llama.cpp,peft",
+    ]);
+    assert_eq!(code, 1, "{r}");
+    for t in ["vllm", "sglang", "llama.cpp", "peft"] {
+        let v = target(&r, t);
+        assert_eq!(v["verdict"], "fails", "{t}: {v}");
+        assert_eq!(fired(v), [format!("{t}.shape")], "{t}");
+    }
+    let modules = r["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), 4, "{r}");
+    for m in modules {
+        assert_eq!(m["status"], "shape_mismatch", "{m}");
+        let d = m["detail"].as_str().unwrap();
+        assert!(
+            d.contains("has shape [") && d.contains("the adapter needs ["),
+            "{d}"
+        );
+    }
+    // The same adapter on its own base applies everywhere.
+    let (code, r) = check_json(&[
+        s(&a),
+        "--base",
+        s(&fixture("llama/base")),
+        "--target",
+        "vllm,sglang,llama.cpp,peft",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert!(r["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["status"] != "shape_mismatch"));
+}
+
 #[test]
 fn vllm_rules_read_from_its_source() {
     // vllm 0.34.0 peft_helper.py PEFTHelper._validate_features: "vLLM does not yet support DoRA."
