@@ -329,3 +329,57 @@ fn tied_embeddings_are_detected_by_either_condition_alone() {
     );
     assert_eq!(before["lm_head.weight"].data, after["lm_head.weight"].data);
 }
+
+/// PEFT injects layers only where `target_modules` (with `layers_to_transform`,
+/// `exclude_modules`, `modules_to_save`) selects, and silently drops the other tensors: with
+/// qv_r8's config cut to `q_proj`, PEFT 0.21.2's `merge_and_unload` changes the q projections
+/// only. The file then means one thing to PEFT and another to its tensors, so every command
+/// refuses it, naming the file and a tensor; the selection itself is checked against PEFT's
+/// `check_target_module_exists` in `adapter::formats::peft::targets`.
+#[test]
+fn a_config_that_does_not_select_the_files_modules_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    copy_dir(&fixture("llama/adapters/qv_r8"), &adapter);
+    let cfg_path = adapter.join("adapter_config.json");
+    let original = std::fs::read(&cfg_path).unwrap();
+    for (field, value) in [
+        ("target_modules", serde_json::json!(["q_proj"])),
+        ("layers_to_transform", serde_json::json!([0])),
+        ("exclude_modules", serde_json::json!(["v_proj"])),
+    ] {
+        let mut cfg: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        cfg[field] = value;
+        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let out = dir.path().join("out");
+        let err = one_line_error(&run_err(merge_args(
+            &fixture("llama/base"),
+            &adapter,
+            &out,
+            &[],
+        )));
+        assert!(
+            err.contains("adapter_model.safetensors")
+                && err.contains("is not selected by adapter_config.json")
+                && err.contains(".lora_A.weight`"),
+            "{field}: {err}"
+        );
+        assert!(!out.exists(), "{field}: nothing written");
+        let inspect = run_err(vec![
+            "inspect".into(),
+            adapter.to_string_lossy().into_owned(),
+        ]);
+        assert!(
+            one_line_error(&inspect).contains("is not selected"),
+            "{field}"
+        );
+    }
+    // The config as PEFT saved it selects every module: the same folder merges.
+    std::fs::write(&cfg_path, &original).unwrap();
+    run_ok(merge_args(
+        &fixture("llama/base"),
+        &adapter,
+        &dir.path().join("ok"),
+        &[],
+    ));
+}

@@ -20,6 +20,7 @@ use std::path::Path;
 
 mod lycoris;
 mod read;
+pub mod targets;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -68,6 +69,9 @@ pub struct PeftConfig {
     alpha_re: Vec<Regex>,
     pub target_modules: Value,
     pub modules_to_save: Vec<String>,
+    /// Which modules PEFT injects layers into (`targets`): tensors of any other module are
+    /// dropped by PEFT's loader.
+    pub targets: targets::Targets,
     pub bias: String,
     pub base_model: Option<String>,
     pub raw: Value,
@@ -198,6 +202,7 @@ impl PeftConfig {
             alpha_re,
             target_modules: obj.get("target_modules").cloned().unwrap_or(Value::Null),
             modules_to_save,
+            targets: targets::Targets::parse(obj).map_err(|e| InputError::invalid(path, e))?,
             bias: obj
                 .get("bias")
                 .and_then(Value::as_str)

@@ -119,7 +119,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         )?;
         modules.push(m);
     }
-    Ok(assemble(path, file, &cfg, modules, full))
+    assemble(path, file, &cfg, modules, full)
 }
 
 /// Reads a PEFT LoHa or LoKr adapter: `base_model.model.{module}.hada_w1_a` … (the
@@ -184,7 +184,7 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
         m.scale = scale_for(m.alpha, r, false);
         modules.push(m);
     }
-    Ok(assemble(path, file, &cfg, modules, full))
+    assemble(path, file, &cfg, modules, full)
 }
 
 /// PEFT IA3 (`tuners/ia3/model.py`, `layer.py`): `{module}.ia3_l` shaped `[out, 1]` (Linear),
@@ -278,7 +278,7 @@ fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
             dora_rule: crate::adapter::DoraRule::Peft,
         });
     }
-    Ok(assemble(path, file, &cfg, modules, full))
+    assemble(path, file, &cfg, modules, full)
 }
 
 /// PEFT OFT (`tuners/oft/config.py`, `layer.py`): `{module}.oft_R.weight` [r, s(s−1)/2] (the
@@ -383,7 +383,7 @@ fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
             dora_rule: crate::adapter::DoraRule::Peft,
         });
     }
-    Ok(assemble(path, file, &cfg, modules, full))
+    assemble(path, file, &cfg, modules, full)
 }
 
 /// A tensor of the file kept whole under `name`, read as stored (not transposed).
@@ -420,16 +420,41 @@ fn split_by_suffix<'f>(
 
 /// The adapter every PEFT reader returns: its modules and full tensors, the config's base model,
 /// `modules_to_save` and raw JSON, and rsLoRA / DoRA as a LoRA config states them (the other
-/// tuners have neither).
+/// tuners have neither). Refuses modules the config does not select: PEFT would load the
+/// adapter without them and say nothing ([`super::targets`]).
 fn assemble(
     path: &Path,
     file: SafetensorsFile,
     cfg: &PeftConfig,
     modules: Vec<LoraModule>,
     full: Vec<FullTensor>,
-) -> Adapter {
+) -> InputResult<Adapter> {
+    let left = super::targets::untargeted(&cfg.targets, modules.iter().map(|m| m.name.as_str()));
+    if let Some(first) = left.first() {
+        let key = modules
+            .iter()
+            .find(|m| m.name == *first)
+            .and_then(|m| match m.factors.data().first() {
+                Some(Data::Stored { key, .. }) => Some(key.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| first.to_string());
+        return Err(InputError::invalid(
+            file.path(),
+            format!(
+                "tensor `{key}`: module `{first}` is not selected by adapter_config.json \
+                 (target_modules / exclude_modules / layers_to_transform / modules_to_save){}; \
+                 PEFT would load this adapter without it, silently. Make the config list every \
+                 module the file holds, or remove the tensors",
+                match left.len() {
+                    1 => String::new(),
+                    n => format!(", nor are {} other modules", n - 1),
+                }
+            ),
+        ));
+    }
     let lora = cfg.peft_type == PeftType::Lora;
-    Adapter {
+    Ok(Adapter {
         format: Format::Peft,
         path: path.to_path_buf(),
         metadata: file.header().metadata.clone(),
@@ -442,7 +467,7 @@ fn assemble(
         modules_to_save: cfg.modules_to_save.clone(),
         config: Some(cfg.raw.clone()),
         namings: Vec::new(),
-    }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

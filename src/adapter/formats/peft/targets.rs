@@ -1,0 +1,282 @@
+//! Which modules a PEFT config selects: PEFT's `check_target_module_exists`
+//! (`peft/tuners/tuners_utils.py`, PEFT 0.21.2) over `target_modules`, `exclude_modules`,
+//! `modules_to_save`, `layers_to_transform` and `layers_pattern`.
+//!
+//! `PeftModel.from_pretrained` injects adapter layers only into the modules this predicate
+//! selects and then loads the state dict; tensors of any other module are dropped without a
+//! word (checked against PEFT 0.21.2: a `q_proj`+`v_proj` adapter whose config lists only
+//! `q_proj` merges `q_proj` alone). An adapter whose config does not select its own tensors
+//! therefore means two different things in PEFT and in a reader that trusts the tensors, so the
+//! PEFT reader refuses it ([`untargeted`]) rather than pick one silently.
+//!
+//! Owns the predicate only; it does not read files. Where the config cannot be decided here —
+//! `target_modules` absent (PEFT then fills in a per-architecture default from the base),
+//! `"all-linear"` (resolved against the base's module types), `target_parameters` (MoE
+//! parameter wrappers), or a regex the `regex` crate does not compile (Python-only syntax such
+//! as look-around) — every module counts as selected: the check never refuses what it cannot
+//! decide.
+
+use regex::Regex;
+use serde_json::Value;
+
+/// PEFT's target selection, parsed from `adapter_config.json`.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    rule: Rule,
+    /// `exclude_modules`: a regex (fullmatch) or names (exact or `.`-suffix).
+    exclude: Names,
+    /// `modules_to_save`, each as PEFT's `(^|.*\.){m}($|\..*)` (`re.match`).
+    to_save: Vec<Regex>,
+}
+
+#[derive(Debug, Clone)]
+enum Rule {
+    /// Not decidable without the base (see the module header): everything is selected.
+    All,
+    /// `target_modules` as one regex, matched against the whole module name.
+    Regex(Regex),
+    /// `target_modules` as names, with the optional layer filter.
+    Names {
+        names: Vec<String>,
+        layers: Option<Layers>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Names {
+    None,
+    Regex(Regex),
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+struct Layers {
+    /// `layers_to_transform`: one index or a list.
+    indexes: Vec<u64>,
+    /// The regexes that find the layer index (`layers_pattern`, or PEFT's default).
+    finders: Vec<Regex>,
+}
+
+/// Why a config field cannot be read; the caller names the file.
+pub type FieldError = String;
+
+impl Targets {
+    /// Reads the selection fields of a config object. Wrong JSON types are errors (PEFT itself
+    /// fails on them at load time); Python-only regexes make the selection undecidable.
+    pub fn parse(cfg: &serde_json::Map<String, Value>) -> Result<Targets, FieldError> {
+        let get = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+        let strings = |k: &str, v: &Value| -> Result<Vec<String>, FieldError> {
+            v.as_array()
+                .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_owned)).collect())
+                .ok_or_else(|| format!("`{k}` must be a string or a list of strings"))
+        };
+        let names = |k: &str| -> Result<Option<Names>, FieldError> {
+            Ok(Some(match get(k) {
+                None => Names::None,
+                Some(Value::String(p)) => match fullmatch(p) {
+                    Some(re) => Names::Regex(re),
+                    None => return Ok(None),
+                },
+                Some(v) => Names::List(strings(k, v)?),
+            }))
+        };
+        let target = names("target_modules")?;
+        let exclude = names("exclude_modules")?;
+        let to_save: Option<Vec<Regex>> = match get("modules_to_save") {
+            None => Some(Vec::new()),
+            Some(v) => strings("modules_to_save", v)?
+                .iter()
+                .map(|m| Regex::new(&format!(r"^(?:(?:^|.*\.){m}(?:$|\..*))")).ok())
+                .collect(),
+        };
+        let indexes = match get("layers_to_transform") {
+            None => None,
+            Some(v) => Some(match v {
+                Value::Array(a) => a
+                    .iter()
+                    .map(Value::as_u64)
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or("`layers_to_transform` must be an integer or a list of integers")?,
+                v => vec![v
+                    .as_u64()
+                    .ok_or("`layers_to_transform` must be an integer or a list of integers")?],
+            }),
+        };
+        let patterns = match get("layers_pattern") {
+            None => Vec::new(),
+            Some(Value::String(p)) => vec![p.clone()],
+            Some(v) => strings("layers_pattern", v)?,
+        };
+        let all = Targets {
+            rule: Rule::All,
+            exclude: Names::None,
+            to_save: Vec::new(),
+        };
+        let has_parameters = get("target_parameters")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        let all_linear = get("target_modules")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case("all-linear"));
+        let (Some(target), Some(exclude), Some(to_save)) = (target, exclude, to_save) else {
+            return Ok(all);
+        };
+        if has_parameters || all_linear {
+            return Ok(all);
+        }
+        let rule = match target {
+            Names::None => Rule::All,
+            Names::Regex(re) => Rule::Regex(re),
+            Names::List(names) => {
+                // PEFT's `is_using_layer_indexes`: an empty list means no filter.
+                let layers = match indexes.filter(|i| !i.is_empty()) {
+                    None => None,
+                    Some(indexes) => {
+                        let finders = if patterns.iter().all(String::is_empty) {
+                            Regex::new(r"^.*?\.[^.]*\.(?P<idx>\d+)\.")
+                                .ok()
+                                .into_iter()
+                                .collect()
+                        } else {
+                            patterns
+                                .iter()
+                                .map(|p| {
+                                    Regex::new(&format!(r"^(?:(?:^|.*?\.){p}\.(?P<idx>\d+)\.)"))
+                                })
+                                .collect::<Result<Vec<_>, _>>()
+                                .unwrap_or_default()
+                        };
+                        if finders.is_empty() {
+                            return Ok(all);
+                        }
+                        Some(Layers { indexes, finders })
+                    }
+                };
+                Rule::Names { names, layers }
+            }
+        };
+        Ok(Targets {
+            rule,
+            exclude,
+            to_save,
+        })
+    }
+
+    /// Whether PEFT injects an adapter layer into the module called `key` (the module's path
+    /// in the base model, `base_model.model.` stripped).
+    pub fn selects(&self, key: &str) -> bool {
+        let listed = |names: &[String]| {
+            names.iter().any(|n| {
+                key == n
+                    || key
+                        .strip_suffix(n.as_str())
+                        .is_some_and(|p| p.ends_with('.'))
+            })
+        };
+        let excluded = match &self.exclude {
+            Names::None => false,
+            Names::Regex(re) => re.is_match(key),
+            Names::List(names) => listed(names),
+        };
+        if excluded || self.to_save.iter().any(|re| re.is_match(key)) {
+            return false;
+        }
+        match &self.rule {
+            Rule::All => true,
+            Rule::Regex(re) => re.is_match(key),
+            Rule::Names { names, .. } if names.iter().any(|n| n == key) => true,
+            Rule::Names { names, layers } => {
+                listed(names)
+                    && layers.as_ref().is_none_or(|l| {
+                        // The first finder that matches decides; no index means not selected.
+                        l.finders
+                            .iter()
+                            .find_map(|re| re.captures(key))
+                            .and_then(|c| c.name("idx"))
+                            .and_then(|m| m.as_str().parse::<u64>().ok())
+                            .is_some_and(|i| l.indexes.contains(&i))
+                    })
+            }
+        }
+    }
+}
+
+/// `re.fullmatch(pattern, key)`, or `None` where the `regex` crate cannot compile it.
+fn fullmatch(pattern: &str) -> Option<Regex> {
+    Regex::new(&format!("^(?:{pattern})$")).ok()
+}
+
+/// The adapter modules (by name) that `cfg` does not select, in the order given.
+pub fn untargeted<'a>(
+    targets: &Targets,
+    modules: impl IntoIterator<Item = &'a str>,
+) -> Vec<&'a str> {
+    modules
+        .into_iter()
+        .filter(|m| !targets.selects(m))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every case in `fixtures/peft_targets/cases.json` was decided by PEFT's own
+    /// `check_target_module_exists` on a `LoraConfig` built from the case's config
+    /// (`fixtures/gen/peft_targets_fixture.py`); lorakit must decide each the same way.
+    #[test]
+    fn selection_equals_peft_on_every_recorded_case() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/peft_targets/cases.json"
+        );
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = doc["cases"].as_array().unwrap();
+        assert!(
+            cases.len() >= 20,
+            "too few recorded configs: {}",
+            cases.len()
+        );
+        let (mut yes, mut no, mut wrong) = (0, 0, Vec::new());
+        for c in cases {
+            let t = Targets::parse(c["config"].as_object().unwrap()).unwrap();
+            for (key, want) in c["keys"].as_object().unwrap() {
+                let want = want.as_bool().unwrap();
+                if want {
+                    yes += 1
+                } else {
+                    no += 1
+                }
+                if t.selects(key) != want {
+                    wrong.push(format!("{} on {key}: PEFT {want}", c["config"]));
+                }
+            }
+        }
+        assert!(
+            yes >= 20 && no >= 20,
+            "cases must select and reject: {yes} / {no}"
+        );
+        assert!(
+            wrong.is_empty(),
+            "{} disagreements:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn wrong_json_types_are_errors_and_python_only_regexes_select_everything() {
+        let cfg = |v: Value| v.as_object().unwrap().clone();
+        assert!(Targets::parse(&cfg(serde_json::json!({"target_modules": 5}))).is_err());
+        assert!(Targets::parse(&cfg(serde_json::json!({"target_modules": ["q", 1]}))).is_err());
+        assert!(Targets::parse(&cfg(serde_json::json!({"layers_to_transform": "0"}))).is_err());
+        // Look-ahead is Python-only: undecidable, so nothing is refused.
+        let t = Targets::parse(&cfg(
+            serde_json::json!({"target_modules": r".*(?!v_proj)q_proj"}),
+        ))
+        .unwrap();
+        assert!(t.selects("model.layers.0.mlp.down_proj"));
+        let t = Targets::parse(&cfg(serde_json::json!({"target_modules": ["q_proj"]}))).unwrap();
+        assert!(!t.selects("model.layers.0.mlp.down_proj"));
+    }
+}
