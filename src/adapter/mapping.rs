@@ -245,7 +245,15 @@ pub fn resolve_in(
         });
     }
     for (fi, f) in adapter.full_tensors.iter().enumerate() {
-        let candidates = dotted_candidates(&f.name, &names);
+        // Trainable-token rows replace rows of their module's weight.
+        let target = match (
+            &f.rows,
+            crate::adapter::formats::peft::tokens_module(&f.name),
+        ) {
+            (Some(_), Some(module)) => format!("{module}.weight"),
+            _ => f.name.clone(),
+        };
+        let candidates = dotted_candidates(&target, &names);
         match candidates.as_slice() {
             [] => res.unmatched.push(Unmatched::NotFound {
                 module: f.name.clone(),
@@ -253,7 +261,7 @@ pub fn resolve_in(
             }),
             [one] => {
                 let (found, _) = logical(one);
-                if found != f.shape {
+                if !f.fits(&found) {
                     res.unmatched.push(Unmatched::ShapeMismatch {
                         module: f.name.clone(),
                         tensor: one.to_string(),

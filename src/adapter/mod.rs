@@ -133,6 +133,26 @@ pub struct FullTensor {
     pub name: String,
     pub data: Data,
     pub shape: Vec<usize>,
+    /// `Some`: the tensor holds only these rows of the base tensor, in this order, and the
+    /// others stay: PEFT's trainable tokens (`trainable_token_indices`,
+    /// `tuners/trainable_tokens/layer.py`), merged by `index_copy` of the deltas into the
+    /// embedding. `None`: it replaces the whole base tensor.
+    pub rows: Option<Vec<usize>>,
+}
+
+impl FullTensor {
+    /// Whether this tensor can stand in for a base tensor of shape `base`: the same shape, or
+    /// for [`Self::rows`] the same row length and every row index inside the base.
+    pub fn fits(&self, base: &[usize]) -> bool {
+        match &self.rows {
+            None => base == self.shape.as_slice(),
+            Some(rows) => {
+                base.len() == self.shape.len()
+                    && base[1..] == self.shape[1..]
+                    && rows.iter().all(|&r| r < base[0])
+            }
+        }
+    }
 }
 
 /// A LoRA adapter in the internal model.
@@ -214,6 +234,26 @@ impl Adapter {
     }
 
     /// Canonical values of a factor.
+    /// The values of full tensor `fi` as the whole base tensor they replace: its own values, or
+    /// for a row tensor the base's (`base`, called only then) with those rows overwritten.
+    pub fn full_values(
+        &self,
+        fi: usize,
+        base: impl FnOnce() -> InputResult<Vec<f32>>,
+    ) -> InputResult<Arc<Vec<f32>>> {
+        let f = &self.full_tensors[fi];
+        let vals = self.values(&f.data)?;
+        let Some(rows) = &f.rows else {
+            return Ok(vals);
+        };
+        let mut whole = base()?;
+        let width = f.shape[1..].iter().product::<usize>();
+        for (i, &r) in rows.iter().enumerate() {
+            whole[r * width..(r + 1) * width].copy_from_slice(&vals[i * width..(i + 1) * width]);
+        }
+        Ok(Arc::new(whole))
+    }
+
     pub fn values(&self, data: &Data) -> InputResult<Arc<Vec<f32>>> {
         match data {
             Data::Owned(v) => Ok(v.clone()),

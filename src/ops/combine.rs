@@ -585,6 +585,7 @@ fn carried_full_tensors(inputs: &[WeightedInput]) -> InputResult<Vec<FullTensor>
                         name: f.name.clone(),
                         data: Data::Owned(v),
                         shape: f.shape.clone(),
+                        rows: f.rows.clone(),
                     },
                     i,
                 )),

@@ -8,6 +8,7 @@
 //! kernel `lorakit merge` runs.
 
 use super::*;
+use crate::adapter::formats::peft::tokens_module;
 
 /// Where an adapter module lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +120,21 @@ impl<'c, T: Real> Model<'c, T> {
         };
         // Replacement tensors first (`modules_to_save`, PEFT's saved base embedding): they are
         // the base the adapter's modules apply to, as in `lorakit merge`.
-        for f in &adapter.full_tensors {
+        for (fi, f) in adapter.full_tensors.iter().enumerate() {
+            // Trainable-token rows overwrite rows of the input embedding (PEFT's `index_copy`).
+            if let (Some(_), Some(module)) = (&f.rows, tokens_module(&f.name)) {
+                if !matches!(self.find_module(module), Ok(Target::Embed)) {
+                    return Err(err(format!(
+                        "tensor `{}`: trainable tokens apply to the input embedding here, not to `{module}`",
+                        f.name
+                    )));
+                }
+                let (rows, cols) = (self.embed.rows, self.embed.cols);
+                let vals = adapter.full_values(fi, || Ok(self.embed.to_f32()))?;
+                self.embed = Matrix::owned(vals.to_vec(), rows, cols);
+                rep.tensors_replaced += 1;
+                continue;
+            }
             let vals = adapter.values(&f.data)?;
             self.replace_tensor(&f.name, &f.shape, &vals)
                 .map_err(|e| err(format!("tensor `{}` (modules_to_save): {e}", f.name)))?;

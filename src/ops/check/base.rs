@@ -29,11 +29,21 @@ pub(super) fn placements(
     }
     for (i, t) in &r.full {
         let f = &a.full_tensors[*i];
+        // Trainable-token rows (their indices read from the config) replace rows of `t`.
+        let rows = f.rows.is_some() && tokens_module(&f.name).is_some();
         out.push(Placement {
             module: f.name.clone(),
-            status: if *t == f.name { "exact" } else { "suffix" },
+            status: match () {
+                _ if rows => "rows",
+                _ if *t == f.name => "exact",
+                _ => "suffix",
+            },
             base_tensor: Some(t.clone()),
-            detail: Some("full tensor".into()),
+            detail: Some(if rows {
+                TOKEN_ROWS.into()
+            } else {
+                "full tensor".into()
+            }),
             not_applied_by: Vec::new(),
         });
     }
@@ -59,7 +69,7 @@ pub(super) fn placements(
             status,
             base_tensor,
             detail: Some(if status == "rows" {
-                "trainable-token rows (trainable_token_indices) of this base weight".into()
+                TOKEN_ROWS.into()
             } else {
                 u.to_string()
             }),
@@ -69,6 +79,8 @@ pub(super) fn placements(
     out.sort_by(|a, b| a.module.cmp(&b.module));
     out
 }
+
+const TOKEN_ROWS: &str = "trainable-token rows (trainable_token_indices) of this base weight";
 
 /// What the adapter is for: the base's architecture when known, else its module names.
 pub(super) fn kind_of(a: &Adapter, base: Option<&BaseFacts>) -> Kind {

@@ -135,6 +135,7 @@ pub fn rewrite(
                 name: format!("{module}{}", super::facts::TOKENS_SUFFIX),
                 data: Data::Owned(Arc::new(rows)),
                 shape: vec![changed.len(), d],
+                rows: None,
             });
             indices.insert(leaf.to_owned(), changed.iter().map(|&i| i as u64).collect());
             rw.form = "trainable_tokens";

@@ -349,6 +349,7 @@ impl ExtractPlan {
                     name: t.to_owned(),
                     data: Data::Owned(Arc::new(v)),
                     shape: info.shape.clone(),
+                    rows: None,
                 });
             }
         }
@@ -372,6 +373,7 @@ impl ExtractPlan {
                         name: format!("{}.base_layer.bias", m.name),
                         data: Data::Owned(Arc::new(v)),
                         shape: info.shape.clone(),
+                        rows: None,
                     });
                 }
             }

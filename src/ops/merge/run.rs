@@ -163,7 +163,7 @@ impl MergePlan {
                         }
                         Action::Replace(ai, fi) => {
                             let a = &self.adapters[*ai].adapter;
-                            let v = a.values(&a.full_tensors[*fi].data)?;
+                            let v = a.full_values(*fi, || self.base.read_f32(name))?;
                             let data = dtype::encode(out_dtype, &v);
                             bar.inc(data.len() as u64);
                             w.write_tensor(name, data)?;

@@ -60,7 +60,7 @@ impl MergePlan {
             }
             Action::Replace(ai, fi) => {
                 let a = &self.adapters[*ai].adapter;
-                a.values(&a.full_tensors[*fi].data)?.to_vec()
+                a.full_values(*fi, || self.base.read_f32(name))?.to_vec()
             }
         })
     }

@@ -208,3 +208,53 @@ fn an_adapter_on_lm_head_merges_into_an_untied_base_and_is_refused_on_a_tied_one
     assert!(err.contains("lm_head") && err.contains("tied"), "{err}");
     assert!(!dir.path().join("tied-out").exists());
 }
+
+/// PEFT trainable tokens (`trainable_token_indices`): `merge_and_unload` writes the stored rows
+/// into the embedding by `index_copy`. The reference is PEFT's own merge
+/// (fixtures/gen/trainable_tokens_fixture.py); the replaced rows must be the stored values bit
+/// for bit (they are copied, not computed), in the config's order (unsorted, [0, 5, 7, 2]).
+#[test]
+fn peft_trainable_tokens_replace_rows() {
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/tokens", 1.0)],
+        "llama/merged/tokens.safetensors",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let reference = read(&fixture("llama/merged/tokens.safetensors"));
+    let want = reference["model.embed_tokens.weight"].clone();
+    // The dict form names the module; it means the same rows.
+    let adapter = dir.path().join("dict");
+    copy_dir(&fixture("llama/adapters/tokens"), &adapter);
+    let cfg_path = adapter.join("adapter_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    let ids = cfg["trainable_token_indices"].clone();
+    assert_eq!(ids, serde_json::json!([0, 5, 7, 2]));
+    cfg["trainable_token_indices"] = serde_json::json!({ "embed_tokens": ids });
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    for a in [fixture("llama/adapters/tokens"), adapter.clone()] {
+        let out = dir.path().join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        run_ok(merge_args(&fixture("llama/base"), &a, &out, &[]));
+        let got = &read_checkpoint(&out)["model.embed_tokens.weight"];
+        assert_eq!(got.data, want.data, "{}: embedding rows", a.display());
+    }
+    // Indices that do not fit the stored rows (one too few, or repeated) are refused.
+    for bad in [
+        serde_json::json!([0, 5, 7]),
+        serde_json::json!([0, 5, 5, 2]),
+    ] {
+        cfg["trainable_token_indices"] = bad.clone();
+        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let out = dir.path().join("bad");
+        let err = one_line_error(&run_err(merge_args(
+            &fixture("llama/base"),
+            &adapter,
+            &out,
+            &[],
+        )));
+        assert!(err.contains("trainable_tokens_delta"), "{bad}: {err}");
+        assert!(!out.exists(), "{bad}: nothing written");
+    }
+}

@@ -470,3 +470,27 @@ fn eval_on_gpu_equals_cpu() {
         assert_close(&g, &c, 1e-5, &format!("{model} gpu vs cpu"));
     }
 }
+
+/// `eval` with a trainable-tokens adapter (PEFT's `index_copy` of the stored rows into the
+/// embedding, plus its LoRA) gives the logits of the checkpoint `merge` writes, which
+/// `merge/peft.rs` checks against PEFT's own merge.
+#[test]
+fn trainable_tokens_apply_in_eval_as_in_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let merged = dir.path().join("merged");
+    run_ok(merge_args(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/tokens"),
+        &merged,
+        &[],
+    ));
+    let (u, report) = eval_logits("llama/base", &[("llama/adapters/tokens", 1.0)], &[]);
+    let (m, _) = eval_logits(merged.to_str().unwrap(), &[], &[]);
+    let (b, _) = eval_logits("llama/base", &[], &[]);
+    assert_eq!(report["adapters"][0]["tensors_replaced"], 1, "{report}");
+    assert_close(&u, &m, 1e-5, "adapter vs merged checkpoint");
+    assert!(
+        u.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3),
+        "the adapter changes the logits"
+    );
+}

@@ -254,3 +254,38 @@ fn one_line_regex_error(e: &regex::Error) -> String {
 pub fn first_match(patterns: &[Regex], name: &str) -> Option<usize> {
     patterns.iter().position(|re| re.is_match(name))
 }
+
+/// The key suffix of PEFT's trainable-token rows: `{module}.token_adapter.trainable_tokens_delta`
+/// holds the new values of the rows `trainable_token_indices` names, in that order (PEFT 0.21.2
+/// `tuners/trainable_tokens/layer.py`, `TrainableTokensLayer.update_layer`: `[len(indices),
+/// embed_dim]`; the key as `save_pretrained` writes it, checked on a PEFT-written folder).
+pub const TOKENS_SUFFIX: &str = ".token_adapter.trainable_tokens_delta";
+
+/// The module a trainable-token tensor belongs to.
+pub fn tokens_module(name: &str) -> Option<&str> {
+    name.strip_suffix(TOKENS_SUFFIX)
+}
+
+/// The token indices `trainable_token_indices` gives a module: a list targets the input
+/// embedding (`embed_tokens`); a dict maps a module name (PEFT matches it as a name suffix) to
+/// its list (PEFT 0.21.2 `tuners/lora/config.py` `LoraConfig.trainable_token_indices`).
+pub fn token_indices(cfg: Option<&Value>, module: &str) -> Option<Vec<u64>> {
+    let v = cfg?.get("trainable_token_indices")?;
+    let list =
+        |v: &Value| -> Option<Vec<u64>> { v.as_array()?.iter().map(|x| x.as_u64()).collect() };
+    match v {
+        Value::Array(_) if module.rsplit('.').next() == Some("embed_tokens") => list(v),
+        Value::Object(o) => o.iter().find_map(|(k, ids)| {
+            let hit = module == k
+                || module
+                    .strip_suffix(k.as_str())
+                    .is_some_and(|p| p.ends_with('.'));
+            if hit {
+                list(ids)
+            } else {
+                None
+            }
+        }),
+        _ => None,
+    }
+}

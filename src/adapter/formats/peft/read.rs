@@ -97,6 +97,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
             full.push(stored_full(name, t));
         }
     }
+    trainable_token_rows(&cfg, &mut full);
     let mut modules = Vec::with_capacity(parts.len());
     for (name, p) in parts {
         let (Some((akey, ashape)), Some((bkey, bshape))) = (p.a, p.b) else {
@@ -387,6 +388,28 @@ fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
 }
 
 /// A tensor of the file kept whole under `name`, read as stored (not transposed).
+/// Gives each trainable-token tensor (`{module}.token_adapter.trainable_tokens_delta`) the rows
+/// `trainable_token_indices` names for its module, where they fit it: one index per row of the
+/// tensor, none repeated (`index_copy` with a repeated index keeps an unspecified one). Where
+/// they do not, the tensor stays a whole-tensor replacement that matches no base tensor, which
+/// `merge` reports as unmatched and `check` explains (`peft.trainable_tokens`).
+fn trainable_token_rows(cfg: &PeftConfig, full: &mut [FullTensor]) {
+    for f in full {
+        let Some(module) = super::tokens_module(&f.name) else {
+            continue;
+        };
+        let Some(ids) = super::token_indices(Some(&cfg.raw), module) else {
+            continue;
+        };
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if f.shape.len() == 2 && f.shape[0] == ids.len() && sorted.len() == ids.len() {
+            f.rows = Some(ids.iter().map(|&i| i as usize).collect());
+        }
+    }
+}
+
 fn stored_full(name: String, t: &TensorInfo) -> FullTensor {
     FullTensor {
         name,
@@ -395,6 +418,7 @@ fn stored_full(name: String, t: &TensorInfo) -> FullTensor {
             transpose: false,
         },
         shape: t.shape.clone(),
+        rows: None,
     }
 }
 
