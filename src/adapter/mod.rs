@@ -254,6 +254,20 @@ impl Adapter {
         Ok(Arc::new(whole))
     }
 
+    /// Refuses an adapter whose config says its updates are not plain additions to the base's
+    /// modules ([`formats::peft::merge_refusal`]), naming the config file.
+    pub fn check_mergeable(&self) -> InputResult<()> {
+        let Some(why) = self.config.as_ref().and_then(formats::peft::merge_refusal) else {
+            return Ok(());
+        };
+        let file = if self.path.is_dir() {
+            self.path.join(formats::peft::CONFIG_NAME)
+        } else {
+            self.path.clone()
+        };
+        Err(InputError::invalid(&file, why))
+    }
+
     pub fn values(&self, data: &Data) -> InputResult<Arc<Vec<f32>>> {
         match data {
             Data::Owned(v) => Ok(v.clone()),

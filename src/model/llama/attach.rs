@@ -111,6 +111,7 @@ impl<'c, T: Real> Model<'c, T> {
     /// path, or merged into an in-memory f32 copy of the weight when `merge` is set (DoRA
     /// modules are always merged). Nothing is dropped: a module that fits no layer is an error.
     pub fn attach(&mut self, adapter: &Adapter, weight: f64, merge: bool) -> Result<Attached> {
+        adapter.check_mergeable()?;
         let path = adapter.path.clone();
         let err = |m: String| anyhow::Error::new(InputError::invalid(&path, m));
         let mut rep = Attached {

@@ -74,6 +74,7 @@ impl MergePlan {
         let is_tied = ties_embeddings(&base, has_lm_head);
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
+            a.check_mergeable()?;
             let label = a.path.display().to_string();
             let res = mapping::resolve_in(a, &base, Some(&quant));
             for u in &res.unmatched {

@@ -258,3 +258,36 @@ fn peft_trainable_tokens_replace_rows() {
         assert!(!out.exists(), "{bad}: nothing written");
     }
 }
+
+/// PEFT BD-LoRA (`use_bdlora`): block-diagonal lora_A (q_proj) and lora_B (v_proj) stored as
+/// their stacked diagonal blocks, expanded on read; equal to PEFT's own `merge_and_unload`
+/// (fixtures/gen/bdlora_fixture.py). A block count that does not split the stored rows is
+/// refused, naming the tensor.
+#[test]
+fn peft_block_diagonal_lora() {
+    merge_case(
+        "llama/base",
+        &[("llama/adapters/bdlora", 1.0)],
+        "llama/merged/bdlora.safetensors",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    copy_dir(&fixture("llama/adapters/bdlora"), &adapter);
+    let cfg_path = adapter.join("adapter_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["use_bdlora"]["nblocks"] = serde_json::json!(3);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let err = one_line_error(&run_err(merge_args(
+        &fixture("llama/base"),
+        &adapter,
+        &out,
+        &[],
+    )));
+    assert!(
+        err.contains("nblocks = 3") && err.contains("q_proj.lora_A"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

@@ -383,3 +383,56 @@ fn a_config_that_does_not_select_the_files_modules_is_refused() {
         &[],
     ));
 }
+
+/// Config features whose LoRA PEFT itself refuses to merge (PEFT 0.21.2: `layer_replication`
+/// in `LoraModel._check_merge_allowed`, aLoRA's `merge_unsafe`, QALoRA's `get_delta_weight`):
+/// merged as plain updates they would give a model PEFT never computes, so `merge` and `eval`
+/// refuse them, naming the config file; `use_qalora: false` is a plain LoRA and merges.
+#[test]
+fn adapters_peft_cannot_merge_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    copy_dir(&fixture("llama/adapters/qv_r8"), &adapter);
+    let cfg_path = adapter.join("adapter_config.json");
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    for (field, value, ok) in [
+        (
+            "layer_replication",
+            serde_json::json!([[0, 2], [1, 2]]),
+            false,
+        ),
+        ("alora_invocation_tokens", serde_json::json!([5, 6]), false),
+        ("use_qalora", serde_json::json!(true), false),
+        ("use_qalora", serde_json::json!(false), true),
+    ] {
+        let mut cfg = original.clone();
+        cfg[field] = value;
+        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&out);
+        let args = merge_args(&fixture("llama/base"), &adapter, &out, &[]);
+        if ok {
+            run_ok(args);
+            continue;
+        }
+        let err = one_line_error(&run_err(args));
+        assert!(
+            err.contains("adapter_config.json") && err.contains(field),
+            "{field}: {err}"
+        );
+        assert!(!out.exists(), "{field}: nothing written");
+        let eval = run_err([
+            "eval",
+            "--model",
+            fixture("llama/base").to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--device",
+            "cpu",
+        ]);
+        assert!(one_line_error(&eval).contains(field), "{field}: eval");
+    }
+}

@@ -289,3 +289,28 @@ pub fn token_indices(cfg: Option<&Value>, module: &str) -> Option<Vec<u64>> {
         _ => None,
     }
 }
+
+/// Why an adapter cannot be merged into its base or run as plain low-rank updates, for the
+/// config features whose LoRA PEFT itself refuses to merge (PEFT 0.21.2): `layer_replication`
+/// (the trained model has more layers than the base; `LoraModel._check_merge_allowed`),
+/// aLoRA's `alora_invocation_tokens` (the update applies only after the invocation tokens;
+/// `ALoraLinearVariant.merge_unsafe` raises) and `use_qalora` (`A` acts on group-pooled
+/// inputs; `QALoraLinearVariant.get_delta_weight` raises). `None` for anything else.
+pub fn merge_refusal(config: &Value) -> Option<String> {
+    let set = |k: &str| {
+        config.get(k).is_some_and(|v| match v {
+            Value::Null | Value::Bool(false) => false,
+            Value::Array(a) => !a.is_empty(),
+            _ => true,
+        })
+    };
+    if set("layer_replication") {
+        Some("`layer_replication` trains a model with more layers than the base, so its modules do not map onto the base's; PEFT refuses to merge it (LoraModel._check_merge_allowed) and so does lorakit".into())
+    } else if set("alora_invocation_tokens") {
+        Some("aLoRA (`alora_invocation_tokens`) applies its update only after the invocation tokens, which no merged weight can do; PEFT refuses to merge it (ALoraLinearVariant.merge_unsafe) and so does lorakit".into())
+    } else if set("use_qalora") {
+        Some("QALoRA (`use_qalora`) applies A to group-pooled inputs of a GPTQ layer; PEFT has no merge for it (QALoraLinearVariant.get_delta_weight) and neither does lorakit".into())
+    } else {
+        None
+    }
+}

@@ -98,6 +98,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         }
     }
     trainable_token_rows(&cfg, &mut full);
+    let bd = BdLora::parse(&fpath, &cfg.raw)?;
     let mut modules = Vec::with_capacity(parts.len());
     for (name, p) in parts {
         let (Some((akey, ashape)), Some((bkey, bshape))) = (p.a, p.b) else {
@@ -106,18 +107,42 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
                 format!("module `{name}`: has only one of lora_A / lora_B"),
             ));
         };
-        let m = build_module(
+        let blocks = match &bd {
+            Some(bd) if !p.embedding => bd.side(&name),
+            _ => None,
+        };
+        // A block-diagonal factor is stored as its diagonal blocks stacked, a `nblocks`-th of
+        // its columns; the module is checked as the full factor it stands for.
+        let (ashape_full, bshape_full) = match blocks {
+            Some(BdSide::A) => (widen(&ashape, bd_blocks(&bd)), bshape.clone()),
+            Some(BdSide::B) => (ashape.clone(), widen(&bshape, bd_blocks(&bd))),
+            None => (ashape.clone(), bshape.clone()),
+        };
+        let mut m = build_module(
             &fpath,
             &cfg,
             name,
-            akey,
-            ashape,
-            bkey,
-            bshape,
+            akey.clone(),
+            ashape_full,
+            bkey.clone(),
+            bshape_full,
             p.embedding,
             p.magnitude,
             p.bias,
         )?;
+        if let Some(side) = blocks {
+            let (key, shape) = match side {
+                BdSide::A => (&akey, &ashape),
+                BdSide::B => (&bkey, &bshape),
+            };
+            let full = block_diagonal(&file, key, shape, bd_blocks(&bd))?;
+            if let Factors::Lora { a, b } = &mut m.factors {
+                *match side {
+                    BdSide::A => a,
+                    BdSide::B => b,
+                } = Data::Owned(std::sync::Arc::new(full));
+            }
+        }
         modules.push(m);
     }
     assemble(path, file, &cfg, modules, full)
@@ -608,4 +633,121 @@ fn build_module(
         dora_rule: DoraRule::Peft,
         bias,
     })
+}
+
+/// PEFT's BD-LoRA (`use_bdlora`, PEFT 0.21.2 `tuners/lora/variants.py` `BdLoraLinearVariant`,
+/// `BlockDiagonalLinear`): in modules whose full name contains a `target_modules_bd_a` pattern
+/// lora_A is block-diagonal, in those matching `target_modules_bd_b` lora_B is, with
+/// `nblocks` blocks. The merge adds `scaling · B·A` of the full factors, so lorakit expands
+/// the stored blocks into them when reading.
+struct BdLora {
+    a: Vec<String>,
+    b: Vec<String>,
+    nblocks: usize,
+}
+
+#[derive(Clone, Copy)]
+enum BdSide {
+    A,
+    B,
+}
+
+impl BdLora {
+    fn parse(path: &Path, raw: &Value) -> InputResult<Option<BdLora>> {
+        let bad = |why: &str| {
+            InputError::invalid(
+                path.parent().unwrap_or(path).join(super::CONFIG_NAME),
+                format!("`use_bdlora` {why}"),
+            )
+        };
+        let cfg = match raw.get("use_bdlora") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
+            Some(Value::Object(o)) => o,
+            Some(_) => return Err(bad("must be an object (a saved BdLoraConfig)")),
+        };
+        let list = |k: &str| -> InputResult<Vec<String>> {
+            match cfg.get(k) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(v) => v
+                    .as_array()
+                    .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_owned)).collect())
+                    .ok_or_else(|| bad(&format!("`{k}` must be a list of strings"))),
+            }
+        };
+        let nblocks =
+            cfg.get("nblocks")
+                .and_then(Value::as_u64)
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| bad("`nblocks` must be a positive integer"))? as usize;
+        Ok(Some(BdLora {
+            a: list("target_modules_bd_a")?,
+            b: list("target_modules_bd_b")?,
+            nblocks,
+        }))
+    }
+
+    /// Which factor of `module` is block-diagonal (PEFT: `pattern in target_name`, the full
+    /// module name; a module matching both is an error in PEFT and is left plain here, where
+    /// its shapes then fail to fit).
+    fn side(&self, module: &str) -> Option<BdSide> {
+        let hit = |p: &[String]| p.iter().any(|p| module.contains(p.as_str()));
+        match (hit(&self.a), hit(&self.b)) {
+            (true, false) => Some(BdSide::A),
+            (false, true) => Some(BdSide::B),
+            _ => None,
+        }
+    }
+}
+
+fn bd_blocks(bd: &Option<BdLora>) -> usize {
+    bd.as_ref().map_or(1, |b| b.nblocks)
+}
+
+/// The full shape a stored block-diagonal factor stands for: `nblocks` times its columns.
+fn widen(shape: &[usize], nblocks: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    if s.len() == 2 {
+        s[1] *= nblocks;
+    }
+    s
+}
+
+/// `torch.block_diag(*torch.chunk(w, nblocks, dim=0))` of the stored `[rows, cols/nblocks]`
+/// factor `key`, row-major `[rows, cols]`; the rows must split evenly (`BlockDiagonalLinear`
+/// requires it).
+fn block_diagonal(
+    file: &SafetensorsFile,
+    key: &str,
+    shape: &[usize],
+    nblocks: usize,
+) -> InputResult<Vec<f32>> {
+    let err = |m: String| InputError::invalid(file.path(), format!("tensor `{key}`: {m}"));
+    if shape.len() != 2 || !shape[0].is_multiple_of(nblocks) {
+        return Err(err(format!(
+            "a block-diagonal factor [rows, cols/nblocks] with rows divisible by nblocks = {nblocks}, got {shape:?}"
+        )));
+    }
+    let view = file.view(key)?;
+    if !crate::dtype::is_float_compute(view.dtype) {
+        return Err(err(format!(
+            "dtype {} is not a float type",
+            crate::dtype::name(view.dtype)
+        )));
+    }
+    let w = view.to_f32();
+    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+        return Err(err(format!(
+            "value {} at flat index {i} is not finite",
+            w[i]
+        )));
+    }
+    let (rows, bc) = (shape[0], shape[1]);
+    let (br, cols) = (rows / nblocks, bc * nblocks);
+    let mut full = vec![0f32; rows * cols];
+    for r in 0..rows {
+        let blk = r / br;
+        full[r * cols + blk * bc..r * cols + (blk + 1) * bc]
+            .copy_from_slice(&w[r * bc..(r + 1) * bc]);
+    }
+    Ok(full)
 }
