@@ -453,29 +453,15 @@ fn submit(
     let stride = stride_of(t.nc);
     let w0_bytes = (t.nr * stride * s.in_es) as u64;
     let out_bytes = (t.nr * stride * s.out_es) as u64;
-    let storage = U::STORAGE | U::COPY_DST;
-    let w0 = ensure(ctx, &mut slot.w0, "merge w0", w0_bytes, storage);
-    let out = ensure(
-        ctx,
-        &mut slot.out,
-        "merge out",
-        out_bytes,
+    let (input, output, read) = (
+        U::STORAGE | U::COPY_DST,
         U::STORAGE | U::COPY_SRC,
-    );
-    let rb = ensure(
-        ctx,
-        &mut slot.readback,
-        "merge readback",
-        out_bytes,
         U::MAP_READ | U::COPY_DST,
     );
-    let frb = ensure(
-        ctx,
-        &mut slot.flag_readback,
-        "merge flag readback",
-        4,
-        U::MAP_READ | U::COPY_DST,
-    );
+    let w0 = ensure(ctx, &mut slot.w0, "merge w0", w0_bytes, input);
+    let out = ensure(ctx, &mut slot.out, "merge out", out_bytes, output);
+    let rb = ensure(ctx, &mut slot.readback, "merge readback", out_bytes, read);
+    let frb = ensure(ctx, &mut slot.flag_readback, "merge flag readback", 4, read);
 
     // W0: straight from the caller's bytes into wgpu's upload staging, one copy; padded rows
     // (columns not a multiple of 8, or a column tile) row by row.
@@ -530,7 +516,7 @@ fn submit(
         fac.push(0.0);
     }
     let a_bytes = (r_total.max(1) * stride * 4) as u64;
-    let ab = ensure(ctx, &mut slot.a, "merge a", a_bytes, storage);
+    let ab = ensure(ctx, &mut slot.a, "merge a", a_bytes, input);
     if *a_held != Some(t.c0) {
         let mut a = vec![0f32; r_total.max(1) * stride];
         let mut off = 0;
@@ -545,7 +531,7 @@ fn submit(
         *a_held = Some(t.c0);
     }
     let b_bytes: &[u8] = bytemuck::cast_slice(&b);
-    let bb = ensure(ctx, &mut slot.b, "merge b", b_bytes.len() as u64, storage);
+    let bb = ensure(ctx, &mut slot.b, "merge b", b_bytes.len() as u64, input);
     ctx.queue.write_buffer(&bb, 0, b_bytes);
     let t_bytes: &[u8] = bytemuck::cast_slice(&table);
     let tb = ensure(
@@ -553,7 +539,7 @@ fn submit(
         &mut slot.terms,
         "merge terms",
         t_bytes.len() as u64,
-        storage,
+        input,
     );
     ctx.queue.write_buffer(&tb, 0, t_bytes);
     let f_bytes: &[u8] = bytemuck::cast_slice(&fac);
@@ -562,16 +548,10 @@ fn submit(
         &mut slot.factors,
         "merge factors",
         f_bytes.len() as u64,
-        storage,
+        input,
     );
     ctx.queue.write_buffer(&fb, 0, f_bytes);
-    let flags = ensure(
-        ctx,
-        &mut slot.flags,
-        "merge flags",
-        4,
-        storage | U::COPY_SRC,
-    );
+    let flags = ensure(ctx, &mut slot.flags, "merge flags", 4, input | U::COPY_SRC);
     ctx.queue.write_buffer(&flags, 0, &u32::MAX.to_le_bytes());
     let params = MergeParams {
         rows: t.nr as u32,
