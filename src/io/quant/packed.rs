@@ -79,13 +79,7 @@ pub fn dequantize(p: &Params, packed: &[u8], scale: &[u8], zero: Option<&[u8]>) 
     let row_bytes = 4 * words(p.cols, p.bits);
     let zeros = zero.map(|z| unpack_zeros(p, z)).unwrap_or_default();
     // Rounding to the scale dtype, as `dtype::encode` rounds (nearest even, the `half` crate).
-    let round = |x: f32| -> f32 {
-        match p.scale_dtype {
-            Dtype::BF16 => half::bf16::from_f32(x).to_f32(),
-            Dtype::F16 => half::f16::from_f32(x).to_f32(),
-            _ => x,
-        }
-    };
+    let round = |x: f32| dtype::round_to(p.scale_dtype, x);
     let gs = p.group_size();
     let mut out = Vec::with_capacity(p.rows * p.cols);
     for r in 0..p.rows {
@@ -120,13 +114,7 @@ pub fn requantize(p: &Params, merged: &[f32], scale: &[u8], zero: Option<&[u8]>)
     let (qmin, qmax) = (-(offset as f32), (offset - 1) as f32);
     let scales = dtype::decode(p.scale_dtype, scale);
     let zeros = zero.map(|z| unpack_zeros(p, z));
-    let round = |x: f32| -> f32 {
-        match p.scale_dtype {
-            Dtype::BF16 => half::bf16::from_f32(x).to_f32(),
-            Dtype::F16 => half::f16::from_f32(x).to_f32(),
-            _ => x,
-        }
-    };
+    let round = |x: f32| dtype::round_to(p.scale_dtype, x);
     let gs = p.group_size();
     let nwords = words(p.cols, p.bits);
     let mut out = Vec::with_capacity(4 * nwords * p.rows);
