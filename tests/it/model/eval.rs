@@ -5,129 +5,42 @@ use super::*;
 
 #[test]
 fn logits_match_transformers_and_peft() {
-    // (model, adapters, eval flags, reference file, reference tensor)
-    type Case<'a> = (
-        &'a str,
-        &'a [(&'a str, f64)],
-        &'a [&'a str],
-        &'a str,
-        &'a str,
-    );
-    let extra = "llama/logits_extra.safetensors";
-    let base = "llama/logits.safetensors";
+    // (model, adapters under llama/adapters/ at weight 1, eval flags, reference file and tensor)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a str, &'a str);
+    let (base, extra) = ("llama/logits.safetensors", "llama/logits_extra.safetensors");
+    let merged: &[&str] = &["--merged"];
+    #[rustfmt::skip]
     let cases: &[Case] = &[
-        ("llama/base", &[], &[], base, "logits_base"),
-        ("llama/base_sharded", &[], &[], base, "logits_base"),
-        (
-            "llama/base",
-            &[("llama/adapters/qv_r8", 1.0)],
-            &[],
-            base,
-            "logits_qv_r8",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/qv_r8", 1.0)],
-            &["--merged"],
-            base,
-            "logits_qv_r8_merged",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/rslora_all", 1.0)],
-            &[],
-            extra,
-            "logits_rslora_all",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/rslora_all", 1.0)],
-            &["--merged"],
-            extra,
-            "logits_rslora_all_merged",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/patterns", 1.0)],
-            &[],
-            extra,
-            "logits_patterns",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/dora", 1.0)],
-            &[],
-            extra,
-            "logits_dora",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/embed", 1.0)],
-            &[],
-            extra,
-            "logits_embed",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/embed", 1.0)],
-            &["--merged"],
-            extra,
-            "logits_embed",
-        ),
-        ("llama/base_attn_bias", &[], &[], extra, "logits_attn_bias"),
-        (
-            "llama/base_attn_bias",
-            &[("llama/adapters/bias", 1.0)],
-            &[],
-            extra,
-            "logits_bias",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/modules_to_save", 1.0)],
-            &[],
-            extra,
-            "logits_modules_to_save",
-        ),
-        ("llama/tied", &[], &[], extra, "logits_tied"),
-        ("llama/base_bf16", &[], &[], extra, "logits_bf16"),
-        (
-            "llama/base_bf16",
-            &[("llama/adapters/qv_r8", 1.0)],
-            &[],
-            extra,
-            "logits_bf16_qv_r8",
-        ),
-        (
-            "llama/base",
-            &[
-                ("llama/adapters/weighted_a", 1.0),
-                ("llama/adapters/weighted_b", 1.0),
-            ],
-            &[],
-            extra,
-            "logits_weighted_a_b",
-        ),
-        ("llama/qwen2", &[], &[], extra, "logits_qwen2"),
-        (
-            "llama/qwen2",
-            &[("llama/adapters/qwen2_lora", 1.0)],
-            &[],
-            extra,
-            "logits_qwen2_lora",
-        ),
-        (
-            "llama/qwen2",
-            &[("llama/adapters/qwen2_lora", 1.0)],
-            &["--merged"],
-            extra,
-            "logits_qwen2_lora_merged",
-        ),
-        ("llama/mistral", &[], &[], extra, "logits_mistral"),
+        ("llama/base",           &[],                 &[],    base, "logits_base"),
+        ("llama/base_sharded",   &[],                 &[],    base, "logits_base"),
+        ("llama/base",           &["qv_r8"],          &[],    base, "logits_qv_r8"),
+        ("llama/base",           &["qv_r8"],          merged, base, "logits_qv_r8_merged"),
+        ("llama/base",           &["rslora_all"],     &[],    extra, "logits_rslora_all"),
+        ("llama/base",           &["rslora_all"],     merged, extra, "logits_rslora_all_merged"),
+        ("llama/base",           &["patterns"],       &[],    extra, "logits_patterns"),
+        ("llama/base",           &["dora"],           &[],    extra, "logits_dora"),
+        ("llama/base",           &["embed"],          &[],    extra, "logits_embed"),
+        ("llama/base",           &["embed"],          merged, extra, "logits_embed"),
+        ("llama/base_attn_bias", &[],                 &[],    extra, "logits_attn_bias"),
+        ("llama/base_attn_bias", &["bias"],           &[],    extra, "logits_bias"),
+        ("llama/base",           &["modules_to_save"], &[],   extra, "logits_modules_to_save"),
+        ("llama/tied",           &[],                 &[],    extra, "logits_tied"),
+        ("llama/base_bf16",      &[],                 &[],    extra, "logits_bf16"),
+        ("llama/base_bf16",      &["qv_r8"],          &[],    extra, "logits_bf16_qv_r8"),
+        ("llama/base",           &["weighted_a", "weighted_b"], &[], extra, "logits_weighted_a_b"),
+        ("llama/qwen2",          &[],                 &[],    extra, "logits_qwen2"),
+        ("llama/qwen2",          &["qwen2_lora"],     &[],    extra, "logits_qwen2_lora"),
+        ("llama/qwen2",          &["qwen2_lora"],     merged, extra, "logits_qwen2_lora_merged"),
+        ("llama/mistral",        &[],                 &[],    extra, "logits_mistral"),
     ];
     let mut worst = 0f64;
-    for (model, adapters, flags, file, name) in cases {
-        let (got, _) = eval_logits(model, adapters, flags);
+    for (model, names, flags, file, name) in cases {
+        let paths: Vec<String> = names
+            .iter()
+            .map(|a| format!("llama/adapters/{a}"))
+            .collect();
+        let adapters: Vec<(&str, f64)> = paths.iter().map(|p| (p.as_str(), 1.0)).collect();
+        let (got, _) = eval_logits(model, &adapters, flags);
         let want = tensor(file, name);
         let e = assert_close(
             &got,
