@@ -384,6 +384,63 @@ pub fn convert_args(adapter: &Path, to: &str, out: &Path, extra: &[&str]) -> Vec
     v
 }
 
+/// `tensors` written into `dir` as two Hugging Face shards and their index, dealt alternately
+/// (so that a weight and its companions land in different shards).
+pub fn write_alternate_shards(tensors: &BTreeMap<String, T>, dir: &Path) {
+    let mut weight_map = serde_json::Map::new();
+    for shard in 0..2 {
+        let name = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        let part: BTreeMap<String, T> = tensors
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == shard)
+            .map(|(_, (n, t))| {
+                weight_map.insert(n.clone(), serde_json::json!(name));
+                (n.clone(), t.clone())
+            })
+            .collect();
+        write_tensors(&dir.join(&name), &part);
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+}
+
+/// Writes `tensors` with the independent `safetensors` crate.
+pub fn write_tensors(path: &Path, tensors: &BTreeMap<String, T>) {
+    let views = tensors.iter().map(|(n, t)| {
+        let view = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data);
+        (n.clone(), view.unwrap())
+    });
+    safetensors::tensor::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Flags and their values written as one command line, split at white space (for flags whose
+/// values hold no space; paths go in as separate arguments).
+pub fn flags(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// Arguments of `lorakit eval --model MODEL --device cpu` followed by `extra`.
+pub fn eval_cpu_args(model: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["eval", "--model", s(model), "--device", "cpu"]
+        .map(String::from)
+        .into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Arguments of `lorakit dequantize MODEL --out OUT` followed by `extra`.
+pub fn dequantize_args(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["dequantize", s(model), "--out", s(out)]
+        .map(String::from)
+        .into();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
 /// `--adapter FIXTURE --weight W` for each `(fixture, weight)`, in order (merge and eval).
 pub fn weighted_adapter_args(adapters: &[(&str, f64)]) -> Vec<String> {
     adapters

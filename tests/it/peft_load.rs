@@ -85,21 +85,15 @@ fn peft_loads_train_output() {
     run_ok(train_args(
         &base,
         &[
-            "--data",
-            s(&fixture("llama/logits.safetensors")),
-            "--seq-len",
-            "8",
-            "--batch",
-            "2",
-            "--steps",
-            "2",
-            "--lr",
-            "1e-2",
-            "--targets",
-            "q_proj,v_proj,down_proj",
-            "--out",
-            s(&out),
-        ],
+            &[
+                "--data",
+                s(&fixture("llama/logits.safetensors")),
+                "--out",
+                s(&out),
+            ][..],
+            &flags("--seq-len 8 --batch 2 --steps 2 --lr 1e-2 --targets q_proj,v_proj,down_proj"),
+        ]
+        .concat(),
     ));
     assert_peft_loads_and_merges_like_lorakit(&py, &out, &base, dir.path());
 }

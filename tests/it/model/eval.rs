@@ -108,26 +108,24 @@ fn text_loss_matches_transformers_sliding_windows() {
     )
     .unwrap();
     for case in reference["cases"].as_array().unwrap() {
-        let mut args = vec![
-            "eval".to_string(),
-            "--model".into(),
-            fixture(case["model"].as_str().unwrap())
-                .display()
-                .to_string(),
-            "--tokenizer".into(),
-            fixture("text/tokenizer.json").display().to_string(),
-            "--text".into(),
-            fixture("text/tiny.txt").display().to_string(),
-            "--seq-len".into(),
-            case["seq_len"].to_string(),
-            "--stride".into(),
-            case["stride"].to_string(),
-            "--batch".into(),
-            "3".into(),
-            "--device".into(),
-            "cpu".into(),
-            "--json".into(),
-        ];
+        let model = fixture(case["model"].as_str().unwrap());
+        let (seq_len, stride) = (case["seq_len"].to_string(), case["stride"].to_string());
+        let mut args = eval_cpu_args(
+            &model,
+            &[
+                "--tokenizer",
+                s(&fixture("text/tokenizer.json")),
+                "--text",
+                s(&fixture("text/tiny.txt")),
+                "--seq-len",
+                &seq_len,
+                "--stride",
+                &stride,
+                "--batch",
+                "3",
+                "--json",
+            ],
+        );
         if let Some(a) = case["adapter"].as_str() {
             args.extend(["--adapter".into(), fixture(a).display().to_string()]);
         }
@@ -148,33 +146,30 @@ fn tokenizer_matches_python_tokenizers() {
         dir.path().join("a.safetensors"),
         dir.path().join("b.safetensors"),
     );
-    let model = fixture("llama/base").display().to_string();
-    run_ok([
-        "eval",
-        "--model",
+    let model = fixture("llama/base");
+    let tokenizer = fixture("text/tokenizer.json");
+    run_ok(eval_cpu_args(
         &model,
-        "--tokenizer",
-        &fixture("text/tokenizer.json").display().to_string(),
-        "--text",
-        &fixture("text/tiny.txt").display().to_string(),
-        "--seq-len",
-        "1024",
-        "--logits",
-        &a.display().to_string(),
-        "--device",
-        "cpu",
-    ]);
-    run_ok([
-        "eval",
-        "--model",
+        &[
+            "--tokenizer",
+            s(&tokenizer),
+            "--text",
+            s(&fixture("text/tiny.txt")),
+            "--seq-len",
+            "1024",
+            "--logits",
+            s(&a),
+        ],
+    ));
+    run_ok(eval_cpu_args(
         &model,
-        "--input-ids",
-        &fixture("text/tiny_ids.safetensors").display().to_string(),
-        "--logits",
-        &b.display().to_string(),
-        "--device",
-        "cpu",
-    ]);
+        &[
+            "--input-ids",
+            s(&fixture("text/tiny_ids.safetensors")),
+            "--logits",
+            s(&b),
+        ],
+    ));
     let (ta, tb) = (read(&a), read(&b));
     assert_eq!(ta["logits"].shape, vec![1, 616, 128]);
     assert_eq!(ta["logits"], tb["logits"]);
@@ -182,42 +177,42 @@ fn tokenizer_matches_python_tokenizers() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("text/MANIFEST.json")).unwrap())
             .unwrap();
-    let r: serde_json::Value = serde_json::from_str(&run_ok([
-        "eval",
-        "--model",
+    let r: serde_json::Value = serde_json::from_str(&run_ok(eval_cpu_args(
         &model,
-        "--tokenizer",
-        &fixture("text/tokenizer.json").display().to_string(),
-        "--text",
-        &fixture("text/tiny.jsonl").display().to_string(),
-        "--seq-len",
-        "64",
-        "--json",
-        "--device",
-        "cpu",
-    ]))
+        &[
+            "--tokenizer",
+            s(&tokenizer),
+            "--text",
+            s(&fixture("text/tiny.jsonl")),
+            "--seq-len",
+            "64",
+            "--json",
+        ],
+    )))
     .unwrap();
     assert_eq!(r["tokens"], manifest["cases"]["text"]["tokens_jsonl"]);
 }
 
 #[test]
 fn eval_json_report_and_generation() {
-    let r: serde_json::Value = serde_json::from_str(&run_ok([
-        "eval",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--adapter",
-        &fixture("llama/adapters/qv_r8").display().to_string(),
-        "--tokenizer",
-        &fixture("text/tokenizer.json").display().to_string(),
-        "--prompt",
-        "The keeper of the lighthouse",
-        "--generate",
-        "6",
-        "--json",
-        "--device",
-        "cpu",
-    ]))
+    let (tokenizer, qv_r8) = (
+        fixture("text/tokenizer.json"),
+        fixture("llama/adapters/qv_r8"),
+    );
+    let r: serde_json::Value = serde_json::from_str(&run_ok(eval_cpu_args(
+        &fixture("llama/base"),
+        &[
+            "--adapter",
+            s(&qv_r8),
+            "--tokenizer",
+            s(&tokenizer),
+            "--prompt",
+            "The keeper of the lighthouse",
+            "--generate",
+            "6",
+            "--json",
+        ],
+    )))
     .unwrap();
     for k in [
         "model",
@@ -271,19 +266,17 @@ fn eval_json_report_and_generation() {
     seq.extend(ids.iter().map(|&i| i as i64));
     write_ids(&full_ids, &seq);
     let out = dir.path().join("full.safetensors");
-    run_ok([
-        "eval",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--adapter",
-        &fixture("llama/adapters/qv_r8").display().to_string(),
-        "--input-ids",
-        &full_ids.display().to_string(),
-        "--logits",
-        &out.display().to_string(),
-        "--device",
-        "cpu",
-    ]);
+    run_ok(eval_cpu_args(
+        &fixture("llama/base"),
+        &[
+            "--adapter",
+            s(&qv_r8),
+            "--input-ids",
+            s(&full_ids),
+            "--logits",
+            s(&out),
+        ],
+    ));
     let z = read(&out)["logits"].f32();
     for (k, &id) in ids.iter().enumerate() {
         let p = prompt_tokens - 1 + k;
@@ -311,24 +304,20 @@ fn write_ids(path: &Path, ids: &[i64]) {
 
 #[test]
 fn eval_errors_are_one_line() {
-    let model = fixture("llama/base").display().to_string();
+    let (model, tokenizer) = (fixture("llama/base"), fixture("text/tokenizer.json"));
     // No tokenizer in the model folder.
-    let e = one_line_error(&run_err([
-        "eval", "--model", &model, "--prompt", "hi", "--device", "cpu",
-    ]));
+    let e = one_line_error(&run_err(eval_cpu_args(&model, &["--prompt", "hi"])));
     assert!(e.contains("tokenizer"), "{e}");
     // An adapter for another architecture.
-    let e = one_line_error(&run_err([
-        "eval",
-        "--model",
+    let e = one_line_error(&run_err(eval_cpu_args(
         &model,
-        "--adapter",
-        &fixture("gpt2/adapters/fifo").display().to_string(),
-        "--input-ids",
-        &ids_file(),
-        "--device",
-        "cpu",
-    ]));
+        &[
+            "--adapter",
+            s(&fixture("gpt2/adapters/fifo")),
+            "--input-ids",
+            &ids_file(),
+        ],
+    )));
     assert!(
         e.contains("c_attn") || e.contains("matches no layer"),
         "{e}"
@@ -337,32 +326,22 @@ fn eval_errors_are_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.safetensors");
     write_ids(&bad, &[1, 2, 500]);
-    let e = one_line_error(&run_err([
-        "eval",
-        "--model",
-        &model,
-        "--input-ids",
-        &bad.display().to_string(),
-        "--device",
-        "cpu",
-    ]));
+    let e = one_line_error(&run_err(eval_cpu_args(&model, &["--input-ids", s(&bad)])));
     assert!(e.contains("500"), "{e}");
     // --logits of a text longer than one window.
-    let e = one_line_error(&run_err([
-        "eval",
-        "--model",
+    let e = one_line_error(&run_err(eval_cpu_args(
         &model,
-        "--tokenizer",
-        &fixture("text/tokenizer.json").display().to_string(),
-        "--text",
-        &fixture("text/tiny.txt").display().to_string(),
-        "--seq-len",
-        "32",
-        "--logits",
-        &dir.path().join("l.safetensors").display().to_string(),
-        "--device",
-        "cpu",
-    ]));
+        &[
+            "--tokenizer",
+            s(&tokenizer),
+            "--text",
+            s(&fixture("text/tiny.txt")),
+            "--seq-len",
+            "32",
+            "--logits",
+            s(&dir.path().join("l.safetensors")),
+        ],
+    )));
     assert!(e.contains("--logits"), "{e}");
     assert!(!dir.path().join("l.safetensors").exists());
 }
