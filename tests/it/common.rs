@@ -25,7 +25,13 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = bin().args(args).output().expect("spawn lorakit");
+    ok_stdout(bin().args(args))
+}
+
+/// Runs `cmd` (a [`bin`] with its environment and arguments set), asserting success; returns
+/// stdout.
+pub fn ok_stdout(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn lorakit");
     assert!(
         out.status.success(),
         "lorakit failed ({:?}):\nstdout: {}\nstderr: {}",

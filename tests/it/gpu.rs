@@ -193,16 +193,18 @@ fn merge_on_gpu_equals_cpu() {
     }
 }
 
+/// lorakit with the Vulkan loader pointed at no driver at all.
+fn without_vulkan_driver() -> std::process::Command {
+    let mut cmd = bin();
+    cmd.env("VK_ICD_FILENAMES", "/nonexistent.json")
+        .env("VK_DRIVER_FILES", "/nonexistent.json")
+        .env("WGPU_BACKEND", "vulkan");
+    cmd
+}
+
 #[test]
 fn device_gpu_without_adapter_is_a_clear_error() {
-    // Point the Vulkan loader at no driver at all.
-    let out = bin()
-        .env("VK_ICD_FILENAMES", "/nonexistent.json")
-        .env("VK_DRIVER_FILES", "/nonexistent.json")
-        .env("WGPU_BACKEND", "vulkan")
-        .args(["gpu-info"])
-        .output()
-        .unwrap();
+    let out = without_vulkan_driver().args(["gpu-info"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -212,28 +214,13 @@ fn device_gpu_without_adapter_is_a_clear_error() {
     // auto falls back to the CPU.
     let dir = tempfile::tempdir().unwrap();
     let o = dir.path().join("o.safetensors");
-    let out = bin()
-        .env("VK_ICD_FILENAMES", "/nonexistent.json")
-        .env("VK_DRIVER_FILES", "/nonexistent.json")
-        .env("WGPU_BACKEND", "vulkan")
-        .args([
-            "merge",
-            "--base",
-            fixture("llama/base/model.safetensors").to_str().unwrap(),
-            "--adapter",
-            fixture("llama/adapters/qv_r8").to_str().unwrap(),
-            "--out",
-            o.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = ok_stdout(without_vulkan_driver().args(merge_args(
+        &fixture("llama/base/model.safetensors"),
+        &fixture("llama/adapters/qv_r8"),
+        &o,
+        &["--json"],
+    )));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(v["device"].as_str().unwrap().starts_with("cpu"));
 }
 

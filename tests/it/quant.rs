@@ -647,27 +647,12 @@ fn extract_against_a_quantized_base() {
     // The temporary dequantized base goes to TMPDIR and is removed at exit.
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let out = bin()
-        .env("TMPDIR", &tmp)
-        .args([
-            "extract",
-            "--base",
-            quant("nf4").to_str().unwrap(),
-            "--tuned",
-            tuned.to_str().unwrap(),
-            "--rank",
-            "8",
-            "-o",
-            adapter.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let json = ok_stdout(bin().env("TMPDIR", &tmp).args(extract_args(
+        &quant("nf4"),
+        &tuned,
+        &adapter,
+        &["--rank", "8", "--json"],
+    )));
     let left = std::fs::read_dir(&tmp)
         .unwrap()
         .flatten()
@@ -678,7 +663,6 @@ fn extract_against_a_quantized_base() {
         })
         .count();
     assert_eq!(left, 0, "temporary base left behind");
-    let json = String::from_utf8(out.stdout).unwrap();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())

@@ -261,22 +261,13 @@ fn bundled_examples_run_green() {
 /// A recipe given by a relative path: references to earlier outputs resolve to the same place.
 #[test]
 fn relative_recipe_paths_resolve_once() {
-    let out = bin()
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "run",
-            "examples/merge-and-check.toml",
-            "--dry-run",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = ok_stdout(bin().current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "run",
+        "examples/merge-and-check.toml",
+        "--dry-run",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let base_of_second = v["items"][1]["argv"]
         .as_array()
         .unwrap()
