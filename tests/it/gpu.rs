@@ -6,19 +6,6 @@
 use super::common::*;
 use super::reference::*;
 
-fn gpu_available() -> bool {
-    let out = bin().args(["gpu-info", "--json"]).output().unwrap();
-    if out.status.success() {
-        return true;
-    }
-    let why = String::from_utf8_lossy(&out.stderr).into_owned();
-    if std::env::var("LORAKIT_REQUIRE_GPU").as_deref() == Ok("1") {
-        panic!("LORAKIT_REQUIRE_GPU=1 but no GPU adapter: {why}");
-    }
-    eprintln!("GPU TEST SKIPPED: no wgpu adapter: {}", why.trim());
-    false
-}
-
 /// Largest difference in units in the last place between two f32 tensors.
 fn max_ulps(a: &[f32], b: &[f32]) -> u32 {
     a.iter()
