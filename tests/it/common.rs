@@ -517,6 +517,81 @@ pub fn merge_ok(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Stri
     run_ok(merge_args(base, adapter, out, extra))
 }
 
+/// The error line of a merge of `qv_r8` into the llama base file whose output `out` cannot be
+/// written, checked to be one line and exit status 3.
+pub fn unwritable_merge_error(out: &Path) -> String {
+    let res = run_err(merge_args(
+        &fixture("llama/base/model.safetensors"),
+        &fixture("llama/adapters/qv_r8"),
+        out,
+        &[],
+    ));
+    let err = String::from_utf8_lossy(&res.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        res.status.code(),
+        Some(3),
+        "an output that cannot be written is exit 3: {err}"
+    );
+    err
+}
+
+/// A base holding `a.b_c.weight` and `a_b.c.weight` (2×2 zeros; both read `a_b_c` in kohya's
+/// underscored names) and a kohya adapter for `lora_unet_a_b_c` (rank 1, ones), which fits
+/// either: `(base, adapter)`, written into `dir`.
+pub fn ambiguous_kohya_case(dir: &Path) -> (PathBuf, PathBuf) {
+    let write = |name: &str, tensors: [(&str, Vec<usize>, Vec<u8>); 2]| {
+        let path = dir.join(name);
+        let views = tensors.iter().map(|(n, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes);
+            (*n, view.unwrap())
+        });
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        path
+    };
+    let (zeros, ones) = (
+        f32_bytes_of([0f32; 4].into_iter()),
+        f32_bytes_of([1f32; 2].into_iter()),
+    );
+    let base = write(
+        "base.safetensors",
+        [
+            ("a.b_c.weight", vec![2, 2], zeros.clone()),
+            ("a_b.c.weight", vec![2, 2], zeros),
+        ],
+    );
+    let adapter = write(
+        "k.safetensors",
+        [
+            ("lora_unet_a_b_c.lora_down.weight", vec![1, 2], ones.clone()),
+            ("lora_unet_a_b_c.lora_up.weight", vec![2, 1], ones),
+        ],
+    );
+    (base, adapter)
+}
+
+/// `line` refuses the kohya name of [`ambiguous_kohya_case`] as ambiguous, naming both tensors.
+pub fn assert_ambiguous_kohya(line: &str) {
+    assert!(
+        line.contains("ambiguous")
+            && line.contains("a.b_c.weight")
+            && line.contains("a_b.c.weight"),
+        "{line}"
+    );
+}
+
+/// The llama fixture with `qv_r8` merged in (the tuned model most tests extract from or compare
+/// with), through [`merge_ok`].
+pub fn merge_qv_r8(out: &Path, extra: &[&str]) -> String {
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        out,
+        extra,
+    )
+}
+
 /// Writes a PEFT adapter folder: `adapter_model.safetensors` with the f32 tensors
 /// `(name, shape, little-endian bytes)` and `adapter_config.json` = `config`.
 pub fn write_peft_adapter(dir: &Path, config: &str, tensors: &[(String, Vec<usize>, Vec<u8>)]) {

@@ -229,9 +229,7 @@ fn gpu_index_picks_the_listed_adapter() {
         assert_eq!(one["name"], a["name"], "index {i}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let v: serde_json::Value = serde_json::from_str(&merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
+    let v: serde_json::Value = serde_json::from_str(&merge_qv_r8(
         &dir.path().join("ok"),
         &["--device", "gpu", "--gpu-index", "0", "--json"],
     ))
@@ -367,13 +365,8 @@ fn device_auto_never_picks_a_software_adapter() {
     for (i, extra) in [&[][..], &["--device", "auto"]].iter().enumerate() {
         let mut flags = vec!["--json"];
         flags.extend_from_slice(extra);
-        let v: serde_json::Value = serde_json::from_str(&merge_ok(
-            &fixture("llama/base"),
-            &fixture("llama/adapters/qv_r8"),
-            &dir.path().join(format!("{i}")),
-            &flags,
-        ))
-        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&merge_qv_r8(&dir.path().join(format!("{i}")), &flags)).unwrap();
         let device = v["device"].as_str().unwrap();
         let want = if software { "cpu" } else { "gpu" };
         assert!(
@@ -385,9 +378,7 @@ fn device_auto_never_picks_a_software_adapter() {
     }
     // Asked for by name, the software adapter is used.
     if software {
-        let v: serde_json::Value = serde_json::from_str(&merge_ok(
-            &fixture("llama/base"),
-            &fixture("llama/adapters/qv_r8"),
+        let v: serde_json::Value = serde_json::from_str(&merge_qv_r8(
             &dir.path().join("g"),
             &["--device", "gpu", "--json"],
         ))
