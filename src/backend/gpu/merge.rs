@@ -190,6 +190,19 @@ pub(crate) struct Ring {
     slots: [Slot; 2],
 }
 
+/// [`ensure`] a buffer of `bytes`' size in `slot` and queue `bytes` into its start.
+fn filled(
+    ctx: &GpuContext,
+    slot: &mut Option<wgpu::Buffer>,
+    label: &'static str,
+    bytes: &[u8],
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    let buf = ensure(ctx, slot, label, bytes.len() as u64, usage);
+    ctx.queue.write_buffer(&buf, 0, bytes);
+    buf
+}
+
 /// `slot` holding a buffer of at least `size` bytes with `usage`, (re)created when smaller.
 fn ensure(
     ctx: &GpuContext,
@@ -531,28 +544,13 @@ fn submit(
         *a_held = Some(t.c0);
     }
     let b_bytes: &[u8] = bytemuck::cast_slice(&b);
-    let bb = ensure(ctx, &mut slot.b, "merge b", b_bytes.len() as u64, input);
-    ctx.queue.write_buffer(&bb, 0, b_bytes);
+    let bb = filled(ctx, &mut slot.b, "merge b", b_bytes, input);
     let t_bytes: &[u8] = bytemuck::cast_slice(&table);
-    let tb = ensure(
-        ctx,
-        &mut slot.terms,
-        "merge terms",
-        t_bytes.len() as u64,
-        input,
-    );
-    ctx.queue.write_buffer(&tb, 0, t_bytes);
+    let tb = filled(ctx, &mut slot.terms, "merge terms", t_bytes, input);
     let f_bytes: &[u8] = bytemuck::cast_slice(&fac);
-    let fb = ensure(
-        ctx,
-        &mut slot.factors,
-        "merge factors",
-        f_bytes.len() as u64,
-        input,
-    );
-    ctx.queue.write_buffer(&fb, 0, f_bytes);
-    let flags = ensure(ctx, &mut slot.flags, "merge flags", 4, input | U::COPY_SRC);
-    ctx.queue.write_buffer(&flags, 0, &u32::MAX.to_le_bytes());
+    let fb = filled(ctx, &mut slot.factors, "merge factors", f_bytes, input);
+    let (no_flag, flag_usage) = (u32::MAX.to_le_bytes(), input | U::COPY_SRC);
+    let flags = filled(ctx, &mut slot.flags, "merge flags", &no_flag, flag_usage);
     let params = MergeParams {
         rows: t.nr as u32,
         cols: t.nc as u32,
