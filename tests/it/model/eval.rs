@@ -110,21 +110,11 @@ fn text_loss_matches_transformers_sliding_windows() {
     for case in reference["cases"].as_array().unwrap() {
         let model = fixture(case["model"].as_str().unwrap());
         let (seq_len, stride) = (case["seq_len"].to_string(), case["stride"].to_string());
-        let mut args = eval_cpu_args(
+        let mut args = eval_text_args(
             &model,
-            &[
-                "--tokenizer",
-                s(&fixture("text/tokenizer.json")),
-                "--text",
-                s(&fixture("text/tiny.txt")),
-                "--seq-len",
-                &seq_len,
-                "--stride",
-                &stride,
-                "--batch",
-                "3",
-                "--json",
-            ],
+            "tiny.txt",
+            &seq_len,
+            &["--stride", &stride, "--batch", "3", "--json"],
         );
         if let Some(a) = case["adapter"].as_str() {
             args.extend(["--adapter".into(), fixture(a).display().to_string()]);
@@ -138,6 +128,24 @@ fn text_loss_matches_transformers_sliding_windows() {
     }
 }
 
+/// `eval --model MODEL --device cpu` on `fixtures/text/<text>` with the text fixtures'
+/// tokenizer in windows of `seq_len` tokens, followed by `extra`.
+fn eval_text_args(model: &Path, text: &str, seq_len: &str, extra: &[&str]) -> Vec<String> {
+    let (tokenizer, text) = (
+        fixture("text/tokenizer.json"),
+        fixture(&format!("text/{text}")),
+    );
+    let args = [
+        "--tokenizer",
+        s(&tokenizer),
+        "--text",
+        s(&text),
+        "--seq-len",
+        seq_len,
+    ];
+    eval_cpu_args(model, &[&args[..], extra].concat())
+}
+
 #[test]
 fn tokenizer_matches_python_tokenizers() {
     // The whole text in one window: its logits must be those of the ids Python's tokenizer made.
@@ -147,19 +155,11 @@ fn tokenizer_matches_python_tokenizers() {
         dir.path().join("b.safetensors"),
     );
     let model = fixture("llama/base");
-    let tokenizer = fixture("text/tokenizer.json");
-    run_ok(eval_cpu_args(
+    run_ok(eval_text_args(
         &model,
-        &[
-            "--tokenizer",
-            s(&tokenizer),
-            "--text",
-            s(&fixture("text/tiny.txt")),
-            "--seq-len",
-            "1024",
-            "--logits",
-            s(&a),
-        ],
+        "tiny.txt",
+        "1024",
+        &["--logits", s(&a)],
     ));
     run_ok(eval_cpu_args(
         &model,
@@ -177,17 +177,11 @@ fn tokenizer_matches_python_tokenizers() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("text/MANIFEST.json")).unwrap())
             .unwrap();
-    let r: serde_json::Value = serde_json::from_str(&run_ok(eval_cpu_args(
+    let r: serde_json::Value = serde_json::from_str(&run_ok(eval_text_args(
         &model,
-        &[
-            "--tokenizer",
-            s(&tokenizer),
-            "--text",
-            s(&fixture("text/tiny.jsonl")),
-            "--seq-len",
-            "64",
-            "--json",
-        ],
+        "tiny.jsonl",
+        "64",
+        &["--json"],
     )))
     .unwrap();
     assert_eq!(r["tokens"], manifest["cases"]["text"]["tokens_jsonl"]);
@@ -304,7 +298,7 @@ fn write_ids(path: &Path, ids: &[i64]) {
 
 #[test]
 fn eval_errors_are_one_line() {
-    let (model, tokenizer) = (fixture("llama/base"), fixture("text/tokenizer.json"));
+    let model = fixture("llama/base");
     // No tokenizer in the model folder.
     let e = one_line_error(&run_err(eval_cpu_args(&model, &["--prompt", "hi"])));
     assert!(e.contains("tokenizer"), "{e}");
@@ -329,18 +323,12 @@ fn eval_errors_are_one_line() {
     let e = one_line_error(&run_err(eval_cpu_args(&model, &["--input-ids", s(&bad)])));
     assert!(e.contains("500"), "{e}");
     // --logits of a text longer than one window.
-    let e = one_line_error(&run_err(eval_cpu_args(
+    let logits = dir.path().join("l.safetensors");
+    let e = one_line_error(&run_err(eval_text_args(
         &model,
-        &[
-            "--tokenizer",
-            s(&tokenizer),
-            "--text",
-            s(&fixture("text/tiny.txt")),
-            "--seq-len",
-            "32",
-            "--logits",
-            s(&dir.path().join("l.safetensors")),
-        ],
+        "tiny.txt",
+        "32",
+        &["--logits", s(&logits)],
     )));
     assert!(e.contains("--logits"), "{e}");
     assert!(!dir.path().join("l.safetensors").exists());
