@@ -338,56 +338,51 @@ pub fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
+/// `command` followed by `extra`, as owned arguments (every `*_args` helper below).
+fn argv(command: &[&str], extra: &[&str]) -> Vec<String> {
+    command.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
 /// Arguments of `lorakit merge --base BASE --adapter ADAPTER --out OUT` followed by `extra`.
 pub fn merge_args(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "merge",
-        "--base",
-        s(base),
-        "--adapter",
-        s(adapter),
-        "--out",
-        s(out),
-    ]
-    .map(String::from)
-    .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(
+        &[
+            "merge",
+            "--base",
+            s(base),
+            "--adapter",
+            s(adapter),
+            "--out",
+            s(out),
+        ],
+        extra,
+    )
 }
 
 /// Arguments of `lorakit extract --base BASE --tuned TUNED --out OUT` followed by `extra`.
 pub fn extract_args(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "extract",
-        "--base",
-        s(base),
-        "--tuned",
-        s(tuned),
-        "--out",
-        s(out),
-    ]
-    .map(String::from)
-    .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(
+        &[
+            "extract",
+            "--base",
+            s(base),
+            "--tuned",
+            s(tuned),
+            "--out",
+            s(out),
+        ],
+        extra,
+    )
 }
 
 /// Arguments of `lorakit resize ADAPTER --out OUT` followed by `extra` (the rank rule).
 pub fn resize_args(adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["resize", s(adapter), "--out", s(out)]
-        .map(String::from)
-        .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["resize", s(adapter), "--out", s(out)], extra)
 }
 
 /// Arguments of `lorakit convert ADAPTER --to TO --out OUT` followed by `extra`.
 pub fn convert_args(adapter: &Path, to: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["convert", s(adapter), "--to", to, "--out", s(out)]
-        .map(String::from)
-        .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["convert", s(adapter), "--to", to, "--out", s(out)], extra)
 }
 
 /// `tensors` written into `dir` as two Hugging Face shards and their index, dealt alternately
@@ -431,20 +426,12 @@ pub fn flags(line: &str) -> Vec<&str> {
 
 /// Arguments of `lorakit eval --model MODEL --device cpu` followed by `extra`.
 pub fn eval_cpu_args(model: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["eval", "--model", s(model), "--device", "cpu"]
-        .map(String::from)
-        .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["eval", "--model", s(model), "--device", "cpu"], extra)
 }
 
 /// Arguments of `lorakit dequantize MODEL --out OUT` followed by `extra`.
 pub fn dequantize_args(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["dequantize", s(model), "--out", s(out)]
-        .map(String::from)
-        .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["dequantize", s(model), "--out", s(out)], extra)
 }
 
 /// `--adapter FIXTURE --weight W` for each `(fixture, weight)`, in order (merge and eval).
@@ -464,9 +451,7 @@ pub fn weighted_adapter_args(adapters: &[(&str, f64)]) -> Vec<String> {
 
 /// Arguments of `lorakit train --model MODEL` followed by `extra`.
 pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["train", "--model", s(model)].map(String::from).into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["train", "--model", s(model)], extra)
 }
 
 /// Arguments of `lorakit combine`: `--adapter PATH` for each of `adapters`, followed by
@@ -486,13 +471,7 @@ pub fn combine_args(adapters: &[(&Path, Option<&str>)], out: &Path, extra: &[&st
 
 /// Arguments of `lorakit diff A B` followed by `extra`.
 pub fn diff_args(a: &Path, b: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        "diff".to_string(),
-        a.display().to_string(),
-        b.display().to_string(),
-    ];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["diff", s(a), s(b)], extra)
 }
 
 /// Runs `lorakit diff A B EXTRA…`, asserting its exit status `code` (0: within tolerance, 1:
