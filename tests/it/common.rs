@@ -429,6 +429,12 @@ pub fn eval_cpu_args(model: &Path, extra: &[&str]) -> Vec<String> {
     argv(&["eval", "--model", s(model), "--device", "cpu"], extra)
 }
 
+/// The report of `lorakit inspect PATH --json` followed by `extra`.
+pub fn inspect_json(path: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = run_ok(argv(&["inspect", s(path), "--json"], extra));
+    serde_json::from_str(&out).expect("inspect --json prints JSON")
+}
+
 /// Arguments of `lorakit dequantize MODEL --out OUT` followed by `extra`.
 pub fn dequantize_args(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     argv(&["dequantize", s(model), "--out", s(out)], extra)

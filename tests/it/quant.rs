@@ -103,12 +103,7 @@ fn dequantize_fp8_to_bf16_equals_transformers() {
 
 #[test]
 fn inspect_reports_quantization_per_tensor_and_the_config() {
-    let v: serde_json::Value = serde_json::from_str(&run_ok([
-        "inspect",
-        quant("nf4_dq").to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let v = inspect_json(&quant("nf4_dq"), &[]);
     let q = &v["quantization"];
     assert_eq!(q["config"]["bnb_4bit_use_double_quant"], true);
     assert_eq!(q["tensors"].as_array().unwrap().len(), 14);
@@ -129,12 +124,7 @@ fn inspect_reports_quantization_per_tensor_and_the_config() {
         "{text}"
     );
     // A float checkpoint has no quantization section (and its JSON no key).
-    let v: serde_json::Value = serde_json::from_str(&run_ok([
-        "inspect",
-        fixture("llama/base").to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let v = inspect_json(&fixture("llama/base"), &[]);
     assert!(v.get("quantization").is_none());
 }
 
