@@ -82,6 +82,16 @@ pub fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
     out
 }
 
+/// `x` rounded to the nearest `dtype` value (ties to even, as [`encode`] rounds) and back to
+/// f32; unchanged for F32 and every other dtype.
+pub fn round_to(dtype: Dtype, x: f32) -> f32 {
+    match dtype {
+        Dtype::BF16 => half::bf16::from_f32(x).to_f32(),
+        Dtype::F16 => half::f16::from_f32(x).to_f32(),
+        _ => x,
+    }
+}
+
 /// `f32` → bf16 bits, round to nearest, ties to even; a NaN stays a quiet NaN with its sign and
 /// top payload bits. Bit for bit `half::bf16::from_f32`, written without branches so a loop over
 /// a row vectorises (a tie rounds up exactly when the kept half is odd: adding `0x7fff + lsb`

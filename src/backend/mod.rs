@@ -84,6 +84,28 @@ pub struct Term<'a> {
     pub dora: Option<Dora<'a>>,
 }
 
+impl<'a> Term<'a> {
+    /// A plain LoRA update `scale · B·A`: no dense update, no DoRA.
+    pub fn low_rank(b: &'a [f32], a: &'a [f32], rank: usize, scale: f32) -> Self {
+        Term {
+            b,
+            a,
+            rank,
+            dense: None,
+            scale,
+            dora: None,
+        }
+    }
+
+    /// The same update with DoRA's weight norm.
+    pub fn with_dora(self, dora: Dora<'a>) -> Self {
+        Term {
+            dora: Some(dora),
+            ..self
+        }
+    }
+}
+
 /// Merge of terms into one stored tensor: `W = W0 + Σₜ scaleₜ · Bₜ·Aₜ` with DoRA terms as
 /// described on [`Dora`], computed in f32 and rounded once to `out_dtype`.
 ///
@@ -273,14 +295,7 @@ pub fn probe_merge(ctx: &gpu::GpuContext) -> Result<Probe, MergeError> {
     drop(w);
     let b: Vec<f32> = (0..rows * rank).map(|_| next()).collect();
     let a: Vec<f32> = (0..rank * cols).map(|_| next()).collect();
-    let terms = [Term {
-        b: &b,
-        a: &a,
-        rank,
-        dense: None,
-        scale: 0.5,
-        dora: None,
-    }];
+    let terms = [Term::low_rank(&b, &a, rank, 0.5)];
     let job = MergeJob {
         w0: &w0,
         in_dtype: Dtype::BF16,

@@ -25,7 +25,13 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = bin().args(args).output().expect("spawn lorakit");
+    ok_stdout(bin().args(args))
+}
+
+/// Runs `cmd` (a [`bin`] with its environment and arguments set), asserting success; returns
+/// stdout.
+pub fn ok_stdout(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn lorakit");
     assert!(
         out.status.success(),
         "lorakit failed ({:?}):\nstdout: {}\nstderr: {}",
@@ -332,56 +338,106 @@ pub fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
+/// `command` followed by `extra`, as owned arguments (every `*_args` helper below).
+fn argv(command: &[&str], extra: &[&str]) -> Vec<String> {
+    command.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
 /// Arguments of `lorakit merge --base BASE --adapter ADAPTER --out OUT` followed by `extra`.
 pub fn merge_args(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "merge",
-        "--base",
-        s(base),
-        "--adapter",
-        s(adapter),
-        "--out",
-        s(out),
-    ]
-    .map(String::from)
-    .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(
+        &[
+            "merge",
+            "--base",
+            s(base),
+            "--adapter",
+            s(adapter),
+            "--out",
+            s(out),
+        ],
+        extra,
+    )
 }
 
 /// Arguments of `lorakit extract --base BASE --tuned TUNED --out OUT` followed by `extra`.
 pub fn extract_args(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "extract",
-        "--base",
-        s(base),
-        "--tuned",
-        s(tuned),
-        "--out",
-        s(out),
-    ]
-    .map(String::from)
-    .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(
+        &[
+            "extract",
+            "--base",
+            s(base),
+            "--tuned",
+            s(tuned),
+            "--out",
+            s(out),
+        ],
+        extra,
+    )
 }
 
 /// Arguments of `lorakit resize ADAPTER --out OUT` followed by `extra` (the rank rule).
 pub fn resize_args(adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["resize", s(adapter), "--out", s(out)]
-        .map(String::from)
-        .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["resize", s(adapter), "--out", s(out)], extra)
 }
 
 /// Arguments of `lorakit convert ADAPTER --to TO --out OUT` followed by `extra`.
 pub fn convert_args(adapter: &Path, to: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["convert", s(adapter), "--to", to, "--out", s(out)]
-        .map(String::from)
-        .into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["convert", s(adapter), "--to", to, "--out", s(out)], extra)
+}
+
+/// `tensors` written into `dir` as two Hugging Face shards and their index, dealt alternately
+/// (so that a weight and its companions land in different shards).
+pub fn write_alternate_shards(tensors: &BTreeMap<String, T>, dir: &Path) {
+    let mut weight_map = serde_json::Map::new();
+    for shard in 0..2 {
+        let name = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        let part: BTreeMap<String, T> = tensors
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == shard)
+            .map(|(_, (n, t))| {
+                weight_map.insert(n.clone(), serde_json::json!(name));
+                (n.clone(), t.clone())
+            })
+            .collect();
+        write_tensors(&dir.join(&name), &part);
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+}
+
+/// Writes `tensors` with the independent `safetensors` crate.
+pub fn write_tensors(path: &Path, tensors: &BTreeMap<String, T>) {
+    let views = tensors.iter().map(|(n, t)| {
+        let view = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data);
+        (n.clone(), view.unwrap())
+    });
+    safetensors::tensor::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Flags and their values written as one command line, split at white space (for flags whose
+/// values hold no space; paths go in as separate arguments).
+pub fn flags(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// Arguments of `lorakit eval --model MODEL --device cpu` followed by `extra`.
+pub fn eval_cpu_args(model: &Path, extra: &[&str]) -> Vec<String> {
+    argv(&["eval", "--model", s(model), "--device", "cpu"], extra)
+}
+
+/// The report of `lorakit inspect PATH --json` followed by `extra`.
+pub fn inspect_json(path: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = run_ok(argv(&["inspect", s(path), "--json"], extra));
+    serde_json::from_str(&out).expect("inspect --json prints JSON")
+}
+
+/// Arguments of `lorakit dequantize MODEL --out OUT` followed by `extra`.
+pub fn dequantize_args(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    argv(&["dequantize", s(model), "--out", s(out)], extra)
 }
 
 /// `--adapter FIXTURE --weight W` for each `(fixture, weight)`, in order (merge and eval).
@@ -401,9 +457,7 @@ pub fn weighted_adapter_args(adapters: &[(&str, f64)]) -> Vec<String> {
 
 /// Arguments of `lorakit train --model MODEL` followed by `extra`.
 pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["train", "--model", s(model)].map(String::from).into();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["train", "--model", s(model)], extra)
 }
 
 /// Arguments of `lorakit combine`: `--adapter PATH` for each of `adapters`, followed by
@@ -423,13 +477,7 @@ pub fn combine_args(adapters: &[(&Path, Option<&str>)], out: &Path, extra: &[&st
 
 /// Arguments of `lorakit diff A B` followed by `extra`.
 pub fn diff_args(a: &Path, b: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        "diff".to_string(),
-        a.display().to_string(),
-        b.display().to_string(),
-    ];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
+    argv(&["diff", s(a), s(b)], extra)
 }
 
 /// Runs `lorakit diff A B EXTRA…`, asserting its exit status `code` (0: within tolerance, 1:
@@ -452,6 +500,81 @@ pub fn diff_exit(a: &Path, b: &Path, extra: &[&str], code: i32) -> String {
 /// Runs [`merge_args`], asserting success; returns stdout.
 pub fn merge_ok(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
     run_ok(merge_args(base, adapter, out, extra))
+}
+
+/// The error line of a merge of `qv_r8` into the llama base file whose output `out` cannot be
+/// written, checked to be one line and exit status 3.
+pub fn unwritable_merge_error(out: &Path) -> String {
+    let res = run_err(merge_args(
+        &fixture("llama/base/model.safetensors"),
+        &fixture("llama/adapters/qv_r8"),
+        out,
+        &[],
+    ));
+    let err = String::from_utf8_lossy(&res.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        res.status.code(),
+        Some(3),
+        "an output that cannot be written is exit 3: {err}"
+    );
+    err
+}
+
+/// A base holding `a.b_c.weight` and `a_b.c.weight` (2×2 zeros; both read `a_b_c` in kohya's
+/// underscored names) and a kohya adapter for `lora_unet_a_b_c` (rank 1, ones), which fits
+/// either: `(base, adapter)`, written into `dir`.
+pub fn ambiguous_kohya_case(dir: &Path) -> (PathBuf, PathBuf) {
+    let write = |name: &str, tensors: [(&str, Vec<usize>, Vec<u8>); 2]| {
+        let path = dir.join(name);
+        let views = tensors.iter().map(|(n, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes);
+            (*n, view.unwrap())
+        });
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        path
+    };
+    let (zeros, ones) = (
+        f32_bytes_of([0f32; 4].into_iter()),
+        f32_bytes_of([1f32; 2].into_iter()),
+    );
+    let base = write(
+        "base.safetensors",
+        [
+            ("a.b_c.weight", vec![2, 2], zeros.clone()),
+            ("a_b.c.weight", vec![2, 2], zeros),
+        ],
+    );
+    let adapter = write(
+        "k.safetensors",
+        [
+            ("lora_unet_a_b_c.lora_down.weight", vec![1, 2], ones.clone()),
+            ("lora_unet_a_b_c.lora_up.weight", vec![2, 1], ones),
+        ],
+    );
+    (base, adapter)
+}
+
+/// `line` refuses the kohya name of [`ambiguous_kohya_case`] as ambiguous, naming both tensors.
+pub fn assert_ambiguous_kohya(line: &str) {
+    assert!(
+        line.contains("ambiguous")
+            && line.contains("a.b_c.weight")
+            && line.contains("a_b.c.weight"),
+        "{line}"
+    );
+}
+
+/// The llama fixture with `qv_r8` merged in (the tuned model most tests extract from or compare
+/// with), through [`merge_ok`].
+pub fn merge_qv_r8(out: &Path, extra: &[&str]) -> String {
+    merge_ok(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        out,
+        extra,
+    )
 }
 
 /// Writes a PEFT adapter folder: `adapter_model.safetensors` with the f32 tensors

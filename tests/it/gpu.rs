@@ -6,19 +6,6 @@
 use super::common::*;
 use super::reference::*;
 
-fn gpu_available() -> bool {
-    let out = bin().args(["gpu-info", "--json"]).output().unwrap();
-    if out.status.success() {
-        return true;
-    }
-    let why = String::from_utf8_lossy(&out.stderr).into_owned();
-    if std::env::var("LORAKIT_REQUIRE_GPU").as_deref() == Ok("1") {
-        panic!("LORAKIT_REQUIRE_GPU=1 but no GPU adapter: {why}");
-    }
-    eprintln!("GPU TEST SKIPPED: no wgpu adapter: {}", why.trim());
-    false
-}
-
 /// Largest difference in units in the last place between two f32 tensors.
 fn max_ulps(a: &[f32], b: &[f32]) -> u32 {
     a.iter()
@@ -193,16 +180,18 @@ fn merge_on_gpu_equals_cpu() {
     }
 }
 
+/// lorakit with the Vulkan loader pointed at no driver at all.
+fn without_vulkan_driver() -> std::process::Command {
+    let mut cmd = bin();
+    cmd.env("VK_ICD_FILENAMES", "/nonexistent.json")
+        .env("VK_DRIVER_FILES", "/nonexistent.json")
+        .env("WGPU_BACKEND", "vulkan");
+    cmd
+}
+
 #[test]
 fn device_gpu_without_adapter_is_a_clear_error() {
-    // Point the Vulkan loader at no driver at all.
-    let out = bin()
-        .env("VK_ICD_FILENAMES", "/nonexistent.json")
-        .env("VK_DRIVER_FILES", "/nonexistent.json")
-        .env("WGPU_BACKEND", "vulkan")
-        .args(["gpu-info"])
-        .output()
-        .unwrap();
+    let out = without_vulkan_driver().args(["gpu-info"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -212,28 +201,13 @@ fn device_gpu_without_adapter_is_a_clear_error() {
     // auto falls back to the CPU.
     let dir = tempfile::tempdir().unwrap();
     let o = dir.path().join("o.safetensors");
-    let out = bin()
-        .env("VK_ICD_FILENAMES", "/nonexistent.json")
-        .env("VK_DRIVER_FILES", "/nonexistent.json")
-        .env("WGPU_BACKEND", "vulkan")
-        .args([
-            "merge",
-            "--base",
-            fixture("llama/base/model.safetensors").to_str().unwrap(),
-            "--adapter",
-            fixture("llama/adapters/qv_r8").to_str().unwrap(),
-            "--out",
-            o.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = ok_stdout(without_vulkan_driver().args(merge_args(
+        &fixture("llama/base/model.safetensors"),
+        &fixture("llama/adapters/qv_r8"),
+        &o,
+        &["--json"],
+    )));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(v["device"].as_str().unwrap().starts_with("cpu"));
 }
 
@@ -255,9 +229,7 @@ fn gpu_index_picks_the_listed_adapter() {
         assert_eq!(one["name"], a["name"], "index {i}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let v: serde_json::Value = serde_json::from_str(&merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
+    let v: serde_json::Value = serde_json::from_str(&merge_qv_r8(
         &dir.path().join("ok"),
         &["--device", "gpu", "--gpu-index", "0", "--json"],
     ))
@@ -393,13 +365,8 @@ fn device_auto_never_picks_a_software_adapter() {
     for (i, extra) in [&[][..], &["--device", "auto"]].iter().enumerate() {
         let mut flags = vec!["--json"];
         flags.extend_from_slice(extra);
-        let v: serde_json::Value = serde_json::from_str(&merge_ok(
-            &fixture("llama/base"),
-            &fixture("llama/adapters/qv_r8"),
-            &dir.path().join(format!("{i}")),
-            &flags,
-        ))
-        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&merge_qv_r8(&dir.path().join(format!("{i}")), &flags)).unwrap();
         let device = v["device"].as_str().unwrap();
         let want = if software { "cpu" } else { "gpu" };
         assert!(
@@ -411,9 +378,7 @@ fn device_auto_never_picks_a_software_adapter() {
     }
     // Asked for by name, the software adapter is used.
     if software {
-        let v: serde_json::Value = serde_json::from_str(&merge_ok(
-            &fixture("llama/base"),
-            &fixture("llama/adapters/qv_r8"),
+        let v: serde_json::Value = serde_json::from_str(&merge_qv_r8(
             &dir.path().join("g"),
             &["--device", "gpu", "--json"],
         ))

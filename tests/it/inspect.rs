@@ -5,13 +5,7 @@ use super::reference::*;
 
 #[test]
 fn checkpoint_counts_match_the_file() {
-    let s = run_ok([
-        "inspect",
-        fixture("llama/base_sharded").to_str().unwrap(),
-        "--json",
-        "--tensors",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let v = inspect_json(&fixture("llama/base_sharded"), &["--tensors"]);
     let all = read_checkpoint(&fixture("llama/base_sharded"));
     assert_eq!(v["kind"], "checkpoint");
     assert_eq!(v["layout"], "sharded");
@@ -38,12 +32,7 @@ fn checkpoint_counts_match_the_file() {
 
 #[test]
 fn adapter_facts_follow_the_config() {
-    let s = run_ok([
-        "inspect",
-        fixture("llama/adapters/patterns").to_str().unwrap(),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let v = inspect_json(&fixture("llama/adapters/patterns"), &[]);
     assert_eq!(v["kind"], "adapter");
     assert_eq!(v["format"], "peft");
     let m = |name: &str| {
@@ -64,12 +53,7 @@ fn adapter_facts_follow_the_config() {
     assert_eq!(m("model.layers.0.self_attn.o_proj")["scale"], 1.25);
     assert_eq!(m("model.layers.1.self_attn.o_proj")["scale"], 2.0);
 
-    let k = run_ok([
-        "inspect",
-        fixture("kohya/te_lora.safetensors").to_str().unwrap(),
-        "--json",
-    ]);
-    let k: serde_json::Value = serde_json::from_str(&k).unwrap();
+    let k = inspect_json(&fixture("kohya/te_lora.safetensors"), &[]);
     assert_eq!(k["format"], "kohya");
     let missing = k["modules"]
         .as_array()
@@ -79,19 +63,9 @@ fn adapter_facts_follow_the_config() {
         .unwrap();
     assert_eq!(missing["scale"], 1.0, "missing alpha means alpha = rank");
 
-    let d = run_ok([
-        "inspect",
-        fixture("llama/adapters/dora").to_str().unwrap(),
-        "--json",
-    ]);
-    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    let d = inspect_json(&fixture("llama/adapters/dora"), &[]);
     assert_eq!(d["dora"], true);
-    let r = run_ok([
-        "inspect",
-        fixture("llama/adapters/rslora_all").to_str().unwrap(),
-        "--json",
-    ]);
-    let r: serde_json::Value = serde_json::from_str(&r).unwrap();
+    let r = inspect_json(&fixture("llama/adapters/rslora_all"), &[]);
     assert_eq!(r["modules"][0]["scale"], 4.0, "rsLoRA: 8/√4");
 }
 
@@ -99,13 +73,7 @@ fn adapter_facts_follow_the_config() {
 /// an f64 Jacobi eigen-solve of (sBA)ᵀ(sBA)'s small Gram form.
 #[test]
 fn spectrum_matches_materialised_delta() {
-    let s = run_ok([
-        "inspect",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--spectrum",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let v = inspect_json(&fixture("llama/adapters/qv_r8"), &["--spectrum"]);
     let ad = read(&fixture("llama/adapters/qv_r8/adapter_model.safetensors"));
     for m in v["modules"].as_array().unwrap() {
         let name = m["name"].as_str().unwrap();
@@ -166,12 +134,7 @@ fn plot_writes_an_svg() {
     );
     // One panel per module type, each captioned with its module count and stored rank; the
     // markers and the annotation explained on the figure; a layer colour scale.
-    let v: serde_json::Value = serde_json::from_str(&run_ok([
-        "inspect",
-        fixture("llama/adapters/patterns").to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let v = inspect_json(&fixture("llama/adapters/patterns"), &[]);
     let mut kinds: Vec<(String, usize, u64)> = Vec::new();
     for m in v["modules"].as_array().unwrap() {
         let name = m["name"].as_str().unwrap();

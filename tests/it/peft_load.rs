@@ -85,21 +85,15 @@ fn peft_loads_train_output() {
     run_ok(train_args(
         &base,
         &[
-            "--data",
-            s(&fixture("llama/logits.safetensors")),
-            "--seq-len",
-            "8",
-            "--batch",
-            "2",
-            "--steps",
-            "2",
-            "--lr",
-            "1e-2",
-            "--targets",
-            "q_proj,v_proj,down_proj",
-            "--out",
-            s(&out),
-        ],
+            &[
+                "--data",
+                s(&fixture("llama/logits.safetensors")),
+                "--out",
+                s(&out),
+            ][..],
+            &flags("--seq-len 8 --batch 2 --steps 2 --lr 1e-2 --targets q_proj,v_proj,down_proj"),
+        ]
+        .concat(),
     ));
     assert_peft_loads_and_merges_like_lorakit(&py, &out, &base, dir.path());
 }
@@ -154,30 +148,25 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
             String::from_utf8_lossy(&run.stderr)
         );
     }
-    // k/q without v (weighted_b), completed with zero v_proj LoRAs.
-    let fixed = dir.path().join("fixed_wb");
-    run_ok([
-        "check",
-        fixture("llama/adapters/weighted_b").to_str().unwrap(),
-        "--base",
-        base.to_str().unwrap(),
-        "--fix",
-        "--out",
-        fixed.to_str().unwrap(),
-    ]);
-    assert_peft_loads_and_merges_like_lorakit(&py, &fixed, &base, dir.path());
-    // A renamed (root prefix) adapter: PEFT loads every tensor of the fixed folder.
-    let fixed = dir.path().join("fixed_root");
-    run_ok([
-        "check",
-        fixture("check/no_root_prefix").to_str().unwrap(),
-        "--base",
-        base.to_str().unwrap(),
-        "--fix",
-        "--out",
-        fixed.to_str().unwrap(),
-    ]);
-    assert_peft_loads_and_merges_like_lorakit(&py, &fixed, &base, dir.path());
+    for (adapter, fixed) in [
+        // k/q without v (weighted_b), completed with zero v_proj LoRAs.
+        ("llama/adapters/weighted_b", "fixed_wb"),
+        // A renamed (root prefix) adapter: PEFT loads every tensor of the fixed folder.
+        ("check/no_root_prefix", "fixed_root"),
+    ] {
+        let fixed = dir.path().join(fixed);
+        let adapter = fixture(adapter);
+        run_ok([
+            "check",
+            s(&adapter),
+            "--base",
+            s(&base),
+            "--fix",
+            "--out",
+            s(&fixed),
+        ]);
+        assert_peft_loads_and_merges_like_lorakit(&py, &fixed, &base, dir.path());
+    }
 }
 
 /// diffusers itself loads what `convert --to diffusers` writes, from a diffusers single file with

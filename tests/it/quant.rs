@@ -41,12 +41,7 @@ fn dequantize_equals_each_library_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     for model in MODELS {
         let out = dir.path().join(model);
-        let text = run_ok([
-            "dequantize",
-            quant(model).to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let text = run_ok(dequantize_args(&quant(model), &out, &[]));
         assert!(text.contains("dequantized 14 weights"), "{model}: {text}");
         let got = read_checkpoint(&out);
         let input = read_checkpoint(&quant(model));
@@ -88,15 +83,11 @@ fn dequantize_fp8_to_bf16_equals_transformers() {
     let dir = tempfile::tempdir().unwrap();
     for (model, count) in [("fp8_block", 3), ("comfy_fp8", 14)] {
         let out = dir.path().join(model);
-        run_ok([
-            "dequantize",
-            quant(model).to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--dtype",
-            "bf16",
-            "--quiet",
-        ]);
+        run_ok(dequantize_args(
+            &quant(model),
+            &out,
+            &["--dtype", "bf16", "--quiet"],
+        ));
         let got = read_checkpoint(&out);
         let mut n = 0;
         for (name, want) in read(&quant(&format!("ref/{model}.safetensors"))) {
@@ -112,12 +103,7 @@ fn dequantize_fp8_to_bf16_equals_transformers() {
 
 #[test]
 fn inspect_reports_quantization_per_tensor_and_the_config() {
-    let v: serde_json::Value = serde_json::from_str(&run_ok([
-        "inspect",
-        quant("nf4_dq").to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let v = inspect_json(&quant("nf4_dq"), &[]);
     let q = &v["quantization"];
     assert_eq!(q["config"]["bnb_4bit_use_double_quant"], true);
     assert_eq!(q["tensors"].as_array().unwrap().len(), 14);
@@ -138,12 +124,7 @@ fn inspect_reports_quantization_per_tensor_and_the_config() {
         "{text}"
     );
     // A float checkpoint has no quantization section (and its JSON no key).
-    let v: serde_json::Value = serde_json::from_str(&run_ok([
-        "inspect",
-        fixture("llama/base").to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let v = inspect_json(&fixture("llama/base"), &[]);
     assert!(v.get("quantization").is_none());
 }
 
@@ -427,12 +408,7 @@ fn as_trained_on_refusals() {
 /// and writes nothing (`what` names the case).
 pub(super) fn dequantize_refuses(dir: &Path, what: &str, input: &Path, want: &str) {
     let out = dir.join("out");
-    let e = one_line_error(&run_err([
-        "dequantize",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    let e = one_line_error(&run_err(dequantize_args(input, &out, &[])));
     assert!(e.contains(want), "{what}: {e}");
     assert!(
         e.contains("model.safetensors"),
@@ -462,20 +438,6 @@ pub(super) fn edited(
     edit(&mut tensors);
     write_tensors(&d.join("model.safetensors"), &tensors);
     d
-}
-
-/// Writes `tensors` with the independent `safetensors` crate.
-pub(super) fn write_tensors(path: &Path, tensors: &BTreeMap<String, T>) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::tensor::serialize_to_file(views, None, path).unwrap();
 }
 
 #[test]
@@ -652,12 +614,7 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
     }
     // A float checkpoint has nothing to dequantize.
     let out = dir.path().join("out");
-    let e = one_line_error(&run_err([
-        "dequantize",
-        fixture("llama/base").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    let e = one_line_error(&run_err(dequantize_args(&fixture("llama/base"), &out, &[])));
     assert!(e.contains("no quantized weights"), "{e}");
     assert!(!out.exists());
 }
@@ -680,27 +637,12 @@ fn extract_against_a_quantized_base() {
     // The temporary dequantized base goes to TMPDIR and is removed at exit.
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let out = bin()
-        .env("TMPDIR", &tmp)
-        .args([
-            "extract",
-            "--base",
-            quant("nf4").to_str().unwrap(),
-            "--tuned",
-            tuned.to_str().unwrap(),
-            "--rank",
-            "8",
-            "-o",
-            adapter.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let json = ok_stdout(bin().env("TMPDIR", &tmp).args(extract_args(
+        &quant("nf4"),
+        &tuned,
+        &adapter,
+        &["--rank", "8", "--json"],
+    )));
     let left = std::fs::read_dir(&tmp)
         .unwrap()
         .flatten()
@@ -711,7 +653,6 @@ fn extract_against_a_quantized_base() {
         })
         .count();
     assert_eq!(left, 0, "temporary base left behind");
-    let json = String::from_utf8(out.stdout).unwrap();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
@@ -725,13 +666,7 @@ fn extract_against_a_quantized_base() {
     assert_eq!(tensors.len(), 8, "{:?}", tensors.keys().collect::<Vec<_>>());
     // Round trip: dequantized base + extracted adapter = tuned.
     let deq = dir.path().join("deq");
-    run_ok([
-        "dequantize",
-        quant("nf4").to_str().unwrap(),
-        "-o",
-        deq.to_str().unwrap(),
-        "-q",
-    ]);
+    run_ok(dequantize_args(&quant("nf4"), &deq, &["-q"]));
     let back = dir.path().join("back");
     merge_ok(&deq, &adapter, &back, &["-q"]);
     let (got, want) = (read_checkpoint(&back), read_checkpoint(&tuned));
@@ -747,42 +682,9 @@ fn dequantize_sharded_with_companions_across_shards() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     std::fs::copy(quant("nf4_dq/config.json"), input.join("config.json")).unwrap();
-    let all = read(&quant("nf4_dq/model.safetensors"));
-    let mut weight_map = serde_json::Map::new();
-    for shard in 0..2 {
-        let name = format!("model-0000{}-of-00002.safetensors", shard + 1);
-        let part: Vec<(&String, &T)> = all
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % 2 == shard)
-            .map(|(_, kv)| kv)
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = part
-            .iter()
-            .map(|(n, t)| {
-                weight_map.insert((*n).clone(), serde_json::json!(name));
-                (
-                    (*n).clone(),
-                    safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        safetensors::tensor::serialize_to_file(views, None, &input.join(&name)).unwrap();
-    }
-    std::fs::write(
-        input.join("model.safetensors.index.json"),
-        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
-    )
-    .unwrap();
+    write_alternate_shards(&read(&quant("nf4_dq/model.safetensors")), &input);
     let out = dir.path().join("out");
-    run_ok([
-        "dequantize",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-q",
-    ]);
+    run_ok(dequantize_args(&input, &out, &["-q"]));
     let got = read_checkpoint(&out);
     assert_eq!(got.len(), 21);
     for (name, want) in read(&quant("ref/nf4_dq.safetensors")) {

@@ -31,12 +31,7 @@ fn dequantize_gptq_awq_equals_gptqmodel_bit_for_bit() {
     let base = read_checkpoint(&fixture("llama/base"));
     for model in MODELS {
         let out = dir.path().join(model);
-        let text = run_ok([
-            "dequantize",
-            quant(model).to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let text = run_ok(dequantize_args(&quant(model), &out, &[]));
         assert!(text.contains("dequantized 14 weights"), "{model}: {text}");
         let got = read_checkpoint(&out);
         assert_eq!(
@@ -219,16 +214,7 @@ fn edited(
     std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
     let mut tensors = read(&quant(&format!("{model}/model.safetensors")));
     edit(&mut tensors);
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::tensor::serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+    write_tensors(&d.join("model.safetensors"), &tensors);
     d
 }
 

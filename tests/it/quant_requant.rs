@@ -2,6 +2,7 @@
 //! bases, byte-identical to one process, with the companions of a weight in the other shard.
 
 use super::common::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn quant(rel: &str) -> PathBuf {
@@ -18,31 +19,56 @@ fn sharded(dir: &Path, model: &str) -> PathBuf {
         input.join("config.json"),
     )
     .unwrap();
-    let all = read(&quant(&format!("{model}/model.safetensors")));
-    let mut weight_map = serde_json::Map::new();
-    for shard in 0..2 {
-        let name = format!("model-0000{}-of-00002.safetensors", shard + 1);
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = all
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % 2 == shard)
-            .map(|(_, (n, t))| {
-                weight_map.insert(n.clone(), serde_json::json!(name));
-                (
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        safetensors::tensor::serialize_to_file(views, None, &input.join(&name)).unwrap();
-    }
-    std::fs::write(
-        input.join("model.safetensors.index.json"),
-        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
-    )
-    .unwrap();
+    write_alternate_shards(&read(&quant(&format!("{model}/model.safetensors"))), &input);
     input
+}
+
+/// A merge of `llama/adapters/<adapter>` into `fixtures/quant/<model>` that keeps it quantized,
+/// into a folder of `dir`: checks that `count` merged weights were quantized again, that the
+/// output has the input's tensor names and that config.json (its quantization_config) is kept
+/// byte for byte; returns the output's tensors and the input's.
+fn merge_keeping(
+    dir: &Path,
+    model: &str,
+    adapter: &str,
+    count: usize,
+) -> (BTreeMap<String, T>, BTreeMap<String, T>) {
+    let out = dir.join(format!("{model}-{adapter}"));
+    let input = quant(model);
+    let text = merge_ok(
+        &input,
+        &fixture(&format!("llama/adapters/{adapter}")),
+        &out,
+        &[],
+    );
+    assert!(
+        text.contains(&format!("{count} merged weights quantized again")),
+        "{text}"
+    );
+    let (got, input_t) = (read_checkpoint(&out), read_checkpoint(&input));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        input_t.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        std::fs::read(input.join("config.json")).unwrap(),
+        "quantization_config kept"
+    );
+    (got, input_t)
+}
+
+/// Every tensor of `input` that `want` does not list is copied to `got` unchanged.
+fn assert_others_untouched(
+    got: &BTreeMap<String, T>,
+    input: &BTreeMap<String, T>,
+    want: &BTreeMap<String, T>,
+) {
+    for (n, t) in input {
+        if !want.contains_key(n) {
+            assert_eq!(&got[n], t, "{n} changed");
+        }
+    }
 }
 
 /// Every file of a folder, by name, with its bytes.
@@ -169,15 +195,7 @@ fn extract_parts_against_a_quantized_base_equal_one_process() {
 #[test]
 fn merge_into_nf4_double_quant_keeps_it_like_peft() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
-    let text = merge_ok(
-        &quant("nf4_dq"),
-        &fixture("llama/adapters/qv_r8"),
-        &out,
-        &[],
-    );
-    assert!(text.contains("4 merged weights quantized again"), "{text}");
-    let got = read_checkpoint(&out);
+    let (got, input) = merge_keeping(dir.path(), "nf4_dq", "qv_r8", 4);
     let want = read(&quant("qlora/peft_merged_nf4_dq.safetensors"));
     // weight, absmax, nested_absmax, quant_map, nested_quant_map, quant_state for 4 weights.
     assert_eq!(want.len(), 24);
@@ -200,13 +218,7 @@ fn merge_into_nf4_double_quant_keeps_it_like_peft() {
         }
     }
     assert!(rounded <= 2, "{rounded}");
-    let input = read_checkpoint(&quant("nf4_dq"));
-    assert_eq!(got.len(), input.len());
-    for (n, t) in &input {
-        if !want.contains_key(n) {
-            assert_eq!(&got[n], t, "{n} changed");
-        }
-    }
+    assert_others_untouched(&got, &input, &want);
 }
 
 /// `merge --quant keep` into the LLM.int8 checkpoint: the I8 weights and `SCB` PEFT's
@@ -215,26 +227,16 @@ fn merge_into_nf4_double_quant_keeps_it_like_peft() {
 #[test]
 fn merge_into_int8_requantizes_like_peft() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
-    let text = merge_ok(&quant("int8"), &fixture("llama/adapters/qv_r8"), &out, &[]);
-    assert!(text.contains("4 merged weights quantized again"), "{text}");
-    let got = read_checkpoint(&out);
-    let want: std::collections::BTreeMap<String, T> =
-        read(&quant("qlora/peft_merged_int8.safetensors"))
-            .into_iter()
-            .filter(|(n, _)| !n.ends_with(".merged"))
-            .collect();
+    let (got, input) = merge_keeping(dir.path(), "int8", "qv_r8", 4);
+    let want: BTreeMap<String, T> = read(&quant("qlora/peft_merged_int8.safetensors"))
+        .into_iter()
+        .filter(|(n, _)| !n.ends_with(".merged"))
+        .collect();
     assert_eq!(want.len(), 8);
     for (name, w) in &want {
         assert!(&got[name] == w, "{name}: differs from PEFT");
     }
-    let input = read_checkpoint(&quant("int8"));
-    assert_eq!(got.len(), input.len());
-    for (n, t) in &input {
-        if !want.contains_key(n) {
-            assert_eq!(&got[n], t, "{n} changed");
-        }
-    }
+    assert_others_untouched(&got, &input, &want);
 }
 
 /// `merge --quant keep` into compressed-tensors pack-quantized (every scheme of `ct_pack`: 2..8
@@ -246,16 +248,7 @@ fn merge_into_int8_requantizes_like_peft() {
 #[test]
 fn merge_keep_into_compressed_tensors_is_its_compressors_rounding() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o");
-    let model = fixture("quant/ct_pack");
-    let text = merge_ok(&model, &fixture("llama/adapters/rslora_all"), &out, &[]);
-    assert!(text.contains("14 merged weights quantized again"), "{text}");
-    let got = read_checkpoint(&out);
-    let input = read_checkpoint(&model);
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        input.keys().collect::<Vec<_>>()
-    );
+    let (got, input) = merge_keeping(dir.path(), "ct_pack", "rslora_all", 14);
     let want = read(&fixture("quant/qlora/ct_pack_keep.safetensors"));
     assert_eq!(want.len(), 14);
     for (name, t) in &input {
@@ -267,11 +260,6 @@ fn merge_keep_into_compressed_tensors_is_its_compressors_rounding() {
             None => assert_eq!(&got[name], t, "{name} changed"),
         }
     }
-    assert_eq!(
-        std::fs::read(out.join("config.json")).unwrap(),
-        std::fs::read(model.join("config.json")).unwrap(),
-        "quantization_config kept"
-    );
 }
 
 /// `merge --quant keep` into compressed-tensors float-quantized FP8 (`ct_fp8`: per-channel and
@@ -286,16 +274,7 @@ fn merge_keep_into_compressed_tensors_is_its_compressors_rounding() {
 #[test]
 fn merge_keep_into_compressed_tensors_fp8_has_the_producers_fresh_scales() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o");
-    let model = fixture("quant/ct_fp8");
-    let text = merge_ok(&model, &fixture("llama/adapters/rslora_all"), &out, &[]);
-    assert!(text.contains("14 merged weights quantized again"), "{text}");
-    let got = read_checkpoint(&out);
-    let input = read_checkpoint(&model);
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        input.keys().collect::<Vec<_>>()
-    );
+    let (got, input) = merge_keeping(dir.path(), "ct_fp8", "rslora_all", 14);
     let want = read(&fixture("quant/qlora/ct_fp8_keep.safetensors"));
     assert_eq!(want.len(), 42);
     let (mut exact, mut scales_changed) = (0, 0);
@@ -322,11 +301,6 @@ fn merge_keep_into_compressed_tensors_fp8_has_the_producers_fresh_scales() {
     assert!(
         scales_changed > 0,
         "no fresh scale differs from the stored one"
-    );
-    assert_eq!(
-        std::fs::read(out.join("config.json")).unwrap(),
-        std::fs::read(model.join("config.json")).unwrap(),
-        "quantization_config kept"
     );
 }
 
@@ -356,7 +330,7 @@ fn unknown_quantization_methods_are_refused_by_name() {
             data: (0..n).map(|i| i as u8).collect(),
         },
     );
-    super::quant::write_tensors(&st, &t);
+    write_tensors(&st, &t);
     let out = dir.path().join("out");
     let adapter = fixture("llama/adapters/qv_r8");
     for args in [
@@ -387,17 +361,12 @@ fn unknown_quantization_methods_are_refused_by_name() {
 #[test]
 fn merge_into_fp4_keeps_it_fp4_like_peft() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
-    let text = merge_ok(&quant("fp4"), &fixture("llama/adapters/qv_r8"), &out, &[]);
-    assert!(text.contains("4 merged weights quantized again"), "{text}");
-    let got = read_checkpoint(&out);
+    let (got, input) = merge_keeping(dir.path(), "fp4", "qv_r8", 4);
     // 4 packed weights, their quant_map and quant_state blobs; 4 absmax within 2 ulp.
     assert_eq!(
         super::quant::assert_requantized_like(&got, &quant("qlora/peft_merged_fp4.safetensors")),
         12
     );
-    let input = read_checkpoint(&quant("fp4"));
-    assert_eq!(got.len(), input.len());
     let mut changed = 0;
     for (n, t) in &input {
         let merged = [
@@ -415,8 +384,4 @@ fn merge_into_fp4_keeps_it_fp4_like_peft() {
         }
     }
     assert_eq!(changed, 8, "the merged weights and their absmax");
-    assert_eq!(
-        std::fs::read(out.join("config.json")).unwrap(),
-        std::fs::read(quant("fp4/config.json")).unwrap()
-    );
 }

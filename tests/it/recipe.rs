@@ -10,14 +10,17 @@ fn write_recipe(dir: &Path, body: &str) -> std::path::PathBuf {
     p
 }
 
-const RECIPE: &str = r#"
+/// The first step of the recipes below: `qv_r8` merged into the llama fixture.
+const MERGED_STEP: &str = r#"
 [[step]]
 name = "merged"
 command = "merge"
 base = "FX/llama/base"
 adapter = ["FX/llama/adapters/qv_r8"]
 out = "out/merged"
+"#;
 
+const RECIPE_REST: &str = r#"
 [[step]]
 name = "again"
 command = "merge"
@@ -34,10 +37,15 @@ b = "FX/llama/base"
 tolerance = 1e-6
 "#;
 
+/// Merge, unmerge, and diff against the base: three steps, each reading the one before.
+fn recipe() -> String {
+    [MERGED_STEP, RECIPE_REST].concat()
+}
+
 #[test]
 fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let r = write_recipe(dir.path(), RECIPE);
+    let r = write_recipe(dir.path(), &recipe());
     let plan = run_ok(["run", r.to_str().unwrap(), "--dry-run", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&plan).unwrap();
     assert_eq!(v["operation"], "run");
@@ -70,7 +78,7 @@ fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
     .unwrap();
     let r2 = write_recipe(
         dir.path(),
-        &RECIPE.replace(
+        &recipe().replace(
             "FX/llama/adapters/qv_r8\"]\nout = \"out/merged\"",
             &format!("{}\"]\nout = \"out/merged\"", copy.display()),
         ),
@@ -109,7 +117,7 @@ fn reruns_follow_input_content_not_timestamps() {
     }
     let r = write_recipe(
         dir.path(),
-        &RECIPE.replace("FX/llama/adapters/qv_r8", copy.to_str().unwrap()),
+        &recipe().replace("FX/llama/adapters/qv_r8", copy.to_str().unwrap()),
     );
     let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -181,23 +189,23 @@ fn invalid_recipes_fail_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     for (body, expect) in [
         (
-            RECIPE.replace("${merged.out}", "${nosuch.out}"),
+            recipe().replace("${merged.out}", "${nosuch.out}"),
             "not an earlier step",
         ),
         (
-            RECIPE.replace("FX/llama/base\"\nadapter", "FX/llama/nosuch\"\nadapter"),
+            recipe().replace("FX/llama/base\"\nadapter", "FX/llama/nosuch\"\nadapter"),
             "does not exist",
         ),
         (
-            RECIPE.replace("unmerge = true", "unmerge = true\nbogus = 3"),
+            recipe().replace("unmerge = true", "unmerge = true\nbogus = 3"),
             "step `again` (merge)",
         ),
         (
-            RECIPE.replace("command = \"diff\"", "command = \"frobnicate\""),
+            recipe().replace("command = \"diff\"", "command = \"frobnicate\""),
             "unknown command",
         ),
         (
-            RECIPE.replace(
+            recipe().replace(
                 "FX/llama/base\"\nadapter = [\"FX/llama/adapters/qv_r8\"]\nout = \"out/merged\"",
                 "FX/gpt2/base\"\nadapter = [\"FX/llama/adapters/qv_r8\"]\nout = \"out/merged\"",
             ),
@@ -253,22 +261,13 @@ fn bundled_examples_run_green() {
 /// A recipe given by a relative path: references to earlier outputs resolve to the same place.
 #[test]
 fn relative_recipe_paths_resolve_once() {
-    let out = bin()
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "run",
-            "examples/merge-and-check.toml",
-            "--dry-run",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = ok_stdout(bin().current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "run",
+        "examples/merge-and-check.toml",
+        "--dry-run",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let base_of_second = v["items"][1]["argv"]
         .as_array()
         .unwrap()
@@ -293,14 +292,9 @@ fn a_failing_diff_stops_the_recipe_with_status_1() {
     let dir = tempfile::tempdir().unwrap();
     let r = write_recipe(
         dir.path(),
-        r#"
-[[step]]
-name = "merged"
-command = "merge"
-base = "FX/llama/base"
-adapter = ["FX/llama/adapters/qv_r8"]
-out = "out/merged"
-
+        &[
+            MERGED_STEP,
+            r#"
 [[step]]
 name = "check"
 command = "diff"
@@ -314,6 +308,8 @@ base = "${merged.out}"
 adapter = ["FX/llama/adapters/qv_r8"]
 out = "out/after"
 "#,
+        ]
+        .concat(),
     );
     let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

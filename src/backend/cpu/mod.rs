@@ -242,7 +242,7 @@ pub fn dora_norms(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backend::{Dora, Term};
     use crate::dtype::Dtype;
@@ -308,30 +308,10 @@ mod tests {
         let (b2, a2) = mk(5, &mut seed);
         let mag_r: Vec<f32> = (0..rows).map(|_| 1.0 + uniform(&mut seed)).collect();
         let mag_c: Vec<f32> = (0..cols).map(|_| 1.0 + uniform(&mut seed)).collect();
-        let plain = Term {
-            b: &b1,
-            a: &a1,
-            rank: 3,
-            dense: None,
-            scale: 0.7,
-            dora: None,
-        };
-        let neg = Term {
-            b: &b2,
-            a: &a2,
-            rank: 5,
-            dense: None,
-            scale: -1.3,
-            dora: None,
-        };
-        let dora_r = Term {
-            dora: Some(Dora::peft(&mag_r, NormAxis::Rows)),
-            ..neg
-        };
-        let dora_c = Term {
-            dora: Some(Dora::peft(&mag_c, NormAxis::Cols)),
-            ..plain
-        };
+        let plain = Term::low_rank(&b1, &a1, 3, 0.7);
+        let neg = Term::low_rank(&b2, &a2, 5, -1.3);
+        let dora_r = neg.with_dora(Dora::peft(&mag_r, NormAxis::Rows));
+        let dora_c = plain.with_dora(Dora::peft(&mag_c, NormAxis::Cols));
         // LyCORIS: a dense update (a LoHa/LoKr ΔW) with its DoRA norm per group of columns
         // (a conv's input channel over its kernel), eps, and a blend weight (ComfyUI strength).
         let dense: Vec<f32> = (0..rows * cols).map(|_| uniform(&mut seed)).collect();
@@ -410,30 +390,19 @@ mod tests {
         let b: Vec<f32> = (0..rows * r).map(|_| uniform(&mut seed)).collect();
         let a: Vec<f32> = (0..r * cols).map(|_| uniform(&mut seed)).collect();
         let w0_bf = dtype::encode(Dtype::BF16, &w0);
-        let terms = [Term {
-            b: &b,
-            a: &a,
-            rank: r,
-            dense: None,
-            scale: 0.25,
-            dora: None,
-        }];
-        let f32_out = merge(&MergeJob {
+        let terms = [Term::low_rank(&b, &a, r, 0.25)];
+        let job = MergeJob {
             w0: &w0_bf,
             in_dtype: Dtype::BF16,
             rows,
             cols,
             terms: &terms,
             out_dtype: Dtype::F32,
-        })
-        .unwrap();
+        };
+        let f32_out = merge(&job).unwrap();
         let bf_out = merge(&MergeJob {
-            w0: &w0_bf,
-            in_dtype: Dtype::BF16,
-            rows,
-            cols,
-            terms: &terms,
             out_dtype: Dtype::BF16,
+            ..job
         })
         .unwrap();
         let f32_vals = dtype::decode(Dtype::F32, &f32_out);
@@ -445,17 +414,18 @@ mod tests {
 
     #[test]
     fn non_finite_is_reported_with_position() {
+        assert_reports_first_non_finite(&merge);
+    }
+
+    /// A 2×2 merge whose second row of B holds an infinity: `merge` (any backend's) must refuse
+    /// it at (1, 0), the first non-finite value in row-major order.
+    pub(crate) fn assert_reports_first_non_finite(
+        merge: &dyn Fn(&MergeJob) -> Result<Vec<u8>, MergeError>,
+    ) {
         let w0 = dtype::encode(Dtype::F32, &[1.0, 2.0, 3.0, 4.0]);
         let b = [1.0f32, f32::INFINITY];
         let a = [1.0f32, 1.0];
-        let terms = [Term {
-            b: &b,
-            a: &a,
-            rank: 1,
-            dense: None,
-            scale: 1.0,
-            dora: None,
-        }];
+        let terms = [Term::low_rank(&b, &a, 1, 1.0)];
         let err = merge(&MergeJob {
             w0: &w0,
             in_dtype: Dtype::F32,

@@ -95,23 +95,7 @@ fn time_dispatch(
         });
         (set, resolve, read)
     });
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .enumerate()
-        .map(|(i, &(b, len))| wgpu::BindGroupEntry {
-            binding: i as u32,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: b,
-                offset: 0,
-                size: std::num::NonZeroU64::new(super::pad4(len)),
-            }),
-        })
-        .collect();
-    let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &kernel.layout,
-        entries: &entries,
-    });
+    let bind = ctx.bind_ranges(kernel, buffers);
     let period_ns = ctx.queue.get_timestamp_period() as f64;
     let mut best = Timing {
         wall_s: f64::INFINITY,
@@ -119,21 +103,14 @@ fn time_dispatch(
     };
     for rep in 0..=reps {
         let mut enc = ctx.encoder();
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: stamps.as_ref().map(|(set, _, _)| {
-                    wgpu::ComputePassTimestampWrites {
-                        query_set: set,
-                        beginning_of_pass_write_index: Some(0),
-                        end_of_pass_write_index: Some(1),
-                    }
-                }),
+        let timestamps = stamps
+            .as_ref()
+            .map(|(set, _, _)| wgpu::ComputePassTimestampWrites {
+                query_set: set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
             });
-            pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, 1);
-        }
+        super::record_pass(&mut enc, kernel, &bind, (groups.0, groups.1, 1), timestamps);
         if let Some((set, resolve, read)) = &stamps {
             enc.resolve_query_set(set, 0..2, resolve, 0);
             enc.copy_buffer_to_buffer(resolve, 0, read, 0, 16);

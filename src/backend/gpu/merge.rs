@@ -190,6 +190,19 @@ pub(crate) struct Ring {
     slots: [Slot; 2],
 }
 
+/// [`ensure`] a buffer of `bytes`' size in `slot` and queue `bytes` into its start.
+fn filled(
+    ctx: &GpuContext,
+    slot: &mut Option<wgpu::Buffer>,
+    label: &'static str,
+    bytes: &[u8],
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    let buf = ensure(ctx, slot, label, bytes.len() as u64, usage);
+    ctx.queue.write_buffer(&buf, 0, bytes);
+    buf
+}
+
 /// `slot` holding a buffer of at least `size` bytes with `usage`, (re)created when smaller.
 fn ensure(
     ctx: &GpuContext,
@@ -453,29 +466,15 @@ fn submit(
     let stride = stride_of(t.nc);
     let w0_bytes = (t.nr * stride * s.in_es) as u64;
     let out_bytes = (t.nr * stride * s.out_es) as u64;
-    let storage = U::STORAGE | U::COPY_DST;
-    let w0 = ensure(ctx, &mut slot.w0, "merge w0", w0_bytes, storage);
-    let out = ensure(
-        ctx,
-        &mut slot.out,
-        "merge out",
-        out_bytes,
+    let (input, output, read) = (
+        U::STORAGE | U::COPY_DST,
         U::STORAGE | U::COPY_SRC,
-    );
-    let rb = ensure(
-        ctx,
-        &mut slot.readback,
-        "merge readback",
-        out_bytes,
         U::MAP_READ | U::COPY_DST,
     );
-    let frb = ensure(
-        ctx,
-        &mut slot.flag_readback,
-        "merge flag readback",
-        4,
-        U::MAP_READ | U::COPY_DST,
-    );
+    let w0 = ensure(ctx, &mut slot.w0, "merge w0", w0_bytes, input);
+    let out = ensure(ctx, &mut slot.out, "merge out", out_bytes, output);
+    let rb = ensure(ctx, &mut slot.readback, "merge readback", out_bytes, read);
+    let frb = ensure(ctx, &mut slot.flag_readback, "merge flag readback", 4, read);
 
     // W0: straight from the caller's bytes into wgpu's upload staging, one copy; padded rows
     // (columns not a multiple of 8, or a column tile) row by row.
@@ -530,7 +529,7 @@ fn submit(
         fac.push(0.0);
     }
     let a_bytes = (r_total.max(1) * stride * 4) as u64;
-    let ab = ensure(ctx, &mut slot.a, "merge a", a_bytes, storage);
+    let ab = ensure(ctx, &mut slot.a, "merge a", a_bytes, input);
     if *a_held != Some(t.c0) {
         let mut a = vec![0f32; r_total.max(1) * stride];
         let mut off = 0;
@@ -545,34 +544,13 @@ fn submit(
         *a_held = Some(t.c0);
     }
     let b_bytes: &[u8] = bytemuck::cast_slice(&b);
-    let bb = ensure(ctx, &mut slot.b, "merge b", b_bytes.len() as u64, storage);
-    ctx.queue.write_buffer(&bb, 0, b_bytes);
+    let bb = filled(ctx, &mut slot.b, "merge b", b_bytes, input);
     let t_bytes: &[u8] = bytemuck::cast_slice(&table);
-    let tb = ensure(
-        ctx,
-        &mut slot.terms,
-        "merge terms",
-        t_bytes.len() as u64,
-        storage,
-    );
-    ctx.queue.write_buffer(&tb, 0, t_bytes);
+    let tb = filled(ctx, &mut slot.terms, "merge terms", t_bytes, input);
     let f_bytes: &[u8] = bytemuck::cast_slice(&fac);
-    let fb = ensure(
-        ctx,
-        &mut slot.factors,
-        "merge factors",
-        f_bytes.len() as u64,
-        storage,
-    );
-    ctx.queue.write_buffer(&fb, 0, f_bytes);
-    let flags = ensure(
-        ctx,
-        &mut slot.flags,
-        "merge flags",
-        4,
-        storage | U::COPY_SRC,
-    );
-    ctx.queue.write_buffer(&flags, 0, &u32::MAX.to_le_bytes());
+    let fb = filled(ctx, &mut slot.factors, "merge factors", f_bytes, input);
+    let (no_flag, flag_usage) = (u32::MAX.to_le_bytes(), input | U::COPY_SRC);
+    let flags = filled(ctx, &mut slot.flags, "merge flags", &no_flag, flag_usage);
     let params = MergeParams {
         rows: t.nr as u32,
         cols: t.nc as u32,

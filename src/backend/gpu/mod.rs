@@ -490,27 +490,8 @@ impl GpuContext {
         buffers: &[&wgpu::Buffer],
         groups: (u32, u32, u32),
     ) {
-        debug_assert_eq!(buffers.len(), kernel.slots);
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &kernel.layout,
-            entries: &entries,
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        let bind_group = self.bind_group(kernel, buffers.iter().map(|b| b.as_entire_binding()));
+        record_pass(encoder, kernel, &bind_group, groups, None);
     }
 
     /// [`GpuContext::dispatch`] with each binding limited to its first `len` bytes (for
@@ -522,31 +503,47 @@ impl GpuContext {
         buffers: &[(&wgpu::Buffer, u64)],
         groups: (u32, u32),
     ) {
-        debug_assert_eq!(buffers.len(), kernel.slots);
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
+        let bind_group = self.bind_ranges(kernel, buffers);
+        record_pass(encoder, kernel, &bind_group, (groups.0, groups.1, 1), None);
+    }
+
+    /// A bind group of `kernel` with `resources` at slots 0, 1, ….
+    fn bind_group<'r>(
+        &self,
+        kernel: &Kernel,
+        resources: impl Iterator<Item = wgpu::BindingResource<'r>>,
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = resources
             .enumerate()
-            .map(|(i, &(b, len))| wgpu::BindGroupEntry {
+            .map(|(i, resource)| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b,
-                    offset: 0,
-                    size: std::num::NonZeroU64::new(pad4(len)),
-                }),
+                resource,
             })
             .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        debug_assert_eq!(entries.len(), kernel.slots);
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &kernel.layout,
             entries: &entries,
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        })
+    }
+
+    /// A bind group of `kernel` with each buffer bound to its first `len` bytes.
+    pub(crate) fn bind_ranges(
+        &self,
+        kernel: &Kernel,
+        buffers: &[(&wgpu::Buffer, u64)],
+    ) -> wgpu::BindGroup {
+        self.bind_group(
+            kernel,
+            buffers.iter().map(|&(buffer, len)| {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(pad4(len)),
+                })
+            }),
+        )
     }
 
     pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
@@ -668,6 +665,24 @@ pub(crate) fn fit_rows(cap: usize, bytes_per_row: u64, limit: u64, max_groups: u
     by_limit
         .min(cap as u64)
         .min(max_groups as u64 * kernels::GEMM_TILE as u64) as usize
+}
+
+/// Records one dispatch of `kernel` over `groups` with `bind_group` in a compute pass of its
+/// own, writing the pass's start and end timestamps where asked (the bench).
+pub(crate) fn record_pass(
+    encoder: &mut wgpu::CommandEncoder,
+    kernel: &Kernel,
+    bind_group: &wgpu::BindGroup,
+    groups: (u32, u32, u32),
+    timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: None,
+        timestamp_writes,
+    });
+    pass.set_pipeline(&kernel.pipeline);
+    pass.set_bind_group(0, bind_group, &[]);
+    pass.dispatch_workgroups(groups.0, groups.1, groups.2);
 }
 
 pub(crate) fn pad4(bytes: u64) -> u64 {

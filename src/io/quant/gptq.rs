@@ -165,14 +165,6 @@ pub fn codes(p: &Params, qweight: &[u8]) -> Vec<u32> {
     q
 }
 
-fn round_to(d: Dtype, x: f32) -> f32 {
-    match d {
-        Dtype::BF16 => half::bf16::from_f32(x).to_f32(),
-        Dtype::F16 => half::f16::from_f32(x).to_f32(),
-        _ => x,
-    }
-}
-
 /// Dequantizes to f32 `[out, in]`, each value already rounded to the scale dtype as the producer
 /// computes it.
 pub fn dequantize(p: &Params, qweight: &[u8], qzeros: &[u8], scales: &[u8]) -> Vec<f32> {
@@ -186,7 +178,7 @@ pub fn dequantize(p: &Params, qweight: &[u8], qzeros: &[u8], scales: &[u8]) -> V
             let (o, i) = (k / inf, k % inf);
             let g = p.g_idx[i] as usize * p.out_features + o;
             // (q − z) is exact in f32 and so is its product with a 16-bit scale: one rounding.
-            round_to(p.scale_dtype, s[g] * (c as f32 - z[g] as f32))
+            dtype::round_to(p.scale_dtype, s[g] * (c as f32 - z[g] as f32))
         })
         .collect()
 }

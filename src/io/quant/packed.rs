@@ -35,6 +35,18 @@ impl Params {
     pub fn group_size(&self) -> usize {
         self.cols / self.groups
     }
+
+    /// Where element `(r, c)` finds its scale and zero point: the index into the scales (one
+    /// per tensor, or one per row and group) and into the zero points (one per row and group).
+    fn group_at(&self, r: usize, c: usize) -> (usize, usize) {
+        let g = if self.per_tensor {
+            0
+        } else {
+            c / self.group_size()
+        };
+        let zi = r * self.groups + g;
+        (if self.per_tensor { 0 } else { zi }, zi)
+    }
 }
 
 /// Words of one packed row of `cols` elements.
@@ -79,26 +91,15 @@ pub fn dequantize(p: &Params, packed: &[u8], scale: &[u8], zero: Option<&[u8]>) 
     let row_bytes = 4 * words(p.cols, p.bits);
     let zeros = zero.map(|z| unpack_zeros(p, z)).unwrap_or_default();
     // Rounding to the scale dtype, as `dtype::encode` rounds (nearest even, the `half` crate).
-    let round = |x: f32| -> f32 {
-        match p.scale_dtype {
-            Dtype::BF16 => half::bf16::from_f32(x).to_f32(),
-            Dtype::F16 => half::f16::from_f32(x).to_f32(),
-            _ => x,
-        }
-    };
-    let gs = p.group_size();
+    let round = |x: f32| dtype::round_to(p.scale_dtype, x);
     let mut out = Vec::with_capacity(p.rows * p.cols);
     for r in 0..p.rows {
         let row = &packed[r * row_bytes..(r + 1) * row_bytes];
         for c in 0..p.cols {
-            let g = if p.per_tensor { 0 } else { c / gs };
-            let s = if p.per_tensor {
-                scales[0]
-            } else {
-                scales[r * p.groups + g]
-            };
+            let (si, zi) = p.group_at(r, c);
+            let s = scales[si];
             let q = element(row, c, p.bits) as i32 - offset;
-            let z = zeros.get(r * p.groups + g).copied().unwrap_or(0);
+            let z = zeros.get(zi).copied().unwrap_or(0);
             // `x_q.to(scale.dtype) - zero_point.to(scale.dtype)`, then `* scale`.
             let diff = round((q - z) as f32);
             out.push(round(diff * s));
@@ -120,28 +121,17 @@ pub fn requantize(p: &Params, merged: &[f32], scale: &[u8], zero: Option<&[u8]>)
     let (qmin, qmax) = (-(offset as f32), (offset - 1) as f32);
     let scales = dtype::decode(p.scale_dtype, scale);
     let zeros = zero.map(|z| unpack_zeros(p, z));
-    let round = |x: f32| -> f32 {
-        match p.scale_dtype {
-            Dtype::BF16 => half::bf16::from_f32(x).to_f32(),
-            Dtype::F16 => half::f16::from_f32(x).to_f32(),
-            _ => x,
-        }
-    };
-    let gs = p.group_size();
+    let round = |x: f32| dtype::round_to(p.scale_dtype, x);
     let nwords = words(p.cols, p.bits);
     let mut out = Vec::with_capacity(4 * nwords * p.rows);
     for r in 0..p.rows {
         let mut row = vec![0u32; nwords];
         for c in 0..p.cols {
-            let g = if p.per_tensor { 0 } else { c / gs };
-            let s = if p.per_tensor {
-                scales[0]
-            } else {
-                scales[r * p.groups + g]
-            };
+            let (si, zi) = p.group_at(r, c);
+            let s = scales[si];
             let mut scaled = round(round(merged[r * p.cols + c]) / s);
             if let Some(z) = &zeros {
-                scaled = round(scaled + z[r * p.groups + g] as f32);
+                scaled = round(scaled + z[zi] as f32);
             }
             // torch.clamp then torch.round (half to even); NaN clamps to NaN and casts to 0.
             let q = scaled.clamp(qmin, qmax).round_ties_even();

@@ -7,6 +7,11 @@ use super::gptq::{self, Config as GptqConfig, Layout as GptqLayout};
 use super::*;
 use crate::io::header::TensorInfo;
 
+/// `DTYPE [shape]` of a tensor, as the errors below quote it.
+fn typed(info: &TensorInfo) -> String {
+    format!("{} {:?}", dtype::name(info.dtype), info.shape)
+}
+
 const BNB4_SUFFIXES: [&str; 4] = ["absmax", "quant_map", "nested_absmax", "nested_quant_map"];
 
 impl QuantMap {
@@ -178,11 +183,7 @@ impl QuantMap {
             return Err(err(
                 ck,
                 packed_name,
-                format!(
-                    "is {} {:?}, not a 2-D I32 matrix",
-                    dtype::name(pk.dtype),
-                    pk.shape
-                ),
+                format!("is {}, not a 2-D I32 matrix", typed(pk)),
             ));
         }
         let sv = ck.view(&shape_info.name)?;
@@ -269,9 +270,8 @@ impl QuantMap {
                     ck,
                     &zp_name,
                     format!(
-                        "is {} {:?}; a packed zero point of {bits}-bit {rows}x{cols} in {groups} group(s) is I32 {want:?}",
-                        dtype::name(z.dtype),
-                        z.shape
+                        "is {}; a packed zero point of {bits}-bit {rows}x{cols} in {groups} group(s) is I32 {want:?}",
+                        typed(z)
                     ),
                 ));
             }
@@ -354,9 +354,8 @@ impl QuantMap {
                     ck,
                     &i.name,
                     format!(
-                        "is {} {:?} but the quant_state needs {} with {count} elements",
-                        dtype::name(i.dtype),
-                        i.shape,
+                        "is {} but the quant_state needs {} with {count} elements",
+                        typed(i),
                         dtype::name(d)
                     ),
                 ));
@@ -430,9 +429,8 @@ impl QuantMap {
                 ck,
                 &weight,
                 format!(
-                    "has an `SCB` scale but is {} {:?}, not a 2-D I8 matrix",
-                    dtype::name(w.dtype),
-                    w.shape
+                    "has an `SCB` scale but is {}, not a 2-D I8 matrix",
+                    typed(w)
                 ),
             ));
         }
@@ -441,9 +439,8 @@ impl QuantMap {
                 ck,
                 scb,
                 format!(
-                    "is {} {:?} but `{weight}` has {} rows (one F32 per row needed)",
-                    dtype::name(s.dtype),
-                    s.shape,
+                    "is {} but `{weight}` has {} rows (one F32 per row needed)",
+                    typed(s),
                     w.shape[0]
                 ),
             ));
@@ -600,11 +597,7 @@ impl QuantMap {
                 return Err(err(
                     ck,
                     &t.name,
-                    format!(
-                        "is {} {:?}, not a 2-D I32 matrix",
-                        dtype::name(t.dtype),
-                        t.shape
-                    ),
+                    format!("is {}, not a 2-D I32 matrix", typed(t)),
                 ));
             }
         }
@@ -612,11 +605,7 @@ impl QuantMap {
             return Err(err(
                 ck,
                 &sc.name,
-                format!(
-                    "is {} {:?}, not a 2-D F16, BF16 or F32 matrix",
-                    dtype::name(sc.dtype),
-                    sc.shape
-                ),
+                format!("is {}, not a 2-D F16, BF16 or F32 matrix", typed(&sc)),
             ));
         }
         let gname = format!("{prefix}.g_idx");
@@ -631,11 +620,7 @@ impl QuantMap {
                 Some(g) => {
                     return shape_err(
                         &gname,
-                        format!(
-                            "is {} {:?}, not a 1-D I32 vector",
-                            dtype::name(g.dtype),
-                            g.shape
-                        ),
+                        format!("is {}, not a 1-D I32 vector", typed(g)),
                     )
                 }
                 None if (qw.shape[0] * 32).is_multiple_of(bits as usize) => {

@@ -250,50 +250,14 @@ fn convert_errors_are_one_line_and_write_nothing() {
     );
     assert!(!out.exists());
     // Ambiguous kohya names: `a.b_c` and `a_b.c` both read `a_b_c`.
-    let base = dir.path().join("base.safetensors");
-    let z: Vec<u8> = [0f32; 4].iter().flat_map(|x| x.to_le_bytes()).collect();
-    let one: Vec<u8> = [1f32; 2].iter().flat_map(|x| x.to_le_bytes()).collect();
-    let mk = |n: &'static str, sh: Vec<usize>, b: &Vec<u8>| (n, sh, b.clone());
-    let write = |p: &Path, ts: Vec<(&str, Vec<usize>, Vec<u8>)>| {
-        let views: Vec<(&str, safetensors::tensor::TensorView)> = ts
-            .iter()
-            .map(|(n, sh, b)| {
-                (
-                    *n,
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sh.clone(), b)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        safetensors::serialize_to_file(views, None, p).unwrap();
-    };
-    write(
-        &base,
-        vec![
-            mk("a.b_c.weight", vec![2, 2], &z),
-            mk("a_b.c.weight", vec![2, 2], &z),
-        ],
-    );
-    let k = dir.path().join("k.safetensors");
-    write(
-        &k,
-        vec![
-            mk("lora_unet_a_b_c.lora_down.weight", vec![1, 2], &one),
-            mk("lora_unet_a_b_c.lora_up.weight", vec![2, 1], &one),
-        ],
-    );
+    let (base, k) = ambiguous_kohya_case(dir.path());
     let line = one_line_error(&run_err(convert_args(
         &k,
         "peft",
         &out,
         &["--base", s(&base)],
     )));
-    assert!(
-        line.contains("ambiguous")
-            && line.contains("a.b_c.weight")
-            && line.contains("a_b.c.weight"),
-        "{line}"
-    );
+    assert_ambiguous_kohya(&line);
     assert!(!out.exists());
     // No kohya form: the error names the module; folders created for the output are removed.
     let nested = dir.path().join("new/sub/e.safetensors");

@@ -21,12 +21,7 @@ fn one_command_line() {
         .values()
         .all(|t| t.dtype == Dtype::BF16));
     let tuned = dir.path().join("tuned");
-    merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        &tuned,
-        &["-q"],
-    );
+    merge_qv_r8(&tuned, &["-q"]);
     for flag in ["--prefix", "--kohya-prefix"] {
         let k = dir.path().join(format!("k{}.safetensors", flag.len()));
         run_ok(extract_args(
@@ -41,19 +36,9 @@ fn one_command_line() {
         assert!(read(&k).keys().all(|n| n.starts_with("lora_te_")));
     }
     // -q silences the report; --json still prints what was asked for.
-    let quiet = merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        &dir.path().join("q"),
-        &["-q"],
-    );
+    let quiet = merge_qv_r8(&dir.path().join("q"), &["-q"]);
     assert!(quiet.is_empty(), "{quiet}");
-    let json = merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        &dir.path().join("j"),
-        &["-q", "--json"],
-    );
+    let json = merge_qv_r8(&dir.path().join("j"), &["-q", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["operation"], "merge");
     // --version names the revision and the features.
@@ -65,12 +50,7 @@ fn one_command_line() {
 fn diff_compares_across_dtypes_and_only_common_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let merged = dir.path().join("m");
-    merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        &merged,
-        &["-q"],
-    );
+    merge_qv_r8(&merged, &["-q"]);
     // Against PEFT's merge_and_unload, which holds only the changed tensors.
     let reference = fixture("llama/merged/qv_r8.safetensors");
     // Tensors only in A fail by default.
@@ -82,12 +62,7 @@ fn diff_compares_across_dtypes_and_only_common_tensors() {
     ));
     // A bf16 copy: values compared, the dtype change reported; within bf16 rounding it passes.
     let bf = dir.path().join("bf");
-    merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        &bf,
-        &["--dtype", "bf16", "-q"],
-    );
+    merge_qv_r8(&bf, &["--dtype", "bf16", "-q"]);
     let j = run_ok(diff_args(&bf, &merged, &["--tolerance", "4e-3", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&j).unwrap();
     assert_eq!(v["pass"], true, "{j}");

@@ -27,12 +27,7 @@ fn tie_detection_follows_the_architecture() {
 fn extract_refuses_an_empty_result_and_takes_peft_style_targets() {
     let dir = tempfile::tempdir().unwrap();
     let tuned = dir.path().join("tuned");
-    merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        &tuned,
-        &["-q"],
-    );
+    merge_qv_r8(&tuned, &["-q"]);
     // Nothing changed: exit 2, nothing written.
     let out = dir.path().join("a");
     let line = one_line_error(&run_err(extract_args(

@@ -56,12 +56,7 @@ fn an_older_layout_in_the_output_folder_does_not_survive() {
     );
     assert!(out.join("model.safetensors.index.json").exists());
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
-    merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        &out,
-        &["--quiet"],
-    );
+    merge_qv_r8(&out, &["--quiet"]);
     assert_eq!(
         listing(&out),
         vec![
@@ -154,15 +149,7 @@ fn unwritable_destinations_exit_3_naming_the_path() {
         ro.join("merged.safetensors"),
         ro.join("a/b/merged.safetensors"),
     ] {
-        let res = run_err(merge_args(
-            &fixture("llama/base/model.safetensors"),
-            &fixture("llama/adapters/qv_r8"),
-            &out,
-            &[],
-        ));
-        let err = String::from_utf8_lossy(&res.stderr);
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert_eq!(res.status.code(), Some(3), "{err}");
+        let err = unwritable_merge_error(&out);
         assert!(err.contains(s(&ro)), "names the path: {err}");
     }
     let res = run_err([

@@ -104,12 +104,7 @@ fn extract_finalize_takes_out_from_the_command_line() {
     let out = dir.path().join("adapter");
     let elsewhere = dir.path().join("elsewhere");
     let tuned = dir.path().join("tuned");
-    merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        &tuned,
-        &["--quiet"],
-    );
+    merge_qv_r8(&tuned, &["--quiet"]);
     for i in 1..=2 {
         run_ok(extract_args(
             &fixture("llama/base"),

@@ -47,12 +47,7 @@ fn sharded_in_sharded_out_with_valid_index() {
 fn reshard_with_max_shard_size() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        &out,
-        &["--max-shard-size", "120KB"],
-    );
+    merge_qv_r8(&out, &["--max-shard-size", "120KB"]);
     let files = listing(&out);
     let shards: Vec<&String> = files
         .iter()

@@ -169,45 +169,11 @@ fn output_onto_input_is_refused() {
 
 #[test]
 fn kohya_names_that_match_two_base_tensors_are_ambiguous() {
-    use safetensors::Dtype;
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.safetensors");
-    let z = f32_bytes(&[0.0; 4]);
-    // `a.b_c` and `a_b.c` both become `a_b_c` with underscores.
-    synth(
-        &base,
-        &[
-            ("a.b_c.weight", Dtype::F32, vec![2, 2], z.clone()),
-            ("a_b.c.weight", Dtype::F32, vec![2, 2], z.clone()),
-        ],
-    );
-    let ad = dir.path().join("k.safetensors");
-    synth(
-        &ad,
-        &[
-            (
-                "lora_unet_a_b_c.lora_down.weight",
-                Dtype::F32,
-                vec![1, 2],
-                f32_bytes(&[1.0, 1.0]),
-            ),
-            (
-                "lora_unet_a_b_c.lora_up.weight",
-                Dtype::F32,
-                vec![2, 1],
-                f32_bytes(&[1.0, 1.0]),
-            ),
-        ],
-    );
+    let (base, ad) = ambiguous_kohya_case(dir.path());
     let out = dir.path().join("o.safetensors");
     let res = run_err(merge_args(&base, &ad, &out, &[]));
-    let line = one_line_error(&res);
-    assert!(
-        line.contains("ambiguous")
-            && line.contains("a.b_c.weight")
-            && line.contains("a_b.c.weight"),
-        "{line}"
-    );
+    assert_ambiguous_kohya(&one_line_error(&res));
     assert!(!out.exists());
 }
 

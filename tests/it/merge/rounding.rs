@@ -16,29 +16,15 @@ fn bf16_merge_rounds_once_from_f32() {
     merge_ok(&base, &adapter, &out32, &["--dtype", "f32"]);
     let merged = read_checkpoint(&out);
     let merged32 = read_checkpoint(&out32);
-    let base_t = read_checkpoint(&base);
-    let ad = read(&adapter.join("adapter_model.safetensors"));
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
-            .unwrap();
-    let scale = (cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap()) as f32;
     let rne = |x: f32| -> u16 {
         let b = x.to_bits();
         ((b.wrapping_add(0x7FFF + ((b >> 16) & 1))) >> 16) as u16
     };
-    let mut checked = 0;
     for (name, t) in &merged {
         assert_eq!(t.dtype, safetensors::Dtype::BF16, "{name}");
-        let module = name.strip_suffix(".weight").unwrap();
-        let key_a = format!("base_model.model.{module}.lora_A.weight");
-        let Some(a) = ad.get(&key_a) else {
-            assert_eq!(t.data, base_t[name].data, "{name} untouched");
-            continue;
-        };
-        let b = &ad[&format!("base_model.model.{module}.lora_B.weight")];
-        let (av, bv) = (a.f32(), b.f32());
-        let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
-        let w0 = base_t[name].f32();
+    }
+    for_each_adapted(&merged, &base, &adapter, |name, t, m| {
+        let Adapted { r, k, d, .. } = *m;
         let got: Vec<u16> = t
             .data
             .chunks_exact(2)
@@ -49,9 +35,9 @@ fn bf16_merge_rounds_once_from_f32() {
             for j in 0..k {
                 let mut acc = 0f32;
                 for kk in 0..r {
-                    acc += bv[i * r + kk] * av[kk * k + j];
+                    acc += m.b[i * r + kk] * m.a[kk * k + j];
                 }
-                let v = w0[i * k + j] + scale * acc;
+                let v = m.w0[i * k + j] + m.scale * acc;
                 assert_eq!(got[i * k + j], rne(v), "{name}[{i},{j}]");
                 assert_eq!(
                     got[i * k + j],
@@ -60,6 +46,53 @@ fn bf16_merge_rounds_once_from_f32() {
                 );
             }
         }
+    });
+}
+
+/// One module a LoRA adapter (PEFT layout, one `lora_alpha / r` scale) adapts: the base weight
+/// `w0` (`d × k`), `b` (`d × r`), `a` (`r × k`), all f32, and the scale.
+struct Adapted {
+    w0: Vec<f32>,
+    b: Vec<f32>,
+    a: Vec<f32>,
+    r: usize,
+    k: usize,
+    d: usize,
+    scale: f32,
+}
+
+/// Every tensor of `merged` (a merge of the PEFT `adapter` into `base`): one the adapter does not
+/// touch must hold the base's bytes; `check` runs on each of the others, which must be 4.
+fn for_each_adapted(
+    merged: &std::collections::BTreeMap<String, T>,
+    base: &Path,
+    adapter: &Path,
+    mut check: impl FnMut(&str, &T, &Adapted),
+) {
+    let base_t = read_checkpoint(base);
+    let ad = read(&adapter.join("adapter_model.safetensors"));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let scale = (cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap()) as f32;
+    let mut checked = 0;
+    for (name, t) in merged {
+        let module = name.strip_suffix(".weight").unwrap();
+        let Some(a) = ad.get(&format!("base_model.model.{module}.lora_A.weight")) else {
+            assert_eq!(t.data, base_t[name].data, "{name} untouched");
+            continue;
+        };
+        let b = &ad[&format!("base_model.model.{module}.lora_B.weight")];
+        let m = Adapted {
+            w0: base_t[name].f32(),
+            b: b.f32(),
+            a: a.f32(),
+            r: a.shape[0],
+            k: a.shape[1],
+            d: b.shape[0],
+            scale,
+        };
+        check(name, t, &m);
         checked += 1;
     }
     assert_eq!(checked, 4);
@@ -175,35 +208,19 @@ fn exact_rounding_stores_the_correctly_rounded_value() {
     let adapter = fixture("llama/adapters/qv_r8");
     merge_ok(&base, &adapter, &out, &["--exact-rounding"]);
     let merged = read_checkpoint(&out);
-    let base_t = read_checkpoint(&base);
-    let ad = read(&adapter.join("adapter_model.safetensors"));
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
-            .unwrap();
-    let scale = (cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap()) as f32;
-    let mut checked = 0;
-    for (name, t) in &merged {
-        let module = name.strip_suffix(".weight").unwrap();
-        let Some(a) = ad.get(&format!("base_model.model.{module}.lora_A.weight")) else {
-            assert_eq!(t.data, base_t[name].data, "{name} untouched");
-            continue;
-        };
-        let b = &ad[&format!("base_model.model.{module}.lora_B.weight")];
-        let (av, bv) = (a.f32(), b.f32());
-        let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
-        let w0 = base_t[name].f32();
+    for_each_adapted(&merged, &base, &adapter, |name, t, m| {
+        let Adapted { r, k, d, .. } = *m;
         for i in 0..d {
             for j in 0..k {
-                let col: Vec<f32> = (0..r).map(|kk| av[kk * k + j]).collect();
-                let want = exact_bf16(w0[i * k + j], scale, &bv[i * r..(i + 1) * r], &col);
+                let col: Vec<f32> = (0..r).map(|kk| m.a[kk * k + j]).collect();
+                let b_row = &m.b[i * r..(i + 1) * r];
+                let want = exact_bf16(m.w0[i * k + j], m.scale, b_row, &col);
                 let p = 2 * (i * k + j);
                 let got = u16::from_le_bytes([t.data[p], t.data[p + 1]]);
                 assert_eq!(got, want, "{name}[{i},{j}]");
             }
         }
-        checked += 1;
-    }
-    assert_eq!(checked, 4);
+    });
 }
 
 /// `--exact-rounding` refuses a DoRA adapter (its norm and division are outside the exact

@@ -5,129 +5,42 @@ use super::*;
 
 #[test]
 fn logits_match_transformers_and_peft() {
-    // (model, adapters, eval flags, reference file, reference tensor)
-    type Case<'a> = (
-        &'a str,
-        &'a [(&'a str, f64)],
-        &'a [&'a str],
-        &'a str,
-        &'a str,
-    );
-    let extra = "llama/logits_extra.safetensors";
-    let base = "llama/logits.safetensors";
+    // (model, adapters under llama/adapters/ at weight 1, eval flags, reference file and tensor)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a str, &'a str);
+    let (base, extra) = ("llama/logits.safetensors", "llama/logits_extra.safetensors");
+    let merged: &[&str] = &["--merged"];
+    #[rustfmt::skip]
     let cases: &[Case] = &[
-        ("llama/base", &[], &[], base, "logits_base"),
-        ("llama/base_sharded", &[], &[], base, "logits_base"),
-        (
-            "llama/base",
-            &[("llama/adapters/qv_r8", 1.0)],
-            &[],
-            base,
-            "logits_qv_r8",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/qv_r8", 1.0)],
-            &["--merged"],
-            base,
-            "logits_qv_r8_merged",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/rslora_all", 1.0)],
-            &[],
-            extra,
-            "logits_rslora_all",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/rslora_all", 1.0)],
-            &["--merged"],
-            extra,
-            "logits_rslora_all_merged",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/patterns", 1.0)],
-            &[],
-            extra,
-            "logits_patterns",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/dora", 1.0)],
-            &[],
-            extra,
-            "logits_dora",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/embed", 1.0)],
-            &[],
-            extra,
-            "logits_embed",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/embed", 1.0)],
-            &["--merged"],
-            extra,
-            "logits_embed",
-        ),
-        ("llama/base_attn_bias", &[], &[], extra, "logits_attn_bias"),
-        (
-            "llama/base_attn_bias",
-            &[("llama/adapters/bias", 1.0)],
-            &[],
-            extra,
-            "logits_bias",
-        ),
-        (
-            "llama/base",
-            &[("llama/adapters/modules_to_save", 1.0)],
-            &[],
-            extra,
-            "logits_modules_to_save",
-        ),
-        ("llama/tied", &[], &[], extra, "logits_tied"),
-        ("llama/base_bf16", &[], &[], extra, "logits_bf16"),
-        (
-            "llama/base_bf16",
-            &[("llama/adapters/qv_r8", 1.0)],
-            &[],
-            extra,
-            "logits_bf16_qv_r8",
-        ),
-        (
-            "llama/base",
-            &[
-                ("llama/adapters/weighted_a", 1.0),
-                ("llama/adapters/weighted_b", 1.0),
-            ],
-            &[],
-            extra,
-            "logits_weighted_a_b",
-        ),
-        ("llama/qwen2", &[], &[], extra, "logits_qwen2"),
-        (
-            "llama/qwen2",
-            &[("llama/adapters/qwen2_lora", 1.0)],
-            &[],
-            extra,
-            "logits_qwen2_lora",
-        ),
-        (
-            "llama/qwen2",
-            &[("llama/adapters/qwen2_lora", 1.0)],
-            &["--merged"],
-            extra,
-            "logits_qwen2_lora_merged",
-        ),
-        ("llama/mistral", &[], &[], extra, "logits_mistral"),
+        ("llama/base",           &[],                 &[],    base, "logits_base"),
+        ("llama/base_sharded",   &[],                 &[],    base, "logits_base"),
+        ("llama/base",           &["qv_r8"],          &[],    base, "logits_qv_r8"),
+        ("llama/base",           &["qv_r8"],          merged, base, "logits_qv_r8_merged"),
+        ("llama/base",           &["rslora_all"],     &[],    extra, "logits_rslora_all"),
+        ("llama/base",           &["rslora_all"],     merged, extra, "logits_rslora_all_merged"),
+        ("llama/base",           &["patterns"],       &[],    extra, "logits_patterns"),
+        ("llama/base",           &["dora"],           &[],    extra, "logits_dora"),
+        ("llama/base",           &["embed"],          &[],    extra, "logits_embed"),
+        ("llama/base",           &["embed"],          merged, extra, "logits_embed"),
+        ("llama/base_attn_bias", &[],                 &[],    extra, "logits_attn_bias"),
+        ("llama/base_attn_bias", &["bias"],           &[],    extra, "logits_bias"),
+        ("llama/base",           &["modules_to_save"], &[],   extra, "logits_modules_to_save"),
+        ("llama/tied",           &[],                 &[],    extra, "logits_tied"),
+        ("llama/base_bf16",      &[],                 &[],    extra, "logits_bf16"),
+        ("llama/base_bf16",      &["qv_r8"],          &[],    extra, "logits_bf16_qv_r8"),
+        ("llama/base",           &["weighted_a", "weighted_b"], &[], extra, "logits_weighted_a_b"),
+        ("llama/qwen2",          &[],                 &[],    extra, "logits_qwen2"),
+        ("llama/qwen2",          &["qwen2_lora"],     &[],    extra, "logits_qwen2_lora"),
+        ("llama/qwen2",          &["qwen2_lora"],     merged, extra, "logits_qwen2_lora_merged"),
+        ("llama/mistral",        &[],                 &[],    extra, "logits_mistral"),
     ];
     let mut worst = 0f64;
-    for (model, adapters, flags, file, name) in cases {
-        let (got, _) = eval_logits(model, adapters, flags);
+    for (model, names, flags, file, name) in cases {
+        let paths: Vec<String> = names
+            .iter()
+            .map(|a| format!("llama/adapters/{a}"))
+            .collect();
+        let adapters: Vec<(&str, f64)> = paths.iter().map(|p| (p.as_str(), 1.0)).collect();
+        let (got, _) = eval_logits(model, &adapters, flags);
         let want = tensor(file, name);
         let e = assert_close(
             &got,
@@ -195,26 +108,14 @@ fn text_loss_matches_transformers_sliding_windows() {
     )
     .unwrap();
     for case in reference["cases"].as_array().unwrap() {
-        let mut args = vec![
-            "eval".to_string(),
-            "--model".into(),
-            fixture(case["model"].as_str().unwrap())
-                .display()
-                .to_string(),
-            "--tokenizer".into(),
-            fixture("text/tokenizer.json").display().to_string(),
-            "--text".into(),
-            fixture("text/tiny.txt").display().to_string(),
-            "--seq-len".into(),
-            case["seq_len"].to_string(),
-            "--stride".into(),
-            case["stride"].to_string(),
-            "--batch".into(),
-            "3".into(),
-            "--device".into(),
-            "cpu".into(),
-            "--json".into(),
-        ];
+        let model = fixture(case["model"].as_str().unwrap());
+        let (seq_len, stride) = (case["seq_len"].to_string(), case["stride"].to_string());
+        let mut args = eval_text_args(
+            &model,
+            "tiny.txt",
+            &seq_len,
+            &["--stride", &stride, "--batch", "3", "--json"],
+        );
         if let Some(a) = case["adapter"].as_str() {
             args.extend(["--adapter".into(), fixture(a).display().to_string()]);
         }
@@ -227,6 +128,24 @@ fn text_loss_matches_transformers_sliding_windows() {
     }
 }
 
+/// `eval --model MODEL --device cpu` on `fixtures/text/<text>` with the text fixtures'
+/// tokenizer in windows of `seq_len` tokens, followed by `extra`.
+fn eval_text_args(model: &Path, text: &str, seq_len: &str, extra: &[&str]) -> Vec<String> {
+    let (tokenizer, text) = (
+        fixture("text/tokenizer.json"),
+        fixture(&format!("text/{text}")),
+    );
+    let args = [
+        "--tokenizer",
+        s(&tokenizer),
+        "--text",
+        s(&text),
+        "--seq-len",
+        seq_len,
+    ];
+    eval_cpu_args(model, &[&args[..], extra].concat())
+}
+
 #[test]
 fn tokenizer_matches_python_tokenizers() {
     // The whole text in one window: its logits must be those of the ids Python's tokenizer made.
@@ -235,33 +154,22 @@ fn tokenizer_matches_python_tokenizers() {
         dir.path().join("a.safetensors"),
         dir.path().join("b.safetensors"),
     );
-    let model = fixture("llama/base").display().to_string();
-    run_ok([
-        "eval",
-        "--model",
+    let model = fixture("llama/base");
+    run_ok(eval_text_args(
         &model,
-        "--tokenizer",
-        &fixture("text/tokenizer.json").display().to_string(),
-        "--text",
-        &fixture("text/tiny.txt").display().to_string(),
-        "--seq-len",
+        "tiny.txt",
         "1024",
-        "--logits",
-        &a.display().to_string(),
-        "--device",
-        "cpu",
-    ]);
-    run_ok([
-        "eval",
-        "--model",
+        &["--logits", s(&a)],
+    ));
+    run_ok(eval_cpu_args(
         &model,
-        "--input-ids",
-        &fixture("text/tiny_ids.safetensors").display().to_string(),
-        "--logits",
-        &b.display().to_string(),
-        "--device",
-        "cpu",
-    ]);
+        &[
+            "--input-ids",
+            s(&fixture("text/tiny_ids.safetensors")),
+            "--logits",
+            s(&b),
+        ],
+    ));
     let (ta, tb) = (read(&a), read(&b));
     assert_eq!(ta["logits"].shape, vec![1, 616, 128]);
     assert_eq!(ta["logits"], tb["logits"]);
@@ -269,42 +177,36 @@ fn tokenizer_matches_python_tokenizers() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("text/MANIFEST.json")).unwrap())
             .unwrap();
-    let r: serde_json::Value = serde_json::from_str(&run_ok([
-        "eval",
-        "--model",
+    let r: serde_json::Value = serde_json::from_str(&run_ok(eval_text_args(
         &model,
-        "--tokenizer",
-        &fixture("text/tokenizer.json").display().to_string(),
-        "--text",
-        &fixture("text/tiny.jsonl").display().to_string(),
-        "--seq-len",
+        "tiny.jsonl",
         "64",
-        "--json",
-        "--device",
-        "cpu",
-    ]))
+        &["--json"],
+    )))
     .unwrap();
     assert_eq!(r["tokens"], manifest["cases"]["text"]["tokens_jsonl"]);
 }
 
 #[test]
 fn eval_json_report_and_generation() {
-    let r: serde_json::Value = serde_json::from_str(&run_ok([
-        "eval",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--adapter",
-        &fixture("llama/adapters/qv_r8").display().to_string(),
-        "--tokenizer",
-        &fixture("text/tokenizer.json").display().to_string(),
-        "--prompt",
-        "The keeper of the lighthouse",
-        "--generate",
-        "6",
-        "--json",
-        "--device",
-        "cpu",
-    ]))
+    let (tokenizer, qv_r8) = (
+        fixture("text/tokenizer.json"),
+        fixture("llama/adapters/qv_r8"),
+    );
+    let r: serde_json::Value = serde_json::from_str(&run_ok(eval_cpu_args(
+        &fixture("llama/base"),
+        &[
+            "--adapter",
+            s(&qv_r8),
+            "--tokenizer",
+            s(&tokenizer),
+            "--prompt",
+            "The keeper of the lighthouse",
+            "--generate",
+            "6",
+            "--json",
+        ],
+    )))
     .unwrap();
     for k in [
         "model",
@@ -358,19 +260,17 @@ fn eval_json_report_and_generation() {
     seq.extend(ids.iter().map(|&i| i as i64));
     write_ids(&full_ids, &seq);
     let out = dir.path().join("full.safetensors");
-    run_ok([
-        "eval",
-        "--model",
-        &fixture("llama/base").display().to_string(),
-        "--adapter",
-        &fixture("llama/adapters/qv_r8").display().to_string(),
-        "--input-ids",
-        &full_ids.display().to_string(),
-        "--logits",
-        &out.display().to_string(),
-        "--device",
-        "cpu",
-    ]);
+    run_ok(eval_cpu_args(
+        &fixture("llama/base"),
+        &[
+            "--adapter",
+            s(&qv_r8),
+            "--input-ids",
+            s(&full_ids),
+            "--logits",
+            s(&out),
+        ],
+    ));
     let z = read(&out)["logits"].f32();
     for (k, &id) in ids.iter().enumerate() {
         let p = prompt_tokens - 1 + k;
@@ -398,24 +298,20 @@ fn write_ids(path: &Path, ids: &[i64]) {
 
 #[test]
 fn eval_errors_are_one_line() {
-    let model = fixture("llama/base").display().to_string();
+    let model = fixture("llama/base");
     // No tokenizer in the model folder.
-    let e = one_line_error(&run_err([
-        "eval", "--model", &model, "--prompt", "hi", "--device", "cpu",
-    ]));
+    let e = one_line_error(&run_err(eval_cpu_args(&model, &["--prompt", "hi"])));
     assert!(e.contains("tokenizer"), "{e}");
     // An adapter for another architecture.
-    let e = one_line_error(&run_err([
-        "eval",
-        "--model",
+    let e = one_line_error(&run_err(eval_cpu_args(
         &model,
-        "--adapter",
-        &fixture("gpt2/adapters/fifo").display().to_string(),
-        "--input-ids",
-        &ids_file(),
-        "--device",
-        "cpu",
-    ]));
+        &[
+            "--adapter",
+            s(&fixture("gpt2/adapters/fifo")),
+            "--input-ids",
+            &ids_file(),
+        ],
+    )));
     assert!(
         e.contains("c_attn") || e.contains("matches no layer"),
         "{e}"
@@ -424,32 +320,16 @@ fn eval_errors_are_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.safetensors");
     write_ids(&bad, &[1, 2, 500]);
-    let e = one_line_error(&run_err([
-        "eval",
-        "--model",
-        &model,
-        "--input-ids",
-        &bad.display().to_string(),
-        "--device",
-        "cpu",
-    ]));
+    let e = one_line_error(&run_err(eval_cpu_args(&model, &["--input-ids", s(&bad)])));
     assert!(e.contains("500"), "{e}");
     // --logits of a text longer than one window.
-    let e = one_line_error(&run_err([
-        "eval",
-        "--model",
+    let logits = dir.path().join("l.safetensors");
+    let e = one_line_error(&run_err(eval_text_args(
         &model,
-        "--tokenizer",
-        &fixture("text/tokenizer.json").display().to_string(),
-        "--text",
-        &fixture("text/tiny.txt").display().to_string(),
-        "--seq-len",
+        "tiny.txt",
         "32",
-        "--logits",
-        &dir.path().join("l.safetensors").display().to_string(),
-        "--device",
-        "cpu",
-    ]));
+        &["--logits", s(&logits)],
+    )));
     assert!(e.contains("--logits"), "{e}");
     assert!(!dir.path().join("l.safetensors").exists());
 }

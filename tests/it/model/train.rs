@@ -31,28 +31,14 @@ fn training_matches_torch_adamw_on_a_peft_model() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a");
-    let r = train(&[
-        "--init-adapter",
-        &fixture("llama/adapters/qv_r8").display().to_string(),
-        "--data",
-        &ids_file(),
-        "--seq-len",
-        "8",
-        "--batch",
-        "2",
-        "--steps",
-        "3",
-        "--lr",
-        "1e-2",
-        "--weight-decay",
-        "0.01",
-        "--warmup",
-        "1",
-        "--grad-clip",
-        "0.5",
-        "--out",
-        &out.display().to_string(),
-    ]);
+    let (qv, ids) = (fixture("llama/adapters/qv_r8"), ids_file());
+    let r = train(
+        &[
+            &["--init-adapter", s(&qv), "--data", &ids, "--out", s(&out)][..],
+            &flags("--seq-len 8 --batch 2 --steps 3 --lr 1e-2 --weight-decay 0.01 --warmup 1 --grad-clip 0.5"),
+        ]
+        .concat(),
+    );
     let hist = r["history"].as_array().unwrap();
     for (i, h) in hist.iter().enumerate() {
         // Step i's `ours` against torch's `theirs`, within `tol` absolute.
@@ -155,22 +141,14 @@ fn step_zero_is_the_base_model() {
     // lr 0 changes no logit.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a");
-    let r = train(&[
-        "--data",
-        &ids_file(),
-        "--seq-len",
-        "8",
-        "--batch",
-        "2",
-        "--steps",
-        "2",
-        "--lr",
-        "0",
-        "--targets",
-        "q_proj,v_proj,down_proj",
-        "--out",
-        &out.display().to_string(),
-    ]);
+    let ids = ids_file();
+    let r = train(
+        &[
+            &["--data", &ids, "--out", s(&out)][..],
+            &flags("--seq-len 8 --batch 2 --steps 2 --lr 0 --targets q_proj,v_proj,down_proj"),
+        ]
+        .concat(),
+    );
     let base_loss = causal_lm_loss(
         &tensor("llama/logits.safetensors", "logits_base"),
         &fixture_ids(),

@@ -229,14 +229,7 @@ fn random_case(d: Dtype, seed: u64) -> Case {
 
 impl Case {
     fn terms(&self) -> Vec<Term<'_>> {
-        vec![Term {
-            b: &self.b,
-            a: &self.a,
-            rank: self.rank,
-            dense: None,
-            scale: self.scale,
-            dora: None,
-        }]
+        vec![Term::low_rank(&self.b, &self.a, self.rank, self.scale)]
     }
 
     fn job<'a>(&'a self, terms: &'a [Term<'a>]) -> MergeJob<'a> {
@@ -392,14 +385,7 @@ fn dense_terms_and_several_terms_are_exact() {
 fn overflow_dora_and_f64_are_refused() {
     let w0 = dtype::encode(Dtype::F16, &[60000.0, 1.0]);
     let (b, a) = ([1.0f32], [10000.0f32, 0.0]);
-    let t = [Term {
-        b: &b,
-        a: &a,
-        rank: 1,
-        dense: None,
-        scale: 1.0,
-        dora: None,
-    }];
+    let t = [Term::low_rank(&b, &a, 1, 1.0)];
     let job = MergeJob {
         w0: &w0,
         in_dtype: Dtype::F16,
@@ -413,10 +399,7 @@ fn overflow_dora_and_f64_are_refused() {
         Err(MergeError::NonFinite { row: 0, col: 0, value }) if value == f32::INFINITY
     ));
     let mag = [1.0f32];
-    let dora = [Term {
-        dora: Some(Dora::peft(&mag, NormAxis::Rows)),
-        ..t[0]
-    }];
+    let dora = [t[0].with_dora(Dora::peft(&mag, NormAxis::Rows))];
     assert!(merge(&MergeJob {
         terms: &dora,
         ..job

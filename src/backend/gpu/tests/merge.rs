@@ -19,42 +19,48 @@ fn merge_matches_cpu_bit_for_bit() {
         let f2 = factors(rows, cols, rank, &mut seed);
         let plain = f1.term(0.7);
         let unmerge = f2.term(-1.3);
-        let dora_r = Term {
-            dora: Some(Dora::peft(&mag_r, NormAxis::Rows)),
-            ..unmerge
-        };
-        let dora_c = Term {
-            dora: Some(Dora::peft(&mag_c, NormAxis::Cols)),
-            ..plain
-        };
-        let sets: [(&str, Vec<Term>); 4] = [
+        let dora_r = unmerge.with_dora(Dora::peft(&mag_r, NormAxis::Rows));
+        let dora_c = plain.with_dora(Dora::peft(&mag_c, NormAxis::Cols));
+        let sets = [
             ("plain", vec![plain]),
             ("plain+unmerge", vec![plain, unmerge]),
             ("dora rows", vec![dora_r]),
             ("plain+dora cols", vec![unmerge, dora_c]),
         ];
-        for in_dtype in DTYPES {
-            let bytes = dtype::encode(in_dtype, &w0);
-            for out_dtype in DTYPES {
-                for (name, terms) in &sets {
-                    let job = MergeJob {
-                        w0: &bytes,
-                        in_dtype,
-                        rows,
-                        cols,
-                        terms,
-                        out_dtype,
-                    };
-                    inexact += assert_merge_matches(
-                        ctx,
-                        &job,
-                        &format!("r{rank} {in_dtype:?}→{out_dtype:?} {name}"),
-                    );
-                }
+        inexact += assert_every_dtype_matches(ctx, &w0, (rows, cols), &sets, &format!("r{rank}"));
+    }
+    eprintln!("merge f32 outputs not bit-identical to the CPU: {inexact}");
+}
+
+/// Each named term set merged over `w0` from every dtype of [`DTYPES`] to every other, on the
+/// GPU and the CPU ([`assert_merge_matches`]); returns how many f32 outputs were not
+/// bit-identical.
+fn assert_every_dtype_matches(
+    ctx: &GpuContext,
+    w0: &[f32],
+    (rows, cols): (usize, usize),
+    sets: &[(&str, Vec<Term>)],
+    label: &str,
+) -> usize {
+    let mut inexact = 0;
+    for in_dtype in DTYPES {
+        let bytes = dtype::encode(in_dtype, w0);
+        for out_dtype in DTYPES {
+            for (name, terms) in sets {
+                let job = MergeJob {
+                    w0: &bytes,
+                    in_dtype,
+                    rows,
+                    cols,
+                    terms,
+                    out_dtype,
+                };
+                let what = format!("{label} {in_dtype:?}→{out_dtype:?} {name}");
+                inexact += assert_merge_matches(ctx, &job, &what);
             }
         }
     }
-    eprintln!("merge f32 outputs not bit-identical to the CPU: {inexact}");
+    inexact
 }
 
 /// Edge shapes of the 2-D tiled kernel: column counts that are odd, below, at and just past
@@ -79,43 +85,19 @@ fn merge_edge_shapes_match_cpu() {
         let mag_c: Vec<f32> = (0..cols).map(|_| 1.0 + uniform(&mut seed)).collect();
         let f1 = factors(rows, cols, rank, &mut seed);
         let f2 = factors(rows, cols, rank.div_ceil(2), &mut seed);
-        let sets: [(&str, Vec<Term>); 3] = [
+        let sets = [
             ("plain", vec![f1.term(0.7)]),
             ("two ranks", vec![f1.term(0.7), f2.term(-1.1)]),
             (
                 "dora rows+cols",
                 vec![
-                    Term {
-                        dora: Some(Dora::peft(&mag_r, NormAxis::Rows)),
-                        ..f2.term(0.9)
-                    },
-                    Term {
-                        dora: Some(Dora::peft(&mag_c, NormAxis::Cols)),
-                        ..f1.term(-0.4)
-                    },
+                    f2.term(0.9).with_dora(Dora::peft(&mag_r, NormAxis::Rows)),
+                    f1.term(-0.4).with_dora(Dora::peft(&mag_c, NormAxis::Cols)),
                 ],
             ),
         ];
-        for in_dtype in DTYPES {
-            let bytes = dtype::encode(in_dtype, &w0);
-            for out_dtype in DTYPES {
-                for (name, terms) in &sets {
-                    let job = MergeJob {
-                        w0: &bytes,
-                        in_dtype,
-                        rows,
-                        cols,
-                        terms,
-                        out_dtype,
-                    };
-                    assert_merge_matches(
-                        ctx,
-                        &job,
-                        &format!("{rows}×{cols} r{rank} {in_dtype:?}→{out_dtype:?} {name}"),
-                    );
-                }
-            }
-        }
+        let label = format!("{rows}×{cols} r{rank}");
+        assert_every_dtype_matches(ctx, &w0, (rows, cols), &sets, &label);
     }
 }
 
@@ -133,10 +115,7 @@ fn merge_streams_many_chunks_byte_identical() {
         let mag: Vec<f32> = (0..rows).map(|_| 1.0 + uniform(&mut seed)).collect();
         let terms = [
             f.term(0.8),
-            Term {
-                dora: Some(Dora::peft(&mag, NormAxis::Rows)),
-                ..f.term(-0.3)
-            },
+            f.term(-0.3).with_dora(Dora::peft(&mag, NormAxis::Rows)),
         ];
         for out_dtype in DTYPES {
             let job = MergeJob {
@@ -217,14 +196,8 @@ fn merge_tiled_matches_cpu() {
         let f2 = factors(rows, cols, rank, &mut seed);
         let terms = [
             f1.term(0.5),
-            Term {
-                dora: Some(Dora::peft(&mag_c, NormAxis::Cols)),
-                ..f2.term(-0.75)
-            },
-            Term {
-                dora: Some(Dora::peft(&mag_r, NormAxis::Rows)),
-                ..f1.term(1.5)
-            },
+            f2.term(-0.75).with_dora(Dora::peft(&mag_c, NormAxis::Cols)),
+            f1.term(1.5).with_dora(Dora::peft(&mag_r, NormAxis::Rows)),
         ];
         let (tr, tc) = merge_tiles(rows, cols, 4, 3 * rank, 1, 1, TILED_LIMIT, 1 << 26).unwrap();
         // Row tiles always; column tiles too once the stacked A (3·rank × cols) outgrows a binding.
@@ -281,14 +254,7 @@ fn merge_embedding_larger_than_binding_limit() {
 /// Runs a one-element f32 merge with and without the FMA guard; returns (guarded, unguarded).
 fn fma_probe(ctx: &GpuContext, w0: f32, b: &[f32], a: &[f32], scale: f32) -> (u32, u32) {
     let bytes = dtype::encode(Dtype::F32, &[w0]);
-    let terms = [Term {
-        b,
-        a,
-        rank: b.len(),
-        dense: None,
-        scale,
-        dora: None,
-    }];
+    let terms = [Term::low_rank(b, a, b.len(), scale)];
     let job = MergeJob {
         w0: &bytes,
         in_dtype: Dtype::F32,
@@ -346,14 +312,7 @@ fn merge_signed_zero_matches_cpu() {
     let bytes = dtype::encode(Dtype::BF16, &[-0.0, -0.0]);
     let b = [-1.0f32];
     let a = [0.0f32, -0.0];
-    let terms = [Term {
-        b: &b,
-        a: &a,
-        rank: 1,
-        dense: None,
-        scale: 1.0,
-        dora: None,
-    }];
+    let terms = [Term::low_rank(&b, &a, 1, 1.0)];
     for out_dtype in DTYPES {
         let job = MergeJob {
             w0: &bytes,
@@ -400,14 +359,7 @@ fn merge_special_values_round_like_half() {
     let bytes = dtype::encode(Dtype::F32, &vals);
     let zeros_b = [0.0f32];
     let zeros_a = vec![0.0f32; vals.len()];
-    let terms = [Term {
-        b: &zeros_b,
-        a: &zeros_a,
-        rank: 1,
-        dense: None,
-        scale: 1.0,
-        dora: None,
-    }];
+    let terms = [Term::low_rank(&zeros_b, &zeros_a, 1, 1.0)];
     for out_dtype in [Dtype::F16, Dtype::BF16] {
         let job = MergeJob {
             w0: &bytes,
@@ -424,34 +376,8 @@ fn merge_special_values_round_like_half() {
 #[test]
 fn merge_reports_first_non_finite() {
     let Some(ctx) = gpu() else { return };
-    // The CPU module's own case.
-    let w0 = dtype::encode(Dtype::F32, &[1.0, 2.0, 3.0, 4.0]);
-    let b = [1.0f32, f32::INFINITY];
-    let a = [1.0f32, 1.0];
-    let terms = [Term {
-        b: &b,
-        a: &a,
-        rank: 1,
-        dense: None,
-        scale: 1.0,
-        dora: None,
-    }];
-    let job = MergeJob {
-        w0: &w0,
-        in_dtype: Dtype::F32,
-        rows: 2,
-        cols: 2,
-        terms: &terms,
-        out_dtype: Dtype::F32,
-    };
-    assert_eq!(
-        merge(ctx, &job).unwrap_err(),
-        MergeError::NonFinite {
-            row: 1,
-            col: 0,
-            value: f32::INFINITY
-        }
-    );
+    // The CPU module's own case, the same body.
+    cpu::tests::assert_reports_first_non_finite(&|job| merge(ctx, job));
 
     // Several bad rows spread over tiles: the first in row-major order wins.
     let Some(tiled) = gpu_tiled() else { return };
@@ -496,12 +422,8 @@ fn merge_rejects_unsupported_input() {
     };
     assert!(matches!(merge(ctx, &job), Err(MergeError::Gpu(_))));
     let job = MergeJob {
-        w0: &w0,
         in_dtype: Dtype::F32,
-        rows: 1,
-        cols: 2,
-        terms: &[],
-        out_dtype: Dtype::F32,
+        ..job
     };
     assert!(matches!(merge(ctx, &job), Err(MergeError::Shape(_))));
     let empty = MergeJob {

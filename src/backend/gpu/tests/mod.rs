@@ -175,14 +175,7 @@ fn factors(rows: usize, cols: usize, rank: usize, seed: &mut Rng) -> Factors {
 
 impl Factors {
     fn term(&self, scale: f32) -> Term<'_> {
-        Term {
-            b: &self.b,
-            a: &self.a,
-            rank: self.rank,
-            dense: None,
-            scale,
-            dora: None,
-        }
+        Term::low_rank(&self.b, &self.a, self.rank, scale)
     }
 }
 
