@@ -45,6 +45,7 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
         ("full", ["diff", "diff_b"].as_slice()),
         ("norm", ["w_norm", "b_norm"].as_slice()),
         ("OFT", ["oft_blocks", "rescale"].as_slice()),
+        ("OFT v2", ["oft_R.weight", "oft_R.scaled_oft"].as_slice()),
         ("IA3", ["weight", "on_input"].as_slice()),
         (
             "GLoRA",
@@ -435,6 +436,73 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                     block_size: sz,
                     constraint,
                 }
+            };
+        }
+        "OFT v2" => {
+            // OneTrainer @23df383 `OFTModule` / `OFTRotationModule`: `oft_R.weight` [r, s(s−1)/2]
+            // (r = in·kh·kw / s; one row when `block_share`, which the file does not record: a
+            // single row is read as shared, the same rotation when the base has one block), and
+            // the `scaled_oft` flag. Always 5 Cayley–Neumann terms; no alpha, rescale or coft.
+            let (weight, ws) = get("oft_R.weight")?;
+            let s_of = |n: usize| (2..=4096usize).find(|s| s * (s - 1) / 2 == n);
+            let (r, sz) = match ws.as_slice() {
+                [r, n] if s_of(*n).is_some() => (*r, s_of(*n).unwrap_or(0)),
+                _ => {
+                    let key = parts.get("oft_R.weight").map_or("", |(k, _)| k.as_str());
+                    return Err(InputError::invalid(
+                        fpath,
+                        format!("tensor `{key}`: shape {ws:?} is not an OFT rotation [blocks, s(s−1)/2] for a block size s"),
+                    ));
+                }
+            };
+            let scaled = match parts.get("oft_R.scaled_oft") {
+                None => false,
+                Some((key, shape)) => {
+                    if shape.iter().product::<usize>() != 1 {
+                        return Err(InputError::invalid(
+                            fpath,
+                            format!(
+                                "tensor `{key}`: scaled_oft must be a scalar, shape is {shape:?}"
+                            ),
+                        ));
+                    }
+                    match crate::adapter::formats::kohya::read_scalar(file, key)? {
+                        0.0 => false,
+                        1.0 => true,
+                        x => {
+                            return Err(InputError::invalid(
+                                fpath,
+                                format!(
+                                    "tensor `{key}`: scaled_oft must be true or false, found {x}"
+                                ),
+                            ))
+                        }
+                    }
+                }
+            };
+            if alpha.is_some() {
+                return Err(err(
+                    "OFT v2 module has an alpha, which OneTrainer never writes".into(),
+                ));
+            }
+            let block_share = r == 1;
+            // The base's output side and kernel are not in the file (any [d, …] weight whose
+            // flattened input side the blocks tile fits).
+            kind = ModuleKind::Linear;
+            out = 0;
+            k = if block_share { 0 } else { r * sz };
+            rank = r;
+            alpha_v = 1.0;
+            scale = 1.0;
+            factors = Factors::PeftOft {
+                weight,
+                block_size: sz,
+                blocks: r,
+                block_share,
+                cayley: algo::PeftCayley::Neumann(5),
+                coft_eps: None,
+                scaled,
+                conv: algo::OftConv::Plain,
             };
         }
         "GLoRA" => {
