@@ -162,8 +162,8 @@ fn inspect_names_the_convention_and_family() {
     assert!(text.contains("CLIP text encoder"), "{text}");
 }
 
-/// Writes `tensors` as a safetensors file with `metadata`.
-fn write(path: &Path, tensors: &BTreeMap<String, T>, metadata: Option<(&str, &str)>) {
+/// Writes `tensors` as a safetensors file with `metadata` (also the LyCORIS tests' writer).
+pub(super) fn write(path: &Path, tensors: &BTreeMap<String, T>, metadata: Option<(&str, &str)>) {
     let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(n, t)| {

@@ -73,7 +73,13 @@ fn merged(dir: &Path, case: &str, extra: &[&str]) -> BTreeMap<String, T> {
 
 /// How a merge shows it reproduces the adapter's change, not just the base.
 #[derive(Clone, Copy)]
-enum Vacuity {
+enum Vacuity<'a> {
+    /// Only the match within [`TOL`] (a conversion's merge, already shown non-vacuous on the
+    /// fixture itself).
+    Matched,
+    /// The expected weights are far from this other reference (`rel > 100·TOL`): a merge at
+    /// another weight, or the updates summed instead of applied in sequence.
+    NotLike(&'a BTreeMap<String, T>),
     /// The error is small against the change itself, up to the f32 rounding of W that both
     /// sides store (8 half-ulps of ‖W‖; it matters only for loha_tucker's conv, whose change is
     /// 1e-5 of W): `‖out − W1‖ ≤ 1e-4·‖W1 − W0‖ + rounding`.
@@ -118,6 +124,11 @@ fn assert_merged_like(
         let e = rel_err(&got, &want);
         assert!(e <= TOL, "{case} {name}: relative error {e:e} > {TOL:e}");
         match vacuity {
+            Vacuity::Matched => {}
+            Vacuity::NotLike(other) => {
+                let e1 = rel_err(&other[name].f32(), &want);
+                assert!(e1 > 100.0 * TOL, "{case} {name}: like the other reference");
+            }
             Vacuity::AgainstChange => {
                 let zero = vec![0f32; want.len()];
                 let (err, change) = (norm(&got, &want), norm(&want, &b));
@@ -287,16 +298,7 @@ fn kohya_rewrite_is_exact_and_peft_refuses_what_it_has_no_tuner_for() {
 
 /// Writes `tensors` (a fixture's, edited) as a safetensors file.
 fn write(path: &Path, tensors: &BTreeMap<String, T>) {
-    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.as_str(),
-                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
+    super::conventions::write(path, tensors, None);
 }
 
 /// A malformed edit of a `fixtures/lycoris/` case: see [`refused_in`].

@@ -7,59 +7,59 @@ use crate::adapter::{scale_for, Data, DoraRule, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 
+/// Every algorithm's tensor roles (the kohya/LyCORIS suffixes), by family name: a module's
+/// tensors must all come from one.
+pub(super) const FAMILIES: &[(&str, &[&str])] = &[
+    (
+        "LoRA",
+        &["lora_down.weight", "lora_up.weight", "lora_mid.weight"],
+    ),
+    (
+        "LoHa",
+        &[
+            "hada_w1_a",
+            "hada_w1_b",
+            "hada_w2_a",
+            "hada_w2_b",
+            "hada_t1",
+            "hada_t2",
+        ],
+    ),
+    (
+        "LoKr",
+        &[
+            "lokr_w1",
+            "lokr_w1_a",
+            "lokr_w1_b",
+            "lokr_w2",
+            "lokr_w2_a",
+            "lokr_w2_b",
+            "lokr_t2",
+        ],
+    ),
+    ("full", &["diff", "diff_b"]),
+    ("norm", &["w_norm", "b_norm"]),
+    ("OFT", &["oft_blocks", "rescale"]),
+    ("OFT v2", &["oft_R.weight", "oft_R.scaled_oft"]),
+    ("IA3", &["weight", "on_input"]),
+    (
+        "GLoRA",
+        &[
+            "a1.weight",
+            "a2.weight",
+            "b1.weight",
+            "b2.weight",
+            "bm.weight",
+        ],
+    ),
+];
+
 /// Builds the module `name` from its tensors.
 pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<LoraModule> {
     let fpath = file.path();
     let err = |msg: String| InputError::invalid(fpath, format!("module `{name}`: {msg}"));
     let has = |s: &str| parts.contains_key(s);
-    let families = [
-        (
-            "LoRA",
-            ["lora_down.weight", "lora_up.weight", "lora_mid.weight"].as_slice(),
-        ),
-        (
-            "LoHa",
-            [
-                "hada_w1_a",
-                "hada_w1_b",
-                "hada_w2_a",
-                "hada_w2_b",
-                "hada_t1",
-                "hada_t2",
-            ]
-            .as_slice(),
-        ),
-        (
-            "LoKr",
-            [
-                "lokr_w1",
-                "lokr_w1_a",
-                "lokr_w1_b",
-                "lokr_w2",
-                "lokr_w2_a",
-                "lokr_w2_b",
-                "lokr_t2",
-            ]
-            .as_slice(),
-        ),
-        ("full", ["diff", "diff_b"].as_slice()),
-        ("norm", ["w_norm", "b_norm"].as_slice()),
-        ("OFT", ["oft_blocks", "rescale"].as_slice()),
-        ("OFT v2", ["oft_R.weight", "oft_R.scaled_oft"].as_slice()),
-        ("IA3", ["weight", "on_input"].as_slice()),
-        (
-            "GLoRA",
-            [
-                "a1.weight",
-                "a2.weight",
-                "b1.weight",
-                "b2.weight",
-                "bm.weight",
-            ]
-            .as_slice(),
-        ),
-    ];
-    let present: Vec<&str> = families
+    let present: Vec<&str> = FAMILIES
         .iter()
         .filter(|(_, keys)| keys.iter().any(|k| has(k)))
         .map(|(f, _)| *f)
