@@ -86,6 +86,15 @@ fn onetrainer_oft_converts_to_kohya_exactly_and_is_never_lowered() {
                 "depends on the base weight",
             ),
             (
+                convert_args(
+                    &ot(case),
+                    "diffusers",
+                    &dir.path().join("never.safetensors"),
+                    &["--base", s(&ot_base())],
+                ),
+                "depends on the base weight",
+            ),
+            (
                 vec![
                     "resize".to_string(),
                     s(&ot(case)).to_string(),
