@@ -18,7 +18,7 @@ pub mod convention;
 pub mod formats;
 pub mod mapping;
 
-pub use algo::{Algo, Factors, Ia3Rule, KronHalf, PeftCayley};
+pub use algo::{Algo, Factors, Ia3Rule, KronHalf, OftConv, PeftCayley};
 
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
@@ -335,14 +335,14 @@ impl Adapter {
     }
 
     /// `ΔW = f(W0)` of a module whose update depends on the base weight
-    /// ([`Factors::needs_base`]), from the canonical base `w0` (d×k), with LyCORIS' `multiplier`
-    /// ([`algo::delta_from_base`]).
+    /// ([`Factors::needs_base`]), from the canonical base `w0` (d×k; `conv` when the base is a
+    /// conv weight), with LyCORIS' `multiplier` ([`algo::delta_from_base`]).
     pub fn delta_from_base(
         &self,
         m: &LoraModule,
         w0: &[f32],
-        d: usize,
-        k: usize,
+        (d, k): (usize, usize),
+        conv: bool,
         multiplier: f64,
     ) -> InputResult<Vec<f32>> {
         let values = self.factor_values(m)?;
@@ -376,8 +376,8 @@ impl Adapter {
         Ok(algo::delta_from_base(
             &loaded,
             w0,
-            d,
-            k,
+            (d, k),
+            conv,
             multiplier * m.scale,
         ))
     }

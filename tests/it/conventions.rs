@@ -162,8 +162,8 @@ fn inspect_names_the_convention_and_family() {
     assert!(text.contains("CLIP text encoder"), "{text}");
 }
 
-/// Writes `tensors` as a safetensors file with `metadata`.
-fn write(path: &Path, tensors: &BTreeMap<String, T>, metadata: Option<(&str, &str)>) {
+/// Writes `tensors` as a safetensors file with `metadata` (also the LyCORIS tests' writer).
+pub(super) fn write(path: &Path, tensors: &BTreeMap<String, T>, metadata: Option<(&str, &str)>) {
     let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(n, t)| {
@@ -324,4 +324,82 @@ fn convert_to_diffusers_keeps_factors_and_scales() {
     )));
     assert!(line.contains("loha") && line.contains("resize"), "{line}");
     assert!(!out.exists());
+}
+
+/// OneTrainer's LoRA output formats (`fixtures/conventions_prefix/`, built to OneTrainer @23df383
+/// by `fixtures/gen/onetrainer_formats_fixtures.py`): KOHYA_LORA's `lora_te2_`/`lora_te3_`,
+/// COMFY_LORA's `text_encoders.clip_l.transformer.` and `diffusion_model.`, DIFFUSERS_LORA's
+/// `text_encoder_2.` and `transformer.` (alpha folded into `lora_B`), the LEGACY mixture's
+/// `lora_transformer_` and the INTERNAL canonical dict (`transformer.` with `lora_down`/`alpha`).
+/// Each merges into the base its names map onto as the generator's f64 merge of the saved
+/// factors, and `inspect` names its prefix and spelling.
+#[test]
+fn onetrainer_formats_merge_like_an_f64_reference() {
+    /// (case, base, prefix, naming)
+    const OT: &[(&str, &str, &str, &str)] = &[
+        ("ot_kohya_te2", "kohya/te_base", "lora_te2", "kohya"),
+        ("ot_kohya_te3", "kohya/te_base", "lora_te3", "kohya"),
+        ("ot_comfy_te1", "kohya/te_base", "text_encoders", "peft"),
+        (
+            "ot_diffusers_te2",
+            "kohya/te_base",
+            "text_encoder_2",
+            "peft",
+        ),
+        (
+            "ot_mixture_transformer",
+            "lycoris_w0/base.safetensors",
+            "lora_transformer",
+            "kohya",
+        ),
+        (
+            "ot_diffusers_transformer",
+            "lycoris_w0/base.safetensors",
+            "transformer",
+            "peft",
+        ),
+        (
+            "ot_comfy_transformer",
+            "lycoris_w0/base.safetensors",
+            "diffusion_model",
+            "peft",
+        ),
+        (
+            "ot_internal_transformer",
+            "lycoris_w0/base.safetensors",
+            "transformer",
+            "kohya",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for &(case, base, prefix, naming) in OT {
+        let adapter = fixture(&format!("conventions_prefix/{case}.safetensors"));
+        let out = dir.path().join(format!("{case}.out"));
+        merge_ok(&fixture(base), &adapter, &out, &["--quiet"]);
+        let reference = read(&fixture(&format!(
+            "conventions_prefix/{case}.merged.safetensors"
+        )));
+        let b = read_checkpoint(&fixture(base));
+        let n = assert_matches_reference(&read_checkpoint(&out), &b, &reference, TOL);
+        // Not vacuous: every reference tensor is far from the base.
+        for (name, r) in &reference {
+            assert!(
+                rel_err(&b[name].f32(), &r.f32()) > 1e3 * TOL,
+                "{case} {name}"
+            );
+        }
+        assert!(n >= 2, "{case}: {n}");
+        let v: serde_json::Value =
+            serde_json::from_str(&run_ok(["inspect", s(&adapter), "--json"])).unwrap();
+        assert_eq!(
+            v["convention"]["prefixes"],
+            serde_json::json!([prefix]),
+            "{case}"
+        );
+        assert_eq!(
+            v["convention"]["naming"],
+            serde_json::json!([naming]),
+            "{case}"
+        );
+    }
 }

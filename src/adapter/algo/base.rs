@@ -3,7 +3,7 @@
 //! share. Never lowers anything to LoRA (those updates have no fixed `ΔW`).
 
 use super::delta::f64s;
-use super::{Factors, Ia3Rule, Loaded, PeftCayley};
+use super::{Factors, Ia3Rule, Loaded, OftConv, PeftCayley};
 
 /// `ΔW = W' − W0` (d×k canonical, row-major) of an update that depends on the base weight
 /// ([`Factors::needs_base`]), from the base `w0` (d×k, f32 as stored), accumulated in f64 and
@@ -12,9 +12,15 @@ use super::{Factors, Ia3Rule, Loaded, PeftCayley};
 /// per block (`diag_oft.py` `make_weight` with `diff=True`), for IA3 `ΔW = m · W0 ⊙ w`.
 /// ComfyUI differs from LyCORIS' module here (`comfy/weight_adapter/oft.py`: its strength
 /// multiplies the rotation twice, `rescale` is dropped and the constraint is `alpha`, not
-/// `alpha · d`); at multiplier 1 without `rescale` or a binding constraint they agree. `kk` is the
-/// kernel area, `k / kk` the input channels (IA3 `on_input`).
-pub fn delta_from_base(l: &Loaded, w0: &[f32], d: usize, k: usize, multiplier: f64) -> Vec<f32> {
+/// `alpha · d`); at multiplier 1 without `rescale` or a binding constraint they agree. `conv`
+/// says the base is a conv weight (OneTrainer rotates those untransposed, [`OftConv::Plain`]).
+pub fn delta_from_base(
+    l: &Loaded,
+    w0: &[f32],
+    (d, k): (usize, usize),
+    conv: bool,
+    multiplier: f64,
+) -> Vec<f32> {
     let v = &l.values;
     let mut out = vec![0f32; d * k];
     match l.factors {
@@ -111,10 +117,16 @@ pub fn delta_from_base(l: &Loaded, w0: &[f32], d: usize, k: usize, multiplier: f
             block_share,
             cayley,
             coft_eps,
+            scaled,
+            conv: rule,
             ..
         } => {
             let (s, nb) = (*block_size, *blocks);
-            let rs = peft_oft_rotations(&v[0], nb, s, *cayley, *coft_eps);
+            let rs = peft_oft_rotations(&v[0], nb, s, *cayley, *coft_eps, *scaled);
+            // Row j of the rotated block is Σᵢ W0[i]·R[j,i] (`W0·Rᵀ`), or Σᵢ W0[i]·R[i,j]
+            // (`W0·R`) for OneTrainer's conv.
+            let plain = conv && *rule == OftConv::Plain;
+            let (sj, si) = if plain { (1, s) } else { (s, 1) };
             let used = if *block_share { k / s } else { nb };
             for o in 0..d {
                 let row = &w0[o * k..(o + 1) * k];
@@ -128,7 +140,7 @@ pub fn delta_from_base(l: &Loaded, w0: &[f32], d: usize, k: usize, multiplier: f
                     for j in 0..s {
                         let mut acc = 0f64;
                         for i in 0..s {
-                            acc += row[b * s + i] as f64 * r[j * s + i];
+                            acc += row[b * s + i] as f64 * r[j * sj + i * si];
                         }
                         orow[b * s + j] = (multiplier * (acc - row[b * s + j] as f64)) as f32;
                     }
@@ -183,21 +195,28 @@ pub fn delta_from_base(l: &Loaded, w0: &[f32], d: usize, k: usize, multiplier: f
 }
 
 /// PEFT OFT's rotations (see [`Factors::PeftOft`]), `nb` blocks of s×s in f64, from `vec`
-/// (nb × s(s−1)/2).
+/// (nb × s(s−1)/2), divided by `2·√(s−1)` first when `scaled` (OneTrainer's Scaled OFT).
 pub fn peft_oft_rotations(
     vec: &[f32],
     nb: usize,
     s: usize,
     cayley: PeftCayley,
     coft_eps: Option<f64>,
+    scaled: bool,
 ) -> Vec<f64> {
+    // OneTrainer's Scaled OFT (`OFTRotationModule.forward`): `weight / (2·√(s−1))`.
+    let divisor = if scaled {
+        2.0 * ((s - 1) as f64).sqrt()
+    } else {
+        1.0
+    };
     let n = s * (s - 1) / 2;
     let mut q = vec![0f64; nb * s * s];
     for b in 0..nb {
         let mut t = 0;
         for i in 0..s {
             for j in i + 1..s {
-                let x = vec[b * n + t] as f64;
+                let x = vec[b * n + t] as f64 / divisor;
                 q[(b * s + i) * s + j] = x;
                 q[(b * s + j) * s + i] = -x;
                 t += 1;

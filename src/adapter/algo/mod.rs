@@ -92,6 +92,13 @@ pub enum Factors {
     /// `(I − Q)(I + Q)⁻¹` (`torch.linalg.solve(I + Q, I − Q, left=False)`); `block_share` repeats one
     /// block. The rotation acts on the input side: `W' = W0·blockdiag(R)ᵀ` with W0 viewed as
     /// d×(in·kh·kw). Depends on W0.
+    ///
+    /// OneTrainer's OFT v2 (`PeftType.OFT_2`, Nerogar/OneTrainer @23df383
+    /// `modules/module/oft_utils.py` `OFTRotationModule`, `modules/module/LoRAModule.py`
+    /// `OFTModule`) is the same parametrisation written single-file (`{module}.oft_R.weight`), always
+    /// 5 Neumann terms and no `coft`; with `scaled_oft` the weight is divided by `2·√(s−1)` before
+    /// the Cayley map (`scaled`), and a conv's weight is rotated without the
+    /// transpose (`einsum("ork,rkc->orc", W, R)`: `W' = W0·blockdiag(R)`, [`OftConv::Plain`]).
     PeftOft {
         weight: Data,
         block_size: usize,
@@ -101,6 +108,10 @@ pub enum Factors {
         cayley: PeftCayley,
         /// `eps` of `coft`, when set.
         coft_eps: Option<f64>,
+        /// OneTrainer's Scaled OFT: `Q` from `weight / (2·√(s−1))`.
+        scaled: bool,
+        /// How a conv base is rotated.
+        conv: OftConv,
     },
     /// IA3: `w` broadcast over the output rows or the input channels (`on_input`). LyCORIS
     /// (`modules/ia3.py` `_ia3_weight`, [`Ia3Rule::Lycoris`]): `W' = W0 ⊙ (1 + w)`. PEFT
@@ -131,6 +142,15 @@ pub enum PeftCayley {
     Neumann(usize),
     /// The exact Cayley transform.
     Exact,
+}
+
+/// How an OFT v2 rotation meets a conv base (a linear one is `W0·blockdiag(R)ᵀ` for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OftConv {
+    /// PEFT (`tuners/oft/layer.py` `Conv2d.merge`): `W0·blockdiag(R)ᵀ`, as a linear.
+    Transposed,
+    /// OneTrainer (`OFTModule.forward`, conv branch): `W0·blockdiag(R)`.
+    Plain,
 }
 
 /// How an IA3 vector scales the base weight.

@@ -97,8 +97,14 @@ pub fn write(
     let mut payload: Vec<Vec<u8>> = Vec::new();
     for m in &adapter.modules {
         let Some((a, b)) = m.factors.lora() else {
+            // OFT, IA3, GLoRA: no ΔW of their own, so no LoRA to lower them to.
+            let fix = if m.factors.needs_base() {
+                "its update depends on the base weight, so it has no LoRA form (merge it into the base instead)"
+            } else {
+                "lower it to LoRA first (lorakit resize --rank R)"
+            };
             return Err(refuse(format!(
-                "module `{}` is {}, which diffusers' LoRA loader cannot hold; lower it to LoRA first (lorakit resize --rank R)",
+                "module `{}` is {}, which diffusers' LoRA loader cannot hold; {fix}",
                 m.name,
                 m.factors.algo()
             )));

@@ -248,11 +248,24 @@ pub fn write_with(
                 ));
             }
         }
-        if let Factors::PeftOft { .. } = m.factors {
-            return Err(InputError::invalid(
-                &adapter.path,
-                format!("module `{}`: PEFT's OFT (input-side rotation, packed oft_R) has no LyCORIS/kohya form", m.name),
-            ));
+        if let Factors::PeftOft {
+            conv,
+            coft_eps,
+            cayley,
+            ..
+        } = m.factors
+        {
+            // OneTrainer's kohya form holds its own OFT v2 only: PEFT's rotates a conv the other
+            // way round, and may use coft or another Cayley series.
+            let onetrainer = conv == crate::adapter::OftConv::Plain
+                && coft_eps.is_none()
+                && cayley == crate::adapter::PeftCayley::Neumann(5);
+            if !onetrainer {
+                return Err(InputError::invalid(
+                    &adapter.path,
+                    format!("module `{}`: PEFT's OFT (input-side rotation, packed oft_R) has no LyCORIS/kohya form (OneTrainer's oft_R rotates a conv untransposed, with 5 Cayley–Neumann terms and no coft)", m.name),
+                ));
+            }
         }
         if let Factors::Lokr {
             w1: crate::adapter::KronHalf::Whole(_),
@@ -294,7 +307,10 @@ pub fn write_with(
                 ),
             ));
         }
-        let no_alpha = matches!(m.factors, Factors::Norm { .. } | Factors::Ia3 { .. });
+        let no_alpha = matches!(
+            m.factors,
+            Factors::Norm { .. } | Factors::Ia3 { .. } | Factors::PeftOft { .. }
+        );
         if !full && !no_alpha {
             let alpha = kohya_alpha(adapter, m) as f32;
             specs.push(TensorSpec::new(format!("{base}.alpha"), Dtype::F32, vec![]));
@@ -309,6 +325,15 @@ pub fn write_with(
                 vec![],
             ));
             payload.push(flag.to_le_bytes().to_vec());
+        }
+        if let Factors::PeftOft { scaled: true, .. } = m.factors {
+            // OneTrainer's `scaled_oft` buffer: `torch.tensor(True)`.
+            specs.push(TensorSpec::new(
+                format!("{base}.oft_R.scaled_oft"),
+                Dtype::BOOL,
+                vec![],
+            ));
+            payload.push(vec![1u8]);
         }
         for (suffix, data, canonical) in lycoris::tensors(m) {
             // A stored tensor keeps the shape it was stored with (LyCORIS writes a LoHa conv's
@@ -372,7 +397,7 @@ pub(crate) fn read_scalar(file: &SafetensorsFile, key: &str) -> InputResult<f64>
         Dtype::I32 => i32::from_le_bytes(le(4)[..4].try_into().expect("4")) as f64,
         Dtype::I16 => i16::from_le_bytes([d[0], d[1]]) as f64,
         Dtype::I8 => d[0] as i8 as f64,
-        Dtype::U8 => d[0] as f64,
+        Dtype::U8 | Dtype::BOOL => d[0] as f64,
         other => {
             return Err(InputError::invalid(
                 file.path(),

@@ -164,7 +164,8 @@ impl MergePlan {
                 } else {
                     (w, rows, cols)
                 };
-                let delta = a.delta_from_base(m, &w, d, k, self.adapters[ai].weight)?;
+                let delta =
+                    a.delta_from_base(m, &w, (d, k), shape.len() > 2, self.adapters[ai].weight)?;
                 let d = if m.base_transposed {
                     crate::adapter::transpose(&delta, d, k)
                 } else {

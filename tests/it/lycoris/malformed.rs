@@ -242,36 +242,52 @@ fn factors_whose_product_misses_the_target_shape_are_refused() {
 #[test]
 fn lora_modules_missing_a_half_are_refused_by_name() {
     let proj_in = "down_blocks_0_attentions_0_proj_in";
-    for (case, key, missing) in [
+    // (file, base, key removed, the half named, the module named)
+    for (case, base, key, missing, module) in [
         (
-            "kohya",
+            "conventions/kohya",
+            "conventions/unet",
             format!("lora_unet_{proj_in}.lora_down.weight"),
             "lora_down",
+            "proj_in",
         ),
         (
-            "diffusers_metadata",
+            "conventions/diffusers_metadata",
+            "conventions/unet",
             "unet.down_blocks.0.attentions.0.proj_in.lora_A.weight".to_string(),
             "lora_A",
+            "proj_in",
+        ),
+        // OneTrainer's COMFY_LORA text encoder and LEGACY mixture transformer.
+        (
+            "conventions_prefix/ot_comfy_te1",
+            "kohya/te_base",
+            "text_encoders.clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.lora_A.weight"
+                .to_string(),
+            "lora_A",
+            "mlp.fc1",
+        ),
+        (
+            "conventions_prefix/ot_mixture_transformer",
+            "lycoris_w0/base.safetensors",
+            "lora_transformer_down_blocks_0_to_q.lora_up.weight".to_string(),
+            "lora_up",
+            "to_q",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = read(&fixture(&format!("conventions/{case}.safetensors")));
+        let mut t = read(&fixture(&format!("{case}.safetensors")));
         assert!(t.remove(&key).is_some(), "{key}");
         let p = dir.path().join("half.safetensors");
         write(&p, &t);
         let before = listing(dir.path());
         for args in [
             vec!["inspect".to_string(), p.display().to_string()],
-            merge_args(
-                &fixture("conventions/unet"),
-                &p,
-                &dir.path().join("out"),
-                &[],
-            ),
+            merge_args(&fixture(base), &p, &dir.path().join("out"), &[]),
         ] {
             let line = one_line_error(&run_err(&args));
             assert!(line.contains("half.safetensors"), "{case}: {line}");
-            assert!(line.contains("proj_in"), "{case}: module not named: {line}");
+            assert!(line.contains(module), "{case}: module not named: {line}");
             assert!(line.contains(missing), "{case}: `{missing}` not in: {line}");
         }
         assert_eq!(listing(dir.path()), before, "{case}: nothing written");

@@ -41,31 +41,7 @@ fn oft_ia3_and_norm_layers_merge_to_the_weight_their_forward_computes() {
     for &(case, targeted) in W0_CASES {
         let out = w0_merged(dir.path(), case, &[]);
         let want = read(&fixture(&format!("lycoris_w0/{case}.merged.safetensors")));
-        assert_eq!(
-            out.keys().collect::<Vec<_>>(),
-            want.keys().collect::<Vec<_>>()
-        );
-        let mut changed = 0;
-        for (name, t) in &out {
-            assert_eq!(t.shape, want[name].shape, "{case} {name}: shape");
-            if want[name].data == base[name].data {
-                assert!(
-                    t.data == base[name].data,
-                    "{case} {name}: untouched tensor changed"
-                );
-                continue;
-            }
-            changed += 1;
-            let (got, want, b) = (t.f32(), want[name].f32(), base[name].f32());
-            let e = rel_err(&got, &want);
-            assert!(e <= TOL, "{case} {name}: relative error {e:e} > {TOL:e}");
-            // Not vacuous: small against the change itself (the base alone is far off).
-            let e0 = rel_err(&b, &want);
-            assert!(
-                e0 > 1e3 * e.max(1e-9),
-                "{case} {name}: change {e0:e} vs error {e:e}"
-            );
-        }
+        let changed = assert_merged_like(case, &base, &want, &out, Vacuity::BaseFarOff);
         assert_eq!(changed, targeted, "{case}: tensors changed");
     }
 }
@@ -98,27 +74,8 @@ fn a_weight_on_oft_and_boft_matches_the_lycoris_modules_at_that_multiplier() {
             "lycoris_w0/{case}.w0375.merged.safetensors"
         )));
         let full = read(&fixture(&format!("lycoris_w0/{case}.merged.safetensors")));
-        let mut changed = 0;
-        for (name, t) in &out {
-            if want[name].data == base[name].data {
-                assert!(
-                    t.data == base[name].data,
-                    "{case} {name}: untouched tensor changed"
-                );
-                continue;
-            }
-            changed += 1;
-            let e = rel_err(&t.f32(), &want[name].f32());
-            assert!(
-                e <= TOL,
-                "{case} {name} at weight 0.375: relative error {e:e}"
-            );
-            // Not the weight-1 merge.
-            assert!(
-                rel_err(&full[name].f32(), &want[name].f32()) > 100.0 * TOL,
-                "{case} {name}"
-            );
-        }
+        // Not the weight-1 merge.
+        let changed = assert_merged_like(case, &base, &want, &out, Vacuity::NotLike(&full, 100.0));
         assert_eq!(changed, 4, "{case}: four weights");
     }
 }
@@ -162,30 +119,29 @@ fn base_dependent_adapters_apply_in_sequence_as_comfyui_does() {
             read(&fixture(&format!("lycoris_w0/{a}.merged.safetensors"))),
             read(&fixture(&format!("lycoris_w0/{b}.merged.safetensors"))),
         );
-        let mut changed = 0;
-        for (name, t) in &got {
-            if want[name].data == base[name].data {
-                assert!(
-                    t.data == base[name].data,
-                    "{a}+{b} {name}: untouched tensor changed"
-                );
-                continue;
-            }
-            changed += 1;
-            let e = rel_err(&t.f32(), &want[name].f32());
-            assert!(e <= TOL, "{a}+{b} {name}: relative error {e:e}");
-            // Both updates from W0, summed: not what the sequence gives.
-            let summed: Vec<f32> = base[name]
-                .f32()
-                .iter()
-                .zip(wa[name].f32().iter().zip(wb[name].f32()))
-                .map(|(&w, (&x, y))| (x as f64 + y as f64 - w as f64) as f32)
-                .collect();
-            assert!(
-                rel_err(&summed, &want[name].f32()) > 10.0 * TOL,
-                "{a}+{b} {name}"
-            );
-        }
+        // Both updates from W0, summed: not what the sequence gives.
+        let summed: BTreeMap<String, T> = base
+            .iter()
+            .map(|(name, w)| {
+                let v: Vec<u8> = w
+                    .f32()
+                    .iter()
+                    .zip(wa[name].f32().iter().zip(wb[name].f32()))
+                    .flat_map(|(&w, (&x, y))| {
+                        ((x as f64 + y as f64 - w as f64) as f32).to_le_bytes()
+                    })
+                    .collect();
+                let t = T {
+                    dtype: safetensors::Dtype::F32,
+                    shape: w.shape.clone(),
+                    data: v,
+                };
+                (name.clone(), t)
+            })
+            .collect();
+        let case = format!("{a}+{b}");
+        let changed =
+            assert_merged_like(&case, &base, &want, &got, Vacuity::NotLike(&summed, 10.0));
         assert_eq!(changed, 4, "{a}+{b}: four weights");
     }
 }
@@ -320,29 +276,20 @@ fn peft_ia3_and_oft_folders_merge_like_merge_and_unload() {
             .iter()
             .all(|m| m["algo"] == "peft-oft"));
     }
-    let never = dir.path().join("never.safetensors");
-    let line = one_line_error(&run_err([
-        "convert",
-        fixture("peft_w0/oft").to_str().unwrap(),
-        "--to",
-        "kohya",
-        "--out",
-        never.to_str().unwrap(),
-    ]));
-    assert!(line.contains("OFT"), "{line}");
-    assert!(!never.exists());
-    // PEFT's IA3 has no LyCORIS form, and no ΔW of its own.
-    let out = dir.path().join("never.safetensors");
-    let line = one_line_error(&run_err([
-        "convert",
-        fixture("peft_w0/ia3").to_str().unwrap(),
-        "--to",
-        "kohya",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
-    assert!(line.contains("IA3"), "{line}");
-    assert!(!out.exists());
+    // PEFT's OFT (a conv rotated W0·Rᵀ) and IA3 (W0 ⊙ l) have no LyCORIS/kohya form.
+    for (case, algo) in [("oft", "OFT"), ("ia3", "IA3")] {
+        let never = dir.path().join("never.safetensors");
+        let line = one_line_error(&run_err([
+            "convert",
+            fixture(&format!("peft_w0/{case}")).to_str().unwrap(),
+            "--to",
+            "kohya",
+            "--out",
+            never.to_str().unwrap(),
+        ]));
+        assert!(line.contains(algo), "{line}");
+        assert!(!never.exists());
+    }
     // A vector of the wrong shape is refused by key.
     let bad = dir.path().join("bad");
     copy_dir(&fixture("peft_w0/ia3"), &bad);

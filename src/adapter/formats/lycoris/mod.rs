@@ -1,6 +1,7 @@
 //! The per-module tensors of kohya-named files: plain LoRA (sd-scripts `networks/lora.py`) and the
 //! LyCORIS algorithms (`lycoris/modules/{locon,loha,lokr,full,norms,diag_oft,boft,ia3,glora}.py`,
-//! `weight_list` of each), read into one [`LoraModule`] with its [`Factors`]. OFT, BOFT and IA3
+//! `weight_list` of each) and OneTrainer's OFT v2 (`oft_R`), read into one [`LoraModule`] with
+//! its [`Factors`]. OFT, BOFT and IA3
 //! files do not give every side of the weight they adapt (their update is a function of
 //! it): the missing side is 0 and [`crate::adapter::mapping`] takes it from the base.
 //!
@@ -122,6 +123,10 @@ pub const SUFFIXES: &[(&str, &str, Naming)] = &[
     (".b1.weight", "b1.weight", Naming::Kohya),
     (".b2.weight", "b2.weight", Naming::Kohya),
     (".bm.weight", "bm.weight", Naming::Kohya),
+    // OneTrainer's OFT v2 (`modules/module/LoRAModule.py` `OFTModule`: its `oft_R` submodule's
+    // `weight` and, for Scaled OFT, the `scaled_oft` buffer).
+    (".oft_R.weight", "oft_R.weight", Naming::Kohya),
+    (".oft_R.scaled_oft", "oft_R.scaled_oft", Naming::Kohya),
 ];
 
 /// The IA3 vector is stored as `{module}.weight` (LyCORIS `IA3Module.weight_list`), a suffix too
@@ -131,7 +136,6 @@ pub const IA3_WEIGHT: &str = ".weight";
 
 /// LyCORIS suffixes recognised but not applied, with the algorithm they belong to.
 pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("oft_R", "OFT"),
     ("q_layer.weight", "T-LoRA"),
     ("p_layer.weight", "T-LoRA"),
     ("lambda_layer", "T-LoRA"),

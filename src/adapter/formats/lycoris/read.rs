@@ -7,58 +7,59 @@ use crate::adapter::{scale_for, Data, DoraRule, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 
+/// Every algorithm's tensor roles (the kohya/LyCORIS suffixes), by family name: a module's
+/// tensors must all come from one.
+pub(super) const FAMILIES: &[(&str, &[&str])] = &[
+    (
+        "LoRA",
+        &["lora_down.weight", "lora_up.weight", "lora_mid.weight"],
+    ),
+    (
+        "LoHa",
+        &[
+            "hada_w1_a",
+            "hada_w1_b",
+            "hada_w2_a",
+            "hada_w2_b",
+            "hada_t1",
+            "hada_t2",
+        ],
+    ),
+    (
+        "LoKr",
+        &[
+            "lokr_w1",
+            "lokr_w1_a",
+            "lokr_w1_b",
+            "lokr_w2",
+            "lokr_w2_a",
+            "lokr_w2_b",
+            "lokr_t2",
+        ],
+    ),
+    ("full", &["diff", "diff_b"]),
+    ("norm", &["w_norm", "b_norm"]),
+    ("OFT", &["oft_blocks", "rescale"]),
+    ("OFT v2", &["oft_R.weight", "oft_R.scaled_oft"]),
+    ("IA3", &["weight", "on_input"]),
+    (
+        "GLoRA",
+        &[
+            "a1.weight",
+            "a2.weight",
+            "b1.weight",
+            "b2.weight",
+            "bm.weight",
+        ],
+    ),
+];
+
 /// Builds the module `name` from its tensors.
 pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<LoraModule> {
     let fpath = file.path();
     let err = |msg: String| InputError::invalid(fpath, format!("module `{name}`: {msg}"));
     let has = |s: &str| parts.contains_key(s);
-    let families = [
-        (
-            "LoRA",
-            ["lora_down.weight", "lora_up.weight", "lora_mid.weight"].as_slice(),
-        ),
-        (
-            "LoHa",
-            [
-                "hada_w1_a",
-                "hada_w1_b",
-                "hada_w2_a",
-                "hada_w2_b",
-                "hada_t1",
-                "hada_t2",
-            ]
-            .as_slice(),
-        ),
-        (
-            "LoKr",
-            [
-                "lokr_w1",
-                "lokr_w1_a",
-                "lokr_w1_b",
-                "lokr_w2",
-                "lokr_w2_a",
-                "lokr_w2_b",
-                "lokr_t2",
-            ]
-            .as_slice(),
-        ),
-        ("full", ["diff", "diff_b"].as_slice()),
-        ("norm", ["w_norm", "b_norm"].as_slice()),
-        ("OFT", ["oft_blocks", "rescale"].as_slice()),
-        ("IA3", ["weight", "on_input"].as_slice()),
-        (
-            "GLoRA",
-            [
-                "a1.weight",
-                "a2.weight",
-                "b1.weight",
-                "b2.weight",
-                "bm.weight",
-            ]
-            .as_slice(),
-        ),
-    ];
-    let present: Vec<&str> = families
+    let present: Vec<&str> = FAMILIES
         .iter()
         .filter(|(_, keys)| keys.iter().any(|k| has(k)))
         .map(|(f, _)| *f)
@@ -435,6 +436,73 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                     block_size: sz,
                     constraint,
                 }
+            };
+        }
+        "OFT v2" => {
+            // OneTrainer @23df383 `OFTModule` / `OFTRotationModule`: `oft_R.weight` [r, s(s−1)/2]
+            // (r = in·kh·kw / s; one row when `block_share`, which the file does not record: a
+            // single row is read as shared, the same rotation when the base has one block), and
+            // the `scaled_oft` flag. Always 5 Cayley–Neumann terms; no alpha, rescale or coft.
+            let (weight, ws) = get("oft_R.weight")?;
+            let s_of = |n: usize| (2..=4096usize).find(|s| s * (s - 1) / 2 == n);
+            let (r, sz) = match ws.as_slice() {
+                [r, n] if s_of(*n).is_some() => (*r, s_of(*n).unwrap_or(0)),
+                _ => {
+                    let key = parts.get("oft_R.weight").map_or("", |(k, _)| k.as_str());
+                    return Err(InputError::invalid(
+                        fpath,
+                        format!("tensor `{key}`: shape {ws:?} is not an OFT rotation [blocks, s(s−1)/2] for a block size s"),
+                    ));
+                }
+            };
+            let scaled = match parts.get("oft_R.scaled_oft") {
+                None => false,
+                Some((key, shape)) => {
+                    if shape.iter().product::<usize>() != 1 {
+                        return Err(InputError::invalid(
+                            fpath,
+                            format!(
+                                "tensor `{key}`: scaled_oft must be a scalar, shape is {shape:?}"
+                            ),
+                        ));
+                    }
+                    match crate::adapter::formats::kohya::read_scalar(file, key)? {
+                        0.0 => false,
+                        1.0 => true,
+                        x => {
+                            return Err(InputError::invalid(
+                                fpath,
+                                format!(
+                                    "tensor `{key}`: scaled_oft must be true or false, found {x}"
+                                ),
+                            ))
+                        }
+                    }
+                }
+            };
+            if alpha.is_some() {
+                return Err(err(
+                    "OFT v2 module has an alpha, which OneTrainer never writes".into(),
+                ));
+            }
+            let block_share = r == 1;
+            // The base's output side and kernel are not in the file (any [d, …] weight whose
+            // flattened input side the blocks tile fits).
+            kind = ModuleKind::Linear;
+            out = 0;
+            k = if block_share { 0 } else { r * sz };
+            rank = r;
+            alpha_v = 1.0;
+            scale = 1.0;
+            factors = Factors::PeftOft {
+                weight,
+                block_size: sz,
+                blocks: r,
+                block_share,
+                cayley: algo::PeftCayley::Neumann(5),
+                coft_eps: None,
+                scaled,
+                conv: algo::OftConv::Plain,
             };
         }
         "GLoRA" => {

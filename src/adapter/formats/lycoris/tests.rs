@@ -32,31 +32,7 @@ fn write(path: &std::path::Path, tensors: &[(String, Vec<usize>)]) {
 /// whose LoRA lowering does not panic either.
 #[test]
 fn random_layouts_are_refused_or_rebuilt_never_a_panic() {
-    let families: [&[&str]; 8] = [
-        &["lora_up.weight", "lora_down.weight", "lora_mid.weight"],
-        &[
-            "hada_w1_a",
-            "hada_w1_b",
-            "hada_w2_a",
-            "hada_w2_b",
-            "hada_t1",
-            "hada_t2",
-        ],
-        &[
-            "lokr_w1",
-            "lokr_w1_a",
-            "lokr_w1_b",
-            "lokr_w2",
-            "lokr_w2_a",
-            "lokr_w2_b",
-            "lokr_t2",
-        ],
-        &["diff", "diff_b"],
-        &["w_norm", "b_norm"],
-        &["oft_blocks", "rescale"],
-        &["weight", "on_input"],
-        &["a1.weight", "a2.weight", "b1.weight", "b2.weight"],
-    ];
+    let families: Vec<&[&str]> = super::read::FAMILIES.iter().map(|(_, k)| *k).collect();
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::seed_from_u64(11);
     let mut pick = |n: usize| (rng.next_f64() * n as f64) as usize % n.max(1);

@@ -126,8 +126,18 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
             }
             v
         }
-        // No LyCORIS form (the kohya writer refuses it first).
-        Factors::PeftOft { .. } => Vec::new(),
+        // OneTrainer's single-file form (PEFT's own is refused by the kohya writer first); its
+        // `scaled_oft` flag is the writer's.
+        Factors::PeftOft {
+            weight,
+            block_size,
+            blocks,
+            ..
+        } => vec![(
+            "oft_R.weight",
+            weight,
+            vec![*blocks, block_size * (block_size - 1) / 2],
+        )],
         Factors::Glora { a1, a2, b1, b2, .. } => {
             let c = k / kk;
             vec![

@@ -403,6 +403,8 @@ fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
                 block_share,
                 cayley,
                 coft_eps: coft.then_some(eps),
+                scaled: false,
+                conv: crate::adapter::OftConv::Transposed,
             },
             base_transposed: false,
             dora_magnitude: None,
