@@ -289,11 +289,27 @@ fn hf_to_gguf_refusals_write_nothing() {
             "README.md",
             "a model card",
         ),
+        (
+            vec![
+                "--base",
+                b,
+                "--adapter",
+                qv,
+                "--out",
+                st.to_str().unwrap(),
+                "--gguf-tokenizer-pre",
+                "qwen2",
+            ],
+            "o.safetensors",
+            "the output must end in .gguf",
+        ),
     ];
     for (args, file, want) in cases {
         let mut full = vec!["merge"];
+        if !args.contains(&"--out") {
+            full.extend(["--out", o]);
+        }
         full.extend(args);
-        full.extend(["--out", o]);
         let e = run_err(&full);
         assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
@@ -303,18 +319,6 @@ fn hf_to_gguf_refusals_write_nothing() {
         );
         assert!(!out.exists());
     }
-    let e = run_err([
-        "merge",
-        "--base",
-        b,
-        "--adapter",
-        qv,
-        "--out",
-        st.to_str().unwrap(),
-        "--gguf-tokenizer-pre",
-        "qwen2",
-    ]);
-    assert!(one_line_error(&e).contains("the output must end in .gguf"));
     assert_eq!(
         listing(dir.path()),
         ["card", "lr", "qwen", "sp", "tiny-llama", "tj", "yarn"]
