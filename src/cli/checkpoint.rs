@@ -97,11 +97,18 @@ pub struct MergeArgs {
     /// name another); `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q2_k`,
     /// `q3_k`, `q4_k`, `q5_k`, `q6_k` store every merged tensor in that type. Untouched tensors
     /// are always copied byte for byte. With a Hugging Face base and an `--out` ending in
-    /// `.gguf` (Llama, Mistral), the merged model is written as llama.cpp's
-    /// convert_hf_to_gguf.py writes it, tokenizer included: 2-D weights in TYPE (default f16),
-    /// norms and 1-D tensors in F32.
+    /// `.gguf` (Llama, Mistral, Qwen2), the merged model is written as llama.cpp's
+    /// convert_hf_to_gguf.py writes it, tokenizer included: 2-D weights in TYPE (default f16;
+    /// rows that are not whole blocks of TYPE in llama-quantize's fallback type, reported per
+    /// tensor), norms and 1-D tensors in F32.
     #[arg(long, value_name = "TYPE", value_parser = crate::merge::gguf::OutType::parse)]
     pub outtype: Option<crate::merge::gguf::OutType>,
+
+    /// Hugging Face base written as GGUF only: the llama.cpp pre-tokenizer (`llama-bpe`,
+    /// `qwen2`, …) of a BPE tokenizer.json whose hash convert_hf_to_gguf.py does not list
+    /// (lorakit refuses it otherwise, as the script does). A listed hash must agree with it.
+    #[arg(long, value_name = "NAME")]
+    pub gguf_tokenizer_pre: Option<String>,
 
     /// Subtract the adapters instead of adding them.
     #[arg(long)]

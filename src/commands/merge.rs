@@ -16,16 +16,27 @@ use anyhow::Result;
 /// every module matched. `merge` and `run` (recipes, for their dry-run sizes) both plan
 /// through here, so a recipe step is validated exactly as the command would be.
 pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
+    plan_split(a, progress, a.out.clone(), a.max_shard_size, a.part)
+}
+
+/// [`plan`] with its own output path and split (a GGUF output is laid out by its own plan).
+fn plan_split(
+    a: &MergeArgs,
+    progress: bool,
+    out: std::path::PathBuf,
+    max_shard_size: Option<u64>,
+    part: Option<(usize, usize)>,
+) -> Result<MergePlan> {
     let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = Checkpoint::open(&a.base)?;
     let adapters = weighted_adapters(a, &weights)?;
     let options = MergeOptions {
         dtype: a.dtype,
-        max_shard_size: a.max_shard_size,
+        max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
         progress: super::printer::progress(progress),
-        part: a.part,
+        part,
         quant: match a.quant {
             crate::cli::QuantArg::Keep => crate::merge::QuantOutput::Keep,
             crate::cli::QuantArg::Dequantize => crate::merge::QuantOutput::Dequantize,
@@ -43,7 +54,7 @@ pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
             crate::merge::Rounding::F32
         },
     };
-    MergePlan::new(base, adapters, a.out.clone(), options)
+    MergePlan::new(base, adapters, out, options)
 }
 
 /// The adapters of the command line, opened in order, each with its weight.
@@ -77,6 +88,13 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
         return hf_to_gguf(a, quiet);
+    }
+    if a.gguf_tokenizer_pre.is_some() {
+        return Err(InputError::invalid(
+            &a.out,
+            "--gguf-tokenizer-pre names the tokenizer of a GGUF model written from a Hugging Face base: the output must end in .gguf",
+        )
+        .into());
     }
     if a.outtype.is_some() {
         return Err(InputError::invalid(
@@ -278,6 +296,9 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     if a.dtype != crate::merge::DtypeChoice::Keep {
         return refuse("--dtype (use --outtype)");
     }
+    if a.gguf_tokenizer_pre.is_some() {
+        return refuse("--gguf-tokenizer-pre (the base's tokenizer is kept)");
+    }
     let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = crate::io::gguf::GgufModel::open(&a.base)?;
     let adapters = weighted_adapters(&a, &weights)?;
@@ -349,15 +370,37 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         )
         .into());
     }
-    let merge = plan(&a, false)?;
+    // The GGUF plan lays out, checks and writes the output (files, parts); the merge plan only
+    // merges, so it gets no split and a path that never exists (`OUT.lorakit-unused`): its
+    // safetensors layout rules (a folder base wants a folder output) are not the GGUF file's.
+    let mut unused = a.out.clone().into_os_string();
+    unused.push(".lorakit-unused");
+    let merge = plan_split(&a, false, unused.into(), None, None)?;
     for u in &merge.unmatched {
         super::warn(
             quiet,
             &format!("{}: unmatched module {}", u.adapter, u.detail),
         );
     }
-    let p = crate::merge::gguf_hf::HfGgufPlan::new(merge, a.out.clone(), outtype)?;
+    let options = crate::merge::gguf_hf::HfGgufOptions {
+        outtype,
+        tokenizer_pre: a.gguf_tokenizer_pre.clone(),
+        max_shard_size: a.max_shard_size,
+        part: a.part,
+    };
+    let p = crate::merge::gguf_hf::HfGgufPlan::new(merge, a.out.clone(), options)?;
     let r = p.run(&a.compute.engine()?)?;
+    for t in &r.tensors {
+        if let Some(f) = &t.fallback_from {
+            super::warn(
+                quiet,
+                &format!(
+                    "{}: rows are not whole {f} blocks, written as {} (llama-quantize's fallback)",
+                    t.name, t.ty
+                ),
+            );
+        }
+    }
     if a.json {
         super::print_json("merge", &r)?;
     } else {

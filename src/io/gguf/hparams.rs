@@ -1,34 +1,35 @@
 //! The model metadata llama.cpp's `convert_hf_to_gguf.py` writes for a Hugging Face Llama
-//! (`LlamaForCausalLM`, `MistralForCausalLM`: GGUF architecture `llama`) from its config.json,
-//! key for key and in the same order, before the `tokenizer.*` keys ([`super::vocab`]).
+//! (`LlamaForCausalLM`, `MistralForCausalLM`: GGUF architecture `llama`) or Qwen2
+//! (`Qwen2ForCausalLM`: `qwen2`) from its config.json, key for key and in the same order,
+//! before the `tokenizer.*` keys ([`super::vocab`]).
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/base.py`
 //! (`ModelBase.prepare_metadata`: `general.type = model`, `Metadata.set_gguf_meta_model`, then
-//! `TextModel.set_gguf_parameters`, then `general.quantization_version = 2`;
+//! `TextModel.set_gguf_parameters` — rope scaling `linear` and `yarn` keys, `llama3` left to
+//! the `rope_freqs` tensor ([`rope_freqs`]) — then `general.quantization_version = 2`;
 //! `TextModel.__init__` for `rope_parameters`), `conversion/llama.py`
-//! (`LlamaModel.set_gguf_parameters`: `vocab_size`, `rope.dimension_count`) and gguf-py
-//! `metadata.py` (`Metadata.id_to_title`: the name from the model folder's name) and
-//! `utility.py` (`size_label`, `model_weight_count_rounded_notation`).
+//! (`LlamaModel.set_gguf_parameters`: `vocab_size`, `rope.dimension_count`;
+//! `LlamaModel.generate_extra_tensors`), `conversion/qwen.py` (`Qwen2Model`: the base keys
+//! only) and gguf-py `metadata.py` ([`super::modelcard`]).
 //!
-//! Not written, unlike the converter: what `Metadata.load` reads from a model card (README.md:
-//! license, tags, base models, …) and what it parses out of the folder name (`basename`,
-//! `size_label`, `finetune`, `version` from names such as `Llama-2-7b-chat`); the size label is
-//! the parameter count's, which is the converter's for names without a size. Refused, naming
-//! config.json: rope types the converter turns into extra tensors or keys lorakit does not
-//! write (`llama3`'s `rope_freqs`, `yarn`, `longrope`), mixtures of experts, non-causal models.
-//! Must not read weights or write files.
+//! Refused, naming the file: a model card (README.md with a YAML header, which the converter
+//! turns into license/tags/base-model keys lorakit does not write), rope types whose keys or
+//! tensors lorakit does not write (`longrope`, `dynamic`, unknown ones), mixtures of experts,
+//! non-causal models, Qwen2 embedding models (`modules.json`: pooling keys). Must not read
+//! weights or write files.
 
-use super::writer::{kv_f32, kv_string, kv_u32};
+use super::writer::{kv_f32, kv_i32, kv_string, kv_u32};
 use super::GgmlType;
 use crate::error::{InputError, InputResult};
 use serde_json::Value as Json;
 use std::path::Path;
 
 /// The Hugging Face architectures whose GGUF model lorakit writes, and their GGUF
-/// architecture (`@ModelBase.register` of `LlamaModel`).
+/// architecture (`@ModelBase.register` of `LlamaModel` and `Qwen2Model`).
 pub const HF_ARCHITECTURES: &[(&str, &str)] = &[
     ("LlamaForCausalLM", "llama"),
     ("MistralForCausalLM", "llama"),
+    ("Qwen2ForCausalLM", "qwen2"),
 ];
 
 /// `general.file_type` (gguf-py `LlamaFileType`) of a model whose 2-D weights are `ty`; the
@@ -52,62 +53,6 @@ pub fn file_type(ty: GgmlType) -> Option<u32> {
     })
 }
 
-/// `Metadata.id_to_title`: `-` to spaces, lowercase words title-cased unless they look like a
-/// version (`v1.2`) or start with a digit.
-pub fn id_to_title(s: &str) -> String {
-    s.trim()
-        .replace('-', " ")
-        .split_whitespace()
-        .map(|w| {
-            let lower = w.chars().any(char::is_alphabetic)
-                && !w.chars().any(|c| c.is_alphabetic() && !c.is_lowercase());
-            let version = w.starts_with(|c: char| c.is_ascii_digit())
-                || (w.starts_with('v')
-                    && w.len() > 1
-                    && w[1..]
-                        .split('.')
-                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())));
-            if lower && !version {
-                // str.title(): a letter after a non-letter is upper case, others lower.
-                let mut prev = false;
-                w.chars()
-                    .map(|c| {
-                        let up = !prev;
-                        prev = c.is_alphabetic();
-                        if up {
-                            c.to_uppercase().collect::<String>()
-                        } else {
-                            c.to_lowercase().collect()
-                        }
-                    })
-                    .collect()
-            } else {
-                w.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `size_label` of a model without experts: `model_weight_count_rounded_notation(n, 2)`.
-pub fn size_label(n: u64) -> String {
-    let n = n as f64;
-    let (x, suffix) = if n > 1e12 {
-        (n * 1e-12, "T")
-    } else if n > 1e9 {
-        (n * 1e-9, "B")
-    } else if n > 1e6 {
-        (n * 1e-6, "M")
-    } else {
-        (n * 1e-3, "K")
-    };
-    // Python's round() is round-half-even; str() of the int, leading zeros stripped.
-    let digits = format!("{}", x.round_ties_even() as u64);
-    let digits = digits.trim_start_matches('0').len();
-    let fix = 2usize.saturating_sub(digits);
-    format!("{x:.fix$}{suffix}")
-}
-
 fn uint(c: &Json, key: &str) -> Option<u32> {
     c.get(key)?.as_u64().and_then(|v| u32::try_from(v).ok())
 }
@@ -123,19 +68,112 @@ pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
             InputError::invalid(
                 path,
                 format!(
-                    "architecture `{hf}`: lorakit writes GGUF models for {} only (Qwen2 and others need llama.cpp's GPT-2 BPE vocabulary, not written yet)",
-                    HF_ARCHITECTURES.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", ")
+                    "architecture `{hf}`: lorakit writes GGUF models for {} only",
+                    HF_ARCHITECTURES
+                        .iter()
+                        .map(|(a, _)| *a)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
         })
 }
 
-/// The metadata before the tokenizer: `general.*` and `llama.*` keys in the converter's order.
-/// `name` is the model folder's name, `params` the element count of every written tensor.
+/// `Metadata.load`'s sampling defaults from generation_config.json (`general.sampling.*`, in
+/// `set_gguf_meta_model`'s order; an unreadable file gives none, as in gguf-py).
+fn sampling(path: &Path) -> Vec<Vec<u8>> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let Ok(g) = serde_json::from_slice::<Json>(&bytes) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let num = |k: &str| g.get(k).and_then(Json::as_f64);
+    let int = |k: &str| {
+        g.get(k)
+            .and_then(Json::as_i64)
+            .and_then(|v| i32::try_from(v).ok())
+    };
+    if let Some(v) = g.get("sequence").and_then(Json::as_str) {
+        out.push(kv_string("general.sampling.sequence", v));
+    }
+    let floats = |out: &mut Vec<Vec<u8>>, keys: &[(&str, &str)]| {
+        for (src, key) in keys {
+            if let Some(v) = num(src) {
+                out.push(kv_f32(&format!("general.sampling.{key}"), v as f32));
+            }
+        }
+    };
+    if let Some(v) = int("top_k") {
+        out.push(kv_i32("general.sampling.top_k", v));
+    }
+    floats(
+        &mut out,
+        &[
+            ("top_p", "top_p"),
+            ("min_p", "min_p"),
+            ("xtc_probability", "xtc_probability"),
+            ("xtc_threshold", "xtc_threshold"),
+            ("temperature", "temp"),
+        ],
+    );
+    if let Some(v) = int("penalty_last_n") {
+        out.push(kv_i32("general.sampling.penalty_last_n", v));
+    }
+    if let Some(v) = num("penalty_repeat").or(num("repetition_penalty")) {
+        out.push(kv_f32("general.sampling.penalty_repeat", v as f32));
+    }
+    if let Some(v) = int("mirostat") {
+        out.push(kv_i32("general.sampling.mirostat", v));
+    }
+    floats(
+        &mut out,
+        &[
+            ("mirostat_tau", "mirostat_tau"),
+            ("mirostat_eta", "mirostat_eta"),
+        ],
+    );
+    out
+}
+
+/// config.json's rope parameters as `TextModel.__init__` leaves them: `rope_parameters` (or
+/// `rope_scaling`) with `rope_theta`, `rope_type` (from `type`) and
+/// `original_max_position_embeddings` mirrored in from the top level.
+fn rope_parameters(config: &Json) -> serde_json::Map<String, Json> {
+    let mut rope = match config.get("rope_parameters").or(config.get("rope_scaling")) {
+        Some(Json::Object(o)) => o.clone(),
+        _ => Default::default(),
+    };
+    if rope.contains_key("full_attention") || rope.contains_key("sliding_attention") {
+        return rope;
+    }
+    if !rope.contains_key("rope_theta") {
+        if let Some(t) = config.get("rope_theta").filter(|v| !v.is_null()) {
+            rope.insert("rope_theta".into(), t.clone());
+        }
+    }
+    if !rope.contains_key("rope_type") {
+        if let Some(t) = rope.get("type").filter(|v| !v.is_null()).cloned() {
+            rope.insert("rope_type".into(), t);
+        }
+    }
+    let orig = "original_max_position_embeddings";
+    if !rope.contains_key(orig) {
+        if let Some(v) = config.get(orig).filter(|v| !v.is_null()) {
+            rope.insert(orig.into(), v.clone());
+        }
+    }
+    rope
+}
+
+/// The metadata before the tokenizer: `general.*` and `ARCH.*` keys in the converter's order.
+/// `dir` is the model folder (its name gives the model-card keys), `params` the element count
+/// of every written tensor.
 pub fn entries(
     config: &Json,
     path: &Path,
-    name: &str,
+    dir: &Path,
     params: u64,
     ty: GgmlType,
 ) -> InputResult<Vec<Vec<u8>>> {
@@ -145,7 +183,7 @@ pub fn entries(
         uint(config, key)
             .ok_or_else(|| bad(format!("`{key}` is missing or not an unsigned integer")))
     };
-    for k in ["num_local_experts", "num_experts"] {
+    for k in ["num_local_experts", "num_experts", "n_routed_experts"] {
         if config.get(k).is_some_and(|v| !v.is_null()) {
             return Err(bad(format!(
                 "`{k}`: lorakit does not write GGUF mixtures of experts"
@@ -154,17 +192,69 @@ pub fn entries(
     }
     if config["is_causal"] == Json::Bool(false) {
         return Err(bad(
-            "`is_causal` is false: lorakit writes causal Llama models only".into(),
+            "`is_causal` is false: lorakit writes causal models only".into(),
         ));
     }
+    let readme = dir.join("README.md");
+    if readme.is_file() {
+        let text = crate::io::read_whole_file(&readme)?;
+        if text.starts_with(b"---") {
+            return Err(InputError::invalid(
+                &readme,
+                "a model card: convert_hf_to_gguf.py writes its license, tags and base models as general.* keys, which lorakit does not yet write; move it out of the folder",
+            ));
+        }
+    }
+    if arch == "qwen2" && dir.join("modules.json").is_file() {
+        return Err(InputError::invalid(
+            dir.join("modules.json"),
+            "a sentence-transformers embedding model: lorakit does not write its pooling keys",
+        ));
+    }
+    // Metadata.load: config.json's _name_or_path, then the folder name; the size label from
+    // the parameter count when neither gave one.
+    let mut card = super::modelcard::IdComponents::default();
+    let total = params as i64;
+    if let Some(id) = config["_name_or_path"]
+        .as_str()
+        .filter(|s| s.matches('/').count() <= 1)
+    {
+        card.fill(super::modelcard::components(id, total));
+    }
+    let folder = dir
+        .canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    card.fill(super::modelcard::components(&folder, total));
     let k = |s: &str| format!("{arch}.{s}");
     let mut out = vec![
         kv_string("general.architecture", arch),
         kv_string("general.type", "model"),
-        kv_string("general.name", &id_to_title(name)),
-        kv_string("general.size_label", &size_label(params)),
-        kv_u32(&k("block_count"), need("num_hidden_layers")?),
     ];
+    out.extend(sampling(&dir.join("generation_config.json")));
+    out.push(kv_string(
+        "general.name",
+        card.name.as_deref().unwrap_or(&folder),
+    ));
+    // set_gguf_meta_model's order.
+    for (key, v) in [
+        ("general.version", &card.version),
+        ("general.organization", &card.organization),
+        ("general.finetune", &card.finetune),
+        ("general.basename", &card.basename),
+    ] {
+        if let Some(v) = v {
+            out.push(kv_string(key, v));
+        }
+    }
+    let size = card
+        .size_label
+        .clone()
+        .unwrap_or_else(|| super::modelcard::size_label(params));
+    out.push(kv_string("general.size_label", &size));
+    out.push(kv_u32(&k("block_count"), need("num_hidden_layers")?));
     if let Some(v) = uint(config, "max_position_embeddings") {
         out.push(kv_u32(&k("context_length"), v));
     }
@@ -177,43 +267,64 @@ pub fn entries(
     if let Some(v) = uint(config, "num_key_value_heads") {
         out.push(kv_u32(&k("attention.head_count_kv"), v));
     }
-    // TextModel.__init__: rope_parameters (or rope_scaling) with rope_theta mirrored in.
-    let rope = match config.get("rope_parameters").or(config.get("rope_scaling")) {
-        Some(Json::Object(o)) => Json::Object(o.clone()),
-        _ => Json::Object(Default::default()),
-    };
-    if rope.get("full_attention").is_some() || rope.get("sliding_attention").is_some() {
+    let rope = rope_parameters(config);
+    if rope.contains_key("full_attention") || rope.contains_key("sliding_attention") {
         return Err(bad(
-            "per-attention-type rope parameters: not a plain Llama".into()
+            "per-attention-type rope parameters: lorakit does not write them".into(),
         ));
     }
-    let rope_type = rope["rope_type"].as_str().or(rope["type"].as_str());
-    if let Some(t) = rope_type {
-        match (t, rope["factor"].as_f64()) {
-            ("linear", Some(f)) => {
+    if rope.contains_key("mrope_section") {
+        return Err(bad(
+            "`mrope_section`: multimodal rope sections are not written by lorakit".into(),
+        ));
+    }
+    let f = |key: &str| rope.get(key).and_then(Json::as_f64);
+    if let Some(t) = rope.get("rope_type").and_then(Json::as_str) {
+        match (t, f("factor")) {
+            ("linear", Some(factor)) => {
                 out.push(kv_string(&k("rope.scaling.type"), "linear"));
-                out.push(kv_f32(&k("rope.scaling.factor"), f as f32));
+                out.push(kv_f32(&k("rope.scaling.factor"), factor as f32));
             }
-            // The converter warns about `default` and writes nothing.
-            ("default", _) | ("linear", None) => {}
+            ("yarn", Some(factor)) => {
+                out.push(kv_string(&k("rope.scaling.type"), "yarn"));
+                out.push(kv_f32(&k("rope.scaling.factor"), factor as f32));
+                let orig = rope
+                    .get("original_max_position_embeddings")
+                    .and_then(Json::as_u64)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| bad("yarn rope scaling without an integer `original_max_position_embeddings`".into()))?;
+                out.push(kv_u32(&k("rope.scaling.original_context_length"), orig));
+                let attn = f("attention_factor").or(f("attn_factor"));
+                for (key, v) in [
+                    ("yarn_ext_factor", f("extrapolation_factor")),
+                    ("yarn_attn_factor", attn),
+                    ("yarn_beta_fast", f("beta_fast")),
+                    ("yarn_beta_slow", f("beta_slow")),
+                ] {
+                    if let Some(v) = v {
+                        out.push(kv_f32(&k(&format!("rope.scaling.{key}")), v as f32));
+                    }
+                }
+            }
+            // `default` and factor-less linear/yarn: the converter writes nothing; llama3:
+            // the rope_freqs tensor (Llama) or nothing (Qwen2).
+            ("default" | "linear" | "yarn", None) | ("llama3", _) => {}
+            (t, _) if t.eq_ignore_ascii_case("llama3") => {}
             (t, _) => {
                 return Err(bad(format!(
-                    "rope type `{t}`: lorakit does not yet write its GGUF keys or tensors (llama3's rope_freqs, yarn, longrope)"
+                    "rope type `{t}`: lorakit writes the GGUF keys of linear, yarn and llama3 rope scaling only"
                 )))
             }
         }
     }
-    let theta = rope["rope_theta"]
-        .as_f64()
-        .or_else(|| config["rope_theta"].as_f64());
-    if let Some(t) = theta {
+    if let Some(t) = f("rope_theta") {
         out.push(kv_f32(&k("rope.freq_base"), t as f32));
     }
     if let Some(e) = config["rms_norm_eps"].as_f64() {
         out.push(kv_f32(&k("attention.layer_norm_rms_epsilon"), e as f32));
     }
     if config.get("layer_norm_eps").is_some_and(|v| !v.is_null()) {
-        return Err(bad("`layer_norm_eps`: not a Llama (RMSNorm) config".into()));
+        return Err(bad("`layer_norm_eps`: not an RMSNorm model config".into()));
     }
     let head_dim = uint(config, "head_dim");
     if let Some(h) = head_dim {
@@ -224,29 +335,68 @@ pub fn entries(
         "general.file_type",
         file_type(ty).ok_or_else(|| bad(format!("no llama.cpp file type for {ty}")))?,
     ));
-    out.push(kv_u32(&k("vocab_size"), need("vocab_size")?));
-    let rope_dim = match head_dim {
-        Some(h) => h,
-        None => need("hidden_size")? / n_head.max(1),
-    };
-    out.push(kv_u32(&k("rope.dimension_count"), rope_dim));
+    if arch == "llama" {
+        out.push(kv_u32(&k("vocab_size"), need("vocab_size")?));
+        let rope_dim = match head_dim {
+            Some(h) => h,
+            None => need("hidden_size")? / n_head.max(1),
+        };
+        out.push(kv_u32(&k("rope.dimension_count"), rope_dim));
+    }
     out.push(kv_u32("general.quantization_version", 2));
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Values printed by gguf-py's own `Metadata.id_to_title` and
-    /// `model_weight_count_rounded_notation` (the llama.cpp tree of llama-cpp-python 0.3.36).
-    #[test]
-    fn titles_and_size_labels_follow_gguf_py() {
-        assert_eq!(id_to_title("tiny-llama"), "Tiny Llama");
-        assert_eq!(id_to_title("Llama-2-7b-hf"), "Llama 2 7b Hf");
-        assert_eq!(id_to_title("mistral-v0.3"), "Mistral v0.3");
-        assert_eq!(size_label(90_432), "90K");
-        assert_eq!(size_label(6_738_415_616), "6.7B");
-        assert_eq!(size_label(400), "0.40K");
+/// `LlamaModel.generate_extra_tensors`: the `rope_freqs.weight` factors of llama3 rope
+/// scaling (one per pair of rotary dimensions), `None` for other rope types. Computed as the
+/// script computes them in torch float32: the frequencies `1 / base^(2i/dim)`, then per
+/// frequency, every python scalar rounded to f32 where it meets the f32 tensor.
+pub fn rope_freqs(config: &Json, path: &Path) -> InputResult<Option<Vec<f32>>> {
+    let rope = rope_parameters(config);
+    let is_llama3 = rope
+        .get("rope_type")
+        .and_then(Json::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("llama3"));
+    if !is_llama3 {
+        return Ok(None);
     }
+    let f = |key: &str, d: f64| rope.get(key).and_then(Json::as_f64).unwrap_or(d);
+    let base = f("rope_theta", 10000.0) as f32;
+    let dim = match uint(config, "head_dim") {
+        Some(h) => h,
+        None => {
+            let need = |key: &str| {
+                uint(config, key).ok_or_else(|| {
+                    InputError::invalid(
+                        path,
+                        format!("`{key}` is missing or not an unsigned integer"),
+                    )
+                })
+            };
+            need("hidden_size")? / need("num_attention_heads")?.max(1)
+        }
+    };
+    let factor = f("factor", 8.0);
+    let low = f("low_freq_factor", 1.0);
+    let high = f("high_freq_factor", 4.0);
+    let old = f("original_max_position_embeddings", 8192.0);
+    // Python floats, compared with / combined into f32 tensors: rounded to f32 there.
+    let low_wavelen = (old / low) as f32;
+    let high_wavelen = (old / high) as f32;
+    let out = (0..dim)
+        .step_by(2)
+        .map(|i| {
+            let freq = 1.0f32 / base.powf(i as f32 / dim as f32);
+            let wavelen = (2.0 * std::f64::consts::PI) as f32 / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor as f32
+            } else {
+                let smooth = ((old as f32) / wavelen - low as f32) / ((high - low) as f32);
+                1.0f32 / ((1.0f32 - smooth) / factor as f32 + smooth)
+            }
+        })
+        .collect();
+    Ok(Some(out))
 }

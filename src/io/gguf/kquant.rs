@@ -292,20 +292,32 @@ pub(super) fn q2_k(x: &[f32], out: &mut Vec<u8>) {
     out.extend_from_slice(&dmin);
 }
 
-/// `quantize_row_q3_K_ref` for one super-block: 16 groups of 16 with signed 6-bit scales
-/// (`make_q3_quants(16, 4, …, true)`), 3-bit values split into a 2-bit `qs` and a high-bit
-/// mask. Layout: `hmask[32] qs[64] scales[12] d`.
-pub(super) fn q3_k(x: &[f32], out: &mut Vec<u8>) {
-    let mut l = [0i8; 256];
+/// The scales of the 16 groups of 16 of a super-block (`quant(group, levels)` each, as
+/// q3_K and q6_K compute them), the scale of largest magnitude (the first one where several
+/// tie, as ggml's `>` keeps it) and that magnitude.
+fn group_scales(
+    x: &[f32],
+    l: &mut [i8; 256],
+    quant: impl Fn(&[f32], &mut [i8]) -> f32,
+) -> ([f32; 16], f32, f32) {
     let mut scales = [0f32; 16];
     let (mut max_scale, mut amax) = (0f32, 0f32);
     for j in 0..16 {
-        scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+        scales[j] = quant(&x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
         if scales[j].abs() > amax {
             amax = scales[j].abs();
             max_scale = scales[j];
         }
     }
+    (scales, max_scale, amax)
+}
+
+/// `quantize_row_q3_K_ref` for one super-block: 16 groups of 16 with signed 6-bit scales
+/// (`make_q3_quants(16, 4, …, true)`), 3-bit values split into a 2-bit `qs` and a high-bit
+/// mask. Layout: `hmask[32] qs[64] scales[12] d`.
+pub(super) fn q3_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut l = [0i8; 256];
+    let (scales, max_scale, _) = group_scales(x, &mut l, |x, l| make_q3_quants(4, x, l));
     let mut sc = [0u8; 12];
     let d = if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
@@ -490,16 +502,7 @@ pub(super) fn q5_k(x: &[f32], out: &mut Vec<u8>) {
 /// zero bytes. Layout: `ql[128] qh[64] scales[16] d`.
 pub(super) fn q6_k(x: &[f32], out: &mut Vec<u8>) {
     let mut l = [0i8; 256];
-    let mut scales = [0f32; 16];
-    let (mut max_scale, mut max_abs) = (0f32, 0f32);
-    for ib in 0..16 {
-        let s = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
-        scales[ib] = s;
-        if s.abs() > max_abs {
-            max_abs = s.abs();
-            max_scale = s;
-        }
-    }
+    let (scales, max_scale, max_abs) = group_scales(x, &mut l, |x, l| make_qx_quants(32, x, l));
     if max_abs < GROUP_MAX_EPS {
         out.extend_from_slice(&[0u8; 210]);
         return;

@@ -7,10 +7,13 @@
 //! every count, size and offset checked ([`header::parse`]). Tensors are borrowed views over
 //! the map; dequantizing copies one tensor at a time.
 
+mod bpe;
 pub mod header;
 pub mod hparams;
 mod kquant;
+pub mod modelcard;
 pub mod names;
+mod pre_table;
 pub mod quant;
 mod spm;
 pub mod types;

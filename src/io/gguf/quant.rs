@@ -95,6 +95,30 @@ pub fn quantize_par(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
     Some(parts?.concat())
 }
 
+/// The type a weight whose rows hold `row` values is written in when `ty` is asked for:
+/// `ty` where the rows are whole blocks; else llama-quantize's `tensor_type_fallback`
+/// (src/llama-quant.cpp of the llama.cpp tree vendored by llama-cpp-python 0.3.36): Q2_K and
+/// Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, a 32-block type stays; and F16 where
+/// that type's blocks do not fit either (which is also convert_hf_to_gguf.py's fallback for
+/// its own types, gguf-py's `QuantError`).
+pub fn fallback(ty: GgmlType, row: usize) -> GgmlType {
+    if row.is_multiple_of(ty.block_size()) {
+        return ty;
+    }
+    let to = match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        t => t,
+    };
+    if row.is_multiple_of(to.block_size()) {
+        to
+    } else {
+        GgmlType::F16
+    }
+}
+
 /// `quants.py` `Q8_0.dequantize_blocks`: `x * d`.
 fn q8_0(b: &[u8], o: &mut [f32]) {
     let d = h(b, 0);

@@ -113,38 +113,11 @@ fn a_type_without_a_dequantizer_is_named_and_refused() {
     );
 }
 
-/// Every quantizer, byte for byte against `gguf.quants.quantize` on 128 blocks including
-/// zeros, signed zeros, magnitude ties, f16 overflow and underflow, and grid halfway points.
-#[test]
-fn quantization_equals_gguf_py_byte_for_byte() {
-    let f = GgufFile::open(fixture("quant.gguf")).unwrap();
-    let input = f.dequantize(f.header().tensor("input").unwrap()).unwrap();
-    let mut checked = 0;
-    for t in f.tensors().iter().filter(|t| t.name.starts_with("q.")) {
-        let want = f.view(t).data;
-        let mut got = Vec::new();
-        assert!(quant::quantize_into(t.ty, &input, &mut got), "{}", t.ty);
-        assert_eq!(got.len(), want.len(), "{}", t.ty);
-        let bs = t.ty.type_size();
-        for (i, (g, w)) in got.chunks(bs).zip(want.chunks(bs)).enumerate() {
-            assert_eq!(
-                g,
-                w,
-                "{} block {i}: input {:?}",
-                t.ty,
-                &input[i * t.ty.block_size()..(i + 1) * t.ty.block_size()]
-            );
-        }
-        checked += 1;
-    }
-    assert_eq!(checked, 7);
-}
-
-/// The K-quant quantizers, byte for byte against ggml's own `quantize_row_q*_K_ref` (compiled
-/// from llama.cpp's `ggml-quants.c` by `fixtures/gen/gguf_kquant.py`) on edge-case super-blocks.
-#[test]
-fn k_quantization_equals_ggml_reference_byte_for_byte() {
-    let f = GgufFile::open(fixture("kquant.gguf")).unwrap();
+/// Quantizes fixture `name`'s `input` tensor to the type of each of its `q.*` tensors and
+/// asserts the bytes equal that tensor's, block by block (the serial and the parallel path);
+/// returns the types checked.
+fn quantizes_like(name: &str) -> Vec<GgmlType> {
+    let f = GgufFile::open(fixture(name)).unwrap();
     let input = f.dequantize(f.header().tensor("input").unwrap()).unwrap();
     let mut checked = Vec::new();
     for t in f.tensors().iter().filter(|t| t.name.starts_with("q.")) {
@@ -152,22 +125,33 @@ fn k_quantization_equals_ggml_reference_byte_for_byte() {
         let mut got = Vec::new();
         assert!(quant::quantize_into(t.ty, &input, &mut got), "{}", t.ty);
         assert_eq!(got.len(), want.len(), "{}", t.ty);
-        let bs = t.ty.type_size();
-        for (i, (g, w)) in got.chunks(bs).zip(want.chunks(bs)).enumerate() {
-            assert_eq!(
-                g,
-                w,
-                "{} super-block {i}: input {:?}",
-                t.ty,
-                &input[i * 256..(i + 1) * 256]
-            );
+        let (ts, bs) = (t.ty.type_size(), t.ty.block_size());
+        for (i, (g, w)) in got.chunks(ts).zip(want.chunks(ts)).enumerate() {
+            let block = &input[i * bs..(i + 1) * bs];
+            assert_eq!(g, w, "{} block {i}: input {block:?}", t.ty);
         }
-        // The parallel path gives the same bytes.
         assert_eq!(quant::quantize_par(t.ty, &input).unwrap(), want, "{}", t.ty);
         checked.push(t.ty);
     }
+    checked
+}
+
+/// Every quantizer, byte for byte against `gguf.quants.quantize` on 128 blocks including
+/// zeros, signed zeros, magnitude ties, f16 overflow and underflow, and grid halfway points.
+#[test]
+fn quantization_equals_gguf_py_byte_for_byte() {
+    assert_eq!(quantizes_like("quant.gguf").len(), 7);
+}
+
+/// The K-quant quantizers, byte for byte against ggml's own `quantize_row_q*_K_ref` (compiled
+/// from llama.cpp's `ggml-quants.c` by `fixtures/gen/gguf_kquant.py`) on edge-case super-blocks.
+#[test]
+fn k_quantization_equals_ggml_reference_byte_for_byte() {
     use GgmlType::*;
-    assert_eq!(checked, [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K]);
+    assert_eq!(
+        quantizes_like("kquant.gguf"),
+        [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K]
+    );
 }
 
 #[test]

@@ -162,21 +162,8 @@ pub const DEQUANTIZABLE: &[GgmlType] = &[
 /// The types lorakit quantizes to: bit-exact with gguf-py's `quants.quantize` (whose
 /// Q8_0/BF16 follow ggml's `quantize_row_q8_0_ref` / `ggml_compute_fp32_to_bf16`) up to
 /// `Q5_1`, and with ggml's own `quantize_row_q*_K_ref` for the K-quants (`super::kquant`).
-pub const QUANTIZABLE: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+/// The same types as [`DEQUANTIZABLE`]: every type lorakit reads it also writes.
+pub const QUANTIZABLE: &[GgmlType] = DEQUANTIZABLE;
 
 impl GgmlType {
     fn row(self) -> &'static (GgmlType, u32, &'static str, usize, usize) {

@@ -1,5 +1,5 @@
 //! The `tokenizer.*` metadata llama.cpp's `convert_hf_to_gguf.py` writes for a Hugging Face
-//! Llama tokenizer, from `tokenizer.json`, `tokenizer_config.json` and `config.json`.
+//! Llama or Qwen2 tokenizer, from `tokenizer.json`, `tokenizer_config.json` and `config.json`.
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/llama.py`
 //! (`LlamaModel.set_vocab`: `add_prefix_space` → `tokenizer.ggml.add_space_prefix`, then
@@ -11,11 +11,12 @@
 //! post-processor and tokenizer_config; the chat template; normalizer flags).
 //!
 //! Covered: a SentencePiece `tokenizer.model` (`_set_vocab_sentencepiece`, read by
-//! [`super::spm`]) and, without one, the tokenizer kind `LlamaHfVocab` converts — a `BPE`
-//! model with `byte_fallback` and a `Sequence` decoder in tokenizer.json. Refused, naming the
-//! file: a Llama-3 / GPT-2 style BPE (llama.cpp's `BpeVocab` path identifies the pre-tokenizer by a
-//! hash of its output on a test text), chat templates given as lists. Must not read weights
-//! or write files.
+//! [`super::spm`]); for Llama without one, the tokenizer kind `LlamaHfVocab` converts — a `BPE`
+//! model with `byte_fallback` and a `Sequence` decoder in tokenizer.json; every other
+//! tokenizer.json (Llama 3, and Qwen2 always) as the GPT-2 vocabulary of `_set_vocab_gpt2`
+//! ([`super::bpe`]: model `gpt2`, the pre-tokenizer named by its hash, no scores, then
+//! `SpecialVocab(load_merges=True)`: the merges before the special ids). Refused, naming the
+//! file: chat templates given as lists.
 //!
 //! Special ids (`CONTROL` token type) are those transformers' `all_special_ids` gives for such
 //! a tokenizer: the tokens tokenizer_config.json names as `bos`/`eos`/`unk`/`sep`/`pad`/`cls`/
@@ -92,16 +93,29 @@ fn truthy(v: &Option<String>) -> bool {
 /// `(tokens, scores, token types)` of a vocabulary.
 pub(super) type Tokens = (Vec<String>, Vec<f32>, Vec<i32>);
 
-/// The `tokenizer.*` entries (raw GGUF key/values) for the Hugging Face folder `dir`, in the
-/// order convert_hf_to_gguf.py writes them.
-pub fn entries(dir: &Path) -> InputResult<Vec<Vec<u8>>> {
+/// `tokenizer.ggml.model`, `.pre`, the tokens, their scores (SentencePiece and LlamaHfVocab
+/// only) and types.
+fn push_model(out: &mut Vec<Vec<u8>>, model: &str, pre: &str, t: &Tokens) {
+    out.push(kv_string("tokenizer.ggml.model", model));
+    out.push(kv_string("tokenizer.ggml.pre", pre));
+    out.push(kv_strings("tokenizer.ggml.tokens", &t.0));
+    if !t.1.is_empty() {
+        out.push(kv_f32s("tokenizer.ggml.scores", &t.1));
+    }
+    out.push(kv_i32s("tokenizer.ggml.token_type", &t.2));
+}
+
+/// The `tokenizer.*` entries (raw GGUF key/values) for the Hugging Face folder `dir` of a
+/// model of GGUF architecture `arch`, in the order convert_hf_to_gguf.py writes them; `pre`
+/// names a BPE pre-tokenizer whose hash llama.cpp's table lacks ([`super::bpe`]).
+pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec<u8>>> {
     let tj_path = dir.join("tokenizer.json");
     let tc_path = dir.join("tokenizer_config.json");
     let mut tc = read_opt(&tc_path)?;
     let config = read_opt(&dir.join("config.json"))?;
     let tj = read_opt(&tj_path)?;
     let vocab_size = config.as_ref().and_then(|c| c["vocab_size"].as_u64());
-    if let Some(n @ (32016 | 49152)) = vocab_size {
+    if let Some(n @ (32016 | 49152)) = vocab_size.filter(|_| arch == "llama") {
         // LlamaModel.set_vocab: CodeLlama's FIM tokens, granite's add_bos_token.
         return Err(InputError::invalid(
             dir.join("config.json"),
@@ -109,13 +123,24 @@ pub fn entries(dir: &Path) -> InputResult<Vec<Vec<u8>>> {
         ));
     }
     let spm_path = dir.join("tokenizer.model");
-    let (tokens, scores, types) = if spm_path.is_file() {
-        super::spm::tokens(
+    let mut out = Vec::new();
+    if arch == "llama" {
+        if let Some(b) = tc.as_ref().and_then(|c| c["add_prefix_space"].as_bool()) {
+            out.push(kv_bool("tokenizer.ggml.add_space_prefix", b));
+        }
+    }
+    let mut merges = Vec::new();
+    // _set_vocab_gpt2's SpecialVocab has no n_vocab: no id is out of range there.
+    let mut gpt2 = false;
+    let (tokens, _, _) = if spm_path.is_file() {
+        let t = super::spm::tokens(
             &spm_path,
             vocab_size,
             &dir.join("added_tokens.json"),
             tc.as_ref(),
-        )?
+        )?;
+        push_model(&mut out, "llama", "default", &t);
+        t
     } else {
         let Some(tj) = &tj else {
             return Err(InputError::invalid(
@@ -123,23 +148,28 @@ pub fn entries(dir: &Path) -> InputResult<Vec<Vec<u8>>> {
                 "no tokenizer.json or tokenizer.model: a GGUF model needs the tokenizer (tokenizer.ggml.*)",
             ));
         };
-        llama_hf_tokens(tj, &tj_path, tc.as_ref())?
+        // LlamaModel.set_vocab: LlamaHfVocab where it applies, else (as Qwen2Model always)
+        // _set_vocab_gpt2, which loads the merges.
+        if arch == "llama" && is_llama_hf(tj) {
+            let t = llama_hf_tokens(tj, &tj_path, tc.as_ref())?;
+            push_model(&mut out, "llama", "default", &t);
+            t
+        } else {
+            let (t, name) = super::bpe::tokens(&tj_path, vocab_size, pre)?;
+            push_model(&mut out, "gpt2", &name, &t);
+            merges = super::bpe::merges(tj, &tj_path)?;
+            gpt2 = true;
+            t
+        }
     };
-    let n_vocab = tokens.len() as u64;
+    let n_vocab = if gpt2 { u64::MAX } else { tokens.len() as u64 };
     let tj = tj.unwrap_or(Json::Null);
     let added = added_tokens(&tj);
-
-    let mut out = Vec::new();
-    if let Some(b) = tc.as_ref().and_then(|c| c["add_prefix_space"].as_bool()) {
-        out.push(kv_bool("tokenizer.ggml.add_space_prefix", b));
+    if !merges.is_empty() {
+        out.push(kv_strings("tokenizer.ggml.merges", &merges));
     }
-    out.push(kv_string("tokenizer.ggml.model", "llama"));
-    out.push(kv_string("tokenizer.ggml.pre", "default"));
-    out.push(kv_strings("tokenizer.ggml.tokens", &tokens));
-    out.push(kv_f32s("tokenizer.ggml.scores", &scores));
-    out.push(kv_i32s("tokenizer.ggml.token_type", &types));
 
-    // SpecialVocab (load_merges = False).
+    // SpecialVocab (its merges are above).
     let mut lowercase = None;
     let mut strip_accents = None;
     if let Some(n) = tj.get("normalizer").filter(|n| !n.is_null()) {
@@ -382,21 +412,20 @@ fn added_tokens(tj: &Json) -> Vec<(u64, String)> {
         .unwrap_or_default()
 }
 
+/// Whether gguf-py's `LlamaHfVocab` takes tokenizer.json (a `BPE` model with `byte_fallback`
+/// and a `Sequence` decoder); LlamaModel.set_vocab falls back to the GPT-2 vocabulary otherwise.
+fn is_llama_hf(tj: &Json) -> bool {
+    let model = &tj["model"];
+    model["type"] == "BPE"
+        && model["byte_fallback"].as_bool() == Some(true)
+        && tj["decoder"]["type"] == "Sequence"
+}
+
 /// `LlamaHfVocab`: base tokens by id, then added tokens beyond the base vocabulary.
 fn llama_hf_tokens(tj: &Json, tj_path: &Path, tc: Option<&Json>) -> InputResult<Tokens> {
-    let model = &tj["model"];
-    let llama_bpe = model["type"] == "BPE"
-        && model["byte_fallback"].as_bool() == Some(true)
-        && tj["decoder"]["type"] == "Sequence";
-    if !llama_bpe {
-        return Err(InputError::invalid(
-            tj_path,
-            "not a Llama BPE tokenizer with byte_fallback (llama.cpp's LlamaHfVocab): lorakit does not yet write GPT-2/Llama-3 style BPE vocabularies, whose llama.cpp pre-tokenizer is identified by a hash of the tokenizer's output",
-        ));
-    }
     let bad = |msg: String| InputError::invalid(tj_path, msg);
     let added = added_tokens(tj);
-    let vocab = model["vocab"]
+    let vocab = tj["model"]["vocab"]
         .as_object()
         .ok_or_else(|| bad("model.vocab is not an object".into()))?;
     let mut by_id: BTreeMap<u64, String> = BTreeMap::new();

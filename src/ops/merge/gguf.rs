@@ -30,11 +30,9 @@ use crate::backend::{Engine, MergeJob, Term};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::gguf::names::{self, Rope};
-use crate::io::gguf::writer::{
-    kv_i32, kv_string, kv_u16, part_path, split_parts, GgufWriter, OutTensor,
-};
+use crate::io::gguf::writer::{kv_string, OutTensor};
 use crate::io::gguf::{quant, types, GgmlType, GgufModel, Value};
-use crate::io::writer::{check_writes, LockMode};
+use crate::io::writer::check_writes;
 use crate::io::Output;
 use anyhow::Result;
 use serde::Serialize;
@@ -113,6 +111,9 @@ pub struct MergedTensor {
     pub base_type: String,
     #[serde(rename = "type")]
     pub ty: String,
+    /// The `--outtype` llama-quantize's fallback replaced (rows not whole blocks of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<String>,
     /// `‖Q(W) − W‖_F / ‖W‖_F` with `W` the f32 merge and `Q(W)` the stored tensor dequantized.
     pub quant_rel_fro_error: f64,
     pub quant_max_abs_error: f64,
@@ -274,9 +275,10 @@ impl GgufMergePlan {
                     )
                     .into());
                 }
+                // llama-quantize's fallback where rows are not whole blocks of the type asked for.
                 let out_type = match options.outtype {
                     OutType::Keep => t.ty,
-                    OutType::To(ty) => ty,
+                    OutType::To(ty) => quant::fallback(ty, t.dims[0] as usize),
                 };
                 if !out_type.can_quantize() {
                     let (ty, writable) = (
@@ -381,11 +383,9 @@ impl GgufMergePlan {
             unmatched,
             inputs: reads.clone(),
         };
-        let (mut files, _) = plan.layout();
-        if let Some((i, n)) = plan.options.part {
-            files.push(super::gguf_parts::manifest_path(&plan.out, i, n));
-        }
-        check_writes(&reads, &files, &[])?;
+        let (files, _) = plan.layout();
+        let writes = super::gguf_parts::planned_writes(&plan.out, &files, plan.options.part);
+        check_writes(&reads, &writes, &[])?;
         Ok(plan)
     }
 
@@ -457,22 +457,7 @@ impl GgufMergePlan {
 
     /// The output files and the tensor range of each.
     fn layout(&self) -> (Vec<PathBuf>, Vec<std::ops::Range<usize>>) {
-        let tensors = self.out_tensors();
-        let parts = match self.options.max_shard_size {
-            Some(max) => {
-                let sizes: Vec<u64> = tensors.iter().map(OutTensor::bytes).collect();
-                split_parts(&sizes, max)
-            }
-            None => std::iter::once(0..tensors.len()).collect(),
-        };
-        let files = if parts.len() == 1 {
-            vec![self.out.clone()]
-        } else {
-            (0..parts.len())
-                .map(|i| part_path(&self.out, i, parts.len()))
-                .collect()
-        };
-        (files, parts)
+        super::gguf_parts::layout(&self.out, &self.out_tensors(), self.options.max_shard_size)
     }
 
     /// The output's metadata entries: the base's (raw bytes; `split.*` and old `lorakit.*`
@@ -592,20 +577,12 @@ impl GgufMergePlan {
     pub fn run(self, engine: &Engine) -> Result<GgufMergeReport> {
         let start = std::time::Instant::now();
         let out_tensors = self.out_tensors();
-        let (files, parts) = self.layout();
         let mut output = Output::new();
         if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
             output.create_dir_all(dir)?;
         }
         let part = self.options.part;
-        // Parts of one run write side by side; `finalize` takes the lock exclusively.
-        let mode = match part {
-            Some(_) => LockMode::Shared,
-            None => LockMode::Exclusive,
-        };
-        output.lock(&self.out, mode)?;
         let base_entries = self.entries();
-        let alignment = self.base.header().alignment;
         let alignment_kv: Vec<Vec<u8>> = {
             let f = &self.base.files[0];
             f.header()
@@ -617,109 +594,65 @@ impl GgufMergePlan {
         };
         let base_tensors: Vec<_> = self.base.tensors().collect();
         let mut merged = Vec::new();
-        let mut written = 0;
-        let mut wrote = Vec::new();
-        for (pi, (path, range)) in files.iter().zip(&parts).enumerate() {
-            if !crate::parts::owns(part, pi) {
-                continue;
-            }
-            // Part 1 holds the metadata; every part its split keys (gguf-py's layout).
-            let mut entries = if pi == 0 {
-                base_entries.clone()
-            } else {
-                alignment_kv.clone()
+        let spec = super::gguf_parts::GgufOutput {
+            out: &self.out,
+            tensors: &out_tensors,
+            entries: &base_entries,
+            later_entries: &alignment_kv,
+            alignment: self.base.header().alignment,
+            max_shard_size: self.options.max_shard_size,
+            part,
+            inputs: &self.inputs,
+        };
+        let wrote = super::gguf_parts::write_files(&mut output, &spec, |i| {
+            let (f, t) = base_tensors[i];
+            let Some(target) = self.targets.iter().find(|x| x.tensor == t.name) else {
+                return Ok(std::borrow::Cow::Borrowed(f.view(t).data));
             };
-            if files.len() > 1 {
-                entries.push(kv_u16("split.no", pi as u16));
-                entries.push(kv_u16("split.count", files.len() as u16));
-                entries.push(kv_i32("split.tensors.count", out_tensors.len() as i32));
+            let values = self.merged(target, engine)?;
+            let bytes = quant::quantize_par(target.out_type, &values).expect("planned");
+            let mut back = vec![0f32; values.len()];
+            quant::dequantize_par(target.out_type, &bytes, &mut back);
+            let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
+            for (q, v) in back.iter().zip(&values) {
+                let e = (*q as f64 - *v as f64).abs();
+                num += e * e;
+                den += (*v as f64) * (*v as f64);
+                mx = mx.max(e);
             }
-            let file = output.raw_file(path)?;
-            let mut w = GgufWriter::new(
-                file,
-                path,
-                &entries,
-                out_tensors[range.clone()].to_vec(),
-                alignment,
-            )?;
-            for &(f, t) in &base_tensors[range.clone()] {
-                match self.targets.iter().find(|x| x.tensor == t.name) {
-                    None => w.write_tensor(&t.name, f.view(t).data)?,
-                    Some(target) => {
-                        let values = self.merged(target, engine)?;
-                        let bytes = quant::quantize_par(target.out_type, &values).expect("planned");
-                        let mut back = vec![0f32; values.len()];
-                        quant::dequantize_par(target.out_type, &bytes, &mut back);
-                        let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
-                        for (q, v) in back.iter().zip(&values) {
-                            let e = (*q as f64 - *v as f64).abs();
-                            num += e * e;
-                            den += (*v as f64) * (*v as f64);
-                            mx = mx.max(e);
-                        }
-                        if let Some(i) = back.iter().position(|v| !v.is_finite()) {
-                            return Err(InputError::invalid(
-                                &self.out,
-                                format!(
-                                    "tensor `{}`: element {i} overflows {}; nothing was written",
-                                    t.name, target.out_type
-                                ),
-                            )
-                            .into());
-                        }
-                        w.write_tensor(&t.name, &bytes)?;
-                        merged.push(MergedTensor {
-                            name: t.name.clone(),
-                            modules: target
-                                .terms
-                                .iter()
-                                .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
-                                .collect(),
-                            base_type: t.ty.name().into(),
-                            ty: target.out_type.name().into(),
-                            quant_rel_fro_error: if den > 0.0 {
-                                (num / den).sqrt()
-                            } else {
-                                num.sqrt()
-                            },
-                            quant_max_abs_error: mx,
-                        });
-                    }
-                }
-            }
-            let bytes = w.finish()?;
-            written += bytes;
-            wrote.push((path.clone(), bytes));
-        }
-        if let Some((i, n)) = part {
-            let layout: Vec<(PathBuf, &[OutTensor])> = files
-                .iter()
-                .zip(&parts)
-                .map(|(f, r)| (f.clone(), &out_tensors[r.clone()]))
-                .collect();
-            let manifest = super::gguf_parts::GgufManifest {
-                version: super::gguf_parts::GGUF_MANIFEST_VERSION,
-                part: i,
-                parts: n,
-                plan: super::gguf_parts::part_plan(
+            if let Some(i) = back.iter().position(|v| !v.is_finite()) {
+                return Err(InputError::invalid(
                     &self.out,
-                    &base_entries,
-                    &layout,
-                    &self.inputs,
-                )?,
-                written: wrote
+                    format!(
+                        "tensor `{}`: element {i} overflows {}; nothing was written",
+                        t.name, target.out_type
+                    ),
+                )
+                .into());
+            }
+            merged.push(MergedTensor {
+                name: t.name.clone(),
+                modules: target
+                    .terms
                     .iter()
-                    .map(|(p, b)| {
-                        let name = p.file_name().expect("planned").to_string_lossy();
-                        (name.into_owned(), *b)
-                    })
+                    .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
                     .collect(),
-            };
-            output.small_file(
-                &super::gguf_parts::manifest_path(&self.out, i, n),
-                &manifest.to_bytes(),
-            )?;
-        }
+                base_type: t.ty.name().into(),
+                ty: target.out_type.name().into(),
+                fallback_from: match self.options.outtype {
+                    OutType::To(ty) if ty != target.out_type => Some(ty.name().into()),
+                    _ => None,
+                },
+                quant_rel_fro_error: if den > 0.0 {
+                    (num / den).sqrt()
+                } else {
+                    num.sqrt()
+                },
+                quant_max_abs_error: mx,
+            });
+            Ok(std::borrow::Cow::Owned(bytes))
+        })?;
+        let written = wrote.iter().map(|(_, b)| b).sum();
         output.commit()?;
         Ok(GgufMergeReport {
             operation: if self.options.unmerge {

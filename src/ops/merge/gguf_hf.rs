@@ -5,39 +5,46 @@
 //!
 //! The merge itself is the safetensors merge's ([`MergePlan::merged_f32`]: every module,
 //! weight and rule as for a safetensors output, in f32). The layout is the converter's, read
-//! from the llama.cpp tree vendored by llama-cpp-python 0.3.36: tensors in the order it reads
-//! them (shards by file name, names sorted within each: `safe_open(…).keys()`), named by
-//! gguf-py's tensor map ([`crate::io::gguf::names`]), q/k rows (and biases) permuted by
-//! `LlamaModel.permute` (`conversion/llama.py`), `.attention.masked_bias`,
-//! `.attention.bias` and `.rotary_emb.inv_freq` dropped; types as `ModelBase.prepare_tensors`
-//! (`conversion/base.py`) sets them: 1-D tensors, `*_norm.weight` and anything not named
-//! `.weight` in F32, every other tensor in `--outtype`, falling back to F16 where the row
-//! length is not a whole number of blocks (gguf-py's `QuantError`); for the K-quants, which only
-//! llama-quantize writes, such rows are refused instead (llama-quantize picks other fallback
-//! types). Values are quantized with gguf-py's / ggml's reference quantizers
-//! ([`crate::io::gguf::quant`]). Metadata: [`crate::io::gguf::hparams`] then
-//! [`crate::io::gguf::vocab`], then lorakit's provenance (`lorakit.*`, not in the converter's
-//! output).
+//! from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `LlamaModel`'s generated
+//! `rope_freqs.weight` first (llama3 rope scaling, [`hparams::rope_freqs`]), then tensors in
+//! the order it reads them (shards by file name, names sorted within each:
+//! `safe_open(…).keys()`), named by gguf-py's tensor map ([`crate::io::gguf::names`]), q/k rows
+//! (and biases) permuted by `LlamaModel.permute` (`conversion/llama.py`; Qwen2 unpermuted),
+//! `.attention.masked_bias`, `.attention.bias` and `.rotary_emb.inv_freq` dropped; types as
+//! `ModelBase.prepare_tensors` (`conversion/base.py`) sets them: 1-D tensors, `*_norm.weight`
+//! and anything not named `.weight` in F32, every other tensor in `--outtype`, where its rows
+//! are not whole blocks in llama-quantize's fallback type ([`quant::fallback`], reported per
+//! tensor; F16 for the converter's own types, as gguf-py's `QuantError` fallback). Values are
+//! quantized with gguf-py's / ggml's reference quantizers ([`crate::io::gguf::quant`]).
+//! Metadata: [`crate::io::gguf::hparams`] then [`crate::io::gguf::vocab`], then lorakit's
+//! provenance (`lorakit.*`, not in the converter's output). `--max-shard-size` splits and
+//! `--part I/N` writes a share with a manifest through [`gguf_parts`], the code a GGUF base's
+//! merge writes with, so the parts equal the one-shot output byte for byte.
 //!
-//! Refused at planning: architectures other than Llama/Mistral, tokenizers other than
-//! SentencePiece `tokenizer.model` and the Llama BPE tokenizer.json, quantized safetensors bases, tensors outside the name map, `--part` and
-//! `--max-shard-size` (one file is written). Must not write anything but the one output file.
+//! Refused at planning: architectures other than Llama/Mistral/Qwen2, quantized safetensors
+//! bases, tensors outside the name map, and what hparams/vocab refuse. Must not write
+//! anything but the planned files (and a part's manifest).
 
+use super::gguf_parts;
 use super::MergePlan;
 use crate::backend::Engine;
 use crate::error::{InputError, Opt};
-use crate::io::gguf::writer::{kv_string, GgufWriter, OutTensor};
+use crate::io::gguf::writer::{kv_string, OutTensor};
 use crate::io::gguf::{hparams, names, quant, vocab, GgmlType};
-use crate::io::writer::{check_writes, LockMode};
+use crate::io::writer::check_writes;
 use crate::io::Output;
 use anyhow::Result;
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// One output tensor: its Hugging Face name and how it is stored.
+/// One output tensor: its Hugging Face name (empty for generated ones) and how it is stored.
 #[derive(Debug, Clone)]
 struct Planned {
     hf: String,
+    /// The values of a tensor the converter generates (`rope_freqs.weight`).
+    generated: Option<Vec<f32>>,
+    /// The `--outtype` asked for, where llama-quantize's fallback replaced it.
+    fallback_from: Option<GgmlType>,
     out: OutTensor,
     /// Heads of the q/k permutation.
     permute: Option<usize>,
@@ -45,14 +52,30 @@ struct Planned {
     cols: usize,
 }
 
+/// How an HF → GGUF merge writes its output.
+#[derive(Debug, Clone)]
+pub struct HfGgufOptions {
+    /// The type of 2-D weights (see the module doc for the others).
+    pub outtype: GgmlType,
+    /// The llama.cpp name of a BPE pre-tokenizer whose hash llama.cpp's table lacks.
+    pub tokenizer_pre: Option<String>,
+    /// Split the output (`-0000I-of-0000N.gguf`) into files of at most this many bytes.
+    pub max_shard_size: Option<u64>,
+    /// Write only this part's files and a manifest.
+    pub part: Option<(usize, usize)>,
+}
+
 /// A validated HF → GGUF merge.
 #[derive(Debug)]
 pub struct HfGgufPlan {
     merge: MergePlan,
     out: PathBuf,
-    outtype: GgmlType,
+    arch: &'static str,
     tensors: Vec<Planned>,
     entries: Vec<Vec<u8>>,
+    /// Every file read (base shards, adapter files), for a part's manifest.
+    inputs: Vec<PathBuf>,
+    options: HfGgufOptions,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +85,10 @@ pub struct HfGgufTensor {
     #[serde(rename = "type")]
     pub ty: String,
     pub merged: bool,
+    /// The `--outtype` llama-quantize's fallback replaced for this tensor (rows not whole
+    /// blocks of it), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<String>,
 }
 
 /// What an HF → GGUF merge wrote.
@@ -70,6 +97,11 @@ pub struct HfGgufReport {
     pub operation: &'static str,
     pub base: String,
     pub out: String,
+    /// The files written (with `--part`, this part's share).
+    pub files: Vec<String>,
+    /// `[I, N]` of `--part I/N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<[usize; 2]>,
     pub architecture: String,
     pub outtype: String,
     pub adapters: Vec<serde_json::Value>,
@@ -87,9 +119,10 @@ const DROPPED: &[&str] = &[
 ];
 
 impl HfGgufPlan {
-    /// Plans writing `merge` (a merge of a safetensors base, planned as usual) as the GGUF
-    /// model `out` with `outtype` weights.
-    pub fn new(merge: MergePlan, out: PathBuf, outtype: GgmlType) -> Result<Self> {
+    /// Plans writing `merge` (a merge of a safetensors base, planned without a split or part
+    /// of its own) as the GGUF model `out`.
+    pub fn new(merge: MergePlan, out: PathBuf, options: HfGgufOptions) -> Result<Self> {
+        let outtype = options.outtype;
         let dir = merge.base.folder().to_path_buf();
         let root = merge.base.root.clone();
         if let Some(q) = merge.quant.iter().next().map(|q| q.stored.clone()) {
@@ -97,16 +130,6 @@ impl HfGgufPlan {
                 &root,
                 format!("tensor `{q}` is quantized: lorakit writes GGUF models from float safetensors bases only"),
             )
-            .into());
-        }
-        if merge.options.part.is_some() || merge.options.max_shard_size.is_some() {
-            return Err(InputError::option(&out, |o| {
-                format!(
-                    "{} and {} are not supported for a GGUF model written from a safetensors base (one file is written)",
-                    o.opt(Opt::Part),
-                    o.opt(Opt::MaxShardSize)
-                )
-            })
             .into());
         }
         if hparams::file_type(outtype).is_none() || !outtype.can_quantize() {
@@ -132,6 +155,24 @@ impl HfGgufPlan {
         let mut shards: Vec<&crate::io::SafetensorsFile> = merge.base.shards.iter().collect();
         shards.sort_by(|a, b| a.path().file_name().cmp(&b.path().file_name()));
         let mut tensors = Vec::new();
+        // LlamaModel.generate_extra_tensors comes before the model's tensors.
+        if arch == "llama" {
+            if let Some(v) = hparams::rope_freqs(&config, &config_path)? {
+                tensors.push(Planned {
+                    hf: String::new(),
+                    out: OutTensor {
+                        name: "rope_freqs.weight".into(),
+                        dims: vec![v.len() as u64],
+                        ty: GgmlType::F32,
+                    },
+                    permute: None,
+                    rows: v.len(),
+                    cols: 1,
+                    generated: Some(v),
+                    fallback_from: None,
+                });
+            }
+        }
         for f in shards {
             let mut ns: Vec<&str> = f.tensors().iter().map(|t| t.name.as_str()).collect();
             ns.sort_unstable();
@@ -173,27 +214,14 @@ impl HfGgufPlan {
                 if (rope != names::Rope::None) && permutes && permute.is_none() {
                     return Err(InputError::invalid(&config_path, "`num_attention_heads` is missing; it is needed to permute q/k as llama.cpp's converter does").into());
                 }
-                let ty = if shape.len() <= 1 || name.ends_with("_norm.weight") || suffix != "weight"
-                {
-                    GgmlType::F32
-                } else if shape
-                    .last()
-                    .is_some_and(|&n| !n.is_multiple_of(outtype.block_size()))
-                {
-                    if outtype.block_size() == 256 {
-                        return Err(InputError::invalid(
-                            f.path(),
-                            format!(
-                                "tensor `{hf}`: rows of {} values are not whole {outtype} blocks of 256; llama-quantize would pick another type for it, lorakit refuses",
-                                shape.last().unwrap_or(&0)
-                            ),
-                        )
-                        .into());
-                    }
-                    GgmlType::F16
-                } else {
-                    outtype
-                };
+                let row = shape.last().copied().unwrap_or(0);
+                let (ty, fallback_from) =
+                    if shape.len() <= 1 || name.ends_with("_norm.weight") || suffix != "weight" {
+                        (GgmlType::F32, None)
+                    } else {
+                        let ty = quant::fallback(outtype, row);
+                        (ty, (ty != outtype).then_some(outtype))
+                    };
                 tensors.push(Planned {
                     hf: hf.to_owned(),
                     out: OutTensor {
@@ -204,6 +232,8 @@ impl HfGgufPlan {
                     permute,
                     rows,
                     cols,
+                    generated: None,
+                    fallback_from,
                 });
             }
         }
@@ -211,14 +241,12 @@ impl HfGgufPlan {
             .iter()
             .map(|t| t.out.dims.iter().product::<u64>())
             .sum();
-        let folder_name = dir
-            .canonicalize()
-            .unwrap_or_else(|_| dir.clone())
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut entries = hparams::entries(&config, &config_path, &folder_name, params, outtype)?;
-        entries.extend(vocab::entries(&dir)?);
+        let mut entries = hparams::entries(&config, &config_path, &dir, params, outtype)?;
+        entries.extend(vocab::entries(
+            &dir,
+            arch,
+            options.tokenizer_pre.as_deref(),
+        )?);
         entries.push(kv_string("lorakit.version", env!("CARGO_PKG_VERSION")));
         entries.push(kv_string("lorakit.operation", merge.operation()));
         entries.push(kv_string(
@@ -229,55 +257,75 @@ impl HfGgufPlan {
         for wa in &merge.adapters {
             reads.extend(wa.adapter.input_paths());
         }
-        check_writes(&reads, std::slice::from_ref(&out), &[])?;
+        let specs: Vec<OutTensor> = tensors.iter().map(|t| t.out.clone()).collect();
+        let (files, _) = gguf_parts::layout(&out, &specs, options.max_shard_size);
+        let writes = gguf_parts::planned_writes(&out, &files, options.part);
+        check_writes(&reads, &writes, &[])?;
         Ok(HfGgufPlan {
+            inputs: reads,
+            options,
             merge,
             out,
-            outtype,
+            arch,
             tensors,
             entries,
         })
     }
 
-    /// Writes the GGUF model atomically.
+    /// Writes the GGUF model atomically: one file, the split files of `--max-shard-size`, or
+    /// with `--part I/N` this part's share and manifest ([`gguf_parts::write_files`], as for a
+    /// GGUF base).
     pub fn run(self, engine: &Engine) -> Result<HfGgufReport> {
         let start = std::time::Instant::now();
         let mut output = Output::new();
         if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
             output.create_dir_all(dir)?;
         }
-        output.lock(&self.out, LockMode::Exclusive)?;
-        let file = output.raw_file(&self.out)?;
         let specs: Vec<OutTensor> = self.tensors.iter().map(|t| t.out.clone()).collect();
-        // gguf-py's GGUFWriter default alignment.
-        let mut w = GgufWriter::new(file, &self.out, &self.entries, specs, 32)?;
+        let spec = gguf_parts::GgufOutput {
+            out: &self.out,
+            tensors: &specs,
+            entries: &self.entries,
+            later_entries: &[],
+            // gguf-py's GGUFWriter default alignment.
+            alignment: 32,
+            max_shard_size: self.options.max_shard_size,
+            part: self.options.part,
+            inputs: &self.inputs,
+        };
         let mut report = Vec::new();
-        for t in &self.tensors {
-            let mut v = self.merge.merged_f32(engine, &t.hf)?;
+        let wrote = gguf_parts::write_files(&mut output, &spec, |i| {
+            let t = &self.tensors[i];
+            let mut v = match &t.generated {
+                Some(v) => v.clone(),
+                None => self.merge.merged_f32(engine, &t.hf)?,
+            };
             if let Some(h) = t.permute {
                 v = names::permute_rows(&v, t.rows, t.cols, h);
             }
             let bytes = quant::quantize_par(t.out.ty, &v).expect("planned whole blocks");
-            w.write_tensor(&t.out.name, &bytes)?;
             report.push(HfGgufTensor {
                 name: t.out.name.clone(),
                 hf_name: t.hf.clone(),
                 ty: t.out.ty.name().into(),
-                merged: self.merge.changes(&t.hf),
+                merged: t.generated.is_none() && self.merge.changes(&t.hf),
+                fallback_from: t.fallback_from.map(|f| f.name().to_owned()),
             });
-        }
-        let bytes = w.finish()?;
+            Ok(std::borrow::Cow::Owned(bytes))
+        })?;
         output.commit()?;
         Ok(HfGgufReport {
             operation: self.merge.operation(),
             base: self.merge.base.root.display().to_string(),
             out: self.out.display().to_string(),
-            architecture: "llama".into(),
-            outtype: self.outtype.name().to_lowercase(),
+            files: wrote.iter().map(|(f, _)| f.display().to_string()).collect(),
+            part: self.options.part.map(|(i, n)| [i, n]),
+            architecture: self.arch.into(),
+            outtype: self.options.outtype.name().to_lowercase(),
             adapters: adapter_json(&self.merge),
             tensors_merged_count: report.iter().filter(|t| t.merged).count(),
             tensors: report,
-            bytes_written: bytes,
+            bytes_written: wrote.iter().map(|(_, b)| b).sum(),
             seconds: start.elapsed().as_secs_f64(),
         })
     }

@@ -14,15 +14,141 @@
 //!
 //! Must not trust a manifest: file names must be plain names, files are checked against the
 //! plan every manifest agrees on, and nothing is written from a manifest's content.
+//!
+//! [`layout`] and [`write_files`] are the one place GGUF merge outputs are laid out and written
+//! (a GGUF base merged, [`super::gguf`], and a Hugging Face base written as GGUF,
+//! [`super::gguf_hf`]): files, split keys, the part's share and its manifest.
 
 use crate::error::{InputError, InputResult, Opt};
-use crate::io::gguf::writer::OutTensor;
+use crate::io::gguf::writer::{kv_i32, kv_u16, part_path, split_parts, GgufWriter, OutTensor};
 use crate::io::gguf::GgufModel;
 use crate::io::writer::LockMode;
 use crate::parts::{files_named, is_plain_name, out_dir, stamps, Stamp};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// The output files of a GGUF output `out` holding `tensors` in order, and the tensor range of
+/// each: `out` alone, or with `max_shard_size` gguf-py's `split_max_size` rule and
+/// `-0000I-of-0000N.gguf` names.
+pub fn layout(
+    out: &Path,
+    tensors: &[OutTensor],
+    max_shard_size: Option<u64>,
+) -> (Vec<PathBuf>, Vec<std::ops::Range<usize>>) {
+    let parts = match max_shard_size {
+        Some(max) => {
+            let sizes: Vec<u64> = tensors.iter().map(OutTensor::bytes).collect();
+            split_parts(&sizes, max)
+        }
+        None => std::iter::once(0..tensors.len()).collect(),
+    };
+    let files = if parts.len() == 1 {
+        vec![out.to_path_buf()]
+    } else {
+        (0..parts.len())
+            .map(|i| part_path(out, i, parts.len()))
+            .collect()
+    };
+    (files, parts)
+}
+
+/// The files a run writes, and what `--part I/N` keeps of them: the planned files, plus the
+/// manifest with a part.
+pub fn planned_writes(out: &Path, files: &[PathBuf], part: Option<(usize, usize)>) -> Vec<PathBuf> {
+    let mut v = files.to_vec();
+    if let Some((i, n)) = part {
+        v.push(manifest_path(out, i, n));
+    }
+    v
+}
+
+/// One GGUF output to write: [`write_files`]' input.
+pub struct GgufOutput<'a> {
+    /// `--out`.
+    pub out: &'a Path,
+    /// Every output tensor in order.
+    pub tensors: &'a [OutTensor],
+    /// The metadata of the first file (raw entries, provenance included).
+    pub entries: &'a [Vec<u8>],
+    /// The metadata every later file of a split output repeats (`general.alignment`).
+    pub later_entries: &'a [Vec<u8>],
+    pub alignment: u64,
+    pub max_shard_size: Option<u64>,
+    pub part: Option<(usize, usize)>,
+    /// Every file read, for the manifest.
+    pub inputs: &'a [PathBuf],
+}
+
+/// Writes the files of `o` this run owns (all of them, or part I's share and its manifest)
+/// into `output`, which the caller commits; `data(i)` gives tensor `i`'s bytes in its planned
+/// type, in order. Part 1 holds the metadata, every file of a split output its `split.*` keys
+/// (gguf-py's layout). Returns the files written with their sizes.
+pub fn write_files<'d>(
+    output: &mut crate::io::Output,
+    o: &GgufOutput<'_>,
+    mut data: impl FnMut(usize) -> Result<std::borrow::Cow<'d, [u8]>>,
+) -> Result<Vec<(PathBuf, u64)>> {
+    let (files, parts) = layout(o.out, o.tensors, o.max_shard_size);
+    // Parts of one run write side by side; `finalize` takes the lock exclusively.
+    let mode = match o.part {
+        Some(_) => LockMode::Shared,
+        None => LockMode::Exclusive,
+    };
+    output.lock(o.out, mode)?;
+    let mut wrote = Vec::new();
+    for (pi, (path, range)) in files.iter().zip(&parts).enumerate() {
+        if !crate::parts::owns(o.part, pi) {
+            continue;
+        }
+        let mut entries = if pi == 0 {
+            o.entries.to_vec()
+        } else {
+            o.later_entries.to_vec()
+        };
+        if files.len() > 1 {
+            entries.push(kv_u16("split.no", pi as u16));
+            entries.push(kv_u16("split.count", files.len() as u16));
+            entries.push(kv_i32("split.tensors.count", o.tensors.len() as i32));
+        }
+        let file = output.raw_file(path)?;
+        let mut w = GgufWriter::new(
+            file,
+            path,
+            &entries,
+            o.tensors[range.clone()].to_vec(),
+            o.alignment,
+        )?;
+        for i in range.clone() {
+            let bytes = data(i)?;
+            w.write_tensor(&o.tensors[i].name, &bytes)?;
+        }
+        let bytes = w.finish()?;
+        wrote.push((path.clone(), bytes));
+    }
+    if let Some((i, n)) = o.part {
+        let layout: Vec<(PathBuf, &[OutTensor])> = files
+            .iter()
+            .zip(&parts)
+            .map(|(f, r)| (f.clone(), &o.tensors[r.clone()]))
+            .collect();
+        let manifest = GgufManifest {
+            version: GGUF_MANIFEST_VERSION,
+            part: i,
+            parts: n,
+            plan: part_plan(o.out, o.entries, &layout, o.inputs)?,
+            written: wrote
+                .iter()
+                .map(|(p, b)| {
+                    let name = p.file_name().expect("planned").to_string_lossy();
+                    (name.into_owned(), *b)
+                })
+                .collect(),
+        };
+        output.small_file(&manifest_path(o.out, i, n), &manifest.to_bytes())?;
+    }
+    Ok(wrote)
+}
 
 /// Version of the GGUF part manifest.
 pub const GGUF_MANIFEST_VERSION: u32 = 1;

@@ -6,7 +6,7 @@ use super::*;
 
 /// The fixture Llama with the fixture tokenizer, in a folder named `tiny-llama` as the
 /// generator's (the converter derives `general.name` from the folder name).
-fn hf_folder(dir: &Path) -> std::path::PathBuf {
+pub(super) fn hf_folder(dir: &Path) -> std::path::PathBuf {
     hf_folder_with(dir, "tiny-llama", "llama/base", "gguf/hf_tokenizer")
 }
 
@@ -16,7 +16,9 @@ fn hf_folder_with(dir: &Path, name: &str, model: &str, tokenizer: &str) -> std::
     std::fs::create_dir_all(&d).unwrap();
     for src in [model, tokenizer] {
         for e in std::fs::read_dir(fixture(src)).unwrap().flatten() {
-            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+            if e.path().is_file() {
+                std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+            }
         }
     }
     d
@@ -37,53 +39,101 @@ fn metadata(m: &GgufModel) -> Vec<(String, Vec<u8>)> {
 /// BPE tokenizer (tokenizer.json, `LlamaHfVocab`), and q8_0 with the SentencePiece one
 /// (tokenizer.model padded to 128 tokens, added_tokens.json, added_tokens_decoder), and f16
 /// for the fixture Mistral (an f16 base, linear rope scaling, q and k adapted: k permuted with
-/// the kv heads) with a PEFT adapter made by the same generator:
+/// the kv heads) with a PEFT adapter made by the same generator; and (gguf_hf_bpe.py) the
+/// fixture Qwen2 (bf16, q/k/v biases, tied embeddings, yarn rope scaling, no q/k permutation)
+/// with a byte-level BPE tokenizer in Qwen2's configuration (model `gpt2`, merges, padded to
+/// config.json's 128 ids, a non-special added token) and its q/k/v/o LoRA, and a Llama with
+/// llama3 rope scaling (`rope_freqs.weight`) and a Llama-3-style BPE tokenizer (BOS template),
+/// in a folder whose name carries model-card parts (basename, finetune, version):
 /// - metadata: every key of the converter's file, in its order, with identical bytes (type and
-///   value: hyperparameters, general.name/size_label, the whole tokenizer); lorakit adds only
-///   its `lorakit.*` provenance keys after them.
+///   value: hyperparameters, general.name/basename/finetune/version/size_label, the whole
+///   tokenizer); lorakit adds only its `lorakit.*` provenance keys after them. The BPE
+///   fixtures' pre-tokenizer hash is not one llama.cpp lists (110 trained tokens): the
+///   generator gave the converter the family's name for it and lorakit gets the same name
+///   through --gguf-tokenizer-pre (the refusal without it is tested below).
 /// - tensors: the same names in the same order with the same types and dims (norms F32, q/k
-///   permuted); every tensor the adapter does not touch byte for byte equal;
-///   the 4 merged ones equal up to the type's rounding of two merges that differ in the last
+///   permuted for Llama); every tensor the adapter does not touch byte for byte equal
+///   (`rope_freqs.weight` included: computed as the script computes it in torch f32);
+///   the merged ones equal up to the type's rounding of two merges that differ in the last
 ///   f32 bits (PEFT's torch merge vs lorakit's): for F16 one f16 step (2⁻¹⁰ relative to the
 ///   larger, 2⁻²⁴ for subnormals), for Q8_0 one step d = amax/127 of the block.
 #[test]
 fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
     let dir = tempfile::tempdir().unwrap();
+    struct Case {
+        outtype: &'static str,
+        tok: &'static str,
+        name: &'static str,
+        model: &'static str,
+        adapter: &'static str,
+        reference: &'static str,
+        merged: usize,
+        pre: Option<&'static str>,
+    }
+    let llama = |outtype, tok, reference| Case {
+        outtype,
+        tok,
+        name: "tiny-llama",
+        model: "llama/base",
+        adapter: "llama/adapters/qv_r8",
+        reference,
+        merged: 4,
+        pre: None,
+    };
     let cases = [
-        ("f16", "hf_tokenizer", "llama", "hf_qv_r8.f16.gguf"),
-        ("q8_0", "hf_tokenizer", "llama", "hf_qv_r8.q8_0.gguf"),
-        ("q8_0", "hf_spm", "llama", "hf_spm_qv_r8.q8_0.gguf"),
-        ("f16", "hf_spm", "mistral", "hf_mistral.f16.gguf"),
+        llama("f16", "hf_tokenizer", "hf_qv_r8.f16.gguf"),
+        llama("q8_0", "hf_tokenizer", "hf_qv_r8.q8_0.gguf"),
+        llama("q8_0", "hf_spm", "hf_spm_qv_r8.q8_0.gguf"),
+        Case {
+            name: "tiny-mistral",
+            model: "llama/mistral",
+            adapter: "gguf/hf_mistral/adapter",
+            ..llama("f16", "hf_spm", "hf_mistral.f16.gguf")
+        },
+        Case {
+            name: "Qwen2-0.5B-lora",
+            model: "llama/qwen2",
+            adapter: "gguf/hf_qwen2/adapter",
+            merged: 8,
+            pre: Some("qwen2"),
+            ..llama("f16", "hf_qwen2", "hf_qwen2.f16.gguf")
+        },
+        Case {
+            name: "Tiny-Llama-3-8B-Instruct-v0.1",
+            pre: Some("llama-bpe"),
+            ..llama("q8_0", "hf_llama3", "hf_llama3_qv_r8.q8_0.gguf")
+        },
     ];
-    for (t, tok, model, reference) in cases {
+    for c in cases {
+        let (t, reference) = (c.outtype, c.reference);
         let ty = GgmlType::from_name(t).unwrap();
-        let (name, base_dir, adapter) = match model {
-            "llama" => ("tiny-llama", "llama/base", "llama/adapters/qv_r8"),
-            _ => ("tiny-mistral", "llama/mistral", "gguf/hf_mistral/adapter"),
-        };
-        let adapter = fixture(adapter);
-        let tok_dir = format!("gguf/{tok}");
+        let adapter = fixture(c.adapter);
+        let tok_dir = format!("gguf/{}", c.tok);
         let base = hf_folder_with(
             &dir.path().join(format!("in-{reference}")),
-            name,
-            base_dir,
+            c.name,
+            c.model,
             &tok_dir,
         );
         let out = dir.path().join(reference);
+        let mut extra = vec!["--outtype", t];
+        if let Some(p) = c.pre {
+            extra.extend(["--gguf-tokenizer-pre", p]);
+        }
         let v = merge_json(
             base.to_str().unwrap(),
             adapter.to_str().unwrap(),
             &out,
-            &["--outtype", t],
+            &extra,
         );
-        assert_eq!(v["tensors_merged_count"], 4, "{t}");
+        assert_eq!(v["tensors_merged_count"], c.merged, "{reference}");
         let ours = GgufModel::open(&out).unwrap();
         let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
         let (mo, mt) = (metadata(&ours), metadata(&theirs));
-        assert_eq!(mo.len(), mt.len() + 3, "{t}");
+        assert_eq!(mo.len(), mt.len() + 3, "{reference}");
         for ((ko, vo), (kt, vt)) in mo.iter().zip(&mt) {
-            assert_eq!(ko, kt, "{t}: key order");
-            assert!(vo == vt, "{t}: metadata `{kt}` differs");
+            assert_eq!(ko, kt, "{reference}: key order");
+            assert!(vo == vt, "{reference}: metadata `{kt}` differs");
         }
         let extra: Vec<&str> = mo[mt.len()..].iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -102,14 +152,18 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
             .collect();
         let mut exact = 0;
         for ((fo, a), (ft, b)) in to.iter().zip(&tt) {
-            assert_eq!((&a.name, &a.dims, a.ty), (&b.name, &b.dims, b.ty), "{t}");
+            assert_eq!(
+                (&a.name, &a.dims, a.ty),
+                (&b.name, &b.dims, b.ty),
+                "{reference}"
+            );
             let want_ty = if a.dims.len() == 1 { GgmlType::F32 } else { ty };
-            assert_eq!(a.ty, want_ty, "{t} {}", a.name);
+            assert_eq!(a.ty, want_ty, "{reference} {}", a.name);
             let (x, y) = (fo.view(a).data, ft.view(b).data);
             if !merged.contains(&a.name.as_str()) {
                 assert!(
                     x == y,
-                    "{t} {}: untouched tensor not byte-identical",
+                    "{reference} {}: untouched tensor not byte-identical",
                     a.name
                 );
                 exact += 1;
@@ -127,95 +181,205 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
                         }
                         _ => amax / 127.0 * 1.01,
                     };
-                    assert!((p - q).abs() <= bound, "{t} {}: {p} vs {q}", a.name);
+                    assert!((p - q).abs() <= bound, "{reference} {}: {p} vs {q}", a.name);
                 }
             }
         }
-        assert_eq!(exact, to.len() - 4, "{t}");
+        assert_eq!(exact, to.len() - c.merged, "{reference}");
     }
 }
 
-/// What lorakit cannot yet write as llama.cpp would is refused in one line, writing nothing:
-/// Qwen2 (GPT-2 BPE vocabulary), a malformed tokenizer.model, a folder without a tokenizer, `--outtype keep`, and a K-quant on rows of 64 values (not whole blocks).
+/// A Hugging Face folder `name` under `dir`: the fixture model `model` with the tokenizer
+/// files of `tok`, then `edit` applied to it.
+fn edited(dir: &Path, name: &str, model: &str, tok: &str, edit: impl Fn(&Path)) -> String {
+    let d = hf_folder_with(dir, name, model, tok);
+    edit(&d);
+    d.to_str().unwrap().to_owned()
+}
+
+/// Rewrites `dir/config.json` with `f`.
+fn with_config(dir: &Path, f: impl Fn(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    f(&mut c);
+    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+}
+
+/// What lorakit cannot write as llama.cpp would is refused in one line naming the file and
+/// the key, writing nothing: a BPE tokenizer whose pre-tokenizer hash llama.cpp does not list
+/// (the message carries the hash convert_hf_to_gguf.py printed for the same tokenizer, the
+/// generator's `.chkhsh` file: lorakit's encoding and sha256 are the script's), a
+/// tokenizer.json the tokenizers library cannot load, a malformed tokenizer.model, a folder
+/// without a tokenizer, `--outtype keep`, yarn scaling without its original context length,
+/// a rope type lorakit does not write, a model card, and --gguf-tokenizer-pre for a
+/// safetensors output.
 #[test]
 fn hf_to_gguf_refusals_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let base = hf_folder(dir.path());
     let qv = fixture("llama/adapters/qv_r8");
-    let sp = dir.path().join("sp");
-    std::fs::create_dir(&sp).unwrap();
-    for e in std::fs::read_dir(&base).unwrap().flatten() {
-        std::fs::copy(e.path(), sp.join(e.file_name())).unwrap();
-    }
-    std::fs::write(sp.join("tokenizer.model"), b"not read").unwrap();
+    let qv = qv.to_str().unwrap();
+    let sp = edited(dir.path(), "sp", "llama/base", "gguf/hf_tokenizer", |d| {
+        std::fs::write(d.join("tokenizer.model"), b"not read").unwrap();
+    });
+    let bad_tj = edited(dir.path(), "tj", "llama/base", "gguf/hf_tokenizer", |d| {
+        std::fs::write(d.join("tokenizer.json"), br#"{"model": {"type": "Nope"}}"#).unwrap();
+    });
+    let yarn = edited(dir.path(), "yarn", "llama/base", "gguf/hf_tokenizer", |d| {
+        with_config(d, |c| {
+            c["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "factor": 2.0});
+        })
+    });
+    let longrope = edited(dir.path(), "lr", "llama/base", "gguf/hf_tokenizer", |d| {
+        with_config(d, |c| c["rope_parameters"]["rope_type"] = "longrope".into())
+    });
+    let card = edited(dir.path(), "card", "llama/base", "gguf/hf_tokenizer", |d| {
+        std::fs::write(d.join("README.md"), "---\nlicense: mit\n---\n").unwrap();
+    });
+    let qwen = edited(dir.path(), "qwen", "llama/qwen2", "gguf/hf_qwen2", |_| {});
+    let qwen_lora = fixture("gguf/hf_qwen2/adapter");
+    let chkhsh = std::fs::read_to_string(fixture("gguf/llamacpp/hf_qwen2.f16.gguf.chkhsh"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let not_recognized = format!("BPE pre-tokenizer not recognized (chkhsh {chkhsh})");
     let bare = fixture("llama/base");
-    let qwen = fixture("llama/qwen2");
-    let qwen_lora = fixture("llama/adapters/qwen2_lora");
     let out = dir.path().join("o.gguf");
     let o = out.to_str().unwrap();
     let b = base.to_str().unwrap();
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let st = dir.path().join("o.safetensors");
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
         (
-            vec![
-                "--base",
-                qwen.to_str().unwrap(),
-                "--adapter",
-                qwen_lora.to_str().unwrap(),
-            ],
-            "architecture `Qwen2ForCausalLM`: lorakit writes GGUF models for LlamaForCausalLM",
+            vec!["--base", &qwen, "--adapter", qwen_lora.to_str().unwrap()],
+            "tokenizer.json",
+            &not_recognized,
         ),
         (
-            vec![
-                "--base",
-                sp.to_str().unwrap(),
-                "--adapter",
-                qv.to_str().unwrap(),
-            ],
-            "tokenizer.model: not a SentencePiece model (malformed protobuf)",
+            vec!["--base", &bad_tj, "--adapter", qv],
+            "tokenizer.json",
+            "not a tokenizers tokenizer.json",
         ),
         (
-            vec![
-                "--base",
-                bare.to_str().unwrap(),
-                "--adapter",
-                qv.to_str().unwrap(),
-            ],
+            vec!["--base", &sp, "--adapter", qv],
+            "tokenizer.model",
+            "not a SentencePiece model (malformed protobuf)",
+        ),
+        (
+            vec!["--base", bare.to_str().unwrap(), "--adapter", qv],
+            "base",
             "no tokenizer.json or tokenizer.model",
         ),
         (
-            vec![
-                "--base",
-                b,
-                "--adapter",
-                qv.to_str().unwrap(),
-                "--outtype",
-                "keep",
-            ],
+            vec!["--base", b, "--adapter", qv, "--outtype", "keep"],
+            "",
             "--outtype keep: a safetensors base has no GGUF types to keep",
+        ),
+        (
+            vec!["--base", &yarn, "--adapter", qv],
+            "config.json",
+            "yarn rope scaling without an integer `original_max_position_embeddings`",
+        ),
+        (
+            vec!["--base", &longrope, "--adapter", qv],
+            "config.json",
+            "rope type `longrope`",
+        ),
+        (
+            vec!["--base", &card, "--adapter", qv],
+            "README.md",
+            "a model card",
         ),
         (
             vec![
                 "--base",
                 b,
                 "--adapter",
-                qv.to_str().unwrap(),
-                "--outtype",
-                "q4_k",
+                qv,
+                "--out",
+                st.to_str().unwrap(),
+                "--gguf-tokenizer-pre",
+                "qwen2",
             ],
-            "rows of 64 values are not whole Q4_K blocks of 256",
+            "o.safetensors",
+            "the output must end in .gguf",
         ),
     ];
-    for (args, want) in cases {
+    for (args, file, want) in cases {
         let mut full = vec!["merge"];
+        if !args.contains(&"--out") {
+            full.extend(["--out", o]);
+        }
         full.extend(args);
-        full.extend(["--out", o]);
         let e = run_err(&full);
         assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
-        assert!(line.contains(want), "{full:?}: {line}");
+        assert!(
+            line.contains(want) && line.contains(file),
+            "{full:?}: {line}"
+        );
         assert!(!out.exists());
     }
-    assert_eq!(listing(dir.path()), ["sp", "tiny-llama"]);
+    assert_eq!(
+        listing(dir.path()),
+        ["card", "lr", "qwen", "sp", "tiny-llama", "tj", "yarn"]
+    );
+}
+
+/// `--outtype q4_k` on the fixture Llama, whose rows hold 64 or 128 values (never whole
+/// blocks of 256): every 2-D weight takes llama-quantize's fallback for Q4_K, Q5_0
+/// (`tensor_type_fallback`, src/llama-quant.cpp), is reported with the type it replaced, and
+/// holds the same bytes as `--outtype q5_0`, which needs no fallback (its quantizer is checked
+/// against gguf-py elsewhere); Q6_K falls back to Q8_0 likewise. 1-D tensors stay F32, and
+/// `general.file_type` names the K type asked for, as llama-quantize's does.
+#[test]
+fn hf_to_gguf_kquant_rows_take_llama_quantize_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = hf_folder(dir.path());
+    let qv = fixture("llama/adapters/qv_r8");
+    for (k, fallback) in [("q4_k", "q5_0"), ("q6_k", "q8_0")] {
+        let a = dir.path().join(format!("{k}.gguf"));
+        let b = dir.path().join(format!("{fallback}.gguf"));
+        let va = merge_json(
+            base.to_str().unwrap(),
+            qv.to_str().unwrap(),
+            &a,
+            &["--outtype", k],
+        );
+        merge_json(
+            base.to_str().unwrap(),
+            qv.to_str().unwrap(),
+            &b,
+            &["--outtype", fallback],
+        );
+        let (ma, mb) = (GgufModel::open(&a).unwrap(), GgufModel::open(&b).unwrap());
+        let mut fell = 0;
+        for (((fa, ta), (fb, tb)), r) in ma
+            .tensors()
+            .zip(mb.tensors())
+            .zip(va["tensors"].as_array().unwrap())
+        {
+            assert_eq!((&ta.name, ta.ty), (&tb.name, tb.ty), "{k}");
+            assert!(fa.view(ta).data == fb.view(tb).data, "{k} {}", ta.name);
+            if ta.dims.len() == 2 {
+                assert_eq!(ta.ty.name(), fallback.to_uppercase(), "{k} {}", ta.name);
+                assert_eq!(r["fallback_from"], k.to_uppercase(), "{k} {}", ta.name);
+                fell += 1;
+            } else {
+                assert_eq!(ta.ty, GgmlType::F32);
+                assert!(r.get("fallback_from").is_none());
+            }
+        }
+        assert!(fell > 0);
+        // The header differs only in general.file_type (the K type asked for).
+        let ft = |m: &GgufModel| m.header().get("general.file_type").and_then(|v| v.as_u64());
+        assert_eq!(
+            (ft(&ma), ft(&mb)),
+            (
+                Some(if k == "q4_k" { 14 } else { 18 }),
+                Some(if k == "q4_k" { 8 } else { 7 })
+            )
+        );
+    }
 }
 
 /// The other writable types against gguf-py, which quantized fixtures/gguf/llama_{f32,q8_0,q4_0}.gguf

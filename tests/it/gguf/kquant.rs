@@ -159,26 +159,37 @@ fn keep_requantizes_k_quant_tensors_with_ggml_reference_quantizers() {
     }
 }
 
-/// `--outtype q4_k` onto the fixture Llama, whose rows are 64 values: refused before anything
-/// is written, naming the tensor and the block size.
+/// `--outtype q4_k` onto the fixture Llama, whose rows are 64 values: every merged tensor takes
+/// llama-quantize's fallback (`tensor_type_fallback`, src/llama-quant.cpp: Q4_K → Q5_0), is
+/// reported with the type it replaced, and holds the same bytes as `--outtype q5_0`.
 #[test]
-fn k_quant_outtype_needs_whole_super_blocks() {
+fn k_quant_outtype_on_short_rows_takes_llama_quantize_fallback() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m.gguf");
-    let e = one_line_error(&run_err([
-        "merge",
-        "--base",
-        &g("llama_f32.gguf"),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--outtype",
-        "q4_k",
-    ]));
-    assert!(
-        e.contains("rows of 64 values are not whole Q4_K blocks of 256"),
-        "{e}"
-    );
-    assert!(!out.exists());
+    let adapter = fixture("llama/adapters/qv_r8");
+    let run = |t: &str| {
+        let out = dir.path().join(format!("{t}.gguf"));
+        let v = merge_json(
+            &g("llama_f32.gguf"),
+            adapter.to_str().unwrap(),
+            &out,
+            &["--outtype", t],
+        );
+        (out, v)
+    };
+    let ((a, va), (b, vb)) = (run("q4_k"), run("q5_0"));
+    let merged = va["merged_tensors"].as_array().unwrap();
+    assert_eq!(merged.len(), 4);
+    for (x, y) in merged.iter().zip(vb["merged_tensors"].as_array().unwrap()) {
+        assert_eq!(
+            (&x["type"], &x["fallback_from"]),
+            (&"Q5_0".into(), &"Q4_K".into())
+        );
+        assert!(y.get("fallback_from").is_none());
+    }
+    let (ma, mb) = (GgufModel::open(&a).unwrap(), GgufModel::open(&b).unwrap());
+    assert_eq!(ma.len(), mb.len());
+    for ((fa, ta), (fb, tb)) in ma.tensors().zip(mb.tensors()) {
+        assert_eq!((&ta.name, ta.ty), (&tb.name, tb.ty));
+        assert!(fa.view(ta).data == fb.view(tb).data, "{}", ta.name);
+    }
 }

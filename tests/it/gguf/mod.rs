@@ -92,3 +92,25 @@ fn merge_json(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> serde_js
     args.extend_from_slice(extra);
     serde_json::from_str(&run_ok(args)).unwrap()
 }
+
+/// PEFT's ΔW of fixture adapter `case` (fixtures/llama/merged/CASE.safetensors minus `base`)
+/// per Hugging Face name, after asserting that `deltas` holds exactly those names.
+fn peft_deltas(
+    case: &str,
+    base: &BTreeMap<String, T>,
+    deltas: &BTreeMap<String, Vec<f32>>,
+) -> Vec<(String, Vec<f32>)> {
+    let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
+    assert_eq!(
+        deltas.keys().collect::<Vec<_>>(),
+        reference.keys().collect::<Vec<_>>(),
+        "{case}"
+    );
+    reference
+        .iter()
+        .map(|(name, r)| {
+            let (m, b) = (r.f32(), base[name].f32());
+            (name.clone(), m.iter().zip(b).map(|(m, b)| m - b).collect())
+        })
+        .collect()
+}

@@ -180,3 +180,58 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
     assert_ne!(e.status.code(), Some(0));
     one_line_error(&e);
 }
+
+/// A Hugging Face base written as GGUF (the fixture Llama with its tokenizer) takes the same
+/// path: one file or `--max-shard-size` split files, and `--part I/N` (2 and 3 processes) +
+/// `finalize` leave exactly the files of the single run, byte for byte. The split files,
+/// opened as one model, hold the one-file output's tensors (names, types, bytes) and
+/// metadata, plus only the `split.*` keys.
+#[test]
+fn hf_to_gguf_parts_and_splits_equal_the_single_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = super::hf::hf_folder(dir.path());
+    let base = base.to_str().unwrap();
+    let adapter = fixture("llama/adapters/qv_r8");
+    let adapter = adapter.to_str().unwrap();
+    let mut singles = Vec::new();
+    for shard in [&[][..], &["--max-shard-size", "30KB"][..]] {
+        let whole = dir.path().join(format!("whole{}", shard.len()));
+        std::fs::create_dir(&whole).unwrap();
+        merge_in_parts(base, adapter, &whole.join("m.gguf"), None, shard);
+        let want = contents(&whole);
+        assert_eq!(want.len() > 2, !shard.is_empty());
+        for n in [2, 3] {
+            let parted = dir.path().join(format!("parts{}-{n}", shard.len()));
+            std::fs::create_dir(&parted).unwrap();
+            merge_in_parts(base, adapter, &parted.join("m.gguf"), Some(n), shard);
+            assert_eq!(contents(&parted), want, "{shard:?}, {n} parts");
+        }
+        let first = whole.join(&listing(&whole)[0]);
+        singles.push(GgufModel::open(first).unwrap());
+    }
+    let (one, split) = (&singles[0], &singles[1]);
+    assert!(split.files.len() > 1);
+    let tensors = |m: &GgufModel| -> Vec<(String, GgmlType, Vec<u64>, Vec<u8>)> {
+        m.tensors()
+            .map(|(f, t)| {
+                (
+                    t.name.clone(),
+                    t.ty,
+                    t.dims.clone(),
+                    f.view(t).data.to_vec(),
+                )
+            })
+            .collect()
+    };
+    assert!(tensors(one) == tensors(split));
+    let keys = |m: &GgufModel| -> Vec<(String, Vec<u8>)> {
+        let f = &m.files[0];
+        f.header()
+            .metadata
+            .iter()
+            .filter(|kv| !kv.key.starts_with("split."))
+            .map(|kv| (kv.key.clone(), f.raw_kv(kv).to_vec()))
+            .collect()
+    };
+    assert!(keys(one) == keys(split));
+}
