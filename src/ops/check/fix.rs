@@ -344,13 +344,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         if r != rank {
             padded.push((m.name.clone(), r));
         }
-        m.factors = Factors::Lora {
-            a: Data::Owned(Arc::new(a2)),
-            b: Data::Owned(Arc::new(b2)),
-        };
-        m.rank = rank;
-        m.alpha = rank as f64;
-        m.scale = 1.0;
+        set_unit_scale_lora(m, a2, b2, rank);
     }
     if folded > 0 {
         actions.push(format!(
@@ -635,13 +629,7 @@ fn dora_to_plain(
         let (bn, an) = crate::ops::output::svd_factors(&svd, r);
         let name = m.name.clone();
         let m = &mut adapter.modules[p.module];
-        m.factors = Factors::Lora {
-            a: Data::Owned(Arc::new(an)),
-            b: Data::Owned(Arc::new(bn)),
-        };
-        m.rank = r;
-        m.alpha = r as f64;
-        m.scale = 1.0;
+        set_unit_scale_lora(m, an, bn, r);
         m.dora_magnitude = None;
         out.push(DoraToLora {
             module: name,
@@ -659,6 +647,18 @@ fn dora_to_plain(
         cfg.insert("use_dora".into(), serde_json::Value::Bool(adapter.use_dora));
     }
     Ok(out)
+}
+
+/// Replaces a module's factors with owned `a` [rank, in] and `b` [out, rank] whose product is
+/// the whole ΔW: alpha = rank, so every loader's scale (alpha/r) is 1.
+fn set_unit_scale_lora(m: &mut crate::adapter::LoraModule, a: Vec<f32>, b: Vec<f32>, rank: usize) {
+    m.factors = Factors::Lora {
+        a: Data::Owned(Arc::new(a)),
+        b: Data::Owned(Arc::new(b)),
+    };
+    m.rank = rank;
+    m.alpha = rank as f64;
+    m.scale = 1.0;
 }
 
 fn unmatched_name(u: &mapping::Unmatched) -> String {

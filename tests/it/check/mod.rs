@@ -13,6 +13,8 @@ use super::common::*;
 use serde_json::Value;
 use std::path::Path;
 
+/// Every rule of the tables fires on some fixture; the audited rules on one case and not another.
+mod coverage;
 /// `--fix` and the remaining single-file cases (split out to keep files under 800 lines).
 mod fix;
 /// vLLM 0.34.0 and SGLang 0.5.23 rules, each case citing the line it was read from.
@@ -35,6 +37,43 @@ pub(super) fn check_json(args: &[&str]) -> (i32, Value) {
         .unwrap_or_else(|e| panic!("check {args:?}: not JSON ({e})"));
     assert_eq!(v["operation"], "check");
     (code, v)
+}
+
+/// `check ADAPTER [--base BASE] [--target TARGETS] --fix --out OUT EXTRA… --json` (no
+/// `--target` when `targets` is empty).
+pub(crate) fn check_fix(
+    adapter: &Path,
+    base: Option<&Path>,
+    targets: &str,
+    out: &Path,
+    extra: &[&str],
+) -> (i32, Value) {
+    let mut args = vec![s(adapter)];
+    if let Some(b) = base {
+        args.extend(["--base", s(b)]);
+    }
+    if !targets.is_empty() {
+        args.extend(["--target", targets]);
+    }
+    args.extend(["--fix", "--out", s(out)]);
+    args.extend_from_slice(extra);
+    check_json(&args)
+}
+
+/// Runs `fixtures/gen/{script} ARGS…` with `py` from the crate root and asserts that it
+/// succeeded (its stderr in the message otherwise).
+pub(crate) fn python_ok(py: &Path, script: &str, args: &[&std::ffi::OsStr]) {
+    let o = std::process::Command::new(py)
+        .arg(fixture(&format!("gen/{script}")))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 pub(super) fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -66,7 +105,7 @@ pub(super) fn fired(t: &Value) -> Vec<String> {
         .collect()
 }
 
-fn manifest() -> Value {
+pub(super) fn manifest() -> Value {
     let text = std::fs::read(fixture("check/MANIFEST.json")).unwrap();
     serde_json::from_slice(&text).unwrap()
 }
