@@ -22,16 +22,7 @@ fn fix_folds_patterns_and_merges_the_same() {
         ("llama/adapters/embed", "vllm,sglang,llama.cpp,peft"),
     ] {
         let _ = std::fs::remove_dir_all(&fixed);
-        let (code, r) = check_json(&[
-            s(&fixture(case)),
-            "--base",
-            s(&base),
-            "--target",
-            targets,
-            "--fix",
-            "--out",
-            s(&fixed),
-        ]);
+        let (code, r) = check_fix(&fixture(case), Some(&base), targets, &fixed, &[]);
         assert_eq!(code, 0, "{case}: {}", r["after"]);
         assert_eq!(r["pass"], false, "{case}: the input itself does not pass");
         assert!(target(&r["after"], "sglang")["findings"]
@@ -76,30 +67,19 @@ fn fix_renames_and_drops_against_the_base() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base");
     let out = dir.path().join("f1");
-    let (code, r) = check_json(&[
-        s(&fixture("check/no_root_prefix")),
-        "--base",
-        s(&base),
-        "--target",
-        "vllm,lorax,peft",
-        "--fix",
-        "--out",
-        s(&out),
-    ]);
+    let adapter = fixture("check/no_root_prefix");
+    let (code, r) = check_fix(&adapter, Some(&base), "vllm,lorax,peft", &out, &[]);
     assert_eq!(code, 0, "{}", r["after"]);
     assert_eq!(r["fix"]["renamed"].as_array().unwrap().len(), 4);
     let out2 = dir.path().join("f2");
-    let (code, r) = check_json(&[
-        s(&fixture("check/unknown_module")),
-        "--base",
-        s(&base),
-        "--target",
+    let adapter = fixture("check/unknown_module");
+    let (code, r) = check_fix(
+        &adapter,
+        Some(&base),
         "vllm,peft",
-        "--fix",
-        "--out",
-        s(&out2),
-        "--drop-unmatched",
-    ]);
+        &out2,
+        &["--drop-unmatched"],
+    );
     assert_eq!(code, 0, "{}", r["after"]);
     assert_eq!(r["fix"]["dropped"].as_array().unwrap().len(), 2);
     assert_eq!(r["after"]["modules_count"], 2);
@@ -154,16 +134,8 @@ fn fix_dora_to_lora_reports_its_true_error() {
     let reference = read(&fixture("llama/merged/dora.safetensors"));
     for rank in ["4", "64"] {
         let fixed = dir.path().join(format!("plain{rank}"));
-        let (code, r) = check_json(&[
-            s(&fixture("llama/adapters/dora")),
-            "--base",
-            s(&base),
-            "--fix",
-            "--dora-rank",
-            rank,
-            "--out",
-            s(&fixed),
-        ]);
+        let dora = fixture("llama/adapters/dora");
+        let (code, r) = check_fix(&dora, Some(&base), "", &fixed, &["--dora-rank", rank]);
         assert_eq!(code, 0, "{}", r["after"]);
         let cfg: Value =
             serde_json::from_slice(&std::fs::read(fixed.join("adapter_config.json")).unwrap())
@@ -262,6 +234,21 @@ fn duplicate_keys_are_refused_naming_both() {
 fn fix_splits_packed_projections_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base");
+    let (adapter, a, b) = qkv_adapter(dir.path());
+    assert_rule_at(&adapter, &base, "vllm", "fails", "vllm.unsupported_module");
+    let fixed = dir.path().join("fixed");
+    let (code, rep) = check_fix(&adapter, Some(&base), "vllm,peft", &fixed, &[]);
+    assert_eq!(code, 0, "{}", rep["after"]);
+    assert_eq!(rep["fix"]["split"][0][1].as_array().unwrap().len(), 3);
+    let merged = dir.path().join("merged");
+    merge_ok(&base, &fixed, &merged, &[]);
+    assert_qkv_split_merged(&read_checkpoint(&merged), &a, &b);
+}
+
+/// A PEFT folder with one packed `model.layers.0.self_attn.qkv_proj` LoRA (r 2, alpha 4) on the
+/// Llama fixture's shapes: A [2, 64], B [128, 2] (q 64 + k 32 + v 32 rows). Returns the folder
+/// and A, B.
+pub(super) fn qkv_adapter(dir: &Path) -> (std::path::PathBuf, Vec<f32>, Vec<f32>) {
     let m = "model.layers.0.self_attn.qkv_proj";
     let (r, k, d) = (2usize, 64usize, 128usize);
     let a: Vec<f32> = (0..r * k)
@@ -271,30 +258,24 @@ fn fix_splits_packed_projections_exactly() {
         .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.02)
         .collect();
     let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let adapter = dir.path().join("qkv");
+    let adapter = dir.join("qkv");
     write_peft_adapter(
         &adapter,
         r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["qkv_proj"]}"#,
         &shared_lora_tensors(&[m.to_string()], (&[r, k], &le(&a)), (&[d, r], &le(&b))),
     );
-    assert_rule_at(&adapter, &base, "vllm", "fails", "vllm.unsupported_module");
-    let fixed = dir.path().join("fixed");
-    let (code, rep) = check_json(&[
-        s(&adapter),
-        "--base",
-        s(&base),
-        "--target",
-        "vllm,peft",
-        "--fix",
-        "--out",
-        s(&fixed),
-    ]);
-    assert_eq!(code, 0, "{}", rep["after"]);
-    assert_eq!(rep["fix"]["split"][0][1].as_array().unwrap().len(), 3);
-    let merged = dir.path().join("merged");
-    merge_ok(&base, &fixed, &merged, &[]);
-    let got = read_checkpoint(&merged);
-    let w0 = read_checkpoint(&base);
+    (adapter, a, b)
+}
+
+/// The merged q/k/v weights of the split `qkv_adapter` equal W0 + 2·B[rows]·A computed here in
+/// f64, to 1e-6 relative.
+pub(super) fn assert_qkv_split_merged(
+    got: &std::collections::BTreeMap<String, T>,
+    a: &[f32],
+    b: &[f32],
+) {
+    let (r, k) = (2usize, 64usize);
+    let w0 = read_checkpoint(&fixture("llama/base"));
     let mut lo = 0;
     for (p, n) in [("q_proj", 64usize), ("k_proj", 32), ("v_proj", 32)] {
         let key = format!("model.layers.0.self_attn.{p}.weight");
@@ -445,14 +426,7 @@ fn fix_keeps_a_transformer_lora_in_diffusers_form_with_its_scale_folded() {
 /// `lora_adapter_metadata`: before, ComfyUI (which reads no metadata) is the one that fails, on
 /// its scale rule; after, both load and apply everything (exit 0).
 fn fix_metadata_alpha_for_diffusion(src: &Path, out: &Path) {
-    let (code, r) = check_json(&[
-        s(src),
-        "--target",
-        "diffusers,comfy",
-        "--fix",
-        "--out",
-        s(out),
-    ]);
+    let (code, r) = check_fix(src, None, "diffusers,comfy", out, &[]);
     assert_eq!(fired(target(&r, "comfy")), vec!["comfy.scale".to_string()]);
     assert_eq!(code, 0, "{}", r["after"]);
     for t in ["diffusers", "comfy"] {
@@ -483,19 +457,10 @@ fn assert_diffusers_merges_agree(script: &str, original: &Path, fixed: &Path) ->
     let dir = tempfile::tempdir().unwrap();
     let fuse = |lora: &Path, name: &str| {
         let fused = dir.path().join(name);
-        let o = std::process::Command::new(&py)
-            .arg(fixture(&format!("gen/{script}")))
-            .arg("fuse")
-            .arg(lora)
-            .arg(&fused)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "diffusers on {}: {}",
-            lora.display(),
-            String::from_utf8_lossy(&o.stderr)
+        python_ok(
+            &py,
+            script,
+            &["fuse".as_ref(), lora.as_os_str(), fused.as_os_str()],
         );
         read(&fused)
     };

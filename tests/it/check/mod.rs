@@ -17,6 +17,8 @@ use std::path::Path;
 mod coverage;
 /// `--fix` and the remaining single-file cases (split out to keep files under 800 lines).
 mod fix;
+/// `--fix` outputs loaded in PEFT and merged as the originals.
+mod peft_fix;
 /// vLLM 0.34.0 and SGLang 0.5.23 rules, each case citing the line it was read from.
 mod serving;
 
