@@ -9,7 +9,7 @@
 //! (`fixtures/gen/check_saved_load.py`) and their merged weights and logits are compared. Without
 //! it the Python half says so loudly and passes, unless `LORAKIT_REQUIRE_PEFT=1`.
 
-use super::check::{check_json, fired, s, target};
+use super::check::{check_fix, check_json, fired, python_ok, s, target};
 use super::common::*;
 use serde_json::Value;
 use std::path::Path;
@@ -33,19 +33,7 @@ fn peft_compare(py: &Path, original: &Path, fixed: &Path) -> Value {
 }
 
 fn fix_json(adapter: &Path, out: &Path, targets: &str, extra: &[&str]) -> Value {
-    let base = fixture("llama/base");
-    let mut args = vec![
-        s(adapter),
-        "--base",
-        s(&base),
-        "--target",
-        targets,
-        "--fix",
-        "--out",
-        s(out),
-    ];
-    args.extend_from_slice(extra);
-    check_json(&args).1
+    check_fix(adapter, Some(&fixture("llama/base")), targets, out, extra).1
 }
 
 fn saved_entry<'a>(fix: &'a Value, module: &str) -> &'a Value {
@@ -288,16 +276,7 @@ fn fix_for_diffusers_lowers_lokr_and_diffusers_fuses_it_within_the_reported_erro
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lora.safetensors");
     let lokr = fixture("check/lokr_unet.safetensors");
-    let (code, r) = check_json(&[
-        s(&lokr),
-        "--target",
-        "diffusers,comfy",
-        "--fix",
-        "--lower-rank",
-        "4",
-        "--out",
-        s(&out),
-    ]);
+    let (code, r) = check_fix(&lokr, None, "diffusers,comfy", &out, &["--lower-rank", "4"]);
     assert_eq!(code, 0, "{}", r["after"]);
     assert!(fired(target(&r, "diffusers")).contains(&"diffusers.lycoris".into()));
     for t in ["diffusers", "comfy"] {
@@ -353,17 +332,10 @@ fn assert_diffusers_fuses_within(
     let Some(py) = peft_python() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let fused_path = tmp.path().join("fused.safetensors");
-    let o = std::process::Command::new(&py)
-        .arg(fixture("gen/check_diffusers_load.py"))
-        .arg(fixed)
-        .arg(&fused_path)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "diffusers: {}",
-        String::from_utf8_lossy(&o.stderr)
+    python_ok(
+        &py,
+        "check_diffusers_load.py",
+        &[fixed.as_os_str(), fused_path.as_os_str()],
     );
     let unet = fixture("conventions/unet");
     let base = read_checkpoint(&unet);
@@ -421,18 +393,14 @@ fn fix_for_diffusers_lowers_loha_and_conv_at_the_optimal_error() {
     let loha = fixture("check/loha_unet.safetensors");
     let rank = 2usize;
     let base = fixture("lycoris/base.safetensors");
-    let (code, r) = check_json(&[
-        s(&loha),
-        "--base",
-        s(&base),
-        "--target",
+    let rank_arg = rank.to_string();
+    let (code, r) = check_fix(
+        &loha,
+        Some(&base),
         "diffusers",
-        "--fix",
-        "--lower-rank",
-        &rank.to_string(),
-        "--out",
-        s(&out),
-    ]);
+        &out,
+        &["--lower-rank", &rank_arg],
+    );
     assert_eq!(code, 0, "{}", r["after"]);
     assert!(fired(target(&r, "diffusers")).contains(&"diffusers.lycoris".into()));
     assert_eq!(target(&r["after"], "diffusers")["verdict"], "loads");
@@ -501,16 +469,13 @@ fn fix_for_diffusers_lowers_loha_and_conv_at_the_optimal_error() {
     // Without the base nothing says which flattened LyCORIS modules are convolutions: the fix
     // lowers them as linear LoRA and says so, rather than claiming diffusers loads them all.
     let out2 = dir.path().join("lora2.safetensors");
-    let (_, r2) = check_json(&[
-        s(&loha),
-        "--target",
+    let (_, r2) = check_fix(
+        &loha,
+        None,
         "diffusers",
-        "--fix",
-        "--lower-rank",
-        &rank.to_string(),
-        "--out",
-        s(&out2),
-    ]);
+        &out2,
+        &["--lower-rank", &rank_arg],
+    );
     assert!(warned(&r2), "{}", r2["fix"]);
     assert!(read(&out2)
         .iter()
@@ -523,14 +488,7 @@ fn fix_for_comfy_folds_a_metadata_alpha_into_the_factors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lora.safetensors");
     let orig_path = fixture("conventions/diffusers_metadata.safetensors");
-    let (code, r) = check_json(&[
-        s(&orig_path),
-        "--target",
-        "comfy,diffusers",
-        "--fix",
-        "--out",
-        s(&out),
-    ]);
+    let (code, r) = check_fix(&orig_path, None, "comfy,diffusers", &out, &[]);
     // Before: ComfyUI reads no alpha (scale 1 instead of the metadata's 2); after: loads.
     assert_eq!(fired(target(&r, "comfy")), ["comfy.scale"]);
     assert_eq!(code, 0, "{}", r["after"]);

@@ -95,17 +95,7 @@ pub(super) fn kind_of(a: &Adapter, base: Option<&BaseFacts>) -> Kind {
             return Kind::Other;
         }
     }
-    const LLM_LEAVES: &[&str] = &[
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-        "lm_head",
-        "embed_tokens",
-    ];
+    const LLM_LEAVES: &[&str] = super::rules::LLAMA_LINEAR;
     // Decoder-only names (`model.layers.N.self_attn.q_proj`, `…mlp.gate_proj`, `lm_head`);
     // CLIP-style text encoders (`text_model.encoder.layers.N.self_attn.q_proj`) are not LLMs.
     let llm = a.format == Format::Peft

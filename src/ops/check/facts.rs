@@ -226,6 +226,23 @@ impl<'a> Facts<'a> {
                 .map(|m| m.name.clone())
                 .collect(),
             When::PartialLayers => self.partial_layers(),
+            When::LayerPastBase => {
+                let Some(n) = self
+                    .plan
+                    .base_facts
+                    .as_ref()
+                    .and_then(|b| b.num_hidden_layers)
+                else {
+                    return Evaluated::NeedsBase;
+                };
+                a.modules
+                    .iter()
+                    .filter_map(|m| {
+                        let i = layers_index(&m.name)?;
+                        (i >= n).then(|| format!("{} (layer {i}, the base has {n})", m.name))
+                    })
+                    .collect()
+            }
             When::AddedTokens => {
                 // SGLang counts only ids at or past the base vocabulary (LoRAConfig filters
                 // "fake" added tokens copied from the base tokenizer): without the base's
@@ -653,6 +670,18 @@ fn tokens_mismatch(
 }
 
 /// `layers.N.rest` → (`layers.*.rest`, N).
+/// The N of the first `layers.N.` in a name, as SGLang's `get_layer_id` reads it (regex
+/// `layers\.(\d+)\.`, python/sglang/srt/layers/utils/common.py:14 @0.5.23).
+fn layers_index(name: &str) -> Option<usize> {
+    name.match_indices("layers.").find_map(|(at, m)| {
+        let rest = &name[at + m.len()..];
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        (digits > 0 && rest[digits..].starts_with('.'))
+            .then(|| rest[..digits].parse().ok())
+            .flatten()
+    })
+}
+
 pub(super) fn layer_kind(name: &str) -> Option<(String, usize)> {
     let parts: Vec<&str> = name.split('.').collect();
     let i = parts

@@ -11,8 +11,8 @@
 //! Names and modules (with the base): a kohya file becomes a PEFT folder (module paths from
 //! `--base` or lorakit metadata); a module lorakit places on the base only by a dotted suffix is
 //! renamed to the base tensor's exact name; a LoRA on a packed projection the base lacks
-//! (`qkv_proj`, `gate_up_proj`) is split row-wise into the base's projections (`split_packed`,
-//! exact); a q/k/v or gate/up block SGLang cannot stack gets its missing sibling as a zero LoRA
+//! (`qkv_proj`, `gate_up_proj`) is split row-wise into the base's projections, and LoRAs on the
+//! projections of a base that packs them are fused into one (`packed.rs`, both exact); a q/k/v or gate/up block SGLang cannot stack gets its missing sibling as a zero LoRA
 //! (`add_zero_siblings`, exact); with `drop_unmatched`, modules and full tensors that land on
 //! no base tensor are removed (and listed). Keys are written with PEFT's `base_model.model.`
 //! prefix. With `dora_rank`, DoRA modules become the nearest plain LoRA of that rank
@@ -21,6 +21,7 @@
 //! fire on the fixed adapter (the report after the fix says so). The output goes through
 //! [`crate::ops::output::write_adapter`] (atomic; an output that is an input is refused).
 
+use super::packed::{fuse_packed, split_packed};
 use super::saved::{self, SavedOptions, SavedRewrite};
 use super::{Plan, Report};
 use crate::adapter::{mapping, Adapter, Data, Factors, Format};
@@ -100,6 +101,9 @@ pub struct FixReport {
     pub padded: Vec<(String, usize)>,
     /// Packed modules split into the base's projections (packed name, parts).
     pub split: Vec<(String, Vec<String>)>,
+    /// Projections fused into the base's packed module (packed name, the parts the adapter
+    /// had; the others are zero rows).
+    pub fused: Vec<(String, Vec<String>)>,
     /// DoRA modules replaced by plain LoRA (`dora_rank`), with the error of each.
     pub dora_to_lora: Vec<DoraToLora>,
     /// Saved embeddings and heads rewritten (`saved`), with the error of each LoRA.
@@ -156,6 +160,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
     let mut dropped = Vec::new();
     let mut renamed = Vec::new();
     let mut split = Vec::new();
+    let mut fused = Vec::new();
     if let Some(b) = &base {
         if adapter.format == Format::Peft {
             adapter.load_all()?;
@@ -166,6 +171,15 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
                     split.len(),
                     split[0].0,
                     split[0].1.join(", ")
+                ));
+            }
+            fused = fuse_packed(&mut adapter, b);
+            if !fused.is_empty() {
+                actions.push(format!(
+                    "fused {} group(s) of projections into the base's packed modules (e.g. {} → {})",
+                    fused.len(),
+                    fused[0].1.join(", "),
+                    fused[0].0
                 ));
             }
         }
@@ -344,13 +358,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         if r != rank {
             padded.push((m.name.clone(), r));
         }
-        m.factors = Factors::Lora {
-            a: Data::Owned(Arc::new(a2)),
-            b: Data::Owned(Arc::new(b2)),
-        };
-        m.rank = rank;
-        m.alpha = rank as f64;
-        m.scale = 1.0;
+        set_unit_scale_lora(m, a2, b2, rank);
     }
     if folded > 0 {
         actions.push(format!(
@@ -397,6 +405,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         dropped,
         padded,
         split,
+        fused,
         dora_to_lora,
         saved: saved_rw,
         lowered: Vec::new(),
@@ -472,97 +481,6 @@ fn add_zero_siblings(
     added
 }
 
-/// Packed projections some stacks fuse (vLLM's `packed_modules_mapping` of Llama-family
-/// models: `qkv_proj` ← q/k/v_proj, `gate_up_proj` ← gate/up_proj), in the order they are stacked.
-const PACKED: &[(&str, &[&str])] = &[
-    ("qkv_proj", &["q_proj", "k_proj", "v_proj"]),
-    ("gate_up_proj", &["gate_proj", "up_proj"]),
-];
-
-/// Splits a LoRA on a packed projection the base does not have (`…qkv_proj`) into one LoRA per
-/// projection the base does have, exactly: the packed weight is the row-wise stack of the parts,
-/// so `ΔW_part = s·B[rows_part]·A` — each part keeps `A`, takes its rows of `B` (and of a
-/// `lora_B.bias` or DoRA magnitude, both per output row), and the same rank, alpha and scale.
-/// Applied only when every part exists in the base as `[rows_i, in]` with `Σ rows_i` = the
-/// packed module's output size. Values must be loaded.
-fn split_packed(
-    adapter: &mut crate::adapter::Adapter,
-    base: &crate::io::Checkpoint,
-) -> Vec<(String, Vec<String>)> {
-    use crate::adapter::ModuleKind;
-    let mut out = Vec::new();
-    let mut modules = Vec::with_capacity(adapter.modules.len());
-    for m in std::mem::take(&mut adapter.modules) {
-        let leaf = m.name.rsplit('.').next().unwrap_or(&m.name).to_owned();
-        let parts = PACKED
-            .iter()
-            .find(|(p, _)| *p == leaf)
-            .map(|(_, parts)| *parts);
-        let (Some(parts), ModuleKind::Linear, false, false) = (
-            parts,
-            &m.kind,
-            m.base_transposed,
-            base.contains(&format!("{}.weight", m.name)),
-        ) else {
-            modules.push(m);
-            continue;
-        };
-        let parent = &m.name[..m.name.len() - leaf.len()];
-        let rows: Option<Vec<usize>> = parts
-            .iter()
-            .map(|p| {
-                let info = base.info(&format!("{parent}{p}.weight"))?;
-                (info.shape.len() == 2 && info.shape[1] == m.in_features).then_some(info.shape[0])
-            })
-            .collect();
-        let (
-            Some(rows),
-            Factors::Lora {
-                a,
-                b: Data::Owned(bv),
-            },
-        ) = (rows, &m.factors)
-        else {
-            modules.push(m);
-            continue;
-        };
-        if rows.iter().sum::<usize>() != m.out_features {
-            modules.push(m);
-            continue;
-        }
-        let slice = |d: &Option<Data>, lo: usize, n: usize| -> Option<Data> {
-            match d {
-                Some(Data::Owned(v)) => Some(Data::Owned(Arc::new(v[lo..lo + n].to_vec()))),
-                other => other.clone(),
-            }
-        };
-        let mut names = Vec::new();
-        let mut lo = 0;
-        for (p, &n) in parts.iter().zip(&rows) {
-            let mut part = m.clone();
-            part.name = format!("{parent}{p}");
-            part.out_features = n;
-            part.factors = Factors::Lora {
-                a: a.clone(),
-                b: Data::Owned(Arc::new(bv[lo * m.rank..(lo + n) * m.rank].to_vec())),
-            };
-            part.bias = slice(&m.bias, lo, n);
-            part.dora_magnitude = slice(&m.dora_magnitude, lo, n);
-            names.push(part.name.clone());
-            modules.push(part);
-            lo += n;
-        }
-        out.push((m.name.clone(), names));
-    }
-    adapter.modules = modules;
-    if !out.is_empty() {
-        if let Some(serde_json::Value::Object(cfg)) = adapter.config.as_mut() {
-            cfg.insert("target_modules".into(), serde_json::Value::Null);
-        }
-    }
-    out
-}
-
 /// Replaces each PEFT DoRA module by the rank-`r` LoRA nearest (Frobenius) to its effective
 /// update. PEFT's merge (`tuners/lora/dora.py`, `DoraLinearVariant.merge_safe`) gives
 /// `W' = f ⊙ (W0 + ΔW)` with `f_i = m_i / ‖(W0 + ΔW)_i‖` per output feature, so the update is
@@ -635,13 +553,7 @@ fn dora_to_plain(
         let (bn, an) = crate::ops::output::svd_factors(&svd, r);
         let name = m.name.clone();
         let m = &mut adapter.modules[p.module];
-        m.factors = Factors::Lora {
-            a: Data::Owned(Arc::new(an)),
-            b: Data::Owned(Arc::new(bn)),
-        };
-        m.rank = r;
-        m.alpha = r as f64;
-        m.scale = 1.0;
+        set_unit_scale_lora(m, an, bn, r);
         m.dora_magnitude = None;
         out.push(DoraToLora {
             module: name,
@@ -659,6 +571,23 @@ fn dora_to_plain(
         cfg.insert("use_dora".into(), serde_json::Value::Bool(adapter.use_dora));
     }
     Ok(out)
+}
+
+/// Replaces a module's factors with owned `a` [rank, in] and `b` [out, rank] whose product is
+/// the whole ΔW: alpha = rank, so every loader's scale (alpha/r) is 1.
+pub(super) fn set_unit_scale_lora(
+    m: &mut crate::adapter::LoraModule,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    rank: usize,
+) {
+    m.factors = Factors::Lora {
+        a: Data::Owned(Arc::new(a)),
+        b: Data::Owned(Arc::new(b)),
+    };
+    m.rank = rank;
+    m.alpha = rank as f64;
+    m.scale = 1.0;
 }
 
 fn unmatched_name(u: &mapping::Unmatched) -> String {

@@ -13,7 +13,8 @@
 //!
 //! Versions: vLLM 0.34.0 (commit 62d4bc3c7) and SGLang 0.5.23, the released packages (see
 //! `rules/serving.rs` for why not a stored GitHub copy); LoRAX at `predibase/lorax` a7394ba
-//! (2026-05-28); llama.cpp `convert_lora_to_gguf.py` at 56bf500; diffusers 0.42.1 and PEFT 0.21.2
+//! (2026-05-28); llama.cpp as vendored by the llama-cpp-python 0.3.36 sdist (`vendor/llama.cpp`);
+//! diffusers 0.42.1 and PEFT 0.21.2
 //! are the installed packages the fixtures were made with (`fixtures/gen/requirements.txt`),
 //! and their verdicts on the fixtures are recorded by `fixtures/gen/check_fixtures.py`;
 //! ComfyUI `comfy/lora.py` at 41444b5, `comfy/weight_adapter/lora.py` at 6fd406f.
@@ -29,7 +30,7 @@ pub struct Source {
     pub file: &'static str,
     /// Commit or released version.
     pub version: &'static str,
-    /// The function or line the rule is in.
+    /// `file:line` (or lines) in that version, and the function the rule is in.
     pub at: &'static str,
 }
 
@@ -47,8 +48,10 @@ pub struct Rule {
 mod others;
 mod serving;
 
-/// The Llama-family linear and embedding layers (vLLM's fallback list without a base).
-const LLAMA_LINEAR: &[&str] = &[
+/// The Llama-family linear and embedding layers (vLLM's fallback list without a base, and the
+/// names that make a PEFT folder a causal LM's); `embed_tokens` last, so that the first eight
+/// are LoRAX's adapter layers.
+pub(crate) const LLAMA_LINEAR: &[&str] = &[
     "q_proj",
     "k_proj",
     "v_proj",
@@ -56,8 +59,8 @@ const LLAMA_LINEAR: &[&str] = &[
     "gate_proj",
     "up_proj",
     "down_proj",
-    "embed_tokens",
     "lm_head",
+    "embed_tokens",
 ];
 
 const fn src(
@@ -112,6 +115,25 @@ mod tests {
         }
         for t in Target::ALL {
             assert!(for_target(t).count() > 0, "{t:?} has no rules");
+        }
+        // The serving stacks and llama.cpp were re-read from pinned sources: every rule cites
+        // a `file.py:line` (or `.cpp`/`.h`), not only a function.
+        let cites_a_line = |at: &str| {
+            at.split([' ', ';', ',', '(']).any(|w| {
+                w.split_once(':').is_some_and(|(file, line)| {
+                    file.contains('.') && line.starts_with(|c: char| c.is_ascii_digit())
+                })
+            })
+        };
+        for t in [
+            Target::Vllm,
+            Target::Sglang,
+            Target::Lorax,
+            Target::LlamaCpp,
+        ] {
+            for r in for_target(t) {
+                assert!(cites_a_line(r.source.at), "{}: {}", r.id, r.source.at);
+            }
         }
     }
 }

@@ -253,6 +253,7 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
         dropped: Vec::new(),
         padded: Vec::new(),
         split: Vec::new(),
+        fused: Vec::new(),
         dora_to_lora: Vec::new(),
         saved: Vec::new(),
         lowered,

@@ -109,6 +109,9 @@ pub enum When {
     AdapterDtype(&'static [&'static str]),
     /// With `--base`: a module that names no base tensor at all.
     NameNotFound,
+    /// With `--base`: a module whose first `layers.N.` component has N at or past the base's
+    /// `num_hidden_layers` (a loader that files weights into per-layer slots by that index).
+    LayerPastBase,
     /// With `--base`: a module that lorakit places only by a dotted-suffix match (a different
     /// root prefix); loaders that look modules up by their exact name do not find it.
     NameNotExact,

@@ -22,16 +22,7 @@ fn fix_folds_patterns_and_merges_the_same() {
         ("llama/adapters/embed", "vllm,sglang,llama.cpp,peft"),
     ] {
         let _ = std::fs::remove_dir_all(&fixed);
-        let (code, r) = check_json(&[
-            s(&fixture(case)),
-            "--base",
-            s(&base),
-            "--target",
-            targets,
-            "--fix",
-            "--out",
-            s(&fixed),
-        ]);
+        let (code, r) = check_fix(&fixture(case), Some(&base), targets, &fixed, &[]);
         assert_eq!(code, 0, "{case}: {}", r["after"]);
         assert_eq!(r["pass"], false, "{case}: the input itself does not pass");
         assert!(target(&r["after"], "sglang")["findings"]
@@ -76,30 +67,19 @@ fn fix_renames_and_drops_against_the_base() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base");
     let out = dir.path().join("f1");
-    let (code, r) = check_json(&[
-        s(&fixture("check/no_root_prefix")),
-        "--base",
-        s(&base),
-        "--target",
-        "vllm,lorax,peft",
-        "--fix",
-        "--out",
-        s(&out),
-    ]);
+    let adapter = fixture("check/no_root_prefix");
+    let (code, r) = check_fix(&adapter, Some(&base), "vllm,lorax,peft", &out, &[]);
     assert_eq!(code, 0, "{}", r["after"]);
     assert_eq!(r["fix"]["renamed"].as_array().unwrap().len(), 4);
     let out2 = dir.path().join("f2");
-    let (code, r) = check_json(&[
-        s(&fixture("check/unknown_module")),
-        "--base",
-        s(&base),
-        "--target",
+    let adapter = fixture("check/unknown_module");
+    let (code, r) = check_fix(
+        &adapter,
+        Some(&base),
         "vllm,peft",
-        "--fix",
-        "--out",
-        s(&out2),
-        "--drop-unmatched",
-    ]);
+        &out2,
+        &["--drop-unmatched"],
+    );
     assert_eq!(code, 0, "{}", r["after"]);
     assert_eq!(r["fix"]["dropped"].as_array().unwrap().len(), 2);
     assert_eq!(r["after"]["modules_count"], 2);
@@ -154,16 +134,8 @@ fn fix_dora_to_lora_reports_its_true_error() {
     let reference = read(&fixture("llama/merged/dora.safetensors"));
     for rank in ["4", "64"] {
         let fixed = dir.path().join(format!("plain{rank}"));
-        let (code, r) = check_json(&[
-            s(&fixture("llama/adapters/dora")),
-            "--base",
-            s(&base),
-            "--fix",
-            "--dora-rank",
-            rank,
-            "--out",
-            s(&fixed),
-        ]);
+        let dora = fixture("llama/adapters/dora");
+        let (code, r) = check_fix(&dora, Some(&base), "", &fixed, &["--dora-rank", rank]);
         assert_eq!(code, 0, "{}", r["after"]);
         let cfg: Value =
             serde_json::from_slice(&std::fs::read(fixed.join("adapter_config.json")).unwrap())
@@ -262,6 +234,21 @@ fn duplicate_keys_are_refused_naming_both() {
 fn fix_splits_packed_projections_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base");
+    let (adapter, a, b) = qkv_adapter(dir.path());
+    assert_rule_at(&adapter, &base, "vllm", "fails", "vllm.unsupported_module");
+    let fixed = dir.path().join("fixed");
+    let (code, rep) = check_fix(&adapter, Some(&base), "vllm,peft", &fixed, &[]);
+    assert_eq!(code, 0, "{}", rep["after"]);
+    assert_eq!(rep["fix"]["split"][0][1].as_array().unwrap().len(), 3);
+    let merged = dir.path().join("merged");
+    merge_ok(&base, &fixed, &merged, &[]);
+    assert_qkv_split_merged(&read_checkpoint(&merged), &a, &b);
+}
+
+/// A PEFT folder with one packed `model.layers.0.self_attn.qkv_proj` LoRA (r 2, alpha 4) on the
+/// Llama fixture's shapes: A [2, 64], B [128, 2] (q 64 + k 32 + v 32 rows). Returns the folder
+/// and A, B.
+pub(super) fn qkv_adapter(dir: &Path) -> (std::path::PathBuf, Vec<f32>, Vec<f32>) {
     let m = "model.layers.0.self_attn.qkv_proj";
     let (r, k, d) = (2usize, 64usize, 128usize);
     let a: Vec<f32> = (0..r * k)
@@ -271,30 +258,24 @@ fn fix_splits_packed_projections_exactly() {
         .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.02)
         .collect();
     let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let adapter = dir.path().join("qkv");
+    let adapter = dir.join("qkv");
     write_peft_adapter(
         &adapter,
         r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["qkv_proj"]}"#,
         &shared_lora_tensors(&[m.to_string()], (&[r, k], &le(&a)), (&[d, r], &le(&b))),
     );
-    assert_rule_at(&adapter, &base, "vllm", "fails", "vllm.unsupported_module");
-    let fixed = dir.path().join("fixed");
-    let (code, rep) = check_json(&[
-        s(&adapter),
-        "--base",
-        s(&base),
-        "--target",
-        "vllm,peft",
-        "--fix",
-        "--out",
-        s(&fixed),
-    ]);
-    assert_eq!(code, 0, "{}", rep["after"]);
-    assert_eq!(rep["fix"]["split"][0][1].as_array().unwrap().len(), 3);
-    let merged = dir.path().join("merged");
-    merge_ok(&base, &fixed, &merged, &[]);
-    let got = read_checkpoint(&merged);
-    let w0 = read_checkpoint(&base);
+    (adapter, a, b)
+}
+
+/// The merged q/k/v weights of the split `qkv_adapter` equal W0 + 2·B[rows]·A computed here in
+/// f64, to 1e-6 relative.
+pub(super) fn assert_qkv_split_merged(
+    got: &std::collections::BTreeMap<String, T>,
+    a: &[f32],
+    b: &[f32],
+) {
+    let (r, k) = (2usize, 64usize);
+    let w0 = read_checkpoint(&fixture("llama/base"));
     let mut lo = 0;
     for (p, n) in [("q_proj", 64usize), ("k_proj", 32), ("v_proj", 32)] {
         let key = format!("model.layers.0.self_attn.{p}.weight");
@@ -445,14 +426,7 @@ fn fix_keeps_a_transformer_lora_in_diffusers_form_with_its_scale_folded() {
 /// `lora_adapter_metadata`: before, ComfyUI (which reads no metadata) is the one that fails, on
 /// its scale rule; after, both load and apply everything (exit 0).
 fn fix_metadata_alpha_for_diffusion(src: &Path, out: &Path) {
-    let (code, r) = check_json(&[
-        s(src),
-        "--target",
-        "diffusers,comfy",
-        "--fix",
-        "--out",
-        s(out),
-    ]);
+    let (code, r) = check_fix(src, None, "diffusers,comfy", out, &[]);
     assert_eq!(fired(target(&r, "comfy")), vec!["comfy.scale".to_string()]);
     assert_eq!(code, 0, "{}", r["after"]);
     for t in ["diffusers", "comfy"] {
@@ -483,19 +457,10 @@ fn assert_diffusers_merges_agree(script: &str, original: &Path, fixed: &Path) ->
     let dir = tempfile::tempdir().unwrap();
     let fuse = |lora: &Path, name: &str| {
         let fused = dir.path().join(name);
-        let o = std::process::Command::new(&py)
-            .arg(fixture(&format!("gen/{script}")))
-            .arg("fuse")
-            .arg(lora)
-            .arg(&fused)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "diffusers on {}: {}",
-            lora.display(),
-            String::from_utf8_lossy(&o.stderr)
+        python_ok(
+            &py,
+            script,
+            &["fuse".as_ref(), lora.as_os_str(), fused.as_os_str()],
         );
         read(&fused)
     };
@@ -510,4 +475,160 @@ fn assert_diffusers_merges_agree(script: &str, original: &Path, fixed: &Path) ->
         assert!(rel64(&y, &x) <= 8.0 * U32, "{k}: {}", rel64(&y, &x));
     }
     a.into_keys().collect()
+}
+
+/// A Phi-3-style base: fixtures/llama/base with each layer's q/k/v rows stacked into
+/// `self_attn.qkv_proj` and gate/up into `mlp.gate_up_proj` (the packed layout of transformers'
+/// Phi3 attention and MLP), config.json copied.
+fn packed_base(dir: &Path) -> std::path::PathBuf {
+    use safetensors::tensor::TensorView;
+    let src = read_checkpoint(&fixture("llama/base"));
+    let groups: [(&str, &[&str]); 2] = [
+        (
+            "self_attn.qkv_proj",
+            &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ),
+        ("mlp.gate_up_proj", &["mlp.gate_proj", "mlp.up_proj"]),
+    ];
+    let mut out: std::collections::BTreeMap<String, T> = std::collections::BTreeMap::new();
+    for (k, t) in &src {
+        let part_of = groups.iter().find_map(|(packed, parts)| {
+            parts
+                .iter()
+                .find(|p| k.ends_with(&format!(".{p}.weight")))
+                .map(|p| {
+                    (
+                        k.trim_end_matches(&format!("{p}.weight")).to_owned(),
+                        *packed,
+                        *parts,
+                    )
+                })
+        });
+        let Some((prefix, packed, parts)) = part_of else {
+            out.insert(k.clone(), t.clone());
+            continue;
+        };
+        let name = format!("{prefix}{packed}.weight");
+        if out.contains_key(&name) {
+            continue;
+        }
+        let members: Vec<&T> = parts
+            .iter()
+            .map(|p| &src[&format!("{prefix}{p}.weight")])
+            .collect();
+        out.insert(
+            name,
+            T {
+                dtype: t.dtype,
+                shape: vec![members.iter().map(|m| m.shape[0]).sum(), t.shape[1]],
+                data: members.iter().flat_map(|m| m.data.clone()).collect(),
+            },
+        );
+    }
+    let base = dir.join("packed_base");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::copy(fixture("llama/base/config.json"), base.join("config.json")).unwrap();
+    let views: Vec<(&str, TensorView)> = out
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.as_str(),
+                TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &base.join("model.safetensors")).unwrap();
+    base
+}
+
+/// `--fix` on a base with packed projections fuses the adapter's q/k/v (gate/up) LoRAs into one
+/// LoRA on `qkv_proj` (`gate_up_proj`), exactly: merging the fixed adapter onto the packed base
+/// gives W0 + [s·B_q·A_q; s·B_k·A_k; s·B_v·A_v] computed here in f64 from the original factors,
+/// a part the adapter lacks (qv_r8 has no k_proj) staying W0. rslora_all checks a scale other
+/// than alpha/r (rsLoRA: alpha/√r).
+#[test]
+fn fix_fuses_projections_into_a_packed_base_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = packed_base(dir.path());
+    let w0 = read_checkpoint(&base);
+    for case in ["llama/adapters/qv_r8", "llama/adapters/rslora_all"] {
+        let original = fixture(case);
+        let (_, before) = check_json(&[s(&original), "--base", s(&base), "--target", "vllm,peft"]);
+        assert!(
+            fired(target(&before, "vllm")).contains(&"vllm.not_found".into()),
+            "{case}"
+        );
+        let fixed = dir.path().join(case.replace('/', "_"));
+        let (code, r) = check_fix(&original, Some(&base), "vllm,peft", &fixed, &[]);
+        assert_eq!(code, 0, "{case}: {}", r["after"]);
+        assert!(!r["fix"]["fused"].as_array().unwrap().is_empty(), "{case}");
+        let merged = dir.path().join(format!("{}_m", case.replace('/', "_")));
+        merge_ok(&base, &fixed, &merged, &[]);
+        let got = read_checkpoint(&merged);
+        let cfg: Value =
+            serde_json::from_slice(&std::fs::read(original.join("adapter_config.json")).unwrap())
+                .unwrap();
+        let lora = read(&original.join("adapter_model.safetensors"));
+        let mut checked = 0;
+        for (key, w) in &w0 {
+            let Some(prefix) = key
+                .strip_suffix("self_attn.qkv_proj.weight")
+                .map(|p| {
+                    (
+                        p,
+                        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].as_slice(),
+                    )
+                })
+                .or_else(|| {
+                    key.strip_suffix("mlp.gate_up_proj.weight")
+                        .map(|p| (p, ["mlp.gate_proj", "mlp.up_proj"].as_slice()))
+                })
+            else {
+                continue;
+            };
+            let (prefix, parts) = prefix;
+            let k = w.shape[1];
+            let mut want: Vec<f64> = w.f32().iter().map(|&x| x as f64).collect();
+            let mut row0 = 0;
+            for p in parts {
+                let module = format!("{prefix}{p}");
+                let rows = w0.get(&format!("{module}.weight")).map_or_else(
+                    || {
+                        read_checkpoint(&fixture("llama/base"))[&format!("{module}.weight")].shape
+                            [0]
+                    },
+                    |t| t.shape[0],
+                );
+                if let Some(a) = lora.get(&format!("base_model.model.{module}.lora_A.weight")) {
+                    let b = &lora[&format!("base_model.model.{module}.lora_B.weight")];
+                    let r = a.shape[0];
+                    let alpha = peft_alpha_for(&cfg, &module).unwrap();
+                    let sc = if cfg["use_rslora"] == true {
+                        alpha / (r as f64).sqrt()
+                    } else {
+                        alpha / r as f64
+                    };
+                    let (av, bv) = (a.f32(), b.f32());
+                    for i in 0..rows {
+                        for j in 0..k {
+                            let d: f64 = (0..r)
+                                .map(|t| bv[i * r + t] as f64 * av[t * k + j] as f64)
+                                .sum();
+                            want[(row0 + i) * k + j] += sc * d;
+                        }
+                    }
+                }
+                row0 += rows;
+            }
+            assert_eq!(row0, w.shape[0], "{key}");
+            for (x, y) in got[key].f32().iter().zip(&want) {
+                assert!(
+                    (*x as f64 - y).abs() <= 1e-6 * y.abs().max(1.0),
+                    "{case} {key}: {x} vs {y}"
+                );
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 4, "{case}: 2 layers × (qkv, gate_up)");
+    }
 }

@@ -13,8 +13,12 @@ use super::common::*;
 use serde_json::Value;
 use std::path::Path;
 
+/// Every rule of the tables fires on some fixture; the audited rules on one case and not another.
+mod coverage;
 /// `--fix` and the remaining single-file cases (split out to keep files under 800 lines).
 mod fix;
+/// `--fix` outputs loaded in PEFT and merged as the originals.
+mod peft_fix;
 /// vLLM 0.34.0 and SGLang 0.5.23 rules, each case citing the line it was read from.
 mod serving;
 
@@ -35,6 +39,43 @@ pub(super) fn check_json(args: &[&str]) -> (i32, Value) {
         .unwrap_or_else(|e| panic!("check {args:?}: not JSON ({e})"));
     assert_eq!(v["operation"], "check");
     (code, v)
+}
+
+/// `check ADAPTER [--base BASE] [--target TARGETS] --fix --out OUT EXTRA… --json` (no
+/// `--target` when `targets` is empty).
+pub(crate) fn check_fix(
+    adapter: &Path,
+    base: Option<&Path>,
+    targets: &str,
+    out: &Path,
+    extra: &[&str],
+) -> (i32, Value) {
+    let mut args = vec![s(adapter)];
+    if let Some(b) = base {
+        args.extend(["--base", s(b)]);
+    }
+    if !targets.is_empty() {
+        args.extend(["--target", targets]);
+    }
+    args.extend(["--fix", "--out", s(out)]);
+    args.extend_from_slice(extra);
+    check_json(&args)
+}
+
+/// Runs `fixtures/gen/{script} ARGS…` with `py` from the crate root and asserts that it
+/// succeeded (its stderr in the message otherwise).
+pub(crate) fn python_ok(py: &Path, script: &str, args: &[&std::ffi::OsStr]) {
+    let o = std::process::Command::new(py)
+        .arg(fixture(&format!("gen/{script}")))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 pub(super) fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -66,7 +107,7 @@ pub(super) fn fired(t: &Value) -> Vec<String> {
         .collect()
 }
 
-fn manifest() -> Value {
+pub(super) fn manifest() -> Value {
     let text = std::fs::read(fixture("check/MANIFEST.json")).unwrap();
     serde_json::from_slice(&text).unwrap()
 }
@@ -145,6 +186,13 @@ fn assert_rule(adapter: &str, base: Option<&str>, tgt: &str, verdict: &str, rule
     }
 }
 
+/// [`assert_rule`] for each `(adapter, base, target, verdict, rule)`.
+fn assert_rules(cases: &[(&str, Option<&str>, &str, &str, &str)]) {
+    for &(adapter, base, tgt, verdict, rule) in cases {
+        assert_rule(adapter, base, tgt, verdict, rule);
+    }
+}
+
 /// The wrong base: qv_r8 (hidden 64) against the Qwen2 fixture (hidden 32). Every LLM loader
 /// refuses a LoRA whose factors do not fit the base layer — PEFT and SGLang through torch's
 /// `copy_`/`load_state_dict` size check, vLLM's `set_lora` slicing into buffers of the base's
@@ -196,80 +244,82 @@ fn a_wrong_base_fails_every_llm_target_by_shape() {
 
 #[test]
 fn vllm_rules_read_from_its_source() {
-    // vllm 0.34.0 peft_helper.py PEFTHelper._validate_features: "vLLM does not yet support DoRA."
-    assert_rule("llama/adapters/dora", None, "vllm", "fails", "vllm.dora");
-    // same: "vLLM only supports modules_to_save being None."
-    assert_rule(
-        "llama/adapters/modules_to_save",
-        None,
-        "vllm",
-        "fails",
-        "vllm.modules_to_save",
-    );
-    // utils.py parse_fine_tuned_lora_name: "… is unsupported LoRA weight" for .lora_B.bias
-    assert_rule(
-        "llama/adapters/bias",
-        None,
-        "vllm",
-        "fails",
-        "vllm.lora_bias",
-    );
-    // peft_helper.py __post_init__: alpha/√r with use_rslora — rsLoRA is honoured.
-    assert_rule("llama/adapters/rslora_all", None, "vllm", "loads", "");
-    // PEFTHelper.get_rank_and_scaling (lora_weights.py from_config): rank_pattern and
-    // alpha_pattern are matched as PEFT's get_pattern_key does, so every scale is PEFT's; the
-    // largest rank (6) is within the default --max-lora-rank 16.
-    assert_rule("llama/adapters/patterns", None, "vllm", "loads", "");
-    // config/lora.py: max_lora_rank defaults to 16.
-    assert_rule(
-        "check/rank32",
-        None,
-        "vllm",
-        "loads_with_warnings",
-        "vllm.rank_flag",
-    );
-    assert_rule("check/rank7", None, "vllm", "loads", "");
-    // config/lora.py verify_with_model_config: lora_dtype "auto" = the model's dtype, so F32
-    // factors on a BF16 base are applied in BF16 (a warning: it loads and applies).
-    assert_rule(
-        "llama/adapters/qv_r8",
-        Some("llama/base_bf16"),
-        "vllm",
-        "loads_with_warnings",
-        "vllm.dtype",
-    );
-    assert_rule(
-        "llama/adapters/qv_r8",
-        Some("llama/base"),
-        "vllm",
-        "loads",
-        "",
-    );
-    // model_manager.py activate_adapter: a LoRA whose module name is not the model's
-    // is never set (vllm #34186).
-    assert_rule(
-        "check/no_root_prefix",
-        Some("llama/base"),
-        "vllm",
-        "fails",
-        "vllm.not_applied",
-    );
-    // lora_model.py check_unexpected_modules: w_proj is no linear layer of the model.
-    assert_rule(
-        "check/unknown_module",
-        Some("llama/base"),
-        "vllm",
-        "fails",
-        "vllm.unsupported_module",
-    );
-    // lora_model.py from_lora_tensors: embedding LoRA size must equal the vocabulary.
-    assert_rule(
-        "check/added_tokens",
-        Some("llama/base"),
-        "vllm",
-        "fails",
-        "vllm.vocab",
-    );
+    assert_rules(&[
+        // vllm 0.34.0 peft_helper.py PEFTHelper._validate_features: "vLLM does not yet support DoRA."
+        ("llama/adapters/dora", None, "vllm", "fails", "vllm.dora"),
+        // same: "vLLM only supports modules_to_save being None."
+        (
+            "llama/adapters/modules_to_save",
+            None,
+            "vllm",
+            "fails",
+            "vllm.modules_to_save",
+        ),
+        // utils.py parse_fine_tuned_lora_name: "… is unsupported LoRA weight" for .lora_B.bias
+        (
+            "llama/adapters/bias",
+            None,
+            "vllm",
+            "fails",
+            "vllm.lora_bias",
+        ),
+        // peft_helper.py __post_init__: alpha/√r with use_rslora — rsLoRA is honoured.
+        ("llama/adapters/rslora_all", None, "vllm", "loads", ""),
+        // PEFTHelper.get_rank_and_scaling (lora_weights.py from_config): rank_pattern and
+        // alpha_pattern are matched as PEFT's get_pattern_key does, so every scale is PEFT's; the
+        // largest rank (6) is within the default --max-lora-rank 16.
+        ("llama/adapters/patterns", None, "vllm", "loads", ""),
+        // config/lora.py: max_lora_rank defaults to 16.
+        (
+            "check/rank32",
+            None,
+            "vllm",
+            "loads_with_warnings",
+            "vllm.rank_flag",
+        ),
+        ("check/rank7", None, "vllm", "loads", ""),
+        // config/lora.py verify_with_model_config: lora_dtype "auto" = the model's dtype, so F32
+        // factors on a BF16 base are applied in BF16 (a warning: it loads and applies).
+        (
+            "llama/adapters/qv_r8",
+            Some("llama/base_bf16"),
+            "vllm",
+            "loads_with_warnings",
+            "vllm.dtype",
+        ),
+        (
+            "llama/adapters/qv_r8",
+            Some("llama/base"),
+            "vllm",
+            "loads",
+            "",
+        ),
+        // model_manager.py activate_adapter: a LoRA whose module name is not the model's
+        // is never set (vllm #34186).
+        (
+            "check/no_root_prefix",
+            Some("llama/base"),
+            "vllm",
+            "fails",
+            "vllm.not_applied",
+        ),
+        // lora_model.py check_unexpected_modules: w_proj is no linear layer of the model.
+        (
+            "check/unknown_module",
+            Some("llama/base"),
+            "vllm",
+            "fails",
+            "vllm.unsupported_module",
+        ),
+        // lora_model.py from_lora_tensors: embedding LoRA size must equal the vocabulary.
+        (
+            "check/added_tokens",
+            Some("llama/base"),
+            "vllm",
+            "fails",
+            "vllm.vocab",
+        ),
+    ]);
 }
 
 #[test]
@@ -308,111 +358,115 @@ fn scale_rules_name_exactly_the_modules_whose_scale_changes() {
             "model.layers.1.self_attn.v_proj"
         ]
     );
-    // rsLoRA: SGLang's alpha/r ignores use_rslora (lora.py), llama.cpp's alpha/rank too.
-    assert_rule(
-        "llama/adapters/rslora_all",
-        None,
-        "sglang",
-        "fails",
-        "sglang.scale",
-    );
-    assert_rule(
-        "llama/adapters/rslora_all",
-        None,
-        "llama.cpp",
-        "fails",
-        "llama.cpp.scale",
-    );
-    assert_rule("llama/adapters/rslora_all", None, "lorax", "loads", "");
+    assert_rules(&[
+        // rsLoRA: SGLang's alpha/r ignores use_rslora (lora.py), llama.cpp's alpha/rank too.
+        (
+            "llama/adapters/rslora_all",
+            None,
+            "sglang",
+            "fails",
+            "sglang.scale",
+        ),
+        (
+            "llama/adapters/rslora_all",
+            None,
+            "llama.cpp",
+            "fails",
+            "llama.cpp.scale",
+        ),
+        ("llama/adapters/rslora_all", None, "lorax", "loads", ""),
+    ]);
 }
 
 #[test]
 fn sglang_lorax_llamacpp_rules_read_from_their_source() {
-    // sglang lora.py LoRAAdapter.normalize_qkv_proj: q/k/v are stacked from q_proj, a missing k
-    // zero-filled from v: q_proj without v_proj is a KeyError (weighted_b: k and q only).
-    assert_rule(
-        "llama/adapters/weighted_b",
-        None,
-        "sglang",
-        "fails",
-        "sglang.q_without_v",
-    );
-    assert_rule("llama/adapters/qv_r8", None, "sglang", "loads", "");
-    // sglang lora_manager.py validate_new_adapter: DoRA and added tokens refused.
-    assert_rule(
-        "llama/adapters/dora",
-        None,
-        "sglang",
-        "fails",
-        "sglang.dora",
-    );
-    assert_rule(
-        "check/added_tokens",
-        Some("llama/base"),
-        "sglang",
-        "fails",
-        "sglang.added_tokens",
-    );
-    // lorax adapters/lora.py @a7394ba map_weights_for_model reads only lora_A/B.weight.
-    assert_rule("llama/adapters/dora", None, "lorax", "fails", "lorax.dora");
-    assert_rule(
-        "llama/adapters/embed",
-        None,
-        "lorax",
-        "fails",
-        "lorax.embedding",
-    );
-    // LoraWeights.load returns None when one layer lacks the module type.
-    assert_rule(
-        "check/partial_layers",
-        Some("llama/base"),
-        "lorax",
-        "fails",
-        "lorax.partial_layers",
-    );
-    assert_rule("check/rank7", Some("llama/base"), "lorax", "loads", "");
-    // convert_lora_to_gguf.py @56bf500: "Not a lora_A or lora_B tensor" → exit 1.
-    assert_rule(
-        "llama/adapters/bias",
-        None,
-        "llama.cpp",
-        "fails",
-        "llama.cpp.lora_bias",
-    );
-    assert_rule(
-        "llama/adapters/modules_to_save",
-        None,
-        "llama.cpp",
-        "fails",
-        "llama.cpp.modules_to_save",
-    );
-    // modify_tensors: "lm_head is present in adapter, but is ignored in base model" (tied).
-    assert_rule(
-        "check/tied_lm_head",
-        Some("llama/tied"),
-        "llama.cpp",
-        "fails",
-        "llama.cpp.tied_lm_head",
-    );
-    assert_rule(
-        "check/tied_lm_head",
-        Some("llama/tied"),
-        "peft",
-        "loads",
-        "",
-    );
-    // vLLM applies an lm_head LoRA on a tied base: the model class still has an `lm_head`
-    // module (tied to embed_tokens) and declares it in `embedding_modules`; model_manager.py
-    // `_create_lora_modules` wraps it and LogitsProcessorWithLoRA adds the LoRA to the logits
-    // (vllm model_executor/models/qwen3.py, lora/model_manager.py, lora/layers/logits_processor.py).
-    // It loads, with every module applied, as in PEFT.
-    assert_rule(
-        "check/tied_lm_head",
-        Some("llama/tied"),
-        "vllm",
-        "loads",
-        "",
-    );
+    assert_rules(&[
+        // sglang lora.py LoRAAdapter.normalize_qkv_proj: q/k/v are stacked from q_proj, a missing k
+        // zero-filled from v: q_proj without v_proj is a KeyError (weighted_b: k and q only).
+        (
+            "llama/adapters/weighted_b",
+            None,
+            "sglang",
+            "fails",
+            "sglang.q_without_v",
+        ),
+        ("llama/adapters/qv_r8", None, "sglang", "loads", ""),
+        // sglang lora_manager.py validate_new_adapter: DoRA and added tokens refused.
+        (
+            "llama/adapters/dora",
+            None,
+            "sglang",
+            "fails",
+            "sglang.dora",
+        ),
+        (
+            "check/added_tokens",
+            Some("llama/base"),
+            "sglang",
+            "fails",
+            "sglang.added_tokens",
+        ),
+        // lorax adapters/lora.py @a7394ba map_weights_for_model reads only lora_A/B.weight.
+        ("llama/adapters/dora", None, "lorax", "fails", "lorax.dora"),
+        (
+            "llama/adapters/embed",
+            None,
+            "lorax",
+            "fails",
+            "lorax.embedding",
+        ),
+        // LoraWeights.load returns None when one layer lacks the module type.
+        (
+            "check/partial_layers",
+            Some("llama/base"),
+            "lorax",
+            "fails",
+            "lorax.partial_layers",
+        ),
+        ("check/rank7", Some("llama/base"), "lorax", "loads", ""),
+        // convert_lora_to_gguf.py @56bf500: "Not a lora_A or lora_B tensor" → exit 1.
+        (
+            "llama/adapters/bias",
+            None,
+            "llama.cpp",
+            "fails",
+            "llama.cpp.lora_bias",
+        ),
+        (
+            "llama/adapters/modules_to_save",
+            None,
+            "llama.cpp",
+            "fails",
+            "llama.cpp.modules_to_save",
+        ),
+        // modify_tensors: "lm_head is present in adapter, but is ignored in base model" (tied).
+        (
+            "check/tied_lm_head",
+            Some("llama/tied"),
+            "llama.cpp",
+            "fails",
+            "llama.cpp.tied_lm_head",
+        ),
+        (
+            "check/tied_lm_head",
+            Some("llama/tied"),
+            "peft",
+            "loads",
+            "",
+        ),
+        // vLLM applies an lm_head LoRA on a tied base: the model class still has an `lm_head`
+        // module (tied to embed_tokens) and declares it in `embedding_modules`; model_manager.py
+        // `_create_lora_modules` wraps it and LogitsProcessorWithLoRA adds the LoRA to the logits
+        // (vllm model_executor/models/qwen3.py, lora/model_manager.py, lora/layers/logits_processor.py).
+        // It loads, with every module applied, as in PEFT.
+        (
+            "check/tied_lm_head",
+            Some("llama/tied"),
+            "vllm",
+            "loads",
+            "",
+        ),
+    ]);
     // Without the base, the tied rule is not guessed: listed as not evaluated.
     let (_, r) = check_json(&[s(&fixture("check/tied_lm_head")), "--target", "llama.cpp"]);
     let t = target(&r, "llama.cpp");
@@ -437,24 +491,26 @@ fn kohya_files_are_for_the_diffusion_loaders() {
     assert_eq!(names, ["diffusers", "comfy"]);
     assert_eq!(target(&r, "comfy")["verdict"], "loads");
     assert_eq!(code, 1, "diffusers drops lycoris_ keys");
-    assert_rule(
-        "kohya/te_lora.safetensors",
-        None,
-        "vllm",
-        "fails",
-        "vllm.format",
-    );
-    // A PEFT folder in ComfyUI: no alpha tensors, so scale 1 instead of alpha/r = 2
-    // (comfy/weight_adapter/lora.py @6fd406f calculate_weight).
-    assert_rule("llama/adapters/qv_r8", None, "comfy", "fails", "comfy.llm");
-    assert_rule("conv/adapters/peft", None, "comfy", "fails", "comfy.scale");
-    assert_rule(
-        "kohya/adapters/te_peft",
-        None,
-        "comfy",
-        "fails",
-        "comfy.peft_prefix",
-    );
+    assert_rules(&[
+        (
+            "kohya/te_lora.safetensors",
+            None,
+            "vllm",
+            "fails",
+            "vllm.format",
+        ),
+        // A PEFT folder in ComfyUI: no alpha tensors, so scale 1 instead of alpha/r = 2
+        // (comfy/weight_adapter/lora.py @6fd406f calculate_weight).
+        ("llama/adapters/qv_r8", None, "comfy", "fails", "comfy.llm"),
+        ("conv/adapters/peft", None, "comfy", "fails", "comfy.scale"),
+        (
+            "kohya/adapters/te_peft",
+            None,
+            "comfy",
+            "fails",
+            "comfy.peft_prefix",
+        ),
+    ]);
 }
 
 #[test]

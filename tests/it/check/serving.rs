@@ -3,7 +3,7 @@
 //! rule read from the released source, cited at the case. The config-only fixtures are made by
 //! fixtures/gen/check_config_fixtures.py from a PEFT-written adapter.
 
-use super::{assert_rule, check_json, fired, fixture, s, target};
+use super::{assert_rule, assert_rules, check_json, fired, fixture, s, target};
 
 #[test]
 fn sglang_rank_rules_read_from_mem_pool() {
@@ -55,47 +55,49 @@ fn sglang_rank_rules_read_from_mem_pool() {
 
 #[test]
 fn sglang_module_and_shape_rules() {
-    // utils.py get_normalized_target_modules: a string other than "all"/"all-linear" raises.
-    assert_rule(
-        "check/target_regex",
-        None,
-        "sglang",
-        "fails",
-        "sglang.target_modules_string",
-    );
-    // vLLM keeps target_modules: list | str and loads it.
-    assert_rule("check/target_regex", None, "vllm", "loads", "");
-    // utils.py get_default_hidden_dim: "get_hidden_dim not implemented for w_proj".
-    assert_rule(
-        "check/unknown_module",
-        Some("llama/base"),
-        "sglang",
-        "fails",
-        "sglang.unsupported_module",
-    );
-    // mem_pool.py: the embedding A buffer has the base vocabulary's columns.
-    assert_rule(
-        "check/added_tokens",
-        Some("llama/base"),
-        "sglang",
-        "fails",
-        "sglang.vocab",
-    );
-    // utils.py copy_weight_into_buffer casts to the buffers' (the server's) dtype.
-    assert_rule(
-        "llama/adapters/qv_r8",
-        Some("llama/base_bf16"),
-        "sglang",
-        "loads_with_warnings",
-        "sglang.dtype",
-    );
-    assert_rule(
-        "llama/adapters/qv_r8",
-        Some("llama/base"),
-        "sglang",
-        "loads",
-        "",
-    );
+    assert_rules(&[
+        // utils.py get_normalized_target_modules: a string other than "all"/"all-linear" raises.
+        (
+            "check/target_regex",
+            None,
+            "sglang",
+            "fails",
+            "sglang.target_modules_string",
+        ),
+        // vLLM keeps target_modules: list | str and loads it.
+        ("check/target_regex", None, "vllm", "loads", ""),
+        // utils.py get_default_hidden_dim: "get_hidden_dim not implemented for w_proj".
+        (
+            "check/unknown_module",
+            Some("llama/base"),
+            "sglang",
+            "fails",
+            "sglang.unsupported_module",
+        ),
+        // mem_pool.py: the embedding A buffer has the base vocabulary's columns.
+        (
+            "check/added_tokens",
+            Some("llama/base"),
+            "sglang",
+            "fails",
+            "sglang.vocab",
+        ),
+        // utils.py copy_weight_into_buffer casts to the buffers' (the server's) dtype.
+        (
+            "llama/adapters/qv_r8",
+            Some("llama/base_bf16"),
+            "sglang",
+            "loads_with_warnings",
+            "sglang.dtype",
+        ),
+        (
+            "llama/adapters/qv_r8",
+            Some("llama/base"),
+            "sglang",
+            "loads",
+            "",
+        ),
+    ]);
 }
 
 #[test]
@@ -120,19 +122,21 @@ fn sglang_applies_an_lm_head_lora_on_a_tied_base() {
 
 #[test]
 fn vllm_config_rules_read_from_peft_helper() {
-    // peft_helper.py PEFTHelper._init_is_supported: only gaussian/eva/orthogonal/mica/lora_ga
-    // strings pass; "vLLM does not support init_lora_weights='pissa'".
-    assert_rule(
-        "check/init_pissa",
-        None,
-        "vllm",
-        "fails",
-        "vllm.init_weights",
-    );
-    // _validate_features: "vLLM does not support Activated LoRA (aLoRA)."
-    assert_rule("check/alora", None, "vllm", "fails", "vllm.peft_features");
-    // The unchanged adapter: init_lora_weights true, no aLoRA.
-    assert_rule("llama/adapters/qv_r8", None, "vllm", "loads", "");
+    assert_rules(&[
+        // peft_helper.py PEFTHelper._init_is_supported: only gaussian/eva/orthogonal/mica/lora_ga
+        // strings pass; "vLLM does not support init_lora_weights='pissa'".
+        (
+            "check/init_pissa",
+            None,
+            "vllm",
+            "fails",
+            "vllm.init_weights",
+        ),
+        // _validate_features: "vLLM does not support Activated LoRA (aLoRA)."
+        ("check/alora", None, "vllm", "fails", "vllm.peft_features"),
+        // The unchanged adapter: init_lora_weights true, no aLoRA.
+        ("llama/adapters/qv_r8", None, "vllm", "loads", ""),
+    ]);
 }
 
 /// vllm 0.34.0 peft_helper.py `PEFTHelper._validate_features`: `modules_to_save` entries other

@@ -2,40 +2,23 @@
 //! `rules.rs` to keep files under 800 lines; versions in the header of `rules.rs`). Nothing here
 //! computes anything.
 
-use super::{src, Rule, ScaleRule, Severity, Source, Supported, When};
+use super::{src, Rule, ScaleRule, Severity, Source, Supported, When, LLAMA_LINEAR};
 use crate::ops::check::Target;
 
 /// LoRAX `server/lorax_server/models/flash_llama.py` `ADAPTER_LAYERS` (also flash_mistral,
-/// flash_qwen2: the same names).
-const LORAX_LLAMA: &[&str] = &[
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-    "lm_head",
-];
+/// flash_qwen2: the same names): q/k/v/o, gate/up/down, lm_head — the Llama list without
+/// `embed_tokens`.
+const LORAX_LLAMA: &[&str] = LLAMA_LINEAR.split_at(8).0;
 
 const LORAX: &str = "predibase/lorax";
 const LLAMACPP: &str = "ggml-org/llama.cpp";
 const DIFFUSERS: &str = "huggingface/diffusers";
 const COMFY: &str = "comfyanonymous/ComfyUI";
 const PEFT: &str = "huggingface/peft";
+/// llama.cpp as vendored by the llama-cpp-python 0.3.36 sdist on PyPI (`vendor/llama.cpp`; the
+/// sdist records no llama.cpp commit): every llama.cpp line below was read there.
+const L: &str = "llama-cpp-python 0.3.36 (vendor/llama.cpp)";
 
-const LORAX_LORA: Source = src(
-    LORAX,
-    "server/lorax_server/adapters/lora.py",
-    "a7394ba",
-    "LoraConfig.map_weights_for_model",
-);
-const LLAMACPP_CONVERT: Source = src(
-    LLAMACPP,
-    "convert_lora_to_gguf.py",
-    "56bf500",
-    "LoraModel.get_tensors",
-);
 const COMFY_LORA: Source = src(COMFY, "comfy/lora.py", "41444b5", "load_lora");
 
 pub(super) const RULES: &[Rule] = &[
@@ -46,7 +29,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::NotPeft,
         severity: Severity::Error,
         why: "LoRAX reads the adapter config with PEFT's LoraConfig.from_pretrained (a PEFT folder)",
-        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "LoraConfig.load"),
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:75-76 LoraConfig.load (PEFT LoraConfig.from_pretrained)"),
     },
     Rule {
         id: "lorax.unsupported_module",
@@ -54,7 +37,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ModuleNotSupported(Supported::Fixed(LORAX_LLAMA)),
         severity: Severity::Silent,
         why: "only the model's adapter layers (q/k/v/o/gate/up/down_proj, lm_head for Llama, Mistral, Qwen2) are mapped; other tensors are never read and not reported",
-        source: src(LORAX, "server/lorax_server/models/flash_llama.py", "a7394ba", "ADAPTER_LAYERS / adapter_target_to_layer"),
+        source: src(LORAX, "server/lorax_server/models/flash_llama.py", "a7394ba", "flash_llama.py:26 ADAPTER_LAYERS; :55-79 adapter_target_to_layer"),
     },
     Rule {
         id: "lorax.key_prefix",
@@ -62,7 +45,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::KeyPrefixMissing,
         severity: Severity::Silent,
         why: "weights are looked up as `base_model.model.{module}.lora_A.weight`: keys without that prefix are never read",
-        source: LORAX_LORA,
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:45-48 LoraConfig.map_weights_for_model (only base_model.model.{name}.lora_A/B.weight)"),
     },
     Rule {
         id: "lorax.dora",
@@ -70,7 +53,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::Dora,
         severity: Severity::Silent,
         why: "lora_magnitude_vector is never read: a DoRA adapter is applied as plain LoRA",
-        source: LORAX_LORA,
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:45-48 LoraConfig.map_weights_for_model (only base_model.model.{name}.lora_A/B.weight)"),
     },
     Rule {
         id: "lorax.lora_bias",
@@ -78,7 +61,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::LoraBias,
         severity: Severity::Silent,
         why: "lora_B.bias is never read",
-        source: LORAX_LORA,
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:45-48 LoraConfig.map_weights_for_model (only base_model.model.{name}.lora_A/B.weight)"),
     },
     Rule {
         id: "lorax.modules_to_save",
@@ -86,7 +69,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ModulesToSave,
         severity: Severity::Silent,
         why: "full tensors (modules_to_save) are never read",
-        source: LORAX_LORA,
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:45-48 LoraConfig.map_weights_for_model (only base_model.model.{name}.lora_A/B.weight)"),
     },
     Rule {
         id: "lorax.embedding",
@@ -94,7 +77,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::EmbeddingLora,
         severity: Severity::Silent,
         why: "lora_embedding_A/B are never read (embed_tokens is not an adapter layer)",
-        source: LORAX_LORA,
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:45-48 LoraConfig.map_weights_for_model (only base_model.model.{name}.lora_A/B.weight); flash_llama.py:26 (no embed_tokens)"),
     },
     Rule {
         id: "lorax.trainable_tokens",
@@ -102,7 +85,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::TrainableTokens,
         severity: Severity::Silent,
         why: "only lora_A/lora_B weights of adapter layers are looked up: trainable-token rows are never read",
-        source: LORAX_LORA,
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:45-48 LoraConfig.map_weights_for_model (only base_model.model.{name}.lora_A/B.weight)"),
     },
     Rule {
         id: "lorax.partial_layers",
@@ -110,7 +93,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::PartialLayers,
         severity: Severity::Silent,
         why: "LoraWeights.load returns None for a layer type as soon as one decoder layer lacks it: the whole type is dropped in every layer",
-        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "LoraWeights.load (\"if weight_name not in module_map: return None\")"),
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:174-176 LoraWeights.load (\"if weight_name not in module_map: return None\")"),
     },
     Rule {
         id: "lorax.not_applied",
@@ -118,7 +101,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::NameNotExact,
         severity: Severity::Silent,
         why: "modules are looked up by the model's own names (model.layers.N.…): these names are never read",
-        source: src(LORAX, "server/lorax_server/models/flash_llama.py", "a7394ba", "adapter_target_to_layer"),
+        source: src(LORAX, "server/lorax_server/models/flash_llama.py", "a7394ba", "flash_llama.py:55-79 adapter_target_to_layer (model.layers.N.… names only)"),
     },
     Rule {
         id: "lorax.not_found",
@@ -126,7 +109,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::NameNotFound,
         severity: Severity::Silent,
         why: "no module of the base has this name: never read",
-        source: LORAX_LORA,
+        source: src(LORAX, "server/lorax_server/models/flash_llama.py", "a7394ba", "flash_llama.py:55-79 adapter_target_to_layer (the model's own layers only); lora.py:45-48"),
     },
     Rule {
         id: "lorax.scale",
@@ -134,7 +117,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ScaleDiffers(ScaleRule::GlobalAlphaGlobalRank { rslora: true }),
         severity: Severity::Silent,
         why: "LoRAX scales every module by lora_alpha/r (√r with use_rslora) from the top-level fields: rank_pattern and alpha_pattern are not read",
-        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "LoraWeights.load → get_scaling_factor(config.lora_alpha, config.r)"),
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:184 LoraWeights.load → get_scaling_factor(config.lora_alpha, config.r) (:399)"),
     },
     Rule {
         id: "lorax.dtype",
@@ -142,7 +125,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::DtypeDiffersFromBase,
         severity: Severity::Warning,
         why: "lora_A/lora_B are loaded with .to(model.dtype): the adapter is applied in the base's precision, not its own",
-        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "LoraWeights.load → utils/weights.py load_module_weight (f.get_tensor(name).to(dtype))"),
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:179,182 load_module_weight(…, model.dtype); utils/weights.py:555-567"),
     },
     // ---------------------------------------------------------------- llama.cpp
     Rule {
@@ -151,7 +134,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::NotPeft,
         severity: Severity::Error,
         why: "convert_lora_to_gguf.py reads a PEFT folder (adapter_config.json + adapter_model.safetensors)",
-        source: src(LLAMACPP, "convert_lora_to_gguf.py", "56bf500", "__main__ (lora_config = dir_lora / \"adapter_config.json\")"),
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:354 (lora_config = dir_lora / \"adapter_config.json\")"),
     },
     Rule {
         id: "llama.cpp.dora",
@@ -159,7 +142,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::Dora,
         severity: Severity::Error,
         why: "lora_magnitude_vector is \"Not a lora_A or lora_B tensor\": the converter exits 1",
-        source: LLAMACPP_CONVERT,
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1))"),
     },
     Rule {
         id: "llama.cpp.lora_bias",
@@ -167,7 +150,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::LoraBias,
         severity: Severity::Error,
         why: "lora_B.bias is \"Not a lora_A or lora_B tensor\": the converter exits 1",
-        source: LLAMACPP_CONVERT,
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1))"),
     },
     Rule {
         id: "llama.cpp.modules_to_save",
@@ -175,7 +158,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ModulesToSave,
         severity: Severity::Error,
         why: "full tensors (modules_to_save, e.g. embed_tokens/lm_head from added tokens) are refused: \"Unexpected name\", exit 1 (llama.cpp #9948)",
-        source: LLAMACPP_CONVERT,
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:479-483 LoraModel.get_tensors (\"Unexpected name\", PR #9948 hint, sys.exit(1))"),
     },
     Rule {
         id: "llama.cpp.trainable_tokens",
@@ -183,7 +166,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::TrainableTokens,
         severity: Severity::Error,
         why: "trainable-token rows are \"Not a lora_A or lora_B tensor\": the converter exits 1 (only lora_A/B, lora_embedding_A/B, saved base layers and norms are accepted)",
-        source: LLAMACPP_CONVERT,
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1))"),
     },
     Rule {
         id: "llama.cpp.tied_lm_head",
@@ -191,7 +174,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::TiedLmHead,
         severity: Severity::Error,
         why: "\"lm_head is present in adapter, but is ignored in base model\" (tied embeddings, llama.cpp #9065)",
-        source: src(LLAMACPP, "convert_lora_to_gguf.py", "56bf500", "LoraModel.modify_tensors"),
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:501-508 LoraModel.modify_tensors"),
     },
     Rule {
         id: "llama.cpp.not_found",
@@ -199,7 +182,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::NameNotFound,
         severity: Severity::Error,
         why: "a tensor name the base architecture does not have cannot be mapped to a GGUF tensor",
-        source: src(LLAMACPP, "convert_lora_to_gguf.py", "56bf500", "LoraModel.modify_tensors → ModelBase.modify_tensors / map_tensor_name"),
+        source: src(LLAMACPP, "conversion/base.py", L, "conversion/base.py:627-630 map_tensor_name (\"Can not map tensor\"), via convert_lora_to_gguf.py:502 modify_tensors"),
     },
     Rule {
         id: "llama.cpp.shape",
@@ -207,7 +190,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ShapeMismatch,
         severity: Severity::Error,
         why: "the runtime refuses factors that do not fit the model tensor: \"tensor … has incorrect shape (hint: maybe wrong base model?)\"",
-        source: src(LLAMACPP, "src/llama-adapter.cpp", "master (2026)", "llama_adapter_lora_init_impl (validate tensor shape)"),
+        source: src(LLAMACPP, "src/llama-adapter.cpp", L, "llama-adapter.cpp:364-367 llama_adapter_lora_init_impl (validate tensor shape)"),
     },
     Rule {
         id: "llama.cpp.vocab",
@@ -215,7 +198,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::VocabMismatch,
         severity: Severity::Error,
         why: "an embedding LoRA is checked against token_embd's vocabulary: \"tensor … has incorrect shape (hint: maybe wrong base model?)\"",
-        source: src(LLAMACPP, "src/llama-adapter.cpp", "master (2026)", "llama_adapter_lora_init_impl (is_token_embd shape check)"),
+        source: src(LLAMACPP, "src/llama-adapter.cpp", L, "llama-adapter.cpp:326,359-362 llama_adapter_lora_init_impl (is_token_embd shape check)"),
     },
     Rule {
         id: "llama.cpp.scale",
@@ -223,7 +206,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ScaleDiffers(ScaleRule::GlobalAlphaModuleRank),
         severity: Severity::Silent,
         why: "the GGUF holds one adapter.lora.alpha (the top-level lora_alpha) and the runtime scales by alpha/rank of each tensor: alpha_pattern and use_rslora are lost",
-        source: src(LLAMACPP, "src/llama-adapter.h", "master (2026)", "llama_adapter_lora_weight::get_scale; convert_lora_to_gguf.py set_gguf_parameters"),
+        source: src(LLAMACPP, "src/llama-adapter.h", L, "llama-adapter.h:53-55 llama_adapter_lora_weight::get_scale (alpha / rank); llama-adapter.cpp:221 (one adapter.lora.alpha); convert_lora_to_gguf.py:426 set_gguf_parameters"),
     },
     Rule {
         id: "llama.cpp.dtype",
@@ -231,7 +214,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::AdapterDtype(&["F64"]),
         severity: Severity::Warning,
         why: "the converter reads F64/F32/BF16/F16/F8 tensors but writes the GGUF adapter as --outtype f32 (the default), f16, bf16 or q8_0: f64 factors are rounded to f32 at best",
-        source: src(LLAMACPP, "convert_lora_to_gguf.py", "master (2026)", "parse_args (--outtype choices) / LazyTorchTensor._dtype_str_map"),
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:287 parse_args (--outtype f32/f16/bf16/q8_0/auto)"),
     },
     // ---------------------------------------------------------------- diffusers
     Rule {
@@ -363,6 +346,14 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Silent,
         why: "no module of the base has this name: its weights are unexpected keys, left out with a warning",
         source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict (unexpected_keys)"),
+    },
+    Rule {
+        id: "peft.key_prefix",
+        target: Target::Peft,
+        when: When::KeyPrefixMissing,
+        severity: Severity::Silent,
+        why: "keys without the `base_model.model.` root name no parameter of the PeftModel: load_state_dict(strict=False) leaves them out and the LoRA layers keep their zero init (\"Found missing adapter keys\")",
+        source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "save_and_load.py:649 set_peft_model_state_dict (model.load_state_dict(…, strict=False)); peft_model.py:633 (missing-keys warning); checked on fixtures/check/no_peft_prefix by check_fixtures.py"),
     },
     Rule {
         id: "peft.not_applied",

@@ -1,9 +1,9 @@
 //! The rules of the two GPU serving stacks, vLLM and SGLang, as data (split out of `rules.rs`
 //! to keep files under 800 lines; the vocabulary is in `when.rs`, the evaluation in `facts.rs`).
 //!
-//! Versions. vLLM: the `vllm` 0.34.0 wheel on PyPI (`vllm/_version.py`: commit 62d4bc3c7),
-//! every file below read there. SGLang: the `sglang` 0.5.23 wheel on PyPI (its `_version.py`
-//! records no commit). The stored GitHub copies of both repositories are over the 500 MiB that
+//! Versions. vLLM: the `vllm` 0.34.0 release on PyPI (the sdist; `vllm/_version.py`: commit
+//! g62d4bc3c7), every file and line below read there. SGLang: the `sglang` 0.5.23 wheel on
+//! PyPI (its `_version.py` records no commit), every line read there. The stored GitHub copies of both repositories are over the 500 MiB that
 //! `fetch` brings (1.2 GB and 1.1 GB), and the file versions the index returns by path are old
 //! ones (SGLang `lora_config.py` @8487760 predates DoRA and added-token checks; vLLM
 //! `peft_helper.py` @0214369 predates `validate_legal`), so the released packages are the
@@ -17,53 +17,15 @@
 //! adapters given at start (`init_lora_shapes`), and only an adapter loaded later with a larger
 //! `r` is refused (`LoRAMemoryPool.can_support`), a server setting no file can show.
 
-use super::{src, Rule, ScaleRule, Severity, Source, Supported, When, LLAMA_LINEAR};
+use super::{src, Rule, ScaleRule, Severity, Supported, When, LLAMA_LINEAR};
 use crate::ops::check::Target;
 
 const VLLM: &str = "vllm-project/vllm";
 const SGLANG: &str = "sgl-project/sglang";
 /// vLLM 0.34.0 (PyPI; `_version.py` commit_id g62d4bc3c7).
 const V: &str = "0.34.0 (62d4bc3c7)";
-/// SGLang 0.5.23 (PyPI).
+/// SGLang 0.5.23 (the PyPI wheel; its `_version.py` has `commit_id = None`).
 const S: &str = "0.5.23";
-
-const VLLM_HELPER: Source = src(
-    VLLM,
-    "vllm/lora/peft_helper.py",
-    V,
-    "PEFTHelper._validate_features / validate_legal",
-);
-const VLLM_UTILS: Source = src(VLLM, "vllm/lora/utils.py", V, "parse_fine_tuned_lora_name");
-const VLLM_MODEL: Source = src(
-    VLLM,
-    "vllm/lora/lora_model.py",
-    V,
-    "LoRAModel.from_lora_tensors",
-);
-const VLLM_MANAGER: Source = src(
-    VLLM,
-    "vllm/lora/model_manager.py",
-    V,
-    "activate_adapter (a module without LoRA weights is reset)",
-);
-const SGLANG_LORA: Source = src(
-    SGLANG,
-    "python/sglang/srt/lora/lora.py",
-    S,
-    "LoRAAdapter.normalize_qkv_proj",
-);
-const SGLANG_MANAGER: Source = src(
-    SGLANG,
-    "python/sglang/srt/lora/lora_manager.py",
-    S,
-    "LoRAManager.validate_new_adapter",
-);
-const SGLANG_POOL_LOAD: Source = src(
-    SGLANG,
-    "python/sglang/srt/lora/mem_pool.py",
-    S,
-    "LoRAMemoryPool.load_lora_weight_to_buffer (get_target_module_name raises for a weight under no target module; load_lora_weight_tensor asserts buffer shape == weight shape)",
-);
 
 /// SGLang's Llama-family LoRA modules: the names `get_normalized_target_modules` maps onto
 /// (`q/k/v_proj` → `qkv_proj`, `gate/up_proj` → `gate_up_proj`) and those
@@ -96,7 +58,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::NotPeft,
         severity: Severity::Error,
         why: "vLLM loads a PEFT folder (adapter_config.json + adapter_model.safetensors); a kohya/LyCORIS file is not read (convert it to a PEFT folder with lorakit's convert operation and the base model)",
-        source: src(VLLM, "vllm/lora/lora_model.py", V, "LoRAModel.from_local_checkpoint (\"doesn't contain tensors\")"),
+        source: src(VLLM, "vllm/lora/lora_model.py", V, "lora_model.py:323 LoRAModel.from_local_checkpoint (\"doesn't contain tensors\")"),
     },
     Rule {
         id: "vllm.dora",
@@ -104,7 +66,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::Dora,
         severity: Severity::Error,
         why: "vLLM does not support DoRA (\"vLLM does not yet support DoRA.\")",
-        source: VLLM_HELPER,
+        source: src(VLLM, "vllm/lora/peft_helper.py", V, "peft_helper.py:68 PEFTHelper._validate_features, raised by validate_legal:208-209"),
     },
     Rule {
         id: "vllm.modules_to_save",
@@ -112,7 +74,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ModulesToSaveBeyondHead,
         severity: Severity::Error,
         why: "vLLM refuses modules_to_save other than a classification head (\"vLLM only supports modules_to_save being either None or [\\\"classifier\\\", \\\"score\\\"]\"), and a full tensor is not a LoRA weight",
-        source: VLLM_HELPER,
+        source: src(VLLM, "vllm/lora/peft_helper.py", V, "peft_helper.py:57-66 PEFTHelper._validate_features (modules_to_save other than classifier/score)"),
     },
     Rule {
         id: "vllm.lora_bias",
@@ -120,7 +82,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::LoraBias,
         severity: Severity::Error,
         why: "\"vLLM does not support LoRA bias (lora_bias).\", and a `lora_B.bias` tensor is \"unsupported LoRA weight\": only lora_A/lora_B.weight and lora_embedding_A/B are parsed",
-        source: VLLM_UTILS,
+        source: src(VLLM, "vllm/lora/utils.py", V, "utils.py:236 parse_fine_tuned_lora_name (\"is unsupported LoRA weight\"); peft_helper.py:69-70"),
     },
     Rule {
         id: "vllm.trainable_tokens",
@@ -128,7 +90,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::TrainableTokens,
         severity: Severity::Error,
         why: "`…token_adapter.trainable_tokens_delta` is \"unsupported LoRA weight\": only lora_A/lora_B.weight and lora_embedding_A/B are parsed (trainable_token_indices is not a PEFTHelper field); a LoRA on the embedding or lm_head loads instead",
-        source: VLLM_UTILS,
+        source: src(VLLM, "vllm/lora/utils.py", V, "utils.py:236 parse_fine_tuned_lora_name (\"is unsupported LoRA weight\")"),
     },
     Rule {
         id: "vllm.init_weights",
@@ -136,7 +98,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::InitWeightsNot(VLLM_INITS),
         severity: Severity::Error,
         why: "\"vLLM does not support init_lora_weights=…\": PiSSA, OLoRA, CorDA and LoftQ change the base weights when PEFT loads the adapter (convert with PEFT's path_initial_model_for_weight_conversion)",
-        source: src(VLLM, "vllm/lora/peft_helper.py", V, "PEFTHelper._validate_features / _init_is_supported"),
+        source: src(VLLM, "vllm/lora/peft_helper.py", V, "peft_helper.py:71-73 PEFTHelper._validate_features; :90 _init_is_supported"),
     },
     Rule {
         id: "vllm.peft_features",
@@ -144,7 +106,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ConfigSet(&["alora_invocation_tokens", "layer_replication", "use_bdlora", "use_qalora"]),
         severity: Severity::Error,
         why: "PEFT features vLLM refuses: Activated LoRA, layer_replication, block-diagonal LoRA, QALoRA (\"vLLM does not support …\")",
-        source: VLLM_HELPER,
+        source: src(VLLM, "vllm/lora/peft_helper.py", V, "peft_helper.py:80-87 PEFTHelper._validate_features"),
     },
     Rule {
         id: "vllm.max_rank",
@@ -152,7 +114,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::RankAbove(512),
         severity: Severity::Error,
         why: "rank above 512, the largest --max-lora-rank vLLM accepts (MaxLoRARanks = 1, 8, 16, 32, 64, 128, 256, 320, 512); validate_legal compares max(r, rank_pattern values) with it",
-        source: src(VLLM, "vllm/config/lora.py", V, "MaxLoRARanks; peft_helper.py validate_legal"),
+        source: src(VLLM, "vllm/config/lora.py", V, "config/lora.py:26 MaxLoRARanks; peft_helper.py:200-204 validate_legal"),
     },
     Rule {
         id: "vllm.unsupported_module",
@@ -160,7 +122,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ModuleNotSupported(Supported::BaseLinear(LLAMA_LINEAR)),
         severity: Severity::Error,
         why: "a module that is not a linear or embedding layer of the model: \"expected target modules in … but received …\"",
-        source: src(VLLM, "vllm/lora/lora_model.py", V, "check_unexpected_modules (utils.get_supported_lora_modules: every LinearBase + embedding_modules)"),
+        source: src(VLLM, "vllm/lora/lora_model.py", V, "lora_model.py:250-278 check_unexpected_modules; utils.py:252-259 get_supported_lora_modules (every LinearBase + embedding_modules)"),
     },
     Rule {
         id: "vllm.shape",
@@ -168,7 +130,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ShapeMismatch,
         severity: Severity::Error,
         why: "factor shapes do not fit the base layer (set_lora copies into buffers of the base's size)",
-        source: src(VLLM, "vllm/lora/model_manager.py", V, "activate_adapter → module.set_lora"),
+        source: src(VLLM, "vllm/lora/model_manager.py", V, "model_manager.py:396 activate_adapter → module.set_lora"),
     },
     Rule {
         id: "vllm.vocab",
@@ -176,7 +138,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::VocabMismatch,
         severity: Severity::Error,
         why: "\"The embedding LoRA size(…) must be consistent with the base model's vocabulary size(…)\"",
-        source: VLLM_MODEL,
+        source: src(VLLM, "vllm/lora/lora_model.py", V, "lora_model.py:160-167 LoRAModel.from_lora_tensors"),
     },
     Rule {
         id: "vllm.not_applied",
@@ -184,7 +146,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::NameNotExact,
         severity: Severity::Silent,
         why: "LoRA is set only on modules named exactly as the model's; these names (another root prefix) load and are never applied",
-        source: VLLM_MANAGER,
+        source: src(VLLM, "vllm/lora/model_manager.py", V, "model_manager.py:378-393 activate_adapter (a model module without LoRA weights is reset; weights under other names are never looked up)"),
     },
     Rule {
         id: "vllm.not_found",
@@ -192,7 +154,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::NameNotFound,
         severity: Severity::Silent,
         why: "no module of the base has this name: the weights load and are never applied",
-        source: VLLM_MANAGER,
+        source: src(VLLM, "vllm/lora/model_manager.py", V, "model_manager.py:378-393 activate_adapter (a model module without LoRA weights is reset; weights under other names are never looked up)"),
     },
     Rule {
         id: "vllm.rank_flag",
@@ -200,7 +162,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::RankAbove(16),
         severity: Severity::Warning,
         why: "rank above the default --max-lora-rank 16: start vLLM with --max-lora-rank at least this rank (one of 32, 64, 128, 256, 320, 512)",
-        source: src(VLLM, "vllm/config/lora.py", V, "LoRAConfig.max_lora_rank = 16; peft_helper.py validate_legal"),
+        source: src(VLLM, "vllm/config/lora.py", V, "config/lora.py:33 max_lora_rank = 16; peft_helper.py:200-204 validate_legal"),
     },
     Rule {
         id: "vllm.dtype",
@@ -208,7 +170,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::DtypeDiffersFromBase,
         severity: Severity::Warning,
         why: "factors are cast to lora_dtype, which \"auto\" (the default) sets to the model's dtype: the adapter is applied in the base's precision, not its own",
-        source: src(VLLM, "vllm/config/lora.py", V, "LoRAConfig.verify_with_model_config; lora_model.py from_lora_tensors (tensor.to(dtype))"),
+        source: src(VLLM, "vllm/config/lora.py", V, "config/lora.py:150-151 verify_with_model_config (lora_dtype auto = the model's); lora_model.py:169,173 tensor.to(dtype)"),
     },
     // ---------------------------------------------------------------- SGLang
     Rule {
@@ -217,7 +179,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::NotPeft,
         severity: Severity::Error,
         why: "SGLang reads adapter_config.json and the adapter's safetensors (a PEFT folder)",
-        source: src(SGLANG, "python/sglang/srt/lora/lora_config.py", S, "LoRAConfig.get_lora_config"),
+        source: src(SGLANG, "python/sglang/srt/lora/lora_config.py", S, "lora_config.py:75-83 LoRAConfig.get_lora_config"),
     },
     Rule {
         id: "sglang.dora",
@@ -225,7 +187,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::Dora,
         severity: Severity::Error,
         why: "\"LoRA serving currently doesn't support DoRA adapters\"",
-        source: SGLANG_MANAGER,
+        source: src(SGLANG, "python/sglang/srt/lora/lora_manager.py", S, "lora_manager.py:351 LoRAManager.validate_new_adapter"),
     },
     Rule {
         id: "sglang.added_tokens",
@@ -233,7 +195,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::AddedTokens,
         severity: Severity::Error,
         why: "\"LoRA serving currently doesn't support adapters that add tokens to the vocabulary\" (added_tokens.json ids ≥ the base vocabulary)",
-        source: src(SGLANG, "python/sglang/srt/lora/lora_manager.py", S, "LoRAManager.validate_new_adapter / lora_config.py lora_added_tokens_size"),
+        source: src(SGLANG, "python/sglang/srt/lora/lora_manager.py", S, "lora_manager.py:346 LoRAManager.validate_new_adapter; lora_config.py:58 lora_added_tokens_size"),
     },
     Rule {
         id: "sglang.target_modules_string",
@@ -241,7 +203,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::TargetModulesString(&["all", "all-linear"]),
         severity: Severity::Error,
         why: "target_modules as one string (a PEFT regex) is refused: \"Only 'all' or 'all-linear' can be used as the string for target module\" / \"SGLang does not recognize target_modules=…\"",
-        source: src(SGLANG, "python/sglang/srt/lora/utils.py", S, "get_normalized_target_modules; lora_manager.py LoRAManager.init_lora_shapes"),
+        source: src(SGLANG, "python/sglang/srt/lora/utils.py", S, "utils.py:294 get_normalized_target_modules; lora_manager.py:846 LoRAManager.init_lora_shapes"),
     },
     Rule {
         id: "sglang.unsupported_module",
@@ -249,7 +211,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ModuleNotSupported(Supported::Fixed(SGLANG_LLAMA)),
         severity: Severity::Error,
         why: "the memory pool sizes only q/k/v/o, gate/up/down, embed_tokens and lm_head for Llama-family models: \"get_hidden_dim not implemented for …\" (or, loaded at run time, \"incompatible with the current LoRA memory pool configuration\")",
-        source: src(SGLANG, "python/sglang/srt/lora/utils.py", S, "get_default_hidden_dim; mem_pool.py LoRAMemoryPool.can_support"),
+        source: src(SGLANG, "python/sglang/srt/lora/utils.py", S, "utils.py:172-274 get_default_hidden_dim (NotImplementedError at :274); mem_pool.py:238 LoRAMemoryPool.can_support"),
     },
     Rule {
         id: "sglang.rank_pattern",
@@ -257,7 +219,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::RankDiffersFromConfig,
         severity: Severity::Error,
         why: "every module is copied into a buffer slice of the config's r rows (`buffer[:, :r * stacked]`): a module of another rank (rank_pattern) fails \"LoRA buffer shape … does not match weight shape …\" (rank_pattern is not read)",
-        source: SGLANG_POOL_LOAD,
+        source: src(SGLANG, "python/sglang/srt/lora/mem_pool.py", S, "mem_pool.py:1265 load_lora_weight_to_buffer (buffer[buffer_id, :lora_rank * c, :], lora_rank = config r) and :909 (assert buffer shape == weight shape)"),
     },
     Rule {
         id: "sglang.shape",
@@ -265,7 +227,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ShapeMismatch,
         severity: Severity::Error,
         why: "factors are copied into buffers sized from the base model: \"LoRA buffer shape … does not match weight shape …\"",
-        source: SGLANG_POOL_LOAD,
+        source: src(SGLANG, "python/sglang/srt/lora/mem_pool.py", S, "mem_pool.py:909 load_lora_weight_tensor (assert buffer shape == weight shape)"),
     },
     Rule {
         id: "sglang.vocab",
@@ -273,7 +235,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::VocabMismatch,
         severity: Severity::Error,
         why: "embedding LoRA A is copied into a buffer of the base vocabulary (plus added tokens): \"LoRA buffer shape … does not match weight shape …\"",
-        source: src(SGLANG, "python/sglang/srt/lora/mem_pool.py", S, "LoRAMemoryPool.load_lora_weight_to_buffer (embedding_A_buffer[:, :r, :org_vocab_size + lora_added_tokens_size])"),
+        source: src(SGLANG, "python/sglang/srt/lora/mem_pool.py", S, "mem_pool.py:1387-1417 load_lora_weight_to_buffer (embedding_A_buffer[…, :org_vocab_size + lora_added_tokens_size])"),
     },
     Rule {
         id: "sglang.q_without_v",
@@ -281,7 +243,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::SiblingMissing { has: &["q_proj"], lacks: "v_proj" },
         severity: Severity::Error,
         why: "q/k/v LoRAs are stacked into qkv_proj and a missing k is zero-filled from v's shape: a block with q_proj but no v_proj raises KeyError",
-        source: SGLANG_LORA,
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "lora.py:264-300 LoRAAdapter.normalize_qkv_proj (:282 stacks from q_proj, reads weights[v_name] unconditionally)"),
     },
     Rule {
         id: "sglang.kv_without_q",
@@ -289,7 +251,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::SiblingMissing { has: &["k_proj", "v_proj"], lacks: "q_proj" },
         severity: Severity::Error,
         why: "stacking into qkv_proj starts from q_proj (\"every lora adaptor should contain lora modules for q_proj\"): k/v LoRAs of a block without q_proj keep their names, match no target module (qkv_proj) and load_lora_weight_to_buffer raises \"Cannot find target module name for …\"",
-        source: SGLANG_POOL_LOAD,
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "lora.py:282 normalize_qkv_proj (stacks from q_proj only); utils.py:298-300 (k/v_proj → qkv_proj); mem_pool.py:983 get_target_module_name raises (utils.py:368)"),
     },
     Rule {
         id: "sglang.up_without_gate",
@@ -297,7 +259,15 @@ pub(super) const RULES: &[Rule] = &[
         when: When::SiblingMissing { has: &["up_proj"], lacks: "gate_proj" },
         severity: Severity::Error,
         why: "stacking into gate_up_proj starts from gate_proj (\"Orphan up_proj weights … are kept as-is\"): the up_proj LoRA matches no target module (gate_up_proj) and load_lora_weight_to_buffer raises \"Cannot find target module name for …\"",
-        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "LoRAAdapter.normalize_gate_up_proj; mem_pool.py load_lora_weight_to_buffer → utils.get_target_module_name"),
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "lora.py:462-499 LoRAAdapter.normalize_gate_up_proj (orphan up_proj kept); utils.py:302-303 (up_proj → gate_up_proj); mem_pool.py:983 get_target_module_name raises (utils.py:368)"),
+    },
+    Rule {
+        id: "sglang.layer_past_base",
+        target: Target::Sglang,
+        when: When::LayerPastBase,
+        severity: Severity::Error,
+        why: "weights are filed into one slot per decoder layer by the `layers.N.` index of their name, and the adapter holds num_hidden_layers slots: an index past the base raises IndexError",
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "lora.py:83-87 (self.layers: one LoRALayer per base_hf_config.num_hidden_layers), lora.py:176-178 (_process_weight: self.layers[get_layer_id(name)]); layers/utils/common.py:14 (get_layer_id)"),
     },
     Rule {
         id: "sglang.scale",
@@ -305,7 +275,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ScaleDiffers(ScaleRule::GlobalAlphaGlobalRank { rslora: false }),
         severity: Severity::Silent,
         why: "SGLang scales every module by lora_alpha/r from the top-level fields (no use_rslora or alpha_pattern: LoRAConfig reads r, lora_alpha, target_modules, use_dora)",
-        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "LoRAAdapter.__init__ (self.scaling = lora_alpha / r); lora_config.py LoRAConfig.__init__"),
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "lora.py:71 self.scaling = lora_alpha / r; lora_config.py:42-45 (r, lora_alpha, target_modules, use_dora read)"),
     },
     Rule {
         id: "sglang.lora_bias",
@@ -313,7 +283,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::LoraBias,
         severity: Severity::Silent,
         why: "every tensor of a layer whose name lacks \"lora_A\" is loaded into the lora_B slot of its module, so `lora_B.bias` (read first: keys are sorted) is overwritten by `lora_B.weight` and never applied",
-        source: src(SGLANG, "python/sglang/srt/lora/mem_pool.py", S, "LoRAMemoryPool.load_lora_weight_to_buffer (elif \"lora_A\" in name … else temp_B_buffer)"),
+        source: src(SGLANG, "python/sglang/srt/lora/mem_pool.py", S, "mem_pool.py:1050-1054 load_lora_weight_to_buffer (\"lora_A\" in name … else temp_B_buffer)"),
     },
     Rule {
         id: "sglang.modules_to_save",
@@ -321,7 +291,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::ModulesToSave,
         severity: Severity::Silent,
         why: "full embed_tokens/lm_head tensors are kept only when the module is in target_modules (then as LoRA weights), else skipped with a debug log (\"Skipping … not in adapter's target_modules\"); modules_to_save is not read",
-        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "LoRAAdapter._process_weight"),
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "lora.py:164-193 LoRAAdapter._process_weight (\"Skipping …\" at :192)"),
     },
     Rule {
         id: "sglang.trainable_tokens",
@@ -329,7 +299,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::TrainableTokens,
         severity: Severity::Silent,
         why: "trainable-token rows are handled like full embed_tokens/lm_head tensors: skipped unless the module is a LoRA target (trainable_token_indices is not read)",
-        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "LoRAAdapter._process_weight"),
+        source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "lora.py:164-193 LoRAAdapter._process_weight (\"Skipping …\" at :192)"),
     },
     Rule {
         id: "sglang.dtype",
@@ -337,6 +307,6 @@ pub(super) const RULES: &[Rule] = &[
         when: When::DtypeDiffersFromBase,
         severity: Severity::Warning,
         why: "the LoRA buffers are allocated in the server's dtype (the model's) and copy_weight_into_buffer casts the factors into them: the adapter is applied in the base's precision, not its own",
-        source: src(SGLANG, "python/sglang/srt/lora/utils.py", S, "copy_weight_into_buffer (weight.to(dtype=buffer_view.dtype)); mem_pool.py LoRAMemoryPool(dtype=LoRAManager.dtype)"),
+        source: src(SGLANG, "python/sglang/srt/lora/utils.py", S, "utils.py:126-143 copy_weight_into_buffer (weight.to(dtype=buffer_view.dtype))"),
     },
 ];

@@ -1,0 +1,259 @@
+//! No silent rule: every rule id in lorakit's tables (`lorakit::ops::check::rules::RULES`) fires
+//! on some case of the fixture matrix, and the rules an audit found unfired each have a case that
+//! fires them and one that does not, with the loader's outcome on both.
+//!
+//! Where the loader runs here its outcome is the recorded one (`fixtures/check/MANIFEST.json`,
+//! written by fixtures/gen/check_fixtures.py running PEFT and diffusers on the same files);
+//! elsewhere the line of the loader's source that decides it is cited at the case: vLLM 0.34.0
+//! (sdist, `_version.py` commit g62d4bc3c7), SGLang 0.5.23 (wheel), LoRAX `predibase/lorax`
+//! a7394ba, llama.cpp as vendored by the llama-cpp-python 0.3.36 sdist.
+
+use super::{check_json, fired, fixture, manifest, outcome, s, target};
+use std::collections::BTreeSet;
+
+/// One rule: on `fires` (adapter, base) the target's outcome is `verdict` and the rule fires; on
+/// `quiet` the outcome is `quiet_verdict` and the rule does not fire.
+struct Case {
+    rule: &'static str,
+    fires: (&'static str, Option<&'static str>),
+    verdict: &'static str,
+    quiet: (&'static str, Option<&'static str>),
+    quiet_verdict: &'static str,
+}
+
+const BASE: Option<&str> = Some("llama/base");
+
+const CASES: &[Case] = &[
+    // vllm/lora/model_manager.py:378-393 (activate_adapter): LoRA is looked up for each module of
+    // the model by its name; weights for `layers.5` of a 2-layer model are loaded and never set.
+    // PEFT, run on the same file, leaves them out too (MANIFEST: silent).
+    Case {
+        rule: "vllm.not_found",
+        fires: ("check/layer_past_base", BASE),
+        verdict: "silent",
+        quiet: ("check/rank7", BASE),
+        quiet_verdict: "loads",
+    },
+    // vllm/lora/peft_helper.py:200-209 (validate_legal): max(r, rank_pattern) > max_lora_rank
+    // raises; vllm/config/lora.py:26 MaxLoRARanks ends at 512. Rank 32 needs only the flag.
+    Case {
+        rule: "vllm.max_rank",
+        fires: ("check/rank513", None),
+        verdict: "fails",
+        quiet: ("check/rank32", None),
+        quiet_verdict: "loads",
+    },
+    // lorax adapters/lora.py:45-48 (map_weights_for_model): only
+    // `base_model.model.{name}.lora_A.weight` is looked up, `continue` otherwise. PEFT leaves
+    // these keys out as well (MANIFEST: silent).
+    Case {
+        rule: "lorax.key_prefix",
+        fires: ("check/no_peft_prefix", None),
+        verdict: "silent",
+        quiet: ("check/rank7", None),
+        quiet_verdict: "loads",
+    },
+    // lorax models/flash_llama.py:55-79 (adapter_target_to_layer): names only the model's own
+    // layers; lora.py:45-48 looks up nothing else.
+    Case {
+        rule: "lorax.not_found",
+        fires: ("check/layer_past_base", BASE),
+        verdict: "silent",
+        quiet: ("check/rank7", BASE),
+        quiet_verdict: "loads",
+    },
+    // lorax models/flash_llama.py:26 ADAPTER_LAYERS: q/k/v/o, gate/up/down, lm_head (no w_proj).
+    Case {
+        rule: "lorax.unsupported_module",
+        fires: ("check/unknown_module", None),
+        verdict: "silent",
+        quiet: ("check/rank7", None),
+        quiet_verdict: "loads",
+    },
+    // lorax adapters/lora.py:45-48: lora_A.weight and lora_B.weight only (no lora_B.bias).
+    Case {
+        rule: "lorax.lora_bias",
+        fires: ("llama/adapters/bias", None),
+        verdict: "silent",
+        quiet: ("llama/adapters/qv_r8", None),
+        quiet_verdict: "loads",
+    },
+    // same lines: a full tensor (modules_to_save) is no lora_A/lora_B pair.
+    Case {
+        rule: "lorax.modules_to_save",
+        fires: ("llama/adapters/modules_to_save", None),
+        verdict: "silent",
+        quiet: ("llama/adapters/qv_r8", None),
+        quiet_verdict: "loads",
+    },
+    // ComfyUI comfy/lora.py @41444b5 load_lora: a key no entry of the model's key map
+    // (model_lora_keys_clip: the text model's layers 0-1) names prints "lora key not loaded".
+    Case {
+        rule: "comfy.not_found",
+        fires: ("check/te_extra_layer.safetensors", Some("kohya/te_base")),
+        verdict: "silent",
+        quiet: ("kohya/te_lora.safetensors", Some("kohya/te_base")),
+        quiet_verdict: "loads",
+    },
+    // comfy/lora.py load_lora reads lora_A/lora_B pairs; lora_B.bias is left over (and the
+    // adapter is an LLM's: comfy.llm fires on both).
+    Case {
+        rule: "comfy.extra_keys",
+        fires: ("llama/adapters/bias", None),
+        verdict: "fails",
+        quiet: ("llama/adapters/qv_r8", None),
+        quiet_verdict: "fails",
+    },
+    // diffusers, run on the folder's safetensors (MANIFEST): every key stays under no pipeline
+    // component; a kohya text-encoder file converts and loads.
+    Case {
+        rule: "diffusers.peft_prefix",
+        fires: ("kohya/adapters/te_peft", None),
+        verdict: "silent",
+        quiet: ("kohya/te_lora.safetensors", None),
+        quiet_verdict: "loads",
+    },
+    // sglang lora/lora.py:282-300 (normalize_qkv_proj) stacks from q_proj only; utils.py:298-300
+    // maps k/v_proj targets to qkv_proj; mem_pool.py:983 get_target_module_name(k_proj, {qkv_proj})
+    // raises "Cannot find target module name" (utils.py:368).
+    Case {
+        rule: "sglang.kv_without_q",
+        fires: ("check/kv_only", None),
+        verdict: "fails",
+        quiet: ("llama/adapters/weighted_cat", None),
+        quiet_verdict: "loads",
+    },
+    // sglang lora/lora.py:462-499 (normalize_gate_up_proj) stacks from gate_proj, orphan up_proj
+    // kept; utils.py:302-303 maps up_proj to gate_up_proj; mem_pool.py:983 raises as above.
+    Case {
+        rule: "sglang.up_without_gate",
+        fires: ("check/up_down", None),
+        verdict: "fails",
+        quiet: ("check/gate_up_down", None),
+        quiet_verdict: "loads",
+    },
+    // sglang lora/lora.py:83-87 one slot per num_hidden_layers, lora.py:176-178
+    // self.layers[get_layer_id(name)]: layer 5 of a 2-layer base is an IndexError.
+    Case {
+        rule: "sglang.layer_past_base",
+        fires: ("check/layer_past_base", BASE),
+        verdict: "fails",
+        quiet: ("check/rank7", BASE),
+        quiet_verdict: "loads",
+    },
+    // llama.cpp convert_lora_to_gguf.py:470-483 (get_tensors): lora_magnitude_vector is
+    // "Not a lora_A or lora_B tensor", sys.exit(1).
+    Case {
+        rule: "llama.cpp.dora",
+        fires: ("llama/adapters/dora", None),
+        verdict: "fails",
+        quiet: ("llama/adapters/qv_r8", None),
+        quiet_verdict: "loads",
+    },
+    // llama.cpp conversion/base.py:627-630 (map_tensor_name): `model.layers.5.…` of a 2-block
+    // base maps to no GGUF tensor: "Can not map tensor", the converter stops.
+    Case {
+        rule: "llama.cpp.not_found",
+        fires: ("check/layer_past_base", BASE),
+        verdict: "fails",
+        quiet: ("check/rank7", BASE),
+        quiet_verdict: "loads",
+    },
+    // PEFT, run (MANIFEST: silent, "Found missing adapter keys").
+    Case {
+        rule: "peft.key_prefix",
+        fires: ("check/no_peft_prefix", BASE),
+        verdict: "silent",
+        quiet: ("check/rank7", BASE),
+        quiet_verdict: "loads",
+    },
+];
+
+fn run(rule: &str, (adapter, base): (&str, Option<&str>)) -> serde_json::Value {
+    let tgt = rule.rsplit_once('.').unwrap().0;
+    let a = fixture(adapter);
+    let b = base.map(fixture);
+    let mut args = vec![s(&a), "--target", tgt];
+    if let Some(b) = &b {
+        args.extend(["--base", s(b)]);
+    }
+    target(&check_json(&args).1, tgt).clone()
+}
+
+#[test]
+fn each_audited_rule_fires_on_one_case_and_not_on_another() {
+    for c in CASES {
+        let t = run(c.rule, c.fires);
+        assert_eq!(outcome(&t), c.verdict, "{}: {t}", c.rule);
+        assert!(fired(&t).iter().any(|r| r == c.rule), "{}: {t}", c.rule);
+        let t = run(c.rule, c.quiet);
+        assert_eq!(outcome(&t), c.quiet_verdict, "{} (quiet case): {t}", c.rule);
+        assert!(!fired(&t).iter().any(|r| r == c.rule), "{}: {t}", c.rule);
+    }
+}
+
+/// The outcomes the loaders that run here gave on the cases above agree with the table: a
+/// verdict written into it cannot drift from the recorded one.
+#[test]
+fn audited_cases_agree_with_the_recorded_loaders() {
+    let m = manifest();
+    let cases = m["cases"].as_object().unwrap();
+    let mut compared = 0;
+    for c in CASES {
+        let tgt = c.rule.rsplit_once('.').unwrap().0;
+        for ((adapter, _), verdict) in [(c.fires, c.verdict), (c.quiet, c.quiet_verdict)] {
+            if let Some(rec) = cases.get(adapter).and_then(|r| r.get(tgt)) {
+                assert_eq!(rec["verdict"], verdict, "{adapter} {tgt}: {rec}");
+                compared += 1;
+            }
+        }
+    }
+    // peft.key_prefix and diffusers.peft_prefix, both cases each.
+    assert!(compared >= 4, "only {compared} recorded outcomes compared");
+}
+
+/// Fixtures outside MANIFEST.json, with the base they are checked on: the dtype cases, whose
+/// loaders' verdicts fixtures/gen/check_dtype_load.py and check_diffusers_dtype.py record.
+const EXTRA: &[(&str, Option<&str>)] = &[
+    ("check/dtype_f64", BASE),
+    ("check/dtype_f8", BASE),
+    ("check/dtype_f64_unet.safetensors", None),
+];
+
+/// Every rule id of the tables fires on some case of the fixture matrix (each MANIFEST case
+/// with its base where one is recorded, and `EXTRA`; every target): a rule added without a
+/// fixture that fires it fails here.
+#[test]
+fn every_rule_in_the_tables_fires_on_the_fixture_matrix() {
+    let declared: BTreeSet<&str> = lorakit::ops::check::rules::RULES
+        .iter()
+        .flat_map(|t| t.iter())
+        .map(|r| r.id)
+        .collect();
+    let m = manifest();
+    let mut seen = BTreeSet::new();
+    let cases = m["cases"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(case, rec)| (case.as_str(), rec.get("base").and_then(|b| b.as_str())));
+    for (case, base) in cases.chain(EXTRA.iter().copied()) {
+        let a = fixture(case);
+        let b = base.map(fixture);
+        let all = "vllm,sglang,lorax,llama.cpp,diffusers,comfy,peft";
+        let mut args = vec![s(&a), "--target", all];
+        if let Some(b) = &b {
+            args.extend(["--base", s(b)]);
+        }
+        let (_, r) = check_json(&args);
+        for t in r["targets"].as_array().unwrap() {
+            seen.extend(fired(t));
+        }
+    }
+    let never: Vec<&&str> = declared.iter().filter(|id| !seen.contains(**id)).collect();
+    assert!(never.is_empty(), "rules no fixture fires: {never:?}");
+    assert!(
+        seen.iter().all(|id| declared.contains(id.as_str())),
+        "{seen:?}"
+    );
+}
