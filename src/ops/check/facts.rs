@@ -590,41 +590,8 @@ impl<'a> Facts<'a> {
     }
 }
 
-/// The key suffix of PEFT's trainable-token rows: `{module}.token_adapter.trainable_tokens_delta`
-/// holds the new values of the rows `trainable_token_indices` names, in that order (PEFT 0.21.2
-/// `tuners/trainable_tokens/layer.py`, `TrainableTokensLayer.update_layer`: `[len(indices),
-/// embed_dim]`; the key as `save_pretrained` writes it, checked on a PEFT-written folder).
-pub(crate) const TOKENS_SUFFIX: &str = ".token_adapter.trainable_tokens_delta";
-
-/// The module a trainable-token tensor belongs to.
-pub(crate) fn tokens_module(name: &str) -> Option<&str> {
-    name.strip_suffix(TOKENS_SUFFIX)
-}
-
-/// The token indices `trainable_token_indices` gives a module: a list targets the input
-/// embedding (`embed_tokens`); a dict maps a module name (PEFT matches it as a name suffix) to
-/// its list (PEFT 0.21.2 `tuners/lora/config.py` `LoraConfig.trainable_token_indices`).
-pub(crate) fn token_indices(cfg: Option<&serde_json::Value>, module: &str) -> Option<Vec<u64>> {
-    let v = cfg?.get("trainable_token_indices")?;
-    let list = |v: &serde_json::Value| -> Option<Vec<u64>> {
-        v.as_array()?.iter().map(|x| x.as_u64()).collect()
-    };
-    match v {
-        serde_json::Value::Array(_) if last_component(module) == "embed_tokens" => list(v),
-        serde_json::Value::Object(o) => o.iter().find_map(|(k, ids)| {
-            let hit = module == k
-                || module
-                    .strip_suffix(k.as_str())
-                    .is_some_and(|p| p.ends_with('.'));
-            if hit {
-                list(ids)
-            } else {
-                None
-            }
-        }),
-        _ => None,
-    }
-}
+// PEFT's trainable-token rows are read by the PEFT reader; its helpers name them here too.
+pub(crate) use crate::adapter::formats::peft::{token_indices, tokens_module, TOKENS_SUFFIX};
 
 /// Why PEFT cannot load a module's trainable-token rows onto the base, or `None` when it can:
 /// the module must have a 2-D base weight `[V, D]` (or be `lm_head` tied to `embed_tokens`),
