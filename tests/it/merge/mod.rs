@@ -60,9 +60,28 @@ fn base_with_config(
     from: &str,
     edit: impl Fn(&mut serde_json::Value),
 ) -> std::path::PathBuf {
+    folder_with_json(dir, from, "config.json", edit)
+}
+
+/// A copy of a fixture PEFT adapter whose adapter_config.json `edit` changes (a second call
+/// with the same `from` rewrites the same copy from the fixture again).
+fn adapter_with_config(
+    dir: &Path,
+    from: &str,
+    edit: impl Fn(&mut serde_json::Value),
+) -> std::path::PathBuf {
+    folder_with_json(dir, from, "adapter_config.json", edit)
+}
+
+fn folder_with_json(
+    dir: &Path,
+    from: &str,
+    file: &str,
+    edit: impl Fn(&mut serde_json::Value),
+) -> std::path::PathBuf {
     let to = dir.join(from.replace('/', "_"));
     copy_dir(&fixture(from), &to);
-    let p = to.join("config.json");
+    let p = to.join(file);
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     edit(&mut cfg);

@@ -224,15 +224,16 @@ fn peft_trainable_tokens_replace_rows() {
     let reference = read(&fixture("llama/merged/tokens.safetensors"));
     let want = reference["model.embed_tokens.weight"].clone();
     // The dict form names the module; it means the same rows.
-    let adapter = dir.path().join("dict");
-    copy_dir(&fixture("llama/adapters/tokens"), &adapter);
-    let cfg_path = adapter.join("adapter_config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    let ids = cfg["trainable_token_indices"].clone();
-    assert_eq!(ids, serde_json::json!([0, 5, 7, 2]));
-    cfg["trainable_token_indices"] = serde_json::json!({ "embed_tokens": ids });
-    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let with_ids = |ids: serde_json::Value| {
+        adapter_with_config(dir.path(), "llama/adapters/tokens", move |cfg| {
+            assert_eq!(
+                cfg["trainable_token_indices"],
+                serde_json::json!([0, 5, 7, 2])
+            );
+            cfg["trainable_token_indices"] = ids.clone();
+        })
+    };
+    let adapter = with_ids(serde_json::json!({ "embed_tokens": [0, 5, 7, 2] }));
     for a in [fixture("llama/adapters/tokens"), adapter.clone()] {
         let out = dir.path().join("out");
         let _ = std::fs::remove_dir_all(&out);
@@ -245,8 +246,7 @@ fn peft_trainable_tokens_replace_rows() {
         serde_json::json!([0, 5, 7]),
         serde_json::json!([0, 5, 5, 2]),
     ] {
-        cfg["trainable_token_indices"] = bad.clone();
-        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let adapter = with_ids(bad.clone());
         let out = dir.path().join("bad");
         let err = one_line_error(&run_err(merge_args(
             &fixture("llama/base"),
@@ -271,13 +271,9 @@ fn peft_block_diagonal_lora() {
         "llama/merged/bdlora.safetensors",
     );
     let dir = tempfile::tempdir().unwrap();
-    let adapter = dir.path().join("adapter");
-    copy_dir(&fixture("llama/adapters/bdlora"), &adapter);
-    let cfg_path = adapter.join("adapter_config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    cfg["use_bdlora"]["nblocks"] = serde_json::json!(3);
-    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let adapter = adapter_with_config(dir.path(), "llama/adapters/bdlora", |cfg| {
+        cfg["use_bdlora"]["nblocks"] = serde_json::json!(3);
+    });
     let out = dir.path().join("out");
     let err = one_line_error(&run_err(merge_args(
         &fixture("llama/base"),

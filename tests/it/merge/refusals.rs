@@ -305,18 +305,14 @@ fn tied_embeddings_are_detected_by_either_condition_alone() {
 #[test]
 fn a_config_that_does_not_select_the_files_modules_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let adapter = dir.path().join("adapter");
-    copy_dir(&fixture("llama/adapters/qv_r8"), &adapter);
-    let cfg_path = adapter.join("adapter_config.json");
-    let original = std::fs::read(&cfg_path).unwrap();
     for (field, value) in [
         ("target_modules", serde_json::json!(["q_proj"])),
         ("layers_to_transform", serde_json::json!([0])),
         ("exclude_modules", serde_json::json!(["v_proj"])),
     ] {
-        let mut cfg: serde_json::Value = serde_json::from_slice(&original).unwrap();
-        cfg[field] = value;
-        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let adapter = adapter_with_config(dir.path(), "llama/adapters/qv_r8", |cfg| {
+            cfg[field] = value.clone();
+        });
         let out = dir.path().join("out");
         let err = one_line_error(&run_err(merge_args(
             &fixture("llama/base"),
@@ -341,10 +337,9 @@ fn a_config_that_does_not_select_the_files_modules_is_refused() {
         );
     }
     // The config as PEFT saved it selects every module: the same folder merges.
-    std::fs::write(&cfg_path, &original).unwrap();
     run_ok(merge_args(
         &fixture("llama/base"),
-        &adapter,
+        &adapter_with_config(dir.path(), "llama/adapters/qv_r8", |_| {}),
         &dir.path().join("ok"),
         &[],
     ));
@@ -357,11 +352,6 @@ fn a_config_that_does_not_select_the_files_modules_is_refused() {
 #[test]
 fn adapters_peft_cannot_merge_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let adapter = dir.path().join("adapter");
-    copy_dir(&fixture("llama/adapters/qv_r8"), &adapter);
-    let cfg_path = adapter.join("adapter_config.json");
-    let original: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     let out = dir.path().join("out");
     for (field, value, ok) in [
         (
@@ -373,9 +363,9 @@ fn adapters_peft_cannot_merge_are_refused() {
         ("use_qalora", serde_json::json!(true), false),
         ("use_qalora", serde_json::json!(false), true),
     ] {
-        let mut cfg = original.clone();
-        cfg[field] = value;
-        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let adapter = adapter_with_config(dir.path(), "llama/adapters/qv_r8", |cfg| {
+            cfg[field] = value.clone();
+        });
         let _ = std::fs::remove_dir_all(&out);
         let args = merge_args(&fixture("llama/base"), &adapter, &out, &[]);
         if ok {
