@@ -73,6 +73,20 @@ fn adapter_with_config(
     folder_with_json(dir, from, "adapter_config.json", edit)
 }
 
+/// Merges `adapter` into the Llama fixture expecting a refusal: the one-line error, checked to
+/// leave nothing at the output path.
+fn refused_merge(dir: &Path, adapter: &Path) -> String {
+    let out = dir.join("refused");
+    let err = one_line_error(&run_err(merge_args(
+        &fixture("llama/base"),
+        adapter,
+        &out,
+        &[],
+    )));
+    assert!(!out.exists(), "nothing written: {err}");
+    err
+}
+
 fn folder_with_json(
     dir: &Path,
     from: &str,
