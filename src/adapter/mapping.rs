@@ -360,7 +360,10 @@ fn dotted_candidates<'a>(want: &str, names: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
-fn kohya_candidates<'a>(name: &str, index: &HashMap<String, Vec<&'a str>>) -> Vec<&'a str> {
+/// The base weights a kohya (underscored, prefixed) module name can stand for, from `index`:
+/// base weight names by their module path with `.` → `_`. Exact match first, then names that
+/// agree on an `_`-separated suffix.
+pub fn kohya_candidates<'a>(name: &str, index: &HashMap<String, Vec<&'a str>>) -> Vec<&'a str> {
     let rest = kohya::split_prefix(name).map(|(_, r)| r).unwrap_or(name);
     if let Some(v) = index.get(rest) {
         return v.clone();

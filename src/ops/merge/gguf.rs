@@ -26,6 +26,8 @@
 //! that is an input.
 
 use super::WeightedAdapter;
+use crate::adapter::mapping::kohya_candidates;
+use crate::adapter::Format;
 use crate::backend::{Engine, MergeJob, Term};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult, Opt};
@@ -36,6 +38,7 @@ use crate::io::writer::check_writes;
 use crate::io::Output;
 use anyhow::Result;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The type of each merged tensor.
@@ -210,6 +213,19 @@ impl GgufMergePlan {
         let n_head_kv = head_count(&base, &arch, "head_count_kv").or(n_head);
         let mut targets: Vec<Target> = Vec::new();
         let mut unmatched = Vec::new();
+        // Kohya files name modules with underscores (`lora_unet_model_layers_0_self_attn_q_proj`):
+        // they resolve against the Hugging Face names of the base's tensors as in a safetensors
+        // merge ([`mapping::kohya_candidates`]).
+        let hf_weights: Vec<String> = base
+            .tensors()
+            .filter_map(|(_, t)| names::hf_name(&t.name))
+            .filter(|n| n.ends_with(".weight"))
+            .collect();
+        let mut kohya_index: HashMap<String, Vec<&str>> = HashMap::new();
+        for n in &hf_weights {
+            let m = n.strip_suffix(".weight").unwrap_or(n);
+            kohya_index.entry(m.replace('.', "_")).or_default().push(n);
+        }
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
             if let Some(f) = a.full_tensors.first() {
@@ -235,7 +251,13 @@ impl GgufMergePlan {
                     )
                     .into());
                 }
-                let Some((g, rope)) = names::gguf_module(&m.name) else {
+                let hf = match kohya_candidates(&m.name, &kohya_index).as_slice() {
+                    [one] if a.format == Format::Kohya && !m.name.contains('.') => {
+                        one.strip_suffix(".weight").unwrap_or(one).to_owned()
+                    }
+                    _ => m.name.clone(),
+                };
+                let Some((g, rope)) = names::gguf_module(&hf) else {
                     unmatched.push(format!(
                         "`{}`: no GGUF tensor name for this module ({arch})",
                         m.name

@@ -410,3 +410,43 @@ fn weighted_adapters_merge_into_a_gguf_as_peft_weighted_cat() {
     }
     assert_eq!(v["tensors_merged_count"], peft.len());
 }
+
+/// A kohya file (underscored module names, `lora_down`/`lora_up`/`alpha`) merges into a GGUF
+/// base by the Hugging Face names of the base's tensors, as into a safetensors base: qv_r8
+/// written as kohya (an exact conversion, tested in `algebra/convert.rs`) gives the same
+/// tensor bytes as the PEFT folder itself, q/k permutation and Q8_0 requantization included.
+#[test]
+fn a_kohya_file_merges_into_a_gguf_base_as_its_peft_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let kohya = dir.path().join("qv_r8.safetensors");
+    run_ok([
+        "convert",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--to",
+        "kohya",
+        "--out",
+        kohya.to_str().unwrap(),
+    ]);
+    let (from_kohya, from_peft) = (dir.path().join("k.gguf"), dir.path().join("p.gguf"));
+    let vk = merge_json(
+        &g("llama_q8_0.gguf"),
+        kohya.to_str().unwrap(),
+        &from_kohya,
+        &[],
+    );
+    merge_json(
+        &g("llama_q8_0.gguf"),
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        &from_peft,
+        &[],
+    );
+    assert_eq!(vk["tensors_merged_count"], 4, "{vk}");
+    let (k, p) = (hf_view(&from_kohya), hf_view(&from_peft));
+    assert_eq!(k.keys().collect::<Vec<_>>(), p.keys().collect::<Vec<_>>());
+    for (name, t) in &k {
+        assert_eq!(
+            t.3, p[name].3,
+            "{name}: bytes differ from the PEFT folder's merge"
+        );
+    }
+}
