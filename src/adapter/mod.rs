@@ -178,6 +178,10 @@ pub struct Adapter {
     /// How a single-file adapter spells its factors (sorted, each once); empty for PEFT folders
     /// and adapters lorakit built.
     pub namings: Vec<formats::lycoris::Naming>,
+    /// PEFT modules whose tensors the file holds but its config does not select
+    /// ([`formats::peft::targets`]): PEFT's loader drops them without a word. [`Adapter::open`]
+    /// refuses such an adapter; [`Adapter::open_for_check`] keeps them for `check` to report.
+    pub untargeted: Vec<String>,
 }
 
 impl Adapter {
@@ -198,11 +202,45 @@ impl Adapter {
             config: None,
             metadata: Vec::new(),
             namings: Vec::new(),
+            untargeted: Vec::new(),
         }
     }
 
     /// Opens an adapter of any supported format (file or PEFT folder), detecting the format.
+    /// Refuses a PEFT folder whose config does not select every module it holds: PEFT would
+    /// load it without them, so it means one thing there and another by its tensors.
     pub fn open(path: impl AsRef<Path>) -> InputResult<Adapter> {
+        let a = formats::open(path.as_ref())?;
+        let Some(first) = a.untargeted.first() else {
+            return Ok(a);
+        };
+        let m = a.modules.iter().find(|m| &m.name == first);
+        let key = match m.and_then(|m| m.factors.data().first().copied()) {
+            Some(Data::Stored { key, .. }) => key.clone(),
+            _ => first.clone(),
+        };
+        let file = a
+            .source
+            .as_ref()
+            .map_or(a.path.clone(), |s| s.path().to_path_buf());
+        Err(InputError::invalid(
+            file,
+            format!(
+                "tensor `{key}`: module `{first}` is not selected by adapter_config.json \
+                 (target_modules / exclude_modules / layers_to_transform / modules_to_save){}; \
+                 PEFT would load this adapter without it, silently. Make the config list every \
+                 module the file holds, or remove the tensors",
+                match a.untargeted.len() {
+                    1 => String::new(),
+                    n => format!(", nor are {} other modules", n - 1),
+                }
+            ),
+        ))
+    }
+
+    /// [`Adapter::open`] without the refusal of [`Adapter::untargeted`] modules, for `check`,
+    /// which reports them per loader (PEFT drops them; loaders that ignore the config do not).
+    pub fn open_for_check(path: impl AsRef<Path>) -> InputResult<Adapter> {
         formats::open(path.as_ref())
     }
 

@@ -111,6 +111,7 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
         source: Some(file),
         metadata,
         namings: used,
+        untargeted: Vec::new(),
         ..Adapter::of_modules(Format::Kohya, path.to_path_buf(), modules)
     })
 }

@@ -225,6 +225,7 @@ impl<'a> Facts<'a> {
                 })
                 .map(|m| m.name.clone())
                 .collect(),
+            When::Untargeted => a.untargeted.clone(),
             When::PartialLayers => self.partial_layers(),
             When::LayerPastBase => {
                 let Some(n) = self

@@ -138,7 +138,7 @@ pub struct Plan {
 impl Plan {
     /// Opens the adapter and base and chooses the targets.
     pub fn new(adapter_path: &Path, opts: &Options) -> InputResult<Plan> {
-        let adapter = Adapter::open(adapter_path)?;
+        let adapter = Adapter::open_for_check(adapter_path)?;
         let base = opts.base.as_ref().map(Checkpoint::open).transpose()?;
         let base_facts = match &base {
             Some(b) => Some(base_facts(b)?),

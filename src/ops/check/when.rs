@@ -98,6 +98,9 @@ pub enum When {
     ModuleNotSupported(Supported),
     /// Tensor keys without PEFT's `base_model.model.` prefix.
     KeyPrefixMissing,
+    /// Modules the PEFT config does not select (`target_modules`, `exclude_modules`,
+    /// `layers_to_transform`, `modules_to_save`; [`crate::adapter::Adapter::untargeted`]).
+    Untargeted,
     /// A module kind present in some decoder layers but not all (base's `num_hidden_layers`).
     PartialLayers,
     /// `added_tokens.json` beside the adapter with ids at or past the base vocabulary.

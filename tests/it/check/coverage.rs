@@ -159,6 +159,14 @@ const CASES: &[Case] = &[
         quiet: ("check/rank7", BASE),
         quiet_verdict: "loads",
     },
+    // PEFT, run (check/untargeted/VERDICT.json: merge_and_unload changes q_proj only, no warning).
+    Case {
+        rule: "peft.untargeted",
+        fires: ("check/untargeted", BASE),
+        verdict: "silent",
+        quiet: ("llama/adapters/qv_r8", BASE),
+        quiet_verdict: "loads",
+    },
     // PEFT, run (MANIFEST: silent, "Found missing adapter keys").
     Case {
         rule: "peft.key_prefix",
@@ -218,7 +226,41 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("check/dtype_f64", BASE),
     ("check/dtype_f8", BASE),
     ("check/dtype_f64_unet.safetensors", None),
+    ("check/untargeted", BASE),
 ];
+
+/// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the
+/// verdict is PEFT's, and the modules `peft.untargeted` lists are exactly those whose weights
+/// PEFT's merge left unchanged.
+#[test]
+fn untargeted_modules_are_the_ones_peft_dropped() {
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("check/untargeted/VERDICT.json")).unwrap())
+            .unwrap();
+    let t = run("peft.untargeted", ("check/untargeted", BASE));
+    assert_eq!(outcome(&t), rec["peft_verdict"], "{t}");
+    let finding = t["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "peft.untargeted")
+        .unwrap();
+    let changed: Vec<&str> = rec["peft_changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let items = finding["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{finding}");
+    for i in items {
+        let m = i.as_str().unwrap();
+        assert!(
+            !changed.iter().any(|c| c.starts_with(m)),
+            "{m} was applied by PEFT"
+        );
+    }
+}
 
 /// Every rule id of the tables fires on some case of the fixture matrix (each MANIFEST case
 /// with its base where one is recorded, and `EXTRA`; every target): a rule added without a

@@ -471,8 +471,8 @@ fn split_by_suffix<'f>(
 
 /// The adapter every PEFT reader returns: its modules and full tensors, the config's base model,
 /// `modules_to_save` and raw JSON, and rsLoRA / DoRA as a LoRA config states them (the other
-/// tuners have neither). Refuses modules the config does not select: PEFT would load the
-/// adapter without them and say nothing ([`super::targets`]).
+/// tuners have neither), and the modules the config does not select, which PEFT would drop
+/// ([`super::targets`]; [`Adapter::open`] refuses them).
 fn assemble(
     path: &Path,
     file: SafetensorsFile,
@@ -480,30 +480,11 @@ fn assemble(
     modules: Vec<LoraModule>,
     full: Vec<FullTensor>,
 ) -> InputResult<Adapter> {
-    let left = super::targets::untargeted(&cfg.targets, modules.iter().map(|m| m.name.as_str()));
-    if let Some(first) = left.first() {
-        let key = modules
-            .iter()
-            .find(|m| m.name == *first)
-            .and_then(|m| match m.factors.data().first() {
-                Some(Data::Stored { key, .. }) => Some(key.clone()),
-                _ => None,
-            })
-            .unwrap_or_else(|| first.to_string());
-        return Err(InputError::invalid(
-            file.path(),
-            format!(
-                "tensor `{key}`: module `{first}` is not selected by adapter_config.json \
-                 (target_modules / exclude_modules / layers_to_transform / modules_to_save){}; \
-                 PEFT would load this adapter without it, silently. Make the config list every \
-                 module the file holds, or remove the tensors",
-                match left.len() {
-                    1 => String::new(),
-                    n => format!(", nor are {} other modules", n - 1),
-                }
-            ),
-        ));
-    }
+    let untargeted =
+        super::targets::untargeted(&cfg.targets, modules.iter().map(|m| m.name.as_str()))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
     let lora = cfg.peft_type == PeftType::Lora;
     Ok(Adapter {
         format: Format::Peft,
@@ -518,6 +499,7 @@ fn assemble(
         modules_to_save: cfg.modules_to_save.clone(),
         config: Some(cfg.raw.clone()),
         namings: Vec::new(),
+        untargeted,
     })
 }
 

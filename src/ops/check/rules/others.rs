@@ -356,6 +356,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "save_and_load.py:649 set_peft_model_state_dict (model.load_state_dict(…, strict=False)); peft_model.py:633 (missing-keys warning); checked on fixtures/check/no_peft_prefix by check_fixtures.py"),
     },
     Rule {
+        id: "peft.untargeted",
+        target: Target::Peft,
+        when: When::Untargeted,
+        severity: Severity::Silent,
+        why: "the config does not select these modules: inject_adapter builds no LoRA layer for them and load_state_dict(strict=False) drops their tensors without a warning (checked: qv_r8 with target_modules [q_proj] merges q only)",
+        source: src(PEFT, "src/peft/tuners/tuners_utils.py", "0.21.2", "check_target_module_exists; BaseTuner.inject_adapter; utils/save_and_load.py set_peft_model_state_dict (strict=False)"),
+    },
+    Rule {
         id: "peft.not_applied",
         target: Target::Peft,
         when: When::NameNotExact,
