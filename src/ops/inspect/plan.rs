@@ -29,7 +29,7 @@ pub struct InspectOptions {
 /// The input, opened, with what was decided about its kind.
 enum Source {
     Checkpoint(Checkpoint),
-    Adapter(Adapter),
+    Adapter(Box<Adapter>),
     Gguf(GgufModel),
 }
 
@@ -75,7 +75,7 @@ impl InspectPlan {
                 })
                 .into());
             }
-            Source::Adapter(Adapter::open(path)?)
+            Source::Adapter(Box::new(Adapter::open(path)?))
         } else {
             if spectrum {
                 return Err(InputError::option(path, move |o| {
