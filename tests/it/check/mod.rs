@@ -142,8 +142,9 @@ fn peft_verdicts_match_what_peft_did() {
 /// llama.cpp's verdict is what convert_lora_to_gguf.py and `llama_cpp.Llama(lora_path=…)` + one
 /// eval did on each LLM fixture (fixtures/gen/check_llamacpp_verdicts.py, llama-cpp-python
 /// 0.3.36): "fails" where the converter refused it or the loader did not load it, else it
-/// loads. The real run sees only whether it loads; which tensors apply is not observed, so a
-/// recorded "loads" is matched by lorakit's `loads` (its "silent" included).
+/// loads; and where PEFT loads it too, `same_as_peft` says whether llama.cpp's logits equal
+/// PEFT's (every tensor applied at PEFT's scale: lorakit "loads") or not (lorakit "silent":
+/// it loads and does something else).
 #[test]
 fn llamacpp_verdicts_match_what_llama_cpp_did() {
     let m = manifest();
@@ -170,10 +171,19 @@ fn llamacpp_verdicts_match_what_llama_cpp_did() {
         };
         assert_eq!(loads, want, "{case}: llama.cpp did {l}, lorakit says {t}");
         seen.insert(want);
+        if let Some(same) = l["same_as_peft"].as_bool() {
+            let applies = if same { "loads" } else { "silent" };
+            assert_eq!(
+                outcome(t),
+                applies,
+                "{case}: llama.cpp did {l}, lorakit says {t}"
+            );
+            seen.insert(applies);
+        }
         compared += 1;
     }
     assert!(compared >= 30, "only {compared} llama.cpp cases");
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
 #[test]
