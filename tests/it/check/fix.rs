@@ -477,79 +477,15 @@ fn assert_diffusers_merges_agree(script: &str, original: &Path, fixed: &Path) ->
     a.into_keys().collect()
 }
 
-/// A Phi-3-style base: fixtures/llama/base with each layer's q/k/v rows stacked into
-/// `self_attn.qkv_proj` and gate/up into `mlp.gate_up_proj` (the packed layout of transformers'
-/// Phi3 attention and MLP), config.json copied.
-fn packed_base(dir: &Path) -> std::path::PathBuf {
-    use safetensors::tensor::TensorView;
-    let src = read_checkpoint(&fixture("llama/base"));
-    let groups: [(&str, &[&str]); 2] = [
-        (
-            "self_attn.qkv_proj",
-            &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-        ),
-        ("mlp.gate_up_proj", &["mlp.gate_proj", "mlp.up_proj"]),
-    ];
-    let mut out: std::collections::BTreeMap<String, T> = std::collections::BTreeMap::new();
-    for (k, t) in &src {
-        let part_of = groups.iter().find_map(|(packed, parts)| {
-            parts
-                .iter()
-                .find(|p| k.ends_with(&format!(".{p}.weight")))
-                .map(|p| {
-                    (
-                        k.trim_end_matches(&format!("{p}.weight")).to_owned(),
-                        *packed,
-                        *parts,
-                    )
-                })
-        });
-        let Some((prefix, packed, parts)) = part_of else {
-            out.insert(k.clone(), t.clone());
-            continue;
-        };
-        let name = format!("{prefix}{packed}.weight");
-        if out.contains_key(&name) {
-            continue;
-        }
-        let members: Vec<&T> = parts
-            .iter()
-            .map(|p| &src[&format!("{prefix}{p}.weight")])
-            .collect();
-        out.insert(
-            name,
-            T {
-                dtype: t.dtype,
-                shape: vec![members.iter().map(|m| m.shape[0]).sum(), t.shape[1]],
-                data: members.iter().flat_map(|m| m.data.clone()).collect(),
-            },
-        );
-    }
-    let base = dir.join("packed_base");
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::copy(fixture("llama/base/config.json"), base.join("config.json")).unwrap();
-    let views: Vec<(&str, TensorView)> = out
-        .iter()
-        .map(|(k, t)| {
-            (
-                k.as_str(),
-                TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &base.join("model.safetensors")).unwrap();
-    base
-}
-
 /// `--fix` on a base with packed projections fuses the adapter's q/k/v (gate/up) LoRAs into one
-/// LoRA on `qkv_proj` (`gate_up_proj`), exactly: merging the fixed adapter onto the packed base
-/// gives W0 + [s·B_q·A_q; s·B_k·A_k; s·B_v·A_v] computed here in f64 from the original factors,
+/// LoRA on `qkv_proj` (`gate_up_proj`), exactly: merging the fixed adapter onto the Phi-3 base
+/// (fixtures/check/phi3_base: the Llama base's weights in transformers' Phi-3 layout) gives W0 + [s·B_q·A_q; s·B_k·A_k; s·B_v·A_v] computed here in f64 from the original factors,
 /// a part the adapter lacks (qv_r8 has no k_proj) staying W0. rslora_all checks a scale other
 /// than alpha/r (rsLoRA: alpha/√r).
 #[test]
 fn fix_fuses_projections_into_a_packed_base_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let base = packed_base(dir.path());
+    let base = fixture("check/phi3_base");
     let w0 = read_checkpoint(&base);
     for case in ["llama/adapters/qv_r8", "llama/adapters/rslora_all"] {
         let original = fixture(case);
@@ -565,70 +501,94 @@ fn fix_fuses_projections_into_a_packed_base_exactly() {
         let merged = dir.path().join(format!("{}_m", case.replace('/', "_")));
         merge_ok(&base, &fixed, &merged, &[]);
         let got = read_checkpoint(&merged);
-        let cfg: Value =
-            serde_json::from_slice(&std::fs::read(original.join("adapter_config.json")).unwrap())
-                .unwrap();
-        let lora = read(&original.join("adapter_model.safetensors"));
-        let mut checked = 0;
+        let want = packed_merge_f64(&w0, &original);
+        assert!(want.keys().any(|k| k.contains("qkv_proj")), "{case}");
         for (key, w) in &w0 {
-            let Some(prefix) = key
-                .strip_suffix("self_attn.qkv_proj.weight")
-                .map(|p| {
-                    (
-                        p,
-                        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].as_slice(),
-                    )
-                })
-                .or_else(|| {
-                    key.strip_suffix("mlp.gate_up_proj.weight")
-                        .map(|p| (p, ["mlp.gate_proj", "mlp.up_proj"].as_slice()))
-                })
-            else {
-                continue;
-            };
-            let (prefix, parts) = prefix;
-            let k = w.shape[1];
-            let mut want: Vec<f64> = w.f32().iter().map(|&x| x as f64).collect();
-            let mut row0 = 0;
-            for p in parts {
-                let module = format!("{prefix}{p}");
-                let rows = w0.get(&format!("{module}.weight")).map_or_else(
-                    || {
-                        read_checkpoint(&fixture("llama/base"))[&format!("{module}.weight")].shape
-                            [0]
-                    },
-                    |t| t.shape[0],
-                );
-                if let Some(a) = lora.get(&format!("base_model.model.{module}.lora_A.weight")) {
-                    let b = &lora[&format!("base_model.model.{module}.lora_B.weight")];
-                    let r = a.shape[0];
-                    let alpha = peft_alpha_for(&cfg, &module).unwrap();
-                    let sc = if cfg["use_rslora"] == true {
-                        alpha / (r as f64).sqrt()
-                    } else {
-                        alpha / r as f64
-                    };
-                    let (av, bv) = (a.f32(), b.f32());
-                    for i in 0..rows {
-                        for j in 0..k {
-                            let d: f64 = (0..r)
-                                .map(|t| bv[i * r + t] as f64 * av[t * k + j] as f64)
-                                .sum();
-                            want[(row0 + i) * k + j] += sc * d;
-                        }
-                    }
-                }
-                row0 += rows;
-            }
-            assert_eq!(row0, w.shape[0], "{key}");
-            for (x, y) in got[key].f32().iter().zip(&want) {
+            let y: Vec<f64> = want
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| w.f32().iter().map(|&x| x as f64).collect());
+            for (x, y) in got[key].f32().iter().zip(&y) {
                 assert!(
                     (*x as f64 - y).abs() <= 1e-6 * y.abs().max(1.0),
                     "{case} {key}: {x} vs {y}"
                 );
             }
-            checked += 1;
         }
-        assert_eq!(checked, 4, "{case}: 2 layers × (qkv, gate_up)");
     }
+}
+
+/// W0 + s·B·A in f64, from `original`'s own factors and config, for every tensor of the base
+/// `w0` one of its LoRAs lands on, where the base may pack q/k/v into `self_attn.qkv_proj` and
+/// gate/up into `mlp.gate_up_proj` (Phi-3): a part's LoRA adds to its rows of the stack (row
+/// counts from fixtures/llama/base, the unpacked twin), a part the adapter lacks stays W0.
+/// Scale alpha/r, alpha/√r with rsLoRA; patterns through `peft_alpha_for`.
+pub(super) fn packed_merge_f64(
+    w0: &std::collections::BTreeMap<String, T>,
+    original: &Path,
+) -> std::collections::BTreeMap<String, Vec<f64>> {
+    const GROUPS: [(&str, &[&str]); 2] = [
+        (
+            "self_attn.qkv_proj",
+            &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ),
+        ("mlp.gate_up_proj", &["mlp.gate_proj", "mlp.up_proj"]),
+    ];
+    let unpacked = read_checkpoint(&fixture("llama/base"));
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(original.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let lora = read(&original.join("adapter_model.safetensors"));
+    let mut want = std::collections::BTreeMap::new();
+    for (name, a) in &lora {
+        let Some(module) = name
+            .strip_prefix("base_model.model.")
+            .and_then(|n| n.strip_suffix(".lora_A.weight"))
+        else {
+            continue;
+        };
+        // (base tensor, first row of this module's part in it)
+        let (key, row0) = if w0.contains_key(&format!("{module}.weight")) {
+            (format!("{module}.weight"), 0)
+        } else {
+            let (prefix, packed, parts, part) = GROUPS
+                .iter()
+                .find_map(|(packed, parts)| {
+                    parts
+                        .iter()
+                        .position(|p| module.ends_with(&format!(".{p}")))
+                        .map(|i| (&module[..module.len() - parts[i].len()], *packed, *parts, i))
+                })
+                .unwrap_or_else(|| panic!("{module}: no base tensor"));
+            let row0 = parts[..part]
+                .iter()
+                .map(|p| unpacked[&format!("{prefix}{p}.weight")].shape[0])
+                .sum();
+            (format!("{prefix}{packed}.weight"), row0)
+        };
+        let w = &w0[&key];
+        let k = w.shape[1];
+        let acc: &mut Vec<f64> = want
+            .entry(key.clone())
+            .or_insert_with(|| w.f32().iter().map(|&x| x as f64).collect());
+        let b = &lora[&format!("base_model.model.{module}.lora_B.weight")];
+        let r = a.shape[0];
+        let alpha = peft_alpha_for(&cfg, module).unwrap();
+        let sc = if cfg["use_rslora"] == true {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        };
+        let (av, bv) = (a.f32(), b.f32());
+        assert_eq!(a.shape[1], k, "{module}");
+        for i in 0..b.shape[0] {
+            for j in 0..k {
+                let d: f64 = (0..r)
+                    .map(|t| bv[i * r + t] as f64 * av[t * k + j] as f64)
+                    .sum();
+                acc[(row0 + i) * k + j] += sc * d;
+            }
+        }
+    }
+    want
 }

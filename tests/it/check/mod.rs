@@ -139,6 +139,53 @@ fn peft_verdicts_match_what_peft_did() {
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
+/// llama.cpp's verdict is what convert_lora_to_gguf.py and `llama_cpp.Llama(lora_path=…)` + one
+/// eval did on each LLM fixture (fixtures/gen/check_llamacpp_verdicts.py, llama-cpp-python
+/// 0.3.36): "fails" where the converter refused it or the loader did not load it, else it
+/// loads; and where PEFT loads it too, `same_as_peft` says whether llama.cpp's logits equal
+/// PEFT's (every tensor applied at PEFT's scale: lorakit "loads") or not (lorakit "silent":
+/// it loads and does something else).
+#[test]
+fn llamacpp_verdicts_match_what_llama_cpp_did() {
+    let m = manifest();
+    let mut compared = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for (case, rec) in m["cases"].as_object().unwrap() {
+        let Some(l) = rec.get("llama.cpp") else {
+            continue;
+        };
+        let base = fixture(rec["base"].as_str().unwrap());
+        let (_, r) = check_json(&[
+            s(&fixture(case)),
+            "--base",
+            s(&base),
+            "--target",
+            "llama.cpp",
+        ]);
+        let t = target(&r, "llama.cpp");
+        let want = l["verdict"].as_str().unwrap();
+        let loads = if t["loads"].as_bool().unwrap() {
+            "loads"
+        } else {
+            "fails"
+        };
+        assert_eq!(loads, want, "{case}: llama.cpp did {l}, lorakit says {t}");
+        seen.insert(want);
+        if let Some(same) = l["same_as_peft"].as_bool() {
+            let applies = if same { "loads" } else { "silent" };
+            assert_eq!(
+                outcome(t),
+                applies,
+                "{case}: llama.cpp did {l}, lorakit says {t}"
+            );
+            seen.insert(applies);
+        }
+        compared += 1;
+    }
+    assert!(compared >= 30, "only {compared} llama.cpp cases");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
 #[test]
 fn diffusers_verdicts_match_what_diffusers_did() {
     let m = manifest();

@@ -1,12 +1,14 @@
 //! `check --fix` outputs loaded in PEFT itself (issue #19, "Proof"): every fixed folder —
 //! folded scales and patterns, zero-padded ranks, renamed prefixes, split packed projections,
-//! DoRA → LoRA — loads with every file tensor landing in the model unchanged and no
+//! q/k/v and gate/up fused into a Phi-3 base's `qkv_proj`/`gate_up_proj` (loaded on
+//! transformers' `Phi3ForCausalLM`, merge equal to W0 + s·B·A per part in f64), DoRA → LoRA —
+//! loads with every file tensor landing in the model unchanged and no
 //! missing/unexpected-key warning, and PEFT's `merge_and_unload` of it equals PEFT's merge of
 //! the original: to f32 rounding for the exact fixes, within the reported ‖ΔW − B′A′‖_F for
 //! DoRA → LoRA. All folders go through one Python process (`fixtures/gen/check_fix_peft.py`);
 //! skipped loudly without PEFT, like every PEFT test.
 
-use super::fix::{assert_qkv_split_merged, qkv_adapter};
+use super::fix::{assert_qkv_split_merged, packed_merge_f64, qkv_adapter};
 use super::*;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +21,9 @@ enum Reference {
     LorakitOriginal,
     /// W0 + 2·B[rows]·A in f64 (a packed `qkv_proj` no PEFT Llama has).
     PackedF64(Vec<f32>, Vec<f32>),
+    /// W0 + s·B·A per part in f64 from the original's factors, on the Phi-3 base whose packed
+    /// `qkv_proj`/`gate_up_proj` the fix fused the parts into (`packed_merge_f64`).
+    FusedF64,
     /// PEFT's merge of the original within each module's reported error.
     PeftOriginalWithin(BTreeMap<String, f64>),
 }
@@ -27,21 +32,22 @@ struct Job {
     name: String,
     original: PathBuf,
     fixed: PathBuf,
+    /// The base PEFT loads `fixed` on (fixtures/llama/base unless fused for Phi-3).
+    base: PathBuf,
     reference: Reference,
 }
 
-/// Runs PEFT on every folder of `folders` in one process; returns each one's problems and its
-/// merged tensors (base checkpoint names).
+/// Runs PEFT on every (adapter folder, base) of `folders` in one process; returns each one's
+/// problems and its merged tensors (base checkpoint names).
 fn peft_merges(
     py: &Path,
     dir: &Path,
-    folders: &[&Path],
+    folders: &[(&Path, &Path)],
 ) -> Vec<(Vec<String>, BTreeMap<String, T>)> {
-    let base = fixture("llama/base");
     let jobs: Vec<Value> = folders
         .iter()
         .enumerate()
-        .map(|(i, f)| {
+        .map(|(i, (f, base))| {
             serde_json::json!({
                 "adapter": f,
                 "base": base,
@@ -130,6 +136,7 @@ fn fix_outputs_load_in_peft_and_merge_as_the_original() {
             name: case.into(),
             original: fixture(case),
             fixed,
+            base: base.clone(),
             reference,
         });
     }
@@ -142,8 +149,26 @@ fn fix_outputs_load_in_peft_and_merge_as_the_original() {
         name: "qkv split".into(),
         original: qkv,
         fixed,
+        base: base.clone(),
         reference: Reference::PackedF64(a, b),
     });
+    // Fuse: LoRAs on q/k/v and gate/up (PEFT adapters of the Llama layout) become one LoRA on
+    // the packed qkv_proj / gate_up_proj of a transformers Phi-3 base, loaded there by PEFT.
+    // qv_r8 lacks k_proj and the MLP; rslora_all has all parts, o/down_proj, scale alpha/√r.
+    let phi3 = fixture("check/phi3_base");
+    for case in ["llama/adapters/qv_r8", "llama/adapters/rslora_all"] {
+        let fixed = dir.path().join(format!("phi3_{}", case.replace('/', "_")));
+        let (code, r) = check_fix(&fixture(case), Some(&phi3), "vllm,peft", &fixed, &[]);
+        assert_eq!(code, 0, "{case}: {}", r["after"]);
+        assert!(!r["fix"]["fused"].as_array().unwrap().is_empty(), "{case}");
+        jobs.push(Job {
+            name: format!("{case} fused for phi3"),
+            original: fixture(case),
+            fixed,
+            base: phi3.clone(),
+            reference: Reference::FusedF64,
+        });
+    }
     // DoRA → LoRA at rank 4 (lossy: the error is reported per module).
     let dora = fixture("llama/adapters/dora");
     let fixed = dir.path().join("dora4");
@@ -164,12 +189,16 @@ fn fix_outputs_load_in_peft_and_merge_as_the_original() {
         name: "dora → lora".into(),
         original: dora,
         fixed,
+        base: base.clone(),
         reference: Reference::PeftOriginalWithin(reported),
     });
 
     // Every fixed folder, then the originals PEFT is the reference for.
-    let mut folders: Vec<&Path> = jobs.iter().map(|j| j.fixed.as_path()).collect();
-    let originals: Vec<&Path> = jobs
+    let mut folders: Vec<(&Path, &Path)> = jobs
+        .iter()
+        .map(|j| (j.fixed.as_path(), j.base.as_path()))
+        .collect();
+    let originals: Vec<(&Path, &Path)> = jobs
         .iter()
         .filter(|j| {
             matches!(
@@ -177,7 +206,7 @@ fn fix_outputs_load_in_peft_and_merge_as_the_original() {
                 Reference::PeftOriginal | Reference::PeftOriginalWithin(_)
             )
         })
-        .map(|j| j.original.as_path())
+        .map(|j| (j.original.as_path(), j.base.as_path()))
         .collect();
     folders.extend(&originals);
     let merges = peft_merges(&py, dir.path(), &folders);
@@ -201,6 +230,25 @@ fn fix_outputs_load_in_peft_and_merge_as_the_original() {
                 assert_same_to_rounding(&j.name, got, &want);
             }
             Reference::PackedF64(a, b) => assert_qkv_split_merged(got, a, b),
+            Reference::FusedF64 => {
+                let want = packed_merge_f64(&read_checkpoint(&j.base), &j.original);
+                assert_eq!(
+                    got.keys().collect::<Vec<_>>(),
+                    want.keys().collect::<Vec<_>>(),
+                    "{}",
+                    j.name
+                );
+                for (k, w) in &want {
+                    for (x, y) in got[k].f32().iter().zip(w) {
+                        // One f32 rounding of s·B, one of the f32 matmul, one of the sum.
+                        assert!(
+                            (*x as f64 - y).abs() <= 1e-6 * y.abs().max(1.0),
+                            "{} {k}: {x} vs {y}",
+                            j.name
+                        );
+                    }
+                }
+            }
             Reference::PeftOriginalWithin(reported) => {
                 let (p, want) = &merges[next_original];
                 next_original += 1;

@@ -209,6 +209,22 @@ pub(super) const RULES: &[Rule] = &[
         source: src(LLAMACPP, "src/llama-adapter.h", L, "llama-adapter.h:53-55 llama_adapter_lora_weight::get_scale (alpha / rank); llama-adapter.cpp:221 (one adapter.lora.alpha); convert_lora_to_gguf.py:426 set_gguf_parameters"),
     },
     Rule {
+        id: "llama.cpp.init_weights",
+        target: Target::LlamaCpp,
+        when: When::InitWeightsNot(super::serving::VLLM_INITS),
+        severity: Severity::Silent,
+        why: "PiSSA, OLoRA, CorDA and LoftQ factors belong on the residual base PEFT makes when it loads them; the converter reads only r and lora_alpha and the GGUF base is the original, so the effect differs (measured: fixtures/gen/check_llamacpp_verdicts.py, check/init_pissa)",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:528 (lparams[\"lora_alpha\"], no init_lora_weights); :410-428 LoraModel.set_gguf_parameters"),
+    },
+    Rule {
+        id: "llama.cpp.alora",
+        target: Target::LlamaCpp,
+        when: When::ConfigSet(&["alora_invocation_tokens"]),
+        severity: Severity::Silent,
+        why: "Activated LoRA: the GGUF keeps adapter.alora.invocation_tokens, but only llama-server activates the adapter after them; the library (llama_cpp.Llama) applies it to every token, where PEFT applies it to none before the invocation",
+        source: src(LLAMACPP, "tools/server/server-context.cpp", L, "server-context.cpp:302 alora_invocation_start; llama-adapter.cpp:223-240 (stored only); convert_lora_to_gguf.py:444-450"),
+    },
+    Rule {
         id: "llama.cpp.dtype",
         target: Target::LlamaCpp,
         when: When::AdapterDtype(&["F64"]),

@@ -48,7 +48,7 @@ const SGLANG_LLAMA: &[&str] = &[
 
 /// vLLM's inits that leave the base weights alone (`PEFTHelper._init_is_supported`; `true` and
 /// `false` are not strings and pass).
-const VLLM_INITS: &[&str] = &["gaussian", "eva", "orthogonal", "mica", "lora_ga"];
+pub(super) const VLLM_INITS: &[&str] = &["gaussian", "eva", "orthogonal", "mica", "lora_ga"];
 
 pub(super) const RULES: &[Rule] = &[
     // ---------------------------------------------------------------- vLLM
