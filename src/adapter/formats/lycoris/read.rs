@@ -205,12 +205,17 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
             match tucker {
                 None => {
                     // w1a d×r, w1b r×k (a conv's k already flattened by LyCORIS; ComfyUI
-                    // reshapes to the weight's shape).
+                    // reshapes to the weight's shape). OneTrainer keeps a conv's factors as the
+                    // up/down conv weights they are (@23df383 `LoHaModule`: `hada_w1_b, hada_w1_a =
+                    // create_layer()`, so w1a is [d, r, 1, 1] and w1b [r, in, kh, kw]), the same
+                    // values in the same order; its `make_weight` flattens both.
                     let r = s1b[0];
                     let (d, kf) = (s1a[0], s1b[1..].iter().product::<usize>());
-                    let ok = s1a.len() == 2
+                    let up_ok = s1a.len() == 2
+                        || (s1a.len() == s1b.len() && s1a[2..].iter().all(|&x| x == 1));
+                    let ok = up_ok
                         && s1a[1] == r
-                        && s2a.as_slice() == [d, r]
+                        && s2a == s1a
                         && s2b[0] == r
                         && s2b[1..].iter().product::<usize>() == kf
                         && s1b.len() == s2b.len();

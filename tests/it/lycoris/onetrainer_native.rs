@@ -1,0 +1,146 @@
+//! OneTrainer's native-name outputs (`fixtures/onetrainer_native/`, built to OneTrainer @23df383 by
+//! `fixtures/gen/onetrainer_native_fixtures.py`): ORIGINAL_LORA (the model's own single-file names,
+//! no prefix, `lora_A`/`lora_B` with `.alpha` and `.dora_scale` kept), and the KOHYA_LORA and
+//! COMFY_LORA forms built on the same per-model renames, for SDXL (sgm `input_blocks.…`) and Flux
+//! (BFL `double_blocks.…`, fused qkv, the chunk-swapped final adaLN), plus OneTrainer's LoHa (a
+//! conv's factors stored 4-D), LoKr and DoRA modules. Each merges into a tiny base carrying the
+//! real single-file names as the generator's f64 transcription of OneTrainer's forward; what has
+//! no tensor in the base (LEGACY's split q/k/v on a fused BFL base) is refused.
+
+use super::*;
+
+/// (case, base, tensors changed, prefix, naming, family)
+const NATIVE: &[(&str, &str, usize, &str, &str, &str)] = &[
+    ("sdxl_original", "sdxl", 7, "", "peft", "SDXL"),
+    ("sdxl_original_dora", "sdxl", 7, "", "peft", "SDXL"),
+    (
+        "sdxl_kohya",
+        "sdxl",
+        8,
+        "lora_te1 lora_unet",
+        "kohya",
+        "SDXL",
+    ),
+    ("sdxl_comfy", "sdxl", 7, "diffusion_model", "peft", "SDXL"),
+    ("sdxl_kohya_loha", "sdxl", 7, "lora_unet", "kohya", "SDXL"),
+    ("sdxl_kohya_lokr", "sdxl", 6, "lora_unet", "kohya", "SDXL"),
+    ("flux_original", "flux", 7, "", "peft", "Flux"),
+    ("flux_kohya", "flux", 7, "lora_unet", "kohya", "Flux"),
+    ("flux_comfy", "flux", 7, "diffusion_model", "peft", "Flux"),
+];
+
+fn native(name: &str) -> std::path::PathBuf {
+    fixture(&format!("onetrainer_native/{name}.safetensors"))
+}
+
+/// Every adapted weight within [`TOL`] of the f64 reference, every other tensor byte-identical,
+/// and the reference far from the base (so a merge that dropped a module, ignored `.alpha`, the
+/// DoRA magnitude or the chunk swap, or flattened a 4-D LoHa factor the wrong way fails).
+#[test]
+fn onetrainer_native_names_merge_like_onetrainers_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    for &(case, base, n, prefix, naming, family) in NATIVE {
+        let base_path = native(&format!("{base}_base"));
+        let out = dir.path().join(format!("{case}.out.safetensors"));
+        merge_ok(
+            &base_path,
+            &native(case),
+            &out,
+            &["--device", "cpu", "--quiet"],
+        );
+        let reference = read(&native(&format!("{case}.merged")));
+        let b = read(&base_path);
+        assert_eq!(
+            assert_matches_reference(&read(&out), &b, &reference, TOL),
+            n,
+            "{case}: tensors changed"
+        );
+        for (name, r) in &reference {
+            assert!(
+                rel_err(&b[name].f32(), &r.f32()) > 1e3 * TOL,
+                "{case} {name}: reference is the base"
+            );
+        }
+        let v = inspect_json(&native(case), &[]);
+        let prefixes: Vec<&str> = prefix.split_whitespace().collect();
+        assert_eq!(
+            v["convention"]["prefixes"],
+            serde_json::json!(prefixes),
+            "{case}"
+        );
+        assert_eq!(
+            v["convention"]["naming"],
+            serde_json::json!([naming]),
+            "{case}"
+        );
+        assert_eq!(v["convention"]["family"], family, "{case}");
+    }
+}
+
+/// LEGACY_LORA keeps Flux's q/k/v split (`lora_transformer_transformer_blocks_0_attn_to_q`); a BFL
+/// base stores them fused (`double_blocks.0.img_attn.qkv`), so the module has no tensor there and
+/// the merge is refused by name, nothing written (ComfyUI would add it to a row slice of the fused
+/// weight through `flux_to_diffusers`; lorakit does not place split modules on fused tensors).
+#[test]
+fn split_qkv_on_a_fused_base_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = listing(dir.path());
+    let out = dir.path().join("out.safetensors");
+    let line = one_line_error(&run_err(merge_args(
+        &native("flux_base"),
+        &native("flux_legacy_split"),
+        &out,
+        &[],
+    )));
+    assert!(line.contains("flux_legacy_split.safetensors"), "{line}");
+    assert!(
+        line.contains("lora_transformer_transformer_blocks_0_attn_to_q"),
+        "{line}"
+    );
+    assert_eq!(listing(dir.path()), before, "nothing written");
+}
+
+/// OneTrainer's 4-D LoHa conv factors survive `convert --to kohya` byte for byte (shape kept), and
+/// a LoHa whose two up factors disagree in shape, or whose up factor has a kernel, is refused.
+#[test]
+fn onetrainer_loha_conv_factors_keep_their_shape_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = native("sdxl_kohya_loha");
+    let out = dir.path().join("loha.kohya.safetensors");
+    run_ok(convert_args(&src, "kohya", &out, &[]));
+    assert_eq!(
+        read(&out),
+        read(&src),
+        "tensors identical after the rewrite"
+    );
+    let conv = "lora_unet_input_blocks_1_0_in_layers_2";
+    let flat = |t: &mut BTreeMap<String, T>| {
+        let w = t.get_mut(&format!("{conv}.hada_w2_a")).unwrap();
+        w.shape = vec![w.shape[0], w.shape[1]];
+    };
+    let kernel = |t: &mut BTreeMap<String, T>| {
+        for f in ["hada_w1_a", "hada_w2_a"] {
+            let w = t.get_mut(&format!("{conv}.{f}")).unwrap();
+            // [8, 4, 1, 1] read as [8, 2, 2, 1]: the same bytes, an up factor with a kernel.
+            w.shape = vec![8, 2, 2, 1];
+        }
+    };
+    let cases: [(&str, &dyn Fn(&mut BTreeMap<String, T>)); 2] =
+        [("flat_w2a", &flat), ("kernel_up", &kernel)];
+    for (name, edit) in cases {
+        let mut t = read(&src);
+        edit(&mut t);
+        let p = dir.path().join(format!("{name}.safetensors"));
+        write(&p, &t);
+        let before = listing(dir.path());
+        let line = one_line_error(&run_err(merge_args(
+            &native("sdxl_base"),
+            &p,
+            &dir.path().join("never.safetensors"),
+            &[],
+        )));
+        assert!(line.contains(&format!("{name}.safetensors")), "{line}");
+        assert!(line.contains(conv) && line.contains("hada_w1_a"), "{line}");
+        assert_eq!(listing(dir.path()), before, "{name}: nothing written");
+    }
+}
