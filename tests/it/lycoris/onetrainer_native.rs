@@ -12,7 +12,22 @@ use super::*;
 /// (case, base, tensors changed, prefix, naming, family)
 const NATIVE: &[(&str, &str, usize, &str, &str, &str)] = &[
     ("sdxl_original", "sdxl", 7, "", "peft", "SDXL"),
-    ("sdxl_original_dora", "sdxl", 7, "", "peft", "SDXL"),
+    (
+        "sdxl_comfy_dora",
+        "sdxl",
+        7,
+        "diffusion_model",
+        "peft",
+        "SDXL",
+    ),
+    (
+        "sdxl_comfy_dora_out",
+        "sdxl",
+        7,
+        "diffusion_model",
+        "peft",
+        "SDXL",
+    ),
     (
         "sdxl_kohya",
         "sdxl",
