@@ -11,6 +11,7 @@ mod convert;
 mod lowering;
 mod malformed;
 mod names;
+mod onetrainer_comfy;
 mod onetrainer_native;
 mod onetrainer_oft;
 mod w0;
