@@ -6,6 +6,13 @@
 //! `lora_te`, `lora_te1`, `lora_te2`. The scale is `alpha / r`, and a missing `.alpha` means
 //! `alpha = r` (scale 1), as in `networks/lora.py` `LoRAModule.__init__`. Underscored names are
 //! resolved against a base model's tensor list by [`crate::adapter::mapping`].
+//!
+//! The same reader takes every single file whose factors carry one of
+//! [`lycoris::SUFFIXES`], whatever its module names: OneTrainer's ORIGINAL_LORA (@23df383
+//! `LoRASaverMixin._save_original`) writes the model's own single-file names with no prefix
+//! (`input_blocks.4.1.proj_in.lora_A.weight`, `double_blocks.0.img_attn.qkv.alpha`), which land by
+//! dotted suffix on a single-file base (`model.diffusion_model.…`); ComfyUI maps none of them
+//! (only `diffusion_model.…`, `lora_unet_…` and diffusers names), so it loads no key of such a file.
 
 use super::lycoris;
 use crate::adapter::{scale_for, Adapter, Data, DoraRule, Factors, Format, LoraModule, ModuleKind};

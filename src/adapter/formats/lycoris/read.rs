@@ -208,7 +208,10 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                     // reshapes to the weight's shape). OneTrainer keeps a conv's factors as the
                     // up/down conv weights they are (@23df383 `LoHaModule`: `hada_w1_b, hada_w1_a =
                     // create_layer()`, so w1a is [d, r, 1, 1] and w1b [r, in, kh, kw]), the same
-                    // values in the same order; its `make_weight` flattens both.
+                    // values in the same order; its `make_weight` flattens both. ComfyUI's
+                    // `weight_adapter/loha.py` (@17adbb5) multiplies them with `torch.mm`, which
+                    // raises on 4-D factors: it never applies such a module
+                    // (tests/it/lycoris/onetrainer_comfy.rs).
                     let r = s1b[0];
                     let (d, kf) = (s1a[0], s1b[1..].iter().product::<usize>());
                     let up_ok = s1a.len() == 2
@@ -448,6 +451,12 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
             // (r = in·kh·kw / s; one row when `block_share`, which the file does not record: a
             // single row is read as shared, the same rotation when the base has one block), and
             // the `scaled_oft` flag. Always 5 Cayley–Neumann terms; no alpha, rescale or coft.
+            // ComfyUI does not load these files at all: its `weight_adapter/oft.py` (@3684cff) and
+            // `boft.py` (@204e96f) read only `oft_blocks`, so every `oft_R` key is "not loaded".
+            // Its diag-OFT also differs in kind: the exact Cayley map `(I+Q)(I−Q)⁻¹` (not the
+            // 5-term series, which is not exactly orthogonal, so no `oft_blocks` reproduces it),
+            // applied to the output rows (`einsum("k n m, k n ... -> k m ...")`), blocks tiling
+            // the output side, an `alpha` norm constraint.
             let (weight, ws) = get("oft_R.weight")?;
             let s_of = |n: usize| (2..=4096usize).find(|s| s * (s - 1) / 2 == n);
             let (r, sz) = match ws.as_slice() {
