@@ -3,13 +3,14 @@
 //! no prefix, `lora_A`/`lora_B` with `.alpha` and `.dora_scale` kept), and the KOHYA_LORA and
 //! COMFY_LORA forms built on the same per-model renames, for SDXL (sgm `input_blocks.…`) and Flux
 //! (BFL `double_blocks.…`, fused qkv, the chunk-swapped final adaLN), plus OneTrainer's LoHa (a
-//! conv's factors stored 4-D), LoKr and DoRA modules. Each merges into a tiny base carrying the
+//! conv's factors stored 4-D), LoKr and DoRA modules (DIFFUSERS_LORA's per-output DoRA as PEFT's
+//! `lora_magnitude_vector.weight`). Each merges into a tiny base carrying the
 //! real single-file names as the generator's f64 transcription of OneTrainer's forward; what has
 //! no tensor in the base (LEGACY's split q/k/v on a fused BFL base) is refused.
 
 use super::*;
 
-/// (case, base, tensors changed, prefix, naming, family)
+/// (case, base, tensors changed, prefixes, naming, family; "" when the names identify none)
 const NATIVE: &[(&str, &str, usize, &str, &str, &str)] = &[
     ("sdxl_original", "sdxl", 7, "", "peft", "SDXL"),
     (
@@ -39,6 +40,8 @@ const NATIVE: &[(&str, &str, usize, &str, &str, &str)] = &[
     ("sdxl_comfy", "sdxl", 7, "diffusion_model", "peft", "SDXL"),
     ("sdxl_kohya_loha", "sdxl", 7, "lora_unet", "kohya", "SDXL"),
     ("sdxl_kohya_lokr", "sdxl", 6, "lora_unet", "kohya", "SDXL"),
+    ("unet_diffusers_dora_out", "unet", 7, "unet", "peft", ""),
+    ("unet_diffusers_dora_in", "unet", 7, "unet", "peft", ""),
     ("flux_original", "flux", 7, "", "peft", "Flux"),
     ("flux_kohya", "flux", 7, "lora_unet", "kohya", "Flux"),
     ("flux_comfy", "flux", 7, "diffusion_model", "peft", "Flux"),
@@ -88,7 +91,13 @@ fn onetrainer_native_names_merge_like_onetrainers_forward() {
             serde_json::json!([naming]),
             "{case}"
         );
-        assert_eq!(v["convention"]["family"], family, "{case}");
+        // The diffusers UNet names used here (one transformer block) do not tell SDXL from SD1.x.
+        let family = (!family.is_empty()).then_some(family);
+        assert_eq!(
+            v["convention"]["family"],
+            serde_json::json!(family),
+            "{case}"
+        );
     }
 }
 
@@ -158,6 +167,41 @@ fn onetrainer_loha_conv_factors_keep_their_shape_and_bad_ones_are_refused() {
         )));
         assert!(line.contains(&format!("{name}.safetensors")), "{line}");
         assert!(line.contains(conv) && line.contains("hada_w1_a"), "{line}");
+        assert_eq!(listing(dir.path()), before, "{name}: nothing written");
+    }
+}
+
+/// A `lora_magnitude_vector.weight` whose length is not the layer's rows, or one beside a
+/// `dora_scale` (two magnitudes for one module), is refused by module, nothing written.
+#[test]
+fn bad_diffusers_dora_magnitudes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = "unet.down_blocks.1.attentions.0.proj_in";
+    let mag = format!("{m}.lora_magnitude_vector.weight");
+    for (name, expect) in [
+        ("short", "lora_magnitude_vector has shape [15]"),
+        ("both", "two DoRA magnitudes"),
+    ] {
+        let mut t = read(&native("unet_diffusers_dora_out"));
+        if name == "short" {
+            let v = t.get_mut(&mag).unwrap();
+            v.shape = vec![15];
+            v.data.truncate(15 * 4);
+        } else {
+            let v = t[&mag].clone();
+            t.insert(format!("{m}.dora_scale"), v);
+        }
+        let p = dir.path().join(format!("{name}.safetensors"));
+        write(&p, &t);
+        let before = listing(dir.path());
+        let line = one_line_error(&run_err(merge_args(
+            &native("unet_base"),
+            &p,
+            &dir.path().join("never.safetensors"),
+            &[],
+        )));
+        assert!(line.contains(&format!("{name}.safetensors")), "{line}");
+        assert!(line.contains(m) && line.contains(expect), "{line}");
         assert_eq!(listing(dir.path()), before, "{name}: nothing written");
     }
 }

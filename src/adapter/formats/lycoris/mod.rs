@@ -97,6 +97,13 @@ pub const SUFFIXES: &[(&str, &str, Naming)] = &[
     (".lora_B", "lora_up.weight", Naming::PeftBare),
     (".lora_A", "lora_down.weight", Naming::PeftBare),
     (".dora_scale", "dora_scale", Naming::Kohya),
+    // PEFT's DoRA magnitude in a diffusers single file (OneTrainer @23df383 DIFFUSERS_LORA:
+    // `convert_lora_util.convert_to_diffusers` renames a per-output `dora_scale` to it).
+    (
+        ".lora_magnitude_vector.weight",
+        "lora_magnitude_vector",
+        Naming::Peft,
+    ),
     (".hada_w1_a", "hada_w1_a", Naming::Kohya),
     (".hada_w1_b", "hada_w1_b", Naming::Kohya),
     (".hada_w2_a", "hada_w2_a", Naming::Kohya),

@@ -95,7 +95,14 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
         if shape.len() < 2
             && !matches!(
                 s,
-                "diff_b" | "dora_scale" | "w_norm" | "b_norm" | "weight" | "on_input" | "rescale"
+                "diff_b"
+                    | "dora_scale"
+                    | "lora_magnitude_vector"
+                    | "w_norm"
+                    | "b_norm"
+                    | "weight"
+                    | "on_input"
+                    | "rescale"
             )
         {
             return Err(InputError::invalid(
@@ -659,38 +666,65 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
         }
         None => None,
     };
-    let (dora_magnitude, dora_rule) = match parts.get("dora_scale") {
-        None => (None, DoraRule::Peft),
-        Some(_) => {
-            let (d, s) = get("dora_scale")?;
-            let n: usize = s.iter().product();
-            // [out, 1, …] norms per output row (LyCORIS wd_on_out, the default); [1, in, …]
-            // per input channel, over the output and kernel axes (a flattened LoHa conv does
-            // not say its kernel, so `in` is any divisor of k with the kernel area k/in). A
-            // 1×… vector on a 1-output module is read as per output.
-            let per_input = if s.first() == Some(&out) && n == out {
-                false
-            } else if s.len() >= 2 && s[0] == 1 && s[1] == n && k.is_multiple_of(n) {
-                true
-            } else {
-                return Err(bad_shape(
-                    "dora_scale",
-                    s,
-                    format!("[{out}, 1, …] or [1, in, …] with in dividing {k}"),
-                ));
-            };
-            if !matches!(
-                factors,
-                Factors::Lora { .. }
-                    | Factors::LoraTucker { .. }
-                    | Factors::Loha { .. }
-                    | Factors::Lokr { .. }
-            ) {
-                return Err(err(format!("dora_scale on a {} module", factors.algo())));
+    let (dora_magnitude, dora_rule) =
+        match (parts.get("dora_scale"), parts.get("lora_magnitude_vector")) {
+            (None, None) => (None, DoraRule::Peft),
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "has both dora_scale and lora_magnitude_vector (two DoRA magnitudes)".into(),
+                ))
             }
-            (Some(d), DoraRule::Lycoris { per_input })
-        }
-    };
+            (None, Some(_)) => {
+                // PEFT's magnitude, one value per output row ([out], or [1, out, 1, 1] on a conv as
+                // OneTrainer's `dora_scale_to_peft_magnitude` shapes it), merged by PEFT's rule as
+                // diffusers loads it (PEFT DoRA exists for LoRA factors only).
+                let (d, s) = get("lora_magnitude_vector")?;
+                let n: usize = s.iter().product();
+                if n != out || s.iter().filter(|&&x| x != 1).count() > 1 {
+                    return Err(bad_shape(
+                        "lora_magnitude_vector",
+                        s,
+                        format!("[{out}] or [1, {out}, 1, …]"),
+                    ));
+                }
+                if !matches!(factors, Factors::Lora { .. }) {
+                    return Err(err(format!(
+                        "lora_magnitude_vector on a {} module (PEFT's DoRA is LoRA only)",
+                        factors.algo()
+                    )));
+                }
+                (Some(d), DoraRule::Peft)
+            }
+            (Some(_), None) => {
+                let (d, s) = get("dora_scale")?;
+                let n: usize = s.iter().product();
+                // [out, 1, …] norms per output row (LyCORIS wd_on_out, the default); [1, in, …]
+                // per input channel, over the output and kernel axes (a flattened LoHa conv does
+                // not say its kernel, so `in` is any divisor of k with the kernel area k/in). A
+                // 1×… vector on a 1-output module is read as per output.
+                let per_input = if s.first() == Some(&out) && n == out {
+                    false
+                } else if s.len() >= 2 && s[0] == 1 && s[1] == n && k.is_multiple_of(n) {
+                    true
+                } else {
+                    return Err(bad_shape(
+                        "dora_scale",
+                        s,
+                        format!("[{out}, 1, …] or [1, in, …] with in dividing {k}"),
+                    ));
+                };
+                if !matches!(
+                    factors,
+                    Factors::Lora { .. }
+                        | Factors::LoraTucker { .. }
+                        | Factors::Loha { .. }
+                        | Factors::Lokr { .. }
+                ) {
+                    return Err(err(format!("dora_scale on a {} module", factors.algo())));
+                }
+                (Some(d), DoraRule::Lycoris { per_input })
+            }
+        };
     Ok(LoraModule {
         name: name.to_owned(),
         kind,
