@@ -10,8 +10,8 @@ use super::*;
 /// (case, tensors where lorakit and ComfyUI agree, tensors ComfyUI leaves unchanged, tensors it
 /// changes differently). Why ComfyUI skips or differs:
 /// * `*_original`: OneTrainer's ORIGINAL_LORA names (`input_blocks.…`, `double_blocks.…`, no
-///   prefix) are in no ComfyUI key map (only `diffusion_model.…`, `lora_unet_…` and diffusers
-///   names are), so every key is "not loaded".
+///   prefix) are in no SDXL or Flux key map of ComfyUI (only `diffusion_model.…`, `lora_unet_…`
+///   and diffusers names are), so every key is "not loaded".
 /// * `oft2_*`: no ComfyUI weight adapter reads `oft_R.weight` (`oft.py` / `boft.py` read only
 ///   `oft_blocks`), so OneTrainer's OFT v2 is never applied.
 /// * `sdxl_kohya_loha`: the two convs' `hada_w1_a` are 4-D (`[out, r, 1, 1]`) and `loha.py`
