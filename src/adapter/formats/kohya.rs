@@ -11,7 +11,7 @@
 //! [`lycoris::SUFFIXES`], whatever its module names: OneTrainer's ORIGINAL_LORA (@23df383
 //! `LoRASaverMixin._save_original`) writes the model's own single-file names with no prefix
 //! (`input_blocks.4.1.proj_in.lora_A.weight`, `double_blocks.0.img_attn.qkv.alpha`), which land by
-//! dotted suffix on a single-file base (`model.diffusion_model.…`). For SDXL and Flux ComfyUI maps
+//! dotted suffix on a single-file base (`model.diffusion_model.…`). For SDXL, SD3 and Flux ComfyUI maps
 //! none of them (`model_lora_keys_unet` has `diffusion_model.…`, `lora_unet_…` and diffusers names
 //! there; it maps bare native names only for models such as Qwen-Image or Mochi), so it loads no
 //! key of such a file (tests/it/lycoris/onetrainer_comfy.rs).

@@ -9,9 +9,9 @@ use super::*;
 
 /// (case, tensors where lorakit and ComfyUI agree, tensors ComfyUI leaves unchanged, tensors it
 /// changes differently). Why ComfyUI skips or differs:
-/// * `*_original`: OneTrainer's ORIGINAL_LORA names (`input_blocks.…`, `double_blocks.…`, no
-///   prefix) are in no SDXL or Flux key map of ComfyUI (only `diffusion_model.…`, `lora_unet_…`
-///   and diffusers names are), so every key is "not loaded".
+/// * `*_original`: OneTrainer's ORIGINAL_LORA names (`input_blocks.…`, `double_blocks.…`,
+///   `joint_blocks.…`, no prefix) are in no SDXL, Flux or SD3 key map of ComfyUI (only
+///   `diffusion_model.…`, `lora_unet_…` and diffusers names are), so every key is "not loaded".
 /// * `oft2_*`: no ComfyUI weight adapter reads `oft_R.weight` (`oft.py` / `boft.py` read only
 ///   `oft_blocks`), so OneTrainer's OFT v2 is never applied.
 /// * `sdxl_kohya_loha`: the two convs' `hada_w1_a` are 4-D (`[out, r, 1, 1]`) and `loha.py`
@@ -32,6 +32,9 @@ const COMFY: &[(&str, usize, usize, usize)] = &[
     ("flux_original", 0, 7, 0),
     ("flux_kohya", 7, 0, 0),
     ("flux_comfy", 7, 0, 0),
+    ("sd3_original", 0, 9, 0),
+    ("sd3_kohya", 9, 0, 0),
+    ("sd3_comfy", 9, 0, 0),
     ("oft2_kohya", 0, 4, 0),
     ("oft2_comfy_scaled", 0, 4, 0),
 ];

@@ -1,8 +1,9 @@
 //! OneTrainer's native-name outputs (`fixtures/onetrainer_native/`, built to OneTrainer @23df383 by
 //! `fixtures/gen/onetrainer_native_fixtures.py`): ORIGINAL_LORA (the model's own single-file names,
 //! no prefix, `lora_A`/`lora_B` with `.alpha` and `.dora_scale` kept), and the KOHYA_LORA and
-//! COMFY_LORA forms built on the same per-model renames, for SDXL (sgm `input_blocks.…`) and Flux
-//! (BFL `double_blocks.…`, fused qkv, the chunk-swapped final adaLN), plus OneTrainer's LoHa (a
+//! COMFY_LORA forms built on the same per-model renames, for SDXL (sgm `input_blocks.…`), SD3
+//! (`joint_blocks.…`, the final and the last block's context adaLN chunk-swapped) and Flux (BFL
+//! `double_blocks.…`, fused qkv, the chunk-swapped final adaLN), plus OneTrainer's LoHa (a
 //! conv's factors stored 4-D), LoKr and DoRA modules (DIFFUSERS_LORA's per-output DoRA as PEFT's
 //! `lora_magnitude_vector.weight`). Each merges into a tiny base carrying the
 //! real single-file names as the generator's f64 transcription of OneTrainer's forward; what has
@@ -42,6 +43,9 @@ const NATIVE: &[(&str, &str, usize, &str, &str, &str)] = &[
     ("sdxl_kohya_lokr", "sdxl", 6, "lora_unet", "kohya", "SDXL"),
     ("unet_diffusers_dora_out", "unet", 7, "unet", "peft", ""),
     ("unet_diffusers_dora_in", "unet", 7, "unet", "peft", ""),
+    ("sd3_original", "sd3", 9, "", "peft", "SD3"),
+    ("sd3_kohya", "sd3", 9, "lora_unet", "kohya", "SD3"),
+    ("sd3_comfy", "sd3", 9, "diffusion_model", "peft", "SD3"),
     ("flux_original", "flux", 7, "", "peft", "Flux"),
     ("flux_kohya", "flux", 7, "lora_unet", "kohya", "Flux"),
     ("flux_comfy", "flux", 7, "diffusion_model", "peft", "Flux"),
