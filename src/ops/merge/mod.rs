@@ -29,6 +29,7 @@ pub mod gguf_parts;
 mod plan;
 mod run;
 mod sequence;
+mod residual;
 mod tensor;
 use run::*;
 pub(crate) use run::{copied_files, without_quantization_config};
