@@ -145,12 +145,17 @@ impl MergePlan {
         }) {
             Some((rule, m)) => {
                 let w = dtype::decode(in_dtype, w0);
-                let res = super::residual::residual(rule, &w, rows, cols, m.rank).map_err(|why| {
-                    anyhow::Error::new(InputError::invalid(
-                        file.path(),
-                        format!("tensor `{name}` (module `{}`, {}): {why}", m.name, rule.label()),
-                    ))
-                })?;
+                let res = super::residual::residual(rule, &w, (rows, cols), m.rank, m.scale)
+                    .map_err(|why| {
+                        anyhow::Error::new(InputError::invalid(
+                            file.path(),
+                            format!(
+                                "tensor `{name}` (module `{}`, {}): {why}",
+                                m.name,
+                                rule.label()
+                            ),
+                        ))
+                    })?;
                 residual_bytes = dtype::encode(in_dtype, &res);
                 &residual_bytes
             }

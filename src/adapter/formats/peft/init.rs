@@ -18,8 +18,9 @@ pub enum BaseResidual {
     /// `pissa_init` (`init_lora_weights="pissa"`): `W − U_r·S_r·V_rᵀ`, the top `r` singular
     /// triplets of the f32 weight (`torch.linalg.svd`) removed, cast back to the base dtype.
     Pissa,
-    /// `olora_init`: `W − Q_r·R_r` from `torch.linalg.qr(W)` of the weight as stored (no
-    /// `fan_in_fan_out` transpose), cast back to the base dtype.
+    /// `olora_init`: `W − s·Q_r·R_r` from `torch.linalg.qr(W)` of the weight as stored (no
+    /// `fan_in_fan_out` transpose; `s` the module's scaling, which PiSSA divides out and OLoRA
+    /// does not), cast back to the base dtype.
     Olora,
     /// `KasaLinearVariant._truncate_base_weight` (`kasa_config`): the `r` smallest singular
     /// triplets removed, `U_p·S_p·V_pᵀ` over the other `min(d, k) − r`, cast back.

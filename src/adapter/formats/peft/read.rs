@@ -188,7 +188,10 @@ fn kasa_fold(
     if shape != [m.rank] {
         return Err(InputError::invalid(
             fpath,
-            format!("tensor `{key}`: shape {shape:?} is not [{}] (the rank)", m.rank),
+            format!(
+                "tensor `{key}`: shape {shape:?} is not [{}] (the rank)",
+                m.rank
+            ),
         ));
     }
     let Factors::Lora { b, .. } = &mut m.factors else {
