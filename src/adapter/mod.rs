@@ -292,6 +292,34 @@ impl Adapter {
         Ok(Arc::new(whole))
     }
 
+    /// The base weight PEFT rewrites for this adapter's Linear modules before adding their
+    /// updates (PiSSA, OLoRA, KaSA; [`formats::peft::BaseResidual`]), from its config.
+    pub fn base_residual(&self) -> Option<formats::peft::BaseResidual> {
+        self.config.as_ref().and_then(formats::peft::base_residual)
+    }
+
+    /// Refuses an adapter that PEFT adds to a rewritten base ([`Adapter::base_residual`]) for
+    /// an operation `what` that would treat it as an update of the checkpoint's own weights
+    /// (convert, resize, combine, eval, a GGUF merge); `lorakit merge` into a safetensors base
+    /// applies it exactly.
+    pub fn check_plain_base(&self, what: &str) -> InputResult<()> {
+        let Some(rule) = self.base_residual() else {
+            return Ok(());
+        };
+        let file = if self.path.is_dir() {
+            self.path.join(formats::peft::CONFIG_NAME)
+        } else {
+            self.path.clone()
+        };
+        Err(InputError::invalid(
+            &file,
+            format!(
+                "{}: PEFT adds this adapter to a base it rewrites from the checkpoint's weights, so {what} would change its meaning; `lorakit merge` into a safetensors base applies it exactly, or save it with PEFT's `path_initial_model_for_weight_conversion` for a plain LoRA",
+                rule.label()
+            ),
+        ))
+    }
+
     /// Refuses an adapter whose config says its updates are not plain additions to the base's
     /// modules ([`formats::peft::merge_refusal`]), naming the config file.
     pub fn check_mergeable(&self) -> InputResult<()> {

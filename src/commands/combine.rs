@@ -111,7 +111,9 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     let (opts, mut params) = options(&a)?;
     let mut adapters = Vec::with_capacity(a.adapters.len());
     for p in &a.adapters {
-        adapters.push(Adapter::open(p)?);
+        let adapter = Adapter::open(p)?;
+        adapter.check_plain_base("combining it")?;
+        adapters.push(adapter);
     }
     let base = open_base(a.output.base.as_deref())?;
     let to = a.format.unwrap_or(adapters[0].format);

@@ -249,6 +249,7 @@ pub struct DiffusersConvertSummary {
 fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
     use crate::adapter::formats::diffusers as d;
     let mut adapter = Adapter::open(&a.adapter)?;
+    adapter.check_plain_base("converting it")?;
     let base = open_base(a.output.base.as_deref())?;
     let spec = WriteSpec {
         format: Format::Kohya,
@@ -344,6 +345,7 @@ fn gguf(a: ConvertArgs, start: Instant) -> Result<i32> {
         anyhow::bail!("--prefix names kohya modules; it means nothing for --to gguf");
     }
     let adapter = Adapter::open(&a.adapter)?;
+    adapter.check_plain_base("converting it")?;
     let target = g::Target::open(base)?;
     let ty = match a.output.dtype {
         DtypeChoice::F32 => GgmlType::F32,

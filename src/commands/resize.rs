@@ -45,6 +45,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
     let start = Instant::now();
     let rule = rule_of(&a)?;
     let mut adapter = Adapter::open(&a.adapter)?;
+    adapter.check_plain_base("resizing it")?;
     let base = open_base(a.output.base.as_deref())?;
     let from = adapter.format;
     let to = a.format.unwrap_or(from);

@@ -112,6 +112,7 @@ impl<'c, T: Real> Model<'c, T> {
     /// modules are always merged). Nothing is dropped: a module that fits no layer is an error.
     pub fn attach(&mut self, adapter: &Adapter, weight: f64, merge: bool) -> Result<Attached> {
         adapter.check_mergeable()?;
+        adapter.check_plain_base("running it unmerged")?;
         let path = adapter.path.clone();
         let err = |m: String| anyhow::Error::new(InputError::invalid(&path, m));
         let mut rep = Attached {

@@ -149,6 +149,7 @@ impl ConvertPlan {
             )
         })?;
         let mut adapter = Adapter::open(&opts.adapter)?;
+        adapter.check_plain_base("converting it")?;
         let base = opts.base.as_deref().map(Checkpoint::open).transpose()?;
         let spec = WriteSpec {
             format: to,

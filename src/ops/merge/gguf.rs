@@ -228,6 +228,9 @@ impl GgufMergePlan {
         }
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
+            a.check_plain_base(
+                "merging it into a GGUF model (whose base lorakit does not rewrite)",
+            )?;
             if let Some(f) = a.full_tensors.first() {
                 return Err(InputError::invalid(
                     &a.path,

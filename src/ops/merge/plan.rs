@@ -3,7 +3,9 @@
 //! Must not write anything (the plan is also what `--dry-run` and recipes print).
 
 use super::*;
+use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::mapping::{self, Unmatched};
+use crate::adapter::ModuleKind;
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, Opt, OptionError};
 use crate::io::checkpoint::Layout;
@@ -114,6 +116,30 @@ impl MergePlan {
                         )
                     ));
                 }
+                if let Some(rule) = a.base_residual().filter(|_| m.kind == ModuleKind::Linear) {
+                    let why = if options.unmerge {
+                        Some("it cannot be unmerged: the merged weight does not say what the original was")
+                    } else if quant.get(&p.weight).is_some() {
+                        Some("lorakit computes the residual of full-precision bases only, not of a quantized one")
+                    } else if options.as_trained_on.is_some() {
+                        Some("the QLoRA base of --as-trained-on and PEFT's residual cannot both apply")
+                    } else if rule == BaseResidual::Olora && m.base_transposed {
+                        Some("PEFT's OLoRA factors a fan_in_fan_out (Conv1D) weight as stored, so its lora_B does not fit the layer")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        bail!(InputError::invalid(
+                            &a.path,
+                            format!(
+                                "module `{}`: the adapter ({}) is added to the base PEFT rewrites from `{}`, and {why}",
+                                m.name,
+                                rule.label(),
+                                p.weight
+                            )
+                        ));
+                    }
+                }
                 touched.push((m.name.clone(), p.weight.clone()));
                 match actions
                     .entry(p.weight.clone())
@@ -210,6 +236,29 @@ impl MergePlan {
                 }
             }
             resolutions.push(res);
+        }
+        // A residual (PiSSA, OLoRA, KaSA) is PEFT's base for one adapter; another term on the
+        // same tensor would need an order PEFT does not define.
+        let mut names: Vec<&String> = actions.keys().collect();
+        names.sort();
+        for name in names {
+            if let Some(Action::Merge(v)) = actions.get(name) {
+                let residual = v.iter().find(|&&(ai, mi)| {
+                    adapters[ai].adapter.base_residual().is_some()
+                        && adapters[ai].adapter.modules[mi].kind == ModuleKind::Linear
+                });
+                if let (Some(&(ai, mi)), true) = (residual, v.len() > 1) {
+                    let a = &adapters[ai].adapter;
+                    bail!(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "module `{}` ({}) is added to a base PEFT rewrites, and another adapter also changes `{name}`; merge it alone first",
+                            a.modules[mi].name,
+                            a.base_residual().expect("residual").label()
+                        )
+                    ));
+                }
+            }
         }
         // lm_head targeted on a tied base with no lm_head tensor: say why it is unmatched.
         for u in unmatched.iter_mut() {

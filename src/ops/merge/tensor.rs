@@ -4,7 +4,7 @@
 //! bytes go to the caller's sink, whole or (streamed from the GPU) in row-major pieces.
 
 use super::*;
-use crate::adapter::DoraRule;
+use crate::adapter::{DoraRule, ModuleKind};
 use crate::backend::{self, Dora, MergeError, MergeJob, NormAxis, Piece, Term};
 use crate::dtype::{self, Dtype};
 use crate::error::InputError;
@@ -132,6 +132,34 @@ impl MergePlan {
                 }
                 None => view.data,
             },
+        };
+        // PiSSA / OLoRA / KaSA: the adapter is added to the residual PEFT builds from W0 (one
+        // term on such a tensor, checked by the plan), cast back to the weight's dtype as PEFT
+        // does.
+        let residual_bytes;
+        let w0: &[u8] = match terms.iter().find_map(|&(ai, mi)| {
+            let a = &self.adapters[ai].adapter;
+            let m = &a.modules[mi];
+            let rule = a.base_residual().filter(|_| m.kind == ModuleKind::Linear)?;
+            Some((rule, m))
+        }) {
+            Some((rule, m)) => {
+                let w = dtype::decode(in_dtype, w0);
+                let res = super::residual::residual(rule, &w, (rows, cols), m.rank, m.scale)
+                    .map_err(|why| {
+                        anyhow::Error::new(InputError::invalid(
+                            file.path(),
+                            format!(
+                                "tensor `{name}` (module `{}`, {}): {why}",
+                                m.name,
+                                rule.label()
+                            ),
+                        ))
+                    })?;
+                residual_bytes = dtype::encode(in_dtype, &res);
+                &residual_bytes
+            }
+            None => w0,
         };
         // Factors in the stored orientation: a transposed base gets (B·A)ᵀ = Aᵀ·Bᵀ.
         let mut owned: Vec<StoredTerm> = Vec::new();

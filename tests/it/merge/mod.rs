@@ -4,6 +4,7 @@
 
 mod layout;
 mod peft;
+mod peft_init;
 mod refusals;
 mod rounding;
 

@@ -18,6 +18,7 @@ use regex::Regex;
 use serde_json::Value;
 use std::path::Path;
 
+mod init;
 mod lycoris;
 mod read;
 pub mod targets;
@@ -25,6 +26,7 @@ pub mod targets;
 mod tests;
 mod write;
 
+pub use init::{base_residual, ignored_training_tensor, init_refusal, BaseResidual};
 pub use lycoris::{factorization, plan as lycoris_plan, LycorisPeft};
 pub use read::read;
 pub use write::{
@@ -295,7 +297,8 @@ pub fn token_indices(cfg: Option<&Value>, module: &str) -> Option<Vec<u64>> {
 /// (the trained model has more layers than the base; `LoraModel._check_merge_allowed`),
 /// aLoRA's `alora_invocation_tokens` (the update applies only after the invocation tokens;
 /// `ALoraLinearVariant.merge_unsafe` raises) and `use_qalora` (`A` acts on group-pooled
-/// inputs; `QALoraLinearVariant.get_delta_weight` raises). `None` for anything else.
+/// inputs; `QALoraLinearVariant.get_delta_weight` raises), and the initialisations and
+/// variants [`init_refusal`] lists. `None` for anything else.
 pub fn merge_refusal(config: &Value) -> Option<String> {
     let set = |k: &str| {
         config.get(k).is_some_and(|v| match v {
@@ -311,6 +314,6 @@ pub fn merge_refusal(config: &Value) -> Option<String> {
     } else if set("use_qalora") {
         Some("QALoRA (`use_qalora`) applies A to group-pooled inputs of a GPTQ layer; PEFT has no merge for it (QALoraLinearVariant.get_delta_weight) and neither does lorakit".into())
     } else {
-        None
+        init_refusal(config)
     }
 }

@@ -20,6 +20,8 @@ struct Parts {
     embedding: bool,
     magnitude: Option<(String, Vec<usize>)>,
     bias: Option<(String, Vec<usize>)>,
+    /// KaSA's learnable singular values `lora_diag` `[r]` (`KasaLinearVariant`).
+    diag: Option<(String, Vec<usize>)>,
 }
 
 /// Reads a PEFT adapter whose tensors are in `file` and config at `config_path`.
@@ -36,6 +38,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         return read_lycoris(path, file, cfg);
     }
     let fpath = file.path().to_path_buf();
+    let kasa = super::base_residual(&cfg.raw) == Some(super::BaseResidual::Kasa);
     let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
     let mut full = Vec::new();
     for t in file.tensors() {
@@ -77,6 +80,10 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
             slot(".lora_magnitude_vector").or_else(|| slot(".lora_magnitude_vector.weight"))
         {
             set(&mut parts.entry(m).or_default().magnitude, entry)?;
+        } else if let Some(m) = slot(".lora_diag").filter(|_| kasa) {
+            set(&mut parts.entry(m).or_default().diag, entry)?;
+        } else if super::ignored_training_tensor(&cfg.raw, rel) {
+            continue;
         } else if rel.contains(".lora_") {
             return Err(InputError::invalid(
                 &fpath,
@@ -118,6 +125,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
             Some(BdSide::B) => (ashape.clone(), widen(&bshape, bd_blocks(&bd))),
             None => (ashape.clone(), bshape.clone()),
         };
+        let diag = p.diag;
         let mut m = build_module(
             &fpath,
             &cfg,
@@ -143,9 +151,63 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
                 } = Data::Owned(std::sync::Arc::new(full));
             }
         }
+        if kasa {
+            kasa_fold(&file, &mut m, diag)?;
+        }
         modules.push(m);
     }
     assemble(path, file, &cfg, modules, full)
+}
+
+/// KaSA (`KasaLinearVariant._get_delta_weight`): `ΔW = s·(B ⊙ diag)·A`, the learnable singular
+/// values `lora_diag` scaling B's columns, in f32 as PEFT computes it on the CPU (`weight_B *
+/// diag`, one rounding per element); folded into B here so the module is a plain LoRA on the
+/// truncated base ([`super::BaseResidual::Kasa`]). Every Linear module of a KaSA adapter has
+/// one; PEFT has no KaSA for embeddings.
+fn kasa_fold(
+    file: &SafetensorsFile,
+    m: &mut LoraModule,
+    diag: Option<(String, Vec<usize>)>,
+) -> InputResult<()> {
+    let fpath = file.path();
+    let Some((key, shape)) = diag else {
+        return Err(InputError::invalid(
+            fpath,
+            format!(
+                "module `{}`: the config sets kasa_config but the file has no `{}.lora_diag` (PEFT would start it at random)",
+                m.name, m.name
+            ),
+        ));
+    };
+    if m.kind != ModuleKind::Linear || m.base_transposed {
+        return Err(InputError::invalid(
+            fpath,
+            format!("tensor `{key}`: PEFT's KaSA covers nn.Linear layers only (no embeddings, convolutions or fan_in_fan_out)"),
+        ));
+    }
+    if shape != [m.rank] {
+        return Err(InputError::invalid(
+            fpath,
+            format!(
+                "tensor `{key}`: shape {shape:?} is not [{}] (the rank)",
+                m.rank
+            ),
+        ));
+    }
+    let Factors::Lora { b, .. } = &mut m.factors else {
+        unreachable!("a PEFT LoRA module has LoRA factors");
+    };
+    let d = stored_f32(file, &key)?;
+    let bv = match b {
+        Data::Stored { key, .. } => stored_f32(file, key)?,
+        Data::Owned(v) => v.to_vec(),
+    };
+    let folded: Vec<f32> = bv
+        .chunks_exact(m.rank)
+        .flat_map(|row| row.iter().zip(&d).map(|(x, y)| x * y))
+        .collect();
+    *b = Data::Owned(std::sync::Arc::new(folded));
+    Ok(())
 }
 
 /// Reads a PEFT LoHa or LoKr adapter: `base_model.model.{module}.hada_w1_a` … (the
@@ -699,18 +761,9 @@ fn widen(shape: &[usize], nblocks: usize) -> Vec<usize> {
 /// `torch.block_diag(*torch.chunk(w, nblocks, dim=0))` of the stored `[rows, cols/nblocks]`
 /// factor `key`, row-major `[rows, cols]`; the rows must split evenly (`BlockDiagonalLinear`
 /// requires it).
-fn block_diagonal(
-    file: &SafetensorsFile,
-    key: &str,
-    shape: &[usize],
-    nblocks: usize,
-) -> InputResult<Vec<f32>> {
+/// A stored tensor's values in f32, refused (naming file and tensor) unless float and finite.
+fn stored_f32(file: &SafetensorsFile, key: &str) -> InputResult<Vec<f32>> {
     let err = |m: String| InputError::invalid(file.path(), format!("tensor `{key}`: {m}"));
-    if shape.len() != 2 || !shape[0].is_multiple_of(nblocks) {
-        return Err(err(format!(
-            "a block-diagonal factor [rows, cols/nblocks] with rows divisible by nblocks = {nblocks}, got {shape:?}"
-        )));
-    }
     let view = file.view(key)?;
     if !crate::dtype::is_float_compute(view.dtype) {
         return Err(err(format!(
@@ -725,6 +778,22 @@ fn block_diagonal(
             w[i]
         )));
     }
+    Ok(w)
+}
+
+fn block_diagonal(
+    file: &SafetensorsFile,
+    key: &str,
+    shape: &[usize],
+    nblocks: usize,
+) -> InputResult<Vec<f32>> {
+    let err = |m: String| InputError::invalid(file.path(), format!("tensor `{key}`: {m}"));
+    if shape.len() != 2 || !shape[0].is_multiple_of(nblocks) {
+        return Err(err(format!(
+            "a block-diagonal factor [rows, cols/nblocks] with rows divisible by nblocks = {nblocks}, got {shape:?}"
+        )));
+    }
+    let w = stored_f32(file, key)?;
     let (rows, bc) = (shape[0], shape[1]);
     let (br, cols) = (rows / nblocks, bc * nblocks);
     let mut full = vec![0f32; rows * cols];
