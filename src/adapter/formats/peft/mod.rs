@@ -19,6 +19,7 @@ use serde_json::Value;
 use std::path::Path;
 
 mod lycoris;
+pub mod params;
 mod read;
 pub mod targets;
 #[cfg(test)]
