@@ -3,6 +3,7 @@
 //! Must not write anything (the plan is also what `--dry-run` and recipes print).
 
 use super::*;
+use crate::adapter::formats::peft::params;
 use crate::adapter::mapping::{self, Unmatched};
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, Opt, OptionError};
@@ -35,7 +36,7 @@ impl MergePlan {
 
     fn build(
         base: Checkpoint,
-        adapters: Vec<WeightedAdapter>,
+        mut adapters: Vec<WeightedAdapter>,
         out: PathBuf,
         options: MergeOptions,
         dequantize_only: bool,
@@ -66,6 +67,10 @@ impl MergePlan {
             inputs.extend(a.adapter.input_paths());
         }
 
+        // MoE experts (PEFT `target_parameters`) take the base's layout.
+        for wa in &mut adapters {
+            params::fit_to_base(&mut wa.adapter, &base)?;
+        }
         let mut actions: HashMap<String, Action> = HashMap::new();
         let mut base_override: HashMap<String, (usize, usize)> = HashMap::new();
         let mut unmatched = Vec::new();
@@ -120,7 +125,13 @@ impl MergePlan {
                     .or_insert_with(|| Action::Merge(Vec::new()))
                 {
                     Action::Merge(v) => {
-                        if v.iter().any(|(x, _)| *x == ai) {
+                        // Experts of one fused parameter land on their own slices.
+                        let expert = |mi: usize| params::parse_expert(&a.modules[mi].name);
+                        let same_slice = |mi: usize| match (expert(mi), expert(p.module)) {
+                            (Some(x), Some(y)) => x.1 == y.1,
+                            _ => true,
+                        };
+                        if v.iter().any(|&(x, mi)| x == ai && same_slice(mi)) {
                             bail!(InputError::invalid(
                                 &a.path,
                                 format!(
