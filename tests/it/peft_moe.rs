@@ -108,29 +108,36 @@ fn gpt_oss_mixed_targets_and_patterns_match_peft() {
     assert_eq!(out[&key].f32(), want, "{key}: bit for bit");
 }
 
-/// Qwen3-MoE holds `[E, out, in]` experts in memory but transformers saves them one tensor per
-/// expert (`experts.{e}.gate_proj` / `up_proj` / `down_proj`): the merge lands on those, and
-/// PEFT's fused result, split the same way, is the reference. rsLoRA: scale 8/√2.
-#[test]
-fn qwen3_moe_per_expert_checkpoint_matches_peft() {
+/// A family transformers saves one tensor per expert under `disk` (`{disk}.{e}.{part}.weight`):
+/// the merge lands on those tensors, and PEFT's fused `[E, out, in]` result, split the same way
+/// (`gate_up` = the `gate` parts' rows, then the `up` parts'), is the reference.
+fn per_expert_checkpoint_matches_peft(
+    family: &str,
+    disk: &str,
+    gate_up: [&str; 2],
+    down: &str,
+    scale: f32,
+) {
     let dir = tempfile::tempdir().unwrap();
     let out = merged(
         dir.path(),
-        "qwen3_moe",
-        &fixture("moe/qwen3_moe/adapters/experts"),
+        family,
+        &fixture(&format!("moe/{family}/adapters/experts")),
     );
-    let base = read_checkpoint(&fixture("moe/qwen3_moe/base"));
-    let fused = read(&fixture("moe/qwen3_moe/merged_experts.safetensors"));
-    let ad = adapter_tensors("qwen3_moe", "experts");
+    let base = read_checkpoint(&fixture(&format!("moe/{family}/base")));
+    let fused = read(&fixture(&format!(
+        "moe/{family}/merged_experts.safetensors"
+    )));
+    let ad = adapter_tensors(family, "experts");
     // The fused base as transformers builds it (gate and up concatenated on the output axis).
     let stack = |parts: &[&str]| -> T {
         let mut data = Vec::new();
         for e in 0..4 {
             for p in parts {
-                data.extend_from_slice(&base[&format!("{L}.{e}.{p}.weight")].data);
+                data.extend_from_slice(&base[&format!("{disk}.{e}.{p}.weight")].data);
             }
         }
-        let first = &base[&format!("{L}.0.{}.weight", parts[0])];
+        let first = &base[&format!("{disk}.0.{}.weight", parts[0])];
         let rows = first.shape[0] * parts.len();
         T {
             dtype: first.dtype,
@@ -138,16 +145,11 @@ fn qwen3_moe_per_expert_checkpoint_matches_peft() {
             data,
         }
     };
-    let scale = (8.0 / 2f64.sqrt()) as f32;
     let mut peft = BTreeMap::new();
     let mut exact = BTreeMap::new();
     for (param, parts, wrapper) in [
-        (
-            "gate_up_proj",
-            &["gate_proj", "up_proj"][..],
-            format!("{L}.base_layer"),
-        ),
-        ("down_proj", &["down_proj"][..], L.to_owned()),
+        ("gate_up_proj", &gate_up[..], format!("{L}.base_layer")),
+        ("down_proj", &[down][..], L.to_owned()),
     ] {
         let f = |x: &str| &ad[&format!("base_model.model.{wrapper}.lora_{x}.weight")];
         let w0 = stack(parts);
@@ -157,7 +159,7 @@ fn qwen3_moe_per_expert_checkpoint_matches_peft() {
         for e in 0..4 {
             for (j, p) in parts.iter().enumerate() {
                 let at = (e * parts.len() + j) * per;
-                let name = format!("{L}.{e}.{p}.weight");
+                let name = format!("{disk}.{e}.{p}.weight");
                 let t = |v: &[f32]| T {
                     dtype: safetensors::Dtype::F32,
                     shape: base[&name].shape.clone(),
@@ -176,6 +178,32 @@ fn qwen3_moe_per_expert_checkpoint_matches_peft() {
     for (name, t) in &exact {
         assert_eq!(out[name].data, t.data, "{name}: bit for bit");
     }
+}
+
+/// Qwen3-MoE (`conversion_mapping.py` `qwen2_moe`: `experts.{e}.gate_proj` / `up_proj` /
+/// `down_proj`), with rsLoRA: scale 8/√2.
+#[test]
+fn qwen3_moe_per_expert_checkpoint_matches_peft() {
+    let scale = (8.0 / 2f64.sqrt()) as f32;
+    per_expert_checkpoint_matches_peft(
+        "qwen3_moe",
+        L,
+        ["gate_proj", "up_proj"],
+        "down_proj",
+        scale,
+    );
+}
+
+/// Mixtral (`conversion_mapping.py` `mixtral`: `block_sparse_moe.experts.{e}.w1` / `w3` / `w2`).
+#[test]
+fn mixtral_per_expert_checkpoint_matches_peft() {
+    per_expert_checkpoint_matches_peft(
+        "mixtral",
+        "model.layers.0.block_sparse_moe.experts",
+        ["w1", "w3"],
+        "w2",
+        2.0,
+    );
 }
 
 /// A copy of the gpt-oss `experts` adapter with `edit` applied to its tensors and config.
