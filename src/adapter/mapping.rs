@@ -167,8 +167,11 @@ pub fn resolve_in(
             // One expert of a fused `[E, ·, ·]` parameter: its slice (peft/params.rs).
             let expected = expected_shape(m);
             let found = names.contains(&param).then(|| logical(param));
+            // Either orientation: which one PEFT used is the model class's (`is_transposed`),
+            // decided with the base by `params::fit_to_base` before a merge.
+            let swapped: Vec<usize> = expected.iter().rev().copied().collect();
             let fits = |s: &[usize]| {
-                s.len() == 3 && s[0] == n && s[1..] == expected[..]
+                s.len() == 3 && s[0] == n && (s[1..] == expected[..] || s[1..] == swapped[..])
                     || n == 1 && s == expected.as_slice()
             };
             match found {
