@@ -341,7 +341,7 @@ pub fn probe_merge(ctx: &gpu::GpuContext) -> Result<Probe, MergeError> {
 /// or a small integrated GPU loses to the CPU, as it should; no real-GPU figure exists yet to
 /// replace the probe with a fixed rule (README "GPU").
 pub fn decide_auto(ctx: &gpu::GpuContext) -> AutoChoice {
-    let info = ctx.describe();
+    let info = ctx.describe().adapter;
     if info.device_type == "Cpu" {
         return AutoChoice::Software { name: info.name };
     }
@@ -466,10 +466,7 @@ impl Engine {
     pub fn describe(&self) -> String {
         match self {
             Engine::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
-            Engine::Gpu(ctx) => {
-                let i = ctx.describe();
-                format!("gpu ({}, {})", i.name, i.backend)
-            }
+            Engine::Gpu(ctx) => ctx.label(),
         }
     }
 

@@ -187,7 +187,7 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
             .map(|e| {
                 format!(
                     "  [{}] {} ({}, {}, vendor {:#06x})\n",
-                    e.index, e.name, e.backend, e.device_type, e.vendor
+                    e.index, e.adapter.name, e.adapter.backend, e.adapter.device_type, e.adapter.vendor
                 )
             })
             .collect();
@@ -195,10 +195,10 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
         let l = &info.limits;
         print(&format!(
             "adapter      {}\nbackend      {}\ndevice type  {}\ndriver       {} {}\nmax binding  {} (lorakit tiles above {})\nmax buffer   {}\nworkgroup    {} invocations, {} bytes shared\nkernels      all compiled\n",
-            info.name,
-            info.backend,
-            info.device_type,
-            info.driver,
+            info.adapter.name,
+            info.adapter.backend,
+            info.adapter.device_type,
+            info.adapter.driver,
             info.driver_info,
             crate::inspect::human_bytes(l.max_storage_buffer_binding_size),
             crate::inspect::human_bytes(info.tile_binding_bytes),

@@ -248,7 +248,7 @@ fn merge_has_no_fma_contraction() {
     assert_eq!((g1, g2), (0, 0));
     eprintln!(
         "FMA contraction without the guard on {}: Σ b·a {}, w + s·acc {}",
-        ctx.describe().name,
+        ctx.describe().adapter.name,
         if p1 == 0 {
             "not contracted"
         } else {
