@@ -208,7 +208,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
         bytes_written: written.bytes,
         seconds: start.elapsed().as_secs_f64(),
     };
-    if a.json {
+    if a.output.json {
         super::print_json("combine", &summary)?;
     } else {
         super::print(&render(&summary, &written))?;

@@ -86,7 +86,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
         bytes_written: written.bytes,
         seconds: start.elapsed().as_secs_f64(),
     };
-    if a.json {
+    if a.output.json {
         super::print_json("resize", &summary)?;
     } else {
         super::print(&render(&summary, &written))?;
