@@ -112,28 +112,44 @@ pub(super) fn manifest() -> Value {
     serde_json::from_slice(&text).unwrap()
 }
 
-#[test]
-fn peft_verdicts_match_what_peft_did() {
+/// Runs `check --target TGT` on every manifest case that recorded what the loader `tgt` did
+/// (against the case's base when `with_base`) and hands `f` the case, that record and lorakit's
+/// verdict for the target. Returns how many cases were compared.
+fn each_recorded_case(
+    tgt: &str,
+    with_base: bool,
+    mut f: impl FnMut(&str, &Value, &Value),
+) -> usize {
     let m = manifest();
-    let cases = m["cases"].as_object().unwrap();
     let mut compared = 0;
-    let mut seen = std::collections::BTreeSet::new();
-    for (case, rec) in cases {
-        let Some(peft) = rec.get("peft") else {
+    for (case, rec) in m["cases"].as_object().unwrap() {
+        let Some(did) = rec.get(tgt) else {
             continue;
         };
-        let base = fixture(rec["base"].as_str().unwrap());
-        let adapter = fixture(case);
-        let (_, r) = check_json(&[s(&adapter), "--base", s(&base), "--target", "peft"]);
-        let t = target(&r, "peft");
+        let a = fixture(case);
+        let b = fixture(rec["base"].as_str().unwrap_or_default());
+        let mut args = vec![s(&a), "--target", tgt];
+        if with_base {
+            args.extend(["--base", s(&b)]);
+        }
+        let (_, r) = check_json(&args);
+        f(case, did, target(&r, tgt));
+        compared += 1;
+    }
+    compared
+}
+
+#[test]
+fn peft_verdicts_match_what_peft_did() {
+    let mut seen = std::collections::BTreeSet::new();
+    let compared = each_recorded_case("peft", true, |case, peft, t| {
         assert_eq!(
             outcome(t),
             peft["verdict"].as_str().unwrap(),
             "{case}: PEFT did {peft}, lorakit says {t}"
         );
         seen.insert(outcome(t));
-        compared += 1;
-    }
+    });
     assert!(compared >= 20, "only {compared} PEFT cases");
     // The matrix holds every outcome, so a constant verdict cannot pass.
     assert_eq!(seen.len(), 3, "{seen:?}");
@@ -147,22 +163,8 @@ fn peft_verdicts_match_what_peft_did() {
 /// it loads and does something else).
 #[test]
 fn llamacpp_verdicts_match_what_llama_cpp_did() {
-    let m = manifest();
-    let mut compared = 0;
     let mut seen = std::collections::BTreeSet::new();
-    for (case, rec) in m["cases"].as_object().unwrap() {
-        let Some(l) = rec.get("llama.cpp") else {
-            continue;
-        };
-        let base = fixture(rec["base"].as_str().unwrap());
-        let (_, r) = check_json(&[
-            s(&fixture(case)),
-            "--base",
-            s(&base),
-            "--target",
-            "llama.cpp",
-        ]);
-        let t = target(&r, "llama.cpp");
+    let compared = each_recorded_case("llama.cpp", true, |case, l, t| {
         let want = l["verdict"].as_str().unwrap();
         let loads = if t["loads"].as_bool().unwrap() {
             "loads"
@@ -170,7 +172,7 @@ fn llamacpp_verdicts_match_what_llama_cpp_did() {
             "fails"
         };
         assert_eq!(loads, want, "{case}: llama.cpp did {l}, lorakit says {t}");
-        seen.insert(want);
+        seen.insert(want.to_owned());
         if let Some(same) = l["same_as_peft"].as_bool() {
             let applies = if same { "loads" } else { "silent" };
             assert_eq!(
@@ -178,31 +180,24 @@ fn llamacpp_verdicts_match_what_llama_cpp_did() {
                 applies,
                 "{case}: llama.cpp did {l}, lorakit says {t}"
             );
-            seen.insert(applies);
+            seen.insert(applies.to_owned());
         }
-        compared += 1;
-    }
+    });
     assert!(compared >= 30, "only {compared} llama.cpp cases");
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
 #[test]
 fn diffusers_verdicts_match_what_diffusers_did() {
-    let m = manifest();
     let mut seen = std::collections::BTreeSet::new();
-    for (case, rec) in m["cases"].as_object().unwrap() {
-        let Some(d) = rec.get("diffusers") else {
-            continue;
-        };
-        let (_, r) = check_json(&[s(&fixture(case)), "--target", "diffusers"]);
-        let t = target(&r, "diffusers");
+    each_recorded_case("diffusers", false, |case, d, t| {
         assert_eq!(
             outcome(t),
             d["verdict"].as_str().unwrap(),
             "{case}: diffusers did {d}, lorakit says {t}"
         );
         seen.insert(outcome(t));
-    }
+    });
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
