@@ -22,13 +22,17 @@ mod peft_fix;
 /// vLLM 0.34.0 and SGLang 0.5.23 rules, each case citing the line it was read from.
 mod serving;
 
-pub(super) fn check_json(args: &[&str]) -> (i32, Value) {
-    let out = bin()
+/// `lorakit check ARGS…`, as it exited.
+fn check_run(args: &[&str]) -> std::process::Output {
+    bin()
         .arg("check")
         .args(args)
-        .arg("--json")
         .output()
-        .expect("spawn lorakit");
+        .expect("spawn lorakit")
+}
+
+pub(super) fn check_json(args: &[&str]) -> (i32, Value) {
+    let out = check_run(&[args, &["--json"]].concat());
     let code = out.status.code().expect("exit code");
     assert!(
         code == 0 || code == 1,
@@ -518,15 +522,7 @@ fn exit_status_and_targets() {
         .collect();
     assert_eq!(names, ["vllm", "llama.cpp"]);
     // Text output: one verdict line per target, the rule and its source.
-    let out = bin()
-        .args([
-            "check",
-            s(&fixture("llama/adapters/dora")),
-            "--target",
-            "vllm",
-        ])
-        .output()
-        .unwrap();
+    let out = check_run(&[s(&fixture("llama/adapters/dora")), "--target", "vllm"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("vllm       FAILS"), "{text}");
@@ -538,15 +534,7 @@ fn exit_status_and_targets() {
 fn bad_input_is_one_line_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     // Unknown target.
-    let out = bin()
-        .args([
-            "check",
-            s(&fixture("llama/adapters/qv_r8")),
-            "--target",
-            "tgi",
-        ])
-        .output()
-        .unwrap();
+    let out = check_run(&[s(&fixture("llama/adapters/qv_r8")), "--target", "tgi"]);
     assert_eq!(out.status.code(), Some(2));
     // Unreadable adapter.
     let missing = dir.path().join("nope");
