@@ -82,6 +82,16 @@ pub(crate) fn python_ok(py: &Path, script: &str, args: &[&std::ffi::OsStr]) {
     );
 }
 
+/// The targets of a report, in its order.
+fn target_names(report: &Value) -> Vec<&str> {
+    report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["target"].as_str().unwrap())
+        .collect()
+}
+
 pub(super) fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["targets"]
         .as_array()
@@ -469,13 +479,7 @@ fn kohya_files_are_for_the_diffusion_loaders() {
     // Default targets of a kohya file: diffusers and ComfyUI; ComfyUI loads LoHa (comfy/lora.py
     // load_lora reads hada_*), vLLM needs a PEFT folder.
     let (code, r) = check_json(&[s(&fixture("lycoris/loha.safetensors"))]);
-    let names: Vec<&str> = r["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["target"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["diffusers", "comfy"]);
+    assert_eq!(target_names(&r), ["diffusers", "comfy"]);
     assert_eq!(target(&r, "comfy")["verdict"], "loads");
     assert_eq!(code, 1, "diffusers drops lycoris_ keys");
     assert_rules(&[
@@ -514,13 +518,7 @@ fn exit_status_and_targets() {
         "vllm",
     ]);
     assert_eq!(code, 1);
-    let names: Vec<&str> = r["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["target"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["vllm", "llama.cpp"]);
+    assert_eq!(target_names(&r), ["vllm", "llama.cpp"]);
     // Text output: one verdict line per target, the rule and its source.
     let out = check_run(&[s(&fixture("llama/adapters/dora")), "--target", "vllm"]);
     assert_eq!(out.status.code(), Some(1));
