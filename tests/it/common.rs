@@ -663,3 +663,72 @@ pub fn peft_python() -> Option<PathBuf> {
     eprintln!("PEFT TEST SKIPPED: {why}");
     None
 }
+
+/// Runs `lorakit LINE --json` for each command line (split at spaces: the paths the callers
+/// pass, a tempdir and the fixtures folder, hold none), each exiting at most `max_code`, and
+/// checks that the reports speak one JSON vocabulary: an object whose first key is `operation`,
+/// naming the command typed; `files` always a list; no key a number in one report and a list in
+/// another (counts are `*_count`). Returns the reports.
+pub fn assert_one_json_vocabulary(lines: &[String], max_code: i32) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    let mut reports = Vec::new();
+    for line in lines {
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        let out = bin().args(&argv).arg("--json").output().unwrap();
+        assert!(
+            out.status.code().is_some_and(|c| c <= max_code),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{line}: not JSON ({e})"));
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{line}: not an object"));
+        assert_eq!(
+            obj.keys().next().map(String::as_str),
+            Some("operation"),
+            "{line}"
+        );
+        assert_eq!(v["operation"], argv[0], "{line}");
+        key_kinds(&v, argv[0], &mut seen);
+        reports.push(v);
+    }
+    for (k, kind, at) in &seen {
+        if k == "files" {
+            assert_eq!(*kind, "list", "{at} is not a list");
+        }
+        if *kind == "number" {
+            if let Some((_, _, other)) = seen.iter().find(|(k2, kd, _)| k2 == k && *kd == "list") {
+                panic!("{k} is a number at {at} and a list at {other}: name the count {k}_count");
+            }
+        }
+    }
+    reports
+}
+
+/// Every key of a JSON value, with the kind of value it holds and where, recursively.
+fn key_kinds(v: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static str, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let kind = match x {
+                    serde_json::Value::Array(_) => "list",
+                    serde_json::Value::Number(_) => "number",
+                    serde_json::Value::Object(_) => "object",
+                    serde_json::Value::String(_) => "string",
+                    serde_json::Value::Bool(_) => "bool",
+                    serde_json::Value::Null => "null",
+                };
+                out.push((k.clone(), kind, format!("{path}.{k}")));
+                key_kinds(x, &format!("{path}.{k}"), out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                key_kinds(x, &format!("{path}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
