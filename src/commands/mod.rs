@@ -19,7 +19,7 @@ pub mod train;
 use crate::cli::{Cli, Command};
 use anyhow::Result;
 use printer::print_always;
-pub use printer::{print, print_json, status, warn};
+pub use printer::{print, print_json, print_report, status, warn};
 
 /// Runs the parsed command line; the returned code is the process exit status on success
 /// (1 = a check failed).
@@ -46,10 +46,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             let plan = crate::recipe::plan(&steps, rerun, &CliCommands)?;
             if a.dry_run {
-                if a.json {
-                    print_json("run", &plan)?;
-                } else {
-                    print(&crate::inspect::table_of(
+                print_report(a.json, "run", &plan, || {
+                    crate::inspect::table_of(
                         &["step", "action", "reads", "writes", "command"],
                         &[false, false, true, true, false],
                         &plan,
@@ -67,8 +65,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                                 p.argv[1..].join(" "),
                             ]
                         },
-                    ))?;
-                }
+                    )
+                })?;
                 return Ok(0);
             }
             crate::recipe::run(&steps, rerun, quiet, &CliCommands)
@@ -125,10 +123,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 ));
             }
             let r = crate::parts::finalize(&a.out)?;
-            if a.json {
-                print_json("finalize", &r)?;
-            } else {
-                print(&format!(
+            print_report(a.json, "finalize", &r, || {
+                format!(
                     "finalized {}: {} parts, {} files checked ({}), index {}, copied {}\n",
                     r.out,
                     r.parts,
@@ -140,8 +136,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                     } else {
                         r.copied.join(", ")
                     }
-                ))?;
-            }
+                )
+            })?;
             Ok(0)
         }
         Command::GpuInfo(a) => gpu_info(a),
