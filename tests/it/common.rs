@@ -732,3 +732,11 @@ fn key_kinds(v: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static 
         _ => {}
     }
 }
+
+/// Runs [`merge_args`] expecting a refusal: a non-zero exit, one error line (returned), and
+/// nothing at `out`.
+pub fn merge_refused(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
+    let line = one_line_error(&run_err(merge_args(base, adapter, out, extra)));
+    assert!(!out.exists(), "{} written: {line}", out.display());
+    line
+}

@@ -236,7 +236,7 @@ fn contradictory_single_files_are_refused() {
         let p = dir.path().join(format!("{name}.safetensors"));
         write(&p, &tensors, meta);
         let out = dir.path().join(format!("{name}.out"));
-        let line = one_line_error(&run_err(merge_args(&unet(), &p, &out, &[])));
+        let line = merge_refused(&unet(), &p, &out, &[]);
         assert!(line.contains(&format!("{name}.safetensors")), "{line}");
         for e in expect {
             assert!(line.contains(e), "{name}: `{e}` not in {line}");

@@ -300,8 +300,7 @@ fn peft_ia3_and_oft_folders_merge_like_merge_and_unload() {
         t.get_mut(&k).unwrap().shape = shape.to_vec();
         write(&bad.join("adapter_model.safetensors"), &t);
         let out = dir.path().join("never");
-        let line = one_line_error(&run_err(merge_args(&base_path, &bad, &out, &[])));
+        let line = merge_refused(&base_path, &bad, &out, &[]);
         assert!(line.contains(&k) && line.contains(why), "{line}");
-        assert!(!out.exists());
     }
 }
