@@ -740,3 +740,13 @@ pub fn merge_refused(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) ->
     assert!(!out.exists(), "{} written: {line}", out.display());
     line
 }
+
+/// Writes `(name, dtype, shape, little-endian bytes)` tensors to `path` with the independent
+/// `safetensors` crate.
+pub fn write_views(path: &Path, tensors: &[(&str, safetensors::Dtype, &[usize], &[u8])]) {
+    let views = tensors.iter().map(|&(name, dtype, shape, bytes)| {
+        let view = safetensors::tensor::TensorView::new(dtype, shape.to_vec(), bytes);
+        (name, view.unwrap())
+    });
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}

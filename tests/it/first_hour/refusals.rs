@@ -120,21 +120,13 @@ fn extract_skips_integer_buffers_present_on_one_side() {
     let tuned2 = dir.path().join("t2.safetensors");
     let w = f32_bytes(&[0.0; 64]);
     let e = f32_bytes(&[1.0; 8]);
-    safetensors::serialize_to_file(
-        vec![
-            (
-                "encoder.proj.weight",
-                TensorView::new(Dtype::F32, vec![8, 8], &w).unwrap(),
-            ),
-            (
-                "encoder.extra.bias",
-                TensorView::new(Dtype::F32, vec![8], &e).unwrap(),
-            ),
-        ],
-        None,
+    write_views(
         &tuned2,
-    )
-    .unwrap();
+        &[
+            ("encoder.proj.weight", Dtype::F32, &[8, 8], &w),
+            ("encoder.extra.bias", Dtype::F32, &[8], &e),
+        ],
+    );
     one_line_error(&run_err(extract_args(
         &base,
         &tuned2,

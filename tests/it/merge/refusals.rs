@@ -204,21 +204,13 @@ fn a_module_on_an_integer_tensor_is_unmatched_as_not_float() {
     let base = dir.path().join("base.safetensors");
     let q = vec![1u8; 16];
     let f: Vec<u8> = (0..16).flat_map(|i| (i as f32).to_le_bytes()).collect();
-    safetensors::serialize_to_file(
-        vec![
-            (
-                "a.weight",
-                TensorView::new(Dtype::I8, vec![4, 4], &q).unwrap(),
-            ),
-            (
-                "b.weight",
-                TensorView::new(Dtype::F32, vec![4, 4], &f).unwrap(),
-            ),
-        ],
-        None,
+    write_views(
         &base,
-    )
-    .unwrap();
+        &[
+            ("a.weight", Dtype::I8, &[4, 4], &q),
+            ("b.weight", Dtype::F32, &[4, 4], &f),
+        ],
+    );
     let ad = dir.path().join("ad");
     std::fs::create_dir(&ad).unwrap();
     let av: Vec<u8> = [0.5f32; 4].iter().flat_map(|x| x.to_le_bytes()).collect();
