@@ -733,12 +733,21 @@ fn key_kinds(v: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static 
     }
 }
 
-/// Runs [`merge_args`] expecting a refusal: a non-zero exit, one error line (returned), and
+/// Runs lorakit with `args` expecting a refusal: a non-zero exit, one error line (returned), and
 /// nothing at `out`.
-pub fn merge_refused(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
-    let line = one_line_error(&run_err(merge_args(base, adapter, out, extra)));
+pub fn refused<I, S>(args: I, out: &Path) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let line = one_line_error(&run_err(args));
     assert!(!out.exists(), "{} written: {line}", out.display());
     line
+}
+
+/// [`refused`] for [`merge_args`].
+pub fn merge_refused(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
+    refused(merge_args(base, adapter, out, extra), out)
 }
 
 /// Writes `(name, dtype, shape, little-endian bytes)` tensors to `path` with the independent
