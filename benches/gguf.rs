@@ -12,9 +12,10 @@
 //!
 //! `LORAKIT_GGUF_BENCH=quantizers` instead times the quantizers themselves on a synthetic input
 //! (`LORAKIT_BENCH_VALUES` values, default 2²², of seeded Gaussian noise of weight-like scale
-//! 0.02): per K type, the values per second of `quant::quantize_into` on one thread and of
-//! `quant::quantize_par` on all cores (best of `LORAKIT_BENCH_RUNS`, default 3), after checking
-//! that both give the same bytes.
+//! 0.02): per K type, the values per second of the scalar transcription of ggml
+//! (`quant::quantize_reference`) and of the lane-parallel quantizer (`quant::quantize_into`,
+//! at each CPU level this machine has) on one thread, and of `quant::quantize_par` on all cores
+//! (best of `LORAKIT_BENCH_RUNS`, default 3), after checking that all give the same bytes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,6 +42,7 @@ fn noise(n: usize) -> Vec<f32> {
 }
 
 fn quantizers(runs: usize) {
+    use lorakit::backend::simd::{detected, with_level, Level};
     use lorakit::io::gguf::{quant, GgmlType};
     let n: usize = std::env::var("LORAKIT_BENCH_VALUES")
         .ok()
@@ -49,10 +51,23 @@ fn quantizers(runs: usize) {
         .div_ceil(256)
         * 256;
     let x = noise(n);
+    let levels: Vec<Level> = [Level::Baseline, Level::Avx2, Level::Avx512]
+        .into_iter()
+        .filter(|&l| l <= detected())
+        .collect();
     println!(
-        "{n} values, {} rayon threads, best of {runs}",
+        "{n} values, {} rayon threads, best of {runs}; Mvalues/s, one thread unless said",
         rayon::current_num_threads()
     );
+    let best = |f: &mut dyn FnMut() -> Vec<u8>| {
+        let (mut t_min, mut bytes) = (f64::INFINITY, Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            bytes = f();
+            t_min = t_min.min(t.elapsed().as_secs_f64());
+        }
+        (n as f64 / t_min / 1e6, bytes)
+    };
     for ty in [
         GgmlType::Q4_K,
         GgmlType::Q5_K,
@@ -60,24 +75,29 @@ fn quantizers(runs: usize) {
         GgmlType::Q3_K,
         GgmlType::Q2_K,
     ] {
-        let (mut one, mut all) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..runs {
-            let t = Instant::now();
-            let mut serial = Vec::new();
-            assert!(quant::quantize_into(ty, &x, &mut serial));
-            one = one.min(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            let par = quant::quantize_par(ty, &x).unwrap();
-            all = all.min(t.elapsed().as_secs_f64());
-            assert!(serial == par, "{ty}: serial and parallel bytes differ");
+        let (slow, want) = best(&mut || {
+            let mut v = Vec::new();
+            assert!(quant::quantize_reference(ty, &x, &mut v));
+            v
+        });
+        let mut line = format!("{:5}  scalar reference {slow:7.2}", ty.name());
+        for &level in &levels {
+            let (fast, got) = best(&mut || {
+                with_level(level, || {
+                    let mut v = Vec::new();
+                    assert!(quant::quantize_into(ty, &x, &mut v));
+                    v
+                })
+            });
+            assert!(
+                got == want,
+                "{ty}: lanes at {level:?} and scalar bytes differ"
+            );
+            line += &format!("  lanes {level:?} {fast:7.2} ({:.2}×)", fast / slow);
         }
-        let mvs = |s: f64| n as f64 / s / 1e6;
-        println!(
-            "{:5}  1 thread {:8.2} Mvalues/s   all cores {:8.2} Mvalues/s",
-            ty.name(),
-            mvs(one),
-            mvs(all)
-        );
+        let (par, got) = best(&mut || quant::quantize_par(ty, &x).unwrap());
+        assert!(got == want, "{ty}: parallel and scalar bytes differ");
+        println!("{line}  lanes, all cores {par:7.2}");
     }
 }
 
