@@ -15,7 +15,8 @@
 //! 0.02): per K type, the values per second of the scalar transcription of ggml
 //! (`quant::quantize_reference`) and of the lane-parallel quantizer (`quant::quantize_into`,
 //! at each CPU level this machine has) on one thread, and of `quant::quantize_par` on all cores
-//! (best of `LORAKIT_BENCH_RUNS`, default 3), after checking that all give the same bytes.
+//! (best of `LORAKIT_BENCH_RUNS`, default 3), after checking that all give the same bytes;
+//! `LORAKIT_BENCH_TYPES=Q4_K,Q6_K` limits it to those types.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -74,7 +75,11 @@ fn quantizers(runs: usize) {
         GgmlType::Q6_K,
         GgmlType::Q3_K,
         GgmlType::Q2_K,
-    ] {
+    ]
+    .into_iter()
+    .filter(|t| {
+        std::env::var("LORAKIT_BENCH_TYPES").map_or(true, |v| v.split(',').any(|n| n == t.name()))
+    }) {
         let (slow, want) = best(&mut || {
             let mut v = Vec::new();
             assert!(quant::quantize_reference(ty, &x, &mut v));

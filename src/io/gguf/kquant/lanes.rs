@@ -386,34 +386,67 @@ fn make_q3_quants<const N: usize, const G: usize>(
     sel(zero, [0.0; N], sel(pos, q, [0.0; N]))
 }
 
-/// The `Q4_K`/`Q5_K` group fits ([`super::reference::kx_fit`]) in eight lanes: weights
-/// `sqrt(mean(x²)) + |x|`, `make_qkx2_quants(32, nmax, …, rmin, 0.1, nstep, false)`.
+/// The `Q4_K`/`Q5_K` group fits of `N / 8` consecutive super-blocks (`x` holds `32 N` values),
+/// one 32-value group per lane: weights `sqrt(mean(x²)) + |x|`,
+/// `make_qkx2_quants(32, nmax, …, rmin, 0.1, nstep, false)`. Returns the scales, the mins and
+/// the levels `[i][lane]`.
 #[inline(always)]
-pub(super) fn kx_fit(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> Fit {
-    let xt: [[f32; 8]; 32] = transpose(x);
-    let mut sum_x2 = [0f32; 8];
+fn kx_lanes<const N: usize>(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+) -> ([f32; N], [f32; N], [[f32; N]; 32]) {
+    let xt: [[f32; N]; 32] = transpose(x);
+    let mut sum_x2 = [0f32; N];
     for xi in &xt {
-        for j in 0..8 {
+        for j in 0..N {
             sum_x2[j] += xi[j] * xi[j];
         }
     }
-    let mut av_x = [0f32; 8];
-    for j in 0..8 {
+    let mut av_x = [0f32; N];
+    for j in 0..N {
         av_x[j] = (sum_x2[j] / 32.0).sqrt();
     }
-    let mut w = [[0f32; 8]; 32];
+    let mut w = [[0f32; N]; 32];
     for (wi, xi) in w.iter_mut().zip(&xt) {
-        for j in 0..8 {
+        for j in 0..N {
             wi[j] = av_x[j] + xi[j].abs();
         }
     }
-    let mut l = [[0f32; 8]; 32];
+    let mut l = [[0f32; N]; 32];
     let (s, m) = make_qkx2_quants(nmax, &xt, &w, &mut l, rmin, 0.1, nstep, false);
+    (s, m, l)
+}
+
+/// The `Q4_K`/`Q5_K` group fits ([`super::reference::kx_fit`]) of one super-block, in eight
+/// lanes.
+#[inline(always)]
+pub(super) fn kx_fit(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> Fit {
+    let (s, m, l) = kx_lanes::<8>(x, nmax, rmin, nstep);
     let mut fit = Fit::default();
     fit.scales[..8].copy_from_slice(&s);
     fit.mins[..8].copy_from_slice(&m);
     store(&l, 0, &mut fit.l);
     fit
+}
+
+/// [`kx_fit`] of two consecutive super-blocks (512 values) in sixteen lanes: with AVX-512 one
+/// register holds them all, where eight lanes leave LLVM pairing half-full registers.
+#[inline(always)]
+pub(super) fn kx_fit2(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> [Fit; 2] {
+    let (s, m, l) = kx_lanes::<16>(x, nmax, rmin, nstep);
+    let mut fits = [Fit::default(); 2];
+    for (k, fit) in fits.iter_mut().enumerate() {
+        fit.scales[..8].copy_from_slice(&s[8 * k..8 * k + 8]);
+        fit.mins[..8].copy_from_slice(&m[8 * k..8 * k + 8]);
+        for (i, li) in l.iter().enumerate() {
+            for j in 0..8 {
+                fit.l[32 * j + i] = li[8 * k + j] as u8;
+            }
+        }
+    }
+    fits
 }
 
 /// The `Q2_K` group fits ([`super::reference::q2_fit`]) in sixteen lanes: weights `|x|`,

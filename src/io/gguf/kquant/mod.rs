@@ -39,14 +39,27 @@ multiversion! {
                     reference::q3_pack(x, lanes::q3_fit(x), out);
                 }
             }
-            GgmlType::Q4_K => {
-                for x in values.chunks_exact(256) {
-                    reference::q4_pack(x, lanes::kx_fit(x, 15, -1.0, 20), out);
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                let (nmax, rmin, nstep) = if ty == GgmlType::Q4_K {
+                    (15, -1.0, 20)
+                } else {
+                    (31, -0.5, 15)
+                };
+                let pack = if ty == GgmlType::Q4_K {
+                    reference::q4_pack
+                } else {
+                    reference::q5_pack
+                };
+                // Two super-blocks at a time (sixteen lanes), the odd one last in eight.
+                let mut pairs = values.chunks_exact(512);
+                for x in &mut pairs {
+                    let [a, b] = lanes::kx_fit2(x, nmax, rmin, nstep);
+                    pack(&x[..256], a, out);
+                    pack(&x[256..], b, out);
                 }
-            }
-            GgmlType::Q5_K => {
-                for x in values.chunks_exact(256) {
-                    reference::q5_pack(x, lanes::kx_fit(x, 31, -0.5, 15), out);
+                let last = pairs.remainder();
+                if !last.is_empty() {
+                    pack(last, lanes::kx_fit(last, nmax, rmin, nstep), out);
                 }
             }
             GgmlType::Q6_K => {
