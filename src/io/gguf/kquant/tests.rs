@@ -132,10 +132,25 @@ fn lane_searches_equal_the_scalar_transcription_bit_for_bit_at_every_level() {
                 same_fit(Q6_K, i, &lanes::q6_fit(b), &reference::q6_fit(b), b);
             });
         }
+        for (i, b) in x.chunks_exact(512).enumerate() {
+            with_level(level, || {
+                for (ty, nmax, rmin, nstep) in [(Q4_K, 15, -1.0, 20), (Q5_K, 31, -0.5, 15)] {
+                    let two = lanes::kx_fit2(b, nmax, rmin, nstep);
+                    for (k, fit) in two.iter().enumerate() {
+                        let one = &b[256 * k..256 * k + 256];
+                        let want = reference::kx_fit(one, nmax, rmin, nstep);
+                        same_fit(ty, 2 * i + k, fit, &want, one);
+                    }
+                }
+            });
+        }
+        // An odd number of super-blocks: Q4_K/Q5_K's last one takes the eight-lane path.
+        let odd = &x[..x.len() - 256];
+        assert_eq!(odd.len() / 256 % 2, 1);
         for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K] {
             let (mut fast, mut slow) = (Vec::new(), Vec::new());
-            assert!(with_level(level, || quantize(ty, &x, &mut fast)));
-            assert!(quantize_reference(ty, &x, &mut slow));
+            assert!(with_level(level, || quantize(ty, odd, &mut fast)));
+            assert!(quantize_reference(ty, odd, &mut slow));
             let ts = ty.type_size();
             for (i, (f, s)) in fast.chunks(ts).zip(slow.chunks(ts)).enumerate() {
                 assert_eq!(f, s, "{ty} at {level:?}, super-block {i}");
