@@ -213,9 +213,9 @@ fn make_qkx2_quants<const N: usize, const G: usize>(
         }
         *o = sel(flat, [0.0; N], quant(l_iscale, d, 0, nmax));
     }
-    let mut neg_min = [0f32; N];
-    for j in 0..N {
-        neg_min[j] = -sel(flat, min0, min)[j];
+    let mut neg_min = sel(flat, min0, min);
+    for m in neg_min.iter_mut() {
+        *m = -*m;
     }
     (sel(flat, [0.0; N], scale), neg_min)
 }
