@@ -252,6 +252,7 @@ fn make_qkx2_quants(
 
 /// Packs 256 2-bit values as `q2_K`/`q3_K` do: byte `32h + l` of `qs` holds elements
 /// `128h + l + 32s` in bits `2s..2s+2`.
+#[inline(always)]
 fn pack_2bit(l: &[u8; 256], out: &mut Vec<u8>) {
     for j in (0..256).step_by(128) {
         for i in 0..32 {
@@ -283,6 +284,7 @@ pub(super) fn q2_fit(x: &[f32]) -> Fit {
 }
 
 /// The rest of [`q2_k`] after its [`Fit`].
+#[inline(always)]
 pub(super) fn q2_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
     let Fit {
         scales,
@@ -373,6 +375,7 @@ pub(super) fn q3_fit(x: &[f32]) -> Fit {
 }
 
 /// The rest of [`q3_k`] after its [`Fit`].
+#[inline(always)]
 pub(super) fn q3_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
     let scales = fit.scales;
     let mut l = fit.l.map(|v| v as i8);
@@ -446,6 +449,7 @@ pub(super) fn kx_fit(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> Fit {
 /// The `q4_K`/`q5_K` second pass: 6-bit scales and mins packed as `get_scale_min_k4` reads
 /// them, `d` and `dmin`, and the values requantized against the stored scales. Returns the 16
 /// header bytes (`d dmin scales[12]`) and the values.
+#[inline(always)]
 fn kx_pack(x: &[f32], nmax: i32, fit: Fit) -> ([u8; 16], [u8; 256]) {
     let Fit {
         scales,
@@ -503,6 +507,7 @@ fn kx_pack(x: &[f32], nmax: i32, fit: Fit) -> ([u8; 16], [u8; 256]) {
 }
 
 /// `get_scale_min_k4(j, q, &d, &m)`.
+#[inline(always)]
 fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -522,6 +527,7 @@ pub(super) fn q4_k(x: &[f32], out: &mut Vec<u8>) {
 }
 
 /// The rest of [`q4_k`] after its [`Fit`].
+#[inline(always)]
 pub(super) fn q4_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
     let (head, l) = kx_pack(x, 15, fit);
     out.extend_from_slice(&head);
@@ -540,6 +546,7 @@ pub(super) fn q5_k(x: &[f32], out: &mut Vec<u8>) {
 }
 
 /// The rest of [`q5_k`] after its [`Fit`].
+#[inline(always)]
 pub(super) fn q5_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
     let (head, l) = kx_pack(x, 31, fit);
     let mut qh = [0u8; 32];
@@ -576,6 +583,7 @@ pub(super) fn q6_fit(x: &[f32]) -> Fit {
 }
 
 /// The rest of [`q6_k`] after its [`Fit`].
+#[inline(always)]
 pub(super) fn q6_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
     let scales = fit.scales;
     let mut l = fit.l.map(|v| v as i8);
