@@ -9,6 +9,14 @@
 //! `lorakit merge --base base-Q4_K_M.gguf --adapter adapter_r16 --out merged.gguf` (types kept:
 //! every merged tensor requantized with ggml's reference Q4_K/Q6_K quantizer), and prints min
 //! and median of each and their ratio.
+//!
+//! `LORAKIT_GGUF_BENCH=quantizers` instead times the quantizers themselves on a synthetic input
+//! (`LORAKIT_BENCH_VALUES` values, default 2²², of seeded Gaussian noise of weight-like scale
+//! 0.02): per K type, the values per second of the scalar transcription of ggml
+//! (`quant::quantize_reference`) and of the lane-parallel quantizer (`quant::quantize_into`,
+//! at each CPU level this machine has) on one thread, and of `quant::quantize_par` on all cores
+//! (best of `LORAKIT_BENCH_RUNS`, default 3), after checking that all give the same bytes;
+//! `LORAKIT_BENCH_TYPES=Q4_K,Q6_K` limits it to those types.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,7 +28,92 @@ fn min_median(v: &[f64]) -> (f64, f64) {
     (s[0], s[s.len() / 2])
 }
 
+/// Seeded Gaussian noise (xorshift64*, sum of four uniforms), standard deviation `0.02`.
+fn noise(n: usize) -> Vec<f32> {
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let mut u = move || {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f64 / (1u64 << 24) as f64
+    };
+    (0..n)
+        .map(|_| ((u() + u() + u() + u() - 2.0) * 3f64.sqrt() * 0.02) as f32)
+        .collect()
+}
+
+fn quantizers(runs: usize) {
+    use lorakit::backend::simd::{detected, with_level, Level};
+    use lorakit::io::gguf::{quant, GgmlType};
+    let n: usize = std::env::var("LORAKIT_BENCH_VALUES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize << 22)
+        .div_ceil(256)
+        * 256;
+    let x = noise(n);
+    let levels: Vec<Level> = [Level::Baseline, Level::Avx2, Level::Avx512]
+        .into_iter()
+        .filter(|&l| l <= detected())
+        .collect();
+    println!(
+        "{n} values, {} rayon threads, best of {runs}; Mvalues/s, one thread unless said",
+        rayon::current_num_threads()
+    );
+    let best = |f: &mut dyn FnMut() -> Vec<u8>| {
+        let (mut t_min, mut bytes) = (f64::INFINITY, Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            bytes = f();
+            t_min = t_min.min(t.elapsed().as_secs_f64());
+        }
+        (n as f64 / t_min / 1e6, bytes)
+    };
+    for ty in [
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q3_K,
+        GgmlType::Q2_K,
+    ]
+    .into_iter()
+    .filter(|t| {
+        std::env::var("LORAKIT_BENCH_TYPES").map_or(true, |v| v.split(',').any(|n| n == t.name()))
+    }) {
+        let (slow, want) = best(&mut || {
+            let mut v = Vec::new();
+            assert!(quant::quantize_reference(ty, &x, &mut v));
+            v
+        });
+        let mut line = format!("{:5}  scalar reference {slow:7.2}", ty.name());
+        for &level in &levels {
+            let (fast, got) = best(&mut || {
+                with_level(level, || {
+                    let mut v = Vec::new();
+                    assert!(quant::quantize_into(ty, &x, &mut v));
+                    v
+                })
+            });
+            assert!(
+                got == want,
+                "{ty}: lanes at {level:?} and scalar bytes differ"
+            );
+            line += &format!("  lanes {level:?} {fast:7.2} ({:.2}×)", fast / slow);
+        }
+        let (par, got) = best(&mut || quant::quantize_par(ty, &x).unwrap());
+        assert!(got == want, "{ty}: parallel and scalar bytes differ");
+        println!("{line}  lanes, all cores {par:7.2}");
+    }
+}
+
 fn main() {
+    let runs_env = std::env::var("LORAKIT_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if std::env::var("LORAKIT_GGUF_BENCH").as_deref() == Ok("quantizers") {
+        quantizers(runs_env.unwrap_or(3).max(1));
+        return;
+    }
     let dir = std::env::var_os("LORAKIT_GGUF_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp/gguf_bench_7b"));

@@ -5,7 +5,8 @@
 //! (`dequantize_blocks` / `quantize_blocks` of `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, `BF16`,
 //! `Q2_K` … `Q6_K`), which in turn follow `ggml/src/ggml-quants.c` (`dequantize_row_*`,
 //! `quantize_row_*_ref`); the K-quant quantizers, which gguf-py lacks, are in
-//! [`super::kquant`]. The contract is bit-exactness with gguf-py in `f32`: every product
+//! [`super::kquant`] (ggml's `quantize_row_q*_K_ref`, evaluated lane-parallel; its scalar
+//! transcription stays reachable through [`quantize_reference`]). The contract is bit-exactness with gguf-py in `f32`: every product
 //! and sum is rounded to `f32` in the order numpy evaluates it (`d * q - m` is two roundings,
 //! never a fused multiply-add), `f16` scales are widened exactly and narrowed with
 //! round-to-nearest-even. The fixtures in `fixtures/gguf/` hold gguf-py's own results and the
@@ -62,8 +63,12 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
     true
 }
 
-/// Blocks per parallel work item of [`dequantize_par`] and [`quantize_par`].
+/// Blocks per parallel work item of [`dequantize_par`].
 const PAR_BLOCKS: usize = 4096;
+
+/// Values per parallel work item of [`quantize_par`]: 256 K-quant super-blocks, a few
+/// milliseconds of work, so that a tensor spreads over all cores evenly.
+const PAR_VALUES: usize = 1 << 16;
 
 /// [`dequantize_into`] over the cores (blocks are independent, so the result is identical).
 pub fn dequantize_par(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
@@ -77,7 +82,8 @@ pub fn dequantize_par(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
         .all(|(o, d)| dequantize_into(ty, d, o))
 }
 
-/// [`quantize_into`] over the cores (blocks are independent, so the bytes are identical).
+/// [`quantize_into`] over the cores (blocks are independent and the parts are concatenated in
+/// order, so the bytes are identical whatever the number of threads).
 pub fn quantize_par(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
     use rayon::prelude::*;
     let bs = ty.block_size();
@@ -85,7 +91,7 @@ pub fn quantize_par(ty: GgmlType, values: &[f32]) -> Option<Vec<u8>> {
         return None;
     }
     let parts: Vec<Option<Vec<u8>>> = values
-        .par_chunks(PAR_BLOCKS * bs)
+        .par_chunks((PAR_VALUES / bs).max(1) * bs)
         .map(|c| {
             let mut v = Vec::new();
             quantize_into(ty, c, &mut v).then_some(v)
@@ -303,14 +309,26 @@ pub fn quantize_into(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
         GgmlType::Q5_0 => values.chunks_exact(32).for_each(|b| quant_sym(b, 5, out)),
         GgmlType::Q4_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 4, out)),
         GgmlType::Q5_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 5, out)),
-        GgmlType::Q2_K => values.chunks_exact(256).for_each(|b| kquant::q2_k(b, out)),
-        GgmlType::Q3_K => values.chunks_exact(256).for_each(|b| kquant::q3_k(b, out)),
-        GgmlType::Q4_K => values.chunks_exact(256).for_each(|b| kquant::q4_k(b, out)),
-        GgmlType::Q5_K => values.chunks_exact(256).for_each(|b| kquant::q5_k(b, out)),
-        GgmlType::Q6_K => values.chunks_exact(256).for_each(|b| kquant::q6_k(b, out)),
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            return kquant::quantize(ty, values, out)
+        }
         _ => return false,
     }
     true
+}
+
+/// [`quantize_into`] with the K-quants through their scalar transcription of ggml
+/// (`kquant::reference`) instead of the lane-parallel search: the same bytes, several times
+/// slower. For tests and `benches/gguf.rs`, which compare the two.
+#[doc(hidden)]
+pub fn quantize_reference(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
+    match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            out.reserve(values.len() / 256 * ty.type_size());
+            kquant::quantize_reference(ty, values, out)
+        }
+        _ => quantize_into(ty, values, out),
+    }
 }
 
 /// `quants.py` `BF16.quantize_blocks` (= ggml's `ggml_compute_fp32_to_bf16`): a NaN becomes a

@@ -1,5 +1,11 @@
 //! ggml's reference K-quant quantizers (`Q2_K` … `Q6_K`, 256-value super-blocks), without an
-//! importance matrix.
+//! importance matrix, transcribed scalar: the readable reference that the lane-parallel
+//! [`super::lanes`] searches are tested against, and the code that packs their results.
+//!
+//! Each quantizer is split where ggml's is: a *fit* (the per-group scale searches of the first
+//! pass, [`Fit`]) and a *pack* (the super-block scales quantized against the largest one, the
+//! values requantized against the stored scales, the bytes laid out). The fits are where the
+//! time goes; the packs are shared with the fast path.
 //!
 //! Each function transcribes `ggml/src/ggml-quants.c` (llama.cpp as vendored by
 //! llama-cpp-python 0.3.36): `quantize_row_q{2,3,4,5,6}_K_ref` and their helpers
@@ -20,11 +26,11 @@
 use half::f16;
 
 /// `GROUP_MAX_EPS` of ggml-quants.c: a group whose largest magnitude is below it is all zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// `nearest_int`: round to nearest (ties to even) through the `1.5 * 2^23` magic number, with
 /// the same bit arithmetic, so out-of-range inputs give ggml's (meaningless but fixed) results.
-fn nearest_int(f: f32) -> i32 {
+pub(super) fn nearest_int(f: f32) -> i32 {
     let val = f + 12_582_912.0;
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
@@ -41,6 +47,26 @@ fn f16_le(x: f32) -> [u8; 2] {
 /// `GGML_FP16_TO_FP32` of the two bytes at `b[at..]`.
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The first pass over a super-block's groups (8 of 32 or 16 of 16): each group's scale, its
+/// min (the affine types; 0 elsewhere) and its values `L` as ggml stores them in `L[]` (with
+/// the `+ nmax` offset of the symmetric types), in element order.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Fit {
+    pub scales: [f32; 16],
+    pub mins: [f32; 16],
+    pub l: [u8; 256],
+}
+
+impl Default for Fit {
+    fn default() -> Self {
+        Fit {
+            scales: [0.0; 16],
+            mins: [0.0; 16],
+            l: [0; 256],
+        }
+    }
 }
 
 /// `make_qx_quants(n, nmax, x, L, 1, NULL)`: a symmetric scale for `x` by weighted least squares
@@ -226,6 +252,7 @@ fn make_qkx2_quants(
 
 /// Packs 256 2-bit values as `q2_K`/`q3_K` do: byte `32h + l` of `qs` holds elements
 /// `128h + l + 32s` in bits `2s..2s+2`.
+#[inline(always)]
 fn pack_2bit(l: &[u8; 256], out: &mut Vec<u8>) {
     for j in (0..256).step_by(128) {
         for i in 0..32 {
@@ -238,22 +265,40 @@ fn pack_2bit(l: &[u8; 256], out: &mut Vec<u8>) {
 /// (`make_qkx2_quants(16, 3, …, |x|, -0.5, 0.1, 15, use_mad)`), 2-bit values. Layout:
 /// `scales[16] qs[64] d dmin`.
 pub(super) fn q2_k(x: &[f32], out: &mut Vec<u8>) {
-    let mut l = [0u8; 256];
-    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    q2_pack(x, q2_fit(x), out);
+}
+
+/// The first pass of [`q2_k`].
+pub(super) fn q2_fit(x: &[f32]) -> Fit {
+    let mut fit = Fit::default();
     for j in 0..16 {
         let xs = &x[16 * j..16 * j + 16];
         let mut w = [0f32; 16];
         for (wi, v) in w.iter_mut().zip(xs) {
             *wi = v.abs();
         }
-        let (s, m) = make_qkx2_quants(3, xs, &w, &mut l[16 * j..16 * j + 16], -0.5, 0.1, 15, true);
-        (scales[j], mins[j]) = (s, m);
-        if s > max_scale {
-            max_scale = s;
+        let l = &mut fit.l[16 * j..16 * j + 16];
+        (fit.scales[j], fit.mins[j]) = make_qkx2_quants(3, xs, &w, l, -0.5, 0.1, 15, true);
+    }
+    fit
+}
+
+/// The rest of [`q2_k`] after its [`Fit`].
+#[inline(always)]
+pub(super) fn q2_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
+    let Fit {
+        scales,
+        mins,
+        mut l,
+        ..
+    } = fit;
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..16 {
+        if scales[j] > max_scale {
+            max_scale = scales[j];
         }
-        if m > max_min {
-            max_min = m;
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
     let mut sc = [0u8; 16];
@@ -293,31 +338,48 @@ pub(super) fn q2_k(x: &[f32], out: &mut Vec<u8>) {
 }
 
 /// The scales of the 16 groups of 16 of a super-block (`quant(group, levels)` each, as
-/// q3_K and q6_K compute them), the scale of largest magnitude (the first one where several
-/// tie, as ggml's `>` keeps it) and that magnitude.
-fn group_scales(
-    x: &[f32],
-    l: &mut [i8; 256],
-    quant: impl Fn(&[f32], &mut [i8]) -> f32,
-) -> ([f32; 16], f32, f32) {
-    let mut scales = [0f32; 16];
-    let (mut max_scale, mut amax) = (0f32, 0f32);
+/// q3_K and q6_K compute them), with the levels (`l + nmax`, never negative) in `fit.l`.
+fn group_fit(x: &[f32], quant: impl Fn(&[f32], &mut [i8]) -> f32) -> Fit {
+    let mut fit = Fit::default();
+    let mut l = [0i8; 256];
     for j in 0..16 {
-        scales[j] = quant(&x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
-        if scales[j].abs() > amax {
-            amax = scales[j].abs();
-            max_scale = scales[j];
+        fit.scales[j] = quant(&x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+    }
+    fit.l = l.map(|v| v as u8);
+    fit
+}
+
+/// The scale of largest magnitude (the first one where several tie, as ggml's `>` keeps it)
+/// and that magnitude.
+fn max_abs_scale(scales: &[f32; 16]) -> (f32, f32) {
+    let (mut max_scale, mut amax) = (0f32, 0f32);
+    for &s in scales {
+        if s.abs() > amax {
+            amax = s.abs();
+            max_scale = s;
         }
     }
-    (scales, max_scale, amax)
+    (max_scale, amax)
 }
 
 /// `quantize_row_q3_K_ref` for one super-block: 16 groups of 16 with signed 6-bit scales
 /// (`make_q3_quants(16, 4, …, true)`), 3-bit values split into a 2-bit `qs` and a high-bit
 /// mask. Layout: `hmask[32] qs[64] scales[12] d`.
 pub(super) fn q3_k(x: &[f32], out: &mut Vec<u8>) {
-    let mut l = [0i8; 256];
-    let (scales, max_scale, _) = group_scales(x, &mut l, |x, l| make_q3_quants(4, x, l));
+    q3_pack(x, q3_fit(x), out);
+}
+
+/// The first pass of [`q3_k`].
+pub(super) fn q3_fit(x: &[f32]) -> Fit {
+    group_fit(x, |x, l| make_q3_quants(4, x, l))
+}
+
+/// The rest of [`q3_k`] after its [`Fit`].
+#[inline(always)]
+pub(super) fn q3_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
+    let scales = fit.scales;
+    let mut l = fit.l.map(|v| v as i8);
+    let (max_scale, _) = max_abs_scale(&scales);
     let mut sc = [0u8; 12];
     let d = if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
@@ -364,13 +426,9 @@ pub(super) fn q3_k(x: &[f32], out: &mut Vec<u8>) {
 }
 
 /// The `q4_K`/`q5_K` first pass: 8 groups of 32 fitted by `make_qkx2_quants(32, nmax, …)` with
-/// weights `sqrt(mean(x²)) + |x|`; then 6-bit scales and mins packed as `get_scale_min_k4`
-/// reads them, `d` and `dmin`, and the values requantized against the stored scales. Returns
-/// the 16 header bytes (`d dmin scales[12]`) and the values.
-fn kx_superblock(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8; 256]) {
-    let mut l = [0u8; 256];
-    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
+/// weights `sqrt(mean(x²)) + |x|` (the first 8 scales and mins of the [`Fit`]).
+pub(super) fn kx_fit(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> Fit {
+    let mut fit = Fit::default();
     for j in 0..8 {
         let xs = &x[32 * j..32 * j + 32];
         let mut sum_x2 = 0f32;
@@ -382,22 +440,30 @@ fn kx_superblock(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8;
         for (wi, v) in w.iter_mut().zip(xs) {
             *wi = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants(
-            nmax,
-            xs,
-            &w,
-            &mut l[32 * j..32 * j + 32],
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
-        (scales[j], mins[j]) = (s, m);
-        if s > max_scale {
-            max_scale = s;
+        let l = &mut fit.l[32 * j..32 * j + 32];
+        (fit.scales[j], fit.mins[j]) = make_qkx2_quants(nmax, xs, &w, l, rmin, 0.1, nstep, false);
+    }
+    fit
+}
+
+/// The `q4_K`/`q5_K` second pass: 6-bit scales and mins packed as `get_scale_min_k4` reads
+/// them, `d` and `dmin`, and the values requantized against the stored scales. Returns the 16
+/// header bytes (`d dmin scales[12]`) and the values.
+#[inline(always)]
+fn kx_pack(x: &[f32], nmax: i32, fit: Fit) -> ([u8; 16], [u8; 256]) {
+    let Fit {
+        scales,
+        mins,
+        mut l,
+        ..
+    } = fit;
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        if scales[j] > max_scale {
+            max_scale = scales[j];
         }
-        if m > max_min {
-            max_min = m;
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
     let inv_scale = if max_scale > 0.0 {
@@ -407,17 +473,11 @@ fn kx_superblock(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8;
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut head = [0u8; 16];
-    let (ls_all, lm_all): (Vec<u8>, Vec<u8>) = (0..8)
-        .map(|j| {
-            let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-            let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-            (ls, lm)
-        })
-        .unzip();
     {
         let sc = &mut head[4..16];
         for j in 0..8 {
-            let (ls, lm) = (ls_all[j], lm_all[j]);
+            let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+            let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
             if j < 4 {
                 sc[j] = ls;
                 sc[j + 4] = lm;
@@ -447,6 +507,7 @@ fn kx_superblock(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> ([u8; 16], [u8;
 }
 
 /// `get_scale_min_k4(j, q, &d, &m)`.
+#[inline(always)]
 fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -462,7 +523,13 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Layout: `d dmin scales[12] qs[128]`, byte `32c + l` holding elements `64c + l` (low nibble)
 /// and `64c + 32 + l` (high nibble).
 pub(super) fn q4_k(x: &[f32], out: &mut Vec<u8>) {
-    let (head, l) = kx_superblock(x, 15, -1.0, 20);
+    q4_pack(x, kx_fit(x, 15, -1.0, 20), out);
+}
+
+/// The rest of [`q4_k`] after its [`Fit`].
+#[inline(always)]
+pub(super) fn q4_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
+    let (head, l) = kx_pack(x, 15, fit);
     out.extend_from_slice(&head);
     for j in (0..256).step_by(64) {
         for i in 0..32 {
@@ -475,7 +542,13 @@ pub(super) fn q4_k(x: &[f32], out: &mut Vec<u8>) {
 /// Layout: `d dmin scales[12] qh[32] qs[128]`; the fifth bit of elements `64c + l` and
 /// `64c + 32 + l` goes to bits `2c` and `2c + 1` of `qh[l]`.
 pub(super) fn q5_k(x: &[f32], out: &mut Vec<u8>) {
-    let (head, l) = kx_superblock(x, 31, -0.5, 15);
+    q5_pack(x, kx_fit(x, 31, -0.5, 15), out);
+}
+
+/// The rest of [`q5_k`] after its [`Fit`].
+#[inline(always)]
+pub(super) fn q5_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
+    let (head, l) = kx_pack(x, 31, fit);
     let mut qh = [0u8; 32];
     let mut ql = [0u8; 128];
     for c in 0..4 {
@@ -501,8 +574,20 @@ pub(super) fn q5_k(x: &[f32], out: &mut Vec<u8>) {
 /// with signed 8-bit scales. A super-block whose scales are all below `GROUP_MAX_EPS` is 210
 /// zero bytes. Layout: `ql[128] qh[64] scales[16] d`.
 pub(super) fn q6_k(x: &[f32], out: &mut Vec<u8>) {
-    let mut l = [0i8; 256];
-    let (scales, max_scale, max_abs) = group_scales(x, &mut l, |x, l| make_qx_quants(32, x, l));
+    q6_pack(x, q6_fit(x), out);
+}
+
+/// The first pass of [`q6_k`].
+pub(super) fn q6_fit(x: &[f32]) -> Fit {
+    group_fit(x, |x, l| make_qx_quants(32, x, l))
+}
+
+/// The rest of [`q6_k`] after its [`Fit`].
+#[inline(always)]
+pub(super) fn q6_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
+    let scales = fit.scales;
+    let mut l = fit.l.map(|v| v as i8);
+    let (max_scale, max_abs) = max_abs_scale(&scales);
     if max_abs < GROUP_MAX_EPS {
         out.extend_from_slice(&[0u8; 210]);
         return;

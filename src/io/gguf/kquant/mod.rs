@@ -1,0 +1,91 @@
+//! ggml's reference K-quant quantizers (`Q2_K` … `Q6_K`), byte-exact with
+//! `quantize_row_q*_K_ref`, in two evaluations of the same arithmetic: [`reference`], the
+//! scalar transcription of `ggml-quants.c` (the readable one, and the contract's statement), and
+//! [`lanes`], which runs the per-group scale searches of a super-block (where nearly all the
+//! time goes) with one group per vector lane. Both feed the same packing code.
+//!
+//! [`quantize`] is what lorakit calls: the lane searches compiled per CPU level by
+//! [`crate::backend::simd::multiversion!`] (every copy computes the same bits, see
+//! [`crate::backend::simd`]). It never allocates per block. `kquant::tests` checks it against
+//! [`reference`] bit for bit on random and adversarial super-blocks at every level;
+//! `io::gguf::tests` checks both against ggml's own bytes (`fixtures/gguf/kquant.gguf`).
+
+mod lanes;
+pub(super) mod reference;
+#[cfg(test)]
+mod tests;
+
+use super::types::GgmlType;
+use crate::backend::simd::multiversion;
+
+multiversion! {
+    /// Quantizes `values` (whole super-blocks) to the K type `ty`, appending to `out`. Returns
+    /// `false`, writing nothing, for a type that is not a K-quant or a length that is not a
+    /// multiple of 256.
+    pub(super) fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
+        if !values.len().is_multiple_of(256) {
+            return false;
+        }
+        // Plain loops, no closures: a closure (and the iterator method it is passed to) would be
+        // a function of its own, compiled for the baseline instead of inside this copy.
+        match ty {
+            GgmlType::Q2_K => {
+                for x in values.chunks_exact(256) {
+                    reference::q2_pack(x, lanes::q2_fit(x), out);
+                }
+            }
+            GgmlType::Q3_K => {
+                for x in values.chunks_exact(256) {
+                    reference::q3_pack(x, lanes::q3_fit(x), out);
+                }
+            }
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                let (nmax, rmin, nstep) = if ty == GgmlType::Q4_K {
+                    (15, -1.0, 20)
+                } else {
+                    (31, -0.5, 15)
+                };
+                let pack = if ty == GgmlType::Q4_K {
+                    reference::q4_pack
+                } else {
+                    reference::q5_pack
+                };
+                // Two super-blocks at a time (sixteen lanes), the odd one last in eight.
+                let mut pairs = values.chunks_exact(512);
+                for x in &mut pairs {
+                    let [a, b] = lanes::kx_fit2(x, nmax, rmin, nstep);
+                    pack(&x[..256], a, out);
+                    pack(&x[256..], b, out);
+                }
+                let last = pairs.remainder();
+                if !last.is_empty() {
+                    pack(last, lanes::kx_fit(last, nmax, rmin, nstep), out);
+                }
+            }
+            GgmlType::Q6_K => {
+                for x in values.chunks_exact(256) {
+                    reference::q6_pack(x, lanes::q6_fit(x), out);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// [`quantize`] through the scalar [`reference`] transcription.
+pub(super) fn quantize_reference(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
+    if !values.len().is_multiple_of(256) {
+        return false;
+    }
+    let blocks = values.chunks_exact(256);
+    match ty {
+        GgmlType::Q2_K => blocks.for_each(|x| reference::q2_k(x, out)),
+        GgmlType::Q3_K => blocks.for_each(|x| reference::q3_k(x, out)),
+        GgmlType::Q4_K => blocks.for_each(|x| reference::q4_k(x, out)),
+        GgmlType::Q5_K => blocks.for_each(|x| reference::q5_k(x, out)),
+        GgmlType::Q6_K => blocks.for_each(|x| reference::q6_k(x, out)),
+        _ => return false,
+    }
+    true
+}

@@ -1,0 +1,192 @@
+//! The lane-parallel searches against the scalar transcription, bit for bit, at every CPU level:
+//! any lane that computes a different operation, order or branch than ggml's scalar code shows
+//! as a different scale, min, level or byte here. (Both are checked against ggml's own bytes
+//! in `io::gguf::tests`.)
+
+use super::reference::{self, Fit};
+use super::{lanes, quantize, quantize_reference};
+use crate::backend::simd::{with_level, Level};
+use crate::io::gguf::types::GgmlType;
+
+/// xorshift64* in `[0, 1)`, seeded.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() * n as f64) as usize
+    }
+    fn normal(&mut self) -> f32 {
+        ((self.next() + self.next() + self.next() + self.next() - 2.0) * 3f64.sqrt()) as f32
+    }
+}
+
+/// One 16-value group of a kind chosen by `kind`: the cases where the scalar code branches
+/// (flat and all-zero groups, the min clamp, ties, magnitudes at and past f16's range, tiny and
+/// subnormal values) and noise at magnitudes 1e-8 … 1e8.
+fn group(rng: &mut Rng, kind: usize) -> [f32; 16] {
+    let mut g = [0f32; 16];
+    let scale = 10f32.powi(rng.below(17) as i32 - 8);
+    match kind {
+        0 => {}
+        1 => g
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = if i % 2 == 0 { -0.0 } else { 0.0 }),
+        2 => g.fill(scale),
+        3 => g.fill(-scale),
+        4 => g[rng.below(16)] = scale * if rng.next() < 0.5 { 1.0 } else { -1.0 },
+        5 => {
+            g.iter_mut().for_each(|v| *v = rng.normal() * scale);
+            let (a, b) = (rng.below(16), rng.below(16));
+            (g[a], g[b]) = (scale * 4.0, -scale * 4.0);
+        }
+        6 => g
+            .iter_mut()
+            .for_each(|v| *v = rng.normal().abs() * scale + scale),
+        7 => g
+            .iter_mut()
+            .for_each(|v| *v = -rng.normal().abs() * scale - scale),
+        8 => g
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i as f32 - 8.0) * 0.5 * scale),
+        9 => g
+            .iter_mut()
+            .for_each(|v| *v = (rng.below(9) as f32 - 4.0) * scale),
+        10 => g.iter_mut().for_each(|v| *v = rng.normal() * 6e4),
+        11 => g.iter_mut().for_each(|v| *v = rng.normal() * 1e30),
+        12 => g.iter_mut().for_each(|v| *v = rng.normal() * 1e-38),
+        13 => g.iter_mut().for_each(|v| *v = rng.normal() * 1e-16),
+        14 => g.iter_mut().for_each(|v| {
+            *v = if rng.next() < 0.8 {
+                0.0
+            } else {
+                rng.normal() * scale
+            }
+        }),
+        15 => {
+            let vals = [scale, -scale, 0.5 * scale, 2.0 * scale];
+            g.iter_mut().for_each(|v| *v = vals[rng.below(4)]);
+        }
+        _ => g.iter_mut().for_each(|v| *v = rng.normal() * scale),
+    }
+    g
+}
+
+/// Super-blocks whose sixteen 16-value groups each take an independent kind (so the lanes of
+/// one super-block take different branches), then the same with every group of one kind.
+fn superblocks(n: usize) -> Vec<f32> {
+    let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+    let mut x = Vec::with_capacity(256 * (n + 2 * 20));
+    for _ in 0..n {
+        for _ in 0..16 {
+            let kind = rng.below(24);
+            x.extend_from_slice(&group(&mut rng, kind));
+        }
+    }
+    for kind in 0..20 {
+        for _ in 0..16 {
+            x.extend_from_slice(&group(&mut rng, kind));
+        }
+        // The same group repeated: every lane equal.
+        let g = group(&mut rng, kind);
+        (0..16).for_each(|_| x.extend_from_slice(&g));
+    }
+    x
+}
+
+fn same_fit(ty: GgmlType, i: usize, lanes: &Fit, scalar: &Fit, x: &[f32]) {
+    let bits = |v: &[f32; 16]| v.map(f32::to_bits);
+    assert_eq!(
+        (bits(&lanes.scales), bits(&lanes.mins), lanes.l),
+        (bits(&scalar.scales), bits(&scalar.mins), scalar.l),
+        "{ty} super-block {i}: input {x:?}"
+    );
+}
+
+#[test]
+fn lane_searches_equal_the_scalar_transcription_bit_for_bit_at_every_level() {
+    use GgmlType::*;
+    let x = superblocks(160);
+    for level in [Level::Baseline, Level::Avx2, Level::Avx512] {
+        for (i, b) in x.chunks_exact(256).enumerate() {
+            with_level(level, || {
+                same_fit(Q2_K, i, &lanes::q2_fit(b), &reference::q2_fit(b), b);
+                same_fit(Q3_K, i, &lanes::q3_fit(b), &reference::q3_fit(b), b);
+                let (l4, s4) = (
+                    lanes::kx_fit(b, 15, -1.0, 20),
+                    reference::kx_fit(b, 15, -1.0, 20),
+                );
+                same_fit(Q4_K, i, &l4, &s4, b);
+                let (l5, s5) = (
+                    lanes::kx_fit(b, 31, -0.5, 15),
+                    reference::kx_fit(b, 31, -0.5, 15),
+                );
+                same_fit(Q5_K, i, &l5, &s5, b);
+                same_fit(Q6_K, i, &lanes::q6_fit(b), &reference::q6_fit(b), b);
+            });
+        }
+        for (i, b) in x.chunks_exact(512).enumerate() {
+            with_level(level, || {
+                for (ty, nmax, rmin, nstep) in [(Q4_K, 15, -1.0, 20), (Q5_K, 31, -0.5, 15)] {
+                    let two = lanes::kx_fit2(b, nmax, rmin, nstep);
+                    for (k, fit) in two.iter().enumerate() {
+                        let one = &b[256 * k..256 * k + 256];
+                        let want = reference::kx_fit(one, nmax, rmin, nstep);
+                        same_fit(ty, 2 * i + k, fit, &want, one);
+                    }
+                }
+            });
+        }
+        // An odd number of super-blocks: Q4_K/Q5_K's last one takes the eight-lane path.
+        let odd = &x[..x.len() - 256];
+        assert_eq!(odd.len() / 256 % 2, 1);
+        for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K] {
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            assert!(with_level(level, || quantize(ty, odd, &mut fast)));
+            assert!(quantize_reference(ty, odd, &mut slow));
+            let ts = ty.type_size();
+            for (i, (f, s)) in fast.chunks(ts).zip(slow.chunks(ts)).enumerate() {
+                assert_eq!(f, s, "{ty} at {level:?}, super-block {i}");
+            }
+            assert_eq!(fast.len(), slow.len(), "{ty}");
+        }
+    }
+}
+
+#[test]
+fn the_adversarial_set_reaches_the_branches_it_is_for() {
+    // A guard on the generator: without flat, zero and clamped-min groups the comparison above
+    // would not exercise the lanes' selects.
+    let x = superblocks(160);
+    let groups: Vec<&[f32]> = x.chunks_exact(16).collect();
+    assert!(groups.iter().any(|g| g.iter().all(|&v| v == 0.0)));
+    assert!(groups
+        .iter()
+        .any(|g| g[0] != 0.0 && g.iter().all(|&v| v == g[0])));
+    assert!(groups.iter().any(|g| g.iter().all(|&v| v > 0.0)));
+    assert!(groups.iter().any(|g| g.iter().any(|v| v.abs() > 65504.0)));
+    assert!(groups
+        .iter()
+        .any(|g| g.iter().any(|&v| v != 0.0 && v.abs() < f32::MIN_POSITIVE)));
+    // Mixed super-blocks: some hold both a flat or zero group and a noisy one.
+    let mixed = x.chunks_exact(256).any(|b| {
+        let gs: Vec<&[f32]> = b.chunks_exact(16).collect();
+        gs.iter().any(|g| g.iter().all(|&v| v == g[0])) && gs.iter().any(|g| g[0] != g[1])
+    });
+    assert!(mixed);
+}
+
+#[test]
+fn quantize_refuses_what_is_not_a_whole_k_block() {
+    let mut out = Vec::new();
+    assert!(!quantize(GgmlType::Q4_K, &[0.0; 255], &mut out));
+    assert!(!quantize(GgmlType::Q8_0, &[0.0; 256], &mut out));
+    assert!(out.is_empty());
+}
