@@ -45,6 +45,8 @@ mod it {
     pub mod model;
     /// PEFT (Python) loads and merges what extract and train write, as lorakit merges it.
     pub mod peft_load;
+    /// PEFT `target_parameters` on fused MoE experts, merged as PEFT's merge_and_unload.
+    pub mod peft_moe;
     /// The binary as a process: progress bars on a terminal only, a merge's peak RSS.
     pub mod process;
     /// Quantized bases: `dequantize`, merges into and as-trained-on quantized weights, bad input.

@@ -12,6 +12,10 @@
 //! more than one candidate is an error (ambiguous), as underscores inside names make the
 //! reverse mapping non-unique.
 //!
+//! An expert of a fused MoE parameter (`{param}[e/E]`, PEFT `target_parameters`,
+//! [`super::formats::peft::params`]) maps to its expert's slice of the `[E, ·, ·]` tensor
+//! `{param}` itself, exact name only.
+//!
 //! Must not read tensor data or decide what an unmatched module means (refuse or warn is the
 //! caller's choice); merge, eval and train all match names through it rather than on their own.
 
@@ -159,6 +163,43 @@ pub fn resolve_in(
     };
     let mut res = Resolution::default();
     for (mi, m) in adapter.modules.iter().enumerate() {
+        if let Some((param, _, n)) = super::formats::peft::params::parse_expert(&m.name) {
+            // One expert of a fused `[E, ·, ·]` parameter: its slice (peft/params.rs).
+            let expected = expected_shape(m);
+            let found = names.contains(&param).then(|| logical(param));
+            // Either orientation: which one PEFT used is the model class's (`is_transposed`),
+            // decided with the base by `params::fit_to_base` before a merge.
+            let swapped: Vec<usize> = expected.iter().rev().copied().collect();
+            let fits = |s: &[usize]| {
+                s.len() == 3 && s[0] == n && (s[1..] == expected[..] || s[1..] == swapped[..])
+                    || n == 1 && s == expected.as_slice()
+            };
+            match found {
+                None => res.unmatched.push(Unmatched::NotFound {
+                    module: m.name.clone(),
+                    expected: param.to_owned(),
+                }),
+                Some((s, _)) if !fits(&s) => res.unmatched.push(Unmatched::ShapeMismatch {
+                    module: m.name.clone(),
+                    tensor: param.to_owned(),
+                    expected: [vec![n], expected].concat(),
+                    found: s,
+                }),
+                Some((_, dt)) if !crate::dtype::is_float_compute(dt) => {
+                    res.unmatched.push(Unmatched::NotFloat {
+                        module: m.name.clone(),
+                        tensor: param.to_owned(),
+                        dtype: crate::dtype::name(dt),
+                    })
+                }
+                Some(_) => res.modules.push(Placement {
+                    module: mi,
+                    weight: param.to_owned(),
+                    bias: None,
+                }),
+            }
+            continue;
+        }
         let candidates = if adapter.format == Format::Kohya && !m.name.contains('.') {
             kohya_candidates(&m.name, &kohya_index)
         } else {

@@ -273,6 +273,8 @@ pub fn write_adapter(
     spec: &WriteSpec,
     prov: &Provenance,
 ) -> InputResult<Written> {
+    let format = format!("{:?}", spec.format).to_lowercase();
+    crate::adapter::formats::peft::params::refuse_write(adapter, &format)?;
     let meta = output_metadata(adapter, spec, prov);
     let folder = match spec.format {
         Format::Peft => spec.out.clone(),
@@ -331,6 +333,7 @@ pub fn write_diffusers(
     prov: &Provenance,
 ) -> InputResult<Written> {
     use crate::adapter::formats::diffusers;
+    crate::adapter::formats::peft::params::refuse_write(adapter, "a diffusers file")?;
     // The input's metadata and provenance, without a kohya file's name map or an old config.
     let plain = WriteSpec {
         format: Format::Peft,

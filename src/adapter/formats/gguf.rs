@@ -163,6 +163,7 @@ pub fn write(
     extra: Vec<Vec<u8>>,
 ) -> InputResult<(Vec<Written>, u64)> {
     let path = &adapter.path;
+    super::peft::params::refuse_write(adapter, "a llama.cpp GGUF adapter")?;
     // PEFT saves the base embedding beside a LoRA on it (`embed_tokens.base_layer.weight`);
     // llama.cpp's converter skips `.base_layer.weight` tensors, and so does lorakit. Any other
     // full tensor would replace a base tensor, which a llama.cpp adapter cannot.

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 /// Output dtype policy: the one `--dtype` of every writing command.
 pub use crate::ops::output::DtypeChoice;
 
+mod experts;
 pub mod gguf;
 pub mod gguf_hf;
 pub mod gguf_parts;

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::adapter::formats::peft::BaseResidual;
+use crate::adapter::formats::peft::params;
 use crate::adapter::mapping::{self, Unmatched};
 use crate::adapter::ModuleKind;
 use crate::dtype::{self, Dtype};
@@ -37,7 +38,7 @@ impl MergePlan {
 
     fn build(
         base: Checkpoint,
-        adapters: Vec<WeightedAdapter>,
+        mut adapters: Vec<WeightedAdapter>,
         out: PathBuf,
         options: MergeOptions,
         dequantize_only: bool,
@@ -68,6 +69,10 @@ impl MergePlan {
             inputs.extend(a.adapter.input_paths());
         }
 
+        // MoE experts (PEFT `target_parameters`) take the base's layout.
+        for wa in &mut adapters {
+            params::fit_to_base(&mut wa.adapter, &base)?;
+        }
         let mut actions: HashMap<String, Action> = HashMap::new();
         let mut base_override: HashMap<String, (usize, usize)> = HashMap::new();
         let mut unmatched = Vec::new();
@@ -146,7 +151,13 @@ impl MergePlan {
                     .or_insert_with(|| Action::Merge(Vec::new()))
                 {
                     Action::Merge(v) => {
-                        if v.iter().any(|(x, _)| *x == ai) {
+                        // Experts of one fused parameter land on their own slices.
+                        let expert = |mi: usize| params::parse_expert(&a.modules[mi].name);
+                        let same_slice = |mi: usize| match (expert(mi), expert(p.module)) {
+                            (Some(x), Some(y)) => x.1 == y.1,
+                            _ => true,
+                        };
+                        if v.iter().any(|&(x, mi)| x == ai && same_slice(mi)) {
                             bail!(InputError::invalid(
                                 &a.path,
                                 format!(

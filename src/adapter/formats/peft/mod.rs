@@ -20,6 +20,7 @@ use std::path::Path;
 
 mod init;
 mod lycoris;
+pub mod params;
 mod read;
 pub mod targets;
 #[cfg(test)]

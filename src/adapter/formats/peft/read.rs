@@ -106,6 +106,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
     }
     trainable_token_rows(&cfg, &mut full);
     let bd = BdLora::parse(&fpath, &cfg.raw)?;
+    let wrapped = super::params::wrappers(&fpath, &cfg.raw, parts.keys().map(String::as_str))?;
     let mut modules = Vec::with_capacity(parts.len());
     for (name, p) in parts {
         let (Some((akey, ashape)), Some((bkey, bshape))) = (p.a, p.b) else {
@@ -114,6 +115,23 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
                 format!("module `{name}`: has only one of lora_A / lora_B"),
             ));
         };
+        // `target_parameters`: a ParamWrapper, one module per expert (peft/params.rs).
+        if let Some(param) = wrapped.get(&name) {
+            let stored = super::params::Stored {
+                a: (&akey, &ashape),
+                b: (&bkey, &bshape),
+                embedding: p.embedding,
+                magnitude: p.magnitude.is_some(),
+                bias: p.bias.is_some(),
+                block_diagonal: bd.as_ref().is_some_and(|bd| bd.side(&name).is_some()),
+            };
+            if let super::params::Expanded::Experts(m) =
+                super::params::expand(&file, &cfg, &name, param, stored)?
+            {
+                modules.extend(m);
+                continue;
+            }
+        }
         let blocks = match &bd {
             Some(bd) if !p.embedding => bd.side(&name),
             _ => None,
