@@ -113,7 +113,10 @@ fn info() -> Res<Value> {
     let c = ctx()?;
     c.compile_all()?;
     let i = c.describe();
-    eprintln!("adapter {} ({}, {})", i.name, i.backend, i.device_type);
+    eprintln!(
+        "adapter {} ({}, {})",
+        i.adapter.name, i.adapter.backend, i.adapter.device_type
+    );
     Ok(json!({
         "adapter": i,
         "timestamps": bench::has_timestamps(&c),

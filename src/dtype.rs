@@ -44,32 +44,20 @@ pub fn parse(s: &str) -> Option<Dtype> {
 /// dtypes and shapes when the header is read, so a mismatch here is a bug, not bad input.
 #[inline]
 pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    fn each<const N: usize>(bytes: &[u8], out: &mut [f32], f: impl Fn([u8; N]) -> f32) {
+        assert_eq!(bytes.len(), out.len() * N);
+        for (o, c) in out.iter_mut().zip(bytes.as_chunks::<N>().0) {
+            *o = f(*c);
+        }
+    }
     match dtype {
-        Dtype::F32 => {
-            assert_eq!(bytes.len(), out.len() * 4);
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-        Dtype::F16 => {
-            assert_eq!(bytes.len(), out.len() * 2);
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-            }
-        }
-        Dtype::BF16 => {
-            assert_eq!(bytes.len(), out.len() * 2);
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                // bf16 is the top half of an f32: widening is exact.
-                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
-            }
-        }
-        Dtype::F64 => {
-            assert_eq!(bytes.len(), out.len() * 8);
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                *o = f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32;
-            }
-        }
+        Dtype::F32 => each(bytes, out, f32::from_le_bytes),
+        Dtype::F16 => each(bytes, out, |c| half::f16::from_le_bytes(c).to_f32()),
+        // bf16 is the top half of an f32: widening is exact.
+        Dtype::BF16 => each(bytes, out, |c| {
+            f32::from_bits((u16::from_le_bytes(c) as u32) << 16)
+        }),
+        Dtype::F64 => each(bytes, out, |c| f64::from_le_bytes(c) as f32),
         other => panic!("decode_into: {other:?} is not a float compute dtype"),
     }
 }
@@ -109,68 +97,25 @@ pub fn bf16_bits(v: f32) -> u16 {
 }
 
 /// Encodes `values` as little-endian `dtype` into `out` (exactly `values.len()` elements long),
-/// rounding as [`encode_into`] does; for kernels that write each block of rows straight into
-/// its place in the output tensor.
+/// rounding to nearest, ties to even (`half`'s conversions; [`bf16_bits`] for BF16); for
+/// kernels that write each block of rows straight into its place in the output tensor.
 ///
 /// Panics if `dtype` is not a float storage dtype or the lengths disagree (a bug, as for
 /// [`decode_into`]).
 #[inline]
 pub fn encode_to_slice(dtype: Dtype, values: &[f32], out: &mut [u8]) {
-    let size = dtype.bitsize() / 8;
-    assert_eq!(out.len(), values.len() * size, "encode_to_slice: lengths");
-    match dtype {
-        Dtype::F32 => {
-            for (o, v) in out.chunks_exact_mut(4).zip(values) {
-                o.copy_from_slice(&v.to_le_bytes());
-            }
+    fn each<const N: usize>(values: &[f32], out: &mut [u8], f: impl Fn(f32) -> [u8; N]) {
+        assert_eq!(out.len(), values.len() * N, "encode_to_slice: lengths");
+        for (o, v) in out.as_chunks_mut::<N>().0.iter_mut().zip(values) {
+            *o = f(*v);
         }
-        Dtype::F16 => {
-            for (o, v) in out.chunks_exact_mut(2).zip(values) {
-                o.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
-            }
-        }
-        Dtype::BF16 => {
-            for (o, v) in out.chunks_exact_mut(2).zip(values) {
-                o.copy_from_slice(&bf16_bits(*v).to_le_bytes());
-            }
-        }
-        Dtype::F64 => {
-            for (o, v) in out.chunks_exact_mut(8).zip(values) {
-                o.copy_from_slice(&(*v as f64).to_le_bytes());
-            }
-        }
-        other => panic!("encode_to_slice: {other:?} is not a float storage dtype"),
     }
-}
-
-/// Encodes `values` as little-endian `dtype`, rounding to nearest even, appending to `out`.
-pub fn encode_into(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
     match dtype {
-        Dtype::F32 => {
-            out.reserve(values.len() * 4);
-            for v in values {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        Dtype::F16 => {
-            out.reserve(values.len() * 2);
-            for v in values {
-                out.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
-            }
-        }
-        Dtype::BF16 => {
-            out.reserve(values.len() * 2);
-            for v in values {
-                out.extend_from_slice(&bf16_bits(*v).to_le_bytes());
-            }
-        }
-        Dtype::F64 => {
-            out.reserve(values.len() * 8);
-            for v in values {
-                out.extend_from_slice(&(*v as f64).to_le_bytes());
-            }
-        }
-        other => panic!("encode_into: {other:?} is not a float storage dtype"),
+        Dtype::F32 => each(values, out, f32::to_le_bytes),
+        Dtype::F16 => each(values, out, |v| half::f16::from_f32(v).to_le_bytes()),
+        Dtype::BF16 => each(values, out, |v| bf16_bits(v).to_le_bytes()),
+        Dtype::F64 => each(values, out, |v| (v as f64).to_le_bytes()),
+        other => panic!("encode_to_slice: {other:?} is not a float storage dtype"),
     }
 }
 
@@ -227,8 +172,8 @@ pub fn non_finite_reason(dtype: Dtype, bytes: &[u8], index: usize) -> String {
 
 /// Encodes `values` as little-endian `dtype` into a new buffer.
 pub fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * dtype.bitsize() / 8);
-    encode_into(dtype, values, &mut out);
+    let mut out = vec![0u8; values.len() * dtype.bitsize() / 8];
+    encode_to_slice(dtype, values, &mut out);
     out
 }
 

@@ -162,7 +162,26 @@ pub enum MergeError {
     SinkStopped,
 }
 
-impl MergeJob<'_> {
+impl<'a> MergeJob<'a> {
+    /// `w0` (`rows × cols` values of `in_dtype`) plus `terms`, written as `out_dtype`: the one
+    /// spelling of a job, so callers that build many (tests over every dtype pair) stay short.
+    pub fn new(
+        w0: &'a [u8],
+        in_dtype: Dtype,
+        (rows, cols): (usize, usize),
+        terms: &'a [Term<'a>],
+        out_dtype: Dtype,
+    ) -> Self {
+        MergeJob {
+            w0,
+            in_dtype,
+            rows,
+            cols,
+            terms,
+            out_dtype,
+        }
+    }
+
     /// Checks the factor and magnitude lengths against the declared shape.
     pub fn validate(&self) -> Result<(), MergeError> {
         let n = self
@@ -296,14 +315,7 @@ pub fn probe_merge(ctx: &gpu::GpuContext) -> Result<Probe, MergeError> {
     let b: Vec<f32> = (0..rows * rank).map(|_| next()).collect();
     let a: Vec<f32> = (0..rank * cols).map(|_| next()).collect();
     let terms = [Term::low_rank(&b, &a, rank, 0.5)];
-    let job = MergeJob {
-        w0: &w0,
-        in_dtype: Dtype::BF16,
-        rows,
-        cols,
-        terms: &terms,
-        out_dtype: Dtype::BF16,
-    };
+    let job = MergeJob::new(&w0, Dtype::BF16, (rows, cols), &terms, Dtype::BF16);
     let time = |f: &dyn Fn() -> Result<Vec<u8>, MergeError>| -> Result<(f64, Vec<u8>), MergeError> {
         let out = f()?;
         let mut best = f64::INFINITY;
@@ -329,7 +341,7 @@ pub fn probe_merge(ctx: &gpu::GpuContext) -> Result<Probe, MergeError> {
 /// or a small integrated GPU loses to the CPU, as it should; no real-GPU figure exists yet to
 /// replace the probe with a fixed rule (README "GPU").
 pub fn decide_auto(ctx: &gpu::GpuContext) -> AutoChoice {
-    let info = ctx.describe();
+    let info = ctx.describe().adapter;
     if info.device_type == "Cpu" {
         return AutoChoice::Software { name: info.name };
     }
@@ -454,10 +466,7 @@ impl Engine {
     pub fn describe(&self) -> String {
         match self {
             Engine::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
-            Engine::Gpu(ctx) => {
-                let i = ctx.describe();
-                format!("gpu ({}, {})", i.name, i.backend)
-            }
+            Engine::Gpu(ctx) => ctx.label(),
         }
     }
 

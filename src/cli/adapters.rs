@@ -82,10 +82,6 @@ pub struct CombineArgs {
 
     #[command(flatten)]
     pub output: AdapterOutArgs,
-
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Convert an adapter between the PEFT, kohya, LyCORIS and ComfyUI forms, exactly.
@@ -140,10 +136,6 @@ pub struct ConvertArgs {
 
     #[command(flatten)]
     pub output: AdapterOutArgs,
-
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Change the rank of every module of an adapter: the best low-rank approximation, exactly.
@@ -202,8 +194,4 @@ pub struct ResizeArgs {
 
     #[command(flatten)]
     pub output: AdapterOutArgs,
-
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }

@@ -136,7 +136,8 @@ impl DeviceArgs {
     }
 }
 
-/// Where and how an adapter is written: shared by resize, combine and convert.
+/// Where and how an adapter is written, and how its summary is printed: shared by resize,
+/// combine and convert (flattened last, so each command's `--help` lists these flags last).
 #[derive(Debug, Clone, Args)]
 pub struct AdapterOutArgs {
     /// Output: a folder for PEFT, a .safetensors file for kohya.
@@ -157,6 +158,10 @@ pub struct AdapterOutArgs {
     /// byte; combine: the first adapter's).
     #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
     pub dtype: DtypeChoice,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 use crate::ops::output::DtypeChoice;

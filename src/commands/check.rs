@@ -26,11 +26,7 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
     let plan = Plan::new(&a.adapter, &opts)?;
     let report = plan.run();
     if !a.fix {
-        if a.json {
-            super::print_json("check", &report)?;
-        } else {
-            super::print(&render(&report))?;
-        }
+        super::print_report(a.json, "check", &report, || render(&report))?;
         return Ok(if report.pass { 0 } else { 1 });
     }
     let out = a.out.clone().expect("clap: --fix requires --out");

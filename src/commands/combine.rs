@@ -210,11 +210,9 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
         bytes_written: written.bytes,
         seconds: start.elapsed().as_secs_f64(),
     };
-    if a.json {
-        super::print_json("combine", &summary)?;
-    } else {
-        super::print(&render(&summary, &written))?;
-    }
+    super::print_report(a.output.json, "combine", &summary, || {
+        render(&summary, &written)
+    })?;
     Ok(0)
 }
 

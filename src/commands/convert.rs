@@ -46,7 +46,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         );
     }
     let seconds = start.elapsed().as_secs_f64();
-    if a.json {
+    if a.output.json {
         #[derive(serde::Serialize)]
         struct WithTime<'a> {
             #[serde(flatten)]
@@ -318,7 +318,7 @@ fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
         bytes_written: bytes,
         seconds: start.elapsed().as_secs_f64(),
     };
-    if a.json {
+    if a.output.json {
         super::print_json("convert", &s)?;
     } else {
         println!(
@@ -382,7 +382,7 @@ fn gguf(a: ConvertArgs, start: Instant) -> Result<i32> {
         bytes_written: bytes,
         seconds: start.elapsed().as_secs_f64(),
     };
-    if a.json {
+    if a.output.json {
         super::print_json("convert", &s)?;
     } else {
         let mut out = format!(

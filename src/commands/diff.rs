@@ -13,11 +13,7 @@ pub fn run(mut a: DiffArgs) -> Result<i32> {
     a.a = crate::io::hub::resolve_input(&a.a)?;
     a.b = crate::io::hub::resolve_input(&a.b)?;
     let report = DiffPlan::new(&a.a, &a.b, options(&a))?.run()?;
-    if a.json {
-        super::print_json("diff", &report)?;
-    } else {
-        super::print(&render(&report, a.all))?;
-    }
+    super::print_report(a.json, "diff", &report, || render(&report, a.all))?;
     Ok(if report.pass { 0 } else { 1 })
 }
 

@@ -49,11 +49,9 @@ pub fn run(mut a: EvalArgs, quiet: bool) -> Result<i32> {
         progress: super::printer::progress(!quiet && !a.json),
     };
     let run = evaluate(&options, &a.compute.engine()?)?;
-    if a.json {
-        super::print_json("eval", &run.report)?;
-    } else {
-        super::print(&render(&run.report, &run.config, &run.weight_dtype))?;
-    }
+    super::print_report(a.json, "eval", &run.report, || {
+        render(&run.report, &run.config, &run.weight_dtype)
+    })?;
     Ok(0)
 }
 

@@ -33,17 +33,15 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
     warn_one_sided(&plan, quiet);
     if a.dry_run {
         let d = plan.dry_run();
-        if a.json {
-            super::print_json("extract", &d)?;
-        } else {
-            super::print(&format!(
+        super::print_report(a.json, "extract", &d, || {
+            format!(
                 "dry run: would extract {} low-rank candidate(s) of {} selected tensor(s) ({} left out by --targets/--exclude) and write {}; nothing was written\n",
                 d.low_rank_candidates_count,
                 d.tensors_count,
                 d.excluded_count,
                 d.files.join(", ")
-            ))?;
-        }
+            )
+        })?;
         return Ok(0);
     }
     let engine = crate::backend::Engine::new(a.device)?;
@@ -114,10 +112,8 @@ fn run_part(
         seconds: start.elapsed().as_secs_f64(),
         ..r
     };
-    if a.json {
-        super::print_json("extract", &r)?;
-    } else {
-        super::print(&format!(
+    super::print_report(a.json, "extract", &r, || {
+        format!(
             "extract part {}/{}: {} of {} tensors ({} modules) → {}; when all parts are done: lorakit finalize {}\n",
             r.part,
             r.parts,
@@ -126,8 +122,8 @@ fn run_part(
             r.module_count,
             r.path,
             a.out.display()
-        ))?;
-    }
+        )
+    })?;
     Ok(0)
 }
 
@@ -206,11 +202,7 @@ fn report(summary: &ExtractSummary, format: Format, json: bool, quiet: bool) -> 
             ),
         );
     }
-    if json {
-        super::print_json("extract", summary)
-    } else {
-        super::print(&render(summary))
-    }
+    super::print_report(json, "extract", summary, || render(summary))
 }
 
 /// The extraction options of `a`, validated.

@@ -112,11 +112,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     if a.dry_run {
         let d = plan.dry_run();
-        if a.json {
-            super::print_json("merge", &d)?;
-        } else {
-            super::print(&render_dry_run(&d))?;
-        }
+        super::print_report(a.json, "merge", &d, || render_dry_run(&d))?;
         return Ok(0);
     }
     let engine = a.compute.engine()?;
@@ -125,11 +121,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         // Diagnostics asked for by the environment, shown even with --quiet.
         eprintln!("{}", crate::backend::profile::line(summary.seconds));
     }
-    if a.json {
-        super::print_json("merge", &summary)?;
-    } else {
-        super::print(&render(&summary))?;
-    }
+    super::print_report(a.json, "merge", &summary, || render(&summary))?;
     Ok(0)
 }
 
@@ -145,19 +137,13 @@ pub fn run_dequantize(a: crate::cli::DequantizeArgs, quiet: bool) -> Result<i32>
     let plan = MergePlan::dequantize(base, a.out.clone(), options)?;
     if a.dry_run {
         let d = plan.dry_run();
-        if a.json {
-            super::print_json("dequantize", &d)?;
-        } else {
-            super::print(&render_dry_run(&d))?;
-        }
+        super::print_report(a.json, "dequantize", &d, || render_dry_run(&d))?;
         return Ok(0);
     }
     let engine = crate::backend::Engine::Cpu;
     let summary = plan.run(&engine)?;
-    if a.json {
-        super::print_json("dequantize", &summary)?;
-    } else {
-        super::print(&format!(
+    super::print_report(a.json, "dequantize", &summary, || {
+        format!(
             "wrote {} (dequantized {} weights of {}; {} other tensors copied, {} files, {} in {:.2} s)\n",
             summary.out,
             summary.tensors_dequantized_count,
@@ -166,8 +152,8 @@ pub fn run_dequantize(a: crate::cli::DequantizeArgs, quiet: bool) -> Result<i32>
             summary.files.len(),
             human_bytes(summary.bytes_written),
             summary.seconds
-        ))?;
-    }
+        )
+    })?;
     Ok(0)
 }
 
@@ -332,11 +318,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         return Ok(0);
     }
     let report = plan.run(&a.compute.engine()?)?;
-    if a.json {
-        super::print_json("merge", &report)?;
-    } else {
-        super::print(&render_gguf(&report))?;
-    }
+    super::print_report(a.json, "merge", &report, || render_gguf(&report))?;
     Ok(0)
 }
 
@@ -426,18 +408,16 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
 /// `finalize OUT.gguf`: the parts of a GGUF merge checked, their manifests removed.
 pub fn finalize_gguf(out: &std::path::Path, json: bool) -> Result<i32> {
     let r = crate::merge::gguf_parts::finalize(out)?;
-    if json {
-        super::print_json("finalize", &r)?;
-    } else {
-        super::print(&format!(
+    super::print_report(json, "finalize", &r, || {
+        format!(
             "finalized {}: {} parts, {} files checked ({}, {} tensors)\n",
             r.out,
             r.parts,
             r.files.len(),
             human_bytes(r.bytes),
             r.tensor_count
-        ))?;
-    }
+        )
+    })?;
     Ok(0)
 }
 

@@ -19,7 +19,7 @@ pub mod train;
 use crate::cli::{Cli, Command};
 use anyhow::Result;
 use printer::print_always;
-pub use printer::{print, print_json, status, warn};
+pub use printer::{print, print_json, print_report, status, warn};
 
 /// Runs the parsed command line; the returned code is the process exit status on success
 /// (1 = a check failed).
@@ -46,10 +46,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             let plan = crate::recipe::plan(&steps, rerun, &CliCommands)?;
             if a.dry_run {
-                if a.json {
-                    print_json("run", &plan)?;
-                } else {
-                    print(&crate::inspect::table_of(
+                print_report(a.json, "run", &plan, || {
+                    crate::inspect::table_of(
                         &["step", "action", "reads", "writes", "command"],
                         &[false, false, true, true, false],
                         &plan,
@@ -67,8 +65,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                                 p.argv[1..].join(" "),
                             ]
                         },
-                    ))?;
-                }
+                    )
+                })?;
                 return Ok(0);
             }
             crate::recipe::run(&steps, rerun, quiet, &CliCommands)
@@ -125,10 +123,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 ));
             }
             let r = crate::parts::finalize(&a.out)?;
-            if a.json {
-                print_json("finalize", &r)?;
-            } else {
-                print(&format!(
+            print_report(a.json, "finalize", &r, || {
+                format!(
                     "finalized {}: {} parts, {} files checked ({}), index {}, copied {}\n",
                     r.out,
                     r.parts,
@@ -140,8 +136,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                     } else {
                         r.copied.join(", ")
                     }
-                ))?;
-            }
+                )
+            })?;
             Ok(0)
         }
         Command::GpuInfo(a) => gpu_info(a),
@@ -187,7 +183,7 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
             .map(|e| {
                 format!(
                     "  [{}] {} ({}, {}, vendor {:#06x})\n",
-                    e.index, e.name, e.backend, e.device_type, e.vendor
+                    e.index, e.adapter.name, e.adapter.backend, e.adapter.device_type, e.adapter.vendor
                 )
             })
             .collect();
@@ -195,10 +191,10 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
         let l = &info.limits;
         print(&format!(
             "adapter      {}\nbackend      {}\ndevice type  {}\ndriver       {} {}\nmax binding  {} (lorakit tiles above {})\nmax buffer   {}\nworkgroup    {} invocations, {} bytes shared\nkernels      all compiled\n",
-            info.name,
-            info.backend,
-            info.device_type,
-            info.driver,
+            info.adapter.name,
+            info.adapter.backend,
+            info.adapter.device_type,
+            info.adapter.driver,
             info.driver_info,
             crate::inspect::human_bytes(l.max_storage_buffer_binding_size),
             crate::inspect::human_bytes(info.tile_binding_bytes),

@@ -35,6 +35,21 @@ pub(super) fn print_always(s: &str) -> Result<()> {
     }
 }
 
+/// A command's report: JSON on stdout with `--json` (whatever `--quiet` says), else the text
+/// `text` renders, unless `--quiet`. The text is rendered only when it is printed.
+pub fn print_report<T: serde::Serialize>(
+    json: bool,
+    operation: &str,
+    report: &T,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
+    if json {
+        print_json(operation, report)
+    } else {
+        print(&text())
+    }
+}
+
 /// Prints a report as JSON (always, even with `--quiet`). Every report is an object whose first
 /// key is `operation` (the command that made it): a report that does not name its operation
 /// gets `operation`, and a list becomes `{"operation": …, "items": […]}`. That key is the one

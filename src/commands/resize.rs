@@ -87,11 +87,9 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
         bytes_written: written.bytes,
         seconds: start.elapsed().as_secs_f64(),
     };
-    if a.json {
-        super::print_json("resize", &summary)?;
-    } else {
-        super::print(&render(&summary, &written))?;
-    }
+    super::print_report(a.output.json, "resize", &summary, || {
+        render(&summary, &written)
+    })?;
     Ok(0)
 }
 

@@ -213,11 +213,7 @@ pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
         eval: trainer.eval.clone(),
         checkpoints,
     };
-    if a.json {
-        super::print_json("train", &report)?;
-    } else {
-        super::print(&render(&report))?;
-    }
+    super::print_report(a.json, "train", &report, || render(&report))?;
     Ok(0)
 }
 

@@ -196,29 +196,20 @@ fn parse_entry(name: String, value: serde_json::Value) -> Result<TensorInfo, For
         tensor: name.clone(),
         dtype: dtype_str.to_owned(),
     })?;
-    let shape_raw: Vec<u64> = map
-        .get("shape")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| bad("missing array `shape`"))?
-        .iter()
-        .map(|d| {
-            d.as_u64()
-                .ok_or_else(|| bad(&format!("shape entry {d} is not a non-negative integer")))
-        })
-        .collect::<Result<_, _>>()?;
-    let offsets: Vec<u64> = map
-        .get("data_offsets")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| bad("missing array `data_offsets`"))?
-        .iter()
-        .map(|d| {
-            d.as_u64().ok_or_else(|| {
-                bad(&format!(
-                    "data_offsets entry {d} is not a non-negative integer"
-                ))
+    // `shape` and `data_offsets`: arrays of non-negative integers.
+    let u64s = |field: &str| -> Result<Vec<u64>, FormatError> {
+        map.get(field)
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| bad(&format!("missing array `{field}`")))?
+            .iter()
+            .map(|d| {
+                d.as_u64()
+                    .ok_or_else(|| bad(&format!("{field} entry {d} is not a non-negative integer")))
             })
-        })
-        .collect::<Result<_, _>>()?;
+            .collect()
+    };
+    let shape_raw = u64s("shape")?;
+    let offsets = u64s("data_offsets")?;
     let [start, end] = offsets[..] else {
         return Err(bad("data_offsets must have exactly two entries"));
     };

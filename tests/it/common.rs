@@ -663,3 +663,99 @@ pub fn peft_python() -> Option<PathBuf> {
     eprintln!("PEFT TEST SKIPPED: {why}");
     None
 }
+
+/// Runs `lorakit LINE --json` for each command line (split at spaces: the paths the callers
+/// pass, a tempdir and the fixtures folder, hold none), each exiting at most `max_code`, and
+/// checks that the reports speak one JSON vocabulary: an object whose first key is `operation`,
+/// naming the command typed; `files` always a list; no key a number in one report and a list in
+/// another (counts are `*_count`). Returns the reports.
+pub fn assert_one_json_vocabulary(lines: &[String], max_code: i32) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    let mut reports = Vec::new();
+    for line in lines {
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        let out = bin().args(&argv).arg("--json").output().unwrap();
+        assert!(
+            out.status.code().is_some_and(|c| c <= max_code),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{line}: not JSON ({e})"));
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{line}: not an object"));
+        assert_eq!(
+            obj.keys().next().map(String::as_str),
+            Some("operation"),
+            "{line}"
+        );
+        assert_eq!(v["operation"], argv[0], "{line}");
+        key_kinds(&v, argv[0], &mut seen);
+        reports.push(v);
+    }
+    for (k, kind, at) in &seen {
+        if k == "files" {
+            assert_eq!(*kind, "list", "{at} is not a list");
+        }
+        if *kind == "number" {
+            if let Some((_, _, other)) = seen.iter().find(|(k2, kd, _)| k2 == k && *kd == "list") {
+                panic!("{k} is a number at {at} and a list at {other}: name the count {k}_count");
+            }
+        }
+    }
+    reports
+}
+
+/// Every key of a JSON value, with the kind of value it holds and where, recursively.
+fn key_kinds(v: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static str, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let kind = match x {
+                    serde_json::Value::Array(_) => "list",
+                    serde_json::Value::Number(_) => "number",
+                    serde_json::Value::Object(_) => "object",
+                    serde_json::Value::String(_) => "string",
+                    serde_json::Value::Bool(_) => "bool",
+                    serde_json::Value::Null => "null",
+                };
+                out.push((k.clone(), kind, format!("{path}.{k}")));
+                key_kinds(x, &format!("{path}.{k}"), out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                key_kinds(x, &format!("{path}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Runs lorakit with `args` expecting a refusal: a non-zero exit, one error line (returned), and
+/// nothing at `out`.
+pub fn refused<I, S>(args: I, out: &Path) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let line = one_line_error(&run_err(args));
+    assert!(!out.exists(), "{} written: {line}", out.display());
+    line
+}
+
+/// [`refused`] for [`merge_args`].
+pub fn merge_refused(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
+    refused(merge_args(base, adapter, out, extra), out)
+}
+
+/// Writes `(name, dtype, shape, little-endian bytes)` tensors to `path` with the independent
+/// `safetensors` crate.
+pub fn write_views(path: &Path, tensors: &[(&str, safetensors::Dtype, &[usize], &[u8])]) {
+    let views = tensors.iter().map(|&(name, dtype, shape, bytes)| {
+        let view = safetensors::tensor::TensorView::new(dtype, shape.to_vec(), bytes);
+        (name, view.unwrap())
+    });
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}

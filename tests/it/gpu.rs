@@ -457,7 +457,7 @@ fn periodic_case(
     rows: usize,
     cols: usize,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    use safetensors::{tensor::TensorView, Dtype};
+    use safetensors::Dtype;
     let r = PERIODIC_RANK;
     let f32s =
         |v: &mut dyn Iterator<Item = f32>| -> Vec<u8> { v.flat_map(f32::to_le_bytes).collect() };
@@ -471,15 +471,7 @@ fn periodic_case(
     for i in 0..rows {
         data.extend_from_slice(&period[i % 29]);
     }
-    safetensors::serialize_to_file(
-        [(
-            "big.weight",
-            TensorView::new(Dtype::F32, vec![rows, cols], &data).unwrap(),
-        )],
-        None,
-        &base,
-    )
-    .unwrap();
+    write_views(&base, &[("big.weight", Dtype::F32, &[rows, cols], &data)]);
     drop(data);
     let ad = dir.join(format!("adapter{rows}"));
     write_peft_adapter(
@@ -565,7 +557,7 @@ fn lycoris_merges_on_gpu_equal_cpu() {
 /// device, read back row by row) over many chunks.
 #[test]
 fn merge_command_streams_through_the_gpu_byte_identical_to_cpu() {
-    use safetensors::{tensor::TensorView, Dtype};
+    use safetensors::Dtype;
     if !gpu_available() {
         return;
     }
@@ -584,21 +576,13 @@ fn merge_command_streams_through_the_gpu_byte_identical_to_cpu() {
         .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
         .collect();
     let f32w = f32b(&val(130 * 77, 2));
-    safetensors::serialize_to_file(
-        [
-            (
-                "a.weight",
-                TensorView::new(Dtype::BF16, vec![203, 45], &bf16b).unwrap(),
-            ),
-            (
-                "b.weight",
-                TensorView::new(Dtype::F32, vec![130, 77], &f32w).unwrap(),
-            ),
-        ],
-        None,
+    write_views(
         &odd,
-    )
-    .unwrap();
+        &[
+            ("a.weight", Dtype::BF16, &[203, 45], &bf16b),
+            ("b.weight", Dtype::F32, &[130, 77], &f32w),
+        ],
+    );
     let odd_ad = dir.path().join("odd_adapter");
     let mut tensors = Vec::new();
     for (m, rows, cols) in [("a", 203usize, 45usize), ("b", 130, 77)] {

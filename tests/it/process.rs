@@ -247,7 +247,7 @@ pub(super) fn peak_rss_kib_env(test: &str, args: &[String], env: &[(&str, &str)]
 /// SVD: its singular values are the products of the halves', checked here in f64).
 #[test]
 fn lowering_a_large_lokr_never_forms_the_full_matrix() {
-    use safetensors::{tensor::TensorView, Dtype};
+    use safetensors::Dtype;
     if rss_probe() {
         return;
     }
@@ -265,21 +265,13 @@ fn lowering_a_large_lokr_never_forms_the_full_matrix() {
     let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let (b1, b2) = (bytes(&w1), bytes(&w2));
     let src = dir.path().join("big_lokr.safetensors");
-    safetensors::serialize_to_file(
-        [
-            (
-                "lycoris_big.lokr_w1",
-                TensorView::new(Dtype::F32, vec![n, n], &b1).unwrap(),
-            ),
-            (
-                "lycoris_big.lokr_w2",
-                TensorView::new(Dtype::F32, vec![n, n], &b2).unwrap(),
-            ),
-        ],
-        None,
+    write_views(
         &src,
-    )
-    .unwrap();
+        &[
+            ("lycoris_big.lokr_w1", Dtype::F32, &[n, n], &b1),
+            ("lycoris_big.lokr_w2", Dtype::F32, &[n, n], &b2),
+        ],
+    );
     let out = dir.path().join("r16.safetensors");
     let args: Vec<String> = [
         "resize",

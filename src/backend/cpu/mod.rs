@@ -363,14 +363,7 @@ pub(crate) mod tests {
         ];
         for (w0, cols, terms) in cases {
             let bytes = dtype::encode(Dtype::F32, w0);
-            let job = MergeJob {
-                w0: &bytes,
-                in_dtype: Dtype::F32,
-                rows,
-                cols,
-                terms: &terms,
-                out_dtype: Dtype::F32,
-            };
+            let job = MergeJob::new(&bytes, Dtype::F32, (rows, cols), &terms, Dtype::F32);
             let got = dtype::decode(Dtype::F32, &merge(&job).unwrap());
             let want = reference(w0, rows, cols, &terms);
             for (g, w) in got.iter().zip(&want) {
@@ -391,14 +384,7 @@ pub(crate) mod tests {
         let a: Vec<f32> = (0..r * cols).map(|_| uniform(&mut seed)).collect();
         let w0_bf = dtype::encode(Dtype::BF16, &w0);
         let terms = [Term::low_rank(&b, &a, r, 0.25)];
-        let job = MergeJob {
-            w0: &w0_bf,
-            in_dtype: Dtype::BF16,
-            rows,
-            cols,
-            terms: &terms,
-            out_dtype: Dtype::F32,
-        };
+        let job = MergeJob::new(&w0_bf, Dtype::BF16, (rows, cols), &terms, Dtype::F32);
         let f32_out = merge(&job).unwrap();
         let bf_out = merge(&MergeJob {
             out_dtype: Dtype::BF16,
@@ -426,15 +412,7 @@ pub(crate) mod tests {
         let b = [1.0f32, f32::INFINITY];
         let a = [1.0f32, 1.0];
         let terms = [Term::low_rank(&b, &a, 1, 1.0)];
-        let err = merge(&MergeJob {
-            w0: &w0,
-            in_dtype: Dtype::F32,
-            rows: 2,
-            cols: 2,
-            terms: &terms,
-            out_dtype: Dtype::F32,
-        })
-        .unwrap_err();
+        let err = merge(&MergeJob::new(&w0, Dtype::F32, (2, 2), &terms, Dtype::F32)).unwrap_err();
         assert_eq!(
             err,
             MergeError::NonFinite {

@@ -101,17 +101,41 @@ pub struct GpuOptions {
 /// busy (tens of milliseconds per transfer) with two tiles in flight.
 pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
 
+/// What identifies a wgpu adapter, as both [`list_adapters`] and [`GpuContext::describe`]
+/// report it (flattened into their JSON).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterIdentity {
+    /// Adapter name, e.g. "llvmpipe (LLVM 15.0.7, 256 bits)".
+    pub name: String,
+    /// Graphics API: "vulkan", "metal", "dx12", "gl".
+    pub backend: String,
+    /// "DiscreteGpu", "IntegratedGpu", "VirtualGpu", "Cpu" or "Other".
+    pub device_type: String,
+    pub vendor: u32,
+    pub device: u32,
+    pub driver: String,
+}
+
+impl From<&wgpu::AdapterInfo> for AdapterIdentity {
+    fn from(i: &wgpu::AdapterInfo) -> Self {
+        AdapterIdentity {
+            name: i.name.clone(),
+            backend: i.backend.to_string(),
+            device_type: format!("{:?}", i.device_type),
+            vendor: i.vendor,
+            device: i.device,
+            driver: i.driver.clone(),
+        }
+    }
+}
+
 /// One adapter wgpu can open, as listed by [`list_adapters`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AdapterEntry {
     /// The index `--gpu-index` takes.
     pub index: usize,
-    pub name: String,
-    pub backend: String,
-    pub device_type: String,
-    pub vendor: u32,
-    pub device: u32,
-    pub driver: String,
+    #[serde(flatten)]
+    pub adapter: AdapterIdentity,
 }
 
 /// Every adapter of every backend wgpu was built with, in wgpu's enumeration order (stable for
@@ -122,17 +146,9 @@ pub fn list_adapters() -> Vec<AdapterEntry> {
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
         .iter()
         .enumerate()
-        .map(|(index, a)| {
-            let i = a.get_info();
-            AdapterEntry {
-                index,
-                name: i.name,
-                backend: i.backend.to_string(),
-                device_type: format!("{:?}", i.device_type),
-                vendor: i.vendor,
-                device: i.device,
-                driver: i.driver,
-            }
+        .map(|(index, a)| AdapterEntry {
+            index,
+            adapter: AdapterIdentity::from(&a.get_info()),
         })
         .collect()
 }
@@ -151,15 +167,8 @@ pub struct GpuLimits {
 /// What [`GpuContext::describe`] reports (for `lorakit gpu-info`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GpuInfo {
-    /// Adapter name, e.g. "llvmpipe (LLVM 15.0.7, 256 bits)".
-    pub name: String,
-    /// Graphics API: "vulkan", "metal", "dx12", "gl".
-    pub backend: String,
-    /// "DiscreteGpu", "IntegratedGpu", "VirtualGpu", "Cpu" or "Other".
-    pub device_type: String,
-    pub vendor: u32,
-    pub device: u32,
-    pub driver: String,
+    #[serde(flatten)]
+    pub adapter: AdapterIdentity,
     pub driver_info: String,
     /// Limits of the device as created (possibly lowered by [`GpuOptions`]).
     pub limits: GpuLimits,
@@ -321,16 +330,16 @@ impl GpuContext {
             .map_err(|e| GpuError::NoAdapter(e.to_string()))
     }
 
+    /// One line for run summaries: `gpu (NAME, BACKEND)` (the engine's and extract's).
+    pub fn label(&self) -> String {
+        format!("gpu ({}, {})", self.info.name, self.info.backend)
+    }
+
     /// Adapter, driver and limits, serialisable.
     pub fn describe(&self) -> GpuInfo {
         let l = &self.limits;
         GpuInfo {
-            name: self.info.name.clone(),
-            backend: self.info.backend.to_string(),
-            device_type: format!("{:?}", self.info.device_type),
-            vendor: self.info.vendor,
-            device: self.info.device,
-            driver: self.info.driver.clone(),
+            adapter: AdapterIdentity::from(&self.info),
             driver_info: self.info.driver_info.clone(),
             limits: GpuLimits {
                 max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,

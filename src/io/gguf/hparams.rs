@@ -79,6 +79,33 @@ pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
         })
 }
 
+/// The GGUF type of a `general.sampling.*` entry.
+#[derive(Clone, Copy)]
+enum Sampling {
+    I32,
+    F32,
+}
+
+/// The numeric sampling entries after `sequence`, in `set_gguf_meta_model`'s order: the
+/// generation_config.json keys (the first present wins), the `general.sampling.` key, its type.
+const SAMPLING: &[(&[&str], &str, Sampling)] = &[
+    (&["top_k"], "top_k", Sampling::I32),
+    (&["top_p"], "top_p", Sampling::F32),
+    (&["min_p"], "min_p", Sampling::F32),
+    (&["xtc_probability"], "xtc_probability", Sampling::F32),
+    (&["xtc_threshold"], "xtc_threshold", Sampling::F32),
+    (&["temperature"], "temp", Sampling::F32),
+    (&["penalty_last_n"], "penalty_last_n", Sampling::I32),
+    (
+        &["penalty_repeat", "repetition_penalty"],
+        "penalty_repeat",
+        Sampling::F32,
+    ),
+    (&["mirostat"], "mirostat", Sampling::I32),
+    (&["mirostat_tau"], "mirostat_tau", Sampling::F32),
+    (&["mirostat_eta"], "mirostat_eta", Sampling::F32),
+];
+
 /// `Metadata.load`'s sampling defaults from generation_config.json (`general.sampling.*`, in
 /// `set_gguf_meta_model`'s order; an unreadable file gives none, as in gguf-py).
 fn sampling(path: &Path) -> Vec<Vec<u8>> {
@@ -98,42 +125,16 @@ fn sampling(path: &Path) -> Vec<Vec<u8>> {
     if let Some(v) = g.get("sequence").and_then(Json::as_str) {
         out.push(kv_string("general.sampling.sequence", v));
     }
-    let floats = |out: &mut Vec<Vec<u8>>, keys: &[(&str, &str)]| {
-        for (src, key) in keys {
-            if let Some(v) = num(src) {
-                out.push(kv_f32(&format!("general.sampling.{key}"), v as f32));
-            }
-        }
-    };
-    if let Some(v) = int("top_k") {
-        out.push(kv_i32("general.sampling.top_k", v));
+    for &(srcs, key, ty) in SAMPLING {
+        let key = format!("general.sampling.{key}");
+        out.extend(match ty {
+            Sampling::I32 => srcs.iter().find_map(|k| int(k)).map(|v| kv_i32(&key, v)),
+            Sampling::F32 => srcs
+                .iter()
+                .find_map(|k| num(k))
+                .map(|v| kv_f32(&key, v as f32)),
+        });
     }
-    floats(
-        &mut out,
-        &[
-            ("top_p", "top_p"),
-            ("min_p", "min_p"),
-            ("xtc_probability", "xtc_probability"),
-            ("xtc_threshold", "xtc_threshold"),
-            ("temperature", "temp"),
-        ],
-    );
-    if let Some(v) = int("penalty_last_n") {
-        out.push(kv_i32("general.sampling.penalty_last_n", v));
-    }
-    if let Some(v) = num("penalty_repeat").or(num("repetition_penalty")) {
-        out.push(kv_f32("general.sampling.penalty_repeat", v as f32));
-    }
-    if let Some(v) = int("mirostat") {
-        out.push(kv_i32("general.sampling.mirostat", v));
-    }
-    floats(
-        &mut out,
-        &[
-            ("mirostat_tau", "mirostat_tau"),
-            ("mirostat_eta", "mirostat_eta"),
-        ],
-    );
     out
 }
 

@@ -103,20 +103,26 @@ pub fn permutable(rows: usize, n_head: usize) -> bool {
 
 /// Applies `LlamaModel.permute` to the rows of a row-major `rows × cols` matrix.
 pub fn permute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
-    for r in 0..rows {
-        let s = source_row(r, rows, n_head);
-        out[r * cols..(r + 1) * cols].copy_from_slice(&w[s * cols..(s + 1) * cols]);
-    }
-    out
+    move_rows(w, rows, cols, |r| (r, source_row(r, rows, n_head)))
 }
 
 /// Undoes [`permute_rows`].
 pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    move_rows(w, rows, cols, |r| (source_row(r, rows, n_head), r))
+}
+
+/// A copy of `w` (`rows × cols`) with, for each `r`, `(to, from) = pair(r)`: row `from` of `w`
+/// as row `to`.
+fn move_rows(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    pair: impl Fn(usize) -> (usize, usize),
+) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
     for r in 0..rows {
-        let s = source_row(r, rows, n_head);
-        out[s * cols..(s + 1) * cols].copy_from_slice(&w[r * cols..(r + 1) * cols]);
+        let (to, from) = pair(r);
+        out[to * cols..(to + 1) * cols].copy_from_slice(&w[from * cols..(from + 1) * cols]);
     }
     out
 }

@@ -88,19 +88,22 @@ pub fn kv_strings(key: &str, values: &[String]) -> Vec<u8> {
 
 /// An `ARRAY` of `FLOAT32` metadata entry.
 pub fn kv_f32s(key: &str, values: &[f32]) -> Vec<u8> {
-    let mut v = array_head(6, values.len());
-    values
-        .iter()
-        .for_each(|x| v.extend_from_slice(&x.to_le_bytes()));
-    entry(key, 9, &v)
+    kv_array(key, 6, values.iter().map(|x| x.to_le_bytes()))
 }
 
 /// An `ARRAY` of `INT32` metadata entry.
 pub fn kv_i32s(key: &str, values: &[i32]) -> Vec<u8> {
-    let mut v = array_head(5, values.len());
-    values
-        .iter()
-        .for_each(|x| v.extend_from_slice(&x.to_le_bytes()));
+    kv_array(key, 5, values.iter().map(|x| x.to_le_bytes()))
+}
+
+/// An `ARRAY` metadata entry of fixed-size items of `item_type`, each given as its bytes.
+fn kv_array<const N: usize>(
+    key: &str,
+    item_type: u32,
+    items: impl ExactSizeIterator<Item = [u8; N]>,
+) -> Vec<u8> {
+    let mut v = array_head(item_type, items.len());
+    items.for_each(|x| v.extend_from_slice(&x));
     entry(key, 9, &v)
 }
 

@@ -79,40 +79,23 @@ fn check_model(name: &str) -> usize {
     n
 }
 
+/// Every producer's fixture model dequantizes bit for bit ([`check_model`]), with how many
+/// reference tensors each compares.
 #[test]
-fn bnb_nf4_dequantizes_bit_exact() {
-    assert_eq!(check_model("nf4"), 3);
-}
-
-#[test]
-fn bnb_nf4_double_quant_dequantizes_bit_exact() {
-    assert_eq!(check_model("nf4_dq"), 3);
-}
-
-#[test]
-fn bnb_fp4_dequantizes_bit_exact() {
-    assert_eq!(check_model("fp4"), 3);
-}
-
-#[test]
-fn bnb_nf4_bf16_double_quant_dequantizes_bit_exact() {
-    assert_eq!(check_model("nf4_bf16"), 3);
-}
-
-#[test]
-fn bnb_int8_dequantizes_bit_exact() {
-    assert_eq!(check_model("int8"), 3);
-}
-
-#[test]
-fn compressed_tensors_pack_quantized_dequantizes_bit_exact() {
-    // 2/3/4/5/6/8 bits, symmetric and asymmetric, channel and groups, f32/f16/bf16 scales.
-    assert_eq!(check_model("ct_pack"), 7);
-}
-
-#[test]
-fn fp8_block_dequantizes_bit_exact_in_f32_and_bf16() {
-    assert_eq!(check_model("fp8_block"), 6);
+fn every_quantized_model_dequantizes_bit_exact() {
+    for (name, compared) in [
+        ("nf4", 3),
+        ("nf4_dq", 3),
+        ("fp4", 3),
+        ("nf4_bf16", 3),
+        ("int8", 3),
+        // 2/3/4/5/6/8 bits, symmetric and asymmetric, channel and groups, f32/f16/bf16 scales.
+        ("ct_pack", 7),
+        // FP8 blocks in f32 and bf16.
+        ("fp8_block", 6),
+    ] {
+        assert_eq!(check_model(name), compared, "{name}");
+    }
 }
 
 /// The awkward bitsandbytes cases: dequantization against `dequantize_4bit`, and (without

@@ -344,14 +344,7 @@ fn merge_matrix<'c>(
         scale: scale as f32,
         dora: dora.map(|(magnitude, axis)| Dora::peft(magnitude, axis)),
     }];
-    let job = MergeJob {
-        w0: bytes,
-        in_dtype,
-        rows: w.rows,
-        cols: w.cols,
-        terms: &terms,
-        out_dtype: Dtype::F32,
-    };
+    let job = MergeJob::new(bytes, in_dtype, (w.rows, w.cols), &terms, Dtype::F32);
     job.validate().map_err(|e| e.to_string())?;
     let out = crate::backend::cpu::merge(&job).map_err(|e| e.to_string())?;
     let vals: Vec<f32> = stored_as::<f32>(&out, Dtype::F32).into_owned();

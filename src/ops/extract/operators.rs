@@ -172,8 +172,7 @@ pub struct GpuDeltaOperators<'c> {
 
 impl DeltaOperators for GpuDeltaOperators<'_> {
     fn describe(&self) -> String {
-        let i = self.ctx.describe();
-        format!("gpu ({}, {})", i.name, i.backend)
+        self.ctx.label()
     }
 
     fn operator<'a>(&'a self, input: &DeltaInput<'a>) -> Result<Box<dyn LinearOperator + 'a>> {

@@ -225,40 +225,33 @@ fn convert_errors_are_one_line_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // kohya → PEFT without base.
     let out = dir.path().join("p");
-    let line = one_line_error(&run_err(convert_args(
-        &fixture("kohya/te_lora.safetensors"),
-        "peft",
+    let line = refused(
+        convert_args(&fixture("kohya/te_lora.safetensors"), "peft", &out, &[]),
         &out,
-        &[],
-    )));
+    );
     assert!(
         line.contains("te_lora.safetensors") && line.contains("--base"),
         "{line}"
     );
-    assert!(!out.exists());
     // A base the modules do not fit.
-    let line = one_line_error(&run_err(convert_args(
-        &fixture("kohya/te_lora.safetensors"),
-        "peft",
+    let line = refused(
+        convert_args(
+            &fixture("kohya/te_lora.safetensors"),
+            "peft",
+            &out,
+            &["--base", &fx("llama/base")],
+        ),
         &out,
-        &["--base", &fx("llama/base")],
-    )));
+    );
     assert!(
         line.contains("do not match the base")
             && line.contains("lora_te_text_model_encoder_layers_0_mlp_fc1"),
         "{line}"
     );
-    assert!(!out.exists());
     // Ambiguous kohya names: `a.b_c` and `a_b.c` both read `a_b_c`.
     let (base, k) = ambiguous_kohya_case(dir.path());
-    let line = one_line_error(&run_err(convert_args(
-        &k,
-        "peft",
-        &out,
-        &["--base", s(&base)],
-    )));
+    let line = refused(convert_args(&k, "peft", &out, &["--base", s(&base)]), &out);
     assert_ambiguous_kohya(&line);
-    assert!(!out.exists());
     // No kohya form: the error names the module; folders created for the output are removed.
     let nested = dir.path().join("new/sub/e.safetensors");
     let line = one_line_error(&run_err(convert_args(

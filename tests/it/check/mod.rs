@@ -22,13 +22,17 @@ mod peft_fix;
 /// vLLM 0.34.0 and SGLang 0.5.23 rules, each case citing the line it was read from.
 mod serving;
 
-pub(super) fn check_json(args: &[&str]) -> (i32, Value) {
-    let out = bin()
+/// `lorakit check ARGS…`, as it exited.
+fn check_run(args: &[&str]) -> std::process::Output {
+    bin()
         .arg("check")
         .args(args)
-        .arg("--json")
         .output()
-        .expect("spawn lorakit");
+        .expect("spawn lorakit")
+}
+
+pub(super) fn check_json(args: &[&str]) -> (i32, Value) {
+    let out = check_run(&[args, &["--json"]].concat());
     let code = out.status.code().expect("exit code");
     assert!(
         code == 0 || code == 1,
@@ -78,6 +82,16 @@ pub(crate) fn python_ok(py: &Path, script: &str, args: &[&std::ffi::OsStr]) {
     );
 }
 
+/// The targets of a report, in its order.
+fn target_names(report: &Value) -> Vec<&str> {
+    report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["target"].as_str().unwrap())
+        .collect()
+}
+
 pub(super) fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["targets"]
         .as_array()
@@ -112,28 +126,44 @@ pub(super) fn manifest() -> Value {
     serde_json::from_slice(&text).unwrap()
 }
 
-#[test]
-fn peft_verdicts_match_what_peft_did() {
+/// Runs `check --target TGT` on every manifest case that recorded what the loader `tgt` did
+/// (against the case's base when `with_base`) and hands `f` the case, that record and lorakit's
+/// verdict for the target. Returns how many cases were compared.
+fn each_recorded_case(
+    tgt: &str,
+    with_base: bool,
+    mut f: impl FnMut(&str, &Value, &Value),
+) -> usize {
     let m = manifest();
-    let cases = m["cases"].as_object().unwrap();
     let mut compared = 0;
-    let mut seen = std::collections::BTreeSet::new();
-    for (case, rec) in cases {
-        let Some(peft) = rec.get("peft") else {
+    for (case, rec) in m["cases"].as_object().unwrap() {
+        let Some(did) = rec.get(tgt) else {
             continue;
         };
-        let base = fixture(rec["base"].as_str().unwrap());
-        let adapter = fixture(case);
-        let (_, r) = check_json(&[s(&adapter), "--base", s(&base), "--target", "peft"]);
-        let t = target(&r, "peft");
+        let a = fixture(case);
+        let b = fixture(rec["base"].as_str().unwrap_or_default());
+        let mut args = vec![s(&a), "--target", tgt];
+        if with_base {
+            args.extend(["--base", s(&b)]);
+        }
+        let (_, r) = check_json(&args);
+        f(case, did, target(&r, tgt));
+        compared += 1;
+    }
+    compared
+}
+
+#[test]
+fn peft_verdicts_match_what_peft_did() {
+    let mut seen = std::collections::BTreeSet::new();
+    let compared = each_recorded_case("peft", true, |case, peft, t| {
         assert_eq!(
             outcome(t),
             peft["verdict"].as_str().unwrap(),
             "{case}: PEFT did {peft}, lorakit says {t}"
         );
         seen.insert(outcome(t));
-        compared += 1;
-    }
+    });
     assert!(compared >= 20, "only {compared} PEFT cases");
     // The matrix holds every outcome, so a constant verdict cannot pass.
     assert_eq!(seen.len(), 3, "{seen:?}");
@@ -147,22 +177,8 @@ fn peft_verdicts_match_what_peft_did() {
 /// it loads and does something else).
 #[test]
 fn llamacpp_verdicts_match_what_llama_cpp_did() {
-    let m = manifest();
-    let mut compared = 0;
     let mut seen = std::collections::BTreeSet::new();
-    for (case, rec) in m["cases"].as_object().unwrap() {
-        let Some(l) = rec.get("llama.cpp") else {
-            continue;
-        };
-        let base = fixture(rec["base"].as_str().unwrap());
-        let (_, r) = check_json(&[
-            s(&fixture(case)),
-            "--base",
-            s(&base),
-            "--target",
-            "llama.cpp",
-        ]);
-        let t = target(&r, "llama.cpp");
+    let compared = each_recorded_case("llama.cpp", true, |case, l, t| {
         let want = l["verdict"].as_str().unwrap();
         let loads = if t["loads"].as_bool().unwrap() {
             "loads"
@@ -170,7 +186,7 @@ fn llamacpp_verdicts_match_what_llama_cpp_did() {
             "fails"
         };
         assert_eq!(loads, want, "{case}: llama.cpp did {l}, lorakit says {t}");
-        seen.insert(want);
+        seen.insert(want.to_owned());
         if let Some(same) = l["same_as_peft"].as_bool() {
             let applies = if same { "loads" } else { "silent" };
             assert_eq!(
@@ -178,31 +194,24 @@ fn llamacpp_verdicts_match_what_llama_cpp_did() {
                 applies,
                 "{case}: llama.cpp did {l}, lorakit says {t}"
             );
-            seen.insert(applies);
+            seen.insert(applies.to_owned());
         }
-        compared += 1;
-    }
+    });
     assert!(compared >= 30, "only {compared} llama.cpp cases");
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
 #[test]
 fn diffusers_verdicts_match_what_diffusers_did() {
-    let m = manifest();
     let mut seen = std::collections::BTreeSet::new();
-    for (case, rec) in m["cases"].as_object().unwrap() {
-        let Some(d) = rec.get("diffusers") else {
-            continue;
-        };
-        let (_, r) = check_json(&[s(&fixture(case)), "--target", "diffusers"]);
-        let t = target(&r, "diffusers");
+    each_recorded_case("diffusers", false, |case, d, t| {
         assert_eq!(
             outcome(t),
             d["verdict"].as_str().unwrap(),
             "{case}: diffusers did {d}, lorakit says {t}"
         );
         seen.insert(outcome(t));
-    }
+    });
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
@@ -210,34 +219,92 @@ pub(super) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// One documented rule: running `check` on `adapter` (with `base`) for `target` gives `verdict`
-/// and fires `rule` (or no rule when `rule` is empty).
-fn assert_rule(adapter: &str, base: Option<&str>, tgt: &str, verdict: &str, rule: &str) {
-    let a = fixture(adapter);
-    let b = base.map(fixture);
-    let mut args = vec![s(&a), "--target", tgt];
-    if let Some(b) = &b {
-        args.extend(["--base", s(b)]);
-    }
-    let (_, r) = check_json(&args);
-    let t = target(&r, tgt);
-    assert_eq!(t["verdict"], verdict, "{adapter} {tgt}: {t}");
-    let rules = fired(t);
-    if rule.is_empty() {
-        assert!(rules.is_empty(), "{adapter} {tgt}: {rules:?}");
-    } else {
-        assert!(
-            rules.iter().any(|x| x == rule),
-            "{adapter} {tgt}: {rules:?}"
-        );
+/// One documented rule: running `check` on the fixture `adapter` (with the fixture `base`) for
+/// `target` gives `verdict` and fires `rule` (or no rule when `rule` is empty). Written
+/// [`fails`], [`warns`] or [`loads`], one line a case.
+#[derive(Clone, Copy)]
+pub(super) struct Rule {
+    adapter: &'static str,
+    base: Option<&'static str>,
+    target: &'static str,
+    verdict: &'static str,
+    rule: &'static str,
+}
+
+/// `adapter` fails by `rule`, whose target is the rule id up to its last dot (`llama.cpp.scale`:
+/// llama.cpp).
+pub(super) fn fails(adapter: &'static str, rule: &'static str) -> Rule {
+    let target = rule.rsplit_once('.').expect("a rule id is TARGET.NAME").0;
+    Rule {
+        adapter,
+        base: None,
+        target,
+        verdict: "fails",
+        rule,
     }
 }
 
-/// [`assert_rule`] for each `(adapter, base, target, verdict, rule)`.
-fn assert_rules(cases: &[(&str, Option<&str>, &str, &str, &str)]) {
-    for &(adapter, base, tgt, verdict, rule) in cases {
-        assert_rule(adapter, base, tgt, verdict, rule);
+/// `adapter` loads with a warning, `rule`.
+pub(super) fn warns(adapter: &'static str, rule: &'static str) -> Rule {
+    Rule {
+        verdict: "loads_with_warnings",
+        ..fails(adapter, rule)
     }
+}
+
+/// `adapter` loads on `target` and no rule fires.
+pub(super) fn loads(adapter: &'static str, target: &'static str) -> Rule {
+    Rule {
+        adapter,
+        base: None,
+        target,
+        verdict: "loads",
+        rule: "",
+    }
+}
+
+impl Rule {
+    /// The same case checked against the fixture `base`.
+    pub(super) fn on(self, base: &'static str) -> Rule {
+        Rule {
+            base: Some(base),
+            ..self
+        }
+    }
+
+    /// Runs `check` and asserts the verdict and the rule.
+    pub(super) fn assert(&self) {
+        let Rule {
+            adapter,
+            base,
+            target: tgt,
+            verdict,
+            rule,
+        } = *self;
+        let a = fixture(adapter);
+        let b = base.map(fixture);
+        let mut args = vec![s(&a), "--target", tgt];
+        if let Some(b) = &b {
+            args.extend(["--base", s(b)]);
+        }
+        let (_, r) = check_json(&args);
+        let t = target(&r, tgt);
+        assert_eq!(t["verdict"], verdict, "{adapter} {tgt}: {t}");
+        let rules = fired(t);
+        if rule.is_empty() {
+            assert!(rules.is_empty(), "{adapter} {tgt}: {rules:?}");
+        } else {
+            assert!(
+                rules.iter().any(|x| x == rule),
+                "{adapter} {tgt}: {rules:?}"
+            );
+        }
+    }
+}
+
+/// [`Rule::assert`] for each case.
+pub(super) fn assert_rules(cases: &[Rule]) {
+    cases.iter().for_each(Rule::assert);
 }
 
 /// The wrong base: qv_r8 (hidden 64) against the Qwen2 fixture (hidden 32). Every LLM loader
@@ -293,79 +360,31 @@ fn a_wrong_base_fails_every_llm_target_by_shape() {
 fn vllm_rules_read_from_its_source() {
     assert_rules(&[
         // vllm 0.34.0 peft_helper.py PEFTHelper._validate_features: "vLLM does not yet support DoRA."
-        ("llama/adapters/dora", None, "vllm", "fails", "vllm.dora"),
+        fails("llama/adapters/dora", "vllm.dora"),
         // same: "vLLM only supports modules_to_save being None."
-        (
-            "llama/adapters/modules_to_save",
-            None,
-            "vllm",
-            "fails",
-            "vllm.modules_to_save",
-        ),
+        fails("llama/adapters/modules_to_save", "vllm.modules_to_save"),
         // utils.py parse_fine_tuned_lora_name: "… is unsupported LoRA weight" for .lora_B.bias
-        (
-            "llama/adapters/bias",
-            None,
-            "vllm",
-            "fails",
-            "vllm.lora_bias",
-        ),
+        fails("llama/adapters/bias", "vllm.lora_bias"),
         // peft_helper.py __post_init__: alpha/√r with use_rslora — rsLoRA is honoured.
-        ("llama/adapters/rslora_all", None, "vllm", "loads", ""),
+        loads("llama/adapters/rslora_all", "vllm"),
         // PEFTHelper.get_rank_and_scaling (lora_weights.py from_config): rank_pattern and
         // alpha_pattern are matched as PEFT's get_pattern_key does, so every scale is PEFT's; the
         // largest rank (6) is within the default --max-lora-rank 16.
-        ("llama/adapters/patterns", None, "vllm", "loads", ""),
+        loads("llama/adapters/patterns", "vllm"),
         // config/lora.py: max_lora_rank defaults to 16.
-        (
-            "check/rank32",
-            None,
-            "vllm",
-            "loads_with_warnings",
-            "vllm.rank_flag",
-        ),
-        ("check/rank7", None, "vllm", "loads", ""),
+        warns("check/rank32", "vllm.rank_flag"),
+        loads("check/rank7", "vllm"),
         // config/lora.py verify_with_model_config: lora_dtype "auto" = the model's dtype, so F32
         // factors on a BF16 base are applied in BF16 (a warning: it loads and applies).
-        (
-            "llama/adapters/qv_r8",
-            Some("llama/base_bf16"),
-            "vllm",
-            "loads_with_warnings",
-            "vllm.dtype",
-        ),
-        (
-            "llama/adapters/qv_r8",
-            Some("llama/base"),
-            "vllm",
-            "loads",
-            "",
-        ),
+        warns("llama/adapters/qv_r8", "vllm.dtype").on("llama/base_bf16"),
+        loads("llama/adapters/qv_r8", "vllm").on("llama/base"),
         // model_manager.py activate_adapter: a LoRA whose module name is not the model's
         // is never set (vllm #34186).
-        (
-            "check/no_root_prefix",
-            Some("llama/base"),
-            "vllm",
-            "fails",
-            "vllm.not_applied",
-        ),
+        fails("check/no_root_prefix", "vllm.not_applied").on("llama/base"),
         // lora_model.py check_unexpected_modules: w_proj is no linear layer of the model.
-        (
-            "check/unknown_module",
-            Some("llama/base"),
-            "vllm",
-            "fails",
-            "vllm.unsupported_module",
-        ),
+        fails("check/unknown_module", "vllm.unsupported_module").on("llama/base"),
         // lora_model.py from_lora_tensors: embedding LoRA size must equal the vocabulary.
-        (
-            "check/added_tokens",
-            Some("llama/base"),
-            "vllm",
-            "fails",
-            "vllm.vocab",
-        ),
+        fails("check/added_tokens", "vllm.vocab").on("llama/base"),
     ]);
 }
 
@@ -407,21 +426,9 @@ fn scale_rules_name_exactly_the_modules_whose_scale_changes() {
     );
     assert_rules(&[
         // rsLoRA: SGLang's alpha/r ignores use_rslora (lora.py), llama.cpp's alpha/rank too.
-        (
-            "llama/adapters/rslora_all",
-            None,
-            "sglang",
-            "fails",
-            "sglang.scale",
-        ),
-        (
-            "llama/adapters/rslora_all",
-            None,
-            "llama.cpp",
-            "fails",
-            "llama.cpp.scale",
-        ),
-        ("llama/adapters/rslora_all", None, "lorax", "loads", ""),
+        fails("llama/adapters/rslora_all", "sglang.scale"),
+        fails("llama/adapters/rslora_all", "llama.cpp.scale"),
+        loads("llama/adapters/rslora_all", "lorax"),
     ]);
 }
 
@@ -430,89 +437,32 @@ fn sglang_lorax_llamacpp_rules_read_from_their_source() {
     assert_rules(&[
         // sglang lora.py LoRAAdapter.normalize_qkv_proj: q/k/v are stacked from q_proj, a missing k
         // zero-filled from v: q_proj without v_proj is a KeyError (weighted_b: k and q only).
-        (
-            "llama/adapters/weighted_b",
-            None,
-            "sglang",
-            "fails",
-            "sglang.q_without_v",
-        ),
-        ("llama/adapters/qv_r8", None, "sglang", "loads", ""),
+        fails("llama/adapters/weighted_b", "sglang.q_without_v"),
+        loads("llama/adapters/qv_r8", "sglang"),
         // sglang lora_manager.py validate_new_adapter: DoRA and added tokens refused.
-        (
-            "llama/adapters/dora",
-            None,
-            "sglang",
-            "fails",
-            "sglang.dora",
-        ),
-        (
-            "check/added_tokens",
-            Some("llama/base"),
-            "sglang",
-            "fails",
-            "sglang.added_tokens",
-        ),
+        fails("llama/adapters/dora", "sglang.dora"),
+        fails("check/added_tokens", "sglang.added_tokens").on("llama/base"),
         // lorax adapters/lora.py @a7394ba map_weights_for_model reads only lora_A/B.weight.
-        ("llama/adapters/dora", None, "lorax", "fails", "lorax.dora"),
-        (
-            "llama/adapters/embed",
-            None,
-            "lorax",
-            "fails",
-            "lorax.embedding",
-        ),
+        fails("llama/adapters/dora", "lorax.dora"),
+        fails("llama/adapters/embed", "lorax.embedding"),
         // LoraWeights.load returns None when one layer lacks the module type.
-        (
-            "check/partial_layers",
-            Some("llama/base"),
-            "lorax",
-            "fails",
-            "lorax.partial_layers",
-        ),
-        ("check/rank7", Some("llama/base"), "lorax", "loads", ""),
+        fails("check/partial_layers", "lorax.partial_layers").on("llama/base"),
+        loads("check/rank7", "lorax").on("llama/base"),
         // convert_lora_to_gguf.py @56bf500: "Not a lora_A or lora_B tensor" → exit 1.
-        (
-            "llama/adapters/bias",
-            None,
-            "llama.cpp",
-            "fails",
-            "llama.cpp.lora_bias",
-        ),
-        (
+        fails("llama/adapters/bias", "llama.cpp.lora_bias"),
+        fails(
             "llama/adapters/modules_to_save",
-            None,
-            "llama.cpp",
-            "fails",
             "llama.cpp.modules_to_save",
         ),
         // modify_tensors: "lm_head is present in adapter, but is ignored in base model" (tied).
-        (
-            "check/tied_lm_head",
-            Some("llama/tied"),
-            "llama.cpp",
-            "fails",
-            "llama.cpp.tied_lm_head",
-        ),
-        (
-            "check/tied_lm_head",
-            Some("llama/tied"),
-            "peft",
-            "loads",
-            "",
-        ),
+        fails("check/tied_lm_head", "llama.cpp.tied_lm_head").on("llama/tied"),
+        loads("check/tied_lm_head", "peft").on("llama/tied"),
         // vLLM applies an lm_head LoRA on a tied base: the model class still has an `lm_head`
         // module (tied to embed_tokens) and declares it in `embedding_modules`; model_manager.py
         // `_create_lora_modules` wraps it and LogitsProcessorWithLoRA adds the LoRA to the logits
         // (vllm model_executor/models/qwen3.py, lora/model_manager.py, lora/layers/logits_processor.py).
         // It loads, with every module applied, as in PEFT.
-        (
-            "check/tied_lm_head",
-            Some("llama/tied"),
-            "vllm",
-            "loads",
-            "",
-        ),
+        loads("check/tied_lm_head", "vllm").on("llama/tied"),
     ]);
     // Without the base, the tied rule is not guessed: listed as not evaluated.
     let (_, r) = check_json(&[s(&fixture("check/tied_lm_head")), "--target", "llama.cpp"]);
@@ -529,34 +479,16 @@ fn kohya_files_are_for_the_diffusion_loaders() {
     // Default targets of a kohya file: diffusers and ComfyUI; ComfyUI loads LoHa (comfy/lora.py
     // load_lora reads hada_*), vLLM needs a PEFT folder.
     let (code, r) = check_json(&[s(&fixture("lycoris/loha.safetensors"))]);
-    let names: Vec<&str> = r["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["target"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["diffusers", "comfy"]);
+    assert_eq!(target_names(&r), ["diffusers", "comfy"]);
     assert_eq!(target(&r, "comfy")["verdict"], "loads");
     assert_eq!(code, 1, "diffusers drops lycoris_ keys");
     assert_rules(&[
-        (
-            "kohya/te_lora.safetensors",
-            None,
-            "vllm",
-            "fails",
-            "vllm.format",
-        ),
+        fails("kohya/te_lora.safetensors", "vllm.format"),
         // A PEFT folder in ComfyUI: no alpha tensors, so scale 1 instead of alpha/r = 2
         // (comfy/weight_adapter/lora.py @6fd406f calculate_weight).
-        ("llama/adapters/qv_r8", None, "comfy", "fails", "comfy.llm"),
-        ("conv/adapters/peft", None, "comfy", "fails", "comfy.scale"),
-        (
-            "kohya/adapters/te_peft",
-            None,
-            "comfy",
-            "fails",
-            "comfy.peft_prefix",
-        ),
+        fails("llama/adapters/qv_r8", "comfy.llm"),
+        fails("conv/adapters/peft", "comfy.scale"),
+        fails("kohya/adapters/te_peft", "comfy.peft_prefix"),
     ]);
 }
 
@@ -586,23 +518,9 @@ fn exit_status_and_targets() {
         "vllm",
     ]);
     assert_eq!(code, 1);
-    let names: Vec<&str> = r["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["target"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["vllm", "llama.cpp"]);
+    assert_eq!(target_names(&r), ["vllm", "llama.cpp"]);
     // Text output: one verdict line per target, the rule and its source.
-    let out = bin()
-        .args([
-            "check",
-            s(&fixture("llama/adapters/dora")),
-            "--target",
-            "vllm",
-        ])
-        .output()
-        .unwrap();
+    let out = check_run(&[s(&fixture("llama/adapters/dora")), "--target", "vllm"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("vllm       FAILS"), "{text}");
@@ -614,15 +532,7 @@ fn exit_status_and_targets() {
 fn bad_input_is_one_line_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     // Unknown target.
-    let out = bin()
-        .args([
-            "check",
-            s(&fixture("llama/adapters/qv_r8")),
-            "--target",
-            "tgi",
-        ])
-        .output()
-        .unwrap();
+    let out = check_run(&[s(&fixture("llama/adapters/qv_r8")), "--target", "tgi"]);
     assert_eq!(out.status.code(), Some(2));
     // Unreadable adapter.
     let missing = dir.path().join("nope");

@@ -3,7 +3,7 @@
 //! rule read from the released source, cited at the case. The config-only fixtures are made by
 //! fixtures/gen/check_config_fixtures.py from a PEFT-written adapter.
 
-use super::{assert_rule, assert_rules, check_json, fired, fixture, s, target};
+use super::{assert_rules, check_json, fails, fired, fixture, loads, s, target, warns};
 
 #[test]
 fn sglang_rank_rules_read_from_mem_pool() {
@@ -36,7 +36,7 @@ fn sglang_rank_rules_read_from_mem_pool() {
             "model.layers.1.self_attn.q_proj",
         ]
     );
-    assert_rule("llama/adapters/qv_r8", None, "sglang", "loads", "");
+    loads("llama/adapters/qv_r8", "sglang").assert();
     // --fix zero-pads every module to the largest rank and writes r = that rank (exact):
     // SGLang's buffers then fit every module, and its one alpha/r is every module's scale.
     let dir = tempfile::tempdir().unwrap();
@@ -57,46 +57,16 @@ fn sglang_rank_rules_read_from_mem_pool() {
 fn sglang_module_and_shape_rules() {
     assert_rules(&[
         // utils.py get_normalized_target_modules: a string other than "all"/"all-linear" raises.
-        (
-            "check/target_regex",
-            None,
-            "sglang",
-            "fails",
-            "sglang.target_modules_string",
-        ),
+        fails("check/target_regex", "sglang.target_modules_string"),
         // vLLM keeps target_modules: list | str and loads it.
-        ("check/target_regex", None, "vllm", "loads", ""),
+        loads("check/target_regex", "vllm"),
         // utils.py get_default_hidden_dim: "get_hidden_dim not implemented for w_proj".
-        (
-            "check/unknown_module",
-            Some("llama/base"),
-            "sglang",
-            "fails",
-            "sglang.unsupported_module",
-        ),
+        fails("check/unknown_module", "sglang.unsupported_module").on("llama/base"),
         // mem_pool.py: the embedding A buffer has the base vocabulary's columns.
-        (
-            "check/added_tokens",
-            Some("llama/base"),
-            "sglang",
-            "fails",
-            "sglang.vocab",
-        ),
+        fails("check/added_tokens", "sglang.vocab").on("llama/base"),
         // utils.py copy_weight_into_buffer casts to the buffers' (the server's) dtype.
-        (
-            "llama/adapters/qv_r8",
-            Some("llama/base_bf16"),
-            "sglang",
-            "loads_with_warnings",
-            "sglang.dtype",
-        ),
-        (
-            "llama/adapters/qv_r8",
-            Some("llama/base"),
-            "sglang",
-            "loads",
-            "",
-        ),
+        warns("llama/adapters/qv_r8", "sglang.dtype").on("llama/base_bf16"),
+        loads("llama/adapters/qv_r8", "sglang").on("llama/base"),
     ]);
 }
 
@@ -125,17 +95,11 @@ fn vllm_config_rules_read_from_peft_helper() {
     assert_rules(&[
         // peft_helper.py PEFTHelper._init_is_supported: only gaussian/eva/orthogonal/mica/lora_ga
         // strings pass; "vLLM does not support init_lora_weights='pissa'".
-        (
-            "check/init_pissa",
-            None,
-            "vllm",
-            "fails",
-            "vllm.init_weights",
-        ),
+        fails("check/init_pissa", "vllm.init_weights"),
         // _validate_features: "vLLM does not support Activated LoRA (aLoRA)."
-        ("check/alora", None, "vllm", "fails", "vllm.peft_features"),
+        fails("check/alora", "vllm.peft_features"),
         // The unchanged adapter: init_lora_weights true, no aLoRA.
-        ("llama/adapters/qv_r8", None, "vllm", "loads", ""),
+        loads("llama/adapters/qv_r8", "vllm"),
     ]);
 }
 

@@ -27,21 +27,23 @@ fn bert_base(dir: &Path, architecture: &str) -> PathBuf {
     let emb: Vec<f32> = (0..40).map(|i| i as f32 * 0.01).collect();
     let q: Vec<f32> = (0..16).map(|i| i as f32 * 0.1).collect();
     let (eb, qb) = (f32_bytes(&emb), f32_bytes(&q));
-    safetensors::serialize_to_file(
-        vec![
+    write_views(
+        &base.join("model.safetensors"),
+        &[
             (
                 "embeddings.word_embeddings.weight",
-                TensorView::new(Dtype::F32, vec![10, 4], &eb).unwrap(),
+                Dtype::F32,
+                &[10, 4],
+                &eb,
             ),
             (
                 "encoder.layer.0.attention.self.query.weight",
-                TensorView::new(Dtype::F32, vec![4, 4], &qb).unwrap(),
+                Dtype::F32,
+                &[4, 4],
+                &qb,
             ),
         ],
-        None,
-        &base.join("model.safetensors"),
-    )
-    .unwrap();
+    );
     std::fs::write(
         base.join("config.json"),
         serde_json::json!({"architectures": [architecture], "model_type": "bert"}).to_string(),
@@ -56,21 +58,23 @@ fn embedding_adapter(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&ad).unwrap();
     let a = f32_bytes(&[0.5; 20]); // lora_embedding_A: [r, vocab]
     let b = f32_bytes(&[0.25; 8]); // lora_embedding_B: [dim, r]
-    safetensors::serialize_to_file(
-        vec![
+    write_views(
+        &ad.join("adapter_model.safetensors"),
+        &[
             (
                 "base_model.model.embeddings.word_embeddings.lora_embedding_A",
-                TensorView::new(Dtype::F32, vec![2, 10], &a).unwrap(),
+                Dtype::F32,
+                &[2, 10],
+                &a,
             ),
             (
                 "base_model.model.embeddings.word_embeddings.lora_embedding_B",
-                TensorView::new(Dtype::F32, vec![4, 2], &b).unwrap(),
+                Dtype::F32,
+                &[4, 2],
+                &b,
             ),
         ],
-        None,
-        &ad.join("adapter_model.safetensors"),
-    )
-    .unwrap();
+    );
     std::fs::write(
         ad.join("adapter_config.json"),
         r#"{"peft_type":"LORA","r":2,"lora_alpha":2,"target_modules":["word_embeddings"]}"#,

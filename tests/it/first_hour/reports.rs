@@ -108,32 +108,6 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
     }
 }
 
-/// Every key of a JSON value, with the kind of value it holds, recursively.
-fn key_kinds(v: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static str, String)>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let kind = match x {
-                    serde_json::Value::Array(_) => "list",
-                    serde_json::Value::Number(_) => "number",
-                    serde_json::Value::Object(_) => "object",
-                    serde_json::Value::String(_) => "string",
-                    serde_json::Value::Bool(_) => "bool",
-                    serde_json::Value::Null => "null",
-                };
-                out.push((k.clone(), kind, format!("{path}.{k}")));
-                key_kinds(x, &format!("{path}.{k}"), out);
-            }
-        }
-        serde_json::Value::Array(a) => {
-            for x in a {
-                key_kinds(x, &format!("{path}[]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// One JSON vocabulary: every command's report is an object whose first key is `operation`,
 /// `files` is always a list, and no key is a count in one report and a list in another (counts
 /// are `*_count`); the rank rule is spelled the same by extract and resize.
@@ -149,88 +123,28 @@ fn every_json_report_shares_one_vocabulary() {
     let nf4 = s(&fixture("quant/nf4_dq")).to_owned();
     let (dq, qm, km) = (d("dq"), d("qm"), d("km"));
     let km_base = s(&fixture("quant/nf4")).to_owned();
-    let runs: Vec<(&str, String)> = vec![
-        ("inspect", format!("inspect {base} --tensors")),
-        ("inspect", format!("inspect {qv} --spectrum")),
-        (
-            "merge",
-            format!("merge --base {base} --adapter {qv} -o {m}"),
-        ),
-        (
-            "merge",
-            format!("merge --base {base} --adapter {qv} -o {m2} --dry-run"),
-        ),
-        (
-            "extract",
-            format!("extract --base {base} --tuned {m} --rank 4 -o {x}"),
-        ),
-        (
-            "extract",
-            format!("extract --base {base} --tuned {m} --rank 4 -o {x2} --dry-run"),
-        ),
-        ("resize", format!("resize {qv} --energy 0.9 -o {r}")),
-        (
-            "combine",
-            format!("combine --method cat --adapter {qv} --adapter {qv} -o {c}"),
-        ),
-        (
-            "convert",
-            format!("convert {qv} --to kohya -o {k}.safetensors"),
-        ),
-        ("diff", format!("diff {merged} {m}/model.safetensors")),
-        ("check", format!("check {qv} --base {base}")),
-        (
-            "eval",
-            format!("eval --model {base} --adapter {qv} --input-ids {ids} --device cpu"),
-        ),
-        ("inspect", format!("inspect {nf4}")),
-        ("dequantize", format!("dequantize {nf4} -o {dq}")),
-        (
-            "merge",
-            format!("merge --base {base} --adapter {qv} -o {qm} --as-trained-on nf4"),
-        ),
-        (
-            "merge",
-            format!("merge --base {km_base} --adapter {qv} -o {km}"),
-        ),
+    let runs = [
+        format!("inspect {base} --tensors"),
+        format!("inspect {qv} --spectrum"),
+        format!("merge --base {base} --adapter {qv} -o {m}"),
+        format!("merge --base {base} --adapter {qv} -o {m2} --dry-run"),
+        format!("extract --base {base} --tuned {m} --rank 4 -o {x}"),
+        format!("extract --base {base} --tuned {m} --rank 4 -o {x2} --dry-run"),
+        format!("resize {qv} --energy 0.9 -o {r}"),
+        format!("combine --method cat --adapter {qv} --adapter {qv} -o {c}"),
+        format!("convert {qv} --to kohya -o {k}.safetensors"),
+        format!("diff {merged} {m}/model.safetensors"),
+        format!("check {qv} --base {base}"),
+        format!("eval --model {base} --adapter {qv} --input-ids {ids} --device cpu"),
+        format!("inspect {nf4}"),
+        format!("dequantize {nf4} -o {dq}"),
+        format!("merge --base {base} --adapter {qv} -o {qm} --as-trained-on nf4"),
+        format!("merge --base {km_base} --adapter {qv} -o {km}"),
     ];
-    let mut seen: Vec<(String, &'static str, String)> = Vec::new();
-    let mut rules = Vec::new();
-    for (op, line) in &runs {
-        // Paths here hold no spaces (a tempdir and the fixtures folder).
-        let argv: Vec<&str> = line.split_whitespace().collect();
-        let out = bin().args(&argv).arg("--json").output().unwrap();
-        assert!(
-            out.status.code().is_some_and(|c| c <= 1),
-            "{argv:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{argv:?}: not JSON ({e})"));
-        let obj = v
-            .as_object()
-            .unwrap_or_else(|| panic!("{argv:?}: not an object"));
-        assert_eq!(
-            obj.keys().next().map(String::as_str),
-            Some("operation"),
-            "{argv:?}"
-        );
-        assert_eq!(v["operation"], *op, "{argv:?}");
-        if let Some(r) = v.get("rank_rule") {
-            rules.push(r.clone());
-        }
-        key_kinds(&v, op, &mut seen);
-    }
-    for (k, kind, at) in &seen {
-        if k == "files" {
-            assert_eq!(*kind, "list", "{at} is not a list");
-        }
-        if *kind == "number" {
-            if let Some((_, _, other)) = seen.iter().find(|(k2, kd, _)| k2 == k && *kd == "list") {
-                panic!("{k} is a number at {at} and a list at {other}: name the count {k}_count");
-            }
-        }
-    }
+    let rules: Vec<serde_json::Value> = assert_one_json_vocabulary(&runs, 1)
+        .iter()
+        .filter_map(|v| v.get("rank_rule").cloned())
+        .collect();
     // extract --rank 4 and resize --energy 0.9: one spelling of the rule.
     assert!(
         rules.iter().any(|r| r["rule"] == "rank" && r["rank"] == 4),

@@ -160,24 +160,6 @@ fn malformed_gguf_files_fail_in_one_line() {
     }
 }
 
-fn kinds(v: &serde_json::Value, out: &mut Vec<(String, &'static str)>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let kind = match x {
-                    serde_json::Value::Array(_) => "list",
-                    serde_json::Value::Number(_) => "number",
-                    _ => "other",
-                };
-                out.push((k.clone(), kind));
-                kinds(x, out);
-            }
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| kinds(x, out)),
-        _ => {}
-    }
-}
-
 /// The GGUF reports speak the one JSON vocabulary (first_hour's rule): `operation` first,
 /// `files` a list, and no key a number in one report and a list in another — checked together
 /// with the safetensors inspect and merge reports.
@@ -204,32 +186,5 @@ fn gguf_reports_share_the_json_vocabulary() {
         format!("convert {qv} --to gguf --base {base} -o {}", d("a.gguf")),
         format!("diff {} {} --common", g("types.gguf"), g("types.f32.gguf")),
     ];
-    let mut seen = Vec::new();
-    for line in &lines {
-        let argv: Vec<&str> = line.split_whitespace().collect();
-        let out = bin().args(&argv).arg("--json").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{line}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(
-            v.as_object().unwrap().keys().next().unwrap(),
-            "operation",
-            "{line}"
-        );
-        kinds(&v, &mut seen);
-    }
-    for (k, kind) in &seen {
-        if k == "files" {
-            assert_eq!(*kind, "list");
-        }
-        if *kind == "number" {
-            assert!(
-                !seen.iter().any(|(k2, kd)| k2 == k && *kd == "list"),
-                "{k} is a number in one report and a list in another"
-            );
-        }
-    }
+    assert_one_json_vocabulary(&lines, 0);
 }

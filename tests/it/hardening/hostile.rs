@@ -88,26 +88,18 @@ fn fifos_and_devices_are_refused_at_once() {
 
 #[test]
 fn modules_to_save_onto_an_integer_tensor_is_an_error() {
-    use safetensors::{tensor::TensorView, Dtype};
+    use safetensors::Dtype;
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.safetensors");
     let ids: Vec<u8> = (0..4i64).flat_map(|x| x.to_le_bytes()).collect();
     let w: Vec<u8> = vec![0; 16];
-    safetensors::serialize_to_file(
-        vec![
-            (
-                "position_ids",
-                TensorView::new(Dtype::I64, vec![4], &ids).unwrap(),
-            ),
-            (
-                "proj.weight",
-                TensorView::new(Dtype::F32, vec![2, 2], &w).unwrap(),
-            ),
-        ],
-        None,
+    write_views(
         &base,
-    )
-    .unwrap();
+        &[
+            ("position_ids", Dtype::I64, &[4], &ids),
+            ("proj.weight", Dtype::F32, &[2, 2], &w),
+        ],
+    );
     let ad = dir.path().join("ad");
     write_adapter(
         &ad,
@@ -126,12 +118,7 @@ fn modules_to_save_onto_an_integer_tensor_is_an_error() {
         ],
         serde_json::json!({"peft_type": "LORA", "r": 1, "lora_alpha": 1, "modules_to_save": ["position_ids"]}),
     );
-    let line = one_line_error(&run_err(merge_args(
-        &base,
-        &ad,
-        &dir.path().join("o.safetensors"),
-        &[],
-    )));
+    let line = merge_refused(&base, &ad, &dir.path().join("o.safetensors"), &[]);
     assert!(
         line.contains("position_ids") && line.contains("I64"),
         "{line}"

@@ -78,12 +78,7 @@ fn adapter_with_config(
 /// leave nothing at the output path.
 fn refused_merge(dir: &Path, adapter: &Path) -> String {
     let out = dir.join("refused");
-    let err = one_line_error(&run_err(merge_args(
-        &fixture("llama/base"),
-        adapter,
-        &out,
-        &[],
-    )));
+    let err = merge_refused(&fixture("llama/base"), adapter, &out, &[]);
     assert!(!out.exists(), "nothing written: {err}");
     err
 }

@@ -233,14 +233,13 @@ impl Case {
     }
 
     fn job<'a>(&'a self, terms: &'a [Term<'a>]) -> MergeJob<'a> {
-        MergeJob {
-            w0: &self.w0,
-            in_dtype: self.dtype,
-            rows: self.rows,
-            cols: self.cols,
+        MergeJob::new(
+            &self.w0,
+            self.dtype,
+            (self.rows, self.cols),
             terms,
-            out_dtype: self.dtype,
-        }
+            self.dtype,
+        )
     }
 
     /// The integer reference, element by element.
@@ -386,14 +385,7 @@ fn overflow_dora_and_f64_are_refused() {
     let w0 = dtype::encode(Dtype::F16, &[60000.0, 1.0]);
     let (b, a) = ([1.0f32], [10000.0f32, 0.0]);
     let t = [Term::low_rank(&b, &a, 1, 1.0)];
-    let job = MergeJob {
-        w0: &w0,
-        in_dtype: Dtype::F16,
-        rows: 1,
-        cols: 2,
-        terms: &t,
-        out_dtype: Dtype::F16,
-    };
+    let job = MergeJob::new(&w0, Dtype::F16, (1, 2), &t, Dtype::F16);
     assert!(matches!(
         merge(&job),
         Err(MergeError::NonFinite { row: 0, col: 0, value }) if value == f32::INFINITY

@@ -126,17 +126,24 @@ fn forward_tiled_matches_cpu() {
         rows: 3,
         cols: 100,
     };
-    let (a, b) = (vec![0f32; 64 * 100], vec![0f32; 3 * 64]);
+    assert_rank_64_refused(3, 100, |ads| lora_forward(ctx, &x, 2, &sm, ads));
+}
+
+/// A zero rank-64 adapter on a `d × k` weight: on the tiled context its stacked factors outgrow
+/// a binding, so `forward` must refuse it ([`GpuError::TooLarge`]) rather than answer wrongly.
+fn assert_rank_64_refused(
+    d: usize,
+    k: usize,
+    forward: impl Fn(&[ForwardAdapter]) -> Result<Vec<f32>, GpuError>,
+) {
+    let (a, b) = (vec![0f32; 64 * k], vec![0f32; d * 64]);
     let ads = [ForwardAdapter {
         a: &a,
         b: &b,
         rank: 64,
         scale: 1.0,
     }];
-    assert!(matches!(
-        lora_forward(ctx, &x, 2, &sm, &ads),
-        Err(GpuError::TooLarge { .. })
-    ));
+    assert!(matches!(forward(&ads), Err(GpuError::TooLarge { .. })));
 }
 
 /// A weight uploaded once ([`ResidentWeight`]) gives the same bits as uploading it on every
@@ -177,17 +184,9 @@ fn resident_weight_forward_equals_upload_per_call() {
             }
             if tiled {
                 let x = vec![0f32; n * k];
-                let (a, b) = (vec![0f32; 64 * k], vec![0f32; d * 64]);
-                let ads = [ForwardAdapter {
-                    a: &a,
-                    b: &b,
-                    rank: 64,
-                    scale: 1.0,
-                }];
-                assert!(matches!(
-                    lora_forward_resident(ctx, &x, n, &resident, &ads),
-                    Err(GpuError::TooLarge { .. })
-                ));
+                assert_rank_64_refused(d, k, |ads| {
+                    lora_forward_resident(ctx, &x, n, &resident, ads)
+                });
             }
             // Shapes are checked against the resident weight.
             assert!(matches!(

@@ -47,14 +47,7 @@ fn assert_every_dtype_matches(
         let bytes = dtype::encode(in_dtype, w0);
         for out_dtype in DTYPES {
             for (name, terms) in sets {
-                let job = MergeJob {
-                    w0: &bytes,
-                    in_dtype,
-                    rows,
-                    cols,
-                    terms,
-                    out_dtype,
-                };
+                let job = MergeJob::new(&bytes, in_dtype, (rows, cols), terms, out_dtype);
                 let what = format!("{label} {in_dtype:?}→{out_dtype:?} {name}");
                 inexact += assert_merge_matches(ctx, &job, &what);
             }
@@ -118,14 +111,7 @@ fn merge_streams_many_chunks_byte_identical() {
             f.term(-0.3).with_dora(Dora::peft(&mag, NormAxis::Rows)),
         ];
         for out_dtype in DTYPES {
-            let job = MergeJob {
-                w0: &w0,
-                in_dtype: Dtype::BF16,
-                rows,
-                cols,
-                terms: &terms,
-                out_dtype,
-            };
+            let job = MergeJob::new(&w0, Dtype::BF16, (rows, cols), &terms, out_dtype);
             let want = cpu::merge(&job).unwrap();
             let mut got = Vec::new();
             let mut pieces = 0;
@@ -159,14 +145,7 @@ fn merge_into_returns_the_sink_error() {
     let w0 = dtype::encode(Dtype::F16, &rand(rows * cols, &mut seed));
     let f = factors(rows, cols, 4, &mut seed);
     let terms = [f.term(1.0)];
-    let job = MergeJob {
-        w0: &w0,
-        in_dtype: Dtype::F16,
-        rows,
-        cols,
-        terms: &terms,
-        out_dtype: Dtype::F16,
-    };
+    let job = MergeJob::new(&w0, Dtype::F16, (rows, cols), &terms, Dtype::F16);
     let mut calls = 0;
     let err = merge_into(ctx, &job, &mut |_| {
         calls += 1;
@@ -211,14 +190,7 @@ fn merge_tiled_matches_cpu() {
             (Dtype::F16, Dtype::F32),
         ] {
             let bytes = dtype::encode(in_dtype, &w0);
-            let job = MergeJob {
-                w0: &bytes,
-                in_dtype,
-                rows,
-                cols,
-                terms: &terms,
-                out_dtype,
-            };
+            let job = MergeJob::new(&bytes, in_dtype, (rows, cols), &terms, out_dtype);
             assert_merge_matches(
                 ctx,
                 &job,
@@ -239,14 +211,7 @@ fn merge_embedding_larger_than_binding_limit() {
     let f = factors(rows, cols, 8, &mut seed);
     let terms = [f.term(2.0)];
     for out_dtype in [Dtype::BF16, Dtype::F32] {
-        let job = MergeJob {
-            w0: &bytes,
-            in_dtype: Dtype::BF16,
-            rows,
-            cols,
-            terms: &terms,
-            out_dtype,
-        };
+        let job = MergeJob::new(&bytes, Dtype::BF16, (rows, cols), &terms, out_dtype);
         assert_merge_matches(ctx, &job, &format!("embedding → {out_dtype:?}"));
     }
 }
@@ -255,14 +220,7 @@ fn merge_embedding_larger_than_binding_limit() {
 fn fma_probe(ctx: &GpuContext, w0: f32, b: &[f32], a: &[f32], scale: f32) -> (u32, u32) {
     let bytes = dtype::encode(Dtype::F32, &[w0]);
     let terms = [Term::low_rank(b, a, b.len(), scale)];
-    let job = MergeJob {
-        w0: &bytes,
-        in_dtype: Dtype::F32,
-        rows: 1,
-        cols: 1,
-        terms: &terms,
-        out_dtype: Dtype::F32,
-    };
+    let job = MergeJob::new(&bytes, Dtype::F32, (1, 1), &terms, Dtype::F32);
     let cpu = cpu::merge(&job).unwrap();
     let guarded = merge_with(ctx, &job, true).unwrap();
     let plain = merge_with(ctx, &job, false).unwrap();
@@ -290,7 +248,7 @@ fn merge_has_no_fma_contraction() {
     assert_eq!((g1, g2), (0, 0));
     eprintln!(
         "FMA contraction without the guard on {}: Σ b·a {}, w + s·acc {}",
-        ctx.describe().name,
+        ctx.describe().adapter.name,
         if p1 == 0 {
             "not contracted"
         } else {
@@ -314,14 +272,7 @@ fn merge_signed_zero_matches_cpu() {
     let a = [0.0f32, -0.0];
     let terms = [Term::low_rank(&b, &a, 1, 1.0)];
     for out_dtype in DTYPES {
-        let job = MergeJob {
-            w0: &bytes,
-            in_dtype: Dtype::BF16,
-            rows: 1,
-            cols: 2,
-            terms: &terms,
-            out_dtype,
-        };
+        let job = MergeJob::new(&bytes, Dtype::BF16, (1, 2), &terms, out_dtype);
         assert_merge_matches(ctx, &job, &format!("signed zero → {out_dtype:?}"));
         let plain = merge_with(ctx, &job, false).unwrap();
         if plain != cpu::merge(&job).unwrap() {
@@ -361,14 +312,7 @@ fn merge_special_values_round_like_half() {
     let zeros_a = vec![0.0f32; vals.len()];
     let terms = [Term::low_rank(&zeros_b, &zeros_a, 1, 1.0)];
     for out_dtype in [Dtype::F16, Dtype::BF16] {
-        let job = MergeJob {
-            w0: &bytes,
-            in_dtype: Dtype::F32,
-            rows: 1,
-            cols: vals.len(),
-            terms: &terms,
-            out_dtype,
-        };
+        let job = MergeJob::new(&bytes, Dtype::F32, (1, vals.len()), &terms, out_dtype);
         assert_merge_matches(ctx, &job, &format!("special values → {out_dtype:?}"));
     }
 }
@@ -391,14 +335,7 @@ fn merge_reports_first_non_finite() {
     f.a[cols + 5] = 0.0; // (90, 5): −inf·0 = NaN
     let terms = [f.term(1.0)];
     for out_dtype in DTYPES {
-        let job = MergeJob {
-            w0: &w0,
-            in_dtype: Dtype::F16,
-            rows,
-            cols,
-            terms: &terms,
-            out_dtype,
-        };
+        let job = MergeJob::new(&w0, Dtype::F16, (rows, cols), &terms, out_dtype);
         let err = merge(tiled, &job).unwrap_err();
         assert!(
             matches!(err, MergeError::NonFinite { row: 90, col: 0, value } if value == f32::NEG_INFINITY),
@@ -412,28 +349,14 @@ fn merge_reports_first_non_finite() {
 fn merge_rejects_unsupported_input() {
     let Some(ctx) = gpu() else { return };
     let w0 = dtype::encode(Dtype::F64, &[1.0, 2.0]);
-    let job = MergeJob {
-        w0: &w0,
-        in_dtype: Dtype::F64,
-        rows: 1,
-        cols: 2,
-        terms: &[],
-        out_dtype: Dtype::F32,
-    };
+    let job = MergeJob::new(&w0, Dtype::F64, (1, 2), &[], Dtype::F32);
     assert!(matches!(merge(ctx, &job), Err(MergeError::Gpu(_))));
     let job = MergeJob {
         in_dtype: Dtype::F32,
         ..job
     };
     assert!(matches!(merge(ctx, &job), Err(MergeError::Shape(_))));
-    let empty = MergeJob {
-        w0: &[],
-        in_dtype: Dtype::BF16,
-        rows: 0,
-        cols: 5,
-        terms: &[],
-        out_dtype: Dtype::F32,
-    };
+    let empty = MergeJob::new(&[], Dtype::BF16, (0, 5), &[], Dtype::F32);
     assert_eq!(merge(ctx, &empty).unwrap(), Vec::<u8>::new());
 }
 

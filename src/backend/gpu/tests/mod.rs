@@ -225,12 +225,12 @@ fn auto_probe_matches_cpu_and_rule_rejects_software() {
     assert!(p.gpu_s > 0.0 && p.cpu_s > 0.0, "{p:?}");
     eprintln!(
         "auto probe on {}: gpu {:.4} s, cpu {:.4} s",
-        ctx.describe().name,
+        ctx.describe().adapter.name,
         p.gpu_s,
         p.cpu_s
     );
     let choice = crate::backend::decide_auto(ctx);
-    if ctx.describe().device_type == "Cpu" {
+    if ctx.describe().adapter.device_type == "Cpu" {
         assert!(
             matches!(choice, crate::backend::AutoChoice::Software { .. }),
             "{choice:?}"
@@ -261,7 +261,7 @@ fn adapters_open_by_index() {
             ..GpuOptions::default()
         })
         .unwrap();
-        assert_eq!(ctx.describe().name, e.name);
+        assert_eq!(ctx.describe().adapter.name, e.adapter.name);
     }
     let err = GpuContext::with_options(&GpuOptions {
         adapter_index: Some(list.len()),
@@ -291,5 +291,5 @@ fn bench_helpers_time_kernels() {
     }
     let (up, down) = bench::transfer(ctx, 1 << 20, 1).unwrap();
     assert!(up > 0.0 && down > 0.0);
-    eprintln!("timestamps on {}: {stamps}", ctx.describe().name);
+    eprintln!("timestamps on {}: {stamps}", ctx.describe().adapter.name);
 }
