@@ -228,3 +228,30 @@ fn diffusers_loads_convert_to_diffusers_output_and_fuses_like_lorakit() {
         }
     }
 }
+
+/// PEFT loads the plain LoRA `convert --base` writes for a PiSSA / OLoRA / KaSA adapter (rank
+/// 2r, no init in its config) and merges it as lorakit does.
+#[test]
+fn peft_loads_residual_adapters_converted_for_the_checkpoint() {
+    let Some(py) = peft_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    for case in ["pissa", "olora", "kasa"] {
+        let plain = dir.path().join(format!("plain_{case}"));
+        run_ok([
+            "convert".to_string(),
+            fixture(&format!("llama/adapters/init_{case}"))
+                .display()
+                .to_string(),
+            "--to".into(),
+            "peft".into(),
+            "--base".into(),
+            base.display().to_string(),
+            "--out".into(),
+            plain.display().to_string(),
+        ]);
+        let sub = dir.path().join(case);
+        std::fs::create_dir_all(&sub).unwrap();
+        assert_peft_loads_and_merges_like_lorakit(&py, &plain, &base, &sub);
+    }
+}

@@ -29,6 +29,7 @@
 //! folded.
 
 mod names;
+mod unfold;
 
 pub use names::{
     check_onto, kohya_or_peft_alpha, prepare, resolve_onto, restore_from_metadata, NameSource,
@@ -149,8 +150,16 @@ impl ConvertPlan {
             )
         })?;
         let mut adapter = Adapter::open(&opts.adapter)?;
-        adapter.check_plain_base("converting it")?;
         let base = opts.base.as_deref().map(Checkpoint::open).transpose()?;
+        // PiSSA / OLoRA / KaSA: written as the plain LoRA for the base's own weights, which
+        // needs that base; without it the conversion would change the adapter's meaning.
+        match (adapter.base_residual(), &base) {
+            (Some(rule), Some(b)) => unfold::unfold_residual(&mut adapter, rule, b)?,
+            (Some(_), None) => adapter.check_plain_base(
+                "converting it without --base (which lorakit needs to write the plain LoRA PEFT's path_initial_model_for_weight_conversion would)",
+            )?,
+            (None, _) => {}
+        }
         let spec = WriteSpec {
             format: to,
             out: opts.out.clone(),

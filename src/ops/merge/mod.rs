@@ -28,7 +28,7 @@ pub mod gguf;
 pub mod gguf_hf;
 pub mod gguf_parts;
 mod plan;
-mod residual;
+pub(crate) mod residual;
 mod run;
 mod sequence;
 mod tensor;

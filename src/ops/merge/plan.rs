@@ -3,8 +3,8 @@
 //! Must not write anything (the plan is also what `--dry-run` and recipes print).
 
 use super::*;
-use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::formats::peft::params;
+use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::mapping::{self, Unmatched};
 use crate::adapter::ModuleKind;
 use crate::dtype::{self, Dtype};

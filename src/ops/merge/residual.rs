@@ -13,8 +13,8 @@ use crate::adapter::formats::peft::BaseResidual;
 use faer::{Mat, Par};
 
 /// `W_res` for the `rows × cols` weight `w` (row-major, as stored), the module's rank and its
-/// PEFT scaling `scale` (OLoRA removes `scale·Q_r·R_r`: `olora_init` does not divide its
-/// factors by the scaling as `pissa_init` does), or why PEFT would not build this layer.
+/// PEFT scaling `scale`, or why PEFT would not build this layer: `W − s·B₀·A₀` with the
+/// factors of [`removed_factors`].
 pub fn residual(
     rule: BaseResidual,
     w: &[f32],
@@ -22,10 +22,30 @@ pub fn residual(
     rank: usize,
     scale: f64,
 ) -> Result<Vec<f32>, String> {
+    let (b0, a0) = removed_factors(rule, w, (rows, cols), rank, scale)?;
+    let removed = &b0 * &a0;
+    Ok((0..rows * cols)
+        .map(|x| (w[x] as f64 - scale * removed[(x / cols, x % cols)]) as f32)
+        .collect())
+}
+
+/// The factors `B₀` (`rows × n`) and `A₀` (`n × cols`) PEFT's init takes out of the base,
+/// `W_res = W − s·B₀·A₀`, in f64: PiSSA's `U_r·√(S_r/s)` and `√(S_r/s)·V_rᵀ` (`pissa_init`
+/// divides the singular values by the scaling), KaSA's the same over the `r` smallest triplets,
+/// OLoRA's `Q_r` and `Q_rᵀ·W` (= `R_r`; `olora_init` does not divide by the scaling, so `s`
+/// multiplies what it removes). A PEFT adapter for the original weights is then
+/// `[B | −B₀]·[A; A₀]` at the same scaling, which is what PEFT's
+/// `path_initial_model_for_weight_conversion` writes.
+pub fn removed_factors(
+    rule: BaseResidual,
+    w: &[f32],
+    (rows, cols): (usize, usize),
+    rank: usize,
+    scale: f64,
+) -> Result<(Mat<f64>, Mat<f64>), String> {
     let k = rows.min(cols);
     let m = Mat::<f64>::from_fn(rows, cols, |i, j| w[i * cols + j] as f64);
-    // The part to remove, as (left factor rows × n, right factor n × cols).
-    let removed: Mat<f64> = match rule {
+    match rule {
         BaseResidual::Pissa | BaseResidual::Kasa => {
             let range = match rule {
                 // PiSSA: the `r` largest singular triplets (all of them when r ≥ min(d, k)).
@@ -41,12 +61,11 @@ pub fn residual(
                 }
             };
             let (u, sv, v) = thin_svd(&m)?;
+            let root = |j: usize| (sv[range.start + j] / scale).sqrt();
             let n = range.len();
-            let us = Mat::<f64>::from_fn(rows, n, |i, j| {
-                u[(i, range.start + j)] * sv[range.start + j]
-            });
-            let vt = Mat::<f64>::from_fn(n, cols, |i, j| v[(j, range.start + i)]);
-            &us * &vt
+            let b0 = Mat::<f64>::from_fn(rows, n, |i, j| u[(i, range.start + j)] * root(j));
+            let a0 = Mat::<f64>::from_fn(n, cols, |i, j| root(i) * v[(j, range.start + i)]);
+            Ok((b0, a0))
         }
         BaseResidual::Olora => {
             if rank > k {
@@ -75,16 +94,13 @@ pub fn residual(
                 }
                 basis.push(c.iter().map(|x| x / norm).collect());
             }
-            let q = Mat::<f64>::from_fn(rows, rank, |i, j| basis[j][i] * scale);
-            let qtw = Mat::<f64>::from_fn(rank, cols, |i, j| {
+            let b0 = Mat::<f64>::from_fn(rows, rank, |i, j| basis[j][i]);
+            let a0 = Mat::<f64>::from_fn(rank, cols, |i, j| {
                 (0..rows).map(|x| basis[i][x] * m[(x, j)]).sum::<f64>()
             });
-            &q * &qtw
+            Ok((b0, a0))
         }
-    };
-    Ok((0..rows * cols)
-        .map(|x| (m[(x / cols, x % cols)] - removed[(x / cols, x % cols)]) as f32)
-        .collect())
+    }
 }
 
 /// `(U, σ, V)` of a thin SVD.

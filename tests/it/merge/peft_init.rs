@@ -205,3 +205,73 @@ fn residual_adapters_are_refused_where_the_residual_cannot_apply() {
     assert!(err.contains("resizing it"), "{err}");
     assert!(!out.exists() && !kohya.exists(), "nothing written");
 }
+
+/// `convert --base` writes each residual adapter as the plain rank-2r LoRA for the checkpoint
+/// (PEFT's `path_initial_model_for_weight_conversion` form): merged as an ordinary LoRA it lands
+/// where PEFT's reload of the original lands (same bounds as [`init_case`]), its config no
+/// longer asks for the init, and without `--base` the conversion is refused.
+#[test]
+fn residual_adapters_convert_to_plain_lora_for_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    for case in ["pissa", "olora", "kasa"] {
+        let plain = dir.path().join(format!("plain_{case}"));
+        let adapter = fixture(&format!("llama/adapters/init_{case}"));
+        run_ok(args(&[
+            "convert",
+            s(&adapter),
+            "--to",
+            "peft",
+            "--base",
+            s(&base),
+            "--out",
+            s(&plain),
+        ]));
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(plain.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["init_lora_weights"], serde_json::json!(true), "{case}");
+        assert!(cfg.get("kasa_config").is_none(), "{case}");
+        assert_eq!(cfg["r"], serde_json::json!(8), "{case}: rank doubled");
+        assert_eq!(
+            cfg["lora_alpha"],
+            serde_json::json!(16),
+            "{case}: alpha doubled"
+        );
+        let out = dir.path().join(format!("merged_{case}"));
+        run_ok(merge_args(&base, &plain, &out, &["--device", "cpu"]));
+        let merged = read_checkpoint(&out);
+        let peft = read_f64(&fixture(&format!("llama/merged/init_{case}.safetensors")));
+        let exact = read_f64(&fixture(&format!(
+            "llama/merged/init_{case}.f64.safetensors"
+        )));
+        for (name, want) in &exact {
+            let got: Vec<f64> = merged[name].f32().iter().map(|&x| x as f64).collect();
+            let (e_exact, e_peft, peft_off) = (
+                rel(&got, want),
+                rel(&got, &peft[name]),
+                rel(&peft[name], want),
+            );
+            assert!(
+                e_exact <= 1e-6,
+                "{case} {name}: {e_exact:e} from the f64 reference"
+            );
+            assert!(
+                e_peft <= peft_off + 1e-6,
+                "{case} {name}: {e_peft:e} vs {peft_off:e}"
+            );
+        }
+    }
+    let out = dir.path().join("no_base");
+    let err = one_line_error(&run_err(args(&[
+        "convert",
+        s(&fixture("llama/adapters/init_pissa")),
+        "--to",
+        "peft",
+        "--out",
+        s(&out),
+    ])));
+    assert!(err.contains("without --base"), "{err}");
+    assert!(!out.exists());
+}

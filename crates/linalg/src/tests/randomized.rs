@@ -143,7 +143,7 @@ fn adaptive_iterations_reach_the_optimum_on_power_law_spectra() {
         // One matrix per spectrum; the optimum's bound per rank as spectrum_case computes it.
         let (a, opt1) = spectrum_case(m, n, &sigma, 70 + ai as u64, 1);
         let rounding = tail(1) - opt1;
-        for rank in [4usize, 16, 48] {
+        for rank in [4usize, 16, 48, 64] {
             let opt = tail(rank) - rounding;
             let a64 = to_f64(a.view());
             let norm_sq = fro64(&a64).powi(2);
