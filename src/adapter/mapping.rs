@@ -12,6 +12,14 @@
 //! more than one candidate is an error (ambiguous), as underscores inside names make the
 //! reverse mapping non-unique.
 //!
+//! A kohya module's component prefix (`lora_unet_`, `lora_te1_`, `lora_te2_`, …) names a part of
+//! a diffusion model; on a base that holds several parts (a single-file SD/SDXL/SD3/Flux
+//! checkpoint, a diffusers-style file with `unet.`/`text_encoder.`/`text_encoder_2.`), a candidate
+//! is kept only under a base root of that part ([`Component`], [`ROOTS`]), and a module whose only
+//! matches lie under another part's root is unmatched with [`Unmatched::OtherComponent`] — never
+//! merged into the other encoder because the shapes happen to agree. Bases without such roots, and
+//! names without a known prefix, are matched as before.
+//!
 //! Must not read tensor data or decide what an unmatched module means (refuse or warn is the
 //! caller's choice); merge, eval and train all match names through it rather than on their own.
 
@@ -43,6 +51,16 @@ pub enum Unmatched {
         tensor: String,
         dtype: String,
     },
+    /// The module's prefix names one component; its only name matches belong to another.
+    OtherComponent {
+        module: String,
+        /// The prefix and the component it names (`lora_te2_ is the second text encoder`).
+        component: String,
+        /// The base tensors its name matches.
+        candidates: Vec<String>,
+        /// The component each candidate belongs to (`the first text encoder`).
+        owners: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Unmatched {
@@ -72,6 +90,23 @@ impl std::fmt::Display for Unmatched {
                 dtype,
             } => {
                 write!(f, "`{module}`: base tensor `{tensor}` is {dtype}, lorakit merges only into F32/F16/BF16/F64")
+            }
+            Unmatched::OtherComponent {
+                module,
+                component,
+                candidates,
+                owners,
+            } => {
+                let found: Vec<String> = candidates
+                    .iter()
+                    .zip(owners)
+                    .map(|(c, o)| format!("`{c}` belongs to {o}"))
+                    .collect();
+                write!(
+                    f,
+                    "`{module}`: {component}; the base's match {}",
+                    found.join(", ")
+                )
             }
         }
     }
@@ -157,10 +192,17 @@ pub fn resolve_in(
     } else {
         HashMap::new()
     };
+    let components = BaseComponents::of(&names);
     let mut res = Resolution::default();
     for (mi, m) in adapter.modules.iter().enumerate() {
         let candidates = if adapter.format == Format::Kohya && !m.name.contains('.') {
-            kohya_candidates(&m.name, &kohya_index)
+            match components.filter(&m.name, kohya_candidates(&m.name, &kohya_index)) {
+                Ok(c) => c,
+                Err(u) => {
+                    res.unmatched.push(u);
+                    continue;
+                }
+            }
         } else {
             dotted_candidates(&format!("{}.weight", m.name), &names)
         };
@@ -394,5 +436,183 @@ pub fn rename_to_base(adapter: &mut Adapter, res: &Resolution) {
             .strip_suffix(".weight")
             .unwrap_or(&p.weight)
             .to_owned();
+    }
+}
+
+/// A part of a diffusion model, as a kohya prefix or a base checkpoint's root names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The UNet, MMDiT or Flux transformer.
+    Denoiser,
+    /// The n-th text encoder (1-based), as `lora_te{n}_` counts them.
+    TextEncoder(u8),
+    /// A T5 encoder stored under its own name (`text_encoders.t5xxl.`): which `lora_te{n}_` it is
+    /// depends on the CLIP encoders beside it ([`BaseComponents`]).
+    T5,
+}
+
+impl Component {
+    fn describe(self) -> String {
+        match self {
+            Component::Denoiser => "the denoiser (UNet or transformer)".to_owned(),
+            Component::TextEncoder(1) => "the first text encoder".to_owned(),
+            Component::TextEncoder(2) => "the second text encoder".to_owned(),
+            Component::TextEncoder(3) => "the third text encoder".to_owned(),
+            Component::TextEncoder(n) => format!("text encoder {n}"),
+            Component::T5 => "the T5 text encoder".to_owned(),
+        }
+    }
+}
+
+/// The component a kohya prefix names, after ComfyUI `comfy/lora.py` @41444b5:
+/// `model_lora_keys_unet` maps `lora_unet_`, `lora_prior_unet_`, `lycoris_` and (SD3, Flux)
+/// `lora_transformer_` onto `diffusion_model.` keys only; `model_lora_keys_clip` maps `lora_te_`
+/// and `lora_te1_` onto `clip_l` / `clip_h` (and `lora_te_` onto `clip_g` when no `clip_l` is
+/// present: the SDXL refiner, whose only encoder lorakit counts as the first), `lora_te2_` onto
+/// `clip_g` beside `clip_l` (SDXL, SD3), `lora_te{n}_` onto `t5xxl` (see [`BaseComponents`]).
+pub fn prefix_component(prefix: &str) -> Option<Component> {
+    match prefix {
+        "lora_unet" | "lora_prior_unet" | "lora_transformer" | "lycoris" => {
+            Some(Component::Denoiser)
+        }
+        "lora_te" | "lora_te1" => Some(Component::TextEncoder(1)),
+        "lora_te2" => Some(Component::TextEncoder(2)),
+        "lora_te3" => Some(Component::TextEncoder(3)),
+        _ => None,
+    }
+}
+
+/// Roots under which a base checkpoint stores one component: (root, component, what it holds).
+/// Single files: ComfyUI `comfy/supported_models.py` (read at 005e370; the SD/SDXL key maps
+/// are unchanged since) `SD15.process_clip_state_dict` (`cond_stage_model.` → `clip_l.`),
+/// `SD20` (`cond_stage_model.model.` → `clip_h.`), `SDXLRefiner` (`conditioner.embedders.0.model.`
+/// → `clip_g.`), `SDXL` (`conditioner.embedders.0.transformer.text_model` → `clip_l.…`,
+/// `conditioner.embedders.1.model.` → `clip_g.`, OpenCLIP names); SD3 and Flux files keep
+/// ComfyUI's own names under `text_encoders.` (`text_encoder_key_prefix`; the `clip_l`/`clip_g`/
+/// `t5xxl` names `model_lora_keys_clip` reads), every denoiser `model.diffusion_model.`.
+/// diffusers-style names (`unet.`, `transformer.`, `text_encoder{,_2,_3}.`) count encoders as
+/// the pipeline does and as ComfyUI maps diffusers LoRAs (`text_encoder_2.` ↔ `lora_te2_`).
+pub const ROOTS: &[(&str, Component, &str)] = &[
+    (
+        "model.diffusion_model.",
+        Component::Denoiser,
+        "single-file denoiser",
+    ),
+    ("diffusion_model.", Component::Denoiser, "denoiser"),
+    ("unet.", Component::Denoiser, "diffusers UNet"),
+    ("transformer.", Component::Denoiser, "diffusers transformer"),
+    ("prior.", Component::Denoiser, "diffusers prior"),
+    (
+        "cond_stage_model.",
+        Component::TextEncoder(1),
+        "SD1.x CLIP-L / SD2 OpenCLIP-H",
+    ),
+    (
+        "conditioner.embedders.0.",
+        Component::TextEncoder(1),
+        "SDXL CLIP-L / refiner OpenCLIP-G",
+    ),
+    (
+        "conditioner.embedders.1.",
+        Component::TextEncoder(2),
+        "SDXL OpenCLIP-G",
+    ),
+    ("text_encoders.clip_l.", Component::TextEncoder(1), "CLIP-L"),
+    ("text_encoders.clip_g.", Component::TextEncoder(2), "CLIP-G"),
+    ("text_encoders.t5xxl.", Component::T5, "T5-XXL"),
+    (
+        "text_encoder.",
+        Component::TextEncoder(1),
+        "diffusers text_encoder",
+    ),
+    (
+        "text_encoder_2.",
+        Component::TextEncoder(2),
+        "diffusers text_encoder_2",
+    ),
+    (
+        "text_encoder_3.",
+        Component::TextEncoder(3),
+        "diffusers text_encoder_3",
+    ),
+];
+
+/// The root of [`ROOTS`] a dotted name lies under.
+fn root_of(name: &str) -> Option<&'static (&'static str, Component, &'static str)> {
+    ROOTS.iter().find(|(r, _, _)| name.starts_with(r))
+}
+
+/// Which components a base holds, for keeping each prefix's matches inside its own component.
+/// Active only when the base has a text-encoder root (a base without one has nothing a
+/// text-encoder prefix could be confused with, and `transformer.` is also GPT-2's root).
+#[derive(Debug, Clone, Default)]
+pub struct BaseComponents {
+    active: bool,
+    /// The `lora_te{n}_` a `text_encoders.t5xxl.` encoder answers to (ComfyUI
+    /// `model_lora_keys_clip` @41444b5: `t5_index` is one more than the CLIP encoders present,
+    /// and with `clip_l` alone both 2 and 3 — OneTrainer's Flux files).
+    t5: Vec<u8>,
+}
+
+impl BaseComponents {
+    /// Reads the roots of `names`.
+    pub fn of(names: &[&str]) -> Self {
+        let has = |root: &str| names.iter().any(|n| n.starts_with(root));
+        let active = ROOTS
+            .iter()
+            .any(|(r, c, _)| *c != Component::Denoiser && has(r));
+        let (l, g) = (has("text_encoders.clip_l."), has("text_encoders.clip_g."));
+        let t5 = match (l, g) {
+            (true, false) => vec![2, 3],
+            _ => vec![1 + l as u8 + g as u8],
+        };
+        BaseComponents { active, t5 }
+    }
+
+    /// Whether a module of component `want` may land under a root of component `root`.
+    fn admits(&self, want: Component, root: Component) -> bool {
+        match (want, root) {
+            (Component::TextEncoder(n), Component::T5) => self.t5.contains(&n),
+            (a, b) => a == b,
+        }
+    }
+
+    /// Keeps the `candidates` of kohya module `module` that lie under a root of its prefix's
+    /// component; when there were some and none is left, the module is
+    /// [`Unmatched::OtherComponent`]. Unknown prefixes and inactive bases keep every candidate.
+    pub fn filter<'a>(
+        &self,
+        module: &str,
+        candidates: Vec<&'a str>,
+    ) -> Result<Vec<&'a str>, Unmatched> {
+        let Some((prefix, want)) =
+            kohya::split_prefix(module).and_then(|(p, _)| Some((p, prefix_component(p)?)))
+        else {
+            return Ok(candidates);
+        };
+        if !self.active || candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let kept: Vec<&str> = candidates
+            .iter()
+            .copied()
+            .filter(|c| root_of(c).is_some_and(|(_, root, _)| self.admits(want, *root)))
+            .collect();
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
+        let owners = candidates
+            .iter()
+            .map(|c| match root_of(c) {
+                Some((r, comp, what)) => format!("{} (`{r}`, {what})", comp.describe()),
+                None => "no text encoder or denoiser (outside their roots)".to_owned(),
+            })
+            .collect();
+        Err(Unmatched::OtherComponent {
+            module: module.to_owned(),
+            component: format!("`{prefix}_` is {}", want.describe()),
+            candidates: candidates.iter().map(|c| c.to_string()).collect(),
+            owners,
+        })
     }
 }
