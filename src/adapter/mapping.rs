@@ -204,7 +204,11 @@ pub fn resolve_in(
                 }
             }
         } else {
-            dotted_candidates(&format!("{}.weight", m.name), &names)
+            let want = format!("{}.weight", m.name);
+            match dotted_candidates(&want, &names) {
+                c if c.is_empty() => components.across_roots(&want, &names),
+                c => c,
+            }
         };
         let weight = match candidates.as_slice() {
             [] => {
@@ -402,6 +406,13 @@ fn dotted_candidates<'a>(want: &str, names: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
+/// Whether `a` and `b` are equal or one ends with `.` + the other.
+fn dotted_suffix_agrees(a: &str, b: &str) -> bool {
+    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    long == short
+        || (long.ends_with(short) && long.as_bytes()[long.len() - short.len() - 1] == b'.')
+}
+
 /// The base weights a kohya (underscored, prefixed) module name can stand for, from `index`:
 /// base weight names by their module path with `.` → `_`. Exact match first, then names that
 /// agree on an `_`-separated suffix.
@@ -577,6 +588,35 @@ impl BaseComponents {
         }
     }
 
+    /// Base tensors for a dotted name under one component's root in another layout's root of
+    /// the same component: `text_encoders.clip_l.transformer.text_model.…` (ComfyUI's names, as
+    /// `model_lora_keys_clip` @41444b5 maps `text_encoders.{key}`) onto an SDXL single file's
+    /// `conditioner.embedders.0.transformer.text_model.…`, diffusers' `text_encoder.text_model.…`
+    /// likewise. The names below the roots must agree on a dotted suffix. Empty on an inactive
+    /// base or a name under no root.
+    fn across_roots<'a>(&self, want: &str, names: &[&'a str]) -> Vec<&'a str> {
+        // Text encoders only: denoiser layouts differ below their roots (`input_blocks` and
+        // `down_blocks`), so a suffix there would be a guess.
+        let Some((aroot, acomp, _)) =
+            root_of(want).filter(|(_, c, _)| self.active && *c != Component::Denoiser)
+        else {
+            return Vec::new();
+        };
+        let rest = &want[aroot.len()..];
+        names
+            .iter()
+            .filter(|n| {
+                let Some((broot, bcomp, _)) = root_of(n) else {
+                    return false;
+                };
+                broot != aroot
+                    && self.admits(*acomp, *bcomp)
+                    && dotted_suffix_agrees(&n[broot.len()..], rest)
+            })
+            .copied()
+            .collect()
+    }
+
     /// Keeps the `candidates` of kohya module `module` that lie under a root of its prefix's
     /// component; when there were some and none is left, the module is
     /// [`Unmatched::OtherComponent`]. Unknown prefixes and inactive bases keep every candidate.
@@ -614,5 +654,51 @@ impl BaseComponents {
             candidates: candidates.iter().map(|c| c.to_string()).collect(),
             owners,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ComfyUI `model_lora_keys_clip` @41444b5: `t5_index` starts at 1, +1 for `clip_g`, +1 for
+    /// `clip_l`, and with `clip_l` alone `lora_te2_` and `lora_te3_` both name the T5.
+    #[test]
+    fn t5_answers_to_the_prefix_comfyui_gives_it() {
+        let t5 = "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight";
+        let l = "text_encoders.clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight";
+        let g = "text_encoders.clip_g.transformer.text_model.encoder.layers.0.mlp.fc1.weight";
+        let ok = |names: &[&str], prefix: &str| {
+            BaseComponents::of(names)
+                .filter(
+                    &format!("{prefix}_encoder_block_0_layer_0_SelfAttention_q"),
+                    vec![t5],
+                )
+                .is_ok()
+        };
+        // SD3: clip_l, clip_g, t5xxl.
+        assert!(ok(&[l, g, t5], "lora_te3"));
+        assert!(!ok(&[l, g, t5], "lora_te2"));
+        assert!(!ok(&[l, g, t5], "lora_te1"));
+        // Flux: clip_l, t5xxl (OneTrainer writes lora_te2_; ComfyUI reads lora_te3_ too).
+        assert!(ok(&[l, t5], "lora_te2"));
+        assert!(ok(&[l, t5], "lora_te3"));
+        assert!(!ok(&[l, t5], "lora_te1"));
+        // T5 alone.
+        assert!(ok(&[t5], "lora_te1"));
+        assert!(!ok(&[t5], "lora_unet"));
+    }
+
+    #[test]
+    fn unknown_prefixes_and_bases_without_encoders_keep_every_candidate() {
+        let sdxl = BaseComponents::of(&["conditioner.embedders.0.transformer.x.weight"]);
+        let c = vec!["conditioner.embedders.0.transformer.x.weight"];
+        assert_eq!(sdxl.filter("x", c.clone()), Ok(c.clone()));
+        assert_eq!(sdxl.filter("lora_te1_x", c.clone()), Ok(c.clone()));
+        assert!(sdxl.filter("lora_te2_x", c.clone()).is_err());
+        assert!(sdxl.filter("lora_unet_x", c.clone()).is_err());
+        let gpt2 = BaseComponents::of(&["transformer.h.0.attn.c_attn.weight"]);
+        let c = vec!["transformer.h.0.attn.c_attn.weight"];
+        assert_eq!(gpt2.filter("lora_te_h_0_attn_c_attn", c.clone()), Ok(c));
     }
 }

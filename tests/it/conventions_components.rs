@@ -218,3 +218,40 @@ fn bases_without_encoders_keep_suffix_matching() {
     merge_ok(&base, &adapter, &out, &["--quiet"]);
     assert_merged(&base, &out, &[(w, &m)]);
 }
+
+/// ComfyUI's own text-encoder names (`text_encoders.clip_l.transformer.…`, the keys
+/// `model_lora_keys_clip` @41444b5 maps as `text_encoders.{key}`) land on the same encoder of
+/// an SDXL single file and of a diffusers-style file; `clip_g`'s HF names have no tensor in the
+/// SDXL file's OpenCLIP layout (ComfyUI splits `in_proj_weight` when it loads the checkpoint;
+/// lorakit does not slice rows) and are refused, never put on CLIP-L.
+#[test]
+fn comfy_text_encoder_names_land_on_their_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let comfy = |enc: &str| {
+        format!("text_encoders.{enc}.transformer.text_model.encoder.layers.0.self_attn.q_proj")
+    };
+    let l = module(&comfy("clip_l"), 21, 1.0);
+    let g = module(&comfy("clip_g"), 23, 2.0);
+
+    let sdxl = sdxl_single_file(dir.path());
+    let adapter = kohya(dir.path().join("l.safetensors"), &[&l]);
+    let out = dir.path().join("out");
+    merge_ok(&sdxl, &adapter, &out, &["--quiet"]);
+    assert_merged(&sdxl, &out, &[(TE1_Q, &l)]);
+    let adapter = kohya(dir.path().join("g.safetensors"), &[&g]);
+    let out = dir.path().join("out2");
+    let line = one_line_error(&run_err(merge_args(&sdxl, &adapter, &out, &[])));
+    assert!(
+        line.contains(&g.name) && line.contains("no base tensor"),
+        "{line}"
+    );
+    assert!(!out.exists(), "nothing written");
+
+    let q = |root: &str| format!("{root}.text_model.encoder.layers.0.self_attn.q_proj.weight");
+    let (q1, q2) = (q("text_encoder"), q("text_encoder_2"));
+    let pipe = base(dir.path(), "pipe.safetensors", &[&q1, &q2]);
+    let adapter = kohya(dir.path().join("lg.safetensors"), &[&l, &g]);
+    let out = dir.path().join("out3");
+    merge_ok(&pipe, &adapter, &out, &["--quiet"]);
+    assert_merged(&pipe, &out, &[(&q1, &l), (&q2, &g)]);
+}
