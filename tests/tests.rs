@@ -18,6 +18,8 @@ mod it {
     pub mod common;
     /// Single-file LoRAs in every naming convention, merged as PEFT merges their factors.
     pub mod conventions;
+    /// kohya component prefixes stay on their own component (`lora_te2_` never on TE1).
+    pub mod conventions_components;
     /// `diff`: exit status and figures.
     pub mod diff;
     /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.

@@ -16,6 +16,14 @@
 //! [`super::formats::peft::params`]) maps to its expert's slice of the `[E, ·, ·]` tensor
 //! `{param}` itself, exact name only.
 //!
+//! A kohya module's component prefix (`lora_unet_`, `lora_te1_`, `lora_te2_`, …) names a part of
+//! a diffusion model; on a base that holds several parts (a single-file SD/SDXL/SD3/Flux
+//! checkpoint, a diffusers-style file with `unet.`/`text_encoder.`/`text_encoder_2.`), a candidate
+//! is kept only under a base root of that part ([`Component`], [`ROOTS`]), and a module whose only
+//! matches lie under another part's root is unmatched with [`Unmatched::OtherComponent`] — never
+//! merged into the other encoder because the shapes happen to agree. Bases without such roots, and
+//! names without a known prefix, are matched as before.
+//!
 //! Must not read tensor data or decide what an unmatched module means (refuse or warn is the
 //! caller's choice); merge, eval and train all match names through it rather than on their own.
 
@@ -47,6 +55,16 @@ pub enum Unmatched {
         tensor: String,
         dtype: String,
     },
+    /// The module's prefix names one component; its only name matches belong to another.
+    OtherComponent {
+        module: String,
+        /// The prefix and the component it names (`lora_te2_ is the second text encoder`).
+        component: String,
+        /// The base tensors its name matches.
+        candidates: Vec<String>,
+        /// The component each candidate belongs to (`the first text encoder`).
+        owners: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Unmatched {
@@ -76,6 +94,23 @@ impl std::fmt::Display for Unmatched {
                 dtype,
             } => {
                 write!(f, "`{module}`: base tensor `{tensor}` is {dtype}, lorakit merges only into F32/F16/BF16/F64")
+            }
+            Unmatched::OtherComponent {
+                module,
+                component,
+                candidates,
+                owners,
+            } => {
+                let found: Vec<String> = candidates
+                    .iter()
+                    .zip(owners)
+                    .map(|(c, o)| format!("`{c}` belongs to {o}"))
+                    .collect();
+                write!(
+                    f,
+                    "`{module}`: {component}; the base's match {}",
+                    found.join(", ")
+                )
             }
         }
     }
@@ -161,6 +196,7 @@ pub fn resolve_in(
     } else {
         HashMap::new()
     };
+    let components = BaseComponents::of(&names);
     let mut res = Resolution::default();
     for (mi, m) in adapter.modules.iter().enumerate() {
         if let Some((param, _, n)) = super::formats::peft::params::parse_expert(&m.name) {
@@ -201,9 +237,19 @@ pub fn resolve_in(
             continue;
         }
         let candidates = if adapter.format == Format::Kohya && !m.name.contains('.') {
-            kohya_candidates(&m.name, &kohya_index)
+            match components.filter(&m.name, kohya_candidates(&m.name, &kohya_index)) {
+                Ok(c) => c,
+                Err(u) => {
+                    res.unmatched.push(u);
+                    continue;
+                }
+            }
         } else {
-            dotted_candidates(&format!("{}.weight", m.name), &names)
+            let want = format!("{}.weight", m.name);
+            match dotted_candidates(&want, &names) {
+                c if c.is_empty() => components.across_roots(&want, &names),
+                c => c,
+            }
         };
         let weight = match candidates.as_slice() {
             [] => {
@@ -401,6 +447,13 @@ fn dotted_candidates<'a>(want: &str, names: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
+/// Whether `a` and `b` are equal or one ends with `.` + the other.
+fn dotted_suffix_agrees(a: &str, b: &str) -> bool {
+    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    long == short
+        || (long.ends_with(short) && long.as_bytes()[long.len() - short.len() - 1] == b'.')
+}
+
 /// The base weights a kohya (underscored, prefixed) module name can stand for, from `index`:
 /// base weight names by their module path with `.` → `_`. Exact match first, then names that
 /// agree on an `_`-separated suffix.
@@ -435,5 +488,258 @@ pub fn rename_to_base(adapter: &mut Adapter, res: &Resolution) {
             .strip_suffix(".weight")
             .unwrap_or(&p.weight)
             .to_owned();
+    }
+}
+
+/// A part of a diffusion model, as a kohya prefix or a base checkpoint's root names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The UNet, MMDiT or Flux transformer.
+    Denoiser,
+    /// The n-th text encoder (1-based), as `lora_te{n}_` counts them.
+    TextEncoder(u8),
+    /// A T5 encoder stored under its own name (`text_encoders.t5xxl.`): which `lora_te{n}_` it is
+    /// depends on the CLIP encoders beside it ([`BaseComponents`]).
+    T5,
+}
+
+impl Component {
+    fn describe(self) -> String {
+        match self {
+            Component::Denoiser => "the denoiser (UNet or transformer)".to_owned(),
+            Component::TextEncoder(1) => "the first text encoder".to_owned(),
+            Component::TextEncoder(2) => "the second text encoder".to_owned(),
+            Component::TextEncoder(3) => "the third text encoder".to_owned(),
+            Component::TextEncoder(n) => format!("text encoder {n}"),
+            Component::T5 => "the T5 text encoder".to_owned(),
+        }
+    }
+}
+
+/// The component a kohya prefix names, after ComfyUI `comfy/lora.py` @41444b5:
+/// `model_lora_keys_unet` maps `lora_unet_`, `lora_prior_unet_`, `lycoris_` and (SD3, Flux)
+/// `lora_transformer_` onto `diffusion_model.` keys only; `model_lora_keys_clip` maps `lora_te_`
+/// and `lora_te1_` onto `clip_l` / `clip_h` (and `lora_te_` onto `clip_g` when no `clip_l` is
+/// present: the SDXL refiner, whose only encoder lorakit counts as the first), `lora_te2_` onto
+/// `clip_g` beside `clip_l` (SDXL, SD3), `lora_te{n}_` onto `t5xxl` (see [`BaseComponents`]).
+pub fn prefix_component(prefix: &str) -> Option<Component> {
+    match prefix {
+        "lora_unet" | "lora_prior_unet" | "lora_transformer" | "lycoris" => {
+            Some(Component::Denoiser)
+        }
+        "lora_te" | "lora_te1" => Some(Component::TextEncoder(1)),
+        "lora_te2" => Some(Component::TextEncoder(2)),
+        "lora_te3" => Some(Component::TextEncoder(3)),
+        _ => None,
+    }
+}
+
+/// Roots under which a base checkpoint stores one component: (root, component, what it holds).
+/// Single files: ComfyUI `comfy/supported_models.py` (read at 005e370; the SD/SDXL key maps
+/// are unchanged since) `SD15.process_clip_state_dict` (`cond_stage_model.` → `clip_l.`),
+/// `SD20` (`cond_stage_model.model.` → `clip_h.`), `SDXLRefiner` (`conditioner.embedders.0.model.`
+/// → `clip_g.`), `SDXL` (`conditioner.embedders.0.transformer.text_model` → `clip_l.…`,
+/// `conditioner.embedders.1.model.` → `clip_g.`, OpenCLIP names); SD3 and Flux files keep
+/// ComfyUI's own names under `text_encoders.` (`text_encoder_key_prefix`; the `clip_l`/`clip_g`/
+/// `t5xxl` names `model_lora_keys_clip` reads), every denoiser `model.diffusion_model.`.
+/// diffusers-style names (`unet.`, `transformer.`, `text_encoder{,_2,_3}.`) count encoders as
+/// the pipeline does and as ComfyUI maps diffusers LoRAs (`text_encoder_2.` ↔ `lora_te2_`).
+pub const ROOTS: &[(&str, Component, &str)] = &[
+    (
+        "model.diffusion_model.",
+        Component::Denoiser,
+        "single-file denoiser",
+    ),
+    ("diffusion_model.", Component::Denoiser, "denoiser"),
+    ("unet.", Component::Denoiser, "diffusers UNet"),
+    ("transformer.", Component::Denoiser, "diffusers transformer"),
+    ("prior.", Component::Denoiser, "diffusers prior"),
+    (
+        "cond_stage_model.",
+        Component::TextEncoder(1),
+        "SD1.x CLIP-L / SD2 OpenCLIP-H",
+    ),
+    (
+        "conditioner.embedders.0.",
+        Component::TextEncoder(1),
+        "SDXL CLIP-L / refiner OpenCLIP-G",
+    ),
+    (
+        "conditioner.embedders.1.",
+        Component::TextEncoder(2),
+        "SDXL OpenCLIP-G",
+    ),
+    ("text_encoders.clip_l.", Component::TextEncoder(1), "CLIP-L"),
+    ("text_encoders.clip_g.", Component::TextEncoder(2), "CLIP-G"),
+    ("text_encoders.t5xxl.", Component::T5, "T5-XXL"),
+    (
+        "text_encoder.",
+        Component::TextEncoder(1),
+        "diffusers text_encoder",
+    ),
+    (
+        "text_encoder_2.",
+        Component::TextEncoder(2),
+        "diffusers text_encoder_2",
+    ),
+    (
+        "text_encoder_3.",
+        Component::TextEncoder(3),
+        "diffusers text_encoder_3",
+    ),
+];
+
+/// The root of [`ROOTS`] a dotted name lies under.
+fn root_of(name: &str) -> Option<&'static (&'static str, Component, &'static str)> {
+    ROOTS.iter().find(|(r, _, _)| name.starts_with(r))
+}
+
+/// Which components a base holds, for keeping each prefix's matches inside its own component.
+/// Active only when the base has a text-encoder root (a base without one has nothing a
+/// text-encoder prefix could be confused with, and `transformer.` is also GPT-2's root).
+#[derive(Debug, Clone, Default)]
+pub struct BaseComponents {
+    active: bool,
+    /// The `lora_te{n}_` a `text_encoders.t5xxl.` encoder answers to (ComfyUI
+    /// `model_lora_keys_clip` @41444b5: `t5_index` is one more than the CLIP encoders present,
+    /// and with `clip_l` alone both 2 and 3 — OneTrainer's Flux files).
+    t5: Vec<u8>,
+}
+
+impl BaseComponents {
+    /// Reads the roots of `names`.
+    pub fn of(names: &[&str]) -> Self {
+        let has = |root: &str| names.iter().any(|n| n.starts_with(root));
+        let active = ROOTS
+            .iter()
+            .any(|(r, c, _)| *c != Component::Denoiser && has(r));
+        let (l, g) = (has("text_encoders.clip_l."), has("text_encoders.clip_g."));
+        let t5 = match (l, g) {
+            (true, false) => vec![2, 3],
+            _ => vec![1 + l as u8 + g as u8],
+        };
+        BaseComponents { active, t5 }
+    }
+
+    /// Whether a module of component `want` may land under a root of component `root`.
+    fn admits(&self, want: Component, root: Component) -> bool {
+        match (want, root) {
+            (Component::TextEncoder(n), Component::T5) => self.t5.contains(&n),
+            (a, b) => a == b,
+        }
+    }
+
+    /// Base tensors for a dotted name under one component's root in another layout's root of
+    /// the same component: `text_encoders.clip_l.transformer.text_model.…` (ComfyUI's names, as
+    /// `model_lora_keys_clip` @41444b5 maps `text_encoders.{key}`) onto an SDXL single file's
+    /// `conditioner.embedders.0.transformer.text_model.…`, diffusers' `text_encoder.text_model.…`
+    /// likewise. The names below the roots must agree on a dotted suffix. Empty on an inactive
+    /// base or a name under no root.
+    fn across_roots<'a>(&self, want: &str, names: &[&'a str]) -> Vec<&'a str> {
+        // Text encoders only: denoiser layouts differ below their roots (`input_blocks` and
+        // `down_blocks`), so a suffix there would be a guess.
+        let Some((aroot, acomp, _)) =
+            root_of(want).filter(|(_, c, _)| self.active && *c != Component::Denoiser)
+        else {
+            return Vec::new();
+        };
+        let rest = &want[aroot.len()..];
+        names
+            .iter()
+            .filter(|n| {
+                let Some((broot, bcomp, _)) = root_of(n) else {
+                    return false;
+                };
+                broot != aroot
+                    && self.admits(*acomp, *bcomp)
+                    && dotted_suffix_agrees(&n[broot.len()..], rest)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Keeps the `candidates` of kohya module `module` that lie under a root of its prefix's
+    /// component; when there were some and none is left, the module is
+    /// [`Unmatched::OtherComponent`]. Unknown prefixes and inactive bases keep every candidate.
+    pub fn filter<'a>(
+        &self,
+        module: &str,
+        candidates: Vec<&'a str>,
+    ) -> Result<Vec<&'a str>, Unmatched> {
+        let Some((prefix, want)) =
+            kohya::split_prefix(module).and_then(|(p, _)| Some((p, prefix_component(p)?)))
+        else {
+            return Ok(candidates);
+        };
+        if !self.active || candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let kept: Vec<&str> = candidates
+            .iter()
+            .copied()
+            .filter(|c| root_of(c).is_some_and(|(_, root, _)| self.admits(want, *root)))
+            .collect();
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
+        let owners = candidates
+            .iter()
+            .map(|c| match root_of(c) {
+                Some((r, comp, what)) => format!("{} (`{r}`, {what})", comp.describe()),
+                None => "no text encoder or denoiser (outside their roots)".to_owned(),
+            })
+            .collect();
+        Err(Unmatched::OtherComponent {
+            module: module.to_owned(),
+            component: format!("`{prefix}_` is {}", want.describe()),
+            candidates: candidates.iter().map(|c| c.to_string()).collect(),
+            owners,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ComfyUI `model_lora_keys_clip` @41444b5: `t5_index` starts at 1, +1 for `clip_g`, +1 for
+    /// `clip_l`, and with `clip_l` alone `lora_te2_` and `lora_te3_` both name the T5.
+    #[test]
+    fn t5_answers_to_the_prefix_comfyui_gives_it() {
+        let t5 = "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight";
+        let l = "text_encoders.clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight";
+        let g = "text_encoders.clip_g.transformer.text_model.encoder.layers.0.mlp.fc1.weight";
+        let ok = |names: &[&str], prefix: &str| {
+            BaseComponents::of(names)
+                .filter(
+                    &format!("{prefix}_encoder_block_0_layer_0_SelfAttention_q"),
+                    vec![t5],
+                )
+                .is_ok()
+        };
+        // SD3: clip_l, clip_g, t5xxl.
+        assert!(ok(&[l, g, t5], "lora_te3"));
+        assert!(!ok(&[l, g, t5], "lora_te2"));
+        assert!(!ok(&[l, g, t5], "lora_te1"));
+        // Flux: clip_l, t5xxl (OneTrainer writes lora_te2_; ComfyUI reads lora_te3_ too).
+        assert!(ok(&[l, t5], "lora_te2"));
+        assert!(ok(&[l, t5], "lora_te3"));
+        assert!(!ok(&[l, t5], "lora_te1"));
+        // T5 alone.
+        assert!(ok(&[t5], "lora_te1"));
+        assert!(!ok(&[t5], "lora_unet"));
+    }
+
+    #[test]
+    fn unknown_prefixes_and_bases_without_encoders_keep_every_candidate() {
+        let sdxl = BaseComponents::of(&["conditioner.embedders.0.transformer.x.weight"]);
+        let c = vec!["conditioner.embedders.0.transformer.x.weight"];
+        assert_eq!(sdxl.filter("x", c.clone()), Ok(c.clone()));
+        assert_eq!(sdxl.filter("lora_te1_x", c.clone()), Ok(c.clone()));
+        assert!(sdxl.filter("lora_te2_x", c.clone()).is_err());
+        assert!(sdxl.filter("lora_unet_x", c.clone()).is_err());
+        let gpt2 = BaseComponents::of(&["transformer.h.0.attn.c_attn.weight"]);
+        let c = vec!["transformer.h.0.attn.c_attn.weight"];
+        assert_eq!(gpt2.filter("lora_te_h_0_attn_c_attn", c.clone()), Ok(c));
     }
 }

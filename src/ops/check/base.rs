@@ -63,6 +63,7 @@ pub(super) fn placements(
             Unmatched::NotFloat { module, tensor, .. } => {
                 (module, "not_float", Some(tensor.clone()))
             }
+            Unmatched::OtherComponent { module, .. } => (module, "other_component", None),
         };
         out.push(Placement {
             module: module.clone(),

@@ -327,6 +327,7 @@ impl<'a> Facts<'a> {
                         Unmatched::Ambiguous { module, candidates } => {
                             Some(format!("{module} (ambiguous: {})", candidates.join(", ")))
                         }
+                        u @ Unmatched::OtherComponent { .. } => Some(u.to_string()),
                         _ => None,
                     })
                     .collect(),

@@ -595,6 +595,7 @@ fn unmatched_name(u: &mapping::Unmatched) -> String {
         mapping::Unmatched::NotFound { module, .. }
         | mapping::Unmatched::ShapeMismatch { module, .. }
         | mapping::Unmatched::Ambiguous { module, .. }
-        | mapping::Unmatched::NotFloat { module, .. } => module.clone(),
+        | mapping::Unmatched::NotFloat { module, .. }
+        | mapping::Unmatched::OtherComponent { module, .. } => module.clone(),
     }
 }
