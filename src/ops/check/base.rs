@@ -18,7 +18,12 @@ pub(super) fn placements(
     let mut out = Vec::new();
     for p in &r.modules {
         let m = &a.modules[p.module];
-        let exact = p.weight == format!("{}.weight", m.name) || a.format == Format::Kohya;
+        // An expert of a PEFT `target_parameters` module (`…experts.gate_up_proj[3/4]`) lands on
+        // its parameter, or the per-expert tensor the checkpoint stores it as: PEFT's own
+        // placement (`adapter::formats::peft::params`).
+        let exact = p.weight == format!("{}.weight", m.name)
+            || a.format == Format::Kohya
+            || crate::adapter::formats::peft::params::parse_expert(&m.name).is_some();
         out.push(Placement {
             module: m.name.clone(),
             status: if exact { "exact" } else { "suffix" },
