@@ -759,3 +759,13 @@ pub fn write_views(path: &Path, tensors: &[(&str, safetensors::Dtype, &[usize], 
     });
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
+
+/// The `name` of every entry of a JSON report's `modules` list, in order.
+pub fn module_names(v: &serde_json::Value) -> Vec<&str> {
+    v["modules"]
+        .as_array()
+        .expect("a `modules` list")
+        .iter()
+        .map(|m| m["name"].as_str().expect("a module name"))
+        .collect()
+}

@@ -65,12 +65,7 @@ fn peft_loads_extract_output() {
         &["--rank", "8", "--json"],
     )))
     .unwrap();
-    let names: Vec<&str> = v["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = module_names(&v);
     assert!(names.contains(&"model.embed_tokens"), "{names:?}");
     assert_peft_loads_and_merges_like_lorakit(&py, &ex, &base, dir.path());
 }

@@ -320,12 +320,7 @@ fn convert_refuses_and_inspect_lists_experts() {
         assert!(!out.exists(), "{to}: nothing written");
     }
     let v = inspect_json(&ad, &[]);
-    let names: Vec<&str> = v["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = module_names(&v);
     assert_eq!(names.len(), 8, "{names:?}");
     assert!(
         names.contains(&format!("{L}.gate_up_proj[3/4]").as_str()),
