@@ -4,8 +4,12 @@
 //! LoftQ, LoRA-GA, randomized PiSSA), and which extra tensors are training state that PEFT's
 //! merge ignores (VeLoRA, MonteCLoRA). Read from PEFT 0.21.2 `tuners/lora/layer.py`
 //! (`LoraLayer.update_layer` and the `*_init` methods) and `tuners/lora/variants.py`. Only reads
-//! the config; the residual itself is computed by the merge (`ops::merge::residual`).
+//! the config, except [`kasa_fold`], which folds KaSA's saved diagonal into B; the residual
+//! itself is computed by the merge (`ops::merge::residual`).
 
+use crate::adapter::{Data, Factors, LoraModule, ModuleKind};
+use crate::error::{InputError, InputResult};
+use crate::io::SafetensorsFile;
 use serde_json::Value;
 
 /// A base weight PEFT rewrites when it builds the adapter's layer, on `get_peft_model` and
@@ -123,4 +127,55 @@ pub fn init_refusal(config: &Value) -> Option<String> {
 pub fn ignored_training_tensor(config: &Value, rel: &str) -> bool {
     (is_set(config, "velora_config") && rel.ends_with(".lora_velora_embed"))
         || (is_set(config, "monteclora_config") && rel.contains(".lora_monteclora_sampler."))
+}
+
+/// KaSA (`KasaLinearVariant._get_delta_weight`): `ΔW = s·(B ⊙ diag)·A`, the learnable singular
+/// values `lora_diag` scaling B's columns, in f32 as PEFT computes it on the CPU (`weight_B *
+/// diag`, one rounding per element); folded into B here so the module is a plain LoRA on the
+/// truncated base ([`super::BaseResidual::Kasa`]). Every Linear module of a KaSA adapter has
+/// one; PEFT has no KaSA for embeddings.
+pub(super) fn kasa_fold(
+    file: &SafetensorsFile,
+    m: &mut LoraModule,
+    diag: Option<(String, Vec<usize>)>,
+) -> InputResult<()> {
+    let fpath = file.path();
+    let Some((key, shape)) = diag else {
+        return Err(InputError::invalid(
+            fpath,
+            format!(
+                "module `{}`: the config sets kasa_config but the file has no `{}.lora_diag` (PEFT would start it at random)",
+                m.name, m.name
+            ),
+        ));
+    };
+    if m.kind != ModuleKind::Linear || m.base_transposed {
+        return Err(InputError::invalid(
+            fpath,
+            format!("tensor `{key}`: PEFT's KaSA covers nn.Linear layers only (no embeddings, convolutions or fan_in_fan_out)"),
+        ));
+    }
+    if shape != [m.rank] {
+        return Err(InputError::invalid(
+            fpath,
+            format!(
+                "tensor `{key}`: shape {shape:?} is not [{}] (the rank)",
+                m.rank
+            ),
+        ));
+    }
+    let Factors::Lora { b, .. } = &mut m.factors else {
+        unreachable!("a PEFT LoRA module has LoRA factors");
+    };
+    let d = super::read::stored_f32(file, &key)?;
+    let bv = match b {
+        Data::Stored { key, .. } => super::read::stored_f32(file, key)?,
+        Data::Owned(v) => v.to_vec(),
+    };
+    let folded: Vec<f32> = bv
+        .chunks_exact(m.rank)
+        .flat_map(|row| row.iter().zip(&d).map(|(x, y)| x * y))
+        .collect();
+    *b = Data::Owned(std::sync::Arc::new(folded));
+    Ok(())
 }

@@ -170,62 +170,11 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
             }
         }
         if kasa {
-            kasa_fold(&file, &mut m, diag)?;
+            super::init::kasa_fold(&file, &mut m, diag)?;
         }
         modules.push(m);
     }
     assemble(path, file, &cfg, modules, full)
-}
-
-/// KaSA (`KasaLinearVariant._get_delta_weight`): `ΔW = s·(B ⊙ diag)·A`, the learnable singular
-/// values `lora_diag` scaling B's columns, in f32 as PEFT computes it on the CPU (`weight_B *
-/// diag`, one rounding per element); folded into B here so the module is a plain LoRA on the
-/// truncated base ([`super::BaseResidual::Kasa`]). Every Linear module of a KaSA adapter has
-/// one; PEFT has no KaSA for embeddings.
-fn kasa_fold(
-    file: &SafetensorsFile,
-    m: &mut LoraModule,
-    diag: Option<(String, Vec<usize>)>,
-) -> InputResult<()> {
-    let fpath = file.path();
-    let Some((key, shape)) = diag else {
-        return Err(InputError::invalid(
-            fpath,
-            format!(
-                "module `{}`: the config sets kasa_config but the file has no `{}.lora_diag` (PEFT would start it at random)",
-                m.name, m.name
-            ),
-        ));
-    };
-    if m.kind != ModuleKind::Linear || m.base_transposed {
-        return Err(InputError::invalid(
-            fpath,
-            format!("tensor `{key}`: PEFT's KaSA covers nn.Linear layers only (no embeddings, convolutions or fan_in_fan_out)"),
-        ));
-    }
-    if shape != [m.rank] {
-        return Err(InputError::invalid(
-            fpath,
-            format!(
-                "tensor `{key}`: shape {shape:?} is not [{}] (the rank)",
-                m.rank
-            ),
-        ));
-    }
-    let Factors::Lora { b, .. } = &mut m.factors else {
-        unreachable!("a PEFT LoRA module has LoRA factors");
-    };
-    let d = stored_f32(file, &key)?;
-    let bv = match b {
-        Data::Stored { key, .. } => stored_f32(file, key)?,
-        Data::Owned(v) => v.to_vec(),
-    };
-    let folded: Vec<f32> = bv
-        .chunks_exact(m.rank)
-        .flat_map(|row| row.iter().zip(&d).map(|(x, y)| x * y))
-        .collect();
-    *b = Data::Owned(std::sync::Arc::new(folded));
-    Ok(())
 }
 
 /// Reads a PEFT LoHa or LoKr adapter: `base_model.model.{module}.hada_w1_a` … (the
@@ -780,7 +729,7 @@ fn widen(shape: &[usize], nblocks: usize) -> Vec<usize> {
 /// factor `key`, row-major `[rows, cols]`; the rows must split evenly (`BlockDiagonalLinear`
 /// requires it).
 /// A stored tensor's values in f32, refused (naming file and tensor) unless float and finite.
-fn stored_f32(file: &SafetensorsFile, key: &str) -> InputResult<Vec<f32>> {
+pub(super) fn stored_f32(file: &SafetensorsFile, key: &str) -> InputResult<Vec<f32>> {
     let err = |m: String| InputError::invalid(file.path(), format!("tensor `{key}`: {m}"));
     let view = file.view(key)?;
     if !crate::dtype::is_float_compute(view.dtype) {
