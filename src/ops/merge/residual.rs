@@ -23,10 +23,16 @@ pub fn residual(
     scale: f64,
 ) -> Result<Vec<f32>, String> {
     let (b0, a0) = removed_factors(rule, w, (rows, cols), rank, scale)?;
-    let removed = &b0 * &a0;
-    Ok((0..rows * cols)
-        .map(|x| (w[x] as f64 - scale * removed[(x / cols, x % cols)]) as f32)
-        .collect())
+    // Row by row, so no d×k f64 product is held beside the weight.
+    let n = b0.ncols();
+    let mut out = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        out.extend((0..cols).map(|j| {
+            let r: f64 = (0..n).map(|t| b0[(i, t)] * a0[(t, j)]).sum();
+            (w[i * cols + j] as f64 - scale * r) as f32
+        }));
+    }
+    Ok(out)
 }
 
 /// The factors `B₀` (`rows × n`) and `A₀` (`n × cols`) PEFT's init takes out of the base,
