@@ -30,6 +30,13 @@ pub fn unfold_residual(
         adapter.path.clone()
     };
     let err = |m: String| InputError::invalid(&config_file, format!("{}: {m}", rule.label()));
+    // Every module needs its base weight: one left as it is would silently keep its meaning
+    // relative to the rewritten base.
+    if let Some(u) = res.unmatched.first() {
+        return Err(err(format!(
+            "{u}; every module needs its base weight to be written for the original checkpoint"
+        )));
+    }
     for p in &res.modules {
         let m = &adapter.modules[p.module];
         if m.kind != ModuleKind::Linear {

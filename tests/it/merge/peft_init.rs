@@ -259,4 +259,17 @@ fn residual_adapters_convert_to_plain_lora_for_the_checkpoint() {
     ])));
     assert!(err.contains("without --base"), "{err}");
     assert!(!out.exists());
+    // A base without the adapter's modules: refused, not converted half-way.
+    let err = one_line_error(&run_err(args(&[
+        "convert",
+        s(&fixture("llama/adapters/init_pissa")),
+        "--to",
+        "peft",
+        "--base",
+        s(&fixture("moe/gpt_oss/base")),
+        "--out",
+        s(&out),
+    ])));
+    assert!(err.contains("every module needs its base weight"), "{err}");
+    assert!(!out.exists());
 }
