@@ -298,6 +298,23 @@ impl Adapter {
         self.config.as_ref().and_then(formats::peft::base_residual)
     }
 
+    /// [`Adapter::base_residual`] where it applies to module `m`: PEFT's inits rewrite Linear
+    /// layers only (Embedding and Conv layers never run them).
+    pub fn residual_of(&self, m: &LoraModule) -> Option<formats::peft::BaseResidual> {
+        self.base_residual()
+            .filter(|_| m.kind == ModuleKind::Linear)
+    }
+
+    /// The file that names this adapter in config-level errors: its `adapter_config.json` for
+    /// a folder, else the file itself.
+    pub fn config_file(&self) -> PathBuf {
+        if self.path.is_dir() {
+            self.path.join(formats::peft::CONFIG_NAME)
+        } else {
+            self.path.clone()
+        }
+    }
+
     /// Refuses an adapter that PEFT adds to a rewritten base ([`Adapter::base_residual`]) for
     /// an operation `what` that would treat it as an update of the checkpoint's own weights
     /// (convert, resize, combine, eval, a GGUF merge); `lorakit merge` into a safetensors base
@@ -306,11 +323,7 @@ impl Adapter {
         let Some(rule) = self.base_residual() else {
             return Ok(());
         };
-        let file = if self.path.is_dir() {
-            self.path.join(formats::peft::CONFIG_NAME)
-        } else {
-            self.path.clone()
-        };
+        let file = self.config_file();
         Err(InputError::invalid(
             &file,
             format!(
@@ -326,11 +339,7 @@ impl Adapter {
         let Some(why) = self.config.as_ref().and_then(formats::peft::merge_refusal) else {
             return Ok(());
         };
-        let file = if self.path.is_dir() {
-            self.path.join(formats::peft::CONFIG_NAME)
-        } else {
-            self.path.clone()
-        };
+        let file = self.config_file();
         Err(InputError::invalid(&file, why))
     }
 

@@ -8,7 +8,7 @@
 //! (it does not depend on the factorisation's signs or order). Reads the base; writes nothing.
 
 use crate::adapter::formats::peft::BaseResidual;
-use crate::adapter::{mapping, Adapter, Data, Factors, ModuleKind};
+use crate::adapter::{mapping, Adapter, Data, Factors};
 use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
 use std::sync::Arc;
@@ -22,13 +22,7 @@ pub fn unfold_residual(
     base: &Checkpoint,
 ) -> InputResult<()> {
     let res = mapping::resolve_in(adapter, base, None);
-    let config_file = if adapter.path.is_dir() {
-        adapter
-            .path
-            .join(crate::adapter::formats::peft::CONFIG_NAME)
-    } else {
-        adapter.path.clone()
-    };
+    let config_file = adapter.config_file();
     let err = |m: String| InputError::invalid(&config_file, format!("{}: {m}", rule.label()));
     // Every module needs its base weight: one left as it is would silently keep its meaning
     // relative to the rewritten base.
@@ -39,8 +33,8 @@ pub fn unfold_residual(
     }
     for p in &res.modules {
         let m = &adapter.modules[p.module];
-        if m.kind != ModuleKind::Linear {
-            continue; // PEFT's inits rewrite Linear layers only.
+        if adapter.residual_of(m).is_none() {
+            continue;
         }
         if m.dora_magnitude.is_some() {
             return Err(err(format!(

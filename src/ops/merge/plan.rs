@@ -6,7 +6,6 @@ use super::*;
 use crate::adapter::formats::peft::params;
 use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::mapping::{self, Unmatched};
-use crate::adapter::ModuleKind;
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, Opt, OptionError};
 use crate::io::checkpoint::Layout;
@@ -121,7 +120,7 @@ impl MergePlan {
                         )
                     ));
                 }
-                if let Some(rule) = a.base_residual().filter(|_| m.kind == ModuleKind::Linear) {
+                if let Some(rule) = a.residual_of(m) {
                     let why = if options.unmerge {
                         Some("it cannot be unmerged: the merged weight does not say what the original was")
                     } else if quant.get(&p.weight).is_some() {
@@ -254,18 +253,17 @@ impl MergePlan {
         names.sort();
         for name in names {
             if let Some(Action::Merge(v)) = actions.get(name) {
-                let residual = v.iter().find(|&&(ai, mi)| {
-                    adapters[ai].adapter.base_residual().is_some()
-                        && adapters[ai].adapter.modules[mi].kind == ModuleKind::Linear
-                });
-                if let (Some(&(ai, mi)), true) = (residual, v.len() > 1) {
+                let residual = v.iter().find_map(|&(ai, mi)| {
                     let a = &adapters[ai].adapter;
+                    Some((a, &a.modules[mi], a.residual_of(&a.modules[mi])?))
+                });
+                if let (Some((a, m, rule)), true) = (residual, v.len() > 1) {
                     bail!(InputError::invalid(
                         &a.path,
                         format!(
                             "module `{}` ({}) is added to a base PEFT rewrites, and another adapter also changes `{name}`; merge it alone first",
-                            a.modules[mi].name,
-                            a.base_residual().expect("residual").label()
+                            m.name,
+                            rule.label()
                         )
                     ));
                 }

@@ -4,7 +4,7 @@
 //! bytes go to the caller's sink, whole or (streamed from the GPU) in row-major pieces.
 
 use super::*;
-use crate::adapter::{DoraRule, ModuleKind};
+use crate::adapter::DoraRule;
 use crate::backend::{self, Dora, MergeError, MergeJob, NormAxis, Piece, Term};
 use crate::dtype::{self, Dtype};
 use crate::error::InputError;
@@ -144,8 +144,7 @@ impl MergePlan {
         let w0: &[u8] = match terms.iter().find_map(|&(ai, mi)| {
             let a = &self.adapters[ai].adapter;
             let m = &a.modules[mi];
-            let rule = a.base_residual().filter(|_| m.kind == ModuleKind::Linear)?;
-            Some((rule, m))
+            Some((a.residual_of(m)?, m))
         }) {
             Some((rule, m)) => {
                 let w = dtype::decode(in_dtype, w0);
