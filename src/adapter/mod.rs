@@ -20,7 +20,7 @@ pub mod mapping;
 
 pub use algo::{Algo, Factors, Ia3Rule, KronHalf, OftConv, PeftCayley};
 
-use crate::error::{InputError, InputResult};
+use crate::error::{InputError, InputResult, OptNames};
 use crate::io::SafetensorsFile;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -320,17 +320,26 @@ impl Adapter {
     /// (convert, resize, combine, eval, a GGUF merge); `lorakit merge` into a safetensors base
     /// applies it exactly.
     pub fn check_plain_base(&self, what: &str) -> InputResult<()> {
+        let what = what.to_owned();
+        self.check_plain_base_with(move |_| what.clone())
+    }
+
+    /// [`Adapter::check_plain_base`] where `what` names options of the operation (spelled by
+    /// the front end, see [`crate::error::OptionError`]).
+    pub fn check_plain_base_with(
+        &self,
+        what: impl Fn(&OptNames) -> String + Send + Sync + 'static,
+    ) -> InputResult<()> {
         let Some(rule) = self.base_residual() else {
             return Ok(());
         };
-        let file = self.config_file();
-        Err(InputError::invalid(
-            &file,
+        let label = rule.label();
+        Err(InputError::option(self.config_file(), move |o| {
             format!(
-                "{}: PEFT adds this adapter to a base it rewrites from the checkpoint's weights, so {what} would change its meaning; `lorakit merge` into a safetensors base applies it exactly, or save it with PEFT's `path_initial_model_for_weight_conversion` for a plain LoRA",
-                rule.label()
-            ),
-        ))
+                "{label}: PEFT adds this adapter to a base it rewrites from the checkpoint's weights, so {} would change its meaning; `lorakit merge` into a safetensors base applies it exactly, or save it with PEFT's `path_initial_model_for_weight_conversion` for a plain LoRA",
+                what(o)
+            )
+        }))
     }
 
     /// Refuses an adapter whose config says its updates are not plain additions to the base's

@@ -187,7 +187,7 @@ impl Output {
                 InputError::write(
                     dest,
                     std::io::Error::other(
-                        "another lorakit process is writing this output (advisory lock held); wait for it or choose another --out",
+                        "another lorakit process is writing this output (advisory lock held); wait for it or choose another output path",
                     ),
                 )
             } else {

@@ -427,7 +427,7 @@ fn output_files(out: &Path) -> Vec<PathBuf> {
 /// `None` when the step's output is up to date, else why it must run.
 fn stale(s: &Step, rerun: Rerun) -> Option<String> {
     if rerun.force {
-        return Some("--force".into());
+        return Some("forced".into());
     }
     let Some(o) = &s.out else {
         return Some("no output to check".into());

@@ -6,9 +6,9 @@
 //! Float results depend on the SIMD path the CPU takes (FMA contracts roundings), so the file
 //! records the CPU class it was made on; on another class only the files that involve no float
 //! arithmetic are compared, and the test says so loudly. To re-record after an intended
-//! change of output: `LORAKIT_BLESS=1 cargo test golden`. The dequantize, finalize and
-//! `inspect --plot` lines were added after the restructuring: their hashes come from that
-//! build and guard later refactors; they are not pre-refactor hashes.
+//! change of output: `LORAKIT_BLESS=1 cargo test golden`. The dequantize, finalize,
+//! `inspect --plot`, GGUF and `check --fix` lines were added after the restructuring: their
+//! hashes come from later builds and guard later refactors; they are not pre-refactor hashes.
 
 use super::common::*;
 use std::path::Path;
@@ -36,6 +36,15 @@ const RUNS: &[&str] = &[
     "finalize out/merge_parts",
     "inspect fx/llama/adapters/qv_r8 --plot out/plot.svg",
     "inspect fx/llama/adapters/qv_r8 --plot out/plot.png",
+    // Added later still (recorded from that build): GGUF merges (an f32 base, a Q4_0 base kept
+    // Q4_0, a Q8_0 base written as Q8_0 through `--outtype`), a GGUF adapter, and `check --fix`
+    // (pattern folding, and DoRA lowered to LoRA).
+    "merge --base fx/gguf/llama_f32.gguf --adapter fx/llama/adapters/rslora_all -o out/merge_f32.gguf",
+    "merge --base fx/gguf/llama_q4_0.gguf --adapter fx/llama/adapters/qv_r8 -o out/merge_q4_0.gguf",
+    "merge --base fx/gguf/llama_q8_0.gguf --adapter fx/llama/adapters/qv_r8 --outtype q8_0 -o out/merge_q8_0.gguf",
+    "convert fx/llama/adapters/patterns --to gguf --base fx/llama/base -o out/adapter.gguf",
+    "check fx/llama/adapters/patterns --base fx/llama/base --target vllm,sglang,llama.cpp,peft --fix --out out/check_fix",
+    "check fx/llama/adapters/dora --base fx/llama/base --target vllm --fix --dora-rank 8 --out out/check_fix_dora",
 ];
 
 /// The CPU class the float outputs depend on.
@@ -87,6 +96,7 @@ fn hashes(dir: &Path) -> Vec<(String, String)> {
 /// tensors, adapter configs with their alphas, nor the spectrum plots drawn from singular values).
 fn float_free(name: &str) -> bool {
     !name.ends_with(".safetensors")
+        && !name.ends_with(".gguf")
         && !name.ends_with("adapter_config.json")
         && !name.starts_with("plot.")
 }

@@ -13,7 +13,7 @@
 
 use super::peft;
 use crate::adapter::{Adapter, Format, ModuleKind};
-use crate::error::{InputError, InputResult};
+use crate::error::{InputError, InputResult, Opt};
 use crate::io::TensorSpec;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -98,16 +98,21 @@ pub fn write(
     for m in &adapter.modules {
         let Some((a, b)) = m.factors.lora() else {
             // OFT, IA3, GLoRA: no ΔW of their own, so no LoRA to lower them to.
-            let fix = if m.factors.needs_base() {
-                "its update depends on the base weight, so it has no LoRA form (merge it into the base instead)"
-            } else {
-                "lower it to LoRA first (lorakit resize --rank R)"
-            };
-            return Err(refuse(format!(
-                "module `{}` is {}, which diffusers' LoRA loader cannot hold; {fix}",
-                m.name,
-                m.factors.algo()
-            )));
+            let (name, algo, needs_base) =
+                (m.name.clone(), m.factors.algo(), m.factors.needs_base());
+            return Err(InputError::option(&adapter.path, move |o| {
+                let fix = if needs_base {
+                    "its update depends on the base weight, so it has no LoRA form (merge it into the base instead)".to_string()
+                } else {
+                    format!(
+                        "lower it to LoRA first (resize with {})",
+                        o.set(Opt::Rank, "R")
+                    )
+                };
+                format!(
+                    "module `{name}` is {algo}, which diffusers' LoRA loader cannot hold; {fix}"
+                )
+            }));
         };
         if m.dora_magnitude.is_some()
             || m.bias.is_some()
@@ -120,17 +125,23 @@ pub fn write(
             )));
         }
         if kohya_named(adapter, &m.name) {
-            return Err(refuse(format!(
-                "module `{}`: kohya names lost the dots of the module paths; give --base (the model the adapter is for) to restore them",
-                m.name
-            )));
+            let name = m.name.clone();
+            return Err(InputError::option(&adapter.path, move |o| {
+                format!(
+                    "module `{name}`: kohya names lost the dots of the module paths; give {} (the model the adapter is for) to restore them",
+                    o.opt(Opt::Base)
+                )
+            }));
         }
         let (comp, rel) = split(&m.name, component).ok_or_else(|| {
-            refuse(format!(
-                "module `{}` names no pipeline component ({}): give --prefix with the component's kohya prefix (lora_unet, lora_te, lora_te2, lora_transformer)",
-                m.name,
-                COMPONENTS.join(", ")
-            ))
+            let name = m.name.clone();
+            InputError::option(&adapter.path, move |o| {
+                format!(
+                    "module `{name}` names no pipeline component ({}): give {} with the component's kohya prefix (lora_unet, lora_te, lora_te2, lora_transformer)",
+                    COMPONENTS.join(", "),
+                    o.opt(Opt::Prefix)
+                )
+            })
         })?;
         // ai-toolkit's `diffusion_model.` root is the denoiser itself, not a layer.
         let rel = rel.strip_prefix("diffusion_model.").unwrap_or(rel);

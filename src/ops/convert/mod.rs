@@ -38,7 +38,7 @@ pub use names::{
 
 use crate::adapter::formats::{diffusers, kohya, peft};
 use crate::adapter::{Adapter, Data, Factors, Format, KronHalf};
-use crate::error::{InputError, InputResult};
+use crate::error::{InputError, InputResult, Opt};
 use crate::io::Checkpoint;
 use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec};
 use std::path::PathBuf;
@@ -155,9 +155,12 @@ impl ConvertPlan {
         // needs that base; without it the conversion would change the adapter's meaning.
         match (adapter.base_residual(), &base) {
             (Some(rule), Some(b)) => unfold::unfold_residual(&mut adapter, rule, b)?,
-            (Some(_), None) => adapter.check_plain_base(
-                "converting it without --base (which lorakit needs to write the plain LoRA PEFT's path_initial_model_for_weight_conversion would)",
-            )?,
+            (Some(_), None) => adapter.check_plain_base_with(|o| {
+                format!(
+                    "converting it without {} (which lorakit needs to write the plain LoRA PEFT's path_initial_model_for_weight_conversion would)",
+                    o.opt(Opt::Base)
+                )
+            })?,
             (None, _) => {}
         }
         let spec = WriteSpec {

@@ -12,7 +12,7 @@ use super::*;
 use crate::adapter::formats::peft::params;
 use crate::backend::{self, MergeError, MergeJob, Piece, Term};
 use crate::dtype::Dtype;
-use crate::error::InputError;
+use crate::error::{InputError, Opt};
 use anyhow::Result;
 
 impl MergePlan {
@@ -46,9 +46,14 @@ impl MergePlan {
             ));
         }
         if self.options.as_trained_on.is_some() {
-            return Err(refuse(
-                "--as-trained-on is not supported for expert tensors",
-            ));
+            let name = name.to_owned();
+            return Err(InputError::option(file.path(), move |o| {
+                format!(
+                    "tensor `{name}`: {} is not supported for expert tensors",
+                    o.opt(Opt::AsTrainedOn)
+                )
+            })
+            .into());
         }
         let (n, d1, d2) = match info.shape.as_slice() {
             [n, d1, d2] => (*n, *d1, *d2),
