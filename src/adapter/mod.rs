@@ -35,6 +35,16 @@ pub enum Format {
     Kohya,
 }
 
+/// The one spelling of a format in reports and messages, as in JSON: `peft`, `kohya`.
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Peft => "peft",
+            Format::Kohya => "kohya",
+        })
+    }
+}
+
 /// What kind of layer a module adapts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

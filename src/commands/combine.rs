@@ -3,7 +3,7 @@
 //! Arguments → library options → plan → run → printed report. Must not validate or compute what the
 //! library does, nor write to stdout/stderr except through `printer`.
 
-use super::convert::{check_output, files_line, format_name, open_base, show};
+use super::convert::{check_output, files_line, open_base, show};
 use crate::adapter::{Adapter, Format};
 use crate::cli::CombineArgs;
 use crate::inspect::table_of;
@@ -221,7 +221,7 @@ fn render(s: &CombineSummary, w: &output::Written) -> String {
         "combined ({}) → {} ({})\n\n",
         s.method.name(),
         s.out,
-        format_name(s.format)
+        s.format
     );
     out.push_str(&table_of(
         &["", "adapter", "format", "weight", "modules"],
@@ -231,7 +231,7 @@ fn render(s: &CombineSummary, w: &output::Written) -> String {
             vec![
                 format!("#{i}"),
                 a.path.clone(),
-                format_name(a.format).into(),
+                a.format.to_string(),
                 format!("{}", a.weight),
                 a.module_count.to_string(),
             ]

@@ -41,7 +41,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
             &format!(
                 "{} is already {}; rewrote it",
                 a.adapter.display(),
-                format_name(report.from)
+                report.from
             ),
         );
     }
@@ -78,7 +78,7 @@ fn render(s: &ConvertReport, seconds: f64) -> String {
     let mut out = format!(
         "converted {} ({}) → {} ({}){names}{}\n\n",
         s.input,
-        format_name(s.from),
+        s.from,
         s.out,
         to_name(s.to),
         if s.config_restored {
@@ -87,7 +87,7 @@ fn render(s: &ConvertReport, seconds: f64) -> String {
             ""
         }
     );
-    let head_from = format!("module ({})", format_name(s.from));
+    let head_from = format!("module ({})", s.from);
     let head_to = format!("module ({})", to_name(s.to));
     out.push_str(&table_of(
         &[
@@ -174,13 +174,6 @@ fn to_name(t: ConvertTo) -> &'static str {
         ConvertTo::Diffusers => "diffusers",
         ConvertTo::Lycoris => "lycoris",
         ConvertTo::Comfy => "comfy",
-    }
-}
-
-pub(crate) fn format_name(f: Format) -> &'static str {
-    match f {
-        Format::Peft => "peft",
-        Format::Kohya => "kohya",
     }
 }
 

@@ -282,10 +282,7 @@ fn render(s: &ExtractSummary) -> String {
             s.seed
         )
     };
-    let format = match s.format {
-        Format::Peft => "peft",
-        Format::Kohya => "kohya",
-    };
+    let format = s.format;
     let mut out = format!(
         "extracted {} − {} → {} ({format}, {method})\n\n",
         s.tuned, s.base, s.out

@@ -3,7 +3,7 @@
 //! Arguments → library options → plan → run → printed report. Must not validate or compute what the
 //! library does, nor write to stdout/stderr except through `printer`.
 
-use super::convert::{check_output, files_line, format_name, inputs_json, num, open_base, show};
+use super::convert::{check_output, files_line, inputs_json, num, open_base, show};
 use crate::adapter::{Adapter, Format};
 use crate::cli::ResizeArgs;
 use crate::inspect::table_of;
@@ -118,9 +118,9 @@ fn render(s: &ResizeSummary, w: &output::Written) -> String {
     let mut out = format!(
         "resized {} ({}) → {} ({}), rule {}\n\n",
         s.input,
-        format_name(s.from),
+        s.from,
         s.out,
-        format_name(s.to),
+        s.to,
         rule_text(&s.rank_rule)
     );
     out.push_str(&table_of(

@@ -41,7 +41,7 @@
 //! combine linearly and are refused; saved embedding layers (`base_layer.weight`, a copy of the
 //! base) are carried when the inputs agree.
 
-use crate::adapter::{Adapter, Data, Factors, Format, FullTensor, LoraModule, ModuleKind};
+use crate::adapter::{Adapter, Data, Factors, FullTensor, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::linalg::{self, rng::Xoshiro256PlusPlus};
 use rayon::prelude::*;
@@ -316,9 +316,9 @@ pub fn combine(
                 &a.path,
                 format!(
                     "is a {} adapter but {} is {}; convert one first (lorakit convert) so module names agree",
-                    fmt_name(a.format),
+                    a.format,
                     first.path.display(),
-                    fmt_name(first.format)
+                    first.format
                 ),
             ));
         }
@@ -595,19 +595,13 @@ fn carried_full_tensors(inputs: &[WeightedInput]) -> InputResult<Vec<FullTensor>
     Ok(out.into_iter().map(|(f, _)| f).collect())
 }
 
-fn fmt_name(f: Format) -> &'static str {
-    match f {
-        Format::Peft => "PEFT",
-        Format::Kohya => "kohya",
-    }
-}
-
+/// A module's kind as [`ModuleKind`]'s `Display` spells it, marking PEFT's fan_in_fan_out
+/// layout (a transposed base weight), which must agree between combined adapters too.
 fn kind_name(k: &ModuleKind, transposed: bool) -> String {
-    match k {
-        ModuleKind::Linear if transposed => "fan_in_fan_out linear".into(),
-        ModuleKind::Linear => "linear".into(),
-        ModuleKind::Embedding => "embedding".into(),
-        ModuleKind::Conv { kernel } => format!("conv {kernel:?}"),
+    if transposed {
+        format!("fan_in_fan_out {k}")
+    } else {
+        k.to_string()
     }
 }
 

@@ -273,7 +273,7 @@ pub fn write_adapter(
     spec: &WriteSpec,
     prov: &Provenance,
 ) -> InputResult<Written> {
-    let format = format!("{:?}", spec.format).to_lowercase();
+    let format = spec.format.to_string();
     crate::adapter::formats::peft::params::refuse_write(adapter, &format)?;
     let meta = output_metadata(adapter, spec, prov);
     let folder = match spec.format {

@@ -1,3 +1,8 @@
+//! What every integration test shares: the binary (`bin`, `run_ok`, `run_err`), fixture
+//! paths, one argv helper per command, JSON and safetensors readers, tolerances measured against
+//! f64, the Python-oracle and GPU skip policies. Holds no test itself and no expected value: a
+//! helper that decides a verdict belongs beside the test that needs it.
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

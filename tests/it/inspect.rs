@@ -196,6 +196,8 @@ fn inspect_reads_headers_only() {
     assert_eq!(v["bytes"].as_u64(), Some(n));
     // Peak resident memory of the children this test process has waited for: had inspect
     // touched the 20 GiB data section it would be gigabytes (other tests' children are small).
+    // SAFETY: rusage is plain old data (all-zero is a valid value), and getrusage writes only
+    // into the struct it is given, which lives for the call.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     assert_eq!(
         unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) },

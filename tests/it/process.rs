@@ -253,13 +253,8 @@ fn lowering_a_large_lokr_never_forms_the_full_matrix() {
     }
     let dir = tempfile::tempdir().unwrap();
     let n = 64usize;
-    let mut rng = 0x9e3779b97f4a7c15u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        ((rng >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    };
+    let mut rng = lorakit::linalg::rng::Xoshiro256PlusPlus::seed_from_u64(0x9e37_79b9);
+    let mut next = || (rng.next_f64() - 0.5) as f32;
     let w1: Vec<f32> = (0..n * n).map(|_| next()).collect();
     let w2: Vec<f32> = (0..n * n).map(|_| next()).collect();
     let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };

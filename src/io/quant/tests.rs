@@ -284,17 +284,12 @@ fn fp8_edge_cases_match_transformers() {
 /// Hostile variations of real quantized checkpoints (every format): a tensor removed, its dtype
 /// or shape changed (with data of the matching length), its bytes scrambled, a state blob
 /// rewritten. Recognising and dequantizing must end in a result or an error, never a panic or an
-/// out-of-bounds read. Deterministic (xorshift seeds).
+/// out-of-bounds read. Deterministic (the one seeded generator, `linalg::rng`).
 #[test]
 fn mutated_quantized_checkpoints_never_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = crate::linalg::rng::Xoshiro256PlusPlus::seed_from_u64(0x9E37_79B9);
+    let mut next = move || rng.next_u64();
     let dtypes = [
         Dtype::U8,
         Dtype::I8,

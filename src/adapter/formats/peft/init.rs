@@ -167,9 +167,9 @@ pub(super) fn kasa_fold(
     let Factors::Lora { b, .. } = &mut m.factors else {
         unreachable!("a PEFT LoRA module has LoRA factors");
     };
-    let d = super::read::stored_f32(file, &key)?;
+    let d = super::stored_f32(file, &key)?;
     let bv = match b {
-        Data::Stored { key, .. } => super::read::stored_f32(file, key)?,
+        Data::Stored { key, .. } => super::stored_f32(file, key)?,
         Data::Owned(v) => v.to_vec(),
     };
     let folded: Vec<f32> = bv

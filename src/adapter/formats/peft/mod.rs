@@ -318,3 +318,23 @@ pub fn merge_refusal(config: &Value) -> Option<String> {
         init_refusal(config)
     }
 }
+
+/// A stored tensor's values in f32, refused (naming file and tensor) unless float and finite.
+fn stored_f32(file: &crate::io::SafetensorsFile, key: &str) -> InputResult<Vec<f32>> {
+    let err = |m: String| InputError::invalid(file.path(), format!("tensor `{key}`: {m}"));
+    let view = file.view(key)?;
+    if !crate::dtype::is_float_compute(view.dtype) {
+        return Err(err(format!(
+            "dtype {} is not a float type",
+            crate::dtype::name(view.dtype)
+        )));
+    }
+    let w = view.to_f32();
+    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+        return Err(err(format!(
+            "value {} at flat index {i} is not finite",
+            w[i]
+        )));
+    }
+    Ok(w)
+}

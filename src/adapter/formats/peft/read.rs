@@ -728,26 +728,6 @@ fn widen(shape: &[usize], nblocks: usize) -> Vec<usize> {
 /// `torch.block_diag(*torch.chunk(w, nblocks, dim=0))` of the stored `[rows, cols/nblocks]`
 /// factor `key`, row-major `[rows, cols]`; the rows must split evenly (`BlockDiagonalLinear`
 /// requires it).
-/// A stored tensor's values in f32, refused (naming file and tensor) unless float and finite.
-pub(super) fn stored_f32(file: &SafetensorsFile, key: &str) -> InputResult<Vec<f32>> {
-    let err = |m: String| InputError::invalid(file.path(), format!("tensor `{key}`: {m}"));
-    let view = file.view(key)?;
-    if !crate::dtype::is_float_compute(view.dtype) {
-        return Err(err(format!(
-            "dtype {} is not a float type",
-            crate::dtype::name(view.dtype)
-        )));
-    }
-    let w = view.to_f32();
-    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
-        return Err(err(format!(
-            "value {} at flat index {i} is not finite",
-            w[i]
-        )));
-    }
-    Ok(w)
-}
-
 fn block_diagonal(
     file: &SafetensorsFile,
     key: &str,
@@ -760,7 +740,7 @@ fn block_diagonal(
             "a block-diagonal factor [rows, cols/nblocks] with rows divisible by nblocks = {nblocks}, got {shape:?}"
         )));
     }
-    let w = stored_f32(file, key)?;
+    let w = super::stored_f32(file, key)?;
     let (rows, bc) = (shape[0], shape[1]);
     let (br, cols) = (rows / nblocks, bc * nblocks);
     let mut full = vec![0f32; rows * cols];

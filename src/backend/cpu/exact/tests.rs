@@ -443,18 +443,10 @@ fn format_round_agrees_with_the_integer_reference() {
 /// loudly without a wgpu adapter, fails then with `LORAKIT_REQUIRE_GPU=1`.
 #[test]
 fn exact_rounding_on_a_gpu_engine_runs_on_the_cpu() {
-    use crate::backend::{gpu::GpuContext, Engine, Rounding};
-    let ctx = match GpuContext::try_new() {
-        Ok(Some(ctx)) => ctx,
-        other => {
-            assert!(
-                std::env::var("LORAKIT_REQUIRE_GPU").as_deref() != Ok("1"),
-                "LORAKIT_REQUIRE_GPU=1 but no GPU context: {other:?}"
-            );
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "GPU TEST SKIPPED: no wgpu adapter");
-            return;
-        }
+    use crate::backend::{Engine, Rounding};
+    // The GPU tests' one run/skip/fail policy.
+    let Some(ctx) = crate::backend::gpu::tests::fresh_gpu() else {
+        return;
     };
     let gpu = Engine::Gpu(Box::new(ctx));
     let c = midpoint_case(Dtype::BF16, 3, 0.5);
