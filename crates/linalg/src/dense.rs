@@ -161,7 +161,7 @@ pub fn clear_upper_vector_state() {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         #[target_feature(enable = "avx")]
-        unsafe fn zeroupper() {
+        fn zeroupper() {
             std::arch::x86_64::_mm256_zeroupper();
         }
         // SAFETY: AVX was detected above.

@@ -85,13 +85,13 @@ fn qr_in_place(c: &mut [f32], m: usize, n: usize) -> Array2<f32> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn qr_in_place_avx512(c: &mut [f32], m: usize, n: usize) -> Array2<f32> {
+fn qr_in_place_avx512(c: &mut [f32], m: usize, n: usize) -> Array2<f32> {
     qr_in_place(c, m, n)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn qr_in_place_avx2(c: &mut [f32], m: usize, n: usize) -> Array2<f32> {
+fn qr_in_place_avx2(c: &mut [f32], m: usize, n: usize) -> Array2<f32> {
     qr_in_place(c, m, n)
 }
 

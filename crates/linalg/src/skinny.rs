@@ -149,7 +149,7 @@ pub(crate) fn isa() -> Isa {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tn_avx512(
+fn tn_avx512(
     a: &[f32],
     n: usize,
     m: usize,
@@ -165,7 +165,7 @@ unsafe fn tn_avx512(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tn_avx2(
+fn tn_avx2(
     a: &[f32],
     n: usize,
     m: usize,
@@ -297,7 +297,7 @@ const fn max1(x: usize) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn run_avx512<const NV: usize, const RB: usize>(
+fn run_avx512<const NV: usize, const RB: usize>(
     a: &[f32],
     n: usize,
     xp: &[Lane],
@@ -309,7 +309,7 @@ unsafe fn run_avx512<const NV: usize, const RB: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2<const NV: usize, const RB: usize>(
+fn run_avx2<const NV: usize, const RB: usize>(
     a: &[f32],
     n: usize,
     xp: &[Lane],
