@@ -285,17 +285,11 @@ fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
         }
     }
     let mut out = output::single_file_output(&spec.out)?;
-    let meta = vec![
-        (
-            "lorakit.version".to_owned(),
-            env!("CARGO_PKG_VERSION").to_owned(),
-        ),
-        ("lorakit.operation".to_owned(), "convert".to_owned()),
-        (
-            "lorakit.inputs".to_owned(),
-            inputs_json(&[&a.adapter], a.output.base.as_deref()).to_string(),
-        ),
-    ];
+    let mut meta = output::provenance_head("convert").to_vec();
+    meta.push((
+        "lorakit.inputs".to_owned(),
+        inputs_json(&[&a.adapter], a.output.base.as_deref()).to_string(),
+    ));
     d::write(&adapter, fallback, &spec.out, &mut out, spec.dtype, &meta)?;
     let bytes = out.commit()?;
     let s = DiffusersConvertSummary {
@@ -351,14 +345,15 @@ fn gguf(a: ConvertArgs, start: Instant) -> Result<i32> {
             _ => GgmlType::F32,
         },
     };
-    let extra = vec![
-        crate::io::gguf::writer::kv_string("lorakit.version", env!("CARGO_PKG_VERSION")),
-        crate::io::gguf::writer::kv_string("lorakit.operation", "convert"),
-        crate::io::gguf::writer::kv_string(
-            "lorakit.inputs",
-            &inputs_json(&[&a.adapter], Some(base)).to_string(),
-        ),
-    ];
+    let kv = crate::io::gguf::writer::kv_string;
+    let mut extra: Vec<_> = output::provenance_head("convert")
+        .iter()
+        .map(|(k, v)| kv(k, v))
+        .collect();
+    extra.push(kv(
+        "lorakit.inputs",
+        &inputs_json(&[&a.adapter], Some(base)).to_string(),
+    ));
     let (modules, bytes) = g::write(&adapter, &target, ty, &a.output.out, extra)?;
     let s = GgufConvertSummary {
         operation: "convert",

@@ -202,6 +202,16 @@ pub fn stored_dtype(a: &Adapter) -> Option<Dtype> {
         })
 }
 
+/// The first provenance keys of every output lorakit writes, safetensors `__metadata__` and GGUF
+/// key/values alike: `lorakit.version`, then `lorakit.operation`. What follows is the
+/// operation's (`lorakit.inputs` and `lorakit.params` here, a merge's `lorakit.adapters`).
+pub fn provenance_head(operation: &str) -> [(String, String); 2] {
+    [
+        ("lorakit.version".into(), env!("CARGO_PKG_VERSION").into()),
+        ("lorakit.operation".into(), operation.into()),
+    ]
+}
+
 /// The `__metadata__` an output gets: the input's (minus earlier `lorakit.*` keys and the
 /// `format` key PEFT's writer sets itself), then provenance, then for a kohya output of an
 /// adapter with dotted names the PEFT names and config.
@@ -222,8 +232,7 @@ pub fn output_metadata(
             meta.insert(0, f.clone());
         }
     }
-    meta.push(("lorakit.version".into(), env!("CARGO_PKG_VERSION").into()));
-    meta.push(("lorakit.operation".into(), prov.operation.into()));
+    meta.extend(provenance_head(prov.operation));
     meta.push(("lorakit.inputs".into(), prov.inputs.to_string()));
     meta.push(("lorakit.params".into(), prov.params.to_string()));
     if spec.format == Format::Kohya {

@@ -529,14 +529,8 @@ impl<'c> Trainer<'c> {
         let mut out = Output::new();
         out.create_dir_all(dir)?;
         out.lock(dir, crate::io::writer::LockMode::Exclusive)?;
-        let meta = vec![
-            (
-                "lorakit.version".to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            ),
-            ("lorakit.operation".to_string(), "train".to_string()),
-            ("lorakit.step".to_string(), self.step.to_string()),
-        ];
+        let mut meta = crate::ops::output::provenance_head("train").to_vec();
+        meta.push(("lorakit.step".to_string(), self.step.to_string()));
         crate::adapter::formats::peft::write(&adapter, dir, &mut out, Dtype::F32, &meta)?;
         let mut specs = Vec::new();
         let mut payload: Vec<&[f32]> = Vec::new();

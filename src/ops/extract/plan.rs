@@ -428,10 +428,13 @@ impl ExtractPlan {
             "max_power_iters": o.max_power_iters,
             "seed": o.seed,
         });
-        vec![
-            ("lorakit.operation".into(), "extract".into()),
-            ("lorakit.extract".into(), settings.to_string()),
-        ]
+        // The provenance head every output carries (extract's lacked `lorakit.version`). No
+        // input paths: a `--part` run and its `finalize` see the base and the tuned model by
+        // other paths (absolute, or a dequantized copy), and both must write the same bytes;
+        // `base_model_name_or_path` names the base.
+        let mut meta = crate::ops::output::provenance_head("extract").to_vec();
+        meta.push(("lorakit.extract".into(), settings.to_string()));
+        meta
     }
 }
 

@@ -247,8 +247,11 @@ impl HfGgufPlan {
             arch,
             options.tokenizer_pre.as_deref(),
         )?);
-        entries.push(kv_string("lorakit.version", env!("CARGO_PKG_VERSION")));
-        entries.push(kv_string("lorakit.operation", merge.operation()));
+        entries.extend(
+            crate::ops::output::provenance_head(merge.operation())
+                .iter()
+                .map(|(k, v)| kv_string(k, v)),
+        );
         entries.push(kv_string(
             "lorakit.adapters",
             &serde_json::Value::Array(adapter_json(&merge)).to_string(),
