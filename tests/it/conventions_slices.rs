@@ -88,30 +88,40 @@ fn subset(path: PathBuf, names: &[String]) -> PathBuf {
     path
 }
 
-/// The whole fixture adapter: every TE1 and TE2 module lands (q/k/v of TE2 on their thirds of
+/// The whole fixture adapter, as kohya and as diffusers' DIFFUSERS form (`text_encoder_2.…`
+/// `lora_A`/`lora_B`): every TE1 and TE2 module lands (q/k/v of TE2 on their thirds of
 /// `in_proj_weight`) and the merge equals PEFT's merge of each encoder and the f64 reference.
 #[test]
 fn sdxl_kohya_both_encoders_equal_peft() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.safetensors");
-    merge_ok(&base(), &adapter(), &out, &["--quiet"]);
-    let (b, o) = (read(&base()), read(&out));
+    let b = read(&base());
     let reference = read(&fixture("conventions_te/sdxl_kohya.merged.safetensors"));
     assert_eq!(
         reference.len(),
         20,
         "12 TE1 weights + 4 TE2 tensors per layer"
     );
-    assert_eq!(o.len(), b.len());
-    for (name, t) in &b {
-        match reference.get(name) {
-            Some(r) => {
-                let err = rel_err(&o[name].f32(), &r.f32());
-                assert!(err < TOL, "{name}: {err:e} against PEFT");
+    let mut outs = Vec::new();
+    for a in [
+        adapter(),
+        fixture("conventions_te/sdxl_diffusers_te.safetensors"),
+    ] {
+        let out = dir.path().join(a.file_name().unwrap());
+        merge_ok(&base(), &a, &out, &["--quiet"]);
+        let o = read(&out);
+        assert_eq!(o.len(), b.len());
+        for (name, t) in &b {
+            match reference.get(name) {
+                Some(r) => {
+                    let err = rel_err(&o[name].f32(), &r.f32());
+                    assert!(err < TOL, "{}: {name}: {err:e} against PEFT", a.display());
+                }
+                None => assert_eq!(o[name].data, t.data, "{name} changed"),
             }
-            None => assert_eq!(o[name].data, t.data, "{name} changed"),
         }
+        outs.push(o);
     }
+    let o = &outs[0];
     let k = read(&adapter());
     for layer in 0..2 {
         let (w, got) = (b[&in_proj(layer)].f32(), o[&in_proj(layer)].f32());
