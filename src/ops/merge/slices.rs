@@ -95,7 +95,7 @@ impl MergePlan {
                 };
                 if let Some(why) = why {
                     return Err(refuse(format!(
-                        "module `{}` is {why}, which lorakit does not combine with the row slices of this tensor",
+                        "module `{}` is {why}; on a tensor with row slices lorakit merges only updates made row by row (LoRA, LoHa, LoKr, full)",
                         m.name
                     )));
                 }
