@@ -169,13 +169,27 @@ fn disjoint_slices_leave_the_rows_between_untouched() {
         }
     }
 
+    // Written as bf16: rows no module covers are the base's rounded once (to nearest even).
+    let bf16 = dir.path().join("bf16.safetensors");
+    merge_ok(&base(), &a, &bf16, &["--quiet", "--dtype", "bf16"]);
+    let rne = |x: f32| {
+        let b = x.to_bits();
+        (((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16).to_le_bytes()
+    };
+    let want: Vec<u8> = rows(&w, D, D).iter().flat_map(|&x| rne(x)).collect();
+    assert_eq!(read(&bf16)[&name].data[D * D * 2..2 * D * D * 2], want[..]);
+
     if gpu_available() {
-        let gpu = dir.path().join("gpu.safetensors");
-        merge_ok(&base(), &a, &gpu, &["--quiet", "--device", "gpu"]);
-        assert!(
-            std::fs::read(&gpu).unwrap() == std::fs::read(&out).unwrap(),
-            "gpu output differs"
-        );
+        for (cpu, extra) in [(&out, None), (&bf16, Some("bf16"))] {
+            let gpu = dir.path().join("gpu.safetensors");
+            let mut args = vec!["--quiet", "--device", "gpu"];
+            args.extend(extra.map(|d| ["--dtype", d]).into_iter().flatten());
+            merge_ok(&base(), &a, &gpu, &args);
+            assert!(
+                std::fs::read(&gpu).unwrap() == std::fs::read(cpu).unwrap(),
+                "gpu output differs ({extra:?})"
+            );
+        }
     }
 
     // `finalize` reopens the base by its folder: the base alone in one.
@@ -304,7 +318,10 @@ fn check_reports_row_slices_as_mapped() {
 fn a_dora_module_on_a_slice_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let q = kohya_q(0, 'q');
-    let mut a = read(&subset(dir.path().join("q.safetensors"), &[q.clone()]));
+    let mut a = read(&subset(
+        dir.path().join("q.safetensors"),
+        std::slice::from_ref(&q),
+    ));
     let ones: Vec<f32> = vec![1.0; D];
     a.insert(
         format!("{q}.dora_scale"),

@@ -71,7 +71,7 @@ impl MergePlan {
                 let a = &self.adapters[ai].adapter;
                 let m = &a.modules[mi];
                 if let Some(r) = self.rows.get(&(ai, mi)) {
-                    if shape.len() != 2 || r.len == 0 || r.end() > rows || r.len == usize::MAX {
+                    if shape.len() != 2 || r.len == 0 || r.end() > rows {
                         return Err(refuse(format!(
                             "module `{}` updates rows {}..{}, the tensor's shape is {shape:?}",
                             m.name,
@@ -105,7 +105,7 @@ impl MergePlan {
     }
 
     /// Merges `terms`, some on row slices, into base tensor `name` band by band (module header),
-    /// handing the `out_dtype` bytes to `sink` in row-major pieces.
+    /// handing the `out_dtype` bytes to `sink`: whole from the CPU, in row-major pieces from the GPU.
     pub(super) fn merge_slices(
         &self,
         engine: &backend::Engine,
@@ -148,6 +148,21 @@ impl MergePlan {
         }
         cuts.sort_unstable();
         cuts.dedup();
+        // On the GPU the bands stream on to the writer as they come back; on the CPU the tensor
+        // is handed over whole, as every CPU merge is (the report counts streamed tensors).
+        let streaming = engine.is_gpu();
+        let mut whole: Vec<u8> = Vec::new();
+        if !streaming {
+            whole.reserve(rows * cols * out_dtype.bitsize() / 8);
+        }
+        let mut emit = |b: &[u8]| -> Result<()> {
+            if streaming {
+                sink(Piece::Part(b))
+            } else {
+                whole.extend_from_slice(b);
+                Ok(())
+            }
+        };
         // The sink's own error (the writer's) is kept aside and returned as it was raised.
         let mut stopped = None;
         for band in cuts.windows(2) {
@@ -158,7 +173,7 @@ impl MergePlan {
                 .filter(|s| s.0.offset <= lo && hi <= s.0.end())
                 .collect();
             if mine.is_empty() && out_dtype == info.dtype {
-                sink(Piece::Part(w0))?;
+                emit(w0)?;
                 continue;
             }
             let list: Vec<Term> = mine
@@ -186,8 +201,8 @@ impl MergePlan {
             };
             let r = engine.merge_to(&job, self.options.rounding, &mut |p| {
                 let r = match &p {
-                    Piece::Whole(v) => sink(Piece::Part(v)),
-                    Piece::Part(b) => sink(Piece::Part(b)),
+                    Piece::Whole(v) => emit(v),
+                    Piece::Part(b) => emit(b),
                 };
                 r.map_err(|e| {
                     stopped = Some(e);
@@ -208,6 +223,10 @@ impl MergePlan {
                 ))
             })?;
         }
-        Ok(())
+        if streaming {
+            Ok(())
+        } else {
+            sink(Piece::Whole(whole))
+        }
     }
 }
