@@ -20,6 +20,8 @@ mod it {
     pub mod conventions;
     /// kohya component prefixes stay on their own component (`lora_te2_` never on TE1).
     pub mod conventions_components;
+    /// Row-slice merges: SDXL TE2 q/k/v onto OpenCLIP's fused `in_proj_weight`.
+    pub mod conventions_slices;
     /// `diff`: exit status and figures.
     pub mod diff;
     /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.

@@ -24,6 +24,10 @@
 //! merged into the other encoder because the shapes happen to agree. Bases without such roots, and
 //! names without a known prefix, are matched as before.
 //!
+//! A module named in HF CLIP's layout whose component stores OpenCLIP's (an SDXL single file's
+//! second encoder) lands on the OpenCLIP tensor ComfyUI renames to its name, q/k/v on a
+//! [`RowSlice`] of the fused `in_proj_weight` ([`openclip`]).
+//!
 //! Must not read tensor data or decide what an unmatched module means (refuse or warn is the
 //! caller's choice); merge, eval and train all match names through it rather than on their own.
 
@@ -31,6 +35,8 @@ use super::formats::kohya;
 use super::{Adapter, Format, LoraModule, ModuleKind};
 use crate::io::Checkpoint;
 use std::collections::HashMap;
+
+mod openclip;
 
 /// Why a module or full tensor found no base tensor.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -124,6 +130,32 @@ pub struct Placement {
     pub weight: String,
     /// Base bias tensor (when the module has a `lora_B` bias).
     pub bias: Option<String>,
+    /// The rows of `weight` the module updates (q, k or v of a fused `in_proj_weight`); `None`:
+    /// the whole tensor.
+    pub rows: Option<RowSlice>,
+}
+
+/// Rows `[offset, offset + len)` along the first axis of a base tensor: the part of it one
+/// module updates, whose `[len, ·]` shape is the module's `[out, in]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RowSlice {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl RowSlice {
+    /// One past the last row (saturating: a hostile offset never wraps).
+    pub fn end(self) -> usize {
+        self.offset.saturating_add(self.len)
+    }
+
+    /// Whether two targets on one tensor share a row (`None`: the whole tensor).
+    pub fn overlap(a: Option<Self>, b: Option<Self>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => a.offset < b.end() && b.offset < a.end(),
+            _ => true,
+        }
+    }
 }
 
 /// Where each module and full tensor of an adapter goes in a base.
@@ -232,24 +264,37 @@ pub fn resolve_in(
                     module: mi,
                     weight: param.to_owned(),
                     bias: None,
+                    rows: None,
                 }),
             }
             continue;
         }
-        let candidates = if adapter.format == Format::Kohya && !m.name.contains('.') {
-            match components.filter(&m.name, kohya_candidates(&m.name, &kohya_index)) {
-                Ok(c) => c,
-                Err(u) => {
-                    res.unmatched.push(u);
-                    continue;
-                }
-            }
+        let kohya_name = adapter.format == Format::Kohya && !m.name.contains('.');
+        let candidates = if kohya_name {
+            components.filter(&m.name, kohya_candidates(&m.name, &kohya_index))
         } else {
             let want = format!("{}.weight", m.name);
-            match dotted_candidates(&want, &names) {
+            Ok(match dotted_candidates(&want, &names) {
                 c if c.is_empty() => components.across_roots(&want, &names),
                 c => c,
+            })
+        };
+        // HF CLIP names on an OpenCLIP-layout encoder, where nothing of the module's own
+        // component matched its name.
+        let openclip = match &candidates {
+            Ok(c) if !c.is_empty() => None,
+            _ => openclip::place(mi, m, kohya_name, &names, &components, &logical),
+        };
+        let candidates = match (openclip, candidates) {
+            (Some(Ok(p)), _) => {
+                res.modules.push(p);
+                continue;
             }
+            (Some(Err(u)), _) | (None, Err(u)) => {
+                res.unmatched.push(u);
+                continue;
+            }
+            (None, Ok(c)) => c,
         };
         let weight = match candidates.as_slice() {
             [] => {
@@ -329,6 +374,7 @@ pub fn resolve_in(
             module: mi,
             weight,
             bias,
+            rows: None,
         });
     }
     for (fi, f) in adapter.full_tensors.iter().enumerate() {
@@ -479,9 +525,10 @@ pub fn kohya_candidates<'a>(name: &str, index: &HashMap<String, Vec<&'a str>>) -
 }
 
 /// Renames kohya modules to the dotted base module paths they resolved to, so the adapter
-/// can be written as PEFT. Unresolved modules are left as they are (see the resolution).
+/// can be written as PEFT. Unresolved modules are left as they are (see the resolution), and so
+/// are modules on a row slice (no module path names a third of `in_proj_weight`).
 pub fn rename_to_base(adapter: &mut Adapter, res: &Resolution) {
-    for p in &res.modules {
+    for p in res.modules.iter().filter(|p| p.rows.is_none()) {
         let m = &mut adapter.modules[p.module];
         m.name = p
             .weight

@@ -221,9 +221,9 @@ fn bases_without_encoders_keep_suffix_matching() {
 
 /// ComfyUI's own text-encoder names (`text_encoders.clip_l.transformer.…`, the keys
 /// `model_lora_keys_clip` @41444b5 maps as `text_encoders.{key}`) land on the same encoder of
-/// an SDXL single file and of a diffusers-style file; `clip_g`'s HF names have no tensor in the
-/// SDXL file's OpenCLIP layout (ComfyUI splits `in_proj_weight` when it loads the checkpoint;
-/// lorakit does not slice rows) and are refused, never put on CLIP-L.
+/// an SDXL single file and of a diffusers-style file; `clip_g`'s HF q_proj finds no OpenCLIP
+/// tensor in this base (it has no `in_proj_weight`: with one, q lands on its first third, see
+/// `conventions_slices`) and is refused, never put on CLIP-L.
 #[test]
 fn comfy_text_encoder_names_land_on_their_encoder() {
     let dir = tempfile::tempdir().unwrap();

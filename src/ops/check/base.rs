@@ -24,11 +24,24 @@ pub(super) fn placements(
         let exact = p.weight == format!("{}.weight", m.name)
             || a.format == Format::Kohya
             || crate::adapter::formats::peft::params::parse_expert(&m.name).is_some();
+        // q, k or v on its third of a fused `in_proj_weight` (adapter::mapping::openclip).
+        let (status, detail) = match p.rows {
+            Some(r) => (
+                "row_slice",
+                Some(format!(
+                    "rows {}..{} of the base tensor (its fused q/k/v, as ComfyUI splits it)",
+                    r.offset,
+                    r.end()
+                )),
+            ),
+            None if exact => ("exact", None),
+            None => ("suffix", None),
+        };
         out.push(Placement {
             module: m.name.clone(),
-            status: if exact { "exact" } else { "suffix" },
+            status,
             base_tensor: Some(p.weight.clone()),
-            detail: None,
+            detail,
             not_applied_by: Vec::new(),
         });
     }

@@ -296,7 +296,8 @@ pub struct TargetReport {
 pub struct Placement {
     pub module: String,
     /// `exact`, `suffix` (another root prefix), `rows` (trainable-token rows of the base
-    /// tensor), `not_found`, `ambiguous`, `shape_mismatch`, `not_float`.
+    /// tensor), `row_slice` (q, k or v on its rows of a fused `in_proj_weight`), `not_found`,
+    /// `ambiguous`, `shape_mismatch`, `not_float`.
     pub status: &'static str,
     pub base_tensor: Option<String>,
     pub detail: Option<String>,

@@ -31,6 +31,7 @@ mod plan;
 pub(crate) mod residual;
 mod run;
 mod sequence;
+mod slices;
 mod tensor;
 use run::*;
 pub(crate) use run::{copied_files, without_quantization_config};
@@ -216,6 +217,8 @@ pub struct MergePlan {
     actions: HashMap<String, Action>,
     /// Base tensors whose W0 comes from the adapter (`base_layer.weight`): (adapter, full).
     base_override: HashMap<String, (usize, usize)>,
+    /// Modules that update a row slice of their tensor, not all of it: (adapter, module).
+    rows: HashMap<(usize, usize), crate::adapter::mapping::RowSlice>,
     files: Vec<OutFile>,
     /// Index file to write last (sharded output).
     index: Option<PathBuf>,

@@ -74,6 +74,7 @@ impl MergePlan {
         }
         let mut actions: HashMap<String, Action> = HashMap::new();
         let mut base_override: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut rows: HashMap<(usize, usize), mapping::RowSlice> = HashMap::new();
         let mut unmatched = Vec::new();
         let mut resolutions = Vec::new();
         let has_lm_head = base.names().any(is_lm_head_name);
@@ -150,11 +151,12 @@ impl MergePlan {
                     .or_insert_with(|| Action::Merge(Vec::new()))
                 {
                     Action::Merge(v) => {
-                        // Experts of one fused parameter land on their own slices.
+                        // Experts of one fused parameter land on their own slices, and so do
+                        // q, k and v of a fused `in_proj_weight` (disjoint row slices).
                         let expert = |mi: usize| params::parse_expert(&a.modules[mi].name);
                         let same_slice = |mi: usize| match (expert(mi), expert(p.module)) {
                             (Some(x), Some(y)) => x.1 == y.1,
-                            _ => true,
+                            _ => mapping::RowSlice::overlap(rows.get(&(ai, mi)).copied(), p.rows),
                         };
                         if v.iter().any(|&(x, mi)| x == ai && same_slice(mi)) {
                             bail!(InputError::invalid(
@@ -166,6 +168,9 @@ impl MergePlan {
                             ));
                         }
                         v.push((ai, p.module));
+                        if let Some(r) = p.rows {
+                            rows.insert((ai, p.module), r);
+                        }
                     }
                     _ => bail!(InputError::invalid(
                         &a.path,
@@ -500,13 +505,14 @@ impl MergePlan {
             Vec::new()
         };
         crate::io::writer::check_writes(&inputs, &writes, &folders)?;
-        Ok(MergePlan {
+        let plan = MergePlan {
             base,
             adapters,
             out,
             options,
             actions,
             base_override,
+            rows,
             files,
             index,
             extra_files,
@@ -514,7 +520,9 @@ impl MergePlan {
             resolutions,
             quant,
             dequantize_only,
-        })
+        };
+        plan.check_slices()?;
+        Ok(plan)
     }
 
     /// Dtype and shape a base tensor is written with: quantized weights as float (`--dtype`, or

@@ -87,6 +87,10 @@ impl MergePlan {
             self.merge_experts(engine, name, terms, out_dtype, sink)?;
             return Ok(None);
         }
+        if self.slice_terms(terms) {
+            self.merge_slices(engine, name, terms, out_dtype, sink)?;
+            return Ok(None);
+        }
         let stored = self.quant.get(name).map_or(name, |q| q.stored.as_str());
         let file = self.base.file_of(stored).expect("base tensor");
         let info = self.base.info(stored).expect("base tensor");

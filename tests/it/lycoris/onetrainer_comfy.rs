@@ -41,12 +41,25 @@ const COMFY: &[(&str, usize, usize, usize)] = &[
 
 #[test]
 fn lorakit_equals_comfyui_wherever_comfyui_applies_a_onetrainer_module() {
+    compare_with_comfyui("onetrainer_comfy", COMFY);
+}
+
+/// Merges every case of `{folder}/MANIFEST.json` (a transcription of ComfyUI's loader run on the
+/// fixtures) and counts, per case, the tensors where lorakit's merge equals ComfyUI's, those
+/// ComfyUI leaves unchanged (with the keys it did not load or the patch that raised as the
+/// recorded reason) and those it changes differently, against `cases`.
+fn compare_with_comfyui(folder: &str, cases: &[(&str, usize, usize, usize)]) {
     let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("onetrainer_comfy/MANIFEST.json")).unwrap(),
+        &std::fs::read_to_string(fixture(&format!("{folder}/MANIFEST.json"))).unwrap(),
     )
     .unwrap();
+    assert_eq!(
+        manifest["cases"].as_object().unwrap().len(),
+        cases.len(),
+        "{folder}: every case of the manifest is counted"
+    );
     let dir = tempfile::tempdir().unwrap();
-    for &(case, n_agree, n_skipped, n_differ) in COMFY {
+    for &(case, n_agree, n_skipped, n_differ) in cases {
         let m = &manifest["cases"][case];
         let base_path = fixture(m["base"].as_str().unwrap());
         let out = dir.path().join(format!("{case}.safetensors"));
@@ -60,9 +73,7 @@ fn lorakit_equals_comfyui_wherever_comfyui_applies_a_onetrainer_module() {
         let comfy = if m["changed"].as_array().unwrap().is_empty() {
             BTreeMap::new()
         } else {
-            read(&fixture(&format!(
-                "onetrainer_comfy/{case}.comfy.safetensors"
-            )))
+            read(&fixture(&format!("{folder}/{case}.comfy.safetensors")))
         };
         let errors: Vec<&str> = m["errors"]
             .as_array()
@@ -105,4 +116,38 @@ fn lorakit_equals_comfyui_wherever_comfyui_applies_a_onetrainer_module() {
             "{case}: ComfyUI changes only tensors lorakit changes"
         );
     }
+}
+
+/// (case, agree, ComfyUI skips, differ) for DIFFUSERS-format files, transcribed by
+/// `fixtures/gen/diffusers_comfy_fixtures.py` into `conventions_te/comfy/` (ComfyUI
+/// `model_lora_keys_unet` / `model_lora_keys_clip` @41444b5 for diffusers names; commits cited
+/// there). Why ComfyUI skips or differs:
+/// * `unet_diffusers_*`, `ot_unet_dora_*`: ComfyUI maps a diffusers attention projection only
+///   under its attention-processor name (`….attn1.processor.to_q`, `….processor.to_out`), so
+///   PEFT's and `save_lora_weights`' `unet.….attn1.to_q` / `.to_out.0` modules are "not loaded";
+///   every other module (`proj_in`, `ff.net.2`, resnet convs) maps as `unet.{path}` and is
+///   applied. The attention-processor file itself (`unet_attn_processor`) loads whole.
+/// * `unet_diffusers_metadata`: alpha lives only in the `lora_adapter_metadata` JSON
+///   (lora_alpha = 2·r), which ComfyUI does not read: it applies scale 1, lorakit PEFT's 2.
+/// * `ot_unet_dora_out`: OneTrainer's per-output DoRA magnitude is stored as PEFT's
+///   `lora_magnitude_vector.weight`, which ComfyUI does not read ("not loaded"): it adds the
+///   plain LoRA where lorakit applies the DoRA update.
+/// * `ot_diffusers_te2` (on a lone CLIP-L, SD1.x): `text_encoder_2.` maps only onto `clip_g`
+///   beside `clip_l` (SDXL); lorakit puts a one-encoder base's only encoder under it.
+/// * `sdxl_diffusers_te`: ComfyUI splits the SDXL file's OpenCLIP `in_proj_weight` into q/k/v and
+///   patches each; lorakit's row-slice merge gives the same tensors.
+const COMFY_DIFFUSERS: &[(&str, usize, usize, usize)] = &[
+    ("unet_diffusers_metadata", 0, 32, 28),
+    ("unet_diffusers_old", 28, 32, 0),
+    ("unet_attn_processor", 32, 0, 0),
+    ("ot_unet_dora_out", 0, 2, 5),
+    ("ot_unet_dora_in", 5, 2, 0),
+    ("te_lora_linear_layer", 12, 0, 0),
+    ("ot_diffusers_te2", 0, 6, 0),
+    ("sdxl_diffusers_te", 20, 0, 0),
+];
+
+#[test]
+fn lorakit_equals_comfyui_wherever_comfyui_applies_a_diffusers_module() {
+    compare_with_comfyui("conventions_te/comfy", COMFY_DIFFUSERS);
 }
