@@ -7,7 +7,7 @@ use crate::adapter::formats::peft::params;
 use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::mapping::{self, Unmatched};
 use crate::dtype::{self, Dtype};
-use crate::error::{InputError, Opt, OptionError};
+use crate::error::{InputError, Opt, OptNames, OptionError};
 use crate::io::checkpoint::Layout;
 use crate::io::Checkpoint;
 use anyhow::{bail, Result};
@@ -122,27 +122,38 @@ impl MergePlan {
                     ));
                 }
                 if let Some(rule) = a.residual_of(m) {
-                    let why = if options.unmerge {
-                        Some("it cannot be unmerged: the merged weight does not say what the original was")
+                    // Why not, as a sentence that may name an option (spelled by the front end).
+                    let why: Option<fn(&OptNames) -> String> = if options.unmerge {
+                        Some(|_| {
+                            "it cannot be unmerged: the merged weight does not say what the original was".into()
+                        })
                     } else if quant.get(&p.weight).is_some() {
-                        Some("lorakit computes the residual of full-precision bases only, not of a quantized one")
+                        Some(|_| {
+                            "lorakit computes the residual of full-precision bases only, not of a quantized one".into()
+                        })
                     } else if options.as_trained_on.is_some() {
-                        Some("the QLoRA base of --as-trained-on and PEFT's residual cannot both apply")
+                        Some(|o| {
+                            format!(
+                                "the QLoRA base of {} and PEFT's residual cannot both apply",
+                                o.opt(Opt::AsTrainedOn)
+                            )
+                        })
                     } else if rule == BaseResidual::Olora && m.base_transposed {
-                        Some("PEFT's OLoRA factors a fan_in_fan_out (Conv1D) weight as stored, so its lora_B does not fit the layer")
+                        Some(|_| {
+                            "PEFT's OLoRA factors a fan_in_fan_out (Conv1D) weight as stored, so its lora_B does not fit the layer".into()
+                        })
                     } else {
                         None
                     };
                     if let Some(why) = why {
-                        bail!(InputError::invalid(
-                            &a.path,
+                        let (name, label, weight) =
+                            (m.name.clone(), rule.label(), p.weight.clone());
+                        bail!(InputError::option(&a.path, move |o| {
                             format!(
-                                "module `{}`: the adapter ({}) is added to the base PEFT rewrites from `{}`, and {why}",
-                                m.name,
-                                rule.label(),
-                                p.weight
-                            )
-                        ));
+                            "module `{name}`: the adapter ({label}) is added to the base PEFT rewrites from `{weight}`, and {}",
+                            why(o)
+                        )
+                        }));
                     }
                 }
                 touched.push((m.name.clone(), p.weight.clone()));

@@ -480,8 +480,7 @@ impl MergePlan {
             .iter()
             .map(|wa| serde_json::json!({ "path": wa.adapter.path.display().to_string(), "weight": wa.weight }))
             .collect();
-        meta.push(("lorakit.version".into(), env!("CARGO_PKG_VERSION").into()));
-        meta.push(("lorakit.operation".into(), self.operation().into()));
+        meta.extend(crate::ops::output::provenance_head(self.operation()));
         if let Some(t) = &self.options.as_trained_on {
             meta.push((
                 "lorakit.as_trained_on".into(),
