@@ -2,8 +2,8 @@
 //! adapter's `added_tokens.json`, what the adapter is for, and where every module lands on the
 //! base. Must not: evaluate rules or print.
 
-use super::facts::{last_component, tokens_module};
 use super::{BaseFacts, Kind, Placement};
+use crate::adapter::formats::peft::tokens_module;
 use crate::adapter::mapping::{self, Unmatched};
 use crate::adapter::{Adapter, Format};
 use crate::error::{InputError, InputResult};
@@ -202,4 +202,9 @@ pub(super) fn read_added_tokens(a: &Adapter) -> InputResult<Vec<(String, u64)>> 
     }
     out.sort_by_key(|(_, id)| *id);
     Ok(out)
+}
+
+/// The last dotted component of a module or tensor name (`lm_head`, `q_proj`).
+pub(super) fn last_component(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
 }

@@ -3,6 +3,7 @@
 //! each condition means, item by item. Must not: decide a verdict (that is [`super`]), write or
 //! print anything.
 
+use super::base::last_component;
 use super::rules::{ScaleRule, Supported, When};
 use super::{Kind, Placement, Plan};
 use crate::adapter::mapping::{self, Unmatched};
@@ -682,10 +683,6 @@ pub(super) fn item_subject(item: &str) -> &str {
         .min()
         .unwrap_or(item.len());
     &item[..end]
-}
-
-pub(super) fn last_component(name: &str) -> &str {
-    name.rsplit('.').next().unwrap_or(name)
 }
 
 pub(super) fn short(x: f64) -> String {

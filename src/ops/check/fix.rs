@@ -21,121 +21,15 @@
 //! fire on the fixed adapter (the report after the fix says so). The output goes through
 //! [`crate::ops::output::write_adapter`] (atomic; an output that is an input is refused).
 
+use super::fixing::{checked_spec, set_unit_scale_lora};
+pub use super::fixing::{DoraToLora, FixForm, FixOptions, FixReport, Lowered};
 use super::packed::{fuse_packed, split_packed};
-use super::saved::{self, SavedOptions, SavedRewrite};
+use super::saved;
 use super::{Plan, Report};
-use crate::adapter::{mapping, Adapter, Data, Factors, Format};
+use crate::adapter::{mapping, Data, Factors, Format};
 use crate::error::{InputError, InputResult, Opt};
-use crate::io::Checkpoint;
-use crate::ops::output::{self, Provenance, WriteSpec};
-use std::path::PathBuf;
+use crate::ops::output::{self, Provenance};
 use std::sync::Arc;
-
-/// Options of a fix.
-#[derive(Debug, Clone)]
-pub struct FixOptions {
-    /// The PEFT folder to write.
-    pub out: PathBuf,
-    /// Remove modules and full tensors that land on no base tensor.
-    pub drop_unmatched: bool,
-    /// Replace every DoRA module by the plain LoRA of this rank closest to its effective
-    /// update (needs the base).
-    pub dora_rank: Option<usize>,
-    /// Rewrite saved embeddings and heads (`modules_to_save`) into trainable tokens or LoRA
-    /// ([`super::saved`]; needs the base).
-    pub saved: SavedOptions,
-    /// What to write: a PEFT folder, or a kohya single file for the diffusion loaders
-    /// ([`super::single_file`]).
-    pub form: FixForm,
-    /// Kohya form: lower modules of other algorithms (LoKr, LoHa, …) to LoRA of this rank.
-    pub lower_rank: Option<usize>,
-}
-
-/// The form of the fixed adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FixForm {
-    /// A PEFT folder (vLLM, SGLang, LoRAX, llama.cpp's converter, PEFT).
-    #[default]
-    Peft,
-    /// A kohya single file (diffusers, ComfyUI).
-    Kohya,
-}
-
-/// One module of another algorithm lowered to plain LoRA.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Lowered {
-    pub module: String,
-    /// Its algorithm before (`lokr`, `loha`, …).
-    pub algo: String,
-    pub rank: usize,
-    /// `‖ΔW − B'·A'‖_F` (scale included).
-    pub fro_error: f64,
-    /// That over `‖ΔW‖_F`.
-    pub rel_fro_error: f64,
-}
-
-/// One DoRA module turned into plain LoRA.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DoraToLora {
-    pub module: String,
-    pub rank: usize,
-    /// `‖D − B'·A'‖_F`, `D` the effective DoRA update.
-    pub fro_error: f64,
-    /// `‖D − B'·A'‖_F / ‖D‖_F`.
-    pub rel_fro_error: f64,
-}
-
-/// What a fix did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FixReport {
-    pub out: String,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
-    /// The common rank every module has now.
-    pub rank: usize,
-    /// Modules renamed to their exact base tensor names (from → to).
-    pub renamed: Vec<(String, String)>,
-    /// Modules and full tensors removed (`drop_unmatched`).
-    pub dropped: Vec<String>,
-    /// Modules zero-padded to `rank` (name, old rank).
-    pub padded: Vec<(String, usize)>,
-    /// Packed modules split into the base's projections (packed name, parts).
-    pub split: Vec<(String, Vec<String>)>,
-    /// Projections fused into the base's packed module (packed name, the parts the adapter
-    /// had; the others are zero rows).
-    pub fused: Vec<(String, Vec<String>)>,
-    /// DoRA modules replaced by plain LoRA (`dora_rank`), with the error of each.
-    pub dora_to_lora: Vec<DoraToLora>,
-    /// Saved embeddings and heads rewritten (`saved`), with the error of each LoRA.
-    pub saved: Vec<SavedRewrite>,
-    /// Modules of other algorithms lowered to LoRA (kohya form), with the error of each.
-    pub lowered: Vec<Lowered>,
-    /// One line per rewrite, for people.
-    pub actions: Vec<String>,
-}
-
-/// The f32 output of a fix in `format`, refused before any work when `opts.out` is one of the
-/// inputs (the adapter's files, the base's files or folder).
-pub(super) fn checked_spec(
-    format: Format,
-    adapter: &Adapter,
-    base: Option<&Checkpoint>,
-    opts: &FixOptions,
-) -> InputResult<WriteSpec> {
-    let spec = WriteSpec {
-        format,
-        out: opts.out.clone(),
-        dtype: Some(crate::dtype::Dtype::F32),
-        kohya_prefix: None,
-    };
-    let mut inputs = output::adapter_inputs(adapter);
-    if let Some(b) = base {
-        inputs.extend(b.input_paths());
-        inputs.push(b.root.clone());
-    }
-    output::check_output(&spec, &inputs)?;
-    Ok(spec)
-}
 
 /// Rewrites the plan's adapter into `opts.out`.
 pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixReport> {
@@ -571,23 +465,6 @@ fn dora_to_plain(
         cfg.insert("use_dora".into(), serde_json::Value::Bool(adapter.use_dora));
     }
     Ok(out)
-}
-
-/// Replaces a module's factors with owned `a` [rank, in] and `b` [out, rank] whose product is
-/// the whole ΔW: alpha = rank, so every loader's scale (alpha/r) is 1.
-pub(super) fn set_unit_scale_lora(
-    m: &mut crate::adapter::LoraModule,
-    a: Vec<f32>,
-    b: Vec<f32>,
-    rank: usize,
-) {
-    m.factors = Factors::Lora {
-        a: Data::Owned(Arc::new(a)),
-        b: Data::Owned(Arc::new(b)),
-    };
-    m.rank = rank;
-    m.alpha = rank as f64;
-    m.scale = 1.0;
 }
 
 fn unmatched_name(u: &mapping::Unmatched) -> String {

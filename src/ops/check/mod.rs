@@ -14,6 +14,7 @@
 mod base;
 mod facts;
 pub mod fix;
+mod fixing;
 mod packed;
 pub mod rules;
 pub mod saved;

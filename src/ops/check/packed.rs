@@ -3,7 +3,7 @@
 //! and LoRAs on projections a base packs are fused into one; both exact (split out of `fix.rs`
 //! to keep it under 800 lines). Nothing here reads files or decides whether to run.
 
-use super::fix::set_unit_scale_lora;
+use super::fixing::set_unit_scale_lora;
 use crate::adapter::{Data, Factors};
 use std::sync::Arc;
 

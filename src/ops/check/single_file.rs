@@ -21,7 +21,7 @@
 //! Must not: write anything but through [`crate::ops::output::write_adapter`] or
 //! [`crate::ops::output::write_diffusers`] (atomic).
 
-use super::fix::{FixOptions, FixReport, Lowered};
+use super::fixing::{FixOptions, FixReport, Lowered};
 use super::{Plan, Report, Target};
 use crate::adapter::{Data, Factors, Format, ModuleKind};
 use crate::error::{InputError, InputResult};
@@ -93,7 +93,7 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
     } else {
         name_components(&mut adapter)?
     };
-    let spec = super::fix::checked_spec(Format::Kohya, &adapter, base.as_ref(), opts)?;
+    let spec = super::fixing::checked_spec(Format::Kohya, &adapter, base.as_ref(), opts)?;
     let mut actions = Vec::new();
     if !components.is_empty() {
         actions.push(format!(
