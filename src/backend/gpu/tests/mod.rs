@@ -24,6 +24,7 @@ use crate::linalg::rng::Xoshiro256PlusPlus as Rng;
 use crate::linalg::{randomized_svd, LinearOperator, RsvdOptions};
 use std::sync::OnceLock;
 
+mod dora;
 mod forward;
 mod merge;
 mod sketch;
