@@ -482,7 +482,12 @@ pub(crate) mod tests {
     ) -> usize {
         let mut seed = Rng::seed_from_u64(61);
         let mut compared = 0;
-        for &(rows, cols, rank) in &[(37usize, 53usize, 5usize), (1, 300, 1), (300, 1, 3), (67, 131, 20)] {
+        for &(rows, cols, rank) in &[
+            (37usize, 53usize, 5usize),
+            (1, 300, 1),
+            (300, 1, 3),
+            (67, 131, 20),
+        ] {
             for in_dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
                 // Exponents the stored dtype holds (f16: 2⁻²⁴ .. 2¹⁵).
                 let (lo, hi) = match in_dtype {
@@ -512,8 +517,10 @@ pub(crate) mod tests {
                 let mag_c = vec![1f32; cols];
                 let terms = [
                     Term::low_rank(&b1, &a1, rank, 0.7),
-                    Term::low_rank(&b2, &a2, rank + 2, -1.3).with_dora(Dora::peft(&mag_r, NormAxis::Rows)),
-                    Term::low_rank(&b1, &a1, rank, 3.0).with_dora(Dora::peft(&mag_c, NormAxis::Cols)),
+                    Term::low_rank(&b2, &a2, rank + 2, -1.3)
+                        .with_dora(Dora::peft(&mag_r, NormAxis::Rows)),
+                    Term::low_rank(&b1, &a1, rank, 3.0)
+                        .with_dora(Dora::peft(&mag_c, NormAxis::Cols)),
                 ];
                 let job = MergeJob::new(&bytes, in_dtype, (rows, cols), &terms, Dtype::F32);
                 let (got, want) = (sums(&job), reference_sums(&job));
@@ -550,9 +557,8 @@ pub(crate) mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let n = pool.install(|| {
-                assert_dora_sums_exact(&dora_sums, &format!("cpu, {threads} threads"))
-            });
+            let n = pool
+                .install(|| assert_dora_sums_exact(&dora_sums, &format!("cpu, {threads} threads")));
             assert!(n > 1000, "{n} sums compared");
         }
     }

@@ -198,7 +198,11 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
 }
 
 /// Per term, its sums decoded from the read-back bytes (`spans`: term index, first sum, count).
-fn assemble(job: &MergeJob, spans: &[(usize, usize, usize)], bytes: &[u8]) -> Vec<Option<Vec<f64>>> {
+fn assemble(
+    job: &MergeJob,
+    spans: &[(usize, usize, usize)],
+    bytes: &[u8],
+) -> Vec<Option<Vec<f64>>> {
     let mut out: Vec<Option<Vec<f64>>> = vec![None; job.terms.len()];
     for &(ti, at, n) in spans {
         out[ti] = Some(

@@ -45,11 +45,7 @@ pub(crate) const MERGE: KernelSpec = KernelSpec {
 /// The f64 sums of squares of DoRA's norms ‖W0 + δ‖, see `shaders/dora_norm.wgsl`.
 pub(crate) const DORA_NORM: KernelSpec = KernelSpec {
     name: "dora_norm",
-    sources: &[
-        COMMON,
-        F64,
-        include_str!("../../../shaders/dora_norm.wgsl"),
-    ],
+    sources: &[COMMON, F64, include_str!("../../../shaders/dora_norm.wgsl")],
     entry: "main",
     bindings: &[Uniform, Read, Read, Read, Read, ReadWrite],
 };
@@ -106,11 +102,7 @@ pub(crate) const CONVERT: KernelSpec = KernelSpec {
 #[cfg(test)]
 pub(crate) const F64_CHECK: KernelSpec = KernelSpec {
     name: "f64_check",
-    sources: &[
-        COMMON,
-        F64,
-        include_str!("../../../shaders/f64_check.wgsl"),
-    ],
+    sources: &[COMMON, F64, include_str!("../../../shaders/f64_check.wgsl")],
     entry: "main",
     bindings: &[Uniform, Read, ReadWrite],
 };

@@ -87,7 +87,9 @@ fn f64_add_matches_cpu() {
     for &ex in &exps {
         for &d in &shifts {
             // ey = 0: y subnormal (its effective exponent is 1).
-            let Some(ey) = ex.checked_sub(d) else { continue };
+            let Some(ey) = ex.checked_sub(d) else {
+                continue;
+            };
             for &fx in &fr {
                 for &fy in &fr {
                     let (x, y) = (ex << 52 | fx, ey << 52 | fy);
@@ -183,12 +185,13 @@ fn f64_square_of_f32_is_exact() {
 /// streamed chunks, and 8 KiB bindings (row and column tiles: the order across tiles).
 #[test]
 fn dora_sums_match_reference_bit_for_bit() {
-    for (name, ctx) in [("whole", gpu()), ("chunked", gpu_chunked()), ("tiled", gpu_tiled())] {
+    for (name, ctx) in [
+        ("whole", gpu()),
+        ("chunked", gpu_chunked()),
+        ("tiled", gpu_tiled()),
+    ] {
         let Some(ctx) = ctx else { return };
-        let n = assert_dora_sums_exact(
-            &|job| dora_sums(ctx, job).unwrap(),
-            &format!("gpu {name}"),
-        );
+        let n = assert_dora_sums_exact(&|job| dora_sums(ctx, job).unwrap(), &format!("gpu {name}"));
         assert!(n > 1000, "{n} sums compared");
     }
 }
