@@ -6,12 +6,17 @@
 // Per DoRA term t and element (i, j) of the tile, exactly as `cpu::dora_sums` computes it:
 //   acc = 0;  for k ascending: acc = acc + (b[i, k]·a[k, j])   -- product rounded, then added
 //   v   = decode(W0[i, j]) + (scaleₜ·acc)                      -- f32, product rounded
-//   per row (kind 1):    sums[base + r0 + i] += v²  over j = 0, 1, … (this tile's columns)
-//   per column (kind 2): sums[base + c0 + j] += v²  over i = 0, 1, … (this tile's rows)
-// with v² exact and each += one correctly rounded f64 addition. The host submits the tiles in
-// row-major order (row bands ascending, column tiles ascending within a band), so each row's
-// sum runs over its columns in order and each column's over its rows in order, starting from
-// the zeros the host writes: the CPU's order. Every product goes through `guard` (see
+//   per row (kind 1):    sums[base + r0 + i] += v²  over the columns j in order
+//   per column (kind 2): sums[base + c0 + j] += v²  over the rows i in order
+// with v² exact and each += one correctly rounded f64 addition. Each sum carries `next`, the
+// (matrix) column or row it adds next: one dispatch adds at most P.seg elements from there,
+// and the host repeats the dispatch until the tile is walked, so no invocation runs more than
+// about seg·(rank + 2) loop iterations (llvmpipe silently ends a shader's loops after 65535
+// iterations in all, Mesa src/gallium/auxiliary/gallivm/lp_bld_limits.h
+// LP_MAX_TGSI_LOOP_ITERATIONS; on hardware it bounds the serial work of one dispatch). The
+// host submits the tiles in row-major order (row bands ascending, column tiles ascending
+// within a band), so each row's sum runs over its columns in order and each column's over its
+// rows in order, starting from the zeros the host writes: the CPU's order. Every product goes through `guard` (see
 // merge.wgsl: an XOR with the runtime zero P.zero keeps the compiler from contracting
 // `acc + b·a` or `x + s·acc` into a fused multiply-add).
 //
@@ -23,8 +28,9 @@
 //   4 storage read         terms  array<u32>  TERM_WORDS per term: rank, column offset in b (=
 //                                 row offset in a), scale (f32 bits), kind (0 not DoRA, 1 per
 //                                 row, 2 per column), offset of its sums in `sums`, 3 unused
-//   5 storage read_write   sums   array<vec2<u32>>  running f64 sums, (lo, hi) bits, per term
-//                                 one per row of the matrix (kind 1) or per column (kind 2)
+//   5 storage read_write   sums   array<vec4<u32>>  per term, one per row of the matrix (kind
+//                                 1) or per column (kind 2): (lo, hi) bits of the running f64
+//                                 sum, `next`, 0
 // Dispatch: one invocation per row (kind 1) or column (kind 2) of the tile, DORA_WG per
 // workgroup on a 2-D grid (see linear_id); workgroup z = term index. Invocations past the tile
 // return at once.
@@ -39,6 +45,11 @@ struct DoraParams {
     // The tile's first row and column in the matrix.
     r0: u32,
     c0: u32,
+    // Most elements one invocation adds in one dispatch.
+    seg: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const DORA_WG: u32 = 64u;
@@ -49,7 +60,7 @@ const DORA_TERM_WORDS: u32 = 8u;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> a: array<f32>;
 @group(0) @binding(4) var<storage, read> terms: array<u32>;
-@group(0) @binding(5) var<storage, read_write> sums: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read_write> sums: array<vec4<u32>>;
 
 fn guard(x: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(x) ^ P.zero);
@@ -85,16 +96,20 @@ fn main(
     let scale = bitcast<f32>(terms[base + 2u]);
     let at = terms[base + 4u];
     if (kind == 1u && f < P.rows) {
-        var s = sums[at + P.r0 + f];
-        for (var j = 0u; j < P.cols; j++) {
-            s = f64_add_pos(s, f64_square_f32(value(f, j, rank, off, scale)));
+        let st = sums[at + P.r0 + f];
+        var s = st.xy;
+        let end = min(st.z + P.seg, P.c0 + P.cols);
+        for (var j = st.z; j < end; j++) {
+            s = f64_add_pos(s, f64_square_f32(value(f, j - P.c0, rank, off, scale)));
         }
-        sums[at + P.r0 + f] = s;
+        sums[at + P.r0 + f] = vec4<u32>(s, max(st.z, end), 0u);
     } else if (kind == 2u && f < P.cols) {
-        var s = sums[at + P.c0 + f];
-        for (var i = 0u; i < P.rows; i++) {
-            s = f64_add_pos(s, f64_square_f32(value(i, f, rank, off, scale)));
+        let st = sums[at + P.c0 + f];
+        var s = st.xy;
+        let end = min(st.z + P.seg, P.r0 + P.rows);
+        for (var i = st.z; i < end; i++) {
+            s = f64_add_pos(s, f64_square_f32(value(i - P.r0, f, rank, off, scale)));
         }
-        sums[at + P.c0 + f] = s;
+        sums[at + P.c0 + f] = vec4<u32>(s, max(st.z, end), 0u);
     }
 }

@@ -482,11 +482,14 @@ pub(crate) mod tests {
     ) -> usize {
         let mut seed = Rng::seed_from_u64(61);
         let mut compared = 0;
+        // The last two: sums over 40 000 elements, longer than one GPU dispatch may walk.
         for &(rows, cols, rank) in &[
             (37usize, 53usize, 5usize),
             (1, 300, 1),
             (300, 1, 3),
             (67, 131, 20),
+            (2, 40_000, 2),
+            (40_000, 2, 2),
         ] {
             for in_dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
                 // Exponents the stored dtype holds (f16: 2⁻²⁴ .. 2¹⁵).

@@ -11,8 +11,10 @@
 //! be written. Tiles are those of the merge ([`super::merge::merge_tiles`], W0 straight from
 //! the caller's bytes into the upload staging) and go in row-major order, which is what keeps
 //! the sums' order; one set of device buffers serves every tile (the queue orders the writes
-//! after the previous dispatch) and at most two tiles are staged at a time. Only the sums
-//! (8 bytes per row or column per DoRA term) are read back.
+//! after the previous dispatch) and at most two tiles are staged at a time. A tile is walked in
+//! several ordered dispatches, each adding at most `seg` elements to every sum, so that no
+//! invocation loops longer than [`LOOP_BUDGET`]. Only the sums (16 bytes per row or column
+//! per DoRA term) are read back.
 //!
 //! Must not: round anything the CPU does not round, or change the summation order.
 
@@ -34,7 +36,18 @@ struct DoraParams {
     zero: u32,
     r0: u32,
     c0: u32,
+    seg: u32,
+    pad: [u32; 3],
 }
+
+/// Loop iterations one invocation of `dora_norm` may run per dispatch: half of llvmpipe's
+/// 65535, after which it silently leaves every loop (Mesa `gallivm/lp_bld_limits.h`
+/// `LP_MAX_TGSI_LOOP_ITERATIONS`, "shared between every loop"; observed here: sums of 4096
+/// columns at rank 16 came out ~11 % short). An element of a rank-r term costs about r + 2.
+const LOOP_BUDGET: usize = 1 << 15;
+
+/// Bytes per running sum on the device: (lo, hi, next, 0).
+const SUM_BYTES: usize = 16;
 
 /// [`cpu::dora_factors`] with the norms' sums computed on the device ([`dora_sums`]): the same
 /// f32 factors, bit for bit.
@@ -89,9 +102,19 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
     }
     let r_total = off;
     if rows == 0 || cols == 0 {
-        return Ok(assemble(job, &spans, &vec![0u8; at * 8]));
+        return Ok(assemble(job, &spans, &vec![0u8; at * SUM_BYTES]));
     }
-    let sums_bytes = (at * 8) as u64;
+    let sums_bytes = (at * SUM_BYTES) as u64;
+    let max_rank = dora.iter().map(|&i| job.terms[i].rank).max().unwrap_or(0);
+    let seg = (LOOP_BUDGET / (max_rank + 2)).max(1);
+    // Elements a sum walks in a tile of nr × nc: columns for a row's sum, rows for a column's.
+    let has = |axis| {
+        dora.iter()
+            .any(|&i| job.terms[i].dora.is_some_and(|d| d.axis == axis))
+    };
+    let (by_rows, by_cols) = (has(NormAxis::Rows), has(NormAxis::Cols));
+    let walk =
+        |nr: usize, nc: usize| (if by_rows { nc } else { 0 }).max(if by_cols { nr } else { 0 });
     ctx.check_binding("DoRA norm sums", sums_bytes)?;
     ctx.check_binding("DoRA term table", (table.len() * 4) as u64)?;
     let (tr, tc) = merge_tiles(
@@ -126,8 +149,8 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
             U::UNIFORM | U::COPY_DST,
         );
         let terms = ctx.upload("dora terms", bytemuck::cast_slice(&table));
-        // The running sums start at +0, as the CPU's.
-        let sums = ctx.upload("dora sums", &vec![0u8; at * 8]);
+        // The running sums start at +0, as the CPU's, at row / column 0.
+        let sums = ctx.upload("dora sums", &vec![0u8; at * SUM_BYTES]);
         let mut a_held = None;
         let mut previous: Option<wgpu::SubmissionIndex> = None;
         for r0 in (0..rows).step_by(tr) {
@@ -169,16 +192,21 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
                     zero: 0,
                     r0: r0 as u32,
                     c0: c0 as u32,
+                    seg: seg as u32,
+                    pad: [0; 3],
                 };
                 ctx.queue.write_buffer(&params, 0, bytemuck::bytes_of(&p));
                 let (gx, gy) = ctx.grid_1d(nr.max(nc) as u64, DORA_WG);
-                let mut enc = ctx.encoder();
-                ctx.dispatch3(
-                    &mut enc,
+                let bind = ctx.bind_ranges(
                     &kernel,
-                    &[&params, &w0, &b, &a, &terms, &sums],
-                    (gx, gy, dora.len() as u32),
+                    &[&params, &w0, &b, &a, &terms, &sums].map(|b| (b, b.size())),
                 );
+                // Each dispatch moves every sum at most `seg` elements along; passes are
+                // ordered, so the sums' order holds across them.
+                let mut enc = ctx.encoder();
+                for _ in 0..walk(nr, nc).div_ceil(seg) {
+                    super::record_pass(&mut enc, &kernel, &bind, (gx, gy, dora.len() as u32), None);
+                }
                 let index = ctx.queue.submit([enc.finish()]);
                 // At most two tiles staged on the host: wait for the one before this one.
                 if let Some(prev) = previous.replace(index) {
@@ -206,9 +234,9 @@ fn assemble(
     let mut out: Vec<Option<Vec<f64>>> = vec![None; job.terms.len()];
     for &(ti, at, n) in spans {
         out[ti] = Some(
-            bytes[at * 8..(at + n) * 8]
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            bytes[at * SUM_BYTES..(at + n) * SUM_BYTES]
+                .chunks_exact(SUM_BYTES)
+                .map(|c| f64::from_le_bytes(c[..8].try_into().expect("8 bytes")))
                 .collect(),
         );
     }
