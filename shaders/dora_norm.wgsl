@@ -6,8 +6,8 @@
 // Per DoRA term t and element (i, j) of the tile, exactly as `cpu::dora_sums` computes it:
 //   acc = 0;  for k ascending: acc = acc + (b[i, k]·a[k, j])   -- product rounded, then added
 //   v   = decode(W0[i, j]) + (scaleₜ·acc)                      -- f32, product rounded
-//   per row (kind 1):    sums[base + r0 + i] += v²  over the columns j in order
-//   per column (kind 2): sums[base + c0 + j] += v²  over the rows i in order
+//   per row (kind 1):    sums[base + i] += v²  over the columns j in order
+//   per column (kind 2): sums[base + j] += v²  over the rows i in order
 // with v² exact and each += one correctly rounded f64 addition. Each sum carries `next`, the
 // (matrix) column or row it adds next: one dispatch adds at most P.seg elements from there,
 // and the host repeats the dispatch until the tile is walked, so no invocation runs more than
@@ -27,10 +27,12 @@
 //   3 storage read         a      array<f32>  r_total × stride: the terms' A stacked
 //   4 storage read         terms  array<u32>  TERM_WORDS per term: rank, column offset in b (=
 //                                 row offset in a), scale (f32 bits), kind (0 not DoRA, 1 per
-//                                 row, 2 per column), offset of its sums in `sums`, 3 unused
-//   5 storage read_write   sums   array<vec4<u32>>  per term, one per row of the matrix (kind
-//                                 1) or per column (kind 2): (lo, hi) bits of the running f64
-//                                 sum, `next`, 0
+//                                 row, 2 per column), offset `base` of its sums in `sums`, 3
+//                                 unused
+//   5 storage read_write   sums   array<vec4<u32>>  per term, one per row (kind 1) or column
+//                                 (kind 2) of this tile: (lo, hi) bits of the running f64 sum,
+//                                 `next` (a row or column index of the matrix), 0. The host
+//                                 copies them out of and back into the whole state per tile.
 // Dispatch: one invocation per row (kind 1) or column (kind 2) of the tile, DORA_WG per
 // workgroup on a 2-D grid (see linear_id); workgroup z = term index. Invocations past the tile
 // return at once.
@@ -96,20 +98,20 @@ fn main(
     let scale = bitcast<f32>(terms[base + 2u]);
     let at = terms[base + 4u];
     if (kind == 1u && f < P.rows) {
-        let st = sums[at + P.r0 + f];
+        let st = sums[at + f];
         var s = st.xy;
         let end = min(st.z + P.seg, P.c0 + P.cols);
         for (var j = st.z; j < end; j++) {
             s = f64_add_pos(s, f64_square_f32(value(f, j - P.c0, rank, off, scale)));
         }
-        sums[at + P.r0 + f] = vec4<u32>(s, max(st.z, end), 0u);
+        sums[at + f] = vec4<u32>(s, max(st.z, end), 0u);
     } else if (kind == 2u && f < P.cols) {
-        let st = sums[at + P.c0 + f];
+        let st = sums[at + f];
         var s = st.xy;
         let end = min(st.z + P.seg, P.r0 + P.rows);
         for (var i = st.z; i < end; i++) {
             s = f64_add_pos(s, f64_square_f32(value(i - P.r0, f, rank, off, scale)));
         }
-        sums[at + P.c0 + f] = vec4<u32>(s, max(st.z, end), 0u);
+        sums[at + f] = vec4<u32>(s, max(st.z, end), 0u);
     }
 }

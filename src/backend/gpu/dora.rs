@@ -80,7 +80,8 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
     let (rows, cols) = (job.rows, job.cols);
     let in_es = elem_bytes(job.in_dtype) as usize;
     let in_code = dtype_code(job.in_dtype)?;
-    // The DoRA terms' table and where each one's sums start.
+    // The DoRA terms' table (word 4, where a term's sums start in the tile's sums, is set per
+    // tile) and where each one's sums start in the whole state.
     let mut table = vec![0u32; dora.len() * TERM_WORDS];
     let (mut off, mut at) = (0usize, 0usize);
     let mut spans = Vec::with_capacity(dora.len());
@@ -95,35 +96,37 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
         row[1] = off as u32;
         row[2] = t.scale.to_bits();
         row[3] = kind;
-        row[4] = at as u32;
         spans.push((ti, at, n));
         off += t.rank;
         at += n;
     }
     let r_total = off;
+    let count = |axis| {
+        dora.iter()
+            .filter(|&&i| job.terms[i].dora.is_some_and(|d| d.axis == axis))
+            .count()
+    };
+    let (dora_rows, dora_cols) = (count(NormAxis::Rows), count(NormAxis::Cols));
     if rows == 0 || cols == 0 {
         return Ok(assemble(job, &spans, &vec![0u8; at * SUM_BYTES]));
     }
-    let sums_bytes = (at * SUM_BYTES) as u64;
     let max_rank = dora.iter().map(|&i| job.terms[i].rank).max().unwrap_or(0);
     let seg = (LOOP_BUDGET / (max_rank + 2)).max(1);
     // Elements a sum walks in a tile of nr × nc: columns for a row's sum, rows for a column's.
-    let has = |axis| {
-        dora.iter()
-            .any(|&i| job.terms[i].dora.is_some_and(|d| d.axis == axis))
+    let walk = |nr: usize, nc: usize| {
+        (if dora_rows > 0 { nc } else { 0 }).max(if dora_cols > 0 { nr } else { 0 })
     };
-    let (by_rows, by_cols) = (has(NormAxis::Rows), has(NormAxis::Cols));
-    let walk =
-        |nr: usize, nc: usize| (if by_rows { nc } else { 0 }).max(if by_cols { nr } else { 0 });
-    ctx.check_binding("DoRA norm sums", sums_bytes)?;
     ctx.check_binding("DoRA term table", (table.len() * 4) as u64)?;
+    // The tile's sums (16 bytes per row of a Rows term, per column of a Cols term) must fit a
+    // binding: merge_tiles gives each axis half the limit at 8 bytes per count, so 16-byte
+    // sums count twice over (4× the terms) to stay within one binding together.
     let (tr, tc) = merge_tiles(
         rows,
         cols,
         in_es as u64,
         r_total,
-        0,
-        0,
+        4 * dora_rows,
+        4 * dora_cols,
         ctx.max_binding(),
         ctx.chunk_bytes(),
     )?;
@@ -149,8 +152,18 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
             U::UNIFORM | U::COPY_DST,
         );
         let terms = ctx.upload("dora terms", bytemuck::cast_slice(&table));
-        // The running sums start at +0, as the CPU's, at row / column 0.
-        let sums = ctx.upload("dora sums", &vec![0u8; at * SUM_BYTES]);
+        let tile_sums = buffer(
+            "dora tile sums",
+            ((dora_rows * tr + dora_cols * tc) * SUM_BYTES) as u64,
+            U::STORAGE | U::COPY_SRC | U::COPY_DST,
+        );
+        // The whole state, in buffers of at most one binding: the running sums start at +0,
+        // as the CPU's, at row / column 0.
+        let per = (ctx.max_binding() as usize / SUM_BYTES).max(1);
+        let state: Vec<wgpu::Buffer> = (0..at)
+            .step_by(per)
+            .map(|s| ctx.upload("dora sums", &vec![0u8; per.min(at - s) * SUM_BYTES]))
+            .collect();
         let mut a_held = None;
         let mut previous: Option<wgpu::SubmissionIndex> = None;
         for r0 in (0..rows).step_by(tr) {
@@ -196,16 +209,45 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
                     pad: [0; 3],
                 };
                 ctx.queue.write_buffer(&params, 0, bytemuck::bytes_of(&p));
+                // This tile's sums: rows r0.. of a Rows term, columns c0.. of a Cols term,
+                // copied out of the state, walked, and copied back.
+                let mut slices = Vec::with_capacity(dora.len());
+                let mut tile_at = 0;
+                for (di, &(ti, at, _)) in spans.iter().enumerate() {
+                    let (first, n) = match job.terms[ti].dora.expect("a DoRA term").axis {
+                        NormAxis::Rows => (at + r0, nr),
+                        NormAxis::Cols => (at + c0, nc),
+                    };
+                    table[di * TERM_WORDS + 4] = tile_at as u32;
+                    slices.push((first, n, tile_at));
+                    tile_at += n;
+                }
+                ctx.queue
+                    .write_buffer(&terms, 0, bytemuck::cast_slice(&table));
                 let (gx, gy) = ctx.grid_1d(nr.max(nc) as u64, DORA_WG);
+                let tile_bytes = (tile_at * SUM_BYTES) as u64;
                 let bind = ctx.bind_ranges(
                     &kernel,
-                    &[&params, &w0, &b, &a, &terms, &sums].map(|b| (b, b.size())),
+                    &[
+                        (&params, params.size()),
+                        (&w0, w0.size()),
+                        (&b, b.size()),
+                        (&a, a.size()),
+                        (&terms, terms.size()),
+                        (&tile_sums, tile_bytes),
+                    ],
                 );
+                let mut enc = ctx.encoder();
+                for &(first, n, t_at) in &slices {
+                    copy_sums(&mut enc, &state, per, first, n, &tile_sums, t_at, true);
+                }
                 // Each dispatch moves every sum at most `seg` elements along; passes are
                 // ordered, so the sums' order holds across them.
-                let mut enc = ctx.encoder();
                 for _ in 0..walk(nr, nc).div_ceil(seg) {
                     super::record_pass(&mut enc, &kernel, &bind, (gx, gy, dora.len() as u32), None);
+                }
+                for &(first, n, t_at) in &slices {
+                    copy_sums(&mut enc, &state, per, first, n, &tile_sums, t_at, false);
                 }
                 let index = ctx.queue.submit([enc.finish()]);
                 // At most two tiles staged on the host: wait for the one before this one.
@@ -219,10 +261,37 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
                 }
             }
         }
-        let mut read = ctx.submit_and_read(ctx.encoder(), &[(&sums, sums_bytes)])?;
-        Ok(read.remove(0))
+        let sources: Vec<(&wgpu::Buffer, u64)> = state.iter().map(|b| (b, b.size())).collect();
+        Ok(ctx.submit_and_read(ctx.encoder(), &sources)?.concat())
     })?;
     Ok(assemble(job, &spans, &bytes))
+}
+
+/// Records copies of the sums `first .. first + n` of the whole state (held in buffers of `per`
+/// sums each) to the tile's sums from `tile_at` (`into_tile`), or back.
+#[allow(clippy::too_many_arguments)] // plain positions, named at both calls
+fn copy_sums(
+    enc: &mut wgpu::CommandEncoder,
+    state: &[wgpu::Buffer],
+    per: usize,
+    mut first: usize,
+    mut n: usize,
+    tile: &wgpu::Buffer,
+    mut tile_at: usize,
+    into_tile: bool,
+) {
+    let b = SUM_BYTES as u64;
+    while n > 0 {
+        let (chunk, within) = (first / per, first % per);
+        let m = n.min(per - within);
+        let (s_off, t_off, len) = (within as u64 * b, tile_at as u64 * b, m as u64 * b);
+        if into_tile {
+            enc.copy_buffer_to_buffer(&state[chunk], s_off, tile, t_off, len);
+        } else {
+            enc.copy_buffer_to_buffer(tile, t_off, &state[chunk], s_off, len);
+        }
+        (first, tile_at, n) = (first + m, tile_at + m, n - m);
+    }
 }
 
 /// Per term, its sums decoded from the read-back bytes (`spans`: term index, first sum, count).
