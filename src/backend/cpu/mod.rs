@@ -171,8 +171,13 @@ pub fn dora_factors_from(job: &MergeJob, norms: &[Option<Vec<f32>>]) -> Vec<Opti
 /// columns), from f64 sums rounded to f32 as PEFT's f32 `torch.linalg.norm` result is; `None`
 /// for plain terms. Empty when no term is DoRA. See [`dora_sums`] for the order of the sums.
 pub fn dora_norms(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
-    dora_sums(job)
-        .into_iter()
+    dora_norms_from(job, dora_sums(job))
+}
+
+/// [`dora_norms`] from sums already computed (by [`dora_sums`] or the GPU's twin), term by term
+/// with [`norms_from_sums`].
+pub fn dora_norms_from(job: &MergeJob, sums: Vec<Option<Vec<f64>>>) -> Vec<Option<Vec<f32>>> {
+    sums.into_iter()
         .zip(job.terms)
         .map(|(s, t)| Some(norms_from_sums(t.dora?.axis, t.dora?.group, &s?)))
         .collect()

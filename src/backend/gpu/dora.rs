@@ -3,7 +3,7 @@
 //! order, a column over its rows in order), each addition a correctly rounded binary64 add done
 //! in 32-bit integer arithmetic (`shaders/f64.wgsl`), each square exact. The sums therefore
 //! have the CPU's bits; the host takes the square roots and the divisions
-//! ([`cpu::norms_from_sums`], [`cpu::dora_factors_from`]), so the factors the merge kernel
+//! ([`cpu::dora_norms_from`], [`cpu::dora_factors_from`]), so the factors the merge kernel
 //! applies, and the merged tensor, are bit-identical to `--device cpu`.
 //!
 //! The base goes through the device twice for a DoRA merge (once here, once in the merge
@@ -13,8 +13,10 @@
 //! the sums' order; one set of device buffers serves every tile (the queue orders the writes
 //! after the previous dispatch) and at most two tiles are staged at a time. A tile is walked in
 //! several ordered dispatches, each adding at most `seg` elements to every sum, so that no
-//! invocation loops longer than [`LOOP_BUDGET`]. Only the sums (16 bytes per row or column
-//! per DoRA term) are read back.
+//! invocation loops longer than [`LOOP_BUDGET`]. The running sums (16 bytes per row or column
+//! per DoRA term) stay on the device in buffers of at most one binding; a tile binds only its
+//! own rows' or columns' sums, copied out before its dispatches and back after them. Only the
+//! sums are read back, once, at the end.
 //!
 //! Must not: round anything the CPU does not round, or change the summation order.
 
@@ -55,11 +57,7 @@ pub(crate) fn dora_factors(
     ctx: &GpuContext,
     job: &MergeJob,
 ) -> Result<Vec<Option<Vec<f32>>>, MergeError> {
-    let norms: Vec<Option<Vec<f32>>> = dora_sums(ctx, job)?
-        .into_iter()
-        .zip(job.terms)
-        .map(|(s, t)| Some(cpu::norms_from_sums(t.dora?.axis, t.dora?.group, &s?)))
-        .collect();
+    let norms = cpu::dora_norms_from(job, dora_sums(ctx, job)?);
     Ok(cpu::dora_factors_from(job, &norms))
 }
 
