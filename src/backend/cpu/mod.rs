@@ -145,7 +145,12 @@ super::simd::multiversion! {
 /// (`Cols`, a group's value repeated over its columns), divided in f32 as PEFT divides its f32
 /// norm; one entry per term, `None` for plain terms. Both backends apply these.
 pub fn dora_factors(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
-    let norms = dora_norms(job);
+    dora_factors_from(job, &dora_norms(job))
+}
+
+/// [`dora_factors`] from norms already computed (by [`dora_norms`] or the GPU's twin): the
+/// division both backends share.
+pub fn dora_factors_from(job: &MergeJob, norms: &[Option<Vec<f32>>]) -> Vec<Option<Vec<f32>>> {
     job.terms
         .iter()
         .enumerate()
@@ -164,8 +169,44 @@ pub fn dora_factors(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
 
 /// For each DoRA term, `‖W0 + δₜ‖` per normed feature (per row, or per group of `group`
 /// columns), from f64 sums rounded to f32 as PEFT's f32 `torch.linalg.norm` result is; `None`
-/// for plain terms. Empty when no term is DoRA.
+/// for plain terms. Empty when no term is DoRA. See [`dora_sums`] for the order of the sums.
 pub fn dora_norms(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
+    dora_norms_from(job, dora_sums(job))
+}
+
+/// [`dora_norms`] from sums already computed (by [`dora_sums`] or the GPU's twin), term by term
+/// with [`norms_from_sums`].
+pub fn dora_norms_from(job: &MergeJob, sums: Vec<Option<Vec<f64>>>) -> Vec<Option<Vec<f32>>> {
+    sums.into_iter()
+        .zip(job.terms)
+        .map(|(s, t)| Some(norms_from_sums(t.dora?.axis, t.dora?.group, &s?)))
+        .collect()
+}
+
+/// Columns per parallel task of the `Cols` sums in [`dora_sums`] (the result does not depend
+/// on it: every column is summed by one task, over the rows in order).
+const NORM_COL_BLOCK: usize = 64;
+
+/// `v²` for the f32 `v = x + s·a` of a DoRA norm, in f64: exact (two 24-bit significands make
+/// at most 48 bits, and the square of any finite f32, subnormals included, lies in f64's normal
+/// range), so only the additions of [`dora_sums`] round.
+#[inline(always)]
+pub fn dora_square(v: f32) -> f64 {
+    (v as f64).powi(2)
+}
+
+/// For each DoRA term, the f64 sums of squares behind [`dora_norms`], one per row (`Rows`) or
+/// per column (`Cols`, before the columns of a group are added); `None` for plain terms, empty
+/// when no term is DoRA. Each element is `v = x + scale·acc` in f32 (`x` the decoded base, `acc`
+/// the term's `Σₖ b·a` as the merge computes it), squared exactly ([`dora_square`]).
+///
+/// The order of the f64 additions is fixed, so the bits do not depend on the thread count:
+/// a row's sum runs over its columns `0, 1, …, cols−1`, a column's over its rows
+/// `0, 1, …, rows−1`, each starting from `+0` (rows are summed in parallel by row, columns by
+/// blocks of [`NORM_COL_BLOCK`] columns, one task walking all rows). The GPU computes the same
+/// sums in the same order with a software f64 addition (`shaders/f64.wgsl`), so the norms, and
+/// therefore DoRA merges, are bit-identical across backends.
+pub fn dora_sums(job: &MergeJob) -> Vec<Option<Vec<f64>>> {
     if job.terms.iter().all(|t| t.dora.is_none()) {
         return Vec::new();
     }
@@ -175,70 +216,79 @@ pub fn dora_norms(job: &MergeJob) -> Vec<Option<Vec<f32>>> {
         .iter()
         .map(|t| {
             let d = t.dora.as_ref()?;
-            let sums: Vec<f64> = (0..rows)
-                .into_par_iter()
-                .fold(
-                    || (vec![0f32; cols], vec![0f32; cols], Vec::new()),
-                    |(mut w, mut acc, mut part): (Vec<f32>, Vec<f32>, Vec<(usize, f64)>), i| {
-                        dtype::decode_into(
-                            job.in_dtype,
-                            &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
-                            &mut w,
-                        );
-                        low_rank_row(t, cols, i, &mut acc);
-                        match d.axis {
-                            NormAxis::Rows => {
-                                let s: f64 = w
-                                    .iter()
-                                    .zip(&acc)
-                                    .map(|(&x, &a)| ((x + t.scale * a) as f64).powi(2))
-                                    .sum();
-                                part.push((i, s));
-                            }
-                            NormAxis::Cols => {
-                                if part.is_empty() {
-                                    part = (0..cols).map(|j| (j, 0.0)).collect();
+            Some(match d.axis {
+                NormAxis::Rows => (0..rows)
+                    .into_par_iter()
+                    .map_init(
+                        || (vec![0f32; cols], vec![0f32; cols]),
+                        |(w, acc), i| {
+                            dtype::decode_into(
+                                job.in_dtype,
+                                &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
+                                w,
+                            );
+                            low_rank_row(t, cols, i, acc);
+                            w.iter()
+                                .zip(acc.iter())
+                                .fold(0f64, |s, (&x, &a)| s + dora_square(x + t.scale * a))
+                        },
+                    )
+                    .collect(),
+                NormAxis::Cols => {
+                    let mut sums = vec![0f64; cols];
+                    sums.par_chunks_mut(NORM_COL_BLOCK)
+                        .enumerate()
+                        .for_each(|(bi, block)| {
+                            let j0 = bi * NORM_COL_BLOCK;
+                            let n = block.len();
+                            let (mut w, mut acc) = (vec![0f32; n], vec![0f32; n]);
+                            for i in 0..rows {
+                                let at = (i * cols + j0) * in_size;
+                                dtype::decode_into(
+                                    job.in_dtype,
+                                    &job.w0[at..at + n * in_size],
+                                    &mut w,
+                                );
+                                low_rank_cols(t, cols, i, j0, &mut acc);
+                                for ((s, &x), &a) in block.iter_mut().zip(&w).zip(&acc) {
+                                    *s += dora_square(x + t.scale * a);
                                 }
-                                for (j, (&x, &a)) in w.iter().zip(&acc).enumerate() {
-                                    part[j].1 += ((x + t.scale * a) as f64).powi(2);
-                                }
                             }
-                        }
-                        (w, acc, part)
-                    },
-                )
-                .map(|(_, _, part)| part)
-                .reduce(Vec::new, |mut a, b| {
-                    match d.axis {
-                        NormAxis::Rows => a.extend(b),
-                        NormAxis::Cols => {
-                            if a.is_empty() {
-                                return b;
-                            }
-                            for (x, y) in a.iter_mut().zip(b) {
-                                x.1 += y.1;
-                            }
-                        }
-                    }
-                    a
-                })
-                .into_iter()
-                .fold(
-                    match d.axis {
-                        NormAxis::Rows => vec![0f64; rows],
-                        NormAxis::Cols => vec![0f64; cols / d.group.max(1)],
-                    },
-                    |mut v, (i, s)| {
-                        match d.axis {
-                            NormAxis::Rows => v[i] += s,
-                            NormAxis::Cols => v[i / d.group.max(1)] += s,
-                        }
-                        v
-                    },
-                );
-            Some(sums.into_iter().map(|s| s.sqrt() as f32).collect())
+                        });
+                    sums
+                }
+            })
         })
         .collect()
+}
+
+/// The norms of one DoRA term from its [`dora_sums`]: `√sum` rounded to f32, per row; per
+/// column group, the group's column sums added first in column order (from `+0`).
+pub fn norms_from_sums(axis: NormAxis, group: usize, sums: &[f64]) -> Vec<f32> {
+    match axis {
+        NormAxis::Rows => sums.iter().map(|s| s.sqrt() as f32).collect(),
+        NormAxis::Cols => sums
+            .chunks_exact(group.max(1))
+            .map(|g| g.iter().fold(0f64, |s, &x| s + x).sqrt() as f32)
+            .collect(),
+    }
+}
+
+/// `acc[j − j0] = Σₖ b[row,k]·a[k,j]` for the columns `j0 .. j0 + acc.len()`, each element
+/// rounded exactly as [`low_rank_row`] rounds it (ascending k from `+0`, no fused
+/// multiply-add); a dense term's values as they are.
+fn low_rank_cols(t: &Term, cols: usize, row: usize, j0: usize, acc: &mut [f32]) {
+    let n = acc.len();
+    if let Some(d) = t.dense {
+        acc.copy_from_slice(&d[row * cols + j0..row * cols + j0 + n]);
+        return;
+    }
+    acc.fill(0.0);
+    for (k, &bk) in t.b[row * t.rank..(row + 1) * t.rank].iter().enumerate() {
+        for (x, &y) in acc.iter_mut().zip(&t.a[k * cols + j0..k * cols + j0 + n]) {
+            *x += bk * y;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -395,6 +445,129 @@ pub(crate) mod tests {
         let bf_vals = dtype::decode(Dtype::BF16, &bf_out);
         for (x, y) in f32_vals.iter().zip(&bf_vals) {
             assert_eq!(dtype::round_bf16_reference(*x).to_bits(), y.to_bits());
+        }
+    }
+
+    /// `dora_sums` written from its definition, one plain sequential loop per row or column:
+    /// the reference both backends' sums must equal bit for bit.
+    fn reference_sums(job: &MergeJob) -> Vec<Option<Vec<f64>>> {
+        let (rows, cols) = (job.rows, job.cols);
+        let w = dtype::decode(job.in_dtype, job.w0);
+        let sq = |t: &Term, i: usize, j: usize| -> f64 {
+            let mut acc = 0f32;
+            for k in 0..t.rank {
+                acc += t.b[i * t.rank + k] * t.a[k * cols + j];
+            }
+            let v = (w[i * cols + j] + t.scale * acc) as f64;
+            v * v
+        };
+        job.terms
+            .iter()
+            .map(|t| {
+                Some(match t.dora?.axis {
+                    NormAxis::Rows => (0..rows)
+                        .map(|i| (0..cols).fold(0f64, |s, j| s + sq(t, i, j)))
+                        .collect(),
+                    NormAxis::Cols => (0..cols)
+                        .map(|j| (0..rows).fold(0f64, |s, i| s + sq(t, i, j)))
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The one test body of the DoRA sums on every backend: `sums` (a backend's `dora_sums`)
+    /// equals [`reference_sums`] bit for bit (NaN for NaN) on jobs built to make the f64
+    /// additions round often: base values over a wide dynamic range (f32 subnormals to 2⁶⁰
+    /// for F32 bases), infinities and NaNs, plain terms between DoRA terms of either axis,
+    /// shapes not multiples of any block or workgroup. Returns how many sums it compared.
+    pub(crate) fn assert_dora_sums_exact(
+        sums: &dyn Fn(&MergeJob) -> Vec<Option<Vec<f64>>>,
+        what: &str,
+    ) -> usize {
+        let mut seed = Rng::seed_from_u64(61);
+        let mut compared = 0;
+        // The last two: sums over 40 000 elements, longer than one GPU dispatch may walk.
+        for &(rows, cols, rank) in &[
+            (37usize, 53usize, 5usize),
+            (1, 300, 1),
+            (300, 1, 3),
+            (67, 131, 20),
+            (2, 40_000, 2),
+            (40_000, 2, 2),
+        ] {
+            for in_dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+                // Exponents the stored dtype holds (f16: 2⁻²⁴ .. 2¹⁵).
+                let (lo, hi) = match in_dtype {
+                    Dtype::F16 => (-24, 12),
+                    _ => (-140, 60),
+                };
+                let mut w0: Vec<f32> = (0..rows * cols)
+                    .map(|_| {
+                        let e = lo + (seed.next_f64() * (hi - lo) as f64) as i32;
+                        uniform(&mut seed) * 2f32.powi(e)
+                    })
+                    .collect();
+                if rows * cols > 100 {
+                    w0[7] = f32::INFINITY;
+                    w0[rows * cols - 3] = f32::NAN;
+                }
+                let bytes = dtype::encode(in_dtype, &w0);
+                let mk = |r: usize, seed: &mut Rng| -> (Vec<f32>, Vec<f32>) {
+                    (
+                        (0..rows * r).map(|_| uniform(seed)).collect(),
+                        (0..r * cols).map(|_| uniform(seed) * 1e-3).collect(),
+                    )
+                };
+                let (b1, a1) = mk(rank, &mut seed);
+                let (b2, a2) = mk(rank + 2, &mut seed);
+                let mag_r = vec![1f32; rows];
+                let mag_c = vec![1f32; cols];
+                let terms = [
+                    Term::low_rank(&b1, &a1, rank, 0.7),
+                    Term::low_rank(&b2, &a2, rank + 2, -1.3)
+                        .with_dora(Dora::peft(&mag_r, NormAxis::Rows)),
+                    Term::low_rank(&b1, &a1, rank, 3.0)
+                        .with_dora(Dora::peft(&mag_c, NormAxis::Cols)),
+                ];
+                let job = MergeJob::new(&bytes, in_dtype, (rows, cols), &terms, Dtype::F32);
+                let (got, want) = (sums(&job), reference_sums(&job));
+                assert_eq!(got.len(), want.len(), "{what}: terms");
+                for (ti, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let (g, w) = match (g, w) {
+                        (None, None) => continue,
+                        (Some(g), Some(w)) => (g, w),
+                        _ => panic!("{what}: term {ti}: DoRA or not"),
+                    };
+                    assert_eq!(g.len(), w.len(), "{what}: term {ti}: sums");
+                    for (f, (x, y)) in g.iter().zip(w).enumerate() {
+                        assert!(
+                            x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                            "{what}: {rows}×{cols} r{rank} {in_dtype:?} term {ti} feature {f}: \
+                             {x:e} ({:016x}) vs reference {y:e} ({:016x})",
+                            x.to_bits(),
+                            y.to_bits()
+                        );
+                    }
+                    compared += g.len();
+                }
+            }
+        }
+        compared
+    }
+
+    /// The CPU's sums follow the reference order whatever the thread count (the `Cols` sums
+    /// used to be split where rayon's work stealing split the rows).
+    #[test]
+    fn dora_sums_are_exact_and_thread_independent() {
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let n = pool
+                .install(|| assert_dora_sums_exact(&dora_sums, &format!("cpu, {threads} threads")));
+            assert!(n > 1000, "{n} sums compared");
         }
     }
 

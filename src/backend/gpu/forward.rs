@@ -5,7 +5,9 @@
 //! `c` of `T = X·A_catᵀ` carrying its adapter's scale, so the expand is one product `T·B_catᵀ`
 //! added in the same accumulators as `X·W0ᵀ`. Every row uses every adapter (eval sums them);
 //! a per-row adapter choice (BGMV/SGMV serving) existed as a masked kernel that nothing used and
-//! was removed (issue #20: serve eval or go).
+//! was removed (issue #20: serve eval or go). An SGMV gather was not added: eval's forwards
+//! have hundreds of rows, where `X·W0ᵀ` is compute-bound and sharing W0's reads between
+//! adapters saves nothing (README "GPU" has the figures).
 //!
 //! Tiling: `X` (and `T`) by rows, `W0` (and `B_cat`) by rows, `Y` in the resulting blocks; `A_cat`
 //! must fit one binding (`R·k·4` bytes).

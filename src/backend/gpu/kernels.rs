@@ -2,8 +2,8 @@
 //! place. Pipelines are compiled on first use and cached per [`GpuContext`].
 //!
 //! WGSL has no `#include`, so a kernel's source is the concatenation of its parts: always
-//! `shaders/common.wgsl` (dtype codecs), then `shaders/gemm.wgsl` for the tiled-GEMM kernels,
-//! then the kernel's own file. Each file's header documents its bindings, layouts and formula.
+//! `shaders/common.wgsl` (dtype codecs), then `shaders/gemm.wgsl` for the tiled-GEMM kernels or
+//! `shaders/f64.wgsl` (software binary64) for the DoRA norms, then the kernel's own file. Each file's header documents its bindings, layouts and formula.
 
 use super::{GpuContext, GpuError};
 use std::collections::HashMap;
@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
+const F64: &str = include_str!("../../../shaders/f64.wgsl");
 
 /// The kind of one binding slot (all in bind group 0, numbered from 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,14 @@ pub(crate) const MERGE: KernelSpec = KernelSpec {
     sources: &[COMMON, include_str!("../../../shaders/merge.wgsl")],
     entry: "main",
     bindings: &[Uniform, Read, ReadWrite, Read, Read, Read, Read, ReadWrite],
+};
+
+/// The f64 sums of squares of DoRA's norms ‖W0 + δ‖, see `shaders/dora_norm.wgsl`.
+pub(crate) const DORA_NORM: KernelSpec = KernelSpec {
+    name: "dora_norm",
+    sources: &[COMMON, F64, include_str!("../../../shaders/dora_norm.wgsl")],
+    entry: "main",
+    bindings: &[Uniform, Read, Read, Read, Read, ReadWrite],
 };
 
 /// T = scale ⊙ X·Aᵀ, see `shaders/forward_shrink.wgsl`.
@@ -89,6 +98,15 @@ pub(crate) const CONVERT: KernelSpec = KernelSpec {
     bindings: &[Uniform, Read, ReadWrite],
 };
 
+/// The software f64 square and addition on raw bits (tests only), see `shaders/f64_check.wgsl`.
+#[cfg(test)]
+pub(crate) const F64_CHECK: KernelSpec = KernelSpec {
+    name: "f64_check",
+    sources: &[COMMON, F64, include_str!("../../../shaders/f64_check.wgsl")],
+    entry: "main",
+    bindings: &[Uniform, Read, ReadWrite],
+};
+
 /// dst = src in vec4s: the bandwidth baseline of the benchmarks, see `shaders/copy.wgsl`.
 pub(crate) const COPY: KernelSpec = KernelSpec {
     name: "copy",
@@ -100,6 +118,7 @@ pub(crate) const COPY: KernelSpec = KernelSpec {
 /// Every registered kernel.
 pub(crate) const ALL: &[&KernelSpec] = &[
     &MERGE,
+    &DORA_NORM,
     &FORWARD_SHRINK,
     &FORWARD_DENSE,
     &SKETCH,
@@ -118,6 +137,11 @@ pub(crate) const MERGE_RK: [u32; 3] = [1, 4, 8];
 /// Workgroup width of the 1-D convert kernel (must match `CONVERT_WG` in convert.wgsl).
 #[cfg(test)]
 pub(crate) const CONVERT_WG: u32 = 256;
+/// Workgroup width of the DoRA norm kernel (`DORA_WG` in dora_norm.wgsl).
+pub(crate) const DORA_WG: u32 = 64;
+/// Workgroup width of the f64 check kernel (`F64_CHECK_WG` in f64_check.wgsl).
+#[cfg(test)]
+pub(crate) const F64_CHECK_WG: u32 = 256;
 /// Workgroup width of the copy kernel (`COPY_WG` in copy.wgsl).
 pub(crate) const COPY_WG: u32 = 256;
 /// Result block computed by one workgroup of the tiled-GEMM kernels (`GEMM_TILE` in gemm.wgsl).

@@ -10,26 +10,14 @@
 //! before tile i is waited on, and tile i's mapped readback is handed to the caller's sink row
 //! by row, so no whole-tensor buffer exists on the host ([`merge_into`]).
 //!
-//! DoRA norms `‖W0 + δₜ‖` are computed on the CPU with [`cpu::dora_factors`] (f64 sums, as the
-//! reference does; WGSL has no portable f64) and passed to the kernel as f32 factors
-//! `m / ‖W0 + δₜ‖`, divided on the host exactly as the CPU merge divides, so DoRA outputs stay
-//! bit-identical. Everything else runs on the GPU.
-//!
-//! Why the norms stay on the CPU (issue #20 asked for them on the device only if bit-identity
-//! holds): each squared element `(x + s·a)²` is exact in f64 (two 24-bit significands), but the
-//! sum of them is rounded at every f64 addition, in the CPU's order (per row sequentially; for
-//! column norms in the order rayon's fold/reduce splits the rows). A device sum would have to
-//! reproduce both: compensated f32 ("double-f32", 48-bit significand) rounds differently from
-//! f64, so the f32 norm can differ in the last bit near a rounding boundary; a software f64 add
-//! in WGSL integer ops would be exact but only in the same sequential order, i.e. one invocation
-//! per row walking all columns, and the column norms' order is not fixed on the CPU either. The
-//! way to move them is to change both sides to an exact (fixed-point superaccumulator) sum, which
-//! is order-independent and can be computed in u32 atomics on the device; that changes the CPU's
-//! DoRA bits in rare last-bit cases and needs the merge owner's agreement, so it is not done.
+//! DoRA norms `‖W0 + δₜ‖` are computed on the device first ([`super::dora`]: f64 sums in the
+//! CPU's order with a software binary64 add, so the same bits as [`crate::backend::cpu::dora_sums`]) and passed
+//! to the kernel as f32 factors `m / (‖W0 + δₜ‖ + eps)`, divided on the host exactly as the CPU
+//! merge divides, so DoRA outputs stay bit-identical.
 
 use super::kernels::{self, MERGE_TILE_C, MERGE_TILE_R, MERGE_VEC};
 use super::{dtype_code, elem_bytes, GpuContext, GpuError};
-use crate::backend::{cpu, MergeError, MergeJob, NormAxis};
+use crate::backend::{MergeError, MergeJob, NormAxis};
 use std::num::NonZeroU64;
 use std::sync::mpsc;
 
@@ -136,7 +124,7 @@ pub fn merge_supports(job: &MergeJob) -> bool {
 }
 
 /// Merges low-rank terms into one tensor on the GPU: same contract and same bits as
-/// [`cpu::merge`] (F32/F16/BF16 in and out; other dtypes give [`MergeError::Gpu`], F64 included).
+/// [`crate::backend::cpu::merge`] (F32/F16/BF16 in and out; other dtypes give [`MergeError::Gpu`], F64 included).
 pub fn merge(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<u8>, MergeError> {
     merge_with(ctx, job, true)
 }
@@ -279,7 +267,7 @@ fn merge_streamed(
     );
 
     // DoRA factors m/(‖W0 + δ‖ + eps) per row or column, the same f32 values cpu::merge uses.
-    let factors: Vec<Option<(NormAxis, Vec<f32>)>> = cpu::dora_factors(job)
+    let factors: Vec<Option<(NormAxis, Vec<f32>)>> = super::dora::dora_factors(ctx, job)?
         .into_iter()
         .zip(job.terms)
         .map(|(f, t)| Some((t.dora?.axis, f?)))

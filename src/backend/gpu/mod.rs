@@ -6,7 +6,8 @@
 //! tiling). Ops:
 //!
 //! * [`merge`]: `W = W0 + Σ scale·B·A` (+ DoRA), the same contract as [`crate::backend::cpu::merge`]
-//!   and bit-identical to it (see `shaders/merge.wgsl` for how fused multiply-add is prevented).
+//!   and bit-identical to it (see `shaders/merge.wgsl` for how fused multiply-add is prevented),
+//!   DoRA norms included ([`dora_sums`]: f64 sums in software binary64, `shaders/f64.wgsl`).
 //! * [`lora_forward`] / [`lora_forward_resident`]: `Y = X·W0ᵀ + Σ s·(X·Aᵀ)·Bᵀ`, all adapters
 //!   summed (W0 uploaded per call, or kept on the device by [`ResidentWeight`], as eval does);
 //!   CPU twin in [`crate::backend::cpu_forward`].
@@ -22,6 +23,7 @@
 
 #[doc(hidden)]
 pub mod bench;
+mod dora;
 mod forward;
 mod kernels;
 mod merge;
@@ -29,6 +31,7 @@ mod sketch;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use dora::dora_sums;
 pub use forward::{lora_forward, lora_forward_resident, ResidentWeight};
 pub use merge::{merge, merge_into, merge_supports};
 pub use sketch::{delta_sketch, delta_sketch_t, GpuDeltaOp};

@@ -8,6 +8,8 @@
 //! Tolerances:
 //! * merge: bit-identical bytes for F16/BF16 outputs (the kernel follows the CPU's operation
 //!   order exactly and cannot contract to FMA); F32 outputs within 1 ulp (observed: identical).
+//! * DoRA norms ([`dora`]): the f64 sums, the software f64 square and add, and DoRA merges in
+//!   every dtype (F32 included) bit-identical, no tolerance.
 //! * forward / sketch (different summation orders, tiled GEMM vs ndarray's SGEMM): the f32
 //!   dot-product error bound for both sides, `|gpu − cpu| ≤ 2·γ·S` with `γ = (K + 2)·2⁻²⁴`, `K`
 //!   the longest inner dimension and `S` the same product on absolute values (`|X|·|W0|ᵀ + …`),
@@ -24,6 +26,7 @@ use crate::linalg::rng::Xoshiro256PlusPlus as Rng;
 use crate::linalg::{randomized_svd, LinearOperator, RsvdOptions};
 use std::sync::OnceLock;
 
+mod dora;
 mod forward;
 mod merge;
 mod sketch;
