@@ -25,9 +25,11 @@
 //! architecture outside the name map, base types lorakit cannot dequantize, and an output path
 //! that is an input.
 
+use super::gguf_parts::TensorData;
 use super::WeightedAdapter;
 use crate::adapter::mapping::kohya_candidates;
 use crate::adapter::Format;
+use crate::backend::profile::{self, Stage};
 use crate::backend::{Engine, MergeError, MergeJob, Term};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult, Opt};
@@ -529,11 +531,16 @@ impl GgufMergePlan {
         let w0 = &mut scratch.w0;
         w0.clear();
         w0.resize(rows * cols, 0.0);
-        let ok = quant::dequantize_par(info.ty, f.view(info).data, w0);
-        assert!(
-            ok,
-            "planned: a dequantizable type whose size the header validated"
-        );
+        {
+            let _t = profile::time(Stage::Dequantize);
+            f.prefetch(info);
+            let ok = quant::dequantize_par(info.ty, f.view(info).data, w0);
+            assert!(
+                ok,
+                "planned: a dequantizable type whose size the header validated"
+            );
+            f.release(info);
+        }
         let mut order = t.terms.clone();
         if self.options.unmerge {
             order.reverse();
@@ -685,12 +692,25 @@ impl GgufMergePlan {
         let wrote = super::gguf_parts::write_files(&mut output, &spec, |i| {
             let (f, t) = base_tensors[i];
             let Some(target) = self.targets.iter().find(|x| x.tensor == t.name) else {
-                return Ok(std::borrow::Cow::Borrowed(f.view(t).data));
+                let (file, at, len) = f.source(t);
+                let path = f.path();
+                return Ok(TensorData::Copy {
+                    file,
+                    path,
+                    at,
+                    len,
+                });
             };
             self.merged(target, engine, &mut scratch)?;
             let values = &scratch.merged;
-            let bytes = quant::quantize_par(target.out_type, values).expect("planned");
-            let (num, den, mx, bad) = stored_error(target.out_type, &bytes, values);
+            let bytes = {
+                let _t = profile::time(Stage::Quantize);
+                quant::quantize_par(target.out_type, values).expect("planned")
+            };
+            let (num, den, mx, bad) = {
+                let _t = profile::time(Stage::Error);
+                stored_error(target.out_type, &bytes, values)
+            };
             if let Some(i) = bad {
                 return Err(InputError::invalid(
                     &self.out,
@@ -725,7 +745,7 @@ impl GgufMergePlan {
             if merges_left == 0 {
                 scratch = Scratch::default();
             }
-            Ok(std::borrow::Cow::Owned(bytes))
+            Ok(TensorData::Bytes(std::borrow::Cow::Owned(bytes)))
         })?;
         let written = wrote.iter().map(|(_, b)| b).sum();
         output.commit()?;
