@@ -7,8 +7,8 @@
 //! `copy` (untouched tensors), `write` (merged tensors handed to the writer, with its finite
 //! check), `fsync` and `commit` (rename, folder fsync), wall time on the calling thread.
 //! A GGUF merge adds, as wall time on the thread that computes (each runs over the cores):
-//! `dequantize` (base tensor → f32), `quantize` (f32 merge → stored type), `error` (the
-//! reported quantization error); and `wait`, the time that thread spent waiting for the
+//! `dequantize` (base tensor → f32), `quantize` (f32 merge → stored type, with the reported
+//! quantization error); and `wait`, the time that thread spent waiting for the
 //! writer thread to take the next tensor (the writer, not the computation, was the bottleneck).
 //! Never used for decisions, only reported.
 
@@ -29,11 +29,10 @@ pub enum Stage {
     Commit,
     Dequantize,
     Quantize,
-    Error,
     Wait,
 }
 
-const STAGES: [(Stage, &str); 12] = [
+const STAGES: [(Stage, &str); 11] = [
     (Stage::Decode, "decode"),
     (Stage::Product, "product"),
     (Stage::Encode, "encode"),
@@ -44,11 +43,10 @@ const STAGES: [(Stage, &str); 12] = [
     (Stage::Commit, "commit"),
     (Stage::Dequantize, "dequantize"),
     (Stage::Quantize, "quantize"),
-    (Stage::Error, "error"),
     (Stage::Wait, "wait"),
 ];
 
-static NANOS: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
+static NANOS: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
 
 /// Whether `LORAKIT_MERGE_PROFILE` is set (read once).
 pub fn enabled() -> bool {
