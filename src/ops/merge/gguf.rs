@@ -535,9 +535,13 @@ impl GgufMergePlan {
         let (f, info) = self.base.get(&t.tensor).expect("planned");
         let shape = info.shape();
         let (rows, cols) = (shape[0], shape[1]);
+        // Every value is overwritten by the dequantization: zeroed only when the size changes
+        // (zeroing 64 MB per 4096² tensor was ~2 % of a 7B merge's CPU time).
         let w0 = &mut scratch.w0;
-        w0.clear();
-        w0.resize(rows * cols, 0.0);
+        if w0.len() != rows * cols {
+            w0.clear();
+            w0.resize(rows * cols, 0.0);
+        }
         {
             let _t = profile::time(Stage::Dequantize);
             f.prefetch(info);
