@@ -22,6 +22,7 @@ use crate::backend::profile::{self, Stage};
 use crate::error::InputResult;
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 
 /// A file's writer that [`pipelined`] drives on its own thread: tensors in their declared
@@ -189,8 +190,9 @@ impl<'a> Pipe<'a> {
 }
 
 /// Runs `body` with a [`Pipe`] into `w`, then finishes the file (fsync); returns its byte count.
-/// When `body` fails the file is left unfinished (the [`super::Output`] removes it) and the
-/// body's error is returned, unless the writer failed first: then the writer's error is.
+/// When `body` fails the file is left unfinished (the [`super::Output`] removes it), what is
+/// still queued is dropped unwritten, and the body's error is returned, unless the writer
+/// failed first: then the writer's error is.
 pub fn pipelined<'a, W: Sink>(
     mut w: W,
     body: impl FnOnce(&mut Pipe<'a>) -> anyhow::Result<()>,
@@ -198,9 +200,15 @@ pub fn pipelined<'a, W: Sink>(
     let (tx, rx) = channel::<Msg<'a>>();
     // Capacity 1: the pipe takes each ack before it sends the next owned piece.
     let (ack, acks) = sync_channel::<()>(1);
+    // Set when the body fails: the writer drops what is still queued instead of writing it.
+    let abandoned = AtomicBool::new(false);
     std::thread::scope(|s| {
+        let abandoned = &abandoned;
         let writer = s.spawn(move || -> InputResult<Option<u64>> {
             for m in rx {
+                if abandoned.load(Ordering::Relaxed) {
+                    break;
+                }
                 match m {
                     Msg::Tensor(name, data) => {
                         let _t = profile::time(Stage::Write);
@@ -248,6 +256,9 @@ pub fn pipelined<'a, W: Sink>(
             owed: false,
         };
         let result = body(&mut pipe).and_then(|()| pipe.send(Msg::Finish));
+        if result.is_err() {
+            abandoned.store(true, Ordering::Relaxed);
+        }
         drop(pipe);
         let written = match writer.join() {
             Ok(r) => r,
