@@ -90,6 +90,13 @@ fn dequantization_equals_gguf_py_bit_for_bit() {
                 src.ty
             );
         }
+        // The baseline copy of the per-level kernels gives the same bits.
+        let mut low = vec![0f32; want.len()];
+        crate::backend::simd::with_baseline_kernels(|| {
+            assert!(quant::dequantize_into(src.ty, q.view(src).data, &mut low))
+        });
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&low), bits(&want), "{} at the baseline level", t.name);
         seen.insert(src.ty);
     }
     let all: std::collections::BTreeSet<_> = types::DEQUANTIZABLE.iter().copied().collect();
