@@ -14,8 +14,9 @@
 //! (`LORAKIT_BENCH_VALUES` values, default 2²², of seeded Gaussian noise of weight-like scale
 //! 0.02): per K type, the values per second of the scalar transcription of ggml
 //! (`quant::quantize_reference`) and of the lane-parallel quantizer (`quant::quantize_into`,
-//! at each CPU level this machine has) on one thread, and of `quant::quantize_par` on all cores
-//! (best of `LORAKIT_BENCH_RUNS`, default 3), after checking that all give the same bytes;
+//! at each CPU level this machine has) on one thread (per second of that thread's CPU time, so
+//! that a loaded machine's preemptions do not count), and of `quant::quantize_par` on all cores
+//! (wall time; best of `LORAKIT_BENCH_RUNS`, default 3), after checking that all give the same bytes;
 //! `LORAKIT_BENCH_TYPES=Q4_K,Q6_K` limits it to those types.
 
 use std::path::PathBuf;
@@ -42,6 +43,17 @@ fn noise(n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Seconds of CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a live local the call writes.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
 fn quantizers(runs: usize) {
     use lorakit::backend::simd::{detected, with_level, Level};
     use lorakit::io::gguf::{quant, GgmlType};
@@ -57,15 +69,21 @@ fn quantizers(runs: usize) {
         .filter(|&l| l <= detected())
         .collect();
     println!(
-        "{n} values, {} rayon threads, best of {runs}; Mvalues/s, one thread unless said",
+        "{n} values, {} rayon threads, best of {runs}; Mvalues/s of one thread's CPU time, wall time for all cores",
         rayon::current_num_threads()
     );
-    let best = |f: &mut dyn FnMut() -> Vec<u8>| {
+    // One thread: timed in this thread's CPU time, so that other processes taking the cores
+    // (a loaded machine) do not count; all cores: wall time.
+    let best = |f: &mut dyn FnMut() -> Vec<u8>, cpu: bool| {
         let (mut t_min, mut bytes) = (f64::INFINITY, Vec::new());
         for _ in 0..runs {
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), thread_cpu());
             bytes = f();
-            t_min = t_min.min(t.elapsed().as_secs_f64());
+            let s = match cpu {
+                true => thread_cpu() - c,
+                false => t.elapsed().as_secs_f64(),
+            };
+            t_min = t_min.min(s);
         }
         (n as f64 / t_min / 1e6, bytes)
     };
@@ -80,27 +98,33 @@ fn quantizers(runs: usize) {
     .filter(|t| {
         std::env::var("LORAKIT_BENCH_TYPES").map_or(true, |v| v.split(',').any(|n| n == t.name()))
     }) {
-        let (slow, want) = best(&mut || {
-            let mut v = Vec::new();
-            assert!(quant::quantize_reference(ty, &x, &mut v));
-            v
-        });
+        let (slow, want) = best(
+            &mut || {
+                let mut v = Vec::new();
+                assert!(quant::quantize_reference(ty, &x, &mut v));
+                v
+            },
+            true,
+        );
         let mut line = format!("{:5}  scalar reference {slow:7.2}", ty.name());
         for &level in &levels {
-            let (fast, got) = best(&mut || {
-                with_level(level, || {
-                    let mut v = Vec::new();
-                    assert!(quant::quantize_into(ty, &x, &mut v));
-                    v
-                })
-            });
+            let (fast, got) = best(
+                &mut || {
+                    with_level(level, || {
+                        let mut v = Vec::new();
+                        assert!(quant::quantize_into(ty, &x, &mut v));
+                        v
+                    })
+                },
+                true,
+            );
             assert!(
                 got == want,
                 "{ty}: lanes at {level:?} and scalar bytes differ"
             );
             line += &format!("  lanes {level:?} {fast:7.2} ({:.2}×)", fast / slow);
         }
-        let (par, got) = best(&mut || quant::quantize_par(ty, &x).unwrap());
+        let (par, got) = best(&mut || quant::quantize_par(ty, &x).unwrap(), false);
         assert!(got == want, "{ty}: parallel and scalar bytes differ");
         println!("{line}  lanes, all cores {par:7.2}");
     }

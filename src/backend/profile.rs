@@ -6,6 +6,10 @@
 //! `encode` (f32 → stored dtype, with the finite check), summed over the kernel's threads;
 //! `copy` (untouched tensors), `write` (merged tensors handed to the writer, with its finite
 //! check), `fsync` and `commit` (rename, folder fsync), wall time on the calling thread.
+//! A GGUF merge adds, as wall time on the thread that computes (each runs over the cores):
+//! `dequantize` (base tensor → f32), `quantize` (f32 merge → stored type, with the reported
+//! quantization error); and `wait`, the time that thread spent waiting for the
+//! writer thread to take the next tensor (the writer, not the computation, was the bottleneck).
 //! Never used for decisions, only reported.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,9 +27,12 @@ pub enum Stage {
     Write,
     Fsync,
     Commit,
+    Dequantize,
+    Quantize,
+    Wait,
 }
 
-const STAGES: [(Stage, &str); 8] = [
+const STAGES: [(Stage, &str); 11] = [
     (Stage::Decode, "decode"),
     (Stage::Product, "product"),
     (Stage::Encode, "encode"),
@@ -34,9 +41,12 @@ const STAGES: [(Stage, &str); 8] = [
     (Stage::Write, "write"),
     (Stage::Fsync, "fsync"),
     (Stage::Commit, "commit"),
+    (Stage::Dequantize, "dequantize"),
+    (Stage::Quantize, "quantize"),
+    (Stage::Wait, "wait"),
 ];
 
-static NANOS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static NANOS: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
 
 /// Whether `LORAKIT_MERGE_PROFILE` is set (read once).
 pub fn enabled() -> bool {

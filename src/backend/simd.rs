@@ -83,9 +83,11 @@ pub fn with_baseline_kernels<R>(f: impl FnOnce() -> R) -> R {
 
 /// Defines a function whose body is compiled for each [`Level`] and dispatched on [`level`].
 /// Accepts `fn name(args) -> ret { … }` and one type parameter with one bound
-/// (`fn name<T: Real>(…)`); arguments are plain identifiers.
+/// (`fn name<T: Real>(…)`); arguments are plain identifiers. A leading `cap(Avx2)` caps the
+/// dispatch of that one function at a level, for a kernel measured faster there than in the
+/// CPU's widest copy (the measurement goes in a comment at the cap).
 macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident $(<$t:ident: $bound:path>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    (@at ($level:expr) $(#[$m:meta])* $vis:vis fn $name:ident $(<$t:ident: $bound:path>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
         #[allow(clippy::too_many_arguments)]
         $vis fn $name $(<$t: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
@@ -104,9 +106,10 @@ macro_rules! multiversion {
                 fn avx2 $(<$t: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
                     body $(::<$t>)? ($($arg),*)
                 }
-                match $crate::backend::simd::level() {
-                    // SAFETY: `level()` is at most `detected()`, which is `Avx512` only when
-                    // the running CPU reports AVX-512F and `Avx2` only when it reports AVX2
+                match $level {
+                    // SAFETY: the level (`level()`, capped or not) is at most `detected()`,
+                    // which is `Avx512` only when the running CPU reports AVX-512F and `Avx2`
+                    // only when it reports AVX2
                     // and FMA: the features these copies are compiled for.
                     $crate::backend::simd::Level::Avx512 => {
                         return unsafe { avx512 $(::<$t>)? ($($arg),*) }
@@ -119,6 +122,12 @@ macro_rules! multiversion {
             }
             body $(::<$t>)? ($($arg),*)
         }
+    };
+    (cap($cap:ident) $($rest:tt)*) => {
+        $crate::backend::simd::multiversion!(@at ($crate::backend::simd::level().min($crate::backend::simd::Level::$cap)) $($rest)*);
+    };
+    ($(#[$m:meta])* $vis:vis fn $($rest:tt)*) => {
+        $crate::backend::simd::multiversion!(@at ($crate::backend::simd::level()) $(#[$m])* $vis fn $($rest)*);
     };
 }
 pub(crate) use multiversion;

@@ -318,6 +318,9 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         return Ok(0);
     }
     let report = plan.run(&a.compute.engine()?)?;
+    if crate::backend::profile::enabled() {
+        eprintln!("{}", crate::backend::profile::line(report.seconds));
+    }
     super::print_report(a.json, "merge", &report, || render_gguf(&report))?;
     Ok(0)
 }

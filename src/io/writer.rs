@@ -39,7 +39,7 @@ mod file;
 mod pipe;
 pub use aliasing::check_writes;
 pub use file::{FileWriter, RawFile};
-pub use pipe::{pipelined, Pipe};
+pub use pipe::{pipelined, Pipe, Sink};
 
 /// A tensor to be written: its name, dtype and shape, declared before any data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,8 +232,7 @@ impl Output {
             next: 0,
             left: 0,
             bytes: head.len() as u64,
-            behind: 0,
-            flusher: None,
+            behind: Default::default(),
         })
     }
 
@@ -248,6 +247,7 @@ impl Output {
             dest: path.to_path_buf(),
             w: Some(BufWriter::with_capacity(8 << 20, file)),
             bytes: 0,
+            behind: Default::default(),
         })
     }
 

@@ -116,6 +116,44 @@ impl GgufFile {
         }
     }
 
+    /// The open file, and the absolute offset and length of `t`'s bytes in it, for copies the
+    /// kernel makes file to file ([`crate::io::gguf::writer::GgufWriter::copy_tensor`]) without
+    /// touching the map.
+    pub fn source(&self, t: &TensorInfo) -> (&std::fs::File, u64, u64) {
+        let r = self.header.data_range(t);
+        (&self.file, r.start as u64, r.len() as u64)
+    }
+
+    /// Maps the pages of `t`'s bytes in one call (`MADV_POPULATE_READ`, Linux ≥ 5.14, reading
+    /// what is not cached with the kernel's large requests) ahead of a pass over them, instead
+    /// of one fault per few pages as the pass reaches them. A hint: errors (older kernels) are
+    /// ignored, and the pages still fault in on access.
+    pub fn prefetch(&self, t: &TensorInfo) {
+        let r = self.header.data_range(t);
+        if !r.is_empty() {
+            let _ = self
+                .map
+                .advise_range(memmap2::Advice::PopulateRead, r.start, r.len());
+        }
+    }
+
+    /// Unmaps the whole pages of `t`'s bytes from this process (`MADV_DONTNEED`) once a pass
+    /// has read them, so the base's pages do not add up in the resident set; they stay in the
+    /// page cache, and a later access reads them back from the file.
+    pub fn release(&self, t: &TensorInfo) {
+        let r = self.header.data_range(t);
+        let page = 4096;
+        let (s, e) = (r.start.next_multiple_of(page), r.end / page * page);
+        if e > s {
+            // SAFETY: the map is read-only and file-backed, so dropped pages are read back
+            // from the file on the next access; no borrowed view observes a change.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s, e - s)
+            };
+        }
+    }
+
     /// Dequantizes `t` to `f32` (ggml order: rows of `dims[0]` values), or names the type
     /// lorakit cannot dequantize.
     pub fn dequantize(&self, t: &TensorInfo) -> InputResult<Vec<f32>> {

@@ -90,6 +90,13 @@ fn dequantization_equals_gguf_py_bit_for_bit() {
                 src.ty
             );
         }
+        // The baseline copy of the per-level kernels gives the same bits.
+        let mut low = vec![0f32; want.len()];
+        crate::backend::simd::with_baseline_kernels(|| {
+            assert!(quant::dequantize_into(src.ty, q.view(src).data, &mut low))
+        });
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&low), bits(&want), "{} at the baseline level", t.name);
         seen.insert(src.ty);
     }
     let all: std::collections::BTreeSet<_> = types::DEQUANTIZABLE.iter().copied().collect();
@@ -419,4 +426,113 @@ fn an_empty_tensor_name_is_refused() {
     b.extend_from_slice(&0u64.to_le_bytes());
     b.extend_from_slice(&[0; 40]);
     assert!(matches!(err(&b), GgufError::EmptyTensorName(0)));
+}
+
+/// The error `quantize_par_measured` reports is that of the bytes it stored (the same bytes as
+/// `quantize_par`), against an f64 computation over those bytes dequantized: over several
+/// parallel parts and a partial last one, and with an F16 overflow found at its index.
+#[test]
+fn measured_quantization_reports_the_error_of_the_stored_bytes() {
+    let n = 3 * 65536 + 5 * 256;
+    let mut s = 7u64;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        })
+        .collect();
+    for ty in [
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_0,
+        GgmlType::F16,
+    ] {
+        let mut bytes = vec![1, 2, 3];
+        let e = quant::quantize_par_measured(ty, &values, &mut bytes).unwrap();
+        assert_eq!(&bytes[..3], &[1, 2, 3], "{ty}: appends");
+        assert_eq!(
+            bytes[3..],
+            quant::quantize_par(ty, &values).unwrap(),
+            "{ty}"
+        );
+        let mut back = vec![0f32; n];
+        assert!(quant::dequantize_into(ty, &bytes[3..], &mut back));
+        let (mut num, mut den, mut max) = (0f64, 0f64, 0f64);
+        for (q, v) in back.iter().zip(&values) {
+            let d = (*q as f64 - *v as f64).abs();
+            num += d * d;
+            den += *v as f64 * *v as f64;
+            max = max.max(d);
+        }
+        assert!(num > 0.0, "{ty}: the test needs a lossy type");
+        assert!(
+            (e.sq_err - num).abs() <= 1e-12 * num,
+            "{ty}: {} vs {num}",
+            e.sq_err
+        );
+        assert!((e.sq_val - den).abs() <= 1e-12 * den, "{ty}");
+        assert_eq!(e.max_abs, max, "{ty}");
+        assert_eq!(e.first_bad, None, "{ty}");
+        assert_eq!(e.rel_fro(), (e.sq_err / e.sq_val).sqrt());
+    }
+    let mut big = values.clone();
+    big[70_001] = 1e6;
+    let e = quant::quantize_par_measured(GgmlType::F16, &big, &mut Vec::new()).unwrap();
+    assert_eq!(e.first_bad, Some(70_001));
+}
+
+/// A GGUF file written through the pipelined writer — a tensor whole, one in pieces, one
+/// copied by the kernel from an input file — holds the header and each tensor's bytes
+/// followed by its padding; a copy of the wrong length is refused.
+#[test]
+fn gguf_writer_writes_whole_pieces_and_kernel_copies() {
+    use crate::io::writer::pipelined;
+    use writer::{header, GgufWriter, OutTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = dir.path().join("src.bin");
+    let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&src_path, &payload).unwrap();
+    let src = std::fs::File::open(&src_path).unwrap();
+    let t = |name: &str, n: u64| OutTensor {
+        name: name.into(),
+        dims: vec![n],
+        ty: GgmlType::F32,
+    };
+    let tensors = vec![t("a", 3), t("b", 10), t("c", 1000)];
+    let entries = vec![writer::kv_string("general.architecture", "llama")];
+    let a: Vec<u8> = (0..12).collect();
+    let b: Vec<u8> = (100..140).collect();
+    let dest = dir.path().join("out.gguf");
+    let mut out = crate::io::Output::new();
+    let file = out.raw_file(&dest).unwrap();
+    let w = GgufWriter::new(file, &dest, &entries, tensors.clone(), 32).unwrap();
+    pipelined(w, |p| {
+        p.write_tensor("a", a.clone())?;
+        p.begin_tensor("b")?;
+        p.write_chunk(b[..15].to_vec())?;
+        p.write_borrowed(&b[15..])?;
+        p.copy_tensor("c", &src, &src_path, 7, 4000)
+    })
+    .unwrap();
+    out.commit().unwrap();
+    let mut want = header(&entries, &tensors, 32);
+    for data in [&a[..], &b[..], &payload[7..4007]] {
+        want.extend_from_slice(data);
+        want.resize(want.len().next_multiple_of(32), 0);
+    }
+    assert_eq!(std::fs::read(&dest).unwrap(), want);
+    let f = GgufFile::open(&dest).unwrap();
+    assert_eq!(f.view(&f.tensors()[2]).data, &payload[7..4007]);
+
+    let mut out = crate::io::Output::new();
+    let file = out.raw_file(&dest).unwrap();
+    let mut w = GgufWriter::new(file, &dest, &entries, tensors, 32).unwrap();
+    w.write_tensor("a", &a).unwrap();
+    let err = w.copy_tensor("b", &src, &src_path, 0, 39).unwrap_err();
+    assert!(
+        err.to_string().contains("tensor `b`: 39 bytes copied"),
+        "{err}"
+    );
 }

@@ -7,12 +7,14 @@
 //! ggml order (`ne[0]` first), each tensor's offset the previous end padded to the alignment,
 //! the data section starting at the header's end padded to the alignment, padding after every
 //! tensor. Metadata entries copied from an input are written as their raw bytes, so every value
-//! of every type survives unchanged.
+//! of every type survives unchanged. Tensors copied unchanged from an input go file to file in
+//! the kernel ([`GgufWriter::copy_tensor`]); a [`GgufWriter`] is a [`Sink`] of the pipelined
+//! writer thread ([`crate::io::writer::pipelined`]).
 
 use super::header::{pad, MAGIC};
 use super::types::GgmlType;
 use crate::error::{InputError, InputResult};
-use crate::io::writer::RawFile;
+use crate::io::writer::{RawFile, Sink};
 
 /// A tensor to be written: its name, ggml dims and type, declared before any data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +169,8 @@ pub fn header(entries: &[Vec<u8>], tensors: &[OutTensor], alignment: u64) -> Vec
     b
 }
 
-/// Streams one GGUF file: the header first, then each declared tensor whole, in order.
+/// Streams one GGUF file: the header first, then each declared tensor in order (whole, in
+/// pieces, or copied by the kernel from an input file), each followed by its padding.
 #[derive(Debug)]
 pub struct GgufWriter<'o> {
     file: RawFile<'o>,
@@ -175,6 +178,8 @@ pub struct GgufWriter<'o> {
     tensors: Vec<OutTensor>,
     alignment: u64,
     next: usize,
+    /// Bytes of the tensor begun last still to come.
+    left: u64,
 }
 
 impl<'o> GgufWriter<'o> {
@@ -193,40 +198,149 @@ impl<'o> GgufWriter<'o> {
             tensors,
             alignment,
             next: 0,
+            left: 0,
         })
     }
 
-    /// Writes the next tensor, which must be `name` with exactly its declared size.
-    pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
+    /// Starts the next tensor, which must be `name`; its bytes follow with [`Self::write_chunk`].
+    pub fn begin(&mut self, name: &str) -> InputResult<()> {
+        if self.left != 0 {
+            let prev = &self.tensors[self.next - 1].name;
+            return Err(InputError::invalid(
+                &self.dest,
+                format!("tensor `{prev}`: {} bytes short", self.left),
+            ));
+        }
         let t = self.tensors.get(self.next).ok_or_else(|| {
             InputError::invalid(&self.dest, format!("tensor `{name}` was not declared"))
         })?;
-        if t.name != name || t.bytes() != data.len() as u64 {
+        if t.name != name {
+            return Err(InputError::invalid(
+                &self.dest,
+                format!("tensor `{name}` written where `{}` was declared", t.name),
+            ));
+        }
+        self.left = t.bytes();
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Checks that `n` more bytes fit the tensor begun last, and counts them.
+    fn take(&mut self, n: u64) -> InputResult<()> {
+        if n > self.left {
+            let t = &self.tensors[self.next.checked_sub(1).expect("a tensor was begun")];
             return Err(InputError::invalid(
                 &self.dest,
                 format!(
-                    "tensor `{name}` ({} bytes) written where `{}` ({} bytes) was declared",
-                    data.len(),
+                    "tensor `{}`: more bytes than its {} declared",
                     t.name,
                     t.bytes()
                 ),
             ));
         }
-        self.next += 1;
-        self.file.write_all(data)?;
-        let n = data.len() as u64;
+        self.left -= n;
+        Ok(())
+    }
+
+    /// After the last byte of a tensor: its padding up to the alignment.
+    fn pad_if_done(&mut self) -> InputResult<()> {
+        if self.left != 0 {
+            return Ok(());
+        }
+        let n = self.tensors[self.next - 1].bytes();
         let padding = pad(n, self.alignment).expect("sizes fit") - n;
-        self.file.write_all(&vec![0u8; padding as usize])
+        if padding > 0 {
+            self.file.write_all(&vec![0u8; padding as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Appends bytes to the tensor begun last.
+    pub fn write_chunk(&mut self, data: &[u8]) -> InputResult<()> {
+        self.take(data.len() as u64)?;
+        self.file.write_all(data)?;
+        self.pad_if_done()
+    }
+
+    /// Writes the next tensor, which must be `name` with exactly its declared size.
+    pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
+        self.begin(name)?;
+        if self.left != data.len() as u64 {
+            return Err(InputError::invalid(
+                &self.dest,
+                format!(
+                    "tensor `{name}` ({} bytes) written where {} bytes were declared",
+                    data.len(),
+                    self.left
+                ),
+            ));
+        }
+        self.write_chunk(data)
+    }
+
+    /// Writes the next tensor, which must be `name`, as the `len` bytes of `src` (at
+    /// `src_path`) from `offset`, copied by the kernel ([`RawFile::copy_from`]): for tensors
+    /// copied byte for byte from an input.
+    pub fn copy_tensor(
+        &mut self,
+        name: &str,
+        src: &std::fs::File,
+        src_path: &std::path::Path,
+        offset: u64,
+        len: u64,
+    ) -> InputResult<()> {
+        self.begin(name)?;
+        if self.left != len {
+            return Err(InputError::invalid(
+                &self.dest,
+                format!(
+                    "tensor `{name}`: {len} bytes copied where {} were declared",
+                    self.left
+                ),
+            ));
+        }
+        self.file.copy_from(name, src, src_path, offset, len)?;
+        self.left = 0;
+        self.pad_if_done()
     }
 
     /// Checks every tensor was written, then flushes and fsyncs.
     pub fn finish(self) -> InputResult<u64> {
-        if let Some(t) = self.tensors.get(self.next) {
+        let missing = match self.left {
+            0 => self.tensors.get(self.next),
+            _ => self.tensors.get(self.next - 1),
+        };
+        if let Some(t) = missing {
             return Err(InputError::invalid(
                 &self.dest,
                 format!("tensor `{}` was never written", t.name),
             ));
         }
         self.file.finish()
+    }
+}
+
+impl Sink for GgufWriter<'_> {
+    fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
+        GgufWriter::write_tensor(self, name, data)
+    }
+    fn begin(&mut self, name: &str) -> InputResult<()> {
+        GgufWriter::begin(self, name)
+    }
+    fn write_result_chunk(&mut self, data: &[u8]) -> InputResult<()> {
+        self.write_chunk(data)
+    }
+    fn copy_tensor(
+        &mut self,
+        name: &str,
+        src: &std::fs::File,
+        path: &std::path::Path,
+        at: u64,
+        len: u64,
+    ) -> InputResult<()> {
+        GgufWriter::copy_tensor(self, name, src, path, at, len)
+    }
+    fn finish(self) -> InputResult<u64> {
+        GgufWriter::finish(self)
     }
 }

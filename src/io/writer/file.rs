@@ -1,7 +1,7 @@
 //! The per-file writers of [`Output`]: [`FileWriter`] streams one safetensors file's tensors
 //! in their declared order (with early writeback and kernel copies of untouched tensors);
-//! [`RawFile`] is a non-safetensors output (GGUF). Committing, locking and cleanup stay in
-//! the parent module.
+//! [`RawFile`] is a non-safetensors output (GGUF), with the same early writeback and kernel
+//! copies. Committing, locking and cleanup stay in the parent module.
 
 use super::*;
 
@@ -16,10 +16,44 @@ pub struct FileWriter<'o> {
     pub(super) next: usize,
     pub(super) left: u64,
     pub(super) bytes: u64,
-    /// Bytes before this offset have been handed to the kernel's writeback ([`WRITE_BEHIND`]).
-    pub(super) behind: u64,
+    pub(super) behind: WriteBehind,
+}
+
+/// Early writeback of one file ([`WRITE_BEHIND`]).
+#[derive(Debug, Default)]
+pub(super) struct WriteBehind {
+    /// Bytes before this offset have been handed to the kernel's writeback.
+    behind: u64,
     /// The thread that starts writeback of the ranges it is sent (created on first use).
-    pub(super) flusher: Option<Flusher>,
+    flusher: Option<Flusher>,
+}
+
+impl WriteBehind {
+    /// Hands what was written since the last hand-off (the file holds `bytes` bytes) to the
+    /// kernel's writeback once it is [`WRITE_BEHIND`] bytes or more. A hint: errors are
+    /// ignored here, and the final fsync reports any that matter.
+    fn after(&mut self, w: &mut BufWriter<File>, dest: &Path, bytes: u64) -> InputResult<()> {
+        if bytes - self.behind < WRITE_BEHIND {
+            return Ok(());
+        }
+        w.flush().map_err(|e| InputError::write(dest, e))?;
+        if self.flusher.is_none() {
+            // Without a thread (none can be made) the data simply waits for the fsync.
+            self.flusher = Flusher::start(w.get_ref()).ok();
+        }
+        if let Some(f) = &self.flusher {
+            let _ = f.tx.send((self.behind, bytes - self.behind));
+        }
+        self.behind = bytes;
+        Ok(())
+    }
+
+    /// Waits for the hand-offs already sent (before the fsync).
+    fn stop(&mut self) {
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
+    }
 }
 
 /// Starts the writeback of byte ranges of one file on its own thread:
@@ -157,12 +191,9 @@ impl FileWriter<'_> {
     }
 
     /// Writes the whole of the next tensor, which must be `name`, as the `len` bytes of `src`
-    /// (at `src_path`) from `offset`, copied by the kernel (`copy_file_range(2)`: page cache
-    /// to page cache, a reflink or a server-side copy where the file system offers one), not
-    /// through user space. Where the kernel cannot (`EXDEV` across file systems on older or
-    /// newer kernels, `ENOSYS`, `EOPNOTSUPP`, `EINVAL`, `EPERM` under a seccomp filter), the
-    /// bytes are read and written in chunks instead. Unchecked like [`Self::write_chunk`]: only
-    /// for byte-for-byte copies of input tensors.
+    /// (at `src_path`) from `offset`, copied by the kernel, not through user space
+    /// ([`kernel_copy`], with its read/write fallback). Unchecked like [`Self::write_chunk`]:
+    /// only for byte-for-byte copies of input tensors.
     pub fn copy_tensor(
         &mut self,
         name: &str,
@@ -171,8 +202,6 @@ impl FileWriter<'_> {
         offset: u64,
         len: u64,
     ) -> InputResult<()> {
-        use std::os::unix::fs::FileExt;
-        use std::os::unix::io::AsRawFd;
         self.begin(name)?;
         if len != self.left {
             return Err(InputError::invalid(
@@ -184,89 +213,17 @@ impl FileWriter<'_> {
             ));
         }
         let w = self.w.as_mut().expect("open until finish");
-        w.flush().map_err(|e| InputError::write(&self.dest, e))?;
-        let dst = w.get_ref();
-        let mut done = 0u64;
-        let mut kernel = true;
-        while kernel && done < len {
-            let mut off_in = libc::loff_t::try_from(offset + done)
-                .map_err(|_| InputError::invalid(src_path, "offset out of range"))?;
-            let want = (len - done).min(1 << 30) as usize;
-            // SAFETY: both descriptors are open for the whole call (borrowed `File`s);
-            // `off_in` points to a live local the kernel reads and advances; a null `off_out`
-            // makes the kernel write at, and advance, `dst`'s own file offset, which is where
-            // the flushed buffered writer left it. No user memory is written.
-            let n = unsafe {
-                libc::copy_file_range(
-                    src.as_raw_fd(),
-                    &mut off_in,
-                    dst.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    want,
-                    0,
-                )
-            };
-            match n {
-                n if n > 0 => done += n as u64,
-                0 => {
-                    return Err(InputError::io(
-                        src_path,
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("file ends inside tensor `{name}`"),
-                        ),
-                    ))
-                }
-                _ => {
-                    let e = std::io::Error::last_os_error();
-                    match e.raw_os_error() {
-                        Some(libc::EINTR) => {}
-                        Some(
-                            libc::EXDEV
-                            | libc::ENOSYS
-                            | libc::EOPNOTSUPP
-                            | libc::EINVAL
-                            | libc::EPERM,
-                        ) => kernel = false,
-                        _ => return Err(InputError::write(&self.dest, e)),
-                    }
-                }
-            }
-        }
-        if done < len {
-            let mut buf = vec![0u8; COPY_CHUNK.min((len - done) as usize)];
-            while done < len {
-                let n = buf.len().min((len - done) as usize);
-                src.read_exact_at(&mut buf[..n], offset + done)
-                    .map_err(|e| InputError::io(src_path, e))?;
-                w.write_all(&buf[..n])
-                    .map_err(|e| InputError::write(&self.dest, e))?;
-                done += n as u64;
-            }
-        }
+        kernel_copy(w, &self.dest, name, src, src_path, offset, len)?;
         self.left = 0;
         self.bytes += len;
         self.write_behind()
     }
 
     /// Hands what was written since the last hand-off to the kernel's writeback once it is
-    /// [`WRITE_BEHIND`] bytes or more (see there). A hint: errors are ignored here, and the
-    /// fsync of [`Self::finish`] reports any that matter.
+    /// [`WRITE_BEHIND`] bytes or more (see there).
     fn write_behind(&mut self) -> InputResult<()> {
-        if self.bytes - self.behind < WRITE_BEHIND {
-            return Ok(());
-        }
         let w = self.w.as_mut().expect("open until finish");
-        w.flush().map_err(|e| InputError::write(&self.dest, e))?;
-        if self.flusher.is_none() {
-            // Without a thread (none can be made) the data simply waits for the fsync.
-            self.flusher = Flusher::start(w.get_ref()).ok();
-        }
-        if let Some(f) = &self.flusher {
-            let _ = f.tx.send((self.behind, self.bytes - self.behind));
-        }
-        self.behind = self.bytes;
-        Ok(())
+        self.behind.after(w, &self.dest, self.bytes)
     }
 
     /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
@@ -286,9 +243,7 @@ impl FileWriter<'_> {
         let file = w
             .into_inner()
             .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
-        if let Some(f) = self.flusher.take() {
-            f.stop();
-        }
+        self.behind.stop();
         file.sync_all()
             .map_err(|e| InputError::write(&self.dest, e))?;
         self.out.bytes += self.bytes;
@@ -296,13 +251,92 @@ impl FileWriter<'_> {
     }
 }
 
-/// A file of an [`Output`] written as a byte stream ([`Output::raw_file`]).
+/// Appends the `len` bytes of `src` (at `src_path`) from `offset` to `w`'s file, copied by the
+/// kernel (`copy_file_range(2)`: page cache to page cache, a reflink or a server-side copy
+/// where the file system offers one), not through user space; `w` is flushed first and its
+/// file offset advanced past the copy. Where the kernel cannot (`EXDEV` across file systems on
+/// older or newer kernels, `ENOSYS`, `EOPNOTSUPP`, `EINVAL`, `EPERM` under a seccomp filter),
+/// the bytes are read and written in chunks instead. `name` (the tensor) and `dest` are for
+/// errors.
+fn kernel_copy(
+    w: &mut BufWriter<File>,
+    dest: &Path,
+    name: &str,
+    src: &File,
+    src_path: &Path,
+    offset: u64,
+    len: u64,
+) -> InputResult<()> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    w.flush().map_err(|e| InputError::write(dest, e))?;
+    let dst = w.get_ref();
+    let mut done = 0u64;
+    let mut kernel = true;
+    while kernel && done < len {
+        let mut off_in = libc::loff_t::try_from(offset + done)
+            .map_err(|_| InputError::invalid(src_path, "offset out of range"))?;
+        let want = (len - done).min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for the whole call (borrowed `File`s);
+        // `off_in` points to a live local the kernel reads and advances; a null `off_out`
+        // makes the kernel write at, and advance, `dst`'s own file offset, which is where
+        // the flushed buffered writer left it. No user memory is written.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                want,
+                0,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as u64,
+            0 => {
+                return Err(InputError::io(
+                    src_path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("file ends inside tensor `{name}`"),
+                    ),
+                ))
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(
+                        libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL | libc::EPERM,
+                    ) => kernel = false,
+                    _ => return Err(InputError::write(dest, e)),
+                }
+            }
+        }
+    }
+    if done < len {
+        let mut buf = vec![0u8; COPY_CHUNK.min((len - done) as usize)];
+        while done < len {
+            let n = buf.len().min((len - done) as usize);
+            src.read_exact_at(&mut buf[..n], offset + done)
+                .map_err(|e| InputError::io(src_path, e))?;
+            w.write_all(&buf[..n])
+                .map_err(|e| InputError::write(dest, e))?;
+            done += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// A file of an [`Output`] written as a byte stream ([`Output::raw_file`]), with the early
+/// writeback and kernel copies of [`FileWriter`].
 #[derive(Debug)]
 pub struct RawFile<'o> {
     pub(super) out: &'o mut Output,
     pub(super) dest: PathBuf,
     pub(super) w: Option<BufWriter<File>>,
     pub(super) bytes: u64,
+    pub(super) behind: WriteBehind,
 }
 
 impl RawFile<'_> {
@@ -310,7 +344,25 @@ impl RawFile<'_> {
         self.bytes += data.len() as u64;
         let w = self.w.as_mut().expect("open until finish");
         w.write_all(data)
-            .map_err(|e| InputError::write(&self.dest, e))
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        self.behind.after(w, &self.dest, self.bytes)
+    }
+
+    /// Appends the `len` bytes of `src` (at `src_path`) from `offset`, copied by the kernel
+    /// as [`FileWriter::copy_tensor`] copies (with its read/write fallback); `name` is the
+    /// tensor they hold, for errors.
+    pub fn copy_from(
+        &mut self,
+        name: &str,
+        src: &File,
+        src_path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> InputResult<()> {
+        let w = self.w.as_mut().expect("open until finish");
+        kernel_copy(w, &self.dest, name, src, src_path, offset, len)?;
+        self.bytes += len;
+        self.behind.after(w, &self.dest, self.bytes)
     }
 
     /// Bytes written so far.
@@ -324,6 +376,7 @@ impl RawFile<'_> {
         let file = w
             .into_inner()
             .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        self.behind.stop();
         file.sync_all()
             .map_err(|e| InputError::write(&self.dest, e))?;
         self.out.bytes += self.bytes;

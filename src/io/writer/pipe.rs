@@ -1,10 +1,15 @@
 //! One output file written on its own thread while the caller computes the next tensor.
 //!
-//! [`pipelined`] moves a [`FileWriter`] to a scoped thread and hands the caller a [`Pipe`]:
-//! each tensor sent is written (or kernel-copied) there in order, and the file is finished
-//! (flushed, fsynced) when the caller's body returns `Ok`. The channel is a rendezvous: a send
-//! waits until the writer has taken the tensor, so at most one tensor is being written while
-//! the next is computed — the memory bound of a streamed merge (3 × the largest tensor) holds.
+//! [`pipelined`] moves a file's writer (a [`Sink`]: a safetensors [`FileWriter`] or a GGUF
+//! writer) to a scoped thread and hands the caller a [`Pipe`]: each tensor sent is written (or
+//! kernel-copied) there in order, and the file is finished (flushed, fsynced) when the caller's
+//! body returns `Ok`. Messages queue in order, but at most one piece of owned bytes is ever
+//! queued or being written: sending the next one waits until the writer has written the last
+//! (`acks`), so at most one tensor is being written while the next is computed — the memory
+//! bound of a streamed merge (3 × the largest tensor) holds. Kernel copies of untouched
+//! tensors hold no bytes and never wait, so the caller computes the next merged tensor while
+//! the copies before it are still being made (a GGUF model is mostly copies between its few
+//! merged tensors, issue #17).
 //! A tensor produced in pieces (a GPU merge's readback) goes as [`Pipe::begin_tensor`] and
 //! [`Pipe::write_chunk`]s (owned) or [`Pipe::write_borrowed`]s (written from the caller's
 //! buffer while the caller waits), one piece in flight at a time, so it is never whole on the
@@ -17,7 +22,57 @@ use crate::backend::profile::{self, Stage};
 use crate::error::InputResult;
 use std::fs::File;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+
+/// A file's writer that [`pipelined`] drives on its own thread: tensors in their declared
+/// order, whole, in pieces, or copied by the kernel from an input file.
+pub trait Sink: Send {
+    /// Writes the whole of the next tensor, which must be `name`.
+    fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()>;
+    /// Starts the next tensor, which must be `name`; its bytes follow as result chunks.
+    fn begin(&mut self, name: &str) -> InputResult<()>;
+    /// Appends the next bytes of the tensor begun last.
+    fn write_result_chunk(&mut self, data: &[u8]) -> InputResult<()>;
+    /// Writes the whole of the next tensor, `name`, as `len` bytes of `src` from `at`.
+    fn copy_tensor(
+        &mut self,
+        name: &str,
+        src: &File,
+        path: &Path,
+        at: u64,
+        len: u64,
+    ) -> InputResult<()>;
+    /// Flushes and fsyncs; returns the bytes written.
+    fn finish(self) -> InputResult<u64>
+    where
+        Self: Sized;
+}
+
+impl Sink for FileWriter<'_> {
+    fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
+        FileWriter::write_tensor(self, name, data)
+    }
+    fn begin(&mut self, name: &str) -> InputResult<()> {
+        FileWriter::begin(self, name)
+    }
+    fn write_result_chunk(&mut self, data: &[u8]) -> InputResult<()> {
+        FileWriter::write_result_chunk(self, data)
+    }
+    fn copy_tensor(
+        &mut self,
+        name: &str,
+        src: &File,
+        path: &Path,
+        at: u64,
+        len: u64,
+    ) -> InputResult<()> {
+        FileWriter::copy_tensor(self, name, src, path, at, len)
+    }
+    fn finish(self) -> InputResult<u64> {
+        FileWriter::finish(self)
+    }
+}
 
 enum Msg<'a> {
     Tensor(String, Vec<u8>),
@@ -49,7 +104,11 @@ unsafe impl Send for Lent {}
 
 /// The caller's end of a pipelined file (see the module doc).
 pub struct Pipe<'a> {
-    tx: SyncSender<Msg<'a>>,
+    tx: Sender<Msg<'a>>,
+    /// One message per owned piece the writer has written.
+    acks: Receiver<()>,
+    /// Whether an owned piece was sent whose ack has not been taken yet.
+    owed: bool,
 }
 
 /// Marker error of a send to a writer that has stopped; replaced by the writer's own error.
@@ -63,9 +122,20 @@ impl<'a> Pipe<'a> {
         self.tx.send(m).map_err(|_| Stopped.into())
     }
 
+    /// Sends a message holding owned bytes, once the previous one has been written.
+    fn send_owned(&mut self, m: Msg<'a>) -> anyhow::Result<()> {
+        if self.owed {
+            let _t = profile::time(Stage::Wait);
+            self.acks.recv().map_err(|_| Stopped)?;
+        }
+        self.send(m)?;
+        self.owed = true;
+        Ok(())
+    }
+
     /// [`FileWriter::write_tensor`] on the writer thread.
     pub fn write_tensor(&mut self, name: &str, data: Vec<u8>) -> anyhow::Result<()> {
-        self.send(Msg::Tensor(name.to_owned(), data))
+        self.send_owned(Msg::Tensor(name.to_owned(), data))
     }
 
     /// [`FileWriter::begin`] on the writer thread: a result tensor whose bytes follow in pieces
@@ -77,7 +147,7 @@ impl<'a> Pipe<'a> {
     /// [`FileWriter::write_result_chunk`] on the writer thread: the next bytes of the tensor
     /// begun last, checked as a whole result is.
     pub fn write_chunk(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
-        self.send(Msg::Chunk(data))
+        self.send_owned(Msg::Chunk(data))
     }
 
     /// [`Self::write_chunk`] without a copy: the writer thread writes straight from `data`
@@ -93,6 +163,7 @@ impl<'a> Pipe<'a> {
         // The writer answers after its last read of `data`. A closed channel means it
         // unwound (a panic) and dropped `done` on the way, also after its last read. Either
         // way `data`, borrowed for this whole call, outlived every read.
+        let _t = profile::time(Stage::Wait);
         match wait.recv() {
             Ok(true) => Ok(()),
             Ok(false) | Err(_) => Err(Stopped.into()),
@@ -119,25 +190,36 @@ impl<'a> Pipe<'a> {
 }
 
 /// Runs `body` with a [`Pipe`] into `w`, then finishes the file (fsync); returns its byte count.
-/// When `body` fails the file is left unfinished (the [`super::Output`] removes it) and the
-/// body's error is returned, unless the writer failed first: then the writer's error is.
-pub fn pipelined<'a>(
-    mut w: FileWriter<'_>,
+/// When `body` fails the file is left unfinished (the [`super::Output`] removes it), what is
+/// still queued is dropped unwritten, and the body's error is returned, unless the writer
+/// failed first: then the writer's error is.
+pub fn pipelined<'a, W: Sink>(
+    mut w: W,
     body: impl FnOnce(&mut Pipe<'a>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let (tx, rx) = sync_channel::<Msg<'a>>(0);
+    let (tx, rx) = channel::<Msg<'a>>();
+    // Capacity 1: the pipe takes each ack before it sends the next owned piece.
+    let (ack, acks) = sync_channel::<()>(1);
+    // Set when the body fails: the writer drops what is still queued instead of writing it.
+    let abandoned = AtomicBool::new(false);
     std::thread::scope(|s| {
+        let abandoned = &abandoned;
         let writer = s.spawn(move || -> InputResult<Option<u64>> {
             for m in rx {
+                if abandoned.load(Ordering::Relaxed) {
+                    break;
+                }
                 match m {
                     Msg::Tensor(name, data) => {
                         let _t = profile::time(Stage::Write);
                         w.write_tensor(&name, &data)?;
+                        let _ = ack.send(());
                     }
                     Msg::Begin(name) => w.begin(&name)?,
                     Msg::Chunk(data) => {
                         let _t = profile::time(Stage::Write);
                         w.write_result_chunk(&data)?;
+                        let _ = ack.send(());
                     }
                     Msg::Borrowed(lent, done) => {
                         let _t = profile::time(Stage::Write);
@@ -168,8 +250,15 @@ pub fn pipelined<'a>(
             // The body failed: nothing to finish.
             Ok(None)
         });
-        let mut pipe = Pipe { tx };
+        let mut pipe = Pipe {
+            tx,
+            acks,
+            owed: false,
+        };
         let result = body(&mut pipe).and_then(|()| pipe.send(Msg::Finish));
+        if result.is_err() {
+            abandoned.store(true, Ordering::Relaxed);
+        }
         drop(pipe);
         let written = match writer.join() {
             Ok(r) => r,

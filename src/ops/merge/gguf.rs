@@ -25,13 +25,16 @@
 //! architecture outside the name map, base types lorakit cannot dequantize, and an output path
 //! that is an input.
 
+use super::gguf_parts::TensorData;
 use super::WeightedAdapter;
 use crate::adapter::mapping::kohya_candidates;
 use crate::adapter::Format;
+use crate::backend::profile::{self, Stage};
 use crate::backend::{Engine, MergeError, MergeJob, Term};
 use crate::dtype::Dtype;
-use crate::error::{InputError, InputResult, Opt};
+use crate::error::{InputError, Opt};
 use crate::io::gguf::names::{self, Rope};
+use crate::io::gguf::quant::StoredError;
 use crate::io::gguf::writer::{kv_string, OutTensor};
 use crate::io::gguf::{quant, types, GgmlType, GgufModel, Value};
 use crate::io::writer::check_writes;
@@ -521,19 +524,34 @@ impl GgufMergePlan {
 
     /// The f32 merge of one target, in the GGUF tensor's layout, through the backend's merge
     /// (the arithmetic every safetensors merge uses: `acc = Σₖ b·a` in f32, `w + scale·acc`),
-    /// into `scratch.merged`.
-    fn merged(&self, t: &Target, engine: &Engine, scratch: &mut Scratch) -> InputResult<()> {
+    /// handed to `band` in bands of whole rows, in order.
+    fn merged(
+        &self,
+        t: &Target,
+        engine: &Engine,
+        scratch: &mut Scratch,
+        mut band_out: impl FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
         let (f, info) = self.base.get(&t.tensor).expect("planned");
         let shape = info.shape();
         let (rows, cols) = (shape[0], shape[1]);
+        // Every value is overwritten by the dequantization: zeroed only when the size changes
+        // (zeroing 64 MB per 4096² tensor was ~2 % of a 7B merge's CPU time).
         let w0 = &mut scratch.w0;
-        w0.clear();
-        w0.resize(rows * cols, 0.0);
-        let ok = quant::dequantize_par(info.ty, f.view(info).data, w0);
-        assert!(
-            ok,
-            "planned: a dequantizable type whose size the header validated"
-        );
+        if w0.len() != rows * cols {
+            w0.clear();
+            w0.resize(rows * cols, 0.0);
+        }
+        {
+            let _t = profile::time(Stage::Dequantize);
+            f.prefetch(info);
+            let ok = quant::dequantize_par(info.ty, f.view(info).data, w0);
+            assert!(
+                ok,
+                "planned: a dequantizable type whose size the header validated"
+            );
+            f.release(info);
+        }
         let mut order = t.terms.clone();
         if self.options.unmerge {
             order.reverse();
@@ -589,16 +607,16 @@ impl GgufMergePlan {
         // The CPU merge in row bands of about `BAND` values: each band's output buffer is
         // small enough for glibc's malloc to hand the same memory back for the next one (its
         // mmap threshold rises to a freed mapping's size), where one tensor-sized output was
-        // fresh pages from the kernel every time (issue #17). Rows are independent in the merge (no DoRA
-        // here), so the bits are those of one whole-tensor job. The GPU takes the tensor whole.
+        // fresh pages from the kernel every time (issue #17), and it is quantized while in
+        // cache, never copied into a tensor-sized f32 merge. Rows are independent in the merge
+        // (no DoRA here) and in the quantizers (rows are whole blocks), so the bits are those
+        // of one whole-tensor job. The GPU takes the tensor whole.
         const BAND: usize = 1 << 20;
         let band = if engine.is_gpu() {
             rows.max(1)
         } else {
             (BAND / cols.max(1)).max(1)
         };
-        scratch.merged.clear();
-        scratch.merged.reserve(rows * cols);
         for r0 in (0..rows).step_by(band) {
             let r1 = (r0 + band).min(rows);
             let band_terms: Vec<Term> = terms
@@ -635,11 +653,11 @@ impl GgufMergePlan {
                 )
             })?;
             match bytemuck::try_cast_slice::<u8, f32>(&out) {
-                Ok(v) => scratch.merged.extend_from_slice(v),
-                Err(_) => scratch.merged.extend(
-                    out.chunks_exact(4)
-                        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
-                ),
+                Ok(v) => band_out(v)?,
+                Err(_) => {
+                    let v: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
+                    band_out(&v)?
+                }
             }
         }
         Ok(())
@@ -666,10 +684,9 @@ impl GgufMergePlan {
         };
         let base_tensors: Vec<_> = self.base.tensors().collect();
         let mut merged = Vec::new();
-        // The tensor-sized buffers of one merged tensor are kept for the next: fresh pages
-        // cost ~18 % of a 7B Q4_K_M merge in faults and zeroing (issue #17). They are freed
-        // after the last one, so that they do not add to the peak of the copies after it (the
-        // copied tensors' pages of the base's mapping).
+        // The tensor-sized buffer of one merged tensor (its dequantized base) is kept for the
+        // next: fresh pages cost ~18 % of a 7B Q4_K_M merge in faults and zeroing (issue #17).
+        // It is freed after the last one, so that it is not held while the rest is copied.
         let mut scratch = Scratch::default();
         let mut merges_left = self.targets.len();
         let spec = super::gguf_parts::GgufOutput {
@@ -685,13 +702,26 @@ impl GgufMergePlan {
         let wrote = super::gguf_parts::write_files(&mut output, &spec, |i| {
             let (f, t) = base_tensors[i];
             let Some(target) = self.targets.iter().find(|x| x.tensor == t.name) else {
-                return Ok(std::borrow::Cow::Borrowed(f.view(t).data));
+                let (file, at, len) = f.source(t);
+                let path = f.path();
+                return Ok(TensorData::Copy {
+                    file,
+                    path,
+                    at,
+                    len,
+                });
             };
-            self.merged(target, engine, &mut scratch)?;
-            let values = &scratch.merged;
-            let bytes = quant::quantize_par(target.out_type, values).expect("planned");
-            let (num, den, mx, bad) = stored_error(target.out_type, &bytes, values);
-            if let Some(i) = bad {
+            let out_bytes = out_tensors[i].bytes() as usize;
+            let (mut bytes, mut err) = (Vec::with_capacity(out_bytes), StoredError::default());
+            self.merged(target, engine, &mut scratch, |values| {
+                let _t = profile::time(Stage::Quantize);
+                let at = bytes.len() / target.out_type.type_size() * target.out_type.block_size();
+                let e = quant::quantize_par_measured(target.out_type, values, &mut bytes)
+                    .expect("planned");
+                err = err.then(e, at);
+                Ok(())
+            })?;
+            if let Some(i) = err.first_bad {
                 return Err(InputError::invalid(
                     &self.out,
                     format!(
@@ -714,18 +744,14 @@ impl GgufMergePlan {
                     OutType::To(ty) if ty != target.out_type => Some(ty.name().into()),
                     _ => None,
                 },
-                quant_rel_fro_error: if den > 0.0 {
-                    (num / den).sqrt()
-                } else {
-                    num.sqrt()
-                },
-                quant_max_abs_error: mx,
+                quant_rel_fro_error: err.rel_fro(),
+                quant_max_abs_error: err.max_abs,
             });
             merges_left -= 1;
             if merges_left == 0 {
                 scratch = Scratch::default();
             }
-            Ok(std::borrow::Cow::Owned(bytes))
+            Ok(TensorData::Bytes(std::borrow::Cow::Owned(bytes)))
         })?;
         let written = wrote.iter().map(|(_, b)| b).sum();
         output.commit()?;
@@ -757,43 +783,4 @@ impl GgufMergePlan {
 struct Scratch {
     /// The base tensor dequantized.
     w0: Vec<f32>,
-    /// The f32 merge.
-    merged: Vec<f32>,
-}
-
-/// Σ e², Σ v², max e and the first non-finite element of `back`, with `back` the stored
-/// `bytes` of type `ty` dequantized and `e = |back − values|` in f64. Over the cores in fixed
-/// chunks summed in order, so the figures do not depend on the thread count; each chunk is
-/// dequantized into a buffer reused by its thread rather than into a tensor-sized one (issue
-/// #17: serial and with that buffer, this pass cost a tenth of a 7B merge).
-fn stored_error(ty: GgmlType, bytes: &[u8], values: &[f32]) -> (f64, f64, f64, Option<usize>) {
-    use rayon::prelude::*;
-    // A multiple of every block size (1, 32, 256).
-    const CHUNK: usize = 1 << 14;
-    let chunk_bytes = CHUNK / ty.block_size() * ty.type_size();
-    let parts: Vec<(f64, f64, f64, Option<usize>)> = values
-        .par_chunks(CHUNK)
-        .zip(bytes.par_chunks(chunk_bytes))
-        .enumerate()
-        .map_init(Vec::new, |back, (c, (v, b))| {
-            back.clear();
-            back.resize(v.len(), 0f32);
-            assert!(quant::dequantize_into(ty, b, back), "quantized just before");
-            let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
-            for (q, v) in back.iter().zip(v) {
-                let e = (*q as f64 - *v as f64).abs();
-                num += e * e;
-                den += (*v as f64) * (*v as f64);
-                mx = mx.max(e);
-            }
-            let bad = back
-                .iter()
-                .position(|v| !v.is_finite())
-                .map(|i| c * CHUNK + i);
-            (num, den, mx, bad)
-        })
-        .collect();
-    parts.into_iter().fold((0.0, 0.0, 0.0, None), |a, p| {
-        (a.0 + p.0, a.1 + p.1, a.2.max(p.2), a.3.or(p.3))
-    })
 }

@@ -22,10 +22,11 @@
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::gguf::writer::{kv_i32, kv_u16, part_path, split_parts, GgufWriter, OutTensor};
 use crate::io::gguf::GgufModel;
-use crate::io::writer::LockMode;
+use crate::io::writer::{pipelined, LockMode};
 use crate::parts::{files_named, is_plain_name, out_dir, stamps, Stamp};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// The output files of a GGUF output `out` holding `tensors` in order, and the tensor range of
@@ -80,14 +81,36 @@ pub struct GgufOutput<'a> {
     pub inputs: &'a [PathBuf],
 }
 
+/// The bytes of one output tensor, as [`write_files`] takes them.
+pub enum TensorData<'d> {
+    /// Computed (or borrowed) bytes in the planned type.
+    Bytes(std::borrow::Cow<'d, [u8]>),
+    /// Copied byte for byte by the kernel: `len` bytes of `file` (at `path`) from offset `at`.
+    Copy {
+        file: &'d std::fs::File,
+        path: &'d Path,
+        at: u64,
+        len: u64,
+    },
+}
+
+impl<'d> From<std::borrow::Cow<'d, [u8]>> for TensorData<'d> {
+    fn from(b: std::borrow::Cow<'d, [u8]>) -> Self {
+        TensorData::Bytes(b)
+    }
+}
+
 /// Writes the files of `o` this run owns (all of them, or part I's share and its manifest)
 /// into `output`, which the caller commits; `data(i)` gives tensor `i`'s bytes in its planned
-/// type, in order. Part 1 holds the metadata, every file of a split output its `split.*` keys
-/// (gguf-py's layout). Returns the files written with their sizes.
-pub fn write_files<'d>(
+/// type, in order, or the input range to copy them from. Each file is written on the
+/// pipelined writer thread ([`crate::io::writer::pipelined`]): `data(i + 1)` is computed while
+/// tensor `i` and the copies before it are written. Part 1 holds the metadata, every file of a
+/// split output its `split.*` keys (gguf-py's layout). Returns the files written with their
+/// sizes.
+pub fn write_files<'d, D: Into<TensorData<'d>>>(
     output: &mut crate::io::Output,
     o: &GgufOutput<'_>,
-    mut data: impl FnMut(usize) -> Result<std::borrow::Cow<'d, [u8]>>,
+    mut data: impl FnMut(usize) -> Result<D>,
 ) -> Result<Vec<(PathBuf, u64)>> {
     let (files, parts) = layout(o.out, o.tensors, o.max_shard_size);
     // Parts of one run write side by side; `finalize` takes the lock exclusively.
@@ -112,18 +135,32 @@ pub fn write_files<'d>(
             entries.push(kv_i32("split.tensors.count", o.tensors.len() as i32));
         }
         let file = output.raw_file(path)?;
-        let mut w = GgufWriter::new(
+        let w = GgufWriter::new(
             file,
             path,
             &entries,
             o.tensors[range.clone()].to_vec(),
             o.alignment,
         )?;
-        for i in range.clone() {
-            let bytes = data(i)?;
-            w.write_tensor(&o.tensors[i].name, &bytes)?;
-        }
-        let bytes = w.finish()?;
+        let bytes = pipelined(w, |pipe| {
+            for i in range.clone() {
+                let name = &o.tensors[i].name;
+                match data(i)?.into() {
+                    TensorData::Bytes(Cow::Owned(v)) => pipe.write_tensor(name, v)?,
+                    TensorData::Bytes(Cow::Borrowed(b)) => {
+                        pipe.begin_tensor(name)?;
+                        pipe.write_borrowed(b)?;
+                    }
+                    TensorData::Copy {
+                        file,
+                        path,
+                        at,
+                        len,
+                    } => pipe.copy_tensor(name, file, path, at, len)?,
+                }
+            }
+            Ok(())
+        })?;
         wrote.push((path.clone(), bytes));
     }
     if let Some((i, n)) = o.part {

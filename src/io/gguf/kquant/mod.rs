@@ -6,7 +6,7 @@
 //!
 //! [`quantize`] is what lorakit calls: the lane searches compiled per CPU level by
 //! [`crate::backend::simd::multiversion!`] (every copy computes the same bits, see
-//! [`crate::backend::simd`]). It never allocates per block. `kquant::tests` checks it against
+//! [`crate::backend::simd`]), all but `Q6_K`'s capped at AVX2, which was measured faster. It never allocates per block. `kquant::tests` checks it against
 //! [`reference`] bit for bit on random and adversarial super-blocks at every level;
 //! `io::gguf::tests` checks both against ggml's own bytes (`fixtures/gguf/kquant.gguf`).
 
@@ -18,11 +18,39 @@ mod tests;
 use super::types::GgmlType;
 use crate::backend::simd::multiversion;
 
+/// Quantizes `values` (whole super-blocks) to the K type `ty`, appending to `out`. Returns
+/// `false`, writing nothing, for a type that is not a K-quant or a length that is not a
+/// multiple of 256.
+pub(super) fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
+    match ty {
+        GgmlType::Q6_K => quantize_wide(ty, values, out),
+        _ => quantize_avx2(ty, values, out),
+    }
+}
+
 multiversion! {
-    /// Quantizes `values` (whole super-blocks) to the K type `ty`, appending to `out`. Returns
-    /// `false`, writing nothing, for a type that is not a K-quant or a length that is not a
-    /// multiple of 256.
-    pub(super) fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
+    /// [`quantize`] of `Q6_K`, at the CPU's widest level: its AVX-512 copy was measured faster
+    /// than its AVX2 one (see [`quantize_avx2`]).
+    fn quantize_wide(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
+        if !values.len().is_multiple_of(256) || ty != GgmlType::Q6_K {
+            return false;
+        }
+        for x in values.chunks_exact(256) {
+            reference::q6_pack(x, lanes::q6_fit(x), out);
+        }
+        true
+    }
+}
+
+// Capped at AVX2: on this project's machine (Xeon with AVX-512F/BW/VL, 2 loaded cores), lorakit
+// at opt-level 3 with the dev-profile flags, `LORAKIT_GGUF_BENCH=quantizers` (one thread's CPU
+// time, best of 5, three runs) gave in Mvalues/s AVX2 vs AVX-512: Q4_K 97–100 vs 84–90, Q5_K
+// 82–86 vs 69–72, Q3_K 111–120 vs 100–106, Q2_K 114–117 vs 78–82; but Q6_K 157–172 vs 175–189,
+// so Q6_K keeps the widest copy ([`quantize_wide`]). The bytes are the same at every level.
+multiversion! {
+    cap(Avx2)
+    /// [`quantize`] of every K type but `Q6_K`.
+    fn quantize_avx2(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
         if !values.len().is_multiple_of(256) {
             return false;
         }
@@ -60,11 +88,6 @@ multiversion! {
                 let last = pairs.remainder();
                 if !last.is_empty() {
                     pack(last, lanes::kx_fit(last, nmax, rmin, nstep), out);
-                }
-            }
-            GgmlType::Q6_K => {
-                for x in values.chunks_exact(256) {
-                    reference::q6_pack(x, lanes::q6_fit(x), out);
                 }
             }
             _ => return false,
