@@ -192,6 +192,8 @@ pub enum Opt {
     Embeddings,
     Exclude,
     Format,
+    /// The llama.cpp pre-tokenizer named for a GGUF output (`tokenizer_pre` of the GGUF merge).
+    GgufTokenizerPre,
     InputIds,
     Logits,
     Lr,
@@ -231,6 +233,7 @@ impl Opt {
             Opt::Embeddings => "embeddings",
             Opt::Exclude => "exclude",
             Opt::Format => "format",
+            Opt::GgufTokenizerPre => "gguf_tokenizer_pre",
             Opt::InputIds => "input_ids",
             Opt::Logits => "logits",
             Opt::Lr => "lr",

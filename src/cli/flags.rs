@@ -19,6 +19,7 @@ pub fn long(o: Opt) -> &'static str {
         Opt::Embeddings => "--embeddings",
         Opt::Exclude => "--exclude",
         Opt::Format => "--format",
+        Opt::GgufTokenizerPre => "--gguf-tokenizer-pre",
         Opt::InputIds => "--input-ids",
         Opt::Logits => "--logits",
         Opt::Lr => "--lr",
@@ -103,6 +104,7 @@ mod tests {
             Opt::Targets,
             Opt::Tensors,
             Opt::Tokenizer,
+            Opt::GgufTokenizerPre,
             Opt::Tolerance,
             Opt::Tuned,
         ];

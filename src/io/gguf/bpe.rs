@@ -20,8 +20,8 @@
 //! unless the caller names the pre-tokenizer (what a user of the script does by adding the
 //! hash to `convert_hf_to_gguf_update.py`). Must not read weights or write files.
 
-use super::vocab::{Tokens, CONTROL, NORMAL, UNUSED, USER_DEFINED};
-use crate::error::{InputError, InputResult};
+use super::tokens::{Tokens, CONTROL, NORMAL, UNUSED, USER_DEFINED};
+use crate::error::{InputError, InputResult, Opt};
 use serde_json::Value as Json;
 use std::path::Path;
 
@@ -78,9 +78,12 @@ pub fn tokens(
         (Some(k), _) => k.to_owned(),
         (None, Some(p)) => p.to_owned(),
         (None, None) => {
-            return Err(bad(format!(
-                "BPE pre-tokenizer not recognized (chkhsh {hash}): llama.cpp's convert_hf_to_gguf.py refuses it too; name it with --gguf-tokenizer-pre if you know which llama.cpp pre-tokenizer it is"
-            )))
+            return Err(InputError::option(tj_path, move |o| {
+                format!(
+                    "BPE pre-tokenizer not recognized (chkhsh {hash}): llama.cpp's convert_hf_to_gguf.py refuses it too; name it with {} if you know which llama.cpp pre-tokenizer it is",
+                    o.opt(Opt::GgufTokenizerPre)
+                )
+            }))
         }
     };
     let vocab = tok.get_vocab(true);

@@ -16,6 +16,7 @@ pub mod names;
 mod pre_table;
 pub mod quant;
 mod spm;
+mod tokens;
 pub mod types;
 pub mod vocab;
 pub mod writer;

@@ -12,7 +12,7 @@
 //! field 1 repeated `SentencePiece { piece = 1 (string), score = 2 (float), type = 3 (enum,
 //! NORMAL = 1 by default) }`; other fields are skipped. Must not write files.
 
-use super::vocab::{Tokens, BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED};
+use super::tokens::{Tokens, BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED};
 use crate::error::{InputError, InputResult};
 use serde_json::Value as Json;
 use std::path::Path;

@@ -22,19 +22,12 @@
 //! a tokenizer: the tokens tokenizer_config.json names as `bos`/`eos`/`unk`/`sep`/`pad`/`cls`/
 //! `mask` token and its `additional_special_tokens`.
 
+use super::tokens::*;
 use super::writer::{kv_bool, kv_f32s, kv_i32s, kv_string, kv_strings, kv_u32};
 use crate::error::{InputError, InputResult};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// gguf-py `TokenType` (sentencepiece's piece types).
-pub(super) const NORMAL: i32 = 1;
-pub(super) const UNKNOWN: i32 = 2;
-pub(super) const CONTROL: i32 = 3;
-pub(super) const USER_DEFINED: i32 = 4;
-pub(super) const UNUSED: i32 = 5;
-pub(super) const BYTE: i32 = 6;
 
 /// `SpecialVocab.special_token_types` (default) and the GGUF key of each id (`add_*_token_id`
 /// handlers of `GGUFWriter`; `cls` has none and is skipped, as gguf-py does with a warning).
@@ -89,9 +82,6 @@ fn token_content(v: Option<&Json>) -> Option<&str> {
 fn truthy(v: &Option<String>) -> bool {
     v.as_deref().is_some_and(|s| !s.is_empty())
 }
-
-/// `(tokens, scores, token types)` of a vocabulary.
-pub(super) type Tokens = (Vec<String>, Vec<f32>, Vec<i32>);
 
 /// `tokenizer.ggml.model`, `.pre`, the tokens, their scores (SentencePiece and LlamaHfVocab
 /// only) and types.

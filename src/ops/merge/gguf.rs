@@ -499,15 +499,16 @@ impl GgufMergePlan {
             .filter(|kv| !kv.key.starts_with("split.") && !kv.key.starts_with("lorakit."))
             .map(|kv| f.raw_kv(kv).to_vec())
             .collect();
-        out.push(kv_string("lorakit.version", env!("CARGO_PKG_VERSION")));
-        out.push(kv_string(
-            "lorakit.operation",
-            if self.options.unmerge {
-                "unmerge"
-            } else {
-                "merge"
-            },
-        ));
+        let operation = if self.options.unmerge {
+            "unmerge"
+        } else {
+            "merge"
+        };
+        out.extend(
+            crate::ops::output::provenance_head(operation)
+                .iter()
+                .map(|(k, v)| kv_string(k, v)),
+        );
         out.push(kv_string(
             "lorakit.adapters",
             &serde_json::Value::Array(self.adapter_json()).to_string(),
