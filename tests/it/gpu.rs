@@ -264,6 +264,66 @@ fn gpu_index_picks_the_listed_adapter() {
     assert!(!out.exists());
 }
 
+/// `--gpu-index pci:ID`: `gpu-info --json` lists each adapter's bus id (empty where the driver
+/// reports none, as lavapipe); an adapter that reports one opens by it, and a bus id no adapter
+/// has is a one-line error naming the ids there are, with nothing written.
+#[test]
+fn gpu_index_takes_a_pci_bus_id() {
+    if !gpu_available() {
+        return;
+    }
+    let info: serde_json::Value = serde_json::from_str(&run_ok(["gpu-info", "--json"])).unwrap();
+    let adapters = info["adapters"].as_array().unwrap().clone();
+    let absent = "0000:fe:1f.7";
+    for a in &adapters {
+        let id = a["pci_bus_id"].as_str().unwrap();
+        if id.is_empty() {
+            continue;
+        }
+        assert_ne!(id, absent, "an adapter sits at {absent}");
+        let one: serde_json::Value = serde_json::from_str(&run_ok([
+            "gpu-info",
+            "--json",
+            "--gpu-index",
+            &format!("pci:{id}"),
+        ]))
+        .unwrap();
+        assert_eq!(one["pci_bus_id"], a["pci_bus_id"], "{id}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bad");
+    let err = run_err([
+        "merge",
+        "--base",
+        fixture("llama/base").to_str().unwrap(),
+        "--adapter",
+        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "gpu",
+        "--gpu-index",
+        &format!("pci:{absent}"),
+    ]);
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    let first = adapters[0]["pci_bus_id"].as_str().unwrap();
+    let first = if first.is_empty() {
+        "none reported"
+    } else {
+        first
+    };
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.trim_end().lines().count() == 1
+            && stderr.contains(&format!("no adapter at PCI bus id {absent}"))
+            && stderr.contains(&format!("[0] {first}")),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let err = run_err(["gpu-info", "--gpu-index", "pci:65:00"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("not a PCI bus id"));
+}
+
 /// `extract --device gpu` (W − W0 formed on the device by the sketch kernels) recovers W − W0
 /// itself, computed here in f64 from the two files: tuned = base + PEFT's rank-8 merge, so the
 /// rank-8 extraction is exact but for the f32 SVD's backward error, ≤ n·u·‖ΔW‖ with
