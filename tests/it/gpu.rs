@@ -241,19 +241,7 @@ fn gpu_index_picks_the_listed_adapter() {
     );
     let past = adapters.len().to_string();
     let out = dir.path().join("bad");
-    let err = run_err([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "gpu",
-        "--gpu-index",
-        &past,
-    ]);
+    let err = merge_on_gpu_index(&out, &past);
     let stderr = String::from_utf8_lossy(&err.stderr);
     assert!(
         stderr.starts_with("error: ")
@@ -262,6 +250,24 @@ fn gpu_index_picks_the_listed_adapter() {
         "{stderr}"
     );
     assert!(!out.exists());
+}
+
+/// A merge of the llama fixture into `out` on the GPU `--gpu-index` names; expected to fail.
+fn merge_on_gpu_index(out: &std::path::Path, selector: &str) -> std::process::Output {
+    let (base, adapter) = (fixture("llama/base"), fixture("llama/adapters/qv_r8"));
+    let (base, adapter) = (base.to_str().unwrap(), adapter.to_str().unwrap());
+    let out = out.to_str().unwrap();
+    let args = [
+        "--base",
+        base,
+        "--adapter",
+        adapter,
+        "--out",
+        out,
+        "--gpu-index",
+        selector,
+    ];
+    run_err(["merge", "--device", "gpu"].into_iter().chain(args))
 }
 
 /// `--gpu-index pci:ID`: `gpu-info --json` lists each adapter's bus id (empty where the driver
@@ -292,19 +298,7 @@ fn gpu_index_takes_a_pci_bus_id() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bad");
-    let err = run_err([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "gpu",
-        "--gpu-index",
-        &format!("pci:{absent}"),
-    ]);
+    let err = merge_on_gpu_index(&out, &format!("pci:{absent}"));
     let stderr = String::from_utf8_lossy(&err.stderr);
     let first = adapters[0]["pci_bus_id"].as_str().unwrap();
     let first = if first.is_empty() {
