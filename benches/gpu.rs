@@ -17,9 +17,12 @@
 //!   gpu` (mmap → upload ring → device → readback → writer, streamed) and `--device cpu`,
 //!   seconds and peak RSS (`ru_maxrss` from `wait4`) of each, and whether the two output files
 //!   are byte-identical. The temporary files are removed.
+//! * `dora ROWS COLS RANK`: a DoRA merge (per-row norms summed on the device, then the merge)
+//!   of a ROWS×COLS bf16 tensor, GPU and CPU, best of 2 each, and whether the bytes are equal.
 //! * `forward N D RANK`: the low-rank forward (`Y = X·W0ᵀ + s·(X·Aᵀ)·Bᵀ`) of N rows on a D×D
 //!   bf16 weight, GPU (incl. upload and readback) and CPU.
-//! * `sketch D L`: `(W − W0)·Ω` with L columns on D×D bf16 pairs, GPU and CPU.
+//! * `sketch D L`: `(W − W0)·Ω` and `(W − W0)ᵀ·Q` with L columns on D×D bf16 pairs, GPU and
+//!   CPU.
 //!
 //! Without a step (`cargo bench --bench gpu`): `info`, `copy 64`, `transfer 64`,
 //! `merge-kernel 2048 2048 16`, `e2e 2048 2048 16`, `forward 128 2048 16`, `sketch 2048 16`.
@@ -27,7 +30,7 @@
 
 use lorakit::backend::cpu_forward::{self, DeltaPair, ForwardAdapter, StoredMatrix};
 use lorakit::backend::gpu::{self, bench, GpuContext};
-use lorakit::backend::{cpu, MergeJob, Term};
+use lorakit::backend::{cpu, Dora, MergeJob, NormAxis, Term};
 use lorakit::dtype::{self, Dtype};
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -238,6 +241,26 @@ fn e2e(rows: usize, cols: usize, rank: usize) -> Res<Value> {
     )
 }
 
+fn dora(rows: usize, cols: usize, rank: usize) -> Res<Value> {
+    let c = ctx()?;
+    let (w0, a, b) = (
+        bf16(rows * cols, 7),
+        values(rank * cols, 11),
+        values(rows * rank, 13),
+    );
+    let mag: Vec<f32> = values(rows, 31).iter().map(|v| 1.0 + v.abs()).collect();
+    let terms = [Term::low_rank(&b, &a, rank, 0.5).with_dora(Dora::peft(&mag, NormAxis::Rows))];
+    let job = MergeJob::new(&w0, Dtype::BF16, (rows, cols), &terms, Dtype::BF16);
+    let identical = gpu::merge(&c, &job)? == cpu::merge(&job)?;
+    let g = best_of(2, || Ok(gpu::merge(&c, &job)?))?;
+    let cpu = best_of(2, || Ok(cpu::merge(&job)?))?;
+    eprintln!("dora {rows}×{cols} r{rank}: gpu {g:.3} s, cpu {cpu:.3} s, identical: {identical}");
+    Ok(
+        json!({"rows": rows, "cols": cols, "rank": rank, "gpu_s": g, "cpu_s": cpu,
+              "identical": identical, "gpu_includes": "base uploaded twice, readback"}),
+    )
+}
+
 fn forward(n: usize, d: usize, rank: usize) -> Res<Value> {
     let c = ctx()?;
     let w0 = bf16(d * d, 3);
@@ -288,12 +311,20 @@ fn sketch(d: usize, l: usize) -> Res<Value> {
     let omega = values(d * l, 29);
     let g = best_of(3, || Ok(gpu::delta_sketch(&c, &pair, &omega, l)?))?;
     let cpu = best_of(3, || Ok(cpu_forward::delta_sketch(&pair, &omega, l)?))?;
+    // The transposed product (split-K over W's rows), Q the same shape as Ω.
+    let gt = best_of(3, || Ok(gpu::delta_sketch_t(&c, &pair, &omega, l)?))?;
+    let cpu_t = best_of(3, || Ok(cpu_forward::delta_sketch_t(&pair, &omega, l)?))?;
     eprintln!(
-        "sketch {d}² l={l}: gpu {:.3} ms, cpu {:.3} ms",
+        "sketch {d}² l={l}: gpu {:.3} ms, cpu {:.3} ms; transposed gpu {:.3} ms, cpu {:.3} ms",
         g * 1e3,
-        cpu * 1e3
+        cpu * 1e3,
+        gt * 1e3,
+        cpu_t * 1e3
     );
-    Ok(json!({"d": d, "l": l, "gpu_s": g, "cpu_s": cpu, "gpu_includes": "upload and readback"}))
+    Ok(
+        json!({"d": d, "l": l, "gpu_s": g, "cpu_s": cpu, "gpu_t_s": gt, "cpu_t_s": cpu_t,
+              "gpu_includes": "upload and readback"}),
+    )
 }
 
 /// A safetensors file of `(name, dtype, shape, bytes)` tensors, each written from `fill(offset,
@@ -479,6 +510,11 @@ fn step(args: &[String]) -> Res<Value> {
             arg(args, 3, "RANK")?,
         )?,
         "sketch" => sketch(arg(args, 1, "D")?, arg(args, 2, "L")?)?,
+        "dora" => dora(
+            arg(args, 1, "ROWS")?,
+            arg(args, 2, "COLS")?,
+            arg(args, 3, "RANK")?,
+        )?,
         "cli-merge" => cli_merge(
             arg(args, 1, "ROWS")?,
             arg(args, 2, "COLS")?,

@@ -28,7 +28,7 @@
 # the streamed end-to-end merge of a 2.25 GiB bf16 tensor beside the CPU (byte-identical check,
 # peak RSS each adds), in memory and then through the `merge` command from file to file
 # (seconds, peak RSS, byte-identical outputs); the forward at n = 1, 16, 1024; the delta-sketch
-# kernel; the GPU unit tests (bit-identity with the CPU on this driver) with LORAKIT_REQUIRE_GPU=1.
+# kernel; a 4096² DoRA merge (norms on the device) beside the CPU, byte-identical check; the GPU unit tests (bit-identity with the CPU on this driver) with LORAKIT_REQUIRE_GPU=1.
 #
 # Device-machine invocation from a session (the binaries built here first, then carried):
 #   scripts/gpu-bench.sh --build
@@ -202,6 +202,7 @@ for n in 1 16 1024; do
   step "forward $n $FWD_D 16" 45 "$BIN/gpu-bench" forward "$n" "$FWD_D" 16
 done
 step "sketch $SK_D 32" 45 "$BIN/gpu-bench" sketch "$SK_D" 32
+step "dora $SQUARE $SQUARE 16" 60 "$BIN/gpu-bench" dora "$SQUARE" "$SQUARE" 16
 for r in $RANKS_MORE; do
   for s in $shapes; do
     step "merge-kernel ${s%:*} ${s#*:} $r" 45 "$BIN/gpu-bench" merge-kernel "${s%:*}" "${s#*:}" "$r"

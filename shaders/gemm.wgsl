@@ -12,14 +12,19 @@
 // lets one kernel run several products into the same accumulators (forward_dense: X·W0ᵀ, then
 // T·Bᵀ).
 //
-// Workgroup: GEMM_WG_X × GEMM_WG_Y = 16 × 16 invocations. Invocation (x, y) owns result rows
-// row0 + y + 16·i and columns col0 + x + 16·j for i, j < MICRO, accumulator index i·MICRO + j.
-// Workgroup memory: sh_l[GEMM_TILE][GEMM_TK] and sh_r[GEMM_TK][GEMM_TILE], ~4 KiB each, rows
-// padded by one word (strides GEMM_LS = 17, GEMM_RS = 65) so that the cooperative stores, which
-// walk m (or q) fastest when the operand is stored that way, hit 32 different banks instead of
-// 2 (a stride of 16 words) or 1 (64 words); the reads were already conflict-free. Each step
-// of GEMM_TK along p loads both tiles cooperatively (GEMM_TILE·GEMM_TK / 256 = 4 loads per
-// invocation), then every invocation does GEMM_TK·MICRO² multiply-adds from workgroup memory.
+// Workgroup: GEMM_WG_X × GEMM_WG_Y = 16 × 16 invocations. Invocation (x, y) owns the MICRO×MICRO
+// block of result rows row0 + MICRO·y + i and columns col0 + MICRO·x + j for i, j < MICRO,
+// accumulator index i·MICRO + j. Workgroup memory holds both tiles p-major with m (or n) fastest
+// as vec4s: sh_l[p·GEMM_VS + m/4] and sh_r[p·GEMM_VS + n/4], GEMM_TK rows of GEMM_VS = 17 vec4s
+// (16 plus one of padding), ~4.3 KiB each. So each step of p is two vec4 reads per invocation (its
+// 4 rows of L, its 4 columns of R) for MICRO² = 16 multiply-adds, instead of 8 scalar reads; in a
+// 32-lane subgroup the reads hit at most 16 distinct vec4s, consecutive or broadcast. The
+// cooperative stores are scalar: with m (n) fastest in memory they are consecutive words; with
+// p fastest the padded row stride (68 words) spreads 16 consecutive p over 8 banks instead of 1.
+// Each step of GEMM_TK along p loads both tiles cooperatively (GEMM_TILE·GEMM_TK / 256 = 4 loads
+// per invocation), then every invocation does GEMM_TK·MICRO² multiply-adds from workgroup memory.
+// Every accumulator adds its products in ascending p, one product at a time, as before the vec4
+// layout (which changed which invocation owns an element, not any sum's order or operands).
 // Barriers sit in uniform control flow: `depth` must be uniform (it comes from the uniform params).
 
 const GEMM_WG_X: u32 = 16u;
@@ -28,11 +33,10 @@ const GEMM_THREADS: u32 = 256u; // GEMM_WG_X · GEMM_WG_Y
 const MICRO: u32 = 4u;
 const GEMM_TILE: u32 = 64u; // GEMM_WG_X · MICRO = GEMM_WG_Y · MICRO
 const GEMM_TK: u32 = 16u;
-const GEMM_LS: u32 = 17u; // GEMM_TK + 1: padded row stride of sh_l
-const GEMM_RS: u32 = 65u; // GEMM_TILE + 1: padded row stride of sh_r
+const GEMM_VS: u32 = 17u; // GEMM_TILE / 4 + 1: padded row stride (in vec4s) of sh_l and sh_r
 
-var<workgroup> sh_l: array<f32, 1088>; // GEMM_TILE · GEMM_LS, index m·GEMM_LS + p
-var<workgroup> sh_r: array<f32, 1040>; // GEMM_TK · GEMM_RS, index p·GEMM_RS + n
+var<workgroup> sh_l: array<vec4<f32>, 272>; // GEMM_TK · GEMM_VS, element m at [p·GEMM_VS + m/4][m%4]
+var<workgroup> sh_r: array<vec4<f32>, 272>; // GEMM_TK · GEMM_VS, element n at [p·GEMM_VS + n/4][n%4]
 
 const GEMM_LOADS: u32 = 4u; // GEMM_TILE · GEMM_TK / GEMM_THREADS: loads per invocation per operand
 
@@ -70,9 +74,9 @@ fn gemm_store(v: array<f32, 8>, li: u32) {
     for (var s = 0u; s < GEMM_LOADS; s++) {
         let e = li + s * GEMM_THREADS;
         let l = gemm_l_at(e);
-        sh_l[l.x * GEMM_LS + l.y] = v[s];
+        sh_l[l.y * GEMM_VS + (l.x >> 2u)][l.x & 3u] = v[s];
         let r = gemm_r_at(e);
-        sh_r[r.y * GEMM_RS + r.x] = v[GEMM_LOADS + s];
+        sh_r[r.y * GEMM_VS + (r.x >> 2u)][r.x & 3u] = v[GEMM_LOADS + s];
     }
 }
 
@@ -98,14 +102,8 @@ fn gemm_accumulate(
             next = gemm_fetch(phase, row0, col0, p0 + GEMM_TK, li);
         }
         for (var p = 0u; p < GEMM_TK; p++) {
-            var lv: array<f32, 4>;
-            var rv: array<f32, 4>;
-            for (var i = 0u; i < MICRO; i++) {
-                lv[i] = sh_l[(lid.y + GEMM_WG_Y * i) * GEMM_LS + p];
-            }
-            for (var j = 0u; j < MICRO; j++) {
-                rv[j] = sh_r[p * GEMM_RS + lid.x + GEMM_WG_X * j];
-            }
+            let lv = sh_l[p * GEMM_VS + lid.y];
+            let rv = sh_r[p * GEMM_VS + lid.x];
             for (var i = 0u; i < MICRO; i++) {
                 for (var j = 0u; j < MICRO; j++) {
                     (*acc)[i * MICRO + j] += lv[i] * rv[j];
@@ -118,9 +116,9 @@ fn gemm_accumulate(
 
 // Result row / column owned by accumulator (i, j) of invocation `lid` in the block at (row0, col0).
 fn gemm_row(row0: u32, lid: vec3<u32>, i: u32) -> u32 {
-    return row0 + lid.y + GEMM_WG_Y * i;
+    return row0 + MICRO * lid.y + i;
 }
 
 fn gemm_col(col0: u32, lid: vec3<u32>, j: u32) -> u32 {
-    return col0 + lid.x + GEMM_WG_X * j;
+    return col0 + MICRO * lid.x + j;
 }

@@ -379,7 +379,7 @@ impl Engine {
     /// (a software adapter such as lavapipe is never picked; ask for it with `--device gpu`).
     pub fn with_gpu_index(device: Device, gpu_index: Option<usize>) -> anyhow::Result<Engine> {
         let opts = gpu::GpuOptions {
-            adapter_index: gpu_index,
+            adapter: gpu_index.map(gpu::AdapterSelector::Index),
             ..gpu::GpuOptions::default()
         };
         Ok(Self::choose(device, &opts)?.0)

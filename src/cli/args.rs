@@ -108,10 +108,10 @@ pub struct DeviceArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
 
-    /// Which GPU adapter, by the index `lorakit gpu-info` lists (default: wgpu's
-    /// high-performance choice).
-    #[arg(long, value_name = "N")]
-    pub gpu_index: Option<usize>,
+    /// Which GPU adapter: the index `lorakit gpu-info` lists, or its PCI bus id as
+    /// pci:0000:65:00.0 (default: wgpu's high-performance choice).
+    #[arg(long, value_name = "N|pci:ID")]
+    pub gpu_index: Option<crate::backend::gpu::AdapterSelector>,
 }
 
 impl DeviceArgs {
@@ -128,7 +128,7 @@ impl DeviceArgs {
             Err(_) => None,
         };
         let opts = crate::backend::gpu::GpuOptions {
-            adapter_index: self.gpu_index,
+            adapter: self.gpu_index,
             chunk_bytes,
             ..Default::default()
         };

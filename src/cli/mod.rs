@@ -81,6 +81,7 @@ pub enum Command {
 ///   lorakit gpu-info
 ///   lorakit gpu-info --json
 ///   lorakit gpu-info --gpu-index 1
+///   lorakit gpu-info --gpu-index pci:0000:65:00.0
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct GpuInfoArgs {
@@ -88,9 +89,10 @@ pub struct GpuInfoArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Describe the adapter with this index (as listed under "adapters") instead of the default.
-    #[arg(long, value_name = "N")]
-    pub gpu_index: Option<usize>,
+    /// Describe the adapter with this index (as listed under "adapters"), or this PCI bus id
+    /// (pci:0000:65:00.0), instead of the default.
+    #[arg(long, value_name = "N|pci:ID")]
+    pub gpu_index: Option<crate::backend::gpu::AdapterSelector>,
 }
 
 /// Join the parts of a `merge --part I/N` or `extract --part I/N` output.

@@ -147,7 +147,7 @@ pub fn run(cli: Cli) -> Result<i32> {
 fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
     use crate::backend::gpu::{GpuContext, GpuError, GpuOptions};
     let ctx = match GpuContext::with_options(&GpuOptions {
-        adapter_index: a.gpu_index,
+        adapter: a.gpu_index,
         ..GpuOptions::default()
     }) {
         Ok(c) => c,
@@ -182,15 +182,23 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
             .iter()
             .map(|e| {
                 format!(
-                    "  [{}] {} ({}, {}, vendor {:#06x})\n",
-                    e.index, e.adapter.name, e.adapter.backend, e.adapter.device_type, e.adapter.vendor
+                    "  [{}] {} ({}, {}, vendor {:#06x}, pci {})\n",
+                    e.index,
+                    e.adapter.name,
+                    e.adapter.backend,
+                    e.adapter.device_type,
+                    e.adapter.vendor,
+                    match e.adapter.pci_bus_id.as_str() {
+                        "" => "none reported",
+                        id => id,
+                    }
                 )
             })
             .collect();
         print(&format!("adapters (--gpu-index)\n{list}"))?;
         let l = &info.limits;
         print(&format!(
-            "adapter      {}\nbackend      {}\ndevice type  {}\ndriver       {} {}\nmax binding  {} (lorakit tiles above {})\nmax buffer   {}\nworkgroup    {} invocations, {} bytes shared\nkernels      all compiled\n",
+            "adapter      {}\nbackend      {}\ndevice type  {}\ndriver       {} {}\nmax binding  {} (lorakit tiles above {})\nmax buffer   {}\nworkgroup    {} invocations, {} bytes shared\nfeatures     {}{}\nkernels      all compiled\n",
             info.adapter.name,
             info.adapter.backend,
             info.adapter.device_type,
@@ -201,6 +209,14 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
             crate::inspect::human_bytes(l.max_buffer_size),
             l.max_compute_invocations_per_workgroup,
             l.max_compute_workgroup_storage_size,
+            if info.features.is_empty() {
+                "none optional".to_owned()
+            } else {
+                info.features.join(", ")
+            },
+            info.subgroup_sizes
+                .map(|[lo, hi]| format!(" (subgroup size {lo}–{hi})"))
+                .unwrap_or_default(),
         ))
     }
     .map(|_| 0)

@@ -241,19 +241,7 @@ fn gpu_index_picks_the_listed_adapter() {
     );
     let past = adapters.len().to_string();
     let out = dir.path().join("bad");
-    let err = run_err([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "gpu",
-        "--gpu-index",
-        &past,
-    ]);
+    let err = merge_on_gpu_index(&out, &past);
     let stderr = String::from_utf8_lossy(&err.stderr);
     assert!(
         stderr.starts_with("error: ")
@@ -262,6 +250,72 @@ fn gpu_index_picks_the_listed_adapter() {
         "{stderr}"
     );
     assert!(!out.exists());
+}
+
+/// A merge of the llama fixture into `out` on the GPU `--gpu-index` names; expected to fail.
+fn merge_on_gpu_index(out: &std::path::Path, selector: &str) -> std::process::Output {
+    let (base, adapter) = (fixture("llama/base"), fixture("llama/adapters/qv_r8"));
+    let (base, adapter) = (base.to_str().unwrap(), adapter.to_str().unwrap());
+    let out = out.to_str().unwrap();
+    let args = [
+        "--base",
+        base,
+        "--adapter",
+        adapter,
+        "--out",
+        out,
+        "--gpu-index",
+        selector,
+    ];
+    run_err(["merge", "--device", "gpu"].into_iter().chain(args))
+}
+
+/// `--gpu-index pci:ID`: `gpu-info --json` lists each adapter's bus id (empty where the driver
+/// reports none, as lavapipe); an adapter that reports one opens by it, and a bus id no adapter
+/// has is a one-line error naming the ids there are, with nothing written.
+#[test]
+fn gpu_index_takes_a_pci_bus_id() {
+    if !gpu_available() {
+        return;
+    }
+    let info: serde_json::Value = serde_json::from_str(&run_ok(["gpu-info", "--json"])).unwrap();
+    let adapters = info["adapters"].as_array().unwrap().clone();
+    let absent = "0000:fe:1f.7";
+    for a in &adapters {
+        let id = a["pci_bus_id"].as_str().unwrap();
+        if id.is_empty() {
+            continue;
+        }
+        assert_ne!(id, absent, "an adapter sits at {absent}");
+        let one: serde_json::Value = serde_json::from_str(&run_ok([
+            "gpu-info",
+            "--json",
+            "--gpu-index",
+            &format!("pci:{id}"),
+        ]))
+        .unwrap();
+        assert_eq!(one["pci_bus_id"], a["pci_bus_id"], "{id}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bad");
+    let err = merge_on_gpu_index(&out, &format!("pci:{absent}"));
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    let first = adapters[0]["pci_bus_id"].as_str().unwrap();
+    let first = if first.is_empty() {
+        "none reported"
+    } else {
+        first
+    };
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.trim_end().lines().count() == 1
+            && stderr.contains(&format!("no adapter at PCI bus id {absent}"))
+            && stderr.contains(&format!("[0] {first}")),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let err = run_err(["gpu-info", "--gpu-index", "pci:65:00"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("not a PCI bus id"));
 }
 
 /// `extract --device gpu` (W − W0 formed on the device by the sketch kernels) recovers W − W0

@@ -82,12 +82,19 @@ pub(crate) const SKETCH: KernelSpec = KernelSpec {
     bindings: &[Uniform, Read, Read, Read, ReadWrite],
 };
 
-/// Z += (W − W0)ᵀ·Q, see `shaders/sketch_t.wgsl`.
+/// Z += (W − W0)ᵀ·Q (or its split-K partial products), see `shaders/sketch_t.wgsl`.
 pub(crate) const SKETCH_T: KernelSpec = KernelSpec {
     name: "sketch_t",
     sources: &[COMMON, GEMM, include_str!("../../../shaders/sketch_t.wgsl")],
     entry: "main",
-    bindings: &[Uniform, Read, Read, Read, ReadWrite],
+    bindings: &[Uniform, Read, Read, Read, ReadWrite, ReadWrite],
+};
+
+/// Z += the split-K partial products of [`SKETCH_T`], in split order (same file and bindings).
+pub(crate) const SKETCH_T_REDUCE: KernelSpec = KernelSpec {
+    name: "sketch_t_reduce",
+    entry: "reduce",
+    ..SKETCH_T
 };
 
 /// The dtype codecs on raw bits (tests only), see `shaders/convert.wgsl`.
@@ -123,6 +130,7 @@ pub(crate) const ALL: &[&KernelSpec] = &[
     &FORWARD_DENSE,
     &SKETCH,
     &SKETCH_T,
+    &SKETCH_T_REDUCE,
     &CONVERT,
     &COPY,
 ];
@@ -142,6 +150,8 @@ pub(crate) const DORA_WG: u32 = 64;
 /// Workgroup width of the f64 check kernel (`F64_CHECK_WG` in f64_check.wgsl).
 #[cfg(test)]
 pub(crate) const F64_CHECK_WG: u32 = 256;
+/// Workgroup width of sketch_t's split-K reduction (`SKETCH_REDUCE_WG` in sketch_t.wgsl).
+pub(crate) const SKETCH_REDUCE_WG: u32 = 256;
 /// Workgroup width of the copy kernel (`COPY_WG` in copy.wgsl).
 pub(crate) const COPY_WG: u32 = 256;
 /// Result block computed by one workgroup of the tiled-GEMM kernels (`GEMM_TILE` in gemm.wgsl).

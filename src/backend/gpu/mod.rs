@@ -21,6 +21,7 @@
 //! wgpu validation, out-of-memory and internal errors are captured in error scopes around each op
 //! and returned as [`GpuError`]; nothing here panics on a missing or failing GPU.
 
+mod adapter;
 #[doc(hidden)]
 pub mod bench;
 mod dora;
@@ -31,6 +32,7 @@ mod sketch;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use adapter::{list_adapters, AdapterEntry, AdapterIdentity, AdapterSelector, PciBusId};
 pub use dora::dora_sums;
 pub use forward::{lora_forward, lora_forward_resident, ResidentWeight};
 pub use merge::{merge, merge_into, merge_supports};
@@ -95,66 +97,36 @@ pub struct GpuOptions {
     pub binding_limit: Option<u64>,
     /// Bytes of base (or output) per streamed merge tile; [`DEFAULT_CHUNK_BYTES`] when `None`.
     pub chunk_bytes: Option<u64>,
-    /// Which adapter, as an index into [`list_adapters`] (all backends, wgpu's order); the
-    /// default adapter (high-performance preference, `WGPU_*` variables) when `None`.
-    pub adapter_index: Option<usize>,
+    /// Which adapter: an index into [`list_adapters`] (all backends, wgpu's order) or a PCI
+    /// bus id; the default adapter (high-performance preference, `WGPU_*` variables) when `None`.
+    pub adapter: Option<AdapterSelector>,
+    /// Which optional features to request (all those the adapter offers, by default).
+    pub features: OptionalFeatures,
 }
+
+/// Which of [`OPTIONAL_FEATURES`] a context requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OptionalFeatures {
+    /// Each one the adapter offers.
+    #[default]
+    WhereOffered,
+    /// None (the baseline device; tests check that results do not depend on them).
+    Off,
+}
+
+/// Features requested where the adapter offers them: timestamp queries (the benchmarks time
+/// kernels with them), subgroup operations and f16 shader arithmetic. The last two are reported
+/// by `gpu-info`; no kernel uses them, because each would change a sum's order or rounding that
+/// the CPU fixes (README, GPU section).
+pub const OPTIONAL_FEATURES: [(wgpu::Features, &str); 3] = [
+    (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+    (wgpu::Features::SUBGROUP, "subgroups"),
+    (wgpu::Features::SHADER_F16, "shader-f16"),
+];
 
 /// Base/output bytes per streamed merge tile: 64 MiB, the low end of what keeps a PCIe link
 /// busy (tens of milliseconds per transfer) with two tiles in flight.
 pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
-
-/// What identifies a wgpu adapter, as both [`list_adapters`] and [`GpuContext::describe`]
-/// report it (flattened into their JSON).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AdapterIdentity {
-    /// Adapter name, e.g. "llvmpipe (LLVM 15.0.7, 256 bits)".
-    pub name: String,
-    /// Graphics API: "vulkan", "metal", "dx12", "gl".
-    pub backend: String,
-    /// "DiscreteGpu", "IntegratedGpu", "VirtualGpu", "Cpu" or "Other".
-    pub device_type: String,
-    pub vendor: u32,
-    pub device: u32,
-    pub driver: String,
-}
-
-impl From<&wgpu::AdapterInfo> for AdapterIdentity {
-    fn from(i: &wgpu::AdapterInfo) -> Self {
-        AdapterIdentity {
-            name: i.name.clone(),
-            backend: i.backend.to_string(),
-            device_type: format!("{:?}", i.device_type),
-            vendor: i.vendor,
-            device: i.device,
-            driver: i.driver.clone(),
-        }
-    }
-}
-
-/// One adapter wgpu can open, as listed by [`list_adapters`].
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AdapterEntry {
-    /// The index `--gpu-index` takes.
-    pub index: usize,
-    #[serde(flatten)]
-    pub adapter: AdapterIdentity,
-}
-
-/// Every adapter of every backend wgpu was built with, in wgpu's enumeration order (stable for
-/// one machine and driver set).
-pub fn list_adapters() -> Vec<AdapterEntry> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-        .iter()
-        .enumerate()
-        .map(|(index, a)| AdapterEntry {
-            index,
-            adapter: AdapterIdentity::from(&a.get_info()),
-        })
-        .collect()
-}
 
 /// Device limits relevant to lorakit's kernels.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -177,6 +149,10 @@ pub struct GpuInfo {
     pub limits: GpuLimits,
     /// Largest binding lorakit uses; bigger tensors are tiled.
     pub tile_binding_bytes: u64,
+    /// The [`OPTIONAL_FEATURES`] the device was created with (WebGPU names).
+    pub features: Vec<&'static str>,
+    /// `[min, max]` subgroup size, when the device has subgroups.
+    pub subgroup_sizes: Option<[u32; 2]>,
 }
 
 /// Element-type code shared with the shaders (`DT_*` in common.wgsl).
@@ -250,7 +226,7 @@ impl GpuContext {
     async fn create(opts: &GpuOptions) -> Result<Self, GpuError> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = Self::pick_adapter(&instance, opts.adapter_index).await?;
+        let adapter = adapter::pick_adapter(&instance, opts.adapter).await?;
         let info = adapter.get_info();
         let mut limits = adapter.limits();
         if let Some(cap) = opts.binding_limit {
@@ -262,8 +238,15 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("lorakit"),
-                // Timestamps where the adapter has them (benchmarks time kernels with them).
-                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+                required_features: match opts.features {
+                    OptionalFeatures::WhereOffered => {
+                        adapter.features()
+                            & OPTIONAL_FEATURES
+                                .iter()
+                                .fold(wgpu::Features::empty(), |all, (f, _)| all | *f)
+                    }
+                    OptionalFeatures::Off => wgpu::Features::empty(),
+                },
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -297,42 +280,6 @@ impl GpuContext {
         })
     }
 
-    async fn pick_adapter(
-        instance: &wgpu::Instance,
-        index: Option<usize>,
-    ) -> Result<wgpu::Adapter, GpuError> {
-        if let Some(i) = index {
-            let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
-            let n = adapters.len();
-            return adapters.into_iter().nth(i).ok_or_else(|| {
-                GpuError::NoAdapter(format!(
-                    "no adapter with index {i} ({n} found; `lorakit gpu-info` lists them)"
-                ))
-            });
-        }
-        if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
-            let want = want.to_lowercase();
-            let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
-            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-            return adapters
-                .into_iter()
-                .find(|a| a.get_info().name.to_lowercase().contains(&want))
-                .ok_or_else(|| {
-                    GpuError::NoAdapter(format!(
-                        "none named like WGPU_ADAPTER_NAME={want:?} among {names:?}"
-                    ))
-                });
-        }
-        instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::from_env()
-                    .unwrap_or(wgpu::PowerPreference::HighPerformance),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| GpuError::NoAdapter(e.to_string()))
-    }
-
     /// One line for run summaries: `gpu (NAME, BACKEND)` (the engine's and extract's).
     pub fn label(&self) -> String {
         format!("gpu ({}, {})", self.info.name, self.info.backend)
@@ -353,6 +300,16 @@ impl GpuContext {
                 max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
             },
             tile_binding_bytes: self.max_binding,
+            features: OPTIONAL_FEATURES
+                .iter()
+                .filter(|(f, _)| self.device.features().contains(*f))
+                .map(|(_, name)| *name)
+                .collect(),
+            subgroup_sizes: self
+                .device
+                .features()
+                .contains(wgpu::Features::SUBGROUP)
+                .then_some([self.info.subgroup_min_size, self.info.subgroup_max_size]),
         }
     }
 

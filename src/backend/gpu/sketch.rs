@@ -19,9 +19,12 @@ struct SketchParams {
     l: u32,
     w_dtype: u32,
     w0_dtype: u32,
-    /// Split-K chunk of `sketch` (a multiple of the GEMM step); unused by `sketch_t`.
+    /// Split-K chunk of the inner dimension (a multiple of the GEMM step): `k` for `sketch`,
+    /// the tile's rows for `sketch_t`.
     k_chunk: u32,
-    _pad: [u32; 2],
+    /// Number of split-K chunks (`sketch_t` reads it; `sketch` dispatches that many in z).
+    splits: u32,
+    _pad: u32,
 }
 
 /// Workgroups a sketch dispatch aims for before it splits `k` (a few per compute unit of a large
@@ -169,7 +172,12 @@ impl<'a> GpuDeltaOp<'a> {
         f(guard.as_ref().expect("just set"))
     }
 
-    fn params(&self, rows: usize, l: usize, k_chunk: usize) -> Result<SketchParams, GpuError> {
+    fn params(
+        &self,
+        rows: usize,
+        l: usize,
+        (splits, k_chunk): (usize, usize),
+    ) -> Result<SketchParams, GpuError> {
         Ok(SketchParams {
             rows: rows as u32,
             k: self.pair.cols() as u32,
@@ -177,7 +185,8 @@ impl<'a> GpuDeltaOp<'a> {
             w_dtype: dtype_code(self.pair.w.dtype)?,
             w0_dtype: dtype_code(self.pair.w0.dtype)?,
             k_chunk: k_chunk as u32,
-            _pad: [0; 2],
+            splits: splits as u32,
+            _pad: 0,
         })
     }
 
@@ -201,7 +210,7 @@ impl<'a> GpuDeltaOp<'a> {
                 let mut outs = Vec::with_capacity(res.tiles.len());
                 for (r0, nr, w, w0) in &res.tiles {
                     let (splits, chunk) = split_k(*nr, k, l, ctx.max_binding());
-                    let p = ctx.uniform("sketch params", &self.params(*nr, l, chunk)?);
+                    let p = ctx.uniform("sketch params", &self.params(*nr, l, (splits, chunk))?);
                     let bytes = (splits * nr * l * 4) as u64;
                     let yb = ctx.output("sketch y", bytes);
                     let g = (
@@ -233,7 +242,10 @@ impl<'a> GpuDeltaOp<'a> {
     }
 
     /// `Z = (W − W0)ᵀ·Q`, `Q` `rows × l` row-major; returns `cols × l`. `Z` accumulates over the
-    /// row tiles on the device, in tile order.
+    /// row tiles on the device, in tile order. Within a tile the inner dimension (its rows) is
+    /// split as [`split_k`] says for a `cols × rows` by `rows × l` product: each split's partial
+    /// product goes to its slice of one scratch buffer and a second dispatch adds the slices
+    /// into `Z` in split order (`shaders/sketch_t.wgsl`), so the result is deterministic.
     pub fn sketch_t(&self, q: &[f32], l: usize) -> Result<Vec<f32>, GpuError> {
         let (m, k) = (self.pair.rows(), self.pair.cols());
         if Some(q.len()) != m.checked_mul(l) {
@@ -244,21 +256,44 @@ impl<'a> GpuDeltaOp<'a> {
         }
         let td = self.tile_rows(l)?;
         let kernel = self.ctx.kernel(&kernels::SKETCH_T, &[])?;
+        let reduce = self.ctx.kernel(&kernels::SKETCH_T_REDUCE, &[])?;
         let ctx = self.ctx;
         let z_bytes = (k * l * 4) as u64;
         let z = ctx.scoped(|| {
             self.with_tiles(td, |res| {
                 let zb = ctx.output("sketch z", z_bytes);
+                let plans: Vec<(usize, usize)> = res
+                    .tiles
+                    .iter()
+                    .map(
+                        |(_, nr, _, _)| match split_k(k, *nr, l, ctx.max_binding()) {
+                            (1, _) => (1, *nr),
+                            split => split,
+                        },
+                    )
+                    .collect();
+                // One scratch buffer for every tile's partial products (dispatches are ordered).
+                let most = plans.iter().map(|&(s, _)| s).max().unwrap_or(1);
+                let parts = ctx.output(
+                    "sketch_t parts",
+                    if most > 1 { most as u64 * z_bytes } else { 4 },
+                );
                 let mut enc = ctx.encoder();
-                for (r0, nr, w, w0) in &res.tiles {
-                    let p = ctx.uniform("sketch_t params", &self.params(*nr, l, 0)?);
+                for ((r0, nr, w, w0), &plan) in res.tiles.iter().zip(&plans) {
+                    let p = ctx.uniform("sketch_t params", &self.params(*nr, l, plan)?);
                     let qb =
                         ctx.upload("sketch q", bytemuck::cast_slice(&q[r0 * l..(r0 + nr) * l]));
                     let g = (
                         (l as u32).div_ceil(GEMM_TILE),
                         (k as u32).div_ceil(GEMM_TILE),
+                        plan.0 as u32,
                     );
-                    ctx.dispatch(&mut enc, &kernel, &[&p, w, w0, &qb, &zb], g);
+                    let bound = [&p, w, w0, &qb, &zb, &parts];
+                    ctx.dispatch3(&mut enc, &kernel, &bound, g);
+                    if plan.0 > 1 {
+                        let g = ctx.grid_1d((k * l) as u64, kernels::SKETCH_REDUCE_WG);
+                        ctx.dispatch(&mut enc, &reduce, &bound, g);
+                    }
                 }
                 let mut out = ctx.submit_and_read(enc, &[(&zb, z_bytes)])?;
                 Ok(f32s(&out.swap_remove(0)))

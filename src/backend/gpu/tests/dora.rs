@@ -189,6 +189,7 @@ fn dora_sums_match_reference_bit_for_bit() {
         ("whole", gpu()),
         ("chunked", gpu_chunked()),
         ("tiled", gpu_tiled()),
+        ("no optional features", gpu_plain()),
     ] {
         let Some(ctx) = ctx else { return };
         let n = assert_dora_sums_exact(&|job| dora_sums(ctx, job).unwrap(), &format!("gpu {name}"));
@@ -220,7 +221,7 @@ fn dora_merge_is_byte_identical_to_cpu() {
         f.term(-0.9).with_dora(Dora::peft(&mag_r, NormAxis::Rows)),
         f.term(1.7).with_dora(grouped),
     ];
-    for ctx in [gpu(), gpu_tiled()] {
+    for ctx in [gpu(), gpu_tiled(), gpu_plain()] {
         let Some(ctx) = ctx else { return };
         for in_dtype in DTYPES {
             let bytes = dtype::encode(in_dtype, &w0);

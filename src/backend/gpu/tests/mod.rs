@@ -93,6 +93,18 @@ fn gpu_chunked() -> Option<&'static GpuContext> {
     })
 }
 
+/// A context created without any optional feature (the DoRA tests run on it too: no result
+/// may depend on what the adapter offers).
+fn gpu_plain() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Result<GpuContext, GpuError>> = OnceLock::new();
+    context(&CTX, || {
+        GpuContext::with_options(&GpuOptions {
+            features: OptionalFeatures::Off,
+            ..GpuOptions::default()
+        })
+    })
+}
+
 fn gpu_tiled() -> Option<&'static GpuContext> {
     static CTX: OnceLock<Result<GpuContext, GpuError>> = OnceLock::new();
     context(&CTX, || GpuContext::with_binding_limit(TILED_LIMIT))
@@ -260,14 +272,14 @@ fn adapters_open_by_index() {
     assert!(!list.is_empty());
     for e in &list {
         let ctx = GpuContext::with_options(&GpuOptions {
-            adapter_index: Some(e.index),
+            adapter: Some(AdapterSelector::Index(e.index)),
             ..GpuOptions::default()
         })
         .unwrap();
         assert_eq!(ctx.describe().adapter.name, e.adapter.name);
     }
     let err = GpuContext::with_options(&GpuOptions {
-        adapter_index: Some(list.len()),
+        adapter: Some(AdapterSelector::Index(list.len())),
         ..GpuOptions::default()
     })
     .unwrap_err();
@@ -275,6 +287,124 @@ fn adapters_open_by_index() {
         matches!(&err, GpuError::NoAdapter(m) if m.contains(&format!("index {}", list.len()))),
         "{err}"
     );
+}
+
+/// `--gpu-index pci:…`: bus ids parse in wgpu's, the short and nvidia-smi's spellings and not
+/// otherwise; a selector finds the adapter reporting that id, and a miss (or an adapter that
+/// reports none, as lavapipe) is one line naming every adapter's id.
+#[test]
+fn adapters_selected_by_pci_bus_id() {
+    let id = |s: &str| s.parse::<PciBusId>();
+    let want = PciBusId {
+        domain: 0,
+        bus: 0x65,
+        device: 0,
+        function: 0,
+    };
+    for s in [
+        "0000:65:00.0",
+        "65:00.0",
+        "00000000:65:00.0",
+        "0000:65:00.0 ",
+    ] {
+        assert_eq!(id(s), Ok(want), "{s}");
+    }
+    assert_eq!(id("0000:65:00.0").unwrap().to_string(), "0000:65:00.0");
+    assert_eq!(id("1:AB:1f.7").unwrap().to_string(), "0001:ab:1f.7");
+    for bad in [
+        "",
+        "65:00",
+        "65.0",
+        "0000:65:20.0",
+        "0000:65:00.8",
+        "x:65:00.0",
+        "1:2:3:4.0",
+        "123:00.0",
+    ] {
+        assert!(id(bad).is_err(), "{bad:?} parsed");
+    }
+    assert_eq!("3".parse(), Ok(AdapterSelector::Index(3)));
+    assert_eq!("pci:65:00.0".parse(), Ok(AdapterSelector::Pci(want)));
+    assert!("pci:".parse::<AdapterSelector>().is_err());
+    assert!("gpu0".parse::<AdapterSelector>().is_err());
+    assert_eq!(AdapterSelector::Pci(want).to_string(), "pci:0000:65:00.0");
+
+    let listed = |ids: &[&str]| -> Vec<AdapterIdentity> {
+        ids.iter()
+            .map(|&pci_bus_id| AdapterIdentity {
+                name: "n".into(),
+                backend: "vulkan".into(),
+                device_type: "DiscreteGpu".into(),
+                vendor: 0x10de,
+                device: 1,
+                driver: "d".into(),
+                pci_bus_id: pci_bus_id.into(),
+            })
+            .collect()
+    };
+    let two = listed(&["", "0000:01:00.0", "0000:65:00.0"]);
+    assert_eq!(AdapterSelector::Pci(want).position(&two), Ok(2));
+    assert_eq!(AdapterSelector::Index(1).position(&two), Ok(1));
+    let miss = AdapterSelector::Pci(want).position(&listed(&["", "0000:01:00.0"]));
+    assert_eq!(
+        miss.unwrap_err().to_string(),
+        "no wgpu adapter: no adapter at PCI bus id 0000:65:00.0 (bus ids: [0] none reported, \
+         [1] 0000:01:00.0)"
+    );
+    assert!(AdapterSelector::Pci(want).position(&[]).is_err());
+
+    // The adapters of this machine: each one reporting a bus id opens by it.
+    if gpu().is_none() {
+        return;
+    }
+    let list = list_adapters();
+    for e in &list {
+        let Ok(pci) = e.adapter.pci_bus_id.parse::<PciBusId>() else {
+            let err = GpuContext::with_options(&GpuOptions {
+                adapter: Some(AdapterSelector::Pci(PciBusId { bus: 0xfe, ..want })),
+                ..GpuOptions::default()
+            })
+            .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("[{}] none reported", e.index)),
+                "{err}"
+            );
+            continue;
+        };
+        let ctx = GpuContext::with_options(&GpuOptions {
+            adapter: Some(AdapterSelector::Pci(pci)),
+            ..GpuOptions::default()
+        })
+        .unwrap();
+        assert_eq!(ctx.describe().adapter.pci_bus_id, e.adapter.pci_bus_id);
+    }
+}
+
+/// Timestamps, subgroups and f16 are requested exactly where the adapter offers them (lavapipe
+/// offers all three), reported with the subgroup sizes, and `OptionalFeatures::Off` requests none.
+#[test]
+fn optional_features_requested_where_offered() {
+    let (Some(ctx), Some(plain)) = (gpu(), gpu_plain()) else {
+        return;
+    };
+    let offered: Vec<&str> = OPTIONAL_FEATURES
+        .iter()
+        .filter(|(f, _)| ctx._adapter.features().contains(*f))
+        .map(|(_, n)| *n)
+        .collect();
+    let info = ctx.describe();
+    assert_eq!(info.features, offered);
+    assert_eq!(
+        info.subgroup_sizes.is_some(),
+        offered.contains(&"subgroups")
+    );
+    if let Some([lo, hi]) = info.subgroup_sizes {
+        assert!(lo >= 1 && lo <= hi && hi.is_power_of_two(), "{lo}..{hi}");
+    }
+    assert_eq!(plain.describe().features, Vec::<&str>::new());
+    assert_eq!(plain.describe().subgroup_sizes, None);
+    eprintln!("optional features on {}: {offered:?}", info.adapter.name);
 }
 
 /// The benchmark helpers `scripts/gpu-bench.sh` relies on run on this adapter: the copy kernel

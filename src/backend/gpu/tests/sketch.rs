@@ -1,7 +1,8 @@
-//! The delta sketch `(W − W0)·Ω` against the CPU, and the device delta operator driving the
-//! randomized SVD.
+//! The delta sketches `(W − W0)·Ω` and `(W − W0)ᵀ·Q` against the CPU (split-K on both), and
+//! the device delta operator driving the randomized SVD.
 
 use super::*;
+use crate::backend::gpu::sketch::split_k;
 
 struct Pair {
     w: Vec<u8>,
@@ -101,6 +102,22 @@ fn sketch_matches_cpu() {
     for l in [1, 24] {
         check_sketch(ctx, &p, l, &mut seed);
     }
+    // Split-K of the transposed sketch: 1000 rows of W are its inner dimension, 13 splits of
+    // 80, their partial products added into Z on the device in split order.
+    assert_eq!(split_k(30, 1000, 24, ctx.max_binding()), (13, 80));
+    let p = Pair::new(1000, 30, Dtype::F16, Dtype::BF16, &mut seed);
+    for l in [1, 24] {
+        check_sketch(ctx, &p, l, &mut seed);
+        let q = rand(1000 * l, &mut seed);
+        let z = delta_sketch_t(ctx, &p.view(), &q, l).unwrap();
+        let again = delta_sketch_t(ctx, &p.view(), &q, l).unwrap();
+        assert!(
+            z.iter()
+                .zip(&again)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "split-K sketch_t is not deterministic"
+        );
+    }
 }
 
 #[test]
@@ -113,6 +130,16 @@ fn sketch_tiled_matches_cpu() {
         for l in [1, 8, 48] {
             check_sketch(ctx, &p, l, &mut seed);
         }
+    }
+    // 600 × 8: row tiles of 256, 256 and 88 rows; the transposed sketch splits the first two
+    // into 4 chunks of 64 (partial products within the 8 KiB binding) and not the last, so Z
+    // accumulates split and unsplit tiles.
+    let limit = ctx.max_binding();
+    assert_eq!(split_k(8, 256, 8, limit), (4, 64));
+    assert_eq!(split_k(8, 88, 8, limit).0, 1);
+    let p = Pair::new(600, 8, Dtype::F32, Dtype::BF16, &mut seed);
+    for l in [1, 8] {
+        check_sketch(ctx, &p, l, &mut seed);
     }
 }
 
@@ -174,7 +201,6 @@ fn delta_operator_drives_randomized_svd() {
 /// `k` with no empty split, and the partial products fit the binding limit.
 #[test]
 fn split_k_covers_k_within_limits() {
-    use crate::backend::gpu::sketch::split_k;
     assert_eq!(split_k(30, 1000, 24, 1 << 30), (13, 80));
     assert_eq!(split_k(30, 40, 8, 1 << 30), (1, 48));
     for (rows, k, l, limit) in [
