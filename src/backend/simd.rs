@@ -2,8 +2,8 @@
 //!
 //! [`multiversion!`] compiles a function's body three times on x86-64 — for AVX-512F, for
 //! AVX2 + FMA, and for the baseline (SSE2) — and calls the widest copy that [`level`] allows;
-//! elsewhere it is the plain function. The CPU is asked once ([`detected`]); nothing else in
-//! lorakit calls `is_x86_feature_detected!`.
+//! elsewhere it is the plain function. The CPU is asked once ([`detected`], shared with
+//! `crates/linalg`'s kernels); nothing else calls `is_x86_feature_detected!`.
 //!
 //! Every copy computes the same bits: the operations and their order are the source's, and Rust
 //! never reassociates float arithmetic or contracts `a·b + c` into a fused multiply-add (the
@@ -17,37 +17,10 @@
 //! macro states and [`detected`] guarantees.
 
 use std::cell::Cell;
-use std::sync::OnceLock;
 
-/// The instruction sets a [`multiversion!`] kernel is compiled for, narrowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    /// The target's baseline (SSE2 on x86-64; the only level elsewhere).
-    Baseline,
-    /// AVX2 and FMA (Haswell, Zen and later).
-    Avx2,
-    /// AVX-512F (Skylake-SP, Ice Lake, Zen 4 and later).
-    Avx512,
-}
-
-/// What the running CPU supports, detected once.
-pub fn detected() -> Level {
-    static LEVEL: OnceLock<Level> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Level::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Level::Avx2;
-            }
-        }
-        Level::Baseline
-    })
-}
+/// The levels and the one detection live in `crates/linalg` ([`crate::linalg::cpu`]), whose own
+/// kernels choose by the same answer.
+pub use crate::linalg::cpu::{detected, Level};
 
 thread_local! {
     static CAP: Cell<Level> = const { Cell::new(Level::Avx512) };

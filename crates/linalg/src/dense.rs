@@ -159,12 +159,13 @@ pub fn to_ndarray(a: MatRef<'_, f32>) -> Array2<f32> {
 #[inline]
 pub fn clear_upper_vector_state() {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
+    // AVX2 (and so AVX) by the one detection; without it faer runs no 256-bit code.
+    if crate::cpu::detected() >= crate::cpu::Level::Avx2 {
         #[target_feature(enable = "avx")]
         fn zeroupper() {
             std::arch::x86_64::_mm256_zeroupper();
         }
-        // SAFETY: AVX was detected above.
+        // SAFETY: AVX2, hence AVX, was detected above.
         unsafe { zeroupper() }
     }
 }

@@ -93,6 +93,7 @@
 //! check [`all_finite`] first and report a proper error. Shape mismatches
 //! also panic.
 
+pub mod cpu;
 pub mod dense;
 pub mod householder;
 #[cfg(feature = "lapack")]

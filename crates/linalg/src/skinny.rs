@@ -131,19 +131,16 @@ pub(crate) enum Isa {
     Portable,
 }
 
-/// AVX-512 (with FMA), else AVX2 + FMA, else the portable path.
+/// AVX-512 (with FMA), else AVX2 + FMA, else the portable path, by the one detection
+/// ([`crate::cpu::detected`]).
 pub(crate) fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("fma") {
-            return Isa::Avx512;
-        }
-        if has!("avx2") && has!("fma") {
-            return Isa::Avx2;
-        }
+    match crate::cpu::detected() {
+        #[cfg(target_arch = "x86_64")]
+        crate::cpu::Level::Avx512 => Isa::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        crate::cpu::Level::Avx2 => Isa::Avx2,
+        _ => Isa::Portable,
     }
-    Isa::Portable
 }
 
 #[cfg(target_arch = "x86_64")]
