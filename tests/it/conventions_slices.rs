@@ -207,7 +207,7 @@ fn disjoint_slices_leave_the_rows_between_untouched() {
     let split = dir.path().join("split");
     shards(&split, Some("1/2"));
     shards(&split, Some("2/2"));
-    run_ok(["finalize", s(&split), "-q"]);
+    run_ok(finalize_args(&split, &["-q"]));
     assert!(listing(&whole).len() > 2, "{:?}", listing(&whole));
     for f in listing(&whole) {
         let (x, y) = (whole.join(&f), split.join(&f));

@@ -106,7 +106,7 @@ fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
                     &[&["-q", "--part", part][..], mode].concat(),
                 );
             }
-            run_ok(["finalize", split.to_str().unwrap(), "-q"]);
+            run_ok(finalize_args(&split, &["-q"]));
             let (a, b) = (files(&whole), files(&split));
             assert_eq!(
                 a.iter().map(|f| &f.0).collect::<Vec<_>>(),
@@ -162,7 +162,7 @@ fn extract_parts_against_a_quantized_base_equal_one_process() {
     let split = dir.path().join("split");
     extract(&split, Some("1/2"));
     extract(&split, Some("2/2"));
-    run_ok(["finalize", split.to_str().unwrap(), "-q"]);
+    run_ok(finalize_args(&split, &["-q"]));
     let (a, b) = (files(&whole), files(&split));
     assert_eq!(
         a.iter().map(|f| &f.0).collect::<Vec<_>>(),

@@ -241,10 +241,10 @@ fn three_parts_in_separate_processes_equal_one_run() {
     let m2 = split.join(".lorakit-part-2-of-3.json");
     let saved = std::fs::read(&m2).unwrap();
     std::fs::remove_file(&m2).unwrap();
-    let err = run_err(["finalize", split.to_str().unwrap()]);
+    let err = run_err(finalize_args(&split, &[]));
     assert!(one_line_error(&err).contains("parts not finished: 2/3"));
     std::fs::write(&m2, saved).unwrap();
-    run_ok(["finalize", split.to_str().unwrap()]);
+    run_ok(finalize_args(&split, &[]));
     assert_eq!(listing(&one), listing(&split));
     for f in listing(&one) {
         assert!(
