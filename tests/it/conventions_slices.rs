@@ -284,7 +284,7 @@ fn a_slice_past_the_tensor_is_refused() {
 #[test]
 fn check_reports_row_slices_as_mapped() {
     let out = bin()
-        .args(["check", s(&adapter()), "--base", s(&base()), "--json"])
+        .args(check_args(&adapter(), &["--base", s(&base()), "--json"]))
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)

@@ -105,18 +105,19 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
     for case in ["patterns", "rslora_all", "embed"] {
         let fixed = dir.path().join(format!("fixed_{case}"));
         let out = bin()
-            .args([
-                "check",
-                fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
-                "--base",
-                base.to_str().unwrap(),
-                // LoRAX never reads embedding LoRA: not fixable, so not asked for here.
-                "--target",
-                "vllm,sglang,llama.cpp,peft",
-                "--fix",
-                "--out",
-                fixed.to_str().unwrap(),
-            ])
+            .args(check_args(
+                &fixture(&format!("llama/adapters/{case}")),
+                &[
+                    "--base",
+                    s(&base),
+                    // LoRAX never reads embedding LoRA: not fixable, so not asked for here.
+                    "--target",
+                    "vllm,sglang,llama.cpp,peft",
+                    "--fix",
+                    "--out",
+                    s(&fixed),
+                ],
+            ))
             .output()
             .unwrap();
         assert_eq!(
@@ -151,15 +152,10 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
     ] {
         let fixed = dir.path().join(fixed);
         let adapter = fixture(adapter);
-        run_ok([
-            "check",
-            s(&adapter),
-            "--base",
-            s(&base),
-            "--fix",
-            "--out",
-            s(&fixed),
-        ]);
+        run_ok(check_args(
+            &adapter,
+            &["--base", s(&base), "--fix", "--out", s(&fixed)],
+        ));
         assert_peft_loads_and_merges_like_lorakit(&py, &fixed, &base, dir.path());
     }
 }

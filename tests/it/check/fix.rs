@@ -180,17 +180,18 @@ fn fix_dora_to_lora_reports_its_true_error() {
 fn fix_usage_errors_name_the_flag_typed() {
     let dir = tempfile::tempdir().unwrap();
     let fixed = dir.path().join("fixed");
-    let out = run_err([
-        "check",
-        s(&fixture("llama/adapters/dora")),
-        "--base",
-        s(&fixture("llama/base")),
-        "--fix",
-        "--dora-rank",
-        "0",
-        "--out",
-        s(&fixed),
-    ]);
+    let out = run_err(check_args(
+        &fixture("llama/adapters/dora"),
+        &[
+            "--base",
+            s(&fixture("llama/base")),
+            "--fix",
+            "--dora-rank",
+            "0",
+            "--out",
+            s(&fixed),
+        ],
+    ));
     assert_eq!(out.status.code(), Some(2));
     let line = one_line_error(&out);
     assert!(line.contains("--dora-rank must be at least 1"), "{line}");
@@ -216,7 +217,7 @@ fn duplicate_keys_are_refused_naming_both() {
         r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]}"#,
         &t,
     );
-    let out = run_err(["check", s(&a), "--target", "vllm"]);
+    let out = run_err(check_args(&a, &["--target", "vllm"]));
     assert_eq!(out.status.code(), Some(2));
     let line = one_line_error(&out);
     assert!(

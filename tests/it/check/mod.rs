@@ -536,30 +536,31 @@ fn bad_input_is_one_line_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     // Unreadable adapter.
     let missing = dir.path().join("nope");
-    let out = run_err(["check", s(&missing)]);
+    let out = run_err(check_args(&missing, &[]));
     assert_eq!(out.status.code(), Some(2));
     one_line_error(&out);
     // Not an adapter (a base checkpoint).
-    let out = run_err(["check", s(&fixture("llama/base/model.safetensors"))]);
+    let out = run_err(check_args(&fixture("llama/base/model.safetensors"), &[]));
     assert_eq!(out.status.code(), Some(2));
     one_line_error(&out);
     // --fix onto the input itself is refused, nothing written.
     let copy = dir.path().join("a");
     copy_dir(&fixture("llama/adapters/patterns"), &copy);
     let before = listing(&copy);
-    let out = run_err(["check", s(&copy), "--fix", "--out", s(&copy)]);
+    let out = run_err(check_args(&copy, &["--fix", "--out", s(&copy)]));
     assert_eq!(out.status.code(), Some(2));
     one_line_error(&out);
     assert_eq!(listing(&copy), before);
     // --drop-unmatched without --base.
-    let out = run_err([
-        "check",
-        s(&copy),
-        "--fix",
-        "--out",
-        s(&dir.path().join("x")),
-        "--drop-unmatched",
-    ]);
+    let out = run_err(check_args(
+        &copy,
+        &[
+            "--fix",
+            "--out",
+            s(&dir.path().join("x")),
+            "--drop-unmatched",
+        ],
+    ));
     assert_eq!(out.status.code(), Some(2));
     one_line_error(&out);
     assert!(!dir.path().join("x").exists());
