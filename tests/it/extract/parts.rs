@@ -126,6 +126,9 @@ fn kohya_parts_beside_the_file_and_changed_inputs_are_refused() {
     assert!(err.contains("tuned.safetensors changed"), "{err}");
     assert!(!again.exists());
     // Nothing to finalize: a clear error.
-    let err = one_line_error(&run_err(finalize_args(&dir.path().join("none.safetensors"), &[])));
+    let err = one_line_error(&run_err(finalize_args(
+        &dir.path().join("none.safetensors"),
+        &[],
+    )));
     assert!(err.contains("nothing to finalize"), "{err}");
 }

@@ -205,7 +205,7 @@ fn foreign_files_are_named_by_format() {
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
-        let line = one_line_error(&run_err(["inspect", s(&p)]));
+        let line = one_line_error(&run_err(inspect_args(&p, &[])));
         assert!(line.contains(want) && line.contains(name), "{line}");
     }
 }

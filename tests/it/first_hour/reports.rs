@@ -38,7 +38,7 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
     let base = fixture("llama/base");
     let commit = hf_cache(&hub, "tiny-org/tiny-llama", &base);
     hf_cache(&hub, "tiny-org/tiny-lora", &fixture("llama/adapters/qv_r8"));
-    let expected = run_ok(["inspect", s(&base), "--json"]);
+    let expected = run_ok(inspect_args(&base, &["--json"]));
     let expected: serde_json::Value = serde_json::from_str(&expected).unwrap();
     // lorakit with one cache variable set (the other removed), run from the temp folder.
     let with_cache = |args: &[&str], var: &str, val: &Path| {

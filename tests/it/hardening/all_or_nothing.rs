@@ -152,12 +152,10 @@ fn unwritable_destinations_exit_3_naming_the_path() {
         let err = unwritable_merge_error(&out);
         assert!(err.contains(s(&ro)), "names the path: {err}");
     }
-    let res = run_err([
-        "inspect",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--plot",
-        s(&ro.join("p.svg")),
-    ]);
+    let res = run_err(inspect_args(
+        &fixture("llama/adapters/qv_r8"),
+        &["--plot", s(&ro.join("p.svg"))],
+    ));
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(res.status.code(), Some(3), "{err}");
     assert!(err.contains("p.svg"), "{err}");

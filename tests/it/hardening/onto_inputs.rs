@@ -73,7 +73,7 @@ fn no_command_writes_onto_its_inputs() {
     let soft = dir.path().join("soft.svg");
     std::os::unix::fs::symlink(ad.join("adapter_config.json"), &soft).unwrap();
     for p in [&hard, &soft] {
-        refused_as_input(&run_err(["inspect", s(&ad), "--plot", s(p)]));
+        refused_as_input(&run_err(inspect_args(&ad, &["--plot", s(p)])));
     }
     assert_eq!(
         (snapshot(&base), snapshot(&ad)),

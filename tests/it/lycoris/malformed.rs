@@ -187,7 +187,7 @@ fn refused_by_merge(
     edit(&mut t);
     let p = dir.path().join("bad.safetensors");
     write(&p, &t);
-    run_ok(["inspect", p.to_str().unwrap()]);
+    run_ok(inspect_args(&p, &[]));
     let before = listing(dir.path());
     let line = merge_refused(
         &fixture(&format!("{folder}/base.safetensors")),
