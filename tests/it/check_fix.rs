@@ -9,7 +9,7 @@
 //! (`fixtures/gen/check_saved_load.py`) and their merged weights and logits are compared. Without
 //! it the Python half says so loudly and passes, unless `LORAKIT_REQUIRE_PEFT=1`.
 
-use super::check::{check_fix, check_json, fired, python_ok, s, target};
+use super::check::{check_fix, check_json, fired, python_ok, target};
 use super::common::*;
 use serde_json::Value;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! others assert the rule read from the loader's source, cited at each case and in
 //! src/ops/check/rules.rs.
 
-use super::check::{check_json, fired, s, target};
+use super::check::{check_json, fired, target};
 use super::common::*;
 
 /// Runs a loader script on `case` and reads its JSON verdict, which must be the one every loader

@@ -215,10 +215,6 @@ fn diffusers_verdicts_match_what_diffusers_did() {
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
-pub(super) fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// One documented rule: running `check` on the fixture `adapter` (with the fixture `base`) for
 /// `target` gives `verdict` and fires `rule` (or no rule when `rule` is empty). Written
 /// [`fails`], [`warns`] or [`loads`], one line a case.
