@@ -429,6 +429,11 @@ pub fn flags(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
 
+/// Arguments of `lorakit eval --model MODEL` followed by `extra`.
+pub fn eval_args(model: &Path, extra: &[&str]) -> Vec<String> {
+    argv(&["eval", "--model", s(model)], extra)
+}
+
 /// Arguments of `lorakit eval --model MODEL --device cpu` followed by `extra`.
 pub fn eval_cpu_args(model: &Path, extra: &[&str]) -> Vec<String> {
     argv(&["eval", "--model", s(model), "--device", "cpu"], extra)

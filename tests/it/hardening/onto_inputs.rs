@@ -37,19 +37,17 @@ fn no_command_writes_onto_its_inputs() {
         base.join("config.json"),
         ad.join("adapter_model.safetensors"),
     ] {
-        refused_as_input(&run_err([
-            "eval",
-            "--model",
-            s(&base),
-            "--adapter",
-            s(&ad),
-            "--input-ids",
-            s(&fixture("text/tiny_ids.safetensors")),
-            "--logits",
-            s(&target),
-            "--device",
-            "cpu",
-        ]));
+        refused_as_input(&run_err(eval_cpu_args(
+            &base,
+            &[
+                "--adapter",
+                s(&ad),
+                "--input-ids",
+                s(&fixture("text/tiny_ids.safetensors")),
+                "--logits",
+                s(&target),
+            ],
+        )));
     }
     // train --init-adapter A --out A.
     refused_as_input(&run_err(train_args(
