@@ -158,19 +158,14 @@ fn combine_svd_caps_the_rank_at_the_module_size() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mix");
     let o = bin()
-        .args([
-            "combine",
-            "--adapter",
-            s(&fixture("llama/adapters/qv_r8")),
-            "--adapter",
-            s(&fixture("llama/adapters/qv_r8")),
-            "--method",
-            "svd",
-            "--rank",
-            "1000",
-            "--out",
-            s(&out),
-        ])
+        .args(combine_args(
+            &[
+                (&fixture("llama/adapters/qv_r8"), None),
+                (&fixture("llama/adapters/qv_r8"), None),
+            ],
+            &out,
+            &["--method", "svd", "--rank", "1000"],
+        ))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

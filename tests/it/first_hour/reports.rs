@@ -114,7 +114,7 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
 #[test]
 fn every_json_report_shares_one_vocabulary() {
     let dir = tempfile::tempdir().unwrap();
-    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let d = |n: &str| s(&dir.path().join(n)).to_owned();
     let base = s(&fixture("llama/base")).to_owned();
     let qv = s(&fixture("llama/adapters/qv_r8")).to_owned();
     let merged = s(&fixture("llama/merged/qv_r8.safetensors")).to_owned();
