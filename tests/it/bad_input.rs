@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 fn check_rejected(path: &Path, expect: &[&str]) {
     let dir = path.parent().unwrap();
     let before = listing(dir);
-    let inspect = run_err(inspect_args(&path, &[]));
+    let inspect = run_err(inspect_args(path, &[]));
     let line = one_line_error(&inspect);
     assert!(
-        line.contains(path.file_name().unwrap().to_str().unwrap()),
+        line.contains(s(Path::new(path.file_name().unwrap()))),
         "file not named: {line}"
     );
     for e in expect {
@@ -171,20 +171,7 @@ fn merge_err(dir: &Path, adapter: &Path) -> String {
 
 fn merge_err_with(dir: &Path, adapter: &Path, extra: &[&str]) -> String {
     let out = dir.join("out");
-    let mut args = vec![
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect::<Vec<_>>();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let res = run_err(args);
+    let res = run_err(merge_args(&fixture("llama/base"), adapter, &out, extra));
     let line = one_line_error(&res);
     assert!(!out.exists());
     line

@@ -252,18 +252,12 @@ fn convert_to_diffusers_keeps_factors_and_scales() {
     ] {
         let src = fixture(&format!("conventions/{case}.safetensors"));
         let out = dir.path().join(format!("{case}.d.safetensors"));
-        let mut args: Vec<String> = ["convert", src.to_str().unwrap(), "--to", "diffusers"]
-            .map(String::from)
-            .into();
-        args.extend(extra.iter().map(|s| {
-            if *s == "UNET" {
-                unet().display().to_string()
-            } else {
-                s.to_string()
-            }
-        }));
-        args.extend(["--out".to_string(), out.display().to_string()]);
-        run_ok(&args);
+        let unet = unet();
+        let extra: Vec<&str> = extra
+            .iter()
+            .map(|a| if *a == "UNET" { s(&unet) } else { a })
+            .collect();
+        run_ok(convert_args(&src, "diffusers", &out, &extra));
         let t = read(&out);
         assert!(
             t.keys()
