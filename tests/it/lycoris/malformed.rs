@@ -276,7 +276,7 @@ fn lora_modules_missing_a_half_are_refused_by_name() {
         write(&p, &t);
         let before = listing(dir.path());
         for args in [
-            vec!["inspect".to_string(), p.display().to_string()],
+            inspect_args(&p, &[]),
             merge_args(&fixture(base), &p, &dir.path().join("out"), &[]),
         ] {
             let line = one_line_error(&run_err(&args));

@@ -305,7 +305,7 @@ fn refused_in(folder: &str, case: &str, edit: &dyn Fn(&mut BTreeMap<String, T>),
     write(&p, &t);
     let before = listing(dir.path());
     for args in [
-        vec!["inspect".to_string(), p.display().to_string()],
+        inspect_args(&p, &[]),
         merge_args(
             &fixture(&format!("{folder}/base.safetensors")),
             &p,

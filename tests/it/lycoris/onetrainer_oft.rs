@@ -94,14 +94,11 @@ fn onetrainer_oft_converts_to_kohya_exactly_and_is_never_lowered() {
                 "depends on the base weight",
             ),
             (
-                vec![
-                    "resize".to_string(),
-                    s(&ot(case)).to_string(),
-                    "--rank".to_string(),
-                    "2".to_string(),
-                    "--out".to_string(),
-                    dir.path().join("never.safetensors").display().to_string(),
-                ],
+                resize_args(
+                    &ot(case),
+                    &dir.path().join("never.safetensors"),
+                    &["--rank", "2"],
+                ),
                 "base weight",
             ),
         ] {
