@@ -184,16 +184,8 @@ fn diffusers_loads_convert_to_diffusers_output_and_fuses_like_lorakit() {
     ] {
         let src = fixture(&format!("conventions/{input}.safetensors"));
         let out = dir.path().join(format!("{input}.diffusers.safetensors"));
-        let mut args = vec![
-            "convert".to_string(),
-            src.display().to_string(),
-            "--to".into(),
-            "diffusers".into(),
-            "--out".into(),
-            out.display().to_string(),
-        ];
-        args.extend(extra);
-        run_ok(&args);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        run_ok(convert_args(&src, "diffusers", &out, &extra));
         let fused = dir.path().join(format!("{input}.fused.safetensors"));
         let res = std::process::Command::new(&py)
             .arg(fixture("gen/check_diffusers_load.py"))
@@ -229,18 +221,12 @@ fn peft_loads_residual_adapters_converted_for_the_checkpoint() {
     let base = fixture("llama/base");
     for case in ["pissa", "olora", "kasa"] {
         let plain = dir.path().join(format!("plain_{case}"));
-        run_ok([
-            "convert".to_string(),
-            fixture(&format!("llama/adapters/init_{case}"))
-                .display()
-                .to_string(),
-            "--to".into(),
-            "peft".into(),
-            "--base".into(),
-            base.display().to_string(),
-            "--out".into(),
-            plain.display().to_string(),
-        ]);
+        run_ok(convert_args(
+            &fixture(&format!("llama/adapters/init_{case}")),
+            "peft",
+            &plain,
+            &["--base", s(&base)],
+        ));
         let sub = dir.path().join(case);
         std::fs::create_dir_all(&sub).unwrap();
         assert_peft_loads_and_merges_like_lorakit(&py, &plain, &base, &sub);

@@ -140,22 +140,11 @@ fn extract_parts_against_a_quantized_base_equal_one_process() {
         &["--quant", "dequantize", "-q"],
     );
     let extract = |out: &Path, part: Option<&str>| {
-        let mut args = vec![
-            "extract".to_string(),
-            "--base".into(),
-            quant("gptq4_v1").display().to_string(),
-            "--tuned".into(),
-            tuned.display().to_string(),
-            "--rank".into(),
-            "8".into(),
-            "-o".into(),
-            out.display().to_string(),
-            "-q".into(),
-        ];
+        let mut flags = vec!["--rank", "8", "-q"];
         if let Some(p) = part {
-            args.extend(["--part".into(), p.into()]);
+            flags.extend(["--part", p]);
         }
-        run_ok(args);
+        run_ok(extract_args(&quant("gptq4_v1"), &tuned, out, &flags));
     };
     let whole = dir.path().join("whole");
     extract(&whole, None);
@@ -334,12 +323,7 @@ fn unknown_quantization_methods_are_refused_by_name() {
     let out = dir.path().join("out");
     let adapter = fixture("llama/adapters/qv_r8");
     for args in [
-        vec![
-            "dequantize".to_string(),
-            model.display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-        ],
+        dequantize_args(&model, &out, &[]),
         merge_args(&model, &adapter, &out, &["--quant", "dequantize"]),
         merge_args(&model, &adapter, &out, &[]),
     ] {

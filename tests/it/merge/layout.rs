@@ -212,17 +212,12 @@ fn three_parts_in_separate_processes_equal_one_run() {
     let split = dir.path().join("split");
     let base = fixture("llama/base_sharded");
     let common = |out: &Path| {
-        vec![
-            "merge".to_string(),
-            "--base".into(),
-            base.display().to_string(),
-            "--adapter".into(),
-            fixture("llama/adapters/rslora_all").display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-            "--dtype".into(),
-            "bf16".into(),
-        ]
+        merge_args(
+            &base,
+            &fixture("llama/adapters/rslora_all"),
+            out,
+            &["--dtype", "bf16"],
+        )
     };
     run_ok(common(&one));
     // Three processes at once, as three jobs would run.

@@ -299,10 +299,7 @@ fn a_config_that_does_not_select_the_files_modules_is_refused() {
                 && err.contains(".lora_A.weight`"),
             "{field}: {err}"
         );
-        let inspect = run_err(vec![
-            "inspect".into(),
-            adapter.to_string_lossy().into_owned(),
-        ]);
+        let inspect = run_err(inspect_args(&adapter, &[]));
         assert!(
             one_line_error(&inspect).contains("is not selected"),
             "{field}"
