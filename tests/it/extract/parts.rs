@@ -6,9 +6,10 @@ use super::*;
 fn extract_parts(base: &Path, tuned: &Path, out: &Path, extra: &[&str], n: usize) {
     let children: Vec<_> = (1..=n)
         .map(|i| {
+            let part = format!("{i}/{n}");
+            let flags = [extra, &["--part", &part, "--quiet"]].concat();
             bin()
-                .args(extract_args(base, tuned, out, extra))
-                .args(["--part", &format!("{i}/{n}"), "--quiet"])
+                .args(extract_args(base, tuned, out, &flags))
                 .spawn()
                 .unwrap()
         })
@@ -42,19 +43,9 @@ fn three_extract_parts_in_separate_processes_equal_one_run() {
     assert!(err.contains("extract parts not finished: 2/3"), "{err}");
     assert_eq!(listing(&split).len(), 2);
     // A part run with other flags is refused by name.
+    let flags = [&flags[..], &["--seed", "5", "--part", "2/3", "-q"]].concat();
     bin()
-        .args(extract_args(&base, &tuned, &split, &[]))
-        .args([
-            "--energy",
-            "0.9",
-            "--max-rank",
-            "6",
-            "--dtype",
-            "bf16",
-            "--seed",
-            "5",
-        ])
-        .args(["--part", "2/3", "-q"])
+        .args(extract_args(&base, &tuned, &split, &flags))
         .status()
         .unwrap();
     let err = one_line_error(&run_err(finalize_args(&split, &[])));
