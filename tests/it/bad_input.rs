@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 fn check_rejected(path: &Path, expect: &[&str]) {
     let dir = path.parent().unwrap();
     let before = listing(dir);
-    let inspect = run_err(["inspect", path.to_str().unwrap()]);
+    let inspect = run_err(inspect_args(path, &[]));
     let line = one_line_error(&inspect);
     assert!(
-        line.contains(path.file_name().unwrap().to_str().unwrap()),
+        line.contains(s(Path::new(path.file_name().unwrap()))),
         "file not named: {line}"
     );
     for e in expect {
@@ -171,20 +171,7 @@ fn merge_err(dir: &Path, adapter: &Path) -> String {
 
 fn merge_err_with(dir: &Path, adapter: &Path, extra: &[&str]) -> String {
     let out = dir.join("out");
-    let mut args = vec![
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        adapter.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect::<Vec<_>>();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let res = run_err(args);
+    let res = run_err(merge_args(&fixture("llama/base"), adapter, &out, extra));
     let line = one_line_error(&res);
     assert!(!out.exists());
     line
@@ -263,7 +250,7 @@ fn a_and_b_of_different_ranks() {
             && line.contains("3 columns"),
         "{line}"
     );
-    let i = run_err(["inspect", a.to_str().unwrap()]);
+    let i = run_err(inspect_args(&a, &[]));
     one_line_error(&i);
 }
 
@@ -323,7 +310,7 @@ fn sharded_index_naming_missing_shard_or_traversal() {
     ] {
         edit(&format!("\"{first_shard}\""), &format!("\"{replacement}\""));
         let out = dir.path().join("out");
-        let res = run_err(["inspect", base.to_str().unwrap()]);
+        let res = run_err(inspect_args(&base, &[]));
         let line = one_line_error(&res);
         assert!(line.contains(expect), "{replacement}: {line}");
         let res = run_err(merge_args(
@@ -417,7 +404,7 @@ fn empty_adapter_and_unknown_tensor_kinds() {
     // A LyCORIS LoHa module missing three of its factors is refused naming the first missing.
     let h = r#"{"lora_unet_x.hada_w1_a":{"dtype":"F32","shape":[2,1],"data_offsets":[0,8]}}"#;
     let k = raw_file(dir.path(), "loha.safetensors", h, 8);
-    let res = run_err(["inspect", k.to_str().unwrap()]);
+    let res = run_err(inspect_args(&k, &[]));
     let line = one_line_error(&res);
     assert!(
         line.contains("lora_unet_x") && line.contains("hada_w1_b"),

@@ -9,7 +9,7 @@
 //! (`fixtures/gen/check_saved_load.py`) and their merged weights and logits are compared. Without
 //! it the Python half says so loudly and passes, unless `LORAKIT_REQUIRE_PEFT=1`.
 
-use super::check::{check_fix, check_json, fired, python_ok, s, target};
+use super::check::{check_fix, check_json, fired, python_ok, target};
 use super::common::*;
 use serde_json::Value;
 use std::path::Path;
@@ -202,13 +202,15 @@ fn trainable_tokens_rules_per_loader() {
         "peft",
         &["--saved-tokens"],
     );
-    let (_, r) = check_json(&[
-        s(&out),
-        "--base",
-        s(&base),
-        "--target",
-        "vllm,sglang,lorax,llama.cpp,peft",
-    ]);
+    let (_, r) = check_json(
+        &out,
+        &[
+            "--base",
+            s(&base),
+            "--target",
+            "vllm,sglang,lorax,llama.cpp,peft",
+        ],
+    );
     // vLLM utils.py parse_fine_tuned_lora_name: "… is unsupported LoRA weight".
     assert_eq!(target(&r, "vllm")["verdict"], "fails");
     assert!(fired(target(&r, "vllm")).contains(&"vllm.trainable_tokens".into()));
@@ -235,7 +237,7 @@ fn trainable_tokens_rules_per_loader() {
     let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     cfg["trainable_token_indices"]["lm_head"] = serde_json::json!([7]);
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    let (code, r) = check_json(&[s(&bad), "--base", s(&base), "--target", "peft"]);
+    let (code, r) = check_json(&bad, &["--base", s(&base), "--target", "peft"]);
     assert_eq!(code, 1);
     assert_eq!(fired(target(&r, "peft")), ["peft.trainable_tokens"]);
     let Some(py) = peft_python() else { return };
@@ -341,7 +343,7 @@ fn assert_diffusers_fuses_within(
     let base = read_checkpoint(&unet);
     let fused = read(&fused_path);
     // Where each module lands, by lorakit's matcher (the placements `check --base` reports).
-    let (_, placed) = check_json(&[s(original), "--base", s(&unet), "--target", "comfy"]);
+    let (_, placed) = check_json(original, &["--base", s(&unet), "--target", "comfy"]);
     let mut seen = 0;
     for p in placed["modules"].as_array().unwrap() {
         let m = p["module"].as_str().unwrap();
@@ -493,7 +495,7 @@ fn fix_for_comfy_folds_a_metadata_alpha_into_the_factors() {
     assert_eq!(fired(target(&r, "comfy")), ["comfy.scale"]);
     assert_eq!(code, 0, "{}", r["after"]);
     let unet = fixture("conventions/unet");
-    let (code, after) = check_json(&[s(&out), "--base", s(&unet), "--target", "comfy,diffusers"]);
+    let (code, after) = check_json(&out, &["--base", s(&unet), "--target", "comfy,diffusers"]);
     assert_eq!(code, 0, "{after}");
     // ComfyUI's scale is `{module}.alpha`/rank (comfy/weight_adapter/lora.py): alpha = rank now,
     // and lora_up carries the metadata's scale: up'·down = 2·B·A per module.

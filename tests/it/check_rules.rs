@@ -6,7 +6,7 @@
 //! others assert the rule read from the loader's source, cited at each case and in
 //! src/ops/check/rules.rs.
 
-use super::check::{check_json, fired, s, target};
+use super::check::{check_json, fired, target};
 use super::common::*;
 
 /// Runs a loader script on `case` and reads its JSON verdict, which must be the one every loader
@@ -30,13 +30,10 @@ fn loads_as_f32_cast(script: &mut std::process::Command, case: &str) -> serde_js
 fn dtype_rules_match_what_peft_does_and_what_the_converters_read() {
     let base = fixture("llama/base");
     let all = "peft,llama.cpp,vllm,lorax";
-    let (code, f64r) = check_json(&[
-        s(&fixture("check/dtype_f64")),
-        "--base",
-        s(&base),
-        "--target",
-        all,
-    ]);
+    let (code, f64r) = check_json(
+        &fixture("check/dtype_f64"),
+        &["--base", s(&base), "--target", all],
+    );
     // Warnings only: every target loads and applies everything.
     assert_eq!(code, 0);
     assert_eq!(fired(target(&f64r, "peft")), ["peft.dtype"]);
@@ -46,13 +43,10 @@ fn dtype_rules_match_what_peft_does_and_what_the_converters_read() {
     // (lora.py LoraWeights.load → load_module_weight(…, model.dtype)).
     assert_eq!(fired(target(&f64r, "vllm")), ["vllm.dtype"]);
     assert_eq!(fired(target(&f64r, "lorax")), ["lorax.dtype"]);
-    let (code, f8r) = check_json(&[
-        s(&fixture("check/dtype_f8")),
-        "--base",
-        s(&base),
-        "--target",
-        all,
-    ]);
+    let (code, f8r) = check_json(
+        &fixture("check/dtype_f8"),
+        &["--base", s(&base), "--target", all],
+    );
     assert_eq!(code, 0);
     assert!(fired(target(&f8r, "peft")).is_empty());
     assert!(fired(target(&f8r, "llama.cpp")).is_empty());
@@ -80,17 +74,17 @@ fn dtype_rules_match_what_peft_does_and_what_the_converters_read() {
 fn sglang_bias_and_modules_to_save_are_silently_dropped() {
     // sglang mem_pool.py load_lora_weight_to_buffer: a layer tensor without "lora_A" in its name
     // goes to the lora_B slot, where lora_B.weight (sorted after lora_B.bias) overwrites it.
-    let (_, r) = check_json(&[s(&fixture("llama/adapters/bias")), "--target", "sglang"]);
+    let (_, r) = check_json(&fixture("llama/adapters/bias"), &["--target", "sglang"]);
     // (This fixture also has q_proj without v_proj, which SGLang refuses: sglang.q_without_v.)
     assert_eq!(target(&r, "sglang")["verdict"], "fails");
     assert!(fired(target(&r, "sglang")).contains(&"sglang.lora_bias".into()));
     // sglang lora.py _process_weight: embed_tokens/lm_head tensors of modules that are no LoRA
     // target are skipped with a debug log (saved_rows: q/v LoRA + saved embed_tokens, lm_head).
-    let (_, r) = check_json(&[s(&fixture("check/saved_rows")), "--target", "sglang"]);
+    let (_, r) = check_json(&fixture("check/saved_rows"), &["--target", "sglang"]);
     assert_eq!(target(&r, "sglang")["loads"], true);
     assert_eq!(fired(target(&r, "sglang")), ["sglang.modules_to_save"]);
     // Neither fires on a plain q/v adapter.
-    let (code, r) = check_json(&[s(&fixture("llama/adapters/qv_r8")), "--target", "sglang"]);
+    let (code, r) = check_json(&fixture("llama/adapters/qv_r8"), &["--target", "sglang"]);
     assert_eq!(code, 0);
     assert!(fired(target(&r, "sglang")).is_empty());
 }
@@ -101,23 +95,17 @@ fn llama_cpp_refuses_shapes_and_vocabularies_that_do_not_fit() {
     // maybe wrong base model?)", for token_embd against the vocabulary too. added_tokens is an
     // embed_tokens LoRA over 130 tokens on a 128-token base (PEFT refuses it: MANIFEST.json).
     let base = fixture("llama/base");
-    let (code, r) = check_json(&[
-        s(&fixture("check/added_tokens")),
-        "--base",
-        s(&base),
-        "--target",
-        "llama.cpp,peft",
-    ]);
+    let (code, r) = check_json(
+        &fixture("check/added_tokens"),
+        &["--base", s(&base), "--target", "llama.cpp,peft"],
+    );
     assert_eq!(code, 1);
     assert!(fired(target(&r, "llama.cpp")).contains(&"llama.cpp.vocab".into()));
     assert_eq!(target(&r, "peft")["verdict"], "fails");
-    let (code, r) = check_json(&[
-        s(&fixture("llama/adapters/qv_r8")),
-        "--base",
-        s(&base),
-        "--target",
-        "llama.cpp",
-    ]);
+    let (code, r) = check_json(
+        &fixture("llama/adapters/qv_r8"),
+        &["--base", s(&base), "--target", "llama.cpp"],
+    );
     assert_eq!(code, 0);
     assert!(fired(target(&r, "llama.cpp")).is_empty());
 }
@@ -128,18 +116,16 @@ fn llama_cpp_refuses_shapes_and_vocabularies_that_do_not_fit() {
 /// there does `diffusers.dtype` warn.
 #[test]
 fn diffusers_dtype_rule_matches_what_diffusers_does() {
-    let (_, f64r) = check_json(&[
-        s(&fixture("check/dtype_f64_unet.safetensors")),
-        "--target",
-        "diffusers",
-    ]);
+    let (_, f64r) = check_json(
+        &fixture("check/dtype_f64_unet.safetensors"),
+        &["--target", "diffusers"],
+    );
     assert_eq!(fired(target(&f64r, "diffusers")), ["diffusers.dtype"]);
     assert_eq!(target(&f64r, "diffusers")["verdict"], "loads_with_warnings");
-    let (_, f8r) = check_json(&[
-        s(&fixture("check/dtype_f8_unet.safetensors")),
-        "--target",
-        "diffusers",
-    ]);
+    let (_, f8r) = check_json(
+        &fixture("check/dtype_f8_unet.safetensors"),
+        &["--target", "diffusers"],
+    );
     assert!(fired(target(&f8r, "diffusers")).is_empty());
     let Some(py) = peft_python() else { return };
     for (case, rounded) in [

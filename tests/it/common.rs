@@ -429,15 +429,41 @@ pub fn flags(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
 
+/// Arguments of `lorakit eval --model MODEL` followed by `extra`.
+pub fn eval_args(model: &Path, extra: &[&str]) -> Vec<String> {
+    argv(&["eval", "--model", s(model)], extra)
+}
+
 /// Arguments of `lorakit eval --model MODEL --device cpu` followed by `extra`.
 pub fn eval_cpu_args(model: &Path, extra: &[&str]) -> Vec<String> {
     argv(&["eval", "--model", s(model), "--device", "cpu"], extra)
+}
+
+/// Arguments of `lorakit inspect PATH` followed by `extra`.
+pub fn inspect_args(path: &Path, extra: &[&str]) -> Vec<String> {
+    argv(&["inspect", s(path)], extra)
 }
 
 /// The report of `lorakit inspect PATH --json` followed by `extra`.
 pub fn inspect_json(path: &Path, extra: &[&str]) -> serde_json::Value {
     let out = run_ok(argv(&["inspect", s(path), "--json"], extra));
     serde_json::from_str(&out).expect("inspect --json prints JSON")
+}
+
+/// Arguments of `lorakit check ADAPTER` followed by `extra`.
+pub fn check_args(adapter: &Path, extra: &[&str]) -> Vec<String> {
+    argv(&["check", s(adapter)], extra)
+}
+
+/// Arguments of `lorakit finalize OUT` (the output that parts were written for) followed by
+/// `extra`.
+pub fn finalize_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    argv(&["finalize", s(out)], extra)
+}
+
+/// Arguments of `lorakit run RECIPE` followed by `extra`.
+pub fn run_args(recipe: &Path, extra: &[&str]) -> Vec<String> {
+    argv(&["run", s(recipe)], extra)
 }
 
 /// Arguments of `lorakit dequantize MODEL --out OUT` followed by `extra`.

@@ -119,14 +119,8 @@ fn diffusers_metadata_alpha_is_read() {
         .map(|(k, t)| rel_err(&t.f32(), &b[k].f32()))
         .fold(0f64, f64::max);
     assert!(worst > 1e3 * TOL, "the two references differ: {worst:e}");
-    let v: serde_json::Value = serde_json::from_str(&run_ok([
-        "inspect",
-        fixture("conventions/diffusers_metadata.safetensors")
-            .to_str()
-            .unwrap(),
-        "--json",
-    ]))
-    .unwrap();
+    let v: serde_json::Value =
+        inspect_json(&fixture("conventions/diffusers_metadata.safetensors"), &[]);
     for m in v["modules"].as_array().unwrap() {
         assert_eq!(m["rank"], 4);
         assert_eq!(m["alpha"], 8.0, "{}", m["name"]);
@@ -137,8 +131,7 @@ fn diffusers_metadata_alpha_is_read() {
 fn inspect_names_the_convention_and_family() {
     for &(case, _, naming, prefix, _) in CASES {
         let p = fixture(&format!("conventions/{case}.safetensors"));
-        let v: serde_json::Value =
-            serde_json::from_str(&run_ok(["inspect", p.to_str().unwrap(), "--json"])).unwrap();
+        let v: serde_json::Value = inspect_json(&p, &[]);
         let c = &v["convention"];
         assert_eq!(c["naming"], serde_json::json!(naming), "{case}");
         let prefixes: Vec<&str> = c["prefixes"]
@@ -155,10 +148,7 @@ fn inspect_names_the_convention_and_family() {
         assert_eq!(prefixes, want, "{case}");
         assert_eq!(c["family"], "SD1.x/SD2.x", "{case}");
     }
-    let text = run_ok([
-        "inspect",
-        fixture("kohya/te_lora.safetensors").to_str().unwrap(),
-    ]);
+    let text = run_ok(inspect_args(&fixture("kohya/te_lora.safetensors"), &[]));
     assert!(text.contains("CLIP text encoder"), "{text}");
 }
 
@@ -262,18 +252,12 @@ fn convert_to_diffusers_keeps_factors_and_scales() {
     ] {
         let src = fixture(&format!("conventions/{case}.safetensors"));
         let out = dir.path().join(format!("{case}.d.safetensors"));
-        let mut args: Vec<String> = ["convert", src.to_str().unwrap(), "--to", "diffusers"]
-            .map(String::from)
-            .into();
-        args.extend(extra.iter().map(|s| {
-            if *s == "UNET" {
-                unet().display().to_string()
-            } else {
-                s.to_string()
-            }
-        }));
-        args.extend(["--out".to_string(), out.display().to_string()]);
-        run_ok(&args);
+        let unet = unet();
+        let extra: Vec<&str> = extra
+            .iter()
+            .map(|a| if *a == "UNET" { s(&unet) } else { a })
+            .collect();
+        run_ok(convert_args(&src, "diffusers", &out, &extra));
         let t = read(&out);
         assert!(
             t.keys()
@@ -295,16 +279,12 @@ fn convert_to_diffusers_keeps_factors_and_scales() {
     }
     // No pipeline component in the names and none given.
     let out = dir.path().join("none.safetensors");
-    let line = one_line_error(&run_err([
-        "convert",
-        fixture("conventions/peft_default.safetensors")
-            .to_str()
-            .unwrap(),
-        "--to",
+    let line = one_line_error(&run_err(convert_args(
+        &fixture("conventions/peft_default.safetensors"),
         "diffusers",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+        &out,
+        &[],
+    )));
     assert!(
         line.contains("component") && line.contains("--prefix"),
         "{line}"
@@ -391,8 +371,7 @@ fn onetrainer_formats_merge_like_an_f64_reference() {
             );
         }
         assert!(n >= 2, "{case}: {n}");
-        let v: serde_json::Value =
-            serde_json::from_str(&run_ok(["inspect", s(&adapter), "--json"])).unwrap();
+        let v: serde_json::Value = inspect_json(&adapter, &[]);
         assert_eq!(
             v["convention"]["prefixes"],
             serde_json::json!([prefix]),

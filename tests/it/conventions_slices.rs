@@ -207,7 +207,7 @@ fn disjoint_slices_leave_the_rows_between_untouched() {
     let split = dir.path().join("split");
     shards(&split, Some("1/2"));
     shards(&split, Some("2/2"));
-    run_ok(["finalize", s(&split), "-q"]);
+    run_ok(finalize_args(&split, &["-q"]));
     assert!(listing(&whole).len() > 2, "{:?}", listing(&whole));
     for f in listing(&whole) {
         let (x, y) = (whole.join(&f), split.join(&f));
@@ -227,23 +227,16 @@ fn overlapping_slices_of_two_adapters_combine() {
     let dir = tempfile::tempdir().unwrap();
     let q = subset(dir.path().join("q.safetensors"), &[kohya_q(1, 'q')]);
     let out = dir.path().join("out.safetensors");
-    let mut args = vec![
-        "merge".to_string(),
-        "--base".into(),
-        s(&base()).into(),
-        "--out".into(),
-        s(&out).into(),
-        "--quiet".into(),
-    ];
-    for (a, w) in [(adapter(), "0.5"), (q, "2")] {
-        args.extend([
-            "--adapter".into(),
-            s(&a).into(),
-            "--weight".into(),
-            w.into(),
-        ]);
-    }
-    run_ok(args);
+    let (a, w) = (
+        adapter(),
+        ["--weight", "0.5", "--adapter", s(&q), "--weight", "2"],
+    );
+    run_ok(merge_args(
+        &base(),
+        &a,
+        &out,
+        &[&["--quiet"], &w[..]].concat(),
+    ));
     let (b, o, k) = (read(&base()), read(&out), read(&adapter()));
     let (w, got) = (b[&in_proj(1)].f32(), o[&in_proj(1)].f32());
     let dq = delta(&k, &kohya_q(1, 'q'));
@@ -284,7 +277,7 @@ fn a_slice_past_the_tensor_is_refused() {
 #[test]
 fn check_reports_row_slices_as_mapped() {
     let out = bin()
-        .args(["check", s(&adapter()), "--base", s(&base()), "--json"])
+        .args(check_args(&adapter(), &["--base", s(&base()), "--json"]))
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)

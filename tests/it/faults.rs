@@ -109,23 +109,12 @@ fn kill_9_during_extract_leaves_nothing_or_the_complete_adapter() {
     std::fs::create_dir(&outdir).unwrap();
     let out = outdir.join("adapter");
     let args = |out: &Path| -> Vec<String> {
-        [
-            "extract",
-            "--base",
-            base.to_str().unwrap(),
-            "--tuned",
-            tuned.to_str().unwrap(),
-            "--rank",
-            "4",
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-            "--device",
-            "cpu",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        extract_args(
+            &base,
+            &tuned,
+            out,
+            &["--rank", "4", "--quiet", "--device", "cpu"],
+        )
     };
     let complete = dir.path().join("complete");
     run_ok(args(&complete));

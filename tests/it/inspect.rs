@@ -26,7 +26,7 @@ fn checkpoint_counts_match_the_file() {
         let t = &all[row["name"].as_str().unwrap()];
         assert_eq!(row["bytes"].as_u64().unwrap() as usize, t.data.len());
     }
-    let text = run_ok(["inspect", fixture("llama/base_bf16").to_str().unwrap()]);
+    let text = run_ok(inspect_args(&fixture("llama/base_bf16"), &[]));
     assert!(text.contains("BF16") && text.contains("90432"), "{text}");
 }
 
@@ -120,12 +120,10 @@ fn spectrum_matches_materialised_delta() {
 fn plot_writes_an_svg() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("s.svg");
-    run_ok([
-        "inspect",
-        fixture("llama/adapters/patterns").to_str().unwrap(),
-        "--plot",
-        svg.to_str().unwrap(),
-    ]);
+    run_ok(inspect_args(
+        &fixture("llama/adapters/patterns"),
+        &["--plot", s(&svg)],
+    ));
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(
         text.starts_with("<svg") && text.contains("polyline"),
@@ -161,12 +159,10 @@ fn plot_writes_an_svg() {
     assert!(text.contains("layer 0") && text.contains("line colour"));
     // PNG: same drawing, a real PNG of the figure's size.
     let png = dir.path().join("s.png");
-    run_ok([
-        "inspect",
-        fixture("llama/adapters/patterns").to_str().unwrap(),
-        "--plot",
-        png.to_str().unwrap(),
-    ]);
+    run_ok(inspect_args(
+        &fixture("llama/adapters/patterns"),
+        &["--plot", s(&png)],
+    ));
     let b = std::fs::read(&png).unwrap();
     assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
     let width = u32::from_be_bytes(b[16..20].try_into().unwrap());
@@ -191,7 +187,7 @@ fn inspect_reads_headers_only() {
     std::fs::write(&p, &bytes).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
     f.set_len(bytes.len() as u64 + n).unwrap();
-    let s = run_ok(["inspect", p.to_str().unwrap(), "--json"]);
+    let s = run_ok(inspect_args(&p, &["--json"]));
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
     assert_eq!(v["bytes"].as_u64(), Some(n));
     // Peak resident memory of the children this test process has waited for: had inspect

@@ -105,18 +105,19 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
     for case in ["patterns", "rslora_all", "embed"] {
         let fixed = dir.path().join(format!("fixed_{case}"));
         let out = bin()
-            .args([
-                "check",
-                fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
-                "--base",
-                base.to_str().unwrap(),
-                // LoRAX never reads embedding LoRA: not fixable, so not asked for here.
-                "--target",
-                "vllm,sglang,llama.cpp,peft",
-                "--fix",
-                "--out",
-                fixed.to_str().unwrap(),
-            ])
+            .args(check_args(
+                &fixture(&format!("llama/adapters/{case}")),
+                &[
+                    "--base",
+                    s(&base),
+                    // LoRAX never reads embedding LoRA: not fixable, so not asked for here.
+                    "--target",
+                    "vllm,sglang,llama.cpp,peft",
+                    "--fix",
+                    "--out",
+                    s(&fixed),
+                ],
+            ))
             .output()
             .unwrap();
         assert_eq!(
@@ -151,15 +152,10 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
     ] {
         let fixed = dir.path().join(fixed);
         let adapter = fixture(adapter);
-        run_ok([
-            "check",
-            s(&adapter),
-            "--base",
-            s(&base),
-            "--fix",
-            "--out",
-            s(&fixed),
-        ]);
+        run_ok(check_args(
+            &adapter,
+            &["--base", s(&base), "--fix", "--out", s(&fixed)],
+        ));
         assert_peft_loads_and_merges_like_lorakit(&py, &fixed, &base, dir.path());
     }
 }
@@ -188,16 +184,8 @@ fn diffusers_loads_convert_to_diffusers_output_and_fuses_like_lorakit() {
     ] {
         let src = fixture(&format!("conventions/{input}.safetensors"));
         let out = dir.path().join(format!("{input}.diffusers.safetensors"));
-        let mut args = vec![
-            "convert".to_string(),
-            src.display().to_string(),
-            "--to".into(),
-            "diffusers".into(),
-            "--out".into(),
-            out.display().to_string(),
-        ];
-        args.extend(extra);
-        run_ok(&args);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        run_ok(convert_args(&src, "diffusers", &out, &extra));
         let fused = dir.path().join(format!("{input}.fused.safetensors"));
         let res = std::process::Command::new(&py)
             .arg(fixture("gen/check_diffusers_load.py"))
@@ -233,18 +221,12 @@ fn peft_loads_residual_adapters_converted_for_the_checkpoint() {
     let base = fixture("llama/base");
     for case in ["pissa", "olora", "kasa"] {
         let plain = dir.path().join(format!("plain_{case}"));
-        run_ok([
-            "convert".to_string(),
-            fixture(&format!("llama/adapters/init_{case}"))
-                .display()
-                .to_string(),
-            "--to".into(),
-            "peft".into(),
-            "--base".into(),
-            base.display().to_string(),
-            "--out".into(),
-            plain.display().to_string(),
-        ]);
+        run_ok(convert_args(
+            &fixture(&format!("llama/adapters/init_{case}")),
+            "peft",
+            &plain,
+            &["--base", s(&base)],
+        ));
         let sub = dir.path().join(case);
         std::fs::create_dir_all(&sub).unwrap();
         assert_peft_loads_and_merges_like_lorakit(&py, &plain, &base, &sub);

@@ -268,17 +268,7 @@ fn lowering_a_large_lokr_never_forms_the_full_matrix() {
         ],
     );
     let out = dir.path().join("r16.safetensors");
-    let args: Vec<String> = [
-        "resize",
-        src.to_str().unwrap(),
-        "--rank",
-        "16",
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]
-    .map(String::from)
-    .into();
+    let args = resize_args(&src, &out, &["--rank", "16", "--quiet"]);
     let kib = peak_rss_kib(
         "it::process::lowering_a_large_lokr_never_forms_the_full_matrix",
         &args,

@@ -113,12 +113,12 @@ fn inspect_reports_quantization_per_tensor_and_the_config() {
     assert_eq!(t["bits"], 4);
     assert_eq!(t["blocks"], "blocksize 64, double-quant 256");
     assert_eq!(t["shape"], serde_json::json!([64, 128]));
-    let text = run_ok(["inspect", quant("fp8_block").to_str().unwrap()]);
+    let text = run_ok(inspect_args(&quant("fp8_block"), &[]));
     assert!(
         text.contains("fp8-e4m3") && text.contains("32x32 blocks"),
         "{text}"
     );
-    let text = run_ok(["inspect", quant("int8").to_str().unwrap()]);
+    let text = run_ok(inspect_args(&quant("int8"), &[]));
     assert!(
         text.contains("bnb-int8") && text.contains("per row"),
         "{text}"
@@ -589,14 +589,14 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
         dequantize_refuses(dir.path(), what, &input, want);
         if want == "GPTQ/AWQ" {
             // Valid, just not read: inspect lists it instead of failing.
-            let text = run_ok(["inspect", input.to_str().unwrap()]);
+            let text = run_ok(inspect_args(&input, &[]));
             assert!(
                 text.contains("not read") && text.contains("qweight"),
                 "{text}"
             );
         } else {
             // inspect refuses a malformed file the same way.
-            one_line_error(&run_err(["inspect", input.to_str().unwrap()]));
+            one_line_error(&run_err(inspect_args(&input, &[])));
         }
     }
     // A float checkpoint has nothing to dequantize.

@@ -171,12 +171,7 @@ fn inspect_reports_gptq_and_awq() {
         ("gptq8_v2", "gptq-v2", 8, "per channel, symmetric"),
         ("awq4", "awq", 4, "group 32, asymmetric"),
     ] {
-        let v: serde_json::Value = serde_json::from_str(&run_ok([
-            "inspect",
-            quant(model).to_str().unwrap(),
-            "--json",
-        ]))
-        .unwrap();
+        let v: serde_json::Value = inspect_json(&quant(model), &[]);
         let q = &v["quantization"];
         let t = q["tensors"]
             .as_array()

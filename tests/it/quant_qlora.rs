@@ -19,16 +19,10 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn logits_of(model: &std::path::Path, out: &std::path::Path, refs: &std::path::Path) -> Vec<f32> {
-    run_ok([
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--input-ids",
-        refs.to_str().unwrap(),
-        "--logits",
-        out.to_str().unwrap(),
-        "-q",
-    ]);
+    run_ok(eval_args(
+        model,
+        &["--input-ids", s(refs), "--logits", s(out), "-q"],
+    ));
     read(out)["logits"].f32()
 }
 

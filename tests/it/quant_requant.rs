@@ -106,7 +106,7 @@ fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
                     &[&["-q", "--part", part][..], mode].concat(),
                 );
             }
-            run_ok(["finalize", split.to_str().unwrap(), "-q"]);
+            run_ok(finalize_args(&split, &["-q"]));
             let (a, b) = (files(&whole), files(&split));
             assert_eq!(
                 a.iter().map(|f| &f.0).collect::<Vec<_>>(),
@@ -140,29 +140,18 @@ fn extract_parts_against_a_quantized_base_equal_one_process() {
         &["--quant", "dequantize", "-q"],
     );
     let extract = |out: &Path, part: Option<&str>| {
-        let mut args = vec![
-            "extract".to_string(),
-            "--base".into(),
-            quant("gptq4_v1").display().to_string(),
-            "--tuned".into(),
-            tuned.display().to_string(),
-            "--rank".into(),
-            "8".into(),
-            "-o".into(),
-            out.display().to_string(),
-            "-q".into(),
-        ];
+        let mut flags = vec!["--rank", "8", "-q"];
         if let Some(p) = part {
-            args.extend(["--part".into(), p.into()]);
+            flags.extend(["--part", p]);
         }
-        run_ok(args);
+        run_ok(extract_args(&quant("gptq4_v1"), &tuned, out, &flags));
     };
     let whole = dir.path().join("whole");
     extract(&whole, None);
     let split = dir.path().join("split");
     extract(&split, Some("1/2"));
     extract(&split, Some("2/2"));
-    run_ok(["finalize", split.to_str().unwrap(), "-q"]);
+    run_ok(finalize_args(&split, &["-q"]));
     let (a, b) = (files(&whole), files(&split));
     assert_eq!(
         a.iter().map(|f| &f.0).collect::<Vec<_>>(),
@@ -334,12 +323,7 @@ fn unknown_quantization_methods_are_refused_by_name() {
     let out = dir.path().join("out");
     let adapter = fixture("llama/adapters/qv_r8");
     for args in [
-        vec![
-            "dequantize".to_string(),
-            model.display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-        ],
+        dequantize_args(&model, &out, &[]),
         merge_args(&model, &adapter, &out, &["--quant", "dequantize"]),
         merge_args(&model, &adapter, &out, &[]),
     ] {

@@ -46,7 +46,7 @@ fn recipe() -> String {
 fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
     let dir = tempfile::tempdir().unwrap();
     let r = write_recipe(dir.path(), &recipe());
-    let plan = run_ok(["run", r.to_str().unwrap(), "--dry-run", "--json"]);
+    let plan = run_ok(run_args(&r, &["--dry-run", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&plan).unwrap();
     assert_eq!(v["operation"], "run");
     let v = &v["items"];
@@ -57,11 +57,11 @@ fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
     assert!(v[0]["bytes_read"].as_u64().unwrap() > 361728);
     assert!(!dir.path().join("out").exists(), "dry-run writes nothing");
 
-    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    let o = bin().args(run_args(&r, &[])).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(dir.path().join("out/restored/model.safetensors").exists());
     // Second run: everything up to date.
-    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    let o = bin().args(run_args(&r, &[])).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success());
     assert_eq!(err.matches("up to date, skipped").count(), 2, "{err}");
@@ -83,7 +83,7 @@ fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
             &format!("{}\"]\nout = \"out/merged\"", copy.display()),
         ),
     );
-    let o = bin().args(["run", r2.to_str().unwrap()]).output().unwrap();
+    let o = bin().args(run_args(&r2, &[])).output().unwrap();
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("[merged] (options changed) merge"), "{err}");
@@ -91,8 +91,7 @@ fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
 
 /// The `action` and `reason` of every step of `--dry-run --json`.
 fn actions(recipe: &Path, extra: &[&str]) -> Vec<(String, String)> {
-    let mut args = vec!["run", recipe.to_str().unwrap(), "--dry-run", "--json"];
-    args.extend_from_slice(extra);
+    let args = run_args(recipe, &[&["--dry-run", "--json"], extra].concat());
     let v: serde_json::Value = serde_json::from_str(&run_ok(args)).unwrap();
     v["items"]
         .as_array()
@@ -117,9 +116,9 @@ fn reruns_follow_input_content_not_timestamps() {
     }
     let r = write_recipe(
         dir.path(),
-        &recipe().replace("FX/llama/adapters/qv_r8", copy.to_str().unwrap()),
+        &recipe().replace("FX/llama/adapters/qv_r8", s(&copy)),
     );
-    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    let o = bin().args(run_args(&r, &[])).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let skip = |n: usize| vec![("skip".to_string(), String::new()); n];
     assert_eq!(
@@ -162,7 +161,7 @@ fn reruns_follow_input_content_not_timestamps() {
         .all(|(a, w)| a == "run" && w == "forced"));
 
     // Rerun: both merges run again (the second because its input, the first output, changed).
-    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    let o = bin().args(run_args(&r, &[])).output().unwrap();
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -214,7 +213,7 @@ fn invalid_recipes_fail_before_any_work() {
         ("not toml [".to_string(), "not valid TOML"),
     ] {
         let r = write_recipe(dir.path(), &body);
-        let o = run_err(["run", r.to_str().unwrap()]);
+        let o = run_err(run_args(&r, &[]));
         let line = one_line_error(&o);
         assert!(line.contains(expect), "{expect}: {line}");
         assert!(!dir.path().join("out").exists(), "nothing ran: {expect}");
@@ -223,14 +222,10 @@ fn invalid_recipes_fail_before_any_work() {
 
 #[test]
 fn bundled_example_recipe_is_valid() {
-    let out = run_ok([
-        "run",
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples/merge-and-check.toml")
-            .to_str()
-            .unwrap(),
-        "--dry-run",
-    ]);
+    let out = run_ok(run_args(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/merge-and-check.toml"),
+        &["--dry-run"],
+    ));
     assert!(out.contains("merged") && out.contains("check"), "{out}");
 }
 
@@ -242,7 +237,7 @@ fn bundled_examples_run_green() {
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         if e.path().extension().is_some_and(|x| x == "toml") {
             let o = bin()
-                .args(["run", e.path().to_str().unwrap(), "--force", "--quiet"])
+                .args(run_args(&e.path(), &["--force", "--quiet"]))
                 .output()
                 .unwrap();
             assert!(
@@ -261,12 +256,10 @@ fn bundled_examples_run_green() {
 /// A recipe given by a relative path: references to earlier outputs resolve to the same place.
 #[test]
 fn relative_recipe_paths_resolve_once() {
-    let stdout = ok_stdout(bin().current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "run",
-        "examples/merge-and-check.toml",
-        "--dry-run",
-        "--json",
-    ]));
+    let stdout = ok_stdout(bin().current_dir(env!("CARGO_MANIFEST_DIR")).args(run_args(
+        Path::new("examples/merge-and-check.toml"),
+        &["--dry-run", "--json"],
+    )));
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let base_of_second = v["items"][1]["argv"]
         .as_array()
@@ -311,7 +304,7 @@ out = "out/after"
         ]
         .concat(),
     );
-    let o = bin().args(["run", r.to_str().unwrap()]).output().unwrap();
+    let o = bin().args(run_args(&r, &[])).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(

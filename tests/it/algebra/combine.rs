@@ -278,22 +278,19 @@ fn dare_keeps_rescaled_entries_and_drops_one_minus_density() {
         .collect();
     for density in [0.3f64, 0.7] {
         let out = dir.path().join(format!("dare{density}"));
-        run_ok([
-            "combine",
-            "--adapter",
-            s(&inputs[0]),
-            "--adapter",
-            s(&inputs[1]),
-            "--method",
-            "dare_linear",
-            "--density",
-            &density.to_string(),
-            "--seed",
-            "11",
-            "--out",
-            s(&out),
-            "-q",
-        ]);
+        run_ok(combine_args(
+            &[(&inputs[0], None), (&inputs[1], None)],
+            &out,
+            &[
+                "--method",
+                "dare_linear",
+                "--density",
+                &density.to_string(),
+                "--seed",
+                "11",
+                "-q",
+            ],
+        ));
         let got = read(&out.join("adapter_model.safetensors"));
         let (mut kept, mut total) = ([0usize; 2], 0usize);
         for (key, t) in &got {

@@ -173,19 +173,15 @@ fn merged(dir: &Path, base: &str, adapter: &Path, name: &str) -> Vec<u8> {
 fn outputs_record_provenance_keep_metadata_and_are_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("te.safetensors");
-    let args = [
-        "convert",
-        &fx("kohya/te_lora.safetensors"),
-        "--to",
+    let args = convert_args(
+        &fixture("kohya/te_lora.safetensors"),
         "kohya",
-        "--dtype",
-        "f16",
-        "--out",
-        s(&out),
-    ];
-    run_ok(args);
+        &out,
+        &["--dtype", "f16"],
+    );
+    run_ok(&args);
     let first = std::fs::read(&out).unwrap();
-    run_ok(args);
+    run_ok(&args);
     assert_eq!(std::fs::read(&out).unwrap(), first);
     let f = lorakit::io::SafetensorsFile::open(&out).unwrap();
     let meta: BTreeMap<_, _> = f.header().metadata.iter().cloned().collect();
@@ -205,24 +201,17 @@ fn outputs_record_provenance_keep_metadata_and_are_deterministic() {
     );
     // combine: rerun is byte-identical, and the metadata names every input with its weight.
     let out = dir.path().join("mix");
-    let args = [
-        "combine",
-        "--adapter",
-        &fx("llama/adapters/linear_c"),
-        "--weight",
-        "0.6",
-        "--adapter",
-        &fx("llama/adapters/linear_d"),
-        "--weight",
-        "0.3",
-        "--method",
-        "svd",
-        "--out",
-        s(&out),
-    ];
-    run_ok(args);
+    let args = combine_args(
+        &[
+            (&fixture("llama/adapters/linear_c"), Some("0.6")),
+            (&fixture("llama/adapters/linear_d"), Some("0.3")),
+        ],
+        &out,
+        &["--method", "svd"],
+    );
+    run_ok(&args);
     let first = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
-    run_ok(args);
+    run_ok(&args);
     assert_eq!(
         std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
         first

@@ -179,9 +179,7 @@ fn resize_energy_boundary_and_sv_ratio_rules() {
     let ad = diag_adapter(dir.path(), &[4.0, 4.0, 4.0, 2.0, 2.0, 2.0, 2.0]);
     let rank_for = |args: &[&str]| -> u64 {
         let out = dir.path().join(format!("o{}", args.join("_")));
-        let mut v = vec!["resize", s(&ad), "--out", s(&out)];
-        v.extend_from_slice(args);
-        let rep = run_json(&v);
+        let rep = run_json(&resize_args(&ad, &out, args));
         rep["modules"][0]["rank_after"].as_u64().unwrap()
     };
     assert_eq!(
@@ -221,9 +219,11 @@ fn resize_energy_boundary_and_sv_ratio_rules() {
         &["--rank", "0"],
         &["--energy", "0.5", "--sv-ratio", "2"],
     ] {
-        let mut v = vec!["resize", s(&ad), "--out", "/tmp/lorakit-never-written"];
-        v.extend_from_slice(bad);
-        let res = run_err(&v);
+        let res = run_err(resize_args(
+            &ad,
+            Path::new("/tmp/lorakit-never-written"),
+            bad,
+        ));
         assert_eq!(res.status.code(), Some(2), "{bad:?}");
     }
     assert!(!Path::new("/tmp/lorakit-never-written").exists());
@@ -277,19 +277,19 @@ fn resize_changes_format_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     // kohya → PEFT needs the base for module paths.
     let out = dir.path().join("te_peft_r2");
-    let args = [
-        "resize",
-        &fx("kohya/te_lora.safetensors"),
-        "--rank",
-        "2",
-        "--format",
-        "peft",
-        "--base",
-        &fx("kohya/te_base"),
-        "--out",
-        s(&out),
-    ];
-    run_ok(args);
+    let args = resize_args(
+        &fixture("kohya/te_lora.safetensors"),
+        &out,
+        &[
+            "--rank",
+            "2",
+            "--format",
+            "peft",
+            "--base",
+            &fx("kohya/te_base"),
+        ],
+    );
+    run_ok(&args);
     let before = deltas(&fixture("kohya/te_lora.safetensors"));
     let after = deltas(&out);
     assert!(after.contains_key("text_model.encoder.layers.0.self_attn.q_proj"));

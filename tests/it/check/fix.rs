@@ -88,11 +88,10 @@ fn fix_renames_and_drops_against_the_base() {
 /// With `--base`, each module says which targets do not apply it, and by which rule.
 #[test]
 fn every_module_says_where_it_is_not_applied() {
-    let (_, r) = check_json(&[
-        s(&fixture("check/no_root_prefix")),
-        "--base",
-        s(&fixture("llama/base")),
-    ]);
+    let (_, r) = check_json(
+        &fixture("check/no_root_prefix"),
+        &["--base", s(&fixture("llama/base"))],
+    );
     for p in r["modules"].as_array().unwrap() {
         assert_eq!(p["status"], "suffix", "{p}");
         let by: Vec<&str> = p["not_applied_by"]
@@ -111,11 +110,10 @@ fn every_module_says_where_it_is_not_applied() {
             "{p}"
         );
     }
-    let (_, r) = check_json(&[
-        s(&fixture("llama/adapters/qv_r8")),
-        "--base",
-        s(&fixture("llama/base")),
-    ]);
+    let (_, r) = check_json(
+        &fixture("llama/adapters/qv_r8"),
+        &["--base", s(&fixture("llama/base"))],
+    );
     assert!(r["modules"]
         .as_array()
         .unwrap()
@@ -180,17 +178,18 @@ fn fix_dora_to_lora_reports_its_true_error() {
 fn fix_usage_errors_name_the_flag_typed() {
     let dir = tempfile::tempdir().unwrap();
     let fixed = dir.path().join("fixed");
-    let out = run_err([
-        "check",
-        s(&fixture("llama/adapters/dora")),
-        "--base",
-        s(&fixture("llama/base")),
-        "--fix",
-        "--dora-rank",
-        "0",
-        "--out",
-        s(&fixed),
-    ]);
+    let out = run_err(check_args(
+        &fixture("llama/adapters/dora"),
+        &[
+            "--base",
+            s(&fixture("llama/base")),
+            "--fix",
+            "--dora-rank",
+            "0",
+            "--out",
+            s(&fixed),
+        ],
+    ));
     assert_eq!(out.status.code(), Some(2));
     let line = one_line_error(&out);
     assert!(line.contains("--dora-rank must be at least 1"), "{line}");
@@ -216,7 +215,7 @@ fn duplicate_keys_are_refused_naming_both() {
         r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]}"#,
         &t,
     );
-    let out = run_err(["check", s(&a), "--target", "vllm"]);
+    let out = run_err(check_args(&a, &["--target", "vllm"]));
     assert_eq!(out.status.code(), Some(2));
     let line = one_line_error(&out);
     assert!(
@@ -300,7 +299,7 @@ pub(super) fn assert_qkv_split_merged(
 }
 
 fn assert_rule_at(adapter: &Path, base: &Path, tgt: &str, verdict: &str, rule: &str) {
-    let (_, r) = check_json(&[s(adapter), "--base", s(base), "--target", tgt]);
+    let (_, r) = check_json(adapter, &["--base", s(base), "--target", tgt]);
     let t = target(&r, tgt);
     assert_eq!(t["verdict"], verdict, "{t}");
     assert!(fired(t).iter().any(|x| x == rule), "{t}");
@@ -313,7 +312,7 @@ fn assert_rule_at(adapter: &Path, base: &Path, tgt: &str, verdict: &str, rule: &
 #[test]
 fn diffusers_single_files_load_in_diffusers_and_lose_their_alpha_in_comfy() {
     let p = fixture("conventions/diffusers_metadata.safetensors");
-    let (code, r) = check_json(&[s(&p), "--target", "diffusers,comfy"]);
+    let (code, r) = check_json(&p, &["--target", "diffusers,comfy"]);
     assert_eq!(code, 1);
     assert_eq!(target(&r, "diffusers")["verdict"], "loads", "{r}");
     let comfy = target(&r, "comfy");
@@ -323,7 +322,7 @@ fn diffusers_single_files_load_in_diffusers_and_lose_their_alpha_in_comfy() {
     assert!(text.contains("scale 1 instead of 2"), "{text}");
     // The same factors with alpha = r (the kohya conversion) load the same in both.
     let p = fixture("conventions/kohya.safetensors");
-    let (code, r) = check_json(&[s(&p), "--target", "diffusers,comfy"]);
+    let (code, r) = check_json(&p, &["--target", "diffusers,comfy"]);
     assert_eq!(code, 0, "{r}");
 }
 
@@ -489,7 +488,7 @@ fn fix_fuses_projections_into_a_packed_base_exactly() {
     let w0 = read_checkpoint(&base);
     for case in ["llama/adapters/qv_r8", "llama/adapters/rslora_all"] {
         let original = fixture(case);
-        let (_, before) = check_json(&[s(&original), "--base", s(&base), "--target", "vllm,peft"]);
+        let (_, before) = check_json(&original, &["--base", s(&base), "--target", "vllm,peft"]);
         assert!(
             fired(target(&before, "vllm")).contains(&"vllm.not_found".into()),
             "{case}"

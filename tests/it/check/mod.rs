@@ -22,18 +22,14 @@ mod peft_fix;
 /// vLLM 0.34.0 and SGLang 0.5.23 rules, each case citing the line it was read from.
 mod serving;
 
-/// `lorakit check ARGS…`, as it exited.
-fn check_run(args: &[&str]) -> std::process::Output {
-    bin()
-        .arg("check")
-        .args(args)
+/// `lorakit check ADAPTER EXTRA… --json`, its exit status (0 or 1, asserted) and report.
+pub(super) fn check_json(adapter: &Path, extra: &[&str]) -> (i32, Value) {
+    let out = bin()
+        .args(check_args(adapter, &[extra, &["--json"]].concat()))
         .output()
-        .expect("spawn lorakit")
-}
-
-pub(super) fn check_json(args: &[&str]) -> (i32, Value) {
-    let out = check_run(&[args, &["--json"]].concat());
+        .expect("spawn lorakit");
     let code = out.status.code().expect("exit code");
+    let args = (adapter.display(), extra);
     assert!(
         code == 0 || code == 1,
         "check {args:?} exited {code}: {}",
@@ -54,7 +50,7 @@ pub(crate) fn check_fix(
     out: &Path,
     extra: &[&str],
 ) -> (i32, Value) {
-    let mut args = vec![s(adapter)];
+    let mut args = vec![];
     if let Some(b) = base {
         args.extend(["--base", s(b)]);
     }
@@ -63,7 +59,7 @@ pub(crate) fn check_fix(
     }
     args.extend(["--fix", "--out", s(out)]);
     args.extend_from_slice(extra);
-    check_json(&args)
+    check_json(adapter, &args)
 }
 
 /// Runs `fixtures/gen/{script} ARGS…` with `py` from the crate root and asserts that it
@@ -142,11 +138,11 @@ fn each_recorded_case(
         };
         let a = fixture(case);
         let b = fixture(rec["base"].as_str().unwrap_or_default());
-        let mut args = vec![s(&a), "--target", tgt];
+        let mut args = vec!["--target", tgt];
         if with_base {
             args.extend(["--base", s(&b)]);
         }
-        let (_, r) = check_json(&args);
+        let (_, r) = check_json(&a, &args);
         f(case, did, target(&r, tgt));
         compared += 1;
     }
@@ -215,10 +211,6 @@ fn diffusers_verdicts_match_what_diffusers_did() {
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
-pub(super) fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// One documented rule: running `check` on the fixture `adapter` (with the fixture `base`) for
 /// `target` gives `verdict` and fires `rule` (or no rule when `rule` is empty). Written
 /// [`fails`], [`warns`] or [`loads`], one line a case.
@@ -283,11 +275,11 @@ impl Rule {
         } = *self;
         let a = fixture(adapter);
         let b = base.map(fixture);
-        let mut args = vec![s(&a), "--target", tgt];
+        let mut args = vec!["--target", tgt];
         if let Some(b) = &b {
             args.extend(["--base", s(b)]);
         }
-        let (_, r) = check_json(&args);
+        let (_, r) = check_json(&a, &args);
         let t = target(&r, tgt);
         assert_eq!(t["verdict"], verdict, "{adapter} {tgt}: {t}");
         let rules = fired(t);
@@ -317,13 +309,10 @@ pub(super) fn assert_rules(cases: &[Rule]) {
 fn a_wrong_base_fails_every_llm_target_by_shape() {
     let a = fixture("llama/adapters/qv_r8");
     let b = fixture("llama/qwen2");
-    let (code, r) = check_json(&[
-        s(&a),
-        "--base",
-        s(&b),
-        "--target",
-        "vllm,sglang,llama.cpp,peft",
-    ]);
+    let (code, r) = check_json(
+        &a,
+        &["--base", s(&b), "--target", "vllm,sglang,llama.cpp,peft"],
+    );
     assert_eq!(code, 1, "{r}");
     for t in ["vllm", "sglang", "llama.cpp", "peft"] {
         let v = target(&r, t);
@@ -341,13 +330,15 @@ fn a_wrong_base_fails_every_llm_target_by_shape() {
         );
     }
     // The same adapter on its own base applies everywhere.
-    let (code, r) = check_json(&[
-        s(&a),
-        "--base",
-        s(&fixture("llama/base")),
-        "--target",
-        "vllm,sglang,llama.cpp,peft",
-    ]);
+    let (code, r) = check_json(
+        &a,
+        &[
+            "--base",
+            s(&fixture("llama/base")),
+            "--target",
+            "vllm,sglang,llama.cpp,peft",
+        ],
+    );
     assert_eq!(code, 0, "{r}");
     assert!(r["modules"]
         .as_array()
@@ -396,7 +387,7 @@ fn scale_rules_name_exactly_the_modules_whose_scale_changes() {
     // vLLM 0.34.0 reads both patterns (PEFTHelper.get_rank_and_scaling): no scale rule.
     // llama.cpp uses the global alpha over each tensor's rank: only the alpha_pattern modules
     // (v_proj ×2, layer-0 o_proj) differ.
-    let (_, r) = check_json(&[s(&fixture("llama/adapters/patterns"))]);
+    let (_, r) = check_json(&fixture("llama/adapters/patterns"), &[]);
     let items = |tgt: &str, rule: &str| -> Vec<String> {
         let t = target(&r, tgt);
         let f = t["findings"]
@@ -465,7 +456,7 @@ fn sglang_lorax_llamacpp_rules_read_from_their_source() {
         loads("check/tied_lm_head", "vllm").on("llama/tied"),
     ]);
     // Without the base, the tied rule is not guessed: listed as not evaluated.
-    let (_, r) = check_json(&[s(&fixture("check/tied_lm_head")), "--target", "llama.cpp"]);
+    let (_, r) = check_json(&fixture("check/tied_lm_head"), &["--target", "llama.cpp"]);
     let t = target(&r, "llama.cpp");
     assert!(t["not_evaluated"]
         .as_array()
@@ -478,7 +469,7 @@ fn sglang_lorax_llamacpp_rules_read_from_their_source() {
 fn kohya_files_are_for_the_diffusion_loaders() {
     // Default targets of a kohya file: diffusers and ComfyUI; ComfyUI loads LoHa (comfy/lora.py
     // load_lora reads hada_*), vLLM needs a PEFT folder.
-    let (code, r) = check_json(&[s(&fixture("lycoris/loha.safetensors"))]);
+    let (code, r) = check_json(&fixture("lycoris/loha.safetensors"), &[]);
     assert_eq!(target_names(&r), ["diffusers", "comfy"]);
     assert_eq!(target(&r, "comfy")["verdict"], "loads");
     assert_eq!(code, 1, "diffusers drops lycoris_ keys");
@@ -495,11 +486,10 @@ fn kohya_files_are_for_the_diffusion_loaders() {
 #[test]
 fn exit_status_and_targets() {
     // Everything loads everywhere: exit 0.
-    let (code, r) = check_json(&[
-        s(&fixture("llama/adapters/qv_r8")),
-        "--base",
-        s(&fixture("llama/base")),
-    ]);
+    let (code, r) = check_json(
+        &fixture("llama/adapters/qv_r8"),
+        &["--base", s(&fixture("llama/base"))],
+    );
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["pass"], true);
     assert_eq!(r["targets"].as_array().unwrap().len(), 5);
@@ -507,20 +497,23 @@ fn exit_status_and_targets() {
     assert_eq!(placements.len(), 4);
     assert!(placements.iter().all(|p| p["status"] == "exact"));
     // A warning alone (rank 32 in vLLM) keeps exit 0.
-    let (code, _) = check_json(&[s(&fixture("check/rank32")), "--target", "vllm"]);
+    let (code, _) = check_json(&fixture("check/rank32"), &["--target", "vllm"]);
     assert_eq!(code, 0);
     // Comma list and repetition, deduplicated, aliases accepted.
-    let (code, r) = check_json(&[
-        s(&fixture("llama/adapters/dora")),
-        "--target",
-        "vllm,llamacpp",
-        "--target",
-        "vllm",
-    ]);
+    let (code, r) = check_json(
+        &fixture("llama/adapters/dora"),
+        &["--target", "vllm,llamacpp", "--target", "vllm"],
+    );
     assert_eq!(code, 1);
     assert_eq!(target_names(&r), ["vllm", "llama.cpp"]);
     // Text output: one verdict line per target, the rule and its source.
-    let out = check_run(&[s(&fixture("llama/adapters/dora")), "--target", "vllm"]);
+    let out = bin()
+        .args(check_args(
+            &fixture("llama/adapters/dora"),
+            &["--target", "vllm"],
+        ))
+        .output()
+        .expect("spawn lorakit");
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("vllm       FAILS"), "{text}");
@@ -532,34 +525,41 @@ fn exit_status_and_targets() {
 fn bad_input_is_one_line_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     // Unknown target.
-    let out = check_run(&[s(&fixture("llama/adapters/qv_r8")), "--target", "tgi"]);
+    let out = bin()
+        .args(check_args(
+            &fixture("llama/adapters/qv_r8"),
+            &["--target", "tgi"],
+        ))
+        .output()
+        .expect("spawn lorakit");
     assert_eq!(out.status.code(), Some(2));
     // Unreadable adapter.
     let missing = dir.path().join("nope");
-    let out = run_err(["check", s(&missing)]);
+    let out = run_err(check_args(&missing, &[]));
     assert_eq!(out.status.code(), Some(2));
     one_line_error(&out);
     // Not an adapter (a base checkpoint).
-    let out = run_err(["check", s(&fixture("llama/base/model.safetensors"))]);
+    let out = run_err(check_args(&fixture("llama/base/model.safetensors"), &[]));
     assert_eq!(out.status.code(), Some(2));
     one_line_error(&out);
     // --fix onto the input itself is refused, nothing written.
     let copy = dir.path().join("a");
     copy_dir(&fixture("llama/adapters/patterns"), &copy);
     let before = listing(&copy);
-    let out = run_err(["check", s(&copy), "--fix", "--out", s(&copy)]);
+    let out = run_err(check_args(&copy, &["--fix", "--out", s(&copy)]));
     assert_eq!(out.status.code(), Some(2));
     one_line_error(&out);
     assert_eq!(listing(&copy), before);
     // --drop-unmatched without --base.
-    let out = run_err([
-        "check",
-        s(&copy),
-        "--fix",
-        "--out",
-        s(&dir.path().join("x")),
-        "--drop-unmatched",
-    ]);
+    let out = run_err(check_args(
+        &copy,
+        &[
+            "--fix",
+            "--out",
+            s(&dir.path().join("x")),
+            "--drop-unmatched",
+        ],
+    ));
     assert_eq!(out.status.code(), Some(2));
     one_line_error(&out);
     assert!(!dir.path().join("x").exists());

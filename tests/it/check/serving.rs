@@ -12,7 +12,7 @@ fn sglang_rank_rules_read_from_mem_pool() {
     // load_lora_weight_tensor asserts `buffer_view.shape == weight.shape`. patterns has r 4 and
     // rank_pattern {k_proj: 2, layers.1.self_attn.q_proj: 6}: those modules fail; qv_r8 (every
     // module at r) does not.
-    let (_, r) = check_json(&[s(&fixture("llama/adapters/patterns")), "--target", "sglang"]);
+    let (_, r) = check_json(&fixture("llama/adapters/patterns"), &["--target", "sglang"]);
     let t = target(&r, "sglang");
     assert_eq!(t["verdict"], "fails", "{t}");
     let f = t["findings"]
@@ -41,14 +41,10 @@ fn sglang_rank_rules_read_from_mem_pool() {
     // SGLang's buffers then fit every module, and its one alpha/r is every module's scale.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fixed");
-    let (_, r) = check_json(&[
-        s(&fixture("llama/adapters/patterns")),
-        "--target",
-        "sglang",
-        "--fix",
-        "--out",
-        s(&out),
-    ]);
+    let (_, r) = check_json(
+        &fixture("llama/adapters/patterns"),
+        &["--target", "sglang", "--fix", "--out", s(&out)],
+    );
     let after = target(&r["after"], "sglang");
     assert_eq!(after["verdict"], "loads", "{after}");
 }
@@ -76,13 +72,10 @@ fn sglang_applies_an_lm_head_lora_on_a_tied_base() {
     // SGLang builds a separate ParallelLMHead sharing the embedding weight and wraps it: no rule
     // fires on lm_head. (tied_lm_head targets q_proj without v_proj, which normalize_qkv_proj
     // refuses: that is the only finding.)
-    let (_, r) = check_json(&[
-        s(&fixture("check/tied_lm_head")),
-        "--base",
-        s(&fixture("llama/tied")),
-        "--target",
-        "sglang",
-    ]);
+    let (_, r) = check_json(
+        &fixture("check/tied_lm_head"),
+        &["--base", s(&fixture("llama/tied")), "--target", "sglang"],
+    );
     let t = target(&r, "sglang");
     assert_eq!(fired(t), vec!["sglang.q_without_v"], "{t}");
     let items = t["findings"][0]["items"].to_string();
@@ -131,7 +124,7 @@ fn vllm_accepts_a_classification_head_in_modules_to_save() {
             serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
         v["modules_to_save"] = saved.clone();
         std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
-        let (_, r) = check_json(&[s(&a), "--target", "vllm"]);
+        let (_, r) = check_json(&a, &["--target", "vllm"]);
         let t = target(&r, "vllm");
         assert_eq!(t["verdict"], verdict, "{saved}: {t}");
         let rules = fired(t);

@@ -6,9 +6,10 @@ use super::*;
 fn extract_parts(base: &Path, tuned: &Path, out: &Path, extra: &[&str], n: usize) {
     let children: Vec<_> = (1..=n)
         .map(|i| {
+            let part = format!("{i}/{n}");
+            let flags = [extra, &["--part", &part, "--quiet"]].concat();
             bin()
-                .args(extract_args(base, tuned, out, extra))
-                .args(["--part", &format!("{i}/{n}"), "--quiet"])
+                .args(extract_args(base, tuned, out, &flags))
                 .spawn()
                 .unwrap()
         })
@@ -38,32 +39,22 @@ fn three_extract_parts_in_separate_processes_equal_one_run() {
     let p2 = split.join(".lorakit-extract-part-2-of-3.safetensors");
     let saved = std::fs::read(&p2).unwrap();
     std::fs::remove_file(&p2).unwrap();
-    let err = one_line_error(&run_err(["finalize", s(&split)]));
+    let err = one_line_error(&run_err(finalize_args(&split, &[])));
     assert!(err.contains("extract parts not finished: 2/3"), "{err}");
     assert_eq!(listing(&split).len(), 2);
     // A part run with other flags is refused by name.
+    let flags = [&flags[..], &["--seed", "5", "--part", "2/3", "-q"]].concat();
     bin()
-        .args(extract_args(&base, &tuned, &split, &[]))
-        .args([
-            "--energy",
-            "0.9",
-            "--max-rank",
-            "6",
-            "--dtype",
-            "bf16",
-            "--seed",
-            "5",
-        ])
-        .args(["--part", "2/3", "-q"])
+        .args(extract_args(&base, &tuned, &split, &flags))
         .status()
         .unwrap();
-    let err = one_line_error(&run_err(["finalize", s(&split)]));
+    let err = one_line_error(&run_err(finalize_args(&split, &[])));
     assert!(
         err.contains(".lorakit-extract-part-2-of-3.safetensors") && err.contains("other arguments"),
         "{err}"
     );
     std::fs::write(&p2, &saved).unwrap();
-    let joined: Value = serde_json::from_str(&run_ok(["finalize", s(&split), "--json"])).unwrap();
+    let joined: Value = serde_json::from_str(&run_ok(finalize_args(&split, &["--json"]))).unwrap();
     assert_eq!(listing(&one), listing(&split), "part files removed");
     for f in listing(&one) {
         assert!(
@@ -106,7 +97,7 @@ fn kohya_parts_beside_the_file_and_changed_inputs_are_refused() {
         .path()
         .join(".split.safetensors.lorakit-extract-part-1-of-2.safetensors")
         .exists());
-    let joined: Value = serde_json::from_str(&run_ok(["finalize", s(&split), "--json"])).unwrap();
+    let joined: Value = serde_json::from_str(&run_ok(finalize_args(&split, &["--json"]))).unwrap();
     assert!(std::fs::read(&one).unwrap() == std::fs::read(&split).unwrap());
     for list in ["skipped", "changed_tensors"] {
         assert_eq!(single[list], joined[list], "{list}");
@@ -122,13 +113,13 @@ fn kohya_parts_beside_the_file_and_changed_inputs_are_refused() {
     let bytes = std::fs::read(&tuned).unwrap();
     std::fs::remove_file(&tuned).unwrap();
     std::fs::write(&tuned, bytes).unwrap();
-    let err = one_line_error(&run_err(["finalize", s(&again)]));
+    let err = one_line_error(&run_err(finalize_args(&again, &[])));
     assert!(err.contains("tuned.safetensors changed"), "{err}");
     assert!(!again.exists());
     // Nothing to finalize: a clear error.
-    let err = one_line_error(&run_err([
-        "finalize",
-        s(&dir.path().join("none.safetensors")),
-    ]));
+    let err = one_line_error(&run_err(finalize_args(
+        &dir.path().join("none.safetensors"),
+        &[],
+    )));
     assert!(err.contains("nothing to finalize"), "{err}");
 }

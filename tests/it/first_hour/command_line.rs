@@ -146,18 +146,18 @@ fn inspect_flags_on_the_wrong_kind_of_input_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = fixture("llama/adapters/qv_r8");
     let base = fixture("llama/base");
-    let e = one_line_error(&run_err(["inspect", s(&adapter), "--tensors"]));
+    let e = one_line_error(&run_err(inspect_args(&adapter, &["--tensors"])));
     assert!(e.contains("an adapter") && e.contains("--tensors"), "{e}");
-    let e = one_line_error(&run_err(["inspect", s(&base), "--spectrum"]));
+    let e = one_line_error(&run_err(inspect_args(&base, &["--spectrum"])));
     assert!(
         e.contains("not an adapter") && e.contains("--spectrum"),
         "{e}"
     );
     let plot = dir.path().join("p.svg");
-    let e = one_line_error(&run_err(["inspect", s(&base), "--plot", s(&plot)]));
+    let e = one_line_error(&run_err(inspect_args(&base, &["--plot", s(&plot)])));
     assert!(e.contains("--plot"), "{e}");
     assert!(!plot.exists());
     // …and the right kinds still work.
-    assert!(run_ok(["inspect", s(&base), "--tensors"]).contains("model.embed_tokens.weight"));
-    assert!(run_ok(["inspect", s(&adapter), "--spectrum"]).contains("r90"));
+    assert!(run_ok(inspect_args(&base, &["--tensors"])).contains("model.embed_tokens.weight"));
+    assert!(run_ok(inspect_args(&adapter, &["--spectrum"])).contains("r90"));
 }

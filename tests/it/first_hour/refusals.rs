@@ -158,19 +158,14 @@ fn combine_svd_caps_the_rank_at_the_module_size() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mix");
     let o = bin()
-        .args([
-            "combine",
-            "--adapter",
-            s(&fixture("llama/adapters/qv_r8")),
-            "--adapter",
-            s(&fixture("llama/adapters/qv_r8")),
-            "--method",
-            "svd",
-            "--rank",
-            "1000",
-            "--out",
-            s(&out),
-        ])
+        .args(combine_args(
+            &[
+                (&fixture("llama/adapters/qv_r8"), None),
+                (&fixture("llama/adapters/qv_r8"), None),
+            ],
+            &out,
+            &["--method", "svd", "--rank", "1000"],
+        ))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -205,7 +200,7 @@ fn foreign_files_are_named_by_format() {
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
-        let line = one_line_error(&run_err(["inspect", s(&p)]));
+        let line = one_line_error(&run_err(inspect_args(&p, &[])));
         assert!(line.contains(want) && line.contains(name), "{line}");
     }
 }

@@ -38,10 +38,10 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
     let base = fixture("llama/base");
     let commit = hf_cache(&hub, "tiny-org/tiny-llama", &base);
     hf_cache(&hub, "tiny-org/tiny-lora", &fixture("llama/adapters/qv_r8"));
-    let expected = run_ok(["inspect", s(&base), "--json"]);
+    let expected = run_ok(inspect_args(&base, &["--json"]));
     let expected: serde_json::Value = serde_json::from_str(&expected).unwrap();
     // lorakit with one cache variable set (the other removed), run from the temp folder.
-    let with_cache = |args: &[&str], var: &str, val: &Path| {
+    let with_cache = |args: &[String], var: &str, val: &Path| {
         bin()
             .args(args)
             .env_remove("HF_HUB_CACHE")
@@ -52,7 +52,7 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
             .unwrap()
     };
     let inspect = |arg: &str, var: &str, val: &Path| {
-        let out = with_cache(&["inspect", arg, "--json"], var, val);
+        let out = with_cache(&inspect_args(Path::new(arg), &["--json"]), var, val);
         assert!(
             out.status.success(),
             "{}",
@@ -89,7 +89,7 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
     let ad = inspect("tiny-org/tiny-lora", "HF_HUB_CACHE", &hub);
     assert_eq!(ad["format"], "peft", "{ad}");
     let out = with_cache(
-        &["diff", "tiny-org/tiny-llama", s(&base)],
+        &diff_args(Path::new("tiny-org/tiny-llama"), &base, &[]),
         "HF_HUB_CACHE",
         &hub,
     );
@@ -100,7 +100,11 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
     );
     // Not in the cache: one line that says where it looked and that nothing is downloaded.
     for arg in ["tiny-org/absent", "tiny-org/tiny-llama@v9"] {
-        let e = one_line_error(&with_cache(&["inspect", arg], "HF_HUB_CACHE", &hub));
+        let e = one_line_error(&with_cache(
+            &inspect_args(Path::new(arg), &[]),
+            "HF_HUB_CACHE",
+            &hub,
+        ));
         assert!(
             e.contains("Hugging Face cache") && e.contains("never downloads"),
             "{e}"
@@ -114,7 +118,7 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
 #[test]
 fn every_json_report_shares_one_vocabulary() {
     let dir = tempfile::tempdir().unwrap();
-    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let d = |n: &str| s(&dir.path().join(n)).to_owned();
     let base = s(&fixture("llama/base")).to_owned();
     let qv = s(&fixture("llama/adapters/qv_r8")).to_owned();
     let merged = s(&fixture("llama/merged/qv_r8.safetensors")).to_owned();

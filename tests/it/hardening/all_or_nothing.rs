@@ -25,16 +25,12 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
     std::fs::create_dir(&cwd).unwrap();
     let o = bin()
         .current_dir(&cwd)
-        .args([
-            "merge",
-            "--base",
-            s(&fixture("llama/base/model.safetensors")),
-            "--adapter",
-            s(&fixture("llama/adapters/qv_r8")),
-            "--out",
-            "new/",
-            "--quiet",
-        ])
+        .args(merge_args(
+            &fixture("llama/base/model.safetensors"),
+            &fixture("llama/adapters/qv_r8"),
+            Path::new("new/"),
+            &["--quiet"],
+        ))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -152,12 +148,10 @@ fn unwritable_destinations_exit_3_naming_the_path() {
         let err = unwritable_merge_error(&out);
         assert!(err.contains(s(&ro)), "names the path: {err}");
     }
-    let res = run_err([
-        "inspect",
-        s(&fixture("llama/adapters/qv_r8")),
-        "--plot",
-        s(&ro.join("p.svg")),
-    ]);
+    let res = run_err(inspect_args(
+        &fixture("llama/adapters/qv_r8"),
+        &["--plot", s(&ro.join("p.svg"))],
+    ));
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(res.status.code(), Some(3), "{err}");
     assert!(err.contains("p.svg"), "{err}");

@@ -24,15 +24,10 @@ fn absurd_config_sizes_are_one_line_errors() {
         let mut c = cfg.clone();
         c[key] = value.clone();
         std::fs::write(model.join("config.json"), c.to_string()).unwrap();
-        let res = run_err([
-            "eval",
-            "--model",
-            s(&model),
-            "--input-ids",
-            s(&fixture("text/tiny_ids.safetensors")),
-            "--device",
-            "cpu",
-        ]);
+        let res = run_err(eval_cpu_args(
+            &model,
+            &["--input-ids", s(&fixture("text/tiny_ids.safetensors"))],
+        ));
         let line = one_line_error(&res);
         assert!(line.contains("config.json"), "{key}={value}: {line}");
     }
@@ -47,13 +42,13 @@ fn fifos_and_devices_are_refused_at_once() {
     copy_dir(&fixture("llama/adapters/qv_r8"), &ad);
     let fifo = |p: &Path| {
         let _ = std::fs::remove_file(p);
-        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        let c = std::ffi::CString::new(s(p)).unwrap();
         // SAFETY: a valid C string path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     };
     fifo(&ad.join("adapter_config.json"));
     fifo(&model.join("config.json"));
-    let run = |args: &[&str]| {
+    let run = |args: &[String]| {
         let t = Instant::now();
         let mut child = bin()
             .args(args)
@@ -74,15 +69,12 @@ fn fifos_and_devices_are_refused_at_once() {
         let line = one_line_error(&out);
         assert!(line.contains("FIFO"), "{line}");
     };
-    run(&["inspect", s(&ad)]);
-    run(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--input-ids",
-        s(&fixture("text/tiny_ids.safetensors")),
-    ]);
-    let line = one_line_error(&run_err(["inspect", "/dev/zero"]));
+    run(&inspect_args(&ad, &[]));
+    run(&eval_args(
+        &model,
+        &["--input-ids", s(&fixture("text/tiny_ids.safetensors"))],
+    ));
+    let line = one_line_error(&run_err(inspect_args(Path::new("/dev/zero"), &[])));
     assert!(line.contains("device"), "{line}");
 }
 

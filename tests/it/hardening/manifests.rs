@@ -76,7 +76,7 @@ fn finalize_never_writes_or_copies_outside_what_the_plan_may_hold() {
         let _ = std::fs::remove_dir_all(&out);
         merge_parts(&base, &out);
         edit_manifests(&out, edit);
-        let err = run_err(["finalize", s(&out)]);
+        let err = run_err(finalize_args(&out, &[]));
         one_line_error(&err);
         assert!(listing(&victim_dir).is_empty(), "{what}: wrote outside OUT");
         assert!(
@@ -92,7 +92,7 @@ fn finalize_never_writes_or_copies_outside_what_the_plan_may_hold() {
     let out = dir.path().join("out");
     let _ = std::fs::remove_dir_all(&out);
     merge_parts(&base, &out);
-    run_ok(["finalize", s(&out), "--quiet"]);
+    run_ok(finalize_args(&out, &["--quiet"]));
     assert!(out.join("model.safetensors.index.json").exists());
 }
 
@@ -133,7 +133,7 @@ fn extract_finalize_takes_out_from_the_command_line() {
         let tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
         safetensors::serialize_to_file(tensors, Some(md), &e.path()).unwrap();
     }
-    run_ok(["finalize", s(&out), "--quiet"]);
+    run_ok(finalize_args(&out, &["--quiet"]));
     assert!(out.join("adapter_model.safetensors").exists());
     assert!(!elsewhere.exists(), "the edited path was written");
 }

@@ -41,7 +41,7 @@ fn an_invalid_rank_pattern_is_one_line_naming_the_config() {
         serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     cfg["rank_pattern"] = serde_json::json!({"q_proj(": 4});
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let line = one_line_error(&run_err(["inspect", s(&ad)]));
+    let line = one_line_error(&run_err(inspect_args(&ad, &[])));
     assert!(
         line.contains(s(&cfg_path)) && line.contains("rank_pattern"),
         "{line}"

@@ -37,19 +37,17 @@ fn no_command_writes_onto_its_inputs() {
         base.join("config.json"),
         ad.join("adapter_model.safetensors"),
     ] {
-        refused_as_input(&run_err([
-            "eval",
-            "--model",
-            s(&base),
-            "--adapter",
-            s(&ad),
-            "--input-ids",
-            s(&fixture("text/tiny_ids.safetensors")),
-            "--logits",
-            s(&target),
-            "--device",
-            "cpu",
-        ]));
+        refused_as_input(&run_err(eval_cpu_args(
+            &base,
+            &[
+                "--adapter",
+                s(&ad),
+                "--input-ids",
+                s(&fixture("text/tiny_ids.safetensors")),
+                "--logits",
+                s(&target),
+            ],
+        )));
     }
     // train --init-adapter A --out A.
     refused_as_input(&run_err(train_args(
@@ -73,7 +71,7 @@ fn no_command_writes_onto_its_inputs() {
     let soft = dir.path().join("soft.svg");
     std::os::unix::fs::symlink(ad.join("adapter_config.json"), &soft).unwrap();
     for p in [&hard, &soft] {
-        refused_as_input(&run_err(["inspect", s(&ad), "--plot", s(p)]));
+        refused_as_input(&run_err(inspect_args(&ad, &["--plot", s(p)])));
     }
     assert_eq!(
         (snapshot(&base), snapshot(&ad)),

@@ -24,64 +24,22 @@ fn f16_overflow_is_an_error_in_every_writer() {
         serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]}),
     );
     let out = dir.path().join("out");
+    let (xf, x) = (out.join("x.safetensors"), out.join("x"));
     for args in [
-        vec![
-            "convert",
-            s(&big),
-            "--to",
-            "kohya",
-            "--dtype",
-            "f16",
-            "--out",
-            "x.safetensors",
-        ],
-        vec![
-            "resize",
-            s(&big),
-            "--rank",
-            "1",
-            "--dtype",
-            "f16",
-            "--out",
-            "x",
-        ],
-        vec![
-            "combine",
-            "--adapter",
-            s(&big),
-            "--adapter",
-            s(&big),
-            "--method",
-            "cat",
-            "--dtype",
-            "f16",
-            "--out",
-            "x",
-        ],
-        vec![
-            "merge",
-            "--base",
-            s(&fixture("llama/base")),
-            "--adapter",
-            s(&big),
-            "--dtype",
-            "f16",
-            "--out",
-            "x",
-            "--device",
-            "cpu",
-        ],
+        convert_args(&big, "kohya", &xf, &["--dtype", "f16"]),
+        resize_args(&big, &x, &["--rank", "1", "--dtype", "f16"]),
+        combine_args(
+            &[(&big, None), (&big, None)],
+            &x,
+            &["--method", "cat", "--dtype", "f16"],
+        ),
+        merge_args(
+            &fixture("llama/base"),
+            &big,
+            &x,
+            &["--dtype", "f16", "--device", "cpu"],
+        ),
     ] {
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| {
-                if a.starts_with('x') {
-                    out.join(a).display().to_string()
-                } else {
-                    a.to_string()
-                }
-            })
-            .collect();
         let line = one_line_error(&run_err(&args));
         assert!(
             line.contains("F16") && line.contains("q_proj") && line.contains("inf"),
@@ -119,7 +77,7 @@ fn a_module_defined_twice_is_an_error_naming_both_keys() {
         ],
         serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 2}),
     );
-    let line = one_line_error(&run_err(["inspect", s(&ad)]));
+    let line = one_line_error(&run_err(inspect_args(&ad, &[])));
     assert!(
         line.contains("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
             && line.contains("`model.layers.0.self_attn.q_proj.lora_A.weight`")
@@ -133,7 +91,7 @@ fn duplicate_fields_inside_a_tensor_entry_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let header = r#"{"t":{"dtype":"F32","shape":[1],"dtype":"F16","data_offsets":[0,4]}}"#;
     let p = raw_file(dir.path(), "dup.safetensors", header, 4);
-    let line = one_line_error(&run_err(["inspect", s(&p)]));
+    let line = one_line_error(&run_err(inspect_args(&p, &[])));
     assert!(
         line.contains("dup.safetensors") && line.contains("duplicate key `t.dtype`"),
         "{line}"
@@ -144,26 +102,11 @@ fn duplicate_fields_inside_a_tensor_entry_are_refused() {
 fn resume_from_invalid_adam_moments_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
+    let data = fixture("text/tiny_ids.safetensors");
     let train = |extra: &[&str]| {
-        let mut a = vec![
-            "train",
-            "--model",
-            s(&fixture("llama/base")),
-            "--data",
-            s(&fixture("text/tiny_ids.safetensors")),
-            "--seq-len",
-            "16",
-            "--batch",
-            "2",
-            "--seed",
-            "1",
-            "--quiet",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a
+        let flags = ["--data", s(&data), "--seq-len", "16", "--batch", "2"];
+        let flags = [&flags[..], &["--seed", "1", "--quiet"], extra].concat();
+        train_args(&fixture("llama/base"), &flags)
     };
     run_ok(train(&["--steps", "2", "--out", s(&out)]));
     // Resuming the untouched state works (the test can fail only for the poison below).

@@ -225,16 +225,12 @@ fn peft_refuses_what_it_has_no_tuner_for() {
         ("full", "full"),
     ] {
         let out = dir.path().join(case);
-        let line = one_line_error(&run_err([
-            "convert",
-            s(&fixture(&format!("lycoris/{case}.safetensors"))),
-            "--to",
+        let line = one_line_error(&run_err(convert_args(
+            &fixture(&format!("lycoris/{case}.safetensors")),
             "peft",
-            "--base",
-            s(&fixture("lycoris/base.safetensors")),
-            "--out",
-            s(&out),
-        ]));
+            &out,
+            &["--base", s(&fixture("lycoris/base.safetensors"))],
+        )));
         assert!(
             line.contains(&format!("{case}.safetensors")) && line.contains(expect),
             "{case}: {line}"

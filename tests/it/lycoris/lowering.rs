@@ -63,9 +63,7 @@ fn lycoris_delta64(case: &str, module: &str) -> (Vec<f64>, usize, usize) {
 /// `resize` of `fixtures/lycoris/{case}.safetensors` with `rule` into `out`: its JSON report.
 fn resize_json(case: &str, rule: &[&str], out: &Path) -> serde_json::Value {
     let input = fixture(&format!("lycoris/{case}.safetensors"));
-    let mut args = vec!["resize", input.to_str().unwrap()];
-    args.extend_from_slice(rule);
-    args.extend(["--out", out.to_str().unwrap(), "--json"]);
+    let args = resize_args(&input, out, &[rule, &["--json"]].concat());
     serde_json::from_str(&run_ok(args)).unwrap()
 }
 
@@ -161,21 +159,14 @@ fn lycoris_lowers_to_lora_at_the_optimal_error() {
 fn combine_takes_lycoris_inputs_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mix.safetensors");
-    run_ok([
-        "combine",
-        "--adapter",
-        fixture("lycoris/loha.safetensors").to_str().unwrap(),
-        "--weight",
-        "0.5",
-        "--adapter",
-        fixture("lycoris/lokr.safetensors").to_str().unwrap(),
-        "--weight",
-        "0.5",
-        "--method",
-        "cat",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    run_ok(combine_args(
+        &[
+            (&fixture("lycoris/loha.safetensors"), Some("0.5")),
+            (&fixture("lycoris/lokr.safetensors"), Some("0.5")),
+        ],
+        &out,
+        &["--method", "cat"],
+    ));
     let merged = dir.path().join("merged.safetensors");
     merge_ok(
         &fixture("lycoris/base.safetensors"),

@@ -187,7 +187,7 @@ fn refused_by_merge(
     edit(&mut t);
     let p = dir.path().join("bad.safetensors");
     write(&p, &t);
-    run_ok(["inspect", p.to_str().unwrap()]);
+    run_ok(inspect_args(&p, &[]));
     let before = listing(dir.path());
     let line = merge_refused(
         &fixture(&format!("{folder}/base.safetensors")),
@@ -276,7 +276,7 @@ fn lora_modules_missing_a_half_are_refused_by_name() {
         write(&p, &t);
         let before = listing(dir.path());
         for args in [
-            vec!["inspect".to_string(), p.display().to_string()],
+            inspect_args(&p, &[]),
             merge_args(&fixture(base), &p, &dir.path().join("out"), &[]),
         ] {
             let line = one_line_error(&run_err(&args));

@@ -233,8 +233,7 @@ fn inspect_names_the_algorithm_and_every_factor() {
     ];
     for (case, algo, key) in cases {
         let path = fixture(&format!("lycoris/{case}.safetensors"));
-        let v: serde_json::Value =
-            serde_json::from_str(&run_ok(["inspect", path.to_str().unwrap(), "--json"])).unwrap();
+        let v: serde_json::Value = inspect_json(&path, &[]);
         let conv = v["modules"]
             .as_array()
             .unwrap()
@@ -252,7 +251,7 @@ fn inspect_names_the_algorithm_and_every_factor() {
             keys.contains(&format!("lycoris_down_blocks_0_conv_in.{key}").as_str()),
             "{case}: {keys:?}"
         );
-        let text = run_ok(["inspect", path.to_str().unwrap()]);
+        let text = run_ok(inspect_args(&path, &[]));
         assert!(
             text.contains(algo),
             "{case}: text table names the algorithm"
@@ -269,30 +268,17 @@ fn kohya_rewrite_is_exact_and_peft_refuses_what_it_has_no_tuner_for() {
     for case in ["loha_dora_in", "lokr_both_tucker", "full"] {
         let src = fixture(&format!("lycoris/{case}.safetensors"));
         let conv = dir.path().join(format!("{case}.kohya.safetensors"));
-        run_ok([
-            "convert",
-            src.to_str().unwrap(),
-            "--to",
-            "kohya",
-            "--out",
-            conv.to_str().unwrap(),
-        ]);
+        run_ok(convert_args(&src, "kohya", &conv, &[]));
         let (a, b) = (read(&src), read(&conv));
         assert_eq!(a, b, "{case}: tensors identical after the rewrite");
     }
     let out = dir.path().join("peft");
-    let err = run_err([
-        "convert",
-        fixture("lycoris/locon_tucker.safetensors")
-            .to_str()
-            .unwrap(),
-        "--to",
+    let err = run_err(convert_args(
+        &fixture("lycoris/locon_tucker.safetensors"),
         "peft",
-        "--base",
-        fixture("lycoris/base.safetensors").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &out,
+        &["--base", s(&fixture("lycoris/base.safetensors"))],
+    ));
     let line = one_line_error(&err);
     assert!(line.contains("lora-tucker"), "{line}");
     assert!(!out.exists());
@@ -319,7 +305,7 @@ fn refused_in(folder: &str, case: &str, edit: &dyn Fn(&mut BTreeMap<String, T>),
     write(&p, &t);
     let before = listing(dir.path());
     for args in [
-        vec!["inspect".to_string(), p.display().to_string()],
+        inspect_args(&p, &[]),
         merge_args(
             &fixture(&format!("{folder}/base.safetensors")),
             &p,

@@ -8,7 +8,7 @@ use super::*;
 
 /// The `inspect --json` report of `path`.
 fn inspect(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&run_ok(["inspect", path.to_str().unwrap(), "--json"])).unwrap()
+    inspect_json(path, &[])
 }
 
 /// Every module of every LyCORIS case reports the scale lycoris-lora's own module holds

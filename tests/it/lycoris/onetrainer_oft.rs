@@ -39,8 +39,7 @@ fn onetrainer_oft_v2_merges_to_the_weight_its_forward_computes() {
 #[test]
 fn inspect_reports_onetrainer_oft_as_peft_oft() {
     for case in OT_CASES {
-        let v: serde_json::Value =
-            serde_json::from_str(&run_ok(["inspect", s(&ot(case)), "--json"])).unwrap();
+        let v: serde_json::Value = inspect_json(&ot(case), &[]);
         let modules = v["modules"].as_array().unwrap();
         assert_eq!(modules.len(), 4, "{case}");
         assert!(modules.iter().all(|m| m["algo"] == "peft-oft"), "{case}");
@@ -95,14 +94,11 @@ fn onetrainer_oft_converts_to_kohya_exactly_and_is_never_lowered() {
                 "depends on the base weight",
             ),
             (
-                vec![
-                    "resize".to_string(),
-                    s(&ot(case)).to_string(),
-                    "--rank".to_string(),
-                    "2".to_string(),
-                    "--out".to_string(),
-                    dir.path().join("never.safetensors").display().to_string(),
-                ],
+                resize_args(
+                    &ot(case),
+                    &dir.path().join("never.safetensors"),
+                    &["--rank", "2"],
+                ),
                 "base weight",
             ),
         ] {

@@ -159,8 +159,7 @@ fn oft_and_ia3_are_inspected_rewritten_and_refused_where_they_need_the_base() {
         ("boft_rescale", "boft", "oft_blocks"),
     ] {
         let path = fixture(&format!("lycoris_w0/{case}.safetensors"));
-        let v: serde_json::Value =
-            serde_json::from_str(&run_ok(["inspect", path.to_str().unwrap(), "--json"])).unwrap();
+        let v: serde_json::Value = inspect_json(&path, &[]);
         let algos: Vec<&str> = v["modules"]
             .as_array()
             .unwrap()
@@ -168,16 +167,9 @@ fn oft_and_ia3_are_inspected_rewritten_and_refused_where_they_need_the_base() {
             .map(|m| m["algo"].as_str().unwrap())
             .collect();
         assert!(algos.contains(&algo), "{case}: {algos:?}");
-        assert!(run_ok(["inspect", path.to_str().unwrap()]).contains(algo));
+        assert!(run_ok(inspect_args(&path, &[])).contains(algo));
         let conv = dir.path().join(format!("{case}.kohya.safetensors"));
-        run_ok([
-            "convert",
-            path.to_str().unwrap(),
-            "--to",
-            "kohya",
-            "--out",
-            conv.to_str().unwrap(),
-        ]);
+        run_ok(convert_args(&path, "kohya", &conv, &[]));
         let (a, b) = (read(&path), read(&conv));
         assert_eq!(a, b, "{case}: tensors identical after the rewrite");
         assert!(a.keys().any(|k| k.ends_with(key)));
@@ -194,16 +186,11 @@ fn oft_and_ia3_are_inspected_rewritten_and_refused_where_they_need_the_base() {
         assert!(line.contains("depends on the base weight"), "{line}");
         assert!(line.contains("lycoris_down_blocks_0_"), "{line}");
         assert!(!never.exists());
-        let err = run_err([
-            "resize",
-            fixture(&format!("lycoris_w0/{case}.safetensors"))
-                .to_str()
-                .unwrap(),
-            "--rank",
-            "2",
-            "--out",
-            never.to_str().unwrap(),
-        ]);
+        let err = run_err(resize_args(
+            &fixture(&format!("lycoris_w0/{case}.safetensors")),
+            &never,
+            &["--rank", "2"],
+        ));
         let line = one_line_error(&err);
         assert!(
             line.contains("depends on the base weight") && line.contains("cannot be lowered"),
@@ -211,18 +198,12 @@ fn oft_and_ia3_are_inspected_rewritten_and_refused_where_they_need_the_base() {
         );
         assert!(!never.exists());
         let folder = dir.path().join("never_peft");
-        let err = run_err([
-            "convert",
-            fixture(&format!("lycoris_w0/{case}.safetensors"))
-                .to_str()
-                .unwrap(),
-            "--to",
+        let err = run_err(convert_args(
+            &fixture(&format!("lycoris_w0/{case}.safetensors")),
             "peft",
-            "--base",
-            fixture("lycoris_w0/base.safetensors").to_str().unwrap(),
-            "--out",
-            folder.to_str().unwrap(),
-        ]);
+            &folder,
+            &["--base", s(&fixture("lycoris_w0/base.safetensors"))],
+        ));
         let line = one_line_error(&err);
         assert!(line.contains("depends on the base weight"), "{line}");
         assert!(!folder.exists());
@@ -261,12 +242,7 @@ fn peft_ia3_and_oft_folders_merge_like_merge_and_unload() {
         if !case.starts_with("oft") {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&run_ok([
-            "inspect",
-            fixture(&format!("peft_w0/{case}")).to_str().unwrap(),
-            "--json",
-        ]))
-        .unwrap();
+        let v: serde_json::Value = inspect_json(&fixture(&format!("peft_w0/{case}")), &[]);
         assert!(v["modules"]
             .as_array()
             .unwrap()
@@ -276,14 +252,12 @@ fn peft_ia3_and_oft_folders_merge_like_merge_and_unload() {
     // PEFT's OFT (a conv rotated W0·Rᵀ) and IA3 (W0 ⊙ l) have no LyCORIS/kohya form.
     for (case, algo) in [("oft", "OFT"), ("ia3", "IA3")] {
         let never = dir.path().join("never.safetensors");
-        let line = one_line_error(&run_err([
-            "convert",
-            fixture(&format!("peft_w0/{case}")).to_str().unwrap(),
-            "--to",
+        let line = one_line_error(&run_err(convert_args(
+            &fixture(&format!("peft_w0/{case}")),
             "kohya",
-            "--out",
-            never.to_str().unwrap(),
-        ]));
+            &never,
+            &[],
+        )));
         assert!(line.contains(algo), "{line}");
         assert!(!never.exists());
     }

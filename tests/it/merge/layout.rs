@@ -212,17 +212,12 @@ fn three_parts_in_separate_processes_equal_one_run() {
     let split = dir.path().join("split");
     let base = fixture("llama/base_sharded");
     let common = |out: &Path| {
-        vec![
-            "merge".to_string(),
-            "--base".into(),
-            base.display().to_string(),
-            "--adapter".into(),
-            fixture("llama/adapters/rslora_all").display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-            "--dtype".into(),
-            "bf16".into(),
-        ]
+        merge_args(
+            &base,
+            &fixture("llama/adapters/rslora_all"),
+            out,
+            &["--dtype", "bf16"],
+        )
     };
     run_ok(common(&one));
     // Three processes at once, as three jobs would run.
@@ -241,10 +236,10 @@ fn three_parts_in_separate_processes_equal_one_run() {
     let m2 = split.join(".lorakit-part-2-of-3.json");
     let saved = std::fs::read(&m2).unwrap();
     std::fs::remove_file(&m2).unwrap();
-    let err = run_err(["finalize", split.to_str().unwrap()]);
+    let err = run_err(finalize_args(&split, &[]));
     assert!(one_line_error(&err).contains("parts not finished: 2/3"));
     std::fs::write(&m2, saved).unwrap();
-    run_ok(["finalize", split.to_str().unwrap()]);
+    run_ok(finalize_args(&split, &[]));
     assert_eq!(listing(&one), listing(&split));
     for f in listing(&one) {
         assert!(

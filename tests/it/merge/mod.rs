@@ -17,19 +17,13 @@ fn merge_case(base: &str, adapters: &[(&str, f64)], reference: &str) {
     let dir = tempfile::tempdir().unwrap();
     let base_path = fixture(base);
     let out = dir.path().join("out");
-    let mut args: Vec<String> = vec![
-        "merge".into(),
-        "--base".into(),
-        base_path.display().to_string(),
-    ];
-    args.extend(weighted_adapter_args(adapters));
-    args.extend([
-        "--out".into(),
-        out.display().to_string(),
-        "--device".into(),
-        "cpu".into(),
-    ]);
-    run_ok(&args);
+    // The first adapter goes in merge_args' place, its weight and the other adapters after.
+    let (first, more) = adapters.split_first().expect("a merge case has an adapter");
+    let (weight, more) = (first.1.to_string(), weighted_adapter_args(more));
+    let mut flags = vec!["--weight", &weight];
+    flags.extend(more.iter().map(String::as_str));
+    flags.extend(["--device", "cpu"]);
+    run_ok(merge_args(&base_path, &fixture(first.0), &out, &flags));
     let merged = read_checkpoint(&out);
     let base_t = read_checkpoint(&base_path);
     let reference = read(&fixture(reference));

@@ -26,10 +26,6 @@ fn read_f64(path: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
         .collect()
 }
 
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 /// lorakit's merge of `init_<case>` is within f32 rounding of the f64 reference (relative
 /// Frobenius error ≤ 1e-6, as every PEFT merge test), no further from PEFT's own result than
 /// PEFT is from that reference (PEFT factors the f32 weight in f32: its residual carries the f32
@@ -174,39 +170,20 @@ fn residual_adapters_are_refused_where_the_residual_cannot_apply() {
         "{err}"
     );
     let qv = fixture("llama/adapters/qv_r8");
-    let err = one_line_error(&run_err(args(&[
-        "merge",
-        "--base",
-        s(&base),
-        "--adapter",
-        s(&pissa),
-        "--adapter",
-        s(&qv),
-        "--out",
-        s(&out),
-    ])));
+    let err = one_line_error(&run_err(merge_args(
+        &base,
+        &pissa,
+        &out,
+        &["--adapter", s(&qv)],
+    )));
     assert!(err.contains("another adapter also changes"), "{err}");
     let kohya = dir.path().join("k.safetensors");
-    let err = one_line_error(&run_err(args(&[
-        "convert",
-        s(&pissa),
-        "--to",
-        "kohya",
-        "--out",
-        s(&kohya),
-    ])));
+    let err = one_line_error(&run_err(convert_args(&pissa, "kohya", &kohya, &[])));
     assert!(
         err.contains("converting it") && err.contains("adapter_config.json"),
         "{err}"
     );
-    let err = one_line_error(&run_err(args(&[
-        "resize",
-        s(&pissa),
-        "--rank",
-        "2",
-        "--out",
-        s(&out),
-    ])));
+    let err = one_line_error(&run_err(resize_args(&pissa, &out, &["--rank", "2"])));
     assert!(err.contains("resizing it"), "{err}");
     assert!(!out.exists() && !kohya.exists(), "nothing written");
 }
@@ -222,16 +199,12 @@ fn residual_adapters_convert_to_plain_lora_for_the_checkpoint() {
     for case in ["pissa", "olora", "kasa"] {
         let plain = dir.path().join(format!("plain_{case}"));
         let adapter = fixture(&format!("llama/adapters/init_{case}"));
-        run_ok(args(&[
-            "convert",
-            s(&adapter),
-            "--to",
+        run_ok(convert_args(
+            &adapter,
             "peft",
-            "--base",
-            s(&base),
-            "--out",
-            s(&plain),
-        ]));
+            &plain,
+            &["--base", s(&base)],
+        ));
         let cfg: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(plain.join("adapter_config.json")).unwrap(),
         )
@@ -249,27 +222,21 @@ fn residual_adapters_convert_to_plain_lora_for_the_checkpoint() {
         assert_lands_like_peft(case, &out);
     }
     let out = dir.path().join("no_base");
-    let err = one_line_error(&run_err(args(&[
-        "convert",
-        s(&fixture("llama/adapters/init_pissa")),
-        "--to",
+    let err = one_line_error(&run_err(convert_args(
+        &fixture("llama/adapters/init_pissa"),
         "peft",
-        "--out",
-        s(&out),
-    ])));
+        &out,
+        &[],
+    )));
     assert!(err.contains("without --base"), "{err}");
     assert!(!out.exists());
     // A base without the adapter's modules: refused, not converted half-way.
-    let err = one_line_error(&run_err(args(&[
-        "convert",
-        s(&fixture("llama/adapters/init_pissa")),
-        "--to",
+    let err = one_line_error(&run_err(convert_args(
+        &fixture("llama/adapters/init_pissa"),
         "peft",
-        "--base",
-        s(&fixture("moe/gpt_oss/base")),
-        "--out",
-        s(&out),
-    ])));
+        &out,
+        &["--base", s(&fixture("moe/gpt_oss/base"))],
+    )));
     assert!(err.contains("every module needs its base weight"), "{err}");
     assert!(!out.exists());
 }

@@ -176,19 +176,12 @@ fn kohya_names_that_match_two_base_tensors_are_ambiguous() {
 fn usage_errors_exit_2() {
     let res = run_err(["merge", "--base", "x", "--out", "y"]);
     assert_eq!(res.status.code(), Some(2));
-    let res = run_err([
-        "merge",
-        "--base",
-        fixture("llama/base").to_str().unwrap(),
-        "--adapter",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--weight",
-        "1",
-        "--weight",
-        "2",
-        "--out",
-        "/tmp/never-written-lorakit",
-    ]);
+    let res = run_err(merge_args(
+        &fixture("llama/base"),
+        &fixture("llama/adapters/qv_r8"),
+        Path::new("/tmp/never-written-lorakit"),
+        &["--weight", "1", "--weight", "2"],
+    ));
     let line = one_line_error(&res);
     assert!(line.contains("2 --weight values for 1 --adapter"), "{line}");
     let help = run_ok(["merge", "--help"]);
@@ -306,10 +299,7 @@ fn a_config_that_does_not_select_the_files_modules_is_refused() {
                 && err.contains(".lora_A.weight`"),
             "{field}: {err}"
         );
-        let inspect = run_err(vec![
-            "inspect".into(),
-            adapter.to_string_lossy().into_owned(),
-        ]);
+        let inspect = run_err(inspect_args(&adapter, &[]));
         assert!(
             one_line_error(&inspect).contains("is not selected"),
             "{field}"
@@ -355,17 +345,10 @@ fn adapters_peft_cannot_merge_are_refused() {
             err.contains("adapter_config.json") && err.contains(field),
             "{field}: {err}"
         );
-        let eval = run_err([
-            "eval",
-            "--model",
-            fixture("llama/base").to_str().unwrap(),
-            "--adapter",
-            adapter.to_str().unwrap(),
-            "--prompt",
-            "hi",
-            "--device",
-            "cpu",
-        ]);
+        let eval = run_err(eval_cpu_args(
+            &fixture("llama/base"),
+            &["--adapter", s(&adapter), "--prompt", "hi"],
+        ));
         assert!(one_line_error(&eval).contains(field), "{field}: eval");
     }
 }

@@ -365,7 +365,7 @@ fn trainable_tokens_apply_in_eval_as_in_merge() {
         &[],
     ));
     let (u, report) = eval_logits("llama/base", &[("llama/adapters/tokens", 1.0)], &[]);
-    let (m, _) = eval_logits(merged.to_str().unwrap(), &[], &[]);
+    let (m, _) = eval_logits(s(&merged), &[], &[]);
     let (b, _) = eval_logits("llama/base", &[], &[]);
     assert_eq!(report["adapters"][0]["tensors_replaced"], 1, "{report}");
     assert_close(&u, &m, 1e-5, "adapter vs merged checkpoint");

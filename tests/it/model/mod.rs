@@ -42,21 +42,14 @@ fn eval_logits(
 ) -> (Vec<f32>, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.safetensors");
-    let mut args: Vec<String> = vec![
-        "eval".into(),
-        "--model".into(),
-        fixture(model).display().to_string(),
-        "--input-ids".into(),
-        ids_file(),
-        "--logits".into(),
-        out.display().to_string(),
-        "--json".into(),
-    ];
-    args.extend(weighted_adapter_args(adapters));
+    let (ids, adapters) = (ids_file(), weighted_adapter_args(adapters));
+    let mut flags = vec!["--input-ids", &ids, "--logits", s(&out), "--json"];
+    flags.extend(adapters.iter().map(String::as_str));
     if !extra.contains(&"--device") {
-        args.extend(["--device".into(), "cpu".into()]);
+        flags.extend(["--device", "cpu"]);
     }
-    args.extend(extra.iter().map(|s| s.to_string()));
+    flags.extend(extra);
+    let args = eval_args(&fixture(model), &flags);
     let report: serde_json::Value = serde_json::from_str(&run_ok(&args)).unwrap();
     let t = read(&out);
     let l = &t["logits"];

@@ -174,7 +174,7 @@ fn step_zero_is_the_base_model() {
             assert!(v.iter().any(|&x| x.abs() > 0.5 * bound), "{k}");
         }
     }
-    let (z, _) = eval_logits("llama/base", &[(out.to_str().unwrap(), 1.0)], &[]);
+    let (z, _) = eval_logits("llama/base", &[(s(&out), 1.0)], &[]);
     let (base, _) = eval_logits("llama/base", &[], &[]);
     assert_eq!(z, base, "B = 0 changes nothing, bit for bit");
 }
@@ -249,17 +249,9 @@ fn resume_continues_bit_exactly() {
         dir.path().join("n2"),
         dir.path().join("2n"),
     );
-    run(&flat, &["--out", n.to_str().unwrap()]);
-    run(
-        &common,
-        &[
-            "--resume",
-            n.to_str().unwrap(),
-            "--out",
-            n2.to_str().unwrap(),
-        ],
-    );
-    run(&common, &["--out", straight.to_str().unwrap()]);
+    run(&flat, &["--out", s(&n)]);
+    run(&common, &["--resume", s(&n), "--out", s(&n2)]);
+    run(&common, &["--out", s(&straight)]);
     assert_eq!(
         std::fs::read(n2.join("adapter_model.safetensors")).unwrap(),
         std::fs::read(straight.join("adapter_model.safetensors")).unwrap(),
@@ -282,9 +274,9 @@ fn resume_continues_bit_exactly() {
             "--seed",
             "7",
             "--resume",
-            mixed.to_str().unwrap(),
+            s(&mixed),
             "--out",
-            dir.path().join("y").to_str().unwrap(),
+            s(&dir.path().join("y")),
         ]
         .map(String::from),
     );
@@ -335,14 +327,14 @@ fn trained_adapter_merges_to_the_unmerged_logits() {
             "--steps",
             "5",
             "--out",
-            ad.to_str().unwrap(),
+            s(&ad),
         ]
         .map(String::from),
     );
     train(&args.iter().map(String::as_str).collect::<Vec<_>>());
     merge_ok(&fixture("llama/base"), &ad, &merged, &["--device", "cpu"]);
-    let (u, _) = eval_logits("llama/base", &[(ad.to_str().unwrap(), 1.0)], &[]);
-    let (m, _) = eval_logits(merged.to_str().unwrap(), &[], &[]);
+    let (u, _) = eval_logits("llama/base", &[(s(&ad), 1.0)], &[]);
+    let (m, _) = eval_logits(s(&merged), &[], &[]);
     assert_close(&m, &u, 1e-5, "merged checkpoint vs unmerged adapter");
     assert!(
         rel_err(&u, &tensor("llama/logits.safetensors", "logits_base")) > 1e-3,
