@@ -109,6 +109,21 @@ pub fn output_paths(spec: &WriteSpec) -> Vec<PathBuf> {
     }
 }
 
+/// [`check_output`] against every file `adapters` and `base` were read from (weights, configs,
+/// the base's shards and folder): the check of the adapter operations' plans.
+pub fn check_adapter_output(
+    spec: &WriteSpec,
+    adapters: &[&Adapter],
+    base: Option<&crate::io::Checkpoint>,
+) -> InputResult<()> {
+    let mut inputs: Vec<PathBuf> = adapters.iter().flat_map(|a| adapter_inputs(a)).collect();
+    if let Some(b) = base {
+        inputs.extend(b.input_paths());
+        inputs.push(b.root.clone());
+    }
+    check_output(spec, &inputs)
+}
+
 /// Refuses (before anything is written) an output that is one of `inputs` or holds one, and an
 /// output path of the wrong kind (a file where a PEFT folder goes, a folder where a kohya file
 /// goes).
