@@ -188,6 +188,7 @@ pub enum Opt {
     Base,
     Batch,
     Device,
+    Density,
     DoraRank,
     Embeddings,
     Exclude,
@@ -197,6 +198,7 @@ pub enum Opt {
     Lr,
     MaxAbs,
     MaxShardSize,
+    Method,
     Out,
     Outtype,
     Part,
@@ -215,6 +217,7 @@ pub enum Opt {
     Tokenizer,
     Tolerance,
     Tuned,
+    Weight,
 }
 
 impl Opt {
@@ -227,6 +230,7 @@ impl Opt {
             Opt::Base => "base",
             Opt::Batch => "batch",
             Opt::Device => "device",
+            Opt::Density => "density",
             Opt::DoraRank => "dora_rank",
             Opt::Embeddings => "embeddings",
             Opt::Exclude => "exclude",
@@ -236,6 +240,7 @@ impl Opt {
             Opt::Lr => "lr",
             Opt::MaxAbs => "max_abs",
             Opt::MaxShardSize => "max_shard_size",
+            Opt::Method => "method",
             Opt::Out => "out",
             Opt::Outtype => "outtype",
             Opt::Part => "part",
@@ -254,6 +259,7 @@ impl Opt {
             Opt::Tokenizer => "tokenizer",
             Opt::Tolerance => "tolerance",
             Opt::Tuned => "tuned",
+            Opt::Weight => "weight",
         }
     }
 }

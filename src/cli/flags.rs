@@ -15,6 +15,7 @@ pub fn long(o: Opt) -> &'static str {
         Opt::Base => "--base",
         Opt::Batch => "--batch",
         Opt::Device => "--device",
+        Opt::Density => "--density",
         Opt::DoraRank => "--dora-rank",
         Opt::Embeddings => "--embeddings",
         Opt::Exclude => "--exclude",
@@ -24,6 +25,7 @@ pub fn long(o: Opt) -> &'static str {
         Opt::Lr => "--lr",
         Opt::MaxAbs => "--max-abs",
         Opt::MaxShardSize => "--max-shard-size",
+        Opt::Method => "--method",
         Opt::Out => "--out",
         Opt::Outtype => "--outtype",
         Opt::Part => "--part",
@@ -42,6 +44,7 @@ pub fn long(o: Opt) -> &'static str {
         Opt::Tokenizer => "--tokenizer",
         Opt::Tolerance => "--tolerance",
         Opt::Tuned => "--tuned",
+        Opt::Weight => "--weight",
     }
 }
 
@@ -78,6 +81,7 @@ mod tests {
             Opt::Base,
             Opt::Batch,
             Opt::Device,
+            Opt::Density,
             Opt::DoraRank,
             Opt::Embeddings,
             Opt::Exclude,
@@ -87,6 +91,7 @@ mod tests {
             Opt::Lr,
             Opt::MaxAbs,
             Opt::MaxShardSize,
+            Opt::Method,
             Opt::Out,
             Opt::Outtype,
             Opt::Part,
@@ -105,6 +110,7 @@ mod tests {
             Opt::Tokenizer,
             Opt::Tolerance,
             Opt::Tuned,
+            Opt::Weight,
         ];
         for o in all {
             assert!(flags.contains(long(o)), "{o:?}: {} is no flag", long(o));
