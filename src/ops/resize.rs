@@ -486,15 +486,13 @@ mod tests {
                 super::super::rank::RankParam::Energy,
             ),
         ] {
-            let e = ResizePlan::new(opts(rule)).err().expect("refused");
+            let e = ResizePlan::new(opts(rule)).expect_err("refused");
             let r = e
                 .downcast_ref::<super::super::rank::RankRuleError>()
                 .expect("a rank rule error");
             assert_eq!(r.param, param);
         }
-        let e = ResizePlan::new(opts(RankRule::Fixed(2)))
-            .err()
-            .expect("refused");
+        let e = ResizePlan::new(opts(RankRule::Fixed(2))).expect_err("refused");
         assert!(e.to_string().contains("lorakit-resize"), "{e:#}");
     }
 }

@@ -356,7 +356,7 @@ mod tests {
                 "--density 1.5 must be in (0, 1]",
             ),
         ] {
-            let e = CombinePlan::new(o).err().expect("refused");
+            let e = CombinePlan::new(o).expect_err("refused");
             let o = e.downcast_ref::<OptionError>().expect("an option error");
             assert_eq!(o.options(), opts_named);
             assert_eq!(o.to_string(), library);
@@ -364,8 +364,7 @@ mod tests {
         }
         // Valid settings reach the inputs, and the missing file is the error.
         let e = CombinePlan::new(opts(-2.0, m(Method::DareLinear, None, Some(1.0))))
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(e.downcast_ref::<OptionError>().is_none(), "{e:#}");
         assert!(e.to_string().contains("lorakit-combine"), "{e:#}");
     }
