@@ -45,11 +45,7 @@ pub fn options(a: &CombineArgs) -> Result<CombineOptions> {
             majority_sign: a.majority_sign,
             pad: !a.no_pad,
         },
-        format: a.format,
-        out: a.output.out.clone(),
-        base: a.output.base.clone(),
-        dtype: a.output.dtype,
-        prefix: a.output.prefix.clone(),
+        output: super::output_options(a.format, &a.output),
     })
 }
 

@@ -21,11 +21,7 @@ pub fn options(a: &ResizeArgs) -> Result<ResizeOptions> {
     Ok(ResizeOptions {
         adapter: a.adapter.clone(),
         rule: rule_of(a)?,
-        format: a.format,
-        out: a.output.out.clone(),
-        base: a.output.base.clone(),
-        dtype: a.output.dtype,
-        prefix: a.output.prefix.clone(),
+        output: super::output_options(a.format, &a.output),
     })
 }
 

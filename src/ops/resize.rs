@@ -34,9 +34,8 @@
 
 use crate::adapter::{scale_for, Adapter, Data, Format, LoraModule};
 use crate::error::InputResult;
-use crate::io::Checkpoint;
 use crate::linalg;
-use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec};
+use crate::ops::output::{self, OutputOptions, Provenance, WriteSpec};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -302,15 +301,8 @@ pub struct ResizeOptions {
     pub adapter: PathBuf,
     /// How each module's new rank is chosen (validated by [`ResizePlan::new`]).
     pub rule: RankRule,
-    /// Format written; `None` keeps the input's.
-    pub format: Option<Format>,
-    pub out: PathBuf,
-    /// The model the adapter is for: restores dotted module paths of kohya names written as
-    /// PEFT, and every module must land on it.
-    pub base: Option<PathBuf>,
-    pub dtype: DtypeChoice,
-    /// kohya prefix for dotted module names (kohya output).
-    pub prefix: Option<String>,
+    /// Where and how the result is written.
+    pub output: OutputOptions,
 }
 
 /// What `resize` did.
@@ -357,16 +349,9 @@ impl ResizePlan {
         opts.rule.validate()?;
         let mut adapter = Adapter::open(&opts.adapter)?;
         adapter.check_plain_base("resizing it")?;
-        let base = opts.base.as_deref().map(Checkpoint::open).transpose()?;
+        let (spec, base) = opts.output.open_for(&[&adapter])?;
         let from = adapter.format;
-        let to = opts.format.unwrap_or(from);
-        let spec = WriteSpec {
-            format: to,
-            out: opts.out.clone(),
-            dtype: Some(output::computed_dtype(opts.dtype, &adapter)),
-            kohya_prefix: opts.prefix.clone(),
-        };
-        output::check_adapter_output(&spec, &[&adapter], base.as_ref())?;
+        let to = spec.format;
         let parameters_before = adapter.parameter_count();
         super::convert::prepare(&mut adapter, to, base.as_ref())?;
         Ok(ResizePlan {
@@ -394,8 +379,8 @@ impl ResizePlan {
         update_kohya_metadata(&mut resized, &modules);
         let prov = Provenance {
             operation: "resize",
-            inputs: output::inputs_json(&[&opts.adapter], opts.base.as_deref()),
-            params: serde_json::json!({"rule": opts.rule, "to": spec.format, "dtype": opts.dtype}),
+            inputs: output::inputs_json(&[&opts.adapter], opts.output.base.as_deref()),
+            params: serde_json::json!({"rule": opts.rule, "to": spec.format, "dtype": opts.output.dtype}),
         };
         let written = output::write_adapter(&resized, &spec, &prov)?;
         let (kept, total) = modules.iter().fold((0.0, 0.0), |(k, t), m| {
@@ -405,7 +390,7 @@ impl ResizePlan {
         Ok(ResizeReport {
             operation: "resize",
             input: output::show(&opts.adapter),
-            out: output::show(&opts.out),
+            out: output::show(&opts.output.out),
             from,
             to: spec.format,
             rank_rule: serde_json::to_value(opts.rule)?,
@@ -470,11 +455,13 @@ mod tests {
         let opts = |rule| ResizeOptions {
             adapter: PathBuf::from("/nonexistent/lorakit-resize"),
             rule,
-            format: None,
-            out: PathBuf::from("/nonexistent/lorakit-resize-out"),
-            base: None,
-            dtype: DtypeChoice::Keep,
-            prefix: None,
+            output: OutputOptions {
+                format: None,
+                out: PathBuf::from("/nonexistent/lorakit-resize-out"),
+                base: None,
+                dtype: output::DtypeChoice::Keep,
+                prefix: None,
+            },
         };
         for (rule, param) in [
             (RankRule::Fixed(0), super::super::rank::RankParam::Rank),

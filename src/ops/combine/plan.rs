@@ -8,8 +8,7 @@
 use super::{combine, Method, MethodOptions, ModuleCombine, WeightedInput};
 use crate::adapter::{Adapter, Format};
 use crate::error::{Opt, OptionError};
-use crate::io::Checkpoint;
-use crate::ops::output::{self, show, DtypeChoice, Provenance, WriteSpec};
+use crate::ops::output::{self, show, OutputOptions, Provenance, WriteSpec};
 use anyhow::{bail, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -29,15 +28,8 @@ pub struct CombineOptions {
     /// At least one; all of one format after lowering (LyCORIS modules become exact LoRA).
     pub inputs: Vec<CombineInput>,
     pub method: MethodOptions,
-    /// Format written; `None` keeps the first input's.
-    pub format: Option<Format>,
-    pub out: PathBuf,
-    /// The model the adapters are for: restores dotted module paths of kohya names written as
-    /// PEFT, and every module must land on it.
-    pub base: Option<PathBuf>,
-    pub dtype: DtypeChoice,
-    /// kohya prefix for dotted module names (kohya output).
-    pub prefix: Option<String>,
+    /// Where and how the result is written.
+    pub output: OutputOptions,
 }
 
 /// One input of a combination.
@@ -183,15 +175,8 @@ impl CombinePlan {
             adapter.check_plain_base("combining it")?;
             adapters.push(adapter);
         }
-        let base = opts.base.as_deref().map(Checkpoint::open).transpose()?;
-        let to = opts.format.unwrap_or(adapters[0].format);
-        let spec = WriteSpec {
-            format: to,
-            out: opts.out.clone(),
-            dtype: Some(output::computed_dtype(opts.dtype, &adapters[0])),
-            kohya_prefix: opts.prefix.clone(),
-        };
-        output::check_adapter_output(&spec, &adapters.iter().collect::<Vec<_>>(), base.as_ref())?;
+        let (spec, base) = opts.output.open_for(&adapters.iter().collect::<Vec<_>>())?;
+        let to = spec.format;
         let mut reports = Vec::new();
         let mut inputs = Vec::new();
         for (adapter, i) in adapters.into_iter().zip(&opts.inputs) {
@@ -226,7 +211,7 @@ impl CombinePlan {
             let weights: Vec<f64> = opts.inputs.iter().map(|i| i.weight).collect();
             o.insert("weights".into(), json!(weights));
             o.insert("to".into(), json!(to));
-            o.insert("dtype".into(), json!(opts.dtype));
+            o.insert("dtype".into(), json!(opts.output.dtype));
         }
         Ok(CombinePlan {
             opts,
@@ -257,7 +242,7 @@ impl CombinePlan {
             .iter()
             .map(|i| json!({"path": show(&i.adapter), "weight": i.weight}))
             .collect();
-        if let Some(b) = &opts.base {
+        if let Some(b) = &opts.output.base {
             input_list.push(json!({"path": show(b), "role": "base"}));
         }
         let prov = Provenance {
@@ -274,7 +259,7 @@ impl CombinePlan {
         Ok(CombineReport {
             operation: "combine",
             method: method.method,
-            out: show(&opts.out),
+            out: show(&opts.output.out),
             format: spec.format,
             adapters,
             params,
@@ -306,11 +291,13 @@ mod tests {
                 weight,
             }],
             method,
-            format: None,
-            out: PathBuf::from("/nonexistent/lorakit-combine-out"),
-            base: None,
-            dtype: DtypeChoice::Keep,
-            prefix: None,
+            output: OutputOptions {
+                format: None,
+                out: PathBuf::from("/nonexistent/lorakit-combine-out"),
+                base: None,
+                dtype: output::DtypeChoice::Keep,
+                prefix: None,
+            },
         };
         let m = |method, rank, density| MethodOptions {
             method,
