@@ -367,22 +367,15 @@ impl ResizePlan {
     /// Resizes every module ([`resize`]) and writes the result atomically, stamped with its
     /// provenance.
     pub fn run(self) -> anyhow::Result<ResizeReport> {
-        let ResizePlan {
-            opts,
-            adapter,
-            spec,
-            from,
-            parameters_before,
-            started,
-        } = self;
-        let (mut resized, modules) = resize(adapter, &opts.rule)?;
+        let (opts, spec) = (&self.opts, &self.spec);
+        let (mut resized, modules) = resize(self.adapter, &opts.rule)?;
         update_kohya_metadata(&mut resized, &modules);
         let prov = Provenance {
             operation: "resize",
             inputs: output::inputs_json(&[&opts.adapter], opts.output.base.as_deref()),
             params: serde_json::json!({"rule": opts.rule, "to": spec.format, "dtype": opts.output.dtype}),
         };
-        let written = output::write_adapter(&resized, &spec, &prov)?;
+        let written = output::write_adapter(&resized, spec, &prov)?;
         let (kept, total) = modules.iter().fold((0.0, 0.0), |(k, t), m| {
             let e = m.fro_norm * m.fro_norm;
             (k + e * m.energy_kept, t + e)
@@ -391,17 +384,17 @@ impl ResizePlan {
             operation: "resize",
             input: output::show(&opts.adapter),
             out: output::show(&opts.output.out),
-            from,
+            from: self.from,
             to: spec.format,
             rank_rule: serde_json::to_value(opts.rule)?,
             modules_resized_count: modules.iter().filter(|m| m.changed).count(),
             modules,
-            parameters_before,
+            parameters_before: self.parameters_before,
             parameters_after: resized.parameter_count(),
             energy_kept: if total > 0.0 { kept / total } else { 1.0 },
             files: written.files,
             bytes_written: written.bytes,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: self.started.elapsed().as_secs_f64(),
         })
     }
 }
