@@ -1,12 +1,13 @@
-//! `lorakit eval`: the command line checked and mapped to [`EvalOptions`], the report printed.
+//! `lorakit eval`: the command line mapped to [`EvalOptions`] → [`EvalPlan`] → run on the chosen
+//! device, the report printed.
 //!
 //! Must not validate or compute what the library does, nor write to stdout/stderr except through
 //! `printer`.
 
 use crate::cli::EvalArgs;
 use crate::model::ModelConfig;
-use crate::ops::eval::{evaluate, EvalInput, EvalOptions, EvalReport};
-use anyhow::{bail, Result};
+use crate::ops::eval::{EvalInput, EvalOptions, EvalPlan, EvalReport};
+use anyhow::Result;
 
 pub fn run(mut a: EvalArgs, quiet: bool) -> Result<i32> {
     crate::model::retain_freed_memory();
@@ -14,45 +15,37 @@ pub fn run(mut a: EvalArgs, quiet: bool) -> Result<i32> {
     for ad in &mut a.adapters {
         *ad = crate::io::hub::resolve_input(ad)?;
     }
-    if a.seq_len < 2 {
-        bail!("--seq-len must be at least 2");
-    }
-    let stride = a.stride.unwrap_or(a.seq_len);
-    if stride == 0 || stride > a.seq_len {
-        bail!("--stride must be between 1 and --seq-len ({})", a.seq_len);
-    }
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    if a.generate.is_some() && a.prompt.is_none() {
-        bail!("--generate needs --prompt");
-    }
+    let plan = EvalPlan::new(options(&a, quiet)?)?;
+    let run = plan.run(&a.compute.engine()?)?;
+    super::print_report(a.json, "eval", &run.report, || {
+        render(&run.report, &run.config, &run.weight_dtype)
+    })?;
+    Ok(0)
+}
+
+/// The library options `a` asks for: `--stride` defaults to `--seq-len`, `--weight` values pair
+/// with `--adapter` values (missing ones are 1), progress bars unless quiet or `--json`.
+pub fn options(a: &EvalArgs, quiet: bool) -> Result<EvalOptions> {
     let input = match (&a.input_ids, &a.text, &a.prompt) {
         (Some(p), _, _) => EvalInput::InputIds(p.clone()),
         (None, Some(p), _) => EvalInput::Text(p.clone()),
         (None, None, Some(t)) => EvalInput::Prompt(t.clone()),
         (None, None, None) => unreachable!("clap requires one of --text, --prompt, --input-ids"),
     };
-    let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
-    let options = EvalOptions {
-        model: a.model,
-        adapters: a.adapters,
-        weights,
+    Ok(EvalOptions {
+        weights: super::adapter_weights(a.adapters.len(), &a.weights)?,
+        model: a.model.clone(),
+        adapters: a.adapters.clone(),
         merged: a.merged,
         input,
-        tokenizer: a.tokenizer,
+        tokenizer: a.tokenizer.clone(),
         seq_len: a.seq_len,
-        stride,
+        stride: a.stride.unwrap_or(a.seq_len),
         batch: a.batch,
-        logits: a.logits,
+        logits: a.logits.clone(),
         generate: a.generate,
         progress: super::printer::progress(!quiet && !a.json),
-    };
-    let run = evaluate(&options, &a.compute.engine()?)?;
-    super::print_report(a.json, "eval", &run.report, || {
-        render(&run.report, &run.config, &run.weight_dtype)
-    })?;
-    Ok(0)
+    })
 }
 
 fn render(r: &EvalReport, c: &ModelConfig, dtype: &str) -> String {

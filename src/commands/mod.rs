@@ -315,3 +315,17 @@ pub(crate) fn rank_rule(
     })?;
     Ok(rule)
 }
+
+/// The output options of `resize` and `combine` from their `--format` and shared output flags.
+pub(crate) fn output_options(
+    format: Option<crate::adapter::Format>,
+    a: &crate::cli::AdapterOutArgs,
+) -> crate::ops::output::OutputOptions {
+    crate::ops::output::OutputOptions {
+        format,
+        out: a.out.clone(),
+        base: a.base.clone(),
+        dtype: a.dtype,
+        prefix: a.prefix.clone(),
+    }
+}

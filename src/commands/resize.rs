@@ -3,118 +3,43 @@
 //! Arguments → library options → plan → run → printed report. Must not validate or compute what the
 //! library does, nor write to stdout/stderr except through `printer`.
 
-use super::convert::{check_output, files_line, inputs_json, num, open_base, show};
-use crate::adapter::{Adapter, Format};
+use super::convert::{files_line, name_base_flag, num};
 use crate::cli::ResizeArgs;
+use crate::error::InputError;
 use crate::inspect::table_of;
-use crate::ops::convert;
-use crate::ops::output::{self, Provenance, WriteSpec};
-use crate::ops::resize::{self, ModuleResize, RankRule};
+use crate::ops::output::Written;
+use crate::ops::resize::{RankRule, ResizeOptions, ResizePlan, ResizeReport};
 use anyhow::Result;
-use serde_json::json;
-use std::time::Instant;
-
-/// What `resize` did (`--json`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ResizeSummary {
-    pub operation: &'static str,
-    pub input: String,
-    pub out: String,
-    pub from: Format,
-    pub to: Format,
-    /// `{"rule": "rank", "rank": R}`, `{"rule": "energy", "energy": E, "max_rank": R|null}` or
-    /// `{"rule": "sv_ratio", "sv_ratio": X, "max_rank": R|null}`.
-    pub rank_rule: serde_json::Value,
-    pub modules: Vec<ModuleResize>,
-    pub modules_resized_count: usize,
-    pub parameters_before: usize,
-    pub parameters_after: usize,
-    /// Energy kept over all modules: `Σ ‖ΔW′‖²_F / Σ ‖ΔW‖²_F`.
-    pub energy_kept: f64,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
-    pub seconds: f64,
-}
 
 fn rule_of(a: &ResizeArgs) -> Result<RankRule> {
     // --rank is the fixed rank, or the cap of a dynamic rule.
     super::rank_rule(a.rank, a.energy, a.sv_ratio, a.rank, "--rank")
 }
 
+/// The library options `a` asks for (the rank rule checked with its flags' names).
+pub fn options(a: &ResizeArgs) -> Result<ResizeOptions> {
+    Ok(ResizeOptions {
+        adapter: a.adapter.clone(),
+        rule: rule_of(a)?,
+        output: super::output_options(a.format, &a.output),
+    })
+}
+
 pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
-    let start = Instant::now();
-    let rule = rule_of(&a)?;
-    let mut adapter = Adapter::open(&a.adapter)?;
-    adapter.check_plain_base("resizing it")?;
-    let base = open_base(a.output.base.as_deref())?;
-    let from = adapter.format;
-    let to = a.format.unwrap_or(from);
-    let dtype = output::computed_dtype(a.output.dtype, &adapter);
-    let spec = WriteSpec {
-        format: to,
-        out: a.output.out.clone(),
-        dtype: Some(dtype),
-        kohya_prefix: a.output.prefix.clone(),
-    };
-    check_output(&spec, &[&adapter], base.as_ref())?;
-    let parameters_before = adapter.parameter_count();
-    convert::prepare(&mut adapter, to, base.as_ref()).map_err(super::convert::name_base_flag)?;
-    let (mut resized, modules) = resize::resize(adapter, &rule)?;
-    update_kohya_metadata(&mut resized, &modules);
-    let prov = Provenance {
-        operation: "resize",
-        inputs: inputs_json(&[&a.adapter], a.output.base.as_deref()),
-        params: json!({"rule": rule, "to": to, "dtype": a.output.dtype}),
-    };
-    let written = output::write_adapter(&resized, &spec, &prov)?;
-    let (kept, total) = modules.iter().fold((0.0, 0.0), |(k, t), m| {
-        let e = m.fro_norm * m.fro_norm;
-        (k + e * m.energy_kept, t + e)
-    });
-    let summary = ResizeSummary {
-        operation: "resize",
-        input: show(&a.adapter),
-        out: show(&a.output.out),
-        from,
-        to,
-        rank_rule: serde_json::to_value(rule)?,
-        modules_resized_count: modules.iter().filter(|m| m.changed).count(),
-        modules,
-        parameters_before,
-        parameters_after: resized.parameter_count(),
-        energy_kept: if total > 0.0 { kept / total } else { 1.0 },
-        files: written.files.clone(),
-        bytes_written: written.bytes,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    super::print_report(a.output.json, "resize", &summary, || {
-        render(&summary, &written)
+    let plan = ResizePlan::new(options(&a)?).map_err(|e| match e.downcast::<InputError>() {
+        Ok(e) => name_base_flag(e),
+        Err(e) => e,
     })?;
+    let report = plan.run()?;
+    super::print_report(a.output.json, "resize", &report, || render(&report))?;
     Ok(0)
 }
 
-/// kohya's resize_lora.py records the new dim and alpha (`Dynamic` when they vary).
-fn update_kohya_metadata(adapter: &mut Adapter, modules: &[ModuleResize]) {
-    let uniform = |f: &dyn Fn(&ModuleResize) -> String| {
-        let first = modules.first().map(f);
-        if modules.iter().all(|m| Some(f(m)) == first) {
-            first.unwrap_or_else(|| "Dynamic".into())
-        } else {
-            "Dynamic".into()
-        }
+fn render(s: &ResizeReport) -> String {
+    let w = &Written {
+        files: s.files.clone(),
+        bytes: s.bytes_written,
     };
-    let dim = uniform(&|m| m.rank_after.to_string());
-    let alpha = uniform(&|m| format!("{:?}", m.alpha_after));
-    for (k, v) in adapter.metadata.iter_mut() {
-        match k.as_str() {
-            "ss_network_dim" => *v = dim.clone(),
-            "ss_network_alpha" => *v = alpha.clone(),
-            _ => {}
-        }
-    }
-}
-
-fn render(s: &ResizeSummary, w: &output::Written) -> String {
     let mut out = format!(
         "resized {} ({}) → {} ({}), rule {}\n\n",
         s.input,

@@ -2,8 +2,12 @@
 //! windows (transformers' perplexity recipe), logits, and greedy generation.
 //!
 //! Owns: the scoring rule (which tokens a window scores), batching windows through the model,
-//! the logits file, generation, and the report. Must not parse flags or print: `commands/eval.rs`
-//! validates the command line and renders [`EvalReport`].
+//! the logits file, generation, and the report. The operation: [`EvalOptions`] →
+//! [`EvalPlan::new`] (every option checked, the model opened, the logits output checked against
+//! every input; nothing written) → [`EvalPlan::run`] on an [`Engine`] → [`Evaluated`].
+//!
+//! Must not parse flags or print: `commands/eval.rs` maps the command line to options and renders
+//! [`EvalReport`]; options are named as [`Opt`]s.
 
 use crate::adapter::Adapter;
 use crate::backend::Engine;
@@ -27,8 +31,9 @@ pub enum EvalInput {
     InputIds(PathBuf),
 }
 
-/// Options of an evaluation (validated by the caller: `seq_len ≥ 2`, `1 ≤ stride ≤ seq_len`,
-/// `batch ≥ 1`, `generate` only with a prompt).
+/// Options of an evaluation (checked by [`EvalPlan::new`]: `seq_len ≥ 2`,
+/// `1 ≤ stride ≤ seq_len`, `batch ≥ 1`, `generate` only with a prompt, one finite weight per
+/// adapter).
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
     pub model: PathBuf,
@@ -143,10 +148,77 @@ fn load_model<'c>(
     Ok((model, attached))
 }
 
-/// Runs the evaluation on `engine`.
-pub fn evaluate(o: &EvalOptions, engine: &Engine) -> Result<Evaluated> {
-    let ck = Checkpoint::open(&o.model)?;
-    let config = ModelConfig::for_checkpoint(&ck)?;
+/// A validated evaluation, ready to run: the model is opened (its header and config read),
+/// nothing is written.
+pub struct EvalPlan {
+    options: EvalOptions,
+    ck: Checkpoint,
+    config: ModelConfig,
+}
+
+impl EvalPlan {
+    /// Checks every option, opens the model and reads its config, and refuses a logits output
+    /// that is one of the inputs (model, adapters, data, tokenizer).
+    pub fn new(options: EvalOptions) -> Result<EvalPlan> {
+        let o = &options;
+        if o.seq_len < 2 {
+            bail!(OptionError::new(|o| format!(
+                "{} must be at least 2",
+                o.opt(Opt::SeqLen)
+            )));
+        }
+        if o.stride == 0 || o.stride > o.seq_len {
+            let seq_len = o.seq_len;
+            bail!(OptionError::new(move |o| format!(
+                "{} must be between 1 and {} ({seq_len})",
+                o.opt(Opt::Stride),
+                o.opt(Opt::SeqLen)
+            )));
+        }
+        if o.batch == 0 {
+            bail!(OptionError::new(|o| format!(
+                "{} must be at least 1",
+                o.opt(Opt::Batch)
+            )));
+        }
+        if o.generate.is_some() && !matches!(o.input, EvalInput::Prompt(_)) {
+            bail!(OptionError::new(|o| format!(
+                "{} needs {}",
+                o.opt(Opt::Generate),
+                o.opt(Opt::Prompt)
+            )));
+        }
+        if o.weights.len() != o.adapters.len() {
+            bail!(
+                "{} weights for {} adapters: give one weight per adapter",
+                o.weights.len(),
+                o.adapters.len()
+            );
+        }
+        if let Some(&w) = o.weights.iter().find(|w| !w.is_finite()) {
+            bail!(OptionError::new(move |o| format!(
+                "{} is not a finite number",
+                o.set(Opt::Weight, w)
+            )));
+        }
+        let ck = Checkpoint::open(&o.model)?;
+        let config = ModelConfig::for_checkpoint(&ck)?;
+        check_logits_output(o, &ck)?;
+        Ok(EvalPlan {
+            options,
+            ck,
+            config,
+        })
+    }
+
+    /// Runs the evaluation on `engine`.
+    pub fn run(&self, engine: &Engine) -> Result<Evaluated> {
+        evaluate(&self.options, &self.ck, self.config.clone(), engine)
+    }
+}
+
+/// Refuses a logits output that is one of the evaluation's inputs.
+fn check_logits_output(o: &EvalOptions, ck: &Checkpoint) -> Result<()> {
     if let Some(out) = &o.logits {
         let mut inputs = ck.input_paths();
         inputs.push(ck.root.clone());
@@ -166,7 +238,17 @@ pub fn evaluate(o: &EvalOptions, engine: &Engine) -> Result<Evaluated> {
         }
         crate::io::writer::check_writes(&inputs, std::slice::from_ref(out), &[])?;
     }
-    let (model, attached) = load_model(&ck, config.clone(), &o.adapters, &o.weights, o.merged)?;
+    Ok(())
+}
+
+/// The evaluation of a plan: `ck` is the opened model, `config` its config.
+fn evaluate(
+    o: &EvalOptions,
+    ck: &Checkpoint,
+    config: ModelConfig,
+    engine: &Engine,
+) -> Result<Evaluated> {
+    let (model, attached) = load_model(ck, config.clone(), &o.adapters, &o.weights, o.merged)?;
     let exec = match &engine {
         Engine::Gpu(ctx) => Exec::Gpu(ctx),
         Engine::Cpu => Exec::Cpu,
@@ -430,5 +512,82 @@ mod tests {
             }
         }
         assert_eq!(windows(616, 32, 32).len(), 20);
+    }
+
+    /// Options are refused before the model is opened, naming the library's options; the binary
+    /// spells them as the command line did before the plan existed (the strings are those of the
+    /// pre-plan `commands/eval.rs`).
+    #[test]
+    fn options_are_checked_first_and_named_as_options() {
+        let base = EvalOptions {
+            model: PathBuf::from("/nonexistent/lorakit-eval"),
+            adapters: vec![PathBuf::from("a")],
+            weights: vec![1.0],
+            merged: false,
+            input: EvalInput::Prompt("hi".into()),
+            tokenizer: None,
+            seq_len: 4,
+            stride: 4,
+            batch: 1,
+            logits: None,
+            generate: None,
+            progress: Default::default(),
+        };
+        let with = |f: &dyn Fn(&mut EvalOptions)| {
+            let mut o = base.clone();
+            f(&mut o);
+            o
+        };
+        for (o, named, cli) in [
+            (
+                with(&|o| o.seq_len = 1),
+                vec![Opt::SeqLen],
+                "--seq-len must be at least 2",
+            ),
+            (
+                with(&|o| o.stride = 5),
+                vec![Opt::Stride, Opt::SeqLen],
+                "--stride must be between 1 and --seq-len (4)",
+            ),
+            (
+                with(&|o| o.stride = 0),
+                vec![Opt::Stride, Opt::SeqLen],
+                "--stride must be between 1 and --seq-len (4)",
+            ),
+            (
+                with(&|o| o.batch = 0),
+                vec![Opt::Batch],
+                "--batch must be at least 1",
+            ),
+            (
+                with(&|o| {
+                    o.generate = Some(2);
+                    o.input = EvalInput::Text(PathBuf::from("t.txt"));
+                }),
+                vec![Opt::Generate, Opt::Prompt],
+                "--generate needs --prompt",
+            ),
+            (
+                with(&|o| o.weights = vec![f64::INFINITY]),
+                vec![Opt::Weight],
+                "--weight inf is not a finite number",
+            ),
+        ] {
+            let e = EvalPlan::new(o).err().expect("refused");
+            let o = e.downcast_ref::<OptionError>().expect("an option error");
+            assert_eq!(o.options(), named);
+            assert_eq!(o.render(&crate::cli::flags::spell), cli);
+        }
+        let e = EvalPlan::new(with(&|o| o.weights.clear()))
+            .err()
+            .expect("refused");
+        assert_eq!(
+            e.to_string(),
+            "0 weights for 1 adapters: give one weight per adapter"
+        );
+        // Valid options reach the model, and the missing folder is the error.
+        let e = EvalPlan::new(base.clone()).err().expect("refused");
+        assert!(e.downcast_ref::<OptionError>().is_none(), "{e:#}");
+        assert!(e.to_string().contains("lorakit-eval"), "{e:#}");
     }
 }

@@ -109,6 +109,51 @@ pub fn output_paths(spec: &WriteSpec) -> Vec<PathBuf> {
     }
 }
 
+/// Where and how an adapter operation ([`super::resize`], [`super::combine`]) writes its result.
+#[derive(Debug, Clone)]
+pub struct OutputOptions {
+    /// Format written; `None` keeps the (first) input's.
+    pub format: Option<Format>,
+    pub out: PathBuf,
+    /// The model the adapters are for: restores dotted module paths of kohya names written as
+    /// PEFT, and every module must land on it.
+    pub base: Option<PathBuf>,
+    pub dtype: DtypeChoice,
+    /// kohya prefix for dotted module names (kohya output).
+    pub prefix: Option<String>,
+}
+
+impl OutputOptions {
+    /// Opens the base (when given) and returns it with the write of the result of `adapters`
+    /// (format and dtype defaulting to the first's), checked by [`check_output`] against every
+    /// file the adapters and the base were read from. Writes nothing. Panics when `adapters`
+    /// is empty.
+    pub fn open_for(
+        &self,
+        adapters: &[&Adapter],
+    ) -> InputResult<(WriteSpec, Option<crate::io::Checkpoint>)> {
+        let base = self
+            .base
+            .as_deref()
+            .map(crate::io::Checkpoint::open)
+            .transpose()?;
+        let first = adapters.first().expect("at least one adapter");
+        let spec = WriteSpec {
+            format: self.format.unwrap_or(first.format),
+            out: self.out.clone(),
+            dtype: Some(computed_dtype(self.dtype, first)),
+            kohya_prefix: self.prefix.clone(),
+        };
+        let mut inputs: Vec<PathBuf> = adapters.iter().flat_map(|a| adapter_inputs(a)).collect();
+        if let Some(b) = &base {
+            inputs.extend(b.input_paths());
+            inputs.push(b.root.clone());
+        }
+        check_output(&spec, &inputs)?;
+        Ok((spec, base))
+    }
+}
+
 /// Refuses (before anything is written) an output that is one of `inputs` or holds one, and an
 /// output path of the wrong kind (a file where a PEFT folder goes, a folder where a kohya file
 /// goes).

@@ -25,12 +25,21 @@
 //!
 //! The result keeps the module's scale (alpha′ = scale·r′, or scale·√r′ with rsLoRA) and is the
 //! Eckart–Young optimum at rank r′; the report gives `‖ΔW − ΔW′‖_F` per module.
+//!
+//! The operation: [`ResizeOptions`] → [`ResizePlan::new`] (the rule checked, the adapter and base
+//! opened, the output checked against every input, names resolved for the target format;
+//! nothing written) → [`ResizePlan::run`] (resize, write atomically) → [`ResizeReport`].
+//!
+//! Must not print, nor name a command-line flag (options are named as [`crate::error::Opt`]s).
 
-use crate::adapter::{scale_for, Adapter, Data, LoraModule};
+use crate::adapter::{scale_for, Adapter, Data, Format, LoraModule};
 use crate::error::InputResult;
 use crate::linalg;
+use crate::ops::output::{self, OutputOptions, Provenance, WriteSpec};
 use rayon::prelude::*;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub use super::rank::RankRule;
 
@@ -286,6 +295,131 @@ pub fn resize(mut adapter: Adapter, rule: &RankRule) -> InputResult<(Adapter, Ve
     Ok((adapter, reports))
 }
 
+/// What to resize, as a Rust caller states it.
+#[derive(Debug, Clone)]
+pub struct ResizeOptions {
+    pub adapter: PathBuf,
+    /// How each module's new rank is chosen (validated by [`ResizePlan::new`]).
+    pub rule: RankRule,
+    /// Where and how the result is written.
+    pub output: OutputOptions,
+}
+
+/// What `resize` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResizeReport {
+    pub operation: &'static str,
+    pub input: String,
+    pub out: String,
+    pub from: Format,
+    pub to: Format,
+    /// `{"rule": "rank", "rank": R}`, `{"rule": "energy", "energy": E, "max_rank": R|null}` or
+    /// `{"rule": "sv_ratio", "sv_ratio": X, "max_rank": R|null}`.
+    pub rank_rule: serde_json::Value,
+    pub modules: Vec<ModuleResize>,
+    pub modules_resized_count: usize,
+    pub parameters_before: usize,
+    pub parameters_after: usize,
+    /// Energy kept over all modules: `Σ ‖ΔW′‖²_F / Σ ‖ΔW‖²_F`.
+    pub energy_kept: f64,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    /// From [`ResizePlan::new`] to the end of [`ResizePlan::run`].
+    pub seconds: f64,
+}
+
+/// A validated resize, ready to run: nothing has been written.
+#[derive(Debug)]
+pub struct ResizePlan {
+    opts: ResizeOptions,
+    /// Opened, and renamed for the target format.
+    adapter: Adapter,
+    spec: WriteSpec,
+    from: Format,
+    parameters_before: usize,
+    started: Instant,
+}
+
+impl ResizePlan {
+    /// Checks everything before anything is written: the rank rule, the adapter (a plain-base
+    /// LoRA family adapter), the base, the output against every input, and the module names
+    /// in the target format ([`super::convert::prepare`]).
+    pub fn new(opts: ResizeOptions) -> anyhow::Result<ResizePlan> {
+        let started = Instant::now();
+        opts.rule.validate()?;
+        let mut adapter = Adapter::open(&opts.adapter)?;
+        adapter.check_plain_base("resizing it")?;
+        let (spec, base) = opts.output.open_for(&[&adapter])?;
+        let from = adapter.format;
+        let to = spec.format;
+        let parameters_before = adapter.parameter_count();
+        super::convert::prepare(&mut adapter, to, base.as_ref())?;
+        Ok(ResizePlan {
+            opts,
+            adapter,
+            spec,
+            from,
+            parameters_before,
+            started,
+        })
+    }
+
+    /// Resizes every module ([`resize`]) and writes the result atomically, stamped with its
+    /// provenance.
+    pub fn run(self) -> anyhow::Result<ResizeReport> {
+        let (opts, spec) = (&self.opts, &self.spec);
+        let (mut resized, modules) = resize(self.adapter, &opts.rule)?;
+        update_kohya_metadata(&mut resized, &modules);
+        let prov = Provenance {
+            operation: "resize",
+            inputs: output::inputs_json(&[&opts.adapter], opts.output.base.as_deref()),
+            params: serde_json::json!({"rule": opts.rule, "to": spec.format, "dtype": opts.output.dtype}),
+        };
+        let written = output::write_adapter(&resized, spec, &prov)?;
+        let (kept, total) = modules.iter().fold((0.0, 0.0), |(k, t), m| {
+            let e = m.fro_norm * m.fro_norm;
+            (k + e * m.energy_kept, t + e)
+        });
+        Ok(ResizeReport {
+            operation: "resize",
+            input: output::show(&opts.adapter),
+            out: output::show(&opts.output.out),
+            from: self.from,
+            to: spec.format,
+            rank_rule: serde_json::to_value(opts.rule)?,
+            modules_resized_count: modules.iter().filter(|m| m.changed).count(),
+            modules,
+            parameters_before: self.parameters_before,
+            parameters_after: resized.parameter_count(),
+            energy_kept: if total > 0.0 { kept / total } else { 1.0 },
+            files: written.files,
+            bytes_written: written.bytes,
+            seconds: self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// kohya's resize_lora.py records the new dim and alpha (`Dynamic` when they vary).
+fn update_kohya_metadata(adapter: &mut Adapter, modules: &[ModuleResize]) {
+    let uniform = |f: &dyn Fn(&ModuleResize) -> String| {
+        let first = modules.first().map(f);
+        if modules.iter().all(|m| Some(f(m)) == first) {
+            first.unwrap_or_else(|| "Dynamic".into())
+        } else {
+            "Dynamic".into()
+        }
+    };
+    let dim = uniform(&|m| m.rank_after.to_string());
+    let alpha = uniform(&|m| format!("{:?}", m.alpha_after));
+    for (k, v) in adapter.metadata.iter_mut() {
+        match k.as_str() {
+            "ss_network_dim" => *v = dim.clone(),
+            "ss_network_alpha" => *v = alpha.clone(),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +440,39 @@ mod tests {
             );
         }
         assert_eq!(resized_alpha(16.0, 8, 4, false), 8.0);
+    }
+
+    /// The rank rule is checked before the adapter is opened.
+    #[test]
+    fn the_rule_is_checked_before_the_adapter_is_opened() {
+        let opts = |rule| ResizeOptions {
+            adapter: PathBuf::from("/nonexistent/lorakit-resize"),
+            rule,
+            output: OutputOptions {
+                format: None,
+                out: PathBuf::from("/nonexistent/lorakit-resize-out"),
+                base: None,
+                dtype: output::DtypeChoice::Keep,
+                prefix: None,
+            },
+        };
+        for (rule, param) in [
+            (RankRule::Fixed(0), super::super::rank::RankParam::Rank),
+            (
+                RankRule::Energy {
+                    energy: 1.5,
+                    max_rank: None,
+                },
+                super::super::rank::RankParam::Energy,
+            ),
+        ] {
+            let e = ResizePlan::new(opts(rule)).expect_err("refused");
+            let r = e
+                .downcast_ref::<super::super::rank::RankRuleError>()
+                .expect("a rank rule error");
+            assert_eq!(r.param, param);
+        }
+        let e = ResizePlan::new(opts(RankRule::Fixed(2))).expect_err("refused");
+        assert!(e.to_string().contains("lorakit-resize"), "{e:#}");
     }
 }

@@ -40,6 +40,14 @@
 //! not reproduce that). DoRA magnitudes, `lora_B` biases and `modules_to_save` tensors do not
 //! combine linearly and are refused; saved embedding layers (`base_layer.weight`, a copy of the
 //! base) are carried when the inputs agree.
+//!
+//! This file owns the semantics above ([`combine`] over opened inputs); [`plan`] owns the
+//! operation around it: [`CombineOptions`] → [`CombinePlan::new`] → [`CombinePlan::run`] →
+//! [`CombineReport`]. Must not print, nor name a command-line flag.
+
+mod plan;
+
+pub use plan::{CombineInput, CombineOptions, CombinePlan, CombineReport, InputReport};
 
 use crate::adapter::{Adapter, Data, Factors, FullTensor, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
@@ -103,9 +111,10 @@ pub enum MajoritySign {
     Frequency,
 }
 
-/// Options of [`combine`].
+/// How [`combine`] combines the modules: the method and its settings (the `method` of
+/// [`CombineOptions`], checked by [`CombinePlan::new`]).
 #[derive(Debug, Clone)]
-pub struct CombineOptions {
+pub struct MethodOptions {
     pub method: Method,
     /// Output rank of `svd` (default: the largest input rank).
     pub rank: Option<usize>,
@@ -118,9 +127,9 @@ pub struct CombineOptions {
     pub pad: bool,
 }
 
-impl Default for CombineOptions {
+impl Default for MethodOptions {
     fn default() -> Self {
-        CombineOptions {
+        MethodOptions {
             method: Method::Cat,
             rank: None,
             density: None,
@@ -306,7 +315,7 @@ type Parts<'a> = Vec<(usize, &'a LoraModule)>;
 /// (targets rewritten to the exact module list), scale 1 everywhere.
 pub fn combine(
     inputs: &[WeightedInput],
-    opts: &CombineOptions,
+    opts: &MethodOptions,
 ) -> InputResult<(Adapter, Vec<ModuleCombine>)> {
     let first = &inputs.first().expect("at least one input").adapter;
     for wi in inputs {
