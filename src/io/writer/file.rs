@@ -240,15 +240,20 @@ impl FileWriter<'_> {
             ));
         }
         let w = self.w.take().expect("open until finish");
-        let file = w
-            .into_inner()
-            .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
-        self.behind.stop();
-        file.sync_all()
-            .map_err(|e| InputError::write(&self.dest, e))?;
+        close_durably(w, &mut self.behind, &self.dest)?;
         self.out.bytes += self.bytes;
         Ok(self.bytes)
     }
+}
+
+/// Flushes `w`, waits for the writeback hand-offs already made and fsyncs the file: the end of
+/// every output file, safetensors or not. `dest` is for errors.
+fn close_durably(w: BufWriter<File>, behind: &mut WriteBehind, dest: &Path) -> InputResult<()> {
+    let file = w
+        .into_inner()
+        .map_err(|e| InputError::write(dest, e.into_error()))?;
+    behind.stop();
+    file.sync_all().map_err(|e| InputError::write(dest, e))
 }
 
 /// Appends the `len` bytes of `src` (at `src_path`) from `offset` to `w`'s file, copied by the
@@ -373,12 +378,7 @@ impl RawFile<'_> {
     /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
     pub fn finish(mut self) -> InputResult<u64> {
         let w = self.w.take().expect("open until finish");
-        let file = w
-            .into_inner()
-            .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
-        self.behind.stop();
-        file.sync_all()
-            .map_err(|e| InputError::write(&self.dest, e))?;
+        close_durably(w, &mut self.behind, &self.dest)?;
         self.out.bytes += self.bytes;
         Ok(self.bytes)
     }
