@@ -1,5 +1,8 @@
-//! `lorakit convert`, and what `resize` and `combine` share with it: opening a base, checking
-//! the output, writing, and the module table.
+//! `lorakit convert`: flags → [`ConvertOptions`] → plan → run → printed report, plus the
+//! diffusers and GGUF targets, which write through their own writers. `resize` and `combine`
+//! borrow its printing helpers (`files_line`, `num`, `name_base_flag`).
+//!
+//! Must not: decide a conversion (the library does) or print outside `commands::printer`'s rules.
 
 use crate::adapter::{Adapter, Format};
 use crate::cli::ConvertArgs;
@@ -308,13 +311,13 @@ fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
     if a.output.json {
         super::print_json("convert", &s)?;
     } else {
-        println!(
-            "{} modules, {} written to {} in {:.2} s",
+        super::print(&format!(
+            "{} modules, {} written to {} in {:.2} s\n",
             s.module_count,
             human_bytes(bytes),
             s.out,
             s.seconds
-        );
+        ))?;
     }
     Ok(0)
 }

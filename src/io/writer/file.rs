@@ -41,10 +41,13 @@ impl WriteBehind {
             // Without a thread (none can be made) the data simply waits for the fsync.
             self.flusher = Flusher::start(w.get_ref()).ok();
         }
+        // Up to the last whole page only: a partly written page sent to writeback would make
+        // the next write into it wait for that I/O (stable pages).
+        let end = bytes & !(PAGE - 1);
         if let Some(f) = &self.flusher {
-            let _ = f.tx.send((self.behind, bytes - self.behind));
+            let _ = f.tx.send((self.behind, end - self.behind));
         }
-        self.behind = bytes;
+        self.behind = end;
         Ok(())
     }
 
@@ -102,6 +105,10 @@ impl Flusher {
 /// tail. Without it nothing reaches the disk before the fsync (the kernel's own background
 /// writeback starts at a share of RAM), and the fsync of a whole file is a wait with the CPU idle.
 const WRITE_BEHIND: u64 = 32 << 20;
+
+/// The page size writeback works in (4 KiB on every platform lorakit builds for; a larger page
+/// only makes the hint less precise).
+const PAGE: u64 = 4096;
 
 /// Chunk of the read/write fallback of [`FileWriter::copy_tensor`].
 const COPY_CHUNK: usize = 8 << 20;
