@@ -349,10 +349,7 @@ fn gguf(a: ConvertArgs, start: Instant) -> Result<i32> {
         },
     };
     let kv = crate::io::gguf::writer::kv_string;
-    let mut extra: Vec<_> = output::provenance_head("convert")
-        .iter()
-        .map(|(k, v)| kv(k, v))
-        .collect();
+    let mut extra = output::provenance_head_gguf("convert");
     extra.push(kv(
         "lorakit.inputs",
         &inputs_json(&[&a.adapter], Some(base)).to_string(),

@@ -257,6 +257,15 @@ pub fn provenance_head(operation: &str) -> [(String, String); 2] {
     ]
 }
 
+/// [`provenance_head`] as GGUF string key/values, for the GGUF writers (a merge into a GGUF
+/// model, Hugging Face → GGUF, a GGUF adapter).
+pub fn provenance_head_gguf(operation: &str) -> Vec<Vec<u8>> {
+    provenance_head(operation)
+        .iter()
+        .map(|(k, v)| crate::io::gguf::writer::kv_string(k, v))
+        .collect()
+}
+
 /// The `__metadata__` an output gets: the input's (minus earlier `lorakit.*` keys and the
 /// `format` key PEFT's writer sets itself), then provenance, then for a kohya output of an
 /// adapter with dotted names the PEFT names and config.

@@ -504,11 +504,7 @@ impl GgufMergePlan {
         } else {
             "merge"
         };
-        out.extend(
-            crate::ops::output::provenance_head(operation)
-                .iter()
-                .map(|(k, v)| kv_string(k, v)),
-        );
+        out.extend(crate::ops::output::provenance_head_gguf(operation));
         out.push(kv_string(
             "lorakit.adapters",
             &serde_json::Value::Array(self.adapter_json()).to_string(),

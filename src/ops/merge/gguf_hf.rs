@@ -247,11 +247,7 @@ impl HfGgufPlan {
             arch,
             options.tokenizer_pre.as_deref(),
         )?);
-        entries.extend(
-            crate::ops::output::provenance_head(merge.operation())
-                .iter()
-                .map(|(k, v)| kv_string(k, v)),
-        );
+        entries.extend(crate::ops::output::provenance_head_gguf(merge.operation()));
         entries.push(kv_string(
             "lorakit.adapters",
             &serde_json::Value::Array(adapter_json(&merge)).to_string(),
