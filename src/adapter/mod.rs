@@ -545,6 +545,64 @@ impl Adapter {
         Ok(())
     }
 
+    /// Refuses an adapter holding a NaN or ±∞ anywhere it would be applied (factors, DoRA
+    /// magnitudes, biases, full tensors, scales), naming the file and the tensor. Stored
+    /// tensors are scanned in their stored dtype ([`crate::dtype::first_non_finite`]) without
+    /// decoding; the operations that read values refuse the same tensors as they read them
+    /// ([`Adapter::values`]), this is for the ones that do not (`check`).
+    pub fn check_finite(&self) -> InputResult<()> {
+        for m in &self.modules {
+            if !m.scale.is_finite() || !m.alpha.is_finite() {
+                return Err(InputError::invalid(
+                    self.config_file(),
+                    format!(
+                        "module `{}`: alpha {} gives scale {}, which is not finite",
+                        m.name, m.alpha, m.scale
+                    ),
+                ));
+            }
+            let mut data = m.factors.data();
+            data.extend(m.dora_magnitude.as_ref());
+            data.extend(m.bias.as_ref());
+            for d in data {
+                self.data_finite(d, &m.name)?;
+            }
+        }
+        for f in &self.full_tensors {
+            self.data_finite(&f.data, &f.name)?;
+        }
+        Ok(())
+    }
+
+    /// [`Adapter::check_finite`] of one tensor; `owner` names an owned one (it has no key).
+    fn data_finite(&self, data: &Data, owner: &str) -> InputResult<()> {
+        match data {
+            Data::Owned(v) => match v.iter().position(|x| !x.is_finite()) {
+                Some(i) => Err(InputError::invalid(
+                    &self.path,
+                    format!("`{owner}`: value {} at flat index {i} is not finite", v[i]),
+                )),
+                None => Ok(()),
+            },
+            Data::Stored { key, .. } => {
+                let Some(src) = self.source.as_ref() else {
+                    return Ok(());
+                };
+                let view = src.view(key)?;
+                match crate::dtype::first_non_finite(view.dtype, view.data) {
+                    Some(i) => Err(InputError::invalid(
+                        src.path(),
+                        format!(
+                            "tensor `{key}`: value {} at flat index {i} is not finite",
+                            crate::dtype::non_finite_reason(view.dtype, view.data, i)
+                        ),
+                    )),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
     /// Number of adapter parameters (factors, magnitudes, biases, full tensors).
     pub fn parameter_count(&self) -> usize {
         let m: usize = self

@@ -275,6 +275,66 @@ fn nan_in_adapter_factors() {
             line.contains("lora_A.weight") && line.contains("not finite"),
             "{line}"
         );
+        // `check` refuses it too: every loader would apply it and answer NaN.
+        let line = one_line_error(&run_err(check_args(&a, &[])));
+        assert!(
+            line.contains("adapter_model.safetensors")
+                && line.contains("lora_A.weight")
+                && line.contains("not finite"),
+            "{line}"
+        );
+    }
+}
+
+/// A NaN or ±∞ as stored in a 16-bit factor (a bit pattern no f32 check before encoding sees)
+/// is refused by `check` in the stored dtype, naming the file and the tensor.
+#[test]
+fn check_refuses_non_finite_16_bit_factors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("llama/adapters/qv_r8");
+    for (bits, what) in [(0x7fc0u16, "NaN in BF16"), (0x7f80, "inf in BF16")] {
+        let a = dir.path().join(format!("a{bits:x}"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::copy(
+            src.join("adapter_config.json"),
+            a.join("adapter_config.json"),
+        )
+        .unwrap();
+        let t = read(&src.join("adapter_model.safetensors"));
+        let key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight";
+        let mut tensors = Vec::new();
+        for (k, v) in &t {
+            let mut b: Vec<u8> = v
+                .f32()
+                .iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect();
+            if k == key {
+                b[6..8].copy_from_slice(&bits.to_le_bytes());
+            }
+            tensors.push((k.clone(), v.shape.clone(), b));
+        }
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(k, s, b)| {
+                (
+                    k.as_str(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &a.join("adapter_model.safetensors")).unwrap();
+        let line = one_line_error(&run_err(check_args(&a, &[])));
+        assert!(
+            line.contains(&format!(
+                "{}:",
+                a.join("adapter_model.safetensors").display()
+            )) && line.contains(key)
+                && line.contains("flat index 3")
+                && line.contains(what),
+            "{line}"
+        );
     }
 }
 

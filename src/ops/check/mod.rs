@@ -8,8 +8,9 @@
 //! none → loads; warnings only → loads with warnings; a silent drop or a refusal → fails.
 //!
 //! Conditions that need the base (names, shapes, vocabulary, tied embeddings) are not guessed
-//! without one: the report lists the rules that were not evaluated. Must not: write anything
-//! (that is [`fix`]), or print.
+//! without one: the report lists the rules that were not evaluated. An adapter holding a NaN
+//! or ±∞ is refused, as every operation refuses it ([`Adapter::check_finite`]): every loader
+//! would apply it and answer NaN. Must not: write anything (that is [`fix`]), or print.
 
 mod base;
 mod facts;
@@ -140,6 +141,9 @@ impl Plan {
     /// Opens the adapter and base and chooses the targets.
     pub fn new(adapter_path: &Path, opts: &Options) -> InputResult<Plan> {
         let adapter = Adapter::open_for_check(adapter_path)?;
+        // Every loader would load and apply a NaN or ±∞ as it is, and the model's outputs would
+        // be NaN: bad input, refused as the operations that read the values refuse it.
+        adapter.check_finite()?;
         let base = opts.base.as_ref().map(Checkpoint::open).transpose()?;
         let base_facts = match &base {
             Some(b) => Some(base_facts(b)?),
