@@ -219,6 +219,8 @@ pub enum Opt {
     Stride,
     Targets,
     Tensors,
+    /// What a merge does to an embedding tied to lm_head (`tied_embeddings` of the merge).
+    TiedEmbeddings,
     Tokenizer,
     Tolerance,
     Tuned,
@@ -265,6 +267,7 @@ impl Opt {
             Opt::Stride => "stride",
             Opt::Targets => "targets",
             Opt::Tensors => "tensors",
+            Opt::TiedEmbeddings => "tied_embeddings",
             Opt::Tokenizer => "tokenizer",
             Opt::Tolerance => "tolerance",
             Opt::Tuned => "tuned",

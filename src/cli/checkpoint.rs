@@ -125,6 +125,13 @@ pub struct MergeArgs {
     #[arg(long)]
     pub allow_unmatched: bool,
 
+    /// An adapter that changes the input embedding of a base whose lm_head is tied to it
+    /// (tie_word_embeddings, no lm_head.weight stored): `refuse` (the default) names the tie;
+    /// `shared` merges into the shared tensor and keeps the tie, as PEFT's merge_and_unload does
+    /// on a tied model, so the output layer changes with the embedding.
+    #[arg(long, value_enum, default_value_t = TiedArg::Refuse)]
+    pub tied_embeddings: TiedArg,
+
     /// QLoRA-correct merge into a full-precision base: merge into dequant(Q(W)), the weights a
     /// QLoRA adapter was trained against, instead of W (a plain merge adds the stray term
     /// W − dequant(Q(W))). Q is bitsandbytes' 4-bit quantizer, reproduced bit for bit: `nf4` or
@@ -171,6 +178,15 @@ pub struct MergeArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--tied-embeddings` of merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TiedArg {
+    /// Refuse an adapter that changes a tied embedding.
+    Refuse,
+    /// Merge into the shared tensor; the output keeps the tie.
+    Shared,
 }
 
 /// `--quant` of merge.

@@ -16,7 +16,7 @@ mod model;
 pub use adapters::{CombineArgs, ConvertArgs, ResizeArgs};
 pub use args::{parse_size, AdapterOutArgs, DeviceArgs};
 pub use check::CheckArgs;
-pub use checkpoint::{DequantizeArgs, DiffArgs, InspectArgs, MergeArgs, QuantArg};
+pub use checkpoint::{DequantizeArgs, DiffArgs, InspectArgs, MergeArgs, QuantArg, TiedArg};
 pub use extract::ExtractArgs;
 pub use model::{EvalArgs, TrainArgs};
 

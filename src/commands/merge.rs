@@ -53,6 +53,10 @@ fn plan_split(
         } else {
             crate::merge::Rounding::F32
         },
+        tied_embeddings: match a.tied_embeddings {
+            crate::cli::TiedArg::Refuse => crate::merge::TiedEmbeddings::Refuse,
+            crate::cli::TiedArg::Shared => crate::merge::TiedEmbeddings::Shared,
+        },
     };
     MergePlan::new(base, adapters, out, options)
 }

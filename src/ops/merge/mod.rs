@@ -59,6 +59,25 @@ pub struct MergeOptions {
     /// default), or exactly ([`Rounding::Exact`]; refused with DoRA modules, f64 outputs,
     /// quantized outputs and `as_trained_on`, checked by [`MergePlan::new`]).
     pub rounding: Rounding,
+    /// What happens to an embedding an adapter changes when the base ties lm_head to it.
+    pub tied_embeddings: TiedEmbeddings,
+}
+
+/// What a merge does with an adapter that changes the input embedding of a base whose lm_head
+/// is tied to it (`tie_word_embeddings`, no `lm_head.weight` stored): the output keeps the tie,
+/// so the change reaches the output layer too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TiedEmbeddings {
+    /// Refuse the adapter, naming the tie: a change to one matrix silently changes the other
+    /// (PEFT issue #2018), which an adapter trained on an untied copy did not intend.
+    #[default]
+    Refuse,
+    /// Merge into the shared tensor and keep the tie: what PEFT's `merge_and_unload` does on a
+    /// tied model (one Parameter serves both; `save_pretrained` stores it once), checked against
+    /// PEFT by `fixtures/gen/tied_merge_fixture.py`. A base that stores `lm_head.weight` beside
+    /// the tie is still refused (two tensors would have to stay equal).
+    Shared,
 }
 
 /// How a quantized base is written.

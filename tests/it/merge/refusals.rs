@@ -125,7 +125,9 @@ fn tied_embeddings_are_refused() {
         &[],
     );
     assert!(
-        err.contains("tie_word_embeddings") && err.contains("embed_tokens"),
+        err.contains("tie_word_embeddings")
+            && err.contains("embed_tokens")
+            && err.contains("--tied-embeddings shared"),
         "{err}"
     );
     // An adapter that leaves the embeddings alone merges into the tied base.
@@ -135,6 +137,55 @@ fn tied_embeddings_are_refused() {
         &out,
         &[],
     );
+}
+
+/// `--tied-embeddings shared` merges an embedding LoRA and trainable tokens into the tensor a
+/// tied base shares with lm_head, as PEFT's `merge_and_unload` does on the tied model (its
+/// output: fixtures/gen/tied_merge_fixture.py); the output keeps the tie and stores no
+/// lm_head. A base that stores lm_head.weight beside the tie stays refused.
+#[test]
+fn tied_embeddings_shared_equals_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/tied");
+    for name in ["embed", "tokens"] {
+        let out = dir.path().join(name);
+        merge_ok(
+            &base,
+            &fixture(&format!("llama/adapters/{name}")),
+            &out,
+            &["--tied-embeddings", "shared", "--device", "cpu"],
+        );
+        let reference = read(&fixture(&format!("llama/merged/tied_{name}.safetensors")));
+        assert!(reference.contains_key("model.embed_tokens.weight"));
+        let n = assert_matches_reference(
+            &read_checkpoint(&out),
+            &read_checkpoint(&base),
+            &reference,
+            1e-6,
+        );
+        assert_eq!(n, reference.len());
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["tie_word_embeddings"], true);
+    }
+    // Both tensors stored beside the tie: no flag makes lorakit keep two tensors equal.
+    let both = dir.path().join("both");
+    std::fs::create_dir(&both).unwrap();
+    for f in ["config.json", "generation_config.json"] {
+        std::fs::copy(base.join(f), both.join(f)).unwrap();
+    }
+    let mut t = read(&base.join("model.safetensors"));
+    let embed = t["model.embed_tokens.weight"].clone();
+    t.insert("lm_head.weight".into(), embed);
+    write_tensors(&both.join("model.safetensors"), &t);
+    let out = dir.path().join("both-out");
+    let err = merge_refused(
+        &both,
+        &fixture("llama/adapters/embed"),
+        &out,
+        &["--tied-embeddings", "shared"],
+    );
+    assert!(err.contains("also stores lm_head.weight"), "{err}");
 }
 
 #[test]
