@@ -138,8 +138,10 @@ pub(crate) const F64_CHECK_WG: u32 = 256;
 pub(crate) const SKETCH_REDUCE_WG: u32 = 256;
 /// Workgroup width of the copy kernel (`COPY_WG` in copy.wgsl).
 pub(crate) const COPY_WG: u32 = 256;
-/// Result block computed by one workgroup of the tiled-GEMM kernels (`GEMM_TILE` in gemm.wgsl).
-pub(crate) const GEMM_TILE: u32 = 64;
+/// Result rows × columns computed by one workgroup of the tiled-GEMM kernels (`GEMM_TILE_M`,
+/// `GEMM_TILE_N` in gemm.wgsl): the grid's y dimension counts row blocks, x column blocks.
+pub(crate) const GEMM_TILE_M: u32 = 128;
+pub(crate) const GEMM_TILE_N: u32 = 64;
 
 /// A compiled kernel: its pipeline and the bind group layout its bind groups are made against.
 #[derive(Debug)]
