@@ -36,7 +36,7 @@ const MIN_K_CHUNK: usize = 64;
 /// [`SPLIT_K_TARGET_GROUPS`] workgroups, chunks a multiple of `GEMM_TK` (16) and at least
 /// [`MIN_K_CHUNK`], and the partial products (`splits · rows · l` f32) within `limit` bytes.
 pub(crate) fn split_k(rows: usize, k: usize, l: usize, limit: u64) -> (usize, usize) {
-    let groups = (l.div_ceil(GEMM_TILE_N as usize) * rows.div_ceil(GEMM_TILE_N as usize)) as u64;
+    let groups = (l.div_ceil(GEMM_TILE_N as usize) * rows.div_ceil(GEMM_TILE_M as usize)) as u64;
     let max_splits = (k / MIN_K_CHUNK).max(1);
     let by_memory = (limit / (4 * (rows * l).max(1) as u64)).max(1) as usize;
     let want = SPLIT_K_TARGET_GROUPS.div_ceil(groups.max(1)) as usize;
