@@ -27,7 +27,8 @@
 # the merge kernel alone at 4096², 8192×28672 and 28672×8192 for ranks 16, then 1, 64, 256;
 # the streamed end-to-end merge of a 2.25 GiB bf16 tensor beside the CPU (byte-identical check,
 # peak RSS each adds), in memory and then through the `merge` command from file to file
-# (seconds, peak RSS, byte-identical outputs); the forward at n = 1, 16, 1024; the delta-sketch
+# (seconds, peak RSS, byte-identical outputs); the forward at n = 1, 16, 1024 and its GEMM
+# kernel alone at n = 1024; the delta-sketch
 # kernel; a 4096² DoRA merge (norms on the device) beside the CPU, byte-identical check; the GPU unit tests (bit-identity with the CPU on this driver) with LORAKIT_REQUIRE_GPU=1.
 #
 # Device-machine invocation from a session (the binaries built here first, then carried):
@@ -201,6 +202,8 @@ fi
 for n in 1 16 1024; do
   step "forward $n $FWD_D 16" 45 "$BIN/gpu-bench" forward "$n" "$FWD_D" 16
 done
+# The GEMM alone (8×4 register tiles), without the forward's uploads and readback.
+step "gemm-kernel 1024 $FWD_D 16" 45 "$BIN/gpu-bench" gemm-kernel 1024 "$FWD_D" 16
 step "sketch $SK_D 32" 45 "$BIN/gpu-bench" sketch "$SK_D" 32
 step "dora $SQUARE $SQUARE 16" 60 "$BIN/gpu-bench" dora "$SQUARE" "$SQUARE" 16
 for r in $RANKS_MORE; do

@@ -31,13 +31,13 @@ struct ShrinkParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct DenseParams {
-    n: u32,
-    k: u32,
-    d: u32,
-    r_total: u32,
-    w0_dtype: u32,
-    _pad: [u32; 3],
+pub(crate) struct DenseParams {
+    pub n: u32,
+    pub k: u32,
+    pub d: u32,
+    pub r_total: u32,
+    pub w0_dtype: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` on the GPU; same contract as

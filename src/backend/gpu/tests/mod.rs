@@ -455,7 +455,8 @@ fn bench_helpers_time_kernels() {
     let stamps = bench::has_timestamps(ctx);
     let copy = bench::copy_kernel(ctx, 1 << 20, 2).unwrap();
     let merge = bench::merge_kernel(ctx, 40, 300, 20, 2).unwrap();
-    for t in [copy, merge] {
+    let gemm = bench::gemm_kernel(ctx, 130, 70, 33, 3, 2).unwrap();
+    for t in [copy, merge, gemm] {
         assert!(t.wall_s > 0.0, "{t:?}");
         assert_eq!(t.device_s.is_some(), stamps, "{t:?}");
         assert!(t.device_s.is_none_or(|d| d > 0.0), "{t:?}");
