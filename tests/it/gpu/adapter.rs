@@ -50,6 +50,13 @@ fn device_gpu_without_adapter_is_a_clear_error() {
     assert!(v["device"].as_str().unwrap().starts_with("cpu"));
 }
 
+/// `gpu-info --json` and its list of adapters.
+fn listed_adapters() -> (serde_json::Value, Vec<serde_json::Value>) {
+    let info: serde_json::Value = serde_json::from_str(&run_ok(["gpu-info", "--json"])).unwrap();
+    let adapters = info["adapters"].as_array().unwrap().clone();
+    (info, adapters)
+}
+
 /// `--gpu-index N`: `gpu-info --json` lists every adapter with its index, each index opens the
 /// adapter listed under it, a merge runs on the one chosen, and an index past the list is a
 /// one-line error that writes nothing.
@@ -58,8 +65,7 @@ fn gpu_index_picks_the_listed_adapter() {
     if !gpu_available() {
         return;
     }
-    let info: serde_json::Value = serde_json::from_str(&run_ok(["gpu-info", "--json"])).unwrap();
-    let adapters = info["adapters"].as_array().unwrap().clone();
+    let (info, adapters) = listed_adapters();
     assert!(!adapters.is_empty(), "{info}");
     for a in &adapters {
         let i = a["index"].as_u64().unwrap().to_string();
@@ -117,8 +123,7 @@ fn gpu_index_takes_a_pci_bus_id() {
     if !gpu_available() {
         return;
     }
-    let info: serde_json::Value = serde_json::from_str(&run_ok(["gpu-info", "--json"])).unwrap();
-    let adapters = info["adapters"].as_array().unwrap().clone();
+    let (_, adapters) = listed_adapters();
     let absent = "0000:fe:1f.7";
     for a in &adapters {
         let id = a["pci_bus_id"].as_str().unwrap();
