@@ -21,6 +21,8 @@
 //!   of a ROWS×COLS bf16 tensor, GPU and CPU, best of 2 each, and whether the bytes are equal.
 //! * `forward N D RANK`: the low-rank forward (`Y = X·W0ᵀ + s·(X·Aᵀ)·Bᵀ`) of N rows on a D×D
 //!   bf16 weight, GPU (incl. upload and readback) and CPU.
+//! * `gemm-kernel N D RANK`: the forward's dense kernel alone (the tiled GEMM, `X·W0ᵀ + T·Bᵀ`
+//!   on device-resident buffers, D×D bf16 W0), GFLOP/s from timestamp queries where available.
 //! * `sketch D L`: `(W − W0)·Ω` and `(W − W0)ᵀ·Q` with L columns on D×D bf16 pairs, GPU and
 //!   CPU.
 //!
@@ -166,6 +168,21 @@ fn merge_kernel(rows: usize, cols: usize, rank: usize) -> Res<Value> {
     Ok(
         json!({"rows": rows, "cols": cols, "rank": rank, "timing": t, "gb_per_s": gbs,
               "fraction_of_copy": of_copy,
+              "timed_by": if t.device_s.is_some() { "timestamps" } else { "wall clock" }}),
+    )
+}
+
+fn gemm_kernel(n: usize, d: usize, rank: usize) -> Res<Value> {
+    let c = ctx()?;
+    let t = bench::gemm_kernel(&c, n, d, d, rank, 10)?;
+    let secs = t.device_s.unwrap_or(t.wall_s);
+    let gflops = 2.0 * n as f64 * d as f64 * (d + rank) as f64 / secs / 1e9;
+    eprintln!(
+        "gemm kernel n={n} {d}² r{rank}: {:.3} ms, {gflops:.0} GFLOP/s",
+        secs * 1e3
+    );
+    Ok(
+        json!({"n": n, "d": d, "rank": rank, "timing": t, "gflop_per_s": gflops,
               "timed_by": if t.device_s.is_some() { "timestamps" } else { "wall clock" }}),
     )
 }
@@ -505,6 +522,11 @@ fn step(args: &[String]) -> Res<Value> {
             arg(args, 3, "RANK")?,
         )?,
         "forward" => forward(
+            arg(args, 1, "N")?,
+            arg(args, 2, "D")?,
+            arg(args, 3, "RANK")?,
+        )?,
+        "gemm-kernel" => gemm_kernel(
             arg(args, 1, "N")?,
             arg(args, 2, "D")?,
             arg(args, 3, "RANK")?,

@@ -27,8 +27,10 @@
 # the merge kernel alone at 4096², 8192×28672 and 28672×8192 for ranks 16, then 1, 64, 256;
 # the streamed end-to-end merge of a 2.25 GiB bf16 tensor beside the CPU (byte-identical check,
 # peak RSS each adds), in memory and then through the `merge` command from file to file
-# (seconds, peak RSS, byte-identical outputs); the forward at n = 1, 16, 1024; the delta-sketch
-# kernel; a 4096² DoRA merge (norms on the device) beside the CPU, byte-identical check; the GPU unit tests (bit-identity with the CPU on this driver) with LORAKIT_REQUIRE_GPU=1.
+# (seconds, peak RSS, byte-identical outputs); the forward at n = 1, 16, 1024 and its GEMM
+# kernel alone at n = 1024; the delta-sketch kernel; a 4096² DoRA merge (norms on the device)
+# beside the CPU, byte-identical check; the GPU unit tests (bit-identity with the CPU on this
+# driver) with LORAKIT_REQUIRE_GPU=1.
 #
 # Device-machine invocation from a session (the binaries built here first, then carried):
 #   scripts/gpu-bench.sh --build
@@ -176,11 +178,11 @@ if [ "$DRY" = 1 ]; then
   # Small sizes, and 1 MiB merge chunks so the end-to-end step streams several tiles.
   export LORAKIT_GPU_CHUNK_BYTES=1048576
   COPY_MIB=16; SQUARE=1024; WIDE_R=512; WIDE_C=2048; TALL_R=2048; TALL_C=512
-  E2E_R=1024; E2E_C=4096; FWD_D=1024; SK_D=1024; RANKS_MORE="1 64"
+  E2E_R=1024; E2E_C=4096; FWD_D=1024; SK_D=1024; RANKS_MORE="1 64"; GEMM_N=256
 else
   COPY_MIB=1024; SQUARE=4096; WIDE_R=8192; WIDE_C=28672; TALL_R=28672; TALL_C=8192
   # 36864 × 32768 bf16 = 2.25 GiB: over the 2 GiB a single binding may hold.
-  E2E_R=36864; E2E_C=32768; FWD_D=4096; SK_D=4096; RANKS_MORE="1 64 256"
+  E2E_R=36864; E2E_C=32768; FWD_D=4096; SK_D=4096; RANKS_MORE="1 64 256"; GEMM_N=1024
 fi
 
 step "cli gpu-info" 60 "$BIN/lorakit" gpu-info --json
@@ -201,6 +203,8 @@ fi
 for n in 1 16 1024; do
   step "forward $n $FWD_D 16" 45 "$BIN/gpu-bench" forward "$n" "$FWD_D" 16
 done
+# The GEMM alone (8×4 register tiles), without the forward's uploads and readback.
+step "gemm-kernel $GEMM_N $FWD_D 16" 45 "$BIN/gpu-bench" gemm-kernel "$GEMM_N" "$FWD_D" 16
 step "sketch $SK_D 32" 45 "$BIN/gpu-bench" sketch "$SK_D" 32
 step "dora $SQUARE $SQUARE 16" 60 "$BIN/gpu-bench" dora "$SQUARE" "$SQUARE" 16
 for r in $RANKS_MORE; do

@@ -13,7 +13,8 @@
 //   3 storage read         t    array<f32>  n × r_total
 //   4 storage read         b    array<f32>  d × r_total
 //   5 storage read_write   y    array<f32>  n × d
-// Dispatch: (⌈d / GEMM_TILE⌉, ⌈n / GEMM_TILE⌉) workgroups of gemm.wgsl's 16×16 shape.
+// Dispatch: (⌈d / GEMM_TILE_N⌉, ⌈n / GEMM_TILE_M⌉) workgroups of gemm.wgsl's
+// 16×16 shape (128 × 64 results).
 
 struct DenseParams {
     n: u32,
@@ -77,17 +78,17 @@ fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let row0 = wg.y * GEMM_TILE;
-    let col0 = wg.x * GEMM_TILE;
-    var acc: array<f32, 16>;
+    let row0 = wg.y * GEMM_TILE_M;
+    let col0 = wg.x * GEMM_TILE_N;
+    var acc: array<f32, GEMM_ACC>;
     gemm_accumulate(&acc, 0u, row0, col0, P.k, lid, li);
     gemm_accumulate(&acc, 1u, row0, col0, P.r_total, lid, li);
-    for (var i = 0u; i < MICRO; i++) {
+    for (var i = 0u; i < MICRO_M; i++) {
         let r = gemm_row(row0, lid, i);
-        for (var j = 0u; j < MICRO; j++) {
+        for (var j = 0u; j < MICRO_N; j++) {
             let o = gemm_col(col0, lid, j);
             if (r < P.n && o < P.d) {
-                y[r * P.d + o] = acc[i * MICRO + j];
+                y[r * P.d + o] = acc[i * MICRO_N + j];
             }
         }
     }

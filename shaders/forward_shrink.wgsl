@@ -11,7 +11,8 @@
 //   2 storage read         a          array<f32>  r_total × k (A of each adapter, stacked)
 //   3 storage read         col_scale  array<f32>  r_total
 //   4 storage read_write   t          array<f32>  n × r_total
-// Dispatch: (⌈r_total / GEMM_TILE⌉, ⌈n / GEMM_TILE⌉) workgroups of gemm.wgsl's 16×16 shape.
+// Dispatch: (⌈r_total / GEMM_TILE_N⌉, ⌈n / GEMM_TILE_M⌉) workgroups of gemm.wgsl's
+// 16×16 shape (128 × 64 results).
 
 struct ShrinkParams {
     n: u32,
@@ -49,21 +50,21 @@ fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let row0 = wg.y * GEMM_TILE;
-    let col0 = wg.x * GEMM_TILE;
-    var acc: array<f32, 16>;
+    let row0 = wg.y * GEMM_TILE_M;
+    let col0 = wg.x * GEMM_TILE_N;
+    var acc: array<f32, GEMM_ACC>;
     gemm_accumulate(&acc, 0u, row0, col0, P.k, lid, li);
-    for (var i = 0u; i < MICRO; i++) {
+    for (var i = 0u; i < MICRO_M; i++) {
         let r = gemm_row(row0, lid, i);
         if (r >= P.n) {
             continue;
         }
-        for (var j = 0u; j < MICRO; j++) {
+        for (var j = 0u; j < MICRO_N; j++) {
             let c = gemm_col(col0, lid, j);
             if (c >= P.r_total) {
                 continue;
             }
-            t[r * P.r_total + c] = col_scale[c] * acc[i * MICRO + j];
+            t[r * P.r_total + c] = col_scale[c] * acc[i * MICRO_N + j];
         }
     }
 }

@@ -13,7 +13,8 @@
 //   2 storage read         w0     array<u32>  rows × k in w0_dtype packing
 //   3 storage read         omega  array<f32>  k × l
 //   4 storage read_write   y      array<f32>  splits × rows × l (one partial product per split)
-// Dispatch: (⌈l / GEMM_TILE⌉, ⌈rows / GEMM_TILE⌉, splits) workgroups of gemm.wgsl's 16×16 shape.
+// Dispatch: (⌈l / GEMM_TILE_N⌉, ⌈rows / GEMM_TILE_M⌉, splits) workgroups of gemm.wgsl's
+// 16×16 shape (128 × 64 results).
 
 struct SketchParams {
     rows: u32,
@@ -76,19 +77,19 @@ fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let row0 = wg.y * GEMM_TILE;
-    let col0 = wg.x * GEMM_TILE;
+    let row0 = wg.y * GEMM_TILE_M;
+    let col0 = wg.x * GEMM_TILE_N;
     k_base = wg.z * P.k_chunk;
     let depth = min(P.k_chunk, P.k - k_base);
     let out0 = wg.z * P.rows * P.l;
-    var acc: array<f32, 16>;
+    var acc: array<f32, GEMM_ACC>;
     gemm_accumulate(&acc, 0u, row0, col0, depth, lid, li);
-    for (var i = 0u; i < MICRO; i++) {
+    for (var i = 0u; i < MICRO_M; i++) {
         let r = gemm_row(row0, lid, i);
-        for (var j = 0u; j < MICRO; j++) {
+        for (var j = 0u; j < MICRO_N; j++) {
             let c = gemm_col(col0, lid, j);
             if (r < P.rows && c < P.l) {
-                y[out0 + r * P.l + c] = acc[i * MICRO + j];
+                y[out0 + r * P.l + c] = acc[i * MICRO_N + j];
             }
         }
     }

@@ -19,7 +19,7 @@
 //   4 storage read_write   z      array<f32>  k × l, read and updated
 //   5 storage read_write   parts  array<f32>  splits × k × l partial products (unused, any
 //                                 4 bytes, when splits = 1)
-// Dispatch: `main` (⌈l / GEMM_TILE⌉, ⌈k / GEMM_TILE⌉, splits) workgroups of gemm.wgsl's 16×16
+// Dispatch: `main` (⌈l / GEMM_TILE_N⌉, ⌈k / GEMM_TILE_M⌉, splits) workgroups of gemm.wgsl's 16×16
 // shape; `reduce` one invocation per element of Z, SKETCH_REDUCE_WG per workgroup (linear_id).
 
 struct SketchParams {
@@ -86,22 +86,22 @@ fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let row0 = wg.y * GEMM_TILE;
-    let col0 = wg.x * GEMM_TILE;
+    let row0 = wg.y * GEMM_TILE_M;
+    let col0 = wg.x * GEMM_TILE_N;
     k_base = wg.z * P.k_chunk;
     let depth = min(P.k_chunk, P.rows - k_base);
     let out0 = wg.z * P.k * P.l;
-    var acc: array<f32, 16>;
+    var acc: array<f32, GEMM_ACC>;
     gemm_accumulate(&acc, 0u, row0, col0, depth, lid, li);
-    for (var i = 0u; i < MICRO; i++) {
+    for (var i = 0u; i < MICRO_M; i++) {
         let j = gemm_row(row0, lid, i);
-        for (var jj = 0u; jj < MICRO; jj++) {
+        for (var jj = 0u; jj < MICRO_N; jj++) {
             let c = gemm_col(col0, lid, jj);
             if (j < P.k && c < P.l) {
                 if (P.splits > 1u) {
-                    parts[out0 + j * P.l + c] = acc[i * MICRO + jj];
+                    parts[out0 + j * P.l + c] = acc[i * MICRO_N + jj];
                 } else {
-                    z[j * P.l + c] += acc[i * MICRO + jj];
+                    z[j * P.l + c] += acc[i * MICRO_N + jj];
                 }
             }
         }

@@ -1,13 +1,14 @@
 //! Device-side measurements for `benches/gpu.rs` (and through it `scripts/gpu-bench.sh`): the
-//! copy-kernel bandwidth baseline, host↔device transfer rates, and the merge kernel alone on
-//! device-resident buffers. Not part of any op; hidden from the docs.
+//! copy-kernel bandwidth baseline, host↔device transfer rates, and the merge kernel and the
+//! GEMM (the forward's dense kernel) alone on device-resident buffers. Not part of any op; hidden from the docs.
 //!
 //! Each figure is the best of `reps` runs after one warm-up. `wall_s` is host time from submit
 //! to completion; `device_s` is the kernel's own time from timestamp queries written at the
 //! start and end of its compute pass, when the adapter has `TIMESTAMP_QUERY` (requested at
 //! context creation), else `None`.
 
-use super::kernels::{self, Kernel, COPY_WG, MERGE_TILE_C, MERGE_TILE_R};
+use super::forward::DenseParams;
+use super::kernels::{self, Kernel, COPY_WG, GEMM_TILE_M, GEMM_TILE_N, MERGE_TILE_C, MERGE_TILE_R};
 use super::merge::{stride_of, MergeParams, TERM_WORDS};
 use super::{dtype_code, GpuContext, GpuError};
 use crate::dtype::Dtype;
@@ -289,5 +290,73 @@ pub fn merge_kernel(
             groups,
             reps,
         )
+    })
+}
+
+/// The forward's dense kernel alone (`shaders/forward_dense.wgsl` over `shaders/gemm.wgsl`):
+/// `Y = X·W0ᵀ + T·Bᵀ` for `X` `n × k` f32, `W0` `d × k` bf16 and a rank-`rank` `T`, `B`, on
+/// buffers already on the device. It does `2·n·d·(k + rank)` flop.
+pub fn gemm_kernel(
+    ctx: &GpuContext,
+    n: usize,
+    d: usize,
+    k: usize,
+    rank: usize,
+    reps: usize,
+) -> Result<Timing, GpuError> {
+    // Buffer sizes, padded to whole words (none empty, W0 of odd length).
+    let pad = |bytes: usize| super::pad4(bytes as u64);
+    let (x_b, w_b, t_b, b_b, y_b) = (
+        pad(n * k * 4),
+        pad(d * k * 2),
+        pad(n * rank * 4),
+        pad(d * rank * 4),
+        pad(n * d * 4),
+    );
+    for (what, bytes) in [("X", x_b), ("W0", w_b), ("T", t_b), ("B", b_b), ("Y", y_b)] {
+        ctx.check_binding(&format!("gemm benchmark {what}"), bytes)?;
+    }
+    let groups = (
+        (d as u32).div_ceil(GEMM_TILE_N),
+        (n as u32).div_ceil(GEMM_TILE_M),
+    );
+    if groups.0.max(groups.1) > ctx.max_groups() {
+        return Err(GpuError::Shape(format!("{n} × {d}: too many workgroups")));
+    }
+    ctx.scoped(|| {
+        let kernel = ctx.kernel(&kernels::FORWARD_DENSE, &[])?;
+        let filled = |label: &str, bytes: u64, v: f32| {
+            let buf = storage(ctx, label, bytes, wgpu::BufferUsages::empty());
+            ctx.queue
+                .write_buffer(&buf, 0, &v.to_le_bytes().repeat(bytes as usize / 4));
+            buf
+        };
+        // bf16 1.0 in every element of W0; X, T, B small ordinary values.
+        let w0 = filled("bench w0", w_b, f32::from_bits(0x3f80_3f80));
+        let (x, tt, b) = (
+            filled("bench x", x_b, 0.01),
+            filled("bench t", t_b, 0.02),
+            filled("bench b", b_b, 0.03),
+        );
+        let y = storage(ctx, "bench y", y_b, wgpu::BufferUsages::empty());
+        let params = DenseParams {
+            n: n as u32,
+            k: k as u32,
+            d: d as u32,
+            r_total: rank as u32,
+            w0_dtype: dtype_code(Dtype::BF16)?,
+            _pad: [0; 3],
+        };
+        let p = ctx.uniform("bench params", &params);
+        let size = std::mem::size_of::<DenseParams>() as u64;
+        let buffers = [
+            (&p, size),
+            (&x, x_b),
+            (&w0, w_b),
+            (&tt, t_b),
+            (&b, b_b),
+            (&y, y_b),
+        ];
+        time_dispatch(ctx, &kernel, &buffers, groups, reps)
     })
 }

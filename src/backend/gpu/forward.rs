@@ -16,7 +16,7 @@
 //! same weight (an eval over batches) uploads it once with [`ResidentWeight::new`] and calls
 //! [`lora_forward_resident`], which runs the same kernels on the same tiles (same bits).
 
-use super::kernels::{self, GEMM_TILE};
+use super::kernels::{self, GEMM_TILE_M, GEMM_TILE_N};
 use super::{dtype_code, elem_bytes, f32s, fit_rows, GpuContext, GpuError};
 use crate::backend::cpu_forward::{validate_forward, ForwardAdapter, StoredMatrix};
 
@@ -31,13 +31,13 @@ struct ShrinkParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct DenseParams {
-    n: u32,
-    k: u32,
-    d: u32,
-    r_total: u32,
-    w0_dtype: u32,
-    _pad: [u32; 3],
+pub(crate) struct DenseParams {
+    pub n: u32,
+    pub k: u32,
+    pub d: u32,
+    pub r_total: u32,
+    pub w0_dtype: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` on the GPU; same contract as
@@ -179,7 +179,7 @@ fn forward(
     let limit = ctx.max_binding();
     let groups = ctx.max_groups();
     ctx.check_binding("stacked LoRA A (rank × k f32)", r4 * k as u64)?;
-    if r_total as u64 > groups as u64 * GEMM_TILE as u64 {
+    if r_total as u64 > groups as u64 * GEMM_TILE_N as u64 {
         return Err(GpuError::TooLarge {
             what: format!("shrink grid for total rank {r_total}"),
             bytes: r4,
@@ -268,8 +268,8 @@ fn forward(
             let mut enc = ctx.encoder();
             if r_total > 0 {
                 let g = (
-                    (r_total as u32).div_ceil(GEMM_TILE),
-                    (nn as u32).div_ceil(GEMM_TILE),
+                    (r_total as u32).div_ceil(GEMM_TILE_N),
+                    (nn as u32).div_ceil(GEMM_TILE_M),
                 );
                 ctx.dispatch(&mut enc, &shrink, &[&sp, &x_buf, &a_buf, &s_buf, &t_buf], g);
             }
@@ -288,8 +288,8 @@ fn forward(
                 );
                 let y_buf = ctx.output("forward y", (nn * nd * 4) as u64);
                 let g = (
-                    (*nd as u32).div_ceil(GEMM_TILE),
-                    (nn as u32).div_ceil(GEMM_TILE),
+                    (*nd as u32).div_ceil(GEMM_TILE_N),
+                    (nn as u32).div_ceil(GEMM_TILE_M),
                 );
                 ctx.dispatch(
                     &mut enc,

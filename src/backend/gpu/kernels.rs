@@ -34,61 +34,59 @@ pub(crate) struct KernelSpec {
 
 use Slot::{Read, ReadWrite, Uniform};
 
+/// A kernel whose own file is `shaders/<name>.wgsl`, after the shared `parts`, entry `main`.
+macro_rules! kernel {
+    ($name:literal, [$($part:expr),*], [$($slot:expr),*]) => {
+        KernelSpec {
+            name: $name,
+            sources: &[$($part,)* include_str!(concat!("../../../shaders/", $name, ".wgsl"))],
+            entry: "main",
+            bindings: &[$($slot),*],
+        }
+    };
+}
+
 /// W = W0 + Σ scale·B·A (+ DoRA), see `shaders/merge.wgsl`.
-pub(crate) const MERGE: KernelSpec = KernelSpec {
-    name: "merge",
-    sources: &[COMMON, include_str!("../../../shaders/merge.wgsl")],
-    entry: "main",
-    bindings: &[Uniform, Read, ReadWrite, Read, Read, Read, Read, ReadWrite],
-};
+pub(crate) const MERGE: KernelSpec = kernel!(
+    "merge",
+    [COMMON],
+    [Uniform, Read, ReadWrite, Read, Read, Read, Read, ReadWrite]
+);
 
 /// The f64 sums of squares of DoRA's norms ‖W0 + δ‖, see `shaders/dora_norm.wgsl`.
-pub(crate) const DORA_NORM: KernelSpec = KernelSpec {
-    name: "dora_norm",
-    sources: &[COMMON, F64, include_str!("../../../shaders/dora_norm.wgsl")],
-    entry: "main",
-    bindings: &[Uniform, Read, Read, Read, Read, ReadWrite],
-};
+pub(crate) const DORA_NORM: KernelSpec = kernel!(
+    "dora_norm",
+    [COMMON, F64],
+    [Uniform, Read, Read, Read, Read, ReadWrite]
+);
 
 /// T = scale ⊙ X·Aᵀ, see `shaders/forward_shrink.wgsl`.
-pub(crate) const FORWARD_SHRINK: KernelSpec = KernelSpec {
-    name: "forward_shrink",
-    sources: &[
-        COMMON,
-        GEMM,
-        include_str!("../../../shaders/forward_shrink.wgsl"),
-    ],
-    entry: "main",
-    bindings: &[Uniform, Read, Read, Read, ReadWrite],
-};
+pub(crate) const FORWARD_SHRINK: KernelSpec = kernel!(
+    "forward_shrink",
+    [COMMON, GEMM],
+    [Uniform, Read, Read, Read, ReadWrite]
+);
 
 /// Y = X·W0ᵀ + T·Bᵀ, see `shaders/forward_dense.wgsl`.
-pub(crate) const FORWARD_DENSE: KernelSpec = KernelSpec {
-    name: "forward_dense",
-    sources: &[
-        COMMON,
-        GEMM,
-        include_str!("../../../shaders/forward_dense.wgsl"),
-    ],
-    entry: "main",
-    bindings: &[Uniform, Read, Read, Read, Read, ReadWrite],
-};
+pub(crate) const FORWARD_DENSE: KernelSpec = kernel!(
+    "forward_dense",
+    [COMMON, GEMM],
+    [Uniform, Read, Read, Read, Read, ReadWrite]
+);
 
 /// Y = (W − W0)·Ω, see `shaders/sketch.wgsl`.
-pub(crate) const SKETCH: KernelSpec = KernelSpec {
-    name: "sketch",
-    sources: &[COMMON, GEMM, include_str!("../../../shaders/sketch.wgsl")],
-    entry: "main",
-    bindings: &[Uniform, Read, Read, Read, ReadWrite],
-};
+pub(crate) const SKETCH: KernelSpec = kernel!(
+    "sketch",
+    [COMMON, GEMM],
+    [Uniform, Read, Read, Read, ReadWrite]
+);
 
 /// Z += (W − W0)ᵀ·Q (or its split-K partial products), see `shaders/sketch_t.wgsl`.
-pub(crate) const SKETCH_T: KernelSpec = KernelSpec {
-    name: "sketch_t",
-    sources: &[COMMON, GEMM, include_str!("../../../shaders/sketch_t.wgsl")],
-    entry: "main",
-    bindings: &[Uniform, Read, Read, Read, ReadWrite, ReadWrite],
-};
+pub(crate) const SKETCH_T: KernelSpec = kernel!(
+    "sketch_t",
+    [COMMON, GEMM],
+    [Uniform, Read, Read, Read, ReadWrite, ReadWrite]
+);
 
 /// Z += the split-K partial products of [`SKETCH_T`], in split order (same file and bindings).
 pub(crate) const SKETCH_T_REDUCE: KernelSpec = KernelSpec {
@@ -98,29 +96,15 @@ pub(crate) const SKETCH_T_REDUCE: KernelSpec = KernelSpec {
 };
 
 /// The dtype codecs on raw bits (tests only), see `shaders/convert.wgsl`.
-pub(crate) const CONVERT: KernelSpec = KernelSpec {
-    name: "convert",
-    sources: &[COMMON, include_str!("../../../shaders/convert.wgsl")],
-    entry: "main",
-    bindings: &[Uniform, Read, ReadWrite],
-};
+pub(crate) const CONVERT: KernelSpec = kernel!("convert", [COMMON], [Uniform, Read, ReadWrite]);
 
 /// The software f64 square and addition on raw bits (tests only), see `shaders/f64_check.wgsl`.
 #[cfg(test)]
-pub(crate) const F64_CHECK: KernelSpec = KernelSpec {
-    name: "f64_check",
-    sources: &[COMMON, F64, include_str!("../../../shaders/f64_check.wgsl")],
-    entry: "main",
-    bindings: &[Uniform, Read, ReadWrite],
-};
+pub(crate) const F64_CHECK: KernelSpec =
+    kernel!("f64_check", [COMMON, F64], [Uniform, Read, ReadWrite]);
 
 /// dst = src in vec4s: the bandwidth baseline of the benchmarks, see `shaders/copy.wgsl`.
-pub(crate) const COPY: KernelSpec = KernelSpec {
-    name: "copy",
-    sources: &[COMMON, include_str!("../../../shaders/copy.wgsl")],
-    entry: "main",
-    bindings: &[Uniform, Read, ReadWrite],
-};
+pub(crate) const COPY: KernelSpec = kernel!("copy", [COMMON], [Uniform, Read, ReadWrite]);
 
 /// Every registered kernel.
 pub(crate) const ALL: &[&KernelSpec] = &[
@@ -154,8 +138,10 @@ pub(crate) const F64_CHECK_WG: u32 = 256;
 pub(crate) const SKETCH_REDUCE_WG: u32 = 256;
 /// Workgroup width of the copy kernel (`COPY_WG` in copy.wgsl).
 pub(crate) const COPY_WG: u32 = 256;
-/// Result block computed by one workgroup of the tiled-GEMM kernels (`GEMM_TILE` in gemm.wgsl).
-pub(crate) const GEMM_TILE: u32 = 64;
+/// Result rows × columns computed by one workgroup of the tiled-GEMM kernels (`GEMM_TILE_M`,
+/// `GEMM_TILE_N` in gemm.wgsl): the grid's y dimension counts row blocks, x column blocks.
+pub(crate) const GEMM_TILE_M: u32 = 128;
+pub(crate) const GEMM_TILE_N: u32 = 64;
 
 /// A compiled kernel: its pipeline and the bind group layout its bind groups are made against.
 #[derive(Debug)]

@@ -628,12 +628,13 @@ impl GpuContext {
 }
 
 /// Largest `rows` (≤ `cap`) with `rows · bytes_per_row ≤ limit`, and at most what one GEMM grid
-/// dimension covers (`max_groups` workgroups of `GEMM_TILE` rows).
+/// dimension covers (`max_groups` workgroups of the smaller side, `GEMM_TILE_N`, so that the rows
+/// fit either grid dimension).
 pub(crate) fn fit_rows(cap: usize, bytes_per_row: u64, limit: u64, max_groups: u32) -> usize {
     let by_limit = limit.checked_div(bytes_per_row).unwrap_or(u64::MAX);
     by_limit
         .min(cap as u64)
-        .min(max_groups as u64 * kernels::GEMM_TILE as u64) as usize
+        .min(max_groups as u64 * kernels::GEMM_TILE_N as u64) as usize
 }
 
 /// Records one dispatch of `kernel` over `groups` with `bind_group` in a compute pass of its

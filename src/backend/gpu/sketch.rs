@@ -4,7 +4,7 @@
 //! and `W0` resident on the device between products (a randomized SVD makes `2q + 2` of them) and
 //! is a [`LinearOperator`].
 
-use super::kernels::{self, GEMM_TILE};
+use super::kernels::{self, GEMM_TILE_M, GEMM_TILE_N};
 use super::{dtype_code, elem_bytes, f32s, fit_rows, GpuContext, GpuError};
 use crate::backend::cpu_forward::{self, DeltaPair, ShapeError};
 use crate::linalg::LinearOperator;
@@ -36,7 +36,7 @@ const MIN_K_CHUNK: usize = 64;
 /// [`SPLIT_K_TARGET_GROUPS`] workgroups, chunks a multiple of `GEMM_TK` (16) and at least
 /// [`MIN_K_CHUNK`], and the partial products (`splits · rows · l` f32) within `limit` bytes.
 pub(crate) fn split_k(rows: usize, k: usize, l: usize, limit: u64) -> (usize, usize) {
-    let groups = (l.div_ceil(GEMM_TILE as usize) * rows.div_ceil(GEMM_TILE as usize)) as u64;
+    let groups = (l.div_ceil(GEMM_TILE_N as usize) * rows.div_ceil(GEMM_TILE_M as usize)) as u64;
     let max_splits = (k / MIN_K_CHUNK).max(1);
     let by_memory = (limit / (4 * (rows * l).max(1) as u64)).max(1) as usize;
     let want = SPLIT_K_TARGET_GROUPS.div_ceil(groups.max(1)) as usize;
@@ -113,7 +113,7 @@ impl<'a> GpuDeltaOp<'a> {
         let limit = self.ctx.max_binding();
         let kl4 = 4 * (k as u64) * (l as u64);
         self.ctx.check_binding("sketch Ω / Z (cols × l f32)", kl4)?;
-        let groups = self.ctx.max_groups() as u64 * GEMM_TILE as u64;
+        let groups = self.ctx.max_groups() as u64 * GEMM_TILE_N as u64;
         if (k as u64) > groups || (l as u64) > groups {
             return Err(GpuError::TooLarge {
                 what: format!("sketch grid for {k} × {l}"),
@@ -214,8 +214,8 @@ impl<'a> GpuDeltaOp<'a> {
                     let bytes = (splits * nr * l * 4) as u64;
                     let yb = ctx.output("sketch y", bytes);
                     let g = (
-                        (l as u32).div_ceil(GEMM_TILE),
-                        (*nr as u32).div_ceil(GEMM_TILE),
+                        (l as u32).div_ceil(GEMM_TILE_N),
+                        (*nr as u32).div_ceil(GEMM_TILE_M),
                         splits as u32,
                     );
                     ctx.dispatch3(&mut enc, &kernel, &[&p, w, w0, &om, &yb], g);
@@ -284,8 +284,8 @@ impl<'a> GpuDeltaOp<'a> {
                     let qb =
                         ctx.upload("sketch q", bytemuck::cast_slice(&q[r0 * l..(r0 + nr) * l]));
                     let g = (
-                        (l as u32).div_ceil(GEMM_TILE),
-                        (k as u32).div_ceil(GEMM_TILE),
+                        (l as u32).div_ceil(GEMM_TILE_N),
+                        (k as u32).div_ceil(GEMM_TILE_M),
                         plan.0 as u32,
                     );
                     let bound = [&p, w, w0, &qb, &zb, &parts];

@@ -9,37 +9,15 @@ use kernels::F64_CHECK_WG;
 
 /// Runs `shaders/f64_check.wgsl` in `mode` over `input` words; two result words per case.
 fn f64_check(ctx: &GpuContext, mode: u32, input: &[u32], cases: usize) -> Vec<u64> {
-    #[repr(C)]
-    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-    struct P {
-        n: u32,
-        mode: u32,
-        pad: [u32; 2],
-    }
-    let kernel = ctx.kernel(&kernels::F64_CHECK, &[]).unwrap();
-    let words: Vec<u32> = ctx
-        .scoped(|| {
-            let p = ctx.uniform(
-                "f64 check params",
-                &P {
-                    n: cases as u32,
-                    mode,
-                    pad: [0; 2],
-                },
-            );
-            let inp = ctx.upload("f64 check in", bytemuck::cast_slice(input));
-            let out = ctx.output("f64 check out", cases as u64 * 8);
-            let mut enc = ctx.encoder();
-            ctx.dispatch(
-                &mut enc,
-                &kernel,
-                &[&p, &inp, &out],
-                ctx.grid_1d(cases as u64, F64_CHECK_WG),
-            );
-            let bytes = ctx.submit_and_read(enc, &[(&out, cases as u64 * 8)])?;
-            Ok(bytemuck::pod_collect_to_vec(&bytes[0]))
-        })
-        .unwrap();
+    let words = run_words(
+        ctx,
+        &kernels::F64_CHECK,
+        F64_CHECK_WG,
+        mode,
+        input,
+        cases,
+        2 * cases,
+    );
     words
         .chunks_exact(2)
         .map(|w| w[0] as u64 | (w[1] as u64) << 32)

@@ -108,6 +108,28 @@ fn forward_matches_cpu() {
     check_forward(ctx, (1, 20, 9), Dtype::F16, &[8], &mut seed);
 }
 
+/// The GEMM's edges: every dimension at 1, odd, and one past a tile (`n` = 129 past the
+/// 128-row workgroup tile, `d` = 65 past the 64-column one, `k` = 17 and 33 one past a step of 16
+/// along the inner dimension), at ranks 1, 16, 64 and stacked.
+#[test]
+fn forward_edge_shapes_match_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut seed = Rng::seed_from_u64(43);
+    let shapes = [
+        (1, 1, 1),
+        (3, 17, 65),
+        (17, 65, 3),
+        (65, 3, 17),
+        (129, 33, 65),
+    ];
+    for (i, &shape) in shapes.iter().enumerate() {
+        let dt = DTYPES[i % DTYPES.len()];
+        for ranks in [&[1][..], &[16], &[64], &[1, 16, 64]] {
+            check_forward(ctx, shape, dt, ranks, &mut seed);
+        }
+    }
+}
+
 #[test]
 fn forward_tiled_matches_cpu() {
     let Some(ctx) = gpu_tiled() else { return };

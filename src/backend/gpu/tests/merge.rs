@@ -411,37 +411,9 @@ fn merge_tile_plan_respects_limits() {
 #[test]
 fn codecs_match_half_crate() {
     let Some(ctx) = gpu() else { return };
-    let kernel = ctx.kernel(&kernels::CONVERT, &[]).unwrap();
     let run = |mode: u32, input: &[u32]| -> Vec<u32> {
-        #[repr(C)]
-        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-        struct P {
-            n: u32,
-            mode: u32,
-            pad: [u32; 2],
-        }
-        ctx.scoped(|| {
-            let p = ctx.uniform(
-                "convert params",
-                &P {
-                    n: input.len() as u32,
-                    mode,
-                    pad: [0; 2],
-                },
-            );
-            let inp = ctx.upload("convert in", bytemuck::cast_slice(input));
-            let out = ctx.output("convert out", input.len() as u64 * 4);
-            let mut enc = ctx.encoder();
-            ctx.dispatch(
-                &mut enc,
-                &kernel,
-                &[&p, &inp, &out],
-                ctx.grid_1d(input.len() as u64, CONVERT_WG),
-            );
-            let bytes = ctx.submit_and_read(enc, &[(&out, input.len() as u64 * 4)])?;
-            Ok(bytemuck::pod_collect_to_vec(&bytes[0]))
-        })
-        .unwrap()
+        let n = input.len();
+        run_words(ctx, &kernels::CONVERT, CONVERT_WG, mode, input, n, n)
     };
     // A stride through all 2³² f32 patterns plus the edges (zeros, infinities, NaNs incl.
     // signalling ones, subnormals, f16 rounding boundaries).

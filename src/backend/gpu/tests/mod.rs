@@ -35,6 +35,44 @@ mod sketch;
 const TILED_LIMIT: u64 = 8 << 10;
 const DTYPES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
 
+/// Runs a test-only 1-D kernel over raw words (`shaders/convert.wgsl`, `shaders/f64_check.wgsl`:
+/// params `{n, mode}`, bindings `[params, input, output]`, `wg` invocations per workgroup) for
+/// `n` cases, reading back `out_words` words.
+fn run_words(
+    ctx: &GpuContext,
+    spec: &kernels::KernelSpec,
+    wg: u32,
+    mode: u32,
+    input: &[u32],
+    n: usize,
+    out_words: usize,
+) -> Vec<u32> {
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct P {
+        n: u32,
+        mode: u32,
+        pad: [u32; 2],
+    }
+    let kernel = ctx.kernel(spec, &[]).unwrap();
+    ctx.scoped(|| {
+        let params = P {
+            n: n as u32,
+            mode,
+            pad: [0; 2],
+        };
+        let p = ctx.uniform(spec.name, &params);
+        let inp = ctx.upload(spec.name, bytemuck::cast_slice(input));
+        let out = ctx.output(spec.name, out_words as u64 * 4);
+        let mut enc = ctx.encoder();
+        let grid = ctx.grid_1d(n as u64, wg);
+        ctx.dispatch(&mut enc, &kernel, &[&p, &inp, &out], grid);
+        let bytes = ctx.submit_and_read(enc, &[(&out, out_words as u64 * 4)])?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes[0]))
+    })
+    .unwrap()
+}
+
 /// Without an adapter: fails under `LORAKIT_REQUIRE_GPU=1`, otherwise says so loudly.
 fn skip_or_fail(reason: &str) {
     if std::env::var("LORAKIT_REQUIRE_GPU").as_deref() == Ok("1") {
@@ -417,7 +455,8 @@ fn bench_helpers_time_kernels() {
     let stamps = bench::has_timestamps(ctx);
     let copy = bench::copy_kernel(ctx, 1 << 20, 2).unwrap();
     let merge = bench::merge_kernel(ctx, 40, 300, 20, 2).unwrap();
-    for t in [copy, merge] {
+    let gemm = bench::gemm_kernel(ctx, 130, 70, 33, 3, 2).unwrap();
+    for t in [copy, merge, gemm] {
         assert!(t.wall_s > 0.0, "{t:?}");
         assert_eq!(t.device_s.is_some(), stamps, "{t:?}");
         assert!(t.device_s.is_none_or(|d| d > 0.0), "{t:?}");

@@ -120,6 +120,20 @@ fn sketch_matches_cpu() {
     }
 }
 
+/// The GEMM's edges in both sketches: 1, odd sizes, and one past a tile (129 output rows of
+/// `(W − W0)ᵀ·Q` past the 128-row workgroup tile, l = 65 past the 64-column one), l = 1, 16, 64.
+#[test]
+fn sketch_edge_shapes_match_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut seed = Rng::seed_from_u64(67);
+    for (rows, cols) in [(1, 1), (17, 65), (129, 3), (65, 129)] {
+        let p = Pair::new(rows, cols, Dtype::BF16, Dtype::F32, &mut seed);
+        for l in [1, 16, 64, 65] {
+            check_sketch(ctx, &p, l, &mut seed);
+        }
+    }
+}
+
 #[test]
 fn sketch_tiled_matches_cpu() {
     let Some(ctx) = gpu_tiled() else { return };
