@@ -119,7 +119,11 @@ impl TrainPlan {
         let a = &options;
         let ck = Checkpoint::open(&a.model)?;
         let config = ModelConfig::for_checkpoint(&ck)?;
-        crate::io::writer::check_writes(&inputs(a, &ck), &writes(&a.out), &[a.out.clone()])?;
+        crate::io::writer::check_writes(
+            &inputs(a, &ck),
+            &writes(&a.out),
+            std::slice::from_ref(&a.out),
+        )?;
         let is_ids = |p: &Path| {
             p.extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
