@@ -403,4 +403,150 @@ mod tests {
             parse_part("0/3").is_err() && parse_part("4/3").is_err() && parse_part("3").is_err()
         );
     }
+
+    /// Manifests written by the code before this module was generic (`fixtures/parts/README.md`)
+    /// read into today's types and write back byte for byte: same fields, order and layout.
+    #[test]
+    fn manifests_of_the_previous_code_read_back_byte_for_byte() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/parts");
+        let merge = std::fs::read(dir.join("merge_manifest_1_of_2.json")).unwrap();
+        let m: Manifest = serde_json::from_slice(&merge).unwrap();
+        assert_eq!((m.version, m.part, m.parts), (MANIFEST_VERSION, 1, 2));
+        assert_eq!(m.to_bytes(), merge);
+        let gguf = std::fs::read(dir.join("gguf_manifest_2_of_2.json")).unwrap();
+        let g: crate::merge::gguf_parts::GgufManifest = serde_json::from_slice(&gguf).unwrap();
+        assert_eq!((g.part, g.parts), (2, 2));
+        assert_eq!(g.version, crate::merge::gguf_parts::GGUF_MANIFEST_VERSION);
+        assert_eq!(g.to_bytes(), gguf);
+    }
+
+    /// A split output reduced to what [`SplitOutput`] asks: planned files with sizes, an
+    /// `index` written by `finish` holding the bytes checked.
+    struct Toy(PathBuf);
+
+    impl SplitOutput for Toy {
+        type Plan = Vec<(String, u64)>;
+        type Written = String;
+        type Report = u64;
+        const VERSION: u32 = 7;
+        fn out(&self) -> &Path {
+            &self.0
+        }
+        fn dir(&self) -> PathBuf {
+            self.0.clone()
+        }
+        fn manifest_prefix(&self) -> String {
+            ".toy-part-".into()
+        }
+        fn none_found(&self) -> InputError {
+            InputError::invalid(&self.0, "no toy parts")
+        }
+        fn planned_files(plan: &Self::Plan) -> Vec<&str> {
+            plan.iter().map(|(n, _)| n.as_str()).collect()
+        }
+        fn written_name(w: &String) -> &str {
+            w
+        }
+        fn planned_bytes(
+            plan: &Self::Plan,
+            j: usize,
+            _: &PartManifest<Self::Plan, String>,
+        ) -> Option<u64> {
+            plan.get(j).map(|f| f.1)
+        }
+        fn check_names(_: &Path, _: &Self::Plan) -> InputResult<()> {
+            Ok(())
+        }
+        fn finish(
+            &self,
+            _: &Path,
+            _: &PartManifest<Self::Plan, String>,
+            output: &mut Output,
+            bytes: u64,
+        ) -> Result<u64> {
+            output.small_file(&self.0.join("index"), bytes.to_string().as_bytes())?;
+            Ok(bytes)
+        }
+    }
+
+    /// Writes part `i` of `n` of `plan` (files of `len` bytes) as a run would.
+    fn write_part(k: &Toy, plan: &[(String, u64)], (i, n): (usize, usize)) {
+        let mut out = Output::new();
+        let mut written = Vec::new();
+        for (j, (name, len)) in plan.iter().enumerate() {
+            if owns(Some((i, n)), j) {
+                out.small_file(&k.0.join(name), &vec![b'x'; *len as usize])
+                    .unwrap();
+                written.push(name.clone());
+            }
+        }
+        write_manifest(k, &mut out, (i, n), plan.to_vec(), written).unwrap();
+        out.commit().unwrap();
+    }
+
+    fn listing(d: &Path) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `finalize_parts` joins the N parts of one run and refuses, changing nothing, a missing
+    /// part, a part of another plan, a file of the wrong size, an unsafe name and another
+    /// manifest version.
+    #[test]
+    fn finalize_joins_one_run_and_refuses_anything_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let k = Toy(tmp.path().to_path_buf());
+        let plan: Vec<(String, u64)> = [("a", 3), ("b", 5), ("c", 7)]
+            .iter()
+            .map(|(n, l)| (n.to_string(), *l))
+            .collect();
+        let refused = |want: &str| {
+            let before = listing(&k.0);
+            let e = format!("{:#}", finalize_parts(&k).unwrap_err());
+            assert!(e.contains(want), "{e}");
+            assert_eq!(listing(&k.0), before, "{want}: changed the folder");
+        };
+        refused("no toy parts");
+        write_part(&k, &plan, (1, 2));
+        assert_eq!(
+            planned_writes(&k, &[], Some((1, 2))),
+            [manifest_path(&k, 1, 2)]
+        );
+        assert!(manifest_path(&k, 1, 2).ends_with(".toy-part-1-of-2.json"));
+        refused("parts not finished: 2/2");
+        let mut other = plan.clone();
+        other[1].1 = 4;
+        write_part(&k, &other, (2, 2));
+        refused("belongs to another run than");
+        write_part(&k, &plan, (2, 2));
+        std::fs::write(k.0.join("b"), b"xx").unwrap();
+        refused("is 2 bytes, the plan says 5 (part 2/2)");
+        std::fs::write(k.0.join("b"), b"xxxxx").unwrap();
+        let m2 = manifest_path(&k, 2, 2);
+        let good = std::fs::read_to_string(&m2).unwrap();
+        std::fs::write(&m2, good.replace("\"b\"", "\"../b\"")).unwrap();
+        refused("is not a plain file name");
+        std::fs::write(&m2, good.replace("\"version\": 7", "\"version\": 6")).unwrap();
+        refused("part manifest version 6 (this lorakit writes 7)");
+        std::fs::write(&m2, &good).unwrap();
+        assert_eq!(finalize_parts(&k).unwrap(), 15);
+        assert_eq!(std::fs::read_to_string(k.0.join("index")).unwrap(), "15");
+        assert_eq!(
+            listing(&k.0),
+            [("a", 3), ("b", 5), ("c", 7), ("index", 2)]
+                .iter()
+                .map(|(n, l)| (n.to_string(), *l))
+                .collect::<Vec<_>>()
+        );
+    }
 }
