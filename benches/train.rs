@@ -17,7 +17,7 @@ use lorakit::dtype::Dtype;
 use lorakit::io::{Checkpoint, Output, TensorSpec};
 use lorakit::linalg::rng::Xoshiro256PlusPlus;
 use lorakit::model::{Exec, Model, ModelConfig, Weights, NO_TARGET};
-use lorakit::train::{Dataset, Init, Schedule, TrainOptions, Trainer};
+use lorakit::train::{Dataset, Hyperparams, Init, Schedule, Trainer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -52,7 +52,7 @@ fn main() {
 
     // Training.
     let model: Model<f32> = Model::load(Weights::Checkpoint(&ck), config).unwrap();
-    let options = TrainOptions {
+    let options = Hyperparams {
         steps: WARMUP + STEPS,
         lr: 1e-4,
         schedule: Schedule::Constant,

@@ -182,11 +182,14 @@ pub fn one_line(s: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Opt {
+    AdamEps,
     AllowUnmatched,
     Alpha,
     AsTrainedOn,
     Base,
     Batch,
+    Beta1,
+    Beta2,
     Device,
     Density,
     DoraRank,
@@ -196,6 +199,8 @@ pub enum Opt {
     /// The llama.cpp pre-tokenizer named for a GGUF output (`tokenizer_pre` of the GGUF merge).
     GgufTokenizerPre,
     Generate,
+    GradClip,
+    InitAdapter,
     InputIds,
     Logits,
     Lr,
@@ -221,21 +226,27 @@ pub enum Opt {
     Tensors,
     /// What a merge does to an embedding tied to lm_head (`tied_embeddings` of the merge).
     TiedEmbeddings,
+    /// The target of a conversion (`convert`'s `to`).
+    To,
     Tokenizer,
     Tolerance,
     Tuned,
     Weight,
+    WeightDecay,
 }
 
 impl Opt {
     /// The library's name of the option: the `Options` field (or `Plan::new` argument).
     pub fn name(self) -> &'static str {
         match self {
+            Opt::AdamEps => "adam_eps",
             Opt::AllowUnmatched => "allow_unmatched",
             Opt::Alpha => "alpha",
             Opt::AsTrainedOn => "as_trained_on",
             Opt::Base => "base",
             Opt::Batch => "batch",
+            Opt::Beta1 => "beta1",
+            Opt::Beta2 => "beta2",
             Opt::Device => "device",
             Opt::Density => "density",
             Opt::DoraRank => "dora_rank",
@@ -244,6 +255,8 @@ impl Opt {
             Opt::Format => "format",
             Opt::GgufTokenizerPre => "gguf_tokenizer_pre",
             Opt::Generate => "generate",
+            Opt::GradClip => "grad_clip",
+            Opt::InitAdapter => "init_adapter",
             Opt::InputIds => "input_ids",
             Opt::Logits => "logits",
             Opt::Lr => "lr",
@@ -268,10 +281,12 @@ impl Opt {
             Opt::Targets => "targets",
             Opt::Tensors => "tensors",
             Opt::TiedEmbeddings => "tied_embeddings",
+            Opt::To => "to",
             Opt::Tokenizer => "tokenizer",
             Opt::Tolerance => "tolerance",
             Opt::Tuned => "tuned",
             Opt::Weight => "weight",
+            Opt::WeightDecay => "weight_decay",
         }
     }
 }

@@ -9,11 +9,14 @@ use crate::error::Opt;
 /// The long flag of `o` (`Opt::SaveChanged` → `--save-changed`).
 pub fn long(o: Opt) -> &'static str {
     match o {
+        Opt::AdamEps => "--adam-eps",
         Opt::AllowUnmatched => "--allow-unmatched",
         Opt::Alpha => "--alpha",
         Opt::AsTrainedOn => "--as-trained-on",
         Opt::Base => "--base",
         Opt::Batch => "--batch",
+        Opt::Beta1 => "--beta1",
+        Opt::Beta2 => "--beta2",
         Opt::Device => "--device",
         Opt::Density => "--density",
         Opt::DoraRank => "--dora-rank",
@@ -22,6 +25,8 @@ pub fn long(o: Opt) -> &'static str {
         Opt::Format => "--format",
         Opt::GgufTokenizerPre => "--gguf-tokenizer-pre",
         Opt::Generate => "--generate",
+        Opt::GradClip => "--grad-clip",
+        Opt::InitAdapter => "--init-adapter",
         Opt::InputIds => "--input-ids",
         Opt::Logits => "--logits",
         Opt::Lr => "--lr",
@@ -46,10 +51,12 @@ pub fn long(o: Opt) -> &'static str {
         Opt::Targets => "--targets",
         Opt::Tensors => "--tensors",
         Opt::TiedEmbeddings => "--tied-embeddings",
+        Opt::To => "--to",
         Opt::Tokenizer => "--tokenizer",
         Opt::Tolerance => "--tolerance",
         Opt::Tuned => "--tuned",
         Opt::Weight => "--weight",
+        Opt::WeightDecay => "--weight-decay",
     }
 }
 
@@ -121,6 +128,13 @@ mod tests {
             Opt::Tolerance,
             Opt::Tuned,
             Opt::Weight,
+            Opt::AdamEps,
+            Opt::Beta1,
+            Opt::Beta2,
+            Opt::GradClip,
+            Opt::InitAdapter,
+            Opt::To,
+            Opt::WeightDecay,
         ];
         for o in all {
             assert!(flags.contains(long(o)), "{o:?}: {} is no flag", long(o));

@@ -1,40 +1,31 @@
-//! `lorakit convert`: flags → [`ConvertOptions`] → plan → run → printed report, plus the
-//! diffusers and GGUF targets, which write through their own writers. `resize` and `combine`
-//! borrow its printing helpers (`files_line`, `num`, `name_base_flag`).
+//! `lorakit convert`: flags → [`ConvertOptions`] → the target's plan ([`ConvertPlan`], or
+//! [`DiffusersPlan`] / [`GgufPlan`] for the single files with their own writers) → run →
+//! printed report. `resize` and `combine` borrow its printing helpers (`files_line`, `num`,
+//! `name_base_flag`).
 //!
 //! Must not: decide a conversion (the library does) or print outside `commands::printer`'s rules.
 
-use crate::adapter::{Adapter, Format};
+use crate::adapter::Format;
 use crate::cli::ConvertArgs;
 use crate::inspect::{human_bytes, table_of};
-use crate::io::Checkpoint;
 use crate::ops::convert::{
-    self, ConvertOptions, ConvertPlan, ConvertReport, ConvertTo, NameSource,
+    self, ConvertOptions, ConvertPlan, ConvertReport, ConvertTo, DiffusersPlan, GgufPlan,
+    NameSource,
 };
-use crate::ops::output::{self, DtypeChoice, WriteSpec, Written};
+use crate::ops::output::Written;
 use anyhow::Result;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// `lorakit convert`: args → [`ConvertOptions`] → [`ConvertPlan`] → run → print. GGUF and
-/// diffusers single files have their own writers below.
+/// diffusers single files have their own plans.
 pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let start = Instant::now();
-    if a.to.format().is_none() {
-        return match a.to {
-            ConvertTo::Diffusers => diffusers(a, start),
-            _ => gguf(a, start),
-        };
+    match a.to {
+        ConvertTo::Diffusers => return diffusers(a),
+        ConvertTo::Gguf => return gguf(a),
+        _ => {}
     }
-    let opts = ConvertOptions {
-        adapter: a.adapter.clone(),
-        to: a.to,
-        out: a.output.out.clone(),
-        base: a.output.base.clone(),
-        dtype: a.output.dtype,
-        prefix: a.output.prefix.clone(),
-    };
-    let plan = ConvertPlan::new(opts).map_err(name_base_flag)?;
+    let plan = ConvertPlan::new(options(&a)).map_err(name_base_flag)?;
     let report = plan.run()?;
     if report.from == Format::Kohya && a.to == ConvertTo::Kohya
         || report.from == Format::Peft && a.to == ConvertTo::Peft
@@ -67,6 +58,18 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         super::print(&render(&report, seconds))?;
     }
     Ok(0)
+}
+
+/// The library options `a` asks for (every target takes the same).
+fn options(a: &ConvertArgs) -> ConvertOptions {
+    ConvertOptions {
+        adapter: a.adapter.clone(),
+        to: a.to,
+        out: a.output.out.clone(),
+        base: a.output.base.clone(),
+        dtype: a.output.dtype,
+        prefix: a.output.prefix.clone(),
+    }
 }
 
 fn render(s: &ConvertReport, seconds: f64) -> String {
@@ -133,31 +136,6 @@ fn render(s: &ConvertReport, seconds: f64) -> String {
 // ---------------------------------------------------------------------------------------------
 // Shared by resize, combine and convert.
 
-/// Opens `--base` when given.
-pub(crate) fn open_base(path: Option<&Path>) -> Result<Option<Checkpoint>> {
-    Ok(path.map(Checkpoint::open).transpose()?)
-}
-
-/// Refuses an output that is an input (adapters, their configs, the base) before any work.
-pub(crate) fn check_output(
-    spec: &WriteSpec,
-    adapters: &[&Adapter],
-    base: Option<&Checkpoint>,
-) -> Result<()> {
-    let mut inputs: Vec<PathBuf> = adapters
-        .iter()
-        .flat_map(|a| output::adapter_inputs(a))
-        .collect();
-    if let Some(b) = base {
-        inputs.extend(b.input_paths());
-        inputs.push(b.root.clone());
-    }
-    output::check_output(spec, &inputs)?;
-    Ok(())
-}
-
-pub(crate) use crate::ops::output::inputs_json;
-
 /// The library's "the base model … is needed" error, with the flag that gives it named (the
 /// library never names flags).
 pub(crate) fn name_base_flag(e: crate::error::InputError) -> anyhow::Error {
@@ -165,6 +143,16 @@ pub(crate) fn name_base_flag(e: crate::error::InputError) -> anyhow::Error {
         anyhow::anyhow!("{e} (give --base)")
     } else {
         e.into()
+    }
+}
+
+/// [`name_base_flag`] for an error of any kind (an [`InputError`] among them).
+///
+/// [`InputError`]: crate::error::InputError
+fn name_base_flag_any(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<crate::error::InputError>() {
+        Ok(e) => name_base_flag(e),
+        Err(e) => e,
     }
 }
 
@@ -178,10 +166,6 @@ fn to_name(t: ConvertTo) -> &'static str {
         ConvertTo::Lycoris => "lycoris",
         ConvertTo::Comfy => "comfy",
     }
-}
-
-pub(crate) fn show(p: &Path) -> String {
-    p.display().to_string()
 }
 
 /// A number as in the tables: integers plainly, others with up to 6 significant digits.
@@ -204,117 +188,17 @@ pub(crate) fn files_line(w: &Written, seconds: f64) -> String {
     )
 }
 
-/// What `convert --to gguf` did (`--json`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct GgufConvertSummary {
-    pub operation: &'static str,
-    pub input: String,
-    pub out: String,
-    pub to: &'static str,
-    pub base: String,
-    pub architecture: String,
-    /// `adapter.lora.alpha` as written (llama.cpp scales each pair by alpha / rank).
-    pub alpha: f64,
-    pub dtype: String,
-    pub modules: Vec<crate::adapter::formats::gguf::Written>,
-    /// Modules whose PEFT scale differs from alpha / rank, folded into B.
-    pub folded_count: usize,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
-    pub seconds: f64,
-}
-
-/// What `convert --to diffusers` did (`--json`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DiffusersConvertSummary {
-    pub operation: &'static str,
-    pub input: String,
-    pub out: String,
-    pub to: &'static str,
-    pub base: Option<String>,
-    pub component: Option<String>,
-    pub names_from: NameSource,
-    pub module_count: usize,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
-    pub seconds: f64,
-}
-
-/// `convert --to diffusers`: names made dotted (kohya names resolved against `--base`), then
-/// written by [`crate::adapter::formats::diffusers::write`] through the atomic writer.
-fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
-    use crate::adapter::formats::diffusers as d;
-    let mut adapter = Adapter::open(&a.adapter)?;
-    adapter.check_plain_base("converting it")?;
-    let base = open_base(a.output.base.as_deref())?;
-    let spec = WriteSpec {
-        format: Format::Kohya,
-        out: a.output.out.clone(),
-        dtype: output::copy_dtype(a.output.dtype),
-        kohya_prefix: None,
-    };
-    check_output(&spec, &[&adapter], base.as_ref())?;
-    // The pipeline component of each module: a dotted name's own, else its kohya prefix's
-    // (lora_unet → unet, …), else --prefix's.
-    let from_kohya: Vec<Option<&'static str>> = adapter
-        .modules
-        .iter()
-        .map(|m| {
-            crate::adapter::formats::kohya::split_prefix(&m.name)
-                .and_then(|(p, _)| d::component_of_kohya_prefix(p))
-        })
-        .collect();
-    let fallback = match a.output.prefix.as_deref() {
-        None => None,
-        Some(p) => Some(d::component_of_kohya_prefix(p).ok_or_else(|| {
-            anyhow::anyhow!("--prefix {p} names no diffusers pipeline component")
-        })?),
-    };
-    let kohya_names =
-        adapter.format == Format::Kohya && adapter.modules.iter().any(|m| !m.name.contains('.'));
-    let names_from = if kohya_names {
-        convert::prepare(&mut adapter, Format::Peft, base.as_ref())
-            .map_err(name_base_flag)?
-            .names_from
-    } else {
-        if let Some(b) = base.as_ref() {
-            convert::check_onto(&adapter, b)?;
-        }
-        NameSource::Adapter
-    };
-    for (m, comp) in adapter.modules.iter_mut().zip(from_kohya) {
-        if let (Some(c), false) = (comp, d::has_component(&m.name)) {
-            m.name = format!("{c}.{}", m.name);
-        }
-    }
-    let mut out = output::single_file_output(&spec.out)?;
-    let mut meta = output::provenance_head("convert").to_vec();
-    meta.push((
-        "lorakit.inputs".to_owned(),
-        inputs_json(&[&a.adapter], a.output.base.as_deref()).to_string(),
-    ));
-    d::write(&adapter, fallback, &spec.out, &mut out, spec.dtype, &meta)?;
-    let bytes = out.commit()?;
-    let s = DiffusersConvertSummary {
-        operation: "convert",
-        input: show(&a.adapter),
-        out: show(&spec.out),
-        to: "diffusers",
-        base: a.output.base.as_deref().map(show),
-        component: fallback.map(str::to_owned),
-        names_from,
-        module_count: adapter.modules.len(),
-        files: vec![show(&spec.out)],
-        bytes_written: bytes,
-        seconds: start.elapsed().as_secs_f64(),
-    };
+/// `convert --to diffusers`: [`DiffusersPlan`] → run → print.
+fn diffusers(a: ConvertArgs) -> Result<i32> {
+    let plan = DiffusersPlan::new(options(&a)).map_err(name_base_flag_any)?;
+    let s = plan.run()?;
     if a.output.json {
         super::print_json("convert", &s)?;
     } else {
         super::print(&format!(
             "{} modules, {} written to {} in {:.2} s\n",
             s.module_count,
-            human_bytes(bytes),
+            human_bytes(s.bytes_written),
             s.out,
             s.seconds
         ))?;
@@ -322,54 +206,9 @@ fn diffusers(a: ConvertArgs, start: Instant) -> Result<i32> {
     Ok(0)
 }
 
-fn gguf(a: ConvertArgs, start: Instant) -> Result<i32> {
-    use crate::adapter::formats::gguf as g;
-    use crate::io::gguf::GgmlType;
-    let base = a.output.base.as_deref().ok_or_else(|| {
-        crate::error::InputError::invalid(
-            &a.adapter,
-            "--to gguf needs --base: a GGUF model or a Hugging Face folder, for the architecture and head counts llama.cpp's tensor layout depends on",
-        )
-    })?;
-    if a.output.prefix.is_some() {
-        anyhow::bail!("--prefix names kohya modules; it means nothing for --to gguf");
-    }
-    let adapter = Adapter::open(&a.adapter)?;
-    adapter.check_plain_base("converting it")?;
-    let target = g::Target::open(base)?;
-    let ty = match a.output.dtype {
-        DtypeChoice::F32 => GgmlType::F32,
-        DtypeChoice::F16 => GgmlType::F16,
-        DtypeChoice::Bf16 => GgmlType::BF16,
-        // llama.cpp's converter writes f32 unless told otherwise; keep stores the input's.
-        DtypeChoice::Keep => match output::stored_dtype(&adapter) {
-            Some(crate::dtype::Dtype::F16) => GgmlType::F16,
-            Some(crate::dtype::Dtype::BF16) => GgmlType::BF16,
-            _ => GgmlType::F32,
-        },
-    };
-    let kv = crate::io::gguf::writer::kv_string;
-    let mut extra = output::provenance_head_gguf("convert");
-    extra.push(kv(
-        "lorakit.inputs",
-        &inputs_json(&[&a.adapter], Some(base)).to_string(),
-    ));
-    let (modules, bytes) = g::write(&adapter, &target, ty, &a.output.out, extra)?;
-    let s = GgufConvertSummary {
-        operation: "convert",
-        input: a.adapter.display().to_string(),
-        out: a.output.out.display().to_string(),
-        to: "gguf",
-        base: base.display().to_string(),
-        architecture: target.architecture.clone(),
-        alpha: g::file_alpha(&adapter),
-        dtype: ty.name().to_lowercase(),
-        folded_count: modules.iter().filter(|m| m.folded != 1.0).count(),
-        modules,
-        files: vec![a.output.out.display().to_string()],
-        bytes_written: bytes,
-        seconds: start.elapsed().as_secs_f64(),
-    };
+/// `convert --to gguf`: [`GgufPlan`] → run → print.
+fn gguf(a: ConvertArgs) -> Result<i32> {
+    let s = GgufPlan::new(options(&a))?.run()?;
     if a.output.json {
         super::print_json("convert", &s)?;
     } else {

@@ -22,6 +22,9 @@
 //!   `lora_transformer_`), and for names without one the kohya default (`lora_te` for
 //!   `text_model.` paths, else `lora_unet`).
 //!
+//! Single files with their own writers: a diffusers file and a llama.cpp GGUF adapter
+//! ([`DiffusersPlan`], [`GgufPlan`] in `single.rs`, the same shape).
+//!
 //! Exactness: factors are copied byte for byte (unless a dtype is asked for) and every module
 //! keeps its scale. The one case where a target cannot state a scale is a LoKr module with both
 //! halves whole whose scale is not 1 (PEFT's `alpha / r`): LyCORIS and ComfyUI use scale 1 for
@@ -29,12 +32,14 @@
 //! folded.
 
 mod names;
+mod single;
 mod unfold;
 
 pub use names::{
     check_onto, kohya_or_peft_alpha, prepare, resolve_onto, restore_from_metadata, NameSource,
     Prepared, NEEDS_BASE,
 };
+pub use single::{DiffusersConvertReport, DiffusersPlan, GgufConvertReport, GgufPlan};
 
 use crate::adapter::formats::{diffusers, kohya, peft};
 use crate::adapter::{Adapter, Data, Factors, Format, KronHalf};
@@ -146,7 +151,7 @@ impl ConvertPlan {
         let to = opts.to.format().ok_or_else(|| {
             InputError::invalid(
                 &opts.adapter,
-                "gguf and diffusers targets are written by their own writers, not a convert plan",
+                "gguf and diffusers targets are written by their own writers (GgufPlan, DiffusersPlan), not a convert plan",
             )
         })?;
         let mut adapter = Adapter::open(&opts.adapter)?;
@@ -169,12 +174,7 @@ impl ConvertPlan {
             dtype: output::copy_dtype(opts.dtype),
             kohya_prefix: opts.prefix.clone(),
         };
-        let mut inputs = output::adapter_inputs(&adapter);
-        if let Some(b) = &base {
-            inputs.extend(b.input_paths());
-            inputs.push(b.root.clone());
-        }
-        output::check_output(&spec, &inputs)?;
+        check_output(&spec, &adapter, base.as_ref())?;
         if to == Format::Peft {
             check_peft_target(&adapter)?;
         }
@@ -262,6 +262,16 @@ impl ConvertPlan {
             bytes_written: written.bytes,
         })
     }
+}
+
+/// Refuses an output that is an input (the adapter, its config, the base) before any work.
+fn check_output(spec: &WriteSpec, adapter: &Adapter, base: Option<&Checkpoint>) -> InputResult<()> {
+    let mut inputs = output::adapter_inputs(adapter);
+    if let Some(b) = base {
+        inputs.extend(b.input_paths());
+        inputs.push(b.root.clone());
+    }
+    output::check_output(spec, &inputs)
 }
 
 /// A PEFT folder holds LoRA, or LoHa/LoKr as PEFT's own LOHA/LOKR ([`peft::lycoris_plan`]);

@@ -1,16 +1,17 @@
-//! `merge --base MODEL.gguf --part I/N` and `finalize` of its parts.
+//! `merge --base MODEL.gguf --part I/N` and `finalize` of its parts: the GGUF merge output as a
+//! [`SplitOutput`] of the generic parts machinery ([`crate::parts`]).
 //!
-//! As for safetensors outputs ([`crate::parts`]), output file `j` (0-based, in the plan's
-//! order: one file, or the `-0000I-of-0000N.gguf` files of `--max-shard-size`) belongs to part
-//! `j mod N + 1`; each part computes the same plan, writes exactly the bytes a single run
-//! writes for its files (the GGUF merge has no per-part state: metadata, tensor order, offsets
-//! and quantizers are those of the one plan), and a manifest `.OUT.lorakit-part-I-of-N.json`
-//! beside the output. A GGUF output has no index and no copied files, so `finalize OUT` only
-//! checks — that all N manifests are present and were planned by the same run (one digest of
-//! the metadata, tensors, files and input stamps), that the inputs have not changed since,
-//! that every planned file exists with the size its part recorded and opens as one GGUF model
-//! holding exactly the planned tensors — and then removes the manifests. On any failure it
-//! writes and removes nothing.
+//! As for safetensors outputs, output file `j` (0-based, in the plan's order: one file, or the
+//! `-0000I-of-0000N.gguf` files of `--max-shard-size`) belongs to part `j mod N + 1`; each part
+//! computes the same plan, writes exactly the bytes a single run writes for its files (the GGUF
+//! merge has no per-part state: metadata, tensor order, offsets and quantizers are those of the
+//! one plan), and a manifest `.OUT.lorakit-part-I-of-N.json` beside the output. What is GGUF's
+//! own: the plan (one digest of the metadata, tensors, files and input stamps, so the parts of
+//! one run agree and no other), the sizes (each part records what it wrote), and the contents
+//! check — the inputs have not changed since, and the files open as one GGUF model holding
+//! exactly the planned tensors. A GGUF output has no index and no copied files, so `finalize
+//! OUT` only checks and then removes the manifests; on any failure it writes and removes
+//! nothing.
 //!
 //! Must not trust a manifest: file names must be plain names, files are checked against the
 //! plan every manifest agrees on, and nothing is written from a manifest's content.
@@ -23,7 +24,7 @@ use crate::error::{InputError, InputResult, Opt};
 use crate::io::gguf::writer::{kv_i32, kv_u16, part_path, split_parts, GgufWriter, OutTensor};
 use crate::io::gguf::GgufModel;
 use crate::io::writer::{pipelined, LockMode};
-use crate::parts::{files_named, is_plain_name, out_dir, stamps, Stamp};
+use crate::parts::{is_plain_name, out_dir, stamps, unsafe_name, PartManifest, SplitOutput, Stamp};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -57,11 +58,7 @@ pub fn layout(
 /// The files a run writes, and what `--part I/N` keeps of them: the planned files, plus the
 /// manifest with a part.
 pub fn planned_writes(out: &Path, files: &[PathBuf], part: Option<(usize, usize)>) -> Vec<PathBuf> {
-    let mut v = files.to_vec();
-    if let Some((i, n)) = part {
-        v.push(manifest_path(out, i, n));
-    }
-    v
+    crate::parts::planned_writes(&GgufParts::new(out), files, part)
 }
 
 /// One GGUF output to write: [`write_files`]' input.
@@ -169,20 +166,15 @@ pub fn write_files<'d, D: Into<TensorData<'d>>>(
             .zip(&parts)
             .map(|(f, r)| (f.clone(), &o.tensors[r.clone()]))
             .collect();
-        let manifest = GgufManifest {
-            version: GGUF_MANIFEST_VERSION,
-            part: i,
-            parts: n,
-            plan: part_plan(o.out, o.entries, &layout, o.inputs)?,
-            written: wrote
-                .iter()
-                .map(|(p, b)| {
-                    let name = p.file_name().expect("planned").to_string_lossy();
-                    (name.into_owned(), *b)
-                })
-                .collect(),
-        };
-        output.small_file(&manifest_path(o.out, i, n), &manifest.to_bytes())?;
+        let plan = part_plan(o.out, o.entries, &layout, o.inputs)?;
+        let written = wrote
+            .iter()
+            .map(|(p, b)| {
+                let name = p.file_name().expect("planned").to_string_lossy();
+                (name.into_owned(), *b)
+            })
+            .collect();
+        crate::parts::write_manifest(&GgufParts::new(o.out), output, (i, n), plan, written)?;
     }
     Ok(wrote)
 }
@@ -207,33 +199,17 @@ pub struct GgufPartPlan {
     pub digest: String,
 }
 
-/// What one part wrote.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GgufManifest {
-    pub version: u32,
-    pub part: usize,
-    pub parts: usize,
-    pub plan: GgufPartPlan,
-    /// `(file name, bytes)` of the files this part wrote.
-    pub written: Vec<(String, u64)>,
-}
+/// A GGUF part manifest: what one part wrote (`(file name, bytes)` of each file) and the plan.
+pub type GgufManifest = PartManifest<GgufPartPlan, (String, u64)>;
 
 /// The manifest path of part `i` of `n` of output `out`.
 pub fn manifest_path(out: &Path, i: usize, n: usize) -> PathBuf {
-    out_dir(out).join(format!("{}{i}-of-{n}.json", manifest_prefix(out)))
-}
-
-fn manifest_prefix(out: &Path) -> String {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!(".{name}.lorakit-part-")
+    crate::parts::manifest_path(&GgufParts::new(out), i, n)
 }
 
 /// The manifests of GGUF output `out`, sorted by name.
 pub fn find_manifests(out: &Path) -> Vec<PathBuf> {
-    files_named(&out_dir(out), &manifest_prefix(out), ".json")
+    crate::parts::find_manifests(&GgufParts::new(out))
 }
 
 /// The plan of one run: `entries` the metadata of the first file (raw bytes), `layout` the
@@ -278,14 +254,6 @@ pub fn part_plan(
     })
 }
 
-impl GgufManifest {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).expect("json");
-        v.push(b'\n');
-        v
-    }
-}
-
 /// What `finalize` of a GGUF output did.
 #[derive(Debug, Serialize)]
 pub struct GgufFinalizeReport {
@@ -296,158 +264,123 @@ pub struct GgufFinalizeReport {
     pub bytes: u64,
 }
 
-fn read_manifest(p: &Path) -> Result<GgufManifest> {
-    let text = crate::io::read_json_file(p)?;
-    let m: GgufManifest = serde_json::from_slice(&text)
-        .map_err(|e| InputError::invalid(p, format!("not a lorakit GGUF part manifest: {e}")))?;
-    if m.version != GGUF_MANIFEST_VERSION {
-        bail!(InputError::invalid(
-            p,
-            format!(
-                "part manifest version {} (this lorakit writes {GGUF_MANIFEST_VERSION}): rerun the parts",
-                m.version
-            )
-        ));
-    }
-    let names = m
-        .plan
-        .files
-        .iter()
-        .map(|(n, _)| n)
-        .chain(m.written.iter().map(|(n, _)| n))
-        .chain(std::iter::once(&m.plan.out));
-    for n in names {
-        if !is_plain_name(n) {
-            bail!(InputError::invalid(
-                p,
-                format!("file {n:?} is not a plain file name beside the output; the manifest is not lorakit's or was edited")
-            ));
-        }
-    }
-    Ok(m)
-}
-
 /// Checks every part of GGUF output `out` and removes the manifests.
 pub fn finalize(out: &Path) -> Result<GgufFinalizeReport> {
-    let paths = find_manifests(out);
-    let Some(first_path) = paths.first().cloned() else {
-        bail!(InputError::option(out, |o| {
-            format!(
-            "no GGUF part manifests (.NAME.lorakit-part-I-of-N.json) beside it: run merge with {} first",
-            o.set(Opt::Part, "I/N")
-        )
-        }));
-    };
-    let mut manifests = Vec::new();
-    for p in &paths {
-        manifests.push((p.clone(), read_manifest(p)?));
+    crate::parts::finalize_parts(&GgufParts::new(out))
+}
+
+/// The GGUF merge output `out` (its first file's path, as `--out` names it).
+pub struct GgufParts<'a> {
+    out: &'a Path,
+}
+
+impl<'a> GgufParts<'a> {
+    pub fn new(out: &'a Path) -> Self {
+        GgufParts { out }
     }
-    manifests.sort_by_key(|(_, m)| m.part);
-    let first = manifests[0].1.clone();
-    let n = first.parts;
-    let mut seen = vec![false; n];
-    for (p, m) in &manifests {
-        if m.parts != n || m.plan != first.plan {
+}
+
+impl SplitOutput for GgufParts<'_> {
+    type Plan = GgufPartPlan;
+    type Written = (String, u64);
+    type Report = GgufFinalizeReport;
+    const VERSION: u32 = GGUF_MANIFEST_VERSION;
+
+    fn out(&self) -> &Path {
+        self.out
+    }
+
+    fn dir(&self) -> PathBuf {
+        out_dir(self.out)
+    }
+
+    /// `.OUT.lorakit-part-`: several GGUF outputs may share a folder.
+    fn manifest_prefix(&self) -> String {
+        let name = self
+            .out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!(".{name}.lorakit-part-")
+    }
+
+    fn none_found(&self) -> InputError {
+        InputError::option(self.out, |o| {
+            format!(
+                "no GGUF part manifests (.NAME.lorakit-part-I-of-N.json) beside it: run merge with {} first",
+                o.set(Opt::Part, "I/N")
+            )
+        })
+    }
+
+    fn planned_files(plan: &GgufPartPlan) -> Vec<&str> {
+        plan.files.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn written_name(w: &(String, u64)) -> &str {
+        &w.0
+    }
+
+    /// What the owner recorded writing.
+    fn planned_bytes(plan: &GgufPartPlan, j: usize, m: &GgufManifest) -> Option<u64> {
+        let name = &plan.files.get(j)?.0;
+        m.written.iter().find(|(w, _)| w == name).map(|&(_, b)| b)
+    }
+
+    fn check_names(path: &Path, plan: &GgufPartPlan) -> InputResult<()> {
+        if !is_plain_name(&plan.out) {
+            return Err(unsafe_name(path, "output", &plan.out));
+        }
+        Ok(())
+    }
+
+    /// The inputs must be those the parts read.
+    fn check_inputs(&self, manifest: &Path, plan: &GgufPartPlan) -> Result<()> {
+        let paths: Vec<PathBuf> = plan.inputs.iter().map(|s| PathBuf::from(&s.path)).collect();
+        let now = stamps(&paths)?;
+        if let Some((was, _)) = plan.inputs.iter().zip(&now).find(|(a, b)| a != b) {
             bail!(InputError::invalid(
-                p,
+                manifest,
                 format!(
-                    "part {}/{} belongs to another run than {} (different inputs, flags or input files since)",
-                    m.part,
-                    m.parts,
-                    first_path.display()
+                    "input {} changed (size or mtime) since the parts ran; rerun them",
+                    was.path
                 )
             ));
         }
-        if m.part == 0 || m.part > n || std::mem::replace(&mut seen[m.part - 1], true) {
-            bail!(InputError::invalid(
-                p,
-                format!("part {}/{n} is out of range or twice", m.part)
-            ));
-        }
+        Ok(())
     }
-    let missing: Vec<String> = (1..=n)
-        .filter(|i| !seen[i - 1])
-        .map(|i| format!("{i}/{n}"))
-        .collect();
-    if !missing.is_empty() {
-        bail!(InputError::invalid(
-            out,
-            format!("parts not finished: {}", missing.join(", "))
-        ));
-    }
-    let plan = &first.plan;
-    // The inputs must be those the parts read.
-    let now = stamps(
-        &plan
-            .inputs
+
+    /// One GGUF model (split keys consistent) holding exactly the planned tensors.
+    fn finish(
+        &self,
+        _: &Path,
+        first: &GgufManifest,
+        _: &mut crate::io::Output,
+        bytes: u64,
+    ) -> Result<GgufFinalizeReport> {
+        let plan = &first.plan;
+        let model = GgufModel::open(self.dir().join(&plan.files[0].0))?;
+        let got: Vec<PlannedTensor> = model
+            .tensors()
+            .map(|(_, t)| (t.name.clone(), t.ty.name().to_owned(), t.dims.clone()))
+            .collect();
+        let want: Vec<PlannedTensor> = plan
+            .files
             .iter()
-            .map(|s| PathBuf::from(&s.path))
-            .collect::<Vec<_>>(),
-    )
-    .map_err(anyhow::Error::from)?;
-    if let Some((was, _)) = plan.inputs.iter().zip(&now).find(|(a, b)| a != b) {
-        bail!(InputError::invalid(
-            &first_path,
-            format!(
-                "input {} changed (size or mtime) since the parts ran; rerun them",
-                was.path
-            )
-        ));
-    }
-    let dir = out_dir(out);
-    let mut output = crate::io::Output::new();
-    output.lock(out, LockMode::Exclusive)?;
-    let mut bytes = 0;
-    for (j, (name, _)) in plan.files.iter().enumerate() {
-        let owner = j % n + 1;
-        let (_, m) = &manifests[owner - 1];
-        let path = dir.join(name);
-        let Some(&(_, want)) = m.written.iter().find(|(w, _)| w == name) else {
+            .flat_map(|(_, ts)| ts.iter().cloned())
+            .collect();
+        if got != want || model.files.len() != plan.files.len() {
             bail!(InputError::invalid(
-                &manifests[owner - 1].0,
-                format!("part {owner}/{n} does not record writing {name}, which the plan gives it")
-            ));
-        };
-        let len = std::fs::metadata(&path).map(|m| m.len()).map_err(|e| {
-            InputError::invalid(
-                &path,
-                format!("planned output of part {owner}/{n} is missing: {e}"),
-            )
-        })?;
-        if len != want {
-            bail!(InputError::invalid(
-                &path,
-                format!("is {len} bytes, part {owner}/{n} wrote {want}")
+                model.files[0].path(),
+                "its tensors are not those the parts planned; rerun the parts"
             ));
         }
-        bytes += len;
+        Ok(GgufFinalizeReport {
+            out: self.out.display().to_string(),
+            parts: first.parts,
+            files: plan.files.iter().map(|(f, _)| f.clone()).collect(),
+            tensor_count: want.len(),
+            bytes,
+        })
     }
-    // One GGUF model (split keys consistent) holding exactly the planned tensors.
-    let model = GgufModel::open(dir.join(&plan.files[0].0))?;
-    let got: Vec<PlannedTensor> = model
-        .tensors()
-        .map(|(_, t)| (t.name.clone(), t.ty.name().to_owned(), t.dims.clone()))
-        .collect();
-    let want: Vec<PlannedTensor> = plan
-        .files
-        .iter()
-        .flat_map(|(_, ts)| ts.iter().cloned())
-        .collect();
-    if got != want || model.files.len() != plan.files.len() {
-        bail!(InputError::invalid(
-            model.files[0].path(),
-            "its tensors are not those the parts planned; rerun the parts"
-        ));
-    }
-    for (p, _) in &manifests {
-        std::fs::remove_file(p).map_err(|e| InputError::io(p, e))?;
-    }
-    drop(output);
-    Ok(GgufFinalizeReport {
-        out: out.display().to_string(),
-        parts: n,
-        files: plan.files.iter().map(|(f, _)| f.clone()).collect(),
-        tensor_count: want.len(),
-        bytes,
-    })
 }

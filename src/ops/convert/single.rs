@@ -1,0 +1,252 @@
+//! The `convert` targets written by their own single-file writers rather than as adapter
+//! files: a diffusers single file ([`DiffusersPlan`], written by
+//! [`crate::adapter::formats::diffusers::write`]) and a llama.cpp GGUF adapter ([`GgufPlan`],
+//! [`crate::adapter::formats::gguf::write`]). Each has the operation's shape: options →
+//! `new` (inputs opened, every option and name checked, nothing written) → `run` (written
+//! atomically) → a serialisable report.
+//!
+//! Must not parse flags or print: options are named as [`Opt`]s; `commands/convert.rs` renders
+//! the reports.
+
+use super::{check_onto, prepare, ConvertOptions, ConvertTo, NameSource};
+use crate::adapter::formats::{diffusers as d, gguf as g, kohya};
+use crate::adapter::{Adapter, Format};
+use crate::error::{InputError, InputResult, Opt, OptionError};
+use crate::io::gguf::GgmlType;
+use crate::io::Checkpoint;
+use crate::ops::output::{self, DtypeChoice, WriteSpec};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `convert --to diffusers` did (`--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiffusersConvertReport {
+    pub operation: &'static str,
+    pub input: String,
+    pub out: String,
+    pub to: &'static str,
+    pub base: Option<String>,
+    pub component: Option<String>,
+    pub names_from: NameSource,
+    pub module_count: usize,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+/// What `convert --to gguf` did (`--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GgufConvertReport {
+    pub operation: &'static str,
+    pub input: String,
+    pub out: String,
+    pub to: &'static str,
+    pub base: String,
+    pub architecture: String,
+    /// `adapter.lora.alpha` as written (llama.cpp scales each pair by alpha / rank).
+    pub alpha: f64,
+    pub dtype: String,
+    pub modules: Vec<g::Written>,
+    /// Modules whose PEFT scale differs from alpha / rank, folded into B.
+    pub folded_count: usize,
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A checked conversion to a diffusers single file: module names made dotted (kohya names
+/// resolved against the base) and given their pipeline component, the output checked.
+pub struct DiffusersPlan {
+    opts: ConvertOptions,
+    adapter: Adapter,
+    spec: WriteSpec,
+    /// The component of names that carry none (from `prefix`).
+    fallback: Option<&'static str>,
+    names_from: NameSource,
+    start: Instant,
+}
+
+impl DiffusersPlan {
+    /// Opens the adapter (and base), refuses an output that is an input, a `prefix` that names
+    /// no pipeline component, and names that do not resolve or land on the base.
+    pub fn new(opts: ConvertOptions) -> Result<DiffusersPlan> {
+        debug_assert_eq!(opts.to, ConvertTo::Diffusers);
+        let start = Instant::now();
+        let mut adapter = Adapter::open(&opts.adapter)?;
+        adapter.check_plain_base("converting it")?;
+        let base = opts.base.as_deref().map(Checkpoint::open).transpose()?;
+        let spec = WriteSpec {
+            format: Format::Kohya,
+            out: opts.out.clone(),
+            dtype: output::copy_dtype(opts.dtype),
+            kohya_prefix: None,
+        };
+        super::check_output(&spec, &adapter, base.as_ref())?;
+        // The pipeline component of each module: a dotted name's own, else its kohya prefix's
+        // (lora_unet → unet, …), else the prefix option's.
+        let from_kohya: Vec<Option<&'static str>> = adapter
+            .modules
+            .iter()
+            .map(|m| {
+                kohya::split_prefix(&m.name).and_then(|(p, _)| d::component_of_kohya_prefix(p))
+            })
+            .collect();
+        let fallback = match opts.prefix.as_deref() {
+            None => None,
+            Some(p) => Some(d::component_of_kohya_prefix(p).ok_or_else(|| {
+                let p = p.to_owned();
+                OptionError::new(move |o| {
+                    format!(
+                        "{} names no diffusers pipeline component",
+                        o.set(Opt::Prefix, &p)
+                    )
+                })
+            })?),
+        };
+        let kohya_names = adapter.format == Format::Kohya
+            && adapter.modules.iter().any(|m| !m.name.contains('.'));
+        let names_from = if kohya_names {
+            prepare(&mut adapter, Format::Peft, base.as_ref())?.names_from
+        } else {
+            if let Some(b) = base.as_ref() {
+                check_onto(&adapter, b)?;
+            }
+            NameSource::Adapter
+        };
+        for (m, comp) in adapter.modules.iter_mut().zip(from_kohya) {
+            if let (Some(c), false) = (comp, d::has_component(&m.name)) {
+                m.name = format!("{c}.{}", m.name);
+            }
+        }
+        Ok(DiffusersPlan {
+            opts,
+            adapter,
+            spec,
+            fallback,
+            names_from,
+            start,
+        })
+    }
+
+    /// Writes the file (atomically, provenance in its metadata).
+    pub fn run(self) -> InputResult<DiffusersConvertReport> {
+        let spec = &self.spec;
+        let mut out = output::single_file_output(&spec.out)?;
+        let mut meta = output::provenance_head("convert").to_vec();
+        meta.push((
+            "lorakit.inputs".to_owned(),
+            output::inputs_json(&[&self.opts.adapter], self.opts.base.as_deref()).to_string(),
+        ));
+        d::write(
+            &self.adapter,
+            self.fallback,
+            &spec.out,
+            &mut out,
+            spec.dtype,
+            &meta,
+        )?;
+        let bytes = out.commit()?;
+        Ok(DiffusersConvertReport {
+            operation: "convert",
+            input: show(&self.opts.adapter),
+            out: show(&spec.out),
+            to: "diffusers",
+            base: self.opts.base.as_deref().map(show),
+            component: self.fallback.map(str::to_owned),
+            names_from: self.names_from,
+            module_count: self.adapter.modules.len(),
+            files: vec![show(&spec.out)],
+            bytes_written: bytes,
+            seconds: self.start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// A checked conversion to a llama.cpp GGUF adapter: the base's architecture and head counts
+/// read, the tensor type chosen.
+pub struct GgufPlan {
+    opts: ConvertOptions,
+    base: PathBuf,
+    adapter: Adapter,
+    target: g::Target,
+    ty: GgmlType,
+    start: Instant,
+}
+
+impl GgufPlan {
+    /// Opens the adapter and the base (required: llama.cpp's layout depends on the
+    /// architecture and head counts); refuses a kohya prefix, which GGUF has no use for.
+    pub fn new(opts: ConvertOptions) -> Result<GgufPlan> {
+        debug_assert_eq!(opts.to, ConvertTo::Gguf);
+        let start = Instant::now();
+        let base = opts.base.clone().ok_or_else(|| {
+            InputError::option(&opts.adapter, |o| {
+                format!(
+                    "{} needs {}: a GGUF model or a Hugging Face folder, for the architecture and head counts llama.cpp's tensor layout depends on",
+                    o.set(Opt::To, "gguf"),
+                    o.opt(Opt::Base)
+                )
+            })
+        })?;
+        if opts.prefix.is_some() {
+            anyhow::bail!(OptionError::new(|o| format!(
+                "{} names kohya modules; it means nothing for {}",
+                o.opt(Opt::Prefix),
+                o.set(Opt::To, "gguf")
+            )));
+        }
+        let adapter = Adapter::open(&opts.adapter)?;
+        adapter.check_plain_base("converting it")?;
+        let target = g::Target::open(&base)?;
+        let ty = match opts.dtype {
+            DtypeChoice::F32 => GgmlType::F32,
+            DtypeChoice::F16 => GgmlType::F16,
+            DtypeChoice::Bf16 => GgmlType::BF16,
+            // llama.cpp's converter writes f32 unless told otherwise; keep stores the input's.
+            DtypeChoice::Keep => match output::stored_dtype(&adapter) {
+                Some(crate::dtype::Dtype::F16) => GgmlType::F16,
+                Some(crate::dtype::Dtype::BF16) => GgmlType::BF16,
+                _ => GgmlType::F32,
+            },
+        };
+        Ok(GgufPlan {
+            opts,
+            base,
+            adapter,
+            target,
+            ty,
+            start,
+        })
+    }
+
+    /// Writes the GGUF adapter (atomically, provenance in its metadata).
+    pub fn run(self) -> InputResult<GgufConvertReport> {
+        let mut extra = output::provenance_head_gguf("convert");
+        extra.push(crate::io::gguf::writer::kv_string(
+            "lorakit.inputs",
+            &output::inputs_json(&[&self.opts.adapter], Some(&self.base)).to_string(),
+        ));
+        let (modules, bytes) =
+            g::write(&self.adapter, &self.target, self.ty, &self.opts.out, extra)?;
+        Ok(GgufConvertReport {
+            operation: "convert",
+            input: show(&self.opts.adapter),
+            out: show(&self.opts.out),
+            to: "gguf",
+            base: show(&self.base),
+            architecture: self.target.architecture.clone(),
+            alpha: g::file_alpha(&self.adapter),
+            dtype: self.ty.name().to_lowercase(),
+            folded_count: modules.iter().filter(|m| m.folded != 1.0).count(),
+            modules,
+            files: vec![show(&self.opts.out)],
+            bytes_written: bytes,
+            seconds: self.start.elapsed().as_secs_f64(),
+        })
+    }
+}
