@@ -455,3 +455,69 @@ fn gpu_logits_upload_each_weight_once_and_match_the_cpu() {
         .zip(&first)
         .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
+
+/// Eval and train place an adapter module where `lorakit merge` would: the model's slot for a
+/// name is the weight merge's matcher (`adapter::mapping::WeightNames`) finds for it among the
+/// checkpoint's tensors (norms and biases included). Before the model used that matcher it had
+/// its own, which read every name without a dot as a kohya name, so a PEFT module
+/// `layers_1_self_attn_q_proj` landed on layer 1's `q_proj` in eval while merge found no tensor
+/// for it; both refuse it now.
+#[test]
+fn module_names_resolve_as_merge_resolves_them() {
+    use crate::adapter::mapping::WeightNames;
+    use crate::adapter::Format::{Kohya, Peft};
+    let (cfg, tensors) = synthetic(false, 3);
+    let m: Model<f32> = Model::load(Weights::Memory(&tensors), cfg).unwrap();
+    let merge_finds = |format, name: &str| -> Vec<String> {
+        let names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+        WeightNames::new(names, format)
+            .module_candidates(format, name)
+            .iter()
+            .map(|w| w.strip_suffix(".weight").unwrap().to_owned())
+            .collect()
+    };
+    let slot_name = |format, name: &str| {
+        m.module_slot(format, name)
+            .map(|s| m.linear(s).name.clone())
+    };
+    for (format, name) in [
+        (Peft, "model.layers.1.self_attn.q_proj"),
+        (Peft, "layers.1.mlp.down_proj"),
+        (Peft, "lm_head"),
+        (Kohya, "lora_te_model_layers_1_self_attn_q_proj"),
+        (Kohya, "lora_unet_layers_0_mlp_up_proj"),
+        (Kohya, "lora_te_lm_head"),
+        (Kohya, "layers.0.self_attn.v_proj"),
+    ] {
+        let want = merge_finds(format, name);
+        assert_eq!(want.len(), 1, "{name}: {want:?}");
+        assert_eq!(
+            slot_name(format, name).as_deref(),
+            Ok(want[0].as_str()),
+            "{name}"
+        );
+    }
+    let q = "model.layers.0.self_attn.q_proj, model.layers.1.self_attn.q_proj";
+    assert_eq!(merge_finds(Kohya, "lora_te_self_attn_q_proj").join(", "), q);
+    assert_eq!(
+        slot_name(Kohya, "lora_te_self_attn_q_proj"),
+        Err(format!(
+            "module `lora_te_self_attn_q_proj` is ambiguous: {q}"
+        ))
+    );
+    // The name the two matchers disagreed on.
+    assert!(merge_finds(Peft, "layers_1_self_attn_q_proj").is_empty());
+    assert_eq!(
+        slot_name(Peft, "layers_1_self_attn_q_proj"),
+        Err("module `layers_1_self_attn_q_proj` matches no layer of the model".to_owned())
+    );
+    assert_eq!(
+        slot_name(Kohya, "layers_1_self_attn_q_proj").as_deref(),
+        Ok("model.layers.1.self_attn.q_proj")
+    );
+    assert_eq!(
+        slot_name(Kohya, "lora_te_model_embed_tokens"),
+        Err("module `lora_te_model_embed_tokens` is the embedding, not a linear layer".to_owned())
+    );
+}
+
