@@ -34,6 +34,7 @@ use lorakit::backend::cpu_forward::{self, DeltaPair, ForwardAdapter, StoredMatri
 use lorakit::backend::gpu::{self, bench, GpuContext};
 use lorakit::backend::{cpu, Dora, MergeJob, NormAxis, Term};
 use lorakit::dtype::{self, Dtype};
+use lorakit::model::linear::{Exec, Linear, Lora, Matrix, MatrixData};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -298,7 +299,29 @@ fn forward(n: usize, d: usize, rank: usize) -> Res<Value> {
     }];
     let flops = 2.0 * n as f64 * d as f64 * (d + 2 * rank) as f64;
     let g = best_of(3, || Ok(gpu::lora_forward(&c, &x, n, &stored, &fa)?))?;
-    let cpu = best_of(3, || Ok(cpu_forward::lora_forward(&x, n, &stored, &fa)?))?;
+    // The CPU side is the forward eval runs: a frozen layer with the adapter unmerged.
+    let lin: Linear<f32> = Linear {
+        name: "bench".into(),
+        w: Matrix::new(
+            MatrixData::Stored {
+                bytes: &w0,
+                dtype: Dtype::BF16,
+            },
+            d,
+            d,
+        ),
+        bias: None,
+        loras: vec![Lora {
+            source: "bench".into(),
+            a: a.clone(),
+            b: b.clone(),
+            rank,
+            scale: 0.5,
+            bias: None,
+            trainable: false,
+        }],
+    };
+    let cpu = best_of(3, || Ok(lin.forward(&x, n, Exec::Cpu, false)?))?;
     eprintln!(
         "forward n={n} {d}²: gpu {:.3} ms, cpu {:.3} ms",
         g * 1e3,

@@ -28,15 +28,23 @@
 //! second encoder) lands on the OpenCLIP tensor ComfyUI renames to its name, q/k/v on a
 //! [`RowSlice`] of the fused `in_proj_weight` ([`openclip`]).
 //!
+//! The name matching itself (dotted paths, kohya names, `target_modules`) is [`names`]'s, and
+//! merge, eval and train all match names through it rather than on their own.
+//!
 //! Must not read tensor data or decide what an unmatched module means (refuse or warn is the
-//! caller's choice); merge, eval and train all match names through it rather than on their own.
+//! caller's choice).
 
 use super::formats::kohya;
-use super::{Adapter, Format, LoraModule, ModuleKind};
+use super::{Adapter, LoraModule, ModuleKind};
 use crate::io::Checkpoint;
-use std::collections::HashMap;
 
+mod names;
 mod openclip;
+
+pub use names::{
+    dotted_candidates, dotted_suffix, dotted_suffix_agrees, is_kohya_name, kohya_candidates,
+    kohya_index, target_matches, WeightNames,
+};
 
 /// Why a module or full tensor found no base tensor.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -217,18 +225,9 @@ pub fn resolve_in(
         .filter(|n| !is_companion(n))
         .map(|n| quant.map_or(n, |q| q.logical_name(n)))
         .collect();
-    let kohya_index: HashMap<String, Vec<&str>> = if adapter.format == Format::Kohya {
-        let mut idx: HashMap<String, Vec<&str>> = HashMap::new();
-        for n in &names {
-            if let Some(m) = n.strip_suffix(".weight") {
-                idx.entry(m.replace('.', "_")).or_default().push(n);
-            }
-        }
-        idx
-    } else {
-        HashMap::new()
-    };
-    let components = BaseComponents::of(&names);
+    let index = WeightNames::new(names, adapter.format);
+    let names = index.names();
+    let components = BaseComponents::of(names);
     let mut res = Resolution::default();
     for (mi, m) in adapter.modules.iter().enumerate() {
         if let Some((param, _, n)) = super::formats::peft::params::parse_expert(&m.name) {
@@ -269,21 +268,20 @@ pub fn resolve_in(
             }
             continue;
         }
-        let kohya_name = adapter.format == Format::Kohya && !m.name.contains('.');
+        let kohya_name = is_kohya_name(adapter.format, &m.name);
+        let found = index.module_candidates(adapter.format, &m.name);
         let candidates = if kohya_name {
-            components.filter(&m.name, kohya_candidates(&m.name, &kohya_index))
+            components.filter(&m.name, found)
+        } else if found.is_empty() {
+            Ok(components.across_roots(&format!("{}.weight", m.name), names))
         } else {
-            let want = format!("{}.weight", m.name);
-            Ok(match dotted_candidates(&want, &names) {
-                c if c.is_empty() => components.across_roots(&want, &names),
-                c => c,
-            })
+            Ok(found)
         };
         // HF CLIP names on an OpenCLIP-layout encoder, where nothing of the module's own
         // component matched its name.
         let openclip = match &candidates {
             Ok(c) if !c.is_empty() => None,
-            _ => openclip::place(mi, m, kohya_name, &names, &components, &logical),
+            _ => openclip::place(mi, m, kohya_name, names, &components, &logical),
         };
         let candidates = match (openclip, candidates) {
             (Some(Ok(p)), _) => {
@@ -386,7 +384,7 @@ pub fn resolve_in(
             (Some(_), Some(module)) => format!("{module}.weight"),
             _ => f.name.clone(),
         };
-        let candidates = dotted_candidates(&target, &names);
+        let candidates = dotted_candidates(&target, names);
         match candidates.as_slice() {
             [] => res.unmatched.push(Unmatched::NotFound {
                 module: f.name.clone(),
@@ -474,56 +472,6 @@ fn shape_fits_flat(m: &LoraModule, found: &[usize]) -> bool {
     }
 }
 
-/// Exact name first; otherwise names that agree with `want` on a dotted suffix.
-fn dotted_candidates<'a>(want: &str, names: &[&'a str]) -> Vec<&'a str> {
-    if let Some(n) = names.iter().find(|n| **n == want) {
-        return vec![n];
-    }
-    names
-        .iter()
-        .filter(|n| {
-            let (long, short) = if n.len() > want.len() {
-                (**n, want)
-            } else {
-                (want, **n)
-            };
-            long.ends_with(short) && long.as_bytes()[long.len() - short.len() - 1] == b'.'
-        })
-        .copied()
-        .collect()
-}
-
-/// Whether `a` and `b` are equal or one ends with `.` + the other.
-fn dotted_suffix_agrees(a: &str, b: &str) -> bool {
-    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
-    long == short
-        || (long.ends_with(short) && long.as_bytes()[long.len() - short.len() - 1] == b'.')
-}
-
-/// The base weights a kohya (underscored, prefixed) module name can stand for, from `index`:
-/// base weight names by their module path with `.` → `_`. Exact match first, then names that
-/// agree on an `_`-separated suffix.
-pub fn kohya_candidates<'a>(name: &str, index: &HashMap<String, Vec<&'a str>>) -> Vec<&'a str> {
-    let rest = kohya::split_prefix(name).map(|(_, r)| r).unwrap_or(name);
-    if let Some(v) = index.get(rest) {
-        return v.clone();
-    }
-    let mut out: Vec<&str> = index
-        .iter()
-        .filter(|(k, _)| {
-            let (long, short) = if k.len() > rest.len() {
-                (k.as_str(), rest)
-            } else {
-                (rest, k.as_str())
-            };
-            long.ends_with(short) && long.as_bytes()[long.len() - short.len() - 1] == b'_'
-        })
-        .flat_map(|(_, v)| v.iter().copied())
-        .collect();
-    out.sort();
-    out
-}
-
 /// Renames kohya modules to the dotted base module paths they resolved to, so the adapter
 /// can be written as PEFT. Unresolved modules are left as they are (see the resolution), and so
 /// are modules on a row slice (no module path names a third of `in_proj_weight`).
@@ -591,50 +539,29 @@ pub fn prefix_component(prefix: &str) -> Option<Component> {
 /// `t5xxl` names `model_lora_keys_clip` reads), every denoiser `model.diffusion_model.`.
 /// diffusers-style names (`unet.`, `transformer.`, `text_encoder{,_2,_3}.`) count encoders as
 /// the pipeline does and as ComfyUI maps diffusers LoRAs (`text_encoder_2.` ↔ `lora_te2_`).
-pub const ROOTS: &[(&str, Component, &str)] = &[
-    (
-        "model.diffusion_model.",
-        Component::Denoiser,
-        "single-file denoiser",
-    ),
-    ("diffusion_model.", Component::Denoiser, "denoiser"),
-    ("unet.", Component::Denoiser, "diffusers UNet"),
-    ("transformer.", Component::Denoiser, "diffusers transformer"),
-    ("prior.", Component::Denoiser, "diffusers prior"),
-    (
-        "cond_stage_model.",
-        Component::TextEncoder(1),
-        "SD1.x CLIP-L / SD2 OpenCLIP-H",
-    ),
-    (
-        "conditioner.embedders.0.",
-        Component::TextEncoder(1),
-        "SDXL CLIP-L / refiner OpenCLIP-G",
-    ),
-    (
-        "conditioner.embedders.1.",
-        Component::TextEncoder(2),
-        "SDXL OpenCLIP-G",
-    ),
-    ("text_encoders.clip_l.", Component::TextEncoder(1), "CLIP-L"),
-    ("text_encoders.clip_g.", Component::TextEncoder(2), "CLIP-G"),
-    ("text_encoders.t5xxl.", Component::T5, "T5-XXL"),
-    (
-        "text_encoder.",
-        Component::TextEncoder(1),
-        "diffusers text_encoder",
-    ),
-    (
-        "text_encoder_2.",
-        Component::TextEncoder(2),
-        "diffusers text_encoder_2",
-    ),
-    (
-        "text_encoder_3.",
-        Component::TextEncoder(3),
-        "diffusers text_encoder_3",
-    ),
-];
+pub const ROOTS: &[(&str, Component, &str)] = {
+    use Component::{Denoiser as D, TextEncoder as Te, T5};
+    &[
+        ("model.diffusion_model.", D, "single-file denoiser"),
+        ("diffusion_model.", D, "denoiser"),
+        ("unet.", D, "diffusers UNet"),
+        ("transformer.", D, "diffusers transformer"),
+        ("prior.", D, "diffusers prior"),
+        ("cond_stage_model.", Te(1), "SD1.x CLIP-L / SD2 OpenCLIP-H"),
+        (
+            "conditioner.embedders.0.",
+            Te(1),
+            "SDXL CLIP-L / refiner OpenCLIP-G",
+        ),
+        ("conditioner.embedders.1.", Te(2), "SDXL OpenCLIP-G"),
+        ("text_encoders.clip_l.", Te(1), "CLIP-L"),
+        ("text_encoders.clip_g.", Te(2), "CLIP-G"),
+        ("text_encoders.t5xxl.", T5, "T5-XXL"),
+        ("text_encoder.", Te(1), "diffusers text_encoder"),
+        ("text_encoder_2.", Te(2), "diffusers text_encoder_2"),
+        ("text_encoder_3.", Te(3), "diffusers text_encoder_3"),
+    ]
+};
 
 /// The root of [`ROOTS`] a dotted name lies under.
 fn root_of(name: &str) -> Option<&'static (&'static str, Component, &'static str)> {

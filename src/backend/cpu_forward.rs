@@ -1,17 +1,19 @@
-//! CPU twins of the GPU forward and sketch kernels, in f32, and the shape checks both backends
-//! share.
+//! CPU twins of the GPU sketch kernels, in f32, and the shape checks the GPU forward shares with
+//! its CPU twin.
 //!
-//! * [`lora_forward`]: `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` (every adapter on every row).
+//! * [`validate_forward`]: the shapes of a low-rank forward `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ`
+//!   ([`StoredMatrix`] `W0`, [`ForwardAdapter`]s). The forward's CPU twin is not here: it is the
+//!   one eval runs, `model::linear::Linear::forward` on `Exec::Cpu`, and the GPU forward is
+//!   tested against that.
 //! * [`delta_sketch`] / [`delta_sketch_t`]: `(W − W0)·Ω` and `(W − W0)ᵀ·Q` reading `W` and `W0`
 //!   in their stored dtypes a block of rows at a time, never holding `W − W0` whole;
 //!   [`DeltaPair`] is a [`LinearOperator`] on them.
 //!
 //! Arithmetic: stored matrices are decoded to f32 (exactly), `W − W0` is formed per element in
 //! f32, and every product is an f32 matrix product by ndarray (matrixmultiply's blocked SGEMM,
-//! which may use FMA and its own summation order). The forward computes `Y = X·W0ᵀ` first, then
-//! for each adapter in order `T = sₐ·(X·Aₐᵀ)` and `Y += T·Bₐᵀ`. Results therefore agree with the
-//! GPU kernels to rounding, not bit for bit; the tests bound the difference by the f32
-//! dot-product error bound (see `backend::gpu` tests).
+//! which may use FMA and its own summation order). Results therefore agree with the GPU kernels
+//! to rounding, not bit for bit; the tests bound the difference by the f32 dot-product error
+//! bound (see `backend::gpu` tests).
 
 use crate::dtype::{self, Dtype};
 use crate::linalg::LinearOperator;
@@ -108,55 +110,6 @@ pub fn validate_forward(
         }
     }
     Ok(())
-}
-
-/// `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` for `X` `n × k` (f32) and `W0` `d × k` (stored); returns `Y`,
-/// `n × d` row-major.
-pub fn lora_forward(
-    x: &[f32],
-    n: usize,
-    w0: &StoredMatrix,
-    adapters: &[ForwardAdapter],
-) -> Result<Vec<f32>, ShapeError> {
-    validate_forward(x, n, w0, adapters)?;
-    let x = ArrayView2::from_shape((n, w0.cols), x).expect("validated");
-    let mut y = dense_part(x, w0);
-    for ad in adapters {
-        add_adapter(&mut y.view_mut(), x, ad, w0.rows, w0.cols);
-    }
-    Ok(y.into_raw_vec_and_offset().0)
-}
-
-/// `X·W0ᵀ`, decoding `W0` a block of rows at a time.
-fn dense_part(x: ArrayView2<f32>, w0: &StoredMatrix) -> Array2<f32> {
-    let (n, d, k) = (x.nrows(), w0.rows, w0.cols);
-    let mut y = Array2::<f32>::zeros((n, d));
-    let step = w0.block_rows();
-    let mut r0 = 0;
-    while r0 < d {
-        let r1 = (r0 + step).min(d);
-        let block = w0.decode_rows(r0, r1);
-        let wb = ArrayView2::from_shape((r1 - r0, k), &block).expect("block shape");
-        general_mat_mul(1.0, &x, &wb.t(), 0.0, &mut y.slice_mut(s![.., r0..r1]));
-        r0 = r1;
-    }
-    y
-}
-
-/// `y += (s·(X·Aᵀ))·Bᵀ`.
-fn add_adapter(
-    y: &mut ndarray::ArrayViewMut2<f32>,
-    x: ArrayView2<f32>,
-    ad: &ForwardAdapter,
-    d: usize,
-    k: usize,
-) {
-    let a = ArrayView2::from_shape((ad.rank, k), ad.a).expect("validated");
-    let b = ArrayView2::from_shape((d, ad.rank), ad.b).expect("validated");
-    let mut t = Array2::<f32>::zeros((x.nrows(), ad.rank));
-    general_mat_mul(1.0, &x, &a.t(), 0.0, &mut t);
-    t.mapv_inplace(|v| ad.scale * v);
-    general_mat_mul(1.0, &t, &b.t(), 1.0, y);
 }
 
 /// A fine-tuned matrix `W` and its base `W0`, same shape, each in its stored dtype: the operator
@@ -297,74 +250,6 @@ mod tests {
         (0..n).map(|_| uniform(seed)).collect()
     }
 
-    /// f64 triple-loop reference: `Y[i, o] = Σ_p X[i,p]·W0[o,p] + Σ_a [use a] s_a Σ_c (Σ_p X[i,p]A[c,p]) B[o,c]`.
-    fn reference(
-        x: &[f32],
-        n: usize,
-        k: usize,
-        w0: &[f32],
-        d: usize,
-        ads: &[ForwardAdapter],
-    ) -> Vec<f64> {
-        let mut y = vec![0f64; n * d];
-        for i in 0..n {
-            for o in 0..d {
-                let mut acc: f64 = (0..k)
-                    .map(|p| x[i * k + p] as f64 * w0[o * k + p] as f64)
-                    .sum();
-                for ad in ads {
-                    for c in 0..ad.rank {
-                        let t: f64 = (0..k)
-                            .map(|p| x[i * k + p] as f64 * ad.a[c * k + p] as f64)
-                            .sum();
-                        acc += ad.scale as f64 * t * ad.b[o * ad.rank + c] as f64;
-                    }
-                }
-                y[i * d + o] = acc;
-            }
-        }
-        y
-    }
-
-    #[test]
-    fn forward_matches_f64_reference() {
-        let mut seed = Rng::seed_from_u64(11);
-        let (n, k, d) = (7, 19, 13);
-        let x = rand(n * k, &mut seed);
-        let w0 = rand(d * k, &mut seed);
-        let (a1, b1) = (rand(3 * k, &mut seed), rand(d * 3, &mut seed));
-        let (a2, b2) = (rand(k, &mut seed), rand(d, &mut seed));
-        let ads = [
-            ForwardAdapter {
-                a: &a1,
-                b: &b1,
-                rank: 3,
-                scale: 0.5,
-            },
-            ForwardAdapter {
-                a: &a2,
-                b: &b2,
-                rank: 1,
-                scale: -2.0,
-            },
-        ];
-        for dt in [Dtype::F32, Dtype::BF16, Dtype::F16] {
-            let bytes = dtype::encode(dt, &w0);
-            let w0r = dtype::decode(dt, &bytes);
-            let sm = StoredMatrix {
-                bytes: &bytes,
-                dtype: dt,
-                rows: d,
-                cols: k,
-            };
-            let got = lora_forward(&x, n, &sm, &ads).unwrap();
-            let want = reference(&x, n, k, &w0r, d, &ads);
-            for (g, w) in got.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
-            }
-        }
-    }
-
     #[test]
     fn forward_rejects_bad_shapes() {
         let w0 = dtype::encode(Dtype::F32, &[0.0; 6]);
@@ -382,12 +267,13 @@ mod tests {
             rank: 1,
             scale: 1.0,
         }];
-        assert!(lora_forward(&[0.0; 5], 2, &sm, &ads).is_err());
+        assert!(validate_forward(&[0.0; 5], 2, &sm, &ads).is_err());
+        assert!(validate_forward(&[0.0; 6], 2, &sm, &ads).is_ok());
         let bad = ForwardAdapter {
             a: &a[..2],
             ..ads[0]
         };
-        assert!(lora_forward(&[0.0; 6], 2, &sm, &[bad]).is_err());
+        assert!(validate_forward(&[0.0; 6], 2, &sm, &[bad]).is_err());
     }
 
     #[test]

@@ -320,7 +320,7 @@ impl<'c, T: Real> Linear<'c, T> {
             _ => {
                 let mut y = self.w.mul_t(x, n);
                 for l in &self.loras {
-                    // t = s·(X·Aᵀ), then Y += t·Bᵀ (the CPU twin's order).
+                    // t = s·(X·Aᵀ), then Y += t·Bᵀ.
                     let t = super::scalar::matmul(
                         MatView::new(x, n, k),
                         MatView::new(&l.a, l.rank, k).t(),

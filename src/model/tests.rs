@@ -455,3 +455,135 @@ fn gpu_logits_upload_each_weight_once_and_match_the_cpu() {
         .zip(&first)
         .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
+
+/// Eval and train place an adapter module where `lorakit merge` would: the model's slot for a
+/// name is the weight merge's matcher (`adapter::mapping::WeightNames`) finds for it among the
+/// checkpoint's tensors (norms and biases included). Before the model used that matcher it had
+/// its own, which read every name without a dot as a kohya name, so a PEFT module
+/// `layers_1_self_attn_q_proj` landed on layer 1's `q_proj` in eval while merge found no tensor
+/// for it; both refuse it now.
+#[test]
+fn module_names_resolve_as_merge_resolves_them() {
+    use crate::adapter::mapping::WeightNames;
+    use crate::adapter::Format::{Kohya, Peft};
+    let (cfg, tensors) = synthetic(false, 3);
+    let m: Model<f32> = Model::load(Weights::Memory(&tensors), cfg).unwrap();
+    let merge_finds = |format, name: &str| -> Vec<String> {
+        let names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+        WeightNames::new(names, format)
+            .module_candidates(format, name)
+            .iter()
+            .map(|w| w.strip_suffix(".weight").unwrap().to_owned())
+            .collect()
+    };
+    let slot_name = |format, name: &str| {
+        m.module_slot(format, name)
+            .map(|s| m.linear(s).name.clone())
+    };
+    for (format, name) in [
+        (Peft, "model.layers.1.self_attn.q_proj"),
+        (Peft, "layers.1.mlp.down_proj"),
+        (Peft, "lm_head"),
+        (Kohya, "lora_te_model_layers_1_self_attn_q_proj"),
+        (Kohya, "lora_unet_layers_0_mlp_up_proj"),
+        (Kohya, "lora_te_lm_head"),
+        (Kohya, "layers.0.self_attn.v_proj"),
+    ] {
+        let want = merge_finds(format, name);
+        assert_eq!(want.len(), 1, "{name}: {want:?}");
+        assert_eq!(
+            slot_name(format, name).as_deref(),
+            Ok(want[0].as_str()),
+            "{name}"
+        );
+    }
+    let q = "model.layers.0.self_attn.q_proj, model.layers.1.self_attn.q_proj";
+    assert_eq!(merge_finds(Kohya, "lora_te_self_attn_q_proj").join(", "), q);
+    assert_eq!(
+        slot_name(Kohya, "lora_te_self_attn_q_proj"),
+        Err(format!(
+            "module `lora_te_self_attn_q_proj` is ambiguous: {q}"
+        ))
+    );
+    // The name the two matchers disagreed on.
+    assert!(merge_finds(Peft, "layers_1_self_attn_q_proj").is_empty());
+    assert_eq!(
+        slot_name(Peft, "layers_1_self_attn_q_proj"),
+        Err("module `layers_1_self_attn_q_proj` matches no layer of the model".to_owned())
+    );
+    assert_eq!(
+        slot_name(Kohya, "layers_1_self_attn_q_proj").as_deref(),
+        Ok("model.layers.1.self_attn.q_proj")
+    );
+    assert_eq!(
+        slot_name(Kohya, "lora_te_model_embed_tokens"),
+        Err("module `lora_te_model_embed_tokens` is the embedding, not a linear layer".to_owned())
+    );
+}
+
+/// The CPU forward eval runs (`Linear::forward`: `W0` read in its stored dtype, LoRA unmerged)
+/// against an f64 triple loop `Y[i,o] = Σ_p X[i,p]·W0[o,p] + Σ_a s_a·Σ_c (Σ_p X[i,p]·A[c,p])·B[o,c]`
+/// over the decoded `W0`, for `W0` stored F32, BF16 and F16 and two adapters of different ranks
+/// and signs. The GPU forward is tested against this same function (`backend::gpu` tests).
+#[test]
+fn linear_forward_matches_f64_reference() {
+    use super::linear::{Linear, Matrix, MatrixData};
+    use crate::dtype::{self, Dtype};
+    let mut rng = crate::linalg::rng::Xoshiro256PlusPlus::seed_from_u64(11);
+    let mut rand =
+        |len: usize| -> Vec<f32> { (0..len).map(|_| (rng.next_f64() - 0.5) as f32).collect() };
+    let (n, k, d) = (7, 19, 13);
+    let x = rand(n * k);
+    let w0 = rand(d * k);
+    // (A, B, rank, scale)
+    let ads = [
+        (rand(3 * k), rand(d * 3), 3, 0.5f32),
+        (rand(k), rand(d), 1, -2.0),
+    ];
+    for dt in [Dtype::F32, Dtype::BF16, Dtype::F16] {
+        let bytes = dtype::encode(dt, &w0);
+        let w0r = dtype::decode(dt, &bytes);
+        let lin: Linear<f32> = Linear {
+            name: "test".into(),
+            w: Matrix::new(
+                MatrixData::Stored {
+                    bytes: &bytes,
+                    dtype: dt,
+                },
+                d,
+                k,
+            ),
+            bias: None,
+            loras: ads
+                .iter()
+                .map(|(a, b, rank, scale)| Lora {
+                    source: "test".into(),
+                    a: a.clone(),
+                    b: b.clone(),
+                    rank: *rank,
+                    scale: *scale,
+                    bias: None,
+                    trainable: false,
+                })
+                .collect(),
+        };
+        let (got, _) = lin.forward(&x, n, Exec::Cpu, false).unwrap();
+        for i in 0..n {
+            for o in 0..d {
+                let dot = |u: &[f32], v: &[f32]| -> f64 {
+                    u.iter().zip(v).map(|(a, b)| *a as f64 * *b as f64).sum()
+                };
+                let xi = &x[i * k..(i + 1) * k];
+                let mut want = dot(xi, &w0r[o * k..(o + 1) * k]);
+                for (a, b, rank, scale) in &ads {
+                    for c in 0..*rank {
+                        let t = dot(xi, &a[c * k..(c + 1) * k]);
+                        want += *scale as f64 * t * b[o * rank + c] as f64;
+                    }
+                }
+                let g = got[i * d + o] as f64;
+                assert!((g - want).abs() < 1e-5, "{dt:?} [{i},{o}]: {g} vs {want}");
+            }
+        }
+    }
+}

@@ -40,9 +40,9 @@ pub(crate) struct DenseParams {
     pub _pad: [u32; 3],
 }
 
-/// `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` on the GPU; same contract as
-/// [`crate::backend::cpu_forward::lora_forward`] (`X` `n × k` f32, `W0` `d × k` stored F32/F16/BF16;
-/// returns `Y`, `n × d`).
+/// `Y = X·W0ᵀ + Σₐ sₐ·(X·Aₐᵀ)·Bₐᵀ` on the GPU; same contract as the CPU forward eval runs,
+/// `model::linear::Linear::forward` (`X` `n × k` f32, `W0` `d × k` stored F32/F16/BF16, shapes
+/// checked by [`validate_forward`]; returns `Y`, `n × d`).
 pub fn lora_forward(
     ctx: &GpuContext,
     x: &[f32],

@@ -10,7 +10,7 @@
 //!   DoRA norms included ([`dora_sums`]: f64 sums in software binary64, `shaders/f64.wgsl`).
 //! * [`lora_forward`] / [`lora_forward_resident`]: `Y = X·W0ᵀ + Σ s·(X·Aᵀ)·Bᵀ`, all adapters
 //!   summed (W0 uploaded per call, or kept on the device by [`ResidentWeight`], as eval does);
-//!   CPU twin in [`crate::backend::cpu_forward`].
+//!   CPU twin: the forward eval runs on the CPU, `model::linear::Linear::forward`.
 //! * [`delta_sketch`] / [`delta_sketch_t`] / [`GpuDeltaOp`]: `(W − W0)·Ω` and `(W − W0)ᵀ·Q`
 //!   without forming `W − W0`, and a [`crate::linalg::LinearOperator`] built on them.
 //!

@@ -1,14 +1,17 @@
-//! Attaching adapters to a [`Model`]: matching module names as PEFT does (whole path or dotted
-//! suffix, kohya names with their prefix), applying LoRA unmerged on the low-rank path, and
-//! merging DoRA modules (or everything, when asked) into an in-memory f32 copy of the weight by
-//! `lorakit merge`'s own kernel (`backend::cpu::merge`); `modules_to_save` tensors replace the
-//! model's.
+//! Attaching adapters to a [`Model`]: placing each module on the layer its name refers to,
+//! applying LoRA unmerged on the low-rank path, and merging DoRA modules (or everything, when
+//! asked) into an in-memory f32 copy of the weight by `lorakit merge`'s own kernel
+//! (`backend::cpu::merge`); `modules_to_save` tensors replace the model's.
 //!
-//! Must not merge with its own arithmetic: in-memory merges go through `backend::cpu::merge`, the
-//! kernel `lorakit merge` runs.
+//! Must not match names or merge on its own: a module name (or a `target_modules` entry) is
+//! resolved by `adapter::mapping`'s matcher, the one `lorakit merge` uses, over the model's
+//! `{path}.weight` names; in-memory merges go through `backend::cpu::merge`, the kernel `lorakit
+//! merge` runs.
 
 use super::*;
 use crate::adapter::formats::peft::tokens_module;
+use crate::adapter::mapping::{dotted_suffix, dotted_suffix_agrees, target_matches, WeightNames};
+use crate::adapter::Format;
 
 /// Where an adapter module lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,16 +35,17 @@ pub struct Attached {
 
 impl<'c, T: Real> Model<'c, T> {
     /// Slots whose module path matches one of `targets` as PEFT matches a `target_modules`
-    /// list: the whole path, or a suffix of it that starts after a dot (`q_proj`,
-    /// `self_attn.q_proj`, `layers.0.mlp.down_proj`). Every target must match something.
+    /// list ([`target_matches`]): the whole path, or a suffix of it that starts after a dot
+    /// (`q_proj`, `self_attn.q_proj`, `layers.0.mlp.down_proj`). Every target must match
+    /// something.
     pub fn select(&self, targets: &[String]) -> Result<Vec<usize>> {
         let mut slots = Vec::new();
         for t in targets {
             let hits: Vec<usize> = (0..self.num_slots())
-                .filter(|&s| dotted_suffix(&self.linear(s).name, t))
+                .filter(|&s| target_matches(&self.linear(s).name, t))
                 .collect();
             if hits.is_empty() {
-                if dotted_suffix(&self.embed_name(), t) {
+                if target_matches(&self.embed_name(), t) {
                     bail!(
                         "target `{t}` is the embedding; lorakit trains LoRA on linear layers only"
                     );
@@ -57,10 +61,10 @@ impl<'c, T: Real> Model<'c, T> {
         Ok(slots)
     }
 
-    /// Slot of the linear layer an adapter module name refers to (same matching as
-    /// [`Model::attach`]).
-    pub fn module_slot(&self, name: &str) -> std::result::Result<usize, String> {
-        match self.find_module(name)? {
+    /// Slot of the linear layer module `name` of an adapter in `format` refers to (same matching
+    /// as [`Model::attach`]).
+    pub fn module_slot(&self, format: Format, name: &str) -> std::result::Result<usize, String> {
+        match self.find_module(format, name)? {
             Target::Linear(s) => Ok(s),
             Target::Embed => Err(format!(
                 "module `{name}` is the embedding, not a linear layer"
@@ -68,39 +72,30 @@ impl<'c, T: Real> Model<'c, T> {
         }
     }
 
-    fn find_module(&self, name: &str) -> std::result::Result<Target, String> {
-        let mut names: Vec<(String, Target)> = (0..self.num_slots())
+    /// The layer module `name` of an adapter in `format` refers to, by the matcher `lorakit
+    /// merge` uses ([`WeightNames::module_candidates`]) over the model's weights as a base
+    /// checkpoint names them: `{path}.weight` of every linear layer, then the embedding's.
+    fn find_module(&self, format: Format, name: &str) -> std::result::Result<Target, String> {
+        let targets: Vec<(String, Target)> = (0..self.num_slots())
             .map(|s| (self.linear(s).name.clone(), Target::Linear(s)))
+            .chain([(self.embed_name(), Target::Embed)])
             .collect();
-        names.push((self.embed_name(), Target::Embed));
-        if let Some((_, t)) = names.iter().find(|(n, _)| n == name) {
-            return Ok(*t);
-        }
-        let hits: Vec<&(String, Target)> = if name.contains('.') {
-            names
-                .iter()
-                .filter(|(n, _)| dotted_suffix(n, name) || dotted_suffix(name, n))
-                .collect()
-        } else {
-            // kohya-style `lora_te_model_layers_0_self_attn_q_proj`
-            let rest = strip_kohya_prefix(name);
-            names
-                .iter()
-                .filter(|(n, _)| {
-                    let u = n.replace('.', "_");
-                    u == rest
-                        || u.ends_with(&format!("_{rest}"))
-                        || rest.ends_with(&format!("_{u}"))
-                })
-                .collect()
-        };
+        let weights: Vec<String> = targets.iter().map(|(n, _)| format!("{n}.weight")).collect();
+        let index = WeightNames::new(weights.iter().map(String::as_str).collect(), format);
+        // Back to the model's order (slots, then the embedding), which the errors list.
+        let mut hits: Vec<usize> = index
+            .module_candidates(format, name)
+            .into_iter()
+            .filter_map(|c| weights.iter().position(|w| w == c))
+            .collect();
+        hits.sort_unstable();
         match hits.as_slice() {
-            [one] => Ok(one.1),
+            [one] => Ok(targets[*one].1),
             [] => Err(format!("module `{name}` matches no layer of the model")),
             many => Err(format!(
                 "module `{name}` is ambiguous: {}",
                 many.iter()
-                    .map(|(n, _)| n.as_str())
+                    .map(|&i| targets[i].0.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
@@ -125,7 +120,7 @@ impl<'c, T: Real> Model<'c, T> {
         for (fi, f) in adapter.full_tensors.iter().enumerate() {
             // Trainable-token rows overwrite rows of the input embedding (PEFT's `index_copy`).
             if let (Some(_), Some(module)) = (&f.rows, tokens_module(&f.name)) {
-                if !matches!(self.find_module(module), Ok(Target::Embed)) {
+                if !matches!(self.find_module(adapter.format, module), Ok(Target::Embed)) {
                     return Err(err(format!(
                         "tensor `{}`: trainable tokens apply to the input embedding here, not to `{module}`",
                         f.name
@@ -138,13 +133,13 @@ impl<'c, T: Real> Model<'c, T> {
                 continue;
             }
             let vals = adapter.values(&f.data)?;
-            self.replace_tensor(&f.name, &f.shape, &vals)
+            self.replace_tensor(adapter.format, &f.name, &f.shape, &vals)
                 .map_err(|e| err(format!("tensor `{}` (modules_to_save): {e}", f.name)))?;
             rep.tensors_replaced += 1;
         }
         let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
         for m in &adapter.modules {
-            let target = self.find_module(&m.name).map_err(&err)?;
+            let target = self.find_module(adapter.format, &m.name).map_err(&err)?;
             let scale = weight * m.scale;
             let (b, a) = adapter.factors(m)?;
             let magnitude = m
@@ -251,9 +246,10 @@ impl<'c, T: Real> Model<'c, T> {
         Ok(rep)
     }
 
-    /// Replaces one of the model's tensors (a `modules_to_save` copy).
+    /// Replaces one of the model's tensors (a `modules_to_save` copy of an adapter in `format`).
     fn replace_tensor(
         &mut self,
+        format: Format,
         name: &str,
         shape: &[usize],
         vals: &[f32],
@@ -286,7 +282,7 @@ impl<'c, T: Real> Model<'c, T> {
         if !is_bias {
             if let Some((_, l, which)) = norms
                 .iter()
-                .find(|(n, _, _)| dotted_suffix(n, module) || dotted_suffix(module, n))
+                .find(|(n, _, _)| dotted_suffix_agrees(n, module))
             {
                 check(&[h])?;
                 let v = to_t(vals);
@@ -298,13 +294,13 @@ impl<'c, T: Real> Model<'c, T> {
                 return Ok(());
             }
             let final_norm = format!("{}norm", self.prefix);
-            if dotted_suffix(&final_norm, module) || module == final_norm {
+            if dotted_suffix(&final_norm, module) {
                 check(&[h])?;
                 self.norm = to_t(vals);
                 return Ok(());
             }
         }
-        match self.find_module(module)? {
+        match self.find_module(format, module)? {
             Target::Embed if !is_bias => {
                 check(&[self.embed.rows, self.embed.cols])?;
                 self.embed = Matrix::owned(vals.to_vec(), self.embed.rows, self.embed.cols);
@@ -353,21 +349,4 @@ fn merge_matrix<'c>(
         w.rows,
         w.cols,
     ))
-}
-
-/// `long` equals `short` or ends with `.short`.
-fn dotted_suffix(long: &str, short: &str) -> bool {
-    long == short
-        || (long.len() > short.len()
-            && long.ends_with(short)
-            && long.as_bytes()[long.len() - short.len() - 1] == b'.')
-}
-
-fn strip_kohya_prefix(name: &str) -> &str {
-    for p in ["lora_unet_", "lora_te1_", "lora_te2_", "lora_te_", "lora_"] {
-        if let Some(r) = name.strip_prefix(p) {
-            return r;
-        }
-    }
-    name
 }

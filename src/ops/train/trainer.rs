@@ -129,7 +129,7 @@ impl<'c> Trainer<'c> {
                         );
                     }
                     let slot = model
-                        .module_slot(&m.name)
+                        .module_slot(ad.format, &m.name)
                         .map_err(|e| anyhow::Error::new(InputError::invalid(&ad.path, e)))?;
                     let (b, a) = ad.factors(m)?;
                     let lin = model.linear_mut(slot);

@@ -1,7 +1,35 @@
-//! The fused low-rank forward against the CPU forward, within the f32 dot-product
-//! bound (module header of `tests`).
+//! The fused low-rank forward against the CPU forward eval runs (`model/linear.rs`), within the
+//! f32 dot-product bound (module header of `tests`).
 
 use super::*;
+use crate::model::linear::{Exec, Linear, Lora, Matrix, MatrixData};
+
+/// `Y = X·W0ᵀ + Σ s·(X·Aᵀ)·Bᵀ` by the CPU code eval runs: a frozen [`Linear`] over the stored
+/// `W0` with the adapters unmerged, forward on [`Exec::Cpu`].
+fn eval_forward(x: &[f32], n: usize, w0: &StoredMatrix, ads: &[ForwardAdapter]) -> Vec<f32> {
+    let data = MatrixData::Stored {
+        bytes: w0.bytes,
+        dtype: w0.dtype,
+    };
+    let lin: Linear<f32> = Linear {
+        name: "forward test".into(),
+        w: Matrix::new(data, w0.rows, w0.cols),
+        bias: None,
+        loras: ads
+            .iter()
+            .map(|a| Lora {
+                source: "forward test".into(),
+                a: a.a.to_vec(),
+                b: a.b.to_vec(),
+                rank: a.rank,
+                scale: a.scale,
+                bias: None,
+                trainable: false,
+            })
+            .collect(),
+    };
+    lin.forward(x, n, Exec::Cpu, false).unwrap().0
+}
 
 /// `S` for the error bound: the same forward on absolute values.
 fn abs_forward(x: &[f32], n: usize, w0: &StoredMatrix, ads: &[ForwardAdapter]) -> Vec<f32> {
@@ -35,7 +63,7 @@ fn abs_forward(x: &[f32], n: usize, w0: &StoredMatrix, ads: &[ForwardAdapter]) -
             scale: a.scale.abs(),
         })
         .collect();
-    cpu_forward::lora_forward(&xa, n, &sm, &abs_ads).unwrap()
+    eval_forward(&xa, n, &sm, &abs_ads)
 }
 
 struct Adapters {
@@ -87,7 +115,7 @@ fn check_forward(
     let views = ads.views();
     let what = format!("forward n{n} k{k} d{d} {dt:?} ranks {ranks:?}");
     let got = lora_forward(ctx, &x, n, &sm, &views).unwrap();
-    let want = cpu_forward::lora_forward(&x, n, &sm, &views).unwrap();
+    let want = eval_forward(&x, n, &sm, &views);
     let s = abs_forward(&x, n, &sm, &views);
     let r_total: usize = ranks.iter().sum();
     assert_within_bound(&got, &want, &s, k + r_total, &what);

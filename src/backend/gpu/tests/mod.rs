@@ -10,11 +10,13 @@
 //!   order exactly and cannot contract to FMA); F32 outputs within 1 ulp (observed: identical).
 //! * DoRA norms ([`dora`]): the f64 sums, the software f64 square and add, and DoRA merges in
 //!   every dtype (F32 included) bit-identical, no tolerance.
-//! * forward / sketch (different summation orders, tiled GEMM vs ndarray's SGEMM): the f32
-//!   dot-product error bound for both sides, `|gpu − cpu| ≤ 2·γ·S` with `γ = (K + 2)·2⁻²⁴`, `K`
-//!   the longest inner dimension and `S` the same product on absolute values (`|X|·|W0|ᵀ + …`),
-//!   computed by the CPU twin on `|inputs|`. It is rigorous to first order and independent of
-//!   the data's scale; random data lands far inside it.
+//! * forward / sketch (different summation orders, tiled GEMM vs the CPU's blocked GEMMs): the
+//!   f32 dot-product error bound for both sides, `|gpu − cpu| ≤ 2·γ·S` with `γ = (K + 2)·2⁻²⁴`,
+//!   `K` the longest inner dimension and `S` the same product on absolute values
+//!   (`|X|·|W0|ᵀ + …`), computed by the CPU twin on `|inputs|`. It is rigorous to first order and
+//!   independent of the data's scale; random data lands far inside it. The forward's CPU twin is
+//!   the one eval runs (`model::linear::Linear::forward` on `Exec::Cpu`); the sketches' is
+//!   `backend::cpu_forward`.
 
 use super::kernels::{self, CONVERT_WG};
 use super::merge::{merge_tiles, merge_with};
