@@ -589,7 +589,7 @@ pub fn ambiguous_kohya_case(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// `line` refuses the kohya name of [`ambiguous_kohya_case`] as ambiguous, naming both tensors.
 pub fn assert_ambiguous_kohya(line: &str) {
-    assert_mentions(&line, &["ambiguous", "a.b_c.weight", "a_b.c.weight"]);
+    assert_mentions(line, &["ambiguous", "a.b_c.weight", "a_b.c.weight"]);
 }
 
 /// The llama fixture with `qv_r8` merged in (the tuned model most tests extract from or compare

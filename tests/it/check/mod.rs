@@ -324,7 +324,7 @@ fn a_wrong_base_fails_every_llm_target_by_shape() {
     for m in modules {
         assert_eq!(m["status"], "shape_mismatch", "{m}");
         let d = m["detail"].as_str().unwrap();
-        assert_mentions(&d, &["has shape [", "the adapter needs ["]);
+        assert_mentions(d, &["has shape [", "the adapter needs ["]);
     }
     // The same adapter on its own base applies everywhere.
     let (code, r) = check_json(
