@@ -765,6 +765,26 @@ fn key_kinds(v: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static 
     }
 }
 
+/// Runs the Python oracle `fixtures/gen/{script} ARGS…` with `py` (a [`peft_python`]) from the
+/// crate root and asserts that it succeeded, its stdout and stderr in the message otherwise;
+/// returns its stdout (the JSON verdict of most oracles).
+#[track_caller]
+pub fn python_ok(py: &Path, script: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
+    let o = std::process::Command::new(py)
+        .arg(fixture(&format!("gen/{script}")))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
 /// Asserts that `text` (an error line, a report) contains every one of `parts`; the message
 /// names the first part missing and shows the whole text.
 #[track_caller]

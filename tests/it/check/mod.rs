@@ -62,22 +62,6 @@ pub(crate) fn check_fix(
     check_json(adapter, &args)
 }
 
-/// Runs `fixtures/gen/{script} ARGS…` with `py` from the crate root and asserts that it
-/// succeeded (its stderr in the message otherwise).
-pub(crate) fn python_ok(py: &Path, script: &str, args: &[&std::ffi::OsStr]) {
-    let o = std::process::Command::new(py)
-        .arg(fixture(&format!("gen/{script}")))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{script} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// The targets of a report, in its order.
 fn target_names(report: &Value) -> Vec<&str> {
     report["targets"]
