@@ -18,6 +18,27 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// The accessors every opened input file answers alike: `path()` (as given when opened),
+/// `header()` (validated) and `tensors()` (the header's entries in file order). For an impl
+/// block of a struct with fields `path: PathBuf` and `header: $header`, whose `tensors` field is
+/// a `Vec<$info>`: [`SafetensorsFile`] here, `GgufFile` in [`crate::io::gguf`].
+macro_rules! header_accessors {
+    ($header:ty, $info:ty) => {
+        pub fn path(&self) -> &std::path::Path {
+            &self.path
+        }
+
+        pub fn header(&self) -> &$header {
+            &self.header
+        }
+
+        pub fn tensors(&self) -> &[$info] {
+            &self.header.tensors
+        }
+    };
+}
+pub(crate) use header_accessors;
+
 /// A borrowed tensor: header facts plus its bytes inside the memory map.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorView<'a> {
@@ -77,17 +98,7 @@ impl SafetensorsFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn header(&self) -> &Header {
-        &self.header
-    }
-
-    pub fn tensors(&self) -> &[TensorInfo] {
-        &self.header.tensors
-    }
+    header_accessors!(Header, TensorInfo);
 
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
         self.header.get(name)

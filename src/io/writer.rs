@@ -215,24 +215,19 @@ impl Output {
         specs: Vec<TensorSpec>,
     ) -> InputResult<FileWriter<'_>> {
         let tmp = self.start(path)?;
-        let file = create_new(&tmp, path)?;
-        let mut w = BufWriter::with_capacity(8 << 20, file);
+        let mut stream = file::Stream::new(path, create_new(&tmp, path)?);
         let triples: Vec<(String, Dtype, Vec<usize>)> = specs
             .iter()
             .map(|s| (s.name.clone(), s.dtype, s.shape.clone()))
             .collect();
-        let head = header::serialize(metadata, &triples);
-        w.write_all(&head).map_err(|e| InputError::write(path, e))?;
+        stream.write_all(&header::serialize(metadata, &triples))?;
         Ok(FileWriter {
             out: self,
             tmp,
-            dest: path.to_path_buf(),
-            w: Some(w),
+            stream,
             specs,
             next: 0,
             left: 0,
-            bytes: head.len() as u64,
-            behind: Default::default(),
         })
     }
 
@@ -241,14 +236,8 @@ impl Output {
     /// every other output.
     pub fn raw_file(&mut self, path: &Path) -> InputResult<RawFile<'_>> {
         let tmp = self.start(path)?;
-        let file = create_new(&tmp, path)?;
-        Ok(RawFile {
-            out: self,
-            dest: path.to_path_buf(),
-            w: Some(BufWriter::with_capacity(8 << 20, file)),
-            bytes: 0,
-            behind: Default::default(),
-        })
+        let stream = file::Stream::new(path, create_new(&tmp, path)?);
+        Ok(RawFile { out: self, stream })
     }
 
     /// Adds a small whole file (JSON, copied config) to the set.

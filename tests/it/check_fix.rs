@@ -9,7 +9,7 @@
 //! (`fixtures/gen/check_saved_load.py`) and their merged weights and logits are compared. Without
 //! it the Python half says so loudly and passes, unless `LORAKIT_REQUIRE_PEFT=1`.
 
-use super::check::{check_fix, check_json, fired, python_ok, target};
+use super::check::{check_fix, check_json, fired, target};
 use super::common::*;
 use serde_json::Value;
 use std::path::Path;
@@ -17,19 +17,9 @@ use std::path::Path;
 /// PEFT loads both adapters onto the tiny Llama base, merges them, and runs one batch holding
 /// every token id: the JSON of `check_saved_load.py`.
 fn peft_compare(py: &Path, original: &Path, fixed: &Path) -> Value {
-    let out = std::process::Command::new(py)
-        .arg(fixture("gen/check_saved_load.py"))
-        .arg(original)
-        .arg(fixed)
-        .arg(fixture("llama/base"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "check_saved_load.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let base = fixture("llama/base");
+    let args = [original.as_os_str(), fixed.as_os_str(), base.as_os_str()];
+    serde_json::from_slice(&python_ok(py, "check_saved_load.py", &args)).unwrap()
 }
 
 fn fix_json(adapter: &Path, out: &Path, targets: &str, extra: &[&str]) -> Value {
@@ -526,14 +516,11 @@ fn fix_for_comfy_folds_a_metadata_alpha_into_the_factors() {
     // diffusers fuses the original (alpha from its metadata) and the fix to the same UNet.
     let fuse = |lora: &Path, name: &str| {
         let p = dir.path().join(name);
-        let o = std::process::Command::new(&py)
-            .arg(fixture("gen/check_diffusers_load.py"))
-            .arg(lora)
-            .arg(&p)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        python_ok(
+            &py,
+            "check_diffusers_load.py",
+            &[lora.as_os_str(), p.as_os_str()],
+        );
         read(&p)
     };
     let a = fuse(&orig_path, "a.safetensors");

@@ -589,23 +589,24 @@ pub fn ambiguous_kohya_case(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// `line` refuses the kohya name of [`ambiguous_kohya_case`] as ambiguous, naming both tensors.
 pub fn assert_ambiguous_kohya(line: &str) {
-    assert!(
-        line.contains("ambiguous")
-            && line.contains("a.b_c.weight")
-            && line.contains("a_b.c.weight"),
-        "{line}"
-    );
+    assert_mentions(line, &["ambiguous", "a.b_c.weight", "a_b.c.weight"]);
 }
 
 /// The llama fixture with `qv_r8` merged in (the tuned model most tests extract from or compare
 /// with), through [`merge_ok`].
 pub fn merge_qv_r8(out: &Path, extra: &[&str]) -> String {
-    merge_ok(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
-        out,
-        extra,
-    )
+    merge_qv_r8_into(&fixture("llama/base"), out, extra)
+}
+
+/// [`merge_ok`] of the `qv_r8` adapter (rank 8 on q/v of the llama fixture's two layers), the
+/// adapter of every test about the base side (a quantized, sharded or edited llama).
+pub fn merge_qv_r8_into(base: &Path, out: &Path, extra: &[&str]) -> String {
+    merge_ok(base, &fixture("llama/adapters/qv_r8"), out, extra)
+}
+
+/// [`merge_refused`] of the `qv_r8` adapter into `base` (see [`merge_qv_r8_into`]).
+pub fn merge_qv_r8_refused(base: &Path, out: &Path, extra: &[&str]) -> String {
+    merge_refused(base, &fixture("llama/adapters/qv_r8"), out, extra)
 }
 
 /// Writes a PEFT adapter folder: `adapter_model.safetensors` with the f32 tensors
@@ -761,6 +762,35 @@ fn key_kinds(v: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static 
             }
         }
         _ => {}
+    }
+}
+
+/// Runs the Python oracle `fixtures/gen/{script} ARGS…` with `py` (a [`peft_python`]) from the
+/// crate root and asserts that it succeeded, its stdout and stderr in the message otherwise;
+/// returns its stdout (the JSON verdict of most oracles).
+#[track_caller]
+pub fn python_ok(py: &Path, script: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
+    let o = std::process::Command::new(py)
+        .arg(fixture(&format!("gen/{script}")))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// Asserts that `text` (an error line, a report) contains every one of `parts`; the message
+/// names the first part missing and shows the whole text.
+#[track_caller]
+pub fn assert_mentions(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "`{part}` not in: {text}");
     }
 }
 

@@ -285,10 +285,7 @@ fn convert_to_diffusers_keeps_factors_and_scales() {
         &out,
         &[],
     )));
-    assert!(
-        line.contains("component") && line.contains("--prefix"),
-        "{line}"
-    );
+    assert_mentions(&line, &["component", "--prefix"]);
     assert!(!out.exists());
     // A LoHa module has no diffusers LoRA form.
     let line = refused(
@@ -305,7 +302,7 @@ fn convert_to_diffusers_keeps_factors_and_scales() {
         ),
         &out,
     );
-    assert!(line.contains("loha") && line.contains("resize"), "{line}");
+    assert_mentions(&line, &["loha", "resize"]);
 }
 
 /// OneTrainer's LoRA output formats (`fixtures/conventions_prefix/`, built to OneTrainer @23df383

@@ -88,10 +88,7 @@ fn full_disk_is_a_clear_error_with_no_partial_output() {
     };
     let out = mnt.join("merged.safetensors");
     let err = unwritable_merge_error(&out);
-    assert!(
-        err.contains("No space left on device") && err.contains("merged.safetensors"),
-        "{err}"
-    );
+    assert_mentions(&err, &["No space left on device", "merged.safetensors"]);
     assert!(
         listing(&mnt).is_empty(),
         "left on the full disk: {:?}",

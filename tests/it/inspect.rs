@@ -27,7 +27,7 @@ fn checkpoint_counts_match_the_file() {
         assert_eq!(row["bytes"].as_u64().unwrap() as usize, t.data.len());
     }
     let text = run_ok(inspect_args(&fixture("llama/base_bf16"), &[]));
-    assert!(text.contains("BF16") && text.contains("90432"), "{text}");
+    assert_mentions(&text, &["BF16", "90432"]);
 }
 
 #[test]

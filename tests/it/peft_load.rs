@@ -14,23 +14,8 @@ use std::path::Path;
 /// ones lorakit's merge changed, to 1e-6 relative (the merge tests' tolerance against PEFT).
 fn assert_peft_loads_and_merges_like_lorakit(py: &Path, adapter: &Path, base: &Path, dir: &Path) {
     let peft_out = dir.join("peft_merged.safetensors");
-    let out = std::process::Command::new(py)
-        .arg(fixture("gen/check_peft_load.py"))
-        .arg(adapter)
-        .arg(base)
-        .arg(&peft_out)
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "PEFT refused {}:\n{log}",
-        adapter.display()
-    );
+    let args = [adapter.as_os_str(), base.as_os_str(), peft_out.as_os_str()];
+    let log = String::from_utf8_lossy(&python_ok(py, "check_peft_load.py", &args)).into_owned();
     let merged = dir.join("lorakit_merged");
     merge_ok(base, adapter, &merged, &[]);
     let n = assert_matches_reference(

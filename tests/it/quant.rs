@@ -114,15 +114,9 @@ fn inspect_reports_quantization_per_tensor_and_the_config() {
     assert_eq!(t["blocks"], "blocksize 64, double-quant 256");
     assert_eq!(t["shape"], serde_json::json!([64, 128]));
     let text = run_ok(inspect_args(&quant("fp8_block"), &[]));
-    assert!(
-        text.contains("fp8-e4m3") && text.contains("32x32 blocks"),
-        "{text}"
-    );
+    assert_mentions(&text, &["fp8-e4m3", "32x32 blocks"]);
     let text = run_ok(inspect_args(&quant("int8"), &[]));
-    assert!(
-        text.contains("bnb-int8") && text.contains("per row"),
-        "{text}"
-    );
+    assert_mentions(&text, &["bnb-int8", "per row"]);
     // A float checkpoint has no quantization section (and its JSON no key).
     let v = inspect_json(&fixture("llama/base"), &[]);
     assert!(v.get("quantization").is_none());
@@ -235,12 +229,7 @@ fn merge_as_trained_on_nf4_double_quant_reproduces_bitsandbytes() {
 fn merge_into_nf4_base_writes_float_and_matches_peft() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
-    let text = merge_ok(
-        &quant("nf4"),
-        &fixture("llama/adapters/qv_r8"),
-        &out,
-        &["--quant", "dequantize"],
-    );
+    let text = merge_qv_r8_into(&quant("nf4"), &out, &["--quant", "dequantize"]);
     assert!(text.contains("14 weights dequantized"), "{text}");
     let got = read_checkpoint(&out);
     let expected = read(&quant("qlora/qv_r8_expected.safetensors"));
@@ -290,7 +279,7 @@ pub(super) fn assert_requantized_like(got: &BTreeMap<String, T>, reference: &Pat
 fn merge_into_nf4_keeps_it_nf4_like_peft() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
-    let text = merge_ok(&quant("nf4"), &fixture("llama/adapters/qv_r8"), &out, &[]);
+    let text = merge_qv_r8_into(&quant("nf4"), &out, &[]);
     assert!(text.contains("4 merged weights quantized again"), "{text}");
     let got = read_checkpoint(&out);
     // 4 weights + 4 absmax (the code books and quant_state blobs are unchanged, compared too).
@@ -327,12 +316,7 @@ fn merge_into_nf4_keeps_it_nf4_like_peft() {
 fn merge_into_fp8_requantizes_with_fresh_block_scales() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
-    merge_ok(
-        &quant("fp8_block"),
-        &fixture("llama/adapters/qv_r8"),
-        &out,
-        &["-q"],
-    );
+    merge_qv_r8_into(&quant("fp8_block"), &out, &["-q"]);
     let got = read_checkpoint(&out);
     assert_eq!(
         assert_requantized_like(&got, &quant("qlora/fp8_block_requantized.safetensors")),
@@ -361,18 +345,16 @@ fn merge_keep_refuses_what_it_cannot_requantize() {
             *b = (i % 64) as u8;
         }
     });
-    let e = merge_refused(&model, &fixture("llama/adapters/qv_r8"), &out, &[]);
-    assert!(
-        e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("--quant dequantize"),
-        "{e}"
+    let e = merge_qv_r8_refused(&model, &out, &[]);
+    assert_mentions(
+        &e,
+        &[
+            "model.layers.0.self_attn.q_proj.weight",
+            "--quant dequantize",
+        ],
     );
     // The float way works.
-    merge_ok(
-        &model,
-        &fixture("llama/adapters/qv_r8"),
-        &out,
-        &["--quant", "dequantize", "-q"],
-    );
+    merge_qv_r8_into(&model, &out, &["--quant", "dequantize", "-q"]);
 }
 
 #[test]
@@ -590,10 +572,7 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
         if want == "GPTQ/AWQ" {
             // Valid, just not read: inspect lists it instead of failing.
             let text = run_ok(inspect_args(&input, &[]));
-            assert!(
-                text.contains("not read") && text.contains("qweight"),
-                "{text}"
-            );
+            assert_mentions(&text, &["not read", "qweight"]);
         } else {
             // inspect refuses a malformed file the same way.
             one_line_error(&run_err(inspect_args(&input, &[])));
@@ -613,12 +592,7 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
 fn extract_against_a_quantized_base() {
     let dir = tempfile::tempdir().unwrap();
     let tuned = dir.path().join("tuned");
-    merge_ok(
-        &quant("nf4"),
-        &fixture("llama/adapters/qv_r8"),
-        &tuned,
-        &["--quant", "dequantize", "-q"],
-    );
+    merge_qv_r8_into(&quant("nf4"), &tuned, &["--quant", "dequantize", "-q"]);
     let adapter = dir.path().join("a");
     // The temporary dequantized base goes to TMPDIR and is removed at exit.
     let tmp = dir.path().join("tmp");

@@ -20,9 +20,8 @@ fn quant(rel: &str) -> PathBuf {
 fn merge_into_comfy_scaled_fp8_applies_the_scale() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o");
-    merge_ok(
+    merge_qv_r8_into(
         &quant("comfy_fp8"),
-        &fixture("llama/adapters/qv_r8"),
         &out,
         &["--quant", "dequantize", "--dtype", "f32"],
     );
@@ -46,17 +45,14 @@ fn merge_into_comfy_scaled_fp8_applies_the_scale() {
 fn merge_keep_into_comfy_scaled_fp8_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o");
-    let e = merge_refused(
-        &quant("comfy_fp8"),
-        &fixture("llama/adapters/qv_r8"),
-        &out,
-        &[],
-    );
-    assert!(
-        e.contains("model.layers.0.self_attn.q_proj.weight")
-            && e.contains("ComfyUI")
-            && e.contains("--quant dequantize"),
-        "{e}"
+    let e = merge_qv_r8_refused(&quant("comfy_fp8"), &out, &[]);
+    assert_mentions(
+        &e,
+        &[
+            "model.layers.0.self_attn.q_proj.weight",
+            "ComfyUI",
+            "--quant dequantize",
+        ],
     );
 }
 

@@ -65,7 +65,7 @@ fn merge_keep_into_gptq_awq_is_the_packers_round_to_nearest() {
     let dir = tempfile::tempdir().unwrap();
     for model in MODELS {
         let out = dir.path().join(model);
-        let text = merge_ok(&quant(model), &fixture("llama/adapters/qv_r8"), &out, &[]);
+        let text = merge_qv_r8_into(&quant(model), &out, &[]);
         assert!(
             text.contains("4 merged weights quantized again"),
             "{model}: {text}"
@@ -102,9 +102,8 @@ fn merge_dequantize_gptq_awq_against_f64() {
     let dir = tempfile::tempdir().unwrap();
     for model in ["gptq3_act", "awq4"] {
         let out = dir.path().join(model);
-        merge_ok(
+        merge_qv_r8_into(
             &quant(model),
-            &fixture("llama/adapters/qv_r8"),
             &out,
             &["--quant", "dequantize", "--dtype", "f32"],
         );
@@ -358,12 +357,7 @@ fn malformed_gptq_awq_checkpoints_are_one_line_errors_and_write_nothing() {
         super::quant::dequantize_refuses(dir.path(), what, &input, &want);
         let out = dir.path().join("out");
         // The same from a merge that writes float.
-        let e = merge_refused(
-            &input,
-            &fixture("llama/adapters/qv_r8"),
-            &out,
-            &["--quant", "dequantize"],
-        );
+        let e = merge_qv_r8_refused(&input, &out, &["--quant", "dequantize"]);
         assert!(e.contains(&want), "{what}: {e}");
         assert!(!out.exists(), "{what}: wrote output");
     }

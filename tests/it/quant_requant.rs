@@ -133,12 +133,7 @@ fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
 fn extract_parts_against_a_quantized_base_equal_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let tuned = dir.path().join("tuned");
-    merge_ok(
-        &quant("gptq4_v1"),
-        &fixture("llama/adapters/qv_r8"),
-        &tuned,
-        &["--quant", "dequantize", "-q"],
-    );
+    merge_qv_r8_into(&quant("gptq4_v1"), &tuned, &["--quant", "dequantize", "-q"]);
     let extract = |out: &Path, part: Option<&str>| {
         let mut flags = vec!["--rank", "8", "-q"];
         if let Some(p) = part {

@@ -164,10 +164,7 @@ fn reruns_follow_input_content_not_timestamps() {
     let o = bin().args(run_args(&r, &[])).output().unwrap();
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("[merged] (") && err.contains("[again] ("),
-        "{err}"
-    );
+    assert_mentions(&err, &["[merged] (", "[again] ("]);
     assert_eq!(actions(&r, &[])[..2], skip(2)[..]);
 
     // An output edited after its step finished is rewritten.
@@ -226,7 +223,7 @@ fn bundled_example_recipe_is_valid() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/merge-and-check.toml"),
         &["--dry-run"],
     ));
-    assert!(out.contains("merged") && out.contains("check"), "{out}");
+    assert_mentions(&out, &["merged", "check"]);
 }
 
 /// Every bundled example runs green out of the box (its check steps included).
@@ -307,10 +304,7 @@ out = "out/after"
     let o = bin().args(run_args(&r, &[])).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("[check] exited with status 1; stopping"),
-        "{err}"
-    );
+    assert_mentions(&err, &["[check] exited with status 1; stopping"]);
     assert!(dir.path().join("out/merged").exists());
     assert!(
         !dir.path().join("out/after").exists(),

@@ -111,17 +111,9 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
                 r: rank,
             },
         ],
-        Factors::Lokr {
-            w1,
-            w2,
-            w1_shape: (a, c),
-            w2_shape: (b, dd),
-        } => {
-            let n1 = w1.data().len();
-            let m1 = half(w1, &v[..n1], *a, *c, 1);
-            let m2 = half(w2, &v[n1..], *b, *dd, kk);
-            let (b, c) = (*b, *c);
-            let n2 = dd * kk;
+        Factors::Lokr { .. } => {
+            // The dense halves as resize lowers them: one reading of the factors for both.
+            let ((m1, _, c), (m2, b, n2)) = kron_halves(l, kk).expect("a LoKr module");
             out.par_chunks_mut(k).enumerate().for_each(|(row, o)| {
                 let (i1, i2) = (row / b, row % b);
                 let src = &m2[i2 * n2..(i2 + 1) * n2];

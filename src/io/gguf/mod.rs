@@ -92,17 +92,7 @@ impl GgufFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn header(&self) -> &Header {
-        &self.header
-    }
-
-    pub fn tensors(&self) -> &[TensorInfo] {
-        &self.header.tensors
-    }
+    crate::io::file::header_accessors!(Header, TensorInfo);
 
     /// The raw bytes of a metadata entry (key, type and value) as stored.
     pub fn raw_kv(&self, kv: &KeyValue) -> &[u8] {

@@ -1,7 +1,8 @@
 //! The per-file writers of [`Output`]: [`FileWriter`] streams one safetensors file's tensors
 //! in their declared order (with early writeback and kernel copies of untouched tensors);
-//! [`RawFile`] is a non-safetensors output (GGUF), with the same early writeback and kernel
-//! copies. Committing, locking and cleanup stay in the parent module.
+//! [`RawFile`] is a non-safetensors output (GGUF). Both write through one [`Stream`] (buffered
+//! writes, kernel copies, early writeback, the durable close), so the two cannot drift in how
+//! bytes reach the disk. Committing, locking and cleanup stay in the parent module.
 
 use super::*;
 
@@ -10,13 +11,71 @@ use super::*;
 pub struct FileWriter<'o> {
     pub(super) out: &'o mut Output,
     pub(super) tmp: PathBuf,
-    pub(super) dest: PathBuf,
-    pub(super) w: Option<BufWriter<File>>,
+    pub(super) stream: Stream,
     pub(super) specs: Vec<TensorSpec>,
     pub(super) next: usize,
     pub(super) left: u64,
-    pub(super) bytes: u64,
-    pub(super) behind: WriteBehind,
+}
+
+/// The temporary file behind one output file, written in order: buffered writes and kernel
+/// copies, each followed by the early writeback hand-off ([`WriteBehind`]), and the durable
+/// close. What [`FileWriter`] (safetensors, checked tensor by tensor) and [`RawFile`] (bytes
+/// whose layout the caller owns) share; `dest`, the final path, is for errors.
+#[derive(Debug)]
+pub(super) struct Stream {
+    dest: PathBuf,
+    w: BufWriter<File>,
+    bytes: u64,
+    behind: WriteBehind,
+}
+
+impl Stream {
+    /// A stream into `file` (the temporary file of `dest`), through an 8 MiB buffer.
+    pub(super) fn new(dest: &Path, file: File) -> Stream {
+        Stream {
+            dest: dest.to_path_buf(),
+            w: BufWriter::with_capacity(8 << 20, file),
+            bytes: 0,
+            behind: WriteBehind::default(),
+        }
+    }
+
+    /// Appends `data`.
+    pub(super) fn write_all(&mut self, data: &[u8]) -> InputResult<()> {
+        self.bytes += data.len() as u64;
+        self.w
+            .write_all(data)
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        self.behind.after(&mut self.w, &self.dest, self.bytes)
+    }
+
+    /// Appends the `len` bytes of `src` (at `src_path`) from `offset`, copied by the kernel
+    /// ([`kernel_copy`], with its read/write fallback); `name` is the tensor they hold.
+    fn copy(
+        &mut self,
+        name: &str,
+        src: &File,
+        src_path: &Path,
+        range: (u64, u64),
+    ) -> InputResult<()> {
+        let (offset, len) = range;
+        kernel_copy(&mut self.w, &self.dest, name, src, src_path, offset, len)?;
+        self.bytes += len;
+        self.behind.after(&mut self.w, &self.dest, self.bytes)
+    }
+
+    /// Flushes, waits for the writeback hand-offs already made and fsyncs the file: the end of
+    /// every output file, safetensors or not. Returns the bytes written.
+    fn close(mut self) -> InputResult<u64> {
+        let file = self
+            .w
+            .into_inner()
+            .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        self.behind.stop();
+        file.sync_all()
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        Ok(self.bytes)
+    }
 }
 
 /// Early writeback of one file ([`WRITE_BEHIND`]).
@@ -138,7 +197,7 @@ impl FileWriter<'_> {
         if let Some(i) = dtype::first_non_finite(dtype, data) {
             let done = spec.byte_len().saturating_sub(self.left) * 8 / dtype.bitsize() as u64;
             return Err(InputError::invalid(
-                &self.dest,
+                &self.stream.dest,
                 format!(
                     "tensor `{}`: element {} is {}; nothing was written",
                     spec.name,
@@ -190,11 +249,7 @@ impl FileWriter<'_> {
             ));
         }
         self.left -= data.len() as u64;
-        self.bytes += data.len() as u64;
-        let w = self.w.as_mut().expect("open until finish");
-        w.write_all(data)
-            .map_err(|e| InputError::write(&self.dest, e))?;
-        self.write_behind()
+        self.stream.write_all(data)
     }
 
     /// Writes the whole of the next tensor, which must be `name`, as the `len` bytes of `src`
@@ -219,22 +274,13 @@ impl FileWriter<'_> {
                 ),
             ));
         }
-        let w = self.w.as_mut().expect("open until finish");
-        kernel_copy(w, &self.dest, name, src, src_path, offset, len)?;
+        self.stream.copy(name, src, src_path, (offset, len))?;
         self.left = 0;
-        self.bytes += len;
-        self.write_behind()
-    }
-
-    /// Hands what was written since the last hand-off to the kernel's writeback once it is
-    /// [`WRITE_BEHIND`] bytes or more (see there).
-    fn write_behind(&mut self) -> InputResult<()> {
-        let w = self.w.as_mut().expect("open until finish");
-        self.behind.after(w, &self.dest, self.bytes)
+        Ok(())
     }
 
     /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
-    pub fn finish(mut self) -> InputResult<u64> {
+    pub fn finish(self) -> InputResult<u64> {
         if self.next != self.specs.len() || self.left != 0 {
             let missing = self
                 .specs
@@ -246,21 +292,10 @@ impl FileWriter<'_> {
                 format!("tensor `{missing}` was never written"),
             ));
         }
-        let w = self.w.take().expect("open until finish");
-        close_durably(w, &mut self.behind, &self.dest)?;
-        self.out.bytes += self.bytes;
-        Ok(self.bytes)
+        let bytes = self.stream.close()?;
+        self.out.bytes += bytes;
+        Ok(bytes)
     }
-}
-
-/// Flushes `w`, waits for the writeback hand-offs already made and fsyncs the file: the end of
-/// every output file, safetensors or not. `dest` is for errors.
-fn close_durably(w: BufWriter<File>, behind: &mut WriteBehind, dest: &Path) -> InputResult<()> {
-    let file = w
-        .into_inner()
-        .map_err(|e| InputError::write(dest, e.into_error()))?;
-    behind.stop();
-    file.sync_all().map_err(|e| InputError::write(dest, e))
 }
 
 /// Appends the `len` bytes of `src` (at `src_path`) from `offset` to `w`'s file, copied by the
@@ -345,19 +380,12 @@ fn kernel_copy(
 #[derive(Debug)]
 pub struct RawFile<'o> {
     pub(super) out: &'o mut Output,
-    pub(super) dest: PathBuf,
-    pub(super) w: Option<BufWriter<File>>,
-    pub(super) bytes: u64,
-    pub(super) behind: WriteBehind,
+    pub(super) stream: Stream,
 }
 
 impl RawFile<'_> {
     pub fn write_all(&mut self, data: &[u8]) -> InputResult<()> {
-        self.bytes += data.len() as u64;
-        let w = self.w.as_mut().expect("open until finish");
-        w.write_all(data)
-            .map_err(|e| InputError::write(&self.dest, e))?;
-        self.behind.after(w, &self.dest, self.bytes)
+        self.stream.write_all(data)
     }
 
     /// Appends the `len` bytes of `src` (at `src_path`) from `offset`, copied by the kernel
@@ -371,22 +399,18 @@ impl RawFile<'_> {
         offset: u64,
         len: u64,
     ) -> InputResult<()> {
-        let w = self.w.as_mut().expect("open until finish");
-        kernel_copy(w, &self.dest, name, src, src_path, offset, len)?;
-        self.bytes += len;
-        self.behind.after(w, &self.dest, self.bytes)
+        self.stream.copy(name, src, src_path, (offset, len))
     }
 
     /// Bytes written so far.
     pub fn position(&self) -> u64 {
-        self.bytes
+        self.stream.bytes
     }
 
     /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
-    pub fn finish(mut self) -> InputResult<u64> {
-        let w = self.w.take().expect("open until finish");
-        close_durably(w, &mut self.behind, &self.dest)?;
-        self.out.bytes += self.bytes;
-        Ok(self.bytes)
+    pub fn finish(self) -> InputResult<u64> {
+        let bytes = self.stream.close()?;
+        self.out.bytes += bytes;
+        Ok(bytes)
     }
 }

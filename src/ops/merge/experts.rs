@@ -10,8 +10,7 @@
 
 use super::*;
 use crate::adapter::formats::peft::params;
-use crate::backend::{self, MergeError, MergeJob, Piece, Term};
-use crate::dtype::Dtype;
+use crate::backend::{MergeError, MergeJob, Piece, Term};
 use crate::error::{InputError, Opt};
 use anyhow::Result;
 
@@ -24,16 +23,9 @@ impl MergePlan {
     }
 
     /// Merges the expert `terms` into base tensor `name`, expert by expert (module header).
-    pub(super) fn merge_experts(
-        &self,
-        engine: &backend::Engine,
-        name: &str,
-        terms: &[(usize, usize)],
-        out_dtype: Dtype,
-        sink: &mut dyn FnMut(Piece<'_>) -> Result<()>,
-    ) -> Result<()> {
-        let file = self.base.file_of(name).expect("base tensor");
-        let info = self.base.info(name).expect("base tensor");
+    pub(super) fn merge_experts(&self, merge: TensorMerge<'_>, sink: PieceSink<'_>) -> Result<()> {
+        let name = merge.name;
+        let (file, info) = self.base_tensor(name);
         let refuse = |why: &str| {
             anyhow::Error::new(InputError::invalid(
                 file.path(),
@@ -60,10 +52,7 @@ impl MergePlan {
             [d1, d2] => (1, *d1, *d2),
             s => return Err(refuse(&format!("shape {s:?} is not [experts, rows, cols]"))),
         };
-        let mut order = terms.to_vec();
-        if self.options.unmerge {
-            order.reverse();
-        }
+        let order = self.apply_order(merge.terms);
         // (expert, b, a, rank, scale) in the stored orientation, one module per expert slice.
         let mut stored = Vec::with_capacity(order.len());
         for &(ai, mi) in &order {
@@ -96,7 +85,7 @@ impl MergePlan {
         let size = info.dtype.bitsize() / 8;
         let slice = d1 * d2 * size;
         let view = file.view_info(info)?;
-        let mut out = Vec::with_capacity(n * d1 * d2 * out_dtype.bitsize() / 8);
+        let mut out = Vec::with_capacity(n * d1 * d2 * merge.out_dtype.bitsize() / 8);
         for e in 0..n {
             let mine: Vec<_> = stored.iter().filter(|t| t.0 == e).collect();
             let term_list: Vec<Term> = mine
@@ -109,18 +98,18 @@ impl MergePlan {
                 rows: d1,
                 cols: d2,
                 terms: &term_list,
-                out_dtype,
+                out_dtype: merge.out_dtype,
             };
-            let bytes =
-                engine
-                    .merge_with(&job, self.options.rounding)
-                    .map_err(|err: MergeError| {
-                        let modules: Vec<&str> = mine.iter().map(|t| t.5.as_str()).collect();
-                        refuse(&format!(
-                            "expert {e}: merging {} gives an invalid result: {err}",
-                            modules.join(" + ")
-                        ))
-                    })?;
+            let bytes = merge
+                .engine
+                .merge_with(&job, self.options.rounding)
+                .map_err(|err: MergeError| {
+                    let modules: Vec<&str> = mine.iter().map(|t| t.5.as_str()).collect();
+                    refuse(&format!(
+                        "expert {e}: merging {} gives an invalid result: {err}",
+                        modules.join(" + ")
+                    ))
+                })?;
             out.extend_from_slice(&bytes);
         }
         sink(Piece::Whole(out))

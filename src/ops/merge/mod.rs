@@ -35,6 +35,7 @@ mod slices;
 mod tensor;
 use run::*;
 pub(crate) use run::{copied_files, without_quantization_config};
+use tensor::{PieceSink, TensorMerge};
 
 /// Options of a merge.
 #[derive(Debug, Clone, Default)]

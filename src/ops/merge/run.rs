@@ -83,8 +83,7 @@ impl MergePlan {
                         .quant
                         .get(name)
                         .map_or(name.as_str(), |q| q.stored.as_str());
-                    let file = self.base.file_of(stored).expect("base tensor");
-                    let info = self.base.info(stored).expect("base tensor");
+                    let (file, info) = self.base_tensor(stored);
                     let (out_dtype, _) = self.out_spec(name);
                     if keep {
                         if let Some(bytes) = self.requantized_piece(engine, name, &mut pending)? {
@@ -140,9 +139,8 @@ impl MergePlan {
                             let mut out = Streamed::new(name, plain.then_some(&consumed));
                             let stray = {
                                 let _t = profile::time(Stage::Kernel);
-                                self.merge_tensor(engine, name, terms, out_dtype, &mut |p| {
-                                    out.take(w, bar.as_ref(), p)
-                                })?
+                                let merge = TensorMerge::new(engine, name, terms, out_dtype);
+                                self.merge_tensor(merge, &mut |p| out.take(w, bar.as_ref(), p))?
                             };
                             if out.finish(w, bar.as_ref())? {
                                 streamed += 1;
@@ -416,8 +414,7 @@ impl MergePlan {
             // Already requantized: this companion did not change.
             return Ok(None);
         }
-        let bytes = self.merge_tensor_whole(engine, &owner.name, terms, Dtype::F32)?;
-        let merged = dtype::decode(Dtype::F32, &bytes);
+        let merged = self.merge_tensor_f32(engine, &owner.name, terms)?;
         let pieces = self
             .quant
             .requantize(&self.base, owner, &merged)

@@ -20,8 +20,7 @@
 
 use super::*;
 use crate::adapter::mapping::RowSlice;
-use crate::backend::{self, MergeError, MergeJob, Piece, Term};
-use crate::dtype::Dtype;
+use crate::backend::{MergeError, MergeJob, Piece, Term};
 use crate::error::InputError;
 use anyhow::Result;
 
@@ -106,24 +105,14 @@ impl MergePlan {
 
     /// Merges `terms`, some on row slices, into base tensor `name` band by band (module header),
     /// handing the `out_dtype` bytes to `sink`: whole from the CPU, in row-major pieces from the GPU.
-    pub(super) fn merge_slices(
-        &self,
-        engine: &backend::Engine,
-        name: &str,
-        terms: &[(usize, usize)],
-        out_dtype: Dtype,
-        sink: &mut dyn FnMut(Piece<'_>) -> Result<()>,
-    ) -> Result<()> {
-        let file = self.base.file_of(name).expect("base tensor");
-        let info = self.base.info(name).expect("base tensor");
+    pub(super) fn merge_slices(&self, merge: TensorMerge<'_>, sink: PieceSink<'_>) -> Result<()> {
+        let name = merge.name;
+        let (file, info) = self.base_tensor(name);
         let rows = info.shape.first().copied().unwrap_or(1);
         let cols = info.shape.iter().skip(1).product::<usize>();
         let in_size = info.dtype.bitsize() / 8;
         let view = file.view_info(info)?;
-        let mut order = terms.to_vec();
-        if self.options.unmerge {
-            order.reverse();
-        }
+        let order = self.apply_order(merge.terms);
         // Every term as (rows it covers, B or dense ΔW with those rows, A, rank, scale, name).
         let mut stored = Vec::with_capacity(order.len());
         for &(ai, mi) in &order {
@@ -150,10 +139,10 @@ impl MergePlan {
         cuts.dedup();
         // On the GPU the bands stream on to the writer as they come back; on the CPU the tensor
         // is handed over whole, as every CPU merge is (the report counts streamed tensors).
-        let streaming = engine.is_gpu();
+        let streaming = merge.engine.is_gpu();
         let mut whole: Vec<u8> = Vec::new();
         if !streaming {
-            whole.reserve(rows * cols * out_dtype.bitsize() / 8);
+            whole.reserve(rows * cols * merge.out_dtype.bitsize() / 8);
         }
         let mut emit = |b: &[u8]| -> Result<()> {
             if streaming {
@@ -172,7 +161,7 @@ impl MergePlan {
                 .iter()
                 .filter(|s| s.0.offset <= lo && hi <= s.0.end())
                 .collect();
-            if mine.is_empty() && out_dtype == info.dtype {
+            if mine.is_empty() && merge.out_dtype == info.dtype {
                 emit(w0)?;
                 continue;
             }
@@ -197,18 +186,20 @@ impl MergePlan {
                 rows: hi - lo,
                 cols,
                 terms: &list,
-                out_dtype,
+                out_dtype: merge.out_dtype,
             };
-            let r = engine.merge_to(&job, self.options.rounding, &mut |p| {
-                let r = match &p {
-                    Piece::Whole(v) => emit(v),
-                    Piece::Part(b) => emit(b),
-                };
-                r.map_err(|e| {
-                    stopped = Some(e);
-                    MergeError::SinkStopped
-                })
-            });
+            let r = merge
+                .engine
+                .merge_to(&job, self.options.rounding, &mut |p| {
+                    let r = match &p {
+                        Piece::Whole(v) => emit(v),
+                        Piece::Part(b) => emit(b),
+                    };
+                    r.map_err(|e| {
+                        stopped = Some(e);
+                        MergeError::SinkStopped
+                    })
+                });
             if let Some(e) = stopped {
                 return Err(e);
             }

@@ -49,10 +49,7 @@ impl MergePlan {
     pub fn merged_f32(&self, engine: &backend::Engine, name: &str) -> Result<Vec<f32>> {
         Ok(match self.actions.get(name).unwrap_or(&Action::Copy) {
             Action::Copy => self.base.read_f32(name)?,
-            Action::Merge(terms) => {
-                let bytes = self.merge_tensor_whole(engine, name, terms, Dtype::F32)?;
-                bytemuck::pod_collect_to_vec(&bytes)
-            }
+            Action::Merge(terms) => self.merge_tensor_f32(engine, name, terms)?,
             Action::Bias(terms) => {
                 let v = self.biased(name, terms)?;
                 check_finite(&self.base, name, &v)?;
@@ -77,23 +74,20 @@ impl MergePlan {
     /// F64 tensors.
     pub(super) fn merge_tensor(
         &self,
-        engine: &backend::Engine,
-        name: &str,
-        terms: &[(usize, usize)],
-        out_dtype: Dtype,
-        sink: &mut dyn FnMut(Piece<'_>) -> Result<()>,
+        merge: TensorMerge<'_>,
+        sink: PieceSink<'_>,
     ) -> Result<Option<QloraTensor>> {
-        if self.expert_terms(terms) {
-            self.merge_experts(engine, name, terms, out_dtype, sink)?;
+        if self.expert_terms(merge.terms) {
+            self.merge_experts(merge, sink)?;
             return Ok(None);
         }
-        if self.slice_terms(terms) {
-            self.merge_slices(engine, name, terms, out_dtype, sink)?;
+        if self.slice_terms(merge.terms) {
+            self.merge_slices(merge, sink)?;
             return Ok(None);
         }
+        let (name, out_dtype) = (merge.name, merge.out_dtype);
         let stored = self.quant.get(name).map_or(name, |q| q.stored.as_str());
-        let file = self.base.file_of(stored).expect("base tensor");
-        let info = self.base.info(stored).expect("base tensor");
+        let (file, info) = self.base_tensor(stored);
         // The logical shape (a quantized weight is stored packed).
         let shape = match self.quant.get(name) {
             Some(q) => q.shape.clone(),
@@ -145,7 +139,7 @@ impl MergePlan {
         // term on such a tensor, checked by the plan), cast back to the weight's dtype as PEFT
         // does.
         let residual_bytes;
-        let w0: &[u8] = match terms.iter().find_map(|&(ai, mi)| {
+        let w0: &[u8] = match merge.terms.iter().find_map(|&(ai, mi)| {
             let a = &self.adapters[ai].adapter;
             let m = &a.modules[mi];
             Some((a.residual_of(m)?, m))
@@ -170,10 +164,7 @@ impl MergePlan {
         };
         // Factors in the stored orientation: a transposed base gets (B·A)ᵀ = Aᵀ·Bᵀ.
         let mut owned: Vec<StoredTerm> = Vec::new();
-        let mut order = terms.to_vec();
-        if self.options.unmerge {
-            order.reverse();
-        }
+        let order = self.apply_order(merge.terms);
         // A base-dependent update after another term sees the weight as the terms before it
         // left it, as ComfyUI applies patches (`comfy/lora.py` `calculate_weight`: each
         // adapter's `calculate_weight` gets the previous result): `running` is W0 plus every
@@ -327,19 +318,22 @@ impl MergePlan {
         let Some(stray_norm) = stray_norm else {
             // The sink's own error (the writer's) is kept aside and returned as it was raised.
             let mut stopped = None;
-            let r = engine.merge_to(&job, self.options.rounding, &mut |p| {
-                sink(p).map_err(|e| {
-                    stopped = Some(e);
-                    MergeError::SinkStopped
-                })
-            });
+            let r = merge
+                .engine
+                .merge_to(&job, self.options.rounding, &mut |p| {
+                    sink(p).map_err(|e| {
+                        stopped = Some(e);
+                        MergeError::SinkStopped
+                    })
+                });
             if let Some(e) = stopped {
                 return Err(e);
             }
             r.map_err(invalid)?;
             return Ok(None);
         };
-        let result = engine
+        let result = merge
+            .engine
             .merge_with(&job, self.options.rounding)
             .map_err(invalid)?;
         let merged = dtype::decode(Dtype::F32, &result);
@@ -369,17 +363,17 @@ impl MergePlan {
         }))
     }
 
-    /// [`Self::merge_tensor`] into one host buffer (for a caller that needs the whole result,
-    /// as requantization does).
-    pub(super) fn merge_tensor_whole(
+    /// [`Self::merge_tensor`] of base tensor `name` with `terms` into one host buffer, in f32
+    /// (for a caller that needs the whole result: requantization, another format's writer).
+    pub(super) fn merge_tensor_f32(
         &self,
         engine: &backend::Engine,
         name: &str,
         terms: &[(usize, usize)],
-        out_dtype: Dtype,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        self.merge_tensor(engine, name, terms, out_dtype, &mut |p| {
+        let merge = TensorMerge::new(engine, name, terms, Dtype::F32);
+        self.merge_tensor(merge, &mut |p| {
             match p {
                 Piece::Whole(v) if out.is_empty() => out = v,
                 Piece::Whole(v) => out.extend_from_slice(&v),
@@ -387,9 +381,63 @@ impl MergePlan {
             }
             Ok(())
         })?;
-        Ok(out)
+        Ok(dtype::decode(Dtype::F32, &out))
+    }
+
+    /// `terms` in the order they apply: as given, or reversed when unmerging (the adapter added
+    /// last comes off first). Every merge path (whole, row bands, experts) walks this order.
+    pub(super) fn apply_order(&self, terms: &[(usize, usize)]) -> Vec<(usize, usize)> {
+        let mut order = terms.to_vec();
+        if self.options.unmerge {
+            order.reverse();
+        }
+        order
+    }
+
+    /// The file holding base tensor `name` and its header entry. Every name a plan merges is a
+    /// base tensor (planning resolved it), so a miss is a bug, not bad input.
+    pub(super) fn base_tensor(
+        &self,
+        name: &str,
+    ) -> (&crate::io::SafetensorsFile, &crate::io::header::TensorInfo) {
+        let file = self.base.file_of(name).expect("base tensor");
+        let info = self.base.info(name).expect("base tensor");
+        (file, info)
     }
 }
+
+/// One base tensor to merge, as the three merge paths ([`MergePlan::merge_tensor`] whole,
+/// [`MergePlan::merge_slices`] by row bands, [`MergePlan::merge_experts`] expert by expert)
+/// take it: the engine that computes it, its name, the `(adapter, module)` terms that touch it
+/// in the order they apply, and the dtype its bytes are stored in. One value, so the dispatch
+/// hands it on unchanged and the three paths cannot drift in what they are given.
+#[derive(Clone, Copy)]
+pub(super) struct TensorMerge<'a> {
+    pub engine: &'a backend::Engine,
+    pub name: &'a str,
+    pub terms: &'a [(usize, usize)],
+    pub out_dtype: Dtype,
+}
+
+impl<'a> TensorMerge<'a> {
+    pub fn new(
+        engine: &'a backend::Engine,
+        name: &'a str,
+        terms: &'a [(usize, usize)],
+        out_dtype: Dtype,
+    ) -> Self {
+        TensorMerge {
+            engine,
+            name,
+            terms,
+            out_dtype,
+        }
+    }
+}
+
+/// Where a merge hands the result's bytes: whole from the CPU engine, in row-major pieces from
+/// the GPU engine ([`Piece`]).
+pub(super) type PieceSink<'s> = &'s mut dyn FnMut(Piece<'_>) -> Result<()>;
 
 /// `dequantize_4bit(quantize_4bit(W))` as bitsandbytes computes it on load
 /// (`BitsAndBytesConfig(load_in_4bit=True)`): the weights a QLoRA adapter was trained against.

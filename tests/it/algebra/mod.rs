@@ -241,8 +241,5 @@ fn help_has_examples() {
         &dir.path().join("r"),
         &["--rank", "2"],
     ));
-    assert!(
-        text.contains("energy kept") && text.contains("model.layers.0.self_attn.q_proj"),
-        "{text}"
-    );
+    assert_mentions(&text, &["energy kept", "model.layers.0.self_attn.q_proj"]);
 }

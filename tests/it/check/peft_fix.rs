@@ -57,14 +57,8 @@ fn peft_merges(
         .collect();
     let list = dir.join("jobs.json");
     std::fs::write(&list, serde_json::to_vec(&jobs).unwrap()).unwrap();
-    let o = std::process::Command::new(py)
-        .arg(fixture("gen/check_fix_peft.py"))
-        .arg(&list)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let lines: Vec<Value> = String::from_utf8(o.stdout)
+    let stdout = python_ok(py, "check_fix_peft.py", &[list.as_os_str()]);
+    let lines: Vec<Value> = String::from_utf8(stdout)
         .unwrap()
         .lines()
         .filter(|l| l.starts_with('{'))

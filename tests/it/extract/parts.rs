@@ -49,9 +49,12 @@ fn three_extract_parts_in_separate_processes_equal_one_run() {
         .status()
         .unwrap();
     let err = one_line_error(&run_err(finalize_args(&split, &[])));
-    assert!(
-        err.contains(".lorakit-extract-part-2-of-3.safetensors") && err.contains("other arguments"),
-        "{err}"
+    assert_mentions(
+        &err,
+        &[
+            ".lorakit-extract-part-2-of-3.safetensors",
+            "other arguments",
+        ],
     );
     std::fs::write(&p2, &saved).unwrap();
     let joined: Value = serde_json::from_str(&run_ok(finalize_args(&split, &["--json"]))).unwrap();

@@ -20,18 +20,17 @@ fn unchanged_skipped_changed_reported_and_saved_with_save_changed() {
         .unwrap();
     assert!(o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        stderr.contains("warning: 2 changed tensor(s) not in the adapter"),
-        "{stderr}"
+    assert_mentions(
+        &stderr,
+        &["warning: 2 changed tensor(s) not in the adapter"],
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        stdout.contains("skipped (unchanged): layers.1.proj.weight, norm.bias"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("skipped (below min diff): layers.2.proj.weight"),
-        "{stdout}"
+    assert_mentions(
+        &stdout,
+        &[
+            "skipped (unchanged): layers.1.proj.weight, norm.bias",
+            "skipped (below min diff): layers.2.proj.weight",
+        ],
     );
     let v = extract(
         &base,
@@ -405,7 +404,7 @@ fn dtype_keep_writes_the_tuned_dtype() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base_bf16");
     let tuned = dir.path().join("tuned");
-    merge_ok(&base, &fixture("llama/adapters/qv_r8"), &tuned, &[]);
+    merge_qv_r8_into(&base, &tuned, &[]);
     for (flags, want) in [
         (&["--dtype", "keep"][..], Dtype::BF16),
         (&[][..], Dtype::F32),

@@ -221,11 +221,8 @@ fn merge_copies_subfolders_and_refuses_a_file_name_for_a_folder_output() {
     std::fs::write(base.join("modules.json"), "[]").unwrap();
     // Missing parents are created and named in the summary.
     let out = dir.path().join("new/parent/out");
-    let text = merge_ok(&base, &fixture("llama/adapters/qv_r8"), &out, &[]);
-    assert!(
-        text.contains("created folder") && text.contains("new/parent"),
-        "{text}"
-    );
+    let text = merge_qv_r8_into(&base, &out, &[]);
+    assert_mentions(&text, &["created folder", "new/parent"]);
     assert_eq!(
         std::fs::read(out.join("1_Pooling/config.json")).unwrap(),
         std::fs::read(base.join("1_Pooling/config.json")).unwrap()
@@ -233,6 +230,6 @@ fn merge_copies_subfolders_and_refuses_a_file_name_for_a_folder_output() {
     assert!(out.join("modules.json").exists());
     // A folder base into `x.safetensors`: refused, nothing made.
     let x = dir.path().join("x.safetensors");
-    let line = merge_refused(&base, &fixture("llama/adapters/qv_r8"), &x, &[]);
+    let line = merge_qv_r8_refused(&base, &x, &[]);
     assert!(line.contains("folder"), "{line}");
 }

@@ -105,10 +105,7 @@ fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
             "HF_HUB_CACHE",
             &hub,
         ));
-        assert!(
-            e.contains("Hugging Face cache") && e.contains("never downloads"),
-            "{e}"
-        );
+        assert_mentions(&e, &["Hugging Face cache", "never downloads"]);
     }
 }
 

@@ -38,8 +38,7 @@ fn inspect_gguf_json_speaks_the_report_vocabulary() {
 #[test]
 fn inspect_a_split_gguf_lists_every_part() {
     let out = run_ok(["inspect", &g("split-00003-of-00003.gguf")]);
-    assert!(out.contains("layout      split (3 files)"), "{out}");
-    assert!(out.contains("tensors     5"), "{out}");
+    assert_mentions(&out, &["layout      split (3 files)", "tensors     5"]);
 }
 
 #[test]

@@ -5,12 +5,7 @@ use super::*;
 fn merge_parts(base: &Path, out: &Path) {
     for i in 1..=2 {
         let part = format!("{i}/2");
-        merge_ok(
-            base,
-            &fixture("llama/adapters/qv_r8"),
-            out,
-            &["--part", &part, "--quiet"],
-        );
+        merge_qv_r8_into(base, out, &["--part", &part, "--quiet"]);
     }
 }
 

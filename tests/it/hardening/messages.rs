@@ -28,7 +28,7 @@ fn names_with_control_characters_are_escaped() {
         !res.stderr.contains(&0x1b) && !res.stderr.contains(&b'\r'),
         "{line}"
     );
-    assert!(line.contains("\\n") && line.contains("\\u{1b}"), "{line}");
+    assert_mentions(&line, &["\\n", "\\u{1b}"]);
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn a_hub_cache_snapshot_merges_with_its_configs() {
     }
     let blobs_before = snapshot(&blobs);
     let out = dir.path().join("out");
-    merge_ok(&snap, &fixture("llama/adapters/qv_r8"), &out, &["--quiet"]);
+    merge_qv_r8_into(&snap, &out, &["--quiet"]);
     assert_eq!(
         listing(&out),
         vec!["config.json", "generation_config.json", "model.safetensors"]

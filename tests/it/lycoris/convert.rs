@@ -257,21 +257,8 @@ fn python() -> Option<PathBuf> {
 }
 
 fn peer(py: &Path, mode: &str, adapter: &Path, model: &str, base: &Path, out: &Path) {
-    let o = std::process::Command::new(py)
-        .arg(fixture("gen/check_lycoris_peers.py"))
-        .args([mode, s(adapter), model, s(base), s(out)])
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        o.status.success(),
-        "{mode} refused {}:\n{log}",
-        adapter.display()
-    );
+    let args = [mode, s(adapter), model, s(base), s(out)].map(std::ffi::OsStr::new);
+    python_ok(py, "check_lycoris_peers.py", &args);
 }
 
 /// The real peers load lorakit's outputs and compute lorakit's merge: PEFT loads the LOHA/LOKR

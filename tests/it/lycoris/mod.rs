@@ -60,17 +60,39 @@ fn assert_blended(
     }
 }
 
+/// The fixture adapter `lycoris/{case}.safetensors` merged into `lycoris/base.safetensors`
+/// ([`merged_from`]).
 fn merged(dir: &Path, case: &str, extra: &[&str]) -> BTreeMap<String, T> {
+    merged_from(dir, "lycoris", case, extra)
+}
+
+/// Merges the fixture adapter `{set}/{case}.safetensors` into `{set}/base.safetensors` on the
+/// CPU with `extra`, writing into `dir`; returns the merged tensors. `set` is a fixture folder
+/// written by lycoris-lora: `lycoris` (base-independent updates) or `lycoris_w0`.
+fn merged_from(dir: &Path, set: &str, case: &str, extra: &[&str]) -> BTreeMap<String, T> {
     let out = dir.join(format!("{case}.safetensors"));
     let mut args = vec!["--device", "cpu", "--quiet"];
     args.extend_from_slice(extra);
     merge_ok(
-        &fixture("lycoris/base.safetensors"),
-        &fixture(&format!("lycoris/{case}.safetensors")),
+        &fixture(&format!("{set}/base.safetensors")),
+        &fixture(&format!("{set}/{case}.safetensors")),
         &out,
         &args,
     );
     read(&out)
+}
+
+/// `--weight 0.375` on each of `cases` of fixture folder `set` ([`merged_from`]) gives
+/// `W0 + 0.375·(W1 − W0)` ([`assert_blended`]) against the base and the full-strength merge
+/// lycoris-lora wrote (`{set}/{case}.merged.safetensors`).
+fn assert_weight_blends(set: &str, cases: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture(&format!("{set}/base.safetensors")));
+    for &case in cases {
+        let out = merged_from(dir.path(), set, case, &["--weight", "0.375"]);
+        let full = read(&fixture(&format!("{set}/{case}.merged.safetensors")));
+        assert_blended(case, &base, &full, &out, 0.375);
+    }
 }
 
 /// How a merge shows it reproduces the adapter's change, not just the base.
@@ -172,19 +194,16 @@ fn every_algorithm_merges_to_the_weight_its_forward_computes() {
 /// fixtures.
 #[test]
 fn a_weight_scales_the_change_as_comfyui_applies_strength() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = read(&fixture("lycoris/base.safetensors"));
-    for case in [
-        "loha",
-        "lokr_both_tucker",
-        "dora_out",
-        "loha_dora_in",
-        "full",
-    ] {
-        let out = merged(dir.path(), case, &["--weight", "0.375"]);
-        let full = read(&fixture(&format!("lycoris/{case}.merged.safetensors")));
-        assert_blended(case, &base, &full, &out, 0.375);
-    }
+    assert_weight_blends(
+        "lycoris",
+        &[
+            "loha",
+            "lokr_both_tucker",
+            "dora_out",
+            "loha_dora_in",
+            "full",
+        ],
+    );
 }
 
 #[test]
@@ -356,5 +375,5 @@ fn peft_loha_and_lokr_folders_merge_like_merge_and_unload() {
     .unwrap();
     let out = dir.path().join("never");
     let line = merge_refused(&base_path, &bad, &out, &[]);
-    assert!(line.contains("r = 5") && line.contains("conv1"), "{line}");
+    assert_mentions(&line, &["r = 5", "conv1"]);
 }

@@ -120,10 +120,12 @@ fn split_qkv_on_a_fused_base_is_refused_by_name() {
         &out,
         &[],
     )));
-    assert!(line.contains("flux_legacy_split.safetensors"), "{line}");
-    assert!(
-        line.contains("lora_transformer_transformer_blocks_0_attn_to_q"),
-        "{line}"
+    assert_mentions(
+        &line,
+        &[
+            "flux_legacy_split.safetensors",
+            "lora_transformer_transformer_blocks_0_attn_to_q",
+        ],
     );
     assert_eq!(listing(dir.path()), before, "nothing written");
 }

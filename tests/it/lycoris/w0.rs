@@ -22,16 +22,7 @@ const W0_CASES: &[(&str, usize)] = &[
 ];
 
 fn w0_merged(dir: &Path, case: &str, extra: &[&str]) -> BTreeMap<String, T> {
-    let out = dir.join(format!("{case}.safetensors"));
-    let mut args = vec!["--device", "cpu", "--quiet"];
-    args.extend_from_slice(extra);
-    merge_ok(
-        &fixture("lycoris_w0/base.safetensors"),
-        &fixture(&format!("lycoris_w0/{case}.safetensors")),
-        &out,
-        &args,
-    );
-    read(&out)
+    merged_from(dir, "lycoris_w0", case, extra)
 }
 
 #[test]
@@ -50,13 +41,10 @@ fn oft_ia3_and_norm_layers_merge_to_the_weight_their_forward_computes() {
 /// `rescale` (`ΔW = w·(R − I)ᵀW0`), so the reference is W0 + w·(W1 − W0) in f64.
 #[test]
 fn a_weight_scales_oft_ia3_and_norm_updates_as_the_lycoris_multiplier() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = read(&fixture("lycoris_w0/base.safetensors"));
-    for case in ["oft", "lokr_norm", "ia3", "ia3_input", "glora"] {
-        let out = w0_merged(dir.path(), case, &["--weight", "0.375"]);
-        let full = read(&fixture(&format!("lycoris_w0/{case}.merged.safetensors")));
-        assert_blended(case, &base, &full, &out, 0.375);
-    }
+    assert_weight_blends(
+        "lycoris_w0",
+        &["oft", "lokr_norm", "ia3", "ia3_input", "glora"],
+    );
 }
 
 /// `--weight 0.375` on diag-OFT and BOFT, with and without `rescale`, against the weights
@@ -183,8 +171,10 @@ fn oft_and_ia3_are_inspected_rewritten_and_refused_where_they_need_the_base() {
             &["--unmerge"],
         ));
         let line = one_line_error(&err);
-        assert!(line.contains("depends on the base weight"), "{line}");
-        assert!(line.contains("lycoris_down_blocks_0_"), "{line}");
+        assert_mentions(
+            &line,
+            &["depends on the base weight", "lycoris_down_blocks_0_"],
+        );
         assert!(!never.exists());
         let err = run_err(resize_args(
             &fixture(&format!("lycoris_w0/{case}.safetensors")),
@@ -192,10 +182,7 @@ fn oft_and_ia3_are_inspected_rewritten_and_refused_where_they_need_the_base() {
             &["--rank", "2"],
         ));
         let line = one_line_error(&err);
-        assert!(
-            line.contains("depends on the base weight") && line.contains("cannot be lowered"),
-            "{line}"
-        );
+        assert_mentions(&line, &["depends on the base weight", "cannot be lowered"]);
         assert!(!never.exists());
         let folder = dir.path().join("never_peft");
         let err = run_err(convert_args(

@@ -8,7 +8,7 @@ fn sharded_in_sharded_out_with_valid_index() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let base = fixture("llama/base_sharded");
-    merge_ok(&base, &fixture("llama/adapters/qv_r8"), &out, &[]);
+    merge_qv_r8_into(&base, &out, &[]);
     // Same shard files, index and non-weight files as the base.
     assert_eq!(listing(&out), listing(&base));
     let index: serde_json::Value =

@@ -236,5 +236,5 @@ fn exact_rounding_refuses_dora() {
         &out,
         &["--exact-rounding"],
     );
-    assert!(line.contains("DoRA") && line.contains("module `"), "{line}");
+    assert_mentions(&line, &["DoRA", "module `"]);
 }
