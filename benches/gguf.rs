@@ -23,6 +23,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::remove_settled;
+
 fn min_median(v: &[f64]) -> (f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -163,7 +167,7 @@ fn main() {
         std::fs::copy(&base, &copy).unwrap();
         std::fs::File::open(&copy).unwrap().sync_all().unwrap();
         copies.push(t.elapsed().as_secs_f64());
-        std::fs::remove_file(&copy).unwrap();
+        remove_settled(&copy);
 
         let t = Instant::now();
         let st = Command::new(env!("CARGO_BIN_EXE_lorakit"))
@@ -178,7 +182,7 @@ fn main() {
             .unwrap();
         assert!(st.success());
         merges.push(t.elapsed().as_secs_f64());
-        std::fs::remove_file(&out).unwrap();
+        remove_settled(&out);
     }
     let ((cmin, cmed), (mmin, mmed)) = (min_median(&copies), min_median(&merges));
     let gib = len as f64 / (1u64 << 30) as f64;

@@ -24,6 +24,10 @@ use lorakit::merge::{MergeOptions, MergePlan, Rounding, WeightedAdapter};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::remove_settled;
+
 const VOCAB: usize = 32000;
 const RANK: usize = 16;
 
@@ -111,15 +115,15 @@ fn main() {
         &[Rounding::F32]
     };
     for run in 0..runs {
-        let _ = std::fs::remove_file(&copy_out);
+        remove_settled(&copy_out);
         let t = Instant::now();
         std::fs::copy(&base, &copy_out).unwrap();
         std::fs::File::open(&copy_out).unwrap().sync_all().unwrap();
         copies.push(t.elapsed().as_secs_f64());
-        std::fs::remove_file(&copy_out).unwrap();
+        remove_settled(&copy_out);
 
         for &rounding in modes {
-            let _ = std::fs::remove_file(&out);
+            remove_settled(&out);
             reset_peak_rss();
             rss0 = rss0.max(peak_rss_kib());
             let _ = profile::take();
@@ -148,7 +152,7 @@ fn main() {
             if profile::enabled() {
                 eprintln!("run {} ({rounding:?}): {}", run + 1, profile::line(merge_s));
             }
-            std::fs::remove_file(&out).unwrap();
+            remove_settled(&out);
         }
     }
 
