@@ -135,11 +135,12 @@ impl StoredError {
 }
 
 /// [`quantize_par`] appending to `out`, and the [`StoredError`] of what it stored. Each
-/// parallel part measures its own bytes right after quantizing them, a few thousand values at
-/// a time while they are in cache (issue #17: a separate pass over the tensor afterwards cost
-/// a sixth of a 7B Q4_K_M merge's CPU time). The sums are per part in eight fixed f64 lanes,
-/// folded in order, so they do not depend on the number of threads. `None` as for
-/// [`quantize_par`].
+/// parallel part quantizes and measures a few thousand values at a time while they are in
+/// cache (issue #17: a separate pass over the tensor afterwards cost a sixth of a 7B Q4_K_M
+/// merge's CPU time); the K-quants hand back the stored values as they pack them
+/// ([`quantize_measured`]), the other types are dequantized from their bytes. The sums are per
+/// part in eight fixed f64 lanes, folded in order, so they do not depend on the number of
+/// threads. `None` as for [`quantize_par`].
 pub fn quantize_par_measured(
     ty: GgmlType,
     values: &[f32],
@@ -157,15 +158,17 @@ pub fn quantize_par_measured(
     let parts: Vec<Option<(Vec<u8>, StoredError)>> = values
         .par_chunks(part)
         .map_init(Vec::new, |back, c| {
-            let mut q = Vec::new();
-            if !quantize_into(ty, c, &mut q) {
-                return None;
-            }
+            let mut q = Vec::with_capacity(c.len() / SUB * sub_bytes + sub_bytes);
             let mut e = StoredError::default();
-            for (i, (v, b)) in c.chunks(SUB).zip(q.chunks(sub_bytes)).enumerate() {
-                back.clear();
-                back.resize(v.len(), 0f32);
-                assert!(dequantize_into(ty, b, back), "quantized just before");
+            for (i, v) in c.chunks(SUB).enumerate() {
+                // Every value is overwritten: zeroed only when the length changes.
+                if back.len() != v.len() {
+                    back.clear();
+                    back.resize(v.len(), 0f32);
+                }
+                if !quantize_measured(ty, v, &mut q, back) {
+                    return None;
+                }
                 e = e.then(error_sums(back, v), i * SUB);
             }
             Some((q, e))
@@ -179,6 +182,23 @@ pub fn quantize_par_measured(
         total = total.then(e, i * part);
     }
     Some(total)
+}
+
+/// [`quantize_into`], writing into `back` (as long as `values`) the values the stored bytes
+/// dequantize to ([`dequantize_into`]'s bits): the K-quants as they pack them (from the same
+/// stored scales and levels, `kquant::reference::Back`), the other types by dequantizing the
+/// bytes just written.
+fn quantize_measured(ty: GgmlType, values: &[f32], out: &mut Vec<u8>, back: &mut [f32]) -> bool {
+    match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            out.reserve(values.len() / 256 * ty.type_size());
+            kquant::quantize(ty, values, out, Some(back))
+        }
+        _ => {
+            let at = out.len();
+            quantize_into(ty, values, out) && dequantize_into(ty, &out[at..], back)
+        }
+    }
 }
 
 crate::backend::simd::multiversion! {
@@ -449,7 +469,7 @@ pub fn quantize_into(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
         GgmlType::Q4_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 4, out)),
         GgmlType::Q5_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 5, out)),
         GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-            return kquant::quantize(ty, values, out)
+            return kquant::quantize(ty, values, out, None)
         }
         _ => return false,
     }

@@ -149,7 +149,7 @@ fn lane_searches_equal_the_scalar_transcription_bit_for_bit_at_every_level() {
         assert_eq!(odd.len() / 256 % 2, 1);
         for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K] {
             let (mut fast, mut slow) = (Vec::new(), Vec::new());
-            assert!(with_level(level, || quantize(ty, odd, &mut fast)));
+            assert!(with_level(level, || quantize(ty, odd, &mut fast, None)));
             assert!(quantize_reference(ty, odd, &mut slow));
             let ts = ty.type_size();
             for (i, (f, s)) in fast.chunks(ts).zip(slow.chunks(ts)).enumerate() {
@@ -186,7 +186,49 @@ fn the_adversarial_set_reaches_the_branches_it_is_for() {
 #[test]
 fn quantize_refuses_what_is_not_a_whole_k_block() {
     let mut out = Vec::new();
-    assert!(!quantize(GgmlType::Q4_K, &[0.0; 255], &mut out));
-    assert!(!quantize(GgmlType::Q8_0, &[0.0; 256], &mut out));
+    assert!(!quantize(GgmlType::Q4_K, &[0.0; 255], &mut out, None));
+    assert!(!quantize(GgmlType::Q8_0, &[0.0; 256], &mut out, None));
+    let mut back = [0f32; 256];
+    assert!(!quantize(
+        GgmlType::Q4_K,
+        &[0.0; 512],
+        &mut out,
+        Some(&mut back)
+    ));
     assert!(out.is_empty());
+}
+
+/// The values a pack hands back (`reference::Back`, what the merge measures its error on) are
+/// those ggml's dequantizer reads from the packed bytes (`quant::dequantize_into`, checked
+/// against gguf-py), bit for bit, for every K type at every level; and handing them back does
+/// not change the bytes.
+#[test]
+fn packs_hand_back_the_dequantized_bytes_bit_for_bit() {
+    use GgmlType::*;
+    let x = superblocks(160);
+    for level in [Level::Baseline, Level::Avx2, Level::Avx512] {
+        for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K] {
+            let (mut bytes, mut plain) = (Vec::new(), Vec::new());
+            let mut back = vec![f32::NAN; x.len()];
+            assert!(with_level(level, || quantize(
+                ty,
+                &x,
+                &mut bytes,
+                Some(&mut back)
+            )));
+            assert!(with_level(level, || quantize(ty, &x, &mut plain, None)));
+            assert!(bytes == plain, "{ty} at {level:?}: bytes");
+            let mut want = vec![0f32; x.len()];
+            assert!(crate::io::gguf::quant::dequantize_into(
+                ty, &bytes, &mut want
+            ));
+            for (i, (b, w)) in back.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    b.to_bits(),
+                    w.to_bits(),
+                    "{ty} at {level:?}, value {i}: {b} vs {w}"
+                );
+            }
+        }
+    }
 }
