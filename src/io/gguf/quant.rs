@@ -19,6 +19,7 @@ use super::kquant;
 use super::types::GgmlType;
 use half::f16;
 
+#[inline(always)]
 fn h(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
@@ -203,10 +204,13 @@ fn quantize_measured(ty: GgmlType, values: &[f32], out: &mut Vec<u8>, back: &mut
 
 crate::backend::simd::multiversion! {
     /// The [`StoredError`] of `back` (stored values) against `v`: eight fixed lanes, summed in
-    /// lane order at the end, so every CPU level gives the same bits.
+    /// lane order at the end, so every CPU level gives the same bits. Stored values that are
+    /// not finite are looked for only where some lane's `Σ e²` is not finite, not checked per
+    /// value: such a `q` makes its `e` an infinity or a NaN, which stays one through additions
+    /// of non-negative numbers, while finite `e² ≤ (2·f32::MAX)²` never overflow an f64 sum; the
+    /// scan then finds the first one (none where only a `v` was not finite, as before).
     fn error_sums(back: &[f32], v: &[f32]) -> StoredError {
         let (mut num, mut den, mut mx) = ([0f64; 8], [0f64; 8], [0f64; 8]);
-        let mut bad = false;
         let (qs, xs) = (back.chunks_exact(8), v.chunks_exact(8));
         let (qr, xr) = (qs.remainder(), xs.remainder());
         for (q, x) in qs.zip(xs) {
@@ -216,7 +220,6 @@ crate::backend::simd::multiversion! {
                 num[l] += e * e;
                 den[l] += x * x;
                 mx[l] = if e > mx[l] { e } else { mx[l] };
-                bad |= !q.is_finite();
             }
         }
         for (l, (q, x)) in qr.iter().zip(xr).enumerate() {
@@ -225,8 +228,8 @@ crate::backend::simd::multiversion! {
             num[l] += e * e;
             den[l] += x * x;
             mx[l] = if e > mx[l] { e } else { mx[l] };
-            bad |= !q.is_finite();
         }
+        let bad = num.iter().any(|s| !s.is_finite());
         let fold = |a: [f64; 8]| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
         StoredError {
             sq_err: fold(num),
