@@ -53,6 +53,21 @@ fn low_rank_row(t: &Term, cols: usize, row: usize, acc: &mut [f32]) {
     }
 }
 
+/// The first non-finite value of merged row `i`, as the merge's error.
+#[inline(always)]
+fn non_finite(row: &[f32], i: usize) -> Option<MergeError> {
+    // NaN or ±∞ (all-ones exponent), or'ed so the scan vectorises.
+    let bad = row
+        .iter()
+        .fold(false, |b, v| b | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000));
+    let col = bad.then(|| row.iter().position(|v| !v.is_finite()))??;
+    Some(MergeError::NonFinite {
+        row: i,
+        col,
+        value: row[col],
+    })
+}
+
 /// Merges low-rank terms into one tensor (see [`MergeJob`] for the exact arithmetic).
 ///
 /// One pass per row, in cache: the stored row is decoded, every term added, the result checked
@@ -123,17 +138,8 @@ super::simd::multiversion! {
             }
             drop(t);
             let _t = profile::time(Stage::Encode);
-            // NaN or ±∞ (all-ones exponent), or'ed so the scan vectorises.
-            let bad = row
-                .iter()
-                .fold(false, |b, v| b | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000));
-            if bad {
-                let col = row.iter().position(|v| !v.is_finite()).expect("found");
-                return Some(MergeError::NonFinite {
-                    row: i,
-                    col,
-                    value: row[col],
-                });
+            if let Some(e) = non_finite(&row, i) {
+                return Some(e);
             }
             dtype::encode_to_slice(job.out_dtype, &row, out_row);
         }
@@ -199,16 +205,8 @@ super::simd::multiversion! {
                     *x += t.scale * a;
                 }
             }
-            let bad = row
-                .iter()
-                .fold(false, |b, v| b | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000));
-            if bad {
-                let col = row.iter().position(|v| !v.is_finite()).expect("found");
-                return Some(MergeError::NonFinite {
-                    row: i,
-                    col,
-                    value: row[col],
-                });
+            if let Some(e) = non_finite(row, i) {
+                return Some(e);
             }
         }
         None

@@ -308,6 +308,22 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// The largest of the first `n` scales and of the first `n` mins, 0 where none is positive (the
+/// affine packs' `max_scale`, `max_min`: `>` against a start of 0).
+#[inline(always)]
+fn max_positive(fit: &Fit, n: usize) -> (f32, f32) {
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for (&s, &m) in fit.scales[..n].iter().zip(&fit.mins[..n]) {
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    (max_scale, max_min)
+}
+
 /// Packs 256 2-bit values as `q2_K`/`q3_K` do: byte `32h + l` of `qs` holds elements
 /// `128h + l + 32s` in bits `2s..2s+2`.
 #[inline(always)]
@@ -339,21 +355,13 @@ pub(super) fn q2_fit(x: &[f32]) -> Fit {
 /// 2-bit values. Layout: `scales[16] qs[64] d dmin`.
 #[inline(always)]
 pub(super) fn q2_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
+    let (max_scale, max_min) = max_positive(&fit, 16);
     let Fit {
         scales,
         mins,
         mut l,
         ..
     } = fit;
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..16 {
-        if scales[j] > max_scale {
-            max_scale = scales[j];
-        }
-        if mins[j] > max_min {
-            max_min = mins[j];
-        }
-    }
     let mut sc = [0u8; 16];
     let d = if max_scale > 0.0 {
         let iscale = 15.0 / max_scale;
@@ -501,21 +509,13 @@ pub(super) fn kx_fit(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> Fit {
 /// header bytes (`d dmin scales[12]`) and the values.
 #[inline(always)]
 fn kx_pack(x: &[f32], nmax: i32, fit: Fit, mut back: Back) -> ([u8; 16], [u8; 256]) {
+    let (max_scale, max_min) = max_positive(&fit, 8);
     let Fit {
         scales,
         mins,
         mut l,
         ..
     } = fit;
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..8 {
-        if scales[j] > max_scale {
-            max_scale = scales[j];
-        }
-        if mins[j] > max_min {
-            max_min = mins[j];
-        }
-    }
     let inv_scale = if max_scale > 0.0 {
         63.0 / max_scale
     } else {
