@@ -19,6 +19,7 @@ use super::kquant;
 use super::types::GgmlType;
 use half::f16;
 
+#[inline(always)]
 fn h(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
@@ -135,11 +136,12 @@ impl StoredError {
 }
 
 /// [`quantize_par`] appending to `out`, and the [`StoredError`] of what it stored. Each
-/// parallel part measures its own bytes right after quantizing them, a few thousand values at
-/// a time while they are in cache (issue #17: a separate pass over the tensor afterwards cost
-/// a sixth of a 7B Q4_K_M merge's CPU time). The sums are per part in eight fixed f64 lanes,
-/// folded in order, so they do not depend on the number of threads. `None` as for
-/// [`quantize_par`].
+/// parallel part quantizes and measures a few thousand values at a time while they are in
+/// cache (issue #17: a separate pass over the tensor afterwards cost a sixth of a 7B Q4_K_M
+/// merge's CPU time); the K-quants hand back the stored values as they pack them
+/// ([`quantize_measured`]), the other types are dequantized from their bytes. The sums are per
+/// part in eight fixed f64 lanes, folded in order, so they do not depend on the number of
+/// threads. `None` as for [`quantize_par`].
 pub fn quantize_par_measured(
     ty: GgmlType,
     values: &[f32],
@@ -157,15 +159,17 @@ pub fn quantize_par_measured(
     let parts: Vec<Option<(Vec<u8>, StoredError)>> = values
         .par_chunks(part)
         .map_init(Vec::new, |back, c| {
-            let mut q = Vec::new();
-            if !quantize_into(ty, c, &mut q) {
-                return None;
-            }
+            let mut q = Vec::with_capacity(c.len() / SUB * sub_bytes + sub_bytes);
             let mut e = StoredError::default();
-            for (i, (v, b)) in c.chunks(SUB).zip(q.chunks(sub_bytes)).enumerate() {
-                back.clear();
-                back.resize(v.len(), 0f32);
-                assert!(dequantize_into(ty, b, back), "quantized just before");
+            for (i, v) in c.chunks(SUB).enumerate() {
+                // Every value is overwritten: zeroed only when the length changes.
+                if back.len() != v.len() {
+                    back.clear();
+                    back.resize(v.len(), 0f32);
+                }
+                if !quantize_measured(ty, v, &mut q, back) {
+                    return None;
+                }
                 e = e.then(error_sums(back, v), i * SUB);
             }
             Some((q, e))
@@ -181,12 +185,32 @@ pub fn quantize_par_measured(
     Some(total)
 }
 
+/// [`quantize_into`], writing into `back` (as long as `values`) the values the stored bytes
+/// dequantize to ([`dequantize_into`]'s bits): the K-quants as they pack them (from the same
+/// stored scales and levels, `kquant::reference::Back`), the other types by dequantizing the
+/// bytes just written.
+fn quantize_measured(ty: GgmlType, values: &[f32], out: &mut Vec<u8>, back: &mut [f32]) -> bool {
+    match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            out.reserve(values.len() / 256 * ty.type_size());
+            kquant::quantize(ty, values, out, Some(back))
+        }
+        _ => {
+            let at = out.len();
+            quantize_into(ty, values, out) && dequantize_into(ty, &out[at..], back)
+        }
+    }
+}
+
 crate::backend::simd::multiversion! {
     /// The [`StoredError`] of `back` (stored values) against `v`: eight fixed lanes, summed in
-    /// lane order at the end, so every CPU level gives the same bits.
+    /// lane order at the end, so every CPU level gives the same bits. Stored values that are
+    /// not finite are looked for only where some lane's `Σ e²` is not finite, not checked per
+    /// value: such a `q` makes its `e` an infinity or a NaN, which stays one through additions
+    /// of non-negative numbers, while finite `e² ≤ (2·f32::MAX)²` never overflow an f64 sum; the
+    /// scan then finds the first one (none where only a `v` was not finite, as before).
     fn error_sums(back: &[f32], v: &[f32]) -> StoredError {
         let (mut num, mut den, mut mx) = ([0f64; 8], [0f64; 8], [0f64; 8]);
-        let mut bad = false;
         let (qs, xs) = (back.chunks_exact(8), v.chunks_exact(8));
         let (qr, xr) = (qs.remainder(), xs.remainder());
         for (q, x) in qs.zip(xs) {
@@ -196,7 +220,6 @@ crate::backend::simd::multiversion! {
                 num[l] += e * e;
                 den[l] += x * x;
                 mx[l] = if e > mx[l] { e } else { mx[l] };
-                bad |= !q.is_finite();
             }
         }
         for (l, (q, x)) in qr.iter().zip(xr).enumerate() {
@@ -205,8 +228,8 @@ crate::backend::simd::multiversion! {
             num[l] += e * e;
             den[l] += x * x;
             mx[l] = if e > mx[l] { e } else { mx[l] };
-            bad |= !q.is_finite();
         }
+        let bad = num.iter().any(|s| !s.is_finite());
         let fold = |a: [f64; 8]| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
         StoredError {
             sq_err: fold(num),
@@ -449,7 +472,7 @@ pub fn quantize_into(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
         GgmlType::Q4_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 4, out)),
         GgmlType::Q5_1 => values.chunks_exact(32).for_each(|b| quant_aff(b, 5, out)),
         GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-            return kquant::quantize(ty, values, out)
+            return kquant::quantize(ty, values, out, None)
         }
         _ => return false,
     }

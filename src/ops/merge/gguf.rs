@@ -30,7 +30,7 @@ use super::WeightedAdapter;
 use crate::adapter::mapping::kohya_candidates;
 use crate::adapter::Format;
 use crate::backend::profile::{self, Stage};
-use crate::backend::{Engine, MergeError, MergeJob, Term};
+use crate::backend::{cpu, Engine, MergeError, MergeJob, Term};
 use crate::dtype::Dtype;
 use crate::error::{InputError, Opt};
 use crate::io::gguf::names::{self, Rope};
@@ -601,13 +601,11 @@ impl GgufMergePlan {
                 }
             })
             .collect();
-        // The CPU merge in row bands of about `BAND` values: each band's output buffer is
-        // small enough for glibc's malloc to hand the same memory back for the next one (its
-        // mmap threshold rises to a freed mapping's size), where one tensor-sized output was
-        // fresh pages from the kernel every time (issue #17), and it is quantized while in
-        // cache, never copied into a tensor-sized f32 merge. Rows are independent in the merge
-        // (no DoRA here) and in the quantizers (rows are whole blocks), so the bits are those
-        // of one whole-tensor job. The GPU takes the tensor whole.
+        // The CPU merge in row bands of about `BAND` values, each merged in place in the
+        // dequantized base and quantized while in cache: no tensor-sized f32 merge, no output
+        // buffer per band and no copies into and out of one (issue #17). Rows are independent
+        // in the merge (no DoRA here) and in the quantizers (rows are whole blocks), so the bits
+        // are those of one whole-tensor job. The GPU takes the tensor whole.
         const BAND: usize = 1 << 20;
         let band = if engine.is_gpu() {
             rows.max(1)
@@ -624,15 +622,7 @@ impl GgufMergePlan {
                     ..*x
                 })
                 .collect();
-            let job = MergeJob {
-                w0: bytemuck::cast_slice(&scratch.w0[r0 * cols..r1 * cols]),
-                in_dtype: Dtype::F32,
-                rows: r1 - r0,
-                cols,
-                terms: &band_terms,
-                out_dtype: Dtype::F32,
-            };
-            let out = engine.merge(&job).map_err(|e| {
+            let name_err = |e: MergeError| {
                 let e = match e {
                     MergeError::NonFinite { row, col, value } => MergeError::NonFinite {
                         row: row + r0,
@@ -648,13 +638,31 @@ impl GgufMergePlan {
                         t.tensor
                     ),
                 )
-            })?;
-            match bytemuck::try_cast_slice::<u8, f32>(&out) {
-                Ok(v) => band_out(v)?,
-                Err(_) => {
-                    let v: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
-                    band_out(&v)?
+            };
+            let w = &mut scratch.w0[r0 * cols..r1 * cols];
+            if engine.is_gpu() {
+                let job = MergeJob {
+                    w0: bytemuck::cast_slice(w),
+                    in_dtype: Dtype::F32,
+                    rows: r1 - r0,
+                    cols,
+                    terms: &band_terms,
+                    out_dtype: Dtype::F32,
+                };
+                let out = engine.merge(&job).map_err(name_err)?;
+                match bytemuck::try_cast_slice::<u8, f32>(&out) {
+                    Ok(v) => band_out(v)?,
+                    Err(_) => {
+                        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
+                        band_out(&v)?
+                    }
                 }
+            } else {
+                // In place in the dequantized base, which is not read again: the same bits as
+                // the F32 job, without its output buffer and the two copies into and out of it
+                // (issue #17: ~4 % of a 7B merge's CPU time in memmove).
+                cpu::merge_f32_in_place(w, r1 - r0, cols, &band_terms).map_err(name_err)?;
+                band_out(w)?;
             }
         }
         Ok(())

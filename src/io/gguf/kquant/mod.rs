@@ -17,26 +17,41 @@ mod tests;
 
 use super::types::GgmlType;
 use crate::backend::simd::multiversion;
+use reference::Back;
 
-/// Quantizes `values` (whole super-blocks) to the K type `ty`, appending to `out`. Returns
-/// `false`, writing nothing, for a type that is not a K-quant or a length that is not a
-/// multiple of 256.
-pub(super) fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
+/// Quantizes `values` (whole super-blocks) to the K type `ty`, appending to `out`, and where
+/// `back` is given (as long as `values`) writes into it the values ggml's dequantizer reads
+/// back from those bytes ([`reference::Back`]). Returns `false`, writing nothing, for a type
+/// that is not a K-quant or a length that is not a multiple of 256 (or not `back`'s).
+pub(super) fn quantize(ty: GgmlType, values: &[f32], out: &mut Vec<u8>, back: Back) -> bool {
+    if !values.len().is_multiple_of(256) || back.as_ref().is_some_and(|b| b.len() != values.len()) {
+        return false;
+    }
     match ty {
-        GgmlType::Q6_K => quantize_wide(ty, values, out),
-        _ => quantize_avx2(ty, values, out),
+        GgmlType::Q6_K => quantize_wide(ty, values, out, back),
+        _ => quantize_avx2(ty, values, out, back),
+    }
+}
+
+/// Super-block `k`'s 256 values of `back`.
+#[inline(always)]
+fn block<'a>(back: &'a mut Back, k: usize) -> Back<'a> {
+    match back {
+        Some(b) => Some(&mut b[256 * k..256 * k + 256]),
+        None => None,
     }
 }
 
 multiversion! {
     /// [`quantize`] of `Q6_K`, at the CPU's widest level: its AVX-512 copy was measured faster
     /// than its AVX2 one (see [`quantize_avx2`]).
-    fn quantize_wide(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
-        if !values.len().is_multiple_of(256) || ty != GgmlType::Q6_K {
+    fn quantize_wide(ty: GgmlType, values: &[f32], out: &mut Vec<u8>, back: Back) -> bool {
+        if ty != GgmlType::Q6_K {
             return false;
         }
-        for x in values.chunks_exact(256) {
-            reference::q6_pack(x, lanes::q6_fit(x), out);
+        let mut back = back;
+        for (k, x) in values.chunks_exact(256).enumerate() {
+            reference::q6_pack(x, lanes::q6_fit(x), out, block(&mut back, k));
         }
         true
     }
@@ -50,21 +65,19 @@ multiversion! {
 multiversion! {
     cap(Avx2)
     /// [`quantize`] of every K type but `Q6_K`.
-    fn quantize_avx2(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
-        if !values.len().is_multiple_of(256) {
-            return false;
-        }
+    fn quantize_avx2(ty: GgmlType, values: &[f32], out: &mut Vec<u8>, back: Back) -> bool {
+        let mut back = back;
         // Plain loops, no closures: a closure (and the iterator method it is passed to) would be
         // a function of its own, compiled for the baseline instead of inside this copy.
         match ty {
             GgmlType::Q2_K => {
-                for x in values.chunks_exact(256) {
-                    reference::q2_pack(x, lanes::q2_fit(x), out);
+                for (k, x) in values.chunks_exact(256).enumerate() {
+                    reference::q2_pack(x, lanes::q2_fit(x), out, block(&mut back, k));
                 }
             }
             GgmlType::Q3_K => {
-                for x in values.chunks_exact(256) {
-                    reference::q3_pack(x, lanes::q3_fit(x), out);
+                for (k, x) in values.chunks_exact(256).enumerate() {
+                    reference::q3_pack(x, lanes::q3_fit(x), out, block(&mut back, k));
                 }
             }
             GgmlType::Q4_K | GgmlType::Q5_K => {
@@ -73,21 +86,20 @@ multiversion! {
                 } else {
                     (31, -0.5, 15)
                 };
-                let pack = if ty == GgmlType::Q4_K {
-                    reference::q4_pack
-                } else {
-                    reference::q5_pack
-                };
+                let q4 = ty == GgmlType::Q4_K;
                 // Two super-blocks at a time (sixteen lanes), the odd one last in eight.
                 let mut pairs = values.chunks_exact(512);
+                let mut k = 0;
                 for x in &mut pairs {
                     let [a, b] = lanes::kx_fit2(x, nmax, rmin, nstep);
-                    pack(&x[..256], a, out);
-                    pack(&x[256..], b, out);
+                    kx_pack(q4, &x[..256], a, out, block(&mut back, k));
+                    kx_pack(q4, &x[256..], b, out, block(&mut back, k + 1));
+                    k += 2;
                 }
                 let last = pairs.remainder();
                 if !last.is_empty() {
-                    pack(last, lanes::kx_fit(last, nmax, rmin, nstep), out);
+                    let fit = lanes::kx_fit(last, nmax, rmin, nstep);
+                    kx_pack(q4, last, fit, out, block(&mut back, k));
                 }
             }
             _ => return false,
@@ -96,18 +108,30 @@ multiversion! {
     }
 }
 
+/// `Q4_K`'s pack or `Q5_K`'s, called directly: through a function pointer the pack was a
+/// function of its own, compiled for the baseline and not vectorised (5 % of a 7B merge).
+#[inline(always)]
+fn kx_pack(q4: bool, x: &[f32], fit: reference::Fit, out: &mut Vec<u8>, back: Back) {
+    if q4 {
+        reference::q4_pack(x, fit, out, back);
+    } else {
+        reference::q5_pack(x, fit, out, back);
+    }
+}
+
 /// [`quantize`] through the scalar [`reference`] transcription.
 pub(super) fn quantize_reference(ty: GgmlType, values: &[f32], out: &mut Vec<u8>) -> bool {
     if !values.len().is_multiple_of(256) {
         return false;
     }
+    use reference::*;
     let blocks = values.chunks_exact(256);
     match ty {
-        GgmlType::Q2_K => blocks.for_each(|x| reference::q2_k(x, out)),
-        GgmlType::Q3_K => blocks.for_each(|x| reference::q3_k(x, out)),
-        GgmlType::Q4_K => blocks.for_each(|x| reference::q4_k(x, out)),
-        GgmlType::Q5_K => blocks.for_each(|x| reference::q5_k(x, out)),
-        GgmlType::Q6_K => blocks.for_each(|x| reference::q6_k(x, out)),
+        GgmlType::Q2_K => blocks.for_each(|x| q2_pack(x, q2_fit(x), out, None)),
+        GgmlType::Q3_K => blocks.for_each(|x| q3_pack(x, q3_fit(x), out, None)),
+        GgmlType::Q4_K => blocks.for_each(|x| q4_pack(x, kx_fit(x, 15, -1.0, 20), out, None)),
+        GgmlType::Q5_K => blocks.for_each(|x| q5_pack(x, kx_fit(x, 31, -0.5, 15), out, None)),
+        GgmlType::Q6_K => blocks.for_each(|x| q6_pack(x, q6_fit(x), out, None)),
         _ => return false,
     }
     true

@@ -30,6 +30,7 @@ pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// `nearest_int`: round to nearest (ties to even) through the `1.5 * 2^23` magic number, with
 /// the same bit arithmetic, so out-of-range inputs give ggml's (meaningless but fixed) results.
+#[inline(always)]
 pub(super) fn nearest_int(f: f32) -> i32 {
     let val = f + 12_582_912.0;
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
@@ -66,6 +67,63 @@ impl Default for Fit {
             mins: [0.0; 16],
             l: [0; 256],
         }
+    }
+}
+
+/// Where a pack writes, when given one, the 256 values that ggml's dequantizer
+/// (`dequantize_row_q*_K`, `super::super::quant`'s) reads back from the bytes it packs: the same
+/// `d·sc` (and `dmin·m`) products from the same stored scales, then `d·sc · q − dmin·m` (or
+/// `d·sc · (q − offset)`) per value, so every value has the dequantizer's bits and the merge's
+/// error is measured without unpacking the bytes again (issue #17).
+pub(super) type Back<'a> = Option<&'a mut [f32]>;
+
+/// Group `j` of `G` values: `x`'s values and the levels.
+#[inline(always)]
+fn group<'x, 'l, T, const G: usize>(
+    x: &'x [f32],
+    l: &'l mut [T; 256],
+    j: usize,
+) -> (&'x [f32; G], &'l mut [T; G]) {
+    (
+        x[G * j..G * j + G].try_into().expect("a group"),
+        (&mut l[G * j..G * j + G]).try_into().expect("a group"),
+    )
+}
+
+/// The second pass of the affine types over one group: `nearest_int((x + dm) / dd)` clamped to
+/// `0..=nmax`, over a fixed-size array so that it vectorises inside the fast path's per-CPU
+/// copies (the division is IEEE, so each lane's quotient is the scalar one).
+#[inline(always)]
+fn requant_affine<const G: usize>(x: &[f32; G], dm: f32, dd: f32, nmax: i32, l: &mut [u8; G]) {
+    for i in 0..G {
+        l[i] = nearest_int((x[i] + dm) / dd).clamp(0, nmax) as u8;
+    }
+}
+
+/// The second pass of the symmetric types over one group: `nearest_int(x / dd)` clamped to
+/// `-off..off`, plus `off`.
+#[inline(always)]
+fn requant_sym<const G: usize>(x: &[f32; G], dd: f32, off: i32, l: &mut [i8; G]) {
+    for i in 0..G {
+        l[i] = (nearest_int(x[i] / dd).clamp(-off, off - 1) + off) as i8;
+    }
+}
+
+/// An affine group as the dequantizer reads it back: `dd · q − dm`.
+#[inline(always)]
+fn back_affine<const G: usize>(l: &[u8; G], dd: f32, dm: f32, back: &mut [f32]) {
+    let back: &mut [f32; G] = back.try_into().expect("a group");
+    for i in 0..G {
+        back[i] = dd * f32::from(l[i]) - dm;
+    }
+}
+
+/// A symmetric group as the dequantizer reads it back: `dd · (q − off)`.
+#[inline(always)]
+fn back_sym<const G: usize>(l: &[i8; G], dd: f32, off: i8, back: &mut [f32]) {
+    let back: &mut [f32; G] = back.try_into().expect("a group");
+    for i in 0..G {
+        back[i] = dd * f32::from(l[i] - off);
     }
 }
 
@@ -250,6 +308,22 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// The largest of the first `n` scales and of the first `n` mins, 0 where none is positive (the
+/// affine packs' `max_scale`, `max_min`: `>` against a start of 0).
+#[inline(always)]
+fn max_positive(fit: &Fit, n: usize) -> (f32, f32) {
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for (&s, &m) in fit.scales[..n].iter().zip(&fit.mins[..n]) {
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    (max_scale, max_min)
+}
+
 /// Packs 256 2-bit values as `q2_K`/`q3_K` do: byte `32h + l` of `qs` holds elements
 /// `128h + l + 32s` in bits `2s..2s+2`.
 #[inline(always)]
@@ -261,14 +335,7 @@ fn pack_2bit(l: &[u8; 256], out: &mut Vec<u8>) {
     }
 }
 
-/// `quantize_row_q2_K_ref` for one super-block: 16 groups of 16 with 4-bit scales and mins
-/// (`make_qkx2_quants(16, 3, …, |x|, -0.5, 0.1, 15, use_mad)`), 2-bit values. Layout:
-/// `scales[16] qs[64] d dmin`.
-pub(super) fn q2_k(x: &[f32], out: &mut Vec<u8>) {
-    q2_pack(x, q2_fit(x), out);
-}
-
-/// The first pass of [`q2_k`].
+/// The first pass of `quantize_row_q2_K_ref` (see [`q2_pack`]).
 pub(super) fn q2_fit(x: &[f32]) -> Fit {
     let mut fit = Fit::default();
     for j in 0..16 {
@@ -283,24 +350,18 @@ pub(super) fn q2_fit(x: &[f32]) -> Fit {
     fit
 }
 
-/// The rest of [`q2_k`] after its [`Fit`].
+/// `quantize_row_q2_K_ref` for one super-block after its [`Fit`] ([`q2_fit`]): 16 groups of 16
+/// with 4-bit scales and mins (`make_qkx2_quants(16, 3, …, |x|, -0.5, 0.1, 15, use_mad)`),
+/// 2-bit values. Layout: `scales[16] qs[64] d dmin`.
 #[inline(always)]
-pub(super) fn q2_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
+pub(super) fn q2_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
+    let (max_scale, max_min) = max_positive(&fit, 16);
     let Fit {
         scales,
         mins,
         mut l,
         ..
     } = fit;
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..16 {
-        if scales[j] > max_scale {
-            max_scale = scales[j];
-        }
-        if mins[j] > max_min {
-            max_min = mins[j];
-        }
-    }
     let mut sc = [0u8; 16];
     let d = if max_scale > 0.0 {
         let iscale = 15.0 / max_scale;
@@ -323,12 +384,13 @@ pub(super) fn q2_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
     let (df, dminf) = (f16_at(&d, 0), f16_at(&dmin, 0));
     for j in 0..16 {
         let dd = df * f32::from(sc[j] & 0xF);
-        if dd == 0.0 {
-            continue;
-        }
         let dm = dminf * f32::from(sc[j] >> 4);
-        for i in 0..16 {
-            l[16 * j + i] = nearest_int((x[16 * j + i] + dm) / dd).clamp(0, 3) as u8;
+        let (xs, ls) = group::<_, 16>(x, &mut l, j);
+        if dd != 0.0 {
+            requant_affine(xs, dm, dd, 3, ls);
+        }
+        if let Some(b) = back.as_deref_mut() {
+            back_affine(ls, dd, dm, &mut b[16 * j..16 * j + 16]);
         }
     }
     out.extend_from_slice(&sc);
@@ -362,21 +424,16 @@ fn max_abs_scale(scales: &[f32; 16]) -> (f32, f32) {
     (max_scale, amax)
 }
 
-/// `quantize_row_q3_K_ref` for one super-block: 16 groups of 16 with signed 6-bit scales
-/// (`make_q3_quants(16, 4, …, true)`), 3-bit values split into a 2-bit `qs` and a high-bit
-/// mask. Layout: `hmask[32] qs[64] scales[12] d`.
-pub(super) fn q3_k(x: &[f32], out: &mut Vec<u8>) {
-    q3_pack(x, q3_fit(x), out);
-}
-
-/// The first pass of [`q3_k`].
+/// The first pass of `quantize_row_q3_K_ref` (see [`q3_pack`]).
 pub(super) fn q3_fit(x: &[f32]) -> Fit {
     group_fit(x, |x, l| make_q3_quants(4, x, l))
 }
 
-/// The rest of [`q3_k`] after its [`Fit`].
+/// `quantize_row_q3_K_ref` for one super-block after its [`Fit`] ([`q3_fit`]): 16 groups of 16
+/// with signed 6-bit scales (`make_q3_quants(16, 4, …, true)`), 3-bit values split into a
+/// 2-bit `qs` and a high-bit mask. Layout: `hmask[32] qs[64] scales[12] d`.
 #[inline(always)]
-pub(super) fn q3_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
+pub(super) fn q3_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
     let scales = fit.scales;
     let mut l = fit.l.map(|v| v as i8);
     let (max_scale, _) = max_abs_scale(&scales);
@@ -402,11 +459,12 @@ pub(super) fn q3_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
         let lo = if j < 8 { sc[j] & 0xF } else { sc[j - 8] >> 4 };
         let s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
         let dd = df * s as f32;
-        if dd == 0.0 {
-            continue;
+        let (xs, ls) = group::<_, 16>(x, &mut l, j);
+        if dd != 0.0 {
+            requant_sym(xs, dd, 4, ls);
         }
-        for i in 0..16 {
-            l[16 * j + i] = (nearest_int(x[16 * j + i] / dd).clamp(-4, 3) + 4) as i8;
+        if let Some(b) = back.as_deref_mut() {
+            back_sym(ls, dd, 4, &mut b[16 * j..16 * j + 16]);
         }
     }
     let mut hmask = [0u8; 32];
@@ -450,22 +508,14 @@ pub(super) fn kx_fit(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> Fit {
 /// them, `d` and `dmin`, and the values requantized against the stored scales. Returns the 16
 /// header bytes (`d dmin scales[12]`) and the values.
 #[inline(always)]
-fn kx_pack(x: &[f32], nmax: i32, fit: Fit) -> ([u8; 16], [u8; 256]) {
+fn kx_pack(x: &[f32], nmax: i32, fit: Fit, mut back: Back) -> ([u8; 16], [u8; 256]) {
+    let (max_scale, max_min) = max_positive(&fit, 8);
     let Fit {
         scales,
         mins,
         mut l,
         ..
     } = fit;
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..8 {
-        if scales[j] > max_scale {
-            max_scale = scales[j];
-        }
-        if mins[j] > max_min {
-            max_min = mins[j];
-        }
-    }
     let inv_scale = if max_scale > 0.0 {
         63.0 / max_scale
     } else {
@@ -495,12 +545,13 @@ fn kx_pack(x: &[f32], nmax: i32, fit: Fit) -> ([u8; 16], [u8; 256]) {
     for j in 0..8 {
         let (sc, m) = get_scale_min_k4(j, &head[4..16]);
         let dd = df * f32::from(sc);
-        if dd == 0.0 {
-            continue;
-        }
         let dm = dminf * f32::from(m);
-        for i in 0..32 {
-            l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dd).clamp(0, nmax) as u8;
+        let (xs, ls) = group::<_, 32>(x, &mut l, j);
+        if dd != 0.0 {
+            requant_affine(xs, dm, dd, nmax, ls);
+        }
+        if let Some(b) = back.as_deref_mut() {
+            back_affine(ls, dd, dm, &mut b[32 * j..32 * j + 32]);
         }
     }
     (head, l)
@@ -519,17 +570,13 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// `quantize_row_q4_K_ref` for one super-block (`make_qkx2_quants(32, 15, …, -1, 0.1, 20)`).
-/// Layout: `d dmin scales[12] qs[128]`, byte `32c + l` holding elements `64c + l` (low nibble)
-/// and `64c + 32 + l` (high nibble).
-pub(super) fn q4_k(x: &[f32], out: &mut Vec<u8>) {
-    q4_pack(x, kx_fit(x, 15, -1.0, 20), out);
-}
-
-/// The rest of [`q4_k`] after its [`Fit`].
+/// `quantize_row_q4_K_ref` for one super-block after its [`Fit`]
+/// ([`kx_fit`]`(x, 15, -1, 20)`, i.e. `make_qkx2_quants(32, 15, …, -1, 0.1, 20)`). Layout:
+/// `d dmin scales[12] qs[128]`, byte `32c + l` holding elements `64c + l` (low nibble) and
+/// `64c + 32 + l` (high nibble).
 #[inline(always)]
-pub(super) fn q4_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
-    let (head, l) = kx_pack(x, 15, fit);
+pub(super) fn q4_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, back: Back) {
+    let (head, l) = kx_pack(x, 15, fit, back);
     out.extend_from_slice(&head);
     for j in (0..256).step_by(64) {
         for i in 0..32 {
@@ -538,17 +585,13 @@ pub(super) fn q4_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
     }
 }
 
-/// `quantize_row_q5_K_ref` for one super-block (`make_qkx2_quants(32, 31, …, -0.5, 0.1, 15)`).
-/// Layout: `d dmin scales[12] qh[32] qs[128]`; the fifth bit of elements `64c + l` and
-/// `64c + 32 + l` goes to bits `2c` and `2c + 1` of `qh[l]`.
-pub(super) fn q5_k(x: &[f32], out: &mut Vec<u8>) {
-    q5_pack(x, kx_fit(x, 31, -0.5, 15), out);
-}
-
-/// The rest of [`q5_k`] after its [`Fit`].
+/// `quantize_row_q5_K_ref` for one super-block after its [`Fit`]
+/// ([`kx_fit`]`(x, 31, -0.5, 15)`, i.e. `make_qkx2_quants(32, 31, …, -0.5, 0.1, 15)`). Layout:
+/// `d dmin scales[12] qh[32] qs[128]`; the fifth bit of elements `64c + l` and `64c + 32 + l`
+/// goes to bits `2c` and `2c + 1` of `qh[l]`.
 #[inline(always)]
-pub(super) fn q5_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
-    let (head, l) = kx_pack(x, 31, fit);
+pub(super) fn q5_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, back: Back) {
+    let (head, l) = kx_pack(x, 31, fit, back);
     let mut qh = [0u8; 32];
     let mut ql = [0u8; 128];
     for c in 0..4 {
@@ -570,26 +613,25 @@ pub(super) fn q5_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
     out.extend_from_slice(&ql);
 }
 
-/// `quantize_row_q6_K_ref` for one super-block: 16 groups of 16 (`make_qx_quants(16, 32, …, 1)`)
-/// with signed 8-bit scales. A super-block whose scales are all below `GROUP_MAX_EPS` is 210
-/// zero bytes. Layout: `ql[128] qh[64] scales[16] d`.
-pub(super) fn q6_k(x: &[f32], out: &mut Vec<u8>) {
-    q6_pack(x, q6_fit(x), out);
-}
-
-/// The first pass of [`q6_k`].
+/// The first pass of `quantize_row_q6_K_ref` (see [`q6_pack`]).
 pub(super) fn q6_fit(x: &[f32]) -> Fit {
     group_fit(x, |x, l| make_qx_quants(32, x, l))
 }
 
-/// The rest of [`q6_k`] after its [`Fit`].
+/// `quantize_row_q6_K_ref` for one super-block after its [`Fit`] ([`q6_fit`]): 16 groups of
+/// 16 (`make_qx_quants(16, 32, …, 1)`) with signed 8-bit scales. A super-block whose scales
+/// are all below `GROUP_MAX_EPS` is 210 zero bytes (read back as `0 · (0 − 32) = −0`). Layout:
+/// `ql[128] qh[64] scales[16] d`.
 #[inline(always)]
-pub(super) fn q6_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
+pub(super) fn q6_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
     let scales = fit.scales;
     let mut l = fit.l.map(|v| v as i8);
     let (max_scale, max_abs) = max_abs_scale(&scales);
     if max_abs < GROUP_MAX_EPS {
         out.extend_from_slice(&[0u8; 210]);
+        if let Some(b) = back {
+            b[..256].fill(-0.0);
+        }
         return;
     }
     let iscale = -128.0 / max_scale;
@@ -601,11 +643,12 @@ pub(super) fn q6_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>) {
     let df = f16_at(&d, 0);
     for j in 0..16 {
         let dd = df * f32::from(sc[j]);
-        if dd == 0.0 {
-            continue;
+        let (xs, ls) = group::<_, 16>(x, &mut l, j);
+        if dd != 0.0 {
+            requant_sym(xs, dd, 32, ls);
         }
-        for i in 0..16 {
-            l[16 * j + i] = (nearest_int(x[16 * j + i] / dd).clamp(-32, 31) + 32) as i8;
+        if let Some(b) = back.as_deref_mut() {
+            back_sym(ls, dd, 32, &mut b[16 * j..16 * j + 16]);
         }
     }
     let l = l.map(|v| v as u8);

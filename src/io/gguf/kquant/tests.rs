@@ -28,7 +28,9 @@ impl Rng {
 
 /// One 16-value group of a kind chosen by `kind`: the cases where the scalar code branches
 /// (flat and all-zero groups, the min clamp, ties, magnitudes at and past f16's range, tiny and
-/// subnormal values) and noise at magnitudes 1e-8 … 1e8.
+/// subnormal values), the cases where the lanes' cheaper rounding must give way to
+/// `nearest_int`'s bit arithmetic (a NaN, an infinity, a range that overflows `f32`) or must
+/// round a tie at `.5` to even, and noise at magnitudes 1e-8 … 1e8.
 fn group(rng: &mut Rng, kind: usize) -> [f32; 16] {
     let mut g = [0f32; 16];
     let scale = 10f32.powi(rng.below(17) as i32 - 8);
@@ -74,6 +76,33 @@ fn group(rng: &mut Rng, kind: usize) -> [f32; 16] {
             let vals = [scale, -scale, 0.5 * scale, 2.0 * scale];
             g.iter_mut().for_each(|v| *v = vals[rng.below(4)]);
         }
+        16 => {
+            g.iter_mut().for_each(|v| *v = rng.normal() * scale);
+            g[rng.below(16)] = if rng.next() < 0.5 {
+                f32::NAN
+            } else {
+                -f32::NAN
+            };
+        }
+        17 => {
+            g.iter_mut().for_each(|v| *v = rng.normal() * scale);
+            g[rng.below(16)] = if rng.next() < 0.5 {
+                f32::INFINITY
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+        18 => g
+            .iter_mut()
+            .for_each(|v| *v = rng.normal().clamp(-1.0, 1.0) * 3e38),
+        19 => {
+            // Products `iscale · x` at `k + 0.5` (Q6_K's first candidate: `-32 / 32s · x`).
+            let s = 2f32.powi(rng.below(40) as i32 - 20);
+            g.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i as f32 - 7.5) * s);
+            g[rng.below(16)] = 32.0 * s;
+        }
         _ => g.iter_mut().for_each(|v| *v = rng.normal() * scale),
     }
     g
@@ -86,7 +115,7 @@ fn superblocks(n: usize) -> Vec<f32> {
     let mut x = Vec::with_capacity(256 * (n + 2 * 20));
     for _ in 0..n {
         for _ in 0..16 {
-            let kind = rng.below(24);
+            let kind = rng.below(28);
             x.extend_from_slice(&group(&mut rng, kind));
         }
     }
@@ -149,7 +178,7 @@ fn lane_searches_equal_the_scalar_transcription_bit_for_bit_at_every_level() {
         assert_eq!(odd.len() / 256 % 2, 1);
         for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K] {
             let (mut fast, mut slow) = (Vec::new(), Vec::new());
-            assert!(with_level(level, || quantize(ty, odd, &mut fast)));
+            assert!(with_level(level, || quantize(ty, odd, &mut fast, None)));
             assert!(quantize_reference(ty, odd, &mut slow));
             let ts = ty.type_size();
             for (i, (f, s)) in fast.chunks(ts).zip(slow.chunks(ts)).enumerate() {
@@ -175,6 +204,14 @@ fn the_adversarial_set_reaches_the_branches_it_is_for() {
     assert!(groups
         .iter()
         .any(|g| g.iter().any(|&v| v != 0.0 && v.abs() < f32::MIN_POSITIVE)));
+    assert!(groups.iter().any(|g| g.iter().any(|v| v.is_nan())));
+    assert!(groups.iter().any(|g| g.iter().any(|v| v.is_infinite())));
+    assert!(groups.iter().any(|g| {
+        let (lo, hi) = g
+            .iter()
+            .fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+        (hi - lo).is_infinite() && lo.is_finite() && hi.is_finite()
+    }));
     // Mixed super-blocks: some hold both a flat or zero group and a noisy one.
     let mixed = x.chunks_exact(256).any(|b| {
         let gs: Vec<&[f32]> = b.chunks_exact(16).collect();
@@ -186,7 +223,49 @@ fn the_adversarial_set_reaches_the_branches_it_is_for() {
 #[test]
 fn quantize_refuses_what_is_not_a_whole_k_block() {
     let mut out = Vec::new();
-    assert!(!quantize(GgmlType::Q4_K, &[0.0; 255], &mut out));
-    assert!(!quantize(GgmlType::Q8_0, &[0.0; 256], &mut out));
+    assert!(!quantize(GgmlType::Q4_K, &[0.0; 255], &mut out, None));
+    assert!(!quantize(GgmlType::Q8_0, &[0.0; 256], &mut out, None));
+    let mut back = [0f32; 256];
+    assert!(!quantize(
+        GgmlType::Q4_K,
+        &[0.0; 512],
+        &mut out,
+        Some(&mut back)
+    ));
     assert!(out.is_empty());
+}
+
+/// The values a pack hands back (`reference::Back`, what the merge measures its error on) are
+/// those ggml's dequantizer reads from the packed bytes (`quant::dequantize_into`, checked
+/// against gguf-py), bit for bit, for every K type at every level; and handing them back does
+/// not change the bytes.
+#[test]
+fn packs_hand_back_the_dequantized_bytes_bit_for_bit() {
+    use GgmlType::*;
+    let x = superblocks(160);
+    for level in [Level::Baseline, Level::Avx2, Level::Avx512] {
+        for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K] {
+            let (mut bytes, mut plain) = (Vec::new(), Vec::new());
+            let mut back = vec![f32::NAN; x.len()];
+            assert!(with_level(level, || quantize(
+                ty,
+                &x,
+                &mut bytes,
+                Some(&mut back)
+            )));
+            assert!(with_level(level, || quantize(ty, &x, &mut plain, None)));
+            assert!(bytes == plain, "{ty} at {level:?}: bytes");
+            let mut want = vec![0f32; x.len()];
+            assert!(crate::io::gguf::quant::dequantize_into(
+                ty, &bytes, &mut want
+            ));
+            for (i, (b, w)) in back.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    b.to_bits(),
+                    w.to_bits(),
+                    "{ty} at {level:?}, value {i}: {b} vs {w}"
+                );
+            }
+        }
+    }
 }
