@@ -2,7 +2,7 @@
 //!
 //! Merges run over blocks of rows in parallel (rayon); each row is decoded from the stored
 //! dtype, updated in f32 and encoded straight into the output buffer in one pass while it is in
-//! cache, so the working memory is the output tensor plus two rows per thread. The per-element arithmetic order is the one documented on
+//! cache (four rows at a time, so that the low-rank product reads `A` once per group), so the working memory is the output tensor plus eight rows per thread. The per-element arithmetic order is the one documented on
 //! [`MergeJob`], which the GPU kernels follow too.
 
 pub mod exact;
@@ -50,6 +50,56 @@ fn low_rank_row(t: &Term, cols: usize, row: usize, acc: &mut [f32]) {
             x += bk * t.a[k * cols + j];
         }
         *o = x;
+    }
+}
+
+/// Rows per group of [`low_rank_rows`].
+const ROW_GROUP: usize = 4;
+
+/// Columns per register block of [`low_rank_rows`]: `ROW_GROUP × ROW_COL_BLOCK` sums (4 AVX-512
+/// or 8 AVX2 registers) stay in registers through the rank loop.
+const ROW_COL_BLOCK: usize = 16;
+
+/// [`low_rank_row`] of the `R` rows `row .. row + R` into `acc` (`R × cols`, row-major): each
+/// element's sum is the same sequence of roundings (`0 + b₀a₀ + b₁a₁ + …`, no fused
+/// multiply-add), so the bits are [`low_rank_row`]'s; every load of `A` serves `R` rows.
+/// One row at a time re-read all of `A` (r·cols values, 256 KiB at r = 16, cols = 4096) from L2
+/// per row, which bounded the product below the arithmetic (issue #17: 10 % of a 7B GGUF merge).
+#[inline(always)]
+fn low_rank_rows<const R: usize>(t: &Term, cols: usize, row: usize, acc: &mut [f32]) {
+    if t.dense.is_some() {
+        for (r, out) in acc.chunks_exact_mut(cols).take(R).enumerate() {
+            low_rank_row(t, cols, row + r, out);
+        }
+        return;
+    }
+    let b = &t.b[row * t.rank..(row + R) * t.rank];
+    let full = cols / ROW_COL_BLOCK * ROW_COL_BLOCK;
+    for j0 in (0..full).step_by(ROW_COL_BLOCK) {
+        let mut s = [[0f32; ROW_COL_BLOCK]; R];
+        for k in 0..t.rank {
+            let a: &[f32; ROW_COL_BLOCK] = t.a[k * cols + j0..k * cols + j0 + ROW_COL_BLOCK]
+                .try_into()
+                .expect("block");
+            for (r, sr) in s.iter_mut().enumerate() {
+                let bk = b[r * t.rank + k];
+                for (x, &y) in sr.iter_mut().zip(a) {
+                    *x += bk * y;
+                }
+            }
+        }
+        for (r, sr) in s.iter().enumerate() {
+            acc[r * cols + j0..r * cols + j0 + ROW_COL_BLOCK].copy_from_slice(sr);
+        }
+    }
+    for r in 0..R {
+        for j in full..cols {
+            let mut x = 0f32;
+            for k in 0..t.rank {
+                x += b[r * t.rank + k] * t.a[k * cols + j];
+            }
+            acc[r * cols + j] = x;
+        }
     }
 }
 
@@ -103,34 +153,47 @@ super::simd::multiversion! {
     /// product and encode vectorise to the widest registers, with the same bits.
     fn merge_block(job: &MergeJob, factors: &[Option<Vec<f32>>], r0: usize, out_block: &mut [u8]) -> Option<MergeError> {
         let (cols, in_size, out_size) = (job.cols, job.in_dtype.bitsize() / 8, job.out_dtype.bitsize() / 8);
-        let mut row = vec![0f32; cols];
-        let mut acc = vec![0f32; cols];
-        for (li, out_row) in out_block.chunks_exact_mut(cols * out_size).enumerate() {
-            let i = r0 + li;
+        let mut rows = vec![0f32; ROW_GROUP * cols];
+        let mut acc = vec![0f32; ROW_GROUP * cols];
+        // Rows in groups of ROW_GROUP, so that the product reads A once per group
+        // ([`low_rank_rows`]); each row's arithmetic is unchanged.
+        for (gi, out_group) in out_block.chunks_mut(ROW_GROUP * cols * out_size).enumerate() {
+            let i0 = r0 + gi * ROW_GROUP;
+            let n = out_group.len() / (cols * out_size);
+            let rows = &mut rows[..n * cols];
             let t = profile::time(Stage::Decode);
             dtype::decode_into(
                 job.in_dtype,
-                &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
-                &mut row,
+                &job.w0[i0 * cols * in_size..(i0 + n) * cols * in_size],
+                rows,
             );
             drop(t);
             let t = profile::time(Stage::Product);
             for (ti, t) in job.terms.iter().enumerate() {
-                low_rank_row(t, cols, i, &mut acc);
+                if n == ROW_GROUP {
+                    low_rank_rows::<ROW_GROUP>(t, cols, i0, &mut acc);
+                } else {
+                    for (r, out) in acc.chunks_exact_mut(cols).take(n).enumerate() {
+                        low_rank_row(t, cols, i0 + r, out);
+                    }
+                }
                 match (&t.dora, factors.get(ti).and_then(|n| n.as_ref())) {
                     (Some(d), Some(f)) => {
                         let blend = d.strength != 1.0;
-                        for (j, (x, &a)) in row.iter_mut().zip(acc.iter()).enumerate() {
-                            let f = match d.axis {
-                                NormAxis::Rows => f[i],
-                                NormAxis::Cols => f[j],
-                            };
-                            let y = f * (*x + t.scale * a);
-                            *x = if blend { *x + d.strength * (y - *x) } else { y };
+                        for (r, (row, acc)) in rows.chunks_exact_mut(cols).zip(acc.chunks_exact(cols)).enumerate() {
+                            let i = i0 + r;
+                            for (j, (x, &a)) in row.iter_mut().zip(acc.iter()).enumerate() {
+                                let f = match d.axis {
+                                    NormAxis::Rows => f[i],
+                                    NormAxis::Cols => f[j],
+                                };
+                                let y = f * (*x + t.scale * a);
+                                *x = if blend { *x + d.strength * (y - *x) } else { y };
+                            }
                         }
                     }
                     _ => {
-                        for (x, &a) in row.iter_mut().zip(acc.iter()) {
+                        for (x, &a) in rows.iter_mut().zip(acc.iter()) {
                             *x += t.scale * a;
                         }
                     }
@@ -138,10 +201,12 @@ super::simd::multiversion! {
             }
             drop(t);
             let _t = profile::time(Stage::Encode);
-            if let Some(e) = non_finite(&row, i) {
-                return Some(e);
+            for (r, row) in rows.chunks_exact(cols).enumerate() {
+                if let Some(e) = non_finite(row, i0 + r) {
+                    return Some(e);
+                }
             }
-            dtype::encode_to_slice(job.out_dtype, &row, out_row);
+            dtype::encode_to_slice(job.out_dtype, rows, out_group);
         }
         None
     }
@@ -196,17 +261,26 @@ super::simd::multiversion! {
     /// and check for plain terms, in place.
     fn add_block(terms: &[Term], cols: usize, r0: usize, block: &mut [f32]) -> Option<MergeError> {
         let _t = profile::time(Stage::Product);
-        let mut acc = vec![0f32; cols];
-        for (li, row) in block.chunks_exact_mut(cols).enumerate() {
-            let i = r0 + li;
+        let mut acc = vec![0f32; ROW_GROUP * cols];
+        for (gi, group) in block.chunks_mut(ROW_GROUP * cols).enumerate() {
+            let i0 = r0 + gi * ROW_GROUP;
+            let n = group.len() / cols;
             for t in terms {
-                low_rank_row(t, cols, i, &mut acc);
-                for (x, &a) in row.iter_mut().zip(acc.iter()) {
+                if n == ROW_GROUP {
+                    low_rank_rows::<ROW_GROUP>(t, cols, i0, &mut acc);
+                } else {
+                    for (r, out) in acc.chunks_exact_mut(cols).take(n).enumerate() {
+                        low_rank_row(t, cols, i0 + r, out);
+                    }
+                }
+                for (x, &a) in group.iter_mut().zip(acc.iter()) {
                     *x += t.scale * a;
                 }
             }
-            if let Some(e) = non_finite(row, i) {
-                return Some(e);
+            for (r, row) in group.chunks_exact(cols).enumerate() {
+                if let Some(e) = non_finite(row, i0 + r) {
+                    return Some(e);
+                }
             }
         }
         None
@@ -690,6 +764,39 @@ pub(crate) mod tests {
             merge_f32_in_place(&mut w, rows, cols, &dora),
             Err(MergeError::Shape(_))
         ));
+    }
+
+    /// [`low_rank_rows`] is [`low_rank_row`] row by row, bit for bit: ranks 1, 3 and 16, widths
+    /// with and without a tail past the last column block, and a dense term.
+    #[test]
+    fn grouped_rows_are_the_single_row_product_bit_for_bit() {
+        let mut seed = Rng::seed_from_u64(5);
+        for (rank, cols) in [(1, 16), (3, 37), (16, 4 * ROW_COL_BLOCK + 5), (16, 7)] {
+            let rows = 2 * ROW_GROUP + 1;
+            let b: Vec<f32> = (0..rows * rank).map(|_| uniform(&mut seed)).collect();
+            let a: Vec<f32> = (0..rank * cols).map(|_| uniform(&mut seed)).collect();
+            let d: Vec<f32> = (0..rows * cols).map(|_| uniform(&mut seed)).collect();
+            let low = Term::low_rank(&b, &a, rank, 1.0);
+            let dense = Term {
+                dense: Some(&d),
+                ..low
+            };
+            for t in [low, dense] {
+                for row in [0, ROW_GROUP, ROW_GROUP + 1] {
+                    let mut grouped = vec![f32::NAN; ROW_GROUP * cols];
+                    low_rank_rows::<ROW_GROUP>(&t, cols, row, &mut grouped);
+                    let mut single = vec![f32::NAN; cols];
+                    for (r, g) in grouped.chunks_exact(cols).enumerate() {
+                        low_rank_row(&t, cols, row + r, &mut single);
+                        let (g, s): (Vec<u32>, Vec<u32>) = (
+                            g.iter().map(|x| x.to_bits()).collect(),
+                            single.iter().map(|x| x.to_bits()).collect(),
+                        );
+                        assert_eq!(g, s, "rank {rank}, cols {cols}, row {}", row + r);
+                    }
+                }
+            }
+        }
     }
 
     /// A 2×2 merge whose second row of B holds an infinity: `merge` (any backend's) must refuse
