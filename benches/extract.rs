@@ -22,8 +22,7 @@
 
 use lorakit::dtype::{self, Dtype};
 use lorakit::extract::{
-    factorize, CpuDeltaOperators, ExtractOptions, ExtractPlan, ExtractSummary, RankRule,
-    EXTRACT_DENSE,
+    factorize, ExtractOptions, ExtractPlan, ExtractSummary, RankRule, EXTRACT_DENSE,
 };
 use lorakit::io::{Checkpoint, Output, TensorSpec};
 use lorakit::linalg::{self, rng::gaussian_matrix, Dense, DenseOp, RsvdOptions};
@@ -97,7 +96,7 @@ fn main() {
             o,
         )
         .unwrap();
-        let s = plan.run(&CpuDeltaOperators).unwrap();
+        let s = plan.run(&lorakit::backend::Engine::Cpu).unwrap();
         let secs = t.elapsed().as_secs_f64();
         std::fs::remove_dir_all(&out).unwrap();
         (s, secs)

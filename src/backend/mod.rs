@@ -462,6 +462,36 @@ impl Engine {
         }
     }
 
+    /// The operator `M = W − W0` whose products `M·X`, `Mᵀ·Y` an extraction's randomized SVD
+    /// makes (`ops/extract`). On the GPU engine, for `W` and `W0` stored as F32/F16/BF16, the
+    /// delta-sketch kernels form `W − W0` on the device from the stored bytes
+    /// ([`gpu::GpuDeltaOp`]; a product that fails there falls back to its CPU twin), so only the
+    /// skinny sketches cross the bus: results agree with the CPU's to rounding, not bit for bit
+    /// (other summation order). Everywhere else (the CPU engine, F64 tensors) it is `host`, the
+    /// caller's operator over its host copy of `ΔW`. Errs only when the GPU refuses the pair.
+    pub fn delta_operator<'a>(
+        &'a self,
+        pair: cpu_forward::DeltaPair<'a>,
+        host: Box<dyn crate::linalg::LinearOperator + 'a>,
+    ) -> Result<Box<dyn crate::linalg::LinearOperator + 'a>, gpu::GpuError> {
+        let read_on_gpu = |d: Dtype| matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16);
+        match self {
+            Engine::Gpu(ctx) if read_on_gpu(pair.w.dtype) && read_on_gpu(pair.w0.dtype) => {
+                Ok(Box::new(gpu::GpuDeltaOp::new(ctx, pair)?))
+            }
+            _ => Ok(host),
+        }
+    }
+
+    /// Where the low-rank forwards of eval run ([`crate::model::Exec`]): the f32 forwards of
+    /// frozen layers on the GPU engine's device, everything on the CPU otherwise.
+    pub fn exec(&self) -> crate::model::Exec<'_> {
+        match self {
+            Engine::Gpu(ctx) => crate::model::Exec::Gpu(ctx),
+            Engine::Cpu => crate::model::Exec::Cpu,
+        }
+    }
+
     /// One-line description for summaries.
     pub fn describe(&self) -> String {
         match self {

@@ -5,9 +5,7 @@
 
 use crate::adapter::Format;
 use crate::cli::ExtractArgs;
-use crate::extract::{
-    CpuDeltaOperators, DeltaOperators, EmbeddingMode, ExtractOptions, ExtractPlan, ExtractSummary,
-};
+use crate::extract::{EmbeddingMode, ExtractOptions, ExtractPlan, ExtractSummary};
 use crate::inspect::{human_bytes, table_of};
 use crate::io::Checkpoint;
 use anyhow::{bail, Context, Result};
@@ -45,11 +43,7 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
         return Ok(0);
     }
     let engine = crate::backend::Engine::new(a.device)?;
-    let summary = match &engine {
-        crate::backend::Engine::Gpu(ctx) => plan.run(&crate::extract::GpuDeltaOperators { ctx }),
-        crate::backend::Engine::Cpu => plan.run(&CpuDeltaOperators),
-    }
-    .context("extract")?;
+    let summary = plan.run(&engine).context("extract")?;
     report(&summary, a.format, a.json, quiet)?;
     Ok(0)
 }
@@ -84,17 +78,8 @@ fn run_part(
     warn_one_sided(&plan, false);
     let engine = crate::backend::Engine::new(a.device)?;
     let items = plan.part_items(part);
-    let (outcomes, device) = match &engine {
-        crate::backend::Engine::Gpu(ctx) => {
-            let ops = crate::extract::GpuDeltaOperators { ctx };
-            (plan.process_items(&items, &ops), ops.describe())
-        }
-        crate::backend::Engine::Cpu => (
-            plan.process_items(&items, &CpuDeltaOperators),
-            CpuDeltaOperators.describe(),
-        ),
-    };
-    let outcomes = outcomes.context("extract")?;
+    let outcomes = plan.process_items(&items, &engine).context("extract")?;
+    let device = engine.describe();
     let header = crate::parts::ExtractPart {
         version: crate::parts::EXTRACT_PART_VERSION,
         part: part.0,

@@ -249,10 +249,7 @@ fn evaluate(
     engine: &Engine,
 ) -> Result<Evaluated> {
     let (model, attached) = load_model(ck, config.clone(), &o.adapters, &o.weights, o.merged)?;
-    let exec = match &engine {
-        Engine::Gpu(ctx) => Exec::Gpu(ctx),
-        Engine::Cpu => Exec::Cpu,
-    };
+    let exec = engine.exec();
 
     // Inputs: (rows of ids, windows per row).
     let needs_tok = !matches!(o.input, EvalInput::InputIds(_));

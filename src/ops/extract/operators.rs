@@ -1,7 +1,10 @@
-//! The operators an extraction factors: `M = W − W0` as a linear operator, on the CPU from the
-//! memory-mapped bytes or on a GPU by the delta-sketch kernels. Must not choose ranks or write.
+//! The operators an extraction factors: `M = W − W0` as a linear operator, over the host copy of
+//! `ΔW` ([`HostDeltaOp`]) or on a GPU by the delta-sketch kernels, as the [`Engine`] chooses.
+//! Must not choose ranks or write, nor choose between CPU and GPU itself (`backend::Engine` does).
 
 use super::*;
+use crate::backend::cpu_forward::{DeltaPair, StoredMatrix};
+use crate::backend::Engine;
 use crate::dtype::Dtype;
 use crate::linalg::dense::{faer_matmul, faer_svd, thin_qr, with_faer, FAER};
 use crate::linalg::{skinny, Dense, LinearOperator, Svd};
@@ -29,9 +32,9 @@ pub struct DeltaInput<'a> {
     pub delta: ArrayView2<'a, f32>,
 }
 
-/// Where the products `ΔW·X`, `ΔWᵀ·Y` of the randomized SVD run. The CPU implementation wraps
-/// the host copy of `ΔW`; a GPU implementation can form `W − W0` from the stored bytes on the
-/// device instead.
+/// Where the products `ΔW·X`, `ΔWᵀ·Y` of the randomized SVD run: implemented by the [`Engine`],
+/// whose CPU engine wraps the host copy of `ΔW` and whose GPU engine forms `W − W0` from the
+/// stored bytes on the device instead.
 pub trait DeltaOperators {
     /// One line for the summary ("cpu (2 threads)").
     fn describe(&self) -> String;
@@ -39,17 +42,26 @@ pub trait DeltaOperators {
     fn operator<'a>(&'a self, input: &DeltaInput<'a>) -> Result<Box<dyn LinearOperator + 'a>>;
 }
 
-/// Products on the CPU, from the host copy of `ΔW`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuDeltaOperators;
-
-impl DeltaOperators for CpuDeltaOperators {
+/// The products run where the engine says ([`Engine::delta_operator`]: the GPU's delta-sketch
+/// kernels, or the host copy of `ΔW` through [`HostDeltaOp`]); the summary names the engine.
+impl DeltaOperators for Engine {
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        Engine::describe(self)
     }
 
     fn operator<'a>(&'a self, input: &DeltaInput<'a>) -> Result<Box<dyn LinearOperator + 'a>> {
-        Ok(Box::new(HostDeltaOp::new(input.delta)))
+        let stored = |bytes, dtype| StoredMatrix {
+            bytes,
+            dtype,
+            rows: input.rows,
+            cols: input.cols,
+        };
+        let pair = DeltaPair {
+            w: stored(input.w, input.w_dtype),
+            w0: stored(input.w0, input.w0_dtype),
+        };
+        self.delta_operator(pair, Box::new(HostDeltaOp::new(input.delta)))
+            .map_err(|e| anyhow::anyhow!("tensor `{}`: gpu: {e}", input.name))
     }
 }
 
@@ -158,45 +170,5 @@ impl Dense for ExtractDense {
     }
     fn svd_thin(&self, a: ArrayView2<f32>) -> Svd {
         faer_svd(a, Some(faer::Par::Seq))
-    }
-}
-
-/// Products on a GPU: `W − W0` is formed on the device from the stored bytes by the delta-sketch
-/// kernels (`shaders/sketch*.wgsl`), so only the skinny sketches cross the bus. Tensors in a
-/// dtype the kernels do not read (F64) use the host copy. A failed GPU product falls back to the
-/// CPU twin inside [`crate::backend::gpu::GpuDeltaOp`], so results stay correct. Outputs agree
-/// with the CPU path to rounding, not bit for bit (other summation order).
-pub struct GpuDeltaOperators<'c> {
-    pub ctx: &'c crate::backend::gpu::GpuContext,
-}
-
-impl DeltaOperators for GpuDeltaOperators<'_> {
-    fn describe(&self) -> String {
-        self.ctx.label()
-    }
-
-    fn operator<'a>(&'a self, input: &DeltaInput<'a>) -> Result<Box<dyn LinearOperator + 'a>> {
-        use crate::backend::cpu_forward::{DeltaPair, StoredMatrix};
-        let gpu_dtype = |d: Dtype| matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16);
-        if !gpu_dtype(input.w_dtype) || !gpu_dtype(input.w0_dtype) {
-            return Ok(Box::new(HostDeltaOp::new(input.delta)));
-        }
-        let pair = DeltaPair {
-            w: StoredMatrix {
-                bytes: input.w,
-                dtype: input.w_dtype,
-                rows: input.rows,
-                cols: input.cols,
-            },
-            w0: StoredMatrix {
-                bytes: input.w0,
-                dtype: input.w0_dtype,
-                rows: input.rows,
-                cols: input.cols,
-            },
-        };
-        let op = crate::backend::gpu::GpuDeltaOp::new(self.ctx, pair)
-            .map_err(|e| anyhow::anyhow!("tensor `{}`: gpu: {e}", input.name))?;
-        Ok(Box::new(op))
     }
 }

@@ -137,3 +137,85 @@ fn embedding_names() {
         assert!(!is_embedding_module(n), "{n}");
     }
 }
+
+/// The [`DeltaOperators`] of an [`Engine`](crate::backend::Engine) route as
+/// `Engine::delta_operator` documents. The host copy of `ΔW` handed in is a zero sentinel, so the
+/// products show which operator ran: the CPU engine, and the GPU engine on F64 tensors (which the
+/// kernels do not read), give the sentinel's zeros; the GPU engine on BF16 tensors forms
+/// `W − W0` from the stored bytes, compared with the f64 products within the f32 dot-product
+/// bound `2·γ·S`, `γ = (K + 2)·2⁻²⁴`, `S` the products on absolute values (the GPU tests' bound).
+/// The GPU half runs, skips or fails under the GPU tests' one policy.
+#[test]
+fn engine_delta_operators_route_by_engine_and_dtype() {
+    use crate::backend::Engine;
+    use crate::dtype::{decode, encode};
+    let (rows, cols, l) = (70, 33, 5);
+    let w = linalg::rng::gaussian_matrix(rows, cols, 11);
+    let w0 = linalg::rng::gaussian_matrix(rows, cols, 12);
+    let x = linalg::rng::gaussian_matrix(cols, l, 13);
+    let y = linalg::rng::gaussian_matrix(rows, l, 14);
+    let zeros = Array2::<f32>::zeros((rows, cols));
+    let std = |a: &Array2<f32>| a.as_standard_layout().iter().copied().collect::<Vec<f32>>();
+    let (w, w0) = (std(&w), std(&w0));
+    // (M·X, Mᵀ·Y) of one engine on tensors stored as `dtype`.
+    let products = |engine: &Engine, dtype: Dtype| {
+        let (wb, w0b) = (encode(dtype, &w), encode(dtype, &w0));
+        let input = DeltaInput {
+            name: "t.weight",
+            rows,
+            cols,
+            w: &wb,
+            w_dtype: dtype,
+            w0: &w0b,
+            w0_dtype: dtype,
+            delta: zeros.view(),
+        };
+        let op = engine.operator(&input).unwrap();
+        (op.apply(x.view()), op.apply_t(y.view()))
+    };
+    let is_zero =
+        |(mx, mty): &(Array2<f32>, Array2<f32>)| mx.iter().chain(mty.iter()).all(|&v| v == 0.0);
+    assert!(is_zero(&products(&Engine::Cpu, Dtype::BF16)), "cpu engine");
+    let Some(ctx) = crate::backend::gpu::tests::fresh_gpu() else {
+        return;
+    };
+    let gpu = Engine::Gpu(Box::new(ctx));
+    assert!(is_zero(&products(&gpu, Dtype::F64)), "gpu engine, f64");
+    let (mx, mty) = products(&gpu, Dtype::BF16);
+    // f64 references from the stored bf16 values.
+    let (wd, w0d) = (
+        decode(Dtype::BF16, &encode(Dtype::BF16, &w)),
+        decode(Dtype::BF16, &encode(Dtype::BF16, &w0)),
+    );
+    let m = |i: usize, k: usize| wd[i * cols + k] as f64 - w0d[i * cols + k] as f64;
+    let check =
+        |got: &Array2<f32>, n: usize, inner: usize, entry: &dyn Fn(usize, usize) -> (f64, f64)| {
+            let gamma = (inner + 2) as f64 * 2f64.powi(-24);
+            let mut nonzero = false;
+            for i in 0..n {
+                for j in 0..l {
+                    let (want, abs) = entry(i, j);
+                    let err = (got[[i, j]] as f64 - want).abs();
+                    assert!(
+                        err <= 2.0 * gamma * abs,
+                        "[{i}, {j}]: {} vs {want}",
+                        got[[i, j]]
+                    );
+                    nonzero |= want != 0.0;
+                }
+            }
+            assert!(nonzero, "the reference products are not all zero");
+        };
+    check(&mx, rows, cols, &|i, j| {
+        (0..cols).fold((0.0, 0.0), |(s, a), k| {
+            let p = m(i, k) * x[[k, j]] as f64;
+            (s + p, a + p.abs())
+        })
+    });
+    check(&mty, cols, rows, &|k, j| {
+        (0..rows).fold((0.0, 0.0), |(s, a), i| {
+            let p = m(i, k) * y[[i, j]] as f64;
+            (s + p, a + p.abs())
+        })
+    });
+}

@@ -515,14 +515,15 @@ impl MergePlan {
         };
         inputs.extend(extra_files.iter().map(|(src, _)| src.clone()));
         let folder_out = !matches!((&base.layout, options.max_shard_size), (Layout::File, None));
-        let mut writes: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-        writes.extend(index.iter().cloned());
-        writes.extend(extra_files.iter().map(|(_, d)| d.clone()));
-        if let Some((i, n)) = options.part {
-            writes.push(
-                crate::parts::out_dir(&files[0].path).join(crate::parts::manifest_name(i, n)),
-            );
-        }
+        let mut outputs: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        outputs.extend(index.iter().cloned());
+        outputs.extend(extra_files.iter().map(|(_, d)| d.clone()));
+        let parts = crate::parts::MergeParts {
+            dir: files
+                .first()
+                .map_or_else(|| out.clone(), |f| crate::parts::out_dir(&f.path)),
+        };
+        let writes = crate::parts::planned_writes(&parts, &outputs, options.part);
         let folders: Vec<PathBuf> = if folder_out {
             vec![out.clone()]
         } else {

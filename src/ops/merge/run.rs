@@ -174,21 +174,12 @@ impl MergePlan {
         }
         match self.options.part {
             None => self.write_finals(&mut output)?,
-            Some((i, n)) => {
+            Some(part) => {
                 // The last files (index, copied configs) are written by `finalize` once every
                 // part is done; this part records what it wrote and what the whole plan is.
-                let manifest = crate::parts::Manifest {
-                    version: crate::parts::MANIFEST_VERSION,
-                    part: i,
-                    parts: n,
-                    plan: self.part_plan(&resized)?,
-                    written,
-                };
-                let dir = crate::parts::out_dir(&self.files[0].path);
-                output.small_file(
-                    &dir.join(crate::parts::manifest_name(i, n)),
-                    &manifest.to_bytes(),
-                )?;
+                let parts = crate::parts::MergeParts { dir };
+                let plan = self.part_plan(&resized)?;
+                crate::parts::write_manifest(&parts, &mut output, part, plan, written)?;
             }
         }
         let created: Vec<String> = output
