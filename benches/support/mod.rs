@@ -8,9 +8,13 @@ use std::path::Path;
 /// `discard`) the blocks of a removed file are discarded at the next journal commit; without
 /// this, that commit lands inside whichever job is timed next (the durable copy after a merge's
 /// output is removed, the merge after the copy's) and stalls its writes: the merges' bimodal
-/// medians of issue #15.
+/// medians of issue #15. `LORAKIT_BENCH_SETTLE=0` only removes the file (the former behaviour,
+/// for an A/B of this).
 pub fn remove_settled(path: &Path) {
     let _ = std::fs::remove_file(path);
+    if std::env::var("LORAKIT_BENCH_SETTLE").as_deref() == Ok("0") {
+        return;
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
