@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod argv;
+use argv::argv;
+pub use argv::*;
+
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lorakit"));
     c.env_remove("RUST_LOG");
@@ -343,53 +347,6 @@ pub fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
-/// `command` followed by `extra`, as owned arguments (every `*_args` helper below).
-fn argv(command: &[&str], extra: &[&str]) -> Vec<String> {
-    command.iter().chain(extra).map(|s| s.to_string()).collect()
-}
-
-/// Arguments of `lorakit merge --base BASE --adapter ADAPTER --out OUT` followed by `extra`.
-pub fn merge_args(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    argv(
-        &[
-            "merge",
-            "--base",
-            s(base),
-            "--adapter",
-            s(adapter),
-            "--out",
-            s(out),
-        ],
-        extra,
-    )
-}
-
-/// Arguments of `lorakit extract --base BASE --tuned TUNED --out OUT` followed by `extra`.
-pub fn extract_args(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    argv(
-        &[
-            "extract",
-            "--base",
-            s(base),
-            "--tuned",
-            s(tuned),
-            "--out",
-            s(out),
-        ],
-        extra,
-    )
-}
-
-/// Arguments of `lorakit resize ADAPTER --out OUT` followed by `extra` (the rank rule).
-pub fn resize_args(adapter: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["resize", s(adapter), "--out", s(out)], extra)
-}
-
-/// Arguments of `lorakit convert ADAPTER --to TO --out OUT` followed by `extra`.
-pub fn convert_args(adapter: &Path, to: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["convert", s(adapter), "--to", to, "--out", s(out)], extra)
-}
-
 /// `tensors` written into `dir` as two Hugging Face shards and their index, dealt alternately
 /// (so that a weight and its companions land in different shards).
 pub fn write_alternate_shards(tensors: &BTreeMap<String, T>, dir: &Path) {
@@ -429,86 +386,10 @@ pub fn flags(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
 
-/// Arguments of `lorakit eval --model MODEL` followed by `extra`.
-pub fn eval_args(model: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["eval", "--model", s(model)], extra)
-}
-
-/// Arguments of `lorakit eval --model MODEL --device cpu` followed by `extra`.
-pub fn eval_cpu_args(model: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["eval", "--model", s(model), "--device", "cpu"], extra)
-}
-
-/// Arguments of `lorakit inspect PATH` followed by `extra`.
-pub fn inspect_args(path: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["inspect", s(path)], extra)
-}
-
 /// The report of `lorakit inspect PATH --json` followed by `extra`.
 pub fn inspect_json(path: &Path, extra: &[&str]) -> serde_json::Value {
     let out = run_ok(argv(&["inspect", s(path), "--json"], extra));
     serde_json::from_str(&out).expect("inspect --json prints JSON")
-}
-
-/// Arguments of `lorakit check ADAPTER` followed by `extra`.
-pub fn check_args(adapter: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["check", s(adapter)], extra)
-}
-
-/// Arguments of `lorakit finalize OUT` (the output that parts were written for) followed by
-/// `extra`.
-pub fn finalize_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["finalize", s(out)], extra)
-}
-
-/// Arguments of `lorakit run RECIPE` followed by `extra`.
-pub fn run_args(recipe: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["run", s(recipe)], extra)
-}
-
-/// Arguments of `lorakit dequantize MODEL --out OUT` followed by `extra`.
-pub fn dequantize_args(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["dequantize", s(model), "--out", s(out)], extra)
-}
-
-/// `--adapter FIXTURE --weight W` for each `(fixture, weight)`, in order (merge and eval).
-pub fn weighted_adapter_args(adapters: &[(&str, f64)]) -> Vec<String> {
-    adapters
-        .iter()
-        .flat_map(|(a, w)| {
-            [
-                "--adapter".into(),
-                fixture(a).display().to_string(),
-                "--weight".into(),
-                w.to_string(),
-            ]
-        })
-        .collect()
-}
-
-/// Arguments of `lorakit train --model MODEL` followed by `extra`.
-pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["train", "--model", s(model)], extra)
-}
-
-/// Arguments of `lorakit combine`: `--adapter PATH` for each of `adapters`, followed by
-/// `--weight W` where one is given, then `extra`, then `--out OUT`.
-pub fn combine_args(adapters: &[(&Path, Option<&str>)], out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v = vec!["combine".to_string()];
-    for (path, weight) in adapters {
-        v.extend(["--adapter".to_string(), path.display().to_string()]);
-        if let Some(w) = weight {
-            v.extend(["--weight".to_string(), w.to_string()]);
-        }
-    }
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v.extend(["--out".to_string(), out.display().to_string()]);
-    v
-}
-
-/// Arguments of `lorakit diff A B` followed by `extra`.
-pub fn diff_args(a: &Path, b: &Path, extra: &[&str]) -> Vec<String> {
-    argv(&["diff", s(a), s(b)], extra)
 }
 
 /// Runs `lorakit diff A B EXTRA…`, asserting its exit status `code` (0: within tolerance, 1:
