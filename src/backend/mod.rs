@@ -123,6 +123,17 @@ pub struct MergeJob<'a> {
     pub out_dtype: Dtype,
 }
 
+/// Where the matrix products of a model's forward run (`model::linear` takes it): the CPU, or
+/// the f32 forwards of frozen layers on a GPU (the rest on the CPU). [`Engine::exec`] gives it;
+/// it lives here so that the backend never imports the model code.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Exec<'g> {
+    #[default]
+    Cpu,
+    /// f32 forwards of frozen layers on the GPU (the rest on the CPU).
+    Gpu(&'g gpu::GpuContext),
+}
+
 /// How a merge rounds `W0 + Σ s·B·A` to the output dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -483,12 +494,12 @@ impl Engine {
         }
     }
 
-    /// Where the low-rank forwards of eval run ([`crate::model::Exec`]): the f32 forwards of
-    /// frozen layers on the GPU engine's device, everything on the CPU otherwise.
-    pub fn exec(&self) -> crate::model::Exec<'_> {
+    /// Where the low-rank forwards of eval run ([`Exec`]): the f32 forwards of frozen layers
+    /// on the GPU engine's device, everything on the CPU otherwise.
+    pub fn exec(&self) -> Exec<'_> {
         match self {
-            Engine::Gpu(ctx) => crate::model::Exec::Gpu(ctx),
-            Engine::Cpu => crate::model::Exec::Cpu,
+            Engine::Gpu(ctx) => Exec::Gpu(ctx),
+            Engine::Cpu => Exec::Cpu,
         }
     }
 

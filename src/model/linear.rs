@@ -25,14 +25,8 @@ use std::sync::{Arc, Mutex};
 /// Decoded elements per block when a stored matrix must be converted.
 const BLOCK_ELEMS: usize = 1 << 20;
 
-/// Where matrix products run.
-#[derive(Debug, Clone, Copy, Default)]
-pub enum Exec<'g> {
-    #[default]
-    Cpu,
-    /// f32 forwards of frozen layers on the GPU (the rest on the CPU).
-    Gpu(&'g GpuContext),
-}
+/// Where matrix products run: the backend's (see [`crate::backend::Exec`]).
+pub use crate::backend::Exec;
 
 /// Where a weight matrix's values live.
 #[derive(Debug, Clone)]
