@@ -694,7 +694,9 @@ mod error_sums_tests {
     fn every_level_gives_the_same_bits() {
         let mut rng = Rng::seed_from_u64(3);
         let n = 4096 + 5;
-        let v: Vec<f32> = (0..n).map(|_| (rng.next_f64() - 0.5) as f32 * 0.1).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| (rng.next_f64() - 0.5) as f32 * 0.1)
+            .collect();
         let mut cases: Vec<Vec<f32>> = Vec::new();
         let noisy: Vec<f32> = v
             .iter()
