@@ -103,6 +103,19 @@ fn low_rank_rows<const R: usize>(t: &Term, cols: usize, row: usize, acc: &mut [f
     }
 }
 
+/// The product of the `n ≤ ROW_GROUP` rows from `row` into `acc` (`n × cols`): a whole group
+/// through [`low_rank_rows`], the last, shorter one row by row; the same bits either way.
+#[inline(always)]
+fn low_rank_group(t: &Term, cols: usize, row: usize, n: usize, acc: &mut [f32]) {
+    if n == ROW_GROUP {
+        low_rank_rows::<ROW_GROUP>(t, cols, row, acc);
+    } else {
+        for (r, out) in acc.chunks_exact_mut(cols).take(n).enumerate() {
+            low_rank_row(t, cols, row + r, out);
+        }
+    }
+}
+
 /// The first non-finite value of merged row `i`, as the merge's error.
 #[inline(always)]
 fn non_finite(row: &[f32], i: usize) -> Option<MergeError> {
@@ -170,13 +183,7 @@ super::simd::multiversion! {
             drop(t);
             let t = profile::time(Stage::Product);
             for (ti, t) in job.terms.iter().enumerate() {
-                if n == ROW_GROUP {
-                    low_rank_rows::<ROW_GROUP>(t, cols, i0, &mut acc);
-                } else {
-                    for (r, out) in acc.chunks_exact_mut(cols).take(n).enumerate() {
-                        low_rank_row(t, cols, i0 + r, out);
-                    }
-                }
+                low_rank_group(t, cols, i0, n, &mut acc);
                 match (&t.dora, factors.get(ti).and_then(|n| n.as_ref())) {
                     (Some(d), Some(f)) => {
                         let blend = d.strength != 1.0;
@@ -266,13 +273,7 @@ super::simd::multiversion! {
             let i0 = r0 + gi * ROW_GROUP;
             let n = group.len() / cols;
             for t in terms {
-                if n == ROW_GROUP {
-                    low_rank_rows::<ROW_GROUP>(t, cols, i0, &mut acc);
-                } else {
-                    for (r, out) in acc.chunks_exact_mut(cols).take(n).enumerate() {
-                        low_rank_row(t, cols, i0 + r, out);
-                    }
-                }
+                low_rank_group(t, cols, i0, n, &mut acc);
                 for (x, &a) in group.iter_mut().zip(acc.iter()) {
                     *x += t.scale * a;
                 }
