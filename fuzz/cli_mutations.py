@@ -6,8 +6,11 @@ adapter_config.json field), runs one command on it (merge, inspect, check, conve
 requires: an exit status of 0, 1, 2 or 3 (never a panic or a signal); on an error, exactly one
 line on stderr; and no output, temporary file or folder left behind.
 
-Run: python3 fuzz/cli_mutations.py target/debug/lorakit RUNS SEED   (prints each violation, then
-a JSON summary; exits 1 if any). Needs only Python's standard library."""
+Run: python3 fuzz/cli_mutations.py target/debug/lorakit RUNS SEED   (KINDS=gguf,ggad,peft,lyco,base
+for some kinds only; prints each violation, then
+a JSON summary; exits 1 if any). Needs only Python's standard library. The mutated inputs also
+include GGUF models and GGUF adapters (counts, key/value types, string lengths, tensor dims,
+types and offsets, the version, a truncation)."""
 import json, os, random, shutil, struct, subprocess, sys, tempfile
 LK = sys.argv[1]; N = int(sys.argv[2]); SEED = int(sys.argv[3])
 FX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
@@ -51,6 +54,47 @@ def mutate_st(p):
     elif m == 13: h[r.choice(["", "../x", "a" * 300, "\u0000", "x.lora_A.weight"])] = dict(t)
     st_write(p, h, data); return what
 
+# GGUF v3 (gguf-py's constants.py / gguf_reader.py layout): value type -> struct format.
+GG_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+def gg_parse(b):
+    """Offsets of the fields a mutation may touch: counts, key/value types and string lengths,
+    and each tensor info's dims, type and offset."""
+    f = {"counts": 8, "kv": [], "strs": [], "tensors": []}
+    pos = 24
+    n_t, n_kv = struct.unpack_from("<QQ", b, 8)
+    def string(pos):
+        f["strs"].append(pos); n = struct.unpack_from("<Q", b, pos)[0]; return pos + 8 + n
+    def value(pos, t):
+        if t == 8: return string(pos)
+        if t == 9:
+            it, n = struct.unpack_from("<IQ", b, pos); pos += 12
+            for _ in range(n): pos = value(pos, it)
+            return pos
+        return pos + struct.calcsize("<" + GG_SCALAR[t])
+    for _ in range(n_kv):
+        pos = string(pos); f["kv"].append(pos); t = struct.unpack_from("<I", b, pos)[0]; pos = value(pos + 4, t)
+    for _ in range(n_t):
+        pos = string(pos); nd = struct.unpack_from("<I", b, pos)[0]
+        f["tensors"].append((pos, nd)); pos += 4 + 8 * nd + 4 + 8
+    return f
+
+def mutate_gguf(p):
+    b = bytearray(open(p, "rb").read()); f = gg_parse(bytes(b)); m = r.randrange(10); what = f"g{m}"
+    if m == 0: struct.pack_into("<Q", b, f["counts"], r.choice([0, 1 << 40, struct.unpack_from("<Q", b, 8)[0] + 1]))
+    elif m == 1: struct.pack_into("<Q", b, 16, r.choice([0, 1 << 40, struct.unpack_from("<Q", b, 16)[0] + 1]))
+    elif m == 2 and f["kv"]: struct.pack_into("<I", b, r.choice(f["kv"]), r.choice([9, 8, 13, 0xFFFFFFFF, 4]))
+    elif m == 3 and f["strs"]: struct.pack_into("<Q", b, r.choice(f["strs"]), r.choice([0, 1 << 62, 3, 100000]))
+    elif m in (4, 5, 6, 7) and f["tensors"]:
+        pos, nd = r.choice(f["tensors"])
+        if m == 4: struct.pack_into("<I", b, pos, r.choice([0, 5, nd + 1, 0xFFFFFFFF]))
+        elif m == 5 and nd: struct.pack_into("<Q", b, pos + 4 + 8 * r.randrange(nd), r.choice([0, 1, 31, 1 << 40, (1 << 64) - 1]))
+        elif m == 6: struct.pack_into("<I", b, pos + 4 + 8 * nd, r.choice([4, 5, 31, 36, 39, 99, 0xFFFFFFFF, 2, 8, 12]))
+        elif m == 7: struct.pack_into("<Q", b, pos + 8 + 8 * nd, r.choice([1, 32, 1 << 40, (1 << 64) - 32]))
+    elif m == 8: b = b[: r.randrange(len(b))]
+    elif m == 9: struct.pack_into("<I", b, 4, r.choice([1, 2, 4, 0xFFFFFFFF]))
+    open(p, "wb").write(bytes(b)); return what
+
 def mutate_cfg(p):
     c = json.load(open(p)); m = r.randrange(10)
     if m == 0: c["r"] = r.choice([0, -1, 10**9, "8", None, 2.5])
@@ -86,7 +130,12 @@ cases = [
   ("lyco", f"{FX}/lycoris/lokr.safetensors", None),
   ("lyco", f"{FX}/lycoris_w0/" , None),
   ("base", f"{FX}/llama/base", "model.safetensors"),
+  ("gguf", f"{FX}/gguf/llama_q4_0.gguf", None),
+  ("gguf", f"{FX}/gguf/llama_q8_0.gguf", None),
+  ("ggad", f"{FX}/gguf/llamacpp/hf_qv_r8.q8_0.gguf", None),
 ]
+if os.environ.get("KINDS"):
+    cases = [c for c in cases if c[0] in os.environ["KINDS"].split(",")]
 stats = {"runs": 0, "bad": 0, "rc": {}}
 for i in range(N):
     kind, src, inner = r.choice(cases)
@@ -97,9 +146,13 @@ for i in range(N):
             f = r.choice(fs); shutil.copy(os.path.join(src, f), case + ".safetensors"); tgt = case + ".safetensors"; lbase = os.path.join(src, "base.safetensors")
         else:
             shutil.copytree(src, case); tgt = case
+    elif kind in ("gguf", "ggad"):
+        shutil.copy(src, case + ".gguf"); tgt = case + ".gguf"
     else:
         shutil.copy(src, case + ".safetensors"); tgt = case + ".safetensors"; lbase = os.path.join(os.path.dirname(src), "base.safetensors")
-    if kind == "peft" and r.random() < 0.35:
+    if kind in ("gguf", "ggad"):
+        what = mutate_gguf(tgt)
+    elif kind == "peft" and r.random() < 0.35:
         what = "cfg%d" % mutate_cfg(os.path.join(tgt, "adapter_config.json"))
     else:
         f = os.path.join(tgt, inner) if inner else tgt
@@ -113,6 +166,12 @@ for i in range(N):
                 ["inspect", tgt], ["check", tgt], ["convert", tgt, "--to", "kohya", "--out", out + ".safetensors"]]
     elif kind == "lyco":
         cmds = [["merge", "--base", lbase, "--adapter", tgt, "--out", out + ".safetensors", "--quiet"], ["inspect", tgt], ["check", tgt]]
+    elif kind == "gguf":
+        cmds = [["merge", "--base", tgt, "--adapter", f"{FX}/llama/adapters/qv_r8", "--out", out + ".gguf", "--quiet"],
+                ["inspect", tgt], ["diff", tgt, f"{FX}/gguf/llama_f32.gguf"]]
+    elif kind == "ggad":
+        cmds = [["merge", "--base", f"{FX}/gguf/llama_q8_0.gguf", "--adapter", tgt, "--out", out + ".gguf", "--quiet"],
+                ["inspect", tgt], ["check", tgt]]
     else:
         cmds = [["merge", "--base", tgt, "--adapter", f"{FX}/llama/adapters/qv_r8", "--out", out, "--quiet"], ["inspect", tgt],
                 ["diff", tgt, f"{FX}/llama/base"]]
@@ -120,14 +179,16 @@ for i in range(N):
     outs = [a for a in cmd if a.startswith(out)]
     p, bad = run(cmd, outs)
     stats["runs"] += 1; stats["rc"][p.returncode] = stats["rc"].get(p.returncode, 0) + 1
+    if os.environ.get("SHOW_OK") and p.returncode == 0:
+        print("OK", i, kind, what, cmd[0])
     if bad:
         stats["bad"] += 1
         print("BAD", i, kind, what, cmd[0], bad, "|", p.stderr.strip()[:400].replace("\n", " // "))
-    for o in outs:
+    for o in outs + [out + ".gguf"]:
         if os.path.isdir(o): shutil.rmtree(o)
         elif os.path.exists(o): os.remove(o)
     if os.path.isdir(case): shutil.rmtree(case)
-    for ext in (".safetensors",):
+    for ext in (".safetensors", ".gguf"):
         if os.path.exists(case + ext): os.remove(case + ext)
 print(json.dumps(stats))
 shutil.rmtree(W)
