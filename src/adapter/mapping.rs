@@ -418,6 +418,15 @@ pub fn resolve_in(
 /// `rescale` either).
 fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
     use crate::adapter::Factors;
+    // A Conv1D base (`fan_in_fan_out`) stores `[in, out]`: judge its logical `[out, in]`.
+    let swapped;
+    let found = match found {
+        [i, o] if m.base_transposed => {
+            swapped = [*o, *i];
+            &swapped[..]
+        }
+        _ => found,
+    };
     let conv = matches!(m.kind, ModuleKind::Conv { .. });
     // OFT without `rescale` does not say linear or conv either.
     let unknown = matches!(

@@ -265,3 +265,26 @@ fn peft_ia3_and_oft_folders_merge_like_merge_and_unload() {
         assert!(line.contains(&k) && line.contains(why), "{line}");
     }
 }
+
+/// PEFT IA3 on GPT-2's Conv1D layers (`fan_in_fan_out`, weights stored `[in, out]`;
+/// `fixtures/peft_w0/gpt2_ia3*`, PEFT 0.21.2 on `fixtures/gpt2/base`): the vector scales the
+/// stored weight's columns (output side) or rows (feed-forward, input side), as
+/// `merge_and_unload` does with `transpose(ia3_l, fan_in_fan_out)`.
+#[test]
+fn peft_ia3_on_conv1d_merges_like_merge_and_unload() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_path = fixture("gpt2/base");
+    let base = read_checkpoint(&base_path);
+    for (case, changed) in [("gpt2_ia3", 8), ("gpt2_ia3_ff", 4)] {
+        let out = dir.path().join(case);
+        merge_ok(
+            &base_path,
+            &fixture(&format!("peft_w0/{case}")),
+            &out,
+            &["--quiet"],
+        );
+        let reference = read(&fixture(&format!("peft_w0/{case}.merged.safetensors")));
+        let n = assert_matches_reference(&read_checkpoint(&out), &base, &reference, TOL);
+        assert_eq!(n, changed, "{case}");
+    }
+}

@@ -246,16 +246,13 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
 /// `[1, in]` (feed-forward Linear), `[1, n, 1, …]` (Conv, `n` the output channels or, feed-forward,
 /// the input channels). Feed-forward is `_check_target_module_feedforward`: a regex string
 /// matched whole, or a list of names any of which the module name ends with. Merged as
-/// `merge_and_unload` ([`crate::adapter::Ia3Rule::Peft`]); `fan_in_fan_out` is refused.
+/// `merge_and_unload` ([`crate::adapter::Ia3Rule::Peft`]). With `fan_in_fan_out` (GPT-2's
+/// `Conv1D`, weights stored `[in, out]`) the vector keeps its logical shape (PEFT's
+/// `_get_in_out_features` reads a Conv1D's sides that way) and `merge` transposes it onto the
+/// stored weight (`layer.py`: `transpose(ia3_l, fan_in_fan_out)`), as for LoRA.
 fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
     use crate::adapter::Ia3Rule;
     let fpath = file.path().to_path_buf();
-    if cfg.fan_in_fan_out {
-        return Err(InputError::invalid(
-            &fpath,
-            "IA3 with fan_in_fan_out (Conv1D bases) is not supported yet",
-        ));
-    }
     let ff_re: Option<Regex> = match cfg.raw.get("feedforward_modules") {
         Some(Value::String(p)) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
             InputError::invalid(
@@ -314,6 +311,7 @@ fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
             key: key.to_owned(),
             transpose: false,
         };
+        let base_transposed = cfg.fan_in_fan_out && kind == ModuleKind::Linear;
         modules.push(LoraModule {
             name: name.to_owned(),
             kind,
@@ -328,7 +326,7 @@ fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
                 on_input: ff,
                 rule: Ia3Rule::Peft,
             },
-            base_transposed: false,
+            base_transposed,
             dora_magnitude: None,
             dora_rule: crate::adapter::DoraRule::Peft,
         });
