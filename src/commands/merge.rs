@@ -3,6 +3,8 @@
 //! Arguments → library options → plan → run → printed report. Must not validate or compute what the
 //! library does, nor write to stdout/stderr except through `printer`.
 
+use super::options;
+use super::printer;
 use crate::adapter::Adapter;
 use crate::cli::MergeArgs;
 use crate::error::InputError;
@@ -27,7 +29,7 @@ fn plan_split(
     max_shard_size: Option<u64>,
     part: Option<(usize, usize)>,
 ) -> Result<MergePlan> {
-    let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
+    let weights = options::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = Checkpoint::open(&a.base)?;
     let adapters = weighted_adapters(a, &weights)?;
     let options = MergeOptions {
@@ -35,7 +37,7 @@ fn plan_split(
         max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
-        progress: super::printer::progress(progress),
+        progress: printer::progress(progress),
         part,
         quant: match a.quant {
             crate::cli::QuantArg::Keep => crate::merge::QuantOutput::Keep,
@@ -109,14 +111,14 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let plan = plan(&a, !quiet && !a.json)?;
     for u in &plan.unmatched {
-        super::warn(
+        printer::warn(
             quiet,
             &format!("{}: unmatched module {}", u.adapter, u.detail),
         );
     }
     if a.dry_run {
         let d = plan.dry_run();
-        super::print_report(a.json, "merge", &d, || render_dry_run(&d))?;
+        printer::print_report(a.json, "merge", &d, || render_dry_run(&d))?;
         return Ok(0);
     }
     let engine = a.compute.engine()?;
@@ -125,7 +127,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         // Diagnostics asked for by the environment, shown even with --quiet.
         eprintln!("{}", crate::backend::profile::line(summary.seconds));
     }
-    super::print_report(a.json, "merge", &summary, || render(&summary))?;
+    printer::print_report(a.json, "merge", &summary, || render(&summary))?;
     Ok(0)
 }
 
@@ -135,18 +137,18 @@ pub fn run_dequantize(a: crate::cli::DequantizeArgs, quiet: bool) -> Result<i32>
     let options = MergeOptions {
         dtype: a.dtype,
         max_shard_size: a.max_shard_size,
-        progress: super::printer::progress(!quiet && !a.json),
+        progress: printer::progress(!quiet && !a.json),
         ..MergeOptions::default()
     };
     let plan = MergePlan::dequantize(base, a.out.clone(), options)?;
     if a.dry_run {
         let d = plan.dry_run();
-        super::print_report(a.json, "dequantize", &d, || render_dry_run(&d))?;
+        printer::print_report(a.json, "dequantize", &d, || render_dry_run(&d))?;
         return Ok(0);
     }
     let engine = crate::backend::Engine::Cpu;
     let summary = plan.run(&engine)?;
-    super::print_report(a.json, "dequantize", &summary, || {
+    printer::print_report(a.json, "dequantize", &summary, || {
         format!(
             "wrote {} (dequantized {} weights of {}; {} other tensors copied, {} files, {} in {:.2} s)\n",
             summary.out,
@@ -289,7 +291,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     if a.gguf_tokenizer_pre.is_some() {
         return refuse("--gguf-tokenizer-pre (the base's tokenizer is kept)");
     }
-    let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
+    let weights = options::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = crate::io::gguf::GgufModel::open(&a.base)?;
     let adapters = weighted_adapters(&a, &weights)?;
     let options = GgufMergeOptions {
@@ -301,12 +303,12 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     };
     let plan = GgufMergePlan::new(&a.base, base, adapters, a.out.clone(), options)?;
     for u in &plan.unmatched {
-        super::warn(quiet, &format!("unmatched module {u}"));
+        printer::warn(quiet, &format!("unmatched module {u}"));
     }
     if a.dry_run {
         let d = plan.dry_run();
         if a.json {
-            super::print_json("merge", &d)?;
+            printer::print_json("merge", &d)?;
         } else {
             let mut out = format!(
                 "dry run: would write {} ({} tensors merged, --outtype {}, {} copied); nothing written\n\n",
@@ -317,7 +319,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
                     .iter()
                     .map(|f| (f.path.as_str(), f.tensor_count, f.bytes)),
             ));
-            super::print(&out)?;
+            printer::print(&out)?;
         }
         return Ok(0);
     }
@@ -325,7 +327,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     if crate::backend::profile::enabled() {
         eprintln!("{}", crate::backend::profile::line(report.seconds));
     }
-    super::print_report(a.json, "merge", &report, || render_gguf(&report))?;
+    printer::print_report(a.json, "merge", &report, || render_gguf(&report))?;
     Ok(0)
 }
 
@@ -366,7 +368,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     unused.push(".lorakit-unused");
     let merge = plan_split(&a, false, unused.into(), None, None)?;
     for u in &merge.unmatched {
-        super::warn(
+        printer::warn(
             quiet,
             &format!("{}: unmatched module {}", u.adapter, u.detail),
         );
@@ -381,7 +383,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     let r = p.run(&a.compute.engine()?)?;
     for t in &r.tensors {
         if let Some(f) = &t.fallback_from {
-            super::warn(
+            printer::warn(
                 quiet,
                 &format!(
                     "{}: rows are not whole {f} blocks, written as {} (llama-quantize's fallback)",
@@ -391,7 +393,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         }
     }
     if a.json {
-        super::print_json("merge", &r)?;
+        printer::print_json("merge", &r)?;
     } else {
         let mut out = headline(
             &r.out,
@@ -407,7 +409,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
             human_bytes(r.bytes_written),
             r.seconds
         ));
-        super::print(&out)?;
+        printer::print(&out)?;
     }
     Ok(0)
 }
@@ -415,7 +417,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
 /// `finalize OUT.gguf`: the parts of a GGUF merge checked, their manifests removed.
 pub fn finalize_gguf(out: &std::path::Path, json: bool) -> Result<i32> {
     let r = crate::merge::gguf_parts::finalize(out)?;
-    super::print_report(json, "finalize", &r, || {
+    printer::print_report(json, "finalize", &r, || {
         format!(
             "finalized {}: {} parts, {} files checked ({}, {} tensors)\n",
             r.out,
