@@ -18,7 +18,13 @@ use anyhow::Result;
 /// every module matched. `merge` and `run` (recipes, for their dry-run sizes) both plan
 /// through here, so a recipe step is validated exactly as the command would be.
 pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
-    plan_split(a, progress, a.out.clone(), a.max_shard_size, a.part)
+    plan_split(
+        a,
+        progress,
+        a.output.out.clone(),
+        a.output.max_shard_size,
+        a.part,
+    )
 }
 
 /// [`plan`] with its own output path and split (a GGUF output is laid out by its own plan).
@@ -33,7 +39,7 @@ fn plan_split(
     let base = Checkpoint::open(&a.base)?;
     let adapters = weighted_adapters(a, &weights)?;
     let options = MergeOptions {
-        dtype: a.dtype,
+        dtype: a.output.dtype,
         max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
@@ -89,7 +95,8 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     if crate::io::gguf::is_gguf(&a.base) {
         return gguf(a, quiet);
     }
-    if a.out
+    if a.output
+        .out
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
@@ -97,7 +104,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     if a.gguf_tokenizer_pre.is_some() {
         return Err(InputError::invalid(
-            &a.out,
+            &a.output.out,
             "--gguf-tokenizer-pre names the tokenizer of a GGUF model written from a Hugging Face base: the output must end in .gguf",
         )
         .into());
@@ -135,12 +142,12 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
 pub fn run_dequantize(a: crate::cli::DequantizeArgs, quiet: bool) -> Result<i32> {
     let base = Checkpoint::open(&a.model)?;
     let options = MergeOptions {
-        dtype: a.dtype,
-        max_shard_size: a.max_shard_size,
+        dtype: a.output.dtype,
+        max_shard_size: a.output.max_shard_size,
         progress: printer::progress(!quiet && !a.json),
         ..MergeOptions::default()
     };
-    let plan = MergePlan::dequantize(base, a.out.clone(), options)?;
+    let plan = MergePlan::dequantize(base, a.output.out.clone(), options)?;
     if a.dry_run {
         let d = plan.dry_run();
         printer::print_report(a.json, "dequantize", &d, || render_dry_run(&d))?;
@@ -285,7 +292,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         )
         .into())
     };
-    if a.dtype != crate::merge::DtypeChoice::Keep {
+    if a.output.dtype != crate::merge::DtypeChoice::Keep {
         return refuse("--dtype (use --outtype)");
     }
     if a.gguf_tokenizer_pre.is_some() {
@@ -296,12 +303,12 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     let adapters = weighted_adapters(&a, &weights)?;
     let options = GgufMergeOptions {
         outtype: a.outtype.unwrap_or_default(),
-        max_shard_size: a.max_shard_size,
+        max_shard_size: a.output.max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
         part: a.part,
     };
-    let plan = GgufMergePlan::new(&a.base, base, adapters, a.out.clone(), options)?;
+    let plan = GgufMergePlan::new(&a.base, base, adapters, a.output.out.clone(), options)?;
     for u in &plan.unmatched {
         printer::warn(quiet, &format!("unmatched module {u}"));
     }
@@ -335,9 +342,9 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
 /// converter writes it.
 fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     use crate::merge::gguf::OutType;
-    if a.dtype != crate::merge::DtypeChoice::Keep {
+    if a.output.dtype != crate::merge::DtypeChoice::Keep {
         return Err(InputError::invalid(
-            &a.out,
+            &a.output.out,
             "is a GGUF model: --dtype sets safetensors outputs; use --outtype",
         )
         .into());
@@ -348,7 +355,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         Some(OutType::To(t)) => t,
         Some(OutType::Keep) => {
             return Err(InputError::invalid(
-                &a.out,
+                &a.output.out,
                 "--outtype keep: a safetensors base has no GGUF types to keep; choose f32, f16, bf16, q8_0, …",
             )
             .into())
@@ -356,7 +363,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     };
     if a.dry_run {
         return Err(InputError::invalid(
-            &a.out,
+            &a.output.out,
             "--dry-run is not supported yet for a GGUF model written from a safetensors base",
         )
         .into());
@@ -364,7 +371,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     // The GGUF plan lays out, checks and writes the output (files, parts); the merge plan only
     // merges, so it gets no split and a path that never exists (`OUT.lorakit-unused`): its
     // safetensors layout rules (a folder base wants a folder output) are not the GGUF file's.
-    let mut unused = a.out.clone().into_os_string();
+    let mut unused = a.output.out.clone().into_os_string();
     unused.push(".lorakit-unused");
     let merge = plan_split(&a, false, unused.into(), None, None)?;
     for u in &merge.unmatched {
@@ -376,10 +383,10 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     let options = crate::merge::gguf_hf::HfGgufOptions {
         outtype,
         tokenizer_pre: a.gguf_tokenizer_pre.clone(),
-        max_shard_size: a.max_shard_size,
+        max_shard_size: a.output.max_shard_size,
         part: a.part,
     };
-    let p = crate::merge::gguf_hf::HfGgufPlan::new(merge, a.out.clone(), options)?;
+    let p = crate::merge::gguf_hf::HfGgufPlan::new(merge, a.output.out.clone(), options)?;
     let r = p.run(&a.compute.engine()?)?;
     for t in &r.tensors {
         if let Some(f) = &t.fallback_from {
