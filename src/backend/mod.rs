@@ -7,6 +7,8 @@
 //!
 //! Owns the one CPU/GPU switch ([`Engine`]). Must not read or write files, nor know which operation
 //! calls it; no other module chooses between CPU and GPU.
+//! The job both backends run ([`MergeJob`], its terms and [`MergeError`]) is the leaf `job.rs`,
+//! so [`cpu`] and [`gpu`] import it without importing this switch.
 
 pub mod cpu;
 pub mod cpu_forward;

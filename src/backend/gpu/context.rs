@@ -21,8 +21,9 @@ pub struct GpuOptions {
     pub binding_limit: Option<u64>,
     /// Bytes of base (or output) per streamed merge tile; [`DEFAULT_CHUNK_BYTES`] when `None`.
     pub chunk_bytes: Option<u64>,
-    /// Which adapter: an index into [`list_adapters`](super::list_adapters) (all backends, wgpu's order) or a PCI
-    /// bus id; the default adapter (high-performance preference, `WGPU_*` variables) when `None`.
+    /// Which adapter: an index into [`list_adapters`](super::list_adapters) (all backends, wgpu's
+    /// order) or a PCI bus id; the default adapter (high-performance preference, `WGPU_*`
+    /// variables) when `None`.
     pub adapter: Option<AdapterSelector>,
     /// Which optional features to request (all those the adapter offers, by default).
     pub features: OptionalFeatures,
@@ -95,10 +96,11 @@ pub struct GpuContext {
     /// Idle merge rings (persistent device buffers), reused by later merges; a merge running
     /// concurrently with another takes its own.
     rings: std::sync::Mutex<Vec<Ring>>,
-    /// Unique per context: a [`ResidentWeight`](super::ResidentWeight) records the context it was uploaded to.
+    /// Unique per context: a [`ResidentWeight`](super::ResidentWeight) records the context it was
+    /// uploaded to.
     id: u64,
-    /// Weights uploaded by [`ResidentWeight::new`](super::ResidentWeight::new) on this context (tests check eval uploads
-    /// each weight once).
+    /// Weights uploaded by [`ResidentWeight::new`](super::ResidentWeight::new) on this context
+    /// (tests check eval uploads each weight once).
     resident_uploads: std::sync::atomic::AtomicU64,
 }
 
@@ -295,7 +297,8 @@ impl GpuContext {
         }
     }
 
-    /// How many weights [`ResidentWeight::new`](super::ResidentWeight::new) has uploaded on this context.
+    /// How many weights [`ResidentWeight::new`](super::ResidentWeight::new) has uploaded on this
+    /// context.
     pub fn resident_uploads(&self) -> u64 {
         self.resident_uploads
             .load(std::sync::atomic::Ordering::Relaxed)

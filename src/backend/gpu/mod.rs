@@ -20,6 +20,12 @@
 //!
 //! wgpu validation, out-of-memory and internal errors are captured in error scopes around each op
 //! and returned as [`GpuError`]; nothing here panics on a missing or failing GPU.
+//!
+//! This file is the backend's front: it declares the files and re-exports what callers use. The
+//! context (`context.rs`), its errors (`error.rs`), the host-side layout helpers (`layout.rs`),
+//! the kernel registry (`kernels.rs`), the merge's tiles and ring (`merge_tiles.rs`, `ring.rs`)
+//! are leaves the op files (`merge`, `dora`, `sketch`, `forward`) import directly; nothing here
+//! is imported back by them.
 
 mod adapter;
 #[doc(hidden)]

@@ -1,8 +1,8 @@
-//! The per-file writers of [`Output`](super::Output): [`FileWriter`] streams one safetensors file's tensors
-//! in their declared order (with early writeback and kernel copies of untouched tensors);
+//! The per-file writers of [`Output`](super::Output): [`FileWriter`] streams one safetensors file's
+//! tensors in their declared order (with early writeback and kernel copies of untouched tensors);
 //! [`RawFile`] is a non-safetensors output (GGUF). Both write through one [`Stream`] (buffered
-//! writes, kernel copies, early writeback, the durable close), so the two cannot drift in how
-//! bytes reach the disk. Committing, locking and cleanup stay in the parent module.
+//! writes, kernel copies, early writeback, the durable close), so the two cannot drift in how bytes
+//! reach the disk. Committing, locking and cleanup stay in the parent module.
 
 use super::spec::TensorSpec;
 use crate::dtype;
@@ -286,7 +286,8 @@ impl FileWriter<'_> {
         Ok(())
     }
 
-    /// Flushes and fsyncs; the file is renamed into place when the [`Output`](super::Output) commits.
+    /// Flushes and fsyncs; the file is renamed into place when the [`Output`](super::Output)
+    /// commits.
     pub fn finish(self) -> InputResult<u64> {
         if self.next != self.specs.len() || self.left != 0 {
             let missing = self
@@ -380,8 +381,9 @@ fn kernel_copy(w: &mut BufWriter<File>, dest: &Path, name: &str, src: Extent) ->
     Ok(())
 }
 
-/// A file of an [`Output`](super::Output) written as a byte stream ([`Output::raw_file`](super::Output::raw_file)), with the early
-/// writeback and kernel copies of [`FileWriter`].
+/// A file of an [`Output`](super::Output) written as a byte stream
+/// ([`Output::raw_file`](super::Output::raw_file)), with the early writeback and kernel copies of
+/// [`FileWriter`].
 #[derive(Debug)]
 pub struct RawFile<'o> {
     /// The [`Output`](super::Output)'s count of bytes written, which [`Self::finish`] adds to.
@@ -405,7 +407,8 @@ impl RawFile<'_> {
         self.stream.bytes
     }
 
-    /// Flushes and fsyncs; the file is renamed into place when the [`Output`](super::Output) commits.
+    /// Flushes and fsyncs; the file is renamed into place when the [`Output`](super::Output)
+    /// commits.
     pub fn finish(self) -> InputResult<u64> {
         let bytes = self.stream.close()?;
         *self.written += bytes;
