@@ -123,8 +123,8 @@ pub enum MergeError {
     Shape(String),
     #[error("gpu: {0}")]
     Gpu(String),
-    /// The sink of [`Engine::merge_to`] failed; the caller holds its error (a full disk, a
-    /// stopped writer) and returns that instead.
+    /// The sink of [`Engine::merge_to`](crate::backend::Engine::merge_to) failed; the caller
+    /// holds its error (a full disk, a stopped writer) and returns that instead.
     #[error("the output stopped")]
     SinkStopped,
 }

@@ -5,8 +5,8 @@
 //! what its headers cost; `--spectrum` reads adapter factors and computes the singular values
 //! of `s·B·A` from the factors (QR of B and Aᵀ, SVD of the r×r core), never forming d×k.
 //!
-//! This file is the module's front: it re-exports the operation ([`plan`]: options, plan, the
-//! report builders), the report's shape ([`report`]), the GGUF report and the plot, and keeps
+//! This file is the module's front: it re-exports the operation (`plan.rs`: options, plan, the
+//! report builders), the report's shape (`report.rs`), the GGUF report and the plot, and keeps
 //! the text helpers other commands borrow ([`table`], [`table_of`], [`human_bytes`],
 //! [`human_count`]). Must not hold logic its children need: they import from each other, never
 //! from here.

@@ -9,7 +9,7 @@
 //!
 //! Conditions that need the base (names, shapes, vocabulary, tied embeddings) are not guessed
 //! without one: the report lists the rules that were not evaluated. An adapter holding a NaN
-//! or ±∞ is refused, as every operation refuses it ([`Adapter::check_finite`]): every loader
+//! or ±∞ is refused, as every operation refuses it ([`Adapter::check_finite`](crate::adapter::Adapter::check_finite)): every loader
 //! would apply it and answer NaN. Must not: write anything (that is [`fix`]), or print.
 //!
 //! This file is the engine ([`Plan::run`]: facts → rules → [`Report`]); what it runs over lives in

@@ -68,7 +68,8 @@ pub enum MajoritySign {
 }
 
 /// How [`combine`] combines the modules: the method and its settings (the `method` of
-/// [`CombineOptions`], checked by [`CombinePlan::new`]).
+/// [`CombineOptions`](super::CombineOptions), checked by
+/// [`CombinePlan::new`](super::CombinePlan::new)).
 #[derive(Debug, Clone)]
 pub struct MethodOptions {
     pub method: Method,

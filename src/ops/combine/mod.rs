@@ -41,11 +41,10 @@
 //! combine linearly and are refused; saved embedding layers (`base_layer.weight`, a copy of the
 //! base) are carried when the inputs agree.
 //!
-//!
-//! [`methods`] owns the semantics above ([`combine`] over opened inputs); [`plan`] owns the
+//! `methods.rs` owns the semantics above ([`combine`] over opened inputs); `plan.rs` owns the
 //! operation around it: [`CombineOptions`] → [`CombinePlan::new`] → [`CombinePlan::run`] →
-//! [`CombineReport`]. This file only re-exports them; the two import each other's items from
-//! their own files. Must not print, nor name a command-line flag.
+//! [`CombineReport`]. This file only re-exports them: `plan.rs` imports `methods.rs`, and
+//! neither imports this file. Must not print, nor name a command-line flag.
 
 mod methods;
 mod plan;

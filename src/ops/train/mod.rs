@@ -18,7 +18,7 @@
 //!   linear, or constant) decay to 0 at `steps`.
 //! * State: the adapter (PEFT folder, f32) plus `trainer_state.safetensors` (Adam moments) and
 //!   `trainer_state.json` (step, options, data fingerprint, history), written through one
-//!   [`Output`] (each file atomically, the state JSON last; all three record the step, and a
+//!   [`Output`](crate::io::Output) (each file atomically, the state JSON last; all three record the step, and a
 //!   folder whose files disagree — a save interrupted between renames — is refused). Resuming
 //!   from such a folder continues exactly as if the run had not stopped (the moments and
 //!   factors are stored exactly, and the data order is a function of the step).
@@ -34,7 +34,7 @@
 //! never from this file, which only re-exports.
 //!
 //! Must not parse flags or print: `commands/train.rs` maps the command line to options and
-//! renders the report; options are named as [`Opt`]s; progress goes to the `Progress` trait.
+//! renders the report; options are named as [`Opt`](crate::error::Opt)s; progress goes to the `Progress` trait.
 
 mod dataset;
 mod hyperparams;
