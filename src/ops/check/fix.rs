@@ -24,8 +24,9 @@
 use super::fixing::{checked_spec, set_unit_scale_lora};
 pub use super::fixing::{DoraToLora, FixForm, FixOptions, FixReport, Lowered};
 use super::packed::{fuse_packed, split_packed};
+use super::plan::Plan;
+use super::report::Report;
 use super::saved;
-use super::{Plan, Report};
 use crate::adapter::{mapping, Data, Factors, Format};
 use crate::error::{InputError, InputResult, Opt};
 use crate::ops::output::{self, Provenance};
