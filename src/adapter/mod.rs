@@ -19,31 +19,12 @@ pub mod formats;
 pub mod mapping;
 
 pub use algo::{Algo, Factors, Ia3Rule, KronHalf, OftConv, PeftCayley};
+pub use formats::Format;
 
 use crate::error::{InputError, InputResult, OptNames};
 use crate::io::SafetensorsFile;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// The file format an adapter was read from or is written as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// Hugging Face PEFT: `adapter_model.safetensors` + `adapter_config.json`.
-    Peft,
-    /// kohya-ss sd-scripts: `lora_unet_…/lora_te_….lora_down.weight`, `.lora_up.weight`, `.alpha`.
-    Kohya,
-}
-
-/// The one spelling of a format in reports and messages, as in JSON: `peft`, `kohya`.
-impl std::fmt::Display for Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Format::Peft => "peft",
-            Format::Kohya => "kohya",
-        })
-    }
-}
 
 /// What kind of layer a module adapts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -261,13 +242,7 @@ impl Adapter {
         if let Some(src) = &self.source {
             v.push(src.path().to_path_buf());
         }
-        if self.format == Format::Peft {
-            if self.path.is_dir() {
-                v.push(self.path.join(formats::peft::CONFIG_NAME));
-            } else if let Some(p) = self.path.parent() {
-                v.push(p.join(formats::peft::CONFIG_NAME));
-            }
-        }
+        v.extend(self.format.layout().read_paths(&self.path));
         v
     }
 

@@ -188,5 +188,5 @@ pub fn write(
 
 /// A kohya-named module (`lora_unet_…`, no dots): its paths must be restored first.
 fn kohya_named(adapter: &Adapter, name: &str) -> bool {
-    adapter.format == Format::Kohya && !name.contains('.')
+    !adapter.format.layout().names_are_paths() && !name.contains('.')
 }

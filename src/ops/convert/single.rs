@@ -108,7 +108,7 @@ impl DiffusersPlan {
                 })
             })?),
         };
-        let kohya_names = adapter.format == Format::Kohya
+        let kohya_names = !adapter.format.layout().names_are_paths()
             && adapter.modules.iter().any(|m| !m.name.contains('.'));
         let names_from = if kohya_names {
             prepare(&mut adapter, Format::Peft, base.as_ref())?.names_from

@@ -57,18 +57,17 @@ pub struct PartReport {
 }
 
 /// Where part `i` of `n` of an extraction to `out` goes: inside the adapter folder (PEFT), or
-/// beside the adapter file (kohya).
+/// beside the adapter file (kohya), by the format's [`crate::adapter::formats::Shape`].
 pub fn extract_part_path(
     out: &Path,
     format: crate::adapter::Format,
     i: usize,
     n: usize,
 ) -> PathBuf {
-    match format {
-        crate::adapter::Format::Peft => {
-            out.join(format!(".lorakit-extract-part-{i}-of-{n}.safetensors"))
-        }
-        crate::adapter::Format::Kohya => {
+    use crate::adapter::formats::Shape;
+    match format.layout().shape() {
+        Shape::Folder => out.join(format!(".lorakit-extract-part-{i}-of-{n}.safetensors")),
+        Shape::File => {
             let name = out
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -19,6 +19,7 @@ use serde_json::Value;
 use std::path::Path;
 
 mod init;
+mod layout;
 mod lycoris;
 pub mod params;
 mod read;
@@ -27,6 +28,7 @@ pub mod targets;
 mod tests;
 mod write;
 
+pub use layout::Peft;
 pub use init::{base_residual, ignored_training_tensor, init_refusal, BaseResidual};
 pub use lycoris::{factorization, plan as lycoris_plan, LycorisPeft};
 pub use read::read;

@@ -1,0 +1,106 @@
+//! What an adapter format answers for the operations: the layout questions (is the output a
+//! folder or one file, which files a write produces, which files a read touches, how modules
+//! are named and what the file can hold) and the write itself. Each format implements
+//! [`Layout`] in its own file (`peft/layout.rs`, `kohya.rs`); `formats/mod.rs` registers them
+//! ([`super::Format::layout`]). The operations (`ops/`) ask a format these questions instead
+//! of matching on [`super::Format`], so adding a format touches only `adapter/formats/`.
+//!
+//! Must not: read or write anything itself beyond what [`Layout::write`] is handed, decide an
+//! operation's messages or options, or know another format's names.
+
+use crate::adapter::Adapter;
+use crate::dtype::Dtype;
+use crate::error::InputResult;
+use crate::io::Output;
+use std::path::{Path, PathBuf};
+
+/// How an adapter lies on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A folder of files (the output path names the folder).
+    Folder,
+    /// One file (the output path names it).
+    File,
+}
+
+/// What a format can hold beside low-rank modules of linear and conv layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holds {
+    /// Full tensors that replace base tensors (`modules_to_save`, changed tensors).
+    pub full_tensors: bool,
+    /// Low-rank modules of embedding layers.
+    pub embeddings: bool,
+    /// Modules of weights the base stores transposed (GPT-2 `Conv1D`, `fan_in_fan_out`).
+    pub fan_in_fan_out: bool,
+}
+
+/// The per-format behaviour the operations ask for (see the module doc).
+pub trait Layout: Sync {
+    /// The format's name in reports, JSON and options: `peft`, `kohya`.
+    fn name(&self) -> &'static str;
+    /// How messages name the format: `PEFT`, `kohya`.
+    fn label(&self) -> &'static str;
+    /// Folder or single file.
+    fn shape(&self) -> Shape;
+    /// The files a write to `out` produces, in the order reports list them.
+    fn files(&self, out: &Path) -> Vec<PathBuf>;
+    /// The files besides the tensor file that reading an adapter at `path` (a folder or a
+    /// file) touches: PEFT's `adapter_config.json`.
+    fn read_paths(&self, path: &Path) -> Vec<PathBuf>;
+    /// Whether module names in the file are dotted module paths (PEFT). `false`: kohya names,
+    /// `{prefix}_{path with . → _}`, which a write needs a prefix for and which read back as
+    /// module paths only with a base or lorakit's metadata.
+    fn names_are_paths(&self) -> bool;
+    /// The name module `name` gets in the file, `prefix` being the kohya prefix of a write.
+    fn written_name(&self, name: &str, prefix: &str) -> String;
+    /// Whether each module's alpha is stored as a one-value tensor (counted in the adapter's
+    /// size).
+    fn alpha_tensors(&self) -> bool;
+    /// What the format can hold.
+    fn holds(&self) -> Holds;
+    /// Refuses, naming the module, an adapter with a module the format has no form for.
+    fn check_modules(&self, adapter: &Adapter) -> InputResult<()>;
+    /// Folds into the factors any module scale the format cannot state, so that every module
+    /// keeps its `ΔW`; returns the folded scale per module (module order).
+    fn fold_scales(&self, adapter: &mut Adapter) -> InputResult<Vec<Option<f64>>>;
+    /// Per module (module order): the rank and alpha the written file states.
+    fn written_ranks_alphas(&self, adapter: &Adapter) -> InputResult<Vec<(usize, f64)>>;
+    /// Adds to `meta` (the input's metadata and the provenance, in that order) what a file of
+    /// this format written from `adapter` with `prefix` records besides.
+    fn stamp_metadata(&self, adapter: &Adapter, prefix: &str, meta: &mut Vec<(String, String)>);
+    /// Writes `adapter` to `out` into `output` (created and locked by the caller, committed by
+    /// it): `dtype` `Some(d)` encodes every factor as `d`, `None` copies stored tensors byte for
+    /// byte; `meta` goes into `__metadata__`; `prefix` names dotted modules in kohya names.
+    fn write(
+        &self,
+        adapter: &Adapter,
+        out: &Path,
+        output: &mut Output,
+        dtype: Option<Dtype>,
+        meta: &[(String, String)],
+        prefix: &str,
+    ) -> InputResult<()>;
+
+    /// Every path a write to `out` creates or replaces: the folder and its files, or the file.
+    fn output_paths(&self, out: &Path) -> Vec<PathBuf> {
+        match self.shape() {
+            Shape::Folder => std::iter::once(out.to_path_buf())
+                .chain(self.files(out))
+                .collect(),
+            Shape::File => self.files(out),
+        }
+    }
+
+    /// The folder a write to `out` goes into (created when missing): the output folder itself,
+    /// or the file's parent (`.` for a bare file name).
+    fn folder(&self, out: &Path) -> PathBuf {
+        match self.shape() {
+            Shape::Folder => out.to_path_buf(),
+            Shape::File => out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        }
+    }
+}
