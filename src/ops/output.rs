@@ -154,8 +154,13 @@ pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
         Shape::Folder => spec.out.is_file(),
         Shape::File => spec.out.is_dir(),
     };
-    crate::io::writer::check_writes(inputs, &layout.files(&spec.out), folders)
-        .or_else(|e| if wrong_kind { Ok(()) } else { Err(e) })?;
+    crate::io::writer::check_writes(inputs, &layout.files(&spec.out), folders).or_else(|e| {
+        if wrong_kind {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
     if !wrong_kind {
         return Ok(());
     }
@@ -165,7 +170,8 @@ pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
         .iter()
         .find(|f| f.layout().shape() != shape)
         .map_or_else(String::new, |f| f.to_string());
-    Err(InputError::option(&spec.out, move |o| match shape {
+    Err(InputError::option(&spec.out, move |o| {
+        match shape {
         Shape::Folder => format!(
             "is a file, but a {label} adapter is written as a folder (choose a folder, or {})",
             o.set(Opt::Format, &other)
@@ -174,6 +180,7 @@ pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
             "is a folder, but a {label} adapter is written as one .safetensors file (choose a file name, or {})",
             o.set(Opt::Format, &other)
         ),
+    }
     }))
 }
 

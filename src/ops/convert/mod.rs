@@ -43,8 +43,7 @@ mod single;
 mod unfold;
 
 pub use names::{
-    check_onto, prepare, resolve_onto, restore_from_metadata, NameSource,
-    Prepared, NEEDS_BASE,
+    check_onto, prepare, resolve_onto, restore_from_metadata, NameSource, Prepared, NEEDS_BASE,
 };
 pub use single::{DiffusersConvertReport, DiffusersPlan, GgufConvertReport, GgufPlan};
 

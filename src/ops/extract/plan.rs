@@ -23,15 +23,12 @@ impl ExtractPlan {
         let layout = o.format.layout();
         let holds = layout.holds();
         // The format named with an option, and the first format that holds what it cannot.
-        let (this, instead) = (
-            o.format.to_string(),
-            |holds_it: fn(&Holds) -> bool| {
-                Format::ALL
-                    .iter()
-                    .find(|f| holds_it(&f.layout().holds()))
-                    .map_or_else(String::new, |f| f.to_string())
-            },
-        );
+        let (this, instead) = (o.format.to_string(), |holds_it: fn(&Holds) -> bool| {
+            Format::ALL
+                .iter()
+                .find(|f| holds_it(&f.layout().holds()))
+                .map_or_else(String::new, |f| f.to_string())
+        });
         if o.save_changed && !holds.full_tensors {
             let other = instead(|h| h.full_tensors);
             bail!(OptionError::new(move |o| format!(

@@ -39,7 +39,10 @@ impl Layout for Peft {
         if path.is_dir() {
             vec![path.join(CONFIG_NAME)]
         } else {
-            path.parent().map(|p| p.join(CONFIG_NAME)).into_iter().collect()
+            path.parent()
+                .map(|p| p.join(CONFIG_NAME))
+                .into_iter()
+                .collect()
         }
     }
 

@@ -28,8 +28,8 @@ pub mod targets;
 mod tests;
 mod write;
 
-pub use layout::Peft;
 pub use init::{base_residual, ignored_training_tensor, init_refusal, BaseResidual};
+pub use layout::Peft;
 pub use lycoris::{factorization, plan as lycoris_plan, LycorisPeft};
 pub use read::read;
 pub use write::{
