@@ -8,7 +8,7 @@
 //! `text_encoders.`, `diffusion_model.` (ai-toolkit), `base_model.model.` (PEFT).
 
 use super::formats::kohya;
-use super::Adapter;
+use super::model::Adapter;
 
 /// See the module doc.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

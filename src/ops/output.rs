@@ -15,7 +15,7 @@
 //! the random masks of DARE come from a seeded generator keyed by module name (not by thread
 //! schedule), and no timestamps are written. Must not: read a base model's weights, or print.
 
-use crate::adapter::formats::Shape;
+use crate::adapter::formats::{Shape, WriteArgs};
 use crate::adapter::{Adapter, Data, Format};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult, Opt};
@@ -300,7 +300,12 @@ pub fn write_adapter(
     let meta = output_metadata(adapter, spec, prov);
     let mut output = adapter_output(spec.format, &spec.out)?;
     let prefix = kohya_prefix_for(adapter, spec);
-    layout.write(adapter, &spec.out, &mut output, spec.dtype, &meta, &prefix)?;
+    let args = WriteArgs {
+        dtype: spec.dtype,
+        metadata: &meta,
+        prefix: &prefix,
+    };
+    layout.write(adapter, &spec.out, &mut output, args)?;
     let files = layout.files(&spec.out).iter().map(|p| show(p)).collect();
     let bytes = output.commit()?;
     Ok(Written { files, bytes })

@@ -16,11 +16,12 @@
 //! there; it maps bare native names only for models such as Qwen-Image or Mochi), so it loads no
 //! key of such a file (tests/it/lycoris/onetrainer_comfy.rs).
 
-use super::layout::{Holds, Layout, Shape};
+use super::layout::{Facts, Holds, Layout, Shape, WriteArgs};
 use super::lycoris;
-use crate::adapter::{
-    scale_for, Adapter, Data, DoraRule, Factors, Format, KronHalf, LoraModule, ModuleKind,
-};
+use crate::adapter::algo::{Factors, KronHalf};
+use crate::adapter::data::Data;
+use crate::adapter::formats::format::Format;
+use crate::adapter::model::{scale_for, Adapter, DoraRule, LoraModule, ModuleKind};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::{Output, SafetensorsFile};
@@ -259,7 +260,7 @@ pub fn write_with(
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for m in &adapter.modules {
         if let Factors::Ia3 { rule, .. } = m.factors {
-            if rule != crate::adapter::Ia3Rule::Lycoris {
+            if rule != crate::adapter::algo::Ia3Rule::Lycoris {
                 return Err(InputError::invalid(
                     &adapter.path,
                     format!("module `{}`: PEFT's IA3 (W0 ⊙ l, bias scaled too) has no LyCORIS/kohya form (W0 ⊙ (1 + w))", m.name),
@@ -275,9 +276,9 @@ pub fn write_with(
         {
             // OneTrainer's kohya form holds its own OFT v2 only: PEFT's rotates a conv the other
             // way round, and may use coft or another Cayley series.
-            let onetrainer = conv == crate::adapter::OftConv::Plain
+            let onetrainer = conv == crate::adapter::algo::OftConv::Plain
                 && coft_eps.is_none()
-                && cayley == crate::adapter::PeftCayley::Neumann(5);
+                && cayley == crate::adapter::algo::PeftCayley::Neumann(5);
             if !onetrainer {
                 return Err(InputError::invalid(
                     &adapter.path,
@@ -286,8 +287,8 @@ pub fn write_with(
             }
         }
         if let Factors::Lokr {
-            w1: crate::adapter::KronHalf::Whole(_),
-            w2: crate::adapter::KronHalf::Whole(_),
+            w1: crate::adapter::algo::KronHalf::Whole(_),
+            w2: crate::adapter::algo::KronHalf::Whole(_),
             ..
         } = m.factors
         {
@@ -480,16 +481,19 @@ pub fn fold_whole_lokr(adapter: &mut Adapter) -> InputResult<Vec<Option<f64>>> {
 pub struct Kohya;
 
 impl Layout for Kohya {
-    fn name(&self) -> &'static str {
-        "kohya"
-    }
-
-    fn label(&self) -> &'static str {
-        "kohya"
-    }
-
-    fn shape(&self) -> Shape {
-        Shape::File
+    fn facts(&self) -> &'static Facts {
+        &Facts {
+            name: "kohya",
+            label: "kohya",
+            shape: Shape::File,
+            names_are_paths: false,
+            alpha_tensors: true,
+            holds: Holds {
+                full_tensors: false,
+                embeddings: false,
+                fan_in_fan_out: false,
+            },
+        }
     }
 
     fn files(&self, out: &Path) -> Vec<PathBuf> {
@@ -500,27 +504,11 @@ impl Layout for Kohya {
         Vec::new()
     }
 
-    fn names_are_paths(&self) -> bool {
-        false
-    }
-
     /// A name that already has a kohya prefix is kept; a dotted path gets `prefix`.
     fn written_name(&self, name: &str, prefix: &str) -> String {
         match split_prefix(name) {
             Some(_) => name.to_owned(),
             None => kohya_name(prefix, name),
-        }
-    }
-
-    fn alpha_tensors(&self) -> bool {
-        true
-    }
-
-    fn holds(&self) -> Holds {
-        Holds {
-            full_tensors: false,
-            embeddings: false,
-            fan_in_fan_out: false,
         }
     }
 
@@ -592,10 +580,8 @@ impl Layout for Kohya {
         adapter: &Adapter,
         out: &Path,
         output: &mut Output,
-        dtype: Option<Dtype>,
-        meta: &[(String, String)],
-        prefix: &str,
+        args: WriteArgs,
     ) -> InputResult<()> {
-        write_with(adapter, prefix, out, output, dtype, meta)
+        write_with(adapter, args.prefix, out, output, args.dtype, args.metadata)
     }
 }

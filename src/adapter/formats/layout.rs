@@ -8,7 +8,7 @@
 //! Must not: read or write anything itself beyond what [`Layout::write`] is handed, decide an
 //! operation's messages or options, or know another format's names.
 
-use crate::adapter::Adapter;
+use crate::adapter::model::Adapter;
 use crate::dtype::Dtype;
 use crate::error::InputResult;
 use crate::io::Output;
@@ -34,30 +34,48 @@ pub struct Holds {
     pub fan_in_fan_out: bool,
 }
 
+/// What a format is: names, shape and capacities, as data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// The format's name in reports, JSON and options: `peft`, `kohya`.
+    pub name: &'static str,
+    /// How messages name the format: `PEFT`, `kohya`.
+    pub label: &'static str,
+    /// Folder or single file.
+    pub shape: Shape,
+    /// Whether module names in the file are dotted module paths (PEFT). `false`: kohya names,
+    /// `{prefix}_{path with . → _}`, which a write needs a prefix for and which read back as
+    /// module paths only with a base or lorakit's metadata.
+    pub names_are_paths: bool,
+    /// Whether each module's alpha is stored as a one-value tensor (counted in the adapter's
+    /// size).
+    pub alpha_tensors: bool,
+    /// What the format can hold.
+    pub holds: Holds,
+}
+
+/// How [`Layout::write`] writes: the dtype policy, the `__metadata__`, the kohya prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteArgs<'a> {
+    /// `Some(d)` encodes every factor as `d`; `None` copies stored tensors byte for byte.
+    pub dtype: Option<Dtype>,
+    /// The `__metadata__` entries.
+    pub metadata: &'a [(String, String)],
+    /// The kohya prefix of dotted module names (formats whose names are paths ignore it).
+    pub prefix: &'a str,
+}
+
 /// The per-format behaviour the operations ask for (see the module doc).
 pub trait Layout: Sync {
-    /// The format's name in reports, JSON and options: `peft`, `kohya`.
-    fn name(&self) -> &'static str;
-    /// How messages name the format: `PEFT`, `kohya`.
-    fn label(&self) -> &'static str;
-    /// Folder or single file.
-    fn shape(&self) -> Shape;
+    /// What the format is.
+    fn facts(&self) -> &'static Facts;
     /// The files a write to `out` produces, in the order reports list them.
     fn files(&self, out: &Path) -> Vec<PathBuf>;
     /// The files besides the tensor file that reading an adapter at `path` (a folder or a
     /// file) touches: PEFT's `adapter_config.json`.
     fn read_paths(&self, path: &Path) -> Vec<PathBuf>;
-    /// Whether module names in the file are dotted module paths (PEFT). `false`: kohya names,
-    /// `{prefix}_{path with . → _}`, which a write needs a prefix for and which read back as
-    /// module paths only with a base or lorakit's metadata.
-    fn names_are_paths(&self) -> bool;
     /// The name module `name` gets in the file, `prefix` being the kohya prefix of a write.
     fn written_name(&self, name: &str, prefix: &str) -> String;
-    /// Whether each module's alpha is stored as a one-value tensor (counted in the adapter's
-    /// size).
-    fn alpha_tensors(&self) -> bool;
-    /// What the format can hold.
-    fn holds(&self) -> Holds;
     /// Refuses, naming the module, an adapter with a module the format has no form for.
     fn check_modules(&self, adapter: &Adapter) -> InputResult<()>;
     /// Folds into the factors any module scale the format cannot state, so that every module
@@ -69,17 +87,39 @@ pub trait Layout: Sync {
     /// this format written from `adapter` with `prefix` records besides.
     fn stamp_metadata(&self, adapter: &Adapter, prefix: &str, meta: &mut Vec<(String, String)>);
     /// Writes `adapter` to `out` into `output` (created and locked by the caller, committed by
-    /// it): `dtype` `Some(d)` encodes every factor as `d`, `None` copies stored tensors byte for
-    /// byte; `meta` goes into `__metadata__`; `prefix` names dotted modules in kohya names.
+    /// it), as `args` says.
     fn write(
         &self,
         adapter: &Adapter,
         out: &Path,
         output: &mut Output,
-        dtype: Option<Dtype>,
-        meta: &[(String, String)],
-        prefix: &str,
+        args: WriteArgs,
     ) -> InputResult<()>;
+
+    /// [`Facts::name`].
+    fn name(&self) -> &'static str {
+        self.facts().name
+    }
+    /// [`Facts::label`].
+    fn label(&self) -> &'static str {
+        self.facts().label
+    }
+    /// [`Facts::shape`].
+    fn shape(&self) -> Shape {
+        self.facts().shape
+    }
+    /// [`Facts::names_are_paths`].
+    fn names_are_paths(&self) -> bool {
+        self.facts().names_are_paths
+    }
+    /// [`Facts::alpha_tensors`].
+    fn alpha_tensors(&self) -> bool {
+        self.facts().alpha_tensors
+    }
+    /// [`Facts::holds`].
+    fn holds(&self) -> Holds {
+        self.facts().holds
+    }
 
     /// Every path a write to `out` creates or replaces: the folder and its files, or the file.
     fn output_paths(&self, out: &Path) -> Vec<PathBuf> {

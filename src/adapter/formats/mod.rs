@@ -11,7 +11,7 @@
 //! Must not: know an operation, or a format's key names (those live in the format's file).
 
 pub mod diffusers;
-mod format;
+pub(crate) mod format;
 pub mod gguf;
 pub mod kohya;
 mod layout;
@@ -19,9 +19,9 @@ pub mod lycoris;
 pub mod peft;
 
 pub use format::Format;
-pub use layout::{Holds, Layout, Shape};
+pub use layout::{Facts, Holds, Layout, Shape, WriteArgs};
 
-use super::Adapter;
+use super::model::Adapter;
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;

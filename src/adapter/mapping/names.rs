@@ -17,8 +17,8 @@
 //! Must not look at shapes, dtypes, components or tensor data, nor decide what no candidate or
 //! several mean: the callers (merge's resolution, the model's attachment) do.
 
-use super::super::formats::kohya;
-use super::super::Format;
+use crate::adapter::formats::kohya;
+use crate::adapter::formats::Format;
 use std::collections::HashMap;
 
 /// `long` equals `short` or ends with `.short`.

@@ -418,14 +418,12 @@ impl ExtractPlan {
         }
         let mut output = crate::ops::output::adapter_output(o.format, &self.out)?;
         let meta = self.metadata();
-        layout.write(
-            &adapter,
-            &self.out,
-            &mut output,
-            Some(o.dtype),
-            &meta,
-            &o.kohya_prefix,
-        )?;
+        let args = crate::adapter::formats::WriteArgs {
+            dtype: Some(o.dtype),
+            metadata: &meta,
+            prefix: &o.kohya_prefix,
+        };
+        layout.write(&adapter, &self.out, &mut output, args)?;
         let bytes_written = output.commit()?;
 
         let ranks: Vec<usize> = reports.iter().map(|r| r.rank).collect();

@@ -13,7 +13,7 @@
 //! Must not trust a part file: every part is checked against the plan rebuilt from its
 //! arguments and against the inputs as they are now.
 
-use super::{out_dir, Stamp};
+use super::engine::{files_named, other_run, out_dir, Stamp};
 use crate::error::InputError;
 use crate::io::{Output, SafetensorsFile};
 use anyhow::{bail, Result};
@@ -90,7 +90,7 @@ pub fn find_extract_parts(out: &Path) -> Vec<PathBuf> {
             .unwrap_or_default();
         (out_dir(out), format!(".{name}.lorakit-extract-part-"))
     };
-    super::files_named(&dir, &prefix, ".safetensors")
+    files_named(&dir, &prefix, ".safetensors")
 }
 
 /// Writes one part file (atomically) from `header` and the outcomes of its tensors.
@@ -199,16 +199,7 @@ pub fn join_extract_parts(
     let mut by_part: Vec<Option<usize>> = vec![None; n];
     for (k, ((h, _), p)) in parts.iter().zip(paths).enumerate() {
         if h.parts != n || h.args != first.args {
-            bail!(InputError::invalid(
-                p,
-                format!(
-                    "part {}/{} was run with other arguments than {} (part {}/{n}); rerun the parts with the same flags",
-                    h.part,
-                    h.parts,
-                    paths[0].display(),
-                    first.part
-                )
-            ));
+            bail!(other_run(p, (h.part, h.parts), &paths[0]));
         }
         if h.part == 0 || h.part > n {
             bail!(InputError::invalid(

@@ -6,10 +6,12 @@
 //!
 //! Must not: read a config (that is [`super::read`]) or know another format's names.
 
-use super::{lycoris_plan, write_with, CONFIG_NAME, WEIGHTS_NAME};
-use crate::adapter::formats::layout::{Holds, Layout, Shape};
-use crate::adapter::{Adapter, DoraRule, Factors};
-use crate::dtype::Dtype;
+use super::config::{CONFIG_NAME, WEIGHTS_NAME};
+use super::lycoris::plan as lycoris_plan;
+use super::write::write_with;
+use crate::adapter::algo::Factors;
+use crate::adapter::formats::layout::{Facts, Holds, Layout, Shape, WriteArgs};
+use crate::adapter::model::{Adapter, DoraRule};
 use crate::error::{InputError, InputResult};
 use crate::io::Output;
 use std::path::{Path, PathBuf};
@@ -18,16 +20,19 @@ use std::path::{Path, PathBuf};
 pub struct Peft;
 
 impl Layout for Peft {
-    fn name(&self) -> &'static str {
-        "peft"
-    }
-
-    fn label(&self) -> &'static str {
-        "PEFT"
-    }
-
-    fn shape(&self) -> Shape {
-        Shape::Folder
+    fn facts(&self) -> &'static Facts {
+        &Facts {
+            name: "peft",
+            label: "PEFT",
+            shape: Shape::Folder,
+            names_are_paths: true,
+            alpha_tensors: false,
+            holds: Holds {
+                full_tensors: true,
+                embeddings: true,
+                fan_in_fan_out: true,
+            },
+        }
     }
 
     fn files(&self, out: &Path) -> Vec<PathBuf> {
@@ -46,24 +51,8 @@ impl Layout for Peft {
         }
     }
 
-    fn names_are_paths(&self) -> bool {
-        true
-    }
-
     fn written_name(&self, name: &str, _prefix: &str) -> String {
         name.to_owned()
-    }
-
-    fn alpha_tensors(&self) -> bool {
-        false
-    }
-
-    fn holds(&self) -> Holds {
-        Holds {
-            full_tensors: true,
-            embeddings: true,
-            fan_in_fan_out: true,
-        }
     }
 
     /// A PEFT folder holds LoRA, or LoHa/LoKr as PEFT's own LOHA/LOKR ([`lycoris_plan`]);
@@ -117,10 +106,8 @@ impl Layout for Peft {
         adapter: &Adapter,
         out: &Path,
         output: &mut Output,
-        dtype: Option<Dtype>,
-        meta: &[(String, String)],
-        _prefix: &str,
+        args: WriteArgs,
     ) -> InputResult<()> {
-        write_with(adapter, out, output, dtype, meta)
+        write_with(adapter, out, output, args.dtype, args.metadata)
     }
 }
