@@ -301,11 +301,12 @@ pub fn write_adapter(
     let mut output = adapter_output(spec.format, &spec.out)?;
     let prefix = kohya_prefix_for(adapter, spec);
     let args = WriteArgs {
+        out: &spec.out,
         dtype: spec.dtype,
         metadata: &meta,
         prefix: &prefix,
     };
-    layout.write(adapter, &spec.out, &mut output, args)?;
+    layout.write(adapter, &mut output, args)?;
     let files = layout.files(&spec.out).iter().map(|p| show(p)).collect();
     let bytes = output.commit()?;
     Ok(Written { files, bytes })

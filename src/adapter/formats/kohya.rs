@@ -575,13 +575,14 @@ impl Layout for Kohya {
         }
     }
 
-    fn write(
-        &self,
-        adapter: &Adapter,
-        out: &Path,
-        output: &mut Output,
-        args: WriteArgs,
-    ) -> InputResult<()> {
-        write_with(adapter, args.prefix, out, output, args.dtype, args.metadata)
+    fn write(&self, adapter: &Adapter, output: &mut Output, args: WriteArgs) -> InputResult<()> {
+        write_with(
+            adapter,
+            args.prefix,
+            args.out,
+            output,
+            args.dtype,
+            args.metadata,
+        )
     }
 }

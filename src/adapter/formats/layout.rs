@@ -54,9 +54,12 @@ pub struct Facts {
     pub holds: Holds,
 }
 
-/// How [`Layout::write`] writes: the dtype policy, the `__metadata__`, the kohya prefix.
+/// Where and how [`Layout::write`] writes: the output path, the dtype policy, the
+/// `__metadata__`, the kohya prefix.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteArgs<'a> {
+    /// The adapter folder or file.
+    pub out: &'a Path,
     /// `Some(d)` encodes every factor as `d`; `None` copies stored tensors byte for byte.
     pub dtype: Option<Dtype>,
     /// The `__metadata__` entries.
@@ -86,15 +89,9 @@ pub trait Layout: Sync {
     /// Adds to `meta` (the input's metadata and the provenance, in that order) what a file of
     /// this format written from `adapter` with `prefix` records besides.
     fn stamp_metadata(&self, adapter: &Adapter, prefix: &str, meta: &mut Vec<(String, String)>);
-    /// Writes `adapter` to `out` into `output` (created and locked by the caller, committed by
-    /// it), as `args` says.
-    fn write(
-        &self,
-        adapter: &Adapter,
-        out: &Path,
-        output: &mut Output,
-        args: WriteArgs,
-    ) -> InputResult<()>;
+    /// Writes `adapter` into `output` (created and locked by the caller, committed by it), where
+    /// and as `args` says.
+    fn write(&self, adapter: &Adapter, output: &mut Output, args: WriteArgs) -> InputResult<()>;
 
     /// [`Facts::name`].
     fn name(&self) -> &'static str {

@@ -419,11 +419,12 @@ impl ExtractPlan {
         let mut output = crate::ops::output::adapter_output(o.format, &self.out)?;
         let meta = self.metadata();
         let args = crate::adapter::formats::WriteArgs {
+            out: &self.out,
             dtype: Some(o.dtype),
             metadata: &meta,
             prefix: &o.kohya_prefix,
         };
-        layout.write(&adapter, &self.out, &mut output, args)?;
+        layout.write(&adapter, &mut output, args)?;
         let bytes_written = output.commit()?;
 
         let ranks: Vec<usize> = reports.iter().map(|r| r.rank).collect();

@@ -101,13 +101,7 @@ impl Layout for Peft {
     /// Nothing: PEFT's writer sets its own `format` entry and the config holds the rest.
     fn stamp_metadata(&self, _: &Adapter, _: &str, _: &mut Vec<(String, String)>) {}
 
-    fn write(
-        &self,
-        adapter: &Adapter,
-        out: &Path,
-        output: &mut Output,
-        args: WriteArgs,
-    ) -> InputResult<()> {
-        write_with(adapter, out, output, args.dtype, args.metadata)
+    fn write(&self, adapter: &Adapter, output: &mut Output, args: WriteArgs) -> InputResult<()> {
+        write_with(adapter, args.out, output, args.dtype, args.metadata)
     }
 }
