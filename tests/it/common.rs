@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod argv;
+mod json;
 use argv::argv;
 pub use argv::*;
+pub use json::*;
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lorakit"));
@@ -21,6 +23,14 @@ pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(rel)
+}
+
+/// A fresh temporary folder (deleted when dropped) and the path `name` inside it, where a test
+/// writes its output: `let (dir, out) = scratch("out");`.
+pub fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join(name);
+    (dir, path)
 }
 
 /// A path as an argument of the binary (test paths are UTF-8: the fixtures folder and temp dirs).
@@ -37,18 +47,49 @@ where
     ok_stdout(bin().args(args))
 }
 
-/// Runs `cmd` (a [`bin`] with its environment and arguments set), asserting success; returns
-/// stdout.
+/// Runs `cmd` (a [`bin`] with its environment and arguments set, or another program), asserting
+/// success; returns stdout.
+#[track_caller]
 pub fn ok_stdout(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn lorakit");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "lorakit failed ({:?}):\nstdout: {}\nstderr: {}",
+        "{cmd:?} failed ({:?}):\nstdout: {}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf8 stdout")
+}
+
+/// Runs lorakit with `args`, asserting success; returns stderr (its warnings and notes).
+#[track_caller]
+pub fn ok_stderr<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    String::from_utf8(run_exit(args, 0).stderr).expect("utf8 stderr")
+}
+
+/// Runs lorakit with `args`, asserting that it exits with status `code`; returns the output.
+#[track_caller]
+pub fn run_exit<I, S>(args: I, code: i32) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = bin().args(args).output().expect("spawn lorakit");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Runs lorakit expecting failure; returns the output.
@@ -121,6 +162,15 @@ impl T {
     }
 }
 
+impl T {
+    /// Cuts the tensor to `shape`: the elements that shape holds, from the first.
+    pub fn cut_to(&mut self, shape: &[usize]) {
+        let bytes = shape.iter().product::<usize>() * self.dtype.bitsize() / 8;
+        self.data.truncate(bytes);
+        self.shape = shape.to_vec();
+    }
+}
+
 pub fn read(path: &Path) -> BTreeMap<String, T> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -175,6 +225,16 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// `got` is within `rel` (relative) of `want`: |got − want| ≤ rel·want (`what` names the
+/// quantity in the message).
+#[track_caller]
+pub fn assert_rel_close(got: f64, want: f64, rel: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= rel * want,
+        "{what}: {got} vs {want} (relative tolerance {rel:e})"
+    );
 }
 
 /// Checks a merged checkpoint against a reference holding only the tensors that changed:
@@ -309,6 +369,13 @@ pub fn big_case(dir: &Path, k: usize) -> (PathBuf, PathBuf) {
     (base, ad)
 }
 
+/// Cuts the last `n` bytes off the file at `path` (a file cut short after it was written).
+pub fn truncate_by(path: &Path, n: u64) {
+    let len = std::fs::metadata(path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(len - n).unwrap();
+}
+
 /// Writes a safetensors file from a raw header string and data length.
 pub fn raw_file(dir: &Path, name: &str, header: &str, data: usize) -> PathBuf {
     let mut h = header.as_bytes().to_vec();
@@ -395,18 +462,8 @@ pub fn inspect_json(path: &Path, extra: &[&str]) -> serde_json::Value {
 /// Runs `lorakit diff A B EXTRA…`, asserting its exit status `code` (0: within tolerance, 1:
 /// not); returns stdout.
 pub fn diff_exit(a: &Path, b: &Path, extra: &[&str], code: i32) -> String {
-    let o = bin()
-        .args(diff_args(a, b, extra))
-        .output()
-        .expect("spawn lorakit");
-    let stdout = String::from_utf8(o.stdout).expect("utf8 stdout");
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "{stdout}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout
+    let o = run_exit(diff_args(a, b, extra), code);
+    String::from_utf8(o.stdout).expect("utf8 stdout")
 }
 
 /// Runs [`merge_args`], asserting success; returns stdout.
@@ -414,12 +471,17 @@ pub fn merge_ok(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Stri
     run_ok(merge_args(base, adapter, out, extra))
 }
 
+/// [`merge_ok`] of two fixtures: `base` and `adapter` are paths under `fixtures/`.
+pub fn merge_fixtures(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> String {
+    merge_ok(&fixture(base), &fixture(adapter), out, extra)
+}
+
 /// The error line of a merge of `qv_r8` into the llama base file whose output `out` cannot be
 /// written, checked to be one line and exit status 3.
 pub fn unwritable_merge_error(out: &Path) -> String {
-    let res = run_err(merge_args(
-        &fixture("llama/base/model.safetensors"),
-        &fixture("llama/adapters/qv_r8"),
+    let res = run_err(merge_fixtures_args(
+        "llama/base/model.safetensors",
+        "llama/adapters/qv_r8",
         out,
         &[],
     ));
@@ -493,19 +555,25 @@ pub fn merge_qv_r8_refused(base: &Path, out: &Path, extra: &[&str]) -> String {
 /// Writes a PEFT adapter folder: `adapter_model.safetensors` with the f32 tensors
 /// `(name, shape, little-endian bytes)` and `adapter_config.json` = `config`.
 pub fn write_peft_adapter(dir: &Path, config: &str, tensors: &[(String, Vec<usize>, Vec<u8>)]) {
-    use safetensors::{tensor::TensorView, Dtype};
     std::fs::create_dir_all(dir).unwrap();
-    let views: Vec<(&str, TensorView)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.as_str(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
+    let file = dir.join("adapter_model.safetensors");
+    write_all_as(&file, safetensors::Dtype::F32, tensors, None);
     std::fs::write(dir.join("adapter_config.json"), config).unwrap();
+}
+
+/// Writes the tensors `(name, shape, little-endian bytes)`, all of `dtype`, and `metadata` to
+/// `path` with the independent `safetensors` crate.
+pub fn write_all_as(
+    path: &Path,
+    dtype: safetensors::Dtype,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) {
+    let views = tensors.iter().map(|(n, shape, b)| {
+        let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), b);
+        (n.as_str(), view.unwrap())
+    });
+    safetensors::serialize_to_file(views, metadata, path).unwrap();
 }
 
 /// PEFT's `lora_A` / `lora_B` entries of `modules` (paths without `base_model.model.`), every
@@ -687,6 +755,11 @@ where
     line
 }
 
+/// [`merge_refused`] of two fixtures (paths under `fixtures/`).
+pub fn merge_fixtures_refused(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> String {
+    merge_refused(&fixture(base), &fixture(adapter), out, extra)
+}
+
 /// [`refused`] for [`merge_args`].
 pub fn merge_refused(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
     refused(merge_args(base, adapter, out, extra), out)
@@ -704,10 +777,5 @@ pub fn write_views(path: &Path, tensors: &[(&str, safetensors::Dtype, &[usize], 
 
 /// The `name` of every entry of a JSON report's `modules` list, in order.
 pub fn module_names(v: &serde_json::Value) -> Vec<&str> {
-    v["modules"]
-        .as_array()
-        .expect("a `modules` list")
-        .iter()
-        .map(|m| m["name"].as_str().expect("a module name"))
-        .collect()
+    field_strs(&v["modules"], "name")
 }

@@ -342,8 +342,7 @@ fn a_dora_module_on_a_slice_is_refused() {
 /// (within f32 rounding of W + Δ − Δ) and every other tensor byte for byte.
 #[test]
 fn unmerge_of_row_slices_restores_the_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let merged = dir.path().join("merged.safetensors");
+    let (dir, merged) = scratch("merged.safetensors");
     merge_ok(&base(), &adapter(), &merged, &["--quiet"]);
     let back = dir.path().join("back.safetensors");
     merge_ok(&merged, &adapter(), &back, &["--quiet", "--unmerge"]);

@@ -8,6 +8,7 @@
 //! about 4.8 GB of CUDA libraries (measured in /work/venv), beyond CI's time budget.
 
 use super::common::*;
+use std::ffi::OsStr;
 use std::path::Path;
 
 /// PEFT loads `adapter` onto `base` and merges it; the tensors its merge changed must be the
@@ -32,10 +33,8 @@ fn assert_peft_loads_and_merges_like_lorakit(py: &Path, adapter: &Path, base: &P
 #[test]
 fn peft_loads_extract_output() {
     let Some(py) = peft_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let base = fixture("llama/base");
-    let step = dir.path().join("step");
-    let tuned = dir.path().join("tuned");
+    let (dir, step) = scratch("step");
+    let (base, tuned) = (fixture("llama/base"), dir.path().join("tuned"));
     for (from, adapter, to) in [
         (&base, "llama/adapters/qv_r8", &step),
         (&step, "llama/adapters/embed", &tuned),
@@ -59,9 +58,8 @@ fn peft_loads_extract_output() {
 #[test]
 fn peft_loads_train_output() {
     let Some(py) = peft_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, out) = scratch("trained");
     let base = fixture("llama/base");
-    let out = dir.path().join("trained");
     run_ok(train_args(
         &base,
         &[
@@ -89,45 +87,25 @@ fn peft_loads_check_fix_output_and_merges_like_the_original() {
     // embed: an embedding LoRA and a lone q_proj, completed by a zero v_proj for SGLang.
     for case in ["patterns", "rslora_all", "embed"] {
         let fixed = dir.path().join(format!("fixed_{case}"));
-        let out = bin()
-            .args(check_args(
-                &fixture(&format!("llama/adapters/{case}")),
-                &[
-                    "--base",
-                    s(&base),
-                    // LoRAX never reads embedding LoRA: not fixable, so not asked for here.
-                    "--target",
-                    "vllm,sglang,llama.cpp,peft",
-                    "--fix",
-                    "--out",
-                    s(&fixed),
-                ],
-            ))
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{case}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let adapter = fixture(&format!("llama/adapters/{case}"));
+        // LoRAX never reads embedding LoRA: not fixable, so not asked for here.
+        let targets = "vllm,sglang,llama.cpp,peft";
+        let flags = [
+            "--base",
+            s(&base),
+            "--target",
+            targets,
+            "--fix",
+            "--out",
+            s(&fixed),
+        ];
+        run_exit(check_args(&adapter, &flags), 0);
         let merged = dir.path().join(format!("peft_{case}.safetensors"));
-        let run = std::process::Command::new(&py)
-            .arg(fixture("gen/check_peft_load.py"))
-            .arg(&fixed)
-            .arg(&base)
-            .arg(&merged)
-            .arg("--compare")
-            .arg(fixture(&format!("llama/merged/{case}.safetensors")))
-            .args(["--tol", "1e-5"])
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{case}: {}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let reference = fixture(&format!("llama/merged/{case}.safetensors"));
+        let args = [&fixed, &base, &merged, Path::new("--compare"), &reference];
+        let args: Vec<&OsStr> = args.iter().map(|p| p.as_os_str()).collect();
+        let tol = ["--tol", "1e-5"].map(OsStr::new);
+        python_ok(&py, "check_peft_load.py", &[&args[..], &tol].concat());
     }
     for (adapter, fixed) in [
         // k/q without v (weighted_b), completed with zero v_proj LoRAs.
@@ -172,19 +150,10 @@ fn diffusers_loads_convert_to_diffusers_output_and_fuses_like_lorakit() {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         run_ok(convert_args(&src, "diffusers", &out, &extra));
         let fused = dir.path().join(format!("{input}.fused.safetensors"));
-        let res = std::process::Command::new(&py)
-            .arg(fixture("gen/check_diffusers_load.py"))
-            .arg(&out)
-            .arg(&fused)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            res.status.success(),
-            "diffusers refused {}: {}{}",
-            out.display(),
-            String::from_utf8_lossy(&res.stdout),
-            String::from_utf8_lossy(&res.stderr)
+        python_ok(
+            &py,
+            "check_diffusers_load.py",
+            &[out.as_os_str(), fused.as_os_str()],
         );
         let merged = dir.path().join(format!("{input}.lorakit"));
         merge_ok(&unet, &src, &merged, &["--quiet"]);

@@ -71,9 +71,7 @@ fn deltas_with(path: &Path, mapped_names: bool) -> BTreeMap<String, Delta> {
     let mut out = BTreeMap::new();
     if path.is_dir() {
         let t = read(&path.join("adapter_model.safetensors"));
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(path.join("adapter_config.json")).unwrap())
-                .unwrap();
+        let cfg: serde_json::Value = read_json(path.join("adapter_config.json"));
         let rslora = cfg["use_rslora"] == true;
         let alpha_for = |m: &str| peft_alpha_for(&cfg, m).unwrap_or(8.0);
         for (key, a) in &t {
@@ -171,8 +169,7 @@ fn merged(dir: &Path, base: &str, adapter: &Path, name: &str) -> Vec<u8> {
 
 #[test]
 fn outputs_record_provenance_keep_metadata_and_are_deterministic() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("te.safetensors");
+    let (dir, out) = scratch("te.safetensors");
     let args = convert_args(
         &fixture("kohya/te_lora.safetensors"),
         "kohya",

@@ -35,12 +35,7 @@ fn resize_gives_the_best_rank_r_approximation_and_keeps_scales() {
             );
             let sv = assert_best_rank(name, &a.w, &b.w, b.d, b.k, want);
             // Energy reported = Σ kept σ² / Σ σ².
-            let m = rep["modules"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|m| m["name"] == name.as_str())
-                .unwrap();
+            let m = entry(&rep["modules"], "name", name.as_str());
             let kept: f64 = sv[..want].iter().map(|x| x * x).sum::<f64>()
                 / sv.iter().map(|x| x * x).sum::<f64>();
             assert!(
@@ -60,8 +55,7 @@ fn resize_gives_the_best_rank_r_approximation_and_keeps_scales() {
     ));
     let k = "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight";
     assert_eq!(got[k], orig[k]);
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = read_json(out.join("adapter_config.json"));
     assert_eq!(cfg["r"], 3);
     assert_eq!(
         cfg["rank_pattern"]["model\\.layers\\.0\\.self_attn\\.k_proj"],
@@ -231,8 +225,7 @@ fn resize_energy_boundary_and_sv_ratio_rules() {
 
 #[test]
 fn resize_kohya_keeps_format_metadata_and_scale() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("te_r2.safetensors");
+    let (_dir, out) = scratch("te_r2.safetensors");
     run_ok(resize_args(
         &fixture("kohya/te_lora.safetensors"),
         &out,

@@ -8,8 +8,7 @@ use super::*;
 /// the same weights as the original (lorakit merge, then diff to f32 rounding).
 #[test]
 fn fix_folds_patterns_and_merges_the_same() {
-    let dir = tempfile::tempdir().unwrap();
-    let fixed = dir.path().join("fixed");
+    let (dir, fixed) = scratch("fixed");
     let base = fixture("llama/base");
     // patterns: rank/alpha patterns; rslora_all: rsLoRA; weighted_b: k/q without v (SGLang);
     // embed: an embedding LoRA (its own factor layout) and a lone q_proj.
@@ -31,9 +30,7 @@ fn fix_folds_patterns_and_merges_the_same() {
             .is_empty());
         assert_eq!(r["after"]["pass"], true);
         assert!(r["fix"]["files"].is_array());
-        let cfg: Value =
-            serde_json::from_slice(&std::fs::read(fixed.join("adapter_config.json")).unwrap())
-                .unwrap();
+        let cfg: Value = read_json(fixed.join("adapter_config.json"));
         assert_eq!(cfg["r"], cfg["lora_alpha"], "{cfg}");
         assert_eq!(cfg["rank_pattern"], serde_json::json!({}));
         assert_eq!(cfg["alpha_pattern"], serde_json::json!({}));
@@ -94,12 +91,7 @@ fn every_module_says_where_it_is_not_applied() {
     );
     for p in r["modules"].as_array().unwrap() {
         assert_eq!(p["status"], "suffix", "{p}");
-        let by: Vec<&str> = p["not_applied_by"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_str().unwrap())
-            .collect();
+        let by: Vec<&str> = strs(&p["not_applied_by"]);
         assert_eq!(
             by,
             [
@@ -135,9 +127,7 @@ fn fix_dora_to_lora_reports_its_true_error() {
         let dora = fixture("llama/adapters/dora");
         let (code, r) = check_fix(&dora, Some(&base), "", &fixed, &["--dora-rank", rank]);
         assert_eq!(code, 0, "{}", r["after"]);
-        let cfg: Value =
-            serde_json::from_slice(&std::fs::read(fixed.join("adapter_config.json")).unwrap())
-                .unwrap();
+        let cfg: Value = read_json(fixed.join("adapter_config.json"));
         assert_eq!(cfg["use_dora"], false);
         let merged = dir.path().join(format!("m{rank}"));
         merge_ok(&base, &fixed, &merged, &[]);
@@ -162,10 +152,7 @@ fn fix_dora_to_lora_reports_its_true_error() {
                 );
             } else {
                 assert!(reported > 1e-3, "{module}: rank 4 cannot be exact here");
-                assert!(
-                    (diff - reported).abs() <= 1e-3 * reported,
-                    "{module}: merged differs by {diff}, reported {reported}"
-                );
+                assert_rel_close(diff, reported, 1e-3, &format!("{module}: merged, reported"));
             }
         }
     }
@@ -176,8 +163,7 @@ fn fix_dora_to_lora_reports_its_true_error() {
 /// exit 2, and nothing is written.
 #[test]
 fn fix_usage_errors_name_the_flag_typed() {
-    let dir = tempfile::tempdir().unwrap();
-    let fixed = dir.path().join("fixed");
+    let (_dir, fixed) = scratch("fixed");
     let out = run_err(check_args(
         &fixture("llama/adapters/dora"),
         &[
@@ -203,8 +189,7 @@ fn fix_usage_errors_name_the_flag_typed() {
 /// with one line naming both keys, whatever the target.
 #[test]
 fn duplicate_keys_are_refused_naming_both() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("dup");
+    let (_dir, a) = scratch("dup");
     let m = "model.layers.0.self_attn.q_proj";
     let bytes_a = vec![0u8; 2 * 64 * 4];
     let bytes_b = vec![0u8; 64 * 2 * 4];
@@ -534,9 +519,7 @@ pub(super) fn packed_merge_f64(
         ("mlp.gate_up_proj", &["mlp.gate_proj", "mlp.up_proj"]),
     ];
     let unpacked = read_checkpoint(&fixture("llama/base"));
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(original.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg: Value = read_json(original.join("adapter_config.json"));
     let lora = read(&original.join("adapter_model.safetensors"));
     let mut want = std::collections::BTreeMap::new();
     for (name, a) in &lora {

@@ -116,10 +116,7 @@ fn decaying_spectrum_is_within_0_1_percent_of_eckart_young() {
         // The reported error is the error of the file.
         let reported = v["modules"][0]["rel_error"].as_f64().unwrap();
         let actual = err / norm64(&d);
-        assert!(
-            (reported - actual).abs() <= 1e-3 * actual,
-            "reported {reported} vs {actual}"
-        );
+        assert_rel_close(reported, actual, 1e-3, "reported, actual rel_error");
         let kept = v["modules"][0]["energy_kept"].as_f64().unwrap();
         let want_kept = sigma[..k].iter().map(|s| s * s).sum::<f64>()
             / sigma.iter().map(|s| s * s).sum::<f64>();
@@ -213,17 +210,9 @@ fn committed_fixture_is_reproduced_and_merges_like_peft() {
         &fixture("llama/base"),
         &tuned,
         &out,
-        &[
-            "--energy",
-            "0.999",
-            "--max-rank",
-            "8",
-            "--alpha",
-            "8",
-            "--save-changed",
-            "--base-model",
-            "fixtures/llama/base",
-        ],
+        &flags(
+            "--energy 0.999 --max-rank 8 --alpha 8 --save-changed --base-model fixtures/llama/base",
+        ),
     );
     let fx = fixture("extract/llama_energy");
     // The config (ranks, alphas, patterns, targets) is reproduced exactly. The factors are

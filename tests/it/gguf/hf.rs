@@ -199,10 +199,7 @@ fn edited(dir: &Path, name: &str, model: &str, tok: &str, edit: impl Fn(&Path)) 
 
 /// Rewrites `dir/config.json` with `f`.
 fn with_config(dir: &Path, f: impl Fn(&mut serde_json::Value)) {
-    let p = dir.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-    f(&mut c);
-    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+    edit_json(dir.join("config.json"), f);
 }
 
 /// What lorakit cannot write as llama.cpp would is refused in one line naming the file and
@@ -244,72 +241,67 @@ fn hf_to_gguf_refusals_write_nothing() {
         .to_owned();
     let not_recognized = format!("BPE pre-tokenizer not recognized (chkhsh {chkhsh})");
     let bare = fixture("llama/base");
+    let bare = bare.to_str().unwrap();
     let out = dir.path().join("o.gguf");
-    let o = out.to_str().unwrap();
     let b = base.to_str().unwrap();
     let st = dir.path().join("o.safetensors");
-    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+    let outtype_keep: &[&str] = &["--outtype", "keep"];
+    let tokenizer_pre: &[&str] = &["--out", s(&st), "--gguf-tokenizer-pre", "qwen2"];
+    // (base, adapter, further arguments, the file the line names, what it says)
+    let cases: [(&str, &str, &[&str], &str, &str); 9] = [
+        (&qwen, s(&qwen_lora), &[], "tokenizer.json", &not_recognized),
         (
-            vec!["--base", &qwen, "--adapter", qwen_lora.to_str().unwrap()],
-            "tokenizer.json",
-            &not_recognized,
-        ),
-        (
-            vec!["--base", &bad_tj, "--adapter", qv],
+            &bad_tj,
+            qv,
+            &[],
             "tokenizer.json",
             "not a tokenizers tokenizer.json",
         ),
         (
-            vec!["--base", &sp, "--adapter", qv],
+            &sp,
+            qv,
+            &[],
             "tokenizer.model",
             "not a SentencePiece model (malformed protobuf)",
         ),
         (
-            vec!["--base", bare.to_str().unwrap(), "--adapter", qv],
+            bare,
+            qv,
+            &[],
             "base",
             "no tokenizer.json or tokenizer.model",
         ),
         (
-            vec!["--base", b, "--adapter", qv, "--outtype", "keep"],
+            b,
+            qv,
+            outtype_keep,
             "",
             "--outtype keep: a safetensors base has no GGUF types to keep",
         ),
         (
-            vec!["--base", &yarn, "--adapter", qv],
+            &yarn,
+            qv,
+            &[],
             "config.json",
             "yarn rope scaling without an integer `original_max_position_embeddings`",
         ),
+        (&longrope, qv, &[], "config.json", "rope type `longrope`"),
+        (&card, qv, &[], "README.md", "a model card"),
         (
-            vec!["--base", &longrope, "--adapter", qv],
-            "config.json",
-            "rope type `longrope`",
-        ),
-        (
-            vec!["--base", &card, "--adapter", qv],
-            "README.md",
-            "a model card",
-        ),
-        (
-            vec![
-                "--base",
-                b,
-                "--adapter",
-                qv,
-                "--out",
-                st.to_str().unwrap(),
-                "--gguf-tokenizer-pre",
-                "qwen2",
-            ],
+            b,
+            qv,
+            tokenizer_pre,
             "o.safetensors",
             "the output must end in .gguf",
         ),
     ];
-    for (args, file, want) in cases {
+    for (base, adapter, extra, file, want) in cases {
         let mut full = vec!["merge"];
-        if !args.contains(&"--out") {
-            full.extend(["--out", o]);
+        if !extra.contains(&"--out") {
+            full.extend(["--out", s(&out)]);
         }
-        full.extend(args);
+        full.extend(["--base", base, "--adapter", adapter]);
+        full.extend(extra);
         let e = run_err(&full);
         assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);

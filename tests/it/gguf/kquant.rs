@@ -85,8 +85,7 @@ fn k_adapter(dir: &Path) -> BTreeMap<String, Vec<f64>> {
 /// untouched tensor is a byte copy.
 #[test]
 fn keep_requantizes_k_quant_tensors_with_ggml_reference_quantizers() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("k.gguf");
+    let (dir, base) = scratch("k.gguf");
     k_base(&base);
     let ad = dir.path().join("ad");
     let deltas = k_adapter(&ad);

@@ -11,8 +11,7 @@ use super::*;
 #[test]
 fn merge_into_an_f32_gguf_equals_the_peft_merge() {
     for case in ["qv_r8", "rslora_all"] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("m.gguf");
+        let (_dir, out) = scratch("m.gguf");
         let v = merge_json(
             &g("llama_f32.gguf"),
             fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
@@ -165,8 +164,7 @@ fn unmerge_from_a_gguf_restores_the_base() {
 /// are not in the base, safetensors-only flags, --outtype on a safetensors base.
 #[test]
 fn gguf_merge_refusals_write_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.gguf");
+    let (dir, base) = scratch("base.gguf");
     std::fs::copy(fixture("gguf/llama_q8_0.gguf"), &base).unwrap();
     let before = std::fs::read(&base).unwrap();
     let qv = fixture("llama/adapters/qv_r8");
@@ -261,8 +259,7 @@ fn gguf_merge_refusals_write_nothing() {
 /// plans the same parts and writes nothing.
 #[test]
 fn gguf_merge_splits_and_reads_its_split_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m.gguf");
+    let (dir, out) = scratch("m.gguf");
     let adapter = fixture("llama/adapters/qv_r8");
     let v = merge_json(
         &g("llama_f32.gguf"),
@@ -366,31 +363,14 @@ fn merge_into_a_qwen2_gguf_is_not_permuted() {
 /// and weighted_b at −0.4 equal PEFT's weighted `cat` merge (1e-6), as for safetensors bases.
 #[test]
 fn weighted_adapters_merge_into_a_gguf_as_peft_weighted_cat() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m.gguf");
+    let (_dir, out) = scratch("m.gguf");
     let (a, b) = (
         fixture("llama/adapters/weighted_a"),
         fixture("llama/adapters/weighted_b"),
     );
-    let j = run_ok([
-        "merge",
-        "--base",
-        &g("llama_q8_0.gguf"),
-        "--adapter",
-        a.to_str().unwrap(),
-        "--weight",
-        "0.7",
-        "--adapter",
-        b.to_str().unwrap(),
-        "--weight",
-        "-0.4",
-        "--outtype",
-        "f32",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    let weights = ["--weight", "0.7", "--adapter", s(&b), "--weight", "-0.4"];
+    let extra = [&weights[..], &["--outtype", "f32"]].concat();
+    let v = merge_json(&g("llama_q8_0.gguf"), s(&a), &out, &extra);
     assert_eq!(v["adapters"][1]["weight"], -0.4);
     // Reference for this base: its dequantized values plus PEFT's weighted ΔW.
     let f32_base = hf_view(&fixture("gguf/llama_f32.gguf"));
@@ -417,16 +397,13 @@ fn weighted_adapters_merge_into_a_gguf_as_peft_weighted_cat() {
 /// tensor bytes as the PEFT folder itself, q/k permutation and Q8_0 requantization included.
 #[test]
 fn a_kohya_file_merges_into_a_gguf_base_as_its_peft_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let kohya = dir.path().join("qv_r8.safetensors");
-    run_ok([
-        "convert",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--to",
+    let (dir, kohya) = scratch("qv_r8.safetensors");
+    run_ok(convert_args(
+        &fixture("llama/adapters/qv_r8"),
         "kohya",
-        "--out",
-        kohya.to_str().unwrap(),
-    ]);
+        &kohya,
+        &[],
+    ));
     let (from_kohya, from_peft) = (dir.path().join("k.gguf"), dir.path().join("p.gguf"));
     let vk = merge_json(
         &g("llama_q8_0.gguf"),

@@ -89,8 +89,7 @@ fn gguf_merge_parts_equal_the_single_run_byte_for_byte() {
 /// the folder exactly as it was.
 #[test]
 fn gguf_finalize_refuses_bad_parts_changing_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let base_copy = dir.path().join("base.gguf");
+    let (dir, base_copy) = scratch("base.gguf");
     std::fs::copy(fixture("gguf/llama_f32.gguf"), &base_copy).unwrap();
     let base = base_copy.to_str().unwrap().to_owned();
     let qv = fixture("llama/adapters/qv_r8");
@@ -155,13 +154,7 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
     part(&out, qv, "1/2", &[]);
     part(&out, qv, "2/2", &[]);
     let f = out.parent().unwrap().join("m-00003-of-00004.gguf");
-    let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&f)
-        .unwrap()
-        .set_len(len - 1)
-        .unwrap();
+    truncate_by(&f, 1);
     check(&out, "m-00003-of-00004.gguf");
     // The base changed after the parts ran.
     let out = case("changed");

@@ -24,12 +24,7 @@ fn inspect_gguf_json_speaks_the_report_vocabulary() {
         v["metadata"]["test.nested"]["values"],
         serde_json::json!([[1, 2], [3]])
     );
-    let t = v["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "t.q8_0_3d")
-        .unwrap();
+    let t = entry(&v["tensors"], "name", "t.q8_0_3d");
     // PyTorch order: ggml's dims [32, 3, 2] reversed.
     assert_eq!(t["shape"], serde_json::json!([2, 3, 32]));
     assert_eq!(t["dtype"], "Q8_0");
@@ -74,8 +69,7 @@ fn diff_of_gguf_files_compares_dequantized_values() {
         assert_eq!(v["only_in_b"], 0);
     }
     // A merged GGUF against PEFT's merge (which holds the changed tensors only), either order.
-    let dir = tempfile::tempdir().unwrap();
-    let m = dir.path().join("m.gguf");
+    let (_dir, m) = scratch("m.gguf");
     let adapter = fixture("llama/adapters/rslora_all");
     merge_json(&g("llama_f32.gguf"), adapter.to_str().unwrap(), &m, &[]);
     let peft = fixture("llama/merged/rslora_all.safetensors");

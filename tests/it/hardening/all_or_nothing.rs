@@ -24,9 +24,9 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
     std::fs::create_dir(&cwd).unwrap();
     let o = bin()
         .current_dir(&cwd)
-        .args(merge_args(
-            &fixture("llama/base/model.safetensors"),
-            &fixture("llama/adapters/qv_r8"),
+        .args(merge_fixtures_args(
+            "llama/base/model.safetensors",
+            "llama/adapters/qv_r8",
             Path::new("new/"),
             &["--quiet"],
         ))
@@ -41,8 +41,7 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
 /// the old index and its shards are gone, unrelated files stay.
 #[test]
 fn an_older_layout_in_the_output_folder_does_not_survive() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (_dir, out) = scratch("out");
     merge_qv_r8_into(&fixture("llama/base_sharded"), &out, &["--quiet"]);
     assert!(out.join("model.safetensors.index.json").exists());
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
@@ -130,8 +129,7 @@ fn a_second_writer_of_the_same_output_fails_at_once() {
 
 #[test]
 fn unwritable_destinations_exit_3_naming_the_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let ro = dir.path().join("ro");
+    let (_dir, ro) = scratch("ro");
     let Some(_guard) = small_tmpfs(&ro, "size=1m,ro") else {
         return;
     };

@@ -128,11 +128,7 @@ fn malformed_onetrainer_oft_files_are_refused_by_name() {
             "triangle",
             Box::new({
                 let w = w.clone();
-                move |t| {
-                    let x = t.get_mut(&w).unwrap();
-                    x.shape = vec![4, 27];
-                    x.data.truncate(4 * 27 * 4);
-                }
+                move |t| t.get_mut(&w).unwrap().cut_to(&[4, 27])
             }),
             vec![w.clone(), "s(s−1)/2".into()],
         ),
@@ -186,11 +182,7 @@ fn malformed_onetrainer_oft_files_are_refused_by_name() {
             "tiling",
             Box::new({
                 let w = w.clone();
-                move |t| {
-                    let x = t.get_mut(&w).unwrap();
-                    x.shape = vec![3, 28];
-                    x.data.truncate(3 * 28 * 4);
-                }
+                move |t| t.get_mut(&w).unwrap().cut_to(&[3, 28])
             }),
             vec![q.into(), "[32, 32]".into()],
         ),

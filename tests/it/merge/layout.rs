@@ -5,18 +5,13 @@ use super::*;
 
 #[test]
 fn sharded_in_sharded_out_with_valid_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (_dir, out) = scratch("out");
     let base = fixture("llama/base_sharded");
     merge_qv_r8_into(&base, &out, &[]);
     // Same shard files, index and non-weight files as the base.
     assert_eq!(listing(&out), listing(&base));
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
-            .unwrap();
-    let base_index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(base.join("model.safetensors.index.json")).unwrap())
-            .unwrap();
+    let index: serde_json::Value = read_json(out.join("model.safetensors.index.json"));
+    let base_index: serde_json::Value = read_json(base.join("model.safetensors.index.json"));
     assert_eq!(index["weight_map"], base_index["weight_map"]);
     // Every tensor is in the shard the index names.
     for (tensor, shard) in index["weight_map"].as_object().unwrap() {
@@ -45,8 +40,7 @@ fn sharded_in_sharded_out_with_valid_index() {
 
 #[test]
 fn reshard_with_max_shard_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (_dir, out) = scratch("out");
     merge_qv_r8(&out, &["--max-shard-size", "120KB"]);
     let files = listing(&out);
     let shards: Vec<&String> = files
@@ -85,9 +79,9 @@ fn reruns_are_byte_identical_and_carry_provenance() {
         dir.path().join("b.safetensors"),
     );
     for o in [&o1, &o2] {
-        merge_ok(
-            &fixture("llama/base/model.safetensors"),
-            &fixture("llama/adapters/dora"),
+        merge_fixtures(
+            "llama/base/model.safetensors",
+            "llama/adapters/dora",
             o,
             &[],
         );
@@ -103,11 +97,10 @@ fn reruns_are_byte_identical_and_carry_provenance() {
 
 #[test]
 fn json_summary_is_parseable() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o.safetensors");
-    let s = merge_ok(
-        &fixture("llama/base/model.safetensors"),
-        &fixture("llama/adapters/qv_r8"),
+    let (_dir, out) = scratch("o.safetensors");
+    let s = merge_fixtures(
+        "llama/base/model.safetensors",
+        "llama/adapters/qv_r8",
         &out,
         &[
             "--adapter",
@@ -136,8 +129,7 @@ fn json_summary_is_parseable() {
 #[test]
 fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
     use safetensors::Dtype;
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.safetensors");
+    let (dir, base) = scratch("base.safetensors");
     let w: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
     let f64v: Vec<u8> = [1.5f64, -2.25, 1e-3]
         .iter()
@@ -207,8 +199,7 @@ fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
 
 #[test]
 fn three_parts_in_separate_processes_equal_one_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let one = dir.path().join("one");
+    let (dir, one) = scratch("one");
     let split = dir.path().join("split");
     let base = fixture("llama/base_sharded");
     let common = |out: &Path| {

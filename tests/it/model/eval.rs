@@ -245,8 +245,7 @@ fn eval_json_report_and_generation() {
     assert_eq!(r["tokens"].as_u64().unwrap() as usize, prompt_tokens);
 
     // Greedy: each generated token is the argmax of the logits of the sequence before it.
-    let dir = tempfile::tempdir().unwrap();
-    let full_ids = dir.path().join("ids.safetensors");
+    let (dir, full_ids) = scratch("ids.safetensors");
     let text_ids = {
         let st = read(&fixture("text/tiny_ids.safetensors"));
         st["input_ids"]
@@ -317,8 +316,7 @@ fn eval_errors_are_one_line() {
         "{e}"
     );
     // Token ids beyond the vocabulary.
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.safetensors");
+    let (dir, bad) = scratch("bad.safetensors");
     write_ids(&bad, &[1, 2, 500]);
     let e = one_line_error(&run_err(eval_cpu_args(&model, &["--input-ids", s(&bad)])));
     assert!(e.contains("500"), "{e}");
@@ -356,11 +354,10 @@ fn eval_on_gpu_equals_cpu() {
 /// `merge/peft.rs` checks against PEFT's own merge.
 #[test]
 fn trainable_tokens_apply_in_eval_as_in_merge() {
-    let dir = tempfile::tempdir().unwrap();
-    let merged = dir.path().join("merged");
-    run_ok(merge_args(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/tokens"),
+    let (_dir, merged) = scratch("merged");
+    run_ok(merge_fixtures_args(
+        "llama/base",
+        "llama/adapters/tokens",
         &merged,
         &[],
     ));
