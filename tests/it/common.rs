@@ -33,6 +33,13 @@ pub fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// [`scratch`] for several paths: `let (dir, [a, b]) = scratch_all(["a", "b"]);`.
+pub fn scratch_all<const N: usize>(names: [&str; N]) -> (tempfile::TempDir, [PathBuf; N]) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let paths = names.map(|n| dir.path().join(n));
+    (dir, paths)
+}
+
 /// A path as an argument of the binary (test paths are UTF-8: the fixtures folder and temp dirs).
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -171,7 +178,10 @@ impl T {
     }
 }
 
-pub fn read(path: &Path) -> BTreeMap<String, T> {
+/// A checkpoint's (or an adapter file's) tensors by name.
+pub type TensorMap = BTreeMap<String, T>;
+
+pub fn read(path: &Path) -> TensorMap {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -191,7 +201,7 @@ pub fn read(path: &Path) -> BTreeMap<String, T> {
 }
 
 /// All tensors of a checkpoint file or folder (single or sharded).
-pub fn read_checkpoint(path: &Path) -> BTreeMap<String, T> {
+pub fn read_checkpoint(path: &Path) -> TensorMap {
     if path.is_file() {
         return read(path);
     }
@@ -241,9 +251,9 @@ pub fn assert_rel_close(got: f64, want: f64, rel: f64, what: &str) {
 /// changed tensors within `tol` relative (Frobenius), every other tensor byte-identical to the
 /// base. Returns how many tensors were compared against the reference.
 pub fn assert_matches_reference(
-    out: &BTreeMap<String, T>,
-    base: &BTreeMap<String, T>,
-    reference: &BTreeMap<String, T>,
+    out: &TensorMap,
+    base: &TensorMap,
+    reference: &TensorMap,
     tol: f64,
 ) -> usize {
     assert_eq!(
@@ -276,6 +286,19 @@ pub fn assert_matches_reference(
     changed
 }
 
+/// The LoRA modules of a PEFT adapter file's tensors, in name order: the module path (without
+/// `base_model.model.`) of every `lora_A.weight`, with its `lora_A` and `lora_B`.
+pub fn peft_lora_modules(tensors: &TensorMap) -> Vec<(&str, &T, &T)> {
+    let prefix = "base_model.model.";
+    tensors
+        .iter()
+        .filter_map(|(k, a)| {
+            let m = k.strip_prefix(prefix)?.strip_suffix(".lora_A.weight")?;
+            Some((m, a, &tensors[&format!("{prefix}{m}.lora_B.weight")]))
+        })
+        .collect()
+}
+
 /// Files in a folder (names), sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(dir) {
@@ -287,6 +310,44 @@ pub fn listing(dir: &Path) -> Vec<String> {
     };
     v.sort();
     v
+}
+
+/// The files of a folder, `(name, bytes)`, sorted by name.
+pub fn folder_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let read = |n: String| {
+        let bytes = std::fs::read(dir.join(&n)).unwrap();
+        (n, bytes)
+    };
+    listing(dir).into_iter().map(read).collect()
+}
+
+/// Two [`folder_files`]: the same names, each with the same bytes (`what` names the case).
+#[track_caller]
+pub fn assert_same_files(got: &[(String, Vec<u8>)], want: &[(String, Vec<u8>)], what: &str) {
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(got), names(want), "{what}");
+    for ((name, a), (_, b)) in got.iter().zip(want) {
+        assert!(a == b, "{what}: {name} differs");
+    }
+}
+
+/// `run(out, extra)` (a merge or an extraction into `out`, with `extra` flags) once whole into
+/// `whole`, and as parts 1/2 and 2/2 (`--part`) into `split`, which `finalize` then completes:
+/// both folders hold the same files, byte for byte ([`assert_same_files`]).
+#[track_caller]
+pub fn assert_parts_equal_one_process(
+    whole: &Path,
+    split: &Path,
+    run: impl Fn(&Path, &[&str]),
+    what: &str,
+) {
+    run(whole, &[]);
+    for part in ["1/2", "2/2"] {
+        run(split, &["--part", part]);
+    }
+    run_ok(finalize_args(split, &["-q"]));
+    let what = format!("{what}: parts against one process");
+    assert_same_files(&folder_files(split), &folder_files(whole), &what);
 }
 
 /// Waits until a lorakit temporary file exists under `dir` (the child is writing).
@@ -330,6 +391,11 @@ pub fn small_tmpfs(at: &Path, opts: &str) -> Option<impl Drop> {
         return None;
     }
     Some(Unmount(at.to_path_buf()))
+}
+
+/// Little-endian bytes of f32 values (a tensor's data).
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    f32_bytes_of(v.iter().copied())
 }
 
 fn f32_bytes_of(v: impl Iterator<Item = f32>) -> Vec<u8> {
@@ -416,11 +482,11 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 
 /// `tensors` written into `dir` as two Hugging Face shards and their index, dealt alternately
 /// (so that a weight and its companions land in different shards).
-pub fn write_alternate_shards(tensors: &BTreeMap<String, T>, dir: &Path) {
+pub fn write_alternate_shards(tensors: &TensorMap, dir: &Path) {
     let mut weight_map = serde_json::Map::new();
     for shard in 0..2 {
         let name = format!("model-0000{}-of-00002.safetensors", shard + 1);
-        let part: BTreeMap<String, T> = tensors
+        let part: TensorMap = tensors
             .iter()
             .enumerate()
             .filter(|(i, _)| i % 2 == shard)
@@ -439,7 +505,7 @@ pub fn write_alternate_shards(tensors: &BTreeMap<String, T>, dir: &Path) {
 }
 
 /// Writes `tensors` with the independent `safetensors` crate.
-pub fn write_tensors(path: &Path, tensors: &BTreeMap<String, T>) {
+pub fn write_tensors(path: &Path, tensors: &TensorMap) {
     let views = tensors.iter().map(|(n, t)| {
         let view = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data);
         (n.clone(), view.unwrap())

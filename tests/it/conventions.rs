@@ -278,20 +278,12 @@ fn convert_to_diffusers_keeps_factors_and_scales() {
     let line = refused(convert_args(&peft_default, "diffusers", &out, &[]), &out);
     assert_mentions(&line, &["component", "--prefix"]);
     // A LoHa module has no diffusers LoRA form.
-    let line = refused(
-        convert_args(
-            &fixture("lycoris/loha.safetensors"),
-            "diffusers",
-            &out,
-            &[
-                "--base",
-                s(&fixture("lycoris/base.safetensors")),
-                "--prefix",
-                "lora_unet",
-            ],
-        ),
-        &out,
+    let (loha, base) = (
+        fixture("lycoris/loha.safetensors"),
+        fixture("lycoris/base.safetensors"),
     );
+    let flags = ["--base", s(&base), "--prefix", "lora_unet"];
+    let line = refused(convert_args(&loha, "diffusers", &out, &flags), &out);
     assert_mentions(&line, &["loha", "resize"]);
 }
 

@@ -28,13 +28,21 @@ fn assert_peft_loads_and_merges_like_lorakit(py: &Path, adapter: &Path, base: &P
     assert!(n > 0, "PEFT's merge changed nothing:\n{log}");
 }
 
+/// What the tests on the llama fixture start with: the Python oracle ([`peft_python`]; `None`:
+/// skipped), a fresh folder and the fixture's base.
+fn peft_on_llama() -> Option<(std::path::PathBuf, tempfile::TempDir, std::path::PathBuf)> {
+    let py = peft_python()?;
+    Some((py, tempfile::tempdir().unwrap(), fixture("llama/base")))
+}
+
 /// An extraction with linear and embedding modules (tuned = base + PEFT's qv_r8 and embedding
 /// merges, made by lorakit merges that the merge tests tie to PEFT's own).
 #[test]
 fn peft_loads_extract_output() {
-    let Some(py) = peft_python() else { return };
-    let (dir, step) = scratch("step");
-    let (base, tuned) = (fixture("llama/base"), dir.path().join("tuned"));
+    let Some((py, dir, base)) = peft_on_llama() else {
+        return;
+    };
+    let (step, tuned) = (dir.path().join("step"), dir.path().join("tuned"));
     for (from, adapter, to) in [
         (&base, "llama/adapters/qv_r8", &step),
         (&step, "llama/adapters/embed", &tuned),
@@ -57,9 +65,10 @@ fn peft_loads_extract_output() {
 /// A trained adapter (two steps from scratch on the fixture token ids, so B ≠ 0).
 #[test]
 fn peft_loads_train_output() {
-    let Some(py) = peft_python() else { return };
-    let (dir, out) = scratch("trained");
-    let base = fixture("llama/base");
+    let Some((py, dir, base)) = peft_on_llama() else {
+        return;
+    };
+    let out = dir.path().join("trained");
     run_ok(train_args(
         &base,
         &[
@@ -81,9 +90,9 @@ fn peft_loads_train_output() {
 /// merged file, made by merge_and_unload) within 1e-5 — the fix only regroups the scale.
 #[test]
 fn peft_loads_check_fix_output_and_merges_like_the_original() {
-    let Some(py) = peft_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let base = fixture("llama/base");
+    let Some((py, dir, base)) = peft_on_llama() else {
+        return;
+    };
     // embed: an embedding LoRA and a lone q_proj, completed by a zero v_proj for SGLang.
     for case in ["patterns", "rslora_all", "embed"] {
         let fixed = dir.path().join(format!("fixed_{case}"));
@@ -170,9 +179,9 @@ fn diffusers_loads_convert_to_diffusers_output_and_fuses_like_lorakit() {
 /// 2r, no init in its config) and merges it as lorakit does.
 #[test]
 fn peft_loads_residual_adapters_converted_for_the_checkpoint() {
-    let Some(py) = peft_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let base = fixture("llama/base");
+    let Some((py, dir, base)) = peft_on_llama() else {
+        return;
+    };
     for case in ["pissa", "olora", "kasa"] {
         let plain = dir.path().join(format!("plain_{case}"));
         run_ok(convert_args(

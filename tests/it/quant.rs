@@ -526,9 +526,7 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
         (
             "compressed-tensors weight_shape that does not match the packing",
             edited(dir.path(), "ct_pack", |t| {
-                let s = t
-                    .get_mut("model.layers.0.self_attn.q_proj.weight_shape")
-                    .unwrap();
+                let s = t.get_mut(&format!("{q}.weight_shape")).unwrap();
                 s.data[8..16].copy_from_slice(&1000i64.to_le_bytes());
             }),
             "do not pack 1000 elements",

@@ -80,22 +80,6 @@ pub(super) fn assert_merged_exactly(
     }
 }
 
-/// Every file of a folder, by name, with its bytes.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,28 +89,12 @@ fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
         for mode in [&[][..], &["--quant", "dequantize", "--dtype", "bf16"][..]] {
             let tag = format!("{model}{}", mode.len());
             let whole = dir.path().join(format!("{tag}-whole"));
-            merge_ok(&base, &adapter, &whole, &[&["-q"][..], mode].concat());
             let split = dir.path().join(format!("{tag}-split"));
-            for part in ["1/2", "2/2"] {
-                merge_ok(
-                    &base,
-                    &adapter,
-                    &split,
-                    &[&["-q", "--part", part][..], mode].concat(),
-                );
-            }
-            run_ok(finalize_args(&split, &["-q"]));
-            let (a, b) = (files(&whole), files(&split));
-            assert_eq!(
-                a.iter().map(|f| &f.0).collect::<Vec<_>>(),
-                b.iter().map(|f| &f.0).collect::<Vec<_>>(),
-                "{tag}"
-            );
-            for ((name, x), (_, y)) in a.iter().zip(&b) {
-                assert!(x == y, "{tag}: {name} differs from the one-process merge");
-            }
-            let cfg = String::from_utf8(a.iter().find(|f| f.0 == "config.json").unwrap().1.clone())
-                .unwrap();
+            let merge = |out: &Path, part: &[&str]| {
+                merge_ok(&base, &adapter, out, &[&["-q"], part, mode].concat());
+            };
+            assert_parts_equal_one_process(&whole, &split, merge, &tag);
+            let cfg = std::fs::read_to_string(whole.join("config.json")).unwrap();
             assert_eq!(
                 cfg.contains("quantization_config"),
                 mode.is_empty(),
@@ -142,36 +110,14 @@ fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
 fn extract_parts_against_a_quantized_base_equal_one_process() {
     let (dir, tuned) = scratch("tuned");
     merge_qv_r8_into(&quant("gptq4_v1"), &tuned, &["--quant", "dequantize", "-q"]);
-    let extract = |out: &Path, part: Option<&str>| {
-        let mut flags = vec!["--rank", "8", "-q"];
-        if let Some(p) = part {
-            flags.extend(["--part", p]);
-        }
+    let extract = |out: &Path, part: &[&str]| {
+        let flags = [&["--rank", "8", "-q"], part].concat();
         run_ok(extract_args(&quant("gptq4_v1"), &tuned, out, &flags));
     };
-    let whole = dir.path().join("whole");
-    extract(&whole, None);
-    let split = dir.path().join("split");
-    extract(&split, Some("1/2"));
-    extract(&split, Some("2/2"));
-    run_ok(finalize_args(&split, &["-q"]));
-    let (a, b) = (files(&whole), files(&split));
-    assert_eq!(
-        a.iter().map(|f| &f.0).collect::<Vec<_>>(),
-        b.iter().map(|f| &f.0).collect::<Vec<_>>()
-    );
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x == y, "{name} differs from the one-process extraction");
-    }
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    assert_parts_equal_one_process(&whole, &split, extract, "extraction");
     // The adapter names the quantized base as given, not the temporary copy.
-    let cfg = String::from_utf8(
-        a.iter()
-            .find(|f| f.0 == "adapter_config.json")
-            .unwrap()
-            .1
-            .clone(),
-    )
-    .unwrap();
+    let cfg = std::fs::read_to_string(whole.join("adapter_config.json")).unwrap();
     assert!(
         cfg.contains("gptq4_v1") && !cfg.contains("lorakit-dequantized"),
         "{cfg}"

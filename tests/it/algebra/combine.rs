@@ -78,14 +78,7 @@ fn combine_cat_reproduces_peft_weighted_cat() {
     run_ok(weighted_ab_args(&out2, &["--method", "cat", "--no-pad"]));
     let got = deltas(&out2);
     for (name, w) in &want {
-        let r = if name.contains("q_proj") {
-            10
-        } else if name.contains("k_proj") {
-            6
-        } else {
-            4
-        };
-        assert_eq!(got[name].rank, r, "{name}");
+        assert_eq!(got[name].rank, weighted_cat_rank(name), "{name}");
         assert!(rel64(&got[name].w, w) < 1e-6, "{name}");
     }
 }

@@ -214,22 +214,12 @@ fn convert_kohya_to_peft_merges_like_the_kohya_file() {
 fn convert_errors_are_one_line_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // kohya → PEFT without base.
-    let out = dir.path().join("p");
-    let line = refused(
-        convert_args(&fixture("kohya/te_lora.safetensors"), "peft", &out, &[]),
-        &out,
-    );
+    let (out, te) = (dir.path().join("p"), fixture("kohya/te_lora.safetensors"));
+    let line = refused(convert_args(&te, "peft", &out, &[]), &out);
     assert_mentions(&line, &["te_lora.safetensors", "--base"]);
     // A base the modules do not fit.
-    let line = refused(
-        convert_args(
-            &fixture("kohya/te_lora.safetensors"),
-            "peft",
-            &out,
-            &["--base", &fx("llama/base")],
-        ),
-        &out,
-    );
+    let llama = ["--base", &fx("llama/base")];
+    let line = refused(convert_args(&te, "peft", &out, &llama), &out);
     assert_mentions(
         &line,
         &[

@@ -152,6 +152,19 @@ fn deltas_with(path: &Path, mapped_names: bool) -> BTreeMap<String, Delta> {
     out
 }
 
+/// The true rank of `module` in PEFT's `cat` of `weighted_a` and `weighted_b` (the
+/// `weighted_cat` fixture): q_proj, in both, 4 + 6 = 10; k_proj 6 (`weighted_b`'s r) and v_proj
+/// 4 (`weighted_a`'s), which `weighted_cat` pads to 10 with zeros.
+fn weighted_cat_rank(module: &str) -> usize {
+    if module.contains("k_proj") {
+        6
+    } else if module.contains("v_proj") {
+        4
+    } else {
+        10
+    }
+}
+
 fn merged(dir: &Path, base: &str, adapter: &Path, name: &str) -> Vec<u8> {
     let out = dir.join(name);
     merge_ok(&fixture(base), adapter, &out, &["--device", "cpu"]);

@@ -76,14 +76,7 @@ fn resize_at_full_rank_is_exact_and_energy_one_drops_only_zero_padding() {
     let before = deltas(&fixture("llama/adapters/weighted_cat"));
     let after = deltas(&out);
     for (name, b) in &before {
-        let want = if name.contains("k_proj") {
-            6
-        } else if name.contains("v_proj") {
-            4
-        } else {
-            10
-        };
-        assert_eq!(after[name].rank, want, "{name}");
+        assert_eq!(after[name].rank, weighted_cat_rank(name), "{name}");
         let e = rel64(&after[name].w, &b.w);
         assert!(e < 1e-6, "{name}: exact to f32 rounding, got {e:e}");
     }
@@ -269,22 +262,18 @@ fn resize_kohya_keeps_format_metadata_and_scale() {
 fn resize_changes_format_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     // kohya → PEFT needs the base for module paths.
-    let out = dir.path().join("te_peft_r2");
+    let (out, te) = (
+        dir.path().join("te_peft_r2"),
+        fixture("kohya/te_lora.safetensors"),
+    );
+    let te_base = fx("kohya/te_base");
     let args = resize_args(
-        &fixture("kohya/te_lora.safetensors"),
+        &te,
         &out,
-        &[
-            "--rank",
-            "2",
-            "--format",
-            "peft",
-            "--base",
-            &fx("kohya/te_base"),
-        ],
+        &["--rank", "2", "--format", "peft", "--base", &te_base],
     );
     run_ok(&args);
-    let before = deltas(&fixture("kohya/te_lora.safetensors"));
-    let after = deltas(&out);
+    let (before, after) = (deltas(&te), deltas(&out));
     assert!(after.contains_key("text_model.encoder.layers.0.self_attn.q_proj"));
     assert_eq!(before.len(), after.len());
     for (dotted, a) in &after {

@@ -320,10 +320,7 @@ fn diffusers_single_files_load_in_diffusers_and_lose_their_alpha_in_comfy() {
 #[test]
 fn fix_names_every_component_of_a_diffusers_file_for_kohya_loaders() {
     use super::super::reference::{rel64, U32};
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("check/unet_te.safetensors");
-    let out = dir.path().join("fixed.safetensors");
-    fix_metadata_alpha_for_diffusion(&src, &out);
+    let (_dir, src, out) = fix_metadata_alpha_for_diffusion("check/unet_te.safetensors");
     let orig = read(&src);
     let fixed = read(&out);
     assert_eq!(
@@ -375,10 +372,7 @@ fn fix_names_every_component_of_a_diffusers_file_for_kohya_loaders() {
 #[test]
 fn fix_keeps_a_transformer_lora_in_diffusers_form_with_its_scale_folded() {
     use super::super::reference::{rel64, U32};
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("check/flux_lora.safetensors");
-    let out = dir.path().join("fixed.safetensors");
-    fix_metadata_alpha_for_diffusion(&src, &out);
+    let (_dir, src, out) = fix_metadata_alpha_for_diffusion("check/flux_lora.safetensors");
     let (orig, fixed) = (read(&src), read(&out));
     assert_eq!(
         orig.keys().collect::<Vec<_>>(),
@@ -408,14 +402,20 @@ fn fix_keeps_a_transformer_lora_in_diffusers_form_with_its_scale_folded() {
 
 /// `check --fix` for diffusers and ComfyUI of a file whose alphas are only in
 /// `lora_adapter_metadata`: before, ComfyUI (which reads no metadata) is the one that fails, on
-/// its scale rule; after, both load and apply everything (exit 0).
-fn fix_metadata_alpha_for_diffusion(src: &Path, out: &Path) {
-    let (code, r) = check_fix(src, None, "diffusers,comfy", out, &[]);
+/// its scale rule; after, both load and apply everything (exit 0). The fix of the fixture `src`
+/// is written to `fixed.safetensors` in a fresh folder: returns the folder and the two paths.
+fn fix_metadata_alpha_for_diffusion(
+    src: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let (dir, out) = scratch("fixed.safetensors");
+    let src = fixture(src);
+    let (code, r) = check_fix(&src, None, "diffusers,comfy", &out, &[]);
     assert_eq!(fired(target(&r, "comfy")), vec!["comfy.scale".to_string()]);
     assert_eq!(code, 0, "{}", r["after"]);
     for t in ["diffusers", "comfy"] {
         assert_eq!(target(&r["after"], t)["verdict"], "loads", "{t}");
     }
+    (dir, src, out)
 }
 
 /// `s·B·A` in f64 (`B` `d×r`, `A` `r×k`, row-major).
@@ -522,13 +522,7 @@ pub(super) fn packed_merge_f64(
     let cfg: Value = read_json(original.join("adapter_config.json"));
     let lora = read(&original.join("adapter_model.safetensors"));
     let mut want = std::collections::BTreeMap::new();
-    for (name, a) in &lora {
-        let Some(module) = name
-            .strip_prefix("base_model.model.")
-            .and_then(|n| n.strip_suffix(".lora_A.weight"))
-        else {
-            continue;
-        };
+    for (module, a, b) in peft_lora_modules(&lora) {
         // (base tensor, first row of this module's part in it)
         let (key, row0) = if w0.contains_key(&format!("{module}.weight")) {
             (format!("{module}.weight"), 0)
@@ -553,7 +547,6 @@ pub(super) fn packed_merge_f64(
         let acc: &mut Vec<f64> = want
             .entry(key.clone())
             .or_insert_with(|| w.f32().iter().map(|&x| x as f64).collect());
-        let b = &lora[&format!("base_model.model.{module}.lora_B.weight")];
         let r = a.shape[0];
         let alpha = peft_alpha_for(&cfg, module).unwrap();
         let sc = if cfg["use_rslora"] == true {

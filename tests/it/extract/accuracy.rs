@@ -138,9 +138,7 @@ fn decaying_spectrum_is_within_0_1_percent_of_eckart_young() {
 #[test]
 fn peft_merged_fixture_delta_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
-    let tuned_t = llama_tuned(&[("llama/merged/qv_r8.safetensors", None)]);
-    let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(&tuned, &tuned_t);
+    let (tuned, tuned_t) = llama_tuned_with(dir.path(), "llama/merged/qv_r8.safetensors");
     let out = dir.path().join("out");
     let v = extract(&fixture("llama/base"), &tuned, &out, &["--rank", "8"]);
     let want = peft_deltas(&fixture("llama/adapters/qv_r8"));
@@ -204,7 +202,7 @@ fn committed_fixture_is_reproduced_and_merges_like_peft() {
         .collect::<Vec<f32>>();
     tuned_t.get_mut("model.norm.weight").unwrap().data = bytes(&norm);
     let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(&tuned, &tuned_t);
+    write_tensors(&tuned, &tuned_t);
     let out = dir.path().join("out");
     let v = extract(
         &fixture("llama/base"),

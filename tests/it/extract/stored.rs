@@ -110,23 +110,16 @@ fn unchanged_skipped_changed_reported_and_saved_with_save_changed() {
 fn targets_and_exclude_filter_modules() {
     let dir = tempfile::tempdir().unwrap();
     let (base, tuned) = mixed_pair(dir.path());
-    let v = extract(
-        &base,
-        &tuned,
-        &dir.path().join("a"),
-        &["--rank", "2", "--targets", r"re:layers\.[02]"],
-    );
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let targets = flags(r"--rank 2 --targets re:layers\.[02]");
+    let v = extract(&base, &tuned, &a, &targets);
     assert_eq!(
         module_ranks(&v).keys().collect::<Vec<_>>(),
         vec!["layers.0.proj", "layers.2.proj"]
     );
     assert_eq!(v["excluded"], 3);
-    let v = extract(
-        &base,
-        &tuned,
-        &dir.path().join("b"),
-        &["--rank", "2", "--exclude", r"re:^layers\.0"],
-    );
+    let exclude = flags(r"--rank 2 --exclude re:^layers\.0");
+    let v = extract(&base, &tuned, &b, &exclude);
     assert_eq!(
         module_ranks(&v).keys().collect::<Vec<_>>(),
         vec!["layers.2.proj"]
@@ -150,9 +143,7 @@ fn targets_and_exclude_filter_modules() {
 #[test]
 fn embeddings_lora_full_skip() {
     let dir = tempfile::tempdir().unwrap();
-    let tuned_t = llama_tuned(&[("llama/merged/embed.safetensors", None)]);
-    let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(&tuned, &tuned_t);
+    let (tuned, tuned_t) = llama_tuned_with(dir.path(), "llama/merged/embed.safetensors");
     let base = fixture("llama/base");
     let base_t = read_checkpoint(&base);
     // lora: PEFT embedding layout, ΔW = (B·A)ᵀ; matches the fixture adapter's.
@@ -221,7 +212,7 @@ fn fan_in_fan_out_and_conv_match_the_fixture_adapters() {
         let tuned = dir
             .path()
             .join(format!("{}.safetensors", adapter.replace('/', "_")));
-        write_checkpoint(&tuned, &t);
+        write_tensors(&tuned, &t);
         let out = dir.path().join(adapter.replace('/', "_"));
         extract(&fixture(base), &tuned, &out, &extra);
         let got = peft_deltas(&out);

@@ -103,9 +103,9 @@ fn convert_to_gguf_applies_the_peft_delta_as_llama_cpp_computes_it() {
 #[test]
 fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
     let (_dir, out) = scratch("a.gguf");
-    let o = out.to_str().unwrap();
+    let o = s(&out);
     let base = fixture("llama/base");
-    let b = base.to_str().unwrap();
+    let b = s(&base);
     for (case, extra, want) in [
         (
             "dora",
@@ -125,7 +125,7 @@ fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
         ),
     ] {
         let a = fixture(&format!("llama/adapters/{case}"));
-        let mut args = vec!["convert", a.to_str().unwrap(), "--to", "gguf", "-o", o];
+        let mut args = vec!["convert", s(&a), "--to", "gguf", "-o", o];
         args.extend(extra);
         let e = one_line_error(&run_err(&args));
         assert!(e.contains(want), "{case}: {e}");
@@ -149,7 +149,7 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
         let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
         // Into the GGUF base.
         let out = dir.path().join("m.gguf");
-        merge_json(&g("llama_f32.gguf"), ad.to_str().unwrap(), &out, &[]);
+        merge_json(&g("llama_f32.gguf"), s(&ad), &out, &[]);
         let got = hf_view(&out);
         for (name, r) in &reference {
             let e = rel_err(&got[name].2, &r.f32());

@@ -244,7 +244,7 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
         let merged = p(&format!("{case}.merged.gguf"));
         merge_json(
             p("f32.gguf").to_str().unwrap(),
-            adapter.to_str().unwrap(),
+            s(&adapter),
             &merged,
             &["--outtype", "f32"],
         );
@@ -279,12 +279,7 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
         Some(&fixture("gguf/llamacpp/qv_r8.gguf")),
     );
     let keep = p("q8.keep.gguf");
-    merge_json(
-        p("q8.gguf").to_str().unwrap(),
-        adapter.to_str().unwrap(),
-        &keep,
-        &[],
-    );
+    merge_json(p("q8.gguf").to_str().unwrap(), s(&adapter), &keep, &[]);
     let l_keep = llama_logits(&bin, &keep, None);
     let (e_keep, e_ref) = (logits_err(&l_keep, &exact), logits_err(&reference, &exact));
     let e_between = logits_err(&l_keep, &reference);

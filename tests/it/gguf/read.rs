@@ -71,9 +71,9 @@ fn diff_of_gguf_files_compares_dequantized_values() {
     // A merged GGUF against PEFT's merge (which holds the changed tensors only), either order.
     let (_dir, m) = scratch("m.gguf");
     let adapter = fixture("llama/adapters/rslora_all");
-    merge_json(&g("llama_f32.gguf"), adapter.to_str().unwrap(), &m, &[]);
+    merge_json(&g("llama_f32.gguf"), s(&adapter), &m, &[]);
     let peft = fixture("llama/merged/rslora_all.safetensors");
-    let (m, peft) = (m.to_str().unwrap(), peft.to_str().unwrap());
+    let (m, peft) = (s(&m), s(&peft));
     run_ok(["diff", m, peft, "--common", "--tolerance", "1e-6"]);
     run_ok(["diff", peft, m, "--common", "--tolerance", "1e-6"]);
     assert_eq!(
@@ -141,9 +141,7 @@ fn malformed_gguf_files_fail_in_one_line() {
     for (name, bytes, want) in cases {
         let p = dir.path().join(format!("{name}.gguf"));
         std::fs::write(&p, bytes).unwrap();
-        for cmd in [vec!["inspect", p.to_str().unwrap()], {
-            vec!["diff", p.to_str().unwrap(), p.to_str().unwrap()]
-        }] {
+        for cmd in [vec!["inspect", s(&p)], { vec!["diff", s(&p), s(&p)] }] {
             let e = one_line_error(&run_err(&cmd));
             assert!(
                 e.starts_with(&format!("error: {}: ", p.display())) && e.contains(want),

@@ -99,8 +99,8 @@ fn gpu_index_picks_the_listed_adapter() {
 /// A merge of the llama fixture into `out` on the GPU `--gpu-index` names; expected to fail.
 fn merge_on_gpu_index(out: &std::path::Path, selector: &str) -> std::process::Output {
     let (base, adapter) = (fixture("llama/base"), fixture("llama/adapters/qv_r8"));
-    let (base, adapter) = (base.to_str().unwrap(), adapter.to_str().unwrap());
-    let out = out.to_str().unwrap();
+    let (base, adapter) = (s(&base), s(&adapter));
+    let out = s(&out);
     let args = [
         "--base",
         base,

@@ -8,11 +8,8 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
     let dir = tempfile::tempdir().unwrap();
     // Fails in the middle of the merge (F16 overflow), after the folders were created.
     let out = dir.path().join("a/b/c");
-    let line = merge_qv_r8_refused(
-        &fixture("llama/base"),
-        &out,
-        &["--weight", "1e9", "--dtype", "f16", "--device", "cpu"],
-    );
+    let overflow = flags("--weight 1e9 --dtype f16 --device cpu");
+    let line = merge_qv_r8_refused(&fixture("llama/base"), &out, &overflow);
     assert_mentions(&line, &["F16", "self_attn"]);
     assert!(
         listing(dir.path()).is_empty(),
@@ -22,17 +19,9 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
     // `--out new/` for a single-file base: a file inside the new folder, nothing in the cwd.
     let cwd = dir.path().join("cwd");
     std::fs::create_dir(&cwd).unwrap();
-    let o = bin()
-        .current_dir(&cwd)
-        .args(merge_fixtures_args(
-            "llama/base/model.safetensors",
-            "llama/adapters/qv_r8",
-            Path::new("new/"),
-            &["--quiet"],
-        ))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (base, qv) = ("llama/base/model.safetensors", "llama/adapters/qv_r8");
+    let args = merge_fixtures_args(base, qv, Path::new("new/"), &["--quiet"]);
+    ok_stdout(bin().current_dir(&cwd).args(args));
     assert_eq!(listing(&cwd), vec!["new"]);
     assert_eq!(listing(&cwd.join("new")), vec!["model.safetensors"]);
 }

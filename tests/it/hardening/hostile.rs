@@ -33,10 +33,7 @@ fn absurd_config_sizes_are_one_line_errors() {
 
 #[test]
 fn fifos_and_devices_are_refused_at_once() {
-    let (dir, model) = scratch("m");
-    copy_dir(&fixture("llama/base"), &model);
-    let ad = dir.path().join("a");
-    copy_dir(&fixture("llama/adapters/qv_r8"), &ad);
+    let (_dir, model, ad) = llama_and_qv_r8_copies("m", "a");
     let fifo = |p: &Path| {
         let _ = std::fs::remove_file(p);
         let c = std::ffi::CString::new(s(p)).unwrap();

@@ -4,10 +4,7 @@ use super::*;
 
 #[test]
 fn no_command_writes_onto_its_inputs() {
-    let (dir, base) = scratch("base");
-    copy_dir(&fixture("llama/base"), &base);
-    let ad = dir.path().join("qv");
-    copy_dir(&fixture("llama/adapters/qv_r8"), &ad);
+    let (dir, base, ad) = llama_and_qv_r8_copies("base", "qv");
     let before = (snapshot(&base), snapshot(&ad));
     let base_file = base.join("model.safetensors");
 

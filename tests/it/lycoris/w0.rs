@@ -194,15 +194,7 @@ fn peft_ia3_and_oft_folders_merge_like_merge_and_unload() {
         ("oft_exact_coft", 3),
         ("oft_share", 3),
     ] {
-        let out = dir.path().join(case);
-        merge_ok(
-            &base_path,
-            &fixture(&format!("peft_w0/{case}")),
-            &out,
-            &["--quiet"],
-        );
-        let reference = read(&fixture(&format!("peft_w0/{case}.merged.safetensors")));
-        let n = assert_matches_reference(&read_checkpoint(&out), &base, &reference, TOL);
+        let n = merged_like_peft(dir.path(), (&base_path, &base), "peft_w0", case);
         assert_eq!(n, changed, "{case}");
         if !case.starts_with("oft") {
             continue;

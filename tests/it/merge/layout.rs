@@ -73,11 +73,7 @@ fn reshard_with_max_shard_size() {
 
 #[test]
 fn reruns_are_byte_identical_and_carry_provenance() {
-    let dir = tempfile::tempdir().unwrap();
-    let (o1, o2) = (
-        dir.path().join("a.safetensors"),
-        dir.path().join("b.safetensors"),
-    );
+    let (_dir, [o1, o2]) = scratch_all(["a.safetensors", "b.safetensors"]);
     for o in [&o1, &o2] {
         merge_fixtures(
             "llama/base/model.safetensors",
@@ -135,42 +131,27 @@ fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
         .iter()
         .flat_map(|x| x.to_le_bytes())
         .collect();
-    synth(
+    let wb = f32_bytes(&w);
+    write_views(
         &base,
         &[
-            ("layer.weight", Dtype::F32, vec![4, 3], f32_bytes(&w)),
-            ("q.int8", Dtype::I8, vec![5], vec![1, 255, 3, 128, 7]),
-            ("q.fp8", Dtype::F8_E4M3, vec![3], vec![0x38, 0xb8, 0x7e]),
-            ("q.u8", Dtype::U8, vec![2], vec![9, 250]),
-            ("d.f64", Dtype::F64, vec![3], f64v.clone()),
+            ("layer.weight", Dtype::F32, &[4, 3], &wb),
+            ("q.int8", Dtype::I8, &[5], &[1, 255, 3, 128, 7]),
+            ("q.fp8", Dtype::F8_E4M3, &[3], &[0x38, 0xb8, 0x7e]),
+            ("q.u8", Dtype::U8, &[2], &[9, 250]),
+            ("d.f64", Dtype::F64, &[3], &f64v),
         ],
     );
     let ad = dir.path().join("ad");
-    std::fs::create_dir(&ad).unwrap();
     let a: Vec<f32> = vec![0.5, -1.0, 2.0];
     let b: Vec<f32> = vec![1.0, 0.0, -1.0, 0.5];
-    synth(
-        &ad.join("adapter_model.safetensors"),
-        &[
-            (
-                "base_model.model.layer.lora_A.weight",
-                Dtype::F32,
-                vec![1, 3],
-                f32_bytes(&a),
-            ),
-            (
-                "base_model.model.layer.lora_B.weight",
-                Dtype::F32,
-                vec![4, 1],
-                f32_bytes(&b),
-            ),
-        ],
-    );
-    std::fs::write(
-        ad.join("adapter_config.json"),
+    let (ab, bb) = (f32_bytes(&a), f32_bytes(&b));
+    let tensors = shared_lora_tensors(&["layer".into()], (&[1, 3], &ab), (&[4, 1], &bb));
+    write_peft_adapter(
+        &ad,
         r#"{"peft_type":"LORA","r":1,"lora_alpha":2,"target_modules":["layer"]}"#,
-    )
-    .unwrap();
+        &tensors,
+    );
     let out = dir.path().join("out.safetensors");
     merge_ok(&base, &ad, &out, &["--dtype", "bf16"]);
     let o = read(&out);

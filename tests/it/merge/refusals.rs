@@ -48,14 +48,7 @@ fn allow_unmatched_warns_and_merges_the_rest() {
         read_json(fixture("llama/adapters/bias_nobase/adapter_config.json"));
     let scale = cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap();
     let mut merged_modules = 0;
-    for (key, a) in &ad {
-        let Some(module) = key
-            .strip_prefix("base_model.model.")
-            .and_then(|k| k.strip_suffix(".lora_A.weight"))
-        else {
-            continue;
-        };
-        let b = &ad[&format!("base_model.model.{module}.lora_B.weight")];
+    for (module, a, b) in peft_lora_modules(&ad) {
         let (av, bv) = (a.f32(), b.f32());
         let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
         let name = format!("{module}.weight");
@@ -271,10 +264,10 @@ fn a_module_on_an_integer_tensor_is_unmatched_as_not_float() {
 #[test]
 fn tied_embeddings_are_detected_by_either_condition_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let tied_by_config = base_with_config(dir.path(), "llama/base", |c| {
+    let tied_by_config = folder_with_json(dir.path(), "llama/base", "config.json", |c| {
         c["tie_word_embeddings"] = true.into();
     });
-    let tied_by_absence = base_with_config(dir.path(), "llama/tied", |c| {
+    let tied_by_absence = folder_with_json(dir.path(), "llama/tied", "config.json", |c| {
         c.as_object_mut().unwrap().remove("tie_word_embeddings");
     });
     let embed = fixture("llama/adapters/embed");
@@ -283,7 +276,7 @@ fn tied_embeddings_are_detected_by_either_condition_alone() {
         let err = merge_refused(base, &embed, &out, &[]);
         assert!(err.contains("embed_tokens"), "{}: {err}", base.display());
     }
-    let untied = base_with_config(dir.path(), "llama/base", |c| {
+    let untied = folder_with_json(dir.path(), "llama/base", "config.json", |c| {
         c["tie_word_embeddings"] = false.into();
     });
     let out = dir.path().join("untied-out");

@@ -223,12 +223,7 @@ fn exact_rounding_stores_the_correctly_rounded_value() {
 #[test]
 fn exact_rounding_refuses_dora() {
     let (_dir, out) = scratch("out");
-    let base = fixture("llama/base");
-    let line = merge_refused(
-        &base,
-        &fixture("llama/adapters/dora"),
-        &out,
-        &["--exact-rounding"],
-    );
+    let exact = ["--exact-rounding"];
+    let line = merge_fixtures_refused("llama/base", "llama/adapters/dora", &out, &exact);
     assert_mentions(&line, &["DoRA", "module `"]);
 }

@@ -149,11 +149,7 @@ fn eval_text_args(model: &Path, text: &str, seq_len: &str, extra: &[&str]) -> Ve
 #[test]
 fn tokenizer_matches_python_tokenizers() {
     // The whole text in one window: its logits must be those of the ids Python's tokenizer made.
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        dir.path().join("a.safetensors"),
-        dir.path().join("b.safetensors"),
-    );
+    let (_dir, [a, b]) = scratch_all(["a.safetensors", "b.safetensors"]);
     let model = fixture("llama/base");
     run_ok(eval_text_args(
         &model,
