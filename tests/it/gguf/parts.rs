@@ -17,7 +17,7 @@ fn merge_in_parts(base: &str, adapter: &str, out: &Path, parts: Option<usize>, e
                 assert_eq!(v["part"], serde_json::json!([i, n]));
             }
             let v: serde_json::Value =
-                serde_json::from_str(&run_ok(["finalize", s(&out), "--json"])).unwrap();
+                serde_json::from_str(&run_ok(finalize_args(out, &["--json"]))).unwrap();
             assert_eq!(v["parts"], n);
         }
     }
@@ -88,7 +88,7 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
     let check = |out: &Path, want: &str| {
         let d = out.parent().unwrap();
         let before = folder_files(d);
-        let e = run_err(["finalize", s(&out)]);
+        let e = run_err(finalize_args(out, &[]));
         assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
         assert!(line.contains(want), "{}: {line}", out.display());
@@ -150,7 +150,7 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
         .unwrap();
     check(&out, "changed (size or mtime) since the parts ran");
     // Nothing to finalize.
-    let e = run_err(["finalize", dir.path().join("none.gguf").to_str().unwrap()]);
+    let e = run_err(finalize_args(&dir.path().join("none.gguf"), &[]));
     assert_ne!(e.status.code(), Some(0));
     one_line_error(&e);
 }

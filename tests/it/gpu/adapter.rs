@@ -100,7 +100,7 @@ fn gpu_index_picks_the_listed_adapter() {
 fn merge_on_gpu_index(out: &std::path::Path, selector: &str) -> std::process::Output {
     let (base, adapter) = (fixture("llama/base"), fixture("llama/adapters/qv_r8"));
     let (base, adapter) = (s(&base), s(&adapter));
-    let out = s(&out);
+    let out = s(out);
     let args = [
         "--base",
         base,
