@@ -232,3 +232,31 @@ fn peft_block_diagonal_lora() {
     let err = refused_merge(dir.path(), &adapter);
     assert_mentions(&err, &["nblocks = 3", "q_proj.lora_A"]);
 }
+
+/// PEFT AdaLoRA (`peft_type` ADALORA), trained with its rank allocator so that the file is pruned
+/// as real ones are (ranks 6, 4, 2 and 0 per module; fixtures/gen/peft_adalora_fixture.py):
+/// `ΔW = B·(A ⊙ E)·lora_alpha / (init_r + 1e-5)` equals PEFT's reload + `merge_and_unload`, and
+/// the pruned-away modules change nothing. `inspect` lists the kept modules with their ranks; a
+/// lora_E that does not match lora_A's rows is refused by module.
+#[test]
+fn peft_adalora_pruned_ranks() {
+    llama_case("adalora");
+    let v = inspect_json(&fixture("llama/adapters/adalora"), &[]);
+    let mut ranks: Vec<u64> = v["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["rank"].as_u64().unwrap())
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, [2, 4, 6, 6]);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad");
+    copy_dir(&fixture("llama/adapters/adalora"), &bad);
+    let mut t = read(&bad.join("adapter_model.safetensors"));
+    let k = "base_model.model.model.layers.0.mlp.down_proj.lora_E";
+    t.get_mut(k).unwrap().shape = vec![2, 2];
+    write(&bad.join("adapter_model.safetensors"), &t);
+    let err = refused_merge(dir.path(), &bad);
+    assert_mentions(&err, &["model.layers.0.mlp.down_proj", "lora_E"]);
+}

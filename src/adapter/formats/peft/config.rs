@@ -29,6 +29,9 @@ pub enum PeftType {
     Ia3,
     /// `tuners/oft`: `oft_R.weight` per module, `W' = W0·blockdiag(R)ᵀ`.
     Oft,
+    /// `tuners/adalora`: `lora_A`, `lora_E`, `lora_B` per module, pruned per module
+    /// ([`super::adalora`]).
+    AdaLora,
 }
 
 /// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
@@ -64,22 +67,24 @@ impl PeftConfig {
             .as_object()
             .ok_or_else(|| InputError::invalid(path, "not a JSON object"))?;
         let bad = |k: &str, why: &str| InputError::invalid(path, format!("`{k}` {why}"));
-        let peft_type = match obj.get("peft_type").and_then(Value::as_str) {
-            None | Some("LORA") => PeftType::Lora,
-            Some("LOHA") => PeftType::Loha,
-            Some("LOKR") => PeftType::Lokr,
-            Some("IA3") => PeftType::Ia3,
-            Some("OFT") => PeftType::Oft,
-            Some(t) => {
-                return Err(bad(
+        let peft_type =
+            match obj.get("peft_type").and_then(Value::as_str) {
+                None | Some("LORA") => PeftType::Lora,
+                Some("LOHA") => PeftType::Loha,
+                Some("LOKR") => PeftType::Lokr,
+                Some("IA3") => PeftType::Ia3,
+                Some("OFT") => PeftType::Oft,
+                Some("ADALORA") => PeftType::AdaLora,
+                Some(t) => return Err(bad(
                     "peft_type",
-                    &format!("is `{t}`; lorakit reads LORA, LOHA, LOKR, IA3 and OFT adapters"),
-                ))
-            }
-        };
+                    &format!(
+                        "is `{t}`; lorakit reads LORA, ADALORA, LOHA, LOKR, IA3 and OFT adapters"
+                    ),
+                )),
+            };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
         let alpha_key = match peft_type {
-            PeftType::Lora => "lora_alpha",
+            PeftType::Lora | PeftType::AdaLora => "lora_alpha",
             PeftType::Loha | PeftType::Lokr | PeftType::Ia3 | PeftType::Oft => "alpha",
         };
         let r = match obj.get("r") {
@@ -118,19 +123,25 @@ impl PeftConfig {
                 Some(_) => Err(bad(k, "must be an object")),
             }
         };
-        let rank_pattern = pattern("rank_pattern")?
-            .into_iter()
-            .map(|(k, v)| {
-                if v >= 1.0 && v.fract() == 0.0 {
-                    Ok((k, v as usize))
-                } else {
-                    Err(bad(
-                        "rank_pattern",
-                        &format!("rank for `{k}` is not a positive integer"),
-                    ))
-                }
-            })
-            .collect::<InputResult<Vec<_>>>()?;
+        // AdaLoRA's `rank_pattern` lists the kept triplets as booleans; the file's shapes say
+        // the same (adalora.rs reads them), so it is not a LoRA rank pattern.
+        let rank_pattern = if peft_type == PeftType::AdaLora {
+            Vec::new()
+        } else {
+            pattern("rank_pattern")?
+        }
+        .into_iter()
+        .map(|(k, v)| {
+            if v >= 1.0 && v.fract() == 0.0 {
+                Ok((k, v as usize))
+            } else {
+                Err(bad(
+                    "rank_pattern",
+                    &format!("rank for `{k}` is not a positive integer"),
+                ))
+            }
+        })
+        .collect::<InputResult<Vec<_>>>()?;
         let modules_to_save = match obj.get("modules_to_save") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a

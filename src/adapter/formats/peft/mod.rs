@@ -15,6 +15,7 @@
 //! (`layer.py` `update_layer`).
 use serde_json::Value;
 
+mod adalora;
 pub(crate) mod config;
 mod init;
 mod layout;

@@ -1,5 +1,6 @@
 //! Reading PEFT folders: LoRA (with DoRA, biases, embeddings, full tensors), LoHa/LoKr, IA3 and
-//! OFT, each by its `peft_type`, into the one adapter model. Never writes.
+//! OFT, each by its `peft_type`, into the one adapter model (AdaLoRA in [`super::adalora`]).
+//! Never writes.
 
 use super::config::{one_line_regex_error, PeftConfig, PeftType, PREFIX};
 use crate::adapter::algo::Factors;
@@ -34,6 +35,9 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
     }
     if cfg.peft_type == PeftType::Oft {
         return read_oft(path, file, cfg);
+    }
+    if cfg.peft_type == PeftType::AdaLora {
+        return super::adalora::read(path, file, cfg);
     }
     if cfg.peft_type != PeftType::Lora {
         return read_lycoris(path, file, cfg);
@@ -465,7 +469,7 @@ fn trainable_token_rows(cfg: &PeftConfig, full: &mut [FullTensor]) {
     }
 }
 
-fn stored_full(name: String, t: &TensorInfo) -> FullTensor {
+pub(super) fn stored_full(name: String, t: &TensorInfo) -> FullTensor {
     FullTensor {
         name,
         data: Data::Stored {
@@ -501,7 +505,7 @@ fn split_by_suffix<'f>(
 /// `modules_to_save` and raw JSON, and rsLoRA / DoRA as a LoRA config states them (the other
 /// tuners have neither), and the modules the config does not select, which PEFT would drop
 /// ([`super::targets`]; [`Adapter::open`] refuses them).
-fn assemble(
+pub(super) fn assemble(
     path: &Path,
     file: SafetensorsFile,
     cfg: &PeftConfig,
