@@ -10,6 +10,8 @@
 //! [`reference`] bit for bit on random and adversarial super-blocks at every level;
 //! `io::gguf::tests` checks both against ggml's own bytes (`fixtures/gguf/kquant.gguf`).
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod lanes;
 pub(super) mod reference;
 #[cfg(test)]
@@ -87,6 +89,27 @@ multiversion! {
                     (31, -0.5, 15)
                 };
                 let q4 = ty == GgmlType::Q4_K;
+                #[cfg(target_arch = "x86_64")]
+                if crate::backend::simd::level() >= crate::backend::simd::Level::Avx2 {
+                    // Written in AVX2 registers (`avx2`): two super-blocks side by side, the odd
+                    // one last alone.
+                    let mut pairs = values.chunks_exact(512);
+                    let mut k = 0;
+                    for x in &mut pairs {
+                        // SAFETY: the CPU has AVX2 (`level` is capped by `detected`).
+                        let [a, b] = unsafe { avx2::kx_fits::<2>(x, nmax, rmin, nstep) };
+                        kx_pack(q4, &x[..256], a, out, block(&mut back, k));
+                        kx_pack(q4, &x[256..], b, out, block(&mut back, k + 1));
+                        k += 2;
+                    }
+                    let last = pairs.remainder();
+                    if !last.is_empty() {
+                        // SAFETY: as above.
+                        let [fit] = unsafe { avx2::kx_fits::<1>(last, nmax, rmin, nstep) };
+                        kx_pack(q4, last, fit, out, block(&mut back, k));
+                    }
+                    return true;
+                }
                 // Two super-blocks at a time (sixteen lanes), the odd one last in eight.
                 let mut pairs = values.chunks_exact(512);
                 let mut k = 0;
