@@ -324,11 +324,11 @@ fn kx_superblocks(n: usize, nmax: i32) -> Vec<f32> {
 }
 
 /// The `Q4_K`/`Q5_K` search in AVX2 registers (`avx2::kx_fits`, one super-block and two side by
-/// side) equals the scalar transcription bit for bit on the adversarial sets: `superblocks`' and
+/// side), and `Q6_K`'s (`avx2::q6_fit`), equal the scalar transcription bit for bit on the adversarial sets: `superblocks`' and
 /// `kx_superblocks`'. Not run on a CPU without AVX2 (it says so).
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn avx2_kx_search_equals_the_scalar_transcription_bit_for_bit() {
+fn avx2_searches_equal_the_scalar_transcription_bit_for_bit() {
     use super::avx2;
     use GgmlType::*;
     if crate::backend::simd::detected() < Level::Avx2 {
@@ -341,6 +341,11 @@ fn avx2_kx_search_equals_the_scalar_transcription_bit_for_bit() {
         for (i, b) in x.chunks_exact(256).enumerate() {
             // SAFETY: the CPU has AVX2 (checked above).
             let [got] = unsafe { avx2::kx_fits::<1>(b, nmax, rmin, nstep) };
+            if nmax == 15 {
+                // SAFETY: as above.
+                let q6 = unsafe { avx2::q6_fit(b) };
+                same_fit(Q6_K, i, &q6, &reference::q6_fit(b), b);
+            }
             same_fit(ty, i, &got, &reference::kx_fit(b, nmax, rmin, nstep), b);
         }
         // Pairs, offset by one super-block so that each one is searched beside two others.
@@ -405,15 +410,15 @@ fn avx2_float_rounding_equals_nearest_int_within_its_bound() {
     p.extend(
         (0..20_000).map(|_| (rng.next() as f32 * 2.0 - 1.0) * 2f32.powi(rng.below(21) as i32)),
     );
-    for nmax in [15, 31] {
+    for (lo, hi) in [(0, 15), (0, 31), (-32, 31)] {
         for chunk in p.chunks(8) {
             let mut v = [0f32; 8];
             v[..chunk.len()].copy_from_slice(chunk);
             assert!(v.iter().all(|x| x.abs() <= FAST_BOUND));
             // SAFETY: the CPU has AVX2 (checked above).
-            let (fast, exact) = unsafe { level_fast_exact(v, nmax) };
+            let (fast, exact) = unsafe { level_fast_exact(v, lo, hi) };
             for j in 0..8 {
-                let want = reference::nearest_int(v[j]).clamp(0, nmax) as f32;
+                let want = reference::nearest_int(v[j]).clamp(lo, hi) as f32;
                 assert_eq!(exact[j].to_bits(), want.to_bits(), "exact, p = {}", v[j]);
                 assert_eq!(fast[j].to_bits(), want.to_bits(), "fast, p = {}", v[j]);
             }
@@ -421,7 +426,7 @@ fn avx2_float_rounding_equals_nearest_int_within_its_bound() {
     }
     // Past the bound the float rounding is wrong: p + M rounds up to 2²⁴.
     // SAFETY: as above.
-    let (fast, exact) = unsafe { level_fast_exact([4_194_303.5; 8], 15) };
+    let (fast, exact) = unsafe { level_fast_exact([4_194_303.5; 8], 0, 15) };
     assert_eq!(
         exact[0],
         reference::nearest_int(4_194_303.5).clamp(0, 15) as f32
