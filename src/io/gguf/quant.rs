@@ -682,7 +682,7 @@ fn quant_aff(b: &[f32], bits: u32, out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod error_sums_tests {
+mod tests {
     use super::error_sums;
     use crate::backend::simd::{with_level, Level};
     use crate::linalg::rng::Xoshiro256PlusPlus as Rng;

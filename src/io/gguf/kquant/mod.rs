@@ -2,14 +2,20 @@
 //! `quantize_row_q*_K_ref`, in two evaluations of the same arithmetic: [`reference`], the
 //! scalar transcription of `ggml-quants.c` (the readable one, and the contract's statement), and
 //! [`lanes`], which runs the per-group scale searches of a super-block (where nearly all the
-//! time goes) with one group per vector lane. Both feed the same packing code.
+//! time goes) with one group per vector lane; on x86-64 with AVX2, `avx2` runs the `Q4_K`,
+//! `Q5_K` and `Q6_K` searches written in AVX2 registers (the same operations per lane). All feed
+//! the same packing code.
 //!
 //! [`quantize`] is what lorakit calls: the lane searches compiled per CPU level by
 //! [`crate::backend::simd::multiversion!`] (every copy computes the same bits, see
-//! [`crate::backend::simd`]), all but `Q6_K`'s capped at AVX2, which was measured faster. It never allocates per block. `kquant::tests` checks it against
+//! [`crate::backend::simd`]), all but `Q6_K`'s capped at AVX2, which was measured faster, and
+//! taking `avx2`'s searches where [`crate::backend::simd::level`] is at least AVX2. It never
+//! allocates per block. `kquant::tests` checks it against
 //! [`reference`] bit for bit on random and adversarial super-blocks at every level;
 //! `io::gguf::tests` checks both against ggml's own bytes (`fixtures/gguf/kquant.gguf`).
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod lanes;
 pub(super) mod reference;
 #[cfg(test)]
@@ -44,12 +50,23 @@ fn block<'a>(back: &'a mut Back, k: usize) -> Back<'a> {
 
 multiversion! {
     /// [`quantize`] of `Q6_K`, at the CPU's widest level: its AVX-512 copy was measured faster
-    /// than its AVX2 one (see [`quantize_avx2`]).
+    /// than its AVX2 one (see [`quantize_avx2`]), and `avx2::q6_fit` (two `__m256`) faster than
+    /// the portable lanes' AVX-512 copy (one `__m512`): one thread, Mvalues/s of its CPU time,
+    /// 174–183 vs 166–168 on the same loaded machine.
     fn quantize_wide(ty: GgmlType, values: &[f32], out: &mut Vec<u8>, back: Back) -> bool {
         if ty != GgmlType::Q6_K {
             return false;
         }
         let mut back = back;
+        #[cfg(target_arch = "x86_64")]
+        if crate::backend::simd::level() >= crate::backend::simd::Level::Avx2 {
+            for (k, x) in values.chunks_exact(256).enumerate() {
+                // SAFETY: the CPU has AVX2 (`level` is capped by `detected`).
+                let fit = unsafe { avx2::q6_fit(x) };
+                reference::q6_pack(x, fit, out, block(&mut back, k));
+            }
+            return true;
+        }
         for (k, x) in values.chunks_exact(256).enumerate() {
             reference::q6_pack(x, lanes::q6_fit(x), out, block(&mut back, k));
         }
@@ -87,6 +104,27 @@ multiversion! {
                     (31, -0.5, 15)
                 };
                 let q4 = ty == GgmlType::Q4_K;
+                #[cfg(target_arch = "x86_64")]
+                if crate::backend::simd::level() >= crate::backend::simd::Level::Avx2 {
+                    // Written in AVX2 registers (`avx2`): two super-blocks side by side, the odd
+                    // one last alone.
+                    let mut pairs = values.chunks_exact(512);
+                    let mut k = 0;
+                    for x in &mut pairs {
+                        // SAFETY: the CPU has AVX2 (`level` is capped by `detected`).
+                        let [a, b] = unsafe { avx2::kx_fits::<2>(x, nmax, rmin, nstep) };
+                        kx_pack(q4, &x[..256], a, out, block(&mut back, k));
+                        kx_pack(q4, &x[256..], b, out, block(&mut back, k + 1));
+                        k += 2;
+                    }
+                    let last = pairs.remainder();
+                    if !last.is_empty() {
+                        // SAFETY: as above.
+                        let [fit] = unsafe { avx2::kx_fits::<1>(last, nmax, rmin, nstep) };
+                        kx_pack(q4, last, fit, out, block(&mut back, k));
+                    }
+                    return true;
+                }
                 // Two super-blocks at a time (sixteen lanes), the odd one last in eight.
                 let mut pairs = values.chunks_exact(512);
                 let mut k = 0;

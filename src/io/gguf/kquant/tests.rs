@@ -269,3 +269,205 @@ fn packs_hand_back_the_dequantized_bytes_bit_for_bit() {
         }
     }
 }
+
+/// 32-value groups for the `Q4_K`/`Q5_K` search in AVX2 registers, beyond what `group` makes in
+/// pairs: levels at `k + 0.5` for the first inverse scale (`x = s·i/2`, the max `15 s` or `31 s`
+/// so that `iscale = 1/s`), one far outlier among equal values (a huge `iscale · (x - min)` once
+/// the min moves), a lone NaN or infinity in one lane only, ranges near `f32::MAX`, and values
+/// whose products straddle the float rounding's bound.
+fn kx_group(rng: &mut Rng, kind: usize, nmax: i32) -> [f32; 32] {
+    let mut g = [0f32; 32];
+    let s = 2f32.powi(rng.below(30) as i32 - 15);
+    match kind {
+        0 => {
+            g.iter_mut()
+                .for_each(|v| *v = rng.below(2 * nmax as usize + 1) as f32 * 0.5 * s);
+            g[rng.below(32)] = nmax as f32 * s;
+        }
+        1 => {
+            g.fill(s);
+            g[rng.below(32)] = s * 1e7 * if rng.next() < 0.5 { 1.0 } else { -1.0 };
+        }
+        2 => {
+            g.iter_mut().for_each(|v| *v = rng.normal() * s);
+            g[rng.below(32)] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][rng.below(3)];
+        }
+        3 => g
+            .iter_mut()
+            .for_each(|v| *v = rng.normal().clamp(-1.0, 1.0) * 1.5e38),
+        4 => {
+            g.iter_mut().for_each(|v| *v = rng.normal() * s);
+            g[rng.below(32)] = s * 2f32.powi(19 + rng.below(6) as i32);
+        }
+        5 => g.iter_mut().for_each(|v| *v = 1.0 + rng.normal() * 1e-7),
+        _ => g.iter_mut().for_each(|v| *v = rng.normal() * s),
+    }
+    g
+}
+
+/// Super-blocks of eight `kx_group`s of independent kinds, then of one kind each.
+fn kx_superblocks(n: usize, nmax: i32) -> Vec<f32> {
+    let mut rng = Rng(0x0DDB_1A5E_5BAD_5EED ^ nmax as u64);
+    let mut x = Vec::new();
+    for _ in 0..n {
+        for _ in 0..8 {
+            let kind = rng.below(9);
+            x.extend_from_slice(&kx_group(&mut rng, kind, nmax));
+        }
+    }
+    for kind in 0..6 {
+        for _ in 0..8 {
+            x.extend_from_slice(&kx_group(&mut rng, kind, nmax));
+        }
+    }
+    x
+}
+
+/// The `Q4_K`/`Q5_K` search in AVX2 registers (`avx2::kx_fits`, one super-block and two side by
+/// side), and `Q6_K`'s (`avx2::q6_fit`), equal the scalar transcription bit for bit on the adversarial sets: `superblocks`' and
+/// `kx_superblocks`'. Not run on a CPU without AVX2 (it says so).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_searches_equal_the_scalar_transcription_bit_for_bit() {
+    use super::avx2;
+    use GgmlType::*;
+    if crate::backend::simd::detected() < Level::Avx2 {
+        eprintln!("no AVX2 on this CPU: avx2::kx_fits not tested");
+        return;
+    }
+    for (ty, nmax, rmin, nstep) in [(Q4_K, 15, -1.0, 20), (Q5_K, 31, -0.5, 15)] {
+        let mut x = superblocks(160);
+        x.extend(kx_superblocks(160, nmax));
+        for (i, b) in x.chunks_exact(256).enumerate() {
+            // SAFETY: the CPU has AVX2 (checked above).
+            let [got] = unsafe { avx2::kx_fits::<1>(b, nmax, rmin, nstep) };
+            if nmax == 15 {
+                // SAFETY: as above.
+                let q6 = unsafe { avx2::q6_fit(b) };
+                same_fit(Q6_K, i, &q6, &reference::q6_fit(b), b);
+            }
+            same_fit(ty, i, &got, &reference::kx_fit(b, nmax, rmin, nstep), b);
+        }
+        // Pairs, offset by one super-block so that each one is searched beside two others.
+        for start in [0, 256] {
+            for (i, b) in x[start..].chunks_exact(512).enumerate() {
+                // SAFETY: as above.
+                let two = unsafe { avx2::kx_fits::<2>(b, nmax, rmin, nstep) };
+                for (k, fit) in two.iter().enumerate() {
+                    let one = &b[256 * k..256 * k + 256];
+                    let want = reference::kx_fit(one, nmax, rmin, nstep);
+                    same_fit(ty, start / 256 + 2 * i + k, fit, &want, one);
+                }
+            }
+        }
+    }
+}
+
+/// The float rounding of `avx2` (`min(max(p + M, M), M + nmax) - M`) equals ggml's bit
+/// arithmetic (`nearest_int(p).clamp(0, nmax)`, the scalar transcription's) for every `p` within
+/// its bound: the bound itself, ties at `k + 0.5` (to even), the last floats below integers,
+/// signed zeros, and a sweep; and the bound is needed: past `2²² - 1` the two part.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_float_rounding_equals_nearest_int_within_its_bound() {
+    use super::avx2::{level_fast_exact, FAST_BOUND};
+    if crate::backend::simd::detected() < Level::Avx2 {
+        eprintln!("no AVX2 on this CPU: avx2's rounding not tested");
+        return;
+    }
+    let below = FAST_BOUND.next_down();
+    let mut p = vec![
+        FAST_BOUND,
+        -FAST_BOUND,
+        below,
+        -below,
+        below - 0.5,
+        0.0,
+        -0.0,
+        -1e-30,
+    ];
+    for k in -40..40 {
+        let k = k as f32;
+        p.extend([
+            k + 0.5,
+            k - 0.5,
+            k.next_down(),
+            k.next_up(),
+            (k + 0.5).next_up(),
+        ]);
+    }
+    for e in 0..20 {
+        let b = 2f32.powi(e);
+        p.extend([
+            b + 0.5,
+            -b - 0.5,
+            b.next_down(),
+            -b.next_down(),
+            b * 1.5 + 0.5,
+        ]);
+    }
+    let mut rng = Rng(0xB0B0_CAFE);
+    p.extend(
+        (0..20_000).map(|_| (rng.next() as f32 * 2.0 - 1.0) * 2f32.powi(rng.below(21) as i32)),
+    );
+    for (lo, hi) in [(0, 15), (0, 31), (-32, 31)] {
+        for chunk in p.chunks(8) {
+            let mut v = [0f32; 8];
+            v[..chunk.len()].copy_from_slice(chunk);
+            assert!(v.iter().all(|x| x.abs() <= FAST_BOUND));
+            // SAFETY: the CPU has AVX2 (checked above).
+            let (fast, exact) = unsafe { level_fast_exact(v, lo, hi) };
+            for j in 0..8 {
+                let want = reference::nearest_int(v[j]).clamp(lo, hi) as f32;
+                assert_eq!(exact[j].to_bits(), want.to_bits(), "exact, p = {}", v[j]);
+                assert_eq!(fast[j].to_bits(), want.to_bits(), "fast, p = {}", v[j]);
+            }
+        }
+    }
+    // Past the bound the float rounding is wrong: p + M rounds up to 2²⁴.
+    // SAFETY: as above.
+    let (fast, exact) = unsafe { level_fast_exact([4_194_303.5; 8], 0, 15) };
+    assert_eq!(
+        exact[0],
+        reference::nearest_int(4_194_303.5).clamp(0, 15) as f32
+    );
+    assert_ne!(fast[0], exact[0]);
+}
+
+/// `avx2::within_bound` takes a lane to the float rounding only where the step's `p` at the
+/// group's smallest and largest value are within the bound and the values finite: a lane at the
+/// bound, past it below or above, an infinite or NaN inverse scale, a group with a NaN or an
+/// infinity.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_search_rounds_in_floats_only_within_the_bound() {
+    use super::avx2::{within_bound, FAST_BOUND};
+    use std::arch::x86_64::*;
+    if crate::backend::simd::detected() < Level::Avx2 {
+        eprintln!("no AVX2 on this CPU: avx2::within_bound not tested");
+        return;
+    }
+    // Lanes: iscale, min, data min, data max, finite; whether the lane is within.
+    type Lane = (f32, f32, f32, f32, bool, bool);
+    let lanes: [Lane; 8] = [
+        (15.0, -1.0, -1.0, 1.0, true, true),
+        (1.0, 0.0, -FAST_BOUND, FAST_BOUND, true, true),
+        (1.0, 0.0, -FAST_BOUND, FAST_BOUND.next_up(), true, false),
+        (2.0, 0.0, -FAST_BOUND, 1.0, true, false),
+        (f32::INFINITY, -1.0, -1.0, 1.0, true, false),
+        (f32::NAN, -1.0, -1.0, 1.0, true, false),
+        (15.0, -1.0, -1.0, 1.0, false, false),
+        (1.5e-29, -1e30, -1e30, 1e-30, true, true),
+    ];
+    let v = |f: fn(&Lane) -> f32| {
+        let a: [f32; 8] = std::array::from_fn(|j| f(&lanes[j]));
+        // SAFETY: eight f32 in `a`; the CPU has AVX2 (checked above).
+        unsafe { _mm256_loadu_ps(a.as_ptr()) }
+    };
+    let finite = v(|l| if l.4 { f32::from_bits(u32::MAX) } else { 0.0 });
+    // SAFETY: the CPU has AVX2 (checked above).
+    let got = unsafe { within_bound(v(|l| l.0), v(|l| l.1), v(|l| l.2), v(|l| l.3), finite) };
+    for (j, l) in lanes.iter().enumerate() {
+        assert_eq!(got >> j & 1 == 1, l.5, "lane {j}: {l:?}");
+    }
+}
