@@ -44,7 +44,8 @@ pub struct Target {
 }
 
 /// HF `architectures[0]` → GGUF architecture, as llama.cpp's converter registers them
-/// (`LlamaModel`: `LlamaForCausalLM`, `MistralForCausalLM`, …; `Qwen2Model`: `Qwen2ForCausalLM`).
+/// (`LlamaModel`: `LlamaForCausalLM`, `MistralForCausalLM`, …; `Qwen2Model`: `Qwen2ForCausalLM`;
+/// `Qwen3Model`: `Qwen3ForCausalLM`, llama.cpp `conversion/qwen.py`).
 const HF_ARCHS: &[(&str, &str)] = &[
     ("LlamaForCausalLM", "llama"),
     ("LLaMAForCausalLM", "llama"),
@@ -52,6 +53,7 @@ const HF_ARCHS: &[(&str, &str)] = &[
     ("MistralForCausalLM", "llama"),
     ("Qwen2ForCausalLM", "qwen2"),
     ("Qwen2Model", "qwen2"),
+    ("Qwen3ForCausalLM", "qwen3"),
 ];
 
 impl Target {
@@ -115,7 +117,14 @@ impl Target {
         let permute = names::permutes(&architecture).ok_or_else(|| {
             InputError::invalid(
                 path,
-                format!("GGUF architecture `{architecture}`: lorakit maps module names for llama and qwen2 only"),
+                format!(
+                    "GGUF architecture `{architecture}`: lorakit maps module names for {} only",
+                    names::ARCHITECTURES
+                        .iter()
+                        .map(|(a, _)| *a)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )
         })?;
         Ok(Target {

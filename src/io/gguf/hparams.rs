@@ -1,7 +1,7 @@
 //! The model metadata llama.cpp's `convert_hf_to_gguf.py` writes for a Hugging Face Llama
-//! (`LlamaForCausalLM`, `MistralForCausalLM`: GGUF architecture `llama`) or Qwen2
-//! (`Qwen2ForCausalLM`: `qwen2`) from its config.json, key for key and in the same order,
-//! before the `tokenizer.*` keys ([`super::vocab`]).
+//! (`LlamaForCausalLM`, `MistralForCausalLM`: GGUF architecture `llama`), Qwen2
+//! (`Qwen2ForCausalLM`: `qwen2`) or Qwen3 (`Qwen3ForCausalLM`: `qwen3`) from its config.json,
+//! key for key and in the same order, before the `tokenizer.*` keys ([`super::vocab`]).
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/base.py`
 //! (`ModelBase.prepare_metadata`: `general.type = model`, `Metadata.set_gguf_meta_model`, then
@@ -10,13 +10,17 @@
 //! `TextModel.__init__` for `rope_parameters`), `conversion/llama.py`
 //! (`LlamaModel.set_gguf_parameters`: `vocab_size`, `rope.dimension_count`;
 //! `LlamaModel.generate_extra_tensors`), `conversion/qwen.py` (`Qwen2Model`: the base keys
-//! only) and gguf-py `metadata.py` ([`super::modelcard`]).
+//! only, and `_try_set_pooling_type` for sentence-transformers folders; `Qwen3Model(Qwen2Model)`:
+//! the same keys — `head_dim` as `attention.key_length` / `value_length` comes from
+//! `TextModel` — unless `_is_qwen3_reranker`) and gguf-py `metadata.py` ([`super::modelcard`]).
 //!
 //! Refused, naming the file: a model card (README.md with a YAML header, which the converter
 //! turns into license/tags/base-model keys lorakit does not write), rope types whose keys or
 //! tensors lorakit does not write (`longrope`, `dynamic`, unknown ones), mixtures of experts,
-//! non-causal models, Qwen2 embedding models (`modules.json`: pooling keys). Must not read
-//! weights or write files.
+//! non-causal models, Qwen2/Qwen3 embedding models (`modules.json`: pooling keys), Qwen3
+//! rerankers (`Qwen3Model._is_qwen3_reranker`: a `# qwen3-reranker` README heading or the name
+//! in the folder, `_name_or_path` or `model_type`; the converter writes a classifier head and
+//! pooling keys). Must not read weights or write files.
 
 use super::writer::{kv_f32, kv_i32, kv_string, kv_u32};
 use super::GgmlType;
@@ -25,11 +29,12 @@ use serde_json::Value as Json;
 use std::path::Path;
 
 /// The Hugging Face architectures whose GGUF model lorakit writes, and their GGUF
-/// architecture (`@ModelBase.register` of `LlamaModel` and `Qwen2Model`).
+/// architecture (`@ModelBase.register` of `LlamaModel`, `Qwen2Model` and `Qwen3Model`).
 pub const HF_ARCHITECTURES: &[(&str, &str)] = &[
     ("LlamaForCausalLM", "llama"),
     ("MistralForCausalLM", "llama"),
     ("Qwen2ForCausalLM", "qwen2"),
+    ("Qwen3ForCausalLM", "qwen3"),
 ];
 
 /// `general.file_type` (gguf-py `LlamaFileType`) of a model whose 2-D weights are `ty`; the
@@ -77,6 +82,44 @@ pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
                 ),
             )
         })
+}
+
+/// `Qwen3Model._is_qwen3_reranker` (`conversion/qwen.py`): the converter turns such a model into
+/// a classifier (`cls.output` from the yes/no rows, pooling and rerank-template keys), which
+/// lorakit does not write; refused naming what gave it away.
+fn qwen3_reranker(config: &Json, path: &Path, dir: &Path) -> InputResult<()> {
+    const NAMES: [&str; 2] = ["qwen3-reranker", "qwen3-vl-reranker"];
+    let readme = dir.join("README.md");
+    if readme.is_file() {
+        let text = String::from_utf8_lossy(&crate::io::read_whole_file(&readme)?).to_lowercase();
+        if NAMES.iter().any(|n| text.contains(&format!("# {n}"))) {
+            return Err(InputError::invalid(
+                &readme,
+                "a Qwen3 reranker: convert_hf_to_gguf.py writes it as a classifier, which lorakit does not",
+            ));
+        }
+    }
+    let folder = dir
+        .canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let hints = [
+        folder.as_str(),
+        config["_name_or_path"].as_str().unwrap_or(""),
+        config["model_type"].as_str().unwrap_or(""),
+    ];
+    if let Some(h) = hints
+        .iter()
+        .find(|h| NAMES.iter().any(|n| h.to_lowercase().contains(n)))
+    {
+        return Err(InputError::invalid(
+            path,
+            format!("`{h}` names a Qwen3 reranker: convert_hf_to_gguf.py writes it as a classifier, which lorakit does not"),
+        ));
+    }
+    Ok(())
 }
 
 /// The GGUF type of a `general.sampling.*` entry.
@@ -206,11 +249,14 @@ pub fn entries(
             ));
         }
     }
-    if arch == "qwen2" && dir.join("modules.json").is_file() {
+    if matches!(arch, "qwen2" | "qwen3") && dir.join("modules.json").is_file() {
         return Err(InputError::invalid(
             dir.join("modules.json"),
             "a sentence-transformers embedding model: lorakit does not write its pooling keys",
         ));
+    }
+    if arch == "qwen3" {
+        qwen3_reranker(config, path, dir)?;
     }
     // Metadata.load: config.json's _name_or_path, then the folder name; the size label from
     // the parameter count when neither gave one.

@@ -21,7 +21,7 @@
 //! `--part I/N` writes a share with a manifest through [`gguf_parts`], the code a GGUF base's
 //! merge writes with, so the parts equal the one-shot output byte for byte.
 //!
-//! Refused at planning: architectures other than Llama/Mistral/Qwen2, quantized safetensors
+//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3, quantized safetensors
 //! bases, tensors outside the name map, and what hparams/vocab refuse. Must not write
 //! anything but the planned files (and a part's manifest).
 
@@ -182,8 +182,8 @@ impl HfGgufPlan {
                 }
                 let info = merge.base.info(hf).expect("listed");
                 let (stem, suffix) = hf.rsplit_once('.').unwrap_or((hf, ""));
-                let mapped =
-                    names::gguf_module(stem).filter(|_| suffix == "weight" || suffix == "bias");
+                let mapped = names::gguf_module_in(arch, stem)
+                    .filter(|_| suffix == "weight" || suffix == "bias");
                 let Some((g, rope)) = mapped else {
                     return Err(InputError::invalid(
                         f.path(),
