@@ -65,6 +65,16 @@ fn uint(c: &Json, key: &str) -> Option<u32> {
 /// The GGUF architecture of config.json's `architectures[0]`, or an error naming it.
 pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
     let hf = config["architectures"][0].as_str().unwrap_or("");
+    if matches!(
+        hf,
+        "GemmaForCausalLM" | "Gemma2ForCausalLM" | "Gemma3ForCausalLM"
+    ) {
+        // conversion/gemma.py: GemmaModel, Gemma2Model, Gemma3Model.
+        return Err(InputError::invalid(
+            path,
+            format!("architecture `{hf}`: lorakit writes llama.cpp adapters for it (convert --to gguf) but not yet GGUF models: its converter's vocabulary (SentencePiece with fixed special-token ids), norm weights + 1, dropped lm_head, vocabulary trimming and softcapping / sliding-window keys are not written"),
+        ));
+    }
     HF_ARCHITECTURES
         .iter()
         .find(|(a, _)| *a == hf)

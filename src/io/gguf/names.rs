@@ -1,12 +1,15 @@
 //! Hugging Face module names ↔ GGUF tensor names, and llama.cpp's q/k row permutation, for the
-//! architectures lorakit maps (Llama and Mistral as `llama`, Qwen2, Qwen3).
+//! architectures lorakit maps (Llama and Mistral as `llama`, Qwen2, Qwen3, Gemma, Gemma2, Gemma3).
 //!
 //! Names follow llama.cpp `gguf-py/gguf/tensor_mapping.py` (`TensorNameMap` for
-//! `MODEL_ARCH.LLAMA`, `QWEN2` and `QWEN3`: `model.layers.N.self_attn.q_proj` → `blk.N.attn_q`,
-//! `model.embed_tokens` → `token_embd`, `lm_head` → `output`, …), restricted to the tensors
-//! `constants.py`'s `MODEL_TENSORS[arch]` lists (Qwen3 adds `self_attn.q_norm` / `k_norm` →
-//! `attn_q_norm` / `attn_k_norm`, `MODEL_TENSOR.ATTN_Q_NORM` / `ATTN_K_NORM`); the functions
-//! without an architecture ([`gguf_module`], [`hf_name`]) use the Llama table. The permutation is
+//! `MODEL_ARCH.LLAMA`, `QWEN2`, `QWEN3`, `GEMMA`, `GEMMA2`, `GEMMA3`:
+//! `model.layers.N.self_attn.q_proj` → `blk.N.attn_q`, `model.embed_tokens` → `token_embd`,
+//! `lm_head` → `output`, …), restricted to the tensors `constants.py`'s `MODEL_TENSORS[arch]`
+//! lists ([`block_extra`], [`why_unmapped`]); the functions without an architecture
+//! ([`gguf_module`], [`hf_name`]) use the Llama table. Gemma's converters also add 1 to every
+//! `*norm.weight` (`GemmaModel.modify_tensors`, `Gemma3Model.norm_shift`, `conversion/gemma.py`):
+//! a ΔW added to a GGUF norm is added to HF's norm + 1, so additive merges need no shift. The
+//! permutation is
 //! `LlamaModel.permute` of llama.cpp `conversion/llama.py` (formerly `convert_hf_to_gguf.py`),
 //! applied by `LlamaModel.modify_tensors` to `q_proj` with `n_head` heads and to `k_proj` with
 //! `n_head_kv` heads, and only by the `LlamaModel` converter (HF `LlamaForCausalLM`,
@@ -25,15 +28,43 @@ const BLOCK: &[(&str, &str)] = &[
     ("post_attention_layernorm", "ffn_norm"),
 ];
 
-/// Block-level modules of the architectures that have them beyond [`BLOCK`] (looked up first).
+/// Block-level modules of the architectures that have them beyond [`BLOCK`] (looked up first,
+/// so they override it): Qwen3's and Gemma3's q/k norms (`ATTN_Q_NORM`, `ATTN_K_NORM`), and
+/// Gemma2/3's sandwich norms, where `MODEL_TENSORS` lists `ATTN_POST_NORM` and `FFN_PRE_NORM`
+/// instead of `FFN_NORM`: `post_attention_layernorm` → `post_attention_norm`,
+/// `pre_feedforward_layernorm` → `ffn_norm`, `post_feedforward_layernorm` → `post_ffw_norm`.
 fn block_extra(arch: &str) -> &'static [(&'static str, &'static str)] {
+    const QK_NORM: [(&str, &str); 2] = [
+        ("self_attn.q_norm", "attn_q_norm"),
+        ("self_attn.k_norm", "attn_k_norm"),
+    ];
+    const SANDWICH: [(&str, &str); 3] = [
+        ("post_attention_layernorm", "post_attention_norm"),
+        ("pre_feedforward_layernorm", "ffn_norm"),
+        ("post_feedforward_layernorm", "post_ffw_norm"),
+    ];
     match arch {
-        "qwen3" => &[
-            ("self_attn.q_norm", "attn_q_norm"),
-            ("self_attn.k_norm", "attn_k_norm"),
+        "qwen3" => &QK_NORM,
+        "gemma2" => &SANDWICH,
+        "gemma3" => &[
+            QK_NORM[0],
+            QK_NORM[1],
+            SANDWICH[0],
+            SANDWICH[1],
+            SANDWICH[2],
         ],
         _ => &[],
     }
+}
+
+/// Why `hf` has no GGUF tensor in `arch` where the reason is the converter's, not a gap in the
+/// table: `GemmaModel` and `Gemma2Model` drop `lm_head.weight` (`filter_tensors`: the output
+/// is tied to `token_embd`; `MODEL_TENSORS` has no `OUTPUT`), and `convert_lora_to_gguf.py`
+/// then drops an lm_head LoRA without a word.
+pub fn why_unmapped(arch: &str, hf: &str) -> Option<&'static str> {
+    (matches!(arch, "gemma" | "gemma2") && hf == "lm_head").then_some(
+        "llama.cpp's Gemma models have no output tensor (it is tied to token_embd) and its converter silently drops lm_head LoRAs",
+    )
 }
 
 /// Model-level modules and their GGUF names.
@@ -45,7 +76,14 @@ const TOP: &[(&str, &str)] = &[
 
 /// The GGUF architectures whose tensor names this module maps, and whether their converter
 /// permutes q/k rows.
-pub const ARCHITECTURES: &[(&str, bool)] = &[("llama", true), ("qwen2", false), ("qwen3", false)];
+pub const ARCHITECTURES: &[(&str, bool)] = &[
+    ("llama", true),
+    ("qwen2", false),
+    ("qwen3", false),
+    ("gemma", false),
+    ("gemma2", false),
+    ("gemma3", false),
+];
 
 /// Whether `arch` is mapped, and if so whether q/k rows are permuted.
 pub fn permutes(arch: &str) -> Option<bool> {
@@ -73,6 +111,9 @@ pub fn gguf_module(hf: &str) -> Option<(String, Rope)> {
 /// [`gguf_module`] for GGUF architecture `arch`.
 pub fn gguf_module_in(arch: &str, hf: &str) -> Option<(String, Rope)> {
     let name = hf.strip_prefix("model.").unwrap_or(hf);
+    if why_unmapped(arch, name).is_some() {
+        return None;
+    }
     if let Some(&(_, g)) = TOP.iter().find(|(h, _)| *h == name) {
         return Some((g.to_owned(), Rope::None));
     }
@@ -102,7 +143,10 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 /// [`hf_name`] for GGUF architecture `arch` (inverse of [`gguf_module_in`]).
 pub fn hf_name_in(arch: &str, gguf: &str) -> Option<String> {
     let (stem, suffix) = gguf.rsplit_once('.')?;
-    if let Some(&(h, _)) = TOP.iter().find(|(_, g)| *g == stem) {
+    if let Some(&(h, _)) = TOP
+        .iter()
+        .find(|(h, g)| *g == stem && why_unmapped(arch, h).is_none())
+    {
         let pre = if h == "lm_head" { "" } else { "model." };
         return Some(format!("{pre}{h}.{suffix}"));
     }
@@ -189,6 +233,29 @@ mod tests {
         assert_eq!(
             hf_name_in("qwen3", "blk.0.attn_q_norm.weight").unwrap(),
             "model.layers.0.self_attn.q_norm.weight"
+        );
+        // tensor_mapping.py under MODEL_TENSORS[GEMMA2]: no FFN_NORM, so
+        // post_attention_layernorm is ATTN_POST_NORM and ffn_norm is FFN_PRE_NORM's name.
+        for (arch, hf, g) in [
+            ("gemma", "post_attention_layernorm", "ffn_norm"),
+            ("gemma2", "post_attention_layernorm", "post_attention_norm"),
+            ("gemma2", "pre_feedforward_layernorm", "ffn_norm"),
+            ("gemma3", "post_feedforward_layernorm", "post_ffw_norm"),
+            ("gemma3", "self_attn.k_norm", "attn_k_norm"),
+        ] {
+            let hf = format!("model.layers.1.{hf}");
+            assert_eq!(gguf_module_in(arch, &hf).unwrap().0, format!("blk.1.{g}"));
+            assert_eq!(
+                hf_name_in(arch, &format!("blk.1.{g}.weight")).unwrap(),
+                format!("{hf}.weight")
+            );
+        }
+        assert_eq!(gguf_module_in("gemma2", "lm_head"), None);
+        assert_eq!(hf_name_in("gemma", "output.weight"), None);
+        assert_eq!(gguf_module_in("gemma3", "lm_head").unwrap().0, "output");
+        assert_eq!(
+            gguf_module_in("gemma2", "model.layers.0.self_attn.q_norm"),
+            None
         );
     }
 

@@ -1,8 +1,9 @@
-//! The architectures mapped after Llama and Qwen2 (Qwen3) against llama.cpp's own converters,
-//! whose outputs fixtures/gen/gguf_arch.py committed under fixtures/gguf/llamacpp/ (llama.cpp as
-//! vendored by llama-cpp-python 0.3.36): `convert --to gguf` against `convert_lora_to_gguf.py`,
-//! `merge --base HF_FOLDER --out x.gguf` against `convert_hf_to_gguf.py` of PEFT's
-//! merge_and_unload, and the refusals of what lorakit does not write.
+//! The architectures mapped after Llama and Qwen2 — Qwen3, and Gemma, Gemma2, Gemma3 adapters —
+//! against llama.cpp's own converters, whose outputs fixtures/gen/gguf_arch.py committed under
+//! fixtures/gguf/llamacpp/ (llama.cpp as vendored by llama-cpp-python 0.3.36): `convert --to
+//! gguf` against `convert_lora_to_gguf.py`, `merge --base HF_FOLDER --out x.gguf` against
+//! `convert_hf_to_gguf.py` of PEFT's merge_and_unload, and the refusals of what lorakit does
+//! not write.
 
 use super::*;
 
@@ -326,4 +327,119 @@ fn qwen3_hf_to_gguf_refuses_rerankers_and_embedding_models() {
         assert!(line.contains(want) && line.contains(file), "{line}");
         assert!(!out.exists());
     }
+}
+
+/// `convert --to gguf --base HF_FOLDER` of a one-alpha LoRA on every linear module of a tiny
+/// Gemma, Gemma2 and Gemma3 (text) equals llama.cpp's `convert_lora_to_gguf.py`
+/// (fixtures/gen/gguf_arch.py): `general.architecture` `gemma`/`gemma2`/`gemma3`, every other
+/// key llama.cpp writes (bar the descriptive `general.name` and `general.quantization_version`),
+/// and the 28 tensors (names, ggml dims, F32 values) bit for bit; no q/k permutation.
+#[test]
+fn gemma_convert_to_gguf_equals_llama_cpp_converter() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["gemma", "gemma2", "gemma3"] {
+        let out = dir.path().join(format!("{arch}.gguf"));
+        let base = fixture(&format!("gguf/hf_{arch}"));
+        let v = to_gguf(&base.join("lora"), &base, &out);
+        assert_eq!(v["architecture"], arch);
+        assert_eq!(v["folded_count"], 0, "{arch}");
+        let lc = GgufModel::open(fixture(&format!("gguf/llamacpp/{arch}_lora.gguf"))).unwrap();
+        let lk = GgufModel::open(&out).unwrap();
+        assert_eq!(lc.header().architecture(), Some(arch));
+        for kv in &lc.header().metadata {
+            if kv.key == "general.name" || kv.key == "general.quantization_version" {
+                continue;
+            }
+            assert_eq!(
+                lk.header().get(&kv.key),
+                Some(&kv.value),
+                "{arch} {}",
+                kv.key
+            );
+        }
+        for kv in &lk.header().metadata {
+            assert!(
+                kv.key.starts_with("lorakit.") || lc.header().get(&kv.key).is_some(),
+                "{arch}: {}",
+                kv.key
+            );
+        }
+        let names = |m: &GgufModel| {
+            let mut v: Vec<String> = m.tensors().map(|(_, t)| t.name.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&lc), names(&lk), "{arch}");
+        assert_eq!(names(&lk).len(), 28, "{arch}");
+        for name in names(&lc) {
+            let ((fc, tc), (fk, tk)) = (lc.get(&name).unwrap(), lk.get(&name).unwrap());
+            assert_eq!((tc.ty, &tc.dims), (tk.ty, &tk.dims), "{arch} {name}");
+            assert_eq!(fc.view(tc).data, fk.view(tk).data, "{arch} {name}");
+        }
+    }
+}
+
+/// A Gemma LoRA on `lm_head`: llama.cpp's Gemma model has no output tensor (tied to
+/// `token_embd`) and `GemmaModel.filter_tensors` drops `lm_head.weight`, so the converter
+/// writes the q_proj pairs alone — the committed output holds 4 tensors, none for the head:
+/// the adapter silently loses a module. lorakit refuses it in one line naming the adapter and
+/// the module, writing nothing. A Hugging Face Gemma base for a GGUF model output is refused
+/// too, naming config.json and what lorakit does not write (a Qwen3 folder relabelled
+/// `Gemma2ForCausalLM`, whose weights the merge plans before the architecture is read).
+#[test]
+fn gemma_lm_head_and_gemma_models_are_refused() {
+    let lc = GgufModel::open(fixture("gguf/llamacpp/gemma_lm_head.gguf")).unwrap();
+    let mut names: Vec<String> = lc.tensors().map(|(_, t)| t.name.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "blk.0.attn_q.weight.lora_a",
+            "blk.0.attn_q.weight.lora_b",
+            "blk.1.attn_q.weight.lora_a",
+            "blk.1.attn_q.weight.lora_b"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.gguf");
+    let base = fixture("gguf/hf_gemma");
+    let e = run_err([
+        "convert",
+        base.join("lm_head").to_str().unwrap(),
+        "--to",
+        "gguf",
+        "--base",
+        base.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(e.status.code(), Some(0));
+    let line = one_line_error(&e);
+    assert!(
+        line.contains("hf_gemma/lm_head: module `lm_head` (gemma)")
+            && line.contains("silently drops lm_head LoRAs"),
+        "{line}"
+    );
+    let relabelled = qwen3_folder(dir.path(), "g2");
+    let p = relabelled.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    c["architectures"] = serde_json::json!(["Gemma2ForCausalLM"]);
+    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+    let e = run_err([
+        "merge",
+        "--base",
+        relabelled.to_str().unwrap(),
+        "--adapter",
+        fixture("gguf/hf_qwen3/lora").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(e.status.code(), Some(0));
+    let line = one_line_error(&e);
+    assert!(
+        line.contains("config.json")
+            && line.contains("`Gemma2ForCausalLM`: lorakit writes llama.cpp adapters for it"),
+        "{line}"
+    );
+    assert_eq!(listing(dir.path()), ["g2"]);
 }
