@@ -443,3 +443,66 @@ fn gemma_lm_head_and_gemma_models_are_refused() {
     );
     assert_eq!(listing(dir.path()), ["g2"]);
 }
+
+/// `merge --base X.gguf` (outtype keep) on llama.cpp's own F16 conversions of the fixture Qwen3,
+/// Gemma2 and Gemma3 (`convert_hf_to_gguf.py`: Gemma norms + 1, sandwich and q/k norms,
+/// no lm_head) with their one-alpha LoRA on every linear module, against the converter's F16
+/// GGUF of PEFT's merge_and_unload of the same adapter: the same tensors in the same order,
+/// types and dims; the 14 merged weights (named back through the architecture's table)
+/// within the two roundings that separate them — the reference is f16(W + ΔW) from PEFT's f32
+/// merge, lorakit's f16(f16(W) + ΔW) from the F16 base: one f16 step of the result plus half a
+/// step of W (f16 holds the bf16 Qwen3's weights exactly but among subnormals; the Gemmas were
+/// saved f32) —; every other tensor, the norms included, byte for byte.
+#[test]
+fn gguf_base_merges_equal_converter_of_peft_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, adapter) in [
+        ("qwen3", "gguf/hf_qwen3/lora"),
+        ("gemma2", "gguf/hf_gemma2/lora"),
+        ("gemma3", "gguf/hf_gemma3/lora"),
+    ] {
+        let base = fixture(&format!("gguf/llamacpp/hf_{arch}_base.f16.gguf"));
+        let base_model = GgufModel::open(&base).unwrap();
+        let out = dir.path().join(format!("{arch}.gguf"));
+        let v = merge_json(
+            base.to_str().unwrap(),
+            fixture(adapter).to_str().unwrap(),
+            &out,
+            &[],
+        );
+        assert_eq!(v["architecture"], arch);
+        assert_eq!(v["tensors_merged_count"], 14, "{arch}");
+        assert_eq!(v["unmatched"].as_array().unwrap().len(), 0, "{arch}");
+        let merged: Vec<&str> = v["merged_tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        let reference = format!("gguf/llamacpp/hf_{arch}_lora.f16.gguf");
+        let ours = GgufModel::open(&out).unwrap();
+        let theirs = GgufModel::open(fixture(&reference)).unwrap();
+        let (to, tt): (Vec<_>, Vec<_>) = (ours.tensors().collect(), theirs.tensors().collect());
+        assert_eq!(to.len(), tt.len(), "{arch}");
+        for ((fo, a), (ft, b)) in to.iter().zip(&tt) {
+            assert_eq!((&a.name, &a.dims, a.ty), (&b.name, &b.dims, b.ty), "{arch}");
+            if !merged.contains(&a.name.as_str()) {
+                assert!(fo.view(a).data == ft.view(b).data, "{arch} {}", a.name);
+                continue;
+            }
+            assert!(names::hf_name_in(arch, &a.name).is_some(), "{}", a.name);
+            let (x, y) = (fo.dequantize(a).unwrap(), ft.dequantize(b).unwrap());
+            let (fw, tw) = base_model.get(&a.name).unwrap();
+            let w = fw.dequantize(tw).unwrap();
+            for ((p, q), w) in x.iter().zip(&y).zip(&w) {
+                let bound = step(p.abs().max(q.abs())) + 0.5 * step(w.abs());
+                assert!((p - q).abs() <= bound, "{arch} {}: {p} vs {q}", a.name);
+            }
+        }
+    }
+}
+
+/// One f16 step at magnitude `x`: 2⁻¹⁰ relative, 2⁻²⁴ among subnormals.
+fn step(x: f32) -> f32 {
+    (x * 2f32.powi(-10)).max(2f32.powi(-24))
+}
