@@ -1,7 +1,9 @@
 //! The model metadata llama.cpp's `convert_hf_to_gguf.py` writes for a Hugging Face Llama
 //! (`LlamaForCausalLM`, `MistralForCausalLM`: GGUF architecture `llama`), Qwen2
 //! (`Qwen2ForCausalLM`: `qwen2`) or Qwen3 (`Qwen3ForCausalLM`: `qwen3`) from its config.json,
-//! key for key and in the same order, before the `tokenizer.*` keys ([`super::vocab`]).
+//! key for key and in the same order, before the `tokenizer.*` keys ([`super::vocab`]); and
+//! Gemma2 (`Gemma2ForCausalLM`: `gemma2`, `Gemma2Model` of `conversion/gemma.py`, its own key
+//! list: softcapping and sliding-window keys, no rope keys).
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/base.py`
 //! (`ModelBase.prepare_metadata`: `general.type = model`, `Metadata.set_gguf_meta_model`, then
@@ -35,6 +37,7 @@ pub const HF_ARCHITECTURES: &[(&str, &str)] = &[
     ("MistralForCausalLM", "llama"),
     ("Qwen2ForCausalLM", "qwen2"),
     ("Qwen3ForCausalLM", "qwen3"),
+    ("Gemma2ForCausalLM", "gemma2"),
 ];
 
 /// `general.file_type` (gguf-py `LlamaFileType`) of a model whose 2-D weights are `ty`; the
@@ -65,11 +68,8 @@ fn uint(c: &Json, key: &str) -> Option<u32> {
 /// The GGUF architecture of config.json's `architectures[0]`, or an error naming it.
 pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
     let hf = config["architectures"][0].as_str().unwrap_or("");
-    if matches!(
-        hf,
-        "GemmaForCausalLM" | "Gemma2ForCausalLM" | "Gemma3ForCausalLM"
-    ) {
-        // conversion/gemma.py: GemmaModel, Gemma2Model, Gemma3Model.
+    if matches!(hf, "GemmaForCausalLM" | "Gemma3ForCausalLM") {
+        // conversion/gemma.py: GemmaModel, Gemma3Model.
         return Err(InputError::invalid(
             path,
             format!("architecture `{hf}`: lorakit writes llama.cpp adapters for it (convert --to gguf) but not yet GGUF models: its converter's vocabulary (SentencePiece with fixed special-token ids), norm weights + 1, dropped lm_head, vocabulary trimming and softcapping / sliding-window keys are not written"),
@@ -130,6 +130,58 @@ fn qwen3_reranker(config: &Json, path: &Path, dir: &Path) -> InputResult<()> {
         ));
     }
     Ok(())
+}
+
+/// `Gemma2Model.set_gguf_parameters` (`conversion/gemma.py`), which replaces `TextModel`'s: its
+/// keys in its order, each read as `hparams["…"]`. The converter reads config.json through
+/// transformers' `AutoConfig`, which fills in the class defaults; lorakit does not guess them
+/// and refuses a config.json without one of these keys (or with a null).
+fn gemma2(config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>> {
+    let bad = |m: String| InputError::invalid(path, m);
+    let need = |key: &str| {
+        uint(config, key).ok_or_else(|| bad(format!("`{key}` is missing or not an unsigned integer (llama.cpp's converter would take transformers' Gemma2 default, which lorakit does not guess)")))
+    };
+    let float = |key: &str| {
+        config[key].as_f64().map(|v| v as f32).ok_or_else(|| {
+            bad(format!("`{key}` is missing or not a number (llama.cpp's converter would take transformers' Gemma2 default, which lorakit does not guess)"))
+        })
+    };
+    let k = |s: &str| format!("gemma2.{s}");
+    let n_head = need("num_attention_heads")?;
+    let head_dim = need("head_dim")?;
+    Ok(vec![
+        kv_u32(&k("context_length"), need("max_position_embeddings")?),
+        kv_u32(&k("embedding_length"), need("hidden_size")?),
+        kv_u32(&k("block_count"), need("num_hidden_layers")?),
+        kv_u32(&k("feed_forward_length"), need("intermediate_size")?),
+        kv_u32(&k("attention.head_count"), n_head),
+        kv_u32(
+            &k("attention.head_count_kv"),
+            match config.get("num_key_value_heads") {
+                Some(_) => need("num_key_value_heads")?,
+                None => n_head,
+            },
+        ),
+        kv_f32(
+            &k("attention.layer_norm_rms_epsilon"),
+            float("rms_norm_eps")?,
+        ),
+        kv_u32(&k("attention.key_length"), head_dim),
+        kv_u32(&k("attention.value_length"), head_dim),
+        kv_u32(
+            "general.file_type",
+            file_type(ty).ok_or_else(|| bad(format!("no llama.cpp file type for {ty}")))?,
+        ),
+        kv_f32(
+            &k("attn_logit_softcapping"),
+            float("attn_logit_softcapping")?,
+        ),
+        kv_f32(
+            &k("final_logit_softcapping"),
+            float("final_logit_softcapping")?,
+        ),
+        kv_u32(&k("attention.sliding_window"), need("sliding_window")?),
+    ])
 }
 
 /// The GGUF type of a `general.sampling.*` entry.
@@ -311,6 +363,11 @@ pub fn entries(
         .clone()
         .unwrap_or_else(|| super::modelcard::size_label(params));
     out.push(kv_string("general.size_label", &size));
+    if arch == "gemma2" {
+        out.extend(gemma2(config, path, ty)?);
+        out.push(kv_u32("general.quantization_version", 2));
+        return Ok(out);
+    }
     out.push(kv_u32(&k("block_count"), need("num_hidden_layers")?));
     if let Some(v) = uint(config, "max_position_embeddings") {
         out.push(kv_u32(&k("context_length"), v));

@@ -1,5 +1,7 @@
 //! The `tokenizer.*` metadata llama.cpp's `convert_hf_to_gguf.py` writes for a Hugging Face
-//! Llama or Qwen2 tokenizer, from `tokenizer.json`, `tokenizer_config.json` and `config.json`.
+//! Llama, Qwen2/Qwen3 or Gemma2 tokenizer (`Gemma2Model.set_vocab`, `conversion/gemma.py`: the
+//! SentencePiece path, then `add_space_prefix` false), from `tokenizer.json`,
+//! `tokenizer_config.json` and `config.json`.
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/llama.py`
 //! (`LlamaModel.set_vocab`: `add_prefix_space` → `tokenizer.ggml.add_space_prefix`, then
@@ -113,6 +115,13 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
         ));
     }
     let spm_path = dir.join("tokenizer.model");
+    if arch == "gemma2" && !spm_path.is_file() {
+        // Gemma2Model.set_vocab (conversion/gemma.py): _set_vocab_sentencepiece, no fallback.
+        return Err(InputError::invalid(
+            dir,
+            "no tokenizer.model: llama.cpp's Gemma2 converter reads the SentencePiece model only",
+        ));
+    }
     let mut out = Vec::new();
     if arch == "llama" {
         if let Some(b) = tc.as_ref().and_then(|c| c["add_prefix_space"].as_bool()) {
@@ -386,6 +395,10 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
     }
     if let Some(v) = strip_accents {
         out.push(kv_bool("tokenizer.ggml.normalizer.strip_accents", v));
+    }
+    if arch == "gemma2" {
+        // Gemma2Model.set_vocab: add_add_space_prefix(False) after the SentencePiece vocabulary.
+        out.push(kv_bool("tokenizer.ggml.add_space_prefix", false));
     }
     Ok(out)
 }

@@ -1,4 +1,4 @@
-//! The architectures mapped after Llama and Qwen2 — Qwen3, and Gemma, Gemma2, Gemma3 adapters —
+//! The architectures mapped after Llama and Qwen2 — Qwen3, Gemma2, and Gemma, Gemma3 adapters —
 //! against llama.cpp's own converters, whose outputs fixtures/gen/gguf_arch.py committed under
 //! fixtures/gguf/llamacpp/ (llama.cpp as vendored by llama-cpp-python 0.3.36): `convert --to
 //! gguf` against `convert_lora_to_gguf.py`, `merge --base HF_FOLDER --out x.gguf` against
@@ -193,17 +193,21 @@ fn assert_equals_converter(
     base: &Path,
     adapter: &Path,
     outtype: &str,
-    pre: &str,
+    pre: Option<&str>,
     reference: &str,
     merged: usize,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.gguf");
+    let mut extra = vec!["--outtype", outtype];
+    if let Some(p) = pre {
+        extra.extend(["--gguf-tokenizer-pre", p]);
+    }
     let v = merge_json(
         base.to_str().unwrap(),
         adapter.to_str().unwrap(),
         &out,
-        &["--outtype", outtype, "--gguf-tokenizer-pre", pre],
+        &extra,
     );
     assert_eq!(v["tensors_merged_count"], merged, "{reference}");
     let ours = GgufModel::open(&out).unwrap();
@@ -274,7 +278,7 @@ fn qwen3_hf_to_gguf_equals_convert_hf_to_gguf() {
         &base,
         &fixture("gguf/hf_qwen3/lora"),
         "f16",
-        "qwen2",
+        Some("qwen2"),
         "hf_qwen3_lora.f16.gguf",
         14,
     );
@@ -282,7 +286,7 @@ fn qwen3_hf_to_gguf_equals_convert_hf_to_gguf() {
         &base,
         &fixture("gguf/hf_qwen3/rslora"),
         "f32",
-        "qwen2",
+        Some("qwen2"),
         "hf_qwen3_rslora.f32.gguf",
         6,
     );
@@ -383,9 +387,9 @@ fn gemma_convert_to_gguf_equals_llama_cpp_converter() {
 /// `token_embd`) and `GemmaModel.filter_tensors` drops `lm_head.weight`, so the converter
 /// writes the q_proj pairs alone — the committed output holds 4 tensors, none for the head:
 /// the adapter silently loses a module. lorakit refuses it in one line naming the adapter and
-/// the module, writing nothing. A Hugging Face Gemma base for a GGUF model output is refused
+/// the module, writing nothing. A Hugging Face Gemma3 base for a GGUF model output is refused
 /// too, naming config.json and what lorakit does not write (a Qwen3 folder relabelled
-/// `Gemma2ForCausalLM`, whose weights the merge plans before the architecture is read).
+/// `Gemma3ForCausalLM`, whose weights the merge plans before the architecture is read).
 #[test]
 fn gemma_lm_head_and_gemma_models_are_refused() {
     let lc = GgufModel::open(fixture("gguf/llamacpp/gemma_lm_head.gguf")).unwrap();
@@ -423,7 +427,7 @@ fn gemma_lm_head_and_gemma_models_are_refused() {
     let relabelled = qwen3_folder(dir.path(), "g2");
     let p = relabelled.join("config.json");
     let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-    c["architectures"] = serde_json::json!(["Gemma2ForCausalLM"]);
+    c["architectures"] = serde_json::json!(["Gemma3ForCausalLM"]);
     std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
     let e = run_err([
         "merge",
@@ -438,7 +442,7 @@ fn gemma_lm_head_and_gemma_models_are_refused() {
     let line = one_line_error(&e);
     assert!(
         line.contains("config.json")
-            && line.contains("`Gemma2ForCausalLM`: lorakit writes llama.cpp adapters for it"),
+            && line.contains("`Gemma3ForCausalLM`: lorakit writes llama.cpp adapters for it"),
         "{line}"
     );
     assert_eq!(listing(dir.path()), ["g2"]);
@@ -505,4 +509,76 @@ fn gguf_base_merges_equal_converter_of_peft_merge() {
 /// One f16 step at magnitude `x`: 2⁻¹⁰ relative, 2⁻²⁴ among subnormals.
 fn step(x: f32) -> f32 {
     (x * 2f32.powi(-10)).max(2f32.powi(-24))
+}
+
+/// `merge --base HF_FOLDER --out x.gguf --outtype f16` of the fixture Gemma2 (f32, softcapping,
+/// sliding window, sandwich norms, tied embeddings) with its LoRA on every linear module and
+/// the fixture SentencePiece tokenizer, against `convert_hf_to_gguf.py` of PEFT's
+/// merge_and_unload ([`assert_equals_converter`]): `Gemma2Model`'s own key list and order,
+/// `add_space_prefix` false after the vocabulary, no `output` (lm_head dropped), and every
+/// `*norm.weight` + 1 — byte for byte, as they are untouched by the adapter.
+#[test]
+fn gemma2_hf_to_gguf_equals_convert_hf_to_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = gemma2_folder(dir.path(), "hf_gemma2");
+    assert_equals_converter(
+        &d,
+        &fixture("gguf/hf_gemma2/lora"),
+        "f16",
+        None,
+        "hf_gemma2_lora.f16.gguf",
+        14,
+    );
+}
+
+/// The fixture Gemma2 with the fixture SentencePiece tokenizer, in `dir/name`.
+fn gemma2_folder(dir: &Path, name: &str) -> std::path::PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(&format!("gguf/hf_gemma2/{f}")), d.join(f)).unwrap();
+    }
+    for f in [
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "added_tokens.json",
+    ] {
+        std::fs::copy(fixture(&format!("gguf/hf_spm/{f}")), d.join(f)).unwrap();
+    }
+    d
+}
+
+/// A Gemma2 folder lorakit cannot write as the converter would is refused in one line naming
+/// the file, writing nothing: a config.json without `attn_logit_softcapping` (the converter
+/// would take transformers' default through AutoConfig) and a folder without tokenizer.model
+/// (`Gemma2Model.set_vocab` reads SentencePiece only).
+#[test]
+fn gemma2_hf_to_gguf_refusals_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_cap = gemma2_folder(dir.path(), "no_cap");
+    let p = no_cap.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    c.as_object_mut().unwrap().remove("attn_logit_softcapping");
+    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+    let no_spm = gemma2_folder(dir.path(), "no_spm");
+    std::fs::remove_file(no_spm.join("tokenizer.model")).unwrap();
+    let out = dir.path().join("o.gguf");
+    for (base, want) in [
+        (&no_cap, "config.json: `attn_logit_softcapping` is missing"),
+        (&no_spm, "no_spm: no tokenizer.model"),
+    ] {
+        let e = run_err([
+            "merge",
+            "--base",
+            base.to_str().unwrap(),
+            "--adapter",
+            fixture("gguf/hf_gemma2/lora").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_ne!(e.status.code(), Some(0));
+        let line = one_line_error(&e);
+        assert!(line.contains(want), "{line}");
+        assert!(!out.exists());
+    }
 }
