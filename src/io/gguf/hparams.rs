@@ -2,8 +2,9 @@
 //! (`LlamaForCausalLM`, `MistralForCausalLM`: GGUF architecture `llama`), Qwen2
 //! (`Qwen2ForCausalLM`: `qwen2`) or Qwen3 (`Qwen3ForCausalLM`: `qwen3`) from its config.json,
 //! key for key and in the same order, before the `tokenizer.*` keys ([`super::vocab`]); and
-//! Gemma2 (`Gemma2ForCausalLM`: `gemma2`, `Gemma2Model` of `conversion/gemma.py`, its own key
-//! list: softcapping and sliding-window keys, no rope keys).
+//! Gemma / Gemma2 (`GemmaForCausalLM`: `gemma`, `Gemma2ForCausalLM`: `gemma2`; `GemmaModel`,
+//! `Gemma2Model` of `conversion/gemma.py`, their own key lists: no rope keys, Gemma2's
+//! softcapping and sliding-window keys).
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/base.py`
 //! (`ModelBase.prepare_metadata`: `general.type = model`, `Metadata.set_gguf_meta_model`, then
@@ -37,6 +38,7 @@ pub const HF_ARCHITECTURES: &[(&str, &str)] = &[
     ("MistralForCausalLM", "llama"),
     ("Qwen2ForCausalLM", "qwen2"),
     ("Qwen3ForCausalLM", "qwen3"),
+    ("GemmaForCausalLM", "gemma"),
     ("Gemma2ForCausalLM", "gemma2"),
 ];
 
@@ -68,8 +70,8 @@ fn uint(c: &Json, key: &str) -> Option<u32> {
 /// The GGUF architecture of config.json's `architectures[0]`, or an error naming it.
 pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
     let hf = config["architectures"][0].as_str().unwrap_or("");
-    if matches!(hf, "GemmaForCausalLM" | "Gemma3ForCausalLM") {
-        // conversion/gemma.py: GemmaModel, Gemma3Model.
+    if hf == "Gemma3ForCausalLM" {
+        // conversion/gemma.py: Gemma3Model.
         return Err(InputError::invalid(
             path,
             format!("architecture `{hf}`: lorakit writes llama.cpp adapters for it (convert --to gguf) but not yet GGUF models: its converter's vocabulary (SentencePiece with fixed special-token ids), norm weights + 1, dropped lm_head, vocabulary trimming and softcapping / sliding-window keys are not written"),
@@ -132,24 +134,32 @@ fn qwen3_reranker(config: &Json, path: &Path, dir: &Path) -> InputResult<()> {
     Ok(())
 }
 
-/// `Gemma2Model.set_gguf_parameters` (`conversion/gemma.py`), which replaces `TextModel`'s: its
-/// keys in its order, each read as `hparams["…"]`. The converter reads config.json through
+/// `GemmaModel.set_gguf_parameters` / `Gemma2Model.set_gguf_parameters` (`conversion/gemma.py`),
+/// which replace `TextModel`'s: their keys in their order, each read as `hparams["…"]` (Gemma2
+/// adds the softcapping and sliding-window keys). The converter reads config.json through
 /// transformers' `AutoConfig`, which fills in the class defaults; lorakit does not guess them
 /// and refuses a config.json without one of these keys (or with a null).
-fn gemma2(config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>> {
+fn gemma(arch: &str, config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>> {
+    const GUESS: &str =
+        "llama.cpp's converter would take transformers' default, which lorakit does not guess";
     let bad = |m: String| InputError::invalid(path, m);
     let need = |key: &str| {
-        uint(config, key).ok_or_else(|| bad(format!("`{key}` is missing or not an unsigned integer (llama.cpp's converter would take transformers' Gemma2 default, which lorakit does not guess)")))
-    };
-    let float = |key: &str| {
-        config[key].as_f64().map(|v| v as f32).ok_or_else(|| {
-            bad(format!("`{key}` is missing or not a number (llama.cpp's converter would take transformers' Gemma2 default, which lorakit does not guess)"))
+        uint(config, key).ok_or_else(|| {
+            bad(format!(
+                "`{key}` is missing or not an unsigned integer ({GUESS})"
+            ))
         })
     };
-    let k = |s: &str| format!("gemma2.{s}");
+    let float = |key: &str| {
+        config[key]
+            .as_f64()
+            .map(|v| v as f32)
+            .ok_or_else(|| bad(format!("`{key}` is missing or not a number ({GUESS})")))
+    };
+    let k = |s: &str| format!("{arch}.{s}");
     let n_head = need("num_attention_heads")?;
     let head_dim = need("head_dim")?;
-    Ok(vec![
+    let mut out = vec![
         kv_u32(&k("context_length"), need("max_position_embeddings")?),
         kv_u32(&k("embedding_length"), need("hidden_size")?),
         kv_u32(&k("block_count"), need("num_hidden_layers")?),
@@ -172,16 +182,21 @@ fn gemma2(config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>>
             "general.file_type",
             file_type(ty).ok_or_else(|| bad(format!("no llama.cpp file type for {ty}")))?,
         ),
-        kv_f32(
-            &k("attn_logit_softcapping"),
-            float("attn_logit_softcapping")?,
-        ),
-        kv_f32(
-            &k("final_logit_softcapping"),
-            float("final_logit_softcapping")?,
-        ),
-        kv_u32(&k("attention.sliding_window"), need("sliding_window")?),
-    ])
+    ];
+    if arch == "gemma2" {
+        out.extend([
+            kv_f32(
+                &k("attn_logit_softcapping"),
+                float("attn_logit_softcapping")?,
+            ),
+            kv_f32(
+                &k("final_logit_softcapping"),
+                float("final_logit_softcapping")?,
+            ),
+            kv_u32(&k("attention.sliding_window"), need("sliding_window")?),
+        ]);
+    }
+    Ok(out)
 }
 
 /// The GGUF type of a `general.sampling.*` entry.
@@ -363,8 +378,8 @@ pub fn entries(
         .clone()
         .unwrap_or_else(|| super::modelcard::size_label(params));
     out.push(kv_string("general.size_label", &size));
-    if arch == "gemma2" {
-        out.extend(gemma2(config, path, ty)?);
+    if arch == "gemma" || arch == "gemma2" {
+        out.extend(gemma(arch, config, path, ty)?);
         out.push(kv_u32("general.quantization_version", 2));
         return Ok(out);
     }

@@ -1,6 +1,7 @@
 //! The `tokenizer.*` metadata llama.cpp's `convert_hf_to_gguf.py` writes for a Hugging Face
-//! Llama, Qwen2/Qwen3 or Gemma2 tokenizer (`Gemma2Model.set_vocab`, `conversion/gemma.py`: the
-//! SentencePiece path, then `add_space_prefix` false), from `tokenizer.json`,
+//! Llama, Qwen2/Qwen3, Gemma or Gemma2 tokenizer (`GemmaModel` / `Gemma2Model.set_vocab`,
+//! `conversion/gemma.py`: the SentencePiece path, Gemma's eot id 107, then `add_space_prefix`
+//! false), from `tokenizer.json`,
 //! `tokenizer_config.json` and `config.json`.
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/llama.py`
@@ -115,12 +116,28 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
         ));
     }
     let spm_path = dir.join("tokenizer.model");
-    if arch == "gemma2" && !spm_path.is_file() {
-        // Gemma2Model.set_vocab (conversion/gemma.py): _set_vocab_sentencepiece, no fallback.
+    let gemma = arch == "gemma" || arch == "gemma2";
+    if gemma && !spm_path.is_file() {
+        // GemmaModel / Gemma2Model.set_vocab (conversion/gemma.py): _set_vocab_sentencepiece,
+        // no fallback.
         return Err(InputError::invalid(
             dir,
-            "no tokenizer.model: llama.cpp's Gemma2 converter reads the SentencePiece model only",
+            "no tokenizer.model: llama.cpp's Gemma converters read the SentencePiece model only",
         ));
+    }
+    if arch == "gemma" {
+        // GemmaModel.set_vocab's second SpecialVocab: eot at 107 unless the files name one
+        // (which that SpecialVocab would take instead; not emulated).
+        let named = config
+            .as_ref()
+            .is_some_and(|c| !c["eot_token_id"].is_null())
+            || tc.as_ref().is_some_and(|c| !c["eot_token"].is_null());
+        if named {
+            return Err(InputError::invalid(
+                dir,
+                "an eot token in config.json / tokenizer_config.json: llama.cpp's Gemma converter then reads it where lorakit writes id 107; not yet written",
+            ));
+        }
     }
     let mut out = Vec::new();
     if arch == "llama" {
@@ -396,8 +413,14 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
     if let Some(v) = strip_accents {
         out.push(kv_bool("tokenizer.ggml.normalizer.strip_accents", v));
     }
-    if arch == "gemma2" {
-        // Gemma2Model.set_vocab: add_add_space_prefix(False) after the SentencePiece vocabulary.
+    if arch == "gemma" {
+        // GemmaModel.set_vocab: a second SpecialVocab whose fixed prefix/suffix/middle/fsep ids
+        // have no GGUFWriter handler (skipped) and whose eot is 107 (add_eot_token_id); its
+        // add_* flags rewrite the same values in place.
+        out.push(kv_u32("tokenizer.ggml.eot_token_id", 107));
+    }
+    if gemma {
+        // add_add_space_prefix(False) after the SentencePiece vocabulary.
         out.push(kv_bool("tokenizer.ggml.add_space_prefix", false));
     }
     Ok(out)

@@ -10,8 +10,8 @@
 //! the order it reads them (shards by file name, names sorted within each:
 //! `safe_open(…).keys()`), named by gguf-py's tensor map ([`crate::io::gguf::names`]), q/k rows
 //! (and biases) permuted by `LlamaModel.permute` (`conversion/llama.py`; Qwen2 unpermuted),
-//! `.attention.masked_bias`, `.attention.bias` and `.rotary_emb.inv_freq` dropped (and Gemma2's
-//! `lm_head.weight`, `Gemma2Model.filter_tensors`; refused if the merge changes it), Gemma2's
+//! `.attention.masked_bias`, `.attention.bias` and `.rotary_emb.inv_freq` dropped (and Gemma's
+//! and Gemma2's `lm_head.weight`, `filter_tensors`; refused if the merge changes it), their
 //! `*norm.weight` stored + 1 (`modify_tensors`, `conversion/gemma.py`); types as
 //! `ModelBase.prepare_tensors` (`conversion/base.py`) sets them: 1-D tensors, `*_norm.weight`
 //! and anything not named `.weight` in F32, every other tensor in `--outtype`, where its rows
@@ -23,7 +23,7 @@
 //! `--part I/N` writes a share with a manifest through [`gguf_parts`], the code a GGUF base's
 //! merge writes with, so the parts equal the one-shot output byte for byte.
 //!
-//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3/Gemma2, quantized safetensors
+//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3/Gemma/Gemma2, quantized safetensors
 //! bases, tensors outside the name map, and what hparams/vocab refuse. Must not write
 //! anything but the planned files (and a part's manifest).
 
@@ -186,7 +186,7 @@ impl HfGgufPlan {
                 if DROPPED.iter().any(|s| hf.ends_with(s)) {
                     continue;
                 }
-                // Gemma2Model.filter_tensors: lm_head.weight is not converted (tied output).
+                // GemmaModel / Gemma2Model.filter_tensors: lm_head.weight is not converted.
                 if hf == "lm_head.weight" && names::why_unmapped(arch, "lm_head").is_some() {
                     if merge.changes(hf) {
                         return Err(InputError::invalid(

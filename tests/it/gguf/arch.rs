@@ -517,26 +517,31 @@ fn step(x: f32) -> f32 {
 /// merge_and_unload ([`assert_equals_converter`]): `Gemma2Model`'s own key list and order,
 /// `add_space_prefix` false after the vocabulary, no `output` (lm_head dropped), and every
 /// `*norm.weight` + 1 — byte for byte, as they are untouched by the adapter.
+/// The same for the fixture Gemma (no softcapping keys; `tokenizer.ggml.eot_token_id` 107 from
+/// `GemmaModel.set_vocab`'s second SpecialVocab).
 #[test]
-fn gemma2_hf_to_gguf_equals_convert_hf_to_gguf() {
+fn gemma_and_gemma2_hf_to_gguf_equal_convert_hf_to_gguf() {
     let dir = tempfile::tempdir().unwrap();
-    let d = gemma2_folder(dir.path(), "hf_gemma2");
-    assert_equals_converter(
-        &d,
-        &fixture("gguf/hf_gemma2/lora"),
-        "f16",
-        None,
-        "hf_gemma2_lora.f16.gguf",
-        14,
-    );
+    for arch in ["gemma", "gemma2"] {
+        let d = gemma_folder(dir.path(), arch);
+        assert_equals_converter(
+            &d,
+            &fixture(&format!("gguf/hf_{arch}/lora")),
+            "f16",
+            None,
+            &format!("hf_{arch}_lora.f16.gguf"),
+            14,
+        );
+    }
 }
 
-/// The fixture Gemma2 with the fixture SentencePiece tokenizer, in `dir/name`.
-fn gemma2_folder(dir: &Path, name: &str) -> std::path::PathBuf {
-    let d = dir.join(name);
+/// The fixture Gemma or Gemma2 (`arch`) with the fixture SentencePiece tokenizer, in
+/// `dir/{name}/hf_{arch}` (the folder name the generator converted).
+fn gemma_folder_in(dir: &Path, name: &str, arch: &str) -> std::path::PathBuf {
+    let d = dir.join(name).join(format!("hf_{arch}"));
     std::fs::create_dir_all(&d).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(&format!("gguf/hf_gemma2/{f}")), d.join(f)).unwrap();
+        std::fs::copy(fixture(&format!("gguf/hf_{arch}/{f}")), d.join(f)).unwrap();
     }
     for f in [
         "tokenizer.model",
@@ -555,17 +560,17 @@ fn gemma2_folder(dir: &Path, name: &str) -> std::path::PathBuf {
 #[test]
 fn gemma2_hf_to_gguf_refusals_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let no_cap = gemma2_folder(dir.path(), "no_cap");
+    let no_cap = gemma_folder_in(dir.path(), "no_cap", "gemma2");
     let p = no_cap.join("config.json");
     let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
     c.as_object_mut().unwrap().remove("attn_logit_softcapping");
     std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
-    let no_spm = gemma2_folder(dir.path(), "no_spm");
+    let no_spm = gemma_folder_in(dir.path(), "no_spm", "gemma2");
     std::fs::remove_file(no_spm.join("tokenizer.model")).unwrap();
     let out = dir.path().join("o.gguf");
     for (base, want) in [
         (&no_cap, "config.json: `attn_logit_softcapping` is missing"),
-        (&no_spm, "no_spm: no tokenizer.model"),
+        (&no_spm, "no_spm/hf_gemma2: no tokenizer.model"),
     ] {
         let e = run_err([
             "merge",
@@ -581,4 +586,8 @@ fn gemma2_hf_to_gguf_refusals_write_nothing() {
         assert!(line.contains(want), "{line}");
         assert!(!out.exists());
     }
+}
+
+fn gemma_folder(dir: &Path, arch: &str) -> std::path::PathBuf {
+    gemma_folder_in(dir, arch, arch)
 }
