@@ -4,7 +4,8 @@
 //! key for key and in the same order, before the `tokenizer.*` keys ([`super::vocab`]); and
 //! Gemma / Gemma2 (`GemmaForCausalLM`: `gemma`, `Gemma2ForCausalLM`: `gemma2`; `GemmaModel`,
 //! `Gemma2Model` of `conversion/gemma.py`, their own key lists: no rope keys, Gemma2's
-//! softcapping and sliding-window keys).
+//! softcapping and sliding-window keys) and text-only Gemma3 (`Gemma3ForCausalLM`: `gemma3`,
+//! [`gemma3`]).
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/base.py`
 //! (`ModelBase.prepare_metadata`: `general.type = model`, `Metadata.set_gguf_meta_model`, then
@@ -40,6 +41,7 @@ pub const HF_ARCHITECTURES: &[(&str, &str)] = &[
     ("Qwen3ForCausalLM", "qwen3"),
     ("GemmaForCausalLM", "gemma"),
     ("Gemma2ForCausalLM", "gemma2"),
+    ("Gemma3ForCausalLM", "gemma3"),
 ];
 
 /// `general.file_type` (gguf-py `LlamaFileType`) of a model whose 2-D weights are `ty`; the
@@ -70,13 +72,6 @@ fn uint(c: &Json, key: &str) -> Option<u32> {
 /// The GGUF architecture of config.json's `architectures[0]`, or an error naming it.
 pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
     let hf = config["architectures"][0].as_str().unwrap_or("");
-    if hf == "Gemma3ForCausalLM" {
-        // conversion/gemma.py: Gemma3Model.
-        return Err(InputError::invalid(
-            path,
-            format!("architecture `{hf}`: lorakit writes llama.cpp adapters for it (convert --to gguf) but not yet GGUF models: its converter's vocabulary (SentencePiece with fixed special-token ids), norm weights + 1, dropped lm_head, vocabulary trimming and softcapping / sliding-window keys are not written"),
-        ));
-    }
     HF_ARCHITECTURES
         .iter()
         .find(|(a, _)| *a == hf)
@@ -196,6 +191,96 @@ fn gemma(arch: &str, config: &Json, path: &Path, ty: GgmlType) -> InputResult<Ve
             kv_u32(&k("attention.sliding_window"), need("sliding_window")?),
         ]);
     }
+    Ok(out)
+}
+
+/// `Gemma3Model.set_gguf_parameters` (`conversion/gemma.py`): `TextModel`'s keys with the
+/// full-attention rope parameters (`rope.freq_base`, linear scaling) and the sliding ones'
+/// `rope.freq_base_swa`, then its overrides — the same keys rewritten in place (gguf-py's
+/// writer keeps a key's first position) — and `final_logit_softcapping` (when set) and
+/// `attention.sliding_window` appended. Refused where AutoConfig (which the converter reads
+/// config.json through) would rewrite or default what lorakit reads raw: a config without
+/// per-attention-type `rope_parameters` (older layouts with `rope_local_base_freq`), with
+/// `sliding_window_pattern`, or missing a key; `attn_logit_softcapping` (the converter asserts
+/// it absent); rope types other than default and linear.
+fn gemma3(config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>> {
+    const GUESS: &str =
+        "llama.cpp's converter would take transformers' default, which lorakit does not guess";
+    let bad = |m: String| InputError::invalid(path, m);
+    let need = |key: &str| {
+        uint(config, key).ok_or_else(|| {
+            bad(format!(
+                "`{key}` is missing or not an unsigned integer ({GUESS})"
+            ))
+        })
+    };
+    let full = config["rope_parameters"]
+        .get("full_attention")
+        .filter(|v| v.is_object())
+        .ok_or_else(|| bad("`rope_parameters` without `full_attention`: an older Gemma3 config layout, which transformers' AutoConfig rewrites and lorakit does not".into()))?;
+    if config.get("sliding_window_pattern").is_some() {
+        return Err(bad(
+            "`sliding_window_pattern`: transformers rewrites it into layer types; lorakit does not"
+                .into(),
+        ));
+    }
+    if !config["attn_logit_softcapping"].is_null() {
+        return Err(bad(
+            "`attn_logit_softcapping`: llama.cpp's Gemma3 converter asserts it is absent".into(),
+        ));
+    }
+    let k = |s: &str| format!("gemma3.{s}");
+    let mut out = vec![
+        kv_u32(&k("block_count"), need("num_hidden_layers")?),
+        kv_u32(&k("context_length"), need("max_position_embeddings")?),
+        kv_u32(&k("embedding_length"), need("hidden_size")?),
+        kv_u32(&k("feed_forward_length"), need("intermediate_size")?),
+        kv_u32(&k("attention.head_count"), need("num_attention_heads")?),
+        kv_u32(&k("attention.head_count_kv"), need("num_key_value_heads")?),
+    ];
+    match (full["rope_type"].as_str(), full["factor"].as_f64()) {
+        (None | Some("default"), _) => {}
+        (Some("linear"), Some(factor)) => {
+            out.push(kv_string(&k("rope.scaling.type"), "linear"));
+            out.push(kv_f32(&k("rope.scaling.factor"), factor as f32));
+        }
+        (Some(t), _) => {
+            return Err(bad(format!(
+            "full-attention rope type `{t}`: lorakit writes Gemma3's default and linear rope only"
+        )))
+        }
+    }
+    let theta = full["rope_theta"].as_f64().ok_or_else(|| {
+        bad(format!(
+            "`rope_parameters.full_attention.rope_theta` is missing ({GUESS})"
+        ))
+    })?;
+    out.push(kv_f32(&k("rope.freq_base"), theta as f32));
+    if let Some(t) = config["rope_parameters"]["sliding_attention"]["rope_theta"].as_f64() {
+        out.push(kv_f32(&k("rope.freq_base_swa"), t as f32));
+    }
+    let eps = config["rms_norm_eps"]
+        .as_f64()
+        .ok_or_else(|| bad(format!("`rms_norm_eps` is missing ({GUESS})")))?;
+    out.push(kv_f32(&k("attention.layer_norm_rms_epsilon"), eps as f32));
+    let head_dim = need("head_dim")?;
+    out.push(kv_u32(&k("attention.key_length"), head_dim));
+    out.push(kv_u32(&k("attention.value_length"), head_dim));
+    out.push(kv_u32(
+        "general.file_type",
+        file_type(ty).ok_or_else(|| bad(format!("no llama.cpp file type for {ty}")))?,
+    ));
+    // `if (final_logit_softcap := hparams.get(...))`: written when truthy.
+    if let Some(c) = config["final_logit_softcapping"]
+        .as_f64()
+        .filter(|c| *c != 0.0)
+    {
+        out.push(kv_f32(&k("final_logit_softcapping"), c as f32));
+    }
+    out.push(kv_u32(
+        &k("attention.sliding_window"),
+        need("sliding_window")?,
+    ));
     Ok(out)
 }
 
@@ -378,6 +463,11 @@ pub fn entries(
         .clone()
         .unwrap_or_else(|| super::modelcard::size_label(params));
     out.push(kv_string("general.size_label", &size));
+    if arch == "gemma3" {
+        out.extend(gemma3(config, path, ty)?);
+        out.push(kv_u32("general.quantization_version", 2));
+        return Ok(out);
+    }
     if arch == "gemma" || arch == "gemma2" {
         out.extend(gemma(arch, config, path, ty)?);
         out.push(kv_u32("general.quantization_version", 2));

@@ -116,13 +116,14 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
         ));
     }
     let spm_path = dir.join("tokenizer.model");
-    let gemma = arch == "gemma" || arch == "gemma2";
+    let gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
     if gemma && !spm_path.is_file() {
         // GemmaModel / Gemma2Model.set_vocab (conversion/gemma.py): _set_vocab_sentencepiece,
-        // no fallback.
+        // no fallback. Gemma3Model falls back to _set_vocab_gpt2 and trims token_embd to that
+        // vocabulary, which lorakit does not write yet.
         return Err(InputError::invalid(
             dir,
-            "no tokenizer.model: llama.cpp's Gemma converters read the SentencePiece model only",
+            "no tokenizer.model: lorakit writes Gemma models with a SentencePiece tokenizer only (llama.cpp's Gemma and Gemma2 converters read nothing else)",
         ));
     }
     if arch == "gemma" {

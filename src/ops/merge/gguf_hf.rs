@@ -23,7 +23,7 @@
 //! `--part I/N` writes a share with a manifest through [`gguf_parts`], the code a GGUF base's
 //! merge writes with, so the parts equal the one-shot output byte for byte.
 //!
-//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3/Gemma/Gemma2, quantized safetensors
+//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3/Gemma/Gemma2/Gemma3 (text), quantized safetensors
 //! bases, tensors outside the name map, and what hparams/vocab refuse. Must not write
 //! anything but the planned files (and a part's manifest).
 
@@ -201,6 +201,18 @@ impl HfGgufPlan {
                     continue;
                 }
                 let info = merge.base.info(hf).expect("listed");
+                // Gemma3Model.modify_tensors trims embed_tokens to the SentencePiece vocabulary,
+                // which is config.json's vocab_size long (padded or cut).
+                if arch == "gemma3" && hf == "model.embed_tokens.weight" {
+                    let vocab = config["vocab_size"].as_u64().map(|v| v as usize);
+                    if info.shape.first().copied() != vocab {
+                        return Err(InputError::invalid(
+                            f.path(),
+                            format!("tensor `{hf}` has {:?} rows, config.json's vocab_size is {vocab:?}: llama.cpp's Gemma3 converter trims it to the vocabulary, which lorakit does not", info.shape.first()),
+                        )
+                        .into());
+                    }
+                }
                 let (stem, suffix) = hf.rsplit_once('.').unwrap_or((hf, ""));
                 let mapped = names::gguf_module_in(arch, stem)
                     .filter(|_| suffix == "weight" || suffix == "bias");

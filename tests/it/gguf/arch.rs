@@ -387,11 +387,11 @@ fn gemma_convert_to_gguf_equals_llama_cpp_converter() {
 /// `token_embd`) and `GemmaModel.filter_tensors` drops `lm_head.weight`, so the converter
 /// writes the q_proj pairs alone — the committed output holds 4 tensors, none for the head:
 /// the adapter silently loses a module. lorakit refuses it in one line naming the adapter and
-/// the module, writing nothing. A Hugging Face Gemma3 base for a GGUF model output is refused
-/// too, naming config.json and what lorakit does not write (a Qwen3 folder relabelled
-/// `Gemma3ForCausalLM`, whose weights the merge plans before the architecture is read).
+/// the module, writing nothing. A Gemma3 config.json in a layout transformers' AutoConfig
+/// rewrites (no per-attention-type `rope_parameters`: here a Qwen3 folder relabelled
+/// `Gemma3ForCausalLM`) is refused for a GGUF model output, naming config.json.
 #[test]
-fn gemma_lm_head_and_gemma_models_are_refused() {
+fn gemma_lm_head_and_old_gemma3_configs_are_refused() {
     let lc = GgufModel::open(fixture("gguf/llamacpp/gemma_lm_head.gguf")).unwrap();
     let mut names: Vec<String> = lc.tensors().map(|(_, t)| t.name.clone()).collect();
     names.sort();
@@ -442,7 +442,7 @@ fn gemma_lm_head_and_gemma_models_are_refused() {
     let line = one_line_error(&e);
     assert!(
         line.contains("config.json")
-            && line.contains("`Gemma3ForCausalLM`: lorakit writes llama.cpp adapters for it"),
+            && line.contains("config.json: `rope_parameters` without `full_attention`: an older Gemma3 config layout"),
         "{line}"
     );
     assert_eq!(listing(dir.path()), ["g2"]);
@@ -518,11 +518,13 @@ fn step(x: f32) -> f32 {
 /// `add_space_prefix` false after the vocabulary, no `output` (lm_head dropped), and every
 /// `*norm.weight` + 1 — byte for byte, as they are untouched by the adapter.
 /// The same for the fixture Gemma (no softcapping keys; `tokenizer.ggml.eot_token_id` 107 from
-/// `GemmaModel.set_vocab`'s second SpecialVocab).
+/// `GemmaModel.set_vocab`'s second SpecialVocab) and Gemma3 (text: `TextModel`'s keys with the
+/// full-attention `rope.freq_base` and the sliding `rope.freq_base_swa`, overrides in place,
+/// `attention.sliding_window` appended; q/k norms; norms + 1).
 #[test]
 fn gemma_and_gemma2_hf_to_gguf_equal_convert_hf_to_gguf() {
     let dir = tempfile::tempdir().unwrap();
-    for arch in ["gemma", "gemma2"] {
+    for arch in ["gemma", "gemma2", "gemma3"] {
         let d = gemma_folder(dir.path(), arch);
         assert_equals_converter(
             &d,
