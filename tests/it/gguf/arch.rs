@@ -593,3 +593,40 @@ fn gemma2_hf_to_gguf_refusals_write_nothing() {
 fn gemma_folder(dir: &Path, arch: &str) -> std::path::PathBuf {
     gemma_folder_in(dir, arch, arch)
 }
+
+/// A PEFT LoRA on `lm_head` (and q_proj) of the untied fixture Llama: PEFT saves the head's base
+/// weight beside the pair (`lm_head.base_layer.weight`, as it does for embeddings), which
+/// llama.cpp's converter skips (`.base_layer.weight`) and so does lorakit, which refused the
+/// adapter as `modules_to_save` before. `convert --to gguf` equals llama.cpp's output:
+/// `output.weight.lora_a/b` and the permuted q pairs, bit for bit, and the same non-descriptive
+/// keys.
+#[test]
+fn lm_head_lora_converts_as_llama_cpp_converts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.gguf");
+    to_gguf(
+        &fixture("gguf/hf_llama_lm_head"),
+        &fixture("llama/base"),
+        &out,
+    );
+    let lc = GgufModel::open(fixture("gguf/llamacpp/llama_lm_head.gguf")).unwrap();
+    let lk = GgufModel::open(&out).unwrap();
+    for kv in &lc.header().metadata {
+        if kv.key == "general.name" || kv.key == "general.quantization_version" {
+            continue;
+        }
+        assert_eq!(lk.header().get(&kv.key), Some(&kv.value), "{}", kv.key);
+    }
+    let names = |m: &GgufModel| {
+        let mut v: Vec<String> = m.tensors().map(|(_, t)| t.name.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&lc), names(&lk));
+    assert!(names(&lk).contains(&"output.weight.lora_b".to_owned()));
+    for name in names(&lc) {
+        let ((fc, tc), (fk, tk)) = (lc.get(&name).unwrap(), lk.get(&name).unwrap());
+        assert_eq!((tc.ty, &tc.dims), (tk.ty, &tk.dims), "{name}");
+        assert_eq!(fc.view(tc).data, fk.view(tk).data, "{name}");
+    }
+}
