@@ -8,7 +8,7 @@
 //! `text_encoders.`, `diffusion_model.` (ai-toolkit), `base_model.model.` (PEFT).
 
 use super::formats::kohya;
-use super::{Adapter, Format};
+use super::model::Adapter;
 
 /// See the module doc.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -92,7 +92,7 @@ const FAMILIES: &[(&str, &[&[&str]])] = &[
 
 /// Describes `adapter`'s names.
 pub fn describe(adapter: &Adapter) -> Convention {
-    let naming = if adapter.format == Format::Peft {
+    let naming = if adapter.format.layout().names_are_paths() {
         vec!["peft".to_owned()]
     } else {
         adapter.namings.iter().map(|n| n.to_string()).collect()

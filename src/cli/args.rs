@@ -166,6 +166,28 @@ pub struct AdapterOutArgs {
 
 use crate::ops::output::DtypeChoice;
 
+/// `--out`, `--dtype` and `--max-shard-size` of the commands that write a model checkpoint
+/// (merge, dequantize): declared once, so both parse, default and document them alike.
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointOutArgs {
+    /// Output: a file when the input checkpoint (merge's base) is a file, a folder when it is
+    /// a folder.
+    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
+    pub out: PathBuf,
+
+    /// Output dtype of float tensors; `keep` keeps each tensor's own (non-float tensors are
+    /// always copied as they are). Dequantized weights are written in it too; with `keep`, in
+    /// the dtype their library dequantizes to (bitsandbytes 4-bit: the quant_state dtype;
+    /// int8: f32; FP8: the scale's dtype).
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
+    pub dtype: DtypeChoice,
+
+    /// Re-shard the output into files of at most SIZE (e.g. 5GB, 500MB, 2GiB), with Hugging
+    /// Face shard names and index.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_shard_size: Option<u64>,
+}
+
 /// Parses sizes like `5GB`, `500MB`, `2GiB`, `1000` (bytes), as Hugging Face does (GB = 10⁹).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

@@ -3,8 +3,7 @@
 //! Must not do any work: no I/O and no validation beyond what clap expresses; `commands/` maps
 //! these to library options.
 
-use super::args::{parse_size, DeviceArgs};
-use crate::ops::output::DtypeChoice;
+use super::args::{CheckpointOutArgs, DeviceArgs};
 use clap::{Args, ValueHint};
 use std::path::PathBuf;
 
@@ -77,19 +76,8 @@ pub struct MergeArgs {
     #[arg(long = "weight", allow_negative_numbers = true)]
     pub weights: Vec<f64>,
 
-    /// Output: a file when the base is a file, a folder when the base is a folder.
-    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
-    pub out: PathBuf,
-
-    /// Output dtype of float tensors; `keep` keeps each tensor's own (non-float tensors are
-    /// always copied as they are).
-    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
-    pub dtype: DtypeChoice,
-
-    /// Re-shard the output into files of at most SIZE (e.g. 5GB, 500MB, 2GiB), with Hugging
-    /// Face shard names and index.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub max_shard_size: Option<u64>,
+    #[command(flatten)]
+    pub output: CheckpointOutArgs,
 
     /// GGUF bases only: the type of each merged tensor. `keep` (the default) requantizes it to
     /// its original type with ggml's reference quantizer, no importance matrix (F32, F16, BF16,
@@ -247,19 +235,8 @@ pub struct DequantizeArgs {
     #[arg(value_hint = ValueHint::AnyPath)]
     pub model: PathBuf,
 
-    /// Output: a file when the input is a file, a folder when it is a folder.
-    #[arg(long, short = 'o', value_hint = ValueHint::AnyPath)]
-    pub out: PathBuf,
-
-    /// Dtype of the dequantized weights (and of the other float tensors unless `keep`); `keep`
-    /// writes each weight in the dtype its library dequantizes to (bitsandbytes 4-bit: the
-    /// quant_state dtype; int8: f32; FP8: the scale's dtype) and copies the rest unchanged.
-    #[arg(long, value_enum, default_value_t = DtypeChoice::Keep)]
-    pub dtype: DtypeChoice,
-
-    /// Re-shard the output into files of at most SIZE (e.g. 5GB), with Hugging Face names.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub max_shard_size: Option<u64>,
+    #[command(flatten)]
+    pub output: CheckpointOutArgs,
 
     /// Validate and print the plan; write nothing.
     #[arg(long)]

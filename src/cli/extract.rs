@@ -3,8 +3,8 @@
 //! Must not do any work: no I/O and no validation beyond what clap expresses; `commands/` maps
 //! these to library options.
 
-use super::DeviceArg;
 use crate::adapter::Format;
+use crate::backend::Device;
 use crate::ops::extract::EmbeddingMode;
 use crate::ops::output::DtypeChoice;
 use clap::{ArgGroup, Args, ValueHint};
@@ -147,8 +147,8 @@ pub struct ExtractArgs {
 
     /// Where the products of the randomized SVD run: gpu forms W − W0 on the device from the
     /// stored bytes (sketch kernels); auto uses a GPU when one exists.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
 
     /// Extract only part I of N of the modules (a deterministic share, balanced by size) into
     /// a part file beside the output, for N jobs on N machines; then run `lorakit finalize

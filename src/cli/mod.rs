@@ -14,7 +14,7 @@ pub mod flags;
 mod model;
 
 pub use adapters::{CombineArgs, ConvertArgs, ResizeArgs};
-pub use args::{parse_size, AdapterOutArgs, DeviceArgs};
+pub use args::{parse_size, AdapterOutArgs, CheckpointOutArgs, DeviceArgs};
 pub use check::CheckArgs;
 pub use checkpoint::{DequantizeArgs, DiffArgs, InspectArgs, MergeArgs, QuantArg, TiedArg};
 pub use extract::ExtractArgs;

@@ -1,5 +1,6 @@
 //! `lorakit check`: args → options → plan → run (→ fix → check again) → print.
 
+use super::printer;
 use crate::cli::CheckArgs;
 use crate::ops::check::fix::{self, FixForm, FixOptions, FixReport};
 use crate::ops::check::{Options, Plan, Report, Target, TargetReport};
@@ -26,7 +27,7 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
     let plan = Plan::new(&a.adapter, &opts)?;
     let report = plan.run();
     if !a.fix {
-        super::print_report(a.json, "check", &report, || render(&report))?;
+        printer::print_report(a.json, "check", &report, || render(&report))?;
         return Ok(if report.pass { 0 } else { 1 });
     }
     let out = a.out.clone().expect("clap: --fix requires --out");
@@ -72,7 +73,7 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
     )?
     .run();
     if a.json {
-        super::print_json(
+        printer::print_json(
             "check",
             &Fixed {
                 before: &report,
@@ -103,7 +104,7 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
         }
         s.push_str("\nafter --fix:\n");
         s.push_str(&render(&after));
-        super::print(&s)?;
+        printer::print(&s)?;
     }
     Ok(if after.pass { 0 } else { 1 })
 }

@@ -4,6 +4,8 @@
 //! library does, nor write to stdout/stderr except through `printer`.
 
 use super::convert::{files_line, name_base_flag};
+use super::options;
+use super::printer;
 use crate::cli::CombineArgs;
 use crate::error::InputError;
 use crate::inspect::table_of;
@@ -45,7 +47,7 @@ pub fn options(a: &CombineArgs) -> Result<CombineOptions> {
             majority_sign: a.majority_sign,
             pad: !a.no_pad,
         },
-        output: super::output_options(a.format, &a.output),
+        output: options::output_options(a.format, &a.output),
     })
 }
 
@@ -56,7 +58,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     })?;
     let report = plan.run()?;
     if let Some((r, capped)) = report.svd_rank_capped() {
-        super::warn(
+        printer::warn(
             quiet,
             &format!(
                 "--rank {r} capped at min(out, in) for {capped} of {} modules (a larger rank only adds zero columns)",
@@ -64,7 +66,7 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
             ),
         );
     }
-    super::print_report(a.output.json, "combine", &report, || render(&report))?;
+    printer::print_report(a.output.json, "combine", &report, || render(&report))?;
     Ok(0)
 }
 

@@ -5,6 +5,7 @@
 //!
 //! Must not: decide a conversion (the library does) or print outside `commands::printer`'s rules.
 
+use super::printer;
 use crate::adapter::Format;
 use crate::cli::ConvertArgs;
 use crate::inspect::{human_bytes, table_of};
@@ -30,7 +31,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     if report.from == Format::Kohya && a.to == ConvertTo::Kohya
         || report.from == Format::Peft && a.to == ConvertTo::Peft
     {
-        super::warn(
+        printer::warn(
             quiet,
             &format!(
                 "{} is already {}; rewrote it",
@@ -47,7 +48,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
             report: &'a ConvertReport,
             seconds: f64,
         }
-        super::print_json(
+        printer::print_json(
             "convert",
             &WithTime {
                 report: &report,
@@ -55,7 +56,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
             },
         )?;
     } else {
-        super::print(&render(&report, seconds))?;
+        printer::print(&render(&report, seconds))?;
     }
     Ok(0)
 }
@@ -193,9 +194,9 @@ fn diffusers(a: ConvertArgs) -> Result<i32> {
     let plan = DiffusersPlan::new(options(&a)).map_err(name_base_flag_any)?;
     let s = plan.run()?;
     if a.output.json {
-        super::print_json("convert", &s)?;
+        printer::print_json("convert", &s)?;
     } else {
-        super::print(&format!(
+        printer::print(&format!(
             "{} modules, {} written to {} in {:.2} s\n",
             s.module_count,
             human_bytes(s.bytes_written),
@@ -210,7 +211,7 @@ fn diffusers(a: ConvertArgs) -> Result<i32> {
 fn gguf(a: ConvertArgs) -> Result<i32> {
     let s = GgufPlan::new(options(&a))?.run()?;
     if a.output.json {
-        super::print_json("convert", &s)?;
+        printer::print_json("convert", &s)?;
     } else {
         let mut out = format!(
             "wrote {} (llama.cpp LoRA adapter, {}, alpha {}, {})\n\n",
@@ -252,7 +253,7 @@ fn gguf(a: ConvertArgs) -> Result<i32> {
             human_bytes(s.bytes_written),
             s.seconds
         ));
-        super::print(&out)?;
+        printer::print(&out)?;
     }
     Ok(0)
 }

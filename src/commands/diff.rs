@@ -4,6 +4,7 @@
 //! Must not validate or compute what [`DiffPlan`] does, nor write to stdout/stderr except through
 //! `printer`.
 
+use super::printer;
 use crate::cli::DiffArgs;
 use crate::diff::{DiffOptions, DiffPlan, DiffReport};
 use crate::inspect::table;
@@ -13,7 +14,7 @@ pub fn run(mut a: DiffArgs) -> Result<i32> {
     a.a = crate::io::hub::resolve_input(&a.a)?;
     a.b = crate::io::hub::resolve_input(&a.b)?;
     let report = DiffPlan::new(&a.a, &a.b, options(&a))?.run()?;
-    super::print_report(a.json, "diff", &report, || render(&report, a.all))?;
+    printer::print_report(a.json, "diff", &report, || render(&report, a.all))?;
     Ok(if report.pass { 0 } else { 1 })
 }
 

@@ -4,6 +4,8 @@
 //! Must not validate or compute what the library does, nor write to stdout/stderr except through
 //! `printer`.
 
+use super::options;
+use super::printer;
 use crate::cli::EvalArgs;
 use crate::model::ModelConfig;
 use crate::ops::eval::{EvalInput, EvalOptions, EvalPlan, EvalReport};
@@ -17,7 +19,7 @@ pub fn run(mut a: EvalArgs, quiet: bool) -> Result<i32> {
     }
     let plan = EvalPlan::new(options(&a, quiet)?)?;
     let run = plan.run(&a.compute.engine()?)?;
-    super::print_report(a.json, "eval", &run.report, || {
+    printer::print_report(a.json, "eval", &run.report, || {
         render(&run.report, &run.config, &run.weight_dtype)
     })?;
     Ok(0)
@@ -33,7 +35,7 @@ pub fn options(a: &EvalArgs, quiet: bool) -> Result<EvalOptions> {
         (None, None, None) => unreachable!("clap requires one of --text, --prompt, --input-ids"),
     };
     Ok(EvalOptions {
-        weights: super::adapter_weights(a.adapters.len(), &a.weights)?,
+        weights: options::adapter_weights(a.adapters.len(), &a.weights)?,
         model: a.model.clone(),
         adapters: a.adapters.clone(),
         merged: a.merged,
@@ -44,7 +46,7 @@ pub fn options(a: &EvalArgs, quiet: bool) -> Result<EvalOptions> {
         batch: a.batch,
         logits: a.logits.clone(),
         generate: a.generate,
-        progress: super::printer::progress(!quiet && !a.json),
+        progress: printer::progress(!quiet && !a.json),
     })
 }
 

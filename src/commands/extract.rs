@@ -3,6 +3,8 @@
 //! Arguments → library options → plan → run → printed report. Must not validate or compute what the
 //! library does, nor write to stdout/stderr except through `printer`.
 
+use super::options;
+use super::printer;
 use crate::adapter::Format;
 use crate::cli::ExtractArgs;
 use crate::extract::{EmbeddingMode, ExtractOptions, ExtractPlan, ExtractSummary};
@@ -31,7 +33,7 @@ pub fn run(a: ExtractArgs, quiet: bool) -> Result<i32> {
     warn_one_sided(&plan, quiet);
     if a.dry_run {
         let d = plan.dry_run();
-        super::print_report(a.json, "extract", &d, || {
+        printer::print_report(a.json, "extract", &d, || {
             format!(
                 "dry run: would extract {} low-rank candidate(s) of {} selected tensor(s) ({} left out by --targets/--exclude) and write {}; nothing was written\n",
                 d.low_rank_candidates_count,
@@ -97,7 +99,7 @@ fn run_part(
         seconds: start.elapsed().as_secs_f64(),
         ..r
     };
-    super::print_report(a.json, "extract", &r, || {
+    printer::print_report(a.json, "extract", &r, || {
         format!(
             "extract part {}/{}: {} of {} tensors ({} modules) → {}; when all parts are done: lorakit finalize {}\n",
             r.part,
@@ -167,7 +169,7 @@ fn report(summary: &ExtractSummary, format: Format, json: bool, quiet: bool) -> 
         .map(|c| c.name.as_str())
         .collect();
     if !unsaved.is_empty() && !json {
-        super::warn(
+        printer::warn(
             quiet,
             &format!(
                 "{} changed tensor(s) not in the adapter ({}{}){}",
@@ -187,12 +189,12 @@ fn report(summary: &ExtractSummary, format: Format, json: bool, quiet: bool) -> 
             ),
         );
     }
-    super::print_report(json, "extract", summary, || render(summary))
+    printer::print_report(json, "extract", summary, || render(summary))
 }
 
 /// The extraction options of `a`, validated.
 fn options(a: &ExtractArgs, tuned: &Checkpoint, quiet: bool) -> Result<ExtractOptions> {
-    let rank = super::rank_rule(a.rank, a.energy, a.sv_ratio, Some(a.max_rank), "--max-rank")?;
+    let rank = options::rank_rule(a.rank, a.energy, a.sv_ratio, Some(a.max_rank), "--max-rank")?;
     if let Some(al) = a.alpha {
         if !(al.is_finite() && al > 0.0) {
             bail!("--alpha {al} must be a positive number");
@@ -239,7 +241,7 @@ fn options(a: &ExtractArgs, tuned: &Checkpoint, quiet: bool) -> Result<ExtractOp
         fan_in_fan_out: a.fan_in_fan_out,
         dtype: a.dtype.apply(tuned_dtype(tuned)),
         base_model: a.base_model.clone(),
-        progress: super::printer::progress(!quiet && !a.json),
+        progress: printer::progress(!quiet && !a.json),
     })
 }
 
@@ -377,7 +379,7 @@ fn render(s: &ExtractSummary) -> String {
 /// Integer buffers in one checkpoint only are skipped, with a word.
 fn warn_one_sided(plan: &ExtractPlan, quiet: bool) {
     if !plan.one_sided.is_empty() {
-        super::warn(
+        printer::warn(
             quiet,
             &format!(
                 "skipped {} non-float tensor(s) present in only one checkpoint (buffers, not weights): {}",

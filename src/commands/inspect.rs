@@ -4,6 +4,7 @@
 //! Must not validate or compute what [`InspectPlan`] does, nor write to stdout/stderr except
 //! through `printer`.
 
+use super::printer;
 use crate::cli::InspectArgs;
 use crate::inspect::{InspectOptions, InspectPlan};
 use anyhow::Result;
@@ -16,11 +17,11 @@ pub fn run(mut a: InspectArgs) -> Result<i32> {
     let plan = InspectPlan::new(&a.path, options(&a))?;
     let report = plan.run()?;
     if a.json {
-        super::print_json("inspect", &report)?;
+        printer::print_json("inspect", &report)?;
     } else {
-        super::print(&render_text(&report))?;
+        printer::print(&render_text(&report))?;
         if let Some(plot) = &a.plot {
-            super::status(&format!("spectra drawn to {}", plot.display()));
+            printer::status(&format!("spectra drawn to {}", plot.display()));
         }
     }
     Ok(0)

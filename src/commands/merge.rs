@@ -3,6 +3,8 @@
 //! Arguments → library options → plan → run → printed report. Must not validate or compute what the
 //! library does, nor write to stdout/stderr except through `printer`.
 
+use super::options;
+use super::printer;
 use crate::adapter::Adapter;
 use crate::cli::MergeArgs;
 use crate::error::InputError;
@@ -16,7 +18,13 @@ use anyhow::Result;
 /// every module matched. `merge` and `run` (recipes, for their dry-run sizes) both plan
 /// through here, so a recipe step is validated exactly as the command would be.
 pub fn plan(a: &MergeArgs, progress: bool) -> Result<MergePlan> {
-    plan_split(a, progress, a.out.clone(), a.max_shard_size, a.part)
+    plan_split(
+        a,
+        progress,
+        a.output.out.clone(),
+        a.output.max_shard_size,
+        a.part,
+    )
 }
 
 /// [`plan`] with its own output path and split (a GGUF output is laid out by its own plan).
@@ -27,15 +35,15 @@ fn plan_split(
     max_shard_size: Option<u64>,
     part: Option<(usize, usize)>,
 ) -> Result<MergePlan> {
-    let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
+    let weights = options::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = Checkpoint::open(&a.base)?;
     let adapters = weighted_adapters(a, &weights)?;
     let options = MergeOptions {
-        dtype: a.dtype,
+        dtype: a.output.dtype,
         max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
-        progress: super::printer::progress(progress),
+        progress: printer::progress(progress),
         part,
         quant: match a.quant {
             crate::cli::QuantArg::Keep => crate::merge::QuantOutput::Keep,
@@ -87,7 +95,8 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     if crate::io::gguf::is_gguf(&a.base) {
         return gguf(a, quiet);
     }
-    if a.out
+    if a.output
+        .out
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
@@ -95,7 +104,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     if a.gguf_tokenizer_pre.is_some() {
         return Err(InputError::invalid(
-            &a.out,
+            &a.output.out,
             "--gguf-tokenizer-pre names the tokenizer of a GGUF model written from a Hugging Face base: the output must end in .gguf",
         )
         .into());
@@ -109,14 +118,14 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let plan = plan(&a, !quiet && !a.json)?;
     for u in &plan.unmatched {
-        super::warn(
+        printer::warn(
             quiet,
             &format!("{}: unmatched module {}", u.adapter, u.detail),
         );
     }
     if a.dry_run {
         let d = plan.dry_run();
-        super::print_report(a.json, "merge", &d, || render_dry_run(&d))?;
+        printer::print_report(a.json, "merge", &d, || render_dry_run(&d))?;
         return Ok(0);
     }
     let engine = a.compute.engine()?;
@@ -125,7 +134,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         // Diagnostics asked for by the environment, shown even with --quiet.
         eprintln!("{}", crate::backend::profile::line(summary.seconds));
     }
-    super::print_report(a.json, "merge", &summary, || render(&summary))?;
+    printer::print_report(a.json, "merge", &summary, || render(&summary))?;
     Ok(0)
 }
 
@@ -133,20 +142,20 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
 pub fn run_dequantize(a: crate::cli::DequantizeArgs, quiet: bool) -> Result<i32> {
     let base = Checkpoint::open(&a.model)?;
     let options = MergeOptions {
-        dtype: a.dtype,
-        max_shard_size: a.max_shard_size,
-        progress: super::printer::progress(!quiet && !a.json),
+        dtype: a.output.dtype,
+        max_shard_size: a.output.max_shard_size,
+        progress: printer::progress(!quiet && !a.json),
         ..MergeOptions::default()
     };
-    let plan = MergePlan::dequantize(base, a.out.clone(), options)?;
+    let plan = MergePlan::dequantize(base, a.output.out.clone(), options)?;
     if a.dry_run {
         let d = plan.dry_run();
-        super::print_report(a.json, "dequantize", &d, || render_dry_run(&d))?;
+        printer::print_report(a.json, "dequantize", &d, || render_dry_run(&d))?;
         return Ok(0);
     }
     let engine = crate::backend::Engine::Cpu;
     let summary = plan.run(&engine)?;
-    super::print_report(a.json, "dequantize", &summary, || {
+    printer::print_report(a.json, "dequantize", &summary, || {
         format!(
             "wrote {} (dequantized {} weights of {}; {} other tensors copied, {} files, {} in {:.2} s)\n",
             summary.out,
@@ -283,30 +292,30 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         )
         .into())
     };
-    if a.dtype != crate::merge::DtypeChoice::Keep {
+    if a.output.dtype != crate::merge::DtypeChoice::Keep {
         return refuse("--dtype (use --outtype)");
     }
     if a.gguf_tokenizer_pre.is_some() {
         return refuse("--gguf-tokenizer-pre (the base's tokenizer is kept)");
     }
-    let weights = super::adapter_weights(a.adapters.len(), &a.weights)?;
+    let weights = options::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = crate::io::gguf::GgufModel::open(&a.base)?;
     let adapters = weighted_adapters(&a, &weights)?;
     let options = GgufMergeOptions {
         outtype: a.outtype.unwrap_or_default(),
-        max_shard_size: a.max_shard_size,
+        max_shard_size: a.output.max_shard_size,
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
         part: a.part,
     };
-    let plan = GgufMergePlan::new(&a.base, base, adapters, a.out.clone(), options)?;
+    let plan = GgufMergePlan::new(&a.base, base, adapters, a.output.out.clone(), options)?;
     for u in &plan.unmatched {
-        super::warn(quiet, &format!("unmatched module {u}"));
+        printer::warn(quiet, &format!("unmatched module {u}"));
     }
     if a.dry_run {
         let d = plan.dry_run();
         if a.json {
-            super::print_json("merge", &d)?;
+            printer::print_json("merge", &d)?;
         } else {
             let mut out = format!(
                 "dry run: would write {} ({} tensors merged, --outtype {}, {} copied); nothing written\n\n",
@@ -317,7 +326,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
                     .iter()
                     .map(|f| (f.path.as_str(), f.tensor_count, f.bytes)),
             ));
-            super::print(&out)?;
+            printer::print(&out)?;
         }
         return Ok(0);
     }
@@ -325,7 +334,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     if crate::backend::profile::enabled() {
         eprintln!("{}", crate::backend::profile::line(report.seconds));
     }
-    super::print_report(a.json, "merge", &report, || render_gguf(&report))?;
+    printer::print_report(a.json, "merge", &report, || render_gguf(&report))?;
     Ok(0)
 }
 
@@ -333,9 +342,9 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
 /// converter writes it.
 fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     use crate::merge::gguf::OutType;
-    if a.dtype != crate::merge::DtypeChoice::Keep {
+    if a.output.dtype != crate::merge::DtypeChoice::Keep {
         return Err(InputError::invalid(
-            &a.out,
+            &a.output.out,
             "is a GGUF model: --dtype sets safetensors outputs; use --outtype",
         )
         .into());
@@ -346,7 +355,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         Some(OutType::To(t)) => t,
         Some(OutType::Keep) => {
             return Err(InputError::invalid(
-                &a.out,
+                &a.output.out,
                 "--outtype keep: a safetensors base has no GGUF types to keep; choose f32, f16, bf16, q8_0, …",
             )
             .into())
@@ -354,7 +363,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     };
     if a.dry_run {
         return Err(InputError::invalid(
-            &a.out,
+            &a.output.out,
             "--dry-run is not supported yet for a GGUF model written from a safetensors base",
         )
         .into());
@@ -362,11 +371,11 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     // The GGUF plan lays out, checks and writes the output (files, parts); the merge plan only
     // merges, so it gets no split and a path that never exists (`OUT.lorakit-unused`): its
     // safetensors layout rules (a folder base wants a folder output) are not the GGUF file's.
-    let mut unused = a.out.clone().into_os_string();
+    let mut unused = a.output.out.clone().into_os_string();
     unused.push(".lorakit-unused");
     let merge = plan_split(&a, false, unused.into(), None, None)?;
     for u in &merge.unmatched {
-        super::warn(
+        printer::warn(
             quiet,
             &format!("{}: unmatched module {}", u.adapter, u.detail),
         );
@@ -374,14 +383,14 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     let options = crate::merge::gguf_hf::HfGgufOptions {
         outtype,
         tokenizer_pre: a.gguf_tokenizer_pre.clone(),
-        max_shard_size: a.max_shard_size,
+        max_shard_size: a.output.max_shard_size,
         part: a.part,
     };
-    let p = crate::merge::gguf_hf::HfGgufPlan::new(merge, a.out.clone(), options)?;
+    let p = crate::merge::gguf_hf::HfGgufPlan::new(merge, a.output.out.clone(), options)?;
     let r = p.run(&a.compute.engine()?)?;
     for t in &r.tensors {
         if let Some(f) = &t.fallback_from {
-            super::warn(
+            printer::warn(
                 quiet,
                 &format!(
                     "{}: rows are not whole {f} blocks, written as {} (llama-quantize's fallback)",
@@ -391,7 +400,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         }
     }
     if a.json {
-        super::print_json("merge", &r)?;
+        printer::print_json("merge", &r)?;
     } else {
         let mut out = headline(
             &r.out,
@@ -407,7 +416,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
             human_bytes(r.bytes_written),
             r.seconds
         ));
-        super::print(&out)?;
+        printer::print(&out)?;
     }
     Ok(0)
 }
@@ -415,7 +424,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
 /// `finalize OUT.gguf`: the parts of a GGUF merge checked, their manifests removed.
 pub fn finalize_gguf(out: &std::path::Path, json: bool) -> Result<i32> {
     let r = crate::merge::gguf_parts::finalize(out)?;
-    super::print_report(json, "finalize", &r, || {
+    printer::print_report(json, "finalize", &r, || {
         format!(
             "finalized {}: {} parts, {} files checked ({}, {} tensors)\n",
             r.out,

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod extract;
 pub mod inspect;
 pub mod merge;
+mod options;
 pub mod printer;
 pub mod resize;
 pub mod train;
@@ -222,24 +223,6 @@ fn gpu_info(a: crate::cli::GpuInfoArgs) -> Result<i32> {
     .map(|_| 0)
 }
 
-/// `--weight` values paired with `--adapter` in order, checked once for merge and eval: at most
-/// one per adapter, each finite; missing ones are 1.0. Returns one weight per adapter.
-pub fn adapter_weights(adapters: usize, weights: &[f64]) -> Result<Vec<f64>> {
-    if weights.len() > adapters {
-        anyhow::bail!(
-            "{} --weight values for {} --adapter values; give at most one weight per adapter",
-            weights.len(),
-            adapters
-        );
-    }
-    if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
-        anyhow::bail!("--weight {w} is not a finite number");
-    }
-    Ok((0..adapters)
-        .map(|i| weights.get(i).copied().unwrap_or(1.0))
-        .collect())
-}
-
 /// Recipe steps are command lines of this CLI: parsed by the same clap definitions and run by
 /// [`run`], so a step is validated exactly as the command typed by hand would be.
 struct CliCommands;
@@ -283,49 +266,5 @@ impl crate::recipe::Commands for CliCommands {
 
     fn status(&self, line: &str) {
         printer::status(line);
-    }
-}
-
-/// The rank rule of `extract` and `resize` from their flags, validated once
-/// ([`RankRule::validate`]): `--rank N` alone is a fixed rank, `--energy` or `--sv-ratio` a
-/// dynamic rule capped at `max_rank` (extract's `--max-rank`, resize's `--rank`; its flag is
-/// `max_rank_flag`, used in errors).
-pub(crate) fn rank_rule(
-    rank: Option<usize>,
-    energy: Option<f64>,
-    sv_ratio: Option<f64>,
-    max_rank: Option<usize>,
-    max_rank_flag: &str,
-) -> anyhow::Result<crate::ops::rank::RankRule> {
-    use crate::ops::rank::{RankParam, RankRule};
-    let rule = match (energy, sv_ratio, rank) {
-        (Some(energy), _, _) => RankRule::Energy { energy, max_rank },
-        (None, Some(ratio), _) => RankRule::SvRatio { ratio, max_rank },
-        (None, None, Some(r)) => RankRule::Fixed(r),
-        (None, None, None) => anyhow::bail!("give one of --rank, --energy, --sv-ratio"),
-    };
-    rule.validate().map_err(|e| {
-        let flag = match e.param {
-            RankParam::Rank => "--rank",
-            RankParam::Energy => "--energy",
-            RankParam::SvRatio => "--sv-ratio",
-            RankParam::MaxRank => max_rank_flag,
-        };
-        anyhow::anyhow!("{flag} {}", e.problem)
-    })?;
-    Ok(rule)
-}
-
-/// The output options of `resize` and `combine` from their `--format` and shared output flags.
-pub(crate) fn output_options(
-    format: Option<crate::adapter::Format>,
-    a: &crate::cli::AdapterOutArgs,
-) -> crate::ops::output::OutputOptions {
-    crate::ops::output::OutputOptions {
-        format,
-        out: a.out.clone(),
-        base: a.base.clone(),
-        dtype: a.dtype,
-        prefix: a.prefix.clone(),
     }
 }

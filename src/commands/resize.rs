@@ -4,6 +4,8 @@
 //! library does, nor write to stdout/stderr except through `printer`.
 
 use super::convert::{files_line, name_base_flag, num};
+use super::options;
+use super::printer;
 use crate::cli::ResizeArgs;
 use crate::error::InputError;
 use crate::inspect::table_of;
@@ -13,7 +15,7 @@ use anyhow::Result;
 
 fn rule_of(a: &ResizeArgs) -> Result<RankRule> {
     // --rank is the fixed rank, or the cap of a dynamic rule.
-    super::rank_rule(a.rank, a.energy, a.sv_ratio, a.rank, "--rank")
+    options::rank_rule(a.rank, a.energy, a.sv_ratio, a.rank, "--rank")
 }
 
 /// The library options `a` asks for (the rank rule checked with its flags' names).
@@ -21,7 +23,7 @@ pub fn options(a: &ResizeArgs) -> Result<ResizeOptions> {
     Ok(ResizeOptions {
         adapter: a.adapter.clone(),
         rule: rule_of(a)?,
-        output: super::output_options(a.format, &a.output),
+        output: options::output_options(a.format, &a.output),
     })
 }
 
@@ -31,7 +33,7 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
         Err(e) => e,
     })?;
     let report = plan.run()?;
-    super::print_report(a.output.json, "resize", &report, || render(&report))?;
+    printer::print_report(a.output.json, "resize", &report, || render(&report))?;
     Ok(0)
 }
 

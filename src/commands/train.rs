@@ -4,6 +4,7 @@
 //! Must not validate or compute what the library does, nor write to stdout/stderr except through
 //! `printer`.
 
+use super::printer;
 use crate::cli::TrainArgs;
 use crate::ops::train::{TrainOptions, TrainPlan, TrainReport};
 use anyhow::Result;
@@ -11,7 +12,7 @@ use anyhow::Result;
 pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     crate::model::retain_freed_memory();
     let report = TrainPlan::new(options(&a, quiet))?.run()?;
-    super::print_report(a.json, "train", &report, || render(&report))?;
+    printer::print_report(a.json, "train", &report, || render(&report))?;
     Ok(0)
 }
 
@@ -43,7 +44,7 @@ pub fn options(a: &TrainArgs, quiet: bool) -> TrainOptions {
         save_every: a.save_every,
         resume: a.resume.clone(),
         tokenizer: a.tokenizer.clone(),
-        progress: super::printer::progress(!quiet && !a.json),
+        progress: printer::progress(!quiet && !a.json),
     }
 }
 

@@ -142,7 +142,7 @@ impl Checkpoint {
 
     fn open_sharded(dir: &Path, index_name: &str) -> InputResult<Self> {
         let index_path = dir.join(index_name);
-        let text = crate::io::read_json_file(&index_path)?;
+        let text = crate::io::file::read_json_file(&index_path)?;
         let index = parse_index(&text).map_err(|m| InputError::invalid(&index_path, m))?;
         let mut sorted: Vec<String> = Vec::new();
         for (tensor, shard) in &index.weight_map {

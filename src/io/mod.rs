@@ -19,8 +19,8 @@ pub use writer::{Output, TensorSpec};
 
 /// A malformed GGUF file as the cause of an [`crate::error::InputError`]. Written here, not in
 /// `error.rs`, so that the error types depend on no reader (no `error` ↔ `io::gguf` cycle).
-impl From<gguf::GgufError> for crate::error::InputErrorKind {
-    fn from(e: gguf::GgufError) -> Self {
+impl From<gguf::header::GgufError> for crate::error::InputErrorKind {
+    fn from(e: gguf::header::GgufError) -> Self {
         crate::error::InputErrorKind::Gguf(Box::new(e))
     }
 }

@@ -25,43 +25,24 @@
 //! Same inputs → byte-identical files: the header is serialised deterministically and no
 //! timestamps are recorded.
 
-use crate::dtype::{self, Dtype};
+use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::header;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 mod aliasing;
 mod file;
 mod pipe;
+mod spec;
 pub use aliasing::check_writes;
-pub use file::{FileWriter, RawFile};
+use aliasing::parent_of;
+pub use file::{Extent, FileWriter, RawFile};
 pub use pipe::{pipelined, Pipe, Sink};
-
-/// A tensor to be written: its name, dtype and shape, declared before any data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorSpec {
-    pub name: String,
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-}
-
-impl TensorSpec {
-    pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>) -> Self {
-        TensorSpec {
-            name: name.into(),
-            dtype,
-            shape,
-        }
-    }
-
-    pub fn byte_len(&self) -> u64 {
-        dtype::byte_len(self.dtype, self.shape.iter().product()).expect("valid spec") as u64
-    }
-}
+pub use spec::TensorSpec;
 
 /// A set of files being written, committed together.
 #[derive(Debug, Default)]
@@ -222,7 +203,7 @@ impl Output {
             .collect();
         stream.write_all(&header::serialize(metadata, &triples))?;
         Ok(FileWriter {
-            out: self,
+            written: &mut self.bytes,
             tmp,
             stream,
             specs,
@@ -237,7 +218,10 @@ impl Output {
     pub fn raw_file(&mut self, path: &Path) -> InputResult<RawFile<'_>> {
         let tmp = self.start(path)?;
         let stream = file::Stream::new(path, create_new(&tmp, path)?);
-        Ok(RawFile { out: self, stream })
+        Ok(RawFile {
+            written: &mut self.bytes,
+            stream,
+        })
     }
 
     /// Adds a small whole file (JSON, copied config) to the set.
@@ -431,13 +415,6 @@ pub fn cleanup_on_signal() {
                 let _ = std::fs::remove_dir(p);
             }
         }
-    }
-}
-
-fn parent_of(p: &Path) -> &Path {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
     }
 }
 

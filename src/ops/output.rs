@@ -2,29 +2,27 @@
 //! [`super::convert`]; extract and train still write their adapters on their own): it writes either format atomically through [`crate::io::Output`], refuses an output that is an
 //! input, removes an output folder it created when anything fails, carries the input's
 //! `__metadata__` and records provenance (`lorakit.version`, `lorakit.operation`,
-//! `lorakit.inputs`, `lorakit.params`). A kohya file written from an adapter with dotted module
-//! names also records `lorakit.module_names` (kohya name → module path) and
-//! `lorakit.peft_config` (the adapter_config.json PEFT output would have), so that converting it
-//! back to PEFT needs no base and restores every module's alpha exactly
-//! ([`super::convert::restore_from_metadata`]); a kohya → kohya rewrite (resize, dtype change)
-//! keeps the kohya names and carries both entries, which the reader checks against the file's
-//! ranks and alphas before trusting the config.
+//! `lorakit.inputs`, `lorakit.params`), then what the format records besides
+//! ([`Layout::stamp_metadata`](crate::adapter::formats::Layout::stamp_metadata): a kohya file written from an adapter with dotted module names
+//! also records `lorakit.module_names` and `lorakit.peft_config`, so that converting it back to
+//! PEFT needs no base, [`super::convert::restore_from_metadata`]).
+//!
+//! Every format-specific answer (folder or file, the files written, where to lock, how to
+//! write, how a module is named) comes from the format's [`Layout`](crate::adapter::formats::Layout); nothing here matches on a
+//! [`Format`].
 //!
 //! Same inputs and options give byte-identical outputs: modules are processed in a fixed order,
 //! the random masks of DARE come from a seeded generator keyed by module name (not by thread
 //! schedule), and no timestamps are written. Must not: read a base model's weights, or print.
 
-use crate::adapter::formats::{kohya, peft};
+use crate::adapter::formats::{Shape, WriteArgs};
 use crate::adapter::{Adapter, Data, Format};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::Output;
 use std::path::{Path, PathBuf};
 
-/// Metadata key: JSON object kohya module name → dotted module path.
-pub const META_MODULE_NAMES: &str = "lorakit.module_names";
-/// Metadata key: the PEFT `adapter_config.json` (compact JSON) the adapter has as PEFT.
-pub const META_PEFT_CONFIG: &str = "lorakit.peft_config";
+pub use crate::adapter::formats::kohya::{META_MODULE_NAMES, META_PEFT_CONFIG};
 
 /// Where and how an adapter is written.
 #[derive(Debug, Clone)]
@@ -81,15 +79,10 @@ pub fn kohya_prefix_for(adapter: &Adapter, spec: &WriteSpec) -> String {
         .unwrap_or_else(|| default_kohya_prefix(adapter).to_owned())
 }
 
-/// The file name a module gets in `format` (PEFT: the module path; kohya: the kohya name).
+/// The file name a module gets in `format` ([`Layout::written_name`](crate::adapter::formats::Layout::written_name): PEFT the module path,
+/// kohya the kohya name).
 pub fn written_name(name: &str, format: Format, prefix: &str) -> String {
-    match format {
-        Format::Peft => name.to_owned(),
-        Format::Kohya => match kohya::split_prefix(name) {
-            Some(_) => name.to_owned(),
-            None => kohya::kohya_name(prefix, name),
-        },
-    }
+    format.layout().written_name(name, prefix)
 }
 
 /// Every file reading `adapter` touches ([`Adapter::input_paths`]).
@@ -99,14 +92,7 @@ pub fn adapter_inputs(adapter: &Adapter) -> Vec<PathBuf> {
 
 /// Paths a write of `spec` creates or replaces.
 pub fn output_paths(spec: &WriteSpec) -> Vec<PathBuf> {
-    match spec.format {
-        Format::Peft => vec![
-            spec.out.clone(),
-            spec.out.join(peft::WEIGHTS_NAME),
-            spec.out.join(peft::CONFIG_NAME),
-        ],
-        Format::Kohya => vec![spec.out.clone()],
-    }
+    spec.format.layout().output_paths(&spec.out)
 }
 
 /// Where and how an adapter operation ([`super::resize`], [`super::combine`]) writes its result.
@@ -158,40 +144,44 @@ impl OutputOptions {
 /// output path of the wrong kind (a file where a PEFT folder goes, a folder where a kohya file
 /// goes).
 pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
-    match spec.format {
-        Format::Peft => crate::io::writer::check_writes(
-            inputs,
-            &[
-                spec.out.join(peft::WEIGHTS_NAME),
-                spec.out.join(peft::CONFIG_NAME),
-            ],
-            std::slice::from_ref(&spec.out),
-        ),
-        Format::Kohya => {
-            crate::io::writer::check_writes(inputs, std::slice::from_ref(&spec.out), &[])
+    let layout = spec.format.layout();
+    let folders = match layout.shape() {
+        Shape::Folder => std::slice::from_ref(&spec.out),
+        Shape::File => &[],
+    };
+    // The wrong kind of path gets the adapter-specific wording below.
+    let wrong_kind = match layout.shape() {
+        Shape::Folder => spec.out.is_file(),
+        Shape::File => spec.out.is_dir(),
+    };
+    crate::io::writer::check_writes(inputs, &layout.files(&spec.out), folders).or_else(|e| {
+        if wrong_kind {
+            Ok(())
+        } else {
+            Err(e)
         }
-    }
-    .or_else(|e| match spec.format {
-        // The wrong kind of path gets the adapter-specific wording below.
-        Format::Peft if spec.out.is_file() => Ok(()),
-        Format::Kohya if spec.out.is_dir() => Ok(()),
-        _ => Err(e),
     })?;
-    match spec.format {
-        Format::Peft if spec.out.is_file() => Err(InputError::option(&spec.out, |o| {
-            format!(
-                "is a file, but a PEFT adapter is written as a folder (choose a folder, or {})",
-                o.set(Opt::Format, "kohya")
-            )
-        })),
-        Format::Kohya if spec.out.is_dir() => Err(InputError::option(&spec.out, |o| {
-            format!(
-                "is a folder, but a kohya adapter is written as one .safetensors file (choose a file name, or {})",
-                o.set(Opt::Format, "peft")
-            )
-        })),
-        _ => Ok(()),
+    if !wrong_kind {
+        return Ok(());
     }
+    let (label, shape) = (layout.label(), layout.shape());
+    // The first format written the other way, offered instead.
+    let other = Format::ALL
+        .iter()
+        .find(|f| f.layout().shape() != shape)
+        .map_or_else(String::new, |f| f.to_string());
+    Err(InputError::option(&spec.out, move |o| {
+        match shape {
+        Shape::Folder => format!(
+            "is a file, but a {label} adapter is written as a folder (choose a folder, or {})",
+            o.set(Opt::Format, &other)
+        ),
+        Shape::File => format!(
+            "is a folder, but a {label} adapter is written as one .safetensors file (choose a file name, or {})",
+            o.set(Opt::Format, &other)
+        ),
+    }
+    }))
 }
 
 /// `--dtype` of the adapter-writing commands.
@@ -266,65 +256,34 @@ pub fn provenance_head_gguf(operation: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The `__metadata__` an output gets: the input's (minus earlier `lorakit.*` keys and the
-/// `format` key PEFT's writer sets itself), then provenance, then for a kohya output of an
-/// adapter with dotted names the PEFT names and config.
+/// The `__metadata__` an output gets: [`carried_metadata`], then what the format records
+/// besides ([`Layout::stamp_metadata`](crate::adapter::formats::Layout::stamp_metadata): for a kohya output of an adapter with dotted names the
+/// PEFT names and config).
 pub fn output_metadata(
     adapter: &Adapter,
     spec: &WriteSpec,
     prov: &Provenance,
 ) -> Vec<(String, String)> {
+    let mut meta = carried_metadata(adapter, prov);
+    let prefix = kohya_prefix_for(adapter, spec);
+    spec.format
+        .layout()
+        .stamp_metadata(adapter, &prefix, &mut meta);
+    meta
+}
+
+/// The input's `__metadata__` (minus earlier `lorakit.*` keys and the `format` key writers set
+/// themselves), then provenance.
+pub fn carried_metadata(adapter: &Adapter, prov: &Provenance) -> Vec<(String, String)> {
     let mut meta: Vec<(String, String)> = adapter
         .metadata
         .iter()
         .filter(|(k, _)| !k.starts_with("lorakit.") && k != "format")
         .cloned()
         .collect();
-    if spec.format == Format::Kohya {
-        // Kohya files written by kohya carry no `format`; keep one that was there.
-        if let Some(f) = adapter.metadata.iter().find(|(k, _)| k == "format") {
-            meta.insert(0, f.clone());
-        }
-    }
     meta.extend(provenance_head(prov.operation));
     meta.push(("lorakit.inputs".into(), prov.inputs.to_string()));
     meta.push(("lorakit.params".into(), prov.params.to_string()));
-    if spec.format == Format::Kohya {
-        let prefix = kohya_prefix_for(adapter, spec);
-        let dotted: Vec<_> = adapter
-            .modules
-            .iter()
-            .filter(|m| kohya::split_prefix(&m.name).is_none())
-            .collect();
-        if !dotted.is_empty() && dotted.len() == adapter.modules.len() {
-            let names: serde_json::Map<String, serde_json::Value> = adapter
-                .modules
-                .iter()
-                .map(|m| {
-                    (
-                        kohya::kohya_name(&prefix, &m.name),
-                        serde_json::Value::String(m.name.clone()),
-                    )
-                })
-                .collect();
-            meta.push((
-                META_MODULE_NAMES.into(),
-                serde_json::Value::Object(names).to_string(),
-            ));
-            meta.push((
-                META_PEFT_CONFIG.into(),
-                peft::config_json(adapter).to_string(),
-            ));
-        } else if dotted.is_empty() {
-            // kohya names kept: carry lorakit's earlier map and config; a reader checks them
-            // against the file before trusting them.
-            for key in [META_MODULE_NAMES, META_PEFT_CONFIG] {
-                if let Some(kv) = adapter.metadata.iter().find(|(k, _)| k == key) {
-                    meta.push(kv.clone());
-                }
-            }
-        }
-    }
     meta
 }
 
@@ -336,40 +295,31 @@ pub fn write_adapter(
     spec: &WriteSpec,
     prov: &Provenance,
 ) -> InputResult<Written> {
-    let format = spec.format.to_string();
-    crate::adapter::formats::peft::params::refuse_write(adapter, &format)?;
+    let layout = spec.format.layout();
+    crate::adapter::formats::peft::params::refuse_write(adapter, layout.name())?;
     let meta = output_metadata(adapter, spec, prov);
-    let folder = match spec.format {
-        Format::Peft => spec.out.clone(),
-        Format::Kohya => spec
-            .out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf(),
+    let mut output = adapter_output(spec.format, &spec.out)?;
+    let prefix = kohya_prefix_for(adapter, spec);
+    let args = WriteArgs {
+        out: &spec.out,
+        dtype: spec.dtype,
+        metadata: &meta,
+        prefix: &prefix,
     };
-    let mut output = Output::new();
-    output.create_dir_all(&folder)?;
-    match spec.format {
-        Format::Peft => output.lock(&folder, crate::io::writer::LockMode::Exclusive)?,
-        Format::Kohya => output.lock(&spec.out, crate::io::writer::LockMode::Exclusive)?,
-    }
-    let files = match spec.format {
-        Format::Peft => {
-            peft::write_with(adapter, &spec.out, &mut output, spec.dtype, &meta)?;
-            vec![
-                show(&spec.out.join(peft::WEIGHTS_NAME)),
-                show(&spec.out.join(peft::CONFIG_NAME)),
-            ]
-        }
-        Format::Kohya => {
-            let prefix = kohya_prefix_for(adapter, spec);
-            kohya::write_with(adapter, &prefix, &spec.out, &mut output, spec.dtype, &meta)?;
-            vec![show(&spec.out)]
-        }
-    };
+    layout.write(adapter, &mut output, args)?;
+    let files = layout.files(&spec.out).iter().map(|p| show(p)).collect();
     let bytes = output.commit()?;
     Ok(Written { files, bytes })
+}
+
+/// An atomic output for an adapter written as `format` at `out`: the folder it goes in
+/// ([`Layout::folder`](crate::adapter::formats::Layout::folder)) created when missing (and removed again if the write fails), `out`
+/// (the adapter folder or file) locked against concurrent writers.
+pub fn adapter_output(format: Format, out: &Path) -> InputResult<Output> {
+    let mut output = Output::new();
+    output.create_dir_all(&format.layout().folder(out))?;
+    output.lock(out, crate::io::writer::LockMode::Exclusive)?;
+    Ok(output)
 }
 
 /// An atomic output for one file at `out`: its missing parent folders are created (and removed
@@ -398,11 +348,7 @@ pub fn write_diffusers(
     use crate::adapter::formats::diffusers;
     crate::adapter::formats::peft::params::refuse_write(adapter, "a diffusers file")?;
     // The input's metadata and provenance, without a kohya file's name map or an old config.
-    let plain = WriteSpec {
-        format: Format::Peft,
-        ..spec.clone()
-    };
-    let meta: Vec<(String, String)> = output_metadata(adapter, &plain, prov)
+    let meta: Vec<(String, String)> = carried_metadata(adapter, prov)
         .into_iter()
         .filter(|(k, _)| k != diffusers::METADATA_KEY)
         .collect();

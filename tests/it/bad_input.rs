@@ -31,26 +31,26 @@ fn check_rejected(path: &Path, expect: &[&str]) {
     assert_eq!(listing(dir), before, "nothing written");
 }
 
+/// [`check_rejected`] of the file `name` that [`raw_file`] writes from `header` and `data` zero
+/// bytes in a fresh folder.
+fn raw_rejected(name: &str, header: &str, data: usize, expect: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    check_rejected(&raw_file(dir.path(), name, header, data), expect);
+}
+
 const OK: &str = r#"{"t":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
 
 #[test]
 fn truncated_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = raw_file(dir.path(), "trunc.safetensors", OK, 16);
-    let len = std::fs::metadata(&p).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&p)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    truncate_by(&p, 5);
     check_rejected(&p, &["tensor `t`", "beyond"]);
 }
 
 #[test]
 fn too_short_for_header_length() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("short.safetensors");
+    let (dir, p) = scratch("short.safetensors");
     std::fs::write(&p, [1u8, 2, 3]).unwrap();
     check_rejected(&p, &["too short"]);
     let e = dir.path().join("empty.safetensors");
@@ -60,8 +60,7 @@ fn too_short_for_header_length() {
 
 #[test]
 fn header_length_beyond_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("beyond.safetensors");
+    let (_dir, p) = scratch("beyond.safetensors");
     let mut b = 4096u64.to_le_bytes().to_vec();
     b.extend_from_slice(b"{}      ");
     std::fs::write(&p, b).unwrap();
@@ -70,8 +69,7 @@ fn header_length_beyond_file() {
 
 #[test]
 fn huge_header_length() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("huge.safetensors");
+    let (_dir, p) = scratch("huge.safetensors");
     let mut b = (200_000_000u64).to_le_bytes().to_vec();
     b.extend_from_slice(b"{}      ");
     std::fs::write(&p, b).unwrap();
@@ -80,15 +78,17 @@ fn huge_header_length() {
 
 #[test]
 fn header_not_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = raw_file(dir.path(), "notjson.safetensors", "{\"t\": [1, 2", 0);
-    check_rejected(&p, &["not valid JSON"]);
+    raw_rejected(
+        "notjson.safetensors",
+        "{\"t\": [1, 2",
+        0,
+        &["not valid JSON"],
+    );
 }
 
 #[test]
 fn header_not_utf8() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("notutf8.safetensors");
+    let (_dir, p) = scratch("notutf8.safetensors");
     let mut b = 8u64.to_le_bytes().to_vec();
     b.extend_from_slice(&[b'{', 0xff, 0xfe, b'}', b' ', b' ', b' ', b' ']);
     std::fs::write(&p, b).unwrap();
@@ -97,51 +97,52 @@ fn header_not_utf8() {
 
 #[test]
 fn overlapping_offsets() {
-    let dir = tempfile::tempdir().unwrap();
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
-    let p = raw_file(dir.path(), "overlap.safetensors", h, 12);
-    check_rejected(&p, &["tensor `b`", "overlap"]);
+    raw_rejected("overlap.safetensors", h, 12, &["tensor `b`", "overlap"]);
 }
 
 #[test]
 fn offsets_out_of_bounds() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = raw_file(dir.path(), "oob.safetensors", OK, 8);
-    check_rejected(&p, &["tensor `t`", "beyond the 8-byte data section"]);
+    raw_rejected(
+        "oob.safetensors",
+        OK,
+        8,
+        &["tensor `t`", "beyond the 8-byte data section"],
+    );
 }
 
 #[test]
 fn offsets_not_covering_the_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = raw_file(dir.path(), "gap.safetensors", OK, 24);
-    check_rejected(&p, &["cover 16 bytes but the data section holds 24"]);
+    raw_rejected(
+        "gap.safetensors",
+        OK,
+        24,
+        &["cover 16 bytes but the data section holds 24"],
+    );
 }
 
 #[test]
 fn shape_times_dtype_is_not_the_byte_length() {
-    let dir = tempfile::tempdir().unwrap();
     let h = r#"{"t":{"dtype":"BF16","shape":[2,2],"data_offsets":[0,16]}}"#;
-    let p = raw_file(dir.path(), "len.safetensors", h, 16);
-    check_rejected(&p, &["tensor `t`", "needs 8 bytes", "give 16"]);
+    raw_rejected(
+        "len.safetensors",
+        h,
+        16,
+        &["tensor `t`", "needs 8 bytes", "give 16"],
+    );
 }
 
 #[test]
 fn unknown_dtype_and_duplicate_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = raw_file(
-        dir.path(),
+    let h = r#"{"t":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}}"#;
+    raw_rejected(
         "dtype.safetensors",
-        r#"{"t":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}}"#,
+        h,
         8,
+        &["tensor `t`", "unknown dtype `Q4_K`"],
     );
-    check_rejected(&p, &["tensor `t`", "unknown dtype `Q4_K`"]);
-    let d = raw_file(
-        dir.path(),
-        "dup.safetensors",
-        r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
-        8,
-    );
-    check_rejected(&d, &["duplicate key `t`"]);
+    let h = r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    raw_rejected("dup.safetensors", h, 8, &["duplicate key `t`"]);
 }
 
 /// A copy of a PEFT adapter folder with its config edited.
@@ -154,8 +155,7 @@ fn edited_adapter(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> Path
         a.join("adapter_model.safetensors"),
     )
     .unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(src.join("adapter_config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = read_json(src.join("adapter_config.json"));
     edit(&mut cfg);
     std::fs::write(
         a.join("adapter_config.json"),
@@ -307,17 +307,8 @@ fn check_refuses_non_finite_16_bit_factors() {
             }
             tensors.push((k.clone(), v.shape.clone(), b));
         }
-        let views: Vec<_> = tensors
-            .iter()
-            .map(|(k, s, b)| {
-                (
-                    k.as_str(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        safetensors::serialize_to_file(views, None, &a.join("adapter_model.safetensors")).unwrap();
+        let file = a.join("adapter_model.safetensors");
+        write_all_as(&file, safetensors::Dtype::BF16, &tensors, None);
         let line = one_line_error(&run_err(check_args(&a, &[])));
         assert!(
             line.contains(&format!(
@@ -344,8 +335,7 @@ fn overflowing_merge_result_is_an_error() {
 
 #[test]
 fn sharded_index_naming_missing_shard_or_traversal() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base");
+    let (dir, base) = scratch("base");
     std::fs::create_dir(&base).unwrap();
     let src = fixture("llama/base_sharded");
     for f in listing(&src) {
@@ -379,46 +369,43 @@ fn sharded_index_naming_missing_shard_or_traversal() {
 
 #[test]
 fn deeply_nested_json() {
-    let dir = tempfile::tempdir().unwrap();
     let deep = format!("{{\"t\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-    let p = raw_file(dir.path(), "deep.safetensors", &deep, 0);
-    check_rejected(&p, &["not valid JSON"]);
+    raw_rejected("deep.safetensors", &deep, 0, &["not valid JSON"]);
 }
 
 #[test]
 fn negative_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = raw_file(
-        dir.path(),
+    let h = r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}}"#;
+    raw_rejected(
         "neg.safetensors",
-        r#"{"t":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}}"#,
+        h,
         8,
+        &["tensor `t`", "not a non-negative integer"],
     );
-    check_rejected(&p, &["tensor `t`", "not a non-negative integer"]);
 }
 
 #[test]
 fn shape_product_overflowing_usize() {
-    let dir = tempfile::tempdir().unwrap();
     let h = r#"{"t":{"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8]}}"#;
-    let p = raw_file(dir.path(), "overflow.safetensors", h, 8);
-    check_rejected(&p, &["tensor `t`", "overflows"]);
+    raw_rejected("overflow.safetensors", h, 8, &["tensor `t`", "overflows"]);
 }
 
 /// A header declaring a 10 TB tensor over a tiny file: rejected from the header alone, with no
 /// allocation of the declared size (the process would be killed if it tried).
 #[test]
 fn ten_terabyte_tensor_is_not_allocated() {
-    let dir = tempfile::tempdir().unwrap();
     let n: u64 = 10_000_000_000_000;
     let h = format!(r#"{{"t":{{"dtype":"U8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#);
-    let p = raw_file(dir.path(), "tb.safetensors", &h, 16);
-    check_rejected(&p, &["tensor `t`", "beyond the 16-byte data section"]);
+    raw_rejected(
+        "tb.safetensors",
+        &h,
+        16,
+        &["tensor `t`", "beyond the 16-byte data section"],
+    );
 }
 
 #[test]
 fn header_with_wrong_types() {
-    let dir = tempfile::tempdir().unwrap();
     for (i, (h, expect)) in [
         (
             r#"{"t":{"dtype":"F32","shape":"2","data_offsets":[0,8]}}"#,
@@ -441,8 +428,7 @@ fn header_with_wrong_types() {
     .iter()
     .enumerate()
     {
-        let p = raw_file(dir.path(), &format!("types{i}.safetensors"), h, 8);
-        check_rejected(&p, &[expect]);
+        raw_rejected(&format!("types{i}.safetensors"), h, 8, &[expect]);
     }
 }
 

@@ -27,12 +27,7 @@ fn fix_json(adapter: &Path, out: &Path, targets: &str, extra: &[&str]) -> Value 
 }
 
 fn saved_entry<'a>(fix: &'a Value, module: &str) -> &'a Value {
-    fix["saved"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["module"] == module)
-        .unwrap_or_else(|| panic!("no saved entry for {module} in {fix}"))
+    entry(&fix["saved"], "module", module)
 }
 
 /// Rows of a `[V, D]` tensor that differ, computed here from the two files.
@@ -44,8 +39,7 @@ fn changed_rows(w: &[f32], w0: &[f32], d: usize) -> Vec<usize> {
 
 #[test]
 fn fix_saved_rows_become_trainable_tokens_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("fixed");
+    let (_dir, out) = scratch("fixed");
     let adapter = fixture("check/saved_rows");
     let r = fix_json(&adapter, &out, "peft,vllm", &["--saved-tokens"]);
     // Before: vLLM refuses modules_to_save; after: trainable tokens, which vLLM cannot parse.
@@ -57,8 +51,7 @@ fn fix_saved_rows_become_trainable_tokens_exactly() {
     let orig = read(&adapter.join("adapter_model.safetensors"));
     let base = read_checkpoint(&fixture("llama/base"));
     let fixed = read(&out.join("adapter_model.safetensors"));
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: Value = read_json(out.join("adapter_config.json"));
     assert!(cfg["modules_to_save"].is_null(), "{cfg}");
     for (module, leaf) in [
         ("model.embed_tokens", "embed_tokens"),
@@ -104,8 +97,7 @@ fn fix_saved_rows_become_trainable_tokens_exactly() {
 
 #[test]
 fn fix_saved_full_becomes_lora_with_the_reported_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("fixed");
+    let (_dir, out) = scratch("fixed");
     let adapter = fixture("check/saved_full");
     let r = fix_json(
         &adapter,
@@ -135,8 +127,7 @@ fn fix_saved_full_becomes_lora_with_the_reported_error() {
     let orig = read(&adapter.join("adapter_model.safetensors"));
     let base = read_checkpoint(&fixture("llama/base"));
     let fixed = read(&out.join("adapter_model.safetensors"));
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: Value = read_json(out.join("adapter_config.json"));
     assert_eq!(cfg["r"], cfg["lora_alpha"]);
     let w = orig["base_model.model.lm_head.weight"].f32();
     let w0 = base["lm_head.weight"].f32();
@@ -183,8 +174,7 @@ fn fix_saved_full_becomes_lora_with_the_reported_error() {
 
 #[test]
 fn trainable_tokens_rules_per_loader() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("tokens");
+    let (dir, out) = scratch("tokens");
     let base = fixture("llama/base");
     fix_json(
         &fixture("check/saved_rows"),
@@ -224,7 +214,7 @@ fn trainable_tokens_rules_per_loader() {
     let bad = dir.path().join("bad");
     copy_dir(&out, &bad);
     let cfg_path = bad.join("adapter_config.json");
-    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    let mut cfg: Value = read_json(&cfg_path);
     cfg["trainable_token_indices"]["lm_head"] = serde_json::json!([7]);
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     let (code, r) = check_json(&bad, &["--base", s(&base), "--target", "peft"]);
@@ -265,8 +255,7 @@ fn kron(w1: &[f32], (a, c): (usize, usize), w2: &[f32], (b, d): (usize, usize)) 
 
 #[test]
 fn fix_for_diffusers_lowers_lokr_and_diffusers_fuses_it_within_the_reported_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("lora.safetensors");
+    let (_dir, out) = scratch("lora.safetensors");
     let lokr = fixture("check/lokr_unet.safetensors");
     let (code, r) = check_fix(&lokr, None, "diffusers,comfy", &out, &["--lower-rank", "4"]);
     assert_eq!(code, 0, "{}", r["after"]);
@@ -380,8 +369,7 @@ fn assert_diffusers_fuses_within(
 #[test]
 fn fix_for_diffusers_lowers_loha_and_conv_at_the_optimal_error() {
     use super::reference::jacobi_svd;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("lora.safetensors");
+    let (dir, out) = scratch("lora.safetensors");
     let loha = fixture("check/loha_unet.safetensors");
     let rank = 2usize;
     let base = fixture("lycoris/base.safetensors");
@@ -477,8 +465,7 @@ fn fix_for_diffusers_lowers_loha_and_conv_at_the_optimal_error() {
 
 #[test]
 fn fix_for_comfy_folds_a_metadata_alpha_into_the_factors() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("lora.safetensors");
+    let (dir, out) = scratch("lora.safetensors");
     let orig_path = fixture("conventions/diffusers_metadata.safetensors");
     let (code, r) = check_fix(&orig_path, None, "comfy,diffusers", &out, &[]);
     // Before: ComfyUI reads no alpha (scale 1 instead of the metadata's 2); after: loads.

@@ -1,15 +1,20 @@
 //! What every integration test shares: the binary (`bin`, `run_ok`, `run_err`), fixture
 //! paths, one argv helper per command, JSON and safetensors readers, tolerances measured against
 //! f64, the Python-oracle and GPU skip policies. Holds no test itself and no expected value: a
-//! helper that decides a verdict belongs beside the test that needs it.
+//! helper that decides a verdict belongs beside the test that needs it. Submodules: `argv` (the
+//! argument lists), `files` (temporary folders, listings, raw files), `json` (report readers).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod argv;
+mod files;
+mod json;
 use argv::argv;
 pub use argv::*;
+pub use files::*;
+pub use json::*;
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lorakit"));
@@ -37,18 +42,49 @@ where
     ok_stdout(bin().args(args))
 }
 
-/// Runs `cmd` (a [`bin`] with its environment and arguments set), asserting success; returns
-/// stdout.
+/// Runs `cmd` (a [`bin`] with its environment and arguments set, or another program), asserting
+/// success; returns stdout.
+#[track_caller]
 pub fn ok_stdout(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn lorakit");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "lorakit failed ({:?}):\nstdout: {}\nstderr: {}",
+        "{cmd:?} failed ({:?}):\nstdout: {}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf8 stdout")
+}
+
+/// Runs lorakit with `args`, asserting success; returns stderr (its warnings and notes).
+#[track_caller]
+pub fn ok_stderr<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    String::from_utf8(run_exit(args, 0).stderr).expect("utf8 stderr")
+}
+
+/// Runs lorakit with `args`, asserting that it exits with status `code`; returns the output.
+#[track_caller]
+pub fn run_exit<I, S>(args: I, code: i32) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = bin().args(args).output().expect("spawn lorakit");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Runs lorakit expecting failure; returns the output.
@@ -121,7 +157,19 @@ impl T {
     }
 }
 
-pub fn read(path: &Path) -> BTreeMap<String, T> {
+impl T {
+    /// Cuts the tensor to `shape`: the elements that shape holds, from the first.
+    pub fn cut_to(&mut self, shape: &[usize]) {
+        let bytes = shape.iter().product::<usize>() * self.dtype.bitsize() / 8;
+        self.data.truncate(bytes);
+        self.shape = shape.to_vec();
+    }
+}
+
+/// A checkpoint's (or an adapter file's) tensors by name.
+pub type TensorMap = BTreeMap<String, T>;
+
+pub fn read(path: &Path) -> TensorMap {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -141,7 +189,7 @@ pub fn read(path: &Path) -> BTreeMap<String, T> {
 }
 
 /// All tensors of a checkpoint file or folder (single or sharded).
-pub fn read_checkpoint(path: &Path) -> BTreeMap<String, T> {
+pub fn read_checkpoint(path: &Path) -> TensorMap {
     if path.is_file() {
         return read(path);
     }
@@ -177,13 +225,23 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
 
+/// `got` is within `rel` (relative) of `want`: |got − want| ≤ rel·want (`what` names the
+/// quantity in the message).
+#[track_caller]
+pub fn assert_rel_close(got: f64, want: f64, rel: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= rel * want,
+        "{what}: {got} vs {want} (relative tolerance {rel:e})"
+    );
+}
+
 /// Checks a merged checkpoint against a reference holding only the tensors that changed:
 /// changed tensors within `tol` relative (Frobenius), every other tensor byte-identical to the
 /// base. Returns how many tensors were compared against the reference.
 pub fn assert_matches_reference(
-    out: &BTreeMap<String, T>,
-    base: &BTreeMap<String, T>,
-    reference: &BTreeMap<String, T>,
+    out: &TensorMap,
+    base: &TensorMap,
+    reference: &TensorMap,
     tol: f64,
 ) -> usize {
     assert_eq!(
@@ -216,60 +274,22 @@ pub fn assert_matches_reference(
     changed
 }
 
-/// Files in a folder (names), sorted.
-pub fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    v.sort();
-    v
+/// The LoRA modules of a PEFT adapter file's tensors, in name order: the module path (without
+/// `base_model.model.`) of every `lora_A.weight`, with its `lora_A` and `lora_B`.
+pub fn peft_lora_modules(tensors: &TensorMap) -> Vec<(&str, &T, &T)> {
+    let prefix = "base_model.model.";
+    tensors
+        .iter()
+        .filter_map(|(k, a)| {
+            let m = k.strip_prefix(prefix)?.strip_suffix(".lora_A.weight")?;
+            Some((m, a, &tensors[&format!("{prefix}{m}.lora_B.weight")]))
+        })
+        .collect()
 }
 
-/// Waits until a lorakit temporary file exists under `dir` (the child is writing).
-pub fn wait_for_temp(dir: &Path, child: &mut std::process::Child) -> bool {
-    let t = std::time::Instant::now();
-    while t.elapsed() < std::time::Duration::from_secs(30) {
-        if listing(dir).iter().any(|f| f.ends_with(".tmp")) {
-            return true;
-        }
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    false
-}
-
-/// Mounts a small tmpfs (root only). As root a failed mount is a failure, not a skip: CI runs
-/// as root, so these tests always run there.
-pub fn small_tmpfs(at: &Path, opts: &str) -> Option<impl Drop> {
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    std::fs::create_dir_all(at).unwrap();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", opts, "tmpfs", at.to_str().unwrap()])
-        .status()
-        .is_ok_and(|st| st.success());
-    if !ok {
-        assert!(
-            !root,
-            "running as root, but mounting a tmpfs at {} failed",
-            at.display()
-        );
-        eprintln!("TMPFS TEST SKIPPED: cannot mount a tmpfs here (needs root)");
-        return None;
-    }
-    Some(Unmount(at.to_path_buf()))
+/// Little-endian bytes of f32 values (a tensor's data).
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    f32_bytes_of(v.iter().copied())
 }
 
 fn f32_bytes_of(v: impl Iterator<Item = f32>) -> Vec<u8> {
@@ -309,18 +329,6 @@ pub fn big_case(dir: &Path, k: usize) -> (PathBuf, PathBuf) {
     (base, ad)
 }
 
-/// Writes a safetensors file from a raw header string and data length.
-pub fn raw_file(dir: &Path, name: &str, header: &str, data: usize) -> PathBuf {
-    let mut h = header.as_bytes().to_vec();
-    h.resize(h.len().next_multiple_of(8), b' ');
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&h);
-    bytes.resize(bytes.len() + data, 0);
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
 /// A module's alpha as PEFT's `get_pattern_key` picks it: the first `alpha_pattern` key with
 /// `re.match(rf"(.*\.)?({key})$", module)`, else `lora_alpha` (`None` when the config has none).
 pub fn peft_alpha_for(cfg: &serde_json::Value, module: &str) -> Option<f64> {
@@ -337,23 +345,13 @@ pub fn peft_alpha_for(cfg: &serde_json::Value, module: &str) -> Option<f64> {
     cfg["lora_alpha"].as_f64()
 }
 
-/// Copies the regular files of `src` (not its subfolders) into `dst`, created if missing.
-pub fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        if e.path().is_file() {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// `tensors` written into `dir` as two Hugging Face shards and their index, dealt alternately
 /// (so that a weight and its companions land in different shards).
-pub fn write_alternate_shards(tensors: &BTreeMap<String, T>, dir: &Path) {
+pub fn write_alternate_shards(tensors: &TensorMap, dir: &Path) {
     let mut weight_map = serde_json::Map::new();
     for shard in 0..2 {
         let name = format!("model-0000{}-of-00002.safetensors", shard + 1);
-        let part: BTreeMap<String, T> = tensors
+        let part: TensorMap = tensors
             .iter()
             .enumerate()
             .filter(|(i, _)| i % 2 == shard)
@@ -372,7 +370,7 @@ pub fn write_alternate_shards(tensors: &BTreeMap<String, T>, dir: &Path) {
 }
 
 /// Writes `tensors` with the independent `safetensors` crate.
-pub fn write_tensors(path: &Path, tensors: &BTreeMap<String, T>) {
+pub fn write_tensors(path: &Path, tensors: &TensorMap) {
     let views = tensors.iter().map(|(n, t)| {
         let view = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data);
         (n.clone(), view.unwrap())
@@ -395,18 +393,8 @@ pub fn inspect_json(path: &Path, extra: &[&str]) -> serde_json::Value {
 /// Runs `lorakit diff A B EXTRA…`, asserting its exit status `code` (0: within tolerance, 1:
 /// not); returns stdout.
 pub fn diff_exit(a: &Path, b: &Path, extra: &[&str], code: i32) -> String {
-    let o = bin()
-        .args(diff_args(a, b, extra))
-        .output()
-        .expect("spawn lorakit");
-    let stdout = String::from_utf8(o.stdout).expect("utf8 stdout");
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "{stdout}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout
+    let o = run_exit(diff_args(a, b, extra), code);
+    String::from_utf8(o.stdout).expect("utf8 stdout")
 }
 
 /// Runs [`merge_args`], asserting success; returns stdout.
@@ -414,12 +402,17 @@ pub fn merge_ok(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Stri
     run_ok(merge_args(base, adapter, out, extra))
 }
 
+/// [`merge_ok`] of two fixtures: `base` and `adapter` are paths under `fixtures/`.
+pub fn merge_fixtures(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> String {
+    merge_ok(&fixture(base), &fixture(adapter), out, extra)
+}
+
 /// The error line of a merge of `qv_r8` into the llama base file whose output `out` cannot be
 /// written, checked to be one line and exit status 3.
 pub fn unwritable_merge_error(out: &Path) -> String {
-    let res = run_err(merge_args(
-        &fixture("llama/base/model.safetensors"),
-        &fixture("llama/adapters/qv_r8"),
+    let res = run_err(merge_fixtures_args(
+        "llama/base/model.safetensors",
+        "llama/adapters/qv_r8",
         out,
         &[],
     ));
@@ -493,19 +486,25 @@ pub fn merge_qv_r8_refused(base: &Path, out: &Path, extra: &[&str]) -> String {
 /// Writes a PEFT adapter folder: `adapter_model.safetensors` with the f32 tensors
 /// `(name, shape, little-endian bytes)` and `adapter_config.json` = `config`.
 pub fn write_peft_adapter(dir: &Path, config: &str, tensors: &[(String, Vec<usize>, Vec<u8>)]) {
-    use safetensors::{tensor::TensorView, Dtype};
     std::fs::create_dir_all(dir).unwrap();
-    let views: Vec<(&str, TensorView)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.as_str(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
+    let file = dir.join("adapter_model.safetensors");
+    write_all_as(&file, safetensors::Dtype::F32, tensors, None);
     std::fs::write(dir.join("adapter_config.json"), config).unwrap();
+}
+
+/// Writes the tensors `(name, shape, little-endian bytes)`, all of `dtype`, and `metadata` to
+/// `path` with the independent `safetensors` crate.
+pub fn write_all_as(
+    path: &Path,
+    dtype: safetensors::Dtype,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) {
+    let views = tensors.iter().map(|(n, shape, b)| {
+        let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), b);
+        (n.as_str(), view.unwrap())
+    });
+    safetensors::serialize_to_file(views, metadata, path).unwrap();
 }
 
 /// PEFT's `lora_A` / `lora_B` entries of `modules` (paths without `base_model.model.`), every
@@ -687,6 +686,11 @@ where
     line
 }
 
+/// [`merge_refused`] of two fixtures (paths under `fixtures/`).
+pub fn merge_fixtures_refused(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> String {
+    merge_refused(&fixture(base), &fixture(adapter), out, extra)
+}
+
 /// [`refused`] for [`merge_args`].
 pub fn merge_refused(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> String {
     refused(merge_args(base, adapter, out, extra), out)
@@ -704,10 +708,5 @@ pub fn write_views(path: &Path, tensors: &[(&str, safetensors::Dtype, &[usize], 
 
 /// The `name` of every entry of a JSON report's `modules` list, in order.
 pub fn module_names(v: &serde_json::Value) -> Vec<&str> {
-    v["modules"]
-        .as_array()
-        .expect("a `modules` list")
-        .iter()
-        .map(|m| m["name"].as_str().expect("a module name"))
-        .collect()
+    field_strs(&v["modules"], "name")
 }

@@ -134,12 +134,7 @@ fn inspect_names_the_convention_and_family() {
         let v: serde_json::Value = inspect_json(&p, &[]);
         let c = &v["convention"];
         assert_eq!(c["naming"], serde_json::json!(naming), "{case}");
-        let prefixes: Vec<&str> = c["prefixes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_str().unwrap())
-            .collect();
+        let prefixes: Vec<&str> = strs(&c["prefixes"]);
         let want: Vec<&str> = if prefix.is_empty() {
             vec![]
         } else {
@@ -279,29 +274,16 @@ fn convert_to_diffusers_keeps_factors_and_scales() {
     }
     // No pipeline component in the names and none given.
     let out = dir.path().join("none.safetensors");
-    let line = one_line_error(&run_err(convert_args(
-        &fixture("conventions/peft_default.safetensors"),
-        "diffusers",
-        &out,
-        &[],
-    )));
+    let peft_default = fixture("conventions/peft_default.safetensors");
+    let line = refused(convert_args(&peft_default, "diffusers", &out, &[]), &out);
     assert_mentions(&line, &["component", "--prefix"]);
-    assert!(!out.exists());
     // A LoHa module has no diffusers LoRA form.
-    let line = refused(
-        convert_args(
-            &fixture("lycoris/loha.safetensors"),
-            "diffusers",
-            &out,
-            &[
-                "--base",
-                s(&fixture("lycoris/base.safetensors")),
-                "--prefix",
-                "lora_unet",
-            ],
-        ),
-        &out,
+    let (loha, base) = (
+        fixture("lycoris/loha.safetensors"),
+        fixture("lycoris/base.safetensors"),
     );
+    let flags = ["--base", s(&base), "--prefix", "lora_unet"];
+    let line = refused(convert_args(&loha, "diffusers", &out, &flags), &out);
     assert_mentions(&line, &["loha", "resize"]);
 }
 

@@ -197,25 +197,13 @@ fn disjoint_slices_leave_the_rows_between_untouched() {
     std::fs::create_dir(&alone).unwrap();
     let alone = alone.join("sdxl.safetensors");
     std::fs::copy(base(), &alone).unwrap();
-    let shards = |out: &Path, part: Option<&str>| {
-        let mut extra = vec!["--quiet", "--max-shard-size", "20000"];
-        extra.extend(part.map(|p| ["--part", p]).into_iter().flatten());
+    let shards = |out: &Path, part: &[&str]| {
+        let extra = [&["--quiet", "--max-shard-size", "20000"], part].concat();
         merge_ok(&alone, &a, out, &extra);
     };
-    let whole = dir.path().join("whole");
-    shards(&whole, None);
-    let split = dir.path().join("split");
-    shards(&split, Some("1/2"));
-    shards(&split, Some("2/2"));
-    run_ok(finalize_args(&split, &["-q"]));
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    assert_parts_equal_one_process(&whole, &split, shards, "sharded merge");
     assert!(listing(&whole).len() > 2, "{:?}", listing(&whole));
-    for f in listing(&whole) {
-        let (x, y) = (whole.join(&f), split.join(&f));
-        assert!(
-            std::fs::read(&x).unwrap() == std::fs::read(&y).unwrap(),
-            "{f} differs from the one-process merge"
-        );
-    }
     let merged = read_checkpoint(&whole);
     assert_eq!(merged[&name].data, o[&name].data);
 }
@@ -342,8 +330,7 @@ fn a_dora_module_on_a_slice_is_refused() {
 /// (within f32 rounding of W + Δ − Δ) and every other tensor byte for byte.
 #[test]
 fn unmerge_of_row_slices_restores_the_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let merged = dir.path().join("merged.safetensors");
+    let (dir, merged) = scratch("merged.safetensors");
     merge_ok(&base(), &adapter(), &merged, &["--quiet"]);
     let back = dir.path().join("back.safetensors");
     merge_ok(&merged, &adapter(), &back, &["--quiet", "--unmerge"]);

@@ -19,8 +19,7 @@ fn identical_checkpoints_pass_and_layouts_do_not_matter() {
 
 #[test]
 fn differences_fail_with_exit_1_and_exact_figures() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
+    let (_dir, out) = scratch("m");
     merge_qv_r8(&out, &[]);
     let o = diff_exit(&out, &fixture("llama/base"), &["--json"], 1);
     let v: serde_json::Value = serde_json::from_str(&o).unwrap();
@@ -80,8 +79,7 @@ fn differences_fail_with_exit_1_and_exact_figures() {
 
 #[test]
 fn missing_tensors_and_dtype_changes_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    let bf = dir.path().join("bf");
+    let (_dir, bf) = scratch("bf");
     merge_qv_r8(&bf, &["--dtype", "bf16"]);
     let o = diff_exit(&bf, &fixture("llama/base"), &[], 1);
     let text = o;

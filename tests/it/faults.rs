@@ -81,8 +81,7 @@ fn kill_9_leaves_old_file_or_nothing_and_reruns_are_clean() {
 /// failure when running as root (as CI does).
 #[test]
 fn full_disk_is_a_clear_error_with_no_partial_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("small");
+    let (_dir, mnt) = scratch("small");
     let Some(_guard) = small_tmpfs(&mnt, "size=256k") else {
         return;
     };

@@ -107,17 +107,7 @@ fn every_command_writes_the_recorded_bytes() {
     std::os::unix::fs::symlink(fixture(""), dir.path().join("fx")).unwrap();
     for line in RUNS {
         let argv: Vec<&str> = line.split_whitespace().collect();
-        let out = bin()
-            .args(&argv)
-            .arg("-q")
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{line}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok_stdout(bin().args(&argv).arg("-q").current_dir(dir.path()));
     }
     let got = hashes(&dir.path().join("out"));
     let class = cpu_class();

@@ -55,12 +55,11 @@ fn adapter_facts_follow_the_config() {
 
     let k = inspect_json(&fixture("kohya/te_lora.safetensors"), &[]);
     assert_eq!(k["format"], "kohya");
-    let missing = k["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "lora_te_text_model_encoder_layers_1_self_attn_v_proj")
-        .unwrap();
+    let missing = entry(
+        &k["modules"],
+        "name",
+        "lora_te_text_model_encoder_layers_1_self_attn_v_proj",
+    );
     assert_eq!(missing["scale"], 1.0, "missing alpha means alpha = rank");
 
     let d = inspect_json(&fixture("llama/adapters/dora"), &[]);
@@ -118,8 +117,7 @@ fn spectrum_matches_materialised_delta() {
 
 #[test]
 fn plot_writes_an_svg() {
-    let dir = tempfile::tempdir().unwrap();
-    let svg = dir.path().join("s.svg");
+    let (dir, svg) = scratch("s.svg");
     run_ok(inspect_args(
         &fixture("llama/adapters/patterns"),
         &["--plot", s(&svg)],
@@ -172,8 +170,7 @@ fn plot_writes_an_svg() {
 /// A 20 GiB sparse file with a valid header: inspect reads the header only.
 #[test]
 fn inspect_reads_headers_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("big.safetensors");
+    let (_dir, p) = scratch("big.safetensors");
     let n: u64 = 20 << 30;
     let header = format!(
         r#"{{"w":{{"dtype":"BF16","shape":[{},1024],"data_offsets":[0,{}]}}}}"#,

@@ -8,6 +8,7 @@
 //! about 4.8 GB of CUDA libraries (measured in /work/venv), beyond CI's time budget.
 
 use super::common::*;
+use std::ffi::OsStr;
 use std::path::Path;
 
 /// PEFT loads `adapter` onto `base` and merges it; the tensors its merge changed must be the
@@ -27,15 +28,21 @@ fn assert_peft_loads_and_merges_like_lorakit(py: &Path, adapter: &Path, base: &P
     assert!(n > 0, "PEFT's merge changed nothing:\n{log}");
 }
 
+/// What the tests on the llama fixture start with: the Python oracle ([`peft_python`]; `None`:
+/// skipped), a fresh folder and the fixture's base.
+fn peft_on_llama() -> Option<(std::path::PathBuf, tempfile::TempDir, std::path::PathBuf)> {
+    let py = peft_python()?;
+    Some((py, tempfile::tempdir().unwrap(), fixture("llama/base")))
+}
+
 /// An extraction with linear and embedding modules (tuned = base + PEFT's qv_r8 and embedding
 /// merges, made by lorakit merges that the merge tests tie to PEFT's own).
 #[test]
 fn peft_loads_extract_output() {
-    let Some(py) = peft_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let base = fixture("llama/base");
-    let step = dir.path().join("step");
-    let tuned = dir.path().join("tuned");
+    let Some((py, dir, base)) = peft_on_llama() else {
+        return;
+    };
+    let (step, tuned) = (dir.path().join("step"), dir.path().join("tuned"));
     for (from, adapter, to) in [
         (&base, "llama/adapters/qv_r8", &step),
         (&step, "llama/adapters/embed", &tuned),
@@ -58,9 +65,9 @@ fn peft_loads_extract_output() {
 /// A trained adapter (two steps from scratch on the fixture token ids, so B ≠ 0).
 #[test]
 fn peft_loads_train_output() {
-    let Some(py) = peft_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let base = fixture("llama/base");
+    let Some((py, dir, base)) = peft_on_llama() else {
+        return;
+    };
     let out = dir.path().join("trained");
     run_ok(train_args(
         &base,
@@ -83,51 +90,31 @@ fn peft_loads_train_output() {
 /// merged file, made by merge_and_unload) within 1e-5 — the fix only regroups the scale.
 #[test]
 fn peft_loads_check_fix_output_and_merges_like_the_original() {
-    let Some(py) = peft_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let base = fixture("llama/base");
+    let Some((py, dir, base)) = peft_on_llama() else {
+        return;
+    };
     // embed: an embedding LoRA and a lone q_proj, completed by a zero v_proj for SGLang.
     for case in ["patterns", "rslora_all", "embed"] {
         let fixed = dir.path().join(format!("fixed_{case}"));
-        let out = bin()
-            .args(check_args(
-                &fixture(&format!("llama/adapters/{case}")),
-                &[
-                    "--base",
-                    s(&base),
-                    // LoRAX never reads embedding LoRA: not fixable, so not asked for here.
-                    "--target",
-                    "vllm,sglang,llama.cpp,peft",
-                    "--fix",
-                    "--out",
-                    s(&fixed),
-                ],
-            ))
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{case}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let adapter = fixture(&format!("llama/adapters/{case}"));
+        // LoRAX never reads embedding LoRA: not fixable, so not asked for here.
+        let targets = "vllm,sglang,llama.cpp,peft";
+        let flags = [
+            "--base",
+            s(&base),
+            "--target",
+            targets,
+            "--fix",
+            "--out",
+            s(&fixed),
+        ];
+        run_exit(check_args(&adapter, &flags), 0);
         let merged = dir.path().join(format!("peft_{case}.safetensors"));
-        let run = std::process::Command::new(&py)
-            .arg(fixture("gen/check_peft_load.py"))
-            .arg(&fixed)
-            .arg(&base)
-            .arg(&merged)
-            .arg("--compare")
-            .arg(fixture(&format!("llama/merged/{case}.safetensors")))
-            .args(["--tol", "1e-5"])
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{case}: {}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let reference = fixture(&format!("llama/merged/{case}.safetensors"));
+        let args = [&fixed, &base, &merged, Path::new("--compare"), &reference];
+        let args: Vec<&OsStr> = args.iter().map(|p| p.as_os_str()).collect();
+        let tol = ["--tol", "1e-5"].map(OsStr::new);
+        python_ok(&py, "check_peft_load.py", &[&args[..], &tol].concat());
     }
     for (adapter, fixed) in [
         // k/q without v (weighted_b), completed with zero v_proj LoRAs.
@@ -172,19 +159,10 @@ fn diffusers_loads_convert_to_diffusers_output_and_fuses_like_lorakit() {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         run_ok(convert_args(&src, "diffusers", &out, &extra));
         let fused = dir.path().join(format!("{input}.fused.safetensors"));
-        let res = std::process::Command::new(&py)
-            .arg(fixture("gen/check_diffusers_load.py"))
-            .arg(&out)
-            .arg(&fused)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            res.status.success(),
-            "diffusers refused {}: {}{}",
-            out.display(),
-            String::from_utf8_lossy(&res.stdout),
-            String::from_utf8_lossy(&res.stderr)
+        python_ok(
+            &py,
+            "check_diffusers_load.py",
+            &[out.as_os_str(), fused.as_os_str()],
         );
         let merged = dir.path().join(format!("{input}.lorakit"));
         merge_ok(&unet, &src, &merged, &["--quiet"]);
@@ -201,9 +179,9 @@ fn diffusers_loads_convert_to_diffusers_output_and_fuses_like_lorakit() {
 /// 2r, no init in its config) and merges it as lorakit does.
 #[test]
 fn peft_loads_residual_adapters_converted_for_the_checkpoint() {
-    let Some(py) = peft_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let base = fixture("llama/base");
+    let Some((py, dir, base)) = peft_on_llama() else {
+        return;
+    };
     for case in ["pissa", "olora", "kasa"] {
         let plain = dir.path().join(format!("plain_{case}"));
         run_ok(convert_args(

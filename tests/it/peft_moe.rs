@@ -17,17 +17,15 @@ use std::path::{Path, PathBuf};
 const TOL: f64 = 1e-6;
 const L: &str = "model.layers.0.mlp.experts";
 
-/// Merges `fixtures/moe/{family}/adapters/{case}` into its base on the CPU; the output tensors.
-fn merged(dir: &Path, family: &str, adapter: &Path) -> BTreeMap<String, T> {
-    let out = dir.join("out");
-    let _ = std::fs::remove_dir_all(&out);
-    run_ok(merge_args(
-        &fixture(&format!("moe/{family}/base")),
-        adapter,
-        &out,
-        &["--device", "cpu"],
-    ));
-    read_checkpoint(&out)
+/// Merges `fixtures/moe/{family}/adapters/{case}` into its base on the CPU: the output's
+/// tensors, the base's and the adapter's.
+fn merged(family: &str, case: &str) -> [BTreeMap<String, T>; 3] {
+    let (_dir, out) = scratch("out");
+    let base = fixture(&format!("moe/{family}/base"));
+    let adapter = fixture(&format!("moe/{family}/adapters/{case}"));
+    run_ok(merge_args(&base, &adapter, &out, &["--device", "cpu"]));
+    let adapter = read(&adapter.join("adapter_model.safetensors"));
+    [read_checkpoint(&out), read_checkpoint(&base), adapter]
 }
 
 /// `W0 + s · einsum("o r e, e r i -> e i o" | "e o i", B.reshape(out, r, E), A.reshape(E, r, in))`
@@ -56,27 +54,14 @@ fn einsum_merge(w0: &T, a: &T, b: &T, r: usize, scale: f32, transposed: bool) ->
     out
 }
 
-fn adapter_tensors(family: &str, case: &str) -> BTreeMap<String, T> {
-    read(&fixture(&format!(
-        "moe/{family}/adapters/{case}/adapter_model.safetensors"
-    )))
-}
-
 /// gpt-oss stores its experts fused and transposed (`[E, in, out]`); down_proj `[4, 32, 32]` is
 /// square, so only the base's `model_type` tells the layout. Nested wrappers: gate_up_proj is
 /// `experts.base_layer`, down_proj `experts`.
 #[test]
 fn gpt_oss_fused_experts_match_peft() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = merged(
-        dir.path(),
-        "gpt_oss",
-        &fixture("moe/gpt_oss/adapters/experts"),
-    );
-    let base = read_checkpoint(&fixture("moe/gpt_oss/base"));
+    let [out, base, ad] = merged("gpt_oss", "experts");
     let peft = read(&fixture("moe/gpt_oss/merged_experts.safetensors"));
     assert_eq!(assert_matches_reference(&out, &base, &peft, TOL), 2);
-    let ad = adapter_tensors("gpt_oss", "experts");
     for (param, wrapper) in [
         ("gate_up_proj", format!("{L}.base_layer")),
         ("down_proj", L.to_owned()),
@@ -92,16 +77,9 @@ fn gpt_oss_fused_experts_match_peft() {
 /// down_proj (r 3, alpha 9: PEFT matches them against `…experts.down_proj`).
 #[test]
 fn gpt_oss_mixed_targets_and_patterns_match_peft() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = merged(
-        dir.path(),
-        "gpt_oss",
-        &fixture("moe/gpt_oss/adapters/mixed"),
-    );
-    let base = read_checkpoint(&fixture("moe/gpt_oss/base"));
+    let [out, base, ad] = merged("gpt_oss", "mixed");
     let peft = read(&fixture("moe/gpt_oss/merged_mixed.safetensors"));
     assert_eq!(assert_matches_reference(&out, &base, &peft, TOL), 4);
-    let ad = adapter_tensors("gpt_oss", "mixed");
     let key = format!("{L}.down_proj");
     let f = |x: &str| &ad[&format!("base_model.model.{L}.lora_{x}.weight")];
     let want = einsum_merge(&base[&key], f("A"), f("B"), 3, 3.0, true);
@@ -118,17 +96,10 @@ fn per_expert_checkpoint_matches_peft(
     down: &str,
     scale: f32,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = merged(
-        dir.path(),
-        family,
-        &fixture(&format!("moe/{family}/adapters/experts")),
-    );
-    let base = read_checkpoint(&fixture(&format!("moe/{family}/base")));
+    let [out, base, ad] = merged(family, "experts");
     let fused = read(&fixture(&format!(
         "moe/{family}/merged_experts.safetensors"
     )));
-    let ad = adapter_tensors(family, "experts");
     // The fused base as transformers builds it (gate and up concatenated on the output axis).
     let stack = |parts: &[&str]| -> T {
         let mut data = Vec::new();
@@ -288,8 +259,7 @@ fn wrong_expert_counts_and_unsupported_wrappers_are_refused() {
 /// `[E, out, in]`: refused, naming it. gate_up_proj `[4, 32, 64]` alone is told by its shape.
 #[test]
 fn square_experts_without_model_type_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base");
+    let (dir, base) = scratch("base");
     std::fs::create_dir_all(&base).unwrap();
     std::fs::copy(
         fixture("moe/gpt_oss/base/model.safetensors"),

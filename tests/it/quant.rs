@@ -23,7 +23,8 @@ const MODELS: [&str; 9] = [
     "comfy_fp8",
 ];
 
-fn quant(rel: &str) -> PathBuf {
+/// `fixtures/quant/REL`.
+pub(super) fn quant(rel: &str) -> PathBuf {
     fixture(&format!("quant/{rel}"))
 }
 
@@ -69,8 +70,7 @@ fn dequantize_equals_each_library_bit_for_bit() {
                 "{model} {name}: not bit-exact"
             );
         }
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value = read_json(out.join("config.json"));
         assert!(cfg.get("quantization_config").is_none(), "{model}");
         assert_eq!(cfg["model_type"], "llama");
     }
@@ -134,45 +134,50 @@ fn rel_to(got: &BTreeMap<String, T>, want: &BTreeMap<String, T>) -> f64 {
     (num / den).sqrt()
 }
 
+/// `qv_r8` merged into the float llama base `--as-trained-on ON` is within 1e-6 (relative) of
+/// `expected` (the tensors the merge changes, from the Python reference), and a merge with the
+/// `other` flags is more than `factor` times further from it. Returns the `--json` report and
+/// the tensors of the `--as-trained-on` merge.
+fn assert_as_trained_on_beats(
+    expected: &BTreeMap<String, T>,
+    on: &str,
+    other: &[&str],
+    factor: f64,
+) -> (serde_json::Value, BTreeMap<String, T>) {
+    assert_eq!(expected.len(), 4);
+    let (dir, out) = scratch("on");
+    let json = merge_qv_r8(&out, &["--as-trained-on", on, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(entries(&v["qlora"]).len(), 4, "{v}");
+    let got = read_checkpoint(&out);
+    let on_err = rel_to(&got, expected);
+    assert!(
+        on_err < 1e-6,
+        "--as-trained-on {on} vs reference: {on_err:e}"
+    );
+    let other_out = dir.path().join("other");
+    merge_qv_r8(&other_out, other);
+    let other_err = rel_to(&read_checkpoint(&other_out), expected);
+    assert!(
+        other_err > factor * on_err.max(1e-9),
+        "{other:?} vs reference: {other_err:e}"
+    );
+    eprintln!("rel. error: --as-trained-on {on} {on_err:e}, {other:?} {other_err:e}");
+    (v, got)
+}
+
 /// The QLoRA merge reference is PEFT's own view of adapters/qv_r8 on the NF4-quantized base:
 /// bitsandbytes' dequantize_4bit of each target + PEFT's get_delta_weight. `--as-trained-on nf4`
-/// reproduces it to f32 rounding; a plain merge into W carries the stray term.
+/// reproduces it to f32 rounding; a plain merge into W carries the stray term (100 times
+/// further).
 #[test]
 fn merge_as_trained_on_nf4_reproduces_peft_on_the_quantized_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = fixture("llama/adapters/qv_r8");
     let expected = read(&quant("qlora/qv_r8_expected.safetensors"));
-    assert_eq!(expected.len(), 4);
-    let qlora_out = dir.path().join("qlora");
-    let json = merge_ok(
-        &fixture("llama/base"),
-        &adapter,
-        &qlora_out,
-        &["--as-trained-on", "nf4", "--json"],
-    );
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let report = v["qlora"].as_array().unwrap();
-    assert_eq!(report.len(), 4);
-    for r in report {
+    let (v, got) = assert_as_trained_on_beats(&expected, "nf4", &[], 100.0);
+    for r in entries(&v["qlora"]) {
         assert!(r["stray_norm"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["delta_norm"].as_f64().unwrap() > 0.0, "{r}");
     }
-    let got = read_checkpoint(&qlora_out);
-    let qlora_err = rel_to(&got, &expected);
-    assert!(
-        qlora_err < 1e-6,
-        "as-trained-on merge vs PEFT on NF4: {qlora_err:e}"
-    );
-
-    let plain_out = dir.path().join("plain");
-    merge_ok(&fixture("llama/base"), &adapter, &plain_out, &[]);
-    let plain_err = rel_to(&read_checkpoint(&plain_out), &expected);
-    assert!(
-        plain_err > 100.0 * qlora_err.max(1e-9),
-        "plain {plain_err:e}"
-    );
-    eprintln!("rel. error vs PEFT-on-NF4: as-trained-on {qlora_err:e}, plain merge {plain_err:e}");
-
     // Every other tensor is the base's, byte for byte.
     let base = read_checkpoint(&fixture("llama/base"));
     for (n, t) in &got {
@@ -185,50 +190,20 @@ fn merge_as_trained_on_nf4_reproduces_peft_on_the_quantized_base() {
 /// `--as-trained-on nf4,double-quant`: the float base quantized with double quantization as
 /// bitsandbytes does on load (nested absmax with `create_dynamic_map`), dequantized, plus the
 /// delta; the reference is bitsandbytes' `dequantize_4bit(quantize_4bit(W, compress_statistics=
-/// True))` + PEFT's `get_delta_weight` (`fixtures/gen/nf4_dq_fixtures.py`).
+/// True))` + PEFT's `get_delta_weight` (`fixtures/gen/nf4_dq_fixtures.py`). Without double
+/// quantization the absmax differ: measurably (10 times) further from the reference.
 #[test]
 fn merge_as_trained_on_nf4_double_quant_reproduces_bitsandbytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let adapter = fixture("llama/adapters/qv_r8");
     let expected = read(&quant("qlora/qv_r8_expected_dq.safetensors"));
-    assert_eq!(expected.len(), 4);
-    let out = dir.path().join("dq");
-    let json = merge_ok(
-        &fixture("llama/base"),
-        &adapter,
-        &out,
-        &["--as-trained-on", "nf4,double-quant", "--json"],
-    );
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["qlora"].as_array().unwrap().len(), 4);
-    let got = read_checkpoint(&out);
-    let dq_err = rel_to(&got, &expected);
-    assert!(
-        dq_err < 1e-6,
-        "as-trained-on nf4,double-quant vs bitsandbytes: {dq_err:e}"
-    );
-    // Without double quantization the absmax differ: measurably further from the reference.
-    let single = dir.path().join("single");
-    merge_ok(
-        &fixture("llama/base"),
-        &adapter,
-        &single,
-        &["--as-trained-on", "nf4"],
-    );
-    let single_err = rel_to(&read_checkpoint(&single), &expected);
-    assert!(
-        single_err > 10.0 * dq_err.max(1e-9),
-        "nf4 alone {single_err:e}"
-    );
-    eprintln!("rel. error vs bnb double-quant: nf4,double-quant {dq_err:e}, nf4 {single_err:e}");
+    let nf4_alone = ["--as-trained-on", "nf4"];
+    assert_as_trained_on_beats(&expected, "nf4,double-quant", &nf4_alone, 10.0);
 }
 
 /// Merging into the transformers-saved NF4 checkpoint itself gives the same weights: lorakit's
 /// dequantization of bitsandbytes' bytes + the adapter, the untouched weights dequantized.
 #[test]
 fn merge_into_nf4_base_writes_float_and_matches_peft() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
+    let (_dir, out) = scratch("m");
     let text = merge_qv_r8_into(&quant("nf4"), &out, &["--quant", "dequantize"]);
     assert!(text.contains("14 weights dequantized"), "{text}");
     let got = read_checkpoint(&out);
@@ -241,8 +216,7 @@ fn merge_into_nf4_base_writes_float_and_matches_peft() {
         }
     }
     assert_eq!(got.len(), 21);
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = read_json(out.join("config.json"));
     assert!(cfg.get("quantization_config").is_none());
 }
 
@@ -277,8 +251,7 @@ pub(super) fn assert_requantized_like(got: &BTreeMap<String, T>, reference: &Pat
 /// companions and quantization_config are copied.
 #[test]
 fn merge_into_nf4_keeps_it_nf4_like_peft() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
+    let (_dir, out) = scratch("m");
     let text = merge_qv_r8_into(&quant("nf4"), &out, &[]);
     assert!(text.contains("4 merged weights quantized again"), "{text}");
     let got = read_checkpoint(&out);
@@ -314,8 +287,7 @@ fn merge_into_nf4_keeps_it_nf4_like_peft() {
 /// transformers' Fp8Quantize computes them.
 #[test]
 fn merge_into_fp8_requantizes_with_fresh_block_scales() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
+    let (_dir, out) = scratch("m");
     merge_qv_r8_into(&quant("fp8_block"), &out, &["-q"]);
     let got = read_checkpoint(&out);
     assert_eq!(
@@ -332,8 +304,7 @@ fn merge_into_fp8_requantizes_with_fresh_block_scales() {
 
 #[test]
 fn merge_keep_refuses_what_it_cannot_requantize() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o");
+    let (dir, out) = scratch("o");
     // FP8 E5M2 with block scales: transformers' Fp8Quantize writes E4M3 only, so there is no
     // producer rule to follow (every other fixture format is requantized now: quant_requant.rs,
     // quant_gptq.rs, merge_keep_into_compressed_tensors_is_its_compressors_rounding).
@@ -359,8 +330,7 @@ fn merge_keep_refuses_what_it_cannot_requantize() {
 
 #[test]
 fn as_trained_on_refusals() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o");
+    let (_dir, out) = scratch("o");
     let adapter = fixture("llama/adapters/qv_r8");
     // A base that is already quantized.
     let e = merge_refused(&quant("nf4"), &adapter, &out, &["--as-trained-on", "nf4"]);
@@ -389,6 +359,14 @@ pub(super) fn dequantize_refuses(dir: &Path, what: &str, input: &Path, want: &st
 
 /// A copy of a quantized fixture with its tensors edited by `edit`, written with the
 /// independent `safetensors` crate; returns the folder.
+/// The folder `d`, created, holding the `config.json` of `fixtures/quant/<model>`.
+pub(super) fn with_config_of(d: &Path, model: &str) -> PathBuf {
+    std::fs::create_dir_all(d).unwrap();
+    let config = quant(&format!("{model}/config.json"));
+    std::fs::copy(config, d.join("config.json")).unwrap();
+    d.to_path_buf()
+}
+
 pub(super) fn edited(
     dir: &Path,
     model: &str,
@@ -396,22 +374,53 @@ pub(super) fn edited(
 ) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = dir.join(format!("bad-{n}-{model}"));
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::copy(
-        quant(&format!("{model}/config.json")),
-        d.join("config.json"),
-    )
-    .unwrap();
+    let d = with_config_of(&dir.join(format!("bad-{n}-{model}")), model);
     let mut tensors = read(&quant(&format!("{model}/model.safetensors")));
     edit(&mut tensors);
     write_tensors(&d.join("model.safetensors"), &tensors);
     d
 }
 
+/// A copy of `fixtures/quant/<model>` (see [`edited`]) without the tensor `name`.
+pub(super) fn without(dir: &Path, model: &str, name: &str) -> PathBuf {
+    edited(dir, model, |t| {
+        t.remove(name)
+            .unwrap_or_else(|| panic!("{model} has no {name}"));
+    })
+}
+
+/// A copy of `fixtures/quant/<model>` (see [`edited`]) whose tensor `name` is cut to `shape`:
+/// the elements that shape holds, from the first.
+pub(super) fn cut_to(dir: &Path, model: &str, name: &str, shape: &[usize]) -> PathBuf {
+    edited(dir, model, |t| {
+        let x = t.get_mut(name);
+        x.unwrap_or_else(|| panic!("{model} has no {name}"))
+            .cut_to(shape);
+    })
+}
+
+/// A copy of `fixtures/quant/<model>` (see [`edited`]) with one more tensor, `name`: zeros of
+/// `dtype` and `shape`.
+pub(super) fn with_zeros(
+    dir: &Path,
+    model: &str,
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: &[usize],
+) -> PathBuf {
+    let data = vec![0; shape.iter().product::<usize>() * dtype.bitsize() / 8];
+    let shape = shape.to_vec();
+    edited(dir, model, |t| {
+        let old = t.insert(name.into(), T { dtype, shape, data });
+        assert!(old.is_none(), "{model} already has {name}");
+    })
+}
+
 #[test]
 fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
+    use safetensors::Dtype::I32;
     let dir = tempfile::tempdir().unwrap();
+    let q = "model.layers.0.self_attn.q_proj";
     let w = "model.layers.0.self_attn.q_proj.weight";
     let state = format!("{w}.quant_state.bitsandbytes__nf4");
     let blob = |t: &mut BTreeMap<String, T>, json: &str| {
@@ -425,47 +434,37 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
             },
         );
     };
+    let nf4_state = |json: &str| edited(dir.path(), "nf4", |t| blob(t, json));
     let cases: Vec<(&str, PathBuf, &str)> = vec![
         (
             "missing absmax",
-            edited(dir.path(), "nf4", |t| {
-                t.remove(&format!("{w}.absmax"));
-            }),
+            without(dir.path(), "nf4", &format!("{w}.absmax")),
             "without `model.layers.0.self_attn.q_proj.weight.absmax`",
         ),
         (
             "quant_state shape that does not match the packing",
-            edited(dir.path(), "nf4", |t| {
-                blob(
-                    t,
-                    r#"{"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [64, 128]}"#,
-                )
-            }),
+            nf4_state(
+                r#"{"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [64, 128]}"#,
+            ),
             "packs into",
         ),
         (
             "quant_state that lies about the type",
-            edited(dir.path(), "nf4", |t| {
-                blob(
-                    t,
-                    r#"{"quant_type": "fp4", "blocksize": 64, "dtype": "float32", "shape": [64, 64]}"#,
-                )
-            }),
+            nf4_state(
+                r#"{"quant_type": "fp4", "blocksize": 64, "dtype": "float32", "shape": [64, 64]}"#,
+            ),
             "stored as bitsandbytes__nf4",
         ),
         (
             "quant_state that is not JSON",
-            edited(dir.path(), "nf4", |t| blob(t, "{not json")),
+            nf4_state("{not json"),
             "not valid JSON",
         ),
         (
             "blocksize that disagrees with absmax",
-            edited(dir.path(), "nf4", |t| {
-                blob(
-                    t,
-                    r#"{"quant_type": "nf4", "blocksize": 128, "dtype": "float32", "shape": [64, 64]}"#,
-                )
-            }),
+            nf4_state(
+                r#"{"quant_type": "nf4", "blocksize": 128, "dtype": "float32", "shape": [64, 64]}"#,
+            ),
             "needs F32 with 32 elements",
         ),
         (
@@ -486,58 +485,48 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
         ),
         (
             "double-quant state without nested_absmax",
-            edited(dir.path(), "nf4_dq", |t| {
-                t.remove(&format!("{w}.nested_absmax"));
-            }),
+            without(dir.path(), "nf4_dq", &format!("{w}.nested_absmax")),
             "nested_absmax",
         ),
         (
             "int8 weight with a short SCB",
-            edited(dir.path(), "int8", |t| {
-                let s = t.get_mut("model.layers.0.self_attn.q_proj.SCB").unwrap();
-                s.data.truncate(4 * 10);
-                s.shape = vec![10];
-            }),
+            cut_to(
+                dir.path(),
+                "int8",
+                "model.layers.0.self_attn.q_proj.SCB",
+                &[10],
+            ),
             "one F32 per row",
         ),
         (
             "int8 weight without SCB",
-            edited(dir.path(), "int8", |t| {
-                t.remove("model.layers.0.self_attn.q_proj.SCB");
-            }),
+            without(dir.path(), "int8", "model.layers.0.self_attn.q_proj.SCB"),
             "no quantization state",
         ),
         (
             "FP8 weight without its scale",
-            edited(dir.path(), "fp8_block", |t| {
-                t.remove("model.layers.0.self_attn.q_proj.weight_scale_inv");
-            }),
+            without(dir.path(), "fp8_block", &format!("{q}.weight_scale_inv")),
             "without a `model.layers.0.self_attn.q_proj.weight_scale_inv`",
         ),
         (
             "FP8 scale grid that does not tile the weight",
-            edited(dir.path(), "fp8_block", |t| {
-                let s = t
-                    .get_mut("model.layers.0.self_attn.q_proj.weight_scale_inv")
-                    .unwrap();
-                s.shape = vec![1, 4];
-                s.data.truncate(16);
-            }),
+            cut_to(
+                dir.path(),
+                "fp8_block",
+                &format!("{q}.weight_scale_inv"),
+                &[1, 4],
+            ),
             "does not tile",
         ),
         (
             "compressed-tensors weight without its scale",
-            edited(dir.path(), "ct_pack", |t| {
-                t.remove("model.layers.0.self_attn.q_proj.weight_scale");
-            }),
+            without(dir.path(), "ct_pack", &format!("{q}.weight_scale")),
             "without `model.layers.0.self_attn.q_proj.weight_scale`",
         ),
         (
             "compressed-tensors weight_shape that does not match the packing",
             edited(dir.path(), "ct_pack", |t| {
-                let s = t
-                    .get_mut("model.layers.0.self_attn.q_proj.weight_shape")
-                    .unwrap();
+                let s = t.get_mut(&format!("{q}.weight_shape")).unwrap();
                 s.data[8..16].copy_from_slice(&1000i64.to_le_bytes());
             }),
             "do not pack 1000 elements",
@@ -554,16 +543,13 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
         ),
         (
             "GPTQ packed weights",
-            edited(dir.path(), "nf4", |t| {
-                t.insert(
-                    "model.layers.0.mlp.qweight".into(),
-                    T {
-                        dtype: safetensors::Dtype::I32,
-                        shape: vec![2, 2],
-                        data: vec![0; 16],
-                    },
-                );
-            }),
+            with_zeros(
+                dir.path(),
+                "nf4",
+                "model.layers.0.mlp.qweight",
+                I32,
+                &[2, 2],
+            ),
             "GPTQ/AWQ",
         ),
     ];
@@ -590,8 +576,7 @@ fn malformed_quantized_checkpoints_are_one_line_errors_and_write_nothing() {
 /// into the dequantized base reproduces the tuned model.
 #[test]
 fn extract_against_a_quantized_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let tuned = dir.path().join("tuned");
+    let (dir, tuned) = scratch("tuned");
     merge_qv_r8_into(&quant("nf4"), &tuned, &["--quant", "dequantize", "-q"]);
     let adapter = dir.path().join("a");
     // The temporary dequantized base goes to TMPDIR and is removed at exit.
@@ -614,9 +599,7 @@ fn extract_against_a_quantized_base() {
         .count();
     assert_eq!(left, 0, "temporary base left behind");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg: serde_json::Value = read_json(adapter.join("adapter_config.json"));
     assert_eq!(
         cfg["base_model_name_or_path"],
         quant("nf4").display().to_string(),
@@ -638,8 +621,7 @@ fn extract_against_a_quantized_base() {
 /// dequantized exactly, the index rewritten without the companions.
 #[test]
 fn dequantize_sharded_with_companions_across_shards() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
+    let (dir, input) = scratch("in");
     std::fs::create_dir(&input).unwrap();
     std::fs::copy(quant("nf4_dq/config.json"), input.join("config.json")).unwrap();
     write_alternate_shards(&read(&quant("nf4_dq/model.safetensors")), &input);
@@ -650,8 +632,6 @@ fn dequantize_sharded_with_companions_across_shards() {
     for (name, want) in read(&quant("ref/nf4_dq.safetensors")) {
         assert!(got[&name].data == want.data, "{name}");
     }
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
-            .unwrap();
+    let index: serde_json::Value = read_json(out.join("model.safetensors.index.json"));
     assert_eq!(index["weight_map"].as_object().unwrap().len(), 21);
 }

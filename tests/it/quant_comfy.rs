@@ -5,21 +5,15 @@
 //! for bit is in `quant.rs` (`MODELS`); here merges and refusals.
 
 use super::common::*;
-use super::quant::{dequantize_refuses, edited};
+use super::quant::{dequantize_refuses, edited, quant, without};
 use super::quant_gptq::assert_qv_r8_merged_against_f64;
-use std::path::PathBuf;
-
-fn quant(rel: &str) -> PathBuf {
-    fixture(&format!("quant/{rel}"))
-}
 
 /// `--quant dequantize`: ComfyUI's dequantization (`qdata.to(float32) * scale`) plus s·B·A in
 /// f64; the marker, scales and input scale are gone (a float model that kept `scaled_fp8` would
 /// be loaded as scaled FP8 again).
 #[test]
 fn merge_into_comfy_scaled_fp8_applies_the_scale() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o");
+    let (_dir, out) = scratch("o");
     merge_qv_r8_into(
         &quant("comfy_fp8"),
         &out,
@@ -43,8 +37,7 @@ fn merge_into_comfy_scaled_fp8_applies_the_scale() {
 /// reproducible, so refused with the way out, and nothing written.
 #[test]
 fn merge_keep_into_comfy_scaled_fp8_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o");
+    let (_dir, out) = scratch("o");
     let e = merge_qv_r8_refused(&quant("comfy_fp8"), &out, &[]);
     assert_mentions(
         &e,
@@ -81,9 +74,7 @@ fn malformed_comfy_scaled_fp8_is_a_one_line_error() {
         ),
         (
             "a scale without its weight",
-            edited(dir.path(), "comfy_fp8", |t| {
-                t.remove(&format!("{q}.weight"));
-            }),
+            without(dir.path(), "comfy_fp8", &format!("{q}.weight")),
             "its weight is missing",
         ),
     ];

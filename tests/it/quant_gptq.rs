@@ -5,14 +5,12 @@
 //! f64 recomputation, `inspect`, and malformed files.
 
 use super::common::*;
+use super::quant::{cut_to, edited, quant, with_zeros, without};
+use super::quant_requant::{assert_merged_exactly, merge_keeping};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const MODELS: [&str; 5] = ["gptq4_v1", "gptq3_act", "gptq2_v1", "gptq8_v2", "awq4"];
-
-fn quant(rel: &str) -> PathBuf {
-    fixture(&format!("quant/{rel}"))
-}
 
 /// `<fixture>/<tensor>` entries of a reference file, for one fixture.
 fn refs_of(file: &str, model: &str) -> BTreeMap<String, T> {
@@ -50,8 +48,7 @@ fn dequantize_gptq_awq_equals_gptqmodel_bit_for_bit() {
                 assert_eq!(t, &base[name], "{model} {name}");
             }
         }
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value = read_json(out.join("config.json"));
         assert!(cfg.get("quantization_config").is_none(), "{model}");
     }
 }
@@ -62,36 +59,11 @@ fn dequantize_gptq_awq_equals_gptqmodel_bit_for_bit() {
 /// and config.json are copied byte for byte.
 #[test]
 fn merge_keep_into_gptq_awq_is_the_packers_round_to_nearest() {
-    let dir = tempfile::tempdir().unwrap();
     for model in MODELS {
-        let out = dir.path().join(model);
-        let text = merge_qv_r8_into(&quant(model), &out, &[]);
-        assert!(
-            text.contains("4 merged weights quantized again"),
-            "{model}: {text}"
-        );
-        let got = read_checkpoint(&out);
-        let input = read_checkpoint(&quant(model));
-        assert_eq!(
-            got.keys().collect::<Vec<_>>(),
-            input.keys().collect::<Vec<_>>()
-        );
+        let (got, input) = merge_keeping(model, "qv_r8", 4);
         let want = refs_of("qlora/gptq_awq_keep.safetensors", model);
         assert_eq!(want.len(), 4);
-        for (name, t) in &input {
-            match want.get(name) {
-                Some(w) => {
-                    assert_eq!(&got[name], w, "{model} {name}");
-                    assert_ne!(&got[name], t, "{model} {name}: the merge changed nothing");
-                }
-                None => assert_eq!(&got[name], t, "{model} {name} changed"),
-            }
-        }
-        assert_eq!(
-            std::fs::read(out.join("config.json")).unwrap(),
-            std::fs::read(quant(&format!("{model}/config.json"))).unwrap(),
-            "{model}: quantization_config kept"
-        );
+        assert_merged_exactly(&got, &input, &want, model);
     }
 }
 
@@ -114,8 +86,7 @@ fn merge_dequantize_gptq_awq_against_f64() {
         assert!(!got
             .keys()
             .any(|k| k.ends_with("qweight") || k.ends_with("scales")));
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value = read_json(out.join("config.json"));
         assert!(cfg.get("quantization_config").is_none());
     }
 }
@@ -172,12 +143,11 @@ fn inspect_reports_gptq_and_awq() {
     ] {
         let v: serde_json::Value = inspect_json(&quant(model), &[]);
         let q = &v["quantization"];
-        let t = q["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == "model.layers.0.self_attn.v_proj.weight")
-            .unwrap_or_else(|| panic!("{model}: {q}"));
+        let t = entry(
+            &q["tensors"],
+            "name",
+            "model.layers.0.self_attn.v_proj.weight",
+        );
         assert_eq!(
             (t["method"].as_str().unwrap(), t["bits"].as_u64().unwrap()),
             (method, bits),
@@ -190,166 +160,91 @@ fn inspect_reports_gptq_and_awq() {
     }
 }
 
-/// A copy of a fixture with its tensors and its quantization_config edited.
-fn edited(
+/// A copy of a fixture with its quantization_config edited.
+fn config_edited(
     dir: &Path,
     model: &str,
-    edit: impl FnOnce(&mut BTreeMap<String, T>),
     cfg_edit: impl FnOnce(&mut serde_json::Value),
 ) -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = dir.join(format!("bad-{n}-{model}"));
-    std::fs::create_dir_all(&d).unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(quant(&format!("{model}/config.json"))).unwrap())
-            .unwrap();
-    cfg_edit(&mut cfg["quantization_config"]);
-    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
-    let mut tensors = read(&quant(&format!("{model}/model.safetensors")));
-    edit(&mut tensors);
-    write_tensors(&d.join("model.safetensors"), &tensors);
+    let d = edited(dir, model, |_| {});
+    edit_json(d.join("config.json"), |cfg| {
+        cfg_edit(&mut cfg["quantization_config"])
+    });
     d
 }
 
 #[test]
 fn malformed_gptq_awq_checkpoints_are_one_line_errors_and_write_nothing() {
+    use safetensors::Dtype::I32;
     let dir = tempfile::tempdir().unwrap();
     let p = "model.layers.0.self_attn.q_proj";
-    let none = |_: &mut serde_json::Value| {};
     let i32s = |v: &[i32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let cases: Vec<(&str, PathBuf, String)> = vec![
         (
             "missing qzeros",
-            edited(
-                dir.path(),
-                "gptq4_v1",
-                |t| {
-                    t.remove(&format!("{p}.qzeros"));
-                },
-                none,
-            ),
+            without(dir.path(), "gptq4_v1", &format!("{p}.qzeros")),
             format!("GPTQ qweight without `{p}.qzeros`"),
         ),
         (
             "missing scales",
-            edited(
-                dir.path(),
-                "awq4",
-                |t| {
-                    t.remove(&format!("{p}.scales"));
-                },
-                none,
-            ),
+            without(dir.path(), "awq4", &format!("{p}.scales")),
             format!("AWQ qweight without `{p}.scales`"),
         ),
         (
             "scales of the wrong group count",
-            edited(
-                dir.path(),
-                "gptq3_act",
-                |t| {
-                    let s = t.get_mut(&format!("{p}.scales")).unwrap();
-                    s.shape = vec![1, 64];
-                    s.data.truncate(128);
-                },
-                none,
-            ),
+            cut_to(dir.path(), "gptq3_act", &format!("{p}.scales"), &[1, 64]),
             "needs [2, 64]".into(),
         ),
         (
             "qweight rows that do not pack in_features",
-            edited(
-                dir.path(),
-                "gptq4_v1",
-                |t| {
-                    let q = t.get_mut(&format!("{p}.qweight")).unwrap();
-                    q.shape = vec![7, 64];
-                    q.data.truncate(7 * 64 * 4);
-                },
-                none,
-            ),
+            cut_to(dir.path(), "gptq4_v1", &format!("{p}.qweight"), &[7, 64]),
             "pack into 8".into(),
         ),
         (
             "g_idx pointing past the groups",
-            edited(
-                dir.path(),
-                "gptq3_act",
-                |t| {
-                    let g = t.get_mut(&format!("{p}.g_idx")).unwrap();
-                    g.data[4..8].copy_from_slice(&i32s(&[2]));
-                },
-                none,
-            ),
+            edited(dir.path(), "gptq3_act", |t| {
+                let g = t.get_mut(&format!("{p}.g_idx")).unwrap();
+                g.data[4..8].copy_from_slice(&i32s(&[2]));
+            }),
             "input channel 1 is in group 2".into(),
         ),
         (
             "act-order without g_idx",
-            edited(
-                dir.path(),
-                "gptq3_act",
-                |t| {
-                    t.remove(&format!("{p}.g_idx"));
-                },
-                none,
-            ),
+            without(dir.path(), "gptq3_act", &format!("{p}.g_idx")),
             "without `model.layers.0.self_attn.q_proj.g_idx`".into(),
         ),
         (
             "qzeros of the wrong width",
-            edited(
-                dir.path(),
-                "awq4",
-                |t| {
-                    let z = t.get_mut(&format!("{p}.qzeros")).unwrap();
-                    z.shape = vec![2, 4];
-                    z.data.truncate(32);
-                },
-                none,
-            ),
+            cut_to(dir.path(), "awq4", &format!("{p}.qzeros"), &[2, 4]),
             "pack into [2, 8]".into(),
         ),
         (
             "qzeros without its qweight",
-            edited(
+            with_zeros(
                 dir.path(),
                 "gptq8_v2",
-                |t| {
-                    t.insert(
-                        "model.layers.0.mlp.extra.qzeros".into(),
-                        T {
-                            dtype: safetensors::Dtype::I32,
-                            shape: vec![1, 1],
-                            data: vec![0; 4],
-                        },
-                    );
-                },
-                none,
+                "model.layers.0.mlp.extra.qzeros",
+                I32,
+                &[1, 1],
             ),
             "its `qweight` is missing".into(),
         ),
         (
             "unknown GPTQ checkpoint format",
-            edited(
-                dir.path(),
-                "gptq4_v1",
-                |_| {},
-                |c| {
-                    c["format"] = "marlin".into();
-                    c["checkpoint_format"] = "marlin".into();
-                },
-            ),
+            config_edited(dir.path(), "gptq4_v1", |c| {
+                c["format"] = "marlin".into();
+                c["checkpoint_format"] = "marlin".into();
+            }),
             "checkpoint format `marlin`".into(),
         ),
         (
             "AWQ GEMV",
-            edited(dir.path(), "awq4", |_| {}, |c| c["version"] = "gemv".into()),
+            config_edited(dir.path(), "awq4", |c| c["version"] = "gemv".into()),
             "AWQ version `gemv`".into(),
         ),
         (
             "GPTQ 5 bits",
-            edited(dir.path(), "gptq4_v1", |_| {}, |c| c["bits"] = 5.into()),
+            config_edited(dir.path(), "gptq4_v1", |c| c["bits"] = 5.into()),
             "GPTQ bits 5".into(),
         ),
     ];

@@ -67,8 +67,7 @@ fn qlora_trained_adapter_merged_as_trained_on_reproduces_the_nf4_model() {
 /// Both sides store f32: a few ulps of W per element, far below 1e-5 of either norm here.
 #[test]
 fn as_trained_on_reports_the_stray_term_bitsandbytes_removes() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
+    let (_dir, out) = scratch("m");
     let adapter = fixture("llama/adapters/qv_r8");
     let v: serde_json::Value = serde_json::from_str(&merge_ok(
         &fixture("llama/base"),
@@ -77,9 +76,7 @@ fn as_trained_on_reports_the_stray_term_bitsandbytes_removes() {
         &["--as-trained-on", "nf4", "--json"],
     ))
     .unwrap();
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg: serde_json::Value = read_json(adapter.join("adapter_config.json"));
     assert!(cfg["alpha_pattern"]
         .as_object()
         .is_none_or(|p| p.is_empty()));

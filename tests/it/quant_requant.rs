@@ -2,38 +2,28 @@
 //! bases, byte-identical to one process, with the companions of a weight in the other shard.
 
 use super::common::*;
+use super::quant::{quant, with_config_of};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-fn quant(rel: &str) -> PathBuf {
-    fixture(&format!("quant/{rel}"))
-}
 
 /// `fixtures/quant/<model>` as two shards and an index, tensors dealt alternately so that a
 /// weight and its companions land in different shards.
 fn sharded(dir: &Path, model: &str) -> PathBuf {
-    let input = dir.join(format!("{model}-sharded"));
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::copy(
-        quant(&format!("{model}/config.json")),
-        input.join("config.json"),
-    )
-    .unwrap();
+    let input = with_config_of(&dir.join(format!("{model}-sharded")), model);
     write_alternate_shards(&read(&quant(&format!("{model}/model.safetensors"))), &input);
     input
 }
 
 /// A merge of `llama/adapters/<adapter>` into `fixtures/quant/<model>` that keeps it quantized,
-/// into a folder of `dir`: checks that `count` merged weights were quantized again, that the
+/// in a temporary folder: checks that `count` merged weights were quantized again, that the
 /// output has the input's tensor names and that config.json (its quantization_config) is kept
 /// byte for byte; returns the output's tensors and the input's.
-fn merge_keeping(
-    dir: &Path,
+pub(super) fn merge_keeping(
     model: &str,
     adapter: &str,
     count: usize,
 ) -> (BTreeMap<String, T>, BTreeMap<String, T>) {
-    let out = dir.join(format!("{model}-{adapter}"));
+    let (_dir, out) = scratch(&format!("{model}-{adapter}"));
     let input = quant(model);
     let text = merge_ok(
         &input,
@@ -71,20 +61,23 @@ fn assert_others_untouched(
     }
 }
 
-/// Every file of a folder, by name, with its bytes.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
+/// Each tensor of `input` that `want` lists is `want`'s in `got` and not the input's (the merge
+/// changed it); every other is the input's (`what` names the case in messages).
+pub(super) fn assert_merged_exactly(
+    got: &BTreeMap<String, T>,
+    input: &BTreeMap<String, T>,
+    want: &BTreeMap<String, T>,
+    what: &str,
+) {
+    for (name, t) in input {
+        match want.get(name) {
+            Some(w) => {
+                assert_eq!(&got[name], w, "{what} {name}");
+                assert_ne!(&got[name], t, "{what} {name}: the merge changed nothing");
+            }
+            None => assert_eq!(&got[name], t, "{what} {name} changed"),
+        }
+    }
 }
 
 #[test]
@@ -96,28 +89,12 @@ fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
         for mode in [&[][..], &["--quant", "dequantize", "--dtype", "bf16"][..]] {
             let tag = format!("{model}{}", mode.len());
             let whole = dir.path().join(format!("{tag}-whole"));
-            merge_ok(&base, &adapter, &whole, &[&["-q"][..], mode].concat());
             let split = dir.path().join(format!("{tag}-split"));
-            for part in ["1/2", "2/2"] {
-                merge_ok(
-                    &base,
-                    &adapter,
-                    &split,
-                    &[&["-q", "--part", part][..], mode].concat(),
-                );
-            }
-            run_ok(finalize_args(&split, &["-q"]));
-            let (a, b) = (files(&whole), files(&split));
-            assert_eq!(
-                a.iter().map(|f| &f.0).collect::<Vec<_>>(),
-                b.iter().map(|f| &f.0).collect::<Vec<_>>(),
-                "{tag}"
-            );
-            for ((name, x), (_, y)) in a.iter().zip(&b) {
-                assert!(x == y, "{tag}: {name} differs from the one-process merge");
-            }
-            let cfg = String::from_utf8(a.iter().find(|f| f.0 == "config.json").unwrap().1.clone())
-                .unwrap();
+            let merge = |out: &Path, part: &[&str]| {
+                merge_ok(&base, &adapter, out, &[&["-q"], part, mode].concat());
+            };
+            assert_parts_equal_one_process(&whole, &split, merge, &tag);
+            let cfg = std::fs::read_to_string(whole.join("config.json")).unwrap();
             assert_eq!(
                 cfg.contains("quantization_config"),
                 mode.is_empty(),
@@ -131,39 +108,16 @@ fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
 /// same dequantization, so the joined adapter is the one-process adapter byte for byte.
 #[test]
 fn extract_parts_against_a_quantized_base_equal_one_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let tuned = dir.path().join("tuned");
+    let (dir, tuned) = scratch("tuned");
     merge_qv_r8_into(&quant("gptq4_v1"), &tuned, &["--quant", "dequantize", "-q"]);
-    let extract = |out: &Path, part: Option<&str>| {
-        let mut flags = vec!["--rank", "8", "-q"];
-        if let Some(p) = part {
-            flags.extend(["--part", p]);
-        }
+    let extract = |out: &Path, part: &[&str]| {
+        let flags = [&["--rank", "8", "-q"], part].concat();
         run_ok(extract_args(&quant("gptq4_v1"), &tuned, out, &flags));
     };
-    let whole = dir.path().join("whole");
-    extract(&whole, None);
-    let split = dir.path().join("split");
-    extract(&split, Some("1/2"));
-    extract(&split, Some("2/2"));
-    run_ok(finalize_args(&split, &["-q"]));
-    let (a, b) = (files(&whole), files(&split));
-    assert_eq!(
-        a.iter().map(|f| &f.0).collect::<Vec<_>>(),
-        b.iter().map(|f| &f.0).collect::<Vec<_>>()
-    );
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x == y, "{name} differs from the one-process extraction");
-    }
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    assert_parts_equal_one_process(&whole, &split, extract, "extraction");
     // The adapter names the quantized base as given, not the temporary copy.
-    let cfg = String::from_utf8(
-        a.iter()
-            .find(|f| f.0 == "adapter_config.json")
-            .unwrap()
-            .1
-            .clone(),
-    )
-    .unwrap();
+    let cfg = std::fs::read_to_string(whole.join("adapter_config.json")).unwrap();
     assert!(
         cfg.contains("gptq4_v1") && !cfg.contains("lorakit-dequantized"),
         "{cfg}"
@@ -178,8 +132,7 @@ fn extract_parts_against_a_quantized_base_equal_one_process() {
 /// nested absmax, the quant_state JSON with the new offset), untouched tensors copied.
 #[test]
 fn merge_into_nf4_double_quant_keeps_it_like_peft() {
-    let dir = tempfile::tempdir().unwrap();
-    let (got, input) = merge_keeping(dir.path(), "nf4_dq", "qv_r8", 4);
+    let (got, input) = merge_keeping("nf4_dq", "qv_r8", 4);
     let want = read(&quant("qlora/peft_merged_nf4_dq.safetensors"));
     // weight, absmax, nested_absmax, quant_map, nested_quant_map, quant_state for 4 weights.
     assert_eq!(want.len(), 24);
@@ -210,8 +163,7 @@ fn merge_into_nf4_double_quant_keeps_it_like_peft() {
 /// `weight_format` and every untouched tensor copied.
 #[test]
 fn merge_into_int8_requantizes_like_peft() {
-    let dir = tempfile::tempdir().unwrap();
-    let (got, input) = merge_keeping(dir.path(), "int8", "qv_r8", 4);
+    let (got, input) = merge_keeping("int8", "qv_r8", 4);
     let want: BTreeMap<String, T> = read(&quant("qlora/peft_merged_int8.safetensors"))
         .into_iter()
         .filter(|(n, _)| !n.ends_with(".merged"))
@@ -231,19 +183,10 @@ fn merge_into_int8_requantizes_like_peft() {
 /// config.json are copied byte for byte.
 #[test]
 fn merge_keep_into_compressed_tensors_is_its_compressors_rounding() {
-    let dir = tempfile::tempdir().unwrap();
-    let (got, input) = merge_keeping(dir.path(), "ct_pack", "rslora_all", 14);
+    let (got, input) = merge_keeping("ct_pack", "rslora_all", 14);
     let want = read(&fixture("quant/qlora/ct_pack_keep.safetensors"));
     assert_eq!(want.len(), 14);
-    for (name, t) in &input {
-        match want.get(name) {
-            Some(w) => {
-                assert_eq!(&got[name], w, "{name}");
-                assert_ne!(&got[name], t, "{name}: the merge changed nothing");
-            }
-            None => assert_eq!(&got[name], t, "{name} changed"),
-        }
-    }
+    assert_merged_exactly(&got, &input, &want, "ct_pack");
 }
 
 /// `merge --quant keep` into compressed-tensors float-quantized FP8 (`ct_fp8`: per-channel and
@@ -257,8 +200,7 @@ fn merge_keep_into_compressed_tensors_is_its_compressors_rounding() {
 /// be requantized (changed) and leave everything else untouched.
 #[test]
 fn merge_keep_into_compressed_tensors_fp8_has_the_producers_fresh_scales() {
-    let dir = tempfile::tempdir().unwrap();
-    let (got, input) = merge_keeping(dir.path(), "ct_fp8", "rslora_all", 14);
+    let (got, input) = merge_keeping("ct_fp8", "rslora_all", 14);
     let want = read(&fixture("quant/qlora/ct_fp8_keep.safetensors"));
     assert_eq!(want.len(), 42);
     let (mut exact, mut scales_changed) = (0, 0);
@@ -294,14 +236,11 @@ fn merge_keep_into_compressed_tensors_fp8_has_the_producers_fresh_scales() {
 /// checkpoint and the method, and write nothing.
 #[test]
 fn unknown_quantization_methods_are_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("hqq");
+    let (dir, model) = scratch("hqq");
     copy_dir(&fixture("llama/base"), &model);
-    let cfg_path = model.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    cfg["quantization_config"] = serde_json::json!({"quant_method": "hqq", "nbits": 4});
-    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    edit_json(model.join("config.json"), |cfg| {
+        cfg["quantization_config"] = serde_json::json!({"quant_method": "hqq", "nbits": 4})
+    });
     let st = model.join("model.safetensors");
     let mut t = read(&st);
     let w = "model.layers.0.self_attn.q_proj.weight";
@@ -339,8 +278,7 @@ fn unknown_quantization_methods_are_refused_by_name() {
 /// `assert_requantized_like`); every other tensor and config.json copied.
 #[test]
 fn merge_into_fp4_keeps_it_fp4_like_peft() {
-    let dir = tempfile::tempdir().unwrap();
-    let (got, input) = merge_keeping(dir.path(), "fp4", "qv_r8", 4);
+    let (got, input) = merge_keeping("fp4", "qv_r8", 4);
     // 4 packed weights, their quant_map and quant_state blobs; 4 absmax within 2 ulp.
     assert_eq!(
         super::quant::assert_requantized_like(&got, &quant("qlora/peft_merged_fp4.safetensors")),

@@ -24,9 +24,9 @@ const RECIPE_REST: &str = r#"
 [[step]]
 name = "again"
 command = "merge"
+unmerge = true
 base = "${merged.out}"
 adapter = ["FX/llama/adapters/qv_r8"]
-unmerge = true
 out = "out/restored"
 
 [[step]]
@@ -108,8 +108,7 @@ fn actions(recipe: &Path, extra: &[&str]) -> Vec<(String, String)> {
 
 #[test]
 fn reruns_follow_input_content_not_timestamps() {
-    let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("qv");
+    let (dir, copy) = scratch("qv");
     std::fs::create_dir(&copy).unwrap();
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         std::fs::copy(fixture("llama/adapters/qv_r8").join(f), copy.join(f)).unwrap();

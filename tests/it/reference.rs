@@ -169,8 +169,7 @@ pub fn norm64(a: &[f64]) -> f64 {
 /// `re.match(rf"(.*\.)?({key})$", module)`, else `lora_alpha`.
 pub fn peft_deltas(dir: &Path) -> BTreeMap<String, Vec<f64>> {
     let t = read(&dir.join("adapter_model.safetensors"));
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: Value = read_json(dir.join("adapter_config.json"));
     assert_eq!(cfg["use_rslora"], false);
     let fifo = cfg["fan_in_fan_out"] == true;
     let alpha_for = |m: &str| peft_alpha_for(&cfg, m).unwrap();

@@ -3,7 +3,8 @@
 //! share. Never lowers anything to LoRA (those updates have no fixed `ΔW`).
 
 use super::delta::f64s;
-use super::{Factors, Ia3Rule, Loaded, OftConv, PeftCayley};
+use super::delta::Loaded;
+use super::factors::{Factors, Ia3Rule, OftConv, PeftCayley};
 
 /// `ΔW = W' − W0` (d×k canonical, row-major) of an update that depends on the base weight
 /// ([`Factors::needs_base`]), from the base `w0` (d×k, f32 as stored), accumulated in f64 and

@@ -3,7 +3,7 @@
 //! views ([`product_form`], [`kron_halves`]) that let `resize` lower them without forming `d×k`.
 //! Never reads a base weight (that is [`super::base`]).
 
-use super::{Factors, KronHalf};
+use super::factors::{Factors, KronHalf};
 
 /// `U[i, (q, s)] = Σⱼ t[i,j,s]·wb[j,q]`: the Tucker core contracted with its input-side factor,
 /// `t` r1×r2×kk and `wb` r2×Q, giving r1×(Q·kk). With `wa` r1×P the rebuilt half is
@@ -58,7 +58,7 @@ impl Product {
 /// checked; what [`delta`] rebuilds `ΔW` from.
 pub struct Loaded<'a> {
     pub factors: &'a Factors,
-    pub values: Vec<crate::adapter::Values>,
+    pub values: Vec<crate::adapter::data::Values>,
 }
 
 /// `ΔW` (d×k, canonical, scale included) of a module from its loaded values: each element is
@@ -101,12 +101,12 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
             tucker: Some(_), ..
         } => vec![
             Product {
-                b: f64s(&crate::adapter::transpose(&v[0], rank, d)),
+                b: f64s(&crate::adapter::data::transpose(&v[0], rank, d)),
                 a: tucker_core(&v[4], &v[1], (rank, rank, kk), k / kk),
                 r: rank,
             },
             Product {
-                b: f64s(&crate::adapter::transpose(&v[2], rank, d)),
+                b: f64s(&crate::adapter::data::transpose(&v[2], rank, d)),
                 a: tucker_core(&v[5], &v[3], (rank, rank, kk), k / kk),
                 r: rank,
             },
@@ -161,7 +161,7 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
 /// One LoKr half rebuilt as rows×(cols·kk) in f64 (small: the size of the half itself).
 fn half(
     h: &KronHalf,
-    v: &[crate::adapter::Values],
+    v: &[crate::adapter::data::Values],
     rows: usize,
     cols: usize,
     kk: usize,
@@ -182,7 +182,7 @@ fn half(
             r: *rank,
         }),
         KronHalf::Tucker { rank, .. } => dense(Product {
-            b: f64s(&crate::adapter::transpose(&v[1], *rank, rows)),
+            b: f64s(&crate::adapter::data::transpose(&v[1], *rank, rows)),
             a: tucker_core(&v[0], &v[2], (*rank, *rank, kk), cols),
             r: *rank,
         }),
@@ -220,11 +220,11 @@ pub fn product_form(
             tucker: Some(_), ..
         } => vec![
             (
-                f64s(&crate::adapter::transpose(&v[0], rank, d)),
+                f64s(&crate::adapter::data::transpose(&v[0], rank, d)),
                 tucker_core(&v[4], &v[1], (rank, rank, kk), k / kk),
             ),
             (
-                f64s(&crate::adapter::transpose(&v[2], rank, d)),
+                f64s(&crate::adapter::data::transpose(&v[2], rank, d)),
                 tucker_core(&v[5], &v[3], (rank, rank, kk), k / kk),
             ),
         ],

@@ -12,7 +12,8 @@
 //! would otherwise be lost.
 
 use super::peft;
-use crate::adapter::{Adapter, Format, ModuleKind};
+use crate::adapter::formats::format::Format;
+use crate::adapter::model::{Adapter, ModuleKind};
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::TensorSpec;
 use std::collections::BTreeMap;
@@ -92,7 +93,7 @@ pub fn write(
             f.name
         )));
     }
-    let mut groups: BTreeMap<&str, Vec<crate::adapter::LoraModule>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<crate::adapter::model::LoraModule>> = BTreeMap::new();
     let mut specs = Vec::new();
     let mut payload: Vec<Vec<u8>> = Vec::new();
     for m in &adapter.modules {
@@ -188,5 +189,5 @@ pub fn write(
 
 /// A kohya-named module (`lora_unet_…`, no dots): its paths must be restored first.
 fn kohya_named(adapter: &Adapter, name: &str) -> bool {
-    adapter.format == Format::Kohya && !name.contains('.')
+    !adapter.format.layout().names_are_paths() && !name.contains('.')
 }

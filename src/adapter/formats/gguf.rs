@@ -21,7 +21,7 @@
 //! the copy of the base embedding PEFT saves beside an embedding LoRA (`base_layer.weight`),
 //! which the converter and lorakit leave out.
 
-use crate::adapter::{Adapter, ModuleKind};
+use crate::adapter::model::{Adapter, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::gguf::names::{self, Rope};
 use crate::io::gguf::writer::{kv_f32, kv_string, GgufWriter, OutTensor};
@@ -328,7 +328,7 @@ pub fn write(
         for (m, name, heads, fold) in plan {
             let (b, a) = adapter.factors(m)?;
             let a = if m.kind == ModuleKind::Embedding {
-                crate::adapter::transpose(&a, m.rank, m.in_features)
+                crate::adapter::data::transpose(&a, m.rank, m.in_features)
             } else {
                 a.to_vec()
             };
@@ -370,7 +370,9 @@ pub fn write(
 /// error. The model records format PEFT: its modules are PEFT module paths with PEFT's
 /// canonical factors (held in memory, no backing file).
 pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
-    use crate::adapter::{algo::Factors, Data, DoraRule, LoraModule};
+    use crate::adapter::algo::Factors;
+    use crate::adapter::data::Data;
+    use crate::adapter::model::{DoraRule, LoraModule};
     use std::sync::Arc;
     let m = GgufModel::open(path)?;
     let h = m.header();
@@ -431,7 +433,7 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
                 )));
             }
             let vocab = ta.dims[1] as usize;
-            (vocab, crate::adapter::transpose(&a, vocab, r))
+            (vocab, crate::adapter::data::transpose(&a, vocab, r))
         } else {
             if ta.dims[1] as usize != r {
                 return Err(err(format!(
@@ -489,7 +491,7 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
         });
     }
     Ok(Adapter::of_modules(
-        crate::adapter::Format::Peft,
+        crate::adapter::formats::format::Format::Peft,
         path.to_path_buf(),
         modules,
     ))

@@ -16,12 +16,22 @@
 //! there; it maps bare native names only for models such as Qwen-Image or Mochi), so it loads no
 //! key of such a file (tests/it/lycoris/onetrainer_comfy.rs).
 
+use super::layout::{Facts, Holds, Layout, Shape, WriteArgs};
 use super::lycoris;
-use crate::adapter::{scale_for, Adapter, Data, DoraRule, Factors, Format, LoraModule, ModuleKind};
+use crate::adapter::algo::{Factors, KronHalf};
+use crate::adapter::data::Data;
+use crate::adapter::formats::format::Format;
+use crate::adapter::model::{scale_for, Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
-use crate::io::SafetensorsFile;
+use crate::io::{Output, SafetensorsFile};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Metadata key: JSON object kohya module name → dotted module path.
+pub const META_MODULE_NAMES: &str = "lorakit.module_names";
+/// Metadata key: the PEFT `adapter_config.json` (compact JSON) the adapter has as PEFT.
+pub const META_PEFT_CONFIG: &str = "lorakit.peft_config";
 
 /// Known prefixes, longest first so `lora_te1_` is not read as `lora_te_` + `1…`.
 pub const PREFIXES: &[&str] = &[
@@ -244,14 +254,13 @@ pub fn write_with(
     dtype: Option<crate::dtype::Dtype>,
     extra_metadata: &[(String, String)],
 ) -> InputResult<()> {
-    use crate::dtype::Dtype;
     use crate::io::TensorSpec;
     let mut specs = Vec::new();
     let mut payload: Vec<Vec<u8>> = Vec::new();
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for m in &adapter.modules {
         if let Factors::Ia3 { rule, .. } = m.factors {
-            if rule != crate::adapter::Ia3Rule::Lycoris {
+            if rule != crate::adapter::algo::Ia3Rule::Lycoris {
                 return Err(InputError::invalid(
                     &adapter.path,
                     format!("module `{}`: PEFT's IA3 (W0 ⊙ l, bias scaled too) has no LyCORIS/kohya form (W0 ⊙ (1 + w))", m.name),
@@ -267,9 +276,9 @@ pub fn write_with(
         {
             // OneTrainer's kohya form holds its own OFT v2 only: PEFT's rotates a conv the other
             // way round, and may use coft or another Cayley series.
-            let onetrainer = conv == crate::adapter::OftConv::Plain
+            let onetrainer = conv == crate::adapter::algo::OftConv::Plain
                 && coft_eps.is_none()
-                && cayley == crate::adapter::PeftCayley::Neumann(5);
+                && cayley == crate::adapter::algo::PeftCayley::Neumann(5);
             if !onetrainer {
                 return Err(InputError::invalid(
                     &adapter.path,
@@ -278,8 +287,8 @@ pub fn write_with(
             }
         }
         if let Factors::Lokr {
-            w1: crate::adapter::KronHalf::Whole(_),
-            w2: crate::adapter::KronHalf::Whole(_),
+            w1: crate::adapter::algo::KronHalf::Whole(_),
+            w2: crate::adapter::algo::KronHalf::Whole(_),
             ..
         } = m.factors
         {
@@ -393,7 +402,6 @@ pub fn write_with(
 /// Reads a one-element tensor of any numeric dtype as f64 (diffusers writes kohya alphas as
 /// I64, kohya itself as F16/F32).
 pub(crate) fn read_scalar(file: &SafetensorsFile, key: &str) -> InputResult<f64> {
-    use crate::dtype::Dtype;
     let v = file.view(key)?;
     let d = v.data;
     let le = |n: usize| -> [u8; 8] {
@@ -418,4 +426,163 @@ pub(crate) fn read_scalar(file: &SafetensorsFile, key: &str) -> InputResult<f64>
             ))
         }
     })
+}
+
+/// LyCORIS and ComfyUI give a LoKr module with both halves whole scale 1 whatever its alpha
+/// (`lycoris/modules/lokr.py`: `if self.use_w2 and self.use_w1: alpha = lora_dim`; ComfyUI
+/// `weight_adapter/lokr.py`: `dim` is `None`, so `alpha` is ignored). A module read from PEFT
+/// (scale `alpha / r`) keeps its ΔW only with the scale folded into `w1`: `w1 ← s·w1` in f64,
+/// rounded once to f32. Returns the folded scale per module.
+pub fn fold_whole_lokr(adapter: &mut Adapter) -> InputResult<Vec<Option<f64>>> {
+    let mut folded = vec![None; adapter.modules.len()];
+    #[allow(clippy::needless_range_loop)] // `adapter` is borrowed again inside (values)
+    for i in 0..adapter.modules.len() {
+        let m = &adapter.modules[i];
+        let Factors::Lokr {
+            w1: KronHalf::Whole(w1),
+            w2: KronHalf::Whole(_),
+            ..
+        } = &m.factors
+        else {
+            continue;
+        };
+        if m.scale == 1.0 {
+            continue;
+        }
+        let s = m.scale;
+        let v = adapter.values(w1)?;
+        let scaled: Vec<f32> = v.iter().map(|&x| (x as f64 * s) as f32).collect();
+        if scaled.iter().any(|x| !x.is_finite()) {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}`: lokr_w1 times the scale {s} overflows f32",
+                    m.name
+                ),
+            ));
+        }
+        let m = &mut adapter.modules[i];
+        if let Factors::Lokr {
+            w1: KronHalf::Whole(w1),
+            ..
+        } = &mut m.factors
+        {
+            *w1 = Data::Owned(std::sync::Arc::new(scaled));
+        }
+        m.scale = 1.0;
+        m.alpha = 1.0;
+        folded[i] = Some(s);
+    }
+    Ok(folded)
+}
+
+/// The kohya format's [`Layout`]: one `.safetensors` file, kohya names, an `.alpha` tensor per
+/// module, plain linear and conv modules only (no full tensors, embeddings or `Conv1D`).
+pub struct Kohya;
+
+impl Layout for Kohya {
+    fn facts(&self) -> &'static Facts {
+        &Facts {
+            name: "kohya",
+            label: "kohya",
+            shape: Shape::File,
+            names_are_paths: false,
+            alpha_tensors: true,
+            holds: Holds {
+                full_tensors: false,
+                embeddings: false,
+                fan_in_fan_out: false,
+            },
+        }
+    }
+
+    fn files(&self, out: &Path) -> Vec<PathBuf> {
+        vec![out.to_path_buf()]
+    }
+
+    fn read_paths(&self, _path: &Path) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// A name that already has a kohya prefix is kept; a dotted path gets `prefix`.
+    fn written_name(&self, name: &str, prefix: &str) -> String {
+        match split_prefix(name) {
+            Some(_) => name.to_owned(),
+            None => kohya_name(prefix, name),
+        }
+    }
+
+    /// Refused by the writer ([`write_with`]), module by module.
+    fn check_modules(&self, _adapter: &Adapter) -> InputResult<()> {
+        Ok(())
+    }
+
+    /// [`fold_whole_lokr`].
+    fn fold_scales(&self, adapter: &mut Adapter) -> InputResult<Vec<Option<f64>>> {
+        fold_whole_lokr(adapter)
+    }
+
+    /// Each module's rank and [`kohya_alpha`] as the F32 `.alpha` tensor stores it.
+    fn written_ranks_alphas(&self, adapter: &Adapter) -> InputResult<Vec<(usize, f64)>> {
+        Ok(adapter
+            .modules
+            .iter()
+            .map(|m| (m.rank, kohya_alpha(adapter, m) as f32 as f64))
+            .collect())
+    }
+
+    /// The input's `format` entry kept in front (files kohya writes carry none; PEFT's writer
+    /// sets its own). For an adapter whose modules are all dotted module paths, the map kohya
+    /// name → path ([`META_MODULE_NAMES`]) and the adapter_config.json PEFT output would have
+    /// ([`META_PEFT_CONFIG`]), so that converting the file back to PEFT needs no base and
+    /// restores every module's alpha exactly (`ops::convert::restore_from_metadata`). An
+    /// adapter that keeps its kohya names carries both entries of its input, which the reader
+    /// checks against the file's ranks and alphas before trusting the config.
+    fn stamp_metadata(&self, adapter: &Adapter, prefix: &str, meta: &mut Vec<(String, String)>) {
+        if let Some(f) = adapter.metadata.iter().find(|(k, _)| k == "format") {
+            meta.insert(0, f.clone());
+        }
+        let dotted: Vec<_> = adapter
+            .modules
+            .iter()
+            .filter(|m| split_prefix(&m.name).is_none())
+            .collect();
+        if !dotted.is_empty() && dotted.len() == adapter.modules.len() {
+            let names: serde_json::Map<String, serde_json::Value> = adapter
+                .modules
+                .iter()
+                .map(|m| {
+                    (
+                        kohya_name(prefix, &m.name),
+                        serde_json::Value::String(m.name.clone()),
+                    )
+                })
+                .collect();
+            meta.push((
+                META_MODULE_NAMES.into(),
+                serde_json::Value::Object(names).to_string(),
+            ));
+            meta.push((
+                META_PEFT_CONFIG.into(),
+                super::peft::config_json(adapter).to_string(),
+            ));
+        } else if dotted.is_empty() {
+            for key in [META_MODULE_NAMES, META_PEFT_CONFIG] {
+                if let Some(kv) = adapter.metadata.iter().find(|(k, _)| k == key) {
+                    meta.push(kv.clone());
+                }
+            }
+        }
+    }
+
+    fn write(&self, adapter: &Adapter, output: &mut Output, args: WriteArgs) -> InputResult<()> {
+        write_with(
+            adapter,
+            args.prefix,
+            args.out,
+            output,
+            args.dtype,
+            args.metadata,
+        )
+    }
 }

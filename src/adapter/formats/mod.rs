@@ -1,15 +1,47 @@
-//! Adapter file formats: detection and dispatch to the readers and writers.
+//! Adapter file formats: the registration of every format ([`Format::layout`]), detection and
+//! dispatch to the readers.
+//!
+//! Each format lives in its own file or folder (`peft/`, `kohya.rs`) and answers the
+//! operations' layout questions through its [`Layout`]. Adding a format: its reader, writer and
+//! `Layout` in `formats/NEW.rs`, a variant in [`Format`] (`format.rs`), its arm in
+//! [`Format::layout`] below, and its detection in [`detect`] / [`open`]. Nothing in `ops/`
+//! matches on a format. The diffusers and GGUF single files (`diffusers.rs`, `gguf.rs`) are
+//! written by their own `convert` targets, not as a [`Format`].
+//!
+//! Must not: know an operation, or a format's key names (those live in the format's file).
 
 pub mod diffusers;
+pub(crate) mod format;
 pub mod gguf;
 pub mod kohya;
+mod layout;
 pub mod lycoris;
 pub mod peft;
 
-use super::{Adapter, Format};
+pub use format::Format;
+pub use layout::{Facts, Holds, Layout, Shape, WriteArgs};
+
+use super::model::Adapter;
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
+
+impl Format {
+    /// The registration: each format's [`Layout`].
+    pub fn layout(self) -> &'static dyn Layout {
+        match self {
+            Format::Peft => &peft::Peft,
+            Format::Kohya => &kohya::Kohya,
+        }
+    }
+}
+
+/// The one spelling of a format in reports and messages, as in JSON: `peft`, `kohya`.
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.layout().name())
+    }
+}
 
 /// Opens an adapter file or PEFT folder, detecting its format from the tensor names.
 pub fn open(path: &Path) -> InputResult<Adapter> {
@@ -95,4 +127,23 @@ pub fn detect(file: &SafetensorsFile) -> Option<Format> {
         return Some(Format::Kohya);
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each format's name is its JSON spelling (serde's), and no two formats share one.
+    #[test]
+    fn names_are_the_json_spellings() {
+        for f in Format::ALL {
+            let json = serde_json::to_value(f).unwrap();
+            assert_eq!(json, serde_json::Value::String(f.to_string()));
+            let back: Format = serde_json::from_value(json).unwrap();
+            assert_eq!(back, *f);
+        }
+        let mut names: Vec<_> = Format::ALL.iter().map(|f| f.layout().name()).collect();
+        names.dedup();
+        assert_eq!(names.len(), Format::ALL.len());
+    }
 }

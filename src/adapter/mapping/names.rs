@@ -17,8 +17,8 @@
 //! Must not look at shapes, dtypes, components or tensor data, nor decide what no candidate or
 //! several mean: the callers (merge's resolution, the model's attachment) do.
 
-use super::super::formats::kohya;
-use super::super::Format;
+use crate::adapter::formats::kohya;
+use crate::adapter::formats::Format;
 use std::collections::HashMap;
 
 /// `long` equals `short` or ends with `.short`.
@@ -45,7 +45,7 @@ pub fn target_matches(path: &str, target: &str) -> bool {
 /// Whether module `name` of an adapter in `format` is read as a kohya name (prefix, path with
 /// underscores) rather than a dotted module path.
 pub fn is_kohya_name(format: Format, name: &str) -> bool {
-    format == Format::Kohya && !name.contains('.')
+    !format.layout().names_are_paths() && !name.contains('.')
 }
 
 /// Exact name first; otherwise the names that agree with `want` on a dotted suffix, in the
@@ -108,7 +108,7 @@ pub struct WeightNames<'a> {
 impl<'a> WeightNames<'a> {
     /// Indexes `names` (every tensor of the base) for the modules of an adapter in `format`.
     pub fn new(names: Vec<&'a str>, format: Format) -> Self {
-        let kohya = if format == Format::Kohya {
+        let kohya = if !format.layout().names_are_paths() {
             kohya_index(&names)
         } else {
             HashMap::new()

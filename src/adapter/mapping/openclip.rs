@@ -21,8 +21,8 @@
 //! (or only on another component's tensor), so every earlier match is unchanged. Must not read
 //! tensor data.
 
-use super::{expected_shape, root_of, BaseComponents, Placement, RowSlice, Unmatched};
-use crate::adapter::{LoraModule, ModuleKind};
+use super::placement::{expected_shape, root_of, BaseComponents, Placement, RowSlice, Unmatched};
+use crate::adapter::model::{LoraModule, ModuleKind};
 use crate::dtype::Dtype;
 
 /// HF CLIP module below `encoder.layers.N.` → (OpenCLIP tensor below `transformer.resblocks.N.`,

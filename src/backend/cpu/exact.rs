@@ -33,7 +33,7 @@
 //!    f64, since the output dtypes have ≤ 24 bits): a candidate is accepted when `X` lies
 //!    between the midpoints around it, and a tie goes to the even neighbour.
 
-use super::super::{MergeError, MergeJob};
+use super::super::job::{MergeError, MergeJob};
 use crate::dtype::{self, Dtype};
 use rayon::prelude::*;
 

@@ -7,8 +7,8 @@
 
 pub mod exact;
 
+use super::job::{MergeError, MergeJob, NormAxis, Term};
 use super::profile::{self, Stage};
-use super::{MergeError, MergeJob, NormAxis, Term};
 use crate::dtype;
 use rayon::prelude::*;
 

@@ -5,7 +5,7 @@
 //! Selection never guesses: an index past the list, or a bus id no adapter reports, is a
 //! [`GpuError::NoAdapter`] naming what exists. Nothing here creates a device.
 
-use super::GpuError;
+use super::error::GpuError;
 
 /// A PCI address `domain:bus:device.function`, as wgpu 30 reports it for Vulkan adapters
 /// (`wgpu-hal-30.0.2/src/vulkan/adapter.rs`, `device_pci_bus_id`: `{:04x}:{:02x}:{:02x}.{}` from

@@ -7,10 +7,12 @@
 //! start and end of its compute pass, when the adapter has `TIMESTAMP_QUERY` (requested at
 //! context creation), else `None`.
 
+use super::context::GpuContext;
+use super::error::GpuError;
 use super::forward::DenseParams;
 use super::kernels::{self, Kernel, COPY_WG, GEMM_TILE_M, GEMM_TILE_N, MERGE_TILE_C, MERGE_TILE_R};
-use super::merge::{stride_of, MergeParams, TERM_WORDS};
-use super::{dtype_code, GpuContext, GpuError};
+use super::layout::{dtype_code, pad4};
+use super::merge_tiles::{stride_of, MergeParams, TERM_WORDS};
 use crate::dtype::Dtype;
 use std::time::Instant;
 
@@ -31,7 +33,7 @@ pub fn has_timestamps(ctx: &GpuContext) -> bool {
 fn storage(ctx: &GpuContext, label: &str, bytes: u64, extra: wgpu::BufferUsages) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: super::pad4(bytes),
+        size: pad4(bytes),
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | extra,
         mapped_at_creation: false,
     })
@@ -111,7 +113,7 @@ fn time_dispatch(
                 beginning_of_pass_write_index: Some(0),
                 end_of_pass_write_index: Some(1),
             });
-        super::record_pass(&mut enc, kernel, &bind, (groups.0, groups.1, 1), timestamps);
+        kernels::record_pass(&mut enc, kernel, &bind, (groups.0, groups.1, 1), timestamps);
         if let Some((set, resolve, read)) = &stamps {
             enc.resolve_query_set(set, 0..2, resolve, 0);
             enc.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
@@ -305,7 +307,7 @@ pub fn gemm_kernel(
     reps: usize,
 ) -> Result<Timing, GpuError> {
     // Buffer sizes, padded to whole words (none empty, W0 of odd length).
-    let pad = |bytes: usize| super::pad4(bytes as u64);
+    let pad = |bytes: usize| pad4(bytes as u64);
     let (x_b, w_b, t_b, b_b, y_b) = (
         pad(n * k * 4),
         pad(d * k * 2),

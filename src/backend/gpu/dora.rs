@@ -8,7 +8,7 @@
 //!
 //! The base goes through the device twice for a DoRA merge (once here, once in the merge
 //! itself): the factors depend on every row (or column) of `W0` before any output element can
-//! be written. Tiles are those of the merge ([`super::merge::merge_tiles`], W0 straight from
+//! be written. Tiles are those of the merge ([`merge_tiles`], W0 straight from
 //! the caller's bytes into the upload staging) and go in row-major order, which is what keeps
 //! the sums' order; one set of device buffers serves every tile (the queue orders the writes
 //! after the previous dispatch) and at most two tiles are staged at a time. A tile is walked in
@@ -20,10 +20,13 @@
 //!
 //! Must not: round anything the CPU does not round, or change the summation order.
 
-use super::kernels::{self, DORA_WG};
-use super::merge::{merge_tiles, stride_of, TERM_WORDS};
-use super::{dtype_code, elem_bytes, GpuContext, GpuError};
-use crate::backend::{cpu, MergeError, MergeJob, NormAxis};
+use super::context::GpuContext;
+use super::error::GpuError;
+use super::kernels::{self, record_pass, DORA_WG};
+use super::layout::{dtype_code, elem_bytes, pad4};
+use super::merge_tiles::{merge_tiles, stride_of, TERM_WORDS};
+use crate::backend::cpu;
+use crate::backend::job::{MergeError, MergeJob, NormAxis};
 use std::num::NonZeroU64;
 
 #[repr(C)]
@@ -134,7 +137,7 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
         let buffer = |label, size: u64, usage| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: super::pad4(size),
+                size: pad4(size),
                 usage,
                 mapped_at_creation: false,
             })
@@ -242,7 +245,7 @@ pub fn dora_sums(ctx: &GpuContext, job: &MergeJob) -> Result<Vec<Option<Vec<f64>
                 // Each dispatch moves every sum at most `seg` elements along; passes are
                 // ordered, so the sums' order holds across them.
                 for _ in 0..walk(nr, nc).div_ceil(seg) {
-                    super::record_pass(&mut enc, &kernel, &bind, (gx, gy, dora.len() as u32), None);
+                    record_pass(&mut enc, &kernel, &bind, (gx, gy, dora.len() as u32), None);
                 }
                 for &(first, n, t_at) in &slices {
                     copy_sums(&mut enc, &state, per, first, n, &tile_sums, t_at, false);

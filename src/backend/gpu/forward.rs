@@ -16,8 +16,10 @@
 //! same weight (an eval over batches) uploads it once with [`ResidentWeight::new`] and calls
 //! [`lora_forward_resident`], which runs the same kernels on the same tiles (same bits).
 
+use super::context::GpuContext;
+use super::error::GpuError;
 use super::kernels::{self, GEMM_TILE_M, GEMM_TILE_N};
-use super::{dtype_code, elem_bytes, f32s, fit_rows, GpuContext, GpuError};
+use super::layout::{dtype_code, elem_bytes, f32s, fit_rows};
 use crate::backend::cpu_forward::{validate_forward, ForwardAdapter, StoredMatrix};
 
 #[repr(C)]

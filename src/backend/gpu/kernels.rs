@@ -1,11 +1,10 @@
 //! The kernel registry: every WGSL kernel, its sources, entry point and binding layout, in one
-//! place. Pipelines are compiled on first use and cached per [`GpuContext`].
+//! place. Pipelines are compiled on first use and cached per [`GpuContext`](super::GpuContext).
 //!
 //! WGSL has no `#include`, so a kernel's source is the concatenation of its parts: always
 //! `shaders/common.wgsl` (dtype codecs), then `shaders/gemm.wgsl` for the tiled-GEMM kernels or
 //! `shaders/f64.wgsl` (software binary64) for the DoRA norms, then the kernel's own file. Each file's header documents its bindings, layouts and formula.
 
-use super::{GpuContext, GpuError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -155,82 +154,97 @@ pub(crate) struct Kernel {
 #[derive(Debug, Default)]
 pub(crate) struct Cache(Mutex<HashMap<String, Arc<Kernel>>>);
 
-impl GpuContext {
-    /// The pipeline for `spec` with the given override constants, compiled on first use.
-    pub(crate) fn kernel(
+impl Cache {
+    /// The kernel cached under `spec`'s name and `constants`, or the one `compile` gives, then
+    /// cached. The lock is held while compiling, so two threads never compile the same kernel.
+    pub(crate) fn get_or_compile<E>(
         &self,
         spec: &KernelSpec,
         constants: &[(&str, f64)],
-    ) -> Result<Arc<Kernel>, GpuError> {
+        compile: impl FnOnce() -> Result<Kernel, E>,
+    ) -> Result<Arc<Kernel>, E> {
         let key = format!("{}{constants:?}", spec.name);
-        // Holding the lock while compiling keeps two threads from compiling the same kernel.
-        let mut cache = self.kernels.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.get(&key) {
             return Ok(k.clone());
         }
-        let kernel = self.scoped(|| Ok(self.compile(spec, constants)))?;
-        let kernel = Arc::new(kernel);
+        let kernel = Arc::new(compile()?);
         cache.insert(key, kernel.clone());
         Ok(kernel)
     }
+}
 
-    fn compile(&self, spec: &KernelSpec, constants: &[(&str, f64)]) -> Kernel {
-        let source: String = spec.sources.concat();
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(spec.name),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
-            .bindings
-            .iter()
-            .enumerate()
-            .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
-                binding: i as u32,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: match slot {
-                        Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                        Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
+/// Compiles `spec` with the given override constants on `device`.
+pub(crate) fn compile(
+    device: &wgpu::Device,
+    spec: &KernelSpec,
+    constants: &[(&str, f64)],
+) -> Kernel {
+    let source: String = spec.sources.concat();
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(spec.name),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+        .bindings
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match slot {
+                    Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                 },
-                count: None,
-            })
-            .collect();
-        let layout = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(spec.name),
-                entries: &entries,
-            });
-        let pipeline_layout = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(spec.name),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(spec.name),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(spec.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
-        Kernel {
-            pipeline,
-            layout,
-            slots: spec.bindings.len(),
-        }
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(spec.name),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(spec.name),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(spec.name),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(spec.entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    Kernel {
+        pipeline,
+        layout,
+        slots: spec.bindings.len(),
     }
+}
+
+/// Records one dispatch of `kernel` over `groups` with `bind_group` in a compute pass of its
+/// own, writing the pass's start and end timestamps where asked (the bench).
+pub(crate) fn record_pass(
+    encoder: &mut wgpu::CommandEncoder,
+    kernel: &Kernel,
+    bind_group: &wgpu::BindGroup,
+    groups: (u32, u32, u32),
+    timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: None,
+        timestamp_writes,
+    });
+    pass.set_pipeline(&kernel.pipeline);
+    pass.set_bind_group(0, bind_group, &[]);
+    pass.dispatch_workgroups(groups.0, groups.1, groups.2);
 }

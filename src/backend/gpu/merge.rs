@@ -2,7 +2,7 @@
 //!
 //! A tensor is cut into tiles of whole rows (columns are split only when one row, or the
 //! terms' `A` over all columns, does not fit a binding), each at most
-//! [`GpuContext::chunk_bytes`] of base or output (64 MiB by default) and at most [`WORK_CAP`]
+//! [`GpuContext::chunk_bytes`] of base or output (64 MiB by default) and at most [`WORK_CAP`](super::merge_tiles::WORK_CAP)
 //! multiply-adds, so no dispatch runs long enough to trip a driver watchdog. Tiles go through a
 //! ring of two slots of persistent device buffers ([`Ring`], kept by the context between
 //! tensors and grown on demand): the base tile is written from the caller's bytes (the memory
@@ -15,100 +15,16 @@
 //! to the kernel as f32 factors `m / (‖W0 + δₜ‖ + eps)`, divided on the host exactly as the CPU
 //! merge divides, so DoRA outputs stay bit-identical.
 
-use super::kernels::{self, MERGE_TILE_C, MERGE_TILE_R, MERGE_VEC};
-use super::{dtype_code, elem_bytes, GpuContext, GpuError};
-use crate::backend::{MergeError, MergeJob, NormAxis};
+use super::context::GpuContext;
+use super::dora;
+use super::error::GpuError;
+use super::kernels::{self, MERGE_TILE_C, MERGE_TILE_R};
+use super::layout::{dtype_code, elem_bytes, pad4};
+use super::merge_tiles::{merge_tiles, stride_of, MergeParams, TERM_WORDS};
+use super::ring::{Ring, Slot};
+use crate::backend::job::{MergeError, MergeJob, NormAxis};
 use std::num::NonZeroU64;
 use std::sync::mpsc;
-
-/// Words per term in the kernel's `terms` table (`TERM_WORDS` in merge.wgsl).
-pub(crate) const TERM_WORDS: usize = 8;
-
-/// Most multiply-adds (elements × total rank) one dispatch may do: ~2·10⁹, a few milliseconds
-/// on a discrete GPU, far from the ~2 s watchdogs of desktop drivers even on a slow one.
-pub(crate) const WORK_CAP: u64 = 1 << 31;
-
-/// Most workgroup rows in one dispatch dimension that every device allows (WebGPU's minimum
-/// `max_compute_workgroups_per_dimension`).
-const MAX_GROUPS_Y: u64 = 65535;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct MergeParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub n_terms: u32,
-    pub r_total: u32,
-    pub in_dtype: u32,
-    pub out_dtype: u32,
-    /// Always 0; the kernel's FMA guard XORs with it (see merge.wgsl).
-    pub zero: u32,
-    /// Row stride of the W0 / output tiles on the device, in elements (a multiple of 8).
-    pub stride: u32,
-}
-
-/// `n` rounded up to the kernel's vector width (the device row stride of a tile of `n` columns).
-pub(crate) fn stride_of(n: usize) -> usize {
-    n.div_ceil(MERGE_VEC) * MERGE_VEC
-}
-
-/// Tile shape for a merge: `(tile_rows, tile_cols)` such that every binding fits `limit` bytes,
-/// a base/output tile fits `chunk` bytes (unless one row alone is larger), and a tile does at
-/// most [`WORK_CAP`] multiply-adds (unless one row alone does more).
-///
-/// Full rows are preferred (contiguous host copies); columns are split, in multiples of 8, only
-/// when one row of the base/output, or the terms' `A` restricted to all columns, does not fit.
-#[allow(clippy::too_many_arguments)] // plain numbers, named at every call
-pub(crate) fn merge_tiles(
-    rows: usize,
-    cols: usize,
-    max_es: u64,
-    r_total: usize,
-    dora_rows: usize,
-    dora_cols: usize,
-    limit: u64,
-    chunk: u64,
-) -> Result<(usize, usize), GpuError> {
-    let r4 = 4 * r_total as u64;
-    let vec = MERGE_VEC as u64;
-    // Half the budget of the factor buffer goes to column factors, half to row factors.
-    let col_cap = |tc: u64| {
-        let s = tc.div_ceil(vec) * vec;
-        s * max_es <= limit && r4 * s <= limit && 8 * dora_cols as u64 * s <= limit
-    };
-    let mut tc = cols as u64;
-    if !col_cap(tc) {
-        tc = limit / max_es;
-        if r_total > 0 {
-            tc = tc.min(limit / r4);
-        }
-        if dora_cols > 0 {
-            tc = tc.min(limit / (8 * dora_cols as u64));
-        }
-        tc = tc / vec * vec;
-    }
-    let stride = tc.div_ceil(vec).max(1) * vec;
-    let mut tr = (limit / (stride * max_es))
-        .min(rows as u64)
-        .min(MAX_GROUPS_Y * MERGE_TILE_R as u64);
-    // The chunk and work caps give way to one row: a tile has at least one.
-    tr = tr.min((chunk / (stride * max_es)).max(1));
-    tr = tr.min((WORK_CAP / (stride * r_total.max(1) as u64)).max(1));
-    if r_total > 0 {
-        tr = tr.min(limit / r4);
-    }
-    if dora_rows > 0 {
-        tr = tr.min(limit / (8 * dora_rows as u64));
-    }
-    if tr == 0 || tc == 0 {
-        return Err(GpuError::TooLarge {
-            what: format!("merge with total rank {r_total} ({dora_rows}+{dora_cols} DoRA terms)"),
-            bytes: (r4 * vec).max(max_es * vec),
-            limit,
-        });
-    }
-    Ok((tr as usize, tc as usize))
-}
 
 /// Whether the kernel covers `job`: 16/32-bit float tensors, low-rank terms, DoRA that replaces
 /// the weight (strength 1). Dense terms (LoHa, LoKr, full modules) and ComfyUI's blended DoRA
@@ -156,28 +72,6 @@ pub(crate) fn merge_with(
     Ok(out)
 }
 
-/// Persistent device buffers of one ring slot; each grows to the largest tile seen.
-#[derive(Debug, Default)]
-struct Slot {
-    w0: Option<wgpu::Buffer>,
-    out: Option<wgpu::Buffer>,
-    a: Option<wgpu::Buffer>,
-    b: Option<wgpu::Buffer>,
-    factors: Option<wgpu::Buffer>,
-    terms: Option<wgpu::Buffer>,
-    flags: Option<wgpu::Buffer>,
-    params: Option<wgpu::Buffer>,
-    /// MAP_READ copies of the output tile and of the flag word.
-    readback: Option<wgpu::Buffer>,
-    flag_readback: Option<wgpu::Buffer>,
-}
-
-/// Two slots: while the device works on one, the host fills or drains the other.
-#[derive(Debug, Default)]
-pub(crate) struct Ring {
-    slots: [Slot; 2],
-}
-
 /// [`ensure`] a buffer of `bytes`' size in `slot` and queue `bytes` into its start.
 fn filled(
     ctx: &GpuContext,
@@ -199,13 +93,13 @@ fn ensure(
     size: u64,
     usage: wgpu::BufferUsages,
 ) -> wgpu::Buffer {
-    let size = super::pad4(size);
+    let size = pad4(size);
     if let Some(b) = slot.as_ref().filter(|b| b.size() >= size) {
         return b.clone();
     }
     // Grown in steps of 1/8 (within the binding limit) so a sequence of slightly larger tiles
     // does not reallocate each time.
-    let size = super::pad4((size + size / 8).min(size.max(ctx.max_binding())));
+    let size = pad4((size + size / 8).min(size.max(ctx.max_binding())));
     let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size,
@@ -267,7 +161,7 @@ fn merge_streamed(
     );
 
     // DoRA factors m/(‖W0 + δ‖ + eps) per row or column, the same f32 values cpu::merge uses.
-    let factors: Vec<Option<(NormAxis, Vec<f32>)>> = super::dora::dora_factors(ctx, job)?
+    let factors: Vec<Option<(NormAxis, Vec<f32>)>> = dora::dora_factors(ctx, job)?
         .into_iter()
         .zip(job.terms)
         .map(|(f, t)| Some((t.dora?.axis, f?)))

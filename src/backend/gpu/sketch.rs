@@ -4,8 +4,10 @@
 //! and `W0` resident on the device between products (a randomized SVD makes `2q + 2` of them) and
 //! is a [`LinearOperator`].
 
+use super::context::GpuContext;
+use super::error::GpuError;
 use super::kernels::{self, GEMM_TILE_M, GEMM_TILE_N};
-use super::{dtype_code, elem_bytes, f32s, fit_rows, GpuContext, GpuError};
+use super::layout::{dtype_code, elem_bytes, f32s, fit_rows};
 use crate::backend::cpu_forward::{self, DeltaPair, ShapeError};
 use crate::linalg::LinearOperator;
 use ndarray::{Array2, ArrayView2};

@@ -513,7 +513,15 @@ fn gguf_writer_writes_whole_pieces_and_kernel_copies() {
         p.begin_tensor("b")?;
         p.write_chunk(b[..15].to_vec())?;
         p.write_borrowed(&b[15..])?;
-        p.copy_tensor("c", &src, &src_path, 7, 4000)
+        p.copy_tensor(
+            "c",
+            crate::io::writer::Extent {
+                file: &src,
+                path: &src_path,
+                offset: 7,
+                len: 4000,
+            },
+        )
     })
     .unwrap();
     out.commit().unwrap();
@@ -530,7 +538,17 @@ fn gguf_writer_writes_whole_pieces_and_kernel_copies() {
     let file = out.raw_file(&dest).unwrap();
     let mut w = GgufWriter::new(file, &dest, &entries, tensors, 32).unwrap();
     w.write_tensor("a", &a).unwrap();
-    let err = w.copy_tensor("b", &src, &src_path, 0, 39).unwrap_err();
+    let err = w
+        .copy_tensor(
+            "b",
+            crate::io::writer::Extent {
+                file: &src,
+                path: &src_path,
+                offset: 0,
+                len: 39,
+            },
+        )
+        .unwrap_err();
     assert!(
         err.to_string().contains("tensor `b`: 39 bytes copied"),
         "{err}"

@@ -14,7 +14,7 @@
 use super::header::{pad, MAGIC};
 use super::types::GgmlType;
 use crate::error::{InputError, InputResult};
-use crate::io::writer::{RawFile, Sink};
+use crate::io::writer::{Extent, RawFile, Sink};
 
 /// A tensor to be written: its name, ggml dims and type, declared before any data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,18 +278,11 @@ impl<'o> GgufWriter<'o> {
         self.write_chunk(data)
     }
 
-    /// Writes the next tensor, which must be `name`, as the `len` bytes of `src` (at
-    /// `src_path`) from `offset`, copied by the kernel ([`RawFile::copy_from`]): for tensors
-    /// copied byte for byte from an input.
-    pub fn copy_tensor(
-        &mut self,
-        name: &str,
-        src: &std::fs::File,
-        src_path: &std::path::Path,
-        offset: u64,
-        len: u64,
-    ) -> InputResult<()> {
+    /// Writes the next tensor, which must be `name`, as the bytes of `src`, copied by the
+    /// kernel ([`RawFile::copy_from`]): for tensors copied byte for byte from an input.
+    pub fn copy_tensor(&mut self, name: &str, src: Extent) -> InputResult<()> {
         self.begin(name)?;
+        let len = src.len;
         if self.left != len {
             return Err(InputError::invalid(
                 &self.dest,
@@ -299,7 +292,7 @@ impl<'o> GgufWriter<'o> {
                 ),
             ));
         }
-        self.file.copy_from(name, src, src_path, offset, len)?;
+        self.file.copy_from(name, src)?;
         self.left = 0;
         self.pad_if_done()
     }
@@ -330,15 +323,8 @@ impl Sink for GgufWriter<'_> {
     fn write_result_chunk(&mut self, data: &[u8]) -> InputResult<()> {
         self.write_chunk(data)
     }
-    fn copy_tensor(
-        &mut self,
-        name: &str,
-        src: &std::fs::File,
-        path: &std::path::Path,
-        at: u64,
-        len: u64,
-    ) -> InputResult<()> {
-        GgufWriter::copy_tensor(self, name, src, path, at, len)
+    fn copy_tensor(&mut self, name: &str, src: Extent) -> InputResult<()> {
+        GgufWriter::copy_tensor(self, name, src)
     }
     fn finish(self) -> InputResult<u64> {
         GgufWriter::finish(self)

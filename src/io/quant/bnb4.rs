@@ -116,7 +116,6 @@ pub struct Params {
     pub kind: Kind,
     pub blocksize: usize,
     /// The dtype the weight had before quantizing (the dequantized dtype).
-    #[serde(serialize_with = "crate::io::quant::ser_dtype")]
     pub dtype: Dtype,
     pub shape: Vec<usize>,
     pub nested: Option<Nested>,

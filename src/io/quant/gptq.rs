@@ -67,7 +67,6 @@ pub struct Params {
     pub act_order: bool,
     /// The config's `sym` (informational: the stored zeros are used either way).
     pub sym: Option<bool>,
-    #[serde(serialize_with = "crate::io::quant::ser_dtype")]
     pub scale_dtype: Dtype,
 }
 

@@ -29,11 +29,6 @@ use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
 use std::collections::{BTreeMap, HashMap};
 
-/// Serializes a dtype with its header spelling.
-pub(crate) fn ser_dtype<S: serde::Serializer>(d: &Dtype, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&dtype::name(*d))
-}
-
 /// How one weight is quantized.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
@@ -48,10 +43,8 @@ pub enum Scheme {
     Gptq(gptq::Params),
     /// FP8 values with scales.
     Fp8 {
-        #[serde(serialize_with = "ser_dtype")]
         format: Dtype,
         scale: String,
-        #[serde(serialize_with = "ser_dtype")]
         scale_dtype: Dtype,
         layout: fp8::Layout,
     },

@@ -27,7 +27,6 @@ pub struct Params {
     /// One scale for the whole tensor.
     pub per_tensor: bool,
     pub symmetric: bool,
-    #[serde(serialize_with = "crate::io::quant::ser_dtype")]
     pub scale_dtype: Dtype,
 }
 

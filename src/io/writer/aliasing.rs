@@ -1,7 +1,8 @@
 //! No command writes onto what it reads: the one overwrite check, by canonical path and by
 //! (device, inode).
 
-use super::*;
+use crate::error::{InputError, InputResult};
+use std::path::{Path, PathBuf};
 
 /// The one overwrite check every command makes, with **all** the paths it reads and **all**
 /// the paths it will write, before anything is written.
@@ -98,4 +99,13 @@ fn canonical_target(p: &Path) -> Option<PathBuf> {
     }
     let parent = std::fs::canonicalize(parent_of(p)).ok()?;
     Some(parent.join(p.file_name()?))
+}
+
+/// The folder `p` lives in: its parent, or `.` for a bare file name (where the output lock,
+/// temporary files and link targets are resolved).
+pub(super) fn parent_of(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }

@@ -1,15 +1,36 @@
-//! The per-file writers of [`Output`]: [`FileWriter`] streams one safetensors file's tensors
-//! in their declared order (with early writeback and kernel copies of untouched tensors);
+//! The per-file writers of [`Output`](super::Output): [`FileWriter`] streams one safetensors file's
+//! tensors in their declared order (with early writeback and kernel copies of untouched tensors);
 //! [`RawFile`] is a non-safetensors output (GGUF). Both write through one [`Stream`] (buffered
-//! writes, kernel copies, early writeback, the durable close), so the two cannot drift in how
-//! bytes reach the disk. Committing, locking and cleanup stay in the parent module.
+//! writes, kernel copies, early writeback, the durable close), so the two cannot drift in how bytes
+//! reach the disk. Committing, locking and cleanup stay in the parent module.
 
-use super::*;
+use super::spec::TensorSpec;
+use crate::dtype;
+use crate::error::{InputError, InputResult};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// A byte range of an open input file, the source of a kernel copy: what
+/// [`FileWriter::copy_tensor`], [`RawFile::copy_from`] and [`Sink::copy_tensor`](super::Sink)
+/// take, so the writers that copy (safetensors, GGUF, and the pipe in front of either) name
+/// their source the same way instead of four loose arguments each. `path` is `file`'s, for
+/// errors.
+#[derive(Debug, Clone, Copy)]
+pub struct Extent<'a> {
+    pub file: &'a File,
+    pub path: &'a Path,
+    /// Offset of the first byte in `file`.
+    pub offset: u64,
+    /// Bytes from `offset`.
+    pub len: u64,
+}
 
 /// Writes one safetensors file's tensors in their declared order.
 #[derive(Debug)]
 pub struct FileWriter<'o> {
-    pub(super) out: &'o mut Output,
+    /// The [`Output`](super::Output)'s count of bytes written, which [`Self::finish`] adds to.
+    pub(super) written: &'o mut u64,
     pub(super) tmp: PathBuf,
     pub(super) stream: Stream,
     pub(super) specs: Vec<TensorSpec>,
@@ -49,18 +70,11 @@ impl Stream {
         self.behind.after(&mut self.w, &self.dest, self.bytes)
     }
 
-    /// Appends the `len` bytes of `src` (at `src_path`) from `offset`, copied by the kernel
-    /// ([`kernel_copy`], with its read/write fallback); `name` is the tensor they hold.
-    fn copy(
-        &mut self,
-        name: &str,
-        src: &File,
-        src_path: &Path,
-        range: (u64, u64),
-    ) -> InputResult<()> {
-        let (offset, len) = range;
-        kernel_copy(&mut self.w, &self.dest, name, src, src_path, offset, len)?;
-        self.bytes += len;
+    /// Appends the bytes of `src`, copied by the kernel ([`kernel_copy`], with its read/write
+    /// fallback); `name` is the tensor they hold.
+    fn copy(&mut self, name: &str, src: Extent) -> InputResult<()> {
+        kernel_copy(&mut self.w, &self.dest, name, src)?;
+        self.bytes += src.len;
         self.behind.after(&mut self.w, &self.dest, self.bytes)
     }
 
@@ -252,19 +266,12 @@ impl FileWriter<'_> {
         self.stream.write_all(data)
     }
 
-    /// Writes the whole of the next tensor, which must be `name`, as the `len` bytes of `src`
-    /// (at `src_path`) from `offset`, copied by the kernel, not through user space
-    /// ([`kernel_copy`], with its read/write fallback). Unchecked like [`Self::write_chunk`]:
-    /// only for byte-for-byte copies of input tensors.
-    pub fn copy_tensor(
-        &mut self,
-        name: &str,
-        src: &File,
-        src_path: &Path,
-        offset: u64,
-        len: u64,
-    ) -> InputResult<()> {
+    /// Writes the whole of the next tensor, which must be `name`, as the bytes of `src`, copied
+    /// by the kernel, not through user space ([`kernel_copy`], with its read/write fallback).
+    /// Unchecked like [`Self::write_chunk`]: only for byte-for-byte copies of input tensors.
+    pub fn copy_tensor(&mut self, name: &str, src: Extent) -> InputResult<()> {
         self.begin(name)?;
+        let len = src.len;
         if len != self.left {
             return Err(InputError::invalid(
                 &self.tmp,
@@ -274,12 +281,13 @@ impl FileWriter<'_> {
                 ),
             ));
         }
-        self.stream.copy(name, src, src_path, (offset, len))?;
+        self.stream.copy(name, src)?;
         self.left = 0;
         Ok(())
     }
 
-    /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
+    /// Flushes and fsyncs; the file is renamed into place when the [`Output`](super::Output)
+    /// commits.
     pub fn finish(self) -> InputResult<u64> {
         if self.next != self.specs.len() || self.left != 0 {
             let missing = self
@@ -293,27 +301,25 @@ impl FileWriter<'_> {
             ));
         }
         let bytes = self.stream.close()?;
-        self.out.bytes += bytes;
+        *self.written += bytes;
         Ok(bytes)
     }
 }
 
-/// Appends the `len` bytes of `src` (at `src_path`) from `offset` to `w`'s file, copied by the
+/// Appends the bytes of `src` to `w`'s file, copied by the
 /// kernel (`copy_file_range(2)`: page cache to page cache, a reflink or a server-side copy
 /// where the file system offers one), not through user space; `w` is flushed first and its
 /// file offset advanced past the copy. Where the kernel cannot (`EXDEV` across file systems on
 /// older or newer kernels, `ENOSYS`, `EOPNOTSUPP`, `EINVAL`, `EPERM` under a seccomp filter),
 /// the bytes are read and written in chunks instead. `name` (the tensor) and `dest` are for
 /// errors.
-fn kernel_copy(
-    w: &mut BufWriter<File>,
-    dest: &Path,
-    name: &str,
-    src: &File,
-    src_path: &Path,
-    offset: u64,
-    len: u64,
-) -> InputResult<()> {
+fn kernel_copy(w: &mut BufWriter<File>, dest: &Path, name: &str, src: Extent) -> InputResult<()> {
+    let Extent {
+        file: src,
+        path: src_path,
+        offset,
+        len,
+    } = src;
     use std::os::unix::fs::FileExt;
     use std::os::unix::io::AsRawFd;
     w.flush().map_err(|e| InputError::write(dest, e))?;
@@ -375,11 +381,13 @@ fn kernel_copy(
     Ok(())
 }
 
-/// A file of an [`Output`] written as a byte stream ([`Output::raw_file`]), with the early
-/// writeback and kernel copies of [`FileWriter`].
+/// A file of an [`Output`](super::Output) written as a byte stream
+/// ([`Output::raw_file`](super::Output::raw_file)), with the early writeback and kernel copies of
+/// [`FileWriter`].
 #[derive(Debug)]
 pub struct RawFile<'o> {
-    pub(super) out: &'o mut Output,
+    /// The [`Output`](super::Output)'s count of bytes written, which [`Self::finish`] adds to.
+    pub(super) written: &'o mut u64,
     pub(super) stream: Stream,
 }
 
@@ -388,18 +396,10 @@ impl RawFile<'_> {
         self.stream.write_all(data)
     }
 
-    /// Appends the `len` bytes of `src` (at `src_path`) from `offset`, copied by the kernel
-    /// as [`FileWriter::copy_tensor`] copies (with its read/write fallback); `name` is the
-    /// tensor they hold, for errors.
-    pub fn copy_from(
-        &mut self,
-        name: &str,
-        src: &File,
-        src_path: &Path,
-        offset: u64,
-        len: u64,
-    ) -> InputResult<()> {
-        self.stream.copy(name, src, src_path, (offset, len))
+    /// Appends the bytes of `src`, copied by the kernel as [`FileWriter::copy_tensor`] copies
+    /// (with its read/write fallback); `name` is the tensor they hold, for errors.
+    pub fn copy_from(&mut self, name: &str, src: Extent) -> InputResult<()> {
+        self.stream.copy(name, src)
     }
 
     /// Bytes written so far.
@@ -407,10 +407,11 @@ impl RawFile<'_> {
         self.stream.bytes
     }
 
-    /// Flushes and fsyncs; the file is renamed into place when the [`Output`] commits.
+    /// Flushes and fsyncs; the file is renamed into place when the [`Output`](super::Output)
+    /// commits.
     pub fn finish(self) -> InputResult<u64> {
         let bytes = self.stream.close()?;
-        self.out.bytes += bytes;
+        *self.written += bytes;
         Ok(bytes)
     }
 }

@@ -17,11 +17,9 @@
 //! Errors keep their type: a write error (a full disk) is returned as the writer raised it.
 //! Must not reorder, drop or alter bytes: it only moves them to another thread.
 
-use super::FileWriter;
+use super::file::{Extent, FileWriter};
 use crate::backend::profile::{self, Stage};
 use crate::error::InputResult;
-use std::fs::File;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 
@@ -34,15 +32,8 @@ pub trait Sink: Send {
     fn begin(&mut self, name: &str) -> InputResult<()>;
     /// Appends the next bytes of the tensor begun last.
     fn write_result_chunk(&mut self, data: &[u8]) -> InputResult<()>;
-    /// Writes the whole of the next tensor, `name`, as `len` bytes of `src` from `at`.
-    fn copy_tensor(
-        &mut self,
-        name: &str,
-        src: &File,
-        path: &Path,
-        at: u64,
-        len: u64,
-    ) -> InputResult<()>;
+    /// Writes the whole of the next tensor, `name`, as the bytes of `src`.
+    fn copy_tensor(&mut self, name: &str, src: Extent) -> InputResult<()>;
     /// Flushes and fsyncs; returns the bytes written.
     fn finish(self) -> InputResult<u64>
     where
@@ -59,15 +50,8 @@ impl Sink for FileWriter<'_> {
     fn write_result_chunk(&mut self, data: &[u8]) -> InputResult<()> {
         FileWriter::write_result_chunk(self, data)
     }
-    fn copy_tensor(
-        &mut self,
-        name: &str,
-        src: &File,
-        path: &Path,
-        at: u64,
-        len: u64,
-    ) -> InputResult<()> {
-        FileWriter::copy_tensor(self, name, src, path, at, len)
+    fn copy_tensor(&mut self, name: &str, src: Extent) -> InputResult<()> {
+        FileWriter::copy_tensor(self, name, src)
     }
     fn finish(self) -> InputResult<u64> {
         FileWriter::finish(self)
@@ -82,10 +66,7 @@ enum Msg<'a> {
     Borrowed(Lent, SyncSender<bool>),
     Copy {
         name: String,
-        src: &'a File,
-        path: &'a Path,
-        at: u64,
-        len: u64,
+        src: Extent<'a>,
     },
     Finish,
 }
@@ -171,20 +152,10 @@ impl<'a> Pipe<'a> {
     }
 
     /// [`FileWriter::copy_tensor`] on the writer thread.
-    pub fn copy_tensor(
-        &mut self,
-        name: &str,
-        src: &'a File,
-        path: &'a Path,
-        at: u64,
-        len: u64,
-    ) -> anyhow::Result<()> {
+    pub fn copy_tensor(&mut self, name: &str, src: Extent<'a>) -> anyhow::Result<()> {
         self.send(Msg::Copy {
             name: name.to_owned(),
             src,
-            path,
-            at,
-            len,
         })
     }
 }
@@ -231,15 +202,9 @@ pub fn pipelined<'a, W: Sink>(
                         let _ = done.send(r.is_ok());
                         r?;
                     }
-                    Msg::Copy {
-                        name,
-                        src,
-                        path,
-                        at,
-                        len,
-                    } => {
+                    Msg::Copy { name, src } => {
                         let _t = profile::time(Stage::Copy);
-                        w.copy_tensor(&name, src, path, at, len)?;
+                        w.copy_tensor(&name, src)?;
                     }
                     Msg::Finish => {
                         let _t = profile::time(Stage::Fsync);

@@ -1,6 +1,7 @@
 //! The writer's commit, cleanup, lock and writeback contracts.
 
 use super::*;
+use crate::dtype;
 
 /// Parts of one split run start together and create the same output folder: whoever
 /// loses the race uses the folder the other made (this failed with "File exists" in CI).
@@ -81,7 +82,15 @@ fn kernel_copies_and_the_pipelined_writer() {
     let one = dtype::encode(Dtype::F32, &[1.0]);
     pipelined(w, |p| {
         p.write_tensor("a", one.clone())?;
-        p.copy_tensor("b", &src, &src_path, 100, n as u64)?;
+        p.copy_tensor(
+            "b",
+            Extent {
+                file: &src,
+                path: &src_path,
+                offset: 100,
+                len: n as u64,
+            },
+        )?;
         p.write_tensor("c", one.clone())
     })
     .unwrap();
@@ -93,7 +102,17 @@ fn kernel_copies_and_the_pipelined_writer() {
     let mut out = Output::new();
     let mut w = out.safetensors(&dest, &[], specs.clone()).unwrap();
     w.write_tensor("a", &one).unwrap();
-    assert!(w.copy_tensor("b", &src, &src_path, 0, 10).is_err());
+    assert!(w
+        .copy_tensor(
+            "b",
+            Extent {
+                file: &src,
+                path: &src_path,
+                offset: 0,
+                len: 10,
+            },
+        )
+        .is_err());
     drop(w);
     drop(out);
     let mut out = Output::new();

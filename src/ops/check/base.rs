@@ -2,7 +2,8 @@
 //! adapter's `added_tokens.json`, what the adapter is for, and where every module lands on the
 //! base. Must not: evaluate rules or print.
 
-use super::{BaseFacts, Kind, Placement};
+use super::report::{BaseFacts, Placement};
+use super::target::Kind;
 use crate::adapter::formats::peft::tokens_module;
 use crate::adapter::mapping::{self, Unmatched};
 use crate::adapter::{Adapter, Format};

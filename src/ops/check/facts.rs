@@ -4,8 +4,10 @@
 //! print anything.
 
 use super::base::last_component;
+use super::plan::Plan;
+use super::report::Placement;
 use super::rules::{ScaleRule, Supported, When};
-use super::{Kind, Placement, Plan};
+use super::target::Kind;
 use crate::adapter::mapping::{self, Unmatched};
 use crate::adapter::{Data, Format, ModuleKind};
 use std::collections::{BTreeMap, BTreeSet};

@@ -24,8 +24,9 @@
 use super::fixing::{checked_spec, set_unit_scale_lora};
 pub use super::fixing::{DoraToLora, FixForm, FixOptions, FixReport, Lowered};
 use super::packed::{fuse_packed, split_packed};
+use super::plan::Plan;
+use super::report::Report;
 use super::saved;
-use super::{Plan, Report};
 use crate::adapter::{mapping, Data, Factors, Format};
 use crate::error::{InputError, InputResult, Opt};
 use crate::ops::output::{self, Provenance};
@@ -56,7 +57,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
     let mut split = Vec::new();
     let mut fused = Vec::new();
     if let Some(b) = &base {
-        if adapter.format == Format::Peft {
+        if adapter.format.layout().names_are_paths() {
             adapter.load_all()?;
             split = split_packed(&mut adapter, b);
             if !split.is_empty() {
@@ -125,7 +126,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
                 dropped.join(", ")
             ));
         }
-        if adapter.format == Format::Kohya {
+        if !adapter.format.layout().names_are_paths() {
             crate::ops::convert::prepare(&mut adapter, Format::Peft, Some(b))?;
             actions.push("kohya file → PEFT folder (module paths from the base)".into());
         } else {
@@ -154,7 +155,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
                 }
             }
         }
-    } else if adapter.format == Format::Kohya {
+    } else if !adapter.format.layout().names_are_paths() {
         crate::ops::convert::prepare(&mut adapter, Format::Peft, None)?;
         actions.push("kohya file → PEFT folder (module paths from lorakit metadata)".into());
     }

@@ -9,7 +9,7 @@
 //! everything, given a server setting or a note the user must know about.
 //!
 //! The tables: `rules/serving.rs` (vLLM, SGLang) and `rules/others.rs` (the rest), split to keep
-//! files under 800 lines.
+//! files under 800 lines; what one rule is, `rules/rule.rs`, which both tables import.
 //!
 //! Versions: vLLM 0.34.0 (commit 62d4bc3c7) and SGLang 0.5.23, the released packages (see
 //! `rules/serving.rs` for why not a stored GitHub copy); LoRAX at `predibase/lorax` a7394ba
@@ -19,63 +19,15 @@
 //! and their verdicts on the fixtures are recorded by `fixtures/gen/check_fixtures.py`;
 //! ComfyUI `comfy/lora.py` at 41444b5, `comfy/weight_adapter/lora.py` at 6fd406f.
 
-use super::Target;
+use super::target::Target;
 
 pub use super::when::{ScaleRule, Severity, Supported, When};
-
-/// Where a rule was read.
-#[derive(Debug, Clone, Copy)]
-pub struct Source {
-    pub repo: &'static str,
-    pub file: &'static str,
-    /// Commit or released version.
-    pub version: &'static str,
-    /// `file:line` (or lines) in that version, and the function the rule is in.
-    pub at: &'static str,
-}
-
-/// One rule of one loader.
-#[derive(Debug, Clone, Copy)]
-pub struct Rule {
-    pub id: &'static str,
-    pub target: Target,
-    pub when: When,
-    pub severity: Severity,
-    pub why: &'static str,
-    pub source: Source,
-}
+pub(crate) use rule::LLAMA_LINEAR;
+pub use rule::{Rule, Source};
 
 mod others;
+mod rule;
 mod serving;
-
-/// The Llama-family linear and embedding layers (vLLM's fallback list without a base, and the
-/// names that make a PEFT folder a causal LM's); `embed_tokens` last, so that the first eight
-/// are LoRAX's adapter layers.
-pub(crate) const LLAMA_LINEAR: &[&str] = &[
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-    "lm_head",
-    "embed_tokens",
-];
-
-const fn src(
-    repo: &'static str,
-    file: &'static str,
-    version: &'static str,
-    at: &'static str,
-) -> Source {
-    Source {
-        repo,
-        file,
-        version,
-        at,
-    }
-}
 
 /// Every rule lorakit knows, in report order (per target, errors first).
 pub const RULES: &[&[Rule]] = &[serving::RULES, others::RULES];

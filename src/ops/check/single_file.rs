@@ -22,7 +22,9 @@
 //! [`crate::ops::output::write_diffusers`] (atomic).
 
 use super::fixing::{FixOptions, FixReport, Lowered};
-use super::{Plan, Report, Target};
+use super::plan::Plan;
+use super::report::Report;
+use super::target::Target;
 use crate::adapter::{Data, Factors, Format, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::ops::output::{self, Provenance};

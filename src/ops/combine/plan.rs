@@ -1,11 +1,11 @@
-//! The `combine` operation around [`super::combine`]: [`CombineOptions`] → [`CombinePlan::new`]
+//! The `combine` operation around [`combine`]: [`CombineOptions`] → [`CombinePlan::new`]
 //! (every weight and method setting checked, every input opened, lowered to its exact LoRA form
 //! and named for the target format, the output checked against every input; nothing written) →
 //! [`CombinePlan::run`] (combine, write atomically with provenance) → [`CombineReport`].
 //!
 //! Must not print, nor name a command-line flag: options are named as [`Opt`]s.
 
-use super::{combine, Method, MethodOptions, ModuleCombine, WeightedInput};
+use super::methods::{combine, Method, MethodOptions, ModuleCombine, WeightedInput};
 use crate::adapter::{Adapter, Format};
 use crate::error::{Opt, OptionError};
 use crate::ops::output::{self, show, OutputOptions, Provenance, WriteSpec};

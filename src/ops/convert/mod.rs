@@ -22,6 +22,13 @@
 //!   `lora_transformer_`), and for names without one the kohya default (`lora_te` for
 //!   `text_model.` paths, else `lora_unet`).
 //!
+//! What each format is (folder or file, files written, names, alphas, the modules it holds, the
+//! scales it cannot state) the plan asks the target's [`Layout`](crate::adapter::formats::Layout); nothing here matches on a
+//! format. The renaming between formats stays here rather than in `adapter/formats/`: restoring
+//! module paths from kohya names needs the base checkpoint ([`resolve_onto`]) or lorakit's
+//! metadata, and a format must not open a base or know another format's names
+//! (`names.rs` says how each direction works).
+//!
 //! Single files with their own writers: a diffusers file and a llama.cpp GGUF adapter
 //! ([`DiffusersPlan`], [`GgufPlan`] in `single.rs`, the same shape).
 //!
@@ -32,62 +39,22 @@
 //! folded.
 
 mod names;
+mod options;
 mod single;
 mod unfold;
 
 pub use names::{
-    check_onto, kohya_or_peft_alpha, prepare, resolve_onto, restore_from_metadata, NameSource,
-    Prepared, NEEDS_BASE,
+    check_onto, prepare, resolve_onto, restore_from_metadata, NameSource, Prepared, NEEDS_BASE,
 };
+use options::check_output;
+pub use options::{ConvertOptions, ConvertTo};
 pub use single::{DiffusersConvertReport, DiffusersPlan, GgufConvertReport, GgufPlan};
 
-use crate::adapter::formats::{diffusers, kohya, peft};
-use crate::adapter::{Adapter, Data, Factors, Format, KronHalf};
+use crate::adapter::formats::{diffusers, kohya};
+use crate::adapter::{Adapter, Format};
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::Checkpoint;
 use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec};
-use std::path::PathBuf;
-
-/// What `convert` writes: an adapter format, or a llama.cpp GGUF adapter
-/// ([`crate::adapter::formats::gguf`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConvertTo {
-    Peft,
-    Kohya,
-    Gguf,
-    /// A diffusers single file ([`crate::adapter::formats::diffusers`]).
-    Diffusers,
-    /// LyCORIS' own single file (see the module doc).
-    Lycoris,
-    /// The single file ComfyUI reads natively (see the module doc).
-    Comfy,
-}
-
-impl ConvertTo {
-    /// The adapter format written, `None` for GGUF and diffusers single files.
-    pub fn format(self) -> Option<Format> {
-        match self {
-            ConvertTo::Peft => Some(Format::Peft),
-            ConvertTo::Kohya | ConvertTo::Lycoris | ConvertTo::Comfy => Some(Format::Kohya),
-            ConvertTo::Gguf | ConvertTo::Diffusers => None,
-        }
-    }
-}
-
-/// What to convert, as a Rust caller states it.
-#[derive(Debug, Clone)]
-pub struct ConvertOptions {
-    pub adapter: PathBuf,
-    pub to: ConvertTo,
-    pub out: PathBuf,
-    /// The model the adapter is for: restores dotted module paths of kohya names, and every
-    /// module must land on it.
-    pub base: Option<PathBuf>,
-    pub dtype: DtypeChoice,
-    /// kohya prefix for dotted names without a pipeline component (kohya-named targets).
-    pub prefix: Option<String>,
-}
 
 /// One module of a conversion.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -140,8 +107,8 @@ pub struct ConvertPlan {
     prep: Prepared,
     prefix: Option<String>,
     folded: Vec<Option<f64>>,
-    /// PEFT LOHA/LOKR settings (alphas written), when the target is such a folder.
-    lycoris_peft: Option<peft::LycorisPeft>,
+    /// Per module, the rank and alpha the output states ([`Layout::written_ranks_alphas`](crate::adapter::formats::Layout::written_ranks_alphas)).
+    written: Vec<(usize, f64)>,
 }
 
 impl ConvertPlan {
@@ -175,13 +142,12 @@ impl ConvertPlan {
             kohya_prefix: opts.prefix.clone(),
         };
         check_output(&spec, &adapter, base.as_ref())?;
-        if to == Format::Peft {
-            check_peft_target(&adapter)?;
-        }
+        let layout = to.layout();
+        layout.check_modules(&adapter)?;
         let from = adapter.format;
         let prep = prepare(&mut adapter, to, base.as_ref())?;
         let mut prefix = None;
-        if to == Format::Kohya {
+        if !layout.names_are_paths() {
             component_prefixes(&mut adapter, opts.to);
             let p = match (&opts.prefix, opts.to) {
                 (Some(p), _) => p.clone(),
@@ -190,16 +156,8 @@ impl ConvertPlan {
             };
             prefix = Some(p);
         }
-        let folded = if to == Format::Kohya {
-            fold_whole_lokr(&mut adapter)?
-        } else {
-            vec![None; adapter.modules.len()]
-        };
-        let lycoris_peft = if to == Format::Peft {
-            peft::lycoris_plan(&adapter)?
-        } else {
-            None
-        };
+        let folded = layout.fold_scales(&mut adapter)?;
+        let written = layout.written_ranks_alphas(&adapter)?;
         Ok(ConvertPlan {
             opts,
             adapter,
@@ -211,7 +169,7 @@ impl ConvertPlan {
             prep,
             prefix,
             folded,
-            lycoris_peft,
+            written,
         })
     }
 
@@ -235,12 +193,9 @@ impl ConvertPlan {
                 from: self.prep.names_before[i].clone(),
                 to: output::written_name(&m.name, to, self.prefix.as_deref().unwrap_or("")),
                 algo: m.factors.algo(),
-                rank: self.lycoris_peft.as_ref().map_or(m.rank, |l| l.ranks[i]),
+                rank: self.written[i].0,
                 alpha_in: self.prep.alphas_before[i],
-                alpha_out: match &self.lycoris_peft {
-                    Some(l) => l.alphas[i],
-                    None => kohya_or_peft_alpha(a, m, to),
-                },
+                alpha_out: self.written[i].1,
                 scale: self.folded[i].unwrap_or(m.scale),
                 folded: self.folded[i],
             })
@@ -262,48 +217,6 @@ impl ConvertPlan {
             bytes_written: written.bytes,
         })
     }
-}
-
-/// Refuses an output that is an input (the adapter, its config, the base) before any work.
-fn check_output(spec: &WriteSpec, adapter: &Adapter, base: Option<&Checkpoint>) -> InputResult<()> {
-    let mut inputs = output::adapter_inputs(adapter);
-    if let Some(b) = base {
-        inputs.extend(b.input_paths());
-        inputs.push(b.root.clone());
-    }
-    output::check_output(spec, &inputs)
-}
-
-/// A PEFT folder holds LoRA, or LoHa/LoKr as PEFT's own LOHA/LOKR ([`peft::lycoris_plan`]);
-/// anything else is refused by module.
-fn check_peft_target(adapter: &Adapter) -> InputResult<()> {
-    for m in &adapter.modules {
-        let why = if m.factors.needs_base() {
-            "its update depends on the base weight, so it has no fixed ΔW to lower to LoRA (merge it into the base instead)"
-        } else if m.dora_rule == (crate::adapter::DoraRule::Lycoris { per_input: true })
-            && m.dora_magnitude.is_some()
-        {
-            "its dora_scale normalises per input channel, and PEFT's DoRA only per output feature"
-        } else if m.factors.needs_base() {
-            "its update depends on the base weight, so it has no fixed ΔW to lower to LoRA (merge it into the base instead)"
-        } else if matches!(
-            m.factors,
-            Factors::Lora { .. } | Factors::Loha { .. } | Factors::Lokr { .. }
-        ) {
-            continue;
-        } else {
-            "PEFT has no tuner for it; lower it to plain LoRA at a chosen rank first (lorakit resize), with the error reported per module"
-        };
-        return Err(InputError::invalid(
-            &adapter.path,
-            format!(
-                "module `{}` is {}, which a PEFT folder cannot hold: {why}",
-                m.name,
-                m.factors.algo()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Gives dotted names that carry a pipeline component (`unet.`, `text_encoder.`,
@@ -330,52 +243,4 @@ fn component_prefixes(adapter: &mut Adapter, to: ConvertTo) {
         debug_assert!(diffusers::COMPONENTS.contains(&component));
         m.name = kohya::kohya_name(prefix, rest);
     }
-}
-
-/// LyCORIS and ComfyUI give a LoKr module with both halves whole scale 1 whatever its alpha
-/// (`lycoris/modules/lokr.py`: `if self.use_w2 and self.use_w1: alpha = lora_dim`; ComfyUI
-/// `weight_adapter/lokr.py`: `dim` is `None`, so `alpha` is ignored). A module read from PEFT
-/// (scale `alpha / r`) keeps its ΔW only with the scale folded into `w1`: `w1 ← s·w1` in f64,
-/// rounded once to f32. Returns the folded scale per module.
-fn fold_whole_lokr(adapter: &mut Adapter) -> InputResult<Vec<Option<f64>>> {
-    let mut folded = vec![None; adapter.modules.len()];
-    #[allow(clippy::needless_range_loop)] // `adapter` is borrowed again inside (values)
-    for i in 0..adapter.modules.len() {
-        let m = &adapter.modules[i];
-        let Factors::Lokr {
-            w1: KronHalf::Whole(w1),
-            w2: KronHalf::Whole(_),
-            ..
-        } = &m.factors
-        else {
-            continue;
-        };
-        if m.scale == 1.0 {
-            continue;
-        }
-        let s = m.scale;
-        let v = adapter.values(w1)?;
-        let scaled: Vec<f32> = v.iter().map(|&x| (x as f64 * s) as f32).collect();
-        if scaled.iter().any(|x| !x.is_finite()) {
-            return Err(InputError::invalid(
-                &adapter.path,
-                format!(
-                    "module `{}`: lokr_w1 times the scale {s} overflows f32",
-                    m.name
-                ),
-            ));
-        }
-        let m = &mut adapter.modules[i];
-        if let Factors::Lokr {
-            w1: KronHalf::Whole(w1),
-            ..
-        } = &mut m.factors
-        {
-            *w1 = Data::Owned(std::sync::Arc::new(scaled));
-        }
-        m.scale = 1.0;
-        m.alpha = 1.0;
-        folded[i] = Some(s);
-    }
-    Ok(folded)
 }

@@ -68,9 +68,11 @@ pub fn prepare(
     let alphas_before: Vec<f64> = adapter.modules.iter().map(|m| m.alpha).collect();
     let mut names_from = NameSource::Adapter;
     let mut config_restored = false;
-    if adapter.format == Format::Kohya {
-        // kohya → kohya keeps the kohya names (and the metadata that maps them).
-        let (restored, cfg) = if to == Format::Peft {
+    // Names that lost the dots of the module paths (kohya) are restored for a format that
+    // names modules by path (PEFT); kohya → kohya keeps them (and the metadata that maps them).
+    let to_paths = to.layout().names_are_paths();
+    if !adapter.format.layout().names_are_paths() {
+        let (restored, cfg) = if to_paths {
             restore_from_metadata(adapter)?
         } else {
             (0, false)
@@ -80,12 +82,12 @@ pub fn prepare(
             names_from = NameSource::Metadata;
         }
         match base {
-            Some(base) if to == Format::Peft && restored < adapter.modules.len() => {
+            Some(base) if to_paths && restored < adapter.modules.len() => {
                 resolve_onto(adapter, base)?;
                 names_from = NameSource::Base;
             }
             Some(base) => check_onto(adapter, base)?,
-            None if to == Format::Peft && restored < adapter.modules.len() => {
+            None if to_paths && restored < adapter.modules.len() => {
                 let m = adapter
                     .modules
                     .iter()
@@ -100,7 +102,7 @@ pub fn prepare(
             }
             None => {}
         }
-        if to == Format::Peft && adapter.base_model.is_none() {
+        if to_paths && adapter.base_model.is_none() {
             adapter.base_model = base.map(|b| b.root.display().to_string());
         }
     } else if let Some(base) = base {
@@ -113,18 +115,6 @@ pub fn prepare(
         names_from,
         config_restored,
     })
-}
-
-/// The alpha a module is written with in `format`.
-pub fn kohya_or_peft_alpha(
-    adapter: &Adapter,
-    m: &crate::adapter::LoraModule,
-    format: Format,
-) -> f64 {
-    match format {
-        Format::Kohya => kohya::kohya_alpha(adapter, m) as f32 as f64,
-        Format::Peft => m.alpha,
-    }
 }
 
 /// Applies the module paths and PEFT config lorakit records in a kohya file it writes. Names

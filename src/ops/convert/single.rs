@@ -8,7 +8,8 @@
 //! Must not parse flags or print: options are named as [`Opt`]s; `commands/convert.rs` renders
 //! the reports.
 
-use super::{check_onto, prepare, ConvertOptions, ConvertTo, NameSource};
+use super::names::{check_onto, prepare, NameSource};
+use super::options::{check_output, ConvertOptions, ConvertTo};
 use crate::adapter::formats::{diffusers as d, gguf as g, kohya};
 use crate::adapter::{Adapter, Format};
 use crate::error::{InputError, InputResult, Opt, OptionError};
@@ -86,7 +87,7 @@ impl DiffusersPlan {
             dtype: output::copy_dtype(opts.dtype),
             kohya_prefix: None,
         };
-        super::check_output(&spec, &adapter, base.as_ref())?;
+        check_output(&spec, &adapter, base.as_ref())?;
         // The pipeline component of each module: a dotted name's own, else its kohya prefix's
         // (lora_unet → unet, …), else the prefix option's.
         let from_kohya: Vec<Option<&'static str>> = adapter
@@ -108,7 +109,7 @@ impl DiffusersPlan {
                 })
             })?),
         };
-        let kohya_names = adapter.format == Format::Kohya
+        let kohya_names = !adapter.format.layout().names_are_paths()
             && adapter.modules.iter().any(|m| !m.name.contains('.'));
         let names_from = if kohya_names {
             prepare(&mut adapter, Format::Peft, base.as_ref())?.names_from

@@ -2,7 +2,8 @@
 //! out, parts assigned, ΔW formed per tensor. Must not factor or write the adapter.
 
 use super::*;
-use crate::adapter::{formats, Format};
+use crate::adapter::formats::{Holds, Shape};
+use crate::adapter::Format;
 use crate::dtype::{self};
 use crate::error::{InputError, InputResult, Opt, OptionError};
 use crate::io::Checkpoint;
@@ -19,60 +20,60 @@ impl ExtractPlan {
         options: ExtractOptions,
     ) -> Result<Self> {
         let o = &options;
-        if o.format == Format::Kohya {
-            if o.save_changed {
-                bail!(OptionError::new(|o| format!(
-                    "{} cannot hold full tensors; drop {} or use {}",
-                    o.set(Opt::Format, "kohya"),
-                    o.opt(Opt::SaveChanged),
-                    o.set(Opt::Format, "peft")
-                )));
-            }
-            if o.embeddings != EmbeddingMode::Skip {
-                bail!(OptionError::new(|o| format!(
-                    "{} cannot hold embeddings; use {} or {}",
-                    o.set(Opt::Format, "kohya"),
-                    o.set(Opt::Embeddings, "skip"),
-                    o.set(Opt::Format, "peft")
-                )));
-            }
-            if o.fan_in_fan_out {
-                bail!(OptionError::new(|o| format!(
-                    "{} cannot hold fan_in_fan_out (Conv1D) modules; use {}",
-                    o.set(Opt::Format, "kohya"),
-                    o.set(Opt::Format, "peft")
-                )));
-            }
+        let layout = o.format.layout();
+        let holds = layout.holds();
+        // The format named with an option, and the first format that holds what it cannot.
+        let (this, instead) = (o.format.to_string(), |holds_it: fn(&Holds) -> bool| {
+            Format::ALL
+                .iter()
+                .find(|f| holds_it(&f.layout().holds()))
+                .map_or_else(String::new, |f| f.to_string())
+        });
+        if o.save_changed && !holds.full_tensors {
+            let other = instead(|h| h.full_tensors);
+            bail!(OptionError::new(move |o| format!(
+                "{} cannot hold full tensors; drop {} or use {}",
+                o.set(Opt::Format, &this),
+                o.opt(Opt::SaveChanged),
+                o.set(Opt::Format, &other)
+            )));
+        }
+        if o.embeddings != EmbeddingMode::Skip && !holds.embeddings {
+            let other = instead(|h| h.embeddings);
+            bail!(OptionError::new(move |o| format!(
+                "{} cannot hold embeddings; use {} or {}",
+                o.set(Opt::Format, &this),
+                o.set(Opt::Embeddings, "skip"),
+                o.set(Opt::Format, &other)
+            )));
+        }
+        if o.fan_in_fan_out && !holds.fan_in_fan_out {
+            let other = instead(|h| h.fan_in_fan_out);
+            bail!(OptionError::new(move |o| format!(
+                "{} cannot hold fan_in_fan_out (Conv1D) modules; use {}",
+                o.set(Opt::Format, &this),
+                o.set(Opt::Format, &other)
+            )));
         }
         o.rank.validate()?;
         let mut inputs = base.input_paths();
         inputs.extend(tuned.input_paths());
         inputs.push(base.root.clone());
         inputs.push(tuned.root.clone());
-        match o.format {
-            Format::Peft => {
-                if out.exists() && !out.is_dir() {
-                    bail!(InputError::invalid(
-                        &out,
-                        "a PEFT adapter is a folder, but this path is a file"
-                    ));
-                }
-                let files: Vec<PathBuf> = [formats::peft::WEIGHTS_NAME, formats::peft::CONFIG_NAME]
-                    .iter()
-                    .map(|f| out.join(f))
-                    .collect();
-                crate::io::writer::check_writes(&inputs, &files, std::slice::from_ref(&out))?;
-            }
-            Format::Kohya => {
-                if out.is_dir() {
-                    bail!(InputError::invalid(
-                        &out,
-                        "a kohya adapter is a file, but this path is a folder"
-                    ));
-                }
-                crate::io::writer::check_writes(&inputs, std::slice::from_ref(&out), &[])?;
-            }
-        }
+        let label = layout.label();
+        let folders = match layout.shape() {
+            Shape::Folder if out.exists() && !out.is_dir() => bail!(InputError::invalid(
+                &out,
+                format!("a {label} adapter is a folder, but this path is a file")
+            )),
+            Shape::File if out.is_dir() => bail!(InputError::invalid(
+                &out,
+                format!("a {label} adapter is a file, but this path is a folder")
+            )),
+            Shape::Folder => std::slice::from_ref(&out),
+            Shape::File => &[],
+        };
+        crate::io::writer::check_writes(&inputs, &layout.files(&out), folders)?;
 
         let mut items = Vec::new();
         let mut excluded = 0;
@@ -198,13 +199,7 @@ impl ExtractPlan {
 
     /// What [`Self::run`] would do, without doing it (`extract --dry-run`).
     pub fn dry_run(&self) -> ExtractDryRun {
-        let files = match self.options.format {
-            Format::Peft => vec![
-                self.out.join(formats::peft::WEIGHTS_NAME),
-                self.out.join(formats::peft::CONFIG_NAME),
-            ],
-            Format::Kohya => vec![self.out.clone()],
-        };
+        let files = self.options.format.layout().files(&self.out);
         ExtractDryRun {
             operation: "extract",
             dry_run: true,

@@ -2,10 +2,9 @@
 //! outcomes assembled into the adapter and its report. Must not decide what is extracted.
 
 use super::*;
-use crate::adapter::{formats, Adapter, Data, Factors, Format, FullTensor, LoraModule, ModuleKind};
+use crate::adapter::{Adapter, Data, Factors, FullTensor, LoraModule, ModuleKind};
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, Opt};
-use crate::io::Output;
 use crate::linalg::{self, RsvdOptions};
 use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayView2};
@@ -394,9 +393,10 @@ impl ExtractPlan {
             config: Some(serde_json::Value::Object(config)),
             ..Adapter::of_modules(o.format, self.out.clone(), modules)
         };
+        let layout = o.format.layout();
         let elem = dtype::byte_len(o.dtype, 1).expect("float dtype") as u64;
         let adapter_params = adapter.parameter_count() as u64
-            + if o.format == Format::Kohya {
+            + if layout.alpha_tensors() {
                 adapter.modules.len() as u64
             } else {
                 0
@@ -416,28 +416,15 @@ impl ExtractPlan {
             )
             }));
         }
-        let mut output = Output::new();
-        let folder = match o.format {
-            Format::Peft => self.out.clone(),
-            Format::Kohya => crate::parts::out_dir(&self.out),
-        };
-        output.create_dir_all(&folder)?;
-        match o.format {
-            Format::Peft => output.lock(&folder, crate::io::writer::LockMode::Exclusive)?,
-            Format::Kohya => output.lock(&self.out, crate::io::writer::LockMode::Exclusive)?,
-        }
+        let mut output = crate::ops::output::adapter_output(o.format, &self.out)?;
         let meta = self.metadata();
-        match o.format {
-            Format::Peft => formats::peft::write(&adapter, &self.out, &mut output, o.dtype, &meta)?,
-            Format::Kohya => formats::kohya::write(
-                &adapter,
-                &o.kohya_prefix,
-                &self.out,
-                &mut output,
-                o.dtype,
-                &meta,
-            )?,
-        }
+        let args = crate::adapter::formats::WriteArgs {
+            out: &self.out,
+            dtype: Some(o.dtype),
+            metadata: &meta,
+            prefix: &o.kohya_prefix,
+        };
+        layout.write(&adapter, &mut output, args)?;
         let bytes_written = output.commit()?;
 
         let ranks: Vec<usize> = reports.iter().map(|r| r.rank).collect();

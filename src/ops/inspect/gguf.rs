@@ -5,55 +5,14 @@
 //!
 //! Must not read tensor data: the header alone.
 
-use super::{DtypeStats, TensorRow};
+use super::report::{DtypeStats, TensorRow};
+pub use super::report::{GgufReport, MetadataRow};
 use crate::io::gguf::{GgufModel, Value};
-use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Arrays longer than this are summarised (`element_type`, `element_count`) instead of listed:
 /// a vocabulary is tens of thousands of strings.
 pub const MAX_LISTED: usize = 16;
-
-#[derive(Debug, Serialize)]
-pub struct GgufReport {
-    pub path: String,
-    /// `file` or `split`.
-    pub layout: &'static str,
-    pub files: Vec<String>,
-    pub version: u32,
-    pub architecture: Option<String>,
-    pub alignment: u64,
-    pub tensor_count: usize,
-    pub parameters: u64,
-    pub bytes: u64,
-    /// Per ggml type (`Q4_K`, `F32`, …).
-    pub dtypes: BTreeMap<String, DtypeStats>,
-    /// Every key with its GGUF type and value (long arrays summarised).
-    pub metadata: BTreeMap<String, MetadataRow>,
-    /// Types lorakit cannot dequantize, if any tensor has one (inspect and copy work; merging
-    /// into or diffing those tensors does not).
-    pub unsupported_types: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tensors: Option<Vec<TensorRow>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct MetadataRow {
-    /// `UINT32`, `STRING`, `ARRAY`, … (gguf-py's `GGUFValueType` names).
-    #[serde(rename = "type")]
-    pub ty: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub element_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub element_count: Option<usize>,
-    /// A scalar's value.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<serde_json::Value>,
-    /// An array's elements (absent when summarised): one key per JSON kind, so `value` is
-    /// never a list in one entry and a number in another.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub values: Option<serde_json::Value>,
-}
 
 fn row(v: &Value) -> MetadataRow {
     match v {

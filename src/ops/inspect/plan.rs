@@ -7,12 +7,20 @@
 //! `commands::inspect::render_text` or as JSON), and no message names a command-line flag (options are
 //! named through [`OptionError`]).
 
-use super::{adapter_report, checkpoint_report, quant_report, AdapterReport, Report};
+use super::report::{
+    AdapterReport, CheckpointReport, DtypeStats, FactorRow, ModuleRow, QuantReport, QuantRow,
+    Report, SpectrumRow, TensorRow,
+};
 use crate::adapter::Adapter;
+use crate::adapter::{self, ModuleKind};
+use crate::dtype;
 use crate::error::{InputError, Opt, OptionError};
+use crate::io::checkpoint::Layout;
 use crate::io::gguf::GgufModel;
 use crate::io::{Checkpoint, Output};
 use anyhow::Result;
+use ndarray::ArrayView2;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Options of `inspect`.
@@ -64,7 +72,7 @@ impl InspectPlan {
                 .into());
             }
             Source::Gguf(GgufModel::open(path)?)
-        } else if super::is_adapter(path) {
+        } else if is_adapter(path) {
             if options.tensors {
                 return Err(InputError::option(path, |o| {
                     format!(
@@ -136,17 +144,186 @@ impl InspectPlan {
         let mut out = Output::new();
         out.create_dir_all(&crate::parts::out_dir(plot))?;
         let tmp = out.external_file(plot)?;
-        super::plot_spectra(report, plot, &tmp).map_err(|e| match e.downcast::<OptionError>() {
-            Ok(o) => anyhow::Error::new(InputError::new(&self.path, o)),
-            Err(e) => InputError::write(
-                plot,
-                std::io::Error::other(format!("cannot draw the plot: {e:#}")),
-            )
-            .into(),
+        super::plot::plot_spectra(report, plot, &tmp).map_err(|e| {
+            match e.downcast::<OptionError>() {
+                Ok(o) => anyhow::Error::new(InputError::new(&self.path, o)),
+                Err(e) => InputError::write(
+                    plot,
+                    std::io::Error::other(format!("cannot draw the plot: {e:#}")),
+                )
+                .into(),
+            }
         })?;
         out.commit()?;
         Ok(())
     }
+}
+
+/// True when `path` is an adapter (PEFT folder, or a file with LoRA tensor names).
+pub fn is_adapter(path: &Path) -> bool {
+    if path.is_dir() {
+        return path.join(adapter::formats::peft::WEIGHTS_NAME).exists();
+    }
+    match crate::io::SafetensorsFile::open(path) {
+        Ok(f) => adapter::formats::detect(&f).is_some(),
+        Err(_) => false,
+    }
+}
+
+/// The quantization section: `None` for a float checkpoint without `quantization_config`.
+fn quant_report(c: &Checkpoint) -> Result<Option<QuantReport>> {
+    let map = crate::io::quant::QuantMap::scan(c)?;
+    if map.is_empty() && map.config.is_none() && map.unsupported.is_empty() {
+        return Ok(None);
+    }
+    let tensors: Vec<QuantRow> = map
+        .iter()
+        .map(|q| QuantRow {
+            name: q.name.clone(),
+            method: q.method(),
+            bits: q.bits(),
+            blocks: q.blocks(),
+            shape: q.shape.clone(),
+            dtype: dtype::name(q.natural_dtype()),
+        })
+        .collect();
+    Ok(Some(QuantReport {
+        config: map.config.clone(),
+        companion_tensors: map.iter().map(|q| q.companions.len()).sum(),
+        tensors,
+        unreadable: map.unsupported.iter().map(|e| e.kind.to_string()).collect(),
+    }))
+}
+
+fn checkpoint_report(c: &Checkpoint, opts: &InspectOptions) -> CheckpointReport {
+    let mut dtypes: BTreeMap<String, DtypeStats> = BTreeMap::new();
+    let mut params = 0u64;
+    for (_, t) in c.infos() {
+        let s = dtypes.entry(dtype::name(t.dtype)).or_insert(DtypeStats {
+            tensor_count: 0,
+            parameters: 0,
+            bytes: 0,
+        });
+        s.tensor_count += 1;
+        s.parameters += t.numel() as u64;
+        s.bytes += t.byte_len();
+        params += t.numel() as u64;
+    }
+    let file_name = |i: usize| {
+        c.shards[i]
+            .path()
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let tensor_list = opts.tensors.then(|| {
+        c.infos()
+            .map(|(s, t)| TensorRow {
+                name: t.name.clone(),
+                dtype: dtype::name(t.dtype),
+                shape: t.shape.clone(),
+                bytes: t.byte_len(),
+                file: file_name(s),
+            })
+            .collect()
+    });
+    CheckpointReport {
+        path: c.root.display().to_string(),
+        layout: match c.layout {
+            Layout::File => "file",
+            Layout::Folder { .. } => "folder",
+            Layout::Sharded { .. } => "sharded",
+        },
+        files: (0..c.shards.len()).map(file_name).collect(),
+        tensor_count: c.len(),
+        parameters: params,
+        bytes: c.total_bytes(),
+        dtypes,
+        metadata: c.metadata().iter().cloned().collect(),
+        tensors: tensor_list,
+        quantization: None,
+    }
+}
+
+fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
+    let mut modules = Vec::new();
+    for m in &a.modules {
+        let spectrum = if opts.spectrum && !m.factors.needs_base() {
+            let s = if m.factors.lora().is_some() {
+                let (b, av) = a.factors(m)?;
+                let bv = ArrayView2::from_shape((m.out_features, m.rank), b.as_slice())?;
+                let avv = ArrayView2::from_shape((m.rank, m.in_features), av.as_slice())?;
+                crate::linalg::spectrum_of_factors(bv, avv, m.scale as f32)
+            } else {
+                // No low-rank factors: the exact SVD of the rebuilt ΔW (d×k, small modules).
+                let delta = a.delta(m)?;
+                let dv = ArrayView2::from_shape((m.out_features, m.in_features), delta.as_slice())?;
+                crate::linalg::spectrum_of_values(crate::linalg::exact_svd(dv).s.to_vec())
+            };
+            Some(SpectrumRow {
+                singular_values: s.singular_values,
+                fro_norm: s.fro_norm,
+                rank90: s.rank90,
+                rank99: s.rank99,
+            })
+        } else {
+            None
+        };
+        let key_shape = |d: &adapter::Data, fallback: Vec<usize>| match (d, &a.source) {
+            (adapter::Data::Stored { key, .. }, Some(src)) => {
+                src.info(key).map(|i| i.shape.clone()).unwrap_or(fallback)
+            }
+            _ => fallback,
+        };
+        modules.push(ModuleRow {
+            name: m.name.clone(),
+            kind: m.kind.to_string(),
+            rank: m.rank,
+            alpha: m.alpha,
+            scale: m.scale,
+            shape: [m.out_features, m.in_features],
+            algo: m.factors.algo(),
+            a_shape: m
+                .factors
+                .lora()
+                .map(|(d, _)| key_shape(d, vec![m.rank, m.in_features])),
+            b_shape: m
+                .factors
+                .lora()
+                .map(|(_, d)| key_shape(d, vec![m.out_features, m.rank])),
+            factors: m
+                .factors
+                .data()
+                .into_iter()
+                .map(|d| FactorRow {
+                    key: match d {
+                        adapter::Data::Stored { key, .. } => key.clone(),
+                        adapter::Data::Owned(_) => String::new(),
+                    },
+                    shape: key_shape(d, vec![a.numel(d)]),
+                })
+                .collect(),
+            fan_in_fan_out: m.base_transposed && m.kind == ModuleKind::Linear,
+            dora: m.dora_magnitude.is_some(),
+            bias: m.bias.is_some(),
+            spectrum,
+        });
+    }
+    let bytes = a.source.as_ref().map(|s| s.header().data_len).unwrap_or(0);
+    Ok(AdapterReport {
+        path: a.path.display().to_string(),
+        format: a.format,
+        convention: adapter::convention::describe(a),
+        base_model: a.base_model.clone(),
+        use_rslora: a.use_rslora,
+        dora: a.modules.iter().any(|m| m.dora_magnitude.is_some()),
+        modules,
+        modules_to_save: a.modules_to_save.clone(),
+        full_tensors: a.full_tensors.iter().map(|f| f.name.clone()).collect(),
+        parameters: a.parameter_count(),
+        bytes,
+        metadata: a.metadata.iter().cloned().collect(),
+    })
 }
 
 #[cfg(test)]

@@ -3,10 +3,10 @@
 //! line coloured by its layer, the rank cut-offs marked and explained on the figure, and the
 //! Eckart–Young cost of halving the rank written in each panel. SVG or PNG, by extension.
 //!
-//! Owns only the drawing; the numbers come from [`super::AdapterReport`] (computed by
+//! Owns only the drawing; the numbers come from [`AdapterReport`] (computed by
 //! `linalg::spectrum_of_factors`), so the plot never disagrees with `inspect --spectrum`.
 
-use super::{AdapterReport, SpectrumRow};
+use super::report::{AdapterReport, SpectrumRow};
 use anyhow::{anyhow, Result};
 use std::path::Path;
 

@@ -27,8 +27,7 @@
 
 use super::gguf_parts::TensorData;
 use super::WeightedAdapter;
-use crate::adapter::mapping::kohya_candidates;
-use crate::adapter::Format;
+use crate::adapter::mapping::{is_kohya_name, kohya_candidates};
 use crate::backend::profile::{self, Stage};
 use crate::backend::{cpu, Engine, MergeError, MergeJob, Term};
 use crate::dtype::Dtype;
@@ -258,7 +257,7 @@ impl GgufMergePlan {
                     .into());
                 }
                 let hf = match kohya_candidates(&m.name, &kohya_index).as_slice() {
-                    [one] if a.format == Format::Kohya && !m.name.contains('.') => {
+                    [one] if is_kohya_name(a.format, &m.name) => {
                         one.strip_suffix(".weight").unwrap_or(one).to_owned()
                     }
                     _ => m.name.clone(),

@@ -23,7 +23,7 @@
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::gguf::writer::{kv_i32, kv_u16, part_path, split_parts, GgufWriter, OutTensor};
 use crate::io::gguf::GgufModel;
-use crate::io::writer::{pipelined, LockMode};
+use crate::io::writer::{pipelined, Extent, LockMode};
 use crate::parts::{is_plain_name, out_dir, stamps, unsafe_name, PartManifest, SplitOutput, Stamp};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -153,7 +153,15 @@ pub fn write_files<'d, D: Into<TensorData<'d>>>(
                         path,
                         at,
                         len,
-                    } => pipe.copy_tensor(name, file, path, at, len)?,
+                    } => pipe.copy_tensor(
+                        name,
+                        Extent {
+                            file,
+                            path,
+                            offset: at,
+                            len,
+                        },
+                    )?,
                 }
             }
             Ok(())

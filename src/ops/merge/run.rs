@@ -8,6 +8,7 @@ use crate::backend::profile::{self, Stage};
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
 use crate::io::checkpoint::Layout;
+use crate::io::writer::Extent;
 use crate::io::{Checkpoint, Output, TensorSpec};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -112,7 +113,13 @@ impl MergePlan {
                         }
                         Action::Copy if out_dtype == info.dtype => {
                             let (src, at) = file.source(info);
-                            w.copy_tensor(name, src, file.path(), at, info.byte_len())?;
+                            let extent = Extent {
+                                file: src,
+                                path: file.path(),
+                                offset: at,
+                                len: info.byte_len(),
+                            };
+                            w.copy_tensor(name, extent)?;
                             bar.inc(info.byte_len());
                             copied += 1;
                         }

@@ -13,7 +13,7 @@
 //! Must not trust a part file: every part is checked against the plan rebuilt from its
 //! arguments and against the inputs as they are now.
 
-use super::{out_dir, Stamp};
+use super::engine::{files_named, other_run, out_dir, Stamp};
 use crate::error::InputError;
 use crate::io::{Output, SafetensorsFile};
 use anyhow::{bail, Result};
@@ -57,18 +57,17 @@ pub struct PartReport {
 }
 
 /// Where part `i` of `n` of an extraction to `out` goes: inside the adapter folder (PEFT), or
-/// beside the adapter file (kohya).
+/// beside the adapter file (kohya), by the format's [`crate::adapter::formats::Shape`].
 pub fn extract_part_path(
     out: &Path,
     format: crate::adapter::Format,
     i: usize,
     n: usize,
 ) -> PathBuf {
-    match format {
-        crate::adapter::Format::Peft => {
-            out.join(format!(".lorakit-extract-part-{i}-of-{n}.safetensors"))
-        }
-        crate::adapter::Format::Kohya => {
+    use crate::adapter::formats::Shape;
+    match format.layout().shape() {
+        Shape::Folder => out.join(format!(".lorakit-extract-part-{i}-of-{n}.safetensors")),
+        Shape::File => {
             let name = out
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -91,7 +90,7 @@ pub fn find_extract_parts(out: &Path) -> Vec<PathBuf> {
             .unwrap_or_default();
         (out_dir(out), format!(".{name}.lorakit-extract-part-"))
     };
-    super::files_named(&dir, &prefix, ".safetensors")
+    files_named(&dir, &prefix, ".safetensors")
 }
 
 /// Writes one part file (atomically) from `header` and the outcomes of its tensors.
@@ -200,16 +199,7 @@ pub fn join_extract_parts(
     let mut by_part: Vec<Option<usize>> = vec![None; n];
     for (k, ((h, _), p)) in parts.iter().zip(paths).enumerate() {
         if h.parts != n || h.args != first.args {
-            bail!(InputError::invalid(
-                p,
-                format!(
-                    "part {}/{} was run with other arguments than {} (part {}/{n}); rerun the parts with the same flags",
-                    h.part,
-                    h.parts,
-                    paths[0].display(),
-                    first.part
-                )
-            ));
+            bail!(other_run(p, (h.part, h.parts), &paths[0]));
         }
         if h.part == 0 || h.part > n {
             bail!(InputError::invalid(

@@ -7,7 +7,10 @@
 //!
 //! Must not copy or write anything a manifest names unless the base it records confirms it.
 
-use super::{is_plain_name, is_safe_relative, unsafe_name, PartManifest, SplitOutput};
+use super::engine::{
+    finalize_parts, find_manifests, is_plain_name, is_safe_relative, manifest_file, unsafe_name,
+    PartManifest, SplitOutput,
+};
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::{Output, SafetensorsFile};
 use anyhow::{bail, Result};
@@ -53,12 +56,12 @@ const PREFIX: &str = ".lorakit-part-";
 
 /// The manifest file name of part `i` of `n`.
 pub fn manifest_name(i: usize, n: usize) -> String {
-    super::manifest_file(PREFIX, i, n)
+    manifest_file(PREFIX, i, n)
 }
 
 /// Whether `dir` holds merge part manifests.
 pub fn has_merge_manifests(dir: &Path) -> bool {
-    !super::find_manifests(&MergeParts {
+    !find_manifests(&MergeParts {
         dir: dir.to_path_buf(),
     })
     .is_empty()
@@ -77,7 +80,7 @@ pub struct FinalizeReport {
 
 /// Checks all parts of `dir` and writes the index and copied files.
 pub fn finalize(dir: &Path) -> Result<FinalizeReport> {
-    super::finalize_parts(&MergeParts {
+    finalize_parts(&MergeParts {
         dir: dir.to_path_buf(),
     })
 }

@@ -3,8 +3,10 @@
 //!
 //! Must not depend on anything but the seed and the step for which sequences a batch holds.
 
-use super::*;
 use crate::error::{Opt, OptionError};
+use crate::linalg::rng::SplitMix64;
+use crate::model::NO_TARGET;
+use anyhow::{bail, Result};
 
 /// Tokens cut into sequences of `seq_len`.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@
 //!   linear, or constant) decay to 0 at `steps`.
 //! * State: the adapter (PEFT folder, f32) plus `trainer_state.safetensors` (Adam moments) and
 //!   `trainer_state.json` (step, options, data fingerprint, history), written through one
-//!   [`Output`] (each file atomically, the state JSON last; all three record the step, and a
+//!   [`Output`](crate::io::Output) (each file atomically, the state JSON last; all three record the step, and a
 //!   folder whose files disagree — a save interrupted between renames — is refused). Resuming
 //!   from such a folder continues exactly as if the run had not stopped (the moments and
 //!   factors are stored exactly, and the data order is a function of the step).
@@ -28,136 +28,30 @@
 //! opened, the data tokenized, the output checked against every input; nothing written) →
 //! [`TrainPlan::run`] (the model loaded, [`Trainer`] stepped, checkpoints and the adapter
 //! written) → [`TrainReport`]. Files: `plan.rs` (options, plan, report), `trainer.rs` (the
-//! loop and the optimiser), `state.rs` (save and resume), `dataset.rs` (batches).
+//! loop and the optimiser), `state.rs` (save and resume), `dataset.rs` (batches),
+//! `hyperparams.rs` (what a run is asked: options, schedule, initialisation) and `record.rs`
+//! (what it records: steps, evaluations, the state file). The children import from each other,
+//! never from this file, which only re-exports.
 //!
 //! Must not parse flags or print: `commands/train.rs` maps the command line to options and
-//! renders the report; options are named as [`Opt`]s; progress goes to the `Progress` trait.
-
-use crate::adapter::Adapter;
-use crate::error::{Opt, OptionError};
-use crate::linalg::rng::SplitMix64;
-use crate::model::{Model, NO_TARGET};
-use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
+//! renders the report; options are named as [`Opt`](crate::error::Opt)s; progress goes to the `Progress` trait.
 
 mod dataset;
+mod hyperparams;
 mod plan;
+mod record;
 mod state;
 mod trainer;
 pub use dataset::Dataset;
+pub use hyperparams::{lr_at, Hyperparams, Init, Schedule};
 pub use plan::{TrainOptions, TrainPlan, TrainReport};
+pub use record::{EvalStats, StateFile, StepStats, TrainedModule, STATE_JSON, STATE_TENSORS};
 pub use trainer::{RunOutcome, RunPlan, Trainer};
-
-/// Name of the trainer-state files written beside the adapter.
-pub const STATE_JSON: &str = "trainer_state.json";
-pub const STATE_TENSORS: &str = "trainer_state.safetensors";
-
-/// Learning-rate decay after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// transformers `get_cosine_schedule_with_warmup` (half a cosine to 0).
-    Cosine,
-    /// transformers `get_linear_schedule_with_warmup`.
-    Linear,
-    /// transformers `get_constant_schedule_with_warmup`.
-    Constant,
-}
-
-/// Hyper-parameters of a run (recorded in the trainer state as `options`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hyperparams {
-    pub steps: usize,
-    pub lr: f64,
-    pub schedule: Schedule,
-    pub warmup: usize,
-    pub weight_decay: f64,
-    /// Maximum global gradient norm; 0 disables clipping.
-    pub grad_clip: f64,
-    pub betas: (f64, f64),
-    pub eps: f64,
-    pub batch: usize,
-    pub seq_len: usize,
-    pub seed: u64,
-}
-
-/// Learning rate for the update that follows `step` completed steps (transformers'
-/// `LambdaLR` schedules, multiplied by the base rate).
-pub fn lr_at(o: &Hyperparams, step: usize) -> f64 {
-    if step < o.warmup {
-        return o.lr * step as f64 / o.warmup.max(1) as f64;
-    }
-    let rest = (o.steps.saturating_sub(o.warmup)).max(1) as f64;
-    let progress = (step - o.warmup) as f64 / rest;
-    let f = match o.schedule {
-        Schedule::Constant => 1.0,
-        Schedule::Linear => ((o.steps as f64 - step as f64) / rest).max(0.0),
-        Schedule::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
-    };
-    o.lr * f
-}
-
-/// A trained module: where it is in the model and its LoRA settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainedModule {
-    pub name: String,
-    #[serde(skip)]
-    pub slot: usize,
-    pub rank: usize,
-    pub alpha: f64,
-}
-
-/// How the trainable adapters start.
-#[derive(Debug)]
-pub enum Init<'a> {
-    /// PEFT's default: A Kaiming-uniform, B zero, on the layers matching `targets`.
-    Fresh {
-        targets: &'a [String],
-        rank: usize,
-        alpha: f64,
-    },
-    /// The factors, ranks and alphas of an existing adapter (linear modules only).
-    Adapter(&'a Adapter),
-}
-
-/// What one step did.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StepStats {
-    /// Steps completed after this one.
-    pub step: usize,
-    /// Mean loss of the batch, before the update.
-    pub loss: f64,
-    /// Learning rate of the update.
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-}
-
-/// An evaluation during training.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalStats {
-    pub step: usize,
-    pub loss: f64,
-    pub perplexity: f64,
-}
-
-/// `trainer_state.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StateFile {
-    pub lorakit_version: String,
-    pub step: usize,
-    pub rslora: bool,
-    pub modules: Vec<TrainedModule>,
-    pub options: Hyperparams,
-    pub data_tokens: usize,
-    pub data_fingerprint: String,
-    pub history: Vec<StepStats>,
-    pub eval: Vec<EvalStats>,
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NO_TARGET;
 
     fn opts(schedule: Schedule) -> Hyperparams {
         Hyperparams {

@@ -6,8 +6,10 @@
 //! report. Must not parse flags or print: options are named as [`Opt`]s, and the report is
 //! rendered by `commands/train.rs`.
 
-use super::{Dataset, EvalStats, Hyperparams, Init, RunOutcome, RunPlan, Schedule, StepStats};
-use super::{Trainer, STATE_JSON, STATE_TENSORS};
+use super::dataset::Dataset;
+use super::hyperparams::{Hyperparams, Init, Schedule};
+use super::record::{EvalStats, StepStats, STATE_JSON, STATE_TENSORS};
+use super::trainer::{RunOutcome, RunPlan, Trainer};
 use crate::adapter::formats::peft;
 use crate::adapter::Adapter;
 use crate::error::{Opt, OptionError};

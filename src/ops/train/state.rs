@@ -5,11 +5,13 @@
 //! Must not mix files of two steps: all three record the step, and a folder whose files
 //! disagree is refused.
 
-use super::*;
+use super::record::{StateFile, TrainedModule, STATE_JSON, STATE_TENSORS};
+use super::trainer::Trainer;
+use crate::adapter::Adapter;
 use crate::dtype::Dtype;
-use crate::error::InputError;
+use crate::error::{InputError, Opt};
 use crate::io::{Output, SafetensorsFile, TensorSpec};
-use anyhow::Context;
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 impl Trainer<'_> {

@@ -2,14 +2,18 @@
 //! initialisation or an existing adapter's), steps AdamW over the batches, evaluates, and
 //! checkpoints through [`Trainer::save`] (`state.rs`).
 //!
-//! Must not choose files or read options from anywhere but its arguments: [`super::TrainPlan`]
+//! Must not choose files or read options from anywhere but its arguments: [`TrainPlan`](super::TrainPlan)
 //! opens and checks the inputs; must not print (progress goes to the `Progress` trait).
 
-use super::*;
-use crate::adapter::{Data, Factors, Format, LoraModule, ModuleKind};
-use crate::error::InputError;
+use super::dataset::Dataset;
+use super::hyperparams::{lr_at, Hyperparams, Init};
+use super::record::{EvalStats, StepStats, TrainedModule};
+use crate::adapter::{Adapter, Data, Factors, Format, LoraModule, ModuleKind};
+use crate::error::{InputError, Opt, OptionError};
 use crate::linalg::rng::Xoshiro256PlusPlus;
 use crate::model::linear::Lora;
+use crate::model::Model;
+use anyhow::{bail, Result};
 use std::path::Path;
 use std::sync::Arc;
 

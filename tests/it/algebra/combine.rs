@@ -53,13 +53,11 @@ fn linear_cd_args(out: &Path, extra: &[&str]) -> Vec<String> {
 
 #[test]
 fn combine_cat_reproduces_peft_weighted_cat() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("cat");
+    let (dir, out) = scratch("cat");
     let rep = run_json(&weighted_ab_args(&out, &["--method", "cat"]));
     // PEFT's layout: every module rank 10 = 4 + 6, packed then zero-padded; r = alpha = 10.
     assert_factors_close(&out, &fixture("llama/adapters/weighted_cat"), 1e-6);
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = read_json(out.join("adapter_config.json"));
     assert_eq!(
         (cfg["r"].as_u64(), cfg["lora_alpha"].as_u64()),
         (Some(10), Some(10))
@@ -80,22 +78,14 @@ fn combine_cat_reproduces_peft_weighted_cat() {
     run_ok(weighted_ab_args(&out2, &["--method", "cat", "--no-pad"]));
     let got = deltas(&out2);
     for (name, w) in &want {
-        let r = if name.contains("q_proj") {
-            10
-        } else if name.contains("k_proj") {
-            6
-        } else {
-            4
-        };
-        assert_eq!(got[name].rank, r, "{name}");
+        assert_eq!(got[name].rank, weighted_cat_rank(name), "{name}");
         assert!(rel64(&got[name].w, w) < 1e-6, "{name}");
     }
 }
 
 #[test]
 fn combine_svd_at_full_rank_is_exact_and_matches_peft_svd_mix() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("svd10");
+    let (dir, out) = scratch("svd10");
     let rep = run_json(&weighted_ab_args(
         &out,
         &["--method", "svd", "--rank", "10"],
@@ -267,8 +257,7 @@ fn dare_keeps_rescaled_entries_and_drops_one_minus_density() {
         fixture("llama/adapters/linear_d"),
     ];
     let scale = |p: &Path| {
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(p.join("adapter_config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value = read_json(p.join("adapter_config.json"));
         cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap()
     };
     let sides: Vec<f64> = inputs.iter().map(|p| scale(p).sqrt()).collect();
@@ -331,8 +320,7 @@ fn dare_keeps_rescaled_entries_and_drops_one_minus_density() {
 
 #[test]
 fn combine_refuses_what_it_cannot_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("x");
+    let (_dir, out) = scratch("x");
     let a = fixture("llama/adapters/weighted_a");
     let b = fixture("llama/adapters/weighted_b");
     // Unequal ranks for a factor-wise method: one line naming the module.

@@ -95,8 +95,7 @@ fn convert_round_trip_peft_kohya_peft_is_exact() {
 
 #[test]
 fn convert_te_peft_to_kohya_matches_diffusers() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("te1.safetensors");
+    let (dir, out) = scratch("te1.safetensors");
     run_ok(convert_args(
         &fixture("kohya/adapters/te_peft"),
         "kohya",
@@ -171,12 +170,7 @@ fn convert_kohya_to_peft_merges_like_the_kohya_file() {
         let p = read(&peft.join("adapter_model.safetensors"));
         for (name, t) in &k {
             if let Some(m) = name.strip_suffix(".lora_down.weight") {
-                let dotted = rep["modules"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|x| x["from"] == m)
-                    .unwrap()["to"]
+                let dotted = entry(&rep["modules"], "from", m)["to"]
                     .as_str()
                     .unwrap()
                     .to_owned();
@@ -204,14 +198,10 @@ fn convert_kohya_to_peft_merges_like_the_kohya_file() {
         );
     }
     // The missing alpha of te_lora (alpha = rank = 4) is an alpha_pattern entry.
-    let cfg: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            dir.path()
-                .join("kohya_te_lora.safetensors_peft/adapter_config.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let cfg = read_json(
+        dir.path()
+            .join("kohya_te_lora.safetensors_peft/adapter_config.json"),
+    );
     assert_eq!(cfg["lora_alpha"], 2);
     assert_eq!(
         cfg["alpha_pattern"]["text_model\\.encoder\\.layers\\.1\\.self_attn\\.v_proj"],
@@ -224,22 +214,12 @@ fn convert_kohya_to_peft_merges_like_the_kohya_file() {
 fn convert_errors_are_one_line_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // kohya → PEFT without base.
-    let out = dir.path().join("p");
-    let line = refused(
-        convert_args(&fixture("kohya/te_lora.safetensors"), "peft", &out, &[]),
-        &out,
-    );
+    let (out, te) = (dir.path().join("p"), fixture("kohya/te_lora.safetensors"));
+    let line = refused(convert_args(&te, "peft", &out, &[]), &out);
     assert_mentions(&line, &["te_lora.safetensors", "--base"]);
     // A base the modules do not fit.
-    let line = refused(
-        convert_args(
-            &fixture("kohya/te_lora.safetensors"),
-            "peft",
-            &out,
-            &["--base", &fx("llama/base")],
-        ),
-        &out,
-    );
+    let llama = ["--base", &fx("llama/base")];
+    let line = refused(convert_args(&te, "peft", &out, &llama), &out);
     assert_mentions(
         &line,
         &[
@@ -252,37 +232,27 @@ fn convert_errors_are_one_line_and_write_nothing() {
     let line = refused(convert_args(&k, "peft", &out, &["--base", s(&base)]), &out);
     assert_ambiguous_kohya(&line);
     // No kohya form: the error names the module; folders created for the output are removed.
-    let nested = dir.path().join("new/sub/e.safetensors");
-    let line = one_line_error(&run_err(convert_args(
-        &fixture("llama/adapters/embed"),
-        "kohya",
-        &nested,
-        &[],
-    )));
+    let (embed, nested) = (
+        fixture("llama/adapters/embed"),
+        dir.path().join("new/sub/e.safetensors"),
+    );
+    let line = refused(convert_args(&embed, "kohya", &nested, &[]), &nested);
     assert_mentions(&line, &["embed_tokens", "kohya format cannot hold"]);
     assert!(
         !dir.path().join("new").exists(),
         "created folders are removed on failure"
     );
     // Output onto the input (file, and PEFT folder).
-    let line = one_line_error(&run_err(convert_args(
-        &fixture("kohya/te_lora.safetensors"),
-        "kohya",
-        &fixture("kohya/te_lora.safetensors"),
-        &[],
-    )));
-    assert!(line.contains("output is also an input"), "{line}");
-    let line = one_line_error(&run_err(convert_args(
-        &fixture("llama/adapters/qv_r8"),
-        "peft",
-        &fixture("llama/adapters/qv_r8"),
-        &[],
-    )));
-    assert!(line.contains("output is also an input"), "{line}");
-    let line = one_line_error(&run_err(resize_args(
-        &fixture("llama/adapters/qv_r8"),
-        &fixture("llama/adapters/qv_r8"),
-        &["--rank", "2"],
-    )));
-    assert!(line.contains("output is also an input"), "{line}");
+    let (te, qv) = (
+        fixture("kohya/te_lora.safetensors"),
+        fixture("llama/adapters/qv_r8"),
+    );
+    for args in [
+        convert_args(&te, "kohya", &te, &[]),
+        convert_args(&qv, "peft", &qv, &[]),
+        resize_args(&qv, &qv, &["--rank", "2"]),
+    ] {
+        let line = one_line_error(&run_err(&args));
+        assert!(line.contains("output is also an input"), "{args:?}: {line}");
+    }
 }

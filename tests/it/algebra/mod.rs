@@ -71,9 +71,7 @@ fn deltas_with(path: &Path, mapped_names: bool) -> BTreeMap<String, Delta> {
     let mut out = BTreeMap::new();
     if path.is_dir() {
         let t = read(&path.join("adapter_model.safetensors"));
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(path.join("adapter_config.json")).unwrap())
-                .unwrap();
+        let cfg: serde_json::Value = read_json(path.join("adapter_config.json"));
         let rslora = cfg["use_rslora"] == true;
         let alpha_for = |m: &str| peft_alpha_for(&cfg, m).unwrap_or(8.0);
         for (key, a) in &t {
@@ -154,6 +152,19 @@ fn deltas_with(path: &Path, mapped_names: bool) -> BTreeMap<String, Delta> {
     out
 }
 
+/// The true rank of `module` in PEFT's `cat` of `weighted_a` and `weighted_b` (the
+/// `weighted_cat` fixture): q_proj, in both, 4 + 6 = 10; k_proj 6 (`weighted_b`'s r) and v_proj
+/// 4 (`weighted_a`'s), which `weighted_cat` pads to 10 with zeros.
+fn weighted_cat_rank(module: &str) -> usize {
+    if module.contains("k_proj") {
+        6
+    } else if module.contains("v_proj") {
+        4
+    } else {
+        10
+    }
+}
+
 fn merged(dir: &Path, base: &str, adapter: &Path, name: &str) -> Vec<u8> {
     let out = dir.join(name);
     merge_ok(&fixture(base), adapter, &out, &["--device", "cpu"]);
@@ -171,8 +182,7 @@ fn merged(dir: &Path, base: &str, adapter: &Path, name: &str) -> Vec<u8> {
 
 #[test]
 fn outputs_record_provenance_keep_metadata_and_are_deterministic() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("te.safetensors");
+    let (dir, out) = scratch("te.safetensors");
     let args = convert_args(
         &fixture("kohya/te_lora.safetensors"),
         "kohya",

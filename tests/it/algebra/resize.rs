@@ -35,12 +35,7 @@ fn resize_gives_the_best_rank_r_approximation_and_keeps_scales() {
             );
             let sv = assert_best_rank(name, &a.w, &b.w, b.d, b.k, want);
             // Energy reported = Σ kept σ² / Σ σ².
-            let m = rep["modules"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|m| m["name"] == name.as_str())
-                .unwrap();
+            let m = entry(&rep["modules"], "name", name.as_str());
             let kept: f64 = sv[..want].iter().map(|x| x * x).sum::<f64>()
                 / sv.iter().map(|x| x * x).sum::<f64>();
             assert!(
@@ -60,8 +55,7 @@ fn resize_gives_the_best_rank_r_approximation_and_keeps_scales() {
     ));
     let k = "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight";
     assert_eq!(got[k], orig[k]);
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = read_json(out.join("adapter_config.json"));
     assert_eq!(cfg["r"], 3);
     assert_eq!(
         cfg["rank_pattern"]["model\\.layers\\.0\\.self_attn\\.k_proj"],
@@ -82,14 +76,7 @@ fn resize_at_full_rank_is_exact_and_energy_one_drops_only_zero_padding() {
     let before = deltas(&fixture("llama/adapters/weighted_cat"));
     let after = deltas(&out);
     for (name, b) in &before {
-        let want = if name.contains("k_proj") {
-            6
-        } else if name.contains("v_proj") {
-            4
-        } else {
-            10
-        };
-        assert_eq!(after[name].rank, want, "{name}");
+        assert_eq!(after[name].rank, weighted_cat_rank(name), "{name}");
         let e = rel64(&after[name].w, &b.w);
         assert!(e < 1e-6, "{name}: exact to f32 rounding, got {e:e}");
     }
@@ -231,8 +218,7 @@ fn resize_energy_boundary_and_sv_ratio_rules() {
 
 #[test]
 fn resize_kohya_keeps_format_metadata_and_scale() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("te_r2.safetensors");
+    let (_dir, out) = scratch("te_r2.safetensors");
     run_ok(resize_args(
         &fixture("kohya/te_lora.safetensors"),
         &out,
@@ -276,22 +262,18 @@ fn resize_kohya_keeps_format_metadata_and_scale() {
 fn resize_changes_format_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     // kohya → PEFT needs the base for module paths.
-    let out = dir.path().join("te_peft_r2");
+    let (out, te) = (
+        dir.path().join("te_peft_r2"),
+        fixture("kohya/te_lora.safetensors"),
+    );
+    let te_base = fx("kohya/te_base");
     let args = resize_args(
-        &fixture("kohya/te_lora.safetensors"),
+        &te,
         &out,
-        &[
-            "--rank",
-            "2",
-            "--format",
-            "peft",
-            "--base",
-            &fx("kohya/te_base"),
-        ],
+        &["--rank", "2", "--format", "peft", "--base", &te_base],
     );
     run_ok(&args);
-    let before = deltas(&fixture("kohya/te_lora.safetensors"));
-    let after = deltas(&out);
+    let (before, after) = (deltas(&te), deltas(&out));
     assert!(after.contains_key("text_model.encoder.layers.0.self_attn.q_proj"));
     assert_eq!(before.len(), after.len());
     for (dotted, a) in &after {

@@ -8,7 +8,7 @@
 //! (sdist, `_version.py` commit g62d4bc3c7), SGLang 0.5.23 (wheel), LoRAX `predibase/lorax`
 //! a7394ba, llama.cpp as vendored by the llama-cpp-python 0.3.36 sdist.
 
-use super::{check_json, fired, fixture, manifest, outcome, s, target};
+use super::{check_json, entry, fired, fixture, manifest, outcome, read_json, s, strs, target};
 use std::collections::BTreeSet;
 
 /// One rule: on `fires` (adapter, base) the target's outcome is `verdict` and the rule fires; on
@@ -234,23 +234,11 @@ const EXTRA: &[(&str, Option<&str>)] = &[
 /// PEFT's merge left unchanged.
 #[test]
 fn untargeted_modules_are_the_ones_peft_dropped() {
-    let rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("check/untargeted/VERDICT.json")).unwrap())
-            .unwrap();
+    let rec: serde_json::Value = read_json(fixture("check/untargeted/VERDICT.json"));
     let t = run("peft.untargeted", ("check/untargeted", BASE));
     assert_eq!(outcome(&t), rec["peft_verdict"], "{t}");
-    let finding = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["rule"] == "peft.untargeted")
-        .unwrap();
-    let changed: Vec<&str> = rec["peft_changed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let finding = entry(&t["findings"], "rule", "peft.untargeted");
+    let changed: Vec<&str> = strs(&rec["peft_changed"]);
     let items = finding["items"].as_array().unwrap();
     assert_eq!(items.len(), 2, "{finding}");
     for i in items {

@@ -8,8 +8,7 @@ use super::*;
 /// the same weights as the original (lorakit merge, then diff to f32 rounding).
 #[test]
 fn fix_folds_patterns_and_merges_the_same() {
-    let dir = tempfile::tempdir().unwrap();
-    let fixed = dir.path().join("fixed");
+    let (dir, fixed) = scratch("fixed");
     let base = fixture("llama/base");
     // patterns: rank/alpha patterns; rslora_all: rsLoRA; weighted_b: k/q without v (SGLang);
     // embed: an embedding LoRA (its own factor layout) and a lone q_proj.
@@ -31,9 +30,7 @@ fn fix_folds_patterns_and_merges_the_same() {
             .is_empty());
         assert_eq!(r["after"]["pass"], true);
         assert!(r["fix"]["files"].is_array());
-        let cfg: Value =
-            serde_json::from_slice(&std::fs::read(fixed.join("adapter_config.json")).unwrap())
-                .unwrap();
+        let cfg: Value = read_json(fixed.join("adapter_config.json"));
         assert_eq!(cfg["r"], cfg["lora_alpha"], "{cfg}");
         assert_eq!(cfg["rank_pattern"], serde_json::json!({}));
         assert_eq!(cfg["alpha_pattern"], serde_json::json!({}));
@@ -94,12 +91,7 @@ fn every_module_says_where_it_is_not_applied() {
     );
     for p in r["modules"].as_array().unwrap() {
         assert_eq!(p["status"], "suffix", "{p}");
-        let by: Vec<&str> = p["not_applied_by"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_str().unwrap())
-            .collect();
+        let by: Vec<&str> = strs(&p["not_applied_by"]);
         assert_eq!(
             by,
             [
@@ -135,9 +127,7 @@ fn fix_dora_to_lora_reports_its_true_error() {
         let dora = fixture("llama/adapters/dora");
         let (code, r) = check_fix(&dora, Some(&base), "", &fixed, &["--dora-rank", rank]);
         assert_eq!(code, 0, "{}", r["after"]);
-        let cfg: Value =
-            serde_json::from_slice(&std::fs::read(fixed.join("adapter_config.json")).unwrap())
-                .unwrap();
+        let cfg: Value = read_json(fixed.join("adapter_config.json"));
         assert_eq!(cfg["use_dora"], false);
         let merged = dir.path().join(format!("m{rank}"));
         merge_ok(&base, &fixed, &merged, &[]);
@@ -162,10 +152,7 @@ fn fix_dora_to_lora_reports_its_true_error() {
                 );
             } else {
                 assert!(reported > 1e-3, "{module}: rank 4 cannot be exact here");
-                assert!(
-                    (diff - reported).abs() <= 1e-3 * reported,
-                    "{module}: merged differs by {diff}, reported {reported}"
-                );
+                assert_rel_close(diff, reported, 1e-3, &format!("{module}: merged, reported"));
             }
         }
     }
@@ -176,8 +163,7 @@ fn fix_dora_to_lora_reports_its_true_error() {
 /// exit 2, and nothing is written.
 #[test]
 fn fix_usage_errors_name_the_flag_typed() {
-    let dir = tempfile::tempdir().unwrap();
-    let fixed = dir.path().join("fixed");
+    let (_dir, fixed) = scratch("fixed");
     let out = run_err(check_args(
         &fixture("llama/adapters/dora"),
         &[
@@ -203,8 +189,7 @@ fn fix_usage_errors_name_the_flag_typed() {
 /// with one line naming both keys, whatever the target.
 #[test]
 fn duplicate_keys_are_refused_naming_both() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("dup");
+    let (_dir, a) = scratch("dup");
     let m = "model.layers.0.self_attn.q_proj";
     let bytes_a = vec![0u8; 2 * 64 * 4];
     let bytes_b = vec![0u8; 64 * 2 * 4];
@@ -335,10 +320,7 @@ fn diffusers_single_files_load_in_diffusers_and_lose_their_alpha_in_comfy() {
 #[test]
 fn fix_names_every_component_of_a_diffusers_file_for_kohya_loaders() {
     use super::super::reference::{rel64, U32};
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("check/unet_te.safetensors");
-    let out = dir.path().join("fixed.safetensors");
-    fix_metadata_alpha_for_diffusion(&src, &out);
+    let (_dir, src, out) = fix_metadata_alpha_for_diffusion("check/unet_te.safetensors");
     let orig = read(&src);
     let fixed = read(&out);
     assert_eq!(
@@ -390,10 +372,7 @@ fn fix_names_every_component_of_a_diffusers_file_for_kohya_loaders() {
 #[test]
 fn fix_keeps_a_transformer_lora_in_diffusers_form_with_its_scale_folded() {
     use super::super::reference::{rel64, U32};
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("check/flux_lora.safetensors");
-    let out = dir.path().join("fixed.safetensors");
-    fix_metadata_alpha_for_diffusion(&src, &out);
+    let (_dir, src, out) = fix_metadata_alpha_for_diffusion("check/flux_lora.safetensors");
     let (orig, fixed) = (read(&src), read(&out));
     assert_eq!(
         orig.keys().collect::<Vec<_>>(),
@@ -423,14 +402,20 @@ fn fix_keeps_a_transformer_lora_in_diffusers_form_with_its_scale_folded() {
 
 /// `check --fix` for diffusers and ComfyUI of a file whose alphas are only in
 /// `lora_adapter_metadata`: before, ComfyUI (which reads no metadata) is the one that fails, on
-/// its scale rule; after, both load and apply everything (exit 0).
-fn fix_metadata_alpha_for_diffusion(src: &Path, out: &Path) {
-    let (code, r) = check_fix(src, None, "diffusers,comfy", out, &[]);
+/// its scale rule; after, both load and apply everything (exit 0). The fix of the fixture `src`
+/// is written to `fixed.safetensors` in a fresh folder: returns the folder and the two paths.
+fn fix_metadata_alpha_for_diffusion(
+    src: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let (dir, out) = scratch("fixed.safetensors");
+    let src = fixture(src);
+    let (code, r) = check_fix(&src, None, "diffusers,comfy", &out, &[]);
     assert_eq!(fired(target(&r, "comfy")), vec!["comfy.scale".to_string()]);
     assert_eq!(code, 0, "{}", r["after"]);
     for t in ["diffusers", "comfy"] {
         assert_eq!(target(&r["after"], t)["verdict"], "loads", "{t}");
     }
+    (dir, src, out)
 }
 
 /// `s·B·A` in f64 (`B` `d×r`, `A` `r×k`, row-major).
@@ -534,18 +519,10 @@ pub(super) fn packed_merge_f64(
         ("mlp.gate_up_proj", &["mlp.gate_proj", "mlp.up_proj"]),
     ];
     let unpacked = read_checkpoint(&fixture("llama/base"));
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(original.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg: Value = read_json(original.join("adapter_config.json"));
     let lora = read(&original.join("adapter_model.safetensors"));
     let mut want = std::collections::BTreeMap::new();
-    for (name, a) in &lora {
-        let Some(module) = name
-            .strip_prefix("base_model.model.")
-            .and_then(|n| n.strip_suffix(".lora_A.weight"))
-        else {
-            continue;
-        };
+    for (module, a, b) in peft_lora_modules(&lora) {
         // (base tensor, first row of this module's part in it)
         let (key, row0) = if w0.contains_key(&format!("{module}.weight")) {
             (format!("{module}.weight"), 0)
@@ -570,7 +547,6 @@ pub(super) fn packed_merge_f64(
         let acc: &mut Vec<f64> = want
             .entry(key.clone())
             .or_insert_with(|| w.f32().iter().map(|&x| x as f64).collect());
-        let b = &lora[&format!("base_model.model.{module}.lora_B.weight")];
         let r = a.shape[0];
         let alpha = peft_alpha_for(&cfg, module).unwrap();
         let sc = if cfg["use_rslora"] == true {

@@ -64,21 +64,11 @@ pub(crate) fn check_fix(
 
 /// The targets of a report, in its order.
 fn target_names(report: &Value) -> Vec<&str> {
-    report["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["target"].as_str().unwrap())
-        .collect()
+    field_strs(&report["targets"], "target")
 }
 
 pub(super) fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["target"] == name)
-        .unwrap_or_else(|| panic!("no target {name} in {report}"))
+    entry(&report["targets"], "target", name)
 }
 
 /// The loader's outcome in the manifest's words: `fails`, `silent`, `loads`.
@@ -283,6 +273,22 @@ pub(super) fn assert_rules(cases: &[Rule]) {
     cases.iter().for_each(Rule::assert);
 }
 
+/// The cases against a base that vLLM and SGLang share, on the same fixtures (each server's
+/// source is cited at the call): `qv_r8`'s F32 factors warn by `dtype` on a BF16 base and load
+/// on the F32 one; a module the base lacks (`check/unknown_module`) fails by `unsupported`; an
+/// embedding LoRA over added tokens fails by `vocab`.
+pub(super) fn server_base_cases(
+    target: &'static str,
+    [dtype, unsupported, vocab]: [&'static str; 3],
+) -> [Rule; 4] {
+    [
+        warns("llama/adapters/qv_r8", dtype).on("llama/base_bf16"),
+        loads("llama/adapters/qv_r8", target).on("llama/base"),
+        fails("check/unknown_module", unsupported).on("llama/base"),
+        fails("check/added_tokens", vocab).on("llama/base"),
+    ]
+}
+
 /// The wrong base: qv_r8 (hidden 64) against the Qwen2 fixture (hidden 32). Every LLM loader
 /// refuses a LoRA whose factors do not fit the base layer — PEFT and SGLang through torch's
 /// `copy_`/`load_state_dict` size check, vLLM's `set_lora` slicing into buffers of the base's
@@ -346,18 +352,18 @@ fn vllm_rules_read_from_its_source() {
         // config/lora.py: max_lora_rank defaults to 16.
         warns("check/rank32", "vllm.rank_flag"),
         loads("check/rank7", "vllm"),
-        // config/lora.py verify_with_model_config: lora_dtype "auto" = the model's dtype, so F32
-        // factors on a BF16 base are applied in BF16 (a warning: it loads and applies).
-        warns("llama/adapters/qv_r8", "vllm.dtype").on("llama/base_bf16"),
-        loads("llama/adapters/qv_r8", "vllm").on("llama/base"),
         // model_manager.py activate_adapter: a LoRA whose module name is not the model's
         // is never set (vllm #34186).
         fails("check/no_root_prefix", "vllm.not_applied").on("llama/base"),
-        // lora_model.py check_unexpected_modules: w_proj is no linear layer of the model.
-        fails("check/unknown_module", "vllm.unsupported_module").on("llama/base"),
-        // lora_model.py from_lora_tensors: embedding LoRA size must equal the vocabulary.
-        fails("check/added_tokens", "vllm.vocab").on("llama/base"),
     ]);
+    // config/lora.py verify_with_model_config: lora_dtype "auto" = the model's dtype, so F32
+    // factors on a BF16 base are applied in BF16 (a warning: it loads and applies).
+    // lora_model.py check_unexpected_modules: w_proj is no linear layer of the model.
+    // lora_model.py from_lora_tensors: embedding LoRA size must equal the vocabulary.
+    assert_rules(&server_base_cases(
+        "vllm",
+        ["vllm.dtype", "vllm.unsupported_module", "vllm.vocab"],
+    ));
 }
 
 #[test]
@@ -371,12 +377,7 @@ fn scale_rules_name_exactly_the_modules_whose_scale_changes() {
     let (_, r) = check_json(&fixture("llama/adapters/patterns"), &[]);
     let items = |tgt: &str, rule: &str| -> Vec<String> {
         let t = target(&r, tgt);
-        let f = t["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["rule"] == rule)
-            .unwrap_or_else(|| panic!("{tgt}: no {rule}"));
+        let f = entry(&t["findings"], "rule", rule);
         f["items"]
             .as_array()
             .unwrap()
@@ -488,14 +489,8 @@ fn exit_status_and_targets() {
     assert_eq!(code, 1);
     assert_eq!(target_names(&r), ["vllm", "llama.cpp"]);
     // Text output: one verdict line per target, the rule and its source.
-    let out = bin()
-        .args(check_args(
-            &fixture("llama/adapters/dora"),
-            &["--target", "vllm"],
-        ))
-        .output()
-        .expect("spawn lorakit");
-    assert_eq!(out.status.code(), Some(1));
+    let dora = fixture("llama/adapters/dora");
+    let out = run_exit(check_args(&dora, &["--target", "vllm"]), 1);
     let text = String::from_utf8(out.stdout).unwrap();
     assert_mentions(
         &text,
@@ -507,14 +502,10 @@ fn exit_status_and_targets() {
 fn bad_input_is_one_line_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     // Unknown target.
-    let out = bin()
-        .args(check_args(
-            &fixture("llama/adapters/qv_r8"),
-            &["--target", "tgi"],
-        ))
-        .output()
-        .expect("spawn lorakit");
-    assert_eq!(out.status.code(), Some(2));
+    run_exit(
+        check_args(&fixture("llama/adapters/qv_r8"), &["--target", "tgi"]),
+        2,
+    );
     // Unreadable adapter.
     let missing = dir.path().join("nope");
     let out = run_err(check_args(&missing, &[]));

@@ -3,7 +3,10 @@
 //! rule read from the released source, cited at the case. The config-only fixtures are made by
 //! fixtures/gen/check_config_fixtures.py from a PEFT-written adapter.
 
-use super::{assert_rules, check_json, fails, fired, fixture, loads, s, target, warns};
+use super::{
+    assert_rules, check_json, edit_json, entry, fails, fired, fixture, loads, s, scratch,
+    server_base_cases, target,
+};
 
 #[test]
 fn sglang_rank_rules_read_from_mem_pool() {
@@ -15,12 +18,7 @@ fn sglang_rank_rules_read_from_mem_pool() {
     let (_, r) = check_json(&fixture("llama/adapters/patterns"), &["--target", "sglang"]);
     let t = target(&r, "sglang");
     assert_eq!(t["verdict"], "fails", "{t}");
-    let f = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["rule"] == "sglang.rank_pattern")
-        .unwrap_or_else(|| panic!("no sglang.rank_pattern: {t}"));
+    let f = entry(&t["findings"], "rule", "sglang.rank_pattern");
     let mut items: Vec<&str> = f["items"]
         .as_array()
         .unwrap()
@@ -39,8 +37,7 @@ fn sglang_rank_rules_read_from_mem_pool() {
     loads("llama/adapters/qv_r8", "sglang").assert();
     // --fix zero-pads every module to the largest rank and writes r = that rank (exact):
     // SGLang's buffers then fit every module, and its one alpha/r is every module's scale.
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("fixed");
+    let (_dir, out) = scratch("fixed");
     let (_, r) = check_json(
         &fixture("llama/adapters/patterns"),
         &["--target", "sglang", "--fix", "--out", s(&out)],
@@ -56,14 +53,14 @@ fn sglang_module_and_shape_rules() {
         fails("check/target_regex", "sglang.target_modules_string"),
         // vLLM keeps target_modules: list | str and loads it.
         loads("check/target_regex", "vllm"),
-        // utils.py get_default_hidden_dim: "get_hidden_dim not implemented for w_proj".
-        fails("check/unknown_module", "sglang.unsupported_module").on("llama/base"),
-        // mem_pool.py: the embedding A buffer has the base vocabulary's columns.
-        fails("check/added_tokens", "sglang.vocab").on("llama/base"),
-        // utils.py copy_weight_into_buffer casts to the buffers' (the server's) dtype.
-        warns("llama/adapters/qv_r8", "sglang.dtype").on("llama/base_bf16"),
-        loads("llama/adapters/qv_r8", "sglang").on("llama/base"),
     ]);
+    // utils.py copy_weight_into_buffer casts to the buffers' (the server's) dtype.
+    // utils.py get_default_hidden_dim: "get_hidden_dim not implemented for w_proj".
+    // mem_pool.py: the embedding A buffer has the base vocabulary's columns.
+    assert_rules(&server_base_cases(
+        "sglang",
+        ["sglang.dtype", "sglang.unsupported_module", "sglang.vocab"],
+    ));
 }
 
 #[test]
@@ -116,14 +113,11 @@ fn vllm_accepts_a_classification_head_in_modules_to_save() {
             "vllm.modules_to_save",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a");
+        let (_dir, a) = scratch("a");
         super::super::common::copy_dir(&fixture("llama/adapters/qv_r8"), &a);
-        let cfg = a.join("adapter_config.json");
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
-        v["modules_to_save"] = saved.clone();
-        std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
+        edit_json(a.join("adapter_config.json"), |v| {
+            v["modules_to_save"] = saved.clone()
+        });
         let (_, r) = check_json(&a, &["--target", "vllm"]);
         let t = target(&r, "vllm");
         assert_eq!(t["verdict"], verdict, "{saved}: {t}");

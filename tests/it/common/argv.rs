@@ -25,6 +25,11 @@ pub fn merge_args(base: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> Ve
     )
 }
 
+/// [`merge_args`] of two fixtures: `base` and `adapter` are paths under `fixtures/`.
+pub fn merge_fixtures_args(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    merge_args(&fixture(base), &fixture(adapter), out, extra)
+}
+
 /// Arguments of `lorakit extract --base BASE --tuned TUNED --out OUT` followed by `extra`.
 pub fn extract_args(base: &Path, tuned: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     argv(

@@ -116,10 +116,7 @@ fn decaying_spectrum_is_within_0_1_percent_of_eckart_young() {
         // The reported error is the error of the file.
         let reported = v["modules"][0]["rel_error"].as_f64().unwrap();
         let actual = err / norm64(&d);
-        assert!(
-            (reported - actual).abs() <= 1e-3 * actual,
-            "reported {reported} vs {actual}"
-        );
+        assert_rel_close(reported, actual, 1e-3, "reported, actual rel_error");
         let kept = v["modules"][0]["energy_kept"].as_f64().unwrap();
         let want_kept = sigma[..k].iter().map(|s| s * s).sum::<f64>()
             / sigma.iter().map(|s| s * s).sum::<f64>();
@@ -141,9 +138,7 @@ fn decaying_spectrum_is_within_0_1_percent_of_eckart_young() {
 #[test]
 fn peft_merged_fixture_delta_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
-    let tuned_t = llama_tuned(&[("llama/merged/qv_r8.safetensors", None)]);
-    let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(&tuned, &tuned_t);
+    let (tuned, tuned_t) = llama_tuned_with(dir.path(), "llama/merged/qv_r8.safetensors");
     let out = dir.path().join("out");
     let v = extract(&fixture("llama/base"), &tuned, &out, &["--rank", "8"]);
     let want = peft_deltas(&fixture("llama/adapters/qv_r8"));
@@ -207,23 +202,15 @@ fn committed_fixture_is_reproduced_and_merges_like_peft() {
         .collect::<Vec<f32>>();
     tuned_t.get_mut("model.norm.weight").unwrap().data = bytes(&norm);
     let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(&tuned, &tuned_t);
+    write_tensors(&tuned, &tuned_t);
     let out = dir.path().join("out");
     let v = extract(
         &fixture("llama/base"),
         &tuned,
         &out,
-        &[
-            "--energy",
-            "0.999",
-            "--max-rank",
-            "8",
-            "--alpha",
-            "8",
-            "--save-changed",
-            "--base-model",
-            "fixtures/llama/base",
-        ],
+        &flags(
+            "--energy 0.999 --max-rank 8 --alpha 8 --save-changed --base-model fixtures/llama/base",
+        ),
     );
     let fx = fixture("extract/llama_energy");
     // The config (ranks, alphas, patterns, targets) is reproduced exactly. The factors are

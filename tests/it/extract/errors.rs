@@ -26,7 +26,7 @@ fn bad_inputs_give_one_line_and_no_output() {
             data: t["layers.1.proj.weight"].data.clone(),
         },
     );
-    write_checkpoint(&bad, &t2);
+    write_tensors(&bad, &t2);
     check(
         &base,
         &bad,
@@ -59,7 +59,7 @@ fn bad_inputs_give_one_line_and_no_output() {
                 .collect(),
         },
     );
-    write_checkpoint(&bad, &t3);
+    write_tensors(&bad, &t3);
     check(
         &base,
         &bad,
@@ -70,7 +70,7 @@ fn bad_inputs_give_one_line_and_no_output() {
     // A tensor in the base only, and one in the tuned checkpoint only.
     let mut t4 = t.clone();
     t4.remove("norm.bias");
-    write_checkpoint(&bad, &t4);
+    write_tensors(&bad, &t4);
     check(
         &base,
         &bad,
@@ -80,7 +80,7 @@ fn bad_inputs_give_one_line_and_no_output() {
     );
     let mut t5 = t.clone();
     t5.insert("extra.weight".into(), t["norm.bias"].clone());
-    write_checkpoint(&bad, &t5);
+    write_tensors(&bad, &t5);
     check(
         &base,
         &bad,
@@ -92,7 +92,7 @@ fn bad_inputs_give_one_line_and_no_output() {
     let mut v = t["layers.0.proj.weight"].f32();
     v[7] = f32::NAN;
     t.get_mut("layers.0.proj.weight").unwrap().data = bytes(&v);
-    write_checkpoint(&bad, &t);
+    write_tensors(&bad, &t);
     check(
         &base,
         &bad,

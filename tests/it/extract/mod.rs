@@ -133,17 +133,16 @@ fn synth(path: &Path, tensors: &Tensors) {
 /// `DIR/tuned.safetensors`: `llama/base` with every tensor of the merged file `merged` laid over
 /// it (see [`llama_tuned`]).
 fn llama_tuned_file(dir: &Path, merged: &str) -> std::path::PathBuf {
-    let tuned = dir.join("tuned.safetensors");
-    write_checkpoint(&tuned, &llama_tuned(&[(merged, None)]));
-    tuned
+    llama_tuned_with(dir, merged).0
 }
 
-fn write_checkpoint(path: &Path, t: &BTreeMap<String, T>) {
-    let v: Tensors = t
-        .iter()
-        .map(|(n, x)| (n.clone(), x.dtype, x.shape.clone(), x.data.clone()))
-        .collect();
-    synth(path, &v);
+/// `dir/tuned.safetensors`, the llama fixture with the tensors of the fixture file `merged` laid
+/// over it (see [`llama_tuned`]), and its tensors.
+fn llama_tuned_with(dir: &Path, merged: &str) -> (std::path::PathBuf, TensorMap) {
+    let tuned = dir.join("tuned.safetensors");
+    let t = llama_tuned(&[(merged, None)]);
+    write_tensors(&tuned, &t);
+    (tuned, t)
 }
 
 /// Runs `extract --json` and parses the summary.

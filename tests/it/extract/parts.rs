@@ -42,7 +42,7 @@ fn three_extract_parts_in_separate_processes_equal_one_run() {
     let err = one_line_error(&run_err(finalize_args(&split, &[])));
     assert!(err.contains("extract parts not finished: 2/3"), "{err}");
     assert_eq!(listing(&split).len(), 2);
-    // A part run with other flags is refused by name.
+    // A part run with other flags is refused by name, in the words of every split output.
     let flags = [&flags[..], &["--seed", "5", "--part", "2/3", "-q"]].concat();
     bin()
         .args(extract_args(&base, &tuned, &split, &flags))
@@ -53,7 +53,7 @@ fn three_extract_parts_in_separate_processes_equal_one_run() {
         &err,
         &[
             ".lorakit-extract-part-2-of-3.safetensors",
-            "other arguments",
+            "belongs to another run than",
         ],
     );
     std::fs::write(&p2, &saved).unwrap();

@@ -19,28 +19,38 @@ fn spectrum_pair(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<f64
     (base, tuned, sigma)
 }
 
+/// The rank `extract RULE VALUE EXTRA…` picks for the one module `x` of `[base, tuned]`, written
+/// afresh to `dir/o`, whose file is checked to hold that rank.
+fn picked_rank(
+    dir: &Path,
+    [base, tuned]: [&Path; 2],
+    rule: &str,
+    value: f64,
+    extra: &[&str],
+) -> u64 {
+    let out = dir.join("o");
+    let _ = std::fs::remove_dir_all(&out);
+    let value = value.to_string();
+    let v = extract(
+        base,
+        tuned,
+        &out,
+        &[&[rule, value.as_str()], extra].concat(),
+    );
+    let r = v["modules"][0]["rank"].as_u64().unwrap();
+    let a = &read(&out.join("adapter_model.safetensors"))["base_model.model.x.lora_A.weight"];
+    assert_eq!(a.shape[0] as u64, r, "the file holds that rank");
+    r
+}
+
 #[test]
 fn energy_picks_the_documented_rank_at_the_boundary() {
     let dir = tempfile::tempdir().unwrap();
     let (base, tuned, sigma) = spectrum_pair(dir.path());
     let total: f64 = sigma.iter().map(|s| s * s).sum();
     let cum = |k: usize| sigma[..k].iter().map(|s| s * s).sum::<f64>() / total;
-    let rank = |e: f64, extra: &[&str]| -> u64 {
-        let out = dir.path().join("o");
-        let _ = std::fs::remove_dir_all(&out);
-        let es = format!("{e}");
-        let mut args = vec!["--energy", es.as_str()];
-        args.extend_from_slice(extra);
-        let v = extract(&base, &tuned, &out, &args);
-        let r = v["modules"][0]["rank"].as_u64().unwrap();
-        // The file holds that rank.
-        assert_eq!(
-            read(&out.join("adapter_model.safetensors"))["base_model.model.x.lora_A.weight"].shape
-                [0] as u64,
-            r
-        );
-        r
-    };
+    let rank =
+        |e: f64, extra: &[&str]| picked_rank(dir.path(), [&base, &tuned], "--energy", e, extra);
     // Default cap (128 ≥ min(d, k): exact SVD) and --max-rank 12 (randomized, 22 samples).
     for cap in [&[][..], &["--max-rank", "12"][..]] {
         for k in [1usize, 2, 3, 5] {
@@ -68,16 +78,8 @@ fn energy_picks_the_documented_rank_at_the_boundary() {
 fn sv_ratio_picks_the_documented_rank_and_is_capped() {
     let dir = tempfile::tempdir().unwrap();
     let (base, tuned, _) = spectrum_pair(dir.path());
-    let rank = |x: f64, extra: &[&str]| -> u64 {
-        let out = dir.path().join("o");
-        let _ = std::fs::remove_dir_all(&out);
-        let xs = format!("{x}");
-        let mut args = vec!["--sv-ratio", xs.as_str()];
-        args.extend_from_slice(extra);
-        extract(&base, &tuned, &out, &args)["modules"][0]["rank"]
-            .as_u64()
-            .unwrap()
-    };
+    let rank =
+        |x: f64, extra: &[&str]| picked_rank(dir.path(), [&base, &tuned], "--sv-ratio", x, extra);
     // keep σ > 8/x: x = 4 puts the threshold on σ₃ = 2 (kept only when strictly above).
     for cap in [&[][..], &["--max-rank", "12"][..]] {
         assert_eq!(rank(4.0 * 0.999, cap), 2);
@@ -115,18 +117,12 @@ fn alpha_rescales_factors_per_module_rank() {
         ],
     );
     let out = dir.path().join("out");
-    let v = extract(
-        &base,
-        &tuned,
-        &out,
-        &["--energy", "0.9999", "--alpha", "16"],
-    );
+    let v = extract(&base, &tuned, &out, &flags("--energy 0.9999 --alpha 16"));
     assert_eq!(
         module_ranks(&v),
         BTreeMap::from([("a".to_string(), 3), ("b".to_string(), 5)])
     );
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: Value = read_json(out.join("adapter_config.json"));
     assert_eq!(cfg["lora_alpha"], 16);
     assert_eq!(cfg["alpha_pattern"], serde_json::json!({}));
     assert_eq!(cfg["rank_pattern"].as_object().unwrap().len(), 1);

@@ -8,17 +8,8 @@ fn unchanged_skipped_changed_reported_and_saved_with_save_changed() {
     let dir = tempfile::tempdir().unwrap();
     let (base, tuned) = mixed_pair(dir.path());
     // Without --save-changed: reported, with a warning, not stored.
-    let out = dir.path().join("plain");
-    let o = bin()
-        .args(extract_args(
-            &base,
-            &tuned,
-            &out,
-            &["--rank", "4", "--min-diff", "1e-4"],
-        ))
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let (out, rank_min_diff) = (dir.path().join("plain"), flags("--rank 4 --min-diff 1e-4"));
+    let o = run_exit(extract_args(&base, &tuned, &out, &rank_min_diff), 0);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_mentions(
         &stderr,
@@ -36,7 +27,7 @@ fn unchanged_skipped_changed_reported_and_saved_with_save_changed() {
         &base,
         &tuned,
         &dir.path().join("plain_json"),
-        &["--rank", "4", "--min-diff", "1e-4"],
+        &rank_min_diff,
     );
     assert_eq!(
         module_ranks(&v).keys().collect::<Vec<_>>(),
@@ -54,12 +45,7 @@ fn unchanged_skipped_changed_reported_and_saved_with_save_changed() {
         names_with_reason(&v, "changed_tensors", "not_stored"),
         vec!["layers.0.proj.bias", "norm.weight"]
     );
-    let rd = v["skipped"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "layers.2.proj.weight")
-        .unwrap()["rel_diff"]
+    let rd = entry(&v["skipped"], "name", "layers.2.proj.weight")["rel_diff"]
         .as_f64()
         .unwrap();
     assert!((rd - 1e-6).abs() < 2e-7, "{rd}");
@@ -93,8 +79,7 @@ fn unchanged_skipped_changed_reported_and_saved_with_save_changed() {
             "base_model.model.norm.weight",
         ]
     );
-    let cfg: Value =
-        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: Value = read_json(out.join("adapter_config.json"));
     assert_eq!(cfg["bias"], "lora_only");
     assert_eq!(cfg["modules_to_save"], serde_json::json!(["norm"]));
     assert_eq!(cfg["target_modules"], serde_json::json!(["layers.0.proj"]));
@@ -125,23 +110,16 @@ fn unchanged_skipped_changed_reported_and_saved_with_save_changed() {
 fn targets_and_exclude_filter_modules() {
     let dir = tempfile::tempdir().unwrap();
     let (base, tuned) = mixed_pair(dir.path());
-    let v = extract(
-        &base,
-        &tuned,
-        &dir.path().join("a"),
-        &["--rank", "2", "--targets", r"re:layers\.[02]"],
-    );
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let targets = flags(r"--rank 2 --targets re:layers\.[02]");
+    let v = extract(&base, &tuned, &a, &targets);
     assert_eq!(
         module_ranks(&v).keys().collect::<Vec<_>>(),
         vec!["layers.0.proj", "layers.2.proj"]
     );
     assert_eq!(v["excluded"], 3);
-    let v = extract(
-        &base,
-        &tuned,
-        &dir.path().join("b"),
-        &["--rank", "2", "--exclude", r"re:^layers\.0"],
-    );
+    let exclude = flags(r"--rank 2 --exclude re:^layers\.0");
+    let v = extract(&base, &tuned, &b, &exclude);
     assert_eq!(
         module_ranks(&v).keys().collect::<Vec<_>>(),
         vec!["layers.2.proj"]
@@ -154,14 +132,7 @@ fn targets_and_exclude_filter_modules() {
         &base,
         &tuned,
         &dir.path().join("c"),
-        &[
-            "--rank",
-            "2",
-            "--targets",
-            "re:proj$",
-            "--exclude",
-            "re:layers.2",
-        ],
+        &flags("--rank 2 --targets re:proj$ --exclude re:layers.2"),
     );
     assert_eq!(
         module_ranks(&v).keys().collect::<Vec<_>>(),
@@ -172,9 +143,7 @@ fn targets_and_exclude_filter_modules() {
 #[test]
 fn embeddings_lora_full_skip() {
     let dir = tempfile::tempdir().unwrap();
-    let tuned_t = llama_tuned(&[("llama/merged/embed.safetensors", None)]);
-    let tuned = dir.path().join("tuned.safetensors");
-    write_checkpoint(&tuned, &tuned_t);
+    let (tuned, tuned_t) = llama_tuned_with(dir.path(), "llama/merged/embed.safetensors");
     let base = fixture("llama/base");
     let base_t = read_checkpoint(&base);
     // lora: PEFT embedding layout, ΔW = (B·A)ᵀ; matches the fixture adapter's.
@@ -201,12 +170,7 @@ fn embeddings_lora_full_skip() {
     }
     // full: the tuned matrix whole, as modules_to_save.
     let out = dir.path().join("full");
-    let v = extract(
-        &base,
-        &tuned,
-        &out,
-        &["--rank", "4", "--embeddings", "full"],
-    );
+    let v = extract(&base, &tuned, &out, &flags("--rank 4 --embeddings full"));
     assert_eq!(
         v["modules_to_save"],
         serde_json::json!(["model.embed_tokens"])
@@ -217,12 +181,8 @@ fn embeddings_lora_full_skip() {
         tuned_t["model.embed_tokens.weight"].data
     );
     // skip: listed.
-    let v = extract(
-        &base,
-        &tuned,
-        &dir.path().join("skip"),
-        &["--rank", "4", "--embeddings", "skip"],
-    );
+    let skip = dir.path().join("skip");
+    let v = extract(&base, &tuned, &skip, &flags("--rank 4 --embeddings skip"));
     assert_eq!(
         names_with_reason(&v, "skipped", "embedding_skip"),
         vec!["model.embed_tokens.weight"]
@@ -252,7 +212,7 @@ fn fan_in_fan_out_and_conv_match_the_fixture_adapters() {
         let tuned = dir
             .path()
             .join(format!("{}.safetensors", adapter.replace('/', "_")));
-        write_checkpoint(&tuned, &t);
+        write_tensors(&tuned, &t);
         let out = dir.path().join(adapter.replace('/', "_"));
         extract(&fixture(base), &tuned, &out, &extra);
         let got = peft_deltas(&out);
@@ -390,10 +350,7 @@ fn bf16_factors_report_the_error_of_the_file() {
         );
         let reported = m["rel_error"].as_f64().unwrap();
         assert!(actual > 1e-4, "bf16 rounding is visible: {actual}");
-        assert!(
-            (reported - actual).abs() <= 1e-3 * actual,
-            "{name}: reported {reported} vs {actual}"
-        );
+        assert_rel_close(reported, actual, 1e-3, &format!("{name}: reported, actual"));
     }
 }
 

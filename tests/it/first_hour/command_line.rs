@@ -8,9 +8,9 @@ fn one_command_line() {
     let dir = tempfile::tempdir().unwrap();
     // torch spellings of dtypes, -o, --prefix (and the old --kohya-prefix, hidden).
     let out = dir.path().join("bf");
-    let mut argv = merge_args(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
+    let mut argv = merge_fixtures_args(
+        "llama/base",
+        "llama/adapters/qv_r8",
         &out,
         &["--dtype", "bfloat16", "-q"],
     );
@@ -48,8 +48,7 @@ fn one_command_line() {
 
 #[test]
 fn diff_compares_across_dtypes_and_only_common_tensors() {
-    let dir = tempfile::tempdir().unwrap();
-    let merged = dir.path().join("m");
+    let (dir, merged) = scratch("m");
     merge_qv_r8(&merged, &["-q"]);
     // Against PEFT's merge_and_unload, which holds only the changed tensors.
     let reference = fixture("llama/merged/qv_r8.safetensors");
@@ -75,8 +74,7 @@ fn diff_compares_across_dtypes_and_only_common_tensors() {
 
 #[test]
 fn merge_and_extract_dry_runs_plan_without_writing() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (dir, out) = scratch("out");
     let j = merge_qv_r8_into(
         &fixture("llama/base_sharded"),
         &out,

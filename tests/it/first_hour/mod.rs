@@ -15,10 +15,6 @@ use super::common::*;
 use safetensors::{tensor::TensorView, Dtype};
 use std::path::{Path, PathBuf};
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 /// A BERT-shaped base folder: word embeddings and one query projection, no `lm_head`, a config
 /// naming `architectures` and no `tie_word_embeddings`.
 fn bert_base(dir: &Path, architecture: &str) -> PathBuf {

@@ -25,8 +25,7 @@ fn tie_detection_follows_the_architecture() {
 
 #[test]
 fn extract_refuses_an_empty_result_and_takes_peft_style_targets() {
-    let dir = tempfile::tempdir().unwrap();
-    let tuned = dir.path().join("tuned");
+    let (dir, tuned) = scratch("tuned");
     merge_qv_r8(&tuned, &["-q"]);
     // Nothing changed: exit 2, nothing written.
     let out = dir.path().join("a");
@@ -54,12 +53,8 @@ fn extract_refuses_an_empty_result_and_takes_peft_style_targets() {
     // The comma list of train and PEFT, and re: for a regex, select the same modules.
     for targets in ["q_proj,v_proj", "re:(q|v)_proj$"] {
         let o = dir.path().join(format!("t{}", targets.len()));
-        run_ok(extract_args(
-            &fixture("llama/base"),
-            &tuned,
-            &o,
-            &["--rank", "8", "--targets", targets, "-q", "--device", "cpu"],
-        ));
+        let flags = ["--rank", "8", "--targets", targets, "-q", "--device", "cpu"];
+        run_ok(extract_args(&fixture("llama/base"), &tuned, &o, &flags));
         let t = read(&o.join("adapter_model.safetensors"));
         let mut mods: Vec<&str> = t
             .keys()
@@ -107,17 +102,12 @@ fn extract_skips_integer_buffers_present_on_one_side() {
     let base = mk("base.safetensors", true, 0.0);
     let tuned = mk("tuned.safetensors", false, 0.5);
     let out = dir.path().join("a");
-    let o = bin()
-        .args(extract_args(
-            &base,
-            &tuned,
-            &out,
-            &["--rank", "2", "--device", "cpu"],
-        ))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let err = ok_stderr(extract_args(
+        &base,
+        &tuned,
+        &out,
+        &flags("--rank 2 --device cpu"),
+    ));
     assert!(err.contains("embeddings.position_ids"), "reported: {err}");
     assert!(out.join("adapter_model.safetensors").exists());
     // A float tensor missing on one side is still an error, unless excluded by tensor name.
@@ -131,45 +121,22 @@ fn extract_skips_integer_buffers_present_on_one_side() {
             ("encoder.extra.bias", Dtype::F32, &[8], &e),
         ],
     );
-    one_line_error(&run_err(extract_args(
-        &base,
-        &tuned2,
-        &dir.path().join("b"),
-        &["--rank", "2"],
-    )));
+    let b = dir.path().join("b");
+    one_line_error(&run_err(extract_args(&base, &tuned2, &b, &["--rank", "2"])));
     run_ok(extract_args(
         &base,
         &tuned2,
         &dir.path().join("c"),
-        &[
-            "--rank",
-            "2",
-            "--exclude",
-            "encoder.extra.bias",
-            "-q",
-            "--device",
-            "cpu",
-        ],
+        &flags("--rank 2 --exclude encoder.extra.bias -q --device cpu"),
     ));
 }
 
 #[test]
 fn combine_svd_caps_the_rank_at_the_module_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("mix");
-    let o = bin()
-        .args(combine_args(
-            &[
-                (&fixture("llama/adapters/qv_r8"), None),
-                (&fixture("llama/adapters/qv_r8"), None),
-            ],
-            &out,
-            &["--method", "svd", "--rank", "1000"],
-        ))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (_dir, out) = scratch("mix");
+    let qv = fixture("llama/adapters/qv_r8");
+    let svd = flags("--method svd --rank 1000");
+    let err = ok_stderr(combine_args(&[(&qv, None), (&qv, None)], &out, &svd));
     assert!(err.contains("capped"), "{err}");
     for (k, t) in read(&out.join("adapter_model.safetensors")) {
         if k.ends_with("lora_A.weight") {
@@ -207,8 +174,7 @@ fn foreign_files_are_named_by_format() {
 
 #[test]
 fn merge_copies_subfolders_and_refuses_a_file_name_for_a_folder_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("st");
+    let (dir, base) = scratch("st");
     std::fs::create_dir_all(base.join("1_Pooling")).unwrap();
     for f in ["config.json", "model.safetensors", "generation_config.json"] {
         std::fs::copy(fixture(&format!("llama/base/{f}")), base.join(f)).unwrap();

@@ -33,8 +33,7 @@ fn hf_cache(root: &Path, id: &str, from: &Path) -> String {
 /// (`HF_HUB_CACHE`, else `HF_HOME/hub`), and never reach for the network for one that is not.
 #[test]
 fn read_only_commands_resolve_repo_ids_in_the_local_hf_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let hub = dir.path().join("hub");
+    let (dir, hub) = scratch("hub");
     let base = fixture("llama/base");
     let commit = hf_cache(&hub, "tiny-org/tiny-llama", &base);
     hf_cache(&hub, "tiny-org/tiny-lora", &fixture("llama/adapters/qv_r8"));

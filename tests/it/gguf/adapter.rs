@@ -84,8 +84,7 @@ fn convert_to_gguf_applies_the_peft_delta_as_llama_cpp_computes_it() {
         ("rslora_all", "llama/base", 14),
         ("embed", "gguf/llama_f32.gguf", 0),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("a.gguf");
+        let (_dir, out) = scratch("a.gguf");
         let v = to_gguf(
             &fixture(&format!("llama/adapters/{case}")),
             &fixture(base_arg),
@@ -103,11 +102,10 @@ fn convert_to_gguf_applies_the_peft_delta_as_llama_cpp_computes_it() {
 
 #[test]
 fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("a.gguf");
-    let o = out.to_str().unwrap();
+    let (_dir, out) = scratch("a.gguf");
+    let o = s(&out);
     let base = fixture("llama/base");
-    let b = base.to_str().unwrap();
+    let b = s(&base);
     for (case, extra, want) in [
         (
             "dora",
@@ -127,7 +125,7 @@ fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
         ),
     ] {
         let a = fixture(&format!("llama/adapters/{case}"));
-        let mut args = vec!["convert", a.to_str().unwrap(), "--to", "gguf", "-o", o];
+        let mut args = vec!["convert", s(&a), "--to", "gguf", "-o", o];
         args.extend(extra);
         let e = one_line_error(&run_err(&args));
         assert!(e.contains(want), "{case}: {e}");
@@ -142,8 +140,7 @@ fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
 fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
     let hf_base = read(&fixture("llama/base/model.safetensors"));
     for case in ["qv_r8", "rslora_all", "embed"] {
-        let dir = tempfile::tempdir().unwrap();
-        let ad = dir.path().join("a.gguf");
+        let (dir, ad) = scratch("a.gguf");
         to_gguf(
             &fixture(&format!("llama/adapters/{case}")),
             &fixture("llama/base"),
@@ -152,7 +149,7 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
         let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
         // Into the GGUF base.
         let out = dir.path().join("m.gguf");
-        merge_json(&g("llama_f32.gguf"), ad.to_str().unwrap(), &out, &[]);
+        merge_json(&g("llama_f32.gguf"), s(&ad), &out, &[]);
         let got = hf_view(&out);
         for (name, r) in &reference {
             let e = rel_err(&got[name].2, &r.f32());
@@ -160,29 +157,21 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
         }
         // Into the Hugging Face base.
         let out = dir.path().join("m.safetensors");
-        run_ok([
-            "merge",
-            "--base",
-            fixture("llama/base/model.safetensors").to_str().unwrap(),
-            "--adapter",
-            ad.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        run_ok(merge_args(
+            &fixture("llama/base/model.safetensors"),
+            &ad,
+            &out,
+            &[],
+        ));
         assert_matches_reference(&read(&out), &hf_base, &reference, 1e-6);
     }
     // A GGUF model is not an adapter; an adapter for another architecture is refused.
-    let dir = tempfile::tempdir().unwrap();
-    let o = dir.path().join("o.gguf");
-    let e = one_line_error(&run_err([
-        "merge",
-        "--base",
-        &g("llama_f32.gguf"),
-        "--adapter",
-        &g("llama_q8_0.gguf"),
-        "--out",
-        o.to_str().unwrap(),
-    ]));
+    let (dir, o) = scratch("o.gguf");
+    let (f32_base, q8_0) = (
+        fixture("gguf/llama_f32.gguf"),
+        fixture("gguf/llama_q8_0.gguf"),
+    );
+    let e = one_line_error(&run_err(merge_args(&f32_base, &q8_0, &o, &[])));
     assert!(e.contains("is a GGUF model (general.type ``"), "{e}");
     let ad = dir.path().join("a.gguf");
     to_gguf(
@@ -190,15 +179,13 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
         &fixture("llama/base"),
         &ad,
     );
-    let e = one_line_error(&run_err([
-        "merge",
-        "--base",
-        fixture("llama/qwen2").to_str().unwrap(),
-        "--adapter",
-        ad.to_str().unwrap(),
-        "--out",
-        dir.path().join("q").to_str().unwrap(),
-    ]));
+    let qwen2 = fixture("llama/qwen2");
+    let e = one_line_error(&run_err(merge_args(
+        &qwen2,
+        &ad,
+        &dir.path().join("q"),
+        &[],
+    )));
     assert_mentions(
         &e,
         &["adapter architecture `llama` does not match the base's `qwen2`"],
@@ -211,8 +198,7 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
 /// lora_b.
 #[test]
 fn malformed_gguf_adapters_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let ad = dir.path().join("a.gguf");
+    let (dir, ad) = scratch("a.gguf");
     to_gguf(
         &fixture("llama/adapters/qv_r8"),
         &fixture("llama/base"),
@@ -241,15 +227,8 @@ fn malformed_gguf_adapters_are_refused() {
         let p = dir.path().join(format!("{case}.gguf"));
         std::fs::write(&p, b).unwrap();
         let o = dir.path().join(format!("{case}.out.gguf"));
-        let e = one_line_error(&run_err([
-            "merge",
-            "--base",
-            &g("llama_f32.gguf"),
-            "--adapter",
-            p.to_str().unwrap(),
-            "--out",
-            o.to_str().unwrap(),
-        ]));
+        let f32_base = fixture("gguf/llama_f32.gguf");
+        let e = one_line_error(&run_err(merge_args(&f32_base, &p, &o, &[])));
         assert!(e.contains(want), "{case}: {e}");
         assert!(!o.exists());
     }

@@ -120,12 +120,7 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
         if let Some(p) = c.pre {
             extra.extend(["--gguf-tokenizer-pre", p]);
         }
-        let v = merge_json(
-            base.to_str().unwrap(),
-            adapter.to_str().unwrap(),
-            &out,
-            &extra,
-        );
+        let v = merge_json(s(&base), s(&adapter), &out, &extra);
         assert_eq!(v["tensors_merged_count"], c.merged, "{reference}");
         let ours = GgufModel::open(&out).unwrap();
         let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
@@ -194,15 +189,12 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
 fn edited(dir: &Path, name: &str, model: &str, tok: &str, edit: impl Fn(&Path)) -> String {
     let d = hf_folder_with(dir, name, model, tok);
     edit(&d);
-    d.to_str().unwrap().to_owned()
+    s(&d).to_owned()
 }
 
 /// Rewrites `dir/config.json` with `f`.
 fn with_config(dir: &Path, f: impl Fn(&mut serde_json::Value)) {
-    let p = dir.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-    f(&mut c);
-    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+    edit_json(dir.join("config.json"), f);
 }
 
 /// What lorakit cannot write as llama.cpp would is refused in one line naming the file and
@@ -218,7 +210,7 @@ fn hf_to_gguf_refusals_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let base = hf_folder(dir.path());
     let qv = fixture("llama/adapters/qv_r8");
-    let qv = qv.to_str().unwrap();
+    let qv = s(&qv);
     let sp = edited(dir.path(), "sp", "llama/base", "gguf/hf_tokenizer", |d| {
         std::fs::write(d.join("tokenizer.model"), b"not read").unwrap();
     });
@@ -244,72 +236,67 @@ fn hf_to_gguf_refusals_write_nothing() {
         .to_owned();
     let not_recognized = format!("BPE pre-tokenizer not recognized (chkhsh {chkhsh})");
     let bare = fixture("llama/base");
+    let bare = s(&bare);
     let out = dir.path().join("o.gguf");
-    let o = out.to_str().unwrap();
-    let b = base.to_str().unwrap();
+    let b = s(&base);
     let st = dir.path().join("o.safetensors");
-    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+    let outtype_keep: &[&str] = &["--outtype", "keep"];
+    let tokenizer_pre: &[&str] = &["--out", s(&st), "--gguf-tokenizer-pre", "qwen2"];
+    // (base, adapter, further arguments, the file the line names, what it says)
+    let cases: [(&str, &str, &[&str], &str, &str); 9] = [
+        (&qwen, s(&qwen_lora), &[], "tokenizer.json", &not_recognized),
         (
-            vec!["--base", &qwen, "--adapter", qwen_lora.to_str().unwrap()],
-            "tokenizer.json",
-            &not_recognized,
-        ),
-        (
-            vec!["--base", &bad_tj, "--adapter", qv],
+            &bad_tj,
+            qv,
+            &[],
             "tokenizer.json",
             "not a tokenizers tokenizer.json",
         ),
         (
-            vec!["--base", &sp, "--adapter", qv],
+            &sp,
+            qv,
+            &[],
             "tokenizer.model",
             "not a SentencePiece model (malformed protobuf)",
         ),
         (
-            vec!["--base", bare.to_str().unwrap(), "--adapter", qv],
+            bare,
+            qv,
+            &[],
             "base",
             "no tokenizer.json or tokenizer.model",
         ),
         (
-            vec!["--base", b, "--adapter", qv, "--outtype", "keep"],
+            b,
+            qv,
+            outtype_keep,
             "",
             "--outtype keep: a safetensors base has no GGUF types to keep",
         ),
         (
-            vec!["--base", &yarn, "--adapter", qv],
+            &yarn,
+            qv,
+            &[],
             "config.json",
             "yarn rope scaling without an integer `original_max_position_embeddings`",
         ),
+        (&longrope, qv, &[], "config.json", "rope type `longrope`"),
+        (&card, qv, &[], "README.md", "a model card"),
         (
-            vec!["--base", &longrope, "--adapter", qv],
-            "config.json",
-            "rope type `longrope`",
-        ),
-        (
-            vec!["--base", &card, "--adapter", qv],
-            "README.md",
-            "a model card",
-        ),
-        (
-            vec![
-                "--base",
-                b,
-                "--adapter",
-                qv,
-                "--out",
-                st.to_str().unwrap(),
-                "--gguf-tokenizer-pre",
-                "qwen2",
-            ],
+            b,
+            qv,
+            tokenizer_pre,
             "o.safetensors",
             "the output must end in .gguf",
         ),
     ];
-    for (args, file, want) in cases {
+    for (base, adapter, extra, file, want) in cases {
         let mut full = vec!["merge"];
-        if !args.contains(&"--out") {
-            full.extend(["--out", o]);
+        if !extra.contains(&"--out") {
+            full.extend(["--out", s(&out)]);
         }
-        full.extend(args);
+        full.extend(["--base", base, "--adapter", adapter]);
+        full.extend(extra);
         let e = run_err(&full);
         assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
@@ -339,18 +326,8 @@ fn hf_to_gguf_kquant_rows_take_llama_quantize_fallback() {
     for (k, fallback) in [("q4_k", "q5_0"), ("q6_k", "q8_0")] {
         let a = dir.path().join(format!("{k}.gguf"));
         let b = dir.path().join(format!("{fallback}.gguf"));
-        let va = merge_json(
-            base.to_str().unwrap(),
-            qv.to_str().unwrap(),
-            &a,
-            &["--outtype", k],
-        );
-        merge_json(
-            base.to_str().unwrap(),
-            qv.to_str().unwrap(),
-            &b,
-            &["--outtype", fallback],
-        );
+        let va = merge_json(s(&base), s(&qv), &a, &["--outtype", k]);
+        merge_json(s(&base), s(&qv), &b, &["--outtype", fallback]);
         let (ma, mb) = (GgufModel::open(&a).unwrap(), GgufModel::open(&b).unwrap());
         let mut fell = 0;
         for (((fa, ta), (fb, tb)), r) in ma
@@ -401,12 +378,7 @@ fn hf_base_to_gguf_other_types_match_gguf_py() {
         ("q4_0", GgmlType::Q4_0, 2),
     ] {
         let out = dir.path().join(format!("m.{t}.gguf"));
-        merge_json(
-            base.to_str().unwrap(),
-            adapter.to_str().unwrap(),
-            &out,
-            &["--outtype", t],
-        );
+        merge_json(s(&base), s(&adapter), &out, &["--outtype", t]);
         let m = GgufModel::open(&out).unwrap();
         assert_eq!(
             m.header().get("general.file_type").and_then(|v| v.as_u64()),

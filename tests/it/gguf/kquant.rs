@@ -85,13 +85,12 @@ fn k_adapter(dir: &Path) -> BTreeMap<String, Vec<f64>> {
 /// untouched tensor is a byte copy.
 #[test]
 fn keep_requantizes_k_quant_tensors_with_ggml_reference_quantizers() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("k.gguf");
+    let (dir, base) = scratch("k.gguf");
     k_base(&base);
     let ad = dir.path().join("ad");
     let deltas = k_adapter(&ad);
     let (f32_out, keep_out) = (dir.path().join("f32.gguf"), dir.path().join("keep.gguf"));
-    let (b, a) = (base.to_str().unwrap(), ad.to_str().unwrap());
+    let (b, a) = (s(&base), s(&ad));
     merge_json(b, a, &f32_out, &["--outtype", "f32"]);
     let v = merge_json(b, a, &keep_out, &[]);
     let (bm, fm, km) = (
@@ -168,12 +167,7 @@ fn k_quant_outtype_on_short_rows_takes_llama_quantize_fallback() {
     let adapter = fixture("llama/adapters/qv_r8");
     let run = |t: &str| {
         let out = dir.path().join(format!("{t}.gguf"));
-        let v = merge_json(
-            &g("llama_f32.gguf"),
-            adapter.to_str().unwrap(),
-            &out,
-            &["--outtype", t],
-        );
+        let v = merge_json(&g("llama_f32.gguf"), s(&adapter), &out, &["--outtype", t]);
         (out, v)
     };
     let ((a, va), (b, vb)) = (run("q4_k"), run("q5_0"));

@@ -30,8 +30,7 @@ fn convert_to_gguf_equals_llama_cpp_converter_output() {
         ("embed", "llama/base", 0),
         ("qwen2_lora", "llama/qwen2", 0),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("a.gguf");
+        let (_dir, out) = scratch("a.gguf");
         let v = to_gguf(
             &fixture(&format!("llama/adapters/{case}")),
             &fixture(base),
@@ -171,23 +170,15 @@ const PROMPT: [&str; 8] = ["1", "17", "42", "99", "5", "63", "120", "7"];
 /// llama.cpp's logits, `[position][token]`, for `model` with `adapter` applied at scale 1.
 fn llama_logits(bin: &Path, model: &Path, adapter: Option<&Path>) -> Vec<Vec<f32>> {
     let a = adapter.map_or("-".into(), |p| p.display().to_string());
-    let out = std::process::Command::new(bin)
-        .arg(model)
-        .arg(a)
-        .args(PROMPT)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "llama.cpp on {}: {}",
-        model.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.split(' ').map(|x| x.parse().unwrap()).collect())
-        .collect()
+    ok_stdout(
+        std::process::Command::new(bin)
+            .arg(model)
+            .arg(a)
+            .args(PROMPT),
+    )
+    .lines()
+    .map(|l| l.split(' ').map(|x| x.parse().unwrap()).collect())
+    .collect()
 }
 
 /// `‖x − y‖_F / ‖y‖_F` over all positions.
@@ -253,7 +244,7 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
         let merged = p(&format!("{case}.merged.gguf"));
         merge_json(
             p("f32.gguf").to_str().unwrap(),
-            adapter.to_str().unwrap(),
+            s(&adapter),
             &merged,
             &["--outtype", "f32"],
         );
@@ -288,12 +279,7 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
         Some(&fixture("gguf/llamacpp/qv_r8.gguf")),
     );
     let keep = p("q8.keep.gguf");
-    merge_json(
-        p("q8.gguf").to_str().unwrap(),
-        adapter.to_str().unwrap(),
-        &keep,
-        &[],
-    );
+    merge_json(p("q8.gguf").to_str().unwrap(), s(&adapter), &keep, &[]);
     let l_keep = llama_logits(&bin, &keep, None);
     let (e_keep, e_ref) = (logits_err(&l_keep, &exact), logits_err(&reference, &exact));
     let e_between = logits_err(&l_keep, &reference);

@@ -11,8 +11,7 @@ use super::*;
 #[test]
 fn merge_into_an_f32_gguf_equals_the_peft_merge() {
     for case in ["qv_r8", "rslora_all"] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("m.gguf");
+        let (_dir, out) = scratch("m.gguf");
         let v = merge_json(
             &g("llama_f32.gguf"),
             fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
@@ -20,7 +19,7 @@ fn merge_into_an_f32_gguf_equals_the_peft_merge() {
             &[],
         );
         assert_eq!(v["operation"], "merge");
-        assert_eq!(v["files"], serde_json::json!([out.to_str().unwrap()]));
+        assert_eq!(v["files"], serde_json::json!([s(&out)]));
         let got = hf_view(&out);
         let base = hf_view(&fixture("gguf/llama_f32.gguf"));
         let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
@@ -93,12 +92,7 @@ fn merge_into_quantized_gguf_keeps_types_within_their_rounding() {
             })
             .collect();
         let f32_out = dir.path().join("f32.gguf");
-        merge_json(
-            &g(file),
-            adapter.to_str().unwrap(),
-            &f32_out,
-            &["--outtype", "f32"],
-        );
+        merge_json(&g(file), s(&adapter), &f32_out, &["--outtype", "f32"]);
         let got = hf_view(&f32_out);
         for (name, want) in &expected {
             assert_eq!(got[*name].0, GgmlType::F32);
@@ -106,7 +100,7 @@ fn merge_into_quantized_gguf_keeps_types_within_their_rounding() {
             assert!(e <= 1e-6, "{file} {name}: {e:e}");
         }
         let keep_out = dir.path().join("keep.gguf");
-        let v = merge_json(&g(file), adapter.to_str().unwrap(), &keep_out, &[]);
+        let v = merge_json(&g(file), s(&adapter), &keep_out, &[]);
         assert_eq!(v["outtype"], "keep");
         let got = hf_view(&keep_out);
         for (name, (t, _, vals, bytes)) in &got {
@@ -146,13 +140,8 @@ fn unmerge_from_a_gguf_restores_the_base() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = fixture("llama/adapters/rslora_all");
     let (m, u) = (dir.path().join("m.gguf"), dir.path().join("u.gguf"));
-    merge_json(&g("llama_f32.gguf"), adapter.to_str().unwrap(), &m, &[]);
-    let v = merge_json(
-        m.to_str().unwrap(),
-        adapter.to_str().unwrap(),
-        &u,
-        &["--unmerge"],
-    );
+    merge_json(&g("llama_f32.gguf"), s(&adapter), &m, &[]);
+    let v = merge_json(s(&m), s(&adapter), &u, &["--unmerge"]);
     assert_eq!(v["operation"], "unmerge");
     let (got, base) = (hf_view(&u), hf_view(&fixture("gguf/llama_f32.gguf")));
     for (name, t) in &got {
@@ -165,21 +154,20 @@ fn unmerge_from_a_gguf_restores_the_base() {
 /// are not in the base, safetensors-only flags, --outtype on a safetensors base.
 #[test]
 fn gguf_merge_refusals_write_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.gguf");
+    let (dir, base) = scratch("base.gguf");
     std::fs::copy(fixture("gguf/llama_q8_0.gguf"), &base).unwrap();
     let before = std::fs::read(&base).unwrap();
     let qv = fixture("llama/adapters/qv_r8");
-    let qv = qv.to_str().unwrap();
-    let b = base.to_str().unwrap();
+    let qv = s(&qv);
+    let b = s(&base);
     let out = dir.path().join("o.gguf");
-    let o = out.to_str().unwrap();
+    let o = s(&out);
     let tiny = g("tiny.gguf");
     let hf_base = fixture("llama/base");
-    let hf_base = hf_base.to_str().unwrap();
+    let hf_base = s(&hf_base);
     // A safetensors output (not .gguf).
     let st_out = dir.path().join("merged");
-    let st_out = st_out.to_str().unwrap();
+    let st_out = s(&st_out);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["merge", "--base", b, "--adapter", qv, "--out", b],
@@ -261,12 +249,11 @@ fn gguf_merge_refusals_write_nothing() {
 /// plans the same parts and writes nothing.
 #[test]
 fn gguf_merge_splits_and_reads_its_split_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m.gguf");
+    let (dir, out) = scratch("m.gguf");
     let adapter = fixture("llama/adapters/qv_r8");
     let v = merge_json(
         &g("llama_f32.gguf"),
-        adapter.to_str().unwrap(),
+        s(&adapter),
         &out,
         &["--max-shard-size", "100KB"],
     );
@@ -304,7 +291,7 @@ fn gguf_merge_splits_and_reads_its_split_output() {
     // --dry-run states the same layout and writes nothing.
     let dry = merge_json(
         &g("llama_f32.gguf"),
-        adapter.to_str().unwrap(),
+        s(&adapter),
         &dir.path().join("dry.gguf"),
         &["--max-shard-size", "100KB", "--dry-run"],
     );
@@ -313,7 +300,7 @@ fn gguf_merge_splits_and_reads_its_split_output() {
     assert_eq!(dry["tensors_merged_count"], 4);
     assert_eq!(listing(dir.path()).len(), 4);
     let back = dir.path().join("b.gguf");
-    merge_json(&files[1], adapter.to_str().unwrap(), &back, &["--unmerge"]);
+    merge_json(&files[1], s(&adapter), &back, &["--unmerge"]);
     let base = hf_view(&fixture("gguf/llama_f32.gguf"));
     for (name, t) in hf_view(&back) {
         let e = rel_err(&t.2, &base[&name].2);
@@ -335,7 +322,7 @@ fn merge_into_a_qwen2_gguf_is_not_permuted() {
         let out = dir.path().join(format!("{outtype}.gguf"));
         let v = merge_json(
             &g("qwen2_bf16.gguf"),
-            adapter.to_str().unwrap(),
+            s(&adapter),
             &out,
             &["--outtype", outtype],
         );
@@ -366,31 +353,14 @@ fn merge_into_a_qwen2_gguf_is_not_permuted() {
 /// and weighted_b at −0.4 equal PEFT's weighted `cat` merge (1e-6), as for safetensors bases.
 #[test]
 fn weighted_adapters_merge_into_a_gguf_as_peft_weighted_cat() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m.gguf");
+    let (_dir, out) = scratch("m.gguf");
     let (a, b) = (
         fixture("llama/adapters/weighted_a"),
         fixture("llama/adapters/weighted_b"),
     );
-    let j = run_ok([
-        "merge",
-        "--base",
-        &g("llama_q8_0.gguf"),
-        "--adapter",
-        a.to_str().unwrap(),
-        "--weight",
-        "0.7",
-        "--adapter",
-        b.to_str().unwrap(),
-        "--weight",
-        "-0.4",
-        "--outtype",
-        "f32",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    let weights = ["--weight", "0.7", "--adapter", s(&b), "--weight", "-0.4"];
+    let extra = [&weights[..], &["--outtype", "f32"]].concat();
+    let v = merge_json(&g("llama_q8_0.gguf"), s(&a), &out, &extra);
     assert_eq!(v["adapters"][1]["weight"], -0.4);
     // Reference for this base: its dequantized values plus PEFT's weighted ΔW.
     let f32_base = hf_view(&fixture("gguf/llama_f32.gguf"));
@@ -417,23 +387,15 @@ fn weighted_adapters_merge_into_a_gguf_as_peft_weighted_cat() {
 /// tensor bytes as the PEFT folder itself, q/k permutation and Q8_0 requantization included.
 #[test]
 fn a_kohya_file_merges_into_a_gguf_base_as_its_peft_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let kohya = dir.path().join("qv_r8.safetensors");
-    run_ok([
-        "convert",
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
-        "--to",
+    let (dir, kohya) = scratch("qv_r8.safetensors");
+    run_ok(convert_args(
+        &fixture("llama/adapters/qv_r8"),
         "kohya",
-        "--out",
-        kohya.to_str().unwrap(),
-    ]);
-    let (from_kohya, from_peft) = (dir.path().join("k.gguf"), dir.path().join("p.gguf"));
-    let vk = merge_json(
-        &g("llama_q8_0.gguf"),
-        kohya.to_str().unwrap(),
-        &from_kohya,
+        &kohya,
         &[],
-    );
+    ));
+    let (from_kohya, from_peft) = (dir.path().join("k.gguf"), dir.path().join("p.gguf"));
+    let vk = merge_json(&g("llama_q8_0.gguf"), s(&kohya), &from_kohya, &[]);
     merge_json(
         &g("llama_q8_0.gguf"),
         fixture("llama/adapters/qv_r8").to_str().unwrap(),

@@ -64,34 +64,21 @@ fn hf_view(path: &Path) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-/// `lorakit convert ADAPTER --to gguf --base BASE -o OUT --json`: its JSON report.
+/// `lorakit convert ADAPTER --to gguf --out OUT --base BASE --json`: its JSON report.
 fn to_gguf(adapter: &Path, base: &Path, out: &Path) -> serde_json::Value {
-    serde_json::from_str(&run_ok([
-        "convert",
-        adapter.to_str().unwrap(),
-        "--to",
+    let out = run_ok(convert_args(
+        adapter,
         "gguf",
-        "--base",
-        base.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap()
+        out,
+        &["--base", s(base), "--json"],
+    ));
+    serde_json::from_str(&out).unwrap()
 }
 
+/// `lorakit merge --base BASE --adapter ADAPTER --out OUT --json EXTRA…`: its JSON report.
 fn merge_json(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "merge",
-        "--base",
-        base,
-        "--adapter",
-        adapter,
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
+    let (base, adapter) = (Path::new(base), Path::new(adapter));
+    let args = merge_args(base, adapter, out, &[&["--json"], extra].concat());
     serde_json::from_str(&run_ok(args)).unwrap()
 }
 

@@ -4,17 +4,6 @@
 
 use super::*;
 
-/// Every file of `dir` (manifests and locks included) with its bytes, sorted by name.
-fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    listing(dir)
-        .into_iter()
-        .map(|n| {
-            let b = std::fs::read(dir.join(&n)).unwrap();
-            (n, b)
-        })
-        .collect()
-}
-
 /// `merge` of `base` with `adapter` into `out`, run as `parts` processes (or one when `None`).
 fn merge_in_parts(base: &str, adapter: &str, out: &Path, parts: Option<usize>, extra: &[&str]) {
     match parts {
@@ -28,8 +17,7 @@ fn merge_in_parts(base: &str, adapter: &str, out: &Path, parts: Option<usize>, e
                 assert_eq!(v["part"], serde_json::json!([i, n]));
             }
             let v: serde_json::Value =
-                serde_json::from_str(&run_ok(["finalize", out.to_str().unwrap(), "--json"]))
-                    .unwrap();
+                serde_json::from_str(&run_ok(finalize_args(out, &["--json"]))).unwrap();
             assert_eq!(v["parts"], n);
         }
     }
@@ -42,7 +30,7 @@ fn merge_in_parts(base: &str, adapter: &str, out: &Path, parts: Option<usize>, e
 fn gguf_merge_parts_equal_the_single_run_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = fixture("llama/adapters/rslora_all");
-    let adapter = adapter.to_str().unwrap();
+    let adapter = s(&adapter);
     // A split base: the fixture Llama in several files (lorakit's split writer, gguf-py's
     // layout).
     let split_dir = dir.path().join("split_base");
@@ -56,28 +44,21 @@ fn gguf_merge_parts_equal_the_single_run_byte_for_byte() {
     let parts = listing(&split_dir);
     assert!(parts.len() > 1, "{parts:?}");
     let split_base = split_dir.join(&parts[1]);
-    let split_base = split_base.to_str().unwrap().to_owned();
+    let split_base = s(&split_base).to_owned();
     for (bi, base) in [g("llama_q4_0.gguf"), split_base].iter().enumerate() {
         for shard in [&[][..], &["--max-shard-size", "20KB"][..]] {
             let whole = dir.path().join(format!("whole{bi}{}", shard.len()));
             std::fs::create_dir(&whole).unwrap();
             merge_in_parts(base, adapter, &whole.join("m.gguf"), None, shard);
-            let want = contents(&whole);
+            let want = folder_files(&whole);
             let names: Vec<&String> = want.iter().map(|f| &f.0).collect();
             assert_eq!(want.len() > 2, !shard.is_empty(), "{names:?}");
             for n in [2, 3] {
                 let parted = dir.path().join(format!("parts{bi}{}-{n}", shard.len()));
                 std::fs::create_dir(&parted).unwrap();
                 merge_in_parts(base, adapter, &parted.join("m.gguf"), Some(n), shard);
-                let got = contents(&parted);
-                assert_eq!(
-                    got.iter().map(|f| &f.0).collect::<Vec<_>>(),
-                    want.iter().map(|f| &f.0).collect::<Vec<_>>(),
-                    "base {bi}, {shard:?}, {n} parts"
-                );
-                for ((name, a), (_, b)) in got.iter().zip(&want) {
-                    assert!(a == b, "base {bi}, {shard:?}, {n} parts: {name} differs");
-                }
+                let what = format!("base {bi}, {shard:?}, {n} parts");
+                assert_same_files(&folder_files(&parted), &want, &what);
             }
         }
     }
@@ -89,13 +70,12 @@ fn gguf_merge_parts_equal_the_single_run_byte_for_byte() {
 /// the folder exactly as it was.
 #[test]
 fn gguf_finalize_refuses_bad_parts_changing_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let base_copy = dir.path().join("base.gguf");
+    let (dir, base_copy) = scratch("base.gguf");
     std::fs::copy(fixture("gguf/llama_f32.gguf"), &base_copy).unwrap();
-    let base = base_copy.to_str().unwrap().to_owned();
+    let base = s(&base_copy).to_owned();
     let qv = fixture("llama/adapters/qv_r8");
     let all = fixture("llama/adapters/rslora_all");
-    let (qv, all) = (qv.to_str().unwrap(), all.to_str().unwrap());
+    let (qv, all) = (s(&qv), s(&all));
     let shard = ["--max-shard-size", "100KB"];
     let part = |out: &Path, adapter: &str, p: &str, extra: &[&str]| {
         merge_json(
@@ -107,13 +87,13 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
     };
     let check = |out: &Path, want: &str| {
         let d = out.parent().unwrap();
-        let before = contents(d);
-        let e = run_err(["finalize", out.to_str().unwrap()]);
+        let before = folder_files(d);
+        let e = run_err(finalize_args(out, &[]));
         assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
         assert!(line.contains(want), "{}: {line}", out.display());
         assert_eq!(
-            contents(d),
+            folder_files(d),
             before,
             "{}: finalize changed files",
             out.display()
@@ -155,13 +135,7 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
     part(&out, qv, "1/2", &[]);
     part(&out, qv, "2/2", &[]);
     let f = out.parent().unwrap().join("m-00003-of-00004.gguf");
-    let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&f)
-        .unwrap()
-        .set_len(len - 1)
-        .unwrap();
+    truncate_by(&f, 1);
     check(&out, "m-00003-of-00004.gguf");
     // The base changed after the parts ran.
     let out = case("changed");
@@ -176,7 +150,7 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
         .unwrap();
     check(&out, "changed (size or mtime) since the parts ran");
     // Nothing to finalize.
-    let e = run_err(["finalize", dir.path().join("none.gguf").to_str().unwrap()]);
+    let e = run_err(finalize_args(&dir.path().join("none.gguf"), &[]));
     assert_ne!(e.status.code(), Some(0));
     one_line_error(&e);
 }
@@ -190,21 +164,21 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
 fn hf_to_gguf_parts_and_splits_equal_the_single_run() {
     let dir = tempfile::tempdir().unwrap();
     let base = super::hf::hf_folder(dir.path());
-    let base = base.to_str().unwrap();
+    let base = s(&base);
     let adapter = fixture("llama/adapters/qv_r8");
-    let adapter = adapter.to_str().unwrap();
+    let adapter = s(&adapter);
     let mut singles = Vec::new();
     for shard in [&[][..], &["--max-shard-size", "30KB"][..]] {
         let whole = dir.path().join(format!("whole{}", shard.len()));
         std::fs::create_dir(&whole).unwrap();
         merge_in_parts(base, adapter, &whole.join("m.gguf"), None, shard);
-        let want = contents(&whole);
+        let want = folder_files(&whole);
         assert_eq!(want.len() > 2, !shard.is_empty());
         for n in [2, 3] {
             let parted = dir.path().join(format!("parts{}-{n}", shard.len()));
             std::fs::create_dir(&parted).unwrap();
             merge_in_parts(base, adapter, &parted.join("m.gguf"), Some(n), shard);
-            assert_eq!(contents(&parted), want, "{shard:?}, {n} parts");
+            assert_eq!(folder_files(&parted), want, "{shard:?}, {n} parts");
         }
         let first = whole.join(&listing(&whole)[0]);
         singles.push(GgufModel::open(first).unwrap());

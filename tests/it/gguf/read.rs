@@ -24,12 +24,7 @@ fn inspect_gguf_json_speaks_the_report_vocabulary() {
         v["metadata"]["test.nested"]["values"],
         serde_json::json!([[1, 2], [3]])
     );
-    let t = v["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "t.q8_0_3d")
-        .unwrap();
+    let t = entry(&v["tensors"], "name", "t.q8_0_3d");
     // PyTorch order: ggml's dims [32, 3, 2] reversed.
     assert_eq!(t["shape"], serde_json::json!([2, 3, 32]));
     assert_eq!(t["dtype"], "Q8_0");
@@ -74,12 +69,11 @@ fn diff_of_gguf_files_compares_dequantized_values() {
         assert_eq!(v["only_in_b"], 0);
     }
     // A merged GGUF against PEFT's merge (which holds the changed tensors only), either order.
-    let dir = tempfile::tempdir().unwrap();
-    let m = dir.path().join("m.gguf");
+    let (_dir, m) = scratch("m.gguf");
     let adapter = fixture("llama/adapters/rslora_all");
-    merge_json(&g("llama_f32.gguf"), adapter.to_str().unwrap(), &m, &[]);
+    merge_json(&g("llama_f32.gguf"), s(&adapter), &m, &[]);
     let peft = fixture("llama/merged/rslora_all.safetensors");
-    let (m, peft) = (m.to_str().unwrap(), peft.to_str().unwrap());
+    let (m, peft) = (s(&m), s(&peft));
     run_ok(["diff", m, peft, "--common", "--tolerance", "1e-6"]);
     run_ok(["diff", peft, m, "--common", "--tolerance", "1e-6"]);
     assert_eq!(
@@ -147,9 +141,7 @@ fn malformed_gguf_files_fail_in_one_line() {
     for (name, bytes, want) in cases {
         let p = dir.path().join(format!("{name}.gguf"));
         std::fs::write(&p, bytes).unwrap();
-        for cmd in [vec!["inspect", p.to_str().unwrap()], {
-            vec!["diff", p.to_str().unwrap(), p.to_str().unwrap()]
-        }] {
+        for cmd in [vec!["inspect", s(&p)], { vec!["diff", s(&p), s(&p)] }] {
             let e = one_line_error(&run_err(&cmd));
             assert!(
                 e.starts_with(&format!("error: {}: ", p.display())) && e.contains(want),

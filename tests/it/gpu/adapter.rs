@@ -38,11 +38,10 @@ fn device_gpu_without_adapter_is_a_clear_error() {
         "{err}"
     );
     // auto falls back to the CPU.
-    let dir = tempfile::tempdir().unwrap();
-    let o = dir.path().join("o.safetensors");
-    let stdout = ok_stdout(without_vulkan_driver().args(merge_args(
-        &fixture("llama/base/model.safetensors"),
-        &fixture("llama/adapters/qv_r8"),
+    let (_dir, o) = scratch("o.safetensors");
+    let stdout = ok_stdout(without_vulkan_driver().args(merge_fixtures_args(
+        "llama/base/model.safetensors",
+        "llama/adapters/qv_r8",
         &o,
         &["--json"],
     )));
@@ -100,8 +99,8 @@ fn gpu_index_picks_the_listed_adapter() {
 /// A merge of the llama fixture into `out` on the GPU `--gpu-index` names; expected to fail.
 fn merge_on_gpu_index(out: &std::path::Path, selector: &str) -> std::process::Output {
     let (base, adapter) = (fixture("llama/base"), fixture("llama/adapters/qv_r8"));
-    let (base, adapter) = (base.to_str().unwrap(), adapter.to_str().unwrap());
-    let out = out.to_str().unwrap();
+    let (base, adapter) = (s(&base), s(&adapter));
+    let out = s(out);
     let args = [
         "--base",
         base,
@@ -140,8 +139,7 @@ fn gpu_index_takes_a_pci_bus_id() {
         .unwrap();
         assert_eq!(one["pci_bus_id"], a["pci_bus_id"], "{id}");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("bad");
+    let (_dir, out) = scratch("bad");
     let err = merge_on_gpu_index(&out, &format!("pci:{absent}"));
     let stderr = String::from_utf8_lossy(&err.stderr);
     let first = adapters[0]["pci_bus_id"].as_str().unwrap();

@@ -18,34 +18,18 @@ fn extract_on_gpu_matches_cpu() {
     for (k, t) in read(&fixture("llama/merged/qv_r8.safetensors")) {
         tuned.insert(k, t);
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tuned
-        .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap(),
-            )
-        })
-        .collect();
     let tuned_path = dir.path().join("tuned.safetensors");
-    safetensors::serialize_to_file(views, None, &tuned_path).unwrap();
+    write_tensors(&tuned_path, &tuned);
     let mut factors = Vec::new();
     for device in ["cpu", "gpu"] {
         let out = dir.path().join(device);
-        let s = run_ok([
-            "extract",
-            "--base",
-            fixture("llama/base").to_str().unwrap(),
-            "--tuned",
-            tuned_path.to_str().unwrap(),
-            "--rank",
-            "8",
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            device,
-            "--json",
-        ]);
+        let flags = ["--rank", "8", "--device", device, "--json"];
+        let s = run_ok(extract_args(
+            &fixture("llama/base"),
+            &tuned_path,
+            &out,
+            &flags,
+        ));
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert!(v["device"].as_str().unwrap().starts_with(device), "{s}");
         let base_t = read_checkpoint(&fixture("llama/base"));

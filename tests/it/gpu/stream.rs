@@ -235,17 +235,9 @@ fn merge_command_streams_through_the_gpu_byte_identical_to_cpu() {
             let out = dir.path().join(format!("{i}-{device}"));
             let mut args = merge_args(base, adapter, &out, &["--device", device, "--json"]);
             args.extend(extra.iter().map(|s| s.to_string()));
-            let o = bin()
-                .args(&args)
-                .env("LORAKIT_GPU_CHUNK_BYTES", CHUNK.to_string())
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "{what} on {device}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let chunk = CHUNK.to_string();
+            let o = ok_stdout(bin().args(&args).env("LORAKIT_GPU_CHUNK_BYTES", chunk));
+            let v: serde_json::Value = serde_json::from_str(&o).unwrap();
             assert!(v["device"].as_str().unwrap().starts_with(device), "{v}");
             summaries.push(v);
             outs.push(files(&out));

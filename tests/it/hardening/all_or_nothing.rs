@@ -8,11 +8,8 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
     let dir = tempfile::tempdir().unwrap();
     // Fails in the middle of the merge (F16 overflow), after the folders were created.
     let out = dir.path().join("a/b/c");
-    let line = merge_qv_r8_refused(
-        &fixture("llama/base"),
-        &out,
-        &["--weight", "1e9", "--dtype", "f16", "--device", "cpu"],
-    );
+    let overflow = flags("--weight 1e9 --dtype f16 --device cpu");
+    let line = merge_qv_r8_refused(&fixture("llama/base"), &out, &overflow);
     assert_mentions(&line, &["F16", "self_attn"]);
     assert!(
         listing(dir.path()).is_empty(),
@@ -22,17 +19,9 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
     // `--out new/` for a single-file base: a file inside the new folder, nothing in the cwd.
     let cwd = dir.path().join("cwd");
     std::fs::create_dir(&cwd).unwrap();
-    let o = bin()
-        .current_dir(&cwd)
-        .args(merge_args(
-            &fixture("llama/base/model.safetensors"),
-            &fixture("llama/adapters/qv_r8"),
-            Path::new("new/"),
-            &["--quiet"],
-        ))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (base, qv) = ("llama/base/model.safetensors", "llama/adapters/qv_r8");
+    let args = merge_fixtures_args(base, qv, Path::new("new/"), &["--quiet"]);
+    ok_stdout(bin().current_dir(&cwd).args(args));
     assert_eq!(listing(&cwd), vec!["new"]);
     assert_eq!(listing(&cwd.join("new")), vec!["model.safetensors"]);
 }
@@ -41,8 +30,7 @@ fn created_folders_and_temp_files_never_outlive_a_failed_run() {
 /// the old index and its shards are gone, unrelated files stay.
 #[test]
 fn an_older_layout_in_the_output_folder_does_not_survive() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (_dir, out) = scratch("out");
     merge_qv_r8_into(&fixture("llama/base_sharded"), &out, &["--quiet"]);
     assert!(out.join("model.safetensors.index.json").exists());
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
@@ -130,8 +118,7 @@ fn a_second_writer_of_the_same_output_fails_at_once() {
 
 #[test]
 fn unwritable_destinations_exit_3_naming_the_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let ro = dir.path().join("ro");
+    let (_dir, ro) = scratch("ro");
     let Some(_guard) = small_tmpfs(&ro, "size=1m,ro") else {
         return;
     };

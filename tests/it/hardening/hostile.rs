@@ -4,11 +4,9 @@ use super::*;
 
 #[test]
 fn absurd_config_sizes_are_one_line_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m");
+    let (_dir, model) = scratch("m");
     copy_dir(&fixture("llama/base"), &model);
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("llama/base/config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = read_json(fixture("llama/base/config.json"));
     for (key, value) in [
         ("num_hidden_layers", serde_json::json!(1_000_000_000u64)),
         ("num_hidden_layers", serde_json::json!(1e18)),
@@ -35,11 +33,7 @@ fn absurd_config_sizes_are_one_line_errors() {
 
 #[test]
 fn fifos_and_devices_are_refused_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m");
-    copy_dir(&fixture("llama/base"), &model);
-    let ad = dir.path().join("a");
-    copy_dir(&fixture("llama/adapters/qv_r8"), &ad);
+    let (_dir, model, ad) = llama_and_qv_r8_copies("m", "a");
     let fifo = |p: &Path| {
         let _ = std::fs::remove_file(p);
         let c = std::ffi::CString::new(s(p)).unwrap();
@@ -81,8 +75,7 @@ fn fifos_and_devices_are_refused_at_once() {
 #[test]
 fn modules_to_save_onto_an_integer_tensor_is_an_error() {
     use safetensors::Dtype;
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.safetensors");
+    let (dir, base) = scratch("base.safetensors");
     let ids: Vec<u8> = (0..4i64).flat_map(|x| x.to_le_bytes()).collect();
     let w: Vec<u8> = vec![0; 16];
     write_views(

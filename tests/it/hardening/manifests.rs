@@ -13,8 +13,7 @@ fn edit_manifests(out: &Path, edit: impl Fn(&mut serde_json::Value)) {
     for e in std::fs::read_dir(out).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if n.starts_with(".lorakit-part-") {
-            let mut v: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            let mut v: serde_json::Value = read_json(e.path());
             edit(&mut v);
             std::fs::write(e.path(), serde_json::to_vec(&v).unwrap()).unwrap();
         }
@@ -95,8 +94,7 @@ fn finalize_never_writes_or_copies_outside_what_the_plan_may_hold() {
 /// `args.out` was edited still lands in OUT, and nothing appears at the edited path.
 #[test]
 fn extract_finalize_takes_out_from_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("adapter");
+    let (dir, out) = scratch("adapter");
     let elsewhere = dir.path().join("elsewhere");
     let tuned = dir.path().join("tuned");
     merge_qv_r8(&tuned, &["--quiet"]);

@@ -4,8 +4,7 @@ use super::*;
 
 #[test]
 fn names_with_control_characters_are_escaped() {
-    let dir = tempfile::tempdir().unwrap();
-    let ad = dir.path().join("evil");
+    let (dir, ad) = scratch("evil");
     let evil = "base_model.model.model.layers.0.self_attn.q\n\u{1b}[2Jproj\r";
     let a = format!("{evil}.lora_A.weight");
     let b = format!("{evil}.lora_B.weight");
@@ -33,14 +32,12 @@ fn names_with_control_characters_are_escaped() {
 
 #[test]
 fn an_invalid_rank_pattern_is_one_line_naming_the_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let ad = dir.path().join("a");
+    let (_dir, ad) = scratch("a");
     copy_dir(&fixture("llama/adapters/qv_r8"), &ad);
     let cfg_path = ad.join("adapter_config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    cfg["rank_pattern"] = serde_json::json!({"q_proj(": 4});
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    edit_json(&cfg_path, |cfg| {
+        cfg["rank_pattern"] = serde_json::json!({"q_proj(": 4})
+    });
     let line = one_line_error(&run_err(inspect_args(&ad, &[])));
     assert!(
         line.contains(s(&cfg_path)) && line.contains("rank_pattern"),
@@ -53,8 +50,7 @@ fn an_invalid_rank_pattern_is_one_line_naming_the_config() {
 /// its outputs through a link.
 #[test]
 fn a_hub_cache_snapshot_merges_with_its_configs() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("models--org--tiny");
+    let (dir, repo) = scratch("models--org--tiny");
     let blobs = repo.join("blobs");
     let snap = repo.join("snapshots/0123abcd");
     std::fs::create_dir_all(&blobs).unwrap();

@@ -22,6 +22,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Copies of the llama fixture (as the folder `model`) and of `qv_r8` (as `adapter`) in a fresh
+/// folder, for tests that write beside or onto them: the folder and the two copies.
+fn llama_and_qv_r8_copies(model: &str, adapter: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (dir, model) = scratch(model);
+    copy_dir(&fixture("llama/base"), &model);
+    let adapter = dir.path().join(adapter);
+    copy_dir(&fixture("llama/adapters/qv_r8"), &adapter);
+    (dir, model, adapter)
+}
+
 /// Content of every file under `dir` (recursively), to show that nothing changed.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v = Vec::new();

@@ -4,11 +4,7 @@ use super::*;
 
 #[test]
 fn no_command_writes_onto_its_inputs() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base");
-    copy_dir(&fixture("llama/base"), &base);
-    let ad = dir.path().join("qv");
-    copy_dir(&fixture("llama/adapters/qv_r8"), &ad);
+    let (dir, base, ad) = llama_and_qv_r8_copies("base", "qv");
     let before = (snapshot(&base), snapshot(&ad));
     let base_file = base.join("model.safetensors");
 

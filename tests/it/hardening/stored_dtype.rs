@@ -4,8 +4,7 @@ use super::*;
 
 #[test]
 fn f16_overflow_is_an_error_in_every_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let big = dir.path().join("big");
+    let (dir, big) = scratch("big");
     // 1e5 is a finite f32 and ±inf in F16.
     write_adapter(
         &big,
@@ -52,8 +51,7 @@ fn f16_overflow_is_an_error_in_every_writer() {
 
 #[test]
 fn a_module_defined_twice_is_an_error_naming_both_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let ad = dir.path().join("twice");
+    let (_dir, ad) = scratch("twice");
     let a = vec![0.01f32; 2 * 64];
     let b = vec![0.02f32; 64 * 2];
     write_adapter(
@@ -99,8 +97,7 @@ fn duplicate_fields_inside_a_tensor_entry_are_refused() {
 
 #[test]
 fn resume_from_invalid_adam_moments_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
+    let (dir, out) = scratch("run");
     let data = fixture("text/tiny_ids.safetensors");
     let train = |extra: &[&str]| {
         let flags = ["--data", s(&data), "--seq-len", "16", "--batch", "2"];
@@ -133,17 +130,8 @@ fn resume_from_invalid_adam_moments_is_refused() {
         .unwrap();
     victim.2[..4].copy_from_slice(&(-1.0f32).to_le_bytes());
     let name = victim.0.clone();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
-        .iter()
-        .map(|(n, sh, d)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sh.clone(), d)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, meta.metadata().clone(), &state).unwrap();
+    let metadata = meta.metadata().clone();
+    write_all_as(&state, safetensors::Dtype::F32, &owned, metadata);
     let line = one_line_error(&run_err(train(&[
         "--resume",
         s(&out),

@@ -100,12 +100,7 @@ fn lowered_error(
 
 /// The report's row for module `key`.
 fn reported<'a>(rep: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
-    rep["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == key)
-        .unwrap_or_else(|| panic!("{key} not in the report"))
+    entry(&rep["modules"], "name", key)
 }
 
 /// LyCORIS → plain LoRA (`resize --rank R` on a LyCORIS file): each module's error is the
@@ -157,8 +152,7 @@ fn lycoris_lowers_to_lora_at_the_optimal_error() {
 /// forward-probed fixtures. A flat LoHa conv and a LoKr conv of the same layout combine.
 #[test]
 fn combine_takes_lycoris_inputs_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("mix.safetensors");
+    let (dir, out) = scratch("mix.safetensors");
     run_ok(combine_args(
         &[
             (&fixture("lycoris/loha.safetensors"), Some("0.5")),

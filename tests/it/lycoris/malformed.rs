@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn malformed_lycoris_files_are_refused_by_name() {
     // A LoHa factor of the wrong shape.
-    refused(
+    refused_edit(
         "loha",
         |t| {
             let k = format!("{CONV}.hada_w2_b");
@@ -17,7 +17,7 @@ fn malformed_lycoris_files_are_refused_by_name() {
         &[CONV, "hada_w2_b"],
     );
     // Only one of the two Tucker cores.
-    refused(
+    refused_edit(
         "loha_tucker",
         |t| {
             t.remove(&format!("{CONV}.hada_t2"));
@@ -25,7 +25,7 @@ fn malformed_lycoris_files_are_refused_by_name() {
         &[CONV, "hada_t1"],
     );
     // Two algorithms' tensors in one module.
-    refused(
+    refused_edit(
         "loha",
         |t| {
             let x = t[&format!("{CONV}.hada_w1_a")].clone();
@@ -34,7 +34,7 @@ fn malformed_lycoris_files_are_refused_by_name() {
         &[CONV, "LoHa", "LoKr"],
     );
     // A LoKr half given neither whole nor as a product.
-    refused(
+    refused_edit(
         "lokr",
         |t| {
             t.retain(|k, _| !(k.starts_with(CONV) && k.contains("lokr_w2")));
@@ -42,7 +42,7 @@ fn malformed_lycoris_files_are_refused_by_name() {
         &[CONV, "lokr_w2"],
     );
     // An algorithm lorakit recognises but does not apply: refused by key, never skipped.
-    refused(
+    refused_edit(
         "loha",
         |t| {
             let x = t[&format!("{CONV}.hada_w1_a")].clone();
@@ -51,7 +51,7 @@ fn malformed_lycoris_files_are_refused_by_name() {
         &["lambda_layer", "T-LoRA"],
     );
     // A tensor with no known suffix.
-    refused(
+    refused_edit(
         "full",
         |t| {
             let x = t[&format!("{CONV}.diff_b")].clone();
@@ -60,7 +60,7 @@ fn malformed_lycoris_files_are_refused_by_name() {
         &["mystery"],
     );
     // A DoRA scale that fits neither axis.
-    refused(
+    refused_edit(
         "dora_out",
         |t| {
             let k = "lycoris_down_blocks_0_to_q.dora_scale".to_string();

@@ -38,13 +38,7 @@ const CASES: &[&str] = &[
 
 /// Every tensor of `out` (a merge at `--weight w`) equals `W0 + w·(W1 − W0)` computed in f64
 /// from the base `W0` and the full-strength merge `W1`, within [`TOL`].
-fn assert_blended(
-    case: &str,
-    base: &BTreeMap<String, T>,
-    full: &BTreeMap<String, T>,
-    out: &BTreeMap<String, T>,
-    w: f64,
-) {
+fn assert_blended(case: &str, base: &TensorMap, full: &TensorMap, out: &TensorMap, w: f64) {
     for (name, t) in out {
         let (b, w1) = (base[name].f32(), full[name].f32());
         let want: Vec<f32> = b
@@ -62,14 +56,14 @@ fn assert_blended(
 
 /// The fixture adapter `lycoris/{case}.safetensors` merged into `lycoris/base.safetensors`
 /// ([`merged_from`]).
-fn merged(dir: &Path, case: &str, extra: &[&str]) -> BTreeMap<String, T> {
+fn merged(dir: &Path, case: &str, extra: &[&str]) -> TensorMap {
     merged_from(dir, "lycoris", case, extra)
 }
 
 /// Merges the fixture adapter `{set}/{case}.safetensors` into `{set}/base.safetensors` on the
 /// CPU with `extra`, writing into `dir`; returns the merged tensors. `set` is a fixture folder
 /// written by lycoris-lora: `lycoris` (base-independent updates) or `lycoris_w0`.
-fn merged_from(dir: &Path, set: &str, case: &str, extra: &[&str]) -> BTreeMap<String, T> {
+fn merged_from(dir: &Path, set: &str, case: &str, extra: &[&str]) -> TensorMap {
     let out = dir.join(format!("{case}.safetensors"));
     let mut args = vec!["--device", "cpu", "--quiet"];
     args.extend_from_slice(extra);
@@ -103,7 +97,7 @@ enum Vacuity<'a> {
     Matched,
     /// The expected weights are far from this other reference (`rel > factor·TOL`): a merge at
     /// another weight, or the updates summed instead of applied in sequence.
-    NotLike(&'a BTreeMap<String, T>, f64),
+    NotLike(&'a TensorMap, f64),
     /// The error is small against the change itself, up to the f32 rounding of W that both
     /// sides store (8 half-ulps of ‖W‖; it matters only for loha_tucker's conv, whose change is
     /// 1e-5 of W): `‖out − W1‖ ≤ 1e-4·‖W1 − W0‖ + rounding`.
@@ -117,9 +111,9 @@ enum Vacuity<'a> {
 /// base, the others match without being vacuous ([`Vacuity`]). Returns how many changed.
 fn assert_merged_like(
     case: &str,
-    base: &BTreeMap<String, T>,
-    want: &BTreeMap<String, T>,
-    out: &BTreeMap<String, T>,
+    base: &TensorMap,
+    want: &TensorMap,
+    out: &TensorMap,
     vacuity: Vacuity,
 ) -> usize {
     assert_eq!(
@@ -231,9 +225,9 @@ fn unmerge_of_a_merge_restores_the_base() {
         }
     }
     // DoRA cannot be undone from the merged weight alone.
-    let err = run_err(merge_args(
-        &fixture("lycoris/base.safetensors"),
-        &fixture("lycoris/dora_out.safetensors"),
+    let err = run_err(merge_fixtures_args(
+        "lycoris/base.safetensors",
+        "lycoris/dora_out.safetensors",
         &dir.path().join("never.safetensors"),
         &["--unmerge"],
     ));
@@ -253,19 +247,9 @@ fn inspect_names_the_algorithm_and_every_factor() {
     for (case, algo, key) in cases {
         let path = fixture(&format!("lycoris/{case}.safetensors"));
         let v: serde_json::Value = inspect_json(&path, &[]);
-        let conv = v["modules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == "lycoris_down_blocks_0_conv_in")
-            .expect("conv module listed");
+        let conv = entry(&v["modules"], "name", "lycoris_down_blocks_0_conv_in");
         assert_eq!(conv["algo"], algo, "{case}");
-        let keys: Vec<&str> = conv["factors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["key"].as_str().unwrap())
-            .collect();
+        let keys: Vec<&str> = field_strs(&conv["factors"], "key");
         assert!(
             keys.contains(&format!("lycoris_down_blocks_0_conv_in.{key}").as_str()),
             "{case}: {keys:?}"
@@ -291,32 +275,40 @@ fn kohya_rewrite_is_exact_and_peft_refuses_what_it_has_no_tuner_for() {
         let (a, b) = (read(&src), read(&conv));
         assert_eq!(a, b, "{case}: tensors identical after the rewrite");
     }
-    let out = dir.path().join("peft");
-    let err = run_err(convert_args(
-        &fixture("lycoris/locon_tucker.safetensors"),
-        "peft",
+    let (out, base) = (dir.path().join("peft"), fixture("lycoris/base.safetensors"));
+    let tucker = fixture("lycoris/locon_tucker.safetensors");
+    let line = refused(
+        convert_args(&tucker, "peft", &out, &["--base", s(&base)]),
         &out,
-        &["--base", s(&fixture("lycoris/base.safetensors"))],
-    ));
-    let line = one_line_error(&err);
+    );
     assert!(line.contains("lora-tucker"), "{line}");
-    assert!(!out.exists());
+}
+
+/// The PEFT folder `fixtures/{folder}/{case}` merged into `base` (its path and tensors) in `dir`
+/// matches `fixtures/{folder}/{case}.merged.safetensors`, PEFT's `merge_and_unload`, within
+/// [`TOL`] (see [`assert_matches_reference`]); returns how many tensors changed.
+fn merged_like_peft(dir: &Path, base: (&Path, &TensorMap), folder: &str, case: &str) -> usize {
+    let out = dir.join(case);
+    let adapter = fixture(&format!("{folder}/{case}"));
+    merge_ok(base.0, &adapter, &out, &["--quiet"]);
+    let reference = read(&fixture(&format!("{folder}/{case}.merged.safetensors")));
+    assert_matches_reference(&read_checkpoint(&out), base.1, &reference, TOL)
 }
 
 /// Writes `tensors` (a fixture's, edited) as a safetensors file.
-fn write(path: &Path, tensors: &BTreeMap<String, T>) {
+fn write(path: &Path, tensors: &TensorMap) {
     super::conventions::write(path, tensors, None);
 }
 
 /// A malformed edit of a `fixtures/lycoris/` case: see [`refused_in`].
-fn refused(case: &str, edit: impl Fn(&mut BTreeMap<String, T>), expect: &[&str]) {
+fn refused_edit(case: &str, edit: impl Fn(&mut TensorMap), expect: &[&str]) {
     refused_in("lycoris", case, &edit, expect)
 }
 
 /// A malformed edit of the fixture `{folder}/{case}.safetensors` is refused by inspect and by a
 /// merge into `{folder}/base.safetensors` with one line naming the file and `expect`, and the
 /// merge writes nothing.
-fn refused_in(folder: &str, case: &str, edit: &dyn Fn(&mut BTreeMap<String, T>), expect: &[&str]) {
+fn refused_in(folder: &str, case: &str, edit: &dyn Fn(&mut TensorMap), expect: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let mut t = read(&fixture(&format!("{folder}/{case}.safetensors")));
     edit(&mut t);
@@ -353,15 +345,7 @@ fn peft_loha_and_lokr_folders_merge_like_merge_and_unload() {
     let base_path = fixture("conv/base");
     let base = read_checkpoint(&base_path);
     for case in ["loha", "loha_tucker", "lokr", "lokr_both"] {
-        let out = dir.path().join(case);
-        merge_ok(
-            &base_path,
-            &fixture(&format!("peft_lycoris/{case}")),
-            &out,
-            &["--quiet"],
-        );
-        let reference = read(&fixture(&format!("peft_lycoris/{case}.merged.safetensors")));
-        let n = assert_matches_reference(&read_checkpoint(&out), &base, &reference, TOL);
+        let n = merged_like_peft(dir.path(), (&base_path, &base), "peft_lycoris", case);
         assert_eq!(n, 3, "{case}: conv1, conv2 and fc merged");
     }
     // The config's rank must be the factors' rank.

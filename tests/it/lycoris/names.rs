@@ -17,8 +17,7 @@ fn inspect(path: &Path) -> serde_json::Value {
 /// which the `lokr` case mixes by module), 1 for full. The algorithm is the one it was made with.
 #[test]
 fn inspect_reports_the_scale_lycoris_computed_for_every_module() {
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("lycoris/MANIFEST.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = read_json(fixture("lycoris/MANIFEST.json"));
     let mut checked = 0;
     for case in CASES {
         let entry = &manifest["cases"][case];
@@ -242,12 +241,7 @@ fn inspect_names_the_family_and_prefixes_of_each_producers_names() {
         let p = named_file(dir.path(), file, modules);
         let c = inspect(&p)["convention"].clone();
         assert_eq!(c["family"].as_str(), family, "{file}: {c}");
-        let got: Vec<&str> = c["prefixes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_str().unwrap())
-            .collect();
+        let got: Vec<&str> = strs(&c["prefixes"]);
         assert_eq!(got, prefixes, "{file}");
         let naming = if modules[0].contains('.') {
             "peft"
@@ -296,18 +290,11 @@ fn dylora_files_merge_as_the_plain_lora_they_are() {
         changed += 1;
     }
     assert_eq!(changed, 4);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("lycoris_dylora/MANIFEST.json")).unwrap())
-            .unwrap();
+    let manifest: serde_json::Value = read_json(fixture("lycoris_dylora/MANIFEST.json"));
     let report = inspect(&adapter);
     for (module, facts) in manifest["modules"].as_object().unwrap() {
         let name = format!("lycoris_{}", module.replace('.', "_"));
-        let row = report["modules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == name.as_str())
-            .unwrap();
+        let row = entry(&report["modules"], "name", name.as_str());
         assert_eq!(row["algo"], "lora", "{name}");
         assert_eq!(row["rank"], facts["rank"], "{name}");
         assert_eq!(row["alpha"].as_f64(), facts["alpha"].as_f64(), "{name}");

@@ -75,12 +75,7 @@ fn compare_with_comfyui(folder: &str, cases: &[(&str, usize, usize, usize)]) {
         } else {
             read(&fixture(&format!("{folder}/{case}.comfy.safetensors")))
         };
-        let errors: Vec<&str> = m["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["tensor"].as_str().unwrap())
-            .collect();
+        let errors: Vec<&str> = field_strs(&m["errors"], "tensor");
         let not_loaded = !m["not_loaded"].as_array().unwrap().is_empty();
         let (mut agree, mut skipped, mut differ) = (0, 0, 0);
         for (name, t) in &out {

@@ -162,19 +162,27 @@ fn onetrainer_loha_conv_factors_keep_their_shape_and_bad_ones_are_refused() {
         } else {
             kernel(&mut t);
         }
-        let p = dir.path().join(format!("{name}.safetensors"));
-        write(&p, &t);
-        let before = listing(dir.path());
-        let line = one_line_error(&run_err(merge_args(
-            &native("sdxl_base"),
-            &p,
-            &dir.path().join("never.safetensors"),
-            &[],
-        )));
-        assert!(line.contains(&format!("{name}.safetensors")), "{line}");
+        let line = edited_merge_refused(dir.path(), "sdxl_base", name, &t);
         assert!(line.contains(conv) && line.contains("hada_w1_a"), "{line}");
-        assert_eq!(listing(dir.path()), before, "{name}: nothing written");
     }
+}
+
+/// The error line of a merge into the fixture base `base` of `tensors` (a fixture, edited),
+/// written as `dir/NAME.safetensors`: it names that file, and nothing is written.
+fn edited_merge_refused(
+    dir: &Path,
+    base: &str,
+    name: &str,
+    tensors: &BTreeMap<String, T>,
+) -> String {
+    let p = dir.join(format!("{name}.safetensors"));
+    write(&p, tensors);
+    let before = listing(dir);
+    let never = dir.join("never.safetensors");
+    let line = one_line_error(&run_err(merge_args(&native(base), &p, &never, &[])));
+    assert!(line.contains(&format!("{name}.safetensors")), "{line}");
+    assert_eq!(listing(dir), before, "{name}: nothing written");
+    line
 }
 
 /// A `lora_magnitude_vector.weight` whose length is not the layer's rows, or one beside a
@@ -190,24 +198,12 @@ fn bad_diffusers_dora_magnitudes_are_refused() {
     ] {
         let mut t = read(&native("unet_diffusers_dora_out"));
         if name == "short" {
-            let v = t.get_mut(&mag).unwrap();
-            v.shape = vec![15];
-            v.data.truncate(15 * 4);
+            t.get_mut(&mag).unwrap().cut_to(&[15]);
         } else {
             let v = t[&mag].clone();
             t.insert(format!("{m}.dora_scale"), v);
         }
-        let p = dir.path().join(format!("{name}.safetensors"));
-        write(&p, &t);
-        let before = listing(dir.path());
-        let line = one_line_error(&run_err(merge_args(
-            &native("unet_base"),
-            &p,
-            &dir.path().join("never.safetensors"),
-            &[],
-        )));
-        assert!(line.contains(&format!("{name}.safetensors")), "{line}");
+        let line = edited_merge_refused(dir.path(), "unet_base", name, &t);
         assert!(line.contains(m) && line.contains(expect), "{line}");
-        assert_eq!(listing(dir.path()), before, "{name}: nothing written");
     }
 }

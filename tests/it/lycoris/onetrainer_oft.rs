@@ -122,17 +122,20 @@ fn malformed_onetrainer_oft_files_are_refused_by_name() {
         data,
     };
     type Edit = Box<dyn Fn(&mut BTreeMap<String, T>)>;
+    // An extra F32 scalar 1.0 under `key`.
+    let one_f32 = move |key: String| -> Edit {
+        Box::new(move |t| {
+            let one = scalar(safetensors::Dtype::F32, 1f32.to_le_bytes().to_vec());
+            t.insert(key.clone(), one);
+        })
+    };
     let cases: Vec<(&str, Edit, Vec<String>)> = vec![
         // 27 values per row is no block's triangle s(s−1)/2.
         (
             "triangle",
             Box::new({
                 let w = w.clone();
-                move |t| {
-                    let x = t.get_mut(&w).unwrap();
-                    x.shape = vec![4, 27];
-                    x.data.truncate(4 * 27 * 4);
-                }
+                move |t| t.get_mut(&w).unwrap().cut_to(&[4, 27])
             }),
             vec![w.clone(), "s(s−1)/2".into()],
         ),
@@ -162,23 +165,13 @@ fn malformed_onetrainer_oft_files_are_refused_by_name() {
         // An alpha, which OneTrainer never writes beside oft_R.
         (
             "alpha",
-            Box::new(move |t| {
-                t.insert(
-                    format!("{q}.alpha"),
-                    scalar(safetensors::Dtype::F32, 1f32.to_le_bytes().to_vec()),
-                );
-            }),
+            one_f32(format!("{q}.alpha")),
             vec![q.into(), "alpha".into()],
         ),
         // A key no producer writes.
         (
             "unknown",
-            Box::new(move |t| {
-                t.insert(
-                    format!("{q}.oft_R.bias"),
-                    scalar(safetensors::Dtype::F32, 1f32.to_le_bytes().to_vec()),
-                );
-            }),
+            one_f32(format!("{q}.oft_R.bias")),
             vec![format!("{q}.oft_R.bias")],
         ),
         // Blocks that do not tile the base's input side (3 blocks of 8 for to_q's 32 inputs).
@@ -186,11 +179,7 @@ fn malformed_onetrainer_oft_files_are_refused_by_name() {
             "tiling",
             Box::new({
                 let w = w.clone();
-                move |t| {
-                    let x = t.get_mut(&w).unwrap();
-                    x.shape = vec![3, 28];
-                    x.data.truncate(3 * 28 * 4);
-                }
+                move |t| t.get_mut(&w).unwrap().cut_to(&[3, 28])
             }),
             vec![q.into(), "[32, 32]".into()],
         ),

@@ -5,18 +5,13 @@ use super::*;
 
 #[test]
 fn sharded_in_sharded_out_with_valid_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (_dir, out) = scratch("out");
     let base = fixture("llama/base_sharded");
     merge_qv_r8_into(&base, &out, &[]);
     // Same shard files, index and non-weight files as the base.
     assert_eq!(listing(&out), listing(&base));
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
-            .unwrap();
-    let base_index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(base.join("model.safetensors.index.json")).unwrap())
-            .unwrap();
+    let index: serde_json::Value = read_json(out.join("model.safetensors.index.json"));
+    let base_index: serde_json::Value = read_json(base.join("model.safetensors.index.json"));
     assert_eq!(index["weight_map"], base_index["weight_map"]);
     // Every tensor is in the shard the index names.
     for (tensor, shard) in index["weight_map"].as_object().unwrap() {
@@ -45,8 +40,7 @@ fn sharded_in_sharded_out_with_valid_index() {
 
 #[test]
 fn reshard_with_max_shard_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (_dir, out) = scratch("out");
     merge_qv_r8(&out, &["--max-shard-size", "120KB"]);
     let files = listing(&out);
     let shards: Vec<&String> = files
@@ -79,15 +73,11 @@ fn reshard_with_max_shard_size() {
 
 #[test]
 fn reruns_are_byte_identical_and_carry_provenance() {
-    let dir = tempfile::tempdir().unwrap();
-    let (o1, o2) = (
-        dir.path().join("a.safetensors"),
-        dir.path().join("b.safetensors"),
-    );
+    let (_dir, [o1, o2]) = scratch_all(["a.safetensors", "b.safetensors"]);
     for o in [&o1, &o2] {
-        merge_ok(
-            &fixture("llama/base/model.safetensors"),
-            &fixture("llama/adapters/dora"),
+        merge_fixtures(
+            "llama/base/model.safetensors",
+            "llama/adapters/dora",
             o,
             &[],
         );
@@ -103,11 +93,10 @@ fn reruns_are_byte_identical_and_carry_provenance() {
 
 #[test]
 fn json_summary_is_parseable() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o.safetensors");
-    let s = merge_ok(
-        &fixture("llama/base/model.safetensors"),
-        &fixture("llama/adapters/qv_r8"),
+    let (_dir, out) = scratch("o.safetensors");
+    let s = merge_fixtures(
+        "llama/base/model.safetensors",
+        "llama/adapters/qv_r8",
         &out,
         &[
             "--adapter",
@@ -136,49 +125,33 @@ fn json_summary_is_parseable() {
 #[test]
 fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
     use safetensors::Dtype;
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.safetensors");
+    let (dir, base) = scratch("base.safetensors");
     let w: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
     let f64v: Vec<u8> = [1.5f64, -2.25, 1e-3]
         .iter()
         .flat_map(|x| x.to_le_bytes())
         .collect();
-    synth(
+    let wb = f32_bytes(&w);
+    write_views(
         &base,
         &[
-            ("layer.weight", Dtype::F32, vec![4, 3], f32_bytes(&w)),
-            ("q.int8", Dtype::I8, vec![5], vec![1, 255, 3, 128, 7]),
-            ("q.fp8", Dtype::F8_E4M3, vec![3], vec![0x38, 0xb8, 0x7e]),
-            ("q.u8", Dtype::U8, vec![2], vec![9, 250]),
-            ("d.f64", Dtype::F64, vec![3], f64v.clone()),
+            ("layer.weight", Dtype::F32, &[4, 3], &wb),
+            ("q.int8", Dtype::I8, &[5], &[1, 255, 3, 128, 7]),
+            ("q.fp8", Dtype::F8_E4M3, &[3], &[0x38, 0xb8, 0x7e]),
+            ("q.u8", Dtype::U8, &[2], &[9, 250]),
+            ("d.f64", Dtype::F64, &[3], &f64v),
         ],
     );
     let ad = dir.path().join("ad");
-    std::fs::create_dir(&ad).unwrap();
     let a: Vec<f32> = vec![0.5, -1.0, 2.0];
     let b: Vec<f32> = vec![1.0, 0.0, -1.0, 0.5];
-    synth(
-        &ad.join("adapter_model.safetensors"),
-        &[
-            (
-                "base_model.model.layer.lora_A.weight",
-                Dtype::F32,
-                vec![1, 3],
-                f32_bytes(&a),
-            ),
-            (
-                "base_model.model.layer.lora_B.weight",
-                Dtype::F32,
-                vec![4, 1],
-                f32_bytes(&b),
-            ),
-        ],
-    );
-    std::fs::write(
-        ad.join("adapter_config.json"),
+    let (ab, bb) = (f32_bytes(&a), f32_bytes(&b));
+    let tensors = shared_lora_tensors(&["layer".into()], (&[1, 3], &ab), (&[4, 1], &bb));
+    write_peft_adapter(
+        &ad,
         r#"{"peft_type":"LORA","r":1,"lora_alpha":2,"target_modules":["layer"]}"#,
-    )
-    .unwrap();
+        &tensors,
+    );
     let out = dir.path().join("out.safetensors");
     merge_ok(&base, &ad, &out, &["--dtype", "bf16"]);
     let o = read(&out);
@@ -207,8 +180,7 @@ fn non_float_tensors_are_copied_byte_for_byte_and_f64_is_read() {
 
 #[test]
 fn three_parts_in_separate_processes_equal_one_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let one = dir.path().join("one");
+    let (dir, one) = scratch("one");
     let split = dir.path().join("split");
     let base = fixture("llama/base_sharded");
     let common = |out: &Path| {

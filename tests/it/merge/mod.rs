@@ -31,31 +31,15 @@ fn merge_case(base: &str, adapters: &[(&str, f64)], reference: &str) {
     assert!(n > 0);
 }
 
-/// Builds a safetensors file from (name, dtype, shape, bytes).
-fn synth(path: &Path, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                *n,
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// A copy of a fixture folder whose config.json `edit` changes.
-fn base_with_config(
-    dir: &Path,
-    from: &str,
-    edit: impl Fn(&mut serde_json::Value),
-) -> std::path::PathBuf {
-    folder_with_json(dir, from, "config.json", edit)
+/// [`merge_case`] of the llama fixture adapter `case` at weight 1 into the llama base, against
+/// PEFT's merge of it (`fixtures/llama/merged/{case}.safetensors`).
+fn llama_case(case: &str) {
+    let reference = format!("llama/merged/{case}.safetensors");
+    merge_case(
+        "llama/base",
+        &[(&format!("llama/adapters/{case}"), 1.0)],
+        &reference,
+    );
 }
 
 /// A copy of a fixture PEFT adapter whose adapter_config.json `edit` changes (a second call
@@ -77,6 +61,7 @@ fn refused_merge(dir: &Path, adapter: &Path) -> String {
     err
 }
 
+/// A copy of the fixture folder `from` in `dir` whose JSON `file` `edit` changes.
 fn folder_with_json(
     dir: &Path,
     from: &str,

@@ -5,47 +5,27 @@ use super::*;
 
 #[test]
 fn peft_qv_r8() {
-    merge_case(
-        "llama/base",
-        &[("llama/adapters/qv_r8", 1.0)],
-        "llama/merged/qv_r8.safetensors",
-    );
+    llama_case("qv_r8");
 }
 
 #[test]
 fn peft_rslora_all_linear() {
-    merge_case(
-        "llama/base",
-        &[("llama/adapters/rslora_all", 1.0)],
-        "llama/merged/rslora_all.safetensors",
-    );
+    llama_case("rslora_all");
 }
 
 #[test]
 fn peft_rank_and_alpha_patterns() {
-    merge_case(
-        "llama/base",
-        &[("llama/adapters/patterns", 1.0)],
-        "llama/merged/patterns.safetensors",
-    );
+    llama_case("patterns");
 }
 
 #[test]
 fn peft_dora() {
-    merge_case(
-        "llama/base",
-        &[("llama/adapters/dora", 1.0)],
-        "llama/merged/dora.safetensors",
-    );
+    llama_case("dora");
 }
 
 #[test]
 fn peft_embedding_lora() {
-    merge_case(
-        "llama/base",
-        &[("llama/adapters/embed", 1.0)],
-        "llama/merged/embed.safetensors",
-    );
+    llama_case("embed");
 }
 
 #[test]
@@ -59,11 +39,7 @@ fn peft_lora_bias() {
 
 #[test]
 fn peft_modules_to_save() {
-    merge_case(
-        "llama/base",
-        &[("llama/adapters/modules_to_save", 1.0)],
-        "llama/merged/modules_to_save.safetensors",
-    );
+    llama_case("modules_to_save");
 }
 
 #[test]
@@ -210,11 +186,7 @@ fn an_adapter_on_lm_head_merges_into_an_untied_base_and_is_refused_on_a_tied_one
 /// for bit (they are copied, not computed), in the config's order (unsorted, [0, 5, 7, 2]).
 #[test]
 fn peft_trainable_tokens_replace_rows() {
-    merge_case(
-        "llama/base",
-        &[("llama/adapters/tokens", 1.0)],
-        "llama/merged/tokens.safetensors",
-    );
+    llama_case("tokens");
     let dir = tempfile::tempdir().unwrap();
     let reference = read(&fixture("llama/merged/tokens.safetensors"));
     let want = reference["model.embed_tokens.weight"].clone();
@@ -252,11 +224,7 @@ fn peft_trainable_tokens_replace_rows() {
 /// refused, naming the tensor.
 #[test]
 fn peft_block_diagonal_lora() {
-    merge_case(
-        "llama/base",
-        &[("llama/adapters/bdlora", 1.0)],
-        "llama/merged/bdlora.safetensors",
-    );
+    llama_case("bdlora");
     let dir = tempfile::tempdir().unwrap();
     let adapter = adapter_with_config(dir.path(), "llama/adapters/bdlora", |cfg| {
         cfg["use_bdlora"]["nblocks"] = serde_json::json!(3);

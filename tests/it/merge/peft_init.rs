@@ -31,8 +31,7 @@ fn read_f64(path: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
 /// PEFT is from that reference (PEFT factors the f32 weight in f32: its residual carries the f32
 /// SVD/QR's error, which the f64 reference does not), and leaves the other tensors untouched.
 fn init_case(case: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (_dir, out) = scratch("out");
     run_ok(merge_args(
         &fixture("llama/base"),
         &fixture(&format!("llama/adapters/init_{case}")),
@@ -215,15 +214,12 @@ fn residual_adapters_convert_to_plain_lora_for_the_checkpoint() {
         run_ok(merge_args(&base, &plain, &out, &["--device", "cpu"]));
         assert_lands_like_peft(case, &out);
     }
-    let out = dir.path().join("no_base");
-    let err = one_line_error(&run_err(convert_args(
-        &fixture("llama/adapters/init_pissa"),
-        "peft",
-        &out,
-        &[],
-    )));
+    let (pissa, out) = (
+        fixture("llama/adapters/init_pissa"),
+        dir.path().join("no_base"),
+    );
+    let err = refused(convert_args(&pissa, "peft", &out, &[]), &out);
     assert!(err.contains("without --base"), "{err}");
-    assert!(!out.exists());
     // A base without the adapter's modules: refused, not converted half-way.
     let err = one_line_error(&run_err(convert_args(
         &fixture("llama/adapters/init_pissa"),

@@ -5,8 +5,7 @@ use super::*;
 
 #[test]
 fn unmatched_modules_are_listed_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (dir, out) = scratch("out");
     let err = merge_qv_r8_refused(&fixture("gpt2/base"), &out, &[]);
     assert!(err.contains("4 adapter module(s) do not match"), "{err}");
     assert_mentions(
@@ -25,28 +24,18 @@ fn unmatched_modules_are_listed_and_nothing_is_written() {
 
 #[test]
 fn allow_unmatched_warns_and_merges_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (_dir, out) = scratch("out");
     // The lora_bias adapter on a base whose q/o projections have no bias: PEFT refuses to merge
     // it; lorakit lists each bias as unmatched, and with --allow-unmatched merges the weights.
-    let line = merge_refused(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/bias_nobase"),
-        &out,
-        &[],
-    );
+    let line = merge_fixtures_refused("llama/base", "llama/adapters/bias_nobase", &out, &[]);
     assert!(line.contains("lora_B.bias"), "{line}");
-    let o = bin()
-        .args(merge_args(
-            &fixture("llama/base"),
-            &fixture("llama/adapters/bias_nobase"),
-            &out,
-            &["--allow-unmatched"],
-        ))
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let stderr = String::from_utf8_lossy(&o.stderr);
+    let allow = ["--allow-unmatched"];
+    let stderr = ok_stderr(merge_fixtures_args(
+        "llama/base",
+        "llama/adapters/bias_nobase",
+        &out,
+        &allow,
+    ));
     assert_eq!(stderr.matches("warning: ").count(), 4, "{stderr}");
     // The weights did merge: W = W0 + (alpha/r)·B·A in f64 from the adapter's own tensors
     // (read with the safetensors crate), the biases left as they were.
@@ -55,20 +44,11 @@ fn allow_unmatched_warns_and_merges_the_rest() {
     let ad = read(&fixture(
         "llama/adapters/bias_nobase/adapter_model.safetensors",
     ));
-    let cfg: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fixture("llama/adapters/bias_nobase/adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg: serde_json::Value =
+        read_json(fixture("llama/adapters/bias_nobase/adapter_config.json"));
     let scale = cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap();
     let mut merged_modules = 0;
-    for (key, a) in &ad {
-        let Some(module) = key
-            .strip_prefix("base_model.model.")
-            .and_then(|k| k.strip_suffix(".lora_A.weight"))
-        else {
-            continue;
-        };
-        let b = &ad[&format!("base_model.model.{module}.lora_B.weight")];
+    for (module, a, b) in peft_lora_modules(&ad) {
         let (av, bv) = (a.f32(), b.f32());
         let (r, k, d) = (a.shape[0], a.shape[1], b.shape[0]);
         let name = format!("{module}.weight");
@@ -97,11 +77,10 @@ fn allow_unmatched_warns_and_merges_the_rest() {
 /// architecture is an error, and no copy of the base is written.
 #[test]
 fn allow_unmatched_with_nothing_matched_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let err = run_err(merge_args(
-        &fixture("gpt2/base"),
-        &fixture("llama/adapters/qv_r8"),
+    let (_dir, out) = scratch("out");
+    let err = run_err(merge_fixtures_args(
+        "gpt2/base",
+        "llama/adapters/qv_r8",
         &out,
         &["--allow-unmatched"],
     ));
@@ -113,14 +92,8 @@ fn allow_unmatched_with_nothing_matched_is_an_error() {
 
 #[test]
 fn tied_embeddings_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let err = merge_refused(
-        &fixture("llama/tied"),
-        &fixture("llama/adapters/embed"),
-        &out,
-        &[],
-    );
+    let (_dir, out) = scratch("out");
+    let err = merge_fixtures_refused("llama/tied", "llama/adapters/embed", &out, &[]);
     assert_mentions(
         &err,
         &[
@@ -158,8 +131,7 @@ fn tied_embeddings_shared_equals_peft() {
             1e-6,
         );
         assert_eq!(n, reference.len());
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value = read_json(out.join("config.json"));
         assert_eq!(cfg["tie_word_embeddings"], true);
     }
     // Both tensors stored beside the tie: no flag makes lorakit keep two tensors equal.
@@ -184,8 +156,7 @@ fn tied_embeddings_shared_equals_peft() {
 
 #[test]
 fn output_onto_input_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.safetensors");
+    let (dir, base) = scratch("base.safetensors");
     std::fs::copy(fixture("llama/base/model.safetensors"), &base).unwrap();
     let before = std::fs::read(&base).unwrap();
     let link = dir.path().join("link.safetensors");
@@ -221,9 +192,9 @@ fn kohya_names_that_match_two_base_tensors_are_ambiguous() {
 fn usage_errors_exit_2() {
     let res = run_err(["merge", "--base", "x", "--out", "y"]);
     assert_eq!(res.status.code(), Some(2));
-    let res = run_err(merge_args(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/qv_r8"),
+    let res = run_err(merge_fixtures_args(
+        "llama/base",
+        "llama/adapters/qv_r8",
         Path::new("/tmp/never-written-lorakit"),
         &["--weight", "1", "--weight", "2"],
     ));
@@ -238,8 +209,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn a_module_on_an_integer_tensor_is_unmatched_as_not_float() {
     use safetensors::{tensor::TensorView, Dtype};
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.safetensors");
+    let (dir, base) = scratch("base.safetensors");
     let q = vec![1u8; 16];
     let f: Vec<u8> = (0..16).flat_map(|i| (i as f32).to_le_bytes()).collect();
     write_views(
@@ -294,10 +264,10 @@ fn a_module_on_an_integer_tensor_is_unmatched_as_not_float() {
 #[test]
 fn tied_embeddings_are_detected_by_either_condition_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let tied_by_config = base_with_config(dir.path(), "llama/base", |c| {
+    let tied_by_config = folder_with_json(dir.path(), "llama/base", "config.json", |c| {
         c["tie_word_embeddings"] = true.into();
     });
-    let tied_by_absence = base_with_config(dir.path(), "llama/tied", |c| {
+    let tied_by_absence = folder_with_json(dir.path(), "llama/tied", "config.json", |c| {
         c.as_object_mut().unwrap().remove("tie_word_embeddings");
     });
     let embed = fixture("llama/adapters/embed");
@@ -306,7 +276,7 @@ fn tied_embeddings_are_detected_by_either_condition_alone() {
         let err = merge_refused(base, &embed, &out, &[]);
         assert!(err.contains("embed_tokens"), "{}: {err}", base.display());
     }
-    let untied = base_with_config(dir.path(), "llama/base", |c| {
+    let untied = folder_with_json(dir.path(), "llama/base", "config.json", |c| {
         c["tie_word_embeddings"] = false.into();
     });
     let out = dir.path().join("untied-out");
@@ -365,8 +335,7 @@ fn a_config_that_does_not_select_the_files_modules_is_refused() {
 /// refuse them, naming the config file; `use_qalora: false` is a plain LoRA and merges.
 #[test]
 fn adapters_peft_cannot_merge_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (dir, out) = scratch("out");
     for (field, value, ok) in [
         (
             "layer_replication",

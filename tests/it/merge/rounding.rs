@@ -7,8 +7,7 @@ use super::*;
 /// here independently (ascending k, no FMA) and rounded by bit arithmetic.
 #[test]
 fn bf16_merge_rounds_once_from_f32() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (dir, out) = scratch("out");
     let out32 = dir.path().join("out32");
     let base = fixture("llama/base_bf16");
     let adapter = fixture("llama/adapters/qv_r8");
@@ -71,9 +70,7 @@ fn for_each_adapted(
 ) {
     let base_t = read_checkpoint(base);
     let ad = read(&adapter.join("adapter_model.safetensors"));
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg: serde_json::Value = read_json(adapter.join("adapter_config.json"));
     let scale = (cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap()) as f32;
     let mut checked = 0;
     for (name, t) in merged {
@@ -100,8 +97,7 @@ fn for_each_adapted(
 
 #[test]
 fn unmerge_restores_the_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let merged = dir.path().join("merged");
+    let (dir, merged) = scratch("merged");
     let restored = dir.path().join("restored");
     let base = fixture("llama/base");
     for adapter in ["llama/adapters/rslora_all", "llama/adapters/bias"] {
@@ -202,8 +198,7 @@ fn exact_bf16(w0: f32, s: f32, b: &[f32], a: &[f32]) -> u16 {
 /// side of a bf16 midpoint (counted, not required: this fixture may have none).
 #[test]
 fn exact_rounding_stores_the_correctly_rounded_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
+    let (_dir, out) = scratch("out");
     let base = fixture("llama/base_bf16");
     let adapter = fixture("llama/adapters/qv_r8");
     merge_ok(&base, &adapter, &out, &["--exact-rounding"]);
@@ -227,14 +222,8 @@ fn exact_rounding_stores_the_correctly_rounded_value() {
 /// contract) with one line naming the module, before anything is written.
 #[test]
 fn exact_rounding_refuses_dora() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let base = fixture("llama/base");
-    let line = merge_refused(
-        &base,
-        &fixture("llama/adapters/dora"),
-        &out,
-        &["--exact-rounding"],
-    );
+    let (_dir, out) = scratch("out");
+    let exact = ["--exact-rounding"];
+    let line = merge_fixtures_refused("llama/base", "llama/adapters/dora", &out, &exact);
     assert_mentions(&line, &["DoRA", "module `"]);
 }

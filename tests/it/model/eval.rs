@@ -149,11 +149,7 @@ fn eval_text_args(model: &Path, text: &str, seq_len: &str, extra: &[&str]) -> Ve
 #[test]
 fn tokenizer_matches_python_tokenizers() {
     // The whole text in one window: its logits must be those of the ids Python's tokenizer made.
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        dir.path().join("a.safetensors"),
-        dir.path().join("b.safetensors"),
-    );
+    let (_dir, [a, b]) = scratch_all(["a.safetensors", "b.safetensors"]);
     let model = fixture("llama/base");
     run_ok(eval_text_args(
         &model,
@@ -245,8 +241,7 @@ fn eval_json_report_and_generation() {
     assert_eq!(r["tokens"].as_u64().unwrap() as usize, prompt_tokens);
 
     // Greedy: each generated token is the argmax of the logits of the sequence before it.
-    let dir = tempfile::tempdir().unwrap();
-    let full_ids = dir.path().join("ids.safetensors");
+    let (dir, full_ids) = scratch("ids.safetensors");
     let text_ids = {
         let st = read(&fixture("text/tiny_ids.safetensors"));
         st["input_ids"]
@@ -317,8 +312,7 @@ fn eval_errors_are_one_line() {
         "{e}"
     );
     // Token ids beyond the vocabulary.
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.safetensors");
+    let (dir, bad) = scratch("bad.safetensors");
     write_ids(&bad, &[1, 2, 500]);
     let e = one_line_error(&run_err(eval_cpu_args(&model, &["--input-ids", s(&bad)])));
     assert!(e.contains("500"), "{e}");
@@ -356,11 +350,10 @@ fn eval_on_gpu_equals_cpu() {
 /// `merge/peft.rs` checks against PEFT's own merge.
 #[test]
 fn trainable_tokens_apply_in_eval_as_in_merge() {
-    let dir = tempfile::tempdir().unwrap();
-    let merged = dir.path().join("merged");
-    run_ok(merge_args(
-        &fixture("llama/base"),
-        &fixture("llama/adapters/tokens"),
+    let (_dir, merged) = scratch("merged");
+    run_ok(merge_fixtures_args(
+        "llama/base",
+        "llama/adapters/tokens",
         &merged,
         &[],
     ));

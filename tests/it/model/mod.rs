@@ -40,8 +40,7 @@ fn eval_logits(
     adapters: &[(&str, f64)],
     extra: &[&str],
 ) -> (Vec<f32>, serde_json::Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("logits.safetensors");
+    let (_dir, out) = scratch("logits.safetensors");
     let (ids, adapters) = (ids_file(), weighted_adapter_args(adapters));
     let mut flags = vec!["--input-ids", &ids, "--logits", s(&out), "--json"];
     flags.extend(adapters.iter().map(String::as_str));

@@ -29,8 +29,7 @@ fn training_matches_torch_adamw_on_a_peft_model() {
         &std::fs::read_to_string(fixture("llama/train_ref/reference.json")).unwrap(),
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("a");
+    let (_dir, out) = scratch("a");
     let (qv, ids) = (fixture("llama/adapters/qv_r8"), ids_file());
     let r = train(
         &[
@@ -82,8 +81,7 @@ fn training_matches_torch_adamw_on_a_peft_model() {
 
 #[test]
 fn short_run_halves_the_training_loss() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("a");
+    let (_dir, out) = scratch("a");
     let mut args = tiny_text_args();
     args.extend(
         [
@@ -139,8 +137,7 @@ fn short_run_halves_the_training_loss() {
 fn step_zero_is_the_base_model() {
     // B = 0 at initialisation: the first loss is the base model's, and an adapter trained with
     // lr 0 changes no logit.
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("a");
+    let (_dir, out) = scratch("a");
     let ids = ids_file();
     let r = train(
         &[
@@ -350,8 +347,7 @@ fn trained_adapter_merges_to_the_unmerged_logits() {
 
 #[test]
 fn train_usage_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("a");
+    let (_dir, out) = scratch("a");
     let e = one_line_error(&run_err(train_args(
         &fixture("llama/base"),
         &[

@@ -1,9 +1,10 @@
 //! Reading one module of a kohya-named file: its tensors (by LyCORIS suffix) checked against
 //! each other and turned into a [`LoraModule`] with its [`Factors`] and scale. Never writes.
 
-use super::Parts;
+use super::keys::Parts;
 use crate::adapter::algo::{self, Factors, KronHalf};
-use crate::adapter::{scale_for, Data, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::data::Data;
+use crate::adapter::model::{scale_for, DoraRule, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 
@@ -81,7 +82,8 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
     };
     let get = |s: &str| -> InputResult<(Data, &Vec<usize>)> {
         let (key, shape) = parts.get(s).ok_or_else(|| {
-            let missing = super::sibling_key(parts, s).unwrap_or_else(|| format!("{name}.{s}"));
+            let missing =
+                super::keys::sibling_key(parts, s).unwrap_or_else(|| format!("{name}.{s}"));
             err(format!("{family} module has no `{missing}`"))
         })?;
         if shape.contains(&0) {

@@ -1,6 +1,6 @@
 //! Reader checks on small synthetic files: every refusal names the module and key.
 
-use crate::adapter::Adapter;
+use crate::adapter::model::Adapter;
 use crate::linalg::rng::Xoshiro256PlusPlus as Rng;
 
 /// Writes a safetensors file of f32 tensors `(name, shape)` with small values.

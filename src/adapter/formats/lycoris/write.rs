@@ -2,7 +2,8 @@
 //! [`super::module`]. Never reads a file; names and alphas are the writer's ([`crate::adapter::formats::kohya`]).
 
 use crate::adapter::algo::{Factors, KronHalf};
-use crate::adapter::{Data, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::data::Data;
+use crate::adapter::model::{DoraRule, LoraModule, ModuleKind};
 
 /// The tensors a module is written as in a kohya-named file: suffix, data and canonical shape
 /// (LyCORIS' own layouts, as [`super::module`] reads them). The alpha is not included.

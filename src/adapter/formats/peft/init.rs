@@ -7,7 +7,9 @@
 //! the config, except [`kasa_fold`], which folds KaSA's saved diagonal into B; the residual
 //! itself is computed by the merge (`ops::merge::residual`).
 
-use crate::adapter::{Data, Factors, LoraModule, ModuleKind};
+use crate::adapter::algo::Factors;
+use crate::adapter::data::Data;
+use crate::adapter::model::{LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use serde_json::Value;
@@ -167,9 +169,9 @@ pub(super) fn kasa_fold(
     let Factors::Lora { b, .. } = &mut m.factors else {
         unreachable!("a PEFT LoRA module has LoRA factors");
     };
-    let d = super::stored_f32(file, &key)?;
+    let d = super::config::stored_f32(file, &key)?;
     let bv = match b {
-        Data::Stored { key, .. } => super::stored_f32(file, key)?,
+        Data::Stored { key, .. } => super::config::stored_f32(file, key)?,
         Data::Owned(v) => v.to_vec(),
     };
     let folded: Vec<f32> = bv

@@ -19,7 +19,8 @@
 //! A module PEFT cannot rebuild (DoRA scale, a split no single `decompose_factor` gives, Tucker on
 //! some convs only, LoHa and LoKr mixed) is refused by name: there is no PEFT folder that holds it.
 
-use crate::adapter::{Adapter, Factors, KronHalf, LoraModule, ModuleKind};
+use crate::adapter::algo::{Factors, KronHalf};
+use crate::adapter::model::{Adapter, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 
 /// The folder-wide settings a PEFT LOHA / LOKR config needs, chosen so that PEFT's

@@ -42,8 +42,10 @@
 //! PEFT itself refuses `lora_dropout`, `fan_in_fan_out`, `lora_bias` and DoRA on a ParamWrapper
 //! (`ParamWrapper.__init__`); so does lorakit, and it refuses BD-LoRA and embedding factors there.
 
-use super::PeftConfig;
-use crate::adapter::{scale_for, Adapter, Data, DoraRule, Factors, LoraModule, ModuleKind};
+use super::config::PeftConfig;
+use crate::adapter::algo::Factors;
+use crate::adapter::data::Data;
+use crate::adapter::model::{scale_for, Adapter, DoraRule, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::{Checkpoint, SafetensorsFile};
 use serde_json::Value;

@@ -1,10 +1,11 @@
 //! Reading PEFT folders: LoRA (with DoRA, biases, embeddings, full tensors), LoHa/LoKr, IA3 and
 //! OFT, each by its `peft_type`, into the one adapter model. Never writes.
 
-use super::{one_line_regex_error, PeftConfig, PeftType, PREFIX};
-use crate::adapter::{
-    scale_for, Adapter, Data, DoraRule, Factors, Format, FullTensor, LoraModule, ModuleKind,
-};
+use super::config::{one_line_regex_error, PeftConfig, PeftType, PREFIX};
+use crate::adapter::algo::Factors;
+use crate::adapter::data::Data;
+use crate::adapter::formats::format::Format;
+use crate::adapter::model::{scale_for, Adapter, DoraRule, FullTensor, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::header::TensorInfo;
 use crate::io::SafetensorsFile;
@@ -38,7 +39,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         return read_lycoris(path, file, cfg);
     }
     let fpath = file.path().to_path_buf();
-    let kasa = super::base_residual(&cfg.raw) == Some(super::BaseResidual::Kasa);
+    let kasa = super::init::base_residual(&cfg.raw) == Some(super::init::BaseResidual::Kasa);
     let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
     let mut full = Vec::new();
     for t in file.tensors() {
@@ -82,7 +83,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
             set(&mut parts.entry(m).or_default().magnitude, entry)?;
         } else if let Some(m) = slot(".lora_diag").filter(|_| kasa) {
             set(&mut parts.entry(m).or_default().diag, entry)?;
-        } else if super::ignored_training_tensor(&cfg.raw, rel) {
+        } else if super::init::ignored_training_tensor(&cfg.raw, rel) {
             continue;
         } else if rel.contains(".lora_") {
             return Err(InputError::invalid(
@@ -219,9 +220,9 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
         let r = cfg.rank_for(name)?;
         let stored = match &m.factors {
             Factors::Lokr { w1, w2, .. } => [w1, w2].iter().find_map(|h| match h {
-                crate::adapter::KronHalf::Whole(_) => None,
-                crate::adapter::KronHalf::LowRank { rank, .. }
-                | crate::adapter::KronHalf::Tucker { rank, .. } => Some(*rank),
+                crate::adapter::algo::KronHalf::Whole(_) => None,
+                crate::adapter::algo::KronHalf::LowRank { rank, .. }
+                | crate::adapter::algo::KronHalf::Tucker { rank, .. } => Some(*rank),
             }),
             _ => Some(m.rank),
         };
@@ -246,12 +247,12 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
 /// `[1, in]` (feed-forward Linear), `[1, n, 1, …]` (Conv, `n` the output channels or, feed-forward,
 /// the input channels). Feed-forward is `_check_target_module_feedforward`: a regex string
 /// matched whole, or a list of names any of which the module name ends with. Merged as
-/// `merge_and_unload` ([`crate::adapter::Ia3Rule::Peft`]). With `fan_in_fan_out` (GPT-2's
+/// `merge_and_unload` ([`crate::adapter::algo::Ia3Rule::Peft`]). With `fan_in_fan_out` (GPT-2's
 /// `Conv1D`, weights stored `[in, out]`) the vector keeps its logical shape (PEFT's
 /// `_get_in_out_features` reads a Conv1D's sides that way) and `merge` transposes it onto the
 /// stored weight (`layer.py`: `transpose(ia3_l, fan_in_fan_out)`), as for LoRA.
 fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
-    use crate::adapter::Ia3Rule;
+    use crate::adapter::algo::Ia3Rule;
     let fpath = file.path().to_path_buf();
     let ff_re: Option<Regex> = match cfg.raw.get("feedforward_modules") {
         Some(Value::String(p)) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
@@ -328,7 +329,7 @@ fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
             },
             base_transposed,
             dora_magnitude: None,
-            dora_rule: crate::adapter::DoraRule::Peft,
+            dora_rule: crate::adapter::model::DoraRule::Peft,
         });
     }
     assemble(path, file, &cfg, modules, full)
@@ -339,7 +340,7 @@ fn read_ia3(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
 /// `use_cayley_neumann` (default true), `num_cayley_neumann_terms` (5), `coft` (false), `eps`
 /// (6e-5) and `block_share` (false). Merged as `merge_and_unload`; `fan_in_fan_out` is refused.
 fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
-    use crate::adapter::PeftCayley;
+    use crate::adapter::algo::PeftCayley;
     let fpath = file.path().to_path_buf();
     let bad = |k: &str, why: &str| InputError::invalid(&fpath, format!("`{k}` {why}"));
     if cfg.fan_in_fan_out {
@@ -431,11 +432,11 @@ fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
                 cayley,
                 coft_eps: coft.then_some(eps),
                 scaled: false,
-                conv: crate::adapter::OftConv::Transposed,
+                conv: crate::adapter::algo::OftConv::Transposed,
             },
             base_transposed: false,
             dora_magnitude: None,
-            dora_rule: crate::adapter::DoraRule::Peft,
+            dora_rule: crate::adapter::model::DoraRule::Peft,
         });
     }
     assemble(path, file, &cfg, modules, full)
@@ -449,10 +450,10 @@ fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
 /// `merge` reports as unmatched and `check` explains (`peft.trainable_tokens`).
 fn trainable_token_rows(cfg: &PeftConfig, full: &mut [FullTensor]) {
     for f in full {
-        let Some(module) = super::tokens_module(&f.name) else {
+        let Some(module) = super::config::tokens_module(&f.name) else {
             continue;
         };
-        let Some(ids) = super::token_indices(Some(&cfg.raw), module) else {
+        let Some(ids) = super::config::token_indices(Some(&cfg.raw), module) else {
             continue;
         };
         let mut sorted = ids.clone();
@@ -667,7 +668,9 @@ impl BdLora {
     fn parse(path: &Path, raw: &Value) -> InputResult<Option<BdLora>> {
         let bad = |why: &str| {
             InputError::invalid(
-                path.parent().unwrap_or(path).join(super::CONFIG_NAME),
+                path.parent()
+                    .unwrap_or(path)
+                    .join(super::config::CONFIG_NAME),
                 format!("`use_bdlora` {why}"),
             )
         };
@@ -738,7 +741,7 @@ fn block_diagonal(
             "a block-diagonal factor [rows, cols/nblocks] with rows divisible by nblocks = {nblocks}, got {shape:?}"
         )));
     }
-    let w = super::stored_f32(file, key)?;
+    let w = super::config::stored_f32(file, key)?;
     let (rows, bc) = (shape[0], shape[1]);
     let (br, cols) = (rows / nblocks, bc * nblocks);
     let mut full = vec![0f32; rows * cols];

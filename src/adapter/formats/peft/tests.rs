@@ -1,6 +1,7 @@
 //! Config parsing and pattern rules checked against PEFT's own.
 
 use super::*;
+use regex::Regex;
 
 #[test]
 fn pattern_matching_follows_peft() {

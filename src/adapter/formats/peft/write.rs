@@ -1,8 +1,9 @@
 //! Writing PEFT folders (`adapter_model.safetensors` + `adapter_config.json`) from the adapter
 //! model. Never reads a config; the reader is [`super::read`].
 
-use super::{CONFIG_NAME, PREFIX, WEIGHTS_NAME};
-use crate::adapter::{Adapter, Data, FullTensor, LoraModule, ModuleKind};
+use super::config::{CONFIG_NAME, PREFIX, WEIGHTS_NAME};
+use crate::adapter::data::Data;
+use crate::adapter::model::{Adapter, FullTensor, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;

@@ -362,7 +362,7 @@ fn merge_rejects_unsupported_input() {
 
 #[test]
 fn merge_tile_plan_respects_limits() {
-    use crate::backend::gpu::merge::{stride_of, WORK_CAP};
+    use crate::backend::gpu::merge_tiles::{stride_of, WORK_CAP};
     for &(rows, cols, es, r, dr, dc, limit, chunk) in &[
         (
             150usize,

@@ -19,11 +19,12 @@
 //!   `backend::cpu_forward`.
 
 use super::kernels::{self, CONVERT_WG};
-use super::merge::{merge_tiles, merge_with};
+use super::merge::merge_with;
+use super::merge_tiles::merge_tiles;
 use super::*;
 use crate::backend::cpu_forward::{self, DeltaPair, ForwardAdapter, StoredMatrix};
 use crate::backend::{cpu, Dora, MergeError, MergeJob, NormAxis, Term};
-use crate::dtype;
+use crate::dtype::{self, Dtype};
 use crate::linalg::rng::Xoshiro256PlusPlus as Rng;
 use crate::linalg::{randomized_svd, LinearOperator, RsvdOptions};
 use std::sync::OnceLock;

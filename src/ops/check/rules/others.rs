@@ -2,8 +2,9 @@
 //! `rules.rs` to keep files under 800 lines; versions in the header of `rules.rs`). Nothing here
 //! computes anything.
 
-use super::{src, Rule, ScaleRule, Severity, Source, Supported, When, LLAMA_LINEAR};
-use crate::ops::check::Target;
+use super::rule::{src, Rule, Source, LLAMA_LINEAR};
+use crate::ops::check::target::Target;
+use crate::ops::check::when::{ScaleRule, Severity, Supported, When};
 
 /// LoRAX `server/lorax_server/models/flash_llama.py` `ADAPTER_LAYERS` (also flash_mistral,
 /// flash_qwen2: the same names): q/k/v/o, gate/up/down, lm_head — the Llama list without

@@ -17,8 +17,9 @@
 //! adapters given at start (`init_lora_shapes`), and only an adapter loaded later with a larger
 //! `r` is refused (`LoRAMemoryPool.can_support`), a server setting no file can show.
 
-use super::{src, Rule, ScaleRule, Severity, Supported, When, LLAMA_LINEAR};
-use crate::ops::check::Target;
+use super::rule::{src, Rule, LLAMA_LINEAR};
+use crate::ops::check::target::Target;
+use crate::ops::check::when::{ScaleRule, Severity, Supported, When};
 
 const VLLM: &str = "vllm-project/vllm";
 const SGLANG: &str = "sgl-project/sglang";

@@ -1,0 +1,321 @@
+//! The factors a module carries, by algorithm ([`Factors`]), and their labels ([`Algo`]): data
+//! only, with the tensors each holds. The leaf of [`super`]; `delta.rs` and `base.rs` rebuild
+//! `ΔW` from them.
+//!
+//! Must not compute anything from the values.
+
+use crate::adapter::data::Data;
+
+/// The factors of one module, by algorithm.
+#[derive(Debug, Clone)]
+pub enum Factors {
+    /// LoRA / LoCon: `ΔW = scale · B·A`, `A` r×k (`lora_down`, `lora_A`), `B` d×r (`lora_up`,
+    /// `lora_B`).
+    Lora { a: Data, b: Data },
+    /// LoCon with a CP/Tucker conv core (`lora_mid`, LyCORIS `use_tucker`): `up` d×r, `mid`
+    /// r×r×kk, `down` r×in; `ΔW[o, i, s] = scale · Σₘₙ up[o,m]·mid[m,n,s]·down[n,i]` (ComfyUI
+    /// `tucker_weight_from_conv`, einsum `m n ..., i m, n j -> i j ...`).
+    LoraTucker { up: Data, mid: Data, down: Data },
+    /// LoHa (Hyeon-Woo et al. 2022, FedPara): `ΔW = scale · (w1a·w1b) ⊙ (w2a·w2b)`, `w1a`/`w2a`
+    /// d×r, `w1b`/`w2b` r×k. With Tucker cores (`hada_t1`, `hada_t2`, r×r×kk) each half is
+    /// `Σᵢⱼ t[i,j,s]·wb[j,q]·wa[i,p]` with `wa` r×d and `wb` r×in (ComfyUI `loha.py`, einsum
+    /// `i j k l, j r, i p -> p r k l`).
+    Loha {
+        w1a: Data,
+        w1b: Data,
+        w2a: Data,
+        w2b: Data,
+        tucker: Option<(Data, Data)>,
+    },
+    /// LoKr (Kronecker product): `ΔW = scale · kron(w1, w2)`, `w1` a×c, `w2` b×(d'·kk) with
+    /// `a·b = d` and `c·d' = in`; for a conv, `w1` is broadcast over the kernel (ComfyUI
+    /// `lokr.py` unsqueezes it), so `ΔW[i₁b+i₂, (j₁d'+j₂)·kk+s] = w1[i₁,j₁]·w2[i₂, j₂·kk+s]`.
+    Lokr {
+        w1: KronHalf,
+        w2: KronHalf,
+        /// `(a, c)`.
+        w1_shape: (usize, usize),
+        /// `(b, d')` (without the kernel).
+        w2_shape: (usize, usize),
+    },
+    /// Full-rank difference (`diff`, LyCORIS `full`): `ΔW = diff`, scale 1.
+    Full { diff: Data },
+    /// A norm layer's weight delta (`w_norm`, LyCORIS `modules/norms.py` `NormModule` with
+    /// `train_norm`): `Δw = w_norm` on the 1-D weight of a LayerNorm/GroupNorm (d×1 here), scale
+    /// 1; its `b_norm` is the module's bias delta. `get_diff_weight(multiplier)` scales both.
+    Norm { w: Data },
+    /// LyCORIS diagonal OFT (`modules/diag_oft.py` `DiagOFTModule`, `functional/diag_oft.py`
+    /// `get_r`, `_diff_weight`): `oft_blocks` n×s×s (n·s = d), `Q = B − Bᵀ` per block, scaled
+    /// down to Frobenius norm `constraint` when `‖Q‖ + 1e-8` exceeds it (`constraint = alpha · d`,
+    /// `alpha` as stored; none when 0), the Cayley rotation `R = (I + Q)(I − Q)⁻¹`, and
+    /// `W' = rescale ⊙ (blockdiag(R)ᵀ·W0)` (einsum `k n m, k n ... -> k m ...`: row `m` of a
+    /// block is `Σₙ R[n,m]·W0[n]`), `rescale` d values (1 when absent). The update depends on W0.
+    Oft {
+        blocks: Data,
+        rescale: Option<Data>,
+        block_num: usize,
+        block_size: usize,
+        /// The Frobenius bound on `Q` (`alpha · d`); 0 for none.
+        constraint: f64,
+    },
+    /// LyCORIS BOFT (`modules/boft.py` `ButterflyOFTModule`, `functional/boft.py`
+    /// `_diff_weight`): `oft_blocks` m×n×b×b (n·b = d, b even), each block a Cayley rotation as
+    /// in diag-OFT (one constraint over all of them, `alpha · d`); stage `i` permutes W0's rows
+    /// (groups of `2^i·b/2` interleaved in pairs), applies `blockdiag(Rᵢ)·` (einsum
+    /// `b i j, b j ... -> b i ...`, not transposed), and permutes back; `W' = rescale ⊙ W_m`.
+    /// With a multiplier `s`, each stage's blocks are `s·R + (1 − s)·I`. Depends on W0.
+    Boft {
+        blocks: Data,
+        rescale: Option<Data>,
+        stages: usize,
+        block_num: usize,
+        block_size: usize,
+        constraint: f64,
+    },
+    /// PEFT's OFT (`tuners/oft/layer.py` `OFTRotationModule.get_weight`, `Linear.merge`,
+    /// `Conv2d.merge`): `oft_R.weight` r×n holds each block's strict upper triangle (row-major,
+    /// `triu_indices(s, s, 1)`, `n = s(s−1)/2`); `Q = M − Mᵀ`, with `coft` each block's `Q`
+    /// scaled to Frobenius norm `eps/√r` when above it (`_project_batch`); `R` by the
+    /// Cayley–Neumann series `I + 2Q + 2Q² + … + 2Q^{t−2} + Q^{t−1}` (`t` terms) or exactly
+    /// `(I − Q)(I + Q)⁻¹` (`torch.linalg.solve(I + Q, I − Q, left=False)`); `block_share` repeats one
+    /// block. The rotation acts on the input side: `W' = W0·blockdiag(R)ᵀ` with W0 viewed as
+    /// d×(in·kh·kw). Depends on W0.
+    ///
+    /// OneTrainer's OFT v2 (`PeftType.OFT_2`, Nerogar/OneTrainer @23df383
+    /// `modules/module/oft_utils.py` `OFTRotationModule`, `modules/module/LoRAModule.py`
+    /// `OFTModule`) is the same parametrisation written single-file (`{module}.oft_R.weight`), always
+    /// 5 Neumann terms and no `coft`; with `scaled_oft` the weight is divided by `2·√(s−1)` before
+    /// the Cayley map (`scaled`), and a conv's weight is rotated without the
+    /// transpose (`einsum("ork,rkc->orc", W, R)`: `W' = W0·blockdiag(R)`, [`OftConv::Plain`]).
+    PeftOft {
+        weight: Data,
+        block_size: usize,
+        /// Rows of `oft_R.weight` (1 with `block_share`).
+        blocks: usize,
+        block_share: bool,
+        cayley: PeftCayley,
+        /// `eps` of `coft`, when set.
+        coft_eps: Option<f64>,
+        /// OneTrainer's Scaled OFT: `Q` from `weight / (2·√(s−1))`.
+        scaled: bool,
+        /// How a conv base is rotated.
+        conv: OftConv,
+    },
+    /// IA3: `w` broadcast over the output rows or the input channels (`on_input`). LyCORIS
+    /// (`modules/ia3.py` `_ia3_weight`, [`Ia3Rule::Lycoris`]): `W' = W0 ⊙ (1 + w)`. PEFT
+    /// (`tuners/ia3/layer.py` `merge`, [`Ia3Rule::Peft`]): `W' = W0 ⊙ w`, and on the output side
+    /// the bias too, `b' = b0 ⊙ w`. Depends on W0.
+    Ia3 {
+        weight: Data,
+        on_input: bool,
+        rule: Ia3Rule,
+    },
+    /// LyCORIS GLoRA (`modules/glora.py` `_glora_weight`, ComfyUI `weight_adapter/glora.py`
+    /// "new" layout): `ΔW = scale · (W0·a1·a2 + b1·b2)`, `a1` in×r, `a2` r×in (applied per
+    /// kernel position: einsum `o i ..., i j -> o j ...`), `b1` d×r, `b2` r×k; scale
+    /// `alpha / r`. Depends on W0.
+    Glora {
+        a1: Data,
+        a2: Data,
+        b1: Data,
+        b2: Data,
+        rank: usize,
+    },
+}
+
+/// How PEFT's OFT turns a skew-symmetric `Q` into a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeftCayley {
+    /// `use_cayley_neumann` with `num_cayley_neumann_terms` terms.
+    Neumann(usize),
+    /// The exact Cayley transform.
+    Exact,
+}
+
+/// How an OFT v2 rotation meets a conv base (a linear one is `W0·blockdiag(R)ᵀ` for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OftConv {
+    /// PEFT (`tuners/oft/layer.py` `Conv2d.merge`): `W0·blockdiag(R)ᵀ`, as a linear.
+    Transposed,
+    /// OneTrainer (`OFTModule.forward`, conv branch): `W0·blockdiag(R)`.
+    Plain,
+}
+
+/// How an IA3 vector scales the base weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ia3Rule {
+    /// LyCORIS: `W0 ⊙ (1 + w)` (initialised at 0).
+    Lycoris,
+    /// PEFT: `W0 ⊙ w` (initialised at 1), output-side vectors scale the bias as well.
+    Peft,
+}
+
+/// One half of a LoKr product.
+#[derive(Debug, Clone)]
+pub enum KronHalf {
+    /// Stored whole (`lokr_w1`, `lokr_w2`).
+    Whole(Data),
+    /// `a·b` (`lokr_wN_a` rows×r, `lokr_wN_b` r×cols).
+    LowRank { a: Data, b: Data, rank: usize },
+    /// Tucker (`lokr_t2` r×r×kk, `lokr_w2_a` r×rows, `lokr_w2_b` r×cols), only for `w2`.
+    Tucker {
+        t: Data,
+        a: Data,
+        b: Data,
+        rank: usize,
+    },
+}
+
+/// The algorithm of a module, as reports name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algo {
+    Lora,
+    /// LoCon with a Tucker core.
+    #[serde(rename = "lora-tucker")]
+    LoraTucker,
+    Loha,
+    Lokr,
+    Full,
+    /// A norm layer's weight and bias deltas (`w_norm`, `b_norm`).
+    Norm,
+    /// Diagonal (block-diagonal) OFT.
+    #[serde(rename = "diag-oft")]
+    DiagOft,
+    Ia3,
+    Glora,
+    Boft,
+    /// PEFT's OFT (`peft_type` OFT).
+    #[serde(rename = "peft-oft")]
+    PeftOft,
+}
+
+impl std::fmt::Display for Algo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Algo::Lora => "lora",
+            Algo::LoraTucker => "lora-tucker",
+            Algo::Loha => "loha",
+            Algo::Lokr => "lokr",
+            Algo::Full => "full",
+            Algo::Norm => "norm",
+            Algo::DiagOft => "diag-oft",
+            Algo::Ia3 => "ia3",
+            Algo::Glora => "glora",
+            Algo::Boft => "boft",
+            Algo::PeftOft => "peft-oft",
+        })
+    }
+}
+
+impl Factors {
+    pub fn algo(&self) -> Algo {
+        match self {
+            Factors::Lora { .. } => Algo::Lora,
+            Factors::LoraTucker { .. } => Algo::LoraTucker,
+            Factors::Loha { .. } => Algo::Loha,
+            Factors::Lokr { .. } => Algo::Lokr,
+            Factors::Full { .. } => Algo::Full,
+            Factors::Norm { .. } => Algo::Norm,
+            Factors::Oft { .. } => Algo::DiagOft,
+            Factors::Ia3 { .. } => Algo::Ia3,
+            Factors::Glora { .. } => Algo::Glora,
+            Factors::Boft { .. } => Algo::Boft,
+            Factors::PeftOft { .. } => Algo::PeftOft,
+        }
+    }
+
+    /// The update is a function of the base weight itself (OFT's rotation `R·W0`, IA3's
+    /// `W0 ⊙ w`), not a fixed `ΔW`: it is built by [`delta_from_base`] with the base at hand,
+    /// and cannot be lowered to LoRA or undone from the merged weights alone.
+    pub fn needs_base(&self) -> bool {
+        matches!(
+            self,
+            Factors::Oft { .. }
+                | Factors::Boft { .. }
+                | Factors::PeftOft { .. }
+                | Factors::Ia3 { .. }
+                | Factors::Glora { .. }
+        )
+    }
+
+    /// The plain LoRA factors `(A, B)`, when the module is plain LoRA.
+    pub fn lora(&self) -> Option<(&Data, &Data)> {
+        match self {
+            Factors::Lora { a, b } => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    /// Every tensor of the module, in a fixed order.
+    pub fn data(&self) -> Vec<&Data> {
+        every_tensor!(self, data)
+    }
+
+    /// Mutable access to every tensor (same order as [`Self::data`]).
+    pub fn data_mut(&mut self) -> Vec<&mut Data> {
+        every_tensor!(self, data_mut)
+    }
+}
+
+/// The tensors of a [`Factors`] in their fixed order, as `&` or `&mut` (match ergonomics give
+/// the borrow of the scrutinee), so [`Factors::data`] and [`Factors::data_mut`] cannot drift.
+macro_rules! every_tensor {
+    ($factors:expr, $half:ident) => {
+        match $factors {
+            Factors::Lora { a, b } => vec![a, b],
+            Factors::LoraTucker { up, mid, down } => vec![up, mid, down],
+            Factors::Loha {
+                w1a,
+                w1b,
+                w2a,
+                w2b,
+                tucker,
+            } => {
+                let mut v = vec![w1a, w1b, w2a, w2b];
+                if let Some((t1, t2)) = tucker {
+                    v.push(t1);
+                    v.push(t2);
+                }
+                v
+            }
+            Factors::Lokr { w1, w2, .. } => {
+                let mut v = w1.$half();
+                v.extend(w2.$half());
+                v
+            }
+            Factors::Full { diff } => vec![diff],
+            Factors::Norm { w } => vec![w],
+            Factors::Oft {
+                blocks, rescale, ..
+            }
+            | Factors::Boft {
+                blocks, rescale, ..
+            } => {
+                let mut v = vec![blocks];
+                v.extend(rescale);
+                v
+            }
+            Factors::Ia3 { weight, .. } | Factors::PeftOft { weight, .. } => vec![weight],
+            Factors::Glora { a1, a2, b1, b2, .. } => vec![a1, a2, b1, b2],
+        }
+    };
+}
+use every_tensor;
+
+impl KronHalf {
+    pub(super) fn data(&self) -> Vec<&Data> {
+        match self {
+            KronHalf::Whole(w) => vec![w],
+            KronHalf::LowRank { a, b, .. } => vec![a, b],
+            KronHalf::Tucker { t, a, b, .. } => vec![t, a, b],
+        }
+    }
+    fn data_mut(&mut self) -> Vec<&mut Data> {
+        match self {
+            KronHalf::Whole(w) => vec![w],
+            KronHalf::LowRank { a, b, .. } => vec![a, b],
+            KronHalf::Tucker { t, a, b, .. } => vec![t, a, b],
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! PEFT's `adapter_config.json` as lorakit reads it ([`PeftConfig`]), the folder's file names and
+//! key prefix, the `rank_pattern` / `alpha_pattern` rule, and trainable-token names. The leaf of
+//! the PEFT format: the adapter model reads [`CONFIG_NAME`] from here.
+//!
+//! Must not depend on the adapter model or on the PEFT reader and writer (they depend on it).
+
+use super::targets;
+use crate::error::{InputError, InputResult};
+use regex::Regex;
+use serde_json::Value;
+use std::path::Path;
+
+pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
+pub const CONFIG_NAME: &str = "adapter_config.json";
+/// Prefix PEFT puts before module paths on disk.
+pub const PREFIX: &str = "base_model.model.";
+
+/// The PEFT tuners lorakit reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeftType {
+    Lora,
+    /// `tuners/loha`: LyCORIS' LoHa under PEFT names, `scaling = alpha / r`.
+    Loha,
+    /// `tuners/lokr`: LyCORIS' LoKr under PEFT names, `scaling = alpha / r` always (unlike
+    /// LyCORIS, whose scale is 1 when both Kronecker halves are whole).
+    Lokr,
+    /// `tuners/ia3`: one vector `ia3_l` per module, `W' = W0 ⊙ l` on the output rows, or on
+    /// the input side for `feedforward_modules`; the bias scaled too on the output side.
+    Ia3,
+    /// `tuners/oft`: `oft_R.weight` per module, `W' = W0·blockdiag(R)ᵀ`.
+    Oft,
+}
+
+/// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
+#[derive(Debug, Clone)]
+pub struct PeftConfig {
+    pub peft_type: PeftType,
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub use_rslora: bool,
+    pub use_dora: bool,
+    pub fan_in_fan_out: bool,
+    pub rank_pattern: Vec<(String, usize)>,
+    pub alpha_pattern: Vec<(String, f64)>,
+    /// `rank_pattern` / `alpha_pattern` keys compiled once per adapter (same order).
+    rank_re: Vec<Regex>,
+    alpha_re: Vec<Regex>,
+    pub target_modules: Value,
+    pub modules_to_save: Vec<String>,
+    /// Which modules PEFT injects layers into (`targets`): tensors of any other module are
+    /// dropped by PEFT's loader.
+    pub targets: targets::Targets,
+    pub bias: String,
+    pub base_model: Option<String>,
+    pub raw: Value,
+}
+
+impl PeftConfig {
+    /// Parses and checks the fields; `path` names the file in errors.
+    pub fn parse(path: &Path, text: &[u8]) -> InputResult<PeftConfig> {
+        let raw: Value = serde_json::from_slice(text)
+            .map_err(|e| InputError::invalid(path, format!("not valid JSON: {e}")))?;
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| InputError::invalid(path, "not a JSON object"))?;
+        let bad = |k: &str, why: &str| InputError::invalid(path, format!("`{k}` {why}"));
+        let peft_type = match obj.get("peft_type").and_then(Value::as_str) {
+            None | Some("LORA") => PeftType::Lora,
+            Some("LOHA") => PeftType::Loha,
+            Some("LOKR") => PeftType::Lokr,
+            Some("IA3") => PeftType::Ia3,
+            Some("OFT") => PeftType::Oft,
+            Some(t) => {
+                return Err(bad(
+                    "peft_type",
+                    &format!("is `{t}`; lorakit reads LORA, LOHA, LOKR, IA3 and OFT adapters"),
+                ))
+            }
+        };
+        // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
+        let alpha_key = match peft_type {
+            PeftType::Lora => "lora_alpha",
+            PeftType::Loha | PeftType::Lokr | PeftType::Ia3 | PeftType::Oft => "alpha",
+        };
+        let r = match obj.get("r") {
+            Some(v) => {
+                v.as_u64()
+                    // OFT's `r` may be 0 (then `oft_block_size` decides).
+                    .filter(|&r| r > 0 || peft_type == PeftType::Oft)
+                    .ok_or_else(|| bad("r", "must be a positive integer"))? as usize
+            }
+            None => 8,
+        };
+        let lora_alpha = match obj.get(alpha_key) {
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| bad(alpha_key, "must be a number"))?,
+            None => 8.0,
+        };
+        let flag = |k: &str| -> InputResult<bool> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(bad(k, "must be true or false")),
+            }
+        };
+        let pattern = |k: &str| -> InputResult<Vec<(String, f64)>> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Object(m)) => m
+                    .iter()
+                    .map(|(key, v)| {
+                        v.as_f64()
+                            .map(|x| (key.clone(), x))
+                            .ok_or_else(|| bad(k, &format!("value for `{key}` is not a number")))
+                    })
+                    .collect(),
+                Some(_) => Err(bad(k, "must be an object")),
+            }
+        };
+        let rank_pattern = pattern("rank_pattern")?
+            .into_iter()
+            .map(|(k, v)| {
+                if v >= 1.0 && v.fract() == 0.0 {
+                    Ok((k, v as usize))
+                } else {
+                    Err(bad(
+                        "rank_pattern",
+                        &format!("rank for `{k}` is not a positive integer"),
+                    ))
+                }
+            })
+            .collect::<InputResult<Vec<_>>>()?;
+        let modules_to_save = match obj.get("modules_to_save") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad("modules_to_save", "must hold strings"))
+                })
+                .collect::<InputResult<_>>()?,
+            Some(_) => return Err(bad("modules_to_save", "must be a list")),
+        };
+        let alpha_pattern = pattern("alpha_pattern")?;
+        let compile = |k: &str, keys: Vec<&str>| -> InputResult<Vec<Regex>> {
+            keys.into_iter()
+                .map(|key| {
+                    compile_pattern(key).map_err(|e| {
+                        InputError::invalid(
+                            path,
+                            format!(
+                                "`{k}` key {key:?} is not a valid regex: {}",
+                                one_line_regex_error(&e)
+                            ),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let rank_re = compile(
+            "rank_pattern",
+            rank_pattern.iter().map(|(k, _)| k.as_str()).collect(),
+        )?;
+        let alpha_re = compile(
+            "alpha_pattern",
+            alpha_pattern.iter().map(|(k, _)| k.as_str()).collect(),
+        )?;
+        Ok(PeftConfig {
+            peft_type,
+            r,
+            lora_alpha,
+            use_rslora: flag("use_rslora")?,
+            use_dora: flag("use_dora")?,
+            fan_in_fan_out: flag("fan_in_fan_out")?,
+            rank_pattern,
+            alpha_pattern,
+            rank_re,
+            alpha_re,
+            target_modules: obj.get("target_modules").cloned().unwrap_or(Value::Null),
+            modules_to_save,
+            targets: targets::Targets::parse(obj).map_err(|e| InputError::invalid(path, e))?,
+            bias: obj
+                .get("bias")
+                .and_then(Value::as_str)
+                .unwrap_or("none")
+                .to_owned(),
+            base_model: obj
+                .get("base_model_name_or_path")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            raw: raw.clone(),
+        })
+    }
+
+    /// Rank configured for `module` (rank_pattern, else `r`).
+    pub fn rank_for(&self, module: &str) -> InputResult<usize> {
+        Ok(match first_match(&self.rank_re, module) {
+            Some(i) => self.rank_pattern[i].1,
+            None => self.r,
+        })
+    }
+
+    /// Alpha configured for `module` (alpha_pattern, else `lora_alpha`).
+    pub fn alpha_for(&self, module: &str) -> InputResult<f64> {
+        Ok(match first_match(&self.alpha_re, module) {
+            Some(i) => self.alpha_pattern[i].1,
+            None => self.lora_alpha,
+        })
+    }
+}
+
+/// A `rank_pattern` / `alpha_pattern` key as PEFT's `get_pattern_key` matches it: the whole
+/// module name, or a suffix of it starting after a dot.
+pub fn compile_pattern(key: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
+}
+
+/// The regex crate's errors span several lines (the pattern, a caret, the message); the last
+/// line is the message.
+pub(super) fn one_line_regex_error(e: &regex::Error) -> String {
+    let s = e.to_string();
+    s.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("invalid regex")
+        .to_owned()
+}
+
+/// Index of the first compiled pattern matching `name` (first match wins, as in PEFT).
+pub fn first_match(patterns: &[Regex], name: &str) -> Option<usize> {
+    patterns.iter().position(|re| re.is_match(name))
+}
+
+/// The key suffix of PEFT's trainable-token rows: `{module}.token_adapter.trainable_tokens_delta`
+/// holds the new values of the rows `trainable_token_indices` names, in that order (PEFT 0.21.2
+/// `tuners/trainable_tokens/layer.py`, `TrainableTokensLayer.update_layer`: `[len(indices),
+/// embed_dim]`; the key as `save_pretrained` writes it, checked on a PEFT-written folder).
+pub const TOKENS_SUFFIX: &str = ".token_adapter.trainable_tokens_delta";
+
+/// The module a trainable-token tensor belongs to.
+pub fn tokens_module(name: &str) -> Option<&str> {
+    name.strip_suffix(TOKENS_SUFFIX)
+}
+
+/// The token indices `trainable_token_indices` gives a module: a list targets the input
+/// embedding (`embed_tokens`); a dict maps a module name (PEFT matches it as a name suffix) to
+/// its list (PEFT 0.21.2 `tuners/lora/config.py` `LoraConfig.trainable_token_indices`).
+pub fn token_indices(cfg: Option<&Value>, module: &str) -> Option<Vec<u64>> {
+    let v = cfg?.get("trainable_token_indices")?;
+    let list =
+        |v: &Value| -> Option<Vec<u64>> { v.as_array()?.iter().map(|x| x.as_u64()).collect() };
+    match v {
+        Value::Array(_) if module.rsplit('.').next() == Some("embed_tokens") => list(v),
+        Value::Object(o) => o.iter().find_map(|(k, ids)| {
+            let hit = module == k
+                || module
+                    .strip_suffix(k.as_str())
+                    .is_some_and(|p| p.ends_with('.'));
+            if hit {
+                list(ids)
+            } else {
+                None
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// A stored tensor's values in f32, refused (naming file and tensor) unless float and finite.
+pub(super) fn stored_f32(file: &crate::io::SafetensorsFile, key: &str) -> InputResult<Vec<f32>> {
+    let err = |m: String| InputError::invalid(file.path(), format!("tensor `{key}`: {m}"));
+    let view = file.view(key)?;
+    if !crate::dtype::is_float_compute(view.dtype) {
+        return Err(err(format!(
+            "dtype {} is not a float type",
+            crate::dtype::name(view.dtype)
+        )));
+    }
+    let w = view.to_f32();
+    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+        return Err(err(format!(
+            "value {} at flat index {i} is not finite",
+            w[i]
+        )));
+    }
+    Ok(w)
+}

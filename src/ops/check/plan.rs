@@ -1,0 +1,66 @@
+//! A validated check ([`Plan`]): the adapter and base opened, the adapter's [`Kind`] decided and
+//! the targets chosen from [`Options`]; nothing evaluated yet (the engine in `check/mod.rs` runs
+//! it).
+//!
+//! Must not evaluate a rule, write or print.
+
+use super::base::{base_facts, kind_of, read_added_tokens};
+use super::report::BaseFacts;
+use super::target::{Kind, Target};
+use crate::adapter::Adapter;
+use crate::error::InputResult;
+use crate::io::Checkpoint;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Options of a check.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Loaders to check; empty = [`Kind::default_targets`].
+    pub targets: Vec<Target>,
+    /// Base model (file or folder) to resolve every module against.
+    pub base: Option<PathBuf>,
+}
+
+/// A validated check: the adapter and base are open, targets chosen; nothing is evaluated yet.
+pub struct Plan {
+    pub adapter: Adapter,
+    pub base: Option<Checkpoint>,
+    pub base_facts: Option<BaseFacts>,
+    pub kind: Kind,
+    pub targets: Vec<Target>,
+    /// `added_tokens.json` beside the adapter: (token, id).
+    pub added_tokens: Vec<(String, u64)>,
+}
+
+impl Plan {
+    /// Opens the adapter and base and chooses the targets.
+    pub fn new(adapter_path: &Path, opts: &Options) -> InputResult<Plan> {
+        let adapter = Adapter::open_for_check(adapter_path)?;
+        // Every loader would load and apply a NaN or ±∞ as it is, and the model's outputs would
+        // be NaN: bad input, refused as the operations that read the values refuse it.
+        adapter.check_finite()?;
+        let base = opts.base.as_ref().map(Checkpoint::open).transpose()?;
+        let base_facts = match &base {
+            Some(b) => Some(base_facts(b)?),
+            None => None,
+        };
+        let kind = kind_of(&adapter, base_facts.as_ref());
+        let mut targets = if opts.targets.is_empty() {
+            kind.default_targets(adapter.format)
+        } else {
+            opts.targets.clone()
+        };
+        let mut seen = BTreeSet::new();
+        targets.retain(|t| seen.insert(*t));
+        let added_tokens = read_added_tokens(&adapter)?;
+        Ok(Plan {
+            adapter,
+            base,
+            base_facts,
+            kind,
+            targets,
+            added_tokens,
+        })
+    }
+}

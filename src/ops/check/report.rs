@@ -1,0 +1,102 @@
+//! The report of a check (`check --json`): per target a verdict and the rules that fired
+//! ([`TargetReport`], [`Finding`]), where each module lands in the base ([`Placement`]), and the
+//! base's facts the rules read ([`BaseFacts`]).
+//!
+//! A leaf of plain `Serialize` values: the base reader and the facts fill parts of it, the engine
+//! (`check/mod.rs`) assembles it, `fix` reads it. Must not evaluate a rule or read a file.
+
+use super::target::{Kind, Target};
+use super::when::Severity;
+use crate::adapter::Format;
+use serde::Serialize;
+
+/// The facts of a base model that rules need, read from its `config.json` when there is one
+/// (any architecture: only these fields are read).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BaseFacts {
+    pub path: String,
+    pub model_type: Option<String>,
+    pub architectures: Vec<String>,
+    pub vocab_size: Option<usize>,
+    pub num_hidden_layers: Option<usize>,
+    pub tie_word_embeddings: bool,
+    pub has_lm_head: bool,
+}
+
+/// A target's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Loads,
+    LoadsWithWarnings,
+    Fails,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Loads => "LOADS",
+            Verdict::LoadsWithWarnings => "LOADS WITH WARNINGS",
+            Verdict::Fails => "FAILS",
+        }
+    }
+}
+
+/// One rule that fired.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub why: &'static str,
+    /// The modules or keys it fired on.
+    pub items: Vec<String>,
+    /// `repo file @version (where)`.
+    pub source: String,
+}
+
+/// The verdict of one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    pub target: Target,
+    pub verdict: Verdict,
+    /// No rule refuses the adapter.
+    pub loads: bool,
+    /// It loads and every tensor is applied as trained.
+    pub applies_all: bool,
+    pub findings: Vec<Finding>,
+    /// Rules that could not be evaluated: they need `--base` (names, shapes, vocabulary, tied
+    /// embeddings), or a module list known only for Llama-family models.
+    pub not_evaluated: Vec<&'static str>,
+}
+
+/// Where one module lands in the base (with `--base`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Placement {
+    pub module: String,
+    /// `exact`, `suffix` (another root prefix), `rows` (trainable-token rows of the base
+    /// tensor), `row_slice` (q, k or v on its rows of a fused `in_proj_weight`), `not_found`,
+    /// `ambiguous`, `shape_mismatch`, `not_float`.
+    pub status: &'static str,
+    pub base_tensor: Option<String>,
+    pub detail: Option<String>,
+    /// `target: rule` for every refusal or silent drop that names this module (or one of its
+    /// tensors): where it is not applied as trained, and why.
+    pub not_applied_by: Vec<String>,
+}
+
+/// The report of a check (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub operation: &'static str,
+    pub adapter: String,
+    pub format: Format,
+    pub kind: Kind,
+    pub base: Option<BaseFacts>,
+    pub modules_count: usize,
+    pub full_tensors_count: usize,
+    /// With `--base`: every module and full tensor and where it lands.
+    pub modules: Vec<Placement>,
+    pub targets: Vec<TargetReport>,
+    /// Every target loads and applies everything.
+    pub pass: bool,
+}
