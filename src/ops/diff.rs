@@ -406,7 +406,7 @@ pub fn diff_gguf_checkpoint(
     let (n_head, n_kv) = (heads("head_count"), heads("head_count_kv"));
     let mut gside: BTreeMap<String, Side> = BTreeMap::new();
     for (file, info) in g.tensors() {
-        let hf = gn::hf_name(&info.name).unwrap_or_else(|| info.name.clone());
+        let hf = gn::hf_name_in(arch, &info.name).unwrap_or_else(|| info.name.clone());
         let h = match (permute, info.name.as_str()) {
             (true, n) if n.ends_with("attn_q.weight") || n.ends_with("attn_q.bias") => n_head,
             (true, n) if n.ends_with("attn_k.weight") || n.ends_with("attn_k.bias") => {

@@ -44,7 +44,10 @@ pub struct Target {
 }
 
 /// HF `architectures[0]` → GGUF architecture, as llama.cpp's converter registers them
-/// (`LlamaModel`: `LlamaForCausalLM`, `MistralForCausalLM`, …; `Qwen2Model`: `Qwen2ForCausalLM`).
+/// (`LlamaModel`: `LlamaForCausalLM`, `MistralForCausalLM`, …; `Qwen2Model`: `Qwen2ForCausalLM`;
+/// `Qwen3Model`: `Qwen3ForCausalLM`, llama.cpp `conversion/qwen.py`; `GemmaModel`, `Gemma2Model`,
+/// `Gemma3Model`: `GemmaForCausalLM`, `Gemma2ForCausalLM`, text-only `Gemma3ForCausalLM`,
+/// `conversion/gemma.py`).
 const HF_ARCHS: &[(&str, &str)] = &[
     ("LlamaForCausalLM", "llama"),
     ("LLaMAForCausalLM", "llama"),
@@ -52,6 +55,10 @@ const HF_ARCHS: &[(&str, &str)] = &[
     ("MistralForCausalLM", "llama"),
     ("Qwen2ForCausalLM", "qwen2"),
     ("Qwen2Model", "qwen2"),
+    ("Qwen3ForCausalLM", "qwen3"),
+    ("GemmaForCausalLM", "gemma"),
+    ("Gemma2ForCausalLM", "gemma2"),
+    ("Gemma3ForCausalLM", "gemma3"),
 ];
 
 impl Target {
@@ -115,7 +122,14 @@ impl Target {
         let permute = names::permutes(&architecture).ok_or_else(|| {
             InputError::invalid(
                 path,
-                format!("GGUF architecture `{architecture}`: lorakit maps module names for llama and qwen2 only"),
+                format!(
+                    "GGUF architecture `{architecture}`: lorakit maps module names for {} only",
+                    names::ARCHITECTURES
+                        .iter()
+                        .map(|(a, _)| *a)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )
         })?;
         Ok(Target {
@@ -164,14 +178,15 @@ pub fn write(
 ) -> InputResult<(Vec<Written>, u64)> {
     let path = &adapter.path;
     super::peft::params::refuse_write(adapter, "a llama.cpp GGUF adapter")?;
-    // PEFT saves the base embedding beside a LoRA on it (`embed_tokens.base_layer.weight`);
-    // llama.cpp's converter skips `.base_layer.weight` tensors, and so does lorakit. Any other
-    // full tensor would replace a base tensor, which a llama.cpp adapter cannot.
+    // PEFT saves the base embedding beside a LoRA on it (`embed_tokens.base_layer.weight`; also
+    // `lm_head`'s: `EMBEDDING_LAYER_NAMES`, peft/utils/constants.py); llama.cpp's converter
+    // skips `.base_layer.weight` tensors, and so does lorakit. Any other full tensor would
+    // replace a base tensor, which a llama.cpp adapter cannot.
     for f in &adapter.full_tensors {
-        let base_copy = adapter
-            .modules
-            .iter()
-            .any(|m| m.kind == ModuleKind::Embedding && f.name == format!("{}.weight", m.name));
+        let base_copy = adapter.modules.iter().any(|m| {
+            (m.kind == ModuleKind::Embedding || m.name.rsplit('.').next() == Some("lm_head"))
+                && f.name == format!("{}.weight", m.name)
+        });
         if !base_copy {
             return Err(InputError::invalid(
                 path,
@@ -206,14 +221,10 @@ pub fn write(
                 ),
             ));
         }
-        let (g, rope) = names::gguf_module(&m.name).ok_or_else(|| {
-            InputError::invalid(
-                path,
-                format!(
-                    "module `{}` has no GGUF tensor name ({})",
-                    m.name, target.architecture
-                ),
-            )
+        let arch = &target.architecture;
+        let (g, rope) = names::gguf_module_in(arch, &m.name).ok_or_else(|| {
+            let why = names::why_unmapped(arch, &m.name).unwrap_or("no GGUF tensor name");
+            InputError::invalid(path, format!("module `{}` ({arch}): {why}", m.name))
         })?;
         let name = format!("{g}.weight");
         let embed = m.kind == ModuleKind::Embedding;

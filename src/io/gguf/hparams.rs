@@ -1,7 +1,11 @@
 //! The model metadata llama.cpp's `convert_hf_to_gguf.py` writes for a Hugging Face Llama
-//! (`LlamaForCausalLM`, `MistralForCausalLM`: GGUF architecture `llama`) or Qwen2
-//! (`Qwen2ForCausalLM`: `qwen2`) from its config.json, key for key and in the same order,
-//! before the `tokenizer.*` keys ([`super::vocab`]).
+//! (`LlamaForCausalLM`, `MistralForCausalLM`: GGUF architecture `llama`), Qwen2
+//! (`Qwen2ForCausalLM`: `qwen2`) or Qwen3 (`Qwen3ForCausalLM`: `qwen3`) from its config.json,
+//! key for key and in the same order, before the `tokenizer.*` keys ([`super::vocab`]); and
+//! Gemma / Gemma2 (`GemmaForCausalLM`: `gemma`, `Gemma2ForCausalLM`: `gemma2`; `GemmaModel`,
+//! `Gemma2Model` of `conversion/gemma.py`, their own key lists: no rope keys, Gemma2's
+//! softcapping and sliding-window keys) and text-only Gemma3 (`Gemma3ForCausalLM`: `gemma3`,
+//! [`gemma3`]).
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/base.py`
 //! (`ModelBase.prepare_metadata`: `general.type = model`, `Metadata.set_gguf_meta_model`, then
@@ -10,13 +14,17 @@
 //! `TextModel.__init__` for `rope_parameters`), `conversion/llama.py`
 //! (`LlamaModel.set_gguf_parameters`: `vocab_size`, `rope.dimension_count`;
 //! `LlamaModel.generate_extra_tensors`), `conversion/qwen.py` (`Qwen2Model`: the base keys
-//! only) and gguf-py `metadata.py` ([`super::modelcard`]).
+//! only, and `_try_set_pooling_type` for sentence-transformers folders; `Qwen3Model(Qwen2Model)`:
+//! the same keys — `head_dim` as `attention.key_length` / `value_length` comes from
+//! `TextModel` — unless `_is_qwen3_reranker`) and gguf-py `metadata.py` ([`super::modelcard`]).
 //!
 //! Refused, naming the file: a model card (README.md with a YAML header, which the converter
 //! turns into license/tags/base-model keys lorakit does not write), rope types whose keys or
 //! tensors lorakit does not write (`longrope`, `dynamic`, unknown ones), mixtures of experts,
-//! non-causal models, Qwen2 embedding models (`modules.json`: pooling keys). Must not read
-//! weights or write files.
+//! non-causal models, Qwen2/Qwen3 embedding models (`modules.json`: pooling keys), Qwen3
+//! rerankers (`Qwen3Model._is_qwen3_reranker`: a `# qwen3-reranker` README heading or the name
+//! in the folder, `_name_or_path` or `model_type`; the converter writes a classifier head and
+//! pooling keys). Must not read weights or write files.
 
 use super::writer::{kv_f32, kv_i32, kv_string, kv_u32};
 use super::GgmlType;
@@ -25,11 +33,15 @@ use serde_json::Value as Json;
 use std::path::Path;
 
 /// The Hugging Face architectures whose GGUF model lorakit writes, and their GGUF
-/// architecture (`@ModelBase.register` of `LlamaModel` and `Qwen2Model`).
+/// architecture (`@ModelBase.register` of `LlamaModel`, `Qwen2Model` and `Qwen3Model`).
 pub const HF_ARCHITECTURES: &[(&str, &str)] = &[
     ("LlamaForCausalLM", "llama"),
     ("MistralForCausalLM", "llama"),
     ("Qwen2ForCausalLM", "qwen2"),
+    ("Qwen3ForCausalLM", "qwen3"),
+    ("GemmaForCausalLM", "gemma"),
+    ("Gemma2ForCausalLM", "gemma2"),
+    ("Gemma3ForCausalLM", "gemma3"),
 ];
 
 /// `general.file_type` (gguf-py `LlamaFileType`) of a model whose 2-D weights are `ty`; the
@@ -77,6 +89,199 @@ pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
                 ),
             )
         })
+}
+
+/// `Qwen3Model._is_qwen3_reranker` (`conversion/qwen.py`): the converter turns such a model into
+/// a classifier (`cls.output` from the yes/no rows, pooling and rerank-template keys), which
+/// lorakit does not write; refused naming what gave it away.
+fn qwen3_reranker(config: &Json, path: &Path, dir: &Path) -> InputResult<()> {
+    const NAMES: [&str; 2] = ["qwen3-reranker", "qwen3-vl-reranker"];
+    let readme = dir.join("README.md");
+    if readme.is_file() {
+        let text = String::from_utf8_lossy(&crate::io::read_whole_file(&readme)?).to_lowercase();
+        if NAMES.iter().any(|n| text.contains(&format!("# {n}"))) {
+            return Err(InputError::invalid(
+                &readme,
+                "a Qwen3 reranker: convert_hf_to_gguf.py writes it as a classifier, which lorakit does not",
+            ));
+        }
+    }
+    let folder = dir
+        .canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let hints = [
+        folder.as_str(),
+        config["_name_or_path"].as_str().unwrap_or(""),
+        config["model_type"].as_str().unwrap_or(""),
+    ];
+    if let Some(h) = hints
+        .iter()
+        .find(|h| NAMES.iter().any(|n| h.to_lowercase().contains(n)))
+    {
+        return Err(InputError::invalid(
+            path,
+            format!("`{h}` names a Qwen3 reranker: convert_hf_to_gguf.py writes it as a classifier, which lorakit does not"),
+        ));
+    }
+    Ok(())
+}
+
+/// `GemmaModel.set_gguf_parameters` / `Gemma2Model.set_gguf_parameters` (`conversion/gemma.py`),
+/// which replace `TextModel`'s: their keys in their order, each read as `hparams["…"]` (Gemma2
+/// adds the softcapping and sliding-window keys). The converter reads config.json through
+/// transformers' `AutoConfig`, which fills in the class defaults; lorakit does not guess them
+/// and refuses a config.json without one of these keys (or with a null).
+fn gemma(arch: &str, config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>> {
+    const GUESS: &str =
+        "llama.cpp's converter would take transformers' default, which lorakit does not guess";
+    let bad = |m: String| InputError::invalid(path, m);
+    let need = |key: &str| {
+        uint(config, key).ok_or_else(|| {
+            bad(format!(
+                "`{key}` is missing or not an unsigned integer ({GUESS})"
+            ))
+        })
+    };
+    let float = |key: &str| {
+        config[key]
+            .as_f64()
+            .map(|v| v as f32)
+            .ok_or_else(|| bad(format!("`{key}` is missing or not a number ({GUESS})")))
+    };
+    let k = |s: &str| format!("{arch}.{s}");
+    let n_head = need("num_attention_heads")?;
+    let head_dim = need("head_dim")?;
+    let mut out = vec![
+        kv_u32(&k("context_length"), need("max_position_embeddings")?),
+        kv_u32(&k("embedding_length"), need("hidden_size")?),
+        kv_u32(&k("block_count"), need("num_hidden_layers")?),
+        kv_u32(&k("feed_forward_length"), need("intermediate_size")?),
+        kv_u32(&k("attention.head_count"), n_head),
+        kv_u32(
+            &k("attention.head_count_kv"),
+            match config.get("num_key_value_heads") {
+                Some(_) => need("num_key_value_heads")?,
+                None => n_head,
+            },
+        ),
+        kv_f32(
+            &k("attention.layer_norm_rms_epsilon"),
+            float("rms_norm_eps")?,
+        ),
+        kv_u32(&k("attention.key_length"), head_dim),
+        kv_u32(&k("attention.value_length"), head_dim),
+        kv_u32(
+            "general.file_type",
+            file_type(ty).ok_or_else(|| bad(format!("no llama.cpp file type for {ty}")))?,
+        ),
+    ];
+    if arch == "gemma2" {
+        out.extend([
+            kv_f32(
+                &k("attn_logit_softcapping"),
+                float("attn_logit_softcapping")?,
+            ),
+            kv_f32(
+                &k("final_logit_softcapping"),
+                float("final_logit_softcapping")?,
+            ),
+            kv_u32(&k("attention.sliding_window"), need("sliding_window")?),
+        ]);
+    }
+    Ok(out)
+}
+
+/// `Gemma3Model.set_gguf_parameters` (`conversion/gemma.py`): `TextModel`'s keys with the
+/// full-attention rope parameters (`rope.freq_base`, linear scaling) and the sliding ones'
+/// `rope.freq_base_swa`, then its overrides — the same keys rewritten in place (gguf-py's
+/// writer keeps a key's first position) — and `final_logit_softcapping` (when set) and
+/// `attention.sliding_window` appended. Refused where AutoConfig (which the converter reads
+/// config.json through) would rewrite or default what lorakit reads raw: a config without
+/// per-attention-type `rope_parameters` (older layouts with `rope_local_base_freq`), with
+/// `sliding_window_pattern`, or missing a key; `attn_logit_softcapping` (the converter asserts
+/// it absent); rope types other than default and linear.
+fn gemma3(config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>> {
+    const GUESS: &str =
+        "llama.cpp's converter would take transformers' default, which lorakit does not guess";
+    let bad = |m: String| InputError::invalid(path, m);
+    let need = |key: &str| {
+        uint(config, key).ok_or_else(|| {
+            bad(format!(
+                "`{key}` is missing or not an unsigned integer ({GUESS})"
+            ))
+        })
+    };
+    let full = config["rope_parameters"]
+        .get("full_attention")
+        .filter(|v| v.is_object())
+        .ok_or_else(|| bad("`rope_parameters` without `full_attention`: an older Gemma3 config layout, which transformers' AutoConfig rewrites and lorakit does not".into()))?;
+    if config.get("sliding_window_pattern").is_some() {
+        return Err(bad(
+            "`sliding_window_pattern`: transformers rewrites it into layer types; lorakit does not"
+                .into(),
+        ));
+    }
+    if !config["attn_logit_softcapping"].is_null() {
+        return Err(bad(
+            "`attn_logit_softcapping`: llama.cpp's Gemma3 converter asserts it is absent".into(),
+        ));
+    }
+    let k = |s: &str| format!("gemma3.{s}");
+    let mut out = vec![
+        kv_u32(&k("block_count"), need("num_hidden_layers")?),
+        kv_u32(&k("context_length"), need("max_position_embeddings")?),
+        kv_u32(&k("embedding_length"), need("hidden_size")?),
+        kv_u32(&k("feed_forward_length"), need("intermediate_size")?),
+        kv_u32(&k("attention.head_count"), need("num_attention_heads")?),
+        kv_u32(&k("attention.head_count_kv"), need("num_key_value_heads")?),
+    ];
+    match (full["rope_type"].as_str(), full["factor"].as_f64()) {
+        (None | Some("default"), _) => {}
+        (Some("linear"), Some(factor)) => {
+            out.push(kv_string(&k("rope.scaling.type"), "linear"));
+            out.push(kv_f32(&k("rope.scaling.factor"), factor as f32));
+        }
+        (Some(t), _) => {
+            return Err(bad(format!(
+            "full-attention rope type `{t}`: lorakit writes Gemma3's default and linear rope only"
+        )))
+        }
+    }
+    let theta = full["rope_theta"].as_f64().ok_or_else(|| {
+        bad(format!(
+            "`rope_parameters.full_attention.rope_theta` is missing ({GUESS})"
+        ))
+    })?;
+    out.push(kv_f32(&k("rope.freq_base"), theta as f32));
+    if let Some(t) = config["rope_parameters"]["sliding_attention"]["rope_theta"].as_f64() {
+        out.push(kv_f32(&k("rope.freq_base_swa"), t as f32));
+    }
+    let eps = config["rms_norm_eps"]
+        .as_f64()
+        .ok_or_else(|| bad(format!("`rms_norm_eps` is missing ({GUESS})")))?;
+    out.push(kv_f32(&k("attention.layer_norm_rms_epsilon"), eps as f32));
+    let head_dim = need("head_dim")?;
+    out.push(kv_u32(&k("attention.key_length"), head_dim));
+    out.push(kv_u32(&k("attention.value_length"), head_dim));
+    out.push(kv_u32(
+        "general.file_type",
+        file_type(ty).ok_or_else(|| bad(format!("no llama.cpp file type for {ty}")))?,
+    ));
+    // `if (final_logit_softcap := hparams.get(...))`: written when truthy.
+    if let Some(c) = config["final_logit_softcapping"]
+        .as_f64()
+        .filter(|c| *c != 0.0)
+    {
+        out.push(kv_f32(&k("final_logit_softcapping"), c as f32));
+    }
+    out.push(kv_u32(
+        &k("attention.sliding_window"),
+        need("sliding_window")?,
+    ));
+    Ok(out)
 }
 
 /// The GGUF type of a `general.sampling.*` entry.
@@ -206,11 +411,14 @@ pub fn entries(
             ));
         }
     }
-    if arch == "qwen2" && dir.join("modules.json").is_file() {
+    if matches!(arch, "qwen2" | "qwen3") && dir.join("modules.json").is_file() {
         return Err(InputError::invalid(
             dir.join("modules.json"),
             "a sentence-transformers embedding model: lorakit does not write its pooling keys",
         ));
+    }
+    if arch == "qwen3" {
+        qwen3_reranker(config, path, dir)?;
     }
     // Metadata.load: config.json's _name_or_path, then the folder name; the size label from
     // the parameter count when neither gave one.
@@ -255,6 +463,16 @@ pub fn entries(
         .clone()
         .unwrap_or_else(|| super::modelcard::size_label(params));
     out.push(kv_string("general.size_label", &size));
+    if arch == "gemma3" {
+        out.extend(gemma3(config, path, ty)?);
+        out.push(kv_u32("general.quantization_version", 2));
+        return Ok(out);
+    }
+    if arch == "gemma" || arch == "gemma2" {
+        out.extend(gemma(arch, config, path, ty)?);
+        out.push(kv_u32("general.quantization_version", 2));
+        return Ok(out);
+    }
     out.push(kv_u32(&k("block_count"), need("num_hidden_layers")?));
     if let Some(v) = uint(config, "max_position_embeddings") {
         out.push(kv_u32(&k("context_length"), v));

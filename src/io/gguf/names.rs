@@ -1,9 +1,15 @@
 //! Hugging Face module names ↔ GGUF tensor names, and llama.cpp's q/k row permutation, for the
-//! architectures lorakit's model code knows (Llama, Mistral, Qwen2).
+//! architectures lorakit maps (Llama and Mistral as `llama`, Qwen2, Qwen3, Gemma, Gemma2, Gemma3).
 //!
 //! Names follow llama.cpp `gguf-py/gguf/tensor_mapping.py` (`TensorNameMap` for
-//! `MODEL_ARCH.LLAMA` and `MODEL_ARCH.QWEN2`: `model.layers.N.self_attn.q_proj` → `blk.N.attn_q`,
-//! `model.embed_tokens` → `token_embd`, `lm_head` → `output`, …). The permutation is
+//! `MODEL_ARCH.LLAMA`, `QWEN2`, `QWEN3`, `GEMMA`, `GEMMA2`, `GEMMA3`:
+//! `model.layers.N.self_attn.q_proj` → `blk.N.attn_q`, `model.embed_tokens` → `token_embd`,
+//! `lm_head` → `output`, …), restricted to the tensors `constants.py`'s `MODEL_TENSORS[arch]`
+//! lists ([`block_extra`], [`why_unmapped`]); the functions without an architecture
+//! ([`gguf_module`], [`hf_name`]) use the Llama table. Gemma's converters also add 1 to every
+//! `*norm.weight` (`GemmaModel.modify_tensors`, `Gemma3Model.norm_shift`, `conversion/gemma.py`):
+//! a ΔW added to a GGUF norm is added to HF's norm + 1, so additive merges need no shift. The
+//! permutation is
 //! `LlamaModel.permute` of llama.cpp `conversion/llama.py` (formerly `convert_hf_to_gguf.py`),
 //! applied by `LlamaModel.modify_tensors` to `q_proj` with `n_head` heads and to `k_proj` with
 //! `n_head_kv` heads, and only by the `LlamaModel` converter (HF `LlamaForCausalLM`,
@@ -22,6 +28,45 @@ const BLOCK: &[(&str, &str)] = &[
     ("post_attention_layernorm", "ffn_norm"),
 ];
 
+/// Block-level modules of the architectures that have them beyond [`BLOCK`] (looked up first,
+/// so they override it): Qwen3's and Gemma3's q/k norms (`ATTN_Q_NORM`, `ATTN_K_NORM`), and
+/// Gemma2/3's sandwich norms, where `MODEL_TENSORS` lists `ATTN_POST_NORM` and `FFN_PRE_NORM`
+/// instead of `FFN_NORM`: `post_attention_layernorm` → `post_attention_norm`,
+/// `pre_feedforward_layernorm` → `ffn_norm`, `post_feedforward_layernorm` → `post_ffw_norm`.
+fn block_extra(arch: &str) -> &'static [(&'static str, &'static str)] {
+    const QK_NORM: [(&str, &str); 2] = [
+        ("self_attn.q_norm", "attn_q_norm"),
+        ("self_attn.k_norm", "attn_k_norm"),
+    ];
+    const SANDWICH: [(&str, &str); 3] = [
+        ("post_attention_layernorm", "post_attention_norm"),
+        ("pre_feedforward_layernorm", "ffn_norm"),
+        ("post_feedforward_layernorm", "post_ffw_norm"),
+    ];
+    match arch {
+        "qwen3" => &QK_NORM,
+        "gemma2" => &SANDWICH,
+        "gemma3" => &[
+            QK_NORM[0],
+            QK_NORM[1],
+            SANDWICH[0],
+            SANDWICH[1],
+            SANDWICH[2],
+        ],
+        _ => &[],
+    }
+}
+
+/// Why `hf` has no GGUF tensor in `arch` where the reason is the converter's, not a gap in the
+/// table: `GemmaModel` and `Gemma2Model` drop `lm_head.weight` (`filter_tensors`: the output
+/// is tied to `token_embd`; `MODEL_TENSORS` has no `OUTPUT`), and `convert_lora_to_gguf.py`
+/// then drops an lm_head LoRA without a word.
+pub fn why_unmapped(arch: &str, hf: &str) -> Option<&'static str> {
+    (matches!(arch, "gemma" | "gemma2") && hf == "lm_head").then_some(
+        "llama.cpp's Gemma models have no output tensor (it is tied to token_embd) and its converter silently drops lm_head LoRAs",
+    )
+}
+
 /// Model-level modules and their GGUF names.
 const TOP: &[(&str, &str)] = &[
     ("embed_tokens", "token_embd"),
@@ -31,7 +76,14 @@ const TOP: &[(&str, &str)] = &[
 
 /// The GGUF architectures whose tensor names this module maps, and whether their converter
 /// permutes q/k rows.
-pub const ARCHITECTURES: &[(&str, bool)] = &[("llama", true), ("qwen2", false)];
+pub const ARCHITECTURES: &[(&str, bool)] = &[
+    ("llama", true),
+    ("qwen2", false),
+    ("qwen3", false),
+    ("gemma", false),
+    ("gemma2", false),
+    ("gemma3", false),
+];
 
 /// Whether `arch` is mapped, and if so whether q/k rows are permuted.
 pub fn permutes(arch: &str) -> Option<bool> {
@@ -51,9 +103,17 @@ pub enum Rope {
 
 /// The GGUF tensor (without `.weight`) of a Hugging Face module path
 /// (`model.layers.3.self_attn.q_proj` → `blk.3.attn_q`), and whether it is a q or k projection.
-/// `None` for modules outside the map.
+/// `None` for modules outside the map. The Llama table: see [`gguf_module_in`].
 pub fn gguf_module(hf: &str) -> Option<(String, Rope)> {
+    gguf_module_in("llama", hf)
+}
+
+/// [`gguf_module`] for GGUF architecture `arch`.
+pub fn gguf_module_in(arch: &str, hf: &str) -> Option<(String, Rope)> {
     let name = hf.strip_prefix("model.").unwrap_or(hf);
+    if why_unmapped(arch, name).is_some() {
+        return None;
+    }
     if let Some(&(_, g)) = TOP.iter().find(|(h, _)| *h == name) {
         return Some((g.to_owned(), Rope::None));
     }
@@ -62,7 +122,10 @@ pub fn gguf_module(hf: &str) -> Option<(String, Rope)> {
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let &(_, g) = BLOCK.iter().find(|(h, _)| *h == module)?;
+    let &(_, g) = block_extra(arch)
+        .iter()
+        .chain(BLOCK)
+        .find(|(h, _)| *h == module)?;
     let rope = match g {
         "attn_q" => Rope::Q,
         "attn_k" => Rope::K,
@@ -72,16 +135,27 @@ pub fn gguf_module(hf: &str) -> Option<(String, Rope)> {
 }
 
 /// The Hugging Face module of a GGUF tensor (inverse of [`gguf_module`]; `.weight` and
-/// `.bias` suffixes are kept).
+/// `.bias` suffixes are kept). The Llama table: see [`hf_name_in`].
 pub fn hf_name(gguf: &str) -> Option<String> {
+    hf_name_in("llama", gguf)
+}
+
+/// [`hf_name`] for GGUF architecture `arch` (inverse of [`gguf_module_in`]).
+pub fn hf_name_in(arch: &str, gguf: &str) -> Option<String> {
     let (stem, suffix) = gguf.rsplit_once('.')?;
-    if let Some(&(h, _)) = TOP.iter().find(|(_, g)| *g == stem) {
+    if let Some(&(h, _)) = TOP
+        .iter()
+        .find(|(h, g)| *g == stem && why_unmapped(arch, h).is_none())
+    {
         let pre = if h == "lm_head" { "" } else { "model." };
         return Some(format!("{pre}{h}.{suffix}"));
     }
     let rest = stem.strip_prefix("blk.")?;
     let (n, g) = rest.split_once('.')?;
-    let &(h, _) = BLOCK.iter().find(|(_, gg)| *gg == g)?;
+    let &(h, _) = block_extra(arch)
+        .iter()
+        .chain(BLOCK)
+        .find(|(_, gg)| *gg == g)?;
     Some(format!("model.layers.{n}.{h}.{suffix}"))
 }
 
@@ -151,6 +225,38 @@ mod tests {
         );
         assert_eq!(gguf_module("model.layers.x.self_attn.k_proj"), None);
         assert_eq!(gguf_module("model.layers.1.mlp.fc1"), None);
+        assert_eq!(gguf_module("model.layers.1.self_attn.q_norm"), None);
+        assert_eq!(
+            gguf_module_in("qwen3", "model.layers.1.self_attn.k_norm").unwrap(),
+            ("blk.1.attn_k_norm".into(), Rope::None)
+        );
+        assert_eq!(
+            hf_name_in("qwen3", "blk.0.attn_q_norm.weight").unwrap(),
+            "model.layers.0.self_attn.q_norm.weight"
+        );
+        // tensor_mapping.py under MODEL_TENSORS[GEMMA2]: no FFN_NORM, so
+        // post_attention_layernorm is ATTN_POST_NORM and ffn_norm is FFN_PRE_NORM's name.
+        for (arch, hf, g) in [
+            ("gemma", "post_attention_layernorm", "ffn_norm"),
+            ("gemma2", "post_attention_layernorm", "post_attention_norm"),
+            ("gemma2", "pre_feedforward_layernorm", "ffn_norm"),
+            ("gemma3", "post_feedforward_layernorm", "post_ffw_norm"),
+            ("gemma3", "self_attn.k_norm", "attn_k_norm"),
+        ] {
+            let hf = format!("model.layers.1.{hf}");
+            assert_eq!(gguf_module_in(arch, &hf).unwrap().0, format!("blk.1.{g}"));
+            assert_eq!(
+                hf_name_in(arch, &format!("blk.1.{g}.weight")).unwrap(),
+                format!("{hf}.weight")
+            );
+        }
+        assert_eq!(gguf_module_in("gemma2", "lm_head"), None);
+        assert_eq!(hf_name_in("gemma", "output.weight"), None);
+        assert_eq!(gguf_module_in("gemma3", "lm_head").unwrap().0, "output");
+        assert_eq!(
+            gguf_module_in("gemma2", "model.layers.0.self_attn.q_norm"),
+            None
+        );
     }
 
     /// `LlamaModel.permute` on 8 rows, 2 heads: within each head of 4 rows, the two halves

@@ -1,5 +1,8 @@
 //! The `tokenizer.*` metadata llama.cpp's `convert_hf_to_gguf.py` writes for a Hugging Face
-//! Llama or Qwen2 tokenizer, from `tokenizer.json`, `tokenizer_config.json` and `config.json`.
+//! Llama, Qwen2/Qwen3, Gemma or Gemma2 tokenizer (`GemmaModel` / `Gemma2Model.set_vocab`,
+//! `conversion/gemma.py`: the SentencePiece path, Gemma's eot id 107, then `add_space_prefix`
+//! false), from `tokenizer.json`,
+//! `tokenizer_config.json` and `config.json`.
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/llama.py`
 //! (`LlamaModel.set_vocab`: `add_prefix_space` → `tokenizer.ggml.add_space_prefix`, then
@@ -113,6 +116,30 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
         ));
     }
     let spm_path = dir.join("tokenizer.model");
+    let gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+    if gemma && !spm_path.is_file() {
+        // GemmaModel / Gemma2Model.set_vocab (conversion/gemma.py): _set_vocab_sentencepiece,
+        // no fallback. Gemma3Model falls back to _set_vocab_gpt2 and trims token_embd to that
+        // vocabulary, which lorakit does not write yet.
+        return Err(InputError::invalid(
+            dir,
+            "no tokenizer.model: lorakit writes Gemma models with a SentencePiece tokenizer only (llama.cpp's Gemma and Gemma2 converters read nothing else)",
+        ));
+    }
+    if arch == "gemma" {
+        // GemmaModel.set_vocab's second SpecialVocab: eot at 107 unless the files name one
+        // (which that SpecialVocab would take instead; not emulated).
+        let named = config
+            .as_ref()
+            .is_some_and(|c| !c["eot_token_id"].is_null())
+            || tc.as_ref().is_some_and(|c| !c["eot_token"].is_null());
+        if named {
+            return Err(InputError::invalid(
+                dir,
+                "an eot token in config.json / tokenizer_config.json: llama.cpp's Gemma converter then reads it where lorakit writes id 107; not yet written",
+            ));
+        }
+    }
     let mut out = Vec::new();
     if arch == "llama" {
         if let Some(b) = tc.as_ref().and_then(|c| c["add_prefix_space"].as_bool()) {
@@ -386,6 +413,16 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
     }
     if let Some(v) = strip_accents {
         out.push(kv_bool("tokenizer.ggml.normalizer.strip_accents", v));
+    }
+    if arch == "gemma" {
+        // GemmaModel.set_vocab: a second SpecialVocab whose fixed prefix/suffix/middle/fsep ids
+        // have no GGUFWriter handler (skipped) and whose eot is 107 (add_eot_token_id); its
+        // add_* flags rewrite the same values in place.
+        out.push(kv_u32("tokenizer.ggml.eot_token_id", 107));
+    }
+    if gemma {
+        // add_add_space_prefix(False) after the SentencePiece vocabulary.
+        out.push(kv_bool("tokenizer.ggml.add_space_prefix", false));
     }
     Ok(out)
 }

@@ -220,7 +220,7 @@ impl GgufMergePlan {
         // merge ([`mapping::kohya_candidates`]).
         let hf_weights: Vec<String> = base
             .tensors()
-            .filter_map(|(_, t)| names::hf_name(&t.name))
+            .filter_map(|(_, t)| names::hf_name_in(&arch, &t.name))
             .filter(|n| n.ends_with(".weight"))
             .collect();
         let mut kohya_index: HashMap<String, Vec<&str>> = HashMap::new();
@@ -262,7 +262,7 @@ impl GgufMergePlan {
                     }
                     _ => m.name.clone(),
                 };
-                let Some((g, rope)) = names::gguf_module(&hf) else {
+                let Some((g, rope)) = names::gguf_module_in(&arch, &hf) else {
                     unmatched.push(format!(
                         "`{}`: no GGUF tensor name for this module ({arch})",
                         m.name

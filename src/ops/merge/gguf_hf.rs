@@ -10,7 +10,9 @@
 //! the order it reads them (shards by file name, names sorted within each:
 //! `safe_open(…).keys()`), named by gguf-py's tensor map ([`crate::io::gguf::names`]), q/k rows
 //! (and biases) permuted by `LlamaModel.permute` (`conversion/llama.py`; Qwen2 unpermuted),
-//! `.attention.masked_bias`, `.attention.bias` and `.rotary_emb.inv_freq` dropped; types as
+//! `.attention.masked_bias`, `.attention.bias` and `.rotary_emb.inv_freq` dropped (and Gemma's
+//! and Gemma2's `lm_head.weight`, `filter_tensors`; refused if the merge changes it), their
+//! `*norm.weight` stored + 1 (`modify_tensors`, `conversion/gemma.py`); types as
 //! `ModelBase.prepare_tensors` (`conversion/base.py`) sets them: 1-D tensors, `*_norm.weight`
 //! and anything not named `.weight` in F32, every other tensor in `--outtype`, where its rows
 //! are not whole blocks in llama-quantize's fallback type ([`quant::fallback`], reported per
@@ -21,7 +23,7 @@
 //! `--part I/N` writes a share with a manifest through [`gguf_parts`], the code a GGUF base's
 //! merge writes with, so the parts equal the one-shot output byte for byte.
 //!
-//! Refused at planning: architectures other than Llama/Mistral/Qwen2, quantized safetensors
+//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3/Gemma/Gemma2/Gemma3 (text), quantized safetensors
 //! bases, tensors outside the name map, and what hparams/vocab refuse. Must not write
 //! anything but the planned files (and a part's manifest).
 
@@ -48,6 +50,9 @@ struct Planned {
     out: OutTensor,
     /// Heads of the q/k permutation.
     permute: Option<usize>,
+    /// Gemma's `*norm.weight`: stored + 1, rounded to the base tensor's dtype as torch rounds
+    /// the converter's `data_torch + 1`.
+    norm_shift: Option<crate::dtype::Dtype>,
     rows: usize,
     cols: usize,
 }
@@ -166,6 +171,7 @@ impl HfGgufPlan {
                         ty: GgmlType::F32,
                     },
                     permute: None,
+                    norm_shift: None,
                     rows: v.len(),
                     cols: 1,
                     generated: Some(v),
@@ -180,10 +186,36 @@ impl HfGgufPlan {
                 if DROPPED.iter().any(|s| hf.ends_with(s)) {
                     continue;
                 }
+                // GemmaModel / Gemma2Model.filter_tensors: lm_head.weight is not converted.
+                if hf == "lm_head.weight" && names::why_unmapped(arch, "lm_head").is_some() {
+                    if merge.changes(hf) {
+                        return Err(InputError::invalid(
+                            f.path(),
+                            format!(
+                                "tensor `{hf}` is merged, but {}",
+                                names::why_unmapped(arch, "lm_head").unwrap_or_default()
+                            ),
+                        )
+                        .into());
+                    }
+                    continue;
+                }
                 let info = merge.base.info(hf).expect("listed");
+                // Gemma3Model.modify_tensors trims embed_tokens to the SentencePiece vocabulary,
+                // which is config.json's vocab_size long (padded or cut).
+                if arch == "gemma3" && hf == "model.embed_tokens.weight" {
+                    let vocab = config["vocab_size"].as_u64().map(|v| v as usize);
+                    if info.shape.first().copied() != vocab {
+                        return Err(InputError::invalid(
+                            f.path(),
+                            format!("tensor `{hf}` has {:?} rows, config.json's vocab_size is {vocab:?}: llama.cpp's Gemma3 converter trims it to the vocabulary, which lorakit does not", info.shape.first()),
+                        )
+                        .into());
+                    }
+                }
                 let (stem, suffix) = hf.rsplit_once('.').unwrap_or((hf, ""));
-                let mapped =
-                    names::gguf_module(stem).filter(|_| suffix == "weight" || suffix == "bias");
+                let mapped = names::gguf_module_in(arch, stem)
+                    .filter(|_| suffix == "weight" || suffix == "bias");
                 let Some((g, rope)) = mapped else {
                     return Err(InputError::invalid(
                         f.path(),
@@ -222,7 +254,12 @@ impl HfGgufPlan {
                         let ty = quant::fallback(outtype, row);
                         (ty, (ty != outtype).then_some(outtype))
                     };
+                // GemmaModel / Gemma2Model.modify_tensors: `data_torch + 1` for names ending
+                // in norm.weight (conversion/gemma.py).
+                let norm_shift = (arch.starts_with("gemma") && hf.ends_with("norm.weight"))
+                    .then_some(info.dtype);
                 tensors.push(Planned {
+                    norm_shift,
                     hf: hf.to_owned(),
                     out: OutTensor {
                         name,
@@ -301,6 +338,11 @@ impl HfGgufPlan {
             };
             if let Some(h) = t.permute {
                 v = names::permute_rows(&v, t.rows, t.cols, h);
+            }
+            if let Some(dt) = t.norm_shift {
+                for x in &mut v {
+                    *x = crate::dtype::round_to(dt, *x + 1.0);
+                }
             }
             let bytes = quant::quantize_par(t.out.ty, &v).expect("planned whole blocks");
             report.push(HfGgufTensor {

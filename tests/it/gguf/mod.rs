@@ -10,6 +10,8 @@ use std::path::Path;
 
 /// `convert ADAPTER --to gguf`, GGUF adapters as merge inputs, malformed GGUF adapters.
 mod adapter;
+/// Qwen3 and Gemma against llama.cpp's converters (adapters and HF → GGUF models).
+mod arch;
 /// `merge --base HF_FOLDER --out MODEL.gguf` against convert_hf_to_gguf.py.
 mod hf;
 /// K-quant bases: `keep` requantizes with ggml's reference quantizers.
