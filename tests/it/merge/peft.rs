@@ -256,7 +256,7 @@ fn peft_adalora_pruned_ranks() {
     let mut t = read(&bad.join("adapter_model.safetensors"));
     let k = "base_model.model.model.layers.0.mlp.down_proj.lora_E";
     t.get_mut(k).unwrap().shape = vec![2, 2];
-    write(&bad.join("adapter_model.safetensors"), &t);
+    write_tensors(&bad.join("adapter_model.safetensors"), &t);
     let err = refused_merge(dir.path(), &bad);
     assert_mentions(&err, &["model.layers.0.mlp.down_proj", "lora_E"]);
 }

@@ -67,21 +67,22 @@ impl PeftConfig {
             .as_object()
             .ok_or_else(|| InputError::invalid(path, "not a JSON object"))?;
         let bad = |k: &str, why: &str| InputError::invalid(path, format!("`{k}` {why}"));
-        let peft_type =
-            match obj.get("peft_type").and_then(Value::as_str) {
-                None | Some("LORA") => PeftType::Lora,
-                Some("LOHA") => PeftType::Loha,
-                Some("LOKR") => PeftType::Lokr,
-                Some("IA3") => PeftType::Ia3,
-                Some("OFT") => PeftType::Oft,
-                Some("ADALORA") => PeftType::AdaLora,
-                Some(t) => return Err(bad(
+        let peft_type = match obj.get("peft_type").and_then(Value::as_str) {
+            None | Some("LORA") => PeftType::Lora,
+            Some("LOHA") => PeftType::Loha,
+            Some("LOKR") => PeftType::Lokr,
+            Some("IA3") => PeftType::Ia3,
+            Some("OFT") => PeftType::Oft,
+            Some("ADALORA") => PeftType::AdaLora,
+            Some(t) => {
+                return Err(bad(
                     "peft_type",
                     &format!(
                         "is `{t}`; lorakit reads LORA, ADALORA, LOHA, LOKR, IA3 and OFT adapters"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
         let alpha_key = match peft_type {
             PeftType::Lora | PeftType::AdaLora => "lora_alpha",
