@@ -119,19 +119,7 @@ impl Target {
         base: Option<GgufModel>,
         path: &Path,
     ) -> InputResult<Target> {
-        let permute = names::permutes(&architecture).ok_or_else(|| {
-            InputError::invalid(
-                path,
-                format!(
-                    "GGUF architecture `{architecture}`: lorakit maps module names for {} only",
-                    names::ARCHITECTURES
-                        .iter()
-                        .map(|(a, _)| *a)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })?;
+        let permute = names::permutes_or_refuse(&architecture, path)?;
         Ok(Target {
             architecture,
             permute,

@@ -93,6 +93,24 @@ pub fn permutes(arch: &str) -> Option<bool> {
         .map(|&(_, p)| p)
 }
 
+/// [`permutes`], or the error for a file (`path`) of an architecture this module does not map,
+/// naming those it does: what every GGUF reader and merge says of an unknown architecture.
+pub fn permutes_or_refuse(arch: &str, path: &std::path::Path) -> crate::error::InputResult<bool> {
+    permutes(arch).ok_or_else(|| {
+        crate::error::InputError::invalid(
+            path,
+            format!(
+                "GGUF architecture `{arch}`: lorakit maps module names for {} only",
+                ARCHITECTURES
+                    .iter()
+                    .map(|(a, _)| *a)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })
+}
+
 /// Which projection a module is, for the permutation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rope {

@@ -197,19 +197,7 @@ impl GgufMergePlan {
     ) -> Result<Self> {
         let bp = base.files[0].path().to_path_buf();
         let arch = base.architecture().unwrap_or("").to_owned();
-        let permutes = names::permutes(&arch).ok_or_else(|| {
-            InputError::invalid(
-                &bp,
-                format!(
-                    "GGUF architecture `{arch}`: lorakit maps adapter modules onto {} only",
-                    names::ARCHITECTURES
-                        .iter()
-                        .map(|(a, _)| *a)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })?;
+        let permutes = names::permutes_or_refuse(&arch, &bp)?;
         // Read only when a q/k projection is merged.
         let n_head = head_count(&base, &arch, "head_count");
         let n_head_kv = head_count(&base, &arch, "head_count_kv").or(n_head);

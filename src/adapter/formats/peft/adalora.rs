@@ -74,7 +74,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 "tensor `{key}`: not an AdaLoRA tensor (lora_A, lora_E, lora_B)"
             )));
         } else {
-            full.push(super::read::stored_full(
+            full.push(super::assemble::stored_full(
                 rel.replace(".base_layer.", "."),
                 t,
             ));
@@ -142,5 +142,5 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             bias: None,
         });
     }
-    super::read::assemble(path, file, &cfg, modules, full)
+    super::assemble::assemble(path, file, &cfg, modules, full)
 }

@@ -16,6 +16,7 @@
 use serde_json::Value;
 
 mod adalora;
+mod assemble;
 pub(crate) mod config;
 mod init;
 mod layout;

@@ -2,10 +2,10 @@
 //! OFT, each by its `peft_type`, into the one adapter model (AdaLoRA in [`super::adalora`]).
 //! Never writes.
 
+use super::assemble::{assemble, stored_full};
 use super::config::{one_line_regex_error, PeftConfig, PeftType, PREFIX};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::formats::format::Format;
 use crate::adapter::model::{scale_for, Adapter, DoraRule, FullTensor, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::header::TensorInfo;
@@ -469,18 +469,6 @@ fn trainable_token_rows(cfg: &PeftConfig, full: &mut [FullTensor]) {
     }
 }
 
-pub(super) fn stored_full(name: String, t: &TensorInfo) -> FullTensor {
-    FullTensor {
-        name,
-        data: Data::Stored {
-            key: t.name.clone(),
-            transpose: false,
-        },
-        shape: t.shape.clone(),
-        rows: None,
-    }
-}
-
 /// The tensors of a tuner with one tensor per module (IA3, OFT): those named
 /// `{PREFIX}{module}{suffix}`, with the module name, in file order; every other tensor is a full
 /// tensor named without the prefix.
@@ -499,40 +487,6 @@ fn split_by_suffix<'f>(
         }
     }
     (named, full)
-}
-
-/// The adapter every PEFT reader returns: its modules and full tensors, the config's base model,
-/// `modules_to_save` and raw JSON, and rsLoRA / DoRA as a LoRA config states them (the other
-/// tuners have neither), and the modules the config does not select, which PEFT would drop
-/// ([`super::targets`]; [`Adapter::open`] refuses them).
-pub(super) fn assemble(
-    path: &Path,
-    file: SafetensorsFile,
-    cfg: &PeftConfig,
-    modules: Vec<LoraModule>,
-    full: Vec<FullTensor>,
-) -> InputResult<Adapter> {
-    let untargeted =
-        super::targets::untargeted(&cfg.targets, modules.iter().map(|m| m.name.as_str()))
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-    let lora = cfg.peft_type == PeftType::Lora;
-    Ok(Adapter {
-        format: Format::Peft,
-        path: path.to_path_buf(),
-        metadata: file.header().metadata.clone(),
-        source: Some(file),
-        modules,
-        full_tensors: full,
-        base_model: cfg.base_model.clone(),
-        use_rslora: lora && cfg.use_rslora,
-        use_dora: lora && cfg.use_dora,
-        modules_to_save: cfg.modules_to_save.clone(),
-        config: Some(cfg.raw.clone()),
-        namings: Vec::new(),
-        untargeted,
-    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,59 @@
+//! The adapter every PEFT reader returns ([`assemble`]) and the full-tensor entry of a stored
+//! tensor ([`stored_full`]): the leaf that the LoRA, LoHa/LoKr, IA3, OFT ([`super::read`]) and
+//! AdaLoRA ([`super::adalora`]) readers share. Must not read tensors or parse configs.
+
+use super::config::{PeftConfig, PeftType};
+use crate::adapter::data::Data;
+use crate::adapter::formats::format::Format;
+use crate::adapter::model::{Adapter, FullTensor, LoraModule};
+use crate::error::InputResult;
+use crate::io::header::TensorInfo;
+use crate::io::SafetensorsFile;
+use std::path::Path;
+
+/// A stored tensor that replaces the base tensor `name` whole.
+pub(super) fn stored_full(name: String, t: &TensorInfo) -> FullTensor {
+    FullTensor {
+        name,
+        data: Data::Stored {
+            key: t.name.clone(),
+            transpose: false,
+        },
+        shape: t.shape.clone(),
+        rows: None,
+    }
+}
+
+/// The adapter every PEFT reader returns: its modules and full tensors, the config's base model,
+/// `modules_to_save` and raw JSON, and rsLoRA / DoRA as a LoRA config states them (the other
+/// tuners have neither), and the modules the config does not select, which PEFT would drop
+/// ([`super::targets`]; [`Adapter::open`] refuses them).
+pub(super) fn assemble(
+    path: &Path,
+    file: SafetensorsFile,
+    cfg: &PeftConfig,
+    modules: Vec<LoraModule>,
+    full: Vec<FullTensor>,
+) -> InputResult<Adapter> {
+    let untargeted =
+        super::targets::untargeted(&cfg.targets, modules.iter().map(|m| m.name.as_str()))
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+    let lora = cfg.peft_type == PeftType::Lora;
+    Ok(Adapter {
+        format: Format::Peft,
+        path: path.to_path_buf(),
+        metadata: file.header().metadata.clone(),
+        source: Some(file),
+        modules,
+        full_tensors: full,
+        base_model: cfg.base_model.clone(),
+        use_rslora: lora && cfg.use_rslora,
+        use_dora: lora && cfg.use_dora,
+        modules_to_save: cfg.modules_to_save.clone(),
+        config: Some(cfg.raw.clone()),
+        namings: Vec::new(),
+        untargeted,
+    })
+}
