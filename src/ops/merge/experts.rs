@@ -8,7 +8,8 @@
 //! Refused here (one line naming the tensor): a W0 computed on the host (a quantized base, a
 //! `modules_to_save` override, `--as-trained-on`) and terms that are not per-expert LoRA.
 
-use super::*;
+use super::model::*;
+use super::tensor::{PieceSink, TensorMerge};
 use crate::adapter::formats::peft::params;
 use crate::backend::{MergeError, MergeJob, Piece, Term};
 use crate::error::{InputError, Opt};

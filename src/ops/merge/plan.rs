@@ -2,14 +2,17 @@
 //! unmatched modules decided, the output files laid out and checked against the inputs.
 //! Must not write anything (the plan is also what `--dry-run` and recipes print).
 
-use super::*;
+use super::model::*;
+use super::run::{extra_files, shard_groups};
 use crate::adapter::formats::peft::params;
 use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::mapping::{self, Unmatched};
+use crate::backend::Rounding;
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, Opt, OptNames, OptionError};
 use crate::io::checkpoint::Layout;
 use crate::io::Checkpoint;
+use crate::ops::output::DtypeChoice;
 use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -2,11 +2,12 @@
 //! engine and rounded once), sharding, `--part` manifests, metadata, the atomic commit.
 //! Must not decide what matches what: that is the plan's.
 
-use super::*;
+use super::model::*;
+use super::tensor::{check_finite, TensorMerge};
 use crate::backend;
 use crate::backend::profile::{self, Stage};
 use crate::dtype::{self, Dtype};
-use crate::error::{InputError, InputResult};
+use crate::error::InputError;
 use crate::io::checkpoint::Layout;
 use crate::io::writer::Extent;
 use crate::io::{Checkpoint, Output, TensorSpec};
@@ -627,23 +628,6 @@ impl<'n> Streamed<'n> {
 pub(super) struct Requantized {
     bytes: std::collections::HashMap<String, Vec<u8>>,
     done: std::collections::HashSet<String>,
-}
-
-pub(super) fn check_finite(base: &Checkpoint, name: &str, v: &[f32]) -> InputResult<()> {
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        let path = base
-            .file_of(name)
-            .map(|f| f.path().to_path_buf())
-            .unwrap_or_default();
-        return Err(InputError::invalid(
-            path,
-            format!(
-                "tensor `{name}`: merged value at {i} is not finite ({})",
-                v[i]
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Greedy sharding as `huggingface_hub.split_torch_state_dict_into_shards`: tensors in order,

@@ -18,7 +18,8 @@
 //! PEFT's residual rewrites, fused-MoE experts, a transposed layout — and a W0 computed on the
 //! host (a quantized base, a `modules_to_save` override, `--as-trained-on`). Must not write.
 
-use super::*;
+use super::model::*;
+use super::tensor::{PieceSink, TensorMerge};
 use crate::adapter::mapping::RowSlice;
 use crate::backend::{MergeError, MergeJob, Piece, Term};
 use crate::error::InputError;

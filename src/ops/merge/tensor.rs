@@ -3,11 +3,12 @@
 //! engine call with the plan's rounding, and the QLoRA stray-term report. Must not write: the
 //! bytes go to the caller's sink, whole or (streamed from the GPU) in row-major pieces.
 
-use super::*;
+use super::model::*;
 use crate::adapter::DoraRule;
 use crate::backend::{self, Dora, MergeError, MergeJob, NormAxis, Piece, Term};
 use crate::dtype::{self, Dtype};
-use crate::error::InputError;
+use crate::error::{InputError, InputResult};
+use crate::io::Checkpoint;
 use anyhow::Result;
 
 impl MergePlan {
@@ -476,4 +477,23 @@ struct StoredTerm {
     a: Vec<f32>,
     dense: Option<Vec<f32>>,
     magnitude: Option<crate::adapter::Values>,
+}
+
+/// A merged tensor whose f32 values hold a NaN or ±inf is an error naming the base file and the
+/// tensor (before anything of it is written).
+pub(super) fn check_finite(base: &Checkpoint, name: &str, v: &[f32]) -> InputResult<()> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        let path = base
+            .file_of(name)
+            .map(|f| f.path().to_path_buf())
+            .unwrap_or_default();
+        return Err(InputError::invalid(
+            path,
+            format!(
+                "tensor `{name}`: merged value at {i} is not finite ({})",
+                v[i]
+            ),
+        ));
+    }
+    Ok(())
 }

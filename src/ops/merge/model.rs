@@ -1,0 +1,310 @@
+//! The merge's model: its options ([`MergeOptions`] and the policies in it), the plan
+//! ([`MergePlan`]: what happens to each base tensor, and the output files), and the summaries it
+//! reports, with the base-layout questions the planning asks (embedding and `lm_head` names,
+//! tied embeddings). The leaf that `plan.rs`, `run.rs`, `tensor.rs` and the other merge files
+//! share; must not plan, compute or write anything.
+
+use crate::adapter::mapping::{Resolution, Unmatched};
+use crate::adapter::Adapter;
+use crate::backend::Rounding;
+use crate::io::Checkpoint;
+use crate::ops::output::DtypeChoice;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Options of a merge.
+#[derive(Debug, Clone, Default)]
+pub struct MergeOptions {
+    pub dtype: DtypeChoice,
+    /// Re-shard the output into files of at most this many bytes (Hugging Face names).
+    pub max_shard_size: Option<u64>,
+    /// Subtract instead of add.
+    pub unmerge: bool,
+    /// Warn about unmatched modules instead of failing.
+    pub allow_unmatched: bool,
+    /// Show a progress bar on stderr.
+    pub progress: crate::progress::Reporter,
+    /// Write only part `i` of `n` (1-based) of the output files; see [`crate::parts`].
+    pub part: Option<(usize, usize)>,
+    /// What happens to a quantized base's weights.
+    pub quant: QuantOutput,
+    /// QLoRA-correct merging into a float base: merge into `dequant(Q(W))`, the weights the
+    /// adapter was trained against, instead of `W`.
+    pub as_trained_on: Option<AsTrainedOn>,
+    /// How merged values are rounded to the output dtype: f32 arithmetic as PEFT (the
+    /// default), or exactly ([`Rounding::Exact`]; refused with DoRA modules, f64 outputs,
+    /// quantized outputs and `as_trained_on`, checked by [`MergePlan::new`]).
+    pub rounding: Rounding,
+    /// What happens to an embedding an adapter changes when the base ties lm_head to it.
+    pub tied_embeddings: TiedEmbeddings,
+}
+
+/// What a merge does with an adapter that changes the input embedding of a base whose lm_head
+/// is tied to it (`tie_word_embeddings`, no `lm_head.weight` stored): the output keeps the tie,
+/// so the change reaches the output layer too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TiedEmbeddings {
+    /// Refuse the adapter, naming the tie: a change to one matrix silently changes the other
+    /// (PEFT issue #2018), which an adapter trained on an untied copy did not intend.
+    #[default]
+    Refuse,
+    /// Merge into the shared tensor and keep the tie: what PEFT's `merge_and_unload` does on a
+    /// tied model (one Parameter serves both; `save_pretrained` stores it once), checked against
+    /// PEFT by `fixtures/gen/tied_merge_fixture.py`. A base that stores `lm_head.weight` beside
+    /// the tie is still refused (two tensors would have to stay equal).
+    Shared,
+}
+
+/// How a quantized base is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QuantOutput {
+    /// Merged weights quantized again in their format with fresh scales (bit-exact with the
+    /// producer's quantizer); every other tensor, companions included, copied byte for byte;
+    /// `quantization_config` kept.
+    #[default]
+    Keep,
+    /// Every quantized weight written as float (`--dtype`), companions dropped,
+    /// `quantization_config` removed.
+    Dequantize,
+}
+
+/// The quantization a (Q)LoRA adapter was trained on, for [`MergeOptions::as_trained_on`]:
+/// bitsandbytes 4-bit as `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind)`
+/// quantizes each targeted weight (see [`crate::io::quant::bnb4`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsTrainedOn {
+    pub kind: crate::io::quant::bnb4::Kind,
+    pub blocksize: usize,
+    /// `bnb_4bit_use_double_quant`: the absmax vector is quantized again.
+    pub double_quant: bool,
+}
+
+/// One tensor of a QLoRA-correct merge: how large the stray term `W − dequant(Q(W))` (which a
+/// plain merge into `W` would add) is next to the adapter's own change `s·B·A`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QloraTensor {
+    pub name: String,
+    /// ‖W − dequant(Q(W))‖_F.
+    pub stray_norm: f64,
+    /// ‖ΔW‖_F of the merged adapters.
+    pub delta_norm: f64,
+    /// stray_norm / delta_norm.
+    pub ratio: f64,
+}
+
+/// One adapter and its weight.
+#[derive(Debug)]
+pub struct WeightedAdapter {
+    pub adapter: Adapter,
+    pub weight: f64,
+}
+
+/// What happens to one base tensor.
+#[derive(Debug, Clone)]
+pub(super) enum Action {
+    Copy,
+    /// Low-rank terms: (adapter, module).
+    Merge(Vec<(usize, usize)>),
+    /// Bias of modules with `lora_B.bias`: (adapter, module).
+    Bias(Vec<(usize, usize)>),
+    /// Full replacement: (adapter, full tensor).
+    Replace(usize, usize),
+}
+
+/// One output file: name and the base tensors it holds, in order.
+#[derive(Debug, Clone)]
+pub(super) struct OutFile {
+    pub(super) path: PathBuf,
+    pub(super) tensors: Vec<String>,
+}
+
+/// Per-adapter counts reported after a merge.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterSummary {
+    pub path: String,
+    pub weight: f64,
+    pub modules_merged: usize,
+    pub tensors_replaced: usize,
+    pub biases_updated: usize,
+}
+
+/// What a merge did (printed as a table, or as JSON with `--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MergeSummary {
+    pub base: String,
+    pub out: String,
+    pub operation: &'static str,
+    pub device: String,
+    pub adapters: Vec<AdapterSummary>,
+    pub tensors_merged_count: usize,
+    pub tensors_copied_count: usize,
+    /// Every file written (shards, then the index, then the copied non-weight files).
+    pub files: Vec<String>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+    pub gb_per_s: f64,
+    /// Folders this run created for the output (missing parents of `--out`).
+    pub created_folders: Vec<String>,
+    pub unmatched: Vec<UnmatchedReport>,
+    /// Quantized base tensors written as float (merged or not); their companions are dropped.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tensors_dequantized_count: usize,
+    /// Merged weights of a quantized base written back quantized (`QuantOutput::Keep`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tensors_requantized_count: usize,
+    /// Merged tensors that streamed through the GPU in chunks (read from the memory map into
+    /// the device's upload ring, read back into the writer), never whole on the host; the
+    /// others merged by the GPU engine went whole (see `MergePlan::merge_tensor`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tensors_streamed_count: usize,
+    /// With `as_trained_on`: per merged tensor, the stray term removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub qlora: Vec<QloraTensor>,
+}
+
+pub(super) fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The plan of a merge, printed by `merge --dry-run`: nothing is written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunSummary {
+    pub operation: &'static str,
+    pub dry_run: bool,
+    pub base: String,
+    pub out: String,
+    /// The files this run (or this `--part`) would write.
+    pub files: Vec<DryRunFile>,
+    pub index: Option<String>,
+    /// Non-weight files that would be copied.
+    pub copied: Vec<String>,
+    pub tensors_merged_count: usize,
+    pub modules_matched_count: usize,
+    pub unmatched: Vec<UnmatchedReport>,
+    /// Tensor bytes of the whole output.
+    pub bytes: u64,
+}
+
+/// One planned output file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunFile {
+    pub path: String,
+    pub tensors_count: usize,
+    pub bytes: u64,
+}
+
+/// An unmatched module with its adapter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnmatchedReport {
+    pub adapter: String,
+    #[serde(flatten)]
+    pub detail: Unmatched,
+}
+
+/// A validated merge, ready to run.
+#[derive(Debug)]
+pub struct MergePlan {
+    pub base: Checkpoint,
+    pub adapters: Vec<WeightedAdapter>,
+    pub out: PathBuf,
+    pub options: MergeOptions,
+    pub(super) actions: HashMap<String, Action>,
+    /// Base tensors whose W0 comes from the adapter (`base_layer.weight`): (adapter, full).
+    pub(super) base_override: HashMap<String, (usize, usize)>,
+    /// Modules that update a row slice of their tensor, not all of it: (adapter, module).
+    pub(super) rows: HashMap<(usize, usize), crate::adapter::mapping::RowSlice>,
+    pub(super) files: Vec<OutFile>,
+    /// Index file to write last (sharded output).
+    pub(super) index: Option<PathBuf>,
+    /// Non-weight files to copy: (source, destination).
+    pub(super) extra_files: Vec<(PathBuf, PathBuf)>,
+    pub unmatched: Vec<UnmatchedReport>,
+    pub(super) resolutions: Vec<Resolution>,
+    /// The base's quantized weights (empty for a float base).
+    pub quant: crate::io::quant::QuantMap,
+    /// `lorakit dequantize`: no adapters, every quantized weight written as float.
+    pub(super) dequantize_only: bool,
+}
+
+/// Names of input-embedding tensors that `tie_word_embeddings` ties to `lm_head`.
+pub(super) fn is_embedding_name(name: &str) -> bool {
+    [
+        "embed_tokens.weight",
+        "wte.weight",
+        "word_embeddings.weight",
+        "embed_in.weight",
+        "shared.weight",
+    ]
+    .iter()
+    .any(|s| name == *s || name.ends_with(&format!(".{s}")))
+}
+
+pub(super) fn is_lm_head_name(name: &str) -> bool {
+    name == "lm_head.weight" || name.ends_with(".lm_head.weight") || name == "embed_out.weight"
+}
+
+/// Reads `tie_word_embeddings` and `architectures` from the base's `config.json`, if any.
+pub(super) fn tie_config(folder: &Path) -> Option<(Option<bool>, Vec<String>)> {
+    let text = crate::io::read_json_file(&folder.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let tie = v
+        .get("tie_word_embeddings")
+        .and_then(|t| t.as_bool())
+        .or_else(|| {
+            v.get("text_config")
+                .and_then(|c| c.get("tie_word_embeddings"))
+                .and_then(|t| t.as_bool())
+        });
+    let archs = v
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((tie, archs))
+}
+
+/// Whether the base's output embedding is the input embedding (so changing one changes both).
+///
+/// It follows the architecture, as transformers does: a tie exists only where the model has an
+/// output embedding (`*ForCausalLM`, `*LMHeadModel`, `*ForMaskedLM`,
+/// `*ForConditionalGeneration`, …) and `tie_word_embeddings` is true (transformers' default when
+/// the config does not say). An encoder without an LM head (BertModel, sentence-transformers)
+/// ties nothing, whatever `tie_word_embeddings` says. Without a config, a checkpoint with no
+/// `lm_head` tensor is taken as tied only if it looks like a decoder LM (layer names of
+/// Llama/GPT-2 families).
+pub(super) fn ties_embeddings(base: &Checkpoint, has_lm_head: bool) -> bool {
+    let has_embedding = base.names().any(is_embedding_name);
+    if !has_embedding {
+        return false;
+    }
+    match tie_config(base.folder()) {
+        Some((tie, archs)) if !archs.is_empty() => {
+            let has_head = archs.iter().any(|a| {
+                [
+                    "ForCausalLM",
+                    "LMHeadModel",
+                    "ForMaskedLM",
+                    "ForConditionalGeneration",
+                    "WithLMHead",
+                ]
+                .iter()
+                .any(|s| a.ends_with(s))
+            });
+            has_head && tie.unwrap_or(!has_lm_head)
+        }
+        Some((Some(tie), _)) => tie,
+        _ => {
+            !has_lm_head
+                && base.names().any(|n| {
+                    n.contains(".self_attn.")
+                        || n.starts_with("transformer.h.")
+                        || n.contains(".attn.c_attn")
+                })
+        }
+    }
+}
