@@ -6,8 +6,10 @@
 //! PEFT loads and applies all three (recorded by that script in each VERDICT.json: no key
 //! warning, logits changed) and llama.cpp's converter refuses all three (run by the same script:
 //! `KeyError: 'lora_alpha'` for LoHa/IA3, "Not a lora_A or lora_B tensor" for AdaLoRA); those
-//! verdicts are compared here. vLLM 0.34.0, SGLang 0.5.23 and LoRAX a7394ba do not run here:
-//! their verdicts are the lines cited at each case.
+//! verdicts are compared here. vLLM 0.34.0 and SGLang 0.5.23 do not install here, but the readers
+//! that refuse these folders are plain Python and were run from the released sources
+//! (fixtures/gen/check_peft_types_servers.py → check/peft_types_servers.json), compared here too.
+//! LoRAX a7394ba (with the PEFT 0.4.0 it pins) does not run here: its verdict is the lines cited.
 
 use super::{check_json, fired, fixture, outcome, read_json, s, target};
 use serde_json::Value;
@@ -113,4 +115,33 @@ fn peft_types_verdicts_match_what_peft_and_llama_cpp_did() {
         );
         assert_eq!(lc["exit"], 1, "{adapter}: {lc}");
     }
+}
+
+/// vLLM's and SGLang's verdicts are what their own config and key readers did on the same
+/// folders (fixtures/gen/check_peft_types_servers.py ran vLLM 0.34.0's `PEFTHelper.from_dict`
+/// and `parse_fine_tuned_lora_name`, SGLang 0.5.23's `LoRAConfig` and `LoRAAdapter`'s
+/// peft_type assert, from the released sources): an exception is "fails", none "loads".
+#[test]
+fn vllm_and_sglang_verdicts_match_what_their_readers_did() {
+    let rec: Value = read_json(fixture("check/peft_types_servers.json"));
+    let cases = rec["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 4, "{rec}");
+    let mut seen = std::collections::BTreeSet::new();
+    for (adapter, did) in cases {
+        let (_, r) = check_json(&fixture(adapter), &["--target", "vllm,sglang"]);
+        let raised = |v: &Value| v != "ok";
+        let v = &did["vllm"];
+        let vllm_fails = raised(&v["from_dict"]) || raised(&v["parse_fine_tuned_lora_name"]);
+        let sglang_fails = raised(&did["sglang"]["load"]);
+        for (tgt, fails) in [("vllm", vllm_fails), ("sglang", sglang_fails)] {
+            let t = target(&r, tgt);
+            let want = if fails { "fails" } else { "loads" };
+            assert_eq!(outcome(t), want, "{adapter} {tgt}: {did} / {t}");
+            let by_type = fired(t).contains(&format!("{tgt}.peft_type"));
+            assert_eq!(by_type, fails, "{adapter} {tgt}: {t}");
+            seen.insert(want);
+        }
+    }
+    // qv_r8 loads in both: a constant verdict cannot pass.
+    assert_eq!(seen.len(), 2, "{seen:?}");
 }
