@@ -107,7 +107,7 @@ impl<'a> Facts<'a> {
                 }
             }
             When::Dora => names(&|m| m.dora_magnitude.is_some()),
-            When::LoraBias => names(&|m| m.bias.is_some()),
+            When::LoraBias => names(&|m| has_lora_bias(m)),
             When::ModulesToSave | When::ModulesToSaveBeyondHead => {
                 let mut v: Vec<String> = a
                     .full_tensors
@@ -400,7 +400,7 @@ impl<'a> Facts<'a> {
                         if m.dora_magnitude.is_some() {
                             v.push(format!("{}.lora_magnitude_vector", m.name));
                         }
-                        if m.bias.is_some() {
+                        if has_lora_bias(m) {
                             v.push(format!("{}.lora_B.bias", m.name));
                         }
                         if m.kind == ModuleKind::Embedding {
@@ -411,8 +411,39 @@ impl<'a> Facts<'a> {
                     v
                 }
             }
+            When::PeftTypeNotLora => self.peft_type_not_lora(),
         };
         Evaluated::Items(v)
+    }
+
+    /// [`When::PeftTypeNotLora`]: `peft_type X: key, key, key, … (N tensors)` for a PEFT folder
+    /// whose config names another tuner than LoRA (absent means LORA, as PEFT's
+    /// `PeftConfigMixin` default and lorakit's reader take it); empty otherwise.
+    fn peft_type_not_lora(&self) -> Vec<String> {
+        let a = &self.plan.adapter;
+        if a.format != Format::Peft {
+            return vec![];
+        }
+        let Some(t) = self.cfg_str("peft_type").filter(|t| *t != "LORA") else {
+            return vec![];
+        };
+        // Every tensor of the file, not the modules' factors: the AdaLoRA reader folds
+        // `lora_E` into an owned `lora_A` and keeps no module of rank 0.
+        let keys: BTreeSet<&str> = a
+            .source
+            .iter()
+            .flat_map(|src| src.tensors().iter().map(|t| t.name.as_str()))
+            .collect();
+        const SHOWN: usize = 3;
+        let mut shown: Vec<&str> = keys.iter().copied().take(SHOWN).collect();
+        if keys.len() > SHOWN {
+            shown.push("…");
+        }
+        vec![format!(
+            "peft_type {t}: {} ({} tensors)",
+            shown.join(", "),
+            keys.len()
+        )]
     }
 
     /// A name that has no tensor of its own in the base but a module in the model: `lm_head`
@@ -675,6 +706,13 @@ pub(super) fn is_sd_prefixed(name: &str) -> bool {
         crate::adapter::formats::kohya::split_prefix(name),
         Some(("lora_unet" | "lora_te" | "lora_te1" | "lora_te2", _))
     ) || crate::adapter::formats::diffusers::has_component(name)
+}
+
+/// A `lora_B.bias` tensor (PEFT `lora_bias`). PEFT's IA3 also carries a bias term (its vector
+/// scales the base bias on the output side, `tuners/ia3/layer.py` `merge`), but that is no
+/// tensor of the file: the loaders' bias rules are not about it.
+fn has_lora_bias(m: &crate::adapter::LoraModule) -> bool {
+    m.bias.is_some() && !matches!(m.factors, crate::adapter::Factors::Ia3 { .. })
 }
 
 /// The module or key a finding's item is about: the item up to its first ` (` or `: `.

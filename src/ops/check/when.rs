@@ -130,4 +130,9 @@ pub enum When {
     /// Tensors of a PEFT folder that are not LoRA A/B factors of a kohya-style loader's key
     /// scheme (`lora_magnitude_vector`, `lora_B.bias`, `lora_embedding_*`, full tensors).
     PeftExtraKeys,
+    /// A PEFT folder whose adapter_config.json `peft_type` is not `LORA` (ADALORA, LOHA, LOKR,
+    /// IA3, OFT): its tensors are not `lora_A.weight`/`lora_B.weight` pairs (AdaLoRA's
+    /// `lora_A`/`lora_E`/`lora_B` have no `.weight`; `hada_*`, `lokr_*`, `ia3_l`,
+    /// `oft_R.weight`). One item naming the type and a few of its keys.
+    PeftTypeNotLora,
 }

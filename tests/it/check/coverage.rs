@@ -221,12 +221,15 @@ fn audited_cases_agree_with_the_recorded_loaders() {
 }
 
 /// Fixtures outside MANIFEST.json, with the base they are checked on: the dtype cases, whose
-/// loaders' verdicts fixtures/gen/check_dtype_load.py and check_diffusers_dtype.py record.
+/// loaders' verdicts fixtures/gen/check_dtype_load.py and check_diffusers_dtype.py record, and
+/// the non-LoRA PEFT folders (check_peft_types_fixtures.py).
 const EXTRA: &[(&str, Option<&str>)] = &[
     ("check/dtype_f64", BASE),
     ("check/dtype_f8", BASE),
     ("check/dtype_f64_unet.safetensors", None),
     ("check/untargeted", BASE),
+    // fixtures/gen/check_peft_types_fixtures.py (VERDICT.json): the `*.peft_type` rules.
+    ("check/peft_loha", BASE),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the

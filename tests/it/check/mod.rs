@@ -19,6 +19,8 @@ mod coverage;
 mod fix;
 /// `--fix` outputs loaded in PEFT and merged as the originals.
 mod peft_fix;
+/// PEFT folders whose peft_type is not LORA (AdaLoRA, LoHa, IA3) on a causal LM.
+mod peft_types;
 /// vLLM 0.34.0 and SGLang 0.5.23 rules, each case citing the line it was read from.
 mod serving;
 

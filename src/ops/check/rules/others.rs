@@ -33,6 +33,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:75-76 LoraConfig.load (PEFT LoraConfig.from_pretrained)"),
     },
     Rule {
+        id: "lorax.peft_type",
+        target: Target::Lorax,
+        when: When::PeftTypeNotLora,
+        severity: Severity::Silent,
+        why: "LoRAX reads every adapter_config.json as a LoraConfig with the PEFT 0.4.0 it pins, whose from_pretrained copies the known fields onto LoraConfig defaults without looking at peft_type (r and lora_alpha default to 8), and then looks up only `base_model.model.{module}.lora_A/lora_B.weight`: AdaLoRA (lora_A/lora_E/lora_B without .weight), LoHa, LoKr, IA3 and OFT tensors are never read, every layer type is skipped and only \"unused adapter weights\" is logged",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:75-84 LoraConfig.load (PEFT LoraConfig.from_pretrained; server/poetry.lock:2279-2280 peft 0.4.0, whose utils/config.py:123-131 from_pretrained sets known attributes only); lora.py:45-48 map_weights_for_model; lora.py:174-176 LoraWeights.load returns None; models/model.py:397-398 (\"unused adapter weights\" warning)"),
+    },
+    Rule {
         id: "lorax.unsupported_module",
         target: Target::Lorax,
         when: When::ModuleNotSupported(Supported::Fixed(LORAX_LLAMA)),
@@ -136,6 +144,14 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Error,
         why: "convert_lora_to_gguf.py reads a PEFT folder (adapter_config.json + adapter_model.safetensors)",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:354 (lora_config = dir_lora / \"adapter_config.json\")"),
+    },
+    Rule {
+        id: "llama.cpp.peft_type",
+        target: Target::LlamaCpp,
+        when: When::PeftTypeNotLora,
+        severity: Severity::Error,
+        why: "convert_lora_to_gguf.py converts LoRA only and never reads peft_type: it takes lparams[\"lora_alpha\"] (a KeyError for LoHa/LoKr/OFT/IA3 configs, which have none), and every tensor but lora_A/lora_B.weight and lora_embedding_A/B is \"Not a lora_A or lora_B tensor\", exit 1 (AdaLoRA's lora_A/lora_E/lora_B)",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:528 (lparams[\"lora_alpha\"]), :470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1)); run by fixtures/gen/check_peft_types_fixtures.py"),
     },
     Rule {
         id: "llama.cpp.dora",

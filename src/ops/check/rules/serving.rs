@@ -62,6 +62,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(VLLM, "vllm/lora/lora_model.py", V, "lora_model.py:323 LoRAModel.from_local_checkpoint (\"doesn't contain tensors\")"),
     },
     Rule {
+        id: "vllm.peft_type",
+        target: Target::Vllm,
+        when: When::PeftTypeNotLora,
+        severity: Severity::Error,
+        why: "vLLM serves LoRA only and never reads peft_type (not a PEFTHelper field; from_dict drops unknown keys): LoHa/LoKr/OFT configs have no lora_alpha and IA3 none of r and lora_alpha (\"Missing required configuration fields\"), AdaLoRA's rank_pattern of boolean masks is refused (\"must be a positive integer\"), and any tensor but lora_A/lora_B.weight and lora_embedding_A/B (AdaLoRA's lora_A/lora_E/lora_B, hada_*, lokr_*, ia3_l, oft_R.weight) is \"unsupported LoRA weight\"",
+        source: src(VLLM, "vllm/lora/peft_helper.py", V, "peft_helper.py:21-52 PEFTHelper fields (no peft_type), :163-180 from_dict (missing required r/lora_alpha/target_modules raise at :176), :108-113 __post_init__ (rank_pattern values must be positive ints); utils.py:223-236 parse_fine_tuned_lora_name (\"is unsupported LoRA weight\"), called by lora_model.py:263 check_unexpected_modules"),
+    },
+    Rule {
         id: "vllm.dora",
         target: Target::Vllm,
         when: When::Dora,
@@ -181,6 +189,14 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Error,
         why: "SGLang reads adapter_config.json and the adapter's safetensors (a PEFT folder)",
         source: src(SGLANG, "python/sglang/srt/lora/lora_config.py", S, "lora_config.py:75-83 LoRAConfig.get_lora_config"),
+    },
+    Rule {
+        id: "sglang.peft_type",
+        target: Target::Sglang,
+        when: When::PeftTypeNotLora,
+        severity: Severity::Error,
+        why: "SGLang serves LoRA only: LoRAConfig reads r and lora_alpha by key (a KeyError for LoHa/LoKr/OFT configs, which have no lora_alpha, and IA3, which has neither), and LoRAAdapter asserts peft_type is \"lora\" (AdaLoRA); the load returns success=False, or a RuntimeError for --lora-paths at start",
+        source: src(SGLANG, "python/sglang/srt/lora/lora_config.py", S, "lora_config.py:42-44 LoRAConfig.__init__ (hf_config[\"r\"], hf_config[\"lora_alpha\"]); lora.py:67 LoRAAdapter.__init__ (assert peft_type.lower() == \"lora\"); lora_manager.py:305-324 _load_lora_adapter, :757-762 init_state (RuntimeError)"),
     },
     Rule {
         id: "sglang.dora",
