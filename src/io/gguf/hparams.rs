@@ -69,6 +69,21 @@ fn uint(c: &Json, key: &str) -> Option<u32> {
     c.get(key)?.as_u64().and_then(|v| u32::try_from(v).ok())
 }
 
+/// Why a Gemma config.json key is refused rather than defaulted.
+const GUESS: &str =
+    "llama.cpp's converter would take transformers' default, which lorakit does not guess";
+
+/// A Gemma config's unsigned key, or the refusal naming it ([`GUESS`]): what the Gemma
+/// converters read as `hparams["…"]` after AutoConfig filled in what lorakit will not guess.
+fn gemma_uint(config: &Json, key: &str, path: &Path) -> InputResult<u32> {
+    uint(config, key).ok_or_else(|| {
+        InputError::invalid(
+            path,
+            format!("`{key}` is missing or not an unsigned integer ({GUESS})"),
+        )
+    })
+}
+
 /// The GGUF architecture of config.json's `architectures[0]`, or an error naming it.
 pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
     let hf = config["architectures"][0].as_str().unwrap_or("");
@@ -135,16 +150,8 @@ fn qwen3_reranker(config: &Json, path: &Path, dir: &Path) -> InputResult<()> {
 /// transformers' `AutoConfig`, which fills in the class defaults; lorakit does not guess them
 /// and refuses a config.json without one of these keys (or with a null).
 fn gemma(arch: &str, config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>> {
-    const GUESS: &str =
-        "llama.cpp's converter would take transformers' default, which lorakit does not guess";
     let bad = |m: String| InputError::invalid(path, m);
-    let need = |key: &str| {
-        uint(config, key).ok_or_else(|| {
-            bad(format!(
-                "`{key}` is missing or not an unsigned integer ({GUESS})"
-            ))
-        })
-    };
+    let need = |key: &str| gemma_uint(config, key, path);
     let float = |key: &str| {
         config[key]
             .as_f64()
@@ -204,16 +211,8 @@ fn gemma(arch: &str, config: &Json, path: &Path, ty: GgmlType) -> InputResult<Ve
 /// `sliding_window_pattern`, or missing a key; `attn_logit_softcapping` (the converter asserts
 /// it absent); rope types other than default and linear.
 fn gemma3(config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>> {
-    const GUESS: &str =
-        "llama.cpp's converter would take transformers' default, which lorakit does not guess";
     let bad = |m: String| InputError::invalid(path, m);
-    let need = |key: &str| {
-        uint(config, key).ok_or_else(|| {
-            bad(format!(
-                "`{key}` is missing or not an unsigned integer ({GUESS})"
-            ))
-        })
-    };
+    let need = |key: &str| gemma_uint(config, key, path);
     let full = config["rope_parameters"]
         .get("full_attention")
         .filter(|v| v.is_object())

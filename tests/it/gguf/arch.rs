@@ -102,37 +102,7 @@ fn qwen3_convert_to_gguf_equals_llama_cpp_converter() {
             GgufModel::open(fixture(&reference)).unwrap(),
             GgufModel::open(&out).unwrap(),
         );
-        for kv in &lc.header().metadata {
-            if kv.key == "general.name" || kv.key == "general.quantization_version" {
-                continue;
-            }
-            assert_eq!(
-                lk.header().get(&kv.key),
-                Some(&kv.value),
-                "{case} {}",
-                kv.key
-            );
-        }
-        for kv in &lk.header().metadata {
-            assert!(
-                kv.key.starts_with("lorakit.") || lc.header().get(&kv.key).is_some(),
-                "{case}: {}",
-                kv.key
-            );
-        }
-        let names = |m: &GgufModel| {
-            let mut v: Vec<String> = m.tensors().map(|(_, t)| t.name.clone()).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(names(&lc), names(&lk), "{case}");
-        for name in names(&lc) {
-            let ((fc, tc), (fk, tk)) = (lc.get(&name).unwrap(), lk.get(&name).unwrap());
-            assert_eq!((tc.ty, &tc.dims), (tk.ty, &tk.dims), "{case} {name}");
-            if case == "lora" {
-                assert_eq!(fc.view(tc).data, fk.view(tk).data, "{case} {name}");
-            }
-        }
+        compare_with_llama_cpp(case, &lc, &lk, case == "lora");
         if case != "rslora" {
             continue;
         }
@@ -350,36 +320,8 @@ fn gemma_convert_to_gguf_equals_llama_cpp_converter() {
         let lc = GgufModel::open(fixture(&format!("gguf/llamacpp/{arch}_lora.gguf"))).unwrap();
         let lk = GgufModel::open(&out).unwrap();
         assert_eq!(lc.header().architecture(), Some(arch));
-        for kv in &lc.header().metadata {
-            if kv.key == "general.name" || kv.key == "general.quantization_version" {
-                continue;
-            }
-            assert_eq!(
-                lk.header().get(&kv.key),
-                Some(&kv.value),
-                "{arch} {}",
-                kv.key
-            );
-        }
-        for kv in &lk.header().metadata {
-            assert!(
-                kv.key.starts_with("lorakit.") || lc.header().get(&kv.key).is_some(),
-                "{arch}: {}",
-                kv.key
-            );
-        }
-        let names = |m: &GgufModel| {
-            let mut v: Vec<String> = m.tensors().map(|(_, t)| t.name.clone()).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(names(&lc), names(&lk), "{arch}");
-        assert_eq!(names(&lk).len(), 28, "{arch}");
-        for name in names(&lc) {
-            let ((fc, tc), (fk, tk)) = (lc.get(&name).unwrap(), lk.get(&name).unwrap());
-            assert_eq!((tc.ty, &tc.dims), (tk.ty, &tk.dims), "{arch} {name}");
-            assert_eq!(fc.view(tc).data, fk.view(tk).data, "{arch} {name}");
-        }
+        let names = compare_with_llama_cpp(arch, &lc, &lk, true);
+        assert_eq!(names.len(), 28, "{arch}");
     }
 }
 
@@ -629,4 +571,49 @@ fn lm_head_lora_converts_as_llama_cpp_converts_it() {
         assert_eq!((tc.ty, &tc.dims), (tk.ty, &tk.dims), "{name}");
         assert_eq!(fc.view(tc).data, fk.view(tk).data, "{name}");
     }
+}
+
+/// lorakit's GGUF adapter `lk` against llama.cpp's `lc` for the same PEFT adapter (`label` names
+/// the case): every metadata key llama.cpp writes (bar the descriptive `general.name` and
+/// `general.quantization_version`) with the same value, no key of lorakit's beyond its own
+/// `lorakit.*`, the same tensor names, each with the same ggml type and dims and, with
+/// `values`, the same bytes. Returns the tensor names, sorted.
+fn compare_with_llama_cpp(
+    label: &str,
+    lc: &GgufModel,
+    lk: &GgufModel,
+    values: bool,
+) -> Vec<String> {
+    for kv in &lc.header().metadata {
+        if kv.key == "general.name" || kv.key == "general.quantization_version" {
+            continue;
+        }
+        assert_eq!(
+            lk.header().get(&kv.key),
+            Some(&kv.value),
+            "{label} {}",
+            kv.key
+        );
+    }
+    for kv in &lk.header().metadata {
+        assert!(
+            kv.key.starts_with("lorakit.") || lc.header().get(&kv.key).is_some(),
+            "{label}: {}",
+            kv.key
+        );
+    }
+    let names = |m: &GgufModel| {
+        let mut v: Vec<String> = m.tensors().map(|(_, t)| t.name.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(lc), names(lk), "{label}");
+    for name in names(lc) {
+        let ((fc, tc), (fk, tk)) = (lc.get(&name).unwrap(), lk.get(&name).unwrap());
+        assert_eq!((tc.ty, &tc.dims), (tk.ty, &tk.dims), "{label} {name}");
+        if values {
+            assert_eq!(fc.view(tc).data, fk.view(tk).data, "{label} {name}");
+        }
+    }
+    names(lc)
 }
