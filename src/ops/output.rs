@@ -142,8 +142,18 @@ impl OutputOptions {
 
 /// Refuses (before anything is written) an output that is one of `inputs` or holds one, and an
 /// output path of the wrong kind (a file where a PEFT folder goes, a folder where a kohya file
-/// goes).
+/// goes), offering the `format` option's other layout.
 pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
+    check_output_offering(spec, inputs, true)
+}
+
+/// [`check_output`] for an operation whose output format is not a `format` option (convert
+/// names its target instead): a path of the wrong kind is refused without offering one.
+pub fn check_output_fixed(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
+    check_output_offering(spec, inputs, false)
+}
+
+fn check_output_offering(spec: &WriteSpec, inputs: &[PathBuf], offer: bool) -> InputResult<()> {
     let layout = spec.format.layout();
     let folders = match layout.shape() {
         Shape::Folder => std::slice::from_ref(&spec.out),
@@ -171,16 +181,18 @@ pub fn check_output(spec: &WriteSpec, inputs: &[PathBuf]) -> InputResult<()> {
         .find(|f| f.layout().shape() != shape)
         .map_or_else(String::new, |f| f.to_string());
     Err(InputError::option(&spec.out, move |o| {
+        let or = match offer {
+            true => format!(", or {}", o.set(Opt::Format, &other)),
+            false => String::new(),
+        };
         match shape {
-        Shape::Folder => format!(
-            "is a file, but a {label} adapter is written as a folder (choose a folder, or {})",
-            o.set(Opt::Format, &other)
-        ),
-        Shape::File => format!(
-            "is a folder, but a {label} adapter is written as one .safetensors file (choose a file name, or {})",
-            o.set(Opt::Format, &other)
-        ),
-    }
+            Shape::Folder => format!(
+                "is a file, but a {label} adapter is written as a folder (choose a folder{or})"
+            ),
+            Shape::File => format!(
+                "is a folder, but a {label} adapter is written as one .safetensors file (choose a file name{or})"
+            ),
+        }
     }))
 }
 

@@ -62,5 +62,5 @@ pub(super) fn check_output(
         inputs.extend(b.input_paths());
         inputs.push(b.root.clone());
     }
-    output::check_output(spec, &inputs)
+    output::check_output_fixed(spec, &inputs)
 }

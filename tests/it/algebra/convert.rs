@@ -255,4 +255,14 @@ fn convert_errors_are_one_line_and_write_nothing() {
         let line = one_line_error(&run_err(&args));
         assert!(line.contains("output is also an input"), "{args:?}: {line}");
     }
+    // An existing folder where convert writes one file: refused without offering `--format`,
+    // which convert does not have (its target is `--to`).
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    for to in ["kohya", "diffusers"] {
+        let line = one_line_error(&run_err(convert_args(&qv, to, &folder, &[])));
+        assert_mentions(&line, &["is a folder", "choose a file name"]);
+        assert!(!line.contains("--format"), "{to}: {line}");
+    }
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0);
 }
