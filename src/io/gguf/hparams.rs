@@ -65,6 +65,16 @@ pub fn file_type(ty: GgmlType) -> Option<u32> {
     })
 }
 
+/// The model folder's own name (resolved through `.` and links), which the converters read hints
+/// from (`general.name`, size labels, reranker checks).
+fn folder_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 fn uint(c: &Json, key: &str) -> Option<u32> {
     c.get(key)?.as_u64().and_then(|v| u32::try_from(v).ok())
 }
@@ -121,12 +131,7 @@ fn qwen3_reranker(config: &Json, path: &Path, dir: &Path) -> InputResult<()> {
             ));
         }
     }
-    let folder = dir
-        .canonicalize()
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let folder = folder_name(dir);
     let hints = [
         folder.as_str(),
         config["_name_or_path"].as_str().unwrap_or(""),
@@ -429,12 +434,7 @@ pub fn entries(
     {
         card.fill(super::modelcard::components(id, total));
     }
-    let folder = dir
-        .canonicalize()
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let folder = folder_name(dir);
     card.fill(super::modelcard::components(&folder, total));
     let k = |s: &str| format!("{arch}.{s}");
     let mut out = vec![

@@ -142,16 +142,6 @@ fn norm(v: &[f32]) -> f64 {
     v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
 }
 
-/// `(key, raw entry bytes)` of every metadata entry, in file order.
-fn metadata(m: &GgufModel) -> Vec<(String, Vec<u8>)> {
-    let f = &m.files[0];
-    f.header()
-        .metadata
-        .iter()
-        .map(|kv| (kv.key.clone(), f.raw_kv(kv).to_vec()))
-        .collect()
-}
-
 /// lorakit's GGUF model of `base` merged with `adapter` against the converter's GGUF
 /// (`reference`) of PEFT's merge_and_unload of the same adapter: every metadata key in the
 /// converter's order with identical bytes, then only lorakit's three provenance keys; the same
@@ -182,17 +172,7 @@ fn assert_equals_converter(
     assert_eq!(v["tensors_merged_count"], merged, "{reference}");
     let ours = GgufModel::open(&out).unwrap();
     let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
-    let (mo, mt) = (metadata(&ours), metadata(&theirs));
-    assert_eq!(mo.len(), mt.len() + 3, "{reference}");
-    for ((ko, vo), (kt, vt)) in mo.iter().zip(&mt) {
-        assert_eq!(ko, kt, "{reference}: key order");
-        assert!(vo == vt, "{reference}: metadata `{kt}` differs");
-    }
-    let extra: Vec<&str> = mo[mt.len()..].iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(
-        extra,
-        ["lorakit.version", "lorakit.operation", "lorakit.adapters"]
-    );
+    assert_metadata_is_converters_plus_provenance(&ours, &theirs, &reference);
     let merged_names: Vec<&str> = v["tensors"]
         .as_array()
         .unwrap()

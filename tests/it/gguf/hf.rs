@@ -24,16 +24,6 @@ fn hf_folder_with(dir: &Path, name: &str, model: &str, tokenizer: &str) -> std::
     d
 }
 
-/// `(key, raw entry bytes)` of every metadata entry, in file order.
-fn metadata(m: &GgufModel) -> Vec<(String, Vec<u8>)> {
-    let f = &m.files[0];
-    f.header()
-        .metadata
-        .iter()
-        .map(|kv| (kv.key.clone(), f.raw_kv(kv).to_vec()))
-        .collect()
-}
-
 /// lorakit's GGUF model of the fixture Llama merged with qv_r8, against the converter's GGUF
 /// of PEFT's merge_and_unload of the same adapter, for --outtype f16 and q8_0 with the Llama
 /// BPE tokenizer (tokenizer.json, `LlamaHfVocab`), and q8_0 with the SentencePiece one
@@ -124,17 +114,7 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
         assert_eq!(v["tensors_merged_count"], c.merged, "{reference}");
         let ours = GgufModel::open(&out).unwrap();
         let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
-        let (mo, mt) = (metadata(&ours), metadata(&theirs));
-        assert_eq!(mo.len(), mt.len() + 3, "{reference}");
-        for ((ko, vo), (kt, vt)) in mo.iter().zip(&mt) {
-            assert_eq!(ko, kt, "{reference}: key order");
-            assert!(vo == vt, "{reference}: metadata `{kt}` differs");
-        }
-        let extra: Vec<&str> = mo[mt.len()..].iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            extra,
-            ["lorakit.version", "lorakit.operation", "lorakit.adapters"]
-        );
+        assert_metadata_is_converters_plus_provenance(&ours, &theirs, &reference);
         let to: Vec<_> = ours.tensors().collect();
         let tt: Vec<_> = theirs.tensors().collect();
         assert_eq!(to.len(), tt.len());

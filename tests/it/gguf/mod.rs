@@ -103,3 +103,34 @@ fn peft_deltas(
         })
         .collect()
 }
+
+/// `(key, raw entry bytes)` of every metadata entry, in file order.
+fn metadata(m: &GgufModel) -> Vec<(String, Vec<u8>)> {
+    let f = &m.files[0];
+    f.header()
+        .metadata
+        .iter()
+        .map(|kv| (kv.key.clone(), f.raw_kv(kv).to_vec()))
+        .collect()
+}
+
+/// lorakit's GGUF model `ours` against llama.cpp's converter output `theirs` (`label` names the
+/// case): every metadata key in the converter's order with identical bytes, then only lorakit's
+/// three provenance keys.
+fn assert_metadata_is_converters_plus_provenance(
+    ours: &GgufModel,
+    theirs: &GgufModel,
+    label: &str,
+) {
+    let (mo, mt) = (metadata(ours), metadata(theirs));
+    assert_eq!(mo.len(), mt.len() + 3, "{label}");
+    for ((ko, vo), (kt, vt)) in mo.iter().zip(&mt) {
+        assert_eq!(ko, kt, "{label}: key order");
+        assert!(vo == vt, "{label}: metadata `{kt}` differs");
+    }
+    let extra: Vec<&str> = mo[mt.len()..].iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        extra,
+        ["lorakit.version", "lorakit.operation", "lorakit.adapters"]
+    );
+}
