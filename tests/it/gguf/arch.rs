@@ -172,7 +172,7 @@ fn assert_equals_converter(
     assert_eq!(v["tensors_merged_count"], merged, "{reference}");
     let ours = GgufModel::open(&out).unwrap();
     let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
-    assert_metadata_is_converters_plus_provenance(&ours, &theirs, &reference);
+    assert_metadata_is_converters_plus_provenance(&ours, &theirs, reference);
     let merged_names: Vec<&str> = v["tensors"]
         .as_array()
         .unwrap()

@@ -114,7 +114,7 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
         assert_eq!(v["tensors_merged_count"], c.merged, "{reference}");
         let ours = GgufModel::open(&out).unwrap();
         let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
-        assert_metadata_is_converters_plus_provenance(&ours, &theirs, &reference);
+        assert_metadata_is_converters_plus_provenance(&ours, &theirs, reference);
         let to: Vec<_> = ours.tensors().collect();
         let tt: Vec<_> = theirs.tensors().collect();
         assert_eq!(to.len(), tt.len());
