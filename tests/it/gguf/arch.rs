@@ -170,16 +170,8 @@ fn assert_equals_converter(
         &extra,
     );
     assert_eq!(v["tensors_merged_count"], merged, "{reference}");
-    let ours = GgufModel::open(&out).unwrap();
-    let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
-    assert_metadata_is_converters_plus_provenance(&ours, &theirs, reference);
-    let merged_names: Vec<&str> = v["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|x| x["merged"] == true)
-        .map(|x| x["name"].as_str().unwrap())
-        .collect();
+    let (ours, theirs) = open_against_converter(&out, reference);
+    let merged_names = merged_names(&v);
     let (to, tt): (Vec<_>, Vec<_>) = (ours.tensors().collect(), theirs.tensors().collect());
     assert_eq!(to.len(), tt.len(), "{reference}");
     let mut exact = 0;

@@ -112,19 +112,11 @@ fn hf_base_to_gguf_equals_llama_cpp_convert_hf_to_gguf() {
         }
         let v = merge_json(s(&base), s(&adapter), &out, &extra);
         assert_eq!(v["tensors_merged_count"], c.merged, "{reference}");
-        let ours = GgufModel::open(&out).unwrap();
-        let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
-        assert_metadata_is_converters_plus_provenance(&ours, &theirs, reference);
+        let (ours, theirs) = open_against_converter(&out, reference);
         let to: Vec<_> = ours.tensors().collect();
         let tt: Vec<_> = theirs.tensors().collect();
         assert_eq!(to.len(), tt.len());
-        let merged: Vec<&str> = v["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["merged"] == true)
-            .map(|x| x["name"].as_str().unwrap())
-            .collect();
+        let merged = merged_names(&v);
         let mut exact = 0;
         for ((fo, a), (ft, b)) in to.iter().zip(&tt) {
             assert_eq!(

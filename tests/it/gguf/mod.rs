@@ -114,6 +114,26 @@ fn metadata(m: &GgufModel) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// lorakit's GGUF output `out` and llama.cpp's converter output `gguf/llamacpp/{reference}`,
+/// opened, with their metadata compared ([`assert_metadata_is_converters_plus_provenance`]).
+fn open_against_converter(out: &Path, reference: &str) -> (GgufModel, GgufModel) {
+    let ours = GgufModel::open(out).unwrap();
+    let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
+    assert_metadata_is_converters_plus_provenance(&ours, &theirs, reference);
+    (ours, theirs)
+}
+
+/// The names of the tensors a merge report (`--json`) lists as merged.
+fn merged_names(v: &serde_json::Value) -> Vec<&str> {
+    v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["merged"] == true)
+        .map(|x| x["name"].as_str().unwrap())
+        .collect()
+}
+
 /// lorakit's GGUF model `ours` against llama.cpp's converter output `theirs` (`label` names the
 /// case): every metadata key in the converter's order with identical bytes, then only lorakit's
 /// three provenance keys.
