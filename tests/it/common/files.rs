@@ -99,7 +99,7 @@ pub fn small_tmpfs(at: &Path, opts: &str) -> Option<impl Drop> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", opts, "tmpfs", at.to_str().unwrap()])
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs", super::s(at)])
         .status()
         .is_ok_and(|st| st.success());
     if !ok {

@@ -149,7 +149,7 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
         let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
         // Into the GGUF base.
         let out = dir.path().join("m.gguf");
-        merge_json(&g("llama_f32.gguf"), s(&ad), &out, &[]);
+        merge_json(g("llama_f32.gguf"), s(&ad), &out, &[]);
         let got = hf_view(&out);
         for (name, r) in &reference {
             let e = rel_err(&got[name].2, &r.f32());

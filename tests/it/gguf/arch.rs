@@ -11,19 +11,18 @@ use super::*;
 /// tokenizer files it was converted with, in `dir/name` (the converter derives
 /// `general.name` and the model-card keys from the folder name).
 fn qwen3_folder(dir: &Path, name: &str) -> std::path::PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(&format!("gguf/hf_qwen3/{f}")), d.join(f)).unwrap();
-    }
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-    ] {
-        std::fs::copy(fixture(&format!("gguf/hf_qwen2/{f}")), d.join(f)).unwrap();
-    }
-    d
+    model_folder(
+        dir.join(name),
+        ("gguf/hf_qwen3", &["config.json", "model.safetensors"]),
+        (
+            "gguf/hf_qwen2",
+            &[
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "chat_template.jinja",
+            ],
+        ),
+    )
 }
 
 /// `scale · B·A` of every pair of a GGUF LoRA adapter of architecture `arch`, per Hugging Face
@@ -163,45 +162,20 @@ fn assert_equals_converter(
     if let Some(p) = pre {
         extra.extend(["--gguf-tokenizer-pre", p]);
     }
-    let v = merge_json(
-        base.to_str().unwrap(),
-        adapter.to_str().unwrap(),
-        &out,
-        &extra,
-    );
-    assert_eq!(v["tensors_merged_count"], merged, "{reference}");
-    let (ours, theirs) = open_against_converter(&out, reference);
-    let merged_names = merged_names(&v);
-    let (to, tt): (Vec<_>, Vec<_>) = (ours.tensors().collect(), theirs.tensors().collect());
-    assert_eq!(to.len(), tt.len(), "{reference}");
-    let mut exact = 0;
-    for ((fo, a), (ft, b)) in to.iter().zip(&tt) {
-        assert_eq!(
-            (&a.name, &a.dims, a.ty),
-            (&b.name, &b.dims, b.ty),
-            "{reference}"
-        );
-        if !merged_names.contains(&a.name.as_str()) {
-            assert!(fo.view(a).data == ft.view(b).data, "{reference} {}", a.name);
-            exact += 1;
-            continue;
-        }
-        let (x, y) = (fo.dequantize(a).unwrap(), ft.dequantize(b).unwrap());
-        match a.ty {
-            GgmlType::F16 => {
-                for (p, q) in x.iter().zip(&y) {
-                    let bound = (p.abs().max(q.abs()) * 2f32.powi(-10)).max(2f32.powi(-24));
-                    assert!((p - q).abs() <= bound, "{reference} {}: {p} vs {q}", a.name);
-                }
+    let v = merge_json(base, adapter, &out, &extra);
+    assert_tensors_equal_converter(&out, reference, &v, merged, |a, x, y| match a.ty {
+        GgmlType::F16 => {
+            for (p, q) in x.iter().zip(y) {
+                let bound = f16_step(*p, *q);
+                assert!((p - q).abs() <= bound, "{reference} {}: {p} vs {q}", a.name);
             }
-            GgmlType::F32 => {
-                let e = rel_err(&x, &y);
-                assert!(e <= 1e-6, "{reference} {}: {e:e}", a.name);
-            }
-            t => panic!("{reference} {}: {t}", a.name),
         }
-    }
-    assert_eq!(exact, to.len() - merged, "{reference}");
+        GgmlType::F32 => {
+            let e = rel_err(x, y);
+            assert!(e <= 1e-6, "{reference} {}: {e:e}", a.name);
+        }
+        t => panic!("{reference} {}: {t}", a.name),
+    });
 }
 
 /// `merge --base HF_FOLDER --out x.gguf` of the fixture Qwen3 (bf16, head_dim 16 ≠ hidden /
@@ -257,17 +231,12 @@ fn qwen3_hf_to_gguf_refuses_rerankers_and_embedding_models() {
             "a sentence-transformers embedding model",
         ),
     ] {
-        let e = run_err([
-            "merge",
-            "--base",
-            base.to_str().unwrap(),
-            "--adapter",
-            adapter.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--gguf-tokenizer-pre",
-            "qwen2",
-        ]);
+        let e = run_err(merge_args(
+            base,
+            &adapter,
+            &out,
+            &["--gguf-tokenizer-pre", "qwen2"],
+        ));
         assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
         assert!(line.contains(want) && line.contains(file), "{line}");
@@ -321,16 +290,12 @@ fn gemma_lm_head_and_old_gemma3_configs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.gguf");
     let base = fixture("gguf/hf_gemma");
-    let e = run_err([
-        "convert",
-        base.join("lm_head").to_str().unwrap(),
-        "--to",
+    let e = run_err(convert_args(
+        &base.join("lm_head"),
         "gguf",
-        "--base",
-        base.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+        &out,
+        &["--base", s(&base)],
+    ));
     assert_ne!(e.status.code(), Some(0));
     let line = one_line_error(&e);
     assert!(
@@ -343,15 +308,12 @@ fn gemma_lm_head_and_old_gemma3_configs_are_refused() {
     let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
     c["architectures"] = serde_json::json!(["Gemma3ForCausalLM"]);
     std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
-    let e = run_err([
-        "merge",
-        "--base",
-        relabelled.to_str().unwrap(),
-        "--adapter",
-        fixture("gguf/hf_qwen3/lora").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let e = run_err(merge_args(
+        &relabelled,
+        &fixture("gguf/hf_qwen3/lora"),
+        &out,
+        &[],
+    ));
     assert_ne!(e.status.code(), Some(0));
     let line = one_line_error(&e);
     assert!(
@@ -382,12 +344,7 @@ fn gguf_base_merges_equal_converter_of_peft_merge() {
         let base = fixture(&format!("gguf/llamacpp/hf_{arch}_base.f16.gguf"));
         let base_model = GgufModel::open(&base).unwrap();
         let out = dir.path().join(format!("{arch}.gguf"));
-        let v = merge_json(
-            base.to_str().unwrap(),
-            fixture(adapter).to_str().unwrap(),
-            &out,
-            &[],
-        );
+        let v = merge_json(&base, fixture(adapter), &out, &[]);
         assert_eq!(v["architecture"], arch);
         assert_eq!(v["tensors_merged_count"], 14, "{arch}");
         assert_eq!(v["unmatched"].as_array().unwrap().len(), 0, "{arch}");
@@ -454,19 +411,21 @@ fn gemma_and_gemma2_hf_to_gguf_equal_convert_hf_to_gguf() {
 /// The fixture Gemma or Gemma2 (`arch`) with the fixture SentencePiece tokenizer, in
 /// `dir/{name}/hf_{arch}` (the folder name the generator converted).
 fn gemma_folder_in(dir: &Path, name: &str, arch: &str) -> std::path::PathBuf {
-    let d = dir.join(name).join(format!("hf_{arch}"));
-    std::fs::create_dir_all(&d).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(&format!("gguf/hf_{arch}/{f}")), d.join(f)).unwrap();
-    }
-    for f in [
-        "tokenizer.model",
-        "tokenizer_config.json",
-        "added_tokens.json",
-    ] {
-        std::fs::copy(fixture(&format!("gguf/hf_spm/{f}")), d.join(f)).unwrap();
-    }
-    d
+    model_folder(
+        dir.join(name).join(format!("hf_{arch}")),
+        (
+            &format!("gguf/hf_{arch}"),
+            &["config.json", "model.safetensors"],
+        ),
+        (
+            "gguf/hf_spm",
+            &[
+                "tokenizer.model",
+                "tokenizer_config.json",
+                "added_tokens.json",
+            ],
+        ),
+    )
 }
 
 /// A Gemma2 folder lorakit cannot write as the converter would is refused in one line naming
@@ -488,15 +447,7 @@ fn gemma2_hf_to_gguf_refusals_write_nothing() {
         (&no_cap, "config.json: `attn_logit_softcapping` is missing"),
         (&no_spm, "no_spm/hf_gemma2: no tokenizer.model"),
     ] {
-        let e = run_err([
-            "merge",
-            "--base",
-            base.to_str().unwrap(),
-            "--adapter",
-            fixture("gguf/hf_gemma2/lora").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let e = run_err(merge_args(base, &fixture("gguf/hf_gemma2/lora"), &out, &[]));
         assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
         assert!(line.contains(want), "{line}");

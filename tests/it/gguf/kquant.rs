@@ -167,7 +167,7 @@ fn k_quant_outtype_on_short_rows_takes_llama_quantize_fallback() {
     let adapter = fixture("llama/adapters/qv_r8");
     let run = |t: &str| {
         let out = dir.path().join(format!("{t}.gguf"));
-        let v = merge_json(&g("llama_f32.gguf"), s(&adapter), &out, &["--outtype", t]);
+        let v = merge_json(g("llama_f32.gguf"), s(&adapter), &out, &["--outtype", t]);
         (out, v)
     };
     let ((a, va), (b, vb)) = (run("q4_k"), run("q5_0"));

@@ -242,12 +242,7 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
         let lk = p(&format!("{case}.lk.gguf"));
         to_gguf(&adapter, &p("f32.gguf"), &lk);
         let merged = p(&format!("{case}.merged.gguf"));
-        merge_json(
-            p("f32.gguf").to_str().unwrap(),
-            s(&adapter),
-            &merged,
-            &["--outtype", "f32"],
-        );
+        merge_json(p("f32.gguf"), s(&adapter), &merged, &["--outtype", "f32"]);
         let lc = fixture(&format!("gguf/llamacpp/{case}.gguf"));
         let l_merged = llama_logits(&bin, &merged, None);
         let l_lk = llama_logits(&bin, &p("f32.gguf"), Some(&lk));
@@ -279,7 +274,7 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
         Some(&fixture("gguf/llamacpp/qv_r8.gguf")),
     );
     let keep = p("q8.keep.gguf");
-    merge_json(p("q8.gguf").to_str().unwrap(), s(&adapter), &keep, &[]);
+    merge_json(p("q8.gguf"), &adapter, &keep, &[]);
     let l_keep = llama_logits(&bin, &keep, None);
     let (e_keep, e_ref) = (logits_err(&l_keep, &exact), logits_err(&reference, &exact));
     let e_between = logits_err(&l_keep, &reference);

@@ -13,8 +13,8 @@ fn merge_into_an_f32_gguf_equals_the_peft_merge() {
     for case in ["qv_r8", "rslora_all"] {
         let (_dir, out) = scratch("m.gguf");
         let v = merge_json(
-            &g("llama_f32.gguf"),
-            fixture(&format!("llama/adapters/{case}")).to_str().unwrap(),
+            g("llama_f32.gguf"),
+            fixture(&format!("llama/adapters/{case}")),
             &out,
             &[],
         );
@@ -92,7 +92,7 @@ fn merge_into_quantized_gguf_keeps_types_within_their_rounding() {
             })
             .collect();
         let f32_out = dir.path().join("f32.gguf");
-        merge_json(&g(file), s(&adapter), &f32_out, &["--outtype", "f32"]);
+        merge_json(g(file), s(&adapter), &f32_out, &["--outtype", "f32"]);
         let got = hf_view(&f32_out);
         for (name, want) in &expected {
             assert_eq!(got[*name].0, GgmlType::F32);
@@ -100,7 +100,7 @@ fn merge_into_quantized_gguf_keeps_types_within_their_rounding() {
             assert!(e <= 1e-6, "{file} {name}: {e:e}");
         }
         let keep_out = dir.path().join("keep.gguf");
-        let v = merge_json(&g(file), s(&adapter), &keep_out, &[]);
+        let v = merge_json(g(file), s(&adapter), &keep_out, &[]);
         assert_eq!(v["outtype"], "keep");
         let got = hf_view(&keep_out);
         for (name, (t, _, vals, bytes)) in &got {
@@ -140,7 +140,7 @@ fn unmerge_from_a_gguf_restores_the_base() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = fixture("llama/adapters/rslora_all");
     let (m, u) = (dir.path().join("m.gguf"), dir.path().join("u.gguf"));
-    merge_json(&g("llama_f32.gguf"), s(&adapter), &m, &[]);
+    merge_json(g("llama_f32.gguf"), s(&adapter), &m, &[]);
     let v = merge_json(s(&m), s(&adapter), &u, &["--unmerge"]);
     assert_eq!(v["operation"], "unmerge");
     let (got, base) = (hf_view(&u), hf_view(&fixture("gguf/llama_f32.gguf")));
@@ -252,7 +252,7 @@ fn gguf_merge_splits_and_reads_its_split_output() {
     let (dir, out) = scratch("m.gguf");
     let adapter = fixture("llama/adapters/qv_r8");
     let v = merge_json(
-        &g("llama_f32.gguf"),
+        g("llama_f32.gguf"),
         s(&adapter),
         &out,
         &["--max-shard-size", "100KB"],
@@ -290,7 +290,7 @@ fn gguf_merge_splits_and_reads_its_split_output() {
     }
     // --dry-run states the same layout and writes nothing.
     let dry = merge_json(
-        &g("llama_f32.gguf"),
+        g("llama_f32.gguf"),
         s(&adapter),
         &dir.path().join("dry.gguf"),
         &["--max-shard-size", "100KB", "--dry-run"],
@@ -321,7 +321,7 @@ fn merge_into_a_qwen2_gguf_is_not_permuted() {
     for outtype in ["f32", "keep"] {
         let out = dir.path().join(format!("{outtype}.gguf"));
         let v = merge_json(
-            &g("qwen2_bf16.gguf"),
+            g("qwen2_bf16.gguf"),
             s(&adapter),
             &out,
             &["--outtype", outtype],
@@ -360,7 +360,7 @@ fn weighted_adapters_merge_into_a_gguf_as_peft_weighted_cat() {
     );
     let weights = ["--weight", "0.7", "--adapter", s(&b), "--weight", "-0.4"];
     let extra = [&weights[..], &["--outtype", "f32"]].concat();
-    let v = merge_json(&g("llama_q8_0.gguf"), s(&a), &out, &extra);
+    let v = merge_json(g("llama_q8_0.gguf"), s(&a), &out, &extra);
     assert_eq!(v["adapters"][1]["weight"], -0.4);
     // Reference for this base: its dequantized values plus PEFT's weighted ΔW.
     let f32_base = hf_view(&fixture("gguf/llama_f32.gguf"));
@@ -395,10 +395,10 @@ fn a_kohya_file_merges_into_a_gguf_base_as_its_peft_folder() {
         &[],
     ));
     let (from_kohya, from_peft) = (dir.path().join("k.gguf"), dir.path().join("p.gguf"));
-    let vk = merge_json(&g("llama_q8_0.gguf"), s(&kohya), &from_kohya, &[]);
+    let vk = merge_json(g("llama_q8_0.gguf"), s(&kohya), &from_kohya, &[]);
     merge_json(
-        &g("llama_q8_0.gguf"),
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        g("llama_q8_0.gguf"),
+        fixture("llama/adapters/qv_r8"),
         &from_peft,
         &[],
     );

@@ -76,8 +76,13 @@ fn to_gguf(adapter: &Path, base: &Path, out: &Path) -> serde_json::Value {
 }
 
 /// `lorakit merge --base BASE --adapter ADAPTER --out OUT --json EXTRA…`: its JSON report.
-fn merge_json(base: &str, adapter: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let (base, adapter) = (Path::new(base), Path::new(adapter));
+fn merge_json(
+    base: impl AsRef<Path>,
+    adapter: impl AsRef<Path>,
+    out: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let (base, adapter) = (base.as_ref(), adapter.as_ref());
     let args = merge_args(base, adapter, out, &[&["--json"], extra].concat());
     serde_json::from_str(&run_ok(args)).unwrap()
 }
@@ -121,6 +126,77 @@ fn open_against_converter(out: &Path, reference: &str) -> (GgufModel, GgufModel)
     let theirs = GgufModel::open(fixture(&format!("gguf/llamacpp/{reference}"))).unwrap();
     assert_metadata_is_converters_plus_provenance(&ours, &theirs, reference);
     (ours, theirs)
+}
+
+/// lorakit's merged GGUF `out` (its `merge --json` report `v`) against llama.cpp's converter
+/// output `reference`: the metadata as [`open_against_converter`] asserts, then the same tensors
+/// in the same order with the same names, dims and types; each tensor the report does not list
+/// as merged byte for byte, and each merged one (`merged` of them) handed dequantized, lorakit's
+/// then the converter's, to `close`, which asserts its bound.
+fn assert_tensors_equal_converter(
+    out: &Path,
+    reference: &str,
+    v: &serde_json::Value,
+    merged: usize,
+    close: impl Fn(&lorakit::io::gguf::TensorInfo, &[f32], &[f32]),
+) {
+    assert_eq!(v["tensors_merged_count"], merged, "{reference}");
+    let (ours, theirs) = open_against_converter(out, reference);
+    let merged_names = merged_names(v);
+    let (to, tt): (Vec<_>, Vec<_>) = (ours.tensors().collect(), theirs.tensors().collect());
+    assert_eq!(to.len(), tt.len(), "{reference}");
+    let mut exact = 0;
+    for ((fo, a), (ft, b)) in to.iter().zip(&tt) {
+        assert_eq!(
+            (&a.name, &a.dims, a.ty),
+            (&b.name, &b.dims, b.ty),
+            "{reference}"
+        );
+        if merged_names.contains(&a.name.as_str()) {
+            close(a, &fo.dequantize(a).unwrap(), &ft.dequantize(b).unwrap());
+        } else {
+            assert!(
+                fo.view(a).data == ft.view(b).data,
+                "{reference} {}: untouched tensor not byte-identical",
+                a.name
+            );
+            exact += 1;
+        }
+    }
+    assert_eq!(exact, to.len() - merged, "{reference}");
+}
+
+/// One f16 step between `p` and `q`: 2⁻¹⁰ relative to the larger, 2⁻²⁴ among subnormals
+/// (two f32 merges that differ in the last bits, each rounded to f16).
+fn f16_step(p: f32, q: f32) -> f32 {
+    (p.abs().max(q.abs()) * 2f32.powi(-10)).max(2f32.powi(-24))
+}
+
+/// A model folder `d` (created) holding the files `model.1` of fixture folder `model.0` and the
+/// files `tokenizer.1` of fixture folder `tokenizer.0`; an empty list takes every file there.
+fn model_folder(
+    d: std::path::PathBuf,
+    model: (&str, &[&str]),
+    tokenizer: (&str, &[&str]),
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(&d).unwrap();
+    for (src, files) in [model, tokenizer] {
+        let src = fixture(src);
+        let names: Vec<std::ffi::OsString> = if files.is_empty() {
+            std::fs::read_dir(&src)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name())
+                .collect()
+        } else {
+            files.iter().map(|f| f.into()).collect()
+        };
+        for f in names {
+            std::fs::copy(src.join(&f), d.join(&f)).unwrap();
+        }
+    }
+    d
 }
 
 /// The names of the tensors a merge report (`--json`) lists as merged.

@@ -36,8 +36,8 @@ fn gguf_merge_parts_equal_the_single_run_byte_for_byte() {
     let split_dir = dir.path().join("split_base");
     std::fs::create_dir(&split_dir).unwrap();
     merge_json(
-        &g("llama_q8_0.gguf"),
-        fixture("llama/adapters/qv_r8").to_str().unwrap(),
+        g("llama_q8_0.gguf"),
+        fixture("llama/adapters/qv_r8"),
         &split_dir.join("b.gguf"),
         &["--max-shard-size", "40KB"],
     );

@@ -61,7 +61,7 @@ fn diff_of_gguf_files_compares_dequantized_values() {
         ("llama_f32.gguf", "llama/base"),
         ("qwen2_bf16.gguf", "llama/qwen2"),
     ] {
-        let j = run_ok(["diff", &g(gguf), fixture(hf).to_str().unwrap(), "--json"]);
+        let j = run_ok(diff_args(Path::new(&g(gguf)), &fixture(hf), &["--json"]));
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["pass"], true, "{gguf}");
         assert_eq!(v["identical"], v["tensors_compared"], "{gguf}");
@@ -71,7 +71,7 @@ fn diff_of_gguf_files_compares_dequantized_values() {
     // A merged GGUF against PEFT's merge (which holds the changed tensors only), either order.
     let (_dir, m) = scratch("m.gguf");
     let adapter = fixture("llama/adapters/rslora_all");
-    merge_json(&g("llama_f32.gguf"), s(&adapter), &m, &[]);
+    merge_json(g("llama_f32.gguf"), s(&adapter), &m, &[]);
     let peft = fixture("llama/merged/rslora_all.safetensors");
     let (m, peft) = (s(&m), s(&peft));
     run_ok(["diff", m, peft, "--common", "--tolerance", "1e-6"]);
@@ -157,9 +157,9 @@ fn malformed_gguf_files_fail_in_one_line() {
 #[test]
 fn gguf_reports_share_the_json_vocabulary() {
     let dir = tempfile::tempdir().unwrap();
-    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
-    let qv = fixture("llama/adapters/qv_r8").to_str().unwrap().to_owned();
-    let base = fixture("llama/base").to_str().unwrap().to_owned();
+    let d = |n: &str| s(&dir.path().join(n)).to_owned();
+    let qv = s(&fixture("llama/adapters/qv_r8")).to_owned();
+    let base = s(&fixture("llama/base")).to_owned();
     let lines = [
         format!("inspect {} --tensors", g("types.gguf")),
         format!("inspect {base} --tensors"),
