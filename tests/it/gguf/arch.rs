@@ -237,7 +237,6 @@ fn qwen3_hf_to_gguf_refuses_rerankers_and_embedding_models() {
             &out,
             &["--gguf-tokenizer-pre", "qwen2"],
         ));
-        assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
         assert!(line.contains(want) && line.contains(file), "{line}");
         assert!(!out.exists());
@@ -296,7 +295,6 @@ fn gemma_lm_head_and_old_gemma3_configs_are_refused() {
         &out,
         &["--base", s(&base)],
     ));
-    assert_ne!(e.status.code(), Some(0));
     let line = one_line_error(&e);
     assert!(
         line.contains("hf_gemma/lm_head: module `lm_head` (gemma)")
@@ -304,17 +302,15 @@ fn gemma_lm_head_and_old_gemma3_configs_are_refused() {
         "{line}"
     );
     let relabelled = qwen3_folder(dir.path(), "g2");
-    let p = relabelled.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-    c["architectures"] = serde_json::json!(["Gemma3ForCausalLM"]);
-    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+    edit_json(relabelled.join("config.json"), |c| {
+        c["architectures"] = serde_json::json!(["Gemma3ForCausalLM"])
+    });
     let e = run_err(merge_args(
         &relabelled,
         &fixture("gguf/hf_qwen3/lora"),
         &out,
         &[],
     ));
-    assert_ne!(e.status.code(), Some(0));
     let line = one_line_error(&e);
     assert!(
         line.contains("config.json")
@@ -436,10 +432,9 @@ fn gemma_folder_in(dir: &Path, name: &str, arch: &str) -> std::path::PathBuf {
 fn gemma2_hf_to_gguf_refusals_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let no_cap = gemma_folder_in(dir.path(), "no_cap", "gemma2");
-    let p = no_cap.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-    c.as_object_mut().unwrap().remove("attn_logit_softcapping");
-    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+    edit_json(no_cap.join("config.json"), |c| {
+        c.as_object_mut().unwrap().remove("attn_logit_softcapping");
+    });
     let no_spm = gemma_folder_in(dir.path(), "no_spm", "gemma2");
     std::fs::remove_file(no_spm.join("tokenizer.model")).unwrap();
     let out = dir.path().join("o.gguf");
@@ -448,7 +443,6 @@ fn gemma2_hf_to_gguf_refusals_write_nothing() {
         (&no_spm, "no_spm/hf_gemma2: no tokenizer.model"),
     ] {
         let e = run_err(merge_args(base, &fixture("gguf/hf_gemma2/lora"), &out, &[]));
-        assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
         assert!(line.contains(want), "{line}");
         assert!(!out.exists());

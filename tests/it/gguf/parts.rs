@@ -89,7 +89,6 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
         let d = out.parent().unwrap();
         let before = folder_files(d);
         let e = run_err(finalize_args(out, &[]));
-        assert_ne!(e.status.code(), Some(0));
         let line = one_line_error(&e);
         assert!(line.contains(want), "{}: {line}", out.display());
         assert_eq!(
@@ -151,7 +150,6 @@ fn gguf_finalize_refuses_bad_parts_changing_nothing() {
     check(&out, "changed (size or mtime) since the parts ran");
     // Nothing to finalize.
     let e = run_err(finalize_args(&dir.path().join("none.gguf"), &[]));
-    assert_ne!(e.status.code(), Some(0));
     one_line_error(&e);
 }
 
