@@ -36,10 +36,9 @@ pub use init::{base_residual, ignored_training_tensor, init_refusal, BaseResidua
 pub use layout::Peft;
 pub use lycoris::{factorization, plan as lycoris_plan, LycorisPeft};
 pub use read::read;
-pub use write::{
-    config_json, encoded, factor_shapes, full_tensor_key, lycoris_config_json, stored_shape, write,
-    write_with,
-};
+pub use write::{config_json, full_tensor_key, lycoris_config_json, write, write_with};
+// Their public path stays `peft::…`: the writers of every format share them from one leaf.
+pub use super::written::{encoded, factor_shapes, stored_shape};
 
 /// Why an adapter cannot be merged into its base or run as plain low-rank updates, for the
 /// config features whose LoRA PEFT itself refuses to merge (PEFT 0.21.2): `layer_replication`
