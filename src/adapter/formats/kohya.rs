@@ -15,6 +15,9 @@
 //! none of them (`model_lora_keys_unet` has `diffusion_model.…`, `lora_unet_…` and diffusers names
 //! there; it maps bare native names only for models such as Qwen-Image or Mochi), so it loads no
 //! key of such a file (tests/it/lycoris/onetrainer_comfy.rs).
+//!
+//! Must not: take a module's factors apart or check their shapes (`lycoris/`'s [`lycoris::module`]
+//! and [`lycoris::tensors`] do), nor parse a PEFT config itself ([`super::peft::PeftConfig`] does).
 
 use super::layout::{Facts, Holds, Layout, Shape, WriteArgs};
 use super::lycoris;

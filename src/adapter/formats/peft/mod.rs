@@ -13,6 +13,9 @@
 //! `re.match(rf"(.*\.)?({key})$", name)`, first match in the config's order wins
 //! (`utils/other.py` `get_pattern_key`); scale is `alpha/r`, or `alpha/√r` with `use_rslora`
 //! (`layer.py` `update_layer`).
+//!
+//! Must not: read or write tensors itself (its children do: `read.rs`, `write.rs`, …; this file
+//! declares and re-exports them), nor know another format's key names.
 use serde_json::Value;
 
 mod adalora;
