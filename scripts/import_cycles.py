@@ -23,7 +23,7 @@ Differences from a first, rougher count (51 cycles on 2026-12-05 morning): it dr
 code below it), kept other `#[cfg(test)]` items, scanned `tests.rs` files as library code,
 skipped nested `use` groups and `super::*`, and read paths inside strings and block comments.
 
-Usage: cycles_v2.py [-v] [--sccs] SRC_DIR
+Usage: python3 scripts/import_cycles.py [-v] [--sccs] SRC_DIR
   -v       print, under each cycle, the paths that make each of its two edges
   --sccs   also print strongly connected groups of three or more files (longer cycles)
 """
