@@ -5,7 +5,9 @@ files other than a feature switch"). Run: python3 scripts/import_cycles.py [-v] 
 What it counts: an edge A -> B when file A (test-only code removed) names a path that lands in
 file B: `crate::x::y`, `super::..`, `self::..`, a path starting with a child module of A, or a
 path starting with a name that A imported as a module with `use` (`use crate::backend;` then
-`backend::gpu::f`). Each `use` group is expanded, nested groups included, and `super::*`
+`backend::gpu::f`). Outside `use`, the last name of a path is an item, never a module, so it
+does not pick a file (`peft::read(..)` lands in peft/mod.rs, which re-exports the function, not
+in peft/read.rs). Each `use` group is expanded, nested groups included, and `super::*`
 globs count. A path lands in the deepest file its leading segments name (so
 `super::print_report` from commands/merge.rs lands in commands/mod.rs even when mod.rs merely
 re-exports it: the text names the parent). A string literal that is exactly a path counts too
@@ -21,7 +23,7 @@ Differences from a first, rougher count (51 cycles on 2026-12-05 morning): it dr
 code below it), kept other `#[cfg(test)]` items, scanned `tests.rs` files as library code,
 skipped nested `use` groups and `super::*`, and read paths inside strings and block comments.
 
-Usage: cycles_v2.py [-v] [--sccs] SRC_DIR
+Usage: python3 scripts/import_cycles.py [-v] [--sccs] SRC_DIR
   -v       print, under each cycle, the paths that make each of its two edges
   --sccs   also print strongly connected groups of three or more files (longer cycles)
 """
@@ -284,7 +286,10 @@ def targets_of(mod, src):
                 aliases[alias or segs[-1]] = t
     for m in PATH.finditer(USE.sub(' ', src)):
         segs = [s for s in m.group(1).split('::') if s != '*']
-        targets.append((m.group(1), segs))
+        # Outside `use`, a path's last name is an item (a function, type, constant, variant,
+        # macro), never a module: `peft::read(..)` calls the `read` that peft/mod.rs re-exports,
+        # not the file peft/read.rs, so only the names before it can pick a file.
+        targets.append((m.group(1), segs[:-1]))
     return [(text, resolve(mod, segs, aliases)) for text, segs in targets]
 
 

@@ -15,18 +15,17 @@
 //! next-token targets given.
 //!
 //! Must not hold a second copy of the decoder block: full, training and KV-cached forwards all run
-//! `layer_forward`.
+//! `layer_forward`. The model's parts and slot numbering are `llama/structure.rs`'s (a leaf this
+//! file and `llama/attach.rs` share); attaching adapters is `llama/attach.rs`'s.
 
 use super::config::ModelConfig;
-use super::linear::{Exec, Linear, Lora, LoraGrad, LoraTape, Matrix, MatrixData};
+use super::linear::{Exec, Linear, LoraGrad, LoraTape, Matrix, MatrixData};
 use super::ops::{
     attention, attention_backward, attention_incremental, rmsnorm, rmsnorm_backward, swiglu,
     swiglu_backward, AttnShape, Rope,
 };
-use super::scalar::{stored_as, Real};
-use crate::adapter::{Adapter, ModuleKind};
-use crate::backend::{Dora, MergeJob, NormAxis, Term};
-use crate::dtype::{self, Dtype};
+use super::scalar::Real;
+use crate::dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
 use anyhow::{bail, Result};
@@ -36,7 +35,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod attach;
+mod structure;
 pub use attach::Attached;
+pub use structure::{EmbedLora, Layer, Model};
 
 /// Projection names inside a layer, in slot order.
 pub const PROJECTIONS: [&str; 7] = [
@@ -138,42 +139,6 @@ impl<'c> Weights<'c> {
             Some(_) => Ok(Matrix::new(self.data(name)?, 1, len)),
         }
     }
-}
-
-/// One decoder layer.
-#[derive(Debug, Clone)]
-pub struct Layer<'c, T> {
-    pub input_norm: Vec<T>,
-    pub post_norm: Vec<T>,
-    /// q, k, v, o, gate, up, down.
-    pub proj: [Linear<'c, T>; 7],
-    pub window: Option<usize>,
-}
-
-/// LoRA on the token embedding (unmerged): `E[t] + s·B·A[:, t]`, `A` `rank × vocab`, `B`
-/// `hidden × rank`.
-#[derive(Debug, Clone)]
-pub struct EmbedLora<T> {
-    pub a: Vec<T>,
-    pub b: Vec<T>,
-    pub rank: usize,
-    pub scale: T,
-}
-
-/// A Llama-family causal LM computing in `T`.
-#[derive(Debug, Clone)]
-pub struct Model<'c, T> {
-    pub config: ModelConfig,
-    /// Tensor-name prefix of the decoder (`model.`, or empty for a bare `LlamaModel`).
-    pub prefix: String,
-    pub embed: Matrix<'c>,
-    pub embed_loras: Vec<EmbedLora<T>>,
-    pub layers: Vec<Layer<'c, T>>,
-    pub norm: Vec<T>,
-    pub lm_head: Linear<'c, T>,
-    /// `lm_head` uses the embedding matrix.
-    pub tied: bool,
-    inv_freq: Vec<f64>,
 }
 
 /// Gradients of every trainable adapter, by slot.
@@ -340,32 +305,6 @@ impl<'c, T: Real> Model<'c, T> {
             prefix,
             config,
         })
-    }
-
-    /// Number of linear slots (7 per layer, then `lm_head`).
-    pub fn num_slots(&self) -> usize {
-        self.layers.len() * 7 + 1
-    }
-
-    pub fn linear(&self, slot: usize) -> &Linear<'c, T> {
-        if slot == self.layers.len() * 7 {
-            &self.lm_head
-        } else {
-            &self.layers[slot / 7].proj[slot % 7]
-        }
-    }
-
-    pub fn linear_mut(&mut self, slot: usize) -> &mut Linear<'c, T> {
-        if slot == self.layers.len() * 7 {
-            &mut self.lm_head
-        } else {
-            &mut self.layers[slot / 7].proj[slot % 7]
-        }
-    }
-
-    /// Module path of the embedding (`model.embed_tokens`).
-    pub fn embed_name(&self) -> String {
-        format!("{}embed_tokens", self.prefix)
     }
 
     /// Embedding lookup with embedding adapters; every id must be below the vocabulary size.

@@ -15,9 +15,14 @@
 //! none of them (`model_lora_keys_unet` has `diffusion_model.…`, `lora_unet_…` and diffusers names
 //! there; it maps bare native names only for models such as Qwen-Image or Mochi), so it loads no
 //! key of such a file (tests/it/lycoris/onetrainer_comfy.rs).
+//!
+//! Must not: take a module's factors apart or check their shapes (`lycoris/`'s [`lycoris::module`]
+//! and [`lycoris::tensors`] do), nor parse a PEFT config itself ([`super::peft::PeftConfig`] does).
 
 use super::layout::{Facts, Holds, Layout, Shape, WriteArgs};
 use super::lycoris;
+use super::peft::config::PeftConfig;
+use super::written::{encoded, stored_shape};
 use crate::adapter::algo::{Factors, KronHalf};
 use crate::adapter::data::Data;
 use crate::adapter::formats::format::Format;
@@ -141,8 +146,8 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
 /// `_pack_dict_with_prefix`) when a pipeline saved it, unprefixed when a model did.
 #[derive(Default)]
 struct DiffusersConfigs {
-    by_component: BTreeMap<String, super::peft::PeftConfig>,
-    plain: Option<super::peft::PeftConfig>,
+    by_component: BTreeMap<String, PeftConfig>,
+    plain: Option<PeftConfig>,
 }
 
 impl DiffusersConfigs {
@@ -178,7 +183,7 @@ impl DiffusersConfigs {
         }
         let parse = |m: serde_json::Map<String, serde_json::Value>| {
             let text = serde_json::Value::Object(m).to_string();
-            super::peft::PeftConfig::parse(path, text.as_bytes())
+            PeftConfig::parse(path, text.as_bytes())
         };
         Ok(Self {
             by_component: grouped
@@ -194,7 +199,7 @@ impl DiffusersConfigs {
     }
 
     /// The config for module `name` and the name relative to it.
-    fn for_module<'n>(&self, name: &'n str) -> Option<(&super::peft::PeftConfig, &'n str)> {
+    fn for_module<'n>(&self, name: &'n str) -> Option<(&PeftConfig, &'n str)> {
         if let Some((component, rel)) = name.split_once('.') {
             if let Some(c) = self.by_component.get(component) {
                 return Some((c, rel));
@@ -245,7 +250,7 @@ pub fn kohya_alpha(adapter: &Adapter, m: &LoraModule) -> f64 {
 /// paths become `prefix_path_with_underscores` (two modules that would get the same kohya name
 /// are an error). The scale is carried as `.alpha` ([`kohya_alpha`]), always stored as an F32
 /// scalar so a half-precision file does not round it. `dtype`: `Some(d)` encodes every factor
-/// as `d`; `None` copies stored factors byte for byte (see [`super::peft::encoded`]).
+/// as `d`; `None` copies stored factors byte for byte (see [`encoded`]).
 pub fn write_with(
     adapter: &Adapter,
     prefix: &str,
@@ -357,16 +362,7 @@ pub fn write_with(
         for (suffix, data, canonical) in lycoris::tensors(m) {
             // A stored tensor keeps the shape it was stored with (LyCORIS writes a LoHa conv's
             // `hada_w1_b` flattened, sd-scripts a conv's factors 4-D), so conversions are exact.
-            let shape = match (data, adapter.source.as_ref()) {
-                (
-                    Data::Stored {
-                        key,
-                        transpose: false,
-                    },
-                    Some(src),
-                ) => src.info(key).map_or(canonical.clone(), |i| i.shape.clone()),
-                _ => canonical,
-            };
+            let shape = stored_shape(adapter, data, canonical);
             if shape.iter().product::<usize>() != adapter.numel(data) {
                 return Err(InputError::invalid(
                     &adapter.path,
@@ -377,7 +373,7 @@ pub fn write_with(
                     ),
                 ));
             }
-            let (dt, bytes) = super::peft::encoded(adapter, data, dtype)?;
+            let (dt, bytes) = encoded(adapter, data, dtype)?;
             specs.push(TensorSpec::new(format!("{base}.{suffix}"), dt, shape));
             payload.push(bytes);
         }
@@ -397,35 +393,6 @@ pub fn write_with(
     }
     w.finish()?;
     Ok(())
-}
-
-/// Reads a one-element tensor of any numeric dtype as f64 (diffusers writes kohya alphas as
-/// I64, kohya itself as F16/F32).
-pub(crate) fn read_scalar(file: &SafetensorsFile, key: &str) -> InputResult<f64> {
-    let v = file.view(key)?;
-    let d = v.data;
-    let le = |n: usize| -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[..n].copy_from_slice(&d[..n]);
-        b
-    };
-    Ok(match v.dtype {
-        Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => v.to_f32()[0] as f64,
-        Dtype::I64 => i64::from_le_bytes(le(8)) as f64,
-        Dtype::I32 => i32::from_le_bytes(le(4)[..4].try_into().expect("4")) as f64,
-        Dtype::I16 => i16::from_le_bytes([d[0], d[1]]) as f64,
-        Dtype::I8 => d[0] as i8 as f64,
-        Dtype::U8 | Dtype::BOOL => d[0] as f64,
-        other => {
-            return Err(InputError::invalid(
-                file.path(),
-                format!(
-                    "tensor `{key}`: alpha has unsupported dtype {}",
-                    crate::dtype::name(other)
-                ),
-            ))
-        }
-    })
 }
 
 /// LyCORIS and ComfyUI give a LoKr module with both halves whole scale 1 whatever its alpha

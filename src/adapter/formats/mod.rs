@@ -6,7 +6,8 @@
 //! `Layout` in `formats/NEW.rs`, a variant in [`Format`] (`format.rs`), its arm in
 //! [`Format::layout`] below, and its detection in [`detect`] / [`open`]. Nothing in `ops/`
 //! matches on a format. The diffusers and GGUF single files (`diffusers.rs`, `gguf.rs`) are
-//! written by their own `convert` targets, not as a [`Format`].
+//! written by their own `convert` targets, not as a [`Format`]. What every writer shares (the
+//! dtype, bytes and shape a tensor is written with) is `written.rs`, a leaf below them all.
 //!
 //! Must not: know an operation, or a format's key names (those live in the format's file).
 
@@ -17,6 +18,7 @@ pub mod kohya;
 mod layout;
 pub mod lycoris;
 pub mod peft;
+mod written;
 
 pub use format::Format;
 pub use layout::{Facts, Holds, Layout, Shape, WriteArgs};

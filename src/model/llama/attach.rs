@@ -8,10 +8,17 @@
 //! `{path}.weight` names; in-memory merges go through `backend::cpu::merge`, the kernel `lorakit
 //! merge` runs.
 
-use super::*;
+use super::structure::{EmbedLora, Model};
 use crate::adapter::formats::peft::tokens_module;
 use crate::adapter::mapping::{dotted_suffix, dotted_suffix_agrees, target_matches, WeightNames};
-use crate::adapter::Format;
+use crate::adapter::{Adapter, Format, ModuleKind};
+use crate::backend::{Dora, MergeJob, NormAxis, Term};
+use crate::dtype::Dtype;
+use crate::error::InputError;
+use crate::model::linear::{Lora, Matrix, MatrixData};
+use crate::model::scalar::{stored_as, Real};
+use anyhow::{bail, Result};
+use std::sync::Arc;
 
 /// Where an adapter module lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

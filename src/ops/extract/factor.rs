@@ -1,10 +1,12 @@
 //! Per-module numerics: seeds, the randomized or exact SVD of one ΔW, the rank rule applied,
 //! and residual norms. Must not read files or know module names beyond seeding.
 
-use super::*;
+use super::operators::{seq_matmul, BLOCK_ROWS, EXTRACT_DENSE};
 use crate::linalg::dense::FAER;
 use crate::linalg::{self, LinearOperator, RsvdOptions, Svd};
+use crate::ops::rank::RankRule;
 use ndarray::ArrayView2;
+use rayon::prelude::*;
 
 // ---------------------------------------------------------------------------
 // Per-module numerics

@@ -62,7 +62,6 @@ use crate::dtype::Dtype;
 use crate::error::{Opt, OptionError};
 use crate::io::Checkpoint;
 use anyhow::{bail, Result};
-use rayon::prelude::*;
 use regex::Regex;
 use std::path::PathBuf;
 

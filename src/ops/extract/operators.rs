@@ -2,7 +2,6 @@
 //! `ΔW` ([`HostDeltaOp`]) or on a GPU by the delta-sketch kernels, as the [`Engine`] chooses.
 //! Must not choose ranks or write, nor choose between CPU and GPU itself (`backend::Engine` does).
 
-use super::*;
 use crate::backend::cpu_forward::{DeltaPair, StoredMatrix};
 use crate::backend::Engine;
 use crate::dtype::Dtype;
@@ -10,6 +9,7 @@ use crate::linalg::dense::{faer_matmul, faer_svd, thin_qr, with_faer, FAER};
 use crate::linalg::{skinny, Dense, LinearOperator, Svd};
 use anyhow::Result;
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 
 // ---------------------------------------------------------------------------
 // Operators for ΔW

@@ -1,13 +1,18 @@
 //! Planning an extraction: candidate tensors paired and validated, modules filtered and laid
 //! out, parts assigned, ΔW formed per tensor. Must not factor or write the adapter.
 
-use super::*;
+use super::factor::sub_norms;
+use super::{
+    is_embedding_module, module_of, EmbeddingMode, ExtractDryRun, ExtractOptions, ExtractPlan,
+    Item, ItemKind, Layout,
+};
 use crate::adapter::formats::{Holds, Shape};
 use crate::adapter::Format;
 use crate::dtype::{self};
 use crate::error::{InputError, InputResult, Opt, OptionError};
 use crate::io::Checkpoint;
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 use std::path::PathBuf;
 
 impl ExtractPlan {

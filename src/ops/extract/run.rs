@@ -1,7 +1,12 @@
 //! Running a planned extraction: each tensor factored (or stored whole, or skipped), and the
 //! outcomes assembled into the adapter and its report. Must not decide what is extracted.
 
-use super::*;
+use super::factor::{closed_form_residual_sq, factorize, module_seed, residual_sq};
+use super::operators::{DeltaInput, DeltaOperators};
+use super::{
+    module_of, EmbeddingMode, ExtractPlan, ExtractSummary, FullReport, Item, ItemKind, Layout,
+    LowRankOutcome, ModuleReport, Outcome, TensorReport, Timings, Totals, WholeModule,
+};
 use crate::adapter::{Adapter, Data, Factors, FullTensor, LoraModule, ModuleKind};
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, Opt};

@@ -11,6 +11,7 @@
 
 pub(crate) mod keys;
 mod read;
+mod scalar;
 #[cfg(test)]
 mod tests;
 mod write;

@@ -2,6 +2,7 @@
 //! each other and turned into a [`LoraModule`] with its [`Factors`] and scale. Never writes.
 
 use super::keys::Parts;
+use super::scalar::read_scalar;
 use crate::adapter::algo::{self, Factors, KronHalf};
 use crate::adapter::data::Data;
 use crate::adapter::model::{scale_for, DoraRule, LoraModule, ModuleKind};
@@ -131,7 +132,7 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                     format!("tensor `{k}`: alpha must be a scalar, shape is {shape:?}"),
                 ));
             }
-            let v = crate::adapter::formats::kohya::read_scalar(file, k)?;
+            let v = read_scalar(file, k)?;
             if !v.is_finite() {
                 return Err(InputError::invalid(
                     fpath,
@@ -489,7 +490,7 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                             ),
                         ));
                     }
-                    match crate::adapter::formats::kohya::read_scalar(file, key)? {
+                    match read_scalar(file, key)? {
                         0.0 => false,
                         1.0 => true,
                         x => {
@@ -595,7 +596,7 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                     format!("tensor `{okey}`: on_input must be a scalar, shape is {oshape:?}"),
                 ));
             }
-            let on_input = match crate::adapter::formats::kohya::read_scalar(file, okey)? {
+            let on_input = match read_scalar(file, okey)? {
                 0.0 => false,
                 1.0 => true,
                 x => {

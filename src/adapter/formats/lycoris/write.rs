@@ -3,6 +3,7 @@
 
 use crate::adapter::algo::{Factors, KronHalf};
 use crate::adapter::data::Data;
+use crate::adapter::formats::written::factor_shapes;
 use crate::adapter::model::{DoraRule, LoraModule, ModuleKind};
 
 /// The tensors a module is written as in a kohya-named file: suffix, data and canonical shape
@@ -25,7 +26,7 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
     let r = m.rank;
     let mut v: Vec<(&'static str, &Data, Vec<usize>)> = match &m.factors {
         Factors::Lora { a, b } => {
-            let (ash, bsh) = crate::adapter::formats::peft::factor_shapes(m);
+            let (ash, bsh) = factor_shapes(m);
             vec![("lora_down.weight", a, ash), ("lora_up.weight", b, bsh)]
         }
         Factors::LoraTucker { up, mid, down } => vec![

@@ -6,6 +6,9 @@
 //! (`LoraLayer.update_layer` and the `*_init` methods) and `tuners/lora/variants.py`. Only reads
 //! the config, except [`kasa_fold`], which folds KaSA's saved diagonal into B; the residual
 //! itself is computed by the merge (`ops::merge::residual`).
+//!
+//! Must not: merge or compute that residual, nor read tensors beyond the `lora_diag` and `B` that
+//! [`kasa_fold`] folds.
 
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;

@@ -18,6 +18,8 @@
 //!
 //! A module PEFT cannot rebuild (DoRA scale, a split no single `decompose_factor` gives, Tucker on
 //! some convs only, LoHa and LoKr mixed) is refused by name: there is no PEFT folder that holds it.
+//!
+//! Must not: write tensors or the config (`write.rs` does, from the plan made here) or read a folder.
 
 use crate::adapter::algo::{Factors, KronHalf};
 use crate::adapter::model::{Adapter, LoraModule, ModuleKind};

@@ -13,6 +13,9 @@
 //! `re.match(rf"(.*\.)?({key})$", name)`, first match in the config's order wins
 //! (`utils/other.py` `get_pattern_key`); scale is `alpha/r`, or `alpha/√r` with `use_rslora`
 //! (`layer.py` `update_layer`).
+//!
+//! Must not: read or write tensors itself (its children do: `read.rs`, `write.rs`, …; this file
+//! declares and re-exports them), nor know another format's key names.
 use serde_json::Value;
 
 mod adalora;
@@ -36,10 +39,9 @@ pub use init::{base_residual, ignored_training_tensor, init_refusal, BaseResidua
 pub use layout::Peft;
 pub use lycoris::{factorization, plan as lycoris_plan, LycorisPeft};
 pub use read::read;
-pub use write::{
-    config_json, encoded, factor_shapes, full_tensor_key, lycoris_config_json, stored_shape, write,
-    write_with,
-};
+pub use write::{config_json, full_tensor_key, lycoris_config_json, write, write_with};
+// Their public path stays `peft::…`: the writers of every format share them from one leaf.
+pub use super::written::{encoded, factor_shapes, stored_shape};
 
 /// Why an adapter cannot be merged into its base or run as plain low-rank updates, for the
 /// config features whose LoRA PEFT itself refuses to merge (PEFT 0.21.2): `layer_replication`

@@ -3,7 +3,8 @@
 
 use super::config::{CONFIG_NAME, PREFIX, WEIGHTS_NAME};
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, FullTensor, LoraModule, ModuleKind};
+use crate::adapter::formats::written::{encoded, factor_shapes, stored_shape};
+use crate::adapter::model::{Adapter, FullTensor, ModuleKind};
 use crate::error::{InputError, InputResult};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -155,67 +156,6 @@ pub fn full_tensor_key(adapter: &Adapter, f: &FullTensor) -> String {
             format!("{PREFIX}{}.base_layer.weight", m.name)
         }
         _ => format!("{PREFIX}{}", f.name),
-    }
-}
-
-/// On-disk shapes of a module's `A` and `B` (conv: `[r, in, kh, kw]` and `[out, r, 1, 1]`;
-/// kohya uses the same layouts).
-pub fn factor_shapes(m: &LoraModule) -> (Vec<usize>, Vec<usize>) {
-    match &m.kind {
-        ModuleKind::Conv { kernel } => {
-            let mut ash = vec![
-                m.rank,
-                m.in_features / kernel.iter().product::<usize>().max(1),
-            ];
-            ash.extend(kernel);
-            let mut bsh = vec![m.out_features, m.rank];
-            bsh.extend(kernel.iter().map(|_| 1));
-            (ash, bsh)
-        }
-        _ => (vec![m.rank, m.in_features], vec![m.out_features, m.rank]),
-    }
-}
-
-/// The dtype and bytes a tensor is written with. A stored tensor (not transposed) whose dtype
-/// is kept (`dtype` is `None` or its own) is copied byte for byte, so a conversion changes no
-/// factor; anything else is encoded from its canonical `f32` values into `dtype` (F32 when
-/// `None`). Values are checked to be finite either way.
-pub fn encoded(
-    adapter: &Adapter,
-    data: &Data,
-    dtype: Option<crate::dtype::Dtype>,
-) -> InputResult<(crate::dtype::Dtype, Vec<u8>)> {
-    let values = adapter.values(data)?;
-    if let (
-        Data::Stored {
-            key,
-            transpose: false,
-        },
-        Some(src),
-    ) = (data, adapter.source.as_ref())
-    {
-        let view = src.view(key)?;
-        if dtype.is_none_or(|d| d == view.dtype) && crate::dtype::is_float_storage(view.dtype) {
-            return Ok((view.dtype, view.data.to_vec()));
-        }
-    }
-    let dt = dtype.unwrap_or(crate::dtype::Dtype::F32);
-    Ok((dt, crate::dtype::encode(dt, &values)))
-}
-
-/// The shape a tensor is written with: a stored tensor keeps the shape it was stored with
-/// (LyCORIS and PEFT write a LoHa conv's `hada_w1_b` flattened), so conversions are exact;
-/// anything else its canonical shape.
-pub fn stored_shape(adapter: &Adapter, data: &Data, canonical: Vec<usize>) -> Vec<usize> {
-    match (data, adapter.source.as_ref()) {
-        (
-            Data::Stored {
-                key,
-                transpose: false,
-            },
-            Some(src),
-        ) => src.info(key).map_or(canonical, |i| i.shape.clone()),
-        _ => canonical,
     }
 }
 
