@@ -9,6 +9,9 @@
 //! Shapes are canonical and row-major: `d` output features, `k = in · kh · kw` input features
 //! (kernel area `kk = kh · kw`, 1 for linear layers). The rebuilt `ΔW` is accumulated in f64 and
 //! rounded once to f32, scale included.
+//!
+//! It must not know file layouts or key names (the readers in `adapter/formats/` hand it
+//! factors) nor touch a base checkpoint: a base-dependent algorithm is given `W0` by its caller.
 
 mod base;
 mod delta;

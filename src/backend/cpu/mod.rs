@@ -4,6 +4,9 @@
 //! dtype, updated in f32 and encoded straight into the output buffer in one pass while it is in
 //! cache (four rows at a time, so that the low-rank product reads `A` once per group), so the working memory is the output tensor plus eight rows per thread. The per-element arithmetic order is the one documented on
 //! [`MergeJob`], which the GPU kernels follow too.
+//!
+//! It must not choose a device (that is [`crate::backend::Engine`]'s one switch) nor read or
+//! write files: it takes decoded jobs and fills caller-owned buffers.
 
 pub mod exact;
 

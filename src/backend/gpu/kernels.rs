@@ -3,7 +3,12 @@
 //!
 //! WGSL has no `#include`, so a kernel's source is the concatenation of its parts: always
 //! `shaders/common.wgsl` (dtype codecs), then `shaders/gemm.wgsl` for the tiled-GEMM kernels or
-//! `shaders/f64.wgsl` (software binary64) for the DoRA norms, then the kernel's own file. Each file's header documents its bindings, layouts and formula.
+//! `shaders/f64.wgsl` (software binary64) for the DoRA norms, then the kernel's own file. Each
+//! file's header documents its bindings, layouts and formula.
+//!
+//! It holds no arithmetic and decides no work: the callers in `backend/gpu/` size the dispatches,
+//! bind buffers and submit (this file only records a pass they describe); a kernel's numbers are
+//! pinned by its test against the CPU code in `backend/`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
