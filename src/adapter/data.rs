@@ -12,7 +12,7 @@ pub type Values = Arc<Vec<f32>>;
 /// Where a factor's values come from: a tensor of the adapter file, or memory.
 #[derive(Debug, Clone)]
 pub enum Data {
-    /// A tensor of [`Adapter::source`], stored in the format's own layout; `transpose` says the
+    /// A tensor of [`Adapter::source`](crate::adapter::Adapter::source), stored in the format's own layout; `transpose` says the
     /// stored 2-D matrix is the transpose of the canonical one (PEFT embeddings).
     Stored { key: String, transpose: bool },
     /// Canonical row-major values.

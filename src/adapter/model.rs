@@ -51,7 +51,7 @@ impl std::fmt::Display for ModuleKind {
 #[derive(Debug, Clone)]
 pub struct LoraModule {
     /// Module path in the base model with dots (`model.layers.0.self_attn.q_proj`). For kohya
-    /// files read without a base, the underscored kohya name until [`mapping`] resolves it.
+    /// files read without a base, the underscored kohya name until [`mapping`](crate::adapter::mapping) resolves it.
     pub name: String,
     pub kind: ModuleKind,
     pub rank: usize,

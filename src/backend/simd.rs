@@ -1,6 +1,6 @@
 //! CPU-feature dispatch: the one way a CPU kernel picks a compiled copy for the CPU it runs on.
 //!
-//! [`multiversion!`] compiles a function's body three times on x86-64 — for AVX-512F, for
+//! `multiversion!` compiles a function's body three times on x86-64 — for AVX-512F, for
 //! AVX2 + FMA, and for the baseline (SSE2) — and calls the widest copy that [`level`] allows;
 //! elsewhere it is the plain function. The CPU is asked once ([`detected`], shared with
 //! `crates/linalg`'s kernels); nothing else calls `is_x86_feature_detected!`.

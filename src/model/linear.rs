@@ -6,7 +6,7 @@
 //! (f32 checkpoints in f32); other dtypes (bf16, f16) are decoded a block of rows at a time on
 //! every use, so resident memory stays at the checkpoint's own size. On `Exec::Gpu` the f32
 //! forward of a frozen layer runs through `backend::gpu::lora_forward_resident` (WGSL), biases on
-//! the CPU: the first GPU forward of a matrix uploads it once ([`DeviceSlot`]) and later forwards
+//! the CPU: the first GPU forward of a matrix uploads it once (`DeviceSlot`) and later forwards
 //! (every batch of an eval) reuse the device copy; a weight whose stacked `B` tiles do not fit
 //! the resident tiles, or that cannot be kept on the device (out of memory), goes through
 //! `backend::gpu::lora_forward` instead, which uploads `W0` per call (same kernels, same bits).

@@ -256,7 +256,7 @@ fn combine<T: Real>(mut acc: [T; LANES], op: impl Fn(T, T) -> T) -> T {
     acc[0]
 }
 
-/// `Σ f(i)` over `0..n` in [`LANES`] interleaved partial sums, combined pairwise at the end: a
+/// `Σ f(i)` over `0..n` in `LANES` interleaved partial sums, combined pairwise at the end: a
 /// fixed order, so the same bits on every run and thread count.
 #[inline(always)]
 pub fn reduce_lanes<T: Real>(n: usize, f: impl Fn(usize) -> T) -> T {

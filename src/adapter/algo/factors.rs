@@ -226,7 +226,7 @@ impl Factors {
     }
 
     /// The update is a function of the base weight itself (OFT's rotation `R·W0`, IA3's
-    /// `W0 ⊙ w`), not a fixed `ΔW`: it is built by [`delta_from_base`] with the base at hand,
+    /// `W0 ⊙ w`), not a fixed `ΔW`: it is built by [`delta_from_base`](super::base::delta_from_base) with the base at hand,
     /// and cannot be lowered to LoRA or undone from the merged weights alone.
     pub fn needs_base(&self) -> bool {
         matches!(

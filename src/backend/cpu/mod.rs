@@ -353,7 +353,7 @@ pub fn dora_square(v: f32) -> f64 {
 /// The order of the f64 additions is fixed, so the bits do not depend on the thread count:
 /// a row's sum runs over its columns `0, 1, …, cols−1`, a column's over its rows
 /// `0, 1, …, rows−1`, each starting from `+0` (rows are summed in parallel by row, columns by
-/// blocks of [`NORM_COL_BLOCK`] columns, one task walking all rows). The GPU computes the same
+/// blocks of `NORM_COL_BLOCK` columns, one task walking all rows). The GPU computes the same
 /// sums in the same order with a software f64 addition (`shaders/f64.wgsl`), so the norms, and
 /// therefore DoRA merges, are bit-identical across backends.
 pub fn dora_sums(job: &MergeJob) -> Vec<Option<Vec<f64>>> {

@@ -245,7 +245,7 @@ impl<'a> GpuDeltaOp<'a> {
 
     /// `Z = (W − W0)ᵀ·Q`, `Q` `rows × l` row-major; returns `cols × l`. `Z` accumulates over the
     /// row tiles on the device, in tile order. Within a tile the inner dimension (its rows) is
-    /// split as [`split_k`] says for a `cols × rows` by `rows × l` product: each split's partial
+    /// split as `split_k` says for a `cols × rows` by `rows × l` product: each split's partial
     /// product goes to its slice of one scratch buffer and a second dispatch adds the slices
     /// into `Z` in split order (`shaders/sketch_t.wgsl`), so the result is deterministic.
     pub fn sketch_t(&self, q: &[f32], l: usize) -> Result<Vec<f32>, GpuError> {

@@ -30,7 +30,7 @@
 //! `ΔW` is factored by the randomized range finder of Halko, Martinsson & Tropp (2011),
 //! Algorithm 4.4 (subspace iteration with QR re-orthonormalisation after every product,
 //! `l = rank + oversample` samples, `power_iters` iterations) followed by Algorithm 5.1 (SVD of
-//! `QᵀΔW`) — [`crate::linalg::randomized_svd`] — through a [`LinearOperator`] for `ΔW`, so the
+//! `QᵀΔW`) — [`crate::linalg::randomized_svd`] — through a [`LinearOperator`](crate::linalg::LinearOperator) for `ΔW`, so the
 //! products can run elsewhere (see [`DeltaOperators`]). When `rank + oversample ≥ min(d, k)` the
 //! exact SVD is used (nothing is gained by sampling); `exact` forces a full SVD everywhere.
 //! The kept triplets become `B = U_k·√S_k`, `A = √S_k·V_kᵀ` ([`crate::linalg::split_factors`]),

@@ -151,7 +151,7 @@ impl LinearOperator for HostDeltaOp<'_> {
 /// faer with matrix products on the rayon pool (bit-identical for any thread count) and QR /
 /// SVD sequential (faer's parallel ones depend on the thread count), so extraction output does
 /// not depend on the machine's core count. QRs of blocks up to 128 columns wide, those of the
-/// range finder, run in [`linalg::householder`].
+/// range finder, run in [`linalg::householder`](crate::linalg::householder).
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractDense;
 

@@ -45,7 +45,7 @@ impl std::fmt::Display for Naming {
 }
 
 /// Every per-module suffix lorakit reads: the suffix on disk (with its separator), the role it
-/// plays (the kohya/LyCORIS suffix, which [`module`] works with), and the naming it belongs to.
+/// plays (the kohya/LyCORIS suffix, which [`module`](super::read::module) works with), and the naming it belongs to.
 /// Where one suffix ends another, the longer comes first.
 pub const SUFFIXES: &[(&str, &str, Naming)] = &[
     (".lora_down.weight", "lora_down.weight", Naming::Kohya),

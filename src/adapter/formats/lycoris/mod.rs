@@ -1,7 +1,7 @@
 //! The per-module tensors of kohya-named files: plain LoRA (sd-scripts `networks/lora.py`) and the
 //! LyCORIS algorithms (`lycoris/modules/{locon,loha,lokr,full,norms,diag_oft,boft,ia3,glora}.py`,
-//! `weight_list` of each) and OneTrainer's OFT v2 (`oft_R`), read into one [`LoraModule`] with
-//! its [`Factors`]. OFT, BOFT and IA3
+//! `weight_list` of each) and OneTrainer's OFT v2 (`oft_R`), read into one [`LoraModule`](crate::adapter::LoraModule) with
+//! its [`Factors`](crate::adapter::algo::Factors). OFT, BOFT and IA3
 //! files do not give every side of the weight they adapt (their update is a function of
 //! it): the missing side is 0 and [`crate::adapter::mapping`] takes it from the base.
 //!

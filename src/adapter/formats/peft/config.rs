@@ -30,7 +30,7 @@ pub enum PeftType {
     /// `tuners/oft`: `oft_R.weight` per module, `W' = W0·blockdiag(R)ᵀ`.
     Oft,
     /// `tuners/adalora`: `lora_A`, `lora_E`, `lora_B` per module, pruned per module
-    /// ([`super::adalora`]).
+    /// (`peft/adalora.rs`).
     AdaLora,
 }
 

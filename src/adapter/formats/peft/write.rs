@@ -24,7 +24,7 @@ pub fn write(
     write_with(adapter, out, output, Some(dtype), extra_metadata)
 }
 
-/// [`write`] with a dtype policy: `Some(d)` encodes every tensor as `d`; `None` copies stored
+/// [`write()`] with a dtype policy: `Some(d)` encodes every tensor as `d`; `None` copies stored
 /// tensors byte for byte in their own dtype and writes owned values as F32 (see [`encoded`]).
 /// `extra_metadata` follows `"format": "pt"` in `__metadata__` (a `format` entry in it is
 /// dropped, so the key is never written twice).
