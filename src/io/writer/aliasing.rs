@@ -64,6 +64,14 @@ pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -
                 ),
             ));
         }
+        if !want_dir && std::os::unix::ffi::OsStrExt::as_bytes(w.as_os_str()).ends_with(b"/") {
+            // `--out k.safetensors/` for a one-file output: bad usage (exit 2), where the
+            // file system's "Not a directory" would only come at write time (exit 3).
+            return Err(InputError::invalid(
+                w,
+                "ends with `/`, but a file is written here; drop the slash",
+            ));
+        }
         match std::fs::metadata(w) {
             Ok(m) if m.is_dir() && !want_dir => {
                 return Err(InputError::invalid(

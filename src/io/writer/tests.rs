@@ -272,6 +272,10 @@ fn refuses_output_onto_input_through_a_folder_not_yet_created() {
         let file = folder.join("adapter_model.safetensors");
         assert!(check_writes(reads, &[file], &[]).is_err(), "{w}");
     }
+    // A file output named with a trailing slash is bad usage, not a write failure.
+    let slash =
+        std::path::PathBuf::from(format!("{}/", dir.path().join("k.safetensors").display()));
+    assert!(check_writes(&[], &[slash], &[]).is_err());
     // Still free: a new folder under a missing one, and a `..` that leaves the input.
     for w in ["nox/new", "nox/../new", "ad/../nox/x"] {
         let p = dir.path().join(w);
