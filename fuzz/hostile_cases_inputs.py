@@ -439,3 +439,122 @@ def parts():
     c.copy("llama/adapters/rslora_all", "other")
     setup_only(c, ["merge", "--base", "base", "--adapter", "other", "--out", "out", "--part", "2/2", "--quiet"])
     run(c, ["finalize", "out"], mention=[".lorakit-part-"])
+
+
+# ---------------------------------------------------------------- option values and mixed inputs
+@case
+def option_values():
+    def mk(name):
+        c = Case(name)
+        c.copy(BASE, "base")
+        c.copy(QV, "qv")
+        c.copy(QV, "qv2")
+        c.copy(IDS, "ids.safetensors")
+        c.copy(TUNED, "tuned.safetensors")
+        return c
+    train = ["train", "--model", "base", "--data", "ids.safetensors", "--seq-len", "8", "--steps", "1", "--batch", "1",
+             "--out", "o"]
+    cases = {
+        "merge_weight_nan": ["merge", "--base", "base", "--adapter", "qv", "--weight", "nan", "--out", "o"],
+        "merge_weight_inf": ["merge", "--base", "base", "--adapter", "qv", "--weight", "inf", "--out", "o"],
+        "merge_weight_count": ["merge", "--base", "base", "--adapter", "qv", "--weight", "1", "--weight", "2", "--out", "o"],
+        "combine_weight_nan": ["combine", "--adapter", "qv", "--weight", "NaN", "--adapter", "qv2", "--method", "cat",
+                               "--out", "o"],
+        "combine_density_over": ["combine", "--adapter", "qv", "--adapter", "qv2", "--method", "ties", "--density",
+                                 "1.5", "--out", "o"],
+        "combine_density_nan": ["combine", "--adapter", "qv", "--adapter", "qv2", "--method", "dare_linear", "--density",
+                                "nan", "--out", "o"],
+        "combine_svd_rank_0": ["combine", "--adapter", "qv", "--adapter", "qv2", "--method", "svd", "--rank", "0",
+                               "--out", "o"],
+        "resize_rank_0": ["resize", "qv", "--rank", "0", "--out", "o"],
+        "resize_energy_nan": ["resize", "qv", "--energy", "nan", "--out", "o"],
+        "resize_energy_2": ["resize", "qv", "--energy", "2", "--out", "o"],
+        "resize_sv_ratio_neg": ["resize", "qv", "--sv-ratio", "-1", "--out", "o"],
+        "extract_energy_nan": ["extract", "--base", "base", "--tuned", "tuned.safetensors", "--energy", "nan", "--out",
+                               "o", "--device", "cpu"],
+        "extract_min_diff_nan": ["extract", "--base", "base", "--tuned", "tuned.safetensors", "--rank", "2", "--min-diff",
+                                 "nan", "--out", "o", "--device", "cpu"],
+        "extract_alpha_inf": ["extract", "--base", "base", "--tuned", "tuned.safetensors", "--rank", "2", "--alpha", "inf",
+                              "--out", "o", "--device", "cpu"],
+        "train_lr_nan": train + ["--lr", "nan"],
+        "train_lr_inf": train + ["--lr", "inf"],
+        "train_alpha_nan": train + ["--alpha", "nan"],
+        "train_beta1_one": train + ["--beta1", "1"],
+        "train_eps_nan": train + ["--adam-eps", "nan"],
+        "train_clip_nan": train + ["--grad-clip", "nan"],
+        "train_wd_inf": train + ["--weight-decay", "inf"],
+        "train_rank_0": train + ["--rank", "0"],
+        "train_targets_nothing": train + ["--targets", "nope_proj"],
+        "eval_stride_0": ["eval", "--model", "base", "--text", "t.txt", "--tokenizer", "bytes", "--seq-len", "8",
+                          "--stride", "0", "--device", "cpu"],
+        "eval_seq_len_1": ["eval", "--model", "base", "--text", "t.txt", "--tokenizer", "bytes", "--seq-len", "1",
+                           "--device", "cpu"],
+        "eval_weight_nan": ["eval", "--model", "base", "--adapter", "qv", "--weight", "nan", "--input-ids",
+                            "ids.safetensors", "--device", "cpu"],
+        "diff_tolerance_nan": ["diff", "qv", "qv2", "--tolerance", "nan"],
+        "diff_tolerance_neg": ["diff", "qv", "qv2", "--tolerance=-1"],
+        "dequantize_shard_0": ["dequantize", "nf4", "--out", "o", "--max-shard-size", "0"],
+        "merge_shard_junk": ["merge", "--base", "base", "--adapter", "qv", "--out", "o", "--max-shard-size", "12XB"],
+    }
+    for what, argv in cases.items():
+        c = mk(what)
+        c.write("t.txt", "hello world, " * 20)
+        c.copy("quant/nf4", "nf4")
+        if what.startswith("diff_tolerance"):
+            # diff compares: a NaN or negative tolerance is bad usage, not a pass or a fail.
+            run(c, argv, mention=["tolerance"])
+            continue
+        run(c, argv)
+
+
+# ---------------------------------------------------------------- extract --part and mixed merge parts
+@case
+def extract_parts():
+    def parted(name, only=(1, 2), n=2, fmt="peft"):
+        c = Case(name)
+        c.copy(BASE, "base")
+        c.copy(TUNED, "tuned.safetensors")
+        out = "o" if fmt == "peft" else "o.safetensors"
+        for i in only:
+            setup_only(c, ["extract", "--base", "base", "--tuned", "tuned.safetensors", "--out", out, "--rank", "4",
+                           "--format", fmt, "--device", "cpu", "--part", f"{i}/{n}", "--quiet"])
+        return c, out
+
+    def part_files(c):
+        return sorted(os.path.join(dp, f) for dp, _, fs in os.walk(c.dir) for f in fs if "lorakit-extract-part" in f)
+    c, out = parted("xfinal_missing_part", only=(1,))
+    run(c, ["finalize", out], mention=["part"])
+    c, out = parted("xfinal_tuned_changed")
+    poke_f32(c.p("tuned.safetensors"), WQ, 0, 0.5)
+    run(c, ["finalize", out], mention=["tuned.safetensors"])
+    c, out = parted("xfinal_part_nan")
+    p, k = next((p, k) for p in part_files(c) for k, v in st_tensors(p)[0].items()
+                if v[0] == "F32" and len(v[2]) >= 4)
+    poke_f32(p, k, 0, b"\x00\x00\xc0\x7f")
+    run(c, ["finalize", out], mention=[os.path.basename(p)])
+    c, out = parted("xfinal_part_truncated")
+    p = part_files(c)[1]
+    b = open(p, "rb").read()
+    open(p, "wb").write(b[: len(b) // 2])
+    run(c, ["finalize", out], mention=[os.path.basename(p)])
+    c, out = parted("xfinal_mixed_n", only=(1,))
+    setup_only(c, ["extract", "--base", "base", "--tuned", "tuned.safetensors", "--out", out, "--rank", "4",
+                   "--device", "cpu", "--part", "2/3", "--quiet"])
+    run(c, ["finalize", out], mention=["part"])
+    c, out = parted("xfinal_kohya_missing", only=(2,), fmt="kohya")
+    run(c, ["finalize", out], mention=["part"])
+    # A part recorded with another rank than its sibling.
+    c, out = parted("xfinal_other_flags", only=(1,))
+    setup_only(c, ["extract", "--base", "base", "--tuned", "tuned.safetensors", "--out", out, "--rank", "2",
+                   "--device", "cpu", "--part", "2/2", "--quiet"])
+    run(c, ["finalize", out], mention=["part"])
+    # The part file's recorded args point `base` at the tuned file: finalize must notice.
+    c, out = parted("xfinal_args_base_swapped")
+    for p in part_files(c):
+        h, data = st_read(p)
+        meta = h["__metadata__"]
+        rec = json.loads(meta["lorakit.extract_part"])
+        rec["args"]["base"] = c.p("tuned.safetensors")
+        meta["lorakit.extract_part"] = json.dumps(rec)
+        st_write(p, h, data)
+    run(c, ["finalize", out], mention=["part"])

@@ -12,13 +12,14 @@ the run kept and removed instead.
 
 Run:  /work/venv/bin/python fuzz/hostile_round.py [target/debug/lorakit] [FILTER]
 Prints one line per violation, then a JSON summary; exits 1 if any. Deterministic (no random
-choice; every lie is written out below). Standard library only, except the disk-full and
-read-only cases, which need root (a small tmpfs is mounted) and are skipped otherwise.
+choice; every lie is written out in hostile_cases_inputs.py and hostile_cases_formats.py, the
+checks in hostile_lib.py). Standard library only; the disk-full and read-only cases need root
+(a small tmpfs is mounted) and are skipped otherwise.
 
 Results, 2026-12-05, debug build, as root (so the read-only and full-disk cases ran):
-1,151 cases in ~60 s. Against main at de1e3fc: 49 cases violated the contract (74 checks); after
+1,189 cases in ~45 s. Against main at de1e3fc: 52 cases violated the contract (77 checks); after
 this round's fixes: 6, all pending in files this round does not own (below).
-  fixed (43 cases):
+  fixed (46 cases):
   * 10  `--out nox/../INPUT` with `nox` missing escaped the onto-input check: merge overwrote
         its base's model.safetensors, resize/combine their adapter; also convert, train,
         check --fix, eval --logits, inspect --plot, extract, dequantize (io/writer/aliasing.rs)
@@ -27,7 +28,8 @@ this round's fixes: 6, all pending in files this round does not own (below).
   *  6  eval/train token files: ids beyond the vocabulary trained on by train, eval and train
         errors not naming the ids or text file, an empty text file unnamed (ops/eval.rs, train)
   *  2  a NaN model weight: eval printed a NaN perplexity with exit 0, train did not name it
-  *  5  usage errors (clap) were 2-6 lines (main.rs)
+  *  8  usage errors (clap: a bad --part, --max-shard-size, a value like -1) were 2-6 lines
+        (main.rs)
   * 13  quantized bases read against their config: compressed-tensors scales contradicting the
         config's strategy/group size, a malformed config_groups (not an object, bad regex,
         num_bits 0, group_size 0) ignored, an FP8 single scale where weight_block_size makes
