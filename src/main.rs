@@ -12,7 +12,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     quiet_mesa();
     clean_up_on_signals();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match lorakit::commands::run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
@@ -25,6 +28,42 @@ fn main() -> ExitCode {
             ExitCode::from(if is_output_failure(&e) { 3 } else { 2 })
         }
     }
+}
+
+/// A command line clap refuses: like every other error, one line on stderr and exit 2 (clap's
+/// own rendering adds a usage block and a tip, up to six lines). Help and version requests
+/// print as clap prints them. The line is the first paragraph of clap's message, its lines
+/// joined (`the following required arguments were not provided: --adapter <ADAPTERS>, …`).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or_default();
+    let mut line = String::new();
+    for (i, l) in first
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let sep = match i {
+            0 => "",
+            1 if line.ends_with(':') => " ",
+            _ => ", ",
+        };
+        line.push_str(sep);
+        line.push_str(l);
+    }
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    eprintln!("error: {line} (see --help)");
+    ExitCode::from(2)
 }
 
 /// Writing the output failed (disk full, permissions, read-only file system, a folder that

@@ -276,6 +276,9 @@ fn evaluate(
             ("prompt", ids, None)
         }
     };
+    if let EvalInput::InputIds(p) | EvalInput::Text(p) = &o.input {
+        check_token_ids(p, &stream, config.vocab_size)?;
+    }
     // Units of work: (offset of the sequence in `stream`, window).
     let units: Vec<Window> = match rows {
         Some((r, c)) => (0..r)
@@ -352,6 +355,13 @@ fn evaluate(
     drop(pb);
     let seconds = t0.elapsed().as_secs_f64();
 
+    // A loss or logit that is not finite usually comes from a model weight holding a NaN or an
+    // infinity: name that tensor (and write no logits) rather than report a NaN perplexity.
+    if !nll.is_finite() || all_logits.iter().any(|x| !x.is_finite()) {
+        if let Some(e) = non_finite_weight(ck) {
+            return Err(e);
+        }
+    }
     let mut logits_path = None;
     if let Some(out) = &o.logits {
         let (b, s) = rows.unwrap_or((1, stream.len()));
@@ -424,6 +434,59 @@ fn evaluate(
 }
 
 /// `logsumexp(z) − z[target]` in f64.
+/// The tokens read from `path` (an `input_ids` file, or text through the tokenizer) exist and
+/// index the model's embedding: a one-line error naming the file otherwise, before any work.
+/// `eval` and `train` (its data and eval data) check every token up front, so an id beyond
+/// the vocabulary is refused even where no window would reach it.
+pub(crate) fn check_token_ids(path: &std::path::Path, ids: &[u32], vocab: usize) -> Result<()> {
+    use crate::error::InputError;
+    if ids.is_empty() {
+        bail!(InputError::invalid(path, "holds no tokens"));
+    }
+    if let Some((at, t)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+        bail!(InputError::invalid(
+            path,
+            format!("token id {t} (token {at}) is not below the model's vocabulary size {vocab}")
+        ));
+    }
+    Ok(())
+}
+
+/// The first float tensor of `ck` holding a NaN or an infinity, as the one-line error naming
+/// its file and tensor; `None` when every one is finite. Read only after a loss came out
+/// non-finite (`eval`, `train`), so a healthy run pays nothing for it.
+pub(crate) fn non_finite_weight(ck: &Checkpoint) -> Option<anyhow::Error> {
+    let names: Vec<String> = ck.names().map(str::to_owned).collect();
+    for name in names {
+        if !ck
+            .info(&name)
+            .is_some_and(|t| crate::dtype::is_float_compute(t.dtype))
+        {
+            continue;
+        }
+        let Ok(v) = ck.read_f32(&name) else {
+            continue;
+        };
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            let file = ck
+                .file_of(&name)
+                .map(|f| f.path().to_path_buf())
+                .unwrap_or_default();
+            return Some(
+                crate::error::InputError::invalid(
+                    file,
+                    format!(
+                        "tensor `{name}`: element {i} is {}, so the loss is not finite",
+                        v[i]
+                    ),
+                )
+                .into(),
+            );
+        }
+    }
+    None
+}
+
 fn cross_entropy(z: &[f32], target: usize) -> f64 {
     let mx = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
     let s: f64 = z.iter().map(|&v| (v as f64 - mx).exp()).sum();

@@ -258,7 +258,66 @@ pub fn load(path: &Path, commands: &dyn Commands) -> Result<Vec<Step>> {
             }
         }
     }
+    check_outputs(path, &out)?;
     Ok(out)
+}
+
+/// Every step's output against the recipe's inputs (the recipe itself and every step's input
+/// that no earlier step writes, whichever step reads it) and against the other steps'
+/// outputs, by where each path resolves (`..`, symlinks). Each command refuses to write onto
+/// its *own* inputs when it runs; this also refuses a later step overwriting a file an
+/// earlier step read (the recipe could never be rerun), two steps writing one output, and a
+/// path no file system can hold (a NUL byte), before any step runs and in `--dry-run` too.
+fn check_outputs(path: &Path, steps: &[Step]) -> Result<()> {
+    let bad = |m: String| crate::error::InputError::invalid(path, m);
+    let place = |p: &Path| crate::io::writer::resolved_target(p);
+    for s in steps {
+        let nul = s.argv.iter().find(|a| a.contains('\0'));
+        if let Some(a) = nul {
+            bail!(bad(format!(
+                "step `{}`: `{}` contains a NUL byte",
+                s.name,
+                a.escape_debug()
+            )));
+        }
+    }
+    let mut reads: Vec<(PathBuf, String)> = place(path)
+        .map(|c| (c, path.display().to_string()))
+        .into_iter()
+        .collect();
+    for (i, s) in steps.iter().enumerate() {
+        for inp in &s.inputs {
+            let produced = steps[..i].iter().any(|p| {
+                p.out
+                    .as_deref()
+                    .is_some_and(|o| Path::new(inp).starts_with(o))
+            });
+            if let (false, Some(c)) = (produced, place(Path::new(inp))) {
+                reads.push((c, inp.clone()));
+            }
+        }
+    }
+    let mut written: Vec<(PathBuf, &str)> = Vec::new();
+    for s in steps {
+        let Some(c) = s.out.as_deref().and_then(|o| place(Path::new(o))) else {
+            continue;
+        };
+        let o = s.out.as_deref().unwrap_or_default();
+        if let Some((_, r)) = reads.iter().find(|(r, _)| *r == c) {
+            bail!(bad(format!(
+                "step `{}`: output `{o}` is also an input of the recipe (`{r}`)",
+                s.name
+            )));
+        }
+        if let Some((_, other)) = written.iter().find(|(w, _)| *w == c) {
+            bail!(bad(format!(
+                "steps `{other}` and `{}` write the same output `{o}`",
+                s.name
+            )));
+        }
+        written.push((c, &s.name));
+    }
+    Ok(())
 }
 
 /// `${step.key}` substitution.

@@ -62,7 +62,12 @@ pub fn layout(
     if numel == 0 {
         return Err("scale tensor is empty".into());
     }
-    if gr == 1 && gc == 1 {
+    // One scale for the whole weight, unless the config's blocks tile it into more than one
+    // (transformers' `Fp8Dequantize` expects that grid; a single scale contradicts it).
+    let one_block = config_block
+        .filter(|&(bm, bn)| bm > 0 && bn > 0)
+        .is_none_or(|(bm, bn)| rows <= bm && cols <= bn);
+    if gr == 1 && gc == 1 && one_block {
         return Ok(Layout {
             block_m: rows,
             block_n: cols,
@@ -396,5 +401,13 @@ mod tests {
             "per tensor"
         );
         assert!(layout(64, 32, &[3, 3, 3], None).is_err());
+        // A single scale where the config's blocks make a grid: refused (hostile round); a
+        // weight within one block keeps its one scale.
+        assert!(layout(64, 64, &[1, 1], Some((32, 32))).is_err());
+        assert!(layout(64, 64, &[], Some((32, 32))).is_err());
+        assert_eq!(
+            layout(32, 32, &[1, 1], Some((128, 128))).unwrap().grid_rows,
+            1
+        );
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod bnb4;
 pub mod bnb4_dq;
+mod ct_config;
 pub mod fp8;
 pub mod gptq;
 pub mod int8;
@@ -187,13 +188,36 @@ impl QuantMap {
             .map(str::to_owned)
     }
 
-    /// `quantization_config.weight_block_size` (FP8), when it is a pair of sizes.
-    fn config_block(&self) -> Option<(usize, usize)> {
-        let b = self.config.as_ref()?.get("weight_block_size")?.as_array()?;
-        match b.as_slice() {
-            [m, n] => Some((m.as_u64()? as usize, n.as_u64()? as usize)),
-            _ => None,
+    /// `quantization_config.weight_block_size` (FP8), when given; an error when it is given
+    /// but is not a pair of positive sizes (read otherwise, the scales' own grid would decide
+    /// the tiling against what the config says).
+    fn config_block(&self) -> Result<Option<(usize, usize)>, String> {
+        let Some(b) = self
+            .config
+            .as_ref()
+            .and_then(|c| c.get("weight_block_size"))
+            .filter(|b| !b.is_null())
+        else {
+            return Ok(None);
+        };
+        match b.as_array().map(Vec::as_slice) {
+            Some([m, n]) => match (m.as_u64(), n.as_u64()) {
+                (Some(m), Some(n)) if m > 0 && n > 0 => Ok(Some((m as usize, n as usize))),
+                _ => Err(format!(
+                    "quantization_config.weight_block_size {b} is not two positive sizes"
+                )),
+            },
+            _ => Err(format!(
+                "quantization_config.weight_block_size {b} is not two positive sizes"
+            )),
         }
+    }
+
+    /// What the compressed-tensors config says about the weight of `module`, an error naming
+    /// config.json when it is malformed.
+    fn ct_args(&self, ck: &Checkpoint, module: &str) -> InputResult<Option<ct_config::WeightArgs>> {
+        ct_config::weight_args(self.config.as_ref(), module)
+            .map_err(|m| InputError::invalid(ck.folder().join("config.json"), m))
     }
 
     pub fn is_empty(&self) -> bool {

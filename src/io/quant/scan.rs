@@ -23,7 +23,9 @@ impl QuantMap {
             config,
             ..QuantMap::default()
         };
-        let config_block = map.config_block();
+        let config_block = map
+            .config_block()
+            .map_err(|m| InputError::invalid(ck.folder().join("config.json"), m))?;
         let gptq_config = GptqConfig::parse(map.config.as_ref());
         let names: Vec<String> = ck.names().map(str::to_owned).collect();
         // FP8 weights are scaled ones when the config says so or when the checkpoint has FP8
@@ -276,6 +278,20 @@ impl QuantMap {
                 ));
             }
             companions.push(zp_name);
+        }
+        if let Some(a) = self.ct_args(ck, prefix)? {
+            let stored = packed::Params {
+                bits,
+                rows,
+                cols,
+                groups,
+                per_tensor,
+                symmetric,
+                scale_dtype: scale.dtype,
+            };
+            if let Some(c) = a.contradicts_packed(&stored, packed_name, &scale.name, &scale.shape) {
+                return Err(a.refusal(ck, prefix, c));
+            }
         }
         self.insert(
             ck,
@@ -545,6 +561,11 @@ impl QuantMap {
         }
         let layout = fp8::layout(w.shape[0], w.shape[1], &s.shape, config_block)
             .map_err(|m| err(ck, &scale, m))?;
+        if let Some(a) = self.ct_args(ck, prefix)? {
+            if let Some(c) = a.contradicts_fp8(w.shape[0], &layout, &scale, &s.shape) {
+                return Err(a.refusal(ck, prefix, c));
+            }
+        }
         let mut companions = vec![scale.clone()];
         for extra in ["input_scale", "activation_scale", fp8::comfy::INPUT_SCALE] {
             let c = format!("{prefix}.{extra}");

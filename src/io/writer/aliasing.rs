@@ -64,6 +64,14 @@ pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -
                 ),
             ));
         }
+        if !want_dir && std::os::unix::ffi::OsStrExt::as_bytes(w.as_os_str()).ends_with(b"/") {
+            // `--out k.safetensors/` for a one-file output: bad usage (exit 2), where the
+            // file system's "Not a directory" would only come at write time (exit 3).
+            return Err(InputError::invalid(
+                w,
+                "ends with `/`, but a file is written here; drop the slash",
+            ));
+        }
         match std::fs::metadata(w) {
             Ok(m) if m.is_dir() && !want_dir => {
                 return Err(InputError::invalid(
@@ -83,6 +91,13 @@ pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -
     Ok(())
 }
 
+/// Where a write to `p` lands: its canonical form (for a path that may not exist yet, see
+/// [`canonical_target`]); `None` when that cannot be told. For checks made before the
+/// command that writes runs (a recipe comparing its steps' outputs with their inputs).
+pub fn resolved_target(p: &Path) -> Option<PathBuf> {
+    canonical_target(p)
+}
+
 /// Canonical form of a path that may not exist yet (its parent canonicalised), following a
 /// symlink at the final component even when dangling.
 fn canonical_target(p: &Path) -> Option<PathBuf> {
@@ -97,8 +112,43 @@ fn canonical_target(p: &Path) -> Option<PathBuf> {
         };
         return canonical_target(&joined);
     }
-    let parent = std::fs::canonicalize(parent_of(p)).ok()?;
-    Some(parent.join(p.file_name()?))
+    if let Ok(parent) = std::fs::canonicalize(parent_of(p)) {
+        return Some(parent.join(p.file_name()?));
+    }
+    lexical_below_existing(p)
+}
+
+/// Where `p` will land once the writer has created its missing folders: the longest prefix
+/// of `p` that exists, canonicalised, then the remaining components applied lexically. They
+/// name folders that do not exist yet, which the writer creates as plain folders, so a `..`
+/// among them undoes the component before it (`new/../base` is `base` once `new` exists).
+/// Without this, `--out new/../INPUT` could not be resolved before `new` was created and
+/// escaped the check.
+fn lexical_below_existing(p: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let comps: Vec<Component> = p.components().collect();
+    let (mut base, rest) = (0..comps.len()).rev().find_map(|i| {
+        let prefix: PathBuf = comps[..i].iter().collect();
+        let prefix = if prefix.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            prefix
+        };
+        std::fs::canonicalize(&prefix)
+            .ok()
+            .map(|c| (c, &comps[i..]))
+    })?;
+    for c in rest {
+        match c {
+            Component::Normal(n) => base.push(n),
+            Component::ParentDir => {
+                base.pop();
+            }
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(base)
 }
 
 /// The folder `p` lives in: its parent, or `.` for a bare file name (where the output lock,

@@ -250,3 +250,38 @@ fn refuses_output_onto_input_or_symlink() {
         "folder where a file goes"
     );
 }
+
+/// `--out missing/../INPUT`: `missing` does not exist when the check runs, so the path cannot
+/// be canonicalised; the writer creates `missing` and then lands on the input. The check
+/// resolves the `..` below the longest existing prefix instead (hostile round, 2026-12-05:
+/// `combine`/`resize --out nox/../ADAPTER` overwrote the adapter).
+#[test]
+fn refuses_output_onto_input_through_a_folder_not_yet_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let ad = dir.path().join("ad");
+    std::fs::create_dir(&ad).unwrap();
+    let input = ad.join("adapter_model.safetensors");
+    std::fs::write(&input, b"x").unwrap();
+    let reads = std::slice::from_ref(&ad);
+    for w in ["nox/../ad", "nox/deeper/../../ad", "nox/./../ad/."] {
+        let folder = dir.path().join(w);
+        assert!(
+            check_writes(reads, &[], std::slice::from_ref(&folder)).is_err(),
+            "{w}"
+        );
+        let file = folder.join("adapter_model.safetensors");
+        assert!(check_writes(reads, &[file], &[]).is_err(), "{w}");
+    }
+    // A file output named with a trailing slash is bad usage, not a write failure.
+    let slash =
+        std::path::PathBuf::from(format!("{}/", dir.path().join("k.safetensors").display()));
+    assert!(check_writes(&[], &[slash], &[]).is_err());
+    // Still free: a new folder under a missing one, and a `..` that leaves the input.
+    for w in ["nox/new", "nox/../new", "ad/../nox/x"] {
+        let p = dir.path().join(w);
+        assert!(
+            check_writes(reads, &[p.join("a.safetensors")], &[p]).is_ok(),
+            "{w}"
+        );
+    }
+}

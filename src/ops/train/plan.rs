@@ -136,15 +136,14 @@ impl TrainPlan {
         } else {
             None
         };
-        let data = Dataset::new(
-            token_stream(&a.data, tokenizer.as_ref(), config.eos_token_id)?,
-            a.seq_len,
-        )?;
+        let tokens = |p: &Path| -> Result<Vec<u32>> {
+            let ids = token_stream(p, tokenizer.as_ref(), config.eos_token_id)?;
+            crate::ops::eval::check_token_ids(p, &ids, config.vocab_size)?;
+            Ok(ids)
+        };
+        let data = Dataset::new(tokens(&a.data)?, a.seq_len)?;
         let eval_data = match (&a.eval_data, a.eval_every > 0) {
-            (Some(p), _) => Some(Dataset::for_eval(
-                token_stream(p, tokenizer.as_ref(), config.eos_token_id)?,
-                a.seq_len,
-            )?),
+            (Some(p), _) => Some(Dataset::for_eval(tokens(p)?, a.seq_len)?),
             (None, true) => Some(data.clone()),
             (None, false) => None,
         };
@@ -224,7 +223,14 @@ impl TrainPlan {
             seconds,
             tokens_per_step,
             checkpoints,
-        } = trainer.run(&plan, eval_data.as_ref(), &a.progress)?;
+        } = trainer
+            .run(&plan, eval_data.as_ref(), &a.progress)
+            .map_err(
+                |e| match e.downcast_ref::<super::trainer::NonFiniteLoss>() {
+                    Some(_) => crate::ops::eval::non_finite_weight(&ck).unwrap_or(e),
+                    None => e,
+                },
+            )?;
         Ok(TrainReport {
             model: base_name,
             data: a.data.display().to_string(),

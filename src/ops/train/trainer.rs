@@ -275,7 +275,10 @@ impl<'c> Trainer<'c> {
             .model
             .loss_and_grads(&ids, &targets, o.batch, o.seq_len)?;
         if !loss.is_finite() {
-            bail!("step {}: the loss is not finite ({loss})", self.step + 1);
+            bail!(NonFiniteLoss {
+                step: self.step + 1,
+                loss,
+            });
         }
         let norm = grads.sum_sq().sqrt();
         if o.grad_clip > 0.0 {
@@ -393,3 +396,23 @@ impl<'c> Trainer<'c> {
         }
     }
 }
+
+/// A step whose loss came out NaN or infinite; [`super::plan::TrainPlan::run`] then names the
+/// model tensor that caused it, when one holds a NaN or an infinity.
+#[derive(Debug)]
+pub struct NonFiniteLoss {
+    pub step: usize,
+    pub loss: f64,
+}
+
+impl std::fmt::Display for NonFiniteLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "step {}: the loss is not finite ({})",
+            self.step, self.loss
+        )
+    }
+}
+
+impl std::error::Error for NonFiniteLoss {}

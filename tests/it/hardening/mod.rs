@@ -14,6 +14,8 @@ mod manifests;
 mod messages;
 /// 1. No command writes onto one of its inputs.
 mod onto_inputs;
+/// 7. The independent hostile round's findings (`fuzz/hostile_round.py`).
+mod round2;
 /// 4. Results checked in their stored dtype; one definition per tensor.
 mod stored_dtype;
 

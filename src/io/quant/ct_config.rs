@@ -1,0 +1,290 @@
+//! What a compressed-tensors `quantization_config` says about one weight, to check against the
+//! tensors lorakit reads the layout from. The scan infers bits, groups and symmetry from the
+//! stored shapes; a config that contradicts them (another width, strategy or group size) is a
+//! file that compressed-tensors itself would load differently or not at all, so it is refused
+//! naming config.json, never silently read one way.
+//!
+//! Matching follows compressed-tensors `src/compressed_tensors/utils/match.py` (commit
+//! 72a6c65276cae2cf8e7867c95cb47f2d1d19ad55): `ignore` first; a target `re:P` matches a module
+//! name when Python's `re.match(P, name)` does (anchored at the start only), any other target
+//! when it equals the name (`_match_name`) or names a class of the module (`_match_class`).
+//! lorakit has no module classes: a target that starts with an upper-case letter (`Linear`) is
+//! taken as a class every quantized Linear has. The weight arguments are
+//! `quantization/quant_args.py` `QuantizationArgs` (`num_bits`, `strategy`, `group_size`,
+//! `symmetric`, `block_structure`).
+//!
+//! Must not decide the layout: it only reports what the config claims; `scan` compares.
+
+use serde_json::Value;
+
+/// The `weights` arguments of the one config group whose targets select a module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightArgs {
+    /// The config group's key (`group_0`), for messages.
+    pub group: String,
+    pub num_bits: Option<u64>,
+    pub strategy: Option<String>,
+    pub group_size: Option<i64>,
+    pub symmetric: Option<bool>,
+    pub block: Option<(usize, usize)>,
+}
+
+/// The weight arguments `config` (a `quantization_config`) gives module `module` (its weight's
+/// name without `.weight`): `Ok(None)` when the config is not compressed-tensors', has no
+/// `config_groups`, ignores the module, or when no group or more than one selects it (nothing
+/// to compare). `Err` is a malformed config, the message without the file name.
+pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<WeightArgs>, String> {
+    let Some(c) = config else { return Ok(None) };
+    if c.get("quant_method").and_then(Value::as_str) != Some("compressed-tensors") {
+        return Ok(None);
+    }
+    if let Some(ignore) = c.get("ignore") {
+        let list = ignore
+            .as_array()
+            .ok_or("quantization_config.ignore is not a list")?;
+        for t in list {
+            let t = t
+                .as_str()
+                .ok_or("quantization_config.ignore holds a non-string")?;
+            if matches(t, module)? {
+                return Ok(None);
+            }
+        }
+    }
+    let Some(groups) = c.get("config_groups") else {
+        return Ok(None);
+    };
+    let groups = groups
+        .as_object()
+        .ok_or("quantization_config.config_groups is not an object")?;
+    let mut found = Vec::new();
+    for (key, g) in groups {
+        let targets = g
+            .get("targets")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("config_groups `{key}`: `targets` is not a list"))?;
+        let mut hit = false;
+        for t in targets {
+            let t = t
+                .as_str()
+                .ok_or_else(|| format!("config_groups `{key}`: a target is not a string"))?;
+            hit |= matches(t, module).map_err(|e| format!("config_groups `{key}`: {e}"))?;
+        }
+        if hit {
+            found.push((key, g));
+        }
+    }
+    let [(key, g)] = found.as_slice() else {
+        return Ok(None);
+    };
+    let Some(w) = g.get("weights").filter(|w| !w.is_null()) else {
+        return Ok(None);
+    };
+    let bad = |field: &str, what: &str| format!("config_groups `{key}`: weights.{field} {what}");
+    let num_bits = match w.get("num_bits") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|b| (1..=8).contains(b))
+                .ok_or_else(|| bad("num_bits", &format!("{v} is not a width of 1 to 8 bits")))?,
+        ),
+    };
+    let strategy = match w.get("strategy") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .ok_or_else(|| bad("strategy", "is not a string"))?
+                .to_owned(),
+        ),
+    };
+    let group_size = match w.get("group_size") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| bad("group_size", &format!("{v} is not an integer")))?,
+        ),
+    };
+    if strategy.as_deref() == Some("group") && group_size.is_none_or(|g| g <= 0) {
+        return Err(bad(
+            "group_size",
+            "must be a positive size for strategy `group`",
+        ));
+    }
+    let symmetric = match w.get("symmetric") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_bool()
+                .ok_or_else(|| bad("symmetric", "is not a boolean"))?,
+        ),
+    };
+    let block = match w.get("block_structure") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_array().map(Vec::as_slice) {
+            Some([m, n]) => match (m.as_u64(), n.as_u64()) {
+                (Some(m), Some(n)) if m > 0 && n > 0 => Some((m as usize, n as usize)),
+                _ => return Err(bad("block_structure", "is not two positive sizes")),
+            },
+            _ => return Err(bad("block_structure", "is not two positive sizes")),
+        },
+    };
+    Ok(Some(WeightArgs {
+        group: (*key).clone(),
+        num_bits,
+        strategy,
+        group_size,
+        symmetric,
+        block,
+    }))
+}
+
+impl WeightArgs {
+    /// How the config contradicts a packed integer weight as stored (`scale` its scale tensor),
+    /// or `None` when it does not.
+    pub fn contradicts_packed(
+        &self,
+        p: &super::packed::Params,
+        packed: &str,
+        scale: &str,
+        scale_shape: &[usize],
+    ) -> Option<String> {
+        if let Some(b) = self.num_bits.filter(|&b| b != u64::from(p.bits)) {
+            return Some(format!(
+                "{b}-bit weights, the stored `{packed}` holds {}-bit ones",
+                p.bits
+            ));
+        }
+        let rows = p.rows;
+        let says = match (self.strategy.as_deref(), self.group_size) {
+            (Some("tensor"), _) if !p.per_tensor => Some("one scale per tensor".to_string()),
+            (Some("channel"), _) if p.per_tensor || p.groups != 1 => {
+                Some(format!("one scale per row ([{rows}, 1])"))
+            }
+            (Some("group"), Some(g)) => {
+                let n = p.cols.div_ceil(g as usize);
+                (p.per_tensor || p.groups != n)
+                    .then(|| format!("groups of {g} ([{rows}, {n}] scales)"))
+            }
+            _ => None,
+        };
+        if let Some(says) = says {
+            return Some(format!("{says}, the stored `{scale}` is {scale_shape:?}"));
+        }
+        self.symmetric.filter(|&s| s != p.symmetric).map(|s| {
+            let zp = packed.replace("weight_packed", "weight_zero_point");
+            let is = if p.symmetric { "missing" } else { "present" };
+            format!("symmetric {s}, yet `{zp}` is {is}")
+        })
+    }
+
+    /// How the config contradicts an FP8 weight of `rows` rows whose scale `scale` tiles it as
+    /// `layout`, or `None`.
+    pub fn contradicts_fp8(
+        &self,
+        rows: usize,
+        layout: &super::fp8::Layout,
+        scale: &str,
+        scale_shape: &[usize],
+    ) -> Option<String> {
+        let one = layout.grid_rows == 1 && layout.grid_cols == 1;
+        let says = match self.strategy.as_deref() {
+            Some("tensor") if !one => Some("one scale per tensor".to_string()),
+            Some("channel") if layout.grid_rows != rows || layout.grid_cols != 1 => {
+                Some(format!("one scale per row ([{rows}, 1])"))
+            }
+            Some("block") => self
+                .block
+                .filter(|&b| b != (layout.block_m, layout.block_n))
+                .map(|(m, n)| format!("{m}x{n} blocks")),
+            _ => None,
+        }?;
+        Some(format!("{says}, the stored `{scale}` is {scale_shape:?}"))
+    }
+
+    /// The one-line error for a contradiction: config.json, the group and the module.
+    pub fn refusal(
+        &self,
+        ck: &crate::io::Checkpoint,
+        module: &str,
+        contradiction: String,
+    ) -> crate::error::InputError {
+        crate::error::InputError::invalid(
+            ck.folder().join("config.json"),
+            format!(
+                "config_groups `{}` gives `{module}` {contradiction}",
+                self.group
+            ),
+        )
+    }
+}
+
+/// `_match_name` or (for a capitalised target) `_match_class`, as described in the module doc.
+fn matches(target: &str, module: &str) -> Result<bool, String> {
+    if let Some(p) = target.strip_prefix("re:") {
+        let re = regex::Regex::new(&format!("^(?:{p})"))
+            .map_err(|_| format!("target `{target}` is not a regular expression lorakit reads"))?;
+        return Ok(re.is_match(module));
+    }
+    Ok(target == module || target.starts_with(|c: char| c.is_ascii_uppercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(groups: Value) -> Value {
+        json!({"quant_method": "compressed-tensors", "ignore": ["lm_head"], "config_groups": groups})
+    }
+
+    #[test]
+    fn selects_the_group_by_regex_name_or_class_and_honours_ignore() {
+        let c = cfg(json!({
+            "a": {"targets": ["re:.*q_proj$"], "weights": {"num_bits": 4, "strategy": "group", "group_size": 32}},
+            "b": {"targets": ["model.layers.0.mlp.up_proj"], "weights": {"num_bits": 8, "strategy": "channel"}},
+        }));
+        let q = weight_args(Some(&c), "model.layers.3.self_attn.q_proj")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (q.group.as_str(), q.num_bits, q.group_size),
+            ("a", Some(4), Some(32))
+        );
+        let u = weight_args(Some(&c), "model.layers.0.mlp.up_proj")
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.strategy.as_deref(), Some("channel"));
+        // `re.match` is anchored at the start only: `q_proj$` alone does not select a full name.
+        let c2 = cfg(json!({"a": {"targets": ["re:q_proj$"], "weights": {"num_bits": 4}}}));
+        assert_eq!(
+            weight_args(Some(&c2), "model.layers.0.self_attn.q_proj").unwrap(),
+            None
+        );
+        let all = cfg(json!({"a": {"targets": ["Linear"], "weights": {"num_bits": 4}}}));
+        assert!(weight_args(Some(&all), "model.layers.0.mlp.down_proj")
+            .unwrap()
+            .is_some());
+        assert_eq!(weight_args(Some(&all), "lm_head").unwrap(), None);
+    }
+
+    #[test]
+    fn a_malformed_config_is_an_error() {
+        for bad in [
+            json!({"quant_method": "compressed-tensors", "config_groups": []}),
+            cfg(json!({"a": {"targets": ["re:("], "weights": {"num_bits": 4}}})),
+            cfg(json!({"a": {"targets": ["Linear"], "weights": {"num_bits": 0}}})),
+            cfg(
+                json!({"a": {"targets": ["Linear"], "weights": {"strategy": "group", "group_size": 0}}}),
+            ),
+            cfg(json!({"a": {"targets": "Linear", "weights": {}}})),
+        ] {
+            assert!(
+                weight_args(Some(&bad), "model.layers.0.mlp.down_proj").is_err(),
+                "{bad}"
+            );
+        }
+        // Not compressed-tensors, or nothing said: nothing to check.
+        let gptq = json!({"quant_method": "gptq", "config_groups": []});
+        assert_eq!(weight_args(Some(&gptq), "x").unwrap(), None);
+        assert_eq!(weight_args(None, "x").unwrap(), None);
+    }
+}
