@@ -112,6 +112,18 @@ impl ModelConfig {
             }
             Ok(v)
         };
+        // A float setting given in the file must be a finite number above zero (`rms_norm_eps`
+        // may be zero: RMSNorm is then plain `x / rms(x)`); a negative epsilon or rope base
+        // would turn every loss into NaN rather than fail.
+        let positive = |k: &str, v: &Value, zero_ok: bool| -> InputResult<f64> {
+            match v.as_f64() {
+                Some(x) if x.is_finite() && (x > 0.0 || (zero_ok && x == 0.0)) => Ok(x),
+                _ => Err(bad(format!(
+                    "`{k}` is {v}, not a finite number {}",
+                    if zero_ok { "≥ 0" } else { "> 0" }
+                ))),
+            }
+        };
         let opt_uint = |k: &str| -> Option<usize> {
             obj.get(k)
                 .and_then(Value::as_u64)
@@ -157,8 +169,7 @@ impl ModelConfig {
         let rope_theta = rope_obj
             .and_then(|r| r.get("rope_theta"))
             .or_else(|| obj.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .unwrap_or(10000.0);
+            .map_or(Ok(10000.0), |v| positive("rope_theta", v, false))?;
         let rope_type = rope_obj
             .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
             .and_then(Value::as_str)
@@ -250,8 +261,7 @@ impl ModelConfig {
             vocab_size: uint("vocab_size")?,
             rms_norm_eps: obj
                 .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6),
+                .map_or(Ok(1e-6), |v| positive("rms_norm_eps", v, true))?,
             rope_theta,
             rope_scaling,
             max_position_embeddings: opt_uint("max_position_embeddings").unwrap_or(4096),

@@ -168,6 +168,9 @@ pub struct QuantMap {
     /// `quant_method`): listed by `inspect`, copied as they are by a merge that keeps the base
     /// quantized, an error for anything that must dequantize them.
     pub unsupported: Vec<InputError>,
+    /// Weight name (`P.weight`) → its entry in `unsupported`, for the tensors that stand for
+    /// one weight (a GPTQ/AWQ `P.qweight` under a config no layout has, an MX-format weight).
+    unsupported_weights: HashMap<String, usize>,
 }
 
 fn err(ck: &Checkpoint, tensor: &str, msg: impl std::fmt::Display) -> InputError {
@@ -222,6 +225,23 @@ impl QuantMap {
 
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
+    }
+
+    /// Why the quantized weight `weight` (`P.weight`) cannot be read, where it is one lorakit
+    /// recognises but cannot read: a merge whose module targets it reports this cause, not
+    /// "no base tensor".
+    pub fn unsupported_weight(&self, weight: &str) -> Option<&InputError> {
+        self.unsupported_weights
+            .get(weight)
+            .map(|&i| &self.unsupported[i])
+    }
+
+    /// Records `e` as the reason weight `weight` (when there is one) cannot be read.
+    pub(super) fn push_unsupported(&mut self, weight: Option<String>, e: InputError) {
+        if let Some(w) = weight {
+            self.unsupported_weights.insert(w, self.unsupported.len());
+        }
+        self.unsupported.push(e);
     }
 
     /// The first quantized tensor lorakit cannot dequantize, as the error to report.

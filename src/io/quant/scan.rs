@@ -72,20 +72,23 @@ impl QuantMap {
                     | Dtype::F6_E2M3
                     | Dtype::F6_E3M2
             ) {
-                map.unsupported.push(err(
+                let e = err(
                     ck,
                     name,
                     format!(
                         "dtype {} is a quantized format lorakit does not read",
                         dtype::name(info.dtype)
                     ),
-                ));
+                );
+                map.push_unsupported(Some(name.clone()), e);
             } else if let Some(p) = name.strip_suffix(".weight_packed") {
                 map.add_packed(ck, p, name)?;
             } else if let Some(p) = name.strip_suffix(".qweight") {
                 match &gptq_config {
                     Ok(cfg) => map.add_gptq(ck, p, name, cfg)?,
-                    Err(why) => map.unsupported.push(err(ck, name, why)),
+                    Err(why) => {
+                        map.push_unsupported(Some(format!("{p}.weight")), err(ck, name, why))
+                    }
                 }
             }
         }
@@ -156,7 +159,7 @@ impl QuantMap {
                 ) {
                     // A config that says quantized over float weights: nothing to dequantize.
                 } else {
-                    map.unsupported.push(InputError::invalid(
+                    map.push_unsupported(None, InputError::invalid(
                         ck.folder().join("config.json"),
                         format!("quantization_config.quant_method `{m}` is not one lorakit reads (bitsandbytes, fp8, compressed-tensors, gptq, awq)"),
                     ));

@@ -310,6 +310,14 @@ impl MergePlan {
                 }
             }
         }
+        // A module whose weight is quantized in a layout lorakit cannot read: that is the cause.
+        for u in &unmatched {
+            if let Unmatched::NotFound { expected, .. } = &u.detail {
+                if let Some(e) = quant.unsupported_weight(expected) {
+                    bail!(InputError::invalid(&e.path, e.kind.to_string()));
+                }
+            }
+        }
         if !unmatched.is_empty() && !options.allow_unmatched {
             let list: Vec<String> = unmatched
                 .iter()

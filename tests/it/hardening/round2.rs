@@ -313,7 +313,7 @@ fn quantized_scales_that_contradict_the_config_are_refused() {
 /// (`src/model/config.rs:251`), so a negative one gives a NaN loss: `eval` reports it with
 /// exit 0 and `train` fails naming neither config.json nor the field.
 #[test]
-#[ignore = "fix pending in src/model/config.rs"]
+
 fn a_negative_rms_norm_eps_is_refused_naming_the_config() {
     let (_dir, model) = scratch("m");
     copy_dir(&fixture("llama/base"), &model);
@@ -330,7 +330,7 @@ fn a_negative_rms_norm_eps_is_refused_naming_the_config() {
 /// the base … no base tensor `…q_proj.weight`" (the scan's unsupported-tensor error is only
 /// raised when dequantizing, `src/ops/merge/plan.rs:49`); `dequantize` names the cause.
 #[test]
-#[ignore = "fix pending in src/ops/merge/plan.rs"]
+
 fn a_gptq_config_no_layout_has_is_named_by_merge() {
     let (dir, model) = scratch("m");
     copy_dir(&fixture("quant/gptq4_v1"), &model);
@@ -346,7 +346,7 @@ fn a_gptq_config_no_layout_has_is_named_by_merge() {
 /// `adapter_model.safetensors` (`src/adapter/formats/peft/adalora.rs:41`, the weights' path
 /// used for a config field), not the adapter_config.json that holds it.
 #[test]
-#[ignore = "fix pending in src/adapter/formats/peft/adalora.rs"]
+
 fn an_adalora_config_error_names_the_config() {
     let (_dir, ad) = scratch("ad");
     copy_dir(&fixture("llama/adapters/adalora"), &ad);

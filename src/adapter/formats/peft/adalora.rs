@@ -36,18 +36,25 @@ struct Triplet {
     b: Option<(String, Vec<usize>)>,
 }
 
-/// Reads a PEFT AdaLoRA adapter whose tensors are in `file` (see the module header).
-pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+/// Reads a PEFT AdaLoRA adapter whose tensors are in `file` and config (`cfg`) at
+/// `config_path` (see the module header).
+pub(super) fn read(
+    path: &Path,
+    file: SafetensorsFile,
+    cfg: PeftConfig,
+    config_path: &Path,
+) -> InputResult<Adapter> {
     let fpath = file.path().to_path_buf();
     let bad = |msg: String| InputError::invalid(&fpath, msg);
     let init_r = match cfg.raw.get("init_r") {
         // `AdaLoraConfig.init_r`'s default.
         None | Some(serde_json::Value::Null) => 12,
-        Some(v) => v
-            .as_u64()
-            .filter(|&r| r > 0)
-            .ok_or_else(|| bad("`init_r` must be a positive integer".into()))?
-            as usize,
+        Some(v) => v.as_u64().filter(|&r| r > 0).ok_or_else(|| {
+            InputError::invalid(
+                config_path,
+                format!("`init_r` is {v}, not a positive integer"),
+            )
+        })? as usize,
     };
     let scaling = if cfg.lora_alpha > 0.0 {
         cfg.lora_alpha

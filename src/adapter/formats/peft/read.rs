@@ -37,7 +37,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         return read_oft(path, file, cfg);
     }
     if cfg.peft_type == PeftType::AdaLora {
-        return super::adalora::read(path, file, cfg);
+        return super::adalora::read(path, file, cfg, config_path);
     }
     if cfg.peft_type != PeftType::Lora {
         return read_lycoris(path, file, cfg);
