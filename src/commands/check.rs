@@ -1,4 +1,7 @@
 //! `lorakit check`: args → options → plan → run (→ fix → check again) → print.
+//!
+//! It holds no rule: the peers' rules and the verdicts live in `ops/check/`; this file only
+//! maps flags and prints.
 
 use super::printer;
 use crate::cli::CheckArgs;

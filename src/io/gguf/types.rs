@@ -4,6 +4,8 @@
 //! `GGML_QUANT_SIZES` for `(elements per block, bytes per block)`), which mirrors
 //! `ggml/src/ggml.c` `type_traits`. The byte size of a tensor is `numel / block * type_size`,
 //! and its row length (`ne[0]`) must be a multiple of the block (`ggml/src/gguf.cpp`).
+//!
+//! Holds no arithmetic: (de)quantization lives in `quant.rs` and `kquant/`.
 
 use serde::Serialize;
 

@@ -24,6 +24,9 @@
 //! Special ids (`CONTROL` token type) are those transformers' `all_special_ids` gives for such
 //! a tokenizer: the tokens tokenizer_config.json names as `bos`/`eos`/`unk`/`sep`/`pad`/`cls`/
 //! `mask` token and its `additional_special_tokens`.
+//!
+//! Must not guess: a tokenizer kind the converter would handle otherwise, or a setting it would take
+//! from elsewhere, is refused naming the file, never written one way.
 
 use super::tokens::*;
 use super::writer::{kv_bool, kv_f32s, kv_i32s, kv_string, kv_strings, kv_u32};

@@ -10,6 +10,9 @@
 //! of every type survives unchanged. Tensors copied unchanged from an input go file to file in
 //! the kernel ([`GgufWriter::copy_tensor`]); a [`GgufWriter`] is a [`Sink`] of the pipelined
 //! writer thread ([`crate::io::writer::pipelined`]).
+//!
+//! It does not choose what to write (names, types, metadata come from the caller) and never
+//! writes outside its atomic output.
 
 use super::header::{pad, MAGIC};
 use super::types::GgmlType;

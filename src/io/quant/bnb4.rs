@@ -28,6 +28,8 @@
 //! (index = number of midpoints strictly below the value), mapped back through the code book's
 //! stable argsort for FP4. Double quantization (`functional.py` `quantize_4bit` with
 //! `compress_statistics`) of the absmax this returns is [`super::bnb4_dq`].
+//!
+//! Must not find the weights (that is `scan.rs`) nor choose the output dtype.
 
 use crate::dtype::{self, Dtype};
 

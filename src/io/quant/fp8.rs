@@ -10,6 +10,8 @@
 //! that file's `Fp8Quantize._quantize_one`: per tile `scale = 448 / max|w|` (1 for an all-zero
 //! tile; torch computes it as `(1 / max) · 448`), `weight_scale_inv = 1 / scale` (f32), `q = e4m3fn(clamp(w · scale, ±448))` with
 //! round-to-nearest-even.
+//!
+//! Must not find the weights or their scales (that is `scan.rs`) nor choose the output dtype.
 
 use crate::dtype::{self, Dtype};
 

@@ -12,6 +12,8 @@
 //! threshold 0): `SCB = max|A|` per row (float16, widened to f32 exactly) and
 //! `round(A * (127 / SCB))` in f32 (`127 / SCB` as torch evaluates a scalar over a tensor:
 //! `(1 / SCB) · 127`), rounding half to even, as int8.
+//!
+//! Must not find the weights (that is `scan.rs`) nor choose the output dtype.
 
 /// `7.874015718698502e-3` as torch applies it to an f32 tensor.
 #[allow(clippy::excessive_precision)]

@@ -2,6 +2,9 @@
 //! `add_*` per producer format, each checking every companion tensor against the packing before
 //! anything is read. It reads no tensor data except small state tensors (quant_state JSON,
 //! `weight_shape`, the stored code book it checks).
+//!
+//! It must not dequantize or quantize (the per-format files do) and never guesses a layout the
+//! headers and config.json do not state: an inconsistent one is an error naming the file.
 
 use super::gptq::{self, Config as GptqConfig, Layout as GptqLayout};
 use super::*;

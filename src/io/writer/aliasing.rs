@@ -1,5 +1,8 @@
 //! No command writes onto what it reads: the one overwrite check, by canonical path and by
 //! (device, inode).
+//!
+//! It decides nothing else about outputs (their layout and commit are `writer/`) and must not
+//! create or remove anything while checking.
 
 use crate::error::{InputError, InputResult};
 use std::path::{Path, PathBuf};
