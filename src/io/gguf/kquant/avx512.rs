@@ -40,7 +40,7 @@ pub(super) fn kx_fits<const B: usize>(
     fits: &mut [Fit],
 ) {
     assert_eq!((x.len(), fits.len()), (512 * B, 2 * B));
-    let xt: [[__m512; B]; 32] = transpose_pairs::<B>(x);
+    let xt: [[__m512; B]; 32] = transpose16::<B, 32>(x);
     let zero = _mm512_setzero_ps();
     // Weights `av_x + |x|`, `av_x = sqrt(Σ x² / 32)`; the group's data min and max, its `Σ w`,
     // `Σ w x`, and whether every value is finite (`Σ (x - x)` stays 0), as in `avx2::kx_fits`.
@@ -182,6 +182,8 @@ pub(super) fn kx_fits<const B: usize>(
             _mm512_storeu_ps(mins.as_mut_ptr(), neg_min);
         }
         for (h, fit) in fits[2 * k..2 * k + 2].iter_mut().enumerate() {
+            // Every field written: eight groups, the other eight scales and mins 0.
+            *fit = Fit::default();
             fit.scales[..8].copy_from_slice(&scales[8 * h..8 * h + 8]);
             fit.mins[..8].copy_from_slice(&mins[8 * h..8 * h + 8]);
             for (i, li) in l.iter().enumerate() {
@@ -191,6 +193,147 @@ pub(super) fn kx_fits<const B: usize>(
             }
         }
     }
+}
+
+/// The `Q6_K` group fits ([`super::reference::q6_fit`]) of `S` consecutive super-blocks (`x`
+/// holds `256 S` values) into `fits`: `avx2::q6_fit` with one super-block's sixteen 16-value
+/// groups in one `__m512` (lane `j` group `j`) instead of two `__m256`, and `S` super-blocks
+/// side by side; the same operations per lane in the same order (`w = x·x` and `w·x` once per
+/// value, the level rounded as `avx2`'s `min(max(p + M, M - 32), M + 31) - M` under the same
+/// per-candidate bound check, ggml's bit arithmetic elsewhere). Panics unless `x.len()` is
+/// `256 S` and `fits.len()` is `S`, before any load.
+///
+/// A safe `#[target_feature]` function, called as [`kx_fits`] is.
+#[target_feature(enable = "avx512f")]
+pub(super) fn q6_fits<const S: usize>(x: &[f32], fits: &mut [Fit]) {
+    const NMAX: i32 = 32;
+    assert_eq!((x.len(), fits.len()), (256 * S, S));
+    let xt: [[__m512; S]; 16] = transpose16::<S, 16>(x);
+    let zero = _mm512_setzero_ps();
+    let (mut w, mut wx) = ([[zero; S]; 16], [[zero; S]; 16]);
+    let (mut max, mut amax) = ([zero; S], [zero; S]);
+    let (mut data_min, mut data_max) = ([zero; S], [zero; S]);
+    let mut finite = [0 as __mmask16; S];
+    for k in 0..S {
+        (data_min[k], data_max[k]) = (xt[0][k], xt[0][k]);
+        let mut nan = zero;
+        for ((xi, wi), wxi) in xt.iter().zip(&mut w).zip(&mut wx) {
+            // `max_abs`: `if |x| > amax { amax = |x|; max = x }`.
+            let a = _mm512_abs_ps(xi[k]);
+            let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, amax[k]);
+            amax[k] = _mm512_mask_blend_ps(gt, amax[k], a);
+            max[k] = _mm512_mask_blend_ps(gt, max[k], xi[k]);
+            data_min[k] = _mm512_min_ps(xi[k], data_min[k]);
+            data_max[k] = _mm512_max_ps(xi[k], data_max[k]);
+            nan = _mm512_add_ps(nan, _mm512_sub_ps(xi[k], xi[k]));
+            wi[k] = _mm512_mul_ps(xi[k], xi[k]);
+            wxi[k] = _mm512_mul_ps(wi[k], xi[k]);
+        }
+        finite[k] = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(nan, zero);
+    }
+    let mut iscale = [zero; S];
+    for k in 0..S {
+        iscale[k] = _mm512_div_ps(_mm512_set1_ps(-(NMAX as f32)), max[k]);
+    }
+    let (sumlx, suml2) = q6_sums(&xt, &w, &wx, iscale, &data_min, &data_max, &finite);
+    let (mut scale, mut best) = ([zero; S], [zero; S]);
+    for k in 0..S {
+        // `if suml2 != 0 { sumlx / suml2 } else { 0 }` (`!=` is true for a NaN).
+        let nz = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(suml2[k], zero);
+        scale[k] = _mm512_maskz_mov_ps(nz, _mm512_div_ps(sumlx[k], suml2[k]));
+        best[k] = _mm512_mul_ps(scale[k], sumlx[k]);
+    }
+    let mut l_iscale = iscale;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        let top = _mm512_set1_ps(-(NMAX as f32 + 0.1 * is as f32));
+        for k in 0..S {
+            iscale[k] = _mm512_div_ps(top, max[k]);
+        }
+        let (sumlx, suml2) = q6_sums(&xt, &w, &wx, iscale, &data_min, &data_max, &finite);
+        for k in 0..S {
+            // `suml2 > 0 && sumlx * sumlx > best * suml2`.
+            let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(suml2[k], zero);
+            let better = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
+                pos,
+                _mm512_mul_ps(sumlx[k], sumlx[k]),
+                _mm512_mul_ps(best[k], suml2[k]),
+            );
+            let s = _mm512_div_ps(sumlx[k], suml2[k]);
+            scale[k] = _mm512_mask_blend_ps(better, scale[k], s);
+            best[k] = _mm512_mask_blend_ps(better, best[k], _mm512_mul_ps(s, sumlx[k]));
+            l_iscale[k] = _mm512_mask_blend_ps(better, l_iscale[k], iscale[k]);
+        }
+    }
+    for (k, fit) in fits.iter_mut().enumerate() {
+        // Every field written: no mins (a symmetric type), the levels and scales below.
+        fit.mins = [0.0; 16];
+        // The scalar code stores `l + nmax`, and 0 (a level of `-nmax`) for an all-zero group.
+        let zero_group = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(
+            amax[k],
+            _mm512_set1_ps(super::reference::GROUP_MAX_EPS),
+        );
+        let mut l = [[0f32; 16]; 16];
+        for (li, xi) in l.iter_mut().zip(&xt) {
+            let q = level_exact(_mm512_mul_ps(l_iscale[k], xi[k]), -NMAX, NMAX - 1);
+            let q = _mm512_mask_blend_ps(zero_group, q, _mm512_set1_ps(-(NMAX as f32)));
+            // SAFETY: sixteen f32 inside `li`.
+            unsafe { _mm512_storeu_ps(li.as_mut_ptr(), q) };
+        }
+        for (i, li) in l.iter().enumerate() {
+            for (j, &v) in li.iter().enumerate() {
+                fit.l[16 * j + i] = (v as i32 + NMAX) as u8;
+            }
+        }
+        // SAFETY: sixteen f32 inside `fit.scales`.
+        unsafe {
+            _mm512_storeu_ps(
+                fit.scales.as_mut_ptr(),
+                _mm512_maskz_mov_ps(!zero_group, scale[k]),
+            )
+        };
+    }
+}
+
+/// `Q6_K`'s sums `Σ (w x) l`, `Σ (w l) l` over the levels of `iscale`, in floats where every
+/// lane of every register passes the bound check, else through ggml's bit arithmetic.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn q6_sums<const S: usize>(
+    xt: &[[__m512; S]; 16],
+    w: &[[__m512; S]; 16],
+    wx: &[[__m512; S]; 16],
+    iscale: [__m512; S],
+    data_min: &[__m512; S],
+    data_max: &[__m512; S],
+    finite: &[__mmask16; S],
+) -> ([__m512; S], [__m512; S]) {
+    const NMAX: i32 = 32;
+    let zero = _mm512_setzero_ps();
+    let mut fast = true;
+    for k in 0..S {
+        fast &= within_bound(iscale[k], zero, data_min[k], data_max[k], finite[k]) == 0xffff;
+    }
+    let magic = _mm512_set1_ps(MAGIC);
+    let bottom = _mm512_set1_ps(MAGIC - NMAX as f32);
+    let top = _mm512_set1_ps(MAGIC + (NMAX - 1) as f32);
+    let (mut sumlx, mut suml2) = ([zero; S], [zero; S]);
+    for ((xi, wi), wxi) in xt.iter().zip(w).zip(wx) {
+        for k in 0..S {
+            let p = _mm512_mul_ps(iscale[k], xi[k]);
+            let l = if fast {
+                let v = _mm512_add_ps(p, magic);
+                _mm512_sub_ps(_mm512_min_ps(_mm512_max_ps(v, bottom), top), magic)
+            } else {
+                level_exact(p, -NMAX, NMAX - 1)
+            };
+            sumlx[k] = _mm512_add_ps(sumlx[k], _mm512_mul_ps(wxi[k], l));
+            suml2[k] = _mm512_add_ps(suml2[k], _mm512_mul_ps(_mm512_mul_ps(wi[k], l), l));
+        }
+    }
+    (sumlx, suml2)
 }
 
 /// The lanes (bits of the mask) where every `p = iscale · (x - min)` of the step lies within
@@ -292,25 +435,26 @@ pub(super) fn level_fast_exact(p: [f32; 16], lo: i32, hi: i32) -> ([f32; 16], [f
     (fast, exact)
 }
 
-/// `x[256 (2 m + h) + 32 j + i]` at `[i][m]` lane `8 h + j`: element `i` of the eight groups of
-/// super-blocks `2 m` (lanes 0–7) and `2 m + 1` (lanes 8–15) in one register. `avx2::transpose`'s
-/// 8×8 transposes in both 256-bit halves at once (the unpacks and shuffles work within 128-bit
-/// lanes, as their AVX2 forms do), its last step (`permute2f128`) a `vpermt2ps` per register.
+/// `x[16 G m + G j + i]` at `[i][m]` lane `j`: element `i` of the sixteen `G`-value groups of
+/// set `m` in one register (`Q4_K`'s: two super-blocks' eight groups, lanes 0–7 the first;
+/// `Q6_K`'s: one super-block). `avx2::transpose`'s 8×8 transposes in both 256-bit halves at
+/// once (the unpacks and shuffles work within 128-bit lanes, as their AVX2 forms do), its last
+/// step (`permute2f128`) a `vpermt2ps` per register.
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn transpose_pairs<const B: usize>(x: &[f32]) -> [[__m512; B]; 32] {
-    let mut t = [[_mm512_setzero_ps(); B]; 32];
+fn transpose16<const B: usize, const G: usize>(x: &[f32]) -> [[__m512; B]; G] {
+    let mut t = [[_mm512_setzero_ps(); B]; G];
     // 128-bit lanes `a0 b0 a2 b2` and `a1 b1 a3 b3` of `a`, `b` (indices past 15 are `b`'s).
     let lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
     let hi = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-    for (m, pair) in x.chunks_exact(512).enumerate() {
-        let (first, second) = pair.split_at(256);
-        for b in 0..4 {
+    for (m, set) in x.chunks_exact(16 * G).enumerate() {
+        let (first, second) = set.split_at(8 * G);
+        for b in 0..G / 8 {
             let mut r = [_mm512_setzero_ps(); 8];
             for (j, rj) in r.iter_mut().enumerate() {
                 let (p, q) = (
-                    &first[32 * j + 8 * b..32 * j + 8 * b + 8],
-                    &second[32 * j + 8 * b..32 * j + 8 * b + 8],
+                    &first[G * j + 8 * b..G * j + 8 * b + 8],
+                    &second[G * j + 8 * b..G * j + 8 * b + 8],
                 );
                 // SAFETY: eight f32 inside `p` and inside `q`.
                 let (p, q) = unsafe { (_mm256_loadu_ps(p.as_ptr()), _mm256_loadu_ps(q.as_ptr())) };

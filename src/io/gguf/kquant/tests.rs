@@ -517,12 +517,13 @@ fn avx2_search_rounds_in_floats_only_within_the_bound() {
 
 /// The `Q4_K`/`Q5_K` search in AVX-512 registers (`avx512::kx_fits`: two super-blocks per
 /// register, one and two registers side by side, at every offset so that each super-block is
-/// searched in each position beside others) equals the scalar transcription bit for bit on the
-/// adversarial sets: `superblocks`' and `kx_superblocks`'. Not run on a CPU without AVX-512F
+/// searched in each position beside others), and `Q6_K`'s (`avx512::q6_fits`, one and two
+/// super-blocks), equal the scalar transcription bit for bit on the adversarial sets:
+/// `superblocks`' and `kx_superblocks`'. Not run on a CPU without AVX-512F
 /// (it says so).
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn avx512_search_equals_the_scalar_transcription_bit_for_bit() {
+fn avx512_searches_equal_the_scalar_transcription_bit_for_bit() {
     use super::avx512;
     use GgmlType::*;
     if crate::backend::simd::detected() < Level::Avx512 {
@@ -555,6 +556,20 @@ fn avx512_search_equals_the_scalar_transcription_bit_for_bit() {
                     let at = start + 2 * i + k;
                     same_fit(ty, at, fit, &want[at], &b[256 * k..256 * k + 256]);
                 }
+                // `Q6_K`'s search, one super-block per register, two side by side.
+                // SAFETY: as above.
+                unsafe { avx512::q6_fits::<2>(b, &mut fits[..2]) };
+                for (k, fit) in fits[..2].iter().enumerate() {
+                    let one = &b[256 * k..256 * k + 256];
+                    same_fit(Q6_K, start + 2 * i + k, fit, &reference::q6_fit(one), one);
+                }
+            }
+        }
+        if nmax == 15 {
+            for (i, b) in x.chunks_exact(256).enumerate() {
+                // SAFETY: as above.
+                unsafe { avx512::q6_fits::<1>(b, &mut fits[..1]) };
+                same_fit(Q6_K, i, &fits[0], &reference::q6_fit(b), b);
             }
         }
     }
