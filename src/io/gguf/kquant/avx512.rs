@@ -1,9 +1,11 @@
 //! The `Q4_K`/`Q5_K` group search ([`super::reference::make_qkx2_quants`] with weights
-//! `sqrt(mean(x²)) + |x|`, `use_mad = false`) in AVX-512 registers: [`super::avx2::kx_fits`]
-//! at twice the width. One `__m512` holds the same element of the eight 32-value groups of two
-//! consecutive super-blocks (lanes 0–7 the first, 8–15 the second), and `B` such registers
-//! (`2 B` super-blocks) are searched side by side so that independent chains of additions
-//! overlap.
+//! `sqrt(mean(x²)) + |x|`, `use_mad = false`) and `Q6_K`'s
+//! ([`super::reference::make_qx_quants`]) in AVX-512 registers: [`super::avx2::kx_fits`] and
+//! `avx2::q6_fit` at twice the width. For `Q4_K`/`Q5_K` one `__m512` holds the same element of
+//! the eight 32-value groups of two consecutive super-blocks (lanes 0–7 the first, 8–15 the
+//! second), for `Q6_K` of one super-block's sixteen 16-value groups; several such registers are
+//! searched side by side so that independent chains of additions overlap. Must not: change a
+//! bit of what [`super::reference`] computes, or use an instruction beyond AVX-512F.
 //!
 //! Each lane performs the operations of [`super::avx2`] (and so of the scalar transcription)
 //! in the same order: `(w * v) * l`, no fused multiply-add, sums over `i` ascending, the same

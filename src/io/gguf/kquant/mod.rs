@@ -4,14 +4,14 @@
 //! [`lanes`], which runs the per-group scale searches of a super-block (where nearly all the
 //! time goes) with one group per vector lane; on x86-64 with AVX2, `avx2` runs the `Q4_K`,
 //! `Q5_K` and `Q6_K` searches written in AVX2 registers (the same operations per lane), and
-//! with AVX-512F `avx512` runs the `Q4_K`/`Q5_K` one at twice the width. All feed the same
+//! with AVX-512F `avx512` runs all three at twice the width. All feed the same
 //! packing code.
 //!
 //! [`quantize`] is what lorakit calls: the lane searches compiled per CPU level by
 //! [`crate::backend::simd::multiversion!`] (every copy computes the same bits, see
 //! [`crate::backend::simd`]), all but `Q6_K`'s capped at AVX2, which was measured faster, and
 //! taking `avx2`'s searches where [`crate::backend::simd::level`] is at least AVX2 and
-//! `avx512`'s `Q4_K`/`Q5_K` search where it is AVX-512 (its fallbacks: `avx2`, then the portable
+//! `avx512`'s searches where it is AVX-512 (their fallbacks: `avx2`, then the portable
 //! [`lanes`]). It never
 //! allocates per block. `kquant::tests` checks it against
 //! [`reference`] bit for bit on random and adversarial super-blocks at every level;
