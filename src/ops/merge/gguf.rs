@@ -519,23 +519,34 @@ impl GgufMergePlan {
         let (f, info) = self.base.get(&t.tensor).expect("planned");
         let shape = info.shape();
         let (rows, cols) = (shape[0], shape[1]);
+        // The CPU merge runs in row bands of about `BAND` values, each dequantized, merged in
+        // place and quantized while in cache: no tensor-sized f32 base or merge, no output
+        // buffer per band and no copies into and out of one (issue #17). Rows are independent
+        // in the dequantizer, the merge (no DoRA here) and the quantizers (rows are whole
+        // blocks), so the bits are those of one whole-tensor job. The GPU takes the tensor
+        // whole.
+        const BAND: usize = 1 << 20;
+        let gpu = engine.is_gpu();
+        let band = if gpu {
+            rows.max(1)
+        } else {
+            (BAND / cols.max(1)).max(1)
+        };
         // Every value is overwritten by the dequantization: zeroed only when the size changes
         // (zeroing 64 MB per 4096² tensor was ~2 % of a 7B merge's CPU time).
         let w0 = &mut scratch.w0;
-        if w0.len() != rows * cols {
+        if w0.len() != band.min(rows) * cols {
             w0.clear();
-            w0.resize(rows * cols, 0.0);
+            w0.resize(band.min(rows) * cols, 0.0);
         }
-        {
-            let _t = profile::time(Stage::Dequantize);
-            f.prefetch(info);
-            let ok = quant::dequantize_par(info.ty, f.view(info).data, w0);
-            assert!(
-                ok,
-                "planned: a dequantizable type whose size the header validated"
-            );
-            f.release(info);
-        }
+        f.prefetch(info);
+        let data = f.view(info).data;
+        let row_bytes = cols / info.ty.block_size() * info.ty.type_size();
+        assert_eq!(
+            row_bytes * rows,
+            data.len(),
+            "planned: a dequantizable type whose size the header validated"
+        );
         let mut order = t.terms.clone();
         if self.options.unmerge {
             order.reverse();
@@ -588,17 +599,6 @@ impl GgufMergePlan {
                 }
             })
             .collect();
-        // The CPU merge in row bands of about `BAND` values, each merged in place in the
-        // dequantized base and quantized while in cache: no tensor-sized f32 merge, no output
-        // buffer per band and no copies into and out of one (issue #17). Rows are independent
-        // in the merge (no DoRA here) and in the quantizers (rows are whole blocks), so the bits
-        // are those of one whole-tensor job. The GPU takes the tensor whole.
-        const BAND: usize = 1 << 20;
-        let band = if engine.is_gpu() {
-            rows.max(1)
-        } else {
-            (BAND / cols.max(1)).max(1)
-        };
         for r0 in (0..rows).step_by(band) {
             let r1 = (r0 + band).min(rows);
             let band_terms: Vec<Term> = terms
@@ -626,8 +626,13 @@ impl GgufMergePlan {
                     ),
                 )
             };
-            let w = &mut scratch.w0[r0 * cols..r1 * cols];
-            if engine.is_gpu() {
+            let w = &mut scratch.w0[..(r1 - r0) * cols];
+            {
+                let _t = profile::time(Stage::Dequantize);
+                let ok = quant::dequantize_par(info.ty, &data[r0 * row_bytes..r1 * row_bytes], w);
+                assert!(ok, "planned: a dequantizable type");
+            }
+            if gpu {
                 let job = MergeJob {
                     w0: bytemuck::cast_slice(w),
                     in_dtype: Dtype::F32,
@@ -652,6 +657,7 @@ impl GgufMergePlan {
                 band_out(w)?;
             }
         }
+        f.release(info);
         Ok(())
     }
 
@@ -676,8 +682,9 @@ impl GgufMergePlan {
         };
         let base_tensors: Vec<_> = self.base.tensors().collect();
         let mut merged = Vec::new();
-        // The tensor-sized buffer of one merged tensor (its dequantized base) is kept for the
-        // next: fresh pages cost ~18 % of a 7B Q4_K_M merge in faults and zeroing (issue #17).
+        // The buffer of one merged tensor's dequantized base (a row band of it on the CPU) is
+        // kept for the next: fresh pages cost ~18 % of a 7B Q4_K_M merge in faults and zeroing
+        // (issue #17).
         // It is freed after the last one, so that it is not held while the rest is copied.
         let mut scratch = Scratch::default();
         let mut merges_left = self.targets.len();
@@ -773,6 +780,6 @@ impl GgufMergePlan {
 /// Whole-tensor buffers reused from one merged tensor to the next.
 #[derive(Default)]
 struct Scratch {
-    /// The base tensor dequantized.
+    /// One row band of the base tensor dequantized (the GPU's band is the whole tensor).
     w0: Vec<f32>,
 }

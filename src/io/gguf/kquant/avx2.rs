@@ -32,7 +32,7 @@ use std::arch::x86_64::*;
 use super::reference::{Fit, GROUP_MAX_EPS};
 
 /// `1.5 · 2²³`, `nearest_int`'s magic number.
-const MAGIC: f32 = 12_582_912.0;
+pub(super) const MAGIC: f32 = 12_582_912.0;
 
 /// The largest `|p|` rounded in floats (see the module doc): far inside the `2²² - 1` where
 /// `p + MAGIC` stops being in `[2²³, 2²⁴)`.

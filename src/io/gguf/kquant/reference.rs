@@ -100,12 +100,27 @@ fn requant_affine<const G: usize>(x: &[f32; G], dm: f32, dd: f32, nmax: i32, l: 
     }
 }
 
-/// The second pass of the symmetric types over one group: `nearest_int(x / dd)` clamped to
-/// `-off..off`, plus `off`.
+/// The second pass of the symmetric types (`Q3_K`: `off = 4`, `Q6_K`: `off = 32`) over the
+/// sixteen groups of 16, after the stored scales are known: group `j`'s levels requantized
+/// against `dd[j]` (`d · sc[j]` as ggml unpacks it) as
+/// `nearest_int(x / dd).clamp(-off, off - 1) + off`, a group whose `dd` is 0 keeping its
+/// first-pass levels (ggml's `if (!d) continue;`), and where `back` is given each group as the
+/// dequantizer reads it back ([`back_sym`]). One loop for both types: `quantize_row_q3_K_ref`
+/// and `quantize_row_q6_K_ref` run the same second pass and differ only in how they unpack
+/// `sc[j]` and in `off`.
 #[inline(always)]
-fn requant_sym<const G: usize>(x: &[f32; G], dd: f32, off: i32, l: &mut [i8; G]) {
-    for i in 0..G {
-        l[i] = (nearest_int(x[i] / dd).clamp(-off, off - 1) + off) as i8;
+fn requant_sym(x: &[f32], dd: &[f32; 16], off: i8, l: &mut [i8; 256], mut back: Back) {
+    let o = i32::from(off);
+    for (j, &dd) in dd.iter().enumerate() {
+        let (xs, ls) = group::<_, 16>(x, l, j);
+        if dd != 0.0 {
+            for i in 0..16 {
+                ls[i] = (nearest_int(xs[i] / dd).clamp(-o, o - 1) + o) as i8;
+            }
+        }
+        if let Some(b) = back.as_deref_mut() {
+            back_sym(ls, dd, off, &mut b[16 * j..16 * j + 16]);
+        }
     }
 }
 
@@ -433,7 +448,7 @@ pub(super) fn q3_fit(x: &[f32]) -> Fit {
 /// with signed 6-bit scales (`make_q3_quants(16, 4, …, true)`), 3-bit values split into a
 /// 2-bit `qs` and a high-bit mask. Layout: `hmask[32] qs[64] scales[12] d`.
 #[inline(always)]
-pub(super) fn q3_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
+pub(super) fn q3_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, back: Back) {
     let scales = fit.scales;
     let mut l = fit.l.map(|v| v as i8);
     let (max_scale, _) = max_abs_scale(&scales);
@@ -455,18 +470,13 @@ pub(super) fn q3_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
         f16_le(0.0)
     };
     let df = f16_at(&d, 0);
-    for j in 0..16 {
+    let mut dd = [0f32; 16];
+    for (j, dd) in dd.iter_mut().enumerate() {
         let lo = if j < 8 { sc[j] & 0xF } else { sc[j - 8] >> 4 };
         let s = (lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
-        let dd = df * s as f32;
-        let (xs, ls) = group::<_, 16>(x, &mut l, j);
-        if dd != 0.0 {
-            requant_sym(xs, dd, 4, ls);
-        }
-        if let Some(b) = back.as_deref_mut() {
-            back_sym(ls, dd, 4, &mut b[16 * j..16 * j + 16]);
-        }
+        *dd = df * s as f32;
     }
+    requant_sym(x, &dd, 4, &mut l, back);
     let mut hmask = [0u8; 32];
     let mut low = [0u8; 256];
     for (j, (&v, lo)) in l.iter().zip(low.iter_mut()).enumerate() {
@@ -623,7 +633,7 @@ pub(super) fn q6_fit(x: &[f32]) -> Fit {
 /// are all below `GROUP_MAX_EPS` is 210 zero bytes (read back as `0 · (0 − 32) = −0`). Layout:
 /// `ql[128] qh[64] scales[16] d`.
 #[inline(always)]
-pub(super) fn q6_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
+pub(super) fn q6_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, back: Back) {
     let scales = fit.scales;
     let mut l = fit.l.map(|v| v as i8);
     let (max_scale, max_abs) = max_abs_scale(&scales);
@@ -641,16 +651,11 @@ pub(super) fn q6_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
         *b = nearest_int(iscale * s).min(127) as i8;
     }
     let df = f16_at(&d, 0);
-    for j in 0..16 {
-        let dd = df * f32::from(sc[j]);
-        let (xs, ls) = group::<_, 16>(x, &mut l, j);
-        if dd != 0.0 {
-            requant_sym(xs, dd, 32, ls);
-        }
-        if let Some(b) = back.as_deref_mut() {
-            back_sym(ls, dd, 32, &mut b[16 * j..16 * j + 16]);
-        }
+    let mut dd = [0f32; 16];
+    for (dd, &s) in dd.iter_mut().zip(&sc) {
+        *dd = df * f32::from(s);
     }
+    requant_sym(x, &dd, 32, &mut l, back);
     let l = l.map(|v| v as u8);
     let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
     for h in 0..2 {

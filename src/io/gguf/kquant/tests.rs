@@ -363,7 +363,7 @@ fn avx2_searches_equal_the_scalar_transcription_bit_for_bit() {
     }
 }
 
-/// The float rounding of `avx2` (`min(max(p + M, M), M + nmax) - M`) equals ggml's bit
+/// The float rounding of `avx2` and `avx512` (`min(max(p + M, M), M + nmax) - M`) equals ggml's bit
 /// arithmetic (`nearest_int(p).clamp(0, nmax)`, the scalar transcription's) for every `p` within
 /// its bound: the bound itself, ties at `k + 0.5` (to even), the last floats below integers,
 /// signed zeros, and a sweep; and the bound is needed: past `2²² - 1` the two part.
@@ -371,6 +371,7 @@ fn avx2_searches_equal_the_scalar_transcription_bit_for_bit() {
 #[test]
 fn avx2_float_rounding_equals_nearest_int_within_its_bound() {
     use super::avx2::{level_fast_exact, FAST_BOUND};
+    use super::avx512;
     if crate::backend::simd::detected() < Level::Avx2 {
         eprintln!("no AVX2 on this CPU: avx2's rounding not tested");
         return;
@@ -410,28 +411,46 @@ fn avx2_float_rounding_equals_nearest_int_within_its_bound() {
     p.extend(
         (0..20_000).map(|_| (rng.next() as f32 * 2.0 - 1.0) * 2f32.powi(rng.below(21) as i32)),
     );
+    // `avx512`'s copy where the CPU has it, sixteen lanes at a time.
+    let wide = crate::backend::simd::detected() >= Level::Avx512;
+    let check = |v: &[f32], fast: &[f32], exact: &[f32], lo: i32, hi: i32| {
+        for j in 0..v.len() {
+            let want = reference::nearest_int(v[j]).clamp(lo, hi) as f32;
+            assert_eq!(exact[j].to_bits(), want.to_bits(), "exact, p = {}", v[j]);
+            assert_eq!(fast[j].to_bits(), want.to_bits(), "fast, p = {}", v[j]);
+        }
+    };
     for (lo, hi) in [(0, 15), (0, 31), (-32, 31)] {
-        for chunk in p.chunks(8) {
-            let mut v = [0f32; 8];
+        for chunk in p.chunks(16) {
+            let mut v = [0f32; 16];
             v[..chunk.len()].copy_from_slice(chunk);
             assert!(v.iter().all(|x| x.abs() <= FAST_BOUND));
-            // SAFETY: the CPU has AVX2 (checked above).
-            let (fast, exact) = unsafe { level_fast_exact(v, lo, hi) };
-            for j in 0..8 {
-                let want = reference::nearest_int(v[j]).clamp(lo, hi) as f32;
-                assert_eq!(exact[j].to_bits(), want.to_bits(), "exact, p = {}", v[j]);
-                assert_eq!(fast[j].to_bits(), want.to_bits(), "fast, p = {}", v[j]);
+            for h in v.chunks_exact(8) {
+                let h: [f32; 8] = h.try_into().unwrap();
+                // SAFETY: the CPU has AVX2 (checked above).
+                let (fast, exact) = unsafe { level_fast_exact(h, lo, hi) };
+                check(&h, &fast, &exact, lo, hi);
+            }
+            // `avx512`'s rounding serves `lo = 0` only: below, a `-0` survives the clamp.
+            if wide && lo == 0 {
+                // SAFETY: the CPU has AVX-512F (`wide`).
+                let (fast, exact) = unsafe { avx512::level_fast_exact(v, lo, hi) };
+                check(&v, &fast, &exact, lo, hi);
             }
         }
     }
     // Past the bound the float rounding is wrong: p + M rounds up to 2²⁴.
+    let past = reference::nearest_int(4_194_303.5).clamp(0, 15) as f32;
     // SAFETY: as above.
     let (fast, exact) = unsafe { level_fast_exact([4_194_303.5; 8], 0, 15) };
-    assert_eq!(
-        exact[0],
-        reference::nearest_int(4_194_303.5).clamp(0, 15) as f32
-    );
+    assert_eq!(exact[0], past);
     assert_ne!(fast[0], exact[0]);
+    if wide {
+        // SAFETY: as above.
+        let (fast, exact) = unsafe { avx512::level_fast_exact([4_194_303.5; 16], 0, 15) };
+        assert_eq!(exact[15], past);
+        assert_ne!(fast[15], exact[15]);
+    }
 }
 
 /// `avx2::within_bound` takes a lane to the float rounding only where the step's `p` at the
@@ -469,5 +488,89 @@ fn avx2_search_rounds_in_floats_only_within_the_bound() {
     let got = unsafe { within_bound(v(|l| l.0), v(|l| l.1), v(|l| l.2), v(|l| l.3), finite) };
     for (j, l) in lanes.iter().enumerate() {
         assert_eq!(got >> j & 1 == 1, l.5, "lane {j}: {l:?}");
+    }
+    if crate::backend::simd::detected() < Level::Avx512 {
+        eprintln!("no AVX-512F on this CPU: avx512::within_bound not tested");
+        return;
+    }
+    // `avx512`'s, sixteen lanes: the same cases, the upper eight in the reverse order.
+    let at = |j: usize| &lanes[if j < 8 { j } else { 15 - j }];
+    let v = |f: fn(&Lane) -> f32| {
+        let a: [f32; 16] = std::array::from_fn(|j| f(at(j)));
+        // SAFETY: sixteen f32 in `a`; the CPU has AVX-512F (checked above).
+        unsafe { _mm512_loadu_ps(a.as_ptr()) }
+    };
+    let finite = (0..16).fold(0u16, |m, j| m | (u16::from(at(j).4) << j));
+    // SAFETY: the CPU has AVX-512F (checked above).
+    let got = unsafe {
+        super::avx512::within_bound(v(|l| l.0), v(|l| l.1), v(|l| l.2), v(|l| l.3), finite)
+    };
+    for j in 0..16 {
+        assert_eq!(
+            got >> j & 1 == 1,
+            at(j).5,
+            "16 lanes, lane {j}: {:?}",
+            at(j)
+        );
+    }
+}
+
+/// The `Q4_K`/`Q5_K` search in AVX-512 registers (`avx512::kx_fits`: two super-blocks per
+/// register, one and two registers side by side, at every offset so that each super-block is
+/// searched in each position beside others), and `Q6_K`'s (`avx512::q6_fits`, one and two
+/// super-blocks), equal the scalar transcription bit for bit on the adversarial sets:
+/// `superblocks`' and `kx_superblocks`'. Not run on a CPU without AVX-512F
+/// (it says so).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_searches_equal_the_scalar_transcription_bit_for_bit() {
+    use super::avx512;
+    use GgmlType::*;
+    if crate::backend::simd::detected() < Level::Avx512 {
+        eprintln!("no AVX-512F on this CPU: avx512::kx_fits not tested");
+        return;
+    }
+    for (ty, nmax, rmin, nstep) in [(Q4_K, 15, -1.0, 20), (Q5_K, 31, -0.5, 15)] {
+        let mut x = superblocks(160);
+        x.extend(kx_superblocks(160, nmax));
+        let want: Vec<Fit> = x
+            .chunks_exact(256)
+            .map(|b| reference::kx_fit(b, nmax, rmin, nstep))
+            .collect();
+        let mut fits = [Fit::default(); 4];
+        for start in 0..4 {
+            for (i, b) in x[256 * start..].chunks_exact(1024).enumerate() {
+                // SAFETY: the CPU has AVX-512F (checked above).
+                unsafe { avx512::kx_fits::<2>(b, nmax, rmin, nstep, &mut fits) };
+                for (k, fit) in fits.iter().enumerate() {
+                    let at = start + 4 * i + k;
+                    same_fit(ty, at, fit, &want[at], &b[256 * k..256 * k + 256]);
+                }
+            }
+        }
+        for start in 0..2 {
+            for (i, b) in x[256 * start..].chunks_exact(512).enumerate() {
+                // SAFETY: as above.
+                unsafe { avx512::kx_fits::<1>(b, nmax, rmin, nstep, &mut fits[..2]) };
+                for (k, fit) in fits[..2].iter().enumerate() {
+                    let at = start + 2 * i + k;
+                    same_fit(ty, at, fit, &want[at], &b[256 * k..256 * k + 256]);
+                }
+                // `Q6_K`'s search, one super-block per register, two side by side.
+                // SAFETY: as above.
+                unsafe { avx512::q6_fits::<2>(b, &mut fits[..2]) };
+                for (k, fit) in fits[..2].iter().enumerate() {
+                    let one = &b[256 * k..256 * k + 256];
+                    same_fit(Q6_K, start + 2 * i + k, fit, &reference::q6_fit(one), one);
+                }
+            }
+        }
+        if nmax == 15 {
+            for (i, b) in x.chunks_exact(256).enumerate() {
+                // SAFETY: as above.
+                unsafe { avx512::q6_fits::<1>(b, &mut fits[..1]) };
+                same_fit(Q6_K, i, &fits[0], &reference::q6_fit(b), b);
+            }
+        }
     }
 }
