@@ -106,6 +106,19 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            When::DiffusersUnetKeyLost => {
+                if a.format != Format::Kohya || !self.sd_prefixed() {
+                    vec![]
+                } else {
+                    a.modules
+                        .iter()
+                        .filter_map(|m| {
+                            let path = super::diffusers_keys::lost_unet_module(&m.name)?;
+                            Some(format!("{} (read as `{path}`)", m.name))
+                        })
+                        .collect()
+                }
+            }
             When::Dora => names(&|m| m.dora_magnitude.is_some()),
             When::LoraBias => names(&|m| has_lora_bias(m)),
             When::ModulesToSave | When::ModulesToSaveBeyondHead => {

@@ -54,6 +54,9 @@ pub enum When {
     NonLoraAlgoSdPrefixed,
     /// A kohya file with keys outside the SD prefixes (`lycoris_`, `lora_transformer_`, …).
     NotSdPrefixed,
+    /// In a kohya file whose every key has an SD prefix: a `lora_unet_` module whose name
+    /// diffusers' key conversion turns into a path the UNet lacks (`diffusers_keys.rs`).
+    DiffusersUnetKeyLost,
     /// DoRA magnitudes (`lora_magnitude_vector`, `dora_scale`).
     Dora,
     /// `lora_B.bias` (PEFT `lora_bias=True`).

@@ -267,6 +267,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_non_diffusers_lora_to_diffusers"),
     },
     Rule {
+        id: "diffusers.unet_key",
+        target: Target::Diffusers,
+        when: When::DiffusersUnetKeyLost,
+        severity: Severity::Silent,
+        why: "the kohya name is converted to a module path the UNet does not have (`_` → `.`, then the SDXL rule drops the last index of a name containing `emb`: diffusers' own convert_state_dict_to_kohya names for add_embedding.linear_1/2 come back as `add.embedding.linear`): \"unexpected keys\" is logged and the module is not applied",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_unet_lora_key; utils/state_dict_utils.py convert_unet_state_dict_to_peft; run on fixtures/diffusers_sweep/sdxl_kohya_add_embedding.safetensors"),
+    },
+    Rule {
         id: "diffusers.dtype",
         target: Target::Diffusers,
         when: When::AdapterDtype(&["F64"]),
