@@ -1,7 +1,8 @@
-//! How diffusers 0.42.1 reads a kohya-named UNet module (`lora_unet_…`), transcribed, so that
-//! `check --target diffusers` can tell which modules land nowhere. Owns only that string
-//! transcription and the UNet's module-name vocabulary; the rule that uses it is data in
-//! `rules/others.rs` (`diffusers.unet_key`), evaluated in `facts.rs`.
+//! How diffusers 0.42.1 reads a kohya-named UNet module (`lora_unet_…`) and a text encoder's
+//! LoRA keys, transcribed, so that `check --target diffusers` can tell which modules land nowhere
+//! and which files it refuses. Owns only those string transcriptions and the UNet's module-name
+//! vocabulary; the rules that use them are data in `rules/others.rs` (`diffusers.unet_key`,
+//! `diffusers.te_type`, `diffusers.te_key`), evaluated in `facts.rs`.
 //!
 //! diffusers converts a file whose every key starts with `lora_unet_`/`lora_te_`/`lora_te1_`/
 //! `lora_te2_` (`loaders/lora_pipeline.py` `StableDiffusionLoraLoaderMixin.lora_state_dict`) with
@@ -14,6 +15,17 @@
 //! writes `add_embedding.linear_1`/`linear_2` as `lora_unet_add_embedding_linear_1`/`_2`, which
 //! come back as `add.embedding.linear` (checked on the sweep's SD 1.x and SDXL UNets: of every
 //! Linear/Conv2d module, only those two; `fixtures/gen/check_diffusers_sweep.py`).
+//!
+//! A text encoder's keys (`loaders/lora_base.py` `_load_lora_into_text_encoder`, after its
+//! component prefix is removed) go through `utils/state_dict_utils.py`
+//! `convert_state_dict_to_diffusers` and then `convert_state_dict_to_peft`; each infers the
+//! keys' type from a marker (`to_out_lora`, `.lora_A.weight`, `lora_linear_layer`) and raises
+//! "Could not automatically infer state dict type" when none is there, and each renames only the
+//! patterns of its table. So a PEFT-named encoder LoRA without a q/k/v/out_proj module (only
+//! `fc1`/`fc2`/`text_projection`) is refused, as is a kohya one (`lora_te…`, renamed by
+//! `lora_conversion_utils.py` `_convert_text_encoder_lora_key`) with neither `out_proj` nor an
+//! MLP module; a kohya one with an MLP module but no `out_proj` keeps its attention keys as
+//! `…to_q_lora.down.weight`, which no layer has (skipped). Run on the sweep's cases.
 //!
 //! Must not look at tensor data or decide severities (the rule does).
 
@@ -161,6 +173,165 @@ pub(super) fn lost_unet_module(name: &str) -> Option<String> {
         .then_some(path)
 }
 
+/// `utils/state_dict_utils.py` `convert_state_dict`: `KEYS_TO_ALWAYS_REPLACE`, then the first
+/// pattern of `mapping` that occurs (down-projection entries only: the up ones mirror them).
+fn convert(key: &str, mapping: &[(&str, &str)]) -> String {
+    let key = key.replace(".processor.", ".");
+    match mapping.iter().find(|(from, _)| key.contains(from)) {
+        Some((from, to)) => key.replace(from, to),
+        None => key,
+    }
+}
+
+const PEFT_TO_DIFFUSERS: &[(&str, &str)] = &[
+    (".q_proj.lora_A", ".q_proj.lora_linear_layer.down"),
+    (".k_proj.lora_A", ".k_proj.lora_linear_layer.down"),
+    (".v_proj.lora_A", ".v_proj.lora_linear_layer.down"),
+    (".out_proj.lora_A", ".out_proj.lora_linear_layer.down"),
+    ("to_k.lora_A", "to_k.lora.down"),
+    ("to_q.lora_A", "to_q.lora.down"),
+    ("to_v.lora_A", "to_v.lora.down"),
+    ("to_out.0.lora_A", "to_out.0.lora.down"),
+];
+const DIFFUSERS_OLD_TO_DIFFUSERS: &[(&str, &str)] = &[
+    (".to_q_lora.down", ".q_proj.lora_linear_layer.down"),
+    (".to_k_lora.down", ".k_proj.lora_linear_layer.down"),
+    (".to_v_lora.down", ".v_proj.lora_linear_layer.down"),
+    (".to_out_lora.down", ".out_proj.lora_linear_layer.down"),
+];
+const DIFFUSERS_TO_PEFT: &[(&str, &str)] = &[
+    (".q_proj.lora_linear_layer.down", ".q_proj.lora_A"),
+    (".k_proj.lora_linear_layer.down", ".k_proj.lora_A"),
+    (".v_proj.lora_linear_layer.down", ".v_proj.lora_A"),
+    (".out_proj.lora_linear_layer.down", ".out_proj.lora_A"),
+    (".lora_linear_layer.down", ".lora_A"),
+    (
+        "text_projection.lora.down.weight",
+        "text_projection.lora_A.weight",
+    ),
+];
+const DIFFUSERS_OLD_TO_PEFT: &[(&str, &str)] = &[
+    (".to_q_lora.down", ".q_proj.lora_A"),
+    (".to_k_lora.down", ".k_proj.lora_A"),
+    (".to_v_lora.down", ".v_proj.lora_A"),
+    (".to_out_lora.down", ".out_proj.lora_A"),
+    (".lora_linear_layer.down", ".lora_A"),
+];
+
+/// `lora_conversion_utils.py` `_convert_text_encoder_lora_key` of a kohya encoder module's
+/// down key (`{name}.lora_down.weight`, `name` starting `lora_te_`, `lora_te1_` or `lora_te2_`).
+pub(super) fn kohya_text_encoder_key(name: &str) -> String {
+    let prefix = ["lora_te_", "lora_te1_", "lora_te2_"]
+        .into_iter()
+        .find(|p| name.starts_with(p))
+        .unwrap_or("");
+    let mut n = format!("{name}.lora_down.weight")
+        .replace(prefix, "")
+        .replace('_', ".");
+    for (from, to) in [
+        ("text.model", "text_model"),
+        ("self.attn", "self_attn"),
+        ("q.proj.lora", "to_q_lora"),
+        ("k.proj.lora", "to_k_lora"),
+        ("v.proj.lora", "to_v_lora"),
+        ("out.proj.lora", "to_out_lora"),
+        ("text.projection", "text_projection"),
+    ] {
+        n = n.replace(from, to);
+    }
+    if !(n.contains("self_attn") || n.contains("text_projection")) && n.contains("mlp") {
+        n = n.replace(".lora.", ".lora_linear_layer.");
+    }
+    n
+}
+
+/// What `_load_lora_into_text_encoder` makes of one encoder's down keys (prefix removed):
+/// `Err(())` when `convert_state_dict_to_diffusers` or `convert_state_dict_to_peft` cannot infer
+/// their type (diffusers raises), else per key whether it ends as PEFT's `….lora_A.weight`
+/// (a key that does not is skipped as unexpected).
+pub(super) fn text_encoder_keys(keys: &[String]) -> Result<Vec<bool>, ()> {
+    let any = |ks: &[String], m: &str| ks.iter().any(|k| k.contains(m));
+    // convert_state_dict_to_diffusers
+    let keys: Vec<String> = if any(keys, "to_out_lora") {
+        keys.iter()
+            .map(|k| convert(k, DIFFUSERS_OLD_TO_DIFFUSERS))
+            .collect()
+    } else if any(keys, ".lora_A.weight") {
+        keys.iter().map(|k| convert(k, PEFT_TO_DIFFUSERS)).collect()
+    } else if any(keys, "lora_linear_layer") {
+        keys.to_vec()
+    } else {
+        return Err(());
+    };
+    // convert_state_dict_to_peft
+    let table = if any(&keys, "to_out_lora") {
+        DIFFUSERS_OLD_TO_PEFT
+    } else if any(&keys, "lora_linear_layer") {
+        DIFFUSERS_TO_PEFT
+    } else {
+        return Err(());
+    };
+    Ok(keys
+        .iter()
+        .map(|k| convert(k, table).ends_with(".lora_A.weight"))
+        .collect())
+}
+
+/// The text-encoder modules of `adapter` (a single file) as `_load_lora_into_text_encoder` takes
+/// them: `(refused, skipped)`, each item `module (why)`. Kohya names (`lora_te…`) count only in a
+/// file diffusers converts (`sd_prefixed`: every key has an SD prefix); diffusers names
+/// (`text_encoder.…`, `text_encoder_2.…`) are read from their stored `lora_A` key.
+pub(super) fn text_encoder_findings(
+    adapter: &crate::adapter::Adapter,
+    sd_prefixed: bool,
+) -> (Vec<String>, Vec<String>) {
+    use crate::adapter::Data;
+    use std::collections::BTreeMap;
+    // component → (module name, key as diffusers converts it)
+    let mut groups: BTreeMap<&str, Vec<(&str, String)>> = BTreeMap::new();
+    for m in &adapter.modules {
+        let Some((Data::Stored { key, .. }, _)) = m.factors.lora() else {
+            continue;
+        };
+        let kohya = match crate::adapter::formats::kohya::split_prefix(&m.name) {
+            Some(("lora_te" | "lora_te1", _)) => Some("text_encoder"),
+            Some(("lora_te2", _)) => Some("text_encoder_2"),
+            _ => None,
+        };
+        if let Some(comp) = kohya {
+            if sd_prefixed {
+                let k = kohya_text_encoder_key(&m.name);
+                groups.entry(comp).or_default().push((&m.name, k));
+            }
+            continue;
+        }
+        for comp in ["text_encoder", "text_encoder_2"] {
+            if let Some(rest) = key.strip_prefix(comp).and_then(|r| r.strip_prefix('.')) {
+                groups
+                    .entry(comp)
+                    .or_default()
+                    .push((&m.name, rest.to_owned()));
+            }
+        }
+    }
+    let (mut refused, mut skipped) = (Vec::new(), Vec::new());
+    for (comp, mods) in groups {
+        let keys: Vec<String> = mods.iter().map(|(_, k)| k.clone()).collect();
+        match text_encoder_keys(&keys) {
+            Err(()) => refused.extend(mods.iter().map(|(n, _)| {
+                format!("{n} ({comp}: no q/k/v/out_proj key to infer the state dict type from)")
+            })),
+            Ok(landed) => skipped.extend(
+                mods.iter()
+                    .zip(landed)
+                    .filter(|(_, l)| !l)
+                    .map(|((n, k), _)| format!("{n} (kept as `{k}`)")),
+            ),
+        }
+    }
+    (refused, skipped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +388,43 @@ mod tests {
             lost_unet_module("lora_te1_text_model_encoder_layers_0_mlp_fc1"),
             None
         );
+    }
+
+    #[test]
+    fn text_encoder_keys_as_diffusers_reads_them() {
+        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // PEFT names: fine beside a q/k/v/out_proj module, refused without one (sweep seed 1
+        // case 42: text_projection + fc1, "Could not automatically infer state dict type").
+        assert_eq!(
+            text_encoder_keys(&k(&[
+                "text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
+                "text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight",
+            ])),
+            Ok(vec![true, true])
+        );
+        assert_eq!(
+            text_encoder_keys(&k(&[
+                "text_projection.lora_A.weight",
+                "text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
+            ])),
+            Err(())
+        );
+        // kohya: q_proj alone is refused (case 33); with an MLP module but no out_proj the
+        // attention key stays `to_q_lora.down`; with out_proj everything lands.
+        let q = kohya_text_encoder_key("lora_te1_encoder_layers_0_self_attn_q_proj");
+        assert_eq!(q, "encoder.layers.0.self_attn.to_q_lora.down.weight");
+        let fc = kohya_text_encoder_key("lora_te_encoder_layers_0_mlp_fc1");
+        assert_eq!(fc, "encoder.layers.0.mlp.fc1.lora_linear_layer.down.weight");
+        let out = kohya_text_encoder_key("lora_te2_text_model_encoder_layers_1_self_attn_out_proj");
+        assert_eq!(
+            out,
+            "text_model.encoder.layers.1.self_attn.to_out_lora.down.weight"
+        );
+        assert_eq!(text_encoder_keys(&[q.clone()]), Err(()));
+        assert_eq!(
+            text_encoder_keys(&[q.clone(), fc.clone()]),
+            Ok(vec![false, true])
+        );
+        assert_eq!(text_encoder_keys(&[q, fc, out]), Ok(vec![true, true, true]));
     }
 }

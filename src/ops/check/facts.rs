@@ -119,7 +119,20 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            When::DiffusersTextEncoderUntyped | When::DiffusersTextEncoderKeyLost => {
+                let (refused, skipped) =
+                    super::diffusers_keys::text_encoder_findings(a, self.sd_prefixed());
+                if when == When::DiffusersTextEncoderUntyped {
+                    refused
+                } else {
+                    skipped
+                }
+            }
             When::Dora => names(&|m| m.dora_magnitude.is_some()),
+            When::DoraScale => names(&|m| {
+                m.dora_magnitude.is_some()
+                    && matches!(m.dora_rule, crate::adapter::DoraRule::Lycoris { .. })
+            }),
             When::LoraBias => names(&|m| has_lora_bias(m)),
             When::ModulesToSave | When::ModulesToSaveBeyondHead => {
                 let mut v: Vec<String> = a

@@ -275,6 +275,22 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_unet_lora_key; utils/state_dict_utils.py convert_unet_state_dict_to_peft; run on fixtures/diffusers_sweep/sdxl_kohya_add_embedding.safetensors"),
     },
     Rule {
+        id: "diffusers.te_type",
+        target: Target::Diffusers,
+        when: When::DiffusersTextEncoderUntyped,
+        severity: Severity::Error,
+        why: "a text encoder's keys carry none of the markers convert_state_dict_to_diffusers / convert_state_dict_to_peft infer their type from (no q/k/v/out_proj module with PEFT names; neither out_proj nor an MLP module with kohya names): \"Could not automatically infer state dict type\"",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_base.py", "0.42.1", "_load_lora_into_text_encoder; utils/state_dict_utils.py convert_state_dict_to_diffusers, convert_state_dict_to_peft; run on fixtures/gen/check_diffusers_sweep.py cases"),
+    },
+    Rule {
+        id: "diffusers.te_key",
+        target: Target::Diffusers,
+        when: When::DiffusersTextEncoderKeyLost,
+        severity: Severity::Silent,
+        why: "kohya q/k/v_proj keys of a text encoder without an out_proj module are typed by its MLP keys as the new diffusers format, whose table does not rename `to_q_lora`: the keys stay `…to_q_lora.down.weight`, match no layer and are skipped",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_text_encoder_lora_key; utils/state_dict_utils.py convert_state_dict_to_peft (DIFFUSERS_TO_PEFT)"),
+    },
+    Rule {
         id: "diffusers.dtype",
         target: Target::Diffusers,
         when: When::AdapterDtype(&["F64"]),
@@ -293,10 +309,10 @@ pub(super) const RULES: &[Rule] = &[
     Rule {
         id: "diffusers.dora",
         target: Target::Diffusers,
-        when: When::Dora,
+        when: When::DoraScale,
         severity: Severity::Silent,
         why: "dora_scale keys are filtered out with a warning: the adapter is applied as plain LoRA",
-        source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "StableDiffusionLoraLoaderMixin.lora_state_dict (is_dora_scale_present)"),
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "StableDiffusionLoraLoaderMixin.lora_state_dict (is_dora_scale_present: only `dora_scale` keys; PEFT's `lora_magnitude_vector`, with or without `.weight`, loads and fuses: fixtures/gen/check_diffusers_sweep.py)"),
     },
     Rule {
         id: "diffusers.peft_prefix",
