@@ -163,14 +163,19 @@ pub(super) fn unet_module_path(name: &str) -> String {
         .map_or(n.clone(), |(m, _)| m.to_owned())
 }
 
-/// For a kohya UNet module diffusers cannot place: the path it looks up instead (a component
-/// no UNet module has). `None` for names without `lora_unet_` and names that land.
+/// For a kohya UNet module diffusers cannot place: the path it looks up instead. A module counts
+/// when the conversion changed its name beyond `_` ↔ `.` (the path with `.` → `_` is not the
+/// kohya name) and the path has a component no UNet module has; a name diffusers keeps as it is
+/// (`lora_unet_fc` → `fc`) may be a module of whatever the file was trained on, and sgm names
+/// (`input_blocks_1_0_emb_layers_1` → `down_blocks.1.0.time_emb_proj`) are renamed on purpose.
+/// `None` for names without `lora_unet_` and names that land.
 pub(super) fn lost_unet_module(name: &str) -> Option<String> {
-    name.strip_prefix("lora_unet_")?;
+    let stem = name.strip_prefix("lora_unet_")?;
     let path = unet_module_path(name);
-    path.split('.')
-        .any(|c| !(c.bytes().all(|b| b.is_ascii_digit()) || UNET_NAMES.contains(&c)))
-        .then_some(path)
+    let unknown = path
+        .split('.')
+        .any(|c| !(c.bytes().all(|b| b.is_ascii_digit()) || UNET_NAMES.contains(&c)));
+    (unknown && path.replace('.', "_") != stem).then_some(path)
 }
 
 /// `utils/state_dict_utils.py` `convert_state_dict`: `KEYS_TO_ALWAYS_REPLACE`, then the first
@@ -420,7 +425,7 @@ mod tests {
             out,
             "text_model.encoder.layers.1.self_attn.to_out_lora.down.weight"
         );
-        assert_eq!(text_encoder_keys(&[q.clone()]), Err(()));
+        assert_eq!(text_encoder_keys(std::slice::from_ref(&q)), Err(()));
         assert_eq!(
             text_encoder_keys(&[q.clone(), fc.clone()]),
             Ok(vec![false, true])
