@@ -10,7 +10,8 @@
 //! - it no longer says diffusers drops PEFT-named DoRA magnitudes (only `dora_scale` is filtered;
 //!   diffusers loads and fuses `lora_magnitude_vector`, and lorakit merges it as diffusers fuses);
 //! - it refuses a text encoder whose keys diffusers cannot type, and names the kohya encoder keys
-//!   diffusers leaves unconverted (MANIFEST.json: diffusers' error, the modules it loaded).
+//!   diffusers leaves unconverted (MANIFEST.json: diffusers' error, the modules it loaded), and
+//!   the denoiser modules in diffusers' older names it skips when a PEFT-named key sorts first.
 
 use super::check::check_json;
 use super::common::*;
@@ -205,4 +206,23 @@ fn check_names_the_kohya_encoder_keys_diffusers_skips() {
         (1, &serde_json::Value::Bool(false))
     );
     assert_eq!(finding_modules(&t, "diffusers.te_key"), skipped);
+}
+
+#[test]
+fn check_names_older_diffusers_names_diffusers_leaves_unconverted() {
+    let m = &manifest()["sdxl_old_mixed"];
+    assert!(m["first_key"].as_str().unwrap().contains("lora_A"));
+    let loaded = strings(&m["diffusers_loaded_from_file"]);
+    let skipped: Vec<String> = strings(&m["file_modules"])
+        .into_iter()
+        .filter(|n| !loaded.contains(n))
+        .map(|n| format!("unet.{n}"))
+        .collect();
+    assert!(!skipped.is_empty() && !loaded.is_empty());
+    let (code, t) = diffusers_check("sdxl_old_mixed.safetensors");
+    assert_eq!(
+        (code, &t["applies_all"]),
+        (1, &serde_json::Value::Bool(false))
+    );
+    assert_eq!(finding_modules(&t, "diffusers.old_names"), skipped);
 }

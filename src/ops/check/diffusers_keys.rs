@@ -337,6 +337,53 @@ pub(super) fn text_encoder_findings(
     (refused, skipped)
 }
 
+/// Modules of a diffusers file that `loaders/peft.py` `load_lora_adapter` (diffusers 0.42.1)
+/// leaves unconverted: it renames a denoiser's keys from the older names (`to_q.lora.down`,
+/// `.processor.to_q_lora.down`) to PEFT's only when the component's first key (safetensors
+/// lists keys sorted) lacks `lora_A`. When that key is PEFT's, the modules spelled the older way
+/// match no layer and are skipped. Text encoders take another path (`text_encoder_findings`).
+pub(super) fn unconverted_old_names(adapter: &crate::adapter::Adapter) -> Vec<String> {
+    use crate::adapter::Data;
+    use std::collections::BTreeMap;
+    // component → (every key, (module, its lora_A-side key))
+    type Keys<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let mut comps: BTreeMap<&str, Keys> = BTreeMap::new();
+    for m in &adapter.modules {
+        let Some((Data::Stored { key: a, .. }, b)) = m.factors.lora() else {
+            continue;
+        };
+        let Some((comp, _)) = a.split_once('.') else {
+            continue;
+        };
+        if !matches!(comp, "unet" | "transformer" | "prior") {
+            continue;
+        }
+        let e = comps.entry(comp).or_default();
+        e.0.push(a);
+        for d in [Some(b), m.dora_magnitude.as_ref(), m.bias.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Data::Stored { key, .. } = d {
+                e.0.push(key);
+            }
+        }
+        e.1.push((&m.name, a));
+    }
+    let mut out = Vec::new();
+    for (_, (keys, modules)) in comps {
+        if keys.iter().min().is_some_and(|k| k.contains("lora_A")) {
+            out.extend(
+                modules
+                    .iter()
+                    .filter(|(_, a)| !a.contains("lora_A"))
+                    .map(|(n, a)| format!("{n} (`{a}` stays as it is)")),
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

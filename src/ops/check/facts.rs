@@ -128,6 +128,7 @@ impl<'a> Facts<'a> {
                     skipped
                 }
             }
+            When::DiffusersOldNamesUnconverted => super::diffusers_keys::unconverted_old_names(a),
             When::Dora => names(&|m| m.dora_magnitude.is_some()),
             When::DoraScale => names(&|m| {
                 m.dora_magnitude.is_some()

@@ -61,6 +61,8 @@ pub enum When {
     DiffusersTextEncoderUntyped,
     /// Text-encoder modules whose keys diffusers leaves in a form no layer has (skipped).
     DiffusersTextEncoderKeyLost,
+    /// Denoiser modules in diffusers' older names beside PEFT-named ones that sort first.
+    DiffusersOldNamesUnconverted,
     /// DoRA magnitudes (`lora_magnitude_vector`, `dora_scale`).
     Dora,
     /// DoRA magnitudes in LyCORIS/kohya's `dora_scale` spelling (not PEFT's

@@ -234,6 +234,7 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("diffusers_sweep/sdxl_kohya_add_embedding.safetensors", None),
     ("diffusers_sweep/sdxl_te2_untyped.safetensors", None),
     ("diffusers_sweep/sd1_kohya_te_q_fc1.safetensors", None),
+    ("diffusers_sweep/sdxl_old_mixed.safetensors", None),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the

@@ -291,6 +291,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_text_encoder_lora_key; utils/state_dict_utils.py convert_state_dict_to_peft (DIFFUSERS_TO_PEFT)"),
     },
     Rule {
+        id: "diffusers.old_names",
+        target: Target::Diffusers,
+        when: When::DiffusersOldNamesUnconverted,
+        severity: Severity::Silent,
+        why: "a denoiser's keys are renamed from diffusers' older names (`to_q.lora.down`) to PEFT's only when its first key lacks `lora_A`; here the first is PEFT's, so these keys match no layer and are skipped",
+        source: src(DIFFUSERS, "src/diffusers/loaders/peft.py", "0.42.1", "PeftAdapterMixin.load_lora_adapter (\"check with first key if is not in peft format\", convert_unet_state_dict_to_peft)"),
+    },
+    Rule {
         id: "diffusers.dtype",
         target: Target::Diffusers,
         when: When::AdapterDtype(&["F64"]),
