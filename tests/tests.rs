@@ -20,6 +20,8 @@ mod it {
     pub mod conventions;
     /// kohya component prefixes stay on their own component (`lora_te2_` never on TE1).
     pub mod conventions_components;
+    /// What the diffusers sweep found: a longer root's module, diffusers' lost kohya UNet keys.
+    pub mod conventions_diffusers;
     /// Row-slice merges: SDXL TE2 q/k/v onto OpenCLIP's fused `in_proj_weight`.
     pub mod conventions_slices;
     /// `diff`: exit status and figures.

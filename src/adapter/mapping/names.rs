@@ -49,16 +49,32 @@ pub fn is_kohya_name(format: Format, name: &str) -> bool {
 }
 
 /// Exact name first; otherwise the names that agree with `want` on a dotted suffix, in the
-/// order of `names`.
+/// order of `names`. When every such name is a dotted suffix of `want` and of the longest of
+/// them, that longest one is the match: `want` carries a root the base lacks (a diffusers
+/// file's `transformer.`), and stripping the least root is what the loader does — diffusers
+/// 0.42.1 `loaders/peft.py` `load_lora_adapter` removes exactly `{prefix}.` and looks the rest up
+/// as one module path. HunyuanVideo holds both `context_embedder.time_text_embed.text_embedder.
+/// linear_2` and `time_text_embed.text_embedder.linear_2`; `transformer.context_embedder.…` is the
+/// first, never the second.
 pub fn dotted_candidates<'a>(want: &str, names: &[&'a str]) -> Vec<&'a str> {
     if let Some(n) = names.iter().find(|n| **n == want) {
         return vec![n];
     }
-    names
+    let found: Vec<&'a str> = names
         .iter()
         .filter(|n| dotted_suffix_agrees(n, want))
         .copied()
-        .collect()
+        .collect();
+    if let Some(&longest) = found.iter().max_by_key(|n| n.len()) {
+        if found.len() > 1
+            && found
+                .iter()
+                .all(|n| dotted_suffix(want, n) && dotted_suffix(longest, n))
+        {
+            return vec![longest];
+        }
+    }
+    found
 }
 
 /// The index [`kohya_candidates`] reads: each `….weight` of `names` under its module path with
@@ -193,6 +209,23 @@ mod tests {
             "a longer root"
         );
         assert_eq!(p("mlp.down_proj"), names);
+        // Under a root the base lacks, the longest agreeing path; a shorter want stays
+        // ambiguous.
+        let names = [
+            "context_embedder.time_text_embed.text_embedder.linear_2.weight",
+            "time_text_embed.text_embedder.linear_2.weight",
+        ];
+        let w = WeightNames::new(names.to_vec(), Format::Peft);
+        let p = |n: &str| w.module_candidates(Format::Peft, n);
+        assert_eq!(
+            p("transformer.context_embedder.time_text_embed.text_embedder.linear_2"),
+            [names[0]]
+        );
+        assert_eq!(
+            p("transformer.time_text_embed.text_embedder.linear_2"),
+            [names[1]]
+        );
+        assert_eq!(p("text_embedder.linear_2"), names);
         // A PEFT name without a dot is a top-level module, never read as a kohya name.
         assert!(p("mlp_down_proj").is_empty());
     }

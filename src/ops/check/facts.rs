@@ -106,7 +106,34 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            When::DiffusersUnetKeyLost => {
+                if a.format != Format::Kohya || !self.sd_prefixed() {
+                    vec![]
+                } else {
+                    a.modules
+                        .iter()
+                        .filter_map(|m| {
+                            let path = super::diffusers_keys::lost_unet_module(&m.name)?;
+                            Some(format!("{} (read as `{path}`)", m.name))
+                        })
+                        .collect()
+                }
+            }
+            When::DiffusersTextEncoderUntyped | When::DiffusersTextEncoderKeyLost => {
+                let (refused, skipped) =
+                    super::diffusers_keys::text_encoder_findings(a, self.sd_prefixed());
+                if when == When::DiffusersTextEncoderUntyped {
+                    refused
+                } else {
+                    skipped
+                }
+            }
+            When::DiffusersOldNamesUnconverted => super::diffusers_keys::unconverted_old_names(a),
             When::Dora => names(&|m| m.dora_magnitude.is_some()),
+            When::DoraScale => names(&|m| {
+                m.dora_magnitude.is_some()
+                    && matches!(m.dora_rule, crate::adapter::DoraRule::Lycoris { .. })
+            }),
             When::LoraBias => names(&|m| has_lora_bias(m)),
             When::ModulesToSave | When::ModulesToSaveBeyondHead => {
                 let mut v: Vec<String> = a

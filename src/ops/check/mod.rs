@@ -17,6 +17,7 @@
 //! [`Options`] and [`Plan`] (`plan.rs`), the report's shape (`report.rs`), the rules (`rules/`).
 
 mod base;
+mod diffusers_keys;
 mod facts;
 pub mod fix;
 mod fixing;

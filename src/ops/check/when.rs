@@ -54,8 +54,20 @@ pub enum When {
     NonLoraAlgoSdPrefixed,
     /// A kohya file with keys outside the SD prefixes (`lycoris_`, `lora_transformer_`, …).
     NotSdPrefixed,
+    /// In a kohya file whose every key has an SD prefix: a `lora_unet_` module whose name
+    /// diffusers' key conversion turns into a path the UNet lacks (`diffusers_keys.rs`).
+    DiffusersUnetKeyLost,
+    /// Text-encoder modules whose keys diffusers cannot type (`diffusers_keys.rs`): it raises.
+    DiffusersTextEncoderUntyped,
+    /// Text-encoder modules whose keys diffusers leaves in a form no layer has (skipped).
+    DiffusersTextEncoderKeyLost,
+    /// Denoiser modules in diffusers' older names beside PEFT-named ones that sort first.
+    DiffusersOldNamesUnconverted,
     /// DoRA magnitudes (`lora_magnitude_vector`, `dora_scale`).
     Dora,
+    /// DoRA magnitudes in LyCORIS/kohya's `dora_scale` spelling (not PEFT's
+    /// `lora_magnitude_vector`).
+    DoraScale,
     /// `lora_B.bias` (PEFT `lora_bias=True`).
     LoraBias,
     /// Full tensors replacing base tensors (`modules_to_save`), or `modules_to_save` configured.

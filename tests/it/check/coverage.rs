@@ -230,6 +230,11 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("check/untargeted", BASE),
     // fixtures/gen/check_peft_types_fixtures.py (VERDICT.json): the `*.peft_type` rules.
     ("check/peft_loha", BASE),
+    // fixtures/gen/diffusers_sweep_fixtures.py (MANIFEST.json): the diffusers key-conversion rules.
+    ("diffusers_sweep/sdxl_kohya_add_embedding.safetensors", None),
+    ("diffusers_sweep/sdxl_te2_untyped.safetensors", None),
+    ("diffusers_sweep/sd1_kohya_te_q_fc1.safetensors", None),
+    ("diffusers_sweep/sdxl_old_mixed.safetensors", None),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the

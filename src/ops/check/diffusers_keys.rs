@@ -1,0 +1,482 @@
+//! How diffusers 0.42.1 reads a kohya-named UNet module (`lora_unet_…`) and a text encoder's
+//! LoRA keys, transcribed, so that `check --target diffusers` can tell which modules land nowhere
+//! and which files it refuses. Owns only those string transcriptions and the UNet's module-name
+//! vocabulary; the rules that use them are data in `rules/others.rs` (`diffusers.unet_key`,
+//! `diffusers.te_type`, `diffusers.te_key`), evaluated in `facts.rs`.
+//!
+//! diffusers converts a file whose every key starts with `lora_unet_`/`lora_te_`/`lora_te1_`/
+//! `lora_te2_` (`loaders/lora_pipeline.py` `StableDiffusionLoraLoaderMixin.lora_state_dict`) with
+//! `loaders/lora_conversion_utils.py` `_convert_unet_lora_key`: every `_` becomes `.`, a fixed
+//! list of replacements restores the UNet's own underscored names, and an SDXL rule drops the
+//! last `.N` of any name containing `emb` (meant for sgm's `emb_layers.1`). The result, after
+//! `utils/state_dict_utils.py` `convert_unet_state_dict_to_peft` (`.processor.` → `.`,
+//! `to_out_lora` → `to_out.0`), is looked up as a module path; a path the UNet lacks is skipped
+//! with "unexpected keys" and nothing of it is applied. diffusers' own `convert_state_dict_to_kohya`
+//! writes `add_embedding.linear_1`/`linear_2` as `lora_unet_add_embedding_linear_1`/`_2`, which
+//! come back as `add.embedding.linear` (checked on the sweep's SD 1.x and SDXL UNets: of every
+//! Linear/Conv2d module, only those two; `fixtures/gen/check_diffusers_sweep.py`).
+//!
+//! A text encoder's keys (`loaders/lora_base.py` `_load_lora_into_text_encoder`, after its
+//! component prefix is removed) go through `utils/state_dict_utils.py`
+//! `convert_state_dict_to_diffusers` and then `convert_state_dict_to_peft`; each infers the
+//! keys' type from a marker (`to_out_lora`, `.lora_A.weight`, `lora_linear_layer`) and raises
+//! "Could not automatically infer state dict type" when none is there, and each renames only the
+//! patterns of its table. So a PEFT-named encoder LoRA without a q/k/v/out_proj module (only
+//! `fc1`/`fc2`/`text_projection`) is refused, as is a kohya one (`lora_te…`, renamed by
+//! `lora_conversion_utils.py` `_convert_text_encoder_lora_key`) with neither `out_proj` nor an
+//! MLP module; a kohya one with an MLP module but no `out_proj` keeps its attention keys as
+//! `…to_q_lora.down.weight`, which no layer has (skipped). Run on the sweep's cases.
+//!
+//! Must not look at tensor data or decide severities (the rule does).
+
+/// Every name component (other than indices) of a Linear/Conv2d module path of diffusers'
+/// `UNet2DConditionModel` as SD 1.x/2.x and SDXL configure it (`models/unets/
+/// unet_2d_condition.py`, `unet_2d_blocks.py`, `resnet.py`, `attention.py`, `embeddings.py`,
+/// diffusers 0.42.1; listed from `named_modules()` of the SD 1.x and SDXL UNets of
+/// `check_diffusers_sweep.py`). A converted path with a component outside it is no module.
+const UNET_NAMES: &[&str] = &[
+    "add_embedding",
+    "attentions",
+    "attn1",
+    "attn2",
+    "conv",
+    "conv1",
+    "conv2",
+    "conv_in",
+    "conv_out",
+    "conv_shortcut",
+    "down_blocks",
+    "downsamplers",
+    "ff",
+    "linear_1",
+    "linear_2",
+    "mid_block",
+    "net",
+    "proj",
+    "proj_in",
+    "proj_out",
+    "resnets",
+    "time_emb_proj",
+    "time_embedding",
+    "to_k",
+    "to_out",
+    "to_q",
+    "to_v",
+    "transformer_blocks",
+    "up_blocks",
+    "upsamplers",
+];
+
+/// `_convert_unet_lora_key`'s unconditional replacements, in its order.
+const RENAMES: &[(&str, &str)] = &[
+    ("input.blocks.0.0", "conv_in"),
+    ("out.2", "conv_out"),
+    ("input.blocks", "down_blocks"),
+    ("down.blocks", "down_blocks"),
+    ("middle.block", "mid_block"),
+    ("mid.block", "mid_block"),
+    ("output.blocks", "up_blocks"),
+    ("up.blocks", "up_blocks"),
+    ("transformer.blocks", "transformer_blocks"),
+    ("to.q.lora", "to_q_lora"),
+    ("to.k.lora", "to_k_lora"),
+    ("to.v.lora", "to_v_lora"),
+    ("to.out.0.lora", "to_out_lora"),
+    ("proj.in", "proj_in"),
+    ("proj.out", "proj_out"),
+    ("emb.layers", "time_emb_proj"),
+    ("conv.in", "conv_in"),
+    ("conv.out", "conv_out"),
+    ("time.embed.0", "time_embedding.linear_1"),
+    ("time.embed.2", "time_embedding.linear_2"),
+    ("label.emb.0.0", "add_embedding.linear_1"),
+    ("label.emb.0.2", "add_embedding.linear_2"),
+    ("time.embedding.linear.1", "time_embedding.linear_1"),
+    ("time.embedding.linear.2", "time_embedding.linear_2"),
+];
+
+/// `re.sub(r"\.\d+(?=\D*$)", "", s, count=1)`: removes the last run of digits when a `.`
+/// precedes it (the lookahead admits only the last run, taken whole).
+fn drop_last_index(s: &str) -> String {
+    let b = s.as_bytes();
+    let Some(end) = b.iter().rposition(u8::is_ascii_digit).map(|i| i + 1) else {
+        return s.to_owned();
+    };
+    let start = b[..end]
+        .iter()
+        .rposition(|c| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    if start == 0 || b[start - 1] != b'.' {
+        return s.to_owned();
+    }
+    format!("{}{}", &s[..start - 1], &s[end..])
+}
+
+/// The module path diffusers looks up for the kohya UNet module `name` (`lora_unet_…`, the
+/// key's part before its first `.`): `_convert_unet_lora_key` of `{name}.lora_down.weight`, then
+/// `convert_unet_state_dict_to_peft`'s renames, up to `.lora_A`.
+pub(super) fn unet_module_path(name: &str) -> String {
+    let key = format!("{name}.lora_down.weight");
+    let mut n = key.replace("lora_unet_", "").replace('_', ".");
+    for (from, to) in RENAMES {
+        n = n.replace(from, to);
+    }
+    if n.contains("emb") && !n.contains("time.emb.proj") {
+        n = drop_last_index(&n);
+    }
+    if n.contains(".in.") {
+        n = n.replace("in.layers.2", "conv1");
+    }
+    if n.contains(".out.") {
+        n = n.replace("out.layers.3", "conv2");
+    }
+    if n.contains("downsamplers") || n.contains("upsamplers") {
+        n = n.replace("op", "conv");
+    }
+    if n.contains("skip") {
+        n = n.replace("skip.connection", "conv_shortcut");
+    }
+    n = n
+        .replace("time.emb.proj", "time_emb_proj")
+        .replace("conv.shortcut", "conv_shortcut");
+    if n.contains("transformer_blocks") && (n.contains("attn1") || n.contains("attn2")) {
+        n = n
+            .replace("attn1", "attn1.processor")
+            .replace("attn2", "attn2.processor");
+    }
+    // convert_unet_state_dict_to_peft: KEYS_TO_ALWAYS_REPLACE, then the first UNET_TO_DIFFUSERS
+    // pattern that occurs.
+    n = n.replace(".processor.", ".");
+    for (from, to) in [
+        (".to_out_lora.down", ".to_out.0.lora_A"),
+        (".to_q_lora.down", ".to_q.lora_A"),
+        (".to_k_lora.down", ".to_k.lora_A"),
+        (".to_v_lora.down", ".to_v.lora_A"),
+        (".lora.down", ".lora_A"),
+    ] {
+        if n.contains(from) {
+            n = n.replace(from, to);
+            break;
+        }
+    }
+    n.split_once(".lora_A")
+        .map_or(n.clone(), |(m, _)| m.to_owned())
+}
+
+/// For a kohya UNet module diffusers cannot place: the path it looks up instead. A module counts
+/// when the conversion changed its name beyond `_` ↔ `.` (the path with `.` → `_` is not the
+/// kohya name) and the path has a component no UNet module has; a name diffusers keeps as it is
+/// (`lora_unet_fc` → `fc`) may be a module of whatever the file was trained on, and sgm names
+/// (`input_blocks_1_0_emb_layers_1` → `down_blocks.1.0.time_emb_proj`) are renamed on purpose.
+/// `None` for names without `lora_unet_` and names that land.
+pub(super) fn lost_unet_module(name: &str) -> Option<String> {
+    let stem = name.strip_prefix("lora_unet_")?;
+    let path = unet_module_path(name);
+    let unknown = path
+        .split('.')
+        .any(|c| !(c.bytes().all(|b| b.is_ascii_digit()) || UNET_NAMES.contains(&c)));
+    (unknown && path.replace('.', "_") != stem).then_some(path)
+}
+
+/// `utils/state_dict_utils.py` `convert_state_dict`: `KEYS_TO_ALWAYS_REPLACE`, then the first
+/// pattern of `mapping` that occurs (down-projection entries only: the up ones mirror them).
+fn convert(key: &str, mapping: &[(&str, &str)]) -> String {
+    let key = key.replace(".processor.", ".");
+    match mapping.iter().find(|(from, _)| key.contains(from)) {
+        Some((from, to)) => key.replace(from, to),
+        None => key,
+    }
+}
+
+const PEFT_TO_DIFFUSERS: &[(&str, &str)] = &[
+    (".q_proj.lora_A", ".q_proj.lora_linear_layer.down"),
+    (".k_proj.lora_A", ".k_proj.lora_linear_layer.down"),
+    (".v_proj.lora_A", ".v_proj.lora_linear_layer.down"),
+    (".out_proj.lora_A", ".out_proj.lora_linear_layer.down"),
+    ("to_k.lora_A", "to_k.lora.down"),
+    ("to_q.lora_A", "to_q.lora.down"),
+    ("to_v.lora_A", "to_v.lora.down"),
+    ("to_out.0.lora_A", "to_out.0.lora.down"),
+];
+const DIFFUSERS_OLD_TO_DIFFUSERS: &[(&str, &str)] = &[
+    (".to_q_lora.down", ".q_proj.lora_linear_layer.down"),
+    (".to_k_lora.down", ".k_proj.lora_linear_layer.down"),
+    (".to_v_lora.down", ".v_proj.lora_linear_layer.down"),
+    (".to_out_lora.down", ".out_proj.lora_linear_layer.down"),
+];
+const DIFFUSERS_TO_PEFT: &[(&str, &str)] = &[
+    (".q_proj.lora_linear_layer.down", ".q_proj.lora_A"),
+    (".k_proj.lora_linear_layer.down", ".k_proj.lora_A"),
+    (".v_proj.lora_linear_layer.down", ".v_proj.lora_A"),
+    (".out_proj.lora_linear_layer.down", ".out_proj.lora_A"),
+    (".lora_linear_layer.down", ".lora_A"),
+    (
+        "text_projection.lora.down.weight",
+        "text_projection.lora_A.weight",
+    ),
+];
+const DIFFUSERS_OLD_TO_PEFT: &[(&str, &str)] = &[
+    (".to_q_lora.down", ".q_proj.lora_A"),
+    (".to_k_lora.down", ".k_proj.lora_A"),
+    (".to_v_lora.down", ".v_proj.lora_A"),
+    (".to_out_lora.down", ".out_proj.lora_A"),
+    (".lora_linear_layer.down", ".lora_A"),
+];
+
+/// `lora_conversion_utils.py` `_convert_text_encoder_lora_key` of a kohya encoder module's
+/// down key (`{name}.lora_down.weight`, `name` starting `lora_te_`, `lora_te1_` or `lora_te2_`).
+pub(super) fn kohya_text_encoder_key(name: &str) -> String {
+    let prefix = ["lora_te_", "lora_te1_", "lora_te2_"]
+        .into_iter()
+        .find(|p| name.starts_with(p))
+        .unwrap_or("");
+    let mut n = format!("{name}.lora_down.weight")
+        .replace(prefix, "")
+        .replace('_', ".");
+    for (from, to) in [
+        ("text.model", "text_model"),
+        ("self.attn", "self_attn"),
+        ("q.proj.lora", "to_q_lora"),
+        ("k.proj.lora", "to_k_lora"),
+        ("v.proj.lora", "to_v_lora"),
+        ("out.proj.lora", "to_out_lora"),
+        ("text.projection", "text_projection"),
+    ] {
+        n = n.replace(from, to);
+    }
+    if !(n.contains("self_attn") || n.contains("text_projection")) && n.contains("mlp") {
+        n = n.replace(".lora.", ".lora_linear_layer.");
+    }
+    n
+}
+
+/// What `_load_lora_into_text_encoder` makes of one encoder's down keys (prefix removed):
+/// `Err(())` when `convert_state_dict_to_diffusers` or `convert_state_dict_to_peft` cannot infer
+/// their type (diffusers raises), else per key whether it ends as PEFT's `….lora_A.weight`
+/// (a key that does not is skipped as unexpected).
+pub(super) fn text_encoder_keys(keys: &[String]) -> Result<Vec<bool>, ()> {
+    let any = |ks: &[String], m: &str| ks.iter().any(|k| k.contains(m));
+    // convert_state_dict_to_diffusers
+    let keys: Vec<String> = if any(keys, "to_out_lora") {
+        keys.iter()
+            .map(|k| convert(k, DIFFUSERS_OLD_TO_DIFFUSERS))
+            .collect()
+    } else if any(keys, ".lora_A.weight") {
+        keys.iter().map(|k| convert(k, PEFT_TO_DIFFUSERS)).collect()
+    } else if any(keys, "lora_linear_layer") {
+        keys.to_vec()
+    } else {
+        return Err(());
+    };
+    // convert_state_dict_to_peft
+    let table = if any(&keys, "to_out_lora") {
+        DIFFUSERS_OLD_TO_PEFT
+    } else if any(&keys, "lora_linear_layer") {
+        DIFFUSERS_TO_PEFT
+    } else {
+        return Err(());
+    };
+    Ok(keys
+        .iter()
+        .map(|k| convert(k, table).ends_with(".lora_A.weight"))
+        .collect())
+}
+
+/// The text-encoder modules of `adapter` (a single file) as `_load_lora_into_text_encoder` takes
+/// them: `(refused, skipped)`, each item `module (why)`. Kohya names (`lora_te…`) count only in a
+/// file diffusers converts (`sd_prefixed`: every key has an SD prefix); diffusers names
+/// (`text_encoder.…`, `text_encoder_2.…`) are read from their stored `lora_A` key.
+pub(super) fn text_encoder_findings(
+    adapter: &crate::adapter::Adapter,
+    sd_prefixed: bool,
+) -> (Vec<String>, Vec<String>) {
+    use crate::adapter::Data;
+    use std::collections::BTreeMap;
+    // component → (module name, key as diffusers converts it)
+    let mut groups: BTreeMap<&str, Vec<(&str, String)>> = BTreeMap::new();
+    for m in &adapter.modules {
+        let Some((Data::Stored { key, .. }, _)) = m.factors.lora() else {
+            continue;
+        };
+        let kohya = match crate::adapter::formats::kohya::split_prefix(&m.name) {
+            Some(("lora_te" | "lora_te1", _)) => Some("text_encoder"),
+            Some(("lora_te2", _)) => Some("text_encoder_2"),
+            _ => None,
+        };
+        if let Some(comp) = kohya {
+            if sd_prefixed {
+                let k = kohya_text_encoder_key(&m.name);
+                groups.entry(comp).or_default().push((&m.name, k));
+            }
+            continue;
+        }
+        for comp in ["text_encoder", "text_encoder_2"] {
+            if let Some(rest) = key.strip_prefix(comp).and_then(|r| r.strip_prefix('.')) {
+                groups
+                    .entry(comp)
+                    .or_default()
+                    .push((&m.name, rest.to_owned()));
+            }
+        }
+    }
+    let (mut refused, mut skipped) = (Vec::new(), Vec::new());
+    for (comp, mods) in groups {
+        let keys: Vec<String> = mods.iter().map(|(_, k)| k.clone()).collect();
+        match text_encoder_keys(&keys) {
+            Err(()) => refused.extend(mods.iter().map(|(n, _)| {
+                format!("{n} ({comp}: no q/k/v/out_proj key to infer the state dict type from)")
+            })),
+            Ok(landed) => skipped.extend(
+                mods.iter()
+                    .zip(landed)
+                    .filter(|(_, l)| !l)
+                    .map(|((n, k), _)| format!("{n} (kept as `{k}`)")),
+            ),
+        }
+    }
+    (refused, skipped)
+}
+
+/// Modules of a diffusers file that `loaders/peft.py` `load_lora_adapter` (diffusers 0.42.1)
+/// leaves unconverted: it renames a denoiser's keys from the older names (`to_q.lora.down`,
+/// `.processor.to_q_lora.down`) to PEFT's only when the component's first key (safetensors
+/// lists keys sorted) lacks `lora_A`. When that key is PEFT's, the modules spelled the older way
+/// match no layer and are skipped. Text encoders take another path (`text_encoder_findings`).
+pub(super) fn unconverted_old_names(adapter: &crate::adapter::Adapter) -> Vec<String> {
+    use crate::adapter::Data;
+    use std::collections::BTreeMap;
+    // component → (every key, (module, its lora_A-side key))
+    type Keys<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let mut comps: BTreeMap<&str, Keys> = BTreeMap::new();
+    for m in &adapter.modules {
+        let Some((Data::Stored { key: a, .. }, b)) = m.factors.lora() else {
+            continue;
+        };
+        let Some((comp, _)) = a.split_once('.') else {
+            continue;
+        };
+        if !matches!(comp, "unet" | "transformer" | "prior") {
+            continue;
+        }
+        let e = comps.entry(comp).or_default();
+        e.0.push(a);
+        for d in [Some(b), m.dora_magnitude.as_ref(), m.bias.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Data::Stored { key, .. } = d {
+                e.0.push(key);
+            }
+        }
+        e.1.push((&m.name, a));
+    }
+    let mut out = Vec::new();
+    for (_, (keys, modules)) in comps {
+        if keys.iter().min().is_some_and(|k| k.contains("lora_A")) {
+            out.extend(
+                modules
+                    .iter()
+                    .filter(|(_, a)| !a.contains("lora_A"))
+                    .map(|(n, a)| format!("{n} (`{a}` stays as it is)")),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_index_goes_only_after_a_dot() {
+        assert_eq!(
+            drop_last_index("add.embedding.linear.2.lora.down.weight"),
+            "add.embedding.linear.lora.down.weight"
+        );
+        assert_eq!(
+            drop_last_index("time_embedding.linear_1.x"),
+            "time_embedding.linear_1.x"
+        );
+        assert_eq!(drop_last_index("a.12b.3"), "a.12b");
+        assert_eq!(drop_last_index("abc"), "abc");
+    }
+
+    #[test]
+    fn diffusers_and_sgm_names_come_back_as_diffusers_reads_them() {
+        // Paths printed by diffusers 0.42.1 itself (`_convert_unet_lora_key` +
+        // `convert_unet_state_dict_to_peft`) for these keys.
+        for (name, path) in [
+            (
+                "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_out_0",
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0",
+            ),
+            (
+                "lora_unet_up_blocks_0_resnets_1_time_emb_proj",
+                "up_blocks.0.resnets.1.time_emb_proj",
+            ),
+            (
+                "lora_unet_time_embedding_linear_2",
+                "time_embedding.linear_2",
+            ),
+            (
+                "lora_unet_input_blocks_1_0_emb_layers_1",
+                "down_blocks.1.0.time_emb_proj",
+            ),
+            ("lora_unet_label_emb_0_2", "add_embedding.linear_2"),
+            ("lora_unet_add_embedding_linear_2", "add.embedding.linear"),
+        ] {
+            assert_eq!(unet_module_path(name), path, "{name}");
+        }
+        assert_eq!(
+            lost_unet_module("lora_unet_add_embedding_linear_1").as_deref(),
+            Some("add.embedding.linear")
+        );
+        assert_eq!(
+            lost_unet_module("lora_unet_input_blocks_1_0_emb_layers_1"),
+            None
+        );
+        assert_eq!(
+            lost_unet_module("lora_te1_text_model_encoder_layers_0_mlp_fc1"),
+            None
+        );
+    }
+
+    #[test]
+    fn text_encoder_keys_as_diffusers_reads_them() {
+        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // PEFT names: fine beside a q/k/v/out_proj module, refused without one (sweep seed 1
+        // case 42: text_projection + fc1, "Could not automatically infer state dict type").
+        assert_eq!(
+            text_encoder_keys(&k(&[
+                "text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
+                "text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight",
+            ])),
+            Ok(vec![true, true])
+        );
+        assert_eq!(
+            text_encoder_keys(&k(&[
+                "text_projection.lora_A.weight",
+                "text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
+            ])),
+            Err(())
+        );
+        // kohya: q_proj alone is refused (case 33); with an MLP module but no out_proj the
+        // attention key stays `to_q_lora.down`; with out_proj everything lands.
+        let q = kohya_text_encoder_key("lora_te1_encoder_layers_0_self_attn_q_proj");
+        assert_eq!(q, "encoder.layers.0.self_attn.to_q_lora.down.weight");
+        let fc = kohya_text_encoder_key("lora_te_encoder_layers_0_mlp_fc1");
+        assert_eq!(fc, "encoder.layers.0.mlp.fc1.lora_linear_layer.down.weight");
+        let out = kohya_text_encoder_key("lora_te2_text_model_encoder_layers_1_self_attn_out_proj");
+        assert_eq!(
+            out,
+            "text_model.encoder.layers.1.self_attn.to_out_lora.down.weight"
+        );
+        assert_eq!(text_encoder_keys(std::slice::from_ref(&q)), Err(()));
+        assert_eq!(
+            text_encoder_keys(&[q.clone(), fc.clone()]),
+            Ok(vec![false, true])
+        );
+        assert_eq!(text_encoder_keys(&[q, fc, out]), Ok(vec![true, true, true]));
+    }
+}
