@@ -141,6 +141,10 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
     out
 }
 
+/// A DoRA LoRA saved by diffusers' `save_lora_weights`, in diffusers' own spelling of the
+/// magnitude (`….lora_magnitude_vector`, as PEFT's `get_peft_model_state_dict` writes it) and in
+/// OneTrainer's (`….lora_magnitude_vector.weight`): `check` says diffusers applies every tensor,
+/// and the merge equals diffusers' `fuse_lora`.
 #[test]
 fn peft_dora_magnitudes_load_in_diffusers_and_merge_as_it_fuses() {
     let m = &manifest()["unet_dora_weight"];
@@ -148,29 +152,32 @@ fn peft_dora_magnitudes_load_in_diffusers_and_merge_as_it_fuses() {
         m["diffusers_params_equal_to_a_file_tensor"],
         m["file_tensors"]
     );
-    let (code, t) = diffusers_check("unet_dora_weight.safetensors");
-    assert_eq!(finding_modules(&t, "diffusers.dora"), Vec::<String>::new());
-    assert_eq!(
-        (code, &t["applies_all"]),
-        (0, &serde_json::Value::Bool(true))
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("merged.safetensors");
-    merge_fixtures(
-        "diffusers_sweep/unet_dora_base.safetensors",
-        "diffusers_sweep/unet_dora_weight.safetensors",
-        &out,
-        &["--quiet"],
-    );
-    let (got, base) = (
-        read(&out),
-        read(&fixture("diffusers_sweep/unet_dora_base.safetensors")),
-    );
-    let want = read(&fixture("diffusers_sweep/unet_dora_reference.safetensors"));
-    // A, B and the magnitude per module: every adapted to_k has its reference.
-    assert_eq!(want.len() as u64 * 3, m["file_tensors"].as_u64().unwrap());
-    for (name, w) in &want {
-        assert_f32_close(name, &got[name].f32(), &w.f32(), &base[name].f32());
+    for file in ["unet_dora.safetensors", "unet_dora_weight.safetensors"] {
+        let (code, t) = diffusers_check(file);
+        assert_eq!(finding_modules(&t, "diffusers.dora"), Vec::<String>::new());
+        assert_eq!(
+            (code, &t["applies_all"]),
+            (0, &serde_json::Value::Bool(true)),
+            "{file}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("merged.safetensors");
+        merge_fixtures(
+            "diffusers_sweep/unet_dora_base.safetensors",
+            &format!("diffusers_sweep/{file}"),
+            &out,
+            &["--quiet"],
+        );
+        let (got, base) = (
+            read(&out),
+            read(&fixture("diffusers_sweep/unet_dora_base.safetensors")),
+        );
+        let want = read(&fixture("diffusers_sweep/unet_dora_reference.safetensors"));
+        // A, B and the magnitude per module: every adapted to_k has its reference.
+        assert_eq!(want.len() as u64 * 3, m["file_tensors"].as_u64().unwrap());
+        for (name, w) in &want {
+            assert_f32_close(name, &got[name].f32(), &w.f32(), &base[name].f32());
+        }
     }
 }
 

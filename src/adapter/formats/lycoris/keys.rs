@@ -91,6 +91,14 @@ pub const SUFFIXES: &[(&str, &str, Naming)] = &[
         "lora_magnitude_vector",
         Naming::Peft,
     ),
+    // The same as PEFT's `get_peft_model_state_dict` saves it (peft 0.21.2
+    // `utils/save_and_load.py` drops the `.weight` of `lora_magnitude_vector`), hence what
+    // diffusers' `save_lora_weights` writes (diffusers 0.42.1 `loaders/lora_base.py`).
+    (
+        ".lora_magnitude_vector",
+        "lora_magnitude_vector",
+        Naming::Peft,
+    ),
     (".hada_w1_a", "hada_w1_a", Naming::Kohya),
     (".hada_w1_b", "hada_w1_b", Naming::Kohya),
     (".hada_w2_a", "hada_w2_a", Naming::Kohya),
