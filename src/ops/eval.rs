@@ -433,7 +433,6 @@ fn evaluate(
     })
 }
 
-/// `logsumexp(z) − z[target]` in f64.
 /// The tokens read from `path` (an `input_ids` file, or text through the tokenizer) exist and
 /// index the model's embedding: a one-line error naming the file otherwise, before any work.
 /// `eval` and `train` (its data and eval data) check every token up front, so an id beyond
@@ -487,6 +486,7 @@ pub(crate) fn non_finite_weight(ck: &Checkpoint) -> Option<anyhow::Error> {
     None
 }
 
+/// `logsumexp(z) − z[target]` in f64.
 fn cross_entropy(z: &[f32], target: usize) -> f64 {
     let mx = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
     let s: f64 = z.iter().map(|&v| (v as f64 - mx).exp()).sum();

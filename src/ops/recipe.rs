@@ -297,7 +297,20 @@ fn check_outputs(path: &Path, steps: &[Step]) -> Result<()> {
             }
         }
     }
-    let mut written: Vec<(PathBuf, &str)> = Vec::new();
+    // `--part I/N` of one step: parts I ≠ J of the same N write their own part files into
+    // one output folder (`finalize` joins them), so they share an output legitimately.
+    let part = |s: &Step| -> Option<(String, String)> {
+        let v = s.argv.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix("--part=").map(str::to_owned).or_else(|| {
+                (a == "--part")
+                    .then(|| s.argv.get(i + 1).cloned())
+                    .flatten()
+            })
+        })?;
+        let (i, n) = v.split_once('/')?;
+        Some((i.trim().to_owned(), n.trim().to_owned()))
+    };
+    let mut written: Vec<(PathBuf, &Step)> = Vec::new();
     for s in steps {
         let Some(c) = s.out.as_deref().and_then(|o| place(Path::new(o))) else {
             continue;
@@ -309,13 +322,17 @@ fn check_outputs(path: &Path, steps: &[Step]) -> Result<()> {
                 s.name
             )));
         }
-        if let Some((_, other)) = written.iter().find(|(w, _)| *w == c) {
+        let other_parts = |t: &Step| match (part(t), part(s)) {
+            (Some((i, n)), Some((j, m))) => n == m && i != j && t.command == s.command,
+            _ => false,
+        };
+        if let Some((_, other)) = written.iter().find(|(w, t)| *w == c && !other_parts(t)) {
             bail!(bad(format!(
-                "steps `{other}` and `{}` write the same output `{o}`",
-                s.name
+                "steps `{}` and `{}` write the same output `{o}`",
+                other.name, s.name
             )));
         }
-        written.push((c, &s.name));
+        written.push((c, s));
     }
     Ok(())
 }

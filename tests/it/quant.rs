@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// dequantized by transformers' own `Fp8Dequantize` (`fixtures/gen/fp8_e5m2_fixture.py`);
 /// `comfy_fp8` is ComfyUI's legacy scaled FP8 (`scale_weight`, `scaled_fp8` marker), built and
 /// dequantized to ComfyUI's `comfy/quant_ops.py` (`fixtures/gen/comfy_fp8_fixture.py`).
-const MODELS: [&str; 9] = [
+const MODELS: [&str; 11] = [
     "nf4",
     "nf4_dq",
     "fp4",
@@ -21,6 +21,10 @@ const MODELS: [&str; 9] = [
     "fp8_e5m2",
     "ct_pack",
     "comfy_fp8",
+    // compressed-tensors block FP8: one scale per weight smaller than a 128x128 block, and
+    // partial 40x40 tiles (fixtures/gen/ct_block_fixtures.py).
+    "ct_block128",
+    "ct_block40",
 ];
 
 /// `fixtures/quant/REL`.

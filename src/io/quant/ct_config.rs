@@ -46,7 +46,8 @@ pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<Weight
             let t = t
                 .as_str()
                 .ok_or("quantization_config.ignore holds a non-string")?;
-            if matches(t, module)? {
+            // Ignored, or a pattern lorakit cannot evaluate: nothing to compare.
+            if matches(t, module)? != Some(false) {
                 return Ok(None);
             }
         }
@@ -68,7 +69,11 @@ pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<Weight
             let t = t
                 .as_str()
                 .ok_or_else(|| format!("config_groups `{key}`: a target is not a string"))?;
-            hit |= matches(t, module).map_err(|e| format!("config_groups `{key}`: {e}"))?;
+            match matches(t, module).map_err(|e| format!("config_groups `{key}`: {e}"))? {
+                Some(m) => hit |= m,
+                // A pattern lorakit cannot evaluate: which group holds the module is unknown.
+                None => return Ok(None),
+            }
         }
         if hit {
             found.push((key, g));
@@ -181,6 +186,7 @@ impl WeightArgs {
     pub fn contradicts_fp8(
         &self,
         rows: usize,
+        cols: usize,
         layout: &super::fp8::Layout,
         scale: &str,
         scale_shape: &[usize],
@@ -191,9 +197,16 @@ impl WeightArgs {
             Some("channel") if layout.grid_rows != rows || layout.grid_cols != 1 => {
                 Some(format!("one scale per row ([{rows}, 1])"))
             }
+            // The grid the blocks make (`ceil`, as compressed-tensors sizes it): a weight smaller
+            // than one block holds one scale.
             Some("block") => self
                 .block
-                .filter(|&b| b != (layout.block_m, layout.block_n))
+                .filter(|&(m, n)| {
+                    m == 0
+                        || n == 0
+                        || (rows.div_ceil(m), cols.div_ceil(n))
+                            != (layout.grid_rows, layout.grid_cols)
+                })
                 .map(|(m, n)| format!("{m}x{n} blocks")),
             _ => None,
         }?;
@@ -218,13 +231,31 @@ impl WeightArgs {
 }
 
 /// `_match_name` or (for a capitalised target) `_match_class`, as described in the module doc.
-fn matches(target: &str, module: &str) -> Result<bool, String> {
+/// `Ok(None)`: a `re:` pattern using what Python's `re` has and Rust's `regex` lacks
+/// (look-around, back-references, conditionals), whose answer lorakit cannot compute; such a
+/// config is valid for compressed-tensors, so it must not be refused. `Err`: a pattern that is
+/// no regular expression in either.
+fn matches(target: &str, module: &str) -> Result<Option<bool>, String> {
     if let Some(p) = target.strip_prefix("re:") {
-        let re = regex::Regex::new(&format!("^(?:{p})"))
-            .map_err(|_| format!("target `{target}` is not a regular expression lorakit reads"))?;
-        return Ok(re.is_match(module));
+        return match regex::Regex::new(&format!("^(?:{p})")) {
+            Ok(re) => Ok(Some(re.is_match(module))),
+            Err(_) if python_only(p) => Ok(None),
+            Err(_) => Err(format!("target `{target}` is not a regular expression")),
+        };
     }
-    Ok(target == module || target.starts_with(|c: char| c.is_ascii_uppercase()))
+    Ok(Some(
+        target == module || target.starts_with(|c: char| c.is_ascii_uppercase()),
+    ))
+}
+
+/// Whether `p` uses a construct of Python's `re` that Rust's `regex` refuses by design.
+fn python_only(p: &str) -> bool {
+    ["(?=", "(?!", "(?<=", "(?<!", "(?P=", "(?("]
+        .iter()
+        .any(|c| p.contains(c))
+        || p.as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b'\\' && w[1].is_ascii_digit() && w[1] != b'0')
 }
 
 #[cfg(test)]
@@ -282,6 +313,19 @@ mod tests {
                 "{bad}"
             );
         }
+        // Python-only regex (look-behind, back-reference) in `ignore` or `targets`: valid for
+        // compressed-tensors, unknown to lorakit, so nothing to compare rather than an error.
+        let mut py = cfg(json!({"a": {"targets": ["Linear"], "weights": {"num_bits": 4}}}));
+        py["ignore"] = json!(["lm_head", "re:.*(?<!_proj)$"]);
+        assert_eq!(
+            weight_args(Some(&py), "model.layers.0.mlp.down_proj").unwrap(),
+            None
+        );
+        let py2 = cfg(json!({"a": {"targets": [r"re:(\w+)\.\1"], "weights": {"num_bits": 4}}}));
+        assert_eq!(
+            weight_args(Some(&py2), "model.layers.0.mlp.down_proj").unwrap(),
+            None
+        );
         // Not compressed-tensors, or nothing said: nothing to check.
         let gptq = json!({"quant_method": "gptq", "config_groups": []});
         assert_eq!(weight_args(Some(&gptq), "x").unwrap(), None);

@@ -565,10 +565,20 @@ impl QuantMap {
                 ),
             ));
         }
-        let layout = fp8::layout(w.shape[0], w.shape[1], &s.shape, config_block)
+        // A compressed-tensors block strategy gives the tiling as `weight_block_size` does
+        // (`block_structure`; its grid is `ceil(rows / bm) × ceil(cols / bn)`,
+        // compressed-tensors 0.20 `quantization/lifecycle/initialize.py`), so a weight smaller
+        // than one block has a single scale and a larger one is tiled by the config's blocks,
+        // never by a block guessed from the grid.
+        let ct = self.ct_args(ck, prefix)?;
+        let ct_block = ct
+            .as_ref()
+            .filter(|a| a.strategy.as_deref() == Some("block"))
+            .and_then(|a| a.block);
+        let layout = fp8::layout(w.shape[0], w.shape[1], &s.shape, config_block.or(ct_block))
             .map_err(|m| err(ck, &scale, m))?;
-        if let Some(a) = self.ct_args(ck, prefix)? {
-            if let Some(c) = a.contradicts_fp8(w.shape[0], &layout, &scale, &s.shape) {
+        if let Some(a) = ct {
+            if let Some(c) = a.contradicts_fp8(w.shape[0], w.shape[1], &layout, &scale, &s.shape) {
                 return Err(a.refusal(ck, prefix, c));
             }
         }

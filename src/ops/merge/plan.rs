@@ -310,11 +310,17 @@ impl MergePlan {
                 }
             }
         }
-        // A module whose weight is quantized in a layout lorakit cannot read: that is the cause.
-        for u in &unmatched {
-            if let Unmatched::NotFound { expected, .. } = &u.detail {
+        // A module whose weight is quantized in a layout lorakit cannot read: that is the cause,
+        // the error itself, or (with --allow-unmatched, which copies such weights as they are)
+        // what the warning about the skipped module says.
+        for u in unmatched.iter_mut() {
+            if let Unmatched::NotFound { expected, .. } = &mut u.detail {
                 if let Some(e) = quant.unsupported_weight(expected) {
-                    bail!(InputError::invalid(&e.path, e.kind.to_string()));
+                    if !options.allow_unmatched {
+                        bail!(InputError::invalid(&e.path, e.kind.to_string()));
+                    }
+                    *expected =
+                        format!("{expected} (quantized as lorakit cannot read: {})", e.kind);
                 }
             }
         }
