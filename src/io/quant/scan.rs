@@ -285,17 +285,17 @@ impl QuantMap {
             }
             companions.push(zp_name);
         }
+        let params = packed::Params {
+            bits,
+            rows,
+            cols,
+            groups,
+            per_tensor,
+            symmetric,
+            scale_dtype: scale.dtype,
+        };
         if let Some(a) = self.ct_args(ck, prefix)? {
-            let stored = packed::Params {
-                bits,
-                rows,
-                cols,
-                groups,
-                per_tensor,
-                symmetric,
-                scale_dtype: scale.dtype,
-            };
-            if let Some(c) = a.contradicts_packed(&stored, packed_name, &scale.name, &scale.shape) {
+            if let Some(c) = a.contradicts_packed(&params, packed_name, &scale.name, &scale.shape) {
                 return Err(a.refusal(ck, prefix, c));
             }
         }
@@ -305,15 +305,7 @@ impl QuantMap {
                 name: weight,
                 stored: packed_name.to_owned(),
                 shape: vec![rows, cols],
-                scheme: Scheme::Packed(packed::Params {
-                    bits,
-                    rows,
-                    cols,
-                    groups,
-                    per_tensor,
-                    symmetric,
-                    scale_dtype: scale.dtype,
-                }),
+                scheme: Scheme::Packed(params),
                 companions,
             },
         )

@@ -309,11 +309,9 @@ fn quantized_scales_that_contradict_the_config_are_refused() {
     assert_mentions(&line, &["config.json", "config_groups"]);
 }
 
-/// Pending outside this round's files: `rms_norm_eps` is read as any number
-/// (`src/model/config.rs:251`), so a negative one gives a NaN loss: `eval` reports it with
-/// exit 0 and `train` fails naming neither config.json nor the field.
+/// `rms_norm_eps` was read as any number, so a negative one gave a NaN loss: `eval` reported it
+/// with exit 0 and `train` failed naming neither config.json nor the field.
 #[test]
-
 fn a_negative_rms_norm_eps_is_refused_naming_the_config() {
     let (_dir, model) = scratch("m");
     copy_dir(&fixture("llama/base"), &model);
@@ -325,12 +323,11 @@ fn a_negative_rms_norm_eps_is_refused_naming_the_config() {
     assert_mentions(&line, &["config.json", "rms_norm_eps"]);
 }
 
-/// Pending outside this round's files: a GPTQ base whose config.json `bits` (5) or
-/// `group_size` (0) no layout has is reported by `merge` as "adapter module(s) do not match
-/// the base … no base tensor `…q_proj.weight`" (the scan's unsupported-tensor error is only
-/// raised when dequantizing, `src/ops/merge/plan.rs:49`); `dequantize` names the cause.
+/// A GPTQ base whose config.json `bits` (5) or `group_size` (0) no layout has was reported by
+/// `merge` as "adapter module(s) do not match the base … no base tensor `…q_proj.weight`" (the
+/// scan's unsupported-tensor error was raised only when dequantizing); `dequantize` named the
+/// cause, and now `merge` does too.
 #[test]
-
 fn a_gptq_config_no_layout_has_is_named_by_merge() {
     let (dir, model) = scratch("m");
     copy_dir(&fixture("quant/gptq4_v1"), &model);
@@ -342,11 +339,9 @@ fn a_gptq_config_no_layout_has_is_named_by_merge() {
     assert_mentions(&line, &["GPTQ bits 5"]);
 }
 
-/// Pending outside this round's files: an AdaLoRA `init_r` of 0 is reported against
-/// `adapter_model.safetensors` (`src/adapter/formats/peft/adalora.rs:41`, the weights' path
-/// used for a config field), not the adapter_config.json that holds it.
+/// An AdaLoRA `init_r` of 0 was reported against `adapter_model.safetensors` (the weights'
+/// path used for a config field), not the adapter_config.json that holds it.
 #[test]
-
 fn an_adalora_config_error_names_the_config() {
     let (_dir, ad) = scratch("ad");
     copy_dir(&fixture("llama/adapters/adalora"), &ad);
