@@ -69,9 +69,7 @@ def quantized_bases():
     for fx, table in lies.items():
         for what, lie in table.items():
             for cmd in ("dequantize", "merge"):
-                c = Case(f"quant_{fx}_{what}_{cmd}")
-                c.copy(f"quant/{fx}", "base")
-                c.copy(QV, "qv")
+                c = Case(f"quant_{fx}_{what}_{cmd}", (f"quant/{fx}", "base"), (QV, "qv"))
                 f = c.p("base/model.safetensors")
                 if lie == "qs":
                     k = key_like(f, Q + ".weight.quant_state")
@@ -98,9 +96,7 @@ def quantized_bases():
     }
     for what, (fx, fn) in cfg_lies.items():
         for cmd in ("dequantize", "merge"):
-            c = Case(f"quantcfg_{what}_{cmd}")
-            c.copy(f"quant/{fx}", "base")
-            c.copy(QV, "qv")
+            c = Case(f"quantcfg_{what}_{cmd}", (f"quant/{fx}", "base"), (QV, "qv"))
             c.json_edit("base/config.json", lambda j, fn=fn: (fn(j), None)[1])
             argv = (["dequantize", "base", "--out", "out"] if cmd == "dequantize" else
                     ["merge", "--base", "base", "--adapter", "qv", "--out", "out"])
@@ -259,10 +255,12 @@ def gguf_cases():
     run(c, merge + ["o.gguf"], mention=[("m-00002-of-00004.gguf", "m-00003-of-00004.gguf")])
     # GGUF adapters given to the adapter commands that do not take them, and onto themselves.
     for cmd in ("resize", "combine", "convert", "eval"):
-        c = Case(f"ggad_{cmd}")
-        c.copy("gguf/llamacpp/hf_qv_r8.q8_0.gguf", "a.gguf")
-        c.copy(BASE, "base")
-        c.copy(IDS, "ids.safetensors")
+        c = Case(
+            f"ggad_{cmd}",
+            ("gguf/llamacpp/hf_qv_r8.q8_0.gguf", "a.gguf"),
+            (BASE, "base"),
+            (IDS, "ids.safetensors"),
+        )
         argv = {"resize": ["resize", "a.gguf", "--rank", "2", "--out", "o"],
                 "combine": ["combine", "--adapter", "a.gguf", "--adapter", "a.gguf", "--method", "cat", "--out", "o"],
                 "convert": ["convert", "a.gguf", "--to", "gguf", "--out", "a.gguf"],
@@ -281,9 +279,7 @@ def gguf_cases():
 def path_rules():
     # A sharded base whose index names a shard outside its folder or by an absolute path.
     for what in ("dotdot", "absolute", "index_itself", "config"):
-        c = Case(f"index_{what}")
-        c.copy("llama/base_sharded", "base")
-        c.copy(QV, "qv")
+        c = Case(f"index_{what}", ("llama/base_sharded", "base"), (QV, "qv"))
         shutil.copy(c.p("base/model-00002-of-00004.safetensors"), c.p("outside.safetensors"))
 
         def fn(j, c=c, what=what):
@@ -300,9 +296,7 @@ def path_rules():
             run(c2, cmd, mention=[("model.safetensors.index.json", "config.json")])
     # merge --out onto the base through `..`, a trailing slash, a symlinked folder, a hard link.
     for what in ("dotdot", "slash", "symlink_dir", "hardlink_file", "symlink_file", "dot"):
-        c = Case(f"merge_out_{what}")
-        c.copy(BASE, "base")
-        c.copy(QV, "qv")
+        c = Case(f"merge_out_{what}", (BASE, "base"), (QV, "qv"))
         os.makedirs(c.p("x"))
         out = {"dotdot": "x/../base", "slash": "base/", "symlink_dir": "lb", "hardlink_file": "h.safetensors",
                "symlink_file": "s.safetensors", "dot": "base/."}[what]
@@ -337,12 +331,14 @@ def path_rules():
                                          "--device", "cpu"], "tuned"),
     }
     for what, (argv, extra) in onto.items():
-        c = Case(what)
-        c.copy(BASE, "base")
-        c.copy(QV, "qv")
-        c.copy(QV, "qv2")
-        c.copy(IDS, "ids.safetensors")
-        c.copy("kohya/te_lora.safetensors", "k.safetensors")
+        c = Case(
+            what,
+            (BASE, "base"),
+            (QV, "qv"),
+            (QV, "qv2"),
+            (IDS, "ids.safetensors"),
+            ("kohya/te_lora.safetensors", "k.safetensors"),
+        )
         if extra == "nf4":
             c.copy("quant/nf4", "nf4")
         if extra == "hard":
@@ -377,12 +373,14 @@ def existing_outputs():
         "dequantize": ["dequantize", "nf4", "--out", "o", "--quiet"],
     }
     for cmd, argv in specs.items():
-        c = Case(f"existing_out_{cmd}")
-        c.copy(BASE, "base")
-        c.copy(QV, "qv")
-        c.copy(TUNED, "tuned.safetensors")
-        c.copy(IDS, "ids.safetensors")
-        c.copy("quant/nf4", "nf4")
+        c = Case(
+            f"existing_out_{cmd}",
+            (BASE, "base"),
+            (QV, "qv"),
+            (TUNED, "tuned.safetensors"),
+            (IDS, "ids.safetensors"),
+            ("quant/nf4", "nf4"),
+        )
         # The folder holds an older sharded checkpoint, an older adapter in another format and a note.
         c.copy("llama/base_sharded", "o")
         c.copy("llama/adapters/rslora_all/adapter_config.json", "o/adapter_config.json")
@@ -439,12 +437,14 @@ def readonly_and_full_disk():
     }
     for mode, size in (("ro", "1M"), ("full", "4k")):
         for cmd, argv in specs.items():
-            c = Case(f"{mode}_{cmd}")
-            c.copy(BASE, "base")
-            c.copy(QV, "qv")
-            c.copy(TUNED, "tuned.safetensors")
-            c.copy(IDS, "ids.safetensors")
-            c.copy("quant/nf4", "nf4")
+            c = Case(
+                f"{mode}_{cmd}",
+                (BASE, "base"),
+                (QV, "qv"),
+                (TUNED, "tuned.safetensors"),
+                (IDS, "ids.safetensors"),
+                ("quant/nf4", "nf4"),
+            )
             mnt = c.p("mnt")
             os.makedirs(mnt)
             c.write("r.toml", '[[step]]\nname = "m"\ncommand = "merge"\nbase = "base"\nadapter = ["qv"]\nout = "mnt/o"\n')
@@ -517,10 +517,7 @@ def signals_mid_run():
 @case
 def misc():
     def mk(name):
-        c = Case(name)
-        c.copy(BASE, "base")
-        c.copy(QV, "qv")
-        c.copy(IDS, "ids.safetensors")
+        c = Case(name, (BASE, "base"), (QV, "qv"), (IDS, "ids.safetensors"))
         return c
     onto = {
         "check_fix_out_is_adapter": ["check", "qv", "--fix", "--out", "qv"],

@@ -30,9 +30,7 @@ def extract_tuned_lies():
         poke_f32(tuned, WQ, 5, raw)
         run(c, ["extract", "--base", "base", "--tuned", "tuned.safetensors", "--out", "out", "--rank", "4",
                 "--device", "cpu"], mention=["tuned.safetensors", WQ])
-        c = Case(f"extract_base_{what}")
-        c.copy(BASE, "base")
-        c.copy(TUNED, "tuned.safetensors")
+        c = Case(f"extract_base_{what}", (BASE, "base"), (TUNED, "tuned.safetensors"))
         poke_f32(c.p("base/model.safetensors"), WQ, 5, raw)
         run(c, ["extract", "--base", "base", "--tuned", "tuned.safetensors", "--out", "out", "--rank", "4",
                 "--device", "cpu"], mention=["model.safetensors", WQ])
@@ -42,9 +40,7 @@ def extract_tuned_lies():
 def extract_output_paths():
     # --out equal to an input through a symlink, a hard link, `..`, a trailing slash.
     def mk(name):
-        c = Case(name)
-        c.copy(BASE, "base")
-        c.copy(TUNED, "tuned.safetensors")
+        c = Case(name, (BASE, "base"), (TUNED, "tuned.safetensors"))
         return c
     c = mk("extract_out_is_base_dotdot")
     os.makedirs(c.p("sub"))
@@ -117,11 +113,7 @@ def adapter_config_lies():
                                    "1", "--batch", "1", "--init-adapter", "qv", "--out", "out"],
         }
         for cmd, argv in cmds.items():
-            c = Case(f"cfg_{what}_{cmd}")
-            c.copy(QV, "qv")
-            c.copy(QV, "other")
-            c.copy(BASE, "base")
-            c.copy(IDS, "ids.safetensors")
+            c = Case(f"cfg_{what}_{cmd}", (QV, "qv"), (QV, "other"), (BASE, "base"), (IDS, "ids.safetensors"))
             write_cfg_lie(c, "qv/adapter_config.json", what)
             if what in ACCEPTED_CFG:
                 run_either(c, argv())
@@ -148,11 +140,7 @@ def adapter_tensor_lies():
     }
     for what, lie in lies.items():
         for cmd in ("resize", "combine", "eval", "inspect_spectrum", "train_init", "diff"):
-            c = Case(f"ad_{what}_{cmd}")
-            c.copy(QV, "qv")
-            c.copy(QV, "other")
-            c.copy(BASE, "base")
-            c.copy(IDS, "ids.safetensors")
+            c = Case(f"ad_{what}_{cmd}", (QV, "qv"), (QV, "other"), (BASE, "base"), (IDS, "ids.safetensors"))
             f = c.p("qv/adapter_model.safetensors")
             if lie == "overlap":
                 h, data = st_read(f)
@@ -256,9 +244,7 @@ def eval_train_model_lies():
     }
     for what, lie in lies.items():
         for cmd in ("eval", "train"):
-            c = Case(f"{cmd}_model_{what}")
-            c.copy(BASE, "base")
-            c.copy(IDS, "ids.safetensors")
+            c = Case(f"{cmd}_model_{what}", (BASE, "base"), (IDS, "ids.safetensors"))
             lie(c)
             argv = (["eval", "--model", "base", "--input-ids", "ids.safetensors", "--seq-len", "8", "--device", "cpu"]
                     if cmd == "eval" else
@@ -275,9 +261,7 @@ def eval_train_model_lies():
 def train_resume_and_outputs():
     # A finished 2-step run with a checkpoint, then hostile resumes.
     def trained(name):
-        c = Case(name)
-        c.copy(BASE, "base")
-        c.copy(IDS, "ids.safetensors")
+        c = Case(name, (BASE, "base"), (IDS, "ids.safetensors"))
         setup_only(c, ["train", "--model", "base", "--data", "ids.safetensors", "--seq-len", "8", "--steps", "2",
                        "--batch", "1", "--save-every", "1", "--out", "ad", "--quiet"])
         return c
@@ -322,9 +306,7 @@ def train_resume_and_outputs():
 @case
 def recipes():
     def rc_case(name, body, sub="r"):
-        c = Case(name)
-        c.copy(BASE, "base")
-        c.copy(QV, "qv")
+        c = Case(name, (BASE, "base"), (QV, "qv"))
         os.makedirs(c.p(sub), exist_ok=True)
         c.write(f"{sub}/recipe.toml", body)
         return c
@@ -371,9 +353,7 @@ def recipes():
 @case
 def parts():
     def parted(name, n=2, only=None):
-        c = Case(name)
-        c.copy("llama/base_sharded", "base")
-        c.copy(QV, "qv")
+        c = Case(name, ("llama/base_sharded", "base"), (QV, "qv"))
         for i in range(1, n + 1):
             if only is None or i in only:
                 setup_only(c, ["merge", "--base", "base", "--adapter", "qv", "--out", "out", "--part", f"{i}/{n}",
@@ -423,9 +403,7 @@ def parts():
     run(c, ["finalize", "out"], mention=[shard])
     # --part values.
     for what, part in {"zero": "0/2", "over": "3/2", "n_zero": "1/0", "junk": "a/b", "neg": "-1/2"}.items():
-        c = Case(f"part_arg_{what}")
-        c.copy(BASE, "base")
-        c.copy(QV, "qv")
+        c = Case(f"part_arg_{what}", (BASE, "base"), (QV, "qv"))
         run(c, ["merge", "--base", "base", "--adapter", "qv", "--out", "out", "--part", part], mention=[("part", part.split("/")[0])])
     # finalize on a folder that has no parts, on a file, on a missing path.
     c = Case("finalize_no_parts")
@@ -445,12 +423,14 @@ def parts():
 @case
 def option_values():
     def mk(name):
-        c = Case(name)
-        c.copy(BASE, "base")
-        c.copy(QV, "qv")
-        c.copy(QV, "qv2")
-        c.copy(IDS, "ids.safetensors")
-        c.copy(TUNED, "tuned.safetensors")
+        c = Case(
+            name,
+            (BASE, "base"),
+            (QV, "qv"),
+            (QV, "qv2"),
+            (IDS, "ids.safetensors"),
+            (TUNED, "tuned.safetensors"),
+        )
         return c
     train = ["train", "--model", "base", "--data", "ids.safetensors", "--seq-len", "8", "--steps", "1", "--batch", "1",
              "--out", "o"]
@@ -511,9 +491,7 @@ def option_values():
 @case
 def extract_parts():
     def parted(name, only=(1, 2), n=2, fmt="peft"):
-        c = Case(name)
-        c.copy(BASE, "base")
-        c.copy(TUNED, "tuned.safetensors")
+        c = Case(name, (BASE, "base"), (TUNED, "tuned.safetensors"))
         out = "o" if fmt == "peft" else "o.safetensors"
         for i in only:
             setup_only(c, ["extract", "--base", "base", "--tuned", "tuned.safetensors", "--out", out, "--rank", "4",

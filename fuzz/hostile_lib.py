@@ -89,10 +89,13 @@ def snapshot(d):
 
 
 class Case:
-    def __init__(self, name):
+    def __init__(self, name, *copies):
+        """A fresh case folder holding `copies`: (fixture or TUNED, name in the case) pairs."""
         self.name = name
         self.dir = os.path.join(W, name.replace("/", "_"))
         os.makedirs(self.dir)
+        for src, dst in copies:
+            self.copy(src, dst)
 
     def p(self, *rel):
         return os.path.join(self.dir, *rel)
