@@ -40,6 +40,19 @@ fn an_output_through_a_folder_not_yet_created_is_still_checked_against_the_input
     );
 }
 
+/// A scratch copy of fixture folder `rel` (returned with its temporary folder) whose JSON file
+/// `json` was changed by `edit`.
+fn edited_copy(
+    rel: &str,
+    json: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (tempfile::TempDir, PathBuf) {
+    let (dir, copy) = scratch("m");
+    copy_dir(&fixture(rel), &copy);
+    edit_json(copy.join(json), edit);
+    (dir, copy)
+}
+
 /// Writes `r/recipe.toml` with `body`, beside copies of the llama fixture (`base`) and qv_r8
 /// (`qv`); returns the folder and the recipe.
 fn recipe_case(body: &str) -> (tempfile::TempDir, PathBuf) {
@@ -299,9 +312,7 @@ fn quantized_scales_that_contradict_the_config_are_refused() {
         );
     }
     // A compressed-tensors config that cannot be read is refused, not ignored.
-    let (dir, model) = scratch("m");
-    copy_dir(&fixture("quant/ct_pack"), &model);
-    edit_json(model.join("config.json"), |c| {
+    let (dir, model) = edited_copy("quant/ct_pack", "config.json", |c| {
         c["quantization_config"]["config_groups"] = serde_json::json!([]);
     });
     let out = dir.path().join("out");
@@ -313,9 +324,7 @@ fn quantized_scales_that_contradict_the_config_are_refused() {
 /// with exit 0 and `train` failed naming neither config.json nor the field.
 #[test]
 fn a_negative_rms_norm_eps_is_refused_naming_the_config() {
-    let (_dir, model) = scratch("m");
-    copy_dir(&fixture("llama/base"), &model);
-    edit_json(model.join("config.json"), |c| {
+    let (_dir, model) = edited_copy("llama/base", "config.json", |c| {
         c["rms_norm_eps"] = (-1.0).into()
     });
     let ids = fixture("text/tiny_ids.safetensors");
@@ -329,9 +338,7 @@ fn a_negative_rms_norm_eps_is_refused_naming_the_config() {
 /// cause, and now `merge` does too.
 #[test]
 fn a_gptq_config_no_layout_has_is_named_by_merge() {
-    let (dir, model) = scratch("m");
-    copy_dir(&fixture("quant/gptq4_v1"), &model);
-    edit_json(model.join("config.json"), |c| {
+    let (dir, model) = edited_copy("quant/gptq4_v1", "config.json", |c| {
         c["quantization_config"]["bits"] = 5.into();
     });
     let out = dir.path().join("out");
@@ -343,9 +350,9 @@ fn a_gptq_config_no_layout_has_is_named_by_merge() {
 /// path used for a config field), not the adapter_config.json that holds it.
 #[test]
 fn an_adalora_config_error_names_the_config() {
-    let (_dir, ad) = scratch("ad");
-    copy_dir(&fixture("llama/adapters/adalora"), &ad);
-    edit_json(ad.join("adapter_config.json"), |c| c["init_r"] = 0.into());
+    let (_dir, ad) = edited_copy("llama/adapters/adalora", "adapter_config.json", |c| {
+        c["init_r"] = 0.into()
+    });
     let line = one_line_error(&run_err(inspect_args(&ad, &[])));
     assert_mentions(&line, &["adapter_config.json", "init_r"]);
 }
@@ -402,9 +409,7 @@ fn recipe_parts_of_one_merge_share_their_output() {
 /// error (`a_gptq_config_no_layout_has_is_named_by_merge`).
 #[test]
 fn allow_unmatched_skips_a_module_on_an_unreadable_gptq_weight() {
-    let (dir, model) = scratch("m");
-    copy_dir(&fixture("quant/gptq4_v1"), &model);
-    edit_json(model.join("config.json"), |c| {
+    let (dir, model) = edited_copy("quant/gptq4_v1", "config.json", |c| {
         c["quantization_config"]["bits"] = 5.into();
     });
     let out = dir.path().join("out");
