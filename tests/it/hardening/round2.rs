@@ -227,32 +227,13 @@ fn a_nan_model_weight_is_named_by_eval_and_train() {
 /// is one.
 #[test]
 fn usage_errors_are_one_line() {
+    let mo = |extra: &[&str]| merge_args(Path::new("b"), Path::new("a"), Path::new("o"), extra);
     for args in [
-        vec!["merge", "--base", "x"],
-        vec!["merge", "--bogus"],
-        vec![
-            "merge",
-            "--base",
-            "b",
-            "--adapter",
-            "a",
-            "--out",
-            "o",
-            "--part",
-            "0/2",
-        ],
-        vec![
-            "merge",
-            "--base",
-            "b",
-            "--adapter",
-            "a",
-            "--out",
-            "o",
-            "--part",
-            "-1/2",
-        ],
-        vec!["frobnicate"],
+        argv(&["merge", "--base", "x"], &[]),
+        argv(&["merge", "--bogus"], &[]),
+        mo(&["--part", "0/2"]),
+        mo(&["--part", "-1/2"]),
+        argv(&["frobnicate"], &[]),
     ] {
         let line = one_line_error(&run_err(&args));
         assert!(line.contains("--help"), "{args:?}: {line}");
