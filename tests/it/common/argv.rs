@@ -5,7 +5,7 @@ use super::{fixture, s};
 use std::path::Path;
 
 /// `command` followed by `extra`, as owned arguments (every `*_args` helper below).
-pub fn argv(command: &[&str], extra: &[&str]) -> Vec<String> {
+pub(super) fn argv(command: &[&str], extra: &[&str]) -> Vec<String> {
     command.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 

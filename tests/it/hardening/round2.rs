@@ -228,12 +228,13 @@ fn a_nan_model_weight_is_named_by_eval_and_train() {
 #[test]
 fn usage_errors_are_one_line() {
     let mo = |extra: &[&str]| merge_args(Path::new("b"), Path::new("a"), Path::new("o"), extra);
+    let argv = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     for args in [
-        argv(&["merge", "--base", "x"], &[]),
-        argv(&["merge", "--bogus"], &[]),
+        argv(&["merge", "--base", "x"]),
+        argv(&["merge", "--bogus"]),
         mo(&["--part", "0/2"]),
         mo(&["--part", "-1/2"]),
-        argv(&["frobnicate"], &[]),
+        argv(&["frobnicate"]),
     ] {
         let line = one_line_error(&run_err(&args));
         assert!(line.contains("--help"), "{args:?}: {line}");
