@@ -132,22 +132,11 @@ fn token_files_are_checked_whole_and_named() {
     );
     let out = dir.path().join("out");
     let train = |data: &Path| {
-        train_args(
+        one_step_train(
             &fixture("llama/base"),
-            &[
-                "--data",
-                s(data),
-                "--tokenizer",
-                "bytes",
-                "--seq-len",
-                "8",
-                "--steps",
-                "1",
-                "--batch",
-                "1",
-                "--out",
-                s(&out),
-            ],
+            data,
+            &out,
+            &["--tokenizer", "bytes"],
         )
     };
     let eval = |data: &Path, flag: &str| {
@@ -171,6 +160,21 @@ fn token_files_are_checked_whole_and_named() {
         &one_line_error(&run_err(eval(&empty, "--text"))),
         &["empty.txt", "no tokens"],
     );
+}
+
+/// `train` of `model` for one step of one 8-token sequence from `data` into `out`, then `extra`.
+fn one_step_train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let args = [
+        "--data",
+        s(data),
+        "--seq-len",
+        "8",
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+    ];
+    train_args(model, &[&args[..], &["--out", s(out)], extra].concat())
 }
 
 /// A NaN in a model weight: `eval` reported a NaN loss with exit 0, `train` failed on "the loss
@@ -202,24 +206,7 @@ fn a_nan_model_weight_is_named_by_eval_and_train() {
     );
     assert_mentions(&line, &["model.safetensors", norm, "NaN"]);
     let out = dir.path().join("out");
-    let line = refused(
-        train_args(
-            &model,
-            &[
-                "--data",
-                s(&ids),
-                "--seq-len",
-                "8",
-                "--steps",
-                "1",
-                "--batch",
-                "1",
-                "--out",
-                s(&out),
-            ],
-        ),
-        &out,
-    );
+    let line = refused(one_step_train(&model, &ids, &out, &[]), &out);
     assert_mentions(&line, &["model.safetensors", norm, "NaN"]);
 }
 
