@@ -533,7 +533,14 @@ impl<'a> Facts<'a> {
                     let Some(alpha) = self.cfg_alpha else {
                         continue;
                     };
-                    alpha / m.rank as f64
+                    // llama.cpp `src/llama-adapter.h` `get_scale` (llama-cpp-python 0.3.36's
+                    // vendor/llama.cpp): `alpha ? adapter_scale * alpha / rank : adapter_scale`,
+                    // so `lora_alpha = 0` (PEFT's scale 0) is applied at scale 1.
+                    if alpha == 0.0 {
+                        1.0
+                    } else {
+                        alpha / m.rank as f64
+                    }
                 }
                 ScaleRule::AlphaKeyOrOne => match a.format {
                     // A single file's `{module}.alpha` is read; without one lorakit's alpha is
