@@ -402,8 +402,16 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             },
-            When::TiedLmHead => match &self.plan.base_facts {
+            When::LmHeadOn(types) => match &self.plan.base_facts {
                 None => return Evaluated::NeedsBase,
+                Some(b) if b.model_type.as_deref().is_some_and(|t| types.contains(&t)) => {
+                    names(&|m| last_component(&m.name) == "lm_head")
+                }
+                Some(_) => vec![],
+            },
+            When::TiedLmHead { unless } => match &self.plan.base_facts {
+                None => return Evaluated::NeedsBase,
+                Some(b) if b.model_type.as_deref().is_some_and(|t| unless.contains(&t)) => vec![],
                 Some(b) if b.tie_word_embeddings || !b.has_lm_head => {
                     let mut v = names(&|m| last_component(&m.name) == "lm_head");
                     v.extend(

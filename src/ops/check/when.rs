@@ -134,8 +134,12 @@ pub enum When {
     ShapeMismatch,
     /// With `--base`: an embedding LoRA whose vocabulary differs from the base's.
     VocabMismatch,
-    /// With `--base`: the adapter touches `lm_head` and the base ties it to `embed_tokens`.
-    TiedLmHead,
+    /// With `--base`: the adapter touches `lm_head` and the base ties it to `embed_tokens`,
+    /// unless the base's `model_type` is one of these (whose converter drops `lm_head` before
+    /// it could refuse it: [`When::LmHeadOn`]).
+    TiedLmHead { unless: &'static [&'static str] },
+    /// With `--base`: `lm_head` modules when the base's `model_type` is one of these.
+    LmHeadOn(&'static [&'static str]),
     /// A PEFT folder (keys `base_model.model.{module}.lora_A.weight`, config in
     /// adapter_config.json).
     PeftKeys,

@@ -119,3 +119,48 @@ fn lora_alpha_zero_is_scale_one_in_llama_cpp() {
         }
     }
 }
+
+/// An `lm_head` LoRA on a Gemma base: `GemmaModel.filter_tensors` drops `lm_head.weight`
+/// before the converter could refuse a tied head, so llama.cpp's file simply lacks the pair
+/// (fixtures/gguf/llamacpp/gemma_lm_head.gguf, gguf_arch.py) and the runtime loads the rest.
+/// `check` said the converter refuses it (`llama.cpp.tied_lm_head`, the Llama/Qwen behaviour);
+/// it says now that it loads and silently leaves `lm_head` out.
+#[test]
+fn gemma_lm_head_lora_is_dropped_not_refused_by_llama_cpp() {
+    let lc = GgufModel::open(g("llamacpp/gemma_lm_head.gguf")).unwrap();
+    assert!(lc.get("output.weight.lora_a").is_none());
+    assert!(lc.get("blk.0.attn_q.weight.lora_a").is_some());
+
+    let out = run_exit(
+        [
+            "check",
+            &g("hf_gemma/lm_head"),
+            "--base",
+            &g("hf_gemma"),
+            "--target",
+            "llama.cpp",
+            "--json",
+        ],
+        1,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["base"]["tie_word_embeddings"], true, "{v}");
+    let t = &v["targets"][0];
+    assert_eq!(
+        (t["loads"].as_bool(), t["applies_all"].as_bool()),
+        (Some(true), Some(false)),
+        "{t}"
+    );
+    let rules: Vec<&str> = t["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["llama.cpp.gemma_lm_head"], "{t}");
+    assert_eq!(
+        t["findings"][0]["items"],
+        serde_json::json!(["lm_head"]),
+        "{t}"
+    );
+}
