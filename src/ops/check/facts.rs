@@ -135,6 +135,19 @@ impl<'a> Facts<'a> {
                     && matches!(m.dora_rule, crate::adapter::DoraRule::Lycoris { .. })
             }),
             When::LoraBias => names(&|m| has_lora_bias(m)),
+            When::ModulesToSaveUnlessLmHeadOn(types) => {
+                let dropped =
+                    self.plan.base_facts.as_ref().is_some_and(|b| {
+                        b.model_type.as_deref().is_some_and(|t| types.contains(&t))
+                    });
+                match self.items(When::ModulesToSave) {
+                    Evaluated::Items(v) => v
+                        .into_iter()
+                        .filter(|n| !(dropped && is_lm_head_tensor(n)))
+                        .collect(),
+                    e => return e,
+                }
+            }
             When::ModulesToSave | When::ModulesToSaveBeyondHead => {
                 let mut v: Vec<String> = a
                     .full_tensors
@@ -405,7 +418,14 @@ impl<'a> Facts<'a> {
             When::LmHeadOn(types) => match &self.plan.base_facts {
                 None => return Evaluated::NeedsBase,
                 Some(b) if b.model_type.as_deref().is_some_and(|t| types.contains(&t)) => {
-                    names(&|m| last_component(&m.name) == "lm_head")
+                    let mut v = names(&|m| last_component(&m.name) == "lm_head");
+                    v.extend(
+                        a.full_tensors
+                            .iter()
+                            .filter(|f| !is_saved_base_layer(f) && is_lm_head_tensor(&f.name))
+                            .map(|f| f.name.clone()),
+                    );
+                    v
                 }
                 Some(_) => vec![],
             },
@@ -771,6 +791,11 @@ pub(super) fn short(x: f64) -> String {
     let s = format!("{x:.6}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     s.to_string()
+}
+
+/// A full tensor (or `… (modules_to_save)` item) of the model's `lm_head`.
+fn is_lm_head_tensor(name: &str) -> bool {
+    name.starts_with("lm_head") || name.contains(".lm_head")
 }
 
 /// A full tensor read from `{module}.base_layer.weight` (the base copy PEFT saves beside a

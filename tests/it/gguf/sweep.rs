@@ -164,3 +164,47 @@ fn gemma_lm_head_lora_is_dropped_not_refused_by_llama_cpp() {
         "{t}"
     );
 }
+
+/// `modules_to_save = ["lm_head"]` on a Gemma2: the same `filter_tensors` drops the full
+/// `lm_head.weight` before the converter's "Unexpected name" refusal, so llama.cpp's file holds
+/// the q pairs only (fixtures/gguf/llamacpp/gemma2_lm_head_saved.gguf). `check` said the
+/// converter refuses it (`llama.cpp.modules_to_save`); it loads and leaves the head out.
+#[test]
+fn gemma_modules_to_save_lm_head_is_dropped_not_refused_by_llama_cpp() {
+    let lc = GgufModel::open(g("llamacpp/gemma2_lm_head_saved.gguf")).unwrap();
+    let names: Vec<&str> = lc.tensors().map(|(_, t)| t.name.as_str()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.iter().all(|n| n.contains("attn_q")), "{names:?}");
+
+    let out = run_exit(
+        [
+            "check",
+            &g("hf_gemma2/lm_head_saved"),
+            "--base",
+            &g("hf_gemma2"),
+            "--target",
+            "llama.cpp",
+            "--json",
+        ],
+        1,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &v["targets"][0];
+    assert_eq!(
+        (t["loads"].as_bool(), t["applies_all"].as_bool()),
+        (Some(true), Some(false)),
+        "{t}"
+    );
+    let rules: Vec<&str> = t["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["llama.cpp.gemma_lm_head"], "{t}");
+    assert_eq!(
+        t["findings"][0]["items"],
+        serde_json::json!(["lm_head.weight"]),
+        "{t}"
+    );
+}

@@ -177,7 +177,7 @@ pub(super) const RULES: &[Rule] = &[
     Rule {
         id: "llama.cpp.modules_to_save",
         target: Target::LlamaCpp,
-        when: When::ModulesToSave,
+        when: When::ModulesToSaveUnlessLmHeadOn(GEMMA_DROPS_LM_HEAD),
         severity: Severity::Error,
         why: "full tensors (modules_to_save, e.g. embed_tokens/lm_head from added tokens) are refused: \"Unexpected name\", exit 1 (llama.cpp #9948)",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:479-483 LoraModel.get_tensors (\"Unexpected name\", PR #9948 hint, sys.exit(1))"),
@@ -203,7 +203,7 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::LlamaCpp,
         when: When::LmHeadOn(GEMMA_DROPS_LM_HEAD),
         severity: Severity::Silent,
-        why: "GemmaModel/Gemma2Model.filter_tensors skip lm_head.weight, so the converter drops the lm_head pair without a word (tied or not), and llama.cpp's Gemma computes logits with token_embd",
+        why: "GemmaModel/Gemma2Model.filter_tensors skip lm_head.weight, so the converter drops an lm_head pair, or a modules_to_save lm_head, without a word (tied or not), and llama.cpp's Gemma computes logits with token_embd",
         source: src(LLAMACPP, "conversion/gemma.py", L, "gemma.py:54-60 GemmaModel.filter_tensors, :106-112 Gemma2Model.filter_tensors (\"lm_head is not used in llama.cpp\"); convert_lora_to_gguf.py:466 LoraModel.get_tensors (filter_tensors before modify_tensors); run by fixtures/gen/check_gguf_sweep.py"),
     },
     Rule {
