@@ -40,6 +40,9 @@ pub struct Target {
     pub n_head_kv: Option<usize>,
     /// A GGUF base, whose tensors every module must land on with matching shape.
     pub base: Option<GgufModel>,
+    /// A Hugging Face base whose model has no `output.weight` in llama.cpp: tied embeddings
+    /// ([`hf_output_tied`]). `None` for a GGUF base (its tensor list is checked instead).
+    pub tied_output: Option<bool>,
     pub base_path: PathBuf,
 }
 
@@ -103,13 +106,15 @@ impl Target {
             })?;
         let n = |k: &str| cfg[k].as_u64().map(|v| v as usize);
         let n_head = n("num_attention_heads");
-        Self::new(
+        let mut t = Self::new(
             arch,
             n_head,
             n("num_key_value_heads").or(n_head),
             None,
             path,
-        )
+        )?;
+        t.tied_output = Some(hf_output_tied(path, &cfg));
+        Ok(t)
     }
 
     fn new(
@@ -126,9 +131,35 @@ impl Target {
             n_head,
             n_head_kv: n_head_kv.or(n_head),
             base,
+            tied_output: None,
             base_path: path.to_path_buf(),
         })
     }
+}
+
+/// Whether llama.cpp's GGUF of the Hugging Face model at `path` has no `output.weight`, so
+/// that an `lm_head` LoRA has no tensor to land on. `convert_hf_to_gguf.py` writes `output`
+/// from the checkpoint's `lm_head.weight`, which transformers does not save for tied
+/// embeddings; so the weights decide when the folder has them, else config.json's
+/// `tie_word_embeddings` (absent: untied, the Llama/Mistral/Qwen2/Qwen3 configs' default).
+/// llama.cpp's `convert_lora_to_gguf.py` (llama-cpp-python 0.3.36's vendor/llama.cpp) reads
+/// config.json only and writes the pair as `output.weight.lora_a/b` all the same, and
+/// `llama_adapter_lora_init_impl` (`src/llama-adapter.cpp:335`) then refuses the file: "LoRA
+/// tensor 'output.weight.lora_a' does not exist in base model".
+fn hf_output_tied(path: &Path, cfg: &serde_json::Value) -> bool {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    let has_weights = dir.join("model.safetensors").is_file()
+        || dir.join("model.safetensors.index.json").is_file();
+    if has_weights {
+        if let Ok(c) = crate::io::Checkpoint::open(dir) {
+            return c.info("lm_head.weight").is_none();
+        }
+    }
+    cfg["tie_word_embeddings"].as_bool().unwrap_or(false)
 }
 
 /// One written module.
@@ -214,6 +245,16 @@ pub fn write(
             let why = names::why_unmapped(arch, &m.name).unwrap_or("no GGUF tensor name");
             InputError::invalid(path, format!("module `{}` ({arch}): {why}", m.name))
         })?;
+        if g == "output" && target.tied_output == Some(true) {
+            return Err(InputError::invalid(
+                path,
+                format!(
+                    "module `{}`: the base {} ties its embeddings, so llama.cpp's model has no `output.weight` and refuses an adapter holding one (llama-adapter.cpp: \"does not exist in base model\")",
+                    m.name,
+                    target.base_path.display()
+                ),
+            ));
+        }
         let name = format!("{g}.weight");
         let embed = m.kind == ModuleKind::Embedding;
         // The model tensor's ggml dims: [in, out] ([dim, vocab] for the embedding).

@@ -135,6 +135,19 @@ impl<'a> Facts<'a> {
                     && matches!(m.dora_rule, crate::adapter::DoraRule::Lycoris { .. })
             }),
             When::LoraBias => names(&|m| has_lora_bias(m)),
+            When::ModulesToSaveUnlessLmHeadOn(types) => {
+                let dropped =
+                    self.plan.base_facts.as_ref().is_some_and(|b| {
+                        b.model_type.as_deref().is_some_and(|t| types.contains(&t))
+                    });
+                match self.items(When::ModulesToSave) {
+                    Evaluated::Items(v) => v
+                        .into_iter()
+                        .filter(|n| !(dropped && is_lm_head_tensor(n)))
+                        .collect(),
+                    e => return e,
+                }
+            }
             When::ModulesToSave | When::ModulesToSaveBeyondHead => {
                 let mut v: Vec<String> = a
                     .full_tensors
@@ -402,8 +415,23 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             },
-            When::TiedLmHead => match &self.plan.base_facts {
+            When::LmHeadOn(types) => match &self.plan.base_facts {
                 None => return Evaluated::NeedsBase,
+                Some(b) if b.model_type.as_deref().is_some_and(|t| types.contains(&t)) => {
+                    let mut v = names(&|m| last_component(&m.name) == "lm_head");
+                    v.extend(
+                        a.full_tensors
+                            .iter()
+                            .filter(|f| !is_saved_base_layer(f) && is_lm_head_tensor(&f.name))
+                            .map(|f| f.name.clone()),
+                    );
+                    v
+                }
+                Some(_) => vec![],
+            },
+            When::TiedLmHead { unless } => match &self.plan.base_facts {
+                None => return Evaluated::NeedsBase,
+                Some(b) if b.model_type.as_deref().is_some_and(|t| unless.contains(&t)) => vec![],
                 Some(b) if b.tie_word_embeddings || !b.has_lm_head => {
                     let mut v = names(&|m| last_component(&m.name) == "lm_head");
                     v.extend(
@@ -533,7 +561,14 @@ impl<'a> Facts<'a> {
                     let Some(alpha) = self.cfg_alpha else {
                         continue;
                     };
-                    alpha / m.rank as f64
+                    // llama.cpp `src/llama-adapter.h` `get_scale` (llama-cpp-python 0.3.36's
+                    // vendor/llama.cpp): `alpha ? adapter_scale * alpha / rank : adapter_scale`,
+                    // so `lora_alpha = 0` (PEFT's scale 0) is applied at scale 1.
+                    if alpha == 0.0 {
+                        1.0
+                    } else {
+                        alpha / m.rank as f64
+                    }
                 }
                 ScaleRule::AlphaKeyOrOne => match a.format {
                     // A single file's `{module}.alpha` is read; without one lorakit's alpha is
@@ -756,6 +791,11 @@ pub(super) fn short(x: f64) -> String {
     let s = format!("{x:.6}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     s.to_string()
+}
+
+/// A full tensor (or `… (modules_to_save)` item) of the model's `lm_head`.
+fn is_lm_head_tensor(name: &str) -> bool {
+    name.starts_with("lm_head") || name.contains(".lm_head")
 }
 
 /// A full tensor read from `{module}.base_layer.weight` (the base copy PEFT saves beside a

@@ -76,6 +76,9 @@ pub enum When {
     /// classification heads (`classifier`, `score`) with no full tensor in the file does not
     /// count: vLLM's `PEFTHelper._validate_features` accepts exactly that configuration.
     ModulesToSaveBeyondHead,
+    /// As [`When::ModulesToSave`], less the `lm_head` tensors when the base's `model_type` is
+    /// one of these (a converter that drops them before it could refuse them: [`When::LmHeadOn`]).
+    ModulesToSaveUnlessLmHeadOn(&'static [&'static str]),
     /// LoRA on an embedding (`lora_embedding_A/B`).
     EmbeddingLora,
     /// PEFT trainable tokens (`trainable_token_indices`): `{module}.token_adapter.trainable_tokens_delta`
@@ -134,8 +137,13 @@ pub enum When {
     ShapeMismatch,
     /// With `--base`: an embedding LoRA whose vocabulary differs from the base's.
     VocabMismatch,
-    /// With `--base`: the adapter touches `lm_head` and the base ties it to `embed_tokens`.
-    TiedLmHead,
+    /// With `--base`: the adapter touches `lm_head` and the base ties it to `embed_tokens`,
+    /// unless the base's `model_type` is one of these (whose converter drops `lm_head` before
+    /// it could refuse it: [`When::LmHeadOn`]).
+    TiedLmHead { unless: &'static [&'static str] },
+    /// With `--base`: `lm_head` modules and full tensors (modules_to_save) when the base's
+    /// `model_type` is one of these.
+    LmHeadOn(&'static [&'static str]),
     /// A PEFT folder (keys `base_model.model.{module}.lora_A.weight`, config in
     /// adapter_config.json).
     PeftKeys,

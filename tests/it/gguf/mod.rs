@@ -24,6 +24,8 @@ mod merge;
 mod parts;
 /// `inspect`, `diff`, malformed GGUF files, the JSON vocabulary of the GGUF reports.
 mod read;
+/// Faults found by fixtures/gen/check_gguf_sweep.py, against llama.cpp's converter.
+mod sweep;
 
 fn g(name: &str) -> String {
     fixture(&format!("gguf/{name}"))

@@ -20,6 +20,11 @@ const PEFT: &str = "huggingface/peft";
 /// sdist records no llama.cpp commit): every llama.cpp line below was read there.
 const L: &str = "llama-cpp-python 0.3.36 (vendor/llama.cpp)";
 
+/// Hugging Face `model_type`s whose llama.cpp converter class drops `lm_head.weight` in
+/// `filter_tensors` (`conversion/gemma.py`: `GemmaModel`, `Gemma2Model`; not `Gemma3Model`,
+/// whose untied `lm_head` becomes `output.weight`).
+const GEMMA_DROPS_LM_HEAD: &[&str] = &["gemma", "gemma2"];
+
 const COMFY_LORA: Source = src(COMFY, "comfy/lora.py", "41444b5", "load_lora");
 
 pub(super) const RULES: &[Rule] = &[
@@ -172,7 +177,7 @@ pub(super) const RULES: &[Rule] = &[
     Rule {
         id: "llama.cpp.modules_to_save",
         target: Target::LlamaCpp,
-        when: When::ModulesToSave,
+        when: When::ModulesToSaveUnlessLmHeadOn(GEMMA_DROPS_LM_HEAD),
         severity: Severity::Error,
         why: "full tensors (modules_to_save, e.g. embed_tokens/lm_head from added tokens) are refused: \"Unexpected name\", exit 1 (llama.cpp #9948)",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:479-483 LoraModel.get_tensors (\"Unexpected name\", PR #9948 hint, sys.exit(1))"),
@@ -188,10 +193,18 @@ pub(super) const RULES: &[Rule] = &[
     Rule {
         id: "llama.cpp.tied_lm_head",
         target: Target::LlamaCpp,
-        when: When::TiedLmHead,
+        when: When::TiedLmHead { unless: GEMMA_DROPS_LM_HEAD },
         severity: Severity::Error,
         why: "\"lm_head is present in adapter, but is ignored in base model\" (tied embeddings, llama.cpp #9065)",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:501-508 LoraModel.modify_tensors"),
+    },
+    Rule {
+        id: "llama.cpp.gemma_lm_head",
+        target: Target::LlamaCpp,
+        when: When::LmHeadOn(GEMMA_DROPS_LM_HEAD),
+        severity: Severity::Silent,
+        why: "GemmaModel/Gemma2Model.filter_tensors skip lm_head.weight, so the converter drops an lm_head pair, or a modules_to_save lm_head, without a word (tied or not), and llama.cpp's Gemma computes logits with token_embd",
+        source: src(LLAMACPP, "conversion/gemma.py", L, "gemma.py:54-60 GemmaModel.filter_tensors, :106-112 Gemma2Model.filter_tensors (\"lm_head is not used in llama.cpp\"); convert_lora_to_gguf.py:466 LoraModel.get_tensors (filter_tensors before modify_tensors); run by fixtures/gen/check_gguf_sweep.py"),
     },
     Rule {
         id: "llama.cpp.not_found",
