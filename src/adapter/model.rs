@@ -152,6 +152,17 @@ pub struct Adapter {
 }
 
 impl Adapter {
+    /// Whether full tensor `f` is the copy of the base weight PEFT saves beside a LoRA on an
+    /// embedding or `lm_head` (`….base_layer.weight`, `EMBEDDING_LAYER_NAMES` in peft 0.21.2
+    /// `utils/constants.py`), not a `modules_to_save` replacement: llama.cpp's converter skips
+    /// it, and a GGUF target takes the base's own tensor.
+    pub fn is_saved_base_copy(&self, f: &FullTensor) -> bool {
+        self.modules.iter().any(|m| {
+            (m.kind == ModuleKind::Embedding || m.name.rsplit('.').next() == Some("lm_head"))
+                && f.name == format!("{}.weight", m.name)
+        })
+    }
+
     /// An adapter of `modules` and nothing else: no source file, full tensors, base model,
     /// config, metadata or namings, no rsLoRA or DoRA. Readers and operations set what they
     /// have on top (`Adapter { config, ..Adapter::of_modules(..) }`).

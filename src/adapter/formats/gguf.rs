@@ -202,11 +202,7 @@ pub fn write(
     // skips `.base_layer.weight` tensors, and so does lorakit. Any other full tensor would
     // replace a base tensor, which a llama.cpp adapter cannot.
     for f in &adapter.full_tensors {
-        let base_copy = adapter.modules.iter().any(|m| {
-            (m.kind == ModuleKind::Embedding || m.name.rsplit('.').next() == Some("lm_head"))
-                && f.name == format!("{}.weight", m.name)
-        });
-        if !base_copy {
+        if !adapter.is_saved_base_copy(f) {
             return Err(InputError::invalid(
                 path,
                 format!(

@@ -221,7 +221,9 @@ impl GgufMergePlan {
             a.check_plain_base(
                 "merging it into a GGUF model (whose base lorakit does not rewrite)",
             )?;
-            if let Some(f) = a.full_tensors.first() {
+            // The base copies PEFT saves beside an embedding / lm_head LoRA are skipped, as
+            // llama.cpp's converter skips them: the GGUF base's own tensor is the W0.
+            if let Some(f) = a.full_tensors.iter().find(|f| !a.is_saved_base_copy(f)) {
                 return Err(InputError::invalid(
                     &a.path,
                     format!("full tensor `{}` (modules_to_save): lorakit does not yet replace whole tensors of a GGUF base", f.name),

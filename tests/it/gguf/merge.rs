@@ -7,10 +7,13 @@ use super::*;
 /// An F32 GGUF base (the fixture Llama as convert_hf_to_gguf lays it out) merged with PEFT
 /// adapters equals PEFT's own merge_and_unload once the q/k permutation is undone (1e-6
 /// relative per tensor, as every safetensors merge test); untouched tensors are byte copies.
-/// rslora_all adapts every linear module, k_proj included (4 q heads, 2 kv heads).
+/// rslora_all adapts every linear module, k_proj included (4 q heads, 2 kv heads); embed is
+/// an embedding LoRA, whose adapter also holds the base embedding PEFT saves beside it
+/// (`embed_tokens.base_layer.weight`): skipped as llama.cpp's converter skips it, the GGUF
+/// base's own `token_embd` is W0 (it was refused as a modules_to_save tensor).
 #[test]
 fn merge_into_an_f32_gguf_equals_the_peft_merge() {
-    for case in ["qv_r8", "rslora_all"] {
+    for case in ["qv_r8", "rslora_all", "embed"] {
         let (_dir, out) = scratch("m.gguf");
         let v = merge_json(
             g("llama_f32.gguf"),
