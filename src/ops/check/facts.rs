@@ -4,6 +4,7 @@
 //! print anything.
 
 use super::base::last_component;
+use super::names::{is_lm_head_tensor, is_sd_prefixed, layer_kind, layers_index, short};
 use super::plan::Plan;
 use super::report::Placement;
 use super::rules::{ScaleRule, Supported, When};
@@ -734,68 +735,11 @@ fn tokens_mismatch(
     None
 }
 
-/// `layers.N.rest` → (`layers.*.rest`, N).
-/// The N of the first `layers.N.` in a name, as SGLang's `get_layer_id` reads it (regex
-/// `layers\.(\d+)\.`, python/sglang/srt/layers/utils/common.py:14 @0.5.23).
-fn layers_index(name: &str) -> Option<usize> {
-    name.match_indices("layers.").find_map(|(at, m)| {
-        let rest = &name[at + m.len()..];
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        (digits > 0 && rest[digits..].starts_with('.'))
-            .then(|| rest[..digits].parse().ok())
-            .flatten()
-    })
-}
-
-pub(super) fn layer_kind(name: &str) -> Option<(String, usize)> {
-    let parts: Vec<&str> = name.split('.').collect();
-    let i = parts
-        .iter()
-        .position(|p| *p == "layers" || *p == "h" || *p == "blocks")?;
-    let idx: usize = parts.get(i + 1)?.parse().ok()?;
-    let mut k = parts.clone();
-    k[i + 1] = "*";
-    Some((k.join("."), idx))
-}
-
-/// diffusers' SD/SDXL reader converts kohya keys only when every key starts with one of these
-/// (`lora_pipeline.py` `StableDiffusionLoraLoaderMixin.lora_state_dict`).
-/// Names under a pipeline component (`unet.`, `text_encoder.`, `text_encoder_2.`,
-/// `transformer.`: diffusers' own single files, `lora_base.py` prefix filter) are placed as they
-/// are.
-pub(super) fn is_sd_prefixed(name: &str) -> bool {
-    matches!(
-        crate::adapter::formats::kohya::split_prefix(name),
-        Some(("lora_unet" | "lora_te" | "lora_te1" | "lora_te2", _))
-    ) || crate::adapter::formats::diffusers::has_component(name)
-}
-
 /// A `lora_B.bias` tensor (PEFT `lora_bias`). PEFT's IA3 also carries a bias term (its vector
 /// scales the base bias on the output side, `tuners/ia3/layer.py` `merge`), but that is no
 /// tensor of the file: the loaders' bias rules are not about it.
 fn has_lora_bias(m: &crate::adapter::LoraModule) -> bool {
     m.bias.is_some() && !matches!(m.factors, crate::adapter::Factors::Ia3 { .. })
-}
-
-/// The module or key a finding's item is about: the item up to its first ` (` or `: `.
-pub(super) fn item_subject(item: &str) -> &str {
-    let end = [item.find(" ("), item.find(": ")]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(item.len());
-    &item[..end]
-}
-
-pub(super) fn short(x: f64) -> String {
-    let s = format!("{x:.6}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    s.to_string()
-}
-
-/// A full tensor (or `… (modules_to_save)` item) of the model's `lm_head`.
-fn is_lm_head_tensor(name: &str) -> bool {
-    name.starts_with("lm_head") || name.contains(".lm_head")
 }
 
 /// A full tensor read from `{module}.base_layer.weight` (the base copy PEFT saves beside a

@@ -21,6 +21,7 @@ mod diffusers_keys;
 mod facts;
 pub mod fix;
 mod fixing;
+mod names;
 mod packed;
 mod plan;
 mod report;
@@ -30,7 +31,8 @@ mod single_file;
 mod target;
 pub mod when;
 
-use facts::{item_subject, Evaluated, Facts};
+use facts::{Evaluated, Facts};
+use names::item_subject;
 use rules::{Rule, Severity};
 
 pub use plan::{Options, Plan};
