@@ -430,25 +430,43 @@ impl QuantMap {
         }
         Ok(match &q.scheme {
             Scheme::Bnb4(p) => {
-                // PEFT's bnb merge quantizes the merged weight in the quant_state dtype
-                // (`Params4bit(w_data, …)` with w_data = dequantized weight + delta).
-                let values = dtype::decode(p.dtype, &dtype::encode(p.dtype, merged));
-                let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, &values);
+                // PEFT 0.21.2's bnb merge (peft/tuners/lora/bnb.py `Linear4bit.merge`) quantizes
+                // `w_data = dequantize_4bit(W) + get_delta_weight()` with `Params4bit`. The
+                // adapter is f32 (PEFT's autocast_adapter_dtype, the default), so `w_data` is
+                // the f32 sum even for a 16-bit quant_state, and bitsandbytes 0.50.2
+                // (functional.py `quantize_4bit`: `QuantState(dtype=A.dtype)`) records
+                // `"dtype": "float32"` in the new state: the merged values are quantized as
+                // they are, and a 16-bit state's JSON says float32 afterwards, as PEFT's
+                // `save_pretrained` writes it.
+                let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, merged);
                 let w = &q.name;
+                let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
+                let state = &q.companions[0];
+                let as_f32 = |blob: Vec<u8>| -> Result<Vec<u8>, String> {
+                    if p.dtype == Dtype::F32 {
+                        return Ok(blob);
+                    }
+                    bnb4_dq::with_dtype_f32(&blob)
+                        .ok_or_else(|| "its quant_state has no `dtype` to update".to_owned())
+                };
                 match &p.nested {
-                    None => vec![
-                        (w.clone(), packed),
-                        (format!("{w}.absmax"), dtype::encode(Dtype::F32, &absmax)),
-                    ],
+                    None => {
+                        let mut out = vec![
+                            (w.clone(), packed),
+                            (format!("{w}.absmax"), dtype::encode(Dtype::F32, &absmax)),
+                        ];
+                        if p.dtype != Dtype::F32 {
+                            out.push((state.clone(), as_f32(data(state)?.to_vec())?));
+                        }
+                        out
+                    }
                     Some(n) => {
                         // compress_statistics: offset = mean, absmax − offset in 8 bits with the
                         // stored dynamic code (see bnb4_dq).
-                        let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
                         let code =
                             dtype::decode(Dtype::F32, data(&format!("{w}.nested_quant_map"))?);
                         let (offset, codes, nabs) =
                             bnb4_dq::compress_statistics(&absmax, &code, n.blocksize);
-                        let state = &q.companions[0];
                         let blob = bnb4_dq::with_offset(data(state)?, offset)
                             .ok_or("its quant_state has no nested_offset number to update")?;
                         vec![
@@ -458,7 +476,7 @@ impl QuantMap {
                                 format!("{w}.nested_absmax"),
                                 dtype::encode(Dtype::F32, &nabs),
                             ),
-                            (state.clone(), blob),
+                            (state.clone(), as_f32(blob)?),
                         ]
                     }
                 }
