@@ -5,8 +5,9 @@
 
 use super::common::*;
 
-/// `merge --quant keep` of `sweep/<case>/ad` into `sweep/<case>/q`: every tensor that PEFT's
-/// merge changed (`want.safetensors`) is PEFT's, byte for byte; every other is the input's.
+/// `merge --quant keep` of `sweep/<case>/ad` into `sweep/<case>/q`: every tensor that the
+/// library's merge changed (`want.safetensors`: PEFT's, or the producer's compressor) is the
+/// library's, byte for byte; every other is the input's.
 fn merge_equals_peft(case: &str) {
     let (_dir, out) = scratch(case);
     let base = fixture(&format!("quant/sweep/{case}/q"));
@@ -49,4 +50,13 @@ fn merge_into_nf4_of_a_bf16_model_quantizes_the_f32_sum_like_peft() {
 #[test]
 fn merge_into_double_quant_fp4_of_an_f16_model_quantizes_the_f32_sum_like_peft() {
     merge_equals_peft("fp4_f16_dq");
+}
+
+/// compressed-tensors FP8 with `strategy: block` weight scales (llm-compressor's FP8_BLOCK):
+/// the merged weights get fresh block scales as its observer and `calculate_qparams` compute
+/// them, equal to `FloatQuantizationCompressor.compress` on the merge (`want.safetensors`).
+/// Before, `--quant keep` refused every such model (11 of 21 float-quantized sweep cases).
+#[test]
+fn merge_keep_into_compressed_tensors_fp8_blocks_has_fresh_block_scales() {
+    merge_equals_peft("ct_fp8_block");
 }

@@ -396,7 +396,7 @@ impl QuantMap {
                 layout,
             } => {
                 let (rows, cols) = (q.shape[0], q.shape[1]);
-                if fp8_ct_keep(self, *format, scale, *scale_dtype, layout) {
+                if fp8_ct_keep(self, *format, scale, *scale_dtype, layout, &q.shape) {
                     None
                 } else if scale.ends_with(&format!(".{}", fp8::comfy::SCALE)) {
                     // comfy/ops.py `set_weight`: `QuantizedTensor.from_float(weight, ...,
@@ -408,7 +408,7 @@ impl QuantMap {
                     || !rows.is_multiple_of(layout.block_m)
                     || !cols.is_multiple_of(layout.block_n)
                 {
-                    Some("FP8 other than E4M3 with F32 weight_scale_inv blocks that divide the weight (transformers' Fp8Quantize) or compressed-tensors' per-channel / per-tensor weight_scale".into())
+                    Some("FP8 other than E4M3 with F32 weight_scale_inv blocks that divide the weight (transformers' Fp8Quantize) or compressed-tensors' per-channel / per-tensor / exactly tiling block weight_scale".into())
                 } else {
                     None
                 }
@@ -486,10 +486,9 @@ impl QuantMap {
                 scale_dtype,
                 layout,
                 format,
-            } if fp8_ct_keep(self, *format, scale, *scale_dtype, layout) => {
-                let per_tensor = layout.grid_rows == 1 && layout.grid_cols == 1;
+            } if fp8_ct_keep(self, *format, scale, *scale_dtype, layout, &q.shape) => {
                 let (bytes, s) =
-                    fp8::quantize_ct(merged, q.shape[0], q.shape[1], per_tensor, *scale_dtype);
+                    fp8::quantize_ct(merged, q.shape[0], q.shape[1], layout, *scale_dtype);
                 vec![
                     (q.name.clone(), bytes),
                     (scale.clone(), dtype::encode(*scale_dtype, &s)),
@@ -538,7 +537,8 @@ impl QuantMap {
 }
 
 /// An FP8 weight whose fresh scales lorakit computes as compressed-tensors does
-/// ([`fp8::quantize_ct`]): E4M3 with a float `weight_scale` per channel or per tensor, in a
+/// ([`fp8::quantize_ct`]): E4M3 with a float `weight_scale` per channel, per tensor or in blocks
+/// that tile the weight exactly (FP8_BLOCK), in a
 /// `quant_method: compressed-tensors` checkpoint (fbgemm_fp8's per-row scales come from its GPU
 /// kernel and are not reproduced).
 fn fp8_ct_keep(
@@ -547,14 +547,23 @@ fn fp8_ct_keep(
     scale: &str,
     scale_dtype: Dtype,
     layout: &fp8::Layout,
+    shape: &[usize],
 ) -> bool {
+    let (q_rows, q_cols) = (
+        shape.first().copied().unwrap_or(0),
+        shape.get(1).copied().unwrap_or(0),
+    );
     let per_tensor = layout.grid_rows == 1 && layout.grid_cols == 1;
     let per_channel = layout.block_m == 1 && layout.grid_cols == 1;
+    // Blocks that tile the weight exactly (llm-compressor zero-pads a partial block for its
+    // observer; lorakit does not write those back yet).
+    let blocks =
+        layout.block_m * layout.grid_rows == q_rows && layout.block_n * layout.grid_cols == q_cols;
     map.method().as_deref() == Some("compressed-tensors")
         && format == Dtype::F8_E4M3
         && scale.ends_with(".weight_scale")
         && matches!(scale_dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
-        && (per_tensor || per_channel)
+        && (per_tensor || per_channel || blocks)
 }
 
 #[cfg(test)]

@@ -427,9 +427,23 @@ fn ct_fp8_requantizes_bit_exact() {
         let m = name.strip_suffix(".merged").unwrap();
         let v = ck.view(name).unwrap();
         let s = ck.view(&format!("{m}.weight_scale")).unwrap();
-        let per_tensor = s.shape.iter().product::<usize>() == 1;
-        let (q, scales) =
-            fp8::quantize_ct(&v.to_f32(), v.shape[0], v.shape[1], per_tensor, s.dtype);
+        let (rows, cols) = (v.shape[0], v.shape[1]);
+        let layout = if s.shape.iter().product::<usize>() == 1 {
+            fp8::Layout {
+                block_m: rows,
+                block_n: cols,
+                grid_rows: 1,
+                grid_cols: 1,
+            }
+        } else {
+            fp8::Layout {
+                block_m: 1,
+                block_n: cols,
+                grid_rows: rows,
+                grid_cols: 1,
+            }
+        };
+        let (q, scales) = fp8::quantize_ct(&v.to_f32(), rows, cols, &layout, s.dtype);
         let want = ck.view(&format!("{m}.weight")).unwrap().data;
         assert_same(Dtype::F8_E4M3, &q, want, m);
         assert_same(s.dtype, &stored(s.dtype, &scales), s.data, m);
