@@ -65,6 +65,8 @@ mod it {
     pub mod quant_qlora;
     /// Quantized bases: `--part` merges, requantization of the remaining formats.
     pub mod quant_requant;
+    /// Quantized bases the random sweep against the real libraries found wrong (fixtures/quant/sweep).
+    pub mod quant_sweep;
     /// Recipes: validation, dry-run, references, incremental reruns.
     pub mod recipe;
     /// Independent float64 references (Jacobi SVD, best rank-r, relative errors).

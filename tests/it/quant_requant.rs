@@ -84,7 +84,14 @@ pub(super) fn assert_merged_exactly(
 fn merge_parts_into_sharded_quantized_bases_equal_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = fixture("llama/adapters/qv_r8");
-    for model in ["nf4", "nf4_dq", "gptq3_act", "fp8_block", "awq4"] {
+    for model in [
+        "nf4",
+        "nf4_dq",
+        "nf4_bf16",
+        "gptq3_act",
+        "fp8_block",
+        "awq4",
+    ] {
         let base = sharded(dir.path(), model);
         for mode in [&[][..], &["--quant", "dequantize", "--dtype", "bf16"][..]] {
             let tag = format!("{model}{}", mode.len());

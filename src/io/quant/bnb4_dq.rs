@@ -324,9 +324,38 @@ pub fn with_offset(blob: &[u8], offset: f32) -> Option<Vec<u8>> {
     Some(out.into_bytes())
 }
 
+/// The quant_state JSON blob with its `"dtype"` value (not `"nested_dtype"`) replaced by
+/// `"float32"`, every other byte kept: the state `quantize_4bit` records for an f32 input
+/// (bitsandbytes 0.50.2 functional.py, `QuantState(…, dtype=A.dtype)`, spelled by
+/// `QuantState.as_dict` as `str(dtype).strip("torch.")`). `None` when the blob has no such key.
+pub fn with_dtype_f32(blob: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(blob).ok()?;
+    let key = "\"dtype\": \"";
+    let at = text.match_indices(key).map(|(i, _)| i).find(|&i| {
+        // The top-level key, not the tail of `"nested_dtype"`.
+        matches!(text[..i].trim_end().chars().last(), Some('{' | ','))
+    })? + key.len();
+    let len = text[at..].find('"')?;
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..at]);
+    out.push_str("float32");
+    out.push_str(&text[at + len..]);
+    Some(out.into_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dtype_rewritten_to_float32_only_at_the_top_level_key() {
+        let blob = br#"{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [4], "nested_dtype": "float32"}"#;
+        assert_eq!(
+            with_dtype_f32(blob).unwrap(),
+            br#"{"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [4], "nested_dtype": "float32"}"#
+        );
+        assert_eq!(with_dtype_f32(br#"{"nested_dtype": "float16"}"#), None);
+    }
 
     #[test]
     #[allow(clippy::excessive_precision)]

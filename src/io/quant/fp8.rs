@@ -251,19 +251,22 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, bm: usize, bn: usize) -> (V
     (q, inv)
 }
 
-/// Fresh per-channel (`layout.block_m == 1`, one column of scales) or per-tensor `weight_scale`
-/// as compressed-tensors 0.20 computes them for llm-compressor's FP8 schemes (symmetric E4M3):
-/// the weight in the scale's dtype `dt` (the dtype it was quantized from); the observer's min and
-/// max per row or over the tensor; `quantization/utils/helpers.py` `calculate_qparams`:
+/// Fresh per-channel (`layout.block_m == 1`, one column of scales), per-tensor or per-block
+/// `weight_scale` as compressed-tensors 0.20 computes them for llm-compressor's FP8 schemes
+/// (symmetric E4M3): the weight in the scale's dtype `dt` (the dtype it was quantized from); the
+/// observer's min and max per row, over the tensor, or per `block_m × block_n` block
+/// (llm-compressor `observers/helpers.py` `_flatten_weight`, strategy BLOCK: the block's
+/// elements, then `amin`/`amax`); `quantization/utils/helpers.py` `calculate_qparams`:
 /// `scale = max(|min(min, 0)|, max(max, 0)) / (896 / 2)` rounded to `dt`, `finfo(dt).eps` where
 /// 0; then `forward_helpers.py` `_quantize` with the module's zero zero point (registered by
 /// default, `force_zero_point=True`; it turns −0 into +0): `e4m3(clamp(x / scale + 0, ±448))`,
-/// each operation rounded to `dt`. Returns the E4M3 bytes and the scales (one per row, or one).
+/// each operation rounded to `dt`. Returns the E4M3 bytes and the scales (row-major over the
+/// layout's grid: one per row, one, or one per block).
 pub fn quantize_ct(
     w: &[f32],
     rows: usize,
     cols: usize,
-    per_tensor: bool,
+    layout: &Layout,
     dt: Dtype,
 ) -> (Vec<u8>, Vec<f32>) {
     let (round, eps): (fn(f32) -> f32, f32) = match dt {
@@ -277,37 +280,38 @@ pub fn quantize_ct(
         ),
         _ => (|x| x, f32::EPSILON),
     };
+    let (gr, gc) = (layout.grid_rows.max(1), layout.grid_cols.max(1));
+    // The grid cell of element (r, c): per tensor one cell, per channel one per row.
+    let (bm, bn) = (rows.div_ceil(gr).max(1), cols.div_ceil(gc).max(1));
+    let cell = |i: usize| ((i / cols) / bm).min(gr - 1) * gc + ((i % cols) / bn).min(gc - 1);
     let x: Vec<f32> = w.iter().map(|&v| round(v)).collect();
-    let scale_of = |vals: &[f32]| -> f32 {
-        let (mn, mx) = vals
-            .iter()
-            .fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
-        let s = round(mn.abs().max(mx.abs()) / 448.0);
-        if s == 0.0 {
-            eps
-        } else {
-            s
-        }
-    };
-    let scales: Vec<f32> = if per_tensor {
-        vec![scale_of(&x)]
-    } else {
-        x.chunks_exact(cols.max(1)).map(scale_of).collect()
-    };
+    let mut lo = vec![0f32; gr * gc];
+    let mut hi = vec![0f32; gr * gc];
+    for (i, &v) in x.iter().enumerate() {
+        let k = cell(i);
+        lo[k] = lo[k].min(v);
+        hi[k] = hi[k].max(v);
+    }
+    let scales: Vec<f32> = lo
+        .iter()
+        .zip(&hi)
+        .map(|(mn, mx)| {
+            let s = round(mn.abs().max(mx.abs()) / 448.0);
+            if s == 0.0 {
+                eps
+            } else {
+                s
+            }
+        })
+        .collect();
     let q = x
         .iter()
         .enumerate()
         .map(|(i, &v)| {
-            let s = if per_tensor {
-                scales[0]
-            } else {
-                scales[i / cols]
-            };
-            let scaled = round(round(v / s) + 0.0);
+            let scaled = round(round(v / scales[cell(i)]) + 0.0);
             f32_to_e4m3(scaled.clamp(-E4M3_MAX, E4M3_MAX))
         })
         .collect();
-    let _ = rows;
     (q, scales)
 }
 

@@ -396,7 +396,7 @@ impl QuantMap {
                 layout,
             } => {
                 let (rows, cols) = (q.shape[0], q.shape[1]);
-                if fp8_ct_keep(self, *format, scale, *scale_dtype, layout) {
+                if fp8_ct_keep(self, *format, scale, *scale_dtype, layout, &q.shape) {
                     None
                 } else if scale.ends_with(&format!(".{}", fp8::comfy::SCALE)) {
                     // comfy/ops.py `set_weight`: `QuantizedTensor.from_float(weight, ...,
@@ -408,7 +408,7 @@ impl QuantMap {
                     || !rows.is_multiple_of(layout.block_m)
                     || !cols.is_multiple_of(layout.block_n)
                 {
-                    Some("FP8 other than E4M3 with F32 weight_scale_inv blocks that divide the weight (transformers' Fp8Quantize) or compressed-tensors' per-channel / per-tensor weight_scale".into())
+                    Some("FP8 other than E4M3 with F32 weight_scale_inv blocks that divide the weight (transformers' Fp8Quantize) or compressed-tensors' per-channel / per-tensor / exactly tiling block weight_scale".into())
                 } else {
                     None
                 }
@@ -430,25 +430,43 @@ impl QuantMap {
         }
         Ok(match &q.scheme {
             Scheme::Bnb4(p) => {
-                // PEFT's bnb merge quantizes the merged weight in the quant_state dtype
-                // (`Params4bit(w_data, …)` with w_data = dequantized weight + delta).
-                let values = dtype::decode(p.dtype, &dtype::encode(p.dtype, merged));
-                let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, &values);
+                // PEFT 0.21.2's bnb merge (peft/tuners/lora/bnb.py `Linear4bit.merge`) quantizes
+                // `w_data = dequantize_4bit(W) + get_delta_weight()` with `Params4bit`. The
+                // adapter is f32 (PEFT's autocast_adapter_dtype, the default), so `w_data` is
+                // the f32 sum even for a 16-bit quant_state, and bitsandbytes 0.50.2
+                // (functional.py `quantize_4bit`: `QuantState(dtype=A.dtype)`) records
+                // `"dtype": "float32"` in the new state: the merged values are quantized as
+                // they are, and a 16-bit state's JSON says float32 afterwards, as PEFT's
+                // `save_pretrained` writes it.
+                let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, merged);
                 let w = &q.name;
+                let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
+                let state = &q.companions[0];
+                let as_f32 = |blob: Vec<u8>| -> Result<Vec<u8>, String> {
+                    if p.dtype == Dtype::F32 {
+                        return Ok(blob);
+                    }
+                    bnb4_dq::with_dtype_f32(&blob)
+                        .ok_or_else(|| "its quant_state has no `dtype` to update".to_owned())
+                };
                 match &p.nested {
-                    None => vec![
-                        (w.clone(), packed),
-                        (format!("{w}.absmax"), dtype::encode(Dtype::F32, &absmax)),
-                    ],
+                    None => {
+                        let mut out = vec![
+                            (w.clone(), packed),
+                            (format!("{w}.absmax"), dtype::encode(Dtype::F32, &absmax)),
+                        ];
+                        if p.dtype != Dtype::F32 {
+                            out.push((state.clone(), as_f32(data(state)?.to_vec())?));
+                        }
+                        out
+                    }
                     Some(n) => {
                         // compress_statistics: offset = mean, absmax − offset in 8 bits with the
                         // stored dynamic code (see bnb4_dq).
-                        let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
                         let code =
                             dtype::decode(Dtype::F32, data(&format!("{w}.nested_quant_map"))?);
                         let (offset, codes, nabs) =
                             bnb4_dq::compress_statistics(&absmax, &code, n.blocksize);
-                        let state = &q.companions[0];
                         let blob = bnb4_dq::with_offset(data(state)?, offset)
                             .ok_or("its quant_state has no nested_offset number to update")?;
                         vec![
@@ -458,7 +476,7 @@ impl QuantMap {
                                 format!("{w}.nested_absmax"),
                                 dtype::encode(Dtype::F32, &nabs),
                             ),
-                            (state.clone(), blob),
+                            (state.clone(), as_f32(blob)?),
                         ]
                     }
                 }
@@ -468,10 +486,9 @@ impl QuantMap {
                 scale_dtype,
                 layout,
                 format,
-            } if fp8_ct_keep(self, *format, scale, *scale_dtype, layout) => {
-                let per_tensor = layout.grid_rows == 1 && layout.grid_cols == 1;
+            } if fp8_ct_keep(self, *format, scale, *scale_dtype, layout, &q.shape) => {
                 let (bytes, s) =
-                    fp8::quantize_ct(merged, q.shape[0], q.shape[1], per_tensor, *scale_dtype);
+                    fp8::quantize_ct(merged, q.shape[0], q.shape[1], layout, *scale_dtype);
                 vec![
                     (q.name.clone(), bytes),
                     (scale.clone(), dtype::encode(*scale_dtype, &s)),
@@ -520,7 +537,8 @@ impl QuantMap {
 }
 
 /// An FP8 weight whose fresh scales lorakit computes as compressed-tensors does
-/// ([`fp8::quantize_ct`]): E4M3 with a float `weight_scale` per channel or per tensor, in a
+/// ([`fp8::quantize_ct`]): E4M3 with a float `weight_scale` per channel, per tensor or in blocks
+/// that tile the weight exactly (FP8_BLOCK), in a
 /// `quant_method: compressed-tensors` checkpoint (fbgemm_fp8's per-row scales come from its GPU
 /// kernel and are not reproduced).
 fn fp8_ct_keep(
@@ -529,14 +547,23 @@ fn fp8_ct_keep(
     scale: &str,
     scale_dtype: Dtype,
     layout: &fp8::Layout,
+    shape: &[usize],
 ) -> bool {
+    let (q_rows, q_cols) = (
+        shape.first().copied().unwrap_or(0),
+        shape.get(1).copied().unwrap_or(0),
+    );
     let per_tensor = layout.grid_rows == 1 && layout.grid_cols == 1;
     let per_channel = layout.block_m == 1 && layout.grid_cols == 1;
+    // Blocks that tile the weight exactly (llm-compressor zero-pads a partial block for its
+    // observer; lorakit does not write those back yet).
+    let blocks =
+        layout.block_m * layout.grid_rows == q_rows && layout.block_n * layout.grid_cols == q_cols;
     map.method().as_deref() == Some("compressed-tensors")
         && format == Dtype::F8_E4M3
         && scale.ends_with(".weight_scale")
         && matches!(scale_dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
-        && (per_tensor || per_channel)
+        && (per_tensor || per_channel || blocks)
 }
 
 #[cfg(test)]

@@ -32,6 +32,11 @@ pub trait Sink: Send {
     fn begin(&mut self, name: &str) -> InputResult<()>;
     /// Appends the next bytes of the tensor begun last.
     fn write_result_chunk(&mut self, data: &[u8]) -> InputResult<()>;
+    /// Writes the whole of the next tensor, `name`, as opaque bytes, unchecked: packed codes
+    /// stored under a float dtype (bitsandbytes' `bnb_4bit_quant_storage`), not float values.
+    fn write_packed(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
+        self.write_tensor(name, data)
+    }
     /// Writes the whole of the next tensor, `name`, as the bytes of `src`.
     fn copy_tensor(&mut self, name: &str, src: Extent) -> InputResult<()>;
     /// Flushes and fsyncs; returns the bytes written.
@@ -50,6 +55,10 @@ impl Sink for FileWriter<'_> {
     fn write_result_chunk(&mut self, data: &[u8]) -> InputResult<()> {
         FileWriter::write_result_chunk(self, data)
     }
+    fn write_packed(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
+        FileWriter::begin(self, name)?;
+        FileWriter::write_chunk(self, data)
+    }
     fn copy_tensor(&mut self, name: &str, src: Extent) -> InputResult<()> {
         FileWriter::copy_tensor(self, name, src)
     }
@@ -60,6 +69,7 @@ impl Sink for FileWriter<'_> {
 
 enum Msg<'a> {
     Tensor(String, Vec<u8>),
+    Packed(String, Vec<u8>),
     Begin(String),
     Chunk(Vec<u8>),
     /// Bytes the sender keeps owning; it waits on `done` before they may change or go.
@@ -117,6 +127,11 @@ impl<'a> Pipe<'a> {
     /// [`FileWriter::write_tensor`] on the writer thread.
     pub fn write_tensor(&mut self, name: &str, data: Vec<u8>) -> anyhow::Result<()> {
         self.send_owned(Msg::Tensor(name.to_owned(), data))
+    }
+
+    /// [`Sink::write_packed`] on the writer thread: opaque packed codes, not checked as floats.
+    pub fn write_packed(&mut self, name: &str, data: Vec<u8>) -> anyhow::Result<()> {
+        self.send_owned(Msg::Packed(name.to_owned(), data))
     }
 
     /// [`FileWriter::begin`] on the writer thread: a result tensor whose bytes follow in pieces
@@ -184,6 +199,11 @@ pub fn pipelined<'a, W: Sink>(
                     Msg::Tensor(name, data) => {
                         let _t = profile::time(Stage::Write);
                         w.write_tensor(&name, &data)?;
+                        let _ = ack.send(());
+                    }
+                    Msg::Packed(name, data) => {
+                        let _t = profile::time(Stage::Write);
+                        w.write_packed(&name, &data)?;
                         let _ = ack.send(());
                     }
                     Msg::Begin(name) => w.begin(&name)?,

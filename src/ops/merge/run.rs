@@ -90,7 +90,19 @@ impl MergePlan {
                     if keep {
                         if let Some(bytes) = self.requantized_piece(engine, name, &mut pending)? {
                             bar.inc(bytes.len() as u64);
-                            w.write_tensor(name, bytes)?;
+                            // The quantized codes themselves are opaque bytes, even under a
+                            // float dtype (bnb_4bit_quant_storage float32/f16/bf16 stores the
+                            // packed nibbles as F32/F16/BF16, where random codes read as NaN);
+                            // the float companions (absmax, scales) are checked as results.
+                            let codes = self
+                                .quant
+                                .get(self.quant.logical_name(name))
+                                .is_some_and(|q| q.stored == *name);
+                            if codes {
+                                w.write_packed(name, bytes)?;
+                            } else {
+                                w.write_tensor(name, bytes)?;
+                            }
                             if self.quant.get(self.quant.logical_name(name)).is_some() {
                                 requantized += 1;
                                 merged += 1;
@@ -431,8 +443,8 @@ impl MergePlan {
         Ok(pending.bytes.remove(name))
     }
 
-    /// With `QuantOutput::Keep`: the quant_state blobs of merged double-quant weights whose new
-    /// JSON has another length than the stored one (name → new length). Merges and requantizes
+    /// With `QuantOutput::Keep`: the quant_state blobs of merged double-quant or 16-bit
+    /// weights whose new JSON has another length than the stored one (name → new length). Merges and requantizes
     /// each such weight once more than the write does, and keeps nothing else.
     fn resized_states(&self, engine: &backend::Engine) -> Result<BTreeMap<String, usize>> {
         let mut out = BTreeMap::new();
@@ -440,9 +452,13 @@ impl MergePlan {
             let crate::io::quant::Scheme::Bnb4(p) = &q.scheme else {
                 continue;
             };
-            let (Some(_), Some(Action::Merge(_))) = (&p.nested, self.actions.get(&q.name)) else {
+            // A double-quant state gets a new offset, a 16-bit one `"dtype": "float32"`.
+            let Some(Action::Merge(_)) = self.actions.get(&q.name) else {
                 continue;
             };
+            if p.nested.is_none() && p.dtype == Dtype::F32 {
+                continue;
+            }
             let mut pending = Requantized::default();
             let state = &q.companions[0];
             if let Some(blob) = self.requantized_piece(engine, state, &mut pending)? {

@@ -107,9 +107,20 @@ impl MergePlan {
                 &replaced
             }
             (None, Some(q)) => {
-                // A quantized base: merge into what it dequantizes to.
+                // A quantized base: merge into what it dequantizes to. bitsandbytes 4-bit
+                // dequantizes to its quant_state dtype (bitsandbytes 0.50.2 functional.py
+                // `dequantize_4bit`: `out` in `quant_state.dtype`), and PEFT 0.21.2 merges into
+                // that (peft/tuners/lora/bnb.py `Linear4bit.merge`: `dequantize_bnb_weight(…) +
+                // get_delta_weight(…)`, an f32 sum when the adapter is f32): a 16-bit state's
+                // dequantization is rounded to it first, as a 16-bit float base would be stored.
+                let mut w0 = self.quant.dequantize(&self.base, q)?;
+                if let crate::io::quant::Scheme::Bnb4(p) = &q.scheme {
+                    if p.dtype != Dtype::F32 {
+                        w0 = dtype::decode(p.dtype, &dtype::encode(p.dtype, &w0));
+                    }
+                }
                 in_dtype = Dtype::F32;
-                replaced = dtype::encode(in_dtype, &self.quant.dequantize(&self.base, q)?);
+                replaced = dtype::encode(in_dtype, &w0);
                 &replaced
             }
             (None, None) => match &self.options.as_trained_on {
