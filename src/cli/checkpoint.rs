@@ -136,8 +136,9 @@ pub struct MergeArgs {
     /// in weight_scale_inv blocks with fresh scales as transformers' Fp8Quantize; GPTQ and AWQ by
     /// round-to-nearest with the checkpoint's own scales, zeros and g_idx, as their packers
     /// compute it: not a new calibration; compressed-tensors pack-quantized the same way with
-    /// its scales and zero points, as its compressor rounds; compressed-tensors FP8 per channel
-    /// or per tensor with fresh min/max scales as its calculate_qparams), and copies every other tensor byte for byte,
+    /// its scales and zero points, as its compressor rounds; compressed-tensors FP8 per channel,
+    /// per tensor or per block (blocks that tile the weight exactly) with fresh min/max scales
+    /// as its calculate_qparams), and copies every other tensor byte for byte,
     /// quantization_config kept; formats lorakit cannot requantize are refused before anything
     /// is written. `dequantize` writes every quantized weight as float (--dtype; keep
     /// = the dtype its library dequantizes to), drops the scales and removes
@@ -216,14 +217,17 @@ fn parse_blocksize(s: &str) -> Result<usize, String> {
 
 /// Write a quantized checkpoint back to floating point.
 ///
-/// Recognises bitsandbytes 4-bit (NF4/FP4, with or without double quantization) and LLM.int8
-/// weights as transformers saves them, and FP8 (F8_E4M3/F8_E5M2) weights with `weight_scale_inv`
-/// (per 128×128 block, DeepSeek/Qwen FP8) or `weight_scale` (per tensor or channel). Each weight
+/// Recognises bitsandbytes 4-bit (NF4/FP4, with or without double quantization, any
+/// bnb_4bit_quant_storage) and LLM.int8 weights as transformers saves them; FP8
+/// (F8_E4M3/F8_E5M2) weights with `weight_scale_inv` (per 128×128 block, DeepSeek/Qwen FP8) or
+/// `weight_scale` (per tensor, channel or compressed-tensors block); GPTQ (v1/v2) and AWQ (GEMM)
+/// `qweight` with their scales, zeros and g_idx; compressed-tensors pack-quantized. Each weight
 /// is dequantized exactly as its library does (bit for bit in f32) and rounded once to the
 /// output dtype; the companion tensors (absmax, quant_map, quant_state, SCB, scales) are
 /// dropped; every other tensor is copied byte for byte. The output mirrors the input (a file
 /// for a file, the same shards for a folder) and config.json is copied without its
-/// `quantization_config`. GPTQ/AWQ (`qweight`) is refused.
+/// `quantization_config`. A layout lorakit cannot read (another GPTQ/AWQ packing, MX formats)
+/// is refused naming the tensor.
 ///
 /// Examples:
 ///   lorakit dequantize model-bnb-4bit/ --out model-f16/ --dtype f16
