@@ -6,20 +6,38 @@ use super::*;
 
 /// `lorakit check ADAPTER --base fixtures/gguf/hf_qwen3 --target llama.cpp --json`.
 fn check_llamacpp(adapter: &str) -> serde_json::Value {
-    let out = run_exit(
-        [
-            "check",
-            &g(adapter),
-            "--base",
-            &g("hf_qwen3"),
-            "--target",
-            "llama.cpp",
-            "--json",
-        ],
-        1,
+    check_llamacpp_on(adapter, "hf_qwen3")
+}
+
+/// The llama.cpp target's part of [`check_llamacpp_report`].
+fn check_llamacpp_on(adapter: &str, base: &str) -> serde_json::Value {
+    check_llamacpp_report(adapter, base)["targets"][0].clone()
+}
+
+/// `lorakit check ADAPTER --base BASE --target llama.cpp --json` (both under fixtures/gguf/,
+/// exit 1: something does not apply): the whole report.
+fn check_llamacpp_report(adapter: &str, base: &str) -> serde_json::Value {
+    let args = ["--base", &g(base), "--target", "llama.cpp", "--json"];
+    let out = run_exit(check_args(Path::new(&g(adapter)), &args), 1);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The report `t` says the adapter loads but does not apply whole, for one finding only:
+/// `llama.cpp.gemma_lm_head` on `items`.
+fn assert_loads_without_the_gemma_head(t: &serde_json::Value, items: serde_json::Value) {
+    assert_eq!(
+        (t["loads"].as_bool(), t["applies_all"].as_bool()),
+        (Some(true), Some(false)),
+        "{t}"
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["targets"][0].clone()
+    let rules: Vec<&str> = t["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["llama.cpp.gemma_lm_head"], "{t}");
+    assert_eq!(t["findings"][0]["items"], items, "{t}");
 }
 
 /// An `lm_head` LoRA on a base with tied embeddings: llama.cpp's converter writes the pair as
@@ -131,38 +149,9 @@ fn gemma_lm_head_lora_is_dropped_not_refused_by_llama_cpp() {
     assert!(lc.get("output.weight.lora_a").is_none());
     assert!(lc.get("blk.0.attn_q.weight.lora_a").is_some());
 
-    let out = run_exit(
-        [
-            "check",
-            &g("hf_gemma/lm_head"),
-            "--base",
-            &g("hf_gemma"),
-            "--target",
-            "llama.cpp",
-            "--json",
-        ],
-        1,
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = check_llamacpp_report("hf_gemma/lm_head", "hf_gemma");
     assert_eq!(v["base"]["tie_word_embeddings"], true, "{v}");
-    let t = &v["targets"][0];
-    assert_eq!(
-        (t["loads"].as_bool(), t["applies_all"].as_bool()),
-        (Some(true), Some(false)),
-        "{t}"
-    );
-    let rules: Vec<&str> = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["rule"].as_str().unwrap())
-        .collect();
-    assert_eq!(rules, ["llama.cpp.gemma_lm_head"], "{t}");
-    assert_eq!(
-        t["findings"][0]["items"],
-        serde_json::json!(["lm_head"]),
-        "{t}"
-    );
+    assert_loads_without_the_gemma_head(&v["targets"][0], serde_json::json!(["lm_head"]));
 }
 
 /// `modules_to_save = ["lm_head"]` on a Gemma2: the same `filter_tensors` drops the full
@@ -176,35 +165,6 @@ fn gemma_modules_to_save_lm_head_is_dropped_not_refused_by_llama_cpp() {
     assert_eq!(names.len(), 4, "{names:?}");
     assert!(names.iter().all(|n| n.contains("attn_q")), "{names:?}");
 
-    let out = run_exit(
-        [
-            "check",
-            &g("hf_gemma2/lm_head_saved"),
-            "--base",
-            &g("hf_gemma2"),
-            "--target",
-            "llama.cpp",
-            "--json",
-        ],
-        1,
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let t = &v["targets"][0];
-    assert_eq!(
-        (t["loads"].as_bool(), t["applies_all"].as_bool()),
-        (Some(true), Some(false)),
-        "{t}"
-    );
-    let rules: Vec<&str> = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["rule"].as_str().unwrap())
-        .collect();
-    assert_eq!(rules, ["llama.cpp.gemma_lm_head"], "{t}");
-    assert_eq!(
-        t["findings"][0]["items"],
-        serde_json::json!(["lm_head.weight"]),
-        "{t}"
-    );
+    let t = check_llamacpp_on("hf_gemma2/lm_head_saved", "hf_gemma2");
+    assert_loads_without_the_gemma_head(&t, serde_json::json!(["lm_head.weight"]));
 }
