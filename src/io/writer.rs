@@ -7,10 +7,14 @@
 //! and the folder fsynced. Until then the destination is untouched: an error, a panic, SIGINT,
 //! SIGTERM or a kill leaves either the old files or nothing, never a truncated one.
 //!
-//! Speed: bytes already written are handed to the kernel's writeback as a file grows
-//! (`WRITE_BEHIND`), so its one fsync waits only for the tail; tensors copied unchanged from
-//! an input go file to file inside the kernel ([`FileWriter::copy_tensor`]); [`pipelined`]
-//! writes a file on its own thread while the caller computes the next tensor.
+//! Speed: where the file system takes it (Linux `O_DIRECT`), a file's bytes, tensors copied
+//! unchanged from an input included, are written to the disk from one aligned buffer without
+//! passing through the page cache (`direct.rs`: the buffered path's copy into fresh page-cache
+//! pages was the merge's "writer stall"); elsewhere bytes already written are handed to the
+//! kernel's writeback as a file grows (`WRITE_BEHIND`), so its one fsync waits only for the
+//! tail, and tensors copied unchanged go file to file inside the kernel
+//! ([`FileWriter::copy_tensor`]). [`pipelined`] writes a file on its own thread while the
+//! caller computes the next tensor.
 //!
 //! All or nothing across files: before a file is replaced its old version is kept as a hard
 //! link (`.NAME.lorakit-PID.old`); if any rename fails, every file this commit renamed is put
@@ -35,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 mod aliasing;
+mod direct;
 mod file;
 mod pipe;
 mod spec;
@@ -196,7 +201,7 @@ impl Output {
         specs: Vec<TensorSpec>,
     ) -> InputResult<FileWriter<'_>> {
         let tmp = self.start(path)?;
-        let mut stream = file::Stream::new(path, create_new(&tmp, path)?);
+        let mut stream = file::Stream::new(path, create_new(&tmp, path)?, &tmp);
         let triples: Vec<(String, Dtype, Vec<usize>)> = specs
             .iter()
             .map(|s| (s.name.clone(), s.dtype, s.shape.clone()))
@@ -217,7 +222,7 @@ impl Output {
     /// every other output.
     pub fn raw_file(&mut self, path: &Path) -> InputResult<RawFile<'_>> {
         let tmp = self.start(path)?;
-        let stream = file::Stream::new(path, create_new(&tmp, path)?);
+        let stream = file::Stream::new(path, create_new(&tmp, path)?, &tmp);
         Ok(RawFile {
             written: &mut self.bytes,
             stream,

@@ -4,6 +4,7 @@
 //! writes, kernel copies, early writeback, the durable close), so the two cannot drift in how bytes
 //! reach the disk. Committing, locking and cleanup stay in the parent module.
 
+use super::direct::{Direct, Staged};
 use super::spec::TensorSpec;
 use crate::dtype;
 use crate::error::{InputError, InputResult};
@@ -48,43 +49,100 @@ pub(super) struct Stream {
     w: BufWriter<File>,
     bytes: u64,
     behind: WriteBehind,
+    /// Where the file system takes them, every byte goes through direct I/O instead of `w`
+    /// ([`Direct`]); `None` from the start, or from a refusal on.
+    direct: Option<Direct>,
 }
 
 impl Stream {
-    /// A stream into `file` (the temporary file of `dest`), through an 8 MiB buffer.
-    pub(super) fn new(dest: &Path, file: File) -> Stream {
+    /// A stream into `file` (the temporary file `tmp` of `dest`, just created): through direct
+    /// I/O where the file system takes it ([`Direct`]), else through an 8 MiB buffer.
+    pub(super) fn new(dest: &Path, file: File, tmp: &Path) -> Stream {
         Stream {
             dest: dest.to_path_buf(),
             w: BufWriter::with_capacity(8 << 20, file),
             bytes: 0,
             behind: WriteBehind::default(),
+            direct: Direct::open(tmp),
         }
     }
 
     /// Appends `data`.
-    pub(super) fn write_all(&mut self, data: &[u8]) -> InputResult<()> {
+    pub(super) fn write_all(&mut self, mut data: &[u8]) -> InputResult<()> {
         self.bytes += data.len() as u64;
+        if let Some(d) = &mut self.direct {
+            match d.append(self.w.get_ref(), &self.dest, data)? {
+                (_, Staged::Done) => return Ok(()),
+                (taken, Staged::Refused) => {
+                    self.leave_direct()?;
+                    data = &data[taken..];
+                }
+            }
+        }
         self.w
             .write_all(data)
             .map_err(|e| InputError::write(&self.dest, e))?;
         self.behind.after(&mut self.w, &self.dest, self.bytes)
     }
 
-    /// Appends the bytes of `src`, copied by the kernel ([`kernel_copy`], with its read/write
-    /// fallback); `name` is the tensor they hold.
-    fn copy(&mut self, name: &str, src: Extent) -> InputResult<()> {
-        kernel_copy(&mut self.w, &self.dest, name, src)?;
+    /// Appends the bytes of `src`: read into the direct-I/O buffer ([`Direct::append_from`]),
+    /// or copied by the kernel ([`kernel_copy`], with its read/write fallback); `name` is the
+    /// tensor they hold.
+    pub(super) fn copy(&mut self, name: &str, mut src: Extent) -> InputResult<()> {
         self.bytes += src.len;
+        if let Some(d) = &mut self.direct {
+            match d.append_from(self.w.get_ref(), &self.dest, src, name)? {
+                (_, Staged::Done) => return Ok(()),
+                (taken, Staged::Refused) => {
+                    self.leave_direct()?;
+                    src.offset += taken;
+                    src.len -= taken;
+                }
+            }
+        }
+        kernel_copy(&mut self.w, &self.dest, name, src)?;
         self.behind.after(&mut self.w, &self.dest, self.bytes)
+    }
+
+    /// A stream with the direct side given (tests: `None`, or one set to refuse).
+    #[cfg(test)]
+    pub(super) fn with_direct(dest: &Path, file: File, direct: Option<Direct>) -> Stream {
+        Stream {
+            direct,
+            ..Stream::new(dest, file, Path::new("/nonexistent/lorakit-test"))
+        }
+    }
+
+    /// Whether bytes still go through direct I/O (tests).
+    #[cfg(test)]
+    pub(super) fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// After a refused direct write (whose staged bytes [`Direct`] wrote through `w`'s file):
+    /// the buffered path from the end of those bytes on.
+    fn leave_direct(&mut self) -> InputResult<()> {
+        use std::io::{Seek, SeekFrom};
+        let d = self.direct.take().expect("called in direct mode");
+        let at = d.written_to();
+        drop(d);
+        self.w
+            .seek(SeekFrom::Start(at))
+            .map_err(|e| InputError::write(&self.dest, e))?;
+        self.behind.behind = at & !(PAGE - 1);
+        Ok(())
     }
 
     /// Flushes, waits for the writeback hand-offs already made and fsyncs the file: the end of
     /// every output file, safetensors or not. Returns the bytes written.
-    fn close(mut self) -> InputResult<u64> {
+    pub(super) fn close(mut self) -> InputResult<u64> {
         let file = self
             .w
             .into_inner()
             .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        if let Some(d) = self.direct.take() {
+            d.finish(&file, &self.dest)?;
+        }
         self.behind.stop();
         file.sync_all()
             .map_err(|e| InputError::write(&self.dest, e))?;
