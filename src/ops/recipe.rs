@@ -111,11 +111,9 @@ impl Share {
             return Share::Finalize;
         }
         let v = argv.iter().enumerate().find_map(|(i, a)| {
-            a.strip_prefix("--part=").map(str::to_owned).or_else(|| {
-                (a == "--part")
-                    .then(|| argv.get(i + 1).cloned())
-                    .flatten()
-            })
+            a.strip_prefix("--part=")
+                .map(str::to_owned)
+                .or_else(|| (a == "--part").then(|| argv.get(i + 1).cloned()).flatten())
         });
         match v.map(|v| crate::parts::parse_part(&v)) {
             Some(Ok((i, n))) => Share::Part(i, n),
@@ -575,7 +573,14 @@ fn input_files(s: &Step, out: &Path, own: &[&str]) -> Vec<PathBuf> {
     if out.is_dir() {
         beside(out, &mut v);
     } else if let Some(d) = out.parent() {
-        beside(if d.as_os_str().is_empty() { Path::new(".") } else { d }, &mut v);
+        beside(
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            &mut v,
+        );
     }
     v.retain(|f| !is_record(f) && !own.contains(&f.display().to_string().as_str()));
     v.sort();

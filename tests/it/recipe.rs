@@ -374,8 +374,14 @@ fn split_merge_steps_and_finalize_rerun_only_when_their_inputs_change() {
     let merged = dir.path().join("out/merged");
     let visible = |d: &Path| {
         let names = listing(d);
-        assert!(!names.iter().any(|n| n.contains("lorakit-part")), "{names:?}");
-        names.into_iter().filter(|n| !n.starts_with('.')).collect::<Vec<_>>()
+        assert!(
+            !names.iter().any(|n| n.contains("lorakit-part")),
+            "{names:?}"
+        );
+        names
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect::<Vec<_>>()
     };
     assert_eq!(
         visible(&merged),
@@ -388,8 +394,7 @@ fn split_merge_steps_and_finalize_rerun_only_when_their_inputs_change() {
 
     // A different alpha: the parts and their finalize rerun, the other merge does not.
     let cfg = copy.join("adapter_config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
     let alpha = v["lora_alpha"].as_f64().unwrap();
     v["lora_alpha"] = (2.0 * alpha).into();
     std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
@@ -397,7 +402,10 @@ fn split_merge_steps_and_finalize_rerun_only_when_their_inputs_change() {
         ran_and_skipped(&r),
         (all[..3].to_vec(), vec!["other".to_string()])
     );
-    assert_ne!(std::fs::read(merged.join("model.safetensors")).unwrap(), joined);
+    assert_ne!(
+        std::fs::read(merged.join("model.safetensors")).unwrap(),
+        joined
+    );
     assert_eq!(visible(&merged).len(), 3);
     assert_eq!(ran_and_skipped(&r), (vec![], all));
 }
