@@ -358,6 +358,23 @@ fn merge_keep_refuses_partial_weight_scale_inv_blocks_with_the_reason() {
         ],
     );
     merge_qv_r8_into(&model, &out, &["--quant", "dequantize", "-q"]);
+
+    // Blocks larger than the weight (one scale each, 128x128 over weights of at most 128x128
+    // that are not all 128x128): a partial block as well.
+    let one = edited(dir.path(), "fp8_block", |t| {
+        for (n, s) in t.iter_mut() {
+            if n.ends_with("weight_scale_inv") {
+                s.shape = vec![1, 1];
+                s.data = 1f32.to_le_bytes().to_vec();
+            }
+        }
+    });
+    let cfg = one.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["quantization_config"]["weight_block_size"] = serde_json::json!([128, 128]);
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let e = merge_qv_r8_refused(&one, &dir.path().join("o2"), &[]);
+    assert_mentions(&e, &["partial 128x128 weight_scale_inv blocks"]);
 }
 
 #[test]

@@ -407,17 +407,22 @@ impl QuantMap {
                     || !scale.ends_with("_scale_inv")
                 {
                     Some("FP8 other than E4M3 with F32 weight_scale_inv blocks (transformers' Fp8Quantize) or compressed-tensors' per-channel / per-tensor / block weight_scale".into())
-                } else if !rows.is_multiple_of(layout.block_m)
-                    || !cols.is_multiple_of(layout.block_n)
+                } else if let Some((bm, bn)) = self
+                    .config_block()
+                    .ok()
+                    .flatten()
+                    .or(Some((layout.block_m, layout.block_n)))
+                    .filter(|&(bm, bn)| !rows.is_multiple_of(bm) || !cols.is_multiple_of(bn))
                 {
+                    // Blocks that do not tile the weight, a weight smaller than one block (stored
+                    // with one scale) included.
                     // DeepSeek-V3 publishes only its dequantizer (inference/kernel.py
                     // `weight_dequant`, masked to the valid region; fp8_cast_bf16.py, commit
                     // 9b4e9788e4a3a731f7567338ed15d3ec549ce03b); transformers 5.24's
                     // `Fp8Quantize._quantize_one` returns such a weight unquantized and its
                     // `Fp8Dequantize._dequantize_one` raises on it.
                     Some(format!(
-                        "its {rows}x{cols} weight has partial {}x{} weight_scale_inv blocks, and no producer publishes how it scales a partial block (DeepSeek-V3's inference/kernel.py has only weight_dequant; transformers' Fp8Quantize leaves such weights unquantized)",
-                        layout.block_m, layout.block_n
+                        "its {rows}x{cols} weight has partial {bm}x{bn} weight_scale_inv blocks, and no producer publishes how it scales a partial block (DeepSeek-V3's inference/kernel.py has only weight_dequant; transformers' Fp8Quantize leaves such weights unquantized)"
                     ))
                 } else {
                     None
