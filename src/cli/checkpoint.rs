@@ -137,7 +137,7 @@ pub struct MergeArgs {
     /// round-to-nearest with the checkpoint's own scales, zeros and g_idx, as their packers
     /// compute it: not a new calibration; compressed-tensors pack-quantized the same way with
     /// its scales and zero points, as its compressor rounds; compressed-tensors FP8 per channel,
-    /// per tensor or per block (blocks that tile the weight exactly) with fresh min/max scales
+    /// per tensor or per block (partial edge blocks included) with fresh min/max scales
     /// as its calculate_qparams), and copies every other tensor byte for byte,
     /// quantization_config kept; formats lorakit cannot requantize are refused before anything
     /// is written. `dequantize` writes every quantized weight as float (--dtype; keep

@@ -29,7 +29,11 @@
 //! or copying an input does not rerun, editing one does), and output files with the sizes and
 //! mtimes recorded when the step finished (an edited output is rewritten). `--trust-mtime` takes
 //! an input whose size and mtime match the record as unchanged without rehashing it (for very
-//! large checkpoints); `--force` runs everything.
+//! large checkpoints); `--force` runs everything. Steps that share one output — the parts of a
+//! `--part I/N` command and the `finalize` step that joins them — each keep their own record
+//! (`.lorakit-step-part-I-of-N.json`, `.lorakit-step-finalize.json`) and own only the files they
+//! created or rewrote; `finalize` reads its output (every file there but its own, the parts'
+//! hidden manifests included), so parts that ran again make it run again.
 //!
 //! Must not print or parse a command line itself: steps are parsed, checked, run and reported
 //! through the [`Commands`] the front end implements (the binary's runs every step through the same
@@ -85,6 +89,46 @@ pub struct Step {
     pub argv: Vec<String>,
     pub inputs: Vec<String>,
     pub out: Option<String>,
+    /// Whether the step writes its output alone or shares it.
+    pub share: Share,
+}
+
+/// How a step shares its output with other steps of the recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Share {
+    /// The step writes its whole output.
+    Whole,
+    /// `--part I/N`: the parts of one command write their files into one output.
+    Part(usize, usize),
+    /// `finalize OUT`: joins the parts in their output (which it also reads).
+    Finalize,
+}
+
+impl Share {
+    fn of(command: &str, argv: &[String]) -> Share {
+        if command == "finalize" {
+            return Share::Finalize;
+        }
+        let v = argv.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix("--part=")
+                .map(str::to_owned)
+                .or_else(|| (a == "--part").then(|| argv.get(i + 1).cloned()).flatten())
+        });
+        match v.map(|v| crate::parts::parse_part(&v)) {
+            Some(Ok((i, n))) => Share::Part(i, n),
+            _ => Share::Whole,
+        }
+    }
+
+    /// The tag of the step's own provenance record (`.lorakit-step{tag}.json`).
+    fn record_tag(self) -> String {
+        match self {
+            Share::Whole => String::new(),
+            Share::Part(i, n) => format!("-part-{i}-of-{n}"),
+            Share::Finalize => "-finalize".into(),
+        }
+    }
 }
 
 /// A step's line in `--dry-run`.
@@ -223,12 +267,14 @@ pub fn load(path: &Path, commands: &dyn Commands) -> Result<Vec<Step>> {
             mine.insert("out".into(), o.clone());
         }
         values.insert(name.clone(), mine);
+        let share = Share::of(&command, &argv);
         out.push(Step {
             name,
             command,
             argv,
             inputs,
             out: out_val,
+            share,
         });
     }
     // Every input exists now or is an earlier step's output.
@@ -249,7 +295,7 @@ pub fn load(path: &Path, commands: &dyn Commands) -> Result<Vec<Step>> {
                 ));
             }
         }
-        if let Some(o) = &s.out {
+        if let (Some(o), false) = (&s.out, s.share == Share::Finalize) {
             if s.inputs.iter().any(|inp| inp == o) {
                 bail!(crate::error::InputError::invalid(
                     path,
@@ -292,24 +338,15 @@ fn check_outputs(path: &Path, steps: &[Step]) -> Result<()> {
                     .as_deref()
                     .is_some_and(|o| Path::new(inp).starts_with(o))
             });
-            if let (false, Some(c)) = (produced, place(Path::new(inp))) {
+            // `finalize OUT` reads the output it completes.
+            let own = s.share == Share::Finalize && s.out.as_ref() == Some(inp);
+            if let (false, false, Some(c)) = (produced, own, place(Path::new(inp))) {
                 reads.push((c, inp.clone()));
             }
         }
     }
     // `--part I/N` of one step: parts I ≠ J of the same N write their own part files into
-    // one output folder (`finalize` joins them), so they share an output legitimately.
-    let part = |s: &Step| -> Option<(String, String)> {
-        let v = s.argv.iter().enumerate().find_map(|(i, a)| {
-            a.strip_prefix("--part=").map(str::to_owned).or_else(|| {
-                (a == "--part")
-                    .then(|| s.argv.get(i + 1).cloned())
-                    .flatten()
-            })
-        })?;
-        let (i, n) = v.split_once('/')?;
-        Some((i.trim().to_owned(), n.trim().to_owned()))
-    };
+    // one output folder and one `finalize` joins them, so they share an output legitimately.
     let mut written: Vec<(PathBuf, &Step)> = Vec::new();
     for s in steps {
         let Some(c) = s.out.as_deref().and_then(|o| place(Path::new(o))) else {
@@ -322,8 +359,9 @@ fn check_outputs(path: &Path, steps: &[Step]) -> Result<()> {
                 s.name
             )));
         }
-        let other_parts = |t: &Step| match (part(t), part(s)) {
-            (Some((i, n)), Some((j, m))) => n == m && i != j && t.command == s.command,
+        let other_parts = |t: &Step| match (t.share, s.share) {
+            (Share::Part(i, n), Share::Part(j, m)) => n == m && i != j && t.command == s.command,
+            (Share::Part(..), Share::Finalize) | (Share::Finalize, Share::Part(..)) => true,
             _ => false,
         };
         if let Some((_, other)) = written.iter().find(|(w, t)| *w == c && !other_parts(t)) {
@@ -388,14 +426,24 @@ fn resolve_if_path(base: &Path, flag: &str, v: &str) -> String {
     }
 }
 
-fn provenance_path(out: &Path) -> PathBuf {
+/// The step's own provenance record: `OUT/.lorakit-step{tag}.json` for a folder,
+/// `OUT.lorakit-step{tag}.json` beside a file, the tag naming a part (`-part-I-of-N`) or a
+/// finalize (`-finalize`) so that steps sharing an output never read each other's record.
+fn provenance_path(s: &Step, out: &Path) -> PathBuf {
+    let name = format!(".lorakit-step{}.json", s.share.record_tag());
     if out.is_dir() {
-        out.join(".lorakit-step.json")
+        out.join(name)
     } else {
-        let mut s = out.as_os_str().to_owned();
-        s.push(".lorakit-step.json");
-        PathBuf::from(s)
+        let mut p = out.as_os_str().to_owned();
+        p.push(&name[..]);
+        PathBuf::from(p)
     }
+}
+
+/// A step's provenance record (of this or an older naming), never an input or output file.
+fn is_record(f: &Path) -> bool {
+    f.file_name()
+        .is_some_and(|n| n.to_string_lossy().contains(".lorakit-step"))
 }
 
 /// Version of the provenance record.
@@ -472,15 +520,21 @@ fn record(path: &Path, hash: bool) -> Result<FileRecord> {
     })
 }
 
-/// The provenance of a step that has just run.
-fn provenance(s: &Step, out: &Path) -> Result<Provenance> {
-    let inputs = files_of(&s.inputs)
-        .iter()
-        .map(|f| record(f, true))
-        .collect::<Result<_>>()?;
-    let outputs = output_files(out)
+/// The provenance of a step that has just run; `before`, its output's files as they were
+/// before it ran.
+fn provenance(s: &Step, out: &Path, before: &[FileRecord]) -> Result<Provenance> {
+    let mut outputs: Vec<FileRecord> = output_files(out)
         .iter()
         .map(|f| record(f, false))
+        .collect::<Result<_>>()?;
+    if s.share != Share::Whole {
+        // A step sharing its output owns the files it created or rewrote.
+        outputs.retain(|r| !before.contains(r));
+    }
+    let own: Vec<&str> = outputs.iter().map(|r| r.path.as_str()).collect();
+    let inputs = input_files(s, out, &own)
+        .iter()
+        .map(|f| record(f, true))
         .collect::<Result<_>>()?;
     Ok(Provenance {
         version: PROVENANCE_VERSION,
@@ -490,13 +544,47 @@ fn provenance(s: &Step, out: &Path) -> Result<Provenance> {
     })
 }
 
-/// The files of an output (a file, or a folder's files), without the provenance record.
+/// The files of an output (a file, or a folder's visible files).
 fn output_files(out: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     collect_files(out, &mut v);
-    let own = provenance_path(out);
-    v.retain(|f| *f != own);
     v.sort();
+    v
+}
+
+/// The files a step reads. `finalize` reads its output: every file there, the parts' hidden
+/// manifests and part files included (beside a file output: the hidden files next to it),
+/// except the files it wrote itself (`own`) and provenance records, so that parts that ran
+/// again since make it run again.
+fn input_files(s: &Step, out: &Path, own: &[&str]) -> Vec<PathBuf> {
+    if s.share != Share::Finalize {
+        return files_of(&s.inputs);
+    }
+    let mut v = Vec::new();
+    let beside = |d: &Path, v: &mut Vec<PathBuf>| {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let hidden = e.file_name().to_string_lossy().starts_with('.');
+            if hidden && e.path().is_file() {
+                v.push(e.path());
+            }
+        }
+    };
+    collect_files(out, &mut v);
+    if out.is_dir() {
+        beside(out, &mut v);
+    } else if let Some(d) = out.parent() {
+        beside(
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            &mut v,
+        );
+    }
+    v.retain(|f| !is_record(f) && !own.contains(&f.display().to_string().as_str()));
+    v.sort();
+    v.dedup();
     v
 }
 
@@ -512,7 +600,7 @@ fn stale(s: &Step, rerun: Rerun) -> Option<String> {
     if !o.exists() {
         return Some("no output yet".into());
     }
-    let Some(rec) = std::fs::read(provenance_path(o))
+    let Some(rec) = std::fs::read(provenance_path(s, o))
         .ok()
         .and_then(|t| serde_json::from_slice::<Provenance>(&t).ok())
         .filter(|p| p.version == PROVENANCE_VERSION)
@@ -522,7 +610,8 @@ fn stale(s: &Step, rerun: Rerun) -> Option<String> {
     if rec.argv != s.argv {
         return Some("options changed".into());
     }
-    let files = files_of(&s.inputs);
+    let own: Vec<&str> = rec.outputs.iter().map(|r| r.path.as_str()).collect();
+    let files = input_files(s, o, &own);
     if files.len() != rec.inputs.len()
         || files
             .iter()
@@ -546,7 +635,11 @@ fn stale(s: &Step, rerun: Rerun) -> Option<String> {
             _ => return Some(format!("{} changed", f.display())),
         }
     }
-    let outs = output_files(o);
+    // A step sharing its output checks the files it wrote; any other, every file there.
+    let outs = match s.share {
+        Share::Whole => output_files(o),
+        _ => rec.outputs.iter().map(|r| PathBuf::from(&r.path)).collect(),
+    };
     if outs.len() != rec.outputs.len()
         || outs.iter().zip(&rec.outputs).any(|(f, r)| {
             f.display().to_string() != r.path || stat(f).ok() != Some((r.bytes, r.mtime_ns))
@@ -623,6 +716,13 @@ pub fn run(steps: &[Step], rerun: Rerun, quiet: bool, commands: &dyn Commands) -
         if !quiet {
             commands.status(&format!("[{}] ({why}) {}", s.name, s.argv[1..].join(" ")));
         }
+        let before: Vec<FileRecord> = match &s.out {
+            Some(o) if s.share != Share::Whole => output_files(Path::new(o))
+                .iter()
+                .filter_map(|f| record(f, false).ok())
+                .collect(),
+            _ => Vec::new(),
+        };
         let code = commands
             .run(&s.argv, quiet)
             .with_context(|| format!("step `{}` ({})", s.name, s.command))?;
@@ -635,9 +735,9 @@ pub fn run(steps: &[Step], rerun: Rerun, quiet: bool, commands: &dyn Commands) -
         if let Some(o) = &s.out {
             let o = Path::new(o);
             if o.exists() {
-                let mut text = serde_json::to_string_pretty(&provenance(s, o)?)?;
+                let mut text = serde_json::to_string_pretty(&provenance(s, o, &before)?)?;
                 text.push('\n');
-                let p = provenance_path(o);
+                let p = provenance_path(s, o);
                 let mut out = crate::io::Output::new();
                 out.small_file(&p, text.as_bytes())?;
                 out.commit()?;

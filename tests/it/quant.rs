@@ -332,6 +332,51 @@ fn merge_keep_refuses_what_it_cannot_requantize() {
     merge_qv_r8_into(&model, &out, &["--quant", "dequantize", "-q"]);
 }
 
+/// DeepSeek-V3-style `weight_scale_inv` blocks that do not tile the weight (`weight_block_size`
+/// 40x40 over fp8_block's 64x64, 32x64, 128x64 and 64x128 weights, whose stored grids are those
+/// ceil grids). No producer publishes how it scales a partial block (DeepSeek-V3's
+/// inference/kernel.py has only `weight_dequant`; transformers' `Fp8Quantize` leaves such weights
+/// in float), so `--quant keep` refuses with that reason and writes nothing; the weights are read
+/// (the grid is the dequantizer's), so `--quant dequantize` merges.
+#[test]
+fn merge_keep_refuses_partial_weight_scale_inv_blocks_with_the_reason() {
+    let (dir, out) = scratch("o");
+    let model = dir.path().join("fp8_partial");
+    copy_dir(&quant("fp8_block"), &model);
+    let cfg = model.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["quantization_config"]["weight_block_size"] = serde_json::json!([40, 40]);
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let e = merge_qv_r8_refused(&model, &out, &[]);
+    assert_mentions(
+        &e,
+        &[
+            "_proj.weight",
+            "partial 40x40 weight_scale_inv blocks",
+            "weight_dequant",
+            "--quant dequantize",
+        ],
+    );
+    merge_qv_r8_into(&model, &out, &["--quant", "dequantize", "-q"]);
+
+    // Blocks larger than the weight (one scale each, 128x128 over weights of at most 128x128
+    // that are not all 128x128): a partial block as well.
+    let one = edited(dir.path(), "fp8_block", |t| {
+        for (n, s) in t.iter_mut() {
+            if n.ends_with("weight_scale_inv") {
+                s.shape = vec![1, 1];
+                s.data = 1f32.to_le_bytes().to_vec();
+            }
+        }
+    });
+    let cfg = one.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["quantization_config"]["weight_block_size"] = serde_json::json!([128, 128]);
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let e = merge_qv_r8_refused(&one, &dir.path().join("o2"), &[]);
+    assert_mentions(&e, &["partial 128x128 weight_scale_inv blocks"]);
+}
+
 #[test]
 fn as_trained_on_refusals() {
     let (_dir, out) = scratch("o");

@@ -310,3 +310,102 @@ out = "out/after"
         "a step after the failed check ran"
     );
 }
+
+/// A merge split in two parts, their finalize, and an unrelated merge.
+const PARTS_RECIPE: &str = r#"
+[[step]]
+name = "p1"
+command = "merge"
+base = "FX/llama/base"
+adapter = ["ADAPTER"]
+out = "out/merged"
+part = "1/2"
+
+[[step]]
+name = "p2"
+command = "merge"
+base = "FX/llama/base"
+adapter = ["ADAPTER"]
+out = "out/merged"
+part = "2/2"
+
+[[step]]
+name = "joined"
+command = "finalize"
+out = "${p1.out}"
+
+[[step]]
+name = "other"
+command = "merge"
+base = "FX/llama/base"
+adapter = ["FX/llama/adapters/qv_r8"]
+out = "out/other"
+"#;
+
+/// The steps a run ran (`[name] (reason) …` lines) and skipped, from its status lines.
+fn ran_and_skipped(recipe: &Path) -> (Vec<String>, Vec<String>) {
+    let o = bin().args(run_args(recipe, &[])).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let name = |l: &str| l[1..l.find(']').unwrap()].to_owned();
+    let lines = || err.lines().filter(|l| l.starts_with('['));
+    (
+        lines().filter(|l| l.contains("] (")).map(name).collect(),
+        lines()
+            .filter(|l| l.ends_with("up to date, skipped"))
+            .map(name)
+            .collect(),
+    )
+}
+
+/// Parts of one output and their finalize each keep their own provenance record: a second run
+/// skips every step (part 1 was seen as stale on every run when the parts shared one record), and
+/// editing the adapter reruns the parts and the finalize, not the merge that does not read it.
+#[test]
+fn split_merge_steps_and_finalize_rerun_only_when_their_inputs_change() {
+    let (dir, copy) = scratch("qv");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture("llama/adapters/qv_r8").join(f), copy.join(f)).unwrap();
+    }
+    let r = write_recipe(dir.path(), &PARTS_RECIPE.replace("ADAPTER", s(&copy)));
+    let all: Vec<String> = ["p1", "p2", "joined", "other"].map(String::from).into();
+    assert_eq!(ran_and_skipped(&r), (all.clone(), vec![]));
+    let merged = dir.path().join("out/merged");
+    let visible = |d: &Path| {
+        let names = listing(d);
+        assert!(
+            !names.iter().any(|n| n.contains("lorakit-part")),
+            "{names:?}"
+        );
+        names
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        visible(&merged),
+        ["config.json", "generation_config.json", "model.safetensors"],
+        "finalized: no part manifest left"
+    );
+    let joined = std::fs::read(merged.join("model.safetensors")).unwrap();
+    assert_eq!(ran_and_skipped(&r), (vec![], all.clone()));
+    assert!(actions(&r, &[]).iter().all(|(a, _)| a == "skip"));
+
+    // A different alpha: the parts and their finalize rerun, the other merge does not.
+    let cfg = copy.join("adapter_config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    let alpha = v["lora_alpha"].as_f64().unwrap();
+    v["lora_alpha"] = (2.0 * alpha).into();
+    std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    assert_eq!(
+        ran_and_skipped(&r),
+        (all[..3].to_vec(), vec!["other".to_string()])
+    );
+    assert_ne!(
+        std::fs::read(merged.join("model.safetensors")).unwrap(),
+        joined
+    );
+    assert_eq!(visible(&merged).len(), 3);
+    assert_eq!(ran_and_skipped(&r), (vec![], all));
+}

@@ -256,12 +256,18 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, bm: usize, bn: usize) -> (V
 /// (symmetric E4M3): the weight in the scale's dtype `dt` (the dtype it was quantized from); the
 /// observer's min and max per row, over the tensor, or per `block_m × block_n` block
 /// (llm-compressor `observers/helpers.py` `_flatten_weight`, strategy BLOCK: the block's
-/// elements, then `amin`/`amax`); `quantization/utils/helpers.py` `calculate_qparams`:
+/// elements, the weight zero-padded to whole blocks by compressed-tensors'
+/// `maybe_pad_tensor_for_block_quant` first; `observers/min_max.py` `_get_min_max`: `amin`/`amax`;
+/// llm-compressor commit ab1ba3effcafc15746cd6d6ca24cba3f7bd7a582). The padding zeros change no
+/// scale, as `calculate_qparams` takes `min(min, 0)` and `max(max, 0)`: a partial block's scale
+/// is its valid region's. `quantization/utils/helpers.py` `calculate_qparams`:
 /// `scale = max(|min(min, 0)|, max(max, 0)) / (896 / 2)` rounded to `dt`, `finfo(dt).eps` where
 /// 0; then `forward_helpers.py` `_quantize` with the module's zero zero point (registered by
 /// default, `force_zero_point=True`; it turns −0 into +0): `e4m3(clamp(x / scale + 0, ±448))`,
-/// each operation rounded to `dt`. Returns the E4M3 bytes and the scales (row-major over the
-/// layout's grid: one per row, one, or one per block).
+/// each operation rounded to `dt` (`lifecycle/forward_helpers.py` `_process_block` pads the
+/// weight the same way, quantizes each element with its block's scale and cuts the padding off).
+/// Returns the E4M3 bytes and the scales (row-major over the layout's grid: one per row, one, or
+/// one per block).
 pub fn quantize_ct(
     w: &[f32],
     rows: usize,
@@ -281,8 +287,10 @@ pub fn quantize_ct(
         _ => (|x| x, f32::EPSILON),
     };
     let (gr, gc) = (layout.grid_rows.max(1), layout.grid_cols.max(1));
-    // The grid cell of element (r, c): per tensor one cell, per channel one per row.
-    let (bm, bn) = (rows.div_ceil(gr).max(1), cols.div_ceil(gc).max(1));
+    // The grid cell of element (r, c): per tensor one cell, per channel one per row, per block
+    // the block holding it (the last ones partial).
+    let (bm, bn) = (layout.block_m.max(1), layout.block_n.max(1));
+    debug_assert_eq!(w.len(), rows * cols);
     let cell = |i: usize| ((i / cols) / bm).min(gr - 1) * gc + ((i % cols) / bn).min(gc - 1);
     let x: Vec<f32> = w.iter().map(|&v| round(v)).collect();
     let mut lo = vec![0f32; gr * gc];

@@ -405,10 +405,25 @@ impl QuantMap {
                 } else if *format != Dtype::F8_E4M3
                     || *scale_dtype != Dtype::F32
                     || !scale.ends_with("_scale_inv")
-                    || !rows.is_multiple_of(layout.block_m)
-                    || !cols.is_multiple_of(layout.block_n)
                 {
-                    Some("FP8 other than E4M3 with F32 weight_scale_inv blocks that divide the weight (transformers' Fp8Quantize) or compressed-tensors' per-channel / per-tensor / exactly tiling block weight_scale".into())
+                    Some("FP8 other than E4M3 with F32 weight_scale_inv blocks (transformers' Fp8Quantize) or compressed-tensors' per-channel / per-tensor / block weight_scale".into())
+                } else if let Some((bm, bn)) = self
+                    .config_block()
+                    .ok()
+                    .flatten()
+                    .or(Some((layout.block_m, layout.block_n)))
+                    .filter(|&(bm, bn)| !rows.is_multiple_of(bm) || !cols.is_multiple_of(bn))
+                {
+                    // Blocks that do not tile the weight, a weight smaller than one block (stored
+                    // with one scale) included.
+                    // DeepSeek-V3 publishes only its dequantizer (inference/kernel.py
+                    // `weight_dequant`, masked to the valid region; fp8_cast_bf16.py, commit
+                    // 9b4e9788e4a3a731f7567338ed15d3ec549ce03b); transformers 5.24's
+                    // `Fp8Quantize._quantize_one` returns such a weight unquantized and its
+                    // `Fp8Dequantize._dequantize_one` raises on it.
+                    Some(format!(
+                        "its {rows}x{cols} weight has partial {bm}x{bn} weight_scale_inv blocks, and no producer publishes how it scales a partial block (DeepSeek-V3's inference/kernel.py has only weight_dequant; transformers' Fp8Quantize leaves such weights unquantized)"
+                    ))
                 } else {
                     None
                 }
@@ -538,7 +553,7 @@ impl QuantMap {
 
 /// An FP8 weight whose fresh scales lorakit computes as compressed-tensors does
 /// ([`fp8::quantize_ct`]): E4M3 with a float `weight_scale` per channel, per tensor or in blocks
-/// that tile the weight exactly (FP8_BLOCK), in a
+/// (FP8_BLOCK; a grid of `⌈rows/bm⌉ × ⌈cols/bn⌉`, partial blocks at the edges included), in a
 /// `quant_method: compressed-tensors` checkpoint (fbgemm_fp8's per-row scales come from its GPU
 /// kernel and are not reproduced).
 fn fp8_ct_keep(
@@ -555,10 +570,13 @@ fn fp8_ct_keep(
     );
     let per_tensor = layout.grid_rows == 1 && layout.grid_cols == 1;
     let per_channel = layout.block_m == 1 && layout.grid_cols == 1;
-    // Blocks that tile the weight exactly (llm-compressor zero-pads a partial block for its
-    // observer; lorakit does not write those back yet).
-    let blocks =
-        layout.block_m * layout.grid_rows == q_rows && layout.block_n * layout.grid_cols == q_cols;
+    // Blocks over the weight, the last row and column of them partial where the block does not
+    // divide it: llm-compressor zero-pads those for its observer, which changes no scale (see
+    // `fp8::quantize_ct`).
+    let blocks = layout.block_m > 0
+        && layout.block_n > 0
+        && q_rows.div_ceil(layout.block_m) == layout.grid_rows
+        && q_cols.div_ceil(layout.block_n) == layout.grid_cols;
     map.method().as_deref() == Some("compressed-tensors")
         && format == Dtype::F8_E4M3
         && scale.ends_with(".weight_scale")

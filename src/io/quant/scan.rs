@@ -15,6 +15,11 @@ fn typed(info: &TensorInfo) -> String {
     format!("{} {:?}", dtype::name(info.dtype), info.shape)
 }
 
+/// The error naming tensor `info`, whose message `msg` quotes its dtype (given by name).
+fn dtype_err(ck: &Checkpoint, info: &TensorInfo, msg: impl FnOnce(&str) -> String) -> InputError {
+    err(ck, &info.name, msg(&dtype::name(info.dtype)))
+}
+
 const BNB4_SUFFIXES: [&str; 4] = ["absmax", "quant_map", "nested_absmax", "nested_quant_map"];
 
 impl QuantMap {
@@ -75,14 +80,9 @@ impl QuantMap {
                     | Dtype::F6_E2M3
                     | Dtype::F6_E3M2
             ) {
-                let e = err(
-                    ck,
-                    name,
-                    format!(
-                        "dtype {} is a quantized format lorakit does not read",
-                        dtype::name(info.dtype)
-                    ),
-                );
+                let e = dtype_err(ck, info, |d| {
+                    format!("dtype {d} is a quantized format lorakit does not read")
+                });
                 map.push_unsupported(Some(name.clone()), e);
             } else if let Some(p) = name.strip_suffix(".weight_packed") {
                 map.add_packed(ck, p, name)?;
@@ -143,14 +143,11 @@ impl QuantMap {
                     && !map.tensors.contains_key(name)
                     && !map.companions.contains_key(name)
                 {
-                    return Err(err(
-                        ck,
-                        name,
+                    return Err(dtype_err(ck, info, |d| {
                         format!(
-                            "is {} in a bitsandbytes checkpoint but has no quantization state (`.quant_state.bitsandbytes__nf4|fp4` and `.absmax`, or `SCB`)",
-                            dtype::name(info.dtype)
-                        ),
-                    ));
+                        "is {d} in a bitsandbytes checkpoint but has no quantization state (`.quant_state.bitsandbytes__nf4|fp4` and `.absmax`, or `SCB`)"
+                    )
+                    }));
                 }
             }
         }
@@ -219,14 +216,9 @@ impl QuantMap {
                 (*r as usize, *c as usize)
             }
             _ => {
-                return Err(err(
-                    ck,
-                    &shape_info.name,
-                    format!(
-                        "is not two positive sizes (got {dims:?} as {})",
-                        dtype::name(sv.dtype)
-                    ),
-                ))
+                return Err(dtype_err(ck, &shape_info, |d| {
+                    format!("is not two positive sizes (got {dims:?} as {d})")
+                }))
             }
         };
         if pk.shape[0] != rows {
@@ -247,14 +239,9 @@ impl QuantMap {
             )
         })?;
         if !dtype::is_float_compute(scale.dtype) || scale.dtype == Dtype::F64 {
-            return Err(err(
-                ck,
-                &scale.name,
-                format!(
-                    "scale dtype {} is not F32, F16 or BF16",
-                    dtype::name(scale.dtype)
-                ),
-            ));
+            return Err(dtype_err(ck, &scale, |d| {
+                format!("scale dtype {d} is not F32, F16 or BF16")
+            }));
         }
         let (per_tensor, groups) = match scale.shape.as_slice() {
             [] | [1] => (true, 1),
@@ -416,16 +403,7 @@ impl QuantMap {
             ));
         }
         let shape = p.shape.clone();
-        self.insert(
-            ck,
-            QuantTensor {
-                name: weight.to_owned(),
-                stored: weight.to_owned(),
-                shape,
-                scheme: Scheme::Bnb4(p),
-                companions,
-            },
-        )
+        self.insert_stored_as_itself(ck, weight, shape, Scheme::Bnb4(p), companions)
     }
 
     fn add_int8(&mut self, ck: &Checkpoint, prefix: &str, scb: &str) -> InputResult<()> {
@@ -473,16 +451,26 @@ impl QuantMap {
             companions.push(fmt);
         }
         let shape = w.shape.clone();
-        self.insert(
-            ck,
-            QuantTensor {
-                stored: weight.clone(),
-                name: weight,
-                shape,
-                scheme: Scheme::BnbInt8,
-                companions,
-            },
-        )
+        self.insert_stored_as_itself(ck, &weight, shape, Scheme::BnbInt8, companions)
+    }
+
+    /// Records a quantized weight stored under its own name.
+    fn insert_stored_as_itself(
+        &mut self,
+        ck: &Checkpoint,
+        weight: &str,
+        shape: Vec<usize>,
+        scheme: Scheme,
+        companions: Vec<String>,
+    ) -> InputResult<()> {
+        let q = QuantTensor {
+            name: weight.to_owned(),
+            stored: weight.to_owned(),
+            shape,
+            scheme,
+            companions,
+        };
+        self.insert(ck, q)
     }
 
     fn add_fp8(
@@ -507,14 +495,11 @@ impl QuantMap {
         let scale = match present.as_slice() {
             [one] => (*one).clone(),
             [] => {
-                return Err(err(
-                    ck,
-                    weight,
+                return Err(dtype_err(ck, w, |d| {
                     format!(
-                        "is {} without a `{prefix}.weight_scale_inv` or `{prefix}.weight_scale`",
-                        dtype::name(w.dtype)
-                    ),
-                ))
+                        "is {d} without a `{prefix}.weight_scale_inv` or `{prefix}.weight_scale`"
+                    )
+                }))
             }
             _ => {
                 return Err(err(
@@ -548,14 +533,9 @@ impl QuantMap {
         }
         let s = ck.info(&scale).expect("present");
         if fp8::scales_f32(s.dtype, &[]).is_none() {
-            return Err(err(
-                ck,
-                &scale,
-                format!(
-                    "scale dtype {} is not a float or E8M0",
-                    dtype::name(s.dtype)
-                ),
-            ));
+            return Err(dtype_err(ck, s, |d| {
+                format!("scale dtype {d} is not a float or E8M0")
+            }));
         }
         // A compressed-tensors block strategy gives the tiling as `weight_block_size` does
         // (`block_structure`; its grid is `ceil(rows / bm) × ceil(cols / bn)`,
@@ -582,21 +562,13 @@ impl QuantMap {
             }
         }
         let shape = w.shape.clone();
-        self.insert(
-            ck,
-            QuantTensor {
-                name: weight.to_owned(),
-                stored: weight.to_owned(),
-                shape,
-                scheme: Scheme::Fp8 {
-                    format: w.dtype,
-                    scale,
-                    scale_dtype: s.dtype,
-                    layout,
-                },
-                companions,
-            },
-        )
+        let scheme = Scheme::Fp8 {
+            format: w.dtype,
+            scale,
+            scale_dtype: s.dtype,
+            layout,
+        };
+        self.insert_stored_as_itself(ck, weight, shape, scheme, companions)
     }
 
     /// A GPTQ or AWQ weight `P.qweight` with `P.qzeros`, `P.scales` (and GPTQ's `P.g_idx`), every
