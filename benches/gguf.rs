@@ -8,7 +8,8 @@
 //! (`std::fs::copy`, which is `copy_file_range` on Linux, then fsync) and
 //! `lorakit merge --base base-Q4_K_M.gguf --adapter adapter_r16 --out merged.gguf` (types kept:
 //! every merged tensor requantized with ggml's reference Q4_K/Q6_K quantizer), and prints min
-//! and median of each and their ratio.
+//! and median of each and their ratio; `LORAKIT_BENCH_BUFFERED=1` adds the same merge with the
+//! writer's direct I/O off (`LORAKIT_DIRECT_IO=0`) to each run, an A/B in one session.
 //!
 //! `LORAKIT_GGUF_BENCH=quantizers` instead times the quantizers themselves on a synthetic input
 //! (`LORAKIT_BENCH_VALUES` values, default 2²², of seeded Gaussian noise of weight-like scale
@@ -161,16 +162,15 @@ fn main() {
     }
     let len = std::fs::metadata(&base).unwrap().len();
     let (copy, out) = (dir.join("copy.gguf"), dir.join("merged.gguf"));
-    let (mut copies, mut merges) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
+    let (mut copies, mut merges, mut buffered) = (Vec::new(), Vec::new(), Vec::new());
+    let buffered_too = std::env::var("LORAKIT_BENCH_BUFFERED").is_ok_and(|v| v == "1");
+    let merge = |direct: bool| {
         let t = Instant::now();
-        std::fs::copy(&base, &copy).unwrap();
-        std::fs::File::open(&copy).unwrap().sync_all().unwrap();
-        copies.push(t.elapsed().as_secs_f64());
-        remove_settled(&copy);
-
-        let t = Instant::now();
-        let st = Command::new(env!("CARGO_BIN_EXE_lorakit"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lorakit"));
+        if !direct {
+            cmd.env("LORAKIT_DIRECT_IO", "0");
+        }
+        let st = cmd
             .args(["merge", "--base"])
             .arg(&base)
             .arg("--adapter")
@@ -181,8 +181,21 @@ fn main() {
             .status()
             .unwrap();
         assert!(st.success());
-        merges.push(t.elapsed().as_secs_f64());
+        let s = t.elapsed().as_secs_f64();
         remove_settled(&out);
+        s
+    };
+    for _ in 0..runs {
+        let t = Instant::now();
+        std::fs::copy(&base, &copy).unwrap();
+        std::fs::File::open(&copy).unwrap().sync_all().unwrap();
+        copies.push(t.elapsed().as_secs_f64());
+        remove_settled(&copy);
+
+        merges.push(merge(true));
+        if buffered_too {
+            buffered.push(merge(false));
+        }
     }
     let ((cmin, cmed), (mmin, mmed)) = (min_median(&copies), min_median(&merges));
     let gib = len as f64 / (1u64 << 30) as f64;
@@ -194,4 +207,12 @@ fn main() {
         mmin / cmin,
         mmed / cmed
     );
+    if !buffered.is_empty() {
+        let (bmin, bmed) = min_median(&buffered);
+        println!(
+            "merge, buffered I/O (LORAKIT_DIRECT_IO=0)  min {bmin:.2} s  median {bmed:.2} s; / copy {:.2}× (min)  {:.2}× (median)",
+            bmin / cmin,
+            bmed / cmed
+        );
+    }
 }

@@ -8,7 +8,9 @@
 //! linear layer, then runs, `LORAKIT_BENCH_RUNS` times (default 5, 1 for 7b) and interleaved,
 //! the durable copy of the base (`std::fs::copy`, which is `copy_file_range` on Linux, then
 //! fsync: the least any tool that writes a new file must do), the merge, and the merge with
-//! exact rounding (`LORAKIT_BENCH_EXACT=0` leaves it out), and reports min and median of each,
+//! exact rounding (`LORAKIT_BENCH_EXACT=0` leaves it out) — with `LORAKIT_BENCH_BUFFERED=1` also
+//! the merge with the writer's direct I/O off (`LORAKIT_DIRECT_IO=0`), an A/B in one session —
+//! and reports min and median of each,
 //! the merge/copy and exact/f32 ratios, GB/s, peak RSS (VmHWM, reset before each merge) and the
 //! largest tensor for the RSS target (peak ≤ 3 × largest + 64 MB). With
 //! `LORAKIT_MERGE_PROFILE=1` each merge's time per stage is printed (see
@@ -109,11 +111,17 @@ fn main() {
     let out = dir.join("merged.safetensors");
     let (mut copies, mut merges, mut exacts) = (Vec::new(), Vec::new(), Vec::new());
     let (mut peak, mut rss0, mut merged_count) = (0u64, 0u64, 0usize);
-    let modes: &[Rounding] = if exact {
-        &[Rounding::F32, Rounding::Exact]
-    } else {
-        &[Rounding::F32]
-    };
+    // (rounding, buffered writes): the merge, with `LORAKIT_BENCH_BUFFERED=1` the same merge
+    // with direct I/O off (`LORAKIT_DIRECT_IO=0`, the writer's A/B), and the exact one.
+    let buffered_too = std::env::var("LORAKIT_BENCH_BUFFERED").is_ok_and(|v| v == "1");
+    let mut modes = vec![(Rounding::F32, false)];
+    if buffered_too {
+        modes.push((Rounding::F32, true));
+    }
+    if exact {
+        modes.push((Rounding::Exact, false));
+    }
+    let mut buffered = Vec::new();
     for run in 0..runs {
         remove_settled(&copy_out);
         let t = Instant::now();
@@ -122,7 +130,13 @@ fn main() {
         copies.push(t.elapsed().as_secs_f64());
         remove_settled(&copy_out);
 
-        for &rounding in modes {
+        for &(rounding, plain_writes) in &modes {
+            // The bench is single-threaded here: no other thread reads the environment.
+            if plain_writes {
+                std::env::set_var("LORAKIT_DIRECT_IO", "0");
+            } else {
+                std::env::remove_var("LORAKIT_DIRECT_IO");
+            }
             remove_settled(&out);
             reset_peak_rss();
             rss0 = rss0.max(peak_rss_kib());
@@ -143,14 +157,20 @@ fn main() {
             .unwrap();
             let summary = plan.run(&Engine::new(Device::Cpu).unwrap()).unwrap();
             let merge_s = t.elapsed().as_secs_f64();
-            match rounding {
-                Rounding::F32 => merges.push(merge_s),
-                Rounding::Exact => exacts.push(merge_s),
+            match (rounding, plain_writes) {
+                (Rounding::F32, false) => merges.push(merge_s),
+                (Rounding::F32, true) => buffered.push(merge_s),
+                (Rounding::Exact, _) => exacts.push(merge_s),
             }
             peak = peak.max(peak_rss_kib());
             merged_count = summary.tensors_merged_count;
             if profile::enabled() {
-                eprintln!("run {} ({rounding:?}): {}", run + 1, profile::line(merge_s));
+                let how = if plain_writes { ", buffered" } else { "" };
+                eprintln!(
+                    "run {} ({rounding:?}{how}): {}",
+                    run + 1,
+                    profile::line(merge_s)
+                );
             }
             remove_settled(&out);
         }
@@ -196,6 +216,16 @@ fn main() {
         merge_min / copy_min,
         merge_med / copy_med
     );
+    if !buffered.is_empty() {
+        let (b_min, b_med) = min_median(&buffered);
+        println!(
+            "  merge, buffered I/O  min {:.3} s  median {:.3} s; / copy {:.2}× (min/min), {:.2}× (median/median)",
+            b_min,
+            b_med,
+            b_min / copy_min,
+            b_med / copy_med
+        );
+    }
     if !exacts.is_empty() {
         let (exact_min, exact_med) = min_median(&exacts);
         println!(
