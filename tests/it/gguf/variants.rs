@@ -1,0 +1,243 @@
+//! DoRA, `lora_bias` and `modules_to_save` merged into GGUF bases (fixtures/gguf/peft_variants,
+//! fixtures/gen/gguf_peft_variants.py): a tiny Llama (q/k/v/o biases, untied) and a tiny Qwen2
+//! (q/k/v biases, tied) converted by llama.cpp's convert_hf_to_gguf.py, against the converter's
+//! output of PEFT's merge_and_unload; Q8_0 bases against gguf-py's quantizer; the refusals that
+//! stay; `--part` + `finalize`.
+
+use super::*;
+use lorakit::io::gguf::TensorInfo;
+
+fn pv(name: &str) -> String {
+    g(&format!("peft_variants/{name}"))
+}
+
+/// `(type, dims, dequantized values, stored bytes)` of every tensor of a GGUF file, by name.
+fn tensors(path: &Path) -> BTreeMap<String, (GgmlType, Vec<u64>, Vec<f32>, Vec<u8>)> {
+    let m = GgufModel::open(path).unwrap();
+    m.tensors()
+        .map(|(f, t): (_, &TensorInfo)| {
+            let v = f.dequantize(t).unwrap();
+            (
+                t.name.clone(),
+                (t.ty, t.dims.clone(), v, f.view(t).data.to_vec()),
+            )
+        })
+        .collect()
+}
+
+/// [`peft_python`]'s policy for an oracle that needs gguf-py and numpy only: `LORAKIT_PYTHON`,
+/// else `python3`, if it imports them (importing torch, transformers and peft to ask would take
+/// ten seconds); else skipped loudly, or a failure with `LORAKIT_REQUIRE_PEFT=1`.
+fn gguf_python() -> Option<std::path::PathBuf> {
+    let py = std::env::var_os("LORAKIT_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import gguf, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    let why = format!("{} cannot import gguf and numpy", py.display());
+    if std::env::var("LORAKIT_REQUIRE_PEFT").as_deref() == Ok("1") {
+        panic!("LORAKIT_REQUIRE_PEFT=1 but {why}");
+    }
+    eprintln!("PEFT TEST SKIPPED: {why}");
+    None
+}
+
+/// (architecture, adapter case) of every mergeable fixture adapter.
+const CASES: [(&str, &str); 5] = [
+    ("llama", "dora"),
+    ("llama", "bias"),
+    ("llama", "saved"),
+    ("qwen2", "dora"),
+    ("qwen2", "bias"),
+];
+
+/// The tensors PEFT's merge changed (the converter's output of it differs from the converter's
+/// output of the base), sorted.
+fn changed_by_peft(arch: &str, case: &str) -> Vec<String> {
+    let base = tensors(Path::new(&pv(&format!("{arch}.f32.gguf"))));
+    let reference = tensors(Path::new(&pv(&format!("{arch}_{case}.f32.gguf"))));
+    reference
+        .iter()
+        .filter(|(n, t)| t.3 != base[*n].3)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The names a merge report lists as merged, sorted.
+fn reported(v: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = v["merged_tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Into an F32 GGUF base, each adapter gives the converter's output of PEFT's merge_and_unload
+/// within f32 rounding (1e-6 relative per tensor): DoRA on every linear module (Llama: q/k rows
+/// and their magnitudes permuted), lora_bias into the base biases (Llama: q/k biases
+/// permuted), modules_to_save replacing `token_embd` and `output` (exactly: the saved values);
+/// the merged tensors are exactly those PEFT changed, every other one a byte copy, and the
+/// tensor list, dims and types are the converter's.
+#[test]
+fn dora_bias_and_saved_tensors_into_an_f32_gguf_equal_the_converted_peft_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, case) in CASES {
+        let label = format!("{arch}_{case}");
+        let out = dir.path().join(format!("{label}.gguf"));
+        let v = merge_json(pv(&format!("{arch}.f32.gguf")), pv(&label), &out, &[]);
+        let changed = changed_by_peft(arch, case);
+        assert!(changed.len() >= 3, "{label}: {changed:?}");
+        assert_eq!(reported(&v), changed, "{label}");
+        let (got, want) = (
+            tensors(&out),
+            tensors(Path::new(&pv(&format!("{label}.f32.gguf")))),
+        );
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        for (name, (ty, dims, vals, bytes)) in &got {
+            let w = &want[name];
+            assert_eq!((ty, dims), (&w.0, &w.1), "{label} {name}");
+            if !changed.contains(name) {
+                assert!(bytes == &w.3, "{label} {name}: not a byte copy");
+            } else if case == "saved" && !name.starts_with("blk.") {
+                assert!(bytes == &w.3, "{label} {name}: not the saved tensor");
+            } else {
+                let e = rel_err(vals, &w.2);
+                assert!(e <= 1e-6, "{label} {name}: relative error {e:e}");
+            }
+        }
+    }
+}
+
+/// Into a Q8_0 base (the converter's `--outtype q8_0`), `keep` stores exactly gguf-py's
+/// `quants.quantize` of lorakit's own f32 merge (`--outtype f32`: the dequantized base plus the
+/// adapter), every merged Q8_0 tensor byte for byte (fixtures/gen/check_gguf_requant.py), and
+/// its values are within one quantization step (block amax / 127) of the converter's output of
+/// PEFT's f32 merge; biases stay F32. The gguf-py comparison is skipped loudly without Python
+/// ([`gguf_python`]).
+#[test]
+fn into_a_q8_0_gguf_keep_is_gguf_py_quantize_of_the_f32_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let py = gguf_python();
+    for (arch, case) in CASES {
+        let label = format!("{arch}_{case}");
+        let base = pv(&format!("{arch}.q8_0.gguf"));
+        let (f32_out, keep_out) = (
+            dir.path().join(format!("{label}.f32.gguf")),
+            dir.path().join(format!("{label}.keep.gguf")),
+        );
+        merge_json(&base, pv(&label), &f32_out, &["--outtype", "f32"]);
+        let v = merge_json(&base, pv(&label), &keep_out, &[]);
+        let changed = changed_by_peft(arch, case);
+        assert_eq!(reported(&v), changed, "{label}");
+        let (got, peft, qbase) = (
+            tensors(&keep_out),
+            tensors(Path::new(&pv(&format!("{label}.f32.gguf")))),
+            tensors(Path::new(&base)),
+        );
+        let mut quantized = Vec::new();
+        for (name, (ty, _, vals, bytes)) in &got {
+            assert_eq!(*ty, qbase[name].0, "{label} {name}: type kept");
+            if !changed.contains(name) {
+                assert!(bytes == &qbase[name].3, "{label} {name}: not a byte copy");
+                continue;
+            }
+            let want = &peft[name].2;
+            if *ty == GgmlType::F32 {
+                let e = rel_err(vals, want);
+                assert!(e <= 1e-6, "{label} {name}: relative error {e:e}");
+                continue;
+            }
+            assert_eq!(*ty, GgmlType::Q8_0);
+            quantized.push(name.clone());
+            for (i, (x, y)) in vals.chunks(32).zip(want.chunks(32)).enumerate() {
+                let amax = x.iter().chain(y).fold(0f32, |m, v| m.max(v.abs()));
+                let step = amax / 127.0;
+                for (a, b) in x.iter().zip(y) {
+                    assert!(
+                        (a - b).abs() <= step,
+                        "{label} {name} block {i}: {a} vs PEFT's {b}, step {step}"
+                    );
+                }
+            }
+        }
+        assert!(!quantized.is_empty(), "{label}");
+        let Some(py) = &py else { continue };
+        let lines = python_ok(
+            py,
+            "check_gguf_requant.py",
+            &[f32_out.as_os_str(), keep_out.as_os_str()],
+        );
+        let verdicts: Vec<serde_json::Value> = String::from_utf8(lines)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut checked: Vec<String> = verdicts
+            .iter()
+            .map(|x| {
+                assert_eq!(x["equal"], true, "{label}: {x}");
+                x["name"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        checked.sort();
+        assert_eq!(checked, quantized, "{label}");
+    }
+}
+
+/// What stays refused, in one line naming the adapter and the module or tensor, nothing
+/// written: lora_bias on Qwen2's o_proj (the base has no `attn_output.bias`; PEFT's merge
+/// raises too), a saved lm_head on the tied Qwen2 (no `output.weight` to replace), DoRA with
+/// --unmerge (the original norm is lost), and modules_to_save with --unmerge.
+#[test]
+fn refusals_of_bias_tied_head_and_dora_unmerge_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.gguf");
+    let cases = [
+        (
+            "qwen2",
+            "bias_o",
+            &[][..],
+            "qwen2_bias_o: module `model.layers.0.self_attn.o_proj`: lora_bias adds to the layer's bias, and the GGUF base has no `blk.0.attn_output.bias`",
+        ),
+        (
+            "qwen2",
+            "saved_head",
+            &[][..],
+            "qwen2_saved_head: full tensor `lm_head.weight` (modules_to_save): the GGUF base ties its output to `token_embd.weight` (it has no `output.weight`)",
+        ),
+        (
+            "llama",
+            "dora",
+            &["--unmerge"][..],
+            "llama_dora: module `model.layers.0.mlp.down_proj`: a DoRA merge cannot be undone",
+        ),
+        (
+            "llama",
+            "saved",
+            &["--unmerge"][..],
+            "llama_saved: full tensor `",
+        ),
+    ];
+    for (arch, case, extra, want) in cases {
+        let args = merge_args(
+            Path::new(&pv(&format!("{arch}.f32.gguf"))),
+            Path::new(&pv(&format!("{arch}_{case}"))),
+            &out,
+            extra,
+        );
+        let e = one_line_error(&run_err(&args));
+        assert!(e.contains(want), "{case}: {e}");
+    }
+    assert!(listing(dir.path()).is_empty());
+}
