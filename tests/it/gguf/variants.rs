@@ -11,8 +11,11 @@ fn pv(name: &str) -> String {
     g(&format!("peft_variants/{name}"))
 }
 
-/// `(type, dims, dequantized values, stored bytes)` of every tensor of a GGUF file, by name.
-fn tensors(path: &Path) -> BTreeMap<String, (GgmlType, Vec<u64>, Vec<f32>, Vec<u8>)> {
+/// `(type, dims, dequantized values, stored bytes)` of a GGUF tensor.
+type Stored = (GgmlType, Vec<u64>, Vec<f32>, Vec<u8>);
+
+/// Every tensor of a GGUF file, by name.
+fn tensors(path: &Path) -> BTreeMap<String, Stored> {
     let m = GgufModel::open(path).unwrap();
     m.tensors()
         .map(|(f, t): (_, &TensorInfo)| {
