@@ -15,8 +15,9 @@
 //!   saved copy in place) replaces the GGUF tensor its name maps to (`model.embed_tokens.weight`
 //!   → `token_embd.weight`, `lm_head.weight` → `output.weight`), PyTorch's `[out, in]` being the
 //!   GGUF rows as for every weight (q/k rows permuted for `llama`, as the converter permutes the
-//!   checkpoint's; never for embeddings or the head); PEFT's trainable-token rows overwrite those
-//!   rows of the dequantized base. Stored in the base tensor's type (`keep`, requantized with the
+//!   checkpoint's; never for embeddings or the head); PEFT's trainable-token rows
+//!   (`trainable_token_indices`) overwrite those rows of the dequantized base, on a tied base
+//!   too (PEFT ties them to the head, `utils/other.py` `TrainableTokensWrapper`). Stored in the base tensor's type (`keep`, requantized with the
 //!   reference quantizer) or the `--outtype`. A tied base (no `output.weight`: llama.cpp then
 //!   computes logits with `token_embd`, `src/models/llama.cpp` / `qwen2.cpp`
 //!   `load_arch_tensors`, `TENSOR_DUPLICATED`) takes a saved `lm_head` only beside a saved
@@ -29,6 +30,7 @@
 //! Must not write: values go back to [`super::gguf`]'s writer.
 
 use super::gguf::{GgufMergeOptions, GgufMergePlan, Kind, OutType, Target};
+use crate::adapter::formats::peft::tokens_module;
 use crate::adapter::Adapter;
 use crate::error::InputError;
 use crate::io::gguf::names::{self, Rope};
@@ -103,7 +105,13 @@ pub(super) fn plan_full(
         .enumerate()
         .filter(|(_, f)| !a.is_saved_base_copy(f))
         .filter_map(|(fi, f)| {
-            let (stem, suffix) = f.name.rsplit_once('.')?;
+            // Trainable-token rows replace rows of their module's weight (as `mapping` reads
+            // them for safetensors bases).
+            let name = match (&f.rows, tokens_module(&f.name)) {
+                (Some(_), Some(module)) => format!("{module}.weight"),
+                _ => f.name.clone(),
+            };
+            let (stem, suffix) = name.rsplit_once('.')?;
             let (g, rope) = names::gguf_module_in(arch, stem)?;
             Some((fi, format!("{g}.{suffix}"), rope))
         })
@@ -154,7 +162,9 @@ pub(super) fn plan_full(
                 }
             ));
         }
-        if tied && tensor == "token_embd.weight" {
+        // PEFT ties trainable-token rows of a tied embedding to the head (peft 0.21.2
+        // `utils/other.py`: `TrainableTokensWrapper` with `tied_adapter`), as llama.cpp does.
+        if tied && tensor == "token_embd.weight" && f.rows.is_none() {
             let head = saved.iter().any(|(_, t, _)| t == "output.weight");
             if !head {
                 return refuse("the GGUF base ties its output to `token_embd.weight` (it has no `output.weight`), so replacing it would change the output too (PEFT issue #2018); save lm_head beside it (equal, as PEFT's ensure_weight_tying keeps them) or untie the base".into());

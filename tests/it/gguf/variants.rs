@@ -244,3 +244,66 @@ fn refusals_of_bias_tied_head_and_dora_unmerge_write_nothing() {
     }
     assert!(listing(dir.path()).is_empty());
 }
+
+/// PEFT's trainable tokens (`trainable_token_indices`, fixtures/llama/adapters/tokens: rows 0,
+/// 5, 7, 2 of `embed_tokens` beside a q/v LoRA) overwrite those rows of `token_embd` in the
+/// F32 Llama GGUF: the merge equals PEFT's merge_and_unload (fixtures/llama/merged/tokens) once
+/// the q/k permutation is undone, 1e-6 per tensor, every other tensor a byte copy.
+#[test]
+fn trainable_tokens_overwrite_rows_of_token_embd() {
+    let (_dir, out) = scratch("m.gguf");
+    let v = merge_json(
+        g("llama_f32.gguf"),
+        fixture("llama/adapters/tokens"),
+        &out,
+        &[],
+    );
+    let (got, base) = (hf_view(&out), hf_view(&fixture("gguf/llama_f32.gguf")));
+    let reference = read(&fixture("llama/merged/tokens.safetensors"));
+    assert!(reference.contains_key("model.embed_tokens.weight"));
+    for (name, (_, _, vals, bytes)) in &got {
+        match reference.get(name) {
+            Some(r) => {
+                let e = rel_err(vals, &r.f32());
+                assert!(e <= 1e-6, "{name}: relative error {e:e}");
+            }
+            None => assert!(bytes == &base[name].3, "{name}: not a byte copy"),
+        }
+    }
+    assert_eq!(v["tensors_merged_count"], reference.len());
+}
+
+/// `--device gpu` (the backend's WGSL merge, DoRA norms included, the tensor whole) writes the
+/// CPU's files byte for byte: DoRA into the Q8_0 Llama and the F32 Qwen2, biases and saved
+/// tensors beside. Skipped loudly without a wgpu adapter.
+#[test]
+fn dora_into_gguf_on_the_gpu_equals_the_cpu() {
+    if !gpu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, base, cases) in [
+        ("llama", "q8_0", &["dora", "bias", "saved"][..]),
+        ("qwen2", "f32", &["dora"][..]),
+    ] {
+        let base = pv(&format!("{arch}.{base}.gguf"));
+        let adapter = pv(&format!("{arch}_{}", cases[0]));
+        let mut extra: Vec<String> = Vec::new();
+        for c in &cases[1..] {
+            extra.extend(["--adapter".into(), pv(&format!("{arch}_{c}"))]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (cpu, gpu) = (dir.path().join("cpu.gguf"), dir.path().join("gpu.gguf"));
+        merge_json(&base, &adapter, &cpu, &extra);
+        merge_json(
+            &base,
+            &adapter,
+            &gpu,
+            &[&extra[..], &["--device", "gpu"]].concat(),
+        );
+        assert!(
+            std::fs::read(&cpu).unwrap() == std::fs::read(&gpu).unwrap(),
+            "{arch}: GPU output differs from the CPU's"
+        );
+    }
+}
