@@ -201,11 +201,13 @@ fn into_a_q8_0_gguf_keep_is_gguf_py_quantize_of_the_f32_merge() {
 /// What stays refused, in one line naming the adapter and the module or tensor, nothing
 /// written: lora_bias on Qwen2's o_proj (the base has no `attn_output.bias`; PEFT's merge
 /// raises too), a saved lm_head on the tied Qwen2 (no `output.weight` to replace), DoRA with
-/// --unmerge (the original norm is lost), and modules_to_save with --unmerge.
+/// --unmerge (the original norm is lost), modules_to_save with --unmerge, and a tensor both
+/// merged into (DoRA on lm_head) and replaced (a saved lm_head of the next adapter).
 #[test]
 fn refusals_of_bias_tied_head_and_dora_unmerge_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.gguf");
+    let saved = pv("llama_saved");
     let cases = [
         (
             "qwen2",
@@ -223,13 +225,19 @@ fn refusals_of_bias_tied_head_and_dora_unmerge_write_nothing() {
             "llama",
             "dora",
             &["--unmerge"][..],
-            "llama_dora: module `model.layers.0.mlp.down_proj`: a DoRA merge cannot be undone",
+            "llama_dora: module `lm_head`: a DoRA merge cannot be undone",
         ),
         (
             "llama",
             "saved",
             &["--unmerge"][..],
             "llama_saved: full tensor `",
+        ),
+        (
+            "llama",
+            "dora",
+            &["--adapter", &saved][..],
+            "llama_saved: base tensor `output.weight` is changed by more than one adapter entry",
         ),
     ];
     for (arch, case, extra, want) in cases {
@@ -283,7 +291,8 @@ fn dora_into_gguf_on_the_gpu_equals_the_cpu() {
     }
     let dir = tempfile::tempdir().unwrap();
     for (arch, base, cases) in [
-        ("llama", "q8_0", &["dora", "bias", "saved"][..]),
+        ("llama", "q8_0", &["dora", "bias"][..]),
+        ("llama", "q8_0", &["saved"][..]),
         ("qwen2", "f32", &["dora"][..]),
     ] {
         let base = pv(&format!("{arch}.{base}.gguf"));
