@@ -22,8 +22,9 @@
 //!
 //! DoRA (PEFT `variants.py` `DoraLinearVariant`: the norm of `W0 + s·B·A` per output row, which
 //! is a GGUF row) runs through the same backend merge in the same row bands, the magnitude
-//! permuted with B's rows; a DoRA term normed per column (an embedding's) takes the tensor as
-//! one band. `lora_bias` and `modules_to_save` tensors are [`super::gguf_whole`]'s.
+//! permuted with B's rows; a DoRA term normed per column (LyCORIS' per-input-channel
+//! `dora_scale`; PEFT's on an embedding, which lorakit's PEFT reader refuses) takes the tensor
+//! as one band. `lora_bias` and `modules_to_save` tensors are [`super::gguf_whole`]'s.
 //!
 //! Refused at planning, before anything is written: unmatched modules (unless allowed), what
 //! [`super::gguf_whole`] refuses (a bias or a tensor the base does not have, a tied output),
@@ -118,7 +119,7 @@ pub struct GgufMergePlan {
     pub(super) adapters: Vec<WeightedAdapter>,
     pub(super) out: PathBuf,
     pub(super) options: GgufMergeOptions,
-    targets: Vec<Target>,
+    pub(super) targets: Vec<Target>,
     /// Adapter modules that found no tensor (only with `allow_unmatched`).
     pub unmatched: Vec<String>,
     /// Every file read (base parts, adapter files), for the part manifest.

@@ -25,6 +25,19 @@ impl GgufMergePlan {
         t: &Target,
         engine: &Engine,
         scratch: &mut Scratch,
+        band_out: impl FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
+        self.merged_in_bands(t, engine, scratch, 1 << 20, band_out)
+    }
+
+    /// [`Self::merged`] in CPU bands of about `band_values` values (a test seam: the bits do
+    /// not depend on it).
+    fn merged_in_bands(
+        &self,
+        t: &Target,
+        engine: &Engine,
+        scratch: &mut Scratch,
+        band_values: usize,
         mut band_out: impl FnMut(&[f32]) -> Result<()>,
     ) -> Result<()> {
         if t.kind != Kind::Weight {
@@ -33,14 +46,13 @@ impl GgufMergePlan {
         let (f, info) = self.base.get(&t.tensor).expect("planned");
         let shape = info.shape();
         let (rows, cols) = (shape[0], shape[1]);
-        // The CPU merge runs in row bands of about `BAND` values, each dequantized, merged in
+        // The CPU merge runs in row bands of about `band_values` values (2²⁰), each dequantized, merged in
         // place and quantized while in cache: no tensor-sized f32 base or merge, no output
         // buffer per band and no copies into and out of one (issue #17). Rows are independent
         // in the dequantizer, the merge (a DoRA norm per row is one row's: PEFT's
         // `get_weight_norm`, `dim=1` of `[out, in]`) and the quantizers (rows are whole
         // blocks), so the bits are those of one whole-tensor job. The GPU, and a DoRA norm per
-        // column (an embedding's), take the tensor whole.
-        const BAND: usize = 1 << 20;
+        // column (LyCORIS' per-input `dora_scale`), take the tensor whole.
         let gpu = engine.is_gpu();
         let (dora, by_cols) = t.terms.iter().fold((false, false), |(d, c), &(ai, mi)| {
             let m = &self.adapters[ai].adapter.modules[mi];
@@ -50,7 +62,7 @@ impl GgufMergePlan {
         let band = if gpu || by_cols {
             rows.max(1)
         } else {
-            (BAND / cols.max(1)).max(1)
+            (band_values / cols.max(1)).max(1)
         };
         // Every value is overwritten by the dequantization: zeroed only when the size changes
         // (zeroing 64 MB per 4096² tensor was ~2 % of a 7B merge's CPU time).
@@ -244,4 +256,74 @@ fn dora_term<'a>(
 pub(super) struct Scratch {
     /// One row band of the base tensor dequantized (the GPU's band is the whole tensor).
     pub(super) w0: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::gguf::{GgufMergeOptions, GgufMergePlan};
+    use super::super::WeightedAdapter;
+    use super::*;
+    use crate::adapter::Adapter;
+    use crate::io::gguf::GgufModel;
+    use std::path::Path;
+
+    /// The f32 merge of every weight target of the fixture Llama (Q8_0, q/k permuted) with
+    /// DoRA, then LoRA-with-bias adapters, in bands of 3 rows (bands cut through heads, the
+    /// permuted magnitudes and B sliced per band) and of 1 row, is bit for bit the merge as one
+    /// band: DoRA's per-row norms need no other row.
+    #[test]
+    fn dora_bands_give_the_bits_of_one_band() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/peft_variants");
+        let base_path = dir.join("llama.q8_0.gguf");
+        let adapters = ["llama_dora", "llama_bias"]
+            .iter()
+            .map(|a| WeightedAdapter {
+                adapter: Adapter::open(dir.join(a)).unwrap(),
+                weight: 0.7,
+            })
+            .collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let plan = GgufMergePlan::new(
+            &base_path,
+            GgufModel::open(&base_path).unwrap(),
+            adapters,
+            tmp.path().join("m.gguf"),
+            GgufMergeOptions::default(),
+        )
+        .unwrap();
+        let mut weights = 0;
+        for t in plan.targets.iter().filter(|t| t.kind == Kind::Weight) {
+            let values = |rows: usize| {
+                let cols = plan.base.get(&t.tensor).unwrap().1.shape()[1];
+                let mut v = Vec::new();
+                let mut scratch = Scratch::default();
+                plan.merged_in_bands(t, &Engine::Cpu, &mut scratch, rows * cols, |b| {
+                    v.extend_from_slice(b);
+                    Ok(())
+                })
+                .unwrap();
+                v
+            };
+            let whole = values(1 << 20);
+            let dora = t.terms.iter().any(|&(ai, mi)| {
+                plan.adapters[ai].adapter.modules[mi]
+                    .dora_magnitude
+                    .is_some()
+            });
+            weights += usize::from(dora && t.permute.is_some());
+            for rows in [3, 1] {
+                let banded = values(rows);
+                assert_eq!(whole.len(), banded.len());
+                assert!(
+                    whole
+                        .iter()
+                        .zip(&banded)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} in bands of {rows} rows",
+                    t.tensor
+                );
+            }
+        }
+        assert_eq!(weights, 2, "q and k: DoRA on permuted rows");
+    }
 }

@@ -316,3 +316,94 @@ fn dora_into_gguf_on_the_gpu_equals_the_cpu() {
         );
     }
 }
+
+/// LyCORIS' per-input-channel `dora_scale` (`[1, in]`: lycoris/functional/general.py
+/// `_weight_decompose`, the norm per column over the output axis, eps = f32 epsilon; lorakit
+/// reads kohya/LyCORIS files with it) on the permuted q projection of the F32 Llama GGUF: a
+/// per-column norm needs every row, so the tensor is merged as one band; it equals the
+/// decomposition computed here in f64 from the files (W0 un-permuted, ΔW = alpha/r·up·down,
+/// `W' = (W0 + ΔW)·s / (‖W0 + ΔW‖ + eps)`), 1e-6, and every tensor but q and v is a byte copy.
+#[test]
+fn a_per_column_dora_scale_merges_its_tensor_whole() {
+    let (dir, kohya) = scratch("qv.safetensors");
+    run_ok(convert_args(
+        &fixture("llama/adapters/qv_r8"),
+        "kohya",
+        &kohya,
+        &[],
+    ));
+    let mut t = read(&kohya);
+    let m = "lora_unet_model_layers_0_self_attn_q_proj";
+    let scale: Vec<f32> = (0..64)
+        .map(|j| 1.0 + 0.01 * ((j * 37 % 23) as f32 - 11.0))
+        .collect();
+    t.insert(
+        format!("{m}.dora_scale"),
+        T {
+            dtype: safetensors::Dtype::F32,
+            shape: vec![1, 64],
+            data: f32_bytes(&scale),
+        },
+    );
+    let adapter = dir.path().join("dora.safetensors");
+    write_tensors(&adapter, &t);
+    let out = dir.path().join("m.gguf");
+    let v = merge_json(g("llama_f32.gguf"), &adapter, &out, &[]);
+    assert_eq!(v["tensors_merged_count"], 4);
+    let (got, base) = (hf_view(&out), hf_view(&fixture("gguf/llama_f32.gguf")));
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    let (w0, rows, cols) = (&base[q].2, base[q].1[0], base[q].1[1]);
+    let (down, up) = (
+        t[&format!("{m}.lora_down.weight")].f32(),
+        t[&format!("{m}.lora_up.weight")].f32(),
+    );
+    let r = down.len() / cols;
+    let s = t[&format!("{m}.alpha")].f32()[0] as f64 / r as f64;
+    let w: Vec<f64> = (0..rows * cols)
+        .map(|ij| {
+            let (i, j) = (ij / cols, ij % cols);
+            let d: f64 = (0..r)
+                .map(|k| up[i * r + k] as f64 * down[k * cols + j] as f64)
+                .sum();
+            w0[ij] as f64 + s * d
+        })
+        .collect();
+    let norms: Vec<f64> = (0..cols)
+        .map(|j| {
+            (0..rows)
+                .map(|i| w[i * cols + j].powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
+    let want: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(ij, x)| {
+            let j = ij % cols;
+            (x * scale[j] as f64 / (norms[j] + f32::EPSILON as f64)) as f32
+        })
+        .collect();
+    let e = rel_err(&got[q].2, &want);
+    assert!(e <= 1e-6, "q_proj: relative error {e:e}");
+    // q is square: normed per row instead, the same magnitudes would give another tensor.
+    let by_rows: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(ij, x)| {
+            let i = ij / cols;
+            let n = (0..cols)
+                .map(|j| w[i * cols + j].powi(2))
+                .sum::<f64>()
+                .sqrt();
+            (x * scale[i] as f64 / (n + f32::EPSILON as f64)) as f32
+        })
+        .collect();
+    assert!(rel_err(&got[q].2, &by_rows) > 1e-3);
+    let merged = [q, "model.layers.0.self_attn.v_proj.weight"];
+    for (name, tensor) in &got {
+        if !name.contains(".layers.1.") && !merged.contains(&name.as_str()) {
+            assert!(tensor.3 == base[name].3, "{name}: not a byte copy");
+        }
+    }
+}
