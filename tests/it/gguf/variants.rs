@@ -407,3 +407,25 @@ fn a_per_column_dora_scale_merges_its_tensor_whole() {
         }
     }
 }
+
+/// `--unmerge` of a lora_bias adapter subtracts what the merge added, from the biases too: the
+/// F32 Qwen2 and Llama come back within f32 rounding (1e-6 per tensor).
+#[test]
+fn unmerging_lora_bias_restores_the_biases() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2"] {
+        let (m, u) = (
+            dir.path().join(format!("{arch}.m.gguf")),
+            dir.path().join(format!("{arch}.u.gguf")),
+        );
+        let (base, adapter) = (pv(&format!("{arch}.f32.gguf")), pv(&format!("{arch}_bias")));
+        merge_json(&base, &adapter, &m, &[]);
+        let v = merge_json(s(&m), &adapter, &u, &["--unmerge"]);
+        assert!(reported(&v).iter().any(|n| n.ends_with("attn_q.bias")));
+        let (got, want) = (tensors(&u), tensors(Path::new(&base)));
+        for (name, t) in &got {
+            let e = rel_err(&t.2, &want[name].2);
+            assert!(e <= 1e-6, "{arch} {name}: relative error {e:e}");
+        }
+    }
+}
