@@ -20,17 +20,22 @@
 //! copied byte for byte; metadata entries are copied as their raw bytes (a split base's
 //! `split.*` keys dropped: the output is one file) and extended with `lorakit.*` provenance.
 //!
-//! Refused at planning, before anything is written: unmatched modules (unless allowed),
-//! DoRA and `lora_bias` modules and full-tensor replacements (`modules_to_save`), an
-//! architecture outside the name map, base types lorakit cannot dequantize, and an output path
-//! that is an input.
+//! DoRA (PEFT `variants.py` `DoraLinearVariant`: the norm of `W0 + s·B·A` per output row, which
+//! is a GGUF row) runs through the same backend merge in the same row bands, the magnitude
+//! permuted with B's rows; a DoRA term normed per column (LyCORIS' per-input-channel
+//! `dora_scale`; PEFT's on an embedding, which lorakit's PEFT reader refuses) takes the tensor
+//! as one band. `lora_bias` and `modules_to_save` tensors are [`super::gguf_whole`]'s.
+//!
+//! Refused at planning, before anything is written: unmatched modules (unless allowed), what
+//! [`super::gguf_whole`] refuses (a bias or a tensor the base does not have, a tied output),
+//! DoRA with `--unmerge`, an architecture outside the name map, base types lorakit cannot
+//! dequantize, and an output path that is an input.
 
 use super::gguf_parts::TensorData;
 use super::WeightedAdapter;
 use crate::adapter::mapping::{is_kohya_name, kohya_candidates};
 use crate::backend::profile::{self, Stage};
-use crate::backend::{cpu, Engine, MergeError, MergeJob, Term};
-use crate::dtype::Dtype;
+use crate::backend::Engine;
 use crate::error::{InputError, Opt};
 use crate::io::gguf::names::{self, Rope};
 use crate::io::gguf::quant::StoredError;
@@ -84,24 +89,37 @@ pub struct GgufMergeOptions {
 
 /// One merged tensor and the modules merged into it.
 #[derive(Debug, Clone)]
-struct Target {
-    tensor: String,
-    /// `(adapter index, module index)` in order.
-    terms: Vec<(usize, usize)>,
+pub(super) struct Target {
+    pub(super) tensor: String,
+    /// `(adapter index, module index)` in order (for [`Kind::Replace`], `(adapter, full
+    /// tensor index)`).
+    pub(super) terms: Vec<(usize, usize)>,
     /// Heads of the q/k permutation, if any.
-    permute: Option<usize>,
-    out_type: GgmlType,
+    pub(super) permute: Option<usize>,
+    pub(super) out_type: GgmlType,
+    pub(super) kind: Kind,
+}
+
+/// What a target's new values are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// `W0 + Σ terms` (LoRA, dense, DoRA), in row bands ([`GgufMergePlan::merged`]).
+    Weight,
+    /// The base bias plus `scale·lora_B.bias` of each term ([`super::gguf_whole`]).
+    Bias,
+    /// The adapter's full tensor (`modules_to_save`) in place of the base's.
+    Replace,
 }
 
 /// A validated GGUF merge: nothing is written until [`GgufMergePlan::run`].
 #[derive(Debug)]
 pub struct GgufMergePlan {
     base_path: PathBuf,
-    base: GgufModel,
-    adapters: Vec<WeightedAdapter>,
-    out: PathBuf,
-    options: GgufMergeOptions,
-    targets: Vec<Target>,
+    pub(super) base: GgufModel,
+    pub(super) adapters: Vec<WeightedAdapter>,
+    pub(super) out: PathBuf,
+    pub(super) options: GgufMergeOptions,
+    pub(super) targets: Vec<Target>,
     /// Adapter modules that found no tensor (only with `allow_unmatched`).
     pub unmatched: Vec<String>,
     /// Every file read (base parts, adapter files), for the part manifest.
@@ -185,6 +203,27 @@ fn head_count(m: &GgufModel, arch: &str, key: &str) -> Option<usize> {
     }
 }
 
+/// Adds `t` to the plan: its terms join the target of the same tensor and kind; a tensor both
+/// replaced (`modules_to_save`) and merged into, or replaced twice, is refused, as for
+/// safetensors bases.
+fn add_term(targets: &mut Vec<Target>, t: Target, adapter: &Path) -> Result<()> {
+    match targets.iter_mut().find(|x| x.tensor == t.tensor) {
+        None => targets.push(t),
+        Some(x) if x.kind == t.kind && t.kind != Kind::Replace => x.terms.extend(t.terms),
+        Some(_) => {
+            return Err(InputError::invalid(
+                adapter,
+                format!(
+                    "base tensor `{}` is changed by more than one adapter entry (modules_to_save and LoRA, or two modules_to_save tensors)",
+                    t.tensor
+                ),
+            )
+            .into())
+        }
+    }
+    Ok(())
+}
+
 impl GgufMergePlan {
     /// Resolves every module onto the base and checks everything that can be checked before
     /// writing: the plan either runs to completion or fails at its first tensor's I/O.
@@ -221,27 +260,13 @@ impl GgufMergePlan {
             a.check_plain_base(
                 "merging it into a GGUF model (whose base lorakit does not rewrite)",
             )?;
-            // The base copies PEFT saves beside an embedding / lm_head LoRA are skipped, as
-            // llama.cpp's converter skips them: the GGUF base's own tensor is the W0.
-            if let Some(f) = a.full_tensors.iter().find(|f| !a.is_saved_base_copy(f)) {
-                return Err(InputError::invalid(
-                    &a.path,
-                    format!("full tensor `{}` (modules_to_save): lorakit does not yet replace whole tensors of a GGUF base", f.name),
-                )
-                .into());
-            }
             for (mi, m) in a.modules.iter().enumerate() {
-                if m.dora_magnitude.is_some() || m.bias.is_some() {
+                if options.unmerge && m.dora_magnitude.is_some() {
                     return Err(InputError::invalid(
                         &a.path,
                         format!(
-                            "module `{}`: {} is not supported when merging into a GGUF base",
-                            m.name,
-                            if m.bias.is_some() {
-                                "lora_bias"
-                            } else {
-                                "DoRA"
-                            }
+                            "module `{}`: a DoRA merge cannot be undone from the merged weights alone (the weight norm of the original base is lost)",
+                            m.name
                         ),
                     )
                     .into());
@@ -353,15 +378,26 @@ impl GgufMergePlan {
                         .into());
                     }
                 }
-                match targets.iter_mut().find(|x| x.tensor == tname) {
-                    Some(x) => x.terms.push((ai, mi)),
-                    None => targets.push(Target {
-                        tensor: tname,
-                        terms: vec![(ai, mi)],
-                        permute,
-                        out_type,
-                    }),
+                if m.bias.is_some() {
+                    let t = super::gguf_whole::plan_bias(&base, a, (ai, mi), &g, permute)?;
+                    add_term(&mut targets, t, &a.path)?;
                 }
+                let t = Target {
+                    tensor: tname,
+                    terms: vec![(ai, mi)],
+                    permute,
+                    out_type,
+                    kind: Kind::Weight,
+                };
+                add_term(&mut targets, t, &a.path)?;
+            }
+            // The base copies PEFT saves beside an embedding / lm_head LoRA are skipped, as
+            // llama.cpp's converter skips them: the GGUF base's own tensor is the W0.
+            let heads = (permutes, n_head, n_head_kv);
+            for t in
+                super::gguf_whole::plan_full(&base, &arch, ai, a, &options, heads, &mut unmatched)?
+            {
+                add_term(&mut targets, t, &a.path)?;
             }
         }
         if !unmatched.is_empty() && !options.allow_unmatched {
@@ -508,161 +544,6 @@ impl GgufMergePlan {
             .collect()
     }
 
-    /// The f32 merge of one target, in the GGUF tensor's layout, through the backend's merge
-    /// (the arithmetic every safetensors merge uses: `acc = Σₖ b·a` in f32, `w + scale·acc`),
-    /// handed to `band` in bands of whole rows, in order.
-    fn merged(
-        &self,
-        t: &Target,
-        engine: &Engine,
-        scratch: &mut Scratch,
-        mut band_out: impl FnMut(&[f32]) -> Result<()>,
-    ) -> Result<()> {
-        let (f, info) = self.base.get(&t.tensor).expect("planned");
-        let shape = info.shape();
-        let (rows, cols) = (shape[0], shape[1]);
-        // The CPU merge runs in row bands of about `BAND` values, each dequantized, merged in
-        // place and quantized while in cache: no tensor-sized f32 base or merge, no output
-        // buffer per band and no copies into and out of one (issue #17). Rows are independent
-        // in the dequantizer, the merge (no DoRA here) and the quantizers (rows are whole
-        // blocks), so the bits are those of one whole-tensor job. The GPU takes the tensor
-        // whole.
-        const BAND: usize = 1 << 20;
-        let gpu = engine.is_gpu();
-        let band = if gpu {
-            rows.max(1)
-        } else {
-            (BAND / cols.max(1)).max(1)
-        };
-        // Every value is overwritten by the dequantization: zeroed only when the size changes
-        // (zeroing 64 MB per 4096² tensor was ~2 % of a 7B merge's CPU time).
-        let w0 = &mut scratch.w0;
-        if w0.len() != band.min(rows) * cols {
-            w0.clear();
-            w0.resize(band.min(rows) * cols, 0.0);
-        }
-        f.prefetch(info);
-        let data = f.view(info).data;
-        let row_bytes = cols / info.ty.block_size() * info.ty.type_size();
-        assert_eq!(
-            row_bytes * rows,
-            data.len(),
-            "planned: a dequantizable type whose size the header validated"
-        );
-        let mut order = t.terms.clone();
-        if self.options.unmerge {
-            order.reverse();
-        }
-        // Factors in the stored layout: transposed for embeddings, q/k rows permuted.
-        let mut owned = Vec::new();
-        for &(ai, mi) in &order {
-            let a = &self.adapters[ai].adapter;
-            let m = &a.modules[mi];
-            let (mut b, mut av, mut dense) = (Vec::new(), Vec::new(), None);
-            if m.factors.lora().is_some() {
-                let (fb, fa) = a.factors(m)?;
-                (b, av) = if m.base_transposed {
-                    (
-                        crate::adapter::transpose(&fa, m.rank, m.in_features),
-                        crate::adapter::transpose(&fb, m.out_features, m.rank),
-                    )
-                } else {
-                    (fb.to_vec(), fa.to_vec())
-                };
-                if let Some(h) = t.permute {
-                    b = names::permute_rows(&b, rows, m.rank, h);
-                }
-            } else {
-                let mut d = a.delta_unscaled(m)?;
-                if m.base_transposed {
-                    d = crate::adapter::transpose(&d, m.out_features, m.in_features);
-                }
-                if let Some(h) = t.permute {
-                    d = names::permute_rows(&d, rows, cols, h);
-                }
-                dense = Some(d);
-            }
-            owned.push((b, av, dense));
-        }
-        let terms: Vec<Term> = order
-            .iter()
-            .zip(&owned)
-            .map(|(&(ai, mi), (b, a, dense))| {
-                let wa = &self.adapters[ai];
-                let m = &wa.adapter.modules[mi];
-                let s = wa.weight * m.scale;
-                Term {
-                    b,
-                    a,
-                    rank: m.rank,
-                    dense: dense.as_deref(),
-                    scale: if self.options.unmerge { -s } else { s } as f32,
-                    dora: None,
-                }
-            })
-            .collect();
-        for r0 in (0..rows).step_by(band) {
-            let r1 = (r0 + band).min(rows);
-            let band_terms: Vec<Term> = terms
-                .iter()
-                .map(|x| Term {
-                    b: x.b.get(r0 * x.rank..r1 * x.rank).unwrap_or(&[]),
-                    dense: x.dense.map(|d| &d[r0 * cols..r1 * cols]),
-                    ..*x
-                })
-                .collect();
-            let name_err = |e: MergeError| {
-                let e = match e {
-                    MergeError::NonFinite { row, col, value } => MergeError::NonFinite {
-                        row: row + r0,
-                        col,
-                        value,
-                    },
-                    e => e,
-                };
-                InputError::invalid(
-                    &self.out,
-                    format!(
-                        "tensor `{}`: the merge gives an invalid result: {e}; nothing was written",
-                        t.tensor
-                    ),
-                )
-            };
-            let w = &mut scratch.w0[..(r1 - r0) * cols];
-            {
-                let _t = profile::time(Stage::Dequantize);
-                let ok = quant::dequantize_par(info.ty, &data[r0 * row_bytes..r1 * row_bytes], w);
-                assert!(ok, "planned: a dequantizable type");
-            }
-            if gpu {
-                let job = MergeJob {
-                    w0: bytemuck::cast_slice(w),
-                    in_dtype: Dtype::F32,
-                    rows: r1 - r0,
-                    cols,
-                    terms: &band_terms,
-                    out_dtype: Dtype::F32,
-                };
-                let out = engine.merge(&job).map_err(name_err)?;
-                match bytemuck::try_cast_slice::<u8, f32>(&out) {
-                    Ok(v) => band_out(v)?,
-                    Err(_) => {
-                        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
-                        band_out(&v)?
-                    }
-                }
-            } else {
-                // In place in the dequantized base, which is not read again: the same bits as
-                // the F32 job, without its output buffer and the two copies into and out of it
-                // (issue #17: ~4 % of a 7B merge's CPU time in memmove).
-                cpu::merge_f32_in_place(w, r1 - r0, cols, &band_terms).map_err(name_err)?;
-                band_out(w)?;
-            }
-        }
-        f.release(info);
-        Ok(())
-    }
-
     /// Writes the merged model atomically and reports per merged tensor.
     pub fn run(self, engine: &Engine) -> Result<GgufMergeReport> {
         let start = std::time::Instant::now();
@@ -688,7 +569,7 @@ impl GgufMergePlan {
         // kept for the next: fresh pages cost ~18 % of a 7B Q4_K_M merge in faults and zeroing
         // (issue #17).
         // It is freed after the last one, so that it is not held while the rest is copied.
-        let mut scratch = Scratch::default();
+        let mut scratch = super::gguf_band::Scratch::default();
         let mut merges_left = self.targets.len();
         let spec = super::gguf_parts::GgufOutput {
             out: &self.out,
@@ -734,11 +615,7 @@ impl GgufMergePlan {
             }
             merged.push(MergedTensor {
                 name: t.name.clone(),
-                modules: target
-                    .terms
-                    .iter()
-                    .map(|&(ai, mi)| self.adapters[ai].adapter.modules[mi].name.clone())
-                    .collect(),
+                modules: self.term_names(target),
                 base_type: t.ty.name().into(),
                 ty: target.out_type.name().into(),
                 fallback_from: match self.options.outtype {
@@ -750,7 +627,7 @@ impl GgufMergePlan {
             });
             merges_left -= 1;
             if merges_left == 0 {
-                scratch = Scratch::default();
+                scratch = super::gguf_band::Scratch::default();
             }
             Ok(TensorData::Bytes(std::borrow::Cow::Owned(bytes)))
         })?;
@@ -777,11 +654,4 @@ impl GgufMergePlan {
             seconds: start.elapsed().as_secs_f64(),
         })
     }
-}
-
-/// Whole-tensor buffers reused from one merged tensor to the next.
-#[derive(Default)]
-struct Scratch {
-    /// One row band of the base tensor dequantized (the GPU's band is the whole tensor).
-    w0: Vec<f32>,
 }

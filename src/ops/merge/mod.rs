@@ -20,8 +20,10 @@ pub use crate::ops::output::DtypeChoice;
 
 mod experts;
 pub mod gguf;
+mod gguf_band;
 pub mod gguf_hf;
 pub mod gguf_parts;
+mod gguf_whole;
 mod model;
 mod plan;
 pub(crate) mod residual;

@@ -26,6 +26,8 @@ mod parts;
 mod read;
 /// Faults found by fixtures/gen/check_gguf_sweep.py, against llama.cpp's converter.
 mod sweep;
+/// DoRA, lora_bias and modules_to_save into GGUF bases, against the converted PEFT merge.
+mod variants;
 
 fn g(name: &str) -> String {
     fixture(&format!("gguf/{name}"))

@@ -207,3 +207,35 @@ fn hf_to_gguf_parts_and_splits_equal_the_single_run() {
     };
     assert!(keys(one) == keys(split));
 }
+
+/// DoRA, lora_bias and modules_to_save (fixtures/gguf/peft_variants on the Q8_0 Llama: DoRA
+/// then LoRA-with-bias adapters, biases updated; then a saved token_embd and output), split at
+/// 4 kB: 2 and 3 parts plus `finalize` give the single run's files byte for byte.
+#[test]
+fn gguf_parts_with_dora_bias_and_saved_tensors_equal_the_single_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = g("peft_variants/llama.q8_0.gguf");
+    let (dora, bias, saved) = (
+        g("peft_variants/llama_dora"),
+        g("peft_variants/llama_bias"),
+        g("peft_variants/llama_saved"),
+    );
+    let shard = ["--max-shard-size", "4KB"];
+    let with_bias = [&["--adapter", &bias][..], &shard].concat();
+    for (ci, (adapter, extra)) in [(&dora, &with_bias[..]), (&saved, &shard[..])]
+        .into_iter()
+        .enumerate()
+    {
+        let whole = dir.path().join(format!("whole{ci}"));
+        std::fs::create_dir(&whole).unwrap();
+        merge_in_parts(&base, adapter, &whole.join("m.gguf"), None, extra);
+        let want = folder_files(&whole);
+        assert!(want.len() > 3, "{}", want.len());
+        for n in [2, 3] {
+            let parted = dir.path().join(format!("parts{ci}-{n}"));
+            std::fs::create_dir(&parted).unwrap();
+            merge_in_parts(&base, adapter, &parted.join("m.gguf"), Some(n), extra);
+            assert_same_files(&folder_files(&parted), &want, &format!("{ci}: {n} parts"));
+        }
+    }
+}
