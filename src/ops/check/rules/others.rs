@@ -163,7 +163,7 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::LlamaCpp,
         when: When::Dora,
         severity: Severity::Error,
-        why: "lora_magnitude_vector is \"Not a lora_A or lora_B tensor\": the converter exits 1",
+        why: "lora_magnitude_vector is \"Not a lora_A or lora_B tensor\": the converter exits 1; `lorakit merge --base MODEL.gguf` merges it into the GGUF model instead",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1))"),
     },
     Rule {
@@ -171,7 +171,7 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::LlamaCpp,
         when: When::LoraBias,
         severity: Severity::Error,
-        why: "lora_B.bias is \"Not a lora_A or lora_B tensor\": the converter exits 1",
+        why: "lora_B.bias is \"Not a lora_A or lora_B tensor\": the converter exits 1; `lorakit merge --base MODEL.gguf` merges it into a GGUF model that has that bias",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1))"),
     },
     Rule {
@@ -179,7 +179,7 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::LlamaCpp,
         when: When::ModulesToSaveUnlessLmHeadOn(GEMMA_DROPS_LM_HEAD),
         severity: Severity::Error,
-        why: "full tensors (modules_to_save, e.g. embed_tokens/lm_head from added tokens) are refused: \"Unexpected name\", exit 1 (llama.cpp #9948)",
+        why: "full tensors (modules_to_save, e.g. embed_tokens/lm_head from added tokens) are refused: \"Unexpected name\", exit 1 (llama.cpp #9948); `lorakit merge --base MODEL.gguf` merges it into the GGUF model instead",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:479-483 LoraModel.get_tensors (\"Unexpected name\", PR #9948 hint, sys.exit(1))"),
     },
     Rule {
@@ -187,7 +187,7 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::LlamaCpp,
         when: When::TrainableTokens,
         severity: Severity::Error,
-        why: "trainable-token rows are \"Not a lora_A or lora_B tensor\": the converter exits 1 (only lora_A/B, lora_embedding_A/B, saved base layers and norms are accepted)",
+        why: "trainable-token rows are \"Not a lora_A or lora_B tensor\": the converter exits 1 (only lora_A/B, lora_embedding_A/B, saved base layers and norms are accepted); `lorakit merge --base MODEL.gguf` writes the rows into the GGUF model instead",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1))"),
     },
     Rule {
