@@ -201,7 +201,7 @@ impl Output {
         specs: Vec<TensorSpec>,
     ) -> InputResult<FileWriter<'_>> {
         let tmp = self.start(path)?;
-        let mut stream = file::Stream::new(path, create_new(&tmp, path)?, &tmp);
+        let mut stream = file::Stream::new(path, create_new(&tmp, path)?);
         let triples: Vec<(String, Dtype, Vec<usize>)> = specs
             .iter()
             .map(|s| (s.name.clone(), s.dtype, s.shape.clone()))
@@ -222,7 +222,7 @@ impl Output {
     /// every other output.
     pub fn raw_file(&mut self, path: &Path) -> InputResult<RawFile<'_>> {
         let tmp = self.start(path)?;
-        let stream = file::Stream::new(path, create_new(&tmp, path)?, &tmp);
+        let stream = file::Stream::new(path, create_new(&tmp, path)?);
         Ok(RawFile {
             written: &mut self.bytes,
             stream,

@@ -10,15 +10,18 @@
 //! skipping it also leaves the cache to the base being read (a 7B checkpoint and its merge do
 //! not both fit in memory).
 //!
-//! How: a second descriptor of the same temporary file, opened with `O_DIRECT`. Every byte the
-//! stream appends, including tensors copied unchanged from an input (read with `pread` into the
-//! buffer: one copy, as `copy_file_range` makes into the page cache), goes into the buffer, whose
-//! start is always a multiple of [`ALIGN`] in the file; each full buffer is one aligned `pwrite`.
-//! The last, partial buffer is written through the ordinary descriptor at close, before the
-//! fsync that every output gets. A file system that refuses `O_DIRECT` (at open, or with
-//! `EINVAL` on a write) gets the ordinary buffered path, chosen per file; nothing else changes:
-//! the same bytes, the same atomic commit. `LORAKIT_DIRECT_IO=0` turns it off (an A/B switch,
-//! and an escape hatch).
+//! How: a second descriptor of the same open temporary file (reopened through `/proc/self/fd`,
+//! so a path swapped meanwhile cannot redirect it), with `O_DIRECT`, on local disk file systems
+//! only ([`local_disk`]: not NFS, SMB or FUSE, where it costs a round trip per write, nor tmpfs).
+//! Every byte the stream appends, including tensors copied unchanged from an input (read with
+//! `pread` into the buffer: one copy, as `copy_file_range` makes into the page cache), goes into
+//! the buffer, whose start is always a multiple of [`ALIGN`] in the file; each full buffer is one
+//! aligned `pwrite`. The last, partial buffer is written through the ordinary descriptor at
+//! close, before the fsync that every output gets (`fsync` syncs the inode, direct writes
+//! included). A file system that refuses a direct write (`EINVAL`), or writes part of a block,
+//! gets the ordinary buffered path from there on, chosen per file; nothing else changes: the
+//! same bytes, the same atomic commit. `LORAKIT_DIRECT_IO=0` turns it off (an A/B switch, and an
+//! escape hatch).
 //!
 //! Must not: reorder or alter bytes, write a page twice through the two descriptors (the direct
 //! writes cover whole pages below the buffer's start, the buffered tail only the pages above),
@@ -105,23 +108,36 @@ pub(super) enum Staged {
 }
 
 impl Direct {
-    /// A direct descriptor for `tmp` (the temporary file just created, still empty), or `None`
-    /// where direct I/O is off, unsupported by the platform or refused by the file system.
-    pub(super) fn open(tmp: &Path) -> Option<Direct> {
+    /// A direct descriptor for `plain`'s file (the temporary file just created, still empty),
+    /// or `None` where direct I/O is off, unsupported by the platform, or not worth it on this
+    /// file system ([`local_disk`]), or refused by it.
+    pub(super) fn open(plain: &File) -> Option<Direct> {
         if std::env::var_os("LORAKIT_DIRECT_IO").is_some_and(|v| v == "0") {
             return None;
         }
-        Self::open_on(tmp)
+        Self::open_on(plain)
     }
 
+    /// [`Self::open`] without the switch. The second descriptor is opened through
+    /// `/proc/self/fd`, which names the open file itself, not its path: a temporary path
+    /// swapped for a link meanwhile cannot redirect the bytes (and the device and inode are
+    /// checked to be `plain`'s).
     #[cfg(target_os = "linux")]
-    pub(super) fn open_on(tmp: &Path) -> Option<Direct> {
-        use std::os::unix::fs::OpenOptionsExt;
+    pub(super) fn open_on(plain: &File) -> Option<Direct> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::io::AsRawFd;
+        if !local_disk(plain) {
+            return None;
+        }
         let file = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
-            .open(tmp)
+            .open(format!("/proc/self/fd/{}", plain.as_raw_fd()))
             .ok()?;
+        let (a, b) = (plain.metadata().ok()?, file.metadata().ok()?);
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            return None;
+        }
         Some(Direct {
             file,
             buf: Aligned::new()?,
@@ -133,7 +149,7 @@ impl Direct {
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn open_on(_tmp: &Path) -> Option<Direct> {
+    pub(super) fn open_on(_plain: &File) -> Option<Direct> {
         None
     }
 
@@ -228,7 +244,9 @@ impl Direct {
                         std::io::Error::new(std::io::ErrorKind::WriteZero, "no bytes written"),
                     ))
                 }
-                Ok(_) => return self.refuse(plain, dest, off),
+                // A short write that ends inside a block: the whole blocks stand, the rest goes
+                // through `plain` (so no byte is written through both descriptors).
+                Ok(n) => return self.refuse(plain, dest, off + n / ALIGN * ALIGN),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 // EINVAL: this file system (or its block size) does not take these writes.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -267,8 +285,14 @@ impl Direct {
                 Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
                     return Err(InputError::write(dest, e))
                 }
-                // Refused or short of a block: the rest goes through `plain`.
-                _ => break,
+                Ok(n) => {
+                    // Short of a block (or nothing): the whole blocks stand, the rest goes
+                    // through `plain`.
+                    from += n / ALIGN * ALIGN;
+                    break;
+                }
+                // Refused: the rest goes through `plain`.
+                Err(_) => break,
             }
         }
         plain
@@ -276,4 +300,28 @@ impl Direct {
             .map_err(|e| InputError::write(dest, e))?;
         Ok(self.at + self.len as u64)
     }
+}
+
+/// Whether `file` lies on a local disk file system where direct I/O skips the page cache and
+/// nothing else (ext2/3/4, XFS, Btrfs, F2FS, bcachefs, and overlayfs, which hands direct I/O to
+/// the file system beneath it in containers). Elsewhere it costs more than it saves: on NFS,
+/// SMB or FUSE `O_DIRECT` makes every write a synchronous round trip and gives up server-side
+/// copies, and tmpfs keeps its data in the page cache anyway.
+#[cfg(target_os = "linux")]
+fn local_disk(file: &File) -> bool {
+    use std::os::unix::io::AsRawFd;
+    const EXT: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const F2FS: i64 = 0xF2F5_2010;
+    const BCACHEFS: i64 = 0xCA45_1A4E;
+    const OVERLAYFS: i64 = 0x794C_7630;
+    // SAFETY: `st` is a live local the call fills; the descriptor is open (borrowed `File`).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // `f_type`'s width differs between targets
+    let t = st.f_type as i64;
+    matches!(t, EXT | XFS | BTRFS | F2FS | BCACHEFS | OVERLAYFS)
 }

@@ -55,15 +55,15 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    /// A stream into `file` (the temporary file `tmp` of `dest`, just created): through direct
-    /// I/O where the file system takes it ([`Direct`]), else through an 8 MiB buffer.
-    pub(super) fn new(dest: &Path, file: File, tmp: &Path) -> Stream {
+    /// A stream into `file` (the temporary file of `dest`, just created): through direct I/O
+    /// where the file system takes it ([`Direct`]), else through an 8 MiB buffer.
+    pub(super) fn new(dest: &Path, file: File) -> Stream {
         Stream {
             dest: dest.to_path_buf(),
+            direct: Direct::open(&file),
             w: BufWriter::with_capacity(8 << 20, file),
             bytes: 0,
             behind: WriteBehind::default(),
-            direct: Direct::open(tmp),
         }
     }
 
@@ -109,7 +109,7 @@ impl Stream {
     pub(super) fn with_direct(dest: &Path, file: File, direct: Option<Direct>) -> Stream {
         Stream {
             direct,
-            ..Stream::new(dest, file, Path::new("/nonexistent/lorakit-test"))
+            ..Stream::new(dest, file)
         }
     }
 

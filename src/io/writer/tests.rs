@@ -328,7 +328,7 @@ fn direct_io_writes_the_bytes_of_the_buffered_path_and_falls_back_on_refusal() {
         let path = dir.path().join(format!("out{i}"));
         let file = File::create_new(&path).unwrap();
         let direct = refuse_at.and_then(|at| {
-            let mut d = Direct::open_on(&path)?;
+            let mut d = Direct::open_on(&file)?;
             d.refuse_at = at;
             Some(d)
         });
