@@ -595,14 +595,19 @@ impl GgufMergePlan {
             };
             let out_bytes = out_tensors[i].bytes() as usize;
             let (mut bytes, mut err) = (Vec::with_capacity(out_bytes), StoredError::default());
-            self.merged(target, engine, &mut scratch, |values| {
-                let _t = profile::time(Stage::Quantize);
-                let at = bytes.len() / target.out_type.type_size() * target.out_type.block_size();
-                let e = quant::quantize_par_measured(target.out_type, values, &mut bytes)
-                    .expect("planned");
-                err = err.then(e, at);
-                Ok(())
-            })?;
+            if let Some((b, e)) = self.rows_in_place(target)? {
+                (bytes, err) = (b, e);
+            } else {
+                self.merged(target, engine, &mut scratch, |values| {
+                    let _t = profile::time(Stage::Quantize);
+                    let at =
+                        bytes.len() / target.out_type.type_size() * target.out_type.block_size();
+                    let e = quant::quantize_par_measured(target.out_type, values, &mut bytes)
+                        .expect("planned");
+                    err = err.then(e, at);
+                    Ok(())
+                })?;
+            }
             if let Some(i) = err.first_bad {
                 return Err(InputError::invalid(
                     &self.out,

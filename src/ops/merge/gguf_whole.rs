@@ -220,6 +220,47 @@ pub(super) fn plan_full(
 }
 
 impl GgufMergePlan {
+    /// For a trainable-token target stored in the base tensor's own type: the base's stored
+    /// bytes with only the adapter's rows quantized anew (rows are whole blocks), and the
+    /// quantization error of those rows. The other rows keep their bytes: a K-quant
+    /// requantized from its own dequantization need not give its bytes back, and PEFT's
+    /// `index_copy` leaves them as they were. `None` for every other target (quantized whole
+    /// from [`Self::whole`]).
+    pub(super) fn rows_in_place(
+        &self,
+        t: &Target,
+    ) -> Result<Option<(Vec<u8>, quant::StoredError)>> {
+        let (f, info) = self.base.get(&t.tensor).expect("planned");
+        let (ai, fi) = t.terms[0];
+        let a = &self.adapters[ai].adapter;
+        let rows = match (
+            &t.kind,
+            a.full_tensors.get(fi).and_then(|x| x.rows.as_ref()),
+        ) {
+            (Kind::Replace, Some(rows)) if t.permute.is_none() && t.out_type == info.ty => rows,
+            _ => return Ok(None),
+        };
+        let shape = info.shape();
+        let cols = shape.iter().skip(1).product::<usize>().max(1);
+        let stored = f.view(info).data;
+        let row_bytes = stored.len() / shape[0].max(1);
+        let vals = a.values(&a.full_tensors[fi].data)?;
+        let mut bytes = stored.to_vec();
+        let mut err = quant::StoredError::default();
+        let mut row = Vec::with_capacity(row_bytes);
+        // In the adapter's order: a row listed twice ends as its last values, as in
+        // `Adapter::full_values`.
+        for (i, &r) in rows.iter().enumerate() {
+            row.clear();
+            let e =
+                quant::quantize_par_measured(t.out_type, &vals[i * cols..(i + 1) * cols], &mut row)
+                    .expect("planned: rows are whole blocks of a quantizable type");
+            bytes[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&row);
+            err = err.then(e, r * cols);
+        }
+        Ok(Some((bytes, err)))
+    }
+
     /// The new values of a [`Kind::Bias`] or [`Kind::Replace`] target, whole, in the file's
     /// layout.
     pub(super) fn whole(&self, t: &Target) -> Result<Vec<f32>> {

@@ -429,3 +429,56 @@ fn unmerging_lora_bias_restores_the_biases() {
         }
     }
 }
+
+/// Trainable tokens into a quantized `token_embd` (the Q4_0 Llama): the rows the adapter lists
+/// are its values quantized once (within one Q4_0 step of them), and every other row keeps
+/// the base's bytes, as PEFT's `index_copy` keeps its values — not a requantization of its own
+/// dequantization. On this Q4_0 fixture that requantization happens to give the bytes back (the
+/// test passes with the rows requantized too); it guards the rule and the row offsets. The case
+/// that motivates it, a K-quant `token_embd` (ggml's scale search need not reproduce its own
+/// output), needs rows of 256 values, which no fixture model here has (review of the GGUF
+/// trainable-token merge, 2026-12-05).
+#[test]
+fn trainable_tokens_keep_the_stored_bytes_of_every_other_row() {
+    let (_dir, out) = scratch("m.gguf");
+    merge_json(
+        g("llama_q4_0.gguf"),
+        fixture("llama/adapters/tokens"),
+        &out,
+        &[],
+    );
+    let (got, base) = (hf_view(&out), hf_view(&fixture("gguf/llama_q4_0.gguf")));
+    let (ty, shape, vals, bytes) = &got["model.embed_tokens.weight"];
+    let (base_ty, _, _, base_bytes) = &base["model.embed_tokens.weight"];
+    assert_eq!((ty, base_ty), (&GgmlType::Q4_0, &GgmlType::Q4_0));
+    let reference = read(&fixture("llama/merged/tokens.safetensors"));
+    let want = reference["model.embed_tokens.weight"].f32();
+    let (rows, cols) = (shape[0], shape[1]);
+    let row_bytes = bytes.len() / rows;
+    let listed = [0usize, 5, 7, 2];
+    for r in 0..rows {
+        let (got_row, base_row) = (
+            &bytes[r * row_bytes..(r + 1) * row_bytes],
+            &base_bytes[r * row_bytes..(r + 1) * row_bytes],
+        );
+        if listed.contains(&r) {
+            // Q4_0 (`quantize_row_q4_0_ref`): d = max/-8 per block of 32 and codes 0..15, so a
+            // value lies within |d|/2 of its code, or within |d| at the far end (code 15 = 7d).
+            for (blk, (g, w)) in vals[r * cols..(r + 1) * cols]
+                .chunks(32)
+                .zip(want[r * cols..(r + 1) * cols].chunks(32))
+                .enumerate()
+            {
+                let amax = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+                for (a, b) in g.iter().zip(w) {
+                    assert!(
+                        (a - b).abs() <= amax / 8.0 * 1.001,
+                        "row {r} block {blk}: {a} vs {b}"
+                    );
+                }
+            }
+        } else {
+            assert!(got_row == base_row, "row {r}: bytes changed");
+        }
+    }
+}
