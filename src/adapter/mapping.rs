@@ -37,7 +37,7 @@
 use super::model::{Adapter, LoraModule, ModuleKind};
 use crate::io::Checkpoint;
 
-mod layouts;
+pub mod layouts;
 mod names;
 mod openclip;
 mod placement;
@@ -130,7 +130,13 @@ pub fn resolve_in(
         let candidates = if kohya_name {
             components.filter(&m.name, found)
         } else if found.is_empty() {
-            Ok(components.across_roots(&format!("{}.weight", m.name), names))
+            let want = format!("{}.weight", m.name);
+            let across = components.across_roots(&want, names);
+            if across.is_empty() {
+                Ok(layouts::other_denoiser_root(&want, names))
+            } else {
+                Ok(across)
+            }
         } else {
             Ok(found)
         };

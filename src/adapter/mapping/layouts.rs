@@ -175,7 +175,7 @@ fn matches<'a>(s: &'a str, pattern: &str, sep: char) -> Option<&'a str> {
 /// The diffusers module paths module `name` stands for: a kohya name (`lora_unet_` + the
 /// original path with `_`) or a dotted name ending in the original path (any root before it,
 /// `diffusion_model.`, is the original checkpoint's).
-fn targets(name: &str, kohya_name: bool) -> Option<Vec<String>> {
+pub fn targets(name: &str, kohya_name: bool) -> Option<Vec<String>> {
     let found = |tail: &str, sep: char| {
         TABLE.iter().find_map(|(orig, difs)| {
             let i = matches(tail, orig, sep)?;
@@ -200,6 +200,30 @@ fn weight_of<'a>(path: &str, names: &[&'a str]) -> Vec<&'a str> {
         .filter(|n| {
             n.strip_suffix(want.as_str()).is_some_and(|root| {
                 root.is_empty() || (root.ends_with('.') && !root[..root.len() - 1].contains('.'))
+            })
+        })
+        .copied()
+        .collect()
+}
+
+/// Base weights for a dotted `want` under one denoiser root stored under another denoiser root
+/// with the same path below it: `diffusion_model.transformer_blocks.0.attn.to_q.weight`
+/// (Qwen-Image's trainers; diffusers 0.42.1 `_convert_non_diffusers_qwen_lora_to_diffusers`
+/// removes `diffusion_model.` and loads the rest under `transformer.`) on a file of several
+/// components holding `transformer.transformer_blocks.0.attn.to_q.weight`. The whole path below
+/// the roots must be equal (denoiser layouts differ below their roots, so a suffix would be a
+/// guess).
+pub(super) fn other_denoiser_root<'a>(want: &str, names: &[&'a str]) -> Vec<&'a str> {
+    use super::placement::{root_of, Component};
+    let Some((aroot, Component::Denoiser, _)) = root_of(want) else {
+        return Vec::new();
+    };
+    let rest = &want[aroot.len()..];
+    names
+        .iter()
+        .filter(|n| {
+            root_of(n).is_some_and(|(broot, c, _)| {
+                broot != aroot && *c == Component::Denoiser && n[broot.len()..] == *rest
             })
         })
         .copied()

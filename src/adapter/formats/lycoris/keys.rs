@@ -179,9 +179,12 @@ pub fn split_key(key: &str) -> Option<(String, &'static str, Naming)> {
 /// `_convert_xlabs_flux_lora_to_diffusers`). A single block's processor keys are left to the
 /// ordinary suffixes (none matches: refused by key).
 fn xlabs_module(key: &str) -> Option<(String, &'static str, Naming)> {
-    let (rest, role) = [(".down.weight", "lora_down.weight"), (".up.weight", "lora_up.weight")]
-        .into_iter()
-        .find_map(|(suffix, role)| key.strip_suffix(suffix).map(|r| (r, role)))?;
+    let (rest, role) = [
+        (".down.weight", "lora_down.weight"),
+        (".up.weight", "lora_up.weight"),
+    ]
+    .into_iter()
+    .find_map(|(suffix, role)| key.strip_suffix(suffix).map(|r| (r, role)))?;
     let (head, proc) = rest.rsplit_once(".processor.")?;
     let layer = match proc {
         "qkv_lora1" => "img_attn.qkv",
