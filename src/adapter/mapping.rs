@@ -160,6 +160,22 @@ pub fn resolve_in(
                 }
                 None => {}
             }
+            // And the other way: a diffusers name on the original layout (a row slice of a
+            // fused tensor, as OpenCLIP's q/k/v).
+            let reverse = (!kohya_name)
+                .then(|| layouts::place_on_original(mi, m, names, &logical))
+                .flatten();
+            match reverse {
+                Some(Ok(p)) => {
+                    res.modules.push(p);
+                    continue;
+                }
+                Some(Err(u)) => {
+                    res.unmatched.push(u);
+                    continue;
+                }
+                None => {}
+            }
         }
         let candidates = match (openclip, candidates) {
             (Some(Ok(p)), _) => {

@@ -6,6 +6,8 @@
 //! - a kohya sd-scripts Flux module on BFL's fused `img_attn.qkv` lands on diffusers' separate
 //!   `to_q`/`to_k`/`to_v`, each the matching rows of lora_up times the shared lora_down (also the
 //!   block-diagonal `split_qkv` layout, and `single_blocks.N.linear1` over q, k, v and `proj_mlp`);
+//! - the other way, ai-toolkit's diffusers names on a BFL single file land on their rows of the
+//!   fused `img_attn.qkv` / `linear1`, as diffusers' split reads them;
 //! - XLabs-AI x-flux's processor keys are read as the layers they adapt;
 //! - musubi-tuner's Wan names land on diffusers' Wan names;
 //! - `check --target diffusers` says diffusers applies these files (it flagged every kohya Flux
@@ -92,6 +94,11 @@ fn kohya_flux_linear1_splits_over_q_k_v_and_the_mlp() {
 #[test]
 fn xlabs_flux_processors_land_on_their_layers() {
     merges_as_reference("flux_base.safetensors", "flux_xlabs");
+}
+
+#[test]
+fn ai_toolkit_flux_names_land_on_rows_of_bfl_fused_weights() {
+    merges_as_reference("flux_bfl_base.safetensors", "flux_aitk");
 }
 
 #[test]

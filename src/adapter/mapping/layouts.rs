@@ -206,6 +206,101 @@ fn weight_of<'a>(path: &str, names: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
+/// Where module `m` (index `mi`), named in the diffusers layout (ai-toolkit's `transformer.
+/// transformer_blocks.0.attn.to_k`, Wan's `blocks.0.attn1.to_q`), lands on a base in the
+/// original layout (BFL `double_blocks.0.img_attn.qkv.weight`, under no root, one root or
+/// `model.diffusion_model.`): the whole tensor of a renamed module, or its rows of a fused one —
+/// as ComfyUI's `comfy/utils.py` `flux_to_diffusers` maps each diffusers key to a row range of
+/// the BFL tensor. In [`TABLE`] every part of a fused tensor but the last has one width (q, k, v;
+/// `linear1`'s MLP input comes last), so part `j` of `n` starts at `j·out` and the last at
+/// `rows − out`. `None` when the name is no diffusers path of the table or no original tensor
+/// exists.
+pub(super) fn place_on_original(
+    mi: usize,
+    m: &LoraModule,
+    names: &[&str],
+    logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
+) -> Option<Result<Placement, Unmatched>> {
+    let starts = std::iter::once(0).chain(m.name.match_indices('.').map(|(i, _)| i + 1));
+    let (orig, j, n) = starts
+        .flat_map(|st| {
+            let tail = &m.name[st..];
+            TABLE.iter().flat_map(move |(orig, difs)| {
+                difs.iter().enumerate().filter_map(move |(j, d)| {
+                    let i = matches(tail, d, '.')?;
+                    Some((orig.replace('#', i), j, difs.len()))
+                })
+            })
+        })
+        .next()?;
+    let want = format!("{orig}.weight");
+    let found_names: Vec<&str> = names
+        .iter()
+        .filter(|x| {
+            x.strip_suffix(want.as_str()).is_some_and(|root| {
+                root.is_empty()
+                    || root == "model.diffusion_model."
+                    || (root.ends_with('.') && !root[..root.len() - 1].contains('.'))
+            })
+        })
+        .copied()
+        .collect();
+    let weight = match found_names.as_slice() {
+        [] => return None,
+        [one] => one.to_string(),
+        many => {
+            return Some(Err(Unmatched::Ambiguous {
+                module: m.name.clone(),
+                candidates: many.iter().map(|s| s.to_string()).collect(),
+            }))
+        }
+    };
+    let (found, dtype) = logical(&weight);
+    let expected = super::expected_shape(m);
+    let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
+    let (fits, rows) = if n == 1 {
+        (found == expected, None)
+    } else {
+        let total = found.first().copied().unwrap_or(0);
+        let out = m.out_features;
+        let offset = if j + 1 < n {
+            j.saturating_mul(out)
+        } else {
+            total.saturating_sub(out)
+        };
+        // The parts before the last share one width: `offset` of the last is (n−1) of them.
+        let fits = linear
+            && found.len() == 2
+            && found[1] == m.in_features
+            && offset.saturating_add(out) <= total
+            && (j + 1 < n || offset % (n - 1) == 0)
+            && out > 0;
+        (fits, Some(RowSlice { offset, len: out }))
+    };
+    if !fits {
+        return Some(Err(Unmatched::ShapeMismatch {
+            module: m.name.clone(),
+            tensor: weight,
+            expected,
+            found,
+        }));
+    }
+    if !crate::dtype::is_float_compute(dtype) {
+        return Some(Err(Unmatched::NotFloat {
+            module: m.name.clone(),
+            tensor: weight,
+            dtype: crate::dtype::name(dtype),
+        }));
+    }
+    Some(Ok(Placement {
+        module: mi,
+        weight,
+        bias: None,
+        rows,
+        part: None,
+    }))
+}
+
 /// Base weights for a dotted `want` under one denoiser root stored under another denoiser root
 /// with the same path below it: `diffusion_model.transformer_blocks.0.attn.to_q.weight`
 /// (Qwen-Image's trainers; diffusers 0.42.1 `_convert_non_diffusers_qwen_lora_to_diffusers`

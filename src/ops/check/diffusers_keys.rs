@@ -190,9 +190,9 @@ pub(super) fn lost_unet_module(name: &str) -> Option<String> {
 }
 
 /// Whether a transformer pipeline's own converter reads every module of `adapter` (module
-/// header): names in the original Flux/Wan layout (`crate::adapter::mapping::layouts`), or a
-/// file with Qwen-Image's top-level `transformer_blocks` under `lora_unet_` or
-/// `diffusion_model.` and every name under one of those prefixes.
+/// header): names in the original Flux/Wan layout (`crate::adapter::mapping::layouts`) beside
+/// kohya CLIP-L modules, or a file with Qwen-Image's top-level `transformer_blocks` under
+/// `lora_unet_` or `diffusion_model.` and every name under one of those prefixes.
 pub(super) fn transformer_converted(adapter: &crate::adapter::Adapter) -> bool {
     use crate::adapter::mapping::{is_kohya_name, layouts};
     let qwen = |n: &str| {
@@ -201,11 +201,23 @@ pub(super) fn transformer_converted(adapter: &crate::adapter::Adapter) -> bool {
     };
     let prefixed = |n: &str| n.starts_with("lora_unet_") || n.starts_with("diffusion_model.");
     let any_qwen = adapter.modules.iter().any(|m| qwen(&m.name));
-    !adapter.modules.is_empty()
-        && adapter.modules.iter().all(|m| {
-            let kohya = is_kohya_name(adapter.format, &m.name);
-            layouts::targets(&m.name, kohya).is_some() || (any_qwen && prefixed(&m.name))
-        })
+    let original = |n: &str| {
+        layouts::targets(n, is_kohya_name(adapter.format, n)).is_some()
+            // Left out of the merge table (diffusers swaps its halves) but converted too.
+            || n == "lora_unet_final_layer_adaLN_modulation_1"
+            || n.ends_with("final_layer.adaLN_modulation.1")
+    };
+    // kohya Flux files carry CLIP-L modules (`lora_te1_…`) beside the transformer's; the Flux
+    // converter passes them to the text encoder (`_convert_sd_scripts_to_ai_toolkit`).
+    let encoder = |n: &str| n.starts_with("lora_te_") || n.starts_with("lora_te1_");
+    adapter
+        .modules
+        .iter()
+        .any(|m| original(&m.name) || qwen(&m.name))
+        && adapter
+            .modules
+            .iter()
+            .all(|m| original(&m.name) || (any_qwen && prefixed(&m.name)) || encoder(&m.name))
 }
 
 /// kohya-named Flux modules outside the double/single blocks (`img_in`, `txt_in`, `time_in`,
@@ -215,7 +227,20 @@ pub(super) fn flux_kohya_dropped(adapter: &crate::adapter::Adapter) -> Vec<Strin
     let flux = |n: &str| {
         n.strip_prefix("lora_unet_")
             .or_else(|| n.strip_prefix("diffusion_model."))
-            .is_some_and(|r| r.starts_with("double_blocks") || r.starts_with("single_blocks"))
+            .is_some_and(|r| {
+                // The blocks, or a module only BFL Flux has (`img_in`/`txt_in` are Qwen-Image's
+                // names too, which its converter keeps).
+                [
+                    "double_blocks",
+                    "single_blocks",
+                    "time_in",
+                    "vector_in",
+                    "guidance_in",
+                    "final_layer",
+                ]
+                .iter()
+                .any(|p| r.starts_with(p))
+            })
     };
     if !transformer_converted(adapter) || !adapter.modules.iter().any(|m| flux(&m.name)) {
         return Vec::new();
