@@ -45,11 +45,11 @@ fn manifest() -> serde_json::Value {
 /// Merges `diffusers_formats/{adapter}` into `{base}` and compares every tensor with
 /// `{adapter}_reference`; every other tensor must keep its bytes. The reference's tensors are the
 /// ones diffusers changed (MANIFEST.json).
-fn merges_as_reference(base: &str, adapter: &str) {
+fn merges_as_reference(base_name: &str, adapter: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("merged.safetensors");
     merge_fixtures(
-        &format!("diffusers_formats/{base}"),
+        &format!("diffusers_formats/{base_name}"),
         &format!("diffusers_formats/{adapter}.safetensors"),
         &out,
         &["--quiet"],
@@ -58,7 +58,7 @@ fn merges_as_reference(base: &str, adapter: &str) {
     let want = read(&fixture(&format!(
         "diffusers_formats/{adapter}_reference.safetensors"
     )));
-    let base = read(&fixture(&format!("diffusers_formats/{base}")));
+    let base = read(&fixture(&format!("diffusers_formats/{base_name}")));
     let changed: Vec<String> = manifest()[adapter]["changed"]
         .as_array()
         .unwrap()
@@ -73,6 +73,20 @@ fn merges_as_reference(base: &str, adapter: &str) {
             Some(w) => assert_f32_close(name, &got[name].f32(), &w.f32(), &b.f32()),
             None => assert_eq!(got[name].f32(), b.f32(), "{name}: not adapted, unchanged"),
         }
+    }
+    // The bands of a split or sliced module are merged on the GPU from the same rows of B.
+    if gpu_available() {
+        let gpu = dir.path().join("gpu.safetensors");
+        merge_fixtures(
+            &format!("diffusers_formats/{base_name}"),
+            &format!("diffusers_formats/{adapter}.safetensors"),
+            &gpu,
+            &["--quiet", "--device", "gpu"],
+        );
+        assert!(
+            std::fs::read(&gpu).unwrap() == std::fs::read(&out).unwrap(),
+            "{adapter}: gpu output differs"
+        );
     }
 }
 
