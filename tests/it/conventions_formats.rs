@@ -172,3 +172,42 @@ fn check_names_the_kohya_flux_modules_diffusers_drops() {
         .expect("diffusers.flux_kohya_global fired");
     assert_eq!(f["items"], serde_json::json!(["lora_unet_img_in"]));
 }
+
+/// A fused module whose split tensors are not all in the base (`to_v` missing) is refused by
+/// module, naming the tensor it needs; nothing is written. So is a convert of a split module
+/// (it has no one module path to be renamed to).
+#[test]
+fn a_split_module_missing_a_part_is_refused_by_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("diffusers_formats/flux_base.safetensors"));
+    let kept: Vec<(&str, safetensors::Dtype, &[usize], &[u8])> = base
+        .iter()
+        .filter(|(n, _)| n.as_str() != "transformer_blocks.0.attn.to_v.weight")
+        .map(|(n, t)| (n.as_str(), t.dtype, t.shape.as_slice(), t.data.as_slice()))
+        .collect();
+    let partial = dir.path().join("partial.safetensors");
+    write_views(&partial, &kept);
+    let adapter = fixture("diffusers_formats/flux_kohya_split.safetensors");
+    let out = dir.path().join("merged.safetensors");
+    let err = merge_refused(&partial, &adapter, &out, &["--quiet"]);
+    assert!(
+        err.contains("lora_unet_double_blocks_0_img_attn_qkv")
+            && err.contains("transformer_blocks.0.attn.to_v.weight"),
+        "{err}"
+    );
+    let conv = dir.path().join("converted");
+    let err = refused(
+        [
+            "convert",
+            s(&adapter),
+            "--to",
+            "peft",
+            "--base",
+            s(&fixture("diffusers_formats/flux_base.safetensors")),
+            "--out",
+            s(&conv),
+        ],
+        &conv,
+    );
+    assert!(err.contains("is split over base tensors"), "{err}");
+}

@@ -255,6 +255,13 @@ pub(super) fn place_on_original(
             }))
         }
     };
+    if m.bias.is_some() {
+        // As in `place`: a `lora_B` bias is refused by module, never dropped.
+        return Some(Err(Unmatched::NotFound {
+            module: format!("{}.lora_B.bias", m.name),
+            expected: format!("{orig}.bias"),
+        }));
+    }
     let (found, dtype) = logical(&weight);
     let expected = super::expected_shape(m);
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
@@ -355,6 +362,17 @@ pub(super) fn place(
                 }))
             }
         }
+    }
+    if m.bias.is_some() {
+        // A `lora_B` bias is not split or renamed here: refused by module, never dropped.
+        return Some(Err(Unmatched::NotFound {
+            module: format!("{}.lora_B.bias", m.name),
+            expected: paths
+                .iter()
+                .map(|p| format!("{p}.bias"))
+                .collect::<Vec<_>>()
+                .join(" + "),
+        }));
     }
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
     let mut out = Vec::with_capacity(weights.len());
