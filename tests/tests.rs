@@ -22,6 +22,8 @@ mod it {
     pub mod conventions_components;
     /// What the diffusers sweep found: a longer root's module, diffusers' lost kohya UNet keys.
     pub mod conventions_diffusers;
+    /// Trainers' own layouts (kohya/XLabs Flux, musubi Wan) merged as diffusers converts them.
+    pub mod conventions_formats;
     /// Row-slice merges: SDXL TE2 q/k/v onto OpenCLIP's fused `in_proj_weight`.
     pub mod conventions_slices;
     /// `diff`: exit status and figures.

@@ -37,6 +37,7 @@
 use super::model::{Adapter, LoraModule, ModuleKind};
 use crate::io::Checkpoint;
 
+pub mod layouts;
 mod names;
 mod openclip;
 mod placement;
@@ -119,6 +120,7 @@ pub fn resolve_in(
                     weight: param.to_owned(),
                     bias: None,
                     rows: None,
+                    part: None,
                 }),
             }
             continue;
@@ -128,7 +130,13 @@ pub fn resolve_in(
         let candidates = if kohya_name {
             components.filter(&m.name, found)
         } else if found.is_empty() {
-            Ok(components.across_roots(&format!("{}.weight", m.name), names))
+            let want = format!("{}.weight", m.name);
+            let across = components.across_roots(&want, names);
+            if across.is_empty() {
+                Ok(layouts::other_denoiser_root(&want, names))
+            } else {
+                Ok(across)
+            }
         } else {
             Ok(found)
         };
@@ -138,6 +146,37 @@ pub fn resolve_in(
             Ok(c) if !c.is_empty() => None,
             _ => openclip::place(mi, m, kohya_name, names, &components, &logical),
         };
+        // A name in a model's original layout on its diffusers layout (BFL Flux, Wan), where
+        // nothing matched its name.
+        if openclip.is_none() && matches!(&candidates, Ok(c) if c.is_empty()) {
+            match layouts::place(mi, m, kohya_name, names, &logical) {
+                Some(Ok(ps)) => {
+                    res.modules.extend(ps);
+                    continue;
+                }
+                Some(Err(u)) => {
+                    res.unmatched.push(u);
+                    continue;
+                }
+                None => {}
+            }
+            // And the other way: a diffusers name on the original layout (a row slice of a
+            // fused tensor, as OpenCLIP's q/k/v).
+            let reverse = (!kohya_name)
+                .then(|| layouts::place_on_original(mi, m, names, &logical))
+                .flatten();
+            match reverse {
+                Some(Ok(p)) => {
+                    res.modules.push(p);
+                    continue;
+                }
+                Some(Err(u)) => {
+                    res.unmatched.push(u);
+                    continue;
+                }
+                None => {}
+            }
+        }
         let candidates = match (openclip, candidates) {
             (Some(Ok(p)), _) => {
                 res.modules.push(p);
@@ -228,6 +267,7 @@ pub fn resolve_in(
             weight,
             bias,
             rows: None,
+            part: None,
         });
     }
     for (fi, f) in adapter.full_tensors.iter().enumerate() {
@@ -338,9 +378,14 @@ fn shape_fits_flat(m: &LoraModule, found: &[usize]) -> bool {
 
 /// Renames kohya modules to the dotted base module paths they resolved to, so the adapter
 /// can be written as PEFT. Unresolved modules are left as they are (see the resolution), and so
-/// are modules on a row slice (no module path names a third of `in_proj_weight`).
+/// are modules on a row slice (no module path names a third of `in_proj_weight`) or split over
+/// several tensors.
 pub fn rename_to_base(adapter: &mut Adapter, res: &Resolution) {
-    for p in res.modules.iter().filter(|p| p.rows.is_none()) {
+    for p in res
+        .modules
+        .iter()
+        .filter(|p| p.rows.is_none() && p.part.is_none())
+    {
         let m = &mut adapter.modules[p.module];
         m.name = p
             .weight

@@ -147,6 +147,7 @@ pub(super) fn place(
         weight,
         bias: None,
         rows,
+        part: None,
     }))
 }
 

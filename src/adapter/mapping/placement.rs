@@ -104,6 +104,10 @@ pub struct Placement {
     /// The rows of `weight` the module updates (q, k or v of a fused `in_proj_weight`); `None`:
     /// the whole tensor.
     pub rows: Option<RowSlice>,
+    /// The rows of the module's own ΔW this tensor receives (one of diffusers' split
+    /// `to_q`/`to_k`/`to_v` of a module on BFL Flux's fused `img_attn.qkv`, [`super::layouts`]);
+    /// `None`: all of them. Such a module has one placement per split tensor.
+    pub part: Option<RowSlice>,
 }
 
 /// Rows `[offset, offset + len)` along the first axis of a base tensor: the part of it one

@@ -27,6 +27,17 @@
 //! MLP module; a kohya one with an MLP module but no `out_proj` keeps its attention keys as
 //! `…to_q_lora.down.weight`, which no layer has (skipped). Run on the sweep's cases.
 //!
+//! The transformer pipelines convert other trainers' names themselves (`lora_pipeline.py`
+//! `FluxLoraLoaderMixin`, `WanLoraLoaderMixin`, `QwenImageLoraLoaderMixin` `lora_state_dict`):
+//! a file whose every module is named in BFL Flux's or Wan's original layout (kohya
+//! `lora_unet_double_blocks_0_img_attn_qkv`, musubi `lora_unet_blocks_0_self_attn_q`, ComfyUI's
+//! `diffusion_model.…`, XLabs' processors read as their layers), or carries Qwen-Image's
+//! `lora_unet_transformer_blocks_…` / `diffusion_model.transformer_blocks.…`, is theirs, not the
+//! SD converter's ([`transformer_converted`]). kohya Flux modules outside the blocks are renamed
+//! by `_convert_sd_scripts_to_ai_toolkit` without the `transformer.` prefix (`lora_unet_img_in` →
+//! `x_embedder`, `…final_layer_linear` → `proj_out`) and then filtered out with the other keys
+//! of no component ([`flux_kohya_dropped`]; loads 0 of them in `check_diffusers_formats_sweep.py`).
+//!
 //! Must not look at tensor data or decide severities (the rule does).
 
 /// Every name component (other than indices) of a Linear/Conv2d module path of diffusers'
@@ -176,6 +187,84 @@ pub(super) fn lost_unet_module(name: &str) -> Option<String> {
         .split('.')
         .any(|c| !(c.bytes().all(|b| b.is_ascii_digit()) || UNET_NAMES.contains(&c)));
     (unknown && path.replace('.', "_") != stem).then_some(path)
+}
+
+/// Whether a transformer pipeline's own converter reads every module of `adapter` (module
+/// header): names in the original Flux/Wan layout (`crate::adapter::mapping::layouts`) beside
+/// kohya CLIP-L modules, or a file with Qwen-Image's top-level `transformer_blocks` under
+/// `lora_unet_` or `diffusion_model.` and every name under one of those prefixes.
+pub(super) fn transformer_converted(adapter: &crate::adapter::Adapter) -> bool {
+    use crate::adapter::mapping::{is_kohya_name, layouts};
+    let qwen = |n: &str| {
+        n.starts_with("lora_unet_transformer_blocks_")
+            || n.starts_with("diffusion_model.transformer_blocks.")
+    };
+    let prefixed = |n: &str| n.starts_with("lora_unet_") || n.starts_with("diffusion_model.");
+    let any_qwen = adapter.modules.iter().any(|m| qwen(&m.name));
+    let original = |n: &str| {
+        layouts::targets(n, is_kohya_name(adapter.format, n)).is_some()
+            // Left out of the merge table (diffusers swaps its halves) but converted too.
+            || n == "lora_unet_final_layer_adaLN_modulation_1"
+            || n.ends_with("final_layer.adaLN_modulation.1")
+    };
+    // kohya Flux files carry CLIP-L modules (`lora_te1_…`) beside the transformer's; the Flux
+    // converter passes them to the text encoder (`_convert_sd_scripts_to_ai_toolkit`).
+    let encoder = |n: &str| n.starts_with("lora_te_") || n.starts_with("lora_te1_");
+    adapter
+        .modules
+        .iter()
+        .any(|m| original(&m.name) || qwen(&m.name))
+        && adapter
+            .modules
+            .iter()
+            .all(|m| original(&m.name) || (any_qwen && prefixed(&m.name)) || encoder(&m.name))
+}
+
+/// kohya-named Flux modules outside the double/single blocks (`img_in`, `txt_in`, `time_in`,
+/// `vector_in`, `guidance_in`, `final_layer`) of a file diffusers converts as kohya Flux: it
+/// renames them with no `transformer.` prefix and drops them (module header).
+pub(super) fn flux_kohya_dropped(adapter: &crate::adapter::Adapter) -> Vec<String> {
+    let flux = |n: &str| {
+        n.strip_prefix("lora_unet_")
+            .or_else(|| n.strip_prefix("diffusion_model."))
+            .is_some_and(|r| {
+                // The blocks, or a module only BFL Flux has (`img_in`/`txt_in` are Qwen-Image's
+                // names too, which its converter keeps).
+                [
+                    "double_blocks",
+                    "single_blocks",
+                    "time_in",
+                    "vector_in",
+                    "guidance_in",
+                    "final_layer",
+                ]
+                .iter()
+                .any(|p| r.starts_with(p))
+            })
+    };
+    if !transformer_converted(adapter) || !adapter.modules.iter().any(|m| flux(&m.name)) {
+        return Vec::new();
+    }
+    let globals = [
+        "img_in",
+        "txt_in",
+        "time_in",
+        "vector_in",
+        "guidance_in",
+        "final_layer",
+    ];
+    adapter
+        .modules
+        .iter()
+        .filter(|m| {
+            let rest = m
+                .name
+                .strip_prefix("lora_unet_")
+                .or_else(|| m.name.strip_prefix("diffusion_model."));
+            rest.is_some_and(|r| globals.iter().any(|g| r.starts_with(g)))
+        })
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 /// `utils/state_dict_utils.py` `convert_state_dict`: `KEYS_TO_ALWAYS_REPLACE`, then the first

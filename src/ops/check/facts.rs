@@ -97,7 +97,8 @@ impl<'a> Facts<'a> {
                 }
             }
             When::NotSdPrefixed => {
-                if a.format != Format::Kohya {
+                // A transformer pipeline converts these names itself (diffusers_keys.rs).
+                if a.format != Format::Kohya || super::diffusers_keys::transformer_converted(a) {
                     vec![]
                 } else {
                     a.modules
@@ -107,8 +108,12 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            When::DiffusersFluxKohyaDropped => super::diffusers_keys::flux_kohya_dropped(a),
             When::DiffusersUnetKeyLost => {
-                if a.format != Format::Kohya || !self.sd_prefixed() {
+                if a.format != Format::Kohya
+                    || !self.sd_prefixed()
+                    || super::diffusers_keys::transformer_converted(a)
+                {
                     vec![]
                 } else {
                     a.modules

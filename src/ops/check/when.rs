@@ -57,6 +57,9 @@ pub enum When {
     /// In a kohya file whose every key has an SD prefix: a `lora_unet_` module whose name
     /// diffusers' key conversion turns into a path the UNet lacks (`diffusers_keys.rs`).
     DiffusersUnetKeyLost,
+    /// kohya Flux modules outside the blocks (`lora_unet_img_in`, …), which diffusers' Flux
+    /// converter drops (`diffusers_keys.rs`).
+    DiffusersFluxKohyaDropped,
     /// Text-encoder modules whose keys diffusers cannot type (`diffusers_keys.rs`): it raises.
     DiffusersTextEncoderUntyped,
     /// Text-encoder modules whose keys diffusers leaves in a form no layer has (skipped).

@@ -218,6 +218,25 @@ pub fn check_onto(adapter: &Adapter, base: &Checkpoint) -> InputResult<()> {
 pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()> {
     let res = mapping::resolve(adapter, base);
     unmatched_error(adapter, base, &res)?;
+    // A module split over several tensors (BFL Flux `img_attn.qkv` on diffusers' to_q/to_k/to_v,
+    // `adapter::mapping::layouts`) has no one module path to be renamed to.
+    if let Some(p) = res.modules.iter().find(|p| p.part.is_some()) {
+        let m = &adapter.modules[p.module];
+        let on: Vec<&str> = res
+            .modules
+            .iter()
+            .filter(|q| q.module == p.module)
+            .map(|q| q.weight.as_str())
+            .collect();
+        return Err(InputError::invalid(
+            &adapter.path,
+            format!(
+                "module `{}` is split over base tensors {} (rows of its lora_up each); convert writes one module per base tensor, so merge it instead",
+                m.name,
+                on.join(", ")
+            ),
+        ));
+    }
     let mut seen = std::collections::BTreeMap::new();
     for p in &res.modules {
         if let Some(other) = seen.insert(p.weight.clone(), p.module) {

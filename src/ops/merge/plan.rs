@@ -78,6 +78,8 @@ impl MergePlan {
         let mut actions: HashMap<String, Action> = HashMap::new();
         let mut base_override: HashMap<String, (usize, usize)> = HashMap::new();
         let mut rows: HashMap<(usize, usize), mapping::RowSlice> = HashMap::new();
+        let mut splits: HashMap<(usize, usize), HashMap<String, mapping::RowSlice>> =
+            HashMap::new();
         let mut unmatched = Vec::new();
         let mut resolutions = Vec::new();
         let has_lm_head = base.names().any(is_lm_head_name);
@@ -184,6 +186,12 @@ impl MergePlan {
                         v.push((ai, p.module));
                         if let Some(r) = p.rows {
                             rows.insert((ai, p.module), r);
+                        }
+                        if let Some(r) = p.part {
+                            splits
+                                .entry((ai, p.module))
+                                .or_default()
+                                .insert(p.weight.clone(), r);
                         }
                     }
                     _ => bail!(InputError::invalid(
@@ -555,6 +563,7 @@ impl MergePlan {
             actions,
             base_override,
             rows,
+            splits,
             files,
             index,
             extra_files,

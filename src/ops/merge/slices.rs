@@ -2,6 +2,12 @@
 //! `in_proj_weight`, [`crate::adapter::mapping::RowSlice`]), alone or beside whole-tensor
 //! modules, in one pass over the tensor: each row is read once and written once.
 //!
+//! The other direction uses the same bands: a module on a fused tensor of a model's original
+//! layout merged into its diffusers layout (BFL Flux `img_attn.qkv` onto `to_q`/`to_k`/`to_v`,
+//! `crate::adapter::mapping` `layouts`) is a term on each split tensor that brings only its
+//! part of the module's rows (`MergePlan::splits`): `(B·A)[part] = B[part]·A`, the row split of
+//! lora_up with lora_down shared that diffusers' `_convert_to_ai_toolkit_cat` makes.
+//!
 //! The tensor is cut at every slice's first and last row into bands; each band is merged as its
 //! own `rows × cols` [`MergeJob`] with the terms that cover it, a whole-tensor or wider term
 //! restricted to the band's rows (`(B·A)[r] = B[r]·A`, a dense ΔW's rows), in the order a
@@ -28,7 +34,15 @@ use anyhow::Result;
 impl MergePlan {
     /// Whether any of `terms` updates a row slice (then [`Self::merge_slices`] merges them).
     pub(super) fn slice_terms(&self, terms: &[(usize, usize)]) -> bool {
-        terms.iter().any(|t| self.rows.contains_key(t))
+        terms
+            .iter()
+            .any(|t| self.rows.contains_key(t) || self.splits.contains_key(t))
+    }
+
+    /// The rows of module `(ai, mi)`'s ΔW that tensor `name` receives, when the module is split
+    /// over several tensors.
+    fn part_of(&self, name: &str, t: (usize, usize)) -> Option<RowSlice> {
+        self.splits.get(&t).and_then(|p| p.get(name)).copied()
     }
 
     /// The plan-time checks of the module header for every tensor with a row slice.
@@ -70,6 +84,17 @@ impl MergePlan {
             for &(ai, mi) in terms {
                 let a = &self.adapters[ai].adapter;
                 let m = &a.modules[mi];
+                if let Some(p) = self.part_of(name, (ai, mi)) {
+                    if shape.len() != 2 || p.len != rows || p.end() > m.out_features {
+                        return Err(refuse(format!(
+                            "module `{}` gives rows {}..{} of its {} to this tensor, whose shape is {shape:?}",
+                            m.name,
+                            p.offset,
+                            p.end(),
+                            m.out_features
+                        )));
+                    }
+                }
                 if let Some(r) = self.rows.get(&(ai, mi)) {
                     if shape.len() != 2 || r.len == 0 || r.end() > rows {
                         return Err(refuse(format!(
@@ -124,12 +149,18 @@ impl MergePlan {
                 len: rows,
             });
             let scale = self.signed(wa.weight * m.scale) as f32;
-            let (b, a, rank, dense) = if m.factors.lora().is_some() {
+            let (mut b, a, rank, dense) = if m.factors.lora().is_some() {
                 let (b, a) = wa.adapter.factors(m)?;
                 (b.to_vec(), a.to_vec(), m.rank, false)
             } else {
                 (wa.adapter.delta_unscaled(m)?, Vec::new(), cols, true)
             };
+            // A split module brings only its part of the rows (checked against the shapes when
+            // the plan was made).
+            if let Some(p) = self.part_of(name, (ai, mi)) {
+                let w = if dense { cols } else { rank };
+                b = b[p.offset * w..p.end() * w].to_vec();
+            }
             stored.push((span, b, a, rank, dense, scale, m.name.as_str()));
         }
         let mut cuts = vec![0, rows];

@@ -235,6 +235,8 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("diffusers_sweep/sdxl_te2_untyped.safetensors", None),
     ("diffusers_sweep/sd1_kohya_te_q_fc1.safetensors", None),
     ("diffusers_sweep/sdxl_old_mixed.safetensors", None),
+    // fixtures/gen/diffusers_formats_fixtures.py: diffusers.flux_kohya_global.
+    ("diffusers_formats/flux_kohya_global.safetensors", None),
     // fixtures/gen/gguf_arch.py: llama.cpp.gemma_lm_head (tests/it/gguf/sweep.rs).
     ("gguf/hf_gemma/lm_head", Some("gguf/hf_gemma")),
 ];

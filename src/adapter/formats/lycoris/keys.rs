@@ -28,6 +28,9 @@ pub enum Naming {
     PeftDefault,
     /// `.lora_B` / `.lora_A` without `.weight` (Mochi trainers).
     PeftBare,
+    /// XLabs-AI x-flux's Flux processors: `double_blocks.N.processor.qkv_lora1.down.weight`
+    /// ([`xlabs_module`]).
+    XLabs,
 }
 
 impl std::fmt::Display for Naming {
@@ -40,6 +43,7 @@ impl std::fmt::Display for Naming {
             Naming::Peft => "peft",
             Naming::PeftDefault => "peft-default",
             Naming::PeftBare => "peft-bare",
+            Naming::XLabs => "xlabs",
         })
     }
 }
@@ -147,6 +151,9 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
 /// an attention-processor key is the layer it adapts, as ComfyUI maps it (`comfy/lora.py`
 /// `model_lora_keys_unet`: `.processor.to_q` ↔ `.to_q`, `.processor.to_out` ↔ `.to_out.0`).
 pub fn split_key(key: &str) -> Option<(String, &'static str, Naming)> {
+    if let Some(x) = xlabs_module(key) {
+        return Some(x);
+    }
     SUFFIXES.iter().find_map(|&(suffix, role, naming)| {
         let m = key.strip_suffix(suffix).filter(|m| !m.is_empty())?;
         let m = if naming == Naming::AttnProcessor {
@@ -160,6 +167,37 @@ pub fn split_key(key: &str) -> Option<(String, &'static str, Naming)> {
         };
         Some((m, role, naming))
     })
+}
+
+/// An XLabs-AI x-flux key (`src/flux/modules/layers.py` @1da87eb `DoubleStreamBlockLoraProcessor`:
+/// `qkv_lora1`/`proj_lora1` are added to the image stream's `img_attn.qkv`/`img_attn.proj`
+/// outputs, `qkv_lora2`/`proj_lora2` to the text stream's; each a `LoRALinearLayer` with `down`
+/// and `up`, its `network_alpha` not saved) as the BFL module it adapts:
+/// `[diffusion_model.]double_blocks.N.processor.qkv_lora1.down.weight` →
+/// (`[diffusion_model.]double_blocks.N.img_attn.qkv`, `lora_down.weight`). diffusers reads the
+/// same keys onto the same layers (`loaders/lora_conversion_utils.py` 0.42.1
+/// `_convert_xlabs_flux_lora_to_diffusers`). A single block's processor keys are left to the
+/// ordinary suffixes (none matches: refused by key).
+fn xlabs_module(key: &str) -> Option<(String, &'static str, Naming)> {
+    let (rest, role) = [
+        (".down.weight", "lora_down.weight"),
+        (".up.weight", "lora_up.weight"),
+    ]
+    .into_iter()
+    .find_map(|(suffix, role)| key.strip_suffix(suffix).map(|r| (r, role)))?;
+    let (head, proc) = rest.rsplit_once(".processor.")?;
+    let layer = match proc {
+        "qkv_lora1" => "img_attn.qkv",
+        "proj_lora1" => "img_attn.proj",
+        "qkv_lora2" => "txt_attn.qkv",
+        "proj_lora2" => "txt_attn.proj",
+        _ => return None,
+    };
+    let block = head.rsplit_once("double_blocks.").map(|(_, n)| n)?;
+    if block.is_empty() || !block.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((format!("{head}.{layer}"), role, Naming::XLabs))
 }
 
 /// The algorithm an unsupported key belongs to.

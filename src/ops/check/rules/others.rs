@@ -288,6 +288,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_unet_lora_key; utils/state_dict_utils.py convert_unet_state_dict_to_peft; run on fixtures/diffusers_sweep/sdxl_kohya_add_embedding.safetensors"),
     },
     Rule {
+        id: "diffusers.flux_kohya_global",
+        target: Target::Diffusers,
+        when: When::DiffusersFluxKohyaDropped,
+        severity: Severity::Silent,
+        why: "kohya Flux modules outside the double/single blocks are renamed without the `transformer.` prefix (`lora_unet_img_in` → `x_embedder`, `final_layer_linear` → `proj_out`) and filtered out with keys of no component: nothing of them is applied",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_kohya_flux_lora_to_diffusers (_convert_sd_scripts_to_ai_toolkit); run by fixtures/gen/check_diffusers_formats_sweep.py"),
+    },
+    Rule {
         id: "diffusers.te_type",
         target: Target::Diffusers,
         when: When::DiffusersTextEncoderUntyped,

@@ -1,0 +1,471 @@
+//! Modules named in a model's original single-file layout, merged into the same model saved by
+//! diffusers (Flux, Wan).
+//!
+//! The trainers people use name a diffusion transformer the way its authors' code does: kohya
+//! sd-scripts (`networks/lora_flux.py` @450630c: `lora_unet_double_blocks_0_img_attn_qkv`),
+//! ComfyUI's dotted form (`diffusion_model.double_blocks.0.img_attn.qkv`), musubi-tuner for Wan
+//! (`lora_unet_blocks_0_self_attn_q`) or Wan's own names (`diffusion_model.blocks.0.self_attn.q`).
+//! A diffusers checkpoint of the same model uses other names and splits some fused tensors: BFL
+//! Flux's `img_attn.qkv` `[3d, d]` is diffusers' `attn.to_q`/`to_k`/`to_v` `[d, d]` each, and
+//! `single_blocks.N.linear1` `[3d + mlp, d]` is `to_q`/`to_k`/`to_v`/`proj_mlp`. The table
+//! ([`TABLE`]) is diffusers 0.42.1's own: `loaders/single_file_utils.py`
+//! `convert_flux_transformer_checkpoint_to_diffusers` and `convert_wan_transformer_to_diffusers`,
+//! the same renames its LoRA converters apply (`loaders/lora_conversion_utils.py`
+//! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`).
+//!
+//! A module on a fused original tensor lands on every split diffusers tensor, each with the
+//! [`RowSlice`] of the module's own output rows it receives ([`Placement::part`]): target `j`
+//! gets `B[o_j..o_j + rows_j]·A`, the rows of ΔW that diffusers' `torch.split` gives it
+//! (`_convert_to_ai_toolkit_cat`: lora_up split along its rows, lora_down shared). The widths are
+//! the diffusers tensors' own rows in the base (so `linear1`'s `mlp` part needs no constant),
+//! and must add up to the module's output rows.
+//!
+//! [`super::resolve_in`] asks here only for a module that the ordinary matching placed nowhere,
+//! so every earlier match is unchanged. Must not read tensor data.
+
+use super::placement::{Placement, RowSlice, Unmatched};
+use crate::adapter::formats::kohya;
+use crate::adapter::model::{LoraModule, ModuleKind};
+use crate::dtype::Dtype;
+
+/// Original module path (`#` a block index) → the diffusers module paths it is, in row order.
+/// Flux: `convert_flux_transformer_checkpoint_to_diffusers` (diffusers 0.42.1); the final
+/// layer's `adaLN_modulation.1` is left out (diffusers swaps its halves, `swap_scale_shift`).
+/// Wan: `convert_wan_transformer_to_diffusers`'s `TRANSFORMER_KEYS_RENAME_DICT`.
+const TABLE: &[(&str, &[&str])] = &[
+    // Flux (BFL)
+    ("img_in", &["x_embedder"]),
+    ("txt_in", &["context_embedder"]),
+    (
+        "time_in.in_layer",
+        &["time_text_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "time_in.out_layer",
+        &["time_text_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "vector_in.in_layer",
+        &["time_text_embed.text_embedder.linear_1"],
+    ),
+    (
+        "vector_in.out_layer",
+        &["time_text_embed.text_embedder.linear_2"],
+    ),
+    (
+        "guidance_in.in_layer",
+        &["time_text_embed.guidance_embedder.linear_1"],
+    ),
+    (
+        "guidance_in.out_layer",
+        &["time_text_embed.guidance_embedder.linear_2"],
+    ),
+    ("final_layer.linear", &["proj_out"]),
+    (
+        "double_blocks.#.img_mod.lin",
+        &["transformer_blocks.#.norm1.linear"],
+    ),
+    (
+        "double_blocks.#.txt_mod.lin",
+        &["transformer_blocks.#.norm1_context.linear"],
+    ),
+    (
+        "double_blocks.#.img_attn.qkv",
+        &[
+            "transformer_blocks.#.attn.to_q",
+            "transformer_blocks.#.attn.to_k",
+            "transformer_blocks.#.attn.to_v",
+        ],
+    ),
+    (
+        "double_blocks.#.txt_attn.qkv",
+        &[
+            "transformer_blocks.#.attn.add_q_proj",
+            "transformer_blocks.#.attn.add_k_proj",
+            "transformer_blocks.#.attn.add_v_proj",
+        ],
+    ),
+    (
+        "double_blocks.#.img_attn.proj",
+        &["transformer_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "double_blocks.#.txt_attn.proj",
+        &["transformer_blocks.#.attn.to_add_out"],
+    ),
+    (
+        "double_blocks.#.img_mlp.0",
+        &["transformer_blocks.#.ff.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.img_mlp.2",
+        &["transformer_blocks.#.ff.net.2"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.0",
+        &["transformer_blocks.#.ff_context.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.2",
+        &["transformer_blocks.#.ff_context.net.2"],
+    ),
+    (
+        "single_blocks.#.modulation.lin",
+        &["single_transformer_blocks.#.norm.linear"],
+    ),
+    (
+        "single_blocks.#.linear1",
+        &[
+            "single_transformer_blocks.#.attn.to_q",
+            "single_transformer_blocks.#.attn.to_k",
+            "single_transformer_blocks.#.attn.to_v",
+            "single_transformer_blocks.#.proj_mlp",
+        ],
+    ),
+    (
+        "single_blocks.#.linear2",
+        &["single_transformer_blocks.#.proj_out"],
+    ),
+    // Wan
+    ("blocks.#.self_attn.q", &["blocks.#.attn1.to_q"]),
+    ("blocks.#.self_attn.k", &["blocks.#.attn1.to_k"]),
+    ("blocks.#.self_attn.v", &["blocks.#.attn1.to_v"]),
+    ("blocks.#.self_attn.o", &["blocks.#.attn1.to_out.0"]),
+    ("blocks.#.cross_attn.q", &["blocks.#.attn2.to_q"]),
+    ("blocks.#.cross_attn.k", &["blocks.#.attn2.to_k"]),
+    ("blocks.#.cross_attn.v", &["blocks.#.attn2.to_v"]),
+    ("blocks.#.cross_attn.o", &["blocks.#.attn2.to_out.0"]),
+    ("blocks.#.cross_attn.k_img", &["blocks.#.attn2.add_k_proj"]),
+    ("blocks.#.cross_attn.v_img", &["blocks.#.attn2.add_v_proj"]),
+    ("blocks.#.ffn.0", &["blocks.#.ffn.net.0.proj"]),
+    ("blocks.#.ffn.2", &["blocks.#.ffn.net.2"]),
+    (
+        "text_embedding.0",
+        &["condition_embedder.text_embedder.linear_1"],
+    ),
+    (
+        "text_embedding.2",
+        &["condition_embedder.text_embedder.linear_2"],
+    ),
+    (
+        "time_embedding.0",
+        &["condition_embedder.time_embedder.linear_1"],
+    ),
+    (
+        "time_embedding.2",
+        &["condition_embedder.time_embedder.linear_2"],
+    ),
+    ("time_projection.1", &["condition_embedder.time_proj"]),
+    ("head.head", &["proj_out"]),
+];
+
+/// Whether `s` is `pattern` with its `#` (if any) standing for a block index; returns the
+/// index's digits. `sep` is the separator the name uses (`_` for a kohya name).
+fn matches<'a>(s: &'a str, pattern: &str, sep: char) -> Option<&'a str> {
+    let pattern = pattern.replace('.', &sep.to_string());
+    match pattern.split_once('#') {
+        None => (s == pattern).then_some(""),
+        Some((pre, post)) => {
+            let digits = s.strip_prefix(pre)?.strip_suffix(post)?;
+            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
+        }
+    }
+}
+
+/// The diffusers module paths module `name` stands for: a kohya name (`lora_unet_` + the
+/// original path with `_`) or a dotted name ending in the original path (any root before it,
+/// `diffusion_model.`, is the original checkpoint's).
+pub fn targets(name: &str, kohya_name: bool) -> Option<Vec<String>> {
+    let found = |tail: &str, sep: char| {
+        TABLE.iter().find_map(|(orig, difs)| {
+            let i = matches(tail, orig, sep)?;
+            Some(difs.iter().map(|d| d.replace('#', i)).collect::<Vec<_>>())
+        })
+    };
+    if kohya_name {
+        let (prefix, rest) = kohya::split_prefix(name)?;
+        return (prefix == "lora_unet").then(|| found(rest, '_')).flatten();
+    }
+    std::iter::once(0)
+        .chain(name.match_indices('.').map(|(i, _)| i + 1))
+        .find_map(|start| found(&name[start..], '.'))
+}
+
+/// The base weight of diffusers module `path`: `{path}.weight` itself, or under one root
+/// (`transformer.{path}.weight` in a file of several components). More than one is ambiguous.
+fn weight_of<'a>(path: &str, names: &[&'a str]) -> Vec<&'a str> {
+    let want = format!("{path}.weight");
+    names
+        .iter()
+        .filter(|n| {
+            n.strip_suffix(want.as_str()).is_some_and(|root| {
+                root.is_empty() || (root.ends_with('.') && !root[..root.len() - 1].contains('.'))
+            })
+        })
+        .copied()
+        .collect()
+}
+
+/// Where module `m` (index `mi`), named in the diffusers layout (ai-toolkit's `transformer.
+/// transformer_blocks.0.attn.to_k`, Wan's `blocks.0.attn1.to_q`), lands on a base in the
+/// original layout (BFL `double_blocks.0.img_attn.qkv.weight`, under no root, one root or
+/// `model.diffusion_model.`): the whole tensor of a renamed module, or its rows of a fused one —
+/// as ComfyUI's `comfy/utils.py` `flux_to_diffusers` maps each diffusers key to a row range of
+/// the BFL tensor. In [`TABLE`] every part of a fused tensor but the last has one width (q, k, v;
+/// `linear1`'s MLP input comes last), so part `j` of `n` starts at `j·out` and the last at
+/// `rows − out`. `None` when the name is no diffusers path of the table or no original tensor
+/// exists.
+pub(super) fn place_on_original(
+    mi: usize,
+    m: &LoraModule,
+    names: &[&str],
+    logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
+) -> Option<Result<Placement, Unmatched>> {
+    let starts = std::iter::once(0).chain(m.name.match_indices('.').map(|(i, _)| i + 1));
+    let (orig, j, n) = starts
+        .flat_map(|st| {
+            let tail = &m.name[st..];
+            TABLE.iter().flat_map(move |(orig, difs)| {
+                difs.iter().enumerate().filter_map(move |(j, d)| {
+                    let i = matches(tail, d, '.')?;
+                    Some((orig.replace('#', i), j, difs.len()))
+                })
+            })
+        })
+        .next()?;
+    let want = format!("{orig}.weight");
+    let found_names: Vec<&str> = names
+        .iter()
+        .filter(|x| {
+            x.strip_suffix(want.as_str()).is_some_and(|root| {
+                root.is_empty()
+                    || root == "model.diffusion_model."
+                    || (root.ends_with('.') && !root[..root.len() - 1].contains('.'))
+            })
+        })
+        .copied()
+        .collect();
+    let weight = match found_names.as_slice() {
+        [] => return None,
+        [one] => one.to_string(),
+        many => {
+            return Some(Err(Unmatched::Ambiguous {
+                module: m.name.clone(),
+                candidates: many.iter().map(|s| s.to_string()).collect(),
+            }))
+        }
+    };
+    if m.bias.is_some() {
+        // As in `place`: a `lora_B` bias is refused by module, never dropped.
+        return Some(Err(Unmatched::NotFound {
+            module: format!("{}.lora_B.bias", m.name),
+            expected: format!("{orig}.bias"),
+        }));
+    }
+    let (found, dtype) = logical(&weight);
+    let expected = super::expected_shape(m);
+    let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
+    let (fits, rows) = if n == 1 {
+        (found == expected, None)
+    } else {
+        let total = found.first().copied().unwrap_or(0);
+        let out = m.out_features;
+        let offset = if j + 1 < n {
+            j.saturating_mul(out)
+        } else {
+            total.saturating_sub(out)
+        };
+        // The parts before the last share one width: `offset` of the last is (n−1) of them.
+        let fits = linear
+            && found.len() == 2
+            && found[1] == m.in_features
+            && offset.saturating_add(out) <= total
+            && (j + 1 < n || offset % (n - 1) == 0)
+            && out > 0;
+        (fits, Some(RowSlice { offset, len: out }))
+    };
+    if !fits {
+        return Some(Err(Unmatched::ShapeMismatch {
+            module: m.name.clone(),
+            tensor: weight,
+            expected,
+            found,
+        }));
+    }
+    if !crate::dtype::is_float_compute(dtype) {
+        return Some(Err(Unmatched::NotFloat {
+            module: m.name.clone(),
+            tensor: weight,
+            dtype: crate::dtype::name(dtype),
+        }));
+    }
+    Some(Ok(Placement {
+        module: mi,
+        weight,
+        bias: None,
+        rows,
+        part: None,
+    }))
+}
+
+/// Base weights for a dotted `want` under one denoiser root stored under another denoiser root
+/// with the same path below it: `diffusion_model.transformer_blocks.0.attn.to_q.weight`
+/// (Qwen-Image's trainers; diffusers 0.42.1 `_convert_non_diffusers_qwen_lora_to_diffusers`
+/// removes `diffusion_model.` and loads the rest under `transformer.`) on a file of several
+/// components holding `transformer.transformer_blocks.0.attn.to_q.weight`. The whole path below
+/// the roots must be equal (denoiser layouts differ below their roots, so a suffix would be a
+/// guess).
+pub(super) fn other_denoiser_root<'a>(want: &str, names: &[&'a str]) -> Vec<&'a str> {
+    use super::placement::{root_of, Component};
+    let Some((aroot, Component::Denoiser, _)) = root_of(want) else {
+        return Vec::new();
+    };
+    let rest = &want[aroot.len()..];
+    names
+        .iter()
+        .filter(|n| {
+            root_of(n).is_some_and(|(broot, c, _)| {
+                broot != aroot && *c == Component::Denoiser && n[broot.len()..] == *rest
+            })
+        })
+        .copied()
+        .collect()
+}
+
+/// Where module `m` (index `mi`), named in an original layout, lands on a diffusers-layout base
+/// of `names`: `None` when its name is in no layout of [`TABLE`] or none of its diffusers
+/// tensors exists; an [`Unmatched`] when they exist but do not fit (ambiguous, shapes that do
+/// not split the module's rows, not float).
+pub(super) fn place(
+    mi: usize,
+    m: &LoraModule,
+    kohya_name: bool,
+    names: &[&str],
+    logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
+) -> Option<Result<Vec<Placement>, Unmatched>> {
+    let paths = targets(&m.name, kohya_name)?;
+    let mut weights = Vec::with_capacity(paths.len());
+    for p in &paths {
+        match weight_of(p, names).as_slice() {
+            [] if weights.is_empty() => return None,
+            [] => {
+                return Some(Err(Unmatched::NotFound {
+                    module: m.name.clone(),
+                    expected: format!("{p}.weight"),
+                }))
+            }
+            [one] => weights.push(one.to_string()),
+            many => {
+                return Some(Err(Unmatched::Ambiguous {
+                    module: m.name.clone(),
+                    candidates: many.iter().map(|s| s.to_string()).collect(),
+                }))
+            }
+        }
+    }
+    if m.bias.is_some() {
+        // A `lora_B` bias is not split or renamed here: refused by module, never dropped.
+        return Some(Err(Unmatched::NotFound {
+            module: format!("{}.lora_B.bias", m.name),
+            expected: paths
+                .iter()
+                .map(|p| format!("{p}.bias"))
+                .collect::<Vec<_>>()
+                .join(" + "),
+        }));
+    }
+    let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
+    let mut out = Vec::with_capacity(weights.len());
+    let mut offset = 0usize;
+    for w in weights {
+        let (found, dtype) = logical(&w);
+        let fits = if paths.len() == 1 {
+            found == super::expected_shape(m)
+        } else {
+            linear && found.len() == 2 && found[1] == m.in_features
+        };
+        let rows = found.first().copied().unwrap_or(0);
+        if !fits || offset.saturating_add(rows) > m.out_features {
+            return Some(Err(Unmatched::ShapeMismatch {
+                module: m.name.clone(),
+                tensor: w,
+                expected: vec![m.out_features.saturating_sub(offset), m.in_features],
+                found,
+            }));
+        }
+        if !crate::dtype::is_float_compute(dtype) {
+            return Some(Err(Unmatched::NotFloat {
+                module: m.name.clone(),
+                tensor: w,
+                dtype: crate::dtype::name(dtype),
+            }));
+        }
+        let part = RowSlice { offset, len: rows };
+        offset += rows;
+        out.push(Placement {
+            module: mi,
+            weight: w,
+            bias: None,
+            rows: None,
+            // A module on one whole tensor is an ordinary placement.
+            part: (paths.len() > 1).then_some(part),
+        });
+    }
+    if offset != m.out_features {
+        let last = out.pop().expect("at least one target");
+        return Some(Err(Unmatched::ShapeMismatch {
+            module: m.name.clone(),
+            tensor: last.weight,
+            expected: vec![m.out_features, m.in_features],
+            found: vec![offset, m.in_features],
+        }));
+    }
+    Some(Ok(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_names_map_to_diffusers_paths() {
+        let t = |n, k| targets(n, k);
+        assert_eq!(
+            t("lora_unet_double_blocks_12_img_attn_qkv", true).unwrap(),
+            [
+                "transformer_blocks.12.attn.to_q",
+                "transformer_blocks.12.attn.to_k",
+                "transformer_blocks.12.attn.to_v"
+            ]
+        );
+        assert_eq!(
+            t("diffusion_model.single_blocks.3.linear1", false)
+                .unwrap()
+                .len(),
+            4
+        );
+        assert_eq!(
+            t("lora_unet_blocks_0_cross_attn_k_img", true).unwrap(),
+            ["blocks.0.attn2.add_k_proj"]
+        );
+        assert_eq!(t("lora_unet_double_blocks_x_img_attn_qkv", true), None);
+        assert_eq!(t("lora_te1_double_blocks_0_img_attn_qkv", true), None);
+        assert_eq!(t("double_blocks.0.img_attn.qkvx", false), None);
+    }
+
+    #[test]
+    fn a_weight_is_found_under_at_most_one_root() {
+        let names = [
+            "transformer.proj_out.weight",
+            "transformer.single_transformer_blocks.0.proj_out.weight",
+        ];
+        assert_eq!(
+            weight_of("proj_out", &names),
+            ["transformer.proj_out.weight"]
+        );
+        assert_eq!(
+            weight_of("proj_out", &["proj_out.weight"]),
+            ["proj_out.weight"]
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! What `fixtures/gen/check_diffusers_formats_sweep.py` found, on files written the way their
+//! trainers write them (`fixtures/gen/diffusers_formats_fixtures.py`, `fixtures/diffusers_formats/`),
+//! merged into the diffusers layout of the model and compared with diffusers 0.42.1's own fused
+//! weights (`load_lora_weights` + `fuse_lora`):
+//!
+//! - a kohya sd-scripts Flux module on BFL's fused `img_attn.qkv` lands on diffusers' separate
+//!   `to_q`/`to_k`/`to_v`, each the matching rows of lora_up times the shared lora_down (also the
+//!   block-diagonal `split_qkv` layout, and `single_blocks.N.linear1` over q, k, v and `proj_mlp`);
+//! - the other way, ai-toolkit's diffusers names on a BFL single file land on their rows of the
+//!   fused `img_attn.qkv` / `linear1`, as diffusers' split reads them;
+//! - XLabs-AI x-flux's processor keys are read as the layers they adapt;
+//! - musubi-tuner's Wan names land on diffusers' Wan names;
+//! - `check --target diffusers` says diffusers applies these files (it flagged every kohya Flux
+//!   module as a lost UNet key) and names the kohya Flux modules outside the blocks diffusers drops.
+
+use super::check::check_json;
+use super::common::*;
+
+/// f32: within 1e-5 of the largest update or 4 f32 ulps of the largest weight, elementwise —
+/// check_diffusers_sweep.py's bound (diffusers/PEFT round B·A and the sum in their own order).
+fn assert_f32_close(name: &str, got: &[f32], want: &[f32], base: &[f32]) {
+    let upd = want
+        .iter()
+        .zip(base)
+        .map(|(w, b)| (w - b).abs() as f64)
+        .fold(0.0, f64::max);
+    let big = want.iter().map(|w| w.abs() as f64).fold(0.0, f64::max);
+    let lim = 1e-5 * upd + 4.0 * f32::EPSILON as f64 * big;
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() as f64)
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= lim,
+        "{name}: max |lorakit − reference| {worst:e} > {lim:e}"
+    );
+}
+
+fn manifest() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixture("diffusers_formats/MANIFEST.json")).unwrap())
+        .unwrap()
+}
+
+/// Merges `diffusers_formats/{adapter}` into `{base}` and compares every tensor with
+/// `{adapter}_reference`; every other tensor must keep its bytes. The reference's tensors are the
+/// ones diffusers changed (MANIFEST.json).
+fn merges_as_reference(base_name: &str, adapter: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("merged.safetensors");
+    merge_fixtures(
+        &format!("diffusers_formats/{base_name}"),
+        &format!("diffusers_formats/{adapter}.safetensors"),
+        &out,
+        &["--quiet"],
+    );
+    let got = read(&out);
+    let want = read(&fixture(&format!(
+        "diffusers_formats/{adapter}_reference.safetensors"
+    )));
+    let base = read(&fixture(&format!("diffusers_formats/{base_name}")));
+    let changed: Vec<String> = manifest()[adapter]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    let mut names: Vec<&String> = want.keys().collect();
+    names.sort();
+    assert_eq!(names, changed.iter().collect::<Vec<_>>());
+    for (name, b) in &base {
+        match want.get(name) {
+            Some(w) => assert_f32_close(name, &got[name].f32(), &w.f32(), &b.f32()),
+            None => assert_eq!(got[name].f32(), b.f32(), "{name}: not adapted, unchanged"),
+        }
+    }
+    // The bands of a split or sliced module are merged on the GPU from the same rows of B.
+    if gpu_available() {
+        let gpu = dir.path().join("gpu.safetensors");
+        merge_fixtures(
+            &format!("diffusers_formats/{base_name}"),
+            &format!("diffusers_formats/{adapter}.safetensors"),
+            &gpu,
+            &["--quiet", "--device", "gpu"],
+        );
+        assert!(
+            std::fs::read(&gpu).unwrap() == std::fs::read(&out).unwrap(),
+            "{adapter}: gpu output differs"
+        );
+    }
+}
+
+#[test]
+fn kohya_flux_fused_qkv_lands_on_diffusers_split_weights() {
+    merges_as_reference("flux_base.safetensors", "flux_kohya");
+}
+
+#[test]
+fn kohya_flux_split_qkv_layout_lands_on_diffusers_split_weights() {
+    merges_as_reference("flux_base.safetensors", "flux_kohya_split");
+}
+
+#[test]
+fn kohya_flux_linear1_splits_over_q_k_v_and_the_mlp() {
+    merges_as_reference("flux_base.safetensors", "flux_linear1");
+}
+
+#[test]
+fn xlabs_flux_processors_land_on_their_layers() {
+    merges_as_reference("flux_base.safetensors", "flux_xlabs");
+}
+
+#[test]
+fn ai_toolkit_flux_names_land_on_rows_of_bfl_fused_weights() {
+    merges_as_reference("flux_bfl_base.safetensors", "flux_aitk");
+}
+
+#[test]
+fn musubi_wan_names_land_on_diffusers_wan_names() {
+    merges_as_reference("wan_base.safetensors", "wan_musubi");
+}
+
+/// The diffusers target's report on `fixtures/diffusers_formats/{file}`: (exit code, target).
+fn diffusers_check(file: &str) -> (i32, serde_json::Value) {
+    let (code, v) = check_json(
+        &fixture(&format!("diffusers_formats/{file}")),
+        &["--target", "diffusers"],
+    );
+    (code, v["targets"][0].clone())
+}
+
+#[test]
+fn check_says_diffusers_applies_trainer_layouts_it_converts() {
+    let m = manifest();
+    for (file, case) in [
+        ("flux_kohya.safetensors", "flux_kohya"),
+        ("flux_kohya_split.safetensors", "flux_kohya_split"),
+        ("flux_xlabs.safetensors", "flux_xlabs"),
+        ("wan_musubi.safetensors", "wan_musubi"),
+    ] {
+        // diffusers loaded a LoRA layer on every tensor the reference shows changed.
+        let loaded = m[case]["diffusers_loaded"].as_array().unwrap().len();
+        assert_eq!(
+            loaded,
+            m[case]["changed"].as_array().unwrap().len(),
+            "{case}"
+        );
+        let (code, t) = diffusers_check(file);
+        assert_eq!(
+            (code, &t["loads"], &t["applies_all"]),
+            (0, &true.into(), &true.into()),
+            "{file}: {t}"
+        );
+    }
+}
+
+#[test]
+fn check_names_the_kohya_flux_modules_diffusers_drops() {
+    let loaded = &manifest()["flux_kohya_global"]["diffusers_loaded"];
+    assert_eq!(
+        loaded,
+        &serde_json::json!(["transformer_blocks.0.attn.to_out.0"])
+    );
+    let (code, t) = diffusers_check("flux_kohya_global.safetensors");
+    assert_eq!(code, 1, "{t}");
+    assert_eq!(t["applies_all"], false);
+    let f = t["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "diffusers.flux_kohya_global")
+        .expect("diffusers.flux_kohya_global fired");
+    assert_eq!(f["items"], serde_json::json!(["lora_unet_img_in"]));
+}
+
+/// A fused module whose split tensors are not all in the base (`to_v` missing) is refused by
+/// module, naming the tensor it needs; nothing is written. So is a convert of a split module
+/// (it has no one module path to be renamed to).
+#[test]
+fn a_split_module_missing_a_part_is_refused_by_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = read(&fixture("diffusers_formats/flux_base.safetensors"));
+    let kept: Vec<(&str, safetensors::Dtype, &[usize], &[u8])> = base
+        .iter()
+        .filter(|(n, _)| n.as_str() != "transformer_blocks.0.attn.to_v.weight")
+        .map(|(n, t)| (n.as_str(), t.dtype, t.shape.as_slice(), t.data.as_slice()))
+        .collect();
+    let partial = dir.path().join("partial.safetensors");
+    write_views(&partial, &kept);
+    let adapter = fixture("diffusers_formats/flux_kohya_split.safetensors");
+    let out = dir.path().join("merged.safetensors");
+    let err = merge_refused(&partial, &adapter, &out, &["--quiet"]);
+    assert!(
+        err.contains("lora_unet_double_blocks_0_img_attn_qkv")
+            && err.contains("transformer_blocks.0.attn.to_v.weight"),
+        "{err}"
+    );
+    let conv = dir.path().join("converted");
+    let err = refused(
+        [
+            "convert",
+            s(&adapter),
+            "--to",
+            "peft",
+            "--base",
+            s(&fixture("diffusers_formats/flux_base.safetensors")),
+            "--out",
+            s(&conv),
+        ],
+        &conv,
+    );
+    assert!(err.contains("is split over base tensors"), "{err}");
+}
