@@ -588,23 +588,26 @@ fn input_files(s: &Step, out: &Path, own: &[&str]) -> Vec<PathBuf> {
     v
 }
 
-/// [`stale`] of every step, where steps sharing one output (the parts of a `--part I/N`
-/// command and their `finalize`) run together: `finalize` consumes the parts' manifests, so a
-/// part run again alone (its record lost, corrupt or forged) would leave an output that its
-/// finalize can no longer join, and a finalize run again alone finds no parts.
-fn stale_all(steps: &[Step], rerun: Rerun) -> Vec<Option<String>> {
-    let mut why: Vec<Option<String>> = steps.iter().map(|s| stale(s, rerun)).collect();
-    for (i, s) in steps.iter().enumerate() {
-        let (Some(o), true, Some(w)) = (&s.out, s.share != Share::Whole, why[i].clone()) else {
-            continue;
-        };
-        for (j, t) in steps.iter().enumerate() {
-            if j != i && t.share != Share::Whole && t.out.as_ref() == Some(o) && why[j].is_none() {
-                why[j] = Some(format!("step `{}` of the same output runs ({w})", s.name));
-            }
-        }
-    }
-    why
+/// Why step `i` must run ([`stale`]), where steps sharing one output (the parts of a
+/// `--part I/N` command and their `finalize`) run together: `finalize` consumes the parts'
+/// manifests, so a part run again alone (its record lost, corrupt or forged) would leave an
+/// output its finalize can no longer join, and a finalize run again alone finds no parts.
+/// `runs[j]` for `j < i`: whether step `j` ran (or, planning, will run); evaluated when the
+/// step's turn comes, as an earlier step may just have rewritten its inputs.
+fn why_run(i: usize, steps: &[Step], rerun: Rerun, runs: &[bool]) -> Option<String> {
+    let s = &steps[i];
+    stale(s, rerun).or_else(|| {
+        let o = s.out.as_ref().filter(|_| s.share != Share::Whole)?;
+        steps.iter().enumerate().find_map(|(j, t)| {
+            let shared = j != i && t.share != Share::Whole && t.out.as_ref() == Some(o);
+            let w = match j < i {
+                true => runs[j].then(|| "runs".to_owned()),
+                false => stale(t, rerun),
+            };
+            w.filter(|_| shared)
+                .map(|w| format!("step `{}` of the same output {w}", t.name))
+        })
+    })
 }
 
 /// `None` when the step's output is up to date, else why it must run.
@@ -700,7 +703,10 @@ fn bytes_of(paths: &[String]) -> u64 {
 /// validates adapter ↔ base matching).
 pub fn plan(steps: &[Step], rerun: Rerun, commands: &dyn Commands) -> Result<Vec<PlannedStep>> {
     let mut v = Vec::new();
-    for (s, why) in steps.iter().zip(stale_all(steps, rerun)) {
+    let mut runs = vec![false; steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        let why = why_run(i, steps, rerun, &runs);
+        runs[i] = why.is_some();
         if why.is_some() {
             finalize_has_parts(s, steps).with_context(|| format!("step `{}`", s.name))?;
         }
@@ -748,20 +754,7 @@ fn finalize_has_parts(s: &Step, steps: &[Step]) -> Result<()> {
 pub fn run(steps: &[Step], rerun: Rerun, quiet: bool, commands: &dyn Commands) -> Result<i32> {
     let mut ran = vec![false; steps.len()];
     for (i, s) in steps.iter().enumerate() {
-        // Evaluated when the step's turn comes (an earlier step may just have rewritten its
-        // inputs), with its output's other parts: see [`stale_all`].
-        let why = stale(s, rerun).or_else(|| {
-            let o = s.out.as_ref().filter(|_| s.share != Share::Whole)?;
-            steps.iter().enumerate().find_map(|(j, t)| {
-                let shared = j != i && t.share != Share::Whole && t.out.as_ref() == Some(o);
-                let w = match j < i {
-                    true => ran[j].then(|| "ran".to_owned()),
-                    false => stale(t, rerun),
-                };
-                w.filter(|_| shared)
-                    .map(|w| format!("step `{}` of the same output runs ({w})", t.name))
-            })
-        });
+        let why = why_run(i, steps, rerun, &ran);
         let Some(why) = why else {
             if !quiet {
                 commands.status(&format!("[{}] up to date, skipped", s.name));
