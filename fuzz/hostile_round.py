@@ -59,7 +59,8 @@ changed that day and what rounds 1-2 did not try; tmpfs and loop-mounted ext4 im
 1 KiB blocks, each unmounted and removed by the case). The whole round, 1,375 cases in 122 s:
 against the pre-fix binary (main at 2ef9f35) 43 of the 186 new cases violated the contract
 (writer_direct_io 3/23, recipe_records 30/67, fp8_block_keep 10/47; writer_signals 0/24,
-round3_misc 0/17, gguf_duplicates 0/8; the 1,189 older cases were not rerun against it); after this round's fixes all 1,375: 0
+round3_misc 0/17, gguf_duplicates 0/8; the 1,189 older cases were not rerun against it);
+after this round's fixes all 1,375: 0
 (`python3 fuzz/hostile_round.py target/debug/lorakit`; tests in tests/it/hardening/round3.rs).
   fixed (43 cases):
   *  3  an output path that is a FIFO, a character device or a symlink to a FIFO was replaced by
