@@ -53,6 +53,48 @@ this round's fixes: 6, then 0 once the three pending fixes below landed (main af
   LoHa/LoKr folder is a consistent adapter of another shape. An adapter written into a folder
   that holds an older checkpoint or adapter_model.bin keeps them (no file but the outputs is
   touched, as documented); PEFT prefers adapter_model.safetensors.
+
+Round 3, 2026-12-05, debug build, as root (hostile_cases_round3.py: 186 new cases over the code
+changed that day and what rounds 1-2 did not try; tmpfs and loop-mounted ext4 images, 4 KiB and
+1 KiB blocks, each unmounted and removed by the case). The whole round, 1,375 cases in 122 s:
+against the pre-fix binary (main at 2ef9f35) 43 of the 186 new cases violated the contract
+(writer_direct_io 3/23, recipe_records 30/67, fp8_block_keep 10/47; writer_signals 0/24,
+round3_misc 0/17, gguf_duplicates 0/8; the 1,189 older cases were not rerun against it);
+after this round's fixes all 1,375: 0
+(`python3 fuzz/hostile_round.py target/debug/lorakit`; tests in tests/it/hardening/round3.rs).
+  fixed (43 cases):
+  *  3  an output path that is a FIFO, a character device or a symlink to a FIFO was replaced by
+        a regular file with exit 0 (io/writer/aliasing.rs: refused, exit 2)
+  * 10  compressed-tensors FP8_BLOCK: a NaN/±inf block scale (a full or a partial block) was
+        blamed on the weight by merge and on the *output* file by dequantize; an E4M3 NaN byte
+        (0x7f, 0xff) in the weight named the output file (io/quant/mod.rs)
+  * 29  recipes: after a finished split merge (--part 1/2, 2/2, finalize), a lost, corrupt,
+        truncated, forged or lying provenance record of one step reran that step alone; the
+        finalize had consumed the parts' manifests, so the run then failed ("parts not
+        finished", "no part manifests") naming neither the record nor the recipe, on every run
+        until --force (ops/recipe.rs: steps sharing an output rerun together)
+  *  1  `run --dry-run` planned a finalize of a folder that holds no parts as "run" (exit 0);
+        the run refuses it (ops/recipe.rs)
+  held already (0 violations): a disk filling mid-write (tmpfs 6/12 MiB, ext4 12 MiB with 4 KiB
+  and 1 KiB blocks; merges of a 16 MiB output, one file and a folder): exit 3 naming the path,
+  nothing left on the disk; outputs on tmpfs and on ext4 with 1 KiB blocks byte-identical to
+  the buffered path's (LORAKIT_DIRECT_IO=0); a read-only ext4; SIGINT/SIGTERM 0.2-1 s into a
+  48 MiB merge leave nothing, after SIGKILL the next run sweeps the temp and writes the whole
+  output; outputs that are symlinks to an input file or folder; recipes whose steps share an
+  output they must not (one part twice, parts of different N, a part and a whole, two
+  finalizes, finalize before its parts, ../ and absolute finalize paths, the recipe as base,
+  adapter or part output, `part = 1`); FP8_BLOCK scale grids that lie about the shape (too
+  small, too large, transposed, flat, 3-d), block_structure contradicting the grid, zero,
+  negative, fractional, huge or malformed; scales stored as F8 or I32; a zero, negative or
+  subnormal scale (a clean refusal or finite merged scales); a sharded index naming a tensor's
+  wrong shard, an unknown shard, ../ or absolute shard paths, a tensor defined in two shards;
+  a kohya file naming one module in kohya and PEFT/diffusers conventions; a PEFT file with a
+  module under two adapter names; a safetensors header repeating a key; a GGUF base naming a
+  tensor twice or a metadata key twice (same or another type).
+  accepted as valid (not counted): a dangling symlink as the output is replaced by the file
+  (links are never written through); a recipe whose finalize's parts are not all steps fails
+  when the finalize runs (parts may run elsewhere); an output folder "." or ".." beside the
+  recipe or the inputs' folders keeps the files that were there.
 """
 import json, os, shutil, subprocess, sys, time
 
@@ -60,6 +102,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hostile_lib import BASE, CASES, FX, LK, QV, STATS, VIOLATIONS, W, selected, violation  # noqa: E402
 import hostile_cases_inputs  # noqa: E402,F401  (registers its cases, in this order)
 import hostile_cases_formats  # noqa: E402,F401
+import hostile_cases_round3  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- main

@@ -588,6 +588,28 @@ fn input_files(s: &Step, out: &Path, own: &[&str]) -> Vec<PathBuf> {
     v
 }
 
+/// Why step `i` must run ([`stale`]), where steps sharing one output (the parts of a
+/// `--part I/N` command and their `finalize`) run together: `finalize` consumes the parts'
+/// manifests, so a part run again alone (its record lost, corrupt or forged) would leave an
+/// output its finalize can no longer join, and a finalize run again alone finds no parts.
+/// `runs[j]` for `j < i`: whether step `j` ran (or, planning, will run); evaluated when the
+/// step's turn comes, as an earlier step may just have rewritten its inputs.
+fn why_run(i: usize, steps: &[Step], rerun: Rerun, runs: &[bool]) -> Option<String> {
+    let s = &steps[i];
+    stale(s, rerun).or_else(|| {
+        let o = s.out.as_ref().filter(|_| s.share != Share::Whole)?;
+        steps.iter().enumerate().find_map(|(j, t)| {
+            let shared = j != i && t.share != Share::Whole && t.out.as_ref() == Some(o);
+            let w = match j < i {
+                true => runs[j].then(|| "runs".to_owned()),
+                false => stale(t, rerun),
+            };
+            w.filter(|_| shared)
+                .map(|w| format!("step `{}` of the same output {w}", t.name))
+        })
+    })
+}
+
 /// `None` when the step's output is up to date, else why it must run.
 fn stale(s: &Step, rerun: Rerun) -> Option<String> {
     if rerun.force {
@@ -681,7 +703,13 @@ fn bytes_of(paths: &[String]) -> u64 {
 /// validates adapter ↔ base matching).
 pub fn plan(steps: &[Step], rerun: Rerun, commands: &dyn Commands) -> Result<Vec<PlannedStep>> {
     let mut v = Vec::new();
-    for s in steps {
+    let mut runs = vec![false; steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        let why = why_run(i, steps, rerun, &runs);
+        runs[i] = why.is_some();
+        if why.is_some() {
+            finalize_has_parts(s, steps).with_context(|| format!("step `{}`", s.name))?;
+        }
         let bytes_written = if s.inputs.iter().all(|i| Path::new(i).exists()) {
             commands
                 .bytes_written(&s.argv)
@@ -689,7 +717,6 @@ pub fn plan(steps: &[Step], rerun: Rerun, commands: &dyn Commands) -> Result<Vec
         } else {
             None
         };
-        let why = stale(s, rerun);
         v.push(PlannedStep {
             name: s.name.clone(),
             command: s.command.clone(),
@@ -703,11 +730,32 @@ pub fn plan(steps: &[Step], rerun: Rerun, commands: &dyn Commands) -> Result<Vec
     Ok(v)
 }
 
+/// A `finalize` step that will run on an existing output no step of the recipe writes parts
+/// into: refused in the plan, as `finalize` refuses it when it runs, when that output holds no
+/// part manifest or extract part file (a `--dry-run` said "run" for a step sure to fail).
+fn finalize_has_parts(s: &Step, steps: &[Step]) -> Result<()> {
+    use crate::parts::SplitOutput;
+    let Some(o) = s.out.as_deref().map(Path::new) else {
+        return Ok(());
+    };
+    let parts_here = |t: &Step| matches!(t.share, Share::Part(..)) && t.out == s.out;
+    if s.share != Share::Finalize || !o.exists() || steps.iter().any(parts_here) {
+        return Ok(());
+    }
+    if crate::parts::has_merge_manifests(o) || !crate::parts::find_extract_parts(o).is_empty() {
+        return Ok(());
+    }
+    let parts = crate::parts::MergeParts { dir: o.into() };
+    Err(parts.none_found().into())
+}
+
 /// Runs the steps in order, skipping up-to-date ones; stops at the first failure. A step whose
 /// command exits 1 (a failed `diff`) stops the recipe with status 1.
 pub fn run(steps: &[Step], rerun: Rerun, quiet: bool, commands: &dyn Commands) -> Result<i32> {
-    for s in steps {
-        let Some(why) = stale(s, rerun) else {
+    let mut ran = vec![false; steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        let why = why_run(i, steps, rerun, &ran);
+        let Some(why) = why else {
             if !quiet {
                 commands.status(&format!("[{}] up to date, skipped", s.name));
             }
@@ -732,6 +780,7 @@ pub fn run(steps: &[Step], rerun: Rerun, quiet: bool, commands: &dyn Commands) -
             }
             return Ok(code);
         }
+        ran[i] = true;
         if let Some(o) = &s.out {
             let o = Path::new(o);
             if o.exists() {

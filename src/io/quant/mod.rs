@@ -351,7 +351,29 @@ impl QuantMap {
             } => {
                 let sv = ck.view(scale)?;
                 let s = fp8::scales_f32(sv.dtype, sv.data).expect("checked at scan");
-                let w = fp8::dequantize(*format, data(&q.name)?, q.shape[1], &s, layout);
+                // A NaN or infinite scale (or a NaN byte of the weight) is refused naming the
+                // tensor that holds it, not found later as a non-finite merged value.
+                if let Some(i) = s.iter().position(|x| !x.is_finite()) {
+                    return Err(err(
+                        ck,
+                        scale,
+                        format!("scale {i} is {} (a scale must be finite)", s[i]),
+                    ));
+                }
+                let bytes = data(&q.name)?;
+                let w = fp8::dequantize(*format, bytes, q.shape[1], &s, layout);
+                if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+                    return Err(err(
+                        ck,
+                        &q.name,
+                        format!(
+                            "element {i} (byte {:#04x}) dequantizes to {} in {}",
+                            bytes[i],
+                            w[i],
+                            crate::dtype::name(*format)
+                        ),
+                    ));
+                }
                 // The library's product is in the scale's dtype (compressed-tensors `_dequantize`:
                 // `x_q.to(scale.dtype) * scale`): a merge adds its delta to those values.
                 match q.natural_dtype() {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// written as folders. A write is refused when it is, or resolves to, a read — compared by
 /// canonical path (symlinks followed, `..` resolved) and by (device, inode), so symlinks and
 /// hard links to an input are caught — or when it exists as the wrong kind (a folder where a
-/// file goes, a file where a folder goes).
+/// file goes, a file where a folder goes, a FIFO, socket or device anywhere).
 pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -> InputResult<()> {
     use std::os::unix::fs::MetadataExt;
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
@@ -80,6 +80,14 @@ pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -
                 return Err(InputError::invalid(
                     w,
                     "is a folder; a file is written here",
+                ))
+            }
+            // A FIFO, socket or device (`--out /dev/null` as root): the commit's rename would
+            // replace it with a regular file, and a reader waiting on a FIFO would get nothing.
+            Ok(m) if !m.is_dir() && !m.is_file() => {
+                return Err(InputError::invalid(
+                    w,
+                    "is not a regular file (a FIFO, socket or device); outputs are written as new files, choose another output path",
                 ))
             }
             Ok(m) if !m.is_dir() && want_dir => {

@@ -16,6 +16,8 @@ mod messages;
 mod onto_inputs;
 /// 7. The independent hostile round's findings (`fuzz/hostile_round.py`).
 mod round2;
+/// 8. The third hostile round's findings (direct-I/O outputs, recipe records, FP8 block scales).
+mod round3;
 /// 4. Results checked in their stored dtype; one definition per tensor.
 mod stored_dtype;
 
