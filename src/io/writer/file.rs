@@ -4,7 +4,7 @@
 //! writes, kernel copies, early writeback, the durable close), so the two cannot drift in how bytes
 //! reach the disk. Committing, locking and cleanup stay in the parent module.
 
-use super::direct::{Direct, Staged};
+use super::direct::Direct;
 use super::spec::TensorSpec;
 use crate::dtype;
 use crate::error::{InputError, InputResult};
@@ -68,16 +68,10 @@ impl Stream {
     }
 
     /// Appends `data`.
-    pub(super) fn write_all(&mut self, mut data: &[u8]) -> InputResult<()> {
+    pub(super) fn write_all(&mut self, data: &[u8]) -> InputResult<()> {
         self.bytes += data.len() as u64;
         if let Some(d) = &mut self.direct {
-            match d.append(self.w.get_ref(), &self.dest, data)? {
-                (_, Staged::Done) => return Ok(()),
-                (taken, Staged::Refused) => {
-                    self.leave_direct()?;
-                    data = &data[taken..];
-                }
-            }
+            return d.append(self.w.get_ref(), &self.dest, data);
         }
         self.w
             .write_all(data)
@@ -85,20 +79,13 @@ impl Stream {
         self.behind.after(&mut self.w, &self.dest, self.bytes)
     }
 
-    /// Appends the bytes of `src`: read into the direct-I/O buffer ([`Direct::append_from`]),
+    /// Appends the bytes of `src`: read into the direct-I/O buffers ([`Direct::append_from`]),
     /// or copied by the kernel ([`kernel_copy`], with its read/write fallback); `name` is the
     /// tensor they hold.
-    pub(super) fn copy(&mut self, name: &str, mut src: Extent) -> InputResult<()> {
+    pub(super) fn copy(&mut self, name: &str, src: Extent) -> InputResult<()> {
         self.bytes += src.len;
         if let Some(d) = &mut self.direct {
-            match d.append_from(self.w.get_ref(), &self.dest, src, name)? {
-                (_, Staged::Done) => return Ok(()),
-                (taken, Staged::Refused) => {
-                    self.leave_direct()?;
-                    src.offset += taken;
-                    src.len -= taken;
-                }
-            }
+            return d.append_from(self.w.get_ref(), &self.dest, src, name);
         }
         kernel_copy(&mut self.w, &self.dest, name, src)?;
         self.behind.after(&mut self.w, &self.dest, self.bytes)
@@ -113,40 +100,32 @@ impl Stream {
         }
     }
 
-    /// Whether bytes still go through direct I/O (tests).
+    /// Whether bytes go through direct I/O (tests).
     #[cfg(test)]
     pub(super) fn is_direct(&self) -> bool {
         self.direct.is_some()
     }
 
-    /// After a refused direct write (whose staged bytes [`Direct`] wrote through `w`'s file):
-    /// the buffered path from the end of those bytes on.
-    fn leave_direct(&mut self) -> InputResult<()> {
-        use std::io::{Seek, SeekFrom};
-        let d = self.direct.take().expect("called in direct mode");
-        let at = d.written_to();
-        drop(d);
-        self.w
-            .seek(SeekFrom::Start(at))
-            .map_err(|e| InputError::write(&self.dest, e))?;
-        self.behind.behind = at & !(PAGE - 1);
-        Ok(())
-    }
-
     /// Flushes, waits for the writeback hand-offs already made and fsyncs the file: the end of
     /// every output file, safetensors or not. Returns the bytes written.
-    pub(super) fn close(mut self) -> InputResult<u64> {
+    pub(super) fn close(self) -> InputResult<u64> {
+        self.close_reporting().map(|(bytes, _)| bytes)
+    }
+
+    /// [`Self::close`], and whether direct writes were refused on the way (tests).
+    pub(super) fn close_reporting(mut self) -> InputResult<(u64, bool)> {
         let file = self
             .w
             .into_inner()
             .map_err(|e| InputError::write(&self.dest, e.into_error()))?;
+        let mut refused = false;
         if let Some(d) = self.direct.take() {
-            d.finish(&file, &self.dest)?;
+            refused = d.finish(&file, &self.dest)?.1;
         }
         self.behind.stop();
         file.sync_all()
             .map_err(|e| InputError::write(&self.dest, e))?;
-        Ok(self.bytes)
+        Ok((self.bytes, refused))
     }
 }
 

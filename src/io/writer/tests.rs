@@ -289,7 +289,7 @@ fn refuses_output_onto_input_through_a_folder_not_yet_created() {
 /// Direct I/O (`direct.rs`) writes exactly the bytes the buffered path writes: pieces of odd
 /// sizes (one larger than the staging buffer), copies from an input file at odd offsets, read
 /// back and compared with the same bytes concatenated in memory; and where the file system
-/// refuses a direct write (at the first buffer, at the second, at the tail written on close,
+/// refuses a direct write (at the first buffer, at the second, past the last full buffer,
 /// and never), the rest goes through the buffered descriptor at the right offsets.
 #[test]
 fn direct_io_writes_the_bytes_of_the_buffered_path_and_falls_back_on_refusal() {
@@ -352,25 +352,24 @@ fn direct_io_writes_the_bytes_of_the_buffered_path_and_falls_back_on_refusal() {
                 s.write_all(&input[o..o + n]).unwrap();
             }
         }
-        if refuse_at == Some(u64::MAX) {
-            // Never refused: every byte went the direct way.
-            direct_seen = s.is_direct();
-        }
-        // Refused at a full buffer: buffered from there on (the tail's refusal is within close).
+        let direct_used = s.is_direct();
+        // Refused at a buffer the I/O thread writes (at 0 or 8 MiB): buffered from there on.
+        // At 16 MiB nothing is refused: the last, partial buffer is written buffered anyway.
         let refused_mid = matches!(refuse_at, Some(a) if a < (16 << 20));
-        let fell_back = !s.is_direct();
-        assert_eq!(s.close().unwrap(), expected.len() as u64);
+        let (n, refused) = s.close_reporting().unwrap();
+        assert_eq!(n, expected.len() as u64);
+        if direct_used {
+            direct_seen = true;
+            assert_eq!(refused, refused_mid, "case {i} (refuse at {refuse_at:?})");
+        }
         let got = std::fs::read(&path).unwrap();
         assert_eq!(got.len(), expected.len(), "case {i}: length");
         assert!(
             got == expected,
             "case {i} (refuse at {refuse_at:?}): bytes differ"
         );
-        if refused_mid && direct_seen {
-            assert!(
-                fell_back,
-                "case {i}: the refusal at {refuse_at:?} was not taken"
-            );
-        }
+    }
+    if !direct_seen {
+        eprintln!("NOTE: direct I/O was not taken here; its refusals were not checked");
     }
 }
