@@ -710,3 +710,25 @@ pub fn write_views(path: &Path, tensors: &[(&str, safetensors::Dtype, &[usize], 
 pub fn module_names(v: &serde_json::Value) -> Vec<&str> {
     field_strs(&v["modules"], "name")
 }
+
+/// f32: within 1e-5 of the largest update (`want − base`) or 4 f32 ulps of the largest weight,
+/// elementwise — the bound of the diffusers sweeps (`check_diffusers_sweep.py`,
+/// `check_diffusers_formats_sweep.py`: diffusers/PEFT round B·A and the sum in their own order).
+pub fn assert_f32_close(name: &str, got: &[f32], want: &[f32], base: &[f32]) {
+    let upd = want
+        .iter()
+        .zip(base)
+        .map(|(w, b)| (w - b).abs() as f64)
+        .fold(0.0, f64::max);
+    let big = want.iter().map(|w| w.abs() as f64).fold(0.0, f64::max);
+    let lim = 1e-5 * upd + 4.0 * f32::EPSILON as f64 * big;
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() as f64)
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= lim,
+        "{name}: max |lorakit − reference| {worst:e} > {lim:e}"
+    );
+}

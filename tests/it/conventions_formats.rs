@@ -16,27 +16,6 @@
 use super::check::check_json;
 use super::common::*;
 
-/// f32: within 1e-5 of the largest update or 4 f32 ulps of the largest weight, elementwise —
-/// check_diffusers_sweep.py's bound (diffusers/PEFT round B·A and the sum in their own order).
-fn assert_f32_close(name: &str, got: &[f32], want: &[f32], base: &[f32]) {
-    let upd = want
-        .iter()
-        .zip(base)
-        .map(|(w, b)| (w - b).abs() as f64)
-        .fold(0.0, f64::max);
-    let big = want.iter().map(|w| w.abs() as f64).fold(0.0, f64::max);
-    let lim = 1e-5 * upd + 4.0 * f32::EPSILON as f64 * big;
-    let worst = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs() as f64)
-        .fold(0.0, f64::max);
-    assert!(
-        worst <= lim,
-        "{name}: max |lorakit − reference| {worst:e} > {lim:e}"
-    );
-}
-
 fn manifest() -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(fixture("diffusers_formats/MANIFEST.json")).unwrap())
         .unwrap()

@@ -23,7 +23,7 @@
 //! [`super::resolve_in`] asks here only for a module that the ordinary matching placed nowhere,
 //! so every earlier match is unchanged. Must not read tensor data.
 
-use super::placement::{Placement, RowSlice, Unmatched};
+use super::placement::{placed_on_rows, Placement, RowSlice, Unmatched};
 use crate::adapter::formats::kohya;
 use crate::adapter::model::{LoraModule, ModuleKind};
 use crate::dtype::Dtype;
@@ -248,12 +248,7 @@ pub(super) fn place_on_original(
     let weight = match found_names.as_slice() {
         [] => return None,
         [one] => one.to_string(),
-        many => {
-            return Some(Err(Unmatched::Ambiguous {
-                module: m.name.clone(),
-                candidates: many.iter().map(|s| s.to_string()).collect(),
-            }))
-        }
+        many => return Some(Err(Unmatched::ambiguous(m, many))),
     };
     if m.bias.is_some() {
         // As in `place`: a `lora_B` bias is refused by module, never dropped.
@@ -284,28 +279,9 @@ pub(super) fn place_on_original(
             && out > 0;
         (fits, Some(RowSlice { offset, len: out }))
     };
-    if !fits {
-        return Some(Err(Unmatched::ShapeMismatch {
-            module: m.name.clone(),
-            tensor: weight,
-            expected,
-            found,
-        }));
-    }
-    if !crate::dtype::is_float_compute(dtype) {
-        return Some(Err(Unmatched::NotFloat {
-            module: m.name.clone(),
-            tensor: weight,
-            dtype: crate::dtype::name(dtype),
-        }));
-    }
-    Some(Ok(Placement {
-        module: mi,
-        weight,
-        bias: None,
-        rows,
-        part: None,
-    }))
+    Some(placed_on_rows(
+        m, mi, weight, fits, expected, found, dtype, rows,
+    ))
 }
 
 /// Base weights for a dotted `want` under one denoiser root stored under another denoiser root
@@ -355,12 +331,7 @@ pub(super) fn place(
                 }))
             }
             [one] => weights.push(one.to_string()),
-            many => {
-                return Some(Err(Unmatched::Ambiguous {
-                    module: m.name.clone(),
-                    candidates: many.iter().map(|s| s.to_string()).collect(),
-                }))
-            }
+            many => return Some(Err(Unmatched::ambiguous(m, many))),
         }
     }
     if m.bias.is_some() {

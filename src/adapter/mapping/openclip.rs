@@ -21,7 +21,9 @@
 //! (or only on another component's tensor), so every earlier match is unchanged. Must not read
 //! tensor data.
 
-use super::placement::{expected_shape, root_of, BaseComponents, Placement, RowSlice, Unmatched};
+use super::placement::{
+    expected_shape, placed_on_rows, root_of, BaseComponents, Placement, RowSlice, Unmatched,
+};
 use crate::adapter::model::{LoraModule, ModuleKind};
 use crate::dtype::Dtype;
 
@@ -102,12 +104,7 @@ pub(super) fn place(
     let weight = match candidates.as_slice() {
         [] => return None,
         [one] => one.to_string(),
-        many => {
-            return Some(Err(Unmatched::Ambiguous {
-                module: m.name.clone(),
-                candidates: many.iter().map(|s| s.to_string()).collect(),
-            }))
-        }
+        many => return Some(Err(Unmatched::ambiguous(m, many))),
     };
     let (found, dtype) = logical(&weight);
     let expected = expected_shape(m);
@@ -127,28 +124,9 @@ pub(super) fn place(
         }
         None => (found == expected, None, expected),
     };
-    if !fits {
-        return Some(Err(Unmatched::ShapeMismatch {
-            module: m.name.clone(),
-            tensor: weight,
-            expected,
-            found,
-        }));
-    }
-    if !crate::dtype::is_float_compute(dtype) {
-        return Some(Err(Unmatched::NotFloat {
-            module: m.name.clone(),
-            tensor: weight,
-            dtype: crate::dtype::name(dtype),
-        }));
-    }
-    Some(Ok(Placement {
-        module: mi,
-        weight,
-        bias: None,
-        rows,
-        part: None,
-    }))
+    Some(placed_on_rows(
+        m, mi, weight, fits, expected, found, dtype, rows,
+    ))
 }
 
 #[cfg(test)]

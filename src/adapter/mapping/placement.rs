@@ -44,6 +44,55 @@ pub enum Unmatched {
     },
 }
 
+impl Unmatched {
+    /// `module` matches every one of `candidates`.
+    pub fn ambiguous(module: &LoraModule, candidates: &[&str]) -> Unmatched {
+        Unmatched::Ambiguous {
+            module: module.name.clone(),
+            candidates: candidates.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Module `mi` (`m`) on the rows `rows` of base tensor `weight` (`found`, `dtype`), once the
+/// caller has worked out whether its shape `fits` (against `expected`): a shape or dtype that
+/// does not take it is the module's [`Unmatched`] reason. What every rule placing a module on
+/// a slice of a fused tensor ends with (`openclip.rs`, `layouts.rs`).
+#[allow(clippy::too_many_arguments)]
+pub fn placed_on_rows(
+    m: &LoraModule,
+    mi: usize,
+    weight: String,
+    fits: bool,
+    expected: Vec<usize>,
+    found: Vec<usize>,
+    dtype: crate::dtype::Dtype,
+    rows: Option<RowSlice>,
+) -> Result<Placement, Unmatched> {
+    if !fits {
+        return Err(Unmatched::ShapeMismatch {
+            module: m.name.clone(),
+            tensor: weight,
+            expected,
+            found,
+        });
+    }
+    if !crate::dtype::is_float_compute(dtype) {
+        return Err(Unmatched::NotFloat {
+            module: m.name.clone(),
+            tensor: weight,
+            dtype: crate::dtype::name(dtype),
+        });
+    }
+    Ok(Placement {
+        module: mi,
+        weight,
+        bias: None,
+        rows,
+        part: None,
+    })
+}
+
 impl std::fmt::Display for Unmatched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
