@@ -496,17 +496,8 @@ def signals_mid_run():
                         "--quiet"]
             STATS["cases"] += 1
             before = snapshot(c.dir)
-            child = subprocess.Popen([LK] + argv, cwd=c.dir, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-            time.sleep(1.5)
-            child.send_signal(sig)
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                violation(c.name, "did not stop on the signal", "")
-                continue
-            if child.returncode == 0:
-                print(f"note: {c.name}: finished before the signal")
+            child = signalled(c, argv, sig, 1.5)
+            if child is None:
                 continue
             if snapshot(c.dir) != before:
                 violation(c.name, f"rc={child.returncode}: the case folder changed",

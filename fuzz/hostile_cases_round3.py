@@ -3,7 +3,7 @@ per-step provenance records of recipes, `merge --quant keep` into compressed-ten
 what rounds 1-2 did not try. Same harness and verdicts as the other case files (hostile_lib.py)."""
 import json, os, random, signal, shutil, struct, subprocess, time
 
-from hostile_lib import (BASE, FX, LK, QV, STATS, TUNED, Case, case, run, run_either, run_ok, setup_only,
+from hostile_lib import (BASE, FX, LK, QV, STATS, TUNED, Case, case, run, run_either, run_ok, setup_only, signalled,
                          snapshot, st_build, st_edit, st_read, st_tensors, st_write, violation)
 
 
@@ -162,18 +162,8 @@ def writer_signals():
                 big_model(c, layers=12)
                 STATS["cases"] += 1
                 before = snapshot(c.dir)
-                child = subprocess.Popen([LK] + big_merge(out), cwd=c.dir, stderr=subprocess.PIPE,
-                                         stdout=subprocess.DEVNULL)
-                time.sleep(delay)
-                child.send_signal(sig)
-                try:
-                    child.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    violation(c.name, "did not stop on the signal", "")
-                    continue
-                if child.returncode == 0:
-                    print(f"note: {c.name}: finished before the signal")
+                child = signalled(c, big_merge(out), sig, delay)
+                if child is None:
                     continue
                 after = snapshot(c.dir)
                 if sig != signal.SIGKILL and after != before:

@@ -198,6 +198,25 @@ QB = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
 WQ = "model.layers.0.self_attn.q_proj.weight"
 
 
+def signalled(c, argv, sig, delay):
+    """Starts `lorakit ARGV` in the case's folder, sends `sig` after `delay` seconds and waits:
+    the finished child, or None where it did not stop (a violation, recorded) or finished
+    before the signal (a note)."""
+    child = subprocess.Popen([LK] + argv, cwd=c.dir, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    time.sleep(delay)
+    child.send_signal(sig)
+    try:
+        child.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        violation(c.name, "did not stop on the signal", "")
+        return None
+    if child.returncode == 0:
+        print(f"note: {c.name}: finished before the signal")
+        return None
+    return child
+
+
 def run_either(c, args, timeout=120, refusals=(2,)):
     """Refused cleanly (exit 2, or one of `refusals`; one line; nothing changed) or done without
     changing any file that existed before."""
