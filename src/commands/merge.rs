@@ -95,11 +95,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     if crate::io::gguf::is_gguf(&a.base) {
         return gguf(a, quiet);
     }
-    if a.output
-        .out
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
+    if writes_gguf(&a) {
         return hf_to_gguf(a, quiet);
     }
     if a.gguf_tokenizer_pre.is_some() {
@@ -281,6 +277,16 @@ fn render_dry_run(d: &crate::merge::DryRunSummary) -> String {
     }
     out.push_str("nothing was written\n");
     out
+}
+
+/// Whether this merge writes a GGUF file (into a GGUF base, or a Hugging Face base to a `.gguf`
+/// output) rather than safetensors: the paths [`plan`] does not cover.
+pub fn writes_gguf(a: &MergeArgs) -> bool {
+    crate::io::gguf::is_gguf(&a.base)
+        || a.output
+            .out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// `merge --base MODEL.gguf`: flags that only make sense for safetensors outputs are refused.

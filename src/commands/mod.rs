@@ -249,10 +249,11 @@ impl crate::recipe::Commands for CliCommands {
     fn bytes_written(&self, argv: &[String]) -> Result<Option<u64>> {
         use clap::Parser;
         match Cli::try_parse_from(argv) {
+            // A GGUF merge's size is known only once it is planned by its own command.
             Ok(Cli {
                 command: Command::Merge(a),
                 ..
-            }) => Ok(Some(merge::plan(&a, false)?.output_bytes())),
+            }) if !merge::writes_gguf(&a) => Ok(Some(merge::plan(&a, false)?.output_bytes())),
             _ => Ok(None),
         }
     }

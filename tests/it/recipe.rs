@@ -409,3 +409,66 @@ fn split_merge_steps_and_finalize_rerun_only_when_their_inputs_change() {
     assert_eq!(visible(&merged).len(), 3);
     assert_eq!(ran_and_skipped(&r), (vec![], all));
 }
+
+/// A recipe step may merge into a GGUF model (a planning step that read the base as
+/// safetensors refused it: "is a GGUF file … not safetensors", before anything ran): merge into
+/// the F32 Llama GGUF, unmerge it back, diff against the base; the merged file is the bytes
+/// `lorakit merge` writes by hand, and a second run skips both merges.
+#[test]
+fn recipe_steps_merge_into_a_gguf_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = write_recipe(
+        dir.path(),
+        r#"
+[[step]]
+name = "merged"
+command = "merge"
+base = "FX/gguf/llama_f32.gguf"
+adapter = ["FX/llama/adapters/qv_r8"]
+out = "out/merged.gguf"
+
+[[step]]
+name = "again"
+command = "merge"
+unmerge = true
+base = "${merged.out}"
+adapter = ["FX/llama/adapters/qv_r8"]
+out = "out/restored.gguf"
+
+[[step]]
+name = "check"
+command = "diff"
+a = "${again.out}"
+b = "FX/gguf/llama_f32.gguf"
+tolerance = 1e-6
+"#,
+    );
+    let plan = run_ok(run_args(&r, &["--dry-run", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(v["items"][0]["action"], "run");
+    assert!(v["items"][0]["bytes_written"].is_null());
+    let o = bin().args(run_args(&r, &[])).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let by_hand = dir.path().join("by_hand.gguf");
+    run_ok(merge_args(
+        &fixture("gguf/llama_f32.gguf"),
+        &fixture("llama/adapters/qv_r8"),
+        &by_hand,
+        &[],
+    ));
+    assert!(
+        std::fs::read(dir.path().join("out/merged.gguf")).unwrap()
+            == std::fs::read(&by_hand).unwrap(),
+        "the recipe's merge is not the command's"
+    );
+    let again = run_ok(run_args(&r, &["--dry-run", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&again).unwrap();
+    // The merges are up to date; a diff writes nothing, so it always runs.
+    let actions: Vec<_> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["skip", "skip", "run"]);
+}
