@@ -47,25 +47,37 @@ const CAPACITY: usize = 8 << 20;
 /// on the 0.62 GB merge).
 const BUFFERS: usize = 3;
 
-/// A page-aligned heap buffer of [`CAPACITY`] bytes.
+/// A page-aligned buffer of [`CAPACITY`] bytes (an anonymous memory mapping).
 struct Aligned {
     ptr: std::ptr::NonNull<u8>,
 }
 
 impl Aligned {
-    fn layout() -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(CAPACITY, ALIGN).expect("a valid layout")
-    }
-
+    /// A fresh anonymous mapping: page-aligned, zeroed by the kernel page by page as it is
+    /// first touched, so a small output costs only the pages it fills (a zeroed heap
+    /// allocation is `memset` whole where the process keeps freed memory, see
+    /// `model::retain_freed_memory`: 8 MiB resident per output file).
     fn new() -> Option<Aligned> {
-        // SAFETY: the layout has a non-zero size.
-        let p = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
-        std::ptr::NonNull::new(p).map(|ptr| Aligned { ptr })
+        // SAFETY: a new private anonymous mapping; no existing memory is involved.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                CAPACITY,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        std::ptr::NonNull::new(p.cast::<u8>()).map(|ptr| Aligned { ptr })
     }
 
     fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` owns CAPACITY initialised (zeroed) bytes for the life of `self`, and
-        // `&mut self` makes this the only borrow.
+        // SAFETY: `ptr` maps CAPACITY initialised (zero-filled) bytes for the life of `self`,
+        // and `&mut self` makes this the only borrow.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), CAPACITY) }
     }
 
@@ -77,8 +89,8 @@ impl Aligned {
 
 impl Drop for Aligned {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout()) }
+        // SAFETY: mapped in `new` with this length, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), CAPACITY) };
     }
 }
 
