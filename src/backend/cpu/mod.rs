@@ -235,20 +235,7 @@ pub fn merge_f32_in_place(
     cols: usize,
     terms: &[Term],
 ) -> Result<(), MergeError> {
-    if terms.iter().any(|t| t.dora.is_some()) {
-        return Err(MergeError::Shape(
-            "an in-place merge takes no DoRA term".into(),
-        ));
-    }
-    let job = MergeJob::new(
-        bytemuck::cast_slice(w),
-        crate::dtype::Dtype::F32,
-        (rows, cols),
-        terms,
-        crate::dtype::Dtype::F32,
-    );
-    job.validate()?;
-    if rows == 0 || cols == 0 {
+    if !check_in_place(w, rows, cols, terms)? {
         return Ok(());
     }
     let block_rows = (BLOCK_ELEMS / cols).max(1);
@@ -264,6 +251,40 @@ pub fn merge_f32_in_place(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// [`merge_f32_in_place`] on the calling thread, for a caller that already spreads its rows
+/// over the cores (the GGUF merge's fused row chunks, `ops::merge::gguf_band`): the same bits,
+/// the first non-finite value in row order.
+pub fn merge_f32_in_place_serial(
+    w: &mut [f32],
+    rows: usize,
+    cols: usize,
+    terms: &[Term],
+) -> Result<(), MergeError> {
+    if !check_in_place(w, rows, cols, terms)? {
+        return Ok(());
+    }
+    add_block(terms, cols, 0, w).map_or(Ok(()), Err)
+}
+
+/// The checks of an in-place merge (no DoRA term, factor lengths against `rows × cols`);
+/// `false` where there is nothing to do.
+fn check_in_place(w: &[f32], rows: usize, cols: usize, terms: &[Term]) -> Result<bool, MergeError> {
+    if terms.iter().any(|t| t.dora.is_some()) {
+        return Err(MergeError::Shape(
+            "an in-place merge takes no DoRA term".into(),
+        ));
+    }
+    let job = MergeJob::new(
+        bytemuck::cast_slice(w),
+        crate::dtype::Dtype::F32,
+        (rows, cols),
+        terms,
+        crate::dtype::Dtype::F32,
+    );
+    job.validate()?;
+    Ok(rows > 0 && cols > 0)
 }
 
 super::simd::multiversion! {

@@ -65,9 +65,13 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
 /// Blocks per parallel work item of [`dequantize_par`].
 const PAR_BLOCKS: usize = 4096;
 
+/// Values measured at a time by [`quantize_part_measured`]: a multiple of every block size (1,
+/// 32, 256).
+const SUB: usize = 1 << 12;
+
 /// Values per parallel work item of [`quantize_par`]: 256 K-quant super-blocks, a few
 /// milliseconds of work, so that a tensor spreads over all cores evenly.
-const PAR_VALUES: usize = 1 << 16;
+pub const PAR_VALUES: usize = 1 << 16;
 
 /// [`dequantize_into`] over the cores (blocks are independent, so the result is identical).
 pub fn dequantize_par(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
@@ -148,32 +152,14 @@ pub fn quantize_par_measured(
     out: &mut Vec<u8>,
 ) -> Option<StoredError> {
     use rayon::prelude::*;
-    // Values measured at a time: a multiple of every block size (1, 32, 256).
-    const SUB: usize = 1 << 12;
     let bs = ty.block_size();
     if !ty.can_quantize() || !values.len().is_multiple_of(bs) {
         return None;
     }
     let part = (PAR_VALUES / bs).max(1) * bs;
-    let sub_bytes = SUB / bs * ty.type_size();
     let parts: Vec<Option<(Vec<u8>, StoredError)>> = values
         .par_chunks(part)
-        .map_init(Vec::new, |back, c| {
-            let mut q = Vec::with_capacity(c.len() / SUB * sub_bytes + sub_bytes);
-            let mut e = StoredError::default();
-            for (i, v) in c.chunks(SUB).enumerate() {
-                // Every value is overwritten: zeroed only when the length changes.
-                if back.len() != v.len() {
-                    back.clear();
-                    back.resize(v.len(), 0f32);
-                }
-                if !quantize_measured(ty, v, &mut q, back) {
-                    return None;
-                }
-                e = e.then(error_sums(back, v), i * SUB);
-            }
-            Some((q, e))
-        })
+        .map_init(Vec::new, |back, c| quantize_part_measured(ty, c, back))
         .collect();
     out.reserve(values.len() / bs * ty.type_size());
     let mut total = StoredError::default();
@@ -183,6 +169,35 @@ pub fn quantize_par_measured(
         total = total.then(e, i * part);
     }
     Some(total)
+}
+
+/// One part of [`quantize_par_measured`] on the calling thread: `c` (whole blocks) quantized
+/// and measured a few thousand values at a time, `back` the caller's reusable buffer of stored
+/// values. `None` for a type that cannot be written.
+pub fn quantize_part_measured(
+    ty: GgmlType,
+    c: &[f32],
+    back: &mut Vec<f32>,
+) -> Option<(Vec<u8>, StoredError)> {
+    let bs = ty.block_size();
+    if !ty.can_quantize() || !c.len().is_multiple_of(bs) {
+        return None;
+    }
+    let sub_bytes = SUB / bs * ty.type_size();
+    let mut q = Vec::with_capacity(c.len() / SUB * sub_bytes + sub_bytes);
+    let mut e = StoredError::default();
+    for (i, v) in c.chunks(SUB).enumerate() {
+        // Every value is overwritten: zeroed only when the length changes.
+        if back.len() != v.len() {
+            back.clear();
+            back.resize(v.len(), 0f32);
+        }
+        if !quantize_measured(ty, v, &mut q, back) {
+            return None;
+        }
+        e = e.then(error_sums(back, v), i * SUB);
+    }
+    Some((q, e))
 }
 
 /// [`quantize_into`], writing into `back` (as long as `values`) the values the stored bytes

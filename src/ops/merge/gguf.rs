@@ -34,11 +34,9 @@
 use super::gguf_parts::TensorData;
 use super::WeightedAdapter;
 use crate::adapter::mapping::{is_kohya_name, kohya_candidates};
-use crate::backend::profile::{self, Stage};
 use crate::backend::Engine;
 use crate::error::{InputError, Opt};
 use crate::io::gguf::names::{self, Rope};
-use crate::io::gguf::quant::StoredError;
 use crate::io::gguf::writer::{kv_string, OutTensor};
 use crate::io::gguf::{quant, types, GgmlType, GgufModel, Value};
 use crate::io::writer::check_writes;
@@ -593,21 +591,10 @@ impl GgufMergePlan {
                     len,
                 });
             };
-            let out_bytes = out_tensors[i].bytes() as usize;
-            let (mut bytes, mut err) = (Vec::with_capacity(out_bytes), StoredError::default());
-            if let Some((b, e)) = self.rows_in_place(target)? {
-                (bytes, err) = (b, e);
-            } else {
-                self.merged(target, engine, &mut scratch, |values| {
-                    let _t = profile::time(Stage::Quantize);
-                    let at =
-                        bytes.len() / target.out_type.type_size() * target.out_type.block_size();
-                    let e = quant::quantize_par_measured(target.out_type, values, &mut bytes)
-                        .expect("planned");
-                    err = err.then(e, at);
-                    Ok(())
-                })?;
-            }
+            let (bytes, err) = match self.rows_in_place(target)? {
+                Some(stored) => stored,
+                None => self.merged_stored(target, engine, &mut scratch, target.out_type)?,
+            };
             if let Some(i) = err.first_bad {
                 return Err(InputError::invalid(
                     &self.out,

@@ -14,34 +14,46 @@ use crate::dtype::Dtype;
 use crate::error::InputError;
 use crate::io::gguf::names;
 use crate::io::gguf::quant;
+use crate::io::gguf::GgmlType;
 use anyhow::Result;
 
 impl GgufMergePlan {
     /// The f32 merge of one target, in the GGUF tensor's layout, through the backend's merge
     /// (the arithmetic every safetensors merge uses: `acc = Σₖ b·a` in f32, `w + scale·acc`),
-    /// handed to `band` in bands of whole rows, in order.
-    pub(super) fn merged(
+    /// stored in `ty` (whole blocks per row): the bytes and the
+    /// [`quant::StoredError`] of the stored values against the f32 merge. On the CPU with plain
+    /// terms each parallel task takes a few rows through the dequantizer, the merge and the
+    /// quantizer while they are in cache, so that no stage waits for the slowest thread of
+    /// the one before (issue #17: the three stages per band, each ending in a barrier, kept
+    /// the cores 85 % busy); the bits are those of the stages run one after the other.
+    pub(super) fn merged_stored(
         &self,
         t: &Target,
         engine: &Engine,
         scratch: &mut Scratch,
-        band_out: impl FnMut(&[f32]) -> Result<()>,
-    ) -> Result<()> {
-        self.merged_in_bands(t, engine, scratch, 1 << 20, band_out)
+        ty: GgmlType,
+    ) -> Result<(Vec<u8>, quant::StoredError)> {
+        let mut stored = Stored {
+            ty,
+            bytes: Vec::new(),
+            err: quant::StoredError::default(),
+        };
+        self.merged_in_bands(t, engine, scratch, 1 << 20, Out::Stored(&mut stored))?;
+        Ok((stored.bytes, stored.err))
     }
 
-    /// [`Self::merged`] in CPU bands of about `band_values` values (a test seam: the bits do
-    /// not depend on it).
+    /// [`Self::merged_stored`] in CPU bands (and fused chunks) of about `band_values` values (a
+    /// test seam: the bits do not depend on it), or, for the tests, the f32 bands themselves.
     fn merged_in_bands(
         &self,
         t: &Target,
         engine: &Engine,
         scratch: &mut Scratch,
         band_values: usize,
-        mut band_out: impl FnMut(&[f32]) -> Result<()>,
+        mut out: Out,
     ) -> Result<()> {
         if t.kind != Kind::Weight {
-            return band_out(&self.whole(t)?);
+            return out.band(&self.whole(t)?);
         }
         let (f, info) = self.base.get(&t.tensor).expect("planned");
         let shape = info.shape();
@@ -139,40 +151,76 @@ impl GgufMergePlan {
                 }
             })
             .collect();
+        let name_err = |e: MergeError, r0: usize| {
+            let e = match e {
+                MergeError::NonFinite { row, col, value } => MergeError::NonFinite {
+                    row: row + r0,
+                    col,
+                    value,
+                },
+                e => e,
+            };
+            InputError::invalid(
+                &self.out,
+                format!(
+                    "tensor `{}`: the merge gives an invalid result: {e}; nothing was written",
+                    t.tensor
+                ),
+            )
+        };
+        if let (Out::Stored(st), false, false) = (&mut out, gpu, dora) {
+            // Fused row chunks of about `PAR_VALUES` values, in order.
+            use rayon::prelude::*;
+            // `band_values` only where smaller (a test seam, as for the bands).
+            let chunk = (quant::PAR_VALUES.min(band_values) / cols.max(1)).max(1);
+            let ty = st.ty;
+            st.bytes
+                .reserve(rows * cols / ty.block_size() * ty.type_size());
+            let parts: Vec<Result<(Vec<u8>, quant::StoredError)>> = (0..rows.div_ceil(chunk))
+                .into_par_iter()
+                .map_init(
+                    || (Vec::new(), Vec::new()),
+                    |(w, back): &mut (Vec<f32>, Vec<f32>), ci| {
+                        let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(rows));
+                        // Every value is overwritten: zeroed only when the length changes.
+                        if w.len() != (r1 - r0) * cols {
+                            w.clear();
+                            w.resize((r1 - r0) * cols, 0.0);
+                        }
+                        {
+                            let _t = profile::time(Stage::Dequantize);
+                            let ok = quant::dequantize_into(
+                                info.ty,
+                                &data[r0 * row_bytes..r1 * row_bytes],
+                                w,
+                            );
+                            assert!(ok, "planned: a dequantizable type");
+                        }
+                        cpu::merge_f32_in_place_serial(
+                            w,
+                            r1 - r0,
+                            cols,
+                            &rows_of(&terms, r0, r1, cols),
+                        )
+                        .map_err(|e| name_err(e, r0))?;
+                        let _t = profile::time(Stage::Quantize);
+                        Ok(quant::quantize_part_measured(ty, w, back).expect("planned"))
+                    },
+                )
+                .collect();
+            // The first failing chunk's error: the first non-finite value in row order.
+            for (ci, p) in parts.into_iter().enumerate() {
+                let (bytes, e) = p?;
+                st.bytes.extend_from_slice(&bytes);
+                st.err = st.err.then(e, ci * chunk * cols);
+            }
+            f.release(info);
+            return Ok(());
+        }
         for r0 in (0..rows).step_by(band) {
             let r1 = (r0 + band).min(rows);
-            let band_terms: Vec<Term> = terms
-                .iter()
-                .map(|x| Term {
-                    b: x.b.get(r0 * x.rank..r1 * x.rank).unwrap_or(&[]),
-                    dense: x.dense.map(|d| &d[r0 * cols..r1 * cols]),
-                    dora: x.dora.map(|d| match d.axis {
-                        NormAxis::Rows => Dora {
-                            magnitude: &d.magnitude[r0..r1],
-                            ..d
-                        },
-                        NormAxis::Cols => d,
-                    }),
-                    ..*x
-                })
-                .collect();
-            let name_err = |e: MergeError| {
-                let e = match e {
-                    MergeError::NonFinite { row, col, value } => MergeError::NonFinite {
-                        row: row + r0,
-                        col,
-                        value,
-                    },
-                    e => e,
-                };
-                InputError::invalid(
-                    &self.out,
-                    format!(
-                        "tensor `{}`: the merge gives an invalid result: {e}; nothing was written",
-                        t.tensor
-                    ),
-                )
-            };
+            let band_terms = rows_of(&terms, r0, r1, cols);
+            let name_err = |e: MergeError| name_err(e, r0);
             let w = &mut scratch.w0[..(r1 - r0) * cols];
             {
                 let _t = profile::time(Stage::Dequantize);
@@ -189,12 +237,12 @@ impl GgufMergePlan {
                     terms: &band_terms,
                     out_dtype: Dtype::F32,
                 };
-                let out = engine.merge(&job).map_err(name_err)?;
-                match bytemuck::try_cast_slice::<u8, f32>(&out) {
-                    Ok(v) => band_out(v)?,
+                let merged = engine.merge(&job).map_err(name_err)?;
+                match bytemuck::try_cast_slice::<u8, f32>(&merged) {
+                    Ok(v) => out.band(v)?,
                     Err(_) => {
-                        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&out);
-                        band_out(&v)?
+                        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&merged);
+                        out.band(&v)?
                     }
                 }
             } else {
@@ -202,7 +250,7 @@ impl GgufMergePlan {
                 // the F32 job, without its output buffer and the two copies into and out of it
                 // (issue #17: ~4 % of a 7B merge's CPU time in memmove).
                 cpu::merge_f32_in_place(w, r1 - r0, cols, &band_terms).map_err(name_err)?;
-                band_out(w)?;
+                out.band(w)?;
             }
         }
         f.release(info);
@@ -248,6 +296,57 @@ fn dora_term<'a>(
                 strength: w as f32,
             }),
         ),
+    }
+}
+
+/// Rows `r0..r1` of `terms` (of a `rows × cols` tensor): B, dense updates and row magnitudes
+/// sliced, A and column magnitudes whole.
+fn rows_of<'a>(terms: &[Term<'a>], r0: usize, r1: usize, cols: usize) -> Vec<Term<'a>> {
+    terms
+        .iter()
+        .map(|x| Term {
+            b: x.b.get(r0 * x.rank..r1 * x.rank).unwrap_or(&[]),
+            dense: x.dense.map(|d| &d[r0 * cols..r1 * cols]),
+            dora: x.dora.map(|d| match d.axis {
+                NormAxis::Rows => Dora {
+                    magnitude: &d.magnitude[r0..r1],
+                    ..d
+                },
+                NormAxis::Cols => d,
+            }),
+            ..*x
+        })
+        .collect()
+}
+
+/// Where [`GgufMergePlan::merged_in_bands`] hands the merge: f32 bands to a callback, or stored
+/// in a type.
+enum Out<'o> {
+    #[cfg(test)]
+    Values(&'o mut dyn FnMut(&[f32]) -> Result<()>),
+    Stored(&'o mut Stored),
+}
+
+/// The bytes and the measured error of a merge stored in `ty`.
+struct Stored {
+    ty: GgmlType,
+    bytes: Vec<u8>,
+    err: quant::StoredError,
+}
+
+impl Out<'_> {
+    /// The next band of the merge, in order.
+    fn band(&mut self, v: &[f32]) -> Result<()> {
+        match self {
+            #[cfg(test)]
+            Out::Values(f) => f(v),
+            Out::Stored(st) => {
+                let at = st.bytes.len() / st.ty.type_size() * st.ty.block_size();
+                let e = quant::quantize_par_measured(st.ty, v, &mut st.bytes).expect("planned");
+                st.err = st.err.then(e, at);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -297,10 +396,17 @@ mod tests {
                 let cols = plan.base.get(&t.tensor).unwrap().1.shape()[1];
                 let mut v = Vec::new();
                 let mut scratch = Scratch::default();
-                plan.merged_in_bands(t, &Engine::Cpu, &mut scratch, rows * cols, |b| {
+                let mut keep = |b: &[f32]| {
                     v.extend_from_slice(b);
                     Ok(())
-                })
+                };
+                plan.merged_in_bands(
+                    t,
+                    &Engine::Cpu,
+                    &mut scratch,
+                    rows * cols,
+                    Out::Values(&mut keep),
+                )
                 .unwrap();
                 v
             };
@@ -325,5 +431,171 @@ mod tests {
             }
         }
         assert_eq!(weights, 2, "q and k: DoRA on permuted rows");
+    }
+
+    /// A plan of `adapters` (folders of `fixtures/gguf/peft_variants`, or paths) on the fixture
+    /// Llama (Q8_0, 32 columns).
+    fn llama_plan(adapters: &[&Path], out: &Path) -> GgufMergePlan {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/peft_variants");
+        let base_path = dir.join("llama.q8_0.gguf");
+        let adapters = adapters
+            .iter()
+            .map(|a| WeightedAdapter {
+                adapter: Adapter::open(dir.join(a)).unwrap(),
+                weight: 0.7,
+            })
+            .collect();
+        GgufMergePlan::new(
+            &base_path,
+            GgufModel::open(&base_path).unwrap(),
+            adapters,
+            out.to_path_buf(),
+            GgufMergeOptions::default(),
+        )
+        .unwrap()
+    }
+
+    /// The fused CPU path (rows dequantized, merged and stored per parallel chunk) stores the
+    /// bytes that `quantize_par_measured` stores of the f32 merge taken whole, with the same
+    /// error sums (to the f64 rounding of their order) and maximum, in chunks of 1, 3 and all
+    /// rows, for block types of 1 and 32 values.
+    #[test]
+    fn fused_chunks_store_the_bytes_of_the_whole_merge() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plan = llama_plan(&[Path::new("llama_bias")], &tmp.path().join("m.gguf"));
+        let mut checked = 0;
+        for t in plan.targets.iter().filter(|t| t.kind == Kind::Weight) {
+            let cols = plan.base.get(&t.tensor).unwrap().1.shape()[1];
+            let mut whole = Vec::new();
+            let mut keep = |b: &[f32]| {
+                whole.extend_from_slice(b);
+                Ok(())
+            };
+            let mut scratch = Scratch::default();
+            plan.merged_in_bands(
+                t,
+                &Engine::Cpu,
+                &mut scratch,
+                1 << 20,
+                Out::Values(&mut keep),
+            )
+            .unwrap();
+            for ty in [
+                GgmlType::Q8_0,
+                GgmlType::Q4_1,
+                GgmlType::Q5_0,
+                GgmlType::F16,
+            ] {
+                let mut want = Vec::new();
+                let want_err = quant::quantize_par_measured(ty, &whole, &mut want).unwrap();
+                for rows in [1, 3, 1 << 20] {
+                    let mut st = Stored {
+                        ty,
+                        bytes: Vec::new(),
+                        err: quant::StoredError::default(),
+                    };
+                    plan.merged_in_bands(
+                        t,
+                        &Engine::Cpu,
+                        &mut scratch,
+                        rows * cols,
+                        Out::Stored(&mut st),
+                    )
+                    .unwrap();
+                    let what = format!("{} as {ty} in chunks of {rows} rows", t.tensor);
+                    assert!(st.bytes == want, "{what}: bytes");
+                    assert_eq!(st.err.max_abs, want_err.max_abs, "{what}");
+                    assert_eq!(st.err.first_bad, want_err.first_bad, "{what}");
+                    let rel = (st.err.sq_err - want_err.sq_err).abs() / want_err.sq_err;
+                    assert!(
+                        want_err.sq_err > 0.0 && rel < 1e-12,
+                        "{what}: Σ e² off by {rel}"
+                    );
+                    assert!(
+                        st.err.sq_val == want_err.sq_val
+                            || (st.err.sq_val - want_err.sq_val).abs() < 1e-12 * want_err.sq_val,
+                        "{what}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 8,
+            "every weight target of the fixture: {checked}"
+        );
+    }
+
+    /// A merge that overflows is refused by the fused path naming the first non-finite value
+    /// by its row in the whole tensor, whichever chunk holds it: B's row 9 of `v_proj` is huge,
+    /// so rows 9.. overflow, in the third chunk of 3 rows and the first of all rows.
+    #[test]
+    fn fused_chunks_name_the_first_overflow_by_its_row_in_the_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("huge");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (rank, rows, cols) = (2usize, 16usize, 32usize);
+        let mut b = vec![0.01f32; rows * rank];
+        b[9 * rank] = 3.0e38;
+        let a = vec![3.0e38f32; rank * cols];
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let key = "base_model.model.model.layers.0.self_attn.v_proj";
+        let (ab, bb) = (bytes(&a), bytes(&b));
+        let views = [
+            (format!("{key}.lora_A.weight"), vec![rank, cols], &ab),
+            (format!("{key}.lora_B.weight"), vec![rows, rank], &bb),
+        ];
+        let tensors: Vec<(String, safetensors::tensor::TensorView)> = views
+            .iter()
+            .map(|(n, shape, data)| {
+                let v = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    shape.clone(),
+                    data,
+                )
+                .unwrap();
+                (n.clone(), v)
+            })
+            .collect();
+        safetensors::serialize_to_file(tensors, None, &dir.join("adapter_model.safetensors"))
+            .unwrap();
+        std::fs::write(
+            dir.join("adapter_config.json"),
+            r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["v_proj"]}"#,
+        )
+        .unwrap();
+        let plan = llama_plan(&[&dir], &tmp.path().join("m.gguf"));
+        let t = plan
+            .targets
+            .iter()
+            .find(|t| t.tensor == "blk.0.attn_v.weight")
+            .unwrap();
+        assert_eq!(
+            plan.base.get(&t.tensor).unwrap().1.shape(),
+            &[rows, cols][..]
+        );
+        for chunk_rows in [1, 3, 1 << 20] {
+            let mut st = Stored {
+                ty: GgmlType::Q8_0,
+                bytes: Vec::new(),
+                err: quant::StoredError::default(),
+            };
+            let mut scratch = Scratch::default();
+            let e = plan
+                .merged_in_bands(
+                    t,
+                    &Engine::Cpu,
+                    &mut scratch,
+                    chunk_rows * cols,
+                    Out::Stored(&mut st),
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("blk.0.attn_v.weight")
+                    && e.contains("merged value at [9, 0] is not finite"),
+                "chunks of {chunk_rows} rows: {e}"
+            );
+        }
     }
 }
