@@ -3,6 +3,8 @@
 mod it {
     /// `resize`, `combine`, `convert` against full SVDs and PEFT's add_weighted_adapter.
     pub mod algebra;
+    /// Issue #14's structural rules on the source tree: no import cycle, no file over 800 lines.
+    pub mod architecture;
     /// Malformed files: one-line errors naming file and tensor, exit 2, nothing written.
     pub mod bad_input;
     /// `check`: verdicts against PEFT and diffusers run on the fixtures, and the rules read from

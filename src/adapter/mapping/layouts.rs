@@ -258,7 +258,7 @@ pub(super) fn place_on_original(
         }));
     }
     let (found, dtype) = logical(&weight);
-    let expected = super::expected_shape(m);
+    let expected = super::placement::expected_shape(m);
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
     let (fits, rows) = if n == 1 {
         (found == expected, None)
@@ -351,7 +351,7 @@ pub(super) fn place(
     for w in weights {
         let (found, dtype) = logical(&w);
         let fits = if paths.len() == 1 {
-            found == super::expected_shape(m)
+            found == super::placement::expected_shape(m)
         } else {
             linear && found.len() == 2 && found[1] == m.in_features
         };

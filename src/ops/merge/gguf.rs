@@ -38,153 +38,18 @@ use crate::backend::Engine;
 use crate::error::{InputError, Opt};
 use crate::io::gguf::names::{self, Rope};
 use crate::io::gguf::writer::{kv_string, OutTensor};
-use crate::io::gguf::{quant, types, GgmlType, GgufModel, Value};
+use crate::io::gguf::{quant, types, GgufModel, Value};
 use crate::io::writer::check_writes;
 use crate::io::Output;
 use anyhow::Result;
-use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The type of each merged tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OutType {
-    /// The base tensor's own type, requantized with the reference quantizer.
-    #[default]
-    Keep,
-    /// This type (one of [`types::QUANTIZABLE`]).
-    To(GgmlType),
-}
-
-impl OutType {
-    /// `keep` or a writable type name (`f16`, `q8_0`, …).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s.eq_ignore_ascii_case("keep") {
-            return Ok(OutType::Keep);
-        }
-        match GgmlType::from_name(s) {
-            Some(t) if t.can_quantize() => Ok(OutType::To(t)),
-            _ => Err(format!(
-                "unknown or unwritable GGUF type `{s}`; expected keep or one of {}",
-                types::names(types::QUANTIZABLE).to_lowercase()
-            )),
-        }
-    }
-}
-
-/// Options of a GGUF merge.
-#[derive(Debug, Clone, Default)]
-pub struct GgufMergeOptions {
-    pub outtype: OutType,
-    /// Split the output into parts of at most this many bytes of tensor data (gguf-py's
-    /// `split_max_size` rule and `-0000I-of-0000N.gguf` names, `split.*` keys in every part).
-    pub max_shard_size: Option<u64>,
-    pub unmerge: bool,
-    pub allow_unmatched: bool,
-    /// Write only this part's files and a manifest (see [`super::gguf_parts`]).
-    pub part: Option<(usize, usize)>,
-}
-
-/// One merged tensor and the modules merged into it.
-#[derive(Debug, Clone)]
-pub(super) struct Target {
-    pub(super) tensor: String,
-    /// `(adapter index, module index)` in order (for [`Kind::Replace`], `(adapter, full
-    /// tensor index)`).
-    pub(super) terms: Vec<(usize, usize)>,
-    /// Heads of the q/k permutation, if any.
-    pub(super) permute: Option<usize>,
-    pub(super) out_type: GgmlType,
-    pub(super) kind: Kind,
-}
-
-/// What a target's new values are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    /// `W0 + Σ terms` (LoRA, dense, DoRA), in row bands ([`GgufMergePlan::merged`]).
-    Weight,
-    /// The base bias plus `scale·lora_B.bias` of each term ([`super::gguf_whole`]).
-    Bias,
-    /// The adapter's full tensor (`modules_to_save`) in place of the base's.
-    Replace,
-}
-
-/// A validated GGUF merge: nothing is written until [`GgufMergePlan::run`].
-#[derive(Debug)]
-pub struct GgufMergePlan {
-    base_path: PathBuf,
-    pub(super) base: GgufModel,
-    pub(super) adapters: Vec<WeightedAdapter>,
-    pub(super) out: PathBuf,
-    pub(super) options: GgufMergeOptions,
-    pub(super) targets: Vec<Target>,
-    /// Adapter modules that found no tensor (only with `allow_unmatched`).
-    pub unmatched: Vec<String>,
-    /// Every file read (base parts, adapter files), for the part manifest.
-    inputs: Vec<PathBuf>,
-}
-
-/// Per merged tensor: its stored type and the error of storing it against the f32 merge.
-#[derive(Debug, Clone, Serialize)]
-pub struct MergedTensor {
-    pub name: String,
-    pub modules: Vec<String>,
-    pub base_type: String,
-    #[serde(rename = "type")]
-    pub ty: String,
-    /// The `--outtype` llama-quantize's fallback replaced (rows not whole blocks of it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fallback_from: Option<String>,
-    /// `‖Q(W) − W‖_F / ‖W‖_F` with `W` the f32 merge and `Q(W)` the stored tensor dequantized.
-    pub quant_rel_fro_error: f64,
-    pub quant_max_abs_error: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct GgufMergeReport {
-    pub operation: &'static str,
-    pub base: String,
-    pub out: String,
-    /// The files written (with `--part`, this part's share).
-    pub files: Vec<String>,
-    /// `[I, N]` of `--part I/N`.
-    pub part: Option<[usize; 2]>,
-    pub architecture: String,
-    pub outtype: String,
-    pub adapters: Vec<serde_json::Value>,
-    pub tensors_merged_count: usize,
-    pub tensors_copied_count: usize,
-    pub merged_tensors: Vec<MergedTensor>,
-    pub unmatched: Vec<String>,
-    pub bytes_written: u64,
-    pub seconds: f64,
-}
-
-/// What a GGUF merge would write (`merge --dry-run`): nothing is written.
-#[derive(Debug, Clone, Serialize)]
-pub struct GgufDryRun {
-    pub operation: &'static str,
-    pub dry_run: bool,
-    pub base: String,
-    pub out: String,
-    pub files: Vec<GgufDryRunFile>,
-    pub architecture: String,
-    pub outtype: String,
-    pub tensors_merged_count: usize,
-    pub tensors_copied_count: usize,
-    /// `[tensor, base type, stored type]` of every tensor to merge.
-    pub merged_tensors: Vec<[String; 3]>,
-    pub unmatched: Vec<String>,
-    /// Tensor bytes of the whole output.
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct GgufDryRunFile {
-    pub path: String,
-    pub tensor_count: usize,
-    pub bytes: u64,
-}
+pub use super::gguf_model::{
+    GgufDryRun, GgufDryRunFile, GgufMergeOptions, GgufMergePlan, GgufMergeReport, MergedTensor,
+    OutType,
+};
+use super::gguf_model::{Kind, Scratch, Target};
 
 fn head_count(m: &GgufModel, arch: &str, key: &str) -> Option<usize> {
     let v = m.header().get(&format!("{arch}.attention.{key}"))?;
@@ -567,7 +432,7 @@ impl GgufMergePlan {
         // kept for the next: fresh pages cost ~18 % of a 7B Q4_K_M merge in faults and zeroing
         // (issue #17).
         // It is freed after the last one, so that it is not held while the rest is copied.
-        let mut scratch = super::gguf_band::Scratch::default();
+        let mut scratch = Scratch::default();
         let mut merges_left = self.targets.len();
         let spec = super::gguf_parts::GgufOutput {
             out: &self.out,
@@ -619,7 +484,7 @@ impl GgufMergePlan {
             });
             merges_left -= 1;
             if merges_left == 0 {
-                scratch = super::gguf_band::Scratch::default();
+                scratch = Scratch::default();
             }
             Ok(TensorData::Bytes(std::borrow::Cow::Owned(bytes)))
         })?;

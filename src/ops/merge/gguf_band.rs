@@ -6,7 +6,7 @@
 //!
 //! Must not write or choose types: [`super::gguf`] plans and stores.
 
-use super::gguf::{GgufMergePlan, Kind, Target};
+use super::gguf_model::{GgufMergePlan, Kind, Scratch, Target};
 use crate::adapter::DoraRule;
 use crate::backend::profile::{self, Stage};
 use crate::backend::{cpu, Dora, Engine, MergeError, MergeJob, NormAxis, Term};
@@ -348,13 +348,6 @@ impl Out<'_> {
             }
         }
     }
-}
-
-/// Whole-tensor buffers reused from one merged tensor to the next.
-#[derive(Default)]
-pub(super) struct Scratch {
-    /// One row band of the base tensor dequantized (the GPU's band is the whole tensor).
-    pub(super) w0: Vec<f32>,
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@
 //!
 //! Must not write: values go back to [`super::gguf`]'s writer.
 
-use super::gguf::{GgufMergeOptions, GgufMergePlan, Kind, OutType, Target};
+use super::gguf_model::{GgufMergeOptions, GgufMergePlan, Kind, OutType, Target};
 use crate::adapter::formats::peft::tokens_module;
 use crate::adapter::Adapter;
 use crate::error::InputError;

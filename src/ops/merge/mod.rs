@@ -22,6 +22,7 @@ mod experts;
 pub mod gguf;
 mod gguf_band;
 pub mod gguf_hf;
+mod gguf_model;
 pub mod gguf_parts;
 mod gguf_whole;
 mod model;
