@@ -10,6 +10,8 @@
 //! Only plain LoRA on linear and conv layers is written: diffusers' LoRA loader has no place for
 //! LyCORIS factors, DoRA, `lora_B` biases, embeddings or full tensors, and refusing names what
 //! would otherwise be lost.
+//!
+//! Must not read files (the kohya reader reads these back) or drop a module silently.
 
 use super::peft;
 use crate::adapter::formats::format::Format;

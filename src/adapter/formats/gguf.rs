@@ -20,6 +20,9 @@
 //! tensors (`modules_to_save`; the converter refuses embeddings stored in full too), except
 //! the copy of the base embedding PEFT saves beside an embedding LoRA (`base_layer.weight`),
 //! which the converter and lorakit leave out.
+//!
+//! Must not merge (that is `ops/merge/gguf.rs`) or drop a module silently: what it cannot
+//! write exactly is refused by name.
 
 use crate::adapter::model::{Adapter, ModuleKind};
 use crate::error::{InputError, InputResult};

@@ -6,6 +6,9 @@
 //! to completion; `device_s` is the kernel's own time from timestamp queries written at the
 //! start and end of its compute pass, when the adapter has `TIMESTAMP_QUERY` (requested at
 //! context creation), else `None`.
+//!
+//! Must not serve an operation or stand in for a test: it times kernels, and their numbers are
+//! pinned by the tests against the CPU code in `backend/`.
 
 use super::context::GpuContext;
 use super::error::GpuError;

@@ -14,6 +14,9 @@
 //! applied by `LlamaModel.modify_tensors` to `q_proj` with `n_head` heads and to `k_proj` with
 //! `n_head_kv` heads, and only by the `LlamaModel` converter (HF `LlamaForCausalLM`,
 //! `MistralForCausalLM`, …: GGUF architecture `llama`); `Qwen2Model` writes q/k unpermuted.
+//!
+//! Must not read tensor data or guess a name: a module or an architecture outside these maps is
+//! reported as unmapped (with [`why_unmapped`]'s reason) and the callers refuse it.
 
 /// Block-level module suffixes and their GGUF names (`tensor_mapping.py`).
 const BLOCK: &[(&str, &str)] = &[

@@ -34,6 +34,9 @@
 //! z·s) / s), 0, 2^bits − 1)` in f32 (`pack_original`; AWQ's packer applies the same expression,
 //! without the clamp, which lorakit adds), rounding half to even as `torch.round`. Only `qweight`
 //! changes.
+//!
+//! Must not calibrate or choose what is stored: requantization reuses the checkpoint's scales,
+//! zeros and `g_idx`, and `merge --quant` decides whether to requantize.
 
 use crate::dtype::{self, Dtype};
 

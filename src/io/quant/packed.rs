@@ -13,6 +13,9 @@
 //! Dequantization: `w = (q − z) · s` evaluated in the scale's dtype (`x_q.to(scale.dtype)`, the
 //! subtraction and the product each rounded to it; both exact before the product's rounding for
 //! ≤ 8-bit integers), with group `g = col / (cols / groups)`.
+//!
+//! Must not choose what is stored: it decodes and re-encodes with the checkpoint's own scales and
+//! zero points; `merge --quant` decides whether to requantize.
 
 use crate::dtype::{self, Dtype};
 
