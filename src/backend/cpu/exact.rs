@@ -32,6 +32,7 @@
 //!    of its largest component, so `sign(X − m)` is exact for any midpoint `m` (representable in
 //!    f64, since the output dtypes have ≤ 24 bits): a candidate is accepted when `X` lies
 //!    between the midpoints around it, and a tie goes to the even neighbour.
+//!
 //! Must not decide when it runs (`--exact-rounding` is the caller's choice, made once in
 //! [`crate::backend`]) nor approximate: a result that is not the correctly rounded value is a bug.
 

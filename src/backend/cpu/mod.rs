@@ -222,41 +222,15 @@ super::simd::multiversion! {
     }
 }
 
-/// [`merge`] of an f32 tensor into its own buffer, for a caller that holds the f32 base and
-/// needs the f32 merge once (the GGUF merge's row bands): `w` (`rows × cols`) becomes
+/// [`merge`] of an f32 tensor into its own buffer, on the calling thread, for a caller that
+/// holds the f32 base, needs the f32 merge once and spreads its rows over the cores itself (the
+/// GGUF merge's fused row chunks, `ops::merge::gguf_band`): `w` (`rows × cols`) becomes
 /// `w + Σₜ scaleₜ·Bₜ·Aₜ` with [`MergeJob`]'s arithmetic, so the bits are those of [`merge`] with
 /// `in_dtype = out_dtype = F32` (whose decode and encode are copies), without its output buffer
 /// and the two copies (issue #17: ~4 % of a 7B GGUF merge's CPU time in memmove). DoRA terms
-/// (whose norms read the whole base first) are refused. After an error `w` holds a partial
-/// merge, to be discarded.
+/// (whose norms read the whole base first) are refused. The error is the first non-finite value
+/// in row order; after it `w` holds a partial merge, to be discarded.
 pub fn merge_f32_in_place(
-    w: &mut [f32],
-    rows: usize,
-    cols: usize,
-    terms: &[Term],
-) -> Result<(), MergeError> {
-    if !check_in_place(w, rows, cols, terms)? {
-        return Ok(());
-    }
-    let block_rows = (BLOCK_ELEMS / cols).max(1);
-    let errors: Vec<MergeError> = w
-        .par_chunks_mut(block_rows * cols)
-        .enumerate()
-        .filter_map(|(bi, block)| add_block(terms, cols, bi * block_rows, block))
-        .collect();
-    match errors.into_iter().min_by_key(|e| match e {
-        MergeError::NonFinite { row, col, .. } => (*row, *col),
-        _ => (0, 0),
-    }) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// [`merge_f32_in_place`] on the calling thread, for a caller that already spreads its rows
-/// over the cores (the GGUF merge's fused row chunks, `ops::merge::gguf_band`): the same bits,
-/// the first non-finite value in row order.
-pub fn merge_f32_in_place_serial(
     w: &mut [f32],
     rows: usize,
     cols: usize,

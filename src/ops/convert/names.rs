@@ -24,6 +24,7 @@
 //!   linear base weight (or the reverse) takes the base's layout, so PEFT can load it.
 //!
 //! File metadata is carried over in both directions (see [`crate::ops::output::output_metadata`]).
+//!
 //! Must not write files or change a factor's values: it renames modules and sets their alphas
 //! on the adapter model, and the writers in `adapter/formats/` write it.
 

@@ -76,13 +76,6 @@ impl GgufMergePlan {
         } else {
             (band_values / cols.max(1)).max(1)
         };
-        // Every value is overwritten by the dequantization: zeroed only when the size changes
-        // (zeroing 64 MB per 4096² tensor was ~2 % of a 7B merge's CPU time).
-        let w0 = &mut scratch.w0;
-        if w0.len() != band.min(rows) * cols {
-            w0.clear();
-            w0.resize(band.min(rows) * cols, 0.0);
-        }
         f.prefetch(info);
         let data = f.view(info).data;
         let row_bytes = cols / info.ty.block_size() * info.ty.type_size();
@@ -169,53 +162,70 @@ impl GgufMergePlan {
             )
         };
         if let (Out::Stored(st), false, false) = (&mut out, gpu, dora) {
-            // Fused row chunks of about `PAR_VALUES` values, in order.
+            // Fused row chunks of about `PAR_VALUES` values, in order, in waves of sixteen bands
+            // (2²⁴ values: one wait for the slowest thread per 256 chunks, and at most one
+            // wave's stored bytes held beside the tensor's). `band_values` sets both where
+            // smaller (a test seam, as for the bands).
             use rayon::prelude::*;
-            // `band_values` only where smaller (a test seam, as for the bands).
             let chunk = (quant::PAR_VALUES.min(band_values) / cols.max(1)).max(1);
+            let wave = (band_values.saturating_mul(16) / cols.max(1)).max(chunk) / chunk * chunk;
             let ty = st.ty;
             st.bytes
                 .reserve(rows * cols / ty.block_size() * ty.type_size());
-            let parts: Vec<Result<(Vec<u8>, quant::StoredError)>> = (0..rows.div_ceil(chunk))
-                .into_par_iter()
-                .map_init(
-                    || (Vec::new(), Vec::new()),
-                    |(w, back): &mut (Vec<f32>, Vec<f32>), ci| {
-                        let (r0, r1) = (ci * chunk, ((ci + 1) * chunk).min(rows));
-                        // Every value is overwritten: zeroed only when the length changes.
-                        if w.len() != (r1 - r0) * cols {
-                            w.clear();
-                            w.resize((r1 - r0) * cols, 0.0);
-                        }
-                        {
-                            let _t = profile::time(Stage::Dequantize);
-                            let ok = quant::dequantize_into(
-                                info.ty,
-                                &data[r0 * row_bytes..r1 * row_bytes],
+            for wave0 in (0..rows).step_by(wave) {
+                let wave1 = (wave0 + wave).min(rows);
+                let parts: Vec<Result<Part>> = (wave0..wave1)
+                    .step_by(chunk)
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .map_init(
+                        || (Vec::new(), Vec::new()),
+                        |(w, back): &mut (Vec<f32>, Vec<f32>), r0| {
+                            let r1 = (r0 + chunk).min(wave1);
+                            // Every value is overwritten: zeroed only when the length changes.
+                            if w.len() != (r1 - r0) * cols {
+                                w.clear();
+                                w.resize((r1 - r0) * cols, 0.0);
+                            }
+                            {
+                                let _t = profile::time(Stage::Dequantize);
+                                let ok = quant::dequantize_into(
+                                    info.ty,
+                                    &data[r0 * row_bytes..r1 * row_bytes],
+                                    w,
+                                );
+                                assert!(ok, "planned: a dequantizable type");
+                            }
+                            cpu::merge_f32_in_place(
                                 w,
-                            );
-                            assert!(ok, "planned: a dequantizable type");
-                        }
-                        cpu::merge_f32_in_place_serial(
-                            w,
-                            r1 - r0,
-                            cols,
-                            &rows_of(&terms, r0, r1, cols),
-                        )
-                        .map_err(|e| name_err(e, r0))?;
-                        let _t = profile::time(Stage::Quantize);
-                        Ok(quant::quantize_part_measured(ty, w, back).expect("planned"))
-                    },
-                )
-                .collect();
-            // The first failing chunk's error: the first non-finite value in row order.
-            for (ci, p) in parts.into_iter().enumerate() {
-                let (bytes, e) = p?;
-                st.bytes.extend_from_slice(&bytes);
-                st.err = st.err.then(e, ci * chunk * cols);
+                                r1 - r0,
+                                cols,
+                                &rows_of(&terms, r0, r1, cols),
+                            )
+                            .map_err(|e| name_err(e, r0))?;
+                            let _t = profile::time(Stage::Quantize);
+                            let (bytes, e) =
+                                quant::quantize_part_measured(ty, w, back).expect("planned");
+                            Ok((bytes, e, r0))
+                        },
+                    )
+                    .collect();
+                // The first failing chunk's error: the first non-finite value in row order.
+                for p in parts {
+                    let (bytes, e, r0) = p?;
+                    st.bytes.extend_from_slice(&bytes);
+                    st.err = st.err.then(e, r0 * cols);
+                }
             }
             f.release(info);
             return Ok(());
+        }
+        // Every value is overwritten by the dequantization: zeroed only when the size changes
+        // (zeroing 64 MB per 4096² tensor was ~2 % of a 7B merge's CPU time).
+        let w0 = &mut scratch.w0;
+        if w0.len() != band.min(rows) * cols {
+            w0.clear();
+            w0.resize(band.min(rows) * cols, 0.0);
         }
         for r0 in (0..rows).step_by(band) {
             let r1 = (r0 + band).min(rows);
@@ -318,6 +328,9 @@ fn rows_of<'a>(terms: &[Term<'a>], r0: usize, r1: usize, cols: usize) -> Vec<Ter
         })
         .collect()
 }
+
+/// One fused chunk stored: its bytes, their error, its first row.
+type Part = (Vec<u8>, quant::StoredError, usize);
 
 /// Where [`GgufMergePlan::merged_in_bands`] hands the merge: f32 bands to a callback, or stored
 /// in a type.
@@ -451,7 +464,8 @@ mod tests {
     /// The fused CPU path (rows dequantized, merged and stored per parallel chunk) stores the
     /// bytes that `quantize_par_measured` stores of the f32 merge taken whole, with the same
     /// error sums (to the f64 rounding of their order) and maximum, in chunks of 1, 3 and all
-    /// rows, for block types of 1 and 32 values.
+    /// rows (chunks of 1 row come in waves of 16, so the 32-row `attn_q` takes two waves), for
+    /// block types of 1 and 32 values.
     #[test]
     fn fused_chunks_store_the_bytes_of_the_whole_merge() {
         let tmp = tempfile::tempdir().unwrap();
