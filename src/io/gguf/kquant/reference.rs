@@ -418,9 +418,8 @@ pub(super) fn q2_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
     let d = nibbles(scales, max_scale, 0);
     let dmin = nibbles(mins, max_min, 4);
     let (df, dminf) = (f16_at(&d, 0), f16_at(&dmin, 0));
-    for j in 0..16 {
-        let dd = df * f32::from(sc[j] & 0xF);
-        let dm = dminf * f32::from(sc[j] >> 4);
+    for (j, &s) in sc.iter().enumerate() {
+        let (dd, dm) = (df * f32::from(s & 0xF), dminf * f32::from(s >> 4));
         affine_group::<16>(x, &mut l, j, dd, dm, 3, &mut back);
     }
     out.extend_from_slice(&sc);
