@@ -57,19 +57,7 @@ fn check_names_the_kohya_unet_modules_diffusers_reads_elsewhere() {
     assert_eq!(code, 1, "diffusers did not apply every module");
     let t = &v["targets"][0];
     assert_eq!(t["applies_all"], false);
-    let f = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["rule"] == "diffusers.unet_key")
-        .expect("diffusers.unet_key fired");
-    let mut named: Vec<&str> = f["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().unwrap().split(' ').next().unwrap())
-        .collect();
-    named.sort();
+    let named = item_modules(entry(&t["findings"], "rule", "diffusers.unet_key"));
     assert_eq!(named, dropped, "exactly the modules diffusers did not load");
     let n =
         case["file_modules"].as_u64().unwrap() - case["diffusers_loaded_modules"].as_u64().unwrap();
@@ -91,22 +79,10 @@ fn diffusers_check(file: &str) -> (i32, serde_json::Value) {
 
 /// The modules a finding names (each item up to its first space), sorted.
 fn finding_modules(t: &serde_json::Value, rule: &str) -> Vec<String> {
-    let Some(f) = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["rule"] == rule)
-    else {
-        return vec![];
-    };
-    let mut v: Vec<String> = f["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().unwrap().split(' ').next().unwrap().to_owned())
-        .collect();
-    v.sort();
-    v
+    match entries(&t["findings"]).iter().find(|f| f["rule"] == rule) {
+        Some(f) => item_modules(f).into_iter().map(String::from).collect(),
+        None => vec![],
+    }
 }
 
 fn strings(v: &serde_json::Value) -> Vec<String> {

@@ -143,12 +143,7 @@ fn check_names_the_kohya_flux_modules_diffusers_drops() {
     let (code, t) = diffusers_check("flux_kohya_global.safetensors");
     assert_eq!(code, 1, "{t}");
     assert_eq!(t["applies_all"], false);
-    let f = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["rule"] == "diffusers.flux_kohya_global")
-        .expect("diffusers.flux_kohya_global fired");
+    let f = entry(&t["findings"], "rule", "diffusers.flux_kohya_global");
     assert_eq!(f["items"], serde_json::json!(["lora_unet_img_in"]));
 }
 

@@ -10,36 +10,53 @@ fn write_recipe(dir: &Path, body: &str) -> std::path::PathBuf {
     p
 }
 
-/// The first step of the recipes below: `qv_r8` merged into the llama fixture.
-const MERGED_STEP: &str = r#"
-[[step]]
-name = "merged"
-command = "merge"
-base = "FX/llama/base"
-adapter = ["FX/llama/adapters/qv_r8"]
-out = "out/merged"
-"#;
+/// The adapter the recipes below merge.
+const QV: &str = "FX/llama/adapters/qv_r8";
 
-const RECIPE_REST: &str = r#"
-[[step]]
-name = "again"
-command = "merge"
-unmerge = true
-base = "${merged.out}"
-adapter = ["FX/llama/adapters/qv_r8"]
-out = "out/restored"
+/// A `merge` step of a recipe: `adapter` into `base`, written to `out`, `extra` (TOML lines)
+/// after its `out`.
+fn merge_step(name: &str, base: &str, adapter: &str, out: &str, extra: &str) -> String {
+    format!(
+        "\n[[step]]\nname = \"{name}\"\ncommand = \"merge\"\nbase = \"{base}\"\n\
+         adapter = [\"{adapter}\"]\nout = \"{out}\"\n{extra}"
+    )
+}
 
-[[step]]
-name = "check"
-command = "diff"
-a = "${again.out}"
-b = "FX/llama/base"
-tolerance = 1e-6
-"#;
+/// A `diff` step of `a` against `b`, `extra` (TOML lines) after `b`.
+fn diff_step(name: &str, a: &str, b: &str, extra: &str) -> String {
+    format!("\n[[step]]\nname = \"{name}\"\ncommand = \"diff\"\na = \"{a}\"\nb = \"{b}\"\n{extra}")
+}
 
-/// Merge, unmerge, and diff against the base: three steps, each reading the one before.
+/// Merge `qv_r8` into `base`, unmerge it, and diff against `base`: three steps, each reading
+/// the one before; the outputs are `out/merged{ext}` and `out/restored{ext}`.
+fn recipe_on(base: &str, ext: &str) -> String {
+    [
+        merge_step("merged", base, QV, &format!("out/merged{ext}"), ""),
+        merge_step(
+            "again",
+            "${merged.out}",
+            QV,
+            &format!("out/restored{ext}"),
+            "unmerge = true\n",
+        ),
+        diff_step("check", "${again.out}", base, "tolerance = 1e-6\n"),
+    ]
+    .concat()
+}
+
+/// [`recipe_on`] the llama fixture.
 fn recipe() -> String {
-    [MERGED_STEP, RECIPE_REST].concat()
+    recipe_on("FX/llama/base", "")
+}
+
+/// A copy of the `qv_r8` adapter's config and weights at `dir/qv`, for the tests that edit it.
+fn copy_qv(dir: &Path) -> std::path::PathBuf {
+    let copy = dir.join("qv");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture("llama/adapters/qv_r8").join(f), copy.join(f)).unwrap();
+    }
+    copy
 }
 
 #[test]
@@ -66,16 +83,7 @@ fn recipe_runs_steps_in_order_and_skips_up_to_date_ones() {
     assert!(o.status.success());
     assert_eq!(err.matches("up to date, skipped").count(), 2, "{err}");
     // Touching an input reruns the steps that depend on it.
-    let cfg = fixture("llama/adapters/qv_r8/adapter_config.json");
-    let data = std::fs::read(&cfg).unwrap();
-    let copy = dir.path().join("qv");
-    std::fs::create_dir(&copy).unwrap();
-    std::fs::write(copy.join("adapter_config.json"), &data).unwrap();
-    std::fs::copy(
-        fixture("llama/adapters/qv_r8/adapter_model.safetensors"),
-        copy.join("adapter_model.safetensors"),
-    )
-    .unwrap();
+    let copy = copy_qv(dir.path());
     let r2 = write_recipe(
         dir.path(),
         &recipe().replace(
@@ -108,11 +116,8 @@ fn actions(recipe: &Path, extra: &[&str]) -> Vec<(String, String)> {
 
 #[test]
 fn reruns_follow_input_content_not_timestamps() {
-    let (dir, copy) = scratch("qv");
-    std::fs::create_dir(&copy).unwrap();
-    for f in ["adapter_config.json", "adapter_model.safetensors"] {
-        std::fs::copy(fixture("llama/adapters/qv_r8").join(f), copy.join(f)).unwrap();
-    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = copy_qv(dir.path());
     let r = write_recipe(
         dir.path(),
         &recipe().replace("FX/llama/adapters/qv_r8", s(&copy)),
@@ -282,21 +287,9 @@ fn a_failing_diff_stops_the_recipe_with_status_1() {
     let r = write_recipe(
         dir.path(),
         &[
-            MERGED_STEP,
-            r#"
-[[step]]
-name = "check"
-command = "diff"
-a = "${merged.out}"
-b = "FX/llama/base"
-
-[[step]]
-name = "after"
-command = "merge"
-base = "${merged.out}"
-adapter = ["FX/llama/adapters/qv_r8"]
-out = "out/after"
-"#,
+            merge_step("merged", "FX/llama/base", QV, "out/merged", ""),
+            diff_step("check", "${merged.out}", "FX/llama/base", ""),
+            merge_step("after", "${merged.out}", QV, "out/after", ""),
         ]
         .concat(),
     );
@@ -311,36 +304,26 @@ out = "out/after"
     );
 }
 
-/// A merge split in two parts, their finalize, and an unrelated merge.
-const PARTS_RECIPE: &str = r#"
-[[step]]
-name = "p1"
-command = "merge"
-base = "FX/llama/base"
-adapter = ["ADAPTER"]
-out = "out/merged"
-part = "1/2"
-
-[[step]]
-name = "p2"
-command = "merge"
-base = "FX/llama/base"
-adapter = ["ADAPTER"]
-out = "out/merged"
-part = "2/2"
-
-[[step]]
-name = "joined"
-command = "finalize"
-out = "${p1.out}"
-
-[[step]]
-name = "other"
-command = "merge"
-base = "FX/llama/base"
-adapter = ["FX/llama/adapters/qv_r8"]
-out = "out/other"
-"#;
+/// A merge split in two parts, their finalize, and an unrelated merge; `adapter` is the one
+/// the parts merge.
+fn parts_recipe(adapter: &str) -> String {
+    let part = |name: &str, part: &str| {
+        merge_step(
+            name,
+            "FX/llama/base",
+            adapter,
+            "out/merged",
+            &format!("part = \"{part}\"\n"),
+        )
+    };
+    [
+        part("p1", "1/2"),
+        part("p2", "2/2"),
+        "\n[[step]]\nname = \"joined\"\ncommand = \"finalize\"\nout = \"${p1.out}\"\n".into(),
+        merge_step("other", "FX/llama/base", QV, "out/other", ""),
+    ]
+    .concat()
+}
 
 /// The steps a run ran (`[name] (reason) …` lines) and skipped, from its status lines.
 fn ran_and_skipped(recipe: &Path) -> (Vec<String>, Vec<String>) {
@@ -363,12 +346,9 @@ fn ran_and_skipped(recipe: &Path) -> (Vec<String>, Vec<String>) {
 /// editing the adapter reruns the parts and the finalize, not the merge that does not read it.
 #[test]
 fn split_merge_steps_and_finalize_rerun_only_when_their_inputs_change() {
-    let (dir, copy) = scratch("qv");
-    std::fs::create_dir(&copy).unwrap();
-    for f in ["adapter_config.json", "adapter_model.safetensors"] {
-        std::fs::copy(fixture("llama/adapters/qv_r8").join(f), copy.join(f)).unwrap();
-    }
-    let r = write_recipe(dir.path(), &PARTS_RECIPE.replace("ADAPTER", s(&copy)));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = copy_qv(dir.path());
+    let r = write_recipe(dir.path(), &parts_recipe(s(&copy)));
     let all: Vec<String> = ["p1", "p2", "joined", "other"].map(String::from).into();
     assert_eq!(ran_and_skipped(&r), (all.clone(), vec![]));
     let merged = dir.path().join("out/merged");
@@ -417,32 +397,7 @@ fn split_merge_steps_and_finalize_rerun_only_when_their_inputs_change() {
 #[test]
 fn recipe_steps_merge_into_a_gguf_model() {
     let dir = tempfile::tempdir().unwrap();
-    let r = write_recipe(
-        dir.path(),
-        r#"
-[[step]]
-name = "merged"
-command = "merge"
-base = "FX/gguf/llama_f32.gguf"
-adapter = ["FX/llama/adapters/qv_r8"]
-out = "out/merged.gguf"
-
-[[step]]
-name = "again"
-command = "merge"
-unmerge = true
-base = "${merged.out}"
-adapter = ["FX/llama/adapters/qv_r8"]
-out = "out/restored.gguf"
-
-[[step]]
-name = "check"
-command = "diff"
-a = "${again.out}"
-b = "FX/gguf/llama_f32.gguf"
-tolerance = 1e-6
-"#,
-    );
+    let r = write_recipe(dir.path(), &recipe_on("FX/gguf/llama_f32.gguf", ".gguf"));
     let plan = run_ok(run_args(&r, &["--dry-run", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&plan).unwrap();
     assert_eq!(v["items"][0]["action"], "run");

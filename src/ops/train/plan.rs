@@ -178,17 +178,9 @@ impl TrainPlan {
     /// when asked, trains to the last step (checkpoints on the way) and writes the adapter
     /// with its trainer state into `out`.
     pub fn run(self) -> Result<TrainReport> {
-        let TrainPlan {
-            options: a,
-            ck,
-            config,
-            tokenizer,
-            data,
-            eval_data,
-            hyper,
-        } = self;
-        let steps = hyper.steps;
-        let model: Model<f32> = Model::load(Weights::Checkpoint(&ck), config)?;
+        let (a, ck, eval_data) = (&self.options, &self.ck, &self.eval_data);
+        let steps = self.hyper.steps;
+        let model: Model<f32> = Model::load(Weights::Checkpoint(ck), self.config)?;
         let init_adapter = a.init_adapter.as_ref().map(Adapter::open).transpose()?;
         let (init, rslora) = match &init_adapter {
             Some(ad) => (Init::Adapter(ad), ad.use_rslora),
@@ -205,7 +197,7 @@ impl TrainPlan {
             Some(ad) => ad.modules.iter().map(|m| m.name.clone()).collect(),
             None => a.targets.clone(),
         };
-        let mut trainer = Trainer::new(model, init, rslora, hyper, data)?;
+        let mut trainer = Trainer::new(model, init, rslora, self.hyper, self.data)?;
         drop(init_adapter);
         if let Some(dir) = &a.resume {
             trainer.resume(dir)?;
@@ -227,7 +219,7 @@ impl TrainPlan {
             .run(&plan, eval_data.as_ref(), &a.progress)
             .map_err(
                 |e| match e.downcast_ref::<super::trainer::NonFiniteLoss>() {
-                    Some(_) => crate::ops::eval::non_finite_weight(&ck).unwrap_or(e),
+                    Some(_) => crate::ops::eval::non_finite_weight(ck).unwrap_or(e),
                     None => e,
                 },
             )?;
@@ -236,7 +228,7 @@ impl TrainPlan {
             data: a.data.display().to_string(),
             out: a.out.display().to_string(),
             device: format!("cpu ({} threads)", rayon::current_num_threads()),
-            tokenizer: tokenizer.as_ref().map(|t| t.describe()),
+            tokenizer: self.tokenizer.as_ref().map(|t| t.describe()),
             data_tokens: trainer.data.tokens.len(),
             sequences: trainer.data.sequences(),
             eval_data: a

@@ -4,8 +4,8 @@
 //! fixtures/gen/check_config_fixtures.py from a PEFT-written adapter.
 
 use super::{
-    assert_rules, check_json, edit_json, entry, fails, fired, fixture, loads, s, scratch,
-    server_base_cases, target,
+    assert_rules, check_json, edit_json, entry, fails, fired, fixture, item_modules, loads, s,
+    scratch, server_base_cases, target,
 };
 
 #[test]
@@ -19,15 +19,8 @@ fn sglang_rank_rules_read_from_mem_pool() {
     let t = target(&r, "sglang");
     assert_eq!(t["verdict"], "fails", "{t}");
     let f = entry(&t["findings"], "rule", "sglang.rank_pattern");
-    let mut items: Vec<&str> = f["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().split(' ').next().unwrap())
-        .collect();
-    items.sort();
     assert_eq!(
-        items,
+        item_modules(f),
         vec![
             "model.layers.0.self_attn.k_proj",
             "model.layers.1.self_attn.k_proj",

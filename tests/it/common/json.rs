@@ -1,5 +1,5 @@
 //! Readers of the JSON reports the binary prints (`--json`): a list's entries, the entry with a
-//! given field, the strings of a list. Each panics with the report's text where the report lacks
+//! given field, the strings of a list, the modules a `check` finding names. Each panics with the report's text where the report lacks
 //! what the test reads, so that a failing test shows what it got.
 
 use serde_json::Value;
@@ -41,6 +41,18 @@ pub fn field_strs<'a>(v: &'a Value, field: &str) -> Vec<&'a str> {
                 .unwrap_or_else(|| panic!("no string {field} in {x}"))
         })
         .collect()
+}
+
+/// The module each item of the `check` finding `finding` names (the item up to its first
+/// space), sorted.
+#[track_caller]
+pub fn item_modules(finding: &Value) -> Vec<&str> {
+    let mut v: Vec<&str> = strs(&finding["items"])
+        .into_iter()
+        .map(|i| i.split(' ').next().unwrap_or(i))
+        .collect();
+    v.sort();
+    v
 }
 
 /// The JSON file at `path` (a config, a manifest, a report written to disk).

@@ -84,12 +84,7 @@ fn convert_to_gguf_applies_the_peft_delta_as_llama_cpp_computes_it() {
         ("rslora_all", "llama/base", 14),
         ("embed", "gguf/llama_f32.gguf", 0),
     ] {
-        let (_dir, out) = scratch("a.gguf");
-        let v = to_gguf(
-            &fixture(&format!("llama/adapters/{case}")),
-            &fixture(base_arg),
-            &out,
-        );
+        let (_dir, out, v) = fixture_to_gguf(&format!("llama/adapters/{case}"), base_arg);
         assert_eq!(v["operation"], "convert");
         assert_eq!(v["folded_count"], folded, "{case}");
         let deltas = gguf_adapter_deltas(&out);
@@ -140,12 +135,7 @@ fn convert_to_gguf_refuses_what_llama_cpp_cannot_apply() {
 fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
     let hf_base = read(&fixture("llama/base/model.safetensors"));
     for case in ["qv_r8", "rslora_all", "embed"] {
-        let (dir, ad) = scratch("a.gguf");
-        to_gguf(
-            &fixture(&format!("llama/adapters/{case}")),
-            &fixture("llama/base"),
-            &ad,
-        );
+        let (dir, ad, _) = fixture_to_gguf(&format!("llama/adapters/{case}"), "llama/base");
         let reference = read(&fixture(&format!("llama/merged/{case}.safetensors")));
         // Into the GGUF base.
         let out = dir.path().join("m.gguf");
@@ -198,12 +188,7 @@ fn gguf_adapters_merge_into_gguf_and_hf_bases_as_peft() {
 /// lora_b.
 #[test]
 fn malformed_gguf_adapters_are_refused() {
-    let (dir, ad) = scratch("a.gguf");
-    to_gguf(
-        &fixture("llama/adapters/qv_r8"),
-        &fixture("llama/base"),
-        &ad,
-    );
+    let (dir, ad, _) = fixture_to_gguf("llama/adapters/qv_r8", "llama/base");
     let bytes = std::fs::read(&ad).unwrap();
     let find = |pat: &[u8]| bytes.windows(pat.len()).position(|w| w == pat).unwrap();
     let name = b"blk.0.attn_q.weight.lora_b";

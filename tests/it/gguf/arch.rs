@@ -344,12 +344,7 @@ fn gguf_base_merges_equal_converter_of_peft_merge() {
         assert_eq!(v["architecture"], arch);
         assert_eq!(v["tensors_merged_count"], 14, "{arch}");
         assert_eq!(v["unmatched"].as_array().unwrap().len(), 0, "{arch}");
-        let merged: Vec<&str> = v["merged_tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["name"].as_str().unwrap())
-            .collect();
+        let merged = field_strs(&v["merged_tensors"], "name");
         let reference = format!("gguf/llamacpp/hf_{arch}_lora.f16.gguf");
         let ours = GgufModel::open(&out).unwrap();
         let theirs = GgufModel::open(fixture(&reference)).unwrap();

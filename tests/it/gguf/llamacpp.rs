@@ -30,12 +30,7 @@ fn convert_to_gguf_equals_llama_cpp_converter_output() {
         ("embed", "llama/base", 0),
         ("qwen2_lora", "llama/qwen2", 0),
     ] {
-        let (_dir, out) = scratch("a.gguf");
-        let v = to_gguf(
-            &fixture(&format!("llama/adapters/{case}")),
-            &fixture(base),
-            &out,
-        );
+        let (_dir, out, v) = fixture_to_gguf(&format!("llama/adapters/{case}"), base);
         assert_eq!(v["folded_count"], folded_count, "{case}");
         let folded: BTreeMap<String, f32> = v["modules"]
             .as_array()

@@ -146,11 +146,7 @@ fn unmerge_from_a_gguf_restores_the_base() {
     merge_json(g("llama_f32.gguf"), s(&adapter), &m, &[]);
     let v = merge_json(s(&m), s(&adapter), &u, &["--unmerge"]);
     assert_eq!(v["operation"], "unmerge");
-    let (got, base) = (hf_view(&u), hf_view(&fixture("gguf/llama_f32.gguf")));
-    for (name, t) in &got {
-        let e = rel_err(&t.2, &base[name].2);
-        assert!(e <= 1e-6, "{name}: {e:e}");
-    }
+    assert_restores(&u, &fixture("gguf/llama_f32.gguf"), "unmerged");
 }
 
 /// Refusals before anything is written: the output onto the base, an adapter whose modules
@@ -304,11 +300,11 @@ fn gguf_merge_splits_and_reads_its_split_output() {
     assert_eq!(listing(dir.path()).len(), 4);
     let back = dir.path().join("b.gguf");
     merge_json(&files[1], s(&adapter), &back, &["--unmerge"]);
-    let base = hf_view(&fixture("gguf/llama_f32.gguf"));
-    for (name, t) in hf_view(&back) {
-        let e = rel_err(&t.2, &base[&name].2);
-        assert!(e <= 1e-6, "{name}: {e:e}");
-    }
+    assert_restores(
+        &back,
+        &fixture("gguf/llama_f32.gguf"),
+        "unmerged from the split model",
+    );
 }
 
 /// Qwen2 (llama.cpp's Qwen2Model writes q/k unpermuted, attention biases kept): a BF16 GGUF

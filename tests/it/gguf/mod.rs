@@ -6,7 +6,7 @@
 use super::common::*;
 use lorakit::io::gguf::{names, GgmlType, GgufModel};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `convert ADAPTER --to gguf`, GGUF adapters as merge inputs, malformed GGUF adapters.
 mod adapter;
@@ -77,6 +77,32 @@ fn to_gguf(adapter: &Path, base: &Path, out: &Path) -> serde_json::Value {
         &["--base", s(base), "--json"],
     ));
     serde_json::from_str(&out).unwrap()
+}
+
+/// [`to_gguf`] of the fixture adapter `adapter` onto the fixture base `base`, written to
+/// `a.gguf` in a fresh temporary folder: the folder, the file and the report.
+fn fixture_to_gguf(adapter: &str, base: &str) -> (tempfile::TempDir, PathBuf, serde_json::Value) {
+    let (dir, out) = scratch("a.gguf");
+    let v = to_gguf(&fixture(adapter), &fixture(base), &out);
+    (dir, out, v)
+}
+
+/// Asserts that every tensor of the GGUF file `got` (an unmerge's output) equals the tensor of
+/// the same name in the GGUF file `base` to f32 rounding: relative error ≤ 1e-6 per tensor,
+/// values dequantized by lorakit's reader (checked against gguf-py in `io::gguf::tests`).
+#[track_caller]
+fn assert_restores(got: &Path, base: &Path, what: &str) {
+    let values = |path: &Path| -> BTreeMap<String, Vec<f32>> {
+        let m = GgufModel::open(path).unwrap();
+        m.tensors()
+            .map(|(f, t)| (t.name.clone(), f.dequantize(t).unwrap()))
+            .collect()
+    };
+    let (got, want) = (values(got), values(base));
+    for (name, t) in &got {
+        let e = rel_err(t, &want[name]);
+        assert!(e <= 1e-6, "{what} {name}: relative error {e:e}");
+    }
 }
 
 /// `lorakit merge --base BASE --adapter ADAPTER --out OUT --json EXTRA…`: its JSON report.

@@ -30,13 +30,11 @@ fn assert_loads_without_the_gemma_head(t: &serde_json::Value, items: serde_json:
         (Some(true), Some(false)),
         "{t}"
     );
-    let rules: Vec<&str> = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["rule"].as_str().unwrap())
-        .collect();
-    assert_eq!(rules, ["llama.cpp.gemma_lm_head"], "{t}");
+    assert_eq!(
+        field_strs(&t["findings"], "rule"),
+        ["llama.cpp.gemma_lm_head"],
+        "{t}"
+    );
     assert_eq!(t["findings"][0]["items"], items, "{t}");
 }
 
@@ -76,12 +74,7 @@ fn lm_head_lora_on_a_tied_base_is_refused_as_llama_cpp_refuses_it() {
         .iter()
         .any(|f| f["rule"] == "llama.cpp.tied_lm_head"));
     // The same adapter's other module, alone, still converts (q_proj: a tensor the base has).
-    let (_dir, out) = scratch("q.gguf");
-    to_gguf(
-        &fixture("gguf/hf_qwen3/lora"),
-        &fixture("gguf/hf_qwen3"),
-        &out,
-    );
+    fixture_to_gguf("gguf/hf_qwen3/lora", "gguf/hf_qwen3");
 }
 
 /// `lora_alpha = 0`: PEFT's scale is 0 (ΔW = 0); llama.cpp's converter writes
@@ -107,24 +100,14 @@ fn lora_alpha_zero_is_scale_one_in_llama_cpp() {
         (Some(true), Some(false)),
         "{t}"
     );
-    let f = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["rule"] == "llama.cpp.scale")
-        .unwrap_or_else(|| panic!("{t}"));
+    let f = entry(&t["findings"], "rule", "llama.cpp.scale");
     let items = f["items"].as_array().unwrap();
     assert_eq!(items.len(), 4, "{f}");
     assert!(items
         .iter()
         .all(|i| i.as_str().unwrap().ends_with("scale 1 instead of 0")));
 
-    let (_dir, out) = scratch("a.gguf");
-    let v = to_gguf(
-        &fixture("gguf/hf_qwen3/alpha0"),
-        &fixture("gguf/hf_qwen3"),
-        &out,
-    );
+    let (_dir, out, v) = fixture_to_gguf("gguf/hf_qwen3/alpha0", "gguf/hf_qwen3");
     assert_eq!(v["folded_count"], 4, "{v}");
     let lk = GgufModel::open(&out).unwrap();
     for (f, t) in lk.tensors() {

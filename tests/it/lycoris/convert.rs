@@ -253,9 +253,28 @@ fn python() -> Option<PathBuf> {
     }
 }
 
-fn peer(py: &Path, mode: &str, adapter: &Path, model: &str, base: &Path, out: &Path) {
-    let args = [mode, s(adapter), model, s(base), s(out)].map(std::ffi::OsStr::new);
+/// The peer (`mode`: `peft` or `lycoris`, run by fixtures/gen/check_lycoris_peers.py on its
+/// `model`) loads `adapter` onto `base` and merges it, into `{out}.peer.safetensors`; lorakit
+/// merges the same file into `{out}.ours.safetensors`, which matches the peer's within [`TOL`]
+/// (see [`assert_matches_reference`]). Returns how many tensors changed.
+fn peer_merges_like_ours(
+    py: &Path,
+    mode: &str,
+    adapter: &Path,
+    model: &str,
+    base: &Path,
+    out: &Path,
+) -> usize {
+    let beside = |suffix: &str| {
+        let mut p = out.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let (peer_out, ours) = (beside(".peer.safetensors"), beside(".ours.safetensors"));
+    let args = [mode, s(adapter), model, s(base), s(&peer_out)].map(std::ffi::OsStr::new);
     python_ok(py, "check_lycoris_peers.py", &args);
+    merge_ok(base, adapter, &ours, &["--quiet"]);
+    assert_matches_reference(&read(&ours), &read(base), &read(&peer_out), TOL)
 }
 
 /// The real peers load lorakit's outputs and compute lorakit's merge: PEFT loads the LOHA/LOKR
@@ -282,14 +301,8 @@ fn peft_and_lycoris_load_the_converted_files() {
             &folder,
             &["--base", s(&lyc_base)],
         );
-        let peer_out = dir.path().join(format!("{fx}_{case}.peft.safetensors"));
-        peer(&py, "peft", &folder, "lycoris-net", &lyc_base, &peer_out);
-        let ours = dir.path().join(format!("{fx}_{case}.ours.safetensors"));
-        assert_eq!(
-            ours_like_peer(&lyc_base, &folder, &ours, &peer_out),
-            4,
-            "{case}"
-        );
+        let n = peer_merges_like_ours(&py, "peft", &folder, "lycoris-net", &lyc_base, &folder);
+        assert_eq!(n, 4, "{case}");
     }
     let conv_base = dir.path().join("conv_base.safetensors");
     std::fs::copy(fixture("conv/base/model.safetensors"), &conv_base).unwrap();
@@ -301,21 +314,7 @@ fn peft_and_lycoris_load_the_converted_files() {
             &file,
             &[],
         );
-        let peer_out = dir.path().join(format!("{case}.lyc.safetensors"));
-        peer(&py, "lycoris", &file, "tinyconv", &conv_base, &peer_out);
-        let ours = dir.path().join(format!("{case}.ours2.safetensors"));
-        assert_eq!(
-            ours_like_peer(&conv_base, &file, &ours, &peer_out),
-            3,
-            "{case}"
-        );
+        let n = peer_merges_like_ours(&py, "lycoris", &file, "tinyconv", &conv_base, &file);
+        assert_eq!(n, 3, "{case}");
     }
-}
-
-/// lorakit's merge of `adapter` into `base`, written to `ours`, matches `peer_out` (the peer's
-/// merge of the same file) within [`TOL`] (see [`assert_matches_reference`]); returns how many
-/// tensors changed.
-fn ours_like_peer(base: &Path, adapter: &Path, ours: &Path, peer_out: &Path) -> usize {
-    merge_ok(base, adapter, ours, &["--quiet"]);
-    assert_matches_reference(&read(ours), &read(base), &read(peer_out), TOL)
 }

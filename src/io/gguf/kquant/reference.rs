@@ -124,6 +124,30 @@ fn requant_sym(x: &[f32], dd: &[f32; 16], off: i8, l: &mut [i8; 256], mut back: 
     }
 }
 
+/// The second pass of the affine types (`Q2_K`: 16 groups of 16, `Q4_K`/`Q5_K`: 8 of 32) over
+/// group `j`, after the stored scales are known: its levels requantized against `dd = d·sc[j]`
+/// and `dm = dmin·m[j]` ([`requant_affine`]; a group whose `dd` is 0 keeps its first-pass
+/// levels, ggml's `if (!d) continue;`), and where `back` is given the group as the dequantizer
+/// reads it back ([`back_affine`]).
+#[inline(always)]
+fn affine_group<const G: usize>(
+    x: &[f32],
+    l: &mut [u8; 256],
+    j: usize,
+    dd: f32,
+    dm: f32,
+    nmax: i32,
+    back: &mut Back,
+) {
+    let (xs, ls) = group::<_, G>(x, l, j);
+    if dd != 0.0 {
+        requant_affine(xs, dm, dd, nmax, ls);
+    }
+    if let Some(b) = back.as_deref_mut() {
+        back_affine(ls, dd, dm, &mut b[G * j..G * j + G]);
+    }
+}
+
 /// An affine group as the dequantizer reads it back: `dd · q − dm`.
 #[inline(always)]
 fn back_affine<const G: usize>(l: &[u8; G], dd: f32, dm: f32, back: &mut [f32]) {
@@ -142,16 +166,26 @@ fn back_sym<const G: usize>(l: &[i8; G], dd: f32, off: i8, back: &mut [f32]) {
     }
 }
 
+/// The value of largest magnitude (the first one where several tie, as ggml's `>` keeps it;
+/// 0 when all are 0) and that magnitude: the `max`/`amax` loop that opens `make_qx_quants` and
+/// `make_q3_quants`, and the one over the group scales in `quantize_row_q3_K_ref` and
+/// `quantize_row_q6_K_ref`.
+#[inline(always)]
+fn max_abs(v: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &x in v {
+        if x.abs() > amax {
+            amax = x.abs();
+            max = x;
+        }
+    }
+    (max, amax)
+}
+
 /// `make_qx_quants(n, nmax, x, L, 1, NULL)`: a symmetric scale for `x` by weighted least squares
 /// (weights `x²`) over 19 candidate inverse scales; `L` gets `l + nmax`.
 fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (max, amax) = max_abs(x);
     if amax < GROUP_MAX_EPS {
         l_out.fill(0);
         return 0.0;
@@ -191,13 +225,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
 /// `make_q3_quants(n, nmax, x, L, true)`: a symmetric scale refined by up to five passes of
 /// coordinate descent on the weighted (`x²`) error; `L` gets `l + nmax`.
 fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (max, amax) = max_abs(x);
     if amax < GROUP_MAX_EPS {
         l_out.fill(0);
         return 0.0;
@@ -371,42 +399,28 @@ pub(super) fn q2_fit(x: &[f32]) -> Fit {
 #[inline(always)]
 pub(super) fn q2_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, mut back: Back) {
     let (max_scale, max_min) = max_positive(&fit, 16);
-    let Fit {
-        scales,
-        mins,
-        mut l,
-        ..
-    } = fit;
+    let (scales, mins, mut l) = (fit.scales, fit.mins, fit.l);
+    // The scales go to the low nibbles of `sc`, then the mins to the high ones (ggml's `= l`
+    // then `|= l << 4` on zeroed bytes), each quantized against its largest value, which is
+    // stored as `d` or `dmin` (0 when none is positive).
     let mut sc = [0u8; 16];
-    let d = if max_scale > 0.0 {
-        let iscale = 15.0 / max_scale;
-        for (b, s) in sc.iter_mut().zip(scales) {
-            *b = nearest_int(iscale * s) as u8;
+    let mut nibbles = |values: [f32; 16], max: f32, shift: i32| {
+        if max > 0.0 {
+            let iscale = 15.0 / max;
+            for (b, v) in sc.iter_mut().zip(values) {
+                *b |= (nearest_int(iscale * v) << shift) as u8;
+            }
+            f16_le(max / 15.0)
+        } else {
+            f16_le(0.0)
         }
-        f16_le(max_scale / 15.0)
-    } else {
-        f16_le(0.0)
     };
-    let dmin = if max_min > 0.0 {
-        let iscale = 15.0 / max_min;
-        for (b, m) in sc.iter_mut().zip(mins) {
-            *b |= (nearest_int(iscale * m) << 4) as u8;
-        }
-        f16_le(max_min / 15.0)
-    } else {
-        f16_le(0.0)
-    };
+    let d = nibbles(scales, max_scale, 0);
+    let dmin = nibbles(mins, max_min, 4);
     let (df, dminf) = (f16_at(&d, 0), f16_at(&dmin, 0));
-    for j in 0..16 {
-        let dd = df * f32::from(sc[j] & 0xF);
-        let dm = dminf * f32::from(sc[j] >> 4);
-        let (xs, ls) = group::<_, 16>(x, &mut l, j);
-        if dd != 0.0 {
-            requant_affine(xs, dm, dd, 3, ls);
-        }
-        if let Some(b) = back.as_deref_mut() {
-            back_affine(ls, dd, dm, &mut b[16 * j..16 * j + 16]);
-        }
+    for (j, &s) in sc.iter().enumerate() {
+        let (dd, dm) = (df * f32::from(s & 0xF), dminf * f32::from(s >> 4));
+        affine_group::<16>(x, &mut l, j, dd, dm, 3, &mut back);
     }
     out.extend_from_slice(&sc);
     pack_2bit(&l, out);
@@ -426,17 +440,13 @@ fn group_fit(x: &[f32], quant: impl Fn(&[f32], &mut [i8]) -> f32) -> Fit {
     fit
 }
 
-/// The scale of largest magnitude (the first one where several tie, as ggml's `>` keeps it)
-/// and that magnitude.
-fn max_abs_scale(scales: &[f32; 16]) -> (f32, f32) {
-    let (mut max_scale, mut amax) = (0f32, 0f32);
-    for &s in scales {
-        if s.abs() > amax {
-            amax = s.abs();
-            max_scale = s;
-        }
-    }
-    (max_scale, amax)
+/// What the symmetric packs (`Q3_K`, `Q6_K`) start from: the 16 group scales, the first-pass
+/// levels as ggml's `int8_t L[]`, and the scale of largest magnitude with that magnitude
+/// ([`max_abs`]).
+#[inline(always)]
+fn sym_start(fit: Fit) -> ([f32; 16], [i8; 256], f32, f32) {
+    let (max_scale, amax) = max_abs(&fit.scales);
+    (fit.scales, fit.l.map(|v| v as i8), max_scale, amax)
 }
 
 /// The first pass of `quantize_row_q3_K_ref` (see [`q3_pack`]).
@@ -449,9 +459,7 @@ pub(super) fn q3_fit(x: &[f32]) -> Fit {
 /// 2-bit `qs` and a high-bit mask. Layout: `hmask[32] qs[64] scales[12] d`.
 #[inline(always)]
 pub(super) fn q3_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, back: Back) {
-    let scales = fit.scales;
-    let mut l = fit.l.map(|v| v as i8);
-    let (max_scale, _) = max_abs_scale(&scales);
+    let (scales, mut l, max_scale, _) = sym_start(fit);
     let mut sc = [0u8; 12];
     let d = if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
@@ -520,12 +528,7 @@ pub(super) fn kx_fit(x: &[f32], nmax: i32, rmin: f32, nstep: i32) -> Fit {
 #[inline(always)]
 fn kx_pack(x: &[f32], nmax: i32, fit: Fit, mut back: Back) -> ([u8; 16], [u8; 256]) {
     let (max_scale, max_min) = max_positive(&fit, 8);
-    let Fit {
-        scales,
-        mins,
-        mut l,
-        ..
-    } = fit;
+    let (scales, mins, mut l) = (fit.scales, fit.mins, fit.l);
     let inv_scale = if max_scale > 0.0 {
         63.0 / max_scale
     } else {
@@ -556,13 +559,7 @@ fn kx_pack(x: &[f32], nmax: i32, fit: Fit, mut back: Back) -> ([u8; 16], [u8; 25
         let (sc, m) = get_scale_min_k4(j, &head[4..16]);
         let dd = df * f32::from(sc);
         let dm = dminf * f32::from(m);
-        let (xs, ls) = group::<_, 32>(x, &mut l, j);
-        if dd != 0.0 {
-            requant_affine(xs, dm, dd, nmax, ls);
-        }
-        if let Some(b) = back.as_deref_mut() {
-            back_affine(ls, dd, dm, &mut b[32 * j..32 * j + 32]);
-        }
+        affine_group::<32>(x, &mut l, j, dd, dm, nmax, &mut back);
     }
     (head, l)
 }
@@ -634,10 +631,8 @@ pub(super) fn q6_fit(x: &[f32]) -> Fit {
 /// `ql[128] qh[64] scales[16] d`.
 #[inline(always)]
 pub(super) fn q6_pack(x: &[f32], fit: Fit, out: &mut Vec<u8>, back: Back) {
-    let scales = fit.scales;
-    let mut l = fit.l.map(|v| v as i8);
-    let (max_scale, max_abs) = max_abs_scale(&scales);
-    if max_abs < GROUP_MAX_EPS {
+    let (scales, mut l, max_scale, amax) = sym_start(fit);
+    if amax < GROUP_MAX_EPS {
         out.extend_from_slice(&[0u8; 210]);
         if let Some(b) = back {
             b[..256].fill(-0.0);
