@@ -6,9 +6,11 @@
 //! `encode` (f32 → stored dtype, with the finite check), summed over the kernel's threads;
 //! `copy` (untouched tensors), `write` (merged tensors handed to the writer, with its finite
 //! check), `fsync` and `commit` (rename, folder fsync), wall time on the calling thread.
-//! A GGUF merge adds, as wall time on the thread that computes (each runs over the cores):
-//! `dequantize` (base tensor → f32), `quantize` (f32 merge → stored type, with the reported
-//! quantization error); and `wait`, the time that thread spent waiting for the
+//! A GGUF merge adds `dequantize` (base tensor → f32) and `quantize` (f32 merge → stored type,
+//! with the reported quantization error): summed over the threads on the CPU path (each
+//! parallel task takes its rows through the dequantizer, the merge and the quantizer), wall
+//! time on the computing thread where the GPU or a DoRA merge hands bands to a parallel
+//! quantizer; and `wait`, the time that thread spent waiting for the
 //! writer thread to take the next tensor (the writer, not the computation, was the bottleneck).
 //! Never used for decisions, only reported.
 

@@ -284,7 +284,8 @@ fn non_finite_is_reported_with_position() {
 }
 
 /// The in-place f32 merge as [`merge`] through an F32 job: same bits (plain, dense and
-/// several terms; blocks of rows split where [`BLOCK_ELEMS`] splits them), the same first
+/// several terms; [`merge`] splitting the rows into parallel blocks where [`BLOCK_ELEMS`] does,
+/// the in-place merge taking them in one), the same first
 /// non-finite position, and DoRA refused.
 #[test]
 fn in_place_f32_merge_is_the_f32_job_bit_for_bit() {

@@ -70,8 +70,9 @@ const PAR_BLOCKS: usize = 4096;
 const SUB: usize = 1 << 12;
 
 /// Values per parallel work item of [`quantize_par`]: 256 K-quant super-blocks, a few
-/// milliseconds of work, so that a tensor spreads over all cores evenly.
-pub const PAR_VALUES: usize = 1 << 16;
+/// milliseconds of work, so that a tensor spreads over all cores evenly; also the size of the
+/// GGUF merge's fused row chunks (`ops::merge::gguf_band`).
+pub(crate) const PAR_VALUES: usize = 1 << 16;
 
 /// [`dequantize_into`] over the cores (blocks are independent, so the result is identical).
 pub fn dequantize_par(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
@@ -174,7 +175,7 @@ pub fn quantize_par_measured(
 /// One part of [`quantize_par_measured`] on the calling thread: `c` (whole blocks) quantized
 /// and measured a few thousand values at a time, `back` the caller's reusable buffer of stored
 /// values. `None` for a type that cannot be written.
-pub fn quantize_part_measured(
+pub(crate) fn quantize_part_measured(
     ty: GgmlType,
     c: &[f32],
     back: &mut Vec<f32>,

@@ -1,10 +1,12 @@
-//! The GGUF merge's row bands: one [`Kind::Weight`] target's f32 merge `W0 + Σ terms`, the
-//! base dequantized band by band and merged through the backend (in place on the CPU for plain
-//! terms; [`Engine::merge`], the safetensors merge's code, where a term is DoRA or on the GPU),
-//! handed to the caller's quantizer band by band. DoRA norms per output row are one row's, so
-//! the bands stay; a norm per column takes the tensor as one band.
+//! One merged GGUF tensor, stored: a [`Kind::Weight`] target's f32 merge `W0 + Σ terms`
+//! quantized to the type [`super::gguf`] chose. On the CPU with plain terms, fused row chunks:
+//! each parallel task dequantizes a few rows of the base, merges them in place
+//! ([`cpu::merge_f32_in_place`]) and quantizes them. Where a term is DoRA or the engine is the
+//! GPU, row bands through [`Engine::merge`] (the safetensors merge's code), each quantized over
+//! the cores. DoRA norms per output row are one row's, so the bands stay; a norm per column
+//! takes the tensor as one band.
 //!
-//! Must not write or choose types: [`super::gguf`] plans and stores.
+//! Must not write or choose types: [`super::gguf`] plans and writes.
 
 use super::gguf_model::{GgufMergePlan, Kind, Scratch, Target};
 use crate::adapter::DoraRule;
@@ -25,7 +27,9 @@ impl GgufMergePlan {
     /// terms each parallel task takes a few rows through the dequantizer, the merge and the
     /// quantizer while they are in cache, so that no stage waits for the slowest thread of
     /// the one before (issue #17: the three stages per band, each ending in a barrier, kept
-    /// the cores 85 % busy); the bits are those of the stages run one after the other.
+    /// the cores 85 % busy). The bytes are those of the stages run one after the other; the
+    /// error sums are added per chunk, so they may differ from a band path's (the GPU's, or
+    /// DoRA's) in the last bits of their f64 order.
     pub(super) fn merged_stored(
         &self,
         t: &Target,
@@ -33,9 +37,14 @@ impl GgufMergePlan {
         scratch: &mut Scratch,
         ty: GgmlType,
     ) -> Result<(Vec<u8>, quant::StoredError)> {
+        // The whole stored tensor is reserved at once (bands would regrow it).
+        let values: usize = self
+            .base
+            .get(&t.tensor)
+            .map_or(0, |(_, info)| info.shape().iter().product());
         let mut stored = Stored {
             ty,
-            bytes: Vec::new(),
+            bytes: Vec::with_capacity(values / ty.block_size() * ty.type_size()),
             err: quant::StoredError::default(),
         };
         self.merged_in_bands(t, engine, scratch, 1 << 20, Out::Stored(&mut stored))?;
@@ -58,13 +67,13 @@ impl GgufMergePlan {
         let (f, info) = self.base.get(&t.tensor).expect("planned");
         let shape = info.shape();
         let (rows, cols) = (shape[0], shape[1]);
-        // The CPU merge runs in row bands of about `band_values` values (2²⁰), each dequantized, merged in
-        // place and quantized while in cache: no tensor-sized f32 base or merge, no output
-        // buffer per band and no copies into and out of one (issue #17). Rows are independent
-        // in the dequantizer, the merge (a DoRA norm per row is one row's: PEFT's
-        // `get_weight_norm`, `dim=1` of `[out, in]`) and the quantizers (rows are whole
-        // blocks), so the bits are those of one whole-tensor job. The GPU, and a DoRA norm per
-        // column (LyCORIS' per-input `dora_scale`), take the tensor whole.
+        // Rows are independent in the dequantizer, the merge (a DoRA norm per row is one row's:
+        // PEFT's `get_weight_norm`, `dim=1` of `[out, in]`) and the quantizers (rows are whole
+        // blocks), so chunks and bands give the bits of one whole-tensor job: no tensor-sized
+        // f32 base or merge, no output buffer per band and no copies into and out of one
+        // (issue #17). CPU DoRA merges run in bands of about `band_values` values (2²⁰); the
+        // GPU, and a DoRA norm per column (LyCORIS' per-input `dora_scale`), take the tensor
+        // whole.
         let gpu = engine.is_gpu();
         let (dora, by_cols) = t.terms.iter().fold((false, false), |(d, c), &(ai, mi)| {
             let m = &self.adapters[ai].adapter.modules[mi];
@@ -170,8 +179,6 @@ impl GgufMergePlan {
             let chunk = (quant::PAR_VALUES.min(band_values) / cols.max(1)).max(1);
             let wave = (band_values.saturating_mul(16) / cols.max(1)).max(chunk) / chunk * chunk;
             let ty = st.ty;
-            st.bytes
-                .reserve(rows * cols / ty.block_size() * ty.type_size());
             for wave0 in (0..rows).step_by(wave) {
                 let wave1 = (wave0 + wave).min(rows);
                 let parts: Vec<Result<Part>> = (wave0..wave1)
@@ -256,9 +263,9 @@ impl GgufMergePlan {
                     }
                 }
             } else {
-                // In place in the dequantized base, which is not read again: the same bits as
-                // the F32 job, without its output buffer and the two copies into and out of it
-                // (issue #17: ~4 % of a 7B merge's CPU time in memmove).
+                // Plain CPU terms reach this only through `Out::Values` (the tests' f32 bands;
+                // stored output takes the fused chunks above): in place in the dequantized base,
+                // the same bits as the F32 job.
                 cpu::merge_f32_in_place(w, r1 - r0, cols, &band_terms).map_err(name_err)?;
                 out.band(w)?;
             }
@@ -354,6 +361,7 @@ impl Out<'_> {
             #[cfg(test)]
             Out::Values(f) => f(v),
             Out::Stored(st) => {
+                let _t = profile::time(Stage::Quantize);
                 let at = st.bytes.len() / st.ty.type_size() * st.ty.block_size();
                 let e = quant::quantize_par_measured(st.ty, v, &mut st.bytes).expect("planned");
                 st.err = st.err.then(e, at);
@@ -533,21 +541,22 @@ mod tests {
         );
     }
 
-    /// A merge that overflows is refused by the fused path naming the first non-finite value
-    /// by its row in the whole tensor, whichever chunk holds it: B's row 9 of `v_proj` is huge,
-    /// so rows 9.. overflow, in the third chunk of 3 rows and the first of all rows.
-    #[test]
-    fn fused_chunks_name_the_first_overflow_by_its_row_in_the_tensor() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("huge");
+    /// A v_proj PEFT adapter (rank 2, alpha 2) on the fixture Llama whose B rows `hot` are
+    /// `[b, 0]` and the others `[0.01, 0]`, with A's first row all `a`: ΔW row `i` is `B[i][0]·a`.
+    /// Its plan and the v target (16 × 32).
+    fn v_adapter_plan(tmp: &Path, hot: &[usize], b: f32, a: f32) -> (GgufMergePlan, Target) {
+        let dir = tmp.join("hot");
         std::fs::create_dir_all(&dir).unwrap();
         let (rank, rows, cols) = (2usize, 16usize, 32usize);
-        let mut b = vec![0.01f32; rows * rank];
-        b[9 * rank] = 3.0e38;
-        let a = vec![3.0e38f32; rank * cols];
+        let mut bv = vec![0f32; rows * rank];
+        for r in 0..rows {
+            bv[r * rank] = if hot.contains(&r) { b } else { 0.01 };
+        }
+        let mut av = vec![0f32; rank * cols];
+        av[..cols].fill(a);
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let key = "base_model.model.model.layers.0.self_attn.v_proj";
-        let (ab, bb) = (bytes(&a), bytes(&b));
+        let (ab, bb) = (bytes(&av), bytes(&bv));
         let views = [
             (format!("{key}.lora_A.weight"), vec![rank, cols], &ab),
             (format!("{key}.lora_B.weight"), vec![rows, rank], &bb),
@@ -571,38 +580,80 @@ mod tests {
             r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["v_proj"]}"#,
         )
         .unwrap();
-        let plan = llama_plan(&[&dir], &tmp.path().join("m.gguf"));
+        let plan = llama_plan(&[&dir], &tmp.join("m.gguf"));
         let t = plan
             .targets
             .iter()
             .find(|t| t.tensor == "blk.0.attn_v.weight")
-            .unwrap();
+            .unwrap()
+            .clone();
         assert_eq!(
             plan.base.get(&t.tensor).unwrap().1.shape(),
             &[rows, cols][..]
         );
+        (plan, t)
+    }
+
+    /// [`GgufMergePlan::merged_in_bands`] stored in `ty` in fused chunks of `chunk_rows` rows.
+    fn stored_in_chunks(
+        plan: &GgufMergePlan,
+        t: &Target,
+        ty: GgmlType,
+        chunk_rows: usize,
+    ) -> Result<Stored> {
+        let mut st = Stored {
+            ty,
+            bytes: Vec::new(),
+            err: quant::StoredError::default(),
+        };
+        let cols = plan.base.get(&t.tensor).unwrap().1.shape()[1];
+        let mut scratch = Scratch::default();
+        plan.merged_in_bands(
+            t,
+            &Engine::Cpu,
+            &mut scratch,
+            chunk_rows * cols,
+            Out::Stored(&mut st),
+        )?;
+        Ok(st)
+    }
+
+    /// A merge that overflows f32 is refused by the fused path naming the first non-finite
+    /// value by its row in the whole tensor, whichever chunk holds it: rows 9 and 12 overflow
+    /// (3e38 · 3e38), row 9 in the 10th chunk of 1 row, the 4th of 3 rows (9..12, row 12 in the
+    /// 5th) and the only chunk of all rows.
+    #[test]
+    fn fused_chunks_name_the_first_overflow_by_its_row_in_the_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (plan, t) = v_adapter_plan(tmp.path(), &[9, 12], 3.0e38, 3.0e38);
         for chunk_rows in [1, 3, 1 << 20] {
-            let mut st = Stored {
-                ty: GgmlType::Q8_0,
-                bytes: Vec::new(),
-                err: quant::StoredError::default(),
+            let e = match stored_in_chunks(&plan, &t, GgmlType::Q8_0, chunk_rows) {
+                Ok(_) => panic!("chunks of {chunk_rows} rows: an overflow was stored"),
+                Err(e) => e.to_string(),
             };
-            let mut scratch = Scratch::default();
-            let e = plan
-                .merged_in_bands(
-                    t,
-                    &Engine::Cpu,
-                    &mut scratch,
-                    chunk_rows * cols,
-                    Out::Stored(&mut st),
-                )
-                .unwrap_err()
-                .to_string();
             assert!(
                 e.contains("blk.0.attn_v.weight")
                     && e.contains("merged value at [9, 0] is not finite"),
                 "chunks of {chunk_rows} rows: {e}"
             );
+        }
+    }
+
+    /// A merge that is finite in f32 but overflows the stored F16 (ΔW = 0.01·… elsewhere,
+    /// 1000 · 100 = 1e5 > 65504 on rows 11 and 13) reports its first stored value that is not
+    /// finite by its index in the whole tensor (`11 · 32`), from whichever chunk holds it.
+    #[test]
+    fn fused_chunks_index_the_first_stored_overflow_in_the_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (plan, t) = v_adapter_plan(tmp.path(), &[11, 13], 1000.0, 100.0);
+        for chunk_rows in [1, 3, 1 << 20] {
+            let st = stored_in_chunks(&plan, &t, GgmlType::F16, chunk_rows).unwrap();
+            assert_eq!(
+                st.err.first_bad,
+                Some(11 * 32),
+                "chunks of {chunk_rows} rows"
+            );
+            assert_eq!(st.bytes.len(), 16 * 32 * 2);
         }
     }
 }
