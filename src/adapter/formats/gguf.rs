@@ -53,7 +53,7 @@ pub struct Target {
 /// (`LlamaModel`: `LlamaForCausalLM`, `MistralForCausalLM`, …; `Qwen2Model`: `Qwen2ForCausalLM`;
 /// `Qwen3Model`: `Qwen3ForCausalLM`, llama.cpp `conversion/qwen.py`; `GemmaModel`, `Gemma2Model`,
 /// `Gemma3Model`: `GemmaForCausalLM`, `Gemma2ForCausalLM`, text-only `Gemma3ForCausalLM`,
-/// `conversion/gemma.py`).
+/// `conversion/gemma.py`; `Phi3MiniModel`: `Phi3ForCausalLM`, `conversion/phi.py:39`).
 const HF_ARCHS: &[(&str, &str)] = &[
     ("LlamaForCausalLM", "llama"),
     ("LLaMAForCausalLM", "llama"),
@@ -65,6 +65,7 @@ const HF_ARCHS: &[(&str, &str)] = &[
     ("GemmaForCausalLM", "gemma"),
     ("Gemma2ForCausalLM", "gemma2"),
     ("Gemma3ForCausalLM", "gemma3"),
+    ("Phi3ForCausalLM", "phi3"),
 ];
 
 impl Target {
@@ -446,7 +447,7 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
         if ta.dims.len() != 2 || tb.dims.len() != 2 {
             return Err(err(format!("`{stem}`: lora_a and lora_b must be 2-D")));
         }
-        let hf = names::hf_name(stem)
+        let hf = names::hf_name_in(&target.architecture, stem)
             .and_then(|n| n.strip_suffix(".weight").map(str::to_owned))
             .ok_or_else(|| err(format!("tensor `{stem}` has no Hugging Face module name")))?;
         let (a, b) = (f.dequantize(ta)?, fb.dequantize(tb)?);
@@ -471,7 +472,7 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
             }
             (ta.dims[0] as usize, a)
         };
-        let (_, rope) = names::gguf_module(&hf).expect("mapped back");
+        let (_, rope) = names::gguf_module_in(&target.architecture, &hf).expect("mapped back");
         let heads = match (target.permute, rope) {
             (true, Rope::Q) => target.n_head,
             (true, Rope::K) => target.n_head_kv,

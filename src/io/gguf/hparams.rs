@@ -21,7 +21,8 @@
 //! Refused, naming the file: a model card (README.md with a YAML header, which the converter
 //! turns into license/tags/base-model keys lorakit does not write), rope types whose keys or
 //! tensors lorakit does not write (`longrope`, `dynamic`, unknown ones), mixtures of experts,
-//! non-causal models, Qwen2/Qwen3 embedding models (`modules.json`: pooling keys), Qwen3
+//! non-causal models, Phi-3 (`Phi3ForCausalLM`, [`NOT_WRITTEN`]: its adapters and merges into its
+//! GGUF models are mapped, its model from HF weights is not written), Qwen2/Qwen3 embedding models (`modules.json`: pooling keys), Qwen3
 //! rerankers (`Qwen3Model._is_qwen3_reranker`: a `# qwen3-reranker` README heading or the name
 //! in the folder, `_name_or_path` or `model_type`; the converter writes a classifier head and
 //! pooling keys). Must not read weights or write files.
@@ -94,9 +95,26 @@ fn gemma_uint(config: &Json, key: &str, path: &Path) -> InputResult<u32> {
     })
 }
 
+/// Hugging Face architectures whose adapters and merges into GGUF models lorakit maps
+/// ([`super::names`]) but whose GGUF model it does not write from Hugging Face weights: what
+/// the converter writes that lorakit does not.
+const NOT_WRITTEN: &[(&str, &str)] = &[(
+    "Phi3ForCausalLM",
+    "llama.cpp's Phi3MiniModel writes its own padded SentencePiece vocabulary (GPT-2's for Phi-4), \
+     rope.scaling.original_context_length, attention.sliding_window and the long-rope \
+     rope_factors_long/short tensors (conversion/phi.py:44-211), which lorakit does not yet \
+     write; convert the base with convert_hf_to_gguf.py and merge into that file (--base MODEL.gguf)",
+)];
+
 /// The GGUF architecture of config.json's `architectures[0]`, or an error naming it.
 pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
     let hf = config["architectures"][0].as_str().unwrap_or("");
+    if let Some((_, why)) = NOT_WRITTEN.iter().find(|(a, _)| *a == hf) {
+        return Err(InputError::invalid(
+            path,
+            format!("architecture `{hf}`: no GGUF model output from Hugging Face weights: {why}"),
+        ));
+    }
     HF_ARCHITECTURES
         .iter()
         .find(|(a, _)| *a == hf)

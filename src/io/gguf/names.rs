@@ -1,8 +1,9 @@
 //! Hugging Face module names ↔ GGUF tensor names, and llama.cpp's q/k row permutation, for the
-//! architectures lorakit maps (Llama and Mistral as `llama`, Qwen2, Qwen3, Gemma, Gemma2, Gemma3).
+//! architectures lorakit maps (Llama and Mistral as `llama`, Qwen2, Qwen3, Gemma, Gemma2, Gemma3,
+//! Phi-3/3.5/4 as `phi3`).
 //!
 //! Names follow llama.cpp `gguf-py/gguf/tensor_mapping.py` (`TensorNameMap` for
-//! `MODEL_ARCH.LLAMA`, `QWEN2`, `QWEN3`, `GEMMA`, `GEMMA2`, `GEMMA3`:
+//! `MODEL_ARCH.LLAMA`, `QWEN2`, `QWEN3`, `GEMMA`, `GEMMA2`, `GEMMA3`, `PHI3`:
 //! `model.layers.N.self_attn.q_proj` → `blk.N.attn_q`, `model.embed_tokens` → `token_embd`,
 //! `lm_head` → `output`, …), restricted to the tensors `constants.py`'s `MODEL_TENSORS[arch]`
 //! lists ([`block_extra`], [`why_unmapped`]); the functions without an architecture
@@ -14,6 +15,10 @@
 //! applied by `LlamaModel.modify_tensors` to `q_proj` with `n_head` heads and to `k_proj` with
 //! `n_head_kv` heads, and only by the `LlamaModel` converter (HF `LlamaForCausalLM`,
 //! `MistralForCausalLM`, …: GGUF architecture `llama`); `Qwen2Model` writes q/k unpermuted.
+//! Phi-3's fused projections ([`block_extra`]) are written whole: `Phi3MiniModel`
+//! (`conversion/phi.py:39-211`) has no `modify_tensors`, so `TextModel.modify_tensors`
+//! (`conversion/base.py:685-744`; its q/k/v fusion, `--fuse-qkv`, is off by default) maps them unsplit and
+//! unpermuted, as the adapter converter does with their LoRA pairs.
 //!
 //! Must not read tensor data or guess a name: a module or an architecture outside these maps is
 //! reported as unmapped (with [`why_unmapped`]'s reason) and the callers refuse it.
@@ -35,7 +40,10 @@ const BLOCK: &[(&str, &str)] = &[
 /// so they override it): Qwen3's and Gemma3's q/k norms (`ATTN_Q_NORM`, `ATTN_K_NORM`), and
 /// Gemma2/3's sandwich norms, where `MODEL_TENSORS` lists `ATTN_POST_NORM` and `FFN_PRE_NORM`
 /// instead of `FFN_NORM`: `post_attention_layernorm` → `post_attention_norm`,
-/// `pre_feedforward_layernorm` → `ffn_norm`, `post_feedforward_layernorm` → `post_ffw_norm`.
+/// `pre_feedforward_layernorm` → `ffn_norm`, `post_feedforward_layernorm` → `post_ffw_norm`;
+/// Phi-3's fused `self_attn.qkv_proj` → `attn_qkv` (`ATTN_QKV`, `tensor_mapping.py:245`) and
+/// `mlp.gate_up_proj` → `ffn_up` (`FFN_UP`, `tensor_mapping.py:515`: gate rows then up rows, as
+/// llama.cpp's phi3 graph splits them).
 fn block_extra(arch: &str) -> &'static [(&'static str, &'static str)] {
     const QK_NORM: [(&str, &str); 2] = [
         ("self_attn.q_norm", "attn_q_norm"),
@@ -46,7 +54,12 @@ fn block_extra(arch: &str) -> &'static [(&'static str, &'static str)] {
         ("pre_feedforward_layernorm", "ffn_norm"),
         ("post_feedforward_layernorm", "post_ffw_norm"),
     ];
+    const FUSED: [(&str, &str); 2] = [
+        ("self_attn.qkv_proj", "attn_qkv"),
+        ("mlp.gate_up_proj", "ffn_up"),
+    ];
     match arch {
+        "phi3" => &FUSED,
         "qwen3" => &QK_NORM,
         "gemma2" => &SANDWICH,
         "gemma3" => &[
@@ -70,6 +83,14 @@ pub fn why_unmapped(arch: &str, hf: &str) -> Option<&'static str> {
     )
 }
 
+/// Whether GGUF tensor `g` (`ffn_gate`, …, without the block prefix) is missing from
+/// `MODEL_TENSORS[arch]` although [`BLOCK`] names it: Phi-3 has no `FFN_GATE`
+/// (`constants.py:3083-3098`; its gate is the first half of `ffn_up`), so a `gate_proj` there
+/// is unmapped as the converter's `format_tensor_name` would refuse it.
+fn missing(arch: &str, g: &str) -> bool {
+    arch == "phi3" && g == "ffn_gate"
+}
+
 /// Model-level modules and their GGUF names.
 const TOP: &[(&str, &str)] = &[
     ("embed_tokens", "token_embd"),
@@ -86,6 +107,7 @@ pub const ARCHITECTURES: &[(&str, bool)] = &[
     ("gemma", false),
     ("gemma2", false),
     ("gemma3", false),
+    ("phi3", false),
 ];
 
 /// Whether `arch` is mapped, and if so whether q/k rows are permuted.
@@ -146,7 +168,8 @@ pub fn gguf_module_in(arch: &str, hf: &str) -> Option<(String, Rope)> {
     let &(_, g) = block_extra(arch)
         .iter()
         .chain(BLOCK)
-        .find(|(h, _)| *h == module)?;
+        .find(|(h, _)| *h == module)
+        .filter(|(_, g)| !missing(arch, g))?;
     let rope = match g {
         "attn_q" => Rope::Q,
         "attn_k" => Rope::K,
@@ -176,7 +199,7 @@ pub fn hf_name_in(arch: &str, gguf: &str) -> Option<String> {
     let &(h, _) = block_extra(arch)
         .iter()
         .chain(BLOCK)
-        .find(|(_, gg)| *gg == g)?;
+        .find(|(_, gg)| *gg == g && !missing(arch, g))?;
     Some(format!("model.layers.{n}.{h}.{suffix}"))
 }
 
@@ -278,6 +301,30 @@ mod tests {
             gguf_module_in("gemma2", "model.layers.0.self_attn.q_norm"),
             None
         );
+        // tensor_mapping.py: qkv_proj → ATTN_QKV, gate_up_proj → FFN_UP; no FFN_GATE in
+        // MODEL_TENSORS[PHI3].
+        for (hf, g) in [
+            ("self_attn.qkv_proj", "attn_qkv"),
+            ("mlp.gate_up_proj", "ffn_up"),
+            ("self_attn.o_proj", "attn_output"),
+            ("post_attention_layernorm", "ffn_norm"),
+        ] {
+            let hf = format!("model.layers.1.{hf}");
+            let (got, rope) = gguf_module_in("phi3", &hf).unwrap();
+            assert_eq!((got, rope), (format!("blk.1.{g}"), Rope::None));
+            assert_eq!(
+                hf_name_in("phi3", &format!("blk.1.{g}.weight")).unwrap(),
+                format!("{hf}.weight")
+            );
+        }
+        assert_eq!(gguf_module_in("phi3", "model.layers.0.mlp.gate_proj"), None);
+        assert_eq!(hf_name_in("phi3", "blk.0.ffn_gate.weight"), None);
+        assert_eq!(gguf_module_in("phi3", "lm_head").unwrap().0, "output");
+        assert_eq!(
+            gguf_module_in("llama", "model.layers.0.self_attn.qkv_proj"),
+            None
+        );
+        assert_eq!(permutes("phi3"), Some(false));
     }
 
     /// `LlamaModel.permute` on 8 rows, 2 heads: within each head of 4 rows, the two halves
