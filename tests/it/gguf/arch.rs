@@ -10,7 +10,7 @@ use super::*;
 /// The fixture Qwen3 (fixtures/gguf/hf_qwen3: config.json, model.safetensors) with the Qwen2
 /// tokenizer files it was converted with, in `dir/name` (the converter derives
 /// `general.name` and the model-card keys from the folder name).
-fn qwen3_folder(dir: &Path, name: &str) -> std::path::PathBuf {
+pub(super) fn qwen3_folder(dir: &Path, name: &str) -> std::path::PathBuf {
     model_folder(
         dir.join(name),
         ("gguf/hf_qwen3", &["config.json", "model.safetensors"]),
@@ -27,7 +27,7 @@ fn qwen3_folder(dir: &Path, name: &str) -> std::path::PathBuf {
 
 /// `scale · B·A` of every pair of a GGUF LoRA adapter of architecture `arch`, per Hugging Face
 /// weight name, in f64 rounded once (no permutation: Qwen3's converter has none).
-fn adapter_deltas(path: &Path, arch: &str) -> BTreeMap<String, Vec<f32>> {
+pub(super) fn adapter_deltas(path: &Path, arch: &str) -> BTreeMap<String, Vec<f32>> {
     let m = GgufModel::open(path).unwrap();
     let h = m.header();
     assert_eq!(h.architecture(), Some(arch));
@@ -490,7 +490,7 @@ fn lm_head_lora_converts_as_llama_cpp_converts_it() {
 /// `general.quantization_version`) with the same value, no key of lorakit's beyond its own
 /// `lorakit.*`, the same tensor names, each with the same ggml type and dims and, with
 /// `values`, the same bytes. Returns the tensor names, sorted.
-fn compare_with_llama_cpp(
+pub(super) fn compare_with_llama_cpp(
     label: &str,
     lc: &GgufModel,
     lk: &GgufModel,

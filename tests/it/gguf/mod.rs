@@ -22,6 +22,8 @@ mod llamacpp;
 mod merge;
 /// `merge --part I/N` into a GGUF output and `finalize`.
 mod parts;
+/// Phi-3 (`phi3`: fused qkv and gate/up) against llama.cpp's converters.
+mod phi3;
 /// `inspect`, `diff`, malformed GGUF files, the JSON vocabulary of the GGUF reports.
 mod read;
 /// Faults found by fixtures/gen/check_gguf_sweep.py, against llama.cpp's converter.

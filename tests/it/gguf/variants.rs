@@ -12,10 +12,10 @@ fn pv(name: &str) -> String {
 }
 
 /// `(type, dims, dequantized values, stored bytes)` of a GGUF tensor.
-type Stored = (GgmlType, Vec<u64>, Vec<f32>, Vec<u8>);
+pub(super) type Stored = (GgmlType, Vec<u64>, Vec<f32>, Vec<u8>);
 
 /// Every tensor of a GGUF file, by name.
-fn tensors(path: &Path) -> BTreeMap<String, Stored> {
+pub(super) fn tensors(path: &Path) -> BTreeMap<String, Stored> {
     let m = GgufModel::open(path).unwrap();
     m.tensors()
         .map(|(f, t): (_, &TensorInfo)| {
@@ -31,7 +31,7 @@ fn tensors(path: &Path) -> BTreeMap<String, Stored> {
 /// [`peft_python`]'s policy for an oracle that needs gguf-py and numpy only: `LORAKIT_PYTHON`,
 /// else `python3`, if it imports them (importing torch, transformers and peft to ask would take
 /// ten seconds); else skipped loudly, or a failure with `LORAKIT_REQUIRE_PEFT=1`.
-fn gguf_python() -> Option<std::path::PathBuf> {
+pub(super) fn gguf_python() -> Option<std::path::PathBuf> {
     let py = std::env::var_os("LORAKIT_PYTHON")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "python3".into());
