@@ -250,3 +250,84 @@ fn phi3_hf_to_gguf_is_refused_naming_what_is_missing() {
     );
     assert_eq!(listing(dir.path()), ["phi"]);
 }
+
+/// `check --target llama.cpp --base HF_FOLDER` on the Phi-3 adapters agrees with what llama.cpp's
+/// converter was measured to do above: the one-alpha LoRA loads and every module is applied
+/// (exit 0); with patterns, only layer 1's down_proj (alpha_pattern) is flagged
+/// `llama.cpp.scale` — the rank_pattern module is not, as llama.cpp scales by alpha / each
+/// tensor's rank — (exit 1). The base folder holds the fixture Phi-3's weights under their Hugging
+/// Face names (read back from llama.cpp's F32 GGUF through the `phi3` table), so every module
+/// lands on its exact tensor; `convert --to gguf` onto that folder (which decides tied-ness from
+/// the weights: `lm_head.weight` present) writes the same tensors, bytes and metadata (bar
+/// lorakit's provenance, which names the base) as onto config.json alone.
+#[test]
+fn phi3_check_llama_cpp_verdicts_agree_with_the_converter() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("hf_phi3");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::copy(
+        fixture("gguf/hf_phi3/config.json"),
+        base.join("config.json"),
+    )
+    .unwrap();
+    let weights: TensorMap = tensors(&llamacpp("hf_phi3_base.f32.gguf"))
+        .into_iter()
+        .map(|(g, (ty, dims, vals, _))| {
+            assert_eq!(ty, GgmlType::F32, "{g}");
+            let t = T {
+                dtype: safetensors::Dtype::F32,
+                shape: dims.iter().rev().map(|&d| d as usize).collect(),
+                data: vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            (names::hf_name_in("phi3", &g).unwrap(), t)
+        })
+        .collect();
+    assert!(weights.contains_key("model.layers.1.mlp.gate_up_proj.weight"));
+    write_tensors(&base.join("model.safetensors"), &weights);
+    for (case, code, flagged) in [
+        ("lora", 0, &[][..]),
+        ("patterns", 1, &["model.layers.1.mlp.down_proj"][..]),
+    ] {
+        let adapter = fixture(&format!("gguf/hf_phi3/{case}"));
+        let o = bin()
+            .args(check_args(
+                &adapter,
+                &["--base", s(&base), "--target", "llama.cpp", "--json"],
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(code), "{case}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let modules = v["modules"].as_array().unwrap();
+        assert_eq!(modules.len(), 8, "{case}");
+        let mut got = Vec::new();
+        for m in modules {
+            assert_eq!(m["status"], "exact", "{case} {m}");
+            match m["not_applied_by"].as_array().unwrap().as_slice() {
+                [] => {}
+                [x] if x == "llama.cpp: llama.cpp.scale" => got.push(m["module"].as_str().unwrap()),
+                other => panic!("{case} {m}: {other:?}"),
+            }
+        }
+        assert_eq!(got, flagged, "{case}");
+        let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+        to_gguf(&adapter, &base, &a);
+        to_gguf(&adapter, &fixture("gguf/hf_phi3"), &b);
+        let (ma, mb) = (GgufModel::open(&a).unwrap(), GgufModel::open(&b).unwrap());
+        let kv = |m: &GgufModel| -> Vec<(String, Vec<u8>)> {
+            metadata(m)
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("lorakit."))
+                .collect()
+        };
+        assert_eq!(kv(&ma), kv(&mb), "{case}");
+        let (ta, tb) = (tensors(&a), tensors(&b));
+        assert_eq!(ta.len(), 16, "{case}");
+        for (name, t) in &ta {
+            assert!(t.3 == tb[name].3, "{case} {name}");
+        }
+        drop((ma, mb));
+        std::fs::remove_file(&a).unwrap();
+        std::fs::remove_file(&b).unwrap();
+    }
+}
