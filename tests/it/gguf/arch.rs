@@ -7,6 +7,23 @@
 
 use super::*;
 
+/// The one-line error of merging the fixture Qwen3 LoRA into the fixture Qwen3 folder copied to
+/// `dir/name` with `config.json`'s `architectures` relabelled `arch` (output `dir/o.gguf`).
+pub(super) fn relabelled_merge_error(dir: &Path, name: &str, arch: &str) -> String {
+    let relabelled = qwen3_folder(dir, name);
+    edit_json(relabelled.join("config.json"), |c| {
+        c["architectures"] = serde_json::json!([arch])
+    });
+    let out = dir.join("o.gguf");
+    let e = run_err(merge_args(
+        &relabelled,
+        &fixture("gguf/hf_qwen3/lora"),
+        &out,
+        &[],
+    ));
+    one_line_error(&e)
+}
+
 /// The fixture Qwen3 (fixtures/gguf/hf_qwen3: config.json, model.safetensors) with the Qwen2
 /// tokenizer files it was converted with, in `dir/name` (the converter derives
 /// `general.name` and the model-card keys from the folder name).
@@ -301,17 +318,7 @@ fn gemma_lm_head_and_old_gemma3_configs_are_refused() {
             && line.contains("silently drops lm_head LoRAs"),
         "{line}"
     );
-    let relabelled = qwen3_folder(dir.path(), "g2");
-    edit_json(relabelled.join("config.json"), |c| {
-        c["architectures"] = serde_json::json!(["Gemma3ForCausalLM"])
-    });
-    let e = run_err(merge_args(
-        &relabelled,
-        &fixture("gguf/hf_qwen3/lora"),
-        &out,
-        &[],
-    ));
-    let line = one_line_error(&e);
+    let line = relabelled_merge_error(dir.path(), "g2", "Gemma3ForCausalLM");
     assert!(
         line.contains("config.json")
             && line.contains("config.json: `rope_parameters` without `full_attention`: an older Gemma3 config layout"),

@@ -8,7 +8,7 @@
 //! Phi-3 stores q/k/v fused as `self_attn.qkv_proj` (GGUF `attn_qkv`) and gate/up fused as
 //! `mlp.gate_up_proj` (GGUF `ffn_up`); llama.cpp's converters write both whole, unpermuted.
 
-use super::arch::{adapter_deltas, compare_with_llama_cpp, qwen3_folder};
+use super::arch::{adapter_deltas, compare_with_llama_cpp, relabelled_merge_error};
 use super::variants::{gguf_python, tensors};
 use super::*;
 
@@ -227,18 +227,7 @@ fn phi3_q8_0_keep_is_gguf_py_quantize_of_the_f32_merge() {
 #[test]
 fn phi3_hf_to_gguf_is_refused_naming_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let relabelled = qwen3_folder(dir.path(), "phi");
-    edit_json(relabelled.join("config.json"), |c| {
-        c["architectures"] = serde_json::json!(["Phi3ForCausalLM"])
-    });
-    let out = dir.path().join("o.gguf");
-    let e = run_err(merge_args(
-        &relabelled,
-        &fixture("gguf/hf_qwen3/lora"),
-        &out,
-        &[],
-    ));
-    let line = one_line_error(&e);
+    let line = relabelled_merge_error(dir.path(), "phi", "Phi3ForCausalLM");
     assert_mentions(
         &line,
         &[
