@@ -176,26 +176,39 @@ fn into_a_q8_0_gguf_keep_is_gguf_py_quantize_of_the_f32_merge() {
         }
         assert!(!quantized.is_empty(), "{label}");
         let Some(py) = &py else { continue };
-        let lines = python_ok(
-            py,
-            "check_gguf_requant.py",
-            &[f32_out.as_os_str(), keep_out.as_os_str()],
+        assert_eq!(
+            requantized_by_gguf_py(py, &f32_out, &keep_out, &label),
+            quantized,
+            "{label}"
         );
-        let verdicts: Vec<serde_json::Value> = String::from_utf8(lines)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let mut checked: Vec<String> = verdicts
-            .iter()
-            .map(|x| {
-                assert_eq!(x["equal"], true, "{label}: {x}");
-                x["name"].as_str().unwrap().to_owned()
-            })
-            .collect();
-        checked.sort();
-        assert_eq!(checked, quantized, "{label}");
     }
+}
+
+/// The tensors of `keep_out` that `fixtures/gen/check_gguf_requant.py` finds byte-equal to
+/// gguf-py's quantizer applied to the same tensor of `f32_out` (each of its verdicts must say
+/// equal), sorted.
+pub(super) fn requantized_by_gguf_py(
+    py: &Path,
+    f32_out: &Path,
+    keep_out: &Path,
+    label: &str,
+) -> Vec<String> {
+    let lines = python_ok(
+        py,
+        "check_gguf_requant.py",
+        &[f32_out.as_os_str(), keep_out.as_os_str()],
+    );
+    let mut checked: Vec<String> = String::from_utf8(lines)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let x: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(x["equal"], true, "{label}: {x}");
+            x["name"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    checked.sort();
+    checked
 }
 
 /// What stays refused, in one line naming the adapter and the module or tensor, nothing
