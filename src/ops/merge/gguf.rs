@@ -97,6 +97,19 @@ impl GgufMergePlan {
         out: PathBuf,
         options: GgufMergeOptions,
     ) -> Result<Self> {
+        // The output is one GGUF file (or `-0000I-of-0000N.gguf` parts named from it): any other
+        // name would hold GGUF data where a reader expects something else (a `.safetensors`
+        // name, or a folder name as a safetensors merge makes).
+        if !out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Err(InputError::invalid(
+                &out,
+                "a merge into a GGUF base writes one GGUF file: give the output a name ending in .gguf",
+            )
+            .into());
+        }
         let bp = base.files[0].path().to_path_buf();
         let arch = base.architecture().unwrap_or("").to_owned();
         let permutes = names::permutes_or_refuse(&arch, &bp)?;

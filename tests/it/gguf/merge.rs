@@ -411,3 +411,33 @@ fn a_kohya_file_merges_into_a_gguf_base_as_its_peft_folder() {
         );
     }
 }
+
+/// A merge into a GGUF base writes one GGUF file: an output named like a safetensors file, or
+/// like a folder (as a safetensors merge's output is), is refused before anything is written;
+/// it held GGUF data under that name before (a newcomer's trial, 2026-12-06).
+#[test]
+fn gguf_merge_output_must_be_named_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["m.safetensors", "folder"] {
+        let out = dir.path().join(name);
+        let e = run_err(merge_args(
+            &fixture("gguf/llama_q8_0.gguf"),
+            &fixture("llama/adapters/qv_r8"),
+            &out,
+            &[],
+        ));
+        assert_mentions(
+            &one_line_error(&e),
+            &[name, "writes one GGUF file", "a name ending in .gguf"],
+        );
+    }
+    assert!(listing(dir.path()).is_empty());
+    let out = dir.path().join("M.GGUF");
+    run_ok(merge_args(
+        &fixture("gguf/llama_q8_0.gguf"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--quiet"],
+    ));
+    assert_eq!(listing(dir.path()), ["M.GGUF"]);
+}
