@@ -31,13 +31,33 @@ pub fn cache_dir() -> Option<PathBuf> {
     env("HOME").map(|h| h.join(".cache").join("huggingface").join("hub"))
 }
 
+/// File endings that name a file, not a repo: `out/model.safetensors` that does not exist is a
+/// missing file, not a repo to fetch.
+const FILE_ENDINGS: &[&str] = &[
+    ".safetensors",
+    ".gguf",
+    ".bin",
+    ".json",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".toml",
+    ".txt",
+    ".model",
+];
+
 /// `ORG/NAME[@REV]` or `NAME[@REV]` → (repo id, revision). Anything that could be a relative
-/// path in a sensible spelling (`./x`, `x/`, three components, `..`) is not an id.
+/// path in a sensible spelling (`./x`, `x/`, three components, `..`, a name ending like a file:
+/// [`FILE_ENDINGS`]) is not an id.
 fn parse_repo_id(s: &str) -> Option<(&str, &str)> {
     let (id, rev) = match s.split_once('@') {
         Some((id, rev)) => (id, rev),
         None => (s, "main"),
     };
+    let lower = id.to_ascii_lowercase();
+    if FILE_ENDINGS.iter().any(|e| lower.ends_with(e)) {
+        return None;
+    }
     let ok_part = |p: &str| {
         !p.is_empty()
             && p.len() <= 96
@@ -138,6 +158,9 @@ mod tests {
             "a--b/c",
             "",
             "org/",
+            "hx/typo.safetensors",
+            "typo.GGUF",
+            "runs/adapter_config.json",
         ] {
             assert_eq!(parse_repo_id(not_id), None, "{not_id}");
         }
