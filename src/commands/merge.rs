@@ -463,7 +463,10 @@ fn render_gguf(r: &GgufMergeReport) -> String {
         |t| {
             vec![
                 t.name.clone(),
-                format!("{} → {}", t.base_type, t.ty),
+                match &t.fallback_from {
+                    Some(_) => format!("{} → {}*", t.base_type, t.ty),
+                    None => format!("{} → {}", t.base_type, t.ty),
+                },
                 format!("{:.3e}", t.quant_rel_fro_error),
                 format!("{:.3e}", t.quant_max_abs_error),
                 t.modules.join(" + "),
@@ -478,6 +481,17 @@ fn render_gguf(r: &GgufMergeReport) -> String {
         human_bytes(r.bytes_written),
         r.seconds
     ));
+    let fallbacks = r
+        .merged_tensors
+        .iter()
+        .filter(|t| t.fallback_from.is_some())
+        .count();
+    if fallbacks > 0 {
+        out.push_str(&format!(
+            "* {fallbacks} tensor(s) in llama-quantize's fallback type: their rows are not whole blocks of --outtype {} (fallback_from in --json)\n",
+            r.outtype
+        ));
+    }
     if let Some([i, n]) = r.part {
         out.push_str(&format!(
             "part {i}/{n}: wrote {} of the output's files; when all parts are done: lorakit finalize {}\n",

@@ -441,3 +441,23 @@ fn gguf_merge_output_must_be_named_gguf() {
     ));
     assert_eq!(listing(dir.path()), ["M.GGUF"]);
 }
+
+/// Merged tensors whose rows are not whole blocks of `--outtype` take llama-quantize's fallback
+/// type: the table marks them and says why, as the JSON's `fallback_from` does (the fixture's
+/// rows are 32 values, not whole 256-value Q4_K blocks: Q5_0).
+#[test]
+fn gguf_merge_table_says_why_a_tensor_took_the_fallback_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q4.gguf");
+    let text = run_ok(merge_args(
+        &fixture("gguf/llama_q8_0.gguf"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--outtype", "q4_k"],
+    ));
+    assert_eq!(text.matches("Q8_0 → Q5_0*").count(), 4, "{text}");
+    assert_mentions(
+        &text,
+        &["* 4 tensor(s) in llama-quantize's fallback type: their rows are not whole blocks of --outtype q4_k"],
+    );
+}
