@@ -87,8 +87,9 @@ pub struct MergeArgs {
     /// name another); `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q2_k`,
     /// `q3_k`, `q4_k`, `q5_k`, `q6_k` store every merged tensor in that type. Untouched tensors
     /// are always copied byte for byte. With a Hugging Face base and an `--out` ending in
-    /// `.gguf` (Llama, Mistral, Qwen2), the merged model is written as llama.cpp's
-    /// convert_hf_to_gguf.py writes it, tokenizer included: 2-D weights in TYPE (default f16;
+    /// `.gguf` (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Gemma3), the merged model is
+    /// written as llama.cpp's convert_hf_to_gguf.py writes it, tokenizer included: 2-D weights
+    /// in TYPE (default f16;
     /// rows that are not whole blocks of TYPE in llama-quantize's fallback type, reported per
     /// tensor), norms and 1-D tensors in F32.
     #[arg(long, value_name = "TYPE", value_parser = crate::merge::gguf::OutType::parse)]

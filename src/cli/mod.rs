@@ -166,8 +166,9 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// Print a man page (roff), generated from these definitions: lorakit(1), or with COMMAND the
-/// page of that subcommand, lorakit-COMMAND(1).
+/// Print a man page (roff), generated from these definitions: lorakit(1), or lorakit-COMMAND(1).
+///
+/// With COMMAND, the page of that subcommand.
 ///
 /// Examples:
 ///   lorakit man > lorakit.1 && man ./lorakit.1

@@ -231,8 +231,9 @@ fn render(s: &MergeSummary) -> String {
         ));
     }
     out.push_str(&format!(
-        "\n{} tensors merged, {} copied, {} files, {} written in {:.2} s ({:.2} GB/s) on {}\n",
+        "\n{} tensors {}, {} copied, {} files, {} written in {:.2} s ({:.2} GB/s) on {}\n",
         s.tensors_merged_count,
+        done_verb(s.operation),
         s.tensors_copied_count,
         s.files.len(),
         human_bytes(s.bytes_written),
@@ -443,6 +444,15 @@ pub fn finalize_gguf(out: &std::path::Path, json: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// What a report's operation did to its tensors: "unmerged" for an unmerge, else "merged".
+fn done_verb(operation: &str) -> &'static str {
+    if operation == "unmerge" {
+        "unmerged"
+    } else {
+        "merged"
+    }
+}
+
 fn render_gguf(r: &GgufMergeReport) -> String {
     let mut out = headline(
         &r.out,
@@ -474,8 +484,9 @@ fn render_gguf(r: &GgufMergeReport) -> String {
         },
     ));
     out.push_str(&format!(
-        "\n{} tensors merged (--outtype {}), {} copied byte for byte, {} written in {:.2} s\n",
+        "\n{} tensors {} (--outtype {}), {} copied byte for byte, {} written in {:.2} s\n",
         r.tensors_merged_count,
+        done_verb(r.operation),
         r.outtype,
         r.tensors_copied_count,
         human_bytes(r.bytes_written),

@@ -461,3 +461,21 @@ fn gguf_merge_table_says_why_a_tensor_took_the_fallback_type() {
         &["* 4 tensor(s) in llama-quantize's fallback type: their rows are not whole blocks of --outtype q4_k"],
     );
 }
+
+/// An unmerge says so in its summary, into a GGUF base and into a safetensors folder (it said
+/// "tensors merged": a newcomer's trial, 2026-12-06).
+#[test]
+fn unmerge_summaries_say_unmerged() {
+    let dir = tempfile::tempdir().unwrap();
+    let qv = fixture("llama/adapters/qv_r8");
+    let (g, st) = (dir.path().join("u.gguf"), dir.path().join("u"));
+    let text = run_ok(merge_args(
+        &fixture("gguf/llama_q8_0.gguf"),
+        &qv,
+        &g,
+        &["--unmerge"],
+    ));
+    assert_mentions(&text, &["4 tensors unmerged (--outtype keep)"]);
+    let text = run_ok(merge_args(&fixture("llama/base"), &qv, &st, &["--unmerge"]));
+    assert_mentions(&text, &["4 tensors unmerged, 17 copied"]);
+}
