@@ -19,6 +19,10 @@ pub fn run(mut a: EvalArgs, quiet: bool) -> Result<i32> {
     }
     let plan = EvalPlan::new(options(&a, quiet)?)?;
     let run = plan.run(&a.compute.engine()?)?;
+    // After the run, so that a failed run's stderr stays its one error line.
+    if let Some(w) = plan.context_warning() {
+        printer::warn(quiet, &w);
+    }
     printer::print_report(a.json, "eval", &run.report, || {
         render(&run.report, &run.config, &run.weight_dtype)
     })?;

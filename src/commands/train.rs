@@ -11,7 +11,14 @@ use anyhow::Result;
 
 pub fn run(a: TrainArgs, quiet: bool) -> Result<i32> {
     crate::model::retain_freed_memory();
-    let report = TrainPlan::new(options(&a, quiet))?.run()?;
+    let plan = TrainPlan::new(options(&a, quiet))?;
+    // Said before `run` consumes the plan, printed after it, so that a failed run's stderr
+    // stays its one error line.
+    let warning = plan.context_warning();
+    let report = plan.run()?;
+    if let Some(w) = warning {
+        printer::warn(quiet, &w);
+    }
     printer::print_report(a.json, "train", &report, || render(&report))?;
     Ok(0)
 }

@@ -54,6 +54,19 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// A warning when `what` (a length of `positions` positions) goes past the
+    /// `max_position_embeddings` the model was trained for: its rotary positions extrapolate
+    /// there, so a perplexity, a generation or a training step that uses them says little
+    /// about the model (`None` within it).
+    pub fn past_context(&self, positions: usize, what: &str) -> Option<String> {
+        let max = self.max_position_embeddings;
+        (positions > max).then(|| {
+            format!(
+                "{what} of {positions} is past the model's max_position_embeddings ({max}): positions past {max} are extrapolated"
+            )
+        })
+    }
+
     /// Reads `config.json` from a model folder.
     pub fn from_folder(dir: &Path) -> InputResult<ModelConfig> {
         let path = dir.join("config.json");

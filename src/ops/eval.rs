@@ -212,6 +212,17 @@ impl EvalPlan {
     }
 
     /// Runs the evaluation on `engine`.
+    /// [`ModelConfig::past_context`] of this run: its windows of `seq_len` tokens, or with a
+    /// prompt, at least the generated tokens.
+    pub fn context_warning(&self) -> Option<String> {
+        match self.options.generate {
+            Some(n) => self.config.past_context(n, "a generation"),
+            None => self
+                .config
+                .past_context(self.options.seq_len, "a sequence length"),
+        }
+    }
+
     pub fn run(&self, engine: &Engine) -> Result<Evaluated> {
         evaluate(&self.options, &self.ck, self.config.clone(), engine)
     }

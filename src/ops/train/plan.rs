@@ -116,6 +116,12 @@ impl TrainPlan {
     /// Checks the optimiser's options, opens the model, refuses an output that is an input
     /// (model, data, tokenizer, initial adapter, resumed state), and tokenizes the data.
     /// The batch, step count and rank are checked by [`Trainer::new`] in [`Self::run`].
+    /// [`ModelConfig::past_context`] of the training sequences.
+    pub fn context_warning(&self) -> Option<String> {
+        self.config
+            .past_context(self.options.seq_len, "a training sequence length")
+    }
+
     pub fn new(options: TrainOptions) -> Result<TrainPlan> {
         check_options(&options)?;
         let a = &options;

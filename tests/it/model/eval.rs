@@ -367,3 +367,32 @@ fn trainable_tokens_apply_in_eval_as_in_merge() {
         "the adapter changes the logits"
     );
 }
+
+/// A sequence or generation length past the model's `max_position_embeddings` (64 in the
+/// fixture's config.json) is warned about once the run succeeds (its rotary positions
+/// extrapolate there); within it, nothing is said; `--quiet` keeps the warning back.
+#[test]
+fn lengths_past_max_position_embeddings_are_warned_about() {
+    let model = fixture("llama/base");
+    let ids = fixture("llama/logits.safetensors");
+    let warned = ok_stderr(eval_cpu_args(
+        &model,
+        &["--input-ids", s(&ids), "--seq-len", "100"],
+    ));
+    assert_mentions(
+        &warned,
+        &["warning: a sequence length of 100 is past the model's max_position_embeddings (64)"],
+    );
+    for extra in [
+        &["--seq-len", "64"][..],
+        &["--seq-len", "100", "--quiet"][..],
+    ] {
+        let mut args = vec!["--input-ids", s(&ids)];
+        args.extend_from_slice(extra);
+        let quiet = ok_stderr(eval_cpu_args(&model, &args));
+        assert!(
+            !quiet.contains("max_position_embeddings"),
+            "{extra:?}: {quiet}"
+        );
+    }
+}
