@@ -171,6 +171,7 @@ pub struct ConvertArgs {
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 #[command(group(clap::ArgGroup::new("rule").required(true).multiple(true).args(["rank", "energy", "sv_ratio"])))]
+#[command(group(clap::ArgGroup::new("dynamic").multiple(false).args(["energy", "sv_ratio"])))]
 pub struct ResizeArgs {
     /// Adapter to resize: a PEFT folder (or its adapter_model.safetensors) or a kohya file.
     #[arg(value_hint = ValueHint::AnyPath)]
@@ -187,6 +188,11 @@ pub struct ResizeArgs {
     /// kohya's sv_ratio rule: keep the singular values above σ_max / X (X ≥ 1).
     #[arg(long, value_name = "X")]
     pub sv_ratio: Option<f64>,
+
+    /// With --energy or --sv-ratio: the largest rank allowed (extract's name for it; --rank
+    /// says the same here).
+    #[arg(long, value_name = "N", conflicts_with = "rank", requires = "dynamic")]
+    pub max_rank: Option<usize>,
 
     /// Output format (default: the input's).
     #[arg(long, value_enum)]

@@ -14,8 +14,13 @@ use crate::ops::resize::{RankRule, ResizeOptions, ResizePlan, ResizeReport};
 use anyhow::Result;
 
 fn rule_of(a: &ResizeArgs) -> Result<RankRule> {
-    // --rank is the fixed rank, or the cap of a dynamic rule.
-    options::rank_rule(a.rank, a.energy, a.sv_ratio, a.rank, "--rank")
+    // --rank is the fixed rank, or the cap of a dynamic rule (also spelt --max-rank, as
+    // extract spells it).
+    let (cap, flag) = match a.max_rank {
+        Some(m) => (Some(m), "--max-rank"),
+        None => (a.rank, "--rank"),
+    };
+    options::rank_rule(a.rank, a.energy, a.sv_ratio, cap, flag)
 }
 
 /// The library options `a` asks for (the rank rule checked with its flags' names).

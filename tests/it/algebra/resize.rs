@@ -304,3 +304,39 @@ fn resize_changes_format_and_is_deterministic() {
     assert_mentions(&line, &["--base", "lora_te_text_model"]);
     assert!(!out2.exists());
 }
+
+/// `--max-rank`, extract's name for the cap of `--energy` / `--sv-ratio`, is accepted by resize
+/// too and writes the bytes of `--rank` as that cap; it is refused alone (no rule to cap) and
+/// beside `--rank` (a newcomer's trial, 2026-12-06: `resize --energy 0.9 --max-rank 4` was an
+/// unknown argument).
+#[test]
+fn resize_takes_max_rank_as_the_cap_of_a_dynamic_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let qv = fixture("llama/adapters/qv_r8");
+    for (i, rule) in [["--energy", "0.9"], ["--sv-ratio", "1.5"]]
+        .iter()
+        .enumerate()
+    {
+        let (a, b) = (
+            dir.path().join(format!("max{i}")),
+            dir.path().join(format!("rank{i}")),
+        );
+        run_ok(resize_args(&qv, &a, &[rule[0], rule[1], "--max-rank", "4"]));
+        run_ok(resize_args(&qv, &b, &[rule[0], rule[1], "--rank", "4"]));
+        for f in ["adapter_model.safetensors", "adapter_config.json"] {
+            assert_eq!(
+                std::fs::read(a.join(f)).unwrap(),
+                std::fs::read(b.join(f)).unwrap(),
+                "{rule:?} {f}"
+            );
+        }
+    }
+    for extra in [
+        &["--max-rank", "4"][..],
+        &["--energy", "0.9", "--max-rank", "4", "--rank", "3"][..],
+    ] {
+        let out = dir.path().join("refused");
+        run_exit(resize_args(&qv, &out, extra), 2);
+        assert!(!out.exists(), "{extra:?}");
+    }
+}
