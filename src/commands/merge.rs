@@ -314,6 +314,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         unmerge: a.unmerge,
         allow_unmatched: a.allow_unmatched,
         part: a.part,
+        progress: printer::progress(!quiet && !a.json),
     };
     let plan = GgufMergePlan::new(&a.base, base, adapters, a.output.out.clone(), options)?;
     for u in &plan.unmatched {

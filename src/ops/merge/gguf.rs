@@ -457,9 +457,25 @@ impl GgufMergePlan {
             part,
             inputs: &self.inputs,
         };
+        // The bytes of the tensors in the files this run (or part) writes.
+        let total: u64 = {
+            let (_, ranges) = self.layout();
+            ranges
+                .iter()
+                .enumerate()
+                .filter(|&(pi, _)| crate::parts::owns(part, pi))
+                .flat_map(|(_, r)| out_tensors[r.clone()].iter())
+                .map(OutTensor::bytes)
+                .sum()
+        };
+        let bar = self
+            .options
+            .progress
+            .start("merging", total, crate::progress::Unit::Bytes);
         let wrote = super::gguf_parts::write_files(&mut output, &spec, |i| {
             let (f, t) = base_tensors[i];
             let Some(target) = self.targets.iter().find(|x| x.tensor == t.name) else {
+                bar.inc(out_tensors[i].bytes());
                 let (file, at, len) = f.source(t);
                 let path = f.path();
                 return Ok(TensorData::Copy {
@@ -499,6 +515,7 @@ impl GgufMergePlan {
             if merges_left == 0 {
                 scratch = Scratch::default();
             }
+            bar.inc(out_tensors[i].bytes());
             Ok(TensorData::Bytes(std::borrow::Cow::Owned(bytes)))
         })?;
         let written = wrote.iter().map(|(_, b)| b).sum();

@@ -656,4 +656,49 @@ mod tests {
             assert_eq!(st.bytes.len(), 16 * 32 * 2);
         }
     }
+
+    /// A GGUF merge shows its progress in bytes of the tensors it writes: the bar's total is
+    /// the output's tensor bytes, and every tensor, copied or merged, adds its size once.
+    #[test]
+    fn a_gguf_merge_counts_the_tensor_bytes_it_writes() {
+        use std::sync::{Arc, Mutex};
+        struct Count(Arc<Mutex<(u64, u64)>>);
+        impl crate::progress::Progress for Count {
+            fn inc(&self, n: u64) {
+                self.0.lock().unwrap().1 += n;
+            }
+        }
+        let seen = Arc::new(Mutex::new((0u64, 0u64)));
+        let shared = seen.clone();
+        let progress = crate::progress::Reporter::new(move |_, total, _| {
+            shared.lock().unwrap().0 = total;
+            Box::new(Count(shared.clone()))
+        });
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/peft_variants");
+        let base_path = dir.join("llama.q8_0.gguf");
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m.gguf");
+        let plan = GgufMergePlan::new(
+            &base_path,
+            GgufModel::open(&base_path).unwrap(),
+            vec![WeightedAdapter {
+                adapter: Adapter::open(dir.join("llama_bias")).unwrap(),
+                weight: 0.7,
+            }],
+            out.clone(),
+            GgufMergeOptions {
+                progress,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let report = plan.run(&Engine::Cpu).unwrap();
+        assert!(report.tensors_merged_count > 0 && report.tensors_copied_count > 0);
+        let written = GgufModel::open(&out).unwrap();
+        let bytes: u64 = written
+            .tensors()
+            .map(|(f, t)| f.view(t).data.len() as u64)
+            .sum();
+        assert_eq!(*seen.lock().unwrap(), (bytes, bytes));
+    }
 }

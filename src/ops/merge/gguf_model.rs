@@ -48,6 +48,8 @@ pub struct GgufMergeOptions {
     pub allow_unmatched: bool,
     /// Write only this part's files and a manifest (see [`super::gguf_parts`]).
     pub part: Option<(usize, usize)>,
+    /// Show a progress bar (bytes of the files this run writes) on stderr.
+    pub progress: crate::progress::Reporter,
 }
 
 /// One merged tensor and the modules merged into it.
