@@ -236,15 +236,6 @@ pub fn merge_f32_in_place(
     cols: usize,
     terms: &[Term],
 ) -> Result<(), MergeError> {
-    if !check_in_place(w, rows, cols, terms)? {
-        return Ok(());
-    }
-    add_block(terms, cols, 0, w).map_or(Ok(()), Err)
-}
-
-/// The checks of an in-place merge (no DoRA term, factor lengths against `rows × cols`);
-/// `false` where there is nothing to do.
-fn check_in_place(w: &[f32], rows: usize, cols: usize, terms: &[Term]) -> Result<bool, MergeError> {
     if terms.iter().any(|t| t.dora.is_some()) {
         return Err(MergeError::Shape(
             "an in-place merge takes no DoRA term".into(),
@@ -258,7 +249,10 @@ fn check_in_place(w: &[f32], rows: usize, cols: usize, terms: &[Term]) -> Result
         crate::dtype::Dtype::F32,
     );
     job.validate()?;
-    Ok(rows > 0 && cols > 0)
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    add_block(terms, cols, 0, w).map_or(Ok(()), Err)
 }
 
 super::simd::multiversion! {
