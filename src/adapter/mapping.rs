@@ -47,8 +47,8 @@ pub use names::{
     kohya_index, target_matches, WeightNames,
 };
 pub use placement::{
-    expected_shape, prefix_component, BaseComponents, Component, Placement, Resolution, RowSlice,
-    Unmatched, ROOTS,
+    expected_shape, prefix_component, BaseComponents, Component, Part, Placement, Resolution,
+    RowSlice, Unmatched, ROOTS,
 };
 
 /// Resolves every module and full tensor of `adapter` against `base`.

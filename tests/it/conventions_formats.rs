@@ -17,7 +17,11 @@ use super::check::check_json;
 use super::common::*;
 
 fn manifest() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(fixture("diffusers_formats/MANIFEST.json")).unwrap())
+    manifest_of("diffusers_formats")
+}
+
+fn manifest_of(folder: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixture(&format!("{folder}/MANIFEST.json"))).unwrap())
         .unwrap()
 }
 
@@ -25,20 +29,25 @@ fn manifest() -> serde_json::Value {
 /// `{adapter}_reference`; every other tensor must keep its bytes. The reference's tensors are the
 /// ones diffusers changed (MANIFEST.json).
 fn merges_as_reference(base_name: &str, adapter: &str) {
+    merges_as_reference_in("diffusers_formats", base_name, adapter)
+}
+
+/// [`merges_as_reference`] on the fixtures of `folder`.
+fn merges_as_reference_in(folder: &str, base_name: &str, adapter: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("merged.safetensors");
     merge_fixtures(
-        &format!("diffusers_formats/{base_name}"),
-        &format!("diffusers_formats/{adapter}.safetensors"),
+        &format!("{folder}/{base_name}"),
+        &format!("{folder}/{adapter}.safetensors"),
         &out,
         &["--quiet"],
     );
     let got = read(&out);
     let want = read(&fixture(&format!(
-        "diffusers_formats/{adapter}_reference.safetensors"
+        "{folder}/{adapter}_reference.safetensors"
     )));
-    let base = read(&fixture(&format!("diffusers_formats/{base_name}")));
-    let changed: Vec<String> = manifest()[adapter]["changed"]
+    let base = read(&fixture(&format!("{folder}/{base_name}")));
+    let changed: Vec<String> = manifest_of(folder)[adapter]["changed"]
         .as_array()
         .unwrap()
         .iter()
@@ -57,8 +66,8 @@ fn merges_as_reference(base_name: &str, adapter: &str) {
     if gpu_available() {
         let gpu = dir.path().join("gpu.safetensors");
         merge_fixtures(
-            &format!("diffusers_formats/{base_name}"),
-            &format!("diffusers_formats/{adapter}.safetensors"),
+            &format!("{folder}/{base_name}"),
+            &format!("{folder}/{adapter}.safetensors"),
             &gpu,
             &["--quiet", "--device", "gpu"],
         );
@@ -67,6 +76,56 @@ fn merges_as_reference(base_name: &str, adapter: &str) {
             "{adapter}: gpu output differs"
         );
     }
+}
+
+/// kohya's `final_layer.adaLN_modulation.1` (BFL: shift rows, then scale) lands on diffusers'
+/// `norm_out.linear` (scale, then shift) with lora_up's halves swapped, as diffusers' own
+/// converter and ComfyUI's `flux_to_diffusers` swap them (`fixtures/gen/flux_final_layer_fixtures.py`;
+/// diffusers 0.42.1 itself drops the module, so its reference is the converter's arithmetic in
+/// f64, and the block module beside it is diffusers' fuse).
+#[test]
+fn kohya_flux_final_modulation_lands_on_norm_out_with_its_halves_swapped() {
+    let m = manifest_of("flux_final");
+    assert_eq!(
+        m["kohya"]["reference_f64"],
+        serde_json::json!(["norm_out.linear.weight", "proj_out.weight"])
+    );
+    merges_as_reference_in("flux_final", "base.safetensors", "kohya");
+}
+
+/// The other way: ai-toolkit's `transformer.norm_out.linear` on a BFL single file lands on
+/// `final_layer.adaLN_modulation.1` with its halves swapped back; the reference is diffusers'
+/// fuse on the diffusers layout brought to BFL's.
+#[test]
+fn ai_toolkit_norm_out_lands_on_bfl_final_modulation_with_its_halves_swapped() {
+    merges_as_reference_in("flux_final", "bfl_base.safetensors", "aitk");
+}
+
+/// `convert --base` renames each module to the base tensor it lands on; a module whose rows that
+/// tensor holds in another order is not renamed into a wrong module but refused, naming it.
+#[test]
+fn convert_onto_a_base_refuses_a_module_with_swapped_halves() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = bin()
+        .args(["convert"])
+        .arg(fixture("flux_final/kohya.safetensors"))
+        .args(["--to", "peft", "--base"])
+        .arg(fixture("flux_final/base.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lora_unet_final_layer_adaLN_modulation_1")
+            && err.contains("norm_out.linear.weight")
+            && err.contains("rows 16..32, 0..16")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 #[test]

@@ -23,15 +23,16 @@
 //! [`super::resolve_in`] asks here only for a module that the ordinary matching placed nowhere,
 //! so every earlier match is unchanged. Must not read tensor data.
 
-use super::placement::{placed_on_rows, Placement, RowSlice, Unmatched};
+use super::placement::{placed_on_rows, Part, Placement, RowSlice, Unmatched};
 use crate::adapter::formats::kohya;
 use crate::adapter::model::{LoraModule, ModuleKind};
 use crate::dtype::Dtype;
 
 /// Original module path (`#` a block index) → the diffusers module paths it is, in row order.
 /// Flux: `convert_flux_transformer_checkpoint_to_diffusers` (diffusers 0.42.1); the final
-/// layer's `adaLN_modulation.1` is left out (diffusers swaps its halves, `swap_scale_shift`).
-/// Wan: `convert_wan_transformer_to_diffusers`'s `TRANSFORMER_KEYS_RENAME_DICT`.
+/// layer's `adaLN_modulation.1` is `norm_out.linear` with its two halves swapped
+/// ([`SWAPPED_HALVES`]). Wan: `convert_wan_transformer_to_diffusers`'s
+/// `TRANSFORMER_KEYS_RENAME_DICT`.
 const TABLE: &[(&str, &[&str])] = &[
     // Flux (BFL)
     ("img_in", &["x_embedder"]),
@@ -61,6 +62,7 @@ const TABLE: &[(&str, &[&str])] = &[
         &["time_text_embed.guidance_embedder.linear_2"],
     ),
     ("final_layer.linear", &["proj_out"]),
+    ("final_layer.adaLN_modulation.1", &["norm_out.linear"]),
     (
         "double_blocks.#.img_mod.lin",
         &["transformer_blocks.#.norm1.linear"],
@@ -159,6 +161,33 @@ const TABLE: &[(&str, &[&str])] = &[
     ("head.head", &["proj_out"]),
 ];
 
+/// Original module paths of [`TABLE`] whose diffusers tensor holds the same rows with the two
+/// halves swapped: BFL Flux's final modulation is `(shift, scale)`, diffusers' `norm_out.linear`
+/// `(scale, shift)` (`convert_flux_transformer_checkpoint_to_diffusers` and the LoRA converters'
+/// `swap_scale_shift` on `lora_up`; ComfyUI `comfy/utils.py` `flux_to_diffusers`).
+const SWAPPED_HALVES: &[&str] = &["final_layer.adaLN_modulation.1"];
+
+/// How a module of `out` rows on original path `orig` lands on its one diffusers tensor (or that
+/// tensor's module on the original one): the halves swapped for [`SWAPPED_HALVES`], else whole
+/// (`None`). `Err` for an odd `out`, which no such tensor has.
+fn whole_part(orig: &str, out: usize) -> Result<Option<Part>, ()> {
+    if SWAPPED_HALVES.contains(&orig) {
+        Part::halves_swapped(out).map(Some).ok_or(())
+    } else {
+        Ok(None)
+    }
+}
+
+/// Whether a module whose [`whole_part`] is `part` can land on a whole tensor of shape `found`:
+/// swapped halves need a linear module on a 2-D weight (rows of `[out, in]`).
+fn whole_fits(part: &Result<Option<Part>, ()>, linear: bool, found: &[usize]) -> bool {
+    match part {
+        Ok(Some(_)) => linear && found.len() == 2,
+        Ok(None) => true,
+        Err(()) => false,
+    }
+}
+
 /// Whether `s` is `pattern` with its `#` (if any) standing for a block index; returns the
 /// index's digits. `sep` is the separator the name uses (`_` for a kohya name).
 fn matches<'a>(s: &'a str, pattern: &str, sep: char) -> Option<&'a str> {
@@ -176,10 +205,18 @@ fn matches<'a>(s: &'a str, pattern: &str, sep: char) -> Option<&'a str> {
 /// original path with `_`) or a dotted name ending in the original path (any root before it,
 /// `diffusion_model.`, is the original checkpoint's).
 pub fn targets(name: &str, kohya_name: bool) -> Option<Vec<String>> {
+    lookup(name, kohya_name).map(|(_, paths)| paths)
+}
+
+/// [`targets`] with the [`TABLE`] row's original path.
+fn lookup(name: &str, kohya_name: bool) -> Option<(&'static str, Vec<String>)> {
     let found = |tail: &str, sep: char| {
         TABLE.iter().find_map(|(orig, difs)| {
             let i = matches(tail, orig, sep)?;
-            Some(difs.iter().map(|d| d.replace('#', i)).collect::<Vec<_>>())
+            Some((
+                *orig,
+                difs.iter().map(|d| d.replace('#', i)).collect::<Vec<_>>(),
+            ))
         })
     };
     if kohya_name {
@@ -222,13 +259,13 @@ pub(super) fn place_on_original(
     logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
 ) -> Option<Result<Placement, Unmatched>> {
     let starts = std::iter::once(0).chain(m.name.match_indices('.').map(|(i, _)| i + 1));
-    let (orig, j, n) = starts
+    let (orig, pattern, j, n) = starts
         .flat_map(|st| {
             let tail = &m.name[st..];
             TABLE.iter().flat_map(move |(orig, difs)| {
                 difs.iter().enumerate().filter_map(move |(j, d)| {
                     let i = matches(tail, d, '.')?;
-                    Some((orig.replace('#', i), j, difs.len()))
+                    Some((orig.replace('#', i), *orig, j, difs.len()))
                 })
             })
         })
@@ -260,8 +297,12 @@ pub(super) fn place_on_original(
     let (found, dtype) = logical(&weight);
     let expected = super::placement::expected_shape(m);
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
+    let swapped = whole_part(pattern, m.out_features);
     let (fits, rows) = if n == 1 {
-        (found == expected, None)
+        (
+            whole_fits(&swapped, linear, &found) && found == expected,
+            None,
+        )
     } else {
         let total = found.first().copied().unwrap_or(0);
         let out = m.out_features;
@@ -279,9 +320,11 @@ pub(super) fn place_on_original(
             && out > 0;
         (fits, Some(RowSlice { offset, len: out }))
     };
-    Some(placed_on_rows(
-        m, mi, weight, fits, expected, found, dtype, rows,
-    ))
+    let placed = placed_on_rows(m, mi, weight, fits, expected, found, dtype, rows);
+    Some(placed.map(|p| Placement {
+        part: swapped.ok().flatten(),
+        ..p
+    }))
 }
 
 /// Base weights for a dotted `want` under one denoiser root stored under another denoiser root
@@ -319,7 +362,7 @@ pub(super) fn place(
     names: &[&str],
     logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
 ) -> Option<Result<Vec<Placement>, Unmatched>> {
-    let paths = targets(&m.name, kohya_name)?;
+    let (orig, paths) = lookup(&m.name, kohya_name)?;
     let mut weights = Vec::with_capacity(paths.len());
     for p in &paths {
         match weight_of(p, names).as_slice() {
@@ -346,12 +389,14 @@ pub(super) fn place(
         }));
     }
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
+    // A whole tensor with its halves swapped takes a linear module of even rows.
+    let swapped = whole_part(orig, m.out_features);
     let mut out = Vec::with_capacity(weights.len());
     let mut offset = 0usize;
     for w in weights {
         let (found, dtype) = logical(&w);
         let fits = if paths.len() == 1 {
-            found == super::placement::expected_shape(m)
+            found == super::placement::expected_shape(m) && whole_fits(&swapped, linear, &found)
         } else {
             linear && found.len() == 2 && found[1] == m.in_features
         };
@@ -378,8 +423,12 @@ pub(super) fn place(
             weight: w,
             bias: None,
             rows: None,
-            // A module on one whole tensor is an ordinary placement.
-            part: (paths.len() > 1).then_some(part),
+            // A module on one whole tensor is an ordinary placement, unless its halves swap.
+            part: if paths.len() > 1 {
+                Some(part.into())
+            } else {
+                swapped.clone().ok().flatten()
+            },
         });
     }
     if offset != m.out_features {
@@ -422,6 +471,31 @@ mod tests {
         assert_eq!(t("lora_unet_double_blocks_x_img_attn_qkv", true), None);
         assert_eq!(t("lora_te1_double_blocks_0_img_attn_qkv", true), None);
         assert_eq!(t("double_blocks.0.img_attn.qkvx", false), None);
+    }
+
+    #[test]
+    fn the_final_modulation_takes_its_rows_with_the_halves_swapped() {
+        let rs = |offset, len| RowSlice { offset, len };
+        let part = whole_part("final_layer.adaLN_modulation.1", 6)
+            .unwrap()
+            .unwrap();
+        assert_eq!(part, Part(vec![rs(3, 3), rs(0, 3)]));
+        assert_eq!((part.rows(), part.end()), (6, 6));
+        // Rows of a 6 × 2 matrix (B of rank 2, or a dense ΔW of 2 columns) in the tensor's order.
+        let m: Vec<u32> = (0..12).collect();
+        assert_eq!(part.gather(&m, 2), [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]);
+        assert_eq!(part.to_string(), "rows 3..6, 0..3");
+        // An odd module cannot be one; other rows are whole, in order.
+        assert_eq!(whole_part("final_layer.adaLN_modulation.1", 5), Err(()));
+        assert_eq!(whole_part("final_layer.adaLN_modulation.1", 0), Err(()));
+        assert_eq!(whole_part("final_layer.linear", 6), Ok(None));
+        assert!(!whole_fits(&Err(()), true, &[5, 4]));
+        assert!(!whole_fits(&Ok(Some(part.clone())), false, &[6, 4]));
+        assert!(whole_fits(&Ok(Some(part)), true, &[6, 4]));
+        assert_eq!(
+            targets("lora_unet_final_layer_adaLN_modulation_1", true).unwrap(),
+            ["norm_out.linear"]
+        );
     }
 
     #[test]

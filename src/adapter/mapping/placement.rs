@@ -153,10 +153,72 @@ pub struct Placement {
     /// The rows of `weight` the module updates (q, k or v of a fused `in_proj_weight`); `None`:
     /// the whole tensor.
     pub rows: Option<RowSlice>,
-    /// The rows of the module's own ΔW this tensor receives (one of diffusers' split
-    /// `to_q`/`to_k`/`to_v` of a module on BFL Flux's fused `img_attn.qkv`, [`super::layouts`]);
-    /// `None`: all of them. Such a module has one placement per split tensor.
-    pub part: Option<RowSlice>,
+    /// The rows of the module's own ΔW this tensor receives, in the tensor's row order (one of
+    /// diffusers' split `to_q`/`to_k`/`to_v` of a module on BFL Flux's fused `img_attn.qkv`, or
+    /// the final adaLN's halves swapped, [`super::layouts`]); `None`: all of them, in order. A
+    /// split module has one placement per split tensor.
+    pub part: Option<Part>,
+}
+
+/// Rows of a module's ΔW, gathered in order to make the rows of one base tensor: `[(B·A)[s] for
+/// s in slices]` concatenated, `= B[s…]·A`. One slice is a split tensor's share of a fused
+/// module; two halves in the other order are BFL Flux's `final_layer.adaLN_modulation.1` (shift
+/// rows, then scale) on diffusers' `norm_out.linear` (scale, then shift) and back, which
+/// diffusers' `swap_scale_shift` (`loaders/lora_conversion_utils.py` 0.42.1, applied to
+/// `lora_up` only) and ComfyUI's `flux_to_diffusers` (`comfy/utils.py`, the weight function of
+/// a patch) do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part(pub Vec<RowSlice>);
+
+impl Part {
+    /// The module's `out` rows with their two halves swapped; `None` for an odd `out`.
+    pub fn halves_swapped(out: usize) -> Option<Part> {
+        let h = out / 2;
+        (out.is_multiple_of(2) && h > 0).then(|| {
+            Part(vec![
+                RowSlice { offset: h, len: h },
+                RowSlice { offset: 0, len: h },
+            ])
+        })
+    }
+
+    /// Rows the tensor receives (the sum of the slices).
+    pub fn rows(&self) -> usize {
+        self.0.iter().fold(0usize, |n, s| n.saturating_add(s.len))
+    }
+
+    /// One past the last module row any slice reads.
+    pub fn end(&self) -> usize {
+        self.0.iter().map(|s| s.end()).max().unwrap_or(0)
+    }
+
+    /// The slices' rows of a row-major matrix of `width` columns (`B`, or a dense ΔW), in the
+    /// part's order. Panics if a slice is past `m`'s rows (checked when the plan was made).
+    pub fn gather<T: Copy>(&self, m: &[T], width: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.rows().saturating_mul(width));
+        for s in &self.0 {
+            out.extend_from_slice(&m[s.offset * width..s.end() * width]);
+        }
+        out
+    }
+}
+
+impl From<RowSlice> for Part {
+    fn from(s: RowSlice) -> Part {
+        Part(vec![s])
+    }
+}
+
+impl std::fmt::Display for Part {
+    /// `rows 4..8` or `rows 4..8, 0..4`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s: Vec<String> = self
+            .0
+            .iter()
+            .map(|s| format!("{}..{}", s.offset, s.end()))
+            .collect();
+        write!(f, "rows {}", s.join(", "))
+    }
 }
 
 /// Rows `[offset, offset + len)` along the first axis of a base tensor: the part of it one

@@ -201,12 +201,7 @@ pub(super) fn transformer_converted(adapter: &crate::adapter::Adapter) -> bool {
     };
     let prefixed = |n: &str| n.starts_with("lora_unet_") || n.starts_with("diffusion_model.");
     let any_qwen = adapter.modules.iter().any(|m| qwen(&m.name));
-    let original = |n: &str| {
-        layouts::targets(n, is_kohya_name(adapter.format, n)).is_some()
-            // Left out of the merge table (diffusers swaps its halves) but converted too.
-            || n == "lora_unet_final_layer_adaLN_modulation_1"
-            || n.ends_with("final_layer.adaLN_modulation.1")
-    };
+    let original = |n: &str| layouts::targets(n, is_kohya_name(adapter.format, n)).is_some();
     // kohya Flux files carry CLIP-L modules (`lora_te1_…`) beside the transformer's; the Flux
     // converter passes them to the text encoder (`_convert_sd_scripts_to_ai_toolkit`).
     let encoder = |n: &str| n.starts_with("lora_te_") || n.starts_with("lora_te1_");

@@ -222,7 +222,8 @@ pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()>
     let res = mapping::resolve(adapter, base);
     unmatched_error(adapter, base, &res)?;
     // A module split over several tensors (BFL Flux `img_attn.qkv` on diffusers' to_q/to_k/to_v,
-    // `adapter::mapping::layouts`) has no one module path to be renamed to.
+    // `adapter::mapping::layouts`) has no one module path to be renamed to, and one whose rows the
+    // tensor holds in another order is not that tensor's module as it stands.
     if let Some(p) = res.modules.iter().find(|p| p.part.is_some()) {
         let m = &adapter.modules[p.module];
         let on: Vec<&str> = res
@@ -231,12 +232,21 @@ pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()>
             .filter(|q| q.module == p.module)
             .map(|q| q.weight.as_str())
             .collect();
+        let how = match on.as_slice() {
+            [one] => format!(
+                "lands on base tensor {one} with its rows reordered ({})",
+                p.part.as_ref().expect("found by its part")
+            ),
+            _ => format!(
+                "is split over base tensors {} (rows of its lora_up each)",
+                on.join(", ")
+            ),
+        };
         return Err(InputError::invalid(
             &adapter.path,
             format!(
-                "module `{}` is split over base tensors {} (rows of its lora_up each); convert writes one module per base tensor, so merge it instead",
-                m.name,
-                on.join(", ")
+                "module `{}` {how}; convert writes each module as it is, so merge it instead",
+                m.name
             ),
         ));
     }

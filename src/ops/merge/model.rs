@@ -214,9 +214,10 @@ pub struct MergePlan {
     pub(super) base_override: HashMap<String, (usize, usize)>,
     /// Modules that update a row slice of their tensor, not all of it: (adapter, module).
     pub(super) rows: HashMap<(usize, usize), crate::adapter::mapping::RowSlice>,
-    /// Modules split over several tensors, each receiving rows of the module's ΔW: (adapter,
-    /// module) → tensor → those rows (a fused BFL Flux `img_attn.qkv` on diffusers' `to_q`/…).
-    pub(super) splits: HashMap<(usize, usize), HashMap<String, crate::adapter::mapping::RowSlice>>,
+    /// Modules whose tensors each receive given rows of the module's ΔW: (adapter, module) →
+    /// tensor → those rows (a fused BFL Flux `img_attn.qkv` split over diffusers' `to_q`/…, or
+    /// the final adaLN's halves swapped).
+    pub(super) splits: HashMap<(usize, usize), HashMap<String, crate::adapter::mapping::Part>>,
     pub(super) files: Vec<OutFile>,
     /// Index file to write last (sharded output).
     pub(super) index: Option<PathBuf>,

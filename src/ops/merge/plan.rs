@@ -78,8 +78,7 @@ impl MergePlan {
         let mut actions: HashMap<String, Action> = HashMap::new();
         let mut base_override: HashMap<String, (usize, usize)> = HashMap::new();
         let mut rows: HashMap<(usize, usize), mapping::RowSlice> = HashMap::new();
-        let mut splits: HashMap<(usize, usize), HashMap<String, mapping::RowSlice>> =
-            HashMap::new();
+        let mut splits: HashMap<(usize, usize), HashMap<String, mapping::Part>> = HashMap::new();
         let mut unmatched = Vec::new();
         let mut resolutions = Vec::new();
         let has_lm_head = base.names().any(is_lm_head_name);
@@ -187,7 +186,7 @@ impl MergePlan {
                         if let Some(r) = p.rows {
                             rows.insert((ai, p.module), r);
                         }
-                        if let Some(r) = p.part {
+                        if let Some(r) = p.part.clone() {
                             splits
                                 .entry((ai, p.module))
                                 .or_default()

@@ -6,7 +6,9 @@
 //! layout merged into its diffusers layout (BFL Flux `img_attn.qkv` onto `to_q`/`to_k`/`to_v`,
 //! `crate::adapter::mapping` `layouts`) is a term on each split tensor that brings only its
 //! part of the module's rows (`MergePlan::splits`): `(B·A)[part] = B[part]·A`, the row split of
-//! lora_up with lora_down shared that diffusers' `_convert_to_ai_toolkit_cat` makes.
+//! lora_up with lora_down shared that diffusers' `_convert_to_ai_toolkit_cat` makes. A module on
+//! a tensor that holds its rows in another order (the final adaLN of BFL Flux, SD3 and
+//! HunyuanVideo, whose two halves diffusers swaps) brings them in the tensor's order.
 //!
 //! The tensor is cut at every slice's first and last row into bands; each band is merged as its
 //! own `rows × cols` [`MergeJob`] with the terms that cover it, a whole-tensor or wider term
@@ -26,7 +28,7 @@
 
 use super::model::*;
 use super::tensor::{PieceSink, TensorMerge};
-use crate::adapter::mapping::RowSlice;
+use crate::adapter::mapping::{Part, RowSlice};
 use crate::backend::{MergeError, MergeJob, Piece, Term};
 use crate::error::InputError;
 use anyhow::Result;
@@ -39,10 +41,10 @@ impl MergePlan {
             .any(|t| self.rows.contains_key(t) || self.splits.contains_key(t))
     }
 
-    /// The rows of module `(ai, mi)`'s ΔW that tensor `name` receives, when the module is split
-    /// over several tensors.
-    fn part_of(&self, name: &str, t: (usize, usize)) -> Option<RowSlice> {
-        self.splits.get(&t).and_then(|p| p.get(name)).copied()
+    /// The rows of module `(ai, mi)`'s ΔW that tensor `name` receives, in its order, when they
+    /// are not all of them in order (a module split over several tensors, or swapped halves).
+    fn part_of(&self, name: &str, t: (usize, usize)) -> Option<&Part> {
+        self.splits.get(&t).and_then(|p| p.get(name))
     }
 
     /// The plan-time checks of the module header for every tensor with a row slice.
@@ -85,13 +87,10 @@ impl MergePlan {
                 let a = &self.adapters[ai].adapter;
                 let m = &a.modules[mi];
                 if let Some(p) = self.part_of(name, (ai, mi)) {
-                    if shape.len() != 2 || p.len != rows || p.end() > m.out_features {
+                    if shape.len() != 2 || p.rows() != rows || p.end() > m.out_features {
                         return Err(refuse(format!(
-                            "module `{}` gives rows {}..{} of its {} to this tensor, whose shape is {shape:?}",
-                            m.name,
-                            p.offset,
-                            p.end(),
-                            m.out_features
+                            "module `{}` gives {p} of its {} to this tensor, whose shape is {shape:?}",
+                            m.name, m.out_features
                         )));
                     }
                 }
@@ -155,11 +154,10 @@ impl MergePlan {
             } else {
                 (wa.adapter.delta_unscaled(m)?, Vec::new(), cols, true)
             };
-            // A split module brings only its part of the rows (checked against the shapes when
-            // the plan was made).
+            // A split module brings only its part of the rows, swapped halves theirs in the
+            // tensor's order (checked against the shapes when the plan was made).
             if let Some(p) = self.part_of(name, (ai, mi)) {
-                let w = if dense { cols } else { rank };
-                b = b[p.offset * w..p.end() * w].to_vec();
+                b = p.gather(&b, if dense { cols } else { rank });
             }
             stored.push((span, b, a, rank, dense, scale, m.name.as_str()));
         }
