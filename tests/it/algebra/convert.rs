@@ -204,7 +204,7 @@ fn convert_kohya_to_peft_merges_like_the_kohya_file() {
     );
     assert_eq!(cfg["lora_alpha"], 2);
     assert_eq!(
-        cfg["alpha_pattern"]["text_model\\.encoder\\.layers\\.1\\.self_attn\\.v_proj"],
+        cfg["alpha_pattern"]["text_model.encoder.layers.1.self_attn.v_proj"],
         4
     );
     assert_eq!(cfg["base_model_name_or_path"], fx("kohya/te_base"));

@@ -185,15 +185,41 @@ fn common_and_patterns(
         .unwrap_or(r as f64);
     let mut rank_pattern = Map::new();
     let mut alpha_pattern = Map::new();
+    let names: Vec<&str> = adapter.modules.iter().map(|m| m.name.as_str()).collect();
     for ((m, &mr), &ma) in adapter.modules.iter().zip(ranks).zip(alphas) {
         if mr != r {
-            rank_pattern.insert(regex::escape(&m.name), json!(mr));
+            rank_pattern.insert(pattern_key(&m.name, &names), json!(mr));
         }
         if fmt_num(ma) != fmt_num(alpha) {
-            alpha_pattern.insert(regex::escape(&m.name), num_value(ma));
+            alpha_pattern.insert(pattern_key(&m.name, &names), num_value(ma));
         }
     }
     (r, alpha, rank_pattern, alpha_pattern)
+}
+
+/// The `rank_pattern` / `alpha_pattern` key for module `name` among the adapter's `names`: the
+/// name itself, as PEFT and the trainers write keys, where PEFT's `get_pattern_key`
+/// (`utils/other.py` 0.21.2: `re.match(rf"(.*\.)?({key})$", module)`) takes it for no other
+/// module — its characters are letters, digits, `_`, `-` and `.`, and no other name is matched
+/// by it with `.` read as any character (`blocks.1.0.x` would match `blocks.100.x`) — else
+/// the name with every metacharacter escaped, which matches only itself. Tools that match keys
+/// by suffix instead of by regex (serving stacks' own config readers) read the plain form.
+fn pattern_key(name: &str, names: &[&str]) -> String {
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    let only_itself = || {
+        regex::Regex::new(&format!(r"^(.*\.)?({name})$")).is_ok_and(|re| {
+            names
+                .iter()
+                .all(|other| *other == name || !re.is_match(other))
+        })
+    };
+    if plain && only_itself() {
+        name.to_owned()
+    } else {
+        regex::escape(name)
+    }
 }
 
 /// `adapter_config.json` of a PEFT LOHA / LOKR folder (`tuners/loha/config.py`,
@@ -336,4 +362,41 @@ fn num_value(x: f64) -> Value {
 
 fn fmt_num(x: f64) -> String {
     format!("{x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pattern_key;
+
+    #[test]
+    fn pattern_keys_are_the_plain_name_unless_peft_would_read_it_for_another_module() {
+        let names = [
+            "model.layers.1.self_attn.q_proj",
+            "model.layers.11.self_attn.q_proj",
+            "down_blocks.1.0.attn",
+            "down_blocks.100.attn",
+            "te+1.fc",
+        ];
+        // The plain name: no other name is `(.*\.)?(key)$` with `.` as any character.
+        assert_eq!(
+            pattern_key(names[0], &names),
+            "model.layers.1.self_attn.q_proj"
+        );
+        assert_eq!(
+            pattern_key(names[1], &names),
+            "model.layers.11.self_attn.q_proj"
+        );
+        assert_eq!(pattern_key(names[3], &names), "down_blocks.100.attn");
+        // `down_blocks.1.0.attn` read as a regex also matches `down_blocks.100.attn`.
+        assert_eq!(pattern_key(names[2], &names), r"down_blocks\.1\.0\.attn");
+        // A metacharacter in the name is always escaped.
+        assert_eq!(pattern_key(names[4], &names), r"te\+1\.fc");
+        // Whatever the key, PEFT's rule selects exactly the module it was written for.
+        for n in names {
+            let key = pattern_key(n, &names);
+            let re = regex::Regex::new(&format!(r"^(.*\.)?({key})$")).unwrap();
+            let hits: Vec<&str> = names.iter().copied().filter(|o| re.is_match(o)).collect();
+            assert_eq!(hits, [n], "{key}");
+        }
+    }
 }
