@@ -89,6 +89,12 @@ pub struct CheckArgs {
     #[arg(long, value_name = "R", requires = "fix")]
     pub lower_rank: Option<usize>,
 
+    /// With --fix: the largest relative Frobenius error ‖ΔW − B'·A'‖/‖ΔW‖ a --dora-rank,
+    /// --saved-rank or --lower-rank rewrite may have. A module over it refuses the fix (exit 2,
+    /// nothing written); without it every error is accepted and reported.
+    #[arg(long, value_name = "E", requires = "fix")]
+    pub tolerance: Option<f64>,
+
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

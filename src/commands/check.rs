@@ -53,6 +53,7 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
             FixForm::Peft
         },
         lower_rank: a.lower_rank,
+        tolerance: a.tolerance,
     };
     match fix_opts.form {
         FixForm::Peft if a.lower_rank.is_some() => anyhow::bail!(

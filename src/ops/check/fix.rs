@@ -21,7 +21,7 @@
 //! fire on the fixed adapter (the report after the fix says so). The output goes through
 //! [`crate::ops::output::write_adapter`] (atomic; an output that is an input is refused).
 
-use super::fixing::{checked_spec, set_unit_scale_lora};
+use super::fixing::{checked_spec, set_unit_scale_lora, within_tolerance};
 pub use super::fixing::{DoraToLora, FixForm, FixOptions, FixReport, Lowered};
 use super::packed::{fuse_packed, split_packed};
 use super::plan::Plan;
@@ -34,6 +34,11 @@ use std::sync::Arc;
 
 /// Rewrites the plan's adapter into `opts.out`.
 pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixReport> {
+    if opts.tolerance.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
+        return Err(InputError::option(&plan.adapter.path, |o| {
+            format!("{} must be a finite number ≥ 0", o.opt(Opt::Tolerance))
+        }));
+    }
     if opts.form == FixForm::Kohya {
         return super::single_file::fix(plan, before, opts);
     }
@@ -290,6 +295,20 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         inputs: serde_json::json!([{"path": adapter.path.display().to_string()}]),
         params: serde_json::json!({"fix": true, "drop_unmatched": opts.drop_unmatched, "rank": rank}),
     };
+    let approximations = dora_to_lora
+        .iter()
+        .map(|d| {
+            (
+                d.module.as_str(),
+                format!("rank-{} LoRA", d.rank),
+                d.rel_fro_error,
+            )
+        })
+        .chain(saved_rw.iter().filter_map(|s| {
+            let rel = s.rel_fro_error?;
+            Some((s.module.as_str(), format!("rank-{} LoRA", s.rank?), rel))
+        }));
+    within_tolerance(&adapter, opts.tolerance, approximations)?;
     let written = output::write_adapter(&adapter, &spec, &prov)?;
     Ok(FixReport {
         out: opts.out.display().to_string(),

@@ -32,6 +32,10 @@ pub struct FixOptions {
     pub form: FixForm,
     /// Kohya form: lower modules of other algorithms (LoKr, LoHa, …) to LoRA of this rank.
     pub lower_rank: Option<usize>,
+    /// The largest relative Frobenius error an approximate rewrite (DoRA, a saved tensor or
+    /// another algorithm made LoRA) may have; a larger one refuses the fix before anything is
+    /// written. `None`: any (the error is reported).
+    pub tolerance: Option<f64>,
 }
 
 /// The form of the fixed adapter.
@@ -95,6 +99,32 @@ pub struct FixReport {
     pub lowered: Vec<Lowered>,
     /// One line per rewrite, for people.
     pub actions: Vec<String>,
+}
+
+/// Refuses the fix when one of its approximate rewrites — `(module, what it became, relative
+/// Frobenius error)` — is over `tolerance` (the first such module, in the order given), so that a
+/// script can ask for an exact-enough fix and get nothing rather than a worse adapter. A NaN error
+/// is over every tolerance.
+pub(super) fn within_tolerance<'a>(
+    adapter: &Adapter,
+    tolerance: Option<f64>,
+    errors: impl IntoIterator<Item = (&'a str, String, f64)>,
+) -> InputResult<()> {
+    let Some(tol) = tolerance else {
+        return Ok(());
+    };
+    for (module, what, rel) in errors {
+        if rel.is_nan() || rel > tol {
+            let module = module.to_owned();
+            return Err(crate::error::InputError::option(&adapter.path, move |o| {
+                format!(
+                    "module `{module}`: its {what} is {rel:.3e} from the update (relative Frobenius norm), over {} {tol:e}; nothing written",
+                    o.opt(crate::error::Opt::Tolerance)
+                )
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// The f32 output of a fix in `format`, refused before any work when `opts.out` is one of the

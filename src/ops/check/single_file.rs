@@ -21,7 +21,7 @@
 //! Must not: write anything but through [`crate::ops::output::write_adapter`] or
 //! [`crate::ops::output::write_diffusers`] (atomic).
 
-use super::fixing::{FixOptions, FixReport, Lowered};
+use super::fixing::{within_tolerance, FixOptions, FixReport, Lowered};
 use super::plan::Plan;
 use super::report::Report;
 use super::target::Target;
@@ -241,6 +241,11 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
         inputs: serde_json::json!([{"path": adapter.path.display().to_string()}]),
         params: serde_json::json!({"fix": true, "form": "kohya", "lower_rank": opts.lower_rank}),
     };
+    let approximations = lowered.iter().map(|l| {
+        let what = format!("rank-{} LoRA (lowered from {})", l.rank, l.algo);
+        (l.module.as_str(), what, l.rel_fro_error)
+    });
+    within_tolerance(&adapter, opts.tolerance, approximations)?;
     let written = if transformer {
         output::write_diffusers(&adapter, &spec, &prov)?
     } else {

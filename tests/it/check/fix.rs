@@ -158,6 +158,120 @@ fn fix_dora_to_lora_reports_its_true_error() {
     }
 }
 
+/// `--tolerance E` bounds the relative error of every approximate rewrite: with E just under the
+/// worst module's error (`--dora-rank 4`, `--lower-rank 2`) the fix is refused in one line naming
+/// a module over it, exit 2, nothing written; at E = that error it is written. A tolerance that
+/// is no finite number ≥ 0 is a usage error naming the flag.
+#[test]
+fn fix_tolerance_refuses_an_approximation_over_it_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("llama/base");
+    let cases = [
+        (
+            fixture("llama/adapters/dora"),
+            Some(base.as_path()),
+            "",
+            "--dora-rank",
+            "dora_to_lora",
+            "plain",
+        ),
+        (
+            fixture("check/lokr_unet.safetensors"),
+            None,
+            "diffusers,comfy",
+            "--lower-rank",
+            "lowered",
+            "low.safetensors",
+        ),
+    ];
+    for (adapter, b, targets, flag, field, name) in &cases {
+        let out = dir.path().join(name);
+        let rank = if *flag == "--dora-rank" { "4" } else { "2" };
+        let (code, r) = check_fix(adapter, *b, targets, &out, &[flag, rank]);
+        assert_eq!(code, 0, "{}", r["after"]);
+        let errs: Vec<(String, f64)> = r["fix"][field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["module"].as_str().unwrap().to_owned(),
+                    c["rel_fro_error"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        let worst = errs.iter().map(|e| e.1).fold(0.0, f64::max);
+        assert!(worst > 1e-3, "{flag}: an approximation, not exact");
+        std::fs::remove_dir_all(&out)
+            .or_else(|_| std::fs::remove_file(&out))
+            .unwrap();
+        // Just under the worst error: refused, naming a module whose error is over it.
+        let tol = format!("{:e}", worst * (1.0 - 1e-6));
+        let mut args = vec![];
+        if let Some(b) = b {
+            args.extend(["--base", s(b)]);
+        }
+        if !targets.is_empty() {
+            args.extend(["--target", targets]);
+        }
+        args.extend(["--fix", "--out", s(&out), flag, rank, "--tolerance", &tol]);
+        let o = run_err(check_args(adapter, &args));
+        assert_eq!(o.status.code(), Some(2));
+        let line = one_line_error(&o);
+        let named: Vec<&(String, f64)> = errs
+            .iter()
+            .filter(|(m, _)| line.contains(&format!("`{m}`")))
+            .collect();
+        assert!(
+            named.len() == 1 && named[0].1 > worst * (1.0 - 1e-6),
+            "{line}"
+        );
+        assert!(
+            line.contains("--tolerance") && line.contains("nothing written"),
+            "{line}"
+        );
+        assert!(!out.exists(), "{flag}: nothing written");
+        // At the worst error itself: written.
+        let tol = format!("{worst:e}");
+        let (code, r) = check_fix(
+            adapter,
+            *b,
+            targets,
+            &out,
+            &[flag, rank, "--tolerance", &tol],
+        );
+        assert_eq!(code, 0, "{}", r["after"]);
+        assert!(out.exists());
+        std::fs::remove_dir_all(&out)
+            .or_else(|_| std::fs::remove_file(&out))
+            .unwrap();
+    }
+    for bad in ["nan", "-1", "inf"] {
+        let (_d, fixed) = scratch("fixed");
+        let flag = format!("--tolerance={bad}");
+        let o = run_err(check_args(
+            &fixture("llama/adapters/dora"),
+            &[
+                "--base",
+                s(&base),
+                "--fix",
+                "--dora-rank",
+                "4",
+                "--out",
+                s(&fixed),
+                &flag,
+            ],
+        ));
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        let line = one_line_error(&o);
+        assert!(
+            line.contains("--tolerance must be a finite number ≥ 0"),
+            "{bad}: {line}"
+        );
+        assert!(!fixed.exists());
+    }
+}
+
 /// A usage error raised by the library (`dora_rank` of 0) reaches the user of the binary with
 /// the flag they typed (`--dora-rank`, through `error::Opt` and `cli::flags`), on one line,
 /// exit 2, and nothing is written.
