@@ -182,6 +182,17 @@ pub fn error_line(e: &anyhow::Error) -> String {
     crate::error::one_line(&parts.join(": "))
 }
 
+/// A fraction in `[0, 1]` (energy kept) as people read it in every text report: a percentage
+/// with two decimals, more where two would round a fraction below 1 up to `100.00%`
+/// (`0.9999996` → `99.99996%`, at most six decimals). JSON keeps the fraction.
+pub fn percent(fraction: f64) -> String {
+    let p = 100.0 * fraction;
+    (2..=6)
+        .map(|d| format!("{p:.d$}%"))
+        .find(|s| fraction >= 1.0 || !s.starts_with("100."))
+        .unwrap_or_else(|| format!("{p:.6}%"))
+}
+
 /// A status line on stderr unless `--quiet`.
 pub fn status(msg: &str) {
     if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
@@ -255,4 +266,19 @@ impl Drop for Bar {
 
 fn is_quiet() -> bool {
     QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent;
+
+    #[test]
+    fn percent_shows_what_two_decimals_would_round_to_100() {
+        assert_eq!(percent(0.5), "50.00%");
+        assert_eq!(percent(0.123456), "12.35%");
+        assert_eq!(percent(1.0), "100.00%");
+        assert_eq!(percent(0.99996), "99.996%");
+        assert_eq!(percent(0.9999996), "99.99996%");
+        assert_eq!(percent(0.0), "0.00%");
+    }
 }
