@@ -1,12 +1,12 @@
 //! The `lorakit` binary: parse, run, and turn an error into one line on stderr and an exit code
 //! (0 ok, 1 check failed, 2 bad usage or input, 3 the output could not be written).
 //!
-//! Must not do work: parsing is `cli`'s, running `commands`', and the error line
-//! `commands::printer::error_line`.
+//! Must not do work: parsing is `cli`'s, running `commands`', and the error line, its kind
+//! (hence the exit code) and the JSON error object of a `--json` run `commands::printer`'s.
 
 use clap::Parser;
 use lorakit::cli::Cli;
-use lorakit::error::InputError;
+use lorakit::commands::printer;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let json = lorakit::commands::json_operation(&cli);
     match lorakit::commands::run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
@@ -24,8 +25,13 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("error: {}", lorakit::commands::printer::error_line(&e));
-            ExitCode::from(if is_output_failure(&e) { 3 } else { 2 })
+            let line = printer::error_line(&e);
+            let failure = printer::Failure::of(&e);
+            eprintln!("error: {line}");
+            if let Some(operation) = json {
+                printer::print_error_json(operation, &line, failure);
+            }
+            ExitCode::from(failure.exit_code())
         }
     }
 }
@@ -64,16 +70,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let line = line.strip_prefix("error: ").unwrap_or(&line);
     eprintln!("error: {line} (see --help)");
     ExitCode::from(2)
-}
-
-/// Writing the output failed (disk full, permissions, read-only file system, a folder that
-/// cannot be created): exit 3, decided by the error's type ([`InputError::is_write_failure`]).
-/// Everything else — bad usage, bad or mismatched input — is exit 2.
-fn is_output_failure(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<InputError>()
-            .is_some_and(InputError::is_write_failure)
-    })
 }
 
 /// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on stderr when the GPU is

@@ -47,6 +47,8 @@ mod it {
     pub mod hardening;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
     pub mod inspect;
+    /// A failed `--json` run: one JSON error object on stdout, stderr and exit status unchanged.
+    pub mod json_errors;
     /// LyCORIS files from lycoris-lora: every algorithm merged as its forward computes it.
     pub mod lycoris;
     /// `merge` against PEFT's own merge_and_unload outputs and the other references.

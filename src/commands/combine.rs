@@ -112,7 +112,7 @@ fn render(s: &CombineReport) -> String {
                 from.join(" "),
                 m.rank.to_string(),
                 m.energy_kept
-                    .map(|e| format!("{:.2}%", 100.0 * e))
+                    .map(printer::percent)
                     .unwrap_or_else(|| "-".into()),
             ]
         },

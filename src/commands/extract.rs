@@ -189,7 +189,23 @@ fn report(summary: &ExtractSummary, format: Format, json: bool, quiet: bool) -> 
             ),
         );
     }
-    printer::print_report(json, "extract", summary, || render(summary))
+    /// The summary with the adapter's files (`files`, a list of paths in every report that
+    /// writes): the PEFT folder's two files or the kohya file, as the layout writes them.
+    #[derive(serde::Serialize)]
+    struct WithFiles<'a> {
+        #[serde(flatten)]
+        summary: &'a ExtractSummary,
+        files: Vec<String>,
+    }
+    let files = format
+        .layout()
+        .files(Path::new(&summary.out))
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    printer::print_report(json, "extract", &WithFiles { summary, files }, || {
+        render(summary)
+    })
 }
 
 /// The extraction options of `a`, validated.
@@ -281,7 +297,7 @@ fn render(s: &ExtractSummary) -> String {
             "shape",
             "rank",
             "alpha",
-            "energy",
+            "energy kept",
             "rel.error",
         ],
         &[false, false, true, true, true, true, true],
@@ -297,7 +313,7 @@ fn render(s: &ExtractSummary) -> String {
                     .join("×"),
                 m.rank.to_string(),
                 format!("{}", m.alpha),
-                format!("{:.6}", m.energy_kept),
+                printer::percent(m.energy_kept),
                 sci(m.rel_error),
             ]
         },
@@ -363,9 +379,9 @@ fn render(s: &ExtractSummary) -> String {
         format!("ranks {}–{}", t.rank_min, t.rank_max)
     };
     out.push_str(&format!(
-        "\n\n{} modules, {ranks}, energy kept {:.6}, rel. error {}; adapter {} vs full ΔW {} ({:.1}×); {:.2} s on {}\n",
+        "\n\n{} modules, {ranks}, {} of the energy kept, rel. error {}; adapter {} vs full ΔW {} ({:.1}×); {:.2} s on {}\n",
         t.module_count,
-        t.energy_kept,
+        printer::percent(t.energy_kept),
         sci(t.rel_error),
         human_bytes(s.adapter_bytes),
         human_bytes(s.full_delta_bytes),

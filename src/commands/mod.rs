@@ -22,6 +22,30 @@ use anyhow::Result;
 use printer::print_always;
 pub use printer::{print, print_json, print_report, status, warn};
 
+/// The `operation` of the JSON a command line asked for with `--json` (the command's name, as
+/// its report names it), or `None` without `--json`: a failed run then prints its error as that
+/// one JSON object on stdout too ([`printer::print_error_json`]).
+pub fn json_operation(cli: &Cli) -> Option<&'static str> {
+    let (json, operation) = match &cli.command {
+        Command::Inspect(a) => (a.json, "inspect"),
+        Command::Merge(a) => (a.json, "merge"),
+        Command::Dequantize(a) => (a.json, "dequantize"),
+        Command::Extract(a) => (a.json, "extract"),
+        Command::Resize(a) => (a.output.json, "resize"),
+        Command::Combine(a) => (a.output.json, "combine"),
+        Command::Convert(a) => (a.output.json, "convert"),
+        Command::Eval(a) => (a.json, "eval"),
+        Command::Train(a) => (a.json, "train"),
+        Command::Diff(a) => (a.json, "diff"),
+        Command::Check(a) => (a.json, "check"),
+        Command::Finalize(a) => (a.json, "finalize"),
+        Command::Run(a) => (a.json, "run"),
+        Command::GpuInfo(a) => (a.json, "gpu"),
+        Command::Completions(_) | Command::Man(_) => (false, ""),
+    };
+    json.then_some(operation)
+}
+
 /// Runs the parsed command line; the returned code is the process exit status on success
 /// (1 = a check failed).
 pub fn run(cli: Cli) -> Result<i32> {

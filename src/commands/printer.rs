@@ -50,6 +50,9 @@ pub fn print_report<T: serde::Serialize>(
     }
 }
 
+/// Whether this process printed a JSON report (so a later error adds no second object).
+static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Prints a report as JSON (always, even with `--quiet`). Every report is an object whose first
 /// key is `operation` (the command that made it): a report that does not name its operation
 /// gets `operation`, and a list becomes `{"operation": …, "items": […]}`. That key is the one
@@ -57,7 +60,83 @@ pub fn print_report<T: serde::Serialize>(
 pub fn print_json<T: serde::Serialize>(operation: &str, v: &T) -> Result<()> {
     let mut s = serde_json::to_string_pretty(&with_operation(operation, serde_json::to_value(v)?))?;
     s.push('\n');
+    REPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
     print_always(&s)
+}
+
+/// What kind of failure an error is, decided by its type: the exit status and the `kind` of
+/// the JSON error object. (Exit status 1, a check that failed, is a report, not an error.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failure {
+    /// The command line cannot run as typed: options that contradict each other or a value
+    /// out of range, named by no file (a bare message or [`OptionError`]). Exit status 2.
+    ///
+    /// [`OptionError`]: crate::error::OptionError
+    Usage,
+    /// An input (or the destination) is wrong for the command: an [`InputError`] naming the
+    /// file (malformed, missing, mismatched, an output onto an input). Exit status 2.
+    ///
+    /// [`InputError`]: crate::error::InputError
+    Input,
+    /// Writing the output failed (disk full, permissions, read-only file system, a folder that
+    /// cannot be created): [`InputError::is_write_failure`]. Exit status 3.
+    ///
+    /// [`InputError::is_write_failure`]: crate::error::InputError::is_write_failure
+    Output,
+}
+
+impl Failure {
+    /// The kind of `e`, from the typed errors of its chain: a write failure anywhere makes it
+    /// [`Failure::Output`], else any [`crate::error::InputError`] [`Failure::Input`].
+    pub fn of(e: &anyhow::Error) -> Failure {
+        use crate::error::InputError;
+        let inputs = || e.chain().filter_map(|c| c.downcast_ref::<InputError>());
+        if inputs().any(InputError::is_write_failure) {
+            Failure::Output
+        } else if inputs().next().is_some() {
+            Failure::Input
+        } else {
+            Failure::Usage
+        }
+    }
+
+    /// The process exit status of this failure.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Failure::Usage | Failure::Input => 2,
+            Failure::Output => 3,
+        }
+    }
+}
+
+/// A failed `--json` command's one object on stdout, for scripts that parse stdout:
+/// `{"operation", "error": {"message", "exit_code", "kind"}}`, `message` the line stderr got
+/// (after `error: `). Nothing when this process already printed a JSON report (a report is
+/// the one object), nor on a closed pipe.
+pub fn print_error_json(operation: &str, message: &str, failure: Failure) {
+    if REPORTED.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    #[derive(serde::Serialize)]
+    struct Error<'a> {
+        message: &'a str,
+        exit_code: u8,
+        kind: Failure,
+    }
+    #[derive(serde::Serialize)]
+    struct Failed<'a> {
+        error: Error<'a>,
+    }
+    let report = Failed {
+        error: Error {
+            message,
+            exit_code: failure.exit_code(),
+            kind: failure,
+        },
+    };
+    // The error line is already on stderr; a stdout that cannot take this has nothing to add.
+    let _ = print_json(operation, &report);
 }
 
 fn with_operation(operation: &str, v: serde_json::Value) -> serde_json::Value {
@@ -101,6 +180,17 @@ pub fn error_line(e: &anyhow::Error) -> String {
         })
         .collect();
     crate::error::one_line(&parts.join(": "))
+}
+
+/// A fraction in `[0, 1]` (energy kept) as people read it in every text report: a percentage
+/// with two decimals, more where two would round a fraction below 1 up to `100.00%`
+/// (`0.9999996` → `99.99996%`, at most six decimals). JSON keeps the fraction.
+pub fn percent(fraction: f64) -> String {
+    let p = 100.0 * fraction;
+    (2..=6)
+        .map(|d| format!("{p:.d$}%"))
+        .find(|s| fraction >= 1.0 || !s.starts_with("100."))
+        .unwrap_or_else(|| format!("{p:.6}%"))
 }
 
 /// A status line on stderr unless `--quiet`.
@@ -176,4 +266,19 @@ impl Drop for Bar {
 
 fn is_quiet() -> bool {
     QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent;
+
+    #[test]
+    fn percent_shows_what_two_decimals_would_round_to_100() {
+        assert_eq!(percent(0.5), "50.00%");
+        assert_eq!(percent(0.123456), "12.35%");
+        assert_eq!(percent(1.0), "100.00%");
+        assert_eq!(percent(0.99996), "99.996%");
+        assert_eq!(percent(0.9999996), "99.99996%");
+        assert_eq!(percent(0.0), "0.00%");
+    }
 }

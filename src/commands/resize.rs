@@ -76,18 +76,18 @@ fn render(s: &ResizeReport) -> String {
                 num(m.alpha_before),
                 num(m.alpha_after),
                 num(m.scale),
-                format!("{:.2}%", 100.0 * m.energy_kept),
+                printer::percent(m.energy_kept),
                 format!("{:.4e}", m.fro_error),
             ]
         },
     ));
     out.push_str(&format!(
-        "\n{} of {} modules resized, {} → {} parameters, {:.2}% of the energy kept; {}\n",
+        "\n{} of {} modules resized, {} → {} parameters, {} of the energy kept; {}\n",
         s.modules_resized_count,
         s.modules.len(),
         s.parameters_before,
         s.parameters_after,
-        100.0 * s.energy_kept,
+        printer::percent(s.energy_kept),
         files_line(w, s.seconds)
     ));
     out

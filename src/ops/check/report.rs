@@ -92,9 +92,14 @@ pub struct Report {
     pub format: Format,
     pub kind: Kind,
     pub base: Option<BaseFacts>,
+    /// The adapter's low-rank modules (with or without `--base`): not the length of
+    /// `modules`, which is a different list.
     pub modules_count: usize,
+    /// The adapter's full tensors (`modules_to_save`, trainable tokens).
     pub full_tensors_count: usize,
-    /// With `--base`: every module and full tensor and where it lands.
+    /// Where each adapter entry lands in the base: empty without `--base` (nothing to place
+    /// it on); with it, one placement per module and full tensor, unmatched ones included
+    /// (`status` says which), so `modules_count + full_tensors_count` entries.
     pub modules: Vec<Placement>,
     pub targets: Vec<TargetReport>,
     /// Every target loads and applies everything.

@@ -420,6 +420,35 @@ impl GgufMergePlan {
             .collect()
     }
 
+    /// Per adapter, what the plan merges of it, counted as the safetensors merge counts it
+    /// (`MergePlan::adapter_summaries`): distinct modules merged into a weight, full tensors
+    /// replacing a base tensor, modules whose `lora_B.bias` updates a base bias.
+    fn adapter_summaries(&self) -> Vec<super::AdapterSummary> {
+        use std::collections::BTreeSet;
+        self.adapters
+            .iter()
+            .enumerate()
+            .map(|(ai, wa)| {
+                let count = |kind: Kind| {
+                    self.targets
+                        .iter()
+                        .filter(|t| t.kind == kind)
+                        .flat_map(|t| t.terms.iter())
+                        .filter(|&&(a, _)| a == ai)
+                        .collect::<BTreeSet<_>>()
+                        .len()
+                };
+                super::AdapterSummary {
+                    path: wa.adapter.path.display().to_string(),
+                    weight: wa.weight,
+                    modules_merged: count(Kind::Weight),
+                    tensors_replaced: count(Kind::Replace),
+                    biases_updated: count(Kind::Bias),
+                }
+            })
+            .collect()
+    }
+
     /// Writes the merged model atomically and reports per merged tensor.
     pub fn run(self, engine: &Engine) -> Result<GgufMergeReport> {
         let start = std::time::Instant::now();
@@ -518,8 +547,14 @@ impl GgufMergePlan {
             bar.inc(out_tensors[i].bytes());
             Ok(TensorData::Bytes(std::borrow::Cow::Owned(bytes)))
         })?;
-        let written = wrote.iter().map(|(_, b)| b).sum();
+        let written: u64 = wrote.iter().map(|(_, b)| b).sum();
+        let created_folders = output
+            .created_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         output.commit()?;
+        let seconds = start.elapsed().as_secs_f64();
         Ok(GgufMergeReport {
             operation: if self.options.unmerge {
                 "unmerge"
@@ -532,13 +567,16 @@ impl GgufMergePlan {
             part: part.map(|(i, n)| [i, n]),
             architecture: self.base.architecture().unwrap_or("").into(),
             outtype: self.outtype_name(),
-            adapters: self.adapter_json(),
+            adapters: self.adapter_summaries(),
             tensors_merged_count: merged.len(),
             tensors_copied_count: self.base.len() - merged.len(),
             merged_tensors: merged,
             unmatched: self.unmatched,
             bytes_written: written,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds,
+            device: engine.describe(),
+            gb_per_s: written as f64 / 1e9 / seconds.max(1e-9),
+            created_folders,
         })
     }
 }

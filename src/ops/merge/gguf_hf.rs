@@ -109,11 +109,21 @@ pub struct HfGgufReport {
     pub part: Option<[usize; 2]>,
     pub architecture: String,
     pub outtype: String,
-    pub adapters: Vec<serde_json::Value>,
+    /// As the safetensors merge reports them (`modules_merged`, `tensors_replaced`,
+    /// `biases_updated` of the same plan).
+    pub adapters: Vec<super::AdapterSummary>,
     pub tensors_merged_count: usize,
+    /// The written tensors no adapter changed (`tensors` rows with `merged: false`), as in the
+    /// safetensors merge report.
+    pub tensors_copied_count: usize,
     pub tensors: Vec<HfGgufTensor>,
     pub bytes_written: u64,
     pub seconds: f64,
+    /// The fields of the safetensors merge report, with its meaning (`MergeSummary`).
+    pub device: String,
+    pub gb_per_s: f64,
+    /// Folders this run created for the output (missing parents of `--out`).
+    pub created_folders: Vec<String>,
 }
 
 /// Suffixes `ModelBase.prepare_tensors` drops ("we don't need these").
@@ -354,7 +364,15 @@ impl HfGgufPlan {
             });
             Ok(std::borrow::Cow::Owned(bytes))
         })?;
+        let created_folders = output
+            .created_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         output.commit()?;
+        let bytes_written: u64 = wrote.iter().map(|(_, b)| b).sum();
+        let seconds = start.elapsed().as_secs_f64();
+        let tensors_merged_count = report.iter().filter(|t| t.merged).count();
         Ok(HfGgufReport {
             operation: self.merge.operation(),
             base: self.merge.base.root.display().to_string(),
@@ -363,11 +381,15 @@ impl HfGgufPlan {
             part: self.options.part.map(|(i, n)| [i, n]),
             architecture: self.arch.into(),
             outtype: self.options.outtype.name().to_lowercase(),
-            adapters: adapter_json(&self.merge),
-            tensors_merged_count: report.iter().filter(|t| t.merged).count(),
+            adapters: self.merge.adapter_summaries(),
+            tensors_merged_count,
+            tensors_copied_count: report.len() - tensors_merged_count,
             tensors: report,
-            bytes_written: wrote.iter().map(|(_, b)| b).sum(),
-            seconds: start.elapsed().as_secs_f64(),
+            bytes_written,
+            seconds,
+            device: engine.describe(),
+            gb_per_s: bytes_written as f64 / 1e9 / seconds.max(1e-9),
+            created_folders,
         })
     }
 }

@@ -212,18 +212,7 @@ impl MergePlan {
         drop(t);
         drop(bar);
         let seconds = start.elapsed().as_secs_f64();
-        let adapters = self
-            .adapters
-            .iter()
-            .zip(&self.resolutions)
-            .map(|(wa, r)| AdapterSummary {
-                path: wa.adapter.path.display().to_string(),
-                weight: wa.weight,
-                modules_merged: r.modules.len(),
-                tensors_replaced: r.full.len(),
-                biases_updated: r.modules.iter().filter(|p| p.bias.is_some()).count(),
-            })
-            .collect();
+        let adapters = self.adapter_summaries();
         Ok(MergeSummary {
             base: self.base.root.display().to_string(),
             out: self.out.display().to_string(),
@@ -253,6 +242,22 @@ impl MergePlan {
             tensors_streamed_count: streamed,
             qlora,
         })
+    }
+
+    /// Per adapter, what the plan merges of it (the whole plan's, with `--part` too): the
+    /// `adapters` of every merge report, the HF → GGUF one included.
+    pub(super) fn adapter_summaries(&self) -> Vec<AdapterSummary> {
+        self.adapters
+            .iter()
+            .zip(&self.resolutions)
+            .map(|(wa, r)| AdapterSummary {
+                path: wa.adapter.path.display().to_string(),
+                weight: wa.weight,
+                modules_merged: r.modules.len(),
+                tensors_replaced: r.full.len(),
+                biases_updated: r.modules.iter().filter(|p| p.bias.is_some()).count(),
+            })
+            .collect()
     }
 
     /// Files of an older checkpoint in the output folder that would survive this run and make

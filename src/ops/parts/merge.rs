@@ -76,6 +76,9 @@ pub struct FinalizeReport {
     pub bytes: u64,
     pub index: Option<String>,
     pub copied: Vec<String>,
+    /// Every file of the final output, as the single-process merge's `files` lists them: the
+    /// shards (checked), then the index, then the copied non-weight files (written).
+    pub files: Vec<String>,
 }
 
 /// Checks all parts of `dir` and writes the index and copied files.
@@ -214,6 +217,14 @@ impl SplitOutput for MergeParts {
         if let (Some(name), Some(doc)) = (&plan.index_name, &plan.index) {
             out.small_file(&dir.join(name), doc.as_bytes())?;
         }
+        let files = plan
+            .files
+            .iter()
+            .map(|f| f.name.as_str())
+            .chain(plan.index_name.as_deref())
+            .chain(copied.iter().map(String::as_str))
+            .map(|n| dir.join(n).display().to_string())
+            .collect();
         Ok(FinalizeReport {
             out: dir.display().to_string(),
             parts: first.parts,
@@ -221,6 +232,7 @@ impl SplitOutput for MergeParts {
             bytes,
             index: plan.index_name.clone(),
             copied,
+            files,
         })
     }
 }

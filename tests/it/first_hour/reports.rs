@@ -123,6 +123,7 @@ fn every_json_report_shares_one_vocabulary() {
     let nf4 = s(&fixture("quant/nf4_dq")).to_owned();
     let (dq, qm, km) = (d("dq"), d("qm"), d("km"));
     let km_base = s(&fixture("quant/nf4")).to_owned();
+    let gguf = s(&fixture("gguf/llama_f32.gguf")).to_owned();
     let runs = [
         format!("inspect {base} --tensors"),
         format!("inspect {qv} --spectrum"),
@@ -140,6 +141,7 @@ fn every_json_report_shares_one_vocabulary() {
         format!("dequantize {nf4} -o {dq}"),
         format!("merge --base {base} --adapter {qv} -o {qm} --as-trained-on nf4"),
         format!("merge --base {km_base} --adapter {qv} -o {km}"),
+        format!("merge --base {gguf} --adapter {qv} -o {}", d("g.gguf")),
     ];
     let rules: Vec<serde_json::Value> = assert_one_json_vocabulary(&runs, 1)
         .iter()
@@ -156,4 +158,41 @@ fn every_json_report_shares_one_vocabulary() {
             .any(|r| r["rule"] == "energy" && r["energy"] == 0.9),
         "{rules:?}"
     );
+}
+
+/// `check --json`: `modules_count` is the adapter's module count with or without `--base`;
+/// `modules` places each entry in the base, so it is empty without `--base` and holds one
+/// placement per module and full tensor with it (counted from `inspect`'s lists).
+#[test]
+fn check_modules_count_and_modules_say_what_the_readme_says() {
+    let base = fixture("llama/base");
+    for adapter in [
+        "llama/adapters/qv_r8",
+        "check/saved_full",
+        "check/added_tokens",
+    ] {
+        let adapter = fixture(adapter);
+        let inspected = inspect_json(&adapter, &[]);
+        let modules = inspected["modules"].as_array().unwrap().len();
+        let full = inspected["full_tensors"].as_array().unwrap().len();
+        let check = |extra: &[&str]| -> serde_json::Value {
+            let mut args = vec!["check", s(&adapter), "--json"];
+            args.extend(extra);
+            let out = bin().args(&args).output().unwrap();
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        let alone = check(&[]);
+        assert_eq!(alone["modules_count"], modules, "{}", adapter.display());
+        assert_eq!(alone["modules"], serde_json::json!([]));
+        let placed = check(&["--base", s(&base)]);
+        assert_eq!(placed["modules_count"], modules);
+        assert_eq!(alone["full_tensors_count"], full);
+        assert_eq!(placed["full_tensors_count"], full);
+        assert_eq!(
+            placed["modules"].as_array().unwrap().len(),
+            modules + full,
+            "{}",
+            adapter.display()
+        );
+    }
 }

@@ -26,6 +26,8 @@ mod parts;
 mod phi3;
 /// `inspect`, `diff`, malformed GGUF files, the JSON vocabulary of the GGUF reports.
 mod read;
+/// The GGUF merge reports against the safetensors merge report's fields and meaning.
+mod reports;
 /// Faults found by fixtures/gen/check_gguf_sweep.py, against llama.cpp's converter.
 mod sweep;
 /// DoRA, lora_bias and modules_to_save into GGUF bases, against the converted PEFT merge.

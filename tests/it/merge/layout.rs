@@ -191,7 +191,8 @@ fn three_parts_in_separate_processes_equal_one_run() {
             &["--dtype", "bf16"],
         )
     };
-    run_ok(common(&one));
+    let one_report: serde_json::Value =
+        serde_json::from_str(&run_ok([common(&one), vec!["--json".into()]].concat())).unwrap();
     // Three processes at once, as three jobs would run.
     let children: Vec<_> = (1..=3)
         .map(|i| {
@@ -211,7 +212,18 @@ fn three_parts_in_separate_processes_equal_one_run() {
     let err = run_err(finalize_args(&split, &[]));
     assert!(one_line_error(&err).contains("parts not finished: 2/3"));
     std::fs::write(&m2, saved).unwrap();
-    run_ok(finalize_args(&split, &[]));
+    let finalized: serde_json::Value =
+        serde_json::from_str(&run_ok(finalize_args(&split, &["--json"]))).unwrap();
+    // finalize lists the final output's files as the one run lists its own: shards, index,
+    // copied files, in that order.
+    let expected: Vec<String> = one_report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().replacen(s(&one), s(&split), 1))
+        .collect();
+    assert!(expected.len() > 4, "{expected:?}");
+    assert_eq!(finalized["files"], serde_json::json!(expected));
     assert_eq!(listing(&one), listing(&split));
     for f in listing(&one) {
         assert!(
