@@ -50,6 +50,8 @@ pub struct PartReport {
     pub part: usize,
     pub parts: usize,
     pub path: String,
+    /// The files this part wrote (its part file), as every report lists them.
+    pub files: Vec<String>,
     pub tensor_count: usize,
     pub module_count: usize,
     pub bytes: u64,
@@ -147,6 +149,7 @@ pub fn write_extract_part(
         part: header.part,
         parts: header.parts,
         path: path.display().to_string(),
+        files: vec![path.display().to_string()],
         tensor_count: tensors,
         module_count: modules,
         bytes,

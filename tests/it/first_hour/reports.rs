@@ -142,8 +142,20 @@ fn every_json_report_shares_one_vocabulary() {
         format!("merge --base {base} --adapter {qv} -o {qm} --as-trained-on nf4"),
         format!("merge --base {km_base} --adapter {qv} -o {km}"),
         format!("merge --base {gguf} --adapter {qv} -o {}", d("g.gguf")),
+        format!(
+            "extract --base {base} --tuned {m} --rank 4 -o {} --part 1/2",
+            d("xp")
+        ),
     ];
-    let rules: Vec<serde_json::Value> = assert_one_json_vocabulary(&runs, 1)
+    let reports = assert_one_json_vocabulary(&runs, 1);
+    // An extract part lists the one file it wrote, as every report lists its files.
+    let part = reports
+        .iter()
+        .find(|v| v["operation"] == "extract" && v["part"].is_number())
+        .unwrap();
+    assert_eq!(part["files"], serde_json::json!([part["path"]]), "{part}");
+    assert!(std::path::Path::new(part["path"].as_str().unwrap()).is_file());
+    let rules: Vec<serde_json::Value> = reports
         .iter()
         .filter_map(|v| v.get("rank_rule").cloned())
         .collect();
