@@ -381,11 +381,7 @@ fn shape_fits_flat(m: &LoraModule, found: &[usize]) -> bool {
 /// are modules on a row slice (no module path names a third of `in_proj_weight`) or split over
 /// several tensors.
 pub fn rename_to_base(adapter: &mut Adapter, res: &Resolution) {
-    for p in res
-        .modules
-        .iter()
-        .filter(|p| p.rows.is_none() && p.part.is_none())
-    {
+    for p in res.modules.iter().filter(|p| p.whole_in_order()) {
         let m = &mut adapter.modules[p.module];
         m.name = p
             .weight

@@ -244,3 +244,96 @@ fn a_split_module_missing_a_part_is_refused_by_module() {
     );
     assert!(err.contains("is split over base tensors"), "{err}");
 }
+
+/// Code that reads a module's base weight as the module's own `[out, in]` — `check --fix
+/// --dora-rank` (DoRA norms per output row) and `convert --base` of a PiSSA adapter (the
+/// residual PEFT removed) — refuses a module whose rows the base tensor holds in another order
+/// (ai-toolkit's `norm_out.linear` on BFL's swapped `final_layer.adaLN_modulation.1`), naming
+/// it, instead of computing on misplaced rows; `check` reports the placement as `module_rows`.
+#[test]
+fn base_weight_readers_refuse_a_module_whose_rows_the_tensor_reorders() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("flux_final/bfl_base.safetensors");
+    let (o, i, r) = (32usize, 16usize, 2usize);
+    let vals = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|j| ((j as f32) * k).sin()).collect() };
+    let m = "norm_out.linear";
+    let mut tensors = vec![
+        (
+            format!("base_model.model.{m}.lora_A.weight"),
+            vec![r, i],
+            f32_bytes(&vals(r * i, 0.7)),
+        ),
+        (
+            format!("base_model.model.{m}.lora_B.weight"),
+            vec![o, r],
+            f32_bytes(&vals(o * r, 0.3)),
+        ),
+    ];
+    let plain = dir.path().join("plain");
+    write_peft_adapter(
+        &plain,
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["norm_out.linear"], "init_lora_weights": "pissa"}"#,
+        &tensors,
+    );
+    tensors.push((
+        format!("base_model.model.{m}.lora_magnitude_vector"),
+        vec![o],
+        f32_bytes(&vec![1.5; o]),
+    ));
+    let dora = dir.path().join("dora");
+    write_peft_adapter(
+        &dora,
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["norm_out.linear"], "use_dora": true}"#,
+        &tensors,
+    );
+    let (_, report) = super::check::check_json(&dora, &["--base", s(&base)]);
+    let p = &report["modules"][0];
+    assert_eq!(
+        (p["status"].as_str(), p["base_tensor"].as_str()),
+        (
+            Some("module_rows"),
+            Some("final_layer.adaLN_modulation.1.weight")
+        ),
+        "{report}"
+    );
+    let fixed = dir.path().join("fixed");
+    let o1 = bin()
+        .args([
+            "check",
+            s(&dora),
+            "--base",
+            s(&base),
+            "--fix",
+            "--dora-rank",
+            "4",
+            "--out",
+        ])
+        .arg(&fixed)
+        .output()
+        .unwrap();
+    let converted = dir.path().join("converted");
+    let o2 = bin()
+        .args([
+            "convert",
+            s(&plain),
+            "--to",
+            "peft",
+            "--base",
+            s(&base),
+            "--out",
+        ])
+        .arg(&converted)
+        .output()
+        .unwrap();
+    for (o, out) in [(o1, &fixed), (o2, &converted)] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.lines().count() == 1
+                && err.contains("`norm_out.linear`")
+                && err.contains("rows 16..32, 0..16"),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+}

@@ -160,6 +160,24 @@ pub struct Placement {
     pub part: Option<Part>,
 }
 
+impl Placement {
+    /// Whether the module's ΔW is the whole tensor, row for row: no [`RowSlice`] of a fused
+    /// tensor and no [`Part`] (a split or reordered module). Code that reads a module's base
+    /// weight as its own `[out, in]` (DoRA norms, PiSSA's residual) needs this.
+    pub fn whole_in_order(&self) -> bool {
+        self.rows.is_none() && self.part.is_none()
+    }
+
+    /// Where the module lands, for a message: `tensor` or `tensor (rows …)`.
+    pub fn describe(&self) -> String {
+        match (&self.rows, &self.part) {
+            (Some(r), _) => format!("`{}` (rows {}..{})", self.weight, r.offset, r.end()),
+            (None, Some(p)) => format!("`{}` (the module's {p})", self.weight),
+            (None, None) => format!("`{}`", self.weight),
+        }
+    }
+}
+
 /// Rows of a module's ΔW, gathered in order to make the rows of one base tensor: `[(B·A)[s] for
 /// s in slices]` concatenated, `= B[s…]·A`. One slice is a split tensor's share of a fused
 /// module; two halves in the other order are BFL Flux's `final_layer.adaLN_modulation.1` (shift

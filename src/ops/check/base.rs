@@ -26,8 +26,8 @@ pub(super) fn placements(
             || a.format == Format::Kohya
             || crate::adapter::formats::peft::params::parse_expert(&m.name).is_some();
         // q, k or v on its third of a fused `in_proj_weight` (adapter::mapping::openclip).
-        let (status, detail) = match p.rows {
-            Some(r) => (
+        let (status, detail) = match (p.rows, &p.part) {
+            (Some(r), _) => (
                 "row_slice",
                 Some(format!(
                     "rows {}..{} of the base tensor (its fused q/k/v, as ComfyUI splits it)",
@@ -35,8 +35,16 @@ pub(super) fn placements(
                     r.end()
                 )),
             ),
-            None if exact => ("exact", None),
-            None => ("suffix", None),
+            // A module of an original layout on a diffusers tensor (or back): its share of a
+            // fused tensor, or halves the two layouts store swapped (`mapping::layouts`).
+            (None, Some(part)) => (
+                "module_rows",
+                Some(format!(
+                    "the module's {part} make this tensor's rows (the model's other layout)"
+                )),
+            ),
+            (None, None) if exact => ("exact", None),
+            (None, None) => ("suffix", None),
         };
         out.push(Placement {
             module: m.name.clone(),

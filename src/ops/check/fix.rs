@@ -136,7 +136,8 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
             actions.push("kohya file → PEFT folder (module paths from the base)".into());
         } else {
             let res = mapping::resolve(&adapter, b);
-            for p in &res.modules {
+            // As `rename_to_base` renames: modules on a whole tensor, row for row.
+            for p in res.modules.iter().filter(|p| p.whole_in_order()) {
                 let m = &adapter.modules[p.module];
                 let exact = format!("{}.weight", m.name);
                 if p.weight != exact {
@@ -425,6 +426,16 @@ fn dora_to_plain(
                 format!(
                     "module `{}`: DoRA → LoRA is implemented for PEFT DoRA on linear layers stored [out, in] only",
                     m.name
+                ),
+            ));
+        }
+        if !p.whole_in_order() {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}` lands on {}, not on a whole base weight in its own row order; DoRA → LoRA reads W0 as the module's [out, in]",
+                    m.name,
+                    p.describe()
                 ),
             ));
         }

@@ -48,6 +48,13 @@ pub fn unfold_residual(
                 m.name
             )));
         }
+        if !p.whole_in_order() {
+            return Err(err(format!(
+                "module `{}` lands on {}, not on a whole base weight in its own row order, so the residual PEFT removed cannot be read from it",
+                m.name,
+                p.describe()
+            )));
+        }
         let info = base.info(&p.weight).expect("resolved tensor");
         let (rows, cols) = (info.shape[0], info.shape[1..].iter().product::<usize>());
         let mut w = base.read_f32(&p.weight)?;
