@@ -187,3 +187,55 @@ fn a_gguf_part_plan_without_files_is_refused_not_a_panic() {
         &[".o.gguf.lorakit-part-", "no output file"],
     );
 }
+
+/// A copy of quantized fixture `fx` as `dir/base`, its config's `quantization_config`
+/// edited by `edit`.
+fn quant_copy(dir: &Path, fx: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let base = dir.join("base");
+    copy_dir(&fixture(&format!("quant/{fx}")), &base);
+    let cfg = base.join("config.json");
+    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    edit(&mut j["quantization_config"]);
+    std::fs::write(&cfg, serde_json::to_vec(&j).unwrap()).unwrap();
+    base
+}
+
+/// compressed-tensors `strategy: block` with 32x32 blocks for a pack-quantized q_proj whose
+/// stored scales are per-row groups of 32 (`[64, 2]`; the blocks make a 2x2 grid): the config
+/// was not compared (only tensor, channel and group were), and the weight was read as groups.
+#[test]
+fn a_block_strategy_on_a_packed_weight_with_group_scales_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = quant_copy(dir.path(), "ct_pack", |q| {
+        let w = &mut q["config_groups"]["group_q_proj"]["weights"];
+        w["strategy"] = "block".into();
+        w["block_structure"] = serde_json::json!([32, 32]);
+    });
+    let out = dir.path().join("out");
+    refused(
+        dir.path(),
+        &["dequantize", s(&base), "--out", s(&out)],
+        &[
+            "config.json",
+            "group_q_proj",
+            "32x32 blocks",
+            "weight_scale",
+        ],
+    );
+}
+
+/// compressed-tensors `num_bits: 4` for a weight stored as float8_e4m3fn: FP8 weights were
+/// compared by strategy only, so the config's width was never read.
+#[test]
+fn a_config_giving_an_fp8_weight_four_bits_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = quant_copy(dir.path(), "ct_block128", |q| {
+        q["config_groups"]["group_0"]["weights"]["num_bits"] = 4.into();
+    });
+    let out = dir.path().join("out");
+    refused(
+        dir.path(),
+        &["dequantize", s(&base), "--out", s(&out)],
+        &["config.json", "group_0", "4-bit weights", "FP8"],
+    );
+}
