@@ -103,6 +103,7 @@ from hostile_lib import BASE, CASES, FX, LK, QV, STATS, VIOLATIONS, W, selected,
 import hostile_cases_inputs  # noqa: E402,F401  (registers its cases, in this order)
 import hostile_cases_formats  # noqa: E402,F401
 import hostile_cases_round3  # noqa: E402,F401
+import hostile_cases_round5  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- main
