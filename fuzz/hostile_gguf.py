@@ -117,10 +117,12 @@ class Gguf:
             return struct.pack("<IQ", it, len(items)) + b"".join(self._wv(it, x) for x in items)
         return struct.pack("<" + SCALAR[t], v)
 
-    def save(self, path, relayout=True, count=None):
+    def save(self, path, relayout=True, count=None, align=None, version=None, kv_count=None):
         """Writes the file; relayout=True places the tensors afresh (aligned, in order),
-        False keeps every stored offset (and the old data section) as the caller left them."""
-        a = self.align()
+        False keeps every stored offset (and the old data section) as the caller left them.
+        `align` pads with another alignment than general.alignment says (to lie about it);
+        `count`, `kv_count` and `version` write other header numbers than the true ones."""
+        a = self.align() if align is None else align
         if relayout:
             data, off = b"", 0
             for t in self.tensors:
@@ -130,7 +132,8 @@ class Gguf:
         else:
             data = self.data
         nt = len(self.tensors) if count is None else count
-        h = b"GGUF" + struct.pack("<IQQ", self.version, nt, len(self.kv))
+        nk = len(self.kv) if kv_count is None else kv_count
+        h = b"GGUF" + struct.pack("<IQQ", self.version if version is None else version, nt, nk)
         for k, t, v in self.kv:
             h += self._ws(k) + struct.pack("<I", t) + self._wv(t, v)
         for t in self.tensors:

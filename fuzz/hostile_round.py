@@ -104,6 +104,7 @@ import hostile_cases_inputs  # noqa: E402,F401  (registers its cases, in this or
 import hostile_cases_formats  # noqa: E402,F401
 import hostile_cases_round3  # noqa: E402,F401
 import hostile_cases_round5  # noqa: E402,F401
+import hostile_cases_round5b  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- main
