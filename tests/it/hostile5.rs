@@ -239,3 +239,38 @@ fn a_config_giving_an_fp8_weight_four_bits_is_refused() {
         &["config.json", "group_0", "4-bit weights", "FP8"],
     );
 }
+
+/// A recipe whose second step merges into a GGUF base with a lying adapter (alpha NaN): the
+/// recipe's plan did not plan GGUF merge steps, so step 1 ran and wrote its output before
+/// step 2 failed, and `--dry-run` planned step 2 as "run" with exit 0. Now the plan refuses
+/// the recipe before any step runs, naming the step and the adapter's key.
+#[test]
+fn a_recipe_refuses_a_bad_gguf_merge_step_before_any_step_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    edited(dir.path(), PHI3_LORA, "a.gguf", |b| {
+        let key = b"adapter.lora.alpha";
+        let at = find_once(b, key) + key.len();
+        b[at + 4..at + 8].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    let recipe = dir.path().join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[[step]]\nname = \"first\"\ncommand = \"merge\"\nbase = \"{}\"\nadapter = [\"{}\"]\nout = \"one\"\n\n\
+             [[step]]\nname = \"gguf\"\ncommand = \"merge\"\nbase = \"{}\"\nadapter = [\"a.gguf\"]\nout = \"two.gguf\"\n",
+            s(&fixture("llama/base")),
+            s(&fixture("llama/adapters/qv_r8")),
+            s(&fixture(PHI3_BASE)),
+        ),
+    )
+    .unwrap();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let mut argv = vec!["run", s(&recipe)];
+        argv.extend_from_slice(extra);
+        refused(
+            dir.path(),
+            &argv,
+            &["step `gguf`", "a.gguf", "adapter.lora.alpha"],
+        );
+    }
+}
