@@ -502,3 +502,44 @@ def gguf_parts():
         run(c, ["finalize", "o.gguf"], mention=[(".lorakit-part-", "o.gguf", "b.gguf")])
     c = parted("gparts_split_out_missing_part", only=[1], extra=("--max-shard-size", "100KB"))
     run(c, ["finalize", "o.gguf"], mention=[("o.gguf", ".lorakit-part-")])
+    # A split output's parts: a shard removed or truncated after the parts ran.
+    for what in ("shard_removed", "shard_truncated"):
+        c = parted(f"gparts_split_{what}", extra=("--max-shard-size", "100KB"))
+        shards = sorted(n for n in os.listdir(c.dir) if n.startswith("o-") and n.endswith(".gguf"))
+        victim = shards[1]
+        if what == "shard_removed":
+            os.remove(c.p(victim))
+        else:
+            b = open(c.p(victim), "rb").read()
+            open(c.p(victim), "wb").write(b[:-64])
+        run(c, ["finalize", "o.gguf"], mention=[victim])
+
+
+# ---------------------------------------------------------------- recipes with GGUF steps
+@case
+def gguf_recipes():
+    """A recipe's GGUF merge steps (runnable since 8848c17) over a lying base or adapter, and
+    outputs onto their inputs: refused naming the file (the recipe's steps write nothing)."""
+    step = '[[step]]\nname = "m"\ncommand = "merge"\nbase = "%s"\nadapter = ["%s"]\nout = "%s"\n'
+    cases = {
+        "base_qkv_rows": ("../b.gguf", "../pa", "o.gguf", lambda c: gedit(c, "b.gguf", lambda g: g.reshape(
+            "blk.0.attn_qkv.weight", [64, 96])), [("b.gguf", "pa"), "attn_qkv"]),
+        "adapter_alpha_nan": ("../b.gguf", "../a.gguf", "o.gguf", lambda c: gedit(c, "a.gguf", lambda g: g.set(
+            "adapter.lora.alpha", F32, NAN)), ["a.gguf", "adapter.lora.alpha"]),
+        "out_onto_base": ("../b.gguf", "../pa", "../b.gguf", None, ["b.gguf"]),
+        "out_not_gguf": ("../b.gguf", "../pa", "o.safetensors", None, ["o.safetensors"]),
+        "split_base_missing": ("../m-00001-of-00003.gguf", "../pa", "o.gguf", "split", ["m-00003-of-00003.gguf"]),
+    }
+    for what, (base, adapter, out, fn, mention) in cases.items():
+        c = gcase("recipe_" + what)
+        if fn == "split":
+            setup_only(c, ["merge", "--base", "b.gguf", "--adapter", "pa", "--out", "m.gguf", "--max-shard-size",
+                           "100KB", "--quiet"])
+            os.remove(c.p("m-00003-of-00003.gguf"))
+        elif fn:
+            fn(c)
+        c.write("r/recipe.toml", step % (base, adapter, out))
+        # Refused by the recipe's plan, before any step runs (and so before its status line).
+        for extra in ([], ["--quiet"], ["--dry-run"]):
+            run(c, ["run", "r/recipe.toml"] + extra, mention=mention)
+
