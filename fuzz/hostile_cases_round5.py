@@ -543,3 +543,46 @@ def gguf_recipes():
         for extra in ([], ["--quiet"], ["--dry-run"]):
             run(c, ["run", "r/recipe.toml"] + extra, mention=mention)
 
+
+
+# ---------------------------------------------------------------- GGUF odds and ends
+@case
+def gguf_misc():
+    def embed(a_dims, b_dims, stem="token_embd.weight"):
+        def fn(g):
+            a, b = g.tensors[4], g.tensors[5]  # blk.0.attn_output's pair, renamed
+            a.update(name=stem + ".lora_a")
+            b.update(name=stem + ".lora_b")
+            g.reshape(a["name"], a_dims)
+            g.reshape(b["name"], b_dims)
+        return fn
+    # Factors on the embedding and the head: the right shapes merge, wrong ones are refused.
+    for what, fn, ok in (
+        ("embd_ok", embed([4, 128], [4, 64]), True),
+        ("embd_vocab_127", embed([4, 127], [4, 64]), False),
+        ("embd_rank", embed([3, 128], [4, 64]), False),
+        ("embd_width_32", embed([4, 128], [4, 32]), False),
+        ("head_ok", embed([64, 4], [4, 128], "output.weight"), True),
+        ("head_rows_127", embed([64, 4], [4, 127], "output.weight"), False),
+        ("norm_factor", embed([64, 4], [4, 64], "blk.0.attn_norm.weight"), False),
+    ):
+        c = gcase("misc_" + what)
+        gedit(c, "a.gguf", fn)
+        if ok:
+            either(c, MERGE_G)
+        else:
+            run(c, MERGE_G, mention=["a.gguf", ("token_embd", "output", "attn_norm")])
+    # Weights and unmerge over GGUF adapters; a GGUF base diffed with a safetensors file.
+    c = gcase("misc_flags")
+    c.copy("llama/base/model.safetensors", "st.safetensors")
+    gedit(c, "a.gguf", lambda g: g.set("adapter.lora.alpha", F32, NAN))
+    for argv, mention in (
+        (MERGE_G + ["--unmerge"], ["a.gguf", "adapter.lora.alpha"]),
+        (["merge", "--base", "b.gguf", "--adapter", "pa", "--weight", "nan", "--out", "o.gguf"], ["weight"]),
+        (["merge", "--base", "b.gguf", "--adapter", "pa", "--adapter", "a.gguf", "--out", "o.gguf"], ["a.gguf"]),
+        (["merge", "--base", "b.gguf", "--adapter", "pa", "--dtype", "bf16", "--out", "o.gguf"], ["--dtype"]),
+    ):
+        run(c, argv, mention=mention)
+    either(c, ["diff", "b.gguf", "st.safetensors"], refusals=(1, 2))
+    either(c, ["diff", "b.gguf", "pa"], refusals=(1, 2))
+    either(c, ["inspect", "pa", "--base", "b.gguf"])
