@@ -97,15 +97,16 @@ after this round's fixes all 1,375: 0
   recipe or the inputs' folders keeps the files that were there.
 
 Round 5, 2026-12-06, debug build, as root (hostile_cases_round5.py, hostile_cases_round5b.py;
-GGUF files edited by hostile_gguf.py): 1,389 new cases over the code added since round 3. The
-whole round, 2,764 cases in 208 s (`python3 fuzz/hostile_round.py target/debug/lorakit`): against
-the pre-fix binary (main at 77863c3) 16 of the new cases violated the contract (phi3_base_lies
-1/241, phi3_adapter_lies 4/118, gguf_parts 1/45, gguf_recipes 4/15, quant_config_lies 6/190;
-gguf_header_lies 0/60, gguf_block_rows 0/36, gguf_split_sets 0/50, flux_final_layer 0/342,
-flux_fused_layouts 0/180, quant_scale_lies 0/112); after this round's fixes 0, and 2 "known"
+GGUF files edited by hostile_gguf.py): 1,403 new cases over the code added since round 3. The
+whole round, 2,778 cases in 208-261 s (`python3 fuzz/hostile_round.py target/debug/lorakit`):
+against the pre-fix binary (main at 77863c3) 17 of the new cases violated the contract
+(phi3_base_lies 1/241, phi3_adapter_lies 4/118, gguf_misc 1/14, gguf_parts 1/45, gguf_recipes
+4/15, quant_config_lies 6/190; gguf_header_lies 0/60, gguf_block_rows 0/36, gguf_split_sets
+0/50, flux_final_layer 0/342, flux_fused_layouts 0/180, quant_scale_lies 0/112); after this
+round's fixes 0, and 2 "known"
 (counted apart, below). Tests in tests/it/hostile5.rs.
-  fixed (16 cases):
-  *  4  GGUF adapters: adapter.lora.alpha NaN/inf blamed the *output* file ("merged value is not
+  fixed (17 cases):
+  *  5  GGUF adapters: adapter.lora.alpha NaN/inf blamed the *output* file ("merged value is not
         finite"), a string alpha was read as 0 (scale 1), a lora_b without its lora_a was
         skipped (llama.cpp refuses the pair) (adapter/formats/gguf.rs)
   *  1  a GGUF base whose general.architecture is no string: "GGUF architecture ``"
