@@ -45,6 +45,8 @@ mod it {
     /// The output contract under hostile use: outputs onto inputs, untrusted manifests,
     /// all-or-nothing commits, signals, locks, stored-dtype checks, special files, escaping.
     pub mod hardening;
+    /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
+    pub mod hostile5;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
     pub mod inspect;
     /// A failed `--json` run: one JSON error object on stdout, stderr and exit status unchanged.

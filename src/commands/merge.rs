@@ -290,9 +290,17 @@ pub fn writes_gguf(a: &MergeArgs) -> bool {
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-/// `merge --base MODEL.gguf`: flags that only make sense for safetensors outputs are refused.
-fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
-    let refuse = |flag: &str| -> Result<i32> {
+/// Plans `merge --base MODEL.gguf` in full (which validates the base, the adapters and their
+/// matching) and drops the plan: what a recipe's plan asks of a GGUF merge step, so that a bad
+/// input is refused before any step runs, as for safetensors merges.
+pub fn gguf_check(a: &MergeArgs) -> Result<()> {
+    gguf_plan(a, true).map(drop)
+}
+
+/// `merge --base MODEL.gguf`'s plan: flags that only make sense for safetensors outputs are
+/// refused.
+fn gguf_plan(a: &MergeArgs, quiet: bool) -> Result<GgufMergePlan> {
+    let refuse = |flag: &str| -> Result<GgufMergePlan> {
         Err(InputError::invalid(
             &a.base,
             format!("a GGUF base: {flag} is not supported for GGUF outputs"),
@@ -307,7 +315,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let weights = options::adapter_weights(a.adapters.len(), &a.weights)?;
     let base = crate::io::gguf::GgufModel::open(&a.base)?;
-    let adapters = weighted_adapters(&a, &weights)?;
+    let adapters = weighted_adapters(a, &weights)?;
     let options = GgufMergeOptions {
         outtype: a.outtype.unwrap_or_default(),
         max_shard_size: a.output.max_shard_size,
@@ -316,7 +324,12 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         part: a.part,
         progress: printer::progress(!quiet && !a.json),
     };
-    let plan = GgufMergePlan::new(&a.base, base, adapters, a.output.out.clone(), options)?;
+    GgufMergePlan::new(&a.base, base, adapters, a.output.out.clone(), options)
+}
+
+/// `merge --base MODEL.gguf`.
+fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
+    let plan = gguf_plan(&a, quiet)?;
     for u in &plan.unmatched {
         printer::warn(quiet, &format!("unmatched module {u}"));
     }

@@ -273,11 +273,17 @@ impl crate::recipe::Commands for CliCommands {
     fn bytes_written(&self, argv: &[String]) -> Result<Option<u64>> {
         use clap::Parser;
         match Cli::try_parse_from(argv) {
-            // A GGUF merge's size is known only once it is planned by its own command.
+            // A safetensors merge, planned in full (which validates adapter ↔ base matching).
             Ok(Cli {
                 command: Command::Merge(a),
                 ..
             }) if !merge::writes_gguf(&a) => Ok(Some(merge::plan(&a, false)?.output_bytes())),
+            // A merge into a GGUF base: planned (validated) in full, its size unknown until it
+            // runs (the plan counts tensor bytes, not the header).
+            Ok(Cli {
+                command: Command::Merge(a),
+                ..
+            }) if crate::io::gguf::is_gguf(&a.base) => merge::gguf_check(&a).map(|()| None),
             _ => Ok(None),
         }
     }

@@ -426,15 +426,31 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
             target.architecture
         )));
     }
-    let alpha = h
-        .get("adapter.lora.alpha")
-        .and_then(Value::as_f64)
-        .unwrap_or(0.0);
+    // llama.cpp reads the key as a FLOAT32 (gguf_get_val_f32 asserts the type); absent is 0.
+    let alpha = match h.get("adapter.lora.alpha") {
+        None => 0.0,
+        Some(v) => match v.as_f64() {
+            Some(a) if a.is_finite() => a,
+            _ => {
+                return Err(err(format!(
+                    "adapter.lora.alpha is {}, not a finite number",
+                    v.to_json()
+                )))
+            }
+        },
+    };
     let mut modules = Vec::new();
     for (f, ta) in m.tensors() {
         let name = &ta.name;
         let Some(stem) = name.strip_suffix(".lora_a") else {
-            if name.ends_with(".lora_b") || name.ends_with("_norm.weight") {
+            if let Some(stem) = name.strip_suffix(".lora_b") {
+                // llama_adapter_lora_init_impl: "LoRA tensor pair for '%s' is missing one component".
+                if m.get(&format!("{stem}.lora_a")).is_none() {
+                    return Err(err(format!("`{name}` has no `{stem}.lora_a`")));
+                }
+                continue;
+            }
+            if name.ends_with("_norm.weight") {
                 continue;
             }
             return Err(err(format!(

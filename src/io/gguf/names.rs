@@ -125,7 +125,12 @@ pub fn permutes_or_refuse(arch: &str, path: &std::path::Path) -> crate::error::I
         crate::error::InputError::invalid(
             path,
             format!(
-                "GGUF architecture `{arch}`: lorakit maps module names for {} only",
+                "{}: lorakit maps module names for {} only",
+                if arch.is_empty() {
+                    "no general.architecture string".to_owned()
+                } else {
+                    format!("GGUF architecture `{arch}`")
+                },
                 ARCHITECTURES
                     .iter()
                     .map(|(a, _)| *a)

@@ -169,6 +169,18 @@ impl WeightArgs {
                 (p.per_tensor || p.groups != n)
                     .then(|| format!("groups of {g} ([{rows}, {n}] scales)"))
             }
+            // A grid of `m`x`n` blocks: the stored per-row groups are that grid only for `1`x`g`.
+            (Some("block"), _) => match self.block {
+                Some((m, n))
+                    if !p.per_tensor
+                        && rows.div_ceil(m) == rows
+                        && p.cols.div_ceil(n) == p.groups =>
+                {
+                    None
+                }
+                Some((m, n)) => Some(format!("{m}x{n} blocks")),
+                None => Some("blocks of no block_structure".to_string()),
+            },
             _ => None,
         };
         if let Some(says) = says {
@@ -191,6 +203,12 @@ impl WeightArgs {
         scale: &str,
         scale_shape: &[usize],
     ) -> Option<String> {
+        // The stored weight is FP8 (float8_e4m3fn / e5m2): 8 bits, whatever else the config says.
+        if let Some(b) = self.num_bits.filter(|&b| b != 8) {
+            return Some(format!(
+                "{b}-bit weights, the stored FP8 weight holds 8-bit ones"
+            ));
+        }
         let one = layout.grid_rows == 1 && layout.grid_cols == 1;
         let says = match self.strategy.as_deref() {
             Some("tensor") if !one => Some("one scale per tensor".to_string()),

@@ -361,13 +361,19 @@ impl SplitOutput for GgufParts<'_> {
     /// One GGUF model (split keys consistent) holding exactly the planned tensors.
     fn finish(
         &self,
-        _: &Path,
+        manifest: &Path,
         first: &GgufManifest,
         _: &mut crate::io::Output,
         bytes: u64,
     ) -> Result<GgufFinalizeReport> {
         let plan = &first.plan;
-        let model = GgufModel::open(self.dir().join(&plan.files[0].0))?;
+        let Some((first_file, _)) = plan.files.first() else {
+            bail!(InputError::invalid(
+                manifest,
+                "its plan names no output file"
+            ));
+        };
+        let model = GgufModel::open(self.dir().join(first_file))?;
         let got: Vec<PlannedTensor> = model
             .tensors()
             .map(|(_, t)| (t.name.clone(), t.ty.name().to_owned(), t.dims.clone()))
