@@ -216,6 +216,10 @@ pub enum Opt {
     Quant,
     Rank,
     Rslora,
+    /// The rank of the LoRA a saved embedding or head becomes (`check --fix`).
+    SavedRank,
+    /// The rank other algorithms are lowered to (`check --fix` for the diffusion loaders).
+    LowerRank,
     SaveChanged,
     Seed,
     SeqLen,
@@ -272,6 +276,8 @@ impl Opt {
             Opt::Quant => "quant",
             Opt::Rank => "rank",
             Opt::Rslora => "rslora",
+            Opt::SavedRank => "saved.rank",
+            Opt::LowerRank => "lower_rank",
             Opt::SaveChanged => "save_changed",
             Opt::Seed => "seed",
             Opt::SeqLen => "seq_len",

@@ -42,6 +42,8 @@ pub fn long(o: Opt) -> &'static str {
         Opt::Quant => "--quant",
         Opt::Rank => "--rank",
         Opt::Rslora => "--rslora",
+        Opt::SavedRank => "--saved-rank",
+        Opt::LowerRank => "--lower-rank",
         Opt::SaveChanged => "--save-changed",
         Opt::Seed => "--seed",
         Opt::SeqLen => "--seq-len",

@@ -141,7 +141,8 @@ pub struct RunArgs {
     /// Validate and print the plan (bytes each step reads and writes); run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the plan as JSON (with --dry-run).
+    /// Print one JSON object: the plan (with --dry-run), or after the run the plan and every
+    /// step's report (`reports`, in the order the steps ran) and the exit code.
     #[arg(long)]
     pub json: bool,
     /// Run every step, up to date or not.

@@ -55,6 +55,7 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
         lower_rank: a.lower_rank,
         tolerance: a.tolerance,
     };
+    fix_opts.validate()?;
     match fix_opts.form {
         FixForm::Peft if a.lower_rank.is_some() => anyhow::bail!(
             "--lower-rank applies when every --target is diffusers or comfy (the fix is then a kohya file)"

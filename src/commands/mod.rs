@@ -94,7 +94,27 @@ pub fn run(cli: Cli) -> Result<i32> {
                 })?;
                 return Ok(0);
             }
-            crate::recipe::run(&steps, rerun, quiet, &CliCommands)
+            if !a.json {
+                return crate::recipe::run(&steps, rerun, quiet, &CliCommands);
+            }
+            // One object on stdout: the plan and every step's report (none of them printed on
+            // its own), or the error object when a step fails.
+            let (code, reports) =
+                printer::capture_reports(|| crate::recipe::run(&steps, rerun, quiet, &CliCommands));
+            let code = code?;
+            #[derive(serde::Serialize)]
+            struct RunReport<'a, T: serde::Serialize> {
+                items: &'a T,
+                reports: Vec<serde_json::Value>,
+                exit_code: i32,
+            }
+            let report = RunReport {
+                items: &plan,
+                reports,
+                exit_code: code,
+            };
+            printer::print_json("run", &report)?;
+            Ok(code)
         }
         Command::Completions(a) => {
             use clap::CommandFactory;

@@ -17,12 +17,36 @@ pub fn set_quiet(quiet: bool) {
 /// `-q/--quiet`: nothing but errors (and JSON a script asked for with `--json`).
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Writes a text report to stdout, unless `--quiet`; a closed pipe (`| head`) is not an error.
+/// Writes a text report to stdout, unless `--quiet` or reports are captured ([`capture_reports`]);
+/// a closed pipe (`| head`) is not an error.
 pub fn print(s: &str) -> Result<()> {
-    if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+    if QUIET.load(std::sync::atomic::Ordering::Relaxed) || capturing() {
         return Ok(());
     }
     print_always(s)
+}
+
+/// The reports of commands run while [`capture_reports`] runs (`run --json`: every step's report
+/// goes into the run's one object, and no step writes to stdout). `None`: reports are printed.
+static CAPTURED: std::sync::Mutex<Option<Vec<serde_json::Value>>> = std::sync::Mutex::new(None);
+
+fn capturing() -> bool {
+    CAPTURED.lock().map(|c| c.is_some()).unwrap_or(false)
+}
+
+/// Runs `f` with every report it makes kept (as its JSON object, `operation` first) instead of
+/// printed, text reports dropped; returns `f`'s result and the reports in order.
+pub fn capture_reports<T>(f: impl FnOnce() -> T) -> (T, Vec<serde_json::Value>) {
+    if let Ok(mut c) = CAPTURED.lock() {
+        *c = Some(Vec::new());
+    }
+    let r = f();
+    let reports = CAPTURED
+        .lock()
+        .ok()
+        .and_then(|mut c| c.take())
+        .unwrap_or_default();
+    (r, reports)
 }
 
 /// Writes `s` to stdout whatever `--quiet` says (requested JSON, completions, man pages).
@@ -43,7 +67,7 @@ pub fn print_report<T: serde::Serialize>(
     report: &T,
     text: impl FnOnce() -> String,
 ) -> Result<()> {
-    if json {
+    if json || capturing() {
         print_json(operation, report)
     } else {
         print(&text())
@@ -58,7 +82,14 @@ static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// gets `operation`, and a list becomes `{"operation": …, "items": […]}`. That key is the one
 /// way a script tells reports apart; the README's JSON section lists the shared vocabulary.
 pub fn print_json<T: serde::Serialize>(operation: &str, v: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(&with_operation(operation, serde_json::to_value(v)?))?;
+    let value = with_operation(operation, serde_json::to_value(v)?);
+    if let Ok(mut c) = CAPTURED.lock() {
+        if let Some(kept) = c.as_mut() {
+            kept.push(value);
+            return Ok(());
+        }
+    }
+    let mut s = serde_json::to_string_pretty(&value)?;
     s.push('\n');
     REPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
     print_always(&s)

@@ -337,3 +337,29 @@ fn base_weight_readers_refuse_a_module_whose_rows_the_tensor_reorders() {
         assert!(!out.exists());
     }
 }
+
+/// A module split over several tensors is one module merged: `merge --json` counts modules
+/// (`modules_merged` equals `inspect`'s module count), not the tensors they land on.
+#[test]
+fn a_split_module_counts_once_in_modules_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("diffusers_formats/flux_kohya.safetensors");
+    let o = bin()
+        .args(["merge", "--base"])
+        .arg(fixture("diffusers_formats/flux_base.safetensors"))
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("-o")
+        .arg(dir.path().join("m.safetensors"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let inspected = inspect_json(&adapter, &[]);
+    let modules = inspected["modules"].as_array().unwrap().len();
+    assert_eq!(modules, 5);
+    assert_eq!(report["adapters"][0]["modules_merged"], modules, "{report}");
+    // Its two fused qkv modules land on three tensors each: 9 tensors merged.
+    assert_eq!(report["tensors_merged_count"], 9, "{report}");
+}

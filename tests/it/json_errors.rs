@@ -219,6 +219,23 @@ fn every_json_command_prints_its_failure_as_one_json_object() {
             "input",
             2,
         ),
+        // A value out of range that the library words about a file: still the command line.
+        (
+            a(&[
+                "check",
+                &f("llama/adapters/dora"),
+                "--base",
+                &base,
+                "--fix",
+                "--dora-rank",
+                "0",
+                "--out",
+                &d("fx"),
+            ]),
+            "check",
+            "usage",
+            2,
+        ),
     ];
     for (args, operation, kind, code) in &cases {
         assert_json_error(args, operation, kind, *code);

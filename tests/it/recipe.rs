@@ -427,3 +427,73 @@ fn recipe_steps_merge_into_a_gguf_model() {
         .collect();
     assert_eq!(actions, ["skip", "skip", "run"]);
 }
+
+/// `run --json` prints one object: the plan and every step's report (steps print nothing of
+/// their own, whatever their `json`); a step that fails leaves only the error object on stdout,
+/// never a step's success report that a parser would read as success.
+#[test]
+fn run_json_prints_one_object_with_every_step_report_or_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = write_recipe(
+        dir.path(),
+        &recipe().replacen(
+            "\nout = \"out/merged\"\n",
+            "\nout = \"out/merged\"\njson = true\n",
+            1,
+        ),
+    );
+    let o = bin().args(run_args(&r, &["--json"])).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["operation"].as_str(), v["exit_code"].as_i64()),
+        (Some("run"), Some(0))
+    );
+    assert_eq!(v["items"].as_array().unwrap().len(), 3);
+    let ops: Vec<&str> = v["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["merge", "unmerge", "diff"], "{v}");
+    assert_eq!(v["reports"][2]["pass"], true);
+
+    // Step 2 fails once step 1 has run and reported (its base is step 1's output, so it is
+    // planned only when it runs; its adapter matches nothing there): the error object alone.
+    let bad = dir.path().join("bad");
+    let body = [
+        merge_step(
+            "merged",
+            "FX/llama/base",
+            QV,
+            "out2/merged",
+            "json = true\n",
+        ),
+        merge_step(
+            "again",
+            "${merged.out}",
+            "FX/flux_final/kohya.safetensors",
+            "out2/x",
+            "",
+        ),
+    ]
+    .concat();
+    std::fs::create_dir(&bad).unwrap();
+    let r = write_recipe(&bad, &body);
+    let o = bin().args(run_args(&r, &["--json"])).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    assert_eq!(v["operation"], "run", "{v}");
+    assert_eq!(v["error"]["exit_code"], 2, "{v}");
+    assert!(
+        bad.join("out2/merged/model.safetensors").exists(),
+        "step 1 ran"
+    );
+}

@@ -38,6 +38,31 @@ pub struct FixOptions {
     pub tolerance: Option<f64>,
 }
 
+impl FixOptions {
+    /// The checks of the options alone, before any file is read: each rank at least 1, the
+    /// tolerance a finite number ≥ 0 (a usage error, not one about an input).
+    pub fn validate(&self) -> Result<(), crate::error::OptionError> {
+        use crate::error::{Opt, OptionError};
+        for (opt, rank) in [
+            (Opt::DoraRank, self.dora_rank),
+            (Opt::SavedRank, self.saved.rank),
+            (Opt::LowerRank, self.lower_rank),
+        ] {
+            if rank == Some(0) {
+                return Err(OptionError::new(move |o| {
+                    format!("{} must be at least 1", o.opt(opt))
+                }));
+            }
+        }
+        if self.tolerance.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
+            return Err(OptionError::new(|o| {
+                format!("{} must be a finite number ≥ 0", o.opt(Opt::Tolerance))
+            }));
+        }
+        Ok(())
+    }
+}
+
 /// The form of the fixed adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FixForm {

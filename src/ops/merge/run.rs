@@ -253,7 +253,13 @@ impl MergePlan {
             .map(|(wa, r)| AdapterSummary {
                 path: wa.adapter.path.display().to_string(),
                 weight: wa.weight,
-                modules_merged: r.modules.len(),
+                // Modules, not placements: a module split over several tensors counts once.
+                modules_merged: r
+                    .modules
+                    .iter()
+                    .map(|p| p.module)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
                 tensors_replaced: r.full.len(),
                 biases_updated: r.modules.iter().filter(|p| p.bias.is_some()).count(),
             })
