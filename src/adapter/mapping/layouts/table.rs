@@ -1,0 +1,276 @@
+//! The tables of [`super`]: for each diffusion transformer, its original module paths (`#` a
+//! block index) and the diffusers module paths each one is, in row order, transcribed from
+//! diffusers 0.42.1's `loaders/single_file_utils.py` checkpoint converters; and the modules whose
+//! two row halves the layouts store in the other order. Data only: must not match names.
+
+/// A model whose layouts [`TABLES`] maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Model {
+    Flux,
+    Wan,
+    Sd3,
+}
+
+impl Model {
+    /// Whether diffusers' own LoRA loader for this model converts names in its original layout
+    /// (what `check --target diffusers` asks, `super::targets`): `FluxLoraLoaderMixin` and
+    /// `WanLoraLoaderMixin` do (`lora_pipeline.py` 0.42.1, their `lora_state_dict`);
+    /// `SD3LoraLoaderMixin.lora_state_dict` converts nothing, so a kohya SD3 file is read as
+    /// diffusers names and its modules land nowhere.
+    pub(super) fn diffusers_converts_lora(self) -> bool {
+        match self {
+            Model::Flux | Model::Wan => true,
+            Model::Sd3 => false,
+        }
+    }
+}
+
+/// One model's rows: original module path → the diffusers module paths it is, in row order.
+pub(super) type Rows = &'static [(&'static str, &'static [&'static str])];
+
+/// Every model's rows, looked up in this order (a path two models share, `final_layer.linear`,
+/// maps alike in both).
+pub(super) const TABLES: &[(Model, Rows)] = &[
+    (Model::Flux, FLUX),
+    (Model::Wan, WAN),
+    (Model::Sd3, SD3),
+];
+
+/// When a module of [`SWAPPED_HALVES`] has its halves swapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Swap {
+    /// Always (a path with no block index).
+    Always,
+    /// Only in the model's last block (the `#` of the path the highest index the base holds).
+    InLastBlock,
+}
+
+/// Original module paths whose diffusers tensor holds the same rows with the two halves
+/// swapped: the original is `(shift, scale)`, diffusers' `AdaLayerNormContinuous` reads
+/// `(scale, shift)`. BFL Flux's and SD3's final modulation (`norm_out.linear`:
+/// `convert_flux_transformer_checkpoint_to_diffusers`, `convert_sd3_transformer_checkpoint_to_diffusers`
+/// `swap_scale_shift`; the LoRA converters' `swap_scale_shift` on `lora_up`; ComfyUI
+/// `comfy/utils.py` `flux_to_diffusers`), and SD3's last joint block's context modulation
+/// (`norm1_context.linear`, swapped by the SD3 converter for `i == num_layers - 1` only: that
+/// block is `context_pre_only`, the others' `AdaLayerNormZero` keep the original order).
+pub(super) const SWAPPED_HALVES: &[(&str, Swap)] = &[
+    ("final_layer.adaLN_modulation.1", Swap::Always),
+    (
+        "joint_blocks.#.context_block.adaLN_modulation.1",
+        Swap::InLastBlock,
+    ),
+];
+
+/// BFL Flux: `convert_flux_transformer_checkpoint_to_diffusers`; the final layer's
+/// `adaLN_modulation.1` is `norm_out.linear` with its halves swapped ([`SWAPPED_HALVES`]).
+const FLUX: Rows = &[
+    ("img_in", &["x_embedder"]),
+    ("txt_in", &["context_embedder"]),
+    (
+        "time_in.in_layer",
+        &["time_text_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "time_in.out_layer",
+        &["time_text_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "vector_in.in_layer",
+        &["time_text_embed.text_embedder.linear_1"],
+    ),
+    (
+        "vector_in.out_layer",
+        &["time_text_embed.text_embedder.linear_2"],
+    ),
+    (
+        "guidance_in.in_layer",
+        &["time_text_embed.guidance_embedder.linear_1"],
+    ),
+    (
+        "guidance_in.out_layer",
+        &["time_text_embed.guidance_embedder.linear_2"],
+    ),
+    ("final_layer.linear", &["proj_out"]),
+    ("final_layer.adaLN_modulation.1", &["norm_out.linear"]),
+    (
+        "double_blocks.#.img_mod.lin",
+        &["transformer_blocks.#.norm1.linear"],
+    ),
+    (
+        "double_blocks.#.txt_mod.lin",
+        &["transformer_blocks.#.norm1_context.linear"],
+    ),
+    (
+        "double_blocks.#.img_attn.qkv",
+        &[
+            "transformer_blocks.#.attn.to_q",
+            "transformer_blocks.#.attn.to_k",
+            "transformer_blocks.#.attn.to_v",
+        ],
+    ),
+    (
+        "double_blocks.#.txt_attn.qkv",
+        &[
+            "transformer_blocks.#.attn.add_q_proj",
+            "transformer_blocks.#.attn.add_k_proj",
+            "transformer_blocks.#.attn.add_v_proj",
+        ],
+    ),
+    (
+        "double_blocks.#.img_attn.proj",
+        &["transformer_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "double_blocks.#.txt_attn.proj",
+        &["transformer_blocks.#.attn.to_add_out"],
+    ),
+    (
+        "double_blocks.#.img_mlp.0",
+        &["transformer_blocks.#.ff.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.img_mlp.2",
+        &["transformer_blocks.#.ff.net.2"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.0",
+        &["transformer_blocks.#.ff_context.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.2",
+        &["transformer_blocks.#.ff_context.net.2"],
+    ),
+    (
+        "single_blocks.#.modulation.lin",
+        &["single_transformer_blocks.#.norm.linear"],
+    ),
+    (
+        "single_blocks.#.linear1",
+        &[
+            "single_transformer_blocks.#.attn.to_q",
+            "single_transformer_blocks.#.attn.to_k",
+            "single_transformer_blocks.#.attn.to_v",
+            "single_transformer_blocks.#.proj_mlp",
+        ],
+    ),
+    (
+        "single_blocks.#.linear2",
+        &["single_transformer_blocks.#.proj_out"],
+    ),
+];
+
+/// Wan: `convert_wan_transformer_to_diffusers`'s `TRANSFORMER_KEYS_RENAME_DICT`.
+const WAN: Rows = &[
+    ("blocks.#.self_attn.q", &["blocks.#.attn1.to_q"]),
+    ("blocks.#.self_attn.k", &["blocks.#.attn1.to_k"]),
+    ("blocks.#.self_attn.v", &["blocks.#.attn1.to_v"]),
+    ("blocks.#.self_attn.o", &["blocks.#.attn1.to_out.0"]),
+    ("blocks.#.cross_attn.q", &["blocks.#.attn2.to_q"]),
+    ("blocks.#.cross_attn.k", &["blocks.#.attn2.to_k"]),
+    ("blocks.#.cross_attn.v", &["blocks.#.attn2.to_v"]),
+    ("blocks.#.cross_attn.o", &["blocks.#.attn2.to_out.0"]),
+    ("blocks.#.cross_attn.k_img", &["blocks.#.attn2.add_k_proj"]),
+    ("blocks.#.cross_attn.v_img", &["blocks.#.attn2.add_v_proj"]),
+    ("blocks.#.ffn.0", &["blocks.#.ffn.net.0.proj"]),
+    ("blocks.#.ffn.2", &["blocks.#.ffn.net.2"]),
+    (
+        "text_embedding.0",
+        &["condition_embedder.text_embedder.linear_1"],
+    ),
+    (
+        "text_embedding.2",
+        &["condition_embedder.text_embedder.linear_2"],
+    ),
+    (
+        "time_embedding.0",
+        &["condition_embedder.time_embedder.linear_1"],
+    ),
+    (
+        "time_embedding.2",
+        &["condition_embedder.time_embedder.linear_2"],
+    ),
+    ("time_projection.1", &["condition_embedder.time_proj"]),
+    ("head.head", &["proj_out"]),
+];
+
+/// SD3 / SD3.5 (Stability's MMDiT names, kohya sd-scripts `networks/lora_sd3.py` @077f6a4 and
+/// ComfyUI use them): `convert_sd3_transformer_checkpoint_to_diffusers`. Each fused `qkv` is
+/// `torch.chunk`ed in three; SD3.5's second self-attention `x_block.attn2` is `attn2`; the last
+/// block's context stream has only its modulation and `qkv` (no `proj`, no MLP); the final layer
+/// is Flux's rows (`final_layer.linear`, `final_layer.adaLN_modulation.1`). `context_embedder` has
+/// one name in both layouts (matched as any name is).
+const SD3: Rows = &[
+    ("x_embedder.proj", &["pos_embed.proj"]),
+    (
+        "t_embedder.mlp.0",
+        &["time_text_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "t_embedder.mlp.2",
+        &["time_text_embed.timestep_embedder.linear_2"],
+    ),
+    ("y_embedder.mlp.0", &["time_text_embed.text_embedder.linear_1"]),
+    ("y_embedder.mlp.2", &["time_text_embed.text_embedder.linear_2"]),
+    (
+        "joint_blocks.#.x_block.attn.qkv",
+        &[
+            "transformer_blocks.#.attn.to_q",
+            "transformer_blocks.#.attn.to_k",
+            "transformer_blocks.#.attn.to_v",
+        ],
+    ),
+    (
+        "joint_blocks.#.context_block.attn.qkv",
+        &[
+            "transformer_blocks.#.attn.add_q_proj",
+            "transformer_blocks.#.attn.add_k_proj",
+            "transformer_blocks.#.attn.add_v_proj",
+        ],
+    ),
+    (
+        "joint_blocks.#.x_block.attn2.qkv",
+        &[
+            "transformer_blocks.#.attn2.to_q",
+            "transformer_blocks.#.attn2.to_k",
+            "transformer_blocks.#.attn2.to_v",
+        ],
+    ),
+    (
+        "joint_blocks.#.x_block.attn.proj",
+        &["transformer_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "joint_blocks.#.context_block.attn.proj",
+        &["transformer_blocks.#.attn.to_add_out"],
+    ),
+    (
+        "joint_blocks.#.x_block.attn2.proj",
+        &["transformer_blocks.#.attn2.to_out.0"],
+    ),
+    (
+        "joint_blocks.#.x_block.adaLN_modulation.1",
+        &["transformer_blocks.#.norm1.linear"],
+    ),
+    (
+        "joint_blocks.#.context_block.adaLN_modulation.1",
+        &["transformer_blocks.#.norm1_context.linear"],
+    ),
+    (
+        "joint_blocks.#.x_block.mlp.fc1",
+        &["transformer_blocks.#.ff.net.0.proj"],
+    ),
+    (
+        "joint_blocks.#.x_block.mlp.fc2",
+        &["transformer_blocks.#.ff.net.2"],
+    ),
+    (
+        "joint_blocks.#.context_block.mlp.fc1",
+        &["transformer_blocks.#.ff_context.net.0.proj"],
+    ),
+    (
+        "joint_blocks.#.context_block.mlp.fc2",
+        &["transformer_blocks.#.ff_context.net.2"],
+    ),
+    ("final_layer.linear", &["proj_out"]),
+    ("final_layer.adaLN_modulation.1", &["norm_out.linear"]),
+];

@@ -1,0 +1,133 @@
+//! LoRAs named in a diffusion transformer's original layout merged into the model saved by
+//! diffusers, and diffusers-named LoRAs merged into the original single file, for the models
+//! beyond Flux and Wan (`src/adapter/mapping/layouts/table.rs`). Each fixture folder's generator
+//! (`fixtures/gen/<model>_layout_fixtures.py`) builds a tiny model with diffusers itself, saves it
+//! in both layouts (diffusers' checkpoint converter read backwards, checked forwards) and gives
+//! the reference: diffusers' own `load_lora_weights` + `fuse_lora` where diffusers loads the file,
+//! else the converter's arithmetic in f64 (MANIFEST.json says which).
+//!
+//! - SD3 / SD3.5 (`fixtures/sd3_layout/`): kohya sd-scripts' `lora_unet_joint_blocks_N_…` and
+//!   ComfyUI's `diffusion_model.joint_blocks.N.…` on the diffusers layout (fused `qkv` over
+//!   `to_q/to_k/to_v`, `add_*_proj`, SD3.5's `attn2`; the last block's context modulation and the
+//!   final one with their halves swapped, the other blocks' not), and ai-toolkit's
+//!   `transformer.transformer_blocks.N.…` on the original layout.
+
+use super::check::check_json;
+use super::common::*;
+
+fn manifest_of(folder: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixture(&format!("{folder}/MANIFEST.json"))).unwrap())
+        .unwrap()
+}
+
+/// Merges `{folder}/{adapter}` into `{folder}/{base_name}` and compares every tensor with
+/// `{adapter}_reference`, whose tensors are the ones the reference changed (MANIFEST.json); every
+/// other tensor must keep its bytes. On a GPU the output must be the CPU's, byte for byte.
+fn merges_as_reference(folder: &str, base_name: &str, adapter: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("merged.safetensors");
+    let args = (
+        format!("{folder}/{base_name}"),
+        format!("{folder}/{adapter}.safetensors"),
+    );
+    merge_fixtures(&args.0, &args.1, &out, &["--quiet"]);
+    let got = read(&out);
+    let want = read(&fixture(&format!(
+        "{folder}/{adapter}_reference.safetensors"
+    )));
+    let base = read(&fixture(&args.0));
+    let changed: Vec<String> = manifest_of(folder)[adapter]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    let mut names: Vec<&String> = want.keys().collect();
+    names.sort();
+    assert_eq!(names, changed.iter().collect::<Vec<_>>());
+    let mut got_names: Vec<&String> = got.keys().collect();
+    got_names.sort();
+    let mut base_names: Vec<&String> = base.keys().collect();
+    base_names.sort();
+    assert_eq!(
+        got_names, base_names,
+        "{adapter}: the output has the base's tensors"
+    );
+    for (name, b) in &base {
+        match want.get(name) {
+            Some(w) => assert_f32_close(name, &got[name].f32(), &w.f32(), &b.f32()),
+            None => assert_eq!(got[name].data, b.data, "{name}: not adapted, same bytes"),
+        }
+    }
+    if gpu_available() {
+        let gpu = dir.path().join("gpu.safetensors");
+        merge_fixtures(&args.0, &args.1, &gpu, &["--quiet", "--device", "gpu"]);
+        assert!(
+            std::fs::read(&gpu).unwrap() == std::fs::read(&out).unwrap(),
+            "{adapter}: gpu output differs"
+        );
+    }
+}
+
+/// kohya sd-scripts' SD3.5 file on the diffusers layout: every fused `qkv` split over its three
+/// tensors, the renamed projections, MLPs, embedders and the 2×2 patch-embedding conv; block 0's
+/// context modulation whole and in order, block 1's (the last, `context_pre_only`) and the final
+/// one with lora_up's halves swapped. diffusers' SD3 loader converts none of these names (it
+/// loaded nothing: MANIFEST.json), so the reference is its checkpoint converter run on the
+/// original weights plus each ΔW in f64.
+#[test]
+fn kohya_sd3_lands_on_the_diffusers_layout_as_the_converter_splits_it() {
+    let m = manifest_of("sd3_layout");
+    assert_eq!(m["kohya"]["diffusers_loaded"], serde_json::json!([]));
+    assert_eq!(m["kohya"]["changed"].as_array().unwrap().len(), 22);
+    merges_as_reference("sd3_layout", "base.safetensors", "kohya");
+}
+
+/// ComfyUI's dotted names (`diffusion_model.joint_blocks.N.…`, lora_down/lora_up/alpha) on a
+/// fused context `qkv` and the last block's swapped context modulation.
+#[test]
+fn comfyui_sd3_lands_on_the_diffusers_layout() {
+    merges_as_reference("sd3_layout", "base.safetensors", "comfy");
+}
+
+/// The other way: ai-toolkit's diffusers names on the original single file land on their rows of
+/// the fused `qkv` tensors and with the last block's and the final modulation's halves swapped
+/// back; the reference is diffusers' own fuse (it loaded every module) brought to the original
+/// layout.
+#[test]
+fn ai_toolkit_sd3_lands_on_the_original_layout() {
+    let m = manifest_of("sd3_layout");
+    assert_eq!(m["aitk"]["diffusers_loaded"].as_array().unwrap().len(), 9);
+    merges_as_reference("sd3_layout", "orig_base.safetensors", "aitk");
+}
+
+/// lorakit merges SD3's original names, but diffusers' SD3 pipeline does not convert them
+/// (`SD3LoraLoaderMixin.lora_state_dict` has no converter): it loaded nothing of the kohya file
+/// and refused the ComfyUI one (MANIFEST.json). `check --target diffusers` must not say it
+/// applies either, nor read the kohya file as one the Flux converter takes (whose modules outside
+/// the blocks it would then name as dropped).
+#[test]
+fn check_does_not_say_diffusers_applies_original_sd3_names() {
+    let m = manifest_of("sd3_layout");
+    assert!(m["comfy"]["diffusers_loaded"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("ValueError")));
+    for file in ["kohya", "comfy"] {
+        let (_, v) = check_json(
+            &fixture(&format!("sd3_layout/{file}.safetensors")),
+            &["--target", "diffusers"],
+        );
+        let t = &v["targets"][0];
+        assert_eq!(t["applies_all"], serde_json::json!(false), "{file}: {t}");
+        let rules: Vec<&str> = t["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["rule"].as_str())
+            .collect();
+        assert!(
+            !rules.contains(&"diffusers.flux_kohya_global"),
+            "{file}: {t}"
+        );
+    }
+}
