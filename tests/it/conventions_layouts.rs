@@ -11,6 +11,10 @@
 //!   `to_q/to_k/to_v`, `add_*_proj`, SD3.5's `attn2`; the last block's context modulation and the
 //!   final one with their halves swapped, the other blocks' not), and ai-toolkit's
 //!   `transformer.transformer_blocks.N.…` on the original layout.
+//! - Flux.2 (`fixtures/flux2_layout/`): BFL names (`diffusion_model.` and `lora_unet_` files) on
+//!   the diffusers layout, where Flux.2 names apart what Flux shares (`ff.linear_in`, a whole
+//!   `to_qkv_mlp_proj`), and diffusers names on BFL's file; the final modulation swapped, against
+//!   diffusers' LoRA converter (see the test).
 
 use super::check::check_json;
 use super::common::*;
@@ -130,4 +134,60 @@ fn check_does_not_say_diffusers_applies_original_sd3_names() {
             "{file}: {t}"
         );
     }
+}
+
+/// Flux.2's `diffusion_model.` file (the names diffusers' `_convert_non_diffusers_flux2_lora_to_
+/// diffusers` reads) on the diffusers layout: Flux's split `qkv`, but `img_mlp.0` on
+/// `ff.linear_in`, `linear1` whole on `attn.to_qkv_mlp_proj`, `time_in` on `time_guidance_embed`,
+/// a shared modulation, and the final modulation with its halves swapped.
+///
+/// On that last one diffusers' LoRA converter is wrong and lorakit does not follow it: the
+/// converter renames `final_layer.adaLN_modulation.1` to `norm_out.linear` without the
+/// `swap_scale_shift` its own checkpoint converter applies to the same tensor (BFL stores
+/// (shift, scale); diffusers' `AdaLayerNormContinuous` reads (scale, shift)), so its fuse adds the
+/// shift rows' ΔW to the scale rows. The generator measured it on the tiny model (MANIFEST.json
+/// `diffusers_norm_out`): diffusers' fused `norm_out.linear` is the unswapped `W + B·A` to 3e-8
+/// and 0.18 away from the checkpoint converter's `convert(W_bfl + B·A)`, the diffusers model of
+/// the checkpoint the LoRA was trained to change. The reference for that tensor is the latter
+/// (f64), for every other tensor diffusers' own fuse.
+#[test]
+fn flux2_original_names_land_on_the_diffusers_layout() {
+    let m = manifest_of("flux2_layout");
+    let ev = &m["comfy"]["diffusers_norm_out"];
+    assert!(ev["diffusers_fuse_minus_unswapped"].as_f64().unwrap() < 1e-6);
+    assert!(
+        ev["diffusers_fuse_minus_checkpoint_converter"]
+            .as_f64()
+            .unwrap()
+            > 1e-2
+    );
+    assert_eq!(
+        m["comfy"]["reference_f64"],
+        serde_json::json!(["norm_out.linear.weight"])
+    );
+    merges_as_reference("flux2_layout", "base.safetensors", "comfy");
+}
+
+/// Flux.2's `lora_unet_` file: diffusers' `_convert_kohya_flux2_lora_to_diffusers` loads the
+/// blocks, `time_in` and `final_layer.linear` (diffusers' fuse is their reference) and drops the
+/// shared modulation and the final modulation ("Unsupported keys"), which lorakit merges as the
+/// checkpoint converter maps them (f64 reference).
+#[test]
+fn flux2_kohya_names_land_on_the_diffusers_layout() {
+    let m = manifest_of("flux2_layout");
+    assert_eq!(
+        m["kohya"]["reference_f64"],
+        serde_json::json!([
+            "double_stream_modulation_txt.linear.weight",
+            "norm_out.linear.weight"
+        ])
+    );
+    merges_as_reference("flux2_layout", "base.safetensors", "kohya");
+}
+
+/// The other way: diffusers names on Flux.2's original single file, with the final modulation's
+/// halves swapped back; the reference is diffusers' fuse brought to BFL's layout.
+#[test]
+fn flux2_diffusers_names_land_on_the_original_layout() {
+    merges_as_reference("flux2_layout", "orig_base.safetensors", "aitk");
 }

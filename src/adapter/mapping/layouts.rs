@@ -1,5 +1,6 @@
 //! Modules named in a model's original single-file layout, merged into the same model saved by
-//! diffusers (Flux, Wan, SD3 / SD3.5), and diffusers-named modules merged into the original file.
+//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2), and diffusers-named modules merged into the
+//! original file.
 //!
 //! The trainers people use name a diffusion transformer the way its authors' code does: kohya
 //! sd-scripts (`networks/lora_flux.py` @450630c: `lora_unet_double_blocks_0_img_attn_qkv`;
@@ -10,11 +11,15 @@
 //! Flux's `img_attn.qkv` `[3d, d]` is diffusers' `attn.to_q`/`to_k`/`to_v` `[d, d]` each, and
 //! `single_blocks.N.linear1` `[3d + mlp, d]` is `to_q`/`to_k`/`to_v`/`proj_mlp`. The tables
 //! (`table.rs`, [`TABLES`]) are diffusers 0.42.1's own: `loaders/single_file_utils.py`
-//! `convert_flux_transformer_checkpoint_to_diffusers`, `convert_wan_transformer_to_diffusers` and
-//! `convert_sd3_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters apply
-//! where it has them (`loaders/lora_conversion_utils.py` `_convert_kohya_flux_lora_to_diffusers`,
-//! `_convert_musubi_wan_lora_to_diffusers`; none for SD3, so [`targets`], which `check` asks,
-//! leaves SD3 out).
+//! `convert_flux_transformer_checkpoint_to_diffusers`, `convert_wan_transformer_to_diffusers`,
+//! `convert_sd3_transformer_checkpoint_to_diffusers` and
+//! `convert_flux2_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
+//! apply where it has them (`loaders/lora_conversion_utils.py`
+//! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`; none for
+//! SD3; Flux.2's skips the final modulation's swap, which lorakit does not copy). [`targets`],
+//! which `check` asks, keeps to the Flux and Wan rows. Models share original names that diffusers
+//! names apart (Flux's and Flux.2's `img_mlp.0`): a module takes the first row whose tensors the
+//! base holds.
 //!
 //! A module on a fused original tensor lands on every split diffusers tensor, each with the
 //! [`RowSlice`] of the module's own output rows it receives ([`Placement::part`]): target `j`
@@ -106,7 +111,10 @@ fn matches<'a>(s: &'a str, pattern: &str, sep: char) -> Option<&'a str> {
 /// name (`lora_unet_` + the original path with `_`) or a dotted name ending in the original path
 /// (any root before it, `diffusion_model.`, is the original checkpoint's).
 pub fn targets(name: &str, kohya_name: bool) -> Option<Vec<String>> {
-    lookup(name, kohya_name, true).map(|row| row.paths)
+    lookup(name, kohya_name, true)
+        .into_iter()
+        .next()
+        .map(|row| row.paths)
 }
 
 /// The [`TABLES`] row a module name is in.
@@ -121,13 +129,15 @@ struct Row<'a> {
     paths: Vec<String>,
 }
 
-/// The first row of [`TABLES`] (of a model diffusers converts, if `converted_only`) whose
-/// original path `name` is, as in [`targets`].
-fn lookup(name: &str, kohya_name: bool, converted_only: bool) -> Option<Row<'_>> {
-    fn found(tail: &str, sep: char, converted_only: bool) -> Option<Row<'_>> {
+/// The rows of [`TABLES`] (of models diffusers converts, if `converted_only`) whose original
+/// path `name` is, as in [`targets`], in table order: models share original names that
+/// diffusers names apart (BFL Flux's and Flux.2's `double_blocks.N.img_mlp.0` are `ff.net.0.proj`
+/// and `ff.linear_in`), so the base decides ([`place`]).
+fn lookup(name: &str, kohya_name: bool, converted_only: bool) -> Vec<Row<'_>> {
+    fn found(tail: &str, sep: char, converted_only: bool) -> Vec<Row<'_>> {
         rows()
             .filter(|(model, _, _)| !converted_only || model.diffusers_converts_lora())
-            .find_map(|(_, orig, difs)| {
+            .filter_map(|(_, orig, difs)| {
                 let index = matches(tail, orig, sep)?;
                 Some(Row {
                     orig,
@@ -136,16 +146,19 @@ fn lookup(name: &str, kohya_name: bool, converted_only: bool) -> Option<Row<'_>>
                     paths: difs.iter().map(|d| d.replace('#', index)).collect(),
                 })
             })
+            .collect()
     }
     if kohya_name {
-        let (prefix, rest) = kohya::split_prefix(name)?;
-        return (prefix == "lora_unet")
-            .then(|| found(rest, '_', converted_only))
-            .flatten();
+        return match kohya::split_prefix(name) {
+            Some(("lora_unet", rest)) => found(rest, '_', converted_only),
+            _ => Vec::new(),
+        };
     }
     std::iter::once(0)
         .chain(name.match_indices('.').map(|(i, _)| i + 1))
-        .find_map(|start| found(&name[start..], '.', converted_only))
+        .map(|start| found(&name[start..], '.', converted_only))
+        .find(|rows| !rows.is_empty())
+        .unwrap_or_default()
 }
 
 /// The base weight of diffusers module `path`: `{path}.weight` itself, or under one root
@@ -295,7 +308,9 @@ pub(super) fn place(
         difs,
         index,
         paths,
-    } = lookup(&m.name, kohya_name, false)?;
+    } = lookup(&m.name, kohya_name, false)
+        .into_iter()
+        .find(|row| !weight_of(&row.paths[0], names).is_empty())?;
     let mut weights = Vec::with_capacity(paths.len());
     for p in &paths {
         match weight_of(p, names).as_slice() {
@@ -451,7 +466,7 @@ mod tests {
             false,
             false,
         )
-        .unwrap();
+        .remove(0);
         assert_eq!(
             row.paths,
             [
@@ -461,8 +476,30 @@ mod tests {
             ]
         );
         assert_eq!(row.index, "3");
-        let row = lookup("lora_unet_t_embedder_mlp_2", true, false).unwrap();
+        let row = lookup("lora_unet_t_embedder_mlp_2", true, false).remove(0);
         assert_eq!(row.paths, ["time_text_embed.timestep_embedder.linear_2"]);
+    }
+
+    #[test]
+    fn an_original_name_two_models_rename_apart_is_both_rows_flux_first() {
+        let rows = lookup("lora_unet_double_blocks_0_img_mlp_0", true, false);
+        let paths: Vec<&str> = rows.iter().map(|r| r.paths[0].as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "transformer_blocks.0.ff.net.0.proj",
+                "transformer_blocks.0.ff.linear_in"
+            ]
+        );
+        // `check` hears only of Flux's (diffusers' Flux loader), as before Flux.2's rows.
+        assert_eq!(
+            targets("lora_unet_double_blocks_0_img_mlp_0", true).unwrap(),
+            ["transformer_blocks.0.ff.net.0.proj"]
+        );
+        assert_eq!(
+            targets("lora_unet_single_stream_modulation_lin", true),
+            None
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub(super) enum Model {
     Flux,
     Wan,
     Sd3,
+    Flux2,
 }
 
 impl Model {
@@ -16,11 +17,13 @@ impl Model {
     /// (what `check --target diffusers` asks, `super::targets`): `FluxLoraLoaderMixin` and
     /// `WanLoraLoaderMixin` do (`lora_pipeline.py` 0.42.1, their `lora_state_dict`);
     /// `SD3LoraLoaderMixin.lora_state_dict` converts nothing, so a kohya SD3 file is read as
-    /// diffusers names and its modules land nowhere.
+    /// diffusers names and its modules land nowhere. `Flux2LoraLoaderMixin` converts its own
+    /// files, but `check` does not model that pipeline yet (its verdicts read a Flux.2 name as
+    /// the Flux rows say, as before these rows), so Flux.2's rows serve the merge only.
     pub(super) fn diffusers_converts_lora(self) -> bool {
         match self {
             Model::Flux | Model::Wan => true,
-            Model::Sd3 => false,
+            Model::Sd3 | Model::Flux2 => false,
         }
     }
 }
@@ -34,6 +37,7 @@ pub(super) const TABLES: &[(Model, Rows)] = &[
     (Model::Flux, FLUX),
     (Model::Wan, WAN),
     (Model::Sd3, SD3),
+    (Model::Flux2, FLUX2),
 ];
 
 /// When a module of [`SWAPPED_HALVES`] has its halves swapped.
@@ -47,9 +51,10 @@ pub(super) enum Swap {
 
 /// Original module paths whose diffusers tensor holds the same rows with the two halves
 /// swapped: the original is `(shift, scale)`, diffusers' `AdaLayerNormContinuous` reads
-/// `(scale, shift)`. BFL Flux's and SD3's final modulation (`norm_out.linear`:
+/// `(scale, shift)`. BFL Flux's, Flux.2's and SD3's final modulation (`norm_out.linear`:
 /// `convert_flux_transformer_checkpoint_to_diffusers`, `convert_sd3_transformer_checkpoint_to_diffusers`
-/// `swap_scale_shift`; the LoRA converters' `swap_scale_shift` on `lora_up`; ComfyUI
+/// `swap_scale_shift`, `convert_flux2_transformer_checkpoint_to_diffusers`
+/// `convert_ada_layer_norm_weights`; the LoRA converters' `swap_scale_shift` on `lora_up`; ComfyUI
 /// `comfy/utils.py` `flux_to_diffusers`), and SD3's last joint block's context modulation
 /// (`norm1_context.linear`, swapped by the SD3 converter for `i == num_layers - 1` only: that
 /// block is `context_pre_only`, the others' `AdaLayerNormZero` keep the original order).
@@ -209,8 +214,14 @@ const SD3: Rows = &[
         "t_embedder.mlp.2",
         &["time_text_embed.timestep_embedder.linear_2"],
     ),
-    ("y_embedder.mlp.0", &["time_text_embed.text_embedder.linear_1"]),
-    ("y_embedder.mlp.2", &["time_text_embed.text_embedder.linear_2"]),
+    (
+        "y_embedder.mlp.0",
+        &["time_text_embed.text_embedder.linear_1"],
+    ),
+    (
+        "y_embedder.mlp.2",
+        &["time_text_embed.text_embedder.linear_2"],
+    ),
     (
         "joint_blocks.#.x_block.attn.qkv",
         &[
@@ -273,4 +284,65 @@ const SD3: Rows = &[
     ),
     ("final_layer.linear", &["proj_out"]),
     ("final_layer.adaLN_modulation.1", &["norm_out.linear"]),
+];
+
+/// Flux.2 (BFL's names; diffusers' `diffusion_model.` and `lora_unet_` LoRA files use them):
+/// `convert_flux2_transformer_checkpoint_to_diffusers`. The blocks' fused `qkv` split as Flux's;
+/// what differs from Flux: the time/guidance embedders under `time_guidance_embed`, the MLPs
+/// `ff.linear_in/linear_out`, a single block's `linear1` kept whole as `attn.to_qkv_mlp_proj`
+/// and `linear2` as `attn.to_out`, and three shared modulations. The final layer is Flux's rows
+/// (`adaLN_modulation.1` swapped, [`SWAPPED_HALVES`]), looked up there first.
+const FLUX2: Rows = &[
+    (
+        "time_in.in_layer",
+        &["time_guidance_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "time_in.out_layer",
+        &["time_guidance_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "guidance_in.in_layer",
+        &["time_guidance_embed.guidance_embedder.linear_1"],
+    ),
+    (
+        "guidance_in.out_layer",
+        &["time_guidance_embed.guidance_embedder.linear_2"],
+    ),
+    (
+        "double_stream_modulation_img.lin",
+        &["double_stream_modulation_img.linear"],
+    ),
+    (
+        "double_stream_modulation_txt.lin",
+        &["double_stream_modulation_txt.linear"],
+    ),
+    (
+        "single_stream_modulation.lin",
+        &["single_stream_modulation.linear"],
+    ),
+    (
+        "double_blocks.#.img_mlp.0",
+        &["transformer_blocks.#.ff.linear_in"],
+    ),
+    (
+        "double_blocks.#.img_mlp.2",
+        &["transformer_blocks.#.ff.linear_out"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.0",
+        &["transformer_blocks.#.ff_context.linear_in"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.2",
+        &["transformer_blocks.#.ff_context.linear_out"],
+    ),
+    (
+        "single_blocks.#.linear1",
+        &["single_transformer_blocks.#.attn.to_qkv_mlp_proj"],
+    ),
+    (
+        "single_blocks.#.linear2",
+        &["single_transformer_blocks.#.attn.to_out"],
+    ),
 ];
