@@ -15,6 +15,8 @@
 //!   the diffusers layout, where Flux.2 names apart what Flux shares (`ff.linear_in`, a whole
 //!   `to_qkv_mlp_proj`), and diffusers names on BFL's file; the final modulation swapped, against
 //!   diffusers' LoRA converter (see the test).
+//! - HunyuanVideo (`fixtures/hunyuan_video_layout/`): original names (`lora_unet_` and dotted) on
+//!   the diffusers layout, the token refiner included, and diffusers names on the original file.
 
 use super::check::check_json;
 use super::common::*;
@@ -190,4 +192,35 @@ fn flux2_kohya_names_land_on_the_diffusers_layout() {
 #[test]
 fn flux2_diffusers_names_land_on_the_original_layout() {
     merges_as_reference("flux2_layout", "orig_base.safetensors", "aitk");
+}
+
+/// HunyuanVideo's original names (musubi-tuner / kohya `lora_unet_…`) on the diffusers layout:
+/// the double block's fused `img_attn_qkv`/`txt_attn_qkv` and the token refiner's `self_attn_qkv`
+/// split in three, `linear1` in q, k, v and the MLP input, the refiner's modulation renamed whole,
+/// the final one swapped. diffusers 0.42.1's own loader raises on these files (its converter
+/// `torch.chunk`s the scalar `.alpha` of a `qkv` module: MANIFEST.json), so the reference is its
+/// checkpoint converter's arithmetic in f64.
+#[test]
+fn hunyuan_video_original_names_land_on_the_diffusers_layout() {
+    let m = manifest_of("hunyuan_video_layout");
+    for case in ["kohya", "comfy"] {
+        assert!(
+            m[case]["diffusers_loaded"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("RuntimeError")),
+            "{case}"
+        );
+    }
+    assert_eq!(m["kohya"]["changed"].as_array().unwrap().len(), 27);
+    merges_as_reference("hunyuan_video_layout", "base.safetensors", "kohya");
+    // ComfyUI's dotted names: the underscored `img_attn_qkv` is HunyuanVideo's own row.
+    merges_as_reference("hunyuan_video_layout", "base.safetensors", "comfy");
+}
+
+/// The other way: diffusers names on HunyuanVideo's original single file (the refiner's `to_k`
+/// a row slice of its `self_attn_qkv`, `proj_mlp` the last rows of `linear1`); the reference is
+/// diffusers' own fuse brought to the original layout.
+#[test]
+fn hunyuan_video_diffusers_names_land_on_the_original_layout() {
+    merges_as_reference("hunyuan_video_layout", "orig_base.safetensors", "aitk");
 }

@@ -1,6 +1,6 @@
 //! Modules named in a model's original single-file layout, merged into the same model saved by
-//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2), and diffusers-named modules merged into the
-//! original file.
+//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo), and diffusers-named modules merged
+//! into the original file.
 //!
 //! The trainers people use name a diffusion transformer the way its authors' code does: kohya
 //! sd-scripts (`networks/lora_flux.py` @450630c: `lora_unet_double_blocks_0_img_attn_qkv`;
@@ -12,8 +12,9 @@
 //! `single_blocks.N.linear1` `[3d + mlp, d]` is `to_q`/`to_k`/`to_v`/`proj_mlp`. The tables
 //! (`table.rs`, [`TABLES`]) are diffusers 0.42.1's own: `loaders/single_file_utils.py`
 //! `convert_flux_transformer_checkpoint_to_diffusers`, `convert_wan_transformer_to_diffusers`,
-//! `convert_sd3_transformer_checkpoint_to_diffusers` and
-//! `convert_flux2_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
+//! `convert_sd3_transformer_checkpoint_to_diffusers`,
+//! `convert_flux2_transformer_checkpoint_to_diffusers` and
+//! `convert_hunyuan_video_transformer_to_diffusers`, the same renames its LoRA converters
 //! apply where it has them (`loaders/lora_conversion_utils.py`
 //! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`; none for
 //! SD3; Flux.2's skips the final modulation's swap, which lorakit does not copy). [`targets`],
@@ -500,6 +501,12 @@ mod tests {
             targets("lora_unet_single_stream_modulation_lin", true),
             None
         );
+        // HunyuanVideo's dotted `img_attn_qkv` is its own row; underscored, Flux's says the same.
+        let rows = lookup("diffusion_model.double_blocks.2.img_attn_qkv", false, false);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].paths[2], "transformer_blocks.2.attn.to_v");
+        let rows = lookup("lora_unet_double_blocks_2_img_attn_qkv", true, false);
+        assert!(rows.len() == 2 && rows[0].paths == rows[1].paths);
     }
 
     #[test]

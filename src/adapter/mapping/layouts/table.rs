@@ -10,6 +10,7 @@ pub(super) enum Model {
     Wan,
     Sd3,
     Flux2,
+    HunyuanVideo,
 }
 
 impl Model {
@@ -18,12 +19,13 @@ impl Model {
     /// `WanLoraLoaderMixin` do (`lora_pipeline.py` 0.42.1, their `lora_state_dict`);
     /// `SD3LoraLoaderMixin.lora_state_dict` converts nothing, so a kohya SD3 file is read as
     /// diffusers names and its modules land nowhere. `Flux2LoraLoaderMixin` converts its own
-    /// files, but `check` does not model that pipeline yet (its verdicts read a Flux.2 name as
+    /// files (and `HunyuanVideoLoraLoaderMixin` HunyuanVideo's), but `check` does not model those
+    /// pipelines yet (its verdicts read a Flux.2 name as
     /// the Flux rows say, as before these rows), so Flux.2's rows serve the merge only.
     pub(super) fn diffusers_converts_lora(self) -> bool {
         match self {
             Model::Flux | Model::Wan => true,
-            Model::Sd3 | Model::Flux2 => false,
+            Model::Sd3 | Model::Flux2 | Model::HunyuanVideo => false,
         }
     }
 }
@@ -38,6 +40,7 @@ pub(super) const TABLES: &[(Model, Rows)] = &[
     (Model::Wan, WAN),
     (Model::Sd3, SD3),
     (Model::Flux2, FLUX2),
+    (Model::HunyuanVideo, HUNYUAN_VIDEO),
 ];
 
 /// When a module of [`SWAPPED_HALVES`] has its halves swapped.
@@ -344,5 +347,123 @@ const FLUX2: Rows = &[
     (
         "single_blocks.#.linear2",
         &["single_transformer_blocks.#.attn.to_out"],
+    ),
+];
+
+/// HunyuanVideo (Tencent's names, `hyvideo/modules/models.py`): `convert_hunyuan_video_transformer_to_diffusers`
+/// (its `TRANSFORMER_KEYS_RENAME_DICT` and the `txt_in` / `img_attn_qkv` / `txt_attn_qkv` remaps).
+/// Rows Flux already has with the same diffusers paths (`vector_in.*`, `single_blocks.#.linear1`
+/// split in q, k, v and the MLP input, `linear2`, the final layer with its modulation swapped)
+/// are Flux's. The token refiner's modulation is renamed, not swapped (only the final layer's is).
+const HUNYUAN_VIDEO: Rows = &[
+    ("img_in.proj", &["x_embedder.proj"]),
+    (
+        "time_in.mlp.0",
+        &["time_text_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "time_in.mlp.2",
+        &["time_text_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "guidance_in.mlp.0",
+        &["time_text_embed.guidance_embedder.linear_1"],
+    ),
+    (
+        "guidance_in.mlp.2",
+        &["time_text_embed.guidance_embedder.linear_2"],
+    ),
+    ("txt_in.input_embedder", &["context_embedder.proj_in"]),
+    (
+        "txt_in.t_embedder.mlp.0",
+        &["context_embedder.time_text_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "txt_in.t_embedder.mlp.2",
+        &["context_embedder.time_text_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "txt_in.c_embedder.linear_1",
+        &["context_embedder.time_text_embed.text_embedder.linear_1"],
+    ),
+    (
+        "txt_in.c_embedder.linear_2",
+        &["context_embedder.time_text_embed.text_embedder.linear_2"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.self_attn_qkv",
+        &[
+            "context_embedder.token_refiner.refiner_blocks.#.attn.to_q",
+            "context_embedder.token_refiner.refiner_blocks.#.attn.to_k",
+            "context_embedder.token_refiner.refiner_blocks.#.attn.to_v",
+        ],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.self_attn_proj",
+        &["context_embedder.token_refiner.refiner_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.mlp.fc1",
+        &["context_embedder.token_refiner.refiner_blocks.#.ff.net.0.proj"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.mlp.fc2",
+        &["context_embedder.token_refiner.refiner_blocks.#.ff.net.2"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.adaLN_modulation.1",
+        &["context_embedder.token_refiner.refiner_blocks.#.norm_out.linear"],
+    ),
+    (
+        "double_blocks.#.img_attn_qkv",
+        &[
+            "transformer_blocks.#.attn.to_q",
+            "transformer_blocks.#.attn.to_k",
+            "transformer_blocks.#.attn.to_v",
+        ],
+    ),
+    (
+        "double_blocks.#.txt_attn_qkv",
+        &[
+            "transformer_blocks.#.attn.add_q_proj",
+            "transformer_blocks.#.attn.add_k_proj",
+            "transformer_blocks.#.attn.add_v_proj",
+        ],
+    ),
+    (
+        "double_blocks.#.img_attn_proj",
+        &["transformer_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "double_blocks.#.txt_attn_proj",
+        &["transformer_blocks.#.attn.to_add_out"],
+    ),
+    (
+        "double_blocks.#.img_mod.linear",
+        &["transformer_blocks.#.norm1.linear"],
+    ),
+    (
+        "double_blocks.#.txt_mod.linear",
+        &["transformer_blocks.#.norm1_context.linear"],
+    ),
+    (
+        "double_blocks.#.img_mlp.fc1",
+        &["transformer_blocks.#.ff.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.img_mlp.fc2",
+        &["transformer_blocks.#.ff.net.2"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.fc1",
+        &["transformer_blocks.#.ff_context.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.fc2",
+        &["transformer_blocks.#.ff_context.net.2"],
+    ),
+    (
+        "single_blocks.#.modulation.linear",
+        &["single_transformer_blocks.#.norm.linear"],
     ),
 ];
