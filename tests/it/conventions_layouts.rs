@@ -17,6 +17,8 @@
 //!   diffusers' LoRA converter (see the test).
 //! - HunyuanVideo (`fixtures/hunyuan_video_layout/`): original names (`lora_unet_` and dotted) on
 //!   the diffusers layout, the token refiner included, and diffusers names on the original file.
+//! - Z-Image (`fixtures/z_image_layout/`): both directions, the fused `qkv` of the layers and
+//!   refiners, and a final modulation that shares Flux's original name but is not swapped.
 
 use super::check::check_json;
 use super::common::*;
@@ -223,4 +225,26 @@ fn hunyuan_video_original_names_land_on_the_diffusers_layout() {
 #[test]
 fn hunyuan_video_diffusers_names_land_on_the_original_layout() {
     merges_as_reference("hunyuan_video_layout", "orig_base.safetensors", "aitk");
+}
+
+/// Z-Image's original names (`lora_unet_layers_0_attention_qkv`, both refiners' `qkv`,
+/// `attention.out`, `x_embedder`, the final layer) on the diffusers layout, against the
+/// checkpoint converter in f64; diffusers' own fuse agrees on the block modules it loads (to 6e-8,
+/// MANIFEST.json) and drops the others. Z-Image's final `adaLN_modulation.1` is a scale alone, on
+/// `all_final_layer.2-1.adaLN_modulation.1` whole: the swap of Flux's row of the same original
+/// path must not reach it.
+#[test]
+fn z_image_original_names_land_on_the_diffusers_layout() {
+    let m = manifest_of("z_image_layout");
+    assert!(m["kohya"]["diffusers_fuse_max_diff"].as_f64().unwrap() < 1e-6);
+    assert_eq!(m["kohya"]["diffusers_loaded"].as_array().unwrap().len(), 10);
+    merges_as_reference("z_image_layout", "base.safetensors", "kohya");
+}
+
+/// The other way: diffusers names on Z-Image's original single file (row slices of the fused
+/// `qkv`, the renamed embedder and final modulation, unswapped); diffusers' own fuse brought to
+/// the original layout.
+#[test]
+fn z_image_diffusers_names_land_on_the_original_layout() {
+    merges_as_reference("z_image_layout", "orig_base.safetensors", "aitk");
 }

@@ -1,6 +1,6 @@
 //! Modules named in a model's original single-file layout, merged into the same model saved by
-//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo), and diffusers-named modules merged
-//! into the original file.
+//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image), and diffusers-named
+//! modules merged into the original file.
 //!
 //! The trainers people use name a diffusion transformer the way its authors' code does: kohya
 //! sd-scripts (`networks/lora_flux.py` @450630c: `lora_unet_double_blocks_0_img_attn_qkv`;
@@ -13,8 +13,9 @@
 //! (`table.rs`, [`TABLES`]) are diffusers 0.42.1's own: `loaders/single_file_utils.py`
 //! `convert_flux_transformer_checkpoint_to_diffusers`, `convert_wan_transformer_to_diffusers`,
 //! `convert_sd3_transformer_checkpoint_to_diffusers`,
-//! `convert_flux2_transformer_checkpoint_to_diffusers` and
-//! `convert_hunyuan_video_transformer_to_diffusers`, the same renames its LoRA converters
+//! `convert_flux2_transformer_checkpoint_to_diffusers`,
+//! `convert_hunyuan_video_transformer_to_diffusers` and
+//! `convert_z_image_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
 //! apply where it has them (`loaders/lora_conversion_utils.py`
 //! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`; none for
 //! SD3; Flux.2's skips the final modulation's swap, which lorakit does not copy). [`targets`],
@@ -49,14 +50,21 @@ fn rows() -> impl Iterator<Item = (Model, &'static str, &'static [&'static str])
         .flat_map(|(model, rows)| rows.iter().map(move |(o, d)| (*model, *o, *d)))
 }
 
-/// How a module of `out` rows on original path `orig` lands on its one diffusers tensor (or that
+/// How a module of `out` rows of the row original path `orig` → diffusers path `dif` lands on its one diffusers tensor (or that
 /// tensor's module on the original one): the halves swapped for [`SWAPPED_HALVES`] (a
 /// [`Swap::InLastBlock`] row only where `last()` says the module is in the last block), else
 /// whole (`None`). `Err` for an odd `out`, which no such tensor has.
-fn whole_part(orig: &str, out: usize, last: impl FnOnce() -> bool) -> Result<Option<Part>, ()> {
-    let swapped = match SWAPPED_HALVES.iter().find(|(p, _)| *p == orig) {
-        Some((_, Swap::Always)) => true,
-        Some((_, Swap::InLastBlock)) => last(),
+fn whole_part(
+    (orig, dif): (&str, &str),
+    out: usize,
+    last: impl FnOnce() -> bool,
+) -> Result<Option<Part>, ()> {
+    let swapped = match SWAPPED_HALVES
+        .iter()
+        .find(|(o, d, _)| *o == orig && *d == dif)
+    {
+        Some((_, _, Swap::Always)) => true,
+        Some((_, _, Swap::InLastBlock)) => last(),
         None => false,
     };
     if swapped {
@@ -196,13 +204,13 @@ pub(super) fn place_on_original(
     // Every row the name is a diffusers path of (models share diffusers names: Flux's and SD3's
     // `transformer_blocks.N.attn.to_q`, Wan's `proj_out`): the first whose original tensor the
     // base holds.
-    let ((pattern, index, j, n), found_names) = starts
+    let ((pattern, index, j, n, dif), found_names) = starts
         .flat_map(|st| {
             let tail = &m.name[st..];
             rows().flat_map(move |(_, orig, difs)| {
                 difs.iter().enumerate().filter_map(move |(j, d)| {
                     let i = matches(tail, d, '.')?;
-                    Some((orig, i, j, difs.len()))
+                    Some((orig, i, j, difs.len(), difs[0]))
                 })
             })
         })
@@ -237,7 +245,7 @@ pub(super) fn place_on_original(
     let (found, dtype) = logical(&weight);
     let expected = super::placement::expected_shape(m);
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
-    let swapped = whole_part(pattern, m.out_features, || {
+    let swapped = whole_part((pattern, dif), m.out_features, || {
         in_last_block(pattern, index, names)
     });
     let (fits, rows) = if n == 1 {
@@ -339,7 +347,7 @@ pub(super) fn place(
     }
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
     // A whole tensor with its halves swapped takes a linear module of even rows.
-    let swapped = whole_part(orig, m.out_features, || {
+    let swapped = whole_part((orig, difs[0]), m.out_features, || {
         in_last_block(difs[0], index, names)
     });
     let mut out = Vec::with_capacity(weights.len());
@@ -424,12 +432,12 @@ mod tests {
         assert_eq!(t("double_blocks.0.img_attn.qkvx", false), None);
     }
 
+    const FINAL: (&str, &str) = ("final_layer.adaLN_modulation.1", "norm_out.linear");
+
     #[test]
     fn the_final_modulation_takes_its_rows_with_the_halves_swapped() {
         let rs = |offset, len| RowSlice { offset, len };
-        let part = whole_part("final_layer.adaLN_modulation.1", 6, || false)
-            .unwrap()
-            .unwrap();
+        let part = whole_part(FINAL, 6, || false).unwrap().unwrap();
         assert_eq!(part, Part(vec![rs(3, 3), rs(0, 3)]));
         assert_eq!((part.rows(), part.end()), (6, 6));
         // Rows of a 6 × 2 matrix (B of rank 2, or a dense ΔW of 2 columns) in the tensor's order.
@@ -437,15 +445,12 @@ mod tests {
         assert_eq!(part.gather(&m, 2), [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]);
         assert_eq!(part.to_string(), "rows 3..6, 0..3");
         // An odd module cannot be one; other rows are whole, in order.
+        assert_eq!(whole_part(FINAL, 5, || false), Err(()));
+        assert_eq!(whole_part(FINAL, 0, || false), Err(()));
         assert_eq!(
-            whole_part("final_layer.adaLN_modulation.1", 5, || false),
-            Err(())
+            whole_part(("final_layer.linear", "proj_out"), 6, || true),
+            Ok(None)
         );
-        assert_eq!(
-            whole_part("final_layer.adaLN_modulation.1", 0, || false),
-            Err(())
-        );
-        assert_eq!(whole_part("final_layer.linear", 6, || true), Ok(None));
         assert!(!whole_fits(&Err(()), true, &[5, 4]));
         assert!(!whole_fits(&Ok(Some(part.clone())), false, &[6, 4]));
         assert!(whole_fits(&Ok(Some(part)), true, &[6, 4]));
@@ -522,7 +527,10 @@ mod tests {
         assert!(in_last_block(p, "1", &names));
         assert!(!in_last_block("final_layer.linear", "", &names));
         assert!(!in_last_block(p, "99999999999999999999999", &names));
-        let orig = "joint_blocks.#.context_block.adaLN_modulation.1";
+        let orig = (
+            "joint_blocks.#.context_block.adaLN_modulation.1",
+            "transformer_blocks.#.norm1_context.linear",
+        );
         assert_eq!(whole_part(orig, 4, || false), Ok(None));
         assert_eq!(whole_part(orig, 4, || true), Ok(Part::halves_swapped(4)));
         assert_eq!(whole_part(orig, 3, || true), Err(()));

@@ -11,6 +11,7 @@ pub(super) enum Model {
     Sd3,
     Flux2,
     HunyuanVideo,
+    ZImage,
 }
 
 impl Model {
@@ -19,13 +20,13 @@ impl Model {
     /// `WanLoraLoaderMixin` do (`lora_pipeline.py` 0.42.1, their `lora_state_dict`);
     /// `SD3LoraLoaderMixin.lora_state_dict` converts nothing, so a kohya SD3 file is read as
     /// diffusers names and its modules land nowhere. `Flux2LoraLoaderMixin` converts its own
-    /// files (and `HunyuanVideoLoraLoaderMixin` HunyuanVideo's), but `check` does not model those
+    /// files (and `HunyuanVideoLoraLoaderMixin`, `ZImageLoraLoaderMixin` theirs), but `check` does not model those
     /// pipelines yet (its verdicts read a Flux.2 name as
     /// the Flux rows say, as before these rows), so Flux.2's rows serve the merge only.
     pub(super) fn diffusers_converts_lora(self) -> bool {
         match self {
             Model::Flux | Model::Wan => true,
-            Model::Sd3 | Model::Flux2 | Model::HunyuanVideo => false,
+            Model::Sd3 | Model::Flux2 | Model::HunyuanVideo | Model::ZImage => false,
         }
     }
 }
@@ -41,6 +42,7 @@ pub(super) const TABLES: &[(Model, Rows)] = &[
     (Model::Sd3, SD3),
     (Model::Flux2, FLUX2),
     (Model::HunyuanVideo, HUNYUAN_VIDEO),
+    (Model::ZImage, Z_IMAGE),
 ];
 
 /// When a module of [`SWAPPED_HALVES`] has its halves swapped.
@@ -52,8 +54,9 @@ pub(super) enum Swap {
     InLastBlock,
 }
 
-/// Original module paths whose diffusers tensor holds the same rows with the two halves
-/// swapped: the original is `(shift, scale)`, diffusers' `AdaLayerNormContinuous` reads
+/// Rows of the tables (original path, first diffusers path: models share original paths that
+/// only some swap, Z-Image's `final_layer.adaLN_modulation.1` is a scale alone) whose diffusers
+/// tensor holds the same rows with the two halves swapped: the original is `(shift, scale)`, diffusers' `AdaLayerNormContinuous` reads
 /// `(scale, shift)`. BFL Flux's, Flux.2's and SD3's final modulation (`norm_out.linear`:
 /// `convert_flux_transformer_checkpoint_to_diffusers`, `convert_sd3_transformer_checkpoint_to_diffusers`
 /// `swap_scale_shift`, `convert_flux2_transformer_checkpoint_to_diffusers`
@@ -61,10 +64,15 @@ pub(super) enum Swap {
 /// `comfy/utils.py` `flux_to_diffusers`), and SD3's last joint block's context modulation
 /// (`norm1_context.linear`, swapped by the SD3 converter for `i == num_layers - 1` only: that
 /// block is `context_pre_only`, the others' `AdaLayerNormZero` keep the original order).
-pub(super) const SWAPPED_HALVES: &[(&str, Swap)] = &[
-    ("final_layer.adaLN_modulation.1", Swap::Always),
+pub(super) const SWAPPED_HALVES: &[(&str, &str, Swap)] = &[
+    (
+        "final_layer.adaLN_modulation.1",
+        "norm_out.linear",
+        Swap::Always,
+    ),
     (
         "joint_blocks.#.context_block.adaLN_modulation.1",
+        "transformer_blocks.#.norm1_context.linear",
         Swap::InLastBlock,
     ),
 ];
@@ -465,5 +473,52 @@ const HUNYUAN_VIDEO: Rows = &[
     (
         "single_blocks.#.modulation.linear",
         &["single_transformer_blocks.#.norm.linear"],
+    ),
+];
+
+/// Z-Image (Tongyi's names): `convert_z_image_transformer_checkpoint_to_diffusers`, whose
+/// `Z_IMAGE_KEYS_RENAME_DICT` moves the patch embedding and the final layer under the `2-1` patch
+/// size's key, names `attention.out` `attention.to_out.0`, and chunks each fused
+/// `attention.qkv` in three (main layers and both refiners). Every other module has one name in
+/// both layouts. Its final `adaLN_modulation.1` is a scale alone: not swapped.
+const Z_IMAGE: Rows = &[
+    ("x_embedder", &["all_x_embedder.2-1"]),
+    ("final_layer.linear", &["all_final_layer.2-1.linear"]),
+    (
+        "final_layer.adaLN_modulation.1",
+        &["all_final_layer.2-1.adaLN_modulation.1"],
+    ),
+    (
+        "layers.#.attention.qkv",
+        &[
+            "layers.#.attention.to_q",
+            "layers.#.attention.to_k",
+            "layers.#.attention.to_v",
+        ],
+    ),
+    ("layers.#.attention.out", &["layers.#.attention.to_out.0"]),
+    (
+        "noise_refiner.#.attention.qkv",
+        &[
+            "noise_refiner.#.attention.to_q",
+            "noise_refiner.#.attention.to_k",
+            "noise_refiner.#.attention.to_v",
+        ],
+    ),
+    (
+        "noise_refiner.#.attention.out",
+        &["noise_refiner.#.attention.to_out.0"],
+    ),
+    (
+        "context_refiner.#.attention.qkv",
+        &[
+            "context_refiner.#.attention.to_q",
+            "context_refiner.#.attention.to_k",
+            "context_refiner.#.attention.to_v",
+        ],
+    ),
+    (
+        "context_refiner.#.attention.out",
+        &["context_refiner.#.attention.to_out.0"],
     ),
 ];
