@@ -26,6 +26,8 @@ mod it {
     pub mod conventions_diffusers;
     /// Trainers' own layouts (kohya/XLabs Flux, musubi Wan) merged as diffusers converts them.
     pub mod conventions_formats;
+    /// Original layouts beyond Flux/Wan (SD3, Flux.2, HunyuanVideo, Z-Image) merged across layouts.
+    pub mod conventions_layouts;
     /// Row-slice merges: SDXL TE2 q/k/v onto OpenCLIP's fused `in_proj_weight`.
     pub mod conventions_slices;
     /// `diff`: exit status and figures.

@@ -1,181 +1,95 @@
 //! Modules named in a model's original single-file layout, merged into the same model saved by
-//! diffusers (Flux, Wan).
+//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image), and diffusers-named
+//! modules merged into the original file.
 //!
 //! The trainers people use name a diffusion transformer the way its authors' code does: kohya
-//! sd-scripts (`networks/lora_flux.py` @450630c: `lora_unet_double_blocks_0_img_attn_qkv`),
-//! ComfyUI's dotted form (`diffusion_model.double_blocks.0.img_attn.qkv`), musubi-tuner for Wan
+//! sd-scripts (`networks/lora_flux.py` @450630c: `lora_unet_double_blocks_0_img_attn_qkv`;
+//! `networks/lora_sd3.py` @077f6a4: `lora_unet_joint_blocks_0_x_block_attn_qkv`), ComfyUI's
+//! dotted form (`diffusion_model.double_blocks.0.img_attn.qkv`), musubi-tuner for Wan
 //! (`lora_unet_blocks_0_self_attn_q`) or Wan's own names (`diffusion_model.blocks.0.self_attn.q`).
 //! A diffusers checkpoint of the same model uses other names and splits some fused tensors: BFL
 //! Flux's `img_attn.qkv` `[3d, d]` is diffusers' `attn.to_q`/`to_k`/`to_v` `[d, d]` each, and
-//! `single_blocks.N.linear1` `[3d + mlp, d]` is `to_q`/`to_k`/`to_v`/`proj_mlp`. The table
-//! ([`TABLE`]) is diffusers 0.42.1's own: `loaders/single_file_utils.py`
-//! `convert_flux_transformer_checkpoint_to_diffusers` and `convert_wan_transformer_to_diffusers`,
-//! the same renames its LoRA converters apply (`loaders/lora_conversion_utils.py`
-//! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`).
+//! `single_blocks.N.linear1` `[3d + mlp, d]` is `to_q`/`to_k`/`to_v`/`proj_mlp`. The tables
+//! (`table.rs`, [`TABLES`]) are diffusers 0.42.1's own: `loaders/single_file_utils.py`
+//! `convert_flux_transformer_checkpoint_to_diffusers`, `convert_wan_transformer_to_diffusers`,
+//! `convert_sd3_transformer_checkpoint_to_diffusers`,
+//! `convert_flux2_transformer_checkpoint_to_diffusers`,
+//! `convert_hunyuan_video_transformer_to_diffusers` and
+//! `convert_z_image_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
+//! apply where it has them (`loaders/lora_conversion_utils.py`
+//! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`; none for
+//! SD3; Flux.2's skips the final modulation's swap, which lorakit does not copy). [`targets`],
+//! which `check` asks, keeps to the Flux and Wan rows. Models share original names that diffusers
+//! names apart (Flux's and Flux.2's `img_mlp.0`): a module takes the first row whose tensors the
+//! base holds.
 //!
 //! A module on a fused original tensor lands on every split diffusers tensor, each with the
 //! [`RowSlice`] of the module's own output rows it receives ([`Placement::part`]): target `j`
 //! gets `B[o_j..o_j + rows_j]·A`, the rows of ΔW that diffusers' `torch.split` gives it
 //! (`_convert_to_ai_toolkit_cat`: lora_up split along its rows, lora_down shared). The widths are
 //! the diffusers tensors' own rows in the base (so `linear1`'s `mlp` part needs no constant),
-//! and must add up to the module's output rows.
+//! and must add up to the module's output rows. A modulation whose `(shift, scale)` halves
+//! diffusers stores as `(scale, shift)` takes the module's rows in that order
+//! ([`table::SWAPPED_HALVES`]; for SD3's context modulation only in the base's last block).
 //!
 //! [`super::resolve_in`] asks here only for a module that the ordinary matching placed nowhere,
 //! so every earlier match is unchanged. Must not read tensor data.
+
+mod table;
 
 use super::placement::{placed_on_rows, Part, Placement, RowSlice, Unmatched};
 use crate::adapter::formats::kohya;
 use crate::adapter::model::{LoraModule, ModuleKind};
 use crate::dtype::Dtype;
+use table::{Model, Swap, SWAPPED_HALVES, TABLES};
 
-/// Original module path (`#` a block index) → the diffusers module paths it is, in row order.
-/// Flux: `convert_flux_transformer_checkpoint_to_diffusers` (diffusers 0.42.1); the final
-/// layer's `adaLN_modulation.1` is `norm_out.linear` with its two halves swapped
-/// ([`SWAPPED_HALVES`]). Wan: `convert_wan_transformer_to_diffusers`'s
-/// `TRANSFORMER_KEYS_RENAME_DICT`.
-const TABLE: &[(&str, &[&str])] = &[
-    // Flux (BFL)
-    ("img_in", &["x_embedder"]),
-    ("txt_in", &["context_embedder"]),
-    (
-        "time_in.in_layer",
-        &["time_text_embed.timestep_embedder.linear_1"],
-    ),
-    (
-        "time_in.out_layer",
-        &["time_text_embed.timestep_embedder.linear_2"],
-    ),
-    (
-        "vector_in.in_layer",
-        &["time_text_embed.text_embedder.linear_1"],
-    ),
-    (
-        "vector_in.out_layer",
-        &["time_text_embed.text_embedder.linear_2"],
-    ),
-    (
-        "guidance_in.in_layer",
-        &["time_text_embed.guidance_embedder.linear_1"],
-    ),
-    (
-        "guidance_in.out_layer",
-        &["time_text_embed.guidance_embedder.linear_2"],
-    ),
-    ("final_layer.linear", &["proj_out"]),
-    ("final_layer.adaLN_modulation.1", &["norm_out.linear"]),
-    (
-        "double_blocks.#.img_mod.lin",
-        &["transformer_blocks.#.norm1.linear"],
-    ),
-    (
-        "double_blocks.#.txt_mod.lin",
-        &["transformer_blocks.#.norm1_context.linear"],
-    ),
-    (
-        "double_blocks.#.img_attn.qkv",
-        &[
-            "transformer_blocks.#.attn.to_q",
-            "transformer_blocks.#.attn.to_k",
-            "transformer_blocks.#.attn.to_v",
-        ],
-    ),
-    (
-        "double_blocks.#.txt_attn.qkv",
-        &[
-            "transformer_blocks.#.attn.add_q_proj",
-            "transformer_blocks.#.attn.add_k_proj",
-            "transformer_blocks.#.attn.add_v_proj",
-        ],
-    ),
-    (
-        "double_blocks.#.img_attn.proj",
-        &["transformer_blocks.#.attn.to_out.0"],
-    ),
-    (
-        "double_blocks.#.txt_attn.proj",
-        &["transformer_blocks.#.attn.to_add_out"],
-    ),
-    (
-        "double_blocks.#.img_mlp.0",
-        &["transformer_blocks.#.ff.net.0.proj"],
-    ),
-    (
-        "double_blocks.#.img_mlp.2",
-        &["transformer_blocks.#.ff.net.2"],
-    ),
-    (
-        "double_blocks.#.txt_mlp.0",
-        &["transformer_blocks.#.ff_context.net.0.proj"],
-    ),
-    (
-        "double_blocks.#.txt_mlp.2",
-        &["transformer_blocks.#.ff_context.net.2"],
-    ),
-    (
-        "single_blocks.#.modulation.lin",
-        &["single_transformer_blocks.#.norm.linear"],
-    ),
-    (
-        "single_blocks.#.linear1",
-        &[
-            "single_transformer_blocks.#.attn.to_q",
-            "single_transformer_blocks.#.attn.to_k",
-            "single_transformer_blocks.#.attn.to_v",
-            "single_transformer_blocks.#.proj_mlp",
-        ],
-    ),
-    (
-        "single_blocks.#.linear2",
-        &["single_transformer_blocks.#.proj_out"],
-    ),
-    // Wan
-    ("blocks.#.self_attn.q", &["blocks.#.attn1.to_q"]),
-    ("blocks.#.self_attn.k", &["blocks.#.attn1.to_k"]),
-    ("blocks.#.self_attn.v", &["blocks.#.attn1.to_v"]),
-    ("blocks.#.self_attn.o", &["blocks.#.attn1.to_out.0"]),
-    ("blocks.#.cross_attn.q", &["blocks.#.attn2.to_q"]),
-    ("blocks.#.cross_attn.k", &["blocks.#.attn2.to_k"]),
-    ("blocks.#.cross_attn.v", &["blocks.#.attn2.to_v"]),
-    ("blocks.#.cross_attn.o", &["blocks.#.attn2.to_out.0"]),
-    ("blocks.#.cross_attn.k_img", &["blocks.#.attn2.add_k_proj"]),
-    ("blocks.#.cross_attn.v_img", &["blocks.#.attn2.add_v_proj"]),
-    ("blocks.#.ffn.0", &["blocks.#.ffn.net.0.proj"]),
-    ("blocks.#.ffn.2", &["blocks.#.ffn.net.2"]),
-    (
-        "text_embedding.0",
-        &["condition_embedder.text_embedder.linear_1"],
-    ),
-    (
-        "text_embedding.2",
-        &["condition_embedder.text_embedder.linear_2"],
-    ),
-    (
-        "time_embedding.0",
-        &["condition_embedder.time_embedder.linear_1"],
-    ),
-    (
-        "time_embedding.2",
-        &["condition_embedder.time_embedder.linear_2"],
-    ),
-    ("time_projection.1", &["condition_embedder.time_proj"]),
-    ("head.head", &["proj_out"]),
-];
+/// Every row of [`TABLES`]: (model, original path, diffusers paths).
+fn rows() -> impl Iterator<Item = (Model, &'static str, &'static [&'static str])> {
+    TABLES
+        .iter()
+        .flat_map(|(model, rows)| rows.iter().map(move |(o, d)| (*model, *o, *d)))
+}
 
-/// Original module paths of [`TABLE`] whose diffusers tensor holds the same rows with the two
-/// halves swapped: BFL Flux's final modulation is `(shift, scale)`, diffusers' `norm_out.linear`
-/// `(scale, shift)` (`convert_flux_transformer_checkpoint_to_diffusers` and the LoRA converters'
-/// `swap_scale_shift` on `lora_up`; ComfyUI `comfy/utils.py` `flux_to_diffusers`).
-const SWAPPED_HALVES: &[&str] = &["final_layer.adaLN_modulation.1"];
-
-/// How a module of `out` rows on original path `orig` lands on its one diffusers tensor (or that
-/// tensor's module on the original one): the halves swapped for [`SWAPPED_HALVES`], else whole
-/// (`None`). `Err` for an odd `out`, which no such tensor has.
-fn whole_part(orig: &str, out: usize) -> Result<Option<Part>, ()> {
-    if SWAPPED_HALVES.contains(&orig) {
+/// How a module of `out` rows of the row original path `orig` → diffusers path `dif` lands on its one diffusers tensor (or that
+/// tensor's module on the original one): the halves swapped for [`SWAPPED_HALVES`] (a
+/// [`Swap::InLastBlock`] row only where `last()` says the module is in the last block), else
+/// whole (`None`). `Err` for an odd `out`, which no such tensor has.
+fn whole_part(
+    (orig, dif): (&str, &str),
+    out: usize,
+    last: impl FnOnce() -> bool,
+) -> Result<Option<Part>, ()> {
+    let swapped = match SWAPPED_HALVES
+        .iter()
+        .find(|(o, d, _)| *o == orig && *d == dif)
+    {
+        Some((_, _, Swap::Always)) => true,
+        Some((_, _, Swap::InLastBlock)) => last(),
+        None => false,
+    };
+    if swapped {
         Part::halves_swapped(out).map(Some).ok_or(())
     } else {
         Ok(None)
     }
+}
+
+/// Whether block `index` of `pattern` (a path with `#`, in the layout of `names`) is the last
+/// one `names` holds: no tensor, under any root, starts with the path before `#` and `index + 1`.
+/// diffusers' SD3 converter counts its blocks the same way (`num_layers` from the checkpoint's
+/// `joint_blocks.N` keys).
+fn in_last_block(pattern: &str, index: &str, names: &[&str]) -> bool {
+    let Some((pre, _)) = pattern.split_once('#') else {
+        return false;
+    };
+    let Some(next) = index.parse::<usize>().ok().and_then(|i| i.checked_add(1)) else {
+        return false;
+    };
+    let next = format!("{pre}{next}.");
+    let dotted = format!(".{next}");
+    !names
+        .iter()
+        .any(|n| n.starts_with(&next) || n.contains(&dotted))
 }
 
 /// Whether a module whose [`whole_part`] is `part` can land on a whole tensor of shape `found`:
@@ -201,31 +115,59 @@ fn matches<'a>(s: &'a str, pattern: &str, sep: char) -> Option<&'a str> {
     }
 }
 
-/// The diffusers module paths module `name` stands for: a kohya name (`lora_unet_` + the
-/// original path with `_`) or a dotted name ending in the original path (any root before it,
-/// `diffusion_model.`, is the original checkpoint's).
+/// The diffusers module paths module `name` stands for, where diffusers' own LoRA loader
+/// converts it ([`Model::diffusers_converts_lora`]; `check --target diffusers` asks): a kohya
+/// name (`lora_unet_` + the original path with `_`) or a dotted name ending in the original path
+/// (any root before it, `diffusion_model.`, is the original checkpoint's).
 pub fn targets(name: &str, kohya_name: bool) -> Option<Vec<String>> {
-    lookup(name, kohya_name).map(|(_, paths)| paths)
+    lookup(name, kohya_name, true)
+        .into_iter()
+        .next()
+        .map(|row| row.paths)
 }
 
-/// [`targets`] with the [`TABLE`] row's original path.
-fn lookup(name: &str, kohya_name: bool) -> Option<(&'static str, Vec<String>)> {
-    let found = |tail: &str, sep: char| {
-        TABLE.iter().find_map(|(orig, difs)| {
-            let i = matches(tail, orig, sep)?;
-            Some((
-                *orig,
-                difs.iter().map(|d| d.replace('#', i)).collect::<Vec<_>>(),
-            ))
-        })
-    };
+/// The [`TABLES`] row a module name is in.
+struct Row<'a> {
+    /// The row's original path (with `#`).
+    orig: &'static str,
+    /// Its diffusers paths (with `#`).
+    difs: &'static [&'static str],
+    /// The block index the name holds (`""` for a path without `#`).
+    index: &'a str,
+    /// `difs` at that index.
+    paths: Vec<String>,
+}
+
+/// The rows of [`TABLES`] (of models diffusers converts, if `converted_only`) whose original
+/// path `name` is, as in [`targets`], in table order: models share original names that
+/// diffusers names apart (BFL Flux's and Flux.2's `double_blocks.N.img_mlp.0` are `ff.net.0.proj`
+/// and `ff.linear_in`), so the base decides ([`place`]).
+fn lookup(name: &str, kohya_name: bool, converted_only: bool) -> Vec<Row<'_>> {
+    fn found(tail: &str, sep: char, converted_only: bool) -> Vec<Row<'_>> {
+        rows()
+            .filter(|(model, _, _)| !converted_only || model.diffusers_converts_lora())
+            .filter_map(|(_, orig, difs)| {
+                let index = matches(tail, orig, sep)?;
+                Some(Row {
+                    orig,
+                    difs,
+                    index,
+                    paths: difs.iter().map(|d| d.replace('#', index)).collect(),
+                })
+            })
+            .collect()
+    }
     if kohya_name {
-        let (prefix, rest) = kohya::split_prefix(name)?;
-        return (prefix == "lora_unet").then(|| found(rest, '_')).flatten();
+        return match kohya::split_prefix(name) {
+            Some(("lora_unet", rest)) => found(rest, '_', converted_only),
+            _ => Vec::new(),
+        };
     }
     std::iter::once(0)
         .chain(name.match_indices('.').map(|(i, _)| i + 1))
-        .find_map(|start| found(&name[start..], '.'))
+        .map(|start| found(&name[start..], '.', converted_only))
+        .find(|rows| !rows.is_empty())
+        .unwrap_or_default()
 }
 
 /// The base weight of diffusers module `path`: `{path}.weight` itself, or under one root
@@ -248,7 +190,7 @@ fn weight_of<'a>(path: &str, names: &[&'a str]) -> Vec<&'a str> {
 /// original layout (BFL `double_blocks.0.img_attn.qkv.weight`, under no root, one root or
 /// `model.diffusion_model.`): the whole tensor of a renamed module, or its rows of a fused one —
 /// as ComfyUI's `comfy/utils.py` `flux_to_diffusers` maps each diffusers key to a row range of
-/// the BFL tensor. In [`TABLE`] every part of a fused tensor but the last has one width (q, k, v;
+/// the BFL tensor. In [`TABLES`] every part of a fused tensor but the last has one width (q, k, v;
 /// `linear1`'s MLP input comes last), so part `j` of `n` starts at `j·out` and the last at
 /// `rows − out`. `None` when the name is no diffusers path of the table or no original tensor
 /// exists.
@@ -259,31 +201,37 @@ pub(super) fn place_on_original(
     logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
 ) -> Option<Result<Placement, Unmatched>> {
     let starts = std::iter::once(0).chain(m.name.match_indices('.').map(|(i, _)| i + 1));
-    let (orig, pattern, j, n) = starts
+    // Every row the name is a diffusers path of (models share diffusers names: Flux's and SD3's
+    // `transformer_blocks.N.attn.to_q`, Wan's `proj_out`): the first whose original tensor the
+    // base holds.
+    let ((pattern, index, j, n, dif), found_names) = starts
         .flat_map(|st| {
             let tail = &m.name[st..];
-            TABLE.iter().flat_map(move |(orig, difs)| {
+            rows().flat_map(move |(_, orig, difs)| {
                 difs.iter().enumerate().filter_map(move |(j, d)| {
                     let i = matches(tail, d, '.')?;
-                    Some((orig.replace('#', i), *orig, j, difs.len()))
+                    Some((orig, i, j, difs.len(), difs[0]))
                 })
             })
         })
-        .next()?;
-    let want = format!("{orig}.weight");
-    let found_names: Vec<&str> = names
-        .iter()
-        .filter(|x| {
-            x.strip_suffix(want.as_str()).is_some_and(|root| {
-                root.is_empty()
-                    || root == "model.diffusion_model."
-                    || (root.ends_with('.') && !root[..root.len() - 1].contains('.'))
-            })
+        .map(|row| {
+            let want = format!("{}.weight", row.0.replace('#', row.1));
+            let found: Vec<&str> = names
+                .iter()
+                .filter(|x| {
+                    x.strip_suffix(want.as_str()).is_some_and(|root| {
+                        root.is_empty()
+                            || root == "model.diffusion_model."
+                            || (root.ends_with('.') && !root[..root.len() - 1].contains('.'))
+                    })
+                })
+                .copied()
+                .collect();
+            (row, found)
         })
-        .copied()
-        .collect();
+        .find(|(_, found)| !found.is_empty())?;
+    let orig = pattern.replace('#', index);
     let weight = match found_names.as_slice() {
-        [] => return None,
         [one] => one.to_string(),
         many => return Some(Err(Unmatched::ambiguous(m, many))),
     };
@@ -297,7 +245,9 @@ pub(super) fn place_on_original(
     let (found, dtype) = logical(&weight);
     let expected = super::placement::expected_shape(m);
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
-    let swapped = whole_part(pattern, m.out_features);
+    let swapped = whole_part((pattern, dif), m.out_features, || {
+        in_last_block(pattern, index, names)
+    });
     let (fits, rows) = if n == 1 {
         (
             whole_fits(&swapped, linear, &found) && found == expected,
@@ -352,7 +302,7 @@ pub(super) fn other_denoiser_root<'a>(want: &str, names: &[&'a str]) -> Vec<&'a 
 }
 
 /// Where module `m` (index `mi`), named in an original layout, lands on a diffusers-layout base
-/// of `names`: `None` when its name is in no layout of [`TABLE`] or none of its diffusers
+/// of `names`: `None` when its name is in no layout of [`TABLES`] or none of its diffusers
 /// tensors exists; an [`Unmatched`] when they exist but do not fit (ambiguous, shapes that do
 /// not split the module's rows, not float).
 pub(super) fn place(
@@ -362,7 +312,14 @@ pub(super) fn place(
     names: &[&str],
     logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
 ) -> Option<Result<Vec<Placement>, Unmatched>> {
-    let (orig, paths) = lookup(&m.name, kohya_name)?;
+    let Row {
+        orig,
+        difs,
+        index,
+        paths,
+    } = lookup(&m.name, kohya_name, false)
+        .into_iter()
+        .find(|row| !weight_of(&row.paths[0], names).is_empty())?;
     let mut weights = Vec::with_capacity(paths.len());
     for p in &paths {
         match weight_of(p, names).as_slice() {
@@ -390,7 +347,9 @@ pub(super) fn place(
     }
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
     // A whole tensor with its halves swapped takes a linear module of even rows.
-    let swapped = whole_part(orig, m.out_features);
+    let swapped = whole_part((orig, difs[0]), m.out_features, || {
+        in_last_block(difs[0], index, names)
+    });
     let mut out = Vec::with_capacity(weights.len());
     let mut offset = 0usize;
     for w in weights {
@@ -473,12 +432,12 @@ mod tests {
         assert_eq!(t("double_blocks.0.img_attn.qkvx", false), None);
     }
 
+    const FINAL: (&str, &str) = ("final_layer.adaLN_modulation.1", "norm_out.linear");
+
     #[test]
     fn the_final_modulation_takes_its_rows_with_the_halves_swapped() {
         let rs = |offset, len| RowSlice { offset, len };
-        let part = whole_part("final_layer.adaLN_modulation.1", 6)
-            .unwrap()
-            .unwrap();
+        let part = whole_part(FINAL, 6, || false).unwrap().unwrap();
         assert_eq!(part, Part(vec![rs(3, 3), rs(0, 3)]));
         assert_eq!((part.rows(), part.end()), (6, 6));
         // Rows of a 6 × 2 matrix (B of rank 2, or a dense ΔW of 2 columns) in the tensor's order.
@@ -486,9 +445,12 @@ mod tests {
         assert_eq!(part.gather(&m, 2), [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]);
         assert_eq!(part.to_string(), "rows 3..6, 0..3");
         // An odd module cannot be one; other rows are whole, in order.
-        assert_eq!(whole_part("final_layer.adaLN_modulation.1", 5), Err(()));
-        assert_eq!(whole_part("final_layer.adaLN_modulation.1", 0), Err(()));
-        assert_eq!(whole_part("final_layer.linear", 6), Ok(None));
+        assert_eq!(whole_part(FINAL, 5, || false), Err(()));
+        assert_eq!(whole_part(FINAL, 0, || false), Err(()));
+        assert_eq!(
+            whole_part(("final_layer.linear", "proj_out"), 6, || true),
+            Ok(None)
+        );
         assert!(!whole_fits(&Err(()), true, &[5, 4]));
         assert!(!whole_fits(&Ok(Some(part.clone())), false, &[6, 4]));
         assert!(whole_fits(&Ok(Some(part)), true, &[6, 4]));
@@ -496,6 +458,82 @@ mod tests {
             targets("lora_unet_final_layer_adaLN_modulation_1", true).unwrap(),
             ["norm_out.linear"]
         );
+    }
+
+    #[test]
+    fn sd3_names_are_merged_but_not_said_converted_by_diffusers() {
+        // diffusers' SD3 loader converts no original names: `check` must not hear of them.
+        assert_eq!(
+            targets("lora_unet_joint_blocks_0_x_block_attn_qkv", true),
+            None
+        );
+        let row = lookup(
+            "diffusion_model.joint_blocks.3.x_block.attn2.qkv",
+            false,
+            false,
+        )
+        .remove(0);
+        assert_eq!(
+            row.paths,
+            [
+                "transformer_blocks.3.attn2.to_q",
+                "transformer_blocks.3.attn2.to_k",
+                "transformer_blocks.3.attn2.to_v"
+            ]
+        );
+        assert_eq!(row.index, "3");
+        let row = lookup("lora_unet_t_embedder_mlp_2", true, false).remove(0);
+        assert_eq!(row.paths, ["time_text_embed.timestep_embedder.linear_2"]);
+    }
+
+    #[test]
+    fn an_original_name_two_models_rename_apart_is_both_rows_flux_first() {
+        let rows = lookup("lora_unet_double_blocks_0_img_mlp_0", true, false);
+        let paths: Vec<&str> = rows.iter().map(|r| r.paths[0].as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "transformer_blocks.0.ff.net.0.proj",
+                "transformer_blocks.0.ff.linear_in"
+            ]
+        );
+        // `check` hears only of Flux's (diffusers' Flux loader), as before Flux.2's rows.
+        assert_eq!(
+            targets("lora_unet_double_blocks_0_img_mlp_0", true).unwrap(),
+            ["transformer_blocks.0.ff.net.0.proj"]
+        );
+        assert_eq!(
+            targets("lora_unet_single_stream_modulation_lin", true),
+            None
+        );
+        // HunyuanVideo's dotted `img_attn_qkv` is its own row; underscored, Flux's says the same.
+        let rows = lookup("diffusion_model.double_blocks.2.img_attn_qkv", false, false);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].paths[2], "transformer_blocks.2.attn.to_v");
+        let rows = lookup("lora_unet_double_blocks_2_img_attn_qkv", true, false);
+        assert!(rows.len() == 2 && rows[0].paths == rows[1].paths);
+    }
+
+    #[test]
+    fn only_the_last_blocks_context_modulation_swaps_its_halves() {
+        let names = [
+            "transformer.transformer_blocks.0.attn.to_q.weight",
+            "transformer.transformer_blocks.1.norm1_context.linear.weight",
+            "transformer.single_transformer_blocks.2.proj_out.weight",
+        ];
+        let p = "transformer_blocks.#.norm1_context.linear";
+        assert!(!in_last_block(p, "0", &names));
+        // `single_transformer_blocks.2` is no block 2 of `transformer_blocks`.
+        assert!(in_last_block(p, "1", &names));
+        assert!(!in_last_block("final_layer.linear", "", &names));
+        assert!(!in_last_block(p, "99999999999999999999999", &names));
+        let orig = (
+            "joint_blocks.#.context_block.adaLN_modulation.1",
+            "transformer_blocks.#.norm1_context.linear",
+        );
+        assert_eq!(whole_part(orig, 4, || false), Ok(None));
+        assert_eq!(whole_part(orig, 4, || true), Ok(Part::halves_swapped(4)));
+        assert_eq!(whole_part(orig, 3, || true), Err(()));
     }
 
     #[test]

@@ -1,0 +1,524 @@
+//! The tables of [`super`]: for each diffusion transformer, its original module paths (`#` a
+//! block index) and the diffusers module paths each one is, in row order, transcribed from
+//! diffusers 0.42.1's `loaders/single_file_utils.py` checkpoint converters; and the modules whose
+//! two row halves the layouts store in the other order. Data only: must not match names.
+
+/// A model whose layouts [`TABLES`] maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Model {
+    Flux,
+    Wan,
+    Sd3,
+    Flux2,
+    HunyuanVideo,
+    ZImage,
+}
+
+impl Model {
+    /// Whether diffusers' own LoRA loader for this model converts names in its original layout
+    /// (what `check --target diffusers` asks, `super::targets`): `FluxLoraLoaderMixin` and
+    /// `WanLoraLoaderMixin` do (`lora_pipeline.py` 0.42.1, their `lora_state_dict`);
+    /// `SD3LoraLoaderMixin.lora_state_dict` converts nothing, so a kohya SD3 file is read as
+    /// diffusers names and its modules land nowhere. `Flux2LoraLoaderMixin` converts its own
+    /// files (and `HunyuanVideoLoraLoaderMixin`, `ZImageLoraLoaderMixin` theirs), but `check` does not model those
+    /// pipelines yet (its verdicts read a Flux.2 name as
+    /// the Flux rows say, as before these rows), so Flux.2's rows serve the merge only.
+    pub(super) fn diffusers_converts_lora(self) -> bool {
+        match self {
+            Model::Flux | Model::Wan => true,
+            Model::Sd3 | Model::Flux2 | Model::HunyuanVideo | Model::ZImage => false,
+        }
+    }
+}
+
+/// One model's rows: original module path → the diffusers module paths it is, in row order.
+pub(super) type Rows = &'static [(&'static str, &'static [&'static str])];
+
+/// Every model's rows, looked up in this order (a path two models share, `final_layer.linear`,
+/// maps alike in both).
+pub(super) const TABLES: &[(Model, Rows)] = &[
+    (Model::Flux, FLUX),
+    (Model::Wan, WAN),
+    (Model::Sd3, SD3),
+    (Model::Flux2, FLUX2),
+    (Model::HunyuanVideo, HUNYUAN_VIDEO),
+    (Model::ZImage, Z_IMAGE),
+];
+
+/// When a module of [`SWAPPED_HALVES`] has its halves swapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Swap {
+    /// Always (a path with no block index).
+    Always,
+    /// Only in the model's last block (the `#` of the path the highest index the base holds).
+    InLastBlock,
+}
+
+/// Rows of the tables (original path, first diffusers path: models share original paths that
+/// only some swap, Z-Image's `final_layer.adaLN_modulation.1` is a scale alone) whose diffusers
+/// tensor holds the same rows with the two halves swapped: the original is `(shift, scale)`, diffusers' `AdaLayerNormContinuous` reads
+/// `(scale, shift)`. BFL Flux's, Flux.2's and SD3's final modulation (`norm_out.linear`:
+/// `convert_flux_transformer_checkpoint_to_diffusers`, `convert_sd3_transformer_checkpoint_to_diffusers`
+/// `swap_scale_shift`, `convert_flux2_transformer_checkpoint_to_diffusers`
+/// `convert_ada_layer_norm_weights`; the LoRA converters' `swap_scale_shift` on `lora_up`; ComfyUI
+/// `comfy/utils.py` `flux_to_diffusers`), and SD3's last joint block's context modulation
+/// (`norm1_context.linear`, swapped by the SD3 converter for `i == num_layers - 1` only: that
+/// block is `context_pre_only`, the others' `AdaLayerNormZero` keep the original order).
+pub(super) const SWAPPED_HALVES: &[(&str, &str, Swap)] = &[
+    (
+        "final_layer.adaLN_modulation.1",
+        "norm_out.linear",
+        Swap::Always,
+    ),
+    (
+        "joint_blocks.#.context_block.adaLN_modulation.1",
+        "transformer_blocks.#.norm1_context.linear",
+        Swap::InLastBlock,
+    ),
+];
+
+/// BFL Flux: `convert_flux_transformer_checkpoint_to_diffusers`; the final layer's
+/// `adaLN_modulation.1` is `norm_out.linear` with its halves swapped ([`SWAPPED_HALVES`]).
+const FLUX: Rows = &[
+    ("img_in", &["x_embedder"]),
+    ("txt_in", &["context_embedder"]),
+    (
+        "time_in.in_layer",
+        &["time_text_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "time_in.out_layer",
+        &["time_text_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "vector_in.in_layer",
+        &["time_text_embed.text_embedder.linear_1"],
+    ),
+    (
+        "vector_in.out_layer",
+        &["time_text_embed.text_embedder.linear_2"],
+    ),
+    (
+        "guidance_in.in_layer",
+        &["time_text_embed.guidance_embedder.linear_1"],
+    ),
+    (
+        "guidance_in.out_layer",
+        &["time_text_embed.guidance_embedder.linear_2"],
+    ),
+    ("final_layer.linear", &["proj_out"]),
+    ("final_layer.adaLN_modulation.1", &["norm_out.linear"]),
+    (
+        "double_blocks.#.img_mod.lin",
+        &["transformer_blocks.#.norm1.linear"],
+    ),
+    (
+        "double_blocks.#.txt_mod.lin",
+        &["transformer_blocks.#.norm1_context.linear"],
+    ),
+    (
+        "double_blocks.#.img_attn.qkv",
+        &[
+            "transformer_blocks.#.attn.to_q",
+            "transformer_blocks.#.attn.to_k",
+            "transformer_blocks.#.attn.to_v",
+        ],
+    ),
+    (
+        "double_blocks.#.txt_attn.qkv",
+        &[
+            "transformer_blocks.#.attn.add_q_proj",
+            "transformer_blocks.#.attn.add_k_proj",
+            "transformer_blocks.#.attn.add_v_proj",
+        ],
+    ),
+    (
+        "double_blocks.#.img_attn.proj",
+        &["transformer_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "double_blocks.#.txt_attn.proj",
+        &["transformer_blocks.#.attn.to_add_out"],
+    ),
+    (
+        "double_blocks.#.img_mlp.0",
+        &["transformer_blocks.#.ff.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.img_mlp.2",
+        &["transformer_blocks.#.ff.net.2"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.0",
+        &["transformer_blocks.#.ff_context.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.2",
+        &["transformer_blocks.#.ff_context.net.2"],
+    ),
+    (
+        "single_blocks.#.modulation.lin",
+        &["single_transformer_blocks.#.norm.linear"],
+    ),
+    (
+        "single_blocks.#.linear1",
+        &[
+            "single_transformer_blocks.#.attn.to_q",
+            "single_transformer_blocks.#.attn.to_k",
+            "single_transformer_blocks.#.attn.to_v",
+            "single_transformer_blocks.#.proj_mlp",
+        ],
+    ),
+    (
+        "single_blocks.#.linear2",
+        &["single_transformer_blocks.#.proj_out"],
+    ),
+];
+
+/// Wan: `convert_wan_transformer_to_diffusers`'s `TRANSFORMER_KEYS_RENAME_DICT`.
+const WAN: Rows = &[
+    ("blocks.#.self_attn.q", &["blocks.#.attn1.to_q"]),
+    ("blocks.#.self_attn.k", &["blocks.#.attn1.to_k"]),
+    ("blocks.#.self_attn.v", &["blocks.#.attn1.to_v"]),
+    ("blocks.#.self_attn.o", &["blocks.#.attn1.to_out.0"]),
+    ("blocks.#.cross_attn.q", &["blocks.#.attn2.to_q"]),
+    ("blocks.#.cross_attn.k", &["blocks.#.attn2.to_k"]),
+    ("blocks.#.cross_attn.v", &["blocks.#.attn2.to_v"]),
+    ("blocks.#.cross_attn.o", &["blocks.#.attn2.to_out.0"]),
+    ("blocks.#.cross_attn.k_img", &["blocks.#.attn2.add_k_proj"]),
+    ("blocks.#.cross_attn.v_img", &["blocks.#.attn2.add_v_proj"]),
+    ("blocks.#.ffn.0", &["blocks.#.ffn.net.0.proj"]),
+    ("blocks.#.ffn.2", &["blocks.#.ffn.net.2"]),
+    (
+        "text_embedding.0",
+        &["condition_embedder.text_embedder.linear_1"],
+    ),
+    (
+        "text_embedding.2",
+        &["condition_embedder.text_embedder.linear_2"],
+    ),
+    (
+        "time_embedding.0",
+        &["condition_embedder.time_embedder.linear_1"],
+    ),
+    (
+        "time_embedding.2",
+        &["condition_embedder.time_embedder.linear_2"],
+    ),
+    ("time_projection.1", &["condition_embedder.time_proj"]),
+    ("head.head", &["proj_out"]),
+];
+
+/// SD3 / SD3.5 (Stability's MMDiT names, kohya sd-scripts `networks/lora_sd3.py` @077f6a4 and
+/// ComfyUI use them): `convert_sd3_transformer_checkpoint_to_diffusers`. Each fused `qkv` is
+/// `torch.chunk`ed in three; SD3.5's second self-attention `x_block.attn2` is `attn2`; the last
+/// block's context stream has only its modulation and `qkv` (no `proj`, no MLP); the final layer
+/// is Flux's rows (`final_layer.linear`, `final_layer.adaLN_modulation.1`). `context_embedder` has
+/// one name in both layouts (matched as any name is).
+const SD3: Rows = &[
+    ("x_embedder.proj", &["pos_embed.proj"]),
+    (
+        "t_embedder.mlp.0",
+        &["time_text_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "t_embedder.mlp.2",
+        &["time_text_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "y_embedder.mlp.0",
+        &["time_text_embed.text_embedder.linear_1"],
+    ),
+    (
+        "y_embedder.mlp.2",
+        &["time_text_embed.text_embedder.linear_2"],
+    ),
+    (
+        "joint_blocks.#.x_block.attn.qkv",
+        &[
+            "transformer_blocks.#.attn.to_q",
+            "transformer_blocks.#.attn.to_k",
+            "transformer_blocks.#.attn.to_v",
+        ],
+    ),
+    (
+        "joint_blocks.#.context_block.attn.qkv",
+        &[
+            "transformer_blocks.#.attn.add_q_proj",
+            "transformer_blocks.#.attn.add_k_proj",
+            "transformer_blocks.#.attn.add_v_proj",
+        ],
+    ),
+    (
+        "joint_blocks.#.x_block.attn2.qkv",
+        &[
+            "transformer_blocks.#.attn2.to_q",
+            "transformer_blocks.#.attn2.to_k",
+            "transformer_blocks.#.attn2.to_v",
+        ],
+    ),
+    (
+        "joint_blocks.#.x_block.attn.proj",
+        &["transformer_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "joint_blocks.#.context_block.attn.proj",
+        &["transformer_blocks.#.attn.to_add_out"],
+    ),
+    (
+        "joint_blocks.#.x_block.attn2.proj",
+        &["transformer_blocks.#.attn2.to_out.0"],
+    ),
+    (
+        "joint_blocks.#.x_block.adaLN_modulation.1",
+        &["transformer_blocks.#.norm1.linear"],
+    ),
+    (
+        "joint_blocks.#.context_block.adaLN_modulation.1",
+        &["transformer_blocks.#.norm1_context.linear"],
+    ),
+    (
+        "joint_blocks.#.x_block.mlp.fc1",
+        &["transformer_blocks.#.ff.net.0.proj"],
+    ),
+    (
+        "joint_blocks.#.x_block.mlp.fc2",
+        &["transformer_blocks.#.ff.net.2"],
+    ),
+    (
+        "joint_blocks.#.context_block.mlp.fc1",
+        &["transformer_blocks.#.ff_context.net.0.proj"],
+    ),
+    (
+        "joint_blocks.#.context_block.mlp.fc2",
+        &["transformer_blocks.#.ff_context.net.2"],
+    ),
+    ("final_layer.linear", &["proj_out"]),
+    ("final_layer.adaLN_modulation.1", &["norm_out.linear"]),
+];
+
+/// Flux.2 (BFL's names; diffusers' `diffusion_model.` and `lora_unet_` LoRA files use them):
+/// `convert_flux2_transformer_checkpoint_to_diffusers`. The blocks' fused `qkv` split as Flux's;
+/// what differs from Flux: the time/guidance embedders under `time_guidance_embed`, the MLPs
+/// `ff.linear_in/linear_out`, a single block's `linear1` kept whole as `attn.to_qkv_mlp_proj`
+/// and `linear2` as `attn.to_out`, and three shared modulations. The final layer is Flux's rows
+/// (`adaLN_modulation.1` swapped, [`SWAPPED_HALVES`]), looked up there first.
+const FLUX2: Rows = &[
+    (
+        "time_in.in_layer",
+        &["time_guidance_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "time_in.out_layer",
+        &["time_guidance_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "guidance_in.in_layer",
+        &["time_guidance_embed.guidance_embedder.linear_1"],
+    ),
+    (
+        "guidance_in.out_layer",
+        &["time_guidance_embed.guidance_embedder.linear_2"],
+    ),
+    (
+        "double_stream_modulation_img.lin",
+        &["double_stream_modulation_img.linear"],
+    ),
+    (
+        "double_stream_modulation_txt.lin",
+        &["double_stream_modulation_txt.linear"],
+    ),
+    (
+        "single_stream_modulation.lin",
+        &["single_stream_modulation.linear"],
+    ),
+    (
+        "double_blocks.#.img_mlp.0",
+        &["transformer_blocks.#.ff.linear_in"],
+    ),
+    (
+        "double_blocks.#.img_mlp.2",
+        &["transformer_blocks.#.ff.linear_out"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.0",
+        &["transformer_blocks.#.ff_context.linear_in"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.2",
+        &["transformer_blocks.#.ff_context.linear_out"],
+    ),
+    (
+        "single_blocks.#.linear1",
+        &["single_transformer_blocks.#.attn.to_qkv_mlp_proj"],
+    ),
+    (
+        "single_blocks.#.linear2",
+        &["single_transformer_blocks.#.attn.to_out"],
+    ),
+];
+
+/// HunyuanVideo (Tencent's names, `hyvideo/modules/models.py`): `convert_hunyuan_video_transformer_to_diffusers`
+/// (its `TRANSFORMER_KEYS_RENAME_DICT` and the `txt_in` / `img_attn_qkv` / `txt_attn_qkv` remaps).
+/// Rows Flux already has with the same diffusers paths (`vector_in.*`, `single_blocks.#.linear1`
+/// split in q, k, v and the MLP input, `linear2`, the final layer with its modulation swapped)
+/// are Flux's. The token refiner's modulation is renamed, not swapped (only the final layer's is).
+const HUNYUAN_VIDEO: Rows = &[
+    ("img_in.proj", &["x_embedder.proj"]),
+    (
+        "time_in.mlp.0",
+        &["time_text_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "time_in.mlp.2",
+        &["time_text_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "guidance_in.mlp.0",
+        &["time_text_embed.guidance_embedder.linear_1"],
+    ),
+    (
+        "guidance_in.mlp.2",
+        &["time_text_embed.guidance_embedder.linear_2"],
+    ),
+    ("txt_in.input_embedder", &["context_embedder.proj_in"]),
+    (
+        "txt_in.t_embedder.mlp.0",
+        &["context_embedder.time_text_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "txt_in.t_embedder.mlp.2",
+        &["context_embedder.time_text_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "txt_in.c_embedder.linear_1",
+        &["context_embedder.time_text_embed.text_embedder.linear_1"],
+    ),
+    (
+        "txt_in.c_embedder.linear_2",
+        &["context_embedder.time_text_embed.text_embedder.linear_2"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.self_attn_qkv",
+        &[
+            "context_embedder.token_refiner.refiner_blocks.#.attn.to_q",
+            "context_embedder.token_refiner.refiner_blocks.#.attn.to_k",
+            "context_embedder.token_refiner.refiner_blocks.#.attn.to_v",
+        ],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.self_attn_proj",
+        &["context_embedder.token_refiner.refiner_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.mlp.fc1",
+        &["context_embedder.token_refiner.refiner_blocks.#.ff.net.0.proj"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.mlp.fc2",
+        &["context_embedder.token_refiner.refiner_blocks.#.ff.net.2"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.adaLN_modulation.1",
+        &["context_embedder.token_refiner.refiner_blocks.#.norm_out.linear"],
+    ),
+    (
+        "double_blocks.#.img_attn_qkv",
+        &[
+            "transformer_blocks.#.attn.to_q",
+            "transformer_blocks.#.attn.to_k",
+            "transformer_blocks.#.attn.to_v",
+        ],
+    ),
+    (
+        "double_blocks.#.txt_attn_qkv",
+        &[
+            "transformer_blocks.#.attn.add_q_proj",
+            "transformer_blocks.#.attn.add_k_proj",
+            "transformer_blocks.#.attn.add_v_proj",
+        ],
+    ),
+    (
+        "double_blocks.#.img_attn_proj",
+        &["transformer_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "double_blocks.#.txt_attn_proj",
+        &["transformer_blocks.#.attn.to_add_out"],
+    ),
+    (
+        "double_blocks.#.img_mod.linear",
+        &["transformer_blocks.#.norm1.linear"],
+    ),
+    (
+        "double_blocks.#.txt_mod.linear",
+        &["transformer_blocks.#.norm1_context.linear"],
+    ),
+    (
+        "double_blocks.#.img_mlp.fc1",
+        &["transformer_blocks.#.ff.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.img_mlp.fc2",
+        &["transformer_blocks.#.ff.net.2"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.fc1",
+        &["transformer_blocks.#.ff_context.net.0.proj"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.fc2",
+        &["transformer_blocks.#.ff_context.net.2"],
+    ),
+    (
+        "single_blocks.#.modulation.linear",
+        &["single_transformer_blocks.#.norm.linear"],
+    ),
+];
+
+/// Z-Image (Tongyi's names): `convert_z_image_transformer_checkpoint_to_diffusers`, whose
+/// `Z_IMAGE_KEYS_RENAME_DICT` moves the patch embedding and the final layer under the `2-1` patch
+/// size's key, names `attention.out` `attention.to_out.0`, and chunks each fused
+/// `attention.qkv` in three (main layers and both refiners). Every other module has one name in
+/// both layouts. Its final `adaLN_modulation.1` is a scale alone: not swapped.
+const Z_IMAGE: Rows = &[
+    ("x_embedder", &["all_x_embedder.2-1"]),
+    ("final_layer.linear", &["all_final_layer.2-1.linear"]),
+    (
+        "final_layer.adaLN_modulation.1",
+        &["all_final_layer.2-1.adaLN_modulation.1"],
+    ),
+    (
+        "layers.#.attention.qkv",
+        &[
+            "layers.#.attention.to_q",
+            "layers.#.attention.to_k",
+            "layers.#.attention.to_v",
+        ],
+    ),
+    ("layers.#.attention.out", &["layers.#.attention.to_out.0"]),
+    (
+        "noise_refiner.#.attention.qkv",
+        &[
+            "noise_refiner.#.attention.to_q",
+            "noise_refiner.#.attention.to_k",
+            "noise_refiner.#.attention.to_v",
+        ],
+    ),
+    (
+        "noise_refiner.#.attention.out",
+        &["noise_refiner.#.attention.to_out.0"],
+    ),
+    (
+        "context_refiner.#.attention.qkv",
+        &[
+            "context_refiner.#.attention.to_q",
+            "context_refiner.#.attention.to_k",
+            "context_refiner.#.attention.to_v",
+        ],
+    ),
+    (
+        "context_refiner.#.attention.out",
+        &["context_refiner.#.attention.to_out.0"],
+    ),
+];
