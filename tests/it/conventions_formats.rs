@@ -363,3 +363,132 @@ fn a_split_module_counts_once_in_modules_merged() {
     // Its two fused qkv modules land on three tensors each: 9 tensors merged.
     assert_eq!(report["tensors_merged_count"], 9, "{report}");
 }
+
+/// Writes `src` without the tensors whose names contain any of `drop`, as F32.
+fn without(src: &std::path::Path, dst: &std::path::Path, drop: &[&str]) {
+    let t = read(src);
+    let mut names: Vec<&String> = t
+        .keys()
+        .filter(|n| !drop.iter().any(|d| n.contains(d)))
+        .collect();
+    names.sort();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        .into_iter()
+        .map(|n| (n.clone(), t[n].shape.clone(), f32_bytes(&t[n].f32())))
+        .collect();
+    write_all_as(dst, safetensors::Dtype::F32, &tensors, None);
+}
+
+/// The halves are swapped only on a base recognized as a model whose layouts swap them (Flux,
+/// Flux.2, SD3, HunyuanVideo): OmniGen and CogVideoX map `final_layer.adaLN_modulation.1` to
+/// `norm_out.linear` unswapped, so on a base with neither double/single-stream nor joint blocks
+/// the module is refused by name (`unknown_order`), both ways. And a module whose path only ends
+/// like `norm_out.linear` (HunyuanVideo's token refiner's) never lands on the final modulation.
+#[test]
+fn the_final_modulation_swaps_only_on_a_recognized_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.safetensors");
+    without(
+        &fixture("flux_final/base.safetensors"),
+        &other,
+        &["single_transformer_blocks."],
+    );
+    let other_orig = dir.path().join("other_orig.safetensors");
+    without(
+        &fixture("flux_final/bfl_base.safetensors"),
+        &other_orig,
+        &["double_blocks.", "single_blocks."],
+    );
+    let refiner = dir.path().join("refiner.safetensors");
+    let (a, b) = (f32_bytes(&[0.5; 2 * 16]), f32_bytes(&[0.25; 32 * 2]));
+    let m = "transformer.context_embedder.token_refiner.refiner_blocks.0.norm_out.linear";
+    write_all_as(
+        &refiner,
+        safetensors::Dtype::F32,
+        &[
+            (format!("{m}.lora_A.weight"), vec![2, 16], a),
+            (format!("{m}.lora_B.weight"), vec![32, 2], b),
+        ],
+        None,
+    );
+    let cases = [
+        (
+            other,
+            fixture("flux_final/kohya.safetensors"),
+            "lora_unet_final_layer_adaLN_modulation_1",
+            true,
+        ),
+        (
+            other_orig,
+            fixture("flux_final/aitk.safetensors"),
+            "transformer.norm_out.linear",
+            true,
+        ),
+        (
+            fixture("flux_final/bfl_base.safetensors"),
+            refiner,
+            m,
+            false,
+        ),
+    ];
+    for (i, (base, adapter, module, order)) in cases.iter().enumerate() {
+        let out = dir.path().join(format!("m{i}.safetensors"));
+        let o = bin()
+            .args(["merge", "--json", "--base"])
+            .arg(base)
+            .arg("--adapter")
+            .arg(adapter)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{module}: {err}");
+        assert!(err.contains(&format!("`{module}`")), "{err}");
+        assert_eq!(err.contains("not recognized"), *order, "{err}");
+        assert!(!out.exists());
+    }
+}
+
+/// A diffusers `to_k` lands on the middle third of BFL's fused `img_attn.qkv` only when that
+/// tensor is exactly three parts of its rows (q, k, v in equal thirds, as every converter splits
+/// it): a fused tensor of 47 or 51 rows is refused by module, not written into rows 16..32.
+#[test]
+fn a_middle_part_needs_a_fused_tensor_of_exactly_three_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = read(&fixture("diffusers_formats/flux_bfl_base.safetensors"));
+    for rows in [47usize, 51] {
+        let mut names: Vec<&String> = src.keys().collect();
+        names.sort();
+        let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = names
+            .into_iter()
+            .map(|n| {
+                let t = &src[n];
+                if n == "double_blocks.0.img_attn.qkv.weight" {
+                    let cols = t.shape[1];
+                    let mut v = t.f32();
+                    v.resize(rows * cols, 0.125);
+                    (n.clone(), vec![rows, cols], f32_bytes(&v))
+                } else {
+                    (n.clone(), t.shape.clone(), f32_bytes(&t.f32()))
+                }
+            })
+            .collect();
+        let base = dir.path().join(format!("bfl{rows}.safetensors"));
+        write_all_as(&base, safetensors::Dtype::F32, &tensors, None);
+        let out = dir.path().join(format!("m{rows}.safetensors"));
+        let o = bin()
+            .args(["merge", "--base"])
+            .arg(&base)
+            .arg("--adapter")
+            .arg(fixture("diffusers_formats/flux_aitk.safetensors"))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{rows}: {err}");
+        assert!(err.contains("transformer_blocks.0.attn.to_k"), "{err}");
+        assert!(!out.exists());
+    }
+}

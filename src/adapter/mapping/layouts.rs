@@ -74,6 +74,48 @@ fn whole_part(
     }
 }
 
+/// Whether a [`SWAPPED_HALVES`] row is the one for `(orig, dif)`.
+fn swap_row(orig: &str, dif: &str) -> bool {
+    SWAPPED_HALVES
+        .iter()
+        .any(|(o, d, _)| *o == orig && *d == dif)
+}
+
+/// Whether the base of `names` is a model whose layouts store [`SWAPPED_HALVES`] swapped: Flux,
+/// Flux.2 and HunyuanVideo (double- and single-stream blocks: `double_blocks.` in the original
+/// layout, `single_transformer_blocks.` in diffusers') or SD3 (`joint_blocks.`,
+/// `norm1_context.`). Other models name the same tensors and keep their order — OmniGen's and
+/// CogVideoX's `final_layer.adaLN_modulation.1` is `norm_out.linear` unswapped
+/// (`scripts/convert_omnigen_to_diffusers.py`, `convert_cogvideox_to_diffusers.py`) — so a swap
+/// row applies only to a base recognized as one of these.
+fn swaps_halves(names: &[&str], original_layout: bool) -> bool {
+    let marks: &[&str] = if original_layout {
+        &["double_blocks.", "joint_blocks."]
+    } else {
+        &["single_transformer_blocks.", ".norm1_context."]
+    };
+    names.iter().any(|n| marks.iter().any(|k| n.contains(k)))
+}
+
+/// The refusal of a module on a [`SWAPPED_HALVES`] tensor of a base that is not recognized.
+fn unknown_order(m: &LoraModule, tensor: &str) -> Unmatched {
+    Unmatched::UnknownOrder {
+        module: m.name.clone(),
+        tensor: tensor.to_owned(),
+        why: "Flux, Flux.2, SD3 and HunyuanVideo store this modulation's two halves swapped between their original and diffusers layouts, other models (OmniGen, CogVideoX) do not, and this base is not recognized as one of the former".into(),
+    }
+}
+
+/// Whether a dotted module name's prefix before a table path (`name[..start]`) is a root: empty,
+/// one component (`transformer.`, `diffusion_model.`) or `model.diffusion_model.`. A deeper
+/// prefix is another module whose path ends like a table row (HunyuanVideo's token refiner's
+/// `…refiner_blocks.0.norm_out.linear` is no final `norm_out.linear`).
+fn root_prefix(prefix: &str) -> bool {
+    prefix.is_empty()
+        || prefix == "model.diffusion_model."
+        || (prefix.ends_with('.') && !prefix[..prefix.len() - 1].contains('.'))
+}
+
 /// Whether block `index` of `pattern` (a path with `#`, in the layout of `names`) is the last
 /// one `names` holds: no tensor, under any root, starts with the path before `#` and `index + 1`.
 /// diffusers' SD3 converter counts its blocks the same way (`num_layers` from the checkpoint's
@@ -165,6 +207,7 @@ fn lookup(name: &str, kohya_name: bool, converted_only: bool) -> Vec<Row<'_>> {
     }
     std::iter::once(0)
         .chain(name.match_indices('.').map(|(i, _)| i + 1))
+        .filter(|&start| root_prefix(&name[..start]))
         .map(|start| found(&name[start..], '.', converted_only))
         .find(|rows| !rows.is_empty())
         .unwrap_or_default()
@@ -200,7 +243,9 @@ pub(super) fn place_on_original(
     names: &[&str],
     logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
 ) -> Option<Result<Placement, Unmatched>> {
-    let starts = std::iter::once(0).chain(m.name.match_indices('.').map(|(i, _)| i + 1));
+    let starts = std::iter::once(0)
+        .chain(m.name.match_indices('.').map(|(i, _)| i + 1))
+        .filter(|&start| root_prefix(&m.name[..start]));
     // Every row the name is a diffusers path of (models share diffusers names: Flux's and SD3's
     // `transformer_blocks.N.attn.to_q`, Wan's `proj_out`): the first whose original tensor the
     // base holds.
@@ -245,6 +290,9 @@ pub(super) fn place_on_original(
     let (found, dtype) = logical(&weight);
     let expected = super::placement::expected_shape(m);
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
+    if swap_row(pattern, dif) && !swaps_halves(names, true) {
+        return Some(Err(unknown_order(m, &weight)));
+    }
     let swapped = whole_part((pattern, dif), m.out_features, || {
         in_last_block(pattern, index, names)
     });
@@ -262,11 +310,22 @@ pub(super) fn place_on_original(
             total.saturating_sub(out)
         };
         // The parts before the last share one width: `offset` of the last is (n−1) of them.
+        // Every three-part row is q, k, v in equal thirds (`torch.chunk(…, 3)` or `split` at
+        // one width in each converter), so the tensor is exactly three parts; with a fourth
+        // (`linear1`'s MLP input, last) each part leaves room for the others.
+        let whole = if n == 3 {
+            total == out.saturating_mul(3)
+        } else if j + 1 < n {
+            total > out.saturating_mul(n - 1)
+        } else {
+            total > out
+        };
         let fits = linear
             && found.len() == 2
             && found[1] == m.in_features
             && offset.saturating_add(out) <= total
             && (j + 1 < n || offset % (n - 1) == 0)
+            && whole
             && out > 0;
         (fits, Some(RowSlice { offset, len: out }))
     };
@@ -346,6 +405,9 @@ pub(super) fn place(
         }));
     }
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
+    if swap_row(orig, difs[0]) && !swaps_halves(names, false) {
+        return Some(Err(unknown_order(m, &weights[0])));
+    }
     // A whole tensor with its halves swapped takes a linear module of even rows.
     let swapped = whole_part((orig, difs[0]), m.out_features, || {
         in_last_block(difs[0], index, names)

@@ -42,6 +42,14 @@ pub enum Unmatched {
         /// The component each candidate belongs to (`the first text encoder`).
         owners: Vec<String>,
     },
+    /// The module lands on a tensor whose rows the model's two layouts order differently in
+    /// some models and alike in others, and the base is none of the models lorakit knows.
+    UnknownOrder {
+        module: String,
+        tensor: String,
+        /// Which models order it which way.
+        why: String,
+    },
 }
 
 impl Unmatched {
@@ -137,6 +145,13 @@ impl std::fmt::Display for Unmatched {
                     "`{module}`: {component}; the base's match {}",
                     found.join(", ")
                 )
+            }
+            Unmatched::UnknownOrder {
+                module,
+                tensor,
+                why,
+            } => {
+                write!(f, "`{module}`: base tensor `{tensor}`: {why}")
             }
         }
     }

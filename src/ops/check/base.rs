@@ -91,6 +91,9 @@ pub(super) fn placements(
                 (module, "not_float", Some(tensor.clone()))
             }
             Unmatched::OtherComponent { module, .. } => (module, "other_component", None),
+            Unmatched::UnknownOrder { module, tensor, .. } => {
+                (module, "unknown_order", Some(tensor.clone()))
+            }
         };
         out.push(Placement {
             module: module.clone(),

@@ -504,6 +504,7 @@ fn unmatched_name(u: &mapping::Unmatched) -> String {
         | mapping::Unmatched::ShapeMismatch { module, .. }
         | mapping::Unmatched::Ambiguous { module, .. }
         | mapping::Unmatched::NotFloat { module, .. }
-        | mapping::Unmatched::OtherComponent { module, .. } => module.clone(),
+        | mapping::Unmatched::OtherComponent { module, .. }
+        | mapping::Unmatched::UnknownOrder { module, .. } => module.clone(),
     }
 }
