@@ -53,27 +53,6 @@ def either(c, argv, refusals=(2,)):
     return p
 
 
-def known(c, argv, why):
-    """A violation found by this round in a file outside its scope, reported instead of fixed:
-    a clean refusal counts as a case like any other; a run that succeeds is counted in
-    STATS["known"] (not as a violation) and its outputs removed."""
-    before = snapshot(c.dir)
-    p = subprocess.run([LK] + argv, cwd=c.dir, capture_output=True, text=True, errors="replace")
-    STATS["cases"] += 1
-    lines = [l for l in p.stderr.splitlines() if l.strip() and not l.startswith("warning")]
-    if p.returncode == 2 and len(lines) == 1 and snapshot(c.dir) == before:
-        print(f"note: {c.name}: known issue no longer occurs ({why})")
-        return
-    if p.returncode != 0:
-        violation(c.name, f"rc={p.returncode}", p.stderr[:300])
-        return
-    STATS["known"] = STATS.get("known", 0) + 1
-    print(f"KNOWN {c.name}: {why}")
-    for rel in sorted(set(snapshot(c.dir)) - set(before), reverse=True):
-        q = c.p(rel)
-        shutil.rmtree(q) if os.path.isdir(q) else os.remove(q)
-
-
 def all_cmds(c, mention, merges=(MERGE_G, MERGE_P), inspect=("b.gguf",), lenient=False):
     """The merges must refuse (naming `mention`), or with `lenient` refuse or succeed; inspect
     and diff of the lying file must not panic: a clean refusal naming the file, or a report."""

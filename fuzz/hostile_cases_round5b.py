@@ -4,7 +4,7 @@ linear1), and quantized bases whose config or scales lie. Helpers and verdicts a
 half's (hostile_cases_round5.py) and hostile_lib.py's."""
 import math
 
-from hostile_cases_round5 import INF, NAN, either, f32z, known, st_set
+from hostile_cases_round5 import INF, NAN, either, f32z, st_set
 from hostile_lib import STATS, Case, case, f32, run, st_edit, violation  # noqa: F401
 
 
@@ -182,13 +182,9 @@ def flux_fused_layouts():
                          ("single_blocks.0.linear1.weight", 96)):
         c = dc(f"bfl_{tensor.split('.')[2]}_{tensor.split('.')[3]}_{rows}", "flux_bfl_base.safetensors", "flux_aitk.safetensors")
         st_edit(c.p("b.safetensors"), st_set(tensor, "F32", [rows, 16], f32z(rows * 16)))
-        if "img_attn" in tensor:
-            # The adapter has `to_k` alone on this tensor: a middle part, whose fit
-            # src/adapter/mapping/layouts.rs (`split_fit`: `offset + out <= total`) checks without
-            # `total = 3·out`; only a last part's offset is checked. Not fixed here (another
-            # engineer's file): counted apart, as "known".
-            known(c, merge, "layouts.rs places a middle q/k/v part on a fused qkv of any row count >= 2·16")
-            continue
+        # The adapter has `to_k` alone on `img_attn.qkv`: a middle part, which needs a fused
+        # tensor of exactly three parts (`layouts.rs` checks `total = 3·out` since round 5; it
+        # was counted "known" before).
         lie_cmds(c, merge, [("b.safetensors", "a.safetensors"), ("qkv", "linear1", "attn", "to_q", "proj_mlp")],
                  base_lie=True)
     # XLabs names: a qkv whose rows do not split; kohya names for Wan with odd rows.
