@@ -73,20 +73,12 @@ fn refused(dir: &Path, argv: &[&str], parts: &[&str]) {
     assert_eq!(snapshot(dir), before, "something was written: {line}");
 }
 
-/// [`refused`] for a merge of `adapter` into `base` writing `dir/o.gguf`.
+/// [`refused`] for a merge ([`merge_args`]) of `adapter` into `base` writing `dir/o.gguf`.
 fn merge_refused_in(dir: &Path, base: &Path, adapter: &Path, parts: &[&str]) {
-    let out = dir.join("o.gguf");
+    let argv = merge_args(base, adapter, &dir.join("o.gguf"), &[]);
     refused(
         dir,
-        &[
-            "merge",
-            "--base",
-            s(base),
-            "--adapter",
-            s(adapter),
-            "--out",
-            s(&out),
-        ],
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
         parts,
     );
 }
