@@ -20,6 +20,8 @@ mod it {
     pub mod common;
     /// Single-file LoRAs in every naming convention, merged as PEFT merges their factors.
     pub mod conventions;
+    /// The merge-and-compare helper of the cross-layout tests (formats, layouts).
+    pub mod conventions_common;
     /// kohya component prefixes stay on their own component (`lora_te2_` never on TE1).
     pub mod conventions_components;
     /// What the diffusers sweep found: a longer root's module, diffusers' lost kohya UNet keys.

@@ -15,67 +15,16 @@
 
 use super::check::check_json;
 use super::common::*;
+use super::conventions_common::{manifest_of, merges_as_reference_in};
 
 fn manifest() -> serde_json::Value {
     manifest_of("diffusers_formats")
 }
 
-fn manifest_of(folder: &str) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(fixture(&format!("{folder}/MANIFEST.json"))).unwrap())
-        .unwrap()
-}
-
-/// Merges `diffusers_formats/{adapter}` into `{base}` and compares every tensor with
-/// `{adapter}_reference`; every other tensor must keep its bytes. The reference's tensors are the
-/// ones diffusers changed (MANIFEST.json).
+/// [`merges_as_reference_in`] on `diffusers_formats/`: `{adapter}` merged into `{base_name}`
+/// against `{adapter}_reference`, the tensors diffusers changed (MANIFEST.json).
 fn merges_as_reference(base_name: &str, adapter: &str) {
     merges_as_reference_in("diffusers_formats", base_name, adapter)
-}
-
-/// [`merges_as_reference`] on the fixtures of `folder`.
-fn merges_as_reference_in(folder: &str, base_name: &str, adapter: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("merged.safetensors");
-    merge_fixtures(
-        &format!("{folder}/{base_name}"),
-        &format!("{folder}/{adapter}.safetensors"),
-        &out,
-        &["--quiet"],
-    );
-    let got = read(&out);
-    let want = read(&fixture(&format!(
-        "{folder}/{adapter}_reference.safetensors"
-    )));
-    let base = read(&fixture(&format!("{folder}/{base_name}")));
-    let changed: Vec<String> = manifest_of(folder)[adapter]["changed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect();
-    let mut names: Vec<&String> = want.keys().collect();
-    names.sort();
-    assert_eq!(names, changed.iter().collect::<Vec<_>>());
-    for (name, b) in &base {
-        match want.get(name) {
-            Some(w) => assert_f32_close(name, &got[name].f32(), &w.f32(), &b.f32()),
-            None => assert_eq!(got[name].f32(), b.f32(), "{name}: not adapted, unchanged"),
-        }
-    }
-    // The bands of a split or sliced module are merged on the GPU from the same rows of B.
-    if gpu_available() {
-        let gpu = dir.path().join("gpu.safetensors");
-        merge_fixtures(
-            &format!("{folder}/{base_name}"),
-            &format!("{folder}/{adapter}.safetensors"),
-            &gpu,
-            &["--quiet", "--device", "gpu"],
-        );
-        assert!(
-            std::fs::read(&gpu).unwrap() == std::fs::read(&out).unwrap(),
-            "{adapter}: gpu output differs"
-        );
-    }
 }
 
 /// kohya's `final_layer.adaLN_modulation.1` (BFL: shift rows, then scale) lands on diffusers'

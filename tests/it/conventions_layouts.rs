@@ -22,60 +22,7 @@
 
 use super::check::check_json;
 use super::common::*;
-
-fn manifest_of(folder: &str) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(fixture(&format!("{folder}/MANIFEST.json"))).unwrap())
-        .unwrap()
-}
-
-/// Merges `{folder}/{adapter}` into `{folder}/{base_name}` and compares every tensor with
-/// `{adapter}_reference`, whose tensors are the ones the reference changed (MANIFEST.json); every
-/// other tensor must keep its bytes. On a GPU the output must be the CPU's, byte for byte.
-fn merges_as_reference(folder: &str, base_name: &str, adapter: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("merged.safetensors");
-    let args = (
-        format!("{folder}/{base_name}"),
-        format!("{folder}/{adapter}.safetensors"),
-    );
-    merge_fixtures(&args.0, &args.1, &out, &["--quiet"]);
-    let got = read(&out);
-    let want = read(&fixture(&format!(
-        "{folder}/{adapter}_reference.safetensors"
-    )));
-    let base = read(&fixture(&args.0));
-    let changed: Vec<String> = manifest_of(folder)[adapter]["changed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect();
-    let mut names: Vec<&String> = want.keys().collect();
-    names.sort();
-    assert_eq!(names, changed.iter().collect::<Vec<_>>());
-    let mut got_names: Vec<&String> = got.keys().collect();
-    got_names.sort();
-    let mut base_names: Vec<&String> = base.keys().collect();
-    base_names.sort();
-    assert_eq!(
-        got_names, base_names,
-        "{adapter}: the output has the base's tensors"
-    );
-    for (name, b) in &base {
-        match want.get(name) {
-            Some(w) => assert_f32_close(name, &got[name].f32(), &w.f32(), &b.f32()),
-            None => assert_eq!(got[name].data, b.data, "{name}: not adapted, same bytes"),
-        }
-    }
-    if gpu_available() {
-        let gpu = dir.path().join("gpu.safetensors");
-        merge_fixtures(&args.0, &args.1, &gpu, &["--quiet", "--device", "gpu"]);
-        assert!(
-            std::fs::read(&gpu).unwrap() == std::fs::read(&out).unwrap(),
-            "{adapter}: gpu output differs"
-        );
-    }
-}
+use super::conventions_common::{manifest_of, merges_as_reference_in};
 
 /// kohya sd-scripts' SD3.5 file on the diffusers layout: every fused `qkv` split over its three
 /// tensors, the renamed projections, MLPs, embedders and the 2×2 patch-embedding conv; block 0's
@@ -88,14 +35,14 @@ fn kohya_sd3_lands_on_the_diffusers_layout_as_the_converter_splits_it() {
     let m = manifest_of("sd3_layout");
     assert_eq!(m["kohya"]["diffusers_loaded"], serde_json::json!([]));
     assert_eq!(m["kohya"]["changed"].as_array().unwrap().len(), 22);
-    merges_as_reference("sd3_layout", "base.safetensors", "kohya");
+    merges_as_reference_in("sd3_layout", "base.safetensors", "kohya");
 }
 
 /// ComfyUI's dotted names (`diffusion_model.joint_blocks.N.…`, lora_down/lora_up/alpha) on a
 /// fused context `qkv` and the last block's swapped context modulation.
 #[test]
 fn comfyui_sd3_lands_on_the_diffusers_layout() {
-    merges_as_reference("sd3_layout", "base.safetensors", "comfy");
+    merges_as_reference_in("sd3_layout", "base.safetensors", "comfy");
 }
 
 /// The other way: ai-toolkit's diffusers names on the original single file land on their rows of
@@ -106,7 +53,7 @@ fn comfyui_sd3_lands_on_the_diffusers_layout() {
 fn ai_toolkit_sd3_lands_on_the_original_layout() {
     let m = manifest_of("sd3_layout");
     assert_eq!(m["aitk"]["diffusers_loaded"].as_array().unwrap().len(), 9);
-    merges_as_reference("sd3_layout", "orig_base.safetensors", "aitk");
+    merges_as_reference_in("sd3_layout", "orig_base.safetensors", "aitk");
 }
 
 /// lorakit merges SD3's original names, but diffusers' SD3 pipeline does not convert them
@@ -169,7 +116,7 @@ fn flux2_original_names_land_on_the_diffusers_layout() {
         m["comfy"]["reference_f64"],
         serde_json::json!(["norm_out.linear.weight"])
     );
-    merges_as_reference("flux2_layout", "base.safetensors", "comfy");
+    merges_as_reference_in("flux2_layout", "base.safetensors", "comfy");
 }
 
 /// Flux.2's `lora_unet_` file: diffusers' `_convert_kohya_flux2_lora_to_diffusers` loads the
@@ -186,14 +133,14 @@ fn flux2_kohya_names_land_on_the_diffusers_layout() {
             "norm_out.linear.weight"
         ])
     );
-    merges_as_reference("flux2_layout", "base.safetensors", "kohya");
+    merges_as_reference_in("flux2_layout", "base.safetensors", "kohya");
 }
 
 /// The other way: diffusers names on Flux.2's original single file, with the final modulation's
 /// halves swapped back; the reference is diffusers' fuse brought to BFL's layout.
 #[test]
 fn flux2_diffusers_names_land_on_the_original_layout() {
-    merges_as_reference("flux2_layout", "orig_base.safetensors", "aitk");
+    merges_as_reference_in("flux2_layout", "orig_base.safetensors", "aitk");
 }
 
 /// HunyuanVideo's original names (musubi-tuner / kohya `lora_unet_…`) on the diffusers layout:
@@ -214,9 +161,9 @@ fn hunyuan_video_original_names_land_on_the_diffusers_layout() {
         );
     }
     assert_eq!(m["kohya"]["changed"].as_array().unwrap().len(), 27);
-    merges_as_reference("hunyuan_video_layout", "base.safetensors", "kohya");
+    merges_as_reference_in("hunyuan_video_layout", "base.safetensors", "kohya");
     // ComfyUI's dotted names: the underscored `img_attn_qkv` is HunyuanVideo's own row.
-    merges_as_reference("hunyuan_video_layout", "base.safetensors", "comfy");
+    merges_as_reference_in("hunyuan_video_layout", "base.safetensors", "comfy");
 }
 
 /// The other way: diffusers names on HunyuanVideo's original single file (the refiner's `to_k`
@@ -224,7 +171,7 @@ fn hunyuan_video_original_names_land_on_the_diffusers_layout() {
 /// diffusers' own fuse brought to the original layout.
 #[test]
 fn hunyuan_video_diffusers_names_land_on_the_original_layout() {
-    merges_as_reference("hunyuan_video_layout", "orig_base.safetensors", "aitk");
+    merges_as_reference_in("hunyuan_video_layout", "orig_base.safetensors", "aitk");
 }
 
 /// Z-Image's original names (`lora_unet_layers_0_attention_qkv`, both refiners' `qkv`,
@@ -238,7 +185,7 @@ fn z_image_original_names_land_on_the_diffusers_layout() {
     let m = manifest_of("z_image_layout");
     assert!(m["kohya"]["diffusers_fuse_max_diff"].as_f64().unwrap() < 1e-6);
     assert_eq!(m["kohya"]["diffusers_loaded"].as_array().unwrap().len(), 10);
-    merges_as_reference("z_image_layout", "base.safetensors", "kohya");
+    merges_as_reference_in("z_image_layout", "base.safetensors", "kohya");
 }
 
 /// The other way: diffusers names on Z-Image's original single file (row slices of the fused
@@ -246,5 +193,5 @@ fn z_image_original_names_land_on_the_diffusers_layout() {
 /// the original layout.
 #[test]
 fn z_image_diffusers_names_land_on_the_original_layout() {
-    merges_as_reference("z_image_layout", "orig_base.safetensors", "aitk");
+    merges_as_reference_in("z_image_layout", "orig_base.safetensors", "aitk");
 }

@@ -73,6 +73,16 @@ fn refused(dir: &Path, argv: &[&str], parts: &[&str]) {
     assert_eq!(snapshot(dir), before, "something was written: {line}");
 }
 
+/// [`refused`] for a merge ([`merge_args`]) of `adapter` into `base` writing `dir/o.gguf`.
+fn merge_refused_in(dir: &Path, base: &Path, adapter: &Path, parts: &[&str]) {
+    let argv = merge_args(base, adapter, &dir.join("o.gguf"), &[]);
+    refused(
+        dir,
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+        parts,
+    );
+}
+
 /// `adapter.lora.alpha` NaN or infinite (a FLOAT32 value overwritten in place): the merge
 /// blamed the *output* ("o.gguf: tensor `blk.0.ffn_down.weight`: … merged value at [0, 0] is
 /// not finite"), naming neither the adapter nor the key.
@@ -86,18 +96,10 @@ fn a_non_finite_gguf_adapter_alpha_is_refused_naming_the_key() {
             assert_eq!(b[at..at + 4], 6u32.to_le_bytes(), "FLOAT32");
             b[at + 4..at + 8].copy_from_slice(&v.to_le_bytes());
         });
-        let out = dir.path().join("o.gguf");
-        refused(
+        merge_refused_in(
             dir.path(),
-            &[
-                "merge",
-                "--base",
-                s(&fixture(PHI3_BASE)),
-                "--adapter",
-                s(&a),
-                "--out",
-                s(&out),
-            ],
+            &fixture(PHI3_BASE),
+            &a,
             &["a.gguf", "adapter.lora.alpha", what],
         );
     }
@@ -116,18 +118,10 @@ fn a_gguf_lora_b_without_its_lora_a_is_refused() {
             "blk.0.attn_qkvxx_norm.weight",
         );
     });
-    let out = dir.path().join("o.gguf");
-    refused(
+    merge_refused_in(
         dir.path(),
-        &[
-            "merge",
-            "--base",
-            s(&fixture(PHI3_BASE)),
-            "--adapter",
-            s(&a),
-            "--out",
-            s(&out),
-        ],
+        &fixture(PHI3_BASE),
+        &a,
         &["a.gguf", "blk.0.attn_qkv.weight.lora_b", "lora_a"],
     );
 }
@@ -140,19 +134,10 @@ fn a_gguf_base_without_an_architecture_says_so() {
     let b = edited(dir.path(), PHI3_BASE, "b.gguf", |b| {
         rename(b, "general.architecture", "general.architecturx");
     });
-    let out = dir.path().join("o.gguf");
-    let adapter = fixture("gguf/hf_phi3/lora");
-    refused(
+    merge_refused_in(
         dir.path(),
-        &[
-            "merge",
-            "--base",
-            s(&b),
-            "--adapter",
-            s(&adapter),
-            "--out",
-            s(&out),
-        ],
+        &b,
+        &fixture("gguf/hf_phi3/lora"),
         &["b.gguf", "no general.architecture string"],
     );
 }

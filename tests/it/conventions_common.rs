@@ -1,0 +1,64 @@
+//! What the tests of LoRAs merged across layouts share (`conventions_formats`,
+//! `conventions_layouts`): a fixture folder's MANIFEST.json and the merge of one of its adapters
+//! compared with the reference its generator wrote (diffusers' own fuse, or a converter's
+//! arithmetic in f64: `fixtures/gen/layout_fixture_common.py` and the generators beside it).
+//! It compares; it never writes a fixture.
+
+use super::common::*;
+
+/// `fixtures/{folder}/MANIFEST.json`.
+pub fn manifest_of(folder: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixture(&format!("{folder}/MANIFEST.json"))).unwrap())
+        .unwrap()
+}
+
+/// Merges `{folder}/{adapter}` into `{folder}/{base_name}` and compares every tensor with
+/// `{adapter}_reference`, whose tensors are the ones the reference changed (MANIFEST.json); the
+/// output holds the base's tensors and every other one keeps its bytes. On a GPU the output must
+/// be the CPU's, byte for byte (the bands of a split or sliced module are merged there from the
+/// same rows of B).
+pub fn merges_as_reference_in(folder: &str, base_name: &str, adapter: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("merged.safetensors");
+    let args = (
+        format!("{folder}/{base_name}"),
+        format!("{folder}/{adapter}.safetensors"),
+    );
+    merge_fixtures(&args.0, &args.1, &out, &["--quiet"]);
+    let got = read(&out);
+    let want = read(&fixture(&format!(
+        "{folder}/{adapter}_reference.safetensors"
+    )));
+    let base = read(&fixture(&args.0));
+    let changed: Vec<String> = manifest_of(folder)[adapter]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    let mut names: Vec<&String> = want.keys().collect();
+    names.sort();
+    assert_eq!(names, changed.iter().collect::<Vec<_>>());
+    let mut got_names: Vec<&String> = got.keys().collect();
+    got_names.sort();
+    let mut base_names: Vec<&String> = base.keys().collect();
+    base_names.sort();
+    assert_eq!(
+        got_names, base_names,
+        "{adapter}: the output has the base's tensors"
+    );
+    for (name, b) in &base {
+        match want.get(name) {
+            Some(w) => assert_f32_close(name, &got[name].f32(), &w.f32(), &b.f32()),
+            None => assert_eq!(got[name].data, b.data, "{name}: not adapted, same bytes"),
+        }
+    }
+    if gpu_available() {
+        let gpu = dir.path().join("gpu.safetensors");
+        merge_fixtures(&args.0, &args.1, &gpu, &["--quiet", "--device", "gpu"]);
+        assert!(
+            std::fs::read(&gpu).unwrap() == std::fs::read(&out).unwrap(),
+            "{adapter}: gpu output differs"
+        );
+    }
+}
