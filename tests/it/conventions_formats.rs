@@ -56,13 +56,14 @@ fn ai_toolkit_norm_out_lands_on_bfl_final_modulation_with_its_halves_swapped() {
 fn convert_onto_a_base_refuses_a_module_with_swapped_halves() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
+    let base = fixture("flux_final/base.safetensors");
     let o = bin()
-        .args(["convert"])
-        .arg(fixture("flux_final/kohya.safetensors"))
-        .args(["--to", "peft", "--base"])
-        .arg(fixture("flux_final/base.safetensors"))
-        .arg("--out")
-        .arg(&out)
+        .args(convert_args(
+            &fixture("flux_final/kohya.safetensors"),
+            "peft",
+            &out,
+            &["--base", s(&base)],
+        ))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -246,32 +247,24 @@ fn base_weight_readers_refuse_a_module_whose_rows_the_tensor_reorders() {
         "{report}"
     );
     let fixed = dir.path().join("fixed");
-    let o1 = bin()
-        .args([
-            "check",
-            s(&dora),
-            "--base",
-            s(&base),
-            "--fix",
-            "--dora-rank",
-            "4",
-            "--out",
-        ])
-        .arg(&fixed)
-        .output()
-        .unwrap();
+    let fix = [
+        "--base",
+        s(&base),
+        "--fix",
+        "--dora-rank",
+        "4",
+        "--out",
+        s(&fixed),
+    ];
+    let o1 = bin().args(check_args(&dora, &fix)).output().unwrap();
     let converted = dir.path().join("converted");
     let o2 = bin()
-        .args([
-            "convert",
-            s(&plain),
-            "--to",
+        .args(convert_args(
+            &plain,
             "peft",
-            "--base",
-            s(&base),
-            "--out",
-        ])
-        .arg(&converted)
+            &converted,
+            &["--base", s(&base)],
+        ))
         .output()
         .unwrap();
     for (o, out) in [(o1, &fixed), (o2, &converted)] {
@@ -293,14 +286,10 @@ fn base_weight_readers_refuse_a_module_whose_rows_the_tensor_reorders() {
 fn a_split_module_counts_once_in_modules_merged() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = fixture("diffusers_formats/flux_kohya.safetensors");
+    let base = fixture("diffusers_formats/flux_base.safetensors");
+    let out = dir.path().join("m.safetensors");
     let o = bin()
-        .args(["merge", "--base"])
-        .arg(fixture("diffusers_formats/flux_base.safetensors"))
-        .arg("--adapter")
-        .arg(&adapter)
-        .arg("-o")
-        .arg(dir.path().join("m.safetensors"))
-        .arg("--json")
+        .args(merge_args(&base, &adapter, &out, &["--json"]))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -383,12 +372,7 @@ fn the_final_modulation_swaps_only_on_a_recognized_model() {
     for (i, (base, adapter, module, order)) in cases.iter().enumerate() {
         let out = dir.path().join(format!("m{i}.safetensors"));
         let o = bin()
-            .args(["merge", "--json", "--base"])
-            .arg(base)
-            .arg("--adapter")
-            .arg(adapter)
-            .arg("-o")
-            .arg(&out)
+            .args(merge_args(base, adapter, &out, &[]))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
@@ -426,13 +410,9 @@ fn a_middle_part_needs_a_fused_tensor_of_exactly_three_parts() {
         let base = dir.path().join(format!("bfl{rows}.safetensors"));
         write_all_as(&base, safetensors::Dtype::F32, &tensors, None);
         let out = dir.path().join(format!("m{rows}.safetensors"));
+        let aitk = fixture("diffusers_formats/flux_aitk.safetensors");
         let o = bin()
-            .args(["merge", "--base"])
-            .arg(&base)
-            .arg("--adapter")
-            .arg(fixture("diffusers_formats/flux_aitk.safetensors"))
-            .arg("-o")
-            .arg(&out)
+            .args(merge_args(&base, &aitk, &out, &[]))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
