@@ -84,7 +84,25 @@ fn check_does_not_say_diffusers_applies_original_sd3_names() {
             !rules.contains(&"diffusers.flux_kohya_global"),
             "{file}: {t}"
         );
+        // What diffusers did: the ComfyUI file (its `.alpha` keys lack `lora`) raised, so the
+        // verdict is a refusal; the kohya file loaded nothing, so every module is named as not
+        // applied (no SDXL key rule, which named 2 of its 16).
+        let (rule, loads) = if file == "comfy" {
+            ("diffusers.sd3_invalid", false)
+        } else {
+            ("diffusers.sd3_unconverted", true)
+        };
+        assert_eq!(rules, [rule], "{file}: {t}");
+        assert_eq!(t["loads"], loads, "{file}: {t}");
+        let named = t["findings"][0]["items"].as_array().unwrap().len();
+        let inspected = inspect_json(&fixture(&format!("sd3_layout/{file}.safetensors")), &[]);
+        assert_eq!(
+            named,
+            inspected["modules"].as_array().unwrap().len(),
+            "{file}"
+        );
     }
+    assert_eq!(m["kohya"]["diffusers_loaded"], serde_json::json!([]));
 }
 
 /// Flux.2's `diffusion_model.` file (the names diffusers' `_convert_non_diffusers_flux2_lora_to_

@@ -189,6 +189,30 @@ pub(super) fn lost_unet_module(name: &str) -> Option<String> {
     (unknown && path.replace('.', "_") != stem).then_some(path)
 }
 
+/// The modules of `adapter` when it is a file in SD3's original layout (a module under
+/// `joint_blocks.N.`: kohya sd-scripts' `lora_sd3.py` names or ComfyUI's `diffusion_model.`),
+/// with whether one of its keys lacks `lora` — what `SD3LoraLoaderMixin` (`lora_pipeline.py`
+/// 0.42.1) decides on: its `lora_state_dict` converts no such names, `load_lora_weights` raises
+/// "Invalid LoRA checkpoint" when a key lacks `lora` (`….alpha` under `diffusion_model.`), and
+/// otherwise the keys fall under no `transformer.` / `text_encoder*.` prefix and nothing is
+/// applied ("No LoRA keys associated … found"). `None` for any other file.
+pub(super) fn sd3_original(adapter: &crate::adapter::Adapter) -> Option<(Vec<String>, bool)> {
+    let sd3 = |n: &str| {
+        n.starts_with("lora_unet_joint_blocks_")
+            || n.starts_with("joint_blocks.")
+            || n.contains(".joint_blocks.")
+    };
+    if !adapter.modules.iter().any(|m| sd3(&m.name)) {
+        return None;
+    }
+    let names = adapter.modules.iter().map(|m| m.name.clone()).collect();
+    let no_lora = adapter
+        .source
+        .as_ref()
+        .is_some_and(|f| f.tensors().iter().any(|t| !t.name.contains("lora")));
+    Some((names, no_lora))
+}
+
 /// Whether a transformer pipeline's own converter reads every module of `adapter` (module
 /// header): names in the original Flux/Wan layout (`crate::adapter::mapping::layouts`) beside
 /// kohya CLIP-L modules, or a file with Qwen-Image's top-level `transformer_blocks` under

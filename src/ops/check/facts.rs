@@ -97,8 +97,12 @@ impl<'a> Facts<'a> {
                 }
             }
             When::NotSdPrefixed => {
-                // A transformer pipeline converts these names itself (diffusers_keys.rs).
-                if a.format != Format::Kohya || super::diffusers_keys::transformer_converted(a) {
+                // A transformer pipeline converts these names itself (diffusers_keys.rs); SD3's
+                // original names have their own rule.
+                if a.format != Format::Kohya
+                    || super::diffusers_keys::transformer_converted(a)
+                    || super::diffusers_keys::sd3_original(a).is_some()
+                {
                     vec![]
                 } else {
                     a.modules
@@ -109,10 +113,19 @@ impl<'a> Facts<'a> {
                 }
             }
             When::DiffusersFluxKohyaDropped => super::diffusers_keys::flux_kohya_dropped(a),
+            When::DiffusersSd3Unconverted | When::DiffusersSd3Refused => {
+                match super::diffusers_keys::sd3_original(a) {
+                    Some((names, no_lora)) if no_lora == (when == When::DiffusersSd3Refused) => {
+                        names
+                    }
+                    _ => vec![],
+                }
+            }
             When::DiffusersUnetKeyLost => {
                 if a.format != Format::Kohya
                     || !self.sd_prefixed()
                     || super::diffusers_keys::transformer_converted(a)
+                    || super::diffusers_keys::sd3_original(a).is_some()
                 {
                     vec![]
                 } else {

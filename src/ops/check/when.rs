@@ -60,6 +60,11 @@ pub enum When {
     /// kohya Flux modules outside the blocks (`lora_unet_img_in`, …), which diffusers' Flux
     /// converter drops (`diffusers_keys.rs`).
     DiffusersFluxKohyaDropped,
+    /// Every module of a file in SD3's original layout (`joint_blocks.N.…`, kohya or ComfyUI
+    /// names), whose keys all hold `lora`: SD3's loader converts none of them (`diffusers_keys.rs`).
+    DiffusersSd3Unconverted,
+    /// The same file with a key lacking `lora` (a ComfyUI `.alpha`): SD3's loader raises.
+    DiffusersSd3Refused,
     /// Text-encoder modules whose keys diffusers cannot type (`diffusers_keys.rs`): it raises.
     DiffusersTextEncoderUntyped,
     /// Text-encoder modules whose keys diffusers leaves in a form no layer has (skipped).

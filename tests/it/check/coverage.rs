@@ -239,6 +239,10 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("diffusers_formats/flux_kohya_global.safetensors", None),
     // fixtures/gen/gguf_arch.py: llama.cpp.gemma_lm_head (tests/it/gguf/sweep.rs).
     ("gguf/hf_gemma/lm_head", Some("gguf/hf_gemma")),
+    // fixtures/gen/sd3_layout_fixtures.py (MANIFEST.json): diffusers.sd3_unconverted and
+    // diffusers.sd3_invalid (tests/it/conventions_layouts.rs).
+    ("sd3_layout/kohya.safetensors", None),
+    ("sd3_layout/comfy.safetensors", None),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the

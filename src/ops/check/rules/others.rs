@@ -296,6 +296,22 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_kohya_flux_lora_to_diffusers (_convert_sd_scripts_to_ai_toolkit); run by fixtures/gen/check_diffusers_formats_sweep.py"),
     },
     Rule {
+        id: "diffusers.sd3_unconverted",
+        target: Target::Diffusers,
+        when: When::DiffusersSd3Unconverted,
+        severity: Severity::Silent,
+        why: "a file in SD3's original layout (`joint_blocks.N.…`, kohya or ComfyUI names): SD3LoraLoaderMixin converts no such names, its keys fall under no `transformer.`/`text_encoder*.` prefix, \"No LoRA keys associated … found\" is logged and nothing is applied (merge it with lorakit, or convert it: `lorakit merge` maps these names onto a diffusers SD3)",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "SD3LoraLoaderMixin.lora_state_dict / load_lora_weights / load_lora_into_transformer; fixtures/gen/sd3_layout_fixtures.py records it (MANIFEST diffusers_loaded [])"),
+    },
+    Rule {
+        id: "diffusers.sd3_invalid",
+        target: Target::Diffusers,
+        when: When::DiffusersSd3Refused,
+        severity: Severity::Error,
+        why: "a file in SD3's original layout with a key lacking `lora` (ComfyUI's `diffusion_model.….alpha`): SD3LoraLoaderMixin.load_lora_weights raises \"Invalid LoRA checkpoint. Make sure all LoRA param names contain `'lora'` substring.\"",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "SD3LoraLoaderMixin.load_lora_weights (is_correct_format); fixtures/gen/sd3_layout_fixtures.py records it (MANIFEST comfy)"),
+    },
+    Rule {
         id: "diffusers.te_type",
         target: Target::Diffusers,
         when: When::DiffusersTextEncoderUntyped,
