@@ -59,12 +59,9 @@ fn whole_part(
     out: usize,
     last: impl FnOnce() -> bool,
 ) -> Result<Option<Part>, ()> {
-    let swapped = match SWAPPED_HALVES
-        .iter()
-        .find(|(o, d, _)| *o == orig && *d == dif)
-    {
-        Some((_, _, Swap::Always)) => true,
-        Some((_, _, Swap::InLastBlock)) => last(),
+    let swapped = match swap_of(orig, dif) {
+        Some(Swap::Always) => true,
+        Some(Swap::InLastBlock) => last(),
         None => false,
     };
     if swapped {
@@ -74,11 +71,12 @@ fn whole_part(
     }
 }
 
-/// Whether a [`SWAPPED_HALVES`] row is the one for `(orig, dif)`.
-fn swap_row(orig: &str, dif: &str) -> bool {
+/// When the [`SWAPPED_HALVES`] row for `(orig, dif)` swaps; `None`: no such row.
+fn swap_of(orig: &str, dif: &str) -> Option<Swap> {
     SWAPPED_HALVES
         .iter()
-        .any(|(o, d, _)| *o == orig && *d == dif)
+        .find(|(o, d, _)| *o == orig && *d == dif)
+        .map(|(_, _, w)| *w)
 }
 
 /// Whether the base of `names` is a model whose layouts store [`SWAPPED_HALVES`] swapped: Flux,
@@ -106,10 +104,11 @@ fn unknown_order(m: &LoraModule, tensor: &str) -> Unmatched {
     }
 }
 
-/// Whether a dotted module name's prefix before a table path (`name[..start]`) is a root: empty,
-/// one component (`transformer.`, `diffusion_model.`) or `model.diffusion_model.`. A deeper
-/// prefix is another module whose path ends like a table row (HunyuanVideo's token refiner's
-/// `…refiner_blocks.0.norm_out.linear` is no final `norm_out.linear`).
+/// Whether the prefix of a name before a table path (`name[..start]`, of a module or of an
+/// original base tensor) is a root: empty, one component (`transformer.`, `diffusion_model.`) or
+/// `model.diffusion_model.`. A deeper prefix is another module whose path ends like a table row
+/// (HunyuanVideo's token refiner's `…refiner_blocks.0.norm_out.linear` is no final
+/// `norm_out.linear`).
 fn root_prefix(prefix: &str) -> bool {
     prefix.is_empty()
         || prefix == "model.diffusion_model."
@@ -263,13 +262,7 @@ pub(super) fn place_on_original(
             let want = format!("{}.weight", row.0.replace('#', row.1));
             let found: Vec<&str> = names
                 .iter()
-                .filter(|x| {
-                    x.strip_suffix(want.as_str()).is_some_and(|root| {
-                        root.is_empty()
-                            || root == "model.diffusion_model."
-                            || (root.ends_with('.') && !root[..root.len() - 1].contains('.'))
-                    })
-                })
+                .filter(|x| x.strip_suffix(want.as_str()).is_some_and(root_prefix))
                 .copied()
                 .collect();
             (row, found)
@@ -290,7 +283,7 @@ pub(super) fn place_on_original(
     let (found, dtype) = logical(&weight);
     let expected = super::placement::expected_shape(m);
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
-    if swap_row(pattern, dif) && !swaps_halves(names, true) {
+    if swap_of(pattern, dif).is_some() && !swaps_halves(names, true) {
         return Some(Err(unknown_order(m, &weight)));
     }
     let swapped = whole_part((pattern, dif), m.out_features, || {
@@ -405,7 +398,7 @@ pub(super) fn place(
         }));
     }
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
-    if swap_row(orig, difs[0]) && !swaps_halves(names, false) {
+    if swap_of(orig, difs[0]).is_some() && !swaps_halves(names, false) {
         return Some(Err(unknown_order(m, &weights[0])));
     }
     // A whole tensor with its halves swapped takes a linear module of even rows.
