@@ -129,8 +129,11 @@ impl Output {
     }
 
     /// Folders [`Self::create_dir_all`] created, outermost first (for the summary).
-    pub fn created_dirs(&self) -> &[PathBuf] {
-        &self.created
+    pub fn created_dirs(&self) -> Vec<String> {
+        self.created
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect()
     }
 
     /// Takes the advisory lock of destination `dest`: a folder is locked itself, a file through

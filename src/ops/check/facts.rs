@@ -99,10 +99,7 @@ impl<'a> Facts<'a> {
             When::NotSdPrefixed => {
                 // A transformer pipeline converts these names itself (diffusers_keys.rs); SD3's
                 // original names have their own rule.
-                if a.format != Format::Kohya
-                    || super::diffusers_keys::transformer_converted(a)
-                    || super::diffusers_keys::sd3_original(a).is_some()
-                {
+                if !unet_key_rules_apply(a) {
                     vec![]
                 } else {
                     a.modules
@@ -122,11 +119,7 @@ impl<'a> Facts<'a> {
                 }
             }
             When::DiffusersUnetKeyLost => {
-                if a.format != Format::Kohya
-                    || !self.sd_prefixed()
-                    || super::diffusers_keys::transformer_converted(a)
-                    || super::diffusers_keys::sd3_original(a).is_some()
-                {
+                if !self.sd_prefixed() || !unet_key_rules_apply(a) {
                     vec![]
                 } else {
                     a.modules
@@ -767,4 +760,13 @@ fn has_lora_bias(m: &crate::adapter::LoraModule) -> bool {
 /// llama.cpp `.base_layer.weight`).
 pub(super) fn is_saved_base_layer(f: &crate::adapter::FullTensor) -> bool {
     matches!(&f.data, Data::Stored { key, .. } if key.contains(".base_layer."))
+}
+
+/// Whether diffusers' SD/SDXL kohya key rules read `a`: a kohya file that no transformer
+/// pipeline converts itself (`diffusers_keys.rs`) and that is not in SD3's original layout
+/// (which has its own rules).
+fn unet_key_rules_apply(a: &crate::adapter::Adapter) -> bool {
+    a.format == Format::Kohya
+        && !super::diffusers_keys::transformer_converted(a)
+        && super::diffusers_keys::sd3_original(a).is_none()
 }

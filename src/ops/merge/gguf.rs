@@ -548,11 +548,7 @@ impl GgufMergePlan {
             Ok(TensorData::Bytes(std::borrow::Cow::Owned(bytes)))
         })?;
         let written: u64 = wrote.iter().map(|(_, b)| b).sum();
-        let created_folders = output
-            .created_dirs()
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
+        let created_folders = output.created_dirs();
         output.commit()?;
         let seconds = start.elapsed().as_secs_f64();
         Ok(GgufMergeReport {

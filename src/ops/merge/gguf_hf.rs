@@ -364,11 +364,7 @@ impl HfGgufPlan {
             });
             Ok(std::borrow::Cow::Owned(bytes))
         })?;
-        let created_folders = output
-            .created_dirs()
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
+        let created_folders = output.created_dirs();
         output.commit()?;
         let bytes_written: u64 = wrote.iter().map(|(_, b)| b).sum();
         let seconds = start.elapsed().as_secs_f64();

@@ -202,11 +202,7 @@ impl MergePlan {
                 crate::parts::write_manifest(&parts, &mut output, part, plan, written)?;
             }
         }
-        let created: Vec<String> = output
-            .created_dirs()
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
+        let created: Vec<String> = output.created_dirs();
         let t = profile::time(Stage::Commit);
         let bytes = output.commit()?;
         drop(t);
