@@ -331,7 +331,10 @@ fn gguf_plan(a: &MergeArgs, quiet: bool) -> Result<GgufMergePlan> {
 fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     let plan = gguf_plan(&a, quiet)?;
     for u in &plan.unmatched {
-        printer::warn(quiet, &format!("unmatched module {u}"));
+        printer::warn(
+            quiet,
+            &format!("{}: unmatched module {}", u.adapter, u.detail),
+        );
     }
     if a.dry_run {
         let d = plan.dry_run();

@@ -50,6 +50,12 @@ pub enum Unmatched {
         /// Which models order it which way.
         why: String,
     },
+    /// A GGUF base: llama.cpp names no tensor of `architecture` for the module (or a saved
+    /// full tensor), so it has nothing to land on (`io/gguf/names.rs`).
+    NoGgufName {
+        module: String,
+        architecture: String,
+    },
 }
 
 impl Unmatched {
@@ -104,6 +110,10 @@ pub fn placed_on_rows(
 impl std::fmt::Display for Unmatched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Unmatched::NoGgufName {
+                module,
+                architecture,
+            } => write!(f, "`{module}`: no GGUF tensor name for it ({architecture})"),
             Unmatched::NotFound { module, expected } => {
                 write!(f, "`{module}`: no base tensor `{expected}`")
             }

@@ -91,6 +91,7 @@ pub(super) fn placements(
                 (module, "not_float", Some(tensor.clone()))
             }
             Unmatched::OtherComponent { module, .. } => (module, "other_component", None),
+            Unmatched::NoGgufName { module, .. } => (module, "not_found", None),
             Unmatched::UnknownOrder { module, tensor, .. } => {
                 (module, "unknown_order", Some(tensor.clone()))
             }

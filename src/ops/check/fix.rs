@@ -505,6 +505,7 @@ fn unmatched_name(u: &mapping::Unmatched) -> String {
         | mapping::Unmatched::Ambiguous { module, .. }
         | mapping::Unmatched::NotFloat { module, .. }
         | mapping::Unmatched::OtherComponent { module, .. }
-        | mapping::Unmatched::UnknownOrder { module, .. } => module.clone(),
+        | mapping::Unmatched::UnknownOrder { module, .. }
+        | mapping::Unmatched::NoGgufName { module, .. } => module.clone(),
     }
 }

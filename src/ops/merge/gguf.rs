@@ -32,8 +32,8 @@
 //! dequantize, and an output path that is an input.
 
 use super::gguf_parts::TensorData;
-use super::WeightedAdapter;
-use crate::adapter::mapping::{is_kohya_name, kohya_candidates};
+use super::{UnmatchedReport, WeightedAdapter};
+use crate::adapter::mapping::{is_kohya_name, kohya_candidates, Unmatched};
 use crate::backend::Engine;
 use crate::error::{InputError, Opt};
 use crate::io::gguf::names::{self, Rope};
@@ -154,15 +154,24 @@ impl GgufMergePlan {
                     _ => m.name.clone(),
                 };
                 let Some((g, rope)) = names::gguf_module_in(&arch, &hf) else {
-                    unmatched.push(format!(
-                        "`{}`: no GGUF tensor name for this module ({arch})",
-                        m.name
-                    ));
+                    unmatched.push(UnmatchedReport {
+                        adapter: a.path.display().to_string(),
+                        detail: Unmatched::NoGgufName {
+                            module: m.name.clone(),
+                            architecture: arch.clone(),
+                        },
+                    });
                     continue;
                 };
                 let tname = format!("{g}.weight");
                 let Some((_, t)) = base.get(&tname) else {
-                    unmatched.push(format!("`{}`: no base tensor `{tname}`", m.name));
+                    unmatched.push(UnmatchedReport {
+                        adapter: a.path.display().to_string(),
+                        detail: Unmatched::NotFound {
+                            module: m.name.clone(),
+                            expected: tname,
+                        },
+                    });
                     continue;
                 };
                 let want = if m.base_transposed {
@@ -277,7 +286,7 @@ impl GgufMergePlan {
             }
         }
         if !unmatched.is_empty() && !options.allow_unmatched {
-            let (count, list) = (unmatched.len(), unmatched.join("; "));
+            let (count, list) = (unmatched.len(), unmatched_list(&unmatched));
             return Err(InputError::option(&adapters[0].adapter.path, move |o| {
                 format!(
                     "{count} module(s) match no tensor of the GGUF base ({list}); pass {} to merge the rest",
@@ -289,7 +298,7 @@ impl GgufMergePlan {
         if targets.is_empty() {
             // As for safetensors bases, --allow-unmatched never lets through a merge that lands
             // no module at all (it would write a copy of the base).
-            let list = unmatched.join("; ");
+            let list = unmatched_list(&unmatched);
             return Err(InputError::option(&adapters[0].adapter.path, move |o| {
                 format!(
                     "no adapter module matches a tensor of the GGUF base, so the merge would change nothing ({} never allows that): {list}",
@@ -575,4 +584,14 @@ impl GgufMergePlan {
             created_folders,
         })
     }
+}
+
+/// The unmatched modules as one error's list: `ADAPTER: DETAIL; …`, as a safetensors merge
+/// names them.
+fn unmatched_list(unmatched: &[UnmatchedReport]) -> String {
+    let list: Vec<String> = unmatched
+        .iter()
+        .map(|u| format!("{}: {}", u.adapter, u.detail))
+        .collect();
+    list.join("; ")
 }

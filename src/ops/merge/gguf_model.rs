@@ -85,8 +85,9 @@ pub struct GgufMergePlan {
     pub(super) out: PathBuf,
     pub(super) options: GgufMergeOptions,
     pub(super) targets: Vec<Target>,
-    /// Adapter modules that found no tensor (only with `allow_unmatched`).
-    pub unmatched: Vec<String>,
+    /// Adapter modules that found no tensor (only with `allow_unmatched`), as the
+    /// safetensors merge reports them.
+    pub unmatched: Vec<super::UnmatchedReport>,
     /// Every file read (base parts, adapter files), for the part manifest.
     pub(super) inputs: Vec<PathBuf>,
 }
@@ -125,7 +126,7 @@ pub struct GgufMergeReport {
     pub tensors_merged_count: usize,
     pub tensors_copied_count: usize,
     pub merged_tensors: Vec<MergedTensor>,
-    pub unmatched: Vec<String>,
+    pub unmatched: Vec<super::UnmatchedReport>,
     pub bytes_written: u64,
     pub seconds: f64,
     /// The fields of the safetensors merge report, with its meaning (`MergeSummary`).
@@ -149,7 +150,7 @@ pub struct GgufDryRun {
     pub tensors_copied_count: usize,
     /// `[tensor, base type, stored type]` of every tensor to merge.
     pub merged_tensors: Vec<[String; 3]>,
-    pub unmatched: Vec<String>,
+    pub unmatched: Vec<super::UnmatchedReport>,
     /// Tensor bytes of the whole output.
     pub bytes: u64,
 }

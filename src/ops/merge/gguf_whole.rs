@@ -31,7 +31,7 @@
 
 use super::gguf_model::{GgufMergeOptions, GgufMergePlan, Kind, OutType, Target};
 use crate::adapter::formats::peft::tokens_module;
-use crate::adapter::Adapter;
+use crate::adapter::{mapping::Unmatched, Adapter};
 use crate::error::InputError;
 use crate::io::gguf::names::{self, Rope};
 use crate::io::gguf::{quant, GgufModel};
@@ -95,7 +95,7 @@ pub(super) fn plan_full(
     a: &Adapter,
     options: &GgufMergeOptions,
     (permutes, n_head, n_head_kv): (bool, Option<usize>, Option<usize>),
-    unmatched: &mut Vec<String>,
+    unmatched: &mut Vec<super::UnmatchedReport>,
 ) -> Result<Vec<Target>> {
     let mut out = Vec::new();
     // (full tensor, GGUF tensor, q/k) of each saved tensor with a GGUF name.
@@ -136,10 +136,13 @@ pub(super) fn plan_full(
             .find(|(i, ..)| *i == fi)
             .map(|(_, t, r)| (t.clone(), *r))
         else {
-            unmatched.push(format!(
-                "`{}`: no GGUF tensor name for this tensor ({arch})",
-                f.name
-            ));
+            unmatched.push(super::UnmatchedReport {
+                adapter: a.path.display().to_string(),
+                detail: Unmatched::NoGgufName {
+                    module: f.name.clone(),
+                    architecture: arch.to_owned(),
+                },
+            });
             continue;
         };
         let embd = saved.iter().find(|(_, t, _)| t == "token_embd.weight");
@@ -174,7 +177,13 @@ pub(super) fn plan_full(
             return refuse(format!("Gemma's converter stores norms + 1 (`{tensor}`); lorakit does not shift a saved norm"));
         }
         let Some((_, t)) = base.get(&tensor) else {
-            unmatched.push(format!("`{}`: no base tensor `{tensor}`", f.name));
+            unmatched.push(super::UnmatchedReport {
+                adapter: a.path.display().to_string(),
+                detail: Unmatched::NotFound {
+                    module: f.name.clone(),
+                    expected: tensor,
+                },
+            });
             continue;
         };
         if !f.fits(&t.shape()) {

@@ -119,3 +119,78 @@ fn hf_to_gguf_report_counts_as_the_safetensors_merge() {
     assert_eq!(rows.len(), GgufModel::open(&out).unwrap().tensors().count());
     assert_written(&v, &out, &new);
 }
+
+/// `unmatched` of a GGUF merge is the safetensors merge's list (`adapter`, `reason`, `module`,
+/// `expected`), not free text: a module on a layer the base lacks is `not_found` under its
+/// GGUF tensor name, and one llama.cpp has no name for is `no_gguf_name`.
+#[test]
+fn gguf_unmatched_modules_are_reported_as_the_safetensors_merge_reports_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("llama/adapters/qv_r8");
+    let adapter = dir.path().join("extra");
+    std::fs::create_dir(&adapter).unwrap();
+    let config = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
+    let mut config: Value = serde_json::from_str(&config).unwrap();
+    config["target_modules"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("rotary"));
+    std::fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
+    let mut tensors = read(&src.join("adapter_model.safetensors"));
+    let layer0 = "base_model.model.model.layers.0.self_attn.q_proj";
+    for (module, ab) in [
+        ("base_model.model.model.layers.7.self_attn.q_proj", "lora_A"),
+        ("base_model.model.model.layers.7.self_attn.q_proj", "lora_B"),
+        ("base_model.model.model.layers.0.self_attn.rotary", "lora_A"),
+        ("base_model.model.model.layers.0.self_attn.rotary", "lora_B"),
+    ] {
+        let t = tensors[&format!("{layer0}.{ab}.weight")].clone();
+        tensors.insert(format!("{module}.{ab}.weight"), t);
+    }
+    write_tensors(&adapter.join("adapter_model.safetensors"), &tensors);
+    let st_base = dir.path().join("base.safetensors");
+    as_safetensors(Path::new(&g("llama_f32.gguf")), &st_base);
+    let allow = ["--allow-unmatched"];
+    let st: Value = serde_json::from_str(&merge_ok(
+        &st_base,
+        &adapter,
+        &dir.path().join("st.safetensors"),
+        &[&["--json"][..], &allow].concat(),
+    ))
+    .unwrap();
+    let v = merge_json(
+        g("llama_f32.gguf"),
+        &adapter,
+        &dir.path().join("m.gguf"),
+        &allow,
+    );
+    let rows = |v: &Value| -> Vec<Value> {
+        let mut r = v["unmatched"].as_array().unwrap().clone();
+        r.sort_by_key(|u| u["module"].as_str().unwrap().to_owned());
+        r
+    };
+    let (want, got) = (rows(&st), rows(&v));
+    let adapter = s(&adapter);
+    assert_eq!(
+        want,
+        vec![
+            json!({"adapter": adapter, "reason": "not_found",
+                   "module": "model.layers.0.self_attn.rotary",
+                   "expected": "model.layers.0.self_attn.rotary.weight"}),
+            json!({"adapter": adapter, "reason": "not_found",
+                   "module": "model.layers.7.self_attn.q_proj",
+                   "expected": "model.layers.7.self_attn.q_proj.weight"}),
+        ]
+    );
+    assert_eq!(
+        got,
+        vec![
+            json!({"adapter": adapter, "reason": "no_gguf_name",
+                   "module": "model.layers.0.self_attn.rotary", "architecture": "llama"}),
+            json!({"adapter": adapter, "reason": "not_found",
+                   "module": "model.layers.7.self_attn.q_proj",
+                   "expected": "blk.7.attn_q.weight"}),
+        ]
+    );
+    assert_eq!(v["tensors_merged_count"], st["tensors_merged_count"]);
+}
