@@ -139,8 +139,11 @@ pub struct MergeSummary {
     pub adapters: Vec<AdapterSummary>,
     pub tensors_merged_count: usize,
     pub tensors_copied_count: usize,
-    /// Every file written (shards, then the index, then the copied non-weight files).
+    /// Every file written (shards, then the index, then the copied non-weight files); with
+    /// `--part`, the shards this part wrote (`finalize` writes the index and copies).
     pub files: Vec<String>,
+    /// `[I, N]` of `--part I/N`, as the GGUF merge reports it.
+    pub part: Option<[usize; 2]>,
     pub bytes_written: u64,
     pub seconds: f64,
     pub gb_per_s: f64,

@@ -217,17 +217,8 @@ impl MergePlan {
             adapters,
             tensors_merged_count: merged,
             tensors_copied_count: copied,
-            files: self
-                .files
-                .iter()
-                .map(|f| f.path.display().to_string())
-                .chain(self.index.iter().map(|p| p.display().to_string()))
-                .chain(
-                    self.extra_files
-                        .iter()
-                        .map(|(_, d)| d.display().to_string()),
-                )
-                .collect(),
+            files: self.written_files(),
+            part: self.options.part.map(|(i, n)| [i, n]),
             bytes_written: bytes,
             seconds,
             gb_per_s: bytes as f64 / 1e9 / seconds.max(1e-9),
@@ -238,6 +229,23 @@ impl MergePlan {
             tensors_streamed_count: streamed,
             qlora,
         })
+    }
+
+    /// What [`Self::run`] writes: every shard, the index and the copied files; with `--part`,
+    /// only the shards the part owns.
+    fn written_files(&self) -> Vec<String> {
+        let shards = self.files.iter().enumerate();
+        let shards = shards.filter(|(fi, _)| crate::parts::owns(self.options.part, *fi));
+        let finals = self
+            .index
+            .iter()
+            .chain(self.extra_files.iter().map(|(_, d)| d));
+        let finals = finals.filter(|_| self.options.part.is_none());
+        shards
+            .map(|(_, f)| &f.path)
+            .chain(finals)
+            .map(|p| p.display().to_string())
+            .collect()
     }
 
     /// Per adapter, what the plan merges of it (the whole plan's, with `--part` too): the

@@ -197,12 +197,24 @@ fn three_parts_in_separate_processes_equal_one_run() {
     let children: Vec<_> = (1..=3)
         .map(|i| {
             let mut args = common(&split);
-            args.extend(["--part".into(), format!("{i}/3"), "--quiet".into()]);
-            bin().args(&args).spawn().unwrap()
+            args.extend(["--part".into(), format!("{i}/3"), "--json".into()]);
+            let piped = std::process::Stdio::piped();
+            bin().args(&args).stdout(piped).spawn().unwrap()
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success());
+    // Each part reports the shards it wrote (and only those) and which part it was.
+    let mut part_files = Vec::new();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["part"], serde_json::json!([i + 1, 3]));
+        for f in v["files"].as_array().unwrap() {
+            part_files.push(f.as_str().unwrap().to_owned());
+        }
+    }
+    for f in &part_files {
+        assert!(Path::new(f).is_file(), "{f} listed but not written");
     }
     // Before finalize there is no index; finalize refuses while a part is missing.
     assert!(!split.join("model.safetensors.index.json").exists());
@@ -224,6 +236,13 @@ fn three_parts_in_separate_processes_equal_one_run() {
         .collect();
     assert!(expected.len() > 4, "{expected:?}");
     assert_eq!(finalized["files"], serde_json::json!(expected));
+    part_files.sort();
+    let shards: Vec<&String> = expected
+        .iter()
+        .filter(|f| f.ends_with(".safetensors"))
+        .collect();
+    assert_eq!(part_files.iter().collect::<Vec<_>>(), shards);
+    assert_eq!(one_report["part"], serde_json::Value::Null);
     assert_eq!(listing(&one), listing(&split));
     for f in listing(&one) {
         assert!(
