@@ -163,7 +163,7 @@ fn main() {
                 (Rounding::Exact, _) => exacts.push(merge_s),
             }
             peak = peak.max(peak_rss_kib());
-            merged_count = summary.tensors_merged_count;
+            merged_count = summary.run.tensors_merged_count;
             if profile::enabled() {
                 let how = if plain_writes { ", buffered" } else { "" };
                 eprintln!(

@@ -128,7 +128,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     let summary = plan.run(&engine)?;
     if crate::backend::profile::enabled() {
         // Diagnostics asked for by the environment, shown even with --quiet.
-        eprintln!("{}", crate::backend::profile::line(summary.seconds));
+        eprintln!("{}", crate::backend::profile::line(summary.run.seconds));
     }
     printer::print_report(a.json, "merge", &summary, || render(&summary))?;
     Ok(0)
@@ -154,13 +154,13 @@ pub fn run_dequantize(a: crate::cli::DequantizeArgs, quiet: bool) -> Result<i32>
     printer::print_report(a.json, "dequantize", &summary, || {
         format!(
             "wrote {} (dequantized {} weights of {}; {} other tensors copied, {} files, {} in {:.2} s)\n",
-            summary.out,
+            summary.run.out,
             summary.tensors_dequantized_count,
-            summary.base,
-            summary.tensors_copied_count - summary.tensors_dequantized_count,
-            summary.files.len(),
-            human_bytes(summary.bytes_written),
-            summary.seconds
+            summary.run.base,
+            summary.run.tensors_copied_count - summary.tensors_dequantized_count,
+            summary.run.files.len(),
+            human_bytes(summary.run.bytes_written),
+            summary.run.seconds
         )
     })?;
     Ok(0)
@@ -169,21 +169,21 @@ pub fn run_dequantize(a: crate::cli::DequantizeArgs, quiet: bool) -> Result<i32>
 fn render(s: &MergeSummary) -> String {
     // "wrote OUT", first: the base is read, never written.
     let mut out = headline(
-        &s.out,
-        s.operation,
-        s.adapters.len(),
-        &format!("base {}", s.base),
+        &s.run.out,
+        s.run.operation,
+        s.run.adapters.len(),
+        &format!("base {}", s.run.base),
     );
-    for d in &s.created_folders {
+    for d in &s.run.created_folders {
         out.push_str(&format!("created folder {d}\n"));
     }
-    if !s.created_folders.is_empty() {
+    if !s.run.created_folders.is_empty() {
         out.push('\n');
     }
     out.push_str(&table_of(
         &["adapter", "weight", "modules", "replaced", "biases"],
         &[false, true, true, true, true],
-        s.adapters.iter(),
+        s.run.adapters.iter(),
         |a| {
             vec![
                 a.path.clone(),
@@ -197,7 +197,7 @@ fn render(s: &MergeSummary) -> String {
     if s.tensors_streamed_count > 0 {
         out.push_str(&format!(
             "\ngpu: {} of {} merged tensors streamed through the device in chunks, never whole in memory\n",
-            s.tensors_streamed_count, s.tensors_merged_count
+            s.tensors_streamed_count, s.run.tensors_merged_count
         ));
     }
     if s.tensors_requantized_count > 0 {
@@ -232,14 +232,14 @@ fn render(s: &MergeSummary) -> String {
     }
     out.push_str(&format!(
         "\n{} tensors {}, {} copied, {} files, {} written in {:.2} s ({:.2} GB/s) on {}\n",
-        s.tensors_merged_count,
-        done_verb(s.operation),
-        s.tensors_copied_count,
-        s.files.len(),
-        human_bytes(s.bytes_written),
-        s.seconds,
-        s.gb_per_s,
-        s.device
+        s.run.tensors_merged_count,
+        done_verb(s.run.operation),
+        s.run.tensors_copied_count,
+        s.run.files.len(),
+        human_bytes(s.run.bytes_written),
+        s.run.seconds,
+        s.run.gb_per_s,
+        s.run.device
     ));
     out
 }
@@ -356,7 +356,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let report = plan.run(&a.compute.engine()?)?;
     if crate::backend::profile::enabled() {
-        eprintln!("{}", crate::backend::profile::line(report.seconds));
+        eprintln!("{}", crate::backend::profile::line(report.run.seconds));
     }
     printer::print_report(a.json, "merge", &report, || render_gguf(&report))?;
     Ok(0)
@@ -427,18 +427,18 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         printer::print_json("merge", &r)?;
     } else {
         let mut out = headline(
-            &r.out,
-            r.operation,
-            r.adapters.len(),
-            &format!("{}, as GGUF {}", r.base, r.architecture),
+            &r.run.out,
+            r.run.operation,
+            r.run.adapters.len(),
+            &format!("{}, as GGUF {}", r.run.base, r.architecture),
         );
         out.push_str(&format!(
             "{} tensors ({} merged), --outtype {}, {} written in {:.2} s\n",
             r.tensors.len(),
-            r.tensors_merged_count,
+            r.run.tensors_merged_count,
             r.outtype,
-            human_bytes(r.bytes_written),
-            r.seconds
+            human_bytes(r.run.bytes_written),
+            r.run.seconds
         ));
         printer::print(&out)?;
     }
@@ -472,10 +472,10 @@ fn done_verb(operation: &str) -> &'static str {
 
 fn render_gguf(r: &GgufMergeReport) -> String {
     let mut out = headline(
-        &r.out,
-        r.operation,
-        r.adapters.len(),
-        &format!("{}, {}", r.base, r.architecture),
+        &r.run.out,
+        r.run.operation,
+        r.run.adapters.len(),
+        &format!("{}, {}", r.run.base, r.architecture),
     );
     out.push_str(&table_of(
         &[
@@ -502,12 +502,12 @@ fn render_gguf(r: &GgufMergeReport) -> String {
     ));
     out.push_str(&format!(
         "\n{} tensors {} (--outtype {}), {} copied byte for byte, {} written in {:.2} s\n",
-        r.tensors_merged_count,
-        done_verb(r.operation),
+        r.run.tensors_merged_count,
+        done_verb(r.run.operation),
         r.outtype,
-        r.tensors_copied_count,
-        human_bytes(r.bytes_written),
-        r.seconds
+        r.run.tensors_copied_count,
+        human_bytes(r.run.bytes_written),
+        r.run.seconds
     ));
     let fallbacks = r
         .merged_tensors
@@ -520,11 +520,11 @@ fn render_gguf(r: &GgufMergeReport) -> String {
             r.outtype
         ));
     }
-    if let Some([i, n]) = r.part {
+    if let Some([i, n]) = r.run.part {
         out.push_str(&format!(
             "part {i}/{n}: wrote {} of the output's files; when all parts are done: lorakit finalize {}\n",
-            r.files.len(),
-            r.out
+            r.run.files.len(),
+            r.run.out
         ));
     }
     out

@@ -561,27 +561,29 @@ impl GgufMergePlan {
         output.commit()?;
         let seconds = start.elapsed().as_secs_f64();
         Ok(GgufMergeReport {
-            operation: if self.options.unmerge {
-                "unmerge"
-            } else {
-                "merge"
+            run: super::MergeRun {
+                operation: if self.options.unmerge {
+                    "unmerge"
+                } else {
+                    "merge"
+                },
+                base: self.base_path.display().to_string(),
+                out: self.out.display().to_string(),
+                device: engine.describe(),
+                adapters: self.adapter_summaries(),
+                tensors_merged_count: merged.len(),
+                tensors_copied_count: self.base.len() - merged.len(),
+                files: wrote.iter().map(|(f, _)| f.display().to_string()).collect(),
+                part: part.map(|(i, n)| [i, n]),
+                bytes_written: written,
+                seconds,
+                gb_per_s: super::model::gb_per_s(written, seconds),
+                created_folders,
+                unmatched: self.unmatched.clone(),
             },
-            base: self.base_path.display().to_string(),
-            out: self.out.display().to_string(),
-            files: wrote.iter().map(|(f, _)| f.display().to_string()).collect(),
-            part: part.map(|(i, n)| [i, n]),
             architecture: self.base.architecture().unwrap_or("").into(),
             outtype: self.outtype_name(),
-            adapters: self.adapter_summaries(),
-            tensors_merged_count: merged.len(),
-            tensors_copied_count: self.base.len() - merged.len(),
             merged_tensors: merged,
-            unmatched: self.unmatched,
-            bytes_written: written,
-            seconds,
-            device: engine.describe(),
-            gb_per_s: written as f64 / 1e9 / seconds.max(1e-9),
-            created_folders,
         })
     }
 }

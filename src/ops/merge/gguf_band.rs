@@ -693,7 +693,7 @@ mod tests {
         )
         .unwrap();
         let report = plan.run(&Engine::Cpu).unwrap();
-        assert!(report.tensors_merged_count > 0 && report.tensors_copied_count > 0);
+        assert!(report.run.tensors_merged_count > 0 && report.run.tensors_copied_count > 0);
         let written = GgufModel::open(&out).unwrap();
         let bytes: u64 = written
             .tensors()

@@ -99,31 +99,13 @@ pub struct HfGgufTensor {
 /// What an HF → GGUF merge wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct HfGgufReport {
-    pub operation: &'static str,
-    pub base: String,
-    pub out: String,
-    /// The files written (with `--part`, this part's share).
-    pub files: Vec<String>,
-    /// `[I, N]` of `--part I/N`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub part: Option<[usize; 2]>,
+    /// The safetensors merge report's fields, with their meaning (`tensors_copied_count`
+    /// counts the `tensors` rows with `merged: false`).
+    #[serde(flatten)]
+    pub run: super::MergeRun,
     pub architecture: String,
     pub outtype: String,
-    /// As the safetensors merge reports them (`modules_merged`, `tensors_replaced`,
-    /// `biases_updated` of the same plan).
-    pub adapters: Vec<super::AdapterSummary>,
-    pub tensors_merged_count: usize,
-    /// The written tensors no adapter changed (`tensors` rows with `merged: false`), as in the
-    /// safetensors merge report.
-    pub tensors_copied_count: usize,
     pub tensors: Vec<HfGgufTensor>,
-    pub bytes_written: u64,
-    pub seconds: f64,
-    /// The fields of the safetensors merge report, with its meaning (`MergeSummary`).
-    pub device: String,
-    pub gb_per_s: f64,
-    /// Folders this run created for the output (missing parents of `--out`).
-    pub created_folders: Vec<String>,
 }
 
 /// Suffixes `ModelBase.prepare_tensors` drops ("we don't need these").
@@ -370,22 +352,25 @@ impl HfGgufPlan {
         let seconds = start.elapsed().as_secs_f64();
         let tensors_merged_count = report.iter().filter(|t| t.merged).count();
         Ok(HfGgufReport {
-            operation: self.merge.operation(),
-            base: self.merge.base.root.display().to_string(),
-            out: self.out.display().to_string(),
-            files: wrote.iter().map(|(f, _)| f.display().to_string()).collect(),
-            part: self.options.part.map(|(i, n)| [i, n]),
+            run: super::MergeRun {
+                operation: self.merge.operation(),
+                base: self.merge.base.root.display().to_string(),
+                out: self.out.display().to_string(),
+                device: engine.describe(),
+                adapters: self.merge.adapter_summaries(),
+                tensors_merged_count,
+                tensors_copied_count: report.len() - tensors_merged_count,
+                files: wrote.iter().map(|(f, _)| f.display().to_string()).collect(),
+                part: self.options.part.map(|(i, n)| [i, n]),
+                bytes_written,
+                seconds,
+                gb_per_s: super::model::gb_per_s(bytes_written, seconds),
+                created_folders,
+                unmatched: self.merge.unmatched.clone(),
+            },
             architecture: self.arch.into(),
             outtype: self.options.outtype.name().to_lowercase(),
-            adapters: self.merge.adapter_summaries(),
-            tensors_merged_count,
-            tensors_copied_count: report.len() - tensors_merged_count,
             tensors: report,
-            bytes_written,
-            seconds,
-            device: engine.describe(),
-            gb_per_s: bytes_written as f64 / 1e9 / seconds.max(1e-9),
-            created_folders,
         })
     }
 }

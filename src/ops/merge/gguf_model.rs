@@ -110,30 +110,13 @@ pub struct MergedTensor {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GgufMergeReport {
-    pub operation: &'static str,
-    pub base: String,
-    pub out: String,
-    /// The files written (with `--part`, this part's share).
-    pub files: Vec<String>,
-    /// `[I, N]` of `--part I/N`.
-    pub part: Option<[usize; 2]>,
+    /// The safetensors merge report's fields, with their meaning (`adapters[]` counts the
+    /// modules, full tensors and biases merged into some tensor of the whole plan).
+    #[serde(flatten)]
+    pub run: super::MergeRun,
     pub architecture: String,
     pub outtype: String,
-    /// As the safetensors merge reports them (`path`, `weight`, `modules_merged`,
-    /// `tensors_replaced`, `biases_updated`): modules, full tensors and modules with a bias
-    /// merged into some tensor of the whole plan.
-    pub adapters: Vec<super::AdapterSummary>,
-    pub tensors_merged_count: usize,
-    pub tensors_copied_count: usize,
     pub merged_tensors: Vec<MergedTensor>,
-    pub unmatched: Vec<super::UnmatchedReport>,
-    pub bytes_written: u64,
-    pub seconds: f64,
-    /// The fields of the safetensors merge report, with its meaning (`MergeSummary`).
-    pub device: String,
-    pub gb_per_s: f64,
-    /// Folders this run created for the output (missing parents of `--out`).
-    pub created_folders: Vec<String>,
 }
 
 /// What a GGUF merge would write (`merge --dry-run`): nothing is written.

@@ -33,7 +33,7 @@ mod sequence;
 mod slices;
 mod tensor;
 pub use model::{
-    AdapterSummary, AsTrainedOn, DryRunFile, DryRunSummary, MergeOptions, MergePlan, MergeSummary,
-    QloraTensor, QuantOutput, TiedEmbeddings, UnmatchedReport, WeightedAdapter,
+    AdapterSummary, AsTrainedOn, DryRunFile, DryRunSummary, MergeOptions, MergePlan, MergeRun,
+    MergeSummary, QloraTensor, QuantOutput, TiedEmbeddings, UnmatchedReport, WeightedAdapter,
 };
 pub(crate) use run::{copied_files, without_quantization_config};

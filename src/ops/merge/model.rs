@@ -129,27 +129,45 @@ pub struct AdapterSummary {
     pub biases_updated: usize,
 }
 
-/// What a merge did (printed as a table, or as JSON with `--json`).
+/// What every merge reports, whatever it writes (a safetensors checkpoint, a GGUF base's
+/// merge, a Hugging Face base written as GGUF), with one meaning: flattened into
+/// [`MergeSummary`] and the GGUF reports, so that one parser reads all three.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct MergeSummary {
+pub struct MergeRun {
+    /// `merge` or `unmerge`.
+    pub operation: &'static str,
     pub base: String,
     pub out: String,
-    pub operation: &'static str,
     pub device: String,
+    /// Per adapter, what the whole plan merges of it (with `--part` too).
     pub adapters: Vec<AdapterSummary>,
     pub tensors_merged_count: usize,
+    /// Tensors written that no adapter changed.
     pub tensors_copied_count: usize,
     /// Every file written (shards, then the index, then the copied non-weight files); with
     /// `--part`, the shards this part wrote (`finalize` writes the index and copies).
     pub files: Vec<String>,
-    /// `[I, N]` of `--part I/N`, as the GGUF merge reports it.
+    /// `[I, N]` of `--part I/N`.
     pub part: Option<[usize; 2]>,
     pub bytes_written: u64,
     pub seconds: f64,
     pub gb_per_s: f64,
     /// Folders this run created for the output (missing parents of `--out`).
     pub created_folders: Vec<String>,
+    /// Modules that land on no base tensor (left out under `--allow-unmatched`).
     pub unmatched: Vec<UnmatchedReport>,
+}
+
+/// Gigabytes written per second of `seconds`.
+pub(super) fn gb_per_s(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / 1e9 / seconds.max(1e-9)
+}
+
+/// What a merge into a safetensors checkpoint did (printed as a table, or as JSON with `--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MergeSummary {
+    #[serde(flatten)]
+    pub run: MergeRun,
     /// Quantized base tensors written as float (merged or not); their companions are dropped.
     #[serde(skip_serializing_if = "is_zero")]
     pub tensors_dequantized_count: usize,
