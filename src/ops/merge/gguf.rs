@@ -286,7 +286,10 @@ impl GgufMergePlan {
             }
         }
         if !unmatched.is_empty() && !options.allow_unmatched {
-            let (count, list) = (unmatched.len(), unmatched_list(&unmatched));
+            let (count, list) = (
+                unmatched.len(),
+                unmatched_list(&unmatched, &adapters[0].adapter.path),
+            );
             return Err(InputError::option(&adapters[0].adapter.path, move |o| {
                 format!(
                     "{count} module(s) match no tensor of the GGUF base ({list}); pass {} to merge the rest",
@@ -298,7 +301,7 @@ impl GgufMergePlan {
         if targets.is_empty() {
             // As for safetensors bases, --allow-unmatched never lets through a merge that lands
             // no module at all (it would write a copy of the base).
-            let list = unmatched_list(&unmatched);
+            let list = unmatched_list(&unmatched, &adapters[0].adapter.path);
             return Err(InputError::option(&adapters[0].adapter.path, move |o| {
                 format!(
                     "no adapter module matches a tensor of the GGUF base, so the merge would change nothing ({} never allows that): {list}",
@@ -588,12 +591,16 @@ impl GgufMergePlan {
     }
 }
 
-/// The unmatched modules as one error's list: `ADAPTER: DETAIL; …`, as a safetensors merge
-/// names them.
-fn unmatched_list(unmatched: &[UnmatchedReport]) -> String {
+/// The unmatched modules as one error's list, `DETAIL; …`, for an error that names `adapter`;
+/// a module of another adapter is `ADAPTER: DETAIL`, as a safetensors merge names it.
+fn unmatched_list(unmatched: &[UnmatchedReport], adapter: &Path) -> String {
+    let named = adapter.display().to_string();
     let list: Vec<String> = unmatched
         .iter()
-        .map(|u| format!("{}: {}", u.adapter, u.detail))
+        .map(|u| match u.adapter == named {
+            true => u.detail.to_string(),
+            false => format!("{}: {}", u.adapter, u.detail),
+        })
         .collect();
     list.join("; ")
 }
