@@ -86,7 +86,7 @@ impl<'a> Facts<'a> {
                 Kind::Other => vec![],
             },
             When::NonLoraAlgoSdPrefixed => {
-                if a.format != Format::Kohya || !self.sd_prefixed() {
+                if a.format != Format::Kohya || !self.sd_prefixed() || self.own_loader() {
                     vec![]
                 } else {
                     a.modules
@@ -102,6 +102,7 @@ impl<'a> Facts<'a> {
                 if a.format != Format::Kohya
                     || super::diffusers_keys::transformer_converted(a)
                     || super::diffusers_keys::sd3_original(a).is_some()
+                    || self.own_loader()
                 {
                     vec![]
                 } else {
@@ -112,7 +113,14 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            When::DiffusersFluxKohyaDropped if self.own_loader() => vec![],
             When::DiffusersFluxKohyaDropped => super::diffusers_keys::flux_kohya_dropped(a),
+            When::DiffusersModelDropped(model) => {
+                super::diffusers_keys::pipeline_findings(a, model).1
+            }
+            When::DiffusersModelRefused(model) => {
+                super::diffusers_keys::pipeline_findings(a, model).0
+            }
             When::DiffusersSd3Unconverted | When::DiffusersSd3Refused => {
                 match super::diffusers_keys::sd3_original(a) {
                     Some((names, no_lora)) if no_lora == (when == When::DiffusersSd3Refused) => {
@@ -126,6 +134,7 @@ impl<'a> Facts<'a> {
                     || !self.sd_prefixed()
                     || super::diffusers_keys::transformer_converted(a)
                     || super::diffusers_keys::sd3_original(a).is_some()
+                    || self.own_loader()
                 {
                     vec![]
                 } else {
@@ -139,8 +148,8 @@ impl<'a> Facts<'a> {
                 }
             }
             When::DiffusersTextEncoderUntyped | When::DiffusersTextEncoderKeyLost => {
-                let (refused, skipped) =
-                    super::diffusers_keys::text_encoder_findings(a, self.sd_prefixed());
+                let sd = self.sd_prefixed() && !self.own_loader();
+                let (refused, skipped) = super::diffusers_keys::text_encoder_findings(a, sd);
                 if when == When::DiffusersTextEncoderUntyped {
                     refused
                 } else {
@@ -554,6 +563,12 @@ impl<'a> Facts<'a> {
     }
 
     /// Every module of a kohya file has an SD prefix.
+    /// Whether diffusers' Flux.2, HunyuanVideo or Z-Image loader converts this file itself
+    /// (`diffusers_keys.rs` `pipeline_of`): the SD reader's rules do not apply to it.
+    fn own_loader(&self) -> bool {
+        super::diffusers_keys::pipeline_of(&self.plan.adapter).is_some()
+    }
+
     fn sd_prefixed(&self) -> bool {
         self.plan
             .adapter
