@@ -38,7 +38,16 @@
 //! `x_embedder`, `…final_layer_linear` → `proj_out`) and then filtered out with the other keys
 //! of no component ([`flux_kohya_dropped`]; loads 0 of them in `check_diffusers_formats_sweep.py`).
 //!
-//! Must not look at tensor data or decide severities (the rule does).
+//! Flux.2's, HunyuanVideo's and Z-Image's loaders (`Flux2LoraLoaderMixin`,
+//! `HunyuanVideoLoraLoaderMixin`, `ZImageLoraLoaderMixin`) convert their trainers' names with
+//! their own `lora_state_dict` converters; a file one of them reads is told by a name only that
+//! model's original layout has ([`pipeline_of`]), and [`pipeline_findings`] transcribes what its
+//! converter drops and where it raises (rules `diffusers.flux2_*`, `diffusers.hunyuan_video_*`,
+//! `diffusers.z_image_*`; checked against diffusers' runs recorded by
+//! `fixtures/gen/diffusers_loaders_fixtures.py`). A file of only names another model shares
+//! (BFL Flux's blocks for Flux.2; Lumina 2's original names for Z-Image) is read as the first.
+//!
+//! Must not decide severities (the rule does); reads only tensor names, never tensor data.
 
 use super::when::DiffusersModel;
 
@@ -693,13 +702,31 @@ fn z_image_findings(
 
 /// Whether a transformer pipeline's own converter reads every module of `adapter` (module
 /// header): names in the original Flux/Wan layout (`crate::adapter::mapping::layouts`) beside
-/// kohya CLIP-L modules, or a file with Qwen-Image's top-level `transformer_blocks` under
-/// `lora_unet_` or `diffusion_model.` and every name under one of those prefixes.
+/// kohya CLIP-L modules, or a file with Qwen-Image's top-level `transformer_blocks` (or one of
+/// its top-level `proj_out`, `norm_out.linear`, `time_text_embed.timestep_embedder.linear_1/2`)
+/// under `lora_unet_` or `diffusion_model.` and every name under one of those prefixes.
 pub(super) fn transformer_converted(adapter: &crate::adapter::Adapter) -> bool {
     use crate::adapter::mapping::{is_kohya_name, layouts};
+    // Qwen-Image's blocks, or a top-level module its converter maps by name that no original
+    // layout of another model has (`_convert_non_diffusers_qwen_lora_to_diffusers`
+    // `top_level_modules`; its `img_in`/`txt_in` are BFL Flux's names too, so they do not tell).
     let qwen = |n: &str| {
         n.starts_with("lora_unet_transformer_blocks_")
             || n.starts_with("diffusion_model.transformer_blocks.")
+            || original_tail(n).is_some_and(|(t, kohya)| {
+                let t = if kohya {
+                    t.to_owned()
+                } else {
+                    t.replace('.', "_")
+                };
+                [
+                    "proj_out",
+                    "norm_out_linear",
+                    "time_text_embed_timestep_embedder_linear_1",
+                    "time_text_embed_timestep_embedder_linear_2",
+                ]
+                .contains(&t.as_str())
+            })
     };
     let prefixed = |n: &str| n.starts_with("lora_unet_") || n.starts_with("diffusion_model.");
     let any_qwen = adapter.modules.iter().any(|m| qwen(&m.name));
