@@ -1056,6 +1056,45 @@ mod tests {
     }
 
     #[test]
+    fn z_image_kohya_names_come_back_as_diffusers_reads_them() {
+        // Paths printed by diffusers 0.42.1's `_convert_non_diffusers_z_image_lora_to_diffusers`
+        // itself for `lora_unet_{name}.lora_down/.lora_up.weight` (rank 3).
+        for (name, path, module) in [
+            ("layers_0_attention_to_q", "layers.0.attention.to_q", true),
+            ("layers_0_feed_forward_w1", "layers.0.feed_forward.w1", true),
+            (
+                "noise_refiner_0_adaLN_modulation_0",
+                "noise_refiner.0.adaLN_modulation.0",
+                true,
+            ),
+            (
+                "all_final_layer_2-1_adaLN_modulation_1",
+                "all_final_layer.2-1.adaLN_modulation.1",
+                true,
+            ),
+            ("all_x_embedder_2-1", "all_x_embedder.2-1", true),
+            ("cap_embedder_1", "cap_embedder.1", true),
+            ("t_embedder_mlp_0", "t_embedder.mlp.0", true),
+            ("x_embedder", "x.embedder", false),
+            (
+                "final_layer_adaLN_modulation_1",
+                "final.layer.adaLN_modulation.1",
+                false,
+            ),
+        ] {
+            assert_eq!(z_image_kohya_path(name), path, "{name}");
+            assert_eq!(z_image_module(path), module, "{path}");
+        }
+        // The fused qkv and the bare out are split / renamed after the path (context_refiner.0.
+        // attention.to_q/to_k/to_v, layers.1.attention.to_out.0 there).
+        assert_eq!(
+            z_image_kohya_path("context_refiner_0_attention_qkv"),
+            "context_refiner.0.attention.qkv"
+        );
+        assert!(!z_image_module("context_refiner.0.adaLN_modulation.0"));
+    }
+
+    #[test]
     fn text_encoder_keys_as_diffusers_reads_them() {
         let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         // PEFT names: fine beside a q/k/v/out_proj module, refused without one (sweep seed 1
