@@ -86,7 +86,7 @@ impl<'a> Facts<'a> {
                 Kind::Other => vec![],
             },
             When::NonLoraAlgoSdPrefixed => {
-                if a.format != Format::Kohya || !self.sd_prefixed() {
+                if a.format != Format::Kohya || !self.sd_prefixed() || self.own_loader() {
                     vec![]
                 } else {
                     a.modules
@@ -99,7 +99,7 @@ impl<'a> Facts<'a> {
             When::NotSdPrefixed => {
                 // A transformer pipeline converts these names itself (diffusers_keys.rs); SD3's
                 // original names have their own rule.
-                if !unet_key_rules_apply(a) {
+                if !unet_key_rules_apply(a) || self.own_loader() {
                     vec![]
                 } else {
                     a.modules
@@ -109,7 +109,14 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            When::DiffusersFluxKohyaDropped if self.own_loader() => vec![],
             When::DiffusersFluxKohyaDropped => super::diffusers_keys::flux_kohya_dropped(a),
+            When::DiffusersModelDropped(model) => {
+                super::diffusers_keys::pipeline_findings(a, model).1
+            }
+            When::DiffusersModelRefused(model) => {
+                super::diffusers_keys::pipeline_findings(a, model).0
+            }
             When::DiffusersSd3Unconverted | When::DiffusersSd3Refused => {
                 match super::diffusers_keys::sd3_original(a) {
                     Some((names, no_lora)) if no_lora == (when == When::DiffusersSd3Refused) => {
@@ -119,7 +126,7 @@ impl<'a> Facts<'a> {
                 }
             }
             When::DiffusersUnetKeyLost => {
-                if !self.sd_prefixed() || !unet_key_rules_apply(a) {
+                if !self.sd_prefixed() || !unet_key_rules_apply(a) || self.own_loader() {
                     vec![]
                 } else {
                     a.modules
@@ -132,8 +139,8 @@ impl<'a> Facts<'a> {
                 }
             }
             When::DiffusersTextEncoderUntyped | When::DiffusersTextEncoderKeyLost => {
-                let (refused, skipped) =
-                    super::diffusers_keys::text_encoder_findings(a, self.sd_prefixed());
+                let sd = self.sd_prefixed() && !self.own_loader();
+                let (refused, skipped) = super::diffusers_keys::text_encoder_findings(a, sd);
                 if when == When::DiffusersTextEncoderUntyped {
                     refused
                 } else {
@@ -547,6 +554,12 @@ impl<'a> Facts<'a> {
     }
 
     /// Every module of a kohya file has an SD prefix.
+    /// Whether diffusers' Flux.2, HunyuanVideo or Z-Image loader converts this file itself
+    /// (`diffusers_keys.rs` `pipeline_of`): the SD reader's rules do not apply to it.
+    fn own_loader(&self) -> bool {
+        super::diffusers_keys::pipeline_of(&self.plan.adapter).is_some()
+    }
+
     fn sd_prefixed(&self) -> bool {
         self.plan
             .adapter

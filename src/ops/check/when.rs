@@ -40,6 +40,18 @@ pub enum Supported {
     Fixed(&'static [&'static str]),
 }
 
+/// A diffusion transformer whose diffusers LoRA loader converts its trainers' names itself
+/// (`loaders/lora_pipeline.py` 0.42.1), told from a file's module names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffusersModel {
+    /// `Flux2LoraLoaderMixin`.
+    Flux2,
+    /// `HunyuanVideoLoraLoaderMixin`.
+    HunyuanVideo,
+    /// `ZImageLoraLoaderMixin`.
+    ZImage,
+}
+
 /// A condition over the adapter (and the base, with `--base`). Conditions that need the base
 /// are not evaluated without one (the report says so).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +77,11 @@ pub enum When {
     DiffusersSd3Unconverted,
     /// The same file with a key lacking `lora` (a ComfyUI `.alpha`): SD3's loader raises.
     DiffusersSd3Refused,
+    /// In a file that diffusers' loader for this model converts itself (`diffusers_keys.rs`
+    /// `pipeline_of`): the modules it loads nothing of.
+    DiffusersModelDropped(DiffusersModel),
+    /// The same files: the keys that make that loader raise.
+    DiffusersModelRefused(DiffusersModel),
     /// Text-encoder modules whose keys diffusers cannot type (`diffusers_keys.rs`): it raises.
     DiffusersTextEncoderUntyped,
     /// Text-encoder modules whose keys diffusers leaves in a form no layer has (skipped).

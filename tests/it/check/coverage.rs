@@ -243,6 +243,17 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     // diffusers.sd3_invalid (tests/it/conventions_layouts.rs).
     ("sd3_layout/kohya.safetensors", None),
     ("sd3_layout/comfy.safetensors", None),
+    // fixtures/gen/diffusers_loaders_fixtures.py (MANIFEST.json): the Flux.2, HunyuanVideo and
+    // Z-Image loaders' rules (tests/it/check/diffusers_loaders.rs).
+    ("diffusers_loaders/flux2_kohya.safetensors", None),
+    ("diffusers_loaders/flux2_comfy_alpha.safetensors", None),
+    ("diffusers_loaders/hunyuan_video_kohya.safetensors", None),
+    (
+        "diffusers_loaders/hunyuan_video_kohya_no_qkv.safetensors",
+        None,
+    ),
+    ("diffusers_loaders/z_image_kohya.safetensors", None),
+    ("diffusers_loaders/z_image_comfy_alpha.safetensors", None),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the

@@ -15,6 +15,8 @@ use std::path::Path;
 
 /// Every rule of the tables fires on some fixture; the audited rules on one case and not another.
 mod coverage;
+/// diffusers' Flux.2, HunyuanVideo and Z-Image loaders, against its recorded runs.
+mod diffusers_loaders;
 /// `--fix` and the remaining single-file cases (split out to keep files under 800 lines).
 mod fix;
 /// `--fix` outputs loaded in PEFT and merged as the originals.

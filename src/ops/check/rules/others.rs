@@ -4,7 +4,7 @@
 
 use super::rule::{src, Rule, Source, LLAMA_LINEAR};
 use crate::ops::check::target::Target;
-use crate::ops::check::when::{ScaleRule, Severity, Supported, When};
+use crate::ops::check::when::{DiffusersModel, ScaleRule, Severity, Supported, When};
 
 /// LoRAX `server/lorax_server/models/flash_llama.py` `ADAPTER_LAYERS` (also flash_mistral,
 /// flash_qwen2: the same names): q/k/v/o, gate/up/down, lm_head — the Llama list without
@@ -24,6 +24,8 @@ const L: &str = "llama-cpp-python 0.3.36 (vendor/llama.cpp)";
 /// `filter_tensors` (`conversion/gemma.py`: `GemmaModel`, `Gemma2Model`; not `Gemma3Model`,
 /// whose untied `lm_head` becomes `output.weight`).
 const GEMMA_DROPS_LM_HEAD: &[&str] = &["gemma", "gemma2"];
+
+const CONVERSION: &str = "src/diffusers/loaders/lora_conversion_utils.py";
 
 const COMFY_LORA: Source = src(COMFY, "comfy/lora.py", "41444b5", "load_lora");
 
@@ -310,6 +312,54 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Error,
         why: "a file in SD3's original layout with a key lacking `lora` (ComfyUI's `diffusion_model.….alpha`): SD3LoraLoaderMixin.load_lora_weights raises \"Invalid LoRA checkpoint. Make sure all LoRA param names contain `'lora'` substring.\"",
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "SD3LoraLoaderMixin.load_lora_weights (is_correct_format); fixtures/gen/sd3_layout_fixtures.py records it (MANIFEST comfy)"),
+    },
+    Rule {
+        id: "diffusers.flux2_dropped",
+        target: Target::Diffusers,
+        when: When::DiffusersModelDropped(DiffusersModel::Flux2),
+        severity: Severity::Silent,
+        why: "a Flux.2 file with kohya keys (`.lora_down.weight`) goes to diffusers' kohya Flux.2 converter, which converts only the blocks' attention/MLP, `linear1`/`linear2`, `img_in`, `txt_in`, `time_in` and `final_layer.linear`; every other module (the shared modulations, `guidance_in`, the final `adaLN_modulation`, `diffusion_model.` names, LyCORIS modules) is dropped with \"Unsupported keys for Kohya Flux2 LoRA conversion\" and nothing of it is applied",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_kohya_flux2_lora_to_diffusers, called by lora_pipeline.py Flux2LoraLoaderMixin.lora_state_dict; fixtures/gen/diffusers_loaders_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.flux2_invalid",
+        target: Target::Diffusers,
+        when: When::DiffusersModelRefused(DiffusersModel::Flux2),
+        severity: Severity::Error,
+        why: "a Flux.2 file with `diffusion_model.` keys goes to diffusers' converter of the original names, which raises \"`original_state_dict` should be empty at this point\" for any key outside its table (an `.alpha`, a module it has no name for, a key without the prefix)",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_flux2_lora_to_diffusers; lora_pipeline.py Flux2LoraLoaderMixin.load_lora_weights; fixtures/gen/diffusers_loaders_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.hunyuan_video_unconverted",
+        target: Target::Diffusers,
+        when: When::DiffusersModelDropped(DiffusersModel::HunyuanVideo),
+        severity: Severity::Silent,
+        why: "HunyuanVideo's loader converts a file only when a key holds `img_attn_qkv`; this one has none, so its `lora_unet_`/`diffusion_model.` keys fall under no `transformer.` prefix and nothing is applied",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "HunyuanVideoLoraLoaderMixin.lora_state_dict (is_original_hunyuan_video); fixtures/gen/diffusers_loaders_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.hunyuan_video_refused",
+        target: Target::Diffusers,
+        when: When::DiffusersModelRefused(DiffusersModel::HunyuanVideo),
+        severity: Severity::Error,
+        why: "HunyuanVideo's converter chunks every key of a fused `qkv` in three (a 0-d `.alpha`: RuntimeError \"chunk expects at least a 1-dimensional tensor\"), renames no `lora_down/lora_up` (no `lora_B` key: IndexError in get_peft_kwargs), and `load_lora_weights` refuses a key without `lora` (\"Invalid LoRA checkpoint\")",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_hunyuan_video_lora_to_diffusers (remap_img_attn_qkv_, remap_txt_in_); lora_pipeline.py HunyuanVideoLoraLoaderMixin.load_lora_weights; fixtures/gen/diffusers_loaders_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.z_image_unconverted",
+        target: Target::Diffusers,
+        when: When::DiffusersModelDropped(DiffusersModel::ZImage),
+        severity: Severity::Silent,
+        why: "Z-Image's converter renames kohya names (`_` → `.`, a fused `qkv` split, `out` → `to_out.0`) but not the original `x_embedder`/`final_layer` (diffusers' `all_x_embedder.2-1`/`all_final_layer.2-1`), nor a `lora_A`-named `qkv`/`out`: these name no module of the model and nothing of them is applied",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_z_image_lora_to_diffusers (convert_key, normalize_out_key, zimage_module_name_fixups); fixtures/gen/diffusers_loaders_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.z_image_refused",
+        target: Target::Diffusers,
+        when: When::DiffusersModelRefused(DiffusersModel::ZImage),
+        severity: Severity::Error,
+        why: "Z-Image's converter raises \"`state_dict` should be empty at this point\" for a key it leaves behind (a LyCORIS module's, the `.alpha` of a `lora_A`-named `out`)",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_z_image_lora_to_diffusers"),
     },
     Rule {
         id: "diffusers.te_type",

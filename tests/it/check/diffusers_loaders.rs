@@ -1,0 +1,139 @@
+//! `check --target diffusers` on the files diffusers 0.42.1's Flux.2, HunyuanVideo and Z-Image
+//! loaders convert themselves (`Flux2LoraLoaderMixin`, `HunyuanVideoLoraLoaderMixin`,
+//! `ZImageLoraLoaderMixin`), and on Qwen-Image files of only top-level modules
+//! (`QwenImageLoraLoaderMixin`), against what diffusers did with each file: refused it, loaded
+//! part of it (which modules not), or loaded all of it. The records are diffusers' own runs:
+//! `fixtures/diffusers_loaders/MANIFEST.json` (fixtures/gen/diffusers_loaders_fixtures.py) and
+//! the layout fixtures' MANIFEST.json (`fixtures/{flux2,hunyuan_video,z_image}_layout/`).
+
+use super::{check_json, fired, fixture, read_json, target};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// The rules that say diffusers' loader of one of these models raises.
+const REFUSALS: &[&str] = &[
+    "diffusers.flux2_invalid",
+    "diffusers.hunyuan_video_refused",
+    "diffusers.z_image_refused",
+];
+
+/// lorakit's diffusers verdict on `file`: (loads, the modules its silent findings name).
+fn verdict(file: &str) -> (Value, BTreeSet<String>) {
+    let (_, r) = check_json(&fixture(file), &["--target", "diffusers"]);
+    let t = target(&r, "diffusers").clone();
+    let named = t["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "silent")
+        .flat_map(|f| f["items"].as_array().unwrap().iter())
+        .map(|i| i.as_str().unwrap().split(" (").next().unwrap().to_owned())
+        .collect();
+    (t, named)
+}
+
+/// Every recorded case: where diffusers raised, lorakit says it refuses the file by one of
+/// [`REFUSALS`]; where it loaded, lorakit names as not applied exactly the modules of which
+/// diffusers loaded nothing (none: "loads"). The records hold all three outcomes.
+#[test]
+fn check_says_what_the_flux2_hunyuan_video_and_z_image_loaders_did() {
+    let m = read_json(fixture("diffusers_loaders/MANIFEST.json"));
+    let mut outcomes = BTreeSet::new();
+    let mut compared = 0;
+    for (case, rec) in m.as_object().unwrap() {
+        if case == "sha256" {
+            continue;
+        }
+        let file = format!("diffusers_loaders/{case}.safetensors");
+        let (t, named) = verdict(&file);
+        let did = rec["diffusers"].as_str().unwrap();
+        if did == "loaded" {
+            let not_applied: BTreeSet<String> = rec["not_applied"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(t["loads"], true, "{case}: diffusers loaded it; {t}");
+            assert_eq!(named, not_applied, "{case}: {t}");
+            let all = not_applied.is_empty();
+            assert_eq!(t["applies_all"], all, "{case}: {t}");
+            outcomes.insert(if all { "loads" } else { "partial" });
+        } else {
+            assert_eq!(t["loads"], false, "{case}: diffusers raised {did}; {t}");
+            let rules = fired(&t);
+            assert!(
+                rules.iter().any(|r| REFUSALS.contains(&r.as_str())),
+                "{case}: diffusers raised {did}; {rules:?}"
+            );
+            outcomes.insert("raised");
+        }
+        compared += 1;
+    }
+    assert!(compared >= 18, "only {compared} cases");
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+}
+
+/// The layout fixtures that lorakit merges (fixtures/gen/{flux2,hunyuan_video,z_image}_layout_
+/// fixtures.py): diffusers loaded Flux.2's kohya file but for the shared modulation and the final
+/// `adaLN_modulation` (its kohya converter has no name for them), loaded all of Flux.2's
+/// `diffusion_model.` file, raised on both HunyuanVideo files (0-d `.alpha` of a fused `qkv`
+/// chunked), and loaded Z-Image's kohya file but for `x_embedder` and the final layer.
+#[test]
+fn check_says_what_diffusers_did_with_the_layout_fixtures() {
+    let loaded = |dir: &str, file: &str| -> Value {
+        read_json(fixture(&format!("{dir}/MANIFEST.json")))[file]["diffusers_loaded"].clone()
+    };
+    let lacks = |v: &Value, m: &str| !v.as_array().unwrap().iter().any(|x| x == m);
+    // Flux.2 kohya: the two modules diffusers did not load, named.
+    let d = loaded("flux2_layout", "kohya");
+    assert!(lacks(&d, "double_stream_modulation_txt.linear") && lacks(&d, "norm_out.linear"));
+    assert!(!lacks(&d, "proj_out"));
+    let (t, named) = verdict("flux2_layout/kohya.safetensors");
+    assert_eq!(t["loads"], true, "{t}");
+    assert_eq!(
+        named,
+        BTreeSet::from([
+            "lora_unet_double_stream_modulation_txt_lin".to_owned(),
+            "lora_unet_final_layer_adaLN_modulation_1".to_owned(),
+        ]),
+        "{t}"
+    );
+    // Flux.2 diffusion_model.: every module loaded (10 modules, 14 diffusers modules).
+    assert_eq!(
+        loaded("flux2_layout", "comfy").as_array().unwrap().len(),
+        14
+    );
+    let (t, named) = verdict("flux2_layout/comfy.safetensors");
+    assert_eq!(t["verdict"], "loads", "{t}");
+    assert!(named.is_empty());
+    // HunyuanVideo: both raised.
+    for file in ["kohya", "comfy"] {
+        let d = loaded("hunyuan_video_layout", file);
+        assert!(
+            d.as_str().unwrap().starts_with("RuntimeError: chunk"),
+            "{d}"
+        );
+        let (t, _) = verdict(&format!("hunyuan_video_layout/{file}.safetensors"));
+        assert_eq!(t["loads"], false, "{file}: {t}");
+        assert_eq!(
+            fired(&t),
+            ["diffusers.hunyuan_video_refused"],
+            "{file}: {t}"
+        );
+    }
+    // Z-Image kohya: the embedder and the final layer not loaded.
+    let d = loaded("z_image_layout", "kohya");
+    assert!(lacks(&d, "all_x_embedder.2-1") && lacks(&d, "all_final_layer.2-1.linear"));
+    let (t, named) = verdict("z_image_layout/kohya.safetensors");
+    assert_eq!(t["loads"], true, "{t}");
+    assert_eq!(
+        named,
+        BTreeSet::from([
+            "lora_unet_final_layer_adaLN_modulation_1".to_owned(),
+            "lora_unet_final_layer_linear".to_owned(),
+            "lora_unet_x_embedder".to_owned(),
+        ]),
+        "{t}"
+    );
+}
