@@ -201,3 +201,60 @@ fn a_per_input_dora_scale_must_match_the_base_input_channels() {
         ],
     );
 }
+
+/// `fan_in_fan_out: true` in a LoRA config for a llama base (no `Conv1D` layer): PEFT resets it
+/// to false on every `nn.Linear` target ("fan_in_fan_out is set to True but the target module is
+/// `torch.nn.Linear`. Setting fan_in_fan_out to False.", `tuners/lora/layer.py`
+/// `dispatch_default`) and merges `W + (α/r)·B·A`. lorakit merged `(B·A)ᵀ`: the square q_proj
+/// silently transposed (0.187 off PEFT's merge_and_unload, measured), v_proj [32, 64] refused.
+/// The reference is computed here in f64 from the fixture's tensors.
+#[test]
+fn fan_in_fan_out_on_a_linear_model_merges_as_peft_does() {
+    for q_only in [true, false] {
+        fan_in_fan_out_merge_checked(q_only);
+    }
+}
+
+/// [`fan_in_fan_out_on_a_linear_model_merges_as_peft_does`] with `qv_r8`, or with its q_proj
+/// modules only (square: no shape check can tell the transpose).
+fn fan_in_fan_out_merge_checked(q_only: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let qv = qv_with_config(dir.path(), |j| {
+        j["fan_in_fan_out"] = true.into();
+        if q_only {
+            j["target_modules"] = serde_json::json!(["q_proj"]);
+        }
+    });
+    if q_only {
+        let file = qv.join("adapter_model.safetensors");
+        let mut t = read(&file);
+        t.retain(|k, _| k.contains("q_proj"));
+        write_tensors(&file, &t);
+    }
+    let out = dir.path().join("o");
+    merge_ok(&fixture("llama/base"), &qv, &out, &["--quiet"]);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(qv.join("adapter_config.json")).unwrap()).unwrap();
+    let scale = cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap();
+    let base = read(&fixture("llama/base/model.safetensors"));
+    let got = read(&out.join("model.safetensors"));
+    let ad = read(&qv.join("adapter_model.safetensors"));
+    let modules = peft_lora_modules(&ad);
+    assert_eq!(modules.len(), if q_only { 2 } else { 4 });
+    for (m, a, b) in modules {
+        let w = format!("{m}.weight");
+        let (w0, av, bv) = (base[&w].f32(), a.f32(), b.f32());
+        let (o, r, i) = (b.shape[0], a.shape[0], a.shape[1]);
+        assert_eq!(base[&w].shape, [o, i]);
+        let want: Vec<f32> = (0..o * i)
+            .map(|x| {
+                let (row, col) = (x / i, x % i);
+                let d: f64 = (0..r)
+                    .map(|k| bv[row * r + k] as f64 * av[k * i + col] as f64)
+                    .sum();
+                (w0[x] as f64 + scale * d) as f32
+            })
+            .collect();
+        assert_f32_close(&w, &got[&w].f32(), &want, &w0);
+    }
+}
