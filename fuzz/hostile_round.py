@@ -142,6 +142,7 @@ import hostile_cases_formats  # noqa: E402,F401
 import hostile_cases_round3  # noqa: E402,F401
 import hostile_cases_round5  # noqa: E402,F401
 import hostile_cases_round5b  # noqa: E402,F401
+import hostile_cases_round6  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- main

@@ -51,6 +51,8 @@ mod it {
     pub mod hardening;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
+    /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.
+    pub mod hostile6;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
     pub mod inspect;
     /// A failed `--json` run: one JSON error object on stdout, stderr and exit status unchanged.

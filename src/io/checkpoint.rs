@@ -331,6 +331,9 @@ pub fn parse_index(text: &[u8]) -> Result<Index, String> {
     let obj = v.as_object().ok_or("not a JSON object")?;
     let wm = obj.get("weight_map").ok_or("missing `weight_map`")?;
     let wm = wm.as_object().ok_or("`weight_map` is not an object")?;
+    if wm.is_empty() {
+        return Err("`weight_map` names no tensor".into());
+    }
     let mut weight_map = Vec::with_capacity(wm.len());
     for (k, v) in wm {
         let s = v

@@ -417,7 +417,9 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                 None => None,
                 Some(_) => {
                     let (r, rs) = get("rescale")?;
-                    if rs.first() != Some(&out) || rs[1..].iter().any(|&x| x != 1) {
+                    // LyCORIS' `rescale` is `[out, 1, …]` (one axis per weight axis): a flat
+                    // `[out]` would broadcast along the input side of a square weight.
+                    if rs.len() < 2 || rs[0] != out || rs[1..].iter().any(|&x| x != 1) {
                         return Err(bad_shape("rescale", rs, format!("[{out}, 1, …]")));
                     }
                     Some((r, rs.len()))
@@ -705,7 +707,15 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                 // per input channel, over the output and kernel axes (a flattened LoHa conv does
                 // not say its kernel, so `in` is any divisor of k with the kernel area k/in). A
                 // 1×… vector on a 1-output module is read as per output.
-                let per_input = if s.first() == Some(&out) && n == out {
+                // LyCORIS' parameter has one axis per weight axis (≥ 2): a flat `[n]` is neither
+                // layout (ComfyUI's `weight_decompose` would broadcast it along the other side).
+                let per_input = if s.len() < 2 {
+                    return Err(bad_shape(
+                        "dora_scale",
+                        s,
+                        format!("[{out}, 1, …] or [1, in, …] with in dividing {k}"),
+                    ));
+                } else if s[0] == out && n == out {
                     false
                 } else if s.len() >= 2 && s[0] == 1 && s[1] == n && k.is_multiple_of(n) {
                     true

@@ -67,7 +67,14 @@ impl PeftConfig {
             .as_object()
             .ok_or_else(|| InputError::invalid(path, "not a JSON object"))?;
         let bad = |k: &str, why: &str| InputError::invalid(path, format!("`{k}` {why}"));
-        let peft_type = match obj.get("peft_type").and_then(Value::as_str) {
+        // PEFT looks the type up by name (`PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]`): a number or
+        // null there is no type; a missing key is read as LORA.
+        let peft_type = match obj.get("peft_type") {
+            None => None,
+            Some(Value::String(t)) => Some(t.as_str()),
+            Some(_) => return Err(bad("peft_type", "must be a string")),
+        };
+        let peft_type = match peft_type {
             None | Some("LORA") => PeftType::Lora,
             Some("LOHA") => PeftType::Loha,
             Some("LOKR") => PeftType::Lokr,
@@ -97,10 +104,17 @@ impl PeftConfig {
             }
             None => 8,
         };
+        // The scale multiplies f32 factors: an alpha past f32's range makes every ΔW infinite.
+        let in_f32 = |x: &f64| x.abs() <= f32::MAX as f64;
         let lora_alpha = match obj.get(alpha_key) {
             Some(v) => v
                 .as_f64()
-                .ok_or_else(|| bad(alpha_key, "must be a number"))?,
+                .ok_or_else(|| bad(alpha_key, "must be a number"))
+                .and_then(|a| {
+                    Some(a)
+                        .filter(in_f32)
+                        .ok_or_else(|| bad(alpha_key, &format!("{a} is beyond the f32 range")))
+                })?,
             None => 8.0,
         };
         let flag = |k: &str| -> InputResult<bool> {
@@ -115,10 +129,13 @@ impl PeftConfig {
                 None | Some(Value::Null) => Ok(Vec::new()),
                 Some(Value::Object(m)) => m
                     .iter()
-                    .map(|(key, v)| {
-                        v.as_f64()
-                            .map(|x| (key.clone(), x))
-                            .ok_or_else(|| bad(k, &format!("value for `{key}` is not a number")))
+                    .map(|(key, v)| match v.as_f64() {
+                        Some(x) if in_f32(&x) => Ok((key.clone(), x)),
+                        Some(x) => Err(bad(
+                            k,
+                            &format!("value {x} for `{key}` is beyond the f32 range"),
+                        )),
+                        None => Err(bad(k, &format!("value for `{key}` is not a number"))),
                     })
                     .collect(),
                 Some(_) => Err(bad(k, "must be an object")),

@@ -362,7 +362,7 @@ pub fn fit_to_base(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()> 
 }
 
 /// `model_type` of the base's `config.json`, when it has one.
-fn model_type(base: &Checkpoint) -> Option<String> {
+pub(crate) fn model_type(base: &Checkpoint) -> Option<String> {
     let text = std::fs::read(base.folder().join("config.json")).ok()?;
     let v: Value = serde_json::from_slice(&text).ok()?;
     v.get("model_type")?.as_str().map(str::to_owned)
