@@ -19,10 +19,10 @@ impl Model {
     /// (what `check --target diffusers` asks, `super::targets`): `FluxLoraLoaderMixin` and
     /// `WanLoraLoaderMixin` do (`lora_pipeline.py` 0.42.1, their `lora_state_dict`);
     /// `SD3LoraLoaderMixin.lora_state_dict` converts nothing, so a kohya SD3 file is read as
-    /// diffusers names and its modules land nowhere. `Flux2LoraLoaderMixin` converts its own
-    /// files (and `HunyuanVideoLoraLoaderMixin`, `ZImageLoraLoaderMixin` theirs), but `check` does not model those
-    /// pipelines yet (its verdicts read a Flux.2 name as
-    /// the Flux rows say, as before these rows), so Flux.2's rows serve the merge only.
+    /// diffusers names and its modules land nowhere. `Flux2LoraLoaderMixin`,
+    /// `HunyuanVideoLoraLoaderMixin` and `ZImageLoraLoaderMixin` convert their own files with
+    /// their own tables, which `check` transcribes apart (`ops/check/diffusers_keys.rs`
+    /// `pipeline_findings`), so these rows serve the merge only.
     pub(super) fn diffusers_converts_lora(self) -> bool {
         match self {
             Model::Flux | Model::Wan => true,
