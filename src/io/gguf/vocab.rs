@@ -149,15 +149,26 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
             out.push(kv_bool("tokenizer.ggml.add_space_prefix", b));
         }
     }
+    if arch == "phi3" {
+        phi3_vocab_kind(tc.as_ref(), &tc_path, &spm_path)?;
+    }
     let mut merges = Vec::new();
     // _set_vocab_gpt2's SpecialVocab has no n_vocab: no id is out of range there.
     let mut gpt2 = false;
     let (tokens, _, _) = if spm_path.is_file() {
+        let rules = match arch {
+            "phi3" => super::spm::Added::Phi3 {
+                tc_path: &tc_path,
+                tokenizer_json: tj.as_ref().map(|j| (j, tj_path.as_path())),
+            },
+            _ => super::spm::Added::Base,
+        };
         let t = super::spm::tokens(
             &spm_path,
             vocab_size,
             &dir.join("added_tokens.json"),
             tc.as_ref(),
+            rules,
         )?;
         push_model(&mut out, "llama", "default", &t);
         t
@@ -428,6 +439,37 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
         out.push(kv_bool("tokenizer.ggml.add_space_prefix", false));
     }
     Ok(out)
+}
+
+/// `Phi3MiniModel.set_vocab` (`conversion/phi.py`): tokenizer_config.json's `tokenizer_class`
+/// (read as `tokenizer_config_json['tokenizer_class']`) picks the vocabulary — GPT-2's for
+/// `GPT2Tokenizer` (Phi-4), else the padded SentencePiece one of `tokenizer.model`. lorakit
+/// writes the SentencePiece one; the others are refused naming the file.
+fn phi3_vocab_kind(tc: Option<&Json>, tc_path: &Path, spm_path: &Path) -> InputResult<()> {
+    if let Some(c) = tc {
+        match c.get("tokenizer_class") {
+            None => {
+                return Err(InputError::invalid(
+                    tc_path,
+                    "no `tokenizer_class`: llama.cpp's Phi-3 converter reads it to choose the vocabulary (KeyError)",
+                ))
+            }
+            Some(Json::String(s)) if s == "GPT2Tokenizer" => {
+                return Err(InputError::invalid(
+                    tc_path,
+                    "`tokenizer_class` GPT2Tokenizer (Phi-4): llama.cpp's Phi-3 converter then writes the GPT-2 vocabulary, which lorakit does not yet write for phi3",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if !spm_path.is_file() {
+        return Err(InputError::invalid(
+            spm_path,
+            "missing: llama.cpp's Phi-3 converter reads the SentencePiece tokenizer.model (or, for Phi-4, tokenizer_config.json's GPT2Tokenizer)",
+        ));
+    }
+    Ok(())
 }
 
 /// `tokenizer.json`'s `added_tokens` as `(id, content)`.

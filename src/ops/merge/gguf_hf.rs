@@ -170,24 +170,35 @@ impl HfGgufPlan {
         let mut shards: Vec<&crate::io::SafetensorsFile> = merge.base.shards.iter().collect();
         shards.sort_by(|a, b| a.path().file_name().cmp(&b.path().file_name()));
         let mut tensors = Vec::new();
-        // LlamaModel.generate_extra_tensors comes before the model's tensors.
+        // generate_extra_tensors comes before the model's tensors: LlamaModel's rope_freqs,
+        // Phi3MiniModel's long-rope factors (long, then short).
+        let mut extra = Vec::new();
         if arch == "llama" {
             if let Some(v) = hparams::rope_freqs(&config, &config_path)? {
-                tensors.push(Planned {
-                    hf: String::new(),
-                    out: OutTensor {
-                        name: "rope_freqs.weight".into(),
-                        dims: vec![v.len() as u64],
-                        ty: GgmlType::F32,
-                    },
-                    permute: None,
-                    norm_shift: None,
-                    rows: v.len(),
-                    cols: 1,
-                    generated: Some(v),
-                    fallback_from: None,
-                });
+                extra.push(("rope_freqs.weight", v));
             }
+        }
+        if arch == "phi3" {
+            if let Some(l) = hparams::phi3_rope(&config, &config_path)?.long {
+                extra.push(("rope_factors_long.weight", l.long_factor));
+                extra.push(("rope_factors_short.weight", l.short_factor));
+            }
+        }
+        for (name, v) in extra {
+            tensors.push(Planned {
+                hf: String::new(),
+                out: OutTensor {
+                    name: name.into(),
+                    dims: vec![v.len() as u64],
+                    ty: GgmlType::F32,
+                },
+                permute: None,
+                norm_shift: None,
+                rows: v.len(),
+                cols: 1,
+                generated: Some(v),
+                fallback_from: None,
+            });
         }
         for f in shards {
             let mut ns: Vec<&str> = f.tensors().iter().map(|t| t.name.as_str()).collect();
