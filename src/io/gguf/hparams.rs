@@ -5,9 +5,9 @@
 //! Gemma / Gemma2 (`GemmaForCausalLM`: `gemma`, `Gemma2ForCausalLM`: `gemma2`; `GemmaModel`,
 //! `Gemma2Model` of `conversion/gemma.py`, their own key lists: no rope keys, Gemma2's
 //! softcapping and sliding-window keys) and text-only Gemma3 (`Gemma3ForCausalLM`: `gemma3`,
-//! [`gemma3`]), and Phi-3/3.5 (`Phi3ForCausalLM`: `phi3`; `Phi3MiniModel` of
+//! [`gemma3`]), and Phi-3/3.5/4 (`Phi3ForCausalLM`: `phi3`; `Phi3MiniModel` of
 //! `conversion/phi.py`: its own key list, [`phi3_rope`] for the long-rope attention factor and
-//! factor tensors; its vocabulary in [`super::spm`] / [`super::vocab`]).
+//! factor tensors; its vocabulary in `spm` / [`super::vocab`]).
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/base.py`
 //! (`ModelBase.prepare_metadata`: `general.type = model`, `Metadata.set_gguf_meta_model`, then
@@ -325,7 +325,7 @@ pub struct LongRope {
 
 /// [`Phi3Rope`] of a `Phi3ForCausalLM` config.json, or the refusal naming the key where the
 /// converter would fail (`KeyError`, `ValueError`, `NotImplementedError`) or where transformers'
-/// AutoConfig would fill in or rewrite what lorakit reads raw ([`GUESS`]).
+/// AutoConfig would fill in or rewrite what lorakit reads raw (`GUESS`).
 pub fn phi3_rope(config: &Json, path: &Path) -> InputResult<Phi3Rope> {
     let bad = |m: String| InputError::invalid(path, m);
     let nonempty = |k: &str| {

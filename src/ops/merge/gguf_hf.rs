@@ -6,7 +6,8 @@
 //! The merge itself is the safetensors merge's ([`MergePlan::merged_f32`]: every module,
 //! weight and rule as for a safetensors output, in f32). The layout is the converter's, read
 //! from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `LlamaModel`'s generated
-//! `rope_freqs.weight` first (llama3 rope scaling, [`hparams::rope_freqs`]), then tensors in
+//! `rope_freqs.weight` first (llama3 rope scaling, [`hparams::rope_freqs`]; `Phi3MiniModel`'s
+//! `rope_factors_long/short.weight` for long-rope scaling, [`hparams::phi3_rope`]), then tensors in
 //! the order it reads them (shards by file name, names sorted within each:
 //! `safe_open(…).keys()`), named by gguf-py's tensor map ([`crate::io::gguf::names`]), q/k rows
 //! (and biases) permuted by `LlamaModel.permute` (`conversion/llama.py`; Qwen2 unpermuted),
@@ -23,7 +24,7 @@
 //! `--part I/N` writes a share with a manifest through [`gguf_parts`], the code a GGUF base's
 //! merge writes with, so the parts equal the one-shot output byte for byte.
 //!
-//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3/Gemma/Gemma2/Gemma3 (text), quantized safetensors
+//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3/Gemma/Gemma2/Gemma3 (text)/Phi-3, quantized safetensors
 //! bases, tensors outside the name map, and what hparams/vocab refuse. Must not write
 //! anything but the planned files (and a part's manifest).
 

@@ -246,7 +246,9 @@ fn hf_phi3_folder(dir: &Path, config: &str) -> PathBuf {
 /// - `--outtype f32`, default rope (no sliding window: `attention.sliding_window` 0);
 /// - `--outtype q8_0`, the same model, and with a tokenizer.json beside the SentencePiece files
 ///   (fixtures/gguf/hf_phi3/tokenizer: its added tokens override id 103 with a special token,
-///   make 101 special and fill padding slot 110 with a non-special `▁user▁`, kept as written);
+///   make 101 special and fill padding slot 110 with a non-special `▁user▁`, kept as written),
+///   and with Phi-4's kind of vocabulary (tokenizer_config.json's `tokenizer_class`
+///   GPT2Tokenizer: the GPT-2 vocabulary of the byte-level BPE fixture tokenizer, its merges);
 /// - `--outtype f32` with long-rope scaling (partial rotary factor 0.5: 8 rope dimensions,
 ///   4 long and 4 short factors, context 256 over 64: `rope.scaling.attn_factor`, sliding
 ///   window 48) in each of its three config.json forms (transformers 5's `rope_parameters`, the
@@ -269,46 +271,55 @@ fn phi3_hf_to_gguf_equals_converter_of_peft_merge() {
     let dir = tempfile::tempdir().unwrap();
     let py = gguf_python();
     let adapter = fixture("gguf/hf_phi3/lora");
-    let long = "hf_phi3_longrope_lora.f32.gguf";
-    for (config, outtypes, reference) in [
-        ("config.json", &["f32", "q8_0"][..], "hf_phi3_lora"),
+    // The tokenizer files of each case: the SentencePiece fixture; the same with a tokenizer.json;
+    // Phi-4's kind (the byte-level BPE fixture tokenizer, no tokenizer.model, a
+    // tokenizer_config.json saying GPT2Tokenizer; its pre-tokenizer named as the generator did).
+    let spm: &[(&str, &str)] = &[
+        ("hf_spm", "tokenizer.model"),
+        ("hf_spm", "tokenizer_config.json"),
+        ("hf_spm", "added_tokens.json"),
+    ];
+    let with_json = &[spm, &[("hf_phi3/tokenizer", "tokenizer.json")]].concat();
+    let gpt2: &[(&str, &str)] = &[
+        ("hf_qwen2", "tokenizer.json"),
+        ("hf_qwen2", "chat_template.jinja"),
+        ("hf_phi3/gpt2", "tokenizer_config.json"),
+    ];
+    let (f32, both, q8) = (&["f32"][..], &["f32", "q8_0"][..], &["q8_0"][..]);
+    let long = "hf_phi3_longrope_lora";
+    for (config, tokenizer, outtypes, reference) in [
+        ("config.json", spm, both, "hf_phi3_lora"),
         (
-            "tokenizer.json",
-            &["q8_0"][..],
+            "config.json",
+            &with_json[..],
+            q8,
             "hf_phi3_lora_tokenizer_json",
         ),
-        (
-            "longrope.config.json",
-            &["f32"][..],
-            "hf_phi3_longrope_lora",
-        ),
-        (
-            "rope_scaling.config.json",
-            &["f32"][..],
-            "hf_phi3_longrope_lora",
-        ),
-        ("su.config.json", &["f32"][..], "hf_phi3_longrope_lora"),
+        ("config.json", gpt2, q8, "hf_phi3_lora_gpt2"),
+        ("longrope.config.json", spm, f32, long),
+        ("rope_scaling.config.json", spm, f32, long),
+        ("su.config.json", spm, f32, long),
     ] {
-        let case = dir.path().join(config);
-        // The tokenizer.json case: the default config, and tokenizer.json beside the rest.
-        let json = config == "tokenizer.json";
-        let base = hf_phi3_folder(&case, if json { "config.json" } else { config });
-        for f in [
-            "tokenizer.model",
-            "tokenizer_config.json",
-            "added_tokens.json",
-        ] {
-            std::fs::copy(fixture(&format!("gguf/hf_spm/{f}")), base.join(f)).unwrap();
+        let case = dir.path().join(reference).join(config);
+        let base = hf_phi3_folder(&case, config);
+        for (from, f) in tokenizer {
+            std::fs::copy(fixture(&format!("gguf/{from}/{f}")), base.join(f)).unwrap();
         }
-        if json {
-            let tj = fixture("gguf/hf_phi3/tokenizer/tokenizer.json");
-            std::fs::copy(tj, base.join(config)).unwrap();
-        }
+        let pre: &[&str] = if tokenizer == gpt2 {
+            &["--gguf-tokenizer-pre", "qwen2"]
+        } else {
+            &[]
+        };
         for &outtype in outtypes {
-            let label = format!("{config} {outtype}");
+            let label = format!("{reference} {config} {outtype}");
             let reference = format!("{reference}.{outtype}.gguf");
             let out = case.join(&reference);
-            let v = merge_json(&base, &adapter, &out, &["--outtype", outtype]);
+            let v = merge_json(
+                &base,
+                &adapter,
+                &out,
+                &[&["--outtype", outtype], pre].concat(),
+            );
             assert_eq!(v["architecture"], "phi3", "{label}");
             let mut merged = merged_names(&v);
             merged.sort_unstable();
@@ -329,7 +340,7 @@ fn phi3_hf_to_gguf_equals_converter_of_peft_merge() {
                 }
             });
             let ours = tensors(&out);
-            let extra = usize::from(reference == long) * 2;
+            let extra = usize::from(reference.starts_with(long)) * 2;
             assert_eq!(ours.len(), 15 + extra, "{label}");
             if extra > 0 {
                 assert_eq!(ours["rope_factors_long.weight"].2, [1.0, 1.25, 2.5, 7.75]);
@@ -337,7 +348,12 @@ fn phi3_hf_to_gguf_equals_converter_of_peft_merge() {
             }
             if ty != GgmlType::F32 {
                 let f32_out = case.join("f32.gguf");
-                merge_json(&base, &adapter, &f32_out, &["--outtype", "f32"]);
+                merge_json(
+                    &base,
+                    &adapter,
+                    &f32_out,
+                    &[&["--outtype", "f32"], pre].concat(),
+                );
                 let quantized = ours.values().filter(|t| t.0 == ty).count();
                 assert_eq!(quantized, 10, "{label}: every matrix in {ty}");
                 if let Some(py) = &py {
@@ -354,8 +370,7 @@ fn phi3_hf_to_gguf_equals_converter_of_peft_merge() {
 /// the wrong length (ValueError there), a yarn rope type, long factors under the default rope
 /// type (NotImplementedError), config.json's and the rope dict's original context disagreeing,
 /// an added token beyond vocab_size (IndexError), tokenizer_config.json without
-/// `tokenizer_class` (KeyError), a GPT2Tokenizer (Phi-4's GPT-2 vocabulary, not yet written for
-/// phi3), no tokenizer.model.
+/// `tokenizer_class` (KeyError), no tokenizer.model (ValueError).
 #[test]
 fn phi3_hf_to_gguf_refusals_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -419,13 +434,6 @@ fn phi3_hf_to_gguf_refusals_write_nothing() {
                 c.as_object_mut().unwrap().remove("tokenizer_class");
             })),
             want: &["tokenizer_config.json", "no `tokenizer_class`"],
-        },
-        Case {
-            config: "config.json",
-            edit: Some(("tokenizer_config.json", |c| {
-                c["tokenizer_class"] = "GPT2Tokenizer".into()
-            })),
-            want: &["tokenizer_config.json", "GPT2Tokenizer (Phi-4)"],
         },
         Case {
             config: "config.json",
