@@ -5,7 +5,9 @@
 //! Gemma / Gemma2 (`GemmaForCausalLM`: `gemma`, `Gemma2ForCausalLM`: `gemma2`; `GemmaModel`,
 //! `Gemma2Model` of `conversion/gemma.py`, their own key lists: no rope keys, Gemma2's
 //! softcapping and sliding-window keys) and text-only Gemma3 (`Gemma3ForCausalLM`: `gemma3`,
-//! [`gemma3`]).
+//! [`gemma3`]), and Phi-3/3.5/4 (`Phi3ForCausalLM`: `phi3`; `Phi3MiniModel` of
+//! `conversion/phi.py`: its own key list, [`phi3_rope`] for the long-rope attention factor and
+//! factor tensors; its vocabulary in `spm` / [`super::vocab`]).
 //!
 //! Ported from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `conversion/base.py`
 //! (`ModelBase.prepare_metadata`: `general.type = model`, `Metadata.set_gguf_meta_model`, then
@@ -20,9 +22,9 @@
 //!
 //! Refused, naming the file: a model card (README.md with a YAML header, which the converter
 //! turns into license/tags/base-model keys lorakit does not write), rope types whose keys or
-//! tensors lorakit does not write (`longrope`, `dynamic`, unknown ones), mixtures of experts,
-//! non-causal models, Phi-3 (`Phi3ForCausalLM`, [`NOT_WRITTEN`]: its adapters and merges into its
-//! GGUF models are mapped, its model from HF weights is not written), Qwen2/Qwen3 embedding models (`modules.json`: pooling keys), Qwen3
+//! tensors lorakit does not write (`longrope` outside Phi-3, `dynamic`, unknown ones), mixtures
+//! of experts, non-causal models, Phi-3 configs its converter fails on or that transformers'
+//! AutoConfig would rewrite ([`phi3_rope`]), Qwen2/Qwen3 embedding models (`modules.json`: pooling keys), Qwen3
 //! rerankers (`Qwen3Model._is_qwen3_reranker`: a `# qwen3-reranker` README heading or the name
 //! in the folder, `_name_or_path` or `model_type`; the converter writes a classifier head and
 //! pooling keys). Must not read weights or write files.
@@ -43,6 +45,7 @@ pub const HF_ARCHITECTURES: &[(&str, &str)] = &[
     ("GemmaForCausalLM", "gemma"),
     ("Gemma2ForCausalLM", "gemma2"),
     ("Gemma3ForCausalLM", "gemma3"),
+    ("Phi3ForCausalLM", "phi3"),
 ];
 
 /// `general.file_type` (gguf-py `LlamaFileType`) of a model whose 2-D weights are `ty`; the
@@ -95,26 +98,9 @@ fn gemma_uint(config: &Json, key: &str, path: &Path) -> InputResult<u32> {
     })
 }
 
-/// Hugging Face architectures whose adapters and merges into GGUF models lorakit maps
-/// ([`super::names`]) but whose GGUF model it does not write from Hugging Face weights: what
-/// the converter writes that lorakit does not.
-const NOT_WRITTEN: &[(&str, &str)] = &[(
-    "Phi3ForCausalLM",
-    "llama.cpp's Phi3MiniModel writes its own padded SentencePiece vocabulary (GPT-2's for Phi-4), \
-     rope.scaling.original_context_length, attention.sliding_window and the long-rope \
-     rope_factors_long/short tensors (conversion/phi.py:44-211), which lorakit does not yet \
-     write; convert the base with convert_hf_to_gguf.py and merge into that file (--base MODEL.gguf)",
-)];
-
 /// The GGUF architecture of config.json's `architectures[0]`, or an error naming it.
 pub fn architecture(config: &Json, path: &Path) -> InputResult<&'static str> {
     let hf = config["architectures"][0].as_str().unwrap_or("");
-    if let Some((_, why)) = NOT_WRITTEN.iter().find(|(a, _)| *a == hf) {
-        return Err(InputError::invalid(
-            path,
-            format!("architecture `{hf}`: no GGUF model output from Hugging Face weights: {why}"),
-        ));
-    }
     HF_ARCHITECTURES
         .iter()
         .find(|(a, _)| *a == hf)
@@ -306,6 +292,207 @@ fn gemma3(config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>>
     Ok(out)
 }
 
+/// Phi-3's rope settings as llama.cpp's `Phi3MiniModel` reads them (`conversion/phi.py`) from
+/// the parameters transformers' `Phi3Config` leaves (`convert_rope_params_to_dict`,
+/// `standardize_rope_params`): the rope dict is `rope_scaling` (when a non-empty object) or
+/// `rope_parameters`, its type `rope_type` or `type` (`su` and `longrope` alike: the converter
+/// gives both the same attention factor), `rope_theta` and `partial_rotary_factor` from the
+/// dict or the top level (the factor 1.0 when absent: the converter's own default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phi3Rope {
+    /// `int(partial_rotary_factor * hidden_size) // num_attention_heads`.
+    pub dims: u32,
+    pub theta: f32,
+    /// `original_max_position_embeddings`.
+    pub original_context: u32,
+    /// `n_positions` or `max_position_embeddings`.
+    pub context: u32,
+    /// The long-rope scaling: `rope.scaling.attn_factor` and the `rope_factors_long/short`
+    /// tensors (`generate_extra_tensors`), when config.json has long factors.
+    pub long: Option<LongRope>,
+}
+
+/// What `Phi3MiniModel.generate_extra_tensors` writes for long-rope scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    /// `sqrt(1 + ln(scale) / ln(original))` for `scale = context / original > 1`, else 1,
+    /// computed in f64 as Python does and stored as f32.
+    pub attn_factor: f32,
+    /// `torch.tensor(long_factor, dtype=torch.float32)`, and the short one.
+    pub long_factor: Vec<f32>,
+    pub short_factor: Vec<f32>,
+}
+
+/// [`Phi3Rope`] of a `Phi3ForCausalLM` config.json, or the refusal naming the key where the
+/// converter would fail (`KeyError`, `ValueError`, `NotImplementedError`) or where transformers'
+/// AutoConfig would fill in or rewrite what lorakit reads raw (`GUESS`).
+pub fn phi3_rope(config: &Json, path: &Path) -> InputResult<Phi3Rope> {
+    let bad = |m: String| InputError::invalid(path, m);
+    let nonempty = |k: &str| {
+        config
+            .get(k)
+            .and_then(Json::as_object)
+            .filter(|o| !o.is_empty())
+    };
+    let rope = match (nonempty("rope_scaling"), nonempty("rope_parameters")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(bad(
+                "both `rope_scaling` and `rope_parameters`, and they differ: transformers takes the first, llama.cpp's converter reading config.json raw the second".into(),
+            ))
+        }
+        (Some(r), _) | (None, Some(r)) => r.clone(),
+        (None, None) => Default::default(),
+    };
+    if rope.contains_key("full_attention") || rope.contains_key("sliding_attention") {
+        return Err(bad(
+            "per-attention-type rope parameters: llama.cpp's Phi-3 converter does not read them"
+                .into(),
+        ));
+    }
+    let at = |k: &str| {
+        rope.get(k)
+            .filter(|v| !v.is_null())
+            .or(config.get(k).filter(|v| !v.is_null()))
+    };
+    let need = |key: &str| gemma_uint(config, key, path);
+    let theta = at("rope_theta")
+        .and_then(Json::as_f64)
+        .ok_or_else(|| bad(format!("`rope_theta` is missing or not a number ({GUESS})")))?;
+    let partial = match at("partial_rotary_factor") {
+        None => 1.0,
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| bad("`partial_rotary_factor` is not a number".into()))?,
+    };
+    let original = need("original_max_position_embeddings")?;
+    if let Some(v) = rope.get("original_max_position_embeddings") {
+        if v.as_u64() != Some(u64::from(original)) {
+            return Err(bad(format!(
+                "the rope parameters' `original_max_position_embeddings` ({v}) differs from config.json's ({original}): transformers and llama.cpp's converter take different ones"
+            )));
+        }
+    }
+    let context = match uint(config, "n_positions") {
+        Some(n) => n,
+        None => need("max_position_embeddings")?,
+    };
+    let n_embd = need("hidden_size")?;
+    let n_head = need("num_attention_heads")?;
+    if n_head == 0 {
+        return Err(bad("`num_attention_heads` is 0".into()));
+    }
+    let dims = ((partial * f64::from(n_embd)).floor() as u32) / n_head;
+    let kind = rope
+        .get("rope_type")
+        .or(rope.get("type"))
+        .and_then(Json::as_str)
+        .unwrap_or("default")
+        .to_lowercase();
+    let factors = |k: &str| -> InputResult<Option<Vec<f32>>> {
+        match rope.get(k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::Array(a)) if a.is_empty() => Ok(None),
+            Some(Json::Array(a)) => a
+                .iter()
+                .map(|x| x.as_f64().map(|x| x as f32))
+                .collect::<Option<Vec<f32>>>()
+                .map(Some)
+                .ok_or_else(|| bad(format!("rope `{k}` is not a list of numbers"))),
+            Some(_) => Err(bad(format!("rope `{k}` is not a list of numbers"))),
+        }
+    };
+    let (long, short) = (factors("long_factor")?, factors("short_factor")?);
+    let long = match (kind.as_str(), long) {
+        ("default" | "longrope" | "su", None) => None,
+        ("default", Some(_)) => {
+            return Err(bad(
+                "rope `long_factor` with rope type `default`: llama.cpp's converter raises NotImplementedError".into(),
+            ))
+        }
+        ("longrope" | "su", Some(long_factor)) => {
+            let short_factor = short.ok_or_else(|| {
+                bad("long-rope scaling without `short_factor` (llama.cpp's converter raises KeyError)".into())
+            })?;
+            if long_factor.len() != short_factor.len() || 2 * long_factor.len() != dims as usize {
+                return Err(bad(format!(
+                    "rope long/short factors of {} and {}: llama.cpp's converter wants rope dimensions / 2 = {} of each",
+                    long_factor.len(),
+                    short_factor.len(),
+                    f64::from(dims) / 2.0
+                )));
+            }
+            let scale = f64::from(context) / f64::from(original);
+            let attn = if scale > 1.0 {
+                (1.0 + scale.ln() / f64::from(original).ln()).sqrt()
+            } else {
+                1.0
+            };
+            Some(LongRope {
+                attn_factor: attn as f32,
+                long_factor,
+                short_factor,
+            })
+        }
+        (t, _) => {
+            return Err(bad(format!(
+                "rope type `{t}`: lorakit writes Phi-3's default and long-rope (`longrope`, `su`) scaling only"
+            )))
+        }
+    };
+    Ok(Phi3Rope {
+        dims,
+        theta: theta as f32,
+        original_context: original,
+        context,
+        long,
+    })
+}
+
+/// `Phi3MiniModel.set_gguf_parameters` (`conversion/phi.py`), which replaces `TextModel`'s: its
+/// keys in its order; `attention.sliding_window` 0 where config.json has none (null or absent,
+/// "to distinguish Phi-4"). `num_key_value_heads` null or absent is `num_attention_heads`
+/// (`Phi3Config.__post_init__`); other keys missing are refused ([`GUESS`]).
+fn phi3(config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>> {
+    let bad = |m: String| InputError::invalid(path, m);
+    let need = |key: &str| gemma_uint(config, key, path);
+    let rope = phi3_rope(config, path)?;
+    let k = |s: &str| format!("phi3.{s}");
+    let n_head = need("num_attention_heads")?;
+    let n_head_kv = match config.get("num_key_value_heads") {
+        None | Some(Json::Null) => n_head,
+        Some(_) => need("num_key_value_heads")?,
+    };
+    let eps = config["rms_norm_eps"].as_f64().ok_or_else(|| {
+        bad(format!(
+            "`rms_norm_eps` is missing or not a number ({GUESS})"
+        ))
+    })?;
+    let sliding = match config.get("sliding_window") {
+        None | Some(Json::Null) => 0,
+        Some(_) => need("sliding_window")?,
+    };
+    Ok(vec![
+        kv_u32(&k("context_length"), rope.context),
+        kv_u32(
+            &k("rope.scaling.original_context_length"),
+            rope.original_context,
+        ),
+        kv_u32(&k("embedding_length"), need("hidden_size")?),
+        kv_u32(&k("feed_forward_length"), need("intermediate_size")?),
+        kv_u32(&k("block_count"), need("num_hidden_layers")?),
+        kv_u32(&k("attention.head_count"), n_head),
+        kv_u32(&k("attention.head_count_kv"), n_head_kv),
+        kv_f32(&k("attention.layer_norm_rms_epsilon"), eps as f32),
+        kv_u32(&k("rope.dimension_count"), rope.dims),
+        kv_f32(&k("rope.freq_base"), rope.theta),
+        kv_u32(
+            "general.file_type",
+            file_type(ty).ok_or_else(|| bad(format!("no llama.cpp file type for {ty}")))?,
+        ),
+        kv_u32(&k("attention.sliding_window"), sliding),
+    ])
+}
+
 /// The GGUF type of a `general.sampling.*` entry.
 #[derive(Clone, Copy)]
 enum Sampling {
@@ -480,6 +667,17 @@ pub fn entries(
         .clone()
         .unwrap_or_else(|| super::modelcard::size_label(params));
     out.push(kv_string("general.size_label", &size));
+    if arch == "phi3" {
+        // generate_extra_tensors runs before the metadata (ModelBase.write: prepare_tensors,
+        // then prepare_metadata), so its attn_factor follows general.architecture, which
+        // GGUFWriter's constructor writes.
+        if let Some(l) = phi3_rope(config, path)?.long {
+            out.insert(1, kv_f32(&k("rope.scaling.attn_factor"), l.attn_factor));
+        }
+        out.extend(phi3(config, path, ty)?);
+        out.push(kv_u32("general.quantization_version", 2));
+        return Ok(out);
+    }
     if arch == "gemma3" {
         out.extend(gemma3(config, path, ty)?);
         out.push(kv_u32("general.quantization_version", 2));

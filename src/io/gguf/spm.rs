@@ -8,6 +8,12 @@
 //! `special` or `does_token_look_special`, else USER_DEFINED with `▁` turned into spaces;
 //! -1000), ids outside `vocab_size` ignored.
 //!
+//! Phi-3 ([`Added::Phi3`]: `Phi3MiniModel.set_vocab`, `conversion/phi.py`, its own copy of that
+//! loop) differs in the added tokens only: `added_tokens_decoder` and then tokenizer.json's
+//! `added_tokens`, each token as written (no `▁` replaced), CONTROL when its `special` is
+//! truthy and USER_DEFINED otherwise (`does_token_look_special` is not consulted), -1000; an id
+//! outside `vocab_size` is an IndexError there and refused here.
+//!
 //! The model file is a protobuf `ModelProto` (sentencepiece `sentencepiece_model.proto`):
 //! field 1 repeated `SentencePiece { piece = 1 (string), score = 2 (float), type = 3 (enum,
 //! NORMAL = 1 by default) }`; other fields are skipped. Must not write files.
@@ -87,18 +93,78 @@ fn looks_special(t: &str) -> bool {
         || (t.starts_with("<unused") && t.ends_with('>'))
 }
 
+/// Which converter's rules for the tokens added on top of the SentencePiece pieces.
+#[derive(Debug, Clone, Copy)]
+pub enum Added<'a> {
+    /// `ModelBase._create_vocab_sentencepiece`.
+    Base,
+    /// `Phi3MiniModel.set_vocab`: tokenizer_config.json's path (for errors) and tokenizer.json
+    /// with its path, if the folder has one.
+    Phi3 {
+        tc_path: &'a Path,
+        tokenizer_json: Option<(&'a Json, &'a Path)>,
+    },
+}
+
+/// Python truthiness of a JSON value (`if foken_data.get("special"):`).
+fn py_truthy(v: &Json) -> bool {
+    match v {
+        Json::Null => false,
+        Json::Bool(b) => *b,
+        Json::Number(n) => n.as_f64() != Some(0.0),
+        Json::String(s) => !s.is_empty(),
+        Json::Array(a) => !a.is_empty(),
+        Json::Object(o) => !o.is_empty(),
+    }
+}
+
+/// `Phi3MiniModel.set_vocab`'s overwrite of one added token.
+fn phi3_added(
+    t: &mut Tokens,
+    id: Option<usize>,
+    d: &Json,
+    file: &Path,
+    what: &str,
+) -> InputResult<()> {
+    let n = t.0.len();
+    let id = id.filter(|&i| i < n).ok_or_else(|| {
+        InputError::invalid(
+            file,
+            format!("{what}: id outside the {n} tokens of config.json's vocab_size (llama.cpp's Phi-3 converter fails with IndexError)"),
+        )
+    })?;
+    let content = d["content"]
+        .as_str()
+        .ok_or_else(|| InputError::invalid(file, format!("{what}: no string `content`")))?;
+    t.0[id] = content.to_owned();
+    t.1[id] = -1000.0;
+    t.2[id] = if d.get("special").is_some_and(py_truthy) {
+        CONTROL
+    } else {
+        USER_DEFINED
+    };
+    Ok(())
+}
+
 /// The tokens, scores and types of `path` (see the module header).
 pub fn tokens(
     path: &Path,
     vocab_size: Option<u64>,
     added_tokens: &Path,
     tc: Option<&Json>,
+    rules: Added,
 ) -> InputResult<Tokens> {
     let bytes = crate::io::read_whole_file(path)?;
     let ps = pieces(&bytes).ok_or_else(|| {
         InputError::invalid(path, "not a SentencePiece model (malformed protobuf)")
     })?;
     let n = vocab_size.map_or(ps.len(), |v| v as usize);
+    if matches!(rules, Added::Phi3 { .. }) && ps.len() > n {
+        return Err(InputError::invalid(
+            path,
+            format!("{} pieces, more than config.json's vocab_size {n} (llama.cpp's Phi-3 converter fails with IndexError)", ps.len()),
+        ));
+    }
     let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
     let mut scores = vec![-10000f32; n];
     let mut types = vec![UNUSED; n];
@@ -121,6 +187,29 @@ pub fn tokens(
             scores[id] = -1000.0;
             types[id] = USER_DEFINED;
         }
+    }
+    if let Added::Phi3 {
+        tc_path,
+        tokenizer_json,
+    } = rules
+    {
+        let mut t = (tokens, scores, types);
+        for (k, d) in tc
+            .and_then(|c| c["added_tokens_decoder"].as_object())
+            .into_iter()
+            .flatten()
+        {
+            let what = format!("added_tokens_decoder entry `{k}`");
+            phi3_added(&mut t, k.parse().ok(), d, tc_path, &what)?;
+        }
+        if let Some((tj, tj_path)) = tokenizer_json {
+            for d in tj["added_tokens"].as_array().into_iter().flatten() {
+                let what = format!("added token {}", d["content"]);
+                let id = d["id"].as_u64().and_then(|i| usize::try_from(i).ok());
+                phi3_added(&mut t, id, d, tj_path, &what)?;
+            }
+        }
+        return Ok(t);
     }
     if let Some(dec) = tc.and_then(|c| c["added_tokens_decoder"].as_object()) {
         for (k, d) in dec {

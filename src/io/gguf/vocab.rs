@@ -18,8 +18,11 @@
 //! model with `byte_fallback` and a `Sequence` decoder in tokenizer.json; every other
 //! tokenizer.json (Llama 3, and Qwen2 always) as the GPT-2 vocabulary of `_set_vocab_gpt2`
 //! ([`super::bpe`]: model `gpt2`, the pre-tokenizer named by its hash, no scores, then
-//! `SpecialVocab(load_merges=True)`: the merges before the special ids). Refused, naming the
-//! file: chat templates given as lists.
+//! `SpecialVocab(load_merges=True)`: the merges before the special ids). Phi-3
+//! (`Phi3MiniModel.set_vocab`, `conversion/phi.py`): tokenizer_config.json's `tokenizer_class`
+//! GPT2Tokenizer (Phi-4) takes that GPT-2 path, anything else the SentencePiece one with Phi-3's
+//! own added-token rules (`spm::Added::Phi3`), no `add_space_prefix`. Refused, naming
+//! the file: chat templates given as lists.
 //!
 //! Special ids (`CONTROL` token type) are those transformers' `all_special_ids` gives for such
 //! a tokenizer: the tokens tokenizer_config.json names as `bos`/`eos`/`unk`/`sep`/`pad`/`cls`/
@@ -149,15 +152,25 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
             out.push(kv_bool("tokenizer.ggml.add_space_prefix", b));
         }
     }
+    // Phi-4 (a GPT2Tokenizer): Phi3MiniModel's _set_vocab_gpt2, whatever else is there.
+    let phi4 = arch == "phi3" && phi3_vocab_kind(tc.as_ref(), &tc_path, &spm_path)?;
     let mut merges = Vec::new();
     // _set_vocab_gpt2's SpecialVocab has no n_vocab: no id is out of range there.
     let mut gpt2 = false;
-    let (tokens, _, _) = if spm_path.is_file() {
+    let (tokens, _, _) = if spm_path.is_file() && !phi4 {
+        let rules = match arch {
+            "phi3" => super::spm::Added::Phi3 {
+                tc_path: &tc_path,
+                tokenizer_json: tj.as_ref().map(|j| (j, tj_path.as_path())),
+            },
+            _ => super::spm::Added::Base,
+        };
         let t = super::spm::tokens(
             &spm_path,
             vocab_size,
             &dir.join("added_tokens.json"),
             tc.as_ref(),
+            rules,
         )?;
         push_model(&mut out, "llama", "default", &t);
         t
@@ -428,6 +441,32 @@ pub fn entries(dir: &Path, arch: &str, pre: Option<&str>) -> InputResult<Vec<Vec
         out.push(kv_bool("tokenizer.ggml.add_space_prefix", false));
     }
     Ok(out)
+}
+
+/// `Phi3MiniModel.set_vocab` (`conversion/phi.py`): tokenizer_config.json's `tokenizer_class`
+/// (read as `tokenizer_config_json['tokenizer_class']`: refused when absent) picks the
+/// vocabulary — GPT-2's for `GPT2Tokenizer` (Phi-4; `true`), else the padded SentencePiece one
+/// of `tokenizer.model` (`false`; refused when the file is missing, as the converter raises).
+fn phi3_vocab_kind(tc: Option<&Json>, tc_path: &Path, spm_path: &Path) -> InputResult<bool> {
+    if let Some(c) = tc {
+        match c.get("tokenizer_class") {
+            None => {
+                return Err(InputError::invalid(
+                    tc_path,
+                    "no `tokenizer_class`: llama.cpp's Phi-3 converter reads it to choose the vocabulary (KeyError)",
+                ))
+            }
+            Some(Json::String(s)) if s == "GPT2Tokenizer" => return Ok(true),
+            Some(_) => {}
+        }
+    }
+    if !spm_path.is_file() {
+        return Err(InputError::invalid(
+            spm_path,
+            "missing: llama.cpp's Phi-3 converter reads the SentencePiece tokenizer.model (or, for Phi-4, tokenizer_config.json's GPT2Tokenizer)",
+        ));
+    }
+    Ok(false)
 }
 
 /// `tokenizer.json`'s `added_tokens` as `(id, content)`.

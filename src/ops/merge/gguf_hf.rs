@@ -6,7 +6,8 @@
 //! The merge itself is the safetensors merge's ([`MergePlan::merged_f32`]: every module,
 //! weight and rule as for a safetensors output, in f32). The layout is the converter's, read
 //! from the llama.cpp tree vendored by llama-cpp-python 0.3.36: `LlamaModel`'s generated
-//! `rope_freqs.weight` first (llama3 rope scaling, [`hparams::rope_freqs`]), then tensors in
+//! `rope_freqs.weight` first (llama3 rope scaling, [`hparams::rope_freqs`]; `Phi3MiniModel`'s
+//! `rope_factors_long/short.weight` for long-rope scaling, [`hparams::phi3_rope`]), then tensors in
 //! the order it reads them (shards by file name, names sorted within each:
 //! `safe_open(…).keys()`), named by gguf-py's tensor map ([`crate::io::gguf::names`]), q/k rows
 //! (and biases) permuted by `LlamaModel.permute` (`conversion/llama.py`; Qwen2 unpermuted),
@@ -23,7 +24,7 @@
 //! `--part I/N` writes a share with a manifest through [`gguf_parts`], the code a GGUF base's
 //! merge writes with, so the parts equal the one-shot output byte for byte.
 //!
-//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3/Gemma/Gemma2/Gemma3 (text), quantized safetensors
+//! Refused at planning: architectures other than Llama/Mistral/Qwen2/Qwen3/Gemma/Gemma2/Gemma3 (text)/Phi-3, quantized safetensors
 //! bases, tensors outside the name map, and what hparams/vocab refuse. Must not write
 //! anything but the planned files (and a part's manifest).
 
@@ -152,24 +153,35 @@ impl HfGgufPlan {
         let mut shards: Vec<&crate::io::SafetensorsFile> = merge.base.shards.iter().collect();
         shards.sort_by(|a, b| a.path().file_name().cmp(&b.path().file_name()));
         let mut tensors = Vec::new();
-        // LlamaModel.generate_extra_tensors comes before the model's tensors.
+        // generate_extra_tensors comes before the model's tensors: LlamaModel's rope_freqs,
+        // Phi3MiniModel's long-rope factors (long, then short).
+        let mut extra = Vec::new();
         if arch == "llama" {
             if let Some(v) = hparams::rope_freqs(&config, &config_path)? {
-                tensors.push(Planned {
-                    hf: String::new(),
-                    out: OutTensor {
-                        name: "rope_freqs.weight".into(),
-                        dims: vec![v.len() as u64],
-                        ty: GgmlType::F32,
-                    },
-                    permute: None,
-                    norm_shift: None,
-                    rows: v.len(),
-                    cols: 1,
-                    generated: Some(v),
-                    fallback_from: None,
-                });
+                extra.push(("rope_freqs.weight", v));
             }
+        }
+        if arch == "phi3" {
+            if let Some(l) = hparams::phi3_rope(&config, &config_path)?.long {
+                extra.push(("rope_factors_long.weight", l.long_factor));
+                extra.push(("rope_factors_short.weight", l.short_factor));
+            }
+        }
+        for (name, v) in extra {
+            tensors.push(Planned {
+                hf: String::new(),
+                out: OutTensor {
+                    name: name.into(),
+                    dims: vec![v.len() as u64],
+                    ty: GgmlType::F32,
+                },
+                permute: None,
+                norm_shift: None,
+                rows: v.len(),
+                cols: 1,
+                generated: Some(v),
+                fallback_from: None,
+            });
         }
         for f in shards {
             let mut ns: Vec<&str> = f.tensors().iter().map(|t| t.name.as_str()).collect();

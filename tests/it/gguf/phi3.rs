@@ -2,13 +2,13 @@
 //! converters, whose outputs fixtures/gen/gguf_phi3.py committed under fixtures/gguf/llamacpp/
 //! (llama.cpp as vendored by llama-cpp-python 0.3.36): `convert --to gguf` against
 //! `convert_lora_to_gguf.py`, `merge --base X.gguf` (F32 and Q8_0 `keep`) against
-//! `convert_hf_to_gguf.py` of PEFT's merge_and_unload, and the refusal of a Phi-3 GGUF model
-//! output from Hugging Face weights, which lorakit does not write.
+//! `convert_hf_to_gguf.py` of PEFT's merge_and_unload, and `merge --base HF_FOLDER --out X.gguf`
+//! (F32, Q8_0, long-rope scaling) against `convert_hf_to_gguf.py` of PEFT's merge_and_unload.
 //!
 //! Phi-3 stores q/k/v fused as `self_attn.qkv_proj` (GGUF `attn_qkv`) and gate/up fused as
 //! `mlp.gate_up_proj` (GGUF `ffn_up`); llama.cpp's converters write both whole, unpermuted.
 
-use super::arch::{adapter_deltas, compare_with_llama_cpp, relabelled_merge_error};
+use super::arch::{adapter_deltas, compare_with_llama_cpp};
 use super::variants::{gguf_python, requantized_by_gguf_py, tensors};
 use super::*;
 
@@ -209,42 +209,16 @@ fn phi3_q8_0_keep_is_gguf_py_quantize_of_the_f32_merge() {
     }
 }
 
-/// `merge --base HF_FOLDER --out x.gguf` of a `Phi3ForCausalLM` folder (the fixture Qwen3's
-/// weights under a Phi-3 config.json: the refusal comes from config.json, before any weight is
-/// read) is refused in one line naming config.json and what llama.cpp's `Phi3MiniModel` writes
-/// that lorakit does not, and nothing is written.
-#[test]
-fn phi3_hf_to_gguf_is_refused_naming_what_is_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    let line = relabelled_merge_error(dir.path(), "phi", "Phi3ForCausalLM");
-    assert_mentions(
-        &line,
-        &[
-            "phi/config.json",
-            "architecture `Phi3ForCausalLM`: no GGUF model output from Hugging Face weights",
-            "rope_factors_long/short",
-            "--base MODEL.gguf",
-        ],
-    );
-    assert_eq!(listing(dir.path()), ["phi"]);
-}
-
-/// `check --target llama.cpp --base HF_FOLDER` on the Phi-3 adapters agrees with what llama.cpp's
-/// converter was measured to do above: the one-alpha LoRA loads and every module is applied
-/// (exit 0); with patterns, only layer 1's down_proj (alpha_pattern) is flagged
-/// `llama.cpp.scale` — the rank_pattern module is not, as llama.cpp scales by alpha / each
-/// tensor's rank — (exit 1). The base folder holds the fixture Phi-3's weights under their Hugging
-/// Face names (read back from llama.cpp's F32 GGUF through the `phi3` table), so every module
-/// lands on its exact tensor; `convert --to gguf` onto that folder (which decides tied-ness from
-/// the weights: `lm_head.weight` present) writes the same tensors, bytes and metadata (bar
-/// lorakit's provenance, which names the base) as onto config.json alone.
-#[test]
-fn phi3_check_llama_cpp_verdicts_agree_with_the_converter() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("hf_phi3");
-    std::fs::create_dir(&base).unwrap();
+/// The fixture Phi-3 as a Hugging Face folder `dir/hf_phi3` (the converter's folder name, which
+/// gives `general.name`): fixture config `config` (a file of fixtures/gguf/hf_phi3) as
+/// config.json and the weights under their Hugging Face names, read back from llama.cpp's F32
+/// GGUF of the base through the `phi3` table (`convert_hf_to_gguf.py --outtype f32` stores them
+/// unpermuted, unsplit and unrounded: the same f32 values as the folder the generator saved).
+fn hf_phi3_folder(dir: &Path, config: &str) -> PathBuf {
+    let base = dir.join("hf_phi3");
+    std::fs::create_dir_all(&base).unwrap();
     std::fs::copy(
-        fixture("gguf/hf_phi3/config.json"),
+        fixture(&format!("gguf/hf_phi3/{config}")),
         base.join("config.json"),
     )
     .unwrap();
@@ -262,6 +236,251 @@ fn phi3_check_llama_cpp_verdicts_agree_with_the_converter() {
         .collect();
     assert!(weights.contains_key("model.layers.1.mlp.gate_up_proj.weight"));
     write_tensors(&base.join("model.safetensors"), &weights);
+    base
+}
+
+/// `merge --base HF_FOLDER --adapter lora --out X.gguf` of the fixture Phi-3 (with the
+/// SentencePiece tokenizer of fixtures/gguf/hf_spm: 104 pieces padded to config.json's 128,
+/// added_tokens.json, added_tokens_decoder with a special and a non-special `<|…|>` token)
+/// against `convert_hf_to_gguf.py` of PEFT's merge_and_unload of the same adapter:
+/// - `--outtype f32`, default rope (no sliding window: `attention.sliding_window` 0);
+/// - `--outtype q8_0`, the same model, and with a tokenizer.json beside the SentencePiece files
+///   (fixtures/gguf/hf_phi3/tokenizer: its added tokens override id 103 with a special token,
+///   make 101 special and fill padding slot 110 with a non-special `▁user▁`, kept as written),
+///   and with Phi-4's kind of vocabulary (tokenizer_config.json's `tokenizer_class`
+///   GPT2Tokenizer: the GPT-2 vocabulary of the byte-level BPE fixture tokenizer, its merges);
+/// - `--outtype f32` with long-rope scaling (partial rotary factor 0.5: 8 rope dimensions,
+///   4 long and 4 short factors, context 256 over 64: `rope.scaling.attn_factor`, sliding
+///   window 48) in each of its three config.json forms (transformers 5's `rope_parameters`, the
+///   older `rope_scaling` longrope and `su`), which the converter turns into the same file.
+///
+/// Each: every metadata key and value of the converter's file equal, in the same order (the
+/// model-card keys too: the folder has the converter's folder name, and no README), then
+/// lorakit's three provenance keys; the same tensors in the same order (the generated
+/// `rope_factors_long/short.weight` first, F32), names, dims and types; every tensor no adapter
+/// touches byte for byte (the factors, norms, embeddings and output, Q8_0 ones included). The
+/// 8 merged weights are two f32 merges of the same inputs: PEFT's `W + (B @ A) * s` runs torch's
+/// sgemm, which fuses products into multiply-adds, where lorakit rounds every product
+/// (`backend::MergeJob`), so about a third of their elements differ in the last bits (measured:
+/// at most 5.6e-8 relative per tensor); asserted within 1e-6 relative per tensor in f32, within
+/// one Q8_0 step (block amax / 127) per element in Q8_0. And every Q8_0 tensor is byte for byte
+/// gguf-py's `quants.quantize` of lorakit's own f32 output of the same merge
+/// (fixtures/gen/check_gguf_requant.py; skipped loudly without Python, [`gguf_python`]).
+#[test]
+fn phi3_hf_to_gguf_equals_converter_of_peft_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let py = gguf_python();
+    let adapter = fixture("gguf/hf_phi3/lora");
+    // The tokenizer files of each case: the SentencePiece fixture; the same with a tokenizer.json;
+    // Phi-4's kind (the byte-level BPE fixture tokenizer, no tokenizer.model, a
+    // tokenizer_config.json saying GPT2Tokenizer; its pre-tokenizer named as the generator did).
+    let spm: &[(&str, &str)] = &[
+        ("hf_spm", "tokenizer.model"),
+        ("hf_spm", "tokenizer_config.json"),
+        ("hf_spm", "added_tokens.json"),
+    ];
+    let with_json = &[spm, &[("hf_phi3/tokenizer", "tokenizer.json")]].concat();
+    let gpt2: &[(&str, &str)] = &[
+        ("hf_qwen2", "tokenizer.json"),
+        ("hf_qwen2", "chat_template.jinja"),
+        ("hf_phi3/gpt2", "tokenizer_config.json"),
+    ];
+    let (f32, both, q8) = (&["f32"][..], &["f32", "q8_0"][..], &["q8_0"][..]);
+    let long = "hf_phi3_longrope_lora";
+    for (config, tokenizer, outtypes, reference) in [
+        ("config.json", spm, both, "hf_phi3_lora"),
+        (
+            "config.json",
+            &with_json[..],
+            q8,
+            "hf_phi3_lora_tokenizer_json",
+        ),
+        ("config.json", gpt2, q8, "hf_phi3_lora_gpt2"),
+        ("longrope.config.json", spm, f32, long),
+        ("rope_scaling.config.json", spm, f32, long),
+        ("su.config.json", spm, f32, long),
+    ] {
+        let case = dir.path().join(reference).join(config);
+        let base = hf_phi3_folder(&case, config);
+        for (from, f) in tokenizer {
+            std::fs::copy(fixture(&format!("gguf/{from}/{f}")), base.join(f)).unwrap();
+        }
+        let pre: &[&str] = if tokenizer == gpt2 {
+            &["--gguf-tokenizer-pre", "qwen2"]
+        } else {
+            &[]
+        };
+        for &outtype in outtypes {
+            let label = format!("{reference} {config} {outtype}");
+            let reference = format!("{reference}.{outtype}.gguf");
+            let out = case.join(&reference);
+            let v = merge_json(
+                &base,
+                &adapter,
+                &out,
+                &[&["--outtype", outtype], pre].concat(),
+            );
+            assert_eq!(v["architecture"], "phi3", "{label}");
+            let mut merged = merged_names(&v);
+            merged.sort_unstable();
+            assert_eq!(merged, TARGETS, "{label}");
+            let ty = GgmlType::from_name(outtype).unwrap();
+            assert_tensors_equal_converter(&out, &reference, &v, 8, |a, x, y| {
+                assert_eq!(a.ty, ty, "{label} {}", a.name);
+                if ty == GgmlType::F32 {
+                    let e = rel_err(x, y);
+                    assert!(e <= 1e-6, "{label} {}: {e:e}", a.name);
+                    return;
+                }
+                for (i, (p, q)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+                    let step = p.iter().chain(q).fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    for (a_, b) in p.iter().zip(q) {
+                        assert!((a_ - b).abs() <= step, "{label} {} block {i}", a.name);
+                    }
+                }
+            });
+            let ours = tensors(&out);
+            let extra = usize::from(reference.starts_with(long)) * 2;
+            assert_eq!(ours.len(), 15 + extra, "{label}");
+            if extra > 0 {
+                assert_eq!(ours["rope_factors_long.weight"].2, [1.0, 1.25, 2.5, 7.75]);
+                assert_eq!(ours["rope_factors_short.weight"].0, GgmlType::F32);
+            }
+            if ty != GgmlType::F32 {
+                let f32_out = case.join("f32.gguf");
+                merge_json(
+                    &base,
+                    &adapter,
+                    &f32_out,
+                    &[&["--outtype", "f32"], pre].concat(),
+                );
+                let quantized = ours.values().filter(|t| t.0 == ty).count();
+                assert_eq!(quantized, 10, "{label}: every matrix in {ty}");
+                if let Some(py) = &py {
+                    let checked = requantized_by_gguf_py(py, &f32_out, &out, &label);
+                    assert_eq!(checked.len(), quantized, "{label}: {checked:?}");
+                }
+            }
+        }
+    }
+}
+
+/// What llama.cpp's Phi-3 converter would fail on, or write in a way lorakit does not, is
+/// refused in one line naming the file and the key, and nothing is written: long factors of
+/// the wrong length (ValueError there), a yarn rope type, long factors under the default rope
+/// type (NotImplementedError), config.json's and the rope dict's original context disagreeing,
+/// an added token beyond vocab_size (IndexError), tokenizer_config.json without
+/// `tokenizer_class` (KeyError), no tokenizer.model (ValueError).
+#[test]
+fn phi3_hf_to_gguf_refusals_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    /// A fixture config, the folder file to edit (`None`: delete tokenizer.model) and the edit,
+    /// and what the error line must say.
+    type Edit = fn(&mut serde_json::Value);
+    struct Case {
+        config: &'static str,
+        edit: Option<(&'static str, Edit)>,
+        want: &'static [&'static str],
+    }
+    let long = "longrope.config.json";
+    let cases = [
+        Case {
+            config: long,
+            edit: Some(("config.json", |c| {
+                c["rope_parameters"]["long_factor"] = serde_json::json!([1.0, 2.0])
+            })),
+            want: &[
+                "config.json",
+                "long/short factors of 2 and 4",
+                "rope dimensions / 2 = 4",
+            ],
+        },
+        Case {
+            config: long,
+            edit: Some(("config.json", |c| {
+                c["rope_parameters"]["rope_type"] = "yarn".into()
+            })),
+            want: &["config.json", "rope type `yarn`"],
+        },
+        Case {
+            config: long,
+            edit: Some(("config.json", |c| {
+                c["rope_parameters"]["rope_type"] = "default".into()
+            })),
+            want: &["config.json", "`long_factor` with rope type `default`"],
+        },
+        Case {
+            config: long,
+            edit: Some(("config.json", |c| {
+                c["original_max_position_embeddings"] = 32.into()
+            })),
+            want: &[
+                "config.json",
+                "`original_max_position_embeddings` (64) differs from config.json's (32)",
+            ],
+        },
+        Case {
+            config: "config.json",
+            edit: Some(("config.json", |c| c["vocab_size"] = 102.into())),
+            want: &[
+                "tokenizer_config.json",
+                "added_tokens_decoder entry `102`",
+                "IndexError",
+            ],
+        },
+        Case {
+            config: "config.json",
+            edit: Some(("tokenizer_config.json", |c| {
+                c.as_object_mut().unwrap().remove("tokenizer_class");
+            })),
+            want: &["tokenizer_config.json", "no `tokenizer_class`"],
+        },
+        Case {
+            config: "config.json",
+            edit: None,
+            want: &["tokenizer.model", "missing"],
+        },
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        let case = dir.path().join(i.to_string());
+        let base = hf_phi3_folder(&case, c.config);
+        for f in [
+            "tokenizer.model",
+            "tokenizer_config.json",
+            "added_tokens.json",
+        ] {
+            std::fs::copy(fixture(&format!("gguf/hf_spm/{f}")), base.join(f)).unwrap();
+        }
+        match c.edit {
+            Some((file, edit)) => edit_json(base.join(file), edit),
+            None => std::fs::remove_file(base.join("tokenizer.model")).unwrap(),
+        }
+        let before = listing(&case);
+        let out = case.join("out.gguf");
+        let line = one_line_error(&run_err(merge_args(
+            &base,
+            &fixture("gguf/hf_phi3/lora"),
+            &out,
+            &[],
+        )));
+        assert_mentions(&line, c.want);
+        assert_eq!(listing(&case), before, "{i}: {line}");
+    }
+}
+
+/// `check --target llama.cpp --base HF_FOLDER` on the Phi-3 adapters agrees with what llama.cpp's
+/// converter was measured to do above: the one-alpha LoRA loads and every module is applied
+/// (exit 0); with patterns, only layer 1's down_proj (alpha_pattern) is flagged
+/// `llama.cpp.scale` — the rank_pattern module is not, as llama.cpp scales by alpha / each
+/// tensor's rank — (exit 1). The base folder holds the fixture Phi-3's weights under their Hugging
+/// Face names (read back from llama.cpp's F32 GGUF through the `phi3` table), so every module
+/// lands on its exact tensor; `convert --to gguf` onto that folder (which decides tied-ness from
+/// the weights: `lm_head.weight` present) writes the same tensors, bytes and metadata (bar
+/// lorakit's provenance, which names the base) as onto config.json alone.
+#[test]
+fn phi3_check_llama_cpp_verdicts_agree_with_the_converter() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = hf_phi3_folder(dir.path(), "config.json");
     for (case, code, flagged) in [
         ("lora", 0, &[][..]),
         ("patterns", 1, &["model.layers.1.mlp.down_proj"][..]),
