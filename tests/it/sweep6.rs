@@ -1,0 +1,23 @@
+//! What the sweeps with seeds 21/22 and wider draws found (fixtures/gen/sweep6_fixtures.py),
+//! each against the real library's own output.
+
+use super::common::*;
+
+/// PEFT's `all-linear` on a Mixtral with `target_parameters` (the MoE expansion PEFT 0.21.2
+/// writes: bare `down_proj`/`gate_up_proj` beside `gate.weight` and `mlp.experts.down_proj`)
+/// merges as PEFT's merge_and_unload: the router's 2-D `mlp.gate.weight` wrapper lands on
+/// `block_sparse_moe.gate.weight` (transformers saves Mixtral under `.block_sparse_moe.`), the
+/// experts on their per-expert tensors, q/k/v/o as plain LoRA. Within 1e-6 relative (PEFT's
+/// einsum fuses a multiply-add lorakit does not; tests/it/peft_moe.rs). Before the fix lorakit
+/// refused the file: it read the bare targets as parameters of every module.
+#[test]
+fn mixtral_all_linear_target_parameters_match_peft() {
+    let (_dir, out) = scratch("out");
+    let base = fixture("moe/mixtral/base");
+    let adapter = fixture("sweep6/mixtral_all_linear");
+    run_ok(merge_args(&base, &adapter, &out, &["--device", "cpu"]));
+    let peft = read(&fixture("sweep6/mixtral_all_linear_merged.safetensors"));
+    let n = assert_matches_reference(&read_checkpoint(&out), &read_checkpoint(&base), &peft, 1e-6);
+    // 4 experts × w1/w2/w3, the router, q/k/v/o.
+    assert_eq!(n, 17);
+}
