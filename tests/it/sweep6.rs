@@ -21,3 +21,24 @@ fn mixtral_all_linear_target_parameters_match_peft() {
     // 4 experts × w1/w2/w3, the router, q/k/v/o.
     assert_eq!(n, 17);
 }
+
+/// A DoRA file in diffusers' older names (`convert_state_dict_to_diffusers`: factors
+/// `.lora.down/.lora.up`, the magnitude still `lora_magnitude_vector`), which diffusers 0.42.1
+/// loads whole and fuses: lorakit merges it to diffusers' fused weights (f32, within 1e-6
+/// relative). Before the fix lorakit refused it ("mixes lora-dot-up and peft names").
+#[test]
+fn diffusers_old_names_with_dora_magnitude_match_diffusers() {
+    let (_dir, out) = scratch("out");
+    let base = fixture("sweep6/unet_old_dora/base");
+    let adapter = fixture("sweep6/unet_old_dora/lora.safetensors");
+    run_ok(merge_args(&base, &adapter, &out, &["--device", "cpu"]));
+    let fused = read(&fixture("sweep6/unet_old_dora/fused.safetensors"));
+    let n = assert_matches_reference(
+        &read_checkpoint(&out),
+        &read_checkpoint(&base),
+        &fused,
+        1e-6,
+    );
+    assert_eq!(n, fused.len());
+    assert!(n >= 16, "to_out.0 and conv2 of every block: {n}");
+}
