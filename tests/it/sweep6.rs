@@ -42,3 +42,29 @@ fn diffusers_old_names_with_dora_magnitude_match_diffusers() {
     assert_eq!(n, fused.len());
     assert!(n >= 16, "to_out.0 and conv2 of every block: {n}");
 }
+
+/// `trainable_token_indices` as a list targets the model's input embedding whatever it is called
+/// (PEFT's `_get_input_embeddings_name`): on GPT-NeoX the file holds
+/// `gpt_neox.embed_in.token_adapter.trainable_tokens_delta`, and PEFT's merge copies its rows
+/// into `gpt_neox.embed_in.weight`. Before the fix lorakit took a list for `embed_tokens` only
+/// and refused the file (the delta matched no base tensor). The copied rows are exact; the
+/// LoRA on dense_4h_to_h within 1e-6 relative.
+#[test]
+fn trainable_tokens_list_on_another_embedding_name_match_peft() {
+    let (_dir, out) = scratch("out");
+    let base = fixture("sweep6/neox_tokens/base");
+    let adapter = fixture("sweep6/neox_tokens/adapter");
+    run_ok(merge_args(&base, &adapter, &out, &["--device", "cpu"]));
+    let peft = read(&fixture("sweep6/neox_tokens/merged.safetensors"));
+    let got = read_checkpoint(&out);
+    assert_eq!(
+        assert_matches_reference(&got, &read_checkpoint(&base), &peft, 1e-6),
+        2
+    );
+    let emb = "gpt_neox.embed_in.weight";
+    assert_eq!(
+        got[emb].f32(),
+        peft[emb].f32(),
+        "{emb}: rows copied exactly"
+    );
+}
