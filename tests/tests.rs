@@ -85,4 +85,6 @@ mod it {
     pub mod recipe;
     /// Independent float64 references (Jacobi SVD, best rank-r, relative errors).
     pub mod reference;
+    /// What the sweeps with seeds 21/22 and wider draws found (fixtures/sweep6).
+    pub mod sweep6;
 }

@@ -76,9 +76,12 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                 format!("tensor `{key}`: not a LoRA/LyCORIS tensor (no known suffix such as .lora_down.weight, .hada_w1_a, .lokr_w1, .diff, .alpha)"),
             ));
         };
-        // `alpha` and `dora_scale` go with any spelling of the factors (ComfyUI reads them
-        // beside every one); the factors of one module must be spelled one way.
-        if !matches!(role, "alpha" | "dora_scale") {
+        // `alpha` and the DoRA magnitude go with any spelling of the factors (ComfyUI reads
+        // them beside every one; diffusers' `convert_state_dict_to_diffusers` renames a DoRA
+        // file's factors to `.lora.up/.lora.down` and keeps `lora_magnitude_vector`, and
+        // diffusers 0.42.1 loads and fuses that); the factors of one module must be spelled
+        // one way.
+        if !matches!(role, "alpha" | "dora_scale" | "lora_magnitude_vector") {
             let first = *namings.entry(module.clone()).or_insert(naming);
             if first != naming {
                 return Err(InputError::invalid(

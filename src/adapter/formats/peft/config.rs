@@ -273,15 +273,17 @@ pub fn tokens_module(name: &str) -> Option<&str> {
     name.strip_suffix(TOKENS_SUFFIX)
 }
 
-/// The token indices `trainable_token_indices` gives a module: a list targets the input
-/// embedding (`embed_tokens`); a dict maps a module name (PEFT matches it as a name suffix) to
-/// its list (PEFT 0.21.2 `tuners/lora/config.py` `LoraConfig.trainable_token_indices`).
+/// The token indices `trainable_token_indices` gives a module: a list targets the model's input
+/// embedding, whatever it is called (PEFT 0.21.2 `utils/other.py` `_get_input_embeddings_name`:
+/// `embed_tokens`, GPT-NeoX's `gpt_neox.embed_in`, GPT-2's `transformer.wte`), which is the
+/// module the file's token adapter names; a dict maps a module name (PEFT matches it as a name
+/// suffix) to its list (`tuners/lora/config.py` `LoraConfig.trainable_token_indices`).
 pub fn token_indices(cfg: Option<&Value>, module: &str) -> Option<Vec<u64>> {
     let v = cfg?.get("trainable_token_indices")?;
     let list =
         |v: &Value| -> Option<Vec<u64>> { v.as_array()?.iter().map(|x| x.as_u64()).collect() };
     match v {
-        Value::Array(_) if module.rsplit('.').next() == Some("embed_tokens") => list(v),
+        Value::Array(_) => list(v),
         Value::Object(o) => o.iter().find_map(|(k, ids)| {
             let hit = module == k
                 || module

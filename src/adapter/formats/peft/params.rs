@@ -81,26 +81,43 @@ pub fn parse_expert(name: &str) -> Option<(&str, usize, usize)> {
     (e < n && !param.is_empty()).then_some((param, e, n))
 }
 
-/// The parameters `target_parameters` selects on module `module` (PEFT: the key
-/// `{module}.{param}` equals a target or ends with `.{target}`), each once.
-fn targeted_params(raw: &Value, module: &str) -> Vec<String> {
+/// The parameters `target_parameters` may select on module `module` (PEFT: the key
+/// `{module}.{param}` of a parameter the module has equals a target or ends with `.{target}`),
+/// each once: `(named, bare)`. A dotted target (`gate.weight`, `mlp.experts.down_proj`) names
+/// the module, so it selects its parameter here; a bare one (`down_proj`, as PEFT's own
+/// `all-linear` expansion for MoE models writes them) selects that parameter on every module
+/// that has one, which the adapter file does not say: it is only a candidate.
+fn targeted_params(raw: &Value, module: &str) -> (Vec<String>, Vec<String>) {
     let Some(list) = raw.get("target_parameters").and_then(Value::as_array) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    let mut out: Vec<String> = Vec::new();
+    let (mut named, mut bare): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     for t in list.iter().filter_map(Value::as_str) {
-        let p = t.rsplit('.').next().unwrap_or(t);
-        let key = format!("{module}.{p}");
-        if (key == t || key.ends_with(&format!(".{t}"))) && !out.iter().any(|x| x == p) {
-            out.push(p.to_owned());
+        match t.rsplit_once('.') {
+            Some((_, p)) => {
+                let key = format!("{module}.{p}");
+                if (key == t || key.ends_with(&format!(".{t}"))) && !named.iter().any(|x| x == p) {
+                    named.push(p.to_owned());
+                }
+            }
+            None if !bare.iter().any(|x| x == t) => bare.push(t.to_owned()),
+            None => {}
         }
     }
-    out
+    bare.retain(|p| !named.contains(p));
+    (named, bare)
 }
 
 /// Which saved module names of a PEFT LoRA file are ParamWrappers, and of which parameter
 /// (`{module}.{param}`): PEFT's nesting resolved as the module header describes. Modules the
 /// config's `target_parameters` does not select are left out (ordinary `target_modules`).
+///
+/// A module holding `k` nested wrappers wraps `k` of the parameters [`targeted_params`] finds:
+/// all of them when they are `k`; the named ones when those are `k` (the bare targets name
+/// parameters of other modules, e.g. the experts' `down_proj` beside the router's
+/// `gate.weight`); none when the module holds one wrapper, no target names it and several bare
+/// ones could (an ordinary `target_modules` module: PEFT refuses to wrap a parameter of a module
+/// it already adapted, `_inject_parameters`). Anything else is refused.
 pub fn wrappers<'a>(
     path: &Path,
     raw: &Value,
@@ -116,8 +133,17 @@ pub fn wrappers<'a>(
     }
     let mut out = BTreeMap::new();
     for (module, ds) in depths {
-        let mut params = targeted_params(raw, &module);
+        let (named, bare) = targeted_params(raw, &module);
         let nested = ds.iter().any(|&d| d > 0);
+        let k = ds.len();
+        let all = || named.iter().chain(&bare).cloned().collect::<Vec<_>>();
+        let mut params = if named.len() == k {
+            named.clone()
+        } else if named.len() + bare.len() == k || nested || !named.is_empty() {
+            all()
+        } else {
+            Vec::new()
+        };
         if params.is_empty() {
             if nested {
                 return Err(InputError::invalid(path, format!("module `{module}`: nested `.base_layer` adapter tensors, but `target_parameters` selects no parameter of it")));
@@ -125,12 +151,12 @@ pub fn wrappers<'a>(
             continue;
         }
         let err = |m: String| InputError::invalid(path, format!("module `{module}`: {m}"));
-        if ds.len() != params.len() || ds.iter().next_back() != Some(&(params.len() - 1)) {
+        if k != params.len() || ds.iter().next_back() != Some(&(params.len() - 1)) {
             return Err(err(format!(
                 "`target_parameters` selects {} parameter(s) ({}) but the file holds {} nested ParamWrapper(s)",
                 params.len(),
                 params.join(", "),
-                ds.len()
+                k
             )));
         }
         if params.len() > 1 {
@@ -316,6 +342,21 @@ const SPLIT_LAYOUTS: &[SplitLayout] = &[
 /// tensor per expert it becomes the plain modules of those tensors. The expert count must be
 /// the base's. Expert modules that fit neither are left for the name matcher to report.
 pub fn fit_to_base(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()> {
+    // A 2-D parameter wrapped alone is read as a plain module (`Expanded::Plain`); on a Mixtral
+    // base (saved under `.block_sparse_moe.`, transformers' `mixtral` converter renaming it to
+    // `.mlp.` on load) the router `mlp.gate.weight` that PEFT's `all-linear` expansion targets
+    // is on disk as `block_sparse_moe.gate.weight`.
+    for m in &mut adapter.modules {
+        if parse_expert(&m.name).is_some() || base.contains(&format!("{}.weight", m.name)) {
+            continue;
+        }
+        if let Some((from, to)) = SPLIT_LAYOUTS.iter().find_map(|l| l.0) {
+            let renamed = m.name.replacen(from, to, 1);
+            if renamed != m.name && base.contains(&format!("{renamed}.weight")) {
+                m.name = renamed;
+            }
+        }
+    }
     if !adapter
         .modules
         .iter()
@@ -518,6 +559,24 @@ mod tests {
             assert_eq!(w[&format!("{m}.base_layer")], format!("{m}.gate_up_proj"));
             assert_eq!(w.len(), 2, "q_proj is an ordinary module");
         }
+    }
+
+    /// PEFT's `all-linear` MoE expansion (fixtures/sweep6/mixtral_all_linear): bare targets
+    /// beside named ones select a parameter only where the file holds its wrapper.
+    #[test]
+    fn bare_targets_beside_named_ones() {
+        let cfg = json!({ "target_parameters":
+            ["gate_up_proj", "gate.weight", "down_proj", "mlp.experts.down_proj"] });
+        let (m, g, q) = (
+            "model.layers.0.mlp.experts",
+            "model.layers.0.mlp.gate",
+            "model.layers.0.self_attn.q_proj",
+        );
+        let w = resolve(cfg, &[m, &format!("{m}.base_layer"), g, q]).unwrap();
+        assert_eq!(w[m], format!("{m}.down_proj"));
+        assert_eq!(w[&format!("{m}.base_layer")], format!("{m}.gate_up_proj"));
+        assert_eq!(w[g], format!("{g}.weight"));
+        assert_eq!(w.len(), 3, "q_proj is an ordinary module");
     }
 
     #[test]
