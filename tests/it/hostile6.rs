@@ -218,6 +218,32 @@ fn fan_in_fan_out_on_a_linear_model_merges_as_peft_does() {
 /// [`fan_in_fan_out_on_a_linear_model_merges_as_peft_does`] with `qv_r8`, or with its q_proj
 /// modules only (square: no shape check can tell the transpose).
 fn fan_in_fan_out_merge_checked(q_only: bool) {
+    fan_in_fan_out_merge_into(q_only, &fixture("llama/base"), false);
+}
+
+/// A composite model whose config.json names a `Conv1D` family below its top level (ViT-GPT2's
+/// `vision-encoder-decoder` with a `gpt2` decoder): PEFT keeps `fan_in_fan_out` on each Conv1D
+/// layer, so lorakit keeps the adapter's transposed merge there (the reset would merge the
+/// square `c_proj` of such a decoder untransposed).
+#[test]
+fn fan_in_fan_out_is_kept_where_a_nested_config_names_a_conv1d_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    for f in std::fs::read_dir(fixture("llama/base")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, base.join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg = base.join("config.json");
+    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    j["decoder"] = serde_json::json!({"model_type": "gpt2"});
+    std::fs::write(&cfg, j.to_string()).unwrap();
+    fan_in_fan_out_merge_into(true, &base, true);
+}
+
+/// Merges `qv_r8` with `fan_in_fan_out: true` (q_proj only, or q and v) into `base` and compares
+/// with W0 + s·ΔW in f64, ΔW transposed where `transposed`.
+fn fan_in_fan_out_merge_into(q_only: bool, base_dir: &Path, transposed: bool) {
     let dir = tempfile::tempdir().unwrap();
     let qv = qv_with_config(dir.path(), |j| {
         j["fan_in_fan_out"] = true.into();
@@ -232,7 +258,7 @@ fn fan_in_fan_out_merge_checked(q_only: bool) {
         write_tensors(&file, &t);
     }
     let out = dir.path().join("o");
-    merge_ok(&fixture("llama/base"), &qv, &out, &["--quiet"]);
+    merge_ok(base_dir, &qv, &out, &["--quiet"]);
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(qv.join("adapter_config.json")).unwrap()).unwrap();
     let scale = cfg["lora_alpha"].as_f64().unwrap() / cfg["r"].as_f64().unwrap();
@@ -248,7 +274,11 @@ fn fan_in_fan_out_merge_checked(q_only: bool) {
         assert_eq!(base[&w].shape, [o, i]);
         let want: Vec<f32> = (0..o * i)
             .map(|x| {
-                let (row, col) = (x / i, x % i);
+                let (row, col) = match transposed {
+                    // ΔWᵀ on the square weight: element (row, col) is ΔW's (col, row).
+                    true => (x % i, x / i),
+                    false => (x / i, x % i),
+                };
                 let d: f64 = (0..r)
                     .map(|k| bv[row * r + k] as f64 * av[k * i + col] as f64)
                     .sum();
@@ -257,4 +287,23 @@ fn fan_in_fan_out_merge_checked(q_only: bool) {
             .collect();
         assert_f32_close(&w, &got[&w].f32(), &want, &w0);
     }
+}
+
+/// The same reset into a GGUF base (llama.cpp's `llama`, converted from Linear layers): a
+/// `fan_in_fan_out: true` copy of `qv_r8` merges to the same tensors as `qv_r8` itself.
+#[test]
+fn fan_in_fan_out_on_a_gguf_llama_base_merges_as_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = qv_with_config(dir.path(), |j| j["fan_in_fan_out"] = true.into());
+    let base = fixture("gguf/llama_f32.gguf");
+    let (plain, with) = (dir.path().join("plain.gguf"), dir.path().join("fifo.gguf"));
+    merge_ok(
+        &base,
+        &fixture("llama/adapters/qv_r8"),
+        &plain,
+        &["--quiet"],
+    );
+    merge_ok(&base, &fifo, &with, &["--quiet"]);
+    // The provenance keys name the adapter's path; every tensor must be equal.
+    diff_exit(&plain, &with, &["--tolerance", "0"], 0);
 }

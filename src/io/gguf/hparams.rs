@@ -29,6 +29,8 @@
 //! in the folder, `_name_or_path` or `model_type`; the converter writes a classifier head and
 //! pooling keys). Must not read weights or write files.
 
+use super::hf_config::{gemma_uint, rope_parameters, uint, GUESS};
+pub use super::phi3::phi3_rope;
 use super::writer::{kv_f32, kv_i32, kv_string, kv_u32};
 use super::GgmlType;
 use crate::error::{InputError, InputResult};
@@ -77,25 +79,6 @@ fn folder_name(dir: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-fn uint(c: &Json, key: &str) -> Option<u32> {
-    c.get(key)?.as_u64().and_then(|v| u32::try_from(v).ok())
-}
-
-/// Why a Gemma config.json key is refused rather than defaulted.
-const GUESS: &str =
-    "llama.cpp's converter would take transformers' default, which lorakit does not guess";
-
-/// A Gemma config's unsigned key, or the refusal naming it ([`GUESS`]): what the Gemma
-/// converters read as `hparams["…"]` after AutoConfig filled in what lorakit will not guess.
-fn gemma_uint(config: &Json, key: &str, path: &Path) -> InputResult<u32> {
-    uint(config, key).ok_or_else(|| {
-        InputError::invalid(
-            path,
-            format!("`{key}` is missing or not an unsigned integer ({GUESS})"),
-        )
-    })
 }
 
 /// The GGUF architecture of config.json's `architectures[0]`, or an error naming it.
@@ -292,162 +275,6 @@ fn gemma3(config: &Json, path: &Path, ty: GgmlType) -> InputResult<Vec<Vec<u8>>>
     Ok(out)
 }
 
-/// Phi-3's rope settings as llama.cpp's `Phi3MiniModel` reads them (`conversion/phi.py`) from
-/// the parameters transformers' `Phi3Config` leaves (`convert_rope_params_to_dict`,
-/// `standardize_rope_params`): the rope dict is `rope_scaling` (when a non-empty object) or
-/// `rope_parameters`, its type `rope_type` or `type` (`su` and `longrope` alike: the converter
-/// gives both the same attention factor), `rope_theta` and `partial_rotary_factor` from the
-/// dict or the top level (the factor 1.0 when absent: the converter's own default).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Phi3Rope {
-    /// `int(partial_rotary_factor * hidden_size) // num_attention_heads`.
-    pub dims: u32,
-    pub theta: f32,
-    /// `original_max_position_embeddings`.
-    pub original_context: u32,
-    /// `n_positions` or `max_position_embeddings`.
-    pub context: u32,
-    /// The long-rope scaling: `rope.scaling.attn_factor` and the `rope_factors_long/short`
-    /// tensors (`generate_extra_tensors`), when config.json has long factors.
-    pub long: Option<LongRope>,
-}
-
-/// What `Phi3MiniModel.generate_extra_tensors` writes for long-rope scaling.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LongRope {
-    /// `sqrt(1 + ln(scale) / ln(original))` for `scale = context / original > 1`, else 1,
-    /// computed in f64 as Python does and stored as f32.
-    pub attn_factor: f32,
-    /// `torch.tensor(long_factor, dtype=torch.float32)`, and the short one.
-    pub long_factor: Vec<f32>,
-    pub short_factor: Vec<f32>,
-}
-
-/// [`Phi3Rope`] of a `Phi3ForCausalLM` config.json, or the refusal naming the key where the
-/// converter would fail (`KeyError`, `ValueError`, `NotImplementedError`) or where transformers'
-/// AutoConfig would fill in or rewrite what lorakit reads raw (`GUESS`).
-pub fn phi3_rope(config: &Json, path: &Path) -> InputResult<Phi3Rope> {
-    let bad = |m: String| InputError::invalid(path, m);
-    let nonempty = |k: &str| {
-        config
-            .get(k)
-            .and_then(Json::as_object)
-            .filter(|o| !o.is_empty())
-    };
-    let rope = match (nonempty("rope_scaling"), nonempty("rope_parameters")) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(bad(
-                "both `rope_scaling` and `rope_parameters`, and they differ: transformers takes the first, llama.cpp's converter reading config.json raw the second".into(),
-            ))
-        }
-        (Some(r), _) | (None, Some(r)) => r.clone(),
-        (None, None) => Default::default(),
-    };
-    if rope.contains_key("full_attention") || rope.contains_key("sliding_attention") {
-        return Err(bad(
-            "per-attention-type rope parameters: llama.cpp's Phi-3 converter does not read them"
-                .into(),
-        ));
-    }
-    let at = |k: &str| {
-        rope.get(k)
-            .filter(|v| !v.is_null())
-            .or(config.get(k).filter(|v| !v.is_null()))
-    };
-    let need = |key: &str| gemma_uint(config, key, path);
-    let theta = at("rope_theta")
-        .and_then(Json::as_f64)
-        .ok_or_else(|| bad(format!("`rope_theta` is missing or not a number ({GUESS})")))?;
-    let partial = match at("partial_rotary_factor") {
-        None => 1.0,
-        Some(v) => v
-            .as_f64()
-            .ok_or_else(|| bad("`partial_rotary_factor` is not a number".into()))?,
-    };
-    let original = need("original_max_position_embeddings")?;
-    if let Some(v) = rope.get("original_max_position_embeddings") {
-        if v.as_u64() != Some(u64::from(original)) {
-            return Err(bad(format!(
-                "the rope parameters' `original_max_position_embeddings` ({v}) differs from config.json's ({original}): transformers and llama.cpp's converter take different ones"
-            )));
-        }
-    }
-    let context = match uint(config, "n_positions") {
-        Some(n) => n,
-        None => need("max_position_embeddings")?,
-    };
-    let n_embd = need("hidden_size")?;
-    let n_head = need("num_attention_heads")?;
-    if n_head == 0 {
-        return Err(bad("`num_attention_heads` is 0".into()));
-    }
-    let dims = ((partial * f64::from(n_embd)).floor() as u32) / n_head;
-    let kind = rope
-        .get("rope_type")
-        .or(rope.get("type"))
-        .and_then(Json::as_str)
-        .unwrap_or("default")
-        .to_lowercase();
-    let factors = |k: &str| -> InputResult<Option<Vec<f32>>> {
-        match rope.get(k) {
-            None | Some(Json::Null) => Ok(None),
-            Some(Json::Array(a)) if a.is_empty() => Ok(None),
-            Some(Json::Array(a)) => a
-                .iter()
-                .map(|x| x.as_f64().map(|x| x as f32))
-                .collect::<Option<Vec<f32>>>()
-                .map(Some)
-                .ok_or_else(|| bad(format!("rope `{k}` is not a list of numbers"))),
-            Some(_) => Err(bad(format!("rope `{k}` is not a list of numbers"))),
-        }
-    };
-    let (long, short) = (factors("long_factor")?, factors("short_factor")?);
-    let long = match (kind.as_str(), long) {
-        ("default" | "longrope" | "su", None) => None,
-        ("default", Some(_)) => {
-            return Err(bad(
-                "rope `long_factor` with rope type `default`: llama.cpp's converter raises NotImplementedError".into(),
-            ))
-        }
-        ("longrope" | "su", Some(long_factor)) => {
-            let short_factor = short.ok_or_else(|| {
-                bad("long-rope scaling without `short_factor` (llama.cpp's converter raises KeyError)".into())
-            })?;
-            if long_factor.len() != short_factor.len() || 2 * long_factor.len() != dims as usize {
-                return Err(bad(format!(
-                    "rope long/short factors of {} and {}: llama.cpp's converter wants rope dimensions / 2 = {} of each",
-                    long_factor.len(),
-                    short_factor.len(),
-                    f64::from(dims) / 2.0
-                )));
-            }
-            let scale = f64::from(context) / f64::from(original);
-            let attn = if scale > 1.0 {
-                (1.0 + scale.ln() / f64::from(original).ln()).sqrt()
-            } else {
-                1.0
-            };
-            Some(LongRope {
-                attn_factor: attn as f32,
-                long_factor,
-                short_factor,
-            })
-        }
-        (t, _) => {
-            return Err(bad(format!(
-                "rope type `{t}`: lorakit writes Phi-3's default and long-rope (`longrope`, `su`) scaling only"
-            )))
-        }
-    };
-    Ok(Phi3Rope {
-        dims,
-        theta: theta as f32,
-        original_context: original,
-        context,
-        long,
-    })
-}
-
 /// `Phi3MiniModel.set_gguf_parameters` (`conversion/phi.py`), which replaces `TextModel`'s: its
 /// keys in its order; `attention.sliding_window` 0 where config.json has none (null or absent,
 /// "to distinguish Phi-4"). `num_key_value_heads` null or absent is `num_attention_heads`
@@ -550,36 +377,6 @@ fn sampling(path: &Path) -> Vec<Vec<u8>> {
         });
     }
     out
-}
-
-/// config.json's rope parameters as `TextModel.__init__` leaves them: `rope_parameters` (or
-/// `rope_scaling`) with `rope_theta`, `rope_type` (from `type`) and
-/// `original_max_position_embeddings` mirrored in from the top level.
-fn rope_parameters(config: &Json) -> serde_json::Map<String, Json> {
-    let mut rope = match config.get("rope_parameters").or(config.get("rope_scaling")) {
-        Some(Json::Object(o)) => o.clone(),
-        _ => Default::default(),
-    };
-    if rope.contains_key("full_attention") || rope.contains_key("sliding_attention") {
-        return rope;
-    }
-    if !rope.contains_key("rope_theta") {
-        if let Some(t) = config.get("rope_theta").filter(|v| !v.is_null()) {
-            rope.insert("rope_theta".into(), t.clone());
-        }
-    }
-    if !rope.contains_key("rope_type") {
-        if let Some(t) = rope.get("type").filter(|v| !v.is_null()).cloned() {
-            rope.insert("rope_type".into(), t);
-        }
-    }
-    let orig = "original_max_position_embeddings";
-    if !rope.contains_key(orig) {
-        if let Some(v) = config.get(orig).filter(|v| !v.is_null()) {
-            rope.insert(orig.into(), v.clone());
-        }
-    }
-    rope
 }
 
 /// The metadata before the tokenizer: `general.*` and `ARCH.*` keys in the converter's order.

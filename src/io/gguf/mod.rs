@@ -9,10 +9,12 @@
 
 mod bpe;
 pub mod header;
+mod hf_config;
 pub mod hparams;
 mod kquant;
 pub mod modelcard;
 pub mod names;
+pub mod phi3;
 mod pre_table;
 pub mod quant;
 mod spm;

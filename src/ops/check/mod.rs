@@ -18,6 +18,7 @@
 
 mod base;
 mod diffusers_keys;
+mod diffusers_pipelines;
 mod facts;
 pub mod fix;
 mod fixing;

@@ -93,7 +93,7 @@ impl GgufMergePlan {
     pub fn new(
         base_path: &Path,
         base: GgufModel,
-        adapters: Vec<WeightedAdapter>,
+        mut adapters: Vec<WeightedAdapter>,
         out: PathBuf,
         options: GgufMergeOptions,
     ) -> Result<Self> {
@@ -130,6 +130,12 @@ impl GgufMergePlan {
         for n in &hf_weights {
             let m = n.strip_suffix(".weight").unwrap_or(n);
             kohya_index.entry(m.replace('.', "_")).or_default().push(n);
+        }
+        // llama.cpp's `gpt2` is the one architecture it converts from Conv1D layers.
+        if arch != "gpt2" {
+            for wa in &mut adapters {
+                crate::adapter::formats::peft::params::linear_fan_in_fan_out_reset(&mut wa.adapter);
+            }
         }
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
@@ -189,6 +195,24 @@ impl GgufMergePlan {
                         ),
                     )
                     .into());
+                }
+                // A per-input `dora_scale` of a flattened conv (LoHa's `[r, in·kh·kw]`) could only
+                // guess `in` from the file: the base says it (as `merge::tensor` checks it).
+                if let (Some(d), crate::adapter::DoraRule::Lycoris { per_input: true }) =
+                    (&m.dora_magnitude, m.dora_rule)
+                {
+                    let n = a.values(d)?.len();
+                    if t.shape().get(1) != Some(&n) {
+                        return Err(InputError::invalid(
+                            &a.path,
+                            format!(
+                                "module `{}`: dora_scale holds {n} input channels, base tensor `{tname}` has shape {:?}",
+                                m.name,
+                                t.shape()
+                            ),
+                        )
+                        .into());
+                    }
                 }
                 if !t.ty.can_dequantize() {
                     return Err(InputError::invalid(

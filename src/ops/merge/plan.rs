@@ -75,40 +75,9 @@ impl MergePlan {
         for wa in &mut adapters {
             params::fit_to_base(&mut wa.adapter, &base)?;
         }
-        // PEFT resets `fan_in_fan_out` to false on an `nn.Linear` target, with a warning
-        // (PEFT 0.21.2 `tuners/lora/layer.py` `dispatch_default`, `ia3/model.py`,
-        // `adalora/model.py`): only `Conv1D` layers store `[in, out]`. On a base whose
-        // config.json names a model with no `Conv1D` layer (transformers 5.24: these families),
-        // a transposed Linear module is merged as PEFT merges it, untransposed.
-        const CONV1D_MODELS: &[&str] = &[
-            "gpt2",
-            "openai-gpt",
-            "decision_transformer",
-            "imagegpt",
-            "clvp",
-            "clvp_encoder",
-            "clvp_decoder",
-            "convbert",
-            "omniasr",
-            "omniasr_audio",
-        ];
-        if params::model_type(&base).is_some_and(|t| !CONV1D_MODELS.contains(&t.as_str())) {
+        if !params::has_conv1d(&base) {
             for wa in &mut adapters {
-                let a = &mut wa.adapter;
-                let fifo = a
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.get("fan_in_fan_out"))
-                    .and_then(serde_json::Value::as_bool)
-                    == Some(true);
-                for m in a.modules.iter_mut().filter(|_| fifo) {
-                    if m.kind == crate::adapter::ModuleKind::Linear
-                        && m.base_transposed
-                        && params::parse_expert(&m.name).is_none()
-                    {
-                        m.base_transposed = false;
-                    }
-                }
+                params::linear_fan_in_fan_out_reset(&mut wa.adapter);
             }
         }
         let mut actions: HashMap<String, Action> = HashMap::new();

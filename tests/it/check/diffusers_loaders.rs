@@ -137,3 +137,42 @@ fn check_says_what_diffusers_did_with_the_layout_fixtures() {
         "{t}"
     );
 }
+
+/// Lumina 2 names its modules as Z-Image does, but `Lumina2LoraLoaderMixin` converts them
+/// (`_convert_non_diffusers_lumina2_lora_to_diffusers`, q/k/v split at its width 2304): a file
+/// whose attention is that wide gets none of Z-Image's verdicts, while the same names at
+/// Z-Image's width 3840 do (its `out` with an `.alpha` is refused, as the records above show).
+#[test]
+fn lumina2_width_files_are_not_judged_by_the_z_image_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    for (width, z_image) in [(2304usize, false), (3840, true)] {
+        let (r, qkv) = (4usize, width + 2 * 768);
+        let zeros = |n: usize| vec![0u8; 4 * n];
+        let (a, bq, bo, alpha) = (zeros(r * width), zeros(qkv * r), zeros(width * r), 4f32);
+        let p = "diffusion_model.layers.0.attention";
+        let f32 = safetensors::Dtype::F32;
+        let names = [
+            format!("{p}.qkv.lora_A.weight"),
+            format!("{p}.qkv.lora_B.weight"),
+            format!("{p}.out.lora_A.weight"),
+            format!("{p}.out.lora_B.weight"),
+            format!("{p}.out.alpha"),
+        ];
+        let alpha = alpha.to_le_bytes();
+        let file = dir.path().join(format!("w{width}.safetensors"));
+        crate::it::common::write_views(
+            &file,
+            &[
+                (&names[0], f32, &[r, width], &a),
+                (&names[1], f32, &[qkv, r], &bq),
+                (&names[2], f32, &[r, width], &a),
+                (&names[3], f32, &[width, r], &bo),
+                (&names[4], f32, &[], &alpha),
+            ],
+        );
+        let (_, rep) = check_json(&file, &["--target", "diffusers"]);
+        let rules = super::fired(target(&rep, "diffusers"));
+        let z = rules.iter().any(|r| r.starts_with("diffusers.z_image"));
+        assert_eq!(z, z_image, "width {width}: {rules:?}");
+    }
+}

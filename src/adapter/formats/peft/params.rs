@@ -402,8 +402,65 @@ pub fn fit_to_base(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()> 
     Ok(())
 }
 
+/// transformers 5.24's model families with `pytorch_utils.Conv1D` layers (stored `[in, out]`).
+const CONV1D_MODELS: &[&str] = &[
+    "gpt2",
+    "openai-gpt",
+    "decision_transformer",
+    "imagegpt",
+    "clvp",
+    "clvp_encoder",
+    "clvp_decoder",
+];
+
+/// Whether the base may hold `Conv1D` layers: its config.json names a Conv1D family at any
+/// depth (a composite's `decoder`/`text_config` too: ViT-GPT2, bert2gpt2), or names no model.
+pub(crate) fn has_conv1d(base: &Checkpoint) -> bool {
+    fn walk(v: &Value, found: &mut (bool, bool)) {
+        match v {
+            Value::Object(o) => {
+                if let Some(t) = o.get("model_type").and_then(Value::as_str) {
+                    found.0 = true;
+                    found.1 |= CONV1D_MODELS.contains(&t);
+                }
+                o.values().for_each(|v| walk(v, found));
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, found)),
+            _ => {}
+        }
+    }
+    let Some(v) = std::fs::read(base.folder().join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
+    else {
+        return true;
+    };
+    let mut found = (false, false);
+    walk(&v, &mut found);
+    !found.0 || found.1
+}
+
+/// PEFT resets `fan_in_fan_out` to false on an `nn.Linear` target, with a warning (PEFT 0.21.2
+/// `tuners/lora/layer.py` `dispatch_default`, `ia3/model.py`, `adalora/model.py`): only
+/// `Conv1D` layers store `[in, out]`. For a base with no Conv1D layer ([`has_conv1d`], or a
+/// GGUF architecture other than `gpt2`), the Linear modules of a `fan_in_fan_out` adapter are
+/// merged as PEFT merges them, untransposed (expert parameters keep their own layout).
+pub(crate) fn linear_fan_in_fan_out_reset(adapter: &mut Adapter) {
+    let fifo = adapter
+        .config
+        .as_ref()
+        .and_then(|c| c.get("fan_in_fan_out"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    for m in adapter.modules.iter_mut().filter(|_| fifo) {
+        if m.kind == ModuleKind::Linear && m.base_transposed && parse_expert(&m.name).is_none() {
+            m.base_transposed = false;
+        }
+    }
+}
+
 /// `model_type` of the base's `config.json`, when it has one.
-pub(crate) fn model_type(base: &Checkpoint) -> Option<String> {
+fn model_type(base: &Checkpoint) -> Option<String> {
     let text = std::fs::read(base.folder().join("config.json")).ok()?;
     let v: Value = serde_json::from_slice(&text).ok()?;
     v.get("model_type")?.as_str().map(str::to_owned)

@@ -1,0 +1,528 @@
+//! How diffusers 0.42.1's Flux.2, HunyuanVideo and Z-Image pipelines read a LoRA file in
+//! their trainers' names, transcribed for `check --target diffusers`.
+//!
+//! Flux.2's, HunyuanVideo's and Z-Image's loaders (`Flux2LoraLoaderMixin`,
+//! `HunyuanVideoLoraLoaderMixin`, `ZImageLoraLoaderMixin`) convert their trainers' names with
+//! their own `lora_state_dict` converters; a file one of them reads is told by a name only that
+//! model's original layout has ([`pipeline_of`]), and [`pipeline_findings`] transcribes what its
+//! converter drops and where it raises (rules `diffusers.flux2_*`, `diffusers.hunyuan_video_*`,
+//! `diffusers.z_image_*`; checked against diffusers' runs recorded by
+//! `fixtures/gen/diffusers_loaders_fixtures.py`). A file of only names another model shares
+//! (BFL Flux's blocks for Flux.2; Lumina 2's original names for Z-Image) is read as the first.
+//!
+//! Must not decide severities (the rule does); reads only tensor names, never tensor data.
+
+use super::diffusers_keys::{after_block, original_tail, sd3_original};
+use super::when::DiffusersModel;
+
+/// A name only Flux.2's original layout has (`convert_flux2_transformer_checkpoint_to_diffusers`:
+/// the modulations shared by every block); its block names are BFL Flux's.
+fn flux2_only(t: &str) -> bool {
+    t.starts_with("double_stream_modulation_") || t.starts_with("single_stream_modulation")
+}
+
+/// A name only HunyuanVideo's original layout has (`convert_hunyuan_video_transformer_to_
+/// diffusers`; BFL Flux writes `img_attn.qkv`, `img_mod.lin`, `img_mlp.0`, `modulation.lin`).
+fn hunyuan_video_only(t: &str, kohya: bool) -> bool {
+    let s = |x: &str| {
+        if kohya {
+            x.replace('.', "_")
+        } else {
+            x.to_owned()
+        }
+    };
+    t.contains("individual_token_refiner")
+        || ["img_mod.linear", "txt_mod.linear", "modulation.linear"]
+            .iter()
+            .any(|x| t.ends_with(&s(x)))
+        || ["img_mlp.fc", "txt_mlp.fc"].iter().any(|x| t.contains(&s(x)))
+        || [
+            "txt_in.input_embedder",
+            "txt_in.t_embedder",
+            "txt_in.c_embedder",
+            "time_in.mlp",
+            "guidance_in.mlp",
+            "img_in.proj",
+        ]
+        .iter()
+        .any(|x| t.starts_with(&s(x)))
+        // Dotted, the fused attention keeps its `_` (kohya Flux's `img_attn_qkv` is the same
+        // string, so a kohya name alone does not tell).
+        || (!kohya
+            && ["img_attn_qkv", "txt_attn_qkv", "img_attn_proj", "txt_attn_proj"]
+                .iter()
+                .any(|x| t.contains(x)))
+}
+
+/// A name only Z-Image's original (Tongyi) layout has among the layouts lorakit knows: the
+/// refiners, the main `layers.N.attention|feed_forward|adaLN_modulation`, the patch-keyed
+/// embedder and final layer, the caption embedder. Lumina 2's original names are the same (its
+/// own loader, `Lumina2LoraLoaderMixin`, is not modelled): such a file is read as Z-Image's.
+fn z_image_only(t: &str, kohya: bool) -> bool {
+    let sep = if kohya { '_' } else { '.' };
+    let s = |x: &str| x.replace('.', &sep.to_string());
+    [
+        "noise_refiner.",
+        "context_refiner.",
+        "all_x_embedder",
+        "all_final_layer",
+        "cap_embedder.",
+    ]
+    .iter()
+    .any(|x| t.starts_with(&s(x)))
+        || after_block(t, &s("layers."), sep).is_some_and(|r| {
+            ["attention", "feed_forward", "adaLN_modulation"]
+                .iter()
+                .any(|x| r.starts_with(x))
+        })
+}
+
+/// Which of diffusers' Flux.2, HunyuanVideo and Z-Image loaders reads `adapter`, as far as its
+/// module names tell (module header): one name of that model's original layout that no other
+/// layout has. `None` for any other file (a file of only names BFL Flux shares is read as Flux's;
+/// SD3's original names have their own rule).
+pub(super) fn pipeline_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersModel> {
+    if sd3_original(adapter).is_some() {
+        return None;
+    }
+    let tails: Vec<(&str, bool)> = adapter
+        .modules
+        .iter()
+        .filter_map(|m| original_tail(&m.name))
+        .collect();
+    let any = |f: &dyn Fn(&str, bool) -> bool| tails.iter().any(|&(t, k)| f(t, k));
+    // Lumina 2 names its modules as Z-Image does (`layers.N.attention.qkv`, `feed_forward.w1`)
+    // and `Lumina2LoraLoaderMixin` converts them (`lora_conversion_utils.py`
+    // `_convert_non_diffusers_lumina2_lora_to_diffusers`, qkv split at its width 2304,
+    // `transformer_lumina2.py`); Z-Image's width is 3840 (`transformer_z_image.py`). A file
+    // whose attention is Lumina 2's width is not judged by Z-Image's loader.
+    let lumina2 = adapter
+        .modules
+        .iter()
+        .any(|m| m.name.ends_with("attention.qkv") && m.in_features == 2304);
+    if any(&|t, _| flux2_only(t)) {
+        Some(DiffusersModel::Flux2)
+    } else if any(&hunyuan_video_only) {
+        Some(DiffusersModel::HunyuanVideo)
+    } else if any(&z_image_only) && !lumina2 {
+        Some(DiffusersModel::ZImage)
+    } else {
+        None
+    }
+}
+
+/// What the loader of `model` does with `adapter` (module header): `(refused, dropped)`, each
+/// item `module or key (why)`. Refused: keys that make `load_lora_weights` raise; dropped:
+/// modules it loads nothing of. Empty when `pipeline_of(adapter)` is not `model`.
+pub(super) fn pipeline_findings(
+    adapter: &crate::adapter::Adapter,
+    model: DiffusersModel,
+) -> (Vec<String>, Vec<String>) {
+    if pipeline_of(adapter) != Some(model) {
+        return (vec![], vec![]);
+    }
+    let keys: Vec<&str> = adapter
+        .source
+        .as_ref()
+        .map(|f| f.tensors().iter().map(|t| t.name.as_str()).collect())
+        .unwrap_or_default();
+    match model {
+        DiffusersModel::Flux2 => flux2_findings(adapter, &keys),
+        DiffusersModel::HunyuanVideo => hunyuan_video_findings(adapter, &keys),
+        DiffusersModel::ZImage => z_image_findings(adapter, &keys),
+    }
+}
+
+/// The module `name` of `adapter` with its down key (`lora_A` side), if it is a LoRA.
+fn down_key(m: &crate::adapter::LoraModule) -> Option<&str> {
+    match m.factors.lora() {
+        Some((crate::adapter::Data::Stored { key, .. }, _)) => Some(key),
+        _ => None,
+    }
+}
+
+/// `_convert_kohya_flux2_lora_to_diffusers`' kohya module names (after `lora_unet_`).
+fn flux2_kohya_known(t: &str) -> bool {
+    let double = [
+        "img_attn_proj",
+        "img_attn_qkv",
+        "txt_attn_proj",
+        "txt_attn_qkv",
+        "img_mlp_0",
+        "img_mlp_2",
+        "txt_mlp_0",
+        "txt_mlp_2",
+    ];
+    after_block(t, "double_blocks_", '_').is_some_and(|r| double.contains(&r))
+        || after_block(t, "single_blocks_", '_')
+            .is_some_and(|r| ["linear1", "linear2"].contains(&r))
+        || [
+            "img_in",
+            "txt_in",
+            "time_in_in_layer",
+            "time_in_out_layer",
+            "final_layer_linear",
+        ]
+        .contains(&t)
+}
+
+/// `_convert_non_diffusers_flux2_lora_to_diffusers`' module paths (after `diffusion_model.`).
+fn flux2_dotted_known(t: &str) -> bool {
+    let double = [
+        "img_attn.qkv",
+        "txt_attn.qkv",
+        "img_attn.proj",
+        "txt_attn.proj",
+        "img_mlp.0",
+        "img_mlp.2",
+        "txt_mlp.0",
+        "txt_mlp.2",
+    ];
+    after_block(t, "double_blocks.", '.').is_some_and(|r| double.contains(&r))
+        || after_block(t, "single_blocks.", '.')
+            .is_some_and(|r| ["linear1", "linear2"].contains(&r))
+        || [
+            "img_in",
+            "txt_in",
+            "time_in.in_layer",
+            "time_in.out_layer",
+            "guidance_in.in_layer",
+            "guidance_in.out_layer",
+            "final_layer.linear",
+            "final_layer.adaLN_modulation.1",
+            "single_stream_modulation.lin",
+            "double_stream_modulation_img.lin",
+            "double_stream_modulation_txt.lin",
+        ]
+        .contains(&t)
+}
+
+/// `Flux2LoraLoaderMixin.lora_state_dict`: a file with any `.lora_down.weight` key goes to
+/// `_convert_kohya_flux2_lora_to_diffusers`, which converts the LoRA modules of its table
+/// ([`flux2_kohya_known`]) and drops every other key with a warning ("Unsupported keys for Kohya
+/// Flux2 LoRA conversion": the modulations, `guidance_in`, the final `adaLN_modulation`, any
+/// `diffusion_model.` name, any LyCORIS module). Else a file with a `diffusion_model.` key goes
+/// to `_convert_non_diffusers_flux2_lora_to_diffusers`, which cuts `diffusion_model.` off every
+/// key, converts the `lora_A/lora_B.weight` of its table ([`flux2_dotted_known`]), passes names
+/// already under `transformer_blocks.`/`single_transformer_blocks.` and raises "`original_state_
+/// dict` should be empty" for any other key (`.alpha` among them); `load_lora_weights` then
+/// raises "Invalid adapter checkpoint" for a passed key without `lora`.
+fn flux2_findings(adapter: &crate::adapter::Adapter, keys: &[&str]) -> (Vec<String>, Vec<String>) {
+    if keys.iter().any(|k| k.contains(".lora_down.weight")) {
+        let dropped = adapter
+            .modules
+            .iter()
+            .filter(|m| {
+                let kohya = m
+                    .name
+                    .strip_prefix("lora_unet_")
+                    .is_some_and(flux2_kohya_known);
+                let down = down_key(m) == Some(format!("{}.lora_down.weight", m.name).as_str());
+                !(kohya && down)
+            })
+            .map(|m| {
+                format!(
+                    "{} (no name of the kohya Flux.2 converter: dropped)",
+                    m.name
+                )
+            })
+            .collect();
+        return (vec![], dropped);
+    }
+    if keys.iter().any(|k| k.contains(".lokr_"))
+        || !keys.iter().any(|k| k.starts_with("diffusion_model."))
+    {
+        return (vec![], vec![]);
+    }
+    let refused = keys
+        .iter()
+        .filter(|k| {
+            let Some(rest) = k.strip_prefix("diffusion_model.") else {
+                return true;
+            };
+            if [
+                "single_transformer_blocks.",
+                "transformer_blocks.",
+                "sformer_blocks.",
+            ]
+            .iter()
+            .any(|p| rest.starts_with(p))
+            {
+                return !rest.contains("lora");
+            }
+            let path = rest
+                .strip_suffix(".lora_A.weight")
+                .or_else(|| rest.strip_suffix(".lora_B.weight"));
+            !path.is_some_and(flux2_dotted_known)
+        })
+        .map(|k| format!("{k} (left unconverted: ValueError)"))
+        .collect();
+    (refused, vec![])
+}
+
+/// `HunyuanVideoLoraLoaderMixin.lora_state_dict` converts a file only when a key contains
+/// `img_attn_qkv` (`_convert_hunyuan_video_lora_to_diffusers`: `transformer.`/`diffusion_model.`
+/// cut off, renames by substring, `transformer.` put back). There it chunks every key of a fused
+/// `qkv` (`img_attn_qkv`, `txt_attn_qkv`, the token refiner's `self_attn_qkv`) in three, and a
+/// 0-d `.alpha` raises "chunk expects at least a 1-dimensional tensor" (RuntimeError); nothing
+/// renames kohya's `lora_down/lora_up`, so with them `load_lora_adapter` finds no `lora_B` key
+/// and `get_peft_kwargs` raises (IndexError); an `.alpha` key elsewhere lacks `lora` and
+/// `load_lora_weights` raises "Invalid LoRA checkpoint". A file it does not convert is read as
+/// is: a key without `lora` (a dotted `.alpha`) raises the same, and otherwise `lora_unet_` and
+/// `diffusion_model.` names fall under no `transformer.` prefix and nothing of them is applied.
+fn hunyuan_video_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    let converted = keys.iter().any(|k| k.contains("img_attn_qkv"));
+    let fused = |k: &str| {
+        k.contains("img_attn_qkv")
+            || k.contains("txt_attn_qkv")
+            || (k.contains("txt_in") && k.contains("self_attn_qkv"))
+    };
+    let each = |f: &dyn Fn(&str) -> bool, why: &str| -> Vec<String> {
+        keys.iter()
+            .filter(|k| f(k))
+            .map(|k| format!("{k} ({why})"))
+            .collect()
+    };
+    if converted {
+        let chunked = each(
+            &|k| fused(k) && k.ends_with(".alpha"),
+            "a 0-d tensor chunked in three: RuntimeError",
+        );
+        if !chunked.is_empty() {
+            return (chunked, vec![]);
+        }
+        let kohya = each(
+            &|k| k.ends_with(".lora_up.weight"),
+            "lora_up is not renamed: no lora_B key, IndexError in get_peft_kwargs",
+        );
+        if !kohya.is_empty() {
+            return (kohya, vec![]);
+        }
+        let no_lora = |k: &str| k.strip_prefix("lora_unet_").is_none() && k.ends_with(".alpha");
+        return (each(&no_lora, "no `lora` in the key: ValueError"), vec![]);
+    }
+    let no_lora = each(&|k| !k.contains("lora"), "no `lora` in the key: ValueError");
+    if !no_lora.is_empty() {
+        return (no_lora, vec![]);
+    }
+    let dropped = adapter
+        .modules
+        .iter()
+        .filter(|m| original_tail(&m.name).is_some())
+        .map(|m| format!("{} (not converted: under no `transformer.` prefix)", m.name))
+        .collect();
+    (vec![], dropped)
+}
+
+/// `_convert_non_diffusers_z_image_lora_to_diffusers`' `convert_key` of a kohya module path (the
+/// part after `lora_unet_`): every `_` becomes `.` but inside `to_q`/`to_k`/`to_v`/`to_out`/
+/// `feed_forward`, then its `zimage_module_name_fixups` give seven names their `_` back.
+fn z_image_kohya_path(t: &str) -> String {
+    let parts: Vec<&str> = t.split('_').collect();
+    let mut merged: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        let pair = parts.get(i..i + 2);
+        let protected = pair.is_some_and(|p| {
+            matches!(
+                (p[0], p[1]),
+                ("to", "q") | ("to", "k") | ("to", "v") | ("to", "out") | ("feed", "forward")
+            )
+        });
+        if protected {
+            merged.push(format!("{}_{}", parts[i], parts[i + 1]));
+            i += 2;
+        } else {
+            merged.push(parts[i].to_owned());
+            i += 1;
+        }
+    }
+    let mut n = format!("{}.", merged.join("."));
+    for (dotted, underscored) in [
+        ("context.refiner.", "context_refiner."),
+        ("noise.refiner.", "noise_refiner."),
+        ("adaLN.modulation.", "adaLN_modulation."),
+        ("all.final.layer.", "all_final_layer."),
+        ("all.x.embedder.", "all_x_embedder."),
+        ("cap.embedder.", "cap_embedder."),
+        ("t.embedder.", "t_embedder."),
+    ] {
+        n = n.replace(dotted, underscored);
+    }
+    n.pop();
+    n
+}
+
+/// Whether `path` is a Linear module of diffusers' `ZImageTransformer2DModel`
+/// (`models/transformers/transformer_z_image.py` 0.42.1, listed from `named_modules()` of the
+/// tiny model of `fixtures/gen/diffusers_loaders_fixtures.py`).
+fn z_image_module(path: &str) -> bool {
+    let patch = |p: &str| {
+        p.split_once('-').is_some_and(|(a, b)| {
+            [a, b]
+                .iter()
+                .all(|x| !x.is_empty() && x.bytes().all(|c| c.is_ascii_digit()))
+        })
+    };
+    let block = |r: &str, norm: bool| {
+        [
+            "attention.to_q",
+            "attention.to_k",
+            "attention.to_v",
+            "attention.to_out.0",
+            "feed_forward.w1",
+            "feed_forward.w2",
+            "feed_forward.w3",
+        ]
+        .contains(&r)
+            || (norm && r == "adaLN_modulation.0")
+    };
+    after_block(path, "layers.", '.').is_some_and(|r| block(r, true))
+        || after_block(path, "noise_refiner.", '.').is_some_and(|r| block(r, true))
+        || after_block(path, "context_refiner.", '.').is_some_and(|r| block(r, false))
+        || path.strip_prefix("all_x_embedder.").is_some_and(patch)
+        || path.strip_prefix("all_final_layer.").is_some_and(|r| {
+            r.split_once('.').is_some_and(|(p, leaf)| {
+                patch(p) && ["linear", "adaLN_modulation.1"].contains(&leaf)
+            })
+        })
+        || ["cap_embedder.1", "t_embedder.mlp.0", "t_embedder.mlp.2"].contains(&path)
+}
+
+/// `ZImageLoraLoaderMixin.lora_state_dict` converts a file with an `.alpha`, `lora_unet_`,
+/// `diffusion_model.` or `default.` key (`_convert_non_diffusers_z_image_lora_to_diffusers`;
+/// LoKr files aside). kohya names become [`z_image_kohya_path`] with `.lora.down.weight` keys,
+/// whose fused `qkv` it splits into `to_q/to_k/to_v` (skipped beside split keys) and whose bare
+/// `out` it renames `to_out.0` (skipped beside one); dotted `lora_down` names keep their path but
+/// a final `.out` (→ `to_out.0`); `lora_A` names keep theirs. A path that is no module of the
+/// model ([`z_image_module`]: the original `x_embedder`, `final_layer.*`, a dotted `qkv`) loads
+/// nothing. A key the conversion leaves behind raises "`state_dict` should be empty" (ValueError):
+/// a LyCORIS module's, the `.alpha` of a `lora_A`-named `out` (renamed `to_out.0.alpha`, looked
+/// up as `out.alpha`).
+fn z_image_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    if keys.iter().any(|k| k.contains(".lokr_")) {
+        return (vec![], vec![]);
+    }
+    let kohya_file = keys.iter().any(|k| k.starts_with("lora_unet_"));
+    let mut dotted_kohya: Vec<String> = Vec::new();
+    if kohya_file {
+        dotted_kohya = adapter
+            .modules
+            .iter()
+            .filter_map(|m| m.name.strip_prefix("lora_unet_").map(z_image_kohya_path))
+            .collect();
+    }
+    let (mut refused, mut dropped) = (Vec::new(), Vec::new());
+    for m in &adapter.modules {
+        let Some(down) = down_key(m) else {
+            refused.push(format!(
+                "{} ({}: left unconverted, ValueError)",
+                m.name,
+                m.factors.algo()
+            ));
+            continue;
+        };
+        let a_form = down.ends_with(".lora_A.weight");
+        let tail = m.name.strip_prefix("diffusion_model.").unwrap_or(&m.name);
+        let paths: Vec<String> = match m.name.strip_prefix("lora_unet_").filter(|_| kohya_file) {
+            Some(t) => {
+                let p = z_image_kohya_path(t);
+                let split = |block: &str, leaves: &[&str]| {
+                    leaves
+                        .iter()
+                        .any(|l| dotted_kohya.contains(&format!("{block}.{l}")))
+                };
+                if let Some(block) = p.strip_suffix(".qkv") {
+                    if split(block, &["to_q", "to_k", "to_v"]) {
+                        vec![]
+                    } else {
+                        ["to_q", "to_k", "to_v"]
+                            .iter()
+                            .map(|l| format!("{block}.{l}"))
+                            .collect()
+                    }
+                } else if let Some(block) = p.strip_suffix(".out") {
+                    if split(block, &["to_out.0"]) {
+                        vec![]
+                    } else {
+                        vec![format!("{block}.to_out.0")]
+                    }
+                } else {
+                    vec![p]
+                }
+            }
+            None if a_form => {
+                let alpha = format!("{}.alpha", m.name);
+                if tail.ends_with(".out") && keys.contains(&alpha.as_str()) {
+                    refused.push(format!(
+                        "{alpha} (renamed `….to_out.0.alpha`, looked up as `….out.alpha`: left, ValueError)"
+                    ));
+                }
+                vec![tail.to_owned()]
+            }
+            None => match tail.strip_suffix(".out") {
+                Some(block) => vec![format!("{block}.to_out.0")],
+                None => vec![tail.to_owned()],
+            },
+        };
+        if paths.is_empty() || !paths.iter().all(|p| z_image_module(p)) {
+            let read = if paths.is_empty() {
+                "skipped beside its split modules".to_owned()
+            } else {
+                format!("read as `{}`", paths.join("`, `"))
+            };
+            dropped.push(format!("{} ({read}: no module of Z-Image)", m.name));
+        }
+    }
+    (refused, dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn z_image_kohya_names_come_back_as_diffusers_reads_them() {
+        // Paths printed by diffusers 0.42.1's `_convert_non_diffusers_z_image_lora_to_diffusers`
+        // itself for `lora_unet_{name}.lora_down/.lora_up.weight` (rank 3).
+        for (name, path, module) in [
+            ("layers_0_attention_to_q", "layers.0.attention.to_q", true),
+            ("layers_0_feed_forward_w1", "layers.0.feed_forward.w1", true),
+            (
+                "noise_refiner_0_adaLN_modulation_0",
+                "noise_refiner.0.adaLN_modulation.0",
+                true,
+            ),
+            (
+                "all_final_layer_2-1_adaLN_modulation_1",
+                "all_final_layer.2-1.adaLN_modulation.1",
+                true,
+            ),
+            ("all_x_embedder_2-1", "all_x_embedder.2-1", true),
+            ("cap_embedder_1", "cap_embedder.1", true),
+            ("t_embedder_mlp_0", "t_embedder.mlp.0", true),
+            ("x_embedder", "x.embedder", false),
+            (
+                "final_layer_adaLN_modulation_1",
+                "final.layer.adaLN_modulation.1",
+                false,
+            ),
+        ] {
+            assert_eq!(z_image_kohya_path(name), path, "{name}");
+            assert_eq!(z_image_module(path), module, "{path}");
+        }
+        // The fused qkv and the bare out are split / renamed after the path (context_refiner.0.
+        // attention.to_q/to_k/to_v, layers.1.attention.to_out.0 there).
+        assert_eq!(
+            z_image_kohya_path("context_refiner_0_attention_qkv"),
+            "context_refiner.0.attention.qkv"
+        );
+        assert!(!z_image_module("context_refiner.0.adaLN_modulation.0"));
+    }
+}
