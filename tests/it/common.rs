@@ -732,3 +732,22 @@ pub fn assert_f32_close(name: &str, got: &[f32], want: &[f32], base: &[f32]) {
         "{name}: max |lorakit − reference| {worst:e} > {lim:e}"
     );
 }
+
+/// Every file under `dir` (recursively) with its bytes, sorted by path: equal before and after
+/// a refused run shows that nothing was written, changed or removed.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                v.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    v.sort();
+    v
+}

@@ -10,19 +10,6 @@ use std::path::{Path, PathBuf};
 const PHI3_BASE: &str = "gguf/llamacpp/hf_phi3_base.f32.gguf";
 const PHI3_LORA: &str = "gguf/llamacpp/phi3_lora.gguf";
 
-/// Every file under `dir` with its bytes, to show that nothing was written or removed.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v: Vec<_> = walk(dir)
-        .into_iter()
-        .map(|p| {
-            let b = std::fs::read(&p).unwrap();
-            (p, b)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {

@@ -7,25 +7,6 @@
 use super::common::*;
 use std::path::{Path, PathBuf};
 
-/// Every file under `dir` with its bytes, to show that nothing was written or removed.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let b = std::fs::read(&p).unwrap();
-                v.push((p, b));
-            }
-        }
-    }
-    v.sort();
-    v
-}
-
 /// Runs `argv` in `dir`, expecting a one-line refusal (exit 2) that mentions `parts`, and
 /// nothing changed in `dir`.
 fn refused_in(dir: &Path, argv: Vec<String>, parts: &[&str]) {

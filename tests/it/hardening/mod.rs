@@ -36,24 +36,6 @@ fn llama_and_qv_r8_copies(model: &str, adapter: &str) -> (tempfile::TempDir, Pat
     (dir, model, adapter)
 }
 
-/// Content of every file under `dir` (recursively), to show that nothing changed.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                v.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    v.sort();
-    v
-}
-
 /// Asserts the run was refused as an output onto an input (exit 2, one line).
 fn refused_as_input(out: &std::process::Output) {
     let line = one_line_error(out);
