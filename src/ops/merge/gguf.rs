@@ -196,23 +196,12 @@ impl GgufMergePlan {
                     )
                     .into());
                 }
-                // A per-input `dora_scale` of a flattened conv (LoHa's `[r, in·kh·kw]`) could only
-                // guess `in` from the file: the base says it (as `merge::tensor` checks it).
+                // Read only where the count matters (a per-input LyCORIS `dora_scale`).
                 if let (Some(d), crate::adapter::DoraRule::Lycoris { per_input: true }) =
                     (&m.dora_magnitude, m.dora_rule)
                 {
                     let n = a.values(d)?.len();
-                    if t.shape().get(1) != Some(&n) {
-                        return Err(InputError::invalid(
-                            &a.path,
-                            format!(
-                                "module `{}`: dora_scale holds {n} input channels, base tensor `{tname}` has shape {:?}",
-                                m.name,
-                                t.shape()
-                            ),
-                        )
-                        .into());
-                    }
+                    super::model::check_per_input_dora(a, m, n, &tname, &t.shape())?;
                 }
                 if !t.ty.can_dequantize() {
                     return Err(InputError::invalid(

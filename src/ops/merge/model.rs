@@ -158,6 +158,30 @@ pub struct MergeRun {
     pub unmatched: Vec<UnmatchedReport>,
 }
 
+/// A per-input LyCORIS `dora_scale` of a flattened conv (LoHa's `[r, in·kh·kw]`) could only
+/// guess `in` from the file: its `magnitudes` must be the input columns of base tensor `tensor`
+/// (`shape`). Checked by the safetensors and the GGUF merge alike.
+pub(super) fn check_per_input_dora(
+    a: &Adapter,
+    m: &crate::adapter::LoraModule,
+    magnitudes: usize,
+    tensor: &str,
+    shape: &[usize],
+) -> crate::error::InputResult<()> {
+    if m.dora_rule == (crate::adapter::DoraRule::Lycoris { per_input: true })
+        && shape.get(1) != Some(&magnitudes)
+    {
+        return Err(crate::error::InputError::invalid(
+            &a.path,
+            format!(
+                "module `{}`: dora_scale holds {magnitudes} input channels, base tensor `{tensor}` has shape {shape:?}",
+                m.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Gigabytes written per second of `seconds`.
 pub(super) fn gb_per_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / 1e9 / seconds.max(1e-9)

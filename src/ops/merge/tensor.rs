@@ -233,19 +233,8 @@ impl MergePlan {
                 ((Vec::new(), Vec::new()), Some(d))
             };
             let mag = m.dora_magnitude.as_ref().map(|d| a.values(d)).transpose()?;
-            // A per-input `dora_scale` of a flattened conv (LoHa's `[r, in·kh·kw]`) could only
-            // guess `in` from the file: the base says it.
-            if let (Some(v), DoraRule::Lycoris { per_input: true }) = (&mag, m.dora_rule) {
-                if shape.get(1) != Some(&v.len()) {
-                    return Err(anyhow::Error::new(InputError::invalid(
-                        &a.path,
-                        format!(
-                            "module `{}`: dora_scale holds {} input channels, base tensor `{name}` has shape {shape:?}",
-                            m.name,
-                            v.len()
-                        ),
-                    )));
-                }
+            if let Some(v) = &mag {
+                check_per_input_dora(a, m, v.len(), name, &shape)?;
             }
             if let Some(r) = running.as_mut() {
                 if mag.is_some() {
