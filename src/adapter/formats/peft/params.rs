@@ -429,10 +429,7 @@ pub(crate) fn has_conv1d(base: &Checkpoint) -> bool {
             _ => {}
         }
     }
-    let Some(v) = std::fs::read(base.folder().join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_slice::<Value>(&t).ok())
-    else {
+    let Some(v) = base_config(base) else {
         return true;
     };
     let mut found = (false, false);
@@ -459,11 +456,18 @@ pub(crate) fn linear_fan_in_fan_out_reset(adapter: &mut Adapter) {
     }
 }
 
+/// The base's `config.json`, when it has one that parses.
+fn base_config(base: &Checkpoint) -> Option<Value> {
+    let text = std::fs::read(base.folder().join("config.json")).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
 /// `model_type` of the base's `config.json`, when it has one.
 fn model_type(base: &Checkpoint) -> Option<String> {
-    let text = std::fs::read(base.folder().join("config.json")).ok()?;
-    let v: Value = serde_json::from_slice(&text).ok()?;
-    v.get("model_type")?.as_str().map(str::to_owned)
+    base_config(base)?
+        .get("model_type")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Whether the base tensor `shape` stores the expert module `m` as `[in, out]` per expert.
