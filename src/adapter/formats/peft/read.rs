@@ -568,9 +568,11 @@ fn build_module(
         .as_ref()
         .map(|m| check_vec("lora_magnitude_vector", m))
         .transpose()?;
-    if dora_magnitude.is_some() && embedding {
-        return Err(err("DoRA on embedding layers is not supported".into()));
-    }
+    // DoRA on an embedding (PEFT 0.21.2 `tuners/lora/variants.py` `DoraEmbeddingVariant`,
+    // `dora.py` `DoraEmbeddingLayer(fan_in_fan_out=True)`): the norm of `(W0 + ΔW)ᵀ` per row,
+    // one per embedding dimension, which is a column of the stored `[vocab, dim]` weight; the
+    // merge scales columns (`dora_factor.view(1, -1)`). `base_transposed` selects exactly that
+    // column norm in the merges, as for a Conv1D module.
     if cfg.use_dora && dora_magnitude.is_none() {
         return Err(err(
             "use_dora is set but the module has no lora_magnitude_vector".into(),
