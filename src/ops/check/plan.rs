@@ -7,6 +7,7 @@
 use super::base::{base_facts, kind_of, read_added_tokens};
 use super::report::BaseFacts;
 use super::target::{Kind, Target};
+use crate::adapter::formats::peft::params;
 use crate::adapter::Adapter;
 use crate::error::InputResult;
 use crate::io::Checkpoint;
@@ -36,11 +37,16 @@ pub struct Plan {
 impl Plan {
     /// Opens the adapter and base and chooses the targets.
     pub fn new(adapter_path: &Path, opts: &Options) -> InputResult<Plan> {
-        let adapter = Adapter::open_for_check(adapter_path)?;
+        let mut adapter = Adapter::open_for_check(adapter_path)?;
         // Every loader would load and apply a NaN or ±∞ as it is, and the model's outputs would
         // be NaN: bad input, refused as the operations that read the values refuse it.
         adapter.check_finite()?;
         let base = opts.base.as_ref().map(Checkpoint::open).transpose()?;
+        // The layout PEFT gives each module on this base (`fan_in_fan_out` reset on nn.Linear,
+        // forced on Conv1D), as `merge` reads it.
+        if let Some(b) = &base {
+            params::fan_in_fan_out_as_peft(&mut adapter, b);
+        }
         let base_facts = match &base {
             Some(b) => Some(base_facts(b)?),
             None => None,

@@ -75,10 +75,8 @@ impl MergePlan {
         for wa in &mut adapters {
             params::fit_to_base(&mut wa.adapter, &base)?;
         }
-        if !params::has_conv1d(&base) {
-            for wa in &mut adapters {
-                params::linear_fan_in_fan_out_reset(&mut wa.adapter);
-            }
+        for wa in &mut adapters {
+            params::fan_in_fan_out_as_peft(&mut wa.adapter, &base);
         }
         let mut actions: HashMap<String, Action> = HashMap::new();
         let mut base_override: HashMap<String, (usize, usize)> = HashMap::new();

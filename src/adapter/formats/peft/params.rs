@@ -413,9 +413,15 @@ const CONV1D_MODELS: &[&str] = &[
     "clvp_decoder",
 ];
 
-/// Whether the base may hold `Conv1D` layers: its config.json names a Conv1D family at any
-/// depth (a composite's `decoder`/`text_config` too: ViT-GPT2, bert2gpt2), or names no model.
-pub(crate) fn has_conv1d(base: &Checkpoint) -> bool {
+/// The names transformers 5.24 gives its `Conv1D` layers in the [`CONV1D_MODELS`] families
+/// (`c_attn`, `q_attn`, `c_proj`, `c_fc` of gpt2, openai-gpt, imagegpt, decision_transformer,
+/// clvp); their other linear layers (`lm_head`, `score`, clvp's `q_proj`…) are `nn.Linear`.
+const CONV1D_LAYERS: &[&str] = &["c_attn", "q_attn", "c_proj", "c_fc"];
+
+/// What the base's config.json says about `Conv1D` layers: (it names some model at any depth,
+/// one of the names is a [`CONV1D_MODELS`] family: a composite's `decoder`/`text_config` too,
+/// ViT-GPT2, bert2gpt2); `None` without a config.json that parses.
+fn conv1d_families(base: &Checkpoint) -> Option<(bool, bool)> {
     fn walk(v: &Value, found: &mut (bool, bool)) {
         match v {
             Value::Object(o) => {
@@ -429,17 +435,42 @@ pub(crate) fn has_conv1d(base: &Checkpoint) -> bool {
             _ => {}
         }
     }
-    let Some(v) = base_config(base) else {
-        return true;
-    };
+    let v = base_config(base)?;
     let mut found = (false, false);
     walk(&v, &mut found);
-    !found.0 || found.1
+    Some(found)
+}
+
+/// Sets the Linear modules' layout as PEFT 0.21.2 builds their layers on `base`, whatever the
+/// adapter's `fan_in_fan_out` says (`tuners/lora/layer.py` `dispatch_default`: on an
+/// `nn.Linear` target the flag is reset to false, on a `Conv1D` target forced to true, each with
+/// a warning). With no Conv1D family named in the base's config.json every Linear module is
+/// untransposed ([`linear_fan_in_fan_out_reset`]); in a Conv1D family a module named as one of
+/// the family's [`CONV1D_LAYERS`] is transposed (a `fan_in_fan_out: false` file, as trainers
+/// other than PEFT save one: GPT-2's square `attn.c_proj` was merged untransposed), the others
+/// keep the adapter's flag; without a config.json naming the model the flag is kept (lorakit
+/// cannot tell the layer types). Expert parameters keep their own layout.
+pub(crate) fn fan_in_fan_out_as_peft(adapter: &mut Adapter, base: &Checkpoint) {
+    match conv1d_families(base) {
+        Some((true, false)) => linear_fan_in_fan_out_reset(adapter),
+        Some((true, true)) => {
+            for m in adapter.modules.iter_mut() {
+                let last = m.name.rsplit('.').next().unwrap_or(&m.name);
+                if m.kind == ModuleKind::Linear
+                    && parse_expert(&m.name).is_none()
+                    && CONV1D_LAYERS.contains(&last)
+                {
+                    m.base_transposed = true;
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// PEFT resets `fan_in_fan_out` to false on an `nn.Linear` target, with a warning (PEFT 0.21.2
 /// `tuners/lora/layer.py` `dispatch_default`, `ia3/model.py`, `adalora/model.py`): only
-/// `Conv1D` layers store `[in, out]`. For a base with no Conv1D layer ([`has_conv1d`], or a
+/// `Conv1D` layers store `[in, out]`. For a base with no Conv1D layer ([`fan_in_fan_out_as_peft`], or a
 /// GGUF architecture other than `gpt2`), the Linear modules of a `fan_in_fan_out` adapter are
 /// merged as PEFT merges them, untransposed (expert parameters keep their own layout).
 pub(crate) fn linear_fan_in_fan_out_reset(adapter: &mut Adapter) {
