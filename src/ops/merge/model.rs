@@ -317,6 +317,57 @@ pub(super) fn tie_config(folder: &Path) -> Option<(Option<bool>, Vec<String>)> {
     Some((tie, archs))
 }
 
+/// `--tied-embeddings shared` on a tied base that stores no lm_head tensor: an `lm_head` LoRA
+/// (and the `lm_head.base_layer.weight` PEFT saves beside it) lands on the stored input
+/// embedding. On the tied model `lm_head.weight` *is* that Parameter, and PEFT 0.21.2's
+/// `merge_and_unload` adds the LoRA in place (`tuners/lora/layer.py` `Linear.merge`:
+/// `base_layer.weight.data += delta_weight`), so the embedding changes, the tie survives and
+/// `save_pretrained` stores the one tensor (fixtures/gen/gaps7_fixtures.py `tied_lm_head`).
+/// lm_head's `[vocab, hidden]` ΔW has the embedding's layout: no transpose. A module whose
+/// shape does not fit the embedding stays unmatched.
+pub(super) fn land_lm_head_on_tied_embedding(a: &Adapter, base: &Checkpoint, res: &mut Resolution) {
+    let mut embeddings = base.names().filter(|n| is_embedding_name(n));
+    let (Some(emb), None) = (embeddings.next(), embeddings.next()) else {
+        return;
+    };
+    let Some(info) = base.info(emb) else {
+        return;
+    };
+    let (emb, shape) = (emb.to_owned(), info.shape.clone());
+    res.unmatched.retain(|u| {
+        let Unmatched::NotFound { module, expected } = u else {
+            return true;
+        };
+        if !is_lm_head_name(expected) {
+            return true;
+        }
+        if let Some(mi) = a.modules.iter().position(|m| {
+            &m.name == module
+                && m.kind == crate::adapter::ModuleKind::Linear
+                && m.bias.is_none()
+                && crate::adapter::mapping::expected_shape(m) == shape
+        }) {
+            res.modules.push(crate::adapter::mapping::Placement {
+                module: mi,
+                weight: emb.clone(),
+                bias: None,
+                rows: None,
+                part: None,
+            });
+            return false;
+        }
+        if let Some(fi) = a
+            .full_tensors
+            .iter()
+            .position(|f| &f.name == module && f.rows.is_none() && f.fits(&shape))
+        {
+            res.full.push((fi, emb.clone()));
+            return false;
+        }
+        true
+    });
+}
+
 /// Whether the base's output embedding is the input embedding (so changing one changes both).
 ///
 /// It follows the architecture, as transformers does: a tie exists only where the model has an

@@ -90,7 +90,12 @@ impl MergePlan {
             let a = &wa.adapter;
             a.check_mergeable()?;
             let label = a.path.display().to_string();
-            let res = mapping::resolve_in(a, &base, Some(&quant));
+            let mut res = mapping::resolve_in(a, &base, Some(&quant));
+            // On the shared tensor; the tie check below refuses it unless `shared` is asked for,
+            // naming the flag (it was an unmatched `lm_head.weight` before).
+            if is_tied && !has_lm_head {
+                land_lm_head_on_tied_embedding(a, &base, &mut res);
+            }
             for u in &res.unmatched {
                 unmatched.push(UnmatchedReport {
                     adapter: label.clone(),
