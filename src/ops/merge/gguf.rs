@@ -572,9 +572,10 @@ impl GgufMergePlan {
             bar.inc(out_tensors[i].bytes());
             Ok(TensorData::Bytes(std::borrow::Cow::Owned(bytes)))
         })?;
-        let written: u64 = wrote.iter().map(|(_, b)| b).sum();
         let created_folders = output.created_dirs();
-        output.commit()?;
+        // Every byte this run wrote to disk, a part's manifest included, as the safetensors
+        // merge counts them (`Output::commit`).
+        let written = output.commit()?;
         let seconds = start.elapsed().as_secs_f64();
         Ok(GgufMergeReport {
             run: super::MergeRun {

@@ -359,8 +359,8 @@ impl HfGgufPlan {
             Ok(std::borrow::Cow::Owned(bytes))
         })?;
         let created_folders = output.created_dirs();
-        output.commit()?;
-        let bytes_written: u64 = wrote.iter().map(|(_, b)| b).sum();
+        // Every byte this run wrote to disk, a part's manifest included (`Output::commit`).
+        let bytes_written = output.commit()?;
         let seconds = start.elapsed().as_secs_f64();
         let tensors_merged_count = report.iter().filter(|t| t.merged).count();
         Ok(HfGgufReport {
