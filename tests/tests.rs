@@ -40,6 +40,9 @@ mod it {
     pub mod faults;
     /// A new user's first hour: right refusals only, loadable outputs, one command line.
     pub mod first_hour;
+    /// The peer gaps of gaps7: DoRA embeddings, fan_in_fan_out per layer type, tied lm_head,
+    /// part bytes_written.
+    pub mod gaps7;
     /// GGUF (llama.cpp): inspect, diff, merge into GGUF bases, malformed files.
     pub mod gguf;
     /// Outputs byte-identical to the recorded hashes (refactors change no output).
