@@ -23,7 +23,7 @@
 //! DoRA (PEFT `variants.py` `DoraLinearVariant`: the norm of `W0 + s·B·A` per output row, which
 //! is a GGUF row) runs through the same backend merge in the same row bands, the magnitude
 //! permuted with B's rows; a DoRA term normed per column (LyCORIS' per-input-channel
-//! `dora_scale`; PEFT's on an embedding, which lorakit's PEFT reader refuses) takes the tensor
+//! `dora_scale`; PEFT's on an embedding, `DoraEmbeddingVariant`) takes the tensor
 //! as one band. `lora_bias` and `modules_to_save` tensors are [`super::gguf_whole`]'s.
 //!
 //! Refused at planning, before anything is written: unmatched modules (unless allowed), what
