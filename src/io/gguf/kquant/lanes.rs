@@ -475,28 +475,31 @@ pub(super) fn q2_fit(x: &[f32]) -> Fit {
 /// sixteen lanes.
 #[inline(always)]
 pub(super) fn q3_fit(x: &[f32]) -> Fit {
-    let xt: [[f32; 16]; 16] = transpose(x);
-    let mut l = [[0f32; 16]; 16];
-    let scales = make_q3_quants(4, &xt, &mut l);
-    let mut fit = Fit {
-        scales,
-        ..Fit::default()
-    };
-    store(&l, 4, &mut fit.l);
-    fit
+    symmetric_fit(x, 4, make_q3_quants)
 }
 
 /// The `Q6_K` group fits ([`super::reference::q6_fit`]): `make_qx_quants(16, 32, …, 1, NULL)`
 /// in sixteen lanes.
 #[inline(always)]
 pub(super) fn q6_fit(x: &[f32]) -> Fit {
+    symmetric_fit(x, 32, make_qx_quants)
+}
+
+/// The scale-only fits of [`q3_fit`] and [`q6_fit`]: sixteen groups of sixteen, one scale per
+/// group from `quants(nmax, …)` (no mins), the levels in `[-nmax, nmax)` stored as `L + nmax`.
+#[inline(always)]
+fn symmetric_fit(
+    x: &[f32],
+    nmax: i32,
+    quants: impl FnOnce(i32, &[[f32; 16]; 16], &mut [[f32; 16]; 16]) -> [f32; 16],
+) -> Fit {
     let xt: [[f32; 16]; 16] = transpose(x);
     let mut l = [[0f32; 16]; 16];
-    let scales = make_qx_quants(32, &xt, &mut l);
+    let scales = quants(nmax, &xt, &mut l);
     let mut fit = Fit {
         scales,
         ..Fit::default()
     };
-    store(&l, 32, &mut fit.l);
+    store(&l, nmax, &mut fit.l);
     fit
 }
