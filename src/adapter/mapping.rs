@@ -149,32 +149,16 @@ pub fn resolve_in(
         // A name in a model's original layout on its diffusers layout (BFL Flux, Wan), where
         // nothing matched its name.
         if openclip.is_none() && matches!(&candidates, Ok(c) if c.is_empty()) {
-            match layouts::place(mi, m, kohya_name, names, &logical) {
-                Some(Ok(ps)) => {
-                    res.modules.extend(ps);
-                    continue;
-                }
-                Some(Err(u)) => {
-                    res.unmatched.push(u);
-                    continue;
-                }
-                None => {}
+            if res.record(layouts::place(mi, m, kohya_name, names, &logical)) {
+                continue;
             }
             // And the other way: a diffusers name on the original layout (a row slice of a
             // fused tensor, as OpenCLIP's q/k/v).
             let reverse = (!kohya_name)
                 .then(|| layouts::place_on_original(mi, m, names, &logical))
                 .flatten();
-            match reverse {
-                Some(Ok(p)) => {
-                    res.modules.push(p);
-                    continue;
-                }
-                Some(Err(u)) => {
-                    res.unmatched.push(u);
-                    continue;
-                }
-                None => {}
+            if res.record(reverse.map(|r| r.map(std::iter::once))) {
+                continue;
             }
         }
         let candidates = match (openclip, candidates) {

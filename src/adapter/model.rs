@@ -47,6 +47,20 @@ impl std::fmt::Display for ModuleKind {
     }
 }
 
+impl ModuleKind {
+    /// The kind of a module whose weight (or a factor of it) is `[out, in, k…]`: linear with
+    /// two dimensions, a convolution with kernel `k…` with more.
+    pub fn of_shape(shape: &[usize]) -> ModuleKind {
+        if shape.len() > 2 {
+            ModuleKind::Conv {
+                kernel: shape[2..].to_vec(),
+            }
+        } else {
+            ModuleKind::Linear
+        }
+    }
+}
+
 /// One adapted module.
 #[derive(Debug, Clone)]
 pub struct LoraModule {

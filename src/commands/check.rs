@@ -90,7 +90,7 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
         let mut s = render(&report);
         s.push_str(&format!(
             "\nfixed adapter written to {} ({} bytes):\n",
-            fixed.out, fixed.bytes_written
+            fixed.out, fixed.written.bytes
         ));
         for act in &fixed.actions {
             s.push_str(&format!("  - {act}\n"));

@@ -12,7 +12,6 @@ use crate::inspect::table_of;
 use crate::ops::combine::{
     CombineInput, CombineOptions, CombinePlan, CombineReport, Method, MethodOptions,
 };
-use crate::ops::output::Written;
 use anyhow::{bail, Result};
 
 /// The library options `a` asks for. What only the command line can get wrong is refused here:
@@ -71,10 +70,6 @@ pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
 }
 
 fn render(s: &CombineReport) -> String {
-    let w = &Written {
-        files: s.files.clone(),
-        bytes: s.bytes_written,
-    };
     let mut out = format!(
         "combined ({}) → {} ({})\n\n",
         s.method.name(),
@@ -121,7 +116,7 @@ fn render(s: &CombineReport) -> String {
         "\n{} modules, {} parameters; {}\n",
         s.modules.len(),
         s.parameters,
-        files_line(w, s.seconds)
+        files_line(&s.written, s.seconds)
     ));
     out
 }

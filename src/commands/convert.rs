@@ -127,8 +127,8 @@ fn render(s: &ConvertReport, seconds: f64) -> String {
         "\n{} modules, {} metadata entries kept, {} files, {} written in {:.2} s\n",
         s.modules.len(),
         s.metadata_kept_count,
-        s.files.len(),
-        human_bytes(s.bytes_written),
+        s.written.files.len(),
+        human_bytes(s.written.bytes),
         seconds
     ));
     out
@@ -199,7 +199,7 @@ fn diffusers(a: ConvertArgs) -> Result<i32> {
         printer::print(&format!(
             "{} modules, {} written to {} in {:.2} s\n",
             s.module_count,
-            human_bytes(s.bytes_written),
+            human_bytes(s.written.bytes),
             s.out,
             s.seconds
         ))?;
@@ -250,7 +250,7 @@ fn gguf(a: ConvertArgs) -> Result<i32> {
         out.push_str(&format!(
             "\n{} modules, {} written in {:.2} s\n",
             s.modules.len(),
-            human_bytes(s.bytes_written),
+            human_bytes(s.written.bytes),
             s.seconds
         ));
         printer::print(&out)?;

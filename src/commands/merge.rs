@@ -113,12 +113,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         .into());
     }
     let plan = plan(&a, !quiet && !a.json)?;
-    for u in &plan.unmatched {
-        printer::warn(
-            quiet,
-            &format!("{}: unmatched module {}", u.adapter, u.detail),
-        );
-    }
+    warn_unmatched(quiet, &plan.unmatched);
     if a.dry_run {
         let d = plan.dry_run();
         printer::print_report(a.json, "merge", &d, || render_dry_run(&d))?;
@@ -126,10 +121,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let engine = a.compute.engine()?;
     let summary = plan.run(&engine)?;
-    if crate::backend::profile::enabled() {
-        // Diagnostics asked for by the environment, shown even with --quiet.
-        eprintln!("{}", crate::backend::profile::line(summary.run.seconds));
-    }
+    print_profile(summary.run.seconds);
     printer::print_report(a.json, "merge", &summary, || render(&summary))?;
     Ok(0)
 }
@@ -327,15 +319,29 @@ fn gguf_plan(a: &MergeArgs, quiet: bool) -> Result<GgufMergePlan> {
     GgufMergePlan::new(&a.base, base, adapters, a.output.out.clone(), options)
 }
 
-/// `merge --base MODEL.gguf`.
-fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
-    let plan = gguf_plan(&a, quiet)?;
-    for u in &plan.unmatched {
+/// One warning line per unmatched module (`ADAPTER: unmatched module DETAIL`), for every
+/// merge path: safetensors, GGUF base and GGUF output.
+fn warn_unmatched(quiet: bool, unmatched: &[crate::merge::UnmatchedReport]) {
+    for u in unmatched {
         printer::warn(
             quiet,
             &format!("{}: unmatched module {}", u.adapter, u.detail),
         );
     }
+}
+
+/// The merge profile line when the environment asks for it (`LORAKIT_MERGE_PROFILE`): a
+/// diagnostic, shown even with --quiet.
+fn print_profile(seconds: f64) {
+    if crate::backend::profile::enabled() {
+        eprintln!("{}", crate::backend::profile::line(seconds));
+    }
+}
+
+/// `merge --base MODEL.gguf`.
+fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
+    let plan = gguf_plan(&a, quiet)?;
+    warn_unmatched(quiet, &plan.unmatched);
     if a.dry_run {
         let d = plan.dry_run();
         if a.json {
@@ -355,9 +361,7 @@ fn gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
         return Ok(0);
     }
     let report = plan.run(&a.compute.engine()?)?;
-    if crate::backend::profile::enabled() {
-        eprintln!("{}", crate::backend::profile::line(report.run.seconds));
-    }
+    print_profile(report.run.seconds);
     printer::print_report(a.json, "merge", &report, || render_gguf(&report))?;
     Ok(0)
 }
@@ -398,12 +402,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     let mut unused = a.output.out.clone().into_os_string();
     unused.push(".lorakit-unused");
     let merge = plan_split(&a, false, unused.into(), None, None)?;
-    for u in &merge.unmatched {
-        printer::warn(
-            quiet,
-            &format!("{}: unmatched module {}", u.adapter, u.detail),
-        );
-    }
+    warn_unmatched(quiet, &merge.unmatched);
     let options = crate::merge::gguf_hf::HfGgufOptions {
         outtype,
         tokenizer_pre: a.gguf_tokenizer_pre.clone(),

@@ -9,7 +9,6 @@ use super::printer;
 use crate::cli::ResizeArgs;
 use crate::error::InputError;
 use crate::inspect::table_of;
-use crate::ops::output::Written;
 use crate::ops::resize::{RankRule, ResizeOptions, ResizePlan, ResizeReport};
 use anyhow::Result;
 
@@ -43,10 +42,6 @@ pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
 }
 
 fn render(s: &ResizeReport) -> String {
-    let w = &Written {
-        files: s.files.clone(),
-        bytes: s.bytes_written,
-    };
     let mut out = format!(
         "resized {} ({}) → {} ({}), rule {}\n\n",
         s.input,
@@ -88,7 +83,7 @@ fn render(s: &ResizeReport) -> String {
         s.parameters_before,
         s.parameters_after,
         printer::percent(s.energy_kept),
-        files_line(w, s.seconds)
+        files_line(&s.written, s.seconds)
     ));
     out
 }

@@ -49,10 +49,13 @@ pub struct Provenance {
     pub params: serde_json::Value,
 }
 
-/// Files an adapter write produced.
+/// Files an adapter write produced. Reports carry it flattened: `files` and `bytes_written`,
+/// in that order.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Written {
     pub files: Vec<String>,
+    /// Bytes of all `files` (headers and configs included).
+    #[serde(rename = "bytes_written")]
     pub bytes: u64,
 }
 

@@ -280,12 +280,7 @@ pub fn load(path: &Path, commands: &dyn Commands) -> Result<Vec<Step>> {
     // Every input exists now or is an earlier step's output.
     for (i, s) in out.iter().enumerate() {
         for inp in &s.inputs {
-            let produced = out[..i].iter().any(|p| {
-                p.out
-                    .as_deref()
-                    .is_some_and(|o| Path::new(inp).starts_with(o))
-            });
-            if !produced && !Path::new(inp).exists() {
+            if !written_before(&out, i, inp) && !Path::new(inp).exists() {
                 bail!(crate::error::InputError::invalid(
                     path,
                     format!(
@@ -306,6 +301,15 @@ pub fn load(path: &Path, commands: &dyn Commands) -> Result<Vec<Step>> {
     }
     check_outputs(path, &out)?;
     Ok(out)
+}
+
+/// Whether a step before step `i` writes `inp` (its output is `inp` or a folder holding it).
+fn written_before(steps: &[Step], i: usize, inp: &str) -> bool {
+    steps[..i].iter().any(|p| {
+        p.out
+            .as_deref()
+            .is_some_and(|o| Path::new(inp).starts_with(o))
+    })
 }
 
 /// Every step's output against the recipe's inputs (the recipe itself and every step's input
@@ -333,11 +337,7 @@ fn check_outputs(path: &Path, steps: &[Step]) -> Result<()> {
         .collect();
     for (i, s) in steps.iter().enumerate() {
         for inp in &s.inputs {
-            let produced = steps[..i].iter().any(|p| {
-                p.out
-                    .as_deref()
-                    .is_some_and(|o| Path::new(inp).starts_with(o))
-            });
+            let produced = written_before(steps, i, inp);
             // `finalize OUT` reads the output it completes.
             let own = s.share == Share::Finalize && s.out.as_ref() == Some(inp);
             if let (false, false, Some(c)) = (produced, own, place(Path::new(inp))) {

@@ -35,7 +35,7 @@
 use crate::adapter::{scale_for, Adapter, Data, Format, LoraModule};
 use crate::error::InputResult;
 use crate::linalg;
-use crate::ops::output::{self, OutputOptions, Provenance, WriteSpec};
+use crate::ops::output::{self, OutputOptions, Provenance, WriteSpec, Written};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -322,8 +322,9 @@ pub struct ResizeReport {
     pub parameters_after: usize,
     /// Energy kept over all modules: `Σ ‖ΔW′‖²_F / Σ ‖ΔW‖²_F`.
     pub energy_kept: f64,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
+    /// The files written and their bytes (`files`, `bytes_written`).
+    #[serde(flatten)]
+    pub written: Written,
     /// From [`ResizePlan::new`] to the end of [`ResizePlan::run`].
     pub seconds: f64,
 }
@@ -392,8 +393,7 @@ impl ResizePlan {
             parameters_before: self.parameters_before,
             parameters_after: resized.parameter_count(),
             energy_kept: if total > 0.0 { kept / total } else { 1.0 },
-            files: written.files,
-            bytes_written: written.bytes,
+            written,
             seconds: self.started.elapsed().as_secs_f64(),
         })
     }

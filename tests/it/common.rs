@@ -274,6 +274,18 @@ pub fn assert_matches_reference(
     changed
 }
 
+/// [`assert_matches_reference`] of the checkpoint merged at `out` from the base at `base`,
+/// against the reference file `reference` (the changed tensors). Returns how many tensors were
+/// compared against it.
+pub fn assert_merged_matches(out: &Path, base: &Path, reference: &Path, tol: f64) -> usize {
+    assert_matches_reference(
+        &read_checkpoint(out),
+        &read_checkpoint(base),
+        &read(reference),
+        tol,
+    )
+}
+
 /// The LoRA modules of a PEFT adapter file's tensors, in name order: the module path (without
 /// `base_model.model.`) of every `lora_A.weight`, with its `lora_A` and `lora_B`.
 pub fn peft_lora_modules(tensors: &TensorMap) -> Vec<(&str, &T, &T)> {

@@ -247,16 +247,15 @@ fn base_weight_readers_refuse_a_module_whose_rows_the_tensor_reorders() {
         "{report}"
     );
     let fixed = dir.path().join("fixed");
-    let fix = [
-        "--base",
-        s(&base),
-        "--fix",
-        "--dora-rank",
-        "4",
-        "--out",
-        s(&fixed),
-    ];
-    let o1 = bin().args(check_args(&dora, &fix)).output().unwrap();
+    let o1 = bin()
+        .args(check_fix_args(
+            &dora,
+            Some(&base),
+            &fixed,
+            &["--dora-rank", "4"],
+        ))
+        .output()
+        .unwrap();
     let converted = dir.path().join("converted");
     let o2 = bin()
         .args(convert_args(

@@ -54,184 +54,114 @@ fn a(parts: &[&str]) -> Vec<String> {
 #[test]
 fn every_json_command_prints_its_failure_as_one_json_object() {
     let dir = tempfile::tempdir().unwrap();
-    let d = |n: &str| s(&dir.path().join(n)).to_owned();
-    let f = |n: &str| s(&fixture(n)).to_owned();
-    let (base, qv, missing) = (f("llama/base"), f("llama/adapters/qv_r8"), d("missing"));
-    let (text, tok) = (f("text/tiny.txt"), f("text/tokenizer.json"));
+    let d = |n: &str| dir.path().join(n);
+    let (base, qv, missing) = (
+        fixture("llama/base"),
+        fixture("llama/adapters/qv_r8"),
+        d("missing"),
+    );
+    let (text, tok) = (fixture("text/tiny.txt"), fixture("text/tokenizer.json"));
+    let text_tok = ["--text", s(&text), "--tokenizer", s(&tok)];
     std::fs::write(dir.path().join("file"), b"").unwrap();
     let cases: Vec<(Vec<String>, &str, &str, i32)> = vec![
-        (a(&["inspect", &missing]), "inspect", "input", 2),
+        (inspect_args(&missing, &[]), "inspect", "input", 2),
         (
-            a(&[
-                "merge",
-                "--base",
-                &base,
-                "--adapter",
-                &missing,
-                "-o",
-                &d("m"),
-            ]),
+            merge_args(&base, &missing, &d("m"), &[]),
             "merge",
             "input",
             2,
         ),
         // An output onto its input.
-        (
-            a(&["merge", "--base", &base, "--adapter", &qv, "-o", &base]),
-            "merge",
-            "input",
-            2,
-        ),
+        (merge_args(&base, &qv, &base, &[]), "merge", "input", 2),
         // A destination under a regular file: the output cannot be written.
         (
-            a(&[
-                "merge",
-                "--base",
-                &base,
-                "--adapter",
-                &qv,
-                "-o",
-                &d("file/x/m"),
-            ]),
+            merge_args(&base, &qv, &d("file/x/m"), &[]),
             "merge",
             "output",
             3,
         ),
         // Modules that match no base tensor: the command line needs --allow-unmatched.
         (
-            a(&[
-                "merge",
-                "--base",
-                &f("gpt2/base"),
-                "--adapter",
-                &qv,
-                "-o",
-                &d("g"),
-            ]),
+            merge_args(&fixture("gpt2/base"), &qv, &d("g"), &[]),
             "merge",
             "usage",
             2,
         ),
         (
-            a(&["dequantize", &base, "-o", &d("dq")]),
+            dequantize_args(&base, &d("dq"), &[]),
             "dequantize",
             "input",
             2,
         ),
         (
-            a(&[
-                "extract",
-                "--base",
-                &base,
-                "--tuned",
-                &missing,
-                "--rank",
-                "4",
-                "-o",
-                &d("x"),
-            ]),
+            extract_args(&base, &missing, &d("x"), &["--rank", "4"]),
             "extract",
             "input",
             2,
         ),
         (
-            a(&[
-                "extract",
-                "--base",
-                &base,
-                "--tuned",
-                &base,
-                "--rank",
-                "4",
-                "--alpha=-1",
-                "-o",
-                &d("y"),
-            ]),
+            extract_args(&base, &base, &d("y"), &["--rank", "4", "--alpha=-1"]),
             "extract",
             "usage",
             2,
         ),
         (
-            a(&["resize", &missing, "--rank", "2", "-o", &d("r")]),
+            resize_args(&missing, &d("r"), &["--rank", "2"]),
             "resize",
             "input",
             2,
         ),
         // Ranks 8 and 7: a mismatch for a linear combination.
         (
-            a(&[
-                "combine",
-                "--method",
-                "linear",
-                "--adapter",
-                &qv,
-                "--adapter",
-                &f("check/rank7"),
-                "-o",
+            combine_args(
+                &[(&qv, None), (&fixture("check/rank7"), None)],
                 &d("c"),
-            ]),
+                &["--method", "linear"],
+            ),
             "combine",
             "input",
             2,
         ),
         (
-            a(&["convert", &missing, "--to", "peft", "-o", &d("cv")]),
+            convert_args(&missing, "peft", &d("cv"), &[]),
             "convert",
             "input",
             2,
         ),
+        (eval_args(&missing, &text_tok), "eval", "input", 2),
         (
-            a(&[
-                "eval",
-                "--model",
+            train_args(
                 &missing,
-                "--text",
-                &text,
-                "--tokenizer",
-                &tok,
-            ]),
-            "eval",
-            "input",
-            2,
-        ),
-        (
-            a(&[
-                "train",
-                "--model",
-                &missing,
-                "--data",
-                &text,
-                "--tokenizer",
-                &tok,
-                "-o",
-                &d("t"),
-            ]),
+                &[
+                    "--data",
+                    s(&text),
+                    "--tokenizer",
+                    s(&tok),
+                    "--out",
+                    s(&d("t")),
+                ],
+            ),
             "train",
             "input",
             2,
         ),
-        (a(&["diff", &missing, &base]), "diff", "input", 2),
-        (a(&["check", &missing]), "check", "input", 2),
-        (a(&["finalize", s(dir.path())]), "finalize", "input", 2),
+        (diff_args(&missing, &base, &[]), "diff", "input", 2),
+        (check_args(&missing, &[]), "check", "input", 2),
+        (finalize_args(dir.path(), &[]), "finalize", "input", 2),
         (
-            a(&["run", &d("missing.toml"), "--dry-run"]),
+            run_args(&d("missing.toml"), &["--dry-run"]),
             "run",
             "input",
             2,
         ),
         // A value out of range that the library words about a file: still the command line.
         (
-            a(&[
-                "check",
-                &f("llama/adapters/dora"),
-                "--base",
-                &base,
-                "--fix",
-                "--dora-rank",
-                "0",
-                "--out",
+            check_fix_args(
+                &fixture("llama/adapters/dora"),
+                Some(&base),
                 &d("fx"),
-            ]),
+                &["--dora-rank", "0"],
+            ),
             "check",
             "usage",
             2,

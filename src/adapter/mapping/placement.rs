@@ -296,6 +296,22 @@ pub struct Resolution {
     pub unmatched: Vec<Unmatched>,
 }
 
+impl Resolution {
+    /// Records one layout's answer for a module: its placements, or why it has none. `false`
+    /// (nothing recorded) where the layout had no answer and the next one is asked.
+    pub(crate) fn record(
+        &mut self,
+        answer: Option<Result<impl IntoIterator<Item = Placement>, Unmatched>>,
+    ) -> bool {
+        match answer {
+            Some(Ok(ps)) => self.modules.extend(ps),
+            Some(Err(u)) => self.unmatched.push(u),
+            None => return false,
+        }
+        true
+    }
+}
+
 /// Shape the base must store for `m` (a norm layer's is 1-D; for the W0-dependent OFT and IA3
 /// the side the file does not give is 0, see [`fits_base_dependent`]).
 pub fn expected_shape(m: &LoraModule) -> Vec<usize> {

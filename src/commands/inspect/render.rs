@@ -61,6 +61,15 @@ fn render_totals(
     ));
 }
 
+/// The `layout      LAYOUT (N files)` line of a checkpoint or a GGUF model.
+fn render_layout(s: &mut String, layout: &str, files: usize) {
+    let _ = writeln!(
+        s,
+        "layout      {layout} ({files} file{})",
+        if files == 1 { "" } else { "s" }
+    );
+}
+
 fn render_quant(s: &mut String, q: &QuantReport) {
     let _ = writeln!(
         s,
@@ -101,13 +110,7 @@ pub fn render_text(r: &Report) -> String {
     match r {
         Report::Checkpoint(c) => {
             let _ = writeln!(s, "checkpoint  {}", c.path);
-            let _ = writeln!(
-                s,
-                "layout      {} ({} file{})",
-                c.layout,
-                c.files.len(),
-                if c.files.len() == 1 { "" } else { "s" }
-            );
+            render_layout(&mut s, c.layout, c.files.len());
             render_totals(
                 &mut s,
                 "dtype",
@@ -225,13 +228,7 @@ pub fn render_text(r: &Report) -> String {
 fn render_gguf(g: &GgufReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "gguf        {}", g.path);
-    let _ = writeln!(
-        s,
-        "layout      {} ({} file{})",
-        g.layout,
-        g.files.len(),
-        if g.files.len() == 1 { "" } else { "s" }
-    );
+    render_layout(&mut s, g.layout, g.files.len());
     let _ = writeln!(
         s,
         "arch        {}",

@@ -398,6 +398,25 @@ impl<'a> Cursor<'a> {
             .map_err(|_| GgufError::NotUtf8 { what: what() })
     }
 
+    /// A string that must be non-empty and not among `seen` (metadata keys, tensor names),
+    /// added to `seen`; else `empty`, or `duplicate` of it.
+    fn unique_name(
+        &mut self,
+        what: &dyn Fn() -> String,
+        seen: &mut std::collections::HashSet<String>,
+        empty: GgufError,
+        duplicate: fn(String) -> GgufError,
+    ) -> R<String> {
+        let name = self.utf8(what)?;
+        if name.is_empty() {
+            return Err(empty);
+        }
+        if !seen.insert(name.clone()) {
+            return Err(duplicate(name));
+        }
+        Ok(name)
+    }
+
     fn count_value(&mut self) -> R<()> {
         self.values += 1;
         if self.values > MAX_VALUES {
@@ -496,13 +515,12 @@ pub fn parse(buf: &[u8]) -> Result<Header, GgufError> {
     let mut keys = std::collections::HashSet::new();
     for i in 0..n_kv {
         let start = c.pos;
-        let key = c.utf8(&|| format!("metadata key {i}"))?;
-        if key.is_empty() {
-            return Err(GgufError::EmptyKey(i));
-        }
-        if !keys.insert(key.clone()) {
-            return Err(GgufError::DuplicateKey(key));
-        }
+        let key = c.unique_name(
+            &|| format!("metadata key {i}"),
+            &mut keys,
+            GgufError::EmptyKey(i),
+            GgufError::DuplicateKey,
+        )?;
         let id = c.u32(|| format!("the type of metadata key `{key}`"))?;
         let ty = ValueType::from_id(id).ok_or_else(|| GgufError::UnknownValueType {
             key: key.clone(),
@@ -536,13 +554,12 @@ pub fn parse(buf: &[u8]) -> Result<Header, GgufError> {
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
     let mut names = std::collections::HashSet::new();
     for i in 0..n_tensors {
-        let name = c.utf8(&|| format!("the name of tensor {i}"))?;
-        if name.is_empty() {
-            return Err(GgufError::EmptyTensorName(i));
-        }
-        if !names.insert(name.clone()) {
-            return Err(GgufError::DuplicateTensor(name));
-        }
+        let name = c.unique_name(
+            &|| format!("the name of tensor {i}"),
+            &mut names,
+            GgufError::EmptyTensorName(i),
+            GgufError::DuplicateTensor,
+        )?;
         let n = c.u32(|| format!("the dimension count of tensor `{name}`"))?;
         if n > MAX_DIMS {
             return Err(GgufError::TooManyDims { tensor: name, n });

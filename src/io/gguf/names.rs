@@ -254,6 +254,18 @@ fn move_rows(
 mod tests {
     use super::*;
 
+    /// Layer 1's `hf` module of `arch` is GGUF's `blk.1.{g}` and back; returns its rope.
+    fn layer_maps_both_ways(arch: &str, hf: &str, g: &str) -> Rope {
+        let hf = format!("model.layers.1.{hf}");
+        let (got, rope) = gguf_module_in(arch, &hf).unwrap();
+        assert_eq!(got, format!("blk.1.{g}"));
+        assert_eq!(
+            hf_name_in(arch, &format!("blk.1.{g}.weight")).unwrap(),
+            format!("{hf}.weight")
+        );
+        rope
+    }
+
     #[test]
     fn names_map_both_ways() {
         for (hf, g) in [
@@ -292,12 +304,7 @@ mod tests {
             ("gemma3", "post_feedforward_layernorm", "post_ffw_norm"),
             ("gemma3", "self_attn.k_norm", "attn_k_norm"),
         ] {
-            let hf = format!("model.layers.1.{hf}");
-            assert_eq!(gguf_module_in(arch, &hf).unwrap().0, format!("blk.1.{g}"));
-            assert_eq!(
-                hf_name_in(arch, &format!("blk.1.{g}.weight")).unwrap(),
-                format!("{hf}.weight")
-            );
+            layer_maps_both_ways(arch, hf, g);
         }
         assert_eq!(gguf_module_in("gemma2", "lm_head"), None);
         assert_eq!(hf_name_in("gemma", "output.weight"), None);
@@ -314,13 +321,7 @@ mod tests {
             ("self_attn.o_proj", "attn_output"),
             ("post_attention_layernorm", "ffn_norm"),
         ] {
-            let hf = format!("model.layers.1.{hf}");
-            let (got, rope) = gguf_module_in("phi3", &hf).unwrap();
-            assert_eq!((got, rope), (format!("blk.1.{g}"), Rope::None));
-            assert_eq!(
-                hf_name_in("phi3", &format!("blk.1.{g}.weight")).unwrap(),
-                format!("{hf}.weight")
-            );
+            assert_eq!(layer_maps_both_ways("phi3", hf, g), Rope::None);
         }
         assert_eq!(gguf_module_in("phi3", "model.layers.0.mlp.gate_proj"), None);
         assert_eq!(hf_name_in("phi3", "blk.0.ffn_gate.weight"), None);

@@ -143,45 +143,45 @@ fn down_key(m: &crate::adapter::LoraModule) -> Option<&str> {
 
 /// `_convert_kohya_flux2_lora_to_diffusers`' kohya module names (after `lora_unet_`).
 fn flux2_kohya_known(t: &str) -> bool {
-    let double = [
-        "img_attn_proj",
-        "img_attn_qkv",
-        "txt_attn_proj",
-        "txt_attn_qkv",
-        "img_mlp_0",
-        "img_mlp_2",
-        "txt_mlp_0",
-        "txt_mlp_2",
-    ];
-    after_block(t, "double_blocks_", '_').is_some_and(|r| double.contains(&r))
-        || after_block(t, "single_blocks_", '_')
-            .is_some_and(|r| ["linear1", "linear2"].contains(&r))
-        || [
+    flux2_known(
+        t,
+        '_',
+        &[
+            "img_attn_proj",
+            "img_attn_qkv",
+            "txt_attn_proj",
+            "txt_attn_qkv",
+            "img_mlp_0",
+            "img_mlp_2",
+            "txt_mlp_0",
+            "txt_mlp_2",
+        ],
+        &[
             "img_in",
             "txt_in",
             "time_in_in_layer",
             "time_in_out_layer",
             "final_layer_linear",
-        ]
-        .contains(&t)
+        ],
+    )
 }
 
 /// `_convert_non_diffusers_flux2_lora_to_diffusers`' module paths (after `diffusion_model.`).
 fn flux2_dotted_known(t: &str) -> bool {
-    let double = [
-        "img_attn.qkv",
-        "txt_attn.qkv",
-        "img_attn.proj",
-        "txt_attn.proj",
-        "img_mlp.0",
-        "img_mlp.2",
-        "txt_mlp.0",
-        "txt_mlp.2",
-    ];
-    after_block(t, "double_blocks.", '.').is_some_and(|r| double.contains(&r))
-        || after_block(t, "single_blocks.", '.')
-            .is_some_and(|r| ["linear1", "linear2"].contains(&r))
-        || [
+    flux2_known(
+        t,
+        '.',
+        &[
+            "img_attn.qkv",
+            "txt_attn.qkv",
+            "img_attn.proj",
+            "txt_attn.proj",
+            "img_mlp.0",
+            "img_mlp.2",
+            "txt_mlp.0",
+            "txt_mlp.2",
+        ],
+        &[
             "img_in",
             "txt_in",
             "time_in.in_layer",
@@ -193,8 +193,19 @@ fn flux2_dotted_known(t: &str) -> bool {
             "single_stream_modulation.lin",
             "double_stream_modulation_img.lin",
             "double_stream_modulation_txt.lin",
-        ]
-        .contains(&t)
+        ],
+    )
+}
+
+/// Whether a Flux.2 module path `t` (its parts joined by `sep`) is one a converter handles:
+/// `double_blocks{sep}N{sep}` followed by one of `double`, `single_blocks{sep}N{sep}linear1` or
+/// `linear2`, or one of the `top` level names. Each converter's lists are its own (the kohya
+/// one knows fewer top-level modules).
+fn flux2_known(t: &str, sep: char, double: &[&str], top: &[&str]) -> bool {
+    after_block(t, &format!("double_blocks{sep}"), sep).is_some_and(|r| double.contains(&r))
+        || after_block(t, &format!("single_blocks{sep}"), sep)
+            .is_some_and(|r| ["linear1", "linear2"].contains(&r))
+        || top.contains(&t)
 }
 
 /// `Flux2LoraLoaderMixin.lora_state_dict`: a file with any `.lora_down.weight` key goes to

@@ -313,8 +313,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
     let written = output::write_adapter(&adapter, &spec, &prov)?;
     Ok(FixReport {
         out: opts.out.display().to_string(),
-        files: written.files,
-        bytes_written: written.bytes,
+        written,
         rank,
         renamed,
         dropped,

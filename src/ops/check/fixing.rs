@@ -10,7 +10,7 @@ use super::saved::{SavedOptions, SavedRewrite};
 use crate::adapter::{Adapter, Data, Factors, Format};
 use crate::error::InputResult;
 use crate::io::Checkpoint;
-use crate::ops::output::{self, WriteSpec};
+use crate::ops::output::{self, WriteSpec, Written};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -101,8 +101,9 @@ pub struct DoraToLora {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FixReport {
     pub out: String,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
+    /// The files written and their bytes (`files`, `bytes_written`).
+    #[serde(flatten)]
+    pub written: Written,
     /// The common rank every module has now.
     pub rank: usize,
     /// Modules renamed to their exact base tensor names (from → to).

@@ -253,8 +253,7 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
     };
     Ok(FixReport {
         out: opts.out.display().to_string(),
-        files: written.files,
-        bytes_written: written.bytes,
+        written,
         rank: adapter.modules.iter().map(|m| m.rank).max().unwrap_or(0),
         renamed: Vec::new(),
         dropped: Vec::new(),

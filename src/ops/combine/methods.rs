@@ -661,29 +661,23 @@ mod tests {
             .collect();
         let b: Vec<f32> = (0..64).map(|i| ((i * 7 % 19) as f32 - 9.0) / 4.0).collect();
         let w = [0.6, 0.3];
-        let linear = combine_side(
-            Method::Linear,
-            &[&a, &b],
-            &w,
-            1.0,
-            MajoritySign::Total,
-            0,
-            "m",
-            'A',
-        );
-        let n = 4000;
-        let mut mean = vec![0f64; a.len()];
-        for seed in 0..n {
-            let s = combine_side(
-                Method::DareLinear,
+        let run = |m, density, seed| {
+            combine_side(
+                m,
                 &[&a, &b],
                 &w,
-                0.5,
+                density,
                 MajoritySign::Total,
                 seed,
                 "m",
                 'A',
-            );
+            )
+        };
+        let linear = run(Method::Linear, 1.0, 0);
+        let n = 4000;
+        let mut mean = vec![0f64; a.len()];
+        for seed in 0..n {
+            let s = run(Method::DareLinear, 0.5, seed);
             for (m, x) in mean.iter_mut().zip(&s) {
                 *m += *x as f64 / n as f64;
             }

@@ -8,7 +8,7 @@
 use super::methods::{combine, Method, MethodOptions, ModuleCombine, WeightedInput};
 use crate::adapter::{Adapter, Format};
 use crate::error::{Opt, OptionError};
-use crate::ops::output::{self, show, OutputOptions, Provenance, WriteSpec};
+use crate::ops::output::{self, show, OutputOptions, Provenance, WriteSpec, Written};
 use anyhow::{bail, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -54,8 +54,9 @@ pub struct CombineReport {
     pub params: serde_json::Value,
     pub modules: Vec<ModuleCombine>,
     pub parameters: usize,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
+    /// The files written and their bytes (`files`, `bytes_written`).
+    #[serde(flatten)]
+    pub written: Written,
     /// From [`CombinePlan::new`] to the end of [`CombinePlan::run`].
     pub seconds: f64,
     /// `svd`: the output rank asked for (a module smaller than it keeps `min(out, in)`).
@@ -265,8 +266,7 @@ impl CombinePlan {
             params,
             parameters: combined.parameter_count(),
             modules,
-            files: written.files,
-            bytes_written: written.bytes,
+            written,
             seconds: started.elapsed().as_secs_f64(),
             svd_rank: (method.method == Method::Svd)
                 .then_some(method.rank)

@@ -54,7 +54,7 @@ use crate::adapter::formats::{diffusers, kohya};
 use crate::adapter::{Adapter, Format};
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::Checkpoint;
-use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec};
+use crate::ops::output::{self, DtypeChoice, Provenance, WriteSpec, Written};
 
 /// One module of a conversion.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -93,8 +93,9 @@ pub struct ConvertReport {
     pub modules: Vec<ModuleConvert>,
     /// `__metadata__` entries carried from the input.
     pub metadata_kept_count: usize,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
+    /// The files written and their bytes (`files`, `bytes_written`).
+    #[serde(flatten)]
+    pub written: Written,
 }
 
 /// A validated conversion, ready to write.
@@ -213,8 +214,7 @@ impl ConvertPlan {
             dtype: self.opts.dtype,
             modules,
             metadata_kept_count: output::metadata_kept(a),
-            files: written.files,
-            bytes_written: written.bytes,
+            written,
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::adapter::{Adapter, Format};
 use crate::error::{InputError, InputResult, Opt, OptionError};
 use crate::io::gguf::GgmlType;
 use crate::io::Checkpoint;
-use crate::ops::output::{self, DtypeChoice, WriteSpec};
+use crate::ops::output::{self, DtypeChoice, WriteSpec, Written};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,8 +31,9 @@ pub struct DiffusersConvertReport {
     pub component: Option<String>,
     pub names_from: NameSource,
     pub module_count: usize,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
+    /// The files written and their bytes (`files`, `bytes_written`).
+    #[serde(flatten)]
+    pub written: Written,
     pub seconds: f64,
 }
 
@@ -51,8 +52,9 @@ pub struct GgufConvertReport {
     pub modules: Vec<g::Written>,
     /// Modules whose PEFT scale differs from alpha / rank, folded into B.
     pub folded_count: usize,
-    pub files: Vec<String>,
-    pub bytes_written: u64,
+    /// The files written and their bytes (`files`, `bytes_written`).
+    #[serde(flatten)]
+    pub written: Written,
     pub seconds: f64,
 }
 
@@ -161,8 +163,10 @@ impl DiffusersPlan {
             component: self.fallback.map(str::to_owned),
             names_from: self.names_from,
             module_count: self.adapter.modules.len(),
-            files: vec![show(&spec.out)],
-            bytes_written: bytes,
+            written: Written {
+                files: vec![show(&spec.out)],
+                bytes,
+            },
             seconds: self.start.elapsed().as_secs_f64(),
         })
     }
@@ -245,8 +249,10 @@ impl GgufPlan {
             dtype: self.ty.name().to_lowercase(),
             folded_count: modules.iter().filter(|m| m.folded != 1.0).count(),
             modules,
-            files: vec![show(&self.opts.out)],
-            bytes_written: bytes,
+            written: Written {
+                files: vec![show(&self.opts.out)],
+                bytes,
+            },
             seconds: self.start.elapsed().as_secs_f64(),
         })
     }

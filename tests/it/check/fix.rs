@@ -249,18 +249,11 @@ fn fix_tolerance_refuses_an_approximation_over_it_and_writes_nothing() {
     for bad in ["nan", "-1", "inf"] {
         let (_d, fixed) = scratch("fixed");
         let flag = format!("--tolerance={bad}");
-        let o = run_err(check_args(
+        let o = run_err(check_fix_args(
             &fixture("llama/adapters/dora"),
-            &[
-                "--base",
-                s(&base),
-                "--fix",
-                "--dora-rank",
-                "4",
-                "--out",
-                s(&fixed),
-                &flag,
-            ],
+            Some(&base),
+            &fixed,
+            &["--dora-rank", "4", &flag],
         ));
         assert_eq!(o.status.code(), Some(2), "{bad}");
         let line = one_line_error(&o);
@@ -278,17 +271,11 @@ fn fix_tolerance_refuses_an_approximation_over_it_and_writes_nothing() {
 #[test]
 fn fix_usage_errors_name_the_flag_typed() {
     let (_dir, fixed) = scratch("fixed");
-    let out = run_err(check_args(
+    let out = run_err(check_fix_args(
         &fixture("llama/adapters/dora"),
-        &[
-            "--base",
-            s(&fixture("llama/base")),
-            "--fix",
-            "--dora-rank",
-            "0",
-            "--out",
-            s(&fixed),
-        ],
+        Some(&fixture("llama/base")),
+        &fixed,
+        &["--dora-rank", "0"],
     ));
     assert_eq!(out.status.code(), Some(2));
     let line = one_line_error(&out);

@@ -76,6 +76,22 @@ pub fn check_args(adapter: &Path, extra: &[&str]) -> Vec<String> {
     argv(&["check", s(adapter)], extra)
 }
 
+/// Arguments of `lorakit check ADAPTER [--base BASE] --fix --out OUT` followed by `extra`.
+pub fn check_fix_args(
+    adapter: &Path,
+    base: Option<&Path>,
+    out: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut fix = vec![];
+    if let Some(b) = base {
+        fix.extend(["--base", s(b)]);
+    }
+    fix.extend(["--fix", "--out", s(out)]);
+    fix.extend_from_slice(extra);
+    check_args(adapter, &fix)
+}
+
 /// Arguments of `lorakit finalize OUT` (the output that parts were written for) followed by
 /// `extra`.
 pub fn finalize_args(out: &Path, extra: &[&str]) -> Vec<String> {

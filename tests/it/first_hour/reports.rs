@@ -208,3 +208,59 @@ fn check_modules_count_and_modules_say_what_the_readme_says() {
         );
     }
 }
+
+/// Every command that writes an adapter reports its `files` and, right after them,
+/// `bytes_written`: the bytes of those files as they are on disk (resize, combine, convert to
+/// each single-file or folder format, check --fix).
+#[test]
+fn writing_reports_give_files_then_their_bytes_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let (base, qv) = (fixture("llama/base"), fixture("llama/adapters/qv_r8"));
+    let (a, b) = (
+        fixture("llama/adapters/weighted_a"),
+        fixture("llama/adapters/weighted_b"),
+    );
+    let runs = [
+        resize_args(&qv, &d("r"), &["--rank", "4"]),
+        combine_args(&[(&a, None), (&b, None)], &d("c"), &["--method", "cat"]),
+        convert_args(&qv, "kohya", &d("k.safetensors"), &[]),
+        convert_args(&qv, "gguf", &d("a.gguf"), &["--base", s(&base)]),
+        convert_args(
+            &fixture("conventions/kohya.safetensors"),
+            "diffusers",
+            &d("u.safetensors"),
+            &["--base", s(&fixture("conventions/unet"))],
+        ),
+        check_fix_args(
+            &fixture("llama/adapters/patterns"),
+            Some(&base),
+            &d("fixed"),
+            &["--target", "vllm,sglang"],
+        ),
+    ];
+    for argv in runs {
+        let out = bin().args(&argv).arg("--json").output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        // `check --fix` reports what it wrote under `fix`.
+        let w = if v["operation"] == "check" {
+            &v["fix"]
+        } else {
+            &v
+        };
+        let keys: Vec<&str> = w.as_object().unwrap().keys().map(String::as_str).collect();
+        let at = keys.iter().position(|k| *k == "files");
+        assert!(
+            at.is_some_and(|i| keys.get(i + 1) == Some(&"bytes_written")),
+            "{argv:?}: {keys:?}"
+        );
+        let files = w["files"].as_array().unwrap();
+        assert!(!files.is_empty(), "{argv:?}");
+        let on_disk: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(f.as_str().unwrap()).unwrap().len())
+            .sum();
+        assert_eq!(w["bytes_written"].as_u64(), Some(on_disk), "{argv:?}: {w}");
+    }
+}

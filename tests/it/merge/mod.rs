@@ -24,10 +24,7 @@ fn merge_case(base: &str, adapters: &[(&str, f64)], reference: &str) {
     flags.extend(more.iter().map(String::as_str));
     flags.extend(["--device", "cpu"]);
     run_ok(merge_args(&base_path, &fixture(first.0), &out, &flags));
-    let merged = read_checkpoint(&out);
-    let base_t = read_checkpoint(&base_path);
-    let reference = read(&fixture(reference));
-    let n = assert_matches_reference(&merged, &base_t, &reference, TOL);
+    let n = assert_merged_matches(&out, &base_path, &fixture(reference), TOL);
     assert!(n > 0);
 }
 

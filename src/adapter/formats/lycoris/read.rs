@@ -170,13 +170,7 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
             rank = r;
             match parts.get("lora_mid.weight") {
                 None => {
-                    kind = if ds.len() == 2 {
-                        ModuleKind::Linear
-                    } else {
-                        ModuleKind::Conv {
-                            kernel: ds[2..].to_vec(),
-                        }
-                    };
+                    kind = ModuleKind::of_shape(ds);
                     k = ds[1..].iter().product();
                     factors = Factors::Lora { a: down, b: up };
                 }
@@ -237,13 +231,7 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                             "hada_w1_a {s1a:?}, hada_w1_b {s1b:?}, hada_w2_a {s2a:?} and hada_w2_b {s2b:?} do not form two d×r·r×k products of one shape"
                         )));
                     }
-                    kind = if s1b.len() > 2 {
-                        ModuleKind::Conv {
-                            kernel: s1b[2..].to_vec(),
-                        }
-                    } else {
-                        ModuleKind::Linear
-                    };
+                    kind = ModuleKind::of_shape(s1b);
                     out = d;
                     k = kf;
                     rank = r;
@@ -563,13 +551,7 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                     "GLoRA shapes do not fit: a1.weight {s1:?}, a2.weight {s2:?}, b1.weight {t1:?}, b2.weight {t2:?} (expected [in, r], [r, in], [out, r], [r, in(, kh, kw)])"
                 )));
             }
-            kind = if t2.len() > 2 {
-                ModuleKind::Conv {
-                    kernel: t2[2..].to_vec(),
-                }
-            } else {
-                ModuleKind::Linear
-            };
+            kind = ModuleKind::of_shape(t2);
             out = t1[0];
             k = t2[1..].iter().product();
             rank = r;
@@ -642,13 +624,7 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
             if ds.len() < 2 {
                 return Err(bad_shape("diff", ds, "[out, in(, kh, kw)]".into()));
             }
-            kind = if ds.len() == 2 {
-                ModuleKind::Linear
-            } else {
-                ModuleKind::Conv {
-                    kernel: ds[2..].to_vec(),
-                }
-            };
+            kind = ModuleKind::of_shape(ds);
             out = ds[0];
             k = ds[1..].iter().product();
             rank = out.min(k);

@@ -6,6 +6,21 @@ use crate::adapter::data::Data;
 use crate::adapter::formats::written::factor_shapes;
 use crate::adapter::model::{DoraRule, LoraModule, ModuleKind};
 
+/// An OFT or BOFT module's tensors: `oft_blocks` (BOFT's with a leading stage axis), then its
+/// `rescale` where it has one.
+fn oft_tensors<'a>(
+    blocks: &'a Data,
+    shape: Vec<usize>,
+    rescale: Option<&'a Data>,
+    rescale_shape: Vec<usize>,
+) -> Vec<(&'static str, &'a Data, Vec<usize>)> {
+    let mut v = vec![("oft_blocks", blocks, shape)];
+    if let Some(r) = rescale {
+        v.push(("rescale", r, rescale_shape));
+    }
+    v
+}
+
 /// The tensors a module is written as in a kohya-named file: suffix, data and canonical shape
 /// (LyCORIS' own layouts, as [`super::module`] reads them). The alpha is not included.
 pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
@@ -105,11 +120,7 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
             ..
         } => {
             let shape = vec![*stages, *block_num, *block_size, *block_size];
-            let mut v = vec![("oft_blocks", blocks, shape)];
-            if let Some(r) = rescale {
-                v.push(("rescale", r, ones(vec![d, 1])));
-            }
-            v
+            oft_tensors(blocks, shape, rescale.as_ref(), ones(vec![d, 1]))
         }
         Factors::Oft {
             blocks,
@@ -118,15 +129,8 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
             block_size,
             ..
         } => {
-            let mut v = vec![(
-                "oft_blocks",
-                blocks,
-                vec![*block_num, *block_size, *block_size],
-            )];
-            if let Some(r) = rescale {
-                v.push(("rescale", r, ones(vec![d, 1])));
-            }
-            v
+            let shape = vec![*block_num, *block_size, *block_size];
+            oft_tensors(blocks, shape, rescale.as_ref(), ones(vec![d, 1]))
         }
         // OneTrainer's single-file form (PEFT's own is refused by the kohya writer first); its
         // `scaled_oft` flag is the writer's.

@@ -256,6 +256,24 @@ fn qx_sums<const N: usize, const G: usize>(
     (sumlx, suml2)
 }
 
+/// The opening [`make_qx_quants`] and [`make_q3_quants`] share, as ggml's do: per lane the value
+/// of largest magnitude, whether the group counts as zero (`amax < GROUP_MAX_EPS`), and the
+/// first inverse scale `-nmax / max`.
+#[inline(always)]
+fn first_iscale<const N: usize, const G: usize>(
+    nmax: i32,
+    x: &[[f32; N]; G],
+) -> ([f32; N], [bool; N], [f32; N]) {
+    let (max, amax) = max_abs(x);
+    let mut zero = [false; N];
+    let mut iscale = [0f32; N];
+    for j in 0..N {
+        zero[j] = amax[j] < GROUP_MAX_EPS;
+        iscale[j] = -(nmax as f32) / max[j];
+    }
+    (max, zero, iscale)
+}
+
 /// [`super::reference::make_qx_quants`] (`rmse_type = 1`, no weights) for `N` groups of `G`,
 /// lane `j` being group `j`. Returns the scale per lane and leaves `L` (without the `+ nmax`)
 /// in `l_out`.
@@ -265,15 +283,7 @@ fn make_qx_quants<const N: usize, const G: usize>(
     x: &[[f32; N]; G],
     l_out: &mut [[f32; N]; G],
 ) -> [f32; N] {
-    let (max, amax) = max_abs(x);
-    let mut zero = [false; N];
-    for j in 0..N {
-        zero[j] = amax[j] < GROUP_MAX_EPS;
-    }
-    let mut iscale = [0f32; N];
-    for j in 0..N {
-        iscale[j] = -(nmax as f32) / max[j];
-    }
+    let (max, zero, mut iscale) = first_iscale(nmax, x);
     let (sumlx, suml2) = qx_sums(nmax, x, iscale);
     let (mut nz, mut q) = ([false; N], [0f32; N]);
     for j in 0..N {
@@ -329,13 +339,7 @@ fn make_q3_quants<const N: usize, const G: usize>(
     x: &[[f32; N]; G],
     l: &mut [[f32; N]; G],
 ) -> [f32; N] {
-    let (max, amax) = max_abs(x);
-    let mut zero = [false; N];
-    let mut iscale = [0f32; N];
-    for j in 0..N {
-        zero[j] = amax[j] < GROUP_MAX_EPS;
-        iscale[j] = -(nmax as f32) / max[j];
-    }
+    let (_, zero, iscale) = first_iscale(nmax, x);
     let (mut sumlx, mut suml2) = ([0f32; N], [0f32; N]);
     for (xi, li) in x.iter().zip(l.iter_mut()) {
         *li = quant(iscale, *xi, -nmax, nmax - 1);
@@ -475,28 +479,31 @@ pub(super) fn q2_fit(x: &[f32]) -> Fit {
 /// sixteen lanes.
 #[inline(always)]
 pub(super) fn q3_fit(x: &[f32]) -> Fit {
-    let xt: [[f32; 16]; 16] = transpose(x);
-    let mut l = [[0f32; 16]; 16];
-    let scales = make_q3_quants(4, &xt, &mut l);
-    let mut fit = Fit {
-        scales,
-        ..Fit::default()
-    };
-    store(&l, 4, &mut fit.l);
-    fit
+    symmetric_fit(x, 4, make_q3_quants)
 }
 
 /// The `Q6_K` group fits ([`super::reference::q6_fit`]): `make_qx_quants(16, 32, …, 1, NULL)`
 /// in sixteen lanes.
 #[inline(always)]
 pub(super) fn q6_fit(x: &[f32]) -> Fit {
+    symmetric_fit(x, 32, make_qx_quants)
+}
+
+/// The scale-only fits of [`q3_fit`] and [`q6_fit`]: sixteen groups of sixteen, one scale per
+/// group from `quants(nmax, …)` (no mins), the levels in `[-nmax, nmax)` stored as `L + nmax`.
+#[inline(always)]
+fn symmetric_fit(
+    x: &[f32],
+    nmax: i32,
+    quants: impl FnOnce(i32, &[[f32; 16]; 16], &mut [[f32; 16]; 16]) -> [f32; 16],
+) -> Fit {
     let xt: [[f32; 16]; 16] = transpose(x);
     let mut l = [[0f32; 16]; 16];
-    let scales = make_qx_quants(32, &xt, &mut l);
+    let scales = quants(nmax, &xt, &mut l);
     let mut fit = Fit {
         scales,
         ..Fit::default()
     };
-    store(&l, 32, &mut fit.l);
+    store(&l, nmax, &mut fit.l);
     fit
 }
