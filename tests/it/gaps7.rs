@@ -162,6 +162,33 @@ fn conv1d_model_with_fan_in_fan_out_false_merges_as_peft() {
     assert_all_exact(&v);
 }
 
+/// A Conv1D family inside a composite (bert2gpt2, `fixtures/rev7/bert2gpt2`, made by PEFT):
+/// the file says `fan_in_fan_out: true` (PEFT writes back what its last target, a Conv1D, set),
+/// but PEFT merges the encoder's nn.Linear `query` untransposed. lorakit kept the file's flag on
+/// every module not named as a Conv1D layer and merged that square `query` as `(B·A)ᵀ`
+/// (relative error ≈ 1 before the fix); now all three tensors equal PEFT's merge.
+#[test]
+fn fan_in_fan_out_is_reset_on_a_linear_module_of_a_conv1d_family_base() {
+    let (_dir, out) = scratch("out");
+    let base = fixture("rev7/bert2gpt2/base");
+    run_ok(merge_args(
+        &base,
+        &fixture("rev7/bert2gpt2/adapter"),
+        &out,
+        &["--device", "cpu", "--quiet"],
+    ));
+    let peft = read(&fixture("rev7/bert2gpt2/merged.safetensors"));
+    let got = read_checkpoint(&out);
+    assert_eq!(
+        assert_matches_reference(&got, &read_checkpoint(&base), &peft, 1e-6),
+        3
+    );
+    eprintln!(
+        "bert2gpt2: max |lorakit − PEFT| = {:e}",
+        max_abs_diff(&got, &peft)
+    );
+}
+
 /// An `lm_head` LoRA on a tied Llama (no lm_head tensor): PEFT's merge adds its ΔW in place to
 /// the one Parameter lm_head and embed_tokens share, so `--tied-embeddings shared` merges it
 /// into `model.embed_tokens.weight` (and the saved `lm_head.base_layer.weight` loads into it).
