@@ -219,6 +219,27 @@ fn lm_head_lora_on_a_tied_base_merges_into_the_shared_embedding_as_peft() {
     assert!(!out.exists());
 }
 
+/// A `modules_to_save` lm_head on a tied Llama (`fixtures/rev7/tied_mts`, made by PEFT): PEFT's
+/// merge_and_unload unties (the embedding kept, the trained copy saved as `lm_head.weight`,
+/// `tie_word_embeddings: false`), which `--tied-embeddings shared` cannot write. lorakit wrote
+/// the copy over `model.embed_tokens.weight` (0.37 off PEFT's embedding) and exited 0; now it is
+/// refused in one line naming the tensor and the tie, and nothing is written.
+#[test]
+fn modules_to_save_lm_head_on_a_tied_base_is_refused() {
+    let (_dir, out) = scratch("out");
+    let err = one_line_error(&run_err(merge_args(
+        &fixture("llama/tied"),
+        &fixture("rev7/tied_mts/adapter"),
+        &out,
+        &["--tied-embeddings", "shared"],
+    )));
+    assert!(
+        err.contains("`lm_head.weight`") && err.contains("tied to the input embedding"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
 /// `merge --part 1/2` into a safetensors folder, into a GGUF file from a GGUF base and into a
 /// GGUF file from a Hugging Face folder (`--outtype f32`): `bytes_written` is what the run wrote
 /// to disk, its part manifest included, in all three (both GGUF merges left the manifest out).
