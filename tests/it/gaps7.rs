@@ -162,6 +162,33 @@ fn conv1d_model_with_fan_in_fan_out_false_merges_as_peft() {
     assert_all_exact(&v);
 }
 
+/// A Conv1D family inside a composite (bert2gpt2, `fixtures/rev7/bert2gpt2`, made by PEFT):
+/// the file says `fan_in_fan_out: true` (PEFT writes back what its last target, a Conv1D, set),
+/// but PEFT merges the encoder's nn.Linear `query` untransposed. lorakit kept the file's flag on
+/// every module not named as a Conv1D layer and merged that square `query` as `(B·A)ᵀ`
+/// (relative error ≈ 1 before the fix); now all three tensors equal PEFT's merge.
+#[test]
+fn fan_in_fan_out_is_reset_on_a_linear_module_of_a_conv1d_family_base() {
+    let (_dir, out) = scratch("out");
+    let base = fixture("rev7/bert2gpt2/base");
+    run_ok(merge_args(
+        &base,
+        &fixture("rev7/bert2gpt2/adapter"),
+        &out,
+        &["--device", "cpu", "--quiet"],
+    ));
+    let peft = read(&fixture("rev7/bert2gpt2/merged.safetensors"));
+    let got = read_checkpoint(&out);
+    assert_eq!(
+        assert_matches_reference(&got, &read_checkpoint(&base), &peft, 1e-6),
+        3
+    );
+    eprintln!(
+        "bert2gpt2: max |lorakit − PEFT| = {:e}",
+        max_abs_diff(&got, &peft)
+    );
+}
+
 /// An `lm_head` LoRA on a tied Llama (no lm_head tensor): PEFT's merge adds its ΔW in place to
 /// the one Parameter lm_head and embed_tokens share, so `--tied-embeddings shared` merges it
 /// into `model.embed_tokens.weight` (and the saved `lm_head.base_layer.weight` loads into it).
@@ -187,6 +214,27 @@ fn lm_head_lora_on_a_tied_base_merges_into_the_shared_embedding_as_peft() {
     assert!(
         err.contains("`lm_head` changes `model.embed_tokens.weight`")
             && err.contains("--tied-embeddings shared"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+/// A `modules_to_save` lm_head on a tied Llama (`fixtures/rev7/tied_mts`, made by PEFT): PEFT's
+/// merge_and_unload unties (the embedding kept, the trained copy saved as `lm_head.weight`,
+/// `tie_word_embeddings: false`), which `--tied-embeddings shared` cannot write. lorakit wrote
+/// the copy over `model.embed_tokens.weight` (0.37 off PEFT's embedding) and exited 0; now it is
+/// refused in one line naming the tensor and the tie, and nothing is written.
+#[test]
+fn modules_to_save_lm_head_on_a_tied_base_is_refused() {
+    let (_dir, out) = scratch("out");
+    let err = one_line_error(&run_err(merge_args(
+        &fixture("llama/tied"),
+        &fixture("rev7/tied_mts/adapter"),
+        &out,
+        &["--tied-embeddings", "shared"],
+    )));
+    assert!(
+        err.contains("`lm_head.weight`") && err.contains("tied to the input embedding"),
         "{err}"
     );
     assert!(!out.exists());

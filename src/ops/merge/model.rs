@@ -341,12 +341,15 @@ pub(super) fn land_lm_head_on_tied_embedding(a: &Adapter, base: &Checkpoint, res
         if !is_lm_head_name(expected) {
             return true;
         }
-        if let Some(mi) = a.modules.iter().position(|m| {
-            &m.name == module
-                && m.kind == crate::adapter::ModuleKind::Linear
-                && m.bias.is_none()
-                && crate::adapter::mapping::expected_shape(m) == shape
-        }) {
+        let lora_fits = |name: &str| {
+            a.modules.iter().position(|m| {
+                m.name == name
+                    && m.kind == crate::adapter::ModuleKind::Linear
+                    && m.bias.is_none()
+                    && crate::adapter::mapping::expected_shape(m) == shape
+            })
+        };
+        if let Some(mi) = lora_fits(module) {
             res.modules.push(crate::adapter::mapping::Placement {
                 module: mi,
                 weight: emb.clone(),
@@ -356,10 +359,17 @@ pub(super) fn land_lm_head_on_tied_embedding(a: &Adapter, base: &Checkpoint, res
             });
             return false;
         }
+        // Only the `lm_head.base_layer.weight` saved beside that LoRA: a `modules_to_save`
+        // lm_head is a copy PEFT unties from the embedding (its merge_and_unload keeps the
+        // embedding and saves `lm_head.weight` apart, `tie_word_embeddings: false`), which
+        // `shared` cannot write; it stays unmatched and refused.
+        let beside_lora = module
+            .strip_suffix(".weight")
+            .is_some_and(|m| lora_fits(m).is_some());
         if let Some(fi) = a
             .full_tensors
             .iter()
-            .position(|f| &f.name == module && f.rows.is_none() && f.fits(&shape))
+            .position(|f| beside_lora && &f.name == module && f.rows.is_none() && f.fits(&shape))
         {
             res.full.push((fi, emb.clone()));
             return false;

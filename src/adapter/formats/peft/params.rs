@@ -447,20 +447,20 @@ fn conv1d_families(base: &Checkpoint) -> Option<(bool, bool)> {
 /// a warning). With no Conv1D family named in the base's config.json every Linear module is
 /// untransposed ([`linear_fan_in_fan_out_reset`]); in a Conv1D family a module named as one of
 /// the family's [`CONV1D_LAYERS`] is transposed (a `fan_in_fan_out: false` file, as trainers
-/// other than PEFT save one: GPT-2's square `attn.c_proj` was merged untransposed), the others
-/// keep the adapter's flag; without a config.json naming the model the flag is kept (lorakit
-/// cannot tell the layer types). Expert parameters keep their own layout.
+/// other than PEFT save one: GPT-2's square `attn.c_proj` was merged untransposed), every other
+/// Linear module is not: those are `nn.Linear` (`lm_head`, `score`, clvp's `q_proj`, a
+/// bert2gpt2 encoder's square `query`, which PEFT merges untransposed though the file it saves
+/// says `fan_in_fan_out: true`, the flag its last Conv1D target left); without a config.json
+/// naming the model the flag is kept (lorakit cannot tell the layer types). Expert parameters
+/// keep their own layout.
 pub(crate) fn fan_in_fan_out_as_peft(adapter: &mut Adapter, base: &Checkpoint) {
     match conv1d_families(base) {
         Some((true, false)) => linear_fan_in_fan_out_reset(adapter),
         Some((true, true)) => {
             for m in adapter.modules.iter_mut() {
                 let last = m.name.rsplit('.').next().unwrap_or(&m.name);
-                if m.kind == ModuleKind::Linear
-                    && parse_expert(&m.name).is_none()
-                    && CONV1D_LAYERS.contains(&last)
-                {
-                    m.base_transposed = true;
+                if m.kind == ModuleKind::Linear && parse_expert(&m.name).is_none() {
+                    m.base_transposed = CONV1D_LAYERS.contains(&last);
                 }
             }
         }
