@@ -523,67 +523,16 @@ pub fn factored_svd_with(
     if d.min(k).min(b.ncols()) == 0 {
         return Svd::empty(d, k);
     }
-    // Finite factors whose magnitudes multiply past ~2⁶⁴ (|B|·|A|·|s| ≥ 2²⁴, e.g. weights of
-    // 1e30) overflow the sums of squares inside the QR and SVD (faer answers NoConvergence). Then
-    // B, A and s are each brought to [½, 1) by a power of two — exact, as is undoing it on the
-    // singular values — so U, V are unchanged and s is scaled back in f64 (∞ where the true
-    // value is past f32, for the caller's finiteness check). Ordinary factors take the path
-    // unchanged, bit for bit.
-    let (mb, ma) = (max_abs(b), max_abs(a));
-    let shifted = mb as f64 * ma as f64 * (scale as f64).abs() >= (1u64 << 24) as f64;
-    let (eb, ea, es) = if shifted {
-        (
-            pow2_exponent(mb),
-            pow2_exponent(ma),
-            pow2_exponent(scale.abs()),
-        )
-    } else {
-        (0, 0, 0)
-    };
-    let down = |m: ArrayView2<f32>, e: i32| m.mapv(|x| (x as f64 * 2f64.powi(-e)) as f32);
-    let (b_down, a_down);
-    let (b, a) = if shifted {
-        (b_down, a_down) = (down(b, eb), down(a, ea));
-        (b_down.view(), a_down.view())
-    } else {
-        (b, a)
-    };
-    let scale = if shifted {
-        (scale as f64 * 2f64.powi(-es)) as f32
-    } else {
-        scale
-    };
     let (qb, mut rb) = dense.qr_thin(b);
     let (qa, ra) = dense.qr_thin(a.t());
     rb.mapv_inplace(|x| x * scale);
     let core = dense.matmul(rb.view(), ra.t());
-    let mut small = dense.svd_thin(core.view());
-    if shifted {
-        let up = 2f64.powi(eb + ea + es);
-        small
-            .s
-            .iter_mut()
-            .for_each(|x| *x = (*x as f64 * up) as f32);
-    }
+    let small = dense.svd_thin(core.view());
     let u = dense.matmul(qb.view(), small.u.view());
     let vt = dense.matmul(small.vt.view(), qa.t());
     let mut svd = Svd { u, s: small.s, vt };
     svd.normalize_signs();
     svd
-}
-
-/// The largest `|x|` of `m` (0 for an empty or all-zero matrix).
-fn max_abs(m: ArrayView2<f32>) -> f32 {
-    m.iter().fold(0f32, |acc, &x| acc.max(x.abs()))
-}
-
-/// `e` with `x·2⁻ᵉ` in `[½, 1)` (0 for `x = 0`).
-fn pow2_exponent(x: f32) -> i32 {
-    if x == 0.0 {
-        0
-    } else {
-        (x as f64).log2().floor() as i32 + 1
-    }
 }
 
 /// SVD of `Σᵢ sᵢ·Bᵢ·Aᵢ` for `terms = [(Bᵢ, Aᵢ, sᵢ)]` (`Bᵢ: d×rᵢ`,
