@@ -369,3 +369,42 @@ fn an_extract_of_huge_finite_weights_scales_instead_of_a_panic() {
         assert!(err < 1e-5, "{m}: relative error {err:e}");
     }
 }
+
+/// `check --fix --dora-rank 1000000000`: each DoRA module's LoRA was allocated at the asked
+/// rank (d·r values) and the process aborted. A rank past min(d, k) adds only zero columns, so
+/// it is capped there, as combine and extract do: the fixed adapter is the one `--dora-rank 64`
+/// writes (64 = the largest min(d, k) of the fixture's modules; that fix is checked against
+/// PEFT's own DoRA merge in check/fix.rs).
+#[test]
+fn a_dora_rank_past_the_module_sizes_is_capped_not_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut written = Vec::new();
+    for rank in ["64", "1000000000"] {
+        let out = dir.path().join(format!("f{rank}"));
+        let o = bin()
+            .args(check_args(
+                &fixture("llama/adapters/dora"),
+                &[
+                    "--base",
+                    s(&fixture("llama/base")),
+                    "--target",
+                    "vllm",
+                    "--fix",
+                    "--dora-rank",
+                    rank,
+                    "--out",
+                    s(&out),
+                    "--quiet",
+                ],
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            matches!(o.status.code(), Some(0 | 1)),
+            "--dora-rank {rank}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        written.push(read(&out.join("adapter_model.safetensors")));
+    }
+    assert_eq!(written[0], written[1]);
+}
