@@ -143,6 +143,7 @@ import hostile_cases_round3  # noqa: E402,F401
 import hostile_cases_round5  # noqa: E402,F401
 import hostile_cases_round5b  # noqa: E402,F401
 import hostile_cases_round6  # noqa: E402,F401
+import hostile_cases_round7  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- main

@@ -56,6 +56,8 @@ mod it {
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.
     pub mod hostile6;
+    /// The seventh hostile round's findings: allocations, svd weights, finalize indexes, tokenizers.
+    pub mod hostile7;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
     pub mod inspect;
     /// A failed `--json` run: one JSON error object on stdout, stderr and exit status unchanged.

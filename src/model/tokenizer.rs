@@ -5,12 +5,13 @@
 //! Must not reach the network: a tokenizer is a local file or the byte fallback.
 
 use crate::error::{InputError, Opt};
-use anyhow::{Context, Result};
-use std::path::Path;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
 
 /// A tokenizer for `eval` and `train`.
 pub enum TextTokenizer {
-    Hf(Box<tokenizers::Tokenizer>),
+    /// The tokenizer and the file it was read from (named by errors it causes).
+    Hf(Box<tokenizers::Tokenizer>, PathBuf),
     /// Byte `b` is token `b`; nothing is added.
     Bytes,
 }
@@ -18,7 +19,7 @@ pub enum TextTokenizer {
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TextTokenizer::Hf(_) => write!(f, "TextTokenizer::Hf"),
+            TextTokenizer::Hf(..) => write!(f, "TextTokenizer::Hf"),
             TextTokenizer::Bytes => write!(f, "TextTokenizer::Bytes"),
         }
     }
@@ -58,7 +59,7 @@ impl TextTokenizer {
                 format!("cannot load tokenizer: {e}"),
             ))
         })?;
-        Ok(TextTokenizer::Hf(Box::new(tok)))
+        Ok(TextTokenizer::Hf(Box::new(tok), path))
     }
 
     /// Token ids of `text`; `add_special` adds what the tokenizer's post-processor adds (a BOS
@@ -66,10 +67,9 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         match self {
             TextTokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
-            TextTokenizer::Hf(t) => Ok(t
+            TextTokenizer::Hf(t, path) => Ok(t
                 .encode(text, add_special)
-                .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
-                .context("encoding text")?
+                .map_err(|e| InputError::invalid(path, format!("cannot encode text: {e}")))?
                 .get_ids()
                 .to_vec()),
         }
@@ -82,7 +82,7 @@ impl TextTokenizer {
                 let b: Vec<u8> = ids.iter().map(|&i| i.min(255) as u8).collect();
                 String::from_utf8_lossy(&b).into_owned()
             }
-            TextTokenizer::Hf(t) => t.decode(ids, true).unwrap_or_default(),
+            TextTokenizer::Hf(t, _) => t.decode(ids, true).unwrap_or_default(),
         }
     }
 
@@ -90,7 +90,15 @@ impl TextTokenizer {
     pub fn describe(&self) -> String {
         match self {
             TextTokenizer::Bytes => "bytes".into(),
-            TextTokenizer::Hf(t) => format!("tokenizer.json (vocab {})", t.get_vocab_size(true)),
+            TextTokenizer::Hf(t, _) => format!("tokenizer.json (vocab {})", t.get_vocab_size(true)),
+        }
+    }
+
+    /// The `tokenizer.json` file read, if any.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            TextTokenizer::Bytes => None,
+            TextTokenizer::Hf(_, path) => Some(path),
         }
     }
 }

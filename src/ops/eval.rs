@@ -287,8 +287,13 @@ fn evaluate(
             ("prompt", ids, None)
         }
     };
-    if let EvalInput::InputIds(p) | EvalInput::Text(p) = &o.input {
-        check_token_ids(p, &stream, config.vocab_size)?;
+    match &o.input {
+        EvalInput::InputIds(p) => check_token_ids(p, None, &stream, config.vocab_size)?,
+        EvalInput::Text(p) => {
+            let via = tok.as_ref().and_then(TextTokenizer::file);
+            check_token_ids(p, via, &stream, config.vocab_size)?
+        }
+        EvalInput::Prompt(_) => {}
     }
     // Units of work: (offset of the sequence in `stream`, window).
     let units: Vec<Window> = match rows {
@@ -448,15 +453,25 @@ fn evaluate(
 /// index the model's embedding: a one-line error naming the file otherwise, before any work.
 /// `eval` and `train` (its data and eval data) check every token up front, so an id beyond
 /// the vocabulary is refused even where no window would reach it.
-pub(crate) fn check_token_ids(path: &std::path::Path, ids: &[u32], vocab: usize) -> Result<()> {
+/// `tokenizer`: the `tokenizer.json` the ids came from, named too (its vocabulary is the one
+/// that does not fit the model).
+pub(crate) fn check_token_ids(
+    path: &std::path::Path,
+    tokenizer: Option<&std::path::Path>,
+    ids: &[u32],
+    vocab: usize,
+) -> Result<()> {
     use crate::error::InputError;
     if ids.is_empty() {
         bail!(InputError::invalid(path, "holds no tokens"));
     }
     if let Some((at, t)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+        let from = tokenizer.map_or(String::new(), |p| format!(", from {}", p.display()));
         bail!(InputError::invalid(
             path,
-            format!("token id {t} (token {at}) is not below the model's vocabulary size {vocab}")
+            format!(
+                "token id {t} (token {at}{from}) is not below the model's vocabulary size {vocab}"
+            )
         ));
     }
     Ok(())

@@ -316,7 +316,33 @@ pub fn faer_svd(a: ArrayView2<'_, f32>, par: Option<Par>) -> Svd {
 }
 
 /// faer's SVD with its QR-first step disabled (`qr_ratio_threshold = ∞`).
+///
+/// A finite matrix with entries past 2³² (sums of squares near f32's range) is first scaled
+/// into [½, 1) by a power of two, and `s` scaled back in f64 (exact both ways; ∞ where the
+/// true value is past f32): faer answers NoConvergence on such a matrix itself. Other
+/// matrices take the unchanged path, bit for bit.
 fn faer_svd_squareish(a: MatRef<'_, f32>, par: Option<Par>) -> Svd {
+    let mut big = 0f32;
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            big = big.max(a[(i, j)].abs());
+        }
+    }
+    if big.is_finite() && big > (1u64 << 32) as f32 {
+        let e = (big as f64).log2().floor() as i32 + 1;
+        let down = Mat::<f32>::from_fn(a.nrows(), a.ncols(), |i, j| {
+            (a[(i, j)] as f64 * 2f64.powi(-e)) as f32
+        });
+        let mut svd = faer_svd_plain(down.as_ref(), par);
+        let up = 2f64.powi(e);
+        svd.s.iter_mut().for_each(|x| *x = (*x as f64 * up) as f32);
+        return svd;
+    }
+    faer_svd_plain(a, par)
+}
+
+/// [`faer_svd_squareish`] without the scaling.
+fn faer_svd_plain(a: MatRef<'_, f32>, par: Option<Par>) -> Svd {
     use faer::linalg::svd::{svd, svd_scratch, ComputeSvdVectors, SvdParams};
     use faer::Auto;
     let (m, n) = a.shape();

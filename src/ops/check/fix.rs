@@ -470,6 +470,10 @@ fn dora_to_plain(
         }
         let view = crate::ops::output::view(&dm, d, k);
         let svd = crate::linalg::exact_svd(view);
+        // A rank above min(d, k) adds only zero columns: capped, as combine and extract do
+        // (`--dora-rank 1000000000` allocated d·r values and aborted); the fix pads every
+        // module to the largest rank afterwards.
+        let r = r.min(d.min(k));
         let keep = r.min(svd.s.len());
         let tail: f64 = svd.s[keep..]
             .iter()

@@ -405,6 +405,18 @@ pub fn combine(
                     (rank, b, a)
                 }
                 Method::Svd => {
+                    // The SVD takes each wᵢ·sᵢ as an f32 (and requires it finite).
+                    for (&(i, m), &w) in parts.iter().zip(&ws) {
+                        if !(w as f32).is_finite() {
+                            return Err(InputError::invalid(
+                                &inputs[i].adapter.path,
+                                format!(
+                                    "module `{}`: weight {} × scale {} = {w:e} overflows f32",
+                                    m.name, inputs[i].weight, m.scale
+                                ),
+                            ));
+                        }
+                    }
                     let terms: Vec<_> = parts
                         .iter()
                         .zip(factors.iter().zip(&ws))

@@ -303,9 +303,10 @@ impl GgufMergePlan {
                 unmatched.len(),
                 unmatched_list(&unmatched, &adapters[0].adapter.path),
             );
+            let bp = bp.display().to_string();
             return Err(InputError::option(&adapters[0].adapter.path, move |o| {
                 format!(
-                    "{count} module(s) match no tensor of the GGUF base ({list}); pass {} to merge the rest",
+                    "{count} module(s) match no tensor of the GGUF base {bp} ({list}); pass {} to merge the rest",
                     o.opt(Opt::AllowUnmatched)
                 )
             })

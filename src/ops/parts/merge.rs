@@ -158,9 +158,14 @@ impl SplitOutput for MergeParts {
     ) -> Result<FinalizeReport> {
         let (dir, plan) = (&self.dir, &first.plan);
         let mut out_names: Vec<String> = Vec::new();
-        for f in &plan.files {
-            let f = SafetensorsFile::open(dir.join(&f.name))?;
+        // Each written tensor and the file that holds it: what the index must map.
+        let mut homes = std::collections::BTreeMap::new();
+        for pf in &plan.files {
+            let f = SafetensorsFile::open(dir.join(&pf.name))?;
             out_names.extend(f.tensors().iter().map(|t| t.name.clone()));
+            for t in f.tensors() {
+                homes.insert(t.name.clone(), pf.name.as_str());
+            }
         }
         // The copied files must be exactly the recorded base's non-weight files, and the base must
         // be the checkpoint the parts wrote: nothing else can be copied into the output.
@@ -215,6 +220,14 @@ impl SplitOutput for MergeParts {
             copied.push(dst.clone());
         }
         if let (Some(name), Some(doc)) = (&plan.index_name, &plan.index) {
+            // The manifest carries the index as text: it is written only if its weight_map is
+            // exactly the written tensors, each in the file that holds it.
+            if !index_maps(doc, &homes) {
+                bail!(InputError::invalid(
+                    manifest,
+                    "the index document is not the index of the written files (a JSON object whose `weight_map` names each tensor's file); the manifest was edited",
+                ));
+            }
             out.small_file(&dir.join(name), doc.as_bytes())?;
         }
         let files = plan
@@ -235,4 +248,19 @@ impl SplitOutput for MergeParts {
             files,
         })
     }
+}
+
+/// Whether the index document `doc` is a JSON object whose `weight_map` maps exactly the
+/// tensors of `homes` to the files that hold them.
+fn index_maps(doc: &str, homes: &std::collections::BTreeMap<String, &str>) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(doc) else {
+        return false;
+    };
+    let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
+        return false;
+    };
+    map.len() == homes.len()
+        && map
+            .iter()
+            .all(|(k, f)| f.as_str().is_some_and(|f| homes.get(k) == Some(&f)))
 }

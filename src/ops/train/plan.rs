@@ -144,7 +144,9 @@ impl TrainPlan {
         };
         let tokens = |p: &Path| -> Result<Vec<u32>> {
             let ids = token_stream(p, tokenizer.as_ref(), config.eos_token_id)?;
-            crate::ops::eval::check_token_ids(p, &ids, config.vocab_size)?;
+            let via = tokenizer.as_ref().and_then(TextTokenizer::file);
+            let via = if is_ids(p) { None } else { via };
+            crate::ops::eval::check_token_ids(p, via, &ids, config.vocab_size)?;
             Ok(ids)
         };
         let data = Dataset::new(tokens(&a.data)?, a.seq_len)?;

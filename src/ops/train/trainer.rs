@@ -17,6 +17,26 @@ use anyhow::{bail, Result};
 use std::path::Path;
 use std::sync::Arc;
 
+/// `n` zeroed values (`None`: a size past `usize`), or an error naming `--rank` when they cannot
+/// be allocated: a rank far past the model's sizes (`--rank 1000000000`) is refused cleanly
+/// instead of aborting the process on a failed allocation.
+fn try_zeros(n: Option<usize>, rank: usize, module: &str) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    match n {
+        Some(n) if v.try_reserve_exact(n).is_ok() => {
+            v.resize(n, 0.0);
+            Ok(v)
+        }
+        _ => {
+            let module = module.to_owned();
+            bail!(OptionError::new(move |o| format!(
+                "{} {rank} is too large: the factors of `{module}` cannot be allocated",
+                o.opt(Opt::Rank)
+            )))
+        }
+    }
+}
+
 /// How [`Trainer::run`] drives a run: periodic evaluation and checkpoints, where the adapter
 /// goes, and what its config records.
 #[derive(Debug, Clone)]
@@ -100,13 +120,15 @@ impl<'c> Trainer<'c> {
                     let (d, k) = (lin.out_features(), lin.in_features());
                     // kaiming_uniform_(a=√5): gain √(2/(1+5)), bound gain·√(3/fan_in) = 1/√fan_in.
                     let bound = 1.0 / (k as f64).sqrt();
-                    let a: Vec<f32> = (0..rank * k)
-                        .map(|_| ((2.0 * rng.next_f64() - 1.0) * bound) as f32)
-                        .collect();
+                    let mut a = try_zeros(rank.checked_mul(k), rank, &lin.name)?;
+                    for x in &mut a {
+                        *x = ((2.0 * rng.next_f64() - 1.0) * bound) as f32;
+                    }
+                    let b = try_zeros(d.checked_mul(rank), rank, &lin.name)?;
                     lin.loras.push(Lora {
                         source: "trainable".into(),
                         a,
-                        b: vec![0.0; d * rank],
+                        b,
                         rank,
                         scale: crate::adapter::scale_for(alpha, rank, rslora) as f32,
                         bias: None,
@@ -173,12 +195,23 @@ impl<'c> Trainer<'c> {
                 }
             }
         }
-        let zeros = |model: &Model<f32>, m: &TrainedModule| {
+        // AdamW's two moments, as large as the factors: allocated fallibly too.
+        let zeros = |model: &Model<f32>, m: &TrainedModule| -> Result<(Vec<f32>, Vec<f32>)> {
             let l = model.linear(m.slot).trainable().expect("trainable");
-            (vec![0f32; l.a.len()], vec![0f32; l.b.len()])
+            let name = &model.linear(m.slot).name;
+            Ok((
+                try_zeros(Some(l.a.len()), m.rank, name)?,
+                try_zeros(Some(l.b.len()), m.rank, name)?,
+            ))
         };
-        let m: Vec<_> = modules.iter().map(|x| zeros(&model, x)).collect();
-        let v = m.clone();
+        let m = modules
+            .iter()
+            .map(|x| zeros(&model, x))
+            .collect::<Result<Vec<_>>>()?;
+        let v = modules
+            .iter()
+            .map(|x| zeros(&model, x))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Trainer {
             model,
             modules,
