@@ -1,0 +1,103 @@
+//! What the sweeps with seeds 31/32 and wider draws found (fixtures/gen/sweep7_fixtures.py),
+//! each against the real library: PEFT's own load of the folder, bitsandbytes' saved merge.
+
+use super::common::*;
+
+fn manifest() -> serde_json::Value {
+    read_json(fixture("sweep7/MANIFEST.json"))
+}
+
+/// `lorakit check ADAPTER --base BASE --target peft --json`: (exit code, the PEFT target).
+fn peft_check(case: &str) -> (i32, serde_json::Value) {
+    let adapter = fixture(&format!("sweep7/{case}/adapter"));
+    let base = fixture(&format!("sweep7/{case}/base"));
+    let out = bin()
+        .args(check_args(
+            &adapter,
+            &["--base", s(&base), "--target", "peft", "--json"],
+        ))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{case}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), v["targets"][0].clone())
+}
+
+/// PEFT `target_parameters` on MoE experts against a base transformers saved one tensor per
+/// expert (Qwen2-MoE `mlp.experts.{e}.gate_proj`, Mixtral `block_sparse_moe.experts.{e}.w1` and
+/// its router `block_sparse_moe.gate`, which PEFT's `all-linear` wraps as `mlp.gate`):
+/// transformers fuses and renames them on load, and PEFT's `PeftModel.from_pretrained` loads
+/// every tensor of the file (MANIFEST `peft_loads_all`). `check --target peft` said the expert
+/// and router modules were names the base lacks (`peft.not_found`) while `merge` placed them.
+#[test]
+fn peft_check_places_experts_on_a_base_saved_per_expert() {
+    let m = manifest();
+    for case in ["qwen2_moe_experts", "mixtral_all_linear"] {
+        assert_eq!(m[case]["peft_loads_all"], true, "{case}: PEFT's own load");
+        let (code, t) = peft_check(case);
+        assert_eq!(
+            (code, &t["loads"], &t["applies_all"]),
+            (
+                0,
+                &serde_json::Value::Bool(true),
+                &serde_json::Value::Bool(true)
+            ),
+            "{case}: {t}"
+        );
+    }
+}
+
+/// A tied GPT-2 (no `lm_head` tensor on disk; its input embedding is `transformer.wte`) with
+/// `modules_to_save=["lm_head"]`: PEFT loads the saved head onto the model's tied `lm_head`
+/// (MANIFEST `peft_loads_all`); `check --target peft` looked for an `embed_tokens` tensor to
+/// recognise the tie and called the head a name the base lacks.
+#[test]
+fn peft_check_knows_a_tied_gpt2_head() {
+    assert_eq!(manifest()["gpt2_tied_head"]["peft_loads_all"], true);
+    let (code, t) = peft_check("gpt2_tied_head");
+    assert_eq!(
+        (code, &t["loads"], &t["applies_all"]),
+        (
+            0,
+            &serde_json::Value::Bool(true),
+            &serde_json::Value::Bool(true)
+        ),
+        "{t}"
+    );
+}
+
+/// `merge --quant keep` into an NF4 base with double quantization writes every tensor as
+/// bitsandbytes does after PEFT's `merge_and_unload` (rank 1: no summation order to differ in),
+/// including the quant_state JSON of a weight whose new `nested_offset` is a double exactly
+/// halfway between two shortest digit strings: CPython writes the even one (`…812`), lorakit
+/// wrote the upper (`…813`).
+#[test]
+fn nf4_merge_writes_a_halfway_offset_as_python_does() {
+    let m = manifest();
+    let tie = &m["nf4_tie"]["halfway_offsets"][0];
+    let (_dir, out) = scratch("out");
+    run_ok(merge_args(
+        &fixture("sweep7/nf4_tie/base"),
+        &fixture("sweep7/nf4_tie/adapter"),
+        &out,
+        &[],
+    ));
+    let got = read_checkpoint(&out);
+    let want = read_checkpoint(&fixture("sweep7/nf4_tie/peft_merged"));
+    let blob = format!(
+        "{}.quant_state.bitsandbytes__nf4",
+        tie["weight"].as_str().unwrap()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got[&blob].data),
+        tie["blob"].as_str().unwrap()
+    );
+    assert_eq!(got.len(), want.len());
+    for (k, w) in &want {
+        let g = &got[k];
+        assert!(
+            g.dtype == w.dtype && g.shape == w.shape && g.data == w.data,
+            "{k}: not bitsandbytes' bytes"
+        );
+    }
+}
