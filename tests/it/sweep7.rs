@@ -101,3 +101,54 @@ fn nf4_merge_writes_a_halfway_offset_as_python_does() {
         );
     }
 }
+
+/// diffusion-pipe's HunyuanVideo form (`diffusion_model.` + Tencent's original names,
+/// `.lora_A/.lora_B`, no alpha) on the top-level embedders: `vector_in.in_layer` is diffusers'
+/// `time_text_embed.text_embedder.linear_1`, whose path the token refiner's
+/// `context_embedder.time_text_embed.text_embedder.linear_1` ends with. lorakit refused the file
+/// as ambiguous; it merges to diffusers' checkpoint converter applied to the original weights
+/// plus up·down (f64, rounded once; fixtures/sweep7/hv_original).
+#[test]
+fn hunyuan_video_embedders_land_on_their_own_diffusers_paths() {
+    let (_dir, out) = scratch("out");
+    let base = fixture("sweep7/hv_original/base");
+    run_ok(merge_args(
+        &base,
+        &fixture("sweep7/hv_original/dpipe_embedders.safetensors"),
+        &out,
+        &["--device", "cpu"],
+    ));
+    let want = read(&fixture(
+        "sweep7/hv_original/dpipe_embedders_reference.safetensors",
+    ));
+    let n = assert_matches_reference(&read_checkpoint(&out), &read_checkpoint(&base), &want, 1e-6);
+    assert_eq!(n, 5);
+}
+
+/// The same original names under `transformer.` and no `img_attn_qkv` key: diffusers'
+/// HunyuanVideo loader converts a file only when a key contains `img_attn_qkv`, so PEFT finds
+/// none of these modules and `load_lora_weights` raises NoMatchingPeftModuleError (MANIFEST);
+/// `check --target diffusers` said it loads and applies everything.
+#[test]
+fn hunyuan_video_original_names_under_transformer_are_refused_by_diffusers() {
+    let m = manifest();
+    let load = m["hv_original"]["transformer_prefix"]["diffusers_load"]
+        .as_str()
+        .unwrap();
+    assert!(load.starts_with("NoMatchingPeftModuleError"), "{load}");
+    let out = bin()
+        .args(check_args(
+            &fixture("sweep7/hv_original/transformer_prefix.safetensors"),
+            &["--target", "diffusers", "--json"],
+        ))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &v["targets"][0];
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(t["loads"], false, "{t}");
+    assert_eq!(
+        field_strs(&t["findings"], "rule"),
+        ["diffusers.hunyuan_video_refused"]
+    );
+}
