@@ -152,3 +152,58 @@ fn hunyuan_video_original_names_under_transformer_are_refused_by_diffusers() {
         ["diffusers.hunyuan_video_refused"]
     );
 }
+
+/// `lorakit check FILE --target diffusers --json` on a fixture of hv_original: (exit code, the
+/// target's `loads`, its rule ids).
+fn diffusers_check(file: &str) -> (Option<i32>, serde_json::Value, Vec<String>) {
+    let out = bin()
+        .args(check_args(
+            &fixture(&format!("sweep7/hv_original/{file}")),
+            &["--target", "diffusers", "--json"],
+        ))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &v["targets"][0];
+    let rules = field_strs(&t["findings"], "rule")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    (out.status.code(), t["loads"].clone(), rules)
+}
+
+/// diffusion-pipe files diffusers does convert (an `img_attn_qkv` key): its converter treats
+/// PEFT's `lora_A` as it treats `lora_B`. The final modulation's `lora_A` rows get their halves
+/// swapped too, so at rank 2 it loads and fuses another ΔW (MANIFEST: `norm_out.linear` off the
+/// converter's arithmetic by a relative 0.7); the token refiner's `self_attn_qkv.lora_A` is
+/// chunked in three, and at rank 3 the load fails on a size mismatch. `check` said both apply.
+#[test]
+fn hunyuan_video_lora_a_chunked_by_diffusers_is_flagged() {
+    let m = manifest();
+    let fin = &m["hv_original"]["converted_final_mod"];
+    assert_eq!(fin["diffusers_load"], "loaded");
+    assert!(fin["norm_out_linear_rel_err"].as_f64().unwrap() > 0.1);
+    let qkv = m["hv_original"]["converted_refiner_qkv"]["diffusers_load"]
+        .as_str()
+        .unwrap();
+    assert!(qkv.contains("size mismatch"), "{qkv}");
+
+    let (code, loads, rules) = diffusers_check("converted_final_mod.safetensors");
+    assert_eq!(
+        (code, loads, rules),
+        (
+            Some(1),
+            serde_json::Value::Bool(true),
+            vec!["diffusers.hunyuan_video_unconverted".to_owned()]
+        )
+    );
+    let (code, loads, rules) = diffusers_check("converted_refiner_qkv.safetensors");
+    assert_eq!(
+        (code, loads, rules),
+        (
+            Some(1),
+            serde_json::Value::Bool(false),
+            vec!["diffusers.hunyuan_video_refused".to_owned()]
+        )
+    );
+}

@@ -308,8 +308,36 @@ fn hunyuan_video_findings(
         if !kohya.is_empty() {
             return (kohya, vec![]);
         }
+        // PEFT's `lora_A` is chunked as its `lora_B` is (sweep7, against diffusers 0.42.1 on the
+        // tiny model): `remap_txt_in_` splits the token refiner's `self_attn_qkv.lora_A` rows in
+        // three (too few chunks: ValueError; else A of r/3 rows beside B of r columns: a size
+        // mismatch on load), and `remap_norm_scale_shift_` swaps the halves of the final
+        // modulation's `lora_A` rows beside `lora_B`'s (one row: ValueError; more: another ΔW).
+        let mut refused = each(
+            &|k| {
+                k.contains("txt_in") && k.contains("self_attn_qkv") && k.ends_with(".lora_A.weight")
+            },
+            "lora_A's rows chunked in three like lora_B's: ValueError or a size mismatch on load",
+        );
+        let mut swapped = Vec::new();
+        for m in &adapter.modules {
+            let a = format!("{}.lora_A.weight", m.name);
+            if m.name.ends_with("final_layer.adaLN_modulation.1") && keys.contains(&a.as_str()) {
+                if m.rank == 1 {
+                    refused.push(format!("{a} (one row chunked in two: ValueError)"));
+                } else {
+                    swapped.push(format!(
+                        "{} (lora_A's rows swapped in halves like lora_B's: another ΔW)",
+                        m.name
+                    ));
+                }
+            }
+        }
+        if !refused.is_empty() {
+            return (refused, vec![]);
+        }
         let no_lora = |k: &str| k.strip_prefix("lora_unet_").is_none() && k.ends_with(".alpha");
-        return (each(&no_lora, "no `lora` in the key: ValueError"), vec![]);
+        return (each(&no_lora, "no `lora` in the key: ValueError"), swapped);
     }
     let no_lora = each(&|k| !k.contains("lora"), "no `lora` in the key: ValueError");
     if !no_lora.is_empty() {
