@@ -207,3 +207,39 @@ fn hunyuan_video_lora_a_chunked_by_diffusers_is_flagged() {
         )
     );
 }
+
+/// llama.cpp's `convert_lora_to_gguf.py` on PEFT `target_parameters` experts exits 1 ("Can not
+/// map tensor" for the wrapper's keys, "Unprocessed experts" in Qwen2-MoE's converter;
+/// MANIFEST): `check --target llama.cpp` said Qwen2-MoE's loads and applies everything.
+#[test]
+fn llama_cpp_check_refuses_peft_expert_parameters() {
+    let m = manifest();
+    for case in ["qwen2_moe_experts", "mixtral_all_linear"] {
+        let conv = m[case]["convert_lora_to_gguf"].as_str().unwrap();
+        assert!(conv.starts_with("exit 1: ValueError"), "{case}: {conv}");
+        let out = bin()
+            .args(check_args(
+                &fixture(&format!("sweep7/{case}/adapter")),
+                &[
+                    "--base",
+                    s(&fixture(&format!("sweep7/{case}/base"))),
+                    "--target",
+                    "llama.cpp",
+                    "--json",
+                ],
+            ))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let t = &v["targets"][0];
+        assert_eq!(
+            (out.status.code(), &t["loads"]),
+            (Some(1), &serde_json::Value::Bool(false)),
+            "{case}: {t}"
+        );
+        assert!(
+            field_strs(&t["findings"], "rule").contains(&"llama.cpp.expert_parameters"),
+            "{case}: {t}"
+        );
+    }
+}

@@ -185,6 +185,18 @@ impl<'a> Facts<'a> {
                 v
             }
             When::EmbeddingLora => names(&|m| m.kind == ModuleKind::Embedding),
+            When::ExpertParameters => {
+                let mut params: Vec<String> = a
+                    .modules
+                    .iter()
+                    .filter_map(|m| {
+                        crate::adapter::formats::peft::params::parse_expert(&m.name)
+                            .map(|(p, _, n)| format!("{p} ({n} experts)"))
+                    })
+                    .collect();
+                params.dedup();
+                params
+            }
             When::TrainableTokens => a
                 .full_tensors
                 .iter()
