@@ -92,4 +92,6 @@ mod it {
     pub mod reference;
     /// What the sweeps with seeds 21/22 and wider draws found (fixtures/sweep6).
     pub mod sweep6;
+    /// What the sweeps with seeds 31/32 and wider draws found (fixtures/sweep7).
+    pub mod sweep7;
 }

@@ -213,9 +213,16 @@ fn lookup(name: &str, kohya_name: bool, converted_only: bool) -> Vec<Row<'_>> {
 }
 
 /// The base weight of diffusers module `path`: `{path}.weight` itself, or under one root
-/// (`transformer.{path}.weight` in a file of several components). More than one is ambiguous.
+/// (`transformer.{path}.weight` in a file of several components). More than one is ambiguous,
+/// but `{path}.weight` itself is taken where the base has it: in HunyuanVideo's diffusers layout
+/// `context_embedder.time_text_embed.text_embedder.linear_1` (the token refiner's, original
+/// `txt_in.c_embedder.linear_1`) is not a root over `time_text_embed.text_embedder.linear_1`
+/// (original `vector_in.in_layer`; sweep7 formats seed 31 case 32).
 fn weight_of<'a>(path: &str, names: &[&'a str]) -> Vec<&'a str> {
     let want = format!("{path}.weight");
+    if let Some(exact) = names.iter().find(|n| **n == want) {
+        return vec![*exact];
+    }
     names
         .iter()
         .filter(|n| {

@@ -268,7 +268,10 @@ pub fn python_repr(x: f32) -> String {
     if d == 0.0 {
         return if d.is_sign_negative() { "-0.0" } else { "0.0" }.into();
     }
-    // Rust's `{:e}` gives the same shortest round-trip digits: "d.ddde-5".
+    // Rust's `{:e}` gives the same shortest round-trip digits ("d.ddde-5") but for one case:
+    // the double exactly halfway between two such digit strings (sweep7, quant seed 32 case 19:
+    // 0.100223541259765625, an f32 with trailing zero bits), where Rust takes the upper one and
+    // Python's dtoa (mode 0) the one with an even last digit (`…562`, not `…563`).
     let sci = format!("{d:e}");
     let (mant, exp) = sci.split_once('e').expect("{:e} has an exponent");
     let exp: i32 = exp.parse().expect("integer exponent");
@@ -276,7 +279,7 @@ pub fn python_repr(x: f32) -> String {
         Some(m) => ("-", m),
         None => ("", mant),
     };
-    let digits: String = mant.chars().filter(|c| *c != '.').collect();
+    let digits = tie_to_even(d.abs(), mant.chars().filter(|c| *c != '.').collect(), exp);
     if (-4..16).contains(&exp) {
         let point = exp + 1;
         let s = if point <= 0 {
@@ -300,6 +303,48 @@ pub fn python_repr(x: f32) -> String {
             if exp < 0 { '-' } else { '+' },
             exp.abs()
         )
+    }
+}
+
+/// `digits` (the shortest round-trip digits of `d > 0` at decimal exponent `exp`) with a tie
+/// broken as Python's dtoa breaks it: where `d` is exactly halfway between the digit string and
+/// its neighbour (the exact expansion is the shorter digits followed by a single 5), the one whose
+/// last digit is even where both read back to `d`. An f32 widened to a double has a finite expansion of at most 112
+/// significant digits, all of which `{:.120e}` prints exactly.
+fn tie_to_even(d: f64, digits: String, exp: i32) -> String {
+    let exact = format!("{d:.120e}");
+    let Some((m, e)) = exact.split_once('e') else {
+        return digits;
+    };
+    if e.parse::<i32>().ok() != Some(exp) {
+        return digits;
+    }
+    let exact: Vec<u8> = m.bytes().filter(|c| *c != b'.').collect();
+    let n = digits.len();
+    let (head, tail) = exact.split_at(n.min(exact.len()));
+    let halfway = tail.first() == Some(&b'5') && tail[1..].iter().all(|c| *c == b'0');
+    let last = digits.as_bytes()[n - 1];
+    if !halfway || (last - b'0').is_multiple_of(2) {
+        return digits;
+    }
+    // The even neighbour: the truncated expansion where Rust rounded up, else one more in the
+    // last digit (unless that carries); taken only where it reads back to `d` too (not so below
+    // a power of two, whose lower gap is half as wide: 2^-24 stays `5.960464477539063e-08`).
+    let even = if digits.as_bytes() != head {
+        head.to_vec()
+    } else if last == b'9' {
+        return digits;
+    } else {
+        let mut up = digits.clone().into_bytes();
+        up[n - 1] += 1;
+        up
+    };
+    let even = String::from_utf8(even).expect("ascii digits");
+    let reads_back = format!("{}.{}e{exp}", &even[..1], &even[1..]).parse::<f64>() == Ok(d);
+    if reads_back {
+        even
+    } else {
+        digits
     }
 }
 
@@ -376,6 +421,21 @@ mod tests {
             with_offset(blob, 0.5).unwrap(),
             br#"{"quant_type": "nf4", "nested_offset": 0.5, "x": 1}"#
         );
+    }
+
+    /// CPython's repr of f32s widened to doubles (fixtures/gen/sweep7_fixtures.py: every value
+    /// halfway between two shortest digit strings among 20,000 drawn, and 300 others).
+    #[test]
+    fn python_float_repr_breaks_ties_to_even() {
+        let text = include_str!("../../../fixtures/sweep7/python_repr.txt");
+        let mut n = 0;
+        for line in text.lines() {
+            let (bits, want) = line.split_once(' ').expect("bits repr");
+            let x = f32::from_bits(u32::from_str_radix(bits, 16).expect("hex bits"));
+            assert_eq!(python_repr(x), want, "{bits}");
+            n += 1;
+        }
+        assert_eq!(n, 823);
     }
 
     #[test]

@@ -100,9 +100,16 @@ pub(super) fn pipeline_of(adapter: &crate::adapter::Adapter) -> Option<Diffusers
         .modules
         .iter()
         .any(|m| m.name.ends_with("attention.qkv") && m.in_features == 2304);
+    // HunyuanVideo's converter also takes the original names under `transformer.` (diffusers
+    // strips it "to make sure both original and attempted diffusers loras work").
+    let hv_transformer = adapter
+        .modules
+        .iter()
+        .filter_map(|m| m.name.strip_prefix("transformer."))
+        .any(|t| hunyuan_video_only(t, false));
     if any(&|t, _| flux2_only(t)) {
         Some(DiffusersModel::Flux2)
-    } else if any(&hunyuan_video_only) {
+    } else if any(&hunyuan_video_only) || hv_transformer {
         Some(DiffusersModel::HunyuanVideo)
     } else if any(&z_image_only) && !lumina2 {
         Some(DiffusersModel::ZImage)
@@ -312,18 +319,81 @@ fn hunyuan_video_findings(
         if !kohya.is_empty() {
             return (kohya, vec![]);
         }
+        // PEFT's `lora_A` is chunked as its `lora_B` is (sweep7, against diffusers 0.42.1 on the
+        // tiny model): `remap_txt_in_` splits the token refiner's `self_attn_qkv.lora_A` rows in
+        // three (too few chunks: ValueError; else A of r/3 rows beside B of r columns: a size
+        // mismatch on load), and `remap_norm_scale_shift_` swaps the halves of the final
+        // modulation's `lora_A` rows beside `lora_B`'s (one row: ValueError; more: another ΔW).
+        let mut refused = each(
+            &|k| {
+                k.contains("txt_in") && k.contains("self_attn_qkv") && k.ends_with(".lora_A.weight")
+            },
+            "lora_A's rows chunked in three like lora_B's: ValueError or a size mismatch on load",
+        );
+        let mut swapped = Vec::new();
+        for m in &adapter.modules {
+            let a = format!("{}.lora_A.weight", m.name);
+            if m.name.ends_with("final_layer.adaLN_modulation.1") && keys.contains(&a.as_str()) {
+                if m.rank == 1 {
+                    refused.push(format!("{a} (one row chunked in two: ValueError)"));
+                } else {
+                    swapped.push(format!(
+                        "{} (lora_A's rows swapped in halves like lora_B's: another ΔW)",
+                        m.name
+                    ));
+                }
+            }
+        }
+        if !refused.is_empty() {
+            return (refused, vec![]);
+        }
         let no_lora = |k: &str| k.strip_prefix("lora_unet_").is_none() && k.ends_with(".alpha");
-        return (each(&no_lora, "no `lora` in the key: ValueError"), vec![]);
+        return (each(&no_lora, "no `lora` in the key: ValueError"), swapped);
     }
     let no_lora = each(&|k| !k.contains("lora"), "no `lora` in the key: ValueError");
     if !no_lora.is_empty() {
         return (no_lora, vec![]);
     }
+    // Original names under `transformer.` are left as they are and name no module of the
+    // diffusers model: where no module of the file is a diffusers path, PEFT's
+    // `inject_adapter_in_model` raises NoMatchingPeftModuleError ("Target modules … not found in
+    // the base model"); otherwise they are unexpected keys (sweep7 formats seed 31).
+    let original = |t: &str| {
+        crate::adapter::mapping::layouts::targets(t, false).is_some()
+            || hunyuan_video_only(t, false)
+    };
+    let under_transformer: Vec<&str> = adapter
+        .modules
+        .iter()
+        .filter_map(|m| m.name.strip_prefix("transformer."))
+        .collect();
+    if !under_transformer.is_empty()
+        && under_transformer.len() == adapter.modules.len()
+        && under_transformer.iter().all(|t| original(t))
+    {
+        let refused = adapter
+            .modules
+            .iter()
+            .map(|m| format!("{} (not converted: no module of the model has this name, NoMatchingPeftModuleError)", m.name))
+            .collect();
+        return (refused, vec![]);
+    }
+    let unconverted_tf = adapter
+        .modules
+        .iter()
+        .filter(|m| m.name.strip_prefix("transformer.").is_some_and(original))
+        .map(|m| {
+            format!(
+                "{} (not converted: an unexpected key under `transformer.`)",
+                m.name
+            )
+        });
     let dropped = adapter
         .modules
         .iter()
         .filter(|m| original_tail(&m.name).is_some())
         .map(|m| format!("{} (not converted: under no `transformer.` prefix)", m.name))
+        .chain(unconverted_tf)
         .collect();
     (vec![], dropped)
 }

@@ -40,15 +40,14 @@ impl<'a> Facts<'a> {
             .and_then(|c| c.get("lora_alpha"))
             .and_then(|v| v.as_f64())
             .or(cfg.map(|_| 8.0));
-        let resolution = plan
-            .base
-            .as_ref()
-            .map(|b| mapping::resolve(&plan.adapter, b));
+        // Placed as a merge places it (PEFT experts on a base saved per expert): Plan::placed.
+        let placed = plan.placed.as_ref().unwrap_or(&plan.adapter);
+        let resolution = plan.base.as_ref().map(|b| mapping::resolve(placed, b));
         let placements = resolution
             .as_ref()
             .map(|r| {
                 super::base::placements(
-                    &plan.adapter,
+                    placed,
                     r,
                     plan.base.as_ref().expect("a resolution needs the base"),
                 )
@@ -186,6 +185,18 @@ impl<'a> Facts<'a> {
                 v
             }
             When::EmbeddingLora => names(&|m| m.kind == ModuleKind::Embedding),
+            When::ExpertParameters => {
+                let mut params: Vec<String> = a
+                    .modules
+                    .iter()
+                    .filter_map(|m| {
+                        crate::adapter::formats::peft::params::parse_expert(&m.name)
+                            .map(|(p, _, n)| format!("{p} ({n} experts)"))
+                    })
+                    .collect();
+                params.dedup();
+                params
+            }
             When::TrainableTokens => a
                 .full_tensors
                 .iter()
@@ -540,12 +551,16 @@ impl<'a> Facts<'a> {
             .as_ref()
             .is_some_and(|b| b.tie_word_embeddings || !b.has_lm_head);
         let head = name.strip_suffix(".weight").unwrap_or(name);
+        // The input embedding by any of the names PEFT's `_get_input_embeddings_name` meets
+        // (GPT-2's `transformer.wte`, GPT-NeoX's `gpt_neox.embed_in`): a tied GPT-2 with
+        // `modules_to_save=["lm_head"]` loads whole in PEFT (sweep7, PEFT seed 32 case 49).
+        const INPUT_EMBEDDINGS: [&str; 3] =
+            ["embed_tokens.weight", "wte.weight", "embed_in.weight"];
         tied && last_component(head) == "lm_head"
-            && self
-                .plan
-                .base
-                .as_ref()
-                .is_some_and(|b| b.names().any(|n| n.ends_with("embed_tokens.weight")))
+            && self.plan.base.as_ref().is_some_and(|b| {
+                b.names()
+                    .any(|n| INPUT_EMBEDDINGS.iter().any(|e| n.ends_with(e)))
+            })
     }
 
     /// A string field of adapter_config.json.

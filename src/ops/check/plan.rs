@@ -32,6 +32,10 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// `added_tokens.json` beside the adapter: (token, id).
     pub added_tokens: Vec<(String, u64)>,
+    /// The adapter as `merge` places it on the base, where that differs: PEFT
+    /// `target_parameters` experts fitted to the base's layout ([`fitted_to_base`]). Module
+    /// placement reads this one; the rules and `--fix` read [`Plan::adapter`].
+    pub placed: Option<Adapter>,
 }
 
 impl Plan {
@@ -60,6 +64,7 @@ impl Plan {
         let mut seen = BTreeSet::new();
         targets.retain(|t| seen.insert(*t));
         let added_tokens = read_added_tokens(&adapter)?;
+        let placed = base.as_ref().and_then(|b| fitted_to_base(&adapter, b));
         Ok(Plan {
             adapter,
             base,
@@ -67,6 +72,43 @@ impl Plan {
             kind,
             targets,
             added_tokens,
+            placed,
         })
     }
+}
+
+/// `adapter` with its PEFT `target_parameters` experts fitted to `base` as a merge fits them
+/// (`params::fit_to_base`): on a base saved one tensor per expert (Qwen2/3-MoE's
+/// `experts.{e}.gate_proj`, Mixtral's `block_sparse_moe.experts.{e}.w1`, and Mixtral's router
+/// `block_sparse_moe.gate`) the modules of those tensors. transformers fuses and renames them on
+/// load, so PEFT finds every such module; without this they read as names the base lacks
+/// (sweep7: PEFT seed 31, Mixtral `all-linear` and Qwen2-MoE `target_parameters`). None where
+/// nothing would change, or where the fit itself fails (the unfitted placement reports why).
+fn fitted_to_base(adapter: &Adapter, base: &Checkpoint) -> Option<Adapter> {
+    use crate::adapter::formats::peft::params;
+    let expert = |m: &crate::adapter::LoraModule| params::parse_expert(&m.name).is_some();
+    let renamed = |m: &crate::adapter::LoraModule| {
+        m.name.contains(".mlp.") && !base.contains(&format!("{}.weight", m.name))
+    };
+    if !adapter.modules.iter().any(|m| expert(m) || renamed(m)) {
+        return None;
+    }
+    let mut view = Adapter {
+        format: adapter.format,
+        path: adapter.path.clone(),
+        source: None,
+        modules: adapter.modules.clone(),
+        full_tensors: adapter.full_tensors.clone(),
+        base_model: adapter.base_model.clone(),
+        use_rslora: adapter.use_rslora,
+        use_dora: adapter.use_dora,
+        modules_to_save: adapter.modules_to_save.clone(),
+        config: adapter.config.clone(),
+        metadata: Vec::new(),
+        namings: adapter.namings.clone(),
+        untargeted: adapter.untargeted.clone(),
+    };
+    params::fit_to_base(&mut view, base).ok()?;
+    let names = |a: &Adapter| a.modules.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+    (names(&view) != names(adapter)).then_some(view)
 }

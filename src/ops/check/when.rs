@@ -109,6 +109,9 @@ pub enum When {
     /// PEFT trainable tokens (`trainable_token_indices`): `{module}.token_adapter.trainable_tokens_delta`
     /// rows that replace rows of an embedding or `lm_head`.
     TrainableTokens,
+    /// PEFT `target_parameters` (a `ParamWrapper` on a fused MoE expert parameter, saved as
+    /// `…experts.lora_A.weight` or nested `…experts.base_layer.lora_A.weight`).
+    ExpertParameters,
     /// With `--base`: trainable-token rows PEFT cannot place (no such module, indices missing
     /// from the config or past the vocabulary, rows of another size).
     TrainableTokensMismatch,

@@ -254,6 +254,11 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ),
     ("diffusers_loaders/z_image_kohya.safetensors", None),
     ("diffusers_loaders/z_image_comfy_alpha.safetensors", None),
+    // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.
+    (
+        "sweep7/qwen2_moe_experts/adapter",
+        Some("sweep7/qwen2_moe_experts/base"),
+    ),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the

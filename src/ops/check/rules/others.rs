@@ -185,6 +185,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:479-483 LoraModel.get_tensors (\"Unexpected name\", PR #9948 hint, sys.exit(1))"),
     },
     Rule {
+        id: "llama.cpp.expert_parameters",
+        target: Target::LlamaCpp,
+        when: When::ExpertParameters,
+        severity: Severity::Error,
+        why: "PEFT target_parameters on MoE experts are not converted: their keys name the wrapper (`…mlp.experts.lora_A.weight`, nested `…experts.base_layer.lora_A.weight`), which the converter maps to no GGUF tensor (\"Can not map tensor\", or the MoE model's \"Unprocessed experts\"), exit 1",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:501 LoraModel.modify_tensors → conversion/base.py:630 map_tensor_name (\"Can not map tensor\"), conversion/qwen.py:156 Qwen2MoeModel.modify_tensors (\"Unprocessed experts\"); run on fixtures/sweep7/{qwen2_moe_experts,mixtral_all_linear}"),
+    },
+    Rule {
         id: "llama.cpp.trainable_tokens",
         target: Target::LlamaCpp,
         when: When::TrainableTokens,
