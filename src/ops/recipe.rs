@@ -359,6 +359,24 @@ fn check_outputs(path: &Path, steps: &[Step]) -> Result<()> {
                 s.name
             )));
         }
+        // A step's record lists every file of its output folder, so a folder holding an input
+        // (`out = "/"`, `"."`, a parent of the base) would record the inputs as its output and
+        // walk everything below it on each run.
+        let own_inputs = s
+            .inputs
+            .iter()
+            .filter_map(|i| place(Path::new(i)).map(|p| (p, i)));
+        if let Some((_, r)) = reads
+            .iter()
+            .map(|(p, r)| (p.clone(), r))
+            .chain(own_inputs)
+            .find(|(r, _)| r != &c && r.starts_with(&c))
+        {
+            bail!(bad(format!(
+                "step `{}`: output `{o}` is a folder that holds an input (`{r}`); give the step a folder of its own",
+                s.name
+            )));
+        }
         let other_parts = |t: &Step| match (t.share, s.share) {
             (Share::Part(i, n), Share::Part(j, m)) => n == m && i != j && t.command == s.command,
             (Share::Part(..), Share::Finalize) | (Share::Finalize, Share::Part(..)) => true,
@@ -672,17 +690,33 @@ fn stale(s: &Step, rerun: Rerun) -> Option<String> {
     None
 }
 
+/// The visible files at or below `p`. A folder reached through a symlink below `p` is not
+/// entered (a link to an ancestor would never end; a file reached through a link, as in a
+/// Hugging Face cache snapshot, counts), and only regular files count (no FIFOs or devices,
+/// which a stat or hash could block on).
 fn collect_files(p: &Path, out: &mut Vec<PathBuf>) {
-    if p.is_dir() {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                let n = e.file_name();
-                if !n.to_string_lossy().starts_with('.') {
-                    collect_files(&e.path(), out);
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&path, out),
+                Ok(t) if t.is_file() => out.push(path),
+                Ok(t) if t.is_symlink() && path.metadata().is_ok_and(|m| m.is_file()) => {
+                    out.push(path)
                 }
+                _ => {}
             }
         }
-    } else if p.exists() {
+    }
+    if p.is_dir() {
+        walk(p, out);
+    } else if p.metadata().is_ok_and(|m| m.is_file()) {
         out.push(p.to_path_buf());
     }
 }

@@ -497,3 +497,74 @@ fn run_json_prints_one_object_with_every_step_report_or_the_error() {
         "step 1 ran"
     );
 }
+
+/// A step's record lists every file of its output folder, so an output folder that holds an
+/// input (the recipe's own folder, a parent of the base, `/`) is refused before anything runs.
+#[test]
+fn an_output_folder_holding_an_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("models/base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("llama/base").join(f), base.join(f)).unwrap();
+    }
+    let models = dir.path().join("models");
+    for (out, input) in [
+        (dir.path().display().to_string(), "r.toml".to_string()),
+        (models.display().to_string(), base.display().to_string()),
+        ("/".to_string(), "r.toml".to_string()),
+    ] {
+        let r = write_recipe(
+            dir.path(),
+            &merge_step("m", &base.display().to_string(), QV, &out, ""),
+        );
+        let o = run_err(run_args(&r, &[]));
+        let line = one_line_error(&o);
+        assert!(
+            line.contains("is a folder that holds an input") && line.contains(&input),
+            "{out}: {line}"
+        );
+        assert!(!models.join("model.safetensors").exists());
+        assert!(!dir.path().join("model.safetensors").exists());
+        assert!(!Path::new("/model.safetensors").exists());
+    }
+}
+
+/// Symlinks below an input folder that lead back up (`a -> .`, `b -> .`) are not followed
+/// when the recipe records and hashes its inputs: following them would list the folder
+/// 2^depth times and never finish.
+#[cfg(unix)]
+#[test]
+fn symlink_loops_in_an_input_folder_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = copy_qv(dir.path());
+    std::os::unix::fs::symlink(".", copy.join("a")).unwrap();
+    std::os::unix::fs::symlink(".", copy.join("b")).unwrap();
+    let r = write_recipe(
+        dir.path(),
+        &merge_step(
+            "m",
+            "FX/llama/base",
+            &copy.display().to_string(),
+            "out/m",
+            "",
+        ),
+    );
+    run_ok(run_args(&r, &[]));
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("out/m/.lorakit-step.json")).unwrap(),
+    )
+    .unwrap();
+    let inputs: Vec<&str> = rec["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    // The base's files and the adapter's two, each once.
+    assert_eq!(
+        inputs.iter().filter(|p| p.contains("/qv/")).count(),
+        2,
+        "{inputs:?}"
+    );
+}
