@@ -70,10 +70,12 @@ in 95a2eff, and a verdict of this file, corrected there); at 2bde0b1: 4,915 case
   `base_model.model.` is a root prefix the matcher looks through; linear/ties/dare_* refuse
   unequal ranks (documented); cat copies a NaN factor (byte copies are not inspected); an
   extra tensor or F16 moments in a trainer state; a one-element list interpolated as its
-  element, an integer path, a step's own dry-run, the recipe's folder as an output folder;
+  element, an integer path, a step's own dry-run (the recipe's folder as an output folder is
+  refused since: a folder holding an input);
   --out onto a base shard or index refused by the folder/file shape check before the aliasing
   check. Dropped: a recipe `out = "/"` (it wrote the merged model into / and then did not
-  finish within 60 s; never to be run on a shared machine) and `out = ".."` (round 3 accepts
+  finish within 60 s, walking / into the step's record; refused since, as a folder holding an
+  input: `tests/it/recipe.rs` an_output_folder_holding_an_input_is_refused) and `out = ".."` (round 3 accepts
   output folders beside the inputs); a finalize manifest whose `written` lists an unplanned
   name (finalize checks the planned files themselves).
 """
@@ -872,7 +874,7 @@ def recipe_more():
         c = Case(f"r7_recipe_{what}", (BASE, "base"), (QV, "qv"))
         c.write("r.toml", body)
         # Valid or lenient: a one-element list read as its element, an integer path, a step's
-        # own --dry-run, the recipe's folder as an output folder (round 3: files there are kept).
+        # own --dry-run; the recipe's folder as an output folder is refused (it holds the inputs).
         valid = what in ("command_completions", "empty_file", "step_empty_list", "bom_prefix", "name_with_dot",
                          "value_is_flag", "command_help", "interp_list_value", "value_int_for_path",
                          "option_dry_run_in_step", "out_is_recipe_folder")
