@@ -26,23 +26,7 @@ fn a_train_rank_no_memory_can_hold_is_refused_not_an_abort() {
     let data = fixture("text/tiny_ids.safetensors");
     for rank in ["1125899906842624", "18446744073709551615"] {
         let out = dir.path().join("ad");
-        let argv = train_args(
-            &fixture("llama/base"),
-            &[
-                "--data",
-                s(&data),
-                "--seq-len",
-                "8",
-                "--steps",
-                "1",
-                "--batch",
-                "1",
-                "--rank",
-                rank,
-                "--out",
-                s(&out),
-            ],
-        );
+        let argv = one_step_train(&fixture("llama/base"), &data, &out, &["--rank", rank]);
         let line = refused_in(dir.path(), argv, &["--rank", rank, "q_proj"]);
         assert!(!out.exists(), "{line}");
     }
@@ -186,22 +170,11 @@ fn tokenizer_errors_name_the_tokenizer_file() {
             &["--text", s(&text), "--tokenizer", s(&tok), "--seq-len", "8"],
         );
         let out = dir.path().join("o");
-        let train = train_args(
+        let train = one_step_train(
             &fixture("llama/base"),
-            &[
-                "--data",
-                s(&text),
-                "--tokenizer",
-                s(&tok),
-                "--seq-len",
-                "8",
-                "--steps",
-                "1",
-                "--batch",
-                "1",
-                "--out",
-                s(&out),
-            ],
+            &text,
+            &out,
+            &["--tokenizer", s(&tok)],
         );
         for argv in [eval, train] {
             let line = refused_in(dir.path(), argv, &["tok.json"]);
@@ -293,25 +266,30 @@ fn factors_of_huge_finite_magnitude_resize_and_combine_without_a_panic() {
         read(&o2.join("adapter_model.safetensors")),
     );
     assert_eq!(a.len(), b.len());
-    let modules: Vec<&str> = a
-        .keys()
-        .filter_map(|n| n.strip_suffix(".lora_A.weight"))
-        .collect();
-    assert_eq!(modules.len(), 4);
-    for m in modules {
-        let want: Vec<f64> = delta(&a, m).iter().map(|v| v * 2f64.powi(100)).collect();
-        let got = delta(&b, m);
-        let num: f64 = got.iter().zip(&want).map(|(g, w)| (g - w).powi(2)).sum();
-        let den: f64 = want.iter().map(|w| w.powi(2)).sum();
-        let err = (num / den).sqrt();
-        assert!(err < 1e-6, "{m}: relative error {err:e}");
-    }
+    assert_deltas_scaled(&a, &b, 100, 1e-6);
     let out = dir.path().join("c");
     run_ok(combine_args(
         &[(&huge, None), (&plain, None)],
         &out,
         &["--method", "svd", "--rank", "4", "--quiet"],
     ));
+}
+
+/// Asserts that every module's `B·A` in `b` is `2^e` times that in `a`, to relative `tol`.
+fn assert_deltas_scaled(a: &TensorMap, b: &TensorMap, e: i32, tol: f64) {
+    let modules: Vec<&str> = a
+        .keys()
+        .filter_map(|n| n.strip_suffix(".lora_A.weight"))
+        .collect();
+    assert_eq!(modules.len(), 4);
+    for m in modules {
+        let want: Vec<f64> = delta(a, m).iter().map(|v| v * 2f64.powi(e)).collect();
+        let got = delta(b, m);
+        let num: f64 = got.iter().zip(&want).map(|(g, w)| (g - w).powi(2)).sum();
+        let den: f64 = want.iter().map(|w| w.powi(2)).sum();
+        let err = (num / den).sqrt();
+        assert!(err < tol, "{m}: relative error {err:e}");
+    }
 }
 
 /// The tensors of `src` with every F32 value times `2^e` (exact), written to `dst`.
@@ -355,19 +333,7 @@ fn an_extract_of_huge_finite_weights_scales_instead_of_a_panic() {
         read(&o1.join("adapter_model.safetensors")),
         read(&o2.join("adapter_model.safetensors")),
     );
-    let modules: Vec<&str> = a
-        .keys()
-        .filter_map(|n| n.strip_suffix(".lora_A.weight"))
-        .collect();
-    assert_eq!(modules.len(), 4);
-    for m in modules {
-        let want: Vec<f64> = delta(&a, m).iter().map(|v| v * 2f64.powi(66)).collect();
-        let got = delta(&b, m);
-        let num: f64 = got.iter().zip(&want).map(|(g, w)| (g - w).powi(2)).sum();
-        let den: f64 = want.iter().map(|w| w.powi(2)).sum();
-        let err = (num / den).sqrt();
-        assert!(err < 1e-5, "{m}: relative error {err:e}");
-    }
+    assert_deltas_scaled(&a, &b, 66, 1e-5);
 }
 
 /// `check --fix --dora-rank 1000000000`: each DoRA module's LoRA was allocated at the asked

@@ -128,6 +128,21 @@ pub fn train_args(model: &Path, extra: &[&str]) -> Vec<String> {
     argv(&["train", "--model", s(model)], extra)
 }
 
+/// `train` of `model` for one step of one 8-token sequence from `data` into `out`, then `extra`.
+pub fn one_step_train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let args = [
+        "--data",
+        s(data),
+        "--seq-len",
+        "8",
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+    ];
+    train_args(model, &[&args[..], &["--out", s(out)], extra].concat())
+}
+
 /// Arguments of `lorakit combine`: `--adapter PATH` for each of `adapters`, followed by
 /// `--weight W` where one is given, then `extra`, then `--out OUT`.
 pub fn combine_args(adapters: &[(&Path, Option<&str>)], out: &Path, extra: &[&str]) -> Vec<String> {

@@ -162,21 +162,6 @@ fn token_files_are_checked_whole_and_named() {
     );
 }
 
-/// `train` of `model` for one step of one 8-token sequence from `data` into `out`, then `extra`.
-fn one_step_train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let args = [
-        "--data",
-        s(data),
-        "--seq-len",
-        "8",
-        "--steps",
-        "1",
-        "--batch",
-        "1",
-    ];
-    train_args(model, &[&args[..], &["--out", s(out)], extra].concat())
-}
-
 /// A NaN in a model weight: `eval` reported a NaN loss with exit 0, `train` failed on "the loss
 /// is not finite" naming neither the file nor the tensor.
 #[test]
