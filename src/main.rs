@@ -97,6 +97,29 @@ fn clean_up_on_abort() {
         libc::sigemptyset(&mut sa.sa_mask);
         sa.sa_flags = libc::SA_RESETHAND;
         libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut());
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction =
+            on_bus as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+    }
+}
+
+/// SIGBUS: a read of a memory-mapped input past its end, after another process truncated it
+/// (README: inputs must not change while lorakit runs). Where the address lies in an input's
+/// map, the temporary files are removed and the run ends like a bad input: one line naming the
+/// file (`io::mapped::report_fault`), exit 2. Any other SIGBUS takes the default action.
+extern "C" fn on_bus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t (SA_SIGINFO); the calls below are
+    // async-signal-safe (unlink, rmdir, write, _exit, raise).
+    unsafe {
+        let addr = (*info).si_addr() as usize;
+        lorakit::io::writer::cleanup_on_abort();
+        if lorakit::io::mapped::report_fault(addr) {
+            libc::_exit(2);
+        }
+        libc::raise(libc::SIGBUS);
     }
 }
 

@@ -433,7 +433,8 @@ pub fn cleanup_on_signal() {
 /// [`cleanup_on_signal`] for a process that is aborting: Rust aborts on a failed allocation
 /// (`ulimit -v`, after one line "memory allocation of N bytes failed") and on a stack overflow,
 /// and an abort ran no destructor, so the temporary files, lock files and created folders
-/// stayed. Called from the binary's SIGABRT handler, on the aborting thread: it only unlinks
+/// stayed (so did they when a truncated input's map raised SIGBUS). Called from the binary's
+/// SIGABRT and SIGBUS handlers, on the faulting thread: it only unlinks
 /// the registered paths through the C strings made at registration (no allocation, no free),
 /// and does nothing if another thread holds the registry (the next run sweeps the temporary
 /// files of dead processes, as after a kill).

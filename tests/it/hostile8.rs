@@ -114,3 +114,44 @@ fn wait_for_temp_in(dirs: &[&Path], child: &mut std::process::Child) -> bool {
     }
     false
 }
+
+/// A base truncated by another process while a merge reads it through its memory map: the
+/// next read of a page past the new end raised SIGBUS and the process died by it (exit by
+/// signal 7, no error line, the temporary file and the lock left). Now: one line naming the
+/// base, exit 2, nothing left beside the output.
+#[test]
+fn an_input_truncated_while_mapped_is_an_error_naming_it_not_a_bus_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ad) = big_case(dir.path(), 2048);
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("merged.safetensors");
+    let mut child = bin()
+        .args(merge_args(
+            &base,
+            &ad,
+            &out,
+            &["--device", "cpu", "--quiet"],
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_temp(&outdir, &mut child), "the merge never wrote");
+    let len = std::fs::metadata(&base).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&base)
+        .unwrap()
+        .set_len(len / 4)
+        .unwrap();
+    let p = child.wait_with_output().unwrap();
+    assert_eq!(
+        p.status.signal(),
+        None,
+        "killed by a signal: {:?}",
+        p.status
+    );
+    let line = one_line_error(&p);
+    assert_mentions(&line, &[s(&base), "truncated"]);
+    assert_eq!(listing(&outdir), Vec::<String>::new(), "{line}");
+}
