@@ -101,7 +101,9 @@ fn clean_up_on_abort() {
         sa.sa_sigaction =
             on_bus as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
         libc::sigemptyset(&mut sa.sa_mask);
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+        // Not SA_RESETHAND: threads reading other pages of the file fault at the same time,
+        // and a reset would let the second kill the process before the first reports.
+        sa.sa_flags = libc::SA_SIGINFO;
         libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
     }
 }
@@ -109,16 +111,25 @@ fn clean_up_on_abort() {
 /// SIGBUS: a read of a memory-mapped input past its end, after another process truncated it
 /// (README: inputs must not change while lorakit runs). Where the address lies in an input's
 /// map, the temporary files are removed and the run ends like a bad input: one line naming the
-/// file (`io::mapped::report_fault`), exit 2. Any other SIGBUS takes the default action.
+/// file (`io::mapped::report_fault`), exit 2, reported once however many threads fault. Any
+/// other SIGBUS takes the default action.
 extern "C" fn on_bus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t (SA_SIGINFO); the calls below are
     // async-signal-safe (unlink, rmdir, write, _exit, raise).
+    static FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
     unsafe {
+        if !FIRST.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // Another thread is reporting and ends the process.
+            loop {
+                libc::pause();
+            }
+        }
         let addr = (*info).si_addr() as usize;
         lorakit::io::writer::cleanup_on_abort();
         if lorakit::io::mapped::report_fault(addr) {
             libc::_exit(2);
         }
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
         libc::raise(libc::SIGBUS);
     }
 }
