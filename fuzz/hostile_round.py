@@ -132,6 +132,32 @@ round's fixes 0, and 2 "known"
   design: no compressed-tensors group or two, FP8 without weight_block_size, bitsandbytes
   load_in_4bit/8bit, a numeric-string GPTQ bits; F32 ct scales, a [rows] FP8 scale, a [rows,1]
   SCB, a negative comfy FP8 scale.
+
+Round 8, 2026-12-06, debug build, as root (hostile_cases_round8.py: 210 new cases over the
+process's environment: `ulimit -f`/`-n`/`-v`, SIGINT/SIGTERM/SIGHUP/SIGABRT/SIGKILL during
+resize, convert, combine and extract with a rerun after SIGKILL, two writers of one --out and a
+reader of it, inputs truncated while mapped, sharded indexes and PEFT targets not drawn before).
+Against main's binary at 3093fc0 (without this round's fixes): 223 cases, 49 violated checks in
+24 case folders (a case folder holds up to 16 runs), 7 known. Fixed (tests in tests/it/hostile8.rs):
+  * 38 checks: a write past `ulimit -f` raised SIGXFSZ and killed the process (no line, exit by
+    signal 25, the temporary file and lock left), every writing command (main.rs: SIGXFSZ
+    ignored, so the write fails with EFBIG and is reported: exit 3 naming the output)
+  *  8 checks: an abort (a failed allocation under `ulimit -v`, a SIGABRT from outside) left the
+    temporary file, the lock and created folders (main.rs SIGABRT handler,
+    io/writer.rs cleanup_on_abort: unlinks the registered paths without allocating)
+  *  3 checks: a base truncated while the merge read it: death by SIGBUS, no line, temporary file
+    and lock left (io/mapped.rs notes each map; main.rs SIGBUS handler: one line naming the
+    file, exit 2, nothing left; without SA_RESETHAND, since several merge threads fault at once)
+The whole round, all eight files, at this round's last commit: 5,125 cases in 797 s on the
+loaded machine, 0 violations, 0 skipped, 10 known: train --batch 1e9 (round 7) and 9 runs under
+`ulimit -v` 96 MiB-1 GiB that abort on a failed infallible allocation, with Rust's one line
+"memory allocation of N bytes failed" naming no file (exit 134; nothing left behind since the
+SIGABRT handler). Accepted as valid (not counted): `ulimit -n` too small is exit 2 (reading) or
+3 (writing) naming the file it could not open; an index naming a shard as `./x` or by its
+absolute path inside the folder, or leaving a shard's tensor unlisted, is read (transformers
+joins the names alike and loads what weight_map lists); PEFT targets that exclude the stored
+tensors (a target_modules regex matching lm_head only, layers_to_transform, exclude_modules)
+merge the stored tensors or are refused naming adapter_config.json.
 """
 import json, os, shutil, subprocess, sys, time
 
@@ -144,6 +170,7 @@ import hostile_cases_round5  # noqa: E402,F401
 import hostile_cases_round5b  # noqa: E402,F401
 import hostile_cases_round6  # noqa: E402,F401
 import hostile_cases_round7  # noqa: E402,F401
+import hostile_cases_round8  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- main

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     quiet_mesa();
     clean_up_on_signals();
+    clean_up_on_abort();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -70,6 +71,67 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let line = line.strip_prefix("error: ").unwrap_or(&line);
     eprintln!("error: {line} (see --help)");
     ExitCode::from(2)
+}
+
+/// Two signals that end the process without the clean-up of [`clean_up_on_signals`]:
+/// * SIGXFSZ (a write past `ulimit -f`) is ignored, so the write fails with `EFBIG` and the
+///   error is reported like any other (one line naming the output, exit 3, the temporary file
+///   removed) instead of the process dying with its temporary file and lock left behind;
+/// * SIGABRT (Rust aborts on a failed allocation, e.g. under `ulimit -v`, and on a stack
+///   overflow; or one sent by `kill -ABRT`) removes the temporary files, lock files and created
+///   folders, then the process dies by SIGABRT (`SA_RESETHAND`: the default action again).
+fn clean_up_on_abort() {
+    extern "C" fn on_abort(_: libc::c_int) {
+        lorakit::io::writer::cleanup_on_abort();
+        // A SIGABRT sent by another process (not `abort`) must end the run too: pending until
+        // this handler returns, then taken with the default action.
+        // SAFETY: raise is async-signal-safe.
+        unsafe { libc::raise(libc::SIGABRT) };
+    }
+    // SAFETY: plain libc calls on a local, zero-initialised sigaction; the handler only calls
+    // async-signal-safe functions (see `cleanup_on_abort`).
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = libc::SA_RESETHAND;
+        libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut());
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction =
+            on_bus as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        // Not SA_RESETHAND: threads reading other pages of the file fault at the same time,
+        // and a reset would let the second kill the process before the first reports.
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+    }
+}
+
+/// SIGBUS: a read of a memory-mapped input past its end, after another process truncated it
+/// (README: inputs must not change while lorakit runs). Where the address lies in an input's
+/// map, the temporary files are removed and the run ends like a bad input: one line naming the
+/// file (`io::mapped::report_fault`), exit 2, reported once however many threads fault. Any
+/// other SIGBUS takes the default action.
+extern "C" fn on_bus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t (SA_SIGINFO); the calls below are
+    // async-signal-safe (unlink, rmdir, write, _exit, raise).
+    static FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    unsafe {
+        if !FIRST.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // Another thread is reporting and ends the process.
+            loop {
+                libc::pause();
+            }
+        }
+        let addr = (*info).si_addr() as usize;
+        lorakit::io::writer::cleanup_on_abort();
+        if lorakit::io::mapped::report_fault(addr) {
+            libc::_exit(2);
+        }
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        libc::raise(libc::SIGBUS);
+    }
 }
 
 /// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on stderr when the GPU is

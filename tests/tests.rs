@@ -58,6 +58,8 @@ mod it {
     pub mod hostile6;
     /// The seventh hostile round's findings: allocations, svd weights, finalize indexes, tokenizers.
     pub mod hostile7;
+    /// The eighth hostile round's findings: file-size limits, aborts.
+    pub mod hostile8;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
     pub mod inspect;
     /// A failed `--json` run: one JSON error object on stdout, stderr and exit status unchanged.

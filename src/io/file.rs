@@ -130,6 +130,7 @@ impl SafetensorsFile {
         }
         // SAFETY: see the contract above; the size was just checked against the header.
         let map = unsafe { Mmap::map(&self.file) }.map_err(|e| InputError::io(&self.path, e))?;
+        crate::io::mapped::note(&map, &self.path);
         Ok(self.map.get_or_init(|| map))
     }
 

@@ -10,6 +10,7 @@ pub mod file;
 pub mod gguf;
 pub mod header;
 pub mod hub;
+pub mod mapped;
 pub mod quant;
 pub mod writer;
 

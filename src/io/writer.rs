@@ -389,18 +389,22 @@ enum Kind {
     Dir,
 }
 
-/// Temporary files, lock files and created folders of live outputs, in creation order.
-static LIVE: Mutex<Vec<(PathBuf, Kind)>> = Mutex::new(Vec::new());
+/// Temporary files, lock files and created folders of live outputs, in creation order, each
+/// with its path as a C string made at registration (for [`cleanup_on_abort`], which must not
+/// allocate).
+static LIVE: Mutex<Vec<(PathBuf, Kind, Option<std::ffi::CString>)>> = Mutex::new(Vec::new());
 
 fn register(p: &Path, kind: Kind) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
     if let Ok(mut v) = LIVE.lock() {
-        v.push((p.to_path_buf(), kind));
+        v.push((p.to_path_buf(), kind, c));
     }
 }
 
 fn unregister(p: &Path) {
     if let Ok(mut v) = LIVE.lock() {
-        if let Some(i) = v.iter().rposition(|(q, _)| q == p) {
+        if let Some(i) = v.iter().rposition(|(q, _, _)| q == p) {
             v.remove(i);
         }
     }
@@ -414,7 +418,7 @@ pub fn cleanup_on_signal() {
         Ok(mut v) => std::mem::take(&mut *v),
         Err(p) => std::mem::take(&mut *p.into_inner()),
     };
-    for (p, kind) in live.iter().rev() {
+    for (p, kind, _) in live.iter().rev() {
         match kind {
             Kind::File => {
                 let _ = std::fs::remove_file(p);
@@ -422,6 +426,33 @@ pub fn cleanup_on_signal() {
             Kind::Dir => {
                 let _ = std::fs::remove_dir(p);
             }
+        }
+    }
+}
+
+/// [`cleanup_on_signal`] for a process that is aborting: Rust aborts on a failed allocation
+/// (`ulimit -v`, after one line "memory allocation of N bytes failed") and on a stack overflow,
+/// and an abort ran no destructor, so the temporary files, lock files and created folders
+/// stayed (so did they when a truncated input's map raised SIGBUS). Called from the binary's
+/// SIGABRT and SIGBUS handlers, on the faulting thread: it only unlinks
+/// the registered paths through the C strings made at registration (no allocation, no free),
+/// and does nothing if another thread holds the registry (the next run sweeps the temporary
+/// files of dead processes, as after a kill).
+pub fn cleanup_on_abort() {
+    let live = match LIVE.try_lock() {
+        Ok(v) => v,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    for (_, kind, c) in live.iter().rev() {
+        let Some(c) = c else { continue };
+        // SAFETY: `c` is a NUL-terminated path owned by the registry, which is locked here;
+        // unlink and rmdir are async-signal-safe.
+        unsafe {
+            match kind {
+                Kind::File => libc::unlink(c.as_ptr()),
+                Kind::Dir => libc::rmdir(c.as_ptr()),
+            };
         }
     }
 }

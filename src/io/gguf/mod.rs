@@ -85,6 +85,7 @@ impl GgufFile {
         let file = crate::io::open_regular(path)?;
         // SAFETY: see the contract above.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| InputError::io(path, e))?;
+        crate::io::mapped::note(&map, path);
         let header = header::parse(&map).map_err(|e| InputError::new(path, e))?;
         Ok(GgufFile {
             path: path.to_path_buf(),
