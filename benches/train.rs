@@ -96,7 +96,7 @@ fn main() {
     // Evaluation: forward + loss, adapter unmerged.
     let mut eval_s = 0.0;
     for i in 0..WARMUP + STEPS {
-        let (ids, targets) = trainer.data.batch(i, BATCH, 1);
+        let (ids, targets) = trainer.data.batch(i, BATCH, 1).unwrap();
         debug_assert!(targets.contains(&NO_TARGET));
         let t = Instant::now();
         let (s, c) = trainer

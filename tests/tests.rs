@@ -43,6 +43,9 @@ mod it {
     /// The peer gaps of gaps7: DoRA embeddings, fan_in_fan_out per layer type, tied lm_head,
     /// part bytes_written.
     pub mod gaps7;
+    /// The peer gaps of gaps8: tied embed_tokens + lm_head, tied lm_head into GGUF and in
+    /// `check`, Linear layers named like Conv1D, `train --batch` past memory.
+    pub mod gaps8;
     /// GGUF (llama.cpp): inspect, diff, merge into GGUF bases, malformed files.
     pub mod gguf;
     /// Outputs byte-identical to the recorded hashes (refactors change no output).

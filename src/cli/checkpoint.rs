@@ -66,7 +66,8 @@ pub struct MergeArgs {
     /// Base checkpoint: a .safetensors file or a Hugging Face model folder, or a GGUF model
     /// (llama.cpp; a split model by any of its parts), merged into one GGUF file. Into a GGUF
     /// base DoRA and lora bias merge too, and modules_to_save tensors replace token_embd/output;
-    /// a bias the base lacks and a saved lm_head on a tied base (no output.weight) are refused.
+    /// a bias the base lacks and a saved lm_head on a tied base (no output.weight) are refused;
+    /// an lm_head LoRA on such a base merges into token_embd with --tied-embeddings shared.
     #[arg(long, value_hint = ValueHint::AnyPath)]
     pub base: PathBuf,
 

@@ -315,6 +315,10 @@ fn gguf_plan(a: &MergeArgs, quiet: bool) -> Result<GgufMergePlan> {
         allow_unmatched: a.allow_unmatched,
         part: a.part,
         progress: printer::progress(!quiet && !a.json),
+        tied_embeddings: match a.tied_embeddings {
+            crate::cli::TiedArg::Refuse => crate::merge::TiedEmbeddings::Refuse,
+            crate::cli::TiedArg::Shared => crate::merge::TiedEmbeddings::Shared,
+        },
     };
     GgufMergePlan::new(&a.base, base, adapters, a.output.out.clone(), options)
 }

@@ -17,8 +17,30 @@ pub(super) fn placements(
     base: &Checkpoint,
 ) -> Vec<Placement> {
     let mut out = Vec::new();
+    // A tied base's lm_head (no lm_head tensor stored): PEFT wraps it, its weight the input
+    // embedding, and merge lands it there with --tied-embeddings shared.
+    let tied = crate::merge::tied_lm_head_resolution(a, base, r);
+    let r = tied.as_ref().unwrap_or(r);
+    let on_tie = |name: &str, tensor: &str| {
+        tied.is_some()
+            && crate::merge::is_lm_head_name(&format!(
+                "{}.weight",
+                name.trim_end_matches(".weight")
+            ))
+            && !crate::merge::is_lm_head_name(tensor)
+    };
     for p in &r.modules {
         let m = &a.modules[p.module];
+        if on_tie(&m.name, &p.weight) {
+            out.push(Placement {
+                module: m.name.clone(),
+                status: "tied",
+                base_tensor: Some(p.weight.clone()),
+                detail: Some(TIED_HEAD.into()),
+                not_applied_by: Vec::new(),
+            });
+            continue;
+        }
         // An expert of a PEFT `target_parameters` module (`…experts.gate_up_proj[3/4]`) lands on
         // its parameter, or the per-expert tensor the checkpoint stores it as: PEFT's own
         // placement (`adapter::formats::peft::params`).
@@ -62,12 +84,15 @@ pub(super) fn placements(
             module: f.name.clone(),
             status: match () {
                 _ if rows => "rows",
+                _ if on_tie(&f.name, t) => "tied",
                 _ if *t == f.name => "exact",
                 _ => "suffix",
             },
             base_tensor: Some(t.clone()),
             detail: Some(if rows {
                 TOKEN_ROWS.into()
+            } else if on_tie(&f.name, t) {
+                format!("full tensor; {TIED_HEAD}")
             } else {
                 "full tensor".into()
             }),
@@ -111,6 +136,8 @@ pub(super) fn placements(
     out.sort_by(|a, b| a.module.cmp(&b.module));
     out
 }
+
+const TIED_HEAD: &str = "lm_head is tied to this input embedding (tie_word_embeddings, no lm_head tensor stored): PEFT wraps lm_head with it as base weight; merge --tied-embeddings shared lands it there";
 
 const TOKEN_ROWS: &str = "trainable-token rows (trainable_token_indices) of this base weight";
 

@@ -76,7 +76,7 @@ pub struct Placement {
     /// `exact`, `suffix` (another root prefix), `rows` (trainable-token rows of the base
     /// tensor), `row_slice` (q, k or v on its rows of a fused `in_proj_weight`), `module_rows`
     /// (some of the module's rows, or all reordered, make the tensor: a model's other layout),
-    /// `not_found`, `ambiguous`, `shape_mismatch`, `not_float`.
+    /// `tied` (a tied base's lm_head on the input embedding it shares), `not_found`, `ambiguous`, `shape_mismatch`, `not_float`.
     pub status: &'static str,
     pub base_tensor: Option<String>,
     pub detail: Option<String>,

@@ -27,7 +27,8 @@
 //! as one band. `lora_bias` and `modules_to_save` tensors are [`super::gguf_whole`]'s.
 //!
 //! Refused at planning, before anything is written: unmatched modules (unless allowed), what
-//! [`super::gguf_whole`] refuses (a bias or a tensor the base does not have, a tied output),
+//! [`super::gguf_whole`] refuses (a bias or a tensor the base does not have, a tied output), an
+//! `lm_head` LoRA on a tied base without `--tied-embeddings shared` ([`tied_head`]),
 //! DoRA with `--unmerge`, an architecture outside the name map, base types lorakit cannot
 //! dequantize, and an output path that is an input.
 
@@ -85,6 +86,43 @@ fn add_term(targets: &mut Vec<Target>, t: Target, adapter: &Path) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// llama.cpp's output and input embedding tensors.
+const TIED_HEAD: &str = "output.weight";
+const TIED_EMBEDDING: &str = "token_embd.weight";
+
+/// Where an `lm_head` module `m` lands on a base with no `output.weight`, whose logits llama.cpp
+/// computes with `token_embd` (`src/models/qwen2.cpp`, `llama.cpp`…: `output` created from
+/// `LLM_TENSOR_TOKEN_EMBD` with `TENSOR_DUPLICATED`): with `--tied-embeddings shared`,
+/// `token_embd.weight`, as PEFT's merge_and_unload adds the LoRA in place to the Parameter
+/// lm_head and embed_tokens share and `convert_hf_to_gguf.py` writes that one tensor
+/// (fixtures/gen/gaps8_fixtures.py `qwen2_tied_head`); `None` (unmatched) with
+/// `--allow-unmatched`; otherwise refused, naming the tie and the flag. lm_head's `[vocab,
+/// hidden]` ΔW has `token_embd`'s rows, unpermuted.
+fn tied_head(
+    base: &GgufModel,
+    a: &crate::adapter::Adapter,
+    m: &crate::adapter::LoraModule,
+    options: &GgufMergeOptions,
+) -> Result<Option<String>> {
+    if base.get(TIED_EMBEDDING).is_none() {
+        return Ok(None);
+    }
+    if options.tied_embeddings == super::TiedEmbeddings::Shared {
+        return Ok(Some(TIED_EMBEDDING.to_owned()));
+    }
+    if options.allow_unmatched {
+        return Ok(None);
+    }
+    let module = m.name.clone();
+    Err(InputError::option(&a.path, move |o| {
+        format!(
+            "`{module}` changes lm_head, but the GGUF base ties it to `{TIED_EMBEDDING}` (it has no `{TIED_HEAD}`), so merging would change the input embedding too (PEFT issue #2018). Pass {} to merge into `{TIED_EMBEDDING}` as PEFT's merge_and_unload does on the tied model, or leave lm_head out of the adapter",
+            o.set(Opt::TiedEmbeddings, "shared")
+        )
+    })
+    .into())
 }
 
 impl GgufMergePlan {
@@ -169,7 +207,24 @@ impl GgufMergePlan {
                     });
                     continue;
                 };
-                let tname = format!("{g}.weight");
+                let mut tname = format!("{g}.weight");
+                if tname == TIED_HEAD && base.get(TIED_HEAD).is_none() {
+                    match tied_head(&base, a, m, &options)? {
+                        Some(emb) => tname = emb,
+                        None => {
+                            unmatched.push(UnmatchedReport {
+                                adapter: a.path.display().to_string(),
+                                detail: Unmatched::NotFound {
+                                    module: m.name.clone(),
+                                    expected: format!(
+                                        "{TIED_HEAD} (the base ties it to `{TIED_EMBEDDING}`)"
+                                    ),
+                                },
+                            });
+                            continue;
+                        }
+                    }
+                }
                 let Some((_, t)) = base.get(&tname) else {
                     unmatched.push(UnmatchedReport {
                         adapter: a.path.display().to_string(),

@@ -50,6 +50,9 @@ pub struct GgufMergeOptions {
     pub part: Option<(usize, usize)>,
     /// Show a progress bar (bytes of the files this run writes) on stderr.
     pub progress: crate::progress::Reporter,
+    /// An `lm_head` LoRA on a tied base (no `output.weight`: llama.cpp computes the logits
+    /// with `token_embd`): refused, or merged into `token_embd.weight` with `Shared`.
+    pub tied_embeddings: super::TiedEmbeddings,
 }
 
 /// One merged tensor and the modules merged into it.

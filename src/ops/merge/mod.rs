@@ -32,6 +32,7 @@ mod run;
 mod sequence;
 mod slices;
 mod tensor;
+pub(crate) use model::{is_lm_head_name, tied_lm_head_resolution};
 pub use model::{
     AdapterSummary, AsTrainedOn, DryRunFile, DryRunSummary, MergeOptions, MergePlan, MergeRun,
     MergeSummary, QloraTensor, QuantOutput, TiedEmbeddings, UnmatchedReport, WeightedAdapter,

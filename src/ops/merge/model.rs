@@ -289,7 +289,7 @@ pub(super) fn is_embedding_name(name: &str) -> bool {
     .any(|s| name == *s || name.ends_with(&format!(".{s}")))
 }
 
-pub(super) fn is_lm_head_name(name: &str) -> bool {
+pub(crate) fn is_lm_head_name(name: &str) -> bool {
     name == "lm_head.weight" || name.ends_with(".lm_head.weight") || name == "embed_out.weight"
 }
 
@@ -376,6 +376,26 @@ pub(super) fn land_lm_head_on_tied_embedding(a: &Adapter, base: &Checkpoint, res
         }
         true
     });
+}
+
+/// `r` with an `lm_head` LoRA (and the base-layer copy PEFT saves beside it) placed on the input
+/// embedding of a tied base that stores no lm_head tensor, as `merge --tied-embeddings shared`
+/// places it ([`land_lm_head_on_tied_embedding`]); `None` where the base is not tied that way
+/// or nothing moves. For `check`'s report: PEFT wraps lm_head on a tied model too, its base
+/// weight being the embedding Parameter (peft 0.21.2 `tuners/tuners_utils.py`
+/// `_check_tied_modules` only warns).
+pub(crate) fn tied_lm_head_resolution(
+    a: &Adapter,
+    base: &Checkpoint,
+    r: &Resolution,
+) -> Option<Resolution> {
+    let has_lm_head = base.names().any(is_lm_head_name);
+    if has_lm_head || !ties_embeddings(base, has_lm_head) {
+        return None;
+    }
+    let mut landed = r.clone();
+    land_lm_head_on_tied_embedding(a, base, &mut landed);
+    (landed.unmatched.len() != r.unmatched.len()).then_some(landed)
 }
 
 /// Whether the base's output embedding is the input embedding (so changing one changes both).

@@ -181,7 +181,28 @@ impl MergePlan {
                             (Some(x), Some(y)) => x.1 == y.1,
                             _ => mapping::RowSlice::overlap(rows.get(&(ai, mi)).copied(), p.rows),
                         };
-                        if v.iter().any(|&(x, mi)| x == ai && same_slice(mi)) {
+                        // On a tied base with `shared`, an `embed_tokens` and an `lm_head` LoRA
+                        // both land on the one shared tensor: PEFT's layers wrap the same
+                        // Parameter, and merge_and_unload adds both ΔW to it in place, in module
+                        // order (embed_tokens first; `tuners/tuners_utils.py` `_unload_and_optionally_merge`
+                        // over `named_modules`, `tuners/lora/layer.py` `Embedding.merge`,
+                        // `Linear.merge`). fixtures/gen/gaps8_fixtures.py `tied_both`.
+                        let tied_pair = |mi: usize| {
+                            let names = [&a.modules[mi].name, &m.name];
+                            // (refused below, naming the flag, unless `shared`)
+                            is_tied
+                                && !has_lm_head
+                                && is_embedding_name(&p.weight)
+                                && names
+                                    .iter()
+                                    .any(|n| is_lm_head_name(&format!("{n}.weight")))
+                                && names
+                                    .iter()
+                                    .any(|n| !is_lm_head_name(&format!("{n}.weight")))
+                        };
+                        if v.iter()
+                            .any(|&(x, mi)| x == ai && same_slice(mi) && !tied_pair(mi))
+                        {
                             bail!(InputError::invalid(
                                 &a.path,
                                 format!(

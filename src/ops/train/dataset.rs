@@ -76,9 +76,21 @@ impl Dataset {
     }
 
     /// Ids and next-token targets of the batch of step `step`.
-    pub fn batch(&self, step: usize, batch: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
+    /// The buffers are allocated fallibly: a batch past memory (where
+    /// [`super::memory::check_step`] had no limit to check) is an error naming `--batch`.
+    pub fn batch(&self, step: usize, batch: usize, seed: u64) -> Result<(Vec<u32>, Vec<u32>)> {
         let (n, t) = (self.sequences(), self.seq_len);
-        let mut ids = Vec::with_capacity(batch * t);
+        let (mut ids, mut targets) = (Vec::new(), Vec::new());
+        let len = batch.checked_mul(t);
+        if len.is_none_or(|len| {
+            ids.try_reserve_exact(len).is_err() || targets.try_reserve_exact(len).is_err()
+        }) {
+            bail!(OptionError::new(move |o| format!(
+                "{} {batch} × {} {t}: the batch's tokens cannot be allocated",
+                o.opt(Opt::Batch),
+                o.opt(Opt::SeqLen)
+            )));
+        }
         let mut cache: Option<(usize, Vec<usize>)> = None;
         for j in 0..batch {
             let p = step * batch + j;
@@ -89,7 +101,8 @@ impl Dataset {
             let s = cache.as_ref().expect("set").1[i];
             ids.extend_from_slice(&self.tokens[s * t..(s + 1) * t]);
         }
-        (ids.clone(), next_targets(&ids, t))
+        next_targets_into(&ids, t, &mut targets);
+        Ok((ids, targets))
     }
 
     /// Evaluation batches: consecutive sequences (and a last shorter one of ≥ 2 tokens), at
@@ -119,11 +132,18 @@ impl Dataset {
 
 /// Next token within each sequence of `t`; the last position of each has none.
 fn next_targets(ids: &[u32], t: usize) -> Vec<u32> {
-    let mut tg = vec![NO_TARGET; ids.len()];
+    let mut tg = Vec::new();
+    next_targets_into(ids, t, &mut tg);
+    tg
+}
+
+/// [`next_targets`] into `tg` (its allocation reused).
+fn next_targets_into(ids: &[u32], t: usize, tg: &mut Vec<u32>) {
+    tg.clear();
+    tg.resize(ids.len(), NO_TARGET);
     for (s, row) in ids.chunks(t).enumerate() {
         for p in 0..row.len().saturating_sub(1) {
             tg[s * t + p] = row[p + 1];
         }
     }
-    tg
 }

@@ -38,6 +38,7 @@
 
 mod dataset;
 mod hyperparams;
+pub mod memory;
 mod plan;
 mod record;
 mod state;
@@ -89,7 +90,7 @@ mod tests {
         assert_eq!(d.sequences(), 10);
         let mut firsts = Vec::new();
         for s in 0..5 {
-            let (ids, tg) = d.batch(s, 2, 9);
+            let (ids, tg) = d.batch(s, 2, 9).unwrap();
             assert_eq!(ids.len(), 8);
             assert_eq!(tg[0], ids[1]);
             assert_eq!(tg[3], NO_TARGET);
@@ -98,8 +99,8 @@ mod tests {
         }
         firsts.sort();
         assert_eq!(firsts, (0..10).collect::<Vec<_>>());
-        assert_eq!(d.batch(7, 2, 9), d.batch(7, 2, 9));
-        assert_ne!(d.batch(5, 2, 9), d.batch(0, 2, 9));
+        assert_eq!(d.batch(7, 2, 9).unwrap(), d.batch(7, 2, 9).unwrap());
+        assert_ne!(d.batch(5, 2, 9).unwrap(), d.batch(0, 2, 9).unwrap());
         let ev = d.eval_batches(3);
         assert_eq!(ev.iter().map(|b| b.2).sum::<usize>(), 10);
     }

@@ -127,6 +127,8 @@ impl TrainPlan {
         let a = &options;
         let ck = Checkpoint::open(&a.model)?;
         let config = ModelConfig::for_checkpoint(&ck)?;
+        // Before the data is read: a batch no memory can hold is refused in one line.
+        super::memory::check_step(&config, a.batch, a.seq_len, super::memory::memory_limit())?;
         crate::io::writer::check_writes(
             &inputs(a, &ck),
             &writes(&a.out),

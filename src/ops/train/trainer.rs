@@ -95,6 +95,12 @@ impl<'c> Trainer<'c> {
                 o.opt(Opt::Steps)
             )));
         }
+        super::memory::check_step(
+            &model.config,
+            options.batch,
+            options.seq_len,
+            super::memory::memory_limit(),
+        )?;
         if !(options.lr.is_finite() && options.lr >= 0.0) {
             bail!(OptionError::new(|o| format!(
                 "{} must be a non-negative number",
@@ -303,7 +309,7 @@ impl<'c> Trainer<'c> {
     /// One optimiser step on the next batch.
     pub fn step(&mut self) -> Result<StepStats> {
         let o = self.options.clone();
-        let (ids, targets) = self.data.batch(self.step, o.batch, o.seed);
+        let (ids, targets) = self.data.batch(self.step, o.batch, o.seed)?;
         let (loss, mut grads) = self
             .model
             .loss_and_grads(&ids, &targets, o.batch, o.seq_len)?;
