@@ -1,6 +1,6 @@
 //! Modules named in a model's original single-file layout, merged into the same model saved by
-//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image), and diffusers-named
-//! modules merged into the original file.
+//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image, Lumina 2, LTX-Video), and
+//! diffusers-named modules merged into the original file.
 //!
 //! The trainers people use name a diffusion transformer the way its authors' code does: kohya
 //! sd-scripts (`networks/lora_flux.py` @450630c: `lora_unet_double_blocks_0_img_attn_qkv`;
@@ -14,8 +14,9 @@
 //! `convert_flux_transformer_checkpoint_to_diffusers`, `convert_wan_transformer_to_diffusers`,
 //! `convert_sd3_transformer_checkpoint_to_diffusers`,
 //! `convert_flux2_transformer_checkpoint_to_diffusers`,
-//! `convert_hunyuan_video_transformer_to_diffusers` and
-//! `convert_z_image_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
+//! `convert_hunyuan_video_transformer_to_diffusers`,
+//! `convert_z_image_transformer_checkpoint_to_diffusers`, `convert_lumina2_to_diffusers` and
+//! `convert_ltx_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
 //! apply where it has them (`loaders/lora_conversion_utils.py`
 //! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`; none for
 //! SD3; Flux.2's skips the final modulation's swap, which lorakit does not copy). [`targets`],
@@ -105,13 +106,16 @@ fn unknown_order(m: &LoraModule, tensor: &str) -> Unmatched {
 }
 
 /// Whether the prefix of a name before a table path (`name[..start]`, of a module or of an
-/// original base tensor) is a root: empty, one component (`transformer.`, `diffusion_model.`) or
-/// `model.diffusion_model.`. A deeper prefix is another module whose path ends like a table row
+/// original base tensor) is a root: empty, one component (`transformer.`, `diffusion_model.`),
+/// `model.diffusion_model.` or PEFT's `base_model.model.` (fal's Flux Kontext files:
+/// `base_model.model.double_blocks.0.img_attn.qkv.lora_A.weight`, which diffusers 0.42.1
+/// `_convert_fal_kontext_lora_to_diffusers` reads as BFL names). A deeper prefix is another module whose path ends like a table row
 /// (HunyuanVideo's token refiner's `…refiner_blocks.0.norm_out.linear` is no final
 /// `norm_out.linear`).
 fn root_prefix(prefix: &str) -> bool {
     prefix.is_empty()
         || prefix == "model.diffusion_model."
+        || prefix == "base_model.model."
         || (prefix.ends_with('.') && !prefix[..prefix.len() - 1].contains('.'))
 }
 

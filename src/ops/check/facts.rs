@@ -108,13 +108,20 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            // Without `--base`, a file of names Flux and HunyuanVideo share is judged as Flux's.
+            When::DiffusersFluxOrHunyuanVideo if self.plan.base.is_some() || self.own_loader() => {
+                vec![]
+            }
+            When::DiffusersFluxOrHunyuanVideo => {
+                super::diffusers_pipelines::flux_hunyuan_video_shared(a)
+            }
             When::DiffusersFluxKohyaDropped if self.own_loader() => vec![],
             When::DiffusersFluxKohyaDropped => super::diffusers_keys::flux_kohya_dropped(a),
             When::DiffusersModelDropped(model) => {
-                super::diffusers_pipelines::pipeline_findings(a, model).1
+                super::diffusers_pipelines::pipeline_findings(a, self.plan.base.as_ref(), model).1
             }
             When::DiffusersModelRefused(model) => {
-                super::diffusers_pipelines::pipeline_findings(a, model).0
+                super::diffusers_pipelines::pipeline_findings(a, self.plan.base.as_ref(), model).0
             }
             When::DiffusersSd3Unconverted | When::DiffusersSd3Refused => {
                 match super::diffusers_keys::sd3_original(a) {
@@ -572,7 +579,8 @@ impl<'a> Facts<'a> {
     /// Whether diffusers' Flux.2, HunyuanVideo or Z-Image loader converts this file itself
     /// (`diffusers_keys.rs` `pipeline_of`): the SD reader's rules do not apply to it.
     fn own_loader(&self) -> bool {
-        super::diffusers_pipelines::pipeline_of(&self.plan.adapter).is_some()
+        super::diffusers_pipelines::pipeline_of(&self.plan.adapter, self.plan.base.as_ref())
+            .is_some()
     }
 
     fn sd_prefixed(&self) -> bool {
