@@ -23,6 +23,15 @@
 //!   holding `diffusion_model` makes every key need to start with it (else `ValueError`); the
 //!   rest are diffusers' own names. Told by `double_stream_blocks.` / `single_stream_blocks.`.
 //!
+//! - `FluxLoraLoaderMixin` sends a file with a `base_model` key (and no kohya, XLabs or BFL
+//!   control key) to `_convert_fal_kontext_lora_to_diffusers`, which pops, as `lora_A/lora_B`,
+//!   every module of FLUX.1's 19 double blocks (`img_mod.lin`, `txt_mod.lin`, `img_attn.qkv`,
+//!   `txt_attn.qkv`, `img_mlp.0/2`, `txt_mlp.0/2`, `img_attn.proj`, `txt_attn.proj`), 38 single
+//!   blocks (`modulation.lin`, `linear1`, `linear2`) and `final_layer.linear` under
+//!   `base_model.model.` (a missing one: `KeyError`), splits `linear1`'s `lora_B` at
+//!   `[3072, 3072, 3072, 12288]` and raises `ValueError` for any key left: only a complete
+//!   FLUX.1-sized file loads. Told by BFL block names under `base_model.model.`.
+//!
 //! Checked against diffusers' runs recorded by `fixtures/gen/diffusion8_fixtures.py`
 //! (`fixtures/diffusion8/*/MANIFEST.json`). Must not decide severities (the rules in
 //! `rules/others.rs` do); reads only tensor names and module shapes, never tensor data.
@@ -53,7 +62,19 @@ pub(super) fn lumina2_width(adapter: &crate::adapter::Adapter) -> bool {
 /// LTX-Video's or HiDream's loader, as far as the names tell (module header); `None` otherwise.
 pub(super) fn family_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersModel> {
     let tails = || adapter.modules.iter().filter_map(|m| dotted_tail(&m.name));
-    if tails().any(|t| t.starts_with("patchify_proj")) {
+    let keys = keys_of(adapter);
+    let has = |s: &str| keys.iter().any(|k| k.contains(s));
+    let fal = has("base_model")
+        && !has(".lora_down.weight")
+        && !has("processor")
+        && !has("query_norm.scale")
+        && adapter.modules.iter().any(|m| {
+            m.name.starts_with("base_model.model.double_blocks.")
+                || m.name.starts_with("base_model.model.single_blocks.")
+        });
+    if fal {
+        Some(DiffusersModel::FluxFal)
+    } else if tails().any(|t| t.starts_with("patchify_proj")) {
         Some(DiffusersModel::LtxVideo)
     } else if adapter.modules.iter().any(|m| {
         let t = dotted_tail(&m.name).unwrap_or(&m.name);
@@ -64,6 +85,109 @@ pub(super) fn family_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersMo
     } else {
         None
     }
+}
+
+/// The file's tensor names.
+fn keys_of(adapter: &crate::adapter::Adapter) -> Vec<&str> {
+    adapter
+        .source
+        .as_ref()
+        .map(|f| f.tensors().iter().map(|t| t.name.as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// FLUX.1's block counts, width and `linear1` rows as fal's converter hard-codes them.
+const FAL_DOUBLE: usize = 19;
+const FAL_SINGLE: usize = 38;
+const FAL_LINEAR1_ROWS: usize = 3 * 3072 + 12288;
+
+/// `(refused, dropped)` for fal's Kontext converter (module header): the modules it needs and
+/// does not find (the first few, then how many more), `linear1` of other rows, and the keys it
+/// leaves. Bias keys it pops are those its `in original_state_dict_keys` tests find (the
+/// prefixed ones of the MLPs, projections, single-block modulation, `linear2` and final layer).
+pub(super) fn fal_kontext_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    const P: &str = "base_model.model.";
+    let mut need: Vec<String> = Vec::new();
+    let double = [
+        "img_mod.lin",
+        "txt_mod.lin",
+        "img_attn.qkv",
+        "txt_attn.qkv",
+        "img_mlp.0",
+        "img_mlp.2",
+        "txt_mlp.0",
+        "txt_mlp.2",
+        "img_attn.proj",
+        "txt_attn.proj",
+    ];
+    for i in 0..FAL_DOUBLE {
+        need.extend(double.iter().map(|m| format!("{P}double_blocks.{i}.{m}")));
+    }
+    for i in 0..FAL_SINGLE {
+        need.extend(
+            ["modulation.lin", "linear1", "linear2"]
+                .iter()
+                .map(|m| format!("{P}single_blocks.{i}.{m}")),
+        );
+    }
+    need.push(format!("{P}final_layer.linear"));
+    let popped_bias = |k: &str| {
+        k.strip_suffix(".lora_A.bias")
+            .or_else(|| k.strip_suffix(".lora_B.bias"))
+            .is_some_and(|m| {
+                need.iter().any(|n| n == m)
+                    && [
+                        "mlp.0",
+                        "mlp.2",
+                        "attn.proj",
+                        "modulation.lin",
+                        "linear2",
+                        "final_layer.linear",
+                    ]
+                    .iter()
+                    .any(|s| m.ends_with(s))
+            })
+    };
+    let mut refused = Vec::new();
+    let missing: Vec<&String> = need
+        .iter()
+        .filter(|n| {
+            ["lora_A", "lora_B"]
+                .iter()
+                .any(|ab| !keys.contains(&format!("{n}.{ab}.weight").as_str()))
+        })
+        .collect();
+    refused.extend(
+        missing
+            .iter()
+            .take(3)
+            .map(|n| format!("{n} (missing: KeyError; fal's converter needs FLUX.1's 19 double and 38 single blocks)")),
+    );
+    if missing.len() > 3 {
+        refused.push(format!("{} more modules (missing)", missing.len() - 3));
+    }
+    for m in &adapter.modules {
+        if m.name.ends_with(".linear1") && m.out_features != FAL_LINEAR1_ROWS {
+            refused.push(format!(
+                "{} ({} rows, split at [3072, 3072, 3072, 12288]: RuntimeError)",
+                m.name, m.out_features
+            ));
+        }
+    }
+    refused.extend(
+        keys.iter()
+            .filter(|k| {
+                let module = k
+                    .strip_suffix(".lora_A.weight")
+                    .or_else(|| k.strip_suffix(".lora_B.weight"));
+                !module.is_some_and(|m| need.iter().any(|n| n == m)) && !popped_bias(k)
+            })
+            .map(|k| format!("{k} (left unconverted: ValueError)")),
+    );
+    (refused, vec![])
 }
 
 /// `(refused, dropped)` for Lumina 2's loader (module header).

@@ -300,6 +300,15 @@ pub(super) fn transformer_converted(adapter: &crate::adapter::Adapter) -> bool {
             .all(|m| original(&m.name) || (any_qwen && prefixed(&m.name)) || encoder(&m.name))
 }
 
+/// Whether diffusers' SD/SDXL kohya key rules read `a`: a kohya file that no transformer
+/// pipeline converts itself ([`transformer_converted`]) and that is not in SD3's original layout
+/// (which has its own rules). Moved from `facts.rs` (its 800-line guard).
+pub(super) fn unet_key_rules_apply(a: &crate::adapter::Adapter) -> bool {
+    a.format == crate::adapter::Format::Kohya
+        && !transformer_converted(a)
+        && sd3_original(a).is_none()
+}
+
 /// kohya-named Flux modules outside the double/single blocks (`img_in`, `txt_in`, `time_in`,
 /// `vector_in`, `guidance_in`, `final_layer`) of a file diffusers converts as kohya Flux: it
 /// renames them with no `transformer.` prefix and drops them (module header).

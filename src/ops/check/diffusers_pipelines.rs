@@ -190,6 +190,7 @@ pub(super) fn pipeline_findings(
         DiffusersModel::Lumina2 => super::diffusers_families::lumina2_findings(adapter, &keys),
         DiffusersModel::LtxVideo => super::diffusers_families::ltx_video_findings(adapter, &keys),
         DiffusersModel::HiDream => super::diffusers_families::hidream_findings(&keys),
+        DiffusersModel::FluxFal => super::diffusers_families::fal_kontext_findings(adapter, &keys),
     }
 }
 

@@ -56,6 +56,8 @@ pub enum DiffusersModel {
     LtxVideo,
     /// `HiDreamImageLoraLoaderMixin` (`diffusers_families.rs`).
     HiDream,
+    /// `FluxLoraLoaderMixin` on fal's Flux Kontext names (`diffusers_families.rs`).
+    FluxFal,
 }
 
 /// A condition over the adapter (and the base, with `--base`). Conditions that need the base

@@ -410,6 +410,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_ltxv_lora_to_diffusers"),
     },
     Rule {
+        id: "diffusers.flux_fal_refused",
+        target: Target::Diffusers,
+        when: When::DiffusersModelRefused(DiffusersModel::FluxFal),
+        severity: Severity::Error,
+        why: "a file of BFL Flux names under `base_model.model.` goes to fal's Kontext converter, which needs every module of FLUX.1's 19 double and 38 single blocks and `final_layer.linear` as `lora_A/lora_B` (else KeyError), splits `linear1` at FLUX.1's widths and raises \"`original_state_dict` should be empty\" for any other key",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_fal_kontext_lora_to_diffusers; lora_pipeline.py FluxLoraLoaderMixin.lora_state_dict (is_fal_kontext); fixtures/gen/diffusion8_fixtures.py records what diffusers did"),
+    },
+    Rule {
         id: "diffusers.hidream_refused",
         target: Target::Diffusers,
         when: When::DiffusersModelRefused(DiffusersModel::HiDream),
