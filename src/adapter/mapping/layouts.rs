@@ -603,6 +603,52 @@ mod tests {
     }
 
     #[test]
+    fn lumina2_and_ltx_video_rows_and_pefts_root() {
+        // Z-Image's and Lumina 2's original names are one string: both rows, the base decides.
+        let rows = lookup("diffusion_model.layers.3.attention.qkv", false, false);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[1].paths,
+            [
+                "layers.3.attn.to_q",
+                "layers.3.attn.to_k",
+                "layers.3.attn.to_v"
+            ]
+        );
+        let rows = lookup("lora_unet_noise_refiner_0_feed_forward_w3", true, false);
+        assert_eq!(rows[0].paths, ["noise_refiner.0.feed_forward.linear_3"]);
+        let rows = lookup(
+            "diffusion_model.final_layer.adaLN_modulation.1",
+            false,
+            false,
+        );
+        assert!(rows.iter().any(|r| r.paths == ["norm_out.linear_1"]));
+        // No context-refiner modulation in Lumina 2 (`convert_lumina2_to_diffusers`).
+        assert!(lookup("context_refiner.0.adaLN_modulation.1", false, false).is_empty());
+        assert_eq!(
+            lookup("diffusion_model.patchify_proj", false, false)[0].paths,
+            ["proj_in"]
+        );
+        // diffusers' LTX-Video LoRA converter renames neither: `check` must not hear of them.
+        assert_eq!(targets("diffusion_model.patchify_proj", false), None);
+        assert_eq!(
+            lookup(
+                "base_model.model.double_blocks.0.img_attn.qkv",
+                false,
+                false
+            )[0]
+            .paths[0],
+            "transformer_blocks.0.attn.to_q"
+        );
+        assert!(lookup(
+            "base_model.other.double_blocks.0.img_attn.qkv",
+            false,
+            false
+        )
+        .is_empty());
+    }
+
+    #[test]
     fn a_weight_is_found_under_at_most_one_root() {
         let names = [
             "transformer.proj_out.weight",
