@@ -34,6 +34,9 @@ mod it {
     pub mod conventions_slices;
     /// `diff`: exit status and figures.
     pub mod diff;
+    /// Diffusion families diffusers converts itself (Qwen-Image, LTX-Video, HiDream, Lumina 2,
+    /// fal Kontext, Flux/HunyuanVideo shared names): merges and `check` against diffusers.
+    pub mod diffusion8;
     /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
     pub mod extract;
     /// kill -9 during a merge, full disk, reruns.

@@ -1,6 +1,6 @@
 //! Modules named in a model's original single-file layout, merged into the same model saved by
-//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image), and diffusers-named
-//! modules merged into the original file.
+//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image, Lumina 2, LTX-Video), and
+//! diffusers-named modules merged into the original file.
 //!
 //! The trainers people use name a diffusion transformer the way its authors' code does: kohya
 //! sd-scripts (`networks/lora_flux.py` @450630c: `lora_unet_double_blocks_0_img_attn_qkv`;
@@ -14,8 +14,9 @@
 //! `convert_flux_transformer_checkpoint_to_diffusers`, `convert_wan_transformer_to_diffusers`,
 //! `convert_sd3_transformer_checkpoint_to_diffusers`,
 //! `convert_flux2_transformer_checkpoint_to_diffusers`,
-//! `convert_hunyuan_video_transformer_to_diffusers` and
-//! `convert_z_image_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
+//! `convert_hunyuan_video_transformer_to_diffusers`,
+//! `convert_z_image_transformer_checkpoint_to_diffusers`, `convert_lumina2_to_diffusers` and
+//! `convert_ltx_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
 //! apply where it has them (`loaders/lora_conversion_utils.py`
 //! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`; none for
 //! SD3; Flux.2's skips the final modulation's swap, which lorakit does not copy). [`targets`],
@@ -105,13 +106,16 @@ fn unknown_order(m: &LoraModule, tensor: &str) -> Unmatched {
 }
 
 /// Whether the prefix of a name before a table path (`name[..start]`, of a module or of an
-/// original base tensor) is a root: empty, one component (`transformer.`, `diffusion_model.`) or
-/// `model.diffusion_model.`. A deeper prefix is another module whose path ends like a table row
+/// original base tensor) is a root: empty, one component (`transformer.`, `diffusion_model.`),
+/// `model.diffusion_model.` or PEFT's `base_model.model.` (fal's Flux Kontext files:
+/// `base_model.model.double_blocks.0.img_attn.qkv.lora_A.weight`, which diffusers 0.42.1
+/// `_convert_fal_kontext_lora_to_diffusers` reads as BFL names). A deeper prefix is another module whose path ends like a table row
 /// (HunyuanVideo's token refiner's `…refiner_blocks.0.norm_out.linear` is no final
 /// `norm_out.linear`).
 fn root_prefix(prefix: &str) -> bool {
     prefix.is_empty()
         || prefix == "model.diffusion_model."
+        || prefix == "base_model.model."
         || (prefix.ends_with('.') && !prefix[..prefix.len() - 1].contains('.'))
 }
 
@@ -596,6 +600,52 @@ mod tests {
         assert_eq!(whole_part(orig, 4, || false), Ok(None));
         assert_eq!(whole_part(orig, 4, || true), Ok(Part::halves_swapped(4)));
         assert_eq!(whole_part(orig, 3, || true), Err(()));
+    }
+
+    #[test]
+    fn lumina2_and_ltx_video_rows_and_pefts_root() {
+        // Z-Image's and Lumina 2's original names are one string: both rows, the base decides.
+        let rows = lookup("diffusion_model.layers.3.attention.qkv", false, false);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[1].paths,
+            [
+                "layers.3.attn.to_q",
+                "layers.3.attn.to_k",
+                "layers.3.attn.to_v"
+            ]
+        );
+        let rows = lookup("lora_unet_noise_refiner_0_feed_forward_w3", true, false);
+        assert_eq!(rows[0].paths, ["noise_refiner.0.feed_forward.linear_3"]);
+        let rows = lookup(
+            "diffusion_model.final_layer.adaLN_modulation.1",
+            false,
+            false,
+        );
+        assert!(rows.iter().any(|r| r.paths == ["norm_out.linear_1"]));
+        // No context-refiner modulation in Lumina 2 (`convert_lumina2_to_diffusers`).
+        assert!(lookup("context_refiner.0.adaLN_modulation.1", false, false).is_empty());
+        assert_eq!(
+            lookup("diffusion_model.patchify_proj", false, false)[0].paths,
+            ["proj_in"]
+        );
+        // diffusers' LTX-Video LoRA converter renames neither: `check` must not hear of them.
+        assert_eq!(targets("diffusion_model.patchify_proj", false), None);
+        assert_eq!(
+            lookup(
+                "base_model.model.double_blocks.0.img_attn.qkv",
+                false,
+                false
+            )[0]
+            .paths[0],
+            "transformer_blocks.0.attn.to_q"
+        );
+        assert!(lookup(
+            "base_model.other.double_blocks.0.img_attn.qkv",
+            false,
+            false
+        )
+        .is_empty());
     }
 
     #[test]

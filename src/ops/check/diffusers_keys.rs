@@ -261,6 +261,30 @@ pub(super) fn transformer_converted(adapter: &crate::adapter::Adapter) -> bool {
             })
     };
     let prefixed = |n: &str| n.starts_with("lora_unet_") || n.starts_with("diffusion_model.");
+    // Qwen-Image's loader also converts a PEFT-wrapped transformer's own state dict
+    // (`transformer_blocks.0.img_mod.1.lora_A.default.weight`, no prefix: the `has_default`
+    // branch strips `default.` and prefixes `transformer.`), told by a block module only
+    // Qwen-Image has (`img_mod`, `txt_mod`, `img_mlp`, `txt_mlp`; diffusion8 fixtures).
+    let default_keys = adapter.source.as_ref().is_some_and(|f| {
+        let t = f.tensors();
+        !t.is_empty() && t.iter().all(|x| x.name.contains("default."))
+    });
+    let qwen_block = |n: &str| {
+        after_block(n, "transformer_blocks.", '.').is_some_and(|r| {
+            ["img_mod.", "txt_mod.", "img_mlp.", "txt_mlp."]
+                .iter()
+                .any(|p| r.starts_with(p))
+        })
+    };
+    if default_keys
+        && adapter.modules.iter().any(|m| qwen_block(&m.name))
+        && adapter
+            .modules
+            .iter()
+            .all(|m| after_block(&m.name, "transformer_blocks.", '.').is_some())
+    {
+        return true;
+    }
     let any_qwen = adapter.modules.iter().any(|m| qwen(&m.name));
     let original = |n: &str| layouts::targets(n, is_kohya_name(adapter.format, n)).is_some();
     // kohya Flux files carry CLIP-L modules (`lora_te1_…`) beside the transformer's; the Flux
@@ -274,6 +298,15 @@ pub(super) fn transformer_converted(adapter: &crate::adapter::Adapter) -> bool {
             .modules
             .iter()
             .all(|m| original(&m.name) || (any_qwen && prefixed(&m.name)) || encoder(&m.name))
+}
+
+/// Whether diffusers' SD/SDXL kohya key rules read `a`: a kohya file that no transformer
+/// pipeline converts itself ([`transformer_converted`]) and that is not in SD3's original layout
+/// (which has its own rules). Moved from `facts.rs` (its 800-line guard).
+pub(super) fn unet_key_rules_apply(a: &crate::adapter::Adapter) -> bool {
+    a.format == crate::adapter::Format::Kohya
+        && !transformer_converted(a)
+        && sd3_original(a).is_none()
 }
 
 /// kohya-named Flux modules outside the double/single blocks (`img_in`, `txt_in`, `time_in`,

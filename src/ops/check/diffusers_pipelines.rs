@@ -56,8 +56,9 @@ fn hunyuan_video_only(t: &str, kohya: bool) -> bool {
 
 /// A name only Z-Image's original (Tongyi) layout has among the layouts lorakit knows: the
 /// refiners, the main `layers.N.attention|feed_forward|adaLN_modulation`, the patch-keyed
-/// embedder and final layer, the caption embedder. Lumina 2's original names are the same (its
-/// own loader, `Lumina2LoraLoaderMixin`, is not modelled): such a file is read as Z-Image's.
+/// embedder and final layer, the caption embedder. Lumina 2's original names are the same: a
+/// file at Lumina 2's width is read by its loader (`diffusers_families.rs`), any other as
+/// Z-Image's.
 fn z_image_only(t: &str, kohya: bool) -> bool {
     let sep = if kohya { '_' } else { '.' };
     let s = |x: &str| x.replace('.', &sep.to_string());
@@ -77,11 +78,20 @@ fn z_image_only(t: &str, kohya: bool) -> bool {
         })
 }
 
-/// Which of diffusers' Flux.2, HunyuanVideo and Z-Image loaders reads `adapter`, as far as its
-/// module names tell (module header): one name of that model's original layout that no other
-/// layout has. `None` for any other file (a file of only names BFL Flux shares is read as Flux's;
+/// Which of diffusers' Flux.2, HunyuanVideo, Z-Image, Lumina 2, LTX-Video and HiDream loaders
+/// reads `adapter`, as far as its module names (and, for Lumina 2, widths) tell (module header):
+/// one name of that model's original layout that no other layout has. `None` for any other file (a file of only names BFL Flux shares is read as Flux's;
 /// SD3's original names have their own rule).
-pub(super) fn pipeline_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersModel> {
+///
+/// With `--base`, a file of only names BFL Flux and HunyuanVideo share ([`flux_hunyuan_video_shared`])
+/// is HunyuanVideo's on a HunyuanVideo base (a `token_refiner.` tensor, either layout), and a
+/// file of Lumina 2's (= Z-Image's) names is Lumina 2's on a diffusers Lumina 2 base
+/// (`time_caption_embed.`), whatever its width.
+pub(super) fn pipeline_of(
+    adapter: &crate::adapter::Adapter,
+    base: Option<&crate::io::Checkpoint>,
+) -> Option<DiffusersModel> {
+    let base_has = |mark: &str| base.is_some_and(|b| b.names().any(|n| n.contains(mark)));
     if sd3_original(adapter).is_some() {
         return None;
     }
@@ -92,14 +102,10 @@ pub(super) fn pipeline_of(adapter: &crate::adapter::Adapter) -> Option<Diffusers
         .collect();
     let any = |f: &dyn Fn(&str, bool) -> bool| tails.iter().any(|&(t, k)| f(t, k));
     // Lumina 2 names its modules as Z-Image does (`layers.N.attention.qkv`, `feed_forward.w1`)
-    // and `Lumina2LoraLoaderMixin` converts them (`lora_conversion_utils.py`
-    // `_convert_non_diffusers_lumina2_lora_to_diffusers`, qkv split at its width 2304,
-    // `transformer_lumina2.py`); Z-Image's width is 3840 (`transformer_z_image.py`). A file
-    // whose attention is Lumina 2's width is not judged by Z-Image's loader.
-    let lumina2 = adapter
-        .modules
-        .iter()
-        .any(|m| m.name.ends_with("attention.qkv") && m.in_features == 2304);
+    // and `Lumina2LoraLoaderMixin` converts them its own way (`diffusers_families.rs`); a file
+    // at Lumina 2's width (2304; Z-Image's is 3840) is judged by Lumina 2's loader.
+    let lumina2 =
+        super::diffusers_families::lumina2_width(adapter) || base_has("time_caption_embed.");
     // HunyuanVideo's converter also takes the original names under `transformer.` (diffusers
     // strips it "to make sure both original and attempted diffusers loras work").
     let hv_transformer = adapter
@@ -109,12 +115,55 @@ pub(super) fn pipeline_of(adapter: &crate::adapter::Adapter) -> Option<Diffusers
         .any(|t| hunyuan_video_only(t, false));
     if any(&|t, _| flux2_only(t)) {
         Some(DiffusersModel::Flux2)
-    } else if any(&hunyuan_video_only) || hv_transformer {
+    } else if any(&hunyuan_video_only)
+        || hv_transformer
+        || (!flux_hunyuan_video_shared(adapter).is_empty() && base_has("token_refiner."))
+    {
         Some(DiffusersModel::HunyuanVideo)
-    } else if any(&z_image_only) && !lumina2 {
+    } else if any(&z_image_only) && lumina2 {
+        Some(DiffusersModel::Lumina2)
+    } else if any(&z_image_only) {
         Some(DiffusersModel::ZImage)
     } else {
-        None
+        super::diffusers_families::family_of(adapter)
+    }
+}
+
+/// The modules of `adapter` when every one is named as BFL Flux and HunyuanVideo both name a
+/// module (else empty): kohya's `lora_unet_double_blocks_N_{img,txt}_attn_{qkv,proj}` (Flux's
+/// `img_attn.qkv` and HunyuanVideo's `img_attn_qkv` are one string with `_`),
+/// `single_blocks_N_linear1/2`, `final_layer_linear`, `final_layer_adaLN_modulation_1`, and
+/// their dotted forms where the two layouts agree (`single_blocks.N.linear1`, `final_layer.…`).
+/// Flux's loader converts such a file; HunyuanVideo's renames no kohya `lora_down` (it raises)
+/// and converts no file without an `img_attn_qkv` key (nothing applied). Without `--base` the
+/// file is judged as Flux's and the rule `diffusers.flux_or_hunyuan_video` names them.
+pub(super) fn flux_hunyuan_video_shared(adapter: &crate::adapter::Adapter) -> Vec<String> {
+    let shared = |t: &str, kohya: bool| {
+        let sep = if kohya { '_' } else { '.' };
+        let s = |x: &str| x.replace('.', &sep.to_string());
+        let double = after_block(t, &s("double_blocks."), sep).is_some_and(|r| {
+            kohya
+                && [
+                    "img_attn_qkv",
+                    "img_attn_proj",
+                    "txt_attn_qkv",
+                    "txt_attn_proj",
+                ]
+                .contains(&r)
+        });
+        let single = after_block(t, &s("single_blocks."), sep)
+            .is_some_and(|r| r == "linear1" || r == "linear2");
+        double || single || t == s("final_layer.linear") || t == s("final_layer.adaLN_modulation.1")
+    };
+    let all = !adapter.modules.is_empty()
+        && adapter
+            .modules
+            .iter()
+            .all(|m| original_tail(&m.name).is_some_and(|(t, k)| shared(t, k)));
+    if all {
+        adapter.modules.iter().map(|m| m.name.clone()).collect()
+    } else {
+        Vec::new()
     }
 }
 
@@ -123,9 +172,10 @@ pub(super) fn pipeline_of(adapter: &crate::adapter::Adapter) -> Option<Diffusers
 /// modules it loads nothing of. Empty when `pipeline_of(adapter)` is not `model`.
 pub(super) fn pipeline_findings(
     adapter: &crate::adapter::Adapter,
+    base: Option<&crate::io::Checkpoint>,
     model: DiffusersModel,
 ) -> (Vec<String>, Vec<String>) {
-    if pipeline_of(adapter) != Some(model) {
+    if pipeline_of(adapter, base) != Some(model) {
         return (vec![], vec![]);
     }
     let keys: Vec<&str> = adapter
@@ -137,6 +187,10 @@ pub(super) fn pipeline_findings(
         DiffusersModel::Flux2 => flux2_findings(adapter, &keys),
         DiffusersModel::HunyuanVideo => hunyuan_video_findings(adapter, &keys),
         DiffusersModel::ZImage => z_image_findings(adapter, &keys),
+        DiffusersModel::Lumina2 => super::diffusers_families::lumina2_findings(adapter, &keys),
+        DiffusersModel::LtxVideo => super::diffusers_families::ltx_video_findings(adapter, &keys),
+        DiffusersModel::HiDream => super::diffusers_families::hidream_findings(&keys),
+        DiffusersModel::FluxFal => super::diffusers_families::fal_kontext_findings(adapter, &keys),
     }
 }
 

@@ -4,6 +4,7 @@
 //! print anything.
 
 use super::base::last_component;
+use super::diffusers_keys::unet_key_rules_apply;
 use super::names::{is_lm_head_tensor, is_sd_prefixed, layer_kind, layers_index, short};
 use super::plan::Plan;
 use super::report::Placement;
@@ -108,13 +109,20 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
+            // Without `--base`, a file of names Flux and HunyuanVideo share is judged as Flux's.
+            When::DiffusersFluxOrHunyuanVideo if self.plan.base.is_some() || self.own_loader() => {
+                vec![]
+            }
+            When::DiffusersFluxOrHunyuanVideo => {
+                super::diffusers_pipelines::flux_hunyuan_video_shared(a)
+            }
             When::DiffusersFluxKohyaDropped if self.own_loader() => vec![],
             When::DiffusersFluxKohyaDropped => super::diffusers_keys::flux_kohya_dropped(a),
             When::DiffusersModelDropped(model) => {
-                super::diffusers_pipelines::pipeline_findings(a, model).1
+                super::diffusers_pipelines::pipeline_findings(a, self.plan.base.as_ref(), model).1
             }
             When::DiffusersModelRefused(model) => {
-                super::diffusers_pipelines::pipeline_findings(a, model).0
+                super::diffusers_pipelines::pipeline_findings(a, self.plan.base.as_ref(), model).0
             }
             When::DiffusersSd3Unconverted | When::DiffusersSd3Refused => {
                 match super::diffusers_keys::sd3_original(a) {
@@ -569,10 +577,10 @@ impl<'a> Facts<'a> {
     }
 
     /// Every module of a kohya file has an SD prefix.
-    /// Whether diffusers' Flux.2, HunyuanVideo or Z-Image loader converts this file itself
-    /// (`diffusers_keys.rs` `pipeline_of`): the SD reader's rules do not apply to it.
+    /// Whether a transformer pipeline's own loader reads this file (`diffusers_pipelines.rs`).
     fn own_loader(&self) -> bool {
-        super::diffusers_pipelines::pipeline_of(&self.plan.adapter).is_some()
+        super::diffusers_pipelines::pipeline_of(&self.plan.adapter, self.plan.base.as_ref())
+            .is_some()
     }
 
     fn sd_prefixed(&self) -> bool {
@@ -788,13 +796,4 @@ fn has_lora_bias(m: &crate::adapter::LoraModule) -> bool {
 /// llama.cpp `.base_layer.weight`).
 pub(super) fn is_saved_base_layer(f: &crate::adapter::FullTensor) -> bool {
     matches!(&f.data, Data::Stored { key, .. } if key.contains(".base_layer."))
-}
-
-/// Whether diffusers' SD/SDXL kohya key rules read `a`: a kohya file that no transformer
-/// pipeline converts itself (`diffusers_keys.rs`) and that is not in SD3's original layout
-/// (which has its own rules).
-fn unet_key_rules_apply(a: &crate::adapter::Adapter) -> bool {
-    a.format == Format::Kohya
-        && !super::diffusers_keys::transformer_converted(a)
-        && super::diffusers_keys::sd3_original(a).is_none()
 }

@@ -50,6 +50,14 @@ pub enum DiffusersModel {
     HunyuanVideo,
     /// `ZImageLoraLoaderMixin`.
     ZImage,
+    /// `Lumina2LoraLoaderMixin` (`diffusers_families.rs`).
+    Lumina2,
+    /// `LTXVideoLoraLoaderMixin` (`diffusers_families.rs`).
+    LtxVideo,
+    /// `HiDreamImageLoraLoaderMixin` (`diffusers_families.rs`).
+    HiDream,
+    /// `FluxLoraLoaderMixin` on fal's Flux Kontext names (`diffusers_families.rs`).
+    FluxFal,
 }
 
 /// A condition over the adapter (and the base, with `--base`). Conditions that need the base
@@ -72,6 +80,9 @@ pub enum When {
     /// kohya Flux modules outside the blocks (`lora_unet_img_in`, …), which diffusers' Flux
     /// converter drops (`diffusers_keys.rs`).
     DiffusersFluxKohyaDropped,
+    /// Without `--base`: every module of a file read as Flux's is named as HunyuanVideo names
+    /// one too (`diffusers_pipelines.rs` `flux_hunyuan_video_shared`).
+    DiffusersFluxOrHunyuanVideo,
     /// Every module of a file in SD3's original layout (`joint_blocks.N.…`, kohya or ComfyUI
     /// names), whose keys all hold `lora`: SD3's loader converts none of them (`diffusers_keys.rs`).
     DiffusersSd3Unconverted,

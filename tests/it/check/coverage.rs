@@ -254,6 +254,14 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ),
     ("diffusers_loaders/z_image_kohya.safetensors", None),
     ("diffusers_loaders/z_image_comfy_alpha.safetensors", None),
+    // fixtures/gen/diffusion8_fixtures.py: the Lumina 2, LTX-Video, HiDream and fal Kontext
+    // loaders' rules and diffusers.flux_or_hunyuan_video (tests/it/diffusion8.rs).
+    ("diffusion8/lumina2_wide/kohya.safetensors", None),
+    ("diffusion8/lumina2_wide/alpha.safetensors", None),
+    ("diffusion8/ltx_video/mixed.safetensors", None),
+    ("diffusion8/hidream/mixed.safetensors", None),
+    ("diffusion8/flux_kontext/fal.safetensors", None),
+    ("diffusion8/flux_hunyuan_video/kohya.safetensors", None),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.
     (
         "sweep7/qwen2_moe_experts/adapter",

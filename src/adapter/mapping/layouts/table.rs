@@ -12,6 +12,8 @@ pub(super) enum Model {
     Flux2,
     HunyuanVideo,
     ZImage,
+    Lumina2,
+    LtxVideo,
 }
 
 impl Model {
@@ -26,7 +28,12 @@ impl Model {
     pub(super) fn diffusers_converts_lora(self) -> bool {
         match self {
             Model::Flux | Model::Wan => true,
-            Model::Sd3 | Model::Flux2 | Model::HunyuanVideo | Model::ZImage => false,
+            Model::Sd3
+            | Model::Flux2
+            | Model::HunyuanVideo
+            | Model::ZImage
+            | Model::Lumina2
+            | Model::LtxVideo => false,
         }
     }
 }
@@ -43,6 +50,8 @@ pub(super) const TABLES: &[(Model, Rows)] = &[
     (Model::Flux2, FLUX2),
     (Model::HunyuanVideo, HUNYUAN_VIDEO),
     (Model::ZImage, Z_IMAGE),
+    (Model::Lumina2, LUMINA2),
+    (Model::LtxVideo, LTX_VIDEO),
 ];
 
 /// When a module of [`SWAPPED_HALVES`] has its halves swapped.
@@ -520,5 +529,118 @@ const Z_IMAGE: Rows = &[
     (
         "context_refiner.#.attention.out",
         &["context_refiner.#.attention.to_out.0"],
+    ),
+];
+
+/// Lumina 2 (Lumina-Image-2.0): `convert_lumina2_to_diffusers`. Its original names are Z-Image's
+/// (`layers.N.attention.qkv`, `feed_forward.w1`); the diffusers names differ (`attn.to_q`,
+/// `feed_forward.linear_1`, `norm1.linear`), so the base decides which row applies. The fused
+/// `qkv` is q, k and v of unequal widths (24 heads over 8 kv heads: 2304, 768, 768, which the
+/// converter hard-codes): merged onto a diffusers base each part takes its tensor's own rows; a
+/// diffusers-named q/k/v onto the fused tensor is refused (the equal-thirds rule of
+/// `place_on_original` does not hold). The final modulation is not swapped (`norm_out.linear_1`,
+/// `LuminaLayerNormContinuous` reads the original order).
+const LUMINA2: Rows = &[
+    ("final_layer.linear", &["norm_out.linear_2"]),
+    ("final_layer.adaLN_modulation.1", &["norm_out.linear_1"]),
+    ("cap_embedder.1", &["time_caption_embed.caption_embedder.1"]),
+    (
+        "t_embedder.mlp.0",
+        &["time_caption_embed.timestep_embedder.linear_1"],
+    ),
+    (
+        "t_embedder.mlp.2",
+        &["time_caption_embed.timestep_embedder.linear_2"],
+    ),
+    (
+        "layers.#.attention.qkv",
+        &[
+            "layers.#.attn.to_q",
+            "layers.#.attn.to_k",
+            "layers.#.attn.to_v",
+        ],
+    ),
+    ("layers.#.attention.out", &["layers.#.attn.to_out.0"]),
+    (
+        "layers.#.feed_forward.w1",
+        &["layers.#.feed_forward.linear_1"],
+    ),
+    (
+        "layers.#.feed_forward.w2",
+        &["layers.#.feed_forward.linear_2"],
+    ),
+    (
+        "layers.#.feed_forward.w3",
+        &["layers.#.feed_forward.linear_3"],
+    ),
+    ("layers.#.adaLN_modulation.1", &["layers.#.norm1.linear"]),
+    (
+        "noise_refiner.#.attention.qkv",
+        &[
+            "noise_refiner.#.attn.to_q",
+            "noise_refiner.#.attn.to_k",
+            "noise_refiner.#.attn.to_v",
+        ],
+    ),
+    (
+        "noise_refiner.#.attention.out",
+        &["noise_refiner.#.attn.to_out.0"],
+    ),
+    (
+        "noise_refiner.#.feed_forward.w1",
+        &["noise_refiner.#.feed_forward.linear_1"],
+    ),
+    (
+        "noise_refiner.#.feed_forward.w2",
+        &["noise_refiner.#.feed_forward.linear_2"],
+    ),
+    (
+        "noise_refiner.#.feed_forward.w3",
+        &["noise_refiner.#.feed_forward.linear_3"],
+    ),
+    (
+        "noise_refiner.#.adaLN_modulation.1",
+        &["noise_refiner.#.norm1.linear"],
+    ),
+    (
+        "context_refiner.#.attention.qkv",
+        &[
+            "context_refiner.#.attn.to_q",
+            "context_refiner.#.attn.to_k",
+            "context_refiner.#.attn.to_v",
+        ],
+    ),
+    (
+        "context_refiner.#.attention.out",
+        &["context_refiner.#.attn.to_out.0"],
+    ),
+    (
+        "context_refiner.#.feed_forward.w1",
+        &["context_refiner.#.feed_forward.linear_1"],
+    ),
+    (
+        "context_refiner.#.feed_forward.w2",
+        &["context_refiner.#.feed_forward.linear_2"],
+    ),
+    (
+        "context_refiner.#.feed_forward.w3",
+        &["context_refiner.#.feed_forward.linear_3"],
+    ),
+];
+
+/// LTX-Video: `convert_ltx_transformer_checkpoint_to_diffusers` (`patchify_proj` → `proj_in`,
+/// `adaln_single` → `time_embed`; every other name is diffusers' own). diffusers' LoRA converter
+/// (`_convert_non_diffusers_ltxv_lora_to_diffusers`) strips `diffusion_model.` and renames
+/// neither, so diffusers applies nothing of these two; the merge follows the checkpoint's map.
+const LTX_VIDEO: Rows = &[
+    ("patchify_proj", &["proj_in"]),
+    ("adaln_single.linear", &["time_embed.linear"]),
+    (
+        "adaln_single.emb.timestep_embedder.linear_1",
+        &["time_embed.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "adaln_single.emb.timestep_embedder.linear_2",
+        &["time_embed.emb.timestep_embedder.linear_2"],
     ),
 ];
