@@ -27,3 +27,43 @@ fn lora_bias_adds_to_the_trained_base_bias() {
     );
     assert_eq!(n, 4, "q/v weight and bias");
 }
+
+/// A PEFT folder saved from a model holding a second adapter, with `bias="lora_only"`: PEFT
+/// writes the trained bias of every LoRA layer into it, `…v_proj.base_layer.bias` included,
+/// though this adapter has no LoRA on v_proj (check_peft_sweep.py seed 42 case 33). PEFT's own
+/// reload wraps no v_proj, so that key matches nothing and is dropped without an error
+/// (MANIFEST `peft_dropped`); `check --target peft` said every tensor applies.
+#[test]
+fn peft_check_flags_a_base_layer_tensor_with_no_wrapper() {
+    let m = read_json(fixture("sweep8/MANIFEST.json"));
+    let dropped = &m["bias_of_second_adapter"]["peft_dropped"];
+    assert_eq!(dropped.as_array().map(Vec::len), Some(1), "{dropped}");
+    let out = bin()
+        .args(check_args(
+            &fixture("sweep8/bias_of_second_adapter/adapter"),
+            &[
+                "--base",
+                s(&fixture("sweep8/bias_of_second_adapter/base")),
+                "--target",
+                "peft",
+                "--json",
+            ],
+        ))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let t = &v["targets"][0];
+    assert_eq!(t["loads"], true, "{t}");
+    assert_eq!(t["applies_all"], false, "{t}");
+    let f = t["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "peft.base_layer_unwrapped")
+        .unwrap_or_else(|| panic!("no peft.base_layer_unwrapped finding: {t}"));
+    assert!(
+        f.to_string().contains(dropped[0].as_str().unwrap()),
+        "the finding names the key PEFT drops: {f}"
+    );
+}
