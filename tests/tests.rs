@@ -102,4 +102,6 @@ mod it {
     pub mod sweep6;
     /// What the sweeps with seeds 31/32 and wider draws found (fixtures/sweep7).
     pub mod sweep7;
+    /// What the sweeps with seeds 41/42 and wider draws found (fixtures/sweep8).
+    pub mod sweep8;
 }

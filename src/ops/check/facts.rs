@@ -307,6 +307,23 @@ impl<'a> Facts<'a> {
                 .map(|m| m.name.clone())
                 .collect(),
             When::Untargeted => a.untargeted.clone(),
+            When::SavedBaseLayerUnwrapped => a
+                .full_tensors
+                .iter()
+                .filter_map(|f| {
+                    let Data::Stored { key, .. } = &f.data else {
+                        return None;
+                    };
+                    // Biases only: a `base_layer.weight` is also what PEFT's other wrappers
+                    // (trainable tokens, saved embeddings) hold, which its reload builds.
+                    let module = key
+                        .strip_prefix(crate::adapter::formats::peft::PREFIX)
+                        .unwrap_or(key)
+                        .strip_suffix(".base_layer.bias")?;
+                    (a.format == Format::Peft && !a.modules.iter().any(|m| m.name == module))
+                        .then(|| key.clone())
+                })
+                .collect(),
             When::PartialLayers => self.partial_layers(),
             When::LayerPastBase => {
                 let Some(n) = self

@@ -155,6 +155,9 @@ pub enum When {
     /// Modules the PEFT config does not select (`target_modules`, `exclude_modules`,
     /// `layers_to_transform`, `modules_to_save`; [`crate::adapter::Adapter::untargeted`]).
     Untargeted,
+    /// PEFT keys `{module}.base_layer.bias` (a trained base bias saved beside a LoRA wrapper's
+    /// factors) for a module the adapter holds no LoRA factors for.
+    SavedBaseLayerUnwrapped,
     /// A module kind present in some decoder layers but not all (base's `num_hidden_layers`).
     PartialLayers,
     /// `added_tokens.json` beside the adapter with ids at or past the base vocabulary.

@@ -266,11 +266,13 @@ impl MergePlan {
                     }
                 }
                 touched.push((a.full_tensors[*fi].name.clone(), name.clone()));
-                // PEFT saves a targeted embedding's base weight as `{module}.base_layer.weight`;
-                // loading it replaces the base weight, which the LoRA delta is then added to.
+                // PEFT saves a targeted embedding's base weight as `{module}.base_layer.weight`
+                // (and, with `bias="lora_only"`/`"all"`, a trained base bias as
+                // `{module}.base_layer.bias`); loading it replaces the base tensor, which the
+                // LoRA delta (or `lora_bias`'s `lora_B.bias`) is then added to.
                 let from_base_layer = matches!(&a.full_tensors[*fi].data, crate::adapter::Data::Stored { key, .. } if key.contains(".base_layer."));
                 if from_base_layer {
-                    if let Some(Action::Merge(v)) = actions.get(name) {
+                    if let Some(Action::Merge(v) | Action::Bias(v)) = actions.get(name) {
                         if v.iter().any(|(x, _)| *x == ai) {
                             base_override.insert(name.clone(), (ai, *fi));
                             continue;

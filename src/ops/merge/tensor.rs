@@ -12,9 +12,21 @@ use crate::io::Checkpoint;
 use anyhow::Result;
 
 impl MergePlan {
-    /// A bias of modules with `lora_B.bias`, `terms` applied in order (PEFT IA3 scales it).
+    /// A bias of modules with `lora_B.bias`, `terms` applied in order (PEFT IA3 scales it),
+    /// to the base's bias or to the trained one the adapter saved (`base_layer.bias`, loaded
+    /// into the base's dtype as PEFT loads it).
     pub(super) fn biased(&self, name: &str, terms: &[(usize, usize)]) -> Result<Vec<f32>> {
-        let mut v = self.base.read_f32(name)?;
+        let mut v = match self.base_override.get(name) {
+            Some(&(ai, fi)) => {
+                let a = &self.adapters[ai].adapter;
+                let v = a.values(&a.full_tensors[fi].data)?;
+                match self.base.info(name) {
+                    Some(i) => dtype::decode(i.dtype, &dtype::encode(i.dtype, &v)),
+                    None => v.to_vec(),
+                }
+            }
+            None => self.base.read_f32(name)?,
+        };
         for &(ai, mi) in terms {
             let wa = &self.adapters[ai];
             let m = &wa.adapter.modules[mi];

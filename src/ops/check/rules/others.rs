@@ -580,6 +580,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(PEFT, "src/peft/tuners/tuners_utils.py", "0.21.2", "check_target_module_exists; BaseTuner.inject_adapter; utils/save_and_load.py set_peft_model_state_dict (strict=False)"),
     },
     Rule {
+        id: "peft.base_layer_unwrapped",
+        target: Target::Peft,
+        when: When::SavedBaseLayerUnwrapped,
+        severity: Severity::Silent,
+        why: "a `{module}.base_layer.bias` key names the bias of the base layer inside a LoRA wrapper, but the adapter has no LoRA on that module: PEFT builds no wrapper there, so the key matches no parameter and load_state_dict(strict=False) drops the trained tensor (a folder saved with bias=\"lora_only\"/\"all\" from a model holding a second adapter on other modules)",
+        source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "get_peft_model_state_dict (bias=\"lora_only\": the bias of every LoRA layer); set_peft_model_state_dict (strict=False); checked with fixtures/gen/sweep8_fixtures.py"),
+    },
+    Rule {
         id: "peft.not_applied",
         target: Target::Peft,
         when: When::NameNotExact,
