@@ -10,6 +10,7 @@ use super::plan::Plan;
 use super::report::Placement;
 use super::rules::{ScaleRule, Supported, When};
 use super::target::Kind;
+use super::tokens::{tokens_mismatch, tokens_module};
 use crate::adapter::mapping::{self, Unmatched};
 use crate::adapter::{Data, Format, ModuleKind};
 use std::collections::{BTreeMap, BTreeSet};
@@ -753,52 +754,6 @@ impl<'a> Facts<'a> {
             })
             .collect()
     }
-}
-
-// PEFT's trainable-token rows are read by the PEFT reader; its helpers name them here too.
-pub(crate) use crate::adapter::formats::peft::{token_indices, tokens_module, TOKENS_SUFFIX};
-
-/// Why PEFT cannot load a module's trainable-token rows onto the base, or `None` when it can:
-/// the module must have a 2-D base weight `[V, D]` (or be `lm_head` tied to `embed_tokens`),
-/// the config must list its indices, each `< V`, and the rows must be `[len(indices), D]`
-/// (`load_state_dict` refuses another size; `index_copy` another index).
-fn tokens_mismatch(
-    cfg: Option<&serde_json::Value>,
-    module: &str,
-    shape: &[usize],
-    base: &crate::io::Checkpoint,
-) -> Option<String> {
-    let weight = format!("{module}.weight");
-    let info = base.info(&weight).or_else(|| {
-        (last_component(module) == "lm_head")
-            .then(|| {
-                base.names()
-                    .find(|n| n.ends_with("embed_tokens.weight"))
-                    .and_then(|n| base.info(n))
-            })
-            .flatten()
-    });
-    let Some(info) = info else {
-        return Some("no such module in the base".into());
-    };
-    if info.shape.len() != 2 {
-        return Some(format!("base weight is {:?}, not a matrix", info.shape));
-    }
-    let (v, d) = (info.shape[0], info.shape[1]);
-    let Some(ids) = token_indices(cfg, module) else {
-        return Some("trainable_token_indices does not name this module".into());
-    };
-    if let Some(bad) = ids.iter().find(|&&i| i >= v as u64) {
-        return Some(format!("token index {bad} ≥ the base's {v} rows"));
-    }
-    if shape != [ids.len(), d] {
-        return Some(format!(
-            "rows are {shape:?}, expected [{}, {d}] ({} indices)",
-            ids.len(),
-            ids.len()
-        ));
-    }
-    None
 }
 
 /// A `lora_B.bias` tensor (PEFT `lora_bias`). PEFT's IA3 also carries a bias term (its vector

@@ -108,7 +108,7 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
                 .unmatched
                 .iter()
                 .map(unmatched_name)
-                .filter(|n| super::facts::tokens_module(n).is_none())
+                .filter(|n| super::tokens::tokens_module(n).is_none())
                 .collect();
             adapter.modules.retain(|m| {
                 let drop =

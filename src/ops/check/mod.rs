@@ -31,6 +31,7 @@ pub mod rules;
 pub mod saved;
 mod single_file;
 mod target;
+mod tokens;
 pub mod when;
 
 use facts::{Evaluated, Facts};

@@ -132,7 +132,7 @@ pub fn rewrite(
                 rows.extend_from_slice(&w[i * d..(i + 1) * d]);
             }
             new_full.push(FullTensor {
-                name: format!("{module}{}", super::facts::TOKENS_SUFFIX),
+                name: format!("{module}{}", super::tokens::TOKENS_SUFFIX),
                 data: Data::Owned(Arc::new(rows)),
                 shape: vec![changed.len(), d],
                 rows: None,

@@ -267,6 +267,11 @@ const EXTRA: &[(&str, Option<&str>)] = &[
         "sweep7/qwen2_moe_experts/adapter",
         Some("sweep7/qwen2_moe_experts/base"),
     ),
+    // fixtures/gen/sweep8_fixtures.py (MANIFEST.json): peft.base_layer_unwrapped.
+    (
+        "sweep8/bias_of_second_adapter/adapter",
+        Some("sweep8/bias_of_second_adapter/base"),
+    ),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the
