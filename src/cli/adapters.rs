@@ -12,9 +12,11 @@ use std::path::PathBuf;
 /// Combine several adapters into one, as PEFT's add_weighted_adapter does.
 ///
 /// With weights wᵢ and scales sᵢ, per module:
-///   cat          exact: A = [w₁s₁A₁; w₂s₂A₂; …], B = [B₁ B₂ …], rank Σ rᵢ, scale 1. Like PEFT,
-///                every module gets rank Σᵢ max-rank(adapterᵢ), zero-padded where an adapter
-///                lacks the module (--no-pad: each module's own Σ rᵢ).
+///   cat          exact: A = [w₁s₁A₁; w₂s₂A₂; …], B = [B₁ B₂ …], rank Σ rᵢ, scale 1. Every
+///                module gets rank Σᵢ max-rank(adapterᵢ), zero-padded where an adapter lacks
+///                the module (PEFT pads to the Σ of the configs' r instead: the same ΔW, a
+///                different count of zero rows where a rank_pattern differs from r;
+///                --no-pad: each module's own Σ rᵢ).
 ///   svd          the exact sum Σ wᵢsᵢBᵢAᵢ re-compressed to --rank (default: the largest input
 ///                rank) by QR of the stacked factors and SVD of the small core — the d×k sum is
 ///                never formed; the best rank-R approximation. B = U·diag(σ), A = Vᵀ.
