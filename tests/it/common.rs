@@ -286,6 +286,44 @@ pub fn assert_merged_matches(out: &Path, base: &Path, reference: &Path, tol: f64
     )
 }
 
+/// The largest |a − b| over the tensors of `reference` (what the peer changed), for a report.
+pub fn max_abs_diff(out: &TensorMap, reference: &TensorMap) -> f64 {
+    reference
+        .iter()
+        .flat_map(|(k, r)| {
+            out[k]
+                .f32()
+                .into_iter()
+                .zip(r.f32())
+                .map(|(a, b)| (a as f64 - b as f64).abs())
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Merges `fixtures/{case}/adapter` into the fixture `base` (with `--device cpu --quiet` and
+/// `extra`) and compares with PEFT's merge_and_unload + save_pretrained in
+/// `fixtures/{case}/merged.safetensors`: the changed tensors within 1e-6 relative (f32
+/// rounding of the same sums in another order), every other tensor byte for byte. Prints the
+/// max abs difference; returns how many tensors PEFT changed.
+pub fn merge_matches_peft_fixture(case: &str, base: &str, extra: &[&str]) -> usize {
+    let (_dir, out) = scratch("out");
+    let base = fixture(base);
+    run_ok(merge_args(
+        &base,
+        &fixture(&format!("{case}/adapter")),
+        &out,
+        &[&["--device", "cpu", "--quiet"], extra].concat(),
+    ));
+    let peft = read(&fixture(&format!("{case}/merged.safetensors")));
+    let got = read_checkpoint(&out);
+    let n = assert_matches_reference(&got, &read_checkpoint(&base), &peft, 1e-6);
+    eprintln!(
+        "{case}: max |lorakit − PEFT| = {:e}",
+        max_abs_diff(&got, &peft)
+    );
+    n
+}
+
 /// The LoRA modules of a PEFT adapter file's tensors, in name order: the module path (without
 /// `base_model.model.`) of every `lora_A.weight`, with its `lora_A` and `lora_B`.
 pub fn peft_lora_modules(tensors: &TensorMap) -> Vec<(&str, &T, &T)> {

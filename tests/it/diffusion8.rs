@@ -87,14 +87,7 @@ fn fal_flux_kontext_files_merge_onto_the_diffusers_layout() {
 fn verdict(file: &std::path::Path, extra: &[&str]) -> (Value, BTreeSet<String>) {
     let (_, r) = check_json(file, &[&["--target", "diffusers"], extra].concat());
     let t = r["targets"][0].clone();
-    let named = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["severity"] == "silent")
-        .flat_map(|f| f["items"].as_array().unwrap().iter())
-        .map(|i| i.as_str().unwrap().split(" (").next().unwrap().to_owned())
-        .collect();
+    let named = silent_modules(&t);
     (t, named)
 }
 

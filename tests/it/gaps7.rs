@@ -32,42 +32,9 @@ fn verdict<'v>(v: &'v serde_json::Value, target: &str) -> &'v serde_json::Value 
     &t.iter().find(|t| t["target"] == target).expect(target)["verdict"]
 }
 
-/// The largest |a − b| over the tensors of `reference` (what PEFT changed), for the report.
-fn max_abs_diff(out: &TensorMap, reference: &TensorMap) -> f64 {
-    reference
-        .iter()
-        .flat_map(|(k, r)| {
-            out[k]
-                .f32()
-                .into_iter()
-                .zip(r.f32())
-                .map(|(a, b)| (a as f64 - b as f64).abs())
-        })
-        .fold(0.0, f64::max)
-}
-
-/// Merges fixture adapter `case` into `base` and compares with PEFT's merge_and_unload +
-/// save_pretrained (`fixtures/gaps7/{case}/merged.safetensors`): the changed tensors within
-/// 1e-6 relative (f32 rounding of the same sums in another order), every other tensor byte for
-/// byte. Returns how many tensors PEFT changed.
+/// [`merge_matches_peft_fixture`] of `fixtures/gaps7/{case}`.
 fn merge_matches_peft(case: &str, base: &str, extra: &[&str]) -> usize {
-    let (_dir, out) = scratch("out");
-    let base = fixture(base);
-    let adapter = fixture(&format!("gaps7/{case}/adapter"));
-    run_ok(merge_args(
-        &base,
-        &adapter,
-        &out,
-        &[&["--device", "cpu", "--quiet"], extra].concat(),
-    ));
-    let peft = read(&fixture(&format!("gaps7/{case}/merged.safetensors")));
-    let got = read_checkpoint(&out);
-    let n = assert_matches_reference(&got, &read_checkpoint(&base), &peft, 1e-6);
-    eprintln!(
-        "{case}: max |lorakit − PEFT| = {:e}",
-        max_abs_diff(&got, &peft)
-    );
-    n
+    merge_matches_peft_fixture(&format!("gaps7/{case}"), base, extra)
 }
 
 /// DoRA on `embed_tokens` (PEFT 0.21.2 `DoraEmbeddingVariant`: the norm of `(W0 + ΔW)ᵀ` per

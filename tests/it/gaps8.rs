@@ -8,42 +8,9 @@ use super::common::*;
 use lorakit::io::gguf::GgufModel;
 use std::path::Path;
 
-/// The largest |a − b| over the tensors of `reference` (what PEFT changed), for the report.
-fn max_abs_diff(out: &TensorMap, reference: &TensorMap) -> f64 {
-    reference
-        .iter()
-        .flat_map(|(k, r)| {
-            out[k]
-                .f32()
-                .into_iter()
-                .zip(r.f32())
-                .map(|(a, b)| (a as f64 - b as f64).abs())
-        })
-        .fold(0.0, f64::max)
-}
-
-/// Merges `fixtures/gaps8/{case}/adapter` into `base` and compares with PEFT's
-/// merge_and_unload and save_pretrained (`fixtures/gaps8/{case}/merged.safetensors`): the changed tensors within
-/// 1e-6 relative (f32 rounding of the same sums in another order), every other tensor byte for
-/// byte. Returns how many tensors PEFT changed.
+/// [`merge_matches_peft_fixture`] of `fixtures/gaps8/{case}`.
 fn merge_matches_peft(case: &str, base: &str, extra: &[&str]) -> usize {
-    let (_dir, out) = scratch("out");
-    let base = fixture(base);
-    let adapter = fixture(&format!("gaps8/{case}/adapter"));
-    run_ok(merge_args(
-        &base,
-        &adapter,
-        &out,
-        &[&["--device", "cpu", "--quiet"], extra].concat(),
-    ));
-    let peft = read(&fixture(&format!("gaps8/{case}/merged.safetensors")));
-    let got = read_checkpoint(&out);
-    let n = assert_matches_reference(&got, &read_checkpoint(&base), &peft, 1e-6);
-    eprintln!(
-        "{case}: max |lorakit − PEFT| = {:e}",
-        max_abs_diff(&got, &peft)
-    );
-    n
+    merge_matches_peft_fixture(&format!("gaps8/{case}"), base, extra)
 }
 
 /// The one-line refusal of merging `fixtures/gaps8/{case}/adapter` into `base` without

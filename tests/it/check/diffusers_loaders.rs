@@ -6,7 +6,7 @@
 //! `fixtures/diffusers_loaders/MANIFEST.json` (fixtures/gen/diffusers_loaders_fixtures.py) and
 //! the layout fixtures' MANIFEST.json (`fixtures/{flux2,hunyuan_video,z_image}_layout/`).
 
-use super::{check_json, fired, fixture, read_json, target};
+use super::{check_json, fired, fixture, read_json, silent_modules, target};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -21,14 +21,7 @@ const REFUSALS: &[&str] = &[
 fn verdict(file: &str) -> (Value, BTreeSet<String>) {
     let (_, r) = check_json(&fixture(file), &["--target", "diffusers"]);
     let t = target(&r, "diffusers").clone();
-    let named = t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["severity"] == "silent")
-        .flat_map(|f| f["items"].as_array().unwrap().iter())
-        .map(|i| i.as_str().unwrap().split(" (").next().unwrap().to_owned())
-        .collect();
+    let named = silent_modules(&t);
     (t, named)
 }
 

@@ -55,6 +55,18 @@ pub fn item_modules(finding: &Value) -> Vec<&str> {
     v
 }
 
+/// The modules that the `silent` findings of one `check` target report `target` name (each
+/// item up to its first " ("): what lorakit says the loader drops without a word.
+#[track_caller]
+pub fn silent_modules(target: &Value) -> std::collections::BTreeSet<String> {
+    entries(&target["findings"])
+        .iter()
+        .filter(|f| f["severity"] == "silent")
+        .flat_map(|f| strs(&f["items"]))
+        .map(|i| i.split(" (").next().unwrap_or(i).to_owned())
+        .collect()
+}
+
 /// The JSON file at `path` (a config, a manifest, a report written to disk).
 #[track_caller]
 pub fn read_json(path: impl AsRef<std::path::Path>) -> Value {
