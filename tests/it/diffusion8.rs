@@ -101,12 +101,7 @@ fn disagreement(folder: &str, case: &str, rec: &Value, extra: &[&str]) -> Option
     if did != "loaded" {
         return (t["loads"] != false).then(|| format!("{at}: diffusers raised {did}; {t}"));
     }
-    let not_applied: BTreeSet<String> = rec["not_applied"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_owned())
-        .collect();
+    let not_applied = str_set(&rec["not_applied"]);
     let agrees =
         t["loads"] == true && named == not_applied && t["applies_all"] == not_applied.is_empty();
     (!agrees).then(|| format!("{at}: diffusers did not apply {not_applied:?}; {t}"))

@@ -70,16 +70,7 @@ fn an_abort_mid_write_leaves_no_temporary_file_lock_or_created_folder() {
     let mut during_write = 0;
     for out in ["deeper/merged.safetensors", "deeper/merged"] {
         let out = parent.join(out);
-        let mut child = bin()
-            .args(merge_args(
-                &base,
-                &ad,
-                &out,
-                &["--device", "cpu", "--quiet"],
-            ))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_cpu_merge(&base, &ad, &out, std::process::Stdio::null());
         let writing = wait_for_temp_in(&[out.parent().unwrap(), &out], &mut child);
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGABRT) };
@@ -132,16 +123,7 @@ fn an_input_truncated_while_mapped_is_an_error_naming_it_not_a_bus_error() {
     {
         let (base, ad) = big_case(dir.path(), 1024);
         let out = outdir.join(out);
-        let mut child = bin()
-            .args(merge_args(
-                &base,
-                &ad,
-                &out,
-                &["--device", "cpu", "--quiet"],
-            ))
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_cpu_merge(&base, &ad, &out, std::process::Stdio::piped());
         assert!(
             wait_for_temp_in(&[&outdir, &out], &mut child),
             "the merge never wrote"
@@ -175,4 +157,18 @@ fn an_input_truncated_while_mapped_is_an_error_naming_it_not_a_bus_error() {
         faulted >= 2,
         "only {faulted} truncation(s) landed while mapped"
     );
+}
+
+/// A CPU merge of `ad` into `base` at `out` running as a child, its stderr going to `stderr`.
+fn spawn_cpu_merge(
+    base: &Path,
+    ad: &Path,
+    out: &Path,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    bin()
+        .args(merge_args(base, ad, out, &["--device", "cpu", "--quiet"]))
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
 }

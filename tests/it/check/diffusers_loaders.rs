@@ -6,7 +6,7 @@
 //! `fixtures/diffusers_loaders/MANIFEST.json` (fixtures/gen/diffusers_loaders_fixtures.py) and
 //! the layout fixtures' MANIFEST.json (`fixtures/{flux2,hunyuan_video,z_image}_layout/`).
 
-use super::{check_json, fired, fixture, read_json, silent_modules, target};
+use super::{check_json, fired, fixture, read_json, silent_modules, str_set, target};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -41,12 +41,7 @@ fn check_says_what_the_flux2_hunyuan_video_and_z_image_loaders_did() {
         let (t, named) = verdict(&file);
         let did = rec["diffusers"].as_str().unwrap();
         if did == "loaded" {
-            let not_applied: BTreeSet<String> = rec["not_applied"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_str().unwrap().to_owned())
-                .collect();
+            let not_applied = str_set(&rec["not_applied"]);
             assert_eq!(t["loads"], true, "{case}: diffusers loaded it; {t}");
             assert_eq!(named, not_applied, "{case}: {t}");
             let all = not_applied.is_empty();

@@ -67,6 +67,12 @@ pub fn silent_modules(target: &Value) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The strings of the JSON list `v` as a set (a recorded list of module names).
+#[track_caller]
+pub fn str_set(v: &Value) -> std::collections::BTreeSet<String> {
+    strs(v).into_iter().map(str::to_owned).collect()
+}
+
 /// The JSON file at `path` (a config, a manifest, a report written to disk).
 #[track_caller]
 pub fn read_json(path: impl AsRef<std::path::Path>) -> Value {
