@@ -152,7 +152,8 @@ The whole round, all eight files, at this round's last commit: 5,125 cases in 79
 loaded machine, 0 violations, 0 skipped, 10 known: train --batch 1e9 (round 7) and 9 runs under
 `ulimit -v` 96 MiB-1 GiB that abort on a failed infallible allocation, with Rust's one line
 "memory allocation of N bytes failed" naming no file (exit 134; nothing left behind since the
-SIGABRT handler). Accepted as valid (not counted): `ulimit -n` too small is exit 2 (reading) or
+SIGABRT handler). On main after the day's merges (ab8182e, 2026-12-06): 5,149 cases, 0
+violations, 0 skipped, 7 known (all `ulimit -v` aborts; train --batch is refused since gaps8). Accepted as valid (not counted): `ulimit -n` too small is exit 2 (reading) or
 3 (writing) naming the file it could not open; an index naming a shard as `./x` or by its
 absolute path inside the folder, or leaving a shard's tensor unlisted, is read (transformers
 joins the names alike and loads what weight_map lists); PEFT targets that exclude the stored
