@@ -80,18 +80,19 @@ pub(super) fn placements(
         let f = &a.full_tensors[*i];
         // Trainable-token rows (their indices read from the config) replace rows of `t`.
         let rows = f.rows.is_some() && tokens_module(&f.name).is_some();
+        let tied_head = !rows && on_tie(&f.name, t);
         out.push(Placement {
             module: f.name.clone(),
             status: match () {
                 _ if rows => "rows",
-                _ if on_tie(&f.name, t) => "tied",
+                _ if tied_head => "tied",
                 _ if *t == f.name => "exact",
                 _ => "suffix",
             },
             base_tensor: Some(t.clone()),
             detail: Some(if rows {
                 TOKEN_ROWS.into()
-            } else if on_tie(&f.name, t) {
+            } else if tied_head {
                 format!("full tensor; {TIED_HEAD}")
             } else {
                 "full tensor".into()

@@ -187,18 +187,13 @@ impl MergePlan {
                         // order (embed_tokens first; `tuners/tuners_utils.py` `_unload_and_optionally_merge`
                         // over `named_modules`, `tuners/lora/layer.py` `Embedding.merge`,
                         // `Linear.merge`). fixtures/gen/gaps8_fixtures.py `tied_both`.
+                        // (refused below, naming the flag, unless `shared`)
+                        let is_head = |n: &str| is_lm_head_name(&format!("{n}.weight"));
                         let tied_pair = |mi: usize| {
-                            let names = [&a.modules[mi].name, &m.name];
-                            // (refused below, naming the flag, unless `shared`)
                             is_tied
                                 && !has_lm_head
                                 && is_embedding_name(&p.weight)
-                                && names
-                                    .iter()
-                                    .any(|n| is_lm_head_name(&format!("{n}.weight")))
-                                && names
-                                    .iter()
-                                    .any(|n| !is_lm_head_name(&format!("{n}.weight")))
+                                && is_head(&a.modules[mi].name) != is_head(&m.name)
                         };
                         if v.iter()
                             .any(|&(x, mi)| x == ai && same_slice(mi) && !tied_pair(mi))
