@@ -86,7 +86,7 @@ pub struct CombineArgs {
     pub output: AdapterOutArgs,
 }
 
-/// Convert an adapter between the PEFT, kohya, LyCORIS and ComfyUI forms, exactly.
+/// Convert an adapter between the PEFT, kohya, LyCORIS, ComfyUI and llama.cpp GGUF forms, exactly.
 ///
 /// Factors are copied byte for byte (unless --dtype asks otherwise) and every module keeps its
 /// exact scale: PEFT → kohya writes each module's alpha (scale·rank for rsLoRA, since kohya's

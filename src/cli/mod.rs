@@ -28,9 +28,11 @@ use std::path::PathBuf;
 
 /// lorakit — LoRA adapter files and model surgery.
 ///
-/// Inspect safetensors checkpoints and LoRA adapters (PEFT, kohya), merge adapters into base
-/// checkpoints exactly as PEFT's merge_and_unload does, and more. Files are memory-mapped and
-/// outputs are streamed and written atomically.
+/// Inspect checkpoints (safetensors, GGUF, quantized) and adapters (PEFT, kohya, LyCORIS,
+/// diffusers, GGUF), merge adapters into them exactly as the adapter's own library applies it
+/// (PEFT's merge_and_unload, LyCORIS, diffusers), extract, resize, combine, convert, and check
+/// whether an adapter loads in vLLM, llama.cpp, diffusers and friends. Files are memory-mapped
+/// and outputs are streamed and written atomically.
 ///
 /// Exit status: 0 success, 1 a check failed (diff, check), 2 bad usage or bad input, 3 the output
 /// could not be written (disk full, I/O error).
