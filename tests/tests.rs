@@ -104,4 +104,6 @@ mod it {
     pub mod sweep7;
     /// What the sweeps with seeds 41/42 and wider draws found (fixtures/sweep8).
     pub mod sweep8;
+    /// What the sweeps with seeds 51/52 and wider draws found (fixtures/sweep9).
+    pub mod sweep9;
 }

@@ -145,7 +145,9 @@ pub struct AdapterOutArgs {
     pub out: PathBuf,
 
     /// Base model (file or Hugging Face folder): restores PEFT module paths when a kohya
-    /// adapter is written as PEFT, and checks that every module lands on it.
+    /// adapter is written as PEFT, checks that every module lands on it, and gives modules the
+    /// base's layout (a PEFT LoHa/LoKr stores a Conv2d's factors flat: resize needs the base to
+    /// write the LoRA it lowers them to in PEFT's conv layout).
     #[arg(long, value_hint = ValueHint::AnyPath)]
     pub base: Option<PathBuf>,
 

@@ -157,10 +157,13 @@ pub fn lower_module(
     // (spectrum of ΔW/scale, factors of the kept rank-r′ part given r′)
     let (s, factors): (Vec<f32>, Box<dyn Fn(usize) -> Factors>) =
         if let Some((p, q, big)) = algo::product_form(&loaded, d, k, m.rank, kk) {
-            let svd = linalg::factored_svd(
-                super::output::view(&p, d, big),
-                super::output::view(&q, big, k),
-                1.0,
+            // In f64: a LoHa's Khatri–Rao factors cancel, and the f32 path's rounding moved
+            // singular vectors by ε₃₂·σ₁/gap (sweep9, fixtures/sweep9/loha_lowered).
+            let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+            let (p, q) = (f64s(&p), f64s(&q));
+            let svd = linalg::factored_svd_f64(
+                ndarray::ArrayView2::from_shape((d, big), &p).expect("product_form: d×big"),
+                ndarray::ArrayView2::from_shape((big, k), &q).expect("product_form: big×k"),
             );
             let s = svd.s.clone();
             (s, Box::new(move |r| super::output::svd_factors(&svd, r)))

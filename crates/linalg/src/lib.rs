@@ -535,6 +535,63 @@ pub fn factored_svd_with(
     svd
 }
 
+/// SVD of `b·a` (`b: d×m`, `a: m×k`, f64) computed in f64 throughout — faer's thin QRs of `b`
+/// and `aᵀ`, the SVD of the small core `R_b·R_aᵀ`, the products `Q_b·U`, `Vᵀ·Q_aᵀ` — and rounded
+/// to f32 once. Returns `min(d, m, k)` triplets, signs normalised as [`factored_svd`].
+///
+/// For factors whose product cancels (a LoHa's rank-r² Khatri–Rao form, whose `‖P‖·‖Q‖` exceeds
+/// `‖P·Q‖`) the f32 path's rounding of `R_b`, the core and its SVD perturbs a singular vector by
+/// about `ε₃₂·σ₁/(σᵢ − σᵢ₊₁)`: at a 2 % gap, 1.6e-5 of the truncated ΔW (sweep9, a PEFT LoHa of
+/// r = 6 on 32×32 lowered to rank 1). In f64 the result is the exact truncation up to the final
+/// f32 rounding.
+///
+/// # Panics
+/// If `b.ncols() != a.nrows()`, an input is non-finite, or faer's SVD does not converge.
+pub fn factored_svd_f64(b: ArrayView2<f64>, a: ArrayView2<f64>) -> Svd {
+    use faer::Mat;
+    assert_eq!(
+        b.ncols(),
+        a.nrows(),
+        "linalg::factored_svd_f64: B is {:?} but A is {:?} (B.ncols must equal A.nrows)",
+        b.dim(),
+        a.dim()
+    );
+    assert!(
+        b.iter().chain(a.iter()).all(|x| x.is_finite()),
+        "linalg::factored_svd_f64: input contains NaN or infinite values"
+    );
+    let (d, m, k) = (b.nrows(), b.ncols(), a.ncols());
+    if d.min(k).min(m) == 0 {
+        return Svd::empty(d, k);
+    }
+    let qr_b = Mat::<f64>::from_fn(d, m, |i, j| b[[i, j]]).qr();
+    let qr_a = Mat::<f64>::from_fn(k, m, |i, j| a[[j, i]]).qr();
+    let (qb, qa) = (qr_b.compute_thin_Q(), qr_a.compute_thin_Q());
+    let core = qr_b.thin_R() * qr_a.thin_R().transpose();
+    let small = core.thin_svd().unwrap_or_else(|e| {
+        panic!(
+            "linalg: faer f64 SVD of a {:?} core failed: {e:?}",
+            core.shape()
+        )
+    });
+    let u = &qb * small.U();
+    let v = &qa * small.V();
+    dense::clear_upper_vector_state();
+    let t = small.S().column_vector().nrows();
+    let mut svd = Svd {
+        u: Array2::from_shape_fn((d, t), |(i, j)| u[(i, j)] as f32),
+        s: small
+            .S()
+            .column_vector()
+            .iter()
+            .map(|&x| x as f32)
+            .collect(),
+        vt: Array2::from_shape_fn((t, k), |(i, j)| v[(j, i)] as f32),
+    };
+    svd.normalize_signs();
+    svd
+}
+
 /// SVD of `Σᵢ sᵢ·Bᵢ·Aᵢ` for `terms = [(Bᵢ, Aᵢ, sᵢ)]` (`Bᵢ: d×rᵢ`,
 /// `Aᵢ: rᵢ×k`), as the factored SVD of `[s₁B₁ … sₙBₙ]` (`d×R`) times
 /// `[A₁; …; Aₙ]` (`R×k`), `R = Σ rᵢ`. Returns `min(d, R, k)` triplets.

@@ -110,6 +110,9 @@ pub fn prepare(
         }
     } else if let Some(base) = base {
         check_onto(adapter, base)?;
+        // sweep9: a PEFT LoHa on a Conv2d, lowered by resize, was written [r, in·kh·kw].
+        let res = mapping::resolve(adapter, base);
+        base_layouts(adapter, base, &res);
     }
     adapter.format = to;
     Ok(Prepared {
@@ -263,6 +266,14 @@ pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()>
         }
     }
     mapping::rename_to_base(adapter, &res);
+    base_layouts(adapter, base, &res);
+    Ok(())
+}
+
+/// Gives 1×1 modules and flat factors the base's layout: linear on a 2-D weight, conv with the
+/// base's kernel on a 4-D one (a PEFT LoHa/LoKr stores a Conv2d's factors flat, `[r, in·kh·kw]`,
+/// as a Linear's; a LoRA lowered from it needs the kernel for PEFT's `[r, in, kh, kw]`).
+fn base_layouts(adapter: &mut Adapter, base: &Checkpoint, res: &mapping::Resolution) {
     for p in &res.modules {
         let shape = base.info(&p.weight).expect("resolved").shape.clone();
         let m = &mut adapter.modules[p.module];
@@ -278,5 +289,4 @@ pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()>
             _ => {}
         }
     }
-    Ok(())
 }
