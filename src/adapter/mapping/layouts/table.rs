@@ -184,6 +184,37 @@ const FLUX: Rows = &[
     ),
 ];
 
+/// BFL Flux's q/k RMSNorm scales, whole tensors (`convert_flux_transformer_checkpoint_to_
+/// diffusers`, single_file_utils.py 0.42.1 lines 2398–2474): the diffusers tensor each is. A
+/// Flux control LoRA carries them (`_convert_bfl_flux_control_lora_to_diffusers` renames them
+/// the same way).
+pub(super) const FLUX_NORMS: &[(&str, &str)] = &[
+    (
+        "double_blocks.#.img_attn.norm.query_norm.scale",
+        "transformer_blocks.#.attn.norm_q.weight",
+    ),
+    (
+        "double_blocks.#.img_attn.norm.key_norm.scale",
+        "transformer_blocks.#.attn.norm_k.weight",
+    ),
+    (
+        "double_blocks.#.txt_attn.norm.query_norm.scale",
+        "transformer_blocks.#.attn.norm_added_q.weight",
+    ),
+    (
+        "double_blocks.#.txt_attn.norm.key_norm.scale",
+        "transformer_blocks.#.attn.norm_added_k.weight",
+    ),
+    (
+        "single_blocks.#.norm.query_norm.scale",
+        "single_transformer_blocks.#.attn.norm_q.weight",
+    ),
+    (
+        "single_blocks.#.norm.key_norm.scale",
+        "single_transformer_blocks.#.attn.norm_k.weight",
+    ),
+];
+
 /// Wan: `convert_wan_transformer_to_diffusers`'s `TRANSFORMER_KEYS_RENAME_DICT`.
 const WAN: Rows = &[
     ("blocks.#.self_attn.q", &["blocks.#.attn1.to_q"]),
