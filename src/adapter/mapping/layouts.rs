@@ -1,5 +1,5 @@
 //! Modules named in a model's original single-file layout, merged into the same model saved by
-//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image, Lumina 2, LTX-Video), and
+//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image, Lumina 2, LTX-Video, LTX-2), and
 //! diffusers-named modules merged into the original file.
 //!
 //! The trainers people use name a diffusion transformer the way its authors' code does: kohya
@@ -16,7 +16,7 @@
 //! `convert_flux2_transformer_checkpoint_to_diffusers`,
 //! `convert_hunyuan_video_transformer_to_diffusers`,
 //! `convert_z_image_transformer_checkpoint_to_diffusers`, `convert_lumina2_to_diffusers` and
-//! `convert_ltx_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
+//! `convert_ltx_transformer_checkpoint_to_diffusers` (LTX-2: its LoRA converter's `rename_dict`), the same renames its LoRA converters
 //! apply where it has them (`loaders/lora_conversion_utils.py`
 //! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`; none for
 //! SD3; Flux.2's skips the final modulation's swap, which lorakit does not copy). [`targets`],

@@ -19,6 +19,12 @@
 //!   `adaln_single.…`, which `convert_ltx_transformer_checkpoint_to_diffusers` makes `proj_in`,
 //!   `time_embed.…`), so nothing of those is applied. Told by `patchify_proj`, a name only
 //!   LTX's original layout has.
+//! - `LTX2LoraLoaderMixin` (`_convert_non_diffusers_ltx2_lora_to_diffusers`): with a
+//!   `diffusion_model.` key it keeps only the keys under it (others dropped without a word),
+//!   renames `patchify_proj`, `audio_patchify_proj`, the adaLN embedders (`adaln_single`,
+//!   `audio_adaln_single`, `av_ca_*_adaln_single`, `prompt_adaln_single`) to the model's names
+//!   and prefixes `transformer.`. Told by a name only LTX-2 has (`audio_…`, `av_ca_…`,
+//!   `audio_to_video_attn`), or a shared one on a base with `audio_proj_in`.
 //! - `HiDreamImageLoraLoaderMixin` (`_convert_non_diffusers_hidream_lora_to_diffusers`): a key
 //!   holding `diffusion_model` makes every key need to start with it (else `ValueError`); the
 //!   rest are diffusers' own names. Told by `double_stream_blocks.` / `single_stream_blocks.`.
@@ -87,7 +93,10 @@ const Z_IMAGE_WIDTH: usize = 3840;
 
 /// LTX-Video's, HiDream's or (fal, BFL control) Flux's loader, as far as the names tell (module
 /// header); `None` otherwise.
-pub(super) fn family_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersModel> {
+pub(super) fn family_of(
+    adapter: &crate::adapter::Adapter,
+    ltx2_base: bool,
+) -> Option<DiffusersModel> {
     let tails = || adapter.modules.iter().filter_map(|m| dotted_tail(&m.name));
     let keys = keys_of(adapter);
     let has = |s: &str| keys.iter().any(|k| k.contains(s));
@@ -106,8 +115,15 @@ pub(super) fn family_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersMo
         Some(DiffusersModel::FluxControl)
     } else if fal {
         Some(DiffusersModel::FluxFal)
+    } else if tails().any(ltx2_only) {
+        Some(DiffusersModel::Ltx2)
     } else if tails().any(|t| t.starts_with("patchify_proj")) {
-        Some(DiffusersModel::LtxVideo)
+        // LTX-Video's, unless the base is LTX-2 (whose loader renames these names too).
+        Some(if ltx2_base {
+            DiffusersModel::Ltx2
+        } else {
+            DiffusersModel::LtxVideo
+        })
     } else if adapter.modules.iter().any(|m| {
         let t = dotted_tail(&m.name).unwrap_or(&m.name);
         let t = t.strip_prefix("transformer.").unwrap_or(t);
@@ -117,6 +133,44 @@ pub(super) fn family_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersMo
     } else {
         None
     }
+}
+
+/// A module path (after `diffusion_model.`) only LTX-2 has: its audio stream and the
+/// audio-video cross-attention (`LTX2VideoTransformer3DModel`, the originals
+/// `_convert_non_diffusers_ltx2_lora_to_diffusers` renames).
+fn ltx2_only(t: &str) -> bool {
+    t.starts_with("audio_")
+        || t.starts_with("av_ca_")
+        || [
+            ".audio_attn",
+            ".audio_to_video_attn.",
+            ".video_to_audio_attn.",
+            ".audio_ff.",
+        ]
+        .iter()
+        .any(|x| t.contains(x))
+}
+
+/// `(refused, dropped)` for LTX-2's loader (module header): with a `diffusion_model.` key, the
+/// modules of other keys (it keeps only those; `text_embedding_projection.` ones go to the
+/// connectors), which it drops without a word; the renamed rest all land.
+pub(super) fn ltx2_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    if !keys.iter().any(|k| k.starts_with("diffusion_model.")) {
+        return (vec![], vec![]);
+    }
+    let dropped = adapter
+        .modules
+        .iter()
+        .filter(|m| {
+            !m.name.starts_with("diffusion_model.")
+                && !m.name.starts_with("text_embedding_projection.")
+        })
+        .map(|m| format!("{} (not under `diffusion_model.`: dropped)", m.name))
+        .collect();
+    (vec![], dropped)
 }
 
 /// The file's tensor names.

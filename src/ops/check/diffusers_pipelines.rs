@@ -125,7 +125,7 @@ pub(super) fn pipeline_of(
     } else if any(&z_image_only) {
         Some(DiffusersModel::ZImage)
     } else {
-        super::diffusers_families::family_of(adapter)
+        super::diffusers_families::family_of(adapter, base_has("audio_proj_in"))
     }
 }
 
@@ -209,6 +209,7 @@ pub(super) fn pipeline_findings(
         DiffusersModel::ZImage => z_image_findings(adapter, &keys),
         DiffusersModel::Lumina2 => super::diffusers_families::lumina2_findings(adapter, &keys),
         DiffusersModel::LtxVideo => super::diffusers_families::ltx_video_findings(adapter, &keys),
+        DiffusersModel::Ltx2 => super::diffusers_families::ltx2_findings(adapter, &keys),
         DiffusersModel::HiDream => super::diffusers_families::hidream_findings(&keys),
         DiffusersModel::FluxFal => super::diffusers_families::fal_kontext_findings(adapter, &keys),
         DiffusersModel::FluxControl => {

@@ -54,6 +54,8 @@ pub enum DiffusersModel {
     Lumina2,
     /// `LTXVideoLoraLoaderMixin` (`diffusers_families.rs`).
     LtxVideo,
+    /// `LTX2LoraLoaderMixin` (`diffusers_families.rs`).
+    Ltx2,
     /// `HiDreamImageLoraLoaderMixin` (`diffusers_families.rs`).
     HiDream,
     /// `FluxLoraLoaderMixin` on fal's Flux Kontext names (`diffusers_families.rs`).

@@ -266,6 +266,8 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("diffusion9/flux_control/bfl.safetensors", None),
     // diffusers.lumina2_or_z_image: a tiny Lumina 2 file, no base.
     ("diffusion8/lumina2/comfy.safetensors", None),
+    // diffusers.ltx2_dropped.
+    ("diffusion9/ltx2/mixed.safetensors", None),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.
     (
         "sweep7/qwen2_moe_experts/adapter",

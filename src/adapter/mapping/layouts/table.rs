@@ -14,6 +14,7 @@ pub(super) enum Model {
     ZImage,
     Lumina2,
     LtxVideo,
+    Ltx2,
 }
 
 impl Model {
@@ -33,7 +34,8 @@ impl Model {
             | Model::HunyuanVideo
             | Model::ZImage
             | Model::Lumina2
-            | Model::LtxVideo => false,
+            | Model::LtxVideo
+            | Model::Ltx2 => false,
         }
     }
 }
@@ -52,6 +54,7 @@ pub(super) const TABLES: &[(Model, Rows)] = &[
     (Model::ZImage, Z_IMAGE),
     (Model::Lumina2, LUMINA2),
     (Model::LtxVideo, LTX_VIDEO),
+    (Model::Ltx2, LTX2),
 ];
 
 /// When a module of [`SWAPPED_HALVES`] has its halves swapped.
@@ -673,5 +676,92 @@ const LTX_VIDEO: Rows = &[
     (
         "adaln_single.emb.timestep_embedder.linear_2",
         &["time_embed.emb.timestep_embedder.linear_2"],
+    ),
+];
+
+/// LTX-2 beyond LTX-Video's rows (`patchify_proj`, `adaln_single.…`, the same renames):
+/// `_convert_non_diffusers_ltx2_lora_to_diffusers`' `rename_dict` (lora_conversion_utils.py
+/// 0.42.1; the audio stream, the audio-video cross-attention adaLN embedders and LTX-2.3's
+/// prompt adaLN) and its `audio_adaln_single.` → `audio_time_embed.`, on the modules
+/// `LTX2VideoTransformer3DModel` has.
+const LTX2: Rows = &[
+    ("audio_patchify_proj", &["audio_proj_in"]),
+    ("audio_adaln_single.linear", &["audio_time_embed.linear"]),
+    (
+        "audio_adaln_single.emb.timestep_embedder.linear_1",
+        &["audio_time_embed.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "audio_adaln_single.emb.timestep_embedder.linear_2",
+        &["audio_time_embed.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "av_ca_video_scale_shift_adaln_single.linear",
+        &["av_cross_attn_video_scale_shift.linear"],
+    ),
+    (
+        "av_ca_video_scale_shift_adaln_single.emb.timestep_embedder.linear_1",
+        &["av_cross_attn_video_scale_shift.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "av_ca_video_scale_shift_adaln_single.emb.timestep_embedder.linear_2",
+        &["av_cross_attn_video_scale_shift.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "av_ca_a2v_gate_adaln_single.linear",
+        &["av_cross_attn_video_a2v_gate.linear"],
+    ),
+    (
+        "av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1",
+        &["av_cross_attn_video_a2v_gate.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_2",
+        &["av_cross_attn_video_a2v_gate.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "av_ca_audio_scale_shift_adaln_single.linear",
+        &["av_cross_attn_audio_scale_shift.linear"],
+    ),
+    (
+        "av_ca_audio_scale_shift_adaln_single.emb.timestep_embedder.linear_1",
+        &["av_cross_attn_audio_scale_shift.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "av_ca_audio_scale_shift_adaln_single.emb.timestep_embedder.linear_2",
+        &["av_cross_attn_audio_scale_shift.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "av_ca_v2a_gate_adaln_single.linear",
+        &["av_cross_attn_audio_v2a_gate.linear"],
+    ),
+    (
+        "av_ca_v2a_gate_adaln_single.emb.timestep_embedder.linear_1",
+        &["av_cross_attn_audio_v2a_gate.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "av_ca_v2a_gate_adaln_single.emb.timestep_embedder.linear_2",
+        &["av_cross_attn_audio_v2a_gate.emb.timestep_embedder.linear_2"],
+    ),
+    ("prompt_adaln_single.linear", &["prompt_adaln.linear"]),
+    (
+        "prompt_adaln_single.emb.timestep_embedder.linear_1",
+        &["prompt_adaln.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "prompt_adaln_single.emb.timestep_embedder.linear_2",
+        &["prompt_adaln.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "audio_prompt_adaln_single.linear",
+        &["audio_prompt_adaln.linear"],
+    ),
+    (
+        "audio_prompt_adaln_single.emb.timestep_embedder.linear_1",
+        &["audio_prompt_adaln.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "audio_prompt_adaln_single.emb.timestep_embedder.linear_2",
+        &["audio_prompt_adaln.emb.timestep_embedder.linear_2"],
     ),
 ];

@@ -410,6 +410,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_ltxv_lora_to_diffusers; single_file_utils.py convert_ltx_transformer_checkpoint_to_diffusers; fixtures/gen/diffusion8_fixtures.py records what diffusers did"),
     },
     Rule {
+        id: "diffusers.ltx2_dropped",
+        target: Target::Diffusers,
+        when: When::DiffusersModelDropped(DiffusersModel::Ltx2),
+        severity: Severity::Silent,
+        why: "LTX-2's converter keeps only the keys under `diffusion_model.` when there is one: modules under another prefix (`transformer.`) are dropped without a word",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_ltx2_lora_to_diffusers; lora_pipeline.py LTX2LoraLoaderMixin.lora_state_dict; fixtures/gen/diffusion9_fixtures.py records what diffusers did"),
+    },
+    Rule {
         id: "diffusers.ltx_video_refused",
         target: Target::Diffusers,
         when: When::DiffusersModelRefused(DiffusersModel::LtxVideo),
