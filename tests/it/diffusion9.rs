@@ -2,7 +2,8 @@
 //! `fixtures/gen/diffusion9_fixtures.py`): BFL's Flux control LoRAs (FLUX.1 Depth/Canny "-lora":
 //! BFL names with `lora_B.bias`, the q/k RMSNorm scales as whole tensors, and an `img_in` twice
 //! the model's input width), LTX-2 (the original checkpoint's audio and audio-video adaLN names
-//! under `diffusion_model.`), and Lumina 2 vs Z-Image without a base.
+//! under `diffusion_model.`), Flux.3 (its original block names), and Lumina 2 vs Z-Image without
+//! a base.
 //!
 //! Merges are compared with the f64 reference the generator wrote (the base plus each ΔW and
 //! `lora_B.bias` on the tensors BFL's checkpoint converter maps the module to, the norm scales
@@ -108,28 +109,24 @@ fn lumina2_or_z_image_is_said_where_neither_width_nor_base_decides() {
     assert!(!fired(&r["targets"][0]).contains(&RULE.to_owned()), "{r}");
 }
 
-/// LTX-2 files under `diffusion_model.`: the original names LTX-2's converter renames
-/// (`patchify_proj`, `audio_patchify_proj`, `adaln_single`, `audio_adaln_single`,
-/// `av_ca_*_adaln_single`) land where it puts them and the block names as they are, as the f64
-/// reference; `check` says what diffusers did: all applied, and in `mixed` the module under
-/// `transformer.` dropped (`diffusers.ltx2_dropped`).
-#[test]
-fn ltx2_files_merge_and_are_judged_as_diffusers_loaded_them() {
-    const LTX2: &str = "diffusion9/ltx2";
-    let m = manifest_of(LTX2);
-    let base = fixture(&format!("{LTX2}/base.safetensors"));
+/// Every case of `folder` merges as its f64 reference, and `check --target diffusers` (with and
+/// without the base) says what diffusers did with it (MANIFEST): loaded, the modules it applied
+/// nothing of named under `dropped_rule`, and LTX-Video's verdict never given.
+fn merges_and_is_judged_as_diffusers_loaded_it(folder: &str, dropped_rule: &str) {
+    let m = manifest_of(folder);
+    let base = fixture(&format!("{folder}/base.safetensors"));
     for case in ["comfy", "mixed"] {
         let rec = &m[case];
         assert_eq!(rec["diffusers"], "loaded", "{case}");
         assert!(rec["fuse_max_diff"].as_f64().unwrap() < 1e-6, "{case}");
-        merges_as_reference_in(LTX2, "base.safetensors", case);
-        let file = fixture(&format!("{LTX2}/{case}.safetensors"));
+        let file = fixture(&format!("{folder}/{case}.safetensors"));
         let not_applied: Vec<String> = rec["not_applied"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_str().unwrap().to_owned())
             .collect();
+        assert_eq!(not_applied.is_empty(), case == "comfy", "{case}");
         for extra in [&[][..], &["--base", s(&base)][..]] {
             let (_, r) = check_json(&file, &[&["--target", "diffusers"][..], extra].concat());
             let t = &r["targets"][0];
@@ -137,12 +134,12 @@ fn ltx2_files_merge_and_are_judged_as_diffusers_loaded_them() {
             assert_eq!(t["applies_all"], not_applied.is_empty(), "{case}: {t}");
             let rules = fired(t);
             assert_eq!(
-                rules.contains(&"diffusers.ltx2_dropped".to_owned()),
-                !not_applied.is_empty(),
-                "{case}: {t}"
-            );
-            assert!(
-                !rules.contains(&"diffusers.ltx_video_unconverted".to_owned()),
+                rules,
+                if not_applied.is_empty() {
+                    vec![]
+                } else {
+                    vec![dropped_rule.to_owned()]
+                },
                 "{case}: {t}"
             );
             let named = t.to_string();
@@ -151,9 +148,34 @@ fn ltx2_files_merge_and_are_judged_as_diffusers_loaded_them() {
                 "{t}"
             );
         }
+        merges_as_reference_in(folder, "base.safetensors", case);
     }
+}
+
+/// LTX-2 files under `diffusion_model.`: the original names LTX-2's converter renames
+/// (`patchify_proj`, `audio_patchify_proj`, `adaln_single`, `audio_adaln_single`,
+/// `av_ca_*_adaln_single`) land where it puts them and the block names as they are; in `mixed`
+/// the module under `transformer.` is dropped by diffusers (`diffusers.ltx2_dropped`).
+#[test]
+fn ltx2_files_merge_and_are_judged_as_diffusers_loaded_them() {
+    let m = manifest_of("diffusion9/ltx2");
     assert!(m["comfy"]["changed"]
         .as_array()
         .unwrap()
         .contains(&"av_cross_attn_video_a2v_gate.linear.weight".into()));
+    merges_and_is_judged_as_diffusers_loaded_it("diffusion9/ltx2", "diffusers.ltx2_dropped");
+}
+
+/// Flux.3 files under `diffusion_model.` (`content_mode_blocks.image.0.q_proj`,
+/// `single_blocks.0.attn_out`, `txt_mode_blocks.0.mlp_in`) land where its converter's string
+/// replacements put them; in `mixed` the module under `transformer.` lands nowhere in diffusers
+/// (`diffusers.flux3_dropped`).
+#[test]
+fn flux3_files_merge_and_are_judged_as_diffusers_loaded_them() {
+    let m = manifest_of("diffusion9/flux3");
+    assert!(m["comfy"]["changed"]
+        .as_array()
+        .unwrap()
+        .contains(&"mode_blocks.image_cond.0.ff.linear_out.weight".into()));
+    merges_and_is_judged_as_diffusers_loaded_it("diffusion9/flux3", "diffusers.flux3_dropped");
 }

@@ -25,6 +25,10 @@
 //!   `audio_adaln_single`, `av_ca_*_adaln_single`, `prompt_adaln_single`) to the model's names
 //!   and prefixes `transformer.`. Told by a name only LTX-2 has (`audio_…`, `av_ca_…`,
 //!   `audio_to_video_attn`), or a shared one on a base with `audio_proj_in`.
+//! - `Flux3LoraLoaderMixin` (`_convert_non_diffusers_flux3_lora_to_diffusers`): with a
+//!   `diffusion_model.` key, strips it where present, renames by string replacement
+//!   (`content_mode_blocks.`, `single_blocks.`, `q_proj`, `attn_out`, `mlp_in`, …) and prefixes
+//!   every key with `transformer.`. Told by the mode blocks or a single block's `q_proj`.
 //! - `HiDreamImageLoraLoaderMixin` (`_convert_non_diffusers_hidream_lora_to_diffusers`): a key
 //!   holding `diffusion_model` makes every key need to start with it (else `ValueError`); the
 //!   rest are diffusers' own names. Told by `double_stream_blocks.` / `single_stream_blocks.`.
@@ -115,6 +119,8 @@ pub(super) fn family_of(
         Some(DiffusersModel::FluxControl)
     } else if fal {
         Some(DiffusersModel::FluxFal)
+    } else if tails().any(flux3_only) {
+        Some(DiffusersModel::Flux3)
     } else if tails().any(ltx2_only) {
         Some(DiffusersModel::Ltx2)
     } else if tails().any(|t| t.starts_with("patchify_proj")) {
@@ -149,6 +155,44 @@ fn ltx2_only(t: &str) -> bool {
         ]
         .iter()
         .any(|x| t.contains(x))
+}
+
+/// A module path (after `diffusion_model.`) only Flux.3's original layout has: its mode blocks,
+/// or a single block's `q_proj`/`k_proj`/`v_proj`/`attn_out`/`mlp_in`/`mlp_out` (BFL Flux and
+/// Flux.2 write `linear1`/`linear2` there).
+fn flux3_only(t: &str) -> bool {
+    t.starts_with("content_mode_blocks.")
+        || t.starts_with("txt_mode_blocks.")
+        || super::diffusers_keys::after_block(t, "single_blocks.", '.').is_some_and(|r| {
+            [
+                "q_proj", "k_proj", "v_proj", "attn_out", "mlp_in", "mlp_out",
+            ]
+            .contains(&r)
+        })
+}
+
+/// `(refused, dropped)` for Flux.3's loader (module header): with a `diffusion_model.` key it
+/// prefixes every key with `transformer.` after stripping that, so a module under any other
+/// root (`transformer.`) lands nowhere; the rest all land.
+pub(super) fn flux3_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    if !keys.iter().any(|k| k.starts_with("diffusion_model.")) {
+        return (vec![], vec![]);
+    }
+    let dropped = adapter
+        .modules
+        .iter()
+        .filter(|m| !m.name.starts_with("diffusion_model."))
+        .map(|m| {
+            format!(
+                "{} (renamed `transformer.{}`: no such module)",
+                m.name, m.name
+            )
+        })
+        .collect();
+    (vec![], dropped)
 }
 
 /// `(refused, dropped)` for LTX-2's loader (module header): with a `diffusion_model.` key, the

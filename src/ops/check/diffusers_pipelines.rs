@@ -210,6 +210,7 @@ pub(super) fn pipeline_findings(
         DiffusersModel::Lumina2 => super::diffusers_families::lumina2_findings(adapter, &keys),
         DiffusersModel::LtxVideo => super::diffusers_families::ltx_video_findings(adapter, &keys),
         DiffusersModel::Ltx2 => super::diffusers_families::ltx2_findings(adapter, &keys),
+        DiffusersModel::Flux3 => super::diffusers_families::flux3_findings(adapter, &keys),
         DiffusersModel::HiDream => super::diffusers_families::hidream_findings(&keys),
         DiffusersModel::FluxFal => super::diffusers_families::fal_kontext_findings(adapter, &keys),
         DiffusersModel::FluxControl => {

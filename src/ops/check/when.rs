@@ -56,6 +56,8 @@ pub enum DiffusersModel {
     LtxVideo,
     /// `LTX2LoraLoaderMixin` (`diffusers_families.rs`).
     Ltx2,
+    /// `Flux3LoraLoaderMixin` (`diffusers_families.rs`).
+    Flux3,
     /// `HiDreamImageLoraLoaderMixin` (`diffusers_families.rs`).
     HiDream,
     /// `FluxLoraLoaderMixin` on fal's Flux Kontext names (`diffusers_families.rs`).

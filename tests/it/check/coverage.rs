@@ -268,6 +268,8 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("diffusion8/lumina2/comfy.safetensors", None),
     // diffusers.ltx2_dropped.
     ("diffusion9/ltx2/mixed.safetensors", None),
+    // diffusers.flux3_dropped.
+    ("diffusion9/flux3/mixed.safetensors", None),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.
     (
         "sweep7/qwen2_moe_experts/adapter",

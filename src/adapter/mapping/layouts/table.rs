@@ -15,6 +15,7 @@ pub(super) enum Model {
     Lumina2,
     LtxVideo,
     Ltx2,
+    Flux3,
 }
 
 impl Model {
@@ -35,7 +36,8 @@ impl Model {
             | Model::ZImage
             | Model::Lumina2
             | Model::LtxVideo
-            | Model::Ltx2 => false,
+            | Model::Ltx2
+            | Model::Flux3 => false,
         }
     }
 }
@@ -55,6 +57,7 @@ pub(super) const TABLES: &[(Model, Rows)] = &[
     (Model::Lumina2, LUMINA2),
     (Model::LtxVideo, LTX_VIDEO),
     (Model::Ltx2, LTX2),
+    (Model::Flux3, FLUX3),
 ];
 
 /// When a module of [`SWAPPED_HALVES`] has its halves swapped.
@@ -763,5 +766,100 @@ const LTX2: Rows = &[
     (
         "audio_prompt_adaln_single.emb.timestep_embedder.linear_2",
         &["audio_prompt_adaln.emb.timestep_embedder.linear_2"],
+    ),
+];
+
+/// Flux.3: `_convert_non_diffusers_flux3_lora_to_diffusers` (lora_conversion_utils.py 0.42.1),
+/// whose string replacements (`content_mode_blocks.` → `mode_blocks.`, `single_blocks.` →
+/// `single_transformer_blocks.`, `.q_proj.` → `.attn.to_q.`, `.attn_out.` → `.attn.to_out.0.`,
+/// `.mlp_in.` → `.ff.linear_in.`, …) give these rows on the blocks `Flux3Transformer2DModel` has
+/// (its other modules keep their names).
+const FLUX3: Rows = &[
+    (
+        "content_mode_blocks.image.#.q_proj",
+        &["mode_blocks.image.#.attn.to_q"],
+    ),
+    (
+        "content_mode_blocks.image.#.k_proj",
+        &["mode_blocks.image.#.attn.to_k"],
+    ),
+    (
+        "content_mode_blocks.image.#.v_proj",
+        &["mode_blocks.image.#.attn.to_v"],
+    ),
+    (
+        "content_mode_blocks.image.#.attn_out",
+        &["mode_blocks.image.#.attn.to_out.0"],
+    ),
+    (
+        "content_mode_blocks.image.#.mlp_in",
+        &["mode_blocks.image.#.ff.linear_in"],
+    ),
+    (
+        "content_mode_blocks.image.#.mlp_out",
+        &["mode_blocks.image.#.ff.linear_out"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.q_proj",
+        &["mode_blocks.image_cond.#.attn.to_q"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.k_proj",
+        &["mode_blocks.image_cond.#.attn.to_k"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.v_proj",
+        &["mode_blocks.image_cond.#.attn.to_v"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.attn_out",
+        &["mode_blocks.image_cond.#.attn.to_out.0"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.mlp_in",
+        &["mode_blocks.image_cond.#.ff.linear_in"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.mlp_out",
+        &["mode_blocks.image_cond.#.ff.linear_out"],
+    ),
+    ("txt_mode_blocks.#.q_proj", &["txt_mode_blocks.#.attn.to_q"]),
+    ("txt_mode_blocks.#.k_proj", &["txt_mode_blocks.#.attn.to_k"]),
+    ("txt_mode_blocks.#.v_proj", &["txt_mode_blocks.#.attn.to_v"]),
+    (
+        "txt_mode_blocks.#.attn_out",
+        &["txt_mode_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "txt_mode_blocks.#.mlp_in",
+        &["txt_mode_blocks.#.ff.linear_in"],
+    ),
+    (
+        "txt_mode_blocks.#.mlp_out",
+        &["txt_mode_blocks.#.ff.linear_out"],
+    ),
+    (
+        "single_blocks.#.q_proj",
+        &["single_transformer_blocks.#.attn.to_q"],
+    ),
+    (
+        "single_blocks.#.k_proj",
+        &["single_transformer_blocks.#.attn.to_k"],
+    ),
+    (
+        "single_blocks.#.v_proj",
+        &["single_transformer_blocks.#.attn.to_v"],
+    ),
+    (
+        "single_blocks.#.attn_out",
+        &["single_transformer_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "single_blocks.#.mlp_in",
+        &["single_transformer_blocks.#.ff.linear_in"],
+    ),
+    (
+        "single_blocks.#.mlp_out",
+        &["single_transformer_blocks.#.ff.linear_out"],
     ),
 ];

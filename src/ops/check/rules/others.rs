@@ -418,6 +418,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_ltx2_lora_to_diffusers; lora_pipeline.py LTX2LoraLoaderMixin.lora_state_dict; fixtures/gen/diffusion9_fixtures.py records what diffusers did"),
     },
     Rule {
+        id: "diffusers.flux3_dropped",
+        target: Target::Diffusers,
+        when: When::DiffusersModelDropped(DiffusersModel::Flux3),
+        severity: Severity::Silent,
+        why: "Flux.3's converter, run when a key starts with `diffusion_model.`, prefixes every key with `transformer.`: a module under another root (`transformer.x` becomes `transformer.transformer.x`) names no module and nothing of it is applied",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_flux3_lora_to_diffusers; lora_pipeline.py Flux3LoraLoaderMixin.lora_state_dict; fixtures/gen/diffusion9_fixtures.py records what diffusers did"),
+    },
+    Rule {
         id: "diffusers.ltx_video_refused",
         target: Target::Diffusers,
         when: When::DiffusersModelRefused(DiffusersModel::LtxVideo),
