@@ -37,6 +37,9 @@ mod it {
     /// Diffusion families diffusers converts itself (Qwen-Image, LTX-Video, HiDream, Lumina 2,
     /// fal Kontext, Flux/HunyuanVideo shared names): merges and `check` against diffusers.
     pub mod diffusion8;
+    /// BFL Flux control LoRAs (`lora_B.bias`, q/k norm scales, the widened `x_embedder`) and
+    /// Lumina 2 vs Z-Image: merges and `check` against diffusers.
+    pub mod diffusion9;
     /// `extract`: randomized SVD of W − W0 against exact SVDs and PEFT fixtures.
     pub mod extract;
     /// kill -9 during a merge, full disk, reruns.

@@ -263,7 +263,11 @@ pub fn resolve_in(
             (Some(_), Some(module)) => format!("{module}.weight"),
             _ => f.name.clone(),
         };
-        let candidates = dotted_candidates(&target, names);
+        let mut candidates = dotted_candidates(&target, names);
+        if candidates.is_empty() && f.rows.is_none() {
+            // A whole tensor named in BFL Flux's layout on its diffusers layout.
+            candidates.extend(layouts::full_target(&target, names));
+        }
         match candidates.as_slice() {
             [] => res.unmatched.push(Unmatched::NotFound {
                 module: f.name.clone(),

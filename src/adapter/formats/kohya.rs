@@ -58,8 +58,40 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     let mut namings: BTreeMap<String, lycoris::Naming> = BTreeMap::new();
     let names: std::collections::HashSet<&str> =
         file.tensors().iter().map(|t| t.name.as_str()).collect();
+    // BFL's Flux control LoRAs (FLUX.1 Depth/Canny "-lora"), as diffusers 0.42.1 tells them
+    // (`FluxLoraLoaderMixin.lora_state_dict`: any key with `query_norm.scale`): PEFT factors
+    // with `lora_B.bias` (`lora_bias`), and the q/k RMSNorm scales as whole tensors, which
+    // `_load_norm_into_transformer` loads over the model's (a replacement, whatever the scale).
+    let bfl_control = names.iter().any(|k| k.contains("query_norm.scale"));
+    let mut biases: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
+    let mut full_tensors = Vec::new();
     for t in file.tensors() {
         let key = t.name.as_str();
+        if let Some(m) = key.strip_suffix(".lora_B.bias").filter(|m| !m.is_empty()) {
+            biases.insert(m.to_owned(), (t.name.clone(), t.shape.clone()));
+            continue;
+        }
+        if bfl_control && (key.ends_with(".query_norm.scale") || key.ends_with(".key_norm.scale")) {
+            if t.shape.len() != 1 {
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensor `{key}`: a norm scale must be 1-D, found {:?}",
+                        t.shape
+                    ),
+                ));
+            }
+            full_tensors.push(crate::adapter::model::FullTensor {
+                name: key.to_owned(),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+                rows: None,
+            });
+            continue;
+        }
         let ia3 = key
             .strip_suffix(lycoris::IA3_WEIGHT)
             .filter(|m| !m.is_empty() && names.contains(format!("{m}.on_input").as_str()))
@@ -128,7 +160,30 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                 m.scale = scale_for(m.alpha, m.rank, cfg.use_rslora);
             }
         }
+        if let Some((key, shape)) = biases.remove(name) {
+            // PEFT's `lora_bias` (peft 0.21.2 `tuners/lora/layer.py`): `bias += lora_B.bias ·
+            // scaling` on merge, one value per output row.
+            if m.factors.lora().is_none() || shape != [m.out_features] {
+                return Err(InputError::invalid(
+                    &fpath,
+                    format!(
+                        "tensor `{key}`: a lora_B bias needs a LoRA module of {} output rows, found shape {shape:?}",
+                        m.out_features
+                    ),
+                ));
+            }
+            m.bias = Some(Data::Stored {
+                key,
+                transpose: false,
+            });
+        }
         modules.push(m);
+    }
+    if let Some((_, (key, _))) = biases.into_iter().next() {
+        return Err(InputError::invalid(
+            &fpath,
+            format!("tensor `{key}`: no lora_A/lora_B factors beside this lora_B bias"),
+        ));
     }
     let mut used: Vec<lycoris::Naming> = namings.into_values().collect();
     used.sort();
@@ -139,6 +194,7 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
         metadata,
         namings: used,
         untargeted: Vec::new(),
+        full_tensors,
         ..Adapter::of_modules(Format::Kohya, path.to_path_buf(), modules)
     })
 }

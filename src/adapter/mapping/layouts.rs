@@ -1,5 +1,5 @@
 //! Modules named in a model's original single-file layout, merged into the same model saved by
-//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image, Lumina 2, LTX-Video), and
+//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image, Lumina 2, LTX-Video, LTX-2, Flux.3), and
 //! diffusers-named modules merged into the original file.
 //!
 //! The trainers people use name a diffusion transformer the way its authors' code does: kohya
@@ -16,7 +16,7 @@
 //! `convert_flux2_transformer_checkpoint_to_diffusers`,
 //! `convert_hunyuan_video_transformer_to_diffusers`,
 //! `convert_z_image_transformer_checkpoint_to_diffusers`, `convert_lumina2_to_diffusers` and
-//! `convert_ltx_transformer_checkpoint_to_diffusers`, the same renames its LoRA converters
+//! `convert_ltx_transformer_checkpoint_to_diffusers` (LTX-2: its LoRA converter's `rename_dict`), the same renames its LoRA converters
 //! apply where it has them (`loaders/lora_conversion_utils.py`
 //! `_convert_kohya_flux_lora_to_diffusers`, `_convert_musubi_wan_lora_to_diffusers`; none for
 //! SD3; Flux.2's skips the final modulation's swap, which lorakit does not copy). [`targets`],
@@ -42,7 +42,7 @@ use super::placement::{placed_on_rows, Part, Placement, RowSlice, Unmatched};
 use crate::adapter::formats::kohya;
 use crate::adapter::model::{LoraModule, ModuleKind};
 use crate::dtype::Dtype;
-use table::{Model, Swap, SWAPPED_HALVES, TABLES};
+use table::{Model, Swap, FLUX_NORMS, SWAPPED_HALVES, TABLES};
 
 /// Every row of [`TABLES`]: (model, original path, diffusers paths).
 fn rows() -> impl Iterator<Item = (Model, &'static str, &'static [&'static str])> {
@@ -203,10 +203,13 @@ fn lookup(name: &str, kohya_name: bool, converted_only: bool) -> Vec<Row<'_>> {
             .collect()
     }
     if kohya_name {
-        return match kohya::split_prefix(name) {
-            Some(("lora_unet", rest)) => found(rest, '_', converted_only),
-            _ => Vec::new(),
-        };
+        match kohya::split_prefix(name) {
+            Some(("lora_unet", rest)) => return found(rest, '_', converted_only),
+            // A one-segment original name with no kohya prefix (BFL `img_in`, `txt_in` in a
+            // Flux control LoRA) is read as dotted, for the merge only.
+            None if !converted_only => {}
+            _ => return Vec::new(),
+        }
     }
     std::iter::once(0)
         .chain(name.match_indices('.').map(|(i, _)| i + 1))
@@ -364,6 +367,31 @@ pub(super) fn other_denoiser_root<'a>(want: &str, names: &[&'a str]) -> Vec<&'a 
         .collect()
 }
 
+/// The diffusers-layout base tensor a whole tensor named in BFL Flux's layout replaces
+/// ([`FLUX_NORMS`]: a control LoRA's q/k norm scales), under any root [`lookup`] allows, where
+/// the base holds exactly one; `None` otherwise.
+pub(super) fn full_target<'a>(name: &str, names: &[&'a str]) -> Option<&'a str> {
+    std::iter::once(0)
+        .chain(name.match_indices('.').map(|(i, _)| i + 1))
+        .filter(|&start| root_prefix(&name[..start]))
+        .find_map(|start| {
+            FLUX_NORMS.iter().find_map(|(orig, dif)| {
+                let index = matches(&name[start..], orig, '.')?;
+                let path = dif.replace('#', index);
+                match weight_of(path.strip_suffix(".weight")?, names).as_slice() {
+                    [one] => Some(*one),
+                    _ => None,
+                }
+            })
+        })
+}
+
+/// The base bias beside base weight `weight` (`….weight` → `….bias`), where the base holds it.
+fn bias_of(weight: &str, names: &[&str]) -> Option<String> {
+    let bias = format!("{}.bias", weight.strip_suffix(".weight")?);
+    names.contains(&bias.as_str()).then_some(bias)
+}
+
 /// Where module `m` (index `mi`), named in an original layout, lands on a diffusers-layout base
 /// of `names`: `None` when its name is in no layout of [`TABLES`] or none of its diffusers
 /// tensors exists; an [`Unmatched`] when they exist but do not fit (ambiguous, shapes that do
@@ -397,17 +425,22 @@ pub(super) fn place(
             many => return Some(Err(Unmatched::ambiguous(m, many))),
         }
     }
-    if m.bias.is_some() {
-        // A `lora_B` bias is not split or renamed here: refused by module, never dropped.
-        return Some(Err(Unmatched::NotFound {
-            module: format!("{}.lora_B.bias", m.name),
-            expected: paths
-                .iter()
-                .map(|p| format!("{p}.bias"))
-                .collect::<Vec<_>>()
-                .join(" + "),
-        }));
+    // A `lora_B` bias (BFL's Flux control LoRAs) takes the same rows of the module's output as
+    // its weight, on the bias beside each weight; a base without one refuses the module, never
+    // drops the bias.
+    let mut biases = Vec::with_capacity(weights.len());
+    for w in weights.iter().filter(|_| m.bias.is_some()) {
+        match bias_of(w, names) {
+            Some(b) => biases.push(b),
+            None => {
+                return Some(Err(Unmatched::NotFound {
+                    module: format!("{}.lora_B.bias", m.name),
+                    expected: format!("{}.bias", w.strip_suffix(".weight").unwrap_or(w)),
+                }))
+            }
+        }
     }
+    let mut biases = biases.into_iter();
     let linear = matches!(m.kind, ModuleKind::Linear) && !m.base_transposed;
     if swap_of(orig, difs[0]).is_some() && !swaps_halves(names, false) {
         return Some(Err(unknown_order(m, &weights[0])));
@@ -446,7 +479,7 @@ pub(super) fn place(
         out.push(Placement {
             module: mi,
             weight: w,
-            bias: None,
+            bias: biases.next(),
             rows: None,
             // A module on one whole tensor is an ordinary placement, unless its halves swap.
             part: if paths.len() > 1 {

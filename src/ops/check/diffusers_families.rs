@@ -19,6 +19,16 @@
 //!   `adaln_single.…`, which `convert_ltx_transformer_checkpoint_to_diffusers` makes `proj_in`,
 //!   `time_embed.…`), so nothing of those is applied. Told by `patchify_proj`, a name only
 //!   LTX's original layout has.
+//! - `LTX2LoraLoaderMixin` (`_convert_non_diffusers_ltx2_lora_to_diffusers`): with a
+//!   `diffusion_model.` key it keeps only the keys under it (others dropped without a word),
+//!   renames `patchify_proj`, `audio_patchify_proj`, the adaLN embedders (`adaln_single`,
+//!   `audio_adaln_single`, `av_ca_*_adaln_single`, `prompt_adaln_single`) to the model's names
+//!   and prefixes `transformer.`. Told by a name only LTX-2 has (`audio_…`, `av_ca_…`,
+//!   `audio_to_video_attn`), or a shared one on a base with `audio_proj_in`.
+//! - `Flux3LoraLoaderMixin` (`_convert_non_diffusers_flux3_lora_to_diffusers`): with a
+//!   `diffusion_model.` key, strips it where present, renames by string replacement
+//!   (`content_mode_blocks.`, `single_blocks.`, `q_proj`, `attn_out`, `mlp_in`, …) and prefixes
+//!   every key with `transformer.`. Told by the mode blocks or a single block's `q_proj`.
 //! - `HiDreamImageLoraLoaderMixin` (`_convert_non_diffusers_hidream_lora_to_diffusers`): a key
 //!   holding `diffusion_model` makes every key need to start with it (else `ValueError`); the
 //!   rest are diffusers' own names. Told by `double_stream_blocks.` / `single_stream_blocks.`.
@@ -32,8 +42,19 @@
 //!   `[3072, 3072, 3072, 12288]` and raises `ValueError` for any key left: only a complete
 //!   FLUX.1-sized file loads. Told by BFL block names under `base_model.model.`.
 //!
+//! - Before fal's, `FluxLoraLoaderMixin` sends a file with a `query_norm.scale` key (and no
+//!   kohya or XLabs key) to `_convert_bfl_flux_control_lora_to_diffusers` (BFL's FLUX.1
+//!   Depth/Canny "-lora" files), which pops under their bare BFL names, as `lora_A/lora_B`
+//!   (`.bias` where present), `time_in`, `vector_in`, `guidance_in` (when a key holds
+//!   `guidance`), `txt_in`, `img_in`, every module of the 19 double and 38 single blocks, the
+//!   final layer, and each block's q/k `norm.*.scale` (a missing one: `KeyError`), splits
+//!   `linear1` at FLUX.1's widths and raises `ValueError` for any key left. A complete file
+//!   loads: `img_in` wider than the model's `x_embedder` widens it with zero columns
+//!   (`_maybe_expand_transformer_param_shape_or_error_`) and the norm scales overwrite the
+//!   model's (`_load_norm_into_transformer`). Told by `query_norm.scale`, as diffusers tells it.
+//!
 //! Checked against diffusers' runs recorded by `fixtures/gen/diffusion8_fixtures.py`
-//! (`fixtures/diffusion8/*/MANIFEST.json`). Must not decide severities (the rules in
+//! (`fixtures/diffusion8/*/MANIFEST.json`; BFL control: `diffusion9_fixtures.py`). Must not decide severities (the rules in
 //! `rules/others.rs` do); reads only tensor names and module shapes, never tensor data.
 
 use super::when::DiffusersModel;
@@ -59,8 +80,27 @@ pub(super) fn lumina2_width(adapter: &crate::adapter::Adapter) -> bool {
     })
 }
 
-/// LTX-Video's or HiDream's loader, as far as the names tell (module header); `None` otherwise.
-pub(super) fn family_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersModel> {
+/// Whether a module of Z-Image's (= Lumina 2's) original names has Z-Image's width, 3840: a
+/// fused `attention.qkv` or `attention.out` reading that many features.
+pub(super) fn z_image_width(adapter: &crate::adapter::Adapter) -> bool {
+    adapter.modules.iter().any(|m| {
+        (m.name.ends_with("attention.qkv") || m.name.ends_with("attention_qkv"))
+            && m.in_features == Z_IMAGE_WIDTH
+            || (m.name.ends_with("attention.out") || m.name.ends_with("attention_out"))
+                && m.in_features == Z_IMAGE_WIDTH
+                && m.out_features == Z_IMAGE_WIDTH
+    })
+}
+
+/// Z-Image-Turbo's hidden width (`ZImageTransformer2DModel` `dim`).
+const Z_IMAGE_WIDTH: usize = 3840;
+
+/// LTX-Video's, HiDream's or (fal, BFL control) Flux's loader, as far as the names tell (module
+/// header); `None` otherwise.
+pub(super) fn family_of(
+    adapter: &crate::adapter::Adapter,
+    ltx2_base: bool,
+) -> Option<DiffusersModel> {
     let tails = || adapter.modules.iter().filter_map(|m| dotted_tail(&m.name));
     let keys = keys_of(adapter);
     let has = |s: &str| keys.iter().any(|k| k.contains(s));
@@ -72,10 +112,24 @@ pub(super) fn family_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersMo
             m.name.starts_with("base_model.model.double_blocks.")
                 || m.name.starts_with("base_model.model.single_blocks.")
         });
-    if fal {
+    // `FluxLoraLoaderMixin.lora_state_dict`'s order: kohya (`.lora_down.weight`), XLabs
+    // (`processor`), then BFL control (`query_norm.scale`), then fal.
+    let bfl_control = has("query_norm.scale") && !has(".lora_down.weight") && !has("processor");
+    if bfl_control {
+        Some(DiffusersModel::FluxControl)
+    } else if fal {
         Some(DiffusersModel::FluxFal)
+    } else if tails().any(flux3_only) {
+        Some(DiffusersModel::Flux3)
+    } else if tails().any(ltx2_only) {
+        Some(DiffusersModel::Ltx2)
     } else if tails().any(|t| t.starts_with("patchify_proj")) {
-        Some(DiffusersModel::LtxVideo)
+        // LTX-Video's, unless the base is LTX-2 (whose loader renames these names too).
+        Some(if ltx2_base {
+            DiffusersModel::Ltx2
+        } else {
+            DiffusersModel::LtxVideo
+        })
     } else if adapter.modules.iter().any(|m| {
         let t = dotted_tail(&m.name).unwrap_or(&m.name);
         let t = t.strip_prefix("transformer.").unwrap_or(t);
@@ -85,6 +139,82 @@ pub(super) fn family_of(adapter: &crate::adapter::Adapter) -> Option<DiffusersMo
     } else {
         None
     }
+}
+
+/// A module path (after `diffusion_model.`) only LTX-2 has: its audio stream and the
+/// audio-video cross-attention (`LTX2VideoTransformer3DModel`, the originals
+/// `_convert_non_diffusers_ltx2_lora_to_diffusers` renames).
+fn ltx2_only(t: &str) -> bool {
+    t.starts_with("audio_")
+        || t.starts_with("av_ca_")
+        || [
+            ".audio_attn",
+            ".audio_to_video_attn.",
+            ".video_to_audio_attn.",
+            ".audio_ff.",
+        ]
+        .iter()
+        .any(|x| t.contains(x))
+}
+
+/// A module path (after `diffusion_model.`) only Flux.3's original layout has: its mode blocks,
+/// or a single block's `q_proj`/`k_proj`/`v_proj`/`attn_out`/`mlp_in`/`mlp_out` (BFL Flux and
+/// Flux.2 write `linear1`/`linear2` there).
+fn flux3_only(t: &str) -> bool {
+    t.starts_with("content_mode_blocks.")
+        || t.starts_with("txt_mode_blocks.")
+        || super::diffusers_keys::after_block(t, "single_blocks.", '.').is_some_and(|r| {
+            [
+                "q_proj", "k_proj", "v_proj", "attn_out", "mlp_in", "mlp_out",
+            ]
+            .contains(&r)
+        })
+}
+
+/// `(refused, dropped)` for Flux.3's loader (module header): with a `diffusion_model.` key it
+/// prefixes every key with `transformer.` after stripping that, so a module under any other
+/// root (`transformer.`) lands nowhere; the rest all land.
+pub(super) fn flux3_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    if !keys.iter().any(|k| k.starts_with("diffusion_model.")) {
+        return (vec![], vec![]);
+    }
+    let dropped = adapter
+        .modules
+        .iter()
+        .filter(|m| !m.name.starts_with("diffusion_model."))
+        .map(|m| {
+            format!(
+                "{} (renamed `transformer.{}`: no such module)",
+                m.name, m.name
+            )
+        })
+        .collect();
+    (vec![], dropped)
+}
+
+/// `(refused, dropped)` for LTX-2's loader (module header): with a `diffusion_model.` key, the
+/// modules of other keys (it keeps only those; `text_embedding_projection.` ones go to the
+/// connectors), which it drops without a word; the renamed rest all land.
+pub(super) fn ltx2_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    if !keys.iter().any(|k| k.starts_with("diffusion_model.")) {
+        return (vec![], vec![]);
+    }
+    let dropped = adapter
+        .modules
+        .iter()
+        .filter(|m| {
+            !m.name.starts_with("diffusion_model.")
+                && !m.name.starts_with("text_embedding_projection.")
+        })
+        .map(|m| format!("{} (not under `diffusion_model.`: dropped)", m.name))
+        .collect();
+    (vec![], dropped)
 }
 
 /// The file's tensor names.
@@ -184,6 +314,112 @@ pub(super) fn fal_kontext_findings(
                     .strip_suffix(".lora_A.weight")
                     .or_else(|| k.strip_suffix(".lora_B.weight"));
                 !module.is_some_and(|m| need.iter().any(|n| n == m)) && !popped_bias(k)
+            })
+            .map(|k| format!("{k} (left unconverted: ValueError)")),
+    );
+    (refused, vec![])
+}
+
+/// `(refused, dropped)` for BFL's control converter (module header): the LoRA modules and norm
+/// scales it pops and does not find (the first few, then how many more; `guidance_in` only when
+/// a key holds `guidance`), `linear1` of other rows than FLUX.1's, and the keys it leaves. It
+/// pops each module's `lora_A/lora_B` `.bias` where present.
+pub(super) fn flux_control_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    let mut need: Vec<String> = [
+        "time_in.in_layer",
+        "time_in.out_layer",
+        "vector_in.in_layer",
+        "vector_in.out_layer",
+        "txt_in",
+        "img_in",
+        "final_layer.linear",
+        "final_layer.adaLN_modulation.1",
+    ]
+    .map(String::from)
+    .into();
+    if keys.iter().any(|k| k.contains("guidance")) {
+        need.extend([
+            "guidance_in.in_layer".into(),
+            "guidance_in.out_layer".into(),
+        ]);
+    }
+    let double = [
+        "img_mod.lin",
+        "txt_mod.lin",
+        "img_attn.qkv",
+        "txt_attn.qkv",
+        "img_mlp.0",
+        "img_mlp.2",
+        "txt_mlp.0",
+        "txt_mlp.2",
+        "img_attn.proj",
+        "txt_attn.proj",
+    ];
+    let mut norms: Vec<String> = Vec::new();
+    for i in 0..FAL_DOUBLE {
+        need.extend(double.iter().map(|m| format!("double_blocks.{i}.{m}")));
+        norms.extend(["img_attn", "txt_attn"].iter().flat_map(|a| {
+            ["query_norm", "key_norm"].map(|n| format!("double_blocks.{i}.{a}.norm.{n}.scale"))
+        }));
+    }
+    for i in 0..FAL_SINGLE {
+        need.extend(
+            ["modulation.lin", "linear1", "linear2"]
+                .iter()
+                .map(|m| format!("single_blocks.{i}.{m}")),
+        );
+        norms.extend(
+            ["query_norm", "key_norm"].map(|n| format!("single_blocks.{i}.norm.{n}.scale")),
+        );
+    }
+    let missing: Vec<String> = need
+        .iter()
+        .filter(|n| {
+            ["lora_A", "lora_B"]
+                .iter()
+                .any(|ab| !keys.contains(&format!("{n}.{ab}.weight").as_str()))
+        })
+        .chain(norms.iter().filter(|n| !keys.contains(&n.as_str())))
+        .cloned()
+        .collect();
+    let mut refused: Vec<String> = missing
+        .iter()
+        .take(3)
+        .map(|n| format!("{n} (missing: KeyError; BFL's control converter needs FLUX.1's 19 double and 38 single blocks)"))
+        .collect();
+    if missing.len() > 3 {
+        refused.push(format!(
+            "{} more modules or norm scales (missing)",
+            missing.len() - 3
+        ));
+    }
+    for m in &adapter.modules {
+        if m.name.starts_with("single_blocks.")
+            && m.name.ends_with(".linear1")
+            && m.out_features != FAL_LINEAR1_ROWS
+        {
+            refused.push(format!(
+                "{} ({} rows, split at [3072, 3072, 3072, 12288]: RuntimeError)",
+                m.name, m.out_features
+            ));
+        }
+    }
+    refused.extend(
+        keys.iter()
+            .filter(|k| {
+                let module = [
+                    "lora_A.weight",
+                    "lora_B.weight",
+                    "lora_A.bias",
+                    "lora_B.bias",
+                ]
+                .iter()
+                .find_map(|s| k.strip_suffix(s)?.strip_suffix('.'));
+                !module.is_some_and(|m| need.iter().any(|n| n == m))
+                    && !norms.iter().any(|n| n == *k)
             })
             .map(|k| format!("{k} (left unconverted: ValueError)")),
     );

@@ -125,8 +125,28 @@ pub(super) fn pipeline_of(
     } else if any(&z_image_only) {
         Some(DiffusersModel::ZImage)
     } else {
-        super::diffusers_families::family_of(adapter)
+        super::diffusers_families::family_of(adapter, base_has("audio_proj_in"))
     }
+}
+
+/// The modules of Lumina 2's (= Z-Image's) original names in a file read as Z-Image's whose
+/// widths tell neither model (no module at Lumina 2's 2304 or Z-Image's 3840 features): the
+/// two checkpoints name their modules alike (`convert_lumina2_to_diffusers`,
+/// `convert_z_image_transformer_checkpoint_to_diffusers`: `layers.N.attention.qkv`,
+/// `feed_forward.w1`, `final_layer.`, `x_embedder.`), so only a width or a `--base` decides
+/// which loader reads the file. Empty otherwise.
+pub(super) fn lumina2_or_z_image(adapter: &crate::adapter::Adapter) -> Vec<String> {
+    if pipeline_of(adapter, None) != Some(DiffusersModel::ZImage)
+        || super::diffusers_families::z_image_width(adapter)
+    {
+        return Vec::new();
+    }
+    adapter
+        .modules
+        .iter()
+        .filter(|m| original_tail(&m.name).is_some_and(|(t, k)| z_image_only(t, k)))
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 /// The modules of `adapter` when every one is named as BFL Flux and HunyuanVideo both name a
@@ -189,8 +209,13 @@ pub(super) fn pipeline_findings(
         DiffusersModel::ZImage => z_image_findings(adapter, &keys),
         DiffusersModel::Lumina2 => super::diffusers_families::lumina2_findings(adapter, &keys),
         DiffusersModel::LtxVideo => super::diffusers_families::ltx_video_findings(adapter, &keys),
+        DiffusersModel::Ltx2 => super::diffusers_families::ltx2_findings(adapter, &keys),
+        DiffusersModel::Flux3 => super::diffusers_families::flux3_findings(adapter, &keys),
         DiffusersModel::HiDream => super::diffusers_families::hidream_findings(&keys),
         DiffusersModel::FluxFal => super::diffusers_families::fal_kontext_findings(adapter, &keys),
+        DiffusersModel::FluxControl => {
+            super::diffusers_families::flux_control_findings(adapter, &keys)
+        }
     }
 }
 

@@ -117,6 +117,8 @@ impl<'a> Facts<'a> {
             When::DiffusersFluxOrHunyuanVideo => {
                 super::diffusers_pipelines::flux_hunyuan_video_shared(a)
             }
+            When::DiffusersLumina2OrZImage if self.plan.base.is_some() => vec![],
+            When::DiffusersLumina2OrZImage => super::diffusers_pipelines::lumina2_or_z_image(a),
             When::DiffusersFluxKohyaDropped if self.own_loader() => vec![],
             When::DiffusersFluxKohyaDropped => super::diffusers_keys::flux_kohya_dropped(a),
             When::DiffusersModelDropped(model) => {

@@ -54,10 +54,16 @@ pub enum DiffusersModel {
     Lumina2,
     /// `LTXVideoLoraLoaderMixin` (`diffusers_families.rs`).
     LtxVideo,
+    /// `LTX2LoraLoaderMixin` (`diffusers_families.rs`).
+    Ltx2,
+    /// `Flux3LoraLoaderMixin` (`diffusers_families.rs`).
+    Flux3,
     /// `HiDreamImageLoraLoaderMixin` (`diffusers_families.rs`).
     HiDream,
     /// `FluxLoraLoaderMixin` on fal's Flux Kontext names (`diffusers_families.rs`).
     FluxFal,
+    /// `FluxLoraLoaderMixin` on BFL's Flux control LoRAs (`diffusers_families.rs`).
+    FluxControl,
 }
 
 /// A condition over the adapter (and the base, with `--base`). Conditions that need the base
@@ -83,6 +89,9 @@ pub enum When {
     /// Without `--base`: every module of a file read as Flux's is named as HunyuanVideo names
     /// one too (`diffusers_pipelines.rs` `flux_hunyuan_video_shared`).
     DiffusersFluxOrHunyuanVideo,
+    /// Without `--base`: a file of Lumina 2's (= Z-Image's) original names at neither model's
+    /// width, read as Z-Image's (`diffusers_pipelines.rs` `lumina2_or_z_image`).
+    DiffusersLumina2OrZImage,
     /// Every module of a file in SD3's original layout (`joint_blocks.N.…`, kohya or ComfyUI
     /// names), whose keys all hold `lora`: SD3's loader converts none of them (`diffusers_keys.rs`).
     DiffusersSd3Unconverted,

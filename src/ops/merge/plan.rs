@@ -211,10 +211,12 @@ impl MergePlan {
                             rows.insert((ai, p.module), r);
                         }
                         if let Some(r) = p.part.clone() {
-                            splits
-                                .entry((ai, p.module))
-                                .or_default()
-                                .insert(p.weight.clone(), r);
+                            let split = splits.entry((ai, p.module)).or_default();
+                            // A `lora_B` bias takes the same rows as the weight beside it.
+                            if let Some(b) = &p.bias {
+                                split.insert(b.clone(), r.clone());
+                            }
+                            split.insert(p.weight.clone(), r);
                         }
                     }
                     _ => bail!(InputError::invalid(

@@ -31,6 +31,11 @@ impl MergePlan {
             let wa = &self.adapters[ai];
             let m = &wa.adapter.modules[mi];
             let bias = wa.adapter.values(m.bias.as_ref().expect("has bias"))?;
+            // Its rows of a module split over several tensors or with swapped halves.
+            let bias = match self.splits.get(&(ai, mi)).and_then(|p| p.get(name)) {
+                Some(part) => std::sync::Arc::new(part.gather(&bias, 1)),
+                None => bias,
+            };
             if let crate::adapter::Factors::Ia3 {
                 rule: crate::adapter::Ia3Rule::Peft,
                 ..

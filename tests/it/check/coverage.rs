@@ -262,6 +262,14 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("diffusion8/hidream/mixed.safetensors", None),
     ("diffusion8/flux_kontext/fal.safetensors", None),
     ("diffusion8/flux_hunyuan_video/kohya.safetensors", None),
+    // fixtures/gen/diffusion9_fixtures.py: diffusers.flux_control_refused (tests/it/diffusion9.rs).
+    ("diffusion9/flux_control/bfl.safetensors", None),
+    // diffusers.lumina2_or_z_image: a tiny Lumina 2 file, no base.
+    ("diffusion8/lumina2/comfy.safetensors", None),
+    // diffusers.ltx2_dropped.
+    ("diffusion9/ltx2/mixed.safetensors", None),
+    // diffusers.flux3_dropped.
+    ("diffusion9/flux3/mixed.safetensors", None),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.
     (
         "sweep7/qwen2_moe_experts/adapter",

@@ -14,6 +14,8 @@ pub(super) enum Model {
     ZImage,
     Lumina2,
     LtxVideo,
+    Ltx2,
+    Flux3,
 }
 
 impl Model {
@@ -33,7 +35,9 @@ impl Model {
             | Model::HunyuanVideo
             | Model::ZImage
             | Model::Lumina2
-            | Model::LtxVideo => false,
+            | Model::LtxVideo
+            | Model::Ltx2
+            | Model::Flux3 => false,
         }
     }
 }
@@ -52,6 +56,8 @@ pub(super) const TABLES: &[(Model, Rows)] = &[
     (Model::ZImage, Z_IMAGE),
     (Model::Lumina2, LUMINA2),
     (Model::LtxVideo, LTX_VIDEO),
+    (Model::Ltx2, LTX2),
+    (Model::Flux3, FLUX3),
 ];
 
 /// When a module of [`SWAPPED_HALVES`] has its halves swapped.
@@ -181,6 +187,37 @@ const FLUX: Rows = &[
     (
         "single_blocks.#.linear2",
         &["single_transformer_blocks.#.proj_out"],
+    ),
+];
+
+/// BFL Flux's q/k RMSNorm scales, whole tensors (`convert_flux_transformer_checkpoint_to_
+/// diffusers`, single_file_utils.py 0.42.1 lines 2398–2474): the diffusers tensor each is. A
+/// Flux control LoRA carries them (`_convert_bfl_flux_control_lora_to_diffusers` renames them
+/// the same way).
+pub(super) const FLUX_NORMS: &[(&str, &str)] = &[
+    (
+        "double_blocks.#.img_attn.norm.query_norm.scale",
+        "transformer_blocks.#.attn.norm_q.weight",
+    ),
+    (
+        "double_blocks.#.img_attn.norm.key_norm.scale",
+        "transformer_blocks.#.attn.norm_k.weight",
+    ),
+    (
+        "double_blocks.#.txt_attn.norm.query_norm.scale",
+        "transformer_blocks.#.attn.norm_added_q.weight",
+    ),
+    (
+        "double_blocks.#.txt_attn.norm.key_norm.scale",
+        "transformer_blocks.#.attn.norm_added_k.weight",
+    ),
+    (
+        "single_blocks.#.norm.query_norm.scale",
+        "single_transformer_blocks.#.attn.norm_q.weight",
+    ),
+    (
+        "single_blocks.#.norm.key_norm.scale",
+        "single_transformer_blocks.#.attn.norm_k.weight",
     ),
 ];
 
@@ -642,5 +679,187 @@ const LTX_VIDEO: Rows = &[
     (
         "adaln_single.emb.timestep_embedder.linear_2",
         &["time_embed.emb.timestep_embedder.linear_2"],
+    ),
+];
+
+/// LTX-2 beyond LTX-Video's rows (`patchify_proj`, `adaln_single.…`, the same renames):
+/// `_convert_non_diffusers_ltx2_lora_to_diffusers`' `rename_dict` (lora_conversion_utils.py
+/// 0.42.1; the audio stream, the audio-video cross-attention adaLN embedders and LTX-2.3's
+/// prompt adaLN) and its `audio_adaln_single.` → `audio_time_embed.`, on the modules
+/// `LTX2VideoTransformer3DModel` has.
+const LTX2: Rows = &[
+    ("audio_patchify_proj", &["audio_proj_in"]),
+    ("audio_adaln_single.linear", &["audio_time_embed.linear"]),
+    (
+        "audio_adaln_single.emb.timestep_embedder.linear_1",
+        &["audio_time_embed.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "audio_adaln_single.emb.timestep_embedder.linear_2",
+        &["audio_time_embed.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "av_ca_video_scale_shift_adaln_single.linear",
+        &["av_cross_attn_video_scale_shift.linear"],
+    ),
+    (
+        "av_ca_video_scale_shift_adaln_single.emb.timestep_embedder.linear_1",
+        &["av_cross_attn_video_scale_shift.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "av_ca_video_scale_shift_adaln_single.emb.timestep_embedder.linear_2",
+        &["av_cross_attn_video_scale_shift.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "av_ca_a2v_gate_adaln_single.linear",
+        &["av_cross_attn_video_a2v_gate.linear"],
+    ),
+    (
+        "av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1",
+        &["av_cross_attn_video_a2v_gate.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_2",
+        &["av_cross_attn_video_a2v_gate.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "av_ca_audio_scale_shift_adaln_single.linear",
+        &["av_cross_attn_audio_scale_shift.linear"],
+    ),
+    (
+        "av_ca_audio_scale_shift_adaln_single.emb.timestep_embedder.linear_1",
+        &["av_cross_attn_audio_scale_shift.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "av_ca_audio_scale_shift_adaln_single.emb.timestep_embedder.linear_2",
+        &["av_cross_attn_audio_scale_shift.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "av_ca_v2a_gate_adaln_single.linear",
+        &["av_cross_attn_audio_v2a_gate.linear"],
+    ),
+    (
+        "av_ca_v2a_gate_adaln_single.emb.timestep_embedder.linear_1",
+        &["av_cross_attn_audio_v2a_gate.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "av_ca_v2a_gate_adaln_single.emb.timestep_embedder.linear_2",
+        &["av_cross_attn_audio_v2a_gate.emb.timestep_embedder.linear_2"],
+    ),
+    ("prompt_adaln_single.linear", &["prompt_adaln.linear"]),
+    (
+        "prompt_adaln_single.emb.timestep_embedder.linear_1",
+        &["prompt_adaln.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "prompt_adaln_single.emb.timestep_embedder.linear_2",
+        &["prompt_adaln.emb.timestep_embedder.linear_2"],
+    ),
+    (
+        "audio_prompt_adaln_single.linear",
+        &["audio_prompt_adaln.linear"],
+    ),
+    (
+        "audio_prompt_adaln_single.emb.timestep_embedder.linear_1",
+        &["audio_prompt_adaln.emb.timestep_embedder.linear_1"],
+    ),
+    (
+        "audio_prompt_adaln_single.emb.timestep_embedder.linear_2",
+        &["audio_prompt_adaln.emb.timestep_embedder.linear_2"],
+    ),
+];
+
+/// Flux.3: `_convert_non_diffusers_flux3_lora_to_diffusers` (lora_conversion_utils.py 0.42.1),
+/// whose string replacements (`content_mode_blocks.` → `mode_blocks.`, `single_blocks.` →
+/// `single_transformer_blocks.`, `.q_proj.` → `.attn.to_q.`, `.attn_out.` → `.attn.to_out.0.`,
+/// `.mlp_in.` → `.ff.linear_in.`, …) give these rows on the blocks `Flux3Transformer2DModel` has
+/// (its other modules keep their names).
+const FLUX3: Rows = &[
+    (
+        "content_mode_blocks.image.#.q_proj",
+        &["mode_blocks.image.#.attn.to_q"],
+    ),
+    (
+        "content_mode_blocks.image.#.k_proj",
+        &["mode_blocks.image.#.attn.to_k"],
+    ),
+    (
+        "content_mode_blocks.image.#.v_proj",
+        &["mode_blocks.image.#.attn.to_v"],
+    ),
+    (
+        "content_mode_blocks.image.#.attn_out",
+        &["mode_blocks.image.#.attn.to_out.0"],
+    ),
+    (
+        "content_mode_blocks.image.#.mlp_in",
+        &["mode_blocks.image.#.ff.linear_in"],
+    ),
+    (
+        "content_mode_blocks.image.#.mlp_out",
+        &["mode_blocks.image.#.ff.linear_out"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.q_proj",
+        &["mode_blocks.image_cond.#.attn.to_q"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.k_proj",
+        &["mode_blocks.image_cond.#.attn.to_k"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.v_proj",
+        &["mode_blocks.image_cond.#.attn.to_v"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.attn_out",
+        &["mode_blocks.image_cond.#.attn.to_out.0"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.mlp_in",
+        &["mode_blocks.image_cond.#.ff.linear_in"],
+    ),
+    (
+        "content_mode_blocks.image_cond.#.mlp_out",
+        &["mode_blocks.image_cond.#.ff.linear_out"],
+    ),
+    ("txt_mode_blocks.#.q_proj", &["txt_mode_blocks.#.attn.to_q"]),
+    ("txt_mode_blocks.#.k_proj", &["txt_mode_blocks.#.attn.to_k"]),
+    ("txt_mode_blocks.#.v_proj", &["txt_mode_blocks.#.attn.to_v"]),
+    (
+        "txt_mode_blocks.#.attn_out",
+        &["txt_mode_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "txt_mode_blocks.#.mlp_in",
+        &["txt_mode_blocks.#.ff.linear_in"],
+    ),
+    (
+        "txt_mode_blocks.#.mlp_out",
+        &["txt_mode_blocks.#.ff.linear_out"],
+    ),
+    (
+        "single_blocks.#.q_proj",
+        &["single_transformer_blocks.#.attn.to_q"],
+    ),
+    (
+        "single_blocks.#.k_proj",
+        &["single_transformer_blocks.#.attn.to_k"],
+    ),
+    (
+        "single_blocks.#.v_proj",
+        &["single_transformer_blocks.#.attn.to_v"],
+    ),
+    (
+        "single_blocks.#.attn_out",
+        &["single_transformer_blocks.#.attn.to_out.0"],
+    ),
+    (
+        "single_blocks.#.mlp_in",
+        &["single_transformer_blocks.#.ff.linear_in"],
+    ),
+    (
+        "single_blocks.#.mlp_out",
+        &["single_transformer_blocks.#.ff.linear_out"],
     ),
 ];

@@ -314,6 +314,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_pipeline.py", "0.42.1", "FluxLoraLoaderMixin.lora_state_dict, HunyuanVideoLoraLoaderMixin.lora_state_dict (is_original_hunyuan_video); fixtures/gen/diffusion8_fixtures.py records both"),
     },
     Rule {
+        id: "diffusers.lumina2_or_z_image",
+        target: Target::Diffusers,
+        when: When::DiffusersLumina2OrZImage,
+        severity: Severity::Warning,
+        why: "Lumina 2 and Z-Image name their modules alike (`layers.N.attention.qkv`, `feed_forward.w1`, `adaLN_modulation.1`) and no module has either model's width (Lumina 2 2304, Z-Image 3840): judged as Z-Image's; Lumina 2's loader converts such a file its own way (q/k/v split at 2304/768/768, `.alpha` and final-layer keys refused). Pass `--base` to judge against the model the file is for",
+        source: src(DIFFUSERS, "src/diffusers/loaders/single_file_utils.py", "0.42.1", "convert_lumina2_to_diffusers, convert_z_image_transformer_checkpoint_to_diffusers; lora_conversion_utils.py _convert_non_diffusers_lumina2_lora_to_diffusers, _convert_non_diffusers_z_image_lora_to_diffusers"),
+    },
+    Rule {
         id: "diffusers.sd3_unconverted",
         target: Target::Diffusers,
         when: When::DiffusersSd3Unconverted,
@@ -402,6 +410,22 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_ltxv_lora_to_diffusers; single_file_utils.py convert_ltx_transformer_checkpoint_to_diffusers; fixtures/gen/diffusion8_fixtures.py records what diffusers did"),
     },
     Rule {
+        id: "diffusers.ltx2_dropped",
+        target: Target::Diffusers,
+        when: When::DiffusersModelDropped(DiffusersModel::Ltx2),
+        severity: Severity::Silent,
+        why: "LTX-2's converter keeps only the keys under `diffusion_model.` when there is one: modules under another prefix (`transformer.`) are dropped without a word",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_ltx2_lora_to_diffusers; lora_pipeline.py LTX2LoraLoaderMixin.lora_state_dict; fixtures/gen/diffusion9_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.flux3_dropped",
+        target: Target::Diffusers,
+        when: When::DiffusersModelDropped(DiffusersModel::Flux3),
+        severity: Severity::Silent,
+        why: "Flux.3's converter, run when a key starts with `diffusion_model.`, prefixes every key with `transformer.`: a module under another root (`transformer.x` becomes `transformer.transformer.x`) names no module and nothing of it is applied",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_flux3_lora_to_diffusers; lora_pipeline.py Flux3LoraLoaderMixin.lora_state_dict; fixtures/gen/diffusion9_fixtures.py records what diffusers did"),
+    },
+    Rule {
         id: "diffusers.ltx_video_refused",
         target: Target::Diffusers,
         when: When::DiffusersModelRefused(DiffusersModel::LtxVideo),
@@ -416,6 +440,14 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Error,
         why: "a file of BFL Flux names under `base_model.model.` goes to fal's Kontext converter, which needs every module of FLUX.1's 19 double and 38 single blocks and `final_layer.linear` as `lora_A/lora_B` (else KeyError), splits `linear1` at FLUX.1's widths and raises \"`original_state_dict` should be empty\" for any other key",
         source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_fal_kontext_lora_to_diffusers; lora_pipeline.py FluxLoraLoaderMixin.lora_state_dict (is_fal_kontext); fixtures/gen/diffusion8_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.flux_control_refused",
+        target: Target::Diffusers,
+        when: When::DiffusersModelRefused(DiffusersModel::FluxControl),
+        severity: Severity::Error,
+        why: "a file with a `query_norm.scale` key (BFL's Flux control LoRAs) goes to `_convert_bfl_flux_control_lora_to_diffusers`, which pops every module and q/k norm scale of FLUX.1's 19 double and 38 single blocks, the embedders and the final layer under their bare BFL names (else KeyError), splits `linear1` at FLUX.1's widths and raises \"`original_state_dict` should be empty\" for any other key",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_bfl_flux_control_lora_to_diffusers; lora_pipeline.py FluxLoraLoaderMixin.lora_state_dict (is_bfl_control); fixtures/gen/diffusion9_fixtures.py records what diffusers did"),
     },
     Rule {
         id: "diffusers.hidream_refused",
