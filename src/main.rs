@@ -9,6 +9,12 @@ use lorakit::cli::Cli;
 use lorakit::commands::printer;
 use std::process::ExitCode;
 
+/// A failed allocation (a memory or address-space limit) is one line naming the input being
+/// read, the run's temporary files removed and exit 2 (`io::memory`), not Rust's
+/// "memory allocation of N bytes failed" and an abort.
+#[global_allocator]
+static ALLOC: lorakit::io::memory::ReportingAlloc = lorakit::io::memory::ReportingAlloc;
+
 fn main() -> ExitCode {
     quiet_mesa();
     clean_up_on_signals();

@@ -397,8 +397,16 @@ static LIVE: Mutex<Vec<(PathBuf, Kind, Option<std::ffi::CString>)>> = Mutex::new
 fn register(p: &Path, kind: Kind) {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
+    let entry = (p.to_path_buf(), kind, c);
     if let Ok(mut v) = LIVE.lock() {
-        v.push((p.to_path_buf(), kind, c));
+        // The list grows fallibly: a failed allocation here is reported after the lock is
+        // released, so that the report's clean-up (`cleanup_on_abort`) can take it.
+        if crate::io::memory::fallible(|| v.try_reserve(1)).is_err() {
+            let size = (v.len() + 1) * std::mem::size_of_val(&entry);
+            drop(v);
+            crate::io::memory::out_of_memory(size);
+        }
+        v.push(entry);
     }
 }
 
