@@ -157,3 +157,40 @@ fn an_input_truncated_while_the_recipe_hashes_it_is_one_line_naming_it() {
     let line = one_line_error(&p);
     assert_mentions(&line, &[s(&junk), "truncated"]);
 }
+
+/// `adapter.lora.alpha` stored as another GGUF type than FLOAT32 (here UINT32 16 or 2^32-1,
+/// INT32 -8, written over the FLOAT32 in place): llama.cpp's `gguf_get_val_f32` asserts the
+/// type and aborts, and no converter writes one; lorakit read any integer as the alpha (a
+/// U32 of 2^32-1 merged with a scale of 10^9, exit 0) and refused INT32 -8 as "not a finite
+/// number". Now every other type is refused naming the key and the stored type.
+#[test]
+fn a_gguf_adapter_alpha_of_another_type_than_float32_is_refused_naming_the_key_and_type() {
+    const PHI3_BASE: &str = "gguf/llamacpp/hf_phi3_base.f32.gguf";
+    const PHI3_LORA: &str = "gguf/llamacpp/phi3_lora.gguf";
+    for (ty, name, value) in [
+        (4u32, "U32", 16u32.to_le_bytes()),
+        (4, "U32", u32::MAX.to_le_bytes()),
+        (5, "I32", (-8i32).to_le_bytes()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = std::fs::read(fixture(PHI3_LORA)).unwrap();
+        let key = b"adapter.lora.alpha";
+        let hits: Vec<usize> = b
+            .windows(key.len())
+            .enumerate()
+            .filter(|(_, w)| *w == key)
+            .map(|(i, _)| i + key.len())
+            .collect();
+        assert_eq!(hits.len(), 1);
+        let at = hits[0];
+        assert_eq!(b[at..at + 4], 6u32.to_le_bytes(), "FLOAT32");
+        b[at..at + 4].copy_from_slice(&ty.to_le_bytes());
+        b[at + 4..at + 8].copy_from_slice(&value);
+        let a = dir.path().join("a.gguf");
+        std::fs::write(&a, b).unwrap();
+        let out = dir.path().join("o.gguf");
+        let line = refused(merge_args(&fixture(PHI3_BASE), &a, &out, &[]), &out);
+        assert_mentions(&line, &["a.gguf", "adapter.lora.alpha", name, "FLOAT32"]);
+        assert!(!line.contains("not a finite number"), "{line}");
+    }
+}
