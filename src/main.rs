@@ -9,6 +9,12 @@ use lorakit::cli::Cli;
 use lorakit::commands::printer;
 use std::process::ExitCode;
 
+/// A failed allocation (a memory or address-space limit) is one line naming the input being
+/// read, the run's temporary files removed and exit 2 (`io::memory`), not Rust's
+/// "memory allocation of N bytes failed" and an abort.
+#[global_allocator]
+static ALLOC: lorakit::io::memory::ReportingAlloc = lorakit::io::memory::ReportingAlloc;
+
 fn main() -> ExitCode {
     quiet_mesa();
     clean_up_on_signals();
@@ -77,9 +83,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
 /// * SIGXFSZ (a write past `ulimit -f`) is ignored, so the write fails with `EFBIG` and the
 ///   error is reported like any other (one line naming the output, exit 3, the temporary file
 ///   removed) instead of the process dying with its temporary file and lock left behind;
-/// * SIGABRT (Rust aborts on a failed allocation, e.g. under `ulimit -v`, and on a stack
-///   overflow; or one sent by `kill -ABRT`) removes the temporary files, lock files and created
-///   folders, then the process dies by SIGABRT (`SA_RESETHAND`: the default action again).
+/// * SIGABRT (Rust aborts on a stack overflow; or one sent by `kill -ABRT`; a failed
+///   allocation is reported by `ALLOC` before Rust could abort) removes the temporary files,
+///   lock files and created folders, then the process dies by SIGABRT (`SA_RESETHAND`: the
+///   default action again).
 fn clean_up_on_abort() {
     extern "C" fn on_abort(_: libc::c_int) {
         lorakit::io::writer::cleanup_on_abort();

@@ -69,6 +69,8 @@ mod it {
     pub mod hostile7;
     /// The eighth hostile round's findings: file-size limits, aborts.
     pub mod hostile8;
+    /// The ninth hostile round's findings: failed allocations, inputs truncated while hashed.
+    pub mod hostile9;
     /// `inspect` on checkpoints and adapters, header-only cost, spectra against exact SVD.
     pub mod inspect;
     /// A failed `--json` run: one JSON error object on stdout, stderr and exit status unchanged.

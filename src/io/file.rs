@@ -145,6 +145,7 @@ impl SafetensorsFile {
 
     /// Borrows the bytes of a tensor of this file's header.
     pub fn view_info<'a>(&'a self, info: &'a TensorInfo) -> InputResult<TensorView<'a>> {
+        crate::io::memory::note_tensor(&self.path, &info.name);
         let map = self.map()?;
         let start = (self.header.data_start + info.start) as usize;
         let end = (self.header.data_start + info.end) as usize;
@@ -275,6 +276,7 @@ fn foreign_format(head: &[u8]) -> Option<InputErrorKind> {
 /// taken from the opened descriptor, not from an earlier `stat` that could be raced.
 pub fn open_regular(path: &Path) -> InputResult<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    crate::io::memory::note_file(path);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)

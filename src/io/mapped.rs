@@ -2,8 +2,11 @@
 //! another process while mapped: its pages past the new end can no longer be read) becomes one
 //! error line naming the file instead of a silent death by signal.
 //!
+//! [`map_input`] makes such a map for a reader that has no header to check it against (the
+//! recipe's BLAKE3 of an input), so that its SIGBUS is reported alike.
+//!
 //! Must not: allocate, lock or free in [`report_fault`], which runs in a signal handler; be used
-//! for anything but reporting (the maps themselves belong to their readers).
+//! for anything but reporting and making maps (the maps themselves belong to their readers).
 
 use std::ffi::CString;
 use std::path::Path;
@@ -24,6 +27,25 @@ pub(crate) fn note(bytes: &[u8], path: &Path) {
     if let Ok(mut v) = MAPS.lock() {
         v.push((bytes.as_ptr() as usize, bytes.len(), c));
     }
+}
+
+/// Maps the whole of `file` (opened from `path`) read-only and notes the map.
+///
+/// # Safety contract
+/// Mapping a file is only sound while no other process truncates or rewrites it; lorakit never
+/// writes to a file it reads (outputs go to a temporary file renamed into place). Another
+/// program truncating an input while it is mapped is outside the contract: the read of a page
+/// past the new end raises SIGBUS, which the binary reports as one line naming `path`
+/// ([`report_fault`]) instead of dying silently. Returns `None` for an empty file (which cannot
+/// be mapped).
+pub fn map_input(file: &std::fs::File, path: &Path) -> std::io::Result<Option<memmap2::Mmap>> {
+    if file.metadata()?.len() == 0 {
+        return Ok(None);
+    }
+    // SAFETY: see the contract above.
+    let map = unsafe { memmap2::Mmap::map(file) }?;
+    note(&map, path);
+    Ok(Some(map))
 }
 
 /// Called by the binary's SIGBUS handler with the faulting address: where it lies in a mapped

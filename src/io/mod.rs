@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod header;
 pub mod hub;
 pub mod mapped;
+pub mod memory;
 pub mod quant;
 pub mod writer;
 

@@ -397,8 +397,16 @@ static LIVE: Mutex<Vec<(PathBuf, Kind, Option<std::ffi::CString>)>> = Mutex::new
 fn register(p: &Path, kind: Kind) {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
+    let entry = (p.to_path_buf(), kind, c);
     if let Ok(mut v) = LIVE.lock() {
-        v.push((p.to_path_buf(), kind, c));
+        // The list grows fallibly: a failed allocation here is reported after the lock is
+        // released, so that the report's clean-up (`cleanup_on_abort`) can take it.
+        if crate::io::memory::fallible(|| v.try_reserve(1)).is_err() {
+            let size = (v.len() + 1) * std::mem::size_of_val(&entry);
+            drop(v);
+            crate::io::memory::out_of_memory(size);
+        }
+        v.push(entry);
     }
 }
 
@@ -430,11 +438,11 @@ pub fn cleanup_on_signal() {
     }
 }
 
-/// [`cleanup_on_signal`] for a process that is aborting: Rust aborts on a failed allocation
-/// (`ulimit -v`, after one line "memory allocation of N bytes failed") and on a stack overflow,
-/// and an abort ran no destructor, so the temporary files, lock files and created folders
-/// stayed (so did they when a truncated input's map raised SIGBUS). Called from the binary's
-/// SIGABRT and SIGBUS handlers, on the faulting thread: it only unlinks
+/// [`cleanup_on_signal`] for a process that is ending without destructors: an abort (a stack
+/// overflow, a SIGABRT from elsewhere), a truncated input's map raising SIGBUS, a failed
+/// allocation (`io::memory`), after which the temporary files, lock files and created folders
+/// would stay. Called from the binary's SIGABRT and SIGBUS handlers and from the failed
+/// allocation's report, on the faulting thread: it only unlinks
 /// the registered paths through the C strings made at registration (no allocation, no free),
 /// and does nothing if another thread holds the registry (the next run sweeps the temporary
 /// files of dead processes, as after a kill).

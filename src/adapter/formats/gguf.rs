@@ -427,17 +427,26 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
         )));
     }
     // llama.cpp reads the key as a FLOAT32 (gguf_get_val_f32 asserts the type); absent is 0.
+    // Another type (an integer, F64, a bool, …) is a file llama.cpp aborts on, and no
+    // converter writes one (convert_lora_to_gguf.py: add_float32): refused, not read as a
+    // number (a U64 of 2^64-1 merged with a scale of 10^18).
     let alpha = match h.get("adapter.lora.alpha") {
         None => 0.0,
-        Some(v) => match v.as_f64() {
-            Some(a) if a.is_finite() => a,
-            _ => {
-                return Err(err(format!(
-                    "adapter.lora.alpha is {}, not a finite number",
-                    v.to_json()
-                )))
-            }
-        },
+        Some(Value::F32(a)) if a.is_finite() => f64::from(*a),
+        Some(v @ Value::F32(_)) => {
+            return Err(err(format!(
+                "adapter.lora.alpha is {}, not a finite number",
+                v.to_json()
+            )))
+        }
+        Some(v) => {
+            return Err(err(format!(
+                "adapter.lora.alpha is {} stored as {:?}; llama.cpp reads it only as a FLOAT32 \
+                 (gguf_get_val_f32 asserts the type)",
+                v.to_json(),
+                v.value_type()
+            )))
+        }
     };
     let mut modules = Vec::new();
     for (f, ta) in m.tensors() {

@@ -104,6 +104,7 @@ impl GgufFile {
 
     /// Borrows `t`'s bytes (`t` must be one of this file's tensor infos).
     pub fn view<'a>(&'a self, t: &'a TensorInfo) -> GgufView<'a> {
+        crate::io::memory::note_tensor(&self.path, &t.name);
         GgufView {
             info: t,
             data: &self.map[self.header.data_range(t)],

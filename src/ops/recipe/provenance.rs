@@ -69,11 +69,17 @@ pub(super) fn stat(path: &Path) -> Result<(u64, i128)> {
     Ok((m.len(), mtime_ns))
 }
 
-/// BLAKE3 of a file's content, memory-mapped and hashed on the rayon pool.
+/// BLAKE3 of a file's content, memory-mapped and hashed on the rayon pool. The map is
+/// lorakit's own (`io::mapped::map_input`), not blake3's `update_mmap_rayon`: a file truncated
+/// while it is hashed raises SIGBUS in a noted map, reported as one line naming the file.
 pub(super) fn content_hash(path: &Path) -> Result<String> {
+    let file = crate::io::open_regular(path)?;
     let mut h = blake3::Hasher::new();
-    h.update_mmap_rayon(path)
-        .map_err(|e| crate::error::InputError::io(path, e))?;
+    if let Some(map) = crate::io::mapped::map_input(&file, path)
+        .map_err(|e| crate::error::InputError::io(path, e))?
+    {
+        h.update_rayon(&map);
+    }
     Ok(h.finalize().to_hex().to_string())
 }
 

@@ -83,7 +83,9 @@ impl Dataset {
         let (mut ids, mut targets) = (Vec::new(), Vec::new());
         let len = batch.checked_mul(t);
         if len.is_none_or(|len| {
-            ids.try_reserve_exact(len).is_err() || targets.try_reserve_exact(len).is_err()
+            crate::io::memory::fallible(|| {
+                ids.try_reserve_exact(len).is_err() || targets.try_reserve_exact(len).is_err()
+            })
         }) {
             bail!(OptionError::new(move |o| format!(
                 "{} {batch} × {} {t}: the batch's tokens cannot be allocated",

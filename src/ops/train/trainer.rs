@@ -23,7 +23,7 @@ use std::sync::Arc;
 fn try_zeros(n: Option<usize>, rank: usize, module: &str) -> Result<Vec<f32>> {
     let mut v = Vec::new();
     match n {
-        Some(n) if v.try_reserve_exact(n).is_ok() => {
+        Some(n) if crate::io::memory::fallible(|| v.try_reserve_exact(n)).is_ok() => {
             v.resize(n, 0.0);
             Ok(v)
         }
