@@ -89,6 +89,7 @@ impl MergePlan {
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
             a.check_mergeable()?;
+            check_weight_tying(a, is_tied)?;
             let label = a.path.display().to_string();
             let mut res = mapping::resolve_in(a, &base, Some(&quant));
             // On the shared tensor; the tie check below refuses it unless `shared` is asked for,
