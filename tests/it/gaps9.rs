@@ -218,3 +218,20 @@ fn embed_tokens_lora_on_a_tied_base_needs_the_flag_in_both_paths_and_merges_as_p
     assert_eq!(changed, ["token_embd.weight", "blk.0.attn_q.weight"]);
     eprintln!("embed_tokens into tied GGUF: max |lorakit − converter(PEFT)| = {worst:e}");
 }
+
+/// Bases the audit found no PEFT-merge check for: a tiny Gemma3-text (q_norm/k_norm, scaled
+/// word embedding, tied) with an rsLoRA `ensure_weight_tying` adapter on embed_tokens and every
+/// projection (PEFT issue #2777's case: E + 2·ΔE on the shared embedding), and a tiny Qwen3
+/// with a DoRA `all-linear` adapter (PEFT saves the resolved names, lm_head left out); each
+/// equals PEFT's merge_and_unload.
+#[test]
+fn gemma3_ensure_weight_tying_and_qwen3_dora_all_linear_merge_as_peft() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps9/gemma3/ewt", "gaps9/gemma3/base", &SHARED),
+        15
+    );
+    assert_eq!(
+        merge_matches_peft_fixture("gaps9/qwen3/dora", "gaps9/qwen3/base", &[]),
+        14
+    );
+}
