@@ -1,7 +1,8 @@
 //! The peer-correctness gaps closed on branch gaps9 (fixtures/gen/gaps9_fixtures.py), each
 //! against the real library's own output: PEFT's `ensure_weight_tying` (merge and `check`), a
-//! tied `lm_head` LoRA merged into Q8_0 GGUF output (a GGUF base and a Hugging Face base), and
-//! an `embed_tokens` LoRA on a tied GGUF base, made consistent with the safetensors merge.
+//! tied `lm_head` LoRA merged into Q8_0 and K-quant GGUF output (a GGUF base and a Hugging Face
+//! base), an `embed_tokens` LoRA on a tied GGUF base, made consistent with the safetensors merge,
+//! and tiny Gemma3-text and Qwen3 bases.
 
 use super::common::*;
 use lorakit::io::gguf::GgufModel;
@@ -234,4 +235,55 @@ fn gemma3_ensure_weight_tying_and_qwen3_dora_all_linear_merge_as_peft() {
         merge_matches_peft_fixture("gaps9/qwen3/dora", "gaps9/qwen3/base", &[]),
         14
     );
+}
+
+/// A tied lm_head LoRA (dyadic factors, so ΔW is exact and PEFT's merge is one rounding; see
+/// fixtures/gen/gaps9_fixtures.py `kquant`) on a tied Qwen2 whose rows are one K-quant
+/// super-block: `--outtype q4_k` / `q6_k` from the Hugging Face folder and from its F32 GGUF
+/// store `token_embd` byte for byte as ggml's `quantize_row_q{4,6}_K_ref` of PEFT's merged
+/// embedding, and the converter's Q8_0 GGUF merged with `keep` as gguf-py's Q8_0 of its own
+/// dequantized embedding + ΔW.
+#[test]
+fn tied_lm_head_into_k_quant_and_q8_0_base_equals_ggml_reference_bytes() {
+    let root = fixture("gaps9/qwen2_k");
+    let adapter = root.join("adapter");
+    let want = read(&root.join("expected.safetensors"));
+    let check = |out: &Path, key: &str, ty: &str| {
+        let got = GgufModel::open(out).unwrap();
+        assert!(got.get("output.weight").is_none());
+        let (t, bytes) = tensor_bytes(&got, "token_embd.weight");
+        assert_eq!(t, ty, "{key}");
+        assert!(bytes == want[key].data, "{key}: differs from the reference");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (outtype, key, ty) in [
+        ("q4_k", "token_embd.q4_K", "Q4_K"),
+        ("q6_k", "token_embd.q6_K", "Q6_K"),
+    ] {
+        let flags = [&SHARED[..], &["--outtype", outtype, "--quiet"]].concat();
+        let out = dir.path().join(format!("hf.{outtype}.gguf"));
+        run_ok(merge_args(
+            &root.join("base"),
+            &adapter,
+            &out,
+            &[&flags[..], &["--gguf-tokenizer-pre", "qwen2"]].concat(),
+        ));
+        check(&out, key, ty);
+        let out = dir.path().join(format!("gguf.{outtype}.gguf"));
+        run_ok(merge_args(
+            &root.join("base.f32.gguf"),
+            &adapter,
+            &out,
+            &flags,
+        ));
+        check(&out, key, ty);
+    }
+    let out = dir.path().join("keep.gguf");
+    run_ok(merge_args(
+        &root.join("base.q8_0.gguf"),
+        &adapter,
+        &out,
+        &[&SHARED[..], &["--quiet"]].concat(),
+    ));
+    check(&out, "token_embd.q8_0_keep", "Q8_0");
 }
