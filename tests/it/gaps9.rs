@@ -287,3 +287,21 @@ fn tied_lm_head_into_k_quant_and_q8_0_base_equals_ggml_reference_bytes() {
     ));
     check(&out, "token_embd.q8_0_keep", "Q8_0");
 }
+
+/// DoRA on the tied pair (`use_dora` + `ensure_weight_tying`, embed_tokens and lm_head on the
+/// shared embedding): PEFT merges the second layer's DoRA from the weight the first already
+/// changed, its norm included; lorakit's DoRA norm is over the base, so its merge differed from
+/// PEFT's (max |Δ| 0.024 on the tied Llama, 0.019 without `ensure_weight_tying`, measured once
+/// against PEFT 0.21.2). Now refused on safetensors and GGUF bases alike, naming DoRA and the
+/// shared tensor; nothing is written.
+#[test]
+fn dora_on_a_tied_embedding_pair_is_refused_in_both_paths() {
+    let adapter = fixture("gaps9/qwen2_dora_tied/adapter");
+    for (base, out) in [
+        (fixture("gaps9/qwen2_base"), "out"),
+        (fixture("gguf/peft_variants/qwen2.f32.gguf"), "m.gguf"),
+    ] {
+        let err = refusal(&base, &adapter, out, &SHARED);
+        assert_mentions(&err, &["is DoRA", "shared tied tensor"]);
+    }
+}

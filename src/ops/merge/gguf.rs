@@ -372,6 +372,29 @@ impl GgufMergePlan {
                 };
                 add_term(&mut targets, t, &a.path)?;
             }
+            // embed_tokens and lm_head both on the shared `token_embd`: with DoRA, PEFT merges
+            // the second from the weight the first changed, as on a safetensors base (refused
+            // there too, `super::plan`).
+            if let Some(t) = targets
+                .iter()
+                .find(|t| t.tensor == TIED_EMBEDDING && t.kind == Kind::Weight)
+            {
+                let mine: Vec<usize> = t.terms.iter().filter(|x| x.0 == ai).map(|x| x.1).collect();
+                if let (true, Some(&i)) = (
+                    mine.len() > 1,
+                    mine.iter()
+                        .find(|&&i| a.modules[i].dora_magnitude.is_some()),
+                ) {
+                    return Err(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "module `{}` is DoRA, and it lands with another module on the shared tied tensor `{TIED_EMBEDDING}`: PEFT merges the second of them from the weight the first already changed (its DoRA norm included), which lorakit does not reproduce; merge a plain LoRA",
+                            a.modules[i].name
+                        ),
+                    )
+                    .into());
+                }
+            }
             // The base copies PEFT saves beside an embedding / lm_head LoRA are skipped, as
             // llama.cpp's converter skips them: the GGUF base's own tensor is the W0.
             let heads = (permutes, n_head, n_head_kv);
