@@ -52,6 +52,9 @@ mod it {
     /// The peer gaps of gaps8: tied embed_tokens + lm_head, tied lm_head into GGUF and in
     /// `check`, Linear layers named like Conv1D, `train --batch` past memory.
     pub mod gaps8;
+    /// The peer gaps of gaps9: `ensure_weight_tying`, a tied lm_head into Q8_0 GGUF, an
+    /// embed_tokens LoRA on a tied GGUF base.
+    pub mod gaps9;
     /// GGUF (llama.cpp): inspect, diff, merge into GGUF bases, malformed files.
     pub mod gguf;
     /// Outputs byte-identical to the recorded hashes (refactors change no output).

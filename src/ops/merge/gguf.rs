@@ -125,6 +125,29 @@ fn tied_head(
     .into())
 }
 
+/// An `embed_tokens` LoRA module `m` on a base with no `output.weight`, whose logits llama.cpp
+/// computes with `token_embd`: PEFT's merge changes the Parameter embed_tokens and lm_head share,
+/// so the output layer changes too (fixtures/gen/gaps9_fixtures.py `qwen2_embed`). As on a tied
+/// safetensors base ([`super::plan`]), that needs `--tied-embeddings shared`; otherwise refused,
+/// naming the tie and the flag.
+fn tied_embedding(
+    a: &crate::adapter::Adapter,
+    m: &crate::adapter::LoraModule,
+    options: &GgufMergeOptions,
+) -> Result<()> {
+    if options.tied_embeddings == super::TiedEmbeddings::Shared {
+        return Ok(());
+    }
+    let module = m.name.clone();
+    Err(InputError::option(&a.path, move |o| {
+        format!(
+            "`{module}` changes `{TIED_EMBEDDING}`, but the GGUF base ties its output to it (it has no `{TIED_HEAD}`), so merging would change the output layer too (PEFT issue #2018). Pass {} to merge into the shared tensor as PEFT's merge_and_unload does on the tied model, or leave embed_tokens out of the adapter",
+            o.set(Opt::TiedEmbeddings, "shared")
+        )
+    })
+    .into())
+}
+
 impl GgufMergePlan {
     /// Resolves every module onto the base and checks everything that can be checked before
     /// writing: the plan either runs to completion or fails at its first tensor's I/O.
@@ -180,6 +203,8 @@ impl GgufMergePlan {
             a.check_plain_base(
                 "merging it into a GGUF model (whose base lorakit does not rewrite)",
             )?;
+            let tied = base.get(TIED_HEAD).is_none() && base.get(TIED_EMBEDDING).is_some();
+            super::model::check_weight_tying(a, tied)?;
             for (mi, m) in a.modules.iter().enumerate() {
                 if options.unmerge && m.dora_magnitude.is_some() {
                     return Err(InputError::invalid(
@@ -208,6 +233,9 @@ impl GgufMergePlan {
                     continue;
                 };
                 let mut tname = format!("{g}.weight");
+                if tname == TIED_EMBEDDING && base.get(TIED_HEAD).is_none() {
+                    tied_embedding(a, m, &options)?;
+                }
                 if tname == TIED_HEAD && base.get(TIED_HEAD).is_none() {
                     match tied_head(&base, a, m, &options)? {
                         Some(emb) => tname = emb,
@@ -343,6 +371,29 @@ impl GgufMergePlan {
                     kind: Kind::Weight,
                 };
                 add_term(&mut targets, t, &a.path)?;
+            }
+            // embed_tokens and lm_head both on the shared `token_embd`: with DoRA, PEFT merges
+            // the second from the weight the first changed, as on a safetensors base (refused
+            // there too, `super::plan`).
+            if let Some(t) = targets
+                .iter()
+                .find(|t| t.tensor == TIED_EMBEDDING && t.kind == Kind::Weight)
+            {
+                let mine: Vec<usize> = t.terms.iter().filter(|x| x.0 == ai).map(|x| x.1).collect();
+                if let (true, Some(&i)) = (
+                    mine.len() > 1,
+                    mine.iter()
+                        .find(|&&i| a.modules[i].dora_magnitude.is_some()),
+                ) {
+                    return Err(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "module `{}` is DoRA, and it lands with another module on the shared tied tensor `{TIED_EMBEDDING}`: PEFT merges the second of them from the weight the first already changed (its DoRA norm included), which lorakit does not reproduce; merge a plain LoRA",
+                            a.modules[i].name
+                        ),
+                    )
+                    .into());
+                }
             }
             // The base copies PEFT saves beside an embedding / lm_head LoRA are skipped, as
             // llama.cpp's converter skips them: the GGUF base's own tensor is the W0.

@@ -438,3 +438,55 @@ pub(super) fn ties_embeddings(base: &Checkpoint, has_lm_head: bool) -> bool {
         }
     }
 }
+
+/// PEFT's `ensure_weight_tying` (peft 0.21.2): the modules adapter `a` holds only through it
+/// ([`crate::adapter::formats::peft::tie_only_modules`], lm_head) are merged only into a base
+/// that ties lm_head to the input embedding (`tied`), where PEFT wraps lm_head with the
+/// embedding LoRA's own Parameters (`lora_A = lora_embedding_B.T`, `lora_B =
+/// lora_embedding_A.T`), so merge_and_unload adds the same ΔE twice to the shared tensor:
+/// E + 2·ΔE (fixtures/gen/gaps9_fixtures.py `ewt_llama`). The file's lm_head factors must be
+/// those transposes (PEFT saves them so); others would make PEFT's result depend on the order
+/// it loads the two, and are refused. On an untied base PEFT wraps no lm_head and drops its
+/// tensors silently: refused too.
+pub(super) fn check_weight_tying(a: &Adapter, tied: bool) -> crate::error::InputResult<()> {
+    use crate::adapter::ModuleKind;
+    use crate::error::InputError;
+    for mi in crate::adapter::formats::peft::tie_only_modules(a) {
+        let m = &a.modules[mi];
+        if !tied {
+            return Err(InputError::invalid(
+                &a.path,
+                format!(
+                    "module `{}` is in this adapter only through `ensure_weight_tying` (adapter_config.json), but the base does not tie lm_head to the input embedding (tie_word_embeddings), so PEFT loads the adapter without it, silently; merge into the tied base it was trained on, or remove its tensors",
+                    m.name
+                ),
+            ));
+        }
+        let emb = a.modules.iter().find(|e| e.kind == ModuleKind::Embedding);
+        let same = match (emb, m.factors.lora()) {
+            (Some(e), Some((la, lb))) if e.rank == m.rank && m.kind == ModuleKind::Linear => {
+                let (ea, eb) = e.factors.lora().expect("embedding LoRA factors");
+                let (r, k, d) = (m.rank, m.in_features, m.out_features);
+                let (la, lb, ea, eb) = (a.values(la)?, a.values(lb)?, a.values(ea)?, a.values(eb)?);
+                // lm_head A [r, k] = (embedding B [k, r])ᵀ; lm_head B [d, r] = (embedding A [r, d])ᵀ.
+                let t_eq = |x: &[f32], y: &[f32], rows: usize, cols: usize| {
+                    x.len() == rows * cols
+                        && y.len() == rows * cols
+                        && (0..rows).all(|i| (0..cols).all(|j| x[i * cols + j] == y[j * rows + i]))
+                };
+                e.scale == m.scale && t_eq(&la, &eb, r, k) && t_eq(&lb, &ea, d, r)
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(InputError::invalid(
+                &a.path,
+                format!(
+                    "module `{}` is tied to the embedding LoRA by `ensure_weight_tying` (adapter_config.json), but its lora_A/lora_B are not that LoRA's lora_embedding_B/lora_embedding_A transposed (or the file has no embedding LoRA); PEFT shares one Parameter between them, so its merge would depend on which it loads last",
+                    m.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -89,6 +89,7 @@ impl MergePlan {
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
             a.check_mergeable()?;
+            check_weight_tying(a, is_tied)?;
             let label = a.path.display().to_string();
             let mut res = mapping::resolve_in(a, &base, Some(&quant));
             // On the shared tensor; the tie check below refuses it unless `shared` is asked for,
@@ -205,6 +206,27 @@ impl MergePlan {
                                     p.weight
                                 )
                             ));
+                        }
+                        // With DoRA, PEFT's second layer norms the weight the first already
+                        // merged into (`DoraLinearVariant.merge_unsafe` over `base_layer.weight`);
+                        // lorakit's DoRA norm is over the base ([`crate::backend::Dora`]).
+                        if let Some(&(_, other)) =
+                            v.iter().find(|&&(x, mi)| x == ai && tied_pair(mi))
+                        {
+                            let dora = [other, p.module]
+                                .into_iter()
+                                .find(|&i| a.modules[i].dora_magnitude.is_some());
+                            if let Some(i) = dora {
+                                bail!(InputError::invalid(
+                                    &a.path,
+                                    format!(
+                                        "module `{}` is DoRA, and it lands with `{}` on the shared tied tensor `{}`: PEFT merges the second of them from the weight the first already changed (its DoRA norm included), which lorakit does not reproduce; merge a plain LoRA, or untie the base first",
+                                        a.modules[i].name,
+                                        a.modules[if i == other { p.module } else { other }].name,
+                                        p.weight
+                                    )
+                                ));
+                            }
                         }
                         v.push((ai, p.module));
                         if let Some(r) = p.rows {

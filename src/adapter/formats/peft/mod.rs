@@ -68,3 +68,19 @@ pub fn merge_refusal(config: &Value) -> Option<String> {
         init_refusal(config)
     }
 }
+
+/// The modules (indexes into `a.modules`) that a PEFT adapter's config selects only through
+/// `ensure_weight_tying` ([`targets::Targets::tie_only`]): PEFT wraps them only on a base that
+/// ties them to the input embedding, with the embedding's factors. Empty for other formats.
+pub fn tie_only_modules(a: &crate::adapter::Adapter) -> Vec<usize> {
+    let targets = match a.config.as_ref().and_then(Value::as_object) {
+        Some(cfg) if a.format == super::Format::Peft => match targets::Targets::parse(cfg) {
+            Ok(t) => t,
+            Err(_) => return Vec::new(),
+        },
+        _ => return Vec::new(),
+    };
+    (0..a.modules.len())
+        .filter(|&i| targets.tie_only(&a.modules[i].name))
+        .collect()
+}

@@ -1,6 +1,7 @@
 //! Which modules a PEFT config selects: PEFT's `check_target_module_exists`
 //! (`peft/tuners/tuners_utils.py`, PEFT 0.21.2) over `target_modules`, `exclude_modules`,
-//! `modules_to_save`, `layers_to_transform` and `layers_pattern`.
+//! `modules_to_save`, `layers_to_transform` and `layers_pattern`, and `ensure_weight_tying`
+//! (the module tied to the input embedding, [`Targets::tie_only`]).
 //!
 //! `PeftModel.from_pretrained` injects adapter layers only into the modules this predicate
 //! selects and then loads the state dict; tensors of any other module are dropped without a
@@ -27,6 +28,9 @@ pub struct Targets {
     exclude: Names,
     /// `modules_to_save`, each as PEFT's `(^|.*\.){m}($|\..*)` (`re.match`).
     to_save: Vec<Regex>,
+    /// `ensure_weight_tying` with an embedding layer name among `target_modules`: PEFT also
+    /// wraps the modules tied to the input embedding (lm_head), their factors the embedding's.
+    tie: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +115,21 @@ impl Targets {
             rule: Rule::All,
             exclude: Names::None,
             to_save: Vec::new(),
+            tie: false,
         };
+        // PEFT's `_check_tied_modules` (`tuners/tuners_utils.py`): `ensure_weight_tying` acts
+        // when a target is one of EMBEDDING_LAYER_NAMES (`embed_tokens`, `lm_head`; by last
+        // name component, or a regex target that fullmatches one of them).
+        let tie = get("ensure_weight_tying").and_then(Value::as_bool) == Some(true)
+            && match get("target_modules") {
+                Some(Value::String(p)) => fullmatch(p)
+                    .is_some_and(|re| EMBEDDING_LAYER_NAMES.iter().any(|n| re.is_match(n))),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|m| EMBEDDING_LAYER_NAMES.contains(&m.rsplit('.').next().unwrap_or(m))),
+                _ => false,
+            };
         let has_parameters = get("target_parameters")
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty());
@@ -159,12 +177,34 @@ impl Targets {
             rule,
             exclude,
             to_save,
+            tie,
         })
     }
 
+    /// Whether `key` is in the adapter only through `ensure_weight_tying`: on a base whose
+    /// lm_head is tied to the input embedding, PEFT 0.21.2 moves lm_head out of
+    /// `target_modules` (`tuners/lora/model.py` `_add_targets_to_tie`, so a saved config does
+    /// not list it) and wraps it anyway, before any exclusion (`inject_adapter`'s
+    /// `_check_tied_module_exists`), with `lora_A = lora_embedding_B.T` and
+    /// `lora_B = lora_embedding_A.T` of the embedding — the same Parameters (`_create_and_replace`,
+    /// `layer.py` `update_layer` `tied_adapter`). On an untied base (`tie_word_embeddings`
+    /// false) it wraps nothing and drops the file's lm_head tensors. The tied name is the
+    /// base's `_tied_weights_keys`; lorakit takes `lm_head`, every transformers causal LM's.
+    pub fn tie_only(&self, key: &str) -> bool {
+        self.tie
+            && (key == TIED_HEAD || key.ends_with(&format!(".{TIED_HEAD}")))
+            && !self.selects_untied(key)
+    }
+
     /// Whether PEFT injects an adapter layer into the module called `key` (the module's path
-    /// in the base model, `base_model.model.` stripped).
+    /// in the base model, `base_model.model.` stripped) on a base that ties lm_head to the input
+    /// embedding where the config asks for it ([`Targets::tie_only`]).
     pub fn selects(&self, key: &str) -> bool {
+        self.selects_untied(key) || self.tie_only(key)
+    }
+
+    /// [`Targets::selects`] without `ensure_weight_tying`'s tied modules.
+    fn selects_untied(&self, key: &str) -> bool {
         let listed = |names: &[String]| {
             names.iter().any(|n| {
                 key == n
@@ -200,6 +240,12 @@ impl Targets {
         }
     }
 }
+
+/// PEFT's `EMBEDDING_LAYER_NAMES` (`utils/constants.py`).
+const EMBEDDING_LAYER_NAMES: [&str; 2] = ["embed_tokens", "lm_head"];
+
+/// The module PEFT ties to the input embedding under `ensure_weight_tying`.
+const TIED_HEAD: &str = "lm_head";
 
 /// `re.fullmatch(pattern, key)`, or `None` where the `regex` crate cannot compile it.
 fn fullmatch(pattern: &str) -> Option<Regex> {
