@@ -24,7 +24,13 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let json = lorakit::commands::json_operation(&cli);
-    match lorakit::commands::run(cli) {
+    let result = lorakit::commands::run(cli);
+    if lorakit::io::writer::signal_taken() {
+        // The signal thread is removing this run's temporary files and then ends the process
+        // by the signal; a write its clean-up broke must not exit 3 first with "cannot write".
+        wait_for_the_signal();
+    }
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -41,6 +47,17 @@ fn main() -> ExitCode {
             ExitCode::from(failure.exit_code())
         }
     }
+}
+
+/// Parks the main thread until the signal thread ends the process by its signal (it raises
+/// it right after the clean-up); `_exit` with the shell's 128 + signal status if it has not
+/// after 10 s.
+fn wait_for_the_signal() -> ! {
+    for _ in 0..1000 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: _exit ends the process at once; nothing is left to flush on this path.
+    unsafe { libc::_exit(128 + libc::SIGTERM) }
 }
 
 /// A command line clap refuses: like every other error, one line on stderr and exit 2 (clap's

@@ -418,10 +418,22 @@ fn unregister(p: &Path) {
     }
 }
 
+/// Set once the signal thread has taken SIGINT, SIGTERM or SIGHUP: the process is ending by
+/// that signal, so a write the clean-up broke (its temporary file removed under it) is not
+/// reported as a failed write (exit 3) by the thread that was writing.
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a terminating signal was taken (see [`cleanup_on_signal`]): the binary then waits
+/// for the signal thread to end the process instead of printing its own result.
+pub fn signal_taken() -> bool {
+    SIGNALLED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Removes every temporary file, lock file and created folder of the outputs still being
 /// written (newest first). Called by the binary's signal thread before it exits on SIGINT or
 /// SIGTERM; an output's committed files are not touched (they are no longer registered).
 pub fn cleanup_on_signal() {
+    SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
     let live = match LIVE.lock() {
         Ok(mut v) => std::mem::take(&mut *v),
         Err(p) => std::mem::take(&mut *p.into_inner()),
