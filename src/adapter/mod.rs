@@ -92,6 +92,23 @@ impl Adapter {
         self.config.as_ref().and_then(formats::peft::base_residual)
     }
 
+    /// The modules (indexes into `modules`) that a PEFT adapter's config selects only through
+    /// `ensure_weight_tying` ([`formats::peft::targets::Targets::tie_only`]): PEFT wraps them
+    /// only on a base that ties them to the input embedding, with the embedding's factors.
+    /// Empty for other formats.
+    pub fn tie_only_modules(&self) -> Vec<usize> {
+        let targets = match self.config.as_ref() {
+            Some(cfg) if self.format == Format::Peft => formats::peft::config_targets(cfg),
+            _ => None,
+        };
+        let Some(targets) = targets else {
+            return Vec::new();
+        };
+        (0..self.modules.len())
+            .filter(|&i| targets.tie_only(&self.modules[i].name))
+            .collect()
+    }
+
     /// [`Adapter::base_residual`] where it applies to module `m`: PEFT's inits rewrite Linear
     /// layers only (Embedding and Conv layers never run them).
     pub fn residual_of(&self, m: &LoraModule) -> Option<formats::peft::BaseResidual> {

@@ -440,7 +440,7 @@ pub(super) fn ties_embeddings(base: &Checkpoint, has_lm_head: bool) -> bool {
 }
 
 /// PEFT's `ensure_weight_tying` (peft 0.21.2): the modules adapter `a` holds only through it
-/// ([`crate::adapter::formats::peft::tie_only_modules`], lm_head) are merged only into a base
+/// ([`crate::adapter::Adapter::tie_only_modules`], lm_head) are merged only into a base
 /// that ties lm_head to the input embedding (`tied`), where PEFT wraps lm_head with the
 /// embedding LoRA's own Parameters (`lora_A = lora_embedding_B.T`, `lora_B =
 /// lora_embedding_A.T`), so merge_and_unload adds the same ΔE twice to the shared tensor:
@@ -451,7 +451,7 @@ pub(super) fn ties_embeddings(base: &Checkpoint, has_lm_head: bool) -> bool {
 pub(super) fn check_weight_tying(a: &Adapter, tied: bool) -> crate::error::InputResult<()> {
     use crate::adapter::ModuleKind;
     use crate::error::InputError;
-    for mi in crate::adapter::formats::peft::tie_only_modules(a) {
+    for mi in a.tie_only_modules() {
         let m = &a.modules[mi];
         if !tied {
             return Err(InputError::invalid(

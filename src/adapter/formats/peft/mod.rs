@@ -69,18 +69,8 @@ pub fn merge_refusal(config: &Value) -> Option<String> {
     }
 }
 
-/// The modules (indexes into `a.modules`) that a PEFT adapter's config selects only through
-/// `ensure_weight_tying` ([`targets::Targets::tie_only`]): PEFT wraps them only on a base that
-/// ties them to the input embedding, with the embedding's factors. Empty for other formats.
-pub fn tie_only_modules(a: &crate::adapter::Adapter) -> Vec<usize> {
-    let targets = match a.config.as_ref().and_then(Value::as_object) {
-        Some(cfg) if a.format == super::Format::Peft => match targets::Targets::parse(cfg) {
-            Ok(t) => t,
-            Err(_) => return Vec::new(),
-        },
-        _ => return Vec::new(),
-    };
-    (0..a.modules.len())
-        .filter(|&i| targets.tie_only(&a.modules[i].name))
-        .collect()
+/// The target selection of a PEFT config (`None` where it is no object or does not parse), for
+/// [`crate::adapter::Adapter::tie_only_modules`].
+pub fn config_targets(config: &Value) -> Option<targets::Targets> {
+    targets::Targets::parse(config.as_object()?).ok()
 }
