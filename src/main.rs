@@ -17,6 +17,7 @@ static ALLOC: lorakit::io::memory::ReportingAlloc = lorakit::io::memory::Reporti
 
 fn main() -> ExitCode {
     quiet_mesa();
+    lorakit::io::memory::set_cleanup(lorakit::io::writer::cleanup_on_abort);
     clean_up_on_signals();
     clean_up_on_abort();
     let cli = match Cli::try_parse() {

@@ -1,7 +1,8 @@
 //! A failed allocation as one error line naming the input being read: the binary's global
 //! allocator ([`ReportingAlloc`], `System` underneath) reports a null from the system allocator
 //! (an address-space or memory limit, `ulimit -v`) as `error: PATH: tensor `NAME`: out of
-//! memory …`, removes what the run had begun writing (`io::writer::cleanup_on_abort`) and exits
+//! memory …`, removes what the run had begun writing (the clean-up the binary sets with
+//! [`set_cleanup`]: `io::writer::cleanup_on_abort`) and exits
 //! 2, instead of Rust's `memory allocation of N bytes failed` (which names nothing) and an abort.
 //!
 //! The "input being read" is a context the readers set: [`note_file`] when an input is opened
@@ -182,6 +183,18 @@ fn failed(size: usize) {
     out_of_memory(size)
 }
 
+/// What [`out_of_memory`] runs after its line, before `_exit(2)`: the binary sets the writer's
+/// `io::writer::cleanup_on_abort` (a hook, so that this leaf module, which the writer uses,
+/// does not import it). Null: nothing.
+static CLEANUP: std::sync::atomic::AtomicPtr<()> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Sets the clean-up a failed allocation runs before the process exits (see [`CLEANUP`]); it
+/// must be async-signal-safe in spirit: no allocation, no blocking lock.
+pub fn set_cleanup(f: fn()) {
+    CLEANUP.store(f as *mut (), Ordering::SeqCst);
+}
+
 /// Reports a failed allocation of `size` bytes as the allocator does and ends the process
 /// (exit 2): for a fallible allocation that failed where the caller cannot go on, e.g. while
 /// it held a lock the clean-up needs (`io::writer`'s registry of temporary files).
@@ -220,7 +233,12 @@ pub fn out_of_memory(size: usize) -> ! {
           nothing was written\n",
     );
     line.write_stderr();
-    crate::io::writer::cleanup_on_abort();
+    let cleanup = CLEANUP.load(Ordering::SeqCst);
+    if !cleanup.is_null() {
+        // SAFETY: the only non-null value is the `fn()` stored by `set_cleanup`.
+        let f: fn() = unsafe { std::mem::transmute::<*mut (), fn()>(cleanup) };
+        f();
+    }
     // SAFETY: _exit(2) is async-signal-safe; nothing is flushed or destroyed.
     unsafe { libc::_exit(2) }
 }
