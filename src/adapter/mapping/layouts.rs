@@ -10,7 +10,7 @@
 //! A diffusers checkpoint of the same model uses other names and splits some fused tensors: BFL
 //! Flux's `img_attn.qkv` `[3d, d]` is diffusers' `attn.to_q`/`to_k`/`to_v` `[d, d]` each, and
 //! `single_blocks.N.linear1` `[3d + mlp, d]` is `to_q`/`to_k`/`to_v`/`proj_mlp`. The tables
-//! (`table.rs`, [`TABLES`]) are diffusers 0.42.1's own: `loaders/single_file_utils.py`
+//! (`table.rs`, `video.rs`, [`TABLES`]) are diffusers 0.42.1's own: `loaders/single_file_utils.py`
 //! `convert_flux_transformer_checkpoint_to_diffusers`, `convert_wan_transformer_to_diffusers`,
 //! `convert_sd3_transformer_checkpoint_to_diffusers`,
 //! `convert_flux2_transformer_checkpoint_to_diffusers`,
@@ -37,12 +37,28 @@
 //! so every earlier match is unchanged. Must not read tensor data.
 
 mod table;
+mod video;
 
 use super::placement::{placed_on_rows, Part, Placement, RowSlice, Unmatched};
 use crate::adapter::formats::kohya;
 use crate::adapter::model::{LoraModule, ModuleKind};
 use crate::dtype::Dtype;
-use table::{Model, Swap, FLUX_NORMS, SWAPPED_HALVES, TABLES};
+use table::{Model, Rows, Swap, FLUX_NORMS, SWAPPED_HALVES};
+
+/// Every model's rows, looked up in this order (a path two models share, `final_layer.linear`,
+/// maps alike in both).
+const TABLES: &[(Model, Rows)] = &[
+    (Model::Flux, table::FLUX),
+    (Model::Wan, table::WAN),
+    (Model::Sd3, table::SD3),
+    (Model::Flux2, table::FLUX2),
+    (Model::HunyuanVideo, video::HUNYUAN_VIDEO),
+    (Model::ZImage, table::Z_IMAGE),
+    (Model::Lumina2, table::LUMINA2),
+    (Model::LtxVideo, video::LTX_VIDEO),
+    (Model::Ltx2, video::LTX2),
+    (Model::Flux3, table::FLUX3),
+];
 
 /// Every row of [`TABLES`]: (model, original path, diffusers paths).
 fn rows() -> impl Iterator<Item = (Model, &'static str, &'static [&'static str])> {

@@ -3,7 +3,7 @@
 //! diffusers 0.42.1's `loaders/single_file_utils.py` checkpoint converters; and the modules whose
 //! two row halves the layouts store in the other order. Data only: must not match names.
 
-/// A model whose layouts [`TABLES`] maps.
+/// A model whose layouts [`super::TABLES`] maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Model {
     Flux,
@@ -45,21 +45,6 @@ impl Model {
 /// One model's rows: original module path → the diffusers module paths it is, in row order.
 pub(super) type Rows = &'static [(&'static str, &'static [&'static str])];
 
-/// Every model's rows, looked up in this order (a path two models share, `final_layer.linear`,
-/// maps alike in both).
-pub(super) const TABLES: &[(Model, Rows)] = &[
-    (Model::Flux, FLUX),
-    (Model::Wan, WAN),
-    (Model::Sd3, SD3),
-    (Model::Flux2, FLUX2),
-    (Model::HunyuanVideo, HUNYUAN_VIDEO),
-    (Model::ZImage, Z_IMAGE),
-    (Model::Lumina2, LUMINA2),
-    (Model::LtxVideo, LTX_VIDEO),
-    (Model::Ltx2, LTX2),
-    (Model::Flux3, FLUX3),
-];
-
 /// When a module of [`SWAPPED_HALVES`] has its halves swapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Swap {
@@ -94,7 +79,7 @@ pub(super) const SWAPPED_HALVES: &[(&str, &str, Swap)] = &[
 
 /// BFL Flux: `convert_flux_transformer_checkpoint_to_diffusers`; the final layer's
 /// `adaLN_modulation.1` is `norm_out.linear` with its halves swapped ([`SWAPPED_HALVES`]).
-const FLUX: Rows = &[
+pub(super) const FLUX: Rows = &[
     ("img_in", &["x_embedder"]),
     ("txt_in", &["context_embedder"]),
     (
@@ -222,7 +207,7 @@ pub(super) const FLUX_NORMS: &[(&str, &str)] = &[
 ];
 
 /// Wan: `convert_wan_transformer_to_diffusers`'s `TRANSFORMER_KEYS_RENAME_DICT`.
-const WAN: Rows = &[
+pub(super) const WAN: Rows = &[
     ("blocks.#.self_attn.q", &["blocks.#.attn1.to_q"]),
     ("blocks.#.self_attn.k", &["blocks.#.attn1.to_k"]),
     ("blocks.#.self_attn.v", &["blocks.#.attn1.to_v"]),
@@ -261,7 +246,7 @@ const WAN: Rows = &[
 /// block's context stream has only its modulation and `qkv` (no `proj`, no MLP); the final layer
 /// is Flux's rows (`final_layer.linear`, `final_layer.adaLN_modulation.1`). `context_embedder` has
 /// one name in both layouts (matched as any name is).
-const SD3: Rows = &[
+pub(super) const SD3: Rows = &[
     ("x_embedder.proj", &["pos_embed.proj"]),
     (
         "t_embedder.mlp.0",
@@ -349,7 +334,7 @@ const SD3: Rows = &[
 /// `ff.linear_in/linear_out`, a single block's `linear1` kept whole as `attn.to_qkv_mlp_proj`
 /// and `linear2` as `attn.to_out`, and three shared modulations. The final layer is Flux's rows
 /// (`adaLN_modulation.1` swapped, [`SWAPPED_HALVES`]), looked up there first.
-const FLUX2: Rows = &[
+pub(super) const FLUX2: Rows = &[
     (
         "time_in.in_layer",
         &["time_guidance_embed.timestep_embedder.linear_1"],
@@ -404,130 +389,12 @@ const FLUX2: Rows = &[
     ),
 ];
 
-/// HunyuanVideo (Tencent's names, `hyvideo/modules/models.py`): `convert_hunyuan_video_transformer_to_diffusers`
-/// (its `TRANSFORMER_KEYS_RENAME_DICT` and the `txt_in` / `img_attn_qkv` / `txt_attn_qkv` remaps).
-/// Rows Flux already has with the same diffusers paths (`vector_in.*`, `single_blocks.#.linear1`
-/// split in q, k, v and the MLP input, `linear2`, the final layer with its modulation swapped)
-/// are Flux's. The token refiner's modulation is renamed, not swapped (only the final layer's is).
-const HUNYUAN_VIDEO: Rows = &[
-    ("img_in.proj", &["x_embedder.proj"]),
-    (
-        "time_in.mlp.0",
-        &["time_text_embed.timestep_embedder.linear_1"],
-    ),
-    (
-        "time_in.mlp.2",
-        &["time_text_embed.timestep_embedder.linear_2"],
-    ),
-    (
-        "guidance_in.mlp.0",
-        &["time_text_embed.guidance_embedder.linear_1"],
-    ),
-    (
-        "guidance_in.mlp.2",
-        &["time_text_embed.guidance_embedder.linear_2"],
-    ),
-    ("txt_in.input_embedder", &["context_embedder.proj_in"]),
-    (
-        "txt_in.t_embedder.mlp.0",
-        &["context_embedder.time_text_embed.timestep_embedder.linear_1"],
-    ),
-    (
-        "txt_in.t_embedder.mlp.2",
-        &["context_embedder.time_text_embed.timestep_embedder.linear_2"],
-    ),
-    (
-        "txt_in.c_embedder.linear_1",
-        &["context_embedder.time_text_embed.text_embedder.linear_1"],
-    ),
-    (
-        "txt_in.c_embedder.linear_2",
-        &["context_embedder.time_text_embed.text_embedder.linear_2"],
-    ),
-    (
-        "txt_in.individual_token_refiner.blocks.#.self_attn_qkv",
-        &[
-            "context_embedder.token_refiner.refiner_blocks.#.attn.to_q",
-            "context_embedder.token_refiner.refiner_blocks.#.attn.to_k",
-            "context_embedder.token_refiner.refiner_blocks.#.attn.to_v",
-        ],
-    ),
-    (
-        "txt_in.individual_token_refiner.blocks.#.self_attn_proj",
-        &["context_embedder.token_refiner.refiner_blocks.#.attn.to_out.0"],
-    ),
-    (
-        "txt_in.individual_token_refiner.blocks.#.mlp.fc1",
-        &["context_embedder.token_refiner.refiner_blocks.#.ff.net.0.proj"],
-    ),
-    (
-        "txt_in.individual_token_refiner.blocks.#.mlp.fc2",
-        &["context_embedder.token_refiner.refiner_blocks.#.ff.net.2"],
-    ),
-    (
-        "txt_in.individual_token_refiner.blocks.#.adaLN_modulation.1",
-        &["context_embedder.token_refiner.refiner_blocks.#.norm_out.linear"],
-    ),
-    (
-        "double_blocks.#.img_attn_qkv",
-        &[
-            "transformer_blocks.#.attn.to_q",
-            "transformer_blocks.#.attn.to_k",
-            "transformer_blocks.#.attn.to_v",
-        ],
-    ),
-    (
-        "double_blocks.#.txt_attn_qkv",
-        &[
-            "transformer_blocks.#.attn.add_q_proj",
-            "transformer_blocks.#.attn.add_k_proj",
-            "transformer_blocks.#.attn.add_v_proj",
-        ],
-    ),
-    (
-        "double_blocks.#.img_attn_proj",
-        &["transformer_blocks.#.attn.to_out.0"],
-    ),
-    (
-        "double_blocks.#.txt_attn_proj",
-        &["transformer_blocks.#.attn.to_add_out"],
-    ),
-    (
-        "double_blocks.#.img_mod.linear",
-        &["transformer_blocks.#.norm1.linear"],
-    ),
-    (
-        "double_blocks.#.txt_mod.linear",
-        &["transformer_blocks.#.norm1_context.linear"],
-    ),
-    (
-        "double_blocks.#.img_mlp.fc1",
-        &["transformer_blocks.#.ff.net.0.proj"],
-    ),
-    (
-        "double_blocks.#.img_mlp.fc2",
-        &["transformer_blocks.#.ff.net.2"],
-    ),
-    (
-        "double_blocks.#.txt_mlp.fc1",
-        &["transformer_blocks.#.ff_context.net.0.proj"],
-    ),
-    (
-        "double_blocks.#.txt_mlp.fc2",
-        &["transformer_blocks.#.ff_context.net.2"],
-    ),
-    (
-        "single_blocks.#.modulation.linear",
-        &["single_transformer_blocks.#.norm.linear"],
-    ),
-];
-
 /// Z-Image (Tongyi's names): `convert_z_image_transformer_checkpoint_to_diffusers`, whose
 /// `Z_IMAGE_KEYS_RENAME_DICT` moves the patch embedding and the final layer under the `2-1` patch
 /// size's key, names `attention.out` `attention.to_out.0`, and chunks each fused
 /// `attention.qkv` in three (main layers and both refiners). Every other module has one name in
 /// both layouts. Its final `adaLN_modulation.1` is a scale alone: not swapped.
-const Z_IMAGE: Rows = &[
+pub(super) const Z_IMAGE: Rows = &[
     ("x_embedder", &["all_x_embedder.2-1"]),
     ("final_layer.linear", &["all_final_layer.2-1.linear"]),
     (
@@ -577,7 +444,7 @@ const Z_IMAGE: Rows = &[
 /// diffusers-named q/k/v onto the fused tensor is refused (the equal-thirds rule of
 /// `place_on_original` does not hold). The final modulation is not swapped (`norm_out.linear_1`,
 /// `LuminaLayerNormContinuous` reads the original order).
-const LUMINA2: Rows = &[
+pub(super) const LUMINA2: Rows = &[
     ("final_layer.linear", &["norm_out.linear_2"]),
     ("final_layer.adaLN_modulation.1", &["norm_out.linear_1"]),
     ("cap_embedder.1", &["time_caption_embed.caption_embedder.1"]),
@@ -665,116 +532,12 @@ const LUMINA2: Rows = &[
     ),
 ];
 
-/// LTX-Video: `convert_ltx_transformer_checkpoint_to_diffusers` (`patchify_proj` → `proj_in`,
-/// `adaln_single` → `time_embed`; every other name is diffusers' own). diffusers' LoRA converter
-/// (`_convert_non_diffusers_ltxv_lora_to_diffusers`) strips `diffusion_model.` and renames
-/// neither, so diffusers applies nothing of these two; the merge follows the checkpoint's map.
-const LTX_VIDEO: Rows = &[
-    ("patchify_proj", &["proj_in"]),
-    ("adaln_single.linear", &["time_embed.linear"]),
-    (
-        "adaln_single.emb.timestep_embedder.linear_1",
-        &["time_embed.emb.timestep_embedder.linear_1"],
-    ),
-    (
-        "adaln_single.emb.timestep_embedder.linear_2",
-        &["time_embed.emb.timestep_embedder.linear_2"],
-    ),
-];
-
-/// LTX-2 beyond LTX-Video's rows (`patchify_proj`, `adaln_single.…`, the same renames):
-/// `_convert_non_diffusers_ltx2_lora_to_diffusers`' `rename_dict` (lora_conversion_utils.py
-/// 0.42.1; the audio stream, the audio-video cross-attention adaLN embedders and LTX-2.3's
-/// prompt adaLN) and its `audio_adaln_single.` → `audio_time_embed.`, on the modules
-/// `LTX2VideoTransformer3DModel` has.
-const LTX2: Rows = &[
-    ("audio_patchify_proj", &["audio_proj_in"]),
-    ("audio_adaln_single.linear", &["audio_time_embed.linear"]),
-    (
-        "audio_adaln_single.emb.timestep_embedder.linear_1",
-        &["audio_time_embed.emb.timestep_embedder.linear_1"],
-    ),
-    (
-        "audio_adaln_single.emb.timestep_embedder.linear_2",
-        &["audio_time_embed.emb.timestep_embedder.linear_2"],
-    ),
-    (
-        "av_ca_video_scale_shift_adaln_single.linear",
-        &["av_cross_attn_video_scale_shift.linear"],
-    ),
-    (
-        "av_ca_video_scale_shift_adaln_single.emb.timestep_embedder.linear_1",
-        &["av_cross_attn_video_scale_shift.emb.timestep_embedder.linear_1"],
-    ),
-    (
-        "av_ca_video_scale_shift_adaln_single.emb.timestep_embedder.linear_2",
-        &["av_cross_attn_video_scale_shift.emb.timestep_embedder.linear_2"],
-    ),
-    (
-        "av_ca_a2v_gate_adaln_single.linear",
-        &["av_cross_attn_video_a2v_gate.linear"],
-    ),
-    (
-        "av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1",
-        &["av_cross_attn_video_a2v_gate.emb.timestep_embedder.linear_1"],
-    ),
-    (
-        "av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_2",
-        &["av_cross_attn_video_a2v_gate.emb.timestep_embedder.linear_2"],
-    ),
-    (
-        "av_ca_audio_scale_shift_adaln_single.linear",
-        &["av_cross_attn_audio_scale_shift.linear"],
-    ),
-    (
-        "av_ca_audio_scale_shift_adaln_single.emb.timestep_embedder.linear_1",
-        &["av_cross_attn_audio_scale_shift.emb.timestep_embedder.linear_1"],
-    ),
-    (
-        "av_ca_audio_scale_shift_adaln_single.emb.timestep_embedder.linear_2",
-        &["av_cross_attn_audio_scale_shift.emb.timestep_embedder.linear_2"],
-    ),
-    (
-        "av_ca_v2a_gate_adaln_single.linear",
-        &["av_cross_attn_audio_v2a_gate.linear"],
-    ),
-    (
-        "av_ca_v2a_gate_adaln_single.emb.timestep_embedder.linear_1",
-        &["av_cross_attn_audio_v2a_gate.emb.timestep_embedder.linear_1"],
-    ),
-    (
-        "av_ca_v2a_gate_adaln_single.emb.timestep_embedder.linear_2",
-        &["av_cross_attn_audio_v2a_gate.emb.timestep_embedder.linear_2"],
-    ),
-    ("prompt_adaln_single.linear", &["prompt_adaln.linear"]),
-    (
-        "prompt_adaln_single.emb.timestep_embedder.linear_1",
-        &["prompt_adaln.emb.timestep_embedder.linear_1"],
-    ),
-    (
-        "prompt_adaln_single.emb.timestep_embedder.linear_2",
-        &["prompt_adaln.emb.timestep_embedder.linear_2"],
-    ),
-    (
-        "audio_prompt_adaln_single.linear",
-        &["audio_prompt_adaln.linear"],
-    ),
-    (
-        "audio_prompt_adaln_single.emb.timestep_embedder.linear_1",
-        &["audio_prompt_adaln.emb.timestep_embedder.linear_1"],
-    ),
-    (
-        "audio_prompt_adaln_single.emb.timestep_embedder.linear_2",
-        &["audio_prompt_adaln.emb.timestep_embedder.linear_2"],
-    ),
-];
-
 /// Flux.3: `_convert_non_diffusers_flux3_lora_to_diffusers` (lora_conversion_utils.py 0.42.1),
 /// whose string replacements (`content_mode_blocks.` → `mode_blocks.`, `single_blocks.` →
 /// `single_transformer_blocks.`, `.q_proj.` → `.attn.to_q.`, `.attn_out.` → `.attn.to_out.0.`,
 /// `.mlp_in.` → `.ff.linear_in.`, …) give these rows on the blocks `Flux3Transformer2DModel` has
 /// (its other modules keep their names).
-const FLUX3: Rows = &[
+pub(super) const FLUX3: Rows = &[
     (
         "content_mode_blocks.image.#.q_proj",
         &["mode_blocks.image.#.attn.to_q"],
