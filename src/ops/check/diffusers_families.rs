@@ -231,17 +231,10 @@ const FAL_DOUBLE: usize = 19;
 const FAL_SINGLE: usize = 38;
 const FAL_LINEAR1_ROWS: usize = 3 * 3072 + 12288;
 
-/// `(refused, dropped)` for fal's Kontext converter (module header): the modules it needs and
-/// does not find (the first few, then how many more), `linear1` of other rows, and the keys it
-/// leaves. Bias keys it pops are those its `in original_state_dict_keys` tests find (the
-/// prefixed ones of the MLPs, projections, single-block modulation, `linear2` and final layer).
-pub(super) fn fal_kontext_findings(
-    adapter: &crate::adapter::Adapter,
-    keys: &[&str],
-) -> (Vec<String>, Vec<String>) {
-    const P: &str = "base_model.model.";
-    let mut need: Vec<String> = Vec::new();
-    let double = [
+/// FLUX.1's block modules in BFL's names, as both BFL-format converters (fal's Kontext, BFL's
+/// control) pop them: every double block's ten, then every single block's three.
+fn flux1_block_modules(prefix: &str) -> Vec<String> {
+    const DOUBLE: [&str; 10] = [
         "img_mod.lin",
         "txt_mod.lin",
         "img_attn.qkv",
@@ -253,16 +246,67 @@ pub(super) fn fal_kontext_findings(
         "img_attn.proj",
         "txt_attn.proj",
     ];
+    let mut out = Vec::with_capacity(FAL_DOUBLE * DOUBLE.len() + FAL_SINGLE * 3);
     for i in 0..FAL_DOUBLE {
-        need.extend(double.iter().map(|m| format!("{P}double_blocks.{i}.{m}")));
-    }
-    for i in 0..FAL_SINGLE {
-        need.extend(
-            ["modulation.lin", "linear1", "linear2"]
+        out.extend(
+            DOUBLE
                 .iter()
-                .map(|m| format!("{P}single_blocks.{i}.{m}")),
+                .map(|m| format!("{prefix}double_blocks.{i}.{m}")),
         );
     }
+    for i in 0..FAL_SINGLE {
+        out.extend(
+            ["modulation.lin", "linear1", "linear2"]
+                .iter()
+                .map(|m| format!("{prefix}single_blocks.{i}.{m}")),
+        );
+    }
+    out
+}
+
+/// The modules of `need` whose `lora_A` or `lora_B` weight the file lacks (the converters pop
+/// both and raise `KeyError` on the first missing one).
+fn missing_pairs<'a>(need: &'a [String], keys: &'a [&str]) -> impl Iterator<Item = &'a String> {
+    need.iter().filter(|n| {
+        ["lora_A", "lora_B"]
+            .iter()
+            .any(|ab| !keys.contains(&format!("{n}.{ab}.weight").as_str()))
+    })
+}
+
+/// The first three missing names with `why`, then how many more (`what` they are).
+fn first_missing(missing: &[String], why: &str, what: &str) -> Vec<String> {
+    let mut out: Vec<String> = missing
+        .iter()
+        .take(3)
+        .map(|n| format!("{n} (missing: KeyError; {why})"))
+        .collect();
+    if missing.len() > 3 {
+        out.push(format!("{} more {what} (missing)", missing.len() - 3));
+    }
+    out
+}
+
+/// A single block's `linear1` of other rows than FLUX.1's, which the converters `torch.split`.
+fn linear1_refusal(m: &crate::adapter::LoraModule) -> Option<String> {
+    (m.name.ends_with(".linear1") && m.out_features != FAL_LINEAR1_ROWS).then(|| {
+        format!(
+            "{} ({} rows, split at [3072, 3072, 3072, 12288]: RuntimeError)",
+            m.name, m.out_features
+        )
+    })
+}
+
+/// `(refused, dropped)` for fal's Kontext converter (module header): the modules it needs and
+/// does not find (the first few, then how many more), `linear1` of other rows, and the keys it
+/// leaves. Bias keys it pops are those its `in original_state_dict_keys` tests find (the
+/// prefixed ones of the MLPs, projections, single-block modulation, `linear2` and final layer).
+pub(super) fn fal_kontext_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    const P: &str = "base_model.model.";
+    let mut need = flux1_block_modules(P);
     need.push(format!("{P}final_layer.linear"));
     let popped_bias = |k: &str| {
         k.strip_suffix(".lora_A.bias")
@@ -281,32 +325,13 @@ pub(super) fn fal_kontext_findings(
                     .any(|s| m.ends_with(s))
             })
     };
-    let mut refused = Vec::new();
-    let missing: Vec<&String> = need
-        .iter()
-        .filter(|n| {
-            ["lora_A", "lora_B"]
-                .iter()
-                .any(|ab| !keys.contains(&format!("{n}.{ab}.weight").as_str()))
-        })
-        .collect();
-    refused.extend(
-        missing
-            .iter()
-            .take(3)
-            .map(|n| format!("{n} (missing: KeyError; fal's converter needs FLUX.1's 19 double and 38 single blocks)")),
+    let missing: Vec<String> = missing_pairs(&need, keys).cloned().collect();
+    let mut refused = first_missing(
+        &missing,
+        "fal's converter needs FLUX.1's 19 double and 38 single blocks",
+        "modules",
     );
-    if missing.len() > 3 {
-        refused.push(format!("{} more modules (missing)", missing.len() - 3));
-    }
-    for m in &adapter.modules {
-        if m.name.ends_with(".linear1") && m.out_features != FAL_LINEAR1_ROWS {
-            refused.push(format!(
-                "{} ({} rows, split at [3072, 3072, 3072, 12288]: RuntimeError)",
-                m.name, m.out_features
-            ));
-        }
-    }
+    refused.extend(adapter.modules.iter().filter_map(linear1_refusal));
     refused.extend(
         keys.iter()
             .filter(|k| {
@@ -346,67 +371,34 @@ pub(super) fn flux_control_findings(
             "guidance_in.out_layer".into(),
         ]);
     }
-    let double = [
-        "img_mod.lin",
-        "txt_mod.lin",
-        "img_attn.qkv",
-        "txt_attn.qkv",
-        "img_mlp.0",
-        "img_mlp.2",
-        "txt_mlp.0",
-        "txt_mlp.2",
-        "img_attn.proj",
-        "txt_attn.proj",
-    ];
+    need.extend(flux1_block_modules(""));
     let mut norms: Vec<String> = Vec::new();
     for i in 0..FAL_DOUBLE {
-        need.extend(double.iter().map(|m| format!("double_blocks.{i}.{m}")));
         norms.extend(["img_attn", "txt_attn"].iter().flat_map(|a| {
             ["query_norm", "key_norm"].map(|n| format!("double_blocks.{i}.{a}.norm.{n}.scale"))
         }));
     }
     for i in 0..FAL_SINGLE {
-        need.extend(
-            ["modulation.lin", "linear1", "linear2"]
-                .iter()
-                .map(|m| format!("single_blocks.{i}.{m}")),
-        );
         norms.extend(
             ["query_norm", "key_norm"].map(|n| format!("single_blocks.{i}.norm.{n}.scale")),
         );
     }
-    let missing: Vec<String> = need
-        .iter()
-        .filter(|n| {
-            ["lora_A", "lora_B"]
-                .iter()
-                .any(|ab| !keys.contains(&format!("{n}.{ab}.weight").as_str()))
-        })
+    let missing: Vec<String> = missing_pairs(&need, keys)
         .chain(norms.iter().filter(|n| !keys.contains(&n.as_str())))
         .cloned()
         .collect();
-    let mut refused: Vec<String> = missing
-        .iter()
-        .take(3)
-        .map(|n| format!("{n} (missing: KeyError; BFL's control converter needs FLUX.1's 19 double and 38 single blocks)"))
-        .collect();
-    if missing.len() > 3 {
-        refused.push(format!(
-            "{} more modules or norm scales (missing)",
-            missing.len() - 3
-        ));
-    }
-    for m in &adapter.modules {
-        if m.name.starts_with("single_blocks.")
-            && m.name.ends_with(".linear1")
-            && m.out_features != FAL_LINEAR1_ROWS
-        {
-            refused.push(format!(
-                "{} ({} rows, split at [3072, 3072, 3072, 12288]: RuntimeError)",
-                m.name, m.out_features
-            ));
-        }
-    }
+    let mut refused = first_missing(
+        &missing,
+        "BFL's control converter needs FLUX.1's 19 double and 38 single blocks",
+        "modules or norm scales",
+    );
+    refused.extend(
+        adapter
+            .modules
+            .iter()
+            .filter(|m| m.name.starts_with("single_blocks."))
+            .filter_map(linear1_refusal),
+    );
     refused.extend(
         keys.iter()
             .filter(|k| {
