@@ -286,6 +286,36 @@ pub fn assert_merged_matches(out: &Path, base: &Path, reference: &Path, tol: f64
     )
 }
 
+/// A GGUF merge `got` against a peer's GGUF `want` (e.g. `convert_hf_to_gguf.py` of PEFT's
+/// merge): every tensor of `want` within 1e-6 relative once dequantized. Returns the largest
+/// |difference| and the tensors `want` changed from `base`, in `want`'s order.
+pub fn gguf_matches_reference(got: &Path, want: &Path, base: &Path) -> (f32, Vec<String>) {
+    use lorakit::io::gguf::GgufModel;
+    let (got, want, base) = (
+        GgufModel::open(got).unwrap(),
+        GgufModel::open(want).unwrap(),
+        GgufModel::open(base).unwrap(),
+    );
+    let (mut worst, mut changed) = (0f32, Vec::new());
+    for (_, t) in want.tensors() {
+        let (g, w) = (
+            got.dequantize(&t.name).unwrap(),
+            want.dequantize(&t.name).unwrap(),
+        );
+        let e = rel_err(&g, &w);
+        assert!(e <= 1e-6, "{}: relative error {e:e}", t.name);
+        worst = g
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(worst, f32::max);
+        if base.dequantize(&t.name).unwrap() != w {
+            changed.push(t.name.clone());
+        }
+    }
+    (worst, changed)
+}
+
 /// The largest |a − b| over the tensors of `reference` (what the peer changed), for a report.
 pub fn max_abs_diff(out: &TensorMap, reference: &TensorMap) -> f64 {
     reference
