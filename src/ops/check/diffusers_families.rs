@@ -287,6 +287,17 @@ fn first_missing(missing: &[String], why: &str, what: &str) -> Vec<String> {
     out
 }
 
+/// The keys a converter that raises `ValueError` on leftovers leaves (`converted` says which it
+/// pops), as refusals.
+fn left_unconverted<'a>(
+    keys: &'a [&str],
+    converted: impl Fn(&str) -> bool + 'a,
+) -> impl Iterator<Item = String> + 'a {
+    keys.iter()
+        .filter(move |k| !converted(k))
+        .map(|k| format!("{k} (left unconverted: ValueError)"))
+}
+
 /// A single block's `linear1` of other rows than FLUX.1's, which the converters `torch.split`.
 fn linear1_refusal(m: &crate::adapter::LoraModule) -> Option<String> {
     (m.name.ends_with(".linear1") && m.out_features != FAL_LINEAR1_ROWS).then(|| {
@@ -332,16 +343,12 @@ pub(super) fn fal_kontext_findings(
         "modules",
     );
     refused.extend(adapter.modules.iter().filter_map(linear1_refusal));
-    refused.extend(
-        keys.iter()
-            .filter(|k| {
-                let module = k
-                    .strip_suffix(".lora_A.weight")
-                    .or_else(|| k.strip_suffix(".lora_B.weight"));
-                !module.is_some_and(|m| need.iter().any(|n| n == m)) && !popped_bias(k)
-            })
-            .map(|k| format!("{k} (left unconverted: ValueError)")),
-    );
+    refused.extend(left_unconverted(keys, |k| {
+        let module = k
+            .strip_suffix(".lora_A.weight")
+            .or_else(|| k.strip_suffix(".lora_B.weight"));
+        module.is_some_and(|m| need.iter().any(|n| n == m)) || popped_bias(k)
+    }));
     (refused, vec![])
 }
 
@@ -399,22 +406,17 @@ pub(super) fn flux_control_findings(
             .filter(|m| m.name.starts_with("single_blocks."))
             .filter_map(linear1_refusal),
     );
-    refused.extend(
-        keys.iter()
-            .filter(|k| {
-                let module = [
-                    "lora_A.weight",
-                    "lora_B.weight",
-                    "lora_A.bias",
-                    "lora_B.bias",
-                ]
-                .iter()
-                .find_map(|s| k.strip_suffix(s)?.strip_suffix('.'));
-                !module.is_some_and(|m| need.iter().any(|n| n == m))
-                    && !norms.iter().any(|n| n == *k)
-            })
-            .map(|k| format!("{k} (left unconverted: ValueError)")),
-    );
+    refused.extend(left_unconverted(keys, |k| {
+        let module = [
+            "lora_A.weight",
+            "lora_B.weight",
+            "lora_A.bias",
+            "lora_B.bias",
+        ]
+        .iter()
+        .find_map(|s| k.strip_suffix(s)?.strip_suffix('.'));
+        module.is_some_and(|m| need.iter().any(|n| n == m)) || norms.iter().any(|n| n == k)
+    }));
     (refused, vec![])
 }
 
