@@ -171,12 +171,13 @@ fn flux3_only(t: &str) -> bool {
         })
 }
 
-/// `(refused, dropped)` for Flux.3's loader (module header): with a `diffusion_model.` key it
-/// prefixes every key with `transformer.` after stripping that, so a module under any other
-/// root (`transformer.`) lands nowhere; the rest all land.
-pub(super) fn flux3_findings(
+/// `(refused, dropped)` for a loader that, once a file has a `diffusion_model.` key, keeps only
+/// the modules under it (and those under `kept`): the others are dropped, each said by `why`.
+fn outside_diffusion_model(
     adapter: &crate::adapter::Adapter,
     keys: &[&str],
+    kept: &[&str],
+    why: impl Fn(&str) -> String,
 ) -> (Vec<String>, Vec<String>) {
     if !keys.iter().any(|k| k.starts_with("diffusion_model.")) {
         return (vec![], vec![]);
@@ -184,15 +185,23 @@ pub(super) fn flux3_findings(
     let dropped = adapter
         .modules
         .iter()
-        .filter(|m| !m.name.starts_with("diffusion_model."))
-        .map(|m| {
-            format!(
-                "{} (renamed `transformer.{}`: no such module)",
-                m.name, m.name
-            )
-        })
+        .map(|m| m.name.as_str())
+        .filter(|n| !n.starts_with("diffusion_model.") && !kept.iter().any(|p| n.starts_with(p)))
+        .map(why)
         .collect();
     (vec![], dropped)
+}
+
+/// `(refused, dropped)` for Flux.3's loader (module header): with a `diffusion_model.` key it
+/// prefixes every key with `transformer.` after stripping that, so a module under any other
+/// root (`transformer.`) lands nowhere; the rest all land.
+pub(super) fn flux3_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    outside_diffusion_model(adapter, keys, &[], |n| {
+        format!("{n} (renamed `transformer.{n}`: no such module)")
+    })
 }
 
 /// `(refused, dropped)` for LTX-2's loader (module header): with a `diffusion_model.` key, the
@@ -202,19 +211,9 @@ pub(super) fn ltx2_findings(
     adapter: &crate::adapter::Adapter,
     keys: &[&str],
 ) -> (Vec<String>, Vec<String>) {
-    if !keys.iter().any(|k| k.starts_with("diffusion_model.")) {
-        return (vec![], vec![]);
-    }
-    let dropped = adapter
-        .modules
-        .iter()
-        .filter(|m| {
-            !m.name.starts_with("diffusion_model.")
-                && !m.name.starts_with("text_embedding_projection.")
-        })
-        .map(|m| format!("{} (not under `diffusion_model.`: dropped)", m.name))
-        .collect();
-    (vec![], dropped)
+    outside_diffusion_model(adapter, keys, &["text_embedding_projection."], |n| {
+        format!("{n} (not under `diffusion_model.`: dropped)")
+    })
 }
 
 /// The file's tensor names.
