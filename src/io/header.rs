@@ -116,6 +116,13 @@ pub fn parse(json: &[u8], file_len: u64) -> Result<Header, FormatError> {
     let mut tensors = Vec::with_capacity(entries.len());
     for (name, value) in entries {
         if name == "__metadata__" {
+            // `null` is no metadata: the reference reader (the `safetensors` crate,
+            // `Metadata::metadata: Option<HashMap<String, String>>`) accepts it, and MLX's
+            // `mx.save_safetensors` writes it for every file saved without metadata (mlx-lm's
+            // `adapters.safetensors`).
+            if value.is_null() {
+                continue;
+            }
             let serde_json::Value::Object(map) = value else {
                 return Err(FormatError::BadMetadata("not an object".into()));
             };
@@ -412,6 +419,19 @@ mod tests {
         let (bytes, len) = file(json, data);
         let n = header_len(&bytes, len)?;
         parse(&bytes[8..8 + n as usize], len)
+    }
+
+    /// `"__metadata__": null` (what MLX's `mx.save_safetensors` writes, and the `safetensors`
+    /// crate reads as no metadata) is no metadata, not a malformed header.
+    #[test]
+    fn null_metadata_is_none() {
+        let h = parse_file(
+            r#"{"__metadata__":null,"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            8,
+        )
+        .unwrap();
+        assert!(h.metadata.is_empty());
+        assert_eq!(h.tensors.len(), 1);
     }
 
     #[test]
