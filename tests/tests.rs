@@ -82,6 +82,8 @@ mod it {
     pub mod lycoris;
     /// `merge` against PEFT's own merge_and_unload outputs and the other references.
     pub mod merge;
+    /// mlx-lm adapters against mlx-lm's own trainer and fuse, and PEFT → mlx-lm.
+    pub mod mlx;
     /// `eval` and `train` against transformers + PEFT logits, losses and torch's AdamW.
     pub mod model;
     /// PEFT (Python) loads and merges what extract and train write, as lorakit merges it.

@@ -93,7 +93,8 @@ const FAMILIES: &[(&str, &[&[&str]])] = &[
 /// Describes `adapter`'s names.
 pub fn describe(adapter: &Adapter) -> Convention {
     let naming = if adapter.format.layout().names_are_paths() {
-        vec!["peft".to_owned()]
+        // Module paths, spelled as the format names its factors (`peft`, `mlx`).
+        vec![adapter.format.to_string()]
     } else {
         adapter.namings.iter().map(|n| n.to_string()).collect()
     };

@@ -46,6 +46,7 @@ value_enum!(Device {
 value_enum!(Format {
     Peft => "peft": "Hugging Face PEFT: adapter_model.safetensors + adapter_config.json",
     Kohya => "kohya": "kohya-ss sd-scripts: one .safetensors file (lora_down / lora_up / alpha)",
+    Mlx => "mlx": "Apple's mlx-lm: adapters.safetensors (lora_a / lora_b) + adapter_config.json (lora_parameters)",
 });
 
 value_enum!(ConvertTo {
@@ -54,6 +55,7 @@ value_enum!(ConvertTo {
     Gguf => "gguf": "A llama.cpp LoRA adapter (.gguf, for llama-cli --lora); needs --base (a GGUF model or a Hugging Face folder) for the architecture",
     Diffusers => "diffusers": "A diffusers single file (pytorch_lora_weights.safetensors): COMPONENT.MODULE.lora_A.weight with the LoraConfig in lora_adapter_metadata; --prefix names the component (unet, transformer, text_encoder) when the names carry none",
     Lycoris => "lycoris": "LyCORIS' own file (every algorithm under its LyCORIS names, .alpha per module; prefix lycoris_ as create_lycoris_from_weights looks up, or the component's kohya prefix)",
+    Mlx => "mlx": "Apple's mlx-lm (mlx_lm.generate/fuse --adapter-path): adapters.safetensors + adapter_config.json; one rank (smaller ones padded with zeros) and one scale (others folded into B) per file",
     Comfy => "comfy" ["comfyui"]: "The file ComfyUI loads natively: LyCORIS names with the component's kohya prefix (lora_unet_, lora_te_/lora_te1_/lora_te2_, lora_transformer_)",
 });
 

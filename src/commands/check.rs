@@ -123,6 +123,7 @@ fn render(r: &Report) -> String {
         match r.format {
             crate::adapter::Format::Peft => "PEFT",
             crate::adapter::Format::Kohya => "kohya/LyCORIS",
+            crate::adapter::Format::Mlx => "mlx-lm",
         },
         match r.kind {
             crate::ops::check::Kind::Llm => "causal LM",

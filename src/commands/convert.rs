@@ -30,6 +30,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let report = plan.run()?;
     if report.from == Format::Kohya && a.to == ConvertTo::Kohya
         || report.from == Format::Peft && a.to == ConvertTo::Peft
+        || report.from == Format::Mlx && a.to == ConvertTo::Mlx
     {
         printer::warn(
             quiet,
@@ -117,7 +118,17 @@ fn render(s: &ConvertReport, seconds: f64) -> String {
                 num(m.alpha_in),
                 num(m.alpha_out),
                 match m.folded {
-                    Some(f) => format!("{} (folded into w1)", num(f)),
+                    // kohya folds a whole LoKr's scale into w1, mlx-lm a module's own scale
+                    // into lora_b (its file has one scale).
+                    Some(f) => format!(
+                        "{} (folded into {})",
+                        num(f),
+                        if m.algo == crate::adapter::Algo::Lora {
+                            "B"
+                        } else {
+                            "w1"
+                        }
+                    ),
                     None => num(m.scale),
                 },
             ]
@@ -166,6 +177,7 @@ fn to_name(t: ConvertTo) -> &'static str {
         ConvertTo::Diffusers => "diffusers",
         ConvertTo::Lycoris => "lycoris",
         ConvertTo::Comfy => "comfy",
+        ConvertTo::Mlx => "mlx",
     }
 }
 

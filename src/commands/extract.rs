@@ -236,7 +236,7 @@ fn options(a: &ExtractArgs, tuned: &Checkpoint, quiet: bool) -> Result<ExtractOp
         );
     }
     let embeddings = a.embeddings.unwrap_or(match a.format {
-        Format::Peft => EmbeddingMode::Lora,
+        Format::Peft | Format::Mlx => EmbeddingMode::Lora,
         Format::Kohya => EmbeddingMode::Skip,
     });
     Ok(ExtractOptions {

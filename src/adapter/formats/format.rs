@@ -13,9 +13,12 @@ pub enum Format {
     Peft,
     /// kohya-ss sd-scripts: `lora_unet_…/lora_te_….lora_down.weight`, `.lora_up.weight`, `.alpha`.
     Kohya,
+    /// Apple's mlx-lm: `adapters.safetensors` (`….lora_a` / `….lora_b`) + `adapter_config.json`
+    /// (`lora_parameters`).
+    Mlx,
 }
 
 impl Format {
     /// Every format, in the order messages offer them as alternatives.
-    pub const ALL: &'static [Format] = &[Format::Peft, Format::Kohya];
+    pub const ALL: &'static [Format] = &[Format::Peft, Format::Kohya, Format::Mlx];
 }

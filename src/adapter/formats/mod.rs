@@ -17,6 +17,7 @@ pub mod gguf;
 pub mod kohya;
 mod layout;
 pub mod lycoris;
+pub mod mlx;
 pub mod peft;
 mod written;
 
@@ -34,6 +35,7 @@ impl Format {
         match self {
             Format::Peft => &peft::Peft,
             Format::Kohya => &kohya::Kohya,
+            Format::Mlx => &mlx::Mlx,
         }
     }
 }
@@ -50,6 +52,14 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
     let meta = std::fs::metadata(path).map_err(|e| InputError::io(path, e))?;
     let (file_path, config_path) = if meta.is_dir() {
         let f = path.join(peft::WEIGHTS_NAME);
+        let m = path.join(mlx::WEIGHTS_NAME);
+        if !f.exists() && m.exists() {
+            return mlx::read(
+                path,
+                SafetensorsFile::open(&m)?,
+                &path.join(peft::CONFIG_NAME),
+            );
+        }
         if !f.exists() {
             if path.join("adapter_model.bin").exists() {
                 return Err(InputError::invalid(
@@ -85,7 +95,28 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
         Some(Format::Peft) if !has_config => Some(Format::Kohya),
         d => d,
     };
+    // An mlx-lm file (`adapters.safetensors`, a checkpoint `0000100_adapters.safetensors`, or
+    // one with `….lora_a` names) is read with mlx-lm's config beside it.
+    let mlx_named = detected == Some(Format::Mlx)
+        || file_path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(mlx::WEIGHTS_NAME));
+    if mlx_named {
+        if let Some(cfg) = config_path.as_ref().filter(|p| p.exists()) {
+            let text = crate::io::read_json_file(cfg)?;
+            if serde_json::from_slice(&text).is_ok_and(|v| mlx::is_config(&v)) {
+                return mlx::read(path, file, cfg);
+            }
+        }
+    }
     match detected {
+        Some(Format::Mlx) => Err(InputError::invalid(
+            &file_path,
+            format!(
+                "has mlx-lm factor names (`….lora_a`) but no mlx-lm {} beside it (its lora_parameters.scale sets ΔW)",
+                peft::CONFIG_NAME
+            ),
+        )),
         Some(Format::Kohya) => kohya::read(path, file),
         Some(Format::Peft) => {
             let cfg = config_path.filter(|p| p.exists() || meta.is_dir()).ok_or_else(|| {
@@ -123,6 +154,9 @@ pub fn detect(file: &SafetensorsFile) -> Option<Format> {
             || n.ends_with(".oft_R.weight")
     }) {
         return Some(Format::Peft);
+    }
+    if names().any(mlx::is_factor_name) {
+        return Some(Format::Mlx);
     }
     // diffusers' other spellings (`.lora.up.weight`, `_lora.up.weight`, `.lora_linear_layer.…`).
     if named(|_| true) {

@@ -2,7 +2,6 @@
 //! report's `Serialize`). Must not compute anything the report does not hold: every figure
 //! comes from [`Report`], built by the library's [`crate::inspect::InspectPlan`].
 
-use crate::adapter::Format;
 use crate::inspect::gguf::GgufReport;
 use crate::inspect::{
     human_bytes, human_count, table_of, DtypeStats, QuantReport, Report, TensorRow,
@@ -133,14 +132,7 @@ pub fn render_text(r: &Report) -> String {
         Report::Gguf(g) => s.push_str(&render_gguf(g)),
         Report::Adapter(a) => {
             let _ = writeln!(s, "adapter     {}", a.path);
-            let _ = writeln!(
-                s,
-                "format      {}",
-                match a.format {
-                    Format::Peft => "peft",
-                    Format::Kohya => "kohya",
-                }
-            );
+            let _ = writeln!(s, "format      {}", a.format);
             let c = &a.convention;
             let mut conv = c.naming.join(", ");
             if !c.prefixes.is_empty() {

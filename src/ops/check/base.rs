@@ -158,7 +158,7 @@ pub(super) fn kind_of(a: &Adapter, base: Option<&BaseFacts>) -> Kind {
     const LLM_LEAVES: &[&str] = super::rules::LLAMA_LINEAR;
     // Decoder-only names (`model.layers.N.self_attn.q_proj`, `…mlp.gate_proj`, `lm_head`);
     // CLIP-style text encoders (`text_model.encoder.layers.N.self_attn.q_proj`) are not LLMs.
-    let llm = a.format == Format::Peft
+    let llm = matches!(a.format, Format::Peft | Format::Mlx)
         && a.modules.iter().any(|m| {
             let n = &m.name;
             !n.contains("encoder")

@@ -77,6 +77,7 @@ impl<'a> Facts<'a> {
             When::NotPeft => match a.format {
                 Format::Peft => vec![],
                 Format::Kohya => vec![format!("{} (kohya/LyCORIS file)", a.path.display())],
+                Format::Mlx => vec![format!("{} (mlx-lm adapter)", a.path.display())],
             },
             When::PeftKeys => match (a.format, self.plan.kind) {
                 (Format::Peft, Kind::Other) => vec![format!("{} (PEFT folder)", a.path.display())],
@@ -651,7 +652,7 @@ impl<'a> Facts<'a> {
                         }
                         1.0
                     }
-                    Format::Peft => 1.0,
+                    Format::Peft | Format::Mlx => 1.0,
                 },
             };
             if m.factors.lora().is_none() {

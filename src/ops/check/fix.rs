@@ -287,7 +287,12 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
             .iter()
             .any(|f| f.rule.ends_with(".key_prefix") || f.rule.ends_with(".format"))
     });
-    if unkeyed {
+    if adapter.format == Format::Mlx {
+        actions.push(
+            "mlx-lm folder → PEFT folder (lora_a/lora_b transposed to lora_A/lora_B, scale stated as lora_alpha = scale·r)"
+                .into(),
+        );
+    } else if unkeyed {
         actions.push("keys written with PEFT's `base_model.model.` prefix".into());
     }
     actions.push("factors written as F32".into());

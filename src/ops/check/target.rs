@@ -75,6 +75,7 @@ impl Kind {
             ],
             (Kind::Other, Format::Kohya) => vec![Target::Diffusers, Target::Comfy],
             (Kind::Other, Format::Peft) => vec![Target::Peft, Target::Comfy],
+            (Kind::Other, Format::Mlx) => vec![Target::Peft],
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum ConvertTo {
     Lycoris,
     /// The single file ComfyUI reads natively (see the module doc).
     Comfy,
+    /// An mlx-lm adapter folder ([`crate::adapter::formats::mlx`]).
+    Mlx,
 }
 
 impl ConvertTo {
@@ -31,6 +33,7 @@ impl ConvertTo {
     pub fn format(self) -> Option<Format> {
         match self {
             ConvertTo::Peft => Some(Format::Peft),
+            ConvertTo::Mlx => Some(Format::Mlx),
             ConvertTo::Kohya | ConvertTo::Lycoris | ConvertTo::Comfy => Some(Format::Kohya),
             ConvertTo::Gguf | ConvertTo::Diffusers => None,
         }

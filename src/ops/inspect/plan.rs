@@ -159,10 +159,11 @@ impl InspectPlan {
     }
 }
 
-/// True when `path` is an adapter (PEFT folder, or a file with LoRA tensor names).
+/// True when `path` is an adapter (a PEFT or mlx-lm folder, or a file with LoRA tensor names).
 pub fn is_adapter(path: &Path) -> bool {
     if path.is_dir() {
-        return path.join(adapter::formats::peft::WEIGHTS_NAME).exists();
+        return path.join(adapter::formats::peft::WEIGHTS_NAME).exists()
+            || path.join(adapter::formats::mlx::WEIGHTS_NAME).exists();
     }
     match crate::io::SafetensorsFile::open(path) {
         Ok(f) => adapter::formats::detect(&f).is_some(),

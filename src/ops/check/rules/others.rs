@@ -560,7 +560,7 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::Peft,
         when: When::NotPeft,
         severity: Severity::Error,
-        why: "PeftModel.from_pretrained needs adapter_config.json beside the weights (convert it to a PEFT folder with lorakit's convert operation and the base model)",
+        why: "PeftModel.from_pretrained needs a PEFT adapter_config.json (with its peft_type) beside the weights (convert it to a PEFT folder with lorakit's convert operation and the base model)",
         source: src(PEFT, "src/peft/peft_model.py", "0.21.2", "PeftModel.from_pretrained"),
     },
     Rule {

@@ -58,7 +58,7 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::Vllm,
         when: When::NotPeft,
         severity: Severity::Error,
-        why: "vLLM loads a PEFT folder (adapter_config.json + adapter_model.safetensors); a kohya/LyCORIS file is not read (convert it to a PEFT folder with lorakit's convert operation and the base model)",
+        why: "vLLM loads a PEFT folder (adapter_config.json + adapter_model.safetensors); a kohya/LyCORIS file or an mlx-lm folder is not read (convert it to a PEFT folder with lorakit's convert operation and the base model)",
         source: src(VLLM, "vllm/lora/lora_model.py", V, "lora_model.py:323 LoRAModel.from_local_checkpoint (\"doesn't contain tensors\")"),
     },
     Rule {
