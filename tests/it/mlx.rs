@@ -371,3 +371,76 @@ fn combined_mlx_lm_adapters_stay_mlx_lm() {
     }
     assert_eq!(assert_matches_reference(&got, &base, &want, 1e-6), 16);
 }
+
+/// A base quantized by MLX (`mx.quantize`, as `mlx_lm.convert -q` saves it: `P.weight` packed
+/// uint32 `[out, in·bits/32]`, `P.scales` and `P.biases` per group) is named as such, never
+/// taken for a float tensor of another shape: `merge` and `dequantize` refuse it in one line,
+/// `inspect` lists it as not read.
+#[test]
+fn mlx_quantized_bases_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, adapter, out) = (
+        dir.path().join("base"),
+        dir.path().join("adapter"),
+        dir.path().join("out"),
+    );
+    std::fs::create_dir(&base).unwrap();
+    let (packed, groups) = (vec![0u8; 64 * 8 * 4], vec![0u8; 64 * 2 * 4]);
+    write_views(
+        &base.join("model.safetensors"),
+        &[
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                safetensors::Dtype::U32,
+                &[64, 8],
+                &packed,
+            ),
+            (
+                "model.layers.0.self_attn.q_proj.scales",
+                safetensors::Dtype::F32,
+                &[64, 2],
+                &groups,
+            ),
+            (
+                "model.layers.0.self_attn.q_proj.biases",
+                safetensors::Dtype::F32,
+                &[64, 2],
+                &groups,
+            ),
+        ],
+    );
+    std::fs::write(
+        base.join("config.json"),
+        r#"{"model_type": "llama", "quantization": {"group_size": 32, "bits": 4}}"#,
+    )
+    .unwrap();
+    let ones = f32_bytes(&[0.5; 128]);
+    write_peft_adapter(
+        &adapter,
+        r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]}"#,
+        &[
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".into(),
+                vec![2, 64],
+                ones.clone(),
+            ),
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight".into(),
+                vec![64, 2],
+                ones,
+            ),
+        ],
+    );
+    let line = merge_refused(&base, &adapter, &out, &[]);
+    assert_mentions(
+        &line,
+        &["model.layers.0.self_attn.q_proj.weight", "MLX-quantized"],
+    );
+    let line = refused(dequantize_args(&base, &out, &[]), &out);
+    assert_mentions(
+        &line,
+        &["model.layers.0.self_attn.q_proj.weight", "MLX-quantized"],
+    );
+    let text = run_ok(inspect_args(&base, &[]));
+    assert_mentions(&text, &["not read", "MLX-quantized"]);
+}

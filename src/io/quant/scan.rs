@@ -84,6 +84,18 @@ impl QuantMap {
                     format!("dtype {d} is a quantized format lorakit does not read")
                 });
                 map.push_unsupported(Some(name.clone()), e);
+            } else if let Some(p) = name
+                .strip_suffix(".weight")
+                .filter(|p| info.dtype == Dtype::U32 && ck.contains(&format!("{p}.scales")))
+                .filter(|p| ck.contains(&format!("{p}.biases")))
+            {
+                // MLX's affine quantization (`mx.quantize`, mlx_lm.convert -q): bits packed
+                // in uint32 with a scale and a bias per group. Not read; named, not taken for a
+                // float tensor.
+                let e = err(ck, name, format!(
+                    "is MLX-quantized (packed uint32 with `{p}.scales` and `{p}.biases`, mlx_lm.convert -q), which lorakit does not read: use the unquantized model (mlx_lm.convert --dequantize) or mlx_lm.fuse"
+                ));
+                map.push_unsupported(Some(name.clone()), e);
             } else if let Some(p) = name.strip_suffix(".weight_packed") {
                 map.add_packed(ck, p, name)?;
             } else if let Some(p) = name.strip_suffix(".qweight") {

@@ -371,7 +371,13 @@ impl MergePlan {
         // the error itself, or (with --allow-unmatched, which copies such weights as they are)
         // what the warning about the skipped module says.
         for u in unmatched.iter_mut() {
-            if let Unmatched::NotFound { expected, .. } = &mut u.detail {
+            // MLX's packed `P.weight` is found, in a packed shape: the quantization is the cause.
+            let expected = match &mut u.detail {
+                Unmatched::NotFound { expected, .. } => Some(expected),
+                Unmatched::ShapeMismatch { tensor, .. } => Some(tensor),
+                _ => None,
+            };
+            if let Some(expected) = expected {
                 if let Some(e) = quant.unsupported_weight(expected) {
                     if !options.allow_unmatched {
                         bail!(InputError::invalid(&e.path, e.kind.to_string()));
