@@ -278,6 +278,30 @@ impl Adapter {
         }
     }
 
+    /// The canonical values of factor `data` of module `module` times `s`, for a format that
+    /// folds a scale it cannot state into a factor (kohya's whole LoKr `w1`, mlx-lm's `lora_b`);
+    /// an error naming the module and `factor` where a product overflows f32.
+    pub fn scaled_values(
+        &self,
+        data: &Data,
+        s: f64,
+        module: &str,
+        factor: &str,
+    ) -> InputResult<Vec<f32>> {
+        let scaled: Vec<f32> = self
+            .values(data)?
+            .iter()
+            .map(|&x| (x as f64 * s) as f32)
+            .collect();
+        if scaled.iter().any(|x| !x.is_finite()) {
+            return Err(InputError::invalid(
+                &self.path,
+                format!("module `{module}`: {factor} times the scale {s} overflows f32"),
+            ));
+        }
+        Ok(scaled)
+    }
+
     /// Canonical `(B, A)` of a plain LoRA module (`B`: d×r, `A`: r×k); other algorithms are an
     /// error naming the module (they have no such factors).
     pub fn factors(&self, m: &LoraModule) -> InputResult<(Values, Values)> {

@@ -476,17 +476,7 @@ pub fn fold_whole_lokr(adapter: &mut Adapter) -> InputResult<Vec<Option<f64>>> {
             continue;
         }
         let s = m.scale;
-        let v = adapter.values(w1)?;
-        let scaled: Vec<f32> = v.iter().map(|&x| (x as f64 * s) as f32).collect();
-        if scaled.iter().any(|x| !x.is_finite()) {
-            return Err(InputError::invalid(
-                &adapter.path,
-                format!(
-                    "module `{}`: lokr_w1 times the scale {s} overflows f32",
-                    m.name
-                ),
-            ));
-        }
+        let scaled = adapter.scaled_values(w1, s, &m.name, "lokr_w1")?;
         let m = &mut adapter.modules[i];
         if let Factors::Lokr {
             w1: KronHalf::Whole(w1),

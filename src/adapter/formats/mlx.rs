@@ -360,17 +360,8 @@ impl Layout for Mlx {
             let Some((_, b)) = m.factors.lora() else {
                 continue;
             };
-            let v = adapter.values(b)?;
-            let scaled: Vec<f32> = v.iter().map(|&x| (x as f64 * f) as f32).collect();
-            if scaled.iter().any(|x| !x.is_finite()) {
-                return Err(InputError::invalid(
-                    &adapter.path,
-                    format!(
-                        "module `{}`: lora_B times {f} (its scale over the file's one scale {scale}) overflows f32",
-                        m.name
-                    ),
-                ));
-            }
+            // Its scale over the file's one scale.
+            let scaled = adapter.scaled_values(b, f, &m.name, "lora_B")?;
             folded[i] = Some(m.scale);
             let m = &mut adapter.modules[i];
             if let Factors::Lora { b, .. } = &mut m.factors {
