@@ -34,6 +34,8 @@ mod it {
     pub mod conventions_slices;
     /// `diff`: exit status and figures.
     pub mod diff;
+    /// LoKr on Flux.2 (ai-toolkit, LyCORIS, bare names): merges and `check` against diffusers.
+    pub mod diffusion10;
     /// Diffusion families diffusers converts itself (Qwen-Image, LTX-Video, HiDream, Lumina 2,
     /// fal Kontext, Flux/HunyuanVideo shared names): merges and `check` against diffusers.
     pub mod diffusion8;

@@ -232,6 +232,48 @@ pub(super) fn after_block<'a>(t: &'a str, pre: &str, sep: char) -> Option<&'a st
     rest[n..].strip_prefix(sep)
 }
 
+/// `_convert_non_diffusers_flux2_lora_to_diffusers`' module paths (after `diffusion_model.`).
+pub(super) fn flux2_dotted_known(t: &str) -> bool {
+    flux2_known(
+        t,
+        '.',
+        &[
+            "img_attn.qkv",
+            "txt_attn.qkv",
+            "img_attn.proj",
+            "txt_attn.proj",
+            "img_mlp.0",
+            "img_mlp.2",
+            "txt_mlp.0",
+            "txt_mlp.2",
+        ],
+        &[
+            "img_in",
+            "txt_in",
+            "time_in.in_layer",
+            "time_in.out_layer",
+            "guidance_in.in_layer",
+            "guidance_in.out_layer",
+            "final_layer.linear",
+            "final_layer.adaLN_modulation.1",
+            "single_stream_modulation.lin",
+            "double_stream_modulation_img.lin",
+            "double_stream_modulation_txt.lin",
+        ],
+    )
+}
+
+/// Whether a Flux.2 module path `t` (its parts joined by `sep`) is one a converter handles:
+/// `double_blocks{sep}N{sep}` followed by one of `double`, `single_blocks{sep}N{sep}linear1` or
+/// `linear2`, or one of the `top` level names. Each converter's lists are its own (the kohya
+/// one knows fewer top-level modules).
+pub(super) fn flux2_known(t: &str, sep: char, double: &[&str], top: &[&str]) -> bool {
+    after_block(t, &format!("double_blocks{sep}"), sep).is_some_and(|r| double.contains(&r))
+        || after_block(t, &format!("single_blocks{sep}"), sep)
+            .is_some_and(|r| ["linear1", "linear2"].contains(&r))
+        || top.contains(&t)
+}
+
 /// Whether a transformer pipeline's own converter reads every module of `adapter` (module
 /// header): names in the original Flux/Wan layout (`crate::adapter::mapping::layouts`) beside
 /// kohya CLIP-L modules, or a file with Qwen-Image's top-level `transformer_blocks` (or one of

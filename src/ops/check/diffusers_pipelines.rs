@@ -12,7 +12,9 @@
 //!
 //! Must not decide severities (the rule does); reads only tensor names, never tensor data.
 
-use super::diffusers_keys::{after_block, original_tail, sd3_original};
+use super::diffusers_keys::{
+    after_block, flux2_dotted_known, flux2_known, original_tail, sd3_original,
+};
 use super::when::DiffusersModel;
 
 /// A name only Flux.2's original layout has (`convert_flux2_transformer_checkpoint_to_diffusers`:
@@ -113,7 +115,16 @@ pub(super) fn pipeline_of(
         .iter()
         .filter_map(|m| m.name.strip_prefix("transformer."))
         .any(|t| hunyuan_video_only(t, false));
-    if any(&|t, _| flux2_only(t)) {
+    // A Flux.2 base (its shared modulations, the single blocks' fused projection) decides a
+    // LoKr file or one of BFL names Flux shares (`diffusers_lokr.rs`).
+    let flux2_base = base_has("double_stream_modulation_")
+        || base_has("single_stream_modulation")
+        || base_has(".to_qkv_mlp_proj.");
+    let lokr = super::diffusers_lokr::lokr_file(adapter);
+    if any(&|t, _| flux2_only(t))
+        || super::diffusers_lokr::flux2_lokr_names(adapter)
+        || (flux2_base && (lokr || !tails.is_empty()))
+    {
         Some(DiffusersModel::Flux2)
     } else if any(&hunyuan_video_only)
         || hv_transformer
@@ -252,48 +263,6 @@ fn flux2_kohya_known(t: &str) -> bool {
     )
 }
 
-/// `_convert_non_diffusers_flux2_lora_to_diffusers`' module paths (after `diffusion_model.`).
-fn flux2_dotted_known(t: &str) -> bool {
-    flux2_known(
-        t,
-        '.',
-        &[
-            "img_attn.qkv",
-            "txt_attn.qkv",
-            "img_attn.proj",
-            "txt_attn.proj",
-            "img_mlp.0",
-            "img_mlp.2",
-            "txt_mlp.0",
-            "txt_mlp.2",
-        ],
-        &[
-            "img_in",
-            "txt_in",
-            "time_in.in_layer",
-            "time_in.out_layer",
-            "guidance_in.in_layer",
-            "guidance_in.out_layer",
-            "final_layer.linear",
-            "final_layer.adaLN_modulation.1",
-            "single_stream_modulation.lin",
-            "double_stream_modulation_img.lin",
-            "double_stream_modulation_txt.lin",
-        ],
-    )
-}
-
-/// Whether a Flux.2 module path `t` (its parts joined by `sep`) is one a converter handles:
-/// `double_blocks{sep}N{sep}` followed by one of `double`, `single_blocks{sep}N{sep}linear1` or
-/// `linear2`, or one of the `top` level names. Each converter's lists are its own (the kohya
-/// one knows fewer top-level modules).
-fn flux2_known(t: &str, sep: char, double: &[&str], top: &[&str]) -> bool {
-    after_block(t, &format!("double_blocks{sep}"), sep).is_some_and(|r| double.contains(&r))
-        || after_block(t, &format!("single_blocks{sep}"), sep)
-            .is_some_and(|r| ["linear1", "linear2"].contains(&r))
-        || top.contains(&t)
-}
-
 /// `Flux2LoraLoaderMixin.lora_state_dict`: a file with any `.lora_down.weight` key goes to
 /// `_convert_kohya_flux2_lora_to_diffusers`, which converts the LoRA modules of its table
 /// ([`flux2_kohya_known`]) and drops every other key with a warning ("Unsupported keys for Kohya
@@ -326,9 +295,10 @@ fn flux2_findings(adapter: &crate::adapter::Adapter, keys: &[&str]) -> (Vec<Stri
             .collect();
         return (vec![], dropped);
     }
-    if keys.iter().any(|k| k.contains(".lokr_"))
-        || !keys.iter().any(|k| k.starts_with("diffusion_model."))
-    {
+    if super::diffusers_lokr::lokr_file(adapter) {
+        return (super::diffusers_lokr::flux2_refused(adapter), vec![]);
+    }
+    if !keys.iter().any(|k| k.starts_with("diffusion_model.")) {
         return (vec![], vec![]);
     }
     let refused = keys

@@ -128,6 +128,24 @@ impl<'a> Facts<'a> {
             When::DiffusersModelRefused(model) => {
                 super::diffusers_pipelines::pipeline_findings(a, self.plan.base.as_ref(), model).0
             }
+            When::DiffusersModelMisapplied(model) => {
+                let base = self.plan.base.as_ref();
+                if super::diffusers_pipelines::pipeline_of(a, base) != Some(model) {
+                    vec![]
+                } else {
+                    super::diffusers_lokr::misapplied(a, model)
+                }
+            }
+            When::DiffusersFlux2FinalUnswapped => {
+                let base = self.plan.base.as_ref();
+                if super::diffusers_pipelines::pipeline_of(a, base)
+                    != Some(super::when::DiffusersModel::Flux2)
+                {
+                    vec![]
+                } else {
+                    super::diffusers_lokr::final_unswapped(a)
+                }
+            }
             When::DiffusersSd3Unconverted | When::DiffusersSd3Refused => {
                 match super::diffusers_keys::sd3_original(a) {
                     Some((names, no_lora)) if no_lora == (when == When::DiffusersSd3Refused) => {

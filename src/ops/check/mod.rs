@@ -19,6 +19,7 @@
 mod base;
 mod diffusers_families;
 mod diffusers_keys;
+mod diffusers_lokr;
 mod diffusers_pipelines;
 mod facts;
 pub mod fix;

@@ -102,6 +102,11 @@ pub enum When {
     DiffusersModelDropped(DiffusersModel),
     /// The same files: the keys that make that loader raise.
     DiffusersModelRefused(DiffusersModel),
+    /// The same files: the LoKr modules that loader's PEFT tuner rebuilds with other factors
+    /// than the file's (`diffusers_lokr.rs`).
+    DiffusersModelMisapplied(DiffusersModel),
+    /// A Flux.2 `diffusion_model.` file's final modulation, renamed without the halves' swap.
+    DiffusersFlux2FinalUnswapped,
     /// Text-encoder modules whose keys diffusers cannot type (`diffusers_keys.rs`): it raises.
     DiffusersTextEncoderUntyped,
     /// Text-encoder modules whose keys diffusers leaves in a form no layer has (skipped).

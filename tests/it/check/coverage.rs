@@ -270,6 +270,16 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("diffusion9/ltx2/mixed.safetensors", None),
     // diffusers.flux3_dropped.
     ("diffusion9/flux3/mixed.safetensors", None),
+    // fixtures/gen/diffusion10_fixtures.py: diffusers.flux2_final_unswapped and
+    // diffusers.flux2_lokr_rebuilt (with the Flux.2 base; tests/it/diffusion10.rs).
+    (
+        "diffusion10/flux2_lokr/aitk_final.safetensors",
+        Some("diffusion10/flux2_lokr/base.safetensors"),
+    ),
+    (
+        "diffusion10/flux2_lokr/lycoris_rebuilt.safetensors",
+        Some("diffusion10/flux2_lokr/base.safetensors"),
+    ),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.
     (
         "sweep7/qwen2_moe_experts/adapter",
