@@ -20,6 +20,9 @@ fn main() -> ExitCode {
     lorakit::io::memory::set_cleanup(lorakit::io::writer::cleanup_on_abort);
     clean_up_on_signals();
     clean_up_on_abort();
+    if let Err(code) = start_worker_threads() {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -46,6 +49,23 @@ fn main() -> ExitCode {
                 printer::print_error_json(operation, &line, failure);
             }
             ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// Starts rayon's global pool (RAYON_NUM_THREADS or one worker per core, as rayon's default)
+/// before any input is read. Built lazily on the first parallel loop, a worker that could not be
+/// started there (its stack not mapped under `ulimit -v`: EAGAIN) made rayon panic in the middle
+/// of a run ("The global thread pool has not been initialized", hostile round 10); rayon tries
+/// once per process, so a failure here is the one line, exit 2, before anything is opened.
+fn start_worker_threads() -> Result<(), ExitCode> {
+    match rayon::ThreadPoolBuilder::new().build_global() {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!(
+                "error: cannot start the worker threads: {e} (the process's memory or address-space limit, e.g. ulimit -v)"
+            );
+            Err(ExitCode::from(2))
         }
     }
 }

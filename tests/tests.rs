@@ -66,6 +66,8 @@ mod it {
     /// The output contract under hostile use: outputs onto inputs, untrusted manifests,
     /// all-or-nothing commits, signals, locks, stored-dtype checks, special files, escaping.
     pub mod hardening;
+    /// The tenth hostile round's findings: a NaN in a GGUF base, regexes Python refuses.
+    pub mod hostile10;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.

@@ -317,6 +317,9 @@ impl<'o> GgufWriter<'o> {
 }
 
 impl Sink for GgufWriter<'_> {
+    fn dest(&self) -> &std::path::Path {
+        &self.dest
+    }
     fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
         GgufWriter::write_tensor(self, name, data)
     }

@@ -238,7 +238,21 @@ impl Direct {
         let io = self.io.as_mut().expect("started");
         let next = if io.spare > 0 {
             io.spare -= 1;
-            Aligned::new()
+            match Aligned::new() {
+                Some(b) => Some(b),
+                // A mapping refused (ENOMEM: `ulimit -v`) is said as such, not as a writer
+                // that stopped without a cause.
+                None => {
+                    let _ = self.stopped(dest);
+                    return Err(InputError::write(
+                        dest,
+                        std::io::Error::new(
+                            std::io::ErrorKind::OutOfMemory,
+                            "out of memory: no 8 MiB buffer for the direct-I/O writer (the process's memory or address-space limit, e.g. ulimit -v)",
+                        ),
+                    ));
+                }
+            }
         } else {
             io.back.recv().ok()
         };

@@ -55,6 +55,11 @@ pub(super) struct Stream {
 }
 
 impl Stream {
+    /// The final path of the file, for errors.
+    pub(super) fn dest(&self) -> &Path {
+        &self.dest
+    }
+
     /// A stream into `file` (the temporary file of `dest`, just created): through direct I/O
     /// where the file system takes it ([`Direct`]), else through an 8 MiB buffer.
     pub(super) fn new(dest: &Path, file: File) -> Stream {

@@ -43,9 +43,14 @@ pub trait Sink: Send {
     fn finish(self) -> InputResult<u64>
     where
         Self: Sized;
+    /// The output's final path, for errors.
+    fn dest(&self) -> &std::path::Path;
 }
 
 impl Sink for FileWriter<'_> {
+    fn dest(&self) -> &std::path::Path {
+        self.stream.dest()
+    }
     fn write_tensor(&mut self, name: &str, data: &[u8]) -> InputResult<()> {
         FileWriter::write_tensor(self, name, data)
     }
@@ -188,53 +193,66 @@ pub fn pipelined<'a, W: Sink>(
     let (ack, acks) = sync_channel::<()>(1);
     // Set when the body fails: the writer drops what is still queued instead of writing it.
     let abandoned = AtomicBool::new(false);
+    let dest = w.dest().to_path_buf();
     std::thread::scope(|s| {
         let abandoned = &abandoned;
-        let writer = s.spawn(move || -> InputResult<Option<u64>> {
-            for m in rx {
-                if abandoned.load(Ordering::Relaxed) {
-                    break;
+        // A thread that cannot be started (its stack not mapped under `ulimit -v`: EAGAIN) is an
+        // error naming the output, not `thread::scope`'s panic.
+        let spawned = std::thread::Builder::new()
+            .name("lorakit-writer".into())
+            .spawn_scoped(s, move || -> InputResult<Option<u64>> {
+                for m in rx {
+                    if abandoned.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match m {
+                        Msg::Tensor(name, data) => {
+                            let _t = profile::time(Stage::Write);
+                            w.write_tensor(&name, &data)?;
+                            let _ = ack.send(());
+                        }
+                        Msg::Packed(name, data) => {
+                            let _t = profile::time(Stage::Write);
+                            w.write_packed(&name, &data)?;
+                            let _ = ack.send(());
+                        }
+                        Msg::Begin(name) => w.begin(&name)?,
+                        Msg::Chunk(data) => {
+                            let _t = profile::time(Stage::Write);
+                            w.write_result_chunk(&data)?;
+                            let _ = ack.send(());
+                        }
+                        Msg::Borrowed(lent, done) => {
+                            let _t = profile::time(Stage::Write);
+                            // SAFETY: the sender keeps the bytes alive and unchanged until `done`
+                            // is answered or dropped (see `Pipe::write_borrowed`); `data` is not
+                            // used after either.
+                            let data = unsafe { std::slice::from_raw_parts(lent.ptr, lent.len) };
+                            let r = w.write_result_chunk(data);
+                            let _ = done.send(r.is_ok());
+                            r?;
+                        }
+                        Msg::Copy { name, src } => {
+                            let _t = profile::time(Stage::Copy);
+                            w.copy_tensor(&name, src)?;
+                        }
+                        Msg::Finish => {
+                            let _t = profile::time(Stage::Fsync);
+                            return w.finish().map(Some);
+                        }
+                    }
                 }
-                match m {
-                    Msg::Tensor(name, data) => {
-                        let _t = profile::time(Stage::Write);
-                        w.write_tensor(&name, &data)?;
-                        let _ = ack.send(());
-                    }
-                    Msg::Packed(name, data) => {
-                        let _t = profile::time(Stage::Write);
-                        w.write_packed(&name, &data)?;
-                        let _ = ack.send(());
-                    }
-                    Msg::Begin(name) => w.begin(&name)?,
-                    Msg::Chunk(data) => {
-                        let _t = profile::time(Stage::Write);
-                        w.write_result_chunk(&data)?;
-                        let _ = ack.send(());
-                    }
-                    Msg::Borrowed(lent, done) => {
-                        let _t = profile::time(Stage::Write);
-                        // SAFETY: the sender keeps the bytes alive and unchanged until `done`
-                        // is answered or dropped (see `Pipe::write_borrowed`); `data` is not
-                        // used after either.
-                        let data = unsafe { std::slice::from_raw_parts(lent.ptr, lent.len) };
-                        let r = w.write_result_chunk(data);
-                        let _ = done.send(r.is_ok());
-                        r?;
-                    }
-                    Msg::Copy { name, src } => {
-                        let _t = profile::time(Stage::Copy);
-                        w.copy_tensor(&name, src)?;
-                    }
-                    Msg::Finish => {
-                        let _t = profile::time(Stage::Fsync);
-                        return w.finish().map(Some);
-                    }
-                }
+                // The body failed: nothing to finish.
+                Ok(None)
+            });
+        let writer = match spawned {
+            Ok(w) => w,
+            Err(e) => {
+                let why = format!("cannot start the writer thread: {e}");
+                let e = std::io::Error::new(e.kind(), why);
+                return Err(crate::error::InputError::write(&dest, e).into());
             }
-            // The body failed: nothing to finish.
-            Ok(None)
-        });
+        };
         let mut pipe = Pipe {
             tx,
             acks,

@@ -162,8 +162,10 @@ impl GgufMergePlan {
                 },
                 e => e,
             };
+            // Named against the base file holding the tensor, as the safetensors merge does
+            // (`tensor::check_finite`): a NaN stored in the base is its fault, not the output's.
             InputError::invalid(
-                &self.out,
+                f.path(),
                 format!(
                     "tensor `{}`: the merge gives an invalid result: {e}; nothing was written",
                     t.tensor

@@ -313,7 +313,7 @@ impl GgufMergePlan {
         };
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(InputError::invalid(
-                &self.out,
+                f.path(),
                 format!(
                     "tensor `{}`: the merge gives an invalid result: value {} at index {i}; nothing was written",
                     t.tensor, v[i]

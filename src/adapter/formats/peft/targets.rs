@@ -15,7 +15,8 @@
 //! `"all-linear"` (resolved against the base's module types), `target_parameters` (MoE
 //! parameter wrappers), or a regex the `regex` crate does not compile (Python-only syntax such
 //! as look-around) — every module counts as selected: the check never refuses what it cannot
-//! decide.
+//! decide. A regex that Python's `re` refuses too (an unclosed group, …: [`python_refuses`]) is
+//! an error, as PEFT's `re.fullmatch` raises on it when loading.
 
 use regex::Regex;
 use serde_json::Value;
@@ -79,7 +80,12 @@ impl Targets {
                 None => Names::None,
                 Some(Value::String(p)) => match fullmatch(p) {
                     Some(re) => Names::Regex(re),
-                    None => return Ok(None),
+                    None => match python_refuses(p) {
+                        Some(why) => {
+                            return Err(format!("`{k}` {p:?} is not a valid regex: {why}"))
+                        }
+                        None => return Ok(None),
+                    },
                 },
                 Some(v) => Names::List(strings(k, v)?),
             }))
@@ -252,6 +258,35 @@ fn fullmatch(pattern: &str) -> Option<Regex> {
     Regex::new(&format!("^(?:{pattern})$")).ok()
 }
 
+/// Why Python's `re` refuses `pattern` too, for the syntax errors both refuse: a group
+/// unclosed or never opened, a class unclosed, `*`/`+`/`?` with nothing to repeat, a count
+/// range whose start passes its end, a trailing backslash. PEFT's `re.fullmatch` then raises
+/// at load time. `None` for what only the `regex` crate refuses (look-around, backreferences,
+/// a compiled size past its limit, `{` as a literal): undecidable, not an error.
+fn python_refuses(pattern: &str) -> Option<String> {
+    use regex_syntax::ast::ErrorKind as K;
+    let e = regex_syntax::ast::parse::Parser::new()
+        .parse(pattern)
+        .err()?;
+    let quantifier = || {
+        matches!(
+            pattern
+                .get(e.span().start.offset..)
+                .and_then(|s| s.chars().next()),
+            Some('*' | '+' | '?')
+        )
+    };
+    match e.kind() {
+        K::GroupUnclosed
+        | K::GroupUnopened
+        | K::ClassUnclosed
+        | K::RepetitionCountInvalid
+        | K::EscapeUnexpectedEof => Some(e.kind().to_string()),
+        K::RepetitionMissing if quantifier() => Some(e.kind().to_string()),
+        _ => None,
+    }
+}
+
 /// The adapter modules (by name) that `cfg` does not select, in the order given.
 pub fn untargeted<'a>(
     targets: &Targets,
@@ -324,5 +359,17 @@ mod tests {
         assert!(t.selects("model.layers.0.mlp.down_proj"));
         let t = Targets::parse(&cfg(serde_json::json!({"target_modules": ["q_proj"]}))).unwrap();
         assert!(!t.selects("model.layers.0.mlp.down_proj"));
+        // What Python's `re` refuses too is an error (each checked with `re.compile`, Python
+        // 3.11); a backreference and `{` as a literal are Python-valid.
+        for bad in ["(q_proj", "q_proj)", "[q", "*q", "a{3,2}", "q\\"] {
+            let e = Targets::parse(&cfg(serde_json::json!({ "target_modules": bad })));
+            assert!(e.is_err_and(|e| e.contains("not a valid regex")), "{bad}");
+        }
+        for ok in [r"(q)_proj\1", "{", "q_proj(?=x)"] {
+            assert!(
+                Targets::parse(&cfg(serde_json::json!({ "target_modules": ok }))).is_ok(),
+                "{ok}"
+            );
+        }
     }
 }
