@@ -141,6 +141,9 @@ pub fn render_text(r: &Report) -> String {
                     Format::Kohya => "kohya",
                 }
             );
+            if let Some(t) = &a.peft_type {
+                let _ = writeln!(s, "peft type   {t}");
+            }
             let c = &a.convention;
             let mut conv = c.naming.join(", ");
             if !c.prefixes.is_empty() {
