@@ -1,7 +1,7 @@
 //! The PEFT tuners closed on branch gaps10 (fixtures/gen/gaps10_fixtures.py), each against
 //! PEFT 0.21.2's own reload + `merge_and_unload` of a tiny seeded adapter on fixtures/llama/base:
 //! VeRA, VB-LoRA (logits and `save_only_topk_weights`), LN tuning, HRA (with and without
-//! Gram–Schmidt) and BOFT merge as PEFT does; FourierFT and VeRA without `save_projection`
+//! Gram–Schmidt), BOFT and DeLoRA merge as PEFT does; FourierFT and VeRA without `save_projection`
 //! (buffers PEFT regenerates from a seed with torch's generator) are refused naming the seed;
 //! serving loaders' `check` refuses them all; GPT-2's `ensure_weight_tying` (PEFT's reload
 //! does not re-tie a `wte`) is refused saying why.
@@ -75,6 +75,15 @@ fn boft_merges_as_peft() {
     );
 }
 
+/// DeLoRA: `B·diag(λ / r / (‖Aᵢ‖·‖Bⁱ‖))·A` with each column times the saved base column norm.
+#[test]
+fn delora_merges_as_peft() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps10/delora", "llama/base", &[]),
+        6
+    );
+}
+
 /// Buffers PEFT regenerates from a seed with torch's generator cannot be rebuilt: the refusal
 /// names the seed field, nothing is written. A BOFT file with two butterfly factors (CUDA
 /// extension only) and a VeRA λ_b longer than vera_B are refused naming the tensor.
@@ -114,6 +123,25 @@ fn seeded_buffers_and_bad_shapes_are_refused_naming_why() {
     let err = merge_refused(&base, &vera, &out, &[]);
     assert_mentions(&err, &[key, "vera_B's rows"]);
 
+    // Other types, by what stops them (the same folder under another peft_type).
+    for (ty, extra, why) in [
+        (
+            "RANDLORA",
+            r#", "save_projection": false"#,
+            "projection_prng_key",
+        ),
+        ("RANDLORA", "", "not `RANDLORA` yet"),
+        ("PREFIX_TUNING", "", "nothing to merge"),
+        ("XLORA", "", "per input"),
+    ] {
+        let other = dir.path().join(format!("{ty}{}", extra.len()));
+        copy_dir(&fixture("gaps10/hra/adapter"), &other);
+        let cfg = other.join("adapter_config.json");
+        std::fs::write(&cfg, format!(r#"{{"peft_type": "{ty}"{extra}}}"#)).unwrap();
+        let err = merge_refused(&base, &other, &out, &[]);
+        assert_mentions(&err, &[ty, why, "adapter_config.json"]);
+    }
+
     // No kohya form for a base-dependent PEFT tuner.
     let err = refused(
         convert_args(&fixture("gaps10/hra/adapter"), "kohya", &out, &[]),
@@ -132,6 +160,7 @@ fn loaders_refuse_and_inspect_names_the_new_types() {
         ("ln_tuning", "LN_TUNING"),
         ("hra", "HRA"),
         ("boft", "BOFT"),
+        ("delora", "DELORA"),
     ] {
         let adapter = fixture(&format!("gaps10/{case}/adapter"));
         for target in ["vllm", "llama.cpp", "sglang"] {

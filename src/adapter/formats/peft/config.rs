@@ -44,16 +44,21 @@ pub enum PeftType {
     /// `tuners/boft`: butterfly OFT with one butterfly factor and a per-row scale
     /// (`peft/boft.rs`).
     Boft,
+    /// `tuners/delora`: LoRA factors normalised per rank, `delora_lambda` and the base's
+    /// column norms (`peft/delora.rs`).
+    Delora,
 }
 
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
 const READ_TYPES: &str =
-    "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA and BOFT";
+    "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT and DELORA";
 
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
 /// torch's RNG, no weights at all, a per-input mixture), or the merge is not implemented yet.
-fn unread_type(t: &str) -> String {
+fn unread_type(t: &str, cfg: &serde_json::Map<String, Value>) -> String {
+    // Tuners that save their random buffers only when told to (default true).
+    let unsaved = |flag: &str| cfg.get(flag).and_then(Value::as_bool) == Some(false);
     let seeded = |field: &str, what: &str| {
         format!(
             "is `{t}`: its saved folder holds no {what}; PEFT regenerates them with torch's random generator seeded by `{field}`, which lorakit cannot reproduce, so it cannot merge it"
@@ -61,9 +66,16 @@ fn unread_type(t: &str) -> String {
     };
     match t {
         "FOURIERFT" | "WAVEFT" => seeded("random_loc_seed", "frequency locations (only the spectrum)"),
-        "UNILORA" => seeded("proj_seed", "parameter-sharing indices"),
-        "FROD" | "PVERA" => seeded("projection_prng_key", "shared projections"),
-        "TINYLORA" => seeded("projection_seed", "projections"),
+        "UNILORA" if unsaved("save_indices") => {
+            seeded("proj_seed", "parameter-sharing indices (`save_indices` is false)")
+        }
+        "FROD" | "PVERA" | "RANDLORA" if unsaved("save_projection") => seeded(
+            "projection_prng_key",
+            "shared projections (`save_projection` is false)",
+        ),
+        "TINYLORA" if unsaved("save_projection") => {
+            seeded("projection_seed", "projections (`save_projection` is false)")
+        }
         "PROMPT_TUNING" | "MULTITASK_PROMPT_TUNING" | "P_TUNING" | "PREFIX_TUNING"
         | "ADAPTION_PROMPT" | "CPT" | "CARTRIDGE" => format!(
             "is `{t}`: it learns virtual tokens or a prefix, not weight updates, so there is nothing to merge into a base"
@@ -74,7 +86,7 @@ fn unread_type(t: &str) -> String {
         "TRAINABLE_TOKENS" => format!(
             "is `{t}`: lorakit reads trainable tokens inside a LORA folder (`trainable_token_indices`) but not yet as their own peft_type"
         ),
-        _ => format!("is `{t}`; lorakit reads {READ_TYPES} adapters (PEFT can merge `{t}`, lorakit does not yet)"),
+        _ => format!("is `{t}`; lorakit reads {READ_TYPES} adapters (not `{t}` yet)"),
     }
 }
 
@@ -158,7 +170,8 @@ impl PeftConfig {
             Some("LN_TUNING") => PeftType::LnTuning,
             Some("HRA") => PeftType::Hra,
             Some("BOFT") => PeftType::Boft,
-            Some(t) => return Err(bad("peft_type", &unread_type(t))),
+            Some("DELORA") => PeftType::Delora,
+            Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
         let alpha_key = match peft_type {

@@ -22,6 +22,7 @@ mod adalora;
 mod assemble;
 mod boft;
 pub(crate) mod config;
+mod delora;
 mod hra;
 mod init;
 mod layout;

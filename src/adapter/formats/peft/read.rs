@@ -40,6 +40,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         PeftType::LnTuning => return super::ln_tuning::read(path, file, cfg),
         PeftType::Hra => return super::hra::read(path, file, cfg),
         PeftType::Boft => return super::boft::read(path, file, cfg),
+        PeftType::Delora => return super::delora::read(path, file, cfg),
     }
     let fpath = file.path().to_path_buf();
     let kasa = super::init::base_residual(&cfg.raw) == Some(super::init::BaseResidual::Kasa);
