@@ -48,6 +48,9 @@ mod it {
     pub mod faults;
     /// A new user's first hour: right refusals only, loadable outputs, one command line.
     pub mod first_hour;
+    /// The PEFT tuners of gaps10: VeRA, VB-LoRA, LN tuning, HRA, BOFT merged as PEFT; seeded
+    /// buffers refused; GPT-2's `ensure_weight_tying`.
+    pub mod gaps10;
     /// The peer gaps of gaps7: DoRA embeddings, fan_in_fan_out per layer type, tied lm_head,
     /// part bytes_written.
     pub mod gaps7;

@@ -340,6 +340,9 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
                 ..
             } => found[1..].iter().product::<usize>() % block_size == 0,
             Factors::PeftOft { .. } => found[1..].iter().product::<usize>() == m.in_features,
+            Factors::Hra { .. } => found[1] == m.in_features,
+            Factors::Vera { .. } => found[0] == m.out_features && found[1] <= m.in_features,
+            Factors::PeftBoft { .. } => found[0] == m.out_features && found[1] == m.in_features,
             _ => false,
         }
 }

@@ -59,11 +59,15 @@ impl Adapter {
             format!(
                 "tensor `{key}`: module `{first}` is not selected by adapter_config.json \
                  (target_modules / exclude_modules / layers_to_transform / modules_to_save){}; \
-                 PEFT would load this adapter without it, silently. Make the config list every \
+                 PEFT would load this adapter without it, silently{}. Make the config list every \
                  module the file holds, or remove the tensors",
                 match a.untargeted.len() {
                     1 => String::new(),
                     n => format!(", nor are {} other modules", n - 1),
+                },
+                match a.config.as_ref().and_then(formats::peft::config_targets) {
+                    Some(t) if t.tie_dropped(first) => " (`ensure_weight_tying` is set, but PEFT re-ties lm_head on load only where a saved target is named `embed_tokens` or `lm_head`, and this config's are not, as PEFT saves it for an embedding named otherwise such as GPT-2's `wte`)",
+                    _ => "",
                 }
             ),
         ))

@@ -350,7 +350,10 @@ impl Adapter {
                 block_size,
                 ..
             } => k.is_multiple_of(block_size),
-            Factors::PeftOft { .. } => k == m.in_features,
+            Factors::PeftOft { .. } | Factors::Hra { .. } => k == m.in_features,
+            // VeRA slices its shared `vera_A` [r, widest input] to the base's input.
+            Factors::Vera { .. } => d == m.out_features && (1..=m.in_features).contains(&k),
+            Factors::PeftBoft { .. } => d == m.out_features && k == m.in_features,
             _ => d == m.out_features,
         };
         if !fits || w0.len() != d * k {
@@ -368,13 +371,9 @@ impl Adapter {
             values,
         };
         // GLoRA's scale (alpha / r) goes with the multiplier (OFT, IA3: scale 1).
-        Ok(algo::delta_from_base(
-            &loaded,
-            w0,
-            (d, k),
-            conv,
-            multiplier * m.scale,
-        ))
+        let s = multiplier * m.scale;
+        Ok(algo::peft_tuner_delta(&loaded, w0, (d, k), s)
+            .unwrap_or_else(|| algo::delta_from_base(&loaded, w0, (d, k), conv, s)))
     }
 
     fn delta_scaled(&self, m: &LoraModule, scale: f64) -> InputResult<Vec<f32>> {

@@ -136,7 +136,10 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         | Factors::Boft { .. }
         | Factors::PeftOft { .. }
         | Factors::Ia3 { .. }
-        | Factors::Glora { .. } => {
+        | Factors::Glora { .. }
+        | Factors::Vera { .. }
+        | Factors::Hra { .. }
+        | Factors::PeftBoft { .. } => {
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -235,7 +238,10 @@ pub fn product_form(
         | Factors::Ia3 { .. }
         | Factors::Boft { .. }
         | Factors::PeftOft { .. }
-        | Factors::Glora { .. } => return None,
+        | Factors::Glora { .. }
+        | Factors::Vera { .. }
+        | Factors::Hra { .. }
+        | Factors::PeftBoft { .. } => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

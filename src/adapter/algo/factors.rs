@@ -121,6 +121,29 @@ pub enum Factors {
         b2: Data,
         rank: usize,
     },
+    /// PEFT VeRA (Kopiczko et al. 2024; `tuners/vera/layer.py` `get_delta_weight`):
+    /// `ΔW = (λ_b ⊙ vera_B[:d])·(λ_d ⊙ vera_A[:, :k])`, the shared projections sliced to the base
+    /// layer's shape. `a` is r×K with `λ_d` folded in (K, the widest targeted layer's input,
+    /// ≥ k), `b` d×r with `λ_b` folded in. The update needs the base's shape (`k`), not its
+    /// values.
+    Vera { a: Data, b: Data },
+    /// PEFT HRA (Yuan et al. 2024; `tuners/hra/layer.py` `get_delta_weight`, `Linear.merge`):
+    /// `W' = W0·H` with `u` k×r (`hra_u`) and `H = Π_{i<r} (I − 2·ûᵢûᵢᵀ)`, `ûᵢ = uᵢ/‖uᵢ‖`; with
+    /// `apply_GS` (`gram_schmidt`) `H = I − 2·U·Uᵀ` for `U` the Gram–Schmidt orthonormalised
+    /// columns of `u`. Depends on W0.
+    Hra { u: Data, gram_schmidt: bool },
+    /// PEFT BOFT with one butterfly factor (`tuners/boft/layer.py` `get_delta_weight`,
+    /// `Linear.merge`; its permutation is then the identity): `W' = (W0·blockdiag(R)ᵀ) ⊙ s`, each
+    /// block `R = (I − S)(I + S)⁻¹` for `S = (B − Bᵀ)/2` of the stored block `B`
+    /// (`cayley_batch`), `s` one scale per output row (`boft_s`). `blocks` holds each block's
+    /// strict upper triangle of `S` (as [`Factors::PeftOft`]'s weight), `scale` d values.
+    /// Depends on W0.
+    PeftBoft {
+        blocks: Data,
+        scale: Data,
+        block_num: usize,
+        block_size: usize,
+    },
 }
 
 /// How PEFT's OFT turns a skew-symmetric `Q` into a rotation.
@@ -188,6 +211,13 @@ pub enum Algo {
     /// PEFT's OFT (`peft_type` OFT).
     #[serde(rename = "peft-oft")]
     PeftOft,
+    /// PEFT's VeRA (`peft_type` VERA).
+    Vera,
+    /// PEFT's HRA (`peft_type` HRA).
+    Hra,
+    /// PEFT's BOFT (`peft_type` BOFT).
+    #[serde(rename = "peft-boft")]
+    PeftBoft,
 }
 
 impl std::fmt::Display for Algo {
@@ -204,6 +234,9 @@ impl std::fmt::Display for Algo {
             Algo::Glora => "glora",
             Algo::Boft => "boft",
             Algo::PeftOft => "peft-oft",
+            Algo::Vera => "vera",
+            Algo::Hra => "hra",
+            Algo::PeftBoft => "peft-boft",
         })
     }
 }
@@ -222,6 +255,9 @@ impl Factors {
             Factors::Glora { .. } => Algo::Glora,
             Factors::Boft { .. } => Algo::Boft,
             Factors::PeftOft { .. } => Algo::PeftOft,
+            Factors::Vera { .. } => Algo::Vera,
+            Factors::Hra { .. } => Algo::Hra,
+            Factors::PeftBoft { .. } => Algo::PeftBoft,
         }
     }
 
@@ -236,6 +272,9 @@ impl Factors {
                 | Factors::PeftOft { .. }
                 | Factors::Ia3 { .. }
                 | Factors::Glora { .. }
+                | Factors::Vera { .. }
+                | Factors::Hra { .. }
+                | Factors::PeftBoft { .. }
         )
     }
 
@@ -298,6 +337,9 @@ macro_rules! every_tensor {
             }
             Factors::Ia3 { weight, .. } | Factors::PeftOft { weight, .. } => vec![weight],
             Factors::Glora { a1, a2, b1, b2, .. } => vec![a1, a2, b1, b2],
+            Factors::Vera { a, b } => vec![a, b],
+            Factors::Hra { u, .. } => vec![u],
+            Factors::PeftBoft { blocks, scale, .. } => vec![blocks, scale],
         }
     };
 }

@@ -331,6 +331,19 @@ pub fn write_with(
                 ));
             }
         }
+        if matches!(
+            m.factors,
+            Factors::Vera { .. } | Factors::Hra { .. } | Factors::PeftBoft { .. }
+        ) {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}`: PEFT's {} has no LyCORIS/kohya form",
+                    m.name,
+                    m.factors.algo()
+                ),
+            ));
+        }
         if let Factors::PeftOft {
             conv,
             coft_eps,

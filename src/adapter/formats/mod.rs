@@ -152,6 +152,7 @@ pub fn detect(file: &SafetensorsFile) -> Option<Format> {
             || n.ends_with(".lora_A")
             || n.ends_with(".ia3_l")
             || n.ends_with(".oft_R.weight")
+            || peft::tuner_tensor(n)
     }) {
         return Some(Format::Peft);
     }

@@ -133,6 +133,9 @@ pub fn render_text(r: &Report) -> String {
         Report::Adapter(a) => {
             let _ = writeln!(s, "adapter     {}", a.path);
             let _ = writeln!(s, "format      {}", a.format);
+            if let Some(t) = &a.peft_type {
+                let _ = writeln!(s, "peft type   {t}");
+            }
             let c = &a.convention;
             let mut conv = c.naming.join(", ");
             if !c.prefixes.is_empty() {

@@ -315,6 +315,12 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
         path: a.path.display().to_string(),
         format: a.format,
         convention: adapter::convention::describe(a),
+        peft_type: a
+            .config
+            .as_ref()
+            .and_then(|c| c.get("peft_type")?.as_str())
+            .filter(|t| *t != "LORA" && a.format == adapter::Format::Peft)
+            .map(str::to_owned),
         base_model: a.base_model.clone(),
         use_rslora: a.use_rslora,
         dora: a.modules.iter().any(|m| m.dora_magnitude.is_some()),

@@ -127,6 +127,9 @@ pub struct AdapterReport {
     pub format: Format,
     /// Who spelled the names and for which model ([`adapter::convention`]).
     pub convention: adapter::convention::Convention,
+    /// A PEFT folder's `peft_type` where it is not LORA (VERA, HRA, LN_TUNING, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peft_type: Option<String>,
     pub base_model: Option<String>,
     pub use_rslora: bool,
     pub dora: bool,

@@ -153,6 +153,9 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
                 ("b2.weight", b2, with_kernel(vec![r, c])),
             ]
         }
+        // PEFT's VeRA, HRA and BOFT have no kohya/LyCORIS form: the kohya writer refuses them
+        // first, and a PEFT folder holds them only under their own peft_type, never written.
+        Factors::Vera { .. } | Factors::Hra { .. } | Factors::PeftBoft { .. } => Vec::new(),
         Factors::Ia3 {
             weight, on_input, ..
         } => {

@@ -1,8 +1,9 @@
 //! The adapter every PEFT reader returns ([`assemble`]) and the full-tensor entry of a stored
 //! tensor ([`stored_full`]): the leaf that the LoRA, LoHa/LoKr, IA3, OFT ([`super::read`]) and
-//! AdaLoRA ([`super::adalora`]) readers share. Must not read tensors or parse configs.
+//! AdaLoRA ([`super::adalora`]) readers share, and the split of a one-tensor-per-module file by
+//! key suffix. Must not read tensor values or parse configs.
 
-use super::config::{PeftConfig, PeftType};
+use super::config::{PeftConfig, PeftType, PREFIX};
 use crate::adapter::data::Data;
 use crate::adapter::formats::format::Format;
 use crate::adapter::model::{Adapter, FullTensor, LoraModule};
@@ -56,4 +57,24 @@ pub(super) fn assemble(
         namings: Vec::new(),
         untargeted,
     })
+}
+
+/// The tensors of a tuner with one tensor per module (IA3, OFT, HRA): those named
+/// `{PREFIX}{module}{suffix}`, with the module name, in file order; every other tensor is a full
+/// tensor named without the prefix.
+pub(super) fn split_by_suffix<'f>(
+    file: &'f SafetensorsFile,
+    suffix: &str,
+) -> (Vec<(&'f str, &'f TensorInfo)>, Vec<FullTensor>) {
+    let mut named = Vec::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        match rel.strip_suffix(suffix).filter(|n| !n.is_empty()) {
+            Some(name) => named.push((name, t)),
+            None => full.push(stored_full(rel.to_owned(), t)),
+        }
+    }
+    (named, full)
 }

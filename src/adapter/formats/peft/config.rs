@@ -32,6 +32,90 @@ pub enum PeftType {
     /// `tuners/adalora`: `lora_A`, `lora_E`, `lora_B` per module, pruned per module
     /// (`peft/adalora.rs`).
     AdaLora,
+    /// `tuners/vera`: shared `vera_A`/`vera_B` and per-module `vera_lambda_d`/`vera_lambda_b`
+    /// (`peft/vera.rs`).
+    Vera,
+    /// `tuners/vblora`: a shared vector bank and per-module top-k logits (`peft/vblora.rs`).
+    VbLora,
+    /// `tuners/ln_tuning`: whole trained copies of norm layers (`peft/ln_tuning.rs`).
+    LnTuning,
+    /// `tuners/hra`: Householder reflections on the input side (`peft/hra.rs`).
+    Hra,
+    /// `tuners/boft`: butterfly OFT with one butterfly factor and a per-row scale
+    /// (`peft/boft.rs`).
+    Boft,
+    /// `tuners/delora`: LoRA factors normalised per rank, `delora_lambda` and the base's
+    /// column norms (`peft/delora.rs`).
+    Delora,
+}
+
+/// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
+const READ_TYPES: &str =
+    "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT and DELORA";
+
+/// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
+/// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
+/// torch's RNG, no weights at all, a per-input mixture), or the merge is not implemented yet.
+fn unread_type(t: &str, cfg: &serde_json::Map<String, Value>) -> String {
+    // Tuners that save their random buffers only when told to (default true).
+    let unsaved = |flag: &str| cfg.get(flag).and_then(Value::as_bool) == Some(false);
+    let seeded = |field: &str, what: &str| {
+        format!(
+            "is `{t}`: its saved folder holds no {what}; PEFT regenerates them with torch's random generator seeded by `{field}`, which lorakit cannot reproduce, so it cannot merge it"
+        )
+    };
+    match t {
+        "FOURIERFT" | "WAVEFT" => seeded("random_loc_seed", "frequency locations (only the spectrum)"),
+        "UNILORA" if unsaved("save_indices") => {
+            seeded("proj_seed", "parameter-sharing indices (`save_indices` is false)")
+        }
+        "FROD" | "PVERA" | "RANDLORA" if unsaved("save_projection") => seeded(
+            "projection_prng_key",
+            "shared projections (`save_projection` is false)",
+        ),
+        "TINYLORA" if unsaved("save_projection") => {
+            seeded("projection_seed", "projections (`save_projection` is false)")
+        }
+        "PROMPT_TUNING" | "MULTITASK_PROMPT_TUNING" | "P_TUNING" | "PREFIX_TUNING"
+        | "ADAPTION_PROMPT" | "CPT" | "CARTRIDGE" => format!(
+            "is `{t}`: it learns virtual tokens or a prefix, not weight updates, so there is nothing to merge into a base"
+        ),
+        "POLY" | "XLORA" => format!(
+            "is `{t}`: it mixes its adapters per input, so no merged weight computes it"
+        ),
+        "TRAINABLE_TOKENS" => format!(
+            "is `{t}`: lorakit reads trainable tokens inside a LORA folder (`trainable_token_indices`) but not yet as their own peft_type"
+        ),
+        _ => format!("is `{t}`; lorakit reads {READ_TYPES} adapters (not `{t}` yet)"),
+    }
+}
+
+/// Whether `name` is a tensor of one of the PEFT tuners lorakit reads or refuses by type
+/// (its last component's prefix, as their `layer.py` `adapter_layer_names` spell them), so a
+/// folder holding only such tensors is read by the PEFT reader and refused or read by type.
+pub fn tuner_tensor(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "vera_",
+        "vblora_",
+        "ln_tuning_layers",
+        "hra_u",
+        "boft_",
+        "fourierft_",
+        "waveft_",
+        "miss_",
+        "bone_",
+        "shira_",
+        "c3a_",
+        "delora_",
+        "randlora_",
+        "gralora_",
+        "road_",
+    ];
+    let last = name
+        .rsplit('.')
+        .find(|c| !matches!(*c, "weight" | "bias"))
+        .unwrap_or(name);
+    PREFIXES.iter().any(|p| last.starts_with(p))
 }
 
 /// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
@@ -81,19 +165,19 @@ impl PeftConfig {
             Some("IA3") => PeftType::Ia3,
             Some("OFT") => PeftType::Oft,
             Some("ADALORA") => PeftType::AdaLora,
-            Some(t) => {
-                return Err(bad(
-                    "peft_type",
-                    &format!(
-                        "is `{t}`; lorakit reads LORA, ADALORA, LOHA, LOKR, IA3 and OFT adapters"
-                    ),
-                ))
-            }
+            Some("VERA") => PeftType::Vera,
+            Some("VBLORA") => PeftType::VbLora,
+            Some("LN_TUNING") => PeftType::LnTuning,
+            Some("HRA") => PeftType::Hra,
+            Some("BOFT") => PeftType::Boft,
+            Some("DELORA") => PeftType::Delora,
+            Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
         let alpha_key = match peft_type {
             PeftType::Lora | PeftType::AdaLora => "lora_alpha",
-            PeftType::Loha | PeftType::Lokr | PeftType::Ia3 | PeftType::Oft => "alpha",
+            // The other tuners have no alpha (`alpha` is read and unused).
+            _ => "alpha",
         };
         let r = match obj.get("r") {
             Some(v) => {

@@ -20,20 +20,26 @@ use serde_json::Value;
 
 mod adalora;
 mod assemble;
+mod boft;
 pub(crate) mod config;
+mod delora;
+mod hra;
 mod init;
 mod layout;
+mod ln_tuning;
 mod lycoris;
 pub mod params;
 mod read;
 pub mod targets;
 #[cfg(test)]
 mod tests;
+mod vblora;
+mod vera;
 mod write;
 
 pub use config::{
-    compile_pattern, first_match, token_indices, tokens_module, PeftConfig, PeftType, CONFIG_NAME,
-    PREFIX, TOKENS_SUFFIX, WEIGHTS_NAME,
+    compile_pattern, first_match, token_indices, tokens_module, tuner_tensor, PeftConfig, PeftType,
+    CONFIG_NAME, PREFIX, TOKENS_SUFFIX, WEIGHTS_NAME,
 };
 pub use init::{base_residual, ignored_training_tensor, init_refusal, BaseResidual};
 pub use layout::Peft;

@@ -2,13 +2,12 @@
 //! OFT, each by its `peft_type`, into the one adapter model (AdaLoRA in [`super::adalora`]).
 //! Never writes.
 
-use super::assemble::{assemble, stored_full};
+use super::assemble::{assemble, split_by_suffix, stored_full};
 use super::config::{one_line_regex_error, PeftConfig, PeftType, PREFIX};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
 use crate::adapter::model::{scale_for, Adapter, DoraRule, FullTensor, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
-use crate::io::header::TensorInfo;
 use crate::io::SafetensorsFile;
 use regex::Regex;
 use serde_json::Value;
@@ -30,17 +29,18 @@ struct Parts {
 pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResult<Adapter> {
     let text = crate::io::read_json_file(config_path)?;
     let cfg = PeftConfig::parse(config_path, &text)?;
-    if cfg.peft_type == PeftType::Ia3 {
-        return read_ia3(path, file, cfg);
-    }
-    if cfg.peft_type == PeftType::Oft {
-        return read_oft(path, file, cfg);
-    }
-    if cfg.peft_type == PeftType::AdaLora {
-        return super::adalora::read(path, file, cfg, config_path);
-    }
-    if cfg.peft_type != PeftType::Lora {
-        return read_lycoris(path, file, cfg);
+    match cfg.peft_type {
+        PeftType::Lora => {}
+        PeftType::Ia3 => return read_ia3(path, file, cfg),
+        PeftType::Oft => return read_oft(path, file, cfg),
+        PeftType::AdaLora => return super::adalora::read(path, file, cfg, config_path),
+        PeftType::Loha | PeftType::Lokr => return read_lycoris(path, file, cfg),
+        PeftType::Vera => return super::vera::read(path, file, cfg),
+        PeftType::VbLora => return super::vblora::read(path, file, cfg),
+        PeftType::LnTuning => return super::ln_tuning::read(path, file, cfg),
+        PeftType::Hra => return super::hra::read(path, file, cfg),
+        PeftType::Boft => return super::boft::read(path, file, cfg),
+        PeftType::Delora => return super::delora::read(path, file, cfg),
     }
     let fpath = file.path().to_path_buf();
     let kasa = super::init::base_residual(&cfg.raw) == Some(super::init::BaseResidual::Kasa);
@@ -467,26 +467,6 @@ fn trainable_token_rows(cfg: &PeftConfig, full: &mut [FullTensor]) {
             f.rows = Some(ids.iter().map(|&i| i as usize).collect());
         }
     }
-}
-
-/// The tensors of a tuner with one tensor per module (IA3, OFT): those named
-/// `{PREFIX}{module}{suffix}`, with the module name, in file order; every other tensor is a full
-/// tensor named without the prefix.
-fn split_by_suffix<'f>(
-    file: &'f SafetensorsFile,
-    suffix: &str,
-) -> (Vec<(&'f str, &'f TensorInfo)>, Vec<FullTensor>) {
-    let mut named = Vec::new();
-    let mut full = Vec::new();
-    for t in file.tensors() {
-        let key = t.name.as_str();
-        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
-        match rel.strip_suffix(suffix).filter(|n| !n.is_empty()) {
-            Some(name) => named.push((name, t)),
-            None => full.push(stored_full(rel.to_owned(), t)),
-        }
-    }
-    (named, full)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -32,6 +32,9 @@ pub struct Targets {
     /// `ensure_weight_tying` with an embedding layer name among `target_modules`: PEFT also
     /// wraps the modules tied to the input embedding (lm_head), their factors the embedding's.
     tie: bool,
+    /// `ensure_weight_tying` without an embedding layer name among the targets (PEFT 0.21.2
+    /// saves GPT-2's as `["c_attn", "transformer.wte", "wte"]`): PEFT's reload ties nothing.
+    tie_unnamed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -122,11 +125,13 @@ impl Targets {
             exclude: Names::None,
             to_save: Vec::new(),
             tie: false,
+            tie_unnamed: false,
         };
         // PEFT's `_check_tied_modules` (`tuners/tuners_utils.py`): `ensure_weight_tying` acts
         // when a target is one of EMBEDDING_LAYER_NAMES (`embed_tokens`, `lm_head`; by last
         // name component, or a regex target that fullmatches one of them).
-        let tie = get("ensure_weight_tying").and_then(Value::as_bool) == Some(true)
+        let ensure = get("ensure_weight_tying").and_then(Value::as_bool) == Some(true);
+        let tie = ensure
             && match get("target_modules") {
                 Some(Value::String(p)) => fullmatch(p)
                     .is_some_and(|re| EMBEDDING_LAYER_NAMES.iter().any(|n| re.is_match(n))),
@@ -184,6 +189,7 @@ impl Targets {
             exclude,
             to_save,
             tie,
+            tie_unnamed: ensure && !tie,
         })
     }
 
@@ -200,6 +206,15 @@ impl Targets {
         self.tie
             && (key == TIED_HEAD || key.ends_with(&format!(".{TIED_HEAD}")))
             && !self.selects_untied(key)
+    }
+
+    /// Whether `key` is an lm_head that `ensure_weight_tying` meant to tie but PEFT's reload
+    /// does not: its `_check_tied_modules` looks for `embed_tokens` or `lm_head` among the saved
+    /// targets by name, and a base whose embedding is called otherwise (GPT-2's `wte`) has
+    /// neither there after `_add_targets_to_tie` removed lm_head (checked on PEFT 0.21.2:
+    /// `fixtures/gen/gaps10_fixtures.py` `gpt2_ewt`).
+    pub fn tie_dropped(&self, key: &str) -> bool {
+        self.tie_unnamed && (key == TIED_HEAD || key.ends_with(&format!(".{TIED_HEAD}")))
     }
 
     /// Whether PEFT injects an adapter layer into the module called `key` (the module's path

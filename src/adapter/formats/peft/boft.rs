@@ -1,0 +1,119 @@
+//! Reading PEFT BOFT folders (`peft_type` BOFT; Liu et al., "Parameter-Efficient Orthogonal
+//! Finetuning via Butterfly Factorization", ICLR 2024; PEFT 0.21.2 `tuners/boft/`) into the one
+//! adapter model. Never writes.
+//!
+//! Each module stores `boft_R` [m, n, b, b] (m butterfly factors of n blocks of b×b) and
+//! `boft_s` [out, 1]. PEFT's merge (`layer.py` `Linear.merge`, `get_delta_weight`) is
+//! `W' = (P·blockdiag(R)·Pᵀ·W0ᵀ)ᵀ ⊙ s` with `R = cayley_batch(boft_R)` = `(I − S)(I + S)⁻¹`,
+//! `S = (B − Bᵀ)/2` per block. Without PEFT's CUDA extension (`fbd_cuda`) `update_layer` forces
+//! `boft_n_butterfly_factor` to 1, so m = 1 and the permutation `P` is the identity: the rotation
+//! is PEFT OFT's exact Cayley one on `S` and `W' = (W0·blockdiag(R)ᵀ) ⊙ s` ([`Factors::PeftBoft`]).
+//! A file with m > 1 was trained with the extension and no CPU PEFT can load or merge it; it is
+//! refused. Linear layers only (a Conv2d base stays unmatched); `fan_in_fan_out` is refused.
+
+use super::assemble::{assemble, stored_full};
+use super::config::{stored_f32, PeftConfig, PREFIX};
+use crate::adapter::algo::Factors;
+use crate::adapter::data::Data;
+use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::error::{InputError, InputResult};
+use crate::io::SafetensorsFile;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Reads a PEFT BOFT adapter (see the module header).
+pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    let fpath = file.path().to_path_buf();
+    let bad = |msg: String| InputError::invalid(&fpath, msg);
+    if cfg.fan_in_fan_out {
+        return Err(bad(
+            "`fan_in_fan_out` is true: BOFT on Conv1D bases is not supported yet".into(),
+        ));
+    }
+    let mut parts: BTreeMap<String, [Option<String>; 2]> = BTreeMap::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let (module, side) = if let Some(m) = rel.strip_suffix(".boft_R") {
+            (m, 0)
+        } else if let Some(m) = rel.strip_suffix(".boft_s") {
+            (m, 1)
+        } else if rel.contains("boft_") {
+            return Err(bad(format!(
+                "tensor `{key}`: not a BOFT tensor (boft_R, boft_s)"
+            )));
+        } else {
+            full.push(stored_full(rel.to_owned(), t));
+            continue;
+        };
+        let slot = &mut parts.entry(module.to_owned()).or_default()[side];
+        if slot.is_some() {
+            return Err(bad(format!("tensor `{key}` is given twice")));
+        }
+        *slot = Some(key.to_owned());
+    }
+    let shape = |k: &str| {
+        file.tensors()
+            .iter()
+            .find(|t| t.name == k)
+            .map(|t| t.shape.clone())
+            .unwrap_or_default()
+    };
+    let mut modules = Vec::with_capacity(parts.len());
+    for (name, [rkey, skey]) in parts {
+        let (Some(rkey), Some(skey)) = (rkey, skey) else {
+            return Err(bad(format!(
+                "module `{name}`: BOFT needs boft_R and boft_s"
+            )));
+        };
+        let (n, b) = match shape(&rkey)[..] {
+            [1, n, b, b2] if n > 0 && b > 1 && b == b2 => (n, b),
+            [m, _, _, _] if m > 1 => {
+                return Err(bad(format!(
+                    "tensor `{rkey}`: {m} butterfly factors (`boft_n_butterfly_factor` > 1): such files come from PEFT's CUDA extension, whose permutations no CPU PEFT can merge to compare against; lorakit merges one factor only"
+                )))
+            }
+            ref s => return Err(bad(format!("tensor `{rkey}`: shape {s:?} is not [1, n, b, b]"))),
+        };
+        let d = match shape(&skey)[..] {
+            [d, 1] if d > 0 => d,
+            ref s => return Err(bad(format!("tensor `{skey}`: shape {s:?} is not [out, 1]"))),
+        };
+        // `cayley_batch`: S = 0.5·(B − Bᵀ) in f32 (exact halving), kept as its strict upper
+        // triangle in `triu_indices(b, b, 1)` order, the layout PEFT OFT's rotation reads.
+        let raw = stored_f32(&file, &rkey)?;
+        let mut upper = Vec::with_capacity(n * b * (b - 1) / 2);
+        for blk in raw.chunks_exact(b * b) {
+            for i in 0..b {
+                for j in i + 1..b {
+                    upper.push(0.5 * (blk[i * b + j] - blk[j * b + i]));
+                }
+            }
+        }
+        modules.push(LoraModule {
+            name,
+            kind: ModuleKind::Linear,
+            rank: n,
+            alpha: 1.0,
+            scale: 1.0,
+            out_features: d,
+            in_features: n * b,
+            bias: None,
+            factors: Factors::PeftBoft {
+                blocks: Data::Owned(Arc::new(upper)),
+                scale: Data::Stored {
+                    key: skey,
+                    transpose: false,
+                },
+                block_num: n,
+                block_size: b,
+            },
+            base_transposed: false,
+            dora_magnitude: None,
+            dora_rule: DoraRule::Peft,
+        });
+    }
+    assemble(path, file, &cfg, modules, full)
+}
