@@ -270,6 +270,8 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("diffusion9/ltx2/mixed.safetensors", None),
     // diffusers.flux3_dropped.
     ("diffusion9/flux3/mixed.safetensors", None),
+    // diffusers.te_rank (fixtures/gen/sweep10_fixtures.py, tests/it/sweep10.rs).
+    ("sweep10/te_projection_rank/rank2.safetensors", None),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.
     (
         "sweep7/qwen2_moe_experts/adapter",
