@@ -2,7 +2,7 @@
 //! LoRA keys, transcribed, so that `check --target diffusers` can tell which modules land nowhere
 //! and which files it refuses. Owns only those string transcriptions and the UNet's module-name
 //! vocabulary; the rules that use them are data in `rules/others.rs` (`diffusers.unet_key`,
-//! `diffusers.te_type`, `diffusers.te_key`), evaluated in `facts.rs`.
+//! `diffusers.te_type`, `diffusers.te_key`, `diffusers.te_rank`), evaluated in `facts.rs`.
 //!
 //! diffusers converts a file whose every key starts with `lora_unet_`/`lora_te_`/`lora_te1_`/
 //! `lora_te2_` (`loaders/lora_pipeline.py` `StableDiffusionLoraLoaderMixin.lora_state_dict`) with
@@ -472,9 +472,9 @@ pub(super) fn kohya_text_encoder_key(name: &str) -> String {
 
 /// What `_load_lora_into_text_encoder` makes of one encoder's down keys (prefix removed):
 /// `Err(())` when `convert_state_dict_to_diffusers` or `convert_state_dict_to_peft` cannot infer
-/// their type (diffusers raises), else per key whether it ends as PEFT's `….lora_A.weight`
-/// (a key that does not is skipped as unexpected).
-pub(super) fn text_encoder_keys(keys: &[String]) -> Result<Vec<bool>, ()> {
+/// their type (diffusers raises), else per key the module path when it ends as PEFT's
+/// `{module}.lora_A.weight` (a key that does not is skipped as unexpected: `None`).
+pub(super) fn text_encoder_keys(keys: &[String]) -> Result<Vec<Option<String>>, ()> {
     let any = |ks: &[String], m: &str| ks.iter().any(|k| k.contains(m));
     // convert_state_dict_to_diffusers
     let keys: Vec<String> = if any(keys, "to_out_lora") {
@@ -498,22 +498,77 @@ pub(super) fn text_encoder_keys(keys: &[String]) -> Result<Vec<bool>, ()> {
     };
     Ok(keys
         .iter()
-        .map(|k| convert(k, table).ends_with(".lora_A.weight"))
+        .map(|k| {
+            convert(k, table)
+                .strip_suffix(".lora_A.weight")
+                .map(str::to_owned)
+        })
         .collect())
 }
 
+/// The landed text-encoder modules whose rank diffusers 0.42.1 does not build. Without
+/// `lora_adapter_metadata`, `_load_lora_into_text_encoder` (`loaders/lora_base.py`) records the
+/// rank of only the modules named `….q_proj/k_proj/v_proj/out_proj/fc1/fc2`, in the encoder's
+/// `named_modules()` order (per layer: CLIP's k, v, q, out_proj, then fc1, fc2), and
+/// `utils/peft_utils.py` `get_peft_kwargs` makes the most common of them (the first on a tie)
+/// `r`, the others a `rank_pattern`: any other module (`text_projection`) gets `r`, and a file
+/// rank that differs makes transformers' `load_adapter` raise on the size mismatch (sweep10,
+/// seed 61 case 33). Items: `(index, file rank, rank diffusers builds)`.
+fn unbuilt_ranks(modules: &[Option<String>], ranks: &[usize]) -> Vec<(usize, usize, usize)> {
+    const RANKED: [&str; 6] = ["k_proj", "v_proj", "q_proj", "out_proj", "fc1", "fc2"];
+    let place = |m: &str| -> Option<(usize, usize)> {
+        let last = m.rsplit('.').next()?;
+        let at = RANKED.iter().position(|r| *r == last)?;
+        let layer = m
+            .split(".layers.")
+            .nth(1)
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Some((layer, at))
+    };
+    let mut ranked: Vec<((usize, usize), usize)> = modules
+        .iter()
+        .zip(ranks)
+        .filter_map(|(m, &r)| Some((place(m.as_deref()?)?, r)))
+        .collect();
+    ranked.sort_by_key(|(at, _)| *at);
+    // collections.Counter(...).most_common()[0][0]: the largest count, the first seen on a tie.
+    let mut counts: Vec<(usize, usize)> = Vec::new();
+    for (_, r) in &ranked {
+        match counts.iter_mut().find(|(v, _)| v == r) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*r, 1)),
+        }
+    }
+    let Some(max) = counts.iter().map(|(_, n)| *n).max() else {
+        return vec![];
+    };
+    let r = counts
+        .iter()
+        .find(|(_, n)| *n == max)
+        .map_or(0, |(v, _)| *v);
+    modules
+        .iter()
+        .zip(ranks)
+        .enumerate()
+        .filter(|(_, (m, &fr))| m.as_deref().is_some_and(|m| place(m).is_none()) && fr != r)
+        .map(|(i, (_, &fr))| (i, fr, r))
+        .collect()
+}
+
 /// The text-encoder modules of `adapter` (a single file) as `_load_lora_into_text_encoder` takes
-/// them: `(refused, skipped)`, each item `module (why)`. Kohya names (`lora_te…`) count only in a
+/// them: `(refused, skipped, rank not built)`, each item `module (why)`. Kohya names (`lora_te…`) count only in a
 /// file diffusers converts (`sd_prefixed`: every key has an SD prefix); diffusers names
 /// (`text_encoder.…`, `text_encoder_2.…`) are read from their stored `lora_A` key.
 pub(super) fn text_encoder_findings(
     adapter: &crate::adapter::Adapter,
     sd_prefixed: bool,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     use crate::adapter::Data;
     use std::collections::BTreeMap;
-    // component → (module name, key as diffusers converts it)
-    let mut groups: BTreeMap<&str, Vec<(&str, String)>> = BTreeMap::new();
+    // component → (module name, key as diffusers converts it, rank)
+    let mut groups: BTreeMap<&str, Vec<(&str, String, usize)>> = BTreeMap::new();
     for m in &adapter.modules {
         let Some((Data::Stored { key, .. }, _)) = m.factors.lora() else {
             continue;
@@ -526,7 +581,7 @@ pub(super) fn text_encoder_findings(
         if let Some(comp) = kohya {
             if sd_prefixed {
                 let k = kohya_text_encoder_key(&m.name);
-                groups.entry(comp).or_default().push((&m.name, k));
+                groups.entry(comp).or_default().push((&m.name, k, m.rank));
             }
             continue;
         }
@@ -535,26 +590,45 @@ pub(super) fn text_encoder_findings(
                 groups
                     .entry(comp)
                     .or_default()
-                    .push((&m.name, rest.to_owned()));
+                    .push((&m.name, rest.to_owned(), m.rank));
             }
         }
     }
-    let (mut refused, mut skipped) = (Vec::new(), Vec::new());
+    let metadata = adapter
+        .metadata
+        .iter()
+        .any(|(k, _)| k == "lora_adapter_metadata");
+    let (mut refused, mut skipped, mut unbuilt) = (Vec::new(), Vec::new(), Vec::new());
     for (comp, mods) in groups {
-        let keys: Vec<String> = mods.iter().map(|(_, k)| k.clone()).collect();
+        let keys: Vec<String> = mods.iter().map(|(_, k, _)| k.clone()).collect();
         match text_encoder_keys(&keys) {
-            Err(()) => refused.extend(mods.iter().map(|(n, _)| {
+            Err(()) => refused.extend(mods.iter().map(|(n, _, _)| {
                 format!("{n} ({comp}: no q/k/v/out_proj key to infer the state dict type from)")
             })),
-            Ok(landed) => skipped.extend(
-                mods.iter()
-                    .zip(landed)
-                    .filter(|(_, l)| !l)
-                    .map(|((n, k), _)| format!("{n} (kept as `{k}`)")),
-            ),
+            Ok(landed) => {
+                if !metadata {
+                    let ranks: Vec<usize> = mods.iter().map(|(_, _, r)| *r).collect();
+                    unbuilt.extend(
+                        unbuilt_ranks(&landed, &ranks)
+                            .into_iter()
+                            .map(|(i, fr, r)| {
+                                format!(
+                                    "{} ({comp}: rank {fr}, built with rank {r}: size mismatch)",
+                                    mods[i].0
+                                )
+                            }),
+                    );
+                }
+                skipped.extend(
+                    mods.iter()
+                        .zip(landed)
+                        .filter(|(_, l)| l.is_none())
+                        .map(|((n, k, _), _)| format!("{n} (kept as `{k}`)")),
+                )
+            }
         }
     }
-    (refused, skipped)
+    (refused, skipped, unbuilt)
 }
 
 /// Modules of a diffusers file that `loaders/peft.py` `load_lora_adapter` (diffusers 0.42.1)
@@ -665,6 +739,10 @@ mod tests {
     #[test]
     fn text_encoder_keys_as_diffusers_reads_them() {
         let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let text_encoder_keys = |keys: &[String]| {
+            super::text_encoder_keys(keys)
+                .map(|v| v.iter().map(Option::is_some).collect::<Vec<_>>())
+        };
         // PEFT names: fine beside a q/k/v/out_proj module, refused without one (sweep seed 1
         // case 42: text_projection + fc1, "Could not automatically infer state dict type").
         assert_eq!(

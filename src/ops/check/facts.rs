@@ -167,13 +167,16 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
-            When::DiffusersTextEncoderUntyped | When::DiffusersTextEncoderKeyLost => {
+            When::DiffusersTextEncoderUntyped
+            | When::DiffusersTextEncoderKeyLost
+            | When::DiffusersTextEncoderRank => {
                 let sd = self.sd_prefixed() && !self.own_loader();
-                let (refused, skipped) = super::diffusers_keys::text_encoder_findings(a, sd);
-                if when == When::DiffusersTextEncoderUntyped {
-                    refused
-                } else {
-                    skipped
+                let (refused, skipped, unbuilt) =
+                    super::diffusers_keys::text_encoder_findings(a, sd);
+                match when {
+                    When::DiffusersTextEncoderUntyped => refused,
+                    When::DiffusersTextEncoderKeyLost => skipped,
+                    _ => unbuilt,
                 }
             }
             When::DiffusersOldNamesUnconverted => super::diffusers_keys::unconverted_old_names(a),

@@ -111,6 +111,8 @@ pub enum When {
     DiffusersTextEncoderUntyped,
     /// Text-encoder modules whose keys diffusers leaves in a form no layer has (skipped).
     DiffusersTextEncoderKeyLost,
+    /// Text-encoder modules whose rank diffusers does not infer (`diffusers_keys.rs`): it raises.
+    DiffusersTextEncoderRank,
     /// Denoiser modules in diffusers' older names beside PEFT-named ones that sort first.
     DiffusersOldNamesUnconverted,
     /// DoRA magnitudes (`lora_magnitude_vector`, `dora_scale`).

@@ -52,7 +52,7 @@
 //! (bit-identical for any thread count), QR and the small SVDs sequential (faer's parallel QR/SVD
 //! round differently with different thread counts). Same inputs, options and seed → byte-identical
 //! output on the same CPU type. `exact` uses faer's parallel SVD for speed and is reproducible
-//! for a given thread count.
+//! for a given thread count (faer's f64 SVD since sweep10: see `factorize`).
 //!
 //! Must not print or spell a command-line flag: planning is `plan.rs`'s, factoring and writing
 //! `run.rs`'s, and the report goes back to the caller.

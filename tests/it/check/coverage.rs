@@ -280,6 +280,8 @@ const EXTRA: &[(&str, Option<&str>)] = &[
         "diffusion10/flux2_lokr/lycoris_rebuilt.safetensors",
         Some("diffusion10/flux2_lokr/base.safetensors"),
     ),
+    // diffusers.te_rank (fixtures/gen/sweep10_fixtures.py, tests/it/sweep10.rs).
+    ("sweep10/te_projection_rank/rank2.safetensors", None),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.
     (
         "sweep7/qwen2_moe_experts/adapter",

@@ -482,6 +482,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_base.py", "0.42.1", "_load_lora_into_text_encoder; utils/state_dict_utils.py convert_state_dict_to_diffusers, convert_state_dict_to_peft; run on fixtures/gen/check_diffusers_sweep.py cases"),
     },
     Rule {
+        id: "diffusers.te_rank",
+        target: Target::Diffusers,
+        when: When::DiffusersTextEncoderRank,
+        severity: Severity::Error,
+        why: "without lora_adapter_metadata diffusers infers a text encoder's ranks from its q/k/v/out_proj/fc1/fc2 modules only (the most common is `r`); another module (`text_projection`) is built with rank `r`, and its file rank differs: transformers' load_adapter raises on the size mismatch",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_base.py", "0.42.1", "_load_lora_into_text_encoder (rank dict); utils/peft_utils.py get_peft_kwargs; fixtures/sweep10/te_projection_rank"),
+    },
+    Rule {
         id: "diffusers.te_key",
         target: Target::Diffusers,
         when: When::DiffusersTextEncoderKeyLost,
