@@ -110,8 +110,7 @@ fn mlx_lm_bf16_merge_is_the_correctly_rounded_sum() {
 
 /// A PEFT adapter with `rank_pattern` and `alpha_pattern` (and an embedding LoRA) written as an
 /// mlx-lm folder: one rank (down_proj's r=2 padded with zeros), one scale (v_proj's folded into
-/// its lora_b), `num_layers: -1` and the block-relative `keys` that `linear_to_lora_layers`
-/// matches. Merged back by lorakit it equals PEFT's own merge of the PEFT adapter.
+/// its lora_b), and the modules' full paths as the `keys` that `linear_to_lora_layers` matches. Merged back by lorakit it equals PEFT's own merge of the PEFT adapter.
 #[test]
 fn peft_to_mlx_lm_keeps_every_delta() {
     let (_dir, [out, merged]) = scratch_all(["mlx", "merged"]);
@@ -122,15 +121,12 @@ fn peft_to_mlx_lm_keeps_every_delta() {
     let params = &cfg["lora_parameters"];
     assert_eq!(params["rank"], 4);
     assert_eq!(params["scale"], 2.0); // lora_alpha 8 / r 4, the most common scale
-    assert_eq!(
-        strs(&params["keys"]),
-        [
-            "mlp.down_proj",
-            "model.embed_tokens",
-            "self_attn.q_proj",
-            "self_attn.v_proj"
-        ]
-    );
+                                      // Full module paths: mlx-lm builds exactly these layers (block-relative keys would build
+                                      // one in every block).
+    let keys = strs(&params["keys"]);
+    assert_eq!(keys.len(), 10);
+    assert!(keys.contains(&"model.embed_tokens"));
+    assert!(keys.contains(&"model.layers.2.self_attn.v_proj"));
     let t = read(&out.join("adapters.safetensors"));
     let down = &t["model.layers.0.mlp.down_proj.lora_a"];
     assert_eq!(down.shape, [24, 4]);
@@ -443,4 +439,76 @@ fn mlx_quantized_bases_are_named() {
     );
     let text = run_ok(inspect_args(&base, &[]));
     assert_mentions(&text, &["not read", "MLX-quantized"]);
+}
+
+/// `resize` (and `extract`) write without `convert`'s scale fold: the mlx-lm writer folds each
+/// module's own scale into its lora_b itself. A PEFT adapter with `alpha_pattern` resized at its
+/// own ranks into an mlx-lm folder still merges as PEFT merged it.
+#[test]
+fn resize_into_mlx_lm_keeps_each_module_scale() {
+    let (_dir, [out, merged]) = scratch_all(["mlx", "merged"]);
+    run_ok(resize_args(
+        &mlx("peft_mixed"),
+        &out,
+        &["--rank", "4", "--format", "mlx", "--quiet"],
+    ));
+    run_ok(merge_args(&mlx("base"), &out, &merged, &["--quiet"]));
+    let n = assert_merged_matches(
+        &merged,
+        &mlx("base"),
+        &mlx("fused_peft_mixed.safetensors"),
+        1e-6,
+    );
+    assert_eq!(n, 10);
+}
+
+/// What mlx-lm's `load_adapters` refuses, lorakit refuses too: a config without `rank`,
+/// `dropout` or `num_layers` (KeyError / AttributeError there), a module `keys` does not name,
+/// and without `keys` a module outside the blocks.
+#[test]
+fn mlx_lm_config_and_keys_are_checked_as_mlx_lm_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let base = mlx("base");
+    let cases: [(&str, fn(&mut serde_json::Value), &[&str]); 5] = [
+        (
+            "lora",
+            |c| drop(c["lora_parameters"].as_object_mut().unwrap().remove("rank")),
+            &["lora_parameters.rank"],
+        ),
+        (
+            "lora",
+            |c| {
+                drop(
+                    c["lora_parameters"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("dropout"),
+                )
+            },
+            &["lora_parameters.dropout"],
+        ),
+        (
+            "lora",
+            |c| drop(c.as_object_mut().unwrap().remove("num_layers")),
+            &["num_layers"],
+        ),
+        (
+            "dora",
+            |c| c["lora_parameters"]["keys"] = serde_json::json!(["self_attn.q_proj"]),
+            &["self_attn.v_proj", "keys does not name it"],
+        ),
+        (
+            "embed",
+            |c| drop(c["lora_parameters"].as_object_mut().unwrap().remove("keys")),
+            &["model.embed_tokens", "outside the blocks"],
+        ),
+    ];
+    for (i, (case, edit, words)) in cases.into_iter().enumerate() {
+        let sub = dir.path().join(i.to_string());
+        std::fs::create_dir(&sub).unwrap();
+        let a = edited(&sub, case, edit);
+        let line = merge_refused(&base, &a, &out, &[]);
+        assert_mentions(&line, words);
+    }
 }

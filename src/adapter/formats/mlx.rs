@@ -68,8 +68,10 @@ enum Tune {
 /// The config fields the tensors are read with.
 struct Config {
     tune: Tune,
-    rank: Option<usize>,
+    rank: usize,
     scale: f64,
+    /// `lora_parameters.keys`: `None` is every Linear/Embedding inside a block.
+    keys: Option<Vec<String>>,
 }
 
 fn parse_config(path: &Path, raw: &Value) -> InputResult<Config> {
@@ -89,11 +91,19 @@ fn parse_config(path: &Path, raw: &Value) -> InputResult<Config> {
             ))
         }
     };
+    // load_adapters reads `config.num_layers` whatever the type (an AttributeError without it).
+    if !raw.get("num_layers").is_some_and(Value::is_i64) {
+        return Err(bad(
+            "num_layers",
+            "is missing or not an integer (mlx-lm's load_adapters reads it)",
+        ));
+    }
     if tune == Tune::Full {
         return Ok(Config {
             tune,
-            rank: None,
+            rank: 0,
             scale: 1.0,
+            keys: None,
         });
     }
     let params = raw
@@ -116,24 +126,97 @@ fn parse_config(path: &Path, raw: &Value) -> InputResult<Config> {
             ))
         }
     };
-    let rank = match params.get("rank") {
-        None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|&r| r > 0)
-                .and_then(|r| usize::try_from(r).ok())
-                .ok_or_else(|| bad("lora_parameters.rank", "is not a positive integer"))?,
+    // linear_to_lora_layers reads config["rank"] and config["dropout"] (KeyError without).
+    let rank = params
+        .get("rank")
+        .and_then(Value::as_u64)
+        .filter(|&r| r > 0)
+        .and_then(|r| usize::try_from(r).ok())
+        .ok_or_else(|| {
+            bad(
+                "lora_parameters.rank",
+                "is missing or not a positive integer (mlx-lm builds its layers at it)",
+            )
+        })?;
+    if !params.get("dropout").is_some_and(Value::is_number) {
+        return Err(bad(
+            "lora_parameters.dropout",
+            "is missing or not a number (mlx-lm's linear_to_lora_layers reads it)",
+        ));
+    }
+    let keys = match params.get("keys") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|k| k.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("lora_parameters.keys", "is not a list of module names"))?,
         ),
+        Some(_) => return Err(bad("lora_parameters.keys", "is not a list of module names")),
     };
-    Ok(Config { tune, rank, scale })
+    Ok(Config {
+        tune,
+        rank,
+        scale,
+        keys,
+    })
 }
 
-/// Whether module `name` is an embedding table: mlx-lm's `nn.Embedding` attributes
-/// (`embed_tokens`, `wte`, `word_embeddings`, `tok_embeddings`, …), whose LoRA is
-/// `LoRAEmbedding`.
+/// A module inside a block: `(…layers.N, rest)` — `linear_to_lora_layers` matches `rest`
+/// against `keys` in each block (`model.layers`), and full paths against `keys` in its pass
+/// over `model.named_modules()`.
+fn in_block(name: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(i) = name[from..].find("layers.") {
+        let at = from + i;
+        let after = &name[at + "layers.".len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if (at == 0 || name.as_bytes()[at - 1] == b'.')
+            && digits > 0
+            && after.as_bytes().get(digits) == Some(&b'.')
+        {
+            return Some(&after[digits + 1..]);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Why mlx-lm builds no adapter layer for module `name` under `keys` (its load_adapters then
+/// refuses the module's tensors as "not an adapter parameter in the model"), or `None`.
+fn unbuilt(name: &str, keys: Option<&[String]>) -> Option<String> {
+    let rest = in_block(name);
+    match keys {
+        Some(keys) if keys.iter().any(|k| k == name || Some(k.as_str()) == rest) => None,
+        Some(_) => Some("lora_parameters.keys does not name it".into()),
+        None if rest.is_some() => None,
+        None => Some(
+            "it is outside the blocks and lora_parameters has no keys (mlx-lm then adapts block layers only)"
+                .into(),
+        ),
+    }
+}
+
+/// Whether module `name` is an embedding table: the attribute names mlx-lm 0.32.2's models
+/// give an `nn.Embedding` (`grep "= nn.Embedding" models/*.py`), whose LoRA is
+/// `LoRAEmbedding`. Linears with similar names (gpt_neox's `embed_out`) are not.
 fn is_embedding(name: &str) -> bool {
     let last = name.rsplit('.').next().unwrap_or(name);
-    last.contains("embed") || matches!(last, "wte" | "wpe")
+    matches!(
+        last,
+        "embed_tokens"
+            | "wte"
+            | "wpe"
+            | "word_embeddings"
+            | "embeddings"
+            | "tok_embeddings"
+            | "embedding"
+            | "embed_tokens_per_layer"
+            | "token_embeddings"
+            | "position_embedding_table"
+            | "embed_in"
+            | "embed"
+    )
 }
 
 /// Reads an mlx-lm adapter: `file` (`adapters.safetensors` or a checkpoint
@@ -198,9 +281,15 @@ pub fn read(path: &Path, file: SafetensorsFile, config: &Path) -> InputResult<Ad
             )));
         }
         let (in_f, rank, out_f) = (sa[0], sa[1], sb[1]);
-        if let Some(r) = cfg.rank.filter(|&r| r != rank) {
+        if rank != cfg.rank {
             return Err(err(format!(
-                "module `{name}` has rank {rank}, but lora_parameters.rank is {r}: mlx-lm builds every adapter layer at that rank and refuses the file"
+                "module `{name}` has rank {rank}, but lora_parameters.rank is {}: mlx-lm builds every adapter layer at that rank and refuses the file",
+                cfg.rank
+            )));
+        }
+        if let Some(why) = unbuilt(&name, cfg.keys.as_deref()) {
+            return Err(err(format!(
+                "module `{name}`: mlx-lm builds no adapter layer for it ({why}) and refuses its tensors"
             )));
         }
         let embedding = is_embedding(&name);
@@ -325,6 +414,12 @@ impl Layout for Mlx {
             };
             return refuse(format!("module `{}` {why}", m.name));
         }
+        if let Some(f) = written_full(adapter).find(|f| f.rows.is_some()) {
+            return refuse(format!(
+                "full tensor `{}` holds only some rows (trainable tokens)",
+                f.name
+            ));
+        }
         if let Some(f) = written_full(adapter).next() {
             if !adapter.modules.is_empty() {
                 return refuse(format!(
@@ -392,10 +487,10 @@ impl Layout for Mlx {
     }
 }
 
-/// The most common module scale (ties: the smallest), 1 for an adapter of full tensors.
+/// The most common nonzero module scale (ties: the smallest), 1 when there is none.
 fn common_scale(adapter: &Adapter) -> f64 {
     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
-    for m in &adapter.modules {
+    for m in adapter.modules.iter().filter(|m| m.scale != 0.0) {
         *counts.entry(m.scale.to_bits()).or_default() += 1;
     }
     counts
@@ -420,33 +515,34 @@ fn max_rank(adapter: &Adapter) -> usize {
     adapter.modules.iter().map(|m| m.rank).max().unwrap_or(0)
 }
 
-/// `lora_parameters.keys`: a module inside a block (`….layers.N.rest`) by its path in the block
-/// (`rest`, which `linear_to_lora_layers` matches in every block), any other by its full path
-/// (matched against `model.named_modules()`).
-fn key_of(name: &str) -> String {
-    let segs: Vec<&str> = name.split('.').collect();
-    for i in 0..segs.len().saturating_sub(2) {
-        if segs[i] == "layers" && segs[i + 1].bytes().all(|b| b.is_ascii_digit()) {
-            return segs[i + 2..].join(".");
-        }
-    }
-    name.to_owned()
-}
-
 /// Writes `adapter` as an mlx-lm folder: factors transposed to mlx-lm's `[in, r]` / `[r, out]`,
 /// every module at the largest rank (zero rows and columns added: the same ΔW), one scale
-/// ([`Layout::fold_scales`] ran first), `num_layers: -1` ("all", as mlx-lm's `--num-layers`
-/// documents) with the modules' `keys`, so `load_adapters` builds exactly these layers.
+/// (another module's scale folded into its `lora_b` here, whether or not
+/// [`Layout::fold_scales`] ran: `resize` and `extract` write without it), and as `keys` the
+/// modules' full paths, which `linear_to_lora_layers` matches in its pass over
+/// `model.named_modules()`: it builds exactly these layers (block-relative keys would build one
+/// in every block, and an extra DoRA layer rescales weights the adapter never touched).
+/// `num_layers` is then unused; -1 ("all", as mlx-lm's `--num-layers` documents).
 fn write(adapter: &Adapter, output: &mut Output, args: WriteArgs) -> InputResult<()> {
     use crate::io::TensorSpec;
+    Mlx.check_modules(adapter)?;
     let out = args.out;
     output.create_dir_all(out)?;
     let rank = max_rank(adapter);
+    let scale = common_scale(adapter);
     let dora = adapter.modules.iter().any(|m| m.dora_magnitude.is_some());
     let mut tensors: BTreeMap<String, (Vec<usize>, crate::dtype::Dtype, Vec<u8>)> = BTreeMap::new();
     let dt = args.dtype.unwrap_or(crate::dtype::Dtype::F32);
     for m in &adapter.modules {
         let (a, b) = adapter.factors(m).map(|(b, a)| (a, b))?;
+        let b = if m.scale == scale {
+            b
+        } else {
+            let Some((_, bd)) = m.factors.lora() else {
+                unreachable!("check_modules: LoRA only")
+            };
+            Arc::new(adapter.scaled_values(bd, m.scale / scale, &m.name, "lora_B")?)
+        };
         let r = m.rank;
         // lora_a [in, rank] = Aᵀ padded; lora_b [rank, out] = Bᵀ padded.
         let mut la = vec![0f32; m.in_features * rank];
@@ -490,7 +586,7 @@ fn write(adapter: &Adapter, output: &mut Output, args: WriteArgs) -> InputResult
         w.write_tensor(name, bytes)?;
     }
     w.finish()?;
-    let mut keys: Vec<String> = adapter.modules.iter().map(|m| key_of(&m.name)).collect();
+    let mut keys: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
     keys.sort();
     keys.dedup();
     let tune = if adapter.modules.is_empty() && written_full(adapter).next().is_some() {
@@ -506,7 +602,7 @@ fn write(adapter: &Adapter, output: &mut Output, args: WriteArgs) -> InputResult
     if tune != "full" {
         cfg.insert(
             "lora_parameters".into(),
-            json!({"rank": rank, "scale": common_scale(adapter), "dropout": 0.0, "keys": keys}),
+            json!({"rank": rank, "scale": scale, "dropout": 0.0, "keys": keys}),
         );
     }
     if let Some(b) = &adapter.base_model {
@@ -522,14 +618,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_block_relative_or_full() {
+    fn modules_are_selected_as_linear_to_lora_layers_selects_them() {
         assert_eq!(
-            key_of("model.layers.12.self_attn.q_proj"),
-            "self_attn.q_proj"
+            in_block("model.layers.12.self_attn.q_proj"),
+            Some("self_attn.q_proj")
         );
-        assert_eq!(key_of("model.embed_tokens"), "model.embed_tokens");
-        assert_eq!(key_of("lm_head"), "lm_head");
-        assert_eq!(key_of("model.layers.x.mlp"), "model.layers.x.mlp");
+        assert_eq!(in_block("model.embed_tokens"), None);
+        assert_eq!(in_block("model.layers.x.mlp"), None);
+        assert_eq!(in_block("model.sublayers.1.mlp"), None);
+        let keys = [
+            "self_attn.q_proj".to_owned(),
+            "model.embed_tokens".to_owned(),
+        ];
+        assert_eq!(
+            unbuilt("model.layers.3.self_attn.q_proj", Some(&keys)),
+            None
+        );
+        assert_eq!(unbuilt("model.embed_tokens", Some(&keys)), None);
+        assert!(unbuilt("model.layers.3.self_attn.v_proj", Some(&keys)).is_some());
+        assert_eq!(unbuilt("model.layers.3.mlp.up_proj", None), None);
+        assert!(unbuilt("lm_head", None).is_some());
     }
 
     #[test]

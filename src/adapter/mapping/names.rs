@@ -142,6 +142,13 @@ impl<'a> WeightNames<'a> {
     pub fn module_candidates(&self, format: Format, name: &str) -> Vec<&'a str> {
         if is_kohya_name(format, name) {
             kohya_candidates(name, &self.kohya)
+        } else if format == Format::Mlx {
+            // mlx-lm names its own model's modules; a family whose `sanitize` renames or
+            // transposes weights (gpt2: `model.h.N` Linears on Wᵀ of Conv1D) must not land by a
+            // dotted suffix on a Hugging Face checkpoint, where a square weight would take ΔW
+            // untransposed. Exact names only.
+            let want = format!("{name}.weight");
+            self.names.iter().filter(|n| **n == want).copied().collect()
         } else {
             dotted_candidates(&format!("{name}.weight"), &self.names)
         }
