@@ -86,7 +86,8 @@ pub struct CombineArgs {
     pub output: AdapterOutArgs,
 }
 
-/// Convert an adapter between the PEFT, kohya, LyCORIS, ComfyUI and llama.cpp GGUF forms, exactly.
+/// Convert an adapter between the PEFT, kohya, LyCORIS, ComfyUI, mlx-lm and llama.cpp GGUF forms,
+/// exactly.
 ///
 /// Factors are copied byte for byte (unless --dtype asks otherwise) and every module keeps its
 /// exact scale: PEFT → kohya writes each module's alpha (scale·rank for rsLoRA, since kohya's
@@ -109,6 +110,11 @@ pub struct CombineArgs {
 /// PEFT LoKr with both halves whole and alpha ≠ r has no LyCORIS alpha: its scale is folded
 /// into lokr_w1 (reported).
 ///
+/// mlx-lm (Apple's mlx_lm.lora: adapters.safetensors + adapter_config.json) is read as any
+/// other format; --to mlx writes one rank per file (smaller ranks padded with zeros) and one
+/// scale (other modules' scales folded into their lora_b), which mlx_lm.fuse and
+/// mlx_lm.generate --adapter-path apply exactly.
+///
 /// Examples:
 ///   lorakit convert fixtures/kohya/adapters/te_peft --to kohya --out te.safetensors
 ///   lorakit convert fixtures/kohya/te_lora.safetensors --to peft --base fixtures/kohya/te_base \
@@ -119,10 +125,11 @@ pub struct CombineArgs {
 ///   lorakit convert fixtures/peft_lycoris/loha --to lycoris --out loha.safetensors
 ///   lorakit convert loha.safetensors --to peft --out loha_peft/    # back to PEFT LOHA, exact
 ///   lorakit convert fixtures/lycoris/loha.safetensors --to comfy --out loha_comfy.safetensors
+///   lorakit convert fixtures/mlx/peft_mixed --to mlx --out for_mlx/   # mlx_lm.generate --adapter-path
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct ConvertArgs {
-    /// Adapter to convert: a PEFT folder (or its adapter_model.safetensors) or a kohya file.
+    /// Adapter to convert: a PEFT or mlx-lm folder (or its .safetensors) or a kohya file.
     #[arg(value_hint = ValueHint::AnyPath)]
     pub adapter: PathBuf,
 

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 /// lorakit — LoRA adapter files and model surgery.
 ///
 /// Inspect checkpoints (safetensors, GGUF, quantized) and adapters (PEFT, kohya, LyCORIS,
-/// diffusers, GGUF), merge adapters into them exactly as the adapter's own library applies it
+/// diffusers, GGUF, mlx-lm), merge adapters into them exactly as the adapter's own library applies it
 /// (PEFT's merge_and_unload, LyCORIS, diffusers), extract, resize, combine, convert, and check
 /// whether an adapter loads in vLLM, llama.cpp, diffusers and friends. Files are memory-mapped
 /// and outputs are streamed and written atomically.
