@@ -470,7 +470,8 @@ fn mlx_lm_config_and_keys_are_checked_as_mlx_lm_does() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let base = mlx("base");
-    let cases: [(&str, fn(&mut serde_json::Value), &[&str]); 5] = [
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &[&str]); 5] = [
         (
             "lora",
             |c| drop(c["lora_parameters"].as_object_mut().unwrap().remove("rank")),
