@@ -7,9 +7,10 @@ use super::config::{PeftConfig, PeftType, PREFIX};
 use crate::adapter::data::Data;
 use crate::adapter::formats::format::Format;
 use crate::adapter::model::{Adapter, FullTensor, LoraModule};
-use crate::error::InputResult;
+use crate::error::{InputError, InputResult};
 use crate::io::header::TensorInfo;
 use crate::io::SafetensorsFile;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A stored tensor that replaces the base tensor `name` whole.
@@ -57,6 +58,50 @@ pub(super) fn assemble(
         namings: Vec::new(),
         untargeted,
     })
+}
+
+/// Per module path, the keys of a two-tensor tuner's tensors ([`paired_by_suffixes`]).
+pub(super) type Pairs = BTreeMap<String, [Option<String>; 2]>;
+
+/// The tensors of a tuner with two tensors per module (BOFT's `boft_R`/`boft_s`, VeRA's
+/// `vera_lambda_d`/`vera_lambda_b`): per module path (sorted) the keys named
+/// `{PREFIX}{module}{suffixes[i]}`, slot `i`; tensors named in `skip` are left out, any other
+/// whose name holds `family` (the tuner's own prefix, `boft_`) is an error naming it and `what`
+/// (the tensors the tuner has), and the rest are full tensors named without the prefix.
+pub(super) fn paired_by_suffixes(
+    file: &SafetensorsFile,
+    suffixes: [&str; 2],
+    family: &str,
+    skip: &[&str],
+    what: &str,
+) -> InputResult<(Pairs, Vec<FullTensor>)> {
+    let bad = |msg: String| InputError::invalid(file.path(), msg);
+    let mut parts = Pairs::new();
+    let mut full = Vec::new();
+    for t in file.tensors() {
+        let key = t.name.as_str();
+        if skip.contains(&key) {
+            continue;
+        }
+        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
+        let found = suffixes
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| rel.strip_suffix(s).map(|m| (m, i)));
+        let Some((module, side)) = found else {
+            if rel.contains(family) {
+                return Err(bad(format!("tensor `{key}`: not a {what}")));
+            }
+            full.push(stored_full(rel.to_owned(), t));
+            continue;
+        };
+        let slot = &mut parts.entry(module.to_owned()).or_default()[side];
+        if slot.is_some() {
+            return Err(bad(format!("tensor `{key}` is given twice")));
+        }
+        *slot = Some(key.to_owned());
+    }
+    Ok((parts, full))
 }
 
 /// The tensors of a tuner with one tensor per module (IA3, OFT, HRA): those named

@@ -11,14 +11,13 @@
 //! A file with m > 1 was trained with the extension and no CPU PEFT can load or merge it; it is
 //! refused. Linear layers only (a Conv2d base stays unmatched); `fan_in_fan_out` is refused.
 
-use super::assemble::{assemble, stored_full};
-use super::config::{stored_f32, PeftConfig, PREFIX};
+use super::assemble::{assemble, paired_by_suffixes};
+use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,29 +30,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             "`fan_in_fan_out` is true: BOFT on Conv1D bases is not supported yet".into(),
         ));
     }
-    let mut parts: BTreeMap<String, [Option<String>; 2]> = BTreeMap::new();
-    let mut full = Vec::new();
-    for t in file.tensors() {
-        let key = t.name.as_str();
-        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
-        let (module, side) = if let Some(m) = rel.strip_suffix(".boft_R") {
-            (m, 0)
-        } else if let Some(m) = rel.strip_suffix(".boft_s") {
-            (m, 1)
-        } else if rel.contains("boft_") {
-            return Err(bad(format!(
-                "tensor `{key}`: not a BOFT tensor (boft_R, boft_s)"
-            )));
-        } else {
-            full.push(stored_full(rel.to_owned(), t));
-            continue;
-        };
-        let slot = &mut parts.entry(module.to_owned()).or_default()[side];
-        if slot.is_some() {
-            return Err(bad(format!("tensor `{key}` is given twice")));
-        }
-        *slot = Some(key.to_owned());
-    }
+    let (parts, full) = paired_by_suffixes(
+        &file,
+        [".boft_R", ".boft_s"],
+        "boft_",
+        &[],
+        "BOFT tensor (boft_R, boft_s)",
+    )?;
     let shape = |k: &str| {
         file.tensors()
             .iter()

@@ -15,14 +15,13 @@
 //! A module's input width is known only from its base (`vera_A` is sliced to it), so it is a
 //! [`Factors::Vera`], built with the base at hand.
 
-use super::assemble::{assemble, stored_full};
-use super::config::{stored_f32, PeftConfig, PREFIX};
+use super::assemble::{assemble, paired_by_suffixes};
+use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -61,32 +60,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
     };
     let vera_a = stored_f32(&file, A_KEY)?;
     let vera_b = stored_f32(&file, B_KEY)?;
-    let mut lambdas: BTreeMap<String, [Option<String>; 2]> = BTreeMap::new();
-    let mut full = Vec::new();
-    for t in file.tensors() {
-        let key = t.name.as_str();
-        if key == A_KEY || key == B_KEY {
-            continue;
-        }
-        let rel = key.strip_prefix(PREFIX).unwrap_or(key);
-        let (module, side) = if let Some(m) = rel.strip_suffix(".vera_lambda_d") {
-            (m, 0)
-        } else if let Some(m) = rel.strip_suffix(".vera_lambda_b") {
-            (m, 1)
-        } else if rel.contains("vera_") {
-            return Err(bad(format!(
-                "tensor `{key}`: not a VeRA tensor (vera_lambda_d, vera_lambda_b, base_model.vera_A/B)"
-            )));
-        } else {
-            full.push(stored_full(rel.to_owned(), t));
-            continue;
-        };
-        let slot = &mut lambdas.entry(module.to_owned()).or_default()[side];
-        if slot.is_some() {
-            return Err(bad(format!("tensor `{key}` is given twice")));
-        }
-        *slot = Some(key.to_owned());
-    }
+    let (lambdas, full) = paired_by_suffixes(
+        &file,
+        [".vera_lambda_d", ".vera_lambda_b"],
+        "vera_",
+        &[A_KEY, B_KEY],
+        "VeRA tensor (vera_lambda_d, vera_lambda_b, base_model.vera_A/B)",
+    )?;
     let mut modules = Vec::with_capacity(lambdas.len());
     for (name, [d_key, b_key]) in lambdas {
         let (Some(d_key), Some(b_key)) = (d_key, b_key) else {
