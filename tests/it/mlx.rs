@@ -140,14 +140,7 @@ fn peft_to_mlx_lm_keeps_every_delta() {
         "the rank-2 factor is kept"
     );
     assert_eq!(t["model.embed_tokens.lora_a"].shape, [48, 4]);
-    run_ok(merge_args(&mlx("base"), &out, &merged, &["--quiet"]));
-    let n = assert_merged_matches(
-        &merged,
-        &mlx("base"),
-        &mlx("fused_peft_mixed.safetensors"),
-        1e-6,
-    );
-    assert_eq!(n, 10);
+    merges_as_peft_mixed(&out, &merged);
 }
 
 /// mlx-lm's own fuse (`python -m mlx_lm fuse`) of lorakit's mlx-lm folder equals PEFT's merge
@@ -203,6 +196,19 @@ fn check_refuses_mlx_lm_folders_and_fix_converts_them() {
     assert!(fixed.join("adapter_model.safetensors").exists());
     run_ok(merge_args(&mlx("base"), &fixed, &merged, &["--quiet"]));
     assert_merged_matches(&merged, &mlx("base"), &mlx("fused_lora.safetensors"), 1e-6);
+}
+
+/// Merges the mlx-lm folder `adapter` into the base at `merged` and checks it against PEFT's
+/// merge of `peft_mixed` (the 10 tensors it changed, within 1e-6; the rest byte for byte).
+fn merges_as_peft_mixed(adapter: &Path, merged: &Path) {
+    run_ok(merge_args(&mlx("base"), adapter, merged, &["--quiet"]));
+    let n = assert_merged_matches(
+        merged,
+        &mlx("base"),
+        &mlx("fused_peft_mixed.safetensors"),
+        1e-6,
+    );
+    assert_eq!(n, 10);
 }
 
 /// Copies the mlx-lm fixture `case` into `dir/case` and edits its config with `edit`.
@@ -452,14 +458,7 @@ fn resize_into_mlx_lm_keeps_each_module_scale() {
         &out,
         &["--rank", "4", "--format", "mlx", "--quiet"],
     ));
-    run_ok(merge_args(&mlx("base"), &out, &merged, &["--quiet"]));
-    let n = assert_merged_matches(
-        &merged,
-        &mlx("base"),
-        &mlx("fused_peft_mixed.safetensors"),
-        1e-6,
-    );
-    assert_eq!(n, 10);
+    merges_as_peft_mixed(&out, &merged);
 }
 
 /// What mlx-lm's `load_adapters` refuses, lorakit refuses too: a config without `rank`,
