@@ -90,6 +90,33 @@ pub struct LoraModule {
     pub bias: Option<Data>,
 }
 
+impl LoraModule {
+    /// A plain LoRA module on a Linear layer at scale 1 (`alpha = r`), with no DoRA or bias: the
+    /// form of tuners whose own scaling is folded into the factors as they are read (PEFT's
+    /// VB-LoRA, DeLoRA).
+    pub fn linear_unit_scale(
+        name: String,
+        (out_features, in_features, rank): (usize, usize, usize),
+        (a, b): (Data, Data),
+        base_transposed: bool,
+    ) -> LoraModule {
+        LoraModule {
+            name,
+            kind: ModuleKind::Linear,
+            rank,
+            alpha: rank as f64,
+            scale: 1.0,
+            out_features,
+            in_features,
+            factors: Factors::Lora { a, b },
+            base_transposed,
+            dora_magnitude: None,
+            dora_rule: DoraRule::Peft,
+            bias: None,
+        }
+    }
+}
+
 /// The two weight-decomposition rules in the wild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -11,9 +11,8 @@
 
 use super::assemble::{assemble, stored_full};
 use super::config::{stored_f32, PeftConfig, PREFIX};
-use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::collections::BTreeMap;
@@ -93,26 +92,18 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 folded[i * k + j] = (c * a[i * k + j] as f64 * w_norm[j] as f64) as f32;
             }
         }
-        modules.push(LoraModule {
+        modules.push(LoraModule::linear_unit_scale(
             name,
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: r as f64,
-            scale: 1.0,
-            out_features: d,
-            in_features: k,
-            bias: None,
-            factors: Factors::Lora {
-                a: Data::Owned(Arc::new(folded)),
-                b: Data::Stored {
+            (d, k, r),
+            (
+                Data::Owned(Arc::new(folded)),
+                Data::Stored {
                     key: bkey,
                     transpose: false,
                 },
-            },
-            base_transposed: false,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            ),
+            false,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
 }

@@ -15,9 +15,8 @@
 
 use super::assemble::{assemble, stored_full};
 use super::config::{stored_f32, PeftConfig, PREFIX};
-use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
@@ -130,23 +129,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 }
             }
         }
-        modules.push(LoraModule {
+        modules.push(LoraModule::linear_unit_scale(
             name,
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: r as f64,
-            scale: 1.0,
-            out_features: d,
-            in_features: k,
-            bias: None,
-            factors: Factors::Lora {
-                a: Data::Owned(Arc::new(fa)),
-                b: Data::Owned(Arc::new(fb)),
-            },
-            base_transposed: cfg.fan_in_fan_out,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            (d, k, r),
+            (Data::Owned(Arc::new(fa)), Data::Owned(Arc::new(fb))),
+            cfg.fan_in_fan_out,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
 }
