@@ -213,6 +213,34 @@ pub fn read_checkpoint(path: &Path) -> TensorMap {
     all
 }
 
+/// The largest |s·B·A − want| over max |want|, in f64: a PEFT module's factors `a` (`[r, k…]`)
+/// and `b` (`[d, r]`) at scale `s` against a reference ΔW `want` stored F64 (numpy's truncation
+/// in the sweeps' fixtures).
+pub fn lowrank_error(a: &T, b: &T, s: f64, want: &T) -> f64 {
+    assert_eq!(want.dtype, safetensors::Dtype::F64);
+    let want: Vec<f64> = want
+        .data
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let (d, r) = (b.shape[0], a.shape[0]);
+    let k = a.shape[1..].iter().product::<usize>();
+    assert_eq!(want.len(), d * k, "reference of {d}×{k}");
+    let (av, bv) = (a.f32(), b.f32());
+    let top = want.iter().fold(0f64, |x, y| x.max(y.abs()));
+    let worst = (0..d * k)
+        .map(|ij| {
+            let (i, j) = (ij / k, ij % k);
+            let got: f64 = (0..r)
+                .map(|t| bv[i * r + t] as f64 * av[t * k + j] as f64)
+                .sum::<f64>()
+                * s;
+            (got - want[ij]).abs()
+        })
+        .fold(0f64, f64::max);
+    worst / top
+}
+
 /// ‖a − b‖_F / ‖b‖_F in f64.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());

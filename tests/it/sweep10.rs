@@ -74,25 +74,7 @@ fn extract_exact_is_the_f64_truncation_at_a_small_singular_gap() {
     assert_eq!((r, b.shape[1]), (3, 3));
     let scale = peft_alpha_for(&cfg, m).unwrap() / r as f64;
     let reference = read(&fx("reference.safetensors"));
-    let want: Vec<f64> = reference["layers.0.down_proj.weight"]
-        .data
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    let (d, k) = (b.shape[0], a.shape[1]);
-    assert_eq!(want.len(), d * k);
-    let (av, bv) = (a.f32(), b.f32());
-    let top = want.iter().fold(0f64, |x, y| x.max(y.abs()));
-    let worst = (0..d * k)
-        .map(|ij| {
-            let (i, j) = (ij / k, ij % k);
-            let got: f64 = (0..r)
-                .map(|t| bv[i * r + t] as f64 * av[t * k + j] as f64)
-                .sum::<f64>()
-                * scale;
-            (got - want[ij]).abs() / top
-        })
-        .fold(0f64, f64::max);
+    let worst = lowrank_error(a, b, scale, &reference["layers.0.down_proj.weight"]);
     assert!(
         worst <= 1e-6,
         "ΔW {worst:.3e} of max |ΔW_3| off the f64 truncation"

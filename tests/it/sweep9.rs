@@ -3,15 +3,6 @@
 
 use super::common::*;
 
-/// f64 values of a tensor stored F64 (the references are numpy's f64 results).
-fn f64s(t: &T) -> Vec<f64> {
-    assert_eq!(t.dtype, safetensors::Dtype::F64);
-    t.data
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 /// `resize --rank R` of `adapter` (plus `extra`) into a fresh folder: the written tensors, and
 /// per module the largest |s·B·A − reference| over max |reference| (`reference.safetensors`:
 /// `{module}.weight` in f64, numpy's truncation of PEFT's own ΔW). Each module must hold rank R.
@@ -38,25 +29,11 @@ fn lowered_errors(adapter: &str, rank: usize, extra: &[&str]) -> (TensorMap, Vec
     assert_eq!(modules.len(), reference.len(), "{:?}", tensors.keys());
     let mut errors = Vec::new();
     for (m, a, b) in modules {
-        let (d, r) = (b.shape[0], a.shape[0]);
-        let k = a.shape[1..].iter().product::<usize>();
+        let r = a.shape[0];
         assert_eq!((r, b.shape[1]), (rank, rank), "{m}: rank {rank}");
         let scale = peft_alpha_for(&cfg, m).unwrap() / r as f64;
-        let want = f64s(&reference[&format!("{m}.weight")]);
-        assert_eq!(want.len(), d * k, "{m}");
-        let (av, bv) = (a.f32(), b.f32());
-        let top = want.iter().fold(0f64, |x, y| x.max(y.abs()));
-        let worst = (0..d * k)
-            .map(|ij| {
-                let (i, j) = (ij / k, ij % k);
-                let got: f64 = (0..r)
-                    .map(|t| bv[i * r + t] as f64 * av[t * k + j] as f64)
-                    .sum::<f64>()
-                    * scale;
-                (got - want[ij]).abs()
-            })
-            .fold(0f64, f64::max);
-        errors.push((m.to_owned(), worst / top));
+        let e = lowrank_error(a, b, scale, &reference[&format!("{m}.weight")]);
+        errors.push((m.to_owned(), e));
     }
     (tensors, errors)
 }
