@@ -91,6 +91,8 @@ mod it {
     pub mod merge;
     /// mlx-lm adapters against mlx-lm's own trainer and fuse, and PEFT → mlx-lm.
     pub mod mlx;
+    /// MLX-quantized bases (mlx_lm.convert -q) merged as mlx-lm's fuse, kept quantized or not.
+    pub mod mlx_quant;
     /// `eval` and `train` against transformers + PEFT logits, losses and torch's AdamW.
     pub mod model;
     /// PEFT (Python) loads and merges what extract and train write, as lorakit merges it.

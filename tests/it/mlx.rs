@@ -374,12 +374,13 @@ fn combined_mlx_lm_adapters_stay_mlx_lm() {
     assert_eq!(assert_matches_reference(&got, &base, &want, 1e-6), 16);
 }
 
-/// A base quantized by MLX (`mx.quantize`, as `mlx_lm.convert -q` saves it: `P.weight` packed
-/// uint32 `[out, in·bits/32]`, `P.scales` and `P.biases` per group) is named as such, never
-/// taken for a float tensor of another shape: `merge` and `dequantize` refuse it in one line,
-/// `inspect` lists it as not read.
+/// A base MLX quantized in a mode other than affine (`mx.quantize(mode="mxfp4")`, as
+/// `mlx_lm.convert --q-mode mxfp4` saves it: `P.weight` packed uint32, `P.scales` U8 exponents,
+/// no biases) is named as such, never taken for a float tensor of another shape: `merge` and
+/// `dequantize` refuse it in one line, `inspect` lists it as not read. (Affine bases are read:
+/// `tests/it/mlx_quant.rs`.)
 #[test]
-fn mlx_quantized_bases_are_named() {
+fn mlx_quantized_bases_of_other_modes_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let (base, adapter, out) = (
         dir.path().join("base"),
@@ -387,7 +388,7 @@ fn mlx_quantized_bases_are_named() {
         dir.path().join("out"),
     );
     std::fs::create_dir(&base).unwrap();
-    let (packed, groups) = (vec![0u8; 64 * 8 * 4], vec![0u8; 64 * 2 * 4]);
+    let (packed, groups) = (vec![0u8; 64 * 8 * 4], vec![127u8; 64 * 2]);
     write_views(
         &base.join("model.safetensors"),
         &[
@@ -399,13 +400,7 @@ fn mlx_quantized_bases_are_named() {
             ),
             (
                 "model.layers.0.self_attn.q_proj.scales",
-                safetensors::Dtype::F32,
-                &[64, 2],
-                &groups,
-            ),
-            (
-                "model.layers.0.self_attn.q_proj.biases",
-                safetensors::Dtype::F32,
+                safetensors::Dtype::U8,
                 &[64, 2],
                 &groups,
             ),
@@ -413,7 +408,7 @@ fn mlx_quantized_bases_are_named() {
     );
     std::fs::write(
         base.join("config.json"),
-        r#"{"model_type": "llama", "quantization": {"group_size": 32, "bits": 4}}"#,
+        r#"{"model_type": "llama", "quantization": {"group_size": 32, "bits": 4, "mode": "mxfp4"}}"#,
     )
     .unwrap();
     let ones = f32_bytes(&[0.5; 128]);
@@ -433,16 +428,14 @@ fn mlx_quantized_bases_are_named() {
             ),
         ],
     );
+    let named = [
+        "model.layers.0.self_attn.q_proj.weight",
+        "MLX-quantized in mode `mxfp4`",
+    ];
     let line = merge_refused(&base, &adapter, &out, &[]);
-    assert_mentions(
-        &line,
-        &["model.layers.0.self_attn.q_proj.weight", "MLX-quantized"],
-    );
+    assert_mentions(&line, &named);
     let line = refused(dequantize_args(&base, &out, &[]), &out);
-    assert_mentions(
-        &line,
-        &["model.layers.0.self_attn.q_proj.weight", "MLX-quantized"],
-    );
+    assert_mentions(&line, &named);
     let text = run_ok(inspect_args(&base, &[]));
     assert_mentions(&text, &["not read", "MLX-quantized"]);
 }

@@ -22,6 +22,8 @@ mod ct_config;
 pub mod fp8;
 pub mod gptq;
 pub mod int8;
+pub mod mlx;
+mod mlx_scan;
 pub mod packed;
 mod scan;
 
@@ -42,6 +44,8 @@ pub enum Scheme {
     Packed(packed::Params),
     /// Native GPTQ (`qweight`, `qzeros`, `scales`, `g_idx`) or AWQ GEMM.
     Gptq(gptq::Params),
+    /// MLX affine (`mx.quantize`: packed uint32, a scale and a bias per group).
+    Mlx(mlx::Params),
     /// FP8 values with scales.
     Fp8 {
         format: Dtype,
@@ -73,6 +77,7 @@ impl QuantTensor {
             Scheme::Bnb4(p) => format!("bnb-{}", p.kind.name()),
             Scheme::BnbInt8 => "bnb-int8".into(),
             Scheme::Packed(p) => format!("ct-int{}", p.bits),
+            Scheme::Mlx(_) => "mlx-affine".into(),
             Scheme::Gptq(p) => match p.layout {
                 gptq::Layout::Awq => "awq".into(),
                 gptq::Layout::GptqV1 => "gptq".into(),
@@ -90,6 +95,7 @@ impl QuantTensor {
             Scheme::Bnb4(_) => 4,
             Scheme::Packed(p) => p.bits,
             Scheme::Gptq(p) => p.bits,
+            Scheme::Mlx(p) => p.bits,
             _ => 8,
         }
     }
@@ -102,6 +108,7 @@ impl QuantTensor {
                 None => format!("blocksize {}", p.blocksize),
             },
             Scheme::BnbInt8 => "per row".into(),
+            Scheme::Mlx(p) => format!("group {}", p.group_size),
             Scheme::Packed(p) => {
                 let kind = if p.per_tensor {
                     "per tensor".to_string()
@@ -148,6 +155,7 @@ impl QuantTensor {
             Scheme::BnbInt8 => Dtype::F32,
             Scheme::Packed(p) => p.scale_dtype,
             Scheme::Gptq(p) => p.scale_dtype,
+            Scheme::Mlx(p) => p.dtype,
             Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
         }
     }
@@ -343,6 +351,25 @@ impl QuantMap {
                 data(&q.companions[0])?,
                 data(&q.companions[1])?,
             ),
+            Scheme::Mlx(p) => {
+                // A NaN or infinite scale or bias is refused naming the tensor that holds it.
+                for c in &q.companions {
+                    let v = dtype::decode(p.dtype, data(c)?);
+                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                        return Err(err(
+                            ck,
+                            c,
+                            format!("element {i} is {} (must be finite)", v[i]),
+                        ));
+                    }
+                }
+                mlx::dequantize(
+                    p,
+                    data(&q.stored)?,
+                    data(&q.companions[0])?,
+                    data(&q.companions[1])?,
+                )
+            }
             Scheme::Fp8 {
                 format,
                 scale,
@@ -411,6 +438,7 @@ impl QuantMap {
             Scheme::BnbInt8 => None,
             Scheme::Packed(_) => None,
             Scheme::Gptq(_) => None,
+            Scheme::Mlx(p) => p.requantize_unsupported(),
             Scheme::Fp8 {
                 format,
                 scale,
@@ -550,6 +578,16 @@ impl QuantMap {
                 let bytes =
                     gptq::requantize(p, merged, data(&q.companions[0])?, data(&q.companions[1])?);
                 vec![(q.stored.clone(), bytes)]
+            }
+            Scheme::Mlx(p) => {
+                // Fresh scales and biases, as mlx-lm's fuse quantizes the fused weight again
+                // (`QuantizedLinear.from_linear` → `mx.quantize`).
+                let (packed, scales, biases) = mlx::quantize(p, merged);
+                vec![
+                    (q.name.clone(), packed),
+                    (q.companions[0].clone(), scales),
+                    (q.companions[1].clone(), biases),
+                ]
             }
             Scheme::BnbInt8 => {
                 let (q8, scb) = int8::quantize(merged, q.shape[1]);

@@ -67,7 +67,7 @@ pub fn infer_bits(cols: usize, packed_cols: usize) -> Option<u32> {
 }
 
 /// Element `i` (unsigned) of a bit stream of little-endian 32-bit words.
-fn element(stream: &[u8], i: usize, bits: u32) -> u32 {
+pub(super) fn element(stream: &[u8], i: usize, bits: u32) -> u32 {
     let start = i * bits as usize;
     let word = |k: usize| -> u32 {
         stream
@@ -138,18 +138,23 @@ pub fn requantize(p: &Params, merged: &[f32], scale: &[u8], zero: Option<&[u8]>)
             // torch.clamp then torch.round (half to even); NaN clamps to NaN and casts to 0.
             let q = scaled.clamp(qmin, qmax).round_ties_even();
             let q = if q.is_nan() { 0 } else { q as i32 };
-            let u = (q + offset) as u64;
-            let start = c * p.bits as usize;
-            let (w, off) = (start / 32, start % 32);
-            let v = u << off;
-            row[w] |= v as u32;
-            if off + p.bits as usize > 32 {
-                row[w + 1] |= (v >> 32) as u32;
-            }
+            put(&mut row, c, p.bits, (q + offset) as u32);
         }
         out.extend(row.iter().flat_map(|w| w.to_le_bytes()));
     }
     out
+}
+
+/// Sets element `i` of a bit stream of 32-bit words (`row`, zeroed there) to `v` (< 2^bits),
+/// as [`element`] reads it back.
+pub(super) fn put(row: &mut [u32], i: usize, bits: u32, v: u32) {
+    let start = i * bits as usize;
+    let (w, off) = (start / 32, start % 32);
+    let v = (v as u64) << off;
+    row[w] |= v as u32;
+    if off + bits as usize > 32 {
+        row[w + 1] |= (v >> 32) as u32;
+    }
 }
 
 /// Signed zero points `[rows, groups]` from the `[⌈rows·bits/32⌉, groups]` packed matrix.

@@ -35,6 +35,7 @@ impl QuantMap {
             .config_block()
             .map_err(|m| InputError::invalid(ck.folder().join("config.json"), m))?;
         let gptq_config = GptqConfig::parse(map.config.as_ref());
+        let mlx_config = super::mlx_scan::config_of(ck);
         let names: Vec<String> = ck.names().map(str::to_owned).collect();
         // FP8 weights are scaled ones when the config says so or when the checkpoint has FP8
         // scales at all: then a weight without its scale is an error, not a plain FP8 tensor.
@@ -87,15 +88,9 @@ impl QuantMap {
             } else if let Some(p) = name
                 .strip_suffix(".weight")
                 .filter(|p| info.dtype == Dtype::U32 && ck.contains(&format!("{p}.scales")))
-                .filter(|p| ck.contains(&format!("{p}.biases")))
             {
-                // MLX's affine quantization (`mx.quantize`, mlx_lm.convert -q): bits packed
-                // in uint32 with a scale and a bias per group. Not read; named, not taken for a
-                // float tensor.
-                let e = err(ck, name, format!(
-                    "is MLX-quantized (packed uint32 with `{p}.scales` and `{p}.biases`, mlx_lm.convert -q), which lorakit does not read: use the unquantized model (mlx_lm.convert --dequantize) or mlx_lm.fuse"
-                ));
-                map.push_unsupported(Some(name.clone()), e);
+                // MLX (`mx.quantize`, mlx_lm.convert -q): see `mlx_scan.rs`.
+                map.add_mlx(ck, mlx_config.as_ref(), p, name)?;
             } else if let Some(p) = name.strip_suffix(".weight_packed") {
                 map.add_packed(ck, p, name)?;
             } else if let Some(p) = name.strip_suffix(".qweight") {
@@ -467,7 +462,7 @@ impl QuantMap {
     }
 
     /// Records a quantized weight stored under its own name.
-    fn insert_stored_as_itself(
+    pub(super) fn insert_stored_as_itself(
         &mut self,
         ck: &Checkpoint,
         weight: &str,

@@ -529,13 +529,19 @@ impl MergePlan {
     }
 }
 
-/// config.json with `quantization_config` removed (key order kept); the bytes unchanged when
-/// they are not a JSON object.
+/// config.json with `quantization_config` removed (key order kept), and MLX's `quantization`
+/// (an object with `bits` or `group_size`: mlx-lm's loader reads it before
+/// `quantization_config`); the bytes unchanged when they are not a JSON object.
 pub(crate) fn without_quantization_config(bytes: Vec<u8>) -> Vec<u8> {
     let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&bytes) else {
         return bytes;
     };
-    if obj.shift_remove("quantization_config").is_none() {
+    let mlx = obj
+        .get("quantization")
+        .is_some_and(|q| q.get("bits").is_some() || q.get("group_size").is_some());
+    let removed = obj.shift_remove("quantization_config").is_some();
+    let removed_mlx = mlx && obj.shift_remove("quantization").is_some();
+    if !removed && !removed_mlx {
         return bytes;
     }
     let mut text = serde_json::to_vec_pretty(&serde_json::Value::Object(obj)).expect("json");

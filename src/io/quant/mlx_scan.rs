@@ -1,0 +1,158 @@
+//! Recognising MLX-quantized weights from a checkpoint's headers and config.json's
+//! `quantization` ([`QuantMap::add_mlx`], called by `scan.rs`): the group size and bits of each
+//! module as mlx-lm's `load_model` picks them, checked against the packed weight and its
+//! scales and biases. Reads no tensor data; the format itself is `mlx.rs`.
+
+use super::mlx::{Params, BITS};
+use super::*;
+
+/// config.json's MLX quantization settings: `quantization`, or `quantization_config` where a
+/// converter wrote only that (mlx-lm writes both, the same dict).
+pub(super) fn config_of(ck: &Checkpoint) -> Option<serde_json::Value> {
+    let path = ck.folder().join("config.json");
+    let text = crate::io::read_json_file(&path).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    v.get("quantization")
+        .or_else(|| v.get("quantization_config"))
+        .filter(|q| q.is_object())
+        .cloned()
+}
+
+/// `(group_size, bits, mode)` for module `prefix`: its own entry, else the defaults, as mlx-lm's
+/// `load_model` picks them. `None` when the config leaves the module float (`false`).
+fn settings(cfg: &serde_json::Value, prefix: &str) -> Result<Option<(u64, u64, String)>, String> {
+    let entry = match cfg.get(prefix) {
+        Some(serde_json::Value::Bool(false)) => return Ok(None),
+        Some(e @ serde_json::Value::Object(_)) => e,
+        Some(serde_json::Value::Bool(true)) | None => cfg,
+        Some(other) => {
+            return Err(format!(
+                "quantization.\"{prefix}\" is {other}, not an object or a boolean"
+            ))
+        }
+    };
+    let num = |k: &str| {
+        entry
+            .get(k)
+            .or_else(|| cfg.get(k))
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| format!("quantization gives no integer `{k}` for `{prefix}`"))
+    };
+    let mode = entry
+        .get("mode")
+        .or_else(|| cfg.get("mode"))
+        .map(|m| m.as_str().map(str::to_owned).ok_or(m.to_string()))
+        .transpose()
+        .map_err(|m| format!("quantization.mode {m} is not a string"))?
+        .unwrap_or_else(|| "affine".into());
+    Ok(Some((num("group_size")?, num("bits")?, mode)))
+}
+
+impl QuantMap {
+    /// An MLX-quantized weight `P.weight` (U32 with `P.scales`): checked against config.json's
+    /// `quantization` and the companions' shapes and dtypes, then recorded; modes other than
+    /// affine (mxfp4, nvfp4, mxfp8: `U8` scales, no biases) are recorded as not read.
+    pub(super) fn add_mlx(
+        &mut self,
+        ck: &Checkpoint,
+        cfg: Option<&serde_json::Value>,
+        prefix: &str,
+        weight: &str,
+    ) -> InputResult<()> {
+        let scales = format!("{prefix}.scales");
+        let biases = format!("{prefix}.biases");
+        let config = ck.folder().join("config.json");
+        let Some(cfg) = cfg else {
+            // Only `group_size · bits` follows from the shapes: not read, copied where kept.
+            let e = err(ck, weight, format!(
+                "is MLX-quantized (packed uint32 with `{scales}`) but config.json has no `quantization` to give its group size and bits"
+            ));
+            self.push_unsupported(Some(weight.to_owned()), e);
+            return Ok(());
+        };
+        let (group_size, bits, mode) = match settings(cfg, prefix) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Err(err(ck, weight, format!(
+                    "is packed uint32 with `{scales}` but config.json's quantization.\"{prefix}\" is false (not quantized)"
+                )))
+            }
+            Err(m) => return Err(InputError::invalid(config, m)),
+        };
+        if mode != "affine" {
+            let e = err(ck, weight, format!(
+                "is MLX-quantized in mode `{mode}`, which lorakit does not read (affine only): use mlx_lm.convert --dequantize or mlx_lm.fuse"
+            ));
+            self.push_unsupported(Some(weight.to_owned()), e);
+            return Ok(());
+        }
+        let w = ck.info(weight).expect("listed");
+        let s = ck.info(&scales).expect("checked by the caller");
+        let b = ck.info(&biases).ok_or_else(|| {
+            err(
+                ck,
+                weight,
+                format!("is MLX affine-quantized but `{biases}` is missing"),
+            )
+        })?;
+        let (bits, group_size) = (bits as u32, group_size as usize);
+        if !BITS.contains(&bits) || group_size == 0 {
+            return Err(InputError::invalid(config, format!(
+                "quantization for `{prefix}`: bits {bits} and group_size {group_size} are not an MLX affine quantization (bits 2, 3, 4, 5, 6, 8)"
+            )));
+        }
+        let (rows, words) = match w.shape[..] {
+            [r, k] => (r, k),
+            _ => {
+                return Err(err(
+                    ck,
+                    weight,
+                    format!("is {}, not a 2-D packed matrix", typed_of(w)),
+                ))
+            }
+        };
+        if !matches!(s.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) || b.dtype != s.dtype {
+            return Err(err(
+                ck,
+                &scales,
+                format!(
+                    "is {} with `{biases}` {}: MLX affine scales and biases are one float dtype",
+                    typed_of(s),
+                    typed_of(b)
+                ),
+            ));
+        }
+        let cols = words * 32 / bits as usize;
+        let groups = cols / group_size;
+        if !(words * 32).is_multiple_of(bits as usize)
+            || !cols.is_multiple_of(group_size)
+            || s.shape != [rows, groups]
+            || b.shape != s.shape
+        {
+            return Err(err(ck, &scales, format!(
+                "is {} but `{weight}` {} at {bits} bits in groups of {group_size} (config.json) needs [{rows}, {}]",
+                typed_of(s),
+                typed_of(w),
+                (words * 32 / bits as usize) / group_size
+            )));
+        }
+        let p = Params {
+            bits,
+            group_size,
+            rows,
+            cols,
+            dtype: s.dtype,
+        };
+        self.insert_stored_as_itself(
+            ck,
+            weight,
+            vec![rows, cols],
+            Scheme::Mlx(p),
+            vec![scales, biases],
+        )
+    }
+}
+
+fn typed_of(info: &crate::io::header::TensorInfo) -> String {
+    format!("{} {:?}", dtype::name(info.dtype), info.shape)
+}

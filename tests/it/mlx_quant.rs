@@ -1,0 +1,177 @@
+//! MLX-quantized bases (`fixtures/mlx_quant/`, written by `mlx_lm.convert -q` and `mlx_lm.fuse`:
+//! `fixtures/gen/mlx_quant_fixtures.py`): lorakit's merge into them, kept quantized and
+//! dequantized, against mlx-lm's fuse byte for byte, `inspect`, and refusals. The quantizer and
+//! dequantizer themselves are checked against `mx.quantize` / `mx.dequantize` in
+//! `src/io/quant/mlx.rs`.
+
+use super::common::*;
+use std::path::PathBuf;
+
+fn mq(name: &str) -> PathBuf {
+    fixture(&format!("mlx_quant/{name}"))
+}
+
+/// The tensors of `got` and `want` whose bytes, dtype or shape differ, and the tensors that
+/// `want` changed from `base`.
+fn differing(got: &TensorMap, want: &TensorMap, base: &TensorMap) -> (Vec<String>, usize) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "tensor names"
+    );
+    let differ = want
+        .iter()
+        .filter(|(k, t)| {
+            let g = &got[k.as_str()];
+            (g.dtype, &g.shape, &g.data) != (t.dtype, &t.shape, &t.data)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    let changed = want
+        .iter()
+        .filter(|(k, t)| base.get(k.as_str()).is_none_or(|b| b.data != t.data))
+        .count();
+    (differ, changed)
+}
+
+/// The factors of the fixture adapters lie on a grid that makes every ΔW exact in f32 and bf16
+/// (see the script), so lorakit's and mlx-lm's merged weights are the same numbers and the
+/// quantized bytes must be equal: packed codes, scales and biases of every merged weight (4-bit
+/// f32; 2/3/4/5/6/8-bit bf16 at group sizes 32 and 64, with one module and `down_proj` left
+/// float; 8-bit f16), the embedding's LoRA included.
+#[test]
+fn merge_into_mlx_quantized_base_equals_mlx_fuse_byte_for_byte() {
+    for (case, quantized_changed) in [("q4", 41), ("qmix_bf16", 40), ("q8_f16", 21)] {
+        let (_dir, out) = scratch("out");
+        run_ok(merge_args(
+            &mq(case),
+            &mq(&format!("lora_{case}")),
+            &out,
+            &["--quiet"],
+        ));
+        let got = read_checkpoint(&out);
+        let want = read(&mq(&format!("fused_{case}/model.safetensors")));
+        let base = read_checkpoint(&mq(case));
+        let (differ, changed) = differing(&got, &want, &base);
+        assert!(
+            differ.is_empty(),
+            "{case}: differ from mlx_lm.fuse: {differ:?}"
+        );
+        assert_eq!(changed, quantized_changed, "{case}: tensors mlx-lm changed");
+        // The quantization settings stay in config.json, as mlx-lm's fuse keeps them.
+        let cfg = read_json(out.join("config.json"));
+        assert_eq!(
+            cfg["quantization"],
+            read_json(mq(&format!("fused_{case}/config.json")))["quantization"]
+        );
+    }
+}
+
+/// `--quant dequantize`: every weight as `mx.dequantize` gives it, merged in the model's dtype:
+/// equal to `mlx_lm.fuse --dequantize`, and config.json loses both `quantization` and
+/// `quantization_config` (mlx-lm would otherwise quantize the float weights' modules again).
+#[test]
+fn dequantized_merge_equals_mlx_fuse_dequantize() {
+    for case in ["q4", "qmix_bf16", "q8_f16"] {
+        let (_dir, out) = scratch("out");
+        run_ok(merge_args(
+            &mq(case),
+            &mq(&format!("lora_{case}")),
+            &out,
+            &["--quiet", "--quant", "dequantize"],
+        ));
+        let got = read_checkpoint(&out);
+        let want = read(&mq(&format!("fused_{case}_deq.safetensors")));
+        let (differ, _) = differing(&got, &want, &TensorMap::new());
+        assert!(differ.is_empty(), "{case}: differ: {differ:?}");
+        let cfg = read_json(out.join("config.json"));
+        assert!(cfg.get("quantization").is_none(), "{case}: {cfg}");
+        assert!(cfg.get("quantization_config").is_none(), "{case}: {cfg}");
+        assert_eq!(cfg["hidden_size"], 64);
+    }
+}
+
+#[test]
+fn inspect_names_each_module_bits_and_group_from_the_config() {
+    let v = inspect_json(&mq("qmix_bf16"), &[]);
+    let weights = v["quantization"]["tensors"].as_array().expect("tensors");
+    let find = |n: &str| {
+        weights
+            .iter()
+            .find(|w| w["name"] == n)
+            .unwrap_or_else(|| panic!("{n} in {weights:?}"))
+    };
+    for (name, bits, group) in [
+        ("model.layers.0.self_attn.q_proj.weight", 3, "group 32"),
+        ("model.layers.0.self_attn.k_proj.weight", 5, "group 64"),
+        ("model.layers.0.mlp.gate_proj.weight", 8, "group 32"),
+        ("lm_head.weight", 4, "group 32"),
+    ] {
+        let w = find(name);
+        assert_eq!(w["method"], "mlx-affine", "{name}");
+        assert_eq!(w["bits"], bits, "{name}");
+        assert_eq!(w["blocks"], group, "{name}");
+        assert_eq!(w["dtype"], "BF16", "{name}");
+    }
+    // The module the config leaves float is not listed.
+    assert!(weights
+        .iter()
+        .all(|w| w["name"] != "model.layers.1.mlp.up_proj.weight"));
+}
+
+/// A copy of the q4 fixture whose config.json `quantization` is `edit`ed.
+fn q4_with_config(edit: impl FnOnce(&mut serde_json::Value)) -> (tempfile::TempDir, PathBuf) {
+    let (dir, base) = scratch("base");
+    copy_dir(&mq("q4"), &base);
+    let mut cfg = read_json(base.join("config.json"));
+    edit(&mut cfg);
+    std::fs::write(base.join("config.json"), cfg.to_string()).unwrap();
+    (dir, base)
+}
+
+#[test]
+fn lying_or_missing_quantization_settings_are_refused_naming_the_tensor() {
+    // 2 bits would make 128 columns, two groups of 64 each, where the scales have one.
+    let (_d, base) = q4_with_config(|c| {
+        c["quantization"]["bits"] = 2.into();
+        c["quantization_config"] = c["quantization"].clone();
+    });
+    let (_o, out) = scratch("out");
+    let line = merge_refused(&base, &mq("lora_q4"), &out, &[]);
+    assert_mentions(
+        &line,
+        &["model.safetensors", ".scales", "2 bits in groups of 64"],
+    );
+
+    // No config at all: named as unreadable where the adapter needs it, nothing written.
+    let (_d, base) = q4_with_config(|c| {
+        c.as_object_mut().unwrap().remove("quantization");
+        c.as_object_mut().unwrap().remove("quantization_config");
+    });
+    let line = merge_refused(&base, &mq("lora_q4"), &out, &[]);
+    assert_mentions(&line, &["MLX-quantized", "no `quantization`"]);
+
+    // Another MLX mode is named, not read as affine.
+    let (_d, base) = q4_with_config(|c| c["quantization"]["mode"] = "mxfp4".into());
+    let line = merge_refused(&base, &mq("lora_q4"), &out, &[]);
+    assert_mentions(&line, &["mode `mxfp4`"]);
+}
+
+#[test]
+fn non_finite_scale_is_refused_naming_it() {
+    let (_d, base) = scratch("base");
+    copy_dir(&mq("q4"), &base);
+    let file = base.join("model.safetensors");
+    let mut t = read(&file);
+    let s = t.get_mut("model.layers.0.self_attn.q_proj.scales").unwrap();
+    s.data[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    write_tensors(&file, &t);
+    let before = snapshot(&base);
+    let (_o, out) = scratch("out");
+    let line = merge_refused(&base, &mq("lora_q4"), &out, &[]);
+    assert_mentions(
+        &line,
+        &["model.layers.0.self_attn.q_proj.scales", "element 1 is NaN"],
+    );
+    assert_eq!(snapshot(&base), before, "the base changed");
+}
