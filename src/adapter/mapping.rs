@@ -51,9 +51,12 @@ pub use placement::{
     RowSlice, Unmatched, ROOTS,
 };
 
-/// Resolves every module and full tensor of `adapter` against `base`.
+/// Resolves every module and full tensor of `adapter` against `base`, its quantized weights
+/// (if any) by their logical shapes. A base whose quantization cannot be read resolves on its
+/// stored tensors; whatever reads its values reports why.
 pub fn resolve(adapter: &Adapter, base: &Checkpoint) -> Resolution {
-    resolve_in(adapter, base, None)
+    let quant = crate::io::quant::QuantMap::scan(base).ok();
+    resolve_in(adapter, base, quant.as_ref().filter(|q| !q.is_empty()))
 }
 
 /// [`resolve`] against a base whose quantized weights are described by `quant`: a quantized

@@ -175,3 +175,49 @@ fn non_finite_scale_is_refused_naming_it() {
     );
     assert_eq!(snapshot(&base), before, "the base changed");
 }
+
+/// `check --base` on a quantized base places each module on its weight by the weight's logical
+/// shape (it reported `shape_mismatch` against the packed storage before, and every serving
+/// target failed a QLoRA adapter on its own bitsandbytes base), and compares the factors'
+/// dtype with the dtype the weight dequantizes to.
+#[test]
+fn check_places_modules_on_quantized_weights_by_their_logical_shape() {
+    for (adapter, base, modules, vllm) in [
+        (
+            fixture("quant/qlora/trained_nf4"),
+            fixture("quant/nf4"),
+            14,
+            "loads",
+        ),
+        (mq("lora_qmix_bf16"), mq("qmix_bf16"), 14, "fails"),
+    ] {
+        // Exit 1 where a target fails (the mlx-lm folder): the report is on stdout either way.
+        let out = bin()
+            .args(check_args(&adapter, &["--base", s(&base), "--json"]))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let placed = v["modules"].as_array().unwrap();
+        assert_eq!(placed.len(), modules, "{}", adapter.display());
+        for p in placed {
+            assert_eq!(p["status"], "exact", "{p}");
+        }
+        let vllm_v = v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == "vllm");
+        let vllm_v = vllm_v.expect("vllm");
+        // The mlx-lm folder fails vLLM on its format only (vLLM reads PEFT folders).
+        assert_eq!(vllm_v["verdict"], vllm, "{vllm_v}");
+        let rules: Vec<&str> = vllm_v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["rule"].as_str().unwrap())
+            .collect();
+        assert!(!rules.contains(&"vllm.shape"), "{rules:?}");
+        let dtype = format!("{}", vllm_v["findings"]);
+        assert!(!dtype.contains("U32") && !dtype.contains("U8"), "{dtype}");
+    }
+}

@@ -412,13 +412,14 @@ impl<'a> Facts<'a> {
                 (Some(r), Some(b)) => {
                     let own = crate::ops::output::stored_dtype(a);
                     let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
+                    // A quantized weight's is the dtype it dequantizes to (the model's).
+                    let q = crate::io::quant::QuantMap::scan(b).ok();
+                    let q = |w: &str| q.as_ref()?.get(w).map(|t| t.natural_dtype());
                     for p in &r.modules {
-                        if let (Some(own), Some(info)) = (own, b.info(&p.weight)) {
-                            if own != info.dtype {
-                                pairs.insert((
-                                    crate::dtype::name(own),
-                                    crate::dtype::name(info.dtype),
-                                ));
+                        let base = q(&p.weight).or(b.info(&p.weight).map(|i| i.dtype));
+                        if let (Some(own), Some(base)) = (own, base) {
+                            if own != base {
+                                pairs.insert((crate::dtype::name(own), crate::dtype::name(base)));
                             }
                         }
                     }
