@@ -71,6 +71,9 @@ mod it {
     pub mod hardening;
     /// The tenth hostile round's findings: a NaN in a GGUF base, regexes Python refuses.
     pub mod hostile10;
+    /// The eleventh hostile round's findings: mlx-lm num_layers, regexes only the regex crate
+    /// reads, PEFT tuner configs against their tensors, resize past the f32 range.
+    pub mod hostile11;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.

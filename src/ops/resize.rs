@@ -121,6 +121,24 @@ pub fn resize_module(
     (factors, report)
 }
 
+/// Refuses a module whose `‖B‖_F·‖A‖_F` (f64) passes `f32::MAX`: `B·A` may then overflow f32,
+/// and the SVD of the QR core [`resize_module`] takes would not converge on its infinities
+/// (found by the hostile round 11: factors of 3e38 panicked inside faer).
+fn fits_f32(adapter: &Adapter, m: &LoraModule, b: &[f32], a: &[f32]) -> InputResult<()> {
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let bound = norm(b) * norm(a);
+    if bound <= f64::from(f32::MAX) {
+        return Ok(());
+    }
+    Err(crate::error::InputError::invalid(
+        &adapter.path,
+        format!(
+            "module `{}`: ‖B‖·‖A‖ = {bound:e} passes the f32 range, so ΔW = B·A cannot be factored in f32",
+            m.name
+        ),
+    ))
+}
+
 /// Lowers a non-LoRA module to LoRA under `rule`: the new factors (always) and the report.
 pub fn lower_module(
     adapter: &Adapter,
@@ -284,6 +302,7 @@ pub fn resize(mut adapter: Adapter, rule: &RankRule) -> InputResult<(Adapter, Ve
                 return lower_module(&adapter, m, rslora, rule);
             }
             let (b, a) = adapter.factors(m)?;
+            fits_f32(&adapter, m, &b, &a)?;
             Ok(resize_module(m, &b, &a, rslora, rule))
         })
         .collect();

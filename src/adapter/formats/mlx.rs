@@ -72,6 +72,8 @@ struct Config {
     scale: f64,
     /// `lora_parameters.keys`: `None` is every Linear/Embedding inside a block.
     keys: Option<Vec<String>>,
+    /// `num_layers`: block-relative keys are built in `model.layers[-max(num_layers, 0):]`.
+    num_layers: i64,
 }
 
 fn parse_config(path: &Path, raw: &Value) -> InputResult<Config> {
@@ -92,18 +94,19 @@ fn parse_config(path: &Path, raw: &Value) -> InputResult<Config> {
         }
     };
     // load_adapters reads `config.num_layers` whatever the type (an AttributeError without it).
-    if !raw.get("num_layers").is_some_and(Value::is_i64) {
+    let Some(num_layers) = raw.get("num_layers").and_then(Value::as_i64) else {
         return Err(bad(
             "num_layers",
             "is missing or not an integer (mlx-lm's load_adapters reads it)",
         ));
-    }
+    };
     if tune == Tune::Full {
         return Ok(Config {
             tune,
             rank: 0,
             scale: 1.0,
             keys: None,
+            num_layers,
         });
     }
     let params = raw
@@ -159,6 +162,7 @@ fn parse_config(path: &Path, raw: &Value) -> InputResult<Config> {
         rank,
         scale,
         keys,
+        num_layers,
     })
 }
 
@@ -166,6 +170,11 @@ fn parse_config(path: &Path, raw: &Value) -> InputResult<Config> {
 /// against `keys` in each block (`model.layers`), and full paths against `keys` in its pass
 /// over `model.named_modules()`.
 fn in_block(name: &str) -> Option<&str> {
+    block_of(name).map(|(_, rest)| rest)
+}
+
+/// [`in_block`] with the block's index.
+fn block_of(name: &str) -> Option<(u64, &str)> {
     let mut from = 0;
     while let Some(i) = name[from..].find("layers.") {
         let at = from + i;
@@ -175,7 +184,8 @@ fn in_block(name: &str) -> Option<&str> {
             && digits > 0
             && after.as_bytes().get(digits) == Some(&b'.')
         {
-            return Some(&after[digits + 1..]);
+            let index = after[..digits].parse().unwrap_or(u64::MAX);
+            return Some((index, &after[digits + 1..]));
         }
         from = at + 1;
     }
@@ -195,6 +205,31 @@ fn unbuilt(name: &str, keys: Option<&[String]>) -> Option<String> {
                 .into(),
         ),
     }
+}
+
+/// Why a module built through a block-relative key (not its full path in `keys`) lies outside
+/// `model.layers[-max(num_layers, 0):]` (`linear_to_lora_layers`), or `None`. The model has at
+/// least `last + 1` blocks (the file adapts block `last`), so block `i < last + 1 − num_layers`
+/// is outside whatever the model's count (found by the hostile round 11: `num_layers: 1` over a
+/// file adapting two blocks merged both, where load_adapters refuses the first).
+fn outside_last_blocks(
+    name: &str,
+    keys: Option<&[String]>,
+    num_layers: i64,
+    last: Option<&(u64, String)>,
+) -> Option<String> {
+    let (i, _) = block_of(name)?;
+    let n = u64::try_from(num_layers).ok().filter(|&n| n > 0)?;
+    if keys.is_some_and(|k| k.iter().any(|k| k == name)) {
+        return None;
+    }
+    let (last, last_module) = last?;
+    let first = last.checked_add(1)?.checked_sub(n)?;
+    (i < first).then(|| {
+        format!(
+            "num_layers is {num_layers}: mlx-lm adapts only the last {num_layers} block(s), and block {i} is not among them since the file also adapts `{last_module}` (block {last})"
+        )
+    })
 }
 
 /// Whether module `name` is an embedding table: the attribute names mlx-lm 0.32.2's models
@@ -263,6 +298,11 @@ pub fn read(path: &Path, file: SafetensorsFile, config: &Path) -> InputResult<Ad
         }
         parts.entry(module.to_owned()).or_default()[slot] = Some((t.name.clone(), t.shape.clone()));
     }
+    // The model has at least this many blocks; mlx-lm's own count is not in the folder.
+    let last_block = parts
+        .keys()
+        .filter_map(|n| block_of(n).map(|(i, _)| (i, n.clone())))
+        .max();
     let mut modules = Vec::new();
     for (name, [a, b, m]) in parts {
         let (Some((ka, sa)), Some((kb, sb))) = (a, b) else {
@@ -287,7 +327,14 @@ pub fn read(path: &Path, file: SafetensorsFile, config: &Path) -> InputResult<Ad
                 cfg.rank
             )));
         }
-        if let Some(why) = unbuilt(&name, cfg.keys.as_deref()) {
+        if let Some(why) = unbuilt(&name, cfg.keys.as_deref()).or_else(|| {
+            outside_last_blocks(
+                &name,
+                cfg.keys.as_deref(),
+                cfg.num_layers,
+                last_block.as_ref(),
+            )
+        }) {
             return Err(err(format!(
                 "module `{name}`: mlx-lm builds no adapter layer for it ({why}) and refuses its tensors"
             )));

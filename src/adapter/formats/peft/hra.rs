@@ -43,6 +43,18 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             [k, r] if k > 0 && r > 0 => (k, r),
             ref s => return Err(bad(format!("tensor `{key}`: shape {s:?} is not [in, r]"))),
         };
+        // PEFT builds hra_u at the config's `r` (HRA has no rank_pattern) and refuses another
+        // (hostile round 11).
+        if let Some(cr) = cfg
+            .raw
+            .get("r")
+            .and_then(serde_json::Value::as_u64)
+            .filter(|&c| c != r as u64)
+        {
+            return Err(bad(format!(
+                "tensor `{key}` has rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds hra_u at r and refuses the file"
+            )));
+        }
         // A zero column has no reflection: PEFT's division by its norm gives NaN.
         let u = super::config::stored_f32(&file, key)?;
         if let Some(i) = (0..r).find(|&i| (0..k).all(|j| u[j * r + i] == 0.0)) {

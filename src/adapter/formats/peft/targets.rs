@@ -81,7 +81,7 @@ impl Targets {
         let names = |k: &str| -> Result<Option<Names>, FieldError> {
             Ok(Some(match get(k) {
                 None => Names::None,
-                Some(Value::String(p)) => match fullmatch(p) {
+                Some(Value::String(p)) => match fullmatch(p).filter(|_| python_accepts(p)) {
                     Some(re) => Names::Regex(re),
                     None => match python_refuses(p) {
                         Some(why) => {
@@ -280,9 +280,10 @@ fn fullmatch(pattern: &str) -> Option<Regex> {
 /// a compiled size past its limit, `{` as a literal): undecidable, not an error.
 fn python_refuses(pattern: &str) -> Option<String> {
     use regex_syntax::ast::ErrorKind as K;
-    let e = regex_syntax::ast::parse::Parser::new()
-        .parse(pattern)
-        .err()?;
+    let e = match regex_syntax::ast::parse::Parser::new().parse(pattern) {
+        Ok(ast) => return python_only_error(pattern, &ast),
+        Err(e) => e,
+    };
     let quantifier = || {
         matches!(
             pattern
@@ -299,6 +300,92 @@ fn python_refuses(pattern: &str) -> Option<String> {
         | K::EscapeUnexpectedEof => Some(e.kind().to_string()),
         K::RepetitionMissing if quantifier() => Some(e.kind().to_string()),
         _ => None,
+    }
+}
+
+/// Whether Python's `re` compiles `pattern` as far as [`python_only_error`] can tell.
+fn python_accepts(pattern: &str) -> bool {
+    python_refuses(pattern).is_none()
+}
+
+/// Why Python's `re` (3.11, `sre_parse`) refuses syntax that the `regex` crate parses, each
+/// checked with `re.compile`: a repetition of a repetition (`a{1}{1}`, `a**`, `.{1000}{1000}`:
+/// "multiple repeat"; `a*+` is Python's possessive and passes), `\z`, `\pL`, `\x{71}` (bad or
+/// incomplete escapes), `(?<n>…)` ("unknown extension"), the flags `U` and `R`, turning `u`
+/// off, and flags set mid-pattern or negated outside a group. Found by the hostile round 11:
+/// such a `target_modules` merged by the crate's reading where PEFT raises on load.
+fn python_only_error(pattern: &str, ast: &regex_syntax::ast::Ast) -> Option<String> {
+    use regex_syntax::ast::{AssertionKind, Ast, Flag, FlagsItemKind, GroupKind, LiteralKind};
+    use regex_syntax::ast::{RepetitionKind, RepetitionOp};
+    let flags = |f: &regex_syntax::ast::Flags| {
+        let mut negated = false;
+        for item in &f.items {
+            match item.kind {
+                FlagsItemKind::Negation => negated = true,
+                FlagsItemKind::Flag(Flag::SwapGreed | Flag::CRLF) => {
+                    return Some("unknown flag (`U`, `R`)".to_owned())
+                }
+                FlagsItemKind::Flag(Flag::Unicode) if negated => {
+                    return Some("cannot turn off flag `u`".to_owned())
+                }
+                FlagsItemKind::Flag(_) => {}
+            }
+        }
+        None
+    };
+    match ast {
+        Ast::Empty(_) | Ast::Dot(_) | Ast::ClassPerl(_) | Ast::ClassBracketed(_) => None,
+        Ast::Flags(set) => {
+            let at = set.span.start.offset;
+            if set
+                .flags
+                .items
+                .iter()
+                .any(|i| i.kind == FlagsItemKind::Negation)
+            {
+                return Some("global flags cannot be turned off (`(?-…)` without `:`)".to_owned());
+            }
+            let before = pattern.get(..at).unwrap_or("");
+            if before.chars().any(|c| !"(?)imsxau".contains(c)) {
+                return Some("global flags not at the start of the expression".to_owned());
+            }
+            flags(&set.flags)
+        }
+        Ast::Literal(l) => matches!(l.kind, LiteralKind::HexBrace(_))
+            .then(|| "incomplete escape (`\\x{…}`)".to_owned()),
+        Ast::Assertion(a) => {
+            (a.kind == AssertionKind::EndText).then(|| "bad escape `\\z`".to_owned())
+        }
+        Ast::ClassUnicode(_) => Some("bad escape `\\p`/`\\P`".to_owned()),
+        Ast::Repetition(r) => {
+            if let Ast::Repetition(inner) = &*r.ast {
+                // `a*+`, `a{2}+`: Python 3.11's possessive, one node there.
+                let possessive = inner.greedy
+                    && r.greedy
+                    && matches!(
+                        r.op,
+                        RepetitionOp {
+                            kind: RepetitionKind::OneOrMore,
+                            ..
+                        }
+                    )
+                    && pattern.get(r.op.span.start.offset..r.op.span.end.offset) == Some("+");
+                if !possessive {
+                    return Some("multiple repeat".to_owned());
+                }
+            }
+            python_only_error(pattern, &r.ast)
+        }
+        Ast::Group(g) => match &g.kind {
+            GroupKind::CaptureName {
+                starts_with_p: false,
+                ..
+            } => Some("unknown extension `(?<name>`".to_owned()),
+            GroupKind::NonCapturing(f) => flags(f).or_else(|| python_only_error(pattern, &g.ast)),
+            _ => python_only_error(pattern, &g.ast),
+        },
+        Ast::Alternation(a) => a.asts.iter().find_map(|x| python_only_error(pattern, x)),
+        Ast::Concat(c) => c.asts.iter().find_map(|x| python_only_error(pattern, x)),
     }
 }
 
@@ -380,7 +467,34 @@ mod tests {
             let e = Targets::parse(&cfg(serde_json::json!({ "target_modules": bad })));
             assert!(e.is_err_and(|e| e.contains("not a valid regex")), "{bad}");
         }
-        for ok in [r"(q)_proj\1", "{", "q_proj(?=x)"] {
+        // What the `regex` crate parses but Python's `re` refuses (round 11).
+        for bad in [
+            "q_proj{1}{1}",
+            ".*q_proj**",
+            ".*q_pro*?+j",
+            ".*q_proj\\z",
+            ".*\\pL_proj",
+            ".*(?<n>q)_proj",
+            "(?U).*q_proj",
+            ".*(?-u:q)_proj",
+            ".*\\x{71}_proj",
+            ".{1000}{1000}",
+            ".*(?i)q_proj",
+            "(?-i).*q_proj",
+        ] {
+            let e = Targets::parse(&cfg(serde_json::json!({ "target_modules": bad })));
+            assert!(e.is_err_and(|e| e.contains("not a valid regex")), "{bad}");
+        }
+        for ok in [
+            r"(q)_proj\1",
+            "{",
+            "q_proj(?=x)",
+            ".*q_proj*+",
+            "(?i).*Q_PROJ",
+            "(?P<n>q)_proj",
+            "\\A.*q_proj{2}?",
+            "(?s:.)*q_proj",
+        ] {
             assert!(
                 Targets::parse(&cfg(serde_json::json!({ "target_modules": ok }))).is_ok(),
                 "{ok}"

@@ -58,6 +58,21 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             )))
         }
     };
+    // PEFT builds the bank as [num_vectors, vector_length] from the config and refuses a
+    // state dict of another shape (hostile round 11).
+    for (field, stored) in [("num_vectors", n_vec), ("vector_length", len)] {
+        if let Some(c) = cfg
+            .raw
+            .get(field)
+            .and_then(serde_json::Value::as_u64)
+            .filter(|&c| c != stored as u64)
+        {
+            return Err(bad(format!(
+                "tensor `{BANK}` has shape {:?}, but `{field}` in adapter_config.json is {c}: PEFT builds the bank from the config and refuses the file",
+                bank_info.shape
+            )));
+        }
+    }
     let bank = stored_f32(&file, BANK)?;
     // module → [A, B] → (key of logits or of topk indices, key of topk weights)
     let mut parts: BTreeMap<String, [Option<Source>; 2]> = BTreeMap::new();
