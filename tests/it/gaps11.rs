@@ -1,0 +1,154 @@
+//! The PEFT tuners closed on branch gaps11 (fixtures/gen/gaps11_fixtures.py), each against
+//! PEFT 0.21.2's own reload + `merge_and_unload` of a tiny seeded adapter on fixtures/llama/base:
+//! MiSS (plain with a remainder, `bat`, `mini`), SHiRA, C3A and GraLoRA (with and without its
+//! hybrid LoRA) merge as PEFT does; bad shapes and indices are refused naming the tensor;
+//! serving loaders' `check` refuses them all and `inspect` names the type.
+
+use super::common::*;
+use std::path::Path;
+
+/// `check ADAPTER --target TARGET --json`: the report.
+fn check_json(adapter: &Path, target: &str) -> serde_json::Value {
+    let out = bin()
+        .args(check_args(adapter, &["--target", target, "--json"]))
+        .output()
+        .expect("spawn lorakit");
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// MiSS, r = 3 on 64- and 128-wide inputs: `ΔW[o, c] = block[c mod 3, o]`, the last column
+/// past the whole shards included. Before: "is `MISS`; lorakit reads … (not `MISS` yet)".
+#[test]
+fn miss_merges_as_peft_with_a_remainder() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps11/miss", "llama/base", &[]),
+        6
+    );
+}
+
+/// MiSS `bat`: `W0 + W0_blk·B[p] + B[p]` per 4×4 block, and `mini`: the [4, 8] block repeated
+/// down the rows.
+#[test]
+fn miss_bat_and_mini_merge_as_peft() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps11/miss_bat", "llama/base", &[]),
+        6
+    );
+    assert_eq!(
+        merge_matches_peft_fixture("gaps11/miss_mini", "llama/base", &[]),
+        6
+    );
+}
+
+/// SHiRA: the saved values added at the saved (int32) positions.
+#[test]
+fn shira_merges_as_peft() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps11/shira", "llama/base", &[]),
+        6
+    );
+}
+
+/// C3A: the block-circulant ΔW (`kernel[p, q, (t − u) mod b] / in`), built exactly where PEFT
+/// goes through FFTs.
+#[test]
+fn c3a_merges_as_peft() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps11/c3a", "llama/base", &[]),
+        6
+    );
+}
+
+/// GraLoRA: k×k blocks `B_{j,n}·A_{n,j}` times alpha / (r + h), with and without the hybrid
+/// LoRA.
+#[test]
+fn gralora_merges_as_peft_with_and_without_hybrid() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps11/gralora", "llama/base", &[]),
+        6
+    );
+    assert_eq!(
+        merge_matches_peft_fixture("gaps11/gralora_hybrid", "llama/base", &[]),
+        6
+    );
+}
+
+/// A SHiRA position outside the base, a MiSS `mini` block whose width is not `mini_r` and a
+/// GraLoRA pair that does not fit are refused naming the tensor; nothing is written.
+#[test]
+fn bad_shapes_and_positions_are_refused_naming_the_tensor() {
+    let base = fixture("llama/base");
+    let (_dir, out) = scratch("out");
+    let dir = tempfile::tempdir().unwrap();
+
+    let shira = dir.path().join("shira");
+    copy_dir(&fixture("gaps11/shira/adapter"), &shira);
+    let file = shira.join("adapter_model.safetensors");
+    let mut t = read(&file);
+    let key = "base_model.model.model.layers.0.self_attn.v_proj.shira_indices";
+    let idx = t.get_mut(key).unwrap();
+    // The first row index (int32, little-endian) past v_proj's 32 rows.
+    idx.data[..4].copy_from_slice(&40i32.to_le_bytes());
+    write_tensors(&file, &t);
+    let err = merge_refused(&base, &shira, &out, &[]);
+    assert_mentions(
+        &err,
+        &[
+            "model.layers.0.self_attn.v_proj",
+            "[32, 64]",
+            "needs [41, 64]",
+        ],
+    );
+
+    let mini = dir.path().join("mini");
+    copy_dir(&fixture("gaps11/miss_mini/adapter"), &mini);
+    let cfg = mini.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"mini_r\": 8", "\"mini_r\": 4")).unwrap();
+    let err = merge_refused(&base, &mini, &out, &[]);
+    assert_mentions(&err, &["miss_block", "mini_r = 4"]);
+
+    let gra = dir.path().join("gra");
+    copy_dir(&fixture("gaps11/gralora/adapter"), &gra);
+    let file = gra.join("adapter_model.safetensors");
+    let mut t = read(&file);
+    let key = "base_model.model.model.layers.0.self_attn.q_proj.gralora_B";
+    t.get_mut(key).unwrap().shape = vec![2, 16, 16];
+    write_tensors(&file, &t);
+    let err = merge_refused(&base, &gra, &out, &[]);
+    assert_mentions(&err, &["model.layers.0.self_attn.q_proj", "gralora_B"]);
+}
+
+/// Serving loaders read LoRA only: `check` refuses every new type by the existing
+/// `*.peft_type` rules, and `inspect` names the type and the algorithm.
+#[test]
+fn loaders_refuse_and_inspect_names_the_new_types() {
+    for (case, ty, algo) in [
+        ("miss", "MISS", "miss"),
+        ("miss_bat", "MISS", "miss"),
+        ("shira", "SHIRA", "shira"),
+        ("c3a", "C3A", "full"),
+        ("gralora", "GRALORA", "full"),
+    ] {
+        let adapter = fixture(&format!("gaps11/{case}/adapter"));
+        for target in ["vllm", "llama.cpp", "sglang"] {
+            let v = check_json(&adapter, target);
+            let t = &v["targets"][0];
+            assert_eq!(t["verdict"], "fails", "{case} {target}: {v:#}");
+            let ids: Vec<&str> = t["findings"]
+                .as_array()
+                .expect("findings")
+                .iter()
+                .filter_map(|f| f["rule"].as_str())
+                .collect();
+            assert!(
+                ids.contains(&format!("{target}.peft_type").as_str()),
+                "{case} {target}: {ids:?}"
+            );
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&run_ok(inspect_args(&adapter, &["--json"]))).expect("JSON");
+        assert_eq!(v["peft_type"], ty, "{v:#}");
+        assert_eq!(v["modules"][0]["algo"], algo, "{v:#}");
+    }
+}
