@@ -1,7 +1,7 @@
 //! The PEFT tuners closed on branch gaps11 (fixtures/gen/gaps11_fixtures.py), each against
 //! PEFT 0.21.2's own reload + `merge_and_unload` of a tiny seeded adapter on fixtures/llama/base:
-//! MiSS (plain with a remainder, `bat`, `mini`), SHiRA, C3A and GraLoRA (with and without its
-//! hybrid LoRA) merge as PEFT does; bad shapes and indices are refused naming the tensor;
+//! MiSS (plain with a remainder, `bat`, `mini`), SHiRA, C3A, GraLoRA (with and without its
+//! hybrid LoRA) and RandLoRA merge as PEFT does; RandLoRA without its saved bases is refused; bad shapes and indices are refused naming the tensor;
 //! serving loaders' `check` refuses them all and `inspect` names the type.
 
 use super::common::*;
@@ -73,6 +73,53 @@ fn gralora_merges_as_peft_with_and_without_hybrid() {
     );
 }
 
+/// RandLoRA: the shared bases scaled by each module's λ and γ, `UB·UA` on q_proj/v_proj
+/// (in ≤ out) and its transpose on down_proj (in > out). Before: "is `RANDLORA`; lorakit reads
+/// … (not `RANDLORA` yet)".
+#[test]
+fn randlora_merges_as_peft_in_both_orientations() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps11/randlora", "llama/base", &[]),
+        6
+    );
+}
+
+/// RandLoRA without its saved bases (`save_projection` false: PEFT regenerates them from
+/// `projection_prng_key`) is refused naming the seed; a layer's copy of the bases that differs
+/// from the shared one is refused naming it.
+#[test]
+fn randlora_without_bases_or_with_a_stray_copy_is_refused() {
+    let base = fixture("llama/base");
+    let (_dir, out) = scratch("out");
+    let dir = tempfile::tempdir().unwrap();
+    let noproj = dir.path().join("noproj");
+    copy_dir(&fixture("gaps11/randlora/adapter"), &noproj);
+    let cfg = noproj.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("\"save_projection\": true"));
+    std::fs::write(
+        &cfg,
+        text.replace("\"save_projection\": true", "\"save_projection\": false"),
+    )
+    .unwrap();
+    let err = merge_refused(&base, &noproj, &out, &[]);
+    assert_mentions(
+        &err,
+        &["RANDLORA", "projection_prng_key", "save_projection"],
+    );
+
+    let stray = dir.path().join("stray");
+    copy_dir(&fixture("gaps11/randlora/adapter"), &stray);
+    let file = stray.join("adapter_model.safetensors");
+    let mut t = read(&file);
+    let key = "base_model.model.model.layers.1.self_attn.v_proj.randlora_B";
+    let b = t.get_mut(key).unwrap();
+    b.data[..4].copy_from_slice(&1.5f32.to_le_bytes());
+    write_tensors(&file, &t);
+    let err = merge_refused(&base, &stray, &out, &[]);
+    assert_mentions(&err, &[key, "base_model.randlora_B"]);
+}
+
 /// A SHiRA position outside the base, a MiSS `mini` block whose width is not `mini_r` and a
 /// GraLoRA pair that does not fit are refused naming the tensor; nothing is written.
 #[test]
@@ -129,6 +176,7 @@ fn loaders_refuse_and_inspect_names_the_new_types() {
         ("shira", "SHIRA", "shira"),
         ("c3a", "C3A", "full"),
         ("gralora", "GRALORA", "full"),
+        ("randlora", "RANDLORA", "randlora"),
     ] {
         let adapter = fixture(&format!("gaps11/{case}/adapter"));
         for target in ["vllm", "llama.cpp", "sglang"] {

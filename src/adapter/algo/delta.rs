@@ -141,7 +141,8 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         | Factors::Hra { .. }
         | Factors::PeftBoft { .. }
         | Factors::Miss { .. }
-        | Factors::Shira { .. } => {
+        | Factors::Shira { .. }
+        | Factors::RandLora { .. } => {
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -245,7 +246,8 @@ pub fn product_form(
         | Factors::Hra { .. }
         | Factors::PeftBoft { .. }
         | Factors::Miss { .. }
-        | Factors::Shira { .. } => return None,
+        | Factors::Shira { .. }
+        | Factors::RandLora { .. } => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

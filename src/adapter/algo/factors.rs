@@ -153,6 +153,12 @@ pub enum Factors {
     /// scaling 1). `indices` holds the n rows then the n columns (as f32, each below 2²⁴). The
     /// base gives the shape.
     Shira { values: Data, indices: Data },
+    /// PEFT RandLoRA (`tuners/randlora/layer.py` `get_scaled_bases`, `get_delta_weight`): `a`
+    /// R×m, m = min(d, k), the scaled bases `λ ⊙ randlora_A ⊙ γ` flattened over (r, bases);
+    /// `b` M×R, the shared `randlora_B` [M, bases, r] flattened, M ≥ max(d, k). With `b′` its
+    /// first max(d, k) rows, `ΔW = scale · b′·a` when k ≤ d and `scale · (b′·a)ᵀ` otherwise. The
+    /// module's `out_features` holds m and `in_features` M (the file gives no more).
+    RandLora { a: Data, b: Data },
 }
 
 /// How a PEFT MiSS `miss_block` meets the base weight `W0` (d×k), `c` an input column and `o` an
@@ -245,6 +251,8 @@ pub enum Algo {
     Miss,
     /// PEFT's SHiRA (`peft_type` SHIRA).
     Shira,
+    /// PEFT's RandLoRA (`peft_type` RANDLORA).
+    RandLora,
 }
 
 impl std::fmt::Display for Algo {
@@ -266,6 +274,7 @@ impl std::fmt::Display for Algo {
             Algo::PeftBoft => "peft-boft",
             Algo::Miss => "miss",
             Algo::Shira => "shira",
+            Algo::RandLora => "randlora",
         })
     }
 }
@@ -289,6 +298,7 @@ impl Factors {
             Factors::PeftBoft { .. } => Algo::PeftBoft,
             Factors::Miss { .. } => Algo::Miss,
             Factors::Shira { .. } => Algo::Shira,
+            Factors::RandLora { .. } => Algo::RandLora,
         }
     }
 
@@ -308,6 +318,7 @@ impl Factors {
                 | Factors::PeftBoft { .. }
                 | Factors::Miss { .. }
                 | Factors::Shira { .. }
+                | Factors::RandLora { .. }
         )
     }
 
@@ -375,6 +386,7 @@ macro_rules! every_tensor {
             Factors::PeftBoft { blocks, scale, .. } => vec![blocks, scale],
             Factors::Miss { block, .. } => vec![block],
             Factors::Shira { values, indices } => vec![values, indices],
+            Factors::RandLora { a, b } => vec![a, b],
         }
     };
 }

@@ -31,6 +31,8 @@ pub fn base_fits(f: &Factors, (out, inp): (usize, usize), (d, k): (usize, usize)
         } => d == out && k > 0 && k.is_multiple_of(inp),
         // Every saved index inside the base (`sparse_coo_tensor` of size (out, in)).
         Factors::Shira { .. } => d >= out && k >= inp,
+        // `out` is min(d, k) (γ's width), `inp` the rows of the shared randlora_B.
+        Factors::RandLora { .. } => d.min(k) == out && d.max(k) <= inp,
         _ => return None,
     })
 }
@@ -48,6 +50,7 @@ pub fn delta(l: &Loaded, w0: &[f32], (d, k): (usize, usize), m: f64) -> Option<V
         } => boft(&v[0], &v[1], w0, (d, k), (*block_num, *block_size), m),
         Factors::Miss { mode, .. } => miss(&v[0], w0, (d, k), *mode, m),
         Factors::Shira { .. } => shira(&v[0], &v[1], (d, k), m),
+        Factors::RandLora { .. } => randlora(&v[0], &v[1], (d, k), m),
         _ => return None,
     })
 }
@@ -197,4 +200,23 @@ fn shira(values: &[f32], indices: &[f32], (d, k): (usize, usize), m: f64) -> Vec
         acc[row * k + col] += x as f64;
     }
     acc.into_iter().map(|x| (m * x) as f32).collect()
+}
+
+/// RandLoRA ([`Factors::RandLora`]): `a` R×min(d, k), `b` M×R; `ΔW = m·b′·a` (k ≤ d) or its
+/// transpose, `b′` the first max(d, k) rows of `b`.
+fn randlora(a: &[f32], b: &[f32], (d, k): (usize, usize), m: f64) -> Vec<f32> {
+    let small = d.min(k);
+    let rr = a.len() / small.max(1);
+    let mut out = vec![0f32; d * k];
+    for o in 0..d {
+        for c in 0..k {
+            // (row of b′, column of a): b′·a itself is max×min.
+            let (big, low) = if k <= d { (o, c) } else { (c, o) };
+            let x: f64 = (0..rr)
+                .map(|p| b[big * rr + p] as f64 * a[p * small + low] as f64)
+                .sum();
+            out[o * k + c] = (m * x) as f32;
+        }
+    }
+    out
 }

@@ -338,6 +338,7 @@ pub fn write_with(
                 | Factors::PeftBoft { .. }
                 | Factors::Miss { .. }
                 | Factors::Shira { .. }
+                | Factors::RandLora { .. }
         ) {
             return Err(InputError::invalid(
                 &adapter.path,

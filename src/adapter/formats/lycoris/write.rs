@@ -159,7 +159,8 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
         | Factors::Hra { .. }
         | Factors::PeftBoft { .. }
         | Factors::Miss { .. }
-        | Factors::Shira { .. } => Vec::new(),
+        | Factors::Shira { .. }
+        | Factors::RandLora { .. } => Vec::new(),
         Factors::Ia3 {
             weight, on_input, ..
         } => {

@@ -56,10 +56,12 @@ pub enum PeftType {
     C3a,
     /// `tuners/gralora`: k×k blocks of low-rank products, plus an optional LoRA (`peft/gralora.rs`).
     Gralora,
+    /// `tuners/randlora`: shared random bases and per-module λ/γ (`peft/randlora.rs`).
+    RandLora,
 }
 
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
-const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, SHIRA, C3A and GRALORA";
+const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, SHIRA, C3A, GRALORA and RANDLORA";
 
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
@@ -77,7 +79,7 @@ fn unread_type(t: &str, cfg: &serde_json::Map<String, Value>) -> String {
         "UNILORA" if unsaved("save_indices") => {
             seeded("proj_seed", "parameter-sharing indices (`save_indices` is false)")
         }
-        "FROD" | "PVERA" | "RANDLORA" if unsaved("save_projection") => seeded(
+        "FROD" | "PVERA" if unsaved("save_projection") => seeded(
             "projection_prng_key",
             "shared projections (`save_projection` is false)",
         ),
@@ -183,6 +185,7 @@ impl PeftConfig {
             Some("SHIRA") => PeftType::Shira,
             Some("C3A") => PeftType::C3a,
             Some("GRALORA") => PeftType::Gralora,
+            Some("RANDLORA") => PeftType::RandLora,
             Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).

@@ -32,6 +32,7 @@ mod ln_tuning;
 mod lycoris;
 mod miss;
 pub mod params;
+mod randlora;
 mod read;
 mod shira;
 pub mod targets;
