@@ -120,6 +120,16 @@ fn randlora_without_bases_or_with_a_stray_copy_is_refused() {
     assert_mentions(&err, &[key, "base_model.randlora_B"]);
 }
 
+/// BOFT with `boft_block_size` 1 (PEFT accepts it): each 1×1 rotation is the identity, so the
+/// merge is `W0 ⊙ boft_s`. Before: "shape [1, 64, 1, 1] is not [1, n, b, b]".
+#[test]
+fn boft_block_size_one_merges_as_peft() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps11/boft_b1", "llama/base", &[]),
+        6
+    );
+}
+
 /// A SHiRA position outside the base, a MiSS `mini` block whose width is not `mini_r` and a
 /// GraLoRA pair that does not fit are refused naming the tensor; nothing is written.
 #[test]
