@@ -210,3 +210,56 @@ fn loaders_refuse_and_inspect_names_the_new_types() {
         assert_eq!(v["modules"][0]["algo"], algo, "{v:#}");
     }
 }
+
+/// Bone (`peft_type` BONE, PEFT 0.14–0.17; 0.21.2 no longer has it) merged by the same code as
+/// MiSS (huggingface/peft@093b431 `tuners/bone/layer.py`: `get_delta_weight_bone` and `bat`'s
+/// `get_delta_weight` are MiSS's with `bone_block` for `miss_block`): the MiSS fixtures renamed
+/// to Bone's key and type merge to PEFT's MiSS merge; `mini`, which Bone never had, is refused.
+#[test]
+fn bone_folders_merge_as_their_miss_twins() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in ["miss", "miss_bat"] {
+        let bone = dir.path().join(case).join("adapter");
+        copy_dir(&fixture(&format!("gaps11/{case}/adapter")), &bone);
+        let cfg = bone.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(text.contains("\"peft_type\": \"MISS\""));
+        std::fs::write(
+            &cfg,
+            text.replace("\"peft_type\": \"MISS\"", "\"peft_type\": \"BONE\""),
+        )
+        .unwrap();
+        let file = bone.join("adapter_model.safetensors");
+        let t = read(&file)
+            .into_iter()
+            .map(|(k, v)| (k.replace(".miss_block", ".bone_block"), v))
+            .collect();
+        write_tensors(&file, &t);
+        let (_o, out) = scratch("out");
+        let base = fixture("llama/base");
+        run_ok(merge_args(
+            &base,
+            &bone,
+            &out,
+            &["--device", "cpu", "--quiet"],
+        ));
+        let peft = read(&fixture(&format!("gaps11/{case}/merged.safetensors")));
+        let got = read_checkpoint(&out);
+        assert_eq!(
+            assert_matches_reference(&got, &read_checkpoint(&base), &peft, 1e-6),
+            6
+        );
+    }
+    let mini = dir.path().join("mini");
+    copy_dir(&fixture("gaps11/miss_mini/adapter"), &mini);
+    let cfg = mini.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"peft_type\": \"MISS\"", "\"peft_type\": \"BONE\""),
+    )
+    .unwrap();
+    let (_o, out) = scratch("out");
+    let err = merge_refused(&fixture("llama/base"), &mini, &out, &[]);
+    assert_mentions(&err, &["init_weights", "Bone takes"]);
+}

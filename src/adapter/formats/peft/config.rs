@@ -50,6 +50,9 @@ pub enum PeftType {
     /// `tuners/miss`: one `miss_block` per module added to W0 by blocks, or (`bat`) mixed with
     /// it (`peft/miss.rs`).
     Miss,
+    /// `tuners/bone` of PEFT 0.14–0.17 (removed since; MiSS is its successor): `bone_block`,
+    /// merged by the same code as MiSS without `mini` (`peft/miss.rs`).
+    Bone,
     /// `tuners/shira`: sparse values at saved positions (`peft/shira.rs`).
     Shira,
     /// `tuners/c3a`: block-circulant kernels (`peft/c3a.rs`).
@@ -61,7 +64,7 @@ pub enum PeftType {
 }
 
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
-const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, SHIRA, C3A, GRALORA and RANDLORA";
+const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA and RANDLORA";
 
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
@@ -182,6 +185,7 @@ impl PeftConfig {
             Some("BOFT") => PeftType::Boft,
             Some("DELORA") => PeftType::Delora,
             Some("MISS") => PeftType::Miss,
+            Some("BONE") => PeftType::Bone,
             Some("SHIRA") => PeftType::Shira,
             Some("C3A") => PeftType::C3a,
             Some("GRALORA") => PeftType::Gralora,

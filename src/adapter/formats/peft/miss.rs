@@ -13,6 +13,10 @@
 //!
 //! The input width is known only from the base, so the module is a [`Factors::Miss`] built with
 //! the base at hand. Linear layers only (PEFT's MiSS wraps nn.Linear alone).
+//!
+//! Bone (`peft_type` BONE, PEFT 0.14–0.17 `tuners/bone/layer.py`, removed since) stores
+//! `bone_block` and merges by the same code (`get_delta_weight_bone`, `get_delta_weight` at
+//! huggingface/peft@093b431), without `mini`; it is read here under that name.
 
 use super::assemble::{assemble, split_by_suffix};
 use super::config::PeftConfig;
@@ -28,10 +32,16 @@ use std::path::Path;
 pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
     let fpath = file.path().to_path_buf();
     let bad = |msg: String| InputError::invalid(&fpath, msg);
+    let bone = cfg.peft_type == super::config::PeftType::Bone;
+    let (suffix, family, what) = if bone {
+        (".bone_block", "bone_", "Bone")
+    } else {
+        (".miss_block", "miss_", "MiSS")
+    };
     let mode = match cfg.raw.get("init_weights") {
         None | Some(Value::Null) | Some(Value::Bool(_)) => MissMode::Plain,
         Some(Value::String(s)) if s == "bat" => MissMode::Bat,
-        Some(Value::String(s)) if s == "mini" => {
+        Some(Value::String(s)) if s == "mini" && !bone => {
             let mini_r = cfg
                 .raw
                 .get("mini_r")
@@ -46,15 +56,17 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         }
         Some(v) => {
             return Err(bad(format!(
-                "`init_weights` in adapter_config.json is {v}: MiSS takes true, false, \"bat\" or \"mini\""
+                "`init_weights` in adapter_config.json is {v}: {what} takes true, false, \"bat\"{}",
+                if bone { "" } else { " or \"mini\"" }
             )))
         }
     };
-    let (named, full) = split_by_suffix(&file, ".miss_block");
-    if let Some(f) = full.iter().find(|f| f.name.contains("miss_")) {
+    let (named, full) = split_by_suffix(&file, suffix);
+    if let Some(f) = full.iter().find(|f| f.name.contains(family)) {
         return Err(bad(format!(
-            "tensor `{}`: not a MiSS tensor (miss_block)",
-            f.name
+            "tensor `{}`: not a {what} tensor ({})",
+            f.name,
+            &suffix[1..]
         )));
     }
     let mut modules = Vec::with_capacity(named.len());
