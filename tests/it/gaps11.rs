@@ -211,7 +211,7 @@ fn loaders_refuse_and_inspect_names_the_new_types() {
     }
 }
 
-/// Bone (`peft_type` BONE, PEFT 0.14–0.17; 0.21.2 no longer has it) merged by the same code as
+/// Bone (`peft_type` BONE of older PEFT releases; 0.21.2 no longer has it) merged by the same code as
 /// MiSS (huggingface/peft@093b431 `tuners/bone/layer.py`: `get_delta_weight_bone` and `bat`'s
 /// `get_delta_weight` are MiSS's with `bone_block` for `miss_block`): the MiSS fixtures renamed
 /// to Bone's key and type merge to PEFT's MiSS merge; `mini`, which Bone never had, is refused.

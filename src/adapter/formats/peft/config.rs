@@ -50,7 +50,7 @@ pub enum PeftType {
     /// `tuners/miss`: one `miss_block` per module added to W0 by blocks, or (`bat`) mixed with
     /// it (`peft/miss.rs`).
     Miss,
-    /// `tuners/bone` of PEFT 0.14–0.17 (removed since; MiSS is its successor): `bone_block`,
+    /// `tuners/bone` of older PEFT releases (gone from 0.21.2; MiSS is its successor): `bone_block`,
     /// merged by the same code as MiSS without `mini` (`peft/miss.rs`).
     Bone,
     /// `tuners/shira`: sparse values at saved positions (`peft/shira.rs`).

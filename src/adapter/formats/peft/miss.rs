@@ -14,7 +14,7 @@
 //! The input width is known only from the base, so the module is a [`Factors::Miss`] built with
 //! the base at hand. Linear layers only (PEFT's MiSS wraps nn.Linear alone).
 //!
-//! Bone (`peft_type` BONE, PEFT 0.14–0.17 `tuners/bone/layer.py`, removed since) stores
+//! Bone (`peft_type` BONE, older PEFT releases, `tuners/bone/layer.py`, gone from 0.21.2) stores
 //! `bone_block` and merges by the same code (`get_delta_weight_bone`, `get_delta_weight` at
 //! huggingface/peft@093b431), without `mini`; it is read here under that name.
 
