@@ -51,6 +51,8 @@ mod it {
     /// The PEFT tuners of gaps10: VeRA, VB-LoRA, LN tuning, HRA, BOFT merged as PEFT; seeded
     /// buffers refused; GPT-2's `ensure_weight_tying`.
     pub mod gaps10;
+    /// The PEFT tuners of gaps11: MiSS, SHiRA, C3A, GraLoRA, RandLoRA merged as PEFT.
+    pub mod gaps11;
     /// The peer gaps of gaps7: DoRA embeddings, fan_in_fan_out per layer type, tied lm_head,
     /// part bytes_written.
     pub mod gaps7;

@@ -346,6 +346,14 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
             Factors::Hra { .. } => found[1] == m.in_features,
             Factors::Vera { .. } => found[0] == m.out_features && found[1] <= m.in_features,
             Factors::PeftBoft { .. } => found[0] == m.out_features && found[1] == m.in_features,
+            Factors::Miss { .. } | Factors::Shira { .. } | Factors::RandLora { .. } => {
+                let fit = crate::adapter::algo::peft_tuner_fits;
+                fit(
+                    &m.factors,
+                    (m.out_features, m.in_features),
+                    (found[0], found[1]),
+                ) == Some(true)
+            }
             _ => false,
         }
 }

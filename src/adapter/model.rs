@@ -381,6 +381,10 @@ impl Adapter {
             // VeRA slices its shared `vera_A` [r, widest input] to the base's input.
             Factors::Vera { .. } => d == m.out_features && (1..=m.in_features).contains(&k),
             Factors::PeftBoft { .. } => d == m.out_features && k == m.in_features,
+            Factors::Miss { .. } | Factors::Shira { .. } | Factors::RandLora { .. } => {
+                algo::peft_tuner_fits(&m.factors, (m.out_features, m.in_features), (d, k))
+                    == Some(true)
+            }
             _ => d == m.out_features,
         };
         if !fits || w0.len() != d * k {

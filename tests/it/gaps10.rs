@@ -130,7 +130,7 @@ fn seeded_buffers_and_bad_shapes_are_refused_naming_why() {
             r#", "save_projection": false"#,
             "projection_prng_key",
         ),
-        ("RANDLORA", "", "not `RANDLORA` yet"),
+        ("ROAD", "", "not `ROAD` yet"),
         ("PREFIX_TUNING", "", "nothing to merge"),
         ("XLORA", "", "per input"),
     ] {

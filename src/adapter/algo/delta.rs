@@ -139,7 +139,10 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         | Factors::Glora { .. }
         | Factors::Vera { .. }
         | Factors::Hra { .. }
-        | Factors::PeftBoft { .. } => {
+        | Factors::PeftBoft { .. }
+        | Factors::Miss { .. }
+        | Factors::Shira { .. }
+        | Factors::RandLora { .. } => {
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -241,7 +244,10 @@ pub fn product_form(
         | Factors::Glora { .. }
         | Factors::Vera { .. }
         | Factors::Hra { .. }
-        | Factors::PeftBoft { .. } => return None,
+        | Factors::PeftBoft { .. }
+        | Factors::Miss { .. }
+        | Factors::Shira { .. }
+        | Factors::RandLora { .. } => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

@@ -144,6 +144,35 @@ pub enum Factors {
         block_num: usize,
         block_size: usize,
     },
+    /// PEFT MiSS (`tuners/miss/layer.py` `get_delta_weight_miss`, `get_delta_weight`): `block`
+    /// as [`MissMode`] lays it out; the base's input width (and for `mini` its rows) come from
+    /// the base. Depends on W0 (`bat`) or on its shape.
+    Miss { block: Data, mode: MissMode },
+    /// PEFT SHiRA (`tuners/shira/layer.py` `get_delta_weight`): `ΔW` zero but at the saved
+    /// positions, `ΔW[rows[i], cols[i]] += values[i]` (a sparse COO tensor added to the base,
+    /// scaling 1). `indices` holds the n rows then the n columns (as f32, each below 2²⁴). The
+    /// base gives the shape.
+    Shira { values: Data, indices: Data },
+    /// PEFT RandLoRA (`tuners/randlora/layer.py` `get_scaled_bases`, `get_delta_weight`): `a`
+    /// R×m, m = min(d, k), the scaled bases `λ ⊙ randlora_A ⊙ γ` flattened over (r, bases);
+    /// `b` M×R, the shared `randlora_B` [M, bases, r] flattened, M ≥ max(d, k). With `b′` its
+    /// first max(d, k) rows, `ΔW = scale · b′·a` when k ≤ d and `scale · (b′·a)ᵀ` otherwise. The
+    /// module's `out_features` holds m and `in_features` M (the file gives no more).
+    RandLora { a: Data, b: Data },
+}
+
+/// How a PEFT MiSS `miss_block` meets the base weight `W0` (d×k), `c` an input column and `o` an
+/// output row (`config.init_weights` picks the mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissMode {
+    /// `miss_block` r×d: `ΔW[o, c] = block[c mod r, o]`.
+    Plain,
+    /// `init_weights = "mini"`: `miss_block` r×mini_r repeated along the rows (d a multiple of
+    /// mini_r): `ΔW[o, c] = block[c mod r, o mod mini_r]`.
+    Mini { mini_r: usize },
+    /// `init_weights = "bat"`: `miss_block` (d/r)×r×r; on each r×r block of W0 (rows of block
+    /// `p`) `ΔW_blk = W0_blk·block[p] + block[p]`.
+    Bat,
 }
 
 /// How PEFT's OFT turns a skew-symmetric `Q` into a rotation.
@@ -218,6 +247,12 @@ pub enum Algo {
     /// PEFT's BOFT (`peft_type` BOFT).
     #[serde(rename = "peft-boft")]
     PeftBoft,
+    /// PEFT's MiSS (`peft_type` MISS).
+    Miss,
+    /// PEFT's SHiRA (`peft_type` SHIRA).
+    Shira,
+    /// PEFT's RandLoRA (`peft_type` RANDLORA).
+    RandLora,
 }
 
 impl std::fmt::Display for Algo {
@@ -237,6 +272,9 @@ impl std::fmt::Display for Algo {
             Algo::Vera => "vera",
             Algo::Hra => "hra",
             Algo::PeftBoft => "peft-boft",
+            Algo::Miss => "miss",
+            Algo::Shira => "shira",
+            Algo::RandLora => "randlora",
         })
     }
 }
@@ -258,6 +296,9 @@ impl Factors {
             Factors::Vera { .. } => Algo::Vera,
             Factors::Hra { .. } => Algo::Hra,
             Factors::PeftBoft { .. } => Algo::PeftBoft,
+            Factors::Miss { .. } => Algo::Miss,
+            Factors::Shira { .. } => Algo::Shira,
+            Factors::RandLora { .. } => Algo::RandLora,
         }
     }
 
@@ -275,6 +316,9 @@ impl Factors {
                 | Factors::Vera { .. }
                 | Factors::Hra { .. }
                 | Factors::PeftBoft { .. }
+                | Factors::Miss { .. }
+                | Factors::Shira { .. }
+                | Factors::RandLora { .. }
         )
     }
 
@@ -340,6 +384,9 @@ macro_rules! every_tensor {
             Factors::Vera { a, b } => vec![a, b],
             Factors::Hra { u, .. } => vec![u],
             Factors::PeftBoft { blocks, scale, .. } => vec![blocks, scale],
+            Factors::Miss { block, .. } => vec![block],
+            Factors::Shira { values, indices } => vec![values, indices],
+            Factors::RandLora { a, b } => vec![a, b],
         }
     };
 }

@@ -1,5 +1,5 @@
-//! The updates of PEFT's VeRA, HRA and BOFT ([`Factors::Vera`], [`Factors::Hra`],
-//! [`Factors::PeftBoft`]) from the base weight `W0` (d×k, row-major, f32 as stored): `W' − W0`
+//! The updates of PEFT's VeRA, HRA, BOFT, MiSS and SHiRA ([`Factors::Vera`], [`Factors::Hra`],
+//! [`Factors::PeftBoft`], [`Factors::Miss`], [`Factors::Shira`]) from the base weight `W0` (d×k, row-major, f32 as stored): `W' − W0`
 //! times LyCORIS' `multiplier`, accumulated in f64 and rounded once: the base-dependent updates
 //! beside [`super::base::delta_from_base`], asked first by the one caller that has checked the
 //! shapes (`Adapter::delta_from_base`).
@@ -8,9 +8,36 @@
 
 use super::base::peft_oft_rotations;
 use super::delta::Loaded;
-use super::factors::{Factors, PeftCayley};
+use super::factors::{Factors, MissMode, PeftCayley};
 
-/// `m·(W' − W0)` of a VeRA, HRA or BOFT module; `None` for any other algorithm.
+/// Whether a base weight d×k fits a MiSS or SHiRA module whose file gives only bounds
+/// (`out`/`inp`: the module's `out_features`/`in_features`, see [`Factors::Miss`] and
+/// [`Factors::Shira`]); `None` for any other algorithm.
+pub fn base_fits(f: &Factors, (out, inp): (usize, usize), (d, k): (usize, usize)) -> Option<bool> {
+    Some(match f {
+        // PEFT: `r ≤ in_features` (`update_layer`); a remainder of k mod r is allowed.
+        Factors::Miss {
+            mode: MissMode::Plain,
+            ..
+        } => d == out && k >= inp,
+        Factors::Miss {
+            mode: MissMode::Mini { mini_r },
+            ..
+        } => d > 0 && d.is_multiple_of(*mini_r) && k >= inp,
+        // `bat` cuts W0 into r×r blocks (`reset_bat_parameters` requires both sides divisible).
+        Factors::Miss {
+            mode: MissMode::Bat,
+            ..
+        } => d == out && k > 0 && k.is_multiple_of(inp),
+        // Every saved index inside the base (`sparse_coo_tensor` of size (out, in)).
+        Factors::Shira { .. } => d >= out && k >= inp,
+        // `out` is min(d, k) (γ's width), `inp` the rows of the shared randlora_B.
+        Factors::RandLora { .. } => d.min(k) == out && d.max(k) <= inp,
+        _ => return None,
+    })
+}
+
+/// `m·(W' − W0)` of a VeRA, HRA, BOFT, MiSS or SHiRA module; `None` for any other algorithm.
 pub fn delta(l: &Loaded, w0: &[f32], (d, k): (usize, usize), m: f64) -> Option<Vec<f32>> {
     let v = &l.values;
     Some(match l.factors {
@@ -21,6 +48,9 @@ pub fn delta(l: &Loaded, w0: &[f32], (d, k): (usize, usize), m: f64) -> Option<V
             block_size,
             ..
         } => boft(&v[0], &v[1], w0, (d, k), (*block_num, *block_size), m),
+        Factors::Miss { mode, .. } => miss(&v[0], w0, (d, k), *mode, m),
+        Factors::Shira { .. } => shira(&v[0], &v[1], (d, k), m),
+        Factors::RandLora { .. } => randlora(&v[0], &v[1], (d, k), m),
         _ => return None,
     })
 }
@@ -117,6 +147,75 @@ fn boft(
                 let acc: f64 = (0..s).map(|i| row[b * s + i] as f64 * r[j * s + i]).sum();
                 out[o * k + b * s + j] = (m * (c * acc - row[b * s + j] as f64)) as f32;
             }
+        }
+    }
+    out
+}
+
+/// MiSS ([`MissMode`]). `Plain` and `Mini` add the block itself (PEFT's `W_blocks + miss_B`,
+/// the columns past the last whole r-block taking `miss_B.T[:, :remainder]`, i.e. the same
+/// `c mod r` rule); `Bat` adds `W0_blk·block[p] + block[p]` per r×r block (`get_delta_weight`:
+/// `W.reshape(d/r, r, k/r, r).permute(2, 0, 1, 3) @ miss_B + miss_B`).
+fn miss(block: &[f32], w0: &[f32], (d, k): (usize, usize), mode: MissMode, m: f64) -> Vec<f32> {
+    let mut out = vec![0f32; d * k];
+    match mode {
+        MissMode::Plain | MissMode::Mini { .. } => {
+            let width = match mode {
+                MissMode::Mini { mini_r } => mini_r,
+                _ => d,
+            };
+            let r = block.len() / width.max(1);
+            for o in 0..d {
+                for c in 0..k {
+                    let x = block[(c % r) * width + o % width] as f64;
+                    out[o * k + c] = (m * x) as f32;
+                }
+            }
+        }
+        MissMode::Bat => {
+            let r = block.len() / d.max(1);
+            for o in 0..d {
+                let (p, oi) = (o / r, o % r);
+                let blk = &block[p * r * r..(p + 1) * r * r];
+                for c in 0..k {
+                    let (kb, ci) = (c / r, c % r);
+                    let prod: f64 = (0..r)
+                        .map(|t| w0[o * k + kb * r + t] as f64 * blk[t * r + ci] as f64)
+                        .sum();
+                    out[o * k + c] = (m * (prod + blk[oi * r + ci] as f64)) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// SHiRA: the saved values at their saved positions (repeated positions summed, as torch adds
+/// a sparse COO tensor to a dense one).
+fn shira(values: &[f32], indices: &[f32], (d, k): (usize, usize), m: f64) -> Vec<f32> {
+    let n = values.len();
+    let mut acc = vec![0f64; d * k];
+    for (i, &x) in values.iter().enumerate() {
+        let (row, col) = (indices[i] as usize, indices[n + i] as usize);
+        acc[row * k + col] += x as f64;
+    }
+    acc.into_iter().map(|x| (m * x) as f32).collect()
+}
+
+/// RandLoRA ([`Factors::RandLora`]): `a` R×min(d, k), `b` M×R; `ΔW = m·b′·a` (k ≤ d) or its
+/// transpose, `b′` the first max(d, k) rows of `b`.
+fn randlora(a: &[f32], b: &[f32], (d, k): (usize, usize), m: f64) -> Vec<f32> {
+    let small = d.min(k);
+    let rr = a.len() / small.max(1);
+    let mut out = vec![0f32; d * k];
+    for o in 0..d {
+        for c in 0..k {
+            // (row of b′, column of a): b′·a itself is max×min.
+            let (big, low) = if k <= d { (o, c) } else { (c, o) };
+            let x: f64 = (0..rr)
+                .map(|p| b[big * rr + p] as f64 * a[p * small + low] as f64)
+                .sum();
+            out[o * k + c] = (m * x) as f32;
         }
     }
     out

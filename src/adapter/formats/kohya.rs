@@ -333,7 +333,12 @@ pub fn write_with(
         }
         if matches!(
             m.factors,
-            Factors::Vera { .. } | Factors::Hra { .. } | Factors::PeftBoft { .. }
+            Factors::Vera { .. }
+                | Factors::Hra { .. }
+                | Factors::PeftBoft { .. }
+                | Factors::Miss { .. }
+                | Factors::Shira { .. }
+                | Factors::RandLora { .. }
         ) {
             return Err(InputError::invalid(
                 &adapter.path,

@@ -155,7 +155,12 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
         }
         // PEFT's VeRA, HRA and BOFT have no kohya/LyCORIS form: the kohya writer refuses them
         // first, and a PEFT folder holds them only under their own peft_type, never written.
-        Factors::Vera { .. } | Factors::Hra { .. } | Factors::PeftBoft { .. } => Vec::new(),
+        Factors::Vera { .. }
+        | Factors::Hra { .. }
+        | Factors::PeftBoft { .. }
+        | Factors::Miss { .. }
+        | Factors::Shira { .. }
+        | Factors::RandLora { .. } => Vec::new(),
         Factors::Ia3 {
             weight, on_input, ..
         } => {

@@ -60,23 +60,23 @@ pub(super) fn assemble(
     })
 }
 
-/// Per module path, the keys of a two-tensor tuner's tensors ([`paired_by_suffixes`]).
-pub(super) type Pairs = BTreeMap<String, [Option<String>; 2]>;
+/// Per module path, the keys of a tuner's tensors, one slot per suffix ([`paired_by_suffixes`]).
+pub(super) type Pairs<const N: usize = 2> = BTreeMap<String, [Option<String>; N]>;
 
-/// The tensors of a tuner with two tensors per module (BOFT's `boft_R`/`boft_s`, VeRA's
-/// `vera_lambda_d`/`vera_lambda_b`): per module path (sorted) the keys named
+/// The tensors of a tuner with `N` tensors per module (BOFT's `boft_R`/`boft_s`, VeRA's
+/// `vera_lambda_d`/`vera_lambda_b`, GraLoRA's four): per module path (sorted) the keys named
 /// `{PREFIX}{module}{suffixes[i]}`, slot `i`; tensors named in `skip` are left out, any other
 /// whose name holds `family` (the tuner's own prefix, `boft_`) is an error naming it and `what`
 /// (the tensors the tuner has), and the rest are full tensors named without the prefix.
-pub(super) fn paired_by_suffixes(
+pub(super) fn paired_by_suffixes<const N: usize>(
     file: &SafetensorsFile,
-    suffixes: [&str; 2],
+    suffixes: [&str; N],
     family: &str,
     skip: &[&str],
     what: &str,
-) -> InputResult<(Pairs, Vec<FullTensor>)> {
+) -> InputResult<(Pairs<N>, Vec<FullTensor>)> {
     let bad = |msg: String| InputError::invalid(file.path(), msg);
-    let mut parts = Pairs::new();
+    let mut parts: Pairs<N> = BTreeMap::new();
     let mut full = Vec::new();
     for t in file.tensors() {
         let key = t.name.as_str();
@@ -95,7 +95,9 @@ pub(super) fn paired_by_suffixes(
             full.push(stored_full(rel.to_owned(), t));
             continue;
         };
-        let slot = &mut parts.entry(module.to_owned()).or_default()[side];
+        let slot = &mut parts
+            .entry(module.to_owned())
+            .or_insert_with(|| std::array::from_fn(|_| None))[side];
         if slot.is_some() {
             return Err(bad(format!("tensor `{key}` is given twice")));
         }

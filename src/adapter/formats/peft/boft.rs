@@ -52,7 +52,8 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             )));
         };
         let (n, b) = match shape(&rkey)[..] {
-            [1, n, b, b2] if n > 0 && b > 1 && b == b2 => (n, b),
+            // b = 1 is allowed by PEFT: each 1×1 rotation is the identity (W' = W0 ⊙ s).
+            [1, n, b, b2] if n > 0 && b > 0 && b == b2 => (n, b),
             [m, _, _, _] if m > 1 => {
                 return Err(bad(format!(
                     "tensor `{rkey}`: {m} butterfly factors (`boft_n_butterfly_factor` > 1): such files come from PEFT's CUDA extension, whose permutations no CPU PEFT can merge to compare against; lorakit merges one factor only"

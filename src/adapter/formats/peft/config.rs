@@ -47,11 +47,24 @@ pub enum PeftType {
     /// `tuners/delora`: LoRA factors normalised per rank, `delora_lambda` and the base's
     /// column norms (`peft/delora.rs`).
     Delora,
+    /// `tuners/miss`: one `miss_block` per module added to W0 by blocks, or (`bat`) mixed with
+    /// it (`peft/miss.rs`).
+    Miss,
+    /// `tuners/bone` of older PEFT releases (gone from 0.21.2; MiSS is its successor): `bone_block`,
+    /// merged by the same code as MiSS without `mini` (`peft/miss.rs`).
+    Bone,
+    /// `tuners/shira`: sparse values at saved positions (`peft/shira.rs`).
+    Shira,
+    /// `tuners/c3a`: block-circulant kernels (`peft/c3a.rs`).
+    C3a,
+    /// `tuners/gralora`: k×k blocks of low-rank products, plus an optional LoRA (`peft/gralora.rs`).
+    Gralora,
+    /// `tuners/randlora`: shared random bases and per-module λ/γ (`peft/randlora.rs`).
+    RandLora,
 }
 
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
-const READ_TYPES: &str =
-    "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT and DELORA";
+const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA and RANDLORA";
 
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
@@ -69,7 +82,7 @@ fn unread_type(t: &str, cfg: &serde_json::Map<String, Value>) -> String {
         "UNILORA" if unsaved("save_indices") => {
             seeded("proj_seed", "parameter-sharing indices (`save_indices` is false)")
         }
-        "FROD" | "PVERA" | "RANDLORA" if unsaved("save_projection") => seeded(
+        "FROD" | "PVERA" if unsaved("save_projection") => seeded(
             "projection_prng_key",
             "shared projections (`save_projection` is false)",
         ),
@@ -171,6 +184,12 @@ impl PeftConfig {
             Some("HRA") => PeftType::Hra,
             Some("BOFT") => PeftType::Boft,
             Some("DELORA") => PeftType::Delora,
+            Some("MISS") => PeftType::Miss,
+            Some("BONE") => PeftType::Bone,
+            Some("SHIRA") => PeftType::Shira,
+            Some("C3A") => PeftType::C3a,
+            Some("GRALORA") => PeftType::Gralora,
+            Some("RANDLORA") => PeftType::RandLora,
             Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
@@ -401,4 +420,34 @@ pub(super) fn stored_f32(file: &crate::io::SafetensorsFile, key: &str) -> InputR
         )));
     }
     Ok(w)
+}
+
+/// A stored integer tensor's values, refused (naming file and tensor) unless of an integer dtype.
+pub(super) fn stored_ints(file: &crate::io::SafetensorsFile, key: &str) -> InputResult<Vec<i64>> {
+    use crate::dtype::Dtype;
+    let view = file.view(key)?;
+    let d = &view.data;
+    let le = |c: &[u8]| {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        // Sign-extend from the width read.
+        let shift = 64 - 8 * c.len() as u32;
+        (i64::from_le_bytes(b) << shift) >> shift
+    };
+    Ok(match view.dtype {
+        Dtype::U8 => d.iter().map(|&b| b as i64).collect(),
+        Dtype::I8 | Dtype::I16 | Dtype::I32 | Dtype::I64 => {
+            let w = view.dtype.bitsize() / 8;
+            d.chunks_exact(w).map(le).collect()
+        }
+        t => {
+            return Err(InputError::invalid(
+                file.path(),
+                format!(
+                    "tensor `{key}`: dtype {} is not an integer type",
+                    crate::dtype::name(t)
+                ),
+            ))
+        }
+    })
 }

@@ -41,6 +41,11 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         PeftType::Hra => return super::hra::read(path, file, cfg),
         PeftType::Boft => return super::boft::read(path, file, cfg),
         PeftType::Delora => return super::delora::read(path, file, cfg),
+        PeftType::Miss | PeftType::Bone => return super::miss::read(path, file, cfg),
+        PeftType::Shira => return super::shira::read(path, file, cfg),
+        PeftType::C3a => return super::c3a::read(path, file, cfg),
+        PeftType::Gralora => return super::gralora::read(path, file, cfg),
+        PeftType::RandLora => return super::randlora::read(path, file, cfg),
     }
     let fpath = file.path().to_path_buf();
     let kasa = super::init::base_residual(&cfg.raw) == Some(super::init::BaseResidual::Kasa);

@@ -17,7 +17,6 @@ use super::assemble::{assemble, stored_full};
 use super::config::{stored_f32, PeftConfig, PREFIX};
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, LoraModule};
-use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::collections::BTreeMap;
@@ -192,31 +191,7 @@ fn pieces(
         return Ok((dims, out));
     };
     let dims = lead(topk)?;
-    let idx: Vec<i64> = match view.dtype {
-        Dtype::U8 => view.data.iter().map(|&b| b as i64).collect(),
-        Dtype::I8 => view.data.iter().map(|&b| b as i8 as i64).collect(),
-        Dtype::I16 => view
-            .data
-            .chunks_exact(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
-            .collect(),
-        Dtype::I32 => view
-            .data
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap_or_default()) as i64)
-            .collect(),
-        Dtype::I64 => view
-            .data
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
-            .collect(),
-        d => {
-            return Err(bad(format!(
-                "dtype {} is not an integer type",
-                crate::dtype::name(d)
-            )))
-        }
-    };
+    let idx = super::config::stored_ints(file, key)?;
     if let Some(i) = idx.iter().position(|&i| i < 0 || i as usize >= n_vec) {
         return Err(bad(format!(
             "index {} at flat index {i} is outside the bank's {n_vec} vectors",
