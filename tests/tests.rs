@@ -36,6 +36,9 @@ mod it {
     pub mod diff;
     /// LoKr on Flux.2 (ai-toolkit, LyCORIS, bare names): merges and `check` against diffusers.
     pub mod diffusion10;
+    /// Anima, Z-Image LoKr, Krea 2, Ideogram 4, ACE-Step, MiniMax-H3 (diffusers' converters):
+    /// merges and `check` against diffusers.
+    pub mod diffusion11;
     /// Diffusion families diffusers converts itself (Qwen-Image, LTX-Video, HiDream, Lumina 2,
     /// fal Kontext, Flux/HunyuanVideo shared names): merges and `check` against diffusers.
     pub mod diffusion8;

@@ -149,15 +149,24 @@ pub fn resolve_in(
             Ok(c) if !c.is_empty() => None,
             _ => openclip::place(mi, m, kohya_name, names, &components, &logical),
         };
+        // A lone dotted-suffix candidate of another shape than the module's (MiniMax-H3's
+        // `diffusion_model.time_embedder.proj_in` ends like its `proj_in`) yields to a layout
+        // row that places the module whole; a row that does not is no reason to refuse.
+        let suffix_misfit = !kohya_name
+            && matches!(&candidates, Ok(c) if c.len() == 1
+                && c[0].strip_suffix(".weight") != Some(m.name.as_str())
+                && logical(c[0]).0 != expected_shape(m));
         // A name in a model's original layout on its diffusers layout (BFL Flux, Wan), where
         // nothing matched its name.
-        if openclip.is_none() && matches!(&candidates, Ok(c) if c.is_empty()) {
-            if res.record(layouts::place(mi, m, kohya_name, names, &logical)) {
+        if openclip.is_none() && (suffix_misfit || matches!(&candidates, Ok(c) if c.is_empty())) {
+            let placed = layouts::place(mi, m, kohya_name, names, &logical)
+                .filter(|r| !suffix_misfit || r.is_ok());
+            if res.record(placed) {
                 continue;
             }
             // And the other way: a diffusers name on the original layout (a row slice of a
             // fused tensor, as OpenCLIP's q/k/v).
-            let reverse = (!kohya_name)
+            let reverse = (!kohya_name && !suffix_misfit)
                 .then(|| layouts::place_on_original(mi, m, names, &logical))
                 .flatten();
             if res.record(reverse.map(|r| r.map(std::iter::once))) {

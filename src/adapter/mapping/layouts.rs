@@ -1,5 +1,6 @@
 //! Modules named in a model's original single-file layout, merged into the same model saved by
-//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image, Lumina 2, LTX-Video, LTX-2, Flux.3), and
+//! diffusers (Flux, Wan, SD3 / SD3.5, Flux.2, HunyuanVideo, Z-Image, Lumina 2, LTX-Video, LTX-2, Flux.3;
+//! Anima, Krea 2, Ideogram 4, ACE-Step and MiniMax-H3 from their LoRA converters alone), and
 //! diffusers-named modules merged into the original file.
 //!
 //! The trainers people use name a diffusion transformer the way its authors' code does: kohya
@@ -36,6 +37,7 @@
 //! [`super::resolve_in`] asks here only for a module that the ordinary matching placed nowhere,
 //! so every earlier match is unchanged. Must not read tensor data.
 
+mod converted;
 mod table;
 mod video;
 
@@ -58,6 +60,11 @@ const TABLES: &[(Model, Rows)] = &[
     (Model::LtxVideo, video::LTX_VIDEO),
     (Model::Ltx2, video::LTX2),
     (Model::Flux3, table::FLUX3),
+    (Model::Anima, converted::ANIMA),
+    (Model::Krea2, converted::KREA2),
+    (Model::Ideogram4, converted::IDEOGRAM4),
+    (Model::AceStep, converted::ACE_STEP),
+    (Model::MiniMaxH3, converted::MINIMAX_H3),
 ];
 
 /// Every row of [`TABLES`]: (model, original path, diffusers paths).
@@ -103,11 +110,18 @@ fn swap_of(orig: &str, dif: &str) -> Option<Swap> {
 /// CogVideoX's `final_layer.adaLN_modulation.1` is `norm_out.linear` unswapped
 /// (`scripts/convert_omnigen_to_diffusers.py`, `convert_cogvideox_to_diffusers.py`) — so a swap
 /// row applies only to a base recognized as one of these.
+///
+/// MiniMax-H3's `mlp.fc1` (`[gate; value]` in the reference, `[value; gate]` in diffusers'
+/// `SwiGLU`) swaps only on a base with its blocks' `adaln_proj.linear`, in either layout.
 fn swaps_halves(names: &[&str], original_layout: bool) -> bool {
     let marks: &[&str] = if original_layout {
-        &["double_blocks.", "joint_blocks."]
+        &["double_blocks.", "joint_blocks.", ".adaln_proj.linear."]
     } else {
-        &["single_transformer_blocks.", ".norm1_context."]
+        &[
+            "single_transformer_blocks.",
+            ".norm1_context.",
+            ".adaln_proj.linear.",
+        ]
     };
     names.iter().any(|n| marks.iter().any(|k| n.contains(k)))
 }

@@ -306,6 +306,66 @@ pub(super) fn final_unswapped(adapter: &crate::adapter::Adapter) -> Vec<String> 
         .collect()
 }
 
+/// `(refused, dropped)` for a LoKr file in `ZImageLoraLoaderMixin.lora_state_dict`: with a
+/// `diffusion_model.` or `.alpha` key, `_convert_non_diffusers_lokr_to_diffusers` strips
+/// `diffusion_model.`, bakes the alphas into `lokr_w1` (`_bake_lokr_alpha_`), raises "unexpected
+/// non-LoKr keys" for any other key and puts every key under `transformer.` as it stands:
+/// diffusers paths land; the original fused `attention.qkv` or LyCORIS' flattened
+/// `lycoris_layers_0_attention_to_q` name no module of the model (`is_module`), and where none
+/// of the file's does, PEFT raises NoMatchingPeftModuleError (fixtures/diffusion11/z_image_lokr).
+/// A file without either keeps its names: only `transformer.` ones reach the model.
+pub(super) fn z_image_findings(
+    adapter: &crate::adapter::Adapter,
+    keys: &[&str],
+    is_module: fn(&str) -> bool,
+) -> (Vec<String>, Vec<String>) {
+    let converted = keys
+        .iter()
+        .any(|k| k.starts_with("diffusion_model.") || k.ends_with(".alpha"));
+    if converted {
+        let other: Vec<String> = keys
+            .iter()
+            .filter(|k| !k.ends_with(".alpha") && !k.contains(".lokr_"))
+            .map(|k| format!("{k} (not a LoKr key: ValueError)"))
+            .collect();
+        if !other.is_empty() {
+            return (other, vec![]);
+        }
+    }
+    let path = |name: &str| -> Option<String> {
+        if converted {
+            Some(
+                name.strip_prefix("diffusion_model.")
+                    .unwrap_or(name)
+                    .to_owned(),
+            )
+        } else {
+            name.strip_prefix("transformer.").map(str::to_owned)
+        }
+    };
+    let lands = |name: &str| path(name).is_some_and(|p| is_module(&p));
+    let missing: Vec<&str> = adapter
+        .modules
+        .iter()
+        .map(|m| m.name.as_str())
+        .filter(|n| !lands(n))
+        .collect();
+    if converted && !missing.is_empty() && missing.len() == adapter.modules.len() {
+        let refused = missing
+            .iter()
+            .map(|n| {
+                format!("{n} (no module of the model has this path: NoMatchingPeftModuleError)")
+            })
+            .collect();
+        return (refused, vec![]);
+    }
+    let dropped = missing
+        .iter()
+        .map(|n| format!("{n} (no module of the model has this path: nothing applied)"))
+        .collect();
+    (vec![], dropped)
+}
+
 /// The LoKr modules the loader of `model` rebuilds with other factors
 /// (`diffusers.flux2_lokr_rebuilt`): empty for every loader but Flux.2's.
 pub(super) fn misapplied(

@@ -131,6 +131,14 @@ pub(super) fn pipeline_of(
         || (!flux_hunyuan_video_shared(adapter).is_empty() && base_has("token_refiner."))
     {
         Some(DiffusersModel::HunyuanVideo)
+    } else if let Some(model) = super::diffusers_converted::family_of(adapter, base) {
+        // Ideogram 4 names its attention as Z-Image does (`layers.N.attention.qkv`) beside
+        // names Z-Image lacks (`attention.o`, `adaln_modulation`).
+        Some(model)
+    } else if lokr && (base_has("all_x_embedder.") || base_has("cap_embedder.")) {
+        // A LoKr file on a Z-Image base: `ZImageLoraLoaderMixin`'s LoKr branch
+        // (`diffusers_lokr.rs` `z_image_findings`), whatever its names.
+        Some(DiffusersModel::ZImage)
     } else if any(&z_image_only) && lumina2 {
         Some(DiffusersModel::Lumina2)
     } else if any(&z_image_only) {
@@ -227,6 +235,25 @@ pub(super) fn pipeline_findings(
         DiffusersModel::FluxControl => {
             super::diffusers_families::flux_control_findings(adapter, &keys)
         }
+        DiffusersModel::Anima
+        | DiffusersModel::Krea2
+        | DiffusersModel::Ideogram4
+        | DiffusersModel::AceStep
+        | DiffusersModel::MiniMaxH3 => super::diffusers_converted::findings(adapter, &keys, model),
+    }
+}
+
+/// `(refused, dropped)` of whichever of Anima's, Krea 2's, Ideogram 4's, ACE-Step's and MiniMax-H3's loaders reads `adapter` (with `base`, as
+/// [`pipeline_of`] decides); empty for any other file.
+pub(super) fn converted(
+    adapter: &crate::adapter::Adapter,
+    base: Option<&crate::io::Checkpoint>,
+) -> (Vec<String>, Vec<String>) {
+    match pipeline_of(adapter, base) {
+        Some(model) if super::diffusers_converted::reads(model) => {
+            pipeline_findings(adapter, base, model)
+        }
+        _ => (vec![], vec![]),
     }
 }
 
@@ -537,7 +564,7 @@ fn z_image_findings(
     keys: &[&str],
 ) -> (Vec<String>, Vec<String>) {
     if keys.iter().any(|k| k.contains(".lokr_")) {
-        return (vec![], vec![]);
+        return super::diffusers_lokr::z_image_findings(adapter, keys, z_image_module);
     }
     let kohya_file = keys.iter().any(|k| k.starts_with("lora_unet_"));
     let mut dotted_kohya: Vec<String> = Vec::new();

@@ -5,6 +5,7 @@
 
 use super::base::last_component;
 use super::diffusers_keys::unet_key_rules_apply;
+use super::diffusers_pipelines::converted;
 use super::names::{is_lm_head_tensor, is_sd_prefixed, layer_kind, layers_index, short};
 use super::plan::Plan;
 use super::report::Placement;
@@ -128,6 +129,8 @@ impl<'a> Facts<'a> {
             When::DiffusersModelRefused(model) => {
                 super::diffusers_pipelines::pipeline_findings(a, self.plan.base.as_ref(), model).0
             }
+            When::DiffusersConvertedRefused => converted(a, self.plan.base.as_ref()).0,
+            When::DiffusersConvertedDropped => converted(a, self.plan.base.as_ref()).1,
             When::DiffusersModelMisapplied(model) => {
                 let base = self.plan.base.as_ref();
                 if super::diffusers_pipelines::pipeline_of(a, base) != Some(model) {

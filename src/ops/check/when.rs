@@ -60,6 +60,16 @@ pub enum DiffusersModel {
     Flux3,
     /// `HiDreamImageLoraLoaderMixin` (`diffusers_families.rs`).
     HiDream,
+    /// `AnimaLoraLoaderMixin` (`diffusers_converted.rs`, as the four below).
+    Anima,
+    /// `Krea2LoraLoaderMixin`.
+    Krea2,
+    /// `Ideogram4LoraLoaderMixin`.
+    Ideogram4,
+    /// `AceStepLoraLoaderMixin`.
+    AceStep,
+    /// `MiniMaxH3LoraLoaderMixin`.
+    MiniMaxH3,
     /// `FluxLoraLoaderMixin` on fal's Flux Kontext names (`diffusers_families.rs`).
     FluxFal,
     /// `FluxLoraLoaderMixin` on BFL's Flux control LoRAs (`diffusers_families.rs`).
@@ -102,6 +112,11 @@ pub enum When {
     DiffusersModelDropped(DiffusersModel),
     /// The same files: the keys that make that loader raise.
     DiffusersModelRefused(DiffusersModel),
+    /// [`DiffusersModelDropped`](When::DiffusersModelDropped) for whichever of Anima, Krea 2,
+    /// Ideogram 4, ACE-Step and MiniMax-H3 reads the file (`diffusers_converted.rs`).
+    DiffusersConvertedDropped,
+    /// [`DiffusersModelRefused`](When::DiffusersModelRefused) for the same loaders.
+    DiffusersConvertedRefused,
     /// The same files: the LoKr modules that loader's PEFT tuner rebuilds with other factors
     /// than the file's (`diffusers_lokr.rs`).
     DiffusersModelMisapplied(DiffusersModel),

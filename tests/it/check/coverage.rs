@@ -280,6 +280,10 @@ const EXTRA: &[(&str, Option<&str>)] = &[
         "diffusion10/flux2_lokr/lycoris_rebuilt.safetensors",
         Some("diffusion10/flux2_lokr/base.safetensors"),
     ),
+    // fixtures/gen/diffusion11_fixtures.py: diffusers.converted_refused (an Anima file with
+    // `.alpha` keys) and diffusers.converted_dropped (kohya Anima names; tests/it/diffusion11.rs).
+    ("diffusion11/anima/comfy.safetensors", None),
+    ("diffusion11/anima/kohya.safetensors", None),
     // diffusers.te_rank (fixtures/gen/sweep10_fixtures.py, tests/it/sweep10.rs).
     ("sweep10/te_projection_rank/rank2.safetensors", None),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.

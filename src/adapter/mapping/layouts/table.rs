@@ -16,6 +16,11 @@ pub(super) enum Model {
     LtxVideo,
     Ltx2,
     Flux3,
+    Anima,
+    Krea2,
+    Ideogram4,
+    AceStep,
+    MiniMaxH3,
 }
 
 impl Model {
@@ -37,7 +42,12 @@ impl Model {
             | Model::Lumina2
             | Model::LtxVideo
             | Model::Ltx2
-            | Model::Flux3 => false,
+            | Model::Flux3
+            | Model::Anima
+            | Model::Krea2
+            | Model::Ideogram4
+            | Model::AceStep
+            | Model::MiniMaxH3 => false,
         }
     }
 }
@@ -74,6 +84,18 @@ pub(super) const SWAPPED_HALVES: &[(&str, &str, Swap)] = &[
         "joint_blocks.#.context_block.adaLN_modulation.1",
         "transformer_blocks.#.norm1_context.linear",
         Swap::InLastBlock,
+    ),
+    // MiniMax-H3's SwiGLU input, `[gate; value]` in the reference and `[value; gate]` in
+    // diffusers (`_convert_non_diffusers_minimax_h3_lora_to_diffusers` swaps `lora_B`'s halves).
+    (
+        "blocks.#.mlp.fc1",
+        "transformer_blocks.#.ff.net.0.proj",
+        Swap::Always,
+    ),
+    (
+        "token_refiner.blocks.#.mlp.fc1",
+        "token_refiner.refiner_blocks.#.ff.net.0.proj",
+        Swap::Always,
     ),
 ];
 

@@ -398,8 +398,8 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::Diffusers,
         when: When::DiffusersModelRefused(DiffusersModel::ZImage),
         severity: Severity::Error,
-        why: "Z-Image's converter raises \"`state_dict` should be empty at this point\" for a key it leaves behind (a LyCORIS module's, the `.alpha` of a `lora_A`-named `out`)",
-        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_z_image_lora_to_diffusers"),
+        why: "Z-Image's converter raises \"`state_dict` should be empty at this point\" for a key it leaves behind (a LyCORIS module's, the `.alpha` of a `lora_A`-named `out`); its LoKr converter raises on a non-LoKr key and keeps every path as it stands, so a LoKr file of which no path is a module of the model (LyCORIS' `lycoris_layers_0_…`, the original fused `attention.qkv`) makes PEFT raise NoMatchingPeftModuleError",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_z_image_lora_to_diffusers; _convert_non_diffusers_lokr_to_diffusers (LoKr); fixtures/gen/diffusion11_fixtures.py records what diffusers did"),
     },
     Rule {
         id: "diffusers.lumina2_unconverted",
@@ -440,6 +440,22 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Silent,
         why: "Flux.3's converter, run when a key starts with `diffusion_model.`, prefixes every key with `transformer.`: a module under another root (`transformer.x` becomes `transformer.transformer.x`) names no module and nothing of it is applied",
         source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_flux3_lora_to_diffusers; lora_pipeline.py Flux3LoraLoaderMixin.lora_state_dict; fixtures/gen/diffusion9_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.converted_dropped",
+        target: Target::Diffusers,
+        when: When::DiffusersConvertedDropped,
+        severity: Severity::Silent,
+        why: "Anima's, Krea 2's, Ideogram 4's, ACE-Step's and MiniMax-H3's loaders convert their trainers' names only under their own conditions (Anima: a `diffusion_model.` key; ACE-Step: a `q_proj`/`k_proj` key); a module its loader leaves under no `transformer.` prefix (kohya `lora_unet_` names for Anima) or renames to a path the model lacks is applied nowhere, without a word",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_{anima,krea2,ideogram4,ace_step,minimax_h3}_lora_to_diffusers; lora_pipeline.py their LoraLoaderMixin.lora_state_dict; fixtures/gen/diffusion11_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.converted_refused",
+        target: Target::Diffusers,
+        when: When::DiffusersConvertedRefused,
+        severity: Severity::Error,
+        why: "Anima's and ACE-Step's converters keep `.alpha` keys, which `load_lora_weights` refuses (\"Invalid LoRA checkpoint\": no `lora` in the key); Krea 2's, Ideogram 4's and MiniMax-H3's raise \"`state_dict` should be empty\" for a key they leave (an `.alpha` Krea 2 does not fold, a module outside their tables: Ideogram 4 converts only `layers.N`)",
+        source: src(DIFFUSERS, CONVERSION, "0.42.1", "_convert_non_diffusers_{anima,krea2,ideogram4,ace_step,minimax_h3}_lora_to_diffusers; lora_pipeline.py their LoraLoaderMixin.load_lora_weights; fixtures/gen/diffusion11_fixtures.py records what diffusers did"),
     },
     Rule {
         id: "diffusers.ltx_video_refused",
