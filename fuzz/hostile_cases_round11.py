@@ -41,10 +41,10 @@ tests/it/hostile11.rs, each failing against that binary):
     repeat, `\z`, `\pL`, `\x{..}`, `(?<n>…)`, `(?U)`, `(?-u:…)`, flags mid-pattern or negated
     globally, `.{1000}{1000}`: round 10's known gap): merged; now refused naming
     adapter_config.json (adapter/formats/peft/targets.rs);
-  * PEFT VeRA `r`, HRA `r`, VB-LoRA `num_vectors`/`vector_length`, BOFT block fields and
-    butterfly factor contradicting the stored shapes (8 cases): merged from the tensors, where
-    PEFT builds the layers from the config and refuses the state dict (peft/{vera,hra,vblora,
-    boft}.rs).
+  * PEFT VeRA `r`, HRA `r`, VB-LoRA `num_vectors`/`vector_length`, BOFT block fields
+    contradicting the stored shapes (6 cases): merged from the tensors, where PEFT builds the
+    layers from the config and refuses the state dict (peft/{vera,hra,vblora,boft}.rs). (Two
+    butterfly-factor cases were dropped after review: a CPU PEFT sets the factor to 1 and loads.)
 Accepted as valid (not counted), after reading the producer: mlx-lm `num_layers` 0, negative or
 huge (`model.layers[-max(n, 0):]` is every block); a finite scale of 1e308 whose merge overflows,
 refused naming the base tensor (the convention of every merge); VeRA `save_projection: "yes"`
@@ -389,8 +389,7 @@ def peft_tuner_lies():
         "r_nan": (st_set(BR, "F32", [1, 16, 4, 4], f32([NAN] * 256)), None, ("q_proj", "NaN", "finite")),
         "cfg_block_5": (None, lambda j: j.update(boft_block_size=5), ("boft_block_size", "q_proj")),
         "cfg_both": (None, lambda j: j.update(boft_block_num=16), ("boft_block", "q_proj")),
-        "cfg_butterfly_0": (None, lambda j: j.update(boft_n_butterfly_factor=0), ("butterfly", "q_proj")),
-        "cfg_butterfly_9": (None, lambda j: j.update(boft_n_butterfly_factor=9), ("butterfly", "q_proj")),
+        # boft_n_butterfly_factor is not a contradiction: PEFT without CUDA sets it to 1 and loads.
     }
     for what, (fn, cfg, mention) in boft.items():
         _peft("boft_" + what, "boft", fn, cfg, mention)

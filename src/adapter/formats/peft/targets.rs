@@ -353,9 +353,23 @@ fn python_only_error(pattern: &str, ast: &regex_syntax::ast::Ast) -> Option<Stri
         }
         Ast::Literal(l) => matches!(l.kind, LiteralKind::HexBrace(_))
             .then(|| "incomplete escape (`\\x{…}`)".to_owned()),
-        Ast::Assertion(a) => {
-            (a.kind == AssertionKind::EndText).then(|| "bad escape `\\z`".to_owned())
-        }
+        Ast::Assertion(a) => match a.kind {
+            AssertionKind::EndText => Some("bad escape `\\z`".to_owned()),
+            AssertionKind::StartLine
+            | AssertionKind::EndLine
+            | AssertionKind::StartText
+            | AssertionKind::WordBoundary
+            | AssertionKind::NotWordBoundary => None,
+            // `\<`, `\>`, `\b{start}`…: assertions to the regex crate, literal characters to
+            // Python's re (`\<` is `<`, `\b{end}` is `\b` then `{end}`), which no module name
+            // holds: PEFT finds no target.
+            _ => Some(format!(
+                "`{}` is an assertion to Rust's regex but literal characters to Python's re",
+                pattern
+                    .get(a.span.start.offset..a.span.end.offset)
+                    .unwrap_or("?")
+            )),
+        },
         Ast::ClassUnicode(_) => Some("bad escape `\\p`/`\\P`".to_owned()),
         Ast::Repetition(r) => {
             if let Ast::Repetition(inner) = &*r.ast {
@@ -481,6 +495,11 @@ mod tests {
             ".{1000}{1000}",
             ".*(?i)q_proj",
             "(?-i).*q_proj",
+            // Assertions to the crate, literal characters to Python (review of round 11).
+            ".*\\<q_proj",
+            ".*q_proj\\>",
+            ".*q_proj\\b{end}",
+            "\\b{start}.*q_proj",
         ] {
             let e = Targets::parse(&cfg(serde_json::json!({ "target_modules": bad })));
             assert!(e.is_err_and(|e| e.contains("not a valid regex")), "{bad}");
@@ -494,6 +513,8 @@ mod tests {
             "(?P<n>q)_proj",
             "\\A.*q_proj{2}?",
             "(?s:.)*q_proj",
+            "\\b.*q_proj\\b",
+            "^.*\\Bq_proj$",
         ] {
             assert!(
                 Targets::parse(&cfg(serde_json::json!({ "target_modules": ok }))).is_ok(),
