@@ -14,7 +14,7 @@
 
 use super::check::{check_json, fired};
 use super::common::*;
-use super::conventions_common::{manifest_of, merges_as_reference_in};
+use super::conventions_common::{manifest_of, merges_as_reference_on};
 
 const FOLDER: &str = "diffusion10/flux2_lokr";
 const CASES: [&str; 8] = [
@@ -45,9 +45,10 @@ fn verdict_rules(t: &serde_json::Value) -> Vec<String> {
 #[test]
 fn flux2_lokr_files_merge_as_the_f64_kronecker_reference() {
     let m = manifest_of(FOLDER);
-    for case in CASES {
-        merges_as_reference_in(FOLDER, "base.safetensors", case);
-        if ["aitk", "aitk_full", "lycoris", "bare"].contains(&case) {
+    for (i, case) in CASES.iter().enumerate() {
+        // The GPU's bytes are compared on the first file (lavapipe builds its shaders per run).
+        merges_as_reference_on(FOLDER, "base.safetensors", case, i == 0);
+        if ["aitk", "aitk_full", "lycoris", "bare"].contains(case) {
             assert_eq!(m[case]["diffusers"], "loaded", "{case}");
             assert!(m[case]["fuse_max_diff"].as_f64().unwrap() < 1e-6, "{case}");
         }
