@@ -10,7 +10,7 @@ use super::common::*;
 use std::path::Path;
 
 /// `check ADAPTER --target TARGET --json`: the report.
-fn check_json(adapter: &Path, target: &str) -> serde_json::Value {
+pub(super) fn check_json(adapter: &Path, target: &str) -> serde_json::Value {
     let out = bin()
         .args(check_args(adapter, &["--target", target, "--json"]))
         .output()

@@ -5,16 +5,8 @@
 //! serving loaders' `check` refuses them all and `inspect` names the type.
 
 use super::common::*;
-use std::path::Path;
-
 /// `check ADAPTER --target TARGET --json`: the report.
-fn check_json(adapter: &Path, target: &str) -> serde_json::Value {
-    let out = bin()
-        .args(check_args(adapter, &["--target", target, "--json"]))
-        .output()
-        .expect("spawn lorakit");
-    serde_json::from_slice(&out.stdout).expect("JSON")
-}
+use super::gaps10::check_json;
 
 /// MiSS, r = 3 on 64- and 128-wide inputs: `ΔW[o, c] = block[c mod 3, o]`, the last column
 /// past the whole shards included. Before: "is `MISS`; lorakit reads … (not `MISS` yet)".

@@ -326,6 +326,16 @@ impl PeftConfig {
         })
     }
 
+    /// adapter_config.json's `r` where it is not `stored`, the rank the tensors hold: VeRA and
+    /// HRA have no rank_pattern, PEFT builds their layers at `r` and refuses another (hostile
+    /// round 11).
+    pub(super) fn r_other_than(&self, stored: usize) -> Option<u64> {
+        self.raw
+            .get("r")
+            .and_then(Value::as_u64)
+            .filter(|&c| c != stored as u64)
+    }
+
     /// Rank configured for `module` (rank_pattern, else `r`).
     pub fn rank_for(&self, module: &str) -> InputResult<usize> {
         Ok(match first_match(&self.rank_re, module) {

@@ -45,12 +45,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         };
         // PEFT builds hra_u at the config's `r` (HRA has no rank_pattern) and refuses another
         // (hostile round 11).
-        if let Some(cr) = cfg
-            .raw
-            .get("r")
-            .and_then(serde_json::Value::as_u64)
-            .filter(|&c| c != r as u64)
-        {
+        if let Some(cr) = cfg.r_other_than(r) {
             return Err(bad(format!(
                 "tensor `{key}` has rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds hra_u at r and refuses the file"
             )));

@@ -60,12 +60,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
     };
     // PEFT builds vera_A/vera_B and the lambdas at the config's `r` (no rank_pattern for VeRA)
     // and refuses a state dict of another rank (hostile round 11).
-    if let Some(cr) = cfg
-        .raw
-        .get("r")
-        .and_then(serde_json::Value::as_u64)
-        .filter(|&c| c != r as u64)
-    {
+    if let Some(cr) = cfg.r_other_than(r) {
         return Err(bad(format!(
             "tensor `{A_KEY}` has rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds VeRA at r and refuses the file"
         )));
