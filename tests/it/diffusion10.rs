@@ -29,7 +29,7 @@ const CASES: [&str; 8] = [
 ];
 
 /// The rules of `t` that change a verdict (error or silent).
-fn verdict_rules(t: &serde_json::Value) -> Vec<String> {
+pub(super) fn verdict_rules(t: &serde_json::Value) -> Vec<String> {
     t["findings"]
         .as_array()
         .unwrap()

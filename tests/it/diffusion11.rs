@@ -13,6 +13,7 @@
 use super::check::{check_json, fired};
 use super::common::*;
 use super::conventions_common::{manifest_of, merges_as_reference_on};
+use super::diffusion10::verdict_rules;
 
 /// (folder under fixtures/diffusion11, cases).
 const FAMILIES: [(&str, &[&str]); 7] = [
@@ -36,17 +37,6 @@ fn expected_rule(family: &str, case: &str) -> Option<&'static str> {
         ("z_image_lokr", "lycoris" | "qkv") => Some("diffusers.z_image_refused"),
         _ => None,
     }
-}
-
-/// The rules of `t` that change a verdict (error or silent).
-fn verdict_rules(t: &serde_json::Value) -> Vec<String> {
-    t["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| matches!(f["severity"].as_str(), Some("error" | "silent")))
-        .map(|f| f["rule"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Every case merges as its f64 reference, whatever diffusers did with it; where diffusers
