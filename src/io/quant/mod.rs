@@ -23,6 +23,7 @@ pub mod fp8;
 pub mod gptq;
 pub mod int8;
 pub mod mlx;
+pub mod mlx_fp;
 mod mlx_scan;
 pub mod packed;
 mod scan;
