@@ -101,6 +101,7 @@ mod it {
     pub mod mlx;
     /// MLX-quantized bases (mlx_lm.convert -q) merged as mlx-lm's fuse, kept quantized or not.
     pub mod mlx_quant;
+    pub mod mlx_quant_fp;
     /// `eval` and `train` against transformers + PEFT logits, losses and torch's AdamW.
     pub mod model;
     /// PEFT (Python) loads and merges what extract and train write, as lorakit merges it.

@@ -374,11 +374,11 @@ fn combined_mlx_lm_adapters_stay_mlx_lm() {
     assert_eq!(assert_matches_reference(&got, &base, &want, 1e-6), 16);
 }
 
-/// A base MLX quantized in a mode other than affine (`mx.quantize(mode="mxfp4")`, as
-/// `mlx_lm.convert --q-mode mxfp4` saves it: `P.weight` packed uint32, `P.scales` U8 exponents,
-/// no biases) is named as such, never taken for a float tensor of another shape: `merge` and
-/// `dequantize` refuse it in one line, `inspect` lists it as not read. (Affine bases are read:
-/// `tests/it/mlx_quant.rs`.)
+/// A base MLX-quantized in a mode lorakit does not know (`mxfp6` here, laid out as the fp
+/// modes are: `P.weight` packed uint32, `P.scales` U8, no biases) is named as such, never taken
+/// for a float tensor of another shape: `merge` and `dequantize` refuse it in one line,
+/// `inspect` lists it as not read. (Affine bases are read: `tests/it/mlx_quant.rs`; mxfp4,
+/// nvfp4 and mxfp8: `tests/it/mlx_quant_fp.rs`.)
 #[test]
 fn mlx_quantized_bases_of_other_modes_are_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -408,7 +408,7 @@ fn mlx_quantized_bases_of_other_modes_are_named() {
     );
     std::fs::write(
         base.join("config.json"),
-        r#"{"model_type": "llama", "quantization": {"group_size": 32, "bits": 4, "mode": "mxfp4"}}"#,
+        r#"{"model_type": "llama", "quantization": {"group_size": 32, "bits": 4, "mode": "mxfp6"}}"#,
     )
     .unwrap();
     let ones = f32_bytes(&[0.5; 128]);
@@ -430,7 +430,7 @@ fn mlx_quantized_bases_of_other_modes_are_named() {
     );
     let named = [
         "model.layers.0.self_attn.q_proj.weight",
-        "MLX-quantized in mode `mxfp4`",
+        "MLX-quantized in mode `mxfp6`",
     ];
     let line = merge_refused(&base, &adapter, &out, &[]);
     assert_mentions(&line, &named);

@@ -13,7 +13,11 @@ fn mq(name: &str) -> PathBuf {
 
 /// The tensors of `got` and `want` whose bytes, dtype or shape differ, and the tensors that
 /// `want` changed from `base`.
-fn differing(got: &TensorMap, want: &TensorMap, base: &TensorMap) -> (Vec<String>, usize) {
+pub(super) fn differing(
+    got: &TensorMap,
+    want: &TensorMap,
+    base: &TensorMap,
+) -> (Vec<String>, usize) {
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -151,10 +155,14 @@ fn lying_or_missing_quantization_settings_are_refused_naming_the_tensor() {
     let line = merge_refused(&base, &mq("lora_q4"), &out, &[]);
     assert_mentions(&line, &["MLX-quantized", "no `quantization`"]);
 
-    // Another MLX mode is named, not read as affine.
+    // Another MLX mode with settings that mode cannot have (mx.quantize refuses mxfp4 in
+    // groups of 64), not read as affine.
     let (_d, base) = q4_with_config(|c| c["quantization"]["mode"] = "mxfp4".into());
     let line = merge_refused(&base, &mq("lora_q4"), &out, &[]);
-    assert_mentions(&line, &["mode `mxfp4`"]);
+    assert_mentions(
+        &line,
+        &["config.json", "mxfp4 takes group size 32", "not 64 and 4"],
+    );
 }
 
 #[test]

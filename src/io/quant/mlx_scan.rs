@@ -4,6 +4,7 @@
 //! scales and biases. Reads no tensor data; the format itself is `mlx.rs`.
 
 use super::mlx::{Params, BITS};
+use super::mlx_fp;
 use super::*;
 
 /// config.json's MLX quantization settings: `quantization`, or `quantization_config` where a
@@ -61,8 +62,9 @@ fn settings(cfg: &serde_json::Value, prefix: &str) -> Result<Option<(u64, u64, S
 
 impl QuantMap {
     /// An MLX-quantized weight `P.weight` (U32 with `P.scales`): checked against config.json's
-    /// `quantization` and the companions' shapes and dtypes, then recorded; modes other than
-    /// affine (mxfp4, nvfp4, mxfp8: `U8` scales, no biases) are recorded as not read.
+    /// `quantization` and the companions' shapes and dtypes, then recorded: affine here, the
+    /// floating-point modes (mxfp4, nvfp4, mxfp8: `U8` scales, no biases) by `add_mlx_fp`;
+    /// an unknown mode is recorded as not read.
     pub(super) fn add_mlx(
         &mut self,
         ck: &Checkpoint,
@@ -90,9 +92,12 @@ impl QuantMap {
             }
             Err(m) => return Err(InputError::invalid(config, m)),
         };
+        if let Some(fp) = mlx_fp::Mode::parse(&mode) {
+            return self.add_mlx_fp(ck, prefix, weight, fp, (group_size, bits));
+        }
         if mode != "affine" {
             let e = err(ck, weight, format!(
-                "is MLX-quantized in mode `{mode}`, which lorakit does not read (affine only): use mlx_lm.convert --dequantize or mlx_lm.fuse"
+                "is MLX-quantized in mode `{mode}`, which lorakit does not read (affine, mxfp4, nvfp4 and mxfp8 only): use mlx_lm.convert --dequantize or mlx_lm.fuse"
             ));
             self.push_unsupported(Some(weight.to_owned()), e);
             return Ok(());
@@ -164,6 +169,87 @@ impl QuantMap {
             Scheme::Mlx(p),
             vec![scales, biases],
         )
+    }
+}
+
+impl QuantMap {
+    /// A weight in one of MLX's floating-point modes (`mx.quantize(mode="mxfp4"|"nvfp4"|
+    /// "mxfp8")`): U8 scales, no biases, the group size and bits the mode requires (MLX's
+    /// `fp_quantize` refuses others). A `P.global_scale` (nvfp4 with a tensor scale, which
+    /// mlx-lm writes for MoE experts only) is not read: named, copied where kept.
+    fn add_mlx_fp(
+        &mut self,
+        ck: &Checkpoint,
+        prefix: &str,
+        weight: &str,
+        mode: mlx_fp::Mode,
+        (group_size, bits): (u64, u64),
+    ) -> InputResult<()> {
+        let scales = format!("{prefix}.scales");
+        let global = format!("{prefix}.global_scale");
+        let name = mode.name();
+        if group_size != mode.group_size() as u64 || bits != u64::from(mode.bits()) {
+            return Err(InputError::invalid(
+                ck.folder().join("config.json"),
+                format!(
+                    "quantization for `{prefix}`: {name} takes group size {} and {} bits (mx.quantize refuses others), not {group_size} and {bits}",
+                    mode.group_size(),
+                    mode.bits()
+                ),
+            ));
+        }
+        let w = ck.info(weight).expect("listed");
+        let s = ck.info(&scales).expect("checked by the caller");
+        let (rows, words) = match w.shape[..] {
+            [r, k] if !ck.contains(&global) => (r, k),
+            _ => {
+                let what = if ck.contains(&global) {
+                    format!("has a `{global}` (an nvfp4 tensor scale)")
+                } else {
+                    format!(
+                        "is {}, MLX-quantized experts (a 3-D packed tensor)",
+                        typed_of(w)
+                    )
+                };
+                let e = err(ck, weight, format!("{what}, which lorakit does not read"));
+                self.push_unsupported(Some(weight.to_owned()), e);
+                return Ok(());
+            }
+        };
+        let biases = format!("{prefix}.biases");
+        if ck.contains(&biases) {
+            return Err(err(
+                ck,
+                &biases,
+                format!("is present, but MLX {name} weights have no biases (mx.dequantize refuses them)"),
+            ));
+        }
+        let cols = words * 32 / mode.bits() as usize;
+        if s.dtype != Dtype::U8
+            || !cols.is_multiple_of(mode.group_size())
+            || s.shape != [rows, cols / mode.group_size()]
+        {
+            return Err(err(
+                ck,
+                &scales,
+                format!(
+                    "is {} but `{weight}` {} in {name} (groups of {}) needs U8 [{rows}, {}]",
+                    typed_of(s),
+                    typed_of(w),
+                    mode.group_size(),
+                    cols / mode.group_size()
+                ),
+            ));
+        }
+        let p = mlx_fp::Params {
+            mode,
+            rows,
+            cols,
+            // `mx.dequantize`'s default output for these modes, which mlx-lm's fuse adds the
+            // delta in and quantizes again from.
+            dtype: Dtype::BF16,
+        };
+        self.insert_stored_as_itself(ck, weight, vec![rows, cols], Scheme::MlxFp(p), vec![scales])
     }
 }
 

@@ -47,6 +47,8 @@ pub enum Scheme {
     Gptq(gptq::Params),
     /// MLX affine (`mx.quantize`: packed uint32, a scale and a bias per group).
     Mlx(mlx::Params),
+    /// MLX mxfp4 / nvfp4 / mxfp8 (`mx.quantize(mode=…)`: packed uint32, a U8 scale per group).
+    MlxFp(mlx_fp::Params),
     /// FP8 values with scales.
     Fp8 {
         format: Dtype,
@@ -79,6 +81,7 @@ impl QuantTensor {
             Scheme::BnbInt8 => "bnb-int8".into(),
             Scheme::Packed(p) => format!("ct-int{}", p.bits),
             Scheme::Mlx(_) => "mlx-affine".into(),
+            Scheme::MlxFp(p) => format!("mlx-{}", p.mode.name()),
             Scheme::Gptq(p) => match p.layout {
                 gptq::Layout::Awq => "awq".into(),
                 gptq::Layout::GptqV1 => "gptq".into(),
@@ -97,6 +100,7 @@ impl QuantTensor {
             Scheme::Packed(p) => p.bits,
             Scheme::Gptq(p) => p.bits,
             Scheme::Mlx(p) => p.bits,
+            Scheme::MlxFp(p) => p.mode.bits(),
             _ => 8,
         }
     }
@@ -110,6 +114,7 @@ impl QuantTensor {
             },
             Scheme::BnbInt8 => "per row".into(),
             Scheme::Mlx(p) => format!("group {}", p.group_size),
+            Scheme::MlxFp(p) => format!("group {}", p.mode.group_size()),
             Scheme::Packed(p) => {
                 let kind = if p.per_tensor {
                     "per tensor".to_string()
@@ -157,6 +162,7 @@ impl QuantTensor {
             Scheme::Packed(p) => p.scale_dtype,
             Scheme::Gptq(p) => p.scale_dtype,
             Scheme::Mlx(p) => p.dtype,
+            Scheme::MlxFp(p) => p.dtype,
             Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
         }
     }
@@ -371,6 +377,25 @@ impl QuantMap {
                     data(&q.companions[1])?,
                 )
             }
+            Scheme::MlxFp(p) => {
+                // E8M0 byte 255 is 2^128, and large codes at byte 254 overflow bf16: an infinite
+                // (or, times a zero code, NaN) value is refused naming the scales that made it.
+                let v = mlx_fp::dequantize(p, data(&q.stored)?, data(&q.companions[0])?);
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(err(
+                        ck,
+                        &q.companions[0],
+                        format!(
+                            "makes element {i} of `{}` {} in bf16 (scale byte {} of row {})",
+                            q.stored,
+                            v[i],
+                            data(&q.companions[0])?[i / p.mode.group_size()],
+                            i / p.cols
+                        ),
+                    ));
+                }
+                v
+            }
             Scheme::Fp8 {
                 format,
                 scale,
@@ -440,6 +465,7 @@ impl QuantMap {
             Scheme::Packed(_) => None,
             Scheme::Gptq(_) => None,
             Scheme::Mlx(p) => p.requantize_unsupported(),
+            Scheme::MlxFp(_) => None,
             Scheme::Fp8 {
                 format,
                 scale,
@@ -589,6 +615,11 @@ impl QuantMap {
                     (q.companions[0].clone(), scales),
                     (q.companions[1].clone(), biases),
                 ]
+            }
+            Scheme::MlxFp(p) => {
+                // A fresh scale per group, as mlx-lm's fuse quantizes the fused weight again.
+                let (packed, scales) = mlx_fp::quantize(p, merged);
+                vec![(q.name.clone(), packed), (q.companions[0].clone(), scales)]
             }
             Scheme::BnbInt8 => {
                 let (q8, scb) = int8::quantize(merged, q.shape[1]);
