@@ -263,11 +263,11 @@ fn per_module_entries_take_their_own_mode_and_its_defaults() {
 }
 
 /// MLX-quantized experts (`QuantizedSwitchLinear`: `[E, rows, words]` packed, mlx-lm's MoE
-/// models) are not read yet: `inspect` lists them as not read, a merge of modules elsewhere
-/// copies them byte for byte, and dequantizing refuses naming them (before, the whole scan
-/// failed, `inspect` included).
+/// models) are read with their logical shape `[E, rows, cols]` (merges against mlx-lm:
+/// `tests/it/mlx_quant_fp.rs`), and scales that do not follow the expert dimension are refused
+/// naming them (before, experts were not read, and before that the whole scan failed).
 #[test]
-fn mlx_quantized_experts_are_copied_and_named_not_misread() {
+fn mlx_quantized_experts_are_read_with_their_expert_dimension() {
     let (_d, base) = scratch("base");
     copy_dir(&mq("q4"), &base);
     let file = base.join("model.safetensors");
@@ -300,16 +300,22 @@ fn mlx_quantized_experts_are_copied_and_named_not_misread() {
     write_tensors(&file, &t);
     // One file now: the index would not list the new tensors.
     std::fs::remove_file(base.join("model.safetensors.index.json")).unwrap();
-    let text = run_ok(inspect_args(&base, &[]));
-    assert_mentions(&text, &["not read", "MLX-quantized experts", p]);
+    let v = inspect_json(&base, &[]);
+    let w = v["quantization"]["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == format!("{p}.weight"))
+        .expect("listed")
+        .clone();
+    assert_eq!(w["method"], "mlx-affine");
+    assert_eq!(w["shape"], serde_json::json!([2, 96, 64]));
+    // Scales flattened over the experts: refused naming them, nothing written.
+    let s = t.get_mut(&format!("{p}.scales")).unwrap();
+    s.shape = vec![192, 1];
+    t.get_mut(&format!("{p}.biases")).unwrap().shape = vec![192, 1];
+    write_tensors(&file, &t);
     let (_o, out) = scratch("out");
-    run_ok(merge_args(&base, &mq("lora_q4"), &out, &["--quiet"]));
-    let got = read_checkpoint(&out);
-    for suffix in ["weight", "scales", "biases"] {
-        let n = format!("{p}.{suffix}");
-        assert_eq!(got[&n], t[&n], "{n} copied");
-    }
-    let (_o2, out2) = scratch("out");
-    let line = refused(dequantize_args(&base, &out2, &[]), &out2);
-    assert_mentions(&line, &[p, "experts"]);
+    let line = refused(dequantize_args(&base, &out, &[]), &out);
+    assert_mentions(&line, &[&format!("{p}.scales"), "needs [2, 96, 1]"]);
 }

@@ -17,7 +17,8 @@ fn fq(name: &str) -> PathBuf {
 /// lorakit and mlx-lm requantize the same bf16 numbers and the stored bytes must be equal:
 /// packed codes and scales of every merged weight, in mxfp4 (f32 model, the embedding's LoRA
 /// included), nvfp4 (bf16), mxfp8 (f16), and mxfp4 with gpt_oss-style 8-bit affine entries
-/// for q/k and one module left float (bf16).
+/// for q/k and one module left float (bf16); and a Mixtral whose experts are 3-D packed
+/// (`QuantizedSwitchLinear`), affine and mxfp4.
 #[test]
 fn merge_into_mlx_fp_quantized_base_equals_mlx_fuse_byte_for_byte() {
     for (case, changed_by_mlx) in [
@@ -26,6 +27,9 @@ fn merge_into_mlx_fp_quantized_base_equals_mlx_fuse_byte_for_byte() {
         ("nvfp4_bf16", 28),
         ("mxfp8_f16", 14),
         ("mix_bf16", 24),
+        // Mixtral with 3-D experts, the LoRA on attention only: the experts are copied.
+        ("moe_q4", 6),
+        ("moe_mxfp4", 2),
     ] {
         let (_dir, out) = scratch("out");
         run_ok(merge_args(
@@ -53,10 +57,18 @@ fn merge_into_mlx_fp_quantized_base_equals_mlx_fuse_byte_for_byte() {
 
 /// `--quant dequantize`: these modes dequantize to bf16 (`mx.dequantize`'s default for them,
 /// whatever the model's dtype), where mlx-lm's fuse also adds the delta: equal to
-/// `mlx_lm.fuse --dequantize`, and config.json loses its quantization.
+/// `mlx_lm.fuse --dequantize` (the Mixtral's 3-D experts included), and config.json loses its
+/// quantization.
 #[test]
 fn dequantized_merge_equals_mlx_fuse_dequantize() {
-    for case in ["mxfp4", "nvfp4_bf16", "mxfp8_f16", "mix_bf16"] {
+    for case in [
+        "mxfp4",
+        "nvfp4_bf16",
+        "mxfp8_f16",
+        "mix_bf16",
+        "moe_q4",
+        "moe_mxfp4",
+    ] {
         let (_dir, out) = scratch("out");
         run_ok(merge_args(
             &fq(case),

@@ -1,7 +1,8 @@
 //! Recognising MLX-quantized weights from a checkpoint's headers and config.json's
 //! `quantization` ([`QuantMap::add_mlx`], called by `scan.rs`): the group size and bits of each
 //! module as mlx-lm's `load_model` picks them, checked against the packed weight and its
-//! scales and biases. Reads no tensor data; the format itself is `mlx.rs`.
+//! scales and biases, 2-D or with leading expert dimensions. Reads no tensor data; the formats
+//! themselves are `mlx.rs` (affine) and `mlx_fp.rs` (mxfp4, nvfp4, mxfp8).
 
 use super::mlx::{Params, BITS};
 use super::mlx_fp;
@@ -117,18 +118,9 @@ impl QuantMap {
                 "quantization for `{prefix}`: bits {bits} and group_size {group_size} are not an MLX affine quantization (bits 2, 3, 4, 5, 6, 8)"
             )));
         }
-        let (rows, words) = match w.shape[..] {
-            [r, k] => (r, k),
-            _ => {
-                // `QuantizedSwitchLinear` experts `[E, rows, words]` (mlx-lm's MoE models): not
-                // read yet; copied where kept, named where needed.
-                let e = err(ck, weight, format!(
-                    "is {}, MLX-quantized experts (a 3-D packed tensor), which lorakit does not read",
-                    typed_of(w)
-                ));
-                self.push_unsupported(Some(weight.to_owned()), e);
-                return Ok(());
-            }
+        let Some((lead, rows, words)) = packed_dims(&w.shape) else {
+            self.push_unsupported(Some(weight.to_owned()), not_a_matrix(ck, weight, w));
+            return Ok(());
         };
         if !matches!(s.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) || b.dtype != s.dtype {
             return Err(err(
@@ -143,16 +135,16 @@ impl QuantMap {
         }
         let cols = words * 32 / bits as usize;
         let groups = cols / group_size;
+        let want = [&lead[..], &[groups]].concat();
         if !(words * 32).is_multiple_of(bits as usize)
             || !cols.is_multiple_of(group_size)
-            || s.shape != [rows, groups]
+            || s.shape != want
             || b.shape != s.shape
         {
             return Err(err(ck, &scales, format!(
-                "is {} but `{weight}` {} at {bits} bits in groups of {group_size} (config.json) needs [{rows}, {}]",
+                "is {} but `{weight}` {} at {bits} bits in groups of {group_size} (config.json) needs {want:?}",
                 typed_of(s),
                 typed_of(w),
-                (words * 32 / bits as usize) / group_size
             )));
         }
         let p = Params {
@@ -165,7 +157,7 @@ impl QuantMap {
         self.insert_stored_as_itself(
             ck,
             weight,
-            vec![rows, cols],
+            [&lead[..], &[cols]].concat(),
             Scheme::Mlx(p),
             vec![scales, biases],
         )
@@ -200,21 +192,16 @@ impl QuantMap {
         }
         let w = ck.info(weight).expect("listed");
         let s = ck.info(&scales).expect("checked by the caller");
-        let (rows, words) = match w.shape[..] {
-            [r, k] if !ck.contains(&global) => (r, k),
-            _ => {
-                let what = if ck.contains(&global) {
-                    format!("has a `{global}` (an nvfp4 tensor scale)")
-                } else {
-                    format!(
-                        "is {}, MLX-quantized experts (a 3-D packed tensor)",
-                        typed_of(w)
-                    )
-                };
-                let e = err(ck, weight, format!("{what}, which lorakit does not read"));
-                self.push_unsupported(Some(weight.to_owned()), e);
-                return Ok(());
-            }
+        if ck.contains(&global) {
+            let e = err(ck, weight, format!(
+                "has a `{global}` (an nvfp4 tensor scale, mlx-lm's MoE experts), which lorakit does not read"
+            ));
+            self.push_unsupported(Some(weight.to_owned()), e);
+            return Ok(());
+        }
+        let Some((lead, rows, words)) = packed_dims(&w.shape) else {
+            self.push_unsupported(Some(weight.to_owned()), not_a_matrix(ck, weight, w));
+            return Ok(());
         };
         let biases = format!("{prefix}.biases");
         if ck.contains(&biases) {
@@ -225,19 +212,16 @@ impl QuantMap {
             ));
         }
         let cols = words * 32 / mode.bits() as usize;
-        if s.dtype != Dtype::U8
-            || !cols.is_multiple_of(mode.group_size())
-            || s.shape != [rows, cols / mode.group_size()]
-        {
+        let want = [&lead[..], &[cols / mode.group_size()]].concat();
+        if s.dtype != Dtype::U8 || !cols.is_multiple_of(mode.group_size()) || s.shape != want {
             return Err(err(
                 ck,
                 &scales,
                 format!(
-                    "is {} but `{weight}` {} in {name} (groups of {}) needs U8 [{rows}, {}]",
+                    "is {} but `{weight}` {} in {name} (groups of {}) needs U8 {want:?}",
                     typed_of(s),
                     typed_of(w),
                     mode.group_size(),
-                    cols / mode.group_size()
                 ),
             ));
         }
@@ -249,8 +233,34 @@ impl QuantMap {
             // delta in and quantizes again from.
             dtype: Dtype::BF16,
         };
-        self.insert_stored_as_itself(ck, weight, vec![rows, cols], Scheme::MlxFp(p), vec![scales])
+        self.insert_stored_as_itself(
+            ck,
+            weight,
+            [&lead[..], &[cols]].concat(),
+            Scheme::MlxFp(p),
+            vec![scales],
+        )
     }
+}
+
+/// A packed weight's leading dimensions (all but the last: `[rows]`, or `[E, rows]` for
+/// mlx-lm's `QuantizedSwitchLinear` experts), their product (the rows `mx.quantize` saw, as it
+/// quantizes the last axis in groups), and its words per row. `None` below two dimensions,
+/// which `mx.quantize` refuses.
+fn packed_dims(shape: &[usize]) -> Option<(Vec<usize>, usize, usize)> {
+    let (&words, lead) = shape.split_last()?;
+    if lead.is_empty() {
+        return None;
+    }
+    let rows = lead.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    Some((lead.to_vec(), rows, words))
+}
+
+fn not_a_matrix(ck: &Checkpoint, weight: &str, w: &crate::io::header::TensorInfo) -> InputError {
+    err(ck, weight, format!(
+        "is {}, packed uint32 with scales but not a matrix (mx.quantize needs two dimensions or more)",
+        typed_of(w)
+    ))
 }
 
 fn typed_of(info: &crate::io::header::TensorInfo) -> String {
