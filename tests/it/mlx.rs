@@ -262,7 +262,7 @@ fn malformed_mlx_lm_adapters_are_refused_by_name() {
     .unwrap();
     let line = merge_refused(&base, &a.join("weights.safetensors"), &out, &[]);
     assert_mentions(&line, &["weights.safetensors", "adapter_config.json"]);
-    // Mixture-of-experts factors (LoRASwitchLinear, 3-D).
+    // Mixture-of-experts factors (LoRASwitchLinear, 3-D) of two expert counts.
     let moe = dir.path().join("moe");
     std::fs::create_dir(&moe).unwrap();
     std::fs::copy(
@@ -270,7 +270,7 @@ fn malformed_mlx_lm_adapters_are_refused_by_name() {
         moe.join("adapter_config.json"),
     )
     .unwrap();
-    let zeros = vec![0u8; 2 * 4 * 16 * 4];
+    let zeros = vec![0u8; 3 * 4 * 16 * 4];
     write_views(
         &moe.join("adapters.safetensors"),
         &[
@@ -278,12 +278,12 @@ fn malformed_mlx_lm_adapters_are_refused_by_name() {
                 "model.layers.0.mlp.switch_mlp.gate_proj.lora_a",
                 safetensors::Dtype::F32,
                 &[2, 4, 16],
-                &zeros,
+                &zeros[..2 * 4 * 16 * 4],
             ),
             (
                 "model.layers.0.mlp.switch_mlp.gate_proj.lora_b",
                 safetensors::Dtype::F32,
-                &[2, 16, 4],
+                &[3, 16, 4],
                 &zeros,
             ),
         ],
@@ -293,7 +293,7 @@ fn malformed_mlx_lm_adapters_are_refused_by_name() {
         &line,
         &[
             "model.layers.0.mlp.switch_mlp.gate_proj",
-            "mixture-of-experts",
+            "[E, r, in]` and `[E, out, r]",
         ],
     );
     // A tensor that is no mlx-lm parameter.

@@ -18,7 +18,8 @@ fn fq(name: &str) -> PathBuf {
 /// packed codes and scales of every merged weight, in mxfp4 (f32 model, the embedding's LoRA
 /// included), nvfp4 (bf16), mxfp8 (f16), and mxfp4 with gpt_oss-style 8-bit affine entries
 /// for q/k and one module left float (bf16); and a Mixtral whose experts are 3-D packed
-/// (`QuantizedSwitchLinear`), affine and mxfp4.
+/// (`QuantizedSwitchLinear`), affine and mxfp4, with mlx-lm's expert LoRA (`LoRASwitchLinear`)
+/// on two of their projections.
 #[test]
 fn merge_into_mlx_fp_quantized_base_equals_mlx_fuse_byte_for_byte() {
     for (case, changed_by_mlx) in [
@@ -27,9 +28,10 @@ fn merge_into_mlx_fp_quantized_base_equals_mlx_fuse_byte_for_byte() {
         ("nvfp4_bf16", 28),
         ("mxfp8_f16", 14),
         ("mix_bf16", 24),
-        // Mixtral with 3-D experts, the LoRA on attention only: the experts are copied.
-        ("moe_q4", 6),
-        ("moe_mxfp4", 2),
+        // Mixtral with 3-D experts, mlx-lm's LoRA on q/v and on the experts' gate and down
+        // projections (LoRASwitchLinear): up_proj's experts are copied.
+        ("moe_q4", 12),
+        ("moe_mxfp4", 5),
     ] {
         let (_dir, out) = scratch("out");
         run_ok(merge_args(

@@ -20,10 +20,11 @@
 //! mlx-lm's checkpoint names are the Hugging Face ones for the Llama family (`sanitize` keeps
 //! them), so a module name is the base's module path.
 //!
-//! Refused, naming why: mixture-of-experts factors (`LoRASwitchLinear`, 3-D `[experts, …]`,
-//! applied to mlx-lm's stacked `switch_mlp` weights that Hugging Face checkpoints store per
-//! expert), DoRA on an embedding, and a factor whose rank is not `lora_parameters.rank`
-//! (`load_adapters` refuses it: its layers are built at that rank).
+//! Mixture-of-experts factors (`LoRASwitchLinear`, 3-D `[E, …]` on mlx-lm's stacked
+//! `switch_mlp` weights) are read as one module per expert slice ([`experts`]).
+//!
+//! Refused, naming why: DoRA on an embedding or on experts, and a factor whose rank is not
+//! `lora_parameters.rank` (`load_adapters` refuses it: its layers are built at that rank).
 //!
 //! Must not: know another format's names, or decide what a merge does with the modules.
 
@@ -254,6 +255,58 @@ fn is_embedding(name: &str) -> bool {
     )
 }
 
+/// The experts of a `LoRASwitchLinear` (mlx-lm's MoE layers over the stacked `switch_mlp`
+/// weights `[E, out, in]`): `lora_a` `[E, r, in]` and `lora_b` `[E, out, r]`, and `fuse` adds
+/// `scale · lora_b[e] · lora_a[e]` to expert `e` (`tuner/lora.py` `LoRASwitchLinear.fuse`).
+/// One module per expert, on the slice `[e]` of `{module}.weight`, as PEFT's fused-parameter
+/// experts are ([`super::peft::params::expert_name`]).
+fn experts(
+    file: &SafetensorsFile,
+    name: &str,
+    (ka, sa): (&str, &[usize]),
+    (kb, sb): (&str, &[usize]),
+    cfg: &Config,
+) -> Result<Vec<LoraModule>, String> {
+    let (n, r, in_f, out_f) = match (sa, sb) {
+        ([n, r, i], [n2, o, r2]) if n == n2 && r == r2 && *n > 0 && *r > 0 && *i > 0 && *o > 0 => {
+            (*n, *r, *i, *o)
+        }
+        _ => {
+            return Err(format!(
+                "module `{name}`: lora_a {sa:?} and lora_b {sb:?} are not a LoRASwitchLinear's `[E, r, in]` and `[E, out, r]`"
+            ))
+        }
+    };
+    if r != cfg.rank {
+        return Err(format!(
+            "module `{name}` has rank {r}, but lora_parameters.rank is {}: mlx-lm builds every adapter layer at that rank and refuses the file",
+            cfg.rank
+        ));
+    }
+    let values = |k: &str| super::peft::params::values(file, k).map_err(|e| e.to_string());
+    let (a, b) = (values(ka)?, values(kb)?);
+    let param = format!("{name}.weight");
+    Ok((0..n)
+        .map(|e| LoraModule {
+            name: super::peft::params::expert_name(&param, e, n),
+            kind: ModuleKind::Linear,
+            rank: r,
+            alpha: cfg.scale * r as f64,
+            scale: cfg.scale,
+            out_features: out_f,
+            in_features: in_f,
+            factors: Factors::Lora {
+                a: Data::Owned(Arc::new(a[e * r * in_f..(e + 1) * r * in_f].to_vec())),
+                b: Data::Owned(Arc::new(b[e * out_f * r..(e + 1) * out_f * r].to_vec())),
+            },
+            base_transposed: false,
+            dora_magnitude: None,
+            dora_rule: DoraRule::Peft,
+            bias: None,
+        })
+        .collect())
+}
+
 /// Reads an mlx-lm adapter: `file` (`adapters.safetensors` or a checkpoint
 /// `NNNNNNN_adapters.safetensors`) with its `config` (`adapter_config.json`).
 pub fn read(path: &Path, file: SafetensorsFile, config: &Path) -> InputResult<Adapter> {
@@ -311,9 +364,18 @@ pub fn read(path: &Path, file: SafetensorsFile, config: &Path) -> InputResult<Ad
             )));
         };
         if sa.len() == 3 || sb.len() == 3 {
-            return Err(err(format!(
-                "module `{name}` is a mixture-of-experts LoRA (LoRASwitchLinear, factors {sa:?} and {sb:?}): mlx-lm applies it to its stacked `switch_mlp` weights, which Hugging Face checkpoints store per expert; lorakit does not split it"
-            )));
+            if let Some(why) = unbuilt(&name, cfg.keys.as_deref()) {
+                return Err(err(format!(
+                    "module `{name}`: mlx-lm builds no adapter layer for it ({why}) and refuses its tensors"
+                )));
+            }
+            if m.is_some() {
+                return Err(err(format!(
+                    "module `{name}`: DoRA on mixture-of-experts factors (mlx-lm has no DoRA switch layer)"
+                )));
+            }
+            modules.extend(experts(&file, &name, (&ka, &sa), (&kb, &sb), &cfg).map_err(err)?);
+            continue;
         }
         if sa.len() != 2 || sb.len() != 2 || sa[1] != sb[0] || sa.contains(&0) || sb[1] == 0 {
             return Err(err(format!(

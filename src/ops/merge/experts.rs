@@ -5,8 +5,9 @@
 //! time: no ΔW is ever formed (the terms stay low-rank) and the working memory is the output
 //! tensor, as for the CPU engine's whole-tensor merges, plus one expert's result. Must not write.
 //!
-//! Refused here (one line naming the tensor): a W0 computed on the host (a quantized base, a
-//! `modules_to_save` override, `--as-trained-on`) and terms that are not per-expert LoRA.
+//! A quantized expert tensor (MLX's `QuantizedSwitchLinear`) is merged into what it dequantizes
+//! to. Refused here (one line naming the tensor): a `modules_to_save` override,
+//! `--as-trained-on`, and terms that are not per-expert LoRA.
 
 use super::model::*;
 use super::tensor::{PieceSink, TensorMerge};
@@ -33,11 +34,14 @@ impl MergePlan {
                 format!("tensor `{name}`: {why}"),
             ))
         };
-        if self.quant.get(name).is_some() || self.base_override.contains_key(name) {
+        if self.base_override.contains_key(name) {
             return Err(refuse(
-                "merging experts into a quantized or replaced expert tensor is not supported",
+                "merging experts into a replaced expert tensor is not supported",
             ));
         }
+        // A quantized expert tensor (MLX `QuantizedSwitchLinear`): merged into what it
+        // dequantizes to, in its logical shape; the caller requantizes the f32 result.
+        let quant = self.quant.get(name);
         if self.options.as_trained_on.is_some() {
             let name = name.to_owned();
             return Err(InputError::option(file.path(), move |o| {
@@ -48,7 +52,8 @@ impl MergePlan {
             })
             .into());
         }
-        let (n, d1, d2) = match info.shape.as_slice() {
+        let shape = quant.map_or_else(|| info.shape.clone(), |q| q.shape.clone());
+        let (n, d1, d2) = match shape.as_slice() {
             [n, d1, d2] => (*n, *d1, *d2),
             [d1, d2] => (1, *d1, *d2),
             s => return Err(refuse(&format!("shape {s:?} is not [experts, rows, cols]"))),
@@ -83,9 +88,19 @@ impl MergePlan {
             let scale = self.signed(wa.weight * m.scale) as f32;
             stored.push((e, b, a, m.rank, scale, m.name.clone()));
         }
-        let size = info.dtype.bitsize() / 8;
-        let slice = d1 * d2 * size;
         let view = file.view_info(info)?;
+        let dequantized;
+        let (w0, in_dtype) = match quant {
+            Some(q) => {
+                dequantized = crate::dtype::encode(
+                    crate::dtype::Dtype::F32,
+                    &self.quant.dequantize(&self.base, q)?,
+                );
+                (&dequantized[..], crate::dtype::Dtype::F32)
+            }
+            None => (view.data, info.dtype),
+        };
+        let slice = d1 * d2 * (in_dtype.bitsize() / 8);
         let mut out = Vec::with_capacity(n * d1 * d2 * merge.out_dtype.bitsize() / 8);
         for e in 0..n {
             let mine: Vec<_> = stored.iter().filter(|t| t.0 == e).collect();
@@ -94,8 +109,8 @@ impl MergePlan {
                 .map(|t| Term::low_rank(&t.1, &t.2, t.3, t.4))
                 .collect();
             let job = MergeJob {
-                w0: &view.data[e * slice..(e + 1) * slice],
-                in_dtype: info.dtype,
+                w0: &w0[e * slice..(e + 1) * slice],
+                in_dtype,
                 rows: d1,
                 cols: d2,
                 terms: &term_list,

@@ -295,7 +295,7 @@ fn expert_module(
 }
 
 /// A factor's values in f32, refused when not a finite float tensor.
-fn values(file: &SafetensorsFile, key: &str) -> InputResult<Vec<f32>> {
+pub(crate) fn values(file: &SafetensorsFile, key: &str) -> InputResult<Vec<f32>> {
     let view = file.view(key)?;
     let err = |m: String| InputError::invalid(file.path(), format!("tensor `{key}`: {m}"));
     if !crate::dtype::is_float_compute(view.dtype) {
@@ -366,6 +366,9 @@ pub fn fit_to_base(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()> 
     }
     let model_type = model_type(base);
     let path = adapter.path.clone();
+    // mlx-lm's experts (`LoRASwitchLinear`) are on MLX's `SwitchLinear` weights, always
+    // `[E, out, in]`; the resolution checks the (logical) shape.
+    let mlx = adapter.format == crate::adapter::formats::format::Format::Mlx;
     let mut out = Vec::with_capacity(adapter.modules.len());
     for mut m in std::mem::take(&mut adapter.modules) {
         let Some((param, e, n)) = parse_expert(&m.name).map(|(p, e, n)| (p.to_owned(), e, n))
@@ -373,6 +376,10 @@ pub fn fit_to_base(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()> 
             out.push(m);
             continue;
         };
+        if mlx {
+            out.push(m);
+            continue;
+        }
         let param = param.as_str();
         let err = |msg: String| InputError::invalid(&path, format!("module `{}`: {msg}", m.name));
         if let Some(info) = base.info(param) {
@@ -613,7 +620,7 @@ pub fn refuse_write(adapter: &Adapter, format: &str) -> InputResult<()> {
         Some(m) => Err(InputError::invalid(
             &adapter.path,
             format!(
-                "module `{}`: an expert of a fused MoE parameter (PEFT target_parameters) cannot be written as {format}; lorakit merges such adapters but does not rewrite them",
+                "module `{}`: an expert of a fused MoE parameter (PEFT target_parameters, mlx-lm LoRASwitchLinear) cannot be written as {format}; lorakit merges such adapters but does not rewrite them",
                 m.name
             ),
         )),
