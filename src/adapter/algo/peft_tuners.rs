@@ -1,5 +1,6 @@
-//! The updates of PEFT's VeRA, HRA, BOFT, MiSS and SHiRA ([`Factors::Vera`], [`Factors::Hra`],
-//! [`Factors::PeftBoft`], [`Factors::Miss`], [`Factors::Shira`]) from the base weight `W0` (d×k, row-major, f32 as stored): `W' − W0`
+//! The updates of PEFT's VeRA, HRA, BOFT, MiSS, SHiRA, RandLoRA and RoAd ([`Factors::Vera`],
+//! [`Factors::Hra`], [`Factors::PeftBoft`], [`Factors::Miss`], [`Factors::Shira`],
+//! [`Factors::RandLora`], [`Factors::Road`]) from the base weight `W0` (d×k, row-major, f32 as stored): `W' − W0`
 //! times LyCORIS' `multiplier`, accumulated in f64 and rounded once: the base-dependent updates
 //! beside [`super::base::delta_from_base`], asked first by the one caller that has checked the
 //! shapes (`Adapter::delta_from_base`).
@@ -51,8 +52,38 @@ pub fn delta(l: &Loaded, w0: &[f32], (d, k): (usize, usize), m: f64) -> Option<V
         Factors::Miss { mode, .. } => miss(&v[0], w0, (d, k), *mode, m),
         Factors::Shira { .. } => shira(&v[0], &v[1], (d, k), m),
         Factors::RandLora { .. } => randlora(&v[0], &v[1], (d, k), m),
+        Factors::Road { group, .. } => road(&v[0], &v[1], w0, (d, k), *group, m),
         _ => return None,
     })
+}
+
+/// RoAd: `m·(R·W0 − W0)` ([`Factors::Road`]), row `i` of `R·W0` being `c[i]·W0[i] ∓ s[i]·W0[i±h]`
+/// (minus with the row h below for the first half of its group, plus with the row h above for
+/// the second), in f64.
+pub fn road(
+    c: &[f32],
+    s: &[f32],
+    w0: &[f32],
+    (d, k): (usize, usize),
+    g: usize,
+    m: f64,
+) -> Vec<f32> {
+    let mut out = vec![0f32; d * k];
+    let h = g / 2;
+    for i in 0..d {
+        let (partner, sign) = if i % g < h {
+            (i + h, -1.0)
+        } else {
+            (i - h, 1.0)
+        };
+        let (ci, si) = (c[i] as f64, sign * s[i] as f64);
+        let (row, other) = (&w0[i * k..(i + 1) * k], &w0[partner * k..(partner + 1) * k]);
+        for ((o, &x), &y) in out[i * k..(i + 1) * k].iter_mut().zip(row).zip(other) {
+            let turned = ci * x as f64 + si * y as f64;
+            *o = (m * (turned - x as f64)) as f32;
+        }
+    }
+    out
 }
 
 /// `ΔW[i, j] = m · Σₜ b[i,t]·a[t,j]` for `j < k`: `a` r×K (K ≥ k, PEFT's `vera_A[:, :k]`), `b`

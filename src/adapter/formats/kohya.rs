@@ -339,6 +339,7 @@ pub fn write_with(
                 | Factors::Miss { .. }
                 | Factors::Shira { .. }
                 | Factors::RandLora { .. }
+                | Factors::Road { .. }
         ) {
             return Err(InputError::invalid(
                 &adapter.path,

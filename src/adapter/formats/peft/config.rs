@@ -61,10 +61,12 @@ pub enum PeftType {
     Gralora,
     /// `tuners/randlora`: shared random bases and per-module λ/γ (`peft/randlora.rs`).
     RandLora,
+    /// `tuners/road`: 2-D rotations and scales of the output rows (`peft/road.rs`).
+    Road,
 }
 
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
-const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA and RANDLORA";
+const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA and ROAD";
 
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
@@ -190,6 +192,7 @@ impl PeftConfig {
             Some("C3A") => PeftType::C3a,
             Some("GRALORA") => PeftType::Gralora,
             Some("RANDLORA") => PeftType::RandLora,
+            Some("ROAD") => PeftType::Road,
             Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
