@@ -166,3 +166,23 @@ fn loaders_refuse_and_inspect_names_road() {
     assert_eq!(v["peft_type"], "ROAD", "{v:#}");
     assert_eq!(v["modules"][0]["algo"], "road", "{v:#}");
 }
+
+/// T5's tie is by `shared`, not `embed_tokens`/`lm_head` names: transformers 5.24 saves only
+/// `shared.weight`, which is both stacks' `embed_tokens` and (`tie_word_embeddings`) lm_head. A
+/// LoRA on `shared` is refused by default naming the tie, and with `--tied-embeddings shared`
+/// merges into the one tensor as PEFT's `merge_and_unload` does (lm_head changes with it).
+#[test]
+fn t5_shared_tie_is_detected_and_merges_as_peft() {
+    let base = fixture("gaps12/t5_shared/base");
+    let (_o, out) = scratch("out");
+    let err = merge_refused(&base, &fixture("gaps12/t5_shared/adapter"), &out, &[]);
+    assert_mentions(&err, &["`shared`", "shared.weight", "tie_word_embeddings"]);
+    assert_eq!(
+        merge_matches_peft_fixture(
+            "gaps12/t5_shared",
+            "gaps12/t5_shared/base",
+            &["--tied-embeddings", "shared"]
+        ),
+        4
+    );
+}
