@@ -363,6 +363,7 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
             }
             // RoAd turns the output rows; any input width.
             Factors::Road { .. } => found[0] == m.out_features,
+            Factors::Osf { .. } => found[0] == m.out_features && found[1] == m.in_features,
             Factors::Miss { .. } | Factors::Shira { .. } | Factors::RandLora { .. } => {
                 let fit = crate::adapter::algo::peft_tuner_fits;
                 fit(

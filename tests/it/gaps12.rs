@@ -1,8 +1,9 @@
 //! The PEFT tuners and variants closed on branch gaps12 (fixtures/gen/gaps12_fixtures.py), each
 //! against PEFT 0.21.2's own reload + `merge_and_unload` of a tiny seeded adapter: RoAd (three
 //! variants, the bias turned too), `use_qalora` on a float base (plain LoRA in PEFT), HRA and
-//! BOFT on Conv2d layers; bad RoAd files and a group-pooled QALoRA `lora_A` are refused naming
-//! the tensor; serving loaders' `check` refuses RoAd and `inspect` names it.
+//! BOFT on Conv2d layers, OSF (against the same merge in f64), T5's `shared` tie; bad RoAd files
+//! and a group-pooled QALoRA `lora_A` are refused naming the tensor; serving loaders' `check`
+//! refuses RoAd and OSF and `inspect` names them.
 
 use super::common::*;
 /// `check ADAPTER --target TARGET --json`: the report.
@@ -141,11 +142,17 @@ fn bad_road_folders_are_refused_naming_the_tensor() {
     assert_mentions(&err, &["model.layers.1.mlp.down_proj", "road_alpha"]);
 }
 
-/// Serving loaders read LoRA only: `check` refuses RoAd by the existing `*.peft_type` rules,
+/// Serving loaders read LoRA only: `check` refuses RoAd and OSF by the existing `*.peft_type` rules,
 /// and `inspect` names the type and the algorithm.
 #[test]
-fn loaders_refuse_and_inspect_names_road() {
-    let adapter = fixture("gaps12/road2/adapter");
+fn loaders_refuse_and_inspect_names_road_and_osf() {
+    for (case, ty, algo) in [("road2", "ROAD", "road"), ("osf", "OSF", "osf")] {
+        loaders_refuse_and_inspect_names(case, ty, algo);
+    }
+}
+
+fn loaders_refuse_and_inspect_names(case: &str, ty: &str, algo: &str) {
+    let adapter = fixture(&format!("gaps12/{case}/adapter"));
     for target in ["vllm", "llama.cpp", "sglang"] {
         let v = check_json(&adapter, target);
         let t = &v["targets"][0];
@@ -163,8 +170,8 @@ fn loaders_refuse_and_inspect_names_road() {
     }
     let v: serde_json::Value =
         serde_json::from_str(&run_ok(inspect_args(&adapter, &["--json"]))).expect("JSON");
-    assert_eq!(v["peft_type"], "ROAD", "{v:#}");
-    assert_eq!(v["modules"][0]["algo"], "road", "{v:#}");
+    assert_eq!(v["peft_type"], ty, "{v:#}");
+    assert_eq!(v["modules"][0]["algo"], algo, "{v:#}");
 }
 
 /// T5's tie is by `shared`, not `embed_tokens`/`lm_head` names: transformers 5.24 saves only
@@ -184,5 +191,34 @@ fn t5_shared_tie_is_detected_and_merges_as_peft() {
             &["--tied-embeddings", "shared"]
         ),
         4
+    );
+}
+
+/// OSF: the saved low triplets `U_low·diag(S_low)·V_low` replace W0's own n smallest
+/// singular triplets (PEFT rebuilds them from the base's SVD on reload). Held to the same
+/// merge computed in f64 by torch (`osf/reference_f64.safetensors`) within 1e-6 relative;
+/// PEFT's own merge takes W0's low part from an f32 SVD and lies up to 1.9e-6 (relative to
+/// max |W|) from both, so it is compared at the 1e-5 its generator asserts against the f64
+/// merge. Before: "is `OSF`; lorakit reads … (not `OSF` yet)".
+#[test]
+fn osf_merges_as_the_f64_merge_peft_rounds() {
+    let base = fixture("llama/base");
+    let (_o, out) = scratch("out");
+    run_ok(merge_args(
+        &base,
+        &fixture("gaps12/osf/adapter"),
+        &out,
+        &["--device", "cpu", "--quiet"],
+    ));
+    let got = read_checkpoint(&out);
+    let f64_ref = read(&fixture("gaps12/osf/reference_f64.safetensors"));
+    let peft = read(&fixture("gaps12/osf/merged.safetensors"));
+    let base = read_checkpoint(&base);
+    assert_eq!(assert_matches_reference(&got, &base, &f64_ref, 1e-6), 6);
+    assert_eq!(assert_matches_reference(&got, &base, &peft, 1e-5), 6);
+    eprintln!(
+        "osf: max |lorakit − f64| = {:e}, max |lorakit − PEFT| = {:e}",
+        max_abs_diff(&got, &f64_ref),
+        max_abs_diff(&got, &peft)
     );
 }

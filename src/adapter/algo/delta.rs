@@ -143,7 +143,8 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         | Factors::Miss { .. }
         | Factors::Shira { .. }
         | Factors::RandLora { .. }
-        | Factors::Road { .. } => {
+        | Factors::Road { .. }
+        | Factors::Osf { .. } => {
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -249,7 +250,8 @@ pub fn product_form(
         | Factors::Miss { .. }
         | Factors::Shira { .. }
         | Factors::RandLora { .. }
-        | Factors::Road { .. } => return None,
+        | Factors::Road { .. }
+        | Factors::Osf { .. } => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

@@ -165,6 +165,10 @@ pub enum Factors {
     /// sin[i]·W0[i−h]` otherwise (`cos`/`sin` d values, `α·cos θ` and `α·sin θ` laid out per
     /// row by the reader). The bias turns the same way. Depends on W0.
     Road { cos: Data, sin: Data, group: usize },
+    /// PEFT OSF (`tuners/osf/layer.py` `get_delta_weight`): `u` d×n, `s` n, `v` n×k, the
+    /// trained low singular triplets; `ΔW = u·diag(s)·v − W0_low`, `W0_low` the sum of W0's n
+    /// smallest singular triplets (what PEFT's reload rebuilds from the base). Depends on W0.
+    Osf { u: Data, s: Data, v: Data },
 }
 
 /// How a PEFT MiSS `miss_block` meets the base weight `W0` (d×k), `c` an input column and `o` an
@@ -261,6 +265,8 @@ pub enum Algo {
     RandLora,
     /// PEFT's RoAd (`peft_type` ROAD).
     Road,
+    /// PEFT's OSF (`peft_type` OSF).
+    Osf,
 }
 
 impl std::fmt::Display for Algo {
@@ -284,6 +290,7 @@ impl std::fmt::Display for Algo {
             Algo::Shira => "shira",
             Algo::RandLora => "randlora",
             Algo::Road => "road",
+            Algo::Osf => "osf",
         })
     }
 }
@@ -309,6 +316,7 @@ impl Factors {
             Factors::Shira { .. } => Algo::Shira,
             Factors::RandLora { .. } => Algo::RandLora,
             Factors::Road { .. } => Algo::Road,
+            Factors::Osf { .. } => Algo::Osf,
         }
     }
 
@@ -330,6 +338,7 @@ impl Factors {
                 | Factors::Shira { .. }
                 | Factors::RandLora { .. }
                 | Factors::Road { .. }
+                | Factors::Osf { .. }
         )
     }
 
@@ -399,6 +408,7 @@ macro_rules! every_tensor {
             Factors::Shira { values, indices } => vec![values, indices],
             Factors::RandLora { a, b } => vec![a, b],
             Factors::Road { cos, sin, .. } => vec![cos, sin],
+            Factors::Osf { u, s, v } => vec![u, s, v],
         }
     };
 }

@@ -17,6 +17,7 @@ mod base;
 mod delta;
 mod factors;
 mod peft_tuners;
+mod svd;
 #[cfg(test)]
 mod tests;
 
@@ -26,3 +27,4 @@ pub use factors::{Algo, Factors, Ia3Rule, KronHalf, MissMode, OftConv, PeftCayle
 pub use peft_tuners::{
     base_fits as peft_tuner_fits, delta as peft_tuner_delta, road as road_delta,
 };
+pub use svd::{thin_svd, Triplets};

@@ -340,6 +340,7 @@ pub fn write_with(
                 | Factors::Shira { .. }
                 | Factors::RandLora { .. }
                 | Factors::Road { .. }
+                | Factors::Osf { .. }
         ) {
             return Err(InputError::invalid(
                 &adapter.path,

@@ -161,7 +161,8 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
         | Factors::Miss { .. }
         | Factors::Shira { .. }
         | Factors::RandLora { .. }
-        | Factors::Road { .. } => Vec::new(),
+        | Factors::Road { .. }
+        | Factors::Osf { .. } => Vec::new(),
         Factors::Ia3 {
             weight, on_input, ..
         } => {

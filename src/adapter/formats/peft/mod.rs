@@ -31,6 +31,7 @@ mod layout;
 mod ln_tuning;
 mod lycoris;
 mod miss;
+mod osf;
 pub mod params;
 mod randlora;
 mod read;
