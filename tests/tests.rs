@@ -56,6 +56,8 @@ mod it {
     pub mod gaps10;
     /// The PEFT tuners of gaps11: MiSS, SHiRA, C3A, GraLoRA, RandLoRA merged as PEFT.
     pub mod gaps11;
+    /// gaps12: PEFT RoAd, `use_qalora` on a float base, HRA and BOFT on Conv2d merged as PEFT.
+    pub mod gaps12;
     /// The peer gaps of gaps7: DoRA embeddings, fan_in_fan_out per layer type, tied lm_head,
     /// part bytes_written.
     pub mod gaps7;

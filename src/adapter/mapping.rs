@@ -233,11 +233,12 @@ pub fn resolve_in(
                     crate::adapter::algo::Factors::Ia3 {
                         rule: crate::adapter::algo::Ia3Rule::Peft,
                         ..
-                    }
+                    } | crate::adapter::algo::Factors::Road { .. }
                 );
                 match base.info(&b) {
                     Some(i) if i.shape.iter().product::<usize>() == m.out_features => Some(b),
-                    // PEFT's IA3 scales the bias when there is one (`tuners/ia3/layer.py`).
+                    // PEFT's IA3 scales the bias when there is one (`tuners/ia3/layer.py`), RoAd
+                    // turns it (`tuners/road/layer.py`).
                     None if peft_ia3 => None,
                     Some(i) => {
                         res.unmatched.push(Unmatched::ShapeMismatch {
@@ -323,12 +324,14 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
         _ => found,
     };
     let conv = matches!(m.kind, ModuleKind::Conv { .. });
-    // OFT without `rescale` does not say linear or conv either.
+    // OFT without `rescale` does not say linear or conv either, nor does PEFT HRA's `hra_u`
+    // [in·kh·kw, r] (PEFT's `HRAConv2d` reflects the flattened input side).
     let unknown = matches!(
         m.factors,
         Factors::Oft { rescale: None, .. }
             | Factors::Boft { rescale: None, .. }
             | Factors::PeftOft { .. }
+            | Factors::Hra { .. }
     );
     let rank_ok = if unknown {
         found.len() >= 2
@@ -352,9 +355,15 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
                 ..
             } => found[1..].iter().product::<usize>() % block_size == 0,
             Factors::PeftOft { .. } => found[1..].iter().product::<usize>() == m.in_features,
-            Factors::Hra { .. } => found[1] == m.in_features,
+            // PEFT's HRA and BOFT Conv2d act on the flattened input side (in·kh·kw).
+            Factors::Hra { .. } => found[1..].iter().product::<usize>() == m.in_features,
             Factors::Vera { .. } => found[0] == m.out_features && found[1] <= m.in_features,
-            Factors::PeftBoft { .. } => found[0] == m.out_features && found[1] == m.in_features,
+            Factors::PeftBoft { .. } => {
+                found[0] == m.out_features && found[1..].iter().product::<usize>() == m.in_features
+            }
+            // RoAd turns the output rows; any input width.
+            Factors::Road { .. } => found[0] == m.out_features,
+            Factors::Osf { .. } => found[0] == m.out_features && found[1] == m.in_features,
             Factors::Miss { .. } | Factors::Shira { .. } | Factors::RandLora { .. } => {
                 let fit = crate::adapter::algo::peft_tuner_fits;
                 fit(

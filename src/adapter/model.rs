@@ -380,7 +380,9 @@ impl Adapter {
             Factors::PeftOft { .. } | Factors::Hra { .. } => k == m.in_features,
             // VeRA slices its shared `vera_A` [r, widest input] to the base's input.
             Factors::Vera { .. } => d == m.out_features && (1..=m.in_features).contains(&k),
-            Factors::PeftBoft { .. } => d == m.out_features && k == m.in_features,
+            Factors::PeftBoft { .. } | Factors::Osf { .. } => {
+                d == m.out_features && k == m.in_features
+            }
             Factors::Miss { .. } | Factors::Shira { .. } | Factors::RandLora { .. } => {
                 algo::peft_tuner_fits(&m.factors, (m.out_features, m.in_features), (d, k))
                     == Some(true)

@@ -142,7 +142,9 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         | Factors::PeftBoft { .. }
         | Factors::Miss { .. }
         | Factors::Shira { .. }
-        | Factors::RandLora { .. } => {
+        | Factors::RandLora { .. }
+        | Factors::Road { .. }
+        | Factors::Osf { .. } => {
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -247,7 +249,9 @@ pub fn product_form(
         | Factors::PeftBoft { .. }
         | Factors::Miss { .. }
         | Factors::Shira { .. }
-        | Factors::RandLora { .. } => return None,
+        | Factors::RandLora { .. }
+        | Factors::Road { .. }
+        | Factors::Osf { .. } => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

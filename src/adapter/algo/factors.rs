@@ -159,6 +159,16 @@ pub enum Factors {
     /// first max(d, k) rows, `ΔW = scale · b′·a` when k ≤ d and `scale · (b′·a)ᵀ` otherwise. The
     /// module's `out_features` holds m and `in_features` M (the file gives no more).
     RandLora { a: Data, b: Data },
+    /// PEFT RoAd (`tuners/road/layer.py` `Linear.merge`, `_get_delta_weight`): `W' = R·W0` with
+    /// `R` acting on the output rows in groups of `group` (h = group/2): row `i` at position `j`
+    /// of its group is `cos[i]·W0[i] − sin[i]·W0[i+h]` for `j < h`, `cos[i]·W0[i] +
+    /// sin[i]·W0[i−h]` otherwise (`cos`/`sin` d values, `α·cos θ` and `α·sin θ` laid out per
+    /// row by the reader). The bias turns the same way. Depends on W0.
+    Road { cos: Data, sin: Data, group: usize },
+    /// PEFT OSF (`tuners/osf/layer.py` `get_delta_weight`): `u` d×n, `s` n, `v` n×k, the
+    /// trained low singular triplets; `ΔW = u·diag(s)·v − W0_low`, `W0_low` the sum of W0's n
+    /// smallest singular triplets (what PEFT's reload rebuilds from the base). Depends on W0.
+    Osf { u: Data, s: Data, v: Data },
 }
 
 /// How a PEFT MiSS `miss_block` meets the base weight `W0` (d×k), `c` an input column and `o` an
@@ -253,6 +263,10 @@ pub enum Algo {
     Shira,
     /// PEFT's RandLoRA (`peft_type` RANDLORA).
     RandLora,
+    /// PEFT's RoAd (`peft_type` ROAD).
+    Road,
+    /// PEFT's OSF (`peft_type` OSF).
+    Osf,
 }
 
 impl std::fmt::Display for Algo {
@@ -275,6 +289,8 @@ impl std::fmt::Display for Algo {
             Algo::Miss => "miss",
             Algo::Shira => "shira",
             Algo::RandLora => "randlora",
+            Algo::Road => "road",
+            Algo::Osf => "osf",
         })
     }
 }
@@ -299,6 +315,8 @@ impl Factors {
             Factors::Miss { .. } => Algo::Miss,
             Factors::Shira { .. } => Algo::Shira,
             Factors::RandLora { .. } => Algo::RandLora,
+            Factors::Road { .. } => Algo::Road,
+            Factors::Osf { .. } => Algo::Osf,
         }
     }
 
@@ -319,6 +337,8 @@ impl Factors {
                 | Factors::Miss { .. }
                 | Factors::Shira { .. }
                 | Factors::RandLora { .. }
+                | Factors::Road { .. }
+                | Factors::Osf { .. }
         )
     }
 
@@ -387,6 +407,8 @@ macro_rules! every_tensor {
             Factors::Miss { block, .. } => vec![block],
             Factors::Shira { values, indices } => vec![values, indices],
             Factors::RandLora { a, b } => vec![a, b],
+            Factors::Road { cos, sin, .. } => vec![cos, sin],
+            Factors::Osf { u, s, v } => vec![u, s, v],
         }
     };
 }

@@ -1,5 +1,6 @@
-//! The updates of PEFT's VeRA, HRA, BOFT, MiSS and SHiRA ([`Factors::Vera`], [`Factors::Hra`],
-//! [`Factors::PeftBoft`], [`Factors::Miss`], [`Factors::Shira`]) from the base weight `W0` (d×k, row-major, f32 as stored): `W' − W0`
+//! The updates of PEFT's VeRA, HRA, BOFT, MiSS, SHiRA, RandLoRA and RoAd ([`Factors::Vera`],
+//! [`Factors::Hra`], [`Factors::PeftBoft`], [`Factors::Miss`], [`Factors::Shira`],
+//! [`Factors::RandLora`], [`Factors::Road`]) from the base weight `W0` (d×k, row-major, f32 as stored): `W' − W0`
 //! times LyCORIS' `multiplier`, accumulated in f64 and rounded once: the base-dependent updates
 //! beside [`super::base::delta_from_base`], asked first by the one caller that has checked the
 //! shapes (`Adapter::delta_from_base`).
@@ -51,8 +52,71 @@ pub fn delta(l: &Loaded, w0: &[f32], (d, k): (usize, usize), m: f64) -> Option<V
         Factors::Miss { mode, .. } => miss(&v[0], w0, (d, k), *mode, m),
         Factors::Shira { .. } => shira(&v[0], &v[1], (d, k), m),
         Factors::RandLora { .. } => randlora(&v[0], &v[1], (d, k), m),
+        Factors::Road { group, .. } => road(&v[0], &v[1], w0, (d, k), *group, m),
+        Factors::Osf { .. } => osf(&v[0], &v[1], &v[2], w0, (d, k), m),
         _ => return None,
     })
+}
+
+/// OSF: `m·(u·diag(s)·v − W0_low)` ([`Factors::Osf`]), `u` d×n, `v` n×k, `W0_low` the sum of
+/// W0's n smallest singular triplets from an f64 SVD (PEFT's own is torch's f32
+/// `torch.linalg.svd`; the low part does not depend on the signs of the vectors). A failed SVD
+/// gives NaN, which the merge refuses naming the tensor.
+fn osf(u: &[f32], s: &[f32], v: &[f32], w0: &[f32], (d, k): (usize, usize), m: f64) -> Vec<f32> {
+    let n = s.len();
+    let w = faer::Mat::<f64>::from_fn(d, k, |i, j| w0[i * k + j] as f64);
+    let Ok((uw, sw, vw)) = super::svd::thin_svd(&w) else {
+        return vec![f32::NAN; d * k];
+    };
+    let top = d.min(k) - n;
+    let mut out = vec![0f32; d * k];
+    let mut acc = vec![0f64; k];
+    for i in 0..d {
+        acc.fill(0.0);
+        for t in 0..n {
+            let x = u[i * n + t] as f64 * s[t] as f64;
+            for (c, &y) in acc.iter_mut().zip(&v[t * k..(t + 1) * k]) {
+                *c += x * y as f64;
+            }
+            let (ut, st) = (uw[(i, top + t)] * sw[top + t], top + t);
+            for (j, c) in acc.iter_mut().enumerate() {
+                *c -= ut * vw[(j, st)];
+            }
+        }
+        for (o, &c) in out[i * k..(i + 1) * k].iter_mut().zip(&acc) {
+            *o = (m * c) as f32;
+        }
+    }
+    out
+}
+
+/// RoAd: `m·(R·W0 − W0)` ([`Factors::Road`]), row `i` of `R·W0` being `c[i]·W0[i] ∓ s[i]·W0[i±h]`
+/// (minus with the row h below for the first half of its group, plus with the row h above for
+/// the second), in f64.
+pub fn road(
+    c: &[f32],
+    s: &[f32],
+    w0: &[f32],
+    (d, k): (usize, usize),
+    g: usize,
+    m: f64,
+) -> Vec<f32> {
+    let mut out = vec![0f32; d * k];
+    let h = g / 2;
+    for i in 0..d {
+        let (partner, sign) = if i % g < h {
+            (i + h, -1.0)
+        } else {
+            (i - h, 1.0)
+        };
+        let (ci, si) = (c[i] as f64, sign * s[i] as f64);
+        let (row, other) = (&w0[i * k..(i + 1) * k], &w0[partner * k..(partner + 1) * k]);
+        for ((o, &x), &y) in out[i * k..(i + 1) * k].iter_mut().zip(row).zip(other) {
+            let turned = ci * x as f64 + si * y as f64;
+            *o = (m * (turned - x as f64)) as f32;
+        }
+    }
+    out
 }
 
 /// `ΔW[i, j] = m · Σₜ b[i,t]·a[t,j]` for `j < k`: `a` r×K (K ≥ k, PEFT's `vera_A[:, :k]`), `b`

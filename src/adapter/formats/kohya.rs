@@ -339,6 +339,8 @@ pub fn write_with(
                 | Factors::Miss { .. }
                 | Factors::Shira { .. }
                 | Factors::RandLora { .. }
+                | Factors::Road { .. }
+                | Factors::Osf { .. }
         ) {
             return Err(InputError::invalid(
                 &adapter.path,

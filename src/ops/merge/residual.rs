@@ -9,8 +9,9 @@
 //! rounded to f32 and then to the base's dtype, as PEFT casts its f32 residual back.
 //! Must not read or write files: the merge hands it the decoded weight.
 
+use crate::adapter::algo::thin_svd;
 use crate::adapter::formats::peft::BaseResidual;
-use faer::{Mat, Par};
+use faer::Mat;
 
 /// `W_res` for the `rows × cols` weight `w` (row-major, as stored), the module's rank and its
 /// PEFT scaling `scale`, or why PEFT would not build this layer: `W − s·B₀·A₀` with the
@@ -107,40 +108,6 @@ pub fn removed_factors(
             Ok((b0, a0))
         }
     }
-}
-
-/// `(U, σ, V)` of a thin SVD.
-type Triplets = (Mat<f64>, Vec<f64>, Mat<f64>);
-
-/// faer's thin SVD in f64, sequential (its parallel SVD rounds differently with the thread
-/// count): `(U, σ, V)`.
-fn thin_svd(m: &Mat<f64>) -> Result<Triplets, String> {
-    use faer::dyn_stack::{MemBuffer, MemStack};
-    use faer::linalg::svd::{svd, svd_scratch, ComputeSvdVectors};
-    let (rows, cols) = m.shape();
-    let k = rows.min(cols);
-    let mut u = Mat::<f64>::zeros(rows, k);
-    let mut v = Mat::<f64>::zeros(cols, k);
-    let mut s = faer::diag::Diag::<f64>::zeros(k);
-    let params = Default::default();
-    svd(
-        m.as_ref(),
-        s.as_mut(),
-        Some(u.as_mut()),
-        Some(v.as_mut()),
-        Par::Seq,
-        MemStack::new(&mut MemBuffer::new(svd_scratch::<f64>(
-            rows,
-            cols,
-            ComputeSvdVectors::Thin,
-            ComputeSvdVectors::Thin,
-            Par::Seq,
-            params,
-        ))),
-        params,
-    )
-    .map_err(|e| format!("the SVD of the base weight did not converge ({e:?})"))?;
-    Ok((u, s.column_vector().iter().copied().collect(), v))
 }
 
 #[cfg(test)]

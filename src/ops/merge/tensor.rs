@@ -12,7 +12,8 @@ use crate::io::Checkpoint;
 use anyhow::Result;
 
 impl MergePlan {
-    /// A bias of modules with `lora_B.bias`, `terms` applied in order (PEFT IA3 scales it),
+    /// A bias of modules with `lora_B.bias`, `terms` applied in order (PEFT IA3 scales it, RoAd
+    /// turns it),
     /// to the base's bias or to the trained one the adapter saved (`base_layer.bias`, loaded
     /// into the base's dtype as PEFT loads it).
     pub(super) fn biased(&self, name: &str, terms: &[(usize, usize)]) -> Result<Vec<f32>> {
@@ -36,6 +37,16 @@ impl MergePlan {
                 Some(part) => std::sync::Arc::new(part.gather(&bias, 1)),
                 None => bias,
             };
+            if let crate::adapter::Factors::Road { cos, sin, group } = &m.factors {
+                // PEFT RoAd: b' = R·b0 (`Linear.merge`), blended by the weight as the matrix is.
+                let (c, s) = (wa.adapter.values(cos)?, wa.adapter.values(sin)?);
+                let d =
+                    crate::adapter::algo::road_delta(&c, &s, &v, (v.len(), 1), *group, wa.weight);
+                for (x, d) in v.iter_mut().zip(d) {
+                    *x += d;
+                }
+                continue;
+            }
             if let crate::adapter::Factors::Ia3 {
                 rule: crate::adapter::Ia3Rule::Peft,
                 ..

@@ -326,9 +326,10 @@ fn a_config_that_does_not_select_the_files_modules_is_refused() {
 }
 
 /// Config features whose LoRA PEFT itself refuses to merge (PEFT 0.21.2: `layer_replication`
-/// in `LoraModel._check_merge_allowed`, aLoRA's `merge_unsafe`, QALoRA's `get_delta_weight`):
-/// merged as plain updates they would give a model PEFT never computes, so `merge` and `eval`
-/// refuse them, naming the config file; `use_qalora: false` is a plain LoRA and merges.
+/// in `LoraModel._check_merge_allowed`, aLoRA's `merge_unsafe`): merged as plain updates they
+/// would give a model PEFT never computes, so `merge` and `eval` refuse them, naming the config
+/// file; `use_qalora` on a float base is a plain LoRA in PEFT (its variant is GPTQ-only) and
+/// merges (tests/it/gaps12.rs).
 #[test]
 fn adapters_peft_cannot_merge_are_refused() {
     let (dir, out) = scratch("out");
@@ -339,7 +340,7 @@ fn adapters_peft_cannot_merge_are_refused() {
             false,
         ),
         ("alora_invocation_tokens", serde_json::json!([5, 6]), false),
-        ("use_qalora", serde_json::json!(true), false),
+        ("use_qalora", serde_json::json!(true), true),
         ("use_qalora", serde_json::json!(false), true),
     ] {
         let adapter = adapter_with_config(dir.path(), "llama/adapters/qv_r8", |cfg| {

@@ -160,7 +160,9 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
         | Factors::PeftBoft { .. }
         | Factors::Miss { .. }
         | Factors::Shira { .. }
-        | Factors::RandLora { .. } => Vec::new(),
+        | Factors::RandLora { .. }
+        | Factors::Road { .. }
+        | Factors::Osf { .. } => Vec::new(),
         Factors::Ia3 {
             weight, on_input, ..
         } => {

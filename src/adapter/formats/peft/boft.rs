@@ -3,13 +3,14 @@
 //! adapter model. Never writes.
 //!
 //! Each module stores `boft_R` [m, n, b, b] (m butterfly factors of n blocks of b×b) and
-//! `boft_s` [out, 1]. PEFT's merge (`layer.py` `Linear.merge`, `get_delta_weight`) is
+//! `boft_s` [out, 1] ([1, out] on a Conv2d). PEFT's merge (`layer.py` `Linear.merge`, `get_delta_weight`) is
 //! `W' = (P·blockdiag(R)·Pᵀ·W0ᵀ)ᵀ ⊙ s` with `R = cayley_batch(boft_R)` = `(I − S)(I + S)⁻¹`,
 //! `S = (B − Bᵀ)/2` per block. Without PEFT's CUDA extension (`fbd_cuda`) `update_layer` forces
 //! `boft_n_butterfly_factor` to 1, so m = 1 and the permutation `P` is the identity: the rotation
 //! is PEFT OFT's exact Cayley one on `S` and `W' = (W0·blockdiag(R)ᵀ) ⊙ s` ([`Factors::PeftBoft`]).
 //! A file with m > 1 was trained with the extension and no CPU PEFT can load or merge it; it is
-//! refused. Linear layers only (a Conv2d base stays unmatched); `fan_in_fan_out` is refused.
+//! refused. On a Conv2d (`Conv2d.merge`) the same rotation acts on the weight viewed as
+//! [out, in·kh·kw]; `fan_in_fan_out` is refused.
 
 use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
@@ -83,9 +84,16 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 "tensor `{rkey}` holds {n} blocks of {b}, but adapter_config.json {why}: PEFT builds boft_R from the config and refuses the file"
             )));
         }
-        let d = match shape(&skey)[..] {
-            [d, 1] if d > 0 => d,
-            ref s => return Err(bad(format!("tensor `{skey}`: shape {s:?} is not [out, 1]"))),
+        let (d, kind) = match shape(&skey)[..] {
+            [d, 1] if d > 0 => (d, ModuleKind::Linear),
+            // PEFT's Conv2d keeps boft_s as [1, out] (`Conv2d.update_layer`) and transposes it
+            // in `get_delta_weight`; its rotation acts on the flattened in·kh·kw side.
+            [1, d] if d > 0 => (d, ModuleKind::Conv { kernel: Vec::new() }),
+            ref s => {
+                return Err(bad(format!(
+                    "tensor `{skey}`: shape {s:?} is not [out, 1] (Linear) or [1, out] (Conv2d)"
+                )))
+            }
         };
         // `cayley_batch`: S = 0.5·(B − Bᵀ) in f32 (exact halving), kept as its strict upper
         // triangle in `triu_indices(b, b, 1)` order, the layout PEFT OFT's rotation reads.
@@ -100,7 +108,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         }
         modules.push(LoraModule {
             name,
-            kind: ModuleKind::Linear,
+            kind,
             rank: n,
             alpha: 1.0,
             scale: 1.0,

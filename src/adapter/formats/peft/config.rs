@@ -61,10 +61,14 @@ pub enum PeftType {
     Gralora,
     /// `tuners/randlora`: shared random bases and per-module λ/γ (`peft/randlora.rs`).
     RandLora,
+    /// `tuners/road`: 2-D rotations and scales of the output rows (`peft/road.rs`).
+    Road,
+    /// `tuners/osf`: the trained low singular triplets of each weight (`peft/osf.rs`).
+    Osf,
 }
 
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
-const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA and RANDLORA";
+const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA, ROAD and OSF";
 
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
@@ -123,12 +127,14 @@ pub fn tuner_tensor(name: &str) -> bool {
         "randlora_",
         "gralora_",
         "road_",
+        "osf_",
     ];
     let last = name
         .rsplit('.')
         .find(|c| !matches!(*c, "weight" | "bias"))
         .unwrap_or(name);
-    PREFIXES.iter().any(|p| last.starts_with(p))
+    // OSF nests its tensors: `{module}.osf_svd_params.U_low`.
+    PREFIXES.iter().any(|p| last.starts_with(p)) || name.contains(".osf_svd_params.")
 }
 
 /// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
@@ -190,6 +196,8 @@ impl PeftConfig {
             Some("C3A") => PeftType::C3a,
             Some("GRALORA") => PeftType::Gralora,
             Some("RANDLORA") => PeftType::RandLora,
+            Some("ROAD") => PeftType::Road,
+            Some("OSF") => PeftType::Osf,
             Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).

@@ -5,8 +5,9 @@
 //! Each module stores `hra_u` [in, r], and PEFT merges `W' = W0·H` (`layer.py` `Linear.merge`:
 //! `torch.mm(W0, get_delta_weight())`) with `H` the product of the r Householder reflections of
 //! the normalised columns, or `I − 2·U·Uᵀ` of their Gram–Schmidt basis with `apply_GS`
-//! ([`Factors::Hra`]). Linear layers only: a Conv2d base stays unmatched; `fan_in_fan_out` is
-//! refused (HRA wraps no Conv1D).
+//! ([`Factors::Hra`]). On a Conv2d (`HRAConv2d.merge`) `hra_u` is [in·kh·kw, r] and `H` acts on
+//! the weight viewed as [out, in·kh·kw]; the file does not say which, the base does.
+//! `fan_in_fan_out` is refused (HRA wraps no Conv1D).
 
 use super::assemble::assemble;
 use super::config::PeftConfig;

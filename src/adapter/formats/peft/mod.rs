@@ -31,9 +31,11 @@ mod layout;
 mod ln_tuning;
 mod lycoris;
 mod miss;
+mod osf;
 pub mod params;
 mod randlora;
 mod read;
+mod road;
 mod shira;
 pub mod targets;
 #[cfg(test)]
@@ -58,9 +60,14 @@ pub use super::written::{encoded, factor_shapes, stored_shape};
 /// config features whose LoRA PEFT itself refuses to merge (PEFT 0.21.2): `layer_replication`
 /// (the trained model has more layers than the base; `LoraModel._check_merge_allowed`),
 /// aLoRA's `alora_invocation_tokens` (the update applies only after the invocation tokens;
-/// `ALoraLinearVariant.merge_unsafe` raises) and `use_qalora` (`A` acts on group-pooled
-/// inputs; `QALoraLinearVariant.get_delta_weight` raises), and the initialisations and
-/// variants [`init_refusal`] lists. `None` for anything else.
+/// `ALoraLinearVariant.merge_unsafe` raises), and the initialisations and variants
+/// [`init_refusal`] lists. `None` for anything else.
+///
+/// `use_qalora` is not refused here: PEFT 0.21.2 takes the QALoRA variant only on a GPTQ layer
+/// (`lora/gptq.py` `resolve_lora_variant`); on any other Linear `lora/layer.py`'s variants do not
+/// look at it, the LoRA is plain (`lora_A` [r, in]) and `merge_and_unload` merges it
+/// (fixtures/gaps12/qalora_float). A QALoRA `lora_A` over group-pooled inputs ([r, in/group])
+/// fits no base weight and is refused as unmatched, naming the shapes.
 pub fn merge_refusal(config: &Value) -> Option<String> {
     let set = |k: &str| {
         config.get(k).is_some_and(|v| match v {
@@ -73,8 +80,6 @@ pub fn merge_refusal(config: &Value) -> Option<String> {
         Some("`layer_replication` trains a model with more layers than the base, so its modules do not map onto the base's; PEFT refuses to merge it (LoraModel._check_merge_allowed) and so does lorakit".into())
     } else if set("alora_invocation_tokens") {
         Some("aLoRA (`alora_invocation_tokens`) applies its update only after the invocation tokens, which no merged weight can do; PEFT refuses to merge it (ALoraLinearVariant.merge_unsafe) and so does lorakit".into())
-    } else if set("use_qalora") {
-        Some("QALoRA (`use_qalora`) applies A to group-pooled inputs of a GPTQ layer; PEFT has no merge for it (QALoraLinearVariant.get_delta_weight) and neither does lorakit".into())
     } else {
         init_refusal(config)
     }

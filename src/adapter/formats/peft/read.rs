@@ -46,6 +46,8 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         PeftType::C3a => return super::c3a::read(path, file, cfg),
         PeftType::Gralora => return super::gralora::read(path, file, cfg),
         PeftType::RandLora => return super::randlora::read(path, file, cfg),
+        PeftType::Road => return super::road::read(path, file, cfg),
+        PeftType::Osf => return super::osf::read(path, file, cfg),
     }
     let fpath = file.path().to_path_buf();
     let kasa = super::init::base_residual(&cfg.raw) == Some(super::init::BaseResidual::Kasa);

@@ -1,0 +1,79 @@
+//! Reading PEFT OSF folders (`peft_type` OSF; Nayak et al., "Sculpting Subspaces: Constrained
+//! Full Fine-Tuning in LLMs for Continual Learning", 2025; PEFT 0.21.2 `tuners/osf/`) into the
+//! one adapter model. Never writes.
+//!
+//! PEFT splits each targeted Linear weight by its SVD (`utils.py` `decompose_weight_matrix`):
+//! the top `effective_rank` triplets stay frozen, the rest are trained. Only the trained part is
+//! saved, `osf_svd_params.U_low` [out, n], `S_low` [n] and `V_low` [n, in] (n = min(out, in) −
+//! effective_rank); the frozen buffers are rebuilt from the base on reload, and
+//! `merge_and_unload` adds `U_low·diag(S_low)·V_low − (W0's own low part)` (`layer.py`
+//! `get_delta_weight`), i.e. `W' = W0's top effective_rank triplets + U_low·diag(S_low)·V_low`
+//! ([`Factors::Osf`], the SVD of W0 taken at merge time). Linear layers only.
+
+use super::assemble::{assemble, paired_by_suffixes};
+use super::config::PeftConfig;
+use crate::adapter::algo::Factors;
+use crate::adapter::data::Data;
+use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::error::{InputError, InputResult};
+use crate::io::SafetensorsFile;
+use std::path::Path;
+
+/// Reads a PEFT OSF adapter (see the module header).
+pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    let fpath = file.path().to_path_buf();
+    let bad = |msg: String| InputError::invalid(&fpath, msg);
+    let (parts, full) = paired_by_suffixes(
+        &file,
+        [
+            ".osf_svd_params.U_low",
+            ".osf_svd_params.S_low",
+            ".osf_svd_params.V_low",
+        ],
+        "osf_",
+        &[],
+        "OSF tensor (osf_svd_params.U_low, S_low, V_low)",
+    )?;
+    let mut modules = Vec::with_capacity(parts.len());
+    for (name, [ukey, skey, vkey]) in parts {
+        let (Some(ukey), Some(skey), Some(vkey)) = (ukey, skey, vkey) else {
+            return Err(bad(format!(
+                "module `{name}`: OSF needs osf_svd_params.U_low, S_low and V_low"
+            )));
+        };
+        let shape = |k: &str| file.view(k).map(|v| v.shape.to_vec());
+        let (us, ss, vs) = (shape(&ukey)?, shape(&skey)?, shape(&vkey)?);
+        // n trained triplets of a [d, k] weight, fewer than min(d, k) (effective_rank ≥ 1).
+        let (d, n, k) = match (&us[..], &ss[..], &vs[..]) {
+            ([d, n], [n2], [n3, k]) if n == n2 && n == n3 && *n > 0 && n < d.min(k) => (*d, *n, *k),
+            _ => {
+                return Err(bad(format!(
+                    "module `{name}`: U_low {us:?}, S_low {ss:?} and V_low {vs:?} are not [out, n], [n] and [n, in] with 0 < n < min(out, in)"
+                )))
+            }
+        };
+        let stored = |key: String| Data::Stored {
+            key,
+            transpose: false,
+        };
+        modules.push(LoraModule {
+            name,
+            kind: ModuleKind::Linear,
+            rank: n,
+            alpha: 1.0,
+            scale: 1.0,
+            out_features: d,
+            in_features: k,
+            bias: None,
+            factors: Factors::Osf {
+                u: stored(ukey),
+                s: stored(skey),
+                v: stored(vkey),
+            },
+            base_transposed: false,
+            dora_magnitude: None,
+            dora_rule: DoraRule::Peft,
+        });
+    }
+    assemble(path, file, &cfg, modules, full)
+}
