@@ -130,6 +130,8 @@ mod it {
     pub mod reference;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
+    /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).
+    pub mod sweep12;
     /// What the sweeps with seeds 21/22 and wider draws found (fixtures/sweep6).
     pub mod sweep6;
     /// What the sweeps with seeds 31/32 and wider draws found (fixtures/sweep7).

@@ -150,10 +150,11 @@ pub fn resolve_in(
             _ => openclip::place(mi, m, kohya_name, names, &components, &logical),
         };
         // A lone dotted-suffix candidate of another shape than the module's (MiniMax-H3's
-        // `diffusion_model.time_embedder.proj_in` ends like its `proj_in`) yields to a layout
-        // row that places the module whole; a row that does not is no reason to refuse.
-        let suffix_misfit = !kohya_name
-            && matches!(&candidates, Ok(c) if c.len() == 1
+        // `diffusion_model.time_embedder.proj_in` ends like its `proj_in`, and so does
+        // musubi-tuner's `lora_unet_time_embedder_proj_in` as an underscore-bounded suffix)
+        // yields to a layout row that places the module whole; a row that does not is no
+        // reason to refuse.
+        let suffix_misfit = matches!(&candidates, Ok(c) if c.len() == 1
                 && c[0].strip_suffix(".weight") != Some(m.name.as_str())
                 && logical(c[0]).0 != expected_shape(m));
         // A name in a model's original layout on its diffusers layout (BFL Flux, Wan), where

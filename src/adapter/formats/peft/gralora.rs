@@ -8,8 +8,8 @@
 //! `get_delta_weight`: the scatter, permute and einsum there) with, for output block j and input
 //! block n, `ΔW[j·out/k + o, n·in/k + i] = Σ_{t<s} A[n, i, j·s + t]·B[j, n·s + t, o]`, plus
 //! `B_general·A_general`, all times `alpha / (r + h)` (`update_layer`; `alpha` defaults to 64).
-//! lorakit builds ΔW in f64 and rounds once. Linear layers only: `fan_in_fan_out` (GPT-2's
-//! Conv1D) is refused.
+//! lorakit builds ΔW in f64 and rounds once. On GPT-2's Conv1D (`fan_in_fan_out`) the same ΔW is
+//! added transposed to the stored `[in, out]` weight.
 
 use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
@@ -23,11 +23,6 @@ use std::path::Path;
 pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
     let fpath = file.path().to_path_buf();
     let bad = |msg: String| InputError::invalid(&fpath, msg);
-    if cfg.fan_in_fan_out {
-        return Err(bad(
-            "`fan_in_fan_out` is true: GraLoRA on Conv1D bases is not supported yet".into(),
-        ));
-    }
     let alpha = match cfg.raw.get("alpha") {
         None | Some(Value::Null) => 64.0,
         Some(v) => v
@@ -109,7 +104,11 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 diff[o * k + c] = (scaling * acc) as f32;
             }
         }
-        modules.push(super::c3a::full_diff(name, (d, k), diff));
+        let mut module = super::c3a::full_diff(name, (d, k), diff);
+        // Conv1D (GPT-2): PEFT's `in_features, out_features = weight.shape` and
+        // `transpose(delta_weight, fan_in_fan_out)`: the same [out, in] ΔW, stored transposed.
+        module.base_transposed = cfg.fan_in_fan_out;
+        modules.push(module);
     }
     assemble(path, file, &cfg, modules, full)
 }

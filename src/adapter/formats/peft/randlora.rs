@@ -13,7 +13,8 @@
 //! `ΔW = alpha/r · UB·UA` when in ≤ out, its transpose otherwise (`randlora_alpha`, default
 //! 640). The base decides max and the orientation, so the module is a [`Factors::RandLora`].
 //! Without the saved bases PEFT regenerates them from `projection_prng_key` with torch's
-//! generator, which lorakit cannot reproduce: refused.
+//! generator, which lorakit cannot reproduce: refused. On GPT-2's Conv1D (`fan_in_fan_out`) the
+//! same update is added transposed to the stored `[in, out]` weight.
 
 use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
@@ -33,11 +34,6 @@ const B_KEY: &str = "base_model.randlora_B";
 pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
     let fpath = file.path().to_path_buf();
     let bad = |msg: String| InputError::invalid(&fpath, msg);
-    if cfg.fan_in_fan_out {
-        return Err(bad(
-            "`fan_in_fan_out` is true: RandLoRA on Conv1D bases is not supported yet".into(),
-        ));
-    }
     let save_projection = cfg
         .raw
         .get("save_projection")
@@ -149,7 +145,9 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 a: Data::Owned(Arc::new(ua)),
                 b: Data::Owned(Arc::new(ub)),
             },
-            base_transposed: false,
+            // Conv1D (GPT-2): PEFT transposes its [out, in] update to the stored [in, out]
+            // (`get_delta_weight`: `transpose(update, fan_in_fan_out)`).
+            base_transposed: cfg.fan_in_fan_out,
             dora_magnitude: None,
             dora_rule: DoraRule::Peft,
         });
