@@ -38,7 +38,7 @@ tests/it/hostile11.rs, each failing against that binary):
   * mlx-lm `num_layers` fewer than the blocks the file adapts: merged, where load_adapters
     refuses (adapter/formats/mlx.rs);
   * 12 target_modules regexes the `regex` crate reads but Python's `re` refuses (multiple
-    repeat, `\z`, `\pL`, `\x{..}`, `(?<n>…)`, `(?U)`, `(?-u:…)`, flags mid-pattern or negated
+    repeat, `\z`, `\pL`, `\\x{..}`, `(?<n>…)`, `(?U)`, `(?-u:…)`, flags mid-pattern or negated
     globally, `.{1000}{1000}`: round 10's known gap): merged; now refused naming
     adapter_config.json (adapter/formats/peft/targets.rs);
   * PEFT VeRA `r`, HRA `r`, VB-LoRA `num_vectors`/`vector_length`, BOFT block fields

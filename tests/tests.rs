@@ -81,6 +81,9 @@ mod it {
     /// The eleventh hostile round's findings: mlx-lm num_layers, regexes only the regex crate
     /// reads, PEFT tuner configs against their tensors, resize past the f32 range.
     pub mod hostile11;
+    /// The twelfth hostile round's findings: Python's global-flag rule, PEFT MiSS/C3A/GraLoRA/
+    /// RandLoRA/SHiRA configs against their tensors, MLX scales beside an unpacked weight.
+    pub mod hostile12;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.

@@ -130,6 +130,24 @@ impl QuantMap {
                     "is a GPTQ/AWQ companion but its `qweight` is missing",
                 ));
             }
+            // MLX scales/biases beside a weight that is not packed U32 (hostile round 12: an
+            // I32/U8/F32 `P.weight` was copied by dequantize with its scales, or merged as float).
+            if let Some(p) = name
+                .strip_suffix(".scales")
+                .or_else(|| name.strip_suffix(".biases"))
+                .filter(|_| mlx_config.is_some())
+            {
+                let w = format!("{p}.weight");
+                // (A packed U32 weight went to `add_mlx`, which reads it or says why not.)
+                if let Some(info) = ck.info(&w).filter(|i| i.dtype != Dtype::U32) {
+                    return Err(dtype_err(ck, info, |d| {
+                        format!(
+                            "is {d} {:?} beside MLX `{name}`: an MLX-quantized weight is packed uint32",
+                            info.shape
+                        )
+                    }));
+                }
+            }
             if name.ends_with(".weight_scale_inv")
                 || name.ends_with(".weight_scale")
                 || name.ends_with(&format!(".{}", fp8::comfy::SCALE))

@@ -10,7 +10,7 @@
 //! FFT round-trip leaves errors of a few f32 ulps. Linear layers only.
 
 use super::assemble::{assemble, split_by_suffix};
-use super::config::{stored_f32, PeftConfig};
+use super::config::{compile_pattern, stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
@@ -41,6 +41,15 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 )))
             }
         };
+        // PEFT builds the kernel at the configured block size and refuses a state dict of
+        // another (hostile round 12).
+        let want = configured_block(&cfg, name);
+        if want != Some(b as u64) {
+            return Err(bad(format!(
+                "tensor `{key}` has blocks of {b}, but adapter_config.json gives {}: PEFT builds the kernel [out/block_size, in/block_size, block_size] from it and refuses the file",
+                want.map_or("no positive integer block_size".to_owned(), |w| format!("block_size {w}"))
+            )));
+        }
         let w = stored_f32(&file, key)?;
         let (d, k) = (p * b, q * b);
         let mut diff = vec![0f32; d * k];
@@ -55,6 +64,25 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         modules.push(full_diff(name.to_owned(), (d, k), diff));
     }
     assemble(path, file, &cfg, modules, full)
+}
+
+/// The block size PEFT builds `module`'s kernel at (`model.py` `_create_and_replace`): the
+/// first `block_size_pattern` key matching it as `get_pattern_key` matches, else `block_size`
+/// (default 256); `None` where that value is not a positive integer.
+fn configured_block(cfg: &PeftConfig, module: &str) -> Option<u64> {
+    let pattern = cfg
+        .raw
+        .get("block_size_pattern")
+        .and_then(serde_json::Value::as_object)
+        .and_then(|m| {
+            m.iter()
+                .find(|(k, _)| compile_pattern(k).is_ok_and(|re| re.is_match(module)))
+                .map(|(_, v)| v)
+        });
+    match pattern.or_else(|| cfg.raw.get("block_size")) {
+        None => Some(256),
+        Some(v) => v.as_u64().filter(|&b| b > 0),
+    }
 }
 
 /// A Linear module whose `ΔW` (d×k, row-major) is given whole, scale 1: the form of the PEFT

@@ -82,6 +82,18 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             }
         };
         let h = hybrid.as_ref().map_or(0, |x| x.0);
+        // PEFT builds the blocks from the config's r, gralora_k and hybrid_r (defaults 32, 2,
+        // 0) and refuses a state dict of other shapes (hostile round 12).
+        let configured =
+            |key: &str, default: u64| cfg.raw.get(key).map_or(Some(default), Value::as_u64);
+        for (key, default, stored) in [("r", 32, r), ("gralora_k", 2, kb), ("hybrid_r", 0, h)] {
+            if configured(key, default) != Some(stored as u64) {
+                return Err(bad(format!(
+                    "module `{name}`: the stored tensors have {key} {stored}, but adapter_config.json gives {}: PEFT builds GraLoRA from the config and refuses the file",
+                    cfg.raw.get(key).map_or(format!("none (default {default})"), |v| v.to_string())
+                )));
+            }
+        }
         let scaling = alpha / (r + h) as f64;
         let av = stored_f32(&file, &akey)?;
         let bv = stored_f32(&file, &bkey)?;

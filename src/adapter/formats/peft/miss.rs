@@ -91,6 +91,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 t.shape
             )));
         };
+        // PEFT builds the block at the config's `r` and refuses another (hostile round 12).
+        if let Some(cr) = cfg.r_other_than(in_features) {
+            return Err(bad(format!(
+                "tensor `{key}` has r {in_features}, but `r` in adapter_config.json is {cr}: PEFT builds {what} at r and refuses the file"
+            )));
+        }
         // Finite float values, checked once here (the merge reads them again).
         super::config::stored_f32(&file, key)?;
         modules.push(LoraModule {

@@ -64,6 +64,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             )))
         }
     };
+    // PEFT builds the shared bases and the lambdas at the config's `r` (hostile round 12).
+    if let Some(cr) = cfg.r_other_than(ra) {
+        return Err(bad(format!(
+            "tensor `{A_KEY}` has rank {ra}, but `r` in adapter_config.json is {cr}: PEFT builds RandLoRA at r and refuses the file"
+        )));
+    }
     let shared_a = stored_f32(&file, A_KEY)?;
     let shared_b = stored_f32(&file, B_KEY)?;
     // Each layer's copies of the shared bases: PEFT loads them into the one shared buffer, so

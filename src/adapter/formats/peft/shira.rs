@@ -40,6 +40,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         };
         let values = stored_f32(&file, &wkey)?;
         let n = values.len();
+        // PEFT's shira_weight is one vector [n] (hostile round 12: a [16, 16] one merged).
+        let wshape = file.view(&wkey)?.shape.to_vec();
+        if wshape != [n] {
+            return Err(bad(format!(
+                "tensor `{wkey}`: shape {wshape:?} is not [n] (SHiRA stores its values as one vector)"
+            )));
+        }
         let ishape = file.view(&ikey)?.shape.to_vec();
         if n == 0 || ishape != [2, n] {
             return Err(bad(format!(
