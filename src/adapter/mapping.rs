@@ -96,8 +96,12 @@ pub fn resolve_in(
             // Either orientation: which one PEFT used is the model class's (`is_transposed`),
             // decided with the base by `params::fit_to_base` before a merge.
             let swapped: Vec<usize> = expected.iter().rev().copied().collect();
+            // mlx-lm's experts are on MLX `SwitchLinear` weights, always `[E, out, in]`.
+            let either = adapter.format != crate::adapter::formats::format::Format::Mlx;
             let fits = |s: &[usize]| {
-                s.len() == 3 && s[0] == n && (s[1..] == expected[..] || s[1..] == swapped[..])
+                s.len() == 3
+                    && s[0] == n
+                    && (s[1..] == expected[..] || either && s[1..] == swapped[..])
                     || n == 1 && s == expected.as_slice()
             };
             match found {

@@ -147,6 +147,14 @@ fn lying_or_missing_quantization_settings_are_refused_naming_the_tensor() {
         &["model.safetensors", ".scales", "2 bits in groups of 64"],
     );
 
+    // 2^32 + 4 bits is not 4 bits (a cast first took it for 4: hostile round 12).
+    let (_d, base) = q4_with_config(|c| {
+        c["quantization"]["bits"] = (1u64 << 32 | 4).into();
+        c["quantization_config"] = c["quantization"].clone();
+    });
+    let line = merge_refused(&base, &mq("lora_q4"), &out, &[]);
+    assert_mentions(&line, &["config.json", "bits 4294967300"]);
+
     // No config at all: named as unreadable where the adapter needs it, nothing written.
     let (_d, base) = q4_with_config(|c| {
         c.as_object_mut().unwrap().remove("quantization");

@@ -193,7 +193,19 @@ fn lying_fp_quantization_is_refused_naming_the_file_and_tensor() {
         |t| t.get_mut(&format!("{q}.scales")).unwrap().data[3] = 255,
         |_| {},
     );
-    assert_mentions(&line, &[&format!("{q}.scales"), "scale byte 255", "row 1"]);
+    assert_mentions(
+        &line,
+        &[&format!("{q}.scales"), "scale byte 255", "element [1, 32]"],
+    );
+    // An mxfp8 code 0x7F is NaN in MLX 0.32.4: refused naming the weight (that fixture's
+    // adapter has the last block only).
+    let q1 = "model.layers.1.self_attn.q_proj";
+    let line = refusal(
+        "mxfp8_f16",
+        |t| t.get_mut(&format!("{q1}.weight")).unwrap().data[5] = 0x7F,
+        |_| {},
+    );
+    assert_mentions(&line, &[&format!("{q1}.weight"), "NaN code", "[0, 5]"]);
 }
 
 /// nvfp4 with a tensor-wide `global_scale` (mlx-lm writes one for MoE experts) is not read:
@@ -215,5 +227,28 @@ fn nvfp4_global_scale_is_named_not_misread() {
     assert_mentions(
         &line,
         &[&format!("{q}.weight"), "global_scale", "does not read"],
+    );
+}
+
+/// mlx-lm adapts only the last `num_layers` blocks (`linear_to_lora_layers`): expert factors in
+/// an earlier block are refused as the 2-D ones are (they were merged; found by review).
+#[test]
+fn expert_factors_outside_the_last_blocks_are_refused() {
+    let (_d, a) = scratch("adapter");
+    copy_dir(&fq("lora_moe_q4"), &a);
+    let file = a.join("adapters.safetensors");
+    let t: TensorMap = read(&file)
+        .into_iter()
+        .map(|(k, v)| (k.replace("layers.0.self_attn", "layers.1.self_attn"), v))
+        .collect();
+    write_tensors(&file, &t);
+    let (_o, out) = scratch("out");
+    let line = merge_refused(&fq("moe_q4"), &a, &out, &[]);
+    assert_mentions(
+        &line,
+        &[
+            "model.layers.0.block_sparse_moe.switch_mlp",
+            "num_layers is 1",
+        ],
     );
 }

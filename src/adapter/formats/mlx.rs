@@ -364,7 +364,14 @@ pub fn read(path: &Path, file: SafetensorsFile, config: &Path) -> InputResult<Ad
             )));
         };
         if sa.len() == 3 || sb.len() == 3 {
-            if let Some(why) = unbuilt(&name, cfg.keys.as_deref()) {
+            if let Some(why) = unbuilt(&name, cfg.keys.as_deref()).or_else(|| {
+                outside_last_blocks(
+                    &name,
+                    cfg.keys.as_deref(),
+                    cfg.num_layers,
+                    last_block.as_ref(),
+                )
+            }) {
                 return Err(err(format!(
                     "module `{name}`: mlx-lm builds no adapter layer for it ({why}) and refuses its tensors"
                 )));

@@ -83,8 +83,14 @@ const LUT: [f32; 16] = [
 ];
 
 /// E4M3 byte to its value (mlx/backend/cpu/unary_ops.h `FromFP8`: the low 7 bits shifted into
-/// an f16 and times 256, so 0x7F reads 480, not NaN).
+/// an f16 and times 256), with 0x7F and 0xFF NaN, as MLX 0.32.4's `mx.from_fp8` and
+/// `mx.dequantize` give them (measured; the 0.32.2 source read them as ±480). `mx.quantize`
+/// never writes them (it saturates to 0x7E); a file that holds them dequantizes to NaN, which
+/// the reader refuses.
 pub fn fp8_decode(x: u8) -> f32 {
+    if x & 127 == 127 {
+        return f32::NAN;
+    }
     let v = half::f16::from_bits(u16::from(x & 127) << 7).to_f32() * 256.0;
     if x & 128 != 0 {
         -v
@@ -117,6 +123,17 @@ pub fn fp8_encode(f: f32) -> u8 {
         result = 0x7E;
     }
     result | (sign >> 24) as u8
+}
+
+/// Whether scale byte `b` decodes to a finite scale in `p.dtype` (E8M0 255 is 2^128; E4M3
+/// 0x7F/0xFF are NaN).
+pub fn scale_is_finite(p: &Params, b: u8) -> bool {
+    match p.mode {
+        Mode::Mxfp4 | Mode::Mxfp8 => {
+            dtype::round_to(p.dtype, 2f32.powf(f32::from(b) - 127.0)).is_finite()
+        }
+        Mode::Nvfp4 => fp8_decode(b).is_finite(),
+    }
 }
 
 /// Dequantizes to f32, each value already rounded to `p.dtype` as MLX computes it.
@@ -277,8 +294,8 @@ mod tests {
         assert_eq!(n, 13);
     }
 
-    /// E4M3 against its definition (bias 7, 3 mantissa bits, no infinities): every byte's value
-    /// and, for every finite byte, encoding it gives it back.
+    /// E4M3 against its definition (bias 7, 3 mantissa bits, no infinities, S.1111.111 NaN):
+    /// every byte's value and, for every finite byte, encoding it gives it back.
     #[test]
     fn fp8_codec_round_trips_every_byte() {
         for b in 0..=255u8 {
@@ -289,10 +306,12 @@ mod tests {
                 (1.0 + m / 8.0) * 2f64.powi(e - 7)
             };
             let want = if b & 128 != 0 { -mag } else { mag };
-            assert_eq!(f64::from(fp8_decode(b)), want, "byte {b:#x}");
-            if b & 127 != 127 {
-                assert_eq!(fp8_encode(fp8_decode(b)), b, "byte {b:#x}");
+            if b & 127 == 127 {
+                assert!(fp8_decode(b).is_nan(), "byte {b:#x}");
+                continue;
             }
+            assert_eq!(f64::from(fp8_decode(b)), want, "byte {b:#x}");
+            assert_eq!(fp8_encode(fp8_decode(b)), b, "byte {b:#x}");
         }
     }
 }

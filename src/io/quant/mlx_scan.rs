@@ -112,12 +112,15 @@ impl QuantMap {
                 format!("is MLX affine-quantized but `{biases}` is missing"),
             )
         })?;
-        let (bits, group_size) = (bits as u32, group_size as usize);
-        if !BITS.contains(&bits) || group_size == 0 {
+        // Checked as read (u64): a cast first would take 2^32 + 4 bits for 4 (hostile round 12).
+        let (Some(bits), Some(group_size)) = (
+            u32::try_from(bits).ok().filter(|b| BITS.contains(b)),
+            usize::try_from(group_size).ok().filter(|&g| g > 0),
+        ) else {
             return Err(InputError::invalid(config, format!(
                 "quantization for `{prefix}`: bits {bits} and group_size {group_size} are not an MLX affine quantization (bits 2, 3, 4, 5, 6, 8)"
             )));
-        }
+        };
         let Some((lead, rows, words)) = packed_dims(&w.shape) else {
             self.push_unsupported(Some(weight.to_owned()), not_a_matrix(ck, weight, w));
             return Ok(());

@@ -378,21 +378,26 @@ impl QuantMap {
                 )
             }
             Scheme::MlxFp(p) => {
-                // E8M0 byte 255 is 2^128, and large codes at byte 254 overflow bf16: an infinite
-                // (or, times a zero code, NaN) value is refused naming the scales that made it.
-                let v = mlx_fp::dequantize(p, data(&q.stored)?, data(&q.companions[0])?);
+                // A non-finite value is refused naming what made it: the scales (E8M0 byte 255
+                // is 2^128, E4M3 0x7F NaN; a large scale times a large code overflows bf16) or
+                // the weight (an mxfp8 code 0x7F/0xFF, NaN).
+                let scales = data(&q.companions[0])?;
+                let v = mlx_fp::dequantize(p, data(&q.stored)?, scales);
                 if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(err(
-                        ck,
-                        &q.companions[0],
-                        format!(
-                            "makes element {i} of `{}` {} in bf16 (scale byte {} of row {})",
-                            q.stored,
-                            v[i],
-                            data(&q.companions[0])?[i / p.mode.group_size()],
-                            i / p.cols
-                        ),
-                    ));
+                    let b = scales[i / p.mode.group_size()];
+                    let (row, col) = (i / p.cols, i % p.cols);
+                    let (tensor, why) = if v[i].is_nan() && mlx_fp::scale_is_finite(p, b) {
+                        (&q.stored, format!("holds a NaN code (E4M3 0x7F/0xFF) at [{row}, {col}] of the logical weight"))
+                    } else {
+                        (
+                            &q.companions[0],
+                            format!(
+                                "makes element [{row}, {col}] of `{}` {} in bf16 (scale byte {b})",
+                                q.stored, v[i]
+                            ),
+                        )
+                    };
+                    return Err(err(ck, tensor, why));
                 }
                 v
             }
