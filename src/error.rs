@@ -195,6 +195,8 @@ pub enum Opt {
     DoraRank,
     Embeddings,
     Exclude,
+    /// What a merge does with a base weight narrower than an adapter's (`expand_base`).
+    ExpandBase,
     Format,
     /// The llama.cpp pre-tokenizer named for a GGUF output (`tokenizer_pre` of the GGUF merge).
     GgufTokenizerPre,
@@ -256,6 +258,7 @@ impl Opt {
             Opt::DoraRank => "dora_rank",
             Opt::Embeddings => "embeddings",
             Opt::Exclude => "exclude",
+            Opt::ExpandBase => "expand_base",
             Opt::Format => "format",
             Opt::GgufTokenizerPre => "gguf_tokenizer_pre",
             Opt::Generate => "generate",

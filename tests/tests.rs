@@ -39,6 +39,9 @@ mod it {
     /// Anima, Z-Image LoKr, Krea 2, Ideogram 4, ACE-Step, MiniMax-H3 (diffusers' converters):
     /// merges and `check` against diffusers.
     pub mod diffusion11;
+    /// Flux control LoRAs widened (`--expand-base`), Z-Image LoKr with metadata, loaders
+    /// with no converter: merges and `check` against diffusers.
+    pub mod diffusion12;
     /// Diffusion families diffusers converts itself (Qwen-Image, LTX-Video, HiDream, Lumina 2,
     /// fal Kontext, Flux/HunyuanVideo shared names): merges and `check` against diffusers.
     pub mod diffusion8;

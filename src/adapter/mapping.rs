@@ -67,6 +67,17 @@ pub fn resolve_in(
     base: &Checkpoint,
     quant: Option<&crate::io::quant::QuantMap>,
 ) -> Resolution {
+    resolve_widened(adapter, base, quant, &std::collections::HashMap::new())
+}
+
+/// [`resolve_in`] with some base tensors taken at another shape than stored (`widened`: name →
+/// shape), as a merge that zero-pads them first will hold them (`merge --expand-base`).
+pub fn resolve_widened(
+    adapter: &Adapter,
+    base: &Checkpoint,
+    quant: Option<&crate::io::quant::QuantMap>,
+    widened: &std::collections::HashMap<String, Vec<usize>>,
+) -> Resolution {
     let is_companion = |n: &str| quant.is_some_and(|q| q.companion_of(n).is_some());
     // (logical shape, dtype it is merged in) of a base tensor.
     let logical = |name: &str| -> (Vec<usize>, crate::dtype::Dtype) {
@@ -74,7 +85,7 @@ pub fn resolve_in(
             Some(t) => (t.shape.clone(), t.natural_dtype()),
             None => {
                 let i = base.info(name).expect("candidate exists");
-                (i.shape.clone(), i.dtype)
+                (widened.get(name).unwrap_or(&i.shape).clone(), i.dtype)
             }
         }
     };

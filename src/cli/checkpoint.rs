@@ -60,6 +60,7 @@ pub struct InspectArgs {
 ///   lorakit merge --base model/ --adapter a/ --weight 0.7 --adapter b/ --weight 0.3 --out out/ --dtype bf16
 ///   lorakit merge --base merged/ --adapter a/ --unmerge --out restored/
 ///   lorakit merge --base model/ --adapter a/ --exact-rounding --out merged/
+///   lorakit merge --base flux/transformer --adapter depth-lora.safetensors --expand-base --out flux-depth/
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct MergeArgs {
@@ -123,6 +124,15 @@ pub struct MergeArgs {
     /// on a tied model, so the output layer changes with the embedding.
     #[arg(long, value_enum, default_value_t = TiedArg::Refuse)]
     pub tied_embeddings: TiedArg,
+
+    /// Widen a base weight that an adapter's lora_A reads with more input columns (a Flux
+    /// control LoRA's x_embedder/img_in, which takes the latents and the control image's) with
+    /// zero columns first, as diffusers' Flux loader does: W = [W0 | 0] + s·B·A, bias untouched.
+    /// A widened x_embedder also sets in_channels in the base folder's config.json (and a null
+    /// out_channels to the old in_channels, so the folder loads). Without it such a module is
+    /// refused as a shape mismatch. Safetensors bases only; not with --unmerge or --part.
+    #[arg(long, conflicts_with_all = ["unmerge", "part"])]
+    pub expand_base: bool,
 
     /// QLoRA-correct merge into a full-precision base: merge into dequant(Q(W)), the weights a
     /// QLoRA adapter was trained against, instead of W (a plain merge adds the stray term

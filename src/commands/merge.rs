@@ -65,6 +65,11 @@ fn plan_split(
             crate::cli::TiedArg::Refuse => crate::merge::TiedEmbeddings::Refuse,
             crate::cli::TiedArg::Shared => crate::merge::TiedEmbeddings::Shared,
         },
+        expand_base: if a.expand_base {
+            crate::merge::ExpandBase::ZeroPad
+        } else {
+            crate::merge::ExpandBase::Refuse
+        },
     };
     MergePlan::new(base, adapters, out, options)
 }
@@ -89,6 +94,13 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
         return Err(InputError::invalid(
             &a.base,
             "is a GGUF model: --exact-rounding covers safetensors bases (a GGUF merge is rounded again into its tensor types)",
+        )
+        .into());
+    }
+    if a.expand_base && (crate::io::gguf::is_gguf(&a.base) || writes_gguf(&a)) {
+        return Err(InputError::invalid(
+            &a.base,
+            "--expand-base widens safetensors weights written as safetensors; a GGUF base or output keeps the base's tensor shapes",
         )
         .into());
     }

@@ -160,6 +160,36 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                 m.scale = scale_for(m.alpha, m.rank, cfg.use_rslora);
             }
         }
+        // A LoKr file diffusers' `save_lora_weights` wrote for a PEFT LoKr adapter (Z-Image,
+        // Flux.2): no `.alpha`, the LoKrConfig in the metadata, which the loader builds PEFT's
+        // layers from (`utils/peft_utils.py` `_create_lokr_config`: `LoKrConfig(**metadata)`),
+        // and PEFT scales every LoKr ΔW by alpha/r, whole factors included (peft 0.21.2
+        // `tuners/lokr/layer.py` `update_layer`: `scaling = alpha / r`; `get_delta_weight`).
+        if !p.contains_key("alpha") && matches!(m.factors, Factors::Lokr { .. }) {
+            if let Some((cfg, rel)) = configs
+                .for_module(name)
+                .filter(|(c, _)| c.peft_type == super::peft::config::PeftType::Lokr)
+            {
+                let rank = cfg.rank_for(rel)?;
+                if let Factors::Lokr {
+                    w2: KronHalf::LowRank { rank: r, .. },
+                    ..
+                } = &m.factors
+                {
+                    if *r != rank {
+                        return Err(InputError::invalid(
+                            &fpath,
+                            format!(
+                                "module `{name}`: the `{}` metadata gives r = {rank} but its lokr_w2 factors have rank {r}",
+                                DiffusersConfigs::KEY
+                            ),
+                        ));
+                    }
+                }
+                m.alpha = cfg.alpha_for(rel)?;
+                m.scale = m.alpha / rank as f64;
+            }
+        }
         if let Some((key, shape)) = biases.remove(name) {
             // PEFT's `lora_bias` (peft 0.21.2 `tuners/lora/layer.py`): `bias += lora_B.bias ·
             // scaling` on merge, one value per output row.

@@ -21,6 +21,11 @@
 //! - MiniMax-H3 (`MiniMaxH3LoraLoaderMixin`): with a key under `diffusion_model.`, `blocks.`,
 //!   `token_refiner.blocks.`, `final_layer.` or `lora_unet_`, unflattens musubi's names (one that
 //!   names no module raises), pops the modules of its tables and raises for any key left.
+//! - ERNIE-Image (`ErnieImageLoraLoaderMixin`): renames `base_model.model.` to
+//!   `diffusion_model.` and `diffusion_model.` to `transformer.` (its original names are the
+//!   diffusers model's), so those modules land; a key without `lora` raises "Invalid LoRA
+//!   checkpoint", and a module under another root lands nowhere (`fixtures/gen/
+//!   diffusion12_fixtures.py`).
 //!
 //! A file under none of those conditions keeps its names: only `transformer.` keys reach the
 //! model, a key without `lora` raises. Told by names only each model's original layout has
@@ -104,6 +109,16 @@ const IDEOGRAM4_LAYER: &[&str] = &[
     "adaln_modulation",
 ];
 
+/// ERNIE-Image's per-layer modules no other model here names so (its attention is
+/// `self_attention.to_q`, Z-Image's `attention.to_q`).
+const ERNIE_LAYER: &[&str] = &[
+    "self_attention.to_q",
+    "self_attention.to_k",
+    "self_attention.to_v",
+    "self_attention.to_out.0",
+    "mlp.linear_fc2",
+];
+
 /// MiniMax-H3's module names (the converter's `standalone_renames` and `block_specs`).
 fn minimax_module(t: &str, sep: char) -> bool {
     const BLOCK: [&str; 4] = ["attn.qkv_proj", "attn.out_proj", "mlp.fc1", "mlp.fc2"];
@@ -125,11 +140,13 @@ fn minimax_module(t: &str, sep: char) -> bool {
         .any(|x| t == s(x))
 }
 
-/// The loader of these five models that reads `adapter` (module header): a module name only
+/// The loader of these six models that reads `adapter` (module header): a module name only
 /// that model's original layout has, or a base of that model (`patch_embed.` and
 /// `time_embed.t_embedder.` for Cosmos/Anima, `text_fusion.` for Krea 2, `llm_cond_proj.` for
 /// Ideogram 4, `condition_embedder.` beside `proj_in_conv.` for ACE-Step, `audio_proj_in.`
-/// beside `adaln_proj.linear.` for MiniMax-H3) and a file of its original names.
+/// beside `adaln_proj.linear.` for MiniMax-H3, `.adaLN_sa_ln.` for ERNIE-Image) and a file of
+/// its original names. A file in diffusers' own names (`transformer.`) is none of them: every
+/// loader applies it as named.
 pub(super) fn family_of(
     adapter: &crate::adapter::Adapter,
     base: Option<&crate::io::Checkpoint>,
@@ -195,6 +212,10 @@ pub(super) fn family_of(
         Some(DiffusersModel::Ideogram4)
     } else if any(&ace_step) || (base_has("condition_embedder.") && base_has("proj_in_conv.")) {
         Some(DiffusersModel::AceStep)
+    } else if any(&|t, sep| sep == '.' && block_leaf(t, "layers.", sep, ERNIE_LAYER))
+        || (base_has(".adaLN_sa_ln.") && any(&|t, s| s == '.' && t.starts_with("layers.")))
+    {
+        Some(DiffusersModel::ErnieImage)
     } else {
         None
     }
@@ -225,6 +246,7 @@ pub(super) fn findings(
         ]
         .iter()
         .any(|p| starts(p)),
+        DiffusersModel::ErnieImage => true,
         _ => return (vec![], vec![]),
     };
     let no_lora = || -> Vec<String> {
@@ -332,6 +354,17 @@ pub(super) fn findings(
                 .collect();
             (vec![], dropped)
         }
+        DiffusersModel::ErnieImage => {
+            let refused = no_lora();
+            if !refused.is_empty() {
+                return (refused, vec![]);
+            }
+            let roots = ["base_model.model.", "diffusion_model.", "transformer."];
+            (
+                vec![],
+                outside(&roots, "not renamed: under no `transformer.` prefix"),
+            )
+        }
         DiffusersModel::MiniMaxH3 => {
             let left = keys
                 .iter()
@@ -374,5 +407,6 @@ pub(super) fn reads(model: DiffusersModel) -> bool {
             | DiffusersModel::Ideogram4
             | DiffusersModel::AceStep
             | DiffusersModel::MiniMaxH3
+            | DiffusersModel::ErnieImage
     )
 }

@@ -239,7 +239,8 @@ pub(super) fn pipeline_findings(
         | DiffusersModel::Krea2
         | DiffusersModel::Ideogram4
         | DiffusersModel::AceStep
-        | DiffusersModel::MiniMaxH3 => super::diffusers_converted::findings(adapter, &keys, model),
+        | DiffusersModel::MiniMaxH3
+        | DiffusersModel::ErnieImage => super::diffusers_converted::findings(adapter, &keys, model),
     }
 }
 

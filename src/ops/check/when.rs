@@ -70,6 +70,8 @@ pub enum DiffusersModel {
     AceStep,
     /// `MiniMaxH3LoraLoaderMixin`.
     MiniMaxH3,
+    /// `ErnieImageLoraLoaderMixin` (`diffusers_converted.rs`: prefixes renamed only).
+    ErnieImage,
     /// `FluxLoraLoaderMixin` on fal's Flux Kontext names (`diffusers_families.rs`).
     FluxFal,
     /// `FluxLoraLoaderMixin` on BFL's Flux control LoRAs (`diffusers_families.rs`).

@@ -32,9 +32,11 @@ mod run;
 mod sequence;
 mod slices;
 mod tensor;
+mod widen;
 pub(crate) use model::{is_lm_head_name, tied_lm_head_resolution};
 pub use model::{
-    AdapterSummary, AsTrainedOn, DryRunFile, DryRunSummary, MergeOptions, MergePlan, MergeRun,
-    MergeSummary, QloraTensor, QuantOutput, TiedEmbeddings, UnmatchedReport, WeightedAdapter,
+    AdapterSummary, AsTrainedOn, DryRunFile, DryRunSummary, ExpandBase, MergeOptions, MergePlan,
+    MergeRun, MergeSummary, QloraTensor, QuantOutput, TiedEmbeddings, UnmatchedReport,
+    WeightedAdapter,
 };
 pub(crate) use run::{copied_files, without_quantization_config};

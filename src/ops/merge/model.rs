@@ -37,6 +37,27 @@ pub struct MergeOptions {
     pub rounding: Rounding,
     /// What happens to an embedding an adapter changes when the base ties lm_head to it.
     pub tied_embeddings: TiedEmbeddings,
+    /// What happens to a base weight narrower than an adapter's `lora_A` (a Flux control LoRA
+    /// on a base whose `x_embedder` reads fewer channels).
+    pub expand_base: ExpandBase,
+}
+
+/// What a merge does with a base weight `[out, in]` that an adapter module reads as
+/// `[out, in′]`, `in′ > in`: a Flux control LoRA (FLUX.1 Depth/Canny "-lora", diffusers'
+/// `train_control_lora_flux.py`) whose `x_embedder`/`img_in` takes the latents and the control
+/// image's latents concatenated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpandBase {
+    /// Refuse the module (a shape mismatch), naming the option that widens.
+    #[default]
+    Refuse,
+    /// Widen the base weight with zero columns to `in′` before adding ΔW, as diffusers 0.42.1's
+    /// Flux loader does (`FluxLoraLoaderMixin._maybe_expand_transformer_param_shape_or_error_`:
+    /// a new `Linear(in′, out)` whose weight is `[W0 | 0]`, bias untouched), and write the
+    /// widened `x_embedder`'s width as the base folder's config.json `in_channels`
+    /// ([`super::widen`]).
+    ZeroPad,
 }
 
 /// What a merge does with an adapter that changes the input embedding of a base whose lm_head
@@ -274,6 +295,10 @@ pub struct MergePlan {
     pub quant: crate::io::quant::QuantMap,
     /// `lorakit dequantize`: no adapters, every quantized weight written as float.
     pub(super) dequantize_only: bool,
+    /// Base tensors written wider than stored ([`ExpandBase::ZeroPad`]): name → shape.
+    pub(super) widened: HashMap<String, Vec<usize>>,
+    /// The base folder's config.json as the widening rewrites it: (destination, bytes).
+    pub(super) widened_config: Option<(PathBuf, Vec<u8>)>,
 }
 
 /// Names of input-embedding tensors that `tie_word_embeddings` ties to `lm_head`.

@@ -86,12 +86,15 @@ impl MergePlan {
         let mut resolutions = Vec::new();
         let has_lm_head = base.names().any(is_lm_head_name);
         let is_tied = ties_embeddings(&base, has_lm_head);
+        // `--expand-base`: the base weights some adapter reads wider, at the widths they are
+        // written with; every adapter is then resolved against them.
+        let widened = super::widen::widenings(&adapters, &base, &quant, &options)?;
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
             a.check_mergeable()?;
             check_weight_tying(a, is_tied)?;
             let label = a.path.display().to_string();
-            let mut res = mapping::resolve_in(a, &base, Some(&quant));
+            let mut res = mapping::resolve_widened(a, &base, Some(&quant), &widened);
             // On the shared tensor; the tie check below refuses it unless `shared` is asked for,
             // naming the flag (it was an unmatched `lm_head.weight` before).
             if is_tied && !has_lm_head {
@@ -388,6 +391,7 @@ impl MergePlan {
             }
         }
         if !unmatched.is_empty() && !options.allow_unmatched {
+            let widenable = super::widen::widenable(&unmatched, &quant, &options);
             let list: Vec<String> = unmatched
                 .iter()
                 .map(|u| format!("{}: {}", u.adapter, u.detail))
@@ -395,9 +399,10 @@ impl MergePlan {
             let (count, root) = (unmatched.len(), base.root.display().to_string());
             bail!(OptionError::new(move |o| {
                 format!(
-                "{count} adapter module(s) do not match the base {root} (pass {} to merge the rest): {}",
+                "{count} adapter module(s) do not match the base {root} (pass {} to merge the rest): {}{}",
                 o.opt(Opt::AllowUnmatched),
-                list.join("; ")
+                list.join("; "),
+                if widenable { super::widen::hint(o) } else { String::new() }
             )
             }));
         }
@@ -506,7 +511,8 @@ impl MergePlan {
                 }
             })
             .collect();
-        let size_of = |n: &str| out_bytes(&base, &quant, options.dtype, options.quant, n);
+        super::widen::check_terms(&widened, &actions, &rows, &splits, &base)?;
+        let size_of = |n: &str| out_bytes(&base, &quant, options.dtype, options.quant, &widened, n);
         let (files, index, extra_files) = match (&base.layout, options.max_shard_size) {
             (Layout::File, None) => {
                 // `--out DIR` or `--out new/` (trailing slash): the base's file name inside it.
@@ -610,6 +616,7 @@ impl MergePlan {
             Vec::new()
         };
         crate::io::writer::check_writes(&inputs, &writes, &folders)?;
+        let widened_config = super::widen::config(&widened, &extra_files, &out)?;
         let plan = MergePlan {
             base,
             adapters,
@@ -626,6 +633,8 @@ impl MergePlan {
             resolutions,
             quant,
             dequantize_only,
+            widened,
+            widened_config,
         };
         plan.check_slices()?;
         Ok(plan)
@@ -634,13 +643,14 @@ impl MergePlan {
     /// Dtype and shape a base tensor is written with: quantized weights as float (`--dtype`, or
     /// the dtype their producer dequantizes to), in their logical shape.
     pub(super) fn out_spec(&self, name: &str) -> (Dtype, Vec<usize>) {
-        out_spec(
+        let (d, shape) = out_spec(
             &self.base,
             &self.quant,
             self.options.dtype,
             self.options.quant,
             name,
-        )
+        );
+        (d, self.widened.get(name).cloned().unwrap_or(shape))
     }
 
     /// The operation name in reports and metadata.
@@ -706,6 +716,7 @@ impl MergePlan {
             &self.quant,
             self.options.dtype,
             self.options.quant,
+            &self.widened,
             n,
         )
     }
@@ -736,8 +747,10 @@ fn out_bytes(
     quant: &crate::io::quant::QuantMap,
     choice: DtypeChoice,
     mode: QuantOutput,
+    widened: &HashMap<String, Vec<usize>>,
     name: &str,
 ) -> u64 {
     let (d, shape) = out_spec(base, quant, choice, mode, name);
+    let shape = widened.get(name).cloned().unwrap_or(shape);
     dtype::byte_len(d, shape.iter().product()).expect("valid") as u64
 }

@@ -155,7 +155,9 @@ impl MergePlan {
                                     (to - from) * ratio.0 as u64 / ratio.1 as u64,
                                 )
                             };
-                            let plain = self.quant.get(name).is_none();
+                            // (a widened weight is read narrower than it is written)
+                            let plain =
+                                self.quant.get(name).is_none() && !self.widened.contains_key(name);
                             let mut out = Streamed::new(name, plain.then_some(&consumed));
                             let stray = {
                                 let _t = profile::time(Stage::Kernel);
@@ -357,6 +359,11 @@ impl MergePlan {
                 // Every quantized weight is written as float: the config must not tell loaders
                 // to quantize-load it again.
                 bytes = without_quantization_config(bytes);
+            }
+            if let Some((at, edited)) = &self.widened_config {
+                if at == dst {
+                    bytes = edited.clone();
+                }
             }
             if let Some(parent) = dst.parent() {
                 output.create_dir_all(parent)?;

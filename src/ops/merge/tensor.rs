@@ -122,6 +122,9 @@ impl MergePlan {
             Some(q) => q.shape.clone(),
             None => info.shape.clone(),
         };
+        // `--expand-base`: W0 as stored, then widened with zero columns (below).
+        let stored_cols = shape.iter().skip(1).product::<usize>();
+        let shape = self.widened.get(name).cloned().unwrap_or(shape);
         let rows = shape.first().copied().unwrap_or(1);
         let cols = shape.iter().skip(1).product::<usize>();
         let view = file.view_info(info)?;
@@ -174,6 +177,13 @@ impl MergePlan {
                 }
                 None => view.data,
             },
+        };
+        let padded;
+        let w0: &[u8] = if cols != stored_cols {
+            padded = super::widen::pad_columns(w0, in_dtype, rows, stored_cols, cols);
+            &padded
+        } else {
+            w0
         };
         // PiSSA / OLoRA / KaSA: the adapter is added to the residual PEFT builds from W0 (one
         // term on such a tensor, checked by the plan), cast back to the weight's dtype as PEFT

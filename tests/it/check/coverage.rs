@@ -284,6 +284,11 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     // `.alpha` keys) and diffusers.converted_dropped (kohya Anima names; tests/it/diffusion11.rs).
     ("diffusion11/anima/comfy.safetensors", None),
     ("diffusion11/anima/kohya.safetensors", None),
+    // comfy.shape: a Flux control LoRA on the base it widens (tests/it/diffusion12.rs).
+    (
+        "diffusion12/flux_control/diffusers.safetensors",
+        Some("diffusion12/flux_control/base"),
+    ),
     // diffusers.te_rank (fixtures/gen/sweep10_fixtures.py, tests/it/sweep10.rs).
     ("sweep10/te_projection_rank/rank2.safetensors", None),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.

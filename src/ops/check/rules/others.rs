@@ -587,6 +587,14 @@ pub(super) const RULES: &[Rule] = &[
         source: COMFY_LORA,
     },
     Rule {
+        id: "comfy.shape",
+        target: Target::Comfy,
+        when: When::ShapeMismatch,
+        severity: Severity::Silent,
+        why: "up·down is reshaped to the model weight's shape inside a try: one that does not fit (a Flux control LoRA's `img_in`/`x_embedder` reading the control channels too, on a model that does not) is logged as \"ERROR lora …\" and the weight is left as it was (ComfyUI #5868); only a `{key}.reshape_weight` tensor makes ComfyUI zero-pad the weight first. lorakit's merge --expand-base widens it as diffusers does",
+        source: src(COMFY, "comfy/weight_adapter/lora.py", "0323d87", "LoRAAdapter.calculate_weight (pad_tensor_to_shape only with `reshape_weight`; torch.mm(...).reshape(weight.shape) in try/except logging.error)"),
+    },
+    Rule {
         id: "comfy.scale",
         target: Target::Comfy,
         when: When::ScaleDiffers(ScaleRule::AlphaKeyOrOne),
