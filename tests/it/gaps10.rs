@@ -162,25 +162,7 @@ fn loaders_refuse_and_inspect_names_the_new_types() {
         ("boft", "BOFT"),
         ("delora", "DELORA"),
     ] {
-        let adapter = fixture(&format!("gaps10/{case}/adapter"));
-        for target in ["vllm", "llama.cpp", "sglang"] {
-            let v = check_json(&adapter, target);
-            let t = &v["targets"][0];
-            assert_eq!(t["verdict"], "fails", "{case} {target}: {v:#}");
-            let ids: Vec<&str> = t["findings"]
-                .as_array()
-                .expect("findings")
-                .iter()
-                .filter_map(|f| f["rule"].as_str())
-                .collect();
-            assert!(
-                ids.contains(&format!("{target}.peft_type").as_str()),
-                "{case} {target}: {ids:?}"
-            );
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(&run_ok(inspect_args(&adapter, &["--json"]))).expect("JSON");
-        assert_eq!(v["peft_type"], ty, "{v:#}");
+        peft_type_refused_by_loaders(&fixture(&format!("gaps10/{case}/adapter")), ty);
     }
     let v: serde_json::Value = serde_json::from_str(&run_ok(inspect_args(
         &fixture("gaps10/hra/adapter"),
@@ -228,4 +210,28 @@ fn gpt2_ensure_weight_tying_is_refused_saying_why_and_its_loaded_part_merges() {
         1e-6,
     );
     assert_eq!(n, 3);
+}
+
+/// `check` fails `adapter` for vLLM, llama.cpp and SGLang by their `*.peft_type` rules (they
+/// read LoRA only), and `inspect` names its `peft_type` `ty`; returns `inspect --json`.
+pub(super) fn peft_type_refused_by_loaders(adapter: &Path, ty: &str) -> serde_json::Value {
+    for target in ["vllm", "llama.cpp", "sglang"] {
+        let v = check_json(adapter, target);
+        let t = &v["targets"][0];
+        assert_eq!(t["verdict"], "fails", "{adapter:?} {target}: {v:#}");
+        let ids: Vec<&str> = t["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .filter_map(|f| f["rule"].as_str())
+            .collect();
+        assert!(
+            ids.contains(&format!("{target}.peft_type").as_str()),
+            "{adapter:?} {target}: {ids:?}"
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&run_ok(inspect_args(adapter, &["--json"]))).expect("JSON");
+    assert_eq!(v["peft_type"], ty, "{v:#}");
+    v
 }

@@ -6,7 +6,7 @@
 
 use super::common::*;
 /// `check ADAPTER --target TARGET --json`: the report.
-use super::gaps10::check_json;
+use super::gaps10::peft_type_refused_by_loaders;
 
 /// MiSS, r = 3 on 64- and 128-wide inputs: `ΔW[o, c] = block[c mod 3, o]`, the last column
 /// past the whole shards included. Before: "is `MISS`; lorakit reads … (not `MISS` yet)".
@@ -180,25 +180,7 @@ fn loaders_refuse_and_inspect_names_the_new_types() {
         ("gralora", "GRALORA", "full"),
         ("randlora", "RANDLORA", "randlora"),
     ] {
-        let adapter = fixture(&format!("gaps11/{case}/adapter"));
-        for target in ["vllm", "llama.cpp", "sglang"] {
-            let v = check_json(&adapter, target);
-            let t = &v["targets"][0];
-            assert_eq!(t["verdict"], "fails", "{case} {target}: {v:#}");
-            let ids: Vec<&str> = t["findings"]
-                .as_array()
-                .expect("findings")
-                .iter()
-                .filter_map(|f| f["rule"].as_str())
-                .collect();
-            assert!(
-                ids.contains(&format!("{target}.peft_type").as_str()),
-                "{case} {target}: {ids:?}"
-            );
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(&run_ok(inspect_args(&adapter, &["--json"]))).expect("JSON");
-        assert_eq!(v["peft_type"], ty, "{v:#}");
+        let v = peft_type_refused_by_loaders(&fixture(&format!("gaps11/{case}/adapter")), ty);
         assert_eq!(v["modules"][0]["algo"], algo, "{v:#}");
     }
 }

@@ -7,7 +7,7 @@
 
 use super::common::*;
 /// `check ADAPTER --target TARGET --json`: the report.
-use super::gaps10::check_json;
+use super::gaps10::peft_type_refused_by_loaders;
 
 /// RoAd `road_1` (g = 8: each half-group's 4 angles shared by both halves), `road_2` (one angle
 /// per row) and `road_4` (g = 4: separate cosine and sine parameters): `W' = R·W0` on q_proj,
@@ -152,25 +152,7 @@ fn loaders_refuse_and_inspect_names_road_and_osf() {
 }
 
 fn loaders_refuse_and_inspect_names(case: &str, ty: &str, algo: &str) {
-    let adapter = fixture(&format!("gaps12/{case}/adapter"));
-    for target in ["vllm", "llama.cpp", "sglang"] {
-        let v = check_json(&adapter, target);
-        let t = &v["targets"][0];
-        assert_eq!(t["verdict"], "fails", "{target}: {v:#}");
-        let ids: Vec<&str> = t["findings"]
-            .as_array()
-            .expect("findings")
-            .iter()
-            .filter_map(|f| f["rule"].as_str())
-            .collect();
-        assert!(
-            ids.contains(&format!("{target}.peft_type").as_str()),
-            "{target}: {ids:?}"
-        );
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(&run_ok(inspect_args(&adapter, &["--json"]))).expect("JSON");
-    assert_eq!(v["peft_type"], ty, "{v:#}");
+    let v = peft_type_refused_by_loaders(&fixture(&format!("gaps12/{case}/adapter")), ty);
     assert_eq!(v["modules"][0]["algo"], algo, "{v:#}");
 }
 

@@ -2,6 +2,7 @@
 //! violations its cases found, each test failing before its fix.
 
 use super::common::*;
+use super::hostile11::python_re_agrees;
 use std::path::{Path, PathBuf};
 
 /// Copies fixture folder `rel` to `dir/name` and edits its `adapter_config.json` with `edit`.
@@ -46,26 +47,7 @@ fn global_flags_and_bad_flags_follow_pythons_re() {
         "(?i).*_proj|x",
         "(?ii).*_proj",
     ];
-    if let Some(py) = peft_python() {
-        for (p, ok) in refused_patterns
-            .iter()
-            .map(|p| (p, false))
-            .chain(accepted.iter().map(|p| (p, true)))
-        {
-            let st = std::process::Command::new(&py)
-                .args([
-                    "-W",
-                    "ignore",
-                    "-c",
-                    "import re, sys; re.compile(sys.argv[1])",
-                    p,
-                ])
-                .output()
-                .unwrap()
-                .status;
-            assert_eq!(st.success(), ok, "Python's re.compile({p:?})");
-        }
-    }
+    python_re_agrees(&refused_patterns, &accepted);
     let dir = tempfile::tempdir().unwrap();
     for (i, p) in refused_patterns.iter().enumerate() {
         let ad = edited_copy(dir.path(), "llama/adapters/qv_r8", &format!("r{i}"), |c| {

@@ -98,13 +98,7 @@ fn dequantized_merge_equals_mlx_fuse_dequantize() {
 #[test]
 fn inspect_names_each_module_bits_and_group_from_the_config() {
     let v = inspect_json(&mq("qmix_bf16"), &[]);
-    let weights = v["quantization"]["tensors"].as_array().expect("tensors");
-    let find = |n: &str| {
-        weights
-            .iter()
-            .find(|w| w["name"] == n)
-            .unwrap_or_else(|| panic!("{n} in {weights:?}"))
-    };
+    let find = |n: &str| quant_weight(&v, n);
     for (name, bits, group) in [
         ("model.layers.0.self_attn.q_proj.weight", 3, "group 32"),
         ("model.layers.0.self_attn.k_proj.weight", 5, "group 64"),
@@ -118,9 +112,20 @@ fn inspect_names_each_module_bits_and_group_from_the_config() {
         assert_eq!(w["dtype"], "BF16", "{name}");
     }
     // The module the config leaves float is not listed.
-    assert!(weights
+    assert!(v["quantization"]["tensors"]
+        .as_array()
+        .expect("tensors")
         .iter()
         .all(|w| w["name"] != "model.layers.1.mlp.up_proj.weight"));
+}
+
+/// `inspect --json`'s entry for quantized weight `name`.
+pub(super) fn quant_weight<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    let weights = v["quantization"]["tensors"].as_array().expect("tensors");
+    weights
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {weights:?}"))
 }
 
 /// A copy of the q4 fixture whose config.json `quantization` is `edit`ed.
@@ -309,13 +314,7 @@ fn mlx_quantized_experts_are_read_with_their_expert_dimension() {
     // One file now: the index would not list the new tensors.
     std::fs::remove_file(base.join("model.safetensors.index.json")).unwrap();
     let v = inspect_json(&base, &[]);
-    let w = v["quantization"]["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == format!("{p}.weight"))
-        .expect("listed")
-        .clone();
+    let w = quant_weight(&v, &format!("{p}.weight"));
     assert_eq!(w["method"], "mlx-affine");
     assert_eq!(w["shape"], serde_json::json!([2, 96, 64]));
     // Scales flattened over the experts: refused naming them, nothing written.

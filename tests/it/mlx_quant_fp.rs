@@ -6,7 +6,7 @@
 //! `src/io/quant/mlx_fp.rs`.
 
 use super::common::*;
-use super::mlx_quant::differing;
+use super::mlx_quant::{differing, quant_weight};
 use std::path::PathBuf;
 
 fn fq(name: &str) -> PathBuf {
@@ -90,13 +90,7 @@ fn dequantized_merge_equals_mlx_fuse_dequantize() {
 #[test]
 fn inspect_names_each_module_mode_from_the_config() {
     let v = inspect_json(&fq("mix_bf16"), &[]);
-    let weights = v["quantization"]["tensors"].as_array().expect("tensors");
-    let find = |n: &str| {
-        weights
-            .iter()
-            .find(|w| w["name"] == n)
-            .unwrap_or_else(|| panic!("{n} in {weights:?}"))
-    };
+    let find = |n: &str| quant_weight(&v, n);
     for (name, method, bits, group) in [
         (
             "model.layers.0.self_attn.q_proj.weight",

@@ -363,19 +363,19 @@ pub fn read(path: &Path, file: SafetensorsFile, config: &Path) -> InputResult<Ad
                 "module `{name}` has only one of `lora_a` / `lora_b`"
             )));
         };
+        if let Some(why) = unbuilt(&name, cfg.keys.as_deref()).or_else(|| {
+            outside_last_blocks(
+                &name,
+                cfg.keys.as_deref(),
+                cfg.num_layers,
+                last_block.as_ref(),
+            )
+        }) {
+            return Err(err(format!(
+                "module `{name}`: mlx-lm builds no adapter layer for it ({why}) and refuses its tensors"
+            )));
+        }
         if sa.len() == 3 || sb.len() == 3 {
-            if let Some(why) = unbuilt(&name, cfg.keys.as_deref()).or_else(|| {
-                outside_last_blocks(
-                    &name,
-                    cfg.keys.as_deref(),
-                    cfg.num_layers,
-                    last_block.as_ref(),
-                )
-            }) {
-                return Err(err(format!(
-                    "module `{name}`: mlx-lm builds no adapter layer for it ({why}) and refuses its tensors"
-                )));
-            }
             if m.is_some() {
                 return Err(err(format!(
                     "module `{name}`: DoRA on mixture-of-experts factors (mlx-lm has no DoRA switch layer)"
@@ -394,18 +394,6 @@ pub fn read(path: &Path, file: SafetensorsFile, config: &Path) -> InputResult<Ad
             return Err(err(format!(
                 "module `{name}` has rank {rank}, but lora_parameters.rank is {}: mlx-lm builds every adapter layer at that rank and refuses the file",
                 cfg.rank
-            )));
-        }
-        if let Some(why) = unbuilt(&name, cfg.keys.as_deref()).or_else(|| {
-            outside_last_blocks(
-                &name,
-                cfg.keys.as_deref(),
-                cfg.num_layers,
-                last_block.as_ref(),
-            )
-        }) {
-            return Err(err(format!(
-                "module `{name}`: mlx-lm builds no adapter layer for it ({why}) and refuses its tensors"
             )));
         }
         let embedding = is_embedding(&name);
