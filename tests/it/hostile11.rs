@@ -128,13 +128,7 @@ fn a_target_modules_regex_only_the_regex_crate_accepts_is_refused() {
             started.elapsed()
         );
     }
-    for (i, p) in accepted.iter().enumerate() {
-        let ad = edited_copy(dir.path(), "llama/adapters/qv_r8", &format!("a{i}"), |c| {
-            c["target_modules"] = (*p).into()
-        });
-        let out = dir.path().join(format!("a{i}o"));
-        run_ok(merge_args(&fixture("llama/base"), &ad, &out, &["--quiet"]));
-    }
+    merges_with_each_target_pattern(dir.path(), &accepted);
 }
 
 /// PEFT builds VeRA, HRA, VB-LoRA and BOFT layers from adapter_config.json (`r`,
@@ -218,5 +212,17 @@ pub(super) fn python_re_agrees(refused: &[&str], accepted: &[&str]) {
             .unwrap()
             .status;
         assert_eq!(st.success(), ok, "Python's re.compile({p:?})");
+    }
+}
+
+/// Every `accepted` `target_modules` pattern, written into a copy of the qv_r8 adapter under
+/// `dir`, merges into the Llama fixture.
+pub(super) fn merges_with_each_target_pattern(dir: &Path, accepted: &[&str]) {
+    for (i, p) in accepted.iter().enumerate() {
+        let ad = edited_copy(dir, "llama/adapters/qv_r8", &format!("a{i}"), |c| {
+            c["target_modules"] = (*p).into()
+        });
+        let out = dir.join(format!("a{i}o"));
+        run_ok(merge_args(&fixture("llama/base"), &ad, &out, &["--quiet"]));
     }
 }

@@ -2,7 +2,7 @@
 //! violations its cases found, each test failing before its fix.
 
 use super::common::*;
-use super::hostile11::python_re_agrees;
+use super::hostile11::{merges_with_each_target_pattern, python_re_agrees};
 use std::path::{Path, PathBuf};
 
 /// Copies fixture folder `rel` to `dir/name` and edits its `adapter_config.json` with `edit`.
@@ -59,13 +59,7 @@ fn global_flags_and_bad_flags_follow_pythons_re() {
             &["adapter_config.json", "target_modules", "not a valid regex"],
         );
     }
-    for (i, p) in accepted.iter().enumerate() {
-        let ad = edited_copy(dir.path(), "llama/adapters/qv_r8", &format!("a{i}"), |c| {
-            c["target_modules"] = (*p).into()
-        });
-        let out = dir.path().join(format!("a{i}o"));
-        run_ok(merge_args(&fixture("llama/base"), &ad, &out, &["--quiet"]));
-    }
+    merges_with_each_target_pattern(dir.path(), &accepted);
 }
 
 /// PEFT builds MiSS (`r`), C3A (`block_size`), GraLoRA (`r`, `gralora_k`, `hybrid_r`) and
