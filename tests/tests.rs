@@ -122,6 +122,8 @@ mod it {
     pub mod quant;
     /// ComfyUI's legacy scaled-FP8 bases: the scale applied in merges, refusals.
     pub mod quant_comfy;
+    /// compressed-tensors NVFP4/MXFP4 bases against its own compressors.
+    pub mod quant_ct_fp4;
     /// Native GPTQ/AWQ bases against gptqmodel's and AutoAWQ's own packers and dequantization.
     pub mod quant_gptq;
     /// A truly QLoRA-trained adapter: merged logits against the NF4 model running it.

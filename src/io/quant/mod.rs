@@ -5,7 +5,8 @@
 //! One file per producer format: [`bnb4`] (bitsandbytes NF4/FP4, with and without double
 //! quantization), [`int8`] (bitsandbytes LLM.int8), [`fp8`] (F8_E4M3/F8_E5M2 with per-tensor,
 //! per-channel or block scales, F32/BF16/F16/E8M0), [`packed`] (compressed-tensors
-//! pack-quantized INT1–8), [`gptq`] (native GPTQ 2/3/4/8-bit, v1 and v2 zeros, act-order; AWQ
+//! pack-quantized INT1–8), [`ct_fp4`] (compressed-tensors NVFP4/MXFP4; both recognised in
+//! `ct_scan.rs`), [`gptq`] (native GPTQ 2/3/4/8-bit, v1 and v2 zeros, act-order; AWQ
 //! GEMM 4-bit). A [`QuantMap`] is built from the headers alone ([`QuantMap::scan`], in
 //! `scan.rs`); it reads no tensor data except small state tensors (bitsandbytes' quant_state
 //! JSON, compressed-tensors' `weight_shape`, the stored code book it checks, GPTQ's `g_idx`).
@@ -19,6 +20,8 @@
 pub mod bnb4;
 pub mod bnb4_dq;
 mod ct_config;
+pub mod ct_fp4;
+mod ct_scan;
 pub mod fp8;
 pub mod gptq;
 pub mod int8;
@@ -43,6 +46,8 @@ pub enum Scheme {
     BnbInt8,
     /// compressed-tensors pack-quantized integers (`weight_packed`).
     Packed(packed::Params),
+    /// compressed-tensors NVFP4 / MXFP4 (`weight_packed` U8 pairs of E2M1 codes).
+    CtFp4(ct_fp4::Params),
     /// Native GPTQ (`qweight`, `qzeros`, `scales`, `g_idx`) or AWQ GEMM.
     Gptq(gptq::Params),
     /// MLX affine (`mx.quantize`: packed uint32, a scale and a bias per group).
@@ -80,6 +85,7 @@ impl QuantTensor {
             Scheme::Bnb4(p) => format!("bnb-{}", p.kind.name()),
             Scheme::BnbInt8 => "bnb-int8".into(),
             Scheme::Packed(p) => format!("ct-int{}", p.bits),
+            Scheme::CtFp4(p) => format!("ct-{}", p.kind.name()),
             Scheme::Mlx(_) => "mlx-affine".into(),
             Scheme::MlxFp(p) => format!("mlx-{}", p.mode.name()),
             Scheme::Gptq(p) => match p.layout {
@@ -96,7 +102,7 @@ impl QuantTensor {
 
     pub fn bits(&self) -> u32 {
         match &self.scheme {
-            Scheme::Bnb4(_) => 4,
+            Scheme::Bnb4(_) | Scheme::CtFp4(_) => 4,
             Scheme::Packed(p) => p.bits,
             Scheme::Gptq(p) => p.bits,
             Scheme::Mlx(p) => p.bits,
@@ -115,6 +121,10 @@ impl QuantTensor {
             Scheme::BnbInt8 => "per row".into(),
             Scheme::Mlx(p) => format!("group {}", p.group_size),
             Scheme::MlxFp(p) => format!("group {}", p.mode.group_size()),
+            Scheme::CtFp4(p) => match p.kind {
+                ct_fp4::Kind::Nvfp4 => "group 16, E4M3 scales, global scale".into(),
+                ct_fp4::Kind::Mxfp4 => "group 32, E8M0 scales".into(),
+            },
             Scheme::Packed(p) => {
                 let kind = if p.per_tensor {
                     "per tensor".to_string()
@@ -163,6 +173,7 @@ impl QuantTensor {
             Scheme::Gptq(p) => p.scale_dtype,
             Scheme::Mlx(p) => p.dtype,
             Scheme::MlxFp(p) => p.dtype,
+            Scheme::CtFp4(_) => Dtype::BF16,
             Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
         }
     }
@@ -352,6 +363,43 @@ impl QuantMap {
                 };
                 packed::dequantize(p, data(&q.stored)?, data(&q.companions[1])?, zero)
             }
+            Scheme::CtFp4(p) => {
+                let bytes = data(&q.companions[0])?;
+                let (s, global) = ct_fp4::group_scales_of(p, bytes, |n| data(&q.companions[n]))?;
+                // A non-finite value is refused naming what made it: the global scale (0, NaN
+                // or infinite), a scale (E4M3 0x7F/0xFF is NaN, E8M0 255 is 2^128), or a scale
+                // whose product with a code overflows bf16.
+                if let Some(g) = s.iter().position(|x| !x.is_finite()) {
+                    return Err(match global.filter(|g| !g.is_finite() || *g == 0.0) {
+                        Some(g) => err(
+                            ck,
+                            &q.companions[1],
+                            format!("is {g} (a global scale must be finite and non-zero)"),
+                        ),
+                        None => err(
+                            ck,
+                            &q.companions[0],
+                            format!(
+                                "group {g} (byte {:#04x}) gives the scale {}",
+                                bytes[g], s[g]
+                            ),
+                        ),
+                    });
+                }
+                let v = ct_fp4::dequantize(p, data(&q.stored)?, &s);
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    let (row, col) = (i / p.cols, i % p.cols);
+                    return Err(err(
+                        ck,
+                        &q.companions[0],
+                        format!(
+                            "makes element [{row}, {col}] of `{}` {} in bf16",
+                            q.stored, v[i]
+                        ),
+                    ));
+                }
+                v
+            }
             Scheme::Gptq(p) => gptq::dequantize(
                 p,
                 data(&q.stored)?,
@@ -470,7 +518,7 @@ impl QuantMap {
             Scheme::Packed(_) => None,
             Scheme::Gptq(_) => None,
             Scheme::Mlx(p) => p.requantize_unsupported(),
-            Scheme::MlxFp(_) => None,
+            Scheme::MlxFp(_) | Scheme::CtFp4(_) => None,
             Scheme::Fp8 {
                 format,
                 scale,
@@ -625,6 +673,13 @@ impl QuantMap {
                 // A fresh scale per group, as mlx-lm's fuse quantizes the fused weight again.
                 let (packed, scales) = mlx_fp::quantize(p, merged);
                 vec![(q.name.clone(), packed), (q.companions[0].clone(), scales)]
+            }
+            Scheme::CtFp4(p) => {
+                // Round to nearest with the stored scales: only weight_packed changes.
+                let data = |n: usize| ck.view(&q.companions[n]).map(|v| v.data);
+                let (s, _) = ct_fp4::group_scales_of(p, data(0).map_err(|e| e.to_string())?, data)
+                    .map_err(|e| e.to_string())?;
+                vec![(q.stored.clone(), ct_fp4::requantize(p, merged, &s))]
             }
             Scheme::BnbInt8 => {
                 let (q8, scb) = int8::quantize(merged, q.shape[1]);

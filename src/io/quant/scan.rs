@@ -11,12 +11,16 @@ use super::*;
 use crate::io::header::TensorInfo;
 
 /// `DTYPE [shape]` of a tensor, as the errors below quote it.
-fn typed(info: &TensorInfo) -> String {
+pub(super) fn typed(info: &TensorInfo) -> String {
     format!("{} {:?}", dtype::name(info.dtype), info.shape)
 }
 
 /// The error naming tensor `info`, whose message `msg` quotes its dtype (given by name).
-fn dtype_err(ck: &Checkpoint, info: &TensorInfo, msg: impl FnOnce(&str) -> String) -> InputError {
+pub(super) fn dtype_err(
+    ck: &Checkpoint,
+    info: &TensorInfo,
+    msg: impl FnOnce(&str) -> String,
+) -> InputError {
     err(ck, &info.name, msg(&dtype::name(info.dtype)))
 }
 
@@ -60,9 +64,13 @@ impl QuantMap {
                 map.add_bnb4(ck, &name[..pos], name)?;
             }
         }
+        map.add_ct_fp4_all(ck, &names)?;
         let mut markers = Vec::new();
         for name in &names {
             let info = ck.info(name).expect("listed");
+            if map.stored.contains_key(name) || map.companions.contains_key(name) {
+                continue; // an FP4 weight and its E4M3 scales, read above
+            }
             if let Some(p) = name.strip_suffix(".SCB") {
                 map.add_int8(ck, p, name)?;
             } else if fp8::comfy::is_marker(name) {
@@ -192,135 +200,6 @@ impl QuantMap {
             }
         }
         Ok(map)
-    }
-
-    fn add_packed(&mut self, ck: &Checkpoint, prefix: &str, packed_name: &str) -> InputResult<()> {
-        let weight = format!("{prefix}.weight");
-        let pk = ck.info(packed_name).expect("listed");
-        let need = |suffix: &str| {
-            let n = format!("{prefix}.{suffix}");
-            ck.info(&n).cloned().ok_or_else(|| {
-                err(
-                    ck,
-                    packed_name,
-                    format!("compressed-tensors packed weight without `{n}`"),
-                )
-            })
-        };
-        let shape_info = need("weight_shape")?;
-        let scale = need("weight_scale")?;
-        if pk.dtype != Dtype::I32 || pk.shape.len() != 2 {
-            return Err(err(
-                ck,
-                packed_name,
-                format!("is {}, not a 2-D I32 matrix", typed(pk)),
-            ));
-        }
-        let sv = ck.view(&shape_info.name)?;
-        let dims: Vec<i64> = match sv.dtype {
-            Dtype::I64 => sv
-                .data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
-                .collect(),
-            Dtype::I32 => sv
-                .data
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
-                .collect(),
-            _ => Vec::new(),
-        };
-        let (rows, cols) = match dims.as_slice() {
-            [r, c]
-                if *r > 0
-                    && *c > 0
-                    && (*r as u64)
-                        .checked_mul(*c as u64)
-                        .is_some_and(|n| n < 1 << 40) =>
-            {
-                (*r as usize, *c as usize)
-            }
-            _ => {
-                return Err(dtype_err(ck, &shape_info, |d| {
-                    format!("is not two positive sizes (got {dims:?} as {d})")
-                }))
-            }
-        };
-        if pk.shape[0] != rows {
-            return Err(err(
-                ck,
-                packed_name,
-                format!("has {} rows but weight_shape says {rows}", pk.shape[0]),
-            ));
-        }
-        let bits = packed::infer_bits(cols, pk.shape[1]).ok_or_else(|| {
-            err(
-                ck,
-                packed_name,
-                format!(
-                    "{} words per row do not pack {cols} elements at any width of 1..8 bits (or at more than one)",
-                    pk.shape[1]
-                ),
-            )
-        })?;
-        if !dtype::is_float_compute(scale.dtype) || scale.dtype == Dtype::F64 {
-            return Err(dtype_err(ck, &scale, |d| {
-                format!("scale dtype {d} is not F32, F16 or BF16")
-            }));
-        }
-        let (per_tensor, groups) = match scale.shape.as_slice() {
-            [] | [1] => (true, 1),
-            [r, g] if *r == rows && *g >= 1 && cols.is_multiple_of(*g) => (false, *g),
-            s => {
-                return Err(err(
-                    ck,
-                    &scale.name,
-                    format!("shape {s:?} is not [1], [{rows}, 1] or [{rows}, groups] with groups dividing {cols}"),
-                ))
-            }
-        };
-        let zp_name = format!("{prefix}.weight_zero_point");
-        let symmetric = !ck.contains(&zp_name);
-        let mut companions = vec![shape_info.name.clone(), scale.name.clone()];
-        if !symmetric {
-            let z = ck.info(&zp_name).expect("present");
-            let want = [packed::words(rows, bits), groups];
-            if per_tensor || z.dtype != Dtype::I32 || z.shape != want {
-                return Err(err(
-                    ck,
-                    &zp_name,
-                    format!(
-                        "is {}; a packed zero point of {bits}-bit {rows}x{cols} in {groups} group(s) is I32 {want:?}",
-                        typed(z)
-                    ),
-                ));
-            }
-            companions.push(zp_name);
-        }
-        let params = packed::Params {
-            bits,
-            rows,
-            cols,
-            groups,
-            per_tensor,
-            symmetric,
-            scale_dtype: scale.dtype,
-        };
-        if let Some(a) = self.ct_args(ck, prefix)? {
-            if let Some(c) = a.contradicts_packed(&params, packed_name, &scale.name, &scale.shape) {
-                return Err(a.refusal(ck, prefix, c));
-            }
-        }
-        self.insert(
-            ck,
-            QuantTensor {
-                name: weight,
-                stored: packed_name.to_owned(),
-                shape: vec![rows, cols],
-                scheme: Scheme::Packed(params),
-                companions,
-            },
-        )
     }
 
     fn add_bnb4(&mut self, ck: &Checkpoint, weight: &str, state: &str) -> InputResult<()> {

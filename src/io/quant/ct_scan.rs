@@ -1,0 +1,311 @@
+//! Recognising compressed-tensors weights from the headers (the `weight_packed` formats): the
+//! integer `pack-quantized` ([`packed`](super::packed)) and the FP4 `nvfp4-pack-quantized` /
+//! `mxfp4-pack-quantized` ([`ct_fp4`](super::ct_fp4)), every companion checked against the
+//! packing and the config's weight arguments before anything is read.
+//!
+//! Must not read tensor data beyond `weight_shape`; must not decide what a merge writes.
+
+use super::ct_fp4::{self, Kind};
+use super::scan::{dtype_err, typed};
+use super::{err, packed, QuantMap, QuantTensor, Scheme};
+use crate::dtype::{self, Dtype};
+use crate::error::InputResult;
+use crate::io::Checkpoint;
+
+impl QuantMap {
+    /// Every `P.weight_packed` stored as U8 (FP4): recognised before the other formats, so its
+    /// E4M3 scale is not taken for an FP8 weight.
+    pub(super) fn add_ct_fp4_all(&mut self, ck: &Checkpoint, names: &[String]) -> InputResult<()> {
+        for name in names {
+            if let Some(p) = name.strip_suffix(".weight_packed") {
+                if ck.info(name).is_some_and(|i| i.dtype == Dtype::U8) {
+                    self.add_ct_fp4(ck, p, name)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One FP4 weight `P.weight_packed`, every companion checked against the packing.
+    fn add_ct_fp4(&mut self, ck: &Checkpoint, prefix: &str, packed_name: &str) -> InputResult<()> {
+        let pk = ck.info(packed_name).expect("listed").clone();
+        let [rows, half] = pk.shape[..] else {
+            return Err(err(
+                ck,
+                packed_name,
+                format!("is {}, not a 2-D U8 matrix of FP4 pairs", typed(&pk)),
+            ));
+        };
+        let cols = 2 * half;
+        let scale_name = format!("{prefix}.weight_scale");
+        let Some(scale) = ck.info(&scale_name).cloned() else {
+            return Err(err(
+                ck,
+                packed_name,
+                format!("is FP4 (U8 pairs) without `{scale_name}`"),
+            ));
+        };
+        let kind = match scale.dtype {
+            Dtype::F8_E4M3 => Kind::Nvfp4,
+            Dtype::U8 => Kind::Mxfp4,
+            _ => {
+                return Err(dtype_err(ck, &scale, |d| {
+                    format!("is {d}: an FP4 `weight_packed` takes an F8_E4M3 scale per 16 (NVFP4) or a U8 E8M0 exponent per 32 (MXFP4)")
+                }))
+            }
+        };
+        let gs = kind.group_size();
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(gs) || scale.shape != [rows, cols / gs] {
+            return Err(err(
+                ck,
+                &scale_name,
+                format!(
+                    "is {}; {} scales of a {rows}x{cols} weight (from `{packed_name}` {:?}) are {:?} [{rows}, {cols}/{gs}] with {gs} dividing {cols}",
+                    typed(&scale),
+                    kind.name().to_uppercase(),
+                    pk.shape,
+                    kind.scale_dtype(),
+                ),
+            ));
+        }
+        let mut companions = vec![scale_name];
+        let global_name = format!("{prefix}.weight_global_scale");
+        match (kind, ck.info(&global_name)) {
+            (Kind::Nvfp4, Some(g)) if g.dtype == Dtype::F32 && g.shape == [1] => {
+                companions.push(global_name)
+            }
+            (Kind::Nvfp4, Some(g)) => {
+                return Err(err(
+                    ck,
+                    &global_name,
+                    format!(
+                        "is {}; compressed-tensors stores the NVFP4 global scale as F32 [1]",
+                        typed(g)
+                    ),
+                ))
+            }
+            (Kind::Nvfp4, None) => {
+                return Err(err(
+                    ck,
+                    packed_name,
+                    format!("is NVFP4 (E4M3 scales) without `{global_name}`"),
+                ))
+            }
+            (Kind::Mxfp4, Some(_)) => {
+                return Err(err(
+                    ck,
+                    &global_name,
+                    "stands beside MXFP4 (E8M0 scales), which has no global scale",
+                ))
+            }
+            (Kind::Mxfp4, None) => {}
+        }
+        let zp = format!("{prefix}.weight_zero_point");
+        if ck.contains(&zp) {
+            return Err(err(
+                ck,
+                &zp,
+                "is a zero point of an FP4 weight; compressed-tensors quantizes FP4 symmetrically only",
+            ));
+        }
+        let shape_name = format!("{prefix}.weight_shape");
+        if ck.contains(&shape_name) {
+            // Not written for FP4; where present it must agree with the packing.
+            let v = ck.view(&shape_name)?;
+            let dims: Vec<i64> = match v.dtype {
+                Dtype::I64 => v
+                    .data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                    .collect(),
+                Dtype::I32 => v
+                    .data
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().expect("4")).into())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if dims != [rows as i64, cols as i64] {
+                return Err(err(
+                    ck,
+                    &shape_name,
+                    format!("says {dims:?}, the FP4 `{packed_name}` packs [{rows}, {cols}]"),
+                ));
+            }
+            companions.push(shape_name);
+        }
+        let input = format!("{prefix}.input_global_scale");
+        if ck.contains(&input) {
+            companions.push(input);
+        }
+        if let Some(a) = self.ct_args(ck, prefix)? {
+            let strategy = match kind {
+                Kind::Nvfp4 => "tensor_group",
+                Kind::Mxfp4 => "group",
+            };
+            let c = if a.num_bits.is_some_and(|b| b != 4) {
+                Some(format!("{}-bit weights", a.num_bits.unwrap_or(0)))
+            } else if a.group_size.is_some_and(|g| g != gs as i64) {
+                Some(format!("groups of {}", a.group_size.unwrap_or(0)))
+            } else if a.strategy.as_deref().is_some_and(|s| s != strategy) {
+                Some(format!(
+                    "strategy `{}`",
+                    a.strategy.as_deref().unwrap_or("")
+                ))
+            } else {
+                None
+            };
+            if let Some(c) = c {
+                let c = format!(
+                    "{c}, the stored `{packed_name}` is {} (4-bit, groups of {gs}, strategy `{strategy}`)",
+                    kind.name().to_uppercase()
+                );
+                return Err(a.refusal(ck, prefix, c));
+            }
+        }
+        self.insert(
+            ck,
+            QuantTensor {
+                name: format!("{prefix}.weight"),
+                stored: packed_name.to_owned(),
+                shape: vec![rows, cols],
+                scheme: Scheme::CtFp4(ct_fp4::Params { kind, rows, cols }),
+                companions,
+            },
+        )
+    }
+
+    pub(super) fn add_packed(
+        &mut self,
+        ck: &Checkpoint,
+        prefix: &str,
+        packed_name: &str,
+    ) -> InputResult<()> {
+        let weight = format!("{prefix}.weight");
+        let pk = ck.info(packed_name).expect("listed");
+        let need = |suffix: &str| {
+            let n = format!("{prefix}.{suffix}");
+            ck.info(&n).cloned().ok_or_else(|| {
+                err(
+                    ck,
+                    packed_name,
+                    format!("compressed-tensors packed weight without `{n}`"),
+                )
+            })
+        };
+        let shape_info = need("weight_shape")?;
+        let scale = need("weight_scale")?;
+        if pk.dtype != Dtype::I32 || pk.shape.len() != 2 {
+            return Err(err(
+                ck,
+                packed_name,
+                format!("is {}, not a 2-D I32 matrix", typed(pk)),
+            ));
+        }
+        let sv = ck.view(&shape_info.name)?;
+        let dims: Vec<i64> = match sv.dtype {
+            Dtype::I64 => sv
+                .data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+            Dtype::I32 => sv
+                .data
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let (rows, cols) = match dims.as_slice() {
+            [r, c]
+                if *r > 0
+                    && *c > 0
+                    && (*r as u64)
+                        .checked_mul(*c as u64)
+                        .is_some_and(|n| n < 1 << 40) =>
+            {
+                (*r as usize, *c as usize)
+            }
+            _ => {
+                return Err(dtype_err(ck, &shape_info, |d| {
+                    format!("is not two positive sizes (got {dims:?} as {d})")
+                }))
+            }
+        };
+        if pk.shape[0] != rows {
+            return Err(err(
+                ck,
+                packed_name,
+                format!("has {} rows but weight_shape says {rows}", pk.shape[0]),
+            ));
+        }
+        let bits = packed::infer_bits(cols, pk.shape[1]).ok_or_else(|| {
+            err(
+                ck,
+                packed_name,
+                format!(
+                    "{} words per row do not pack {cols} elements at any width of 1..8 bits (or at more than one)",
+                    pk.shape[1]
+                ),
+            )
+        })?;
+        if !dtype::is_float_compute(scale.dtype) || scale.dtype == Dtype::F64 {
+            return Err(dtype_err(ck, &scale, |d| {
+                format!("scale dtype {d} is not F32, F16 or BF16")
+            }));
+        }
+        let (per_tensor, groups) = match scale.shape.as_slice() {
+            [] | [1] => (true, 1),
+            [r, g] if *r == rows && *g >= 1 && cols.is_multiple_of(*g) => (false, *g),
+            s => {
+                return Err(err(
+                    ck,
+                    &scale.name,
+                    format!("shape {s:?} is not [1], [{rows}, 1] or [{rows}, groups] with groups dividing {cols}"),
+                ))
+            }
+        };
+        let zp_name = format!("{prefix}.weight_zero_point");
+        let symmetric = !ck.contains(&zp_name);
+        let mut companions = vec![shape_info.name.clone(), scale.name.clone()];
+        if !symmetric {
+            let z = ck.info(&zp_name).expect("present");
+            let want = [packed::words(rows, bits), groups];
+            if per_tensor || z.dtype != Dtype::I32 || z.shape != want {
+                return Err(err(
+                    ck,
+                    &zp_name,
+                    format!(
+                        "is {}; a packed zero point of {bits}-bit {rows}x{cols} in {groups} group(s) is I32 {want:?}",
+                        typed(z)
+                    ),
+                ));
+            }
+            companions.push(zp_name);
+        }
+        let params = packed::Params {
+            bits,
+            rows,
+            cols,
+            groups,
+            per_tensor,
+            symmetric,
+            scale_dtype: scale.dtype,
+        };
+        if let Some(a) = self.ct_args(ck, prefix)? {
+            if let Some(c) = a.contradicts_packed(&params, packed_name, &scale.name, &scale.shape) {
+                return Err(a.refusal(ck, prefix, c));
+            }
+        }
+        self.insert(
+            ck,
+            QuantTensor {
+                name: weight,
+                stored: packed_name.to_owned(),
+                shape: vec![rows, cols],
+                scheme: Scheme::Packed(params),
+                companions,
+            },
+        )
+    }
+}

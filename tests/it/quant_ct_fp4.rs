@@ -1,0 +1,116 @@
+//! compressed-tensors NVFP4 and MXFP4 bases (`nvfp4-pack-quantized`, `mxfp4-pack-quantized`),
+//! against compressed-tensors 0.20's own compressors (`fixtures/gen/ct_fp4_fixtures.py`).
+
+use super::common::*;
+use super::quant::{dequantize_refuses, edited, quant, without};
+use super::quant_requant::{assert_merged_exactly, merge_keeping};
+use std::collections::BTreeMap;
+
+const MODELS: [(&str, &str); 2] = [("ct_nvfp4", "nv."), ("ct_mxfp4", "mx.")];
+
+/// The tensors of `file` whose names start with `prefix`, the prefix dropped.
+fn prefixed(file: &str, prefix: &str) -> BTreeMap<String, T> {
+    read(&quant(file))
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_owned(), v)))
+        .collect()
+}
+
+/// `dequantize` equals the compressor's `decompress` (bf16) bit for bit on all 14 weights;
+/// companions (scales, global scales) are dropped and so is `quantization_config`.
+#[test]
+fn dequantize_equals_compressed_tensors_decompress() {
+    let dir = tempfile::tempdir().unwrap();
+    for (model, prefix) in MODELS {
+        let out = dir.path().join(model);
+        let text = run_ok(dequantize_args(&quant(model), &out, &[]));
+        assert!(text.contains("dequantized 14 weights"), "{model}: {text}");
+        let got = read_checkpoint(&out);
+        let base = read_checkpoint(&fixture("llama/base"));
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            base.keys().collect::<Vec<_>>(),
+            "{model}"
+        );
+        let want = prefixed("ref/ct_fp4.safetensors", prefix);
+        assert_eq!(want.len(), 14);
+        for (name, w) in &want {
+            assert_eq!(&got[name], w, "{model} {name}: not bit-exact");
+        }
+        let cfg: serde_json::Value = read_json(out.join("config.json"));
+        assert!(cfg.get("quantization_config").is_none(), "{model}");
+    }
+}
+
+/// `merge --quant keep` packs each merged weight again with the stored scales, equal to the
+/// compressor's `compress` of the decompressed weight plus PEFT's ΔW (rounded to bf16); scales,
+/// global scales, every other tensor and config.json are copied byte for byte.
+#[test]
+fn merge_keep_into_fp4_is_the_compressors_rounding() {
+    for (model, prefix) in MODELS {
+        let (got, input) = merge_keeping(model, "rslora_all", 14);
+        let want = prefixed("qlora/ct_fp4_keep.safetensors", prefix);
+        assert_eq!(want.len(), 14);
+        assert_merged_exactly(&got, &input, &want, model);
+    }
+}
+
+/// Bad FP4 companions are one-line errors naming the file and the tensor, nothing written.
+#[test]
+fn malformed_fp4_weights_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = "model.layers.0.self_attn.q_proj";
+    let set = |t: &mut BTreeMap<String, T>, name: &str, i: usize, b: u8| {
+        t.get_mut(name).unwrap().data[i] = b;
+    };
+    let cases = [
+        (
+            "NVFP4 weight without its global scale",
+            without(dir.path(), "ct_nvfp4", &format!("{q}.weight_global_scale")),
+            "without `model.layers.0.self_attn.q_proj.weight_global_scale`",
+        ),
+        (
+            "NVFP4 scales of the wrong shape",
+            edited(dir.path(), "ct_nvfp4", |t| {
+                t.get_mut(&format!("{q}.weight_scale"))
+                    .unwrap()
+                    .cut_to(&[64, 2]);
+            }),
+            "[64, 64/16]",
+        ),
+        (
+            "an E4M3 NaN scale",
+            edited(dir.path(), "ct_nvfp4", |t| {
+                set(t, &format!("{q}.weight_scale"), 5, 0x7F)
+            }),
+            "group 5 (byte 0x7f)",
+        ),
+        (
+            "a zero global scale",
+            edited(dir.path(), "ct_nvfp4", |t| {
+                t.get_mut(&format!("{q}.weight_global_scale")).unwrap().data = vec![0; 4];
+            }),
+            "a global scale must be finite and non-zero",
+        ),
+        (
+            "an E8M0 byte 255 (2^128)",
+            edited(dir.path(), "ct_mxfp4", |t| {
+                set(t, &format!("{q}.weight_scale"), 3, 255)
+            }),
+            "byte 0xff",
+        ),
+        (
+            "a global scale beside MXFP4",
+            edited(dir.path(), "ct_mxfp4", |t| {
+                let g = read(&quant("ct_nvfp4/model.safetensors"))
+                    .remove(&format!("{q}.weight_global_scale"))
+                    .unwrap();
+                t.insert(format!("{q}.weight_global_scale"), g);
+            }),
+            "no global scale",
+        ),
+    ];
+    for (what, input, want) in cases {
+        dequantize_refuses(dir.path(), what, &input, want);
+    }
+}
