@@ -136,6 +136,8 @@ mod it {
     pub mod recipe;
     /// Independent float64 references (Jacobi SVD, best rank-r, relative errors).
     pub mod reference;
+    /// Session 13's review findings: exact rounding of dense updates, C3A patterns, padded plain LoRAs.
+    pub mod review13;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

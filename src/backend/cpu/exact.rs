@@ -134,6 +134,16 @@ impl Format {
 
 /// 2ᵏ for k in the normal f64 range.
 #[inline(always)]
+/// The rank of `t`'s `B·A`: 0 for a dense term, whose `rank` field is unused (it may still hold
+/// the adapter's rank).
+fn low_rank(t: &crate::backend::job::Term) -> usize {
+    if t.dense.is_some() {
+        0
+    } else {
+        t.rank
+    }
+}
+
 fn pow2(k: i32) -> f64 {
     f64::from_bits(((k + 1023) as u64) << 52)
 }
@@ -170,8 +180,9 @@ pub fn merge_counted(job: &MergeJob) -> Result<(Vec<u8>, usize), MergeError> {
         .terms
         .iter()
         .map(|t| {
+            // A dense term (a full ΔW: OFT, VeRA, LoHa, …) has no A to sum, whatever its rank.
             let mut c = vec![0f64; if t.dense.is_some() { 0 } else { cols }];
-            for k in 0..t.rank {
+            for k in 0..low_rank(t) {
                 for (x, &a) in c.iter_mut().zip(&t.a[k * cols..(k + 1) * cols]) {
                     *x += (a as f64).abs();
                 }
@@ -179,7 +190,7 @@ pub fn merge_counted(job: &MergeJob) -> Result<(Vec<u8>, usize), MergeError> {
             c
         })
         .collect();
-    let n_ops: usize = job.terms.iter().map(|t| t.rank + 1).sum();
+    let n_ops: usize = job.terms.iter().map(|t| low_rank(t) + 1).sum();
     let c_err = 2.0 * (n_ops as f64 + 2.0) * U;
     let block_rows = (BLOCK_ELEMS / cols).max(1);
     let results: Vec<Result<usize, MergeError>> = out

@@ -89,6 +89,7 @@ impl MergePlan {
         // `--expand-base`: the base weights some adapter reads wider, at the widths they are
         // written with; every adapter is then resolved against them.
         let widened = super::widen::widenings(&adapters, &base, &quant, &options)?;
+        super::widen::pad_narrow(&mut adapters, &base, &quant, &widened)?;
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
             a.check_mergeable()?;

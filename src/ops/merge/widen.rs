@@ -98,6 +98,61 @@ pub(super) fn widenings(
     Ok(widened)
 }
 
+/// Plain LoRA modules that read a widened weight at its stored width get zero columns in
+/// `lora_A`, as diffusers' `_maybe_expand_lora_state_dict` pads them on every load beside a
+/// control LoRA (`loaders/lora_pipeline.py`): their update is `[B·A | 0]`. Other factor kinds
+/// stay unmatched (diffusers pads only `lora_A`).
+pub(super) fn pad_narrow(
+    adapters: &mut [WeightedAdapter],
+    base: &Checkpoint,
+    quant: &crate::io::quant::QuantMap,
+    widened: &HashMap<String, Vec<usize>>,
+) -> Result<()> {
+    if widened.is_empty() {
+        return Ok(());
+    }
+    for wa in adapters {
+        let res = mapping::resolve_widened(&wa.adapter, base, Some(quant), widened);
+        for u in &res.unmatched {
+            let Unmatched::ShapeMismatch {
+                module,
+                tensor,
+                expected,
+                found,
+            } = u
+            else {
+                continue;
+            };
+            let stored = base.info(tensor).map(|i| i.shape.clone());
+            let narrow = widened.get(tensor) == Some(found)
+                && stored
+                    .as_deref()
+                    .is_some_and(|s| s.len() == 2 && expected[..] == s[..]);
+            if !narrow {
+                continue;
+            }
+            let Some(m) = wa.adapter.modules.iter().position(|m| &m.name == module) else {
+                continue;
+            };
+            let crate::adapter::Factors::Lora { a, .. } = &wa.adapter.modules[m].factors else {
+                continue;
+            };
+            let (rank, cols, wide) = (wa.adapter.modules[m].rank, expected[1], found[1]);
+            let values = wa.adapter.values(a)?;
+            let mut padded = vec![0f32; rank * wide];
+            for (dst, src) in padded.chunks_exact_mut(wide).zip(values.chunks_exact(cols)) {
+                dst[..cols].copy_from_slice(src);
+            }
+            let module = &mut wa.adapter.modules[m];
+            if let crate::adapter::Factors::Lora { a, .. } = &mut module.factors {
+                *a = crate::adapter::Data::Owned(std::sync::Arc::new(padded));
+            }
+            module.in_features = wide;
+        }
+    }
+    Ok(())
+}
+
 /// Whether an unmatched module would land with the base widened (to name the option).
 pub(super) fn widenable(
     unmatched: &[UnmatchedReport],

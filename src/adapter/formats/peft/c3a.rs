@@ -10,7 +10,7 @@
 //! FFT round-trip leaves errors of a few f32 ulps. Linear layers only.
 
 use super::assemble::{assemble, split_by_suffix};
-use super::config::{compile_pattern, stored_f32, PeftConfig};
+use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
@@ -66,9 +66,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
     assemble(path, file, &cfg, modules, full)
 }
 
-/// The block size PEFT builds `module`'s kernel at (`model.py` `_create_and_replace`): the
-/// first `block_size_pattern` key matching it as `get_pattern_key` matches, else `block_size`
-/// (default 256); `None` where that value is not a positive integer.
+/// The block size PEFT builds `module`'s kernel at (`tuners/c3a/model.py`
+/// `_create_and_replace`, its own rule, not `get_pattern_key`'s): the first
+/// `block_size_pattern` key `k` for which Python's `re.match(rf".*\.{k}$", module)` holds (the
+/// key pasted in unwrapped, so `q_proj|v_proj` reads as `.*\.q_proj` or a name that is exactly
+/// `v_proj`), else the entry whose key is the whole module name, else `block_size` (default
+/// 256); `None` where that value is not a positive integer.
 fn configured_block(cfg: &PeftConfig, module: &str) -> Option<u64> {
     let pattern = cfg
         .raw
@@ -76,7 +79,12 @@ fn configured_block(cfg: &PeftConfig, module: &str) -> Option<u64> {
         .and_then(serde_json::Value::as_object)
         .and_then(|m| {
             m.iter()
-                .find(|(k, _)| compile_pattern(k).is_ok_and(|re| re.is_match(module)))
+                .find(|(k, _)| {
+                    // `re.match` anchors every alternative at the start, and only there.
+                    regex::Regex::new(&format!(r"^(?:.*\.{k}$)"))
+                        .is_ok_and(|re| re.is_match(module))
+                })
+                .or_else(|| m.iter().find(|(k, _)| k.as_str() == module))
                 .map(|(_, v)| v)
         });
     match pattern.or_else(|| cfg.raw.get("block_size")) {
