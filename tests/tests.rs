@@ -142,6 +142,8 @@ mod it {
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).
     pub mod sweep12;
+    /// What the sweeps with seeds 91/92 and wider draws found (fixtures/sweep13).
+    pub mod sweep13;
     /// What the sweeps with seeds 21/22 and wider draws found (fixtures/sweep6).
     pub mod sweep6;
     /// What the sweeps with seeds 31/32 and wider draws found (fixtures/sweep7).

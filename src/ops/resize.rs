@@ -221,9 +221,11 @@ pub fn lower_module(
                 }),
             )
         } else {
-            // Full: the stored d×k difference itself.
+            // Full: the stored d×k difference itself, its SVD in f64 (an f32 one moves the
+            // kept singular vectors by ε₃₂·σ₁/gap: 2e-5 off the truncation of a PEFT C3A at a
+            // 1 % gap, sweep13, fixtures/sweep13/c3a_lowered; as extract's, sweep10).
             let dense = algo::delta(&loaded, d, k, m.rank, kk, 1.0);
-            let svd = linalg::exact_svd(super::output::view(&dense, d, k));
+            let svd = linalg::exact_svd_f64(super::output::view(&dense, d, k));
             let s = svd.s.clone();
             (s, Box::new(move |r| super::output::svd_factors(&svd, r)))
         };

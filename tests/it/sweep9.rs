@@ -6,7 +6,11 @@ use super::common::*;
 /// `resize --rank R` of `adapter` (plus `extra`) into a fresh folder: the written tensors, and
 /// per module the largest |s·B·A − reference| over max |reference| (`reference.safetensors`:
 /// `{module}.weight` in f64, numpy's truncation of PEFT's own ΔW). Each module must hold rank R.
-fn lowered_errors(adapter: &str, rank: usize, extra: &[&str]) -> (TensorMap, Vec<(String, f64)>) {
+pub(super) fn lowered_errors(
+    adapter: &str,
+    rank: usize,
+    extra: &[&str],
+) -> (TensorMap, Vec<(String, f64)>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lowered");
     let adapter_dir = fixture(&format!("{adapter}/adapter"));

@@ -252,9 +252,10 @@ impl PeftConfig {
                 Some(_) => Err(bad(k, "must be an object")),
             }
         };
-        // AdaLoRA's `rank_pattern` lists the kept triplets as booleans; the file's shapes say
-        // the same (adalora.rs reads them), so it is not a LoRA rank pattern.
-        let rank_pattern = if peft_type == PeftType::AdaLora {
+        // AdaLoRA's `rank_pattern` lists the kept triplets as booleans, OSF's the frozen
+        // `effective_rank` per module (an int or a fraction of min(out, in)); the file's shapes
+        // say the same (adalora.rs, osf.rs read them), so neither is a LoRA rank pattern.
+        let rank_pattern = if matches!(peft_type, PeftType::AdaLora | PeftType::Osf) {
             Vec::new()
         } else {
             pattern("rank_pattern")?
