@@ -531,13 +531,15 @@ def expand_base_lies():
         "in_missing": lambda j: j.pop("in_channels"), "in_true": lambda j: j.update(in_channels=True),
         "in_list": lambda j: j.update(in_channels=[4]), "in_huge": lambda j: j.update(in_channels=2 ** 64),
         "in_nested": lambda j: (j.pop("in_channels"), j.update(sub={"in_channels": 4})),
-        "in_lie_16": lambda j: j.update(in_channels=16),
+        # in_channels other than x_embedder's stored 4 columns: the base does not load as it is;
+        # before round 13 the widening wrote out_channels 16 beside a 4-row proj_out (exit 0).
+        "in_lie_16": lambda j: j.update(in_channels=16), "in_lie_8": lambda j: j.update(in_channels=8),
         "out_str": lambda j: j.update(out_channels="4"),
         "out_missing": lambda j: j.pop("out_channels"),
         "list": lambda j: [j],
     }
     refuse = {"in_str", "in_float", "in_neg", "in_null", "in_missing", "in_true", "in_list", "in_huge", "in_nested",
-              "list"}
+              "list", "in_lie_16", "in_lie_8"}
     for what, fn in cfg_lies.items():
         c = fc("cfg_" + what)
         c.json_edit("base/config.json", fn)

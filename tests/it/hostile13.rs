@@ -186,3 +186,30 @@ fn a_lokr_metadata_r_at_which_peft_builds_other_factors_is_refused() {
         }
     }
 }
+
+/// `merge --expand-base` of a Flux control LoRA into a base whose config.json `in_channels`
+/// (16, or already the widened 8) is not its `x_embedder.weight`'s 4 stored columns: the
+/// rewrite took the config's value for the old width, wrote `out_channels` 16 beside a 4-row
+/// `proj_out` and exit 0 (a model that does not load). diffusers 0.42.1's
+/// `FluxTransformer2DModel.from_pretrained` refuses that base itself (proj_out.bias expected
+/// [16], got [4]; measured). Now refused naming config.json, nothing written.
+#[test]
+fn expand_base_refuses_an_in_channels_that_is_not_the_stored_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("diffusion12/flux_control/diffusers.safetensors");
+    for lie in [16, 8] {
+        let base = dir.path().join(format!("base{lie}"));
+        copy_dir(&fixture("diffusion12/flux_control/base"), &base);
+        let cfg = base.join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+        c["in_channels"] = lie.into();
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+        let out = dir.path().join(format!("o{lie}"));
+        let line = merge_refused(&base, &adapter, &out, &["--expand-base"]);
+        assert_mentions(
+            &line,
+            &["config.json", &format!("in_channels {lie}"), "4 columns"],
+        );
+    }
+}
