@@ -63,7 +63,9 @@ Not fixed (refusals of valid input, left): a config.json whose string *value* is
 "in_channels" is refused by --expand-base's byte-level rewrite ("names in_channels more than
 once"); OSF `rank_pattern` fractions (PEFT reads 0.25 as a quarter of min(out, in)) are
 refused by the shared PEFT config parser ("not a positive integer", peft/config.rs).
-On this round's final binary (44240ec): the five functions, 1,725 cases, 0 violations.
+On this round's final binary (44240ec): the five functions, 1,725 cases, 0 violations. The
+whole round, all thirteen files, on 1ed6f74's binary (all fixes but widen.rs's): 12,353 cases,
+0 violations, 0 skipped, 2,986 s.
 """
 import json, os, struct, subprocess
 
