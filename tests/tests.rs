@@ -87,6 +87,9 @@ mod it {
     /// The twelfth hostile round's findings: Python's global-flag rule, PEFT MiSS/C3A/GraLoRA/
     /// RandLoRA/SHiRA configs against their tensors, MLX scales beside an unpacked weight.
     pub mod hostile12;
+    /// The thirteenth hostile round's findings: MLX packed widths past usize, zero-size MLX
+    /// weights, PEFT OSF effective_rank and diffusers LoKr metadata r against the tensors.
+    pub mod hostile13;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.

@@ -6,7 +6,7 @@ use super::hostile11::{merges_with_each_target_pattern, python_re_agrees};
 use std::path::{Path, PathBuf};
 
 /// Copies fixture folder `rel` to `dir/name` and edits its `adapter_config.json` with `edit`.
-fn edited_copy(
+pub(super) fn edited_copy(
     dir: &Path,
     rel: &str,
     name: &str,

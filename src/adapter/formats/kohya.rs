@@ -186,6 +186,38 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                         ));
                     }
                 }
+                // PEFT builds each half whole or decomposed from r (`update_layer`: w1 whole
+                // unless `decompose_both` and 2r < max(w1's sides), w2 whole iff 2r ≥ max(w2's
+                // sides)); a file of the other layout does not load (unexpected keys, ΔW of the
+                // init): refused, as `check` reports it (hostile round 13: r = 1 merged at 2×).
+                if let Factors::Lokr {
+                    w1,
+                    w2,
+                    w1_shape,
+                    w2_shape,
+                } = &m.factors
+                {
+                    let both = cfg.raw.get("decompose_both").and_then(|v| v.as_bool());
+                    let whole = |h: &KronHalf| matches!(h, KronHalf::Whole(_));
+                    let peft_w1 = !(both == Some(true) && 2 * rank < w1_shape.0.max(w1_shape.1));
+                    let peft_w2 = 2 * rank >= w2_shape.0.max(w2_shape.1);
+                    let form = |w: bool| if w { "whole" } else { "decomposed" };
+                    if !matches!(w2, KronHalf::Tucker { .. })
+                        && (peft_w1 != whole(w1) || peft_w2 != whole(w2))
+                    {
+                        return Err(InputError::invalid(
+                            &fpath,
+                            format!(
+                                "module `{name}`: the `{}` metadata gives r = {rank}, at which PEFT's LoKr builds w1 {} and w2 {}, but the file stores w1 {} and w2 {}: its factors would not load",
+                                DiffusersConfigs::KEY,
+                                form(peft_w1),
+                                form(peft_w2),
+                                form(whole(w1)),
+                                form(whole(w2))
+                            ),
+                        ));
+                    }
+                }
                 m.alpha = cfg.alpha_for(rel)?;
                 m.scale = m.alpha / rank as f64;
             }

@@ -136,10 +136,11 @@ impl QuantMap {
                 ),
             ));
         }
-        let cols = words * 32 / bits as usize;
+        let row_bits = row_bits(ck, weight, w, words)?;
+        let cols = row_bits / bits as usize;
         let groups = cols / group_size;
         let want = [&lead[..], &[groups]].concat();
-        if !(words * 32).is_multiple_of(bits as usize)
+        if !row_bits.is_multiple_of(bits as usize)
             || !cols.is_multiple_of(group_size)
             || s.shape != want
             || b.shape != s.shape
@@ -214,7 +215,7 @@ impl QuantMap {
                 format!("is present, but MLX {name} weights have no biases (mx.dequantize refuses them)"),
             ));
         }
-        let cols = words * 32 / mode.bits() as usize;
+        let cols = row_bits(ck, weight, w, words)? / mode.bits() as usize;
         let want = [&lead[..], &[cols / mode.group_size()]].concat();
         if s.dtype != Dtype::U8 || !cols.is_multiple_of(mode.group_size()) || s.shape != want {
             return Err(err(
@@ -257,6 +258,26 @@ fn packed_dims(shape: &[usize]) -> Option<(Vec<usize>, usize, usize)> {
     }
     let rows = lead.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
     Some((lead.to_vec(), rows, words))
+}
+
+/// The bits in one packed row (`words · 32`), refused naming the weight where a header's
+/// width of a zero-size tensor makes them overflow (hostile round 13: `[0, 2^62]` panicked).
+fn row_bits(
+    ck: &Checkpoint,
+    weight: &str,
+    w: &crate::io::header::TensorInfo,
+    words: usize,
+) -> InputResult<usize> {
+    words.checked_mul(32).ok_or_else(|| {
+        err(
+            ck,
+            weight,
+            format!(
+                "is {}: {words} words of 32 bits per row overflow the bit count",
+                typed_of(w)
+            ),
+        )
+    })
 }
 
 fn not_a_matrix(ck: &Checkpoint, weight: &str, w: &crate::io::header::TensorInfo) -> InputError {

@@ -617,7 +617,7 @@ impl MergePlan {
             Vec::new()
         };
         crate::io::writer::check_writes(&inputs, &writes, &folders)?;
-        let widened_config = super::widen::config(&widened, &extra_files, &out)?;
+        let widened_config = super::widen::config(&widened, &base, &extra_files, &out)?;
         let plan = MergePlan {
             base,
             adapters,

@@ -224,31 +224,41 @@ pub(super) fn pad_columns(
 /// widened or the base has no config.json (a lone .safetensors file).
 pub(super) fn config(
     widened: &HashMap<String, Vec<usize>>,
+    base: &Checkpoint,
     extra_files: &[(PathBuf, PathBuf)],
     out: &Path,
 ) -> Result<Option<(PathBuf, Vec<u8>)>> {
     let Some(shape) = widened.get(X_EMBEDDER) else {
         return Ok(None);
     };
+    // The stored width, which `in_channels` must give (else the base itself does not load).
+    let stored = base.info(X_EMBEDDER).map(|i| i.shape[1]);
     let dst = out.join("config.json");
     let Some((src, _)) = extra_files.iter().find(|(_, d)| *d == dst) else {
         return Ok(None);
     };
     let text = crate::io::read_whole_file(src)?;
-    let edited = with_in_channels(&text, shape[1])
+    let edited = with_in_channels(&text, shape[1], stored)
         .map_err(|why| InputError::invalid(src, format!("`in_channels`: {why}")))?;
     Ok(Some((dst, edited)))
 }
 
 /// `text` (a diffusers config.json) with `in_channels` set to `width` and a `null` or absent
-/// `out_channels` set to the old `in_channels`; every other byte unchanged.
-fn with_in_channels(text: &[u8], width: usize) -> Result<Vec<u8>, String> {
+/// `out_channels` set to the old `in_channels`; every other byte unchanged. The old value must
+/// be `stored`, the x_embedder's stored width (hostile round 13: an `in_channels` of 16 beside 4
+/// columns wrote `out_channels` 16 for a 4-row proj_out, a model that does not load).
+fn with_in_channels(text: &[u8], width: usize, stored: Option<usize>) -> Result<Vec<u8>, String> {
     let doc: serde_json::Value =
         serde_json::from_slice(text).map_err(|e| format!("config.json is not JSON: {e}"))?;
     let old = doc
         .get("in_channels")
         .and_then(|v| v.as_u64())
         .ok_or("config.json has no integer in_channels to widen")?;
+    if let Some(cols) = stored.filter(|&c| c as u64 != old) {
+        return Err(format!(
+            "config.json gives in_channels {old} but `{X_EMBEDDER}` has {cols} columns (the base does not load as it stands)"
+        ));
+    }
     let s = std::str::from_utf8(text).map_err(|_| "config.json is not UTF-8")?;
     let (start, end) = value_span(s, "in_channels")?;
     let mut edited = format!("{}{width}{}", &s[..start], &s[end..]);
@@ -317,21 +327,22 @@ mod tests {
     #[test]
     fn in_channels_is_rewritten_in_place_and_a_null_out_channels_keeps_the_old_width() {
         let text = b"{\n  \"a\": 1,\n  \"in_channels\": 4,\n  \"out_channels\": null,\n  \"z\": [1, 2]\n}\n";
-        let got = String::from_utf8(with_in_channels(text, 8).unwrap()).unwrap();
+        let got = String::from_utf8(with_in_channels(text, 8, Some(4)).unwrap()).unwrap();
         assert_eq!(
             got,
             "{\n  \"a\": 1,\n  \"in_channels\": 8,\n  \"out_channels\": 4,\n  \"z\": [1, 2]\n}\n"
         );
         let text = b"{\n  \"in_channels\": 64,\n  \"patch_size\": 1\n}";
-        let got = String::from_utf8(with_in_channels(text, 128).unwrap()).unwrap();
+        let got = String::from_utf8(with_in_channels(text, 128, Some(64)).unwrap()).unwrap();
         assert_eq!(
             got,
             "{\n  \"in_channels\": 128,\n  \"out_channels\": 64,\n  \"patch_size\": 1\n}"
         );
         let text = b"{\"in_channels\": 64, \"out_channels\": 64}";
-        let got = String::from_utf8(with_in_channels(text, 128).unwrap()).unwrap();
+        let got = String::from_utf8(with_in_channels(text, 128, Some(64)).unwrap()).unwrap();
         assert_eq!(got, "{\"in_channels\": 128, \"out_channels\": 64}");
-        assert!(with_in_channels(b"{\"out_channels\": 4}", 8).is_err());
+        assert!(with_in_channels(b"{\"out_channels\": 4}", 8, None).is_err());
+        assert!(with_in_channels(b"{\"in_channels\": 16}", 8, Some(4)).is_err());
     }
 
     #[test]

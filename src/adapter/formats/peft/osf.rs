@@ -52,6 +52,16 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 )))
             }
         };
+        // PEFT builds U_low [out, min(out, in) − effective_rank] from the config (`model.py`
+        // `_create_and_replace`, `utils.py` `decompose_weight_matrix`) and refuses other shapes.
+        let min_dim = d.min(k);
+        let eff = effective_rank(&cfg.raw, &name, min_dim).map_err(&bad)?;
+        if min_dim - eff != n {
+            return Err(bad(format!(
+                "module `{name}` stores {n} trained triplets of a [{d}, {k}] weight, but adapter_config.json's effective_rank (rank_pattern) gives {eff}: PEFT builds U_low [{d}, {}] and refuses the file",
+                min_dim - eff
+            )));
+        }
         let stored = |key: String| Data::Stored {
             key,
             transpose: false,
@@ -76,4 +86,53 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         });
     }
     assemble(path, file, &cfg, modules, full)
+}
+
+/// The preserved rank PEFT's `_create_and_replace` resolves for `module` (`_resolve_rank`): the
+/// first `rank_pattern` key `re.search` finds in the module name, else `effective_rank`; `None`
+/// is half of `min_dim`, a float in (0, 1] that fraction of it, any other number truncated;
+/// then clamped to `0..=min_dim` (0 is refused by `update_layer`, as a non-number by `int`).
+fn effective_rank(raw: &serde_json::Value, module: &str, min_dim: usize) -> Result<usize, String> {
+    use serde_json::Value;
+    let mut value = raw.get("effective_rank").unwrap_or(&Value::Null);
+    let mut field = "effective_rank".to_owned();
+    if let Some(Value::Object(patterns)) = raw.get("rank_pattern") {
+        for (key, v) in patterns {
+            let re = regex::Regex::new(key)
+                .map_err(|_| format!("`rank_pattern` key {key:?} is not a valid regex"))?;
+            if re.is_match(module) {
+                value = v;
+                field = format!("rank_pattern[{key:?}]");
+                break;
+            }
+        }
+    }
+    let r: f64 = match value {
+        Value::Null => return Ok(min_dim / 2),
+        Value::Bool(b) => f64::from(u8::from(*b)),
+        Value::Number(x) => {
+            let x = x.as_f64().unwrap_or(f64::INFINITY);
+            if value.is_f64() && x > 0.0 && x <= 1.0 {
+                (min_dim as f64 * x).trunc()
+            } else {
+                x.trunc()
+            }
+        }
+        Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .map(|x| x as f64)
+            .map_err(|_| format!("{field} {value} in adapter_config.json is not a number"))?,
+        other => {
+            return Err(format!(
+                "{field} {other} in adapter_config.json is not a number"
+            ))
+        }
+    };
+    if r.is_nan() || r <= 0.0 {
+        return Err(format!(
+            "{field} {value} in adapter_config.json gives module `{module}` no preserved rank (PEFT's update_layer refuses effective_rank ≤ 0)"
+        ));
+    }
+    Ok(r.min(min_dim as f64) as usize)
 }
