@@ -56,6 +56,7 @@ const TABLES: &[(Model, Rows)] = &[
     (Model::Sd3, table::SD3),
     (Model::Flux2, table::FLUX2),
     (Model::HunyuanVideo, video::HUNYUAN_VIDEO),
+    (Model::HunyuanVideoComfy, video::HUNYUAN_VIDEO_COMFY),
     (Model::ZImage, table::Z_IMAGE),
     (Model::Lumina2, table::LUMINA2),
     (Model::LtxVideo, video::LTX_VIDEO),
@@ -288,9 +289,8 @@ pub(super) fn place_on_original(
     names: &[&str],
     logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
 ) -> Option<Result<Placement, Unmatched>> {
-    // A kohya name here is a diffusers path with `_` under OneTrainer's `lora_transformer_` or
-    // SimpleTuner's `lycoris_` (ComfyUI `comfy/lora.py` `model_lora_keys_unet`, its Flux, SD3 and
-    // Lumina 2 branches map both onto the original tensors); a dotted one under any root.
+    // A kohya name: a diffusers path with `_` under `lora_transformer_` (OneTrainer) or `lycoris_`
+    // (SimpleTuner), which ComfyUI's Flux/SD3/Lumina 2 key maps put on the original tensors.
     let (tails, sep): (Vec<&str>, char) = if kohya_name {
         match kohya::split_prefix(&m.name) {
             Some(("lora_transformer" | "lycoris", rest)) => (vec![rest], '_'),

@@ -9,6 +9,8 @@ pub(super) enum Model {
     Flux,
     /// ComfyUI's Flux names no checkpoint has ([`FLUX_COMFY`]).
     FluxComfy,
+    /// Tencent's HunyuanVideo names on ComfyUI's layout (`video::HUNYUAN_VIDEO_COMFY`).
+    HunyuanVideoComfy,
     Wan,
     Sd3,
     Flux2,
@@ -38,6 +40,7 @@ impl Model {
         match self {
             Model::Flux | Model::Wan => true,
             Model::FluxComfy
+            | Model::HunyuanVideoComfy
             | Model::Sd3
             | Model::Flux2
             | Model::HunyuanVideo
