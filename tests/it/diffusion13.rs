@@ -10,7 +10,8 @@
 //! - OneTrainer's `lora_transformer_` and SimpleTuner's `lycoris_` diffusers paths on the BFL
 //!   layout ComfyUI loads (its Flux branch maps them through `flux_to_diffusers`' rows).
 //!
-//! Each into the BFL layout and (the first two) into the same model as diffusers saves it.
+//! Each into the BFL layout and (the first two) into the same model as diffusers saves it; and
+//! diffusion-pipe HunyuanVideo and original ACE-Step 1.5 files on ComfyUI's layouts of those models.
 
 use super::conventions_common::merges_as_reference_on;
 
@@ -52,6 +53,19 @@ fn diffusion_pipe_hunyuan_video_lands_on_comfy_names() {
         "diffusion13/hunyuan_video_comfy",
         "base.safetensors",
         "dpipe",
+        false,
+    );
+}
+
+/// An original ACE-Step 1.5 PEFT file (`base_model.model.layers.0.self_attn.q_proj`) on ComfyUI's
+/// layout (the decoder under `decoder.`, beside a lyric encoder with the same module path): each
+/// module on `decoder.…` as ComfyUI's ACEStep15 key map puts it (before, every module refused).
+#[test]
+fn ace_step15_peft_lands_on_the_comfy_decoder() {
+    merges_as_reference_on(
+        "diffusion13/ace_step15_comfy",
+        "base.safetensors",
+        "peft",
         false,
     );
 }

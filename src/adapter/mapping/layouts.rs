@@ -66,6 +66,7 @@ const TABLES: &[(Model, Rows)] = &[
     (Model::Krea2, converted::KREA2),
     (Model::Ideogram4, converted::IDEOGRAM4),
     (Model::AceStep, converted::ACE_STEP),
+    (Model::AceStepComfy, converted::ACE_STEP_COMFY),
     (Model::MiniMaxH3, converted::MINIMAX_H3),
 ];
 
@@ -289,8 +290,7 @@ pub(super) fn place_on_original(
     names: &[&str],
     logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
 ) -> Option<Result<Placement, Unmatched>> {
-    // A kohya name: a diffusers path with `_` under `lora_transformer_` (OneTrainer) or `lycoris_`
-    // (SimpleTuner), which ComfyUI's Flux/SD3/Lumina 2 key maps put on the original tensors.
+    // OneTrainer's `lora_transformer_`/SimpleTuner's `lycoris_` + diffusers path (ComfyUI's maps).
     let (tails, sep): (Vec<&str>, char) = if kohya_name {
         match kohya::split_prefix(&m.name) {
             Some(("lora_transformer" | "lycoris", rest)) => (vec![rest], '_'),
