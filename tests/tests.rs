@@ -42,6 +42,9 @@ mod it {
     /// Flux control LoRAs widened (`--expand-base`), Z-Image LoKr with metadata, loaders
     /// with no converter: merges and `check` against diffusers.
     pub mod diffusion12;
+    /// ComfyUI's Flux key forms (`linear1_qkv`, USO, `lora_transformer_`/`lycoris_` on BFL):
+    /// merges against a float64 transcription of ComfyUI's loader.
+    pub mod diffusion13;
     /// Diffusion families diffusers converts itself (Qwen-Image, LTX-Video, HiDream, Lumina 2,
     /// fal Kontext, Flux/HunyuanVideo shared names): merges and `check` against diffusers.
     pub mod diffusion8;

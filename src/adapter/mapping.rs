@@ -182,8 +182,8 @@ pub fn resolve_widened(
             }
             // And the other way: a diffusers name on the original layout (a row slice of a
             // fused tensor, as OpenCLIP's q/k/v).
-            let reverse = (!kohya_name && !suffix_misfit)
-                .then(|| layouts::place_on_original(mi, m, names, &logical))
+            let reverse = (!suffix_misfit)
+                .then(|| layouts::place_on_original(mi, m, kohya_name, names, &logical))
                 .flatten();
             if res.record(reverse.map(|r| r.map(std::iter::once))) {
                 continue;

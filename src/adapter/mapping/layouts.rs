@@ -45,16 +45,18 @@ use super::placement::{placed_on_rows, Part, Placement, RowSlice, Unmatched};
 use crate::adapter::formats::kohya;
 use crate::adapter::model::{LoraModule, ModuleKind};
 use crate::dtype::Dtype;
-use table::{Model, Rows, Swap, FLUX_NORMS, SWAPPED_HALVES};
+use table::{Model, Rows, Swap, FLUX_NORMS, ORIGINAL_HEADS, SWAPPED_HALVES};
 
 /// Every model's rows, looked up in this order (a path two models share, `final_layer.linear`,
 /// maps alike in both).
 const TABLES: &[(Model, Rows)] = &[
     (Model::Flux, table::FLUX),
+    (Model::FluxComfy, table::FLUX_COMFY),
     (Model::Wan, table::WAN),
     (Model::Sd3, table::SD3),
     (Model::Flux2, table::FLUX2),
     (Model::HunyuanVideo, video::HUNYUAN_VIDEO),
+    (Model::HunyuanVideoComfy, video::HUNYUAN_VIDEO_COMFY),
     (Model::ZImage, table::Z_IMAGE),
     (Model::Lumina2, table::LUMINA2),
     (Model::LtxVideo, video::LTX_VIDEO),
@@ -64,6 +66,7 @@ const TABLES: &[(Model, Rows)] = &[
     (Model::Krea2, converted::KREA2),
     (Model::Ideogram4, converted::IDEOGRAM4),
     (Model::AceStep, converted::ACE_STEP),
+    (Model::AceStepComfy, converted::ACE_STEP_COMFY),
     (Model::MiniMaxH3, converted::MINIMAX_H3),
 ];
 
@@ -283,21 +286,34 @@ fn weight_of<'a>(path: &str, names: &[&'a str]) -> Vec<&'a str> {
 pub(super) fn place_on_original(
     mi: usize,
     m: &LoraModule,
+    kohya_name: bool,
     names: &[&str],
     logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
 ) -> Option<Result<Placement, Unmatched>> {
-    let starts = std::iter::once(0)
-        .chain(m.name.match_indices('.').map(|(i, _)| i + 1))
-        .filter(|&start| root_prefix(&m.name[..start]));
+    // OneTrainer's `lora_transformer_`/SimpleTuner's `lycoris_` + diffusers path (ComfyUI's maps).
+    let (tails, sep): (Vec<&str>, char) = if kohya_name {
+        match kohya::split_prefix(&m.name) {
+            Some(("lora_transformer" | "lycoris", rest)) => (vec![rest], '_'),
+            _ => return None,
+        }
+    } else {
+        if let Some(placed) = place_on_head(mi, m, names, logical) {
+            return Some(placed);
+        }
+        let starts = std::iter::once(0)
+            .chain(m.name.match_indices('.').map(|(i, _)| i + 1))
+            .filter(|&start| root_prefix(&m.name[..start]));
+        (starts.map(|st| &m.name[st..]).collect(), '.')
+    };
     // Every row the name is a diffusers path of (models share diffusers names: Flux's and SD3's
     // `transformer_blocks.N.attn.to_q`, Wan's `proj_out`): the first whose original tensor the
     // base holds.
-    let ((pattern, index, j, n, dif), found_names) = starts
-        .flat_map(|st| {
-            let tail = &m.name[st..];
+    let ((pattern, index, j, n, dif), found_names) = tails
+        .into_iter()
+        .flat_map(|tail| {
             rows().flat_map(move |(_, orig, difs)| {
                 difs.iter().enumerate().filter_map(move |(j, d)| {
-                    let i = matches(tail, d, '.')?;
+                    let i = matches(tail, d, sep)?;
                     Some((orig, i, j, difs.len(), difs[0]))
                 })
             })
@@ -371,6 +387,60 @@ pub(super) fn place_on_original(
         part: swapped.ok().flatten(),
         ..p
     }))
+}
+
+/// Where module `m` (index `mi`), a row of [`ORIGINAL_HEADS`] (`….single_blocks.N.linear1_qkv`),
+/// lands on the original layout: rows `[0, 3·hidden)` of `single_blocks.N.linear1.weight`
+/// (`[3·hidden + mlp, hidden]`), the `weight.narrow(0, 0, 3·hidden)` ComfyUI adds ΔW to
+/// (`comfy/lora.py` `calculate_weight`); a module not `[3·hidden, hidden]` ComfyUI cannot reshape.
+fn place_on_head(
+    mi: usize,
+    m: &LoraModule,
+    names: &[&str],
+    logical: &dyn Fn(&str) -> (Vec<usize>, Dtype),
+) -> Option<Result<Placement, Unmatched>> {
+    let (orig, weights) = std::iter::once(0)
+        .chain(m.name.match_indices('.').map(|(i, _)| i + 1))
+        .filter(|&start| root_prefix(&m.name[..start]))
+        .find_map(|start| {
+            ORIGINAL_HEADS.iter().find_map(|(name, fused)| {
+                let index = matches(&m.name[start..], name, '.')?;
+                let want = format!("{}.weight", fused.replace('#', index));
+                let found: Vec<&str> = names
+                    .iter()
+                    .filter(|x| x.strip_suffix(want.as_str()).is_some_and(root_prefix))
+                    .copied()
+                    .collect();
+                Some((want, found))
+            })
+        })?;
+    let weight = match weights.as_slice() {
+        [] => return None,
+        [one] => one.to_string(),
+        many => return Some(Err(Unmatched::ambiguous(m, many))),
+    };
+    if m.bias.is_some() {
+        return Some(Err(Unmatched::NotFound {
+            module: format!("{}.lora_B.bias", m.name),
+            expected: orig.replace(".weight", ".bias"),
+        }));
+    }
+    let (found, dtype) = logical(&weight);
+    let out = m.out_features;
+    let fits = matches!(m.kind, ModuleKind::Linear)
+        && !m.base_transposed
+        && found.len() == 2
+        && found[1] == m.in_features
+        && Some(out) == m.in_features.checked_mul(3)
+        && found[0] > out;
+    let expected = vec![m.in_features.saturating_mul(3), m.in_features];
+    let rows = Some(RowSlice {
+        offset: 0,
+        len: out,
+    });
+    Some(placed_on_rows(
+        m, mi, weight, fits, expected, found, dtype, rows,
+    ))
 }
 
 /// Base weights for a dotted `want` under one denoiser root stored under another denoiser root

@@ -106,28 +106,45 @@ fn onetrainer_native_names_merge_like_onetrainers_forward() {
 }
 
 /// LEGACY_LORA keeps Flux's q/k/v split (`lora_transformer_transformer_blocks_0_attn_to_q`); a BFL
-/// base stores them fused (`double_blocks.0.img_attn.qkv`), so the module has no tensor there and
-/// the merge is refused by name, nothing written (ComfyUI would add it to a row slice of the fused
-/// weight through `flux_to_diffusers`; lorakit does not place split modules on fused tensors).
+/// base stores them fused (`double_blocks.0.img_attn.qkv`). ComfyUI's Flux branch maps the name
+/// to the fused weight's q rows through `flux_to_diffusers` (`comfy/lora.py`
+/// `model_lora_keys_unet`), and so does lorakit since diffusion13: rows `[0, 8)` get
+/// `(alpha/r)·up·down` (f64 here), every other row and tensor keeps its bytes.
 #[test]
-fn split_qkv_on_a_fused_base_is_refused_by_name() {
+fn split_qkv_on_a_fused_base_lands_on_its_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let before = listing(dir.path());
     let out = dir.path().join("out.safetensors");
-    let line = one_line_error(&run_err(merge_args(
+    run_ok(merge_args(
         &native("flux_base"),
         &native("flux_legacy_split"),
         &out,
-        &[],
-    )));
-    assert_mentions(
-        &line,
-        &[
-            "flux_legacy_split.safetensors",
-            "lora_transformer_transformer_blocks_0_attn_to_q",
-        ],
+        &["--quiet"],
+    ));
+    let (got, base, lora) = (
+        read(&out),
+        read(&native("flux_base")),
+        read(&native("flux_legacy_split")),
     );
-    assert_eq!(listing(dir.path()), before, "nothing written");
+    let m = "lora_transformer_transformer_blocks_0_attn_to_q";
+    let up = lora[&format!("{m}.lora_up.weight")].f32();
+    let down = lora[&format!("{m}.lora_down.weight")].f32();
+    let scale = f64::from(lora[&format!("{m}.alpha")].f32()[0]) / 4.0;
+    let qkv = "double_blocks.0.img_attn.qkv.weight";
+    let (w0, w) = (base[qkv].f32(), got[qkv].f32());
+    let mut want = w0.clone();
+    for (i, row) in want.chunks_mut(8).take(8).enumerate() {
+        for (j, x) in row.iter_mut().enumerate() {
+            let d: f64 = (0..4)
+                .map(|k| f64::from(up[i * 4 + k]) * f64::from(down[k * 8 + j]))
+                .sum();
+            *x = (f64::from(*x) + scale * d) as f32;
+        }
+    }
+    assert_f32_close(qkv, &w, &want, &w0);
+    assert_eq!(got[qkv].data[8 * 8 * 4..], base[qkv].data[8 * 8 * 4..]);
+    for (name, t) in base.iter().filter(|(n, _)| n.as_str() != qkv) {
+        assert_eq!(got[name].data, t.data, "{name}: same bytes");
+    }
 }
 
 /// OneTrainer's 4-D LoHa conv factors survive `convert --to kohya` byte for byte (shape kept), and

@@ -176,8 +176,9 @@ pub fn split_key(key: &str) -> Option<(String, &'static str, Naming)> {
 /// `[diffusion_model.]double_blocks.N.processor.qkv_lora1.down.weight` →
 /// (`[diffusion_model.]double_blocks.N.img_attn.qkv`, `lora_down.weight`). diffusers reads the
 /// same keys onto the same layers (`loaders/lora_conversion_utils.py` 0.42.1
-/// `_convert_xlabs_flux_lora_to_diffusers`). A single block's processor keys are left to the
-/// ordinary suffixes (none matches: refused by key).
+/// `_convert_xlabs_flux_lora_to_diffusers`). USO's single-block `qkv_lora`/`proj_lora` are
+/// ComfyUI's (`comfy/lora_convert.py` `convert_uso_lora`): `single_blocks.N.linear1_qkv`, the
+/// q/k/v rows of `linear1`, and `single_blocks.N.linear2`.
 fn xlabs_module(key: &str) -> Option<(String, &'static str, Naming)> {
     let (rest, role) = [
         (".down.weight", "lora_down.weight"),
@@ -191,9 +192,17 @@ fn xlabs_module(key: &str) -> Option<(String, &'static str, Naming)> {
         "proj_lora1" => "img_attn.proj",
         "qkv_lora2" => "txt_attn.qkv",
         "proj_lora2" => "txt_attn.proj",
+        // USO's single-block processors (ComfyUI `comfy/lora_convert.py` `convert_uso_lora`).
+        "qkv_lora" => "linear1_qkv",
+        "proj_lora" => "linear2",
         _ => return None,
     };
-    let block = head.rsplit_once("double_blocks.").map(|(_, n)| n)?;
+    let blocks = if layer.starts_with("linear") {
+        "single_blocks."
+    } else {
+        "double_blocks."
+    };
+    let block = head.rsplit_once(blocks).map(|(_, n)| n)?;
     if block.is_empty() || !block.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

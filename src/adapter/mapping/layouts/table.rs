@@ -7,6 +7,10 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Model {
     Flux,
+    /// ComfyUI's Flux names no checkpoint has ([`FLUX_COMFY`]).
+    FluxComfy,
+    /// Tencent's HunyuanVideo names on ComfyUI's layout (`video::HUNYUAN_VIDEO_COMFY`).
+    HunyuanVideoComfy,
     Wan,
     Sd3,
     Flux2,
@@ -20,6 +24,8 @@ pub(super) enum Model {
     Krea2,
     Ideogram4,
     AceStep,
+    /// ACE-Step 1.5's names on ComfyUI's layout (`converted::ACE_STEP_COMFY`).
+    AceStepComfy,
     MiniMaxH3,
 }
 
@@ -35,7 +41,9 @@ impl Model {
     pub(super) fn diffusers_converts_lora(self) -> bool {
         match self {
             Model::Flux | Model::Wan => true,
-            Model::Sd3
+            Model::FluxComfy
+            | Model::HunyuanVideoComfy
+            | Model::Sd3
             | Model::Flux2
             | Model::HunyuanVideo
             | Model::ZImage
@@ -47,6 +55,7 @@ impl Model {
             | Model::Krea2
             | Model::Ideogram4
             | Model::AceStep
+            | Model::AceStepComfy
             | Model::MiniMaxH3 => false,
         }
     }
@@ -196,6 +205,25 @@ pub(super) const FLUX: Rows = &[
         &["single_transformer_blocks.#.proj_out"],
     ),
 ];
+
+/// ComfyUI's own name for a Flux single block's q, k, v (`comfy/lora.py` `model_lora_keys_unet`,
+/// Flux branch: `single_blocks.N.linear1_qkv` patches `linear1.weight.narrow(0, 0, 3·hidden)`;
+/// `lora_convert.py` `convert_uso_lora` names USO's single-block `qkv_lora` so): `linear1`'s rows
+/// without the MLP input, in the diffusers layout `to_q`/`to_k`/`to_v`. diffusers has no such
+/// name ([`Model::FluxComfy`] is no model its loaders convert).
+pub(super) const FLUX_COMFY: Rows = &[(
+    "single_blocks.#.linear1_qkv",
+    &[
+        "single_transformer_blocks.#.attn.to_q",
+        "single_transformer_blocks.#.attn.to_k",
+        "single_transformer_blocks.#.attn.to_v",
+    ],
+)];
+
+/// [`FLUX_COMFY`]'s rows on the original layout: the module's name, the fused tensor it takes the
+/// first rows of (ComfyUI's offset `(0, 0, hidden_size * 3)`, `hidden_size` the tensor's columns).
+pub(super) const ORIGINAL_HEADS: &[(&str, &str)] =
+    &[("single_blocks.#.linear1_qkv", "single_blocks.#.linear1")];
 
 /// BFL Flux's q/k RMSNorm scales, whole tensors (`convert_flux_transformer_checkpoint_to_
 /// diffusers`, single_file_utils.py 0.42.1 lines 2398–2474): the diffusers tensor each is. A

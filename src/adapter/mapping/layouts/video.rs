@@ -4,6 +4,75 @@
 
 use super::table::Rows;
 
+/// HunyuanVideo's Tencent names (diffusion-pipe's files) on ComfyUI's layout of the same model
+/// (`comfy/ldm/hunyuan_video/model.py`: Flux's `img_attn.qkv`, `img_mod.lin`, `img_mlp.0`, the
+/// token refiner's `self_attn.qkv`, `mlp.0`), whole tensors renamed: `comfy/lora.py`
+/// `model_lora_keys_unet`, its HunyuanVideo branch (`_mod.lin.` → `_mod.linear.`, `_attn.qkv.` →
+/// `_attn_qkv.`, `_attn.proj.` → `_attn_proj.`, `mlp.0.`/`mlp.2.` → `mlp.fc1.`/`mlp.fc2.`,
+/// `.modulation.lin.` → `.modulation.linear.`). The "diffusers" side of these rows is ComfyUI's.
+pub(super) const HUNYUAN_VIDEO_COMFY: Rows = &[
+    (
+        "double_blocks.#.img_mod.linear",
+        &["double_blocks.#.img_mod.lin"],
+    ),
+    (
+        "double_blocks.#.txt_mod.linear",
+        &["double_blocks.#.txt_mod.lin"],
+    ),
+    (
+        "double_blocks.#.img_attn_qkv",
+        &["double_blocks.#.img_attn.qkv"],
+    ),
+    (
+        "double_blocks.#.txt_attn_qkv",
+        &["double_blocks.#.txt_attn.qkv"],
+    ),
+    (
+        "double_blocks.#.img_attn_proj",
+        &["double_blocks.#.img_attn.proj"],
+    ),
+    (
+        "double_blocks.#.txt_attn_proj",
+        &["double_blocks.#.txt_attn.proj"],
+    ),
+    (
+        "double_blocks.#.img_mlp.fc1",
+        &["double_blocks.#.img_mlp.0"],
+    ),
+    (
+        "double_blocks.#.img_mlp.fc2",
+        &["double_blocks.#.img_mlp.2"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.fc1",
+        &["double_blocks.#.txt_mlp.0"],
+    ),
+    (
+        "double_blocks.#.txt_mlp.fc2",
+        &["double_blocks.#.txt_mlp.2"],
+    ),
+    (
+        "single_blocks.#.modulation.linear",
+        &["single_blocks.#.modulation.lin"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.self_attn_qkv",
+        &["txt_in.individual_token_refiner.blocks.#.self_attn.qkv"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.self_attn_proj",
+        &["txt_in.individual_token_refiner.blocks.#.self_attn.proj"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.mlp.fc1",
+        &["txt_in.individual_token_refiner.blocks.#.mlp.0"],
+    ),
+    (
+        "txt_in.individual_token_refiner.blocks.#.mlp.fc2",
+        &["txt_in.individual_token_refiner.blocks.#.mlp.2"],
+    ),
+];
+
 /// HunyuanVideo (Tencent's names, `hyvideo/modules/models.py`): `convert_hunyuan_video_transformer_to_diffusers`
 /// (its `TRANSFORMER_KEYS_RENAME_DICT` and the `txt_in` / `img_attn_qkv` / `txt_attn_qkv` remaps).
 /// Rows Flux already has with the same diffusers paths (`vector_in.*`, `single_blocks.#.linear1`
