@@ -380,6 +380,7 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
             // RoAd turns the output rows; any input width.
             Factors::Road { .. } => found[0] == m.out_features,
             Factors::Osf { .. } => found[0] == m.out_features && found[1] == m.in_features,
+            Factors::Frod(_) => found.len() == 2 && found[1] == m.in_features,
             // HiRA on a Conv2d acts on the weight viewed as [out, in·kh·kw].
             Factors::Hadamard { .. } => {
                 let k = found[1..].iter().product::<usize>();

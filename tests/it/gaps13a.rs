@@ -1,9 +1,9 @@
 //! The PEFT tuners closed on branch gaps13a (fixtures/gen/gaps13a_fixtures.py), each against
 //! PEFT 0.21.2's own reload + `merge_and_unload` of a tiny seeded adapter: HiRA (Linear,
 //! Embedding, Conv2d), GLoRA (`lora`, `vector`, `constant`), PVeRA, TinyLoRA with one shared
-//! vector, UniLoRA with saved indices, and TRAINABLE_TOKENS as its own peft_type (on a tied base
+//! vector, UniLoRA with saved indices, FRoD, and TRAINABLE_TOKENS as its own peft_type (on a tied base
 //! too). The folders PEFT's merge cannot be rebuilt from (TinyLoRA's vectors assigned by model
-//! order, UniLoRA without indices, LiLy's per-input router) and GLoRA's unmerged bias terms are
+//! order, UniLoRA without indices or FRoD without projections, LiLy's per-input router) and GLoRA's unmerged bias terms are
 //! refused naming why; serving loaders' `check` refuses every new type and `inspect` names it.
 
 use super::common::*;
@@ -181,18 +181,34 @@ fn trainable_tokens_replace_rows_as_peft_on_plain_and_tied_bases() {
     );
 }
 
+/// FRoD: `U·(S + diag λ)·Vᵀ` with `U` rebuilt from the base and the saved `V` (`W0·V⁻ᵀ`, columns
+/// normalised, in f64 as PEFT's `_calculate_frod_u_and_lambda`) and the sparse `S`. Before: "is
+/// `FROD`; … (not `FROD` yet)".
+#[test]
+fn frod_merges_as_peft() {
+    assert_eq!(
+        merge_matches_peft_fixture("gaps13a/frod", "llama/base", &[]),
+        4
+    );
+}
+
 /// Folders PEFT's merge cannot give or lorakit does not merge are refused naming why: LiLy (its
-/// router mixes experts per input; PEFT's merge raises), FRoD (not yet), and a GLoRA module whose
+/// router mixes experts per input; PEFT's merge raises), FRoD without `save_projection` (its
+/// sparse positions drawn by torch from `projection_prng_key`), and a GLoRA module whose
 /// bias term is not zero (`b' = b0 + b0·D + E + W0·C`, not merged yet), naming the tensor.
 #[test]
 fn lily_frod_and_glora_bias_terms_are_refused_naming_why() {
     let dir = tempfile::tempdir().unwrap();
     for (ty, words) in [
         ("LILY", &["LILY", "router", "NotImplementedError"][..]),
-        ("FROD", &["FROD", "not `FROD` yet"][..]),
+        (
+            "FROD",
+            &["FROD", "save_projection", "projection_prng_key"][..],
+        ),
     ] {
         let a = edited(dir.path(), "gaps13a/hira/adapter", ty, |c| {
             c["peft_type"] = ty.into();
+            c["save_projection"] = false.into();
         });
         assert_mentions(&refused_on("llama/base", &a), words);
     }
@@ -229,6 +245,7 @@ fn loaders_refuse_and_inspect_names_the_new_types() {
         ("pvera", "PVERA", Some("vera")),
         ("tinylora", "TINYLORA", Some("lora")),
         ("unilora", "UNILORA", Some("lora")),
+        ("frod", "FROD", Some("frod")),
         ("tokens", "TRAINABLE_TOKENS", None),
     ] {
         let v = peft_type_refused_by_loaders(&fixture(&format!("gaps13a/{case}/adapter")), ty);

@@ -145,7 +145,8 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         | Factors::RandLora { .. }
         | Factors::Road { .. }
         | Factors::Osf { .. }
-        | Factors::Hadamard { .. } => {
+        | Factors::Hadamard { .. }
+        | Factors::Frod(_) => {
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -253,7 +254,8 @@ pub fn product_form(
         | Factors::RandLora { .. }
         | Factors::Road { .. }
         | Factors::Osf { .. }
-        | Factors::Hadamard { .. } => return None,
+        | Factors::Hadamard { .. }
+        | Factors::Frod(_) => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

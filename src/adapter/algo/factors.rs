@@ -177,6 +177,20 @@ pub enum Factors {
         add: HadamardPart,
         tuner: HadamardTuner,
     },
+    /// PEFT FRoD ([`FrodParts`]).
+    Frod(FrodParts),
+}
+
+/// PEFT FRoD (`tuners/frod/layer.py` `get_delta_weight`): `v` the shared k×k `frod_V` of
+/// the module's category, `lambda` k values (`frod_lambda_l`), `positions` the n rows then the n
+/// columns of the sparse `S` (as f32, each below 2²⁴), `values` its n values; `U` comes from W0
+/// (`super::frod`). Depends on W0.
+#[derive(Debug, Clone)]
+pub struct FrodParts {
+    pub v: Data,
+    pub lambda: Data,
+    pub positions: Data,
+    pub values: Data,
 }
 
 /// One d×k term of [`Factors::Hadamard`], broadcast as PEFT's GLoRA paths are
@@ -320,6 +334,8 @@ pub enum Algo {
     /// PEFT's GLoRA (`peft_type` GLORA; not LyCORIS' [`Algo::Glora`]).
     #[serde(rename = "peft-glora")]
     PeftGlora,
+    /// PEFT's FRoD (`peft_type` FROD).
+    Frod,
 }
 
 impl std::fmt::Display for Algo {
@@ -346,6 +362,7 @@ impl std::fmt::Display for Algo {
             Algo::Osf => "osf",
             Algo::Hira => "hira",
             Algo::PeftGlora => "peft-glora",
+            Algo::Frod => "frod",
         })
     }
 }
@@ -376,6 +393,7 @@ impl Factors {
                 HadamardTuner::Hira => Algo::Hira,
                 HadamardTuner::Glora => Algo::PeftGlora,
             },
+            Factors::Frod(_) => Algo::Frod,
         }
     }
 
@@ -399,6 +417,7 @@ impl Factors {
                 | Factors::Road { .. }
                 | Factors::Osf { .. }
                 | Factors::Hadamard { .. }
+                | Factors::Frod(_)
         )
     }
 
@@ -474,6 +493,12 @@ macro_rules! every_tensor {
                 v.extend(add.$half());
                 v
             }
+            Factors::Frod(FrodParts {
+                v,
+                lambda,
+                positions,
+                values,
+            }) => vec![v, lambda, positions, values],
         }
     };
 }

@@ -372,6 +372,7 @@ pub fn write_with(
                 | Factors::Road { .. }
                 | Factors::Osf { .. }
                 | Factors::Hadamard { .. }
+                | Factors::Frod(_)
         ) {
             return Err(InputError::invalid(
                 &adapter.path,

@@ -163,7 +163,8 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
         | Factors::RandLora { .. }
         | Factors::Road { .. }
         | Factors::Osf { .. }
-        | Factors::Hadamard { .. } => Vec::new(),
+        | Factors::Hadamard { .. }
+        | Factors::Frod(_) => Vec::new(),
         Factors::Ia3 {
             weight, on_input, ..
         } => {

@@ -77,10 +77,12 @@ pub enum PeftType {
     UniLora,
     /// `tuners/trainable_tokens`: rows of the embedding replaced (`peft/tokens.rs`).
     TrainableTokens,
+    /// `tuners/frod`: `U·(S + diag λ)·Vᵀ`, `U` rebuilt from the base (`peft/frod.rs`).
+    Frod,
 }
 
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
-const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA, ROAD, OSF, HIRA, GLORA, TINYLORA, PVERA, UNILORA and TRAINABLE_TOKENS";
+const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA, ROAD, OSF, HIRA, GLORA, TINYLORA, PVERA, UNILORA, TRAINABLE_TOKENS and FROD";
 
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
@@ -241,6 +243,7 @@ impl PeftConfig {
             Some("PVERA") if !unsaved_buffers("PVERA", obj) => PeftType::Pvera,
             Some("UNILORA") if !unsaved_buffers("UNILORA", obj) => PeftType::UniLora,
             Some("TRAINABLE_TOKENS") => PeftType::TrainableTokens,
+            Some("FROD") if !unsaved_buffers("FROD", obj) => PeftType::Frod,
             Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).

@@ -24,6 +24,7 @@ mod boft;
 mod c3a;
 pub(crate) mod config;
 mod delora;
+mod frod;
 mod glora;
 mod gralora;
 mod hira;

@@ -54,6 +54,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         PeftType::Pvera => return super::pvera::read(path, file, cfg),
         PeftType::UniLora => return super::unilora::read(path, file, cfg),
         PeftType::TrainableTokens => return super::tokens::read(path, file, cfg, config_path),
+        PeftType::Frod => return super::frod::read(path, file, cfg),
     }
     let fpath = file.path().to_path_buf();
     let kasa = super::init::base_residual(&cfg.raw) == Some(super::init::BaseResidual::Kasa);
