@@ -64,6 +64,8 @@ mod it {
     pub mod gaps11;
     /// gaps12: PEFT RoAd, `use_qalora` on a float base, HRA and BOFT on Conv2d merged as PEFT.
     pub mod gaps12;
+    /// gaps13a: PEFT HiRA, GLoRA, PVeRA, TinyLoRA, UniLoRA and TRAINABLE_TOKENS merged as PEFT.
+    pub mod gaps13a;
     /// The peer gaps of gaps7: DoRA embeddings, fan_in_fan_out per layer type, tied lm_head,
     /// part bytes_written.
     pub mod gaps7;

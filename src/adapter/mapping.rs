@@ -380,6 +380,13 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
             // RoAd turns the output rows; any input width.
             Factors::Road { .. } => found[0] == m.out_features,
             Factors::Osf { .. } => found[0] == m.out_features && found[1] == m.in_features,
+            Factors::Frod(_) => found.len() == 2 && found[1] == m.in_features,
+            // HiRA on a Conv2d acts on the weight viewed as [out, in·kh·kw].
+            Factors::Hadamard { .. } => {
+                let k = found[1..].iter().product::<usize>();
+                (m.out_features == 0 || found[0] == m.out_features)
+                    && (m.in_features == 0 || k == m.in_features)
+            }
             Factors::Miss { .. } | Factors::Shira { .. } | Factors::RandLora { .. } => {
                 let fit = crate::adapter::algo::peft_tuner_fits;
                 fit(

@@ -383,6 +383,14 @@ impl Adapter {
             Factors::PeftBoft { .. } | Factors::Osf { .. } => {
                 d == m.out_features && k == m.in_features
             }
+            // FRoD's file gives the input width alone.
+            Factors::Frod(_) => k == m.in_features,
+            // A GLoRA module of per-row or scalar terms gives no input width (0), of scalars
+            // alone no output width either.
+            Factors::Hadamard { .. } => {
+                (m.out_features == 0 || d == m.out_features)
+                    && (m.in_features == 0 || k == m.in_features)
+            }
             Factors::Miss { .. } | Factors::Shira { .. } | Factors::RandLora { .. } => {
                 algo::peft_tuner_fits(&m.factors, (m.out_features, m.in_features), (d, k))
                     == Some(true)

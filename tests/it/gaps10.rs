@@ -130,7 +130,7 @@ fn seeded_buffers_and_bad_shapes_are_refused_naming_why() {
             r#", "save_projection": false"#,
             "projection_prng_key",
         ),
-        ("HIRA", "", "not `HIRA` yet"),
+        ("LILY", "", "NotImplementedError"),
         ("PREFIX_TUNING", "", "nothing to merge"),
         ("XLORA", "", "per input"),
     ] {

@@ -144,7 +144,9 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         | Factors::Shira { .. }
         | Factors::RandLora { .. }
         | Factors::Road { .. }
-        | Factors::Osf { .. } => {
+        | Factors::Osf { .. }
+        | Factors::Hadamard { .. }
+        | Factors::Frod(_) => {
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -251,7 +253,9 @@ pub fn product_form(
         | Factors::Shira { .. }
         | Factors::RandLora { .. }
         | Factors::Road { .. }
-        | Factors::Osf { .. } => return None,
+        | Factors::Osf { .. }
+        | Factors::Hadamard { .. }
+        | Factors::Frod(_) => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

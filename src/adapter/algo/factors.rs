@@ -169,6 +169,68 @@ pub enum Factors {
     /// trained low singular triplets; `ΔW = u·diag(s)·v − W0_low`, `W0_low` the sum of W0's n
     /// smallest singular triplets (what PEFT's reload rebuilds from the base). Depends on W0.
     Osf { u: Data, s: Data, v: Data },
+    /// PEFT HiRA and GLoRA (`tuners/hira/layer.py` `_merge`, `tuners/glora/layer.py` `merge`):
+    /// `W' = W0 + W0 ⊙ M + N`, `M` and `N` each a [`HadamardPart`] (HiRA: `M = B·A`, no `N`).
+    /// Depends on W0 (`super::hadamard`).
+    Hadamard {
+        mul: HadamardPart,
+        add: HadamardPart,
+        tuner: HadamardTuner,
+    },
+    /// PEFT FRoD ([`FrodParts`]).
+    Frod(FrodParts),
+}
+
+/// PEFT FRoD (`tuners/frod/layer.py` `get_delta_weight`): `v` the shared k×k `frod_V` of
+/// the module's category, `lambda` k values (`frod_lambda_l`), `positions` the n rows then the n
+/// columns of the sparse `S` (as f32, each below 2²⁴), `values` its n values; `U` comes from W0
+/// (`super::frod`). Depends on W0.
+#[derive(Debug, Clone)]
+pub struct FrodParts {
+    pub v: Data,
+    pub lambda: Data,
+    pub positions: Data,
+    pub values: Data,
+}
+
+/// One d×k term of [`Factors::Hadamard`], broadcast as PEFT's GLoRA paths are
+/// (`GloraLoraPath`, `GloraVectorPath`, `GloraScalarPath`, `GloraEmptyPath`).
+#[derive(Debug, Clone)]
+pub enum HadamardPart {
+    /// No term (GLoRA's `none` with its zero buffer).
+    Zero,
+    /// One value for every entry (`constant`).
+    Scalar(Data),
+    /// One value per output row (`vector`, `(out, 1)` broadcast over the columns).
+    Rows(Data),
+    /// A whole d×k matrix (a `none` buffer that is not zero).
+    Dense(Data),
+    /// `b·a`, `b` d×r, `a` r×k (`lora`: `Xd @ Xu`; HiRA's `hira_B @ hira_A`).
+    LowRank { b: Data, a: Data, rank: usize },
+}
+
+/// Which PEFT tuner a [`Factors::Hadamard`] came from (its label in reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HadamardTuner {
+    Hira,
+    Glora,
+}
+
+impl HadamardPart {
+    fn data(&self) -> Vec<&Data> {
+        match self {
+            HadamardPart::Zero => Vec::new(),
+            HadamardPart::Scalar(x) | HadamardPart::Rows(x) | HadamardPart::Dense(x) => vec![x],
+            HadamardPart::LowRank { b, a, .. } => vec![b, a],
+        }
+    }
+    fn data_mut(&mut self) -> Vec<&mut Data> {
+        match self {
+            HadamardPart::Zero => Vec::new(),
+            HadamardPart::Scalar(x) | HadamardPart::Rows(x) | HadamardPart::Dense(x) => vec![x],
+            HadamardPart::LowRank { b, a, .. } => vec![b, a],
+        }
+    }
 }
 
 /// How a PEFT MiSS `miss_block` meets the base weight `W0` (d×k), `c` an input column and `o` an
@@ -267,6 +329,13 @@ pub enum Algo {
     Road,
     /// PEFT's OSF (`peft_type` OSF).
     Osf,
+    /// PEFT's HiRA (`peft_type` HIRA).
+    Hira,
+    /// PEFT's GLoRA (`peft_type` GLORA; not LyCORIS' [`Algo::Glora`]).
+    #[serde(rename = "peft-glora")]
+    PeftGlora,
+    /// PEFT's FRoD (`peft_type` FROD).
+    Frod,
 }
 
 impl std::fmt::Display for Algo {
@@ -291,6 +360,9 @@ impl std::fmt::Display for Algo {
             Algo::RandLora => "randlora",
             Algo::Road => "road",
             Algo::Osf => "osf",
+            Algo::Hira => "hira",
+            Algo::PeftGlora => "peft-glora",
+            Algo::Frod => "frod",
         })
     }
 }
@@ -317,6 +389,11 @@ impl Factors {
             Factors::RandLora { .. } => Algo::RandLora,
             Factors::Road { .. } => Algo::Road,
             Factors::Osf { .. } => Algo::Osf,
+            Factors::Hadamard { tuner, .. } => match tuner {
+                HadamardTuner::Hira => Algo::Hira,
+                HadamardTuner::Glora => Algo::PeftGlora,
+            },
+            Factors::Frod(_) => Algo::Frod,
         }
     }
 
@@ -339,6 +416,8 @@ impl Factors {
                 | Factors::RandLora { .. }
                 | Factors::Road { .. }
                 | Factors::Osf { .. }
+                | Factors::Hadamard { .. }
+                | Factors::Frod(_)
         )
     }
 
@@ -409,6 +488,17 @@ macro_rules! every_tensor {
             Factors::RandLora { a, b } => vec![a, b],
             Factors::Road { cos, sin, .. } => vec![cos, sin],
             Factors::Osf { u, s, v } => vec![u, s, v],
+            Factors::Hadamard { mul, add, .. } => {
+                let mut v = mul.$half();
+                v.extend(add.$half());
+                v
+            }
+            Factors::Frod(FrodParts {
+                v,
+                lambda,
+                positions,
+                values,
+            }) => vec![v, lambda, positions, values],
         }
     };
 }

@@ -16,6 +16,8 @@
 mod base;
 mod delta;
 mod factors;
+mod frod;
+mod hadamard;
 mod peft_tuners;
 mod svd;
 #[cfg(test)]
@@ -23,7 +25,10 @@ mod tests;
 
 pub use base::{cayley_blocks, delta_from_base, peft_oft_rotations};
 pub use delta::{delta, kron_halves, lokr_scale, product_form, tucker_core, Loaded};
-pub use factors::{Algo, Factors, Ia3Rule, KronHalf, MissMode, OftConv, PeftCayley};
+pub use factors::{
+    Algo, Factors, FrodParts, HadamardPart, HadamardTuner, Ia3Rule, KronHalf, MissMode, OftConv,
+    PeftCayley,
+};
 pub use peft_tuners::{
     base_fits as peft_tuner_fits, delta as peft_tuner_delta, road as road_delta,
 };

@@ -54,6 +54,8 @@ pub fn delta(l: &Loaded, w0: &[f32], (d, k): (usize, usize), m: f64) -> Option<V
         Factors::RandLora { .. } => randlora(&v[0], &v[1], (d, k), m),
         Factors::Road { group, .. } => road(&v[0], &v[1], w0, (d, k), *group, m),
         Factors::Osf { .. } => osf(&v[0], &v[1], &v[2], w0, (d, k), m),
+        Factors::Hadamard { .. } => return super::hadamard::delta(l, w0, (d, k), m),
+        Factors::Frod(_) => return super::frod::delta(l, w0, (d, k), m),
         _ => return None,
     })
 }

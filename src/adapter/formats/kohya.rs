@@ -403,6 +403,8 @@ pub fn write_with(
                 | Factors::RandLora { .. }
                 | Factors::Road { .. }
                 | Factors::Osf { .. }
+                | Factors::Hadamard { .. }
+                | Factors::Frod(_)
         ) {
             return Err(InputError::invalid(
                 &adapter.path,

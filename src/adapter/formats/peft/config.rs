@@ -65,17 +65,30 @@ pub enum PeftType {
     Road,
     /// `tuners/osf`: the trained low singular triplets of each weight (`peft/osf.rs`).
     Osf,
+    /// `tuners/hira`: `W' = W0 + W0 ⊙ (B·A)` (`peft/hira.rs`).
+    Hira,
+    /// `tuners/glora`: `W' = W0 + W0 ⊙ A + B` (`peft/glora.rs`).
+    Glora,
+    /// `tuners/tinylora`: the base's saved SVD factors around `Σ vᵢ·Pᵢ` (`peft/tinylora.rs`).
+    TinyLora,
+    /// `tuners/pvera`: VeRA with a doubled `pvera_A` whose first half merges (`peft/pvera.rs`).
+    Pvera,
+    /// `tuners/unilora`: LoRA factors gathered from one shared vector (`peft/unilora.rs`).
+    UniLora,
+    /// `tuners/trainable_tokens`: rows of the embedding replaced (`peft/tokens.rs`).
+    TrainableTokens,
+    /// `tuners/frod`: `U·(S + diag λ)·Vᵀ`, `U` rebuilt from the base (`peft/frod.rs`).
+    Frod,
 }
 
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
-const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA, ROAD and OSF";
+const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA, ROAD, OSF, HIRA, GLORA, TINYLORA, PVERA, UNILORA, TRAINABLE_TOKENS and FROD";
 
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
 /// torch's RNG, no weights at all, a per-input mixture), or the merge is not implemented yet.
 fn unread_type(t: &str, cfg: &serde_json::Map<String, Value>) -> String {
-    // Tuners that save their random buffers only when told to (default true).
-    let unsaved = |flag: &str| cfg.get(flag).and_then(Value::as_bool) == Some(false);
+    let unsaved = |_: &str| unsaved_buffers(t, cfg);
     let seeded = |field: &str, what: &str| {
         format!(
             "is `{t}`: its saved folder holds no {what}; PEFT regenerates them with torch's random generator seeded by `{field}`, which lorakit cannot reproduce, so it cannot merge it"
@@ -83,9 +96,10 @@ fn unread_type(t: &str, cfg: &serde_json::Map<String, Value>) -> String {
     };
     match t {
         "FOURIERFT" | "WAVEFT" => seeded("random_loc_seed", "frequency locations (only the spectrum)"),
-        "UNILORA" if unsaved("save_indices") => {
-            seeded("proj_seed", "parameter-sharing indices (`save_indices` is false)")
-        }
+        // The indices come from numpy's generator (`UniLoraModel.generate_index`).
+        "UNILORA" if unsaved("save_indices") => format!(
+            "is `{t}`: its saved folder holds no parameter-sharing indices (`save_indices` is not true); PEFT regenerates them with numpy's default_rng seeded by `proj_seed` over the targeted modules in model order, which lorakit cannot reproduce, so it cannot merge it"
+        ),
         "FROD" | "PVERA" if unsaved("save_projection") => seeded(
             "projection_prng_key",
             "shared projections (`save_projection` is false)",
@@ -100,10 +114,22 @@ fn unread_type(t: &str, cfg: &serde_json::Map<String, Value>) -> String {
         "POLY" | "XLORA" => format!(
             "is `{t}`: it mixes its adapters per input, so no merged weight computes it"
         ),
-        "TRAINABLE_TOKENS" => format!(
-            "is `{t}`: lorakit reads trainable tokens inside a LORA folder (`trainable_token_indices`) but not yet as their own peft_type"
+        "LILY" => format!(
+            "is `{t}`: its router mixes the shared B experts by the softmax of each input averaged over the batch, so no merged weight computes it; PEFT's merge raises NotImplementedError and so does lorakit"
         ),
         _ => format!("is `{t}`; lorakit reads {READ_TYPES} adapters (not `{t}` yet)"),
+    }
+}
+
+/// Whether the config of a tuner that saves its seeded buffers only when told to says they are
+/// not saved: `save_projection` (default true) for PVeRA, TinyLoRA and FRoD, `save_indices`
+/// (default false, `tuners/unilora/config.py`) for UniLoRA.
+fn unsaved_buffers(t: &str, cfg: &serde_json::Map<String, Value>) -> bool {
+    let flag = |f: &str| cfg.get(f).and_then(Value::as_bool);
+    match t {
+        "UNILORA" => flag("save_indices") != Some(true),
+        "PVERA" | "TINYLORA" | "FROD" => flag("save_projection") == Some(false),
+        _ => false,
     }
 }
 
@@ -128,13 +154,25 @@ pub fn tuner_tensor(name: &str) -> bool {
         "gralora_",
         "road_",
         "osf_",
+        "hira_",
+        "tinylora_",
+        "pvera_",
+        "unilora_",
+        "lily_",
+        "frod_",
+        "trainable_tokens_delta",
     ];
     let last = name
         .rsplit('.')
         .find(|c| !matches!(*c, "weight" | "bias"))
         .unwrap_or(name);
     // OSF nests its tensors: `{module}.osf_svd_params.U_low`.
-    PREFIXES.iter().any(|p| last.starts_with(p)) || name.contains(".osf_svd_params.")
+    // GLoRA nests them too (`{module}.glora_A.Xd`), TinyLoRA numbers its vectors
+    // (`base_model.tinylora_v.0`).
+    PREFIXES.iter().any(|p| last.starts_with(p))
+        || name.contains(".osf_svd_params.")
+        || name.contains(".glora_")
+        || name.contains(".tinylora_v.")
 }
 
 /// The LoRA fields of `adapter_config.json` that lorakit reads (`alpha` for LoHa/LoKr).
@@ -198,6 +236,14 @@ impl PeftConfig {
             Some("RANDLORA") => PeftType::RandLora,
             Some("ROAD") => PeftType::Road,
             Some("OSF") => PeftType::Osf,
+            Some("HIRA") => PeftType::Hira,
+            Some("GLORA") => PeftType::Glora,
+            // Refused by `unread_type` where their seeded buffers are not saved.
+            Some("TINYLORA") if !unsaved_buffers("TINYLORA", obj) => PeftType::TinyLora,
+            Some("PVERA") if !unsaved_buffers("PVERA", obj) => PeftType::Pvera,
+            Some("UNILORA") if !unsaved_buffers("UNILORA", obj) => PeftType::UniLora,
+            Some("TRAINABLE_TOKENS") => PeftType::TrainableTokens,
+            Some("FROD") if !unsaved_buffers("FROD", obj) => PeftType::Frod,
             Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).

@@ -48,6 +48,13 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         PeftType::RandLora => return super::randlora::read(path, file, cfg),
         PeftType::Road => return super::road::read(path, file, cfg),
         PeftType::Osf => return super::osf::read(path, file, cfg),
+        PeftType::Hira => return super::hira::read(path, file, cfg),
+        PeftType::Glora => return super::glora::read(path, file, cfg),
+        PeftType::TinyLora => return super::tinylora::read(path, file, cfg),
+        PeftType::Pvera => return super::pvera::read(path, file, cfg),
+        PeftType::UniLora => return super::unilora::read(path, file, cfg),
+        PeftType::TrainableTokens => return super::tokens::read(path, file, cfg, config_path),
+        PeftType::Frod => return super::frod::read(path, file, cfg),
     }
     let fpath = file.path().to_path_buf();
     let kasa = super::init::base_residual(&cfg.raw) == Some(super::init::BaseResidual::Kasa);

@@ -1,0 +1,111 @@
+//! Reading PEFT UniLoRA folders (`peft_type` UNILORA; PEFT 0.21.2 `tuners/unilora/`) into the
+//! one adapter model. Never writes.
+//!
+//! One trained vector `base_model.unilora_theta_d` [L] holds every LoRA parameter of the model:
+//! each module's `A` [r, in] and `B` [out, r] gather from it by the index buffers
+//! `unilora_indices_A`/`_B` (int64) times the normalising `unilora_scales_A`/`_B` (`layer.py`
+//! `_get_lora_matrices`: `theta_d[indices] * scales`, f32 products), and PEFT merges
+//! `ΔW = B·A` (`get_delta_weight`), no scale, transposed with `fan_in_fan_out` — a
+//! [`Factors::Lora`] once gathered. The indices and scales are saved only with `save_indices`
+//! (default false); without them PEFT regenerates the indices with numpy's generator and the
+//! folder is refused (`config.rs`).
+
+use super::assemble::{assemble, paired_by_suffixes};
+use super::config::{stored_f32, stored_ints, PeftConfig};
+use crate::adapter::algo::Factors;
+use crate::adapter::data::Data;
+use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::error::{InputError, InputResult};
+use crate::io::SafetensorsFile;
+use std::path::Path;
+use std::sync::Arc;
+
+const THETA: &str = "base_model.unilora_theta_d";
+
+/// Reads a PEFT UniLoRA adapter (see the module header).
+pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+    let fpath = file.path().to_path_buf();
+    let bad = |msg: String| InputError::invalid(&fpath, msg);
+    if !file.tensors().iter().any(|t| t.name == THETA) {
+        return Err(bad(format!(
+            "UniLoRA's trained vector `{THETA}` is not in the file"
+        )));
+    }
+    let theta = stored_f32(&file, THETA)?;
+    let (parts, full) = paired_by_suffixes(
+        &file,
+        [
+            ".unilora_indices_A",
+            ".unilora_indices_B",
+            ".unilora_scales_A",
+            ".unilora_scales_B",
+        ],
+        "unilora_",
+        &[THETA],
+        "UniLoRA tensor (unilora_indices_A/B, unilora_scales_A/B, base_model.unilora_theta_d)",
+    )?;
+    let shape = |k: &str| file.view(k).map(|x| x.shape.to_vec());
+    let mut modules = Vec::with_capacity(parts.len());
+    for (name, slots) in parts {
+        let [Some(ia), Some(ib), Some(sa), Some(sb)] = slots else {
+            return Err(bad(format!(
+                "module `{name}`: UniLoRA needs unilora_indices_A/B and unilora_scales_A/B"
+            )));
+        };
+        let (a_shape, b_shape) = (shape(&ia)?, shape(&ib)?);
+        let (r, k, d) = match (&a_shape[..], &b_shape[..]) {
+            ([r, k], [d, r2]) if r == r2 && *r > 0 && *k > 0 && *d > 0 => (*r, *k, *d),
+            _ => {
+                return Err(bad(format!(
+                    "module `{name}`: tensors `{ia}` {a_shape:?} and `{ib}` {b_shape:?} are not [r, in] and [out, r]"
+                )))
+            }
+        };
+        // `theta_d[indices] * scales`, each product in f32.
+        let gather = |ikey: &str, skey: &str, want: &[usize]| -> InputResult<Vec<f32>> {
+            if shape(skey)? != want {
+                return Err(bad(format!(
+                    "tensor `{skey}`: shape {:?} is not {want:?} like `{ikey}`",
+                    shape(skey)?
+                )));
+            }
+            let idx = stored_ints(&file, ikey)?;
+            let s = stored_f32(&file, skey)?;
+            idx.iter()
+                .zip(&s)
+                .map(|(&i, &x)| {
+                    usize::try_from(i)
+                        .ok()
+                        .and_then(|i| theta.get(i))
+                        .map(|&t| t * x)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "tensor `{ikey}`: index {i} is outside `{THETA}` ({} values)",
+                                theta.len()
+                            ))
+                        })
+                })
+                .collect()
+        };
+        let a = gather(&ia, &sa, &a_shape)?;
+        let b = gather(&ib, &sb, &b_shape)?;
+        modules.push(LoraModule {
+            name,
+            kind: ModuleKind::Linear,
+            rank: r,
+            alpha: 1.0,
+            scale: 1.0,
+            out_features: d,
+            in_features: k,
+            bias: None,
+            factors: Factors::Lora {
+                a: Data::Owned(Arc::new(a)),
+                b: Data::Owned(Arc::new(b)),
+            },
+            base_transposed: cfg.fan_in_fan_out,
+            dora_magnitude: None,
+            dora_rule: DoraRule::Peft,
+        });
+    }
+    assemble(path, file, &cfg, modules, full)
+}
