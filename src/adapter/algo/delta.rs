@@ -144,7 +144,8 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         | Factors::Shira { .. }
         | Factors::RandLora { .. }
         | Factors::Road { .. }
-        | Factors::Osf { .. } => {
+        | Factors::Osf { .. }
+        | Factors::OnBase { .. } => {
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -251,7 +252,8 @@ pub fn product_form(
         | Factors::Shira { .. }
         | Factors::RandLora { .. }
         | Factors::Road { .. }
-        | Factors::Osf { .. } => return None,
+        | Factors::Osf { .. }
+        | Factors::OnBase { .. } => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

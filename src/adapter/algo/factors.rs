@@ -4,6 +4,7 @@
 //!
 //! Must not compute anything from the values.
 
+use super::base_rule::BaseRule;
 use crate::adapter::data::Data;
 
 /// The factors of one module, by algorithm.
@@ -169,6 +170,12 @@ pub enum Factors {
     /// trained low singular triplets; `ΔW = u·diag(s)·v − W0_low`, `W0_low` the sum of W0's n
     /// smallest singular triplets (what PEFT's reload rebuilds from the base). Depends on W0.
     Osf { u: Data, s: Data, v: Data },
+    /// PEFT's BEFT, DEFT, PEANuT, Super-Tuning and AdaMSS (`on_base.rs`): `tensors` as `rule`
+    /// lists them. Depends on W0 (or on its shape).
+    OnBase {
+        rule: super::base_rule::BaseRule,
+        tensors: Vec<Data>,
+    },
 }
 
 /// How a PEFT MiSS `miss_block` meets the base weight `W0` (d×k), `c` an input column and `o` an
@@ -267,6 +274,12 @@ pub enum Algo {
     Road,
     /// PEFT's OSF (`peft_type` OSF).
     Osf,
+    /// PEFT's BEFT, DEFT, PEANuT, Super-Tuning, AdaMSS (`peft_type` BEFT, …).
+    Beft,
+    Deft,
+    Peanut,
+    Supertuning,
+    Adamss,
 }
 
 impl std::fmt::Display for Algo {
@@ -291,6 +304,11 @@ impl std::fmt::Display for Algo {
             Algo::RandLora => "randlora",
             Algo::Road => "road",
             Algo::Osf => "osf",
+            Algo::Beft => "beft",
+            Algo::Deft => "deft",
+            Algo::Peanut => "peanut",
+            Algo::Supertuning => "supertuning",
+            Algo::Adamss => "adamss",
         })
     }
 }
@@ -317,6 +335,13 @@ impl Factors {
             Factors::RandLora { .. } => Algo::RandLora,
             Factors::Road { .. } => Algo::Road,
             Factors::Osf { .. } => Algo::Osf,
+            Factors::OnBase { rule, .. } => match rule {
+                BaseRule::Beft => Algo::Beft,
+                BaseRule::Deft { .. } => Algo::Deft,
+                BaseRule::Peanut { .. } => Algo::Peanut,
+                BaseRule::Supertuning { .. } => Algo::Supertuning,
+                BaseRule::Adamss { .. } => Algo::Adamss,
+            },
         }
     }
 
@@ -339,6 +364,7 @@ impl Factors {
                 | Factors::RandLora { .. }
                 | Factors::Road { .. }
                 | Factors::Osf { .. }
+                | Factors::OnBase { .. }
         )
     }
 
@@ -409,6 +435,7 @@ macro_rules! every_tensor {
             Factors::RandLora { a, b } => vec![a, b],
             Factors::Road { cos, sin, .. } => vec![cos, sin],
             Factors::Osf { u, s, v } => vec![u, s, v],
+            Factors::OnBase { tensors, .. } => tensors.into_iter().collect(),
         }
     };
 }

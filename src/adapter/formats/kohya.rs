@@ -371,6 +371,7 @@ pub fn write_with(
                 | Factors::RandLora { .. }
                 | Factors::Road { .. }
                 | Factors::Osf { .. }
+                | Factors::OnBase { .. }
         ) {
             return Err(InputError::invalid(
                 &adapter.path,

@@ -162,7 +162,8 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
         | Factors::Shira { .. }
         | Factors::RandLora { .. }
         | Factors::Road { .. }
-        | Factors::Osf { .. } => Vec::new(),
+        | Factors::Osf { .. }
+        | Factors::OnBase { .. } => Vec::new(),
         Factors::Ia3 {
             weight, on_input, ..
         } => {

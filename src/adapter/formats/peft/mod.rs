@@ -19,10 +19,13 @@
 use serde_json::Value;
 
 mod adalora;
+mod adamss;
 mod assemble;
+mod beft;
 mod boft;
 mod c3a;
 pub(crate) mod config;
+mod deft;
 mod delora;
 mod gralora;
 mod hra;
@@ -33,10 +36,12 @@ mod lycoris;
 mod miss;
 mod osf;
 pub mod params;
+mod peanut;
 mod randlora;
 mod read;
 mod road;
 mod shira;
+mod supertuning;
 pub mod targets;
 #[cfg(test)]
 mod tests;

@@ -48,6 +48,11 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         PeftType::RandLora => return super::randlora::read(path, file, cfg),
         PeftType::Road => return super::road::read(path, file, cfg),
         PeftType::Osf => return super::osf::read(path, file, cfg),
+        PeftType::Beft => return super::beft::read(path, file, cfg),
+        PeftType::Deft => return super::deft::read(path, file, cfg),
+        PeftType::Peanut => return super::peanut::read(path, file, cfg),
+        PeftType::Supertuning => return super::supertuning::read(path, file, cfg),
+        PeftType::Adamss => return super::adamss::read(path, file, cfg),
     }
     let fpath = file.path().to_path_buf();
     let kasa = super::init::base_residual(&cfg.raw) == Some(super::init::BaseResidual::Kasa);
