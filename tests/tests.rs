@@ -61,6 +61,9 @@ mod it {
     pub mod gaps11;
     /// gaps12: PEFT RoAd, `use_qalora` on a float base, HRA and BOFT on Conv2d merged as PEFT.
     pub mod gaps12;
+    /// gaps13b: PEFT BEFT, DEFT, PEANuT, Super-Tuning, one-subspace AdaMSS merged as PEFT;
+    /// PSOFT, ShadowPEFT and unsaved buffers refused.
+    pub mod gaps13b;
     /// The peer gaps of gaps7: DoRA embeddings, fan_in_fan_out per layer type, tied lm_head,
     /// part bytes_written.
     pub mod gaps7;

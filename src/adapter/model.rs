@@ -403,6 +403,12 @@ impl Adapter {
                 ),
             ));
         }
+        if let Some(why) = algo::on_base_misfit(&m.factors, (d, k)) {
+            return Err(InputError::invalid(
+                &self.path,
+                format!("module `{}`: {why}", m.name),
+            ));
+        }
         let loaded = algo::Loaded {
             factors: &m.factors,
             values,

@@ -27,7 +27,7 @@ pub use base::{cayley_blocks, delta_from_base, peft_oft_rotations};
 pub use base_rule::{Activation, BaseRule};
 pub use delta::{delta, kron_halves, lokr_scale, product_form, tucker_core, Loaded};
 pub use factors::{Algo, Factors, Ia3Rule, KronHalf, MissMode, OftConv, PeftCayley};
-pub use on_base::{delta as on_base_delta, fits as on_base_fits};
+pub use on_base::{delta as on_base_delta, fits as on_base_fits, misfit as on_base_misfit};
 pub use peft_tuners::{
     base_fits as peft_tuner_fits, delta as peft_tuner_delta, road as road_delta,
 };

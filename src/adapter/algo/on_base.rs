@@ -83,20 +83,42 @@ pub fn fits(f: &Factors, (out, inp): (usize, usize), (d, k): (usize, usize)) -> 
     Some(match *rule {
         BaseRule::Beft | BaseRule::Peanut { .. } => d == out,
         BaseRule::Deft { para, .. } => d == out && (para || k == inp),
-        BaseRule::Supertuning {
-            lora_scale,
-            sparsity,
-            count,
-            max_index,
-        } => {
-            // PEFT's `_num_trainable`: `int(num_params * (1 - sparsity))`, in f64 as Python.
-            let n = ((d * k) as f64 * (1.0 - sparsity)) as usize;
-            (lora_scale.is_none() || (d == out && k == inp))
-                && n == count
-                && max_index < (d * k) as u64
-        }
+        // The value count and positions are checked by [`misfit`], which says why.
+        BaseRule::Supertuning { lora_scale, .. } => lora_scale.is_none() || (d == out && k == inp),
         BaseRule::Adamss { cols } => d == out && (k == cols || k + 1 == cols),
     })
+}
+
+/// Why a base weight d×k that [`fits`] a module's shape still does not take it, for the rules
+/// whose fit is not a shape: Super-Tuning's value count (PEFT's `_num_trainable`,
+/// `int(d·k·(1 − sparsity))` in f64 as Python computes it; PEFT refuses a file of another count)
+/// and its largest saved position (inside W0, or `scatter_add` fails).
+pub fn misfit(f: &Factors, (d, k): (usize, usize)) -> Option<String> {
+    let Factors::OnBase {
+        rule:
+            BaseRule::Supertuning {
+                sparsity,
+                count,
+                max_index,
+                ..
+            },
+        ..
+    } = *f
+    else {
+        return None;
+    };
+    let n = ((d * k) as f64 * (1.0 - sparsity)) as usize;
+    if n != count {
+        Some(format!(
+            "supertuning_values holds {count} values, but PEFT builds int({d}·{k}·(1 − {sparsity})) = {n} for this {d}×{k} weight and refuses the file"
+        ))
+    } else if max_index >= (d * k) as u64 {
+        Some(format!(
+            "supertuning_indices holds position {max_index}, past this {d}×{k} weight"
+        ))
+    } else {
+        None
+    }
 }
 
 /// `m·(W' − W0)` of a [`Factors::OnBase`] module; `None` for any other algorithm.
