@@ -66,6 +66,9 @@ mod it {
     pub mod gaps12;
     /// gaps13a: PEFT HiRA, GLoRA, PVeRA, TinyLoRA, UniLoRA and TRAINABLE_TOKENS merged as PEFT.
     pub mod gaps13a;
+    /// gaps13b: PEFT BEFT, DEFT, PEANuT, Super-Tuning, one-subspace AdaMSS merged as PEFT;
+    /// PSOFT, ShadowPEFT and unsaved buffers refused.
+    pub mod gaps13b;
     /// The peer gaps of gaps7: DoRA embeddings, fan_in_fan_out per layer type, tied lm_head,
     /// part bytes_written.
     pub mod gaps7;

@@ -251,14 +251,47 @@ pub fn resolve_widened(
                         ..
                     } | crate::adapter::algo::Factors::Road { .. }
                 );
+                let bias_tensor = match m.factors {
+                    crate::adapter::algo::Factors::OnBase {
+                        rule: crate::adapter::algo::BaseRule::Beft,
+                        ..
+                    } => "beft_bias".to_owned(),
+                    crate::adapter::algo::Factors::OnBase { .. } => {
+                        "adamss_newB bias column".to_owned()
+                    }
+                    _ => "lora_B.bias".to_owned(),
+                };
+                // PEFT AdaMSS: adamss_newB has a bias column (in + 1 columns) exactly when the
+                // base has a bias (`tuners/adamss/layer.py` `update_layer`).
+                let adamss = match m.factors {
+                    crate::adapter::algo::Factors::OnBase {
+                        rule: crate::adapter::algo::BaseRule::Adamss { cols },
+                        ..
+                    } => Some((cols, found[1] + usize::from(base.info(&b).is_some()))),
+                    _ => None,
+                };
                 match base.info(&b) {
+                    _ if adamss.is_some_and(|(c, want)| c != want) => {
+                        let (c, want) = adamss.expect("checked");
+                        res.unmatched.push(Unmatched::ShapeMismatch {
+                            module: format!(
+                                "{}.adamss_newB (in + 1 columns where the base has a bias)",
+                                m.name
+                            ),
+                            tensor: weight.clone(),
+                            expected: vec![c],
+                            found: vec![want],
+                        });
+                        None
+                    }
+                    None if adamss.is_some() => None,
                     Some(i) if i.shape.iter().product::<usize>() == m.out_features => Some(b),
                     // PEFT's IA3 scales the bias when there is one (`tuners/ia3/layer.py`), RoAd
                     // turns it (`tuners/road/layer.py`).
                     None if peft_ia3 => None,
                     Some(i) => {
                         res.unmatched.push(Unmatched::ShapeMismatch {
-                            module: format!("{}.lora_B.bias", m.name),
+                            module: format!("{}.{bias_tensor}", m.name),
                             tensor: b,
                             expected: vec![m.out_features],
                             found: i.shape.clone(),
@@ -267,7 +300,7 @@ pub fn resolve_widened(
                     }
                     None => {
                         res.unmatched.push(Unmatched::NotFound {
-                            module: format!("{}.lora_B.bias", m.name),
+                            module: format!("{}.{bias_tensor}", m.name),
                             expected: b,
                         });
                         None
@@ -386,6 +419,14 @@ fn fits_base_dependent(m: &LoraModule, found: &[usize]) -> bool {
                 let k = found[1..].iter().product::<usize>();
                 (m.out_features == 0 || found[0] == m.out_features)
                     && (m.in_features == 0 || k == m.in_features)
+            }
+            Factors::OnBase { .. } => {
+                let fit = crate::adapter::algo::on_base_fits;
+                fit(
+                    &m.factors,
+                    (m.out_features, m.in_features),
+                    (found[0], found[1]),
+                ) == Some(true)
             }
             Factors::Miss { .. } | Factors::Shira { .. } | Factors::RandLora { .. } => {
                 let fit = crate::adapter::algo::peft_tuner_fits;

@@ -395,6 +395,10 @@ impl Adapter {
                 algo::peft_tuner_fits(&m.factors, (m.out_features, m.in_features), (d, k))
                     == Some(true)
             }
+            Factors::OnBase { .. } => {
+                algo::on_base_fits(&m.factors, (m.out_features, m.in_features), (d, k))
+                    == Some(true)
+            }
             _ => d == m.out_features,
         };
         if !fits || w0.len() != d * k {
@@ -407,6 +411,12 @@ impl Adapter {
                 ),
             ));
         }
+        if let Some(why) = algo::on_base_misfit(&m.factors, (d, k)) {
+            return Err(InputError::invalid(
+                &self.path,
+                format!("module `{}`: {why}", m.name),
+            ));
+        }
         let loaded = algo::Loaded {
             factors: &m.factors,
             values,
@@ -414,6 +424,7 @@ impl Adapter {
         // GLoRA's scale (alpha / r) goes with the multiplier (OFT, IA3: scale 1).
         let s = multiplier * m.scale;
         Ok(algo::peft_tuner_delta(&loaded, w0, (d, k), s)
+            .or_else(|| algo::on_base_delta(&loaded, w0, (d, k), s))
             .unwrap_or_else(|| algo::delta_from_base(&loaded, w0, (d, k), conv, s)))
     }
 

@@ -146,7 +146,8 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
         | Factors::Road { .. }
         | Factors::Osf { .. }
         | Factors::Hadamard { .. }
-        | Factors::Frod(_) => {
+        | Factors::Frod(_)
+        | Factors::OnBase { .. } => {
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -255,7 +256,8 @@ pub fn product_form(
         | Factors::Road { .. }
         | Factors::Osf { .. }
         | Factors::Hadamard { .. }
-        | Factors::Frod(_) => return None,
+        | Factors::Frod(_)
+        | Factors::OnBase { .. } => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

@@ -4,6 +4,7 @@
 //!
 //! Must not compute anything from the values.
 
+use super::base_rule::BaseRule;
 use crate::adapter::data::Data;
 
 /// The factors of one module, by algorithm.
@@ -179,6 +180,12 @@ pub enum Factors {
     },
     /// PEFT FRoD ([`FrodParts`]).
     Frod(FrodParts),
+    /// PEFT's BEFT, DEFT, PEANuT, Super-Tuning and AdaMSS (`on_base.rs`): `tensors` as `rule`
+    /// lists them. Depends on W0 (or on its shape).
+    OnBase {
+        rule: super::base_rule::BaseRule,
+        tensors: Vec<Data>,
+    },
 }
 
 /// PEFT FRoD (`tuners/frod/layer.py` `get_delta_weight`): `v` the shared k×k `frod_V` of
@@ -336,6 +343,12 @@ pub enum Algo {
     PeftGlora,
     /// PEFT's FRoD (`peft_type` FROD).
     Frod,
+    /// PEFT's BEFT, DEFT, PEANuT, Super-Tuning, AdaMSS (`peft_type` BEFT, …).
+    Beft,
+    Deft,
+    Peanut,
+    Supertuning,
+    Adamss,
 }
 
 impl std::fmt::Display for Algo {
@@ -363,6 +376,11 @@ impl std::fmt::Display for Algo {
             Algo::Hira => "hira",
             Algo::PeftGlora => "peft-glora",
             Algo::Frod => "frod",
+            Algo::Beft => "beft",
+            Algo::Deft => "deft",
+            Algo::Peanut => "peanut",
+            Algo::Supertuning => "supertuning",
+            Algo::Adamss => "adamss",
         })
     }
 }
@@ -394,6 +412,13 @@ impl Factors {
                 HadamardTuner::Glora => Algo::PeftGlora,
             },
             Factors::Frod(_) => Algo::Frod,
+            Factors::OnBase { rule, .. } => match rule {
+                BaseRule::Beft => Algo::Beft,
+                BaseRule::Deft { .. } => Algo::Deft,
+                BaseRule::Peanut { .. } => Algo::Peanut,
+                BaseRule::Supertuning { .. } => Algo::Supertuning,
+                BaseRule::Adamss { .. } => Algo::Adamss,
+            },
         }
     }
 
@@ -418,6 +443,7 @@ impl Factors {
                 | Factors::Osf { .. }
                 | Factors::Hadamard { .. }
                 | Factors::Frod(_)
+                | Factors::OnBase { .. }
         )
     }
 
@@ -499,6 +525,7 @@ macro_rules! every_tensor {
                 positions,
                 values,
             }) => vec![v, lambda, positions, values],
+            Factors::OnBase { tensors, .. } => tensors.into_iter().collect(),
         }
     };
 }

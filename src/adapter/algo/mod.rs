@@ -14,21 +14,25 @@
 //! factors) nor touch a base checkpoint: a base-dependent algorithm is given `W0` by its caller.
 
 mod base;
+mod base_rule;
 mod delta;
 mod factors;
 mod frod;
 mod hadamard;
+mod on_base;
 mod peft_tuners;
 mod svd;
 #[cfg(test)]
 mod tests;
 
 pub use base::{cayley_blocks, delta_from_base, peft_oft_rotations};
+pub use base_rule::{Activation, BaseRule};
 pub use delta::{delta, kron_halves, lokr_scale, product_form, tucker_core, Loaded};
 pub use factors::{
     Algo, Factors, FrodParts, HadamardPart, HadamardTuner, Ia3Rule, KronHalf, MissMode, OftConv,
     PeftCayley,
 };
+pub use on_base::{delta as on_base_delta, fits as on_base_fits, misfit as on_base_misfit};
 pub use peft_tuners::{
     base_fits as peft_tuner_fits, delta as peft_tuner_delta, road as road_delta,
 };

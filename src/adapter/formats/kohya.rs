@@ -405,6 +405,7 @@ pub fn write_with(
                 | Factors::Osf { .. }
                 | Factors::Hadamard { .. }
                 | Factors::Frod(_)
+                | Factors::OnBase { .. }
         ) {
             return Err(InputError::invalid(
                 &adapter.path,

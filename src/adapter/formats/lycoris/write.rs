@@ -164,7 +164,8 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
         | Factors::Road { .. }
         | Factors::Osf { .. }
         | Factors::Hadamard { .. }
-        | Factors::Frod(_) => Vec::new(),
+        | Factors::Frod(_)
+        | Factors::OnBase { .. } => Vec::new(),
         Factors::Ia3 {
             weight, on_input, ..
         } => {

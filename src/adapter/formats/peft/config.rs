@@ -79,10 +79,16 @@ pub enum PeftType {
     TrainableTokens,
     /// `tuners/frod`: `U·(S + diag λ)·Vᵀ`, `U` rebuilt from the base (`peft/frod.rs`).
     Frod,
+    /// `tuners/beft`, `deft`, `peanut`, `supertuning`, `adamss` (one subspace): `peft/beft.rs`, ….
+    Beft,
+    Deft,
+    Peanut,
+    Supertuning,
+    Adamss,
 }
 
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
-const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA, ROAD, OSF, HIRA, GLORA, TINYLORA, PVERA, UNILORA, TRAINABLE_TOKENS and FROD";
+const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA, ROAD, OSF, HIRA, GLORA, TINYLORA, PVERA, UNILORA, TRAINABLE_TOKENS, FROD, BEFT, DEFT, PEANUT, SUPERTUNING and ADAMSS";
 
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
@@ -116,6 +122,12 @@ fn unread_type(t: &str, cfg: &serde_json::Map<String, Value>) -> String {
         ),
         "LILY" => format!(
             "is `{t}`: its router mixes the shared B experts by the softmax of each input averaged over the batch, so no merged weight computes it; PEFT's merge raises NotImplementedError and so does lorakit"
+        ),
+        "SHADOW" => format!(
+            "is `{t}`: its shadow network adapts the hidden states per input along the decoder loop, not the weights, so no merged weight computes it (PEFT's merge raises NotImplementedError too)"
+        ),
+        "PSOFT" => format!(
+            "is `{t}`: its saved folder holds only psoft_R; PEFT rebuilds the frozen A and B on load from an SVD of the base weight (`psoft_svd`, torch's RNG for \"lowrank\"), and ΔW = B·(R − I)·A changes with the signs LAPACK gives the singular vectors, which lorakit cannot reproduce, so it cannot merge it"
         ),
         _ => format!("is `{t}`; lorakit reads {READ_TYPES} adapters (not `{t}` yet)"),
     }
@@ -161,6 +173,12 @@ pub fn tuner_tensor(name: &str) -> bool {
         "lily_",
         "frod_",
         "trainable_tokens_delta",
+        "beft_",
+        "deft_",
+        "peanut_",
+        "supertuning_",
+        "adamss_",
+        "psoft_",
     ];
     let last = name
         .rsplit('.')
@@ -244,6 +262,11 @@ impl PeftConfig {
             Some("UNILORA") if !unsaved_buffers("UNILORA", obj) => PeftType::UniLora,
             Some("TRAINABLE_TOKENS") => PeftType::TrainableTokens,
             Some("FROD") if !unsaved_buffers("FROD", obj) => PeftType::Frod,
+            Some("BEFT") => PeftType::Beft,
+            Some("DEFT") => PeftType::Deft,
+            Some("PEANUT") => PeftType::Peanut,
+            Some("SUPERTUNING") => PeftType::Supertuning,
+            Some("ADAMSS") => PeftType::Adamss,
             Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
@@ -253,6 +276,8 @@ impl PeftConfig {
             _ => "alpha",
         };
         let r = match obj.get("r") {
+            // Super-Tuning's `r` is null without its LoRA (`supertuning.rs` reads it).
+            Some(Value::Null) if peft_type == PeftType::Supertuning => 8,
             Some(v) => {
                 v.as_u64()
                     // OFT's `r` may be 0 (then `oft_block_size` decides).
@@ -264,6 +289,8 @@ impl PeftConfig {
         // The scale multiplies f32 factors: an alpha past f32's range makes every ΔW infinite.
         let in_f32 = |x: &f64| x.abs() <= f32::MAX as f64;
         let lora_alpha = match obj.get(alpha_key) {
+            // DEFT's `alpha` is null for "no scaling" (`deft.rs` reads it).
+            Some(Value::Null) if peft_type == PeftType::Deft => 8.0,
             Some(v) => v
                 .as_f64()
                 .ok_or_else(|| bad(alpha_key, "must be a number"))

@@ -19,10 +19,13 @@
 use serde_json::Value;
 
 mod adalora;
+mod adamss;
 mod assemble;
+mod beft;
 mod boft;
 mod c3a;
 pub(crate) mod config;
+mod deft;
 mod delora;
 mod frod;
 mod glora;
@@ -36,11 +39,13 @@ mod lycoris;
 mod miss;
 mod osf;
 pub mod params;
+mod peanut;
 mod pvera;
 mod randlora;
 mod read;
 mod road;
 mod shira;
+mod supertuning;
 pub mod targets;
 #[cfg(test)]
 mod tests;

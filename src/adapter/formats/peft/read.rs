@@ -55,6 +55,11 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
         PeftType::UniLora => return super::unilora::read(path, file, cfg),
         PeftType::TrainableTokens => return super::tokens::read(path, file, cfg, config_path),
         PeftType::Frod => return super::frod::read(path, file, cfg),
+        PeftType::Beft => return super::beft::read(path, file, cfg),
+        PeftType::Deft => return super::deft::read(path, file, cfg),
+        PeftType::Peanut => return super::peanut::read(path, file, cfg),
+        PeftType::Supertuning => return super::supertuning::read(path, file, cfg),
+        PeftType::Adamss => return super::adamss::read(path, file, cfg),
     }
     let fpath = file.path().to_path_buf();
     let kasa = super::init::base_residual(&cfg.raw) == Some(super::init::BaseResidual::Kasa);
