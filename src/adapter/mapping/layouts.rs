@@ -705,10 +705,11 @@ mod tests {
             targets("lora_unet_single_stream_modulation_lin", true),
             None
         );
-        // HunyuanVideo's dotted `img_attn_qkv` is its own row; underscored, Flux's says the same.
+        // HunyuanVideo's dotted `img_attn_qkv`: its diffusers row and ComfyUI's fused one.
         let rows = lookup("diffusion_model.double_blocks.2.img_attn_qkv", false, false);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].paths[2], "transformer_blocks.2.attn.to_v");
+        let p: Vec<String> = rows.iter().map(|r| r.paths.join(" ")).collect();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].ends_with("2.attn.to_v") && p[1] == "double_blocks.2.img_attn.qkv");
         let rows = lookup("lora_unet_double_blocks_2_img_attn_qkv", true, false);
         assert!(rows.len() == 2 && rows[0].paths == rows[1].paths);
     }
