@@ -254,7 +254,8 @@ impl PeftConfig {
         };
         // AdaLoRA's `rank_pattern` lists the kept triplets as booleans; the file's shapes say
         // the same (adalora.rs reads them), so it is not a LoRA rank pattern.
-        let rank_pattern = if peft_type == PeftType::AdaLora {
+        // OSF's holds effective ranks, fractions allowed (osf.rs reads it).
+        let rank_pattern = if matches!(peft_type, PeftType::AdaLora | PeftType::Osf) {
             Vec::new()
         } else {
             pattern("rank_pattern")?
