@@ -45,7 +45,11 @@ impl<'a> Facts<'a> {
             .or(cfg.map(|_| 8.0));
         // Placed as a merge places it (PEFT experts on a base saved per expert): Plan::placed.
         let placed = plan.placed.as_ref().unwrap_or(&plan.adapter);
-        let resolution = plan.base.as_ref().map(|b| mapping::resolve(placed, b));
+        let resolution = plan.base.as_ref().map(|b| {
+            let mut r = mapping::resolve(placed, b);
+            qalora_on_gptq(placed, b, &mut r);
+            r
+        });
         let placements = resolution
             .as_ref()
             .map(|r| {
@@ -796,4 +800,84 @@ fn has_lora_bias(m: &crate::adapter::LoraModule) -> bool {
 /// llama.cpp `.base_layer.weight`).
 pub(super) fn is_saved_base_layer(f: &crate::adapter::FullTensor) -> bool {
     matches!(&f.data, Data::Stored { key, .. } if key.contains(".base_layer."))
+}
+
+/// `use_qalora` on a GPTQ base ([`crate::adapter::formats::peft::qalora_group_size`]): PEFT
+/// builds QALoRA there, `lora_A` [r, in/group], so a plain module ([r, in]) is a size mismatch
+/// on load and a pooled one ([r, in/group], which the name matcher sees as one) fits.
+fn qalora_on_gptq(
+    a: &crate::adapter::Adapter,
+    base: &crate::io::Checkpoint,
+    r: &mut mapping::Resolution,
+) {
+    use crate::io::quant::{gptq::Layout, Scheme};
+    let Some(g) = a
+        .config
+        .as_ref()
+        .and_then(crate::adapter::formats::peft::qalora_group_size)
+    else {
+        return;
+    };
+    let Ok(quant) = crate::io::quant::QuantMap::scan(base) else {
+        return;
+    };
+    let gptq = |t: &str| {
+        quant
+            .get(t)
+            .is_some_and(|q| matches!(&q.scheme, Scheme::Gptq(p) if p.layout != Layout::Awq))
+    };
+    let pooled_tensor =
+        |t: &str| format!("{t} (GPTQ: PEFT's QALoRA lora_A reads in/{g} pooled inputs)");
+    let plain = |m: &crate::adapter::LoraModule| {
+        m.kind == ModuleKind::Linear && m.factors.lora().is_some() && !m.base_transposed
+    };
+    let mut kept = Vec::with_capacity(r.modules.len());
+    for p in std::mem::take(&mut r.modules) {
+        let m = &a.modules[p.module];
+        if plain(m) && p.whole_in_order() && gptq(&p.weight) && g > 0 {
+            r.unmatched.push(Unmatched::ShapeMismatch {
+                module: m.name.clone(),
+                tensor: pooled_tensor(&p.weight),
+                expected: vec![m.out_features, m.in_features],
+                found: vec![m.out_features, m.in_features / g],
+            });
+        } else {
+            kept.push(p);
+        }
+    }
+    r.modules = kept;
+    r.unmatched.retain(|u| {
+        let Unmatched::ShapeMismatch {
+            module,
+            tensor,
+            expected,
+            found,
+        } = u
+        else {
+            return true;
+        };
+        let Some(mi) = a.modules.iter().position(|m| &m.name == module) else {
+            return true;
+        };
+        let m = &a.modules[mi];
+        let fits = g > 0
+            && plain(m)
+            && m.bias.is_none()
+            && gptq(tensor)
+            && found.len() == 2
+            && expected.len() == 2
+            && found[0] == expected[0]
+            && found[1] % g == 0
+            && found[1] / g == expected[1];
+        if fits {
+            r.modules.push(mapping::Placement {
+                module: mi,
+                weight: tensor.clone(),
+                bias: None,
+                rows: None,
+                part: None,
+            });
+        }
+        !fits
+    });
 }
