@@ -57,6 +57,8 @@ mod it {
     pub mod faults;
     /// A new user's first hour: right refusals only, loadable outputs, one command line.
     pub mod first_hour;
+    /// fix13: review fixes to the PEFT tuners (HRA/BOFT bias, OSF ranks, QALoRA on GPTQ).
+    pub mod fix13;
     /// The PEFT tuners of gaps10: VeRA, VB-LoRA, LN tuning, HRA, BOFT merged as PEFT; seeded
     /// buffers refused; GPT-2's `ensure_weight_tying`.
     pub mod gaps10;

@@ -8,6 +8,7 @@ use super::diffusers_keys::unet_key_rules_apply;
 use super::diffusers_pipelines::converted;
 use super::names::{is_lm_head_tensor, is_sd_prefixed, layer_kind, layers_index, short};
 use super::plan::Plan;
+use super::qalora;
 use super::report::Placement;
 use super::rules::{ScaleRule, Supported, When};
 use super::target::Kind;
@@ -45,7 +46,7 @@ impl<'a> Facts<'a> {
             .or(cfg.map(|_| 8.0));
         // Placed as a merge places it (PEFT experts on a base saved per expert): Plan::placed.
         let placed = plan.placed.as_ref().unwrap_or(&plan.adapter);
-        let resolution = plan.base.as_ref().map(|b| mapping::resolve(placed, b));
+        let resolution = plan.base.as_ref().map(|b| qalora::resolve(placed, b));
         let placements = resolution
             .as_ref()
             .map(|r| {

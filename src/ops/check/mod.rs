@@ -28,6 +28,7 @@ mod fixing;
 mod names;
 mod packed;
 mod plan;
+mod qalora;
 mod report;
 pub mod rules;
 pub mod saved;

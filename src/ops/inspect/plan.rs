@@ -306,7 +306,8 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
                 .collect(),
             fan_in_fan_out: m.base_transposed && m.kind == ModuleKind::Linear,
             dora: m.dora_magnitude.is_some(),
-            bias: m.bias.is_some(),
+            // RoAd's `bias` only marks the base bias for its rotation (peft/road.rs).
+            bias: m.bias.is_some() && !matches!(m.factors, adapter::Factors::Road { .. }),
             spectrum,
         });
     }

@@ -27,6 +27,7 @@ pub mod gguf_parts;
 mod gguf_whole;
 mod model;
 mod plan;
+mod qalora;
 pub(crate) mod residual;
 mod run;
 mod sequence;

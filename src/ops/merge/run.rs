@@ -25,6 +25,7 @@ impl MergePlan {
         // glibc's defaults every one came back as fresh zeroed pages, their faults a third of
         // the encode stage. Retained, a freed buffer is reused; the peak does not grow, since
         // no more is live at once than before (buffers over 32 MiB are still unmapped).
+        self.refuse_qalora_on_gptq()?;
         crate::model::retain_freed_memory();
         let total = self.output_bytes();
         let bar = self

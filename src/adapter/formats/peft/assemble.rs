@@ -42,6 +42,23 @@ pub(super) fn assemble(
             .into_iter()
             .map(str::to_owned)
             .collect();
+    for (i, f) in full.iter().enumerate() {
+        if let Some(other) = full[..i].iter().find(|o| o.name == f.name) {
+            let key = |t: &FullTensor| match &t.data {
+                Data::Stored { key, .. } => key.clone(),
+                Data::Owned(_) => "?".to_owned(),
+            };
+            return Err(InputError::invalid(
+                file.path(),
+                format!(
+                    "tensors `{}` and `{}` both replace base tensor `{}`",
+                    key(other),
+                    key(f),
+                    f.name
+                ),
+            ));
+        }
+    }
     let lora = cfg.peft_type == PeftType::Lora;
     Ok(Adapter {
         format: Format::Peft,
@@ -92,7 +109,7 @@ pub(super) fn paired_by_suffixes<const N: usize>(
             if rel.contains(family) {
                 return Err(bad(format!("tensor `{key}`: not a {what}")));
             }
-            full.push(stored_full(rel.to_owned(), t));
+            full.push(loose(rel, t));
             continue;
         };
         let slot = &mut parts
@@ -120,8 +137,16 @@ pub(super) fn split_by_suffix<'f>(
         let rel = key.strip_prefix(PREFIX).unwrap_or(key);
         match rel.strip_suffix(suffix).filter(|n| !n.is_empty()) {
             Some(name) => named.push((name, t)),
-            None => full.push(stored_full(rel.to_owned(), t)),
+            None => full.push(loose(rel, t)),
         }
     }
     (named, full)
+}
+
+/// A tensor that is no tuner factor: a full tensor of the base. PEFT saves the bias a tuner
+/// trains (`bias="hra_only"`, `"boft_only"`, `"all"`) as `{module}.base_layer.bias` (the layer
+/// it wraps), so `.base_layer.` is dropped as the LoRA reader does ([`super::read`]); two
+/// tensors that name the same base tensor are refused by [`assemble`].
+fn loose(rel: &str, t: &TensorInfo) -> FullTensor {
+    stored_full(rel.replace(".base_layer.", "."), t)
 }

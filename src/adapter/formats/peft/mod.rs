@@ -79,7 +79,8 @@ pub use super::written::{encoded, factor_shapes, stored_shape};
 /// (`lora/gptq.py` `resolve_lora_variant`); on any other Linear `lora/layer.py`'s variants do not
 /// look at it, the LoRA is plain (`lora_A` [r, in]) and `merge_and_unload` merges it
 /// (fixtures/gaps12/qalora_float). A QALoRA `lora_A` over group-pooled inputs ([r, in/group])
-/// fits no base weight and is refused as unmatched, naming the shapes.
+/// fits no base weight and is refused as unmatched, naming the shapes. On a GPTQ base see
+/// [`qalora_group_size`].
 pub fn merge_refusal(config: &Value) -> Option<String> {
     let set = |k: &str| {
         config.get(k).is_some_and(|v| match v {
@@ -94,6 +95,22 @@ pub fn merge_refusal(config: &Value) -> Option<String> {
         Some("aLoRA (`alora_invocation_tokens`) applies its update only after the invocation tokens, which no merged weight can do; PEFT refuses to merge it (ALoraLinearVariant.merge_unsafe) and so does lorakit".into())
     } else {
         init_refusal(config)
+    }
+}
+
+/// `qalora_group_size` (PEFT's default 16) when the config sets `use_qalora`, else `None`. On a
+/// GPTQ layer PEFT 0.21.2 always takes the QALoRA variant (`lora/gptq.py`
+/// `resolve_lora_variant`), whose `lora_A` reads the inputs pooled by groups of this size
+/// ([r, in/group], `lora/variants.py` `QALoraLinearVariant.init`) and which has no merge (its
+/// `get_delta_weight`, `merge_safe` and `merge_unsafe` raise): `check` expects that width there
+/// and `merge` refuses such a layer.
+pub fn qalora_group_size(config: &Value) -> Option<usize> {
+    if config.get("use_qalora") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    match config.get("qalora_group_size") {
+        None | Some(Value::Null) => Some(16),
+        Some(v) => Some(v.as_u64().map_or(0, |g| g as usize)),
     }
 }
 

@@ -58,7 +58,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         let eff = effective_rank(&cfg.raw, &name, min_dim).map_err(&bad)?;
         if min_dim - eff != n {
             return Err(bad(format!(
-                "module `{name}` stores {n} trained triplets of a [{d}, {k}] weight, but adapter_config.json's effective_rank (rank_pattern) gives {eff}: PEFT builds U_low [{d}, {}] and refuses the file",
+                "module `{name}`: S_low holds {n} trained triplets of a [{d}, {k}] weight, but adapter_config.json gives effective_rank {eff} (effective_rank or rank_pattern): PEFT builds U_low [{d}, {}] and refuses the file",
                 min_dim - eff
             )));
         }
