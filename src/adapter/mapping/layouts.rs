@@ -697,21 +697,21 @@ mod tests {
             ]
         );
         // `check` hears only of Flux's (diffusers' Flux loader), as before Flux.2's rows.
-        assert_eq!(
-            targets("lora_unet_double_blocks_0_img_mlp_0", true).unwrap(),
-            ["transformer_blocks.0.ff.net.0.proj"]
-        );
-        assert_eq!(
-            targets("lora_unet_single_stream_modulation_lin", true),
-            None
-        );
-        // HunyuanVideo's dotted `img_attn_qkv`: its diffusers row and ComfyUI's fused one.
-        let rows = lookup("diffusion_model.double_blocks.2.img_attn_qkv", false, false);
-        let p: Vec<String> = rows.iter().map(|r| r.paths.join(" ")).collect();
-        assert_eq!(p.len(), 2, "{p:?}");
-        assert!(p[0].ends_with("2.attn.to_v") && p[1] == "double_blocks.2.img_attn.qkv");
-        let rows = lookup("lora_unet_double_blocks_2_img_attn_qkv", true, false);
-        assert!(rows.len() == 2 && rows[0].paths == rows[1].paths);
+        let t = targets("lora_unet_double_blocks_0_img_mlp_0", true).unwrap();
+        assert_eq!(t, ["transformer_blocks.0.ff.net.0.proj"]);
+        assert!(targets("lora_unet_single_stream_modulation_lin", true).is_none());
+        // HunyuanVideo's `img_attn_qkv` (dotted: diffusers' and ComfyUI's rows; flat: Flux's too).
+        let p = |n, k| {
+            lookup(n, k, false)
+                .iter()
+                .map(|r| r.paths.join(" "))
+                .collect::<Vec<_>>()
+        };
+        let dotted = p("diffusion_model.double_blocks.2.img_attn_qkv", false);
+        assert!(dotted[0].ends_with("2.attn.to_v") && dotted[1] == "double_blocks.2.img_attn.qkv");
+        let flat = p("lora_unet_double_blocks_2_img_attn_qkv", true);
+        let same = flat.iter().filter(|x| **x == dotted[0]).count();
+        assert!(dotted.len() == 2 && same == 2 && flat.iter().all(|x| dotted.contains(x)));
     }
 
     #[test]
