@@ -1,12 +1,19 @@
-//! compressed-tensors NVFP4 and MXFP4 bases (`nvfp4-pack-quantized`, `mxfp4-pack-quantized`),
-//! against compressed-tensors 0.20's own compressors (`fixtures/gen/ct_fp4_fixtures.py`).
+//! compressed-tensors NVFP4, MXFP4, MXFP6 and MXFP8 bases (`nvfp4-pack-quantized`,
+//! `mxfp4-pack-quantized`, `mxfp6-pack-quantized`, `mxfp8-quantized`), against compressed-tensors
+//! 0.20's own compressors (`fixtures/gen/ct_fp4_fixtures.py`, `fixtures/gen/ct_mx_fixtures.py`).
 
 use super::common::*;
 use super::quant::{dequantize_refuses, edited, quant, without};
 use super::quant_requant::{assert_merged_exactly, merge_keeping};
 use std::collections::BTreeMap;
 
-const MODELS: [(&str, &str); 2] = [("ct_nvfp4", "nv."), ("ct_mxfp4", "mx.")];
+/// (model, reference file stem, prefix of its tensors in the reference files).
+const MODELS: [(&str, &str, &str); 4] = [
+    ("ct_nvfp4", "ct_fp4", "nv."),
+    ("ct_mxfp4", "ct_fp4", "mx."),
+    ("ct_mxfp6", "ct_mx", "mx6."),
+    ("ct_mxfp8", "ct_mx", "mx8."),
+];
 
 /// The tensors of `file` whose names start with `prefix`, the prefix dropped.
 fn prefixed(file: &str, prefix: &str) -> BTreeMap<String, T> {
@@ -21,7 +28,7 @@ fn prefixed(file: &str, prefix: &str) -> BTreeMap<String, T> {
 #[test]
 fn dequantize_equals_compressed_tensors_decompress() {
     let dir = tempfile::tempdir().unwrap();
-    for (model, prefix) in MODELS {
+    for (model, refs, prefix) in MODELS {
         let out = dir.path().join(model);
         let text = run_ok(dequantize_args(&quant(model), &out, &[]));
         assert!(text.contains("dequantized 14 weights"), "{model}: {text}");
@@ -32,7 +39,7 @@ fn dequantize_equals_compressed_tensors_decompress() {
             base.keys().collect::<Vec<_>>(),
             "{model}"
         );
-        let want = prefixed("ref/ct_fp4.safetensors", prefix);
+        let want = prefixed(&format!("ref/{refs}.safetensors"), prefix);
         assert_eq!(want.len(), 14);
         for (name, w) in &want {
             assert_eq!(&got[name], w, "{model} {name}: not bit-exact");
@@ -47,9 +54,9 @@ fn dequantize_equals_compressed_tensors_decompress() {
 /// global scales, every other tensor and config.json are copied byte for byte.
 #[test]
 fn merge_keep_into_fp4_is_the_compressors_rounding() {
-    for (model, prefix) in MODELS {
+    for (model, refs, prefix) in MODELS {
         let (got, input) = merge_keeping(model, "rslora_all", 14);
-        let want = prefixed("qlora/ct_fp4_keep.safetensors", prefix);
+        let want = prefixed(&format!("qlora/{refs}_keep.safetensors"), prefix);
         assert_eq!(want.len(), 14);
         assert_merged_exactly(&got, &input, &want, model);
     }
@@ -113,4 +120,54 @@ fn malformed_fp4_weights_are_refused() {
     for (what, input, want) in cases {
         dequantize_refuses(dir.path(), what, &input, want);
     }
+}
+
+/// MXFP6's packing and config are checked as MXFP4's: a row of bytes that does not pack whole
+/// quads, scales of the wrong shape, a config that says 4 bits, an E8M0 byte 255 in MXFP8.
+#[test]
+fn malformed_mxfp6_and_mxfp8_weights_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = "model.layers.0.self_attn.q_proj";
+    let cases = [
+        (
+            "MXFP6 rows that are not whole quads",
+            edited(dir.path(), "ct_mxfp6", |t| {
+                t.get_mut(&format!("{q}.weight_packed"))
+                    .unwrap()
+                    .cut_to(&[64, 47]);
+            }),
+            "not a multiple of 3",
+        ),
+        (
+            "MXFP6 scales of the wrong shape",
+            edited(dir.path(), "ct_mxfp6", |t| {
+                t.get_mut(&format!("{q}.weight_scale"))
+                    .unwrap()
+                    .cut_to(&[64, 1]);
+            }),
+            "MXFP6 scales of a 64x64 weight",
+        ),
+        (
+            "an E8M0 byte 255 in MXFP8",
+            edited(dir.path(), "ct_mxfp8", |t| {
+                t.get_mut(&format!("{q}.weight_scale")).unwrap().data[3] = 255;
+            }),
+            "weight_scale",
+        ),
+    ];
+    for (what, input, want) in cases {
+        dequantize_refuses(dir.path(), what, &input, want);
+    }
+    // The config's 4 bits against MXFP6's packing: named, not guessed.
+    let input = dir.path().join("mx6_says_4");
+    copy_dir(&quant("ct_mxfp6"), &input);
+    let cfg = input.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"num_bits\": 6", "\"num_bits\": 4")).unwrap();
+    dequantize_refuses(
+        dir.path(),
+        "MXFP6 bytes under a 4-bit config",
+        &input,
+        "MXFP4 scales",
+    );
 }

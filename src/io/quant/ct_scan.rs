@@ -1,6 +1,6 @@
 //! Recognising compressed-tensors weights from the headers (the `weight_packed` formats): the
-//! integer `pack-quantized` ([`packed`](super::packed)) and the FP4 `nvfp4-pack-quantized` /
-//! `mxfp4-pack-quantized` ([`ct_fp4`](super::ct_fp4)), every companion checked against the
+//! integer `pack-quantized` ([`packed`](super::packed)) and the float `nvfp4-pack-quantized` /
+//! `mxfp4-pack-quantized` / `mxfp6-pack-quantized` ([`ct_fp4`](super::ct_fp4)), every companion checked against the
 //! packing and the config's weight arguments before anything is read.
 //!
 //! Must not read tensor data beyond `weight_shape`; must not decide what a merge writes.
@@ -13,7 +13,7 @@ use crate::error::InputResult;
 use crate::io::Checkpoint;
 
 impl QuantMap {
-    /// Every `P.weight_packed` stored as U8 (FP4): recognised before the other formats, so its
+    /// Every `P.weight_packed` stored as U8 (FP4, FP6): recognised before the other formats, so its
     /// E4M3 scale is not taken for an FP8 weight.
     pub(super) fn add_ct_fp4_all(&mut self, ck: &Checkpoint, names: &[String]) -> InputResult<()> {
         for name in names {
@@ -26,35 +26,64 @@ impl QuantMap {
         Ok(())
     }
 
-    /// One FP4 weight `P.weight_packed`, every companion checked against the packing.
+    /// One FP4 or FP6 weight `P.weight_packed`, every companion checked against the packing.
     fn add_ct_fp4(&mut self, ck: &Checkpoint, prefix: &str, packed_name: &str) -> InputResult<()> {
         let pk = ck.info(packed_name).expect("listed").clone();
-        let [rows, half] = pk.shape[..] else {
+        let [rows, bytes] = pk.shape[..] else {
             return Err(err(
                 ck,
                 packed_name,
-                format!("is {}, not a 2-D U8 matrix of FP4 pairs", typed(&pk)),
+                format!(
+                    "is {}, not a 2-D U8 matrix of packed FP4/FP6 codes",
+                    typed(&pk)
+                ),
             ));
         };
-        let cols = 2 * half;
         let scale_name = format!("{prefix}.weight_scale");
         let Some(scale) = ck.info(&scale_name).cloned() else {
             return Err(err(
                 ck,
                 packed_name,
-                format!("is FP4 (U8 pairs) without `{scale_name}`"),
+                format!("is packed FP4/FP6 (U8) without `{scale_name}`"),
             ));
         };
+        let args = self.ct_args(ck, prefix)?;
         let kind = match scale.dtype {
             Dtype::F8_E4M3 => Kind::Nvfp4,
-            Dtype::U8 => Kind::Mxfp4,
+            // MXFP4 and MXFP6 both store E8M0 bytes per 32: the config's `num_bits` tells them
+            // apart, else the packing (2 codes a byte or 4 in 3 bytes) that fits the scales.
+            Dtype::U8 => match args.as_ref().and_then(|a| a.num_bits) {
+                Some(6) => Kind::Mxfp6,
+                Some(_) => Kind::Mxfp4,
+                None => {
+                    let fits = |k: Kind| {
+                        k.cols_of_packed(bytes)
+                            .is_some_and(|c| scale.shape == [rows, c / k.group_size()])
+                    };
+                    if fits(Kind::Mxfp6) && !fits(Kind::Mxfp4) {
+                        Kind::Mxfp6
+                    } else {
+                        Kind::Mxfp4
+                    }
+                }
+            },
             _ => {
                 return Err(dtype_err(ck, &scale, |d| {
-                    format!("is {d}: an FP4 `weight_packed` takes an F8_E4M3 scale per 16 (NVFP4) or a U8 E8M0 exponent per 32 (MXFP4)")
+                    format!("is {d}: a packed FP4/FP6 `weight_packed` takes an F8_E4M3 scale per 16 (NVFP4) or a U8 E8M0 exponent per 32 (MXFP4, MXFP6)")
                 }))
             }
         };
         let gs = kind.group_size();
+        let Some(cols) = kind.cols_of_packed(bytes) else {
+            return Err(err(
+                ck,
+                packed_name,
+                format!(
+                    "is {}; MXFP6 packs four codes in three bytes, and {bytes} bytes a row is not a multiple of 3",
+                    typed(&pk)
+                ),
+            ));
+        };
         if rows == 0 || cols == 0 || !cols.is_multiple_of(gs) || scale.shape != [rows, cols / gs] {
             return Err(err(
                 ck,
@@ -91,26 +120,29 @@ impl QuantMap {
                     format!("is NVFP4 (E4M3 scales) without `{global_name}`"),
                 ))
             }
-            (Kind::Mxfp4, Some(_)) => {
+            (Kind::Mxfp4 | Kind::Mxfp6, Some(_)) => {
                 return Err(err(
                     ck,
                     &global_name,
-                    "stands beside MXFP4 (E8M0 scales), which has no global scale",
+                    format!(
+                        "stands beside {} (E8M0 scales), which has no global scale",
+                        kind.name().to_uppercase()
+                    ),
                 ))
             }
-            (Kind::Mxfp4, None) => {}
+            (Kind::Mxfp4 | Kind::Mxfp6, None) => {}
         }
         let zp = format!("{prefix}.weight_zero_point");
         if ck.contains(&zp) {
             return Err(err(
                 ck,
                 &zp,
-                "is a zero point of an FP4 weight; compressed-tensors quantizes FP4 symmetrically only",
+                "is a zero point of an FP4/FP6 weight; compressed-tensors quantizes them symmetrically only",
             ));
         }
         let shape_name = format!("{prefix}.weight_shape");
         if ck.contains(&shape_name) {
-            // Not written for FP4; where present it must agree with the packing.
+            // Not written for FP4/FP6; where present it must agree with the packing.
             let v = ck.view(&shape_name)?;
             let dims: Vec<i64> = match v.dtype {
                 Dtype::I64 => v
@@ -129,7 +161,10 @@ impl QuantMap {
                 return Err(err(
                     ck,
                     &shape_name,
-                    format!("says {dims:?}, the FP4 `{packed_name}` packs [{rows}, {cols}]"),
+                    format!(
+                        "says {dims:?}, the {} `{packed_name}` packs [{rows}, {cols}]",
+                        kind.name().to_uppercase()
+                    ),
                 ));
             }
             companions.push(shape_name);
@@ -138,12 +173,13 @@ impl QuantMap {
         if ck.contains(&input) {
             companions.push(input);
         }
-        if let Some(a) = self.ct_args(ck, prefix)? {
+        if let Some(a) = args {
             let strategy = match kind {
                 Kind::Nvfp4 => "tensor_group",
-                Kind::Mxfp4 => "group",
+                Kind::Mxfp4 | Kind::Mxfp6 => "group",
             };
-            let c = if a.num_bits.is_some_and(|b| b != 4) {
+            let bits = u64::from(kind.bits());
+            let c = if a.num_bits.is_some_and(|b| b != bits) {
                 Some(format!("{}-bit weights", a.num_bits.unwrap_or(0)))
             } else if a.group_size.is_some_and(|g| g != gs as i64) {
                 Some(format!("groups of {}", a.group_size.unwrap_or(0)))
@@ -157,7 +193,7 @@ impl QuantMap {
             };
             if let Some(c) = c {
                 let c = format!(
-                    "{c}, the stored `{packed_name}` is {} (4-bit, groups of {gs}, strategy `{strategy}`)",
+                    "{c}, the stored `{packed_name}` is {} ({bits}-bit, groups of {gs}, strategy `{strategy}`)",
                     kind.name().to_uppercase()
                 );
                 return Err(a.refusal(ck, prefix, c));

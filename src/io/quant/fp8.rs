@@ -34,6 +34,9 @@ impl Layout {
             "per tensor".into()
         } else if self.block_m == 1 && self.block_n >= cols {
             "per channel".into()
+        } else if self.block_m == 1 {
+            // compressed-tensors' group strategy (MXFP8 and FP8 groups).
+            format!("group {}", self.block_n)
         } else {
             let _ = rows;
             format!("{}x{} blocks", self.block_m, self.block_n)
@@ -323,6 +326,26 @@ pub fn quantize_ct(
     (q, scales)
 }
 
+/// compressed-tensors MXFP8 (`mxfp8-quantized`: E4M3 values, a U8 E8M0 exponent per 32) rounded
+/// again with its stored scales (`scales`, the powers of two): `MXFP8QuantizationCompressor
+/// .compress` handed the decompressed scale, i.e. `_quantize` in the model's bf16 — the merged
+/// weight rounded to bf16, divided by the scale in bf16, clamped to ±448, cast to
+/// float8_e4m3fn (round to nearest even). As for MXFP4/MXFP6 ([`super::ct_fp4`]) the scales stay:
+/// llm-compressor calibrated them.
+pub fn requantize_mx(merged: &[f32], cols: usize, scales: &[f32], l: &Layout) -> Vec<u8> {
+    merged
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            let (r, c) = (i / cols, i % cols);
+            let s = scales[(r / l.block_m) * l.grid_cols + c / l.block_n];
+            let x = dtype::round_to(Dtype::BF16, m);
+            let q = dtype::round_to(Dtype::BF16, x / s).clamp(-E4M3_MAX, E4M3_MAX);
+            f32_to_e4m3(q)
+        })
+        .collect()
+}
+
 /// ComfyUI's legacy "scaled FP8" checkpoints (the `*_fp8_scaled` diffusion files): a marker
 /// tensor `scaled_fp8` (`<model prefix>scaled_fp8`, its dtype the FP8 format, or F32 for E4M3;
 /// two elements ask for full-precision matmuls), and beside each quantized `P.weight` an F32
@@ -372,6 +395,47 @@ pub mod comfy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// compressed-tensors' MXFP8 `compress` of every other E4M3 rounding midpoint and its bf16
+    /// neighbours, subnormals and values past ±448 under several E8M0 exponents, and its
+    /// `decompress` of every byte (`fixtures/quant/ct_mx_edge.safetensors`, made by
+    /// `fixtures/gen/ct_mx_fixtures.py`).
+    #[test]
+    fn mxfp8_rounding_and_widening_equal_compressed_tensors() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/quant/ct_mx_edge.safetensors"
+        );
+        let bytes = std::fs::read(path).expect("fixture");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let get = |n: &str| st.tensor(n).expect(n);
+        let layout = |rows, cols: usize| Layout {
+            block_m: 1,
+            block_n: 32,
+            grid_rows: rows,
+            grid_cols: cols / 32,
+        };
+        let x = dtype::decode(Dtype::BF16, get("x8").data());
+        let s = scales_f32(Dtype::U8, get("x8_scale").data()).unwrap();
+        assert_eq!(
+            requantize_mx(&x, 64, &s, &layout(4, 64)),
+            get("x8_q").data()
+        );
+        let s = scales_f32(Dtype::U8, &get("all_scale").data()[..8]).unwrap();
+        let got = dequantize(Dtype::F8_E4M3, get("all8_q").data(), 64, &s, &layout(4, 64));
+        let got = dtype::encode(Dtype::BF16, &got);
+        for (i, (g, w)) in got.chunks(2).zip(get("all8").data().chunks(2)).enumerate() {
+            let (g, w) = (
+                u16::from_le_bytes([g[0], g[1]]),
+                u16::from_le_bytes([w[0], w[1]]),
+            );
+            let nan = |b: u16| b & 0x7fff > 0x7f80;
+            assert!(
+                g == w || (nan(g) && nan(w)),
+                "byte {i}: {g:#06x} vs {w:#06x}"
+            );
+        }
+    }
 
     #[test]
     fn e4m3_round_trips_every_finite_code() {

@@ -46,7 +46,7 @@ pub enum Scheme {
     BnbInt8,
     /// compressed-tensors pack-quantized integers (`weight_packed`).
     Packed(packed::Params),
-    /// compressed-tensors NVFP4 / MXFP4 (`weight_packed` U8 pairs of E2M1 codes).
+    /// compressed-tensors NVFP4 / MXFP4 / MXFP6 (`weight_packed` U8: E2M1 pairs, E2M3 quads).
     CtFp4(ct_fp4::Params),
     /// Native GPTQ (`qweight`, `qzeros`, `scales`, `g_idx`) or AWQ GEMM.
     Gptq(gptq::Params),
@@ -102,7 +102,8 @@ impl QuantTensor {
 
     pub fn bits(&self) -> u32 {
         match &self.scheme {
-            Scheme::Bnb4(_) | Scheme::CtFp4(_) => 4,
+            Scheme::Bnb4(_) => 4,
+            Scheme::CtFp4(p) => p.kind.bits(),
             Scheme::Packed(p) => p.bits,
             Scheme::Gptq(p) => p.bits,
             Scheme::Mlx(p) => p.bits,
@@ -123,7 +124,7 @@ impl QuantTensor {
             Scheme::MlxFp(p) => format!("group {}", p.mode.group_size()),
             Scheme::CtFp4(p) => match p.kind {
                 ct_fp4::Kind::Nvfp4 => "group 16, E4M3 scales, global scale".into(),
-                ct_fp4::Kind::Mxfp4 => "group 32, E8M0 scales".into(),
+                ct_fp4::Kind::Mxfp4 | ct_fp4::Kind::Mxfp6 => "group 32, E8M0 scales".into(),
             },
             Scheme::Packed(p) => {
                 let kind = if p.per_tensor {
@@ -158,8 +159,16 @@ impl QuantTensor {
                 }
                 d
             }
-            Scheme::Fp8 { layout, .. } => {
-                layout.describe(self.shape[0], self.shape.get(1).copied().unwrap_or(1))
+            Scheme::Fp8 {
+                layout,
+                scale_dtype,
+                ..
+            } => {
+                let d = layout.describe(self.shape[0], self.shape.get(1).copied().unwrap_or(1));
+                match scale_dtype {
+                    Dtype::U8 | Dtype::F8_E8M0 => format!("{d}, E8M0 scales"),
+                    _ => d,
+                }
             }
         }
     }
@@ -531,7 +540,9 @@ impl QuantMap {
                 layout,
             } => {
                 let (rows, cols) = (q.shape[0], q.shape[1]);
-                if fp8_ct_keep(self, *format, scale, *scale_dtype, layout, &q.shape) {
+                if fp8_ct_keep(self, *format, scale, *scale_dtype, layout, &q.shape)
+                    || fp8_mx_keep(self, *format, scale, *scale_dtype, layout, &q.shape)
+                {
                     None
                 } else if scale.ends_with(&format!(".{}", fp8::comfy::SCALE)) {
                     // comfy/ops.py `set_weight`: `QuantizedTensor.from_float(weight, ...,
@@ -644,6 +655,23 @@ impl QuantMap {
                     (scale.clone(), dtype::encode(*scale_dtype, &s)),
                 ]
             }
+            Scheme::Fp8 {
+                scale,
+                scale_dtype,
+                layout,
+                format,
+            } if fp8_mx_keep(self, *format, scale, *scale_dtype, layout, &q.shape) => {
+                // Round to nearest with the stored E8M0 scales: only the weight changes.
+                let s = fp8::scales_f32(
+                    *scale_dtype,
+                    ck.view(scale).map_err(|e| e.to_string())?.data,
+                )
+                .ok_or("its scales are not E8M0 bytes")?;
+                vec![(
+                    q.name.clone(),
+                    fp8::requantize_mx(merged, q.shape[1], &s, layout),
+                )]
+            }
             Scheme::Fp8 { scale, layout, .. } => {
                 let (bytes, inv) = fp8::quantize(
                     merged,
@@ -739,6 +767,25 @@ fn fp8_ct_keep(
         && scale.ends_with(".weight_scale")
         && matches!(scale_dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
         && (per_tensor || per_channel || blocks)
+}
+
+/// A compressed-tensors MXFP8 weight (`mxfp8-quantized`): E4M3 with a U8 E8M0 `weight_scale`
+/// per 32 columns, requantized with its stored scales ([`fp8::requantize_mx`]).
+fn fp8_mx_keep(
+    map: &QuantMap,
+    format: Dtype,
+    scale: &str,
+    scale_dtype: Dtype,
+    layout: &fp8::Layout,
+    shape: &[usize],
+) -> bool {
+    map.method().as_deref() == Some("compressed-tensors")
+        && format == Dtype::F8_E4M3
+        && scale.ends_with(".weight_scale")
+        && scale_dtype == Dtype::U8
+        && layout.block_m == 1
+        && layout.block_n == 32
+        && shape.get(1).is_some_and(|&c| c == 32 * layout.grid_cols)
 }
 
 #[cfg(test)]
