@@ -139,7 +139,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                     ))),
                 };
             }
-            let z = &leaves["zeros"];
+            let Some(z) = leaves.get("zeros") else {
+                return Err(bad(format!(
+                    "module `{name}`: glora_{p} holds {:?}; a lora path needs both .Xd and .Xu",
+                    leaves.keys().collect::<Vec<_>>()
+                )));
+            };
             match shape(z)?[..] {
                 [d, k] if d > 0 && k > 0 => {
                     fix("rows", d, &mut out, z)?;
