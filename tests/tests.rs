@@ -100,6 +100,9 @@ mod it {
     /// The thirteenth hostile round's findings: MLX packed widths past usize, zero-size MLX
     /// weights, PEFT OSF effective_rank and diffusers LoKr metadata r against the tensors.
     pub mod hostile13;
+    /// The fourteenth hostile round's findings: NVFP4 global scale ±inf, FP4 config `type` and
+    /// symmetry, a GLoRA half path (a panic), tuner configs contradicting the stored shapes.
+    pub mod hostile14;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.

@@ -11,7 +11,7 @@
 //! lorakit has no module classes: a target that starts with an upper-case letter (`Linear`) is
 //! taken as a class every quantized Linear has. The weight arguments are
 //! `quantization/quant_args.py` `QuantizationArgs` (`num_bits`, `strategy`, `group_size`,
-//! `symmetric`, `block_structure`).
+//! `symmetric`, `block_structure`, `type`).
 //!
 //! Must not decide the layout: it only reports what the config claims; `scan` compares.
 
@@ -27,6 +27,8 @@ pub struct WeightArgs {
     pub group_size: Option<i64>,
     pub symmetric: Option<bool>,
     pub block: Option<(usize, usize)>,
+    /// `type`: `int` or `float` (`QuantizationType`; any other value fails its validator).
+    pub kind: Option<String>,
 }
 
 /// The weight arguments `config` (a `quantization_config`) gives module `module` (its weight's
@@ -132,6 +134,15 @@ pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<Weight
             _ => return Err(bad("block_structure", "is not two positive sizes")),
         },
     };
+    let kind = match w.get("type") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .filter(|t| matches!(*t, "int" | "float"))
+                .ok_or_else(|| bad("type", &format!("{v} is neither \"int\" nor \"float\"")))?
+                .to_owned(),
+        ),
+    };
     Ok(Some(WeightArgs {
         group: (*key).clone(),
         num_bits,
@@ -139,6 +150,7 @@ pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<Weight
         group_size,
         symmetric,
         block,
+        kind,
     }))
 }
 
@@ -156,6 +168,11 @@ impl WeightArgs {
             return Some(format!(
                 "{b}-bit weights, the stored `{packed}` holds {}-bit ones",
                 p.bits
+            ));
+        }
+        if self.kind.as_deref() == Some("float") {
+            return Some(format!(
+                "float weights, the stored `{packed}` holds integer ones"
             ));
         }
         let rows = p.rows;
@@ -208,6 +225,9 @@ impl WeightArgs {
             return Some(format!(
                 "{b}-bit weights, the stored FP8 weight holds 8-bit ones"
             ));
+        }
+        if self.kind.as_deref() == Some("int") {
+            return Some("integer weights, the stored FP8 weight holds float ones".to_string());
         }
         let one = layout.grid_rows == 1 && layout.grid_cols == 1;
         let says = match self.strategy.as_deref() {

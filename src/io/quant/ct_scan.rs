@@ -188,6 +188,12 @@ impl QuantMap {
                     "strategy `{}`",
                     a.strategy.as_deref().unwrap_or("")
                 ))
+            } else if a.kind.as_deref() == Some("int") {
+                // compressed-tensors reads an `int` scheme as pack-quantized (hostile round 14).
+                Some("integer weights".to_string())
+            } else if a.symmetric == Some(false) {
+                // An asymmetric scheme has a zero point, which FP4 never stores.
+                Some("asymmetric weights (a zero point)".to_string())
             } else {
                 None
             };

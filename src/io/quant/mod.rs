@@ -380,25 +380,27 @@ impl QuantMap {
             Scheme::CtFp4(p) => {
                 let bytes = data(&q.companions[0])?;
                 let (s, global) = ct_fp4::group_scales_of(p, bytes, |n| data(&q.companions[n]))?;
-                // A non-finite value is refused naming what made it: the global scale (0, NaN
-                // or infinite), a scale (E4M3 0x7F/0xFF is NaN, E8M0 255 is 2^128), or a scale
-                // whose product with a code overflows bf16.
+                // A global scale of 0, NaN or ±inf is refused before its quotients are looked
+                // at: an infinite one makes every scale 0 (finite), a weight of zeros.
+                if let Some(g) = global.filter(|g| !g.is_finite() || *g == 0.0) {
+                    return Err(err(
+                        ck,
+                        &q.companions[1],
+                        format!("is {g} (a global scale must be finite and non-zero)"),
+                    ));
+                }
+                // A non-finite value is refused naming what made it: a scale (E4M3 0x7F/0xFF
+                // is NaN, E8M0 255 is 2^128, or a subnormal global scale's quotient
+                // overflows), or a scale whose product with a code overflows bf16.
                 if let Some(g) = s.iter().position(|x| !x.is_finite()) {
-                    return Err(match global.filter(|g| !g.is_finite() || *g == 0.0) {
-                        Some(g) => err(
-                            ck,
-                            &q.companions[1],
-                            format!("is {g} (a global scale must be finite and non-zero)"),
+                    return Err(err(
+                        ck,
+                        &q.companions[0],
+                        format!(
+                            "group {g} (byte {:#04x}) gives the scale {}",
+                            bytes[g], s[g]
                         ),
-                        None => err(
-                            ck,
-                            &q.companions[0],
-                            format!(
-                                "group {g} (byte {:#04x}) gives the scale {}",
-                                bytes[g], s[g]
-                            ),
-                        ),
-                    });
+                    ));
                 }
                 let v = ct_fp4::dequantize(p, data(&q.stored)?, &s);
                 if let Some(i) = v.iter().position(|x| !x.is_finite()) {

@@ -91,6 +91,29 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 shape(&ikey)?
             )));
         }
+        // PEFT builds the positions buffer [2, nnz] from `sparse_rate` (`model.py`
+        // `_init_frod_projections`: nnz = min(int(k·k·rate), k·k − k), at least 1 for a positive
+        // rate) and refuses stored positions of another count (hostile round 14).
+        let rate = match cfg.raw.get("sparse_rate") {
+            None | Some(serde_json::Value::Null) => Some(0.01), // FrodConfig's default
+            Some(x) => x.as_f64().filter(|r| (0.0..=1.0).contains(r)),
+        };
+        let Some(rate) = rate else {
+            return Err(bad(format!(
+                "module `{name}`: `sparse_rate` {} in adapter_config.json is not a number between 0 and 1 (PEFT's FrodConfig refuses it)",
+                cfg.raw["sparse_rate"]
+            )));
+        };
+        let off_diagonal = k * k - k;
+        let mut nnz = ((k * k) as f64 * rate).min(off_diagonal as f64) as usize;
+        if rate > 0.0 && off_diagonal > 0 {
+            nnz = nnz.max(1);
+        }
+        if nnz != n {
+            return Err(bad(format!(
+                "tensor `{ikey}` holds {n} positions, but `sparse_rate` {rate} in adapter_config.json makes PEFT build {nnz} for k = {k} and refuse the file"
+            )));
+        }
         let lambda = stored_f32(&file, &lkey)?;
         let values = stored_f32(&file, &skey)?;
         if lambda.len() != k || shape(&lkey)?.len() != 1 || shape(&skey)? != [n] {

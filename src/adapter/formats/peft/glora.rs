@@ -65,6 +65,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         }
     }
     let shape = |k: &str| file.view(k).map(|v| v.shape.to_vec());
+    let config_a_b = path_config(&cfg, &fpath)?;
     let mut modules = Vec::with_capacity(modules_map.len());
     for (name, paths) in modules_map {
         let missing = |p: char| bad(format!("module `{name}`: GLoRA needs glora_{p}"));
@@ -88,6 +89,31 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                         "tensor `{key}`: GLoRA's bias terms (b' = b0 + b0·D + E + W0·C) are not zero; lorakit merges GLoRA's weight but not its bias yet"
                     )));
                 }
+            }
+        }
+        // A and B as `config_A_B` makes PEFT build them (`update_layer`): stored paths of
+        // another kind or rank are refused by PEFT's load (hostile round 14).
+        for p in ['A', 'B'] {
+            let leaves = one(p)?;
+            let stored_kind = match (leaves.get("Xd"), leaves.get("X"), leaves.get("zeros")) {
+                (Some(xd), _, _) => {
+                    let r = shape(xd)?.get(1).copied().unwrap_or(0);
+                    if let Some(cr) = cfg.r_other_than(r) {
+                        return Err(bad(format!(
+                            "tensor `{xd}` has rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds GLoRA's lora paths at r and refuses the file"
+                        )));
+                    }
+                    "lora"
+                }
+                (_, Some(x), _) if shape(x)? == [1] => "constant",
+                (_, Some(_), _) => "vector",
+                (_, _, Some(_)) => "none",
+                _ => "lora (Xu without Xd)",
+            };
+            if stored_kind != config_a_b {
+                return Err(bad(format!(
+                    "module `{name}`: glora_{p} is stored as a `{stored_kind}` path, but `config_A_B` in adapter_config.json is `{config_a_b}`: PEFT builds that path and refuses the file"
+                )));
             }
         }
         // Sizes the paths give (0 where only constants: the base gives them).
@@ -139,7 +165,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                     ))),
                 };
             }
-            let z = &leaves["zeros"];
+            let Some(z) = leaves.get("zeros") else {
+                return Err(bad(format!(
+                    "module `{name}`: glora_{p} holds {:?}; a lora path needs both .Xd and .Xu",
+                    leaves.keys().collect::<Vec<_>>()
+                )));
+            };
             match shape(z)?[..] {
                 [d, k] if d > 0 && k > 0 => {
                     fix("rows", d, &mut out, z)?;
@@ -176,4 +207,42 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         });
     }
     assemble(path, file, &cfg, modules, full)
+}
+
+/// `config_A_B`, with `config_C` and `config_D_E` checked against the values GloraConfig's
+/// `__post_init__` accepts (defaults `lora`, `lora`, `constant`); C, D and E are built only
+/// where the base has a bias, so only A/B's value is returned for comparison.
+fn path_config(cfg: &PeftConfig, fpath: &Path) -> InputResult<&'static str> {
+    let mut a_b = "lora";
+    for (key, default, valid) in [
+        (
+            "config_A_B",
+            "lora",
+            &["lora", "vector", "constant", "none"][..],
+        ),
+        ("config_C", "lora", &["lora", "vector", "none"][..]),
+        (
+            "config_D_E",
+            "constant",
+            &["vector", "constant", "none"][..],
+        ),
+    ] {
+        let v = match cfg.raw.get(key) {
+            None | Some(serde_json::Value::Null) => Some(default),
+            Some(x) => x.as_str(),
+        };
+        let Some(v) = v.and_then(|v| valid.iter().copied().find(|x| *x == v)) else {
+            return Err(InputError::invalid(
+                fpath,
+                format!(
+                    "`{key}` {} in adapter_config.json is not one of {valid:?} (PEFT's GloraConfig refuses it)",
+                    cfg.raw[key]
+                ),
+            ));
+        };
+        if key == "config_A_B" {
+            a_b = v;
+        }
+    }
+    Ok(a_b)
 }

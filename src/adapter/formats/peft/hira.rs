@@ -67,6 +67,14 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 "module `{name}`: tensors `{akey}` {a:?} and `{bkey}` {b:?} are not [r, in, …] and [out, r, 1, …]"
             )));
         }
+        // PEFT builds hira_A/hira_B at the configured rank (`r`, or `rank_pattern`) and
+        // refuses stored factors of another (hostile round 14).
+        let want = cfg.rank_for(&name)?;
+        if want != r {
+            return Err(bad(format!(
+                "tensor `{akey}` has rank {r}, but adapter_config.json gives module `{name}` rank {want}: PEFT builds HiRA's factors at that rank and refuses the file"
+            )));
+        }
         let k: usize = a[1..].iter().product();
         let stored = |key: &str, transpose| Data::Stored {
             key: key.to_owned(),

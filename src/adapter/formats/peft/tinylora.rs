@@ -70,6 +70,18 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             shape(&v_key)?
         )));
     }
+    // PEFT builds the vector at the config's `u` (default 64, a positive integer) and refuses
+    // a stored one of another length (hostile round 14).
+    let cfg_u = match cfg.raw.get("u") {
+        None | Some(serde_json::Value::Null) => Some(64),
+        Some(x) => x.as_u64().filter(|&n| n > 0),
+    };
+    if cfg_u != Some(u as u64) {
+        return Err(bad(format!(
+            "tensor `{v_key}` holds u = {u} values, but `u` in adapter_config.json is {}: PEFT builds the vector at u and refuses the file",
+            cfg.raw.get("u").map_or("absent (64)".to_owned(), |x| x.to_string())
+        )));
+    }
     let mut modules = Vec::with_capacity(parts.len());
     for (name, [akey, bkey, pkey]) in parts {
         let (Some(akey), Some(bkey)) = (akey, bkey) else {
@@ -95,6 +107,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 )))
             }
         };
+        // TinyLoRA has no rank_pattern: PEFT builds every module at `r` (hostile round 14).
+        if let Some(cr) = cfg.r_other_than(r) {
+            return Err(bad(format!(
+                "tensor `{akey}` has rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds TinyLoRA at r and refuses the file"
+            )));
+        }
         let (b, p) = (stored_f32(&file, &bkey)?, stored_f32(&file, &pkey)?);
         // R = Σᵢ v[i]·P[i] (r×r), then B·R (d×r), in f64.
         let mut rr = vec![0f64; r * r];

@@ -32,6 +32,19 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         )));
     }
     let theta = stored_f32(&file, THETA)?;
+    // PEFT builds theta_d at the config's `theta_d_length` (a positive integer) and refuses a
+    // stored vector of another length (hostile round 14).
+    let want = match cfg.raw.get("theta_d_length") {
+        None | Some(serde_json::Value::Null) => Some(256), // UniLoraConfig's default
+        Some(x) => x.as_u64(),
+    };
+    if want != Some(theta.len() as u64) || file.view(THETA)?.shape.len() != 1 {
+        return Err(bad(format!(
+            "tensor `{THETA}` {:?} is not [theta_d_length] with theta_d_length {} from adapter_config.json: PEFT builds it at that length and refuses the file",
+            file.view(THETA)?.shape,
+            cfg.raw.get("theta_d_length").map_or("absent (256)".to_owned(), |x| x.to_string())
+        )));
+    }
     let (parts, full) = paired_by_suffixes(
         &file,
         [
@@ -61,6 +74,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 )))
             }
         };
+        // UniLoRA has no rank_pattern: PEFT builds every module's index buffers at `r`.
+        if let Some(cr) = cfg.r_other_than(r) {
+            return Err(bad(format!(
+                "tensor `{ia}` has rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds UniLoRA's indices at r and refuses the file"
+            )));
+        }
         // `theta_d[indices] * scales`, each product in f32.
         let gather = |ikey: &str, skey: &str, want: &[usize]| -> InputResult<Vec<f32>> {
             if shape(skey)? != want {
