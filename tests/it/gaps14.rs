@@ -1,0 +1,133 @@
+//! The leftovers closed on branch gaps14 (fixtures/gen/gaps14_fixtures.py): a re-sharded
+//! diffusers component named as diffusers names and finds it (`from_pretrained` loads it);
+//! `--unmerge` of VeRA, SHiRA and RandLoRA, whose ΔW does not depend on the base's values, as
+//! PEFT's `unmerge_adapter`.
+
+use super::common::*;
+
+/// `--max-shard-size` on a diffusers transformer: diffusers 0.42.1 opens only
+/// `diffusion_pytorch_model.safetensors.index.json` (`_fetch_index_file`), so shards named
+/// `model-*` with `model.safetensors.index.json` (what lorakit wrote before) do not load. The
+/// names are diffusers' own `save_pretrained(max_shard_size=40000)`'s, and diffusers'
+/// `from_pretrained` loads the folder, every parameter equal to the shards'.
+#[test]
+fn diffusers_shards_named_as_diffusers_and_load() {
+    let (_dir, out) = scratch("out");
+    merge_fixtures(
+        "check/flux_tiny",
+        "check/flux_lora.safetensors",
+        &out,
+        &["--quiet", "--max-shard-size", "40000"],
+    );
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("gaps14/flux_shards.json")).unwrap())
+            .unwrap();
+    let got = listing(&out);
+    let mut expected: Vec<String> = want["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    expected.push(want["index"].as_str().unwrap().to_owned());
+    expected.push("config.json".into());
+    expected.sort();
+    assert_eq!(got, expected);
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join(want["index"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let mut files: Vec<&str> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    files.sort();
+    files.dedup();
+    assert_eq!(serde_json::json!(files), want["weight_map_files"]);
+    // lorakit reads its own output back as the same checkpoint.
+    assert_eq!(
+        read_checkpoint(&out).keys().collect::<Vec<_>>(),
+        read_checkpoint(&fixture("check/flux_tiny"))
+            .keys()
+            .collect::<Vec<_>>()
+    );
+    if let Some(py) = peft_python() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&python_ok(&py, "gaps14_load.py", &[out.as_os_str()])).unwrap();
+        assert_eq!(v["class"], "FluxTransformer2DModel", "{v}");
+        assert_eq!(v["equal"], true, "{v}");
+    }
+}
+
+/// VeRA, SHiRA and RandLoRA: ΔW is built from the adapter alone (the base gives only its
+/// shape), so `--unmerge` subtracts it as PEFT's `unmerge` does. lorakit's merge then unmerge
+/// equals PEFT's `merge_adapter` then `unmerge_adapter` (both W0 up to f32 rounding); before
+/// this branch it was refused as "depends on the base weight".
+#[test]
+fn vera_shira_randlora_unmerge_as_peft() {
+    for (case, name) in [
+        ("gaps10/vera", "vera"),
+        ("gaps11/shira", "shira"),
+        ("gaps11/randlora", "randlora"),
+    ] {
+        let (_dir, [merged, back]) = scratch_all(["merged", "back"]);
+        let base = fixture("llama/base");
+        let adapter = fixture(&format!("{case}/adapter"));
+        merge_ok(&base, &adapter, &merged, &["--device", "cpu", "--quiet"]);
+        merge_ok(
+            &merged,
+            &adapter,
+            &back,
+            &["--device", "cpu", "--quiet", "--unmerge"],
+        );
+        let got = read_checkpoint(&back);
+        let w0 = read_checkpoint(&base);
+        let peft = read(&fixture(&format!("gaps14/unmerge_{name}.safetensors")));
+        let once = read_checkpoint(&merged);
+        for (k, want) in &peft {
+            assert_ne!(once[k].data, w0[k].data, "{name} {k}: the merge changed it");
+            let e = rel_err(&got[k].f32(), &want.f32());
+            assert!(e <= 1e-6, "{name} {k}: |lorakit − PEFT| relative {e:e}");
+            let e0 = rel_err(&got[k].f32(), &w0[k].f32());
+            assert!(e0 <= 1e-6, "{name} {k}: |unmerged − W0| relative {e0:e}");
+        }
+        assert_eq!(peft.len(), 3, "{name}");
+    }
+}
+
+/// GLoRA on layers with a bias: PEFT merges `b' = b0 + b0·D + E + W0·C` beside the weight's
+/// `W0 + W0 ⊙ A + B`, with C a low-rank column and D, E constants (the defaults) or all three
+/// vectors; on the Llama q/v (a zero bias) and on TinyConvNet's fc (a bias not zero, so
+/// `b0·D` counts). Before this branch a non-zero C, D or E was refused.
+#[test]
+fn glora_with_bias_merges_as_peft() {
+    for (case, base, n) in [
+        ("glora_bias", "llama/base_attn_bias", 8),
+        ("glora_bias_vec", "llama/base_attn_bias", 8),
+        ("glora_fc", "conv/base", 2),
+        ("glora_fc_vec", "conv/base", 2),
+    ] {
+        assert_eq!(
+            merge_matches_peft_fixture(&format!("gaps14/{case}"), base, &[]),
+            n,
+            "{case}"
+        );
+    }
+}
+
+/// TinyLoRA with several vectors: `weight_tying` 0 (PEFT's default, one vector per module) and
+/// 0.5 (pairs of modules in `named_modules()` order, one pair across the two layers). Each
+/// module's model-order position is found from its saved `tinylora_P` (torch.normal seeded by
+/// `projection_seed` + position); the merge equals PEFT's. Before this branch: refused.
+#[test]
+fn tinylora_several_vectors_merge_as_peft() {
+    for case in ["tinylora_wt0", "tinylora_wt05"] {
+        assert_eq!(
+            merge_matches_peft_fixture(&format!("gaps14/{case}"), "llama/base", &[]),
+            6,
+            "{case}"
+        );
+    }
+}
