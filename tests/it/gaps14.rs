@@ -131,3 +131,59 @@ fn tinylora_several_vectors_merge_as_peft() {
         );
     }
 }
+
+/// Super-Tuning saved without its positions (`save_precomputed_indices=False`): PEFT's reload
+/// recomputes them by `torch.topk` over |W0| (the largest, or with `select_top=False` the
+/// smallest; with `r` set the LoRA is added too) and lorakit does the same, equal to PEFT's
+/// `merge_and_unload`. Before this branch it was refused.
+#[test]
+fn supertuning_without_positions_merges_as_peft() {
+    for case in ["super_noidx", "super_noidx_low", "supra_noidx"] {
+        assert_eq!(
+            merge_matches_peft_fixture(&format!("gaps14/{case}"), "llama/base", &[]),
+            4,
+            "{case}"
+        );
+    }
+}
+
+/// Where |W0| ties decide torch.topk's choice (two of the largest magnitudes equal) lorakit
+/// cannot know torch's order: refused naming the positions, nothing written.
+#[test]
+fn supertuning_without_positions_refuses_ties() {
+    let (_dir, [base, out]) = scratch_all(["base", "out"]);
+    std::fs::create_dir(&base).unwrap();
+    std::fs::copy(fixture("llama/base/config.json"), base.join("config.json")).unwrap();
+    let mut tensors = read_checkpoint(&fixture("llama/base"));
+    let q = tensors
+        .get_mut("model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    assert_eq!(q.dtype, safetensors::Dtype::F32);
+    q.data[..4].copy_from_slice(&9.5f32.to_le_bytes());
+    q.data[4..8].copy_from_slice(&(-9.5f32).to_le_bytes());
+    write_tensors(&base.join("model.safetensors"), &tensors);
+    let err = merge_refused(&base, &fixture("gaps14/super_noidx/adapter"), &out, &[]);
+    assert_mentions(
+        &err,
+        &[
+            "model.layers.0.self_attn.q_proj",
+            "ties at flat positions 0 and 1",
+            "save_precomputed_indices=True",
+        ],
+    );
+}
+
+/// BOFT with `boft_n_butterfly_factor` 2 (block size 4) and 3 (8 blocks): the factors composed
+/// through PEFT's `block_butterfly_perm` permutations, equal to PEFT's own merge (its CUDA
+/// block diagonal done in torch, fixtures/gen/gaps14_fixtures.py `FakeFbd`). Before this branch
+/// they were refused.
+#[test]
+fn boft_several_butterfly_factors_merge_as_peft() {
+    for case in ["boft_m2", "boft_m3"] {
+        assert_eq!(
+            merge_matches_peft_fixture(&format!("gaps14/{case}"), "llama/base", &[]),
+            6,
+            "{case}"
+        );
+    }
+}

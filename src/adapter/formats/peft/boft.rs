@@ -77,9 +77,9 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                     "adapter_config.json has boft_n_butterfly_factor {}",
                     factor.map_or("missing".into(), |f| f.to_string())
                 ))
-            } else if n % 2 != 0 || b % 2 != 0 {
+            } else if !n.is_multiple_of(2) || !b.is_multiple_of(2) {
                 Some("PEFT needs an even block count and block size with several factors".into())
-            } else if e >= usize::BITS as usize || n % (1usize << e) != 0 {
+            } else if e >= usize::BITS as usize || !n.is_multiple_of(1usize << e) {
                 Some(format!(
                     "PEFT needs the block count to be a multiple of 2^{e}"
                 ))

@@ -76,7 +76,7 @@ pub(super) fn normal(seed: u64, n: usize, mean: f32, std: f32) -> Option<Vec<f32
     for block in data.chunks_exact_mut(16) {
         fill16(block);
     }
-    if n % 16 != 0 {
+    if !n.is_multiple_of(16) {
         let tail = &mut data[n - 16..];
         for x in tail.iter_mut() {
             *x = g.uniform_f32();
