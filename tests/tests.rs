@@ -71,6 +71,8 @@ mod it {
     /// gaps13b: PEFT BEFT, DEFT, PEANuT, Super-Tuning, one-subspace AdaMSS merged as PEFT;
     /// PSOFT, ShadowPEFT and unsaved buffers refused.
     pub mod gaps13b;
+    /// gaps14: diffusers shard names on re-sharding; VeRA/SHiRA/RandLoRA unmerged as PEFT.
+    pub mod gaps14;
     /// The peer gaps of gaps7: DoRA embeddings, fan_in_fan_out per layer type, tied lm_head,
     /// part bytes_written.
     pub mod gaps7;

@@ -250,6 +250,9 @@ pub fn resolve_widened(
                         rule: crate::adapter::algo::Ia3Rule::Peft,
                         ..
                     } | crate::adapter::algo::Factors::Road { .. }
+                    // PEFT's GLoRA merges C, D and E only where the base has a bias
+                    // (`GloraLayer.merge`: `if b0 is not None`).
+                    | crate::adapter::algo::Factors::Hadamard { .. }
                 );
                 let bias_tensor = match m.factors {
                     crate::adapter::algo::Factors::OnBase {
@@ -258,6 +261,9 @@ pub fn resolve_widened(
                     } => "beft_bias".to_owned(),
                     crate::adapter::algo::Factors::OnBase { .. } => {
                         "adamss_newB bias column".to_owned()
+                    }
+                    crate::adapter::algo::Factors::Hadamard { .. } => {
+                        "glora_C/glora_D/glora_E bias terms".to_owned()
                     }
                     _ => "lora_B.bias".to_owned(),
                 };
@@ -285,7 +291,17 @@ pub fn resolve_widened(
                         None
                     }
                     None if adamss.is_some() => None,
-                    Some(i) if i.shape.iter().product::<usize>() == m.out_features => Some(b),
+                    // A GLoRA module of scalar terms gives no width: the weight's rows.
+                    Some(i)
+                        if i.shape.iter().product::<usize>()
+                            == if m.out_features == 0 {
+                                found[0]
+                            } else {
+                                m.out_features
+                            } =>
+                    {
+                        Some(b)
+                    }
                     // PEFT's IA3 scales the bias when there is one (`tuners/ia3/layer.py`), RoAd
                     // turns it (`tuners/road/layer.py`).
                     None if peft_ia3 => None,

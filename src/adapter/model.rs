@@ -411,7 +411,7 @@ impl Adapter {
                 ),
             ));
         }
-        if let Some(why) = algo::on_base_misfit(&m.factors, (d, k)) {
+        if let Some(why) = algo::on_base_misfit(&m.factors, w0, (d, k)) {
             return Err(InputError::invalid(
                 &self.path,
                 format!("module `{}`: {why}", m.name),

@@ -32,7 +32,7 @@ pub enum BaseRule {
     /// `tuners/supertuning/layer.py` `Linear.merge`: `values[i]` added at flat position
     /// `indices[i]` of W0 (`scatter_add`: a repeated position sums), plus `lora_scale·B·A`
     /// when `r` is set; tensors `values` [n], the positions as 2n f32 (each `p / 2²⁴`, then each
-    /// `p mod 2²⁴`, exact), then `lora_A` r×k and `lora_B` d×r.
+    /// `p mod 2²⁴`, exact; empty when not saved), then `lora_A` r×k and `lora_B` d×r.
     Supertuning {
         /// `alpha / r` of the optional LoRA.
         lora_scale: Option<f64>,
@@ -40,14 +40,26 @@ pub enum BaseRule {
         sparsity: f64,
         /// How many values the file holds.
         count: usize,
-        /// The largest saved position (it must lie inside W0).
-        max_index: u64,
+        /// Where the values go: the saved positions, or PEFT's `torch.topk` over |W0| when the
+        /// folder has none.
+        positions: SuperPositions,
     },
     /// `tuners/adamss/layer.py` `get_delta_weight`, `get_delta_bias` with one subspace (its rows
     /// are all of W0's, in order): `[ΔW | Δb] = B·A·newB`; tensors `adamss_B.0` d×q,
     /// `adamss_A.0` q×r, `adamss_newB` r×`cols`, `cols` = k + 1 where the base has a bias (the
     /// last column is Δb, the module's bias), k where it has none.
     Adamss { cols: usize },
+}
+
+/// Super-Tuning's positions ([`BaseRule::Supertuning`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SuperPositions {
+    /// Saved in `supertuning_indices`; the largest one (it must lie inside W0).
+    Saved { max_index: u64 },
+    /// Not saved (`save_precomputed_indices` false): PEFT's `update_layer` recomputes them on
+    /// load as `torch.topk(W0.abs().flatten(), n, largest=select_top)` (sorted: `values[i]`
+    /// goes to the i-th largest, or smallest, |W0|).
+    Topk { largest: bool },
 }
 
 /// The activations of `transformers.activations.ACT2FN` PEANuT's `act_fn` may name that lorakit

@@ -133,17 +133,20 @@ pub enum Factors {
     /// `apply_GS` (`gram_schmidt`) `H = I − 2·U·Uᵀ` for `U` the Gram–Schmidt orthonormalised
     /// columns of `u`. Depends on W0.
     Hra { u: Data, gram_schmidt: bool },
-    /// PEFT BOFT with one butterfly factor (`tuners/boft/layer.py` `get_delta_weight`,
-    /// `Linear.merge`; its permutation is then the identity): `W' = (W0·blockdiag(R)ᵀ) ⊙ s`, each
-    /// block `R = (I − S)(I + S)⁻¹` for `S = (B − Bᵀ)/2` of the stored block `B`
-    /// (`cayley_batch`), `s` one scale per output row (`boft_s`). `blocks` holds each block's
-    /// strict upper triangle of `S` (as [`Factors::PeftOft`]'s weight), `scale` d values.
-    /// Depends on W0.
+    /// PEFT BOFT (`tuners/boft/layer.py` `get_delta_weight`, `Linear.merge`):
+    /// `W' = (W0·Mᵀ) ⊙ s` for the butterfly `M = M_{m−1}···M_0`, `M_i = P_i·blockdiag(R_i)·P_iᵀ`
+    /// (`P_i` from `block_butterfly_perm`, the identity for i = 0, so one factor is
+    /// `W0·blockdiag(R)ᵀ`), each block `R = (I − S)(I + S)⁻¹` for `S = (B − Bᵀ)/2` of the stored
+    /// block `B` (`cayley_batch`), `s` one scale per output row (`boft_s`). `blocks` holds each
+    /// block's strict upper triangle of `S` (as [`Factors::PeftOft`]'s weight), factor by
+    /// factor, `scale` d values. Depends on W0.
     PeftBoft {
         blocks: Data,
         scale: Data,
         block_num: usize,
         block_size: usize,
+        /// `boft_n_butterfly_factor`, m ≥ 1.
+        butterfly: usize,
     },
     /// PEFT MiSS (`tuners/miss/layer.py` `get_delta_weight_miss`, `get_delta_weight`): `block`
     /// as [`MissMode`] lays it out; the base's input width (and for `mini` its rows) come from
@@ -445,6 +448,18 @@ impl Factors {
                 | Factors::Frod(_)
                 | Factors::OnBase { .. }
         )
+    }
+
+    /// Of the [`Self::needs_base`] updates, those whose ΔW is built from the adapter alone, the
+    /// base giving only its shape (VeRA's slices of the shared projections, SHiRA's scattered
+    /// values, RandLoRA's slices of its shared bases): PEFT's `unmerge` subtracts the same
+    /// `get_delta_weight` it added, so the merged weight minus ΔW is W0 again.
+    pub fn delta_reads_base_values(&self) -> bool {
+        self.needs_base()
+            && !matches!(
+                self,
+                Factors::Vera { .. } | Factors::Shira { .. } | Factors::RandLora { .. }
+            )
     }
 
     /// The plain LoRA factors `(A, B)`, when the module is plain LoRA.

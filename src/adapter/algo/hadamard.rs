@@ -67,3 +67,49 @@ fn row(p: &HadamardPart, v: &[Values], i: usize, k: usize, out: &mut [f64]) {
         }
     }
 }
+
+/// GLoRA's bias (`GloraLayer.merge`: `b' = b0 + b0·D + E + (W0·C).squeeze(-1)`, every adapter
+/// reading the original `b0` and `W0`): `m·(b0 ⊙ D + E + W0·C)` in f64, rounded once. `packed`
+/// is the reader's `[len C, len D, len E, C…, D…, E…]` (C the input column `Xd·Xu`, `X` or the
+/// zero buffer; D and E d values, or one for `constant`); `b0` d values, `w0` d×k. A base that
+/// does not fit is an error naming the sizes.
+pub fn glora_bias_delta(
+    packed: &[f32],
+    b0: &[f32],
+    w0: &[f32],
+    (d, k): (usize, usize),
+    m: f64,
+) -> Result<Vec<f32>, String> {
+    let lens: Vec<usize> = packed.iter().take(3).map(|&x| x as usize).collect();
+    let [nc, nd, ne] = lens[..] else {
+        return Err("GLoRA bias terms are malformed".into());
+    };
+    let body = &packed[3..];
+    if body.len() != nc + nd + ne {
+        return Err("GLoRA bias terms are malformed".into());
+    }
+    let (c, rest) = body.split_at(nc);
+    let (dv, ev) = rest.split_at(nd);
+    if nc != k
+        || b0.len() != d
+        || w0.len() != d * k
+        || ![1, d].contains(&nd)
+        || ![1, d].contains(&ne)
+    {
+        return Err(format!(
+            "glora_C holds {nc} values and glora_D/glora_E {nd}/{ne}, but the base weight is {d}×{k} with a bias of {}",
+            b0.len()
+        ));
+    }
+    let pick = |v: &[f32], i: usize| v[if v.len() == 1 { 0 } else { i }] as f64;
+    Ok((0..d)
+        .map(|i| {
+            let wc: f64 = w0[i * k..(i + 1) * k]
+                .iter()
+                .zip(c)
+                .map(|(&w, &c)| w as f64 * c as f64)
+                .sum();
+            (m * (b0[i] as f64 * pick(dv, i) + pick(ev, i) + wc)) as f32
+        })
+        .collect())
+}

@@ -26,12 +26,13 @@ mod svd;
 mod tests;
 
 pub use base::{cayley_blocks, delta_from_base, peft_oft_rotations};
-pub use base_rule::{Activation, BaseRule};
+pub use base_rule::{Activation, BaseRule, SuperPositions};
 pub use delta::{delta, kron_halves, lokr_scale, product_form, tucker_core, Loaded};
 pub use factors::{
     Algo, Factors, FrodParts, HadamardPart, HadamardTuner, Ia3Rule, KronHalf, MissMode, OftConv,
     PeftCayley,
 };
+pub use hadamard::glora_bias_delta;
 pub use on_base::{delta as on_base_delta, fits as on_base_fits, misfit as on_base_misfit};
 pub use peft_tuners::{
     base_fits as peft_tuner_fits, delta as peft_tuner_delta, road as road_delta,

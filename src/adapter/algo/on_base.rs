@@ -7,7 +7,7 @@
 //!
 //! Must not know file layouts or key names.
 
-use super::base_rule::{Activation, BaseRule};
+use super::base_rule::{Activation, BaseRule, SuperPositions};
 use super::delta::Loaded;
 use super::factors::Factors;
 
@@ -91,15 +91,16 @@ pub fn fits(f: &Factors, (out, inp): (usize, usize), (d, k): (usize, usize)) -> 
 
 /// Why a base weight d×k that [`fits`] a module's shape still does not take it, for the rules
 /// whose fit is not a shape: Super-Tuning's value count (PEFT's `_num_trainable`,
-/// `int(d·k·(1 − sparsity))` in f64 as Python computes it; PEFT refuses a file of another count)
-/// and its largest saved position (inside W0, or `scatter_add` fails).
-pub fn misfit(f: &Factors, (d, k): (usize, usize)) -> Option<String> {
+/// `int(d·k·(1 − sparsity))` in f64 as Python computes it; PEFT refuses a file of another count),
+/// its largest saved position (inside W0, or `scatter_add` fails), and, without saved
+/// positions, a top-n of |W0| that ties decide ([`topk_positions`]).
+pub fn misfit(f: &Factors, w0: &[f32], (d, k): (usize, usize)) -> Option<String> {
     let Factors::OnBase {
         rule:
             BaseRule::Supertuning {
                 sparsity,
                 count,
-                max_index,
+                positions,
                 ..
             },
         ..
@@ -109,16 +110,57 @@ pub fn misfit(f: &Factors, (d, k): (usize, usize)) -> Option<String> {
     };
     let n = ((d * k) as f64 * (1.0 - sparsity)) as usize;
     if n != count {
-        Some(format!(
+        return Some(format!(
             "supertuning_values holds {count} values, but PEFT builds int({d}·{k}·(1 − {sparsity})) = {n} for this {d}×{k} weight and refuses the file"
-        ))
-    } else if max_index >= (d * k) as u64 {
-        Some(format!(
-            "supertuning_indices holds position {max_index}, past this {d}×{k} weight"
-        ))
-    } else {
-        None
+        ));
     }
+    match positions {
+        SuperPositions::Saved { max_index } if max_index >= (d * k) as u64 => Some(format!(
+            "supertuning_indices holds position {max_index}, past this {d}×{k} weight"
+        )),
+        SuperPositions::Saved { .. } => None,
+        SuperPositions::Topk { largest } => topk_positions(w0, n, largest).err(),
+    }
+}
+
+/// PEFT's `torch.topk(W0.abs().flatten(), n, largest)` positions, in its sorted order, when no
+/// tie decides them. torch breaks ties among equal |W0| in an order it does not document, so
+/// where two of the chosen n share a magnitude (which value goes where) or the n-th equals the
+/// first one left out (which position is chosen) lorakit cannot tell PEFT's choice and says so,
+/// as it does for a NaN.
+pub fn topk_positions(w0: &[f32], n: usize, largest: bool) -> Result<Vec<usize>, String> {
+    if let Some(p) = w0.iter().position(|x| x.is_nan()) {
+        return Err(format!(
+            "the base weight holds NaN at flat position {p}, so PEFT's torch.topk over |W0| (the positions not saved) has no defined order"
+        ));
+    }
+    let mut order: Vec<usize> = (0..w0.len()).collect();
+    let key = |i: usize| w0[i].abs();
+    order.sort_by(|&a, &b| {
+        let o = key(a).total_cmp(&key(b));
+        if largest {
+            o.reverse()
+        } else {
+            o
+        }
+    });
+    let n = n.min(order.len());
+    let chosen = &order[..n];
+    // Neighbours among the chosen, and the last chosen with the first left out.
+    let boundary = (n > 0).then(|| order.get(n).map(|&next| (order[n - 1], next)));
+    let tie = chosen
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .chain(boundary.flatten())
+        .find(|&(a, b)| key(a) == key(b));
+    if let Some((a, b)) = tie {
+        return Err(format!(
+            "supertuning_indices is not saved and PEFT recomputes it by torch.topk over |W0|, but |W0| ties at flat positions {a} and {b} ({}), where torch's tie order decides the positions; save the adapter with save_precomputed_indices=True",
+            key(a)
+        ));
+    }
+    order.truncate(n);
+    Ok(order)
 }
 
 /// `m·(W' − W0)` of a [`Factors::OnBase`] module; `None` for any other algorithm.
@@ -135,7 +177,11 @@ pub fn delta(l: &Loaded, w0: &[f32], (d, k): (usize, usize), m: f64) -> Option<V
             act,
             scaling,
         } => peanut(&v, w0, (d, k), depth, act, scaling),
-        BaseRule::Supertuning { lora_scale, .. } => supertuning(&v, (d, k), lora_scale),
+        BaseRule::Supertuning {
+            lora_scale,
+            positions,
+            ..
+        } => supertuning(&v, w0, (d, k), lora_scale, positions),
         BaseRule::Adamss { cols } => adamss(&v, (d, k), cols),
     };
     Some(dw.into_iter().map(|x| (x * m) as f32).collect())
@@ -300,12 +346,24 @@ fn peanut(
     out
 }
 
-fn supertuning(v: &[&[f32]], (d, k): (usize, usize), lora_scale: Option<f64>) -> Vec<f64> {
+fn supertuning(
+    v: &[&[f32]],
+    w0: &[f32],
+    (d, k): (usize, usize),
+    lora_scale: Option<f64>,
+    positions: SuperPositions,
+) -> Vec<f64> {
     let n = v[0].len();
     let mut out = vec![0f64; d * k];
-    for (i, &x) in v[0].iter().enumerate() {
-        let p = v[1][i] as u64 * (1 << 24) + v[1][n + i] as u64;
-        out[p as usize] += x as f64;
+    let at: Vec<usize> = match positions {
+        SuperPositions::Saved { .. } => (0..n)
+            .map(|i| (v[1][i] as u64 * (1 << 24) + v[1][n + i] as u64) as usize)
+            .collect(),
+        // Checked tie-free by `misfit` before any delta is built.
+        SuperPositions::Topk { largest } => topk_positions(w0, n, largest).unwrap_or_default(),
+    };
+    for (&x, p) in v[0].iter().zip(at) {
+        out[p] += x as f64;
     }
     if let Some(s) = lora_scale {
         let r = v[2].len() / k;

@@ -47,8 +47,16 @@ pub fn delta(l: &Loaded, w0: &[f32], (d, k): (usize, usize), m: f64) -> Option<V
         Factors::PeftBoft {
             block_num,
             block_size,
+            butterfly,
             ..
-        } => boft(&v[0], &v[1], w0, (d, k), (*block_num, *block_size), m),
+        } => boft(
+            &v[0],
+            &v[1],
+            w0,
+            (d, k),
+            (*block_num, *block_size, *butterfly),
+            m,
+        ),
         Factors::Miss { mode, .. } => miss(&v[0], w0, (d, k), *mode, m),
         Factors::Shira { .. } => shira(&v[0], &v[1], (d, k), m),
         Factors::RandLora { .. } => randlora(&v[0], &v[1], (d, k), m),
@@ -192,30 +200,72 @@ fn hra(u: &[f32], w0: &[f32], (d, k): (usize, usize), gs: bool, m: f64) -> Vec<f
     out
 }
 
-/// BOFT: row `o` of `W'` is `s[o]·(W0[o]·blockdiag(R)ᵀ)`, each `R` the exact Cayley transform of
-/// the skew block whose upper triangle `blocks` holds.
+/// BOFT: row `o` of `W'` is `s[o]·(W0[o]·M_0ᵀ···M_{m−1}ᵀ)`, `x·M_iᵀ = x·P_i·blockdiag(R_i)ᵀ·P_iᵀ`
+/// ([`butterfly_perm`]; `(x·P)[perm[j]] = x[j]`, `(y·Pᵀ)[j] = y[perm[j]]`), each `R` the exact
+/// Cayley transform of the skew block whose upper triangle `blocks` holds.
 fn boft(
     blocks: &[f32],
     scale: &[f32],
     w0: &[f32],
     (d, k): (usize, usize),
-    (n, s): (usize, usize),
+    (n, s, m_factors): (usize, usize, usize),
     m: f64,
 ) -> Vec<f32> {
-    let rs = peft_oft_rotations(blocks, n, s, PeftCayley::Exact, None, false);
+    let rs = peft_oft_rotations(blocks, n * m_factors, s, PeftCayley::Exact, None, false);
+    let perms: Vec<Vec<usize>> = (0..m_factors)
+        .map(|i| butterfly_perm(k, n >> i, s / 2, m_factors - 1))
+        .collect();
     let mut out = vec![0f32; d * k];
+    let (mut x, mut u) = (vec![0f64; k], vec![0f64; k]);
     for o in 0..d {
         let row = &w0[o * k..(o + 1) * k];
-        let c = scale[o] as f64;
-        for b in 0..n {
-            let r = &rs[b * s * s..(b + 1) * s * s];
-            for j in 0..s {
-                let acc: f64 = (0..s).map(|i| row[b * s + i] as f64 * r[j * s + i]).sum();
-                out[o * k + b * s + j] = (m * (c * acc - row[b * s + j] as f64)) as f32;
+        x.iter_mut().zip(row).for_each(|(x, &w)| *x = w as f64);
+        for (f, perm) in perms.iter().enumerate() {
+            for (j, &p) in perm.iter().enumerate() {
+                u[p] = x[j];
             }
+            let mut v = vec![0f64; k];
+            for b in 0..n {
+                let r = &rs[(f * n + b) * s * s..(f * n + b + 1) * s * s];
+                for j in 0..s {
+                    v[b * s + j] = (0..s).map(|i| u[b * s + i] * r[j * s + i]).sum();
+                }
+            }
+            for (j, &p) in perm.iter().enumerate() {
+                x[j] = v[p];
+            }
+        }
+        let c = scale[o] as f64;
+        for ((out, &x), &w) in out[o * k..(o + 1) * k].iter_mut().zip(&x).zip(row) {
+            *out = (m * (c * x - w as f64)) as f32;
         }
     }
     out
+}
+
+/// PEFT's `BOFTLayer.block_butterfly_perm(n, b, r, n_butterfly_factor)`: the identity for one
+/// factor; otherwise, within each of the `b` chunks of `n / b` entries, the runs of `r` taken
+/// even runs first, then odd (`sort_block`). The reader has checked PEFT's divisibility rules
+/// (`update_layer`), so every division here is exact.
+pub fn butterfly_perm(n: usize, b: usize, r: usize, extra_factors: usize) -> Vec<usize> {
+    let mut indices: Vec<usize> = (0..n).collect();
+    if extra_factors == 0 || b == 0 || r == 0 {
+        return indices;
+    }
+    let size = n / b;
+    let runs = size / r;
+    let order: Vec<usize> = (0..runs)
+        .step_by(2)
+        .chain((1..runs).step_by(2))
+        .flat_map(|pos| pos * r..pos * r + r)
+        .collect();
+    for chunk in indices.chunks_mut(size) {
+        let old = chunk.to_vec();
+        for (c, &o) in chunk.iter_mut().zip(&order) {
+            *c = old[o];
+        }
+    }
+    indices
 }
 
 /// MiSS ([`MissMode`]). `Plain` and `Mini` add the block itself (PEFT's `W_blocks + miss_B`,

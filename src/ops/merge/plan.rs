@@ -3,7 +3,7 @@
 //! Must not write anything (the plan is also what `--dry-run` and recipes print).
 
 use super::model::*;
-use super::run::{extra_files, shard_groups};
+use super::run::{extra_files, shard_groups, shard_stem};
 use crate::adapter::formats::peft::params;
 use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::mapping::{self, Unmatched};
@@ -128,7 +128,7 @@ impl MergePlan {
                         )
                     ));
                 }
-                if options.unmerge && m.factors.needs_base() {
+                if options.unmerge && m.factors.delta_reads_base_values() {
                     bail!(InputError::invalid(
                         &a.path,
                         format!(
@@ -547,15 +547,16 @@ impl MergePlan {
                     }));
                 }
                 let mut files = Vec::new();
+                let stem = shard_stem(&base);
                 match (layout, max) {
                     (_, Some(max)) => {
                         let groups = shard_groups(&names, &size_of, max);
                         let n = groups.len();
                         for (i, g) in groups.into_iter().enumerate() {
                             let name = if n == 1 {
-                                "model.safetensors".to_string()
+                                format!("{stem}.safetensors")
                             } else {
-                                format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+                                format!("{stem}-{:05}-of-{:05}.safetensors", i + 1, n)
                             };
                             files.push(OutFile {
                                 path: out.join(name),
@@ -589,7 +590,7 @@ impl MergePlan {
                     (Layout::Sharded { index_name }, _) if max.is_none() => {
                         Some(out.join(index_name))
                     }
-                    (_, n) if n > 1 => Some(out.join("model.safetensors.index.json")),
+                    (_, n) if n > 1 => Some(out.join(format!("{stem}.safetensors.index.json"))),
                     _ => None,
                 };
                 let extra = if matches!(base.layout, Layout::File) {

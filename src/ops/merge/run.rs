@@ -277,7 +277,8 @@ impl MergePlan {
 
     /// Files of an older checkpoint in the output folder that would survive this run and make
     /// it open as the old model: an index lorakit would write (and the shards it lists),
-    /// `model.safetensors` and `model-NNNNN-of-NNNNN.safetensors` shards not in the new layout.
+    /// `{model,diffusion_pytorch_model}.safetensors` and `…-NNNNN-of-NNNNN.safetensors` shards
+    /// not in the new layout.
     /// Never anything else.
     fn stale_files(&self, dir: &Path) -> Vec<PathBuf> {
         let new: Vec<&Path> = self
@@ -291,15 +292,19 @@ impl MergePlan {
             return stale;
         };
         let is_shard_name = |n: &str| {
-            n == "model.safetensors"
-                || n.strip_prefix("model-")
-                    .and_then(|r| r.strip_suffix(".safetensors"))
-                    .is_some_and(|r| {
-                        let b = r.as_bytes();
-                        b.len() == 14
-                            && &r[5..9] == "-of-"
-                            && b[..5].iter().chain(&b[9..]).all(u8::is_ascii_digit)
-                    })
+            ["model", "diffusion_pytorch_model"].iter().any(|stem| {
+                n.strip_prefix(stem).is_some_and(|r| {
+                    r == ".safetensors"
+                        || r.strip_prefix('-')
+                            .and_then(|r| r.strip_suffix(".safetensors"))
+                            .is_some_and(|r| {
+                                let b = r.as_bytes();
+                                b.len() == 14
+                                    && &r[5..9] == "-of-"
+                                    && b[..5].iter().chain(&b[9..]).all(u8::is_ascii_digit)
+                            })
+                })
+            })
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -675,6 +680,30 @@ impl<'n> Streamed<'n> {
 pub(super) struct Requantized {
     bytes: std::collections::HashMap<String, Vec<u8>>,
     done: std::collections::HashSet<String>,
+}
+
+/// The stem re-sharded outputs are named with: `diffusion_pytorch_model` for a diffusers
+/// component (diffusers 0.42.1 `from_pretrained` opens only `diffusion_pytorch_model.safetensors`
+/// or `diffusion_pytorch_model.safetensors.index.json`, `_fetch_index_file`, and its
+/// `save_pretrained` names shards `diffusion_pytorch_model-0000N-of-0000M.safetensors`), `model`
+/// otherwise (transformers' `model.safetensors.index.json`). A variant (`….fp16.safetensors`) is
+/// not carried over: the merged dtype need not be the variant's.
+pub(super) fn shard_stem(base: &Checkpoint) -> &'static str {
+    const DIFFUSERS: &str = "diffusion_pytorch_model";
+    let name = match &base.layout {
+        Layout::Sharded { index_name } => index_name.clone(),
+        Layout::Folder { file_name } => file_name.clone(),
+        Layout::File => base
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    if name.split('.').next() == Some(DIFFUSERS) && name.contains(".safetensors") {
+        DIFFUSERS
+    } else {
+        "model"
+    }
 }
 
 /// Greedy sharding as `huggingface_hub.split_torch_state_dict_into_shards`: tensors in order,

@@ -28,10 +28,46 @@ impl MergePlan {
             }
             None => self.base.read_f32(name)?,
         };
+        let b0 = v.clone();
         for &(ai, mi) in terms {
             let wa = &self.adapters[ai];
             let m = &wa.adapter.modules[mi];
             let bias = wa.adapter.values(m.bias.as_ref().expect("has bias"))?;
+            if let crate::adapter::Factors::Hadamard {
+                tuner: crate::adapter::algo::HadamardTuner::Glora,
+                ..
+            } = m.factors
+            {
+                // PEFT GLoRA: b' = b0 + b0·D + E + W0·C, from the original b0 and W0 (the
+                // weight beside this bias), blended by the weight as the matrix is.
+                let wname = format!("{}.weight", name.strip_suffix(".bias").unwrap_or(name));
+                let info = self.base.info(&wname).ok_or_else(|| {
+                    InputError::invalid(
+                        &wa.adapter.path,
+                        format!(
+                            "module `{}`: no base tensor `{wname}` beside `{name}`",
+                            m.name
+                        ),
+                    )
+                })?;
+                let (d, k) = (
+                    info.shape.first().copied().unwrap_or(0),
+                    info.shape.iter().skip(1).product(),
+                );
+                let w0 = self.base.read_f32(&wname)?;
+                let delta =
+                    crate::adapter::algo::glora_bias_delta(&bias, &b0, &w0, (d, k), wa.weight)
+                        .map_err(|why| {
+                            InputError::invalid(
+                                &wa.adapter.path,
+                                format!("module `{}` on `{name}`: {why}", m.name),
+                            )
+                        })?;
+                for (x, d) in v.iter_mut().zip(delta) {
+                    *x += d;
+                }
+                continue;
+            }
             // Its rows of a module split over several tensors or with swapped halves.
             let bias = match self.splits.get(&(ai, mi)).and_then(|p| p.get(name)) {
                 Some(part) => std::sync::Arc::new(part.gather(&bias, 1)),

@@ -8,9 +8,11 @@
 //! `S = (B − Bᵀ)/2` per block. Without PEFT's CUDA extension (`fbd_cuda`) `update_layer` forces
 //! `boft_n_butterfly_factor` to 1, so m = 1 and the permutation `P` is the identity: the rotation
 //! is PEFT OFT's exact Cayley one on `S` and `W' = (W0·blockdiag(R)ᵀ) ⊙ s` ([`Factors::PeftBoft`]).
-//! A file with m > 1 was trained with the extension and no CPU PEFT can load or merge it; it is
-//! refused. On a Conv2d (`Conv2d.merge`) the same rotation acts on the weight viewed as
-//! [out, in·kh·kw]; `fan_in_fan_out` is refused.
+//! A file with m > 1 was trained with the extension: its factors compose with PEFT's
+//! `block_butterfly_perm` permutations (`algo::butterfly_perm`), checked against PEFT's own merge
+//! with the extension's block diagonal done in torch (fixtures/gen/gaps14_fixtures.py). On a
+//! Conv2d (`Conv2d.merge`) the one-factor rotation acts on the weight viewed as
+//! [out, in·kh·kw]; several factors there, and `fan_in_fan_out`, are refused.
 
 use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
@@ -52,16 +54,44 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 "module `{name}`: BOFT needs boft_R and boft_s"
             )));
         };
-        let (n, b) = match shape(&rkey)[..] {
+        let (m, n, b) = match shape(&rkey)[..] {
             // b = 1 is allowed by PEFT: each 1×1 rotation is the identity (W' = W0 ⊙ s).
-            [1, n, b, b2] if n > 0 && b > 0 && b == b2 => (n, b),
-            [m, _, _, _] if m > 1 => {
+            [m, n, b, b2] if m > 0 && n > 0 && b > 0 && b == b2 => (m, n, b),
+            ref s => {
                 return Err(bad(format!(
-                    "tensor `{rkey}`: {m} butterfly factors (`boft_n_butterfly_factor` > 1): such files come from PEFT's CUDA extension, whose permutations no CPU PEFT can merge to compare against; lorakit merges one factor only"
+                    "tensor `{rkey}`: shape {s:?} is not [m, n, b, b]"
                 )))
             }
-            ref s => return Err(bad(format!("tensor `{rkey}`: shape {s:?} is not [1, n, b, b]"))),
         };
+        if m > 1 {
+            // m factors: written by PEFT with its CUDA extension (`fbd_cuda`; without it
+            // `update_layer` sets the factor to 1 and cannot load this tensor), which builds
+            // the permutations from the config's `boft_n_butterfly_factor` under these rules.
+            let factor = cfg
+                .raw
+                .get("boft_n_butterfly_factor")
+                .and_then(serde_json::Value::as_u64);
+            let e = m - 1;
+            let why = if factor != Some(m as u64) {
+                Some(format!(
+                    "adapter_config.json has boft_n_butterfly_factor {}",
+                    factor.map_or("missing".into(), |f| f.to_string())
+                ))
+            } else if !n.is_multiple_of(2) || !b.is_multiple_of(2) {
+                Some("PEFT needs an even block count and block size with several factors".into())
+            } else if e >= usize::BITS as usize || !n.is_multiple_of(1usize << e) {
+                Some(format!(
+                    "PEFT needs the block count to be a multiple of 2^{e}"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(bad(format!(
+                    "tensor `{rkey}` holds {m} butterfly factors of {n} blocks of {b}, but {why}: PEFT refuses it"
+                )));
+            }
+        }
         // PEFT builds boft_R from the config (`update_layer`: exactly one of boft_block_size
         // and boft_block_num set, the other derived; one butterfly factor, as on a CPU, gives the
         // leading 1) and refuses a state dict of another shape (hostile round 11).
@@ -74,9 +104,9 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             )),
             (s, _) if s != 0 && s != b as u64 => Some(format!("has boft_block_size {s}")),
             (_, m) if m != 0 && m != n as u64 => Some(format!("has boft_block_num {m}")),
-            // `boft_n_butterfly_factor` is not compared: PEFT without its CUDA extension (any
-            // CPU) sets it to 1 in `update_layer` and loads the one-factor `boft_R` whatever the
-            // config says; the tensor's leading 1 is checked above.
+            // `boft_n_butterfly_factor` is not compared for one factor: PEFT without its CUDA
+            // extension (any CPU) sets it to 1 in `update_layer` and loads the one-factor
+            // `boft_R` whatever the config says; several are checked above.
             _ => None,
         };
         if let Some(why) = why {
@@ -88,7 +118,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             [d, 1] if d > 0 => (d, ModuleKind::Linear),
             // PEFT's Conv2d keeps boft_s as [1, out] (`Conv2d.update_layer`) and transposes it
             // in `get_delta_weight`; its rotation acts on the flattened in·kh·kw side.
-            [1, d] if d > 0 => (d, ModuleKind::Conv { kernel: Vec::new() }),
+            [1, d] if d > 0 && m == 1 => (d, ModuleKind::Conv { kernel: Vec::new() }),
+            [1, _] => {
+                return Err(bad(format!(
+                    "tensor `{rkey}`: {m} butterfly factors on a Conv2d, which lorakit has not compared with PEFT; it merges them on Linear layers"
+                )))
+            }
             ref s => {
                 return Err(bad(format!(
                     "tensor `{skey}`: shape {s:?} is not [out, 1] (Linear) or [1, out] (Conv2d)"
@@ -123,6 +158,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 },
                 block_num: n,
                 block_size: b,
+                butterfly: m,
             },
             base_transposed: false,
             dora_magnitude: None,

@@ -9,8 +9,9 @@
 //! (`GloraLayer.merge`, [`Factors::Hadamard`]) and, where the base has a bias,
 //! `b' = b0 + b0·D + E + W0·C`; on a base without a bias C, D and E are `none`.
 //!
-//! lorakit merges the weight. A module whose C, D or E holds anything but zeros changes the bias
-//! through `W0·C`, which lorakit does not merge yet: it is refused, naming the tensor.
+//! lorakit merges both: a module whose C, D or E holds anything but zeros carries them as its
+//! `bias` (packed for `algo::glora_bias_delta`, which the merge applies with the base's `b0` and
+//! `W0`).
 
 use super::assemble::{assemble, stored_full};
 use super::config::{stored_f32, PeftConfig, PREFIX};
@@ -21,6 +22,7 @@ use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The leaves a GLoRA path may hold, by name.
 const LEAVES: [&str; 4] = ["Xd", "Xu", "X", "zeros"];
@@ -80,16 +82,53 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 ))),
             }
         };
-        // The bias paths: refused unless zero (see the module header).
-        for p in ['C', 'D', 'E'] {
-            for key in one(p)?.values() {
-                let v = stored_f32(&file, key)?;
-                if v.iter().any(|&x| x != 0.0) {
-                    return Err(bad(format!(
-                        "tensor `{key}`: GLoRA's bias terms (b' = b0 + b0·D + E + W0·C) are not zero; lorakit merges GLoRA's weight but not its bias yet"
-                    )));
+        // The bias paths, packed `[len C, len D, len E, C…, D…, E…]` for
+        // `algo::glora_bias_delta`; none when all zero (a base without a bias has only zeros).
+        let mut packed: Vec<f32> = Vec::new();
+        let mut lens = [0f32; 3];
+        for (slot, p) in ['C', 'D', 'E'].into_iter().enumerate() {
+            let leaves = one(p)?;
+            let v: Vec<f32> = match (leaves.get("Xd"), leaves.get("Xu")) {
+                (Some(xd), Some(xu)) if p == 'C' => match (&shape(xd)?[..], &shape(xu)?[..]) {
+                    // `GloraLoraPath(in, 1, r)`: C = Xd·Xu, [in, 1].
+                    ([k, r], [r2, 1]) if r == r2 && *k > 0 => {
+                        let (xd, xu) = (stored_f32(&file, xd)?, stored_f32(&file, xu)?);
+                        (0..*k)
+                            .map(|j| {
+                                (0..*r)
+                                    .map(|t| xd[j * r + t] as f64 * xu[t] as f64)
+                                    .sum::<f64>() as f32
+                            })
+                            .collect()
+                    }
+                    (sd, su) => {
+                        return Err(bad(format!(
+                            "module `{name}`: glora_C.Xd {sd:?} and glora_C.Xu {su:?} are not [in, r] and [r, 1]"
+                        )))
+                    }
+                },
+                _ => {
+                    let key = leaves
+                        .get("X")
+                        .or(leaves.get("zeros"))
+                        .ok_or_else(|| bad(format!("module `{name}`: glora_{p} is not a vector, constant or zeros")))?;
+                    let ok = match (p, &shape(key)?[..]) {
+                        ('C', [k, 1]) => *k > 0,
+                        ('D' | 'E', [n]) => *n > 0,
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(bad(format!(
+                            "tensor `{key}`: shape {:?} is not {}",
+                            shape(key)?,
+                            if p == 'C' { "[in, 1]" } else { "[out] or [1]" }
+                        )));
+                    }
+                    stored_f32(&file, key)?
                 }
-            }
+            };
+            lens[slot] = v.len() as f32;
+            packed.extend(v);
         }
         // A and B as `config_A_B` makes PEFT build them (`update_layer`): stored paths of
         // another kind or rank are refused by PEFT's load (hostile round 14).
@@ -116,6 +155,10 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 )));
             }
         }
+        let bias = packed
+            .iter()
+            .any(|&x| x != 0.0)
+            .then(|| Data::Owned(Arc::new(lens.iter().copied().chain(packed).collect())));
         // Sizes the paths give (0 where only constants: the base gives them).
         let (mut out, mut inp, mut rank) = (0usize, 0usize, 0usize);
         let mut part = |p: char| -> InputResult<HadamardPart> {
@@ -195,7 +238,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             scale: 1.0,
             out_features: out,
             in_features: inp,
-            bias: None,
+            bias,
             factors: Factors::Hadamard {
                 mul,
                 add,

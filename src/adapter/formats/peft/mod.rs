@@ -51,6 +51,7 @@ pub mod targets;
 mod tests;
 mod tinylora;
 mod tokens;
+mod torch_rng;
 mod unilora;
 mod vblora;
 mod vera;

@@ -6,13 +6,14 @@
 //! with `r` set (Supra) also `supertuning_lora_A.weight` [r, in] and `supertuning_lora_B.weight`
 //! [out, r]. PEFT merges `W0.flatten().scatter_add_(indices, values)` plus
 //! `lora_alpha / r · B·A` (`Linear.merge`), n being `int(out·in·(1 − sparsity))`
-//! ([`BaseRule::Supertuning`]). Without saved indices PEFT recomputes them on load from
-//! `torch.topk` over |W0|, which lorakit does not do: such a folder is refused saying so.
+//! ([`BaseRule::Supertuning`]). Without saved indices (`save_precomputed_indices` false) PEFT
+//! recomputes them on load by `torch.topk` over |W0| (`select_top`), and so does lorakit at
+//! merge time ([`SuperPositions::Topk`]), refusing a base whose ties would decide them.
 
 use super::assemble::{assemble, paired_by_suffixes};
 use super::beft::{cfg_number, on_base_module, stored};
 use super::config::{stored_f32, stored_ints, PeftConfig};
-use crate::adapter::algo::BaseRule;
+use crate::adapter::algo::{BaseRule, SuperPositions};
 use crate::adapter::data::Data;
 use crate::adapter::model::Adapter;
 use crate::error::{InputError, InputResult};
@@ -33,6 +34,17 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             "`sparsity` {sparsity} in adapter_config.json is not in [0, 1)"
         )));
     }
+    // `select_top` (default true): which end of |W0| PEFT's topk keeps when it recomputes the
+    // positions.
+    let select_top = match cfg.raw.get("select_top") {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(bad(format!(
+                "`select_top` {v} in adapter_config.json is not true or false"
+            )))
+        }
+    };
     // `r` null: no LoRA (Super); set: Supra, `lora_alpha` defaulting to 2r.
     let lora = match cfg.raw.get("r") {
         None | Some(serde_json::Value::Null) => None,
@@ -62,35 +74,42 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 "module `{name}`: Super-Tuning needs supertuning_values"
             )));
         };
-        let Some(ikey) = i else {
-            return Err(bad(format!(
-                "module `{name}` has no supertuning_indices (`save_precomputed_indices` is false): PEFT recomputes the positions on load by torch.topk over |W0| (`select_top`), which lorakit does not reproduce yet, so it cannot merge it"
-            )));
-        };
         let n = match shape(&vkey)?[..] {
             [n] if n > 0 => n,
             ref s => return Err(bad(format!("tensor `{vkey}`: shape {s:?} is not [n]"))),
         };
-        if shape(&ikey)? != [n] {
-            return Err(bad(format!(
-                "tensor `{ikey}`: shape {:?} is not [{n}] (supertuning_values holds {n} values)",
-                shape(&ikey)?
-            )));
-        }
         stored_f32(&file, &vkey)?;
-        let idx = stored_ints(&file, &ikey)?;
-        if let Some(j) = idx.iter().position(|&x| !(0..SPLIT * SPLIT).contains(&x)) {
-            return Err(bad(format!(
-                "tensor `{ikey}`: position {} at index {j} is negative or past 2^48",
-                idx[j]
-            )));
-        }
-        let max_index = idx.iter().copied().max().unwrap_or(0) as u64;
-        let split: Vec<f32> = idx
-            .iter()
-            .map(|&p| (p / SPLIT) as f32)
-            .chain(idx.iter().map(|&p| (p % SPLIT) as f32))
-            .collect();
+        let (positions, split) = match i {
+            // `save_precomputed_indices` false: PEFT recomputes them on load from W0.
+            None => (
+                SuperPositions::Topk {
+                    largest: select_top,
+                },
+                Vec::new(),
+            ),
+            Some(ikey) => {
+                if shape(&ikey)? != [n] {
+                    return Err(bad(format!(
+                        "tensor `{ikey}`: shape {:?} is not [{n}] (supertuning_values holds {n} values)",
+                        shape(&ikey)?
+                    )));
+                }
+                let idx = stored_ints(&file, &ikey)?;
+                if let Some(j) = idx.iter().position(|&x| !(0..SPLIT * SPLIT).contains(&x)) {
+                    return Err(bad(format!(
+                        "tensor `{ikey}`: position {} at index {j} is negative or past 2^48",
+                        idx[j]
+                    )));
+                }
+                let max_index = idx.iter().copied().max().unwrap_or(0) as u64;
+                let split: Vec<f32> = idx
+                    .iter()
+                    .map(|&p| (p / SPLIT) as f32)
+                    .chain(idx.iter().map(|&p| (p % SPLIT) as f32))
+                    .collect();
+                (SuperPositions::Saved { max_index }, split)
+            }
+        };
         let mut tensors = vec![stored(&vkey), Data::Owned(Arc::new(split))];
         let (out, inp) = match (lora, a, b) {
             (None, None, None) => (0, 0),
@@ -124,7 +143,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             lora_scale: lora.map(|(_, s)| s),
             sparsity,
             count: n,
-            max_index,
+            positions,
         };
         let rank = lora.map_or(1, |(r, _)| r);
         modules.push(on_base_module(name, (out, inp, rank), rule, tensors, false));
