@@ -14,7 +14,7 @@ use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
@@ -91,21 +91,14 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             .collect();
         modules.push(LoraModule {
             name,
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: 1.0,
-            scale: 1.0,
-            out_features: out,
-            in_features: wide,
-            bias: None,
-            factors: Factors::Vera {
+            (out, wide, r),
+            1.0,
+            Factors::Vera {
                 a: Data::Owned(Arc::new(a)),
                 b: Data::Owned(Arc::new(b)),
             },
-            base_transposed: cfg.fan_in_fan_out,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            cfg.fan_in_fan_out,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
 }
