@@ -12,6 +12,7 @@
 
 use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
+use super::vera::scale_rows;
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, LoraModule};
@@ -79,17 +80,9 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             )));
         }
         // `lambda_d[:r] * pvera_A[:r, :in]` and `lambda_b * pvera_B[:out]`, f32 products.
-        let a: Vec<f32> = pa[..r * wide]
-            .chunks_exact(wide)
-            .zip(&ld[..r])
-            .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
-            .collect();
-        let b: Vec<f32> = pb[..out * r]
-            .chunks_exact(r)
-            .zip(&lb)
-            .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
-            .collect();
-        modules.push(LoraModule {
+        let a = scale_rows(&pa[..r * wide], wide, &ld[..r]);
+        let b = scale_rows(&pb[..out * r], r, &lb);
+        modules.push(LoraModule::peft_linear(
             name,
             (out, wide, r),
             1.0,

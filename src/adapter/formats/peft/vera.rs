@@ -92,17 +92,9 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         }
         // PEFT: `lambda_d.unsqueeze(-1) * vera_A[:, :in]` and `lambda_b.unsqueeze(-1) *
         // vera_B[:out]`, f32 products (the slice of A is taken when the base is known).
-        let a: Vec<f32> = vera_a
-            .chunks_exact(wide)
-            .zip(&ld)
-            .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
-            .collect();
-        let b: Vec<f32> = vera_b[..out * r]
-            .chunks_exact(r)
-            .zip(&lb)
-            .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
-            .collect();
-        modules.push(LoraModule {
+        let a = scale_rows(&vera_a, wide, &ld);
+        let b = scale_rows(&vera_b[..out * r], r, &lb);
+        modules.push(LoraModule::peft_linear(
             name,
             (out, wide, r),
             1.0,
@@ -114,4 +106,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         ));
     }
     assemble(path, file, &cfg, modules, full)
+}
+
+/// `s.unsqueeze(-1) * m` over the row-major `m` (`cols` wide), as many rows as `s` has: each row
+/// scaled by its λ, the products in f32 as PEFT's (VeRA's and PVeRA's factors).
+pub(super) fn scale_rows(m: &[f32], cols: usize, s: &[f32]) -> Vec<f32> {
+    m.chunks_exact(cols)
+        .zip(s)
+        .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
+        .collect()
 }
