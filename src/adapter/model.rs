@@ -91,29 +91,43 @@ pub struct LoraModule {
 }
 
 impl LoraModule {
-    /// A plain LoRA module on a Linear layer at scale 1 (`alpha = r`), with no DoRA or bias: the
-    /// form of tuners whose own scaling is folded into the factors as they are read (PEFT's
-    /// VB-LoRA, DeLoRA).
-    pub fn linear_unit_scale(
+    /// A module on a Linear layer at scale 1 with no DoRA magnitude or bias (PEFT's DoRA rule):
+    /// the form of PEFT tuners whose own scaling is folded into the factors as they are read,
+    /// or that have none (VeRA, UniLoRA, HiRA, …). `alpha` is only recorded.
+    pub fn peft_linear(
         name: String,
         (out_features, in_features, rank): (usize, usize, usize),
-        (a, b): (Data, Data),
+        alpha: f64,
+        factors: Factors,
         base_transposed: bool,
     ) -> LoraModule {
         LoraModule {
             name,
             kind: ModuleKind::Linear,
             rank,
-            alpha: rank as f64,
+            alpha,
             scale: 1.0,
             out_features,
             in_features,
-            factors: Factors::Lora { a, b },
+            factors,
             base_transposed,
             dora_magnitude: None,
             dora_rule: DoraRule::Peft,
             bias: None,
         }
+    }
+
+    /// A plain LoRA module on a Linear layer at scale 1 (`alpha = r`), with no DoRA or bias: the
+    /// form of tuners whose own scaling is folded into the factors as they are read (PEFT's
+    /// VB-LoRA, DeLoRA).
+    pub fn linear_unit_scale(
+        name: String,
+        dims: (usize, usize, usize),
+        (a, b): (Data, Data),
+        base_transposed: bool,
+    ) -> LoraModule {
+        let alpha = dims.2 as f64;
+        Self::peft_linear(name, dims, alpha, Factors::Lora { a, b }, base_transposed)
     }
 }
 

@@ -2,24 +2,7 @@
 //! violations its cases found, each test failing before its fix.
 
 use super::common::*;
-use std::path::{Path, PathBuf};
-
-/// Copies fixture folder `rel` to `dir/name` and edits its `adapter_config.json` with `edit`.
-fn edited_copy(
-    dir: &Path,
-    rel: &str,
-    name: &str,
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> PathBuf {
-    let ad = dir.join(name);
-    copy_dir(&fixture(rel), &ad);
-    let cfg_path = ad.join("adapter_config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    edit(&mut cfg);
-    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    ad
-}
+use std::path::Path;
 
 /// Rewrites tensor `name` of the safetensors file `path` (F32) with every value `v`, through
 /// the independent `safetensors` crate.
@@ -158,22 +141,9 @@ fn a_peft_tuner_config_contradicting_its_tensors_is_refused() {
         ("gaps10/boft/adapter", "boft_block_num", 16.into(), "boft_R"),
     ];
     let dir = tempfile::tempdir().unwrap();
-    for (i, (rel, field, value, tensor)) in cases.into_iter().enumerate() {
-        let ad = edited_copy(dir.path(), rel, &format!("t{i}"), |c| {
-            c[field] = value.clone()
-        });
-        let line = merge_refused(&fixture("llama/base"), &ad, &dir.path().join("o"), &[]);
-        assert_mentions(&line, &["adapter_model.safetensors", tensor, field]);
-    }
+    each_config_edit_is_refused(dir.path(), &cases);
     // The fixtures as written still merge (checked against PEFT by tests/it/gaps10.rs).
-    for rel in ["gaps10/vera/adapter", "gaps10/boft/adapter"] {
-        run_ok(merge_args(
-            &fixture("llama/base"),
-            &fixture(rel),
-            &dir.path().join(rel.replace('/', "_")),
-            &["--quiet"],
-        ));
-    }
+    merge_each_into_llama(dir.path(), &["gaps10/vera/adapter", "gaps10/boft/adapter"]);
     // A config asking for two butterfly factors over a one-factor `boft_R` is what PEFT writes
     // without its CUDA extension (`update_layer` sets the factor to 1 on any CPU) and loads: it
     // merges as the fixture does.
@@ -189,6 +159,33 @@ fn a_peft_tuner_config_contradicting_its_tensors_is_refused() {
         &["--quiet"],
     ));
     assert_eq!(read_checkpoint(&a), read_checkpoint(&b));
+}
+
+/// Each case `(fixture, field, value, tensor)`: the adapter fixture with `field` set to `value` in
+/// its adapter_config.json, merged into the llama base, is refused naming the adapter file,
+/// `tensor` and `field`.
+pub(super) fn each_config_edit_is_refused(
+    dir: &Path,
+    cases: &[(&str, &str, serde_json::Value, &str)],
+) {
+    for (i, (rel, field, value, tensor)) in cases.iter().enumerate() {
+        let ad = edited_copy(dir, rel, &format!("t{i}"), |c| c[*field] = value.clone());
+        let line = merge_refused(&fixture("llama/base"), &ad, &dir.join("o"), &[]);
+        assert_mentions(&line, &["adapter_model.safetensors", tensor, field]);
+    }
+}
+
+/// Merges each adapter fixture `rel`, as written, into the llama base (each into its own output
+/// under `dir`).
+pub(super) fn merge_each_into_llama(dir: &Path, rels: &[&str]) {
+    for rel in rels {
+        run_ok(merge_args(
+            &fixture("llama/base"),
+            &fixture(rel),
+            &dir.join(rel.replace('/', "_")),
+            &["--quiet"],
+        ));
+    }
 }
 
 /// Where PEFT's Python is available, that its `re.compile` refuses every `refused` pattern and

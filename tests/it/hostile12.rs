@@ -2,25 +2,10 @@
 //! violations its cases found, each test failing before its fix.
 
 use super::common::*;
-use super::hostile11::{merges_with_each_target_pattern, python_re_agrees};
-use std::path::{Path, PathBuf};
-
-/// Copies fixture folder `rel` to `dir/name` and edits its `adapter_config.json` with `edit`.
-pub(super) fn edited_copy(
-    dir: &Path,
-    rel: &str,
-    name: &str,
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> PathBuf {
-    let ad = dir.join(name);
-    copy_dir(&fixture(rel), &ad);
-    let cfg_path = ad.join("adapter_config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    edit(&mut cfg);
-    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    ad
-}
+use super::hostile11::{
+    each_config_edit_is_refused, merge_each_into_llama, merges_with_each_target_pattern,
+    python_re_agrees,
+};
 
 /// Python 3.11's `sre_parse` takes global flags only before anything else of the first
 /// top-level alternative (after other global flags and, in verbose mode, whitespace and
@@ -85,13 +70,7 @@ fn peft_gaps11_configs_contradicting_their_tensors_are_refused() {
         ("gaps11/randlora/adapter", "r", 8.into(), "randlora_A"),
     ];
     let dir = tempfile::tempdir().unwrap();
-    for (i, (rel, field, value, tensor)) in cases.into_iter().enumerate() {
-        let ad = edited_copy(dir.path(), rel, &format!("t{i}"), |c| {
-            c[field] = value.clone()
-        });
-        let line = merge_refused(&fixture("llama/base"), &ad, &dir.path().join("o"), &[]);
-        assert_mentions(&line, &["adapter_model.safetensors", tensor, field]);
-    }
+    each_config_edit_is_refused(dir.path(), &cases);
     // A C3A block_size_pattern entry is the block size of the modules it matches.
     let ad = edited_copy(dir.path(), "gaps11/c3a/adapter", "pattern", |c| {
         c["block_size_pattern"] = serde_json::json!({"q_proj": 8})
@@ -108,14 +87,9 @@ fn peft_gaps11_configs_contradicting_their_tensors_are_refused() {
     write_tensors(&file, &tensors);
     let line = merge_refused(&fixture("llama/base"), &ad, &dir.path().join("o"), &[]);
     assert_mentions(&line, &["adapter_model.safetensors", key, "[16, 16]"]);
-    for rel in ["c3a", "gralora", "gralora_hybrid", "randlora", "miss_bat"] {
-        run_ok(merge_args(
-            &fixture("llama/base"),
-            &fixture(&format!("gaps11/{rel}/adapter")),
-            &dir.path().join(rel),
-            &["--quiet"],
-        ));
-    }
+    let rels = ["c3a", "gralora", "gralora_hybrid", "randlora", "miss_bat"];
+    let rels = rels.map(|rel| format!("gaps11/{rel}/adapter"));
+    merge_each_into_llama(dir.path(), &rels.each_ref().map(String::as_str));
 }
 
 /// An MLX-quantized base (config.json `quantization`) whose `P.weight` beside `P.scales` and

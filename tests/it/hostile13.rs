@@ -2,7 +2,6 @@
 //! violations its cases found, each test failing before its fix.
 
 use super::common::*;
-use super::hostile12::edited_copy;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -132,22 +132,8 @@ pub fn delta(l: &Loaded, d: usize, k: usize, rank: usize, kk: usize, scale: f64)
             }
             return out;
         }
-        Factors::Oft { .. }
-        | Factors::Boft { .. }
-        | Factors::PeftOft { .. }
-        | Factors::Ia3 { .. }
-        | Factors::Glora { .. }
-        | Factors::Vera { .. }
-        | Factors::Hra { .. }
-        | Factors::PeftBoft { .. }
-        | Factors::Miss { .. }
-        | Factors::Shira { .. }
-        | Factors::RandLora { .. }
-        | Factors::Road { .. }
-        | Factors::Osf { .. }
-        | Factors::Hadamard { .. }
-        | Factors::Frod(_)
-        | Factors::OnBase { .. } => {
+        f => {
+            debug_assert!(f.needs_base());
             unreachable!("W0-dependent updates are built by delta_from_base")
         }
     };
@@ -239,25 +225,8 @@ pub fn product_form(
                 tucker_core(&v[5], &v[3], (rank, rank, kk), k / kk),
             ),
         ],
-        Factors::Lokr { .. }
-        | Factors::Full { .. }
-        | Factors::Norm { .. }
-        | Factors::Oft { .. }
-        | Factors::Ia3 { .. }
-        | Factors::Boft { .. }
-        | Factors::PeftOft { .. }
-        | Factors::Glora { .. }
-        | Factors::Vera { .. }
-        | Factors::Hra { .. }
-        | Factors::PeftBoft { .. }
-        | Factors::Miss { .. }
-        | Factors::Shira { .. }
-        | Factors::RandLora { .. }
-        | Factors::Road { .. }
-        | Factors::Osf { .. }
-        | Factors::Hadamard { .. }
-        | Factors::Frod(_)
-        | Factors::OnBase { .. } => return None,
+        // LoKr, full, norm and the W0-dependent updates (`Factors::needs_base`).
+        _ => return None,
     };
     let (b1, a1) = &halves[0];
     let (b2, a2) = &halves[1];

@@ -436,7 +436,16 @@ impl Factors {
                 | Factors::PeftOft { .. }
                 | Factors::Ia3 { .. }
                 | Factors::Glora { .. }
-                | Factors::Vera { .. }
+        ) || self.peft_only()
+    }
+
+    /// One of PEFT's own tuners that has no LyCORIS/kohya form (VeRA, HRA, PEFT's BOFT, MiSS,
+    /// SHiRA, RandLoRA, RoAd, OSF, the Hadamard tuners, FRoD, the on-base rules): the kohya and
+    /// LyCORIS writers refuse or skip them. Each [`needs_base`](Self::needs_base).
+    pub fn peft_only(&self) -> bool {
+        matches!(
+            self,
+            Factors::Vera { .. }
                 | Factors::Hra { .. }
                 | Factors::PeftBoft { .. }
                 | Factors::Miss { .. }

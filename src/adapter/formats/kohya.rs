@@ -393,20 +393,7 @@ pub fn write_with(
                 ));
             }
         }
-        if matches!(
-            m.factors,
-            Factors::Vera { .. }
-                | Factors::Hra { .. }
-                | Factors::PeftBoft { .. }
-                | Factors::Miss { .. }
-                | Factors::Shira { .. }
-                | Factors::RandLora { .. }
-                | Factors::Road { .. }
-                | Factors::Osf { .. }
-                | Factors::Hadamard { .. }
-                | Factors::Frod(_)
-                | Factors::OnBase { .. }
-        ) {
+        if m.factors.peft_only() {
             return Err(InputError::invalid(
                 &adapter.path,
                 format!(

@@ -66,6 +66,25 @@ impl Unmatched {
             candidates: candidates.iter().map(|s| s.to_string()).collect(),
         }
     }
+
+    /// A shape mismatch of one of `modules`: the module's index, the base tensor, the shape the
+    /// module needs and the one found. `None` for any other reason, or a module not in `modules`.
+    pub fn shape_mismatch_in(
+        &self,
+        modules: &[LoraModule],
+    ) -> Option<(usize, &String, &[usize], &[usize])> {
+        let Unmatched::ShapeMismatch {
+            module,
+            tensor,
+            expected,
+            found,
+        } = self
+        else {
+            return None;
+        };
+        let mi = modules.iter().position(|m| &m.name == module)?;
+        Some((mi, tensor, expected, found))
+    }
 }
 
 /// Module `mi` (`m`) on the rows `rows` of base tensor `weight` (`found`, `dtype`), once the

@@ -58,16 +58,7 @@ fn on_gptq(a: &crate::adapter::Adapter, base: &crate::io::Checkpoint, r: &mut ma
     }
     r.modules = kept;
     r.unmatched.retain(|u| {
-        let Unmatched::ShapeMismatch {
-            module,
-            tensor,
-            expected,
-            found,
-        } = u
-        else {
-            return true;
-        };
-        let Some(mi) = a.modules.iter().position(|m| &m.name == module) else {
+        let Some((mi, tensor, expected, found)) = u.shape_mismatch_in(&a.modules) else {
             return true;
         };
         let m = &a.modules[mi];

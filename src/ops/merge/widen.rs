@@ -114,26 +114,18 @@ pub(super) fn pad_narrow(
     for wa in adapters {
         let res = mapping::resolve_widened(&wa.adapter, base, Some(quant), widened);
         for u in &res.unmatched {
-            let Unmatched::ShapeMismatch {
-                module,
-                tensor,
-                expected,
-                found,
-            } = u
+            let Some((m, tensor, expected, found)) = u.shape_mismatch_in(&wa.adapter.modules)
             else {
                 continue;
             };
             let stored = base.info(tensor).map(|i| i.shape.clone());
-            let narrow = widened.get(tensor) == Some(found)
+            let narrow = widened.get(tensor).map(Vec::as_slice) == Some(found)
                 && stored
                     .as_deref()
-                    .is_some_and(|s| s.len() == 2 && expected[..] == s[..]);
+                    .is_some_and(|s| s.len() == 2 && expected == s);
             if !narrow {
                 continue;
             }
-            let Some(m) = wa.adapter.modules.iter().position(|m| &m.name == module) else {
-                continue;
-            };
             let crate::adapter::Factors::Lora { a, .. } = &wa.adapter.modules[m].factors else {
                 continue;
             };

@@ -2,7 +2,7 @@
 //! file contents, copies, raw and truncated files, a small tmpfs, and the parts-against-one-
 //! process comparison. Holds no expected value.
 
-use super::{finalize_args, run_ok};
+use super::{edit_json, finalize_args, fixture, run_ok};
 use std::path::{Path, PathBuf};
 
 /// A fresh temporary folder (deleted when dropped) and the path `name` inside it, where a test
@@ -141,4 +141,17 @@ pub fn copy_dir(src: &Path, dst: &Path) {
             std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
         }
     }
+}
+
+/// Copies fixture folder `rel` to `dir/name` and edits its `adapter_config.json` with `edit`.
+pub fn edited_copy(
+    dir: &Path,
+    rel: &str,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let ad = dir.join(name);
+    copy_dir(&fixture(rel), &ad);
+    edit_json(ad.join("adapter_config.json"), edit);
+    ad
 }

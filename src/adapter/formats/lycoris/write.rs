@@ -153,19 +153,6 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
                 ("b2.weight", b2, with_kernel(vec![r, c])),
             ]
         }
-        // PEFT's VeRA, HRA and BOFT have no kohya/LyCORIS form: the kohya writer refuses them
-        // first, and a PEFT folder holds them only under their own peft_type, never written.
-        Factors::Vera { .. }
-        | Factors::Hra { .. }
-        | Factors::PeftBoft { .. }
-        | Factors::Miss { .. }
-        | Factors::Shira { .. }
-        | Factors::RandLora { .. }
-        | Factors::Road { .. }
-        | Factors::Osf { .. }
-        | Factors::Hadamard { .. }
-        | Factors::Frod(_)
-        | Factors::OnBase { .. } => Vec::new(),
         Factors::Ia3 {
             weight, on_input, ..
         } => {
@@ -179,6 +166,13 @@ pub fn tensors(m: &LoraModule) -> Vec<(&'static str, &Data, Vec<usize>)> {
                     ones(vec![1, n])
                 },
             )]
+        }
+        // PEFT's own tuners (VeRA, HRA, BOFT, …: `Factors::peft_only`) have no kohya/LyCORIS
+        // form: the kohya writer refuses them first, and a PEFT folder holds them only under
+        // their own peft_type, never written.
+        f => {
+            debug_assert!(f.peft_only());
+            Vec::new()
         }
     };
     if let Some(b) = &m.bias {

@@ -10,7 +10,7 @@ use super::assemble::{assemble, split_by_suffix};
 use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::{BaseRule, Factors};
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
@@ -19,25 +19,19 @@ use std::path::Path;
 /// the base is checked against ([`crate::adapter::algo::on_base_fits`]), at scale 1.
 pub(super) fn on_base_module(
     name: String,
-    (out_features, in_features, rank): (usize, usize, usize),
+    dims: (usize, usize, usize),
     rule: BaseRule,
     tensors: Vec<Data>,
     base_transposed: bool,
 ) -> LoraModule {
-    LoraModule {
+    let alpha = dims.2 as f64;
+    LoraModule::peft_linear(
         name,
-        kind: ModuleKind::Linear,
-        rank,
-        alpha: rank as f64,
-        scale: 1.0,
-        out_features,
-        in_features,
-        factors: Factors::OnBase { rule, tensors },
+        dims,
+        alpha,
+        Factors::OnBase { rule, tensors },
         base_transposed,
-        dora_magnitude: None,
-        dora_rule: DoraRule::Peft,
-        bias: None,
-    }
+    )
 }
 
 /// A stored tensor as a factor.

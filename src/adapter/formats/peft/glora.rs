@@ -17,7 +17,7 @@ use super::assemble::{assemble, stored_full};
 use super::config::{stored_f32, PeftConfig, PREFIX};
 use crate::adapter::algo::{Factors, HadamardPart, HadamardTuner};
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::collections::BTreeMap;
@@ -230,24 +230,20 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         };
         let mul = part('A')?;
         let add = part('B')?;
-        modules.push(LoraModule {
+        // GLoRA's bias update (where the base has a bias) rides on the module.
+        let mut module = LoraModule::peft_linear(
             name,
-            kind: ModuleKind::Linear,
-            rank: rank.max(1),
-            alpha: 1.0,
-            scale: 1.0,
-            out_features: out,
-            in_features: inp,
-            bias,
-            factors: Factors::Hadamard {
+            (out, inp, rank.max(1)),
+            1.0,
+            Factors::Hadamard {
                 mul,
                 add,
                 tuner: HadamardTuner::Glora,
             },
-            base_transposed: false,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            false,
+        );
+        module.bias = bias;
+        modules.push(module);
     }
     assemble(path, file, &cfg, modules, full)
 }

@@ -15,7 +15,7 @@ use super::assemble::{assemble, paired_by_suffixes};
 use super::config::PeftConfig;
 use crate::adapter::algo::{Factors, HadamardPart, HadamardTuner};
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
@@ -96,24 +96,17 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             };
             (b[0], k, part)
         };
-        modules.push(LoraModule {
+        modules.push(LoraModule::peft_linear(
             name,
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: 1.0,
-            scale: 1.0,
-            out_features: out,
-            in_features: inp,
-            bias: None,
-            factors: Factors::Hadamard {
+            (out, inp, r),
+            1.0,
+            Factors::Hadamard {
                 mul,
                 add: HadamardPart::Zero,
                 tuner: HadamardTuner::Hira,
             },
-            base_transposed: cfg.fan_in_fan_out && !embedding,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            cfg.fan_in_fan_out && !embedding,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
 }

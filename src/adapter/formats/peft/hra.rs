@@ -13,7 +13,7 @@ use super::assemble::assemble;
 use super::config::PeftConfig;
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
@@ -58,26 +58,19 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 "tensor `{key}`: column {i} is zero, so its Householder reflection is undefined (PEFT's merge gives NaN)"
             )));
         }
-        modules.push(LoraModule {
-            name: name.to_owned(),
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: 1.0,
-            scale: 1.0,
-            out_features: 0,
-            in_features: k,
-            bias: None,
-            factors: Factors::Hra {
+        modules.push(LoraModule::peft_linear(
+            name.to_owned(),
+            (0, k, r),
+            1.0,
+            Factors::Hra {
                 u: Data::Stored {
                     key: key.to_owned(),
                     transpose: false,
                 },
                 gram_schmidt,
             },
-            base_transposed: false,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            false,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
 }

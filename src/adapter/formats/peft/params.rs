@@ -45,7 +45,7 @@
 use super::config::PeftConfig;
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{scale_for, Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{scale_for, Adapter, LoraModule, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::{Checkpoint, SafetensorsFile};
 use serde_json::Value;
@@ -275,22 +275,14 @@ fn expert_module(
     b: Vec<f32>,
     a: Vec<f32>,
 ) -> LoraModule {
+    let factors = Factors::Lora {
+        a: Data::Owned(Arc::new(a)),
+        b: Data::Owned(Arc::new(b)),
+    };
+    let dims = (out_features, in_features, rank);
     LoraModule {
-        name,
-        kind: ModuleKind::Linear,
-        rank,
-        alpha,
         scale,
-        out_features,
-        in_features,
-        factors: Factors::Lora {
-            a: Data::Owned(Arc::new(a)),
-            b: Data::Owned(Arc::new(b)),
-        },
-        base_transposed: false,
-        dora_magnitude: None,
-        dora_rule: DoraRule::Peft,
-        bias: None,
+        ..LoraModule::peft_linear(name, dims, alpha, factors, false)
     }
 }
 

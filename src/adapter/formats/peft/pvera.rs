@@ -12,9 +12,10 @@
 
 use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
+use super::vera::scale_rows;
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
@@ -79,33 +80,18 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             )));
         }
         // `lambda_d[:r] * pvera_A[:r, :in]` and `lambda_b * pvera_B[:out]`, f32 products.
-        let a: Vec<f32> = pa[..r * wide]
-            .chunks_exact(wide)
-            .zip(&ld[..r])
-            .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
-            .collect();
-        let b: Vec<f32> = pb[..out * r]
-            .chunks_exact(r)
-            .zip(&lb)
-            .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
-            .collect();
-        modules.push(LoraModule {
+        let a = scale_rows(&pa[..r * wide], wide, &ld[..r]);
+        let b = scale_rows(&pb[..out * r], r, &lb);
+        modules.push(LoraModule::peft_linear(
             name,
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: 1.0,
-            scale: 1.0,
-            out_features: out,
-            in_features: wide,
-            bias: None,
-            factors: Factors::Vera {
+            (out, wide, r),
+            1.0,
+            Factors::Vera {
                 a: Data::Owned(Arc::new(a)),
                 b: Data::Owned(Arc::new(b)),
             },
-            base_transposed: cfg.fan_in_fan_out,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            cfg.fan_in_fan_out,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
 }

@@ -20,7 +20,7 @@ use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use serde_json::Value;
@@ -138,24 +138,16 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 ub[(row * n + b) * r..][..r].copy_from_slice(src);
             }
         }
+        let factors = Factors::RandLora {
+            a: Data::Owned(Arc::new(ua)),
+            b: Data::Owned(Arc::new(ub)),
+        };
+        // Conv1D (GPT-2): PEFT transposes its [out, in] update to the stored [in, out]
+        // (`get_delta_weight`: `transpose(update, fan_in_fan_out)`).
+        let module = LoraModule::peft_linear(name, (m, big, r), alpha, factors, cfg.fan_in_fan_out);
         modules.push(LoraModule {
-            name,
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha,
             scale: alpha / r as f64,
-            out_features: m,
-            in_features: big,
-            bias: None,
-            factors: Factors::RandLora {
-                a: Data::Owned(Arc::new(ua)),
-                b: Data::Owned(Arc::new(ub)),
-            },
-            // Conv1D (GPT-2): PEFT transposes its [out, in] update to the stored [in, out]
-            // (`get_delta_weight`: `transpose(update, fan_in_fan_out)`).
-            base_transposed: cfg.fan_in_fan_out,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
+            ..module
         });
     }
     assemble(path, file, &cfg, modules, full)

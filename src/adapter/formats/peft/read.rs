@@ -435,32 +435,28 @@ fn read_oft(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<
                 format!("tensor `{key}`: block_share stores one block, this has {r}"),
             ));
         }
-        modules.push(LoraModule {
-            name: name.to_owned(),
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: 1.0,
-            scale: 1.0,
-            out_features: 0,
-            in_features: if block_share { 0 } else { r * s },
-            bias: None,
-            factors: Factors::PeftOft {
-                weight: Data::Stored {
-                    key: key.to_owned(),
-                    transpose: false,
-                },
-                block_size: s,
-                blocks: r,
-                block_share,
-                cayley,
-                coft_eps: coft.then_some(eps),
-                scaled: false,
-                conv: crate::adapter::algo::OftConv::Transposed,
+        let factors = Factors::PeftOft {
+            weight: Data::Stored {
+                key: key.to_owned(),
+                transpose: false,
             },
-            base_transposed: false,
-            dora_magnitude: None,
-            dora_rule: crate::adapter::model::DoraRule::Peft,
-        });
+            block_size: s,
+            blocks: r,
+            block_share,
+            cayley,
+            coft_eps: coft.then_some(eps),
+            scaled: false,
+            conv: crate::adapter::algo::OftConv::Transposed,
+        };
+        let in_features = if block_share { 0 } else { r * s };
+        let dims = (0, in_features, r);
+        modules.push(LoraModule::peft_linear(
+            name.to_owned(),
+            dims,
+            1.0,
+            factors,
+            false,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
 }

@@ -21,7 +21,7 @@ use super::assemble::{assemble, paired_by_suffixes, Pairs};
 use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
@@ -131,26 +131,19 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                     .sum::<f64>() as f32
             })
             .collect();
-        modules.push(LoraModule {
+        modules.push(LoraModule::peft_linear(
             name,
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: 1.0,
-            scale: 1.0,
-            out_features: d,
-            in_features: k,
-            bias: None,
-            factors: Factors::Lora {
+            (d, k, r),
+            1.0,
+            Factors::Lora {
                 a: Data::Stored {
                     key: akey,
                     transpose: false,
                 },
                 b: Data::Owned(Arc::new(br)),
             },
-            base_transposed: cfg.fan_in_fan_out,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            cfg.fan_in_fan_out,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
 }

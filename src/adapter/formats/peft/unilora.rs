@@ -14,7 +14,7 @@ use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, stored_ints, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
@@ -108,23 +108,16 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         };
         let a = gather(&ia, &sa, &a_shape)?;
         let b = gather(&ib, &sb, &b_shape)?;
-        modules.push(LoraModule {
+        modules.push(LoraModule::peft_linear(
             name,
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: 1.0,
-            scale: 1.0,
-            out_features: d,
-            in_features: k,
-            bias: None,
-            factors: Factors::Lora {
+            (d, k, r),
+            1.0,
+            Factors::Lora {
                 a: Data::Owned(Arc::new(a)),
                 b: Data::Owned(Arc::new(b)),
             },
-            base_transposed: cfg.fan_in_fan_out,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            cfg.fan_in_fan_out,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
 }

@@ -19,7 +19,7 @@ use super::assemble::{assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{Adapter, LoraModule};
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
@@ -92,33 +92,27 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         }
         // PEFT: `lambda_d.unsqueeze(-1) * vera_A[:, :in]` and `lambda_b.unsqueeze(-1) *
         // vera_B[:out]`, f32 products (the slice of A is taken when the base is known).
-        let a: Vec<f32> = vera_a
-            .chunks_exact(wide)
-            .zip(&ld)
-            .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
-            .collect();
-        let b: Vec<f32> = vera_b[..out * r]
-            .chunks_exact(r)
-            .zip(&lb)
-            .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
-            .collect();
-        modules.push(LoraModule {
+        let a = scale_rows(&vera_a, wide, &ld);
+        let b = scale_rows(&vera_b[..out * r], r, &lb);
+        modules.push(LoraModule::peft_linear(
             name,
-            kind: ModuleKind::Linear,
-            rank: r,
-            alpha: 1.0,
-            scale: 1.0,
-            out_features: out,
-            in_features: wide,
-            bias: None,
-            factors: Factors::Vera {
+            (out, wide, r),
+            1.0,
+            Factors::Vera {
                 a: Data::Owned(Arc::new(a)),
                 b: Data::Owned(Arc::new(b)),
             },
-            base_transposed: cfg.fan_in_fan_out,
-            dora_magnitude: None,
-            dora_rule: DoraRule::Peft,
-        });
+            cfg.fan_in_fan_out,
+        ));
     }
     assemble(path, file, &cfg, modules, full)
+}
+
+/// `s.unsqueeze(-1) * m` over the row-major `m` (`cols` wide), as many rows as `s` has: each row
+/// scaled by its λ, the products in f32 as PEFT's (VeRA's and PVeRA's factors).
+pub(super) fn scale_rows(m: &[f32], cols: usize, s: &[f32]) -> Vec<f32> {
+    m.chunks_exact(cols)
+        .zip(s)
+        .flat_map(|(row, &s)| row.iter().map(move |&x| s * x))
+        .collect()
 }
