@@ -162,6 +162,8 @@ mod it {
     pub mod sweep12;
     /// What the sweeps with seeds 91/92 and wider draws found (fixtures/sweep13).
     pub mod sweep13;
+    /// What the sweeps with seeds 101/102 and wider draws found (fixtures/sweep14).
+    pub mod sweep14;
     /// What the sweeps with seeds 21/22 and wider draws found (fixtures/sweep6).
     pub mod sweep6;
     /// What the sweeps with seeds 31/32 and wider draws found (fixtures/sweep7).

@@ -249,3 +249,10 @@ pub(super) fn read_added_tokens(a: &Adapter) -> InputResult<Vec<(String, u64)>> 
 pub(super) fn last_component(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
+
+/// An adapter bias PEFT adds to its layer's output in the forward, base bias or not: LoRA's
+/// `lora_B.bias` (`lora_bias=True`) and BEFT's `beft_bias` (`tuners/beft/layer.py` `forward`;
+/// only its `merge` raises "Base layer has no bias", and lorakit's merge refuses alike).
+pub(super) fn output_bias(module: &str) -> bool {
+    module.ends_with(".lora_B.bias") || module.ends_with(".beft_bias")
+}

@@ -3,7 +3,7 @@
 //! each condition means, item by item. Must not: decide a verdict (that is [`super`]), write or
 //! print anything.
 
-use super::base::last_component;
+use super::base::{last_component, output_bias};
 use super::diffusers_keys::unet_key_rules_apply;
 use super::diffusers_pipelines::converted;
 use super::names::{is_lm_head_tensor, is_sd_prefixed, layer_kind, layers_index, short};
@@ -446,11 +446,9 @@ impl<'a> Facts<'a> {
                         Unmatched::NotFound { module, .. } if tokens_module(module).is_some() => {
                             None
                         }
-                        // A lora_B bias needs no base bias: PEFT adds it to the layer's output
-                        // (lorakit's merge needs one, which is a merge concern, not a loader's).
-                        Unmatched::NotFound { module, .. } if module.ends_with(".lora_B.bias") => {
-                            None
-                        }
+                        // A lora_B or BEFT bias needs no base bias: PEFT adds it to the layer's
+                        // output (merging needs one, which is a merge concern, not a loader's).
+                        Unmatched::NotFound { module, .. } if output_bias(module) => None,
                         Unmatched::NotFound { module, .. } => Some(module.clone()),
                         Unmatched::Ambiguous { module, candidates } => {
                             Some(format!("{module} (ambiguous: {})", candidates.join(", ")))
