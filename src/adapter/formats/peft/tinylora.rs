@@ -115,7 +115,8 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             name,
             kind: ModuleKind::Linear,
             rank: r,
-            alpha: 1.0,
+            // No scale: alpha = r gives scale 1 under the LoRA rule alpha / r the writers use.
+            alpha: r as f64,
             scale: 1.0,
             out_features: d,
             in_features: k,
