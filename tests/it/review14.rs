@@ -74,3 +74,14 @@ fn trainable_tokens_alone_are_not_written_as_a_lora_folder() {
         &["gaps13a/tokens", "trainable-token rows", "no LoRA module"],
     );
 }
+
+/// OSF with `rank_pattern {"v_proj": 1.0}`: v_proj's effective rank is min(out, in), PEFT saves
+/// U_low [32, 0], S_low [0], V_low [0, 64], and its merge changes only q_proj. Before: lorakit
+/// refused the whole file ("… with 0 < n < min(out, in)").
+#[test]
+fn osf_module_with_nothing_trained_leaves_its_weight() {
+    assert_eq!(
+        merge_matches_peft_fixture("review14/osf_full_rank", "llama/base", &[]),
+        2
+    );
+}
