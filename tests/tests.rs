@@ -156,6 +156,9 @@ mod it {
     pub mod reference;
     /// Session 13's review findings: exact rounding of dense updates, C3A patterns, padded plain LoRAs.
     pub mod review13;
+    /// Session 14's review findings: TinyLoRA/UniLoRA written as LoRA at their scale, trainable
+    /// tokens without a LoRA module refused, an OSF module with nothing trained.
+    pub mod review14;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

@@ -132,8 +132,6 @@ impl Format {
     }
 }
 
-/// 2ᵏ for k in the normal f64 range.
-#[inline(always)]
 /// The rank of `t`'s `B·A`: 0 for a dense term, whose `rank` field is unused (it may still hold
 /// the adapter's rank).
 fn low_rank(t: &crate::backend::job::Term) -> usize {
@@ -144,6 +142,8 @@ fn low_rank(t: &crate::backend::job::Term) -> usize {
     }
 }
 
+/// 2ᵏ for k in the normal f64 range.
+#[inline(always)]
 fn pow2(k: i32) -> f64 {
     f64::from_bits(((k + 1023) as u64) << 52)
 }

@@ -43,12 +43,15 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         };
         let shape = |k: &str| file.view(k).map(|v| v.shape.to_vec());
         let (us, ss, vs) = (shape(&ukey)?, shape(&skey)?, shape(&vkey)?);
-        // n trained triplets of a [d, k] weight, fewer than min(d, k) (effective_rank ≥ 1).
+        // n trained triplets of a [d, k] weight, fewer than min(d, k) (effective_rank ≥ 1);
+        // none when effective_rank is min(d, k).
         let (d, n, k) = match (&us[..], &ss[..], &vs[..]) {
-            ([d, n], [n2], [n3, k]) if n == n2 && n == n3 && *n > 0 && n < d.min(k) => (*d, *n, *k),
+            ([d, n], [n2], [n3, k]) if n == n2 && n == n3 && *d > 0 && *k > 0 && n < d.min(k) => {
+                (*d, *n, *k)
+            }
             _ => {
                 return Err(bad(format!(
-                    "module `{name}`: U_low {us:?}, S_low {ss:?} and V_low {vs:?} are not [out, n], [n] and [n, in] with 0 < n < min(out, in)"
+                    "module `{name}`: U_low {us:?}, S_low {ss:?} and V_low {vs:?} are not [out, n], [n] and [n, in] with 0 ≤ n < min(out, in)"
                 )))
             }
         };
@@ -61,6 +64,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 "module `{name}`: S_low holds {n} trained triplets of a [{d}, {k}] weight, but adapter_config.json gives effective_rank {eff} (effective_rank or rank_pattern): PEFT builds U_low [{d}, {}] and refuses the file",
                 min_dim - eff
             )));
+        }
+        // Nothing trained (effective_rank = min(out, in)): PEFT's `get_delta_weight` is the
+        // empty U_low·diag(S_low)·V_low minus W0's empty low part, and `merge_and_unload`
+        // leaves the weight as it was.
+        if n == 0 {
+            continue;
         }
         let stored = |key: String| Data::Stored {
             key,

@@ -111,7 +111,8 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         modules.push(LoraModule::peft_linear(
             name,
             (d, k, r),
-            1.0,
+            // No scale: alpha = r gives scale 1 under the LoRA rule alpha / r the writers use.
+            r as f64,
             Factors::Lora {
                 a: Data::Owned(Arc::new(a)),
                 b: Data::Owned(Arc::new(b)),

@@ -36,6 +36,14 @@ pub fn write_with(
     extra_metadata: &[(String, String)],
 ) -> InputResult<()> {
     use crate::io::TensorSpec;
+    // PEFT 0.21.2 refuses a LoRA config without targets ("No `target_modules` passed but also
+    // no `target_parameters` found"), so trainable-token rows alone have no LoRA folder.
+    if adapter.modules.is_empty() && adapter.full_tensors.iter().any(|f| f.rows.is_some()) {
+        return Err(InputError::invalid(
+            &adapter.path,
+            "the adapter holds trainable-token rows and no LoRA module: a PEFT LoRA folder needs a target module beside `trainable_token_indices` (PEFT refuses one without), so it is not written",
+        ));
+    }
     output.create_dir_all(out)?;
     let mut specs = Vec::new();
     let mut payload: Vec<Vec<u8>> = Vec::new();
@@ -264,6 +272,17 @@ pub fn lycoris_config_json(adapter: &Adapter, l: &super::lycoris::LycorisPeft) -
     )
 }
 
+/// The fields of PEFT 0.21.2's `PeftConfigMixin`/`PeftConfig` (`config.py`) that a LoRA config
+/// shares with every other tuner's and that mean the same there.
+const PEFT_CONFIG_KEYS: [&str; 6] = [
+    "auto_mapping",
+    "base_model_name_or_path",
+    "inference_mode",
+    "peft_version",
+    "revision",
+    "task_type",
+];
+
 /// Builds `adapter_config.json` for `adapter`: the most common rank and alpha as `r` /
 /// `lora_alpha`, exceptions as full-name `rank_pattern` / `alpha_pattern` entries.
 pub fn config_json(adapter: &Adapter) -> Value {
@@ -274,16 +293,28 @@ pub fn config_json(adapter: &Adapter) -> Value {
     // adapted module and nothing else is targeted.
     let mut targets: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
     targets.sort();
-    let keep_targets = adapter
-        .config
-        .as_ref()
-        .and_then(|c| c.get("target_modules"))
-        .is_some_and(|t| !t.is_null());
+    let orig = adapter.config.as_ref().and_then(Value::as_object);
+    // Another tuner's config (TinyLoRA's `u`, `weight_tying`; AdaLoRA's `target_r`…): only the
+    // keys every PEFT config has are carried into the LoRA config, and the targets are the
+    // modules' full names.
+    let foreign = orig
+        .and_then(|c| c.get("peft_type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "LORA");
+    let keep_targets = !foreign
+        && orig
+            .and_then(|c| c.get("target_modules"))
+            .is_some_and(|t| !t.is_null());
     let fifo = adapter
         .modules
         .iter()
         .any(|m| m.base_transposed && m.kind == ModuleKind::Linear);
-    let mut cfg = match adapter.config.as_ref().and_then(Value::as_object) {
+    let mut cfg = match orig {
+        Some(orig) if foreign => orig
+            .iter()
+            .filter(|(k, _)| PEFT_CONFIG_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         Some(orig) => orig.clone(),
         None => Map::new(),
     };
@@ -298,6 +329,18 @@ pub fn config_json(adapter: &Adapter) -> Value {
     }
     set("rank_pattern", Value::Object(rank_pattern));
     set("alpha_pattern", Value::Object(alpha_pattern));
+    // Trainable-token rows (a LoRA folder's or a TRAINABLE_TOKENS folder's), saved under
+    // `{module}.token_adapter.trainable_tokens_delta`: PEFT loads them only for the modules
+    // `trainable_token_indices` names (`tuners/lora/config.py`; a dict, module name → ids).
+    let tokens: Map<String, Value> = adapter
+        .full_tensors
+        .iter()
+        .filter_map(|f| Some((super::config::tokens_module(&f.name)?, f.rows.as_ref()?)))
+        .map(|(m, rows)| (m.to_owned(), json!(rows)))
+        .collect();
+    if !tokens.is_empty() {
+        set("trainable_token_indices", Value::Object(tokens));
+    }
     set("use_rslora", json!(adapter.use_rslora));
     set(
         "use_dora",
