@@ -7,7 +7,7 @@
 //! per-channel or block scales, F32/BF16/F16/E8M0), [`packed`] (compressed-tensors
 //! pack-quantized INT1–8), [`ct_fp4`] (compressed-tensors NVFP4/MXFP4; both recognised in
 //! `ct_scan.rs`), [`gptq`] (native GPTQ 2/3/4/8-bit, v1 and v2 zeros, act-order; AWQ
-//! GEMM 4-bit). A [`QuantMap`] is built from the headers alone ([`QuantMap::scan`], in
+//! GEMM 4-bit), [`modelopt`] (NVIDIA ModelOpt NVFP4 and FP8). A [`QuantMap`] is built from the headers alone ([`QuantMap::scan`], in
 //! `scan.rs`); it reads no tensor data except small state tensors (bitsandbytes' quant_state
 //! JSON, compressed-tensors' `weight_shape`, the stored code book it checks, GPTQ's `g_idx`).
 //!
@@ -28,6 +28,8 @@ pub mod int8;
 pub mod mlx;
 pub mod mlx_fp;
 mod mlx_scan;
+pub mod modelopt;
+mod modelopt_scan;
 pub mod packed;
 mod scan;
 
@@ -48,6 +50,8 @@ pub enum Scheme {
     Packed(packed::Params),
     /// compressed-tensors NVFP4 / MXFP4 (`weight_packed` U8 pairs of E2M1 codes).
     CtFp4(ct_fp4::Params),
+    /// NVIDIA ModelOpt NVFP4 (U8 `weight`, E4M3 `weight_scale`, F32 `weight_scale_2`).
+    ModelOptFp4(modelopt::Params),
     /// Native GPTQ (`qweight`, `qzeros`, `scales`, `g_idx`) or AWQ GEMM.
     Gptq(gptq::Params),
     /// MLX affine (`mx.quantize`: packed uint32, a scale and a bias per group).
@@ -86,6 +90,7 @@ impl QuantTensor {
             Scheme::BnbInt8 => "bnb-int8".into(),
             Scheme::Packed(p) => format!("ct-int{}", p.bits),
             Scheme::CtFp4(p) => format!("ct-{}", p.kind.name()),
+            Scheme::ModelOptFp4(_) => "modelopt-nvfp4".into(),
             Scheme::Mlx(_) => "mlx-affine".into(),
             Scheme::MlxFp(p) => format!("mlx-{}", p.mode.name()),
             Scheme::Gptq(p) => match p.layout {
@@ -102,7 +107,7 @@ impl QuantTensor {
 
     pub fn bits(&self) -> u32 {
         match &self.scheme {
-            Scheme::Bnb4(_) | Scheme::CtFp4(_) => 4,
+            Scheme::Bnb4(_) | Scheme::CtFp4(_) | Scheme::ModelOptFp4(_) => 4,
             Scheme::Packed(p) => p.bits,
             Scheme::Gptq(p) => p.bits,
             Scheme::Mlx(p) => p.bits,
@@ -121,6 +126,7 @@ impl QuantTensor {
             Scheme::BnbInt8 => "per row".into(),
             Scheme::Mlx(p) => format!("group {}", p.group_size),
             Scheme::MlxFp(p) => format!("group {}", p.mode.group_size()),
+            Scheme::ModelOptFp4(_) => "group 16, E4M3 scales, weight_scale_2".into(),
             Scheme::CtFp4(p) => match p.kind {
                 ct_fp4::Kind::Nvfp4 => "group 16, E4M3 scales, global scale".into(),
                 ct_fp4::Kind::Mxfp4 => "group 32, E8M0 scales".into(),
@@ -174,6 +180,7 @@ impl QuantTensor {
             Scheme::Mlx(p) => p.dtype,
             Scheme::MlxFp(p) => p.dtype,
             Scheme::CtFp4(_) => Dtype::BF16,
+            Scheme::ModelOptFp4(p) => p.dtype,
             Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
         }
     }
@@ -189,6 +196,8 @@ pub struct QuantMap {
     stored: HashMap<String, String>,
     /// config.json `quantization_config`, when present.
     pub config: Option<serde_json::Value>,
+    /// hf_quant_config.json (or config.json) of an NVIDIA ModelOpt export.
+    pub modelopt: Option<modelopt::Config>,
     /// Quantized tensors lorakit recognises but cannot read (GPTQ/AWQ layouts other than
     /// gptq/gptq_v2/GEMM, MX formats, an unknown
     /// `quant_method`): listed by `inspect`, copied as they are by a merge that keeps the base
@@ -405,6 +414,7 @@ impl QuantMap {
                 }
                 v
             }
+            Scheme::ModelOptFp4(p) => self.dequantize_modelopt(ck, q, p)?,
             Scheme::Gptq(p) => gptq::dequantize(
                 p,
                 data(&q.stored)?,
@@ -523,7 +533,8 @@ impl QuantMap {
             Scheme::Packed(_) => None,
             Scheme::Gptq(_) => None,
             Scheme::Mlx(p) => p.requantize_unsupported(),
-            Scheme::MlxFp(_) | Scheme::CtFp4(_) => None,
+            Scheme::MlxFp(_) | Scheme::CtFp4(_) | Scheme::ModelOptFp4(_) => None,
+            Scheme::Fp8 { .. } if self.modelopt_fp8_keep(q) => None,
             Scheme::Fp8 {
                 format,
                 scale,
@@ -577,6 +588,12 @@ impl QuantMap {
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
         if let Some(why) = self.requantize_unsupported(q) {
             return Err(format!("cannot requantize {why}"));
+        }
+        if matches!(q.scheme, Scheme::ModelOptFp4(_)) || self.modelopt_fp8_keep(q) {
+            // The stored scales kept (`modelopt.rs`): only the weight changes.
+            return self
+                .requantize_modelopt(ck, q, merged)
+                .map_err(|e| e.to_string());
         }
         Ok(match &q.scheme {
             Scheme::Bnb4(p) => {
@@ -679,6 +696,7 @@ impl QuantMap {
                 let (packed, scales) = mlx_fp::quantize(p, merged);
                 vec![(q.name.clone(), packed), (q.companions[0].clone(), scales)]
             }
+            Scheme::ModelOptFp4(_) => unreachable!("returned above"),
             Scheme::CtFp4(p) => {
                 // Round to nearest with the stored scales: only weight_packed changes.
                 let data = |n: usize| ck.view(&q.companions[n]).map(|v| v.data);
