@@ -144,6 +144,8 @@ mod it {
     pub mod quant_ct_fp4;
     /// Native GPTQ/AWQ bases against gptqmodel's and AutoAWQ's own packers and dequantization.
     pub mod quant_gptq;
+    /// NVIDIA ModelOpt NVFP4 and FP8 bases against nvidia-modelopt's own export and dequantization.
+    pub mod quant_modelopt;
     /// A truly QLoRA-trained adapter: merged logits against the NF4 model running it.
     pub mod quant_qlora;
     /// Quantized bases: `--part` merges, requantization of the remaining formats.

@@ -145,7 +145,7 @@ fn code6_of(q: f32) -> u8 {
     m | if q.is_sign_negative() { 32 } else { 0 }
 }
 
-fn code_value(c: u8) -> f32 {
+pub(super) fn code_value(c: u8) -> f32 {
     let v = E2M1[usize::from(c & 7)];
     if c & 8 != 0 {
         -v
@@ -157,7 +157,7 @@ fn code_value(c: u8) -> f32 {
 /// The code of a quotient `q` (`cast_to_fp4` after the clamp to ±6, then `pack_fp4_to_uint8`).
 /// A NaN quotient (a zero scale over a zero weight: an all-zero group's scale is 0) gets code 8,
 /// −0, as torch on x86 packs the default NaN `0/0` gives (sign bit set, its int8 cast 0).
-fn code_of(q: f32) -> u8 {
+pub(super) fn code_of(q: f32) -> u8 {
     if q.is_nan() {
         return 8;
     }

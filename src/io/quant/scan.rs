@@ -38,6 +38,15 @@ impl QuantMap {
         let config_block = map
             .config_block()
             .map_err(|m| InputError::invalid(ck.folder().join("config.json"), m))?;
+        map.modelopt = super::modelopt::config_of(ck, map.config.as_ref())?;
+        if let Some(e) = map.modelopt.as_ref().and_then(|c| c.refusal()) {
+            // An algorithm lorakit does not read: each weight with a scale stands for it.
+            map.push_unsupported(None, e);
+            for p in ck.names().filter_map(|n| n.strip_suffix(".weight_scale")) {
+                map.unsupported_weights.insert(format!("{p}.weight"), 0);
+            }
+            return Ok(map);
+        }
         let gptq_config = GptqConfig::parse(map.config.as_ref());
         let mlx_config = super::mlx_scan::config_of(ck);
         let names: Vec<String> = ck.names().map(str::to_owned).collect();
@@ -65,6 +74,7 @@ impl QuantMap {
             }
         }
         map.add_ct_fp4_all(ck, &names)?;
+        map.add_modelopt_fp4_all(ck, &names)?;
         let mut markers = Vec::new();
         for name in &names {
             let info = ck.info(name).expect("listed");
@@ -156,6 +166,13 @@ impl QuantMap {
                     }));
                 }
             }
+            if let Some(p) = name.strip_suffix(".weight_scale_2") {
+                return Err(err(
+                    ck,
+                    name,
+                    format!("is a ModelOpt NVFP4 global scale but `{p}.weight` is not a U8 NVFP4 weight with an F8_E4M3 `{p}.weight_scale`"),
+                ));
+            }
             if name.ends_with(".weight_scale_inv")
                 || name.ends_with(".weight_scale")
                 || name.ends_with(&format!(".{}", fp8::comfy::SCALE))
@@ -188,13 +205,19 @@ impl QuantMap {
             if let Some(m) = map.method() {
                 if matches!(
                     m.as_str(),
-                    "bitsandbytes" | "fp8" | "fbgemm_fp8" | "compressed-tensors" | "gptq" | "awq"
+                    "bitsandbytes"
+                        | "fp8"
+                        | "fbgemm_fp8"
+                        | "compressed-tensors"
+                        | "gptq"
+                        | "awq"
+                        | "modelopt"
                 ) {
                     // A config that says quantized over float weights: nothing to dequantize.
                 } else {
                     map.push_unsupported(None, InputError::invalid(
                         ck.folder().join("config.json"),
-                        format!("quantization_config.quant_method `{m}` is not one lorakit reads (bitsandbytes, fp8, compressed-tensors, gptq, awq)"),
+                        format!("quantization_config.quant_method `{m}` is not one lorakit reads (bitsandbytes, fp8, compressed-tensors, gptq, awq, modelopt)"),
                     ));
                 }
             }

@@ -40,4 +40,4 @@ pub use model::{
     MergeRun, MergeSummary, QloraTensor, QuantOutput, TiedEmbeddings, UnmatchedReport,
     WeightedAdapter,
 };
-pub(crate) use run::{copied_files, without_quantization_config};
+pub(crate) use run::{copied_files, without_quantization_config, MODELOPT_CONFIG};

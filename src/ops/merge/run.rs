@@ -357,6 +357,14 @@ impl MergePlan {
     /// Copied non-weight files, then the index (last).
     fn write_finals(&self, output: &mut Output) -> Result<()> {
         for (src, dst) in &self.extra_files {
+            if self.options.quant == QuantOutput::Dequantize
+                && !self.quant.is_empty()
+                && dst == &self.out.join(MODELOPT_CONFIG)
+            {
+                // ModelOpt's own description of the quantization: TensorRT-LLM and vLLM read it
+                // (the model would load as quantized again), so a float output goes without it.
+                continue;
+            }
             let mut bytes = crate::io::read_whole_file(src)?;
             if !self.quant.is_empty()
                 && self.options.quant == QuantOutput::Dequantize
@@ -545,6 +553,9 @@ impl MergePlan {
 /// config.json with `quantization_config` removed (key order kept), and MLX's `quantization`
 /// (an object with `bits` or `group_size`: mlx-lm's loader reads it before
 /// `quantization_config`); the bytes unchanged when they are not a JSON object.
+/// NVIDIA ModelOpt's hf_quant_config.json, left out of a dequantized output.
+pub(crate) const MODELOPT_CONFIG: &str = "hf_quant_config.json";
+
 pub(crate) fn without_quantization_config(bytes: Vec<u8>) -> Vec<u8> {
     let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&bytes) else {
         return bytes;

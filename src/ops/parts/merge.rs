@@ -207,6 +207,9 @@ impl SplitOutput for MergeParts {
         }
         let mut copied = Vec::new();
         for (src, dst) in &plan.extra {
+            if plan.dequantized && dst == crate::merge::MODELOPT_CONFIG {
+                continue; // as `write_finals` leaves it out
+            }
             let mut data = crate::io::read_whole_file(Path::new(src))?;
             if plan.dequantized && dst == "config.json" {
                 // As the single-process merge writes it (`write_finals`).
