@@ -2,7 +2,6 @@
 //! violations its cases found, each test failing before its fix.
 
 use super::common::*;
-use super::hostile12::edited_copy;
 use super::quant::{dequantize_refuses, edited, quant};
 use std::path::{Path, PathBuf};
 
