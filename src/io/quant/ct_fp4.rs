@@ -286,12 +286,8 @@ mod tests {
     /// under scales that reach bf16's overflow (`fixtures/quant/ct_fp4_edge.safetensors`).
     #[test]
     fn quantize_and_dequantize_equal_compressed_tensors_on_the_edges() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/quant/ct_fp4_edge.safetensors"
-        );
-        let bytes = std::fs::read(path).expect("fixture");
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let file = crate::io::quant::tests::EdgeFile::open("quant/ct_fp4_edge.safetensors");
+        let st = file.tensors();
         let get = |n: &str| st.tensor(n).expect(n);
         let global = dtype::decode(Dtype::F32, get("nv_global").data())[0];
         for (kind, x, scale, packed) in [
@@ -319,19 +315,11 @@ mod tests {
             };
             let s = group_scales(&p, get(scale).data(), Some(global));
             let got = dtype::encode(Dtype::BF16, &dequantize(&p, get("all_bytes").data(), &s));
-            let want = get(want).data();
-            // NaN patterns may differ in payload; every other value bit for bit.
-            for (i, (g, w)) in got.chunks(2).zip(want.chunks(2)).enumerate() {
-                let (g, w) = (
-                    u16::from_le_bytes([g[0], g[1]]),
-                    u16::from_le_bytes([w[0], w[1]]),
-                );
-                let nan = |b: u16| b & 0x7fff > 0x7f80;
-                assert!(
-                    g == w || (nan(g) && nan(w)),
-                    "{kind:?} element {i}: {g:#06x} vs {w:#06x}"
-                );
-            }
+            crate::io::quant::tests::assert_bf16_eq_but_nan_payloads(
+                &got,
+                get(want).data(),
+                &format!("{kind:?}"),
+            );
         }
     }
 
@@ -340,12 +328,8 @@ mod tests {
     /// every code (`fixtures/quant/ct_mx_edge.safetensors`, `fixtures/gen/ct_mx_fixtures.py`).
     #[test]
     fn mxfp6_rounding_and_codes_equal_compressed_tensors() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/quant/ct_mx_edge.safetensors"
-        );
-        let bytes = std::fs::read(path).expect("fixture");
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let file = crate::io::quant::tests::EdgeFile::open("quant/ct_mx_edge.safetensors");
+        let st = file.tensors();
         let get = |n: &str| st.tensor(n).expect(n);
         let p = |rows| Params {
             kind: Kind::Mxfp6,

@@ -402,12 +402,8 @@ mod tests {
     /// `fixtures/gen/ct_mx_fixtures.py`).
     #[test]
     fn mxfp8_rounding_and_widening_equal_compressed_tensors() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/quant/ct_mx_edge.safetensors"
-        );
-        let bytes = std::fs::read(path).expect("fixture");
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let file = crate::io::quant::tests::EdgeFile::open("quant/ct_mx_edge.safetensors");
+        let st = file.tensors();
         let get = |n: &str| st.tensor(n).expect(n);
         let layout = |rows, cols: usize| Layout {
             block_m: 1,
@@ -424,17 +420,7 @@ mod tests {
         let s = scales_f32(Dtype::U8, &get("all_scale").data()[..8]).unwrap();
         let got = dequantize(Dtype::F8_E4M3, get("all8_q").data(), 64, &s, &layout(4, 64));
         let got = dtype::encode(Dtype::BF16, &got);
-        for (i, (g, w)) in got.chunks(2).zip(get("all8").data().chunks(2)).enumerate() {
-            let (g, w) = (
-                u16::from_le_bytes([g[0], g[1]]),
-                u16::from_le_bytes([w[0], w[1]]),
-            );
-            let nan = |b: u16| b & 0x7fff > 0x7f80;
-            assert!(
-                g == w || (nan(g) && nan(w)),
-                "byte {i}: {g:#06x} vs {w:#06x}"
-            );
-        }
+        crate::io::quant::tests::assert_bf16_eq_but_nan_payloads(&got, get("all8").data(), "all8");
     }
 
     #[test]

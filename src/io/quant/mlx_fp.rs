@@ -248,12 +248,9 @@ mod tests {
     /// E4M3 ties; and the `_ceil` groups, whose exponent needs the log2 in f32): lorakit's quantizer gives the same bytes and its dequantizer the same values.
     #[test]
     fn fp_modes_quantize_and_dequantize_equal_mlx_byte_for_byte() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/mlx_quant_fp/quantize_cases.safetensors"
-        );
-        let bytes = std::fs::read(path).expect("fixture");
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let file =
+            crate::io::quant::tests::EdgeFile::open("mlx_quant_fp/quantize_cases.safetensors");
+        let st = file.tensors();
         let mut n = 0;
         for mode in [Mode::Mxfp4, Mode::Nvfp4, Mode::Mxfp8] {
             for (dn, dt) in [

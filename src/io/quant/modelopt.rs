@@ -232,12 +232,8 @@ mod tests {
     /// past 448 · scale (torch's saturating cast) (`fixtures/quant/modelopt_edge.safetensors`).
     #[test]
     fn requantize_equals_modelopt_on_the_edges() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/quant/modelopt_edge.safetensors"
-        );
-        let bytes = std::fs::read(path).expect("fixture");
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let file = crate::io::quant::tests::EdgeFile::open("quant/modelopt_edge.safetensors");
+        let st = file.tensors();
         let get = |n: &str| st.tensor(n).expect(n);
         let x = get("x");
         let p = Params {

@@ -6,6 +6,39 @@ use super::*;
 use crate::io::SafetensorsFile;
 use std::path::PathBuf;
 
+/// A small safetensors fixture read whole: the edge tables each format file tests its rounding
+/// against (`fixtures/<rel>`).
+pub(super) struct EdgeFile(Vec<u8>);
+
+impl EdgeFile {
+    pub(super) fn open(rel: &str) -> Self {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(rel);
+        Self(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+    }
+
+    pub(super) fn tensors(&self) -> safetensors::SafeTensors<'_> {
+        safetensors::SafeTensors::deserialize(&self.0).expect("safetensors")
+    }
+}
+
+/// Stored bf16 `got` equal to `want` bit for bit, but NaNs, whose payloads may differ.
+pub(super) fn assert_bf16_eq_but_nan_payloads(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.chunks(2).zip(want.chunks(2)).enumerate() {
+        let (g, w) = (
+            u16::from_le_bytes([g[0], g[1]]),
+            u16::from_le_bytes([w[0], w[1]]),
+        );
+        let nan = |b: u16| b & 0x7fff > 0x7f80;
+        assert!(
+            g == w || (nan(g) && nan(w)),
+            "{what} element {i}: {g:#06x} vs {w:#06x}"
+        );
+    }
+}
+
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/quant")
