@@ -339,11 +339,18 @@ pub fn requantize_mx(merged: &[f32], cols: usize, scales: &[f32], l: &Layout) ->
         .map(|(i, &m)| {
             let (r, c) = (i / cols, i % cols);
             let s = scales[(r / l.block_m) * l.grid_cols + c / l.block_n];
-            let x = dtype::round_to(Dtype::BF16, m);
-            let q = dtype::round_to(Dtype::BF16, x / s).clamp(-E4M3_MAX, E4M3_MAX);
-            f32_to_e4m3(q)
+            e4m3_of_quotient(m, s, Dtype::BF16)
         })
         .collect()
+}
+
+/// `(w.to(dtype) / s).to(float8_e4m3fn)` with the clamp to ±448 before the cast (torch 2.15's
+/// cast saturates there; compressed-tensors clamps first): `w` rounded to `dtype`, the quotient
+/// rounded to `dtype`, then to the nearest even E4M3 (a NaN stays NaN). Keep-merges with stored
+/// scales use it: compressed-tensors MXFP8 and ModelOpt FP8.
+pub fn e4m3_of_quotient(w: f32, s: f32, dtype: Dtype) -> u8 {
+    let q = dtype::round_to(dtype, dtype::round_to(dtype, w) / s);
+    f32_to_e4m3(q.clamp(-E4M3_MAX, E4M3_MAX))
 }
 
 /// ComfyUI's legacy "scaled FP8" checkpoints (the `*_fp8_scaled` diffusion files): a marker

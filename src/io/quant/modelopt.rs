@@ -211,14 +211,7 @@ pub fn requantize(p: &Params, merged: &[f32], scales: &[f32]) -> Vec<u8> {
 pub fn requantize_fp8(merged: &[f32], scale: f32, dtype: Dtype) -> Vec<u8> {
     merged
         .iter()
-        .map(|&m| {
-            let q = dtype::round_to(dtype, dtype::round_to(dtype, m) / scale);
-            fp8::f32_to_e4m3(if q.is_nan() {
-                q
-            } else {
-                q.clamp(-448.0, 448.0)
-            })
-        })
+        .map(|&m| fp8::e4m3_of_quotient(m, scale, dtype))
         .collect()
 }
 

@@ -27,9 +27,7 @@ impl QuantMap {
                 layout,
             } => {
                 let (rows, cols) = (q.shape[0], q.shape[1]);
-                if fp8_ct_keep(self, *format, scale, *scale_dtype, layout, &q.shape)
-                    || fp8_mx_keep(self, *format, scale, *scale_dtype, layout, &q.shape)
-                {
+                if self.fp8_ct_keep(q) || self.fp8_mx_keep(q) {
                     None
                 } else if scale.ends_with(&format!(".{}", fp8::comfy::SCALE)) {
                     // comfy/ops.py `set_weight`: `QuantizedTensor.from_float(weight, ...,
@@ -139,8 +137,8 @@ impl QuantMap {
                 scale,
                 scale_dtype,
                 layout,
-                format,
-            } if fp8_ct_keep(self, *format, scale, *scale_dtype, layout, &q.shape) => {
+                ..
+            } if self.fp8_ct_keep(q) => {
                 let (bytes, s) =
                     fp8::quantize_ct(merged, q.shape[0], q.shape[1], layout, *scale_dtype);
                 vec![
@@ -152,8 +150,8 @@ impl QuantMap {
                 scale,
                 scale_dtype,
                 layout,
-                format,
-            } if fp8_mx_keep(self, *format, scale, *scale_dtype, layout, &q.shape) => {
+                ..
+            } if self.fp8_mx_keep(q) => {
                 // Round to nearest with the stored E8M0 scales: only the weight changes.
                 let s = fp8::scales_f32(
                     *scale_dtype,
@@ -230,54 +228,51 @@ impl QuantMap {
     }
 }
 
-/// An FP8 weight whose fresh scales lorakit computes as compressed-tensors does
-/// ([`fp8::quantize_ct`]): E4M3 with a float `weight_scale` per channel, per tensor or in blocks
-/// (FP8_BLOCK; a grid of `⌈rows/bm⌉ × ⌈cols/bn⌉`, partial blocks at the edges included), in a
-/// `quant_method: compressed-tensors` checkpoint (fbgemm_fp8's per-row scales come from its GPU
-/// kernel and are not reproduced).
-fn fp8_ct_keep(
-    map: &QuantMap,
-    format: Dtype,
-    scale: &str,
-    scale_dtype: Dtype,
-    layout: &fp8::Layout,
-    shape: &[usize],
-) -> bool {
-    let (q_rows, q_cols) = (
-        shape.first().copied().unwrap_or(0),
-        shape.get(1).copied().unwrap_or(0),
-    );
-    let per_tensor = layout.grid_rows == 1 && layout.grid_cols == 1;
-    let per_channel = layout.block_m == 1 && layout.grid_cols == 1;
-    // Blocks over the weight, the last row and column of them partial where the block does not
-    // divide it: llm-compressor zero-pads those for its observer, which changes no scale (see
-    // `fp8::quantize_ct`).
-    let blocks = layout.block_m > 0
-        && layout.block_n > 0
-        && q_rows.div_ceil(layout.block_m) == layout.grid_rows
-        && q_cols.div_ceil(layout.block_n) == layout.grid_cols;
-    map.method().as_deref() == Some("compressed-tensors")
-        && format == Dtype::F8_E4M3
-        && scale.ends_with(".weight_scale")
-        && matches!(scale_dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
-        && (per_tensor || per_channel || blocks)
-}
+impl QuantMap {
+    /// An FP8 weight whose fresh scales lorakit computes as compressed-tensors does
+    /// ([`fp8::quantize_ct`]): E4M3 with a float `weight_scale` per channel, per tensor or in
+    /// blocks (FP8_BLOCK; a grid of `⌈rows/bm⌉ × ⌈cols/bn⌉`, partial blocks at the edges
+    /// included), in a `quant_method: compressed-tensors` checkpoint (fbgemm_fp8's per-row scales
+    /// come from its GPU kernel and are not reproduced).
+    fn fp8_ct_keep(&self, q: &QuantTensor) -> bool {
+        let Scheme::Fp8 {
+            format,
+            scale,
+            scale_dtype,
+            layout,
+        } = &q.scheme
+        else {
+            return false;
+        };
+        let (q_rows, q_cols) = (
+            q.shape.first().copied().unwrap_or(0),
+            q.shape.get(1).copied().unwrap_or(0),
+        );
+        let per_tensor = layout.grid_rows == 1 && layout.grid_cols == 1;
+        let per_channel = layout.block_m == 1 && layout.grid_cols == 1;
+        // Blocks over the weight, the last row and column of them partial where the block does
+        // not divide it: llm-compressor zero-pads those for its observer, which changes no scale
+        // (see `fp8::quantize_ct`).
+        let blocks = layout.block_m > 0
+            && layout.block_n > 0
+            && q_rows.div_ceil(layout.block_m) == layout.grid_rows
+            && q_cols.div_ceil(layout.block_n) == layout.grid_cols;
+        self.method().as_deref() == Some("compressed-tensors")
+            && *format == Dtype::F8_E4M3
+            && scale.ends_with(".weight_scale")
+            && matches!(scale_dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+            && (per_tensor || per_channel || blocks)
+    }
 
-/// A compressed-tensors MXFP8 weight (`mxfp8-quantized`): E4M3 with a U8 E8M0 `weight_scale`
-/// per 32 columns, requantized with its stored scales ([`fp8::requantize_mx`]).
-fn fp8_mx_keep(
-    map: &QuantMap,
-    format: Dtype,
-    scale: &str,
-    scale_dtype: Dtype,
-    layout: &fp8::Layout,
-    shape: &[usize],
-) -> bool {
-    map.method().as_deref() == Some("compressed-tensors")
-        && format == Dtype::F8_E4M3
-        && scale.ends_with(".weight_scale")
-        && scale_dtype == Dtype::U8
-        && layout.block_m == 1
-        && layout.block_n == 32
-        && shape.get(1).is_some_and(|&c| c == 32 * layout.grid_cols)
+    /// A compressed-tensors MXFP8 weight (`mxfp8-quantized`): E4M3 with a U8 E8M0
+    /// `weight_scale` per 32 columns, requantized with its stored scales
+    /// ([`fp8::requantize_mx`]).
+    fn fp8_mx_keep(&self, q: &QuantTensor) -> bool {
+        matches!(&q.scheme, Scheme::Fp8 { format: Dtype::F8_E4M3, scale, scale_dtype: Dtype::U8, layout }
+            if self.method().as_deref() == Some("compressed-tensors")
+                && scale.ends_with(".weight_scale")
+                && layout.block_m == 1
+                && layout.block_n == 32
+                && q.shape.get(1).is_some_and(|&c| c == 32 * layout.grid_cols))
+    }
 }
