@@ -684,3 +684,43 @@ fn dequantize_sharded_with_companions_across_shards() {
     let index: serde_json::Value = read_json(out.join("model.safetensors.index.json"));
     assert_eq!(index["weight_map"].as_object().unwrap().len(), 21);
 }
+
+/// compressed-tensors lowercases a config's `type` and `strategy` and still reads
+/// `block_structure` as `"MxN"` (`quant_args.py`: `validate_type`, `validate_strategy`,
+/// `validate_block_structure`): such a config dequantizes as the canonical one does, and the
+/// string form is compared with the stored blocks, not ignored.
+#[test]
+fn compressed_tensors_config_spellings_it_accepts_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "ct_block128";
+    let spelled = |name: &str, block: &str| {
+        let d = dir.path().join(name);
+        copy_dir(&quant(model), &d);
+        let cfg = d.join("config.json");
+        let mut v: serde_json::Value = read_json(&cfg);
+        let g = &mut v["quantization_config"]["config_groups"]["group_0"];
+        g["weights"]["type"] = "FLOAT".into();
+        g["weights"]["strategy"] = "Block".into();
+        g["weights"]["block_structure"] = block.into();
+        g["input_activations"]["type"] = "Float".into();
+        g["input_activations"]["strategy"] = "GROUP".into();
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        d
+    };
+    let want = dir.path().join("want");
+    run_ok(dequantize_args(&quant(model), &want, &[]));
+    let input = spelled("spelled", "128x128");
+    let got = dir.path().join("got");
+    run_ok(dequantize_args(&input, &got, &[]));
+    assert_eq!(read_checkpoint(&got), read_checkpoint(&want));
+    let input = spelled("wrong_blocks", "64x64");
+    let out = dir.path().join("out");
+    let e = refused(dequantize_args(&input, &out, &[]), &out);
+    assert_mentions(
+        &e,
+        &[
+            "`model.layers.0.mlp.down_proj.weight_scale`",
+            "64x64 blocks",
+        ],
+    );
+}

@@ -204,3 +204,85 @@ fn unread_modelopt_algorithms_are_refused_by_name() {
     assert_mentions(&e, &["`W4A8_AWQ`"]);
     assert_mentions(&run_ok(inspect_args(&mixed, &[])), &["`W4A16_AWQ`"]);
 }
+
+/// ModelOpt's weight-only `W4A16_NVFP4` and `W4A8_NVFP4_FP8` store NVFP4 weights exactly as
+/// `NVFP4` does (one branch for the three in `unified_export_hf.py` and `quant_utils.py`), the
+/// former without `input_scale`: relabelled copies of the NVFP4 fixture dequantize to ModelOpt's
+/// NVFP4 dequantization bit for bit, and keep-merge with its quantizer.
+#[test]
+fn nvfp4_weight_only_and_fp8_activation_exports_read_as_nvfp4() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = prefixed("ref/modelopt.safetensors", "nv.");
+    let keep = prefixed("qlora/modelopt_keep.safetensors", "nv.");
+    for algo in ["W4A16_NVFP4", "W4A8_NVFP4_FP8"] {
+        let input = edited(dir.path(), "modelopt_nvfp4", |t| {
+            if algo == "W4A16_NVFP4" {
+                t.retain(|n, _| !n.ends_with(".input_scale"));
+            }
+        });
+        let cfg = input.join("config.json");
+        let mut v: serde_json::Value = read_json(&cfg);
+        v["quantization_config"]["quant_algo"] = algo.into();
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        let mut hf: serde_json::Value = read_json(quant("modelopt_nvfp4/hf_quant_config.json"));
+        hf["quantization"]["quant_algo"] = algo.into();
+        std::fs::write(
+            input.join("hf_quant_config.json"),
+            serde_json::to_vec_pretty(&hf).unwrap(),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("{algo}-float"));
+        let text = run_ok(dequantize_args(&input, &out, &[]));
+        assert!(text.contains("dequantized 14 weights"), "{algo}: {text}");
+        let got = read_checkpoint(&out);
+        for (name, w) in &want {
+            assert_eq!(&got[name], w, "{algo} {name}: not bit-exact");
+        }
+        let out = dir.path().join(format!("{algo}-keep"));
+        let adapter = fixture("llama/adapters/rslora_all");
+        merge_ok(&input, &adapter, &out, &["--quant", "keep"]);
+        let got = read_checkpoint(&out);
+        for (name, w) in &keep {
+            assert_eq!(&got[name], w, "{algo} {name}: keep-merge differs");
+        }
+    }
+}
+
+/// A float output never carries a ModelOpt `hf_quant_config.json`: neither the base's (not
+/// copied, not reported) nor one an earlier `--quant keep` run left in the output folder
+/// (removed on commit, as a stale shard is), since TensorRT-LLM and vLLM would load the float
+/// weights as NVFP4 again.
+#[test]
+fn float_outputs_carry_no_modelopt_quant_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = fixture("llama/adapters/rslora_all");
+    let out = dir.path().join("out");
+    merge_ok(
+        &quant("modelopt_nvfp4"),
+        &adapter,
+        &out,
+        &["--quant", "keep"],
+    );
+    assert!(out.join("hf_quant_config.json").exists());
+    let text = run_ok(merge_args(
+        &quant("modelopt_nvfp4"),
+        &adapter,
+        &out,
+        &["--quant", "dequantize", "--json"],
+    ));
+    assert!(!out.join("hf_quant_config.json").exists());
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let files = report["files"].as_array().expect("files");
+    assert!(!files.is_empty(), "{report}");
+    for f in files {
+        let f = f.as_str().unwrap();
+        assert!(!f.ends_with("hf_quant_config.json"), "{report}");
+        assert!(Path::new(f).exists(), "{f} reported but not written");
+    }
+    let out = dir.path().join("float");
+    let text = run_ok(dequantize_args(&quant("modelopt_nvfp4"), &out, &["--json"]));
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for f in report["files"].as_array().expect("files") {
+        assert!(Path::new(f.as_str().unwrap()).exists(), "{report}");
+    }
+}

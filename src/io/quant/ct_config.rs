@@ -99,9 +99,10 @@ pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<Weight
     let strategy = match w.get("strategy") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
+            // compressed-tensors lowercases it (`quant_args.py` `validate_strategy`).
             v.as_str()
                 .ok_or_else(|| bad("strategy", "is not a string"))?
-                .to_owned(),
+                .to_ascii_lowercase(),
         ),
     };
     let group_size = match w.get("group_size") {
@@ -126,21 +127,21 @@ pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<Weight
     };
     let block = match w.get("block_structure") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_array().map(Vec::as_slice) {
-            Some([m, n]) => match (m.as_u64(), n.as_u64()) {
-                (Some(m), Some(n)) if m > 0 && n > 0 => Some((m as usize, n as usize)),
-                _ => return Err(bad("block_structure", "is not two positive sizes")),
-            },
+        // A list `[m, n]`, or the string `"MxN"` compressed-tensors still accepts
+        // (`validate_block_structure`).
+        Some(v) => match block_sizes(v) {
+            Some((m, n)) if m > 0 && n > 0 => Some((m as usize, n as usize)),
             _ => return Err(bad("block_structure", "is not two positive sizes")),
         },
     };
     let kind = match w.get("type") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
+            // compressed-tensors lowercases it (`quant_args.py` `validate_type`).
             v.as_str()
-                .filter(|t| matches!(*t, "int" | "float"))
-                .ok_or_else(|| bad("type", &format!("{v} is neither \"int\" nor \"float\"")))?
-                .to_owned(),
+                .map(str::to_ascii_lowercase)
+                .filter(|t| matches!(t.as_str(), "int" | "float"))
+                .ok_or_else(|| bad("type", &format!("{v} is neither \"int\" nor \"float\"")))?,
         ),
     };
     Ok(Some(WeightArgs {
@@ -152,6 +153,22 @@ pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<Weight
         block,
         kind,
     }))
+}
+
+/// `block_structure`'s two sizes: `[m, n]` of integers, or `"MxN"` as compressed-tensors 0.20
+/// still reads it (`value.split("x")`, each part `int()`).
+fn block_sizes(v: &Value) -> Option<(u64, u64)> {
+    match v {
+        Value::Array(a) => match a.as_slice() {
+            [m, n] => Some((m.as_u64()?, n.as_u64()?)),
+            _ => None,
+        },
+        Value::String(s) => {
+            let (m, n) = s.split_once('x')?;
+            Some((m.trim().parse().ok()?, n.trim().parse().ok()?))
+        }
+        _ => None,
+    }
 }
 
 impl WeightArgs {

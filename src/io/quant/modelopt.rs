@@ -7,8 +7,8 @@
 //! The checkpoint says what it is in `hf_quant_config.json` (`quantization.quant_algo`, and
 //! `quantized_layers.*.quant_algo` under `MIXED_PRECISION`) and in config.json's
 //! `quantization_config` (`quant_method: "modelopt"`, `quant_algo`). lorakit reads `FP8` and
-//! `NVFP4`; every other algorithm (`W4A8_AWQ`, `W4A16_AWQ`, `NVFP4_AWQ`, `W4A8_NVFP4_FP8`,
-//! `FP8_PB_WO`, `MXFP8`, …) is listed by name in [`QuantMap::unsupported`] and refused by whatever
+//! `NVFP4` (and the two that store NVFP4 weights alike, [`READ`]); every other algorithm
+//! (`W4A8_AWQ`, `W4A16_AWQ`, `NVFP4_AWQ`, `FP8_PB_WO`, `FP8_PC_PT`, `MXFP8`, …) is listed by name in [`QuantMap::unsupported`] and refused by whatever
 //! must dequantize it (recognition and the checks on each tensor: `modelopt_scan.rs`). On disk, for a module `P` with a `[rows, cols]` weight:
 //! - NVFP4: `P.weight` U8 `[rows, cols/2]` (two E2M1 codes a byte, element `2j` in the low
 //!   nibble, the code table of [`ct_fp4`]), `P.weight_scale` F8_E4M3 `[rows, cols/16]`,
@@ -39,8 +39,15 @@ use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
 use serde_json::Value;
 
-/// The algorithms lorakit reads.
-pub const READ: [&str; 2] = ["FP8", "NVFP4"];
+/// The algorithms lorakit reads. `W4A16_NVFP4` (weight-only) and `W4A8_NVFP4_FP8` (FP8
+/// activations, `weight_scale_2 = amax / 448`) store their weights exactly as `NVFP4` does:
+/// `unified_export_hf.py` (`_export_quantized_weight`) and `quant_utils.py`
+/// (`get_weight_scaling_factor{,_2}`, `to_quantized_weight`) take one branch for the three, and
+/// `NVFP4QTensor.dequantize` reads them alike; only the activation side differs.
+pub const READ: [&str; 4] = ["FP8", "NVFP4", "W4A16_NVFP4", "W4A8_NVFP4_FP8"];
+
+/// The [`READ`] algorithms whose weights are NVFP4.
+const NVFP4_ALGOS: [&str; 3] = ["NVFP4", "W4A16_NVFP4", "W4A8_NVFP4_FP8"];
 
 /// NVFP4's block: one E4M3 scale per 16 values along a row.
 pub const GROUP: usize = 16;
@@ -78,16 +85,17 @@ impl Config {
             .collect();
         let msg = if !bad.is_empty() {
             format!(
-                "ModelOpt quant_algo {} is not one lorakit reads (FP8, NVFP4)",
+                "ModelOpt quant_algo {} is not one lorakit reads ({})",
                 bad.iter()
                     .map(|a| format!("`{a}`"))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                READ.join(", ")
             )
         } else if self.algos.is_empty() {
             "ModelOpt config names no quant_algo".to_owned()
         } else if self.group_size.is_some_and(|g| g != 0 && g != GROUP as u64)
-            && self.algos.iter().any(|a| a == "NVFP4")
+            && self.algos.iter().any(|a| NVFP4_ALGOS.contains(&a.as_str()))
         {
             format!(
                 "ModelOpt NVFP4 with group_size {}: lorakit reads groups of 16",

@@ -3,7 +3,7 @@
 //! Must not write anything (the plan is also what `--dry-run` and recipes print).
 
 use super::model::*;
-use super::run::{extra_files, shard_groups, shard_stem};
+use super::run::{extra_files, shard_groups, shard_stem, MODELOPT_CONFIG};
 use crate::adapter::formats::peft::params;
 use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::mapping::{self, Unmatched};
@@ -593,11 +593,17 @@ impl MergePlan {
                     (_, n) if n > 1 => Some(out.join(format!("{stem}.safetensors.index.json"))),
                     _ => None,
                 };
-                let extra = if matches!(base.layout, Layout::File) {
+                let mut extra = if matches!(base.layout, Layout::File) {
                     Vec::new()
                 } else {
                     extra_files(&base, &out)?
                 };
+                if options.quant == QuantOutput::Dequantize && !quant.is_empty() {
+                    // ModelOpt's own description of the quantization: TensorRT-LLM and vLLM
+                    // read it (the model would load as quantized again), so a float output
+                    // goes without it, and the report does not list it.
+                    extra.retain(|(_, d)| d != &out.join(MODELOPT_CONFIG));
+                }
                 (files, index, extra)
             }
         };

@@ -278,7 +278,8 @@ impl MergePlan {
     /// Files of an older checkpoint in the output folder that would survive this run and make
     /// it open as the old model: an index lorakit would write (and the shards it lists),
     /// `{model,diffusion_pytorch_model}.safetensors` and `…-NNNNN-of-NNNNN.safetensors` shards
-    /// not in the new layout.
+    /// not in the new layout, and a ModelOpt `hf_quant_config.json` this run does not write (an
+    /// earlier `--quant keep` output's: it would make a float model load as quantized).
     /// Never anything else.
     fn stale_files(&self, dir: &Path) -> Vec<PathBuf> {
         let new: Vec<&Path> = self
@@ -328,7 +329,10 @@ impl MergePlan {
                     }
                 }
                 stale.push(p);
-            } else if is_shard_name(&name) && !stale.contains(&p) {
+            } else if (is_shard_name(&name) || name == MODELOPT_CONFIG)
+                && !self.extra_files.iter().any(|(_, d)| d == &p)
+                && !stale.contains(&p)
+            {
                 stale.push(p);
             }
         }
@@ -357,14 +361,6 @@ impl MergePlan {
     /// Copied non-weight files, then the index (last).
     fn write_finals(&self, output: &mut Output) -> Result<()> {
         for (src, dst) in &self.extra_files {
-            if self.options.quant == QuantOutput::Dequantize
-                && !self.quant.is_empty()
-                && dst == &self.out.join(MODELOPT_CONFIG)
-            {
-                // ModelOpt's own description of the quantization: TensorRT-LLM and vLLM read it
-                // (the model would load as quantized again), so a float output goes without it.
-                continue;
-            }
             let mut bytes = crate::io::read_whole_file(src)?;
             if !self.quant.is_empty()
                 && self.options.quant == QuantOutput::Dequantize
