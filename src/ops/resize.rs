@@ -151,9 +151,10 @@ pub fn lower_module(
         return Err(crate::error::InputError::invalid(
             &adapter.path,
             format!(
-                "module `{}` is {}: its update depends on the base weight, so it cannot be lowered to LoRA without the base",
+                "module `{}` is {}: {}",
                 m.name,
-                m.factors.algo()
+                m.factors.algo(),
+                m.factors.needs_base_why()
             ),
         ));
     }

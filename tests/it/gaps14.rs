@@ -65,6 +65,31 @@ fn diffusers_shards_named_as_diffusers_and_load() {
     }
 }
 
+/// `convert --to peft` and `resize` refuse VeRA, SHiRA and RandLoRA for what they are: their ΔW
+/// needs no base values (they unmerge, above) but its shape comes from the base (VeRA's shared
+/// `vera_A` is sliced to each module's input width, which the file does not record), so the
+/// refusal no longer says the update "depends on the base weight"; OFT's still does.
+#[test]
+fn shared_projection_tuners_are_refused_lowering_for_the_right_reason() {
+    let (_dir, [out]) = scratch_all(["out"]);
+    for case in ["gaps10/vera", "gaps11/shira", "gaps11/randlora"] {
+        let adapter = fixture(&format!("{case}/adapter"));
+        for argv in [
+            convert_args(&adapter, "peft", &out, &[]),
+            resize_args(&adapter, &out, &["--rank", "4"]),
+        ] {
+            let e = refused(argv, &out);
+            assert_mentions(&e, &["shared projections", "base weight's shape"]);
+            assert!(!e.contains("depends on the base weight"), "{case}: {e}");
+        }
+    }
+    let e = refused(
+        resize_args(&fixture("gaps10/boft/adapter"), &out, &["--rank", "4"]),
+        &out,
+    );
+    assert_mentions(&e, &["depends on the base weight", "cannot be lowered"]);
+}
+
 /// VeRA, SHiRA and RandLoRA: ΔW is built from the adapter alone (the base gives only its
 /// shape), so `--unmerge` subtracts it as PEFT's `unmerge` does. lorakit's merge then unmerge
 /// equals PEFT's `merge_adapter` then `unmerge_adapter` (both W0 up to f32 rounding); before
@@ -131,6 +156,27 @@ fn tinylora_several_vectors_merge_as_peft() {
         assert_eq!(
             merge_matches_peft_fixture(&format!("gaps14/{case}"), "llama/base", &[]),
             6,
+            "{case}"
+        );
+    }
+}
+
+/// TinyLoRA and HiRA cases PEFT loads that the seed search and the rank checks refused (rev15): several
+/// vectors on a bf16 model, whose saved `tinylora_P` are the draws rounded to bf16, and `r = 40`
+/// over modules PEFT builds at `min(r, out, in)` (40 and 32, each P drawn at that rank), and a
+/// negative `projection_seed` (torch seeds with its two's complement; lorakit read 42); HiRA
+/// with a `rank_pattern`, which PEFT's `dispatch_default` ignores for a new module.
+#[test]
+fn tinylora_and_hira_cases_peft_loads_merge_as_peft() {
+    for (case, base) in [
+        ("bf16_groups", "llama/base_bf16"),
+        ("r_above", "llama/base"),
+        ("neg_seed", "llama/base"),
+        ("hira_pattern", "llama/base"),
+    ] {
+        assert_eq!(
+            merge_matches_peft_fixture(&format!("rev15/{case}"), base, &[]),
+            4,
             "{case}"
         );
     }

@@ -425,9 +425,12 @@ impl Factors {
         }
     }
 
-    /// The update is a function of the base weight itself (OFT's rotation `R·W0`, IA3's
-    /// `W0 ⊙ w`), not a fixed `ΔW`: it is built by [`delta_from_base`](super::base::delta_from_base) with the base at hand,
-    /// and cannot be lowered to LoRA or undone from the merged weights alone.
+    /// The update is built with the base at hand by
+    /// [`delta_from_base`](super::base::delta_from_base): a function of the base weight itself
+    /// (OFT's rotation `R·W0`, IA3's `W0 ⊙ w`), or (VeRA, SHiRA, RandLoRA,
+    /// [`Self::delta_reads_base_values`] false) a ΔW from shared projections sliced to the base's
+    /// shape, which the adapter does not record. Either way it cannot be lowered to LoRA from the
+    /// adapter alone ([`Self::needs_base_why`]).
     pub fn needs_base(&self) -> bool {
         matches!(
             self,
@@ -469,6 +472,16 @@ impl Factors {
                 self,
                 Factors::Vera { .. } | Factors::Shira { .. } | Factors::RandLora { .. }
             )
+    }
+
+    /// Why a [`Self::needs_base`] module has no ΔW of its own to lower to LoRA, for the
+    /// refusals of `convert` and `resize`.
+    pub fn needs_base_why(&self) -> &'static str {
+        if self.delta_reads_base_values() {
+            "its update depends on the base weight, so it has no fixed ΔW and cannot be lowered to LoRA"
+        } else {
+            "its ΔW comes from shared projections sliced to the base weight's shape, which the adapter does not record, so it cannot be lowered to LoRA without the base"
+        }
     }
 
     /// The plain LoRA factors `(A, B)`, when the module is plain LoRA.

@@ -546,12 +546,12 @@ impl MergePlan {
     }
 }
 
-/// config.json with `quantization_config` removed (key order kept), and MLX's `quantization`
-/// (an object with `bits` or `group_size`: mlx-lm's loader reads it before
-/// `quantization_config`); the bytes unchanged when they are not a JSON object.
 /// NVIDIA ModelOpt's hf_quant_config.json, left out of a dequantized output.
 pub(crate) const MODELOPT_CONFIG: &str = "hf_quant_config.json";
 
+/// config.json with `quantization_config` removed (key order kept), and MLX's `quantization`
+/// (an object with `bits` or `group_size`: mlx-lm's loader reads it before
+/// `quantization_config`); the bytes unchanged when they are not a JSON object.
 pub(crate) fn without_quantization_config(bytes: Vec<u8>) -> Vec<u8> {
     let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&bytes) else {
         return bytes;

@@ -67,12 +67,14 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 "module `{name}`: tensors `{akey}` {a:?} and `{bkey}` {b:?} are not [r, in, …] and [out, r, 1, …]"
             )));
         }
-        // PEFT builds hira_A/hira_B at the configured rank (`r`, or `rank_pattern`) and
-        // refuses stored factors of another (hostile round 14).
-        let want = cfg.rank_for(&name)?;
+        // PEFT builds hira_A/hira_B at the config's `r` and refuses stored factors of another
+        // (hostile round 14). Not at `rank_pattern`'s: `_create_and_replace` looks the pattern
+        // up, but `dispatch_default` (`layer.py`) builds every new module with
+        // `hira_config.r` (PEFT 0.21.2), so a pattern only ever changes a second adapter's rank.
+        let want = cfg.r;
         if want != r {
             return Err(bad(format!(
-                "tensor `{akey}` has rank {r}, but adapter_config.json gives module `{name}` rank {want}: PEFT builds HiRA's factors at that rank and refuses the file"
+                "tensor `{akey}` has rank {r}, but `r` in adapter_config.json is {want}: PEFT builds HiRA's factors at r (its rank_pattern is not used for a new module) and refuses the file"
             )));
         }
         let k: usize = a[1..].iter().product();

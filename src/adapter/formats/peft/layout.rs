@@ -60,18 +60,21 @@ impl Layout for Peft {
     fn check_modules(&self, adapter: &Adapter) -> InputResult<()> {
         for m in &adapter.modules {
             let why = if m.factors.needs_base() {
-                "its update depends on the base weight, so it has no fixed ΔW to lower to LoRA (merge it into the base instead)"
+                format!(
+                    "{} (merge it into the base instead)",
+                    m.factors.needs_base_why()
+                )
             } else if m.dora_rule == (DoraRule::Lycoris { per_input: true })
                 && m.dora_magnitude.is_some()
             {
-                "its dora_scale normalises per input channel, and PEFT's DoRA only per output feature"
+                "its dora_scale normalises per input channel, and PEFT's DoRA only per output feature".to_owned()
             } else if matches!(
                 m.factors,
                 Factors::Lora { .. } | Factors::Loha { .. } | Factors::Lokr { .. }
             ) {
                 continue;
             } else {
-                "PEFT has no tuner for it; lower it to plain LoRA at a chosen rank first (lorakit resize), with the error reported per module"
+                "PEFT has no tuner for it; lower it to plain LoRA at a chosen rank first (lorakit resize), with the error reported per module".to_owned()
             };
             return Err(InputError::invalid(
                 &adapter.path,

@@ -22,6 +22,7 @@ use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, LoraModule};
+use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 use std::path::Path;
@@ -109,11 +110,16 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                 )))
             }
         };
-        // TinyLoRA has no rank_pattern: PEFT builds every module at `r` (hostile round 14).
+        // TinyLoRA has no rank_pattern: PEFT builds every module at `min(r, out, in)`
+        // (`layer.py` `_init_svd`: "actual_r may be less than r if matrix dimensions are
+        // smaller"; hostile round 14 for any other rank).
         if let Some(cr) = cfg.r_other_than(r) {
-            return Err(bad(format!(
-                "tensor `{akey}` has rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds TinyLoRA at r and refuses the file"
-            )));
+            let built = usize::try_from(cr).map_or(d.min(k), |c| c.min(d).min(k));
+            if built != r {
+                return Err(bad(format!(
+                    "tensor `{akey}` has rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds TinyLoRA at min(r, out {d}, in {k}) = {built} and refuses the file"
+                )));
+            }
         }
         let (b, p) = (stored_f32(&file, &bkey)?, stored_f32(&file, &pkey)?);
         // R = Σᵢ v[i]·P[i] (r×r), then B·R (d×r), in f64.
@@ -172,11 +178,24 @@ fn vector_groups(
         .get("weight_tying")
         .and_then(serde_json::Value::as_f64)
         .unwrap_or(0.0);
-    let seed = cfg
-        .raw
-        .get("projection_seed")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(42);
+    // torch's `manual_seed` takes [-2⁶³, 2⁶⁴ − 1], a negative seed as its two's complement.
+    let seed: i128 = match cfg.raw.get("projection_seed") {
+        None | Some(serde_json::Value::Null) => 42,
+        Some(v) => v
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| v.as_u64().map(i128::from))
+            .ok_or_else(|| format!("projection_seed {v} is not an integer torch takes"))?,
+    };
+    let torch_seed = |i: usize| -> Result<u64, String> {
+        let s = seed + i as i128;
+        if s < i128::from(i64::MIN) || s > i128::from(u64::MAX) {
+            return Err(format!(
+                "projection_seed {seed} plus position {i} is outside torch's seed range [-2^63, 2^64 - 1]: PEFT cannot build this adapter"
+            ));
+        }
+        Ok(s.rem_euclid(1i128 << 64) as u64)
+    };
     let num_groups = ((n as f64 * (1.0 - wt)).round_ties_even() as usize).max(1);
     if num_groups != count {
         return Err(format!(
@@ -184,8 +203,8 @@ fn vector_groups(
         ));
     }
     let group_size = (n / num_groups).max(1);
-    let std = (1.0 / (cfg.r as f64).sqrt()) as f32;
-    let mut draws: Vec<Option<Vec<f32>>> = vec![None; n];
+    // Draws by (position, the module's rank): `std = 1/√r` with the module's own rank.
+    let mut draws: std::collections::HashMap<(usize, usize), Vec<f32>> = Default::default();
     let mut taken = vec![false; n];
     let mut groups = Vec::with_capacity(n);
     for (name, [_, _, pkey]) in parts {
@@ -195,19 +214,23 @@ fn vector_groups(
             ));
         };
         let p = stored_f32(file, pkey).map_err(|e| e.to_string())?;
+        // PEFT draws P at the module's rank (`_init_projection`: `self.r`, the rank `_init_svd`
+        // built, which can be below the config's `r`) and, on a half-precision model, casts it
+        // to the base layer's dtype (`_move_adapter_to_device_of_base_layer` casts every
+        // `other_param_names` entry; only `tinylora_v` is lifted back to f32).
+        let r = file
+            .info(pkey)
+            .map_or(0, |i| i.shape.get(1).copied().unwrap_or(0));
+        let std = (1.0 / (r as f64).sqrt()) as f32;
         let mut found = None;
-        for (i, draw) in draws.iter_mut().enumerate() {
-            let d = match draw {
-                Some(d) => d,
-                None => draw.insert(super::torch_rng::normal(seed + i as u64, p.len(), 0.0, std).ok_or_else(|| {
+        for i in 0..n {
+            let d = match draws.entry((i, r)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(super::torch_rng::normal(torch_seed(i)?, p.len(), 0.0, std).ok_or_else(|| {
                     format!("tensor `{pkey}` holds {} values; lorakit reproduces torch.normal for 16 or more only, so it cannot tell the module's position (which picks its vector among {count})", p.len())
                 })?),
             };
-            if d.len() == p.len()
-                && d.iter()
-                    .zip(&p)
-                    .all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs()))
-            {
+            if d.len() == p.len() && d.iter().zip(&p).all(|(&a, &b)| is_draw(a, b)) {
                 found = Some(i);
                 break;
             }
@@ -222,4 +245,19 @@ fn vector_groups(
         groups.push((i / group_size).min(num_groups - 1));
     }
     Ok(groups)
+}
+
+/// Whether the stored value `b` is torch's draw `a`: within 1e-5 relative in f32 (torch's AVX2
+/// Box–Muller differs from the scalar one in the last bits), or that interval's ends rounded to
+/// bf16 or f16 (rounding is monotone) — PEFT casts P to a half-precision base layer's dtype and
+/// the value is saved so, whatever dtype the file then stores it in (f32 in PEFT 0.21.2's save).
+fn is_draw(a: f32, b: f32) -> bool {
+    let t = 1e-5 * (1.0 + a.abs());
+    [Dtype::F32, Dtype::BF16, Dtype::F16].into_iter().any(|dt| {
+        let (lo, hi) = (
+            crate::dtype::round_to(dt, a - t),
+            crate::dtype::round_to(dt, a + t),
+        );
+        lo <= b && b <= hi
+    })
 }
