@@ -183,6 +183,8 @@ pub fn one_line(s: &str) -> String {
 #[non_exhaustive]
 pub enum Opt {
     AdamEps,
+    /// A merge's adapter (`adapters` of the merge options).
+    Adapter,
     AllowUnmatched,
     Alpha,
     AsTrainedOn,
@@ -253,6 +255,7 @@ impl Opt {
             Opt::Batch => "batch",
             Opt::Beta1 => "beta1",
             Opt::Beta2 => "beta2",
+            Opt::Adapter => "adapter",
             Opt::Device => "device",
             Opt::Density => "density",
             Opt::DoraRank => "dora_rank",

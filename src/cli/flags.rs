@@ -17,6 +17,7 @@ pub fn long(o: Opt) -> &'static str {
         Opt::Batch => "--batch",
         Opt::Beta1 => "--beta1",
         Opt::Beta2 => "--beta2",
+        Opt::Adapter => "--adapter",
         Opt::Device => "--device",
         Opt::Density => "--density",
         Opt::DoraRank => "--dora-rank",

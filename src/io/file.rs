@@ -248,8 +248,9 @@ fn foreign_format(head: &[u8]) -> Option<InputErrorKind> {
         return Some(
             OptionError::new(|o| {
                 format!(
-                    "is a GGUF file (llama.cpp), not safetensors; lorakit reads GGUF models with inspect, diff, merge {0} and convert {0} only",
-                    o.opt(Opt::Base)
+                    "is a GGUF file (llama.cpp), not safetensors; lorakit reads GGUF models with inspect, diff, merge {0} and convert {0}, and llama.cpp GGUF LoRA adapters as a merge's {1} only",
+                    o.opt(Opt::Base),
+                    o.opt(Opt::Adapter)
                 )
             })
             .into(),

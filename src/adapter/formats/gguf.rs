@@ -27,8 +27,8 @@
 use crate::adapter::model::{Adapter, ModuleKind};
 use crate::error::{InputError, InputResult};
 use crate::io::gguf::names::{self, Rope};
-use crate::io::gguf::writer::{kv_f32, kv_string, GgufWriter, OutTensor};
-use crate::io::gguf::{quant, GgmlType, GgufModel, Value};
+use crate::io::gguf::writer::{kv_f32, kv_string, kv_u32s, GgufWriter, OutTensor};
+use crate::io::gguf::{quant, GgmlType, GgufModel, Value, ValueType};
 use crate::io::writer::{check_writes, LockMode};
 use crate::io::Output;
 use std::path::{Path, PathBuf};
@@ -190,6 +190,48 @@ pub fn file_alpha(adapter: &Adapter) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// llama.cpp's key for an aLoRA's invocation tokens (`LLM_KV_ADAPTER_ALORA_INVOCATION_TOKENS`):
+/// an `ARRAY` of `UINT32`; `llama-adapter.cpp` throws on another type, and llama-server applies
+/// the adapter only after those tokens.
+const ALORA_TOKENS: &str = "adapter.alora.invocation_tokens";
+
+/// A PEFT aLoRA's `alora_invocation_tokens`, written as `convert_lora_to_gguf.py`
+/// (`set_gguf_parameters`) writes them. Its other source, `invocation_string` without tokens,
+/// needs the base model's tokenizer (the converter tokenizes it and drops the first token), so
+/// it is refused, naming the key; so is a token list that is not of `u32` ids.
+fn alora_tokens(adapter: &Adapter) -> InputResult<Option<Vec<u32>>> {
+    let Some(cfg) = adapter.config.as_ref() else {
+        return Ok(None);
+    };
+    let bad = |why: String| Err(InputError::invalid(adapter.config_file(), why));
+    match cfg.get("alora_invocation_tokens") {
+        Some(serde_json::Value::Array(a)) if !a.is_empty() => {
+            let ids: Option<Vec<u32>> = a
+                .iter()
+                .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .collect();
+            match ids {
+                Some(ids) => Ok(Some(ids)),
+                None => bad(format!(
+                    "alora_invocation_tokens {} are not token ids (llama.cpp stores them as UINT32)",
+                    serde_json::Value::Array(a.clone())
+                )),
+            }
+        }
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Array(_)) => {
+            match cfg.get("invocation_string") {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => bad(format!(
+                    "aLoRA invocation_string {s:?} without alora_invocation_tokens: llama.cpp's converter tokenizes it with the base model's tokenizer, which lorakit does not run; set alora_invocation_tokens"
+                )),
+                _ => Ok(None),
+            }
+        }
+        Some(v) => bad(format!(
+            "alora_invocation_tokens {v} is not a list of token ids"
+        )),
+    }
+}
+
 /// Writes `adapter` as a GGUF LoRA adapter at `out` (F32, F16 or BF16 factors), atomically.
 /// `extra` are provenance metadata entries.
 pub fn write(
@@ -217,6 +259,7 @@ pub fn write(
         }
     }
     let alpha = file_alpha(adapter);
+    let alora = alora_tokens(adapter)?;
     let mut plan = Vec::new();
     let mut tensors = Vec::new();
     for m in &adapter.modules {
@@ -343,6 +386,9 @@ pub fn write(
         kv_string("adapter.type", "lora"),
         kv_f32("adapter.lora.alpha", alpha as f32),
     ];
+    if let Some(tokens) = alora {
+        entries.push(kv_u32s(ALORA_TOKENS, &tokens));
+    }
     entries.extend(extra);
     let mut output = Output::new();
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -448,6 +494,28 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
             )))
         }
     };
+    // An aLoRA (its update applies only after the invocation tokens): kept as the PEFT config
+    // key it came from, so that a merge refuses it as it refuses the PEFT folder
+    // ([`super::peft::merge_refusal`]); a type llama.cpp throws on is refused here.
+    let alora = match h.get(ALORA_TOKENS) {
+        None => None,
+        Some(Value::Array(ValueType::U32, items)) => Some(
+            items
+                .iter()
+                .map(|v| match v {
+                    Value::U32(x) => *x,
+                    _ => unreachable!("a U32 array holds U32 values"),
+                })
+                .collect::<Vec<u32>>(),
+        ),
+        Some(v) => {
+            return Err(err(format!(
+            "{ALORA_TOKENS} is {} stored as {:?}; llama.cpp reads it only as an ARRAY of UINT32",
+            v.to_json(),
+            v.value_type()
+        )))
+        }
+    };
     let mut modules = Vec::new();
     for (f, ta) in m.tensors() {
         let name = &ta.name;
@@ -544,9 +612,13 @@ pub fn read(path: &Path, target: &Target) -> InputResult<Adapter> {
             bias: None,
         });
     }
-    Ok(Adapter::of_modules(
+    let mut adapter = Adapter::of_modules(
         crate::adapter::formats::format::Format::Peft,
         path.to_path_buf(),
         modules,
-    ))
+    );
+    if let Some(tokens) = alora {
+        adapter.config = Some(serde_json::json!({ "alora_invocation_tokens": tokens }));
+    }
+    Ok(adapter)
 }

@@ -96,6 +96,11 @@ pub fn kv_f32s(key: &str, values: &[f32]) -> Vec<u8> {
     kv_array(key, 6, values.iter().map(|x| x.to_le_bytes()))
 }
 
+/// An `ARRAY` of `UINT32` metadata entry.
+pub fn kv_u32s(key: &str, values: &[u32]) -> Vec<u8> {
+    kv_array(key, 4, values.iter().map(|x| x.to_le_bytes()))
+}
+
 /// An `ARRAY` of `INT32` metadata entry.
 pub fn kv_i32s(key: &str, values: &[i32]) -> Vec<u8> {
     kv_array(key, 5, values.iter().map(|x| x.to_le_bytes()))

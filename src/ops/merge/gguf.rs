@@ -200,6 +200,7 @@ impl GgufMergePlan {
         }
         for (ai, wa) in adapters.iter().enumerate() {
             let a = &wa.adapter;
+            a.check_mergeable()?;
             a.check_plain_base(
                 "merging it into a GGUF model (whose base lorakit does not rewrite)",
             )?;

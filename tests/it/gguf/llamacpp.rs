@@ -29,8 +29,15 @@ fn convert_to_gguf_equals_llama_cpp_converter_output() {
         ("patterns", "llama/base", 3),
         ("embed", "llama/base", 0),
         ("qwen2_lora", "llama/qwen2", 0),
+        // qv_r8 as an aLoRA: `adapter.alora.invocation_tokens` [5, 6, 7] (UINT32 array).
+        ("alora", "llama/base", 0),
     ] {
-        let (_dir, out, v) = fixture_to_gguf(&format!("llama/adapters/{case}"), base);
+        let adapter = if case == "alora" {
+            "gguf/alora".to_owned()
+        } else {
+            format!("llama/adapters/{case}")
+        };
+        let (_dir, out, v) = fixture_to_gguf(&adapter, base);
         assert_eq!(v["folded_count"], folded_count, "{case}");
         let folded: BTreeMap<String, f32> = v["modules"]
             .as_array()
@@ -280,4 +287,34 @@ fn llama_cpp_loads_lorakit_adapters_and_merged_models() {
     );
     assert!(e_keep <= 1.25 * e_ref, "{e_keep:e} vs {e_ref:e}");
     assert!(e_between <= 2.0 * e_ref, "{e_between:e} vs {e_ref:e}");
+}
+
+/// An aLoRA in GGUF (`adapter.alora.invocation_tokens`, as llama.cpp's converter writes it) is
+/// read for what it is: its update applies only after the invocation tokens, so a merge into a
+/// GGUF or a Hugging Face base refuses it, as it refuses the PEFT folder, instead of applying
+/// the adapter to every token. The same adapter without the key merges.
+#[test]
+fn gguf_alora_adapters_are_refused_by_merge() {
+    let lora = fixture("gguf/llamacpp/alora.gguf");
+    let (_dir, [gguf_out, hf_out]) = scratch_all(["m.gguf", "hf"]);
+    for (base, out) in [
+        (fixture("gguf/llama_f32.gguf"), &gguf_out),
+        (fixture("llama/base"), &hf_out),
+    ] {
+        let e = refused(merge_args(&base, &lora, out, &[]), out);
+        assert_mentions(&e, &["alora.gguf", "aLoRA", "invocation tokens"]);
+    }
+    // The PEFT folder it came from is refused by the GGUF merge too (it was merged).
+    let e = refused(
+        merge_args(
+            &fixture("gguf/llama_f32.gguf"),
+            &fixture("gguf/alora"),
+            &gguf_out,
+            &[],
+        ),
+        &gguf_out,
+    );
+    assert_mentions(&e, &["adapter_config.json", "aLoRA"]);
+    let plain = fixture("gguf/llamacpp/qv_r8.gguf");
+    merge_ok(&fixture("gguf/llama_f32.gguf"), &plain, &gguf_out, &[]);
 }
