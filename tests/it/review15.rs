@@ -16,3 +16,49 @@ fn ace_step15_comfy_keys_land_on_every_decoder_weight() {
         merges_as_reference_on("review15/ace_step15_comfy", "base.safetensors", case, false);
     }
 }
+
+/// TinyLoRA on `embed_tokens`, written back as LoRA (`resize` at its rank, `convert --to peft`):
+/// PEFT's LoRA Embedding names (`lora_embedding_A` [r, vocab], `lora_embedding_B` [dim, r]), and
+/// the written folder merges as PEFT merged the TinyLoRA folder. Before: `embed_tokens.lora_A/B`,
+/// which PEFT's Embedding layer does not load (the embedding delta lost).
+#[test]
+fn tinylora_embedding_is_written_as_a_lora_embedding() {
+    let base = fixture("llama/base");
+    let adapter = fixture("review15/tinylora_emb/adapter");
+    let want = fixture("review15/tinylora_emb/merged.safetensors");
+    let tmp = tempfile::tempdir().unwrap();
+    for how in ["resize", "convert"] {
+        let out = tmp.path().join(how);
+        let mut args = match how {
+            "resize" => vec!["resize", s(&adapter), "--rank", "2"],
+            _ => vec!["convert", s(&adapter), "--to", "peft"],
+        };
+        args.extend(["--out", s(&out), "--quiet"]);
+        run_ok(&args);
+        let t = read(&out.join("adapter_model.safetensors"));
+        let emb = "base_model.model.model.embed_tokens";
+        assert_eq!(
+            t[&format!("{emb}.lora_embedding_A")].shape,
+            [2, 128],
+            "{how}"
+        );
+        assert_eq!(
+            t[&format!("{emb}.lora_embedding_B")].shape,
+            [64, 2],
+            "{how}"
+        );
+        assert!(!t.contains_key(&format!("{emb}.lora_A.weight")), "{how}");
+        let merged = tmp.path().join(format!("{how}-merged"));
+        run_ok(merge_args(
+            &base,
+            &out,
+            &merged,
+            &["--device", "cpu", "--quiet"],
+        ));
+        assert_eq!(
+            assert_merged_matches(&merged, &base, &want, 1e-5),
+            3,
+            "{how}"
+        );
+    }
+}
