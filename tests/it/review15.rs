@@ -62,3 +62,32 @@ fn tinylora_embedding_is_written_as_a_lora_embedding() {
         );
     }
 }
+
+/// FRoD on a base other than its training base (the NVFP4 copy of fixtures/llama/base,
+/// dequantized): PEFT rebuilds frod_U from a projection it recomputes on that base, so lorakit
+/// refuses instead of merging U from the saved projection (up to 0.024 off PEFT before). The
+/// training base still merges as PEFT (gaps13a's test).
+#[test]
+fn frod_on_another_base_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dq = tmp.path().join("dq");
+    run_ok([
+        "dequantize",
+        s(&fixture("quant/ct_nvfp4")),
+        "--out",
+        s(&dq),
+        "--dtype",
+        "f32",
+        "--quiet",
+    ]);
+    let out = tmp.path().join("merged");
+    let line = merge_refused(&dq, &fixture("gaps13a/frod/adapter"), &out, &[]);
+    assert_mentions(&line, &["base_model.frod_V.self_attn_", "training base"]);
+    let ok = tmp.path().join("train");
+    run_ok(merge_args(
+        &fixture("llama/base"),
+        &fixture("gaps13a/frod/adapter"),
+        &ok,
+        &["--quiet"],
+    ));
+}
