@@ -252,6 +252,16 @@ pub fn resolve_widened(
             });
             continue;
         }
+        // A flattened LoKr factor on a conv: the kernel is known only here.
+        let kernel: usize = found.get(2..).map_or(1, |k| k.iter().product());
+        if let Some(why) = super::formats::kohya::peft_lokr_conv_misfit(adapter, m, kernel) {
+            res.unmatched.push(Unmatched::WouldNotLoad {
+                module: m.name.clone(),
+                tensor: weight,
+                why,
+            });
+            continue;
+        }
         let bias = match &m.bias {
             None => None,
             Some(_) => {

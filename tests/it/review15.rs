@@ -91,3 +91,21 @@ fn frod_on_another_base_is_refused() {
         &["--quiet"],
     ));
 }
+
+/// A diffusers-saved PEFT LoKr on a Conv2d(4, 8, 3): at r = 1 PEFT decomposes w2 (lokr_w2_b
+/// [1, in_n·kh·kw], 2-D) and the file merges as PEFT merges it; at r = 2 PEFT builds w2 whole
+/// (r ≥ max(out_k 4, in_n 2)/2), so the decomposed file is refused. Before: lorakit compared 2r
+/// with in_n·kh·kw = 18 and merged what PEFT cannot load.
+#[test]
+fn diffusers_lokr_layout_rule_on_a_conv_uses_in_channels() {
+    merges_as_reference_on("review15/lokr_conv", "base.safetensors", "r1", false);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.safetensors");
+    let line = merge_fixtures_refused(
+        "review15/lokr_conv/base.safetensors",
+        "review15/lokr_conv/r2.safetensors",
+        &out,
+        &[],
+    );
+    assert_mentions(&line, &["conv1", "in_n = 2", "would not load"]);
+}
