@@ -161,6 +161,9 @@ mod it {
     /// Session 14's review findings: TinyLoRA/UniLoRA written as LoRA at their scale, trainable
     /// tokens without a LoRA module refused, an OSF module with nothing trained.
     pub mod review14;
+    /// Session 15's review findings: ACE-Step 1.5 on ComfyUI's layout, a TinyLoRA embedding
+    /// written as a LoRA embedding, FRoD on another base, the LoKr layout rule on a Conv2d.
+    pub mod review15;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

@@ -28,6 +28,9 @@
 //! second encoder) lands on the OpenCLIP tensor ComfyUI renames to its name, q/k/v on a
 //! [`RowSlice`] of the fused `in_proj_weight` ([`openclip`]).
 //!
+//! An ACE-Step 1.5 module named as ComfyUI's `ACEStep15` key map names it (`base_model.model.{k}`,
+//! `lycoris_{k}`) lands on the decoder's `decoder.{k}.weight`, as ComfyUI puts it ([`ace_step15`]).
+//!
 //! The name matching itself (dotted paths, kohya names, `target_modules`) is [`names`]'s, and
 //! merge, eval and train all match names through it rather than on their own.
 //!
@@ -37,6 +40,7 @@
 use super::model::{Adapter, LoraModule, ModuleKind};
 use crate::io::Checkpoint;
 
+mod ace_step15;
 pub mod layouts;
 mod names;
 mod openclip;
@@ -158,6 +162,16 @@ pub fn resolve_widened(
         } else {
             Ok(found)
         };
+        // ACE-Step 1.5 on ComfyUI's layout (`ace_step15.rs`): the keys ComfyUI's ACEStep15
+        // branch maps override every other match (it is the last branch of its key map); a bare
+        // decoder path fills in only where nothing else matched.
+        let candidates = match ace_step15::decoder_weights(&m.name, kohya_name, names) {
+            Some((ace_step15::Form::ComfyKey, w)) => Ok(w),
+            Some((ace_step15::Form::Bare, w)) if matches!(&candidates, Ok(c) if c.is_empty()) => {
+                Ok(w)
+            }
+            _ => candidates,
+        };
         // HF CLIP names on an OpenCLIP-layout encoder, where nothing of the module's own
         // component matched its name.
         let openclip = match &candidates {
@@ -235,6 +249,16 @@ pub fn resolve_widened(
                 module: m.name.clone(),
                 tensor: weight,
                 dtype: crate::dtype::name(found_dtype),
+            });
+            continue;
+        }
+        // A flattened LoKr factor on a conv: the kernel is known only here.
+        let kernel: usize = found.get(2..).map_or(1, |k| k.iter().product());
+        if let Some(why) = super::formats::kohya::peft_lokr_conv_misfit(adapter, m, kernel) {
+            res.unmatched.push(Unmatched::WouldNotLoad {
+                module: m.name.clone(),
+                tensor: weight,
+                why,
             });
             continue;
         }

@@ -32,6 +32,7 @@ pub use factors::{
     Algo, Factors, FrodParts, HadamardPart, HadamardTuner, Ia3Rule, KronHalf, MissMode, OftConv,
     PeftCayley,
 };
+pub use frod::projection_mismatch;
 pub use hadamard::glora_bias_delta;
 pub use on_base::{delta as on_base_delta, fits as on_base_fits, misfit as on_base_misfit};
 pub use peft_tuners::{

@@ -190,6 +190,8 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                 // unless `decompose_both` and 2r < max(w1's sides), w2 whole iff 2r ≥ max(w2's
                 // sides)); a file of the other layout does not load (unexpected keys, ΔW of the
                 // init): refused, as `check` reports it (hostile round 13: r = 1 merged at 2×).
+                // A Conv2d's decomposed w2 is 2-D and hides its kernel, so its in_n is known only
+                // on the base: `peft_lokr_conv_misfit`, asked by the mapping.
                 if let Factors::Lokr {
                     w1,
                     w2,
@@ -275,10 +277,14 @@ impl DiffusersConfigs {
     const KEY: &'static str = "lora_adapter_metadata";
 
     fn read(file: &SafetensorsFile) -> InputResult<Self> {
-        let Some((_, text)) = file.header().metadata.iter().find(|(k, _)| k == Self::KEY) else {
+        Self::of(file.path(), &file.header().metadata)
+    }
+
+    /// The configs of a file's `metadata` (none without the key).
+    fn of(path: &Path, metadata: &[(String, String)]) -> InputResult<Self> {
+        let Some((_, text)) = metadata.iter().find(|(k, _)| k == Self::KEY) else {
             return Ok(Self::default());
         };
-        let path = file.path();
         let bad =
             |why: String| InputError::invalid(path, format!("metadata `{}`: {why}", Self::KEY));
         let v: serde_json::Value =
@@ -328,6 +334,40 @@ impl DiffusersConfigs {
         }
         self.plain.as_ref().map(|c| (c, name))
     }
+}
+
+/// Why PEFT would not load module `m` of a diffusers-saved LoKr file (`lora_adapter_metadata`
+/// a LoKrConfig) on a Conv2d base weight of `kernel` = kh·kw elements per channel pair, or `None`.
+/// A decomposed `w2` that is not an effective conv is `lokr_w2_b` [r, in_n·kh·kw], 2-D (peft
+/// 0.21.2 `tuners/lokr/layer.py` `create_adapter_parameters`), so the file hides the kernel and
+/// the reader judged `w2` as a Linear's (`2r ≥ max(out_k, in_n·kh·kw)`); on the conv PEFT's
+/// `update_layer` builds `w2` whole iff `r ≥ max(out_k, in_n)/2`, and then the file's
+/// `lokr_w2_a`/`lokr_w2_b` are unexpected keys and the layer keeps its init.
+pub fn peft_lokr_conv_misfit(adapter: &Adapter, m: &LoraModule, kernel: usize) -> Option<String> {
+    let Factors::Lokr {
+        w2: KronHalf::LowRank { rank, .. },
+        w2_shape: (out_k, cols),
+        ..
+    } = &m.factors
+    else {
+        return None;
+    };
+    if m.kind != ModuleKind::Linear || kernel <= 1 || cols % kernel != 0 {
+        return None;
+    }
+    let configs = DiffusersConfigs::of(&adapter.path, &adapter.metadata).ok()?;
+    let (cfg, rel) = configs.for_module(&m.name)?;
+    if cfg.peft_type != super::peft::config::PeftType::Lokr {
+        return None;
+    }
+    let r = cfg.rank_for(rel).ok()?;
+    let in_n = cols / kernel;
+    (r == *rank && 2 * r >= (*out_k).max(in_n)).then(|| {
+        format!(
+            "a Conv2d of {kernel} kernel elements, on which PEFT's LoKr at the `{}` metadata's r = {r} builds w2 whole (r ≥ max(out_k = {out_k}, in_n = {in_n})/2), but the file stores w2 decomposed (lokr_w2_a/lokr_w2_b): its factors would not load",
+            DiffusersConfigs::KEY
+        )
+    })
 }
 
 /// Splits a kohya module name into its prefix and the underscored module path.

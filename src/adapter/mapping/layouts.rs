@@ -66,7 +66,6 @@ const TABLES: &[(Model, Rows)] = &[
     (Model::Krea2, converted::KREA2),
     (Model::Ideogram4, converted::IDEOGRAM4),
     (Model::AceStep, converted::ACE_STEP),
-    (Model::AceStepComfy, converted::ACE_STEP_COMFY),
     (Model::MiniMaxH3, converted::MINIMAX_H3),
 ];
 

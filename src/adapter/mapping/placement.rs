@@ -50,6 +50,14 @@ pub enum Unmatched {
         /// Which models order it which way.
         why: String,
     },
+    /// The module fits the tensor's shape, but the peer whose layout the file declares would
+    /// build another layer on it and not load the file's factors (a diffusers-saved PEFT LoKr
+    /// on a Conv2d whose kernel the file's flattened factor hid).
+    WouldNotLoad {
+        module: String,
+        tensor: String,
+        why: String,
+    },
     /// A GGUF base: llama.cpp names no tensor of `architecture` for the module (or a saved
     /// full tensor), so it has nothing to land on (`io/gguf/names.rs`).
     NoGgufName {
@@ -176,6 +184,11 @@ impl std::fmt::Display for Unmatched {
                 )
             }
             Unmatched::UnknownOrder {
+                module,
+                tensor,
+                why,
+            }
+            | Unmatched::WouldNotLoad {
                 module,
                 tensor,
                 why,

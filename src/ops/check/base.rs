@@ -121,6 +121,9 @@ pub(super) fn placements(
             Unmatched::UnknownOrder { module, tensor, .. } => {
                 (module, "unknown_order", Some(tensor.clone()))
             }
+            Unmatched::WouldNotLoad { module, tensor, .. } => {
+                (module, "would_not_load", Some(tensor.clone()))
+            }
         };
         out.push(Placement {
             module: module.clone(),

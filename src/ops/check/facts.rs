@@ -453,9 +453,9 @@ impl<'a> Facts<'a> {
                         Unmatched::Ambiguous { module, candidates } => {
                             Some(format!("{module} (ambiguous: {})", candidates.join(", ")))
                         }
-                        u @ (Unmatched::OtherComponent { .. } | Unmatched::UnknownOrder { .. }) => {
-                            Some(u.to_string())
-                        }
+                        u @ (Unmatched::OtherComponent { .. }
+                        | Unmatched::UnknownOrder { .. }
+                        | Unmatched::WouldNotLoad { .. }) => Some(u.to_string()),
                         _ => None,
                     })
                     .collect(),

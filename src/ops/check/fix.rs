@@ -514,6 +514,7 @@ fn unmatched_name(u: &mapping::Unmatched) -> String {
         | mapping::Unmatched::NotFloat { module, .. }
         | mapping::Unmatched::OtherComponent { module, .. }
         | mapping::Unmatched::UnknownOrder { module, .. }
+        | mapping::Unmatched::WouldNotLoad { module, .. }
         | mapping::Unmatched::NoGgufName { module, .. } => module.clone(),
     }
 }

@@ -19,6 +19,7 @@ pub use crate::backend::Rounding;
 pub use crate::ops::output::DtypeChoice;
 
 mod experts;
+mod frod_base;
 pub mod gguf;
 mod gguf_band;
 pub mod gguf_hf;

@@ -101,6 +101,7 @@ impl MergePlan {
             if is_tied && !has_lm_head {
                 land_lm_head_on_tied_embedding(a, &base, &mut res);
             }
+            super::frod_base::check(a, &res, &base, &quant)?;
             for u in &res.unmatched {
                 unmatched.push(UnmatchedReport {
                     adapter: label.clone(),

@@ -6,8 +6,11 @@
 //! and the fixed projections `tinylora_P` [u, r, r] (saved with `save_projection`, the default);
 //! the trained vectors `base_model.tinylora_v.{g}` [u] are shared by groups of modules
 //! (`weight_tying`). PEFT merges `ΔW = B·(Σᵢ v[i]·P[i])·A` (`get_delta_weight`), no scale, the
-//! transpose with `fan_in_fan_out`; an Embedding's is the same product. lorakit folds
-//! `B·R` (in f64, rounded once) into a [`Factors::Lora`] with `A` as stored.
+//! transpose with `fan_in_fan_out`; an Embedding's is the same product, the `[vocab, dim]`
+//! weight itself. lorakit folds `B·R` (in f64, rounded once) into a [`Factors::Lora`] with `A`
+//! as stored; a module on an embedding (known by its name, [`is_embedding`]) becomes a LoRA
+//! Embedding module in PEFT's layout (`lora_embedding_A` = `(B·R)ᵀ`, `lora_embedding_B` = `Aᵀ`),
+//! so the writers name it as PEFT's LoRA Embedding layer loads it.
 //!
 //! Which vector a module uses is its position among the targeted modules in the model's
 //! `named_modules()` order (`TinyLoraModel._build_target_key_mapping`, `_create_and_replace`:
@@ -21,7 +24,7 @@ use super::assemble::{assemble, paired_by_suffixes, Pairs};
 use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
-use crate::adapter::model::{Adapter, LoraModule};
+use crate::adapter::model::{Adapter, LoraModule, ModuleKind};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
@@ -137,22 +140,60 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
                     .sum::<f64>() as f32
             })
             .collect();
-        modules.push(LoraModule::peft_linear(
-            name,
-            (d, k, r),
-            // No scale: alpha = r gives scale 1 under the LoRA rule alpha / r the writers use.
-            r as f64,
-            Factors::Lora {
-                a: Data::Stored {
-                    key: akey,
-                    transpose: false,
+        // No scale: alpha = r gives scale 1 under the LoRA rule alpha / r the writers use.
+        let module = if is_embedding(&name) {
+            // ΔW = (B·R)·A is the `[vocab, dim]` weight itself; lorakit's LoRA embedding is
+            // PEFT's (`lora_embedding_A` [r, vocab], `lora_embedding_B` [dim, r], ΔW = (B·A)ᵀ),
+            // so A' = (B·R)ᵀ and B' = Aᵀ (the stored `tinylora_A` read transposed).
+            LoraModule {
+                kind: ModuleKind::Embedding,
+                base_transposed: true,
+                ..LoraModule::peft_linear(
+                    name,
+                    (k, d, r),
+                    r as f64,
+                    Factors::Lora {
+                        a: Data::Owned(Arc::new(crate::adapter::data::transpose(&br, d, r))),
+                        b: Data::Stored {
+                            key: akey,
+                            transpose: true,
+                        },
+                    },
+                    false,
+                )
+            }
+        } else {
+            LoraModule::peft_linear(
+                name,
+                (d, k, r),
+                r as f64,
+                Factors::Lora {
+                    a: Data::Stored {
+                        key: akey,
+                        transpose: false,
+                    },
+                    b: Data::Owned(Arc::new(br)),
                 },
-                b: Data::Owned(Arc::new(br)),
-            },
-            cfg.fan_in_fan_out,
-        ));
+                cfg.fan_in_fan_out,
+            )
+        };
+        modules.push(module);
     }
     assemble(path, file, &cfg, modules, full)
+}
+
+/// Whether module `name` is on an `nn.Embedding`, which PEFT wraps in TinyLoRA's `Embedding`
+/// (`layer.py`: `tinylora_A` [r, dim], `tinylora_B` [vocab, r]) and whose tensors have the shapes
+/// of a Linear's: the folder tells only by the name. transformers names the token embedding
+/// `embed_tokens` (PEFT's `EMBEDDING_LAYER_NAMES` beside `lm_head`, which is a Linear), `wte`
+/// and `wpe` (GPT-2), `word_embeddings` (BERT, BLOOM, Falcon), `embed_in` (GPT-NeoX), `shared`
+/// (T5).
+fn is_embedding(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    matches!(
+        last,
+        "embed_tokens" | "wte" | "wpe" | "word_embeddings" | "embed_in" | "shared"
+    )
 }
 
 /// Which vector each module (in `parts` order) uses, as PEFT assigns it

@@ -191,45 +191,6 @@ pub(super) const ACE_STEP: Rows = &[
     ),
 ];
 
-/// ACE-Step 1.5's original PEFT files (`base_model.model.layers.N.self_attn.q_proj`, the DiT
-/// decoder's attention) on ComfyUI's layout of the model, where the decoder sits under `decoder.`:
-/// ComfyUI `comfy/lora.py` `model_lora_keys_unet`, its ACEStep15 branch (`base_model.model.{k}` →
-/// `diffusion_model.decoder.{k}`; newer than the mirror @618b803, read from a copy of the function).
-pub(super) const ACE_STEP_COMFY: Rows = &[
-    (
-        "layers.#.self_attn.q_proj",
-        &["decoder.layers.#.self_attn.q_proj"],
-    ),
-    (
-        "layers.#.self_attn.k_proj",
-        &["decoder.layers.#.self_attn.k_proj"],
-    ),
-    (
-        "layers.#.self_attn.v_proj",
-        &["decoder.layers.#.self_attn.v_proj"],
-    ),
-    (
-        "layers.#.self_attn.o_proj",
-        &["decoder.layers.#.self_attn.o_proj"],
-    ),
-    (
-        "layers.#.cross_attn.q_proj",
-        &["decoder.layers.#.cross_attn.q_proj"],
-    ),
-    (
-        "layers.#.cross_attn.k_proj",
-        &["decoder.layers.#.cross_attn.k_proj"],
-    ),
-    (
-        "layers.#.cross_attn.v_proj",
-        &["decoder.layers.#.cross_attn.v_proj"],
-    ),
-    (
-        "layers.#.cross_attn.o_proj",
-        &["decoder.layers.#.cross_attn.o_proj"],
-    ),
-];
-
 /// MiniMax-H3 on `MiniMaxH3Transformer3DModel`: `_convert_non_diffusers_minimax_h3_lora_to_diffusers`'
 /// `standalone_renames` and `block_specs` (the fused `attn.qkv_proj` split in thirds; `mlp.fc1`
 /// whole, its `[gate; value]` halves swapped to `SwiGLU`'s `[value; gate]`:

@@ -24,8 +24,6 @@ pub(super) enum Model {
     Krea2,
     Ideogram4,
     AceStep,
-    /// ACE-Step 1.5's names on ComfyUI's layout (`converted::ACE_STEP_COMFY`).
-    AceStepComfy,
     MiniMaxH3,
 }
 
@@ -55,7 +53,6 @@ impl Model {
             | Model::Krea2
             | Model::Ideogram4
             | Model::AceStep
-            | Model::AceStepComfy
             | Model::MiniMaxH3 => false,
         }
     }
