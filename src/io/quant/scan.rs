@@ -443,6 +443,7 @@ impl QuantMap {
                 ))
             }
         };
+        self.check_modelopt_fp8(ck, prefix, &scale)?;
         let comfy = scale.ends_with(&format!(".{}", fp8::comfy::SCALE));
         if comfy {
             let s = ck.info(&scale).expect("present");
