@@ -2,8 +2,8 @@
 //! unmatched modules decided, the output files laid out and checked against the inputs.
 //! Must not write anything (the plan is also what `--dry-run` and recipes print).
 
+use super::layout::{extra_files, shard_groups, shard_stem};
 use super::model::*;
-use super::run::{extra_files, shard_groups, shard_stem};
 use crate::adapter::formats::peft::params;
 use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::mapping::{self, Unmatched};
