@@ -164,19 +164,27 @@ fn vector_groups(
     count: usize,
 ) -> Result<Vec<usize>, String> {
     let n = parts.len();
+    // TinyLoraConfig's `__post_init__` refuses a `weight_tying` outside [0, 1] (a string fails
+    // its comparison); torch's `manual_seed` takes an integer, which lorakit reproduces when
+    // it is not negative (a negative one torch remaps to 2^64 − 1 + seed).
+    let wt = match cfg.raw.get("weight_tying") {
+        None | Some(serde_json::Value::Null) => 0.0,
+        Some(v) => v
+            .as_f64()
+            .filter(|w| (0.0..=1.0).contains(w))
+            .ok_or_else(|| {
+                format!("`weight_tying` {v} in adapter_config.json is not a number in [0, 1] (PEFT's TinyLoraConfig refuses it)")
+            })?,
+    };
+    let seed = match cfg.raw.get("projection_seed") {
+        None | Some(serde_json::Value::Null) => 42,
+        Some(v) => v.as_u64().ok_or_else(|| {
+            format!("`projection_seed` {v} in adapter_config.json is not a non-negative integer, the torch seed lorakit finds each module's position by")
+        })?,
+    };
     if count == 1 {
         return Ok(vec![0; n]);
     }
-    let wt = cfg
-        .raw
-        .get("weight_tying")
-        .and_then(serde_json::Value::as_f64)
-        .unwrap_or(0.0);
-    let seed = cfg
-        .raw
-        .get("projection_seed")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(42);
     let num_groups = ((n as f64 * (1.0 - wt)).round_ties_even() as usize).max(1);
     if num_groups != count {
         return Err(format!(
