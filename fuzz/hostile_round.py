@@ -216,6 +216,7 @@ import hostile_cases_round11  # noqa: E402,F401
 import hostile_cases_round12  # noqa: E402,F401
 import hostile_cases_round13  # noqa: E402,F401
 import hostile_cases_round14  # noqa: E402,F401
+import hostile_cases_round15  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- main

@@ -105,6 +105,10 @@ mod it {
     /// The fourteenth hostile round's findings: NVFP4 global scale ±inf, FP4 config `type` and
     /// symmetry, a GLoRA half path (a panic), tuner configs contradicting the stored shapes.
     pub mod hostile14;
+    /// The fifteenth hostile round's findings: ModelOpt configs and FP8 scales against the
+    /// tensors, stale hf_quant_config.json, MXFP8 group scales, GLoRA C/D/E kinds, TinyLoRA and
+    /// Super-Tuning config values, `--plot` formats.
+    pub mod hostile15;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.

@@ -29,6 +29,8 @@ pub struct WeightArgs {
     pub block: Option<(usize, usize)>,
     /// `type`: `int` or `float` (`QuantizationType`; any other value fails its validator).
     pub kind: Option<String>,
+    /// `scale_dtype` (`torch.uint8` for the E8M0 scales of the MX schemes), where given.
+    pub scale_dtype: Option<String>,
 }
 
 /// The weight arguments `config` (a `quantization_config`) gives module `module` (its weight's
@@ -144,6 +146,14 @@ pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<Weight
                 .ok_or_else(|| bad("type", &format!("{v} is neither \"int\" nor \"float\"")))?,
         ),
     };
+    let scale_dtype = match w.get("scale_dtype") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .ok_or_else(|| bad("scale_dtype", "is not a string"))?
+                .to_owned(),
+        ),
+    };
     Ok(Some(WeightArgs {
         group: (*key).clone(),
         num_bits,
@@ -152,6 +162,7 @@ pub fn weight_args(config: Option<&Value>, module: &str) -> Result<Option<Weight
         symmetric,
         block,
         kind,
+        scale_dtype,
     }))
 }
 
@@ -236,6 +247,7 @@ impl WeightArgs {
         layout: &super::fp8::Layout,
         scale: &str,
         scale_shape: &[usize],
+        scale_dtype: crate::dtype::Dtype,
     ) -> Option<String> {
         // The stored weight is FP8 (float8_e4m3fn / e5m2): 8 bits, whatever else the config says.
         if let Some(b) = self.num_bits.filter(|&b| b != 8) {
@@ -245,6 +257,23 @@ impl WeightArgs {
         }
         if self.kind.as_deref() == Some("int") {
             return Some("integer weights, the stored FP8 weight holds float ones".to_string());
+        }
+        if self.symmetric == Some(false) {
+            // compressed-tensors then loads a `weight_zero_point` the FP8 weight does not have.
+            return Some(
+                "asymmetric weights (a zero point), the stored FP8 weight has none".into(),
+            );
+        }
+        // MXFP8's E8M0 scales are `torch.uint8` (compressed-tensors 0.20 `is_mx`); float
+        // scales under that config, or E8M0 bytes under another scale dtype, are another scheme.
+        let e8m0 = scale_dtype == crate::dtype::Dtype::U8;
+        if let Some(d) = self.scale_dtype.as_deref() {
+            if (d == "torch.uint8") != e8m0 {
+                return Some(format!(
+                    "scale_dtype `{d}`, the stored `{scale}` is {}",
+                    crate::dtype::name(scale_dtype)
+                ));
+            }
         }
         let one = layout.grid_rows == 1 && layout.grid_cols == 1;
         let says = match self.strategy.as_deref() {
@@ -263,6 +292,14 @@ impl WeightArgs {
                             != (layout.grid_rows, layout.grid_cols)
                 })
                 .map(|(m, n)| format!("{m}x{n} blocks")),
+            // Groups along a row: `[rows, ceil(cols / group_size)]` scales.
+            Some("group") => self
+                .group_size
+                .filter(|&g| {
+                    g <= 0
+                        || (rows, cols.div_ceil(g as usize)) != (layout.grid_rows, layout.grid_cols)
+                })
+                .map(|g| format!("groups of {g}")),
             _ => None,
         }?;
         Some(format!("{says}, the stored `{scale}` is {scale_shape:?}"))

@@ -12,7 +12,72 @@ use crate::dtype::{self, Dtype};
 use crate::error::InputResult;
 use crate::io::Checkpoint;
 
+/// A `weight_shape` tensor's values (I64 or I32; empty for another dtype, which no shape equals).
+fn shape_values(ck: &Checkpoint, name: &str) -> InputResult<Vec<i64>> {
+    let v = ck.view(name)?;
+    Ok(match v.dtype {
+        Dtype::I64 => v
+            .data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+            .collect(),
+        Dtype::I32 => v
+            .data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4")).into())
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
 impl QuantMap {
+    /// The tensors beside a compressed-tensors FP8 weight `weight` (scale `scale`) that its
+    /// symmetric float scheme never writes, each refused naming it: a zero point, an NVFP4
+    /// global scale, a `weight_shape` other than the weight's; and an MXFP8 weight (E8M0 `U8`
+    /// scales) stored as E5M2, where compressed-tensors writes float8_e4m3fn only.
+    pub(super) fn check_ct_fp8_companions(
+        &self,
+        ck: &Checkpoint,
+        prefix: &str,
+        weight: &str,
+        scale: &str,
+    ) -> InputResult<()> {
+        let w = ck.info(weight).expect("listed");
+        for (leaf, what) in [
+            ("weight_zero_point", "a zero point"),
+            ("weight_global_scale", "an NVFP4 global scale"),
+        ] {
+            let n = format!("{prefix}.{leaf}");
+            if ck.contains(&n) {
+                return Err(err(
+                    ck,
+                    &n,
+                    format!("is {what} beside the FP8 weight `{weight}`, which compressed-tensors' symmetric FP8 never stores"),
+                ));
+            }
+        }
+        let shape_name = format!("{prefix}.weight_shape");
+        if ck.contains(&shape_name) {
+            let dims = shape_values(ck, &shape_name)?;
+            let want: Vec<i64> = w.shape.iter().map(|&d| d as i64).collect();
+            if dims != want {
+                return Err(err(
+                    ck,
+                    &shape_name,
+                    format!("says {dims:?}, the FP8 weight `{weight}` is {:?}", w.shape),
+                ));
+            }
+        }
+        if w.dtype == Dtype::F8_E5M2 && ck.info(scale).is_some_and(|s| s.dtype == Dtype::U8) {
+            return Err(err(
+                ck,
+                weight,
+                "is F8_E5M2 with E8M0 scales; compressed-tensors' MXFP8 weights are F8_E4M3",
+            ));
+        }
+        Ok(())
+    }
+
     /// Every `P.weight_packed` stored as U8 (FP4, FP6): recognised before the other formats, so its
     /// E4M3 scale is not taken for an FP8 weight.
     pub(super) fn add_ct_fp4_all(&mut self, ck: &Checkpoint, names: &[String]) -> InputResult<()> {
@@ -143,20 +208,7 @@ impl QuantMap {
         let shape_name = format!("{prefix}.weight_shape");
         if ck.contains(&shape_name) {
             // Not written for FP4/FP6; where present it must agree with the packing.
-            let v = ck.view(&shape_name)?;
-            let dims: Vec<i64> = match v.dtype {
-                Dtype::I64 => v
-                    .data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
-                    .collect(),
-                Dtype::I32 => v
-                    .data
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().expect("4")).into())
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let dims = shape_values(ck, &shape_name)?;
             if dims != [rows as i64, cols as i64] {
                 return Err(err(
                     ck,

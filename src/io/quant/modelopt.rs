@@ -72,9 +72,39 @@ pub struct Config {
     pub dtype: Dtype,
     /// `group_size` where given.
     pub group_size: Option<u64>,
+    /// The top `quant_algo` (`MIXED_PRECISION` included).
+    pub top: Option<String>,
+    /// `quantized_layers`: module → its `quant_algo`.
+    pub layers: Vec<(String, String)>,
 }
 
 impl Config {
+    /// The algorithm the config gives module `module` (`P` of `P.weight`): its
+    /// `quantized_layers` entry, else the top algorithm unless that is `MIXED_PRECISION`.
+    pub fn algo_for(&self, module: &str) -> Option<&str> {
+        match self.layers.iter().find(|(m, _)| m == module) {
+            Some((_, a)) => Some(a),
+            None => self.top.as_deref().filter(|a| *a != "MIXED_PRECISION"),
+        }
+    }
+
+    /// The error for a module stored as `stored` (`NVFP4`, `FP8`) that the config gives another
+    /// algorithm, or none at all: ModelOpt's loaders (TensorRT-LLM, vLLM `modelopt`) build each
+    /// layer from the config, so such a checkpoint does not load.
+    pub fn contradiction(&self, module: &str, stored: &str) -> Option<InputError> {
+        let says = self.algo_for(module);
+        if says == Some(stored) {
+            return None;
+        }
+        Some(InputError::invalid(
+            &self.path,
+            format!(
+                "gives `{module}` {}, but its stored tensors are {stored}",
+                says.map_or("no quant_algo".to_owned(), |a| format!("quant_algo `{a}`"))
+            ),
+        ))
+    }
+
     /// The algorithms lorakit does not read, as the error to list, if any.
     pub fn refusal(&self) -> Option<InputError> {
         let bad: Vec<&str> = self
@@ -118,6 +148,11 @@ pub(super) fn config_of(ck: &Checkpoint, quant: Option<&Value>) -> InputResult<O
     let folder = ck.folder();
     let cfg_path = folder.join("config.json");
     let hf_path = folder.join("hf_quant_config.json");
+    if std::fs::metadata(&hf_path).is_ok_and(|m| !m.is_file()) {
+        // A folder, FIFO or device where ModelOpt's description belongs: loaders that open it
+        // fail or block.
+        return Err(InputError::invalid(&hf_path, "is not a regular file"));
+    }
     let (path, q) = if hf_path.is_file() {
         let bytes = crate::io::read_json_file(&hf_path)?;
         let v: Value = serde_json::from_slice(&bytes)
@@ -139,6 +174,35 @@ pub(super) fn config_of(ck: &Checkpoint, quant: Option<&Value>) -> InputResult<O
             _ => return Ok(None),
         }
     };
+    let bad_field = |m: String| InputError::invalid(&path, m);
+    if let Some(v) = q.get("quant_algo").filter(|v| !v.is_string()) {
+        return Err(bad_field(format!("quant_algo {v} is not a string")));
+    }
+    let group_size = match q.get("group_size") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| bad_field(format!("group_size {v} is not a size")))?,
+        ),
+    };
+    let mut layers = Vec::new();
+    match q.get("quantized_layers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (name, l) in m {
+                match algo_of(l) {
+                    Some(a) => layers.push((name.clone(), a)),
+                    None => {
+                        return Err(bad_field(format!(
+                            "quantized_layers `{name}` has no quant_algo string"
+                        )))
+                    }
+                }
+            }
+        }
+        Some(_) => return Err(bad_field("quantized_layers is not an object".into())),
+    }
+    let top = algo_of(&q);
     let mut algos = Vec::new();
     let mut push = |a: String| {
         if a != "MIXED_PRECISION" && !algos.contains(&a) {
@@ -171,7 +235,9 @@ pub(super) fn config_of(ck: &Checkpoint, quant: Option<&Value>) -> InputResult<O
         algos,
         path,
         dtype,
-        group_size: q.get("group_size").and_then(Value::as_u64),
+        group_size,
+        top,
+        layers,
     }))
 }
 

@@ -34,6 +34,13 @@ impl QuantMap {
     }
 
     fn add_modelopt_fp4(&mut self, ck: &Checkpoint, prefix: &str, weight: &str) -> InputResult<()> {
+        if let Some(e) = self
+            .modelopt
+            .as_ref()
+            .and_then(|c| c.contradiction(prefix, "NVFP4"))
+        {
+            return Err(e);
+        }
         let w = ck.info(weight).expect("listed").clone();
         let [rows, half] = w.shape[..] else {
             return Err(err(
@@ -105,6 +112,39 @@ impl QuantMap {
                 companions,
             },
         )
+    }
+
+    /// A ModelOpt FP8 weight (an FP8 weight of a checkpoint with a ModelOpt config): the config
+    /// must give its module `FP8`, and its scale be the per-tensor F32 `P.weight_scale` ModelOpt
+    /// writes (`export/quant_utils.py`), not a grid the generic FP8 reader would tile by.
+    pub(super) fn check_modelopt_fp8(
+        &self,
+        ck: &Checkpoint,
+        prefix: &str,
+        scale: &str,
+    ) -> InputResult<()> {
+        let Some(c) = self.modelopt.as_ref() else {
+            return Ok(());
+        };
+        if let Some(e) = c.contradiction(prefix, "FP8") {
+            return Err(e);
+        }
+        let s = ck.info(scale).expect("present");
+        if !scale.ends_with(".weight_scale")
+            || s.dtype != Dtype::F32
+            || s.numel() != 1
+            || s.shape.len() > 1
+        {
+            return Err(err(
+                ck,
+                scale,
+                format!(
+                    "is {}; ModelOpt FP8 stores one F32 [] `{prefix}.weight_scale` per weight",
+                    typed(s)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// An NVFP4 weight's block scales, each NaN, infinite or zero global scale and each NaN block

@@ -443,6 +443,7 @@ impl QuantMap {
                 ))
             }
         };
+        self.check_modelopt_fp8(ck, prefix, &scale)?;
         let comfy = scale.ends_with(&format!(".{}", fp8::comfy::SCALE));
         if comfy {
             let s = ck.info(&scale).expect("present");
@@ -477,9 +478,12 @@ impl QuantMap {
         let layout = fp8::layout(w.shape[0], w.shape[1], &s.shape, config_block.or(ct_block))
             .map_err(|m| err(ck, &scale, m))?;
         if let Some(a) = ct {
-            if let Some(c) = a.contradicts_fp8(w.shape[0], w.shape[1], &layout, &scale, &s.shape) {
+            if let Some(c) =
+                a.contradicts_fp8(w.shape[0], w.shape[1], &layout, &scale, &s.shape, s.dtype)
+            {
                 return Err(a.refusal(ck, prefix, c));
             }
+            self.check_ct_fp8_companions(ck, prefix, weight, &scale)?;
         }
         let mut companions = vec![scale.clone()];
         for extra in ["input_scale", "activation_scale", fp8::comfy::INPUT_SCALE] {

@@ -107,6 +107,12 @@ impl InspectPlan {
                 reads.push(parent.join(crate::adapter::formats::peft::CONFIG_NAME));
             }
             crate::io::writer::check_writes(&reads, std::slice::from_ref(plot), &[])?;
+            // The format comes from the extension: another one is bad usage, refused before
+            // the spectra are computed (it was "cannot write", exit 3, after them).
+            let ext = plot.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if !matches!(ext.to_ascii_lowercase().as_str(), "svg" | "png") {
+                return Err(InputError::invalid(plot, "plot file must end in .svg or .png").into());
+            }
         }
         Ok(InspectPlan {
             path: path.to_path_buf(),

@@ -26,6 +26,7 @@ pub mod gguf_hf;
 mod gguf_model;
 pub mod gguf_parts;
 mod gguf_whole;
+mod layout;
 mod model;
 mod plan;
 mod qalora;
@@ -35,10 +36,11 @@ mod sequence;
 mod slices;
 mod tensor;
 mod widen;
+pub(crate) use layout::{copied_files, MODELOPT_CONFIG};
 pub(crate) use model::{is_lm_head_name, tied_lm_head_resolution};
 pub use model::{
     AdapterSummary, AsTrainedOn, DryRunFile, DryRunSummary, ExpandBase, MergeOptions, MergePlan,
     MergeRun, MergeSummary, QloraTensor, QuantOutput, TiedEmbeddings, UnmatchedReport,
     WeightedAdapter,
 };
-pub(crate) use run::{copied_files, without_quantization_config, MODELOPT_CONFIG};
+pub(crate) use run::without_quantization_config;

@@ -2,8 +2,8 @@
 //! unmatched modules decided, the output files laid out and checked against the inputs.
 //! Must not write anything (the plan is also what `--dry-run` and recipes print).
 
+use super::layout::{extra_files, shard_groups, shard_stem, MODELOPT_CONFIG};
 use super::model::*;
-use super::run::{extra_files, shard_groups, shard_stem, MODELOPT_CONFIG};
 use crate::adapter::formats::peft::params;
 use crate::adapter::formats::peft::BaseResidual;
 use crate::adapter::mapping::{self, Unmatched};
@@ -380,6 +380,9 @@ impl MergePlan {
             let expected = match &mut u.detail {
                 Unmatched::NotFound { expected, .. } => Some(expected),
                 Unmatched::ShapeMismatch { tensor, .. } => Some(tensor),
+                // An FP8 weight of a ModelOpt algorithm lorakit does not read is left out of
+                // the map and found as a plain F8 tensor.
+                Unmatched::NotFloat { tensor, .. } => Some(tensor),
                 _ => None,
             };
             if let Some(expected) = expected {

@@ -67,7 +67,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         }
     }
     let shape = |k: &str| file.view(k).map(|v| v.shape.to_vec());
-    let config_a_b = path_config(&cfg, &fpath)?;
+    let [config_a_b, config_c, config_d_e] = path_config(&cfg, &fpath)?;
     let mut modules = Vec::with_capacity(modules_map.len());
     for (name, paths) in modules_map {
         let missing = |p: char| bad(format!("module `{name}`: GLoRA needs glora_{p}"));
@@ -152,6 +152,27 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
             if stored_kind != config_a_b {
                 return Err(bad(format!(
                     "module `{name}`: glora_{p} is stored as a `{stored_kind}` path, but `config_A_B` in adapter_config.json is `{config_a_b}`: PEFT builds that path and refuses the file"
+                )));
+            }
+        }
+        // C, D and E likewise where PEFT built them (a base with a bias; `none` otherwise,
+        // whatever the config says): a stored path of another kind is not what PEFT loads into
+        // the layer it builds (hostile round 15).
+        for (p, key, want) in [
+            ('C', "config_C", config_c),
+            ('D', "config_D_E", config_d_e),
+            ('E', "config_D_E", config_d_e),
+        ] {
+            let leaves = one(p)?;
+            let stored_kind = match (leaves.get("Xd"), leaves.get("X")) {
+                (Some(_), _) => "lora",
+                (_, Some(x)) if p != 'C' && shape(x)? == [1] => "constant",
+                (_, Some(_)) => "vector",
+                _ => "none",
+            };
+            if stored_kind != "none" && stored_kind != want {
+                return Err(bad(format!(
+                    "module `{name}`: glora_{p} is stored as a `{stored_kind}` path, but `{key}` in adapter_config.json is `{want}`: PEFT builds that path and does not load the stored one"
                 )));
             }
         }
@@ -248,12 +269,12 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
     assemble(path, file, &cfg, modules, full)
 }
 
-/// `config_A_B`, with `config_C` and `config_D_E` checked against the values GloraConfig's
+/// `config_A_B`, `config_C` and `config_D_E`, each checked against the values GloraConfig's
 /// `__post_init__` accepts (defaults `lora`, `lora`, `constant`); C, D and E are built only
-/// where the base has a bias, so only A/B's value is returned for comparison.
-fn path_config(cfg: &PeftConfig, fpath: &Path) -> InputResult<&'static str> {
-    let mut a_b = "lora";
-    for (key, default, valid) in [
+/// where the base has a bias.
+fn path_config(cfg: &PeftConfig, fpath: &Path) -> InputResult<[&'static str; 3]> {
+    let mut kinds = ["lora", "lora", "constant"];
+    for (i, (key, default, valid)) in [
         (
             "config_A_B",
             "lora",
@@ -265,7 +286,10 @@ fn path_config(cfg: &PeftConfig, fpath: &Path) -> InputResult<&'static str> {
             "constant",
             &["vector", "constant", "none"][..],
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let v = match cfg.raw.get(key) {
             None | Some(serde_json::Value::Null) => Some(default),
             Some(x) => x.as_str(),
@@ -279,9 +303,7 @@ fn path_config(cfg: &PeftConfig, fpath: &Path) -> InputResult<&'static str> {
                 ),
             ));
         };
-        if key == "config_A_B" {
-            a_b = v;
-        }
+        kinds[i] = v;
     }
-    Ok(a_b)
+    Ok(kinds)
 }

@@ -35,9 +35,10 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         )));
     }
     // `select_top` (default true): which end of |W0| PEFT's topk keeps when it recomputes the
-    // positions.
+    // positions. `null` is no default: PEFT passes it to `torch.topk(largest=None)` in
+    // `update_layer`, which raises.
     let select_top = match cfg.raw.get("select_top") {
-        None | Some(serde_json::Value::Null) => true,
+        None => true,
         Some(serde_json::Value::Bool(b)) => *b,
         Some(v) => {
             return Err(bad(format!(

@@ -211,23 +211,31 @@ fn vector_groups(
     count: usize,
 ) -> Result<Vec<usize>, String> {
     let n = parts.len();
-    if count == 1 {
-        return Ok(vec![0; n]);
-    }
-    let wt = cfg
-        .raw
-        .get("weight_tying")
-        .and_then(serde_json::Value::as_f64)
-        .unwrap_or(0.0);
-    // torch's `manual_seed` takes [-2⁶³, 2⁶⁴ − 1], a negative seed as its two's complement.
+    // TinyLoraConfig's `__post_init__` refuses a `weight_tying` outside [0, 1] (a string fails
+    // its comparison); torch's `manual_seed` takes an integer in [-2⁶³, 2⁶⁴ − 1], a negative
+    // one as its two's complement (checked with torch: -1 seeds as 2⁶⁴ − 1).
+    let wt = match cfg.raw.get("weight_tying") {
+        None | Some(serde_json::Value::Null) => 0.0,
+        Some(v) => v
+            .as_f64()
+            .filter(|w| (0.0..=1.0).contains(w))
+            .ok_or_else(|| {
+                format!("`weight_tying` {v} in adapter_config.json is not a number in [0, 1] (PEFT's TinyLoraConfig refuses it)")
+            })?,
+    };
     let seed: i128 = match cfg.raw.get("projection_seed") {
         None | Some(serde_json::Value::Null) => 42,
         Some(v) => v
             .as_i64()
             .map(i128::from)
             .or_else(|| v.as_u64().map(i128::from))
-            .ok_or_else(|| format!("projection_seed {v} is not an integer torch takes"))?,
+            .ok_or_else(|| {
+                format!("`projection_seed` {v} in adapter_config.json is not an integer torch takes as a seed")
+            })?,
     };
+    if count == 1 {
+        return Ok(vec![0; n]);
+    }
     let torch_seed = |i: usize| -> Result<u64, String> {
         let s = seed + i as i128;
         if s < i128::from(i64::MIN) || s > i128::from(u64::MAX) {
