@@ -40,13 +40,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         &[],
         "BOFT tensor (boft_R, boft_s)",
     )?;
-    let shape = |k: &str| {
-        file.tensors()
-            .iter()
-            .find(|t| t.name == k)
-            .map(|t| t.shape.clone())
-            .unwrap_or_default()
-    };
+    let shape = |k: &str| file.info(k).map(|t| t.shape.clone()).unwrap_or_default();
     let mut modules = Vec::with_capacity(parts.len());
     for (name, [rkey, skey]) in parts {
         let (Some(rkey), Some(skey)) = (rkey, skey) else {
