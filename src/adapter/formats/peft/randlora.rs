@@ -16,7 +16,7 @@
 //! generator, which lorakit cannot reproduce: refused. On GPT-2's Conv1D (`fan_in_fan_out`) the
 //! same update is added transposed to the stored `[in, out]` weight.
 
-use super::assemble::{assemble, paired_by_suffixes};
+use super::assemble::{all_present, assemble, paired_by_suffixes};
 use super::config::{saved_projections, stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
@@ -89,12 +89,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         "RandLoRA tensor (randlora_lambda, randlora_gamma, randlora_A/B)",
     )?;
     let mut modules = Vec::with_capacity(parts.len());
-    for (name, [lkey, gkey]) in parts {
-        let (Some(lkey), Some(gkey)) = (lkey, gkey) else {
-            return Err(bad(format!(
-                "module `{name}`: RandLoRA needs randlora_lambda and randlora_gamma"
-            )));
-        };
+    for (name, keys) in parts {
+        let [lkey, gkey] = all_present(
+            &file,
+            &name,
+            keys,
+            "RandLoRA needs randlora_lambda and randlora_gamma",
+        )?;
         let (r, n, m) = match (&shape(&lkey)?[..], &shape(&gkey)?[..]) {
             ([r, n], [n2, m])
                 if n == n2 && *r == ra && *n > 0 && *m > 0 && *n <= nb && *m <= wa

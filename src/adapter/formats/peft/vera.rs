@@ -15,7 +15,7 @@
 //! A module's input width is known only from its base (`vera_A` is sliced to it), so it is a
 //! [`Factors::Vera`], built with the base at hand.
 
-use super::assemble::{assemble, paired_by_suffixes};
+use super::assemble::{all_present, assemble, paired_by_suffixes};
 use super::config::{saved_projections, stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
@@ -92,12 +92,13 @@ pub(super) fn read(
         &format!("{what} tensor ({stem}_lambda_d, {stem}_lambda_b, base_model.{stem}_A/B)"),
     )?;
     let mut modules = Vec::with_capacity(lambdas.len());
-    for (name, [d_key, b_key]) in lambdas {
-        let (Some(d_key), Some(b_key)) = (d_key, b_key) else {
-            return Err(bad(format!(
-                "module `{name}`: {what} needs {stem}_lambda_d and {stem}_lambda_b"
-            )));
-        };
+    for (name, keys) in lambdas {
+        let [d_key, b_key] = all_present(
+            &file,
+            &name,
+            keys,
+            &format!("{what} needs {stem}_lambda_d and {stem}_lambda_b"),
+        )?;
         let ld = stored_f32(&file, &d_key)?;
         let lb = stored_f32(&file, &b_key)?;
         let out = lb.len();
