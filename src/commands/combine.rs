@@ -3,11 +3,10 @@
 //! Arguments → library options → plan → run → printed report. Must not validate or compute what the
 //! library does, nor write to stdout/stderr except through `printer`.
 
-use super::convert::{files_line, name_base_flag};
+use super::convert::{files_line, name_base_flag_any};
 use super::options;
 use super::printer;
 use crate::cli::CombineArgs;
-use crate::error::InputError;
 use crate::inspect::table_of;
 use crate::ops::combine::{
     CombineInput, CombineOptions, CombinePlan, CombineReport, Method, MethodOptions,
@@ -51,10 +50,7 @@ pub fn options(a: &CombineArgs) -> Result<CombineOptions> {
 }
 
 pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
-    let plan = CombinePlan::new(options(&a)?).map_err(|e| match e.downcast::<InputError>() {
-        Ok(e) => name_base_flag(e),
-        Err(e) => e,
-    })?;
+    let plan = CombinePlan::new(options(&a)?).map_err(name_base_flag_any)?;
     let report = plan.run()?;
     if let Some((r, capped)) = report.svd_rank_capped() {
         printer::warn(

@@ -161,7 +161,7 @@ pub(crate) fn name_base_flag(e: crate::error::InputError) -> anyhow::Error {
 /// [`name_base_flag`] for an error of any kind (an [`InputError`] among them).
 ///
 /// [`InputError`]: crate::error::InputError
-fn name_base_flag_any(e: anyhow::Error) -> anyhow::Error {
+pub(crate) fn name_base_flag_any(e: anyhow::Error) -> anyhow::Error {
     match e.downcast::<crate::error::InputError>() {
         Ok(e) => name_base_flag(e),
         Err(e) => e,

@@ -3,11 +3,10 @@
 //! Arguments → library options → plan → run → printed report. Must not validate or compute what the
 //! library does, nor write to stdout/stderr except through `printer`.
 
-use super::convert::{files_line, name_base_flag, num};
+use super::convert::{files_line, name_base_flag_any, num};
 use super::options;
 use super::printer;
 use crate::cli::ResizeArgs;
-use crate::error::InputError;
 use crate::inspect::table_of;
 use crate::ops::resize::{RankRule, ResizeOptions, ResizePlan, ResizeReport};
 use anyhow::Result;
@@ -32,10 +31,7 @@ pub fn options(a: &ResizeArgs) -> Result<ResizeOptions> {
 }
 
 pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
-    let plan = ResizePlan::new(options(&a)?).map_err(|e| match e.downcast::<InputError>() {
-        Ok(e) => name_base_flag(e),
-        Err(e) => e,
-    })?;
+    let plan = ResizePlan::new(options(&a)?).map_err(name_base_flag_any)?;
     let report = plan.run()?;
     printer::print_report(a.output.json, "resize", &report, || render(&report))?;
     Ok(0)

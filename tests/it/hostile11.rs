@@ -141,7 +141,7 @@ fn a_peft_tuner_config_contradicting_its_tensors_is_refused() {
         ("gaps10/boft/adapter", "boft_block_num", 16.into(), "boft_R"),
     ];
     let dir = tempfile::tempdir().unwrap();
-    each_config_edit_is_refused(dir.path(), &cases);
+    each_config_edit_is_refused(dir.path(), &cases, &[]);
     // The fixtures as written still merge (checked against PEFT by tests/it/gaps10.rs).
     merge_each_into_llama(dir.path(), &["gaps10/vera/adapter", "gaps10/boft/adapter"]);
     // A config asking for two butterfly factors over a one-factor `boft_R` is what PEFT writes
@@ -161,17 +161,19 @@ fn a_peft_tuner_config_contradicting_its_tensors_is_refused() {
     assert_eq!(read_checkpoint(&a), read_checkpoint(&b));
 }
 
-/// Each case `(fixture, field, value, tensor)`: the adapter fixture with `field` set to `value` in
+/// Each case `(fixture, field, value, wanted)`: the adapter fixture with `field` set to `value` in
 /// its adapter_config.json, merged into the llama base, is refused naming the adapter file,
-/// `tensor` and `field`.
+/// `wanted` (a tensor, a shape), `field` and each of `also`.
 pub(super) fn each_config_edit_is_refused(
     dir: &Path,
     cases: &[(&str, &str, serde_json::Value, &str)],
+    also: &[&str],
 ) {
-    for (i, (rel, field, value, tensor)) in cases.iter().enumerate() {
+    for (i, (rel, field, value, wanted)) in cases.iter().enumerate() {
         let ad = edited_copy(dir, rel, &format!("t{i}"), |c| c[*field] = value.clone());
         let line = merge_refused(&fixture("llama/base"), &ad, &dir.join("o"), &[]);
-        assert_mentions(&line, &["adapter_model.safetensors", tensor, field]);
+        assert_mentions(&line, &["adapter_model.safetensors", wanted, field]);
+        assert_mentions(&line, also);
     }
 }
 

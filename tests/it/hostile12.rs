@@ -70,7 +70,7 @@ fn peft_gaps11_configs_contradicting_their_tensors_are_refused() {
         ("gaps11/randlora/adapter", "r", 8.into(), "randlora_A"),
     ];
     let dir = tempfile::tempdir().unwrap();
-    each_config_edit_is_refused(dir.path(), &cases);
+    each_config_edit_is_refused(dir.path(), &cases, &[]);
     // A C3A block_size_pattern entry is the block size of the modules it matches.
     let ad = edited_copy(dir.path(), "gaps11/c3a/adapter", "pattern", |c| {
         c["block_size_pattern"] = serde_json::json!({"q_proj": 8})

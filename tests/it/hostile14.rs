@@ -2,6 +2,7 @@
 //! violations its cases found, each test failing before its fix.
 
 use super::common::*;
+use super::hostile11::each_config_edit_is_refused;
 use super::quant::{dequantize_refuses, edited, quant};
 use std::path::{Path, PathBuf};
 
@@ -113,34 +114,32 @@ fn tuner_configs_contradicting_the_stored_shapes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixture("llama/base");
     let cases: [(&str, &str, serde_json::Value, &str); 9] = [
-        ("gaps13a/hira", "r", 8.into(), "rank 4"),
-        ("gaps13a/tinylora", "u", 4.into(), "u = 8"),
-        ("gaps13a/tinylora", "r", 4.into(), "rank 2"),
+        ("gaps13a/hira/adapter", "r", 8.into(), "rank 4"),
+        ("gaps13a/tinylora/adapter", "u", 4.into(), "u = 8"),
+        ("gaps13a/tinylora/adapter", "r", 4.into(), "rank 2"),
         (
-            "gaps13a/unilora",
+            "gaps13a/unilora/adapter",
             "theta_d_length",
             32.into(),
             "theta_d_length",
         ),
-        ("gaps13a/unilora", "r", 8.into(), "rank 4"),
-        ("gaps13a/frod", "sparse_rate", 0.5.into(), "2048"),
-        ("gaps13a/frod", "sparse_rate", 2.0.into(), "sparse_rate"),
-        ("gaps13a/glora", "config_A_B", "vector".into(), "config_A_B"),
-        ("gaps13a/glora", "r", 8.into(), "rank 4"),
+        ("gaps13a/unilora/adapter", "r", 8.into(), "rank 4"),
+        ("gaps13a/frod/adapter", "sparse_rate", 0.5.into(), "2048"),
+        (
+            "gaps13a/frod/adapter",
+            "sparse_rate",
+            2.0.into(),
+            "sparse_rate",
+        ),
+        (
+            "gaps13a/glora/adapter",
+            "config_A_B",
+            "vector".into(),
+            "config_A_B",
+        ),
+        ("gaps13a/glora/adapter", "r", 8.into(), "rank 4"),
     ];
-    for (i, (fx, key, value, want)) in cases.into_iter().enumerate() {
-        let ad = edited_copy(
-            dir.path(),
-            &format!("{fx}/adapter"),
-            &format!("ad{i}"),
-            |c| c[key] = value,
-        );
-        let line = merge_refused(&base, &ad, &dir.path().join(format!("o{i}")), &[]);
-        assert_mentions(
-            &line,
-            &["adapter_model.safetensors", "adapter_config.json", want],
-        );
-    }
+    each_config_edit_is_refused(dir.path(), &cases, &["adapter_config.json"]);
     let ad = edited_copy(dir.path(), "gaps13a/glora/adapter", "c_vector", |c| {
         c["config_C"] = "vector".into()
     });

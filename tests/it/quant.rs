@@ -32,6 +32,42 @@ pub(super) fn quant(rel: &str) -> PathBuf {
     fixture(&format!("quant/{rel}"))
 }
 
+/// The tensors of `fixtures/quant/<file>` whose names start with `prefix`, the prefix dropped.
+pub(super) fn prefixed(file: &str, prefix: &str) -> BTreeMap<String, T> {
+    read(&quant(file))
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_owned(), v)))
+        .collect()
+}
+
+/// `dequantize` of `fixtures/quant/<model>` into `out` gives the 14 weights of `refs` (see
+/// [`prefixed`]) byte for byte, under exactly the float llama base's tensor names, and a
+/// config.json without `quantization_config`; returns the output's tensors and the reference's.
+pub(super) fn assert_dequantized_as(
+    model: &str,
+    out: &Path,
+    refs: &str,
+    prefix: &str,
+) -> (BTreeMap<String, T>, BTreeMap<String, T>) {
+    let text = run_ok(dequantize_args(&quant(model), out, &[]));
+    assert!(text.contains("dequantized 14 weights"), "{model}: {text}");
+    let got = read_checkpoint(out);
+    let base = read_checkpoint(&fixture("llama/base"));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        base.keys().collect::<Vec<_>>(),
+        "{model}: companions dropped, weights under their own names"
+    );
+    let want = prefixed(refs, prefix);
+    assert_eq!(want.len(), 14, "{model}");
+    for (name, w) in &want {
+        assert_eq!(&got[name], w, "{model} {name}: not bit-exact");
+    }
+    let cfg: serde_json::Value = read_json(out.join("config.json"));
+    assert!(cfg.get("quantization_config").is_none(), "{model}");
+    (got, want)
+}
+
 /// The float tensors of the base the quantized fixtures were made from.
 fn base_of(model: &str) -> PathBuf {
     fixture(if model == "nf4_bf16" {

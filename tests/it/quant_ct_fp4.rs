@@ -3,7 +3,7 @@
 //! 0.20's own compressors (`fixtures/gen/ct_fp4_fixtures.py`, `fixtures/gen/ct_mx_fixtures.py`).
 
 use super::common::*;
-use super::quant::{dequantize_refuses, edited, quant, without};
+use super::quant::{assert_dequantized_as, dequantize_refuses, edited, prefixed, quant, without};
 use super::quant_requant::{assert_merged_exactly, merge_keeping};
 use std::collections::BTreeMap;
 
@@ -15,37 +15,14 @@ const MODELS: [(&str, &str, &str); 4] = [
     ("ct_mxfp8", "ct_mx", "mx8."),
 ];
 
-/// The tensors of `file` whose names start with `prefix`, the prefix dropped.
-fn prefixed(file: &str, prefix: &str) -> BTreeMap<String, T> {
-    read(&quant(file))
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_owned(), v)))
-        .collect()
-}
-
 /// `dequantize` equals the compressor's `decompress` (bf16) bit for bit on all 14 weights;
 /// companions (scales, global scales) are dropped and so is `quantization_config`.
 #[test]
 fn dequantize_equals_compressed_tensors_decompress() {
     let dir = tempfile::tempdir().unwrap();
     for (model, refs, prefix) in MODELS {
-        let out = dir.path().join(model);
-        let text = run_ok(dequantize_args(&quant(model), &out, &[]));
-        assert!(text.contains("dequantized 14 weights"), "{model}: {text}");
-        let got = read_checkpoint(&out);
-        let base = read_checkpoint(&fixture("llama/base"));
-        assert_eq!(
-            got.keys().collect::<Vec<_>>(),
-            base.keys().collect::<Vec<_>>(),
-            "{model}"
-        );
-        let want = prefixed(&format!("ref/{refs}.safetensors"), prefix);
-        assert_eq!(want.len(), 14);
-        for (name, w) in &want {
-            assert_eq!(&got[name], w, "{model} {name}: not bit-exact");
-        }
-        let cfg: serde_json::Value = read_json(out.join("config.json"));
-        assert!(cfg.get("quantization_config").is_none(), "{model}");
+        let refs = format!("ref/{refs}.safetensors");
+        assert_dequantized_as(model, &dir.path().join(model), &refs, prefix);
     }
 }
 

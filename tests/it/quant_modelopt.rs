@@ -3,20 +3,11 @@
 //! (`fixtures/gen/modelopt_fixtures.py`).
 
 use super::common::*;
-use super::quant::{dequantize_refuses, edited, quant, without};
+use super::quant::{assert_dequantized_as, dequantize_refuses, edited, prefixed, quant, without};
 use super::quant_requant::{assert_merged_exactly, merge_keeping};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 const MODELS: [(&str, &str); 2] = [("modelopt_nvfp4", "nv."), ("modelopt_fp8", "fp8.")];
-
-/// The tensors of `file` whose names start with `prefix`, the prefix dropped.
-fn prefixed(file: &str, prefix: &str) -> BTreeMap<String, T> {
-    read(&quant(file))
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_owned(), v)))
-        .collect()
-}
 
 /// `dequantize` equals ModelOpt's `NVFP4QTensor.dequantize` (bf16) and `FP8QTensor.dequantize`
 /// (f32) bit for bit on all 14 weights; scales and input scales are dropped, and so are
@@ -27,22 +18,7 @@ fn dequantize_equals_modelopt_dequantize() {
     let dir = tempfile::tempdir().unwrap();
     for (model, prefix) in MODELS {
         let out = dir.path().join(model);
-        let text = run_ok(dequantize_args(&quant(model), &out, &[]));
-        assert!(text.contains("dequantized 14 weights"), "{model}: {text}");
-        let got = read_checkpoint(&out);
-        let base = read_checkpoint(&fixture("llama/base"));
-        assert_eq!(
-            got.keys().collect::<Vec<_>>(),
-            base.keys().collect::<Vec<_>>(),
-            "{model}"
-        );
-        let want = prefixed("ref/modelopt.safetensors", prefix);
-        assert_eq!(want.len(), 14);
-        for (name, w) in &want {
-            assert_eq!(&got[name], w, "{model} {name}: not bit-exact");
-        }
-        let cfg: serde_json::Value = read_json(out.join("config.json"));
-        assert!(cfg.get("quantization_config").is_none(), "{model}");
+        assert_dequantized_as(model, &out, "ref/modelopt.safetensors", prefix);
         assert!(!out.join("hf_quant_config.json").exists(), "{model}");
     }
 }

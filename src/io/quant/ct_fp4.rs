@@ -223,8 +223,29 @@ pub fn group_scales_of<'a, E>(
 
 /// Element `i`'s group.
 fn group(p: &Params, i: usize) -> usize {
-    let gs = p.kind.group_size();
-    (i / p.cols) * (p.cols / gs) + (i % p.cols) / gs
+    group_index(p.cols, p.kind.group_size(), i)
+}
+
+/// Element `i`'s group of `gs` values along its row of `cols` (row-major, `gs` dividing `cols`);
+/// ModelOpt's NVFP4 blocks are grouped so too.
+pub(super) fn group_index(cols: usize, gs: usize, i: usize) -> usize {
+    (i / cols) * (cols / gs) + (i % cols) / gs
+}
+
+/// Element `i`'s E2M1 code in packed FP4 bytes: two a byte, element `2j` in the low nibble
+/// (`unpack_fp4_from_uint8`; ModelOpt packs the same way).
+pub(super) fn nibble(packed: &[u8], i: usize) -> u8 {
+    let b = packed[i / 2];
+    if i.is_multiple_of(2) {
+        b & 0xF
+    } else {
+        b >> 4
+    }
+}
+
+/// Stores element `i`'s E2M1 code `c` into zeroed packed bytes, where [`nibble`] reads it.
+pub(super) fn put_nibble(out: &mut [u8], i: usize, c: u8) {
+    out[i / 2] |= c << (4 * (i % 2));
 }
 
 /// Element `i`'s code and value (FP4: two a byte, element `2j` low; FP6: four in three bytes,
@@ -236,10 +257,7 @@ fn value_at(p: &Params, packed: &[u8], i: usize) -> f32 {
             let word = u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
             code6_value((word >> (6 * (i % 4)) & 0x3F) as u8)
         }
-        Kind::Nvfp4 | Kind::Mxfp4 => {
-            let b = packed[i / 2];
-            code_value(if i.is_multiple_of(2) { b & 0xF } else { b >> 4 })
-        }
+        Kind::Nvfp4 | Kind::Mxfp4 => code_value(nibble(packed, i)),
     }
 }
 
@@ -261,10 +279,8 @@ pub fn requantize(p: &Params, merged: &[f32], scales: &[f32]) -> Vec<u8> {
         let x = dtype::round_to(Dtype::BF16, m);
         let s = scales[group(p, i)];
         match p.kind {
-            Kind::Nvfp4 => out[i / 2] |= code_of(x / s) << (4 * (i % 2)),
-            Kind::Mxfp4 => {
-                out[i / 2] |= code_of(dtype::round_to(Dtype::BF16, x / s)) << (4 * (i % 2))
-            }
+            Kind::Nvfp4 => put_nibble(&mut out, i, code_of(x / s)),
+            Kind::Mxfp4 => put_nibble(&mut out, i, code_of(dtype::round_to(Dtype::BF16, x / s))),
             Kind::Mxfp6 => {
                 let c = u32::from(code6_of(dtype::round_to(Dtype::BF16, x / s))) << (6 * (i % 4));
                 for (k, o) in out[i / 4 * 3..i / 4 * 3 + 3].iter_mut().enumerate() {

@@ -10,10 +10,8 @@ use super::*;
 
 /// config.json's MLX quantization settings: `quantization`, or `quantization_config` where a
 /// converter wrote only that (mlx-lm writes both, the same dict).
-pub(super) fn config_of(ck: &Checkpoint) -> Option<serde_json::Value> {
-    let path = ck.folder().join("config.json");
-    let text = crate::io::read_json_file(&path).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+pub(super) fn config_of(config_json: Option<&serde_json::Value>) -> Option<serde_json::Value> {
+    let v = config_json?;
     v.get("quantization")
         .or_else(|| v.get("quantization_config"))
         .filter(|q| q.is_object())

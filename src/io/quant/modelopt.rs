@@ -144,7 +144,12 @@ fn algo_of(v: &Value) -> Option<String> {
 
 /// The ModelOpt config of `ck`: hf_quant_config.json when present, else config.json's
 /// `quantization_config` when its `quant_method` is `modelopt`; `None` for anything else.
-pub(super) fn config_of(ck: &Checkpoint, quant: Option<&Value>) -> InputResult<Option<Config>> {
+/// `config_json` is the checkpoint's config.json as the scan read it.
+pub(super) fn config_of(
+    ck: &Checkpoint,
+    config_json: Option<&Value>,
+) -> InputResult<Option<Config>> {
+    let quant = config_json.and_then(|c| c.get("quantization_config"));
     let folder = ck.folder();
     let cfg_path = folder.join("config.json");
     let hf_path = folder.join("hf_quant_config.json");
@@ -169,7 +174,7 @@ pub(super) fn config_of(ck: &Checkpoint, quant: Option<&Value>) -> InputResult<O
     } else {
         match quant {
             Some(q) if q.get("quant_method").and_then(Value::as_str) == Some("modelopt") => {
-                (cfg_path.clone(), q.clone())
+                (cfg_path, q.clone())
             }
             _ => return Ok(None),
         }
@@ -219,9 +224,7 @@ pub(super) fn config_of(ck: &Checkpoint, quant: Option<&Value>) -> InputResult<O
             }
         }
     }
-    let dtype = crate::io::read_json_file(&cfg_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    let dtype = config_json
         .and_then(|c| {
             let d = c.get("dtype").or_else(|| c.get("torch_dtype"))?;
             match d.as_str()? {
@@ -251,16 +254,13 @@ pub fn block_scales(scale_bytes: &[u8], global: f32) -> Vec<f32> {
 
 /// The weight in f32 (each value one of `p.dtype`), as `NVFP4QTensor.dequantize` returns it.
 pub fn dequantize(p: &Params, packed: &[u8], scales: &[f32]) -> Vec<f32> {
-    let groups = p.cols / GROUP;
     (0..p.rows * p.cols)
         .map(|i| {
-            let b = packed[i / 2];
-            let c = if i % 2 == 0 { b & 0xF } else { b >> 4 };
-            let g = (i / p.cols) * groups + (i % p.cols) / GROUP;
+            let c = ct_fp4::nibble(packed, i);
             // ModelOpt's table (`e2m1_values`) holds +0 for code 8, where compressed-tensors'
             // holds −0.
             let v = if c == 8 { 0.0 } else { ct_fp4::code_value(c) };
-            dtype::round_to(p.dtype, v * scales[g])
+            dtype::round_to(p.dtype, v * scales[ct_fp4::group_index(p.cols, GROUP, i)])
         })
         .collect()
 }
@@ -268,14 +268,12 @@ pub fn dequantize(p: &Params, packed: &[u8], scales: &[f32]) -> Vec<f32> {
 /// `merged` (f32, row-major) packed again with the stored block scales (`NVFP4QTensor.quantize`
 /// with `weights_scaling_factor` given).
 pub fn requantize(p: &Params, merged: &[f32], scales: &[f32]) -> Vec<u8> {
-    let groups = p.cols / GROUP;
     let mut out = vec![0u8; p.rows * p.cols / 2];
     for (i, &m) in merged.iter().enumerate() {
-        let g = (i / p.cols) * groups + (i % p.cols) / GROUP;
-        let q = dtype::round_to(p.dtype, m) / scales[g];
+        let q = dtype::round_to(p.dtype, m) / scales[ct_fp4::group_index(p.cols, GROUP, i)];
         // `_cast_fp4`: NaN sorts past every bound (code 7) and is not negative.
         let c = if q.is_nan() { 7 } else { ct_fp4::code_of(q) };
-        out[i / 2] |= c << (4 * (i % 2));
+        ct_fp4::put_nibble(&mut out, i, c);
     }
     out
 }

@@ -30,15 +30,19 @@ impl QuantMap {
     /// Reads `quantization_config` from the checkpoint's config.json (if any) and recognises every
     /// quantized weight from the headers. Errors on anything incomplete or inconsistent.
     pub fn scan(ck: &Checkpoint) -> InputResult<QuantMap> {
-        let config = read_quant_config(ck)?;
+        // config.json, read once: `quantization_config`, ModelOpt's and MLX's settings.
+        let config_json = read_config_json(ck);
         let mut map = QuantMap {
-            config,
+            config: config_json
+                .as_ref()
+                .and_then(|v| v.get("quantization_config"))
+                .cloned(),
             ..QuantMap::default()
         };
         let config_block = map
             .config_block()
             .map_err(|m| InputError::invalid(ck.folder().join("config.json"), m))?;
-        map.modelopt = super::modelopt::config_of(ck, map.config.as_ref())?;
+        map.modelopt = super::modelopt::config_of(ck, config_json.as_ref())?;
         if let Some(e) = map.modelopt.as_ref().and_then(|c| c.refusal()) {
             // An algorithm lorakit does not read: each weight with a scale stands for it.
             map.push_unsupported(None, e);
@@ -48,7 +52,7 @@ impl QuantMap {
             return Ok(map);
         }
         let gptq_config = GptqConfig::parse(map.config.as_ref());
-        let mlx_config = super::mlx_scan::config_of(ck);
+        let mlx_config = super::mlx_scan::config_of(config_json.as_ref());
         let names: Vec<String> = ck.names().map(str::to_owned).collect();
         // FP8 weights are scaled ones when the config says so or when the checkpoint has FP8
         // scales at all: then a weight without its scale is an error, not a plain FP8 tensor.
@@ -685,21 +689,14 @@ impl QuantMap {
     }
 }
 
-/// `quantization_config` of the config.json next to the weights, if there is one.
-fn read_quant_config(ck: &Checkpoint) -> InputResult<Option<serde_json::Value>> {
+/// The config.json next to the weights, if there is one and it reads as JSON.
+fn read_config_json(ck: &Checkpoint) -> Option<serde_json::Value> {
     let path = ck.folder().join("config.json");
     if !path.is_file() {
-        return Ok(None);
+        return None;
     }
-    // Not this module's business either: a config.json that cannot be read (a FIFO, over the
-    // size limit) is reported by the readers that need it.
-    let Ok(text) = crate::io::read_json_file(&path) else {
-        return Ok(None);
-    };
-    let v: serde_json::Value = match serde_json::from_slice(&text) {
-        Ok(v) => v,
-        // Not this module's business: other readers of config.json report a broken one.
-        Err(_) => return Ok(None),
-    };
-    Ok(v.get("quantization_config").cloned())
+    // Not this module's business: a config.json that cannot be read (a FIFO, over the size
+    // limit) or is not JSON is reported by the readers that need it.
+    let text = crate::io::read_json_file(&path).ok()?;
+    serde_json::from_slice(&text).ok()
 }

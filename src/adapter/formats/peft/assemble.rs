@@ -123,6 +123,20 @@ pub(super) fn paired_by_suffixes<const N: usize>(
     Ok((parts, full))
 }
 
+/// A module's keys from [`paired_by_suffixes`], each one present, or the error naming the module
+/// and what is missing as `needs` says it ("BOFT needs boft_R and boft_s").
+pub(super) fn all_present<T, const N: usize>(
+    file: &SafetensorsFile,
+    module: &str,
+    keys: [Option<T>; N],
+    needs: &str,
+) -> InputResult<[T; N]> {
+    keys.into_iter()
+        .collect::<Option<Vec<T>>>()
+        .and_then(|v| <[T; N]>::try_from(v).ok())
+        .ok_or_else(|| InputError::invalid(file.path(), format!("module `{module}`: {needs}")))
+}
+
 /// The tensors of a tuner with one tensor per module (IA3, OFT, HRA): those named
 /// `{PREFIX}{module}{suffix}`, with the module name, in file order; every other tensor is a full
 /// tensor named without the prefix.

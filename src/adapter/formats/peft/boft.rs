@@ -14,7 +14,7 @@
 //! Conv2d (`Conv2d.merge`) the one-factor rotation acts on the weight viewed as
 //! [out, in·kh·kw]; several factors there, and `fan_in_fan_out`, are refused.
 
-use super::assemble::{assemble, paired_by_suffixes};
+use super::assemble::{all_present, assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
@@ -40,20 +40,10 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         &[],
         "BOFT tensor (boft_R, boft_s)",
     )?;
-    let shape = |k: &str| {
-        file.tensors()
-            .iter()
-            .find(|t| t.name == k)
-            .map(|t| t.shape.clone())
-            .unwrap_or_default()
-    };
+    let shape = |k: &str| file.info(k).map(|t| t.shape.clone()).unwrap_or_default();
     let mut modules = Vec::with_capacity(parts.len());
-    for (name, [rkey, skey]) in parts {
-        let (Some(rkey), Some(skey)) = (rkey, skey) else {
-            return Err(bad(format!(
-                "module `{name}`: BOFT needs boft_R and boft_s"
-            )));
-        };
+    for (name, keys) in parts {
+        let [rkey, skey] = all_present(&file, &name, keys, "BOFT needs boft_R and boft_s")?;
         let (m, n, b) = match shape(&rkey)[..] {
             // b = 1 is allowed by PEFT: each 1×1 rotation is the identity (W' = W0 ⊙ s).
             [m, n, b, b2] if m > 0 && n > 0 && b > 0 && b == b2 => (m, n, b),

@@ -494,6 +494,32 @@ pub fn token_indices(cfg: Option<&Value>, module: &str) -> Option<Vec<u64>> {
     }
 }
 
+/// The shapes of the frozen random projections `a`/`b` that every layer of a VeRA, PVeRA or
+/// RandLoRA adapter shares, saved when `save_projection` is true (the default). Without them PEFT
+/// regenerates them with torch's generator seeded by `projection_prng_key`, which lorakit cannot
+/// reproduce: refused, naming them as `what` ("VeRA's shared projections").
+pub(super) fn saved_projections<'f>(
+    file: &'f crate::io::SafetensorsFile,
+    cfg: &PeftConfig,
+    what: &str,
+    [a, b]: [&str; 2],
+) -> InputResult<(&'f [usize], &'f [usize])> {
+    let saved = cfg
+        .raw
+        .get("save_projection")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    match (file.info(a), file.info(b)) {
+        (Some(sa), Some(sb)) if saved => Ok((&sa.shape, &sb.shape)),
+        _ => Err(InputError::invalid(
+            file.path(),
+            format!(
+                "{what} `{a}`/`{b}` are not in the file (`save_projection` is {saved} in adapter_config.json): PEFT regenerates them with torch's random generator seeded by `projection_prng_key`, which lorakit cannot reproduce; save the adapter with save_projection=True"
+            ),
+        )),
+    }
+}
+
 /// A stored tensor's values in f32, refused (naming file and tensor) unless float and finite.
 pub(super) fn stored_f32(file: &crate::io::SafetensorsFile, key: &str) -> InputResult<Vec<f32>> {
     let err = |m: String| InputError::invalid(file.path(), format!("tensor `{key}`: {m}"));

@@ -10,7 +10,7 @@
 //! merges `ΔW = U·(S + diag λ)·Vᵀ − W0` ([`Factors::Frod`]). The shared tensors are saved with
 //! `save_projection` (the default); without them the folder is refused (`config.rs`).
 
-use super::assemble::{assemble, paired_by_suffixes};
+use super::assemble::{all_present, assemble, paired_by_suffixes};
 use super::config::{stored_f32, stored_ints, PeftConfig};
 use crate::adapter::algo::{Factors, FrodParts};
 use crate::adapter::data::Data;
@@ -57,12 +57,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
     )?;
     let shape = |k: &str| file.view(k).map(|x| x.shape.to_vec());
     let mut modules = Vec::with_capacity(parts.len());
-    for (name, [lkey, skey]) in parts {
-        let (Some(lkey), Some(skey)) = (lkey, skey) else {
-            return Err(bad(format!(
-                "module `{name}`: FRoD needs frod_lambda_l and frod_lambda_s_values"
-            )));
-        };
+    for (name, keys) in parts {
+        let [lkey, skey] = all_present(
+            &file,
+            &name,
+            keys,
+            "FRoD needs frod_lambda_l and frod_lambda_s_values",
+        )?;
         let cat = category(&name);
         if cat == "output_dense" && name.split('.').rev().nth(2) == Some("attention") {
             return Err(bad(format!(

@@ -10,7 +10,7 @@
 //! `get_delta_weight`), i.e. `W' = W0's top effective_rank triplets + U_low·diag(S_low)·V_low`
 //! ([`Factors::Osf`], the SVD of W0 taken at merge time). Linear layers only.
 
-use super::assemble::{assemble, paired_by_suffixes};
+use super::assemble::{all_present, assemble, paired_by_suffixes};
 use super::config::PeftConfig;
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
@@ -35,12 +35,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         "OSF tensor (osf_svd_params.U_low, S_low, V_low)",
     )?;
     let mut modules = Vec::with_capacity(parts.len());
-    for (name, [ukey, skey, vkey]) in parts {
-        let (Some(ukey), Some(skey), Some(vkey)) = (ukey, skey, vkey) else {
-            return Err(bad(format!(
-                "module `{name}`: OSF needs osf_svd_params.U_low, S_low and V_low"
-            )));
-        };
+    for (name, keys) in parts {
+        let [ukey, skey, vkey] = all_present(
+            &file,
+            &name,
+            keys,
+            "OSF needs osf_svd_params.U_low, S_low and V_low",
+        )?;
         let shape = |k: &str| file.view(k).map(|v| v.shape.to_vec());
         let (us, ss, vs) = (shape(&ukey)?, shape(&skey)?, shape(&vkey)?);
         // n trained triplets of a [d, k] weight, fewer than min(d, k) (effective_rank ≥ 1);

@@ -16,8 +16,8 @@
 //! generator, which lorakit cannot reproduce: refused. On GPT-2's Conv1D (`fan_in_fan_out`) the
 //! same update is added transposed to the stored `[in, out]` weight.
 
-use super::assemble::{assemble, paired_by_suffixes};
-use super::config::{stored_f32, PeftConfig};
+use super::assemble::{all_present, assemble, paired_by_suffixes};
+use super::config::{saved_projections, stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, LoraModule};
@@ -34,17 +34,7 @@ const B_KEY: &str = "base_model.randlora_B";
 pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
     let fpath = file.path().to_path_buf();
     let bad = |msg: String| InputError::invalid(&fpath, msg);
-    let save_projection = cfg
-        .raw
-        .get("save_projection")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    let has = |k: &str| file.tensors().iter().any(|t| t.name == k);
-    if !save_projection || !has(A_KEY) || !has(B_KEY) {
-        return Err(bad(format!(
-            "RANDLORA's shared bases `{A_KEY}`/`{B_KEY}` are not in the file (`save_projection` is {save_projection} in adapter_config.json): PEFT regenerates them with torch's random generator seeded by `projection_prng_key`, which lorakit cannot reproduce; save the adapter with save_projection=True"
-        )));
-    }
+    let (sa, sb) = saved_projections(&file, &cfg, "RANDLORA's shared bases", [A_KEY, B_KEY])?;
     let alpha = match cfg.raw.get("randlora_alpha") {
         None | Some(Value::Null) => 640.0,
         Some(v) => v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| {
@@ -52,7 +42,7 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         })?,
     };
     let shape = |k: &str| -> InputResult<Vec<usize>> { Ok(file.view(k)?.shape.to_vec()) };
-    let (ra, na, wa, big, nb, rb) = match (&shape(A_KEY)?[..], &shape(B_KEY)?[..]) {
+    let (ra, na, wa, big, nb, rb) = match (sa, sb) {
         ([ra, na, wa], [big, nb, rb])
             if ra == rb && [*ra, *na, *wa, *big, *nb].iter().all(|&x| x > 0) =>
         {
@@ -99,12 +89,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         "RandLoRA tensor (randlora_lambda, randlora_gamma, randlora_A/B)",
     )?;
     let mut modules = Vec::with_capacity(parts.len());
-    for (name, [lkey, gkey]) in parts {
-        let (Some(lkey), Some(gkey)) = (lkey, gkey) else {
-            return Err(bad(format!(
-                "module `{name}`: RandLoRA needs randlora_lambda and randlora_gamma"
-            )));
-        };
+    for (name, keys) in parts {
+        let [lkey, gkey] = all_present(
+            &file,
+            &name,
+            keys,
+            "RandLoRA needs randlora_lambda and randlora_gamma",
+        )?;
         let (r, n, m) = match (&shape(&lkey)?[..], &shape(&gkey)?[..]) {
             ([r, n], [n2, m])
                 if n == n2 && *r == ra && *n > 0 && *m > 0 && *n <= nb && *m <= wa

@@ -11,7 +11,7 @@
 //! Everything is in the saved folder; the input width comes from the base. Linear layers only
 //! (PEFT's `dispatch_default` wraps `nn.Linear`); `fan_in_fan_out` is refused.
 
-use super::assemble::{assemble, paired_by_suffixes};
+use super::assemble::{all_present, assemble, paired_by_suffixes};
 use super::config::{stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
@@ -62,12 +62,8 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         "RoAd tensor (road_theta, road_alpha)",
     )?;
     let mut modules = Vec::with_capacity(parts.len());
-    for (name, [tkey, akey]) in parts {
-        let (Some(tkey), Some(akey)) = (tkey, akey) else {
-            return Err(bad(format!(
-                "module `{name}`: RoAd needs road_theta and road_alpha"
-            )));
-        };
+    for (name, keys) in parts {
+        let [tkey, akey] = all_present(&file, &name, keys, "RoAd needs road_theta and road_alpha")?;
         let theta = stored_f32(&file, &tkey)?;
         let alpha = stored_f32(&file, &akey)?;
         let shape = |k: &str| file.view(k).map(|v| v.shape.to_vec());

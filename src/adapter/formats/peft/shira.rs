@@ -7,7 +7,7 @@
 //! scaling 1 (set only at inference by `set_scale`, never saved). The shape comes from the base
 //! ([`Factors::Shira`]); every position must fall inside it. Linear layers only.
 
-use super::assemble::{assemble, paired_by_suffixes};
+use super::assemble::{all_present, assemble, paired_by_suffixes};
 use super::config::{stored_f32, stored_ints, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
@@ -32,12 +32,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         "SHiRA tensor (shira_weight, shira_indices)",
     )?;
     let mut modules = Vec::with_capacity(parts.len());
-    for (name, [wkey, ikey]) in parts {
-        let (Some(wkey), Some(ikey)) = (wkey, ikey) else {
-            return Err(bad(format!(
-                "module `{name}`: SHiRA needs shira_weight and shira_indices"
-            )));
-        };
+    for (name, keys) in parts {
+        let [wkey, ikey] = all_present(
+            &file,
+            &name,
+            keys,
+            "SHiRA needs shira_weight and shira_indices",
+        )?;
         let values = stored_f32(&file, &wkey)?;
         let n = values.len();
         // PEFT's shira_weight is one vector [n] (hostile round 12: a [16, 16] one merged).

@@ -13,7 +13,7 @@
 //! softmax is those weights (`model.py` `_remap_adapter_state_dict_for_load`), so the pieces are
 //! the weighted sums of the named vectors. Pieces are summed in f64, rounded once.
 
-use super::assemble::{assemble, stored_full};
+use super::assemble::{all_present, assemble, stored_full};
 use super::config::{stored_f32, PeftConfig, PREFIX};
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, LoraModule};
@@ -104,12 +104,13 @@ pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> Input
         *slot = Some((key.to_owned(), weights));
     }
     let mut modules = Vec::with_capacity(parts.len());
-    for (name, [a, b]) in parts {
-        let (Some(a), Some(b)) = (a, b) else {
-            return Err(bad(format!(
-                "module `{name}`: VB-LoRA needs vblora_logits_A and vblora_logits_B"
-            )));
-        };
+    for (name, keys) in parts {
+        let [a, b] = all_present(
+            &file,
+            &name,
+            keys,
+            "VB-LoRA needs vblora_logits_A and vblora_logits_B",
+        )?;
         let (ashape, apieces) = pieces(&file, &a, n_vec, topk)?;
         let (bshape, bpieces) = pieces(&file, &b, n_vec, topk)?;
         // logits_A [r, in/L, ·], logits_B [out/L, r, ·].

@@ -15,8 +15,8 @@
 //! A module's input width is known only from its base (`vera_A` is sliced to it), so it is a
 //! [`Factors::Vera`], built with the base at hand.
 
-use super::assemble::{assemble, paired_by_suffixes};
-use super::config::{stored_f32, PeftConfig};
+use super::assemble::{all_present, assemble, paired_by_suffixes};
+use super::config::{saved_projections, stored_f32, PeftConfig};
 use crate::adapter::algo::Factors;
 use crate::adapter::data::Data;
 use crate::adapter::model::{Adapter, LoraModule};
@@ -25,75 +25,95 @@ use crate::io::SafetensorsFile;
 use std::path::Path;
 use std::sync::Arc;
 
-const A_KEY: &str = "base_model.vera_A";
-const B_KEY: &str = "base_model.vera_B";
+/// VeRA or PVeRA: how they are named and how tall their down-projection is.
+pub(super) struct Kind {
+    /// As messages name it.
+    pub name: &'static str,
+    /// The stem of its tensor names: `base_model.{stem}_A`, `….{stem}_lambda_d`.
+    pub stem: &'static str,
+    /// Rows of the shared A and of each λ_d per rank: 1 for VeRA, 2 for PVeRA (the mean and the
+    /// log-variance halves; the merge takes the first).
+    pub halves: usize,
+}
 
-/// Reads a PEFT VeRA adapter (see the module header).
-pub(super) fn read(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputResult<Adapter> {
+/// VeRA itself (PVeRA's is `pvera.rs`'s).
+pub(super) const VERA: Kind = Kind {
+    name: "VeRA",
+    stem: "vera",
+    halves: 1,
+};
+
+/// Reads a PEFT VeRA or PVeRA adapter (see the module header):
+/// `ΔW = (λ_b ⊙ B[:out])·(λ_d[:r] ⊙ A[:r, :in])`.
+pub(super) fn read(
+    path: &Path,
+    file: SafetensorsFile,
+    cfg: PeftConfig,
+    kind: &Kind,
+) -> InputResult<Adapter> {
+    let Kind {
+        name: what,
+        stem,
+        halves,
+    } = *kind;
+    let (a_key, b_key) = (
+        format!("base_model.{stem}_A"),
+        format!("base_model.{stem}_B"),
+    );
     let fpath = file.path().to_path_buf();
     let bad = |msg: String| InputError::invalid(&fpath, msg);
-    let save_projection = cfg
-        .raw
-        .get("save_projection")
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(true);
-    let has = |k: &str| file.tensors().iter().any(|t| t.name == k);
-    if !save_projection || !has(A_KEY) || !has(B_KEY) {
-        return Err(bad(format!(
-            "VeRA's shared projections `{A_KEY}`/`{B_KEY}` are not in the file (`save_projection` is {save_projection}): PEFT regenerates them with torch's random generator seeded by `projection_prng_key`, which lorakit cannot reproduce; save the adapter with save_projection=True"
-        )));
-    }
-    let shape = |k: &str| {
-        file.tensors()
-            .iter()
-            .find(|t| t.name == k)
-            .map(|t| t.shape.clone())
-            .unwrap_or_default()
-    };
-    let (r, wide, tall) = match (&shape(A_KEY)[..], &shape(B_KEY)[..]) {
-        ([r, k], [d, rb]) if r == rb && *r > 0 && *k > 0 && *d > 0 => (*r, *k, *d),
+    let what_shared = format!("{what}'s shared projections");
+    let (sa, sb) = saved_projections(&file, &cfg, &what_shared, [&a_key, &b_key])?;
+    // `r` or `2·r` as messages name A's rows.
+    let rows = if halves == 1 { "r" } else { "2·r" };
+    let (r, wide, tall) = match (sa, sb) {
+        ([ra, k], [d, r]) if *ra == halves * r && *r > 0 && *k > 0 && *d > 0 => (*r, *k, *d),
         (a, b) => {
             return Err(bad(format!(
-                "tensors `{A_KEY}` {a:?} and `{B_KEY}` {b:?} are not [r, in] and [out, r]"
+                "tensors `{a_key}` {a:?} and `{b_key}` {b:?} are not [{rows}, in] and [out, r]"
             )))
         }
     };
-    // PEFT builds vera_A/vera_B and the lambdas at the config's `r` (no rank_pattern for VeRA)
-    // and refuses a state dict of another rank (hostile round 11).
+    // PEFT builds A/B and the lambdas at the config's `r` (no rank_pattern for either) and
+    // refuses a state dict of another rank (hostile round 11).
     if let Some(cr) = cfg.r_other_than(r) {
         return Err(bad(format!(
-            "tensor `{A_KEY}` has rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds VeRA at r and refuses the file"
+            "tensors `{a_key}` {sa:?} and `{b_key}` {sb:?} have rank {r}, but `r` in adapter_config.json is {cr}: PEFT builds {what} at r and refuses the file"
         )));
     }
-    let vera_a = stored_f32(&file, A_KEY)?;
-    let vera_b = stored_f32(&file, B_KEY)?;
+    let shared_a = stored_f32(&file, &a_key)?;
+    let shared_b = stored_f32(&file, &b_key)?;
+    let suffixes = [format!(".{stem}_lambda_d"), format!(".{stem}_lambda_b")];
     let (lambdas, full) = paired_by_suffixes(
         &file,
-        [".vera_lambda_d", ".vera_lambda_b"],
-        "vera_",
-        &[A_KEY, B_KEY],
-        "VeRA tensor (vera_lambda_d, vera_lambda_b, base_model.vera_A/B)",
+        [suffixes[0].as_str(), suffixes[1].as_str()],
+        &format!("{stem}_"),
+        &[a_key.as_str(), b_key.as_str()],
+        &format!("{what} tensor ({stem}_lambda_d, {stem}_lambda_b, base_model.{stem}_A/B)"),
     )?;
     let mut modules = Vec::with_capacity(lambdas.len());
-    for (name, [d_key, b_key]) in lambdas {
-        let (Some(d_key), Some(b_key)) = (d_key, b_key) else {
-            return Err(bad(format!(
-                "module `{name}`: VeRA needs vera_lambda_d and vera_lambda_b"
-            )));
-        };
+    for (name, keys) in lambdas {
+        let [d_key, b_key] = all_present(
+            &file,
+            &name,
+            keys,
+            &format!("{what} needs {stem}_lambda_d and {stem}_lambda_b"),
+        )?;
         let ld = stored_f32(&file, &d_key)?;
         let lb = stored_f32(&file, &b_key)?;
         let out = lb.len();
-        if ld.len() != r || out == 0 || out > tall || shape(&d_key).len() != 1 {
+        let one_d = |k: &str| file.info(k).is_some_and(|t| t.shape.len() == 1);
+        if ld.len() != halves * r || out == 0 || out > tall || !one_d(&d_key) || !one_d(&b_key) {
             return Err(bad(format!(
-                "tensor `{d_key}` ({} values) / `{b_key}` ({out} values): VeRA needs r = {r} and 1 to {tall} (vera_B's rows)",
-                ld.len()
+                "tensor `{d_key}` ({} values) / `{b_key}` ({out} values): {what} needs {rows} = {} and 1 to {tall} ({stem}_B's rows)",
+                ld.len(),
+                halves * r
             )));
         }
-        // PEFT: `lambda_d.unsqueeze(-1) * vera_A[:, :in]` and `lambda_b.unsqueeze(-1) *
-        // vera_B[:out]`, f32 products (the slice of A is taken when the base is known).
-        let a = scale_rows(&vera_a, wide, &ld);
-        let b = scale_rows(&vera_b[..out * r], r, &lb);
+        // PEFT: `lambda_d[:r].unsqueeze(-1) * A[:r, :in]` and `lambda_b.unsqueeze(-1) *
+        // B[:out]`, f32 products (the slice of A's columns is taken when the base is known).
+        let a = scale_rows(&shared_a[..r * wide], wide, &ld[..r]);
+        let b = scale_rows(&shared_b[..out * r], r, &lb);
         modules.push(LoraModule::peft_linear(
             name,
             (out, wide, r),
