@@ -176,6 +176,8 @@ mod it {
     pub mod sweep13;
     /// What the sweeps with seeds 101/102 and wider draws found (fixtures/sweep14).
     pub mod sweep14;
+    /// What the sweep against ComfyUI's own patcher with seeds 103/104 found (fixtures/sweep15).
+    pub mod sweep15;
     /// What the sweeps with seeds 21/22 and wider draws found (fixtures/sweep6).
     pub mod sweep6;
     /// What the sweeps with seeds 31/32 and wider draws found (fixtures/sweep7).

@@ -366,6 +366,20 @@ pub fn resolve_widened(
             _ => f.name.clone(),
         };
         let mut candidates = dotted_candidates(&target, names);
+        // A kohya-named module's whole weight (ComfyUI's `{module}.set_weight`, read as
+        // `{module}.weight`): placed as that module's factors would be.
+        if let Some(stem) = target
+            .strip_suffix(".weight")
+            .filter(|m| f.rows.is_none() && is_kohya_name(adapter.format, m))
+        {
+            match components.filter(stem, index.module_candidates(adapter.format, stem)) {
+                Ok(c) => candidates = c,
+                Err(u) => {
+                    res.unmatched.push(u);
+                    continue;
+                }
+            }
+        }
         if candidates.is_empty() && f.rows.is_none() {
             // A whole tensor named in BFL Flux's layout on its diffusers layout.
             candidates.extend(layouts::full_target(&target, names));

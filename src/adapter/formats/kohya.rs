@@ -92,6 +92,21 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
             });
             continue;
         }
+        // ComfyUI's `{module}.set_weight` (`comfy/lora.py` `load_lora`: a ("set", …) patch,
+        // `calculate_weight` copies it over the weight whatever the strength): a whole tensor
+        // replacing the module's weight.
+        if let Some(m) = key.strip_suffix(".set_weight").filter(|m| !m.is_empty()) {
+            full_tensors.push(crate::adapter::model::FullTensor {
+                name: format!("{m}.weight"),
+                data: Data::Stored {
+                    key: key.to_owned(),
+                    transpose: false,
+                },
+                shape: t.shape.clone(),
+                rows: None,
+            });
+            continue;
+        }
         let ia3 = key
             .strip_suffix(lycoris::IA3_WEIGHT)
             .filter(|m| !m.is_empty() && names.contains(format!("{m}.on_input").as_str()))

@@ -141,7 +141,9 @@ pub fn detect(file: &SafetensorsFile) -> Option<Format> {
             lycoris::split_key(n).is_some_and(|(_, role, naming)| role != "alpha" && want(naming))
         })
     };
-    if named(|n| n == lycoris::Naming::Kohya) || names().any(|n| lycoris::unsupported(n).is_some())
+    // ComfyUI's `{module}.set_weight` (`comfy/lora.py` `load_lora`), which a file may hold alone.
+    if named(|n| n == lycoris::Naming::Kohya)
+        || names().any(|n| lycoris::unsupported(n).is_some() || n.ends_with(".set_weight"))
     {
         return Some(Format::Kohya);
     }

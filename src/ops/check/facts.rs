@@ -552,6 +552,7 @@ impl<'a> Facts<'a> {
                 }
             }
             When::PeftTypeNotLora => self.peft_type_not_lora(),
+            When::Comfy(gap) => super::comfy_gaps::items(a, gap),
         };
         Evaluated::Items(v)
     }

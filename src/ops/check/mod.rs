@@ -17,6 +17,7 @@
 //! [`Options`] and [`Plan`] (`plan.rs`), the report's shape (`report.rs`), the rules (`rules/`).
 
 mod base;
+mod comfy_gaps;
 mod diffusers_converted;
 mod diffusers_families;
 mod diffusers_keys;

@@ -230,4 +230,21 @@ pub enum When {
     /// `lora_A`/`lora_E`/`lora_B` have no `.weight`; `hada_*`, `lokr_*`, `ia3_l`,
     /// `oft_R.weight`). One item naming the type and a few of its keys.
     PeftTypeNotLora,
+    /// kohya/LyCORIS modules ComfyUI loads other than the trainer's forward applies them
+    /// (`comfy_gaps.rs`).
+    Comfy(ComfyGap),
+}
+
+/// How ComfyUI's `load_lora` and `comfy/weight_adapter/*.py` part from the trainer's forward on
+/// a kohya/LyCORIS module (found by `fixtures/gen/check_comfy_sweep.py` running those files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComfyGap {
+    /// Tensors no ComfyUI weight adapter reads (IA3's `weight`/`on_input`, OFT v2's `oft_R`).
+    Unread,
+    /// A patch that raises inside `calculate_weight`'s `try` (LoKr with a Tucker `lokr_t2`).
+    PatchRaises,
+    /// A `dora_scale` per output row, normed over W0 instead of W0 + ΔW.
+    DoraOutputNorm,
+    /// diag-OFT's `rescale`, loaded and not applied.
+    OftRescaleDropped,
 }

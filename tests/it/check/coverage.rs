@@ -301,6 +301,12 @@ const EXTRA: &[(&str, Option<&str>)] = &[
         "sweep8/bias_of_second_adapter/adapter",
         Some("sweep8/bias_of_second_adapter/base"),
     ),
+    // fixtures/gen/sweep15_fixtures.py (MANIFEST.json: ComfyUI's own verdicts): the comfy rules
+    // for LyCORIS modules it loads but does not apply as trained (tests/it/sweep15.rs).
+    ("sweep15/ia3.safetensors", None),
+    ("sweep15/lokr_tucker.safetensors", None),
+    ("sweep15/dora_out.safetensors", None),
+    ("sweep15/oft_rescale.safetensors", None),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the

@@ -4,7 +4,7 @@
 
 use super::rule::{src, Rule, Source, LLAMA_LINEAR};
 use crate::ops::check::target::Target;
-use crate::ops::check::when::{DiffusersModel, ScaleRule, Severity, Supported, When};
+use crate::ops::check::when::{ComfyGap, DiffusersModel, ScaleRule, Severity, Supported, When};
 
 /// LoRAX `server/lorax_server/models/flash_llama.py` `ADAPTER_LAYERS` (also flash_mistral,
 /// flash_qwen2: the same names): q/k/v/o, gate/up/down, lm_head — the Llama list without
@@ -601,6 +601,38 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Silent,
         why: "the scale is `{module}.alpha`/rank, or 1 without an alpha tensor: a PEFT folder's lora_alpha (adapter_config.json) and diffusers' lora_adapter_metadata are not read",
         source: src(COMFY, "comfy/weight_adapter/lora.py", "6fd406f", "LoRAAdapter.calculate_weight (alpha = 1.0 when v[2] is None)"),
+    },
+    Rule {
+        id: "comfy.unread",
+        target: Target::Comfy,
+        when: When::Comfy(ComfyGap::Unread),
+        severity: Severity::Silent,
+        why: "no ComfyUI weight adapter reads these tensors (the list is LoRA, LoHa, LoKr, GLoRA, OFT and BOFT, and OFT/BOFT read only `oft_blocks`): each prints \"lora key not loaded\" and is skipped",
+        source: src(COMFY, "comfy/weight_adapter/__init__.py", "dc05edb", "adapters; comfy/lora.py load_lora (the weight_adapter loop)"),
+    },
+    Rule {
+        id: "comfy.patch_raises",
+        target: Target::Comfy,
+        when: When::Comfy(ComfyGap::PatchRaises),
+        severity: Severity::Silent,
+        why: "the Tucker rebuild of `lokr_w2` (an einsum) is not contiguous and `torch.kron` raises on it (torch 2.15: \"view size is not compatible with input tensor's size and stride\"); the `try` logs \"ERROR lokr …\" and leaves the weight as it was",
+        source: src(COMFY, "comfy/weight_adapter/lokr.py", "e8f3bc5", "LoKrAdapter.calculate_weight"),
+    },
+    Rule {
+        id: "comfy.dora_output_norm",
+        target: Target::Comfy,
+        when: When::Comfy(ComfyGap::DoraOutputNorm),
+        severity: Severity::Silent,
+        why: "a `dora_scale` per output row (LyCORIS `wd_on_out`, OneTrainer's output-axis DoRA) is divided by the row norms of the weight before the update, ‖W0‖, where the trainer divides by ‖W0 + ΔW‖: another weight than trained",
+        source: src(COMFY, "comfy/weight_adapter/base.py", "9c0cf36", "weight_decompose (wd_on_output_axis: `weight.reshape(weight.shape[0], -1).norm(...)`)"),
+    },
+    Rule {
+        id: "comfy.oft_rescale",
+        target: Target::Comfy,
+        when: When::Comfy(ComfyGap::OftRescaleDropped),
+        severity: Severity::Silent,
+        why: "diag-OFT's `rescale` is loaded but never applied (BOFT's is): the weight lacks the trained per-row scale",
+        source: src(COMFY, "comfy/weight_adapter/oft.py", "eadb911", "OFTAdapter.calculate_weight"),
     },
     // ---------------------------------------------------------------- PEFT
     Rule {
