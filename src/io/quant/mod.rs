@@ -7,7 +7,8 @@
 //! per-channel or block scales, F32/BF16/F16/E8M0), [`packed`] (compressed-tensors
 //! pack-quantized INT1–8), [`ct_fp4`] (compressed-tensors NVFP4/MXFP4; both recognised in
 //! `ct_scan.rs`), [`gptq`] (native GPTQ 2/3/4/8-bit, v1 and v2 zeros, act-order; AWQ
-//! GEMM 4-bit), [`modelopt`] (NVIDIA ModelOpt NVFP4 and FP8); writing a merged weight back in its own format is
+//! GEMM 4-bit), [`modelopt`] (NVIDIA ModelOpt NVFP4 and FP8, only under a ModelOpt config),
+//! [`comfy_quant`] (ComfyUI's `P.comfy_quant` layers); writing a merged weight back in its own format is
 //! `requant.rs`. A [`QuantMap`] is built from the headers alone ([`QuantMap::scan`], in
 //! `scan.rs`); it reads no tensor data except small state tensors (bitsandbytes' quant_state
 //! JSON, compressed-tensors' `weight_shape`, the stored code book it checks, GPTQ's `g_idx`).
@@ -20,6 +21,7 @@
 
 pub mod bnb4;
 pub mod bnb4_dq;
+pub mod comfy_quant;
 mod ct_config;
 pub mod ct_fp4;
 mod ct_scan;
@@ -38,7 +40,7 @@ mod scan;
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How one weight is quantized.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -217,6 +219,9 @@ pub struct QuantMap {
     /// Weight name (`P.weight`) → its entry in `unsupported`, for the tensors that stand for
     /// one weight (a GPTQ/AWQ `P.qweight` under a config no layout has, an MX-format weight).
     unsupported_weights: HashMap<String, usize>,
+    /// Tensors a format's scan took that no other scan may read as its own (a ComfyUI
+    /// `comfy_quant` layer lorakit does not read, an NVFP4 weight of unknown packing).
+    claimed: HashSet<String>,
 }
 
 fn err(ck: &Checkpoint, tensor: &str, msg: impl std::fmt::Display) -> InputError {
