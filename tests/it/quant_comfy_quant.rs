@@ -53,11 +53,75 @@ fn nvfp4_pair_without_modelopt_config_is_refused() {
     );
 }
 
-/// A ComfyUI NVFP4 layer of ModelOpt's shapes (`layers.0.mlp.gate_proj`, 128x64) was dequantized
-/// as ModelOpt NVFP4 (low nibble first, row-major scales) with exit 0: now it is not read as that.
+/// Every quantized layer (NVFP4 with ModelOpt's 128x64 shapes and with padded scale tiles,
+/// MXFP8, float8_e4m3fn) dequantized bit for bit as comfy_kitchen's own `Layout.dequantize` in
+/// the model dtype: bf16 for a file without config.json, f16 and f32 as config.json's `dtype`
+/// says. The markers and scales are gone (ComfyUI would load the float weight as quantized).
 #[test]
-fn comfy_nvfp4_is_not_read_as_modelopt() {
+fn comfy_quant_dequantizes_as_comfy_kitchen() {
+    let reference = read(&comfy("ref.safetensors"));
+    for (tag, dtype, count) in [
+        ("", None, 13),
+        ("@f16", Some("float16"), 3),
+        ("@f32", Some("float32"), 3),
+    ] {
+        let (dir, out) = scratch("o");
+        let model = dir.path().join("m");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::copy(comfy("model.safetensors"), model.join("model.safetensors")).unwrap();
+        if let Some(d) = dtype {
+            std::fs::write(model.join("config.json"), format!("{{\"dtype\": \"{d}\"}}")).unwrap();
+        }
+        run_ok(dequantize_args(&model, &out, &[]));
+        let got = read_checkpoint(&out);
+        assert!(
+            got.keys()
+                .all(|k| !k.ends_with("comfy_quant") && !k.contains("weight_scale")),
+            "{:?}",
+            got.keys().collect::<Vec<_>>()
+        );
+        let mut n = 0;
+        for (k, want) in &reference {
+            let name = match k.split_once('@') {
+                None if tag.is_empty() => k.as_str(),
+                Some((name, t)) if !tag.is_empty() && tag[1..] == *t => name,
+                _ => continue,
+            };
+            assert_eq!(&got[name], want, "{name}{tag}");
+            n += 1;
+        }
+        assert_eq!(n, count, "{tag}");
+    }
+}
+
+/// Merged as dequantized: each weight is comfy_kitchen's dequantization plus s·B·A (in f64).
+#[test]
+fn merge_into_comfy_quant_adds_to_its_dequantization() {
     let (_dir, out) = scratch("o");
-    let e = refused(dequantize_args(&comfy(""), &out, &[]), &out);
-    assert_mentions(&e, &["model.safetensors", "comfy_quant", "`model.layers."]);
+    merge_qv_r8_into(
+        &comfy(""),
+        &out,
+        &["--quant", "dequantize", "--dtype", "f32"],
+    );
+    let got = read_checkpoint(&out);
+    let deq: std::collections::BTreeMap<_, _> = read(&comfy("ref.safetensors"))
+        .into_iter()
+        .filter(|(k, _)| !k.contains('@'))
+        .collect();
+    assert_eq!(
+        super::quant_gptq::assert_qv_r8_merged_against_f64(&got, &deq, "comfy_quant"),
+        4
+    );
+    assert!(got.keys().all(|k| !k.ends_with("comfy_quant")));
+}
+
+/// Kept quantized, ComfyUI writes fresh scales with stochastic rounding from a seed: refused.
+#[test]
+fn merge_keep_into_comfy_quant_is_refused() {
+    let (_dir, out) = scratch("o");
+    let e = merge_qv_r8_refused(&comfy(""), &out, &["--quant", "keep"]);
+    assert_mentions(
+        &e,
+        &["model.layers.0.self_attn.q_proj.weight", "ComfyUI", "nvfp4"],
+    );
 }

@@ -22,6 +22,7 @@
 pub mod bnb4;
 pub mod bnb4_dq;
 pub mod comfy_quant;
+mod comfy_quant_scan;
 mod ct_config;
 pub mod ct_fp4;
 mod ct_scan;
@@ -56,6 +57,8 @@ pub enum Scheme {
     CtFp4(ct_fp4::Params),
     /// NVIDIA ModelOpt NVFP4 (U8 `weight`, E4M3 `weight_scale`, F32 `weight_scale_2`).
     ModelOptFp4(modelopt::Params),
+    /// A ComfyUI `comfy_quant` layer (FP8 per tensor, NVFP4, MXFP8).
+    Comfy(comfy_quant::Params),
     /// Native GPTQ (`qweight`, `qzeros`, `scales`, `g_idx`) or AWQ GEMM.
     Gptq(gptq::Params),
     /// MLX affine (`mx.quantize`: packed uint32, a scale and a bias per group).
@@ -95,6 +98,7 @@ impl QuantTensor {
             Scheme::Packed(p) => format!("ct-int{}", p.bits),
             Scheme::CtFp4(p) => format!("ct-{}", p.kind.name()),
             Scheme::ModelOptFp4(_) => "modelopt-nvfp4".into(),
+            Scheme::Comfy(p) => format!("comfy-{}", p.format.name()),
             Scheme::Mlx(_) => "mlx-affine".into(),
             Scheme::MlxFp(p) => format!("mlx-{}", p.mode.name()),
             Scheme::Gptq(p) => match p.layout {
@@ -117,6 +121,7 @@ impl QuantTensor {
             Scheme::Gptq(p) => p.bits,
             Scheme::Mlx(p) => p.bits,
             Scheme::MlxFp(p) => p.mode.bits(),
+            Scheme::Comfy(p) => p.format.bits(),
             _ => 8,
         }
     }
@@ -132,6 +137,13 @@ impl QuantTensor {
             Scheme::Mlx(p) => format!("group {}", p.group_size),
             Scheme::MlxFp(p) => format!("group {}", p.mode.group_size()),
             Scheme::ModelOptFp4(_) => "group 16, E4M3 scales, weight_scale_2".into(),
+            Scheme::Comfy(p) => match p.format {
+                comfy_quant::Format::Nvfp4 => {
+                    "group 16, E4M3 scales (cuBLAS tiles), weight_scale_2".into()
+                }
+                comfy_quant::Format::Mxfp8 => "group 32, E8M0 scales (cuBLAS tiles)".into(),
+                _ => "per tensor".into(),
+            },
             Scheme::CtFp4(p) => match p.kind {
                 ct_fp4::Kind::Nvfp4 => "group 16, E4M3 scales, global scale".into(),
                 ct_fp4::Kind::Mxfp4 | ct_fp4::Kind::Mxfp6 => "group 32, E8M0 scales".into(),
@@ -194,6 +206,7 @@ impl QuantTensor {
             Scheme::MlxFp(p) => p.dtype,
             Scheme::CtFp4(_) => Dtype::BF16,
             Scheme::ModelOptFp4(p) => p.dtype,
+            Scheme::Comfy(p) => p.dtype,
             Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
         }
     }
@@ -433,6 +446,7 @@ impl QuantMap {
                 v
             }
             Scheme::ModelOptFp4(p) => self.dequantize_modelopt(ck, q, p)?,
+            Scheme::Comfy(p) => self.dequantize_comfy(ck, q, p)?,
             Scheme::Gptq(p) => gptq::dequantize(
                 p,
                 data(&q.stored)?,
