@@ -144,6 +144,8 @@ mod it {
     pub mod quant;
     /// ComfyUI's legacy scaled-FP8 bases: the scale applied in merges, refusals.
     pub mod quant_comfy;
+    /// ComfyUI's `comfy_quant` layers (NVFP4, MXFP8, FP8) against comfy_kitchen, and refusals.
+    pub mod quant_comfy_quant;
     /// compressed-tensors NVFP4/MXFP4 bases against its own compressors.
     pub mod quant_ct_fp4;
     /// Native GPTQ/AWQ bases against gptqmodel's and AutoAWQ's own packers and dequantization.

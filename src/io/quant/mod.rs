@@ -7,7 +7,8 @@
 //! per-channel or block scales, F32/BF16/F16/E8M0), [`packed`] (compressed-tensors
 //! pack-quantized INT1–8), [`ct_fp4`] (compressed-tensors NVFP4/MXFP4; both recognised in
 //! `ct_scan.rs`), [`gptq`] (native GPTQ 2/3/4/8-bit, v1 and v2 zeros, act-order; AWQ
-//! GEMM 4-bit), [`modelopt`] (NVIDIA ModelOpt NVFP4 and FP8); writing a merged weight back in its own format is
+//! GEMM 4-bit), [`modelopt`] (NVIDIA ModelOpt NVFP4 and FP8, only under a ModelOpt config),
+//! [`comfy_quant`] (ComfyUI's `P.comfy_quant` layers); writing a merged weight back in its own format is
 //! `requant.rs`. A [`QuantMap`] is built from the headers alone ([`QuantMap::scan`], in
 //! `scan.rs`); it reads no tensor data except small state tensors (bitsandbytes' quant_state
 //! JSON, compressed-tensors' `weight_shape`, the stored code book it checks, GPTQ's `g_idx`).
@@ -20,6 +21,8 @@
 
 pub mod bnb4;
 pub mod bnb4_dq;
+pub mod comfy_quant;
+mod comfy_quant_scan;
 mod ct_config;
 pub mod ct_fp4;
 mod ct_scan;
@@ -38,7 +41,7 @@ mod scan;
 use crate::dtype::{self, Dtype};
 use crate::error::{InputError, InputResult};
 use crate::io::Checkpoint;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How one weight is quantized.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -54,6 +57,8 @@ pub enum Scheme {
     CtFp4(ct_fp4::Params),
     /// NVIDIA ModelOpt NVFP4 (U8 `weight`, E4M3 `weight_scale`, F32 `weight_scale_2`).
     ModelOptFp4(modelopt::Params),
+    /// A ComfyUI `comfy_quant` layer (FP8 per tensor, NVFP4, MXFP8).
+    Comfy(comfy_quant::Params),
     /// Native GPTQ (`qweight`, `qzeros`, `scales`, `g_idx`) or AWQ GEMM.
     Gptq(gptq::Params),
     /// MLX affine (`mx.quantize`: packed uint32, a scale and a bias per group).
@@ -93,6 +98,7 @@ impl QuantTensor {
             Scheme::Packed(p) => format!("ct-int{}", p.bits),
             Scheme::CtFp4(p) => format!("ct-{}", p.kind.name()),
             Scheme::ModelOptFp4(_) => "modelopt-nvfp4".into(),
+            Scheme::Comfy(p) => format!("comfy-{}", p.format.name()),
             Scheme::Mlx(_) => "mlx-affine".into(),
             Scheme::MlxFp(p) => format!("mlx-{}", p.mode.name()),
             Scheme::Gptq(p) => match p.layout {
@@ -115,6 +121,7 @@ impl QuantTensor {
             Scheme::Gptq(p) => p.bits,
             Scheme::Mlx(p) => p.bits,
             Scheme::MlxFp(p) => p.mode.bits(),
+            Scheme::Comfy(p) => p.format.bits(),
             _ => 8,
         }
     }
@@ -130,6 +137,13 @@ impl QuantTensor {
             Scheme::Mlx(p) => format!("group {}", p.group_size),
             Scheme::MlxFp(p) => format!("group {}", p.mode.group_size()),
             Scheme::ModelOptFp4(_) => "group 16, E4M3 scales, weight_scale_2".into(),
+            Scheme::Comfy(p) => match p.format {
+                comfy_quant::Format::Nvfp4 => {
+                    "group 16, E4M3 scales (cuBLAS tiles), weight_scale_2".into()
+                }
+                comfy_quant::Format::Mxfp8 => "group 32, E8M0 scales (cuBLAS tiles)".into(),
+                _ => "per tensor".into(),
+            },
             Scheme::CtFp4(p) => match p.kind {
                 ct_fp4::Kind::Nvfp4 => "group 16, E4M3 scales, global scale".into(),
                 ct_fp4::Kind::Mxfp4 | ct_fp4::Kind::Mxfp6 => "group 32, E8M0 scales".into(),
@@ -192,6 +206,7 @@ impl QuantTensor {
             Scheme::MlxFp(p) => p.dtype,
             Scheme::CtFp4(_) => Dtype::BF16,
             Scheme::ModelOptFp4(p) => p.dtype,
+            Scheme::Comfy(p) => p.dtype,
             Scheme::Fp8 { scale_dtype, .. } => fp8::natural_dtype(*scale_dtype),
         }
     }
@@ -217,6 +232,9 @@ pub struct QuantMap {
     /// Weight name (`P.weight`) → its entry in `unsupported`, for the tensors that stand for
     /// one weight (a GPTQ/AWQ `P.qweight` under a config no layout has, an MX-format weight).
     unsupported_weights: HashMap<String, usize>,
+    /// Tensors a format's scan took that no other scan may read as its own (a ComfyUI
+    /// `comfy_quant` layer lorakit does not read, an NVFP4 weight of unknown packing).
+    claimed: HashSet<String>,
 }
 
 fn err(ck: &Checkpoint, tensor: &str, msg: impl std::fmt::Display) -> InputError {
@@ -428,6 +446,7 @@ impl QuantMap {
                 v
             }
             Scheme::ModelOptFp4(p) => self.dequantize_modelopt(ck, q, p)?,
+            Scheme::Comfy(p) => self.dequantize_comfy(ck, q, p)?,
             Scheme::Gptq(p) => gptq::dequantize(
                 p,
                 data(&q.stored)?,

@@ -12,8 +12,11 @@ use crate::error::InputResult;
 use crate::io::Checkpoint;
 
 impl QuantMap {
-    /// Every `P.weight_scale` stored as F8_E4M3 beside a U8 `P.weight`: a ModelOpt NVFP4 weight,
-    /// recognised before the FP8 weights (its E4M3 scale is not one).
+    /// Every `P.weight_scale` stored as F8_E4M3 beside a U8 `P.weight`: under a ModelOpt config
+    /// a ModelOpt NVFP4 weight, recognised before the FP8 weights (its E4M3 scale is not one).
+    /// Without one the pair says NVFP4 but not whose packing: ComfyUI's (`comfy_quant.rs`, whose
+    /// marked layers were claimed before) stores the same names and dtypes with the other nibble
+    /// order and swizzled scales, so an unmarked pair outside a ModelOpt export is refused.
     pub(super) fn add_modelopt_fp4_all(
         &mut self,
         ck: &Checkpoint,
@@ -24,11 +27,30 @@ impl QuantMap {
                 continue;
             };
             let w = format!("{p}.weight");
-            if ck.info(name).is_some_and(|i| i.dtype == Dtype::F8_E4M3)
-                && ck.info(&w).is_some_and(|i| i.dtype == Dtype::U8)
+            if self.claimed.contains(&w)
+                || ck.info(name).is_none_or(|i| i.dtype != Dtype::F8_E4M3)
+                || ck.info(&w).is_none_or(|i| i.dtype != Dtype::U8)
             {
-                self.add_modelopt_fp4(ck, p, &w)?;
+                continue;
             }
+            if self.modelopt.is_some() {
+                self.add_modelopt_fp4(ck, p, &w)?;
+                continue;
+            }
+            for s in ["weight", "weight_scale", "weight_scale_2", "input_scale"] {
+                let n = format!("{p}.{s}");
+                if ck.contains(&n) {
+                    self.claimed.insert(n);
+                }
+            }
+            let e = err(
+                ck,
+                &w,
+                format!(
+                    "is U8 beside an F8_E4M3 `{name}`: NVFP4, but neither a ModelOpt config (hf_quant_config.json, or config.json quant_method modelopt) nor a ComfyUI `{p}.comfy_quant` says whose packing, and the two differ"
+                ),
+            );
+            self.push_unsupported(Some(w), e);
         }
         Ok(())
     }

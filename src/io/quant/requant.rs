@@ -19,6 +19,9 @@ impl QuantMap {
             Scheme::Gptq(_) => None,
             Scheme::Mlx(p) => p.requantize_unsupported(),
             Scheme::MlxFp(_) | Scheme::CtFp4(_) | Scheme::ModelOptFp4(_) => None,
+            // comfy/ops.py `set_weight`: `requantize_from_float(weight, scale="recalculate",
+            // stochastic_rounding=seed)`, ComfyUI's own way to write a patched weight back.
+            Scheme::Comfy(p) => Some(format!("ComfyUI `{}` layers are written back with fresh scales (scale=\"recalculate\") and stochastic rounding from a seed (comfy/ops.py set_weight), which lorakit does not reproduce", p.format.name())),
             Scheme::Fp8 { .. } if self.modelopt_fp8_keep(q) => None,
             Scheme::Fp8 {
                 format,
@@ -198,7 +201,7 @@ impl QuantMap {
                 let (packed, scales) = mlx_fp::quantize(p, merged);
                 vec![(q.name.clone(), packed), (q.companions[0].clone(), scales)]
             }
-            Scheme::ModelOptFp4(_) => unreachable!("returned above"),
+            Scheme::ModelOptFp4(_) | Scheme::Comfy(_) => unreachable!("returned above"),
             Scheme::CtFp4(p) => {
                 // Round to nearest with the stored scales: only weight_packed changes.
                 let data = |n: usize| ck.view(&q.companions[n]).map(|v| v.data);

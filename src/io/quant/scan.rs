@@ -77,13 +77,18 @@ impl QuantMap {
                 map.add_bnb4(ck, &name[..pos], name)?;
             }
         }
+        // ComfyUI's marked layers first: their NVFP4 weights have ModelOpt's names and dtypes.
+        map.add_comfy_quant_all(ck, &names)?;
         map.add_ct_fp4_all(ck, &names)?;
         map.add_modelopt_fp4_all(ck, &names)?;
         let mut markers = Vec::new();
         for name in &names {
             let info = ck.info(name).expect("listed");
-            if map.stored.contains_key(name) || map.companions.contains_key(name) {
-                continue; // an FP4 weight and its E4M3 scales, read above
+            if map.stored.contains_key(name)
+                || map.companions.contains_key(name)
+                || map.claimed.contains(name)
+            {
+                continue; // an FP4 weight and its E4M3 scales, read or claimed above
             }
             if let Some(p) = name.strip_suffix(".SCB") {
                 map.add_int8(ck, p, name)?;
@@ -127,7 +132,10 @@ impl QuantMap {
         map.adopt_comfy_markers(markers);
         // Companions whose weight was not recognised: a scale without its quantized weight.
         for name in &names {
-            if map.companions.contains_key(name) || map.tensors.contains_key(name) {
+            if map.companions.contains_key(name)
+                || map.tensors.contains_key(name)
+                || map.claimed.contains(name)
+            {
                 continue;
             }
             for suffix in BNB4_SUFFIXES {
