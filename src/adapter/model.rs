@@ -163,6 +163,19 @@ pub struct FullTensor {
 }
 
 impl FullTensor {
+    /// A whole tensor `name` of the base replaced by the adapter file's stored tensor `key`.
+    pub fn stored_whole(name: String, key: &str, shape: &[usize]) -> Self {
+        FullTensor {
+            name,
+            data: Data::Stored {
+                key: key.to_owned(),
+                transpose: false,
+            },
+            shape: shape.to_vec(),
+            rows: None,
+        }
+    }
+
     /// Whether this tensor can stand in for a base tensor of shape `base`: the same shape, or
     /// for [`Self::rows`] the same row length and every row index inside the base.
     pub fn fits(&self, base: &[usize]) -> bool {

@@ -26,7 +26,7 @@ use super::written::{encoded, stored_shape};
 use crate::adapter::algo::{Factors, KronHalf};
 use crate::adapter::data::Data;
 use crate::adapter::formats::format::Format;
-use crate::adapter::model::{scale_for, Adapter, DoraRule, LoraModule, ModuleKind};
+use crate::adapter::model::{scale_for, Adapter, DoraRule, FullTensor, LoraModule, ModuleKind};
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::{Output, SafetensorsFile};
@@ -81,30 +81,18 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                     ),
                 ));
             }
-            full_tensors.push(crate::adapter::model::FullTensor {
-                name: key.to_owned(),
-                data: Data::Stored {
-                    key: key.to_owned(),
-                    transpose: false,
-                },
-                shape: t.shape.clone(),
-                rows: None,
-            });
+            full_tensors.push(FullTensor::stored_whole(key.to_owned(), key, &t.shape));
             continue;
         }
         // ComfyUI's `{module}.set_weight` (`comfy/lora.py` `load_lora`: a ("set", …) patch,
         // `calculate_weight` copies it over the weight whatever the strength): a whole tensor
         // replacing the module's weight.
         if let Some(m) = key.strip_suffix(".set_weight").filter(|m| !m.is_empty()) {
-            full_tensors.push(crate::adapter::model::FullTensor {
-                name: format!("{m}.weight"),
-                data: Data::Stored {
-                    key: key.to_owned(),
-                    transpose: false,
-                },
-                shape: t.shape.clone(),
-                rows: None,
-            });
+            full_tensors.push(FullTensor::stored_whole(
+                format!("{m}.weight"),
+                key,
+                &t.shape,
+            ));
             continue;
         }
         let ia3 = key

@@ -19,18 +19,10 @@ const MAX_MARKER_BYTES: u64 = 1 << 16;
 /// The model dtype of a ComfyUI checkpoint: config.json's `dtype` (or `torch_dtype`) where the
 /// folder has one, else bf16 (`comfy/ops.py` `mixed_precision_ops(compute_dtype=torch.bfloat16)`).
 fn model_dtype(ck: &Checkpoint) -> Dtype {
-    crate::io::read_json_file(&ck.folder().join("config.json"))
+    let config = crate::io::read_json_file(&ck.folder().join("config.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|c| {
-            let d = c.get("dtype").or_else(|| c.get("torch_dtype"))?;
-            match d.as_str()? {
-                "float16" => Some(Dtype::F16),
-                "float32" => Some(Dtype::F32),
-                _ => None,
-            }
-        })
-        .unwrap_or(Dtype::BF16)
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    super::config_dtype(config.as_ref())
 }
 
 impl QuantMap {
@@ -242,21 +234,14 @@ impl QuantMap {
         }
         let data = ck.view(&q.stored)?.data;
         let v = dequantize(p, data, scale.data, global);
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(err(
-                ck,
-                &q.companions[0],
-                format!(
-                    "makes element [{}, {}] of `{}` {} in {} (a NaN code or scale, or an overflow)",
-                    i / p.cols,
-                    i % p.cols,
-                    q.stored,
-                    v[i],
-                    dtype::name(p.dtype)
-                ),
-            ));
-        }
-        Ok(v)
+        super::all_finite(
+            ck,
+            q,
+            &q.companions[0],
+            (p.cols, p.dtype),
+            v,
+            " (a NaN code or scale, or an overflow)",
+        )
     }
 
     /// Marks the layer `p`'s weight, marker and scales as taken, so no other format's scan

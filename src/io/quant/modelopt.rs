@@ -89,11 +89,12 @@ impl Config {
     }
 
     /// The error for a module stored as `stored` (`NVFP4`, `FP8`) that the config gives another
-    /// algorithm, or none at all: ModelOpt's loaders (TensorRT-LLM, vLLM `modelopt`) build each
+    /// algorithm (the [`NVFP4_ALGOS`] all store NVFP4), or none at all: ModelOpt's loaders (TensorRT-LLM, vLLM `modelopt`) build each
     /// layer from the config, so such a checkpoint does not load.
     pub fn contradiction(&self, module: &str, stored: &str) -> Option<InputError> {
         let says = self.algo_for(module);
-        if says == Some(stored) {
+        let stores = |a: &str| a == stored || (stored == "NVFP4" && NVFP4_ALGOS.contains(&a));
+        if says.is_some_and(stores) {
             return None;
         }
         Some(InputError::invalid(
@@ -224,16 +225,7 @@ pub(super) fn config_of(
             }
         }
     }
-    let dtype = config_json
-        .and_then(|c| {
-            let d = c.get("dtype").or_else(|| c.get("torch_dtype"))?;
-            match d.as_str()? {
-                "float16" => Some(Dtype::F16),
-                "float32" => Some(Dtype::F32),
-                _ => None,
-            }
-        })
-        .unwrap_or(Dtype::BF16);
+    let dtype = super::config_dtype(config_json);
     Ok(Some(Config {
         algos,
         path,

@@ -208,21 +208,7 @@ impl QuantMap {
     ) -> InputResult<Vec<f32>> {
         let s = self.modelopt_scales(ck, q)?;
         let v = dequantize(p, ck.view(&q.stored)?.data, &s);
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(err(
-                ck,
-                &q.companions[0],
-                format!(
-                    "makes element [{}, {}] of `{}` {} in {}",
-                    i / p.cols,
-                    i % p.cols,
-                    q.stored,
-                    v[i],
-                    dtype::name(p.dtype)
-                ),
-            ));
-        }
-        Ok(v)
+        super::all_finite(ck, q, &q.companions[0], (p.cols, p.dtype), v, "")
     }
 
     /// Whether `q` (an FP8 weight) is a ModelOpt FP8 one lorakit writes back with its stored
