@@ -189,6 +189,22 @@ pub fn round_bf16_reference(x: f32) -> f32 {
     f32::from_bits(rounded)
 }
 
+/// The model dtype config.json declares (`dtype` in transformers 5, else `torch_dtype`) when it
+/// is float16 or float32, else bf16: what ModelOpt's and ComfyUI's float-scaled formats
+/// dequantize into.
+pub fn of_config_or_bf16(config: Option<&serde_json::Value>) -> Dtype {
+    config
+        .and_then(|c| {
+            let d = c.get("dtype").or_else(|| c.get("torch_dtype"))?;
+            match d.as_str()? {
+                "float16" => Some(Dtype::F16),
+                "float32" => Some(Dtype::F32),
+                _ => None,
+            }
+        })
+        .unwrap_or(Dtype::BF16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ fn model_dtype(ck: &Checkpoint) -> Dtype {
     let config = crate::io::read_json_file(&ck.folder().join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    super::config_dtype(config.as_ref())
+    dtype::of_config_or_bf16(config.as_ref())
 }
 
 impl QuantMap {

@@ -245,21 +245,6 @@ fn err(ck: &Checkpoint, tensor: &str, msg: impl std::fmt::Display) -> InputError
     InputError::invalid(path, format!("tensor `{tensor}`: {msg}"))
 }
 
-/// The model dtype a float-scaled format dequantizes into (ModelOpt's and ComfyUI's): config.json's
-/// `dtype` (transformers 5) or `torch_dtype` when it is float16 or float32, else bf16.
-fn config_dtype(config: Option<&serde_json::Value>) -> Dtype {
-    config
-        .and_then(|c| {
-            let d = c.get("dtype").or_else(|| c.get("torch_dtype"))?;
-            match d.as_str()? {
-                "float16" => Some(Dtype::F16),
-                "float32" => Some(Dtype::F32),
-                _ => None,
-            }
-        })
-        .unwrap_or(Dtype::BF16)
-}
-
 /// `v`, the dequantized `q` (`cols` wide, in `dtype`), or the refusal of its first non-finite
 /// element, naming the scale tensor `scale` (`why`: what can make one).
 fn all_finite(

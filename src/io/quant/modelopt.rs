@@ -225,7 +225,7 @@ pub(super) fn config_of(
             }
         }
     }
-    let dtype = super::config_dtype(config_json);
+    let dtype = dtype::of_config_or_bf16(config_json);
     Ok(Some(Config {
         algos,
         path,
