@@ -74,20 +74,14 @@ impl MergePlan {
         // TensorRT-LLM and vLLM read it before config.json and would load the output as
         // quantized (a float output, or a checkpoint quantized otherwise).
         let hf = dir.join(MODELOPT_CONFIG);
-        let writes_hf =
-            !self.drops_modelopt_config() && self.extra_files.iter().any(|(_, d)| d == &hf);
+        // A float output's plan leaves it out of `extra_files` (plan.rs).
+        let writes_hf = self.extra_files.iter().any(|(_, d)| d == &hf);
         if !writes_hf && std::fs::symlink_metadata(&hf).is_ok_and(|m| m.is_file()) {
             stale.push(hf);
         }
         stale.sort();
         stale.dedup();
         stale
-    }
-
-    /// Whether the output is float where the base was quantized: ModelOpt's
-    /// hf_quant_config.json is then not written.
-    pub(super) fn drops_modelopt_config(&self) -> bool {
-        self.options.quant == QuantOutput::Dequantize && !self.quant.is_empty()
     }
 }
 

@@ -2,7 +2,7 @@
 //! engine and rounded once), sharding, `--part` manifests, metadata, the atomic commit.
 //! Must not decide what matches what: that is the plan's.
 
-use super::layout::{copied_files, MODELOPT_CONFIG};
+use super::layout::copied_files;
 use super::model::*;
 use super::tensor::{check_finite, TensorMerge};
 use crate::backend;
@@ -296,11 +296,6 @@ impl MergePlan {
     /// Copied non-weight files, then the index (last).
     fn write_finals(&self, output: &mut Output) -> Result<()> {
         for (src, dst) in &self.extra_files {
-            if self.drops_modelopt_config() && dst == &self.out.join(MODELOPT_CONFIG) {
-                // ModelOpt's own description of the quantization: TensorRT-LLM and vLLM read it
-                // (the model would load as quantized again), so a float output goes without it.
-                continue;
-            }
             let mut bytes = crate::io::read_whole_file(src)?;
             if !self.quant.is_empty()
                 && self.options.quant == QuantOutput::Dequantize
