@@ -7,7 +7,7 @@
 use super::comfy_quant::{
     blocked_shape, dequantize, format_of, Format, Params, LAYER_TENSORS, MARKER,
 };
-use super::scan::typed;
+use super::scan::{require_f32_scalar, typed};
 use super::{err, QuantMap, QuantTensor, Scheme};
 use crate::dtype::{self, Dtype};
 use crate::error::InputResult;
@@ -160,26 +160,13 @@ impl QuantMap {
         let mut companions = vec![scale];
         if f == Format::Nvfp4 {
             let global = format!("{p}.weight_scale_2");
-            match ck.info(&global) {
-                Some(g) if g.dtype == Dtype::F32 && g.numel() == 1 && g.shape.len() <= 1 => {}
-                Some(g) => {
-                    return Err(err(
-                        ck,
-                        &global,
-                        format!(
-                            "is {}; ComfyUI `nvfp4` stores the per-tensor scale as F32 []",
-                            typed(g)
-                        ),
-                    ))
-                }
-                None => {
-                    return Err(err(
-                        ck,
-                        &weight,
-                        format!("is ComfyUI `nvfp4` without `{global}`"),
-                    ))
-                }
-            }
+            require_f32_scalar(
+                ck,
+                &global,
+                &weight,
+                "ComfyUI `nvfp4` stores the per-tensor scale",
+                || format!("is ComfyUI `nvfp4` without `{global}`"),
+            )?;
             companions.push(global);
         }
         companions.push(marker);

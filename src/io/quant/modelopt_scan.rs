@@ -5,7 +5,7 @@
 //! Must not choose scales and must not read tensor data beyond the scales of the weight at hand.
 
 use super::modelopt::{block_scales, dequantize, requantize, requantize_fp8, Params, GROUP};
-use super::scan::typed;
+use super::scan::{require_f32_scalar, typed};
 use super::{err, QuantMap, QuantTensor, Scheme};
 use crate::dtype::{self, Dtype};
 use crate::error::InputResult;
@@ -90,26 +90,13 @@ impl QuantMap {
             ));
         }
         let global = format!("{prefix}.weight_scale_2");
-        match ck.info(&global) {
-            Some(g) if g.dtype == Dtype::F32 && g.numel() == 1 && g.shape.len() <= 1 => {}
-            Some(g) => {
-                return Err(err(
-                    ck,
-                    &global,
-                    format!(
-                        "is {}; ModelOpt stores the NVFP4 global scale as F32 []",
-                        typed(g)
-                    ),
-                ))
-            }
-            None => {
-                return Err(err(
-                    ck,
-                    weight,
-                    format!("is NVFP4 (U8 pairs, E4M3 `{scale_name}`) without `{global}`"),
-                ))
-            }
-        }
+        require_f32_scalar(
+            ck,
+            &global,
+            weight,
+            "ModelOpt stores the NVFP4 global scale",
+            || format!("is NVFP4 (U8 pairs, E4M3 `{scale_name}`) without `{global}`"),
+        )?;
         let pre = format!("{prefix}.pre_quant_scale");
         if ck.contains(&pre) {
             return Err(err(

@@ -15,6 +15,27 @@ pub(super) fn typed(info: &TensorInfo) -> String {
     format!("{} {:?}", dtype::name(info.dtype), info.shape)
 }
 
+/// Checks that `scale`, a per-tensor scale of `weight`, is stored F32 `[]` (or `[1]`): the
+/// refusal names it and says `stores` ("… stores X as F32 []"), or names `weight` as `missing`
+/// when it is absent. ModelOpt's NVFP4 `weight_scale_2` and ComfyUI's.
+pub(super) fn require_f32_scalar(
+    ck: &Checkpoint,
+    scale: &str,
+    weight: &str,
+    stores: &str,
+    missing: impl FnOnce() -> String,
+) -> InputResult<()> {
+    match ck.info(scale) {
+        Some(g) if g.dtype == Dtype::F32 && g.numel() == 1 && g.shape.len() <= 1 => Ok(()),
+        Some(g) => Err(err(
+            ck,
+            scale,
+            format!("is {}; {stores} as F32 []", typed(g)),
+        )),
+        None => Err(err(ck, weight, missing())),
+    }
+}
+
 /// The error naming tensor `info`, whose message `msg` quotes its dtype (given by name).
 pub(super) fn dtype_err(
     ck: &Checkpoint,
