@@ -232,7 +232,11 @@ impl WeightArgs {
             return Some(format!("{says}, the stored `{scale}` is {scale_shape:?}"));
         }
         self.symmetric.filter(|&s| s != p.symmetric).map(|s| {
-            let zp = packed.replace("weight_packed", "weight_zero_point");
+            let module = packed
+                .strip_suffix(".weight_packed")
+                .or_else(|| packed.strip_suffix(".weight"))
+                .unwrap_or(packed);
+            let zp = format!("{module}.weight_zero_point");
             let is = if p.symmetric { "missing" } else { "present" };
             format!("symmetric {s}, yet `{zp}` is {is}")
         })

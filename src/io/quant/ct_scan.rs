@@ -10,6 +10,7 @@ use super::scan::{dtype_err, typed};
 use super::{err, packed, QuantMap, QuantTensor, Scheme};
 use crate::dtype::{self, Dtype};
 use crate::error::InputResult;
+use crate::io::header::TensorInfo;
 use crate::io::Checkpoint;
 
 /// A `weight_shape` tensor's values (I64 or I32; empty for another dtype, which no shape equals).
@@ -29,6 +30,101 @@ fn shape_values(ck: &Checkpoint, name: &str) -> InputResult<Vec<i64>> {
         _ => Vec::new(),
     })
 }
+
+/// Whether `scale` (of a `rows`x`cols` integer weight) is one per tensor, and its groups per
+/// row: `[]`/`[1]` per tensor, `[rows, 1]` per row, `[rows, g]` with `g` dividing `cols`.
+fn scale_groups(
+    ck: &Checkpoint,
+    scale: &TensorInfo,
+    rows: usize,
+    cols: usize,
+) -> InputResult<(bool, usize)> {
+    match scale.shape.as_slice() {
+        [] | [1] => Ok((true, 1)),
+        [r, g] if *r == rows && *g >= 1 && cols.is_multiple_of(*g) => Ok((false, *g)),
+        s => Err(err(
+            ck,
+            &scale.name,
+            format!("shape {s:?} is not [1], [{rows}, 1] or [{rows}, groups] with groups dividing {cols}"),
+        )),
+    }
+}
+
+/// `P.weight_g_idx` (llm-compressor's GPTQ `actorder: "group"`), where stored: I32 `[cols]`, each
+/// value one of the `groups` scale columns, read and pushed onto `companions`. `None` where it is
+/// absent or uninitialised (a `-1` in it: compressed-tensors then reads the columns in order,
+/// `is_column_order = g_idx is None or -1 in g_idx`), or where it is exactly `c / group_size`.
+fn group_index(
+    ck: &Checkpoint,
+    prefix: &str,
+    cols: usize,
+    groups: usize,
+    per_tensor: bool,
+    companions: &mut Vec<String>,
+) -> InputResult<Option<Vec<u32>>> {
+    let name = format!("{prefix}.weight_g_idx");
+    let Some(info) = ck.info(&name) else {
+        return Ok(None);
+    };
+    if info.dtype != Dtype::I32 || info.shape != [cols] {
+        return Err(err(
+            ck,
+            &name,
+            format!(
+                "is {}; the group index of a weight of {cols} columns is I32 [{cols}]",
+                typed(info)
+            ),
+        ));
+    }
+    if per_tensor {
+        return Err(err(
+            ck,
+            &name,
+            "is a group index beside one scale per tensor, which has no groups",
+        ));
+    }
+    let v = ck.view(&name)?;
+    let raw: Vec<i32> = v
+        .data
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().expect("4")))
+        .collect();
+    companions.push(name.clone());
+    if raw.contains(&-1) {
+        return Ok(None);
+    }
+    let mut g = Vec::with_capacity(cols);
+    for (i, &x) in raw.iter().enumerate() {
+        if x < 0 || x as usize >= groups {
+            return Err(err(
+                ck,
+                &name,
+                format!(
+                    "column {i} is in group {x}, not one of the {groups} groups of `{prefix}.weight_scale`"
+                ),
+            ));
+        }
+        g.push(x as u32);
+    }
+    let gs = cols / groups;
+    let in_order = g.iter().enumerate().all(|(i, &x)| x as usize == i / gs);
+    Ok((!in_order).then_some(g))
+}
+
+/// The quantization parameters compressed-tensors registers on a quantized Linear
+/// (`quantization/lifecycle/initialize.py`), as a `dense` checkpoint stores them.
+const DENSE_PARAMS: [&str; 10] = [
+    "weight_scale",
+    "weight_zero_point",
+    "weight_g_idx",
+    "weight_global_scale",
+    "input_scale",
+    "input_zero_point",
+    "input_global_scale",
+    "output_scale",
+    "output_zero_point",
+    "output_global_scale",
+];
 
 impl QuantMap {
     /// The tensors beside a compressed-tensors FP8 weight `weight` (scale `scale`) that its
@@ -74,6 +170,75 @@ impl QuantMap {
                 weight,
                 "is F8_E5M2 with E8M0 scales; compressed-tensors' MXFP8 weights are F8_E4M3",
             ));
+        }
+        Ok(())
+    }
+
+    /// `, format `F`` of a compressed-tensors config, for messages.
+    pub(super) fn ct_format_note(&self) -> String {
+        self.config
+            .as_ref()
+            .and_then(|c| c.get("format"))
+            .and_then(serde_json::Value::as_str)
+            .map(|f| format!(", format `{f}`"))
+            .unwrap_or_default()
+    }
+
+    /// A compressed-tensors checkpoint saved uncompressed (`format: "dense"`, llm-compressor's
+    /// `save_pretrained(save_compressed=False)`, `quantization_status` frozen): each float
+    /// `P.weight` with a `P.weight_scale` is stored fake-quantized, and the loader's forward
+    /// quantizes it again with the stored scales (compressed-tensors 0.20
+    /// `quantization/lifecycle/forward.py` `set_forward_quantized`: `status < COMPRESSED`). The
+    /// weight is read as it is; its quantization parameters are companions, copied where the
+    /// model stays quantized and dropped with `quantization_config` where it is written as float.
+    pub(super) fn add_ct_dense_all(
+        &mut self,
+        ck: &Checkpoint,
+        names: &[String],
+    ) -> InputResult<()> {
+        let dense = self.method().as_deref() == Some("compressed-tensors")
+            && self
+                .config
+                .as_ref()
+                .and_then(|c| c.get("format"))
+                .and_then(serde_json::Value::as_str)
+                == Some("dense");
+        if !dense {
+            return Ok(());
+        }
+        for p in names.iter().filter_map(|n| n.strip_suffix(".weight_scale")) {
+            let weight = format!("{p}.weight");
+            let Some(w) = ck
+                .info(&weight)
+                .filter(|w| matches!(w.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16))
+            else {
+                continue;
+            };
+            if w.shape.len() != 2 {
+                return Err(err(
+                    ck,
+                    &weight,
+                    format!(
+                        "is {} beside `{p}.weight_scale`: lorakit reads 2-D quantized weights only",
+                        typed(w)
+                    ),
+                ));
+            }
+            let companions = DENSE_PARAMS
+                .iter()
+                .map(|leaf| format!("{p}.{leaf}"))
+                .filter(|n| ck.contains(n))
+                .collect();
+            let args = self.ct_args(ck, p)?;
+            let float = args.as_ref().and_then(|a| a.kind.as_deref()) == Some("float");
+            let bits = args.as_ref().and_then(|a| a.num_bits).unwrap_or(8) as u32;
+            let scheme = Scheme::CtDense {
+                dtype: w.dtype,
+                bits,
+                float,
+            };
+            let shape = w.shape.clone();
+            self.insert_stored_as_itself(ck, &weight, shape, scheme, companions)?;
         }
         Ok(())
     }
@@ -275,7 +440,6 @@ impl QuantMap {
         prefix: &str,
         packed_name: &str,
     ) -> InputResult<()> {
-        let weight = format!("{prefix}.weight");
         let pk = ck.info(packed_name).expect("listed");
         let need = |suffix: &str| {
             let n = format!("{prefix}.{suffix}");
@@ -348,17 +512,7 @@ impl QuantMap {
                 format!("scale dtype {d} is not F32, F16 or BF16")
             }));
         }
-        let (per_tensor, groups) = match scale.shape.as_slice() {
-            [] | [1] => (true, 1),
-            [r, g] if *r == rows && *g >= 1 && cols.is_multiple_of(*g) => (false, *g),
-            s => {
-                return Err(err(
-                    ck,
-                    &scale.name,
-                    format!("shape {s:?} is not [1], [{rows}, 1] or [{rows}, groups] with groups dividing {cols}"),
-                ))
-            }
-        };
+        let (per_tensor, groups) = scale_groups(ck, &scale, rows, cols)?;
         let zp_name = format!("{prefix}.weight_zero_point");
         let symmetric = !ck.contains(&zp_name);
         let mut companions = vec![shape_info.name.clone(), scale.name.clone()];
@@ -377,6 +531,7 @@ impl QuantMap {
             }
             companions.push(zp_name);
         }
+        let g_idx = group_index(ck, prefix, cols, groups, per_tensor, &mut companions)?;
         let params = packed::Params {
             bits,
             rows,
@@ -385,18 +540,110 @@ impl QuantMap {
             per_tensor,
             symmetric,
             scale_dtype: scale.dtype,
+            storage: packed::Storage::Packed,
+            g_idx,
         };
+        self.insert_ct_int(ck, prefix, packed_name, params, &scale, companions)
+    }
+
+    /// A compressed-tensors unpacked integer weight (`naive-quantized`, `int-quantized`:
+    /// compressors/naive_quantized/base.py): I8 `P.weight` with `P.weight_scale` (per tensor,
+    /// per row or per group, any float) and, asymmetric, an I8 `P.weight_zero_point` of the
+    /// scale's shape; `P.weight_g_idx` as for pack-quantized. The width is the config's
+    /// `num_bits` (8 where it says none: QuantizationArgs' default).
+    pub(super) fn add_ct_int8(
+        &mut self,
+        ck: &Checkpoint,
+        prefix: &str,
+        weight: &str,
+    ) -> InputResult<()> {
+        let w = ck.info(weight).expect("listed").clone();
+        let scale = ck
+            .info(&format!("{prefix}.weight_scale"))
+            .expect("checked by the caller")
+            .clone();
+        let [rows, cols] = w.shape[..] else {
+            return Err(err(
+                ck,
+                weight,
+                format!(
+                    "is {}: lorakit reads 2-D compressed-tensors integer weights only",
+                    typed(&w)
+                ),
+            ));
+        };
+        if rows == 0 || cols == 0 {
+            return Err(err(
+                ck,
+                weight,
+                format!("is {}, an empty weight", typed(&w)),
+            ));
+        }
+        if !dtype::is_float_compute(scale.dtype) || scale.dtype == Dtype::F64 {
+            return Err(dtype_err(ck, &scale, |d| {
+                format!("scale dtype {d} is not F32, F16 or BF16")
+            }));
+        }
+        let args = self.ct_args(ck, prefix)?;
+        let bits = match args.as_ref().and_then(|a| a.num_bits) {
+            Some(b) => b as u32,
+            None => 8,
+        };
+        let (per_tensor, groups) = scale_groups(ck, &scale, rows, cols)?;
+        let zp_name = format!("{prefix}.weight_zero_point");
+        let symmetric = !ck.contains(&zp_name);
+        let mut companions = vec![scale.name.clone()];
+        if !symmetric {
+            let z = ck.info(&zp_name).expect("present");
+            if z.dtype != Dtype::I8 || z.numel() != scale.numel() || z.shape.len() > 2 {
+                return Err(err(
+                    ck,
+                    &zp_name,
+                    format!(
+                        "is {}; the zero points of an I8 weight are I8 of its scale's shape {:?}",
+                        typed(z),
+                        scale.shape
+                    ),
+                ));
+            }
+            companions.push(zp_name);
+        }
+        let g_idx = group_index(ck, prefix, cols, groups, per_tensor, &mut companions)?;
+        let params = packed::Params {
+            bits,
+            rows,
+            cols,
+            groups,
+            per_tensor,
+            symmetric,
+            scale_dtype: scale.dtype,
+            storage: packed::Storage::Int8,
+            g_idx,
+        };
+        self.insert_ct_int(ck, prefix, weight, params, &scale, companions)
+    }
+
+    /// Checks `params` against the config's weight arguments, then records the weight.
+    fn insert_ct_int(
+        &mut self,
+        ck: &Checkpoint,
+        prefix: &str,
+        stored: &str,
+        params: packed::Params,
+        scale: &TensorInfo,
+        companions: Vec<String>,
+    ) -> InputResult<()> {
         if let Some(a) = self.ct_args(ck, prefix)? {
-            if let Some(c) = a.contradicts_packed(&params, packed_name, &scale.name, &scale.shape) {
+            if let Some(c) = a.contradicts_packed(&params, stored, &scale.name, &scale.shape) {
                 return Err(a.refusal(ck, prefix, c));
             }
         }
         self.insert(
             ck,
             QuantTensor {
-                name: weight,
-                stored: packed_name.to_owned(),
-                shape: vec![rows, cols],
+                name: format!("{prefix}.weight"),
+                stored: stored.to_owned(),
+                shape: vec![params.rows, params.cols],
                 scheme: Scheme::Packed(params),
                 companions,
             },

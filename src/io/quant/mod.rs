@@ -65,6 +65,13 @@ pub enum Scheme {
     Mlx(mlx::Params),
     /// MLX mxfp4 / nvfp4 / mxfp8 (`mx.quantize(mode=…)`: packed uint32, a U8 scale per group).
     MlxFp(mlx_fp::Params),
+    /// compressed-tensors saved uncompressed (`format: "dense"`): the float weight, fake-quantized
+    /// already, beside the scales its loader's forward applies to it (`ct_scan.rs`).
+    CtDense {
+        dtype: Dtype,
+        bits: u32,
+        float: bool,
+    },
     /// FP8 values with scales.
     Fp8 {
         format: Dtype,
@@ -90,12 +97,24 @@ pub struct QuantTensor {
 }
 
 impl QuantTensor {
+    /// The companion named `P.leaf` (one the scan recorded: a missing one is a bug).
+    pub(crate) fn companion(&self, leaf: &str) -> &str {
+        self.companions
+            .iter()
+            .find(|c| c.rsplit_once('.').is_some_and(|(_, l)| l == leaf))
+            .map(String::as_str)
+            .expect("recorded at scan")
+    }
+
     /// Short method name: `bnb-nf4`, `bnb-fp4`, `bnb-int8`, `fp8-e4m3`, `fp8-e5m2`.
     pub fn method(&self) -> String {
         match &self.scheme {
             Scheme::Bnb4(p) => format!("bnb-{}", p.kind.name()),
             Scheme::BnbInt8 => "bnb-int8".into(),
             Scheme::Packed(p) => format!("ct-int{}", p.bits),
+            Scheme::CtDense { bits, float, .. } => {
+                format!("ct-dense-{}{bits}", if *float { "fp" } else { "int" })
+            }
             Scheme::CtFp4(p) => format!("ct-{}", p.kind.name()),
             Scheme::ModelOptFp4(_) => "modelopt-nvfp4".into(),
             Scheme::Comfy(p) => format!("comfy-{}", p.format.name()),
@@ -118,6 +137,7 @@ impl QuantTensor {
             Scheme::Bnb4(_) | Scheme::ModelOptFp4(_) => 4,
             Scheme::CtFp4(p) => p.kind.bits(),
             Scheme::Packed(p) => p.bits,
+            Scheme::CtDense { bits, .. } => *bits,
             Scheme::Gptq(p) => p.bits,
             Scheme::Mlx(p) => p.bits,
             Scheme::MlxFp(p) => p.mode.bits(),
@@ -134,6 +154,10 @@ impl QuantTensor {
                 None => format!("blocksize {}", p.blocksize),
             },
             Scheme::BnbInt8 => "per row".into(),
+            Scheme::CtDense { dtype, .. } => format!(
+                "stored as {} values (format dense), scales applied by the loader",
+                dtype::name(*dtype)
+            ),
             Scheme::Mlx(p) => format!("group {}", p.group_size),
             Scheme::MlxFp(p) => format!("group {}", p.mode.group_size()),
             Scheme::ModelOptFp4(_) => "group 16, E4M3 scales, weight_scale_2".into(),
@@ -156,14 +180,21 @@ impl QuantTensor {
                 } else {
                     format!("group {}", p.group_size())
                 };
-                format!(
+                let mut d = format!(
                     "{kind}, {}",
                     if p.symmetric {
                         "symmetric"
                     } else {
                         "asymmetric"
                     }
-                )
+                );
+                if p.g_idx.is_some() {
+                    d.push_str(", act-order (weight_g_idx)");
+                }
+                if p.storage == packed::Storage::Int8 {
+                    d.push_str(", one I8 code a byte");
+                }
+                d
             }
             Scheme::Gptq(p) => {
                 let mut d = if p.groups == 1 {
@@ -201,6 +232,7 @@ impl QuantTensor {
             Scheme::Bnb4(p) => p.dtype,
             Scheme::BnbInt8 => Dtype::F32,
             Scheme::Packed(p) => p.scale_dtype,
+            Scheme::CtDense { dtype, .. } => *dtype,
             Scheme::Gptq(p) => p.scale_dtype,
             Scheme::Mlx(p) => p.dtype,
             Scheme::MlxFp(p) => p.dtype,
@@ -429,9 +461,14 @@ impl QuantMap {
             Scheme::Packed(p) => {
                 let zero = match p.symmetric {
                     true => None,
-                    false => Some(data(&q.companions[2])?),
+                    false => Some(data(q.companion("weight_zero_point"))?),
                 };
-                packed::dequantize(p, data(&q.stored)?, data(&q.companions[1])?, zero)
+                packed::dequantize(
+                    p,
+                    data(&q.stored)?,
+                    data(q.companion("weight_scale"))?,
+                    zero,
+                )
             }
             Scheme::CtFp4(p) => {
                 let bytes = data(&q.companions[0])?;
@@ -472,6 +509,7 @@ impl QuantMap {
                 }
                 v
             }
+            Scheme::CtDense { dtype, .. } => dtype::decode(*dtype, data(&q.stored)?),
             Scheme::ModelOptFp4(p) => self.dequantize_modelopt(ck, q, p)?,
             Scheme::Comfy(p) => self.dequantize_comfy(ck, q, p)?,
             Scheme::Gptq(p) => gptq::dequantize(

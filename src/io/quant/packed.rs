@@ -12,7 +12,19 @@
 //!
 //! Dequantization: `w = (q − z) · s` evaluated in the scale's dtype (`x_q.to(scale.dtype)`, the
 //! subtraction and the product each rounded to it; both exact before the product's rounding for
-//! ≤ 8-bit integers), with group `g = col / (cols / groups)`.
+//! ≤ 8-bit integers), with group `g = col / (cols / groups)`, or `g = g_idx[col]` where the weight
+//! has an initialised `P.weight_g_idx` (I32 `[cols]`, llm-compressor's GPTQ `actorder: "group"`;
+//! compressed-tensors' `_process_quantization` before the removal of GROUP actorder on
+//! 2026-08-27: `is_column_order = g_idx is None or -1 in g_idx`, otherwise the columns are sorted
+//! by `argsort(g_idx)` and the k-th run of columns takes scale column k — for the g_idx GPTQ
+//! writes, each group `group_size` columns, that is `scale[:, g_idx[col]]`, which vLLM's
+//! CompressedTensorsWNA16 reads too).
+//!
+//! The same arithmetic serves compressed-tensors' unpacked integer formats (`naive-quantized`,
+//! `int-quantized`: `compressors/naive_quantized/base.py`, `quantize(..., dtype=int8)` /
+//! `dequantize`): `P.weight` I8 `[rows, cols]` holds the signed codes themselves, one per byte
+//! (no offset); `P.weight_zero_point`, where stored (asymmetric), has the scale's shape and holds
+//! the signed zero points one per element (I8, `QuantizationArgs.pytorch_dtype()`).
 //!
 //! Must not choose what is stored: it decodes and re-encodes with the checkpoint's own scales and
 //! zero points; `merge --quant` decides whether to requantize.
@@ -31,6 +43,24 @@ pub struct Params {
     pub per_tensor: bool,
     pub symmetric: bool,
     pub scale_dtype: Dtype,
+    /// How the codes (and zero points) are stored.
+    pub storage: Storage,
+    /// The group of each column where `P.weight_g_idx` says (act-order "group"); `None`: column
+    /// `c` is in group `c / group_size`.
+    #[serde(skip)]
+    pub g_idx: Option<Vec<u32>>,
+}
+
+/// How a compressed-tensors integer weight stores its codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// `pack-quantized`: I32 words of bit streams, codes offset by `2^(bits−1)`, zero points
+    /// packed down the rows.
+    Packed,
+    /// `naive-quantized` / `int-quantized`: one signed I8 code per element, zero points one I8
+    /// per scale.
+    Int8,
 }
 
 impl Params {
@@ -41,13 +71,35 @@ impl Params {
     /// Where element `(r, c)` finds its scale and zero point: the index into the scales (one
     /// per tensor, or one per row and group) and into the zero points (one per row and group).
     fn group_at(&self, r: usize, c: usize) -> (usize, usize) {
-        let g = if self.per_tensor {
-            0
-        } else {
-            c / self.group_size()
+        if self.per_tensor {
+            return (0, 0);
+        }
+        let g = match &self.g_idx {
+            Some(g) => g[c] as usize,
+            None => c / self.group_size(),
         };
         let zi = r * self.groups + g;
-        (if self.per_tensor { 0 } else { zi }, zi)
+        (zi, zi)
+    }
+
+    /// The signed code of element `(r, c)`.
+    fn code(&self, codes: &[u8], r: usize, c: usize) -> i32 {
+        match self.storage {
+            Storage::Packed => {
+                let row_bytes = 4 * words(self.cols, self.bits);
+                let row = &codes[r * row_bytes..(r + 1) * row_bytes];
+                element(row, c, self.bits) as i32 - (1i32 << (self.bits - 1))
+            }
+            Storage::Int8 => codes[r * self.cols + c] as i8 as i32,
+        }
+    }
+
+    /// The signed zero points, one per scale (`[rows, groups]`, or one per tensor).
+    fn zeros(&self, z: &[u8]) -> Vec<i32> {
+        match self.storage {
+            Storage::Packed => unpack_zeros(self, z),
+            Storage::Int8 => z.iter().map(|&b| b as i8 as i32).collect(),
+        }
     }
 }
 
@@ -88,19 +140,16 @@ pub(super) fn element(stream: &[u8], i: usize, bits: u32) -> u32 {
 
 /// Dequantizes to f32 (values already rounded to the scale dtype, as the library computes them).
 pub fn dequantize(p: &Params, packed: &[u8], scale: &[u8], zero: Option<&[u8]>) -> Vec<f32> {
-    let offset = 1i32 << (p.bits - 1);
     let scales = dtype::decode(p.scale_dtype, scale);
-    let row_bytes = 4 * words(p.cols, p.bits);
-    let zeros = zero.map(|z| unpack_zeros(p, z)).unwrap_or_default();
+    let zeros = zero.map(|z| p.zeros(z)).unwrap_or_default();
     // Rounding to the scale dtype, as `dtype::encode` rounds (nearest even, the `half` crate).
     let round = |x: f32| dtype::round_to(p.scale_dtype, x);
     let mut out = Vec::with_capacity(p.rows * p.cols);
     for r in 0..p.rows {
-        let row = &packed[r * row_bytes..(r + 1) * row_bytes];
         for c in 0..p.cols {
             let (si, zi) = p.group_at(r, c);
             let s = scales[si];
-            let q = element(row, c, p.bits) as i32 - offset;
+            let q = p.code(packed, r, c);
             let z = zeros.get(zi).copied().unwrap_or(0);
             // `x_q.to(scale.dtype) - zero_point.to(scale.dtype)`, then `* scale`.
             let diff = round((q - z) as f32);
@@ -117,15 +166,19 @@ pub fn dequantize(p: &Params, packed: &[u8], scale: &[u8], zero: Option<&[u8]>) 
 /// weight in the scale's dtype (`fixtures/gen/quant_fixtures.py` `ct_pack`, llm-compressor's
 /// model dtype), so `x` is first rounded to it; then `x / s` and `+ z` each rounded to that
 /// dtype, clamped to `[−2^(b−1), 2^(b−1)−1]`, rounded half to even, packed as the reader reads.
-/// Only `weight_packed` changes; scales and zero points are kept.
+/// Only `weight_packed` (the I8 `weight` of the unpacked formats, `quantize(..., dtype=int8)`)
+/// changes; scales, zero points and g_idx are kept.
 pub fn requantize(p: &Params, merged: &[f32], scale: &[u8], zero: Option<&[u8]>) -> Vec<u8> {
     let offset = 1i32 << (p.bits - 1);
     let (qmin, qmax) = (-(offset as f32), (offset - 1) as f32);
     let scales = dtype::decode(p.scale_dtype, scale);
-    let zeros = zero.map(|z| unpack_zeros(p, z));
+    let zeros = zero.map(|z| p.zeros(z));
     let round = |x: f32| dtype::round_to(p.scale_dtype, x);
     let nwords = words(p.cols, p.bits);
     let mut out = Vec::with_capacity(4 * nwords * p.rows);
+    if p.storage == Storage::Int8 {
+        out.reserve(p.rows * p.cols);
+    }
     for r in 0..p.rows {
         let mut row = vec![0u32; nwords];
         for c in 0..p.cols {
@@ -138,9 +191,14 @@ pub fn requantize(p: &Params, merged: &[f32], scale: &[u8], zero: Option<&[u8]>)
             // torch.clamp then torch.round (half to even); NaN clamps to NaN and casts to 0.
             let q = scaled.clamp(qmin, qmax).round_ties_even();
             let q = if q.is_nan() { 0 } else { q as i32 };
-            put(&mut row, c, p.bits, (q + offset) as u32);
+            match p.storage {
+                Storage::Packed => put(&mut row, c, p.bits, (q + offset) as u32),
+                Storage::Int8 => out.push(q as i8 as u8),
+            }
         }
-        out.extend(row.iter().flat_map(|w| w.to_le_bytes()));
+        if p.storage == Storage::Packed {
+            out.extend(row.iter().flat_map(|w| w.to_le_bytes()));
+        }
     }
     out
 }

@@ -15,7 +15,7 @@ impl QuantMap {
         match &q.scheme {
             Scheme::Bnb4(_) => None,
             Scheme::BnbInt8 => None,
-            Scheme::Packed(_) => None,
+            Scheme::Packed(_) | Scheme::CtDense { .. } => None,
             Scheme::Gptq(_) => None,
             Scheme::Mlx(p) => p.requantize_unsupported(),
             Scheme::MlxFp(_) | Scheme::CtFp4(_) | Scheme::ModelOptFp4(_) => None,
@@ -209,6 +209,13 @@ impl QuantMap {
                     .map_err(|e| e.to_string())?;
                 vec![(q.stored.clone(), ct_fp4::requantize(p, merged, &s))]
             }
+            Scheme::CtDense { dtype, .. } => {
+                // The merged float weight itself, the scales kept: the loader's forward
+                // (compressed-tensors `set_forward_quantized`, status below COMPRESSED)
+                // fake-quantizes it with them, as it fake-quantized the stored weight, and as
+                // PEFT's merge into that model's `weight.data` runs.
+                vec![(q.stored.clone(), dtype::encode(*dtype, merged))]
+            }
             Scheme::BnbInt8 => {
                 let (q8, scb) = int8::quantize(merged, q.shape[1]);
                 vec![
@@ -217,14 +224,14 @@ impl QuantMap {
                 ]
             }
             Scheme::Packed(p) => {
-                // Round to nearest with the stored scales and zero points: only weight_packed
-                // changes.
+                // Round to nearest with the stored scales, zero points and g_idx: only
+                // weight_packed (or the I8 weight) changes.
                 let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
                 let zero = match p.symmetric {
                     true => None,
-                    false => Some(data(&q.companions[2])?),
+                    false => Some(data(q.companion("weight_zero_point"))?),
                 };
-                let bytes = packed::requantize(p, merged, data(&q.companions[1])?, zero);
+                let bytes = packed::requantize(p, merged, data(q.companion("weight_scale"))?, zero);
                 vec![(q.stored.clone(), bytes)]
             }
         })

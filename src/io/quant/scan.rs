@@ -101,6 +101,7 @@ impl QuantMap {
         // ComfyUI's marked layers first: their NVFP4 weights have ModelOpt's names and dtypes.
         map.add_comfy_quant_all(ck, &names)?;
         map.add_ct_fp4_all(ck, &names)?;
+        map.add_ct_dense_all(ck, &names)?;
         map.add_modelopt_fp4_all(ck, &names)?;
         let mut markers = Vec::new();
         for name in &names {
@@ -121,6 +122,13 @@ impl QuantMap {
                 }
                 // Otherwise a plain FP8 tensor (a ComfyUI-style cast with no scales at all):
                 // not a scaled quantization, copied as it is.
+            } else if let Some(p) = name.strip_suffix(".weight").filter(|p| {
+                info.dtype == Dtype::I8
+                    && map.method().as_deref() == Some("compressed-tensors")
+                    && ck.contains(&format!("{p}.weight_scale"))
+            }) {
+                // compressed-tensors `int-quantized` / `naive-quantized`: see `ct_scan.rs`.
+                map.add_ct_int8(ck, p, name)?;
             } else if matches!(
                 info.dtype,
                 Dtype::F8_E4M3FNUZ
@@ -205,6 +213,33 @@ impl QuantMap {
                     name,
                     format!("is a ModelOpt NVFP4 global scale but `{p}.weight` is not a U8 NVFP4 weight with an F8_E4M3 `{p}.weight_scale`"),
                 ));
+            }
+            // A scale beside a weight of another dtype (an I8 weight outside compressed-tensors,
+            // a float one outside its `dense` format): a format lorakit does not read, listed
+            // and copied as it is, not taken for FP8.
+            let scaled = name
+                .strip_suffix(".weight_scale_inv")
+                .or_else(|| name.strip_suffix(".weight_scale"));
+            if let Some(w) = scaled.map(|p| format!("{p}.weight")).filter(|w| {
+                ck.info(w)
+                    .is_some_and(|i| !matches!(i.dtype, Dtype::F8_E4M3 | Dtype::F8_E5M2))
+            }) {
+                let info = ck.info(&w).expect("present");
+                let e = err(
+                    ck,
+                    name,
+                    format!(
+                        "is a scale of `{w}` ({}), a quantized format lorakit does not read{}",
+                        typed(info),
+                        map.method()
+                            .map(|m| format!(" (quant_method `{m}`{})", map.ct_format_note()))
+                            .unwrap_or_default()
+                    ),
+                );
+                if !map.unsupported_weights.contains_key(&w) {
+                    map.push_unsupported(Some(w), e);
+                }
+                continue;
             }
             if name.ends_with(".weight_scale_inv")
                 || name.ends_with(".weight_scale")

@@ -249,6 +249,21 @@ pub(super) fn read_added_tokens(a: &Adapter) -> InputResult<Vec<(String, u64)>> 
 }
 
 /// The last dotted component of a module or tensor name (`lm_head`, `q_proj`).
+/// The last name component of every Linear-like weight of `base`: each 2-D `….weight`, and each
+/// quantized weight under its logical name (a GPTQ/AWQ `qweight`, a compressed-tensors
+/// `weight_packed`: vLLM's `get_supported_lora_modules` lists every LinearBase module whatever its
+/// quant_method, and serves LoRA on those bases).
+pub(super) fn linear_names(base: &Checkpoint) -> std::collections::BTreeSet<String> {
+    let quant = crate::io::quant::QuantMap::scan(base).ok();
+    let quantized = quant.iter().flat_map(|q| q.iter()).map(|t| &t.name);
+    base.names()
+        .filter(|n| base.info(n).is_some_and(|i| i.shape.len() == 2))
+        .chain(quantized.map(String::as_str))
+        .filter_map(|n| n.strip_suffix(".weight"))
+        .map(|m| last_component(m).to_string())
+        .collect()
+}
+
 pub(super) fn last_component(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }

@@ -299,6 +299,12 @@ impl<'a> Facts<'a> {
                 }
                 _ => vec![],
             },
+            When::QuantLayerRefusesVariant => match (&self.resolution, &self.plan.base) {
+                (Some(r), Some(b)) => {
+                    qalora::refused_variants(self.plan.placed.as_ref().unwrap_or(a), r, b)
+                }
+                _ => return Evaluated::NeedsBase,
+            },
             When::ConfigSet(keys) => keys
                 .iter()
                 .filter_map(|k| {
@@ -714,14 +720,7 @@ impl<'a> Facts<'a> {
             Supported::Fixed(list) => Some(list.iter().map(|s| s.to_string()).collect()),
             Supported::BaseLinear(fallback) => match &self.plan.base {
                 Some(b) => {
-                    let mut names: BTreeSet<String> = b
-                        .names()
-                        .filter_map(|n| {
-                            let info = b.info(n)?;
-                            let m = n.strip_suffix(".weight")?;
-                            (info.shape.len() == 2).then(|| last_component(m).to_string())
-                        })
-                        .collect();
+                    let mut names = super::base::linear_names(b);
                     // A base that ties its embeddings stores no `lm_head.weight`, but vLLM's
                     // model still has an `lm_head` module (Llama: a ParallelLMHead tied to
                     // embed_tokens; Qwen3: `self.lm_head = self.model.embed_tokens`) and the

@@ -2,7 +2,11 @@
 //! (`tuners/lora/gptq.py`, `QALoraLinearVariant.init`), so placement follows its pooled `lora_A`
 //! width, not a plain LoRA's.
 //!
-//! Must not decide verdicts (the rules do); only moves modules between placed and unmatched.
+//! And the LoRA variants PEFT's quantized-layer classes refuse on construction
+//! ([`refused_variants`]).
+//!
+//! Must not decide verdicts (the rules do); only moves modules between placed and unmatched,
+//! and lists the modules a rule is about.
 
 use crate::adapter::mapping::{self, Unmatched};
 use crate::adapter::ModuleKind;
@@ -82,4 +86,47 @@ fn on_gptq(a: &crate::adapter::Adapter, base: &crate::io::Checkpoint, r: &mut ma
         }
         !fits
     });
+}
+
+/// The placed modules whose base weight is quantized in a format whose PEFT 0.21.2 LoRA layer
+/// refuses the adapter's variant when it is built: `GPTQLoraLinear` (lora/gptq.py:39-42) and
+/// `AwqLoraLinear` (lora/awq.py:36-39) raise for `use_dora` and for a `velora_config`; bitsandbytes'
+/// `Linear8bitLt` and `Linear4bit` raise for a `velora_config` (lora/bnb.py:58-59 and 336-337,
+/// `resolve_lora_variant`). Each item `module (format): variant`.
+pub(super) fn refused_variants(
+    a: &crate::adapter::Adapter,
+    r: &mapping::Resolution,
+    base: &crate::io::Checkpoint,
+) -> Vec<String> {
+    use crate::io::quant::{gptq::Layout, Scheme};
+    let set = |k: &str| {
+        a.config
+            .as_ref()
+            .and_then(|c| c.get(k))
+            .is_some_and(|v| !v.is_null() && v != &serde_json::Value::Bool(false))
+    };
+    let (velora, dora_cfg) = (set("velora_config"), set("use_dora"));
+    let Ok(quant) = crate::io::quant::QuantMap::scan(base) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in &r.modules {
+        let Some(m) = a.modules.get(p.module) else {
+            continue;
+        };
+        let dora = dora_cfg || m.dora_magnitude.is_some();
+        let (class, refuses_dora) = match quant.get(&p.weight).map(|q| &q.scheme) {
+            Some(Scheme::Gptq(g)) if g.layout == Layout::Awq => ("AwqLoraLinear", true),
+            Some(Scheme::Gptq(_)) => ("GPTQLoraLinear", true),
+            Some(Scheme::Bnb4(_)) => ("Linear4bit", false),
+            Some(Scheme::BnbInt8) => ("Linear8bitLt", false),
+            _ => continue,
+        };
+        if refuses_dora && dora {
+            out.push(format!("{} ({class}): DoRA", m.name));
+        } else if velora {
+            out.push(format!("{} ({class}): VeLoRA", m.name));
+        }
+    }
+    out
 }

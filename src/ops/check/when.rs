@@ -179,6 +179,9 @@ pub enum When {
     /// adapter_config.json fields set to a value other than their default (`null`, `false`,
     /// empty).
     ConfigSet(&'static [&'static str]),
+    /// With `--base`: modules on a quantized weight whose PEFT layer class refuses the adapter's
+    /// variant (DoRA or VeLoRA on GPTQ/AWQ, VeLoRA on bitsandbytes; `qalora.rs`).
+    QuantLayerRefusesVariant,
     /// The loader's scale differs from PEFT's for some module.
     ScaleDiffers(ScaleRule),
     /// A module whose last name component the loader does not adapt.

@@ -228,6 +228,8 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("check/dtype_f8", BASE),
     ("check/dtype_f64_unet.safetensors", None),
     ("check/untargeted", BASE),
+    // peft.quant_layer_variant: DoRA on a GPTQ base (tests/it/review16q.rs).
+    ("llama/adapters/dora", Some("quant/gptq4_v1")),
     // fixtures/gen/check_peft_types_fixtures.py (VERDICT.json): the `*.peft_type` rules.
     ("check/peft_loha", BASE),
     // fixtures/gen/diffusers_sweep_fixtures.py (MANIFEST.json): the diffusers key-conversion rules.

@@ -652,6 +652,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict"),
     },
     Rule {
+        id: "peft.quant_layer_variant",
+        target: Target::Peft,
+        when: When::QuantLayerRefusesVariant,
+        severity: Severity::Error,
+        why: "PEFT's LoRA layer for this quantized base refuses the variant when it is built (ValueError: GPTQLoraLinear/AwqLoraLinear \"does not support DoRA yet\" or \"VeLoRA yet\"; Linear4bit/Linear8bitLt \"does not support VeLoRA\")",
+        source: src(PEFT, "src/peft/tuners/lora/gptq.py", "0.21.2", "gptq.py:39-42 GPTQLoraLinear.__init__; awq.py:36-39 AwqLoraLinear.__init__; bnb.py:58-59, 336-337 Linear8bitLt/Linear4bit.resolve_lora_variant"),
+    },
+    Rule {
         id: "peft.vocab",
         target: Target::Peft,
         when: When::VocabMismatch,
