@@ -1,0 +1,55 @@
+//! Session 16's diffusion-conversion review findings (rev16c) fixed on branch fixd16
+//! (`fixtures/review16/diffusion/`, `fixtures/gen/review16_diffusion.py`): LoRAs saved by
+//! diffusers' own `save_lora_weights` (`unet.…lora_A.weight`, the config in
+//! `lora_adapter_metadata`) converted to every format. The reference is diffusers 0.42.1's own
+//! load + `fuse_lora` of the input: each output, merged by lorakit, must change the UNet as
+//! diffusers changed it.
+
+use super::common::*;
+use std::path::{Path, PathBuf};
+
+const DIR: &str = "review16/diffusion";
+
+fn unet() -> PathBuf {
+    fixture(&format!("{DIR}/unet"))
+}
+
+/// Merges `adapter` into the fixture UNet and compares the result with diffusers' fuse of the
+/// input (`{case}_fused.safetensors`, the 32 attention weights it changed).
+fn merges_as_diffusers_fused(adapter: &Path, case: &str, tmp: &Path, label: &str) {
+    let merged = tmp.join(format!("{label}-merged"));
+    run_ok(merge_args(
+        &unet(),
+        adapter,
+        &merged,
+        &["--device", "cpu", "--quiet"],
+    ));
+    let want = fixture(&format!("{DIR}/{case}_fused.safetensors"));
+    let n = assert_merged_matches(&merged, &unet(), &want, 1e-5);
+    assert_eq!(n, 32, "{label}");
+}
+
+fn convert(input: &Path, to: &str, out: &Path, extra: &[&str]) {
+    let mut args = vec!["convert", s(input), "--to", to, "--out", s(out), "--quiet"];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+}
+
+/// `convert --to peft` of a diffusers file without `--base`: the names are module paths under the
+/// `unet` component, so the folder gets them without it and merges as diffusers fused the input.
+/// Before: refused as "kohya names lost the dots", naming module `?`.
+#[test]
+fn diffusers_file_to_peft_needs_no_base() {
+    let src = fixture(&format!("{DIR}/plain.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("peft");
+    convert(&src, "peft", &out, &[]);
+    let t = read(&out.join("adapter_model.safetensors"));
+    assert!(
+        t.keys()
+            .all(|k| k.starts_with("base_model.model.") && !k.contains(".unet.")),
+        "{:?}",
+        t.keys().next()
+    );
+    merges_as_diffusers_fused(&out, "plain", tmp.path(), "peft");
+}
