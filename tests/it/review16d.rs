@@ -35,6 +35,34 @@ fn convert(input: &Path, to: &str, out: &Path, extra: &[&str]) {
     run_ok(&args);
 }
 
+/// rsLoRA in a diffusers file (`use_rslora: true` in `lora_adapter_metadata`, r 4 alpha 8, one
+/// module at r 2, one at alpha 3): every `convert` output keeps scale alpha/√r. Before: the
+/// outputs stated alpha 8 under alpha/r (diffusers/PEFT `use_rslora: false`, kohya/comfy
+/// `.alpha` 8), halving every ΔW at r 4 (0.67 off diffusers' fuse in the review's SD3 case).
+#[test]
+fn rslora_of_a_diffusers_file_survives_every_convert() {
+    let src = fixture(&format!("{DIR}/rslora.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    merges_as_diffusers_fused(&src, "rslora", tmp.path(), "input");
+    let base = unet();
+    for (to, extra) in [
+        ("diffusers", vec![]),
+        ("peft", vec!["--base", s(&base)]),
+        ("peft", vec![]),
+        ("kohya", vec![]),
+        ("comfy", vec![]),
+    ] {
+        let label = format!("{to}{}", extra.len());
+        let out = tmp.path().join(if to == "peft" {
+            label.clone()
+        } else {
+            format!("{label}.safetensors")
+        });
+        convert(&src, to, &out, &extra);
+        merges_as_diffusers_fused(&out, "rslora", tmp.path(), &label);
+    }
+}
+
 /// `convert --to peft` of a diffusers file without `--base`: the names are module paths under the
 /// `unet` component, so the folder gets them without it and merges as diffusers fused the input.
 /// Before: refused as "kohya names lost the dots", naming module `?`.

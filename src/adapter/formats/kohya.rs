@@ -30,7 +30,7 @@ use crate::adapter::model::{scale_for, Adapter, DoraRule, FullTensor, LoraModule
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::{Output, SafetensorsFile};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Metadata key: JSON object kohya module name → dotted module path.
@@ -138,6 +138,8 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     }
     let configs = DiffusersConfigs::read(&file)?;
     let mut modules = Vec::with_capacity(parts.len());
+    // Modules whose scale is rsLoRA's alpha/√r (their component's config says `use_rslora`).
+    let mut rslora: BTreeSet<String> = BTreeSet::new();
     for (name, p) in &parts {
         let mut m = lycoris::module(&file, name, p)?;
         let peft_named = namings
@@ -161,6 +163,9 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                 }
                 m.alpha = cfg.alpha_for(rel)?;
                 m.scale = scale_for(m.alpha, m.rank, cfg.use_rslora);
+                if cfg.use_rslora {
+                    rslora.insert(name.clone());
+                }
             }
         }
         // A LoKr file diffusers' `save_lora_weights` wrote for a PEFT LoKr adapter (Z-Image,
@@ -255,8 +260,19 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     let mut used: Vec<lycoris::Naming> = namings.into_values().collect();
     used.sort();
     used.dedup();
+    // The writers state a module's scale from its alpha under the adapter's one rule
+    // (`use_rslora`): rsLoRA for the adapter when every module is an rsLoRA one, else each
+    // rsLoRA module's alpha becomes the one that gives its scale under alpha/r (alpha·√r), so no
+    // output halves it (rev16c F4).
+    let all_rslora = !modules.is_empty() && rslora.len() == modules.len();
+    if !all_rslora {
+        for m in modules.iter_mut().filter(|m| rslora.contains(&m.name)) {
+            m.alpha = m.scale * m.rank as f64;
+        }
+    }
     let metadata = file.header().metadata.clone();
     Ok(Adapter {
+        use_rslora: all_rslora,
         source: Some(file),
         metadata,
         namings: used,
