@@ -35,6 +35,12 @@ fn convert(input: &Path, to: &str, out: &Path, extra: &[&str]) {
     run_ok(&args);
 }
 
+fn metadata(path: &Path) -> std::collections::HashMap<String, String> {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    meta.metadata().clone().unwrap_or_default()
+}
+
 /// rsLoRA in a diffusers file (`use_rslora: true` in `lora_adapter_metadata`, r 4 alpha 8, one
 /// module at r 2, one at alpha 3): every `convert` output keeps scale alpha/√r. Before: the
 /// outputs stated alpha 8 under alpha/r (diffusers/PEFT `use_rslora: false`, kohya/comfy
@@ -61,6 +67,50 @@ fn rslora_of_a_diffusers_file_survives_every_convert() {
         convert(&src, to, &out, &extra);
         merges_as_diffusers_fused(&out, "rslora", tmp.path(), &label);
     }
+}
+
+/// `convert --to kohya` of a diffusers file: the module names diffusers' own
+/// `convert_state_dict_to_kohya` gives (`lora_unet_down_blocks_…`, what ComfyUI maps), no
+/// `lora_adapter_metadata` beside them (diffusers raises "Both network_alphas and metadata cannot
+/// be specified"), and the file merges as diffusers fused the input. Before:
+/// `lora_unet_unet_down_blocks_…` (no loader's names) with the metadata carried.
+#[test]
+fn diffusers_file_to_kohya_gets_kohya_names_without_the_diffusers_config() {
+    let src = fixture(&format!("{DIR}/plain.safetensors"));
+    let want: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("{DIR}/plain_kohya_names.json"))).unwrap(),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for to in ["kohya", "comfy"] {
+        let out = tmp.path().join(format!("{to}.safetensors"));
+        convert(&src, to, &out, &[]);
+        let mut names: Vec<String> = read(&out)
+            .keys()
+            .map(|k| k.split('.').next().unwrap().to_owned())
+            .collect();
+        names.dedup();
+        assert_eq!(names, want, "{to}");
+        assert!(
+            !metadata(&out).contains_key("lora_adapter_metadata"),
+            "{to}: lora_adapter_metadata carried beside kohya names"
+        );
+        merges_as_diffusers_fused(&out, "plain", tmp.path(), to);
+    }
+    // resize writes the same kohya names.
+    let out = tmp.path().join("resized.safetensors");
+    run_ok([
+        "resize",
+        s(&src),
+        "--rank",
+        "4",
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    let first = read(&out).keys().next().unwrap().clone();
+    assert!(first.starts_with("lora_unet_down_blocks_0_"), "{first}");
+    assert!(!metadata(&out).contains_key("lora_adapter_metadata"));
 }
 
 /// `convert --to peft` of a diffusers file without `--base`: the names are module paths under the
