@@ -131,3 +131,43 @@ fn diffusers_file_to_peft_needs_no_base() {
     );
     merges_as_diffusers_fused(&out, "plain", tmp.path(), "peft");
 }
+
+/// sd-scripts' SDXL names (its SGM UNet: `lora_unet_input_blocks_4_1_…`, resnet `in_layers_2`,
+/// `op`, `middle_block_1_…`, `output_blocks_2_2_conv`, `time_embed_0`, `label_emb_0_0`, `out_2`;
+/// 183 modules) on a diffusers-layout SDXL UNet: they land where diffusers'
+/// `_maybe_map_sgm_blocks_to_diffusers` + `_convert_unet_lora_key` put them, and the merge
+/// changes the UNet as diffusers' fuse did; `convert --to diffusers --base` writes diffusers
+/// names that merge the same. Before: all 183 refused ("no base tensor").
+#[test]
+fn sdxl_sgm_names_merge_into_a_diffusers_unet_as_diffusers_fuses_them() {
+    let unet = fixture(&format!("{DIR}/sdxl/unet"));
+    let src = fixture(&format!("{DIR}/sdxl/kohya.safetensors"));
+    let want = fixture(&format!("{DIR}/sdxl/fused.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    let merged = tmp.path().join("merged");
+    run_ok(merge_args(
+        &unet,
+        &src,
+        &merged,
+        &["--device", "cpu", "--quiet"],
+    ));
+    assert_eq!(assert_merged_matches(&merged, &unet, &want, 1e-5), 183);
+    let out = tmp.path().join("diffusers.safetensors");
+    convert(&src, "diffusers", &out, &["--base", s(&unet)]);
+    let t = read(&out);
+    assert!(
+        t.contains_key(
+            "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"
+        ),
+        "{:?}",
+        t.keys().next()
+    );
+    let merged = tmp.path().join("merged2");
+    run_ok(merge_args(
+        &unet,
+        &out,
+        &merged,
+        &["--device", "cpu", "--quiet"],
+    ));
+    assert_eq!(assert_merged_matches(&merged, &unet, &want, 1e-5), 183);
+}
