@@ -73,7 +73,8 @@ fn rslora_of_a_diffusers_file_survives_every_convert() {
 /// `convert_state_dict_to_kohya` gives (`lora_unet_down_blocks_…`, what ComfyUI maps), no
 /// `lora_adapter_metadata` beside them (diffusers raises "Both network_alphas and metadata cannot
 /// be specified"), and the file merges as diffusers fused the input. Before:
-/// `lora_unet_unet_down_blocks_…` (no loader's names) with the metadata carried.
+/// `lora_unet_unet_down_blocks_…` (no loader's names) with the metadata carried; `resize` and
+/// `combine` wrote the same names (rev16c F8).
 #[test]
 fn diffusers_file_to_kohya_gets_kohya_names_without_the_diffusers_config() {
     let src = fixture(&format!("{DIR}/plain.safetensors"));
@@ -111,6 +112,22 @@ fn diffusers_file_to_kohya_gets_kohya_names_without_the_diffusers_config() {
     let first = read(&out).keys().next().unwrap().clone();
     assert!(first.starts_with("lora_unet_down_blocks_0_"), "{first}");
     assert!(!metadata(&out).contains_key("lora_adapter_metadata"));
+    // And combine (rev16c F8: lora_unet_unet_… before).
+    let out = tmp.path().join("combined.safetensors");
+    run_ok([
+        "combine",
+        "--adapter",
+        s(&src),
+        "--adapter",
+        s(&src),
+        "--method",
+        "cat",
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    let first = read(&out).keys().next().unwrap().clone();
+    assert!(first.starts_with("lora_unet_down_blocks_0_"), "{first}");
 }
 
 /// `convert --to peft` of a diffusers file without `--base`: the names are module paths under the
