@@ -170,6 +170,9 @@ mod it {
     /// Session 15's review findings: ACE-Step 1.5 on ComfyUI's layout, a TinyLoRA embedding
     /// written as a LoRA embedding, FRoD on another base, the LoKr layout rule on a Conv2d.
     pub mod review15;
+    /// Session 16's diffusion-conversion findings: diffusers-saved LoRAs to kohya names, rsLoRA kept
+    /// by every convert, sd-scripts' SDXL names on a diffusers UNet, `--to peft` without a base.
+    pub mod review16d;
     /// Session 16's quantized-base review findings: compressed-tensors act-order g_idx, int8
     /// (`int-quantized`, `naive-quantized`) and `dense` checkpoints, `check` on quantized bases.
     pub mod review16q;

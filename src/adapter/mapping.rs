@@ -31,6 +31,9 @@
 //! An ACE-Step 1.5 module named as ComfyUI's `ACEStep15` key map names it (`base_model.model.{k}`,
 //! `lycoris_{k}`) lands on the decoder's `decoder.{k}.weight`, as ComfyUI puts it ([`ace_step15`]).
 //!
+//! sd-scripts' SDXL names (`lora_unet_input_blocks_4_1_…`, its SGM UNet) land on a diffusers
+//! UNet as diffusers renames them ([`sgm_unet`]).
+//!
 //! The name matching itself (dotted paths, kohya names, `target_modules`) is [`names`]'s, and
 //! merge, eval and train all match names through it rather than on their own.
 //!
@@ -45,6 +48,7 @@ pub mod layouts;
 mod names;
 mod openclip;
 mod placement;
+mod sgm_unet;
 
 pub use names::{
     dotted_candidates, dotted_suffix, dotted_suffix_agrees, is_kohya_name, kohya_candidates,
@@ -171,6 +175,13 @@ pub fn resolve_widened(
                 Ok(w)
             }
             _ => candidates,
+        };
+        // sd-scripts' SDXL names (SGM blocks) on a diffusers UNet, where nothing matched them.
+        let candidates = match candidates {
+            Ok(c) if c.is_empty() => {
+                Ok(sgm_unet::diffusers_weights(&m.name, kohya_name, names).unwrap_or(c))
+            }
+            other => other,
         };
         // HF CLIP names on an OpenCLIP-layout encoder, where nothing of the module's own
         // component matched its name.

@@ -287,13 +287,18 @@ pub fn output_metadata(
     meta
 }
 
-/// The input's `__metadata__` (minus earlier `lorakit.*` keys and the `format` key writers set
-/// themselves), then provenance.
+/// The input's `__metadata__` (minus earlier `lorakit.*` keys, the `format` key writers set
+/// themselves, and a diffusers file's `lora_adapter_metadata`: the diffusers writer states the
+/// config anew, and beside kohya names diffusers' loader refuses it, "Both network_alphas and
+/// metadata cannot be specified", rev16c F1), then provenance.
 pub fn carried_metadata(adapter: &Adapter, prov: &Provenance) -> Vec<(String, String)> {
+    use crate::adapter::formats::diffusers;
     let mut meta: Vec<(String, String)> = adapter
         .metadata
         .iter()
-        .filter(|(k, _)| !k.starts_with("lorakit.") && k != "format")
+        .filter(|(k, _)| {
+            !k.starts_with("lorakit.") && k != "format" && k != diffusers::METADATA_KEY
+        })
         .cloned()
         .collect();
     meta.extend(provenance_head(prov.operation));
@@ -362,11 +367,8 @@ pub fn write_diffusers(
 ) -> InputResult<Written> {
     use crate::adapter::formats::diffusers;
     crate::adapter::formats::peft::params::refuse_write(adapter, "a diffusers file")?;
-    // The input's metadata and provenance, without a kohya file's name map or an old config.
-    let meta: Vec<(String, String)> = carried_metadata(adapter, prov)
-        .into_iter()
-        .filter(|(k, _)| k != diffusers::METADATA_KEY)
-        .collect();
+    // The input's metadata and provenance, without an old config (carried_metadata).
+    let meta = carried_metadata(adapter, prov);
     let mut output = single_file_output(&spec.out)?;
     diffusers::write(adapter, None, &spec.out, &mut output, spec.dtype, &meta)?;
     let bytes = output.commit()?;

@@ -19,6 +19,7 @@
 //! Must not: take a module's factors apart or check their shapes (`lycoris/`'s [`lycoris::module`]
 //! and [`lycoris::tensors`] do), nor parse a PEFT config itself ([`super::peft::PeftConfig`] does).
 
+use super::diffusers;
 use super::layout::{Facts, Holds, Layout, Shape, WriteArgs};
 use super::lycoris;
 use super::peft::config::PeftConfig;
@@ -30,7 +31,7 @@ use crate::adapter::model::{scale_for, Adapter, DoraRule, FullTensor, LoraModule
 use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult};
 use crate::io::{Output, SafetensorsFile};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Metadata key: JSON object kohya module name → dotted module path.
@@ -138,6 +139,8 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     }
     let configs = DiffusersConfigs::read(&file)?;
     let mut modules = Vec::with_capacity(parts.len());
+    // Modules whose scale is rsLoRA's alpha/√r (their component's config says `use_rslora`).
+    let mut rslora: BTreeSet<String> = BTreeSet::new();
     for (name, p) in &parts {
         let mut m = lycoris::module(&file, name, p)?;
         let peft_named = namings
@@ -161,6 +164,9 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
                 }
                 m.alpha = cfg.alpha_for(rel)?;
                 m.scale = scale_for(m.alpha, m.rank, cfg.use_rslora);
+                if cfg.use_rslora {
+                    rslora.insert(name.clone());
+                }
             }
         }
         // A LoKr file diffusers' `save_lora_weights` wrote for a PEFT LoKr adapter (Z-Image,
@@ -255,8 +261,19 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     let mut used: Vec<lycoris::Naming> = namings.into_values().collect();
     used.sort();
     used.dedup();
+    // The writers state a module's scale from its alpha under the adapter's one rule
+    // (`use_rslora`): rsLoRA for the adapter when every module is an rsLoRA one, else each
+    // rsLoRA module's alpha becomes the one that gives its scale under alpha/r (alpha·√r), so no
+    // output halves it (rev16c F4).
+    let all_rslora = !modules.is_empty() && rslora.len() == modules.len();
+    if !all_rslora {
+        for m in modules.iter_mut().filter(|m| rslora.contains(&m.name)) {
+            m.alpha = m.scale * m.rank as f64;
+        }
+    }
     let metadata = file.header().metadata.clone();
     Ok(Adapter {
+        use_rslora: all_rslora,
         source: Some(file),
         metadata,
         namings: used,
@@ -387,6 +404,25 @@ pub fn kohya_name(prefix: &str, module: &str) -> String {
     format!("{prefix}_{}", module.replace('.', "_"))
 }
 
+/// The kohya name module `name` gets in a file written with `prefix`: a name with a kohya prefix
+/// is kept; a dotted path under a pipeline component (`unet.`, `text_encoder.`,
+/// `text_encoder_2.`, `transformer.`: what diffusers' `save_lora_weights` writes) gets the
+/// component's prefix in place of the component ([`diffusers::kohya_prefix_of_component`]:
+/// `unet.down_blocks.0…` → `lora_unet_down_blocks_0…`, as ComfyUI's `model_lora_keys_unet` and
+/// diffusers' kohya loader read it; `prefix` + `unet_…` matches no module in either, rev16c F1);
+/// any other path gets `prefix`.
+pub fn written_kohya_name(name: &str, prefix: &str, two_encoders: bool) -> String {
+    if split_prefix(name).is_some() {
+        return name.to_owned();
+    }
+    if let Some((component, rest)) = name.split_once('.') {
+        if let Some(p) = diffusers::kohya_prefix_of_component(component, two_encoders) {
+            return kohya_name(p, rest);
+        }
+    }
+    kohya_name(prefix, name)
+}
+
 /// Writes `adapter` (names already resolved to dotted module paths, or kohya names) as a kohya
 /// file, every tensor encoded as `dtype`; see [`write_with`].
 pub fn write(
@@ -427,6 +463,10 @@ pub fn write_with(
     let mut specs = Vec::new();
     let mut payload: Vec<Vec<u8>> = Vec::new();
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    let two_encoders = adapter
+        .modules
+        .iter()
+        .any(|m| m.name.starts_with("text_encoder_2."));
     for m in &adapter.modules {
         if let Factors::Ia3 { rule, .. } = m.factors {
             if rule != crate::adapter::algo::Ia3Rule::Lycoris {
@@ -492,10 +532,7 @@ pub fn write_with(
                 format!("module `{}`: kohya format cannot hold PEFT DoRA, lora bias, embedding or fan_in_fan_out modules", m.name),
             ));
         }
-        let base = match split_prefix(&m.name) {
-            Some(_) => m.name.clone(),
-            None => kohya_name(prefix, &m.name),
-        };
+        let base = written_kohya_name(&m.name, prefix, two_encoders);
         if let Some(other) = seen.insert(base.clone(), &m.name) {
             return Err(InputError::invalid(
                 &adapter.path,
@@ -637,10 +674,7 @@ impl Layout for Kohya {
 
     /// A name that already has a kohya prefix is kept; a dotted path gets `prefix`.
     fn written_name(&self, name: &str, prefix: &str) -> String {
-        match split_prefix(name) {
-            Some(_) => name.to_owned(),
-            None => kohya_name(prefix, name),
-        }
+        written_kohya_name(name, prefix, false)
     }
 
     /// Refused by the writer ([`write_with`]), module by module.

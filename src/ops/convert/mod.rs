@@ -221,9 +221,10 @@ impl ConvertPlan {
 
 /// Gives dotted names that carry a pipeline component (`unet.`, `text_encoder.`,
 /// `text_encoder_2.`, `transformer.`) the component's kohya prefix, as ComfyUI maps them
-/// (module doc). `lycoris` and `comfy` only; `kohya` keeps its own prefix rule.
+/// (module doc). `lycoris`, `comfy` and `kohya` (whose readers, ComfyUI's and diffusers', know
+/// `lora_unet_down_blocks_…`, not `lora_unet_unet_down_blocks_…`: rev16c F1).
 fn component_prefixes(adapter: &mut Adapter, to: ConvertTo) {
-    if !matches!(to, ConvertTo::Lycoris | ConvertTo::Comfy) {
+    if !matches!(to, ConvertTo::Lycoris | ConvertTo::Comfy | ConvertTo::Kohya) {
         return;
     }
     let two_encoders = adapter

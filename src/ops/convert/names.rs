@@ -91,17 +91,24 @@ pub fn prepare(
             }
             Some(base) => check_onto(adapter, base)?,
             None if to_paths && restored < adapter.modules.len() => {
-                let m = adapter
+                let kohya_named = adapter
                     .modules
                     .iter()
-                    .find(|m| kohya::split_prefix(&m.name).is_some());
-                return Err(InputError::invalid(
-                    &adapter.path,
-                    format!(
-                        "module `{}`: kohya names lost the dots of the module paths; {NEEDS_BASE}",
-                        m.map_or("?", |m| m.name.as_str())
-                    ),
-                ));
+                    .find(|m| kohya::split_prefix(&m.name).is_some() || !m.name.contains('.'));
+                match kohya_named {
+                    // A diffusers file (`save_lora_weights`): dotted module paths under a
+                    // pipeline component, nothing lost (rev16c F2).
+                    None => strip_component(adapter)?,
+                    Some(m) => {
+                        return Err(InputError::invalid(
+                            &adapter.path,
+                            format!(
+                                "module `{}`: kohya names lost the dots of the module paths; {NEEDS_BASE}",
+                                m.name
+                            ),
+                        ))
+                    }
+                }
             }
             None => {}
         }
@@ -121,6 +128,45 @@ pub fn prepare(
         names_from,
         config_restored,
     })
+}
+
+/// Module paths of a diffusers single file (`unet.down_blocks.0….to_k`, as diffusers'
+/// `save_lora_weights` names them) relative to the model: the pipeline component is dropped, as
+/// diffusers' loader drops it before PEFT sees the names (`lora_state_dict` → `load_lora_into_unet`
+/// keeps the `unet.` keys and strips the prefix). A PEFT folder holds one model, so modules of
+/// several components are refused, naming two.
+fn strip_component(adapter: &mut Adapter) -> InputResult<()> {
+    use crate::adapter::formats::diffusers;
+    let component = |n: &str| {
+        n.split_once('.')
+            .map(|(c, _)| c)
+            .filter(|c| diffusers::COMPONENTS.contains(c))
+            .map(str::to_owned)
+    };
+    let Some((one, first)) = adapter
+        .modules
+        .iter()
+        .find_map(|m| component(&m.name).map(|c| (m.name.clone(), c)))
+    else {
+        return Ok(());
+    };
+    if let Some(other) = adapter
+        .modules
+        .iter()
+        .find(|m| component(&m.name).as_deref() != Some(first.as_str()))
+    {
+        return Err(InputError::invalid(
+            &adapter.path,
+            format!(
+                "modules `{one}` and `{}` belong to different pipeline components; a PEFT folder holds one model's (convert each component's modules separately)",
+                other.name
+            ),
+        ));
+    }
+    for m in adapter.modules.iter_mut() {
+        m.name = m.name[first.len() + 1..].to_owned();
+    }
+    Ok(())
 }
 
 /// Applies the module paths and PEFT config lorakit records in a kohya file it writes. Names
