@@ -170,6 +170,9 @@ mod it {
     /// Session 15's review findings: ACE-Step 1.5 on ComfyUI's layout, a TinyLoRA embedding
     /// written as a LoRA embedding, FRoD on another base, the LoKr layout rule on a Conv2d.
     pub mod review15;
+    /// Session 16's PEFT-name and check findings: check without a base on non-Llama causal LMs,
+    /// adapters under transformers 5's load-time names.
+    pub mod review16p;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

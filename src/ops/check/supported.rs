@@ -1,0 +1,73 @@
+//! Which last name components a loader adapts ([`super::rules::Supported`]): the fixed
+//! Llama-family lists, or every 2-D linear weight of the base. Owns: when a fixed list applies.
+//! Must not: judge a module (that is `facts.rs`), write or print anything.
+
+use super::base::last_component;
+use super::plan::Plan;
+use super::rules::{Supported, LLAMA_LINEAR};
+use super::target::Kind;
+use std::collections::BTreeSet;
+
+/// The last name components a loader adapts, or `None` when it cannot be known.
+pub(super) fn supported(plan: &Plan, s: Supported) -> Option<BTreeSet<String>> {
+    let llama_family = llama_family(plan);
+    match s {
+        Supported::Fixed(_) if !llama_family => None,
+        Supported::Fixed(list) => Some(list.iter().map(|s| s.to_string()).collect()),
+        Supported::BaseLinear(fallback) => match &plan.base {
+            Some(b) => {
+                let mut names: BTreeSet<String> = b
+                    .names()
+                    .filter_map(|n| {
+                        let info = b.info(n)?;
+                        let m = n.strip_suffix(".weight")?;
+                        (info.shape.len() == 2).then(|| last_component(m).to_string())
+                    })
+                    .collect();
+                // A base that ties its embeddings stores no `lm_head.weight`, but vLLM's
+                // model still has an `lm_head` module (Llama: a ParallelLMHead tied to
+                // embed_tokens; Qwen3: `self.lm_head = self.model.embed_tokens`) and the
+                // class declares it in `embedding_modules`, so an lm_head LoRA is expected
+                // and applied to the logits (model_manager.py `_create_lora_modules` wraps
+                // `lm_head` even when it is the embed_tokens module, then the
+                // LogitsProcessorWithLoRA adds B·A·h). Read in vllm
+                // model_executor/models/qwen3.py and lora/model_manager.py (2026).
+                if llama_family
+                    && plan
+                        .base_facts
+                        .as_ref()
+                        .is_some_and(|f| f.tie_word_embeddings)
+                {
+                    names.insert("lm_head".to_string());
+                }
+                Some(names)
+            }
+            None if llama_family => Some(fallback.iter().map(|s| s.to_string()).collect()),
+            None => None,
+        },
+    }
+}
+
+/// The fixed lists are the Llama-family model classes' (Llama, Mistral, Qwen2): for a base of
+/// another family, or an adapter that is not a causal LM, they say nothing. Without a base's
+/// model_type the family is known only from the names: a causal-LM adapter all of whose modules end in a
+/// Llama layer name. Any other name (Phi-3's fused `qkv_proj`/`gate_up_proj`, OPT's `fc1`/`fc2`/
+/// `out_proj`) is another family's, whose vLLM class adapts its own `LinearBase` layers
+/// (`get_supported_lora_modules`); the Llama list cannot judge it.
+fn llama_family(plan: &Plan) -> bool {
+    match plan
+        .base_facts
+        .as_ref()
+        .and_then(|b| b.model_type.as_deref())
+    {
+        Some(t) => matches!(t, "llama" | "mistral" | "qwen2"),
+        None => {
+            plan.kind == Kind::Llm
+                && plan
+                    .adapter
+                    .modules
+                    .iter()
+                    .all(|m| LLAMA_LINEAR.contains(&last_component(&m.name)))
+        }
+    }
+}
