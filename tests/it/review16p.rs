@@ -25,3 +25,32 @@ fn check_without_base_judges_only_llama_names_by_the_llama_list() {
         }
     }
 }
+
+/// LoRAs PEFT saved under the names transformers 5.24 gives a checkpoint at load
+/// (conversion_mapping.py): LLaVA's text model (`model.language_model.layers.N…`, on disk
+/// `language_model.model.layers.N…`; Gemma-3, Mistral-3, PaliGemma share the converter) and ViT
+/// (`vit.layers.N.attention.q_proj`, on disk `vit.encoder.layer.N.attention.attention.query`).
+/// PEFT loads them on the saved base and merges; lorakit's merge equals its merge_and_unload,
+/// and `check` says PEFT applies every module. Before: merge exit 2 (no base tensor
+/// `model.language_model.layers.0.self_attn.q_proj.weight`), check `peft.not_found`.
+#[test]
+fn adapters_under_transformers_load_names_merge_as_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    for case in ["llava", "vit", "cliptext_hub"] {
+        let dir = fixture(&format!("review16/peft/{case}"));
+        let (base, adapter) = (dir.join("base"), dir.join("adapter"));
+        let out = tmp.path().join(case);
+        run_ok(merge_args(
+            &base,
+            &adapter,
+            &out,
+            &["--device", "cpu", "--quiet"],
+        ));
+        let want = dir.join("merged.safetensors");
+        assert_eq!(assert_merged_matches(&out, &base, &want, 1e-6), 2, "{case}");
+        let (code, report) = check_json(&adapter, &["--target", "peft", "--base", s(&base)]);
+        let peft = target(&report, "peft");
+        assert_eq!(super::check::outcome(peft), "loads", "{case}: {report}");
+        assert_eq!(code, 0, "{case}: {report}");
+    }
+}

@@ -72,7 +72,10 @@ impl MergePlan {
         }
 
         // MoE experts (PEFT `target_parameters`) take the base's layout.
+        // Names transformers gives base tensors at load (conversion_mapping.py) on their
+        // on-disk names first.
         for wa in &mut adapters {
+            mapping::to_disk_names(&mut wa.adapter, &base)?;
             params::fit_to_base(&mut wa.adapter, &base)?;
         }
         for wa in &mut adapters {
