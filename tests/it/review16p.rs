@@ -54,3 +54,35 @@ fn adapters_under_transformers_load_names_merge_as_peft() {
         assert_eq!(code, 0, "{case}: {report}");
     }
 }
+
+/// Adapters trained after `resize_token_embeddings` (32 -> 36 here), for which PEFT also saves
+/// the embedding layers under their wrapper names: trainable tokens
+/// (`embed_tokens.token_adapter.base_layer.weight` beside the token rows, and `lm_head.weight`)
+/// and `modules_to_save` embeddings (`X.modules_to_save.weight` equal to the saved `X.weight`,
+/// and `X.original_module.weight`). PEFT loads both folders on the resized base and merges;
+/// lorakit's merge equals its merge_and_unload and `check` says PEFT applies everything. Before:
+/// merge refused `model.embed_tokens.token_adapter.weight` (a), the four wrapper tensors (b).
+#[test]
+fn embedding_layers_saved_for_a_resized_vocabulary_merge_as_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (case, changed) in [("resized_tokens", 2), ("resized_mts", 3)] {
+        let dir = fixture(&format!("review16/peft/{case}"));
+        let (base, adapter) = (dir.join("base"), dir.join("adapter"));
+        let out = tmp.path().join(case);
+        run_ok(merge_args(
+            &base,
+            &adapter,
+            &out,
+            &["--device", "cpu", "--quiet"],
+        ));
+        let want = dir.join("merged.safetensors");
+        assert_eq!(
+            assert_merged_matches(&out, &base, &want, 1e-6),
+            changed,
+            "{case}"
+        );
+        let (_, report) = check_json(&adapter, &["--target", "peft", "--base", s(&base)]);
+        let peft = target(&report, "peft");
+        assert_eq!(super::check::outcome(peft), "loads", "{case}: {report}");
+    }
+}

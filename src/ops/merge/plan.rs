@@ -298,10 +298,29 @@ impl MergePlan {
                 // `{module}.base_layer.bias`); loading it replaces the base tensor, which the
                 // LoRA delta (or `lora_bias`'s `lora_B.bias`) is then added to.
                 let from_base_layer = matches!(&a.full_tensors[*fi].data, crate::adapter::Data::Stored { key, .. } if key.contains(".base_layer."));
+                // Trainable-token rows (`rows`) start from that copy too (a resized vocabulary's
+                // `token_adapter.base_layer.weight`), in either order of the two entries.
+                let stored_rows = |f: usize| a.full_tensors[f].rows.is_some();
                 if from_base_layer {
-                    if let Some(Action::Merge(v) | Action::Bias(v)) = actions.get(name) {
-                        if v.iter().any(|(x, _)| *x == ai) {
+                    match actions.get(name) {
+                        Some(Action::Merge(v) | Action::Bias(v))
+                            if v.iter().any(|(x, _)| *x == ai) =>
+                        {
                             base_override.insert(name.clone(), (ai, *fi));
+                            continue;
+                        }
+                        Some(Action::Replace(x, f)) if *x == ai && stored_rows(*f) => {
+                            base_override.insert(name.clone(), (ai, *fi));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                } else if stored_rows(*fi) {
+                    if let Some(&Action::Replace(x, f)) = actions.get(name) {
+                        let copy = matches!(&a.full_tensors[f].data, crate::adapter::Data::Stored { key, .. } if key.contains(".base_layer."));
+                        if x == ai && copy {
+                            base_override.insert(name.clone(), (ai, f));
+                            actions.insert(name.clone(), Action::Replace(ai, *fi));
                             continue;
                         }
                     }
