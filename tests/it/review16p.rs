@@ -86,3 +86,42 @@ fn embedding_layers_saved_for_a_resized_vocabulary_merge_as_peft() {
         assert_eq!(super::check::outcome(peft), "loads", "{case}: {report}");
     }
 }
+
+/// A `modules_to_save=["embed_tokens"]` adapter on a tied base: PEFT's ModulesToSaveWrapper
+/// trains a copy, so its merge changes the embedding and leaves lm_head at the base's
+/// (review16_peft.py checks the tie is broken). `--tied-embeddings shared` would change lm_head
+/// too, so it is refused, with and without the flag, naming the untie, and no longer pointing at
+/// `shared`. Before: `shared` merged it (lm_head changed with the embedding).
+#[test]
+fn tied_modules_to_save_embedding_is_not_merged_as_shared() {
+    let dir = fixture("review16/peft/tied_mts");
+    let (base, adapter) = (dir.join("base"), dir.join("adapter"));
+    let tmp = tempfile::tempdir().unwrap();
+    for extra in [&[][..], &["--tied-embeddings", "shared"][..]] {
+        let out = tmp.path().join("out");
+        let mut args = merge_args(&base, &adapter, &out, &["--device", "cpu", "--quiet"]);
+        args.extend(extra.iter().map(|x| x.to_string()));
+        let err = one_line_error(&run_exit(&args, 2));
+        assert!(err.contains("ModulesToSaveWrapper"), "{extra:?}: {err}");
+        assert!(
+            !err.contains("--tied-embeddings shared"),
+            "{extra:?}: {err}"
+        );
+        assert!(!out.exists(), "{extra:?}: nothing written");
+    }
+}
+
+/// `modules_to_save=["embed_tokens", "lm_head"]` with `ensure_weight_tying` on a tied base: PEFT
+/// keeps the tie (one wrapper, two bit-equal saved copies); `shared` writes its merge. Before:
+/// refused, `lm_head.weight` having no base tensor.
+#[test]
+fn tied_modules_to_save_with_ensure_weight_tying_merges_as_shared() {
+    let dir = fixture("review16/peft/tied_mts_ewt");
+    let (base, adapter) = (dir.join("base"), dir.join("adapter"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let extra = ["--device", "cpu", "--quiet", "--tied-embeddings", "shared"];
+    run_ok(merge_args(&base, &adapter, &out, &extra));
+    let want = dir.join("merged.safetensors");
+    assert_eq!(assert_merged_matches(&out, &base, &want, 1e-6), 2);
+}

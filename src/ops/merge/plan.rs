@@ -337,29 +337,14 @@ impl MergePlan {
             }
             // Tied embeddings (PEFT issue #2018): changing one silently changes the other.
             if is_tied {
-                for (module, tensor) in &touched {
-                    if !(is_embedding_name(tensor) || is_lm_head_name(tensor)) {
-                        continue;
-                    }
-                    let (module, tensor) = (module.clone(), tensor.clone());
-                    if has_lm_head {
-                        // Both stored: the tie would have to hold between two tensors.
-                        bail!(InputError::invalid(
-                            &a.path,
-                            format!(
-                                "`{module}` changes `{tensor}`, but the base ties lm_head to the input embedding (tie_word_embeddings) and also stores lm_head.weight; lorakit does not keep two stored tensors equal. Untie the base first, or leave embeddings out of the adapter"
-                            )
-                        ));
-                    }
-                    if options.tied_embeddings == TiedEmbeddings::Refuse {
-                        bail!(InputError::option(&a.path, move |o| {
-                            format!(
-                            "`{module}` changes `{tensor}`, but the base ties lm_head to the input embedding (tie_word_embeddings); merging would change both silently (PEFT issue #2018). Pass {} to merge into the shared tensor as PEFT's merge_and_unload does (the output keeps the tie), untie the base first, or leave embeddings out of the adapter",
-                            o.set(Opt::TiedEmbeddings, "shared")
-                        )
-                        }));
-                    }
-                }
+                super::tied::check(
+                    a,
+                    ai,
+                    &touched,
+                    &actions,
+                    has_lm_head,
+                    options.tied_embeddings,
+                )?;
             }
             resolutions.push(res);
         }
