@@ -4,7 +4,7 @@
 
 use super::base::last_component;
 use super::plan::Plan;
-use super::rules::{Supported, LLAMA_LINEAR};
+use super::rules::Supported;
 use super::target::Kind;
 use std::collections::BTreeSet;
 
@@ -50,11 +50,14 @@ pub(super) fn supported(plan: &Plan, s: Supported) -> Option<BTreeSet<String>> {
 
 /// The fixed lists are the Llama-family model classes' (Llama, Mistral, Qwen2): for a base of
 /// another family, or an adapter that is not a causal LM, they say nothing. Without a base's
-/// model_type the family is known only from the names: a causal-LM adapter all of whose modules end in a
-/// Llama layer name. Any other name (Phi-3's fused `qkv_proj`/`gate_up_proj`, OPT's `fc1`/`fc2`/
-/// `out_proj`) is another family's, whose vLLM class adapts its own `LinearBase` layers
-/// (`get_supported_lora_modules`); the Llama list cannot judge it.
+/// model_type the family is known only from the names: a causal-LM adapter none of whose modules
+/// ends in another family's linear layer name ([`OTHER_FAMILY_LINEAR`]). Such a name (Phi-3's
+/// fused `qkv_proj`/`gate_up_proj`, OPT's `fc1`/`fc2`/`out_proj`) is another family's, whose
+/// vLLM class adapts its own `LinearBase` layers (`get_supported_lora_modules`); the Llama list
+/// cannot judge it.
 fn llama_family(plan: &Plan) -> bool {
+    // A name that is no layer of any family (`w_proj` beside Llama names) is still judged, and
+    // fails, by the Llama list.
     match plan
         .base_facts
         .as_ref()
@@ -63,11 +66,34 @@ fn llama_family(plan: &Plan) -> bool {
         Some(t) => matches!(t, "llama" | "mistral" | "qwen2"),
         None => {
             plan.kind == Kind::Llm
-                && plan
+                && !plan
                     .adapter
                     .modules
                     .iter()
-                    .all(|m| LLAMA_LINEAR.contains(&last_component(&m.name)))
+                    .any(|m| OTHER_FAMILY_LINEAR.contains(&last_component(&m.name)))
         }
     }
 }
+
+/// Linear layer names of causal-LM families other than Llama's (transformers 5.24 modeling
+/// files): Phi-3's fused `qkv_proj`/`gate_up_proj`, OPT/BART-style `out_proj`/`fc1`/`fc2`,
+/// GPT-NeoX/Falcon/Bloom `query_key_value`/`dense*`, Mixtral's experts `w1`/`w2`/`w3`, MPT's
+/// `Wqkv`, GPT-2's `c_attn`/`c_proj`/`c_fc`.
+const OTHER_FAMILY_LINEAR: &[&str] = &[
+    "qkv_proj",
+    "gate_up_proj",
+    "out_proj",
+    "fc1",
+    "fc2",
+    "query_key_value",
+    "dense",
+    "dense_h_to_4h",
+    "dense_4h_to_h",
+    "w1",
+    "w2",
+    "w3",
+    "Wqkv",
+    "c_attn",
+    "c_proj",
+    "c_fc",
+];
