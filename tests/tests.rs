@@ -176,6 +176,9 @@ mod it {
     /// Session 16's quantized-base review findings: compressed-tensors act-order g_idx, int8
     /// (`int-quantized`, `naive-quantized`) and `dense` checkpoints, `check` on quantized bases.
     pub mod review16q;
+    /// Session 16's PEFT-name and check findings: check without a base on non-Llama causal LMs,
+    /// adapters under transformers 5's load-time names.
+    pub mod review16p;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

@@ -44,12 +44,14 @@ use super::model::{Adapter, LoraModule, ModuleKind};
 use crate::io::Checkpoint;
 
 mod ace_step15;
+mod hf_renames;
 pub mod layouts;
 mod names;
 mod openclip;
 mod placement;
 mod sgm_unet;
 
+pub use hf_renames::{to_disk_names, DiskName, RuntimeNames};
 pub use names::{
     dotted_candidates, dotted_suffix, dotted_suffix_agrees, is_kohya_name, kohya_candidates,
     kohya_index, target_matches, WeightNames,

@@ -10,7 +10,7 @@ use super::names::{is_lm_head_tensor, is_sd_prefixed, layer_kind, layers_index, 
 use super::plan::Plan;
 use super::qalora;
 use super::report::Placement;
-use super::rules::{ScaleRule, Supported, When};
+use super::rules::{ScaleRule, When};
 use super::target::Kind;
 use super::tokens::{tokens_mismatch, tokens_module};
 use crate::adapter::mapping::{self, Unmatched};
@@ -320,7 +320,7 @@ impl<'a> Facts<'a> {
                 })
                 .collect(),
             When::ScaleDiffers(rule) => self.scale_differs(rule),
-            When::ModuleNotSupported(s) => match self.supported(s) {
+            When::ModuleNotSupported(s) => match super::supported::supported(self.plan, s) {
                 None => return Evaluated::NeedsBase,
                 Some(set) => a
                     .modules
@@ -700,50 +700,6 @@ impl<'a> Facts<'a> {
             }
         }
         out
-    }
-
-    /// The last name components a loader adapts, or `None` when it cannot be known.
-    fn supported(&self, s: Supported) -> Option<BTreeSet<String>> {
-        // The fixed lists are the Llama-family model classes' (Llama, Mistral, Qwen2): for a
-        // base of another family, or an adapter that is not a causal LM, they say nothing.
-        let llama_family = match self
-            .plan
-            .base_facts
-            .as_ref()
-            .and_then(|b| b.model_type.as_deref())
-        {
-            Some(t) => matches!(t, "llama" | "mistral" | "qwen2"),
-            None => self.plan.kind == Kind::Llm,
-        };
-        match s {
-            Supported::Fixed(_) if !llama_family => None,
-            Supported::Fixed(list) => Some(list.iter().map(|s| s.to_string()).collect()),
-            Supported::BaseLinear(fallback) => match &self.plan.base {
-                Some(b) => {
-                    let mut names = super::base::linear_names(b);
-                    // A base that ties its embeddings stores no `lm_head.weight`, but vLLM's
-                    // model still has an `lm_head` module (Llama: a ParallelLMHead tied to
-                    // embed_tokens; Qwen3: `self.lm_head = self.model.embed_tokens`) and the
-                    // class declares it in `embedding_modules`, so an lm_head LoRA is expected
-                    // and applied to the logits (model_manager.py `_create_lora_modules` wraps
-                    // `lm_head` even when it is the embed_tokens module, then the
-                    // LogitsProcessorWithLoRA adds B·A·h). Read in vllm
-                    // model_executor/models/qwen3.py and lora/model_manager.py (2026).
-                    if llama_family
-                        && self
-                            .plan
-                            .base_facts
-                            .as_ref()
-                            .is_some_and(|f| f.tie_word_embeddings)
-                    {
-                        names.insert("lm_head".to_string());
-                    }
-                    Some(names)
-                }
-                None if llama_family => Some(fallback.iter().map(|s| s.to_string()).collect()),
-                None => None,
-            },
-        }
     }
 
     /// Module kinds (the name with its layer index replaced) present in fewer decoder layers

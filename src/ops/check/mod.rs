@@ -34,6 +34,7 @@ mod report;
 pub mod rules;
 pub mod saved;
 mod single_file;
+mod supported;
 mod target;
 mod tokens;
 pub mod when;

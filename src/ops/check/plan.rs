@@ -78,7 +78,8 @@ impl Plan {
 }
 
 /// `adapter` with its PEFT `target_parameters` experts fitted to `base` as a merge fits them
-/// (`params::fit_to_base`): on a base saved one tensor per expert (Qwen2/3-MoE's
+/// (`params::fit_to_base`), and its names transformers loads from other base tensors on their
+/// on-disk names (`mapping::to_disk_names`): on a base saved one tensor per expert (Qwen2/3-MoE's
 /// `experts.{e}.gate_proj`, Mixtral's `block_sparse_moe.experts.{e}.w1`, and Mixtral's router
 /// `block_sparse_moe.gate`) the modules of those tensors. transformers fuses and renames them on
 /// load, so PEFT finds every such module; without this they read as names the base lacks
@@ -87,10 +88,11 @@ impl Plan {
 fn fitted_to_base(adapter: &Adapter, base: &Checkpoint) -> Option<Adapter> {
     use crate::adapter::formats::peft::params;
     let expert = |m: &crate::adapter::LoraModule| params::parse_expert(&m.name).is_some();
-    let renamed = |m: &crate::adapter::LoraModule| {
-        m.name.contains(".mlp.") && !base.contains(&format!("{}.weight", m.name))
-    };
-    if !adapter.modules.iter().any(|m| expert(m) || renamed(m)) {
+    // A name the base lacks: Mixtral's `.mlp.` router, or a name transformers gives a base
+    // tensor at load (`mapping::to_disk_names`, conversion_mapping.py).
+    let renamed = |m: &crate::adapter::LoraModule| !base.contains(&format!("{}.weight", m.name));
+    let full_renamed = adapter.full_tensors.iter().any(|f| !base.contains(&f.name));
+    if !full_renamed && !adapter.modules.iter().any(|m| expert(m) || renamed(m)) {
         return None;
     }
     let mut view = Adapter {
@@ -108,7 +110,13 @@ fn fitted_to_base(adapter: &Adapter, base: &Checkpoint) -> Option<Adapter> {
         namings: adapter.namings.clone(),
         untargeted: adapter.untargeted.clone(),
     };
+    crate::adapter::mapping::to_disk_names(&mut view, base).ok()?;
     params::fit_to_base(&mut view, base).ok()?;
-    let names = |a: &Adapter| a.modules.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+    let names = |a: &Adapter| {
+        let modules = a.modules.iter().map(|m| m.name.clone());
+        modules
+            .chain(a.full_tensors.iter().map(|f| f.name.clone()))
+            .collect::<Vec<_>>()
+    };
     (names(&view) != names(adapter)).then_some(view)
 }

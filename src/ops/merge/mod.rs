@@ -35,6 +35,7 @@ mod run;
 mod sequence;
 mod slices;
 mod tensor;
+mod tied;
 mod widen;
 pub(crate) use layout::{copied_files, MODELOPT_CONFIG};
 pub(crate) use model::{is_lm_head_name, tied_lm_head_resolution};

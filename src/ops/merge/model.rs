@@ -399,8 +399,35 @@ pub(super) fn land_lm_head_on_tied_embedding(a: &Adapter, base: &Checkpoint, res
             res.full.push((fi, emb.clone()));
             return false;
         }
-        true
+        // `modules_to_save=["embed_tokens", "lm_head"]` with `ensure_weight_tying`: PEFT wraps
+        // both in one wrapper, saves the copy under both names and keeps the tie, so the lm_head
+        // copy is the embedding's (dropped here; tied.rs lets `shared` write the embedding's).
+        // Copies that differ stay unmatched and refused.
+        !(ensures_weight_tying(a) && same_copy(a, module, &emb))
     });
+}
+
+/// Whether the whole tensors `x` and `y` of `a` both exist and hold the same values bit for bit.
+fn same_copy(a: &Adapter, x: &str, y: &str) -> bool {
+    let whole = |n: &str| {
+        a.full_tensors
+            .iter()
+            .find(|f| f.name == n && f.rows.is_none())
+    };
+    let (Some(fx), Some(fy)) = (whole(x), whole(y)) else {
+        return false;
+    };
+    match (a.values(&fx.data), a.values(&fy.data)) {
+        (Ok(vx), Ok(vy)) => {
+            fx.shape == fy.shape
+                && vx.len() == vy.len()
+                && vx
+                    .iter()
+                    .zip(vy.iter())
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
+        }
+        _ => false,
+    }
 }
 
 /// `r` with an `lm_head` LoRA (and the base-layer copy PEFT saves beside it) placed on the input
@@ -514,4 +541,13 @@ pub(super) fn check_weight_tying(a: &Adapter, tied: bool) -> crate::error::Input
         }
     }
     Ok(())
+}
+
+/// `ensure_weight_tying: true` in the adapter's config (PEFT 0.21).
+pub(super) fn ensures_weight_tying(a: &Adapter) -> bool {
+    a.config
+        .as_ref()
+        .and_then(|c| c.get("ensure_weight_tying"))
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
 }

@@ -72,7 +72,10 @@ impl MergePlan {
         }
 
         // MoE experts (PEFT `target_parameters`) take the base's layout.
+        // Names transformers gives base tensors at load (conversion_mapping.py) on their
+        // on-disk names first.
         for wa in &mut adapters {
+            mapping::to_disk_names(&mut wa.adapter, &base)?;
             params::fit_to_base(&mut wa.adapter, &base)?;
         }
         for wa in &mut adapters {
@@ -295,10 +298,29 @@ impl MergePlan {
                 // `{module}.base_layer.bias`); loading it replaces the base tensor, which the
                 // LoRA delta (or `lora_bias`'s `lora_B.bias`) is then added to.
                 let from_base_layer = matches!(&a.full_tensors[*fi].data, crate::adapter::Data::Stored { key, .. } if key.contains(".base_layer."));
+                // Trainable-token rows (`rows`) start from that copy too (a resized vocabulary's
+                // `token_adapter.base_layer.weight`), in either order of the two entries.
+                let stored_rows = |f: usize| a.full_tensors[f].rows.is_some();
                 if from_base_layer {
-                    if let Some(Action::Merge(v) | Action::Bias(v)) = actions.get(name) {
-                        if v.iter().any(|(x, _)| *x == ai) {
+                    match actions.get(name) {
+                        Some(Action::Merge(v) | Action::Bias(v))
+                            if v.iter().any(|(x, _)| *x == ai) =>
+                        {
                             base_override.insert(name.clone(), (ai, *fi));
+                            continue;
+                        }
+                        Some(Action::Replace(x, f)) if *x == ai && stored_rows(*f) => {
+                            base_override.insert(name.clone(), (ai, *fi));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                } else if stored_rows(*fi) {
+                    if let Some(&Action::Replace(x, f)) = actions.get(name) {
+                        let copy = matches!(&a.full_tensors[f].data, crate::adapter::Data::Stored { key, .. } if key.contains(".base_layer."));
+                        if x == ai && copy {
+                            base_override.insert(name.clone(), (ai, f));
+                            actions.insert(name.clone(), Action::Replace(ai, *fi));
                             continue;
                         }
                     }
@@ -315,29 +337,14 @@ impl MergePlan {
             }
             // Tied embeddings (PEFT issue #2018): changing one silently changes the other.
             if is_tied {
-                for (module, tensor) in &touched {
-                    if !(is_embedding_name(tensor) || is_lm_head_name(tensor)) {
-                        continue;
-                    }
-                    let (module, tensor) = (module.clone(), tensor.clone());
-                    if has_lm_head {
-                        // Both stored: the tie would have to hold between two tensors.
-                        bail!(InputError::invalid(
-                            &a.path,
-                            format!(
-                                "`{module}` changes `{tensor}`, but the base ties lm_head to the input embedding (tie_word_embeddings) and also stores lm_head.weight; lorakit does not keep two stored tensors equal. Untie the base first, or leave embeddings out of the adapter"
-                            )
-                        ));
-                    }
-                    if options.tied_embeddings == TiedEmbeddings::Refuse {
-                        bail!(InputError::option(&a.path, move |o| {
-                            format!(
-                            "`{module}` changes `{tensor}`, but the base ties lm_head to the input embedding (tie_word_embeddings); merging would change both silently (PEFT issue #2018). Pass {} to merge into the shared tensor as PEFT's merge_and_unload does (the output keeps the tie), untie the base first, or leave embeddings out of the adapter",
-                            o.set(Opt::TiedEmbeddings, "shared")
-                        )
-                        }));
-                    }
-                }
+                super::tied::check(
+                    a,
+                    ai,
+                    &touched,
+                    &actions,
+                    has_lm_head,
+                    options.tied_embeddings,
+                )?;
             }
             resolutions.push(res);
         }

@@ -185,7 +185,7 @@ impl MergePlan {
                         }
                         Action::Replace(ai, fi) => {
                             let a = &self.adapters[*ai].adapter;
-                            let v = a.full_values(*fi, || self.base.read_f32(name))?;
+                            let v = a.full_values(*fi, || self.w0_f32(name))?;
                             let data = dtype::encode(out_dtype, &v);
                             bar.inc(data.len() as u64);
                             w.write_tensor(name, data)?;

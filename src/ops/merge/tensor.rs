@@ -12,22 +12,29 @@ use crate::io::Checkpoint;
 use anyhow::Result;
 
 impl MergePlan {
+    /// Base tensor `name` as the merge starts from it: the base's, or the copy the adapter saved
+    /// (`base_layer.weight`/`.bias`, a resized vocabulary's `token_adapter.base_layer.weight`),
+    /// loaded into the base's dtype as PEFT loads it.
+    pub(super) fn w0_f32(&self, name: &str) -> InputResult<Vec<f32>> {
+        match self.base_override.get(name) {
+            Some(&(ai, fi)) => {
+                let a = &self.adapters[ai].adapter;
+                let v = a.values(&a.full_tensors[fi].data)?;
+                Ok(match self.base.info(name) {
+                    Some(i) => dtype::decode(i.dtype, &dtype::encode(i.dtype, &v)),
+                    None => v.to_vec(),
+                })
+            }
+            None => self.base.read_f32(name),
+        }
+    }
+
     /// A bias of modules with `lora_B.bias`, `terms` applied in order (PEFT IA3 scales it, RoAd
     /// turns it),
     /// to the base's bias or to the trained one the adapter saved (`base_layer.bias`, loaded
     /// into the base's dtype as PEFT loads it).
     pub(super) fn biased(&self, name: &str, terms: &[(usize, usize)]) -> Result<Vec<f32>> {
-        let mut v = match self.base_override.get(name) {
-            Some(&(ai, fi)) => {
-                let a = &self.adapters[ai].adapter;
-                let v = a.values(&a.full_tensors[fi].data)?;
-                match self.base.info(name) {
-                    Some(i) => dtype::decode(i.dtype, &dtype::encode(i.dtype, &v)),
-                    None => v.to_vec(),
-                }
-            }
-            None => self.base.read_f32(name)?,
-        };
+        let mut v = self.w0_f32(name)?;
         let b0 = v.clone();
         for &(ai, mi) in terms {
             let wa = &self.adapters[ai];
@@ -122,7 +129,7 @@ impl MergePlan {
             }
             Action::Replace(ai, fi) => {
                 let a = &self.adapters[*ai].adapter;
-                a.full_values(*fi, || self.base.read_f32(name))?.to_vec()
+                a.full_values(*fi, || self.w0_f32(name))?.to_vec()
             }
         })
     }

@@ -44,6 +44,7 @@ mod pvera;
 mod randlora;
 mod read;
 mod road;
+mod saved_layers;
 mod shira;
 mod supertuning;
 pub mod targets;

@@ -114,7 +114,11 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
                 format!("tensor `{key}`: unsupported LoRA tensor kind"),
             ));
         } else {
-            let name = rel.replace(".base_layer.", ".");
+            // The trainable-token layer's base (`m.token_adapter.base_layer.weight`, saved for a
+            // resized vocabulary) is `m`'s, like every `base_layer` copy (saved_layers.rs).
+            let name = rel
+                .replace(".token_adapter.base_layer.", ".")
+                .replace(".base_layer.", ".");
             if let Some(other) = full.iter().find(|f: &&FullTensor| f.name == name) {
                 let other_key = match &other.data {
                     Data::Stored { key, .. } => key.as_str(),
@@ -128,6 +132,7 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
             full.push(stored_full(name, t));
         }
     }
+    super::saved_layers::drop_wrapper_copies(&file, &mut full)?;
     trainable_token_rows(&cfg, &mut full);
     let bd = BdLora::parse(&fpath, &cfg.raw)?;
     let wrapped = super::params::wrappers(&fpath, &cfg.raw, parts.keys().map(String::as_str))?;

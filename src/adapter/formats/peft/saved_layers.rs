@@ -1,0 +1,62 @@
+//! The whole embedding layers PEFT saves beside an adapter trained on a resized vocabulary
+//! (`save_embedding_layers="auto"`, peft 0.21.2 `utils/save_and_load.py`
+//! `get_peft_model_state_dict`: the state dict of each embedding layer, under its wrapper's
+//! names). Owns: which of those tensors a merge uses. Must not: place them on a base.
+//!
+//! A `modules_to_save` module `m` is saved three times: `m.weight` (the trained copy, as every
+//! modules_to_save save writes it), `m.modules_to_save.weight` (the same copy, from the wrapper's
+//! state dict) and `m.original_module.weight` (the base layer). PEFT loads the last two into the
+//! wrapper and its `merge_and_unload` keeps only the trained copy (`ModulesToSaveWrapper`
+//! replaced by `modules_to_save[adapter]`), so the original is dropped, and the wrapper's copy is
+//! dropped when it equals `m.weight` bit for bit (refused, naming both keys, when it does not:
+//! which one PEFT's merge ends with depends on load order). The trainable-token layer's base
+//! (`m.token_adapter.base_layer.weight`) is read as `m.weight` by the caller, like every
+//! `base_layer` copy.
+
+use crate::adapter::data::Data;
+use crate::adapter::model::FullTensor;
+use crate::error::{InputError, InputResult};
+use crate::io::SafetensorsFile;
+
+const SAVED: &str = ".modules_to_save.weight";
+const ORIGINAL: &str = ".original_module.weight";
+
+/// Drops the wrapper copies of `full` that PEFT's merge does not use (module doc).
+pub(super) fn drop_wrapper_copies(
+    file: &SafetensorsFile,
+    full: &mut Vec<FullTensor>,
+) -> InputResult<()> {
+    let key = |f: &FullTensor| match &f.data {
+        Data::Stored { key, .. } => Some(key.clone()),
+        Data::Owned(_) => None,
+    };
+    let bare = |full: &[FullTensor], m: &str| {
+        full.iter()
+            .find(|f| f.name == format!("{m}.weight"))
+            .and_then(key)
+    };
+    let mut drop = vec![false; full.len()];
+    for (i, f) in full.iter().enumerate() {
+        if let Some(m) = f.name.strip_suffix(ORIGINAL) {
+            drop[i] = bare(full, m).is_some();
+        } else if let Some(m) = f.name.strip_suffix(SAVED) {
+            let (Some(bare), Some(copy)) = (bare(full, m), key(f)) else {
+                continue;
+            };
+            let (a, b) = (file.view(&bare)?, file.view(&copy)?);
+            if a.dtype != b.dtype || a.shape != b.shape || a.data != b.data {
+                return Err(InputError::invalid(
+                    file.path(),
+                    format!("tensors `{bare}` and `{copy}` are both the trained copy of `{m}` (modules_to_save) but differ"),
+                ));
+            }
+            drop[i] = true;
+        }
+    }
+    let mut i = 0;
+    full.retain(|_| {
+        i += 1;
+        !drop[i - 1]
+    });
+    Ok(())
+}
