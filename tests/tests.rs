@@ -170,6 +170,9 @@ mod it {
     /// Session 15's review findings: ACE-Step 1.5 on ComfyUI's layout, a TinyLoRA embedding
     /// written as a LoRA embedding, FRoD on another base, the LoKr layout rule on a Conv2d.
     pub mod review15;
+    /// Session 16's merge-arithmetic findings: Conv1D weights quantized transposed (QLoRA,
+    /// NF4/int8 GPT-2), 16-bit QLoRA and QDoRA rounding, PEFT's Embedding merge rounding.
+    pub mod review16m;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

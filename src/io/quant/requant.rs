@@ -77,6 +77,23 @@ impl QuantMap {
         if let Some(why) = self.requantize_unsupported(q) {
             return Err(format!("cannot requantize {why}"));
         }
+        match self.as_stored(q) {
+            // A Conv1D weight: quantized as transformers stores it, [out, in].
+            Some((stored, rows, cols)) => {
+                let m = crate::io::conv1d::transpose(merged, cols, rows);
+                self.requantize_stored(ck, &stored, &m)
+            }
+            None => self.requantize_stored(ck, q, merged),
+        }
+    }
+
+    /// [`Self::requantize`] of `merged` in `q`'s stored layout.
+    fn requantize_stored(
+        &self,
+        ck: &Checkpoint,
+        q: &QuantTensor,
+        merged: &[f32],
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
         if matches!(q.scheme, Scheme::ModelOptFp4(_)) || self.modelopt_fp8_keep(q) {
             // The stored scales kept (`modelopt.rs`): only the weight changes.
             return self

@@ -194,7 +194,22 @@ impl MergePlan {
                 Some(t) => {
                     // QLoRA: the adapter was trained against dequant(Q(W)), not W.
                     let w = view.to_f32();
-                    let wq = quantize_dequantize(t, &w).map_err(|m| {
+                    // transformers 5.24 quantizes a `Conv1D` weight (stored [in, out])
+                    // transposed (integrations/bitsandbytes.py `Bnb4bitQuantize.convert`:
+                    // `value = value.T` for Conv1D), so its 4-bit blocks run along the
+                    // [out, in] rows: quantize Wᵀ and transpose the result back.
+                    let conv1d = merge.terms.iter().any(|&(ai, mi)| {
+                        let m = &self.adapters[ai].adapter.modules[mi];
+                        m.base_transposed && m.kind == crate::adapter::ModuleKind::Linear
+                    }) && shape.len() == 2;
+                    let wq = if conv1d {
+                        let wt = crate::adapter::transpose(&w, rows, stored_cols);
+                        quantize_dequantize(t, &wt)
+                            .map(|q| crate::adapter::transpose(&q, stored_cols, rows))
+                    } else {
+                        quantize_dequantize(t, &w)
+                    };
+                    let wq = wq.map_err(|m| {
                         anyhow::Error::new(InputError::invalid(
                             file.path(),
                             format!("tensor `{name}`: {m}"),
