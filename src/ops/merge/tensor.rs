@@ -209,12 +209,18 @@ impl MergePlan {
                     } else {
                         quantize_dequantize(t, &w)
                     };
-                    let wq = wq.map_err(|m| {
+                    let mut wq = wq.map_err(|m| {
                         anyhow::Error::new(InputError::invalid(
                             file.path(),
                             format!("tensor `{name}`: {m}"),
                         ))
                     })?;
+                    // bitsandbytes 0.50.2 `dequantize_4bit` returns the quant_state's dtype,
+                    // the model's (`QuantState(dtype=A.dtype)`): a 16-bit model trained on
+                    // bf16(dequant), and PEFT's `Linear4bit.merge` adds ΔW to that.
+                    if matches!(view.dtype, Dtype::BF16 | Dtype::F16) {
+                        wq = dtype::decode(view.dtype, &dtype::encode(view.dtype, &wq));
+                    }
                     stray_norm = Some(
                         w.iter()
                             .zip(&wq)
