@@ -200,3 +200,30 @@ fn adapters_merge_into_bnb_conv1d_weights_as_peft_merges_them() {
         "{out}"
     );
 }
+
+/// QDoRA (DoRA built on the NF4 copy of a bf16 model) merged with `--quant keep`: PEFT's DoRA
+/// merge casts the result to bf16 before bitsandbytes quantizes it, and the quant_state keeps
+/// `"dtype": "bfloat16"`; lorakit writes PEFT's bytes. Before: the f32 sum was quantized (every
+/// absmax off) and the state said float32.
+#[test]
+fn qdora_kept_in_a_bf16_nf4_checkpoint_is_peft_s_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("keep");
+    merge_ok(
+        &case("bf16/nf4"),
+        &case("bf16/dora"),
+        &out,
+        &["--device", "cpu", "-q"],
+    );
+    let got = read_checkpoint(&out);
+    let want = read(&case("bf16/qdora_keep.safetensors"));
+    assert!(want.len() >= 4, "{:?}", want.keys());
+    for (k, w) in &want {
+        assert_eq!(&got[k], w, "{k}");
+    }
+    // PEFT's save_pretrained left every quant_state as it was (bfloat16).
+    let base = read_checkpoint(&case("bf16/nf4"));
+    for (k, b) in base.iter().filter(|(k, _)| k.contains(".quant_state.")) {
+        assert_eq!(&got[k], b, "{k}");
+    }
+}

@@ -74,6 +74,19 @@ pub enum Scheme {
     },
 }
 
+/// What PEFT 0.21.2 hands bitsandbytes to quantize again when it merges into a 4-bit weight
+/// (peft/tuners/lora/bnb.py `Linear4bit.merge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requant {
+    /// A LoRA merge: the f32 sum `dequantize_bnb_weight(W) + get_delta_weight()`, quantized as
+    /// it is (bitsandbytes records `"dtype": "float32"` in the new state).
+    Sum,
+    /// A DoRA merge: `DoraLinearVariant.merge_safe` ends with `new_weight.to(orig_dtype)`, the
+    /// dequantized weight's dtype (the state's), so a 16-bit state's merge is rounded to it
+    /// before it is quantized, and the new state keeps that dtype.
+    InStateDtype,
+}
+
 /// One quantized weight.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QuantTensor {
