@@ -388,6 +388,13 @@ impl MergePlan {
                         }),
                     ),
                 };
+                // PEFT 0.21.2 `lora.Embedding.merge` adds `get_delta_weight().to(orig_dtype)`:
+                // on a 16-bit embedding ΔW is rounded to the weight's dtype before the add
+                // (`Linear.merge` adds the f32 ΔW).
+                let delta_dtype = (m.kind == crate::adapter::ModuleKind::Embedding
+                    && dora.is_none()
+                    && matches!(in_dtype, Dtype::BF16 | Dtype::F16))
+                .then_some(in_dtype);
                 Term {
                     b: &st.b,
                     a: &st.a,
@@ -395,6 +402,7 @@ impl MergePlan {
                     dense: st.dense.as_deref(),
                     scale: self.signed(scale) as f32,
                     dora,
+                    delta_dtype,
                 }
             })
             .collect();
