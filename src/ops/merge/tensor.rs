@@ -390,8 +390,11 @@ impl MergePlan {
                 };
                 // PEFT 0.21.2 `lora.Embedding.merge` adds `get_delta_weight().to(orig_dtype)`:
                 // on a 16-bit embedding ΔW is rounded to the weight's dtype before the add
-                // (`Linear.merge` adds the f32 ΔW).
-                let delta_dtype = (m.kind == crate::adapter::ModuleKind::Embedding
+                // (`Linear.merge` adds the f32 ΔW). PEFT's LoRA only: other formats keep
+                // their own rule.
+                let delta_dtype = (wa.adapter.format == crate::adapter::Format::Peft
+                    && m.kind == crate::adapter::ModuleKind::Embedding
+                    && m.factors.lora().is_some()
                     && dora.is_none()
                     && matches!(in_dtype, Dtype::BF16 | Dtype::F16))
                 .then_some(in_dtype);
