@@ -200,6 +200,7 @@ fn e2e(rows: usize, cols: usize, rank: usize) -> Res<Value> {
         dense: None,
         scale: 0.5,
         dora: None,
+        delta_dtype: None,
     }];
     let job = MergeJob {
         w0: &w0,

@@ -179,6 +179,9 @@ mod it {
     /// Session 16's PEFT-name and check findings: check without a base on non-Llama causal LMs,
     /// adapters under transformers 5's load-time names.
     pub mod review16p;
+    /// Session 16's merge-arithmetic findings: Conv1D weights quantized transposed (QLoRA,
+    /// NF4/int8 GPT-2), 16-bit QLoRA and QDoRA rounding, PEFT's Embedding merge rounding.
+    pub mod review16m;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

@@ -73,6 +73,10 @@ pub struct Term<'a> {
     /// Effective scale (adapter scale × user weight; negative to unmerge).
     pub scale: f32,
     pub dora: Option<Dora<'a>>,
+    /// A plain term's `δ = scale·acc` rounded to this 16-bit dtype before it is added (PEFT
+    /// 0.21.2 `lora.Embedding.merge`: `weight.data += get_delta_weight().to(orig_dtype)`);
+    /// `None`: added in f32 (every other layer). Ignored on a DoRA term and by exact rounding.
+    pub delta_dtype: Option<crate::dtype::Dtype>,
 }
 
 impl<'a> Term<'a> {
@@ -85,6 +89,7 @@ impl<'a> Term<'a> {
             dense: None,
             scale,
             dora: None,
+            delta_dtype: None,
         }
     }
 
@@ -103,7 +108,8 @@ impl<'a> Term<'a> {
 /// Arithmetic, element by element, which every backend follows exactly so that bf16/f16 outputs
 /// are bit-identical across backends: `acc = Σₖ b[i,k]·a[k,j]` in ascending k, each product
 /// rounded then added (no fused multiply-add), or `acc = D[i,j]` for a dense term;
-/// `δ = scale·acc`; `w ← w + δ` term by term.
+/// `δ = scale·acc` (rounded to the term's `delta_dtype` when it has one); `w ← w + δ` term by
+/// term.
 #[derive(Debug, Clone, Copy)]
 pub struct MergeJob<'a> {
     pub w0: &'a [u8],

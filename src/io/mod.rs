@@ -1,11 +1,13 @@
 //! Reading and writing safetensors checkpoints: validated headers ([`header`]), memory-mapped
 //! files ([`file`]), single-file and sharded checkpoints ([`checkpoint`]), and the streaming,
 //! atomic writer every command uses ([`writer`]); quantized weights inside checkpoints
-//! ([`quant`]); GGUF files (llama.cpp) in [`gguf`].
+//! ([`quant`]); GGUF files (llama.cpp) in [`gguf`]; which weights a transformers config stores as
+//! `Conv1D` `[in, out]` ([`conv1d`]).
 //!
 //! Must not know adapters, models or operations: it reads and writes tensors and files only.
 
 pub mod checkpoint;
+pub mod conv1d;
 pub mod file;
 pub mod gguf;
 pub mod header;

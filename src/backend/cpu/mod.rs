@@ -202,11 +202,18 @@ super::simd::multiversion! {
                             }
                         }
                     }
-                    _ => {
-                        for (x, &a) in rows.iter_mut().zip(acc.iter()) {
-                            *x += t.scale * a;
+                    _ => match t.delta_dtype {
+                        None => {
+                            for (x, &a) in rows.iter_mut().zip(acc.iter()) {
+                                *x += t.scale * a;
+                            }
                         }
-                    }
+                        Some(d) => {
+                            for (x, &a) in rows.iter_mut().zip(acc.iter()) {
+                                *x += dtype::round_to(d, t.scale * a);
+                            }
+                        }
+                    },
                 }
             }
             drop(t);
@@ -266,8 +273,17 @@ super::simd::multiversion! {
             let n = group.len() / cols;
             for t in terms {
                 low_rank_group(t, cols, i0, n, &mut acc);
-                for (x, &a) in group.iter_mut().zip(acc.iter()) {
-                    *x += t.scale * a;
+                match t.delta_dtype {
+                    None => {
+                        for (x, &a) in group.iter_mut().zip(acc.iter()) {
+                            *x += t.scale * a;
+                        }
+                    }
+                    Some(d) => {
+                        for (x, &a) in group.iter_mut().zip(acc.iter()) {
+                            *x += dtype::round_to(d, t.scale * a);
+                        }
+                    }
                 }
             }
             for (r, row) in group.chunks_exact(cols).enumerate() {

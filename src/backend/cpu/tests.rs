@@ -101,6 +101,7 @@ fn merge_matches_f64_reference_for_every_variant() {
         b: &[],
         a: &[],
         rank: 0,
+        delta_dtype: None,
         dense: Some(&dense_g),
         scale: 1.1,
         dora: Some(lyco(&mag_g, NormAxis::Cols, group, 1.0)),
@@ -379,4 +380,56 @@ pub(crate) fn assert_reports_first_non_finite(
             value: f32::INFINITY
         }
     );
+}
+
+/// A term with a `delta_dtype` adds its δ rounded to that dtype: the bf16 merge equals
+/// `bf16(w0 + bf16(δ))` with δ the term's own f32 update (its merge into zeros), and differs
+/// from the merge that adds the f32 δ (PEFT's `Embedding.merge` against `Linear.merge`).
+#[test]
+fn delta_dtype_rounds_the_update_before_the_add() {
+    let mut seed = Rng::seed_from_u64(16);
+    let (rows, cols, rank) = (19, 37, 3);
+    let w0: Vec<f32> = (0..rows * cols).map(|_| uniform(&mut seed)).collect();
+    let b: Vec<f32> = (0..rows * rank).map(|_| uniform(&mut seed)).collect();
+    let a: Vec<f32> = (0..rank * cols).map(|_| uniform(&mut seed)).collect();
+    let plain = Term::low_rank(&b, &a, rank, 0.03);
+    let rounded = Term {
+        delta_dtype: Some(Dtype::BF16),
+        ..plain
+    };
+    let zeros = vec![0u8; rows * cols * 4];
+    let delta = dtype::decode(
+        Dtype::F32,
+        &merge(&MergeJob::new(
+            &zeros,
+            Dtype::F32,
+            (rows, cols),
+            &[plain],
+            Dtype::F32,
+        ))
+        .unwrap(),
+    );
+    let w0_bf16 = dtype::encode(Dtype::BF16, &w0);
+    let w0_rounded = dtype::decode(Dtype::BF16, &w0_bf16);
+    let want: Vec<f32> = w0_rounded
+        .iter()
+        .zip(&delta)
+        .map(|(w, d)| w + dtype::round_to(Dtype::BF16, *d))
+        .collect();
+    let merged = |t: &[Term]| {
+        merge(&MergeJob::new(
+            &w0_bf16,
+            Dtype::BF16,
+            (rows, cols),
+            t,
+            Dtype::BF16,
+        ))
+        .unwrap()
+    };
+    let got = merged(&[rounded]);
+    assert_eq!(got, dtype::encode(Dtype::BF16, &want));
+    assert_ne!(got, merged(&[plain]));
+    let mut w = w0_rounded.clone();
+    merge_f32_in_place(&mut w, rows, cols, &[rounded]).unwrap();
+    assert_eq!(w, want);
 }

@@ -394,6 +394,11 @@ fn submit(
         row[0] = term.rank as u32;
         row[1] = off as u32;
         row[2] = term.scale.to_bits();
+        // δ rounded to a 16-bit dtype before the add (an embedding's, as PEFT merges it).
+        row[5] = match term.delta_dtype {
+            Some(d) if term.dora.is_none() => dtype_code(d)?,
+            _ => 0,
+        };
         if let Some((axis, f)) = &s.factors[ti] {
             row[3] = if *axis == NormAxis::Rows { 1 } else { 2 };
             row[4] = fac.len() as u32;

@@ -81,6 +81,19 @@ pub enum Scheme {
     },
 }
 
+/// What PEFT 0.21.2 hands bitsandbytes to quantize again when it merges into a 4-bit weight
+/// (peft/tuners/lora/bnb.py `Linear4bit.merge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requant {
+    /// A LoRA merge: the f32 sum `dequantize_bnb_weight(W) + get_delta_weight()`, quantized as
+    /// it is (bitsandbytes records `"dtype": "float32"` in the new state).
+    Sum,
+    /// A DoRA merge: `DoraLinearVariant.merge_safe` ends with `new_weight.to(orig_dtype)`, the
+    /// dequantized weight's dtype (the state's), so a 16-bit state's merge is rounded to it
+    /// before it is quantized, and the new state keeps that dtype.
+    InStateDtype,
+}
+
 /// One quantized weight.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QuantTensor {
@@ -264,6 +277,11 @@ pub struct QuantMap {
     /// Weight name (`P.weight`) → its entry in `unsupported`, for the tensors that stand for
     /// one weight (a GPTQ/AWQ `P.qweight` under a config no layout has, an MX-format weight).
     unsupported_weights: HashMap<String, usize>,
+    /// Weights stored as the transpose of their logical `shape`: bitsandbytes weights of
+    /// `Conv1D` layers, which transformers quantizes as `[out, in]` (integrations/bitsandbytes.py:
+    /// `value.T` for Conv1D) while the float model stores `[in, out]` (the logical shape, what
+    /// [`QuantMap::dequantize`] gives and [`QuantMap::requantize`] takes).
+    transposed: HashSet<String>,
     /// Tensors a format's scan took that no other scan may read as its own (a ComfyUI
     /// `comfy_quant` layer lorakit does not read, an NVFP4 weight of unknown packing).
     claimed: HashSet<String>,
@@ -419,6 +437,50 @@ impl QuantMap {
         Ok(())
     }
 
+    /// Whether `q` is stored as the transpose of its logical shape (a bitsandbytes `Conv1D`
+    /// weight, see `transposed`).
+    pub fn is_transposed(&self, q: &QuantTensor) -> bool {
+        self.transposed.contains(&q.name)
+    }
+
+    /// A transposed weight ([`Self::is_transposed`]) as it is stored (`[out, in]`), with its
+    /// stored rows and columns; `None` for one stored as its logical shape.
+    pub(super) fn as_stored(&self, q: &QuantTensor) -> Option<(QuantTensor, usize, usize)> {
+        let &[i, o] = q.shape.as_slice() else {
+            return None;
+        };
+        self.is_transposed(q).then(|| {
+            let inner = QuantTensor {
+                shape: vec![o, i],
+                ..q.clone()
+            };
+            (inner, o, i)
+        })
+    }
+
+    /// Marks the bitsandbytes weights of `Conv1D` layers as stored transposed, their logical
+    /// shape the float model's `[in, out]`: in a checkpoint whose config.json names a Conv1D
+    /// family ([`crate::io::conv1d::families`]), a 2-D `Bnb4`/`BnbInt8` weight of a layer named
+    /// as one ([`crate::io::conv1d::is_layer_name`]), as transformers 5.24 quantizes them
+    /// (integrations/bitsandbytes.py `Bnb4bitQuantize` and `Bnb8bitQuantize`: `value = value.T`
+    /// when the module is a Conv1D), and as `dequantize` must write them back for
+    /// `GPT2LMHeadModel` to load.
+    fn mark_conv1d(&mut self, config: Option<&serde_json::Value>) {
+        if !config.is_some_and(|c| crate::io::conv1d::families(c).1) {
+            return;
+        }
+        for q in self.tensors.values_mut() {
+            let module = q.name.strip_suffix(".weight").unwrap_or(&q.name);
+            if matches!(q.scheme, Scheme::Bnb4(_) | Scheme::BnbInt8)
+                && q.shape.len() == 2
+                && crate::io::conv1d::is_layer_name(module)
+            {
+                q.shape.reverse();
+                self.transposed.insert(q.name.clone());
+            }
+        }
+    }
+
     /// The name a stored tensor is written under once dequantized (`P.weight_packed` →
     /// `P.weight`); every other name unchanged.
     pub fn logical_name<'a>(&'a self, stored: &'a str) -> &'a str {
@@ -436,6 +498,17 @@ impl QuantMap {
         if q.shape.contains(&0) {
             return Ok(Vec::new());
         }
+        match self.as_stored(q) {
+            Some((stored, rows, cols)) => {
+                let v = self.dequantize_stored(ck, &stored)?;
+                Ok(crate::io::conv1d::transpose(&v, rows, cols))
+            }
+            None => self.dequantize_stored(ck, q),
+        }
+    }
+
+    /// [`Self::dequantize`] of `q` in its stored layout.
+    fn dequantize_stored(&self, ck: &Checkpoint, q: &QuantTensor) -> InputResult<Vec<f32>> {
         let data = |n: &str| ck.view(n).map(|v| v.data);
         Ok(match &q.scheme {
             Scheme::Bnb4(p) => {

@@ -5,7 +5,7 @@
 //! Must not read the adapter or decide the merge; must not write files (the merge's writer does).
 
 use super::{bnb4, bnb4_dq, ct_fp4, fp8, gptq, int8, mlx, mlx_fp, packed};
-use super::{QuantMap, QuantTensor, Scheme};
+use super::{QuantMap, QuantTensor, Requant, Scheme};
 use crate::dtype::{self, Dtype};
 use crate::io::Checkpoint;
 
@@ -67,16 +67,36 @@ impl QuantMap {
 
     /// `merged` (f32, the logical shape) quantized again as `q` was, with fresh scales as its
     /// producer computes them: the tensors that change, as (name, stored bytes). Code books and
-    /// quant_state blobs do not change and are not returned.
+    /// quant_state blobs do not change and are not returned. `how`: what PEFT hands a
+    /// bitsandbytes 4-bit quantizer (ignored by the other formats).
     pub fn requantize(
         &self,
         ck: &Checkpoint,
         q: &QuantTensor,
         merged: &[f32],
+        how: Requant,
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
         if let Some(why) = self.requantize_unsupported(q) {
             return Err(format!("cannot requantize {why}"));
         }
+        match self.as_stored(q) {
+            // A Conv1D weight: quantized as transformers stores it, [out, in].
+            Some((stored, rows, cols)) => {
+                let m = crate::io::conv1d::transpose(merged, cols, rows);
+                self.requantize_stored(ck, &stored, &m, how)
+            }
+            None => self.requantize_stored(ck, q, merged, how),
+        }
+    }
+
+    /// [`Self::requantize`] of `merged` in `q`'s stored layout.
+    fn requantize_stored(
+        &self,
+        ck: &Checkpoint,
+        q: &QuantTensor,
+        merged: &[f32],
+        how: Requant,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
         if matches!(q.scheme, Scheme::ModelOptFp4(_)) || self.modelopt_fp8_keep(q) {
             // The stored scales kept (`modelopt.rs`): only the weight changes.
             return self
@@ -92,13 +112,22 @@ impl QuantMap {
                 // (functional.py `quantize_4bit`: `QuantState(dtype=A.dtype)`) records
                 // `"dtype": "float32"` in the new state: the merged values are quantized as
                 // they are, and a 16-bit state's JSON says float32 afterwards, as PEFT's
-                // `save_pretrained` writes it.
+                // `save_pretrained` writes it. A DoRA merge ([`Requant::InStateDtype`]) is cast
+                // to the state's dtype first and keeps it.
+                let in_state = how == Requant::InStateDtype && p.dtype != Dtype::F32;
+                let rounded;
+                let merged = if in_state {
+                    rounded = dtype::decode(p.dtype, &dtype::encode(p.dtype, merged));
+                    &rounded
+                } else {
+                    merged
+                };
                 let (packed, absmax) = bnb4::quantize(p.kind, p.blocksize, merged);
                 let w = &q.name;
                 let data = |n: &str| ck.view(n).map(|v| v.data).map_err(|e| e.to_string());
                 let state = &q.companions[0];
                 let as_f32 = |blob: Vec<u8>| -> Result<Vec<u8>, String> {
-                    if p.dtype == Dtype::F32 {
+                    if p.dtype == Dtype::F32 || in_state {
                         return Ok(blob);
                     }
                     bnb4_dq::with_dtype_f32(&blob)
@@ -110,7 +139,7 @@ impl QuantMap {
                             (w.clone(), packed),
                             (format!("{w}.absmax"), dtype::encode(Dtype::F32, &absmax)),
                         ];
-                        if p.dtype != Dtype::F32 {
+                        if p.dtype != Dtype::F32 && !in_state {
                             out.push((state.clone(), as_f32(data(state)?.to_vec())?));
                         }
                         out

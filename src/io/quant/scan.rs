@@ -159,6 +159,7 @@ impl QuantMap {
             }
         }
         map.adopt_comfy_markers(markers);
+        map.mark_conv1d(config_json.as_ref());
         // Companions whose weight was not recognised: a scale without its quantized weight.
         for name in &names {
             if map.companions.contains_key(name)

@@ -216,7 +216,7 @@ fn bnb4_double_quant_requantizes_bit_exact() {
                     ck.view(&format!("{case}.source")).unwrap().to_f32()
                 }
             };
-            let pieces = map.requantize(&ck, q, &w).unwrap();
+            let pieces = map.requantize(&ck, q, &w, Requant::Sum).unwrap();
             assert_eq!(pieces.len(), 4);
             for (n, bytes) in pieces {
                 let want = ck.view(&n).unwrap();

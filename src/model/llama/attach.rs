@@ -346,6 +346,7 @@ fn merge_matrix<'c>(
         dense: None,
         scale: scale as f32,
         dora: dora.map(|(magnitude, axis)| Dora::peft(magnitude, axis)),
+        delta_dtype: None,
     }];
     let job = MergeJob::new(bytes, in_dtype, (w.rows, w.cols), &terms, Dtype::F32);
     job.validate().map_err(|e| e.to_string())?;

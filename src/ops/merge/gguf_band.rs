@@ -150,6 +150,7 @@ impl GgufMergePlan {
                     dense: dense.as_deref(),
                     scale: if self.options.unmerge { -s } else { s } as f32,
                     dora,
+                    delta_dtype: None,
                 }
             })
             .collect();

@@ -395,9 +395,18 @@ impl MergePlan {
             return Ok(None);
         }
         let merged = self.merge_tensor_f32(engine, &owner.name, terms)?;
+        // PEFT casts a DoRA merge to the dequantized weight's dtype before requantizing it.
+        let how = match terms.iter().any(|&(ai, mi)| {
+            self.adapters[ai].adapter.modules[mi]
+                .dora_magnitude
+                .is_some()
+        }) {
+            true => crate::io::quant::Requant::InStateDtype,
+            false => crate::io::quant::Requant::Sum,
+        };
         let pieces = self
             .quant
-            .requantize(&self.base, owner, &merged)
+            .requantize(&self.base, owner, &merged, how)
             .map_err(|m| {
                 anyhow::Error::new(InputError::invalid(
                     self.base

@@ -201,12 +201,33 @@ impl MergePlan {
                 Some(t) => {
                     // QLoRA: the adapter was trained against dequant(Q(W)), not W.
                     let w = view.to_f32();
-                    let wq = quantize_dequantize(t, &w).map_err(|m| {
+                    // transformers 5.24 quantizes a `Conv1D` weight (stored [in, out])
+                    // transposed (integrations/bitsandbytes.py `Bnb4bitQuantize.convert`:
+                    // `value = value.T` for Conv1D), so its 4-bit blocks run along the
+                    // [out, in] rows: quantize Wᵀ and transpose the result back.
+                    let conv1d = merge.terms.iter().any(|&(ai, mi)| {
+                        let m = &self.adapters[ai].adapter.modules[mi];
+                        m.base_transposed && m.kind == crate::adapter::ModuleKind::Linear
+                    }) && shape.len() == 2;
+                    let wq = if conv1d {
+                        let wt = crate::adapter::transpose(&w, rows, stored_cols);
+                        quantize_dequantize(t, &wt)
+                            .map(|q| crate::adapter::transpose(&q, stored_cols, rows))
+                    } else {
+                        quantize_dequantize(t, &w)
+                    };
+                    let mut wq = wq.map_err(|m| {
                         anyhow::Error::new(InputError::invalid(
                             file.path(),
                             format!("tensor `{name}`: {m}"),
                         ))
                     })?;
+                    // bitsandbytes 0.50.2 `dequantize_4bit` returns the quant_state's dtype,
+                    // the model's (`QuantState(dtype=A.dtype)`): a 16-bit model trained on
+                    // bf16(dequant), and PEFT's `Linear4bit.merge` adds ΔW to that.
+                    if matches!(view.dtype, Dtype::BF16 | Dtype::F16) {
+                        wq = dtype::decode(view.dtype, &dtype::encode(view.dtype, &wq));
+                    }
                     stray_norm = Some(
                         w.iter()
                             .zip(&wq)
@@ -374,6 +395,16 @@ impl MergePlan {
                         }),
                     ),
                 };
+                // PEFT 0.21.2 `lora.Embedding.merge` adds `get_delta_weight().to(orig_dtype)`:
+                // on a 16-bit embedding ΔW is rounded to the weight's dtype before the add
+                // (`Linear.merge` adds the f32 ΔW). PEFT's LoRA only: other formats keep
+                // their own rule.
+                let delta_dtype = (wa.adapter.format == crate::adapter::Format::Peft
+                    && m.kind == crate::adapter::ModuleKind::Embedding
+                    && m.factors.lora().is_some()
+                    && dora.is_none()
+                    && matches!(in_dtype, Dtype::BF16 | Dtype::F16))
+                .then_some(in_dtype);
                 Term {
                     b: &st.b,
                     a: &st.a,
@@ -381,6 +412,7 @@ impl MergePlan {
                     dense: st.dense.as_deref(),
                     scale: self.signed(scale) as f32,
                     dora,
+                    delta_dtype,
                 }
             })
             .collect();

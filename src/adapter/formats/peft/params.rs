@@ -401,43 +401,10 @@ pub fn fit_to_base(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()> 
     Ok(())
 }
 
-/// transformers 5.24's model families with `pytorch_utils.Conv1D` layers (stored `[in, out]`).
-const CONV1D_MODELS: &[&str] = &[
-    "gpt2",
-    "openai-gpt",
-    "decision_transformer",
-    "imagegpt",
-    "clvp",
-    "clvp_encoder",
-    "clvp_decoder",
-];
-
-/// The names transformers 5.24 gives its `Conv1D` layers in the [`CONV1D_MODELS`] families
-/// (`c_attn`, `q_attn`, `c_proj`, `c_fc` of gpt2, openai-gpt, imagegpt, decision_transformer,
-/// clvp); their other linear layers (`lm_head`, `score`, clvp's `q_proj`…) are `nn.Linear`.
-const CONV1D_LAYERS: &[&str] = &["c_attn", "q_attn", "c_proj", "c_fc"];
-
-/// What the base's config.json says about `Conv1D` layers: (it names some model at any depth,
-/// one of the names is a [`CONV1D_MODELS`] family: a composite's `decoder`/`text_config` too,
-/// ViT-GPT2, bert2gpt2); `None` without a config.json that parses.
+/// What the base's config.json says about `Conv1D` layers ([`crate::io::conv1d::families`]);
+/// `None` without a config.json that parses.
 fn conv1d_families(base: &Checkpoint) -> Option<(bool, bool)> {
-    fn walk(v: &Value, found: &mut (bool, bool)) {
-        match v {
-            Value::Object(o) => {
-                if let Some(t) = o.get("model_type").and_then(Value::as_str) {
-                    found.0 = true;
-                    found.1 |= CONV1D_MODELS.contains(&t);
-                }
-                o.values().for_each(|v| walk(v, found));
-            }
-            Value::Array(a) => a.iter().for_each(|v| walk(v, found)),
-            _ => {}
-        }
-    }
-    let v = base_config(base)?;
-    let mut found = (false, false);
-    walk(&v, &mut found);
-    Some(found)
+    Some(crate::io::conv1d::families(&base_config(base)?))
 }
 
 /// Sets the Linear modules' layout as PEFT 0.21.2 builds their layers on `base`, whatever the
@@ -445,7 +412,7 @@ fn conv1d_families(base: &Checkpoint) -> Option<(bool, bool)> {
 /// `nn.Linear` target the flag is reset to false, on a `Conv1D` target forced to true, each with
 /// a warning). With no Conv1D family named in the base's config.json every Linear module is
 /// untransposed ([`linear_fan_in_fan_out_reset`]); in a Conv1D family a module named as one of
-/// the family's [`CONV1D_LAYERS`] is transposed (a `fan_in_fan_out: false` file, as trainers
+/// the family's [`crate::io::conv1d::LAYERS`] is transposed (a `fan_in_fan_out: false` file, as trainers
 /// other than PEFT save one: GPT-2's square `attn.c_proj` was merged untransposed), every other
 /// Linear module is not: those are `nn.Linear` (`lm_head`, `score`, clvp's `q_proj`, a
 /// bert2gpt2 encoder's square `query`, which PEFT merges untransposed though the file it saves
@@ -457,9 +424,8 @@ pub(crate) fn fan_in_fan_out_as_peft(adapter: &mut Adapter, base: &Checkpoint) {
         Some((true, false)) => linear_fan_in_fan_out_reset(adapter),
         Some((true, true)) => {
             for m in adapter.modules.iter_mut() {
-                let last = m.name.rsplit('.').next().unwrap_or(&m.name);
                 if m.kind == ModuleKind::Linear && parse_expert(&m.name).is_none() {
-                    m.base_transposed = CONV1D_LAYERS.contains(&last);
+                    m.base_transposed = crate::io::conv1d::is_layer_name(&m.name);
                 }
             }
         }

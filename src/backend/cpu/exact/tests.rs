@@ -372,6 +372,7 @@ fn dense_terms_and_several_terms_are_exact() {
         dense: Some(d),
         scale: c.scale,
         dora: None,
+        delta_dtype: None,
     };
     let terms = [dense(&hi), dense(&lo)];
     let want = c.reference();
