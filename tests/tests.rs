@@ -170,6 +170,10 @@ mod it {
     /// Session 15's review findings: ACE-Step 1.5 on ComfyUI's layout, a TinyLoRA embedding
     /// written as a LoRA embedding, FRoD on another base, the LoKr layout rule on a Conv2d.
     pub mod review15;
+    /// Session 16's review findings on eval and check: trainable tokens on a tied base and on
+    /// lm_head, a weight on a replaced tensor, T5/BART's tied lm_head, PiSSA, the llama.cpp
+    /// converter's architectures, SEQ_CLS heads, QALoRA on GPTQ.
+    pub mod review16c;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

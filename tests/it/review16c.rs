@@ -1,0 +1,62 @@
+//! Session 16's review findings on `eval`, `merge --weight` and `check` fixed on branch fixc16
+//! (rev16b; fixtures/gen/review16_check.py, transformers 5.24 + PEFT 0.21.2 as the oracle):
+//! trainable tokens on a tied base and on `lm_head` scored as PEFT scores them, a weight on a
+//! replaced tensor refused, a T5/BART `lm_head` adapter on the `shared` tie, PiSSA on SGLang/LoRAX
+//! and under `check --fix`, llama.cpp on a base architecture its converter lacks, a SEQ_CLS task
+//! head, QALoRA's pooled file on GPTQ for SGLang/LoRAX and `merge`.
+
+use super::common::*;
+
+fn f(rel: &str) -> std::path::PathBuf {
+    fixture(&format!("review16/check/{rel}"))
+}
+
+/// `eval --logits` of `adapter` on `model` (unmerged, or `--merged`) against PEFT's logits.
+fn eval_matches_peft(model: &str, adapter: &str, want: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let want = read(&f(want))["logits"].f32();
+    let (ad, ids) = (f(adapter), f("ids.safetensors"));
+    for extra in [&[][..], &["--merged"]] {
+        let out = tmp.path().join("logits.safetensors");
+        let mut args = vec![
+            "--adapter",
+            s(&ad),
+            "--input-ids",
+            s(&ids),
+            "--logits",
+            s(&out),
+            "--device",
+            "cpu",
+            "-q",
+        ];
+        args.extend(extra);
+        run_ok(eval_args(&f(model), &args));
+        let got = read(&out)["logits"].f32();
+        assert_eq!(got.len(), want.len());
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff < 1e-5,
+            "{adapter} {extra:?}: max |logits − PEFT's| {diff}"
+        );
+    }
+}
+
+/// F12: `trainable_token_indices=[3, 7]` on a Qwen2 with tie_word_embeddings. PEFT ties the
+/// token adapter to the tied lm_head (`peft/tuners/trainable_tokens/model.py:55-95`), so vocab
+/// columns 3 and 7 of the logits change too. Before: lorakit kept the old lm_head rows (1.56
+/// off PEFT's logits here, up to 3 in the review).
+#[test]
+fn trainable_tokens_on_a_tied_base_reach_the_output_rows() {
+    eval_matches_peft("qwen2_tied", "tti", "tti_logits.safetensors");
+}
+
+/// F12 (related): `trainable_token_indices={"lm_head": [2, 9]}` (PEFT's TrainableTokens on the
+/// output Linear) on an untied Llama. Before: refused ("apply to the input embedding here").
+#[test]
+fn trainable_tokens_on_lm_head_are_scored() {
+    eval_matches_peft("llama", "tti_lmhead", "tti_lmhead_logits.safetensors");
+}
