@@ -60,3 +60,39 @@ fn trainable_tokens_on_a_tied_base_reach_the_output_rows() {
 fn trainable_tokens_on_lm_head_are_scored() {
     eval_matches_peft("llama", "tti_lmhead", "tti_lmhead_logits.safetensors");
 }
+
+/// F13: a weight ≠ 1 on an adapter with trainable-token rows (a tensor replacement, which has
+/// no weighted form: PEFT's `add_weighted_adapter` combines only the low-rank modules) is
+/// refused by `merge` and `eval`, naming the tensor. Before: `--weight 0` replaced the rows.
+#[test]
+fn a_weight_on_a_replaced_tensor_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for w in ["0", "0.5"] {
+        let out = tmp.path().join(format!("m{w}"));
+        let line = merge_refused(
+            &f("llama"),
+            &f("tti_lmhead"),
+            &out,
+            &["--weight", w, "--quiet"],
+        );
+        assert_mentions(&line, &["lm_head", "--weight 1"]);
+        let logits = tmp.path().join(format!("l{w}.safetensors"));
+        let line = one_line_error(&run_err(eval_args(
+            &f("llama"),
+            &[
+                "--adapter",
+                s(&f("tti_lmhead")),
+                "--weight",
+                w,
+                "--input-ids",
+                s(&f("ids.safetensors")),
+                "--logits",
+                s(&logits),
+                "--device",
+                "cpu",
+            ],
+        )));
+        assert_mentions(&line, &["lm_head", "--weight 1"]);
+        assert!(!logits.exists());
+    }
+}

@@ -125,6 +125,15 @@ impl<'c, T: Real> Model<'c, T> {
         // Replacement tensors first (`modules_to_save`, PEFT's saved base embedding): they are
         // the base the adapter's modules apply to, as in `lorakit merge`.
         for (fi, f) in adapter.full_tensors.iter().enumerate() {
+            // As in `lorakit merge`: a replaced tensor has no weighted form (PEFT's saved
+            // `base_layer` copy is the base itself, which a weight does not scale).
+            let base_copy = matches!(&f.data, crate::adapter::Data::Stored { key, .. } if key.contains(".base_layer."));
+            if weight != 1.0 && !base_copy {
+                return Err(err(format!(
+                    "tensor `{}` (modules_to_save or trainable tokens) replaces the model's and has no weighted form; attach this adapter with --weight 1 (it is {weight})",
+                    f.name
+                )));
+            }
             // Trainable-token rows overwrite rows of the input embedding or of `lm_head` (PEFT's
             // `TrainableTokensLayer`, `index_copy` on an Embedding or a Linear's weight). On a
             // tied base PEFT ties the embedding's token adapter to the output layer

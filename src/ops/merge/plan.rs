@@ -303,6 +303,18 @@ impl MergePlan {
                         }
                     }
                 }
+                // A replaced tensor has no weighted form: `W0 + w·ΔW` is lorakit's formula for
+                // low-rank updates, and PEFT's `add_weighted_adapter` combines only those
+                // (`peft/tuners/lora/model.py:724-737` refuses modules_to_save it cannot combine).
+                if wa.weight != 1.0 {
+                    bail!(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "tensor `{}` (modules_to_save or trainable tokens) replaces base tensor `{name}` and has no weighted form; merge this adapter with --weight 1 (it is {})",
+                            a.full_tensors[*fi].name, wa.weight
+                        )
+                    ));
+                }
                 if actions
                     .insert(name.clone(), Action::Replace(ai, *fi))
                     .is_some()
