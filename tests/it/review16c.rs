@@ -5,6 +5,7 @@
 //! and under `check --fix`, llama.cpp on a base architecture its converter lacks, a SEQ_CLS task
 //! head, QALoRA's pooled file on GPTQ for SGLang/LoRAX and `merge`.
 
+use super::check::loads;
 use super::common::*;
 
 fn f(rel: &str) -> std::path::PathBuf {
@@ -94,5 +95,15 @@ fn a_weight_on_a_replaced_tensor_is_refused() {
         )));
         assert_mentions(&line, &["lm_head", "--weight 1"]);
         assert!(!logits.exists());
+    }
+}
+
+/// F9: BART stores no `lm_head.weight` (tied to `model.shared.weight`); PEFT wraps the model's
+/// lm_head and applies a modules_to_save copy or a LoRA on it (the generator measures the merged
+/// lm_head moving by 0.32 / 0.19). Before: `peft.not_found`.
+#[test]
+fn bart_lm_head_on_the_shared_tie_loads_in_peft() {
+    for case in ["review16/check/bart_mts", "review16/check/bart_lora_head"] {
+        loads(case, "peft").on("review16/check/bart").assert();
     }
 }

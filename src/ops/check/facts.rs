@@ -608,8 +608,14 @@ impl<'a> Facts<'a> {
         // The input embedding by any of the names PEFT's `_get_input_embeddings_name` meets
         // (GPT-2's `transformer.wte`, GPT-NeoX's `gpt_neox.embed_in`): a tied GPT-2 with
         // `modules_to_save=["lm_head"]` loads whole in PEFT (sweep7, PEFT seed 32 case 49).
-        const INPUT_EMBEDDINGS: [&str; 3] =
-            ["embed_tokens.weight", "wte.weight", "embed_in.weight"];
+        // T5's `shared.weight` and BART/mBART/Pegasus/Marian's `model.shared.weight` too: PEFT
+        // wraps their `lm_head` over that Parameter (`_tied_weights_keys`).
+        const INPUT_EMBEDDINGS: [&str; 4] = [
+            "embed_tokens.weight",
+            "wte.weight",
+            "embed_in.weight",
+            "shared.weight",
+        ];
         tied && last_component(head) == "lm_head"
             && self.plan.base.as_ref().is_some_and(|b| {
                 b.names()
