@@ -5,7 +5,7 @@
 //! and under `check --fix`, llama.cpp on a base architecture its converter lacks, a SEQ_CLS task
 //! head, QALoRA's pooled file on GPTQ for SGLang/LoRAX and `merge`.
 
-use super::check::loads;
+use super::check::{fails, loads};
 use super::common::*;
 
 fn f(rel: &str) -> std::path::PathBuf {
@@ -106,4 +106,28 @@ fn bart_lm_head_on_the_shared_tie_loads_in_peft() {
     for case in ["review16/check/bart_mts", "review16/check/bart_lora_head"] {
         loads(case, "peft").on("review16/check/bart").assert();
     }
+}
+
+/// F10: PiSSA's factors belong on the residual base PEFT rebuilds at load; SGLang
+/// (`lora_config.py` LoRAConfig) and LoRAX (`adapters/lora.py` LoraConfig.load) read no
+/// `init_lora_weights` and add s·B·A to the original base. Before: both LOADS.
+#[test]
+fn pissa_is_silent_on_sglang_and_lorax() {
+    for rule in ["sglang.init_weights", "lorax.init_weights"] {
+        fails("review16/check/pissa", rule).assert();
+    }
+}
+
+/// F10 (related): `check --fix` on a PiSSA folder would fold its scale 2 into lora_B and keep
+/// `init_lora_weights: "pissa"`, so PEFT would rebuild another residual base from it (0.07 off
+/// the original's merge in the review). It is refused, nothing written. Before: written, rc 0.
+#[test]
+fn check_fix_refuses_to_rescale_a_pissa_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("fixed");
+    let line = refused(
+        check_fix_args(&f("pissa"), None, &out, &["--target", "vllm"]),
+        &out,
+    );
+    assert_mentions(&line, &["pissa", "check --fix"]);
 }

@@ -136,6 +136,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:184 LoraWeights.load → get_scaling_factor(config.lora_alpha, config.r) (:399)"),
     },
     Rule {
+        id: "lorax.init_weights",
+        target: Target::Lorax,
+        when: When::InitWeightsNot(super::serving::VLLM_INITS),
+        severity: Severity::Silent,
+        why: "PiSSA, OLoRA, CorDA and LoftQ factors belong on the residual base PEFT makes when it loads them; LoRAX adds s·B·A to the original base (init_lora_weights is not read), so the effect differs",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "03679f3", "lora.py:72-82 LoraConfig.load (base_model_name_or_path, r, target_modules, fan_in_fan_out, lora_alpha, use_rslora; no init_lora_weights)"),
+    },
+    Rule {
         id: "lorax.dtype",
         target: Target::Lorax,
         when: When::DtypeDiffersFromBase,

@@ -295,6 +295,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "lora.py:71 self.scaling = lora_alpha / r; lora_config.py:42-45 (r, lora_alpha, target_modules, use_dora read)"),
     },
     Rule {
+        id: "sglang.init_weights",
+        target: Target::Sglang,
+        when: When::InitWeightsNot(VLLM_INITS),
+        severity: Severity::Silent,
+        why: "PiSSA, OLoRA, CorDA and LoftQ factors belong on the residual base PEFT makes when it loads them; SGLang adds s·B·A to the original base (init_lora_weights is not read), so the effect differs",
+        source: src(SGLANG, "python/sglang/srt/lora/lora_config.py", "0ceb81f", "lora_config.py:47-60 LoRAConfig.__init__ (reads target_modules, r, lora_alpha, rank_pattern, alpha_pattern, use_dora; no init_lora_weights)"),
+    },
+    Rule {
         id: "sglang.lora_bias",
         target: Target::Sglang,
         when: When::LoraBias,
