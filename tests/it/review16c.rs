@@ -118,6 +118,19 @@ fn pissa_is_silent_on_sglang_and_lorax() {
     }
 }
 
+/// F8: llama.cpp's converter looks `architectures[0]` up in `TEXT_MODEL_MAP`
+/// (`conversion/__init__.py:391-399`) and exits 1 "Model OPTForCausalLM is not supported"
+/// (`convert_lora_to_gguf.py:398-405`); a Llama base still loads. Before: OPT LOADS.
+#[test]
+fn llamacpp_refuses_a_base_architecture_its_converter_lacks() {
+    fails("review16/check/opt_lora", "llama.cpp.architecture")
+        .on("review16/check/opt")
+        .assert();
+    loads("llama/adapters/qv_r8", "llama.cpp")
+        .on("llama/base")
+        .assert();
+}
+
 /// F10 (related): `check --fix` on a PiSSA folder would fold its scale 2 into lora_B and keep
 /// `init_lora_weights: "pissa"`, so PEFT would rebuild another residual base from it (0.07 off
 /// the original's merge in the review). It is refused, nothing written. Before: written, rc 0.

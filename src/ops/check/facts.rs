@@ -514,6 +514,16 @@ impl<'a> Facts<'a> {
                 }
                 Some(_) => vec![],
             },
+            When::BaseArchitectureNot(known) => match &self.plan.base_facts {
+                None => return Evaluated::NeedsBase,
+                Some(b) => b
+                    .text_architectures
+                    .first()
+                    .or(b.architectures.first())
+                    .filter(|arch| !known.contains(&arch.as_str()))
+                    .map(|arch| vec![format!("{arch} (the base's architecture)")])
+                    .unwrap_or_default(),
+            },
             When::TiedLmHead { unless } => match &self.plan.base_facts {
                 None => return Evaluated::NeedsBase,
                 Some(b) if b.model_type.as_deref().is_some_and(|t| unless.contains(&t)) => vec![],

@@ -209,6 +209,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1))"),
     },
     Rule {
+        id: "llama.cpp.architecture",
+        target: Target::LlamaCpp,
+        when: When::BaseArchitectureNot(super::llamacpp_archs::CONVERTED),
+        severity: Severity::Error,
+        why: "\"Model … is not supported\": the converter looks the base's architecture up among the models it converts (TEXT_MODEL_MAP) and exits 1 for any other",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:398-405 (get_model_architecture, get_model_class → sys.exit(1)); conversion/__init__.py:19-289 TEXT_MODEL_MAP, :391-399 get_model_class; conversion/base.py:2878-2901 get_model_architecture (text_config.architectures first)"),
+    },
+    Rule {
         id: "llama.cpp.tied_lm_head",
         target: Target::LlamaCpp,
         when: When::TiedLmHead { unless: GEMMA_DROPS_LM_HEAD },
