@@ -131,6 +131,16 @@ fn llamacpp_refuses_a_base_architecture_its_converter_lacks() {
         .assert();
 }
 
+/// F11: a SEQ_CLS LoRA trained from a causal-LM folder saves the new `score` head
+/// (modules_to_save, peft 0.21.2 `peft_model.py:1830`); PEFT's task model on that folder creates
+/// the head and loads it from the adapter (the generator asserts it). Before: `peft.not_found`.
+#[test]
+fn a_task_head_of_a_seq_cls_adapter_loads_in_peft() {
+    loads("review16/check/seqcls", "peft")
+        .on("review16/check/llama")
+        .assert();
+}
+
 /// F10 (related): `check --fix` on a PiSSA folder would fold its scale 2 into lora_B and keep
 /// `init_lora_weights: "pissa"`, so PEFT would rebuild another residual base from it (0.07 off
 /// the original's merge in the review). It is refused, nothing written. Before: written, rc 0.

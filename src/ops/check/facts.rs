@@ -609,6 +609,23 @@ impl<'a> Facts<'a> {
         {
             return true;
         }
+        // The task head PEFT's task model creates and loads from the adapter even where the
+        // base checkpoint (a causal LM a reward model was trained from) has none: peft 0.21.2
+        // `peft_model.py:1830` (SEQ_CLS), `:2680` (TOKEN_CLS), `:2915` (QUESTION_ANS).
+        let task_heads: &[&str] = match self.cfg_str("task_type") {
+            Some("SEQ_CLS" | "TOKEN_CLS") => &["classifier", "score"],
+            Some("QUESTION_ANS") => &["qa_outputs"],
+            _ => &[],
+        };
+        let module = name
+            .strip_suffix(".weight")
+            .or_else(|| name.strip_suffix(".bias"))
+            .unwrap_or(name);
+        if task_heads.contains(&last_component(module))
+            && a.full_tensors.iter().any(|f| f.name == name)
+        {
+            return true;
+        }
         let tied = self
             .plan
             .base_facts
