@@ -154,3 +154,24 @@ fn check_fix_refuses_to_rescale_a_pissa_adapter() {
     );
     assert_mentions(&line, &["pissa", "check --fix"]);
 }
+
+/// rev16a F12: PEFT's pooled QALoRA file (fix13/qalora_pooled, lora_A [4, in/16]) on the GPTQ
+/// base loads only in PEFT; SGLang and LoRAX read a plain LoRA (no `use_qalora`) and fail on the
+/// pooled width; `merge` gives its QALoRA refusal (PEFT has no QALoRA merge), not a shape
+/// mismatch. Before: both LOADS, and "has shape [64, 128], the adapter needs [64, 8]".
+#[test]
+fn pooled_qalora_on_gptq_fails_on_sglang_and_lorax() {
+    for rule in ["sglang.qalora", "lorax.qalora"] {
+        fails("fix13/qalora_pooled/adapter", rule)
+            .on("quant/gptq4_v1")
+            .assert();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    let line = merge_fixtures_refused("quant/gptq4_v1", "fix13/qalora_pooled/adapter", &out, &[]);
+    assert_mentions(
+        &line,
+        &["use_qalora", "GPTQ", "model.layers.0.mlp.down_proj.weight"],
+    );
+    assert!(!line.contains("the adapter needs"), "{line}");
+}

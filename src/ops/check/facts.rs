@@ -514,6 +514,10 @@ impl<'a> Facts<'a> {
                 }
                 Some(_) => vec![],
             },
+            When::QaloraPooledOnGptq => match (&self.resolution, &self.plan.base) {
+                (Some(r), Some(b)) => qalora::pooled_on_gptq(a, b, r),
+                _ => return Evaluated::NeedsBase,
+            },
             When::BaseArchitectureNot(known) => match &self.plan.base_facts {
                 None => return Evaluated::NeedsBase,
                 Some(b) => b

@@ -407,6 +407,9 @@ impl MergePlan {
                 }
             }
         }
+        if !options.allow_unmatched {
+            super::qalora::refuse_pooled(&adapters, &unmatched, &quant)?;
+        }
         if !unmatched.is_empty() && !options.allow_unmatched {
             let widenable = super::widen::widenable(&unmatched, &quant, &options);
             let list: Vec<String> = unmatched

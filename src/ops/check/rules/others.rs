@@ -136,6 +136,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:184 LoraWeights.load → get_scaling_factor(config.lora_alpha, config.r) (:399)"),
     },
     Rule {
+        id: "lorax.qalora",
+        target: Target::Lorax,
+        when: When::QaloraPooledOnGptq,
+        severity: Severity::Error,
+        why: "QALoRA's pooled lora_A [r, in/group] on a GPTQ base: LoRAX reads a plain LoRA (no use_qalora) and stacks lora_Aᵀ as the layer's [in, r] for its kernels, which a pooled [in/group, r] does not fit",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "03679f3", "lora.py:72-82 LoraConfig.load (no use_qalora); :145-186 LoraWeights.load (:185 lora_a.transpose(0, 1))"),
+    },
+    Rule {
         id: "lorax.init_weights",
         target: Target::Lorax,
         when: When::InitWeightsNot(super::serving::VLLM_INITS),
