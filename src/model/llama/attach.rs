@@ -128,7 +128,7 @@ impl<'c, T: Real> Model<'c, T> {
             // As in `lorakit merge`: a replaced tensor has no weighted form (PEFT's saved
             // `base_layer` copy is the base itself, which a weight does not scale).
             let base_copy = matches!(&f.data, crate::adapter::Data::Stored { key, .. } if key.contains(".base_layer."));
-            if weight != 1.0 && !base_copy {
+            if weight != 1.0 && !base_copy && adapter.format == Format::Peft {
                 return Err(err(format!(
                     "tensor `{}` (modules_to_save or trainable tokens) replaces the model's and has no weighted form; attach this adapter with --weight 1 (it is {weight})",
                     f.name

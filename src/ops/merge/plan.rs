@@ -306,7 +306,9 @@ impl MergePlan {
                 // A replaced tensor has no weighted form: `W0 + w·ΔW` is lorakit's formula for
                 // low-rank updates, and PEFT's `add_weighted_adapter` combines only those
                 // (`peft/tuners/lora/model.py:724-737` refuses modules_to_save it cannot combine).
-                if wa.weight != 1.0 {
+                // ComfyUI's `set_weight` is another peer's rule: a "set" patch copied whatever
+                // the strength (`comfy/lora.py`; tests/it/sweep15.rs), so PEFT folders only.
+                if wa.weight != 1.0 && a.format == crate::adapter::Format::Peft {
                     bail!(InputError::invalid(
                         &a.path,
                         format!(
