@@ -182,6 +182,10 @@ mod it {
     /// Session 16's merge-arithmetic findings: Conv1D weights quantized transposed (QLoRA,
     /// NF4/int8 GPT-2), 16-bit QLoRA and QDoRA rounding, PEFT's Embedding merge rounding.
     pub mod review16m;
+    /// Session 16's review findings on eval and check: trainable tokens on a tied base and on
+    /// lm_head, a weight on a replaced tensor, T5/BART's tied lm_head, PiSSA, the llama.cpp
+    /// converter's architectures, SEQ_CLS heads, QALoRA on GPTQ.
+    pub mod review16c;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

@@ -125,17 +125,40 @@ impl<'c, T: Real> Model<'c, T> {
         // Replacement tensors first (`modules_to_save`, PEFT's saved base embedding): they are
         // the base the adapter's modules apply to, as in `lorakit merge`.
         for (fi, f) in adapter.full_tensors.iter().enumerate() {
-            // Trainable-token rows overwrite rows of the input embedding (PEFT's `index_copy`).
+            // As in `lorakit merge`: a replaced tensor has no weighted form (PEFT's saved
+            // `base_layer` copy is the base itself, which a weight does not scale).
+            let base_copy = matches!(&f.data, crate::adapter::Data::Stored { key, .. } if key.contains(".base_layer."));
+            if weight != 1.0 && !base_copy && adapter.format == Format::Peft {
+                return Err(err(format!(
+                    "tensor `{}` (modules_to_save or trainable tokens) replaces the model's and has no weighted form; attach this adapter with --weight 1 (it is {weight})",
+                    f.name
+                )));
+            }
+            // Trainable-token rows overwrite rows of the input embedding or of `lm_head` (PEFT's
+            // `TrainableTokensLayer`, `index_copy` on an Embedding or a Linear's weight). On a
+            // tied base PEFT ties the embedding's token adapter to the output layer
+            // (`peft/tuners/trainable_tokens/model.py:55-95`, `inject_adapter` with
+            // `tied_adapter`), so the same rows land in `lm_head` too.
             if let (Some(_), Some(module)) = (&f.rows, tokens_module(&f.name)) {
-                if !matches!(self.find_module(adapter.format, module), Ok(Target::Embed)) {
+                let target = self.find_module(adapter.format, module);
+                let embed = matches!(target, Ok(Target::Embed));
+                let head = self.num_slots() - 1;
+                if !embed && target != Ok(Target::Linear(head)) {
                     return Err(err(format!(
-                        "tensor `{}`: trainable tokens apply to the input embedding here, not to `{module}`",
+                        "tensor `{}`: trainable tokens apply to the input embedding or `lm_head`, not to `{module}`",
                         f.name
                     )));
                 }
-                let (rows, cols) = (self.embed.rows, self.embed.cols);
-                let vals = adapter.full_values(fi, || Ok(self.embed.to_f32()))?;
-                self.embed = Matrix::owned(vals.to_vec(), rows, cols);
+                if embed {
+                    let (rows, cols) = (self.embed.rows, self.embed.cols);
+                    let vals = adapter.full_values(fi, || Ok(self.embed.to_f32()))?;
+                    self.embed = Matrix::owned(vals.to_vec(), rows, cols);
+                }
+                if !embed || self.tied {
+                    let (rows, cols) = (self.lm_head.w.rows, self.lm_head.w.cols);
+                    let vals = adapter.full_values(fi, || Ok(self.lm_head.w.to_f32()))?;
+                    self.lm_head.w = Matrix::owned(vals.to_vec(), rows, cols);
+                }
                 rep.tensors_replaced += 1;
                 continue;
             }

@@ -197,15 +197,17 @@ pub(super) fn base_facts(b: &Checkpoint) -> InputResult<BaseFacts> {
     f.model_type = get("model_type")
         .and_then(|x| x.as_str())
         .map(str::to_owned);
-    f.architectures = v
-        .get("architectures")
-        .and_then(|x| x.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = |x: Option<&serde_json::Value>| -> Vec<String> {
+        x.and_then(|x| x.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    f.architectures = names(v.get("architectures"));
+    f.text_architectures = names(v.get("text_config").and_then(|t| t.get("architectures")));
     f.vocab_size = get("vocab_size")
         .and_then(|x| x.as_u64())
         .map(|x| x as usize);

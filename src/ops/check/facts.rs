@@ -520,6 +520,20 @@ impl<'a> Facts<'a> {
                 }
                 Some(_) => vec![],
             },
+            When::QaloraPooledOnGptq => match (&self.resolution, &self.plan.base) {
+                (Some(r), Some(b)) => qalora::pooled_on_gptq(a, b, r),
+                _ => return Evaluated::NeedsBase,
+            },
+            When::BaseArchitectureNot(known) => match &self.plan.base_facts {
+                None => return Evaluated::NeedsBase,
+                Some(b) => b
+                    .text_architectures
+                    .first()
+                    .or(b.architectures.first())
+                    .filter(|arch| !known.contains(&arch.as_str()))
+                    .map(|arch| vec![format!("{arch} (the base's architecture)")])
+                    .unwrap_or_default(),
+            },
             When::TiedLmHead { unless } => match &self.plan.base_facts {
                 None => return Evaluated::NeedsBase,
                 Some(b) if b.model_type.as_deref().is_some_and(|t| unless.contains(&t)) => vec![],
@@ -605,6 +619,23 @@ impl<'a> Facts<'a> {
         {
             return true;
         }
+        // The task head PEFT's task model creates and loads from the adapter even where the
+        // base checkpoint (a causal LM a reward model was trained from) has none: peft 0.21.2
+        // `peft_model.py:1830` (SEQ_CLS), `:2680` (TOKEN_CLS), `:2915` (QUESTION_ANS).
+        let task_heads: &[&str] = match self.cfg_str("task_type") {
+            Some("SEQ_CLS" | "TOKEN_CLS") => &["classifier", "score"],
+            Some("QUESTION_ANS") => &["qa_outputs"],
+            _ => &[],
+        };
+        let module = name
+            .strip_suffix(".weight")
+            .or_else(|| name.strip_suffix(".bias"))
+            .unwrap_or(name);
+        if task_heads.contains(&last_component(module))
+            && a.full_tensors.iter().any(|f| f.name == name)
+        {
+            return true;
+        }
         let tied = self
             .plan
             .base_facts
@@ -614,8 +645,14 @@ impl<'a> Facts<'a> {
         // The input embedding by any of the names PEFT's `_get_input_embeddings_name` meets
         // (GPT-2's `transformer.wte`, GPT-NeoX's `gpt_neox.embed_in`): a tied GPT-2 with
         // `modules_to_save=["lm_head"]` loads whole in PEFT (sweep7, PEFT seed 32 case 49).
-        const INPUT_EMBEDDINGS: [&str; 3] =
-            ["embed_tokens.weight", "wte.weight", "embed_in.weight"];
+        // T5's `shared.weight` and BART/mBART/Pegasus/Marian's `model.shared.weight` too: PEFT
+        // wraps their `lm_head` over that Parameter (`_tied_weights_keys`).
+        const INPUT_EMBEDDINGS: [&str; 4] = [
+            "embed_tokens.weight",
+            "wte.weight",
+            "embed_in.weight",
+            "shared.weight",
+        ];
         tied && last_component(head) == "lm_head"
             && self.plan.base.as_ref().is_some_and(|b| {
                 b.names()

@@ -228,6 +228,16 @@ pub fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult<FixRep
         }
     }
     let rank = adapter.modules.iter().map(|m| m.rank).max().unwrap_or(1);
+    // PiSSA/OLoRA/KaSA: PEFT rebuilds the residual base from the saved ranks and scales
+    // (PiSSA removes the top-r singular triplets), so padding a rank or folding a scale
+    // changes what PEFT subtracts (rev16b F10: 0.07 off the original's merge).
+    if adapter
+        .modules
+        .iter()
+        .any(|m| adapter.residual_of(m).is_some() && (m.rank != rank || m.scale != 1.0))
+    {
+        adapter.check_plain_base("padding ranks or folding scales (check --fix)")?;
+    }
     let mut padded = Vec::new();
     let mut folded = 0usize;
     for m in adapter.modules.iter_mut() {

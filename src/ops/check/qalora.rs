@@ -130,3 +130,40 @@ pub(super) fn refused_variants(
     }
     out
 }
+
+/// The modules of `r` (a [`resolve`] result) that sit pooled on GPTQ weights: QALoRA's
+/// `lora_A` [r, in/group], which only PEFT's QALoRA variant reads. Loaders that read a plain
+/// LoRA (SGLang, LoRAX) copy it into [r, in] buffers and fail.
+pub(super) fn pooled_on_gptq(
+    a: &crate::adapter::Adapter,
+    base: &crate::io::Checkpoint,
+    r: &mapping::Resolution,
+) -> Vec<String> {
+    use crate::io::quant::{gptq::Layout, Scheme};
+    let Some(g) = a
+        .config
+        .as_ref()
+        .and_then(crate::adapter::formats::peft::qalora_group_size)
+        .filter(|&g| g > 0)
+    else {
+        return Vec::new();
+    };
+    let Ok(quant) = crate::io::quant::QuantMap::scan(base) else {
+        return Vec::new();
+    };
+    r.modules
+        .iter()
+        .filter(|p| {
+            quant
+                .get(&p.weight)
+                .is_some_and(|q| matches!(&q.scheme, Scheme::Gptq(p) if p.layout != Layout::Awq))
+        })
+        .map(|p| {
+            let m = &a.modules[p.module];
+            format!(
+                "{} (lora_A [{}, {}]: inputs pooled by qalora_group_size {g})",
+                m.name, m.rank, m.in_features
+            )
+        })
+        .collect()
+}

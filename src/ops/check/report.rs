@@ -17,6 +17,9 @@ pub struct BaseFacts {
     pub path: String,
     pub model_type: Option<String>,
     pub architectures: Vec<String>,
+    /// `text_config.architectures` of a multimodal config (empty when absent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub text_architectures: Vec<String>,
     pub vocab_size: Option<usize>,
     pub num_hidden_layers: Option<usize>,
     pub tie_word_embeddings: bool,

@@ -25,6 +25,7 @@ pub use super::when::{ScaleRule, Severity, Supported, When};
 pub(crate) use rule::LLAMA_LINEAR;
 pub use rule::{Rule, Source};
 
+mod llamacpp_archs;
 mod others;
 mod rule;
 mod serving;

@@ -219,6 +219,11 @@ pub enum When {
     /// unless the base's `model_type` is one of these (whose converter drops `lm_head` before
     /// it could refuse it: [`When::LmHeadOn`]).
     TiedLmHead { unless: &'static [&'static str] },
+    /// With `--base`: the architecture a converter reads (`text_config.architectures[0]`, else
+    /// `architectures[0]`, as llama.cpp's `get_model_architecture`) is none of these.
+    BaseArchitectureNot(&'static [&'static str]),
+    /// With `--base`: QALoRA modules placed pooled on GPTQ weights (`lora_A` [r, in/group]).
+    QaloraPooledOnGptq,
     /// With `--base`: `lm_head` modules and full tensors (modules_to_save) when the base's
     /// `model_type` is one of these.
     LmHeadOn(&'static [&'static str]),

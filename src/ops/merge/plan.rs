@@ -325,6 +325,20 @@ impl MergePlan {
                         }
                     }
                 }
+                // A replaced tensor has no weighted form: `W0 + w·ΔW` is lorakit's formula for
+                // low-rank updates, and PEFT's `add_weighted_adapter` combines only those
+                // (`peft/tuners/lora/model.py:724-737` refuses modules_to_save it cannot combine).
+                // ComfyUI's `set_weight` is another peer's rule: a "set" patch copied whatever
+                // the strength (`comfy/lora.py`; tests/it/sweep15.rs), so PEFT folders only.
+                if wa.weight != 1.0 && a.format == crate::adapter::Format::Peft {
+                    bail!(InputError::invalid(
+                        &a.path,
+                        format!(
+                            "tensor `{}` (modules_to_save or trainable tokens) replaces base tensor `{name}` and has no weighted form; merge this adapter with --weight 1 (it is {})",
+                            a.full_tensors[*fi].name, wa.weight
+                        )
+                    ));
+                }
                 if actions
                     .insert(name.clone(), Action::Replace(ai, *fi))
                     .is_some()
@@ -401,6 +415,9 @@ impl MergePlan {
                         format!("{expected} (quantized as lorakit cannot read: {})", e.kind);
                 }
             }
+        }
+        if !options.allow_unmatched {
+            super::qalora::refuse_pooled(&adapters, &unmatched, &quant)?;
         }
         if !unmatched.is_empty() && !options.allow_unmatched {
             let widenable = super::widen::widenable(&unmatched, &quant, &options);

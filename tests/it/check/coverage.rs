@@ -309,6 +309,11 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("sweep15/lokr_tucker.safetensors", None),
     ("sweep15/dora_out.safetensors", None),
     ("sweep15/oft_rescale.safetensors", None),
+    // fixtures/gen/review16_check.py (tests/it/review16c.rs): sglang/lorax.init_weights (PiSSA),
+    // llama.cpp.architecture (an OPT base); sglang/lorax.qalora (PEFT's pooled QALoRA on GPTQ).
+    ("review16/check/pissa", None),
+    ("review16/check/opt_lora", Some("review16/check/opt")),
+    ("fix13/qalora_pooled/adapter", Some("quant/gptq4_v1")),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the

@@ -136,6 +136,22 @@ pub(super) const RULES: &[Rule] = &[
         source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:184 LoraWeights.load → get_scaling_factor(config.lora_alpha, config.r) (:399)"),
     },
     Rule {
+        id: "lorax.qalora",
+        target: Target::Lorax,
+        when: When::QaloraPooledOnGptq,
+        severity: Severity::Error,
+        why: "QALoRA's pooled lora_A [r, in/group] on a GPTQ base: LoRAX reads a plain LoRA (no use_qalora) and stacks lora_Aᵀ as the layer's [in, r] for its kernels, which a pooled [in/group, r] does not fit",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "03679f3", "lora.py:72-82 LoraConfig.load (no use_qalora); :145-186 LoraWeights.load (:185 lora_a.transpose(0, 1))"),
+    },
+    Rule {
+        id: "lorax.init_weights",
+        target: Target::Lorax,
+        when: When::InitWeightsNot(super::serving::VLLM_INITS),
+        severity: Severity::Silent,
+        why: "PiSSA, OLoRA, CorDA and LoftQ factors belong on the residual base PEFT makes when it loads them; LoRAX adds s·B·A to the original base (init_lora_weights is not read), so the effect differs",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "03679f3", "lora.py:72-82 LoraConfig.load (base_model_name_or_path, r, target_modules, fan_in_fan_out, lora_alpha, use_rslora; no init_lora_weights)"),
+    },
+    Rule {
         id: "lorax.dtype",
         target: Target::Lorax,
         when: When::DtypeDiffersFromBase,
@@ -199,6 +215,14 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Error,
         why: "trainable-token rows are \"Not a lora_A or lora_B tensor\": the converter exits 1 (only lora_A/B, lora_embedding_A/B, saved base layers and norms are accepted); `lorakit merge --base MODEL.gguf` writes the rows into the GGUF model instead",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1))"),
+    },
+    Rule {
+        id: "llama.cpp.architecture",
+        target: Target::LlamaCpp,
+        when: When::BaseArchitectureNot(super::llamacpp_archs::CONVERTED),
+        severity: Severity::Error,
+        why: "\"Model … is not supported\": the converter looks the base's architecture up among the models it converts (TEXT_MODEL_MAP) and exits 1 for any other",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:398-405 (get_model_architecture, get_model_class → sys.exit(1)); conversion/__init__.py:19-289 TEXT_MODEL_MAP, :391-399 get_model_class; conversion/base.py:2878-2901 get_model_architecture (text_config.architectures first)"),
     },
     Rule {
         id: "llama.cpp.tied_lm_head",

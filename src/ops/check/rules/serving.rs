@@ -295,6 +295,22 @@ pub(super) const RULES: &[Rule] = &[
         source: src(SGLANG, "python/sglang/srt/lora/lora.py", S, "lora.py:71 self.scaling = lora_alpha / r; lora_config.py:42-45 (r, lora_alpha, target_modules, use_dora read)"),
     },
     Rule {
+        id: "sglang.qalora",
+        target: Target::Sglang,
+        when: When::QaloraPooledOnGptq,
+        severity: Severity::Error,
+        why: "QALoRA's pooled lora_A [r, in/group] on a GPTQ base: SGLang reads a plain LoRA (no use_qalora) and copies lora_A into an [r, in] buffer, which fails on the size",
+        source: src(SGLANG, "python/sglang/srt/lora/lora_config.py", "0ceb81f", "lora_config.py:47-60 LoRAConfig.__init__ (no use_qalora); mem_pool.py load_lora_weight_to_buffer (buffer_view.copy_ of an [r, in] slot)"),
+    },
+    Rule {
+        id: "sglang.init_weights",
+        target: Target::Sglang,
+        when: When::InitWeightsNot(VLLM_INITS),
+        severity: Severity::Silent,
+        why: "PiSSA, OLoRA, CorDA and LoftQ factors belong on the residual base PEFT makes when it loads them; SGLang adds s·B·A to the original base (init_lora_weights is not read), so the effect differs",
+        source: src(SGLANG, "python/sglang/srt/lora/lora_config.py", "0ceb81f", "lora_config.py:47-60 LoRAConfig.__init__ (reads target_modules, r, lora_alpha, rank_pattern, alpha_pattern, use_dora; no init_lora_weights)"),
+    },
+    Rule {
         id: "sglang.lora_bias",
         target: Target::Sglang,
         when: When::LoraBias,
