@@ -170,22 +170,22 @@ mod it {
     /// Session 15's review findings: ACE-Step 1.5 on ComfyUI's layout, a TinyLoRA embedding
     /// written as a LoRA embedding, FRoD on another base, the LoKr layout rule on a Conv2d.
     pub mod review15;
-    /// Session 16's diffusion-conversion findings: diffusers-saved LoRAs to kohya names, rsLoRA kept
-    /// by every convert, sd-scripts' SDXL names on a diffusers UNet, `--to peft` without a base.
-    pub mod review16d;
-    /// Session 16's quantized-base review findings: compressed-tensors act-order g_idx, int8
-    /// (`int-quantized`, `naive-quantized`) and `dense` checkpoints, `check` on quantized bases.
-    pub mod review16q;
-    /// Session 16's PEFT-name and check findings: check without a base on non-Llama causal LMs,
-    /// adapters under transformers 5's load-time names.
-    pub mod review16p;
-    /// Session 16's merge-arithmetic findings: Conv1D weights quantized transposed (QLoRA,
-    /// NF4/int8 GPT-2), 16-bit QLoRA and QDoRA rounding, PEFT's Embedding merge rounding.
-    pub mod review16m;
     /// Session 16's review findings on eval and check: trainable tokens on a tied base and on
     /// lm_head, a weight on a replaced tensor, T5/BART's tied lm_head, PiSSA, the llama.cpp
     /// converter's architectures, SEQ_CLS heads, QALoRA on GPTQ.
     pub mod review16c;
+    /// Session 16's diffusion-conversion findings: diffusers-saved LoRAs to kohya names, rsLoRA kept
+    /// by every convert, sd-scripts' SDXL names on a diffusers UNet, `--to peft` without a base.
+    pub mod review16d;
+    /// Session 16's merge-arithmetic findings: Conv1D weights quantized transposed (QLoRA,
+    /// NF4/int8 GPT-2), 16-bit QLoRA and QDoRA rounding, PEFT's Embedding merge rounding.
+    pub mod review16m;
+    /// Session 16's PEFT-name and check findings: check without a base on non-Llama causal LMs,
+    /// adapters under transformers 5's load-time names.
+    pub mod review16p;
+    /// Session 16's quantized-base review findings: compressed-tensors act-order g_idx, int8
+    /// (`int-quantized`, `naive-quantized`) and `dense` checkpoints, `check` on quantized bases.
+    pub mod review16q;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).
