@@ -6,8 +6,6 @@
 //   for each term t:
 //     acc = 0;  for k ascending: acc = acc + (b[i, k]·a[k, j])   -- product rounded, then added
 //     δ   = scaleₜ·acc
-//     δ   = round(δ, dtₜ)              (plain term with a δ dtype: F16/BF16 round to nearest even,
-//                                       an embedding's ΔW as PEFT's Embedding.merge casts it)
 //     w   = w + δ                      (plain term)
 //     w   = fₜ·(w + δ)                 (DoRA term; fₜ = m/‖W0 + δₜ‖ of the row or column,
 //                                       computed on the host in f32 from the f64 norm)
@@ -41,8 +39,7 @@
 //   4 storage read         a       array<vec4<f32>>  r_total × stride: the terms' A stacked
 //   5 storage read         terms   array<u32>  TERM_WORDS per term: rank, column offset in b
 //                                  (= row offset in a), scale (f32 bits), DoRA kind (0 none,
-//                                  1 per row, 2 per column), offset of its factors, δ dtype
-//                                  (DT_F32: none; DT_F16/DT_BF16: δ rounded to it), 2 unused
+//                                  1 per row, 2 per column), offset of its factors, 3 unused
 //   6 storage read         factors array<f32>  DoRA factors fₜ for this tile's rows or columns
 //   7 storage read_write   flags   array<atomic<u32>>  [0] = smallest tile-linear index
 //                                  i·cols + j whose result is NaN/Inf (host sets 0xffffffff)
@@ -158,7 +155,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let off = terms[base + 1u];
         let scale = bitcast<f32>(terms[base + 2u]);
         let kind = terms[base + 3u];
-        let delta_dt = terms[base + 5u];
         let z = bitcast<f32>(P.zero);
         var acc: array<array<f32, 8>, 2>;
         for (var r = 0u; r < RPT; r++) {
@@ -209,11 +205,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var r = 0u; r < RPT; r++) {
             let row = tile_r0 + lrow + r;
             for (var c = 0u; c < VEC; c++) {
-                var d = guard(scale * acc[r][c]);
+                let d = guard(scale * acc[r][c]);
                 if (kind == DORA_NONE) {
-                    if (delta_dt != DT_F32) {
-                        d = decode_raw(encode16(d, delta_dt), delta_dt);
-                    }
                     w[r][c] = w[r][c] + d;
                 } else {
                     var fi = col0 + c;

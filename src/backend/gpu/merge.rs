@@ -27,16 +27,17 @@ use std::num::NonZeroU64;
 use std::sync::mpsc;
 
 /// Whether the kernel covers `job`: 16/32-bit float tensors, low-rank terms, DoRA that replaces
-/// the weight (strength 1). Dense terms (LoHa, LoKr, full modules) and ComfyUI's blended DoRA
-/// are merged by the CPU backend.
+/// the weight (strength 1). Dense terms (LoHa, LoKr, full modules), ComfyUI's blended DoRA and
+/// terms whose δ is rounded before the add (a PEFT embedding on a 16-bit weight, `delta_dtype`)
+/// are merged by the CPU backend: the rounding in the kernel made lavapipe's streamed merge hold
+/// memory growing with the tensor (`it::gpu::stream`'s peak-RSS bound), for a rare layer.
 pub fn merge_supports(job: &MergeJob) -> bool {
     use crate::dtype::Dtype;
     job.in_dtype != Dtype::F64
         && job.out_dtype != Dtype::F64
-        && job
-            .terms
-            .iter()
-            .all(|t| t.dense.is_none() && t.dora.is_none_or(|d| d.strength == 1.0))
+        && job.terms.iter().all(|t| {
+            t.dense.is_none() && t.dora.is_none_or(|d| d.strength == 1.0) && t.delta_dtype.is_none()
+        })
 }
 
 /// Merges low-rank terms into one tensor on the GPU: same contract and same bits as
@@ -394,11 +395,6 @@ fn submit(
         row[0] = term.rank as u32;
         row[1] = off as u32;
         row[2] = term.scale.to_bits();
-        // δ rounded to a 16-bit dtype before the add (an embedding's, as PEFT merges it).
-        row[5] = match term.delta_dtype {
-            Some(d) if term.dora.is_none() => dtype_code(d)?,
-            _ => 0,
-        };
         if let Some((axis, f)) = &s.factors[ti] {
             row[3] = if *axis == NormAxis::Rows { 1 } else { 2 };
             row[4] = fac.len() as u32;
