@@ -193,6 +193,13 @@ fn malformed_gptq_awq_checkpoints_are_one_line_errors_and_write_nothing() {
             "input channel 1 is in group 2".into(),
         ),
         (
+            // rev16a F10: 63 channels left 8 rows of 4-bit codes holding 64; the last code was
+            // dropped and a [64, 63] weight written.
+            "g_idx one entry short",
+            cut_to(dir.path(), "gptq4_v1", &format!("{p}.g_idx"), &[63]),
+            "gives 63 input channels, but 8 rows of 32 bits hold 64 4-bit codes".into(),
+        ),
+        (
             "act-order without g_idx",
             without(dir.path(), "gptq3_act", &format!("{p}.g_idx")),
             "without `model.layers.0.self_attn.q_proj.g_idx`".into(),

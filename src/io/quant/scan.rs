@@ -660,6 +660,19 @@ impl QuantMap {
                 ),
             );
         }
+        // gptqmodel builds `qweight` as [in_features // pack_factor, out] (`TorchQuantLinear`),
+        // so a g_idx whose length is not a whole number of words of codes (one entry short, say)
+        // describes a layer no producer writes: the last word's codes would be dropped.
+        if !awq && bits != 3 && !(inf * bits as usize).is_multiple_of(32) {
+            return shape_err(
+                &gname,
+                format!(
+                    "gives {inf} input channels, but {} rows of 32 bits hold {} {bits}-bit codes",
+                    qw.shape[0],
+                    qw.shape[0] * 32 / bits as usize
+                ),
+            );
+        }
         if !awq && bits == 3 && (!inf.is_multiple_of(32) || !outf.is_multiple_of(32)) {
             return shape_err(
                 qname,
