@@ -37,22 +37,38 @@ fn check_without_base_judges_only_llama_names_by_the_llama_list() {
 fn adapters_under_transformers_load_names_merge_as_peft() {
     let tmp = tempfile::tempdir().unwrap();
     for case in ["llava", "vit", "cliptext_hub"] {
-        let dir = fixture(&format!("review16/peft/{case}"));
-        let (base, adapter) = (dir.join("base"), dir.join("adapter"));
-        let out = tmp.path().join(case);
-        run_ok(merge_args(
-            &base,
-            &adapter,
-            &out,
-            &["--device", "cpu", "--quiet"],
-        ));
-        let want = dir.join("merged.safetensors");
-        assert_eq!(assert_merged_matches(&out, &base, &want, 1e-6), 2, "{case}");
-        let (code, report) = check_json(&adapter, &["--target", "peft", "--base", s(&base)]);
-        let peft = target(&report, "peft");
-        assert_eq!(super::check::outcome(peft), "loads", "{case}: {report}");
+        let (code, report) = merges_as_peft_and_loads(tmp.path(), case, 2);
         assert_eq!(code, 0, "{case}: {report}");
     }
+}
+
+/// Fixture `review16/peft/{case}` merged into `tmp`: `changed` tensors equal PEFT's
+/// merge_and_unload (`merged.safetensors`) within 1e-6, and `check --target peft --base` says
+/// PEFT loads it. Returns check's exit code and report.
+fn merges_as_peft_and_loads(
+    tmp: &std::path::Path,
+    case: &str,
+    changed: usize,
+) -> (i32, serde_json::Value) {
+    let dir = fixture(&format!("review16/peft/{case}"));
+    let (base, adapter) = (dir.join("base"), dir.join("adapter"));
+    let out = tmp.join(case);
+    run_ok(merge_args(
+        &base,
+        &adapter,
+        &out,
+        &["--device", "cpu", "--quiet"],
+    ));
+    let want = dir.join("merged.safetensors");
+    assert_eq!(
+        assert_merged_matches(&out, &base, &want, 1e-6),
+        changed,
+        "{case}"
+    );
+    let (code, report) = check_json(&adapter, &["--target", "peft", "--base", s(&base)]);
+    let peft = target(&report, "peft");
+    assert_eq!(super::check::outcome(peft), "loads", "{case}: {report}");
+    (code, report)
 }
 
 /// Adapters trained after `resize_token_embeddings` (32 -> 36 here), for which PEFT also saves
@@ -66,24 +82,7 @@ fn adapters_under_transformers_load_names_merge_as_peft() {
 fn embedding_layers_saved_for_a_resized_vocabulary_merge_as_peft() {
     let tmp = tempfile::tempdir().unwrap();
     for (case, changed) in [("resized_tokens", 2), ("resized_mts", 3)] {
-        let dir = fixture(&format!("review16/peft/{case}"));
-        let (base, adapter) = (dir.join("base"), dir.join("adapter"));
-        let out = tmp.path().join(case);
-        run_ok(merge_args(
-            &base,
-            &adapter,
-            &out,
-            &["--device", "cpu", "--quiet"],
-        ));
-        let want = dir.join("merged.safetensors");
-        assert_eq!(
-            assert_merged_matches(&out, &base, &want, 1e-6),
-            changed,
-            "{case}"
-        );
-        let (_, report) = check_json(&adapter, &["--target", "peft", "--base", s(&base)]);
-        let peft = target(&report, "peft");
-        assert_eq!(super::check::outcome(peft), "loads", "{case}: {report}");
+        merges_as_peft_and_loads(tmp.path(), case, changed);
     }
 }
 
