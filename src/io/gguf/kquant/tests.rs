@@ -363,14 +363,15 @@ fn avx2_searches_equal_the_scalar_transcription_bit_for_bit() {
     }
 }
 
-/// The float rounding of `avx2` and `avx512` (`min(max(p + M, M), M + nmax) - M`) equals ggml's bit
+/// The float roundings of `avx2` and `avx512` (`min(max(p + M, M), M + nmax) - M`, and
+/// `min(max(round(p), 0), nmax)`) equal ggml's bit
 /// arithmetic (`nearest_int(p).clamp(0, nmax)`, the scalar transcription's) for every `p` within
 /// its bound: the bound itself, ties at `k + 0.5` (to even), the last floats below integers,
 /// signed zeros, and a sweep; and the bound is needed: past `2²² - 1` the two part.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_float_rounding_equals_nearest_int_within_its_bound() {
-    use super::avx2::{level_fast_exact, FAST_BOUND};
+    use super::avx2::{level_fast0_exact, level_fast_exact, FAST_BOUND};
     use super::avx512;
     if crate::backend::simd::detected() < Level::Avx2 {
         eprintln!("no AVX2 on this CPU: avx2's rounding not tested");
@@ -430,6 +431,11 @@ fn avx2_float_rounding_equals_nearest_int_within_its_bound() {
                 // SAFETY: the CPU has AVX2 (checked above).
                 let (fast, exact) = unsafe { level_fast_exact(h, lo, hi) };
                 check(&h, &fast, &exact, lo, hi);
+                if lo == 0 {
+                    // SAFETY: as above.
+                    let (fast, exact) = unsafe { level_fast0_exact(h, hi) };
+                    check(&h, &fast, &exact, lo, hi);
+                }
             }
             // `avx512`'s rounding serves `lo = 0` only: below, a `-0` survives the clamp.
             if wide && lo == 0 {
