@@ -204,4 +204,6 @@ mod it {
     pub mod sweep8;
     /// What the sweeps with seeds 51/52 and wider draws found (fixtures/sweep9).
     pub mod sweep9;
+    /// PyTorch `torch.save` archives (`adapter_model.bin`) read as adapters.
+    pub mod torch_bin;
 }

@@ -90,6 +90,11 @@ impl Checkpoint {
             }
             return Self::open_sharded(path, name);
         }
+        if singles.is_empty() {
+            if let Some(c) = Self::open_torch_folder(path)? {
+                return Ok(c);
+            }
+        }
         let pick = SINGLE_NAMES
             .iter()
             .find(|n| singles.iter().any(|s| s == *n))
@@ -116,6 +121,37 @@ impl Checkpoint {
                 ),
             )),
         }
+    }
+
+    /// A folder saved with `safe_serialization=False` (transformers' `pytorch_model.bin`, its
+    /// sharded `pytorch_model.bin.index.json`, diffusers' `diffusion_pytorch_model.bin`): the
+    /// `torch.save` archives read through [`crate::io::torch`]. The layout names what a merge
+    /// writes, safetensors under the names transformers/diffusers give them
+    /// (`model.safetensors`, `diffusion_pytorch_model.safetensors`; shards renamed by the merge).
+    fn open_torch_folder(path: &Path) -> InputResult<Option<Self>> {
+        for stem in ["pytorch_model", "diffusion_pytorch_model"] {
+            let index = format!("{stem}.bin.index.json");
+            if path.join(&index).is_file() {
+                return Self::open_sharded(path, &index).map(Some);
+            }
+            let single = format!("{stem}.bin");
+            if path.join(&single).is_file() {
+                let f = SafetensorsFile::open(path.join(&single))?;
+                let out = if stem == "pytorch_model" {
+                    "model"
+                } else {
+                    stem
+                };
+                return Ok(Some(Self::from_single(
+                    path.to_path_buf(),
+                    Layout::Folder {
+                        file_name: format!("{out}.safetensors"),
+                    },
+                    f,
+                )));
+            }
+        }
+        Ok(None)
     }
 
     fn from_single(root: PathBuf, layout: Layout, f: SafetensorsFile) -> Self {

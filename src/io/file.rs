@@ -1,4 +1,5 @@
-//! One `.safetensors` file: its validated header, read with two small reads, and its data
+//! One `.safetensors` file (or a `torch.save` archive, whose pickle [`crate::io::torch`] turns
+//! into the same header): its validated header, read with two small reads, and its data
 //! memory-mapped on first use.
 //!
 //! Opening a file costs what its header costs; the mapping is created only when a tensor's bytes
@@ -78,6 +79,18 @@ impl SafetensorsFile {
         let file_len = meta.len();
         let mut prefix = [0u8; 8];
         let got = read_up_to(&mut file, &mut prefix).map_err(|e| InputError::io(path, e))?;
+        if prefix[..got].starts_with(b"PK\x03\x04") {
+            // A `torch.save` archive (`adapter_model.bin`, `.pt`): the same header, built from
+            // its pickle (`io::torch`).
+            let header = crate::io::torch::header(&file, file_len)
+                .map_err(|e| InputError::invalid(path, format!("PyTorch checkpoint: {e}")))?;
+            return Ok(SafetensorsFile {
+                path: path.to_path_buf(),
+                file,
+                header,
+                map: OnceLock::new(),
+            });
+        }
         let n = header::header_len(&prefix[..got], file_len).map_err(|e| {
             match foreign_format(&prefix[..got]) {
                 Some(what) => InputError::new(path, what),
@@ -255,10 +268,8 @@ fn foreign_format(head: &[u8]) -> Option<InputErrorKind> {
             })
             .into(),
         );
-    } else if head.starts_with(b"PK\x03\x04") {
-        "is a PyTorch checkpoint (a zip archive of pickles: .bin/.pt), not safetensors; convert it to safetensors first (transformers: save_pretrained(..., safe_serialization=True))"
     } else if head.first() == Some(&0x80) && head.get(1).is_some_and(|v| (2..=5).contains(v)) {
-        "is a Python pickle (a legacy PyTorch .bin/.pt/.ckpt), not safetensors; convert it to safetensors first"
+        "is a bare Python pickle (PyTorch's legacy pre-1.6 .bin/.pt/.ckpt format), not safetensors or a torch.save zip archive; load and re-save it with a current torch, or convert it to safetensors"
     } else if head.starts_with(b"\x93NUMPY") {
         "is a NumPy .npy file, not safetensors"
     } else if head.starts_with(b"\x89HDF") {

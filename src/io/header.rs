@@ -53,6 +53,31 @@ pub struct Header {
 }
 
 impl Header {
+    /// A header from a tensor table read elsewhere (a `torch.save` archive,
+    /// [`crate::io::torch`]), sorted by offset as a parsed one is; its tensors may share bytes
+    /// (views of one storage). The caller has checked every range against the file and that
+    /// names are unique.
+    pub(crate) fn from_tensors(
+        metadata: Vec<(String, String)>,
+        mut tensors: Vec<TensorInfo>,
+        data_start: u64,
+        data_len: u64,
+    ) -> Header {
+        tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
+        let by_name = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Header {
+            metadata,
+            tensors,
+            data_start,
+            data_len,
+            by_name,
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod mapped;
 pub mod memory;
 pub mod quant;
+pub mod torch;
 pub mod writer;
 
 pub use checkpoint::Checkpoint;

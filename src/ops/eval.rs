@@ -238,6 +238,7 @@ fn check_logits_output(o: &EvalOptions, ck: &Checkpoint) -> Result<()> {
             inputs.push(p.clone());
             if p.is_dir() {
                 inputs.push(p.join(crate::adapter::formats::peft::WEIGHTS_NAME));
+                inputs.push(p.join(crate::adapter::formats::peft::PICKLE_WEIGHTS_NAME));
                 inputs.push(p.join(crate::adapter::formats::peft::CONFIG_NAME));
             }
         }

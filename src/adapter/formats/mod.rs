@@ -51,7 +51,7 @@ impl std::fmt::Display for Format {
 pub fn open(path: &Path) -> InputResult<Adapter> {
     let meta = std::fs::metadata(path).map_err(|e| InputError::io(path, e))?;
     let (file_path, config_path) = if meta.is_dir() {
-        let f = path.join(peft::WEIGHTS_NAME);
+        let mut f = path.join(peft::WEIGHTS_NAME);
         let m = path.join(mlx::WEIGHTS_NAME);
         if !f.exists() && m.exists() {
             return mlx::read(
@@ -60,13 +60,12 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
                 &path.join(peft::CONFIG_NAME),
             );
         }
+        // PEFT's `safe_serialization=False` (its default before 0.6): the same state dict
+        // through `torch.save` (`io::torch`).
+        if !f.exists() && path.join(peft::PICKLE_WEIGHTS_NAME).exists() {
+            f = path.join(peft::PICKLE_WEIGHTS_NAME);
+        }
         if !f.exists() {
-            if path.join("adapter_model.bin").exists() {
-                return Err(InputError::invalid(
-                    path,
-                    "adapter_model.bin (pickle) is not supported; save the adapter with safe_serialization=True",
-                ));
-            }
             return Err(InputError::invalid(
                 path,
                 format!("no {} in this folder", peft::WEIGHTS_NAME),

@@ -169,6 +169,9 @@ impl InspectPlan {
 pub fn is_adapter(path: &Path) -> bool {
     if path.is_dir() {
         return path.join(adapter::formats::peft::WEIGHTS_NAME).exists()
+            || path
+                .join(adapter::formats::peft::PICKLE_WEIGHTS_NAME)
+                .exists()
             || path.join(adapter::formats::mlx::WEIGHTS_NAME).exists();
     }
     match crate::io::SafetensorsFile::open(path) {

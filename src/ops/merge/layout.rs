@@ -102,6 +102,7 @@ pub(super) fn shard_stem(base: &Checkpoint) -> &'static str {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
+    let name = safetensors_name(&name);
     if name.split('.').next() == Some(DIFFUSERS) && name.contains(".safetensors") {
         DIFFUSERS
     } else {
@@ -166,8 +167,9 @@ pub(super) fn extra_files(base: &Checkpoint, out: &Path) -> Result<Vec<(PathBuf,
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name().to_string_lossy().into_owned();
-            let is_weight =
-                name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json");
+            let is_weight = name.ends_with(".safetensors")
+                || name.ends_with(".safetensors.index.json")
+                || name.ends_with(".bin.index.json");
             let is_pickle = [".bin", ".pt", ".pth", ".ckpt", ".gguf"]
                 .iter()
                 .any(|x| name.ends_with(x));
@@ -189,4 +191,26 @@ pub(super) fn extra_files(base: &Checkpoint, out: &Path) -> Result<Vec<(PathBuf,
     let mut v = Vec::new();
     walk(base.folder(), out, 0, &mut v)?;
     Ok(v)
+}
+
+/// The name a merged shard is written under: the base shard's own, except that a `torch.save`
+/// shard (`pytorch_model-00001-of-00002.bin`, read through `io::torch`) becomes the safetensors
+/// shard transformers names it (`model-00001-of-00002.safetensors`; diffusers'
+/// `diffusion_pytorch_model-…` keeps its stem), and its index likewise
+/// (`pytorch_model.bin.index.json` → `model.safetensors.index.json`).
+pub(super) fn safetensors_name(name: &str) -> String {
+    let renamed = |stem: &str| {
+        if stem.starts_with("pytorch_model") {
+            stem.replacen("pytorch_model", "model", 1)
+        } else {
+            stem.to_owned()
+        }
+    };
+    if let Some(stem) = name.strip_suffix(".bin.index.json") {
+        format!("{}.safetensors.index.json", renamed(stem))
+    } else if let Some(stem) = name.strip_suffix(".bin") {
+        format!("{}.safetensors", renamed(stem))
+    } else {
+        name.to_owned()
+    }
 }

@@ -2,7 +2,7 @@
 //! unmatched modules decided, the output files laid out and checked against the inputs.
 //! Must not write anything (the plan is also what `--dry-run` and recipes print).
 
-use super::layout::{extra_files, shard_groups, shard_stem, MODELOPT_CONFIG};
+use super::layout::{extra_files, safetensors_name, shard_groups, shard_stem, MODELOPT_CONFIG};
 use super::model::*;
 use crate::adapter::formats::peft::params;
 use crate::adapter::formats::peft::BaseResidual;
@@ -607,7 +607,7 @@ impl MergePlan {
                         for (s, tensors) in base.shards.iter().zip(by_shard) {
                             let fname = s.path().file_name().expect("shard name");
                             files.push(OutFile {
-                                path: out.join(fname),
+                                path: out.join(safetensors_name(&fname.to_string_lossy())),
                                 tensors,
                             });
                         }
@@ -616,7 +616,7 @@ impl MergePlan {
                 }
                 let index = match (&base.layout, files.len()) {
                     (Layout::Sharded { index_name }, _) if max.is_none() => {
-                        Some(out.join(index_name))
+                        Some(out.join(safetensors_name(index_name)))
                     }
                     (_, n) if n > 1 => Some(out.join(format!("{stem}.safetensors.index.json"))),
                     _ => None,

@@ -323,6 +323,7 @@ fn inputs(a: &TrainOptions, ck: &Checkpoint) -> Vec<PathBuf> {
         inputs.push(init.clone());
         if init.is_dir() {
             inputs.push(init.join(peft::WEIGHTS_NAME));
+            inputs.push(init.join(peft::PICKLE_WEIGHTS_NAME));
             inputs.push(init.join(peft::CONFIG_NAME));
         }
     }

@@ -11,6 +11,8 @@ use serde_json::Value;
 use std::path::Path;
 
 pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
+/// The weights file of a PEFT folder saved with `safe_serialization=False` (`torch.save`).
+pub const PICKLE_WEIGHTS_NAME: &str = "adapter_model.bin";
 pub const CONFIG_NAME: &str = "adapter_config.json";
 /// Prefix PEFT puts before module paths on disk.
 pub const PREFIX: &str = "base_model.model.";

@@ -60,7 +60,7 @@ mod write;
 
 pub use config::{
     compile_pattern, first_match, token_indices, tokens_module, tuner_tensor, PeftConfig, PeftType,
-    CONFIG_NAME, PREFIX, TOKENS_SUFFIX, WEIGHTS_NAME,
+    CONFIG_NAME, PICKLE_WEIGHTS_NAME, PREFIX, TOKENS_SUFFIX, WEIGHTS_NAME,
 };
 pub use init::{base_residual, ignored_training_tensor, init_refusal, BaseResidual};
 pub use layout::Peft;

@@ -1,0 +1,421 @@
+//! The `data.pkl` of a `torch.save` archive, read by a pickle machine that knows only what a
+//! state dict is made of: dicts, tuples, lists, strings, numbers, `None`/`True`/`False`, and
+//! the few globals PyTorch's pickler writes for tensors (`torch._utils._rebuild_tensor_v2`,
+//! `_rebuild_parameter`, the typed `torch.*Storage` classes, `collections.OrderedDict`, and
+//! `torch.{float32, …}` dtypes). Nothing is ever imported or called: a global outside that
+//! list (`os.system`, `builtins.eval`, a tensor subclass's `_rebuild_from_type_v2` …) is
+//! refused by name, which is what `torch.load(weights_only=True)` does with its allowlist
+//! (`torch/_weights_only_unpickler.py`).
+//!
+//! Opcodes: protocol 2 as `torch.save` writes it (`pickle_protocol=2`), plus protocol 4/5's
+//! `FRAME`, `MEMOIZE`, `SHORT_BINUNICODE` and `STACK_GLOBAL` for files saved with a newer
+//! protocol. Containers are reference-counted so that a memo fetched many times is shared, not
+//! copied (a hostile pickle cannot grow memory exponentially), and the stack, memo and
+//! container sizes are bounded by the pickle's own length.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A pickled value.
+#[derive(Debug, Clone)]
+pub(super) enum Val {
+    None,
+    /// A value no tensor is built from (a bool, a float, bytes): kept as a placeholder.
+    Other,
+    Int(i64),
+    Str(Rc<str>),
+    Tuple(Rc<Vec<Val>>),
+    List(Rc<Vec<Val>>),
+    Dict(Rc<Vec<(Val, Val)>>),
+    /// An allowed global, `module.name`.
+    Global(Rc<str>),
+    /// A persistent id: `('storage', storage_type, key, location, numel)`.
+    Storage {
+        class: Rc<str>,
+        key: Rc<str>,
+    },
+    /// `_rebuild_tensor_v2(storage, offset, size, stride, …)`.
+    Tensor(Rc<Tensor>),
+}
+
+/// A tensor as pickled: a view of a storage.
+#[derive(Debug)]
+pub(super) struct Tensor {
+    pub class: Rc<str>,
+    pub key: Rc<str>,
+    pub offset: u64,
+    pub size: Vec<u64>,
+    pub stride: Vec<u64>,
+}
+
+/// The globals a state dict's pickle may name.
+const ALLOWED: &[&str] = &[
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter",
+    "collections.OrderedDict",
+    "torch.FloatStorage",
+    "torch.HalfStorage",
+    "torch.BFloat16Storage",
+    "torch.DoubleStorage",
+    "torch.LongStorage",
+    "torch.IntStorage",
+    "torch.ShortStorage",
+    "torch.CharStorage",
+    "torch.ByteStorage",
+    "torch.BoolStorage",
+];
+
+fn mark_error(op: u8) -> String {
+    format!("pickle opcode 0x{op:02x} without a MARK")
+}
+
+/// Runs `data` and returns the value `STOP` leaves.
+pub(super) fn load(data: &[u8]) -> Result<Val, String> {
+    let mut m = Machine {
+        data,
+        at: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+    };
+    m.run()
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    at: usize,
+    stack: Vec<Val>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, Val>,
+}
+
+impl<'a> Machine<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| format!("the pickle ends inside an opcode at byte {}", self.at))?;
+        let data: &'a [u8] = self.data;
+        self.at = end;
+        Ok(&data[end - n..end])
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn pop(&mut self) -> Result<Val, String> {
+        self.stack
+            .pop()
+            .ok_or_else(|| "pickle stack underflow".to_string())
+    }
+
+    fn top(&mut self) -> Result<&mut Val, String> {
+        self.stack
+            .last_mut()
+            .ok_or_else(|| "pickle stack underflow".to_string())
+    }
+
+    /// The items above the last mark, which is removed.
+    fn pop_mark(&mut self, op: u8) -> Result<Vec<Val>, String> {
+        let m = self.marks.pop().ok_or_else(|| mark_error(op))?;
+        if m > self.stack.len() {
+            return Err(mark_error(op));
+        }
+        Ok(self.stack.split_off(m))
+    }
+
+    fn string(&mut self, n: usize) -> Result<Val, String> {
+        let s = self.take(n)?;
+        let s = std::str::from_utf8(s).map_err(|_| "a pickled string that is not UTF-8")?;
+        Ok(Val::Str(s.into()))
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Result<Val, String> {
+        let full = format!("{module}.{name}");
+        if ALLOWED.contains(&full.as_str()) {
+            Ok(Val::Global(full.into()))
+        } else {
+            Err(format!(
+                "the pickle names `{full}`, which is not part of a tensor state dict; lorakit never runs pickled code"
+            ))
+        }
+    }
+
+    fn run(&mut self) -> Result<Val, String> {
+        // Every opcode consumes at least one byte and pushes at most one value.
+        let limit = self.data.len();
+        loop {
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    let _proto = self.u8()?;
+                }
+                0x95 => {
+                    self.take(8)?;
+                }
+                b'.' => return self.pop(),
+                b'(' => self.marks.push(self.stack.len()),
+                b'0' => {
+                    self.pop()?;
+                }
+                b'1' => {
+                    self.pop_mark(op)?;
+                }
+                b'2' => {
+                    let v = self.top()?.clone();
+                    self.stack.push(v);
+                }
+                b'}' => self.stack.push(Val::Dict(Rc::new(Vec::new()))),
+                b']' => self.stack.push(Val::List(Rc::new(Vec::new()))),
+                b')' => self.stack.push(Val::Tuple(Rc::new(Vec::new()))),
+                b't' => {
+                    let items = self.pop_mark(op)?;
+                    self.stack.push(Val::Tuple(Rc::new(items)));
+                }
+                b'l' => {
+                    let items = self.pop_mark(op)?;
+                    self.stack.push(Val::List(Rc::new(items)));
+                }
+                0x85..=0x87 => {
+                    let n = usize::from(op - 0x84);
+                    if self.stack.len() < n {
+                        return Err("pickle stack underflow".into());
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.stack.push(Val::Tuple(Rc::new(items)));
+                }
+                b'q' => {
+                    let k = u32::from(self.u8()?);
+                    let v = self.top()?.clone();
+                    self.memo.insert(k, v);
+                }
+                b'r' => {
+                    let k = self.u32()?;
+                    let v = self.top()?.clone();
+                    self.memo.insert(k, v);
+                }
+                0x94 => {
+                    let k = self.memo.len() as u32;
+                    let v = self.top()?.clone();
+                    self.memo.insert(k, v);
+                }
+                b'h' | b'j' => {
+                    let k = if op == b'h' {
+                        u32::from(self.u8()?)
+                    } else {
+                        self.u32()?
+                    };
+                    let v =
+                        self.memo.get(&k).cloned().ok_or_else(|| {
+                            format!("pickle memo {k} fetched before it was stored")
+                        })?;
+                    self.stack.push(v);
+                }
+                b'X' => {
+                    let n = self.u32()? as usize;
+                    let v = self.string(n)?;
+                    self.stack.push(v);
+                }
+                0x8c => {
+                    let n = usize::from(self.u8()?);
+                    let v = self.string(n)?;
+                    self.stack.push(v);
+                }
+                b'B' | b'C' => {
+                    let n = if op == b'B' {
+                        self.u32()? as usize
+                    } else {
+                        usize::from(self.u8()?)
+                    };
+                    self.take(n)?;
+                    self.stack.push(Val::Other);
+                }
+                b'J' => {
+                    let v = i32::from_le_bytes(self.take(4)?.try_into().expect("4"));
+                    self.stack.push(Val::Int(v.into()));
+                }
+                b'K' => {
+                    let v = self.u8()?;
+                    self.stack.push(Val::Int(v.into()));
+                }
+                b'M' => {
+                    let v = u16::from_le_bytes(self.take(2)?.try_into().expect("2"));
+                    self.stack.push(Val::Int(v.into()));
+                }
+                0x8a => {
+                    let n = usize::from(self.u8()?);
+                    let b = self.take(n)?;
+                    if n > 8 {
+                        return Err(format!("a pickled integer of {n} bytes"));
+                    }
+                    let fill = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                        0xFF
+                    } else {
+                        0
+                    };
+                    let mut w = [fill; 8];
+                    w[..n].copy_from_slice(b);
+                    self.stack.push(Val::Int(i64::from_le_bytes(w)));
+                }
+                b'G' => {
+                    self.take(8)?;
+                    self.stack.push(Val::Other);
+                }
+                b'N' => self.stack.push(Val::None),
+                0x88 | 0x89 => self.stack.push(Val::Other),
+                b'c' => {
+                    let rest = &self.data[self.at..];
+                    let line = |s: &[u8]| s.iter().position(|&c| c == b'\n');
+                    let m = line(rest).ok_or("a pickle GLOBAL without its newline")?;
+                    let n = line(&rest[m + 1..]).ok_or("a pickle GLOBAL without its newline")?;
+                    let module = String::from_utf8_lossy(&rest[..m]).into_owned();
+                    let name = String::from_utf8_lossy(&rest[m + 1..m + 1 + n]).into_owned();
+                    self.at += m + n + 2;
+                    let v = self.global(&module, &name)?;
+                    self.stack.push(v);
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (Val::Str(module), Val::Str(name)) = (module, name) else {
+                        return Err("a pickle STACK_GLOBAL of non-strings".into());
+                    };
+                    let v = self.global(&module, &name)?;
+                    self.stack.push(v);
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    self.stack.push(persistent(pid)?);
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let f = self.pop()?;
+                    self.stack.push(reduce(f, args)?);
+                }
+                b'b' => {
+                    // BUILD: the state of an OrderedDict's backward hooks (none) or a
+                    // parameter's; a tensor's own state is not used.
+                    self.pop()?;
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    set_items(self.top()?, vec![k, v])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark(op)?;
+                    if items.len() % 2 != 0 {
+                        return Err("a pickle SETITEMS with an odd number of items".into());
+                    }
+                    set_items(self.top()?, items)?;
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    append(self.top()?, vec![v])?;
+                }
+                b'e' => {
+                    let items = self.pop_mark(op)?;
+                    append(self.top()?, items)?;
+                }
+                other => {
+                    return Err(format!(
+                    "pickle opcode 0x{other:02x} at byte {} is not one a tensor state dict uses",
+                    self.at - 1
+                ))
+                }
+            }
+            if self.stack.len() > limit || self.memo.len() > limit {
+                return Err("a pickle that grows past its own length".into());
+            }
+        }
+    }
+}
+
+fn set_items(target: &mut Val, items: Vec<Val>) -> Result<(), String> {
+    let Val::Dict(d) = target else {
+        return Err("a pickle SETITEM on something that is not a dict".into());
+    };
+    let d = Rc::make_mut(d);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        d.push((k, v));
+    }
+    Ok(())
+}
+
+fn append(target: &mut Val, items: Vec<Val>) -> Result<(), String> {
+    let Val::List(l) = target else {
+        return Err("a pickle APPEND on something that is not a list".into());
+    };
+    Rc::make_mut(l).extend(items);
+    Ok(())
+}
+
+/// `('storage', torch.XStorage, key, location, numel)`.
+fn persistent(pid: Val) -> Result<Val, String> {
+    let Val::Tuple(t) = pid else {
+        return Err("a pickle persistent id that is not a tuple".into());
+    };
+    match t.as_slice() {
+        [Val::Str(kind), Val::Global(class), Val::Str(key), ..] if &**kind == "storage" => {
+            Ok(Val::Storage {
+                class: class.clone(),
+                key: key.clone(),
+            })
+        }
+        _ => Err("a pickle persistent id that is not a torch storage".into()),
+    }
+}
+
+fn uints(v: &Val, what: &str) -> Result<Vec<u64>, String> {
+    let Val::Tuple(t) = v else {
+        return Err(format!("a tensor's {what} that is not a tuple"));
+    };
+    t.iter()
+        .map(|x| match x {
+            Val::Int(i) if *i >= 0 => Ok(*i as u64),
+            _ => Err(format!(
+                "a tensor's {what} holds a negative or non-integer value"
+            )),
+        })
+        .collect()
+}
+
+fn reduce(f: Val, args: Val) -> Result<Val, String> {
+    let Val::Global(f) = f else {
+        return Err("a pickle REDUCE of something that is not an allowed global".into());
+    };
+    let Val::Tuple(args) = args else {
+        return Err(format!("`{f}` called with arguments that are not a tuple"));
+    };
+    match &*f {
+        "collections.OrderedDict" => Ok(Val::Dict(Rc::new(Vec::new()))),
+        "torch._utils._rebuild_tensor_v2" => match args.as_slice() {
+            [Val::Storage { class, key }, Val::Int(offset), size, stride, ..] if *offset >= 0 => {
+                let (size, stride) = (uints(size, "size")?, uints(stride, "stride")?);
+                if size.len() != stride.len() {
+                    return Err("a tensor whose size and stride differ in length".into());
+                }
+                Ok(Val::Tensor(Rc::new(Tensor {
+                    class: class.clone(),
+                    key: key.clone(),
+                    offset: *offset as u64,
+                    size,
+                    stride,
+                })))
+            }
+            _ => Err("`_rebuild_tensor_v2` called with arguments of the wrong kinds".into()),
+        },
+        "torch._utils._rebuild_parameter" => match args.first() {
+            Some(t @ Val::Tensor(_)) => Ok(t.clone()),
+            _ => Err("`_rebuild_parameter` of something that is not a tensor".into()),
+        },
+        other => Err(format!("`{other}` is not callable here")),
+    }
+}
