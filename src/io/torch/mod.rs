@@ -81,13 +81,13 @@ pub fn header(file: &File, file_len: u64) -> Result<Header, String> {
         .map_err(|e| format!("reading data.pkl: {e}"))?;
     let root = pickle::load(&data).map_err(|e| format!("data.pkl: {e}"))?;
     let dict = match &root {
-        Val::Dict(d) => d.clone(),
+        Val::Dict(d, _) => d.clone(),
         _ => return Err("data.pkl holds no dict of tensors".into()),
     };
     // A training checkpoint's `{"state_dict": {...}, "epoch": …}` (Lightning, sd-scripts'
     // `.ckpt`): its state dict.
     let dict = match dict.iter().find_map(|(k, v)| match (k, v) {
-        (Val::Str(k), Val::Dict(d)) if &**k == "state_dict" => Some(d.clone()),
+        (Val::Str(k), Val::Dict(d, _)) if &**k == "state_dict" => Some(d.clone()),
         _ => None,
     }) {
         Some(inner) => inner,

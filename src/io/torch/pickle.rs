@@ -24,9 +24,10 @@ pub(super) enum Val {
     Other,
     Int(i64),
     Str(Rc<str>),
-    Tuple(Rc<Vec<Val>>),
-    List(Rc<Vec<Val>>),
-    Dict(Rc<Vec<(Val, Val)>>),
+    /// A container and its nesting depth (1 for one holding no container).
+    Tuple(Rc<Vec<Val>>, u32),
+    List(Rc<Vec<Val>>, u32),
+    Dict(Rc<Vec<(Val, Val)>>, u32),
     /// An allowed global, `module.name`.
     Global(Rc<str>),
     /// A persistent id: `('storage', storage_type, key, location, numel)`.
@@ -64,6 +65,36 @@ const ALLOWED: &[&str] = &[
     "torch.ByteStorage",
     "torch.BoolStorage",
 ];
+
+/// The deepest nesting of containers accepted: a state dict's is 3 (dict, a tensor's
+/// arguments, its size). A pickle a byte per level deep would otherwise build values whose
+/// recursive drop overflows the stack.
+const MAX_DEPTH: u32 = 64;
+
+impl Val {
+    fn depth(&self) -> u32 {
+        match self {
+            Val::Tuple(_, d) | Val::List(_, d) | Val::Dict(_, d) => *d,
+            _ => 0,
+        }
+    }
+}
+
+/// The depth of a container holding `items`, refused past [`MAX_DEPTH`].
+fn depth_of<'v>(items: impl IntoIterator<Item = &'v Val>) -> Result<u32, String> {
+    let d = 1 + items.into_iter().map(Val::depth).max().unwrap_or(0);
+    if d > MAX_DEPTH {
+        return Err(format!(
+            "containers nested over {MAX_DEPTH} deep: not a state dict"
+        ));
+    }
+    Ok(d)
+}
+
+fn tuple(items: Vec<Val>) -> Result<Val, String> {
+    let d = depth_of(&items)?;
+    Ok(Val::Tuple(Rc::new(items), d))
+}
 
 fn mark_error(op: u8) -> String {
     format!("pickle opcode 0x{op:02x} without a MARK")
@@ -171,16 +202,17 @@ impl<'a> Machine<'a> {
                     let v = self.top()?.clone();
                     self.stack.push(v);
                 }
-                b'}' => self.stack.push(Val::Dict(Rc::new(Vec::new()))),
-                b']' => self.stack.push(Val::List(Rc::new(Vec::new()))),
-                b')' => self.stack.push(Val::Tuple(Rc::new(Vec::new()))),
+                b'}' => self.stack.push(Val::Dict(Rc::new(Vec::new()), 1)),
+                b']' => self.stack.push(Val::List(Rc::new(Vec::new()), 1)),
+                b')' => self.stack.push(Val::Tuple(Rc::new(Vec::new()), 1)),
                 b't' => {
                     let items = self.pop_mark(op)?;
-                    self.stack.push(Val::Tuple(Rc::new(items)));
+                    self.stack.push(tuple(items)?);
                 }
                 b'l' => {
                     let items = self.pop_mark(op)?;
-                    self.stack.push(Val::List(Rc::new(items)));
+                    let d = depth_of(&items)?;
+                    self.stack.push(Val::List(Rc::new(items), d));
                 }
                 0x85..=0x87 => {
                     let n = usize::from(op - 0x84);
@@ -188,7 +220,7 @@ impl<'a> Machine<'a> {
                         return Err("pickle stack underflow".into());
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Val::Tuple(Rc::new(items)));
+                    self.stack.push(tuple(items)?);
                 }
                 b'q' => {
                     let k = u32::from(self.u8()?);
@@ -338,9 +370,10 @@ impl<'a> Machine<'a> {
 }
 
 fn set_items(target: &mut Val, items: Vec<Val>) -> Result<(), String> {
-    let Val::Dict(d) = target else {
+    let Val::Dict(d, depth) = target else {
         return Err("a pickle SETITEM on something that is not a dict".into());
     };
+    *depth = (*depth).max(depth_of(&items)?);
     let d = Rc::make_mut(d);
     let mut it = items.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -350,16 +383,17 @@ fn set_items(target: &mut Val, items: Vec<Val>) -> Result<(), String> {
 }
 
 fn append(target: &mut Val, items: Vec<Val>) -> Result<(), String> {
-    let Val::List(l) = target else {
+    let Val::List(l, depth) = target else {
         return Err("a pickle APPEND on something that is not a list".into());
     };
+    *depth = (*depth).max(depth_of(&items)?);
     Rc::make_mut(l).extend(items);
     Ok(())
 }
 
 /// `('storage', torch.XStorage, key, location, numel)`.
 fn persistent(pid: Val) -> Result<Val, String> {
-    let Val::Tuple(t) = pid else {
+    let Val::Tuple(t, _) = pid else {
         return Err("a pickle persistent id that is not a tuple".into());
     };
     match t.as_slice() {
@@ -374,7 +408,7 @@ fn persistent(pid: Val) -> Result<Val, String> {
 }
 
 fn uints(v: &Val, what: &str) -> Result<Vec<u64>, String> {
-    let Val::Tuple(t) = v else {
+    let Val::Tuple(t, _) = v else {
         return Err(format!("a tensor's {what} that is not a tuple"));
     };
     t.iter()
@@ -391,11 +425,11 @@ fn reduce(f: Val, args: Val) -> Result<Val, String> {
     let Val::Global(f) = f else {
         return Err("a pickle REDUCE of something that is not an allowed global".into());
     };
-    let Val::Tuple(args) = args else {
+    let Val::Tuple(args, _) = args else {
         return Err(format!("`{f}` called with arguments that are not a tuple"));
     };
     match &*f {
-        "collections.OrderedDict" => Ok(Val::Dict(Rc::new(Vec::new()))),
+        "collections.OrderedDict" => Ok(Val::Dict(Rc::new(Vec::new()), 1)),
         "torch._utils._rebuild_tensor_v2" => match args.as_slice() {
             [Val::Storage { class, key }, Val::Int(offset), size, stride, ..] if *offset >= 0 => {
                 let (size, stride) = (uints(size, "size")?, uints(stride, "stride")?);

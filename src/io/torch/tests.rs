@@ -151,3 +151,84 @@ fn truncated_and_corrupted_archives_fail_cleanly() {
         check(&b);
     }
 }
+
+/// A zip archive of stored entries, laid out as `torch.save` lays them out.
+fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in entries {
+        let at = out.len() as u32;
+        let crc = 0u32; // not checked by readers that map the bytes
+        let mut head = Vec::new();
+        head.extend(0x0403_4b50u32.to_le_bytes());
+        head.extend([20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        head.extend(crc.to_le_bytes());
+        head.extend((data.len() as u32).to_le_bytes());
+        head.extend((data.len() as u32).to_le_bytes());
+        head.extend((name.len() as u16).to_le_bytes());
+        head.extend(0u16.to_le_bytes());
+        out.extend(&head);
+        out.extend(name.as_bytes());
+        out.extend(*data);
+        central.extend(0x0201_4b50u32.to_le_bytes());
+        central.extend([20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        central.extend(crc.to_le_bytes());
+        central.extend((data.len() as u32).to_le_bytes());
+        central.extend((data.len() as u32).to_le_bytes());
+        central.extend((name.len() as u16).to_le_bytes());
+        central.extend([0u8; 12]);
+        central.extend(at.to_le_bytes());
+        central.extend(name.as_bytes());
+    }
+    let dir_at = out.len() as u32;
+    out.extend(&central);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend([0u8; 4]);
+    out.extend((entries.len() as u16).to_le_bytes());
+    out.extend((entries.len() as u16).to_le_bytes());
+    out.extend((central.len() as u32).to_le_bytes());
+    out.extend(dir_at.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out
+}
+
+fn open_bytes(bytes: &[u8]) -> Result<usize, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.pt");
+    std::fs::write(&p, bytes).unwrap();
+    SafetensorsFile::open(&p)
+        .map(|f| f.tensors().len())
+        .map_err(|e| e.to_string())
+}
+
+/// Hand-made pickles: a tuple nested 200,000 deep (one byte per level) is refused, not a stack
+/// overflow; a tensor whose offset points past its storage is refused by name; the builder
+/// itself is checked on a minimal good state dict.
+#[test]
+fn hostile_pickles_are_refused() {
+    let mut deep = b"\x80\x02)".to_vec();
+    deep.extend(std::iter::repeat_n(0x85u8, 200_000));
+    deep.push(b'.');
+    let e = open_bytes(&zip(&[("a/data.pkl", &deep)])).unwrap_err();
+    assert!(e.contains("nested"), "{e}");
+    // {"w": _rebuild_tensor_v2(('storage', FloatStorage, '0', 'cpu', 4), OFFSET, (2,), (1,), False, OrderedDict())}
+    let state = |offset: u8| {
+        let mut p = b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQK".to_vec();
+        p.extend([offset, b'K', 2, 0x85, b'K', 1, 0x85, 0x89]);
+        p.extend(b"ccollections\nOrderedDict\n)RtRu.");
+        p
+    };
+    let data = [0u8; 16];
+    let good = zip(&[("a/data.pkl", &state(2)), ("a/data/0", &data)]);
+    assert_eq!(open_bytes(&good), Ok(1));
+    let e = open_bytes(&zip(&[("a/data.pkl", &state(3)), ("a/data/0", &data)])).unwrap_err();
+    assert!(
+        e.contains("tensor `w`") && e.contains("outside its storage"),
+        "{e}"
+    );
+    let e = open_bytes(&zip(&[("a/data.pkl", &state(0))])).unwrap_err();
+    assert!(
+        e.contains("tensor `w`") && e.contains("not in the archive"),
+        "{e}"
+    );
+}
