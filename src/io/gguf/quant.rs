@@ -57,6 +57,8 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> bool {
         GgmlType::Q2_K => blocks.for_each(|(b, o)| q2_k(b, o)),
         GgmlType::Q3_K => blocks.for_each(|(b, o)| q3_k(b, o)),
         GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => dequantize_k(ty, data, out),
+        GgmlType::IQ4_NL => blocks.for_each(|(b, o)| iq4_nl(b, o)),
+        GgmlType::IQ4_XS => blocks.for_each(|(b, o)| iq4_xs(b, o)),
         _ => return false,
     }
     true
@@ -521,6 +523,46 @@ fn q6_k(b: &[u8], o: &mut [f32]) {
             let q = (((lo >> ls) & 0x0F) | (((hi >> hs) & 0x03) << 4)) as i8 - 32;
             *v = dl * f32::from(q);
         }
+    }
+}
+
+/// ggml's `kvalues_iq4nl`: the 16 levels of the non-linear 4-bit types (gguf-py
+/// `IQ4_NL.kvalues`).
+const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// 32 values of levels `qs` (16 bytes: element `j < 16` the low nibble of byte `j`, element
+/// `16 + j` its high nibble), each `d · kvalues[q]`.
+#[inline(always)]
+fn iq4_run(qs: &[u8], d: f32, o: &mut [f32]) {
+    for (j, &q) in qs[..16].iter().enumerate() {
+        o[j] = d * f32::from(KVALUES_IQ4NL[usize::from(q & 0x0F)]);
+        o[j + 16] = d * f32::from(KVALUES_IQ4NL[usize::from(q >> 4)]);
+    }
+}
+
+/// `IQ4_NL` (18 bytes: `d`, 16 bytes of levels), as gguf-py's `IQ4_NL.dequantize_blocks` and
+/// ggml's `dequantize_row_iq4_nl`.
+#[inline(always)]
+fn iq4_nl(b: &[u8], o: &mut [f32]) {
+    iq4_run(&b[2..18], h(b, 0), o);
+}
+
+/// `IQ4_XS` (136 bytes: `d`, `scales_h` (u16), `scales_l` [4], levels [128]): sub-block `ib`'s
+/// 6-bit scale is nibble `ib % 2` of `scales_l[ib / 2]` with bits `2 ib..` of `scales_h` above
+/// it, minus 32; its 32 values `(d · scale) · kvalues[q]`, as gguf-py's
+/// `IQ4_XS.dequantize_blocks` and ggml's `dequantize_row_iq4_xs`.
+#[inline(always)]
+fn iq4_xs(b: &[u8], o: &mut [f32]) {
+    let d = h(b, 0);
+    let scales_h = u16::from_le_bytes([b[2], b[3]]);
+    let (scales_l, qs) = (&b[4..8], &b[8..136]);
+    for (ib, o) in o.chunks_exact_mut(32).enumerate() {
+        let lo = (scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F;
+        let hi = ((scales_h >> (2 * ib)) & 0x03) as u8;
+        let ls = (lo | (hi << 4)) as i8 - 32;
+        iq4_run(&qs[16 * ib..], d * f32::from(ls), o);
     }
 }
 

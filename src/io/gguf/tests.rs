@@ -111,11 +111,13 @@ fn dequantization_equals_gguf_py_bit_for_bit() {
 #[test]
 fn a_type_without_a_dequantizer_is_named_and_refused() {
     let f = GgufFile::open(fixture("types.gguf")).unwrap();
-    let t = f.header().tensor("t.iq4_nl").unwrap();
-    assert_eq!(t.ty, GgmlType::IQ4_NL);
+    let t = f.header().tensor("t.iq2_xxs").unwrap();
+    assert_eq!(t.ty, GgmlType::IQ2_XXS);
     let e = f.dequantize(t).unwrap_err().to_string();
     assert!(
-        e.contains("tensor `t.iq4_nl`: type IQ4_NL cannot be dequantized") && e.contains("Q6_K"),
+        e.contains("tensor `t.iq2_xxs`: type IQ2_XXS cannot be dequantized")
+            && e.contains("Q6_K")
+            && e.contains("IQ4_XS"),
         "{e}"
     );
 }

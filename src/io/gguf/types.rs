@@ -144,7 +144,10 @@ const TABLE: &[(GgmlType, u32, &str, usize, usize)] = &[
     (GgmlType::Q1_0, 41, "Q1_0", 128, 2 + 16),
 ];
 
-/// The types lorakit dequantizes (bit-exact with gguf-py's `quants.dequantize`).
+/// The types lorakit dequantizes (bit-exact with gguf-py's `quants.dequantize`): every type it
+/// writes ([`QUANTIZABLE`]) and the non-linear 4-bit `IQ4_NL` and `IQ4_XS` (the popular
+/// "IQ4_XS" model files), which it reads but has no reference quantizer for, so a merge into
+/// them takes an `--outtype` other than `keep`.
 pub const DEQUANTIZABLE: &[GgmlType] = &[
     GgmlType::F32,
     GgmlType::F16,
@@ -159,13 +162,15 @@ pub const DEQUANTIZABLE: &[GgmlType] = &[
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 /// The types lorakit quantizes to: bit-exact with gguf-py's `quants.quantize` (whose
 /// Q8_0/BF16 follow ggml's `quantize_row_q8_0_ref` / `ggml_compute_fp32_to_bf16`) up to
 /// `Q5_1`, and with ggml's own `quantize_row_q*_K_ref` for the K-quants (`super::kquant`).
-/// The same types as [`DEQUANTIZABLE`]: every type lorakit reads it also writes.
-pub const QUANTIZABLE: &[GgmlType] = DEQUANTIZABLE;
+/// Every one is also read ([`DEQUANTIZABLE`]'s first thirteen).
+pub const QUANTIZABLE: &[GgmlType] = DEQUANTIZABLE.split_at(13).0;
 
 impl GgmlType {
     fn row(self) -> &'static (GgmlType, u32, &'static str, usize, usize) {

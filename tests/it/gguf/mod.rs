@@ -14,6 +14,8 @@ mod adapter;
 mod arch;
 /// `merge --base HF_FOLDER --out MODEL.gguf` against convert_hf_to_gguf.py.
 mod hf;
+/// IQ4_NL/IQ4_XS bases: read, merged with another --outtype, keep refused.
+mod iq4;
 /// K-quant bases: `keep` requantizes with ggml's reference quantizers.
 mod kquant;
 /// lorakit against llama.cpp's own outputs (fixtures/gguf/llamacpp/).

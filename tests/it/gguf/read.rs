@@ -14,10 +14,10 @@ fn inspect_gguf_json_speaks_the_report_vocabulary() {
     assert_eq!(v["files"], serde_json::json!(["types.gguf"]));
     assert_eq!(v["architecture"], "llama");
     assert_eq!(v["version"], 3);
-    assert_eq!(v["tensor_count"], 15);
+    assert_eq!(v["tensor_count"], 17);
     assert_eq!(v["dtypes"]["Q8_0"]["tensor_count"], 2);
     assert_eq!(v["dtypes"]["Q6_K"]["bytes"], 840);
-    assert_eq!(v["unsupported_types"], serde_json::json!(["IQ4_NL"]));
+    assert_eq!(v["unsupported_types"], serde_json::json!(["IQ2_XXS"]));
     assert_eq!(v["metadata"]["test.u32"]["type"], "UINT32");
     assert_eq!(v["metadata"]["test.u32"]["value"], 4_000_000_000u64);
     assert_eq!(
@@ -43,9 +43,9 @@ fn diff_of_gguf_files_compares_dequantized_values() {
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["operation"], "diff");
-    assert_eq!(v["failed"], 1, "the IQ4_NL tensor is only in A");
+    assert_eq!(v["failed"], 1, "the IQ2_XXS tensor is only in A");
     assert_eq!(v["max_abs_diff"], 0.0);
-    assert_eq!(v["dtype_changes"], 13);
+    assert_eq!(v["dtype_changes"], 15);
     let out = run_ok([
         "diff",
         &g("types.gguf"),
