@@ -164,6 +164,21 @@ pub struct MergeArgs {
     #[arg(long, default_value_t = 64, requires = "as_trained_on", value_parser = parse_blocksize)]
     pub blocksize: usize,
 
+    /// --as-trained-on: module names the QLoRA model was loaded with in
+    /// `BitsAndBytesConfig(llm_int8_skip_modules=[…])`, left float (merged into W). Matched as
+    /// transformers matches them (from the start up to a `.`, as a regex, or as a suffix). As in
+    /// transformers, the list replaces the default skips: without it, lm_head (the output
+    /// embedding), a top-level task head (the model's last module) and tied weights stay float,
+    /// with it they are quantized unless listed. The model class's `_keep_in_fp32_modules` (T5's
+    /// `wo`, …) stay float either way; embeddings and convolutions are never quantized.
+    #[arg(
+        long,
+        value_name = "NAME,...",
+        value_delimiter = ',',
+        requires = "as_trained_on"
+    )]
+    pub as_trained_on_skip: Option<Vec<String>>,
+
     #[command(flatten)]
     pub compute: DeviceArgs,
 

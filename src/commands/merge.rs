@@ -55,6 +55,7 @@ fn plan_split(
                 kind,
                 blocksize: a.blocksize,
                 double_quant,
+                skip: a.as_trained_on_skip.clone(),
             }),
         rounding: if a.exact_rounding {
             crate::merge::Rounding::Exact
@@ -218,12 +219,12 @@ fn render(s: &MergeSummary) -> String {
     }
     if !s.qlora.is_empty() {
         out.push_str(
-            "\nas trained on: merged into dequant(Q(W)); stray term W − dequant(Q(W)) removed\n",
+            "\nas trained on: merged into dequant(Q(W)) where transformers' bitsandbytes quantizer converts the layer, else into W as loaded; stray term W − that removed\n",
         );
         out.push_str(&table_of(
             &["tensor", "‖W−dq(Q(W))‖", "‖ΔW‖", "ratio"],
             &[false, true, true, true],
-            s.qlora.iter(),
+            s.qlora.iter().filter(|q| q.not_quantized.is_none()),
             |q| {
                 vec![
                     q.name.clone(),
@@ -233,6 +234,20 @@ fn render(s: &MergeSummary) -> String {
                 ]
             },
         ));
+        let float: Vec<_> = s
+            .qlora
+            .iter()
+            .filter_map(|q| Some((q, q.not_quantized.as_deref()?)))
+            .collect();
+        if !float.is_empty() {
+            out.push_str("\nnot quantized by transformers (merged into W as loaded):\n");
+            out.push_str(&table_of(
+                &["tensor", "why"],
+                &[false, false],
+                float,
+                |(q, why)| vec![q.name.clone(), why.to_owned()],
+            ));
+        }
     }
     out.push_str(&format!(
         "\n{} tensors {}, {} copied, {} files, {} written in {:.2} s ({:.2} GB/s) on {}\n",

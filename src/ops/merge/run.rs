@@ -475,10 +475,14 @@ impl MergePlan {
             meta.push((
                 "lorakit.as_trained_on".into(),
                 format!(
-                    "{}{} blocksize {}",
+                    "{}{} blocksize {}{}",
                     t.kind.name(),
                     if t.double_quant { ",double-quant" } else { "" },
-                    t.blocksize
+                    t.blocksize,
+                    t.skip
+                        .as_ref()
+                        .map(|k| format!(" skip {}", k.join(",")))
+                        .unwrap_or_default()
                 ),
             ));
         }
