@@ -179,6 +179,21 @@ pub struct MergeArgs {
     )]
     pub as_trained_on_skip: Option<Vec<String>>,
 
+    /// --as-trained-on: the dtype the QLoRA model was loaded in (`from_pretrained(…,
+    /// dtype=torch.bfloat16)`). transformers casts W to it before bitsandbytes quantizes, and
+    /// dequantizes to it: the merge quantizes W rounded to it and rounds the dequantization to
+    /// it (a float layer merges into W rounded to it). Default: what transformers' own default
+    /// (`dtype="auto"`) loads, config.json's `dtype`/`torch_dtype`, else the checkpoint's dtype;
+    /// give it when the model was trained in another dtype (the usual recipe loads an f32
+    /// checkpoint in bf16). Independent of --dtype, which only sets the output's dtype.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "bf16|f16|f32",
+        requires = "as_trained_on"
+    )]
+    pub trained_dtype: Option<TrainedDtypeArg>,
+
     #[command(flatten)]
     pub compute: DeviceArgs,
 
@@ -205,6 +220,17 @@ pub enum TiedArg {
     Refuse,
     /// Merge into the shared tensor; the output keeps the tie.
     Shared,
+}
+
+/// `--trained-dtype` of merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainedDtypeArg {
+    /// torch.bfloat16.
+    Bf16,
+    /// torch.float16.
+    F16,
+    /// torch.float32.
+    F32,
 }
 
 /// `--quant` of merge.

@@ -56,6 +56,11 @@ fn plan_split(
                 blocksize: a.blocksize,
                 double_quant,
                 skip: a.as_trained_on_skip.clone(),
+                dtype: a.trained_dtype.map(|d| match d {
+                    crate::cli::TrainedDtypeArg::Bf16 => crate::dtype::Dtype::BF16,
+                    crate::cli::TrainedDtypeArg::F16 => crate::dtype::Dtype::F16,
+                    crate::cli::TrainedDtypeArg::F32 => crate::dtype::Dtype::F32,
+                }),
             }),
         rounding: if a.exact_rounding {
             crate::merge::Rounding::Exact
@@ -222,12 +227,13 @@ fn render(s: &MergeSummary) -> String {
             "\nas trained on: merged into dequant(Q(W)) where transformers' bitsandbytes quantizer converts the layer, else into W as loaded; stray term W − that removed\n",
         );
         out.push_str(&table_of(
-            &["tensor", "‖W−dq(Q(W))‖", "‖ΔW‖", "ratio"],
-            &[false, true, true, true],
+            &["tensor", "loaded", "‖W−dq(Q(W))‖", "‖ΔW‖", "ratio"],
+            &[false, false, true, true, true],
             s.qlora.iter().filter(|q| q.not_quantized.is_none()),
             |q| {
                 vec![
                     q.name.clone(),
+                    q.load_dtype.clone(),
                     format!("{:.4e}", q.stray_norm),
                     format!("{:.4e}", q.delta_norm),
                     format!("{:.3}", q.ratio),
@@ -242,10 +248,10 @@ fn render(s: &MergeSummary) -> String {
         if !float.is_empty() {
             out.push_str("\nnot quantized by transformers (merged into W as loaded):\n");
             out.push_str(&table_of(
-                &["tensor", "why"],
-                &[false, false],
+                &["tensor", "loaded", "why"],
+                &[false, false, false],
                 float,
-                |(q, why)| vec![q.name.clone(), why.to_owned()],
+                |(q, why)| vec![q.name.clone(), q.load_dtype.clone(), why.to_owned()],
             ));
         }
     }

@@ -1,5 +1,6 @@
-//! Session 17's `--as-trained-on` findings (rev16a F11) fixed on branch fixa17: the QLoRA
-//! merge quantizes only the weights transformers' bitsandbytes quantizer converts. References from fixtures/gen/review17_qlora.py: the tiny f32
+//! Session 17's `--as-trained-on` findings (rev16a F11, F13) fixed on branch fixa17: the QLoRA
+//! merge quantizes only the weights transformers' bitsandbytes quantizer converts, in the dtype
+//! the QLoRA model was loaded in. References from fixtures/gen/review17_qlora.py: the tiny f32
 //! base loaded by transformers 5.24 with `BitsAndBytesConfig(load_in_4bit=True)` (bitsandbytes
 //! 0.50.2 on the CPU), the PEFT 0.21.2 adapter put on it, and per adapted module the weight PEFT
 //! merges into (`dequantize_bnb_weight` on a `Linear4bit`, the float weight otherwise) plus
@@ -15,7 +16,8 @@ fn case(rel: &str) -> PathBuf {
 
 /// lorakit's f32 merge against PEFT's: the same f32 values but for ΔW's own f32 rounding (PEFT
 /// sums B·A in another order): at most 2.5e-7 apart on values below 1 (≤ 2 ulp; measured
-/// ≤ 6e-8). Without the fix the weights transformers leaves float were 1.1e-2 to 5.7e-2 off.
+/// ≤ 6e-8). Without the fixes the weights transformers leaves float were 1.1e-2 to 5.7e-2 off,
+/// the bf16-loaded ones 2.5e-2.
 const TOL: f32 = 2.5e-7;
 
 /// Merges `adapter` into `base` with `--as-trained-on nf4` and `extra`, checks every reference
@@ -107,4 +109,56 @@ fn skip_list_replaces_the_default_skips_as_llm_int8_skip_modules() {
         &["--as-trained-on-skip", "q_proj"],
     );
     assert!(why(&e, "model.layers.0.self_attn.q_proj.weight").contains("skip list"));
+}
+
+/// F13: the usual recipe loads the f32 checkpoint with `dtype=torch.bfloat16`: transformers casts
+/// W to bf16 before bitsandbytes quantizes it and dequantizes to bf16, and the float lm_head is
+/// bf16(W). `--trained-dtype bf16` merges into those; the default (transformers' `dtype="auto"`,
+/// config.json's float32 here) quantizes the f32 W and is 2.3e-2 off that model's merge (as
+/// lorakit was before, `--dtype bf16` or not: 2.5e-2).
+#[test]
+fn trained_dtype_bf16_merges_into_the_bf16_loaded_qlora_model() {
+    let e = check("bf16", "llama", "ad_bf16", &["--trained-dtype", "bf16"]);
+    for (k, v) in &e {
+        assert_eq!(v["load_dtype"], "BF16", "{k}");
+    }
+    let (_dir, out) = scratch("auto");
+    merge_ok(
+        &case("llama"),
+        &case("ad_bf16"),
+        &out,
+        &["--as-trained-on", "nf4", "-q"],
+    );
+    let (got, want) = (
+        read_checkpoint(&out),
+        read(&case("expected_bf16.safetensors")),
+    );
+    let k = "model.layers.0.self_attn.q_proj.weight";
+    let worst = got[k]
+        .f32()
+        .iter()
+        .zip(want[k].f32())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst > 1e-3,
+        "the f32-loaded merge is {worst:e} from the bf16-loaded one"
+    );
+}
+
+/// F13 with `_keep_in_fp32_modules`: T5 loaded with `dtype=torch.float16` keeps `wo` in f32
+/// (modeling_utils.py `_get_dtype_plan`) and float; its q projections are quantized from f16(W)
+/// and dequantized to f16. `--trained-dtype f16` merges `wo` into the f32 W, the q projections
+/// into the f16 dequantization.
+#[test]
+fn trained_dtype_f16_keeps_t5_wo_in_f32_as_transformers_loads_it() {
+    let e = check("t5f16", "t5", "ad_t5", &["--trained-dtype", "f16"]);
+    for (k, v) in &e {
+        let want = if k.ends_with(".wo.weight") {
+            "F32"
+        } else {
+            "F16"
+        };
+        assert_eq!(v["load_dtype"], want, "{k}");
+    }
 }

@@ -1,6 +1,6 @@
 //! What `from_pretrained(..., quantization_config=BitsAndBytesConfig(load_in_4bit=True))` does
 //! to each base weight a QLoRA merge (`MergeOptions::as_trained_on`) touches, as transformers
-//! 5.24 does it: whether bitsandbytes quantizes it.
+//! 5.24 does it: whether bitsandbytes quantizes it, and the dtype it is loaded in first.
 //!
 //! - Quantized: only layers `integrations/bitsandbytes.py` `replace_with_bnb_linear` replaces
 //!   (`nn.Linear` and `Conv1D`, never an `Embedding` or a convolution) whose module name
@@ -10,6 +10,10 @@
 //!   module, the output embedding); plus the model class's `_keep_in_fp32_modules` (a table
 //!   generated from transformers' source, `bnb_keep_fp32.json`, by
 //!   fixtures/gen/bnb_keep_fp32_table.py).
+//! - Loaded in: the `dtype` of `from_pretrained` (`dtype="auto"`, transformers 5's default,
+//!   is config.json's `dtype`/`torch_dtype`, else the checkpoint's), except f32 for
+//!   `_keep_in_fp32_modules` under f16 and for `_keep_in_fp32_modules_strict` under f16/bf16
+//!   (modeling_utils.py `_get_dtype_plan`, matched as `core_model_loading.py` matches it).
 //!
 //! The base's on-disk names stand for transformers' module names (they agree but for the
 //! renamings of `conversion_mapping.py`); the last module is taken to be a top-level 2-D weight
@@ -19,6 +23,7 @@
 //! Must not: read tensor data, compute, or decide anything about a merge but these two answers.
 
 use crate::adapter::ModuleKind;
+use crate::dtype::Dtype;
 use crate::error::{InputError, InputResult, Opt};
 use crate::io::Checkpoint;
 use fancy_regex::Regex;
@@ -42,15 +47,23 @@ struct Skip {
 #[derive(Debug)]
 pub(crate) struct QloraScope {
     skips: Vec<Skip>,
+    /// `_keep_in_fp32_modules` globs (f32 under an f16 load) and `_keep_in_fp32_modules_strict`
+    /// ones (f32 under f16 or bf16), with their source.
+    keep: Vec<String>,
+    strict: Vec<String>,
+    /// `from_pretrained`'s dtype: the option, else config.json's; `None`: each tensor's own.
+    dtype: Option<Dtype>,
 }
 
 impl QloraScope {
-    /// The scope of `base` loaded with `skip` as `llm_int8_skip_modules`; `defaults`: the module names `get_keys_to_not_convert`
+    /// The scope of `base` loaded with `skip` as `llm_int8_skip_modules` and `dtype` (`None`:
+    /// transformers' `dtype="auto"`); `defaults`: the module names `get_keys_to_not_convert`
     /// gives it (the output embedding, tied keys, the last module), with why, used when `skip`
     /// is not given.
     pub fn new(
         base: &Checkpoint,
         skip: Option<&[String]>,
+        dtype: Option<Dtype>,
         defaults: Vec<(String, &'static str)>,
     ) -> InputResult<Self> {
         let config: Option<Value> = crate::io::read_json_file(&base.folder().join("config.json"))
@@ -99,11 +112,26 @@ impl QloraScope {
                 }
             }
         }
-        let (keep, _strict, source) = keep_lists(config.as_ref());
+        let (keep, strict, source) = keep_lists(config.as_ref());
         for k in &keep {
             add(k, false, format!("{source}'s _keep_in_fp32_modules `{k}`"))?;
         }
-        Ok(QloraScope { skips })
+        let dtype = dtype.or_else(|| {
+            let d = config.as_ref()?;
+            let d = d.get("dtype").or_else(|| d.get("torch_dtype"))?;
+            match d.as_str()? {
+                "float32" => Some(Dtype::F32),
+                "float16" => Some(Dtype::F16),
+                "bfloat16" => Some(Dtype::BF16),
+                _ => None,
+            }
+        });
+        Ok(QloraScope {
+            skips,
+            keep,
+            strict,
+            dtype,
+        })
     }
 
     /// Why transformers leaves base weight `name` (a layer of `kind`) float, or `None` when
@@ -134,6 +162,25 @@ impl QloraScope {
             .iter()
             .find(|s| s.re.is_match(module).unwrap_or(false) || module.ends_with(&s.pattern))
             .map(|s| s.why.clone())
+    }
+
+    /// The dtype transformers loads base weight `name` (stored as `stored`) in.
+    pub fn load_dtype(&self, name: &str, stored: Dtype) -> Dtype {
+        let d = self.dtype.unwrap_or(stored);
+        // core_model_loading.py: the dtype plan's globs (`*` → `.*`) searched in the key.
+        let hit = |globs: &[String]| {
+            globs.iter().any(|g| {
+                Regex::new(&g.replace('*', ".*"))
+                    .ok()
+                    .and_then(|r| r.is_match(name).ok())
+                    .unwrap_or(false)
+            })
+        };
+        match d {
+            Dtype::F16 if hit(&self.keep) || hit(&self.strict) => Dtype::F32,
+            Dtype::BF16 if hit(&self.strict) => Dtype::F32,
+            d => d,
+        }
     }
 }
 

@@ -106,6 +106,10 @@ pub struct AsTrainedOn {
     /// `llm_int8_skip_modules`: module-name patterns left float. As in transformers, a list
     /// replaces the default skips (output embedding, last module, tied keys).
     pub skip: Option<Vec<String>>,
+    /// The `dtype` the QLoRA model was loaded in (`from_pretrained(..., dtype=…)`): W is rounded
+    /// to it before quantizing and the dequantization is rounded to it, as bitsandbytes returns
+    /// it. `None`: transformers' `dtype="auto"`, config.json's `dtype`, else the tensor's own.
+    pub dtype: Option<crate::dtype::Dtype>,
 }
 
 /// One tensor of a QLoRA-correct merge: how large the stray term `W − dequant(Q(W))` (which a
@@ -120,6 +124,8 @@ pub struct QloraTensor {
     pub delta_norm: f64,
     /// stray_norm / delta_norm.
     pub ratio: f64,
+    /// The dtype transformers loads the weight in (the merge starts from W rounded to it).
+    pub load_dtype: String,
     /// Why transformers leaves the weight float (merged into W as loaded, not dequant(Q(W))).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_quantized: Option<String>,
@@ -342,7 +348,7 @@ pub(super) fn qlora_scope(
         }
     }
     defaults.sort();
-    super::bnb_scope::QloraScope::new(base, t.skip.as_deref(), defaults).map(Some)
+    super::bnb_scope::QloraScope::new(base, t.skip.as_deref(), t.dtype, defaults).map(Some)
 }
 
 /// Names of input-embedding tensors that `tie_word_embeddings` ties to `lm_head`.

@@ -203,7 +203,7 @@ impl MergePlan {
                     // it: W in its load dtype, then dequant(Q(W)) where bitsandbytes quantizes
                     // the layer (bnb_scope.rs).
                     let w = view.to_f32();
-                    let load_dtype = view.dtype;
+                    let load_dtype = scope.load_dtype(name, view.dtype);
                     let wl = if load_dtype == Dtype::F32 {
                         w.clone()
                     } else {
@@ -259,6 +259,7 @@ impl MergePlan {
                             .map(|(a, b)| ((a - b) as f64).powi(2))
                             .sum::<f64>()
                             .sqrt(),
+                        load_dtype,
                         why,
                     ));
                     in_dtype = Dtype::F32;
@@ -469,7 +470,7 @@ impl MergePlan {
                 ),
             ))
         };
-        let Some((stray_norm, not_quantized)) = stray_norm else {
+        let Some((stray_norm, load_dtype, not_quantized)) = stray_norm else {
             // The sink's own error (the writer's) is kept aside and returned as it was raised.
             let mut stopped = None;
             let r = merge
@@ -514,6 +515,7 @@ impl MergePlan {
             stray_norm,
             delta_norm,
             ratio: stray_norm / delta_norm.max(f64::MIN_POSITIVE),
+            load_dtype: dtype::name(load_dtype),
             not_quantized,
         }))
     }
