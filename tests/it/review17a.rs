@@ -162,3 +162,22 @@ fn trained_dtype_f16_keeps_t5_wo_in_f32_as_transformers_loads_it() {
         assert_eq!(v["load_dtype"], want, "{k}");
     }
 }
+
+/// A skip pattern that is not a regular expression (transformers compiles each as one) is refused
+/// in one line naming the base and the pattern, exit 2, nothing written.
+#[test]
+fn a_skip_pattern_that_is_not_a_regex_is_refused() {
+    let (_dir, out) = scratch("m");
+    let o = run_exit(
+        merge_args(
+            &case("llama"),
+            &case("ad_lmhead"),
+            &out,
+            &["--as-trained-on", "nf4", "--as-trained-on-skip", "q_proj,("],
+        ),
+        2,
+    );
+    let line = one_line_error(&o);
+    assert!(line.contains("llama") && line.contains("`(`"), "{line}");
+    assert!(!out.exists());
+}
