@@ -186,6 +186,10 @@ mod it {
     /// Session 16's quantized-base review findings: compressed-tensors act-order g_idx, int8
     /// (`int-quantized`, `naive-quantized`) and `dense` checkpoints, `check` on quantized bases.
     pub mod review16q;
+    /// Session 17's `--as-trained-on` findings: only the weights transformers' bitsandbytes
+    /// quantizer converts are quantized (lm_head, embeddings, T5's `wo`, the skip list), in the
+    /// dtype the QLoRA model was loaded in.
+    pub mod review17a;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

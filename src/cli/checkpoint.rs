@@ -164,6 +164,36 @@ pub struct MergeArgs {
     #[arg(long, default_value_t = 64, requires = "as_trained_on", value_parser = parse_blocksize)]
     pub blocksize: usize,
 
+    /// --as-trained-on: module names the QLoRA model was loaded with in
+    /// `BitsAndBytesConfig(llm_int8_skip_modules=[…])`, left float (merged into W). Matched as
+    /// transformers matches them (from the start up to a `.`, as a regex, or as a suffix). As in
+    /// transformers, the list replaces the default skips: without it, lm_head (the output
+    /// embedding), a top-level task head (the model's last module) and tied weights stay float,
+    /// with it they are quantized unless listed. The model class's `_keep_in_fp32_modules` (T5's
+    /// `wo`, …) stay float either way; embeddings and convolutions are never quantized.
+    #[arg(
+        long,
+        value_name = "NAME,...",
+        value_delimiter = ',',
+        requires = "as_trained_on"
+    )]
+    pub as_trained_on_skip: Option<Vec<String>>,
+
+    /// --as-trained-on: the dtype the QLoRA model was loaded in (`from_pretrained(…,
+    /// dtype=torch.bfloat16)`). transformers casts W to it before bitsandbytes quantizes, and
+    /// dequantizes to it: the merge quantizes W rounded to it and rounds the dequantization to
+    /// it (a float layer merges into W rounded to it). Default: what transformers' own default
+    /// (`dtype="auto"`) loads, config.json's `dtype`/`torch_dtype`, else the checkpoint's dtype;
+    /// give it when the model was trained in another dtype (the usual recipe loads an f32
+    /// checkpoint in bf16). Independent of --dtype, which only sets the output's dtype.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "bf16|f16|f32",
+        requires = "as_trained_on"
+    )]
+    pub trained_dtype: Option<TrainedDtypeArg>,
+
     #[command(flatten)]
     pub compute: DeviceArgs,
 
@@ -190,6 +220,17 @@ pub enum TiedArg {
     Refuse,
     /// Merge into the shared tensor; the output keeps the tie.
     Shared,
+}
+
+/// `--trained-dtype` of merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrainedDtypeArg {
+    /// torch.bfloat16.
+    Bf16,
+    /// torch.float16.
+    F16,
+    /// torch.float32.
+    F32,
 }
 
 /// `--quant` of merge.

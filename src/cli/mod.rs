@@ -16,7 +16,9 @@ mod model;
 pub use adapters::{CombineArgs, ConvertArgs, ResizeArgs};
 pub use args::{parse_size, AdapterOutArgs, CheckpointOutArgs, DeviceArgs};
 pub use check::CheckArgs;
-pub use checkpoint::{DequantizeArgs, DiffArgs, InspectArgs, MergeArgs, QuantArg, TiedArg};
+pub use checkpoint::{
+    DequantizeArgs, DiffArgs, InspectArgs, MergeArgs, QuantArg, TiedArg, TrainedDtypeArg,
+};
 pub use extract::ExtractArgs;
 pub use model::{EvalArgs, TrainArgs};
 

@@ -55,6 +55,12 @@ fn plan_split(
                 kind,
                 blocksize: a.blocksize,
                 double_quant,
+                skip: a.as_trained_on_skip.clone(),
+                dtype: a.trained_dtype.map(|d| match d {
+                    crate::cli::TrainedDtypeArg::Bf16 => crate::dtype::Dtype::BF16,
+                    crate::cli::TrainedDtypeArg::F16 => crate::dtype::Dtype::F16,
+                    crate::cli::TrainedDtypeArg::F32 => crate::dtype::Dtype::F32,
+                }),
             }),
         rounding: if a.exact_rounding {
             crate::merge::Rounding::Exact
@@ -218,21 +224,36 @@ fn render(s: &MergeSummary) -> String {
     }
     if !s.qlora.is_empty() {
         out.push_str(
-            "\nas trained on: merged into dequant(Q(W)); stray term W − dequant(Q(W)) removed\n",
+            "\nas trained on: merged into dequant(Q(W)) where transformers' bitsandbytes quantizer converts the layer, else into W as loaded; stray term W − that removed\n",
         );
         out.push_str(&table_of(
-            &["tensor", "‖W−dq(Q(W))‖", "‖ΔW‖", "ratio"],
-            &[false, true, true, true],
-            s.qlora.iter(),
+            &["tensor", "loaded", "‖W−dq(Q(W))‖", "‖ΔW‖", "ratio"],
+            &[false, false, true, true, true],
+            s.qlora.iter().filter(|q| q.not_quantized.is_none()),
             |q| {
                 vec![
                     q.name.clone(),
+                    q.load_dtype.clone(),
                     format!("{:.4e}", q.stray_norm),
                     format!("{:.4e}", q.delta_norm),
                     format!("{:.3}", q.ratio),
                 ]
             },
         ));
+        let float: Vec<_> = s
+            .qlora
+            .iter()
+            .filter_map(|q| Some((q, q.not_quantized.as_deref()?)))
+            .collect();
+        if !float.is_empty() {
+            out.push_str("\nnot quantized by transformers (merged into W as loaded):\n");
+            out.push_str(&table_of(
+                &["tensor", "loaded", "why"],
+                &[false, false, false],
+                float,
+                |(q, why)| vec![q.name.clone(), q.load_dtype.clone(), why.to_owned()],
+            ));
+        }
     }
     out.push_str(&format!(
         "\n{} tensors {}, {} copied, {} files, {} written in {:.2} s ({:.2} GB/s) on {}\n",

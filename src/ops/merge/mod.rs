@@ -18,6 +18,7 @@ pub use crate::backend::Rounding;
 /// Output dtype policy: the one `--dtype` of every writing command.
 pub use crate::ops::output::DtypeChoice;
 
+mod bnb_scope;
 mod experts;
 mod frod_base;
 pub mod gguf;

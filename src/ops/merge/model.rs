@@ -93,16 +93,28 @@ pub enum QuantOutput {
 /// The quantization a (Q)LoRA adapter was trained on, for [`MergeOptions::as_trained_on`]:
 /// bitsandbytes 4-bit as `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind)`
 /// quantizes each targeted weight (see [`crate::io::quant::bnb4`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Only the weights transformers 5.24's bitsandbytes quantizer converts are quantized (see
+/// `bnb_scope.rs`: Linear/Conv1D layers, not the output embedding, the last module, tied keys,
+/// the class's `_keep_in_fp32_modules` or `skip`); the others merge into W as loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AsTrainedOn {
     pub kind: crate::io::quant::bnb4::Kind,
     pub blocksize: usize,
     /// `bnb_4bit_use_double_quant`: the absmax vector is quantized again.
     pub double_quant: bool,
+    /// `llm_int8_skip_modules`: module-name patterns left float. As in transformers, a list
+    /// replaces the default skips (output embedding, last module, tied keys).
+    pub skip: Option<Vec<String>>,
+    /// The `dtype` the QLoRA model was loaded in (`from_pretrained(..., dtype=…)`): W is rounded
+    /// to it before quantizing and the dequantization is rounded to it, as bitsandbytes returns
+    /// it. `None`: transformers' `dtype="auto"`, config.json's `dtype`, else the tensor's own.
+    pub dtype: Option<crate::dtype::Dtype>,
 }
 
 /// One tensor of a QLoRA-correct merge: how large the stray term `W − dequant(Q(W))` (which a
-/// plain merge into `W` would add) is next to the adapter's own change `s·B·A`.
+/// plain merge into `W` would add) is next to the adapter's own change `s·B·A`; for a weight
+/// transformers does not quantize, `W − W as loaded` (0 unless the load dtype rounds it).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QloraTensor {
     pub name: String,
@@ -112,6 +124,11 @@ pub struct QloraTensor {
     pub delta_norm: f64,
     /// stray_norm / delta_norm.
     pub ratio: f64,
+    /// The dtype transformers loads the weight in (the merge starts from W rounded to it).
+    pub load_dtype: String,
+    /// Why transformers leaves the weight float (merged into W as loaded, not dequant(Q(W))).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_quantized: Option<String>,
 }
 
 /// One adapter and its weight.
@@ -299,6 +316,39 @@ pub struct MergePlan {
     pub(super) widened: HashMap<String, Vec<usize>>,
     /// The base folder's config.json as the widening rewrites it: (destination, bytes).
     pub(super) widened_config: Option<(PathBuf, Vec<u8>)>,
+    /// With `as_trained_on`: what transformers' bitsandbytes quantizer does to each weight.
+    pub(super) qlora_scope: Option<super::bnb_scope::QloraScope>,
+}
+
+/// What transformers' bitsandbytes quantizer does to the base's weights, with
+/// `as_trained_on`: its default skips (`get_keys_to_not_convert`) read from the base here, where
+/// the embedding and lm_head names are.
+pub(super) fn qlora_scope(
+    base: &Checkpoint,
+    options: &MergeOptions,
+) -> crate::error::InputResult<Option<super::bnb_scope::QloraScope>> {
+    let Some(t) = &options.as_trained_on else {
+        return Ok(None);
+    };
+    let tied = ties_embeddings(base, base.names().any(is_lm_head_name));
+    let mut defaults: Vec<(String, &'static str)> = Vec::new();
+    for n in base.names() {
+        let Some(module) = n.strip_suffix(".weight") else {
+            continue;
+        };
+        let two_d = base.info(n).is_some_and(|i| i.shape.len() == 2);
+        if is_lm_head_name(n) {
+            defaults.push((module.into(), "the output embedding"));
+        } else if tied && is_embedding_name(n) {
+            defaults.push((module.into(), "tied to lm_head (tie_word_embeddings)"));
+        } else if two_d && !module.contains('.') && !is_embedding_name(n) {
+            // A top-level weight beside the base model: a task head (`score`, `classifier`),
+            // registered last, so `named_parameters()`' last.
+            defaults.push((module.into(), "a top-level head, the model's last module"));
+        }
+    }
+    defaults.sort();
+    super::bnb_scope::QloraScope::new(base, t.skip.as_deref(), t.dtype, defaults).map(Some)
 }
 
 /// Names of input-embedding tensors that `tie_word_embeddings` ties to `lm_head`.

@@ -653,6 +653,7 @@ impl MergePlan {
         };
         crate::io::writer::check_writes(&inputs, &writes, &folders)?;
         let widened_config = super::widen::config(&widened, &base, &extra_files, &out)?;
+        let qlora_scope = qlora_scope(&base, &options)?;
         let plan = MergePlan {
             base,
             adapters,
@@ -671,6 +672,7 @@ impl MergePlan {
             dequantize_only,
             widened,
             widened_config,
+            qlora_scope,
         };
         plan.check_slices()?;
         Ok(plan)

@@ -475,10 +475,17 @@ impl MergePlan {
             meta.push((
                 "lorakit.as_trained_on".into(),
                 format!(
-                    "{}{} blocksize {}",
+                    "{}{} blocksize {}{}{}",
                     t.kind.name(),
                     if t.double_quant { ",double-quant" } else { "" },
-                    t.blocksize
+                    t.blocksize,
+                    t.dtype
+                        .map(|d| format!(" dtype {}", crate::dtype::name(d)))
+                        .unwrap_or_default(),
+                    t.skip
+                        .as_ref()
+                        .map(|k| format!(" skip {}", k.join(",")))
+                        .unwrap_or_default()
                 ),
             ));
         }

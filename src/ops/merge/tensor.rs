@@ -197,10 +197,31 @@ impl MergePlan {
                 replaced = dtype::encode(in_dtype, &w0);
                 &replaced
             }
-            (None, None) => match &self.options.as_trained_on {
-                Some(t) => {
-                    // QLoRA: the adapter was trained against dequant(Q(W)), not W.
+            (None, None) => match (&self.options.as_trained_on, &self.qlora_scope) {
+                (Some(t), Some(scope)) => {
+                    // QLoRA: the adapter was trained against the weight as transformers loaded
+                    // it: W in its load dtype, then dequant(Q(W)) where bitsandbytes quantizes
+                    // the layer (bnb_scope.rs).
                     let w = view.to_f32();
+                    let load_dtype = scope.load_dtype(name, view.dtype);
+                    let wl = if load_dtype == Dtype::F32 {
+                        w.clone()
+                    } else {
+                        dtype::decode(load_dtype, &dtype::encode(load_dtype, &w))
+                    };
+                    let first = merge
+                        .terms
+                        .first()
+                        .map(|&(ai, mi)| &self.adapters[ai].adapter.modules[mi]);
+                    let kind = merge
+                        .terms
+                        .iter()
+                        .map(|&(ai, mi)| &self.adapters[ai].adapter.modules[mi].kind)
+                        .find(|k| **k != crate::adapter::ModuleKind::Linear)
+                        .or(first.map(|m| &m.kind))
+                        .cloned()
+                        .unwrap_or(crate::adapter::ModuleKind::Linear);
+                    let why = scope.not_quantized(name, &kind, info.shape.len());
                     // transformers 5.24 quantizes a `Conv1D` weight (stored [in, out])
                     // transposed (integrations/bitsandbytes.py `Bnb4bitQuantize.convert`:
                     // `value = value.T` for Conv1D), so its 4-bit blocks run along the
@@ -209,37 +230,43 @@ impl MergePlan {
                         let m = &self.adapters[ai].adapter.modules[mi];
                         m.base_transposed && m.kind == crate::adapter::ModuleKind::Linear
                     }) && shape.len() == 2;
-                    let wq = if conv1d {
-                        let wt = crate::adapter::transpose(&w, rows, stored_cols);
-                        quantize_dequantize(t, &wt)
-                            .map(|q| crate::adapter::transpose(&q, stored_cols, rows))
+                    let mut wq = if why.is_some() {
+                        wl
                     } else {
-                        quantize_dequantize(t, &w)
+                        let wq = if conv1d {
+                            let wt = crate::adapter::transpose(&wl, rows, stored_cols);
+                            quantize_dequantize(t, &wt)
+                                .map(|q| crate::adapter::transpose(&q, stored_cols, rows))
+                        } else {
+                            quantize_dequantize(t, &wl)
+                        };
+                        wq.map_err(|m| {
+                            anyhow::Error::new(InputError::invalid(
+                                file.path(),
+                                format!("tensor `{name}`: {m}"),
+                            ))
+                        })?
                     };
-                    let mut wq = wq.map_err(|m| {
-                        anyhow::Error::new(InputError::invalid(
-                            file.path(),
-                            format!("tensor `{name}`: {m}"),
-                        ))
-                    })?;
                     // bitsandbytes 0.50.2 `dequantize_4bit` returns the quant_state's dtype,
-                    // the model's (`QuantState(dtype=A.dtype)`): a 16-bit model trained on
-                    // bf16(dequant), and PEFT's `Linear4bit.merge` adds ΔW to that.
-                    if matches!(view.dtype, Dtype::BF16 | Dtype::F16) {
-                        wq = dtype::decode(view.dtype, &dtype::encode(view.dtype, &wq));
+                    // the weight's as loaded (`QuantState(dtype=A.dtype)`): a 16-bit model trained
+                    // on bf16(dequant), and PEFT's `Linear4bit.merge` adds ΔW to that.
+                    if matches!(load_dtype, Dtype::BF16 | Dtype::F16) {
+                        wq = dtype::decode(load_dtype, &dtype::encode(load_dtype, &wq));
                     }
-                    stray_norm = Some(
+                    stray_norm = Some((
                         w.iter()
                             .zip(&wq)
                             .map(|(a, b)| ((a - b) as f64).powi(2))
                             .sum::<f64>()
                             .sqrt(),
-                    );
+                        load_dtype,
+                        why,
+                    ));
                     in_dtype = Dtype::F32;
                     replaced = dtype::encode(in_dtype, &wq);
                     &replaced
                 }
-                None => view.data,
+                _ => view.data,
             },
         };
         let padded;
@@ -443,7 +470,7 @@ impl MergePlan {
                 ),
             ))
         };
-        let Some(stray_norm) = stray_norm else {
+        let Some((stray_norm, load_dtype, not_quantized)) = stray_norm else {
             // The sink's own error (the writer's) is kept aside and returned as it was raised.
             let mut stopped = None;
             let r = merge
@@ -488,6 +515,8 @@ impl MergePlan {
             stray_norm,
             delta_norm,
             ratio: stray_norm / delta_norm.max(f64::MIN_POSITIVE),
+            load_dtype: dtype::name(load_dtype),
+            not_quantized,
         }))
     }
 
