@@ -130,13 +130,15 @@ struct Mapped {
     skip: usize,
     /// Bytes wanted, from `ptr + skip`.
     len: usize,
+    /// The input's path, for errors.
+    source: std::path::PathBuf,
 }
 
 impl Mapped {
     /// Maps `len` bytes of `file` from `offset`, or `None` where the system refuses (a file
     /// that cannot be mapped, the address space exhausted): the caller stages them instead.
     #[cfg(target_os = "linux")]
-    fn new(file: &File, offset: u64, len: usize) -> Option<Mapped> {
+    fn new(file: &File, path: &Path, offset: u64, len: usize) -> Option<Mapped> {
         use std::os::unix::io::AsRawFd;
         // SAFETY: sysconf reads a constant of the system.
         let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
@@ -162,11 +164,16 @@ impl Mapped {
         if p == libc::MAP_FAILED {
             return None;
         }
-        std::ptr::NonNull::new(p.cast::<u8>()).map(|ptr| Mapped { ptr, skip, len })
+        std::ptr::NonNull::new(p.cast::<u8>()).map(|ptr| Mapped {
+            ptr,
+            skip,
+            len,
+            source: path.to_path_buf(),
+        })
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn new(_file: &File, _offset: u64, _len: usize) -> Option<Mapped> {
+    fn new(_file: &File, _path: &Path, _offset: u64, _len: usize) -> Option<Mapped> {
         None
     }
 
@@ -236,7 +243,7 @@ struct Io {
     back: std::sync::mpsc::Receiver<Aligned>,
     /// Empty buffers not yet handed out (the ones never sent).
     spare: usize,
-    thread: std::thread::JoinHandle<std::io::Result<bool>>,
+    thread: std::thread::JoinHandle<InputResult<bool>>,
 }
 
 impl Direct {
@@ -334,7 +341,7 @@ impl Direct {
         while done < end {
             let n = (end - done).min(CAPACITY as u64);
             // A map refused: the rest is staged, from a page boundary as the buffer expects.
-            let Some(m) = Mapped::new(src.file, src.offset + done, n as usize) else {
+            let Some(m) = Mapped::new(src.file, src.path, src.offset + done, n as usize) else {
                 break;
             };
             self.send_mapped(plain, dest, m)?;
@@ -467,7 +474,7 @@ impl Direct {
             drop(io.tx);
             io.thread.join()
         }) {
-            Some(Ok(Err(e))) => e,
+            Some(Ok(Err(e))) => return e,
             _ => std::io::Error::other("the direct-I/O writer stopped"),
         };
         InputError::write(dest, e)
@@ -476,11 +483,13 @@ impl Direct {
     /// Starts the I/O thread: each chunk written at its offset with direct `pwrite`s, from a
     /// refusal (`EINVAL`, or a write that ends inside a block) on through a duplicate of
     /// `plain` (the whole blocks already written stand, so no byte goes through both). A
-    /// mapped chunk is unmapped when its writes have returned.
+    /// mapped chunk is unmapped when its writes have returned; a write that cannot read its
+    /// mapped pages (`EFAULT`: the input shrank since it was checked) is the input's error.
     fn start(&mut self, plain: &File, dest: &Path) -> InputResult<Io> {
         use std::os::unix::fs::FileExt;
         let direct = self.file.take().expect("started once");
         let plain = plain.try_clone().map_err(|e| InputError::write(dest, e))?;
+        let out = dest.to_path_buf();
         #[cfg(test)]
         let refuse_at = self.refuse_at;
         #[cfg(not(test))]
@@ -489,9 +498,21 @@ impl Direct {
         let (back_tx, back) = std::sync::mpsc::sync_channel::<Aligned>(BUFFERS);
         let thread = std::thread::Builder::new()
             .name("lorakit-direct-io".into())
-            .spawn(move || -> std::io::Result<bool> {
+            .spawn(move || -> InputResult<bool> {
                 let mut refused = false;
                 for (chunk, at) in rx {
+                    let failed = |e: std::io::Error| match &chunk {
+                        Chunk::Mapped(m) if e.raw_os_error() == Some(libc::EFAULT) => {
+                            InputError::io(
+                                &m.source,
+                                std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "file ends inside a tensor being copied (changed while lorakit ran)",
+                                ),
+                            )
+                        }
+                        _ => InputError::write(&out, e),
+                    };
                     let data = chunk.bytes();
                     let len = data.len();
                     let mut off = 0usize;
@@ -503,18 +524,20 @@ impl Direct {
                         };
                         match r {
                             Ok(n) if n > 0 && n.is_multiple_of(ALIGN) => off += n,
-                            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                            Ok(0) => return Err(failed(std::io::ErrorKind::WriteZero.into())),
                             Ok(n) => {
                                 off += n / ALIGN * ALIGN;
                                 refused = true;
                             }
                             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => refused = true,
-                            Err(e) => return Err(e),
+                            Err(e) => return Err(failed(e)),
                         }
                     }
                     if off < len {
-                        plain.write_all_at(&data[off..], at + off as u64)?;
+                        plain
+                            .write_all_at(&data[off..], at + off as u64)
+                            .map_err(failed)?;
                     }
                     // The sender may have finished (its last buffer needs none back). A map is
                     // dropped (unmapped) here, its writes done.
@@ -543,7 +566,7 @@ impl Direct {
             drop(io.tx);
             refused = match io.thread.join() {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(InputError::write(dest, e)),
+                Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     return Err(InputError::write(
                         dest,
