@@ -556,3 +556,93 @@ fn gguf_writer_writes_whole_pieces_and_kernel_copies() {
         "{err}"
     );
 }
+
+/// `writer::page_padding` (issue #17): for headers of many lengths, and sources whose data
+/// sections start at many offsets, the padded file parses (ggml's rules: each tensor at the
+/// previous one's aligned end) with its data section at the copied tensors' source offsets
+/// modulo the page, every copied tensor's offset agreeing with its source's; the entry is
+/// `lorakit.padding`, spaces only, and is absent where the header already lines up or where
+/// the alignment is a page. With copies from two sources that disagree, the one holding more
+/// bytes is lined up.
+#[test]
+fn page_padding_lines_the_data_section_up_with_the_copied_tensors_sources() {
+    use writer::{header, kv_string, page_padding, OutTensor, PADDING_KEY};
+    const PAGE: u64 = 4096;
+    let t = |name: &str, n: u64| OutTensor {
+        name: name.into(),
+        dims: vec![n],
+        ty: GgmlType::F32,
+    };
+    // Sizes that are not multiples of the alignment, so the padding between tensors counts.
+    let tensors = vec![t("a", 5), t("b", 1000), t("c", 37), t("d", 3000), t("e", 1)];
+    let rel: Vec<u64> = tensors
+        .iter()
+        .scan(0u64, |o, t| {
+            let at = *o;
+            *o = header::pad(at + t.bytes(), 32).unwrap();
+            Some(at)
+        })
+        .collect();
+    let data_len = header::pad(rel[4] + 4, 32).unwrap() as usize;
+    let mut padded = 0;
+    for value_len in (0..300).step_by(37) {
+        let entries = vec![
+            kv_string("general.architecture", "llama"),
+            kv_string("general.name", &"x".repeat(value_len)),
+        ];
+        for source_start in [0u64, 32, 1696, 4064, 4096 + 640, 3 * 4096 + 2016] {
+            // Tensors a, b, d copied from a file whose data section starts at `source_start`
+            // (c and e computed).
+            let copied: Vec<Option<u64>> = (0..5)
+                .map(|i| [0, 1, 3].contains(&i).then(|| source_start + rel[i]))
+                .collect();
+            let case = format!("entry of {value_len}, source data at {source_start}");
+            let pad = page_padding(&entries, &tensors, 32, &copied);
+            let bare = header(&entries, &tensors, 32).len() as u64;
+            if bare % PAGE == source_start % PAGE {
+                assert!(pad.is_none(), "{case}: already lined up");
+            }
+            let mut all = entries.clone();
+            all.extend(pad.clone());
+            let mut file = header(&all, &tensors, 32);
+            file.resize(file.len() + data_len, 0);
+            let h = header::parse(&file).unwrap();
+            assert_eq!(h.data_start % PAGE, source_start % PAGE, "{case}");
+            for (i, ti) in h.tensors.iter().enumerate() {
+                assert_eq!(ti.offset, rel[i], "{case}: tensor {i} moved");
+                if let Some(src) = copied[i] {
+                    assert_eq!((h.data_start + ti.offset) % PAGE, src % PAGE, "{case}");
+                }
+            }
+            if pad.is_some() {
+                padded += 1;
+                let Some(Value::String(s)) = h.get(PADDING_KEY) else {
+                    panic!("{case}: no {PADDING_KEY} string");
+                };
+                assert!(s.bytes().all(|b| b == b' '), "{case}");
+                // The least padding that lines it up: under a page.
+                assert!(h.data_start - bare < PAGE + 64, "{case}");
+            }
+        }
+    }
+    assert!(padded > 30, "most cases need the entry");
+    let entries = vec![kv_string("general.architecture", "llama")];
+    // Two sources disagreeing: b and d (4000 bytes) from one at 4096 + 640, a (20 bytes) from
+    // one at 96.
+    let copied = [
+        Some(96 + rel[0]),
+        Some(4736 + rel[1]),
+        None,
+        Some(4736 + rel[3]),
+        None,
+    ];
+    let pad = page_padding(&entries, &tensors, 32, &copied);
+    let mut all = entries.clone();
+    all.extend(pad);
+    let n = header(&all, &tensors, 32).len() as u64;
+    assert_eq!(n % PAGE, 640);
+    // Nothing copied, or an alignment of a page: no entry.
+    assert!(page_padding(&entries, &tensors, 32, &[]).is_none());
+    assert!(page_padding(&entries, &tensors, 32, &[None; 5]).is_none());
+    assert!(page_padding(&entries, &tensors, 4096, &copied).is_none());
+}

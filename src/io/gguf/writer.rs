@@ -17,7 +17,7 @@
 use super::header::{pad, MAGIC};
 use super::types::GgmlType;
 use crate::error::{InputError, InputResult};
-use crate::io::writer::{Extent, RawFile, Sink};
+use crate::io::writer::{Extent, RawFile, Sink, DIRECT_IO_ALIGN};
 
 /// A tensor to be written: its name, ggml dims and type, declared before any data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +149,64 @@ pub fn part_path(path: &std::path::Path, i: usize, n: usize) -> std::path::PathB
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     path.with_file_name(format!("{stem}-{:05}-of-{n:05}.gguf", i + 1))
+}
+
+/// Key of the padding entry [`page_padding`] adds: a `STRING` of spaces, read by nothing.
+pub const PADDING_KEY: &str = "lorakit.padding";
+
+/// The metadata entry, if one is needed, that puts the data section of a file holding
+/// `entries` and `tensors` where the tensors copied into it line up with their sources' pages:
+/// `copied[i]` is tensor `i`'s offset in the file it is copied from (`None` for tensors
+/// written from memory; empty where none is copied). A copy whose source and output offsets
+/// agree modulo the page ([`DIRECT_IO_ALIGN`]) is written by direct I/O straight from the
+/// source's page cache, not copied through a buffer (`io::writer::direct`, issue #17).
+///
+/// The tensors' offsets inside the data section are fixed (each the previous end padded to
+/// `alignment`, as ggml's `gguf.cpp` requires), so only the data section's start can move: a
+/// residue `r` of it modulo the page aligns every copied tensor with `source − offset ≡ r`.
+/// The `r` aligning the most copied bytes is chosen (the smallest on a tie; for a types-kept
+/// merge of a one-file base every tensor agrees), and the entry's string is sized so that
+/// the header, padded to `alignment`, ends at the first offset `≡ r`. `None` where nothing is
+/// copied, where the header already ends there, or where `alignment` is a page or more (every
+/// data section then starts on a page). A function of the plan alone: the same inputs give
+/// the same bytes, whatever file system or switch the output is written with, and each
+/// `--part` writes what a single run writes.
+pub fn page_padding(
+    entries: &[Vec<u8>],
+    tensors: &[OutTensor],
+    alignment: u64,
+    copied: &[Option<u64>],
+) -> Option<Vec<u8>> {
+    let page = DIRECT_IO_ALIGN as u64;
+    if alignment >= page {
+        return None;
+    }
+    let mut weight = std::collections::BTreeMap::<u64, u64>::new();
+    let mut offset = 0u64;
+    for (t, src) in tensors
+        .iter()
+        .zip(copied.iter().chain(std::iter::repeat(&None)))
+    {
+        if let Some(src) = src {
+            // Residues `alignment` cannot reach (a source laid out otherwise) are skipped.
+            let r = (src % page + page - offset % page) % page;
+            if r.is_multiple_of(alignment) {
+                *weight.entry(r).or_default() += t.bytes();
+            }
+        }
+        offset = pad(offset + t.bytes(), alignment)?;
+    }
+    // The largest weight, the smallest residue among equals (`BTreeMap` iterates upwards and
+    // `max_by_key` keeps the last maximum, so the residues go downwards).
+    let (&r, _) = weight.iter().rev().max_by_key(|&(_, w)| *w)?;
+    let bare = header(entries, tensors, 1).len() as u64;
+    if pad(bare, alignment)? % page == r {
+        return None;
+    }
+    // The entry: key length, key, type, string length, then the spaces.
+    let fixed = bare + 8 + PADDING_KEY.len() as u64 + 4 + 8;
+    let spaces = (r + page - fixed % page) % page;
+    Some(kv_string(PADDING_KEY, &" ".repeat(spaces as usize)))
 }
 
 /// The header: magic, version 3, tensor and entry counts, `entries` (each a whole metadata

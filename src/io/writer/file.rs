@@ -84,8 +84,8 @@ impl Stream {
         self.behind.after(&mut self.w, &self.dest, self.bytes)
     }
 
-    /// Appends the bytes of `src`: read into the direct-I/O buffers ([`Direct::append_from`]),
-    /// or copied by the kernel ([`kernel_copy`], with its read/write fallback); `name` is the
+    /// Appends the bytes of `src`: written by direct I/O from maps of the input or read into
+    /// its buffers ([`Direct::append_from`]), or copied by the kernel ([`kernel_copy`], with its read/write fallback); `name` is the
     /// tensor they hold.
     pub(super) fn copy(&mut self, name: &str, src: Extent) -> InputResult<()> {
         self.bytes += src.len;
@@ -109,6 +109,12 @@ impl Stream {
     #[cfg(test)]
     pub(super) fn is_direct(&self) -> bool {
         self.direct.is_some()
+    }
+
+    /// Bytes of copies written from maps of their input so far (tests).
+    #[cfg(test)]
+    pub(super) fn mapped_bytes(&self) -> u64 {
+        self.direct.as_ref().map_or(0, |d| d.mapped)
     }
 
     /// Flushes, waits for the writeback hand-offs already made and fsyncs the file: the end of

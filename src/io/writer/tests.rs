@@ -373,3 +373,107 @@ fn direct_io_writes_the_bytes_of_the_buffered_path_and_falls_back_on_refusal() {
         eprintln!("NOTE: direct I/O was not taken here; its refusals were not checked");
     }
 }
+
+/// Copies whose source offset agrees with their output offset modulo the page are written from
+/// maps of the input (`direct.rs`, issue #17): the head up to a page boundary staged, whole
+/// pages mapped (one extent over two 8 MiB maps), the tail staged. The file holds exactly the
+/// bytes written in order; copies that disagree, or under 1 MiB of whole pages, are staged
+/// (the mapped byte count says which path each took); and where the file system refuses a
+/// direct write (at the first, in the second mapped extent, never) the rest, mapped pages
+/// included, goes through the buffered descriptor at the right offsets.
+#[test]
+fn direct_io_writes_agreeing_copies_from_maps_of_the_input_and_falls_back_on_refusal() {
+    use super::direct::Direct;
+    const PAGE: u64 = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = dir.path().join("input.bin");
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let input: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    std::fs::write(&src_path, &input).unwrap();
+    let src = File::open(&src_path).unwrap();
+    // (offset in `input` or None to agree with the output's page offset plus `shift` pages,
+    // length, copied or written from memory). The mapped pages of an agreeing copy at output
+    // position `at`: those after the head up to the next page boundary.
+    type Piece = (Option<usize>, usize, usize, bool);
+    let pieces: [Piece; 7] = [
+        (Some(0), 0, 5000, false),
+        (None, 2, (3 << 20) + 777, true),
+        (Some(0), 0, 10, false),
+        (Some(1), 0, 2 << 20, true), // disagrees with the output's offset: staged
+        (None, 1, (9 << 20) + 123, true),
+        (None, 2, 512 << 10, true), // agrees, but under 1 MiB of pages: staged
+        (Some(7), 0, 3, false),
+    ];
+    let mut expected = Vec::new();
+    let mut expected_mapped = 0u64;
+    let mut extents = Vec::new();
+    for &(o, shift, n, copied) in &pieces {
+        let at = expected.len() as u64;
+        let o = o.unwrap_or((at % PAGE + shift as u64 * PAGE) as usize);
+        if copied && o as u64 % PAGE == at % PAGE {
+            let head = (PAGE - at % PAGE) % PAGE;
+            let pages = (n as u64 - head) / PAGE * PAGE;
+            if pages >= 1 << 20 {
+                expected_mapped += pages;
+            }
+        }
+        extents.push((o, n, copied));
+        expected.extend_from_slice(&input[o..o + n]);
+    }
+    assert!(expected_mapped > 11 << 20, "the test maps two extents");
+    let mut direct_seen = false;
+    for (i, refuse_at) in [None, Some(u64::MAX), Some(0), Some(4 << 20), Some(15 << 20)]
+        .into_iter()
+        .enumerate()
+    {
+        let path = dir.path().join(format!("out{i}"));
+        let file = File::create_new(&path).unwrap();
+        let direct = refuse_at.and_then(|at| {
+            let mut d = Direct::open_on(&file)?;
+            d.refuse_at = at;
+            Some(d)
+        });
+        let mut s = file::Stream::with_direct(&path, file, direct);
+        for &(o, n, copied) in &extents {
+            if copied {
+                let extent = file::Extent {
+                    file: &src,
+                    path: &src_path,
+                    offset: o as u64,
+                    len: n as u64,
+                };
+                s.copy("t", extent).unwrap();
+            } else {
+                s.write_all(&input[o..o + n]).unwrap();
+            }
+        }
+        let direct_used = s.is_direct();
+        let mapped = s.mapped_bytes();
+        // Direct writes start at 0, in both mapped extents (at most 8 MiB apart), and none at
+        // or past 15 MiB (what is staged after the last map is written buffered at the close).
+        let refused_mid = matches!(refuse_at, Some(a) if a < (15 << 20));
+        let (n, refused) = s.close_reporting().unwrap();
+        assert_eq!(n, expected.len() as u64);
+        if direct_used {
+            direct_seen = true;
+            assert_eq!(mapped, expected_mapped, "case {i}: bytes written from maps");
+            assert_eq!(refused, refused_mid, "case {i} (refuse at {refuse_at:?})");
+        }
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), expected.len(), "case {i}: length");
+        assert!(
+            got == expected,
+            "case {i} (refuse at {refuse_at:?}): bytes differ"
+        );
+    }
+    if !direct_seen {
+        eprintln!("NOTE: direct I/O was not taken here; the mapped path was not checked");
+    }
+}

@@ -602,6 +602,14 @@ impl GgufMergePlan {
                 .collect()
         };
         let base_tensors: Vec<_> = self.base.tensors().collect();
+        // Where each untouched tensor is copied from, for the header's page padding.
+        let copied: Vec<Option<u64>> = base_tensors
+            .iter()
+            .map(|&(f, t)| {
+                let merged = self.targets.iter().any(|x| x.tensor == t.name);
+                (!merged).then(|| f.source(t).1)
+            })
+            .collect();
         let mut merged = Vec::new();
         // The buffer of one merged tensor's dequantized base (a row band of it on the CPU) is
         // kept for the next: fresh pages cost ~18 % of a 7B Q4_K_M merge in faults and zeroing
@@ -618,6 +626,7 @@ impl GgufMergePlan {
             max_shard_size: self.options.max_shard_size,
             part,
             inputs: &self.inputs,
+            copied: &copied,
         };
         // The bytes of the tensors in the files this run (or part) writes.
         let total: u64 = {

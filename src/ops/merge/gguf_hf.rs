@@ -332,6 +332,8 @@ impl HfGgufPlan {
             max_shard_size: self.options.max_shard_size,
             part: self.options.part,
             inputs: &self.inputs,
+            // Every tensor is converted from the safetensors base: nothing to line up.
+            copied: &[],
         };
         let mut report = Vec::new();
         let wrote = gguf_parts::write_files(&mut output, &spec, |i| {

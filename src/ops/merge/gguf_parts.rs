@@ -21,7 +21,9 @@
 //! [`super::gguf_hf`]): files, split keys, the part's share and its manifest.
 
 use crate::error::{InputError, InputResult, Opt};
-use crate::io::gguf::writer::{kv_i32, kv_u16, part_path, split_parts, GgufWriter, OutTensor};
+use crate::io::gguf::writer::{
+    kv_i32, kv_u16, page_padding, part_path, split_parts, GgufWriter, OutTensor,
+};
 use crate::io::gguf::GgufModel;
 use crate::io::writer::{pipelined, Extent, LockMode};
 use crate::parts::{is_plain_name, out_dir, stamps, unsafe_name, PartManifest, SplitOutput, Stamp};
@@ -76,6 +78,10 @@ pub struct GgufOutput<'a> {
     pub part: Option<(usize, usize)>,
     /// Every file read, for the manifest.
     pub inputs: &'a [PathBuf],
+    /// Per tensor, its offset in the input it is copied from byte for byte (`None` where it is
+    /// computed; empty where none is copied): each file's header is padded so that these line
+    /// up with their sources' pages ([`page_padding`]).
+    pub copied: &'a [Option<u64>],
 }
 
 /// The bytes of one output tensor, as [`write_files`] takes them.
@@ -99,7 +105,8 @@ impl<'d> From<std::borrow::Cow<'d, [u8]>> for TensorData<'d> {
 
 /// Writes the files of `o` this run owns (all of them, or part I's share and its manifest)
 /// into `output`, which the caller commits; `data(i)` gives tensor `i`'s bytes in its planned
-/// type, in order, or the input range to copy them from. Each file is written on the
+/// type, in order, or the input range to copy them from (the one `o.copied` announced, for the
+/// header's page padding to line it up). Each file is written on the
 /// pipelined writer thread ([`crate::io::writer::pipelined`]): `data(i + 1)` is computed while
 /// tensor `i` and the copies before it are written. Part 1 holds the metadata, every file of a
 /// split output its `split.*` keys (gguf-py's layout). Returns the files written with their
@@ -131,6 +138,13 @@ pub fn write_files<'d, D: Into<TensorData<'d>>>(
             entries.push(kv_u16("split.count", files.len() as u16));
             entries.push(kv_i32("split.tensors.count", o.tensors.len() as i32));
         }
+        let copied = o.copied.get(range.clone()).unwrap_or(&[]);
+        entries.extend(page_padding(
+            &entries,
+            &o.tensors[range.clone()],
+            o.alignment,
+            copied,
+        ));
         let file = output.raw_file(path)?;
         let w = GgufWriter::new(
             file,

@@ -479,3 +479,85 @@ fn unmerge_summaries_say_unmerged() {
     let text = run_ok(merge_args(&fixture("llama/base"), &qv, &st, &["--unmerge"]));
     assert_mentions(&text, &["4 tensors unmerged, 17 copied"]);
 }
+
+/// Issue #17: a GGUF merge pads its header (`lorakit.padding`, spaces) so that the untouched
+/// tensors lie at their base offsets modulo the page (4096), whence the writer copies them by
+/// direct I/O from the base's page cache. For a one-file and a split base, merged into one
+/// file and into split files (and a merge of the output again, whose old padding goes): each
+/// output file parses, every untouched tensor holds the base's bytes, and the copied bytes
+/// whose offsets agree with their source's are at least those of any other disagreement (for
+/// the one-file base into one file: all of them).
+#[test]
+fn gguf_merge_lines_untouched_tensors_up_with_the_base_pages() {
+    const PAGE: u64 = 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let qv = fixture("llama/adapters/qv_r8");
+    let split_dir = dir.path().join("split_base");
+    std::fs::create_dir(&split_dir).unwrap();
+    merge_json(
+        g("llama_q8_0.gguf"),
+        &qv,
+        &split_dir.join("b.gguf"),
+        &["--max-shard-size", "40KB"],
+    );
+    let split_base = split_dir.join(&listing(&split_dir)[1]);
+    let one = dir.path().join("one.gguf");
+    merge_json(g("llama_q8_0.gguf"), &qv, &one, &[]);
+    let cases: [(PathBuf, &[&str], bool); 5] = [
+        (fixture("gguf/llama_q8_0.gguf"), &[], true),
+        (
+            fixture("gguf/llama_q8_0.gguf"),
+            &["--max-shard-size", "20KB"],
+            false,
+        ),
+        (split_base.clone(), &[], false),
+        (split_base, &["--max-shard-size", "20KB"], false),
+        (one, &[], true),
+    ];
+    let mut padded = 0;
+    for (ci, (base, extra, all_agree)) in cases.iter().enumerate() {
+        let out_dir = dir.path().join(format!("out{ci}"));
+        std::fs::create_dir(&out_dir).unwrap();
+        let v = merge_json(base, &qv, &out_dir.join("m.gguf"), extra);
+        let merged: Vec<&str> = v["merged_tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(!merged.is_empty());
+        let base = GgufModel::open(base).unwrap();
+        let out = GgufModel::open(out_dir.join(&listing(&out_dir)[0])).unwrap();
+        for f in &out.files {
+            let h = f.header();
+            let pads = h.metadata.iter().filter(|kv| kv.key == "lorakit.padding");
+            match pads.map(|kv| &kv.value).collect::<Vec<_>>()[..] {
+                [] => {}
+                [lorakit::io::gguf::Value::String(s)] => {
+                    assert!(s.bytes().all(|b| b == b' '), "case {ci}");
+                    padded += 1;
+                }
+                ref other => panic!("case {ci}: padding entries {other:?}"),
+            }
+            // Copied bytes per disagreement (source − output offset, modulo the page).
+            let mut by = BTreeMap::<u64, u64>::new();
+            for t in &h.tensors {
+                if merged.contains(&t.name.as_str()) {
+                    continue;
+                }
+                let (bf, bt) = base.tensors().find(|(_, b)| b.name == t.name).unwrap();
+                let (_, src, len) = bf.source(bt);
+                let (_, at, _) = f.source(t);
+                assert_eq!(f.view(t).data, bf.view(bt).data, "case {ci}: {}", t.name);
+                *by.entry((src + PAGE - at % PAGE) % PAGE).or_default() += len;
+            }
+            let agree = by.get(&0).copied().unwrap_or(0);
+            let what = format!("case {ci}, {}: {by:?}", f.path().display());
+            assert!(by.values().all(|&n| n <= agree), "{what}");
+            if *all_agree {
+                assert_eq!(by.len(), 1, "{what}");
+            }
+        }
+    }
+    assert!(padded >= 3, "the fixtures' headers need padding");
+}
