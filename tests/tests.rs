@@ -186,6 +186,10 @@ mod it {
     /// Session 16's quantized-base review findings: compressed-tensors act-order g_idx, int8
     /// (`int-quantized`, `naive-quantized`) and `dense` checkpoints, `check` on quantized bases.
     pub mod review16q;
+    /// Session 17's diffusion findings of rev16c: per-module kohya alphas diffusers applies at
+    /// the most common one, `lora_unet_unet_…` names, 2-D factors on 1×1 convs, DoRA written
+    /// to diffusers files.
+    pub mod review17s;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).
