@@ -115,3 +115,67 @@ fn two_d_factors_on_a_conv_fail_for_diffusers_with_the_base() {
     let (code, t) = diffusers(&out, Some(&unet()));
     assert_eq!((code, outcome(&t)), (0, "loads"), "{t}");
 }
+
+/// rev16c F9: a diffusers-saved PEFT DoRA LoRA (`StableDiffusionPipeline.save_lora_weights`:
+/// `unet.….lora_magnitude_vector`, `unet.use_dora: true`) converts `--to diffusers` into the file
+/// diffusers wrote (every tensor byte for byte, `use_dora` kept), whose merge equals diffusers'
+/// own load + `fuse_lora` (the 32 attention weights). LyCORIS' `dora_scale` is still refused.
+/// Before: "a diffusers LoRA file cannot hold DoRA".
+#[test]
+fn peft_dora_is_written_to_a_diffusers_file_as_diffusers_saves_it() {
+    let src = f("dora.safetensors");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("dora.safetensors");
+    run_ok(convert_args(&src, "diffusers", &out, &["--quiet"]));
+    let (want, got) = (read(&src), read(&out));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        want.keys()
+            .filter(|k| k.ends_with(".lora_magnitude_vector"))
+            .count(),
+        32
+    );
+    for (k, w) in &want {
+        let g = &got[k];
+        assert!(
+            g.dtype == w.dtype && g.shape == w.shape && g.data == w.data,
+            "{k}"
+        );
+    }
+    let config = |p: &std::path::Path| -> Value {
+        let bytes = std::fs::read(p).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["lora_adapter_metadata"]).unwrap()
+    };
+    let (cw, cg) = (config(&src), config(&out));
+    for k in [
+        "unet.use_dora",
+        "unet.r",
+        "unet.lora_alpha",
+        "unet.use_rslora",
+    ] {
+        assert_eq!(cg[k], cw[k], "{k}");
+    }
+    assert_eq!(cg["unet.use_dora"], true);
+    let merged = tmp.path().join("merged");
+    run_ok(merge_args(
+        &unet(),
+        &out,
+        &merged,
+        &["--device", "cpu", "--quiet"],
+    ));
+    let n = assert_merged_matches(&merged, &unet(), &f("dora_fused.safetensors"), 1e-5);
+    assert_eq!(n, 32);
+    // LyCORIS' dora_scale (another formula) has no diffusers form.
+    let line = one_line_error(&run_err(convert_args(
+        &fixture("lycoris/dora_out.safetensors"),
+        "diffusers",
+        &tmp.path().join("lyco.safetensors"),
+        &["--base", s(&fixture("lycoris/base.safetensors")), "--quiet"],
+    )));
+    assert_mentions(&line, &["DoRA"]);
+    assert!(!tmp.path().join("lyco.safetensors").exists());
+}
