@@ -190,6 +190,10 @@ mod it {
     /// quantizer converts are quantized (lm_head, embeddings, T5's `wo`, the skip list), in the
     /// dtype the QLoRA model was loaded in.
     pub mod review17a;
+    /// Session 17's diffusion findings of rev16c: per-module kohya alphas diffusers applies at
+    /// the most common one, `lora_unet_unet_…` names, 2-D factors on 1×1 convs, DoRA written
+    /// to diffusers files.
+    pub mod review17s;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

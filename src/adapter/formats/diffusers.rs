@@ -7,8 +7,9 @@
 //! (ranks, alphas, patterns, rsLoRA). lorakit's reader ([`super::kohya`]) reads the same file
 //! back to the same modules, factors byte for byte.
 //!
-//! Only plain LoRA on linear and conv layers is written: diffusers' LoRA loader has no place for
-//! LyCORIS factors, DoRA, `lora_B` biases, embeddings or full tensors, and refusing names what
+//! Only LoRA on linear and conv layers is written, with PEFT's DoRA on linear layers
+//! (`lora_magnitude_vector`, `use_dora: true`): diffusers' LoRA loader has no place for LyCORIS
+//! factors or `dora_scale`, `lora_B` biases, embeddings or full tensors, and refusing names what
 //! would otherwise be lost.
 //!
 //! Must not read files (the kohya reader reads these back) or drop a module silently.
@@ -117,13 +118,19 @@ pub fn write(
                 )
             }));
         };
-        if m.dora_magnitude.is_some()
+        // PEFT's DoRA on a Linear layer is written as diffusers' `save_lora_weights` writes it
+        // (`get_peft_model_state_dict`: `{module}.lora_magnitude_vector`, one per output row;
+        // `use_dora: true` in the component's LoraConfig), which `load_lora_adapter` rebuilds.
+        // LyCORIS' `dora_scale` is another formula and PEFT's conv magnitude another shape.
+        let peft_dora =
+            m.dora_rule == crate::adapter::model::DoraRule::Peft && m.kind == ModuleKind::Linear;
+        if (m.dora_magnitude.is_some() && !peft_dora)
             || m.bias.is_some()
             || m.kind == ModuleKind::Embedding
             || m.base_transposed
         {
             return Err(refuse(format!(
-                "module `{}`: a diffusers LoRA file cannot hold DoRA, lora bias, embedding or fan_in_fan_out modules",
+                "module `{}`: a diffusers LoRA file cannot hold LyCORIS or conv DoRA, lora bias, embedding or fan_in_fan_out modules",
                 m.name
             )));
         }
@@ -157,11 +164,30 @@ pub fn write(
             specs.push(TensorSpec::new(format!("{comp}.{rel}.{suffix}"), dt, shape));
             payload.push(bytes);
         }
+        if let Some(d) = &m.dora_magnitude {
+            let (dt, bytes) = peft::encoded(adapter, d, dtype)?;
+            let key = format!("{comp}.{rel}.lora_magnitude_vector");
+            specs.push(TensorSpec::new(key, dt, vec![m.out_features]));
+            payload.push(bytes);
+        }
     }
     // Each component's LoraConfig, keys prefixed by the component, sorted (json.dumps with
     // sort_keys=True).
     let mut config = BTreeMap::new();
     for (comp, modules) in groups {
+        // `use_dora` is one flag per LoraConfig: PEFT would give a module without a magnitude
+        // one from its base weight's norm, a different update.
+        let dora = modules
+            .iter()
+            .filter(|m| m.dora_magnitude.is_some())
+            .count();
+        if dora > 0 && dora < modules.len() {
+            let plain = modules.iter().find(|m| m.dora_magnitude.is_none());
+            return Err(refuse(format!(
+                "module `{comp}.{}`: DoRA and plain LoRA modules under one pipeline component cannot share its LoraConfig (use_dora)",
+                plain.map_or("?", |m| m.name.as_str())
+            )));
+        }
         let sub = Adapter {
             use_rslora: adapter.use_rslora,
             ..Adapter::of_modules(Format::Peft, adapter.path.clone(), modules)

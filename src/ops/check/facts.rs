@@ -158,17 +158,15 @@ impl<'a> Facts<'a> {
                     _ => vec![],
                 }
             }
-            When::DiffusersUnetKeyLost => {
-                if !self.sd_prefixed() || !unet_key_rules_apply(a) || self.own_loader() {
-                    vec![]
-                } else {
-                    a.modules
-                        .iter()
-                        .filter_map(|m| {
-                            let path = super::diffusers_keys::lost_unet_module(&m.name)?;
-                            Some(format!("{} (read as `{path}`)", m.name))
-                        })
-                        .collect()
+            When::DiffusersUnetKeyLost
+            | When::DiffusersUnetNonePlaced
+            | When::DiffusersAlphaLost
+            | When::DiffusersConvFactors2d => {
+                let sd = self.sd_prefixed() && unet_key_rules_apply(a) && !self.own_loader();
+                let (base, p) = (self.plan.base.as_ref(), &self.placements);
+                match super::diffusers_kohya::items(a, when, sd, base, p) {
+                    Some(v) => v,
+                    None => return Evaluated::NeedsBase,
                 }
             }
             When::DiffusersTextEncoderUntyped

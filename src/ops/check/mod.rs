@@ -21,6 +21,7 @@ mod comfy_gaps;
 mod diffusers_converted;
 mod diffusers_families;
 mod diffusers_keys;
+mod diffusers_kohya;
 mod diffusers_lokr;
 mod diffusers_pipelines;
 mod facts;

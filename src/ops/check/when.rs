@@ -95,6 +95,15 @@ pub enum When {
     /// In a kohya file whose every key has an SD prefix: a `lora_unet_` module whose name
     /// diffusers' key conversion turns into a path the UNet lacks (`diffusers_keys.rs`).
     DiffusersUnetKeyLost,
+    /// The same files when no `lora_unet_` module lands (every one is a
+    /// [`DiffusersUnetKeyLost`](When::DiffusersUnetKeyLost) item, or is named under a pipeline
+    /// component, `lora_unet_unet_…`): PEFT raises (`diffusers_kohya.rs`).
+    DiffusersUnetNonePlaced,
+    /// In the same files: modules diffusers applies at their component's most common alpha
+    /// instead of their own (`diffusers_kohya.rs`).
+    DiffusersAlphaLost,
+    /// With `--base`: modules whose file factors are 2-D on a 4-D (1×1 conv) base tensor.
+    DiffusersConvFactors2d,
     /// kohya Flux modules outside the blocks (`lora_unet_img_in`, …), which diffusers' Flux
     /// converter drops (`diffusers_keys.rs`).
     DiffusersFluxKohyaDropped,

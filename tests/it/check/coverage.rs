@@ -105,12 +105,15 @@ const CASES: &[Case] = &[
         quiet_verdict: "fails",
     },
     // diffusers, run on the folder's safetensors (MANIFEST): every key stays under no pipeline
-    // component; a kohya text-encoder file converts and loads.
+    // component; a kohya text-encoder file converts and loads. (Not kohya/te_lora.safetensors:
+    // its layers_1 v_proj has no `.alpha`, and diffusers applies it at the file's alpha 2 / 4, not
+    // kohya's 1: `diffusers.alpha_lost`, found running load_lora_into_text_encoder on
+    // kohya/te_base; the MANIFEST recorder compares keys only.)
     Case {
         rule: "diffusers.peft_prefix",
         fires: ("kohya/adapters/te_peft", None),
         verdict: "silent",
-        quiet: ("kohya/te_lora.safetensors", None),
+        quiet: ("kohya/te_from_peft.safetensors", None),
         quiet_verdict: "loads",
     },
     // sglang lora/lora.py:282-300 (normalize_qkv_proj) stacks from q_proj only; utils.py:298-300
@@ -314,6 +317,14 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("review16/check/pissa", None),
     ("review16/check/opt_lora", Some("review16/check/opt")),
     ("fix13/qalora_pooled/adapter", Some("quant/gptq4_v1")),
+    // fixtures/gen/review17_diffusion.py (tests/it/review17s.rs): diffusers.alpha_lost,
+    // diffusers.unet_none_placed, diffusers.conv_factors_2d.
+    ("review17/diffusion/dynalpha.safetensors", None),
+    ("review17/diffusion/unet_named.safetensors", None),
+    (
+        "review17/diffusion/conv1x1_2d.safetensors",
+        Some("review16/diffusion/unet"),
+    ),
 ];
 
 /// check/untargeted as PEFT itself loaded it (fixtures/gen/check_untargeted_fixture.py): the
