@@ -90,16 +90,18 @@ impl Checkpoint {
             }
             return Self::open_sharded(path, name);
         }
-        if singles.is_empty() {
-            if let Some(c) = Self::open_torch_folder(path)? {
+        let exact = SINGLE_NAMES
+            .iter()
+            .find(|n| singles.iter().any(|s| s == *n))
+            .map(|s| s.to_string());
+        // transformers/diffusers take `pytorch_model.bin` before a lone variant file
+        // (`….fp16.safetensors` is loaded only when that variant is asked for).
+        if exact.is_none() {
+            if let Some(c) = Self::open_torch_folder(path, singles.is_empty())? {
                 return Ok(c);
             }
         }
-        let pick = SINGLE_NAMES
-            .iter()
-            .find(|n| singles.iter().any(|s| s == *n))
-            .map(|s| s.to_string())
-            .or_else(|| (singles.len() == 1).then(|| singles[0].clone()));
+        let pick = exact.or_else(|| (singles.len() == 1).then(|| singles[0].clone()));
         match pick {
             Some(name) => {
                 let f = SafetensorsFile::open(path.join(&name))?;
@@ -125,33 +127,62 @@ impl Checkpoint {
 
     /// A folder saved with `safe_serialization=False` (transformers' `pytorch_model.bin`, its
     /// sharded `pytorch_model.bin.index.json`, diffusers' `diffusion_pytorch_model.bin`): the
-    /// `torch.save` archives read through [`crate::io::torch`]. The layout names what a merge
-    /// writes, safetensors under the names transformers/diffusers give them
-    /// (`model.safetensors`, `diffusion_pytorch_model.safetensors`; shards renamed by the merge).
-    fn open_torch_folder(path: &Path) -> InputResult<Option<Self>> {
+    /// `torch.save` archives read through [`crate::io::torch`]; with `lone`, also the one `.bin`
+    /// of a folder with no safetensors file (`diffusion_pytorch_model.fp16.bin`,
+    /// `gptq_model-4bit-128g.bin`). The layout names what a merge writes: safetensors under the
+    /// names transformers/diffusers give them (`model.safetensors`,
+    /// `diffusion_pytorch_model.safetensors`; shards renamed by the merge).
+    fn open_torch_folder(path: &Path, lone: bool) -> InputResult<Option<Self>> {
+        let single = |name: String, out: String| -> InputResult<Option<Self>> {
+            let f = SafetensorsFile::open(path.join(&name))?;
+            Ok(Some(Self::from_single(
+                path.to_path_buf(),
+                Layout::Folder { file_name: out },
+                f,
+            )))
+        };
         for stem in ["pytorch_model", "diffusion_pytorch_model"] {
             let index = format!("{stem}.bin.index.json");
             if path.join(&index).is_file() {
                 return Self::open_sharded(path, &index).map(Some);
             }
-            let single = format!("{stem}.bin");
-            if path.join(&single).is_file() {
-                let f = SafetensorsFile::open(path.join(&single))?;
+            if path.join(format!("{stem}.bin")).is_file() {
                 let out = if stem == "pytorch_model" {
                     "model"
                 } else {
                     stem
                 };
-                return Ok(Some(Self::from_single(
-                    path.to_path_buf(),
-                    Layout::Folder {
-                        file_name: format!("{out}.safetensors"),
-                    },
-                    f,
-                )));
+                return single(format!("{stem}.bin"), format!("{out}.safetensors"));
             }
         }
-        Ok(None)
+        if !lone {
+            return Ok(None);
+        }
+        let mut bins: Vec<String> = std::fs::read_dir(path)
+            .map_err(|e| InputError::io(path, e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".bin") && path.join(n).is_file())
+            .collect();
+        bins.sort();
+        match bins.as_slice() {
+            [one] => {
+                let stem = one.trim_end_matches(".bin");
+                let out = match stem.split('.').next() {
+                    Some("diffusion_pytorch_model") => "diffusion_pytorch_model",
+                    _ => "model",
+                };
+                single(one.clone(), format!("{out}.safetensors"))
+            }
+            [] => Ok(None),
+            _ => Err(InputError::invalid(
+                path,
+                format!(
+                    "no .safetensors file and several .bin files ({}); name one file",
+                    bins.join(", ")
+                ),
+            )),
+        }
     }
 
     fn from_single(root: PathBuf, layout: Layout, f: SafetensorsFile) -> Self {

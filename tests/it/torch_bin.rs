@@ -133,3 +133,68 @@ fn pickled_base_folders_merge_into_safetensors_named_as_transformers_names_them(
         }
     }
 }
+
+/// What the review found in the output names and folder picking (rev17t F4, F8, F10): a merge
+/// into a lone `pytorch_model.bin` given as a file writes `model.safetensors` into an output
+/// folder (it wrote safetensors bytes under the `.bin` name, which torch.load and transformers
+/// refuse), an output named `.bin`/`.pt`/`.ckpt` is refused with nothing written, a folder
+/// whose only weights are an odd-named `.bin` opens, and a folder with `pytorch_model.bin` and a
+/// lone variant `model.fp16.safetensors` reads the `.bin`, as transformers loads it.
+#[test]
+fn pickled_base_names_in_and_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    merge_ok(
+        &fixture("torch/llama_bin/pytorch_model.bin"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--quiet"],
+    );
+    assert_eq!(listing(&out), ["model.safetensors"]);
+    for name in ["merged.bin", "merged.pt", "merged.ckpt", "merged.PTH"] {
+        let o = dir.path().join(name);
+        let e = one_line_error(&run_exit(
+            merge_args(
+                &fixture("llama/base/model.safetensors"),
+                &fixture("llama/adapters/qv_r8"),
+                &o,
+                &[],
+            ),
+            2,
+        ));
+        assert!(e.contains("name the output .safetensors"), "{e}");
+        assert!(!o.exists());
+    }
+    let odd = dir.path().join("odd");
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::copy(
+        fixture("torch/llama_bin/pytorch_model.bin"),
+        odd.join("gptq_model-4bit-128g.bin"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("torch/llama_bin/config.json"),
+        odd.join("config.json"),
+    )
+    .unwrap();
+    let v = inspect_json(&odd, &[]);
+    assert_eq!(v["tensor_count"], 21, "{v}");
+    let variant = dir.path().join("variant");
+    std::fs::create_dir(&variant).unwrap();
+    std::fs::copy(
+        fixture("torch/llama_bin/pytorch_model.bin"),
+        variant.join("pytorch_model.bin"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("llama/base_bf16/model.safetensors"),
+        variant.join("model.fp16.safetensors"),
+    )
+    .unwrap();
+    let v = inspect_json(&variant, &[]);
+    assert!(
+        v["dtypes"].get("F32").is_some() && v["dtypes"].get("BF16").is_none(),
+        "{v}"
+    );
+}

@@ -25,19 +25,28 @@ use std::fs::File;
 /// The largest `data.pkl` read: a state dict's pickle is ~100 bytes per tensor.
 const MAX_PICKLE: u64 = 256 << 20;
 
-/// The dtype and element size of a typed storage class.
+/// The dtype and element size of a typed storage class (`_rebuild_tensor_v2`) or of a dtype
+/// global (`_rebuild_tensor_v3`, over an untyped storage).
 fn storage_dtype(class: &str) -> Option<(Dtype, u64)> {
-    Some(match class {
-        "torch.FloatStorage" => (Dtype::F32, 4),
-        "torch.HalfStorage" => (Dtype::F16, 2),
-        "torch.BFloat16Storage" => (Dtype::BF16, 2),
-        "torch.DoubleStorage" => (Dtype::F64, 8),
-        "torch.LongStorage" => (Dtype::I64, 8),
-        "torch.IntStorage" => (Dtype::I32, 4),
-        "torch.ShortStorage" => (Dtype::I16, 2),
-        "torch.CharStorage" => (Dtype::I8, 1),
-        "torch.ByteStorage" => (Dtype::U8, 1),
-        "torch.BoolStorage" => (Dtype::BOOL, 1),
+    Some(match class.strip_prefix("torch.")? {
+        "FloatStorage" | "float32" => (Dtype::F32, 4),
+        "HalfStorage" | "float16" => (Dtype::F16, 2),
+        "BFloat16Storage" | "bfloat16" => (Dtype::BF16, 2),
+        "DoubleStorage" | "float64" => (Dtype::F64, 8),
+        "LongStorage" | "int64" => (Dtype::I64, 8),
+        "IntStorage" | "int32" => (Dtype::I32, 4),
+        "ShortStorage" | "int16" => (Dtype::I16, 2),
+        "CharStorage" | "int8" => (Dtype::I8, 1),
+        "ByteStorage" | "uint8" => (Dtype::U8, 1),
+        "BoolStorage" | "bool" => (Dtype::BOOL, 1),
+        "uint16" => (Dtype::U16, 2),
+        "uint32" => (Dtype::U32, 4),
+        "uint64" => (Dtype::U64, 8),
+        "float8_e4m3fn" => (Dtype::F8_E4M3, 1),
+        "float8_e5m2" => (Dtype::F8_E5M2, 1),
+        "float8_e8m0fnu" => (Dtype::F8_E8M0, 1),
+        "float8_e4m3fnuz" => (Dtype::F8_E4M3FNUZ, 1),
+        "float8_e5m2fnuz" => (Dtype::F8_E5M2FNUZ, 1),
         _ => return None,
     })
 }
@@ -85,13 +94,36 @@ pub fn header(file: &File, file_len: u64) -> Result<Header, String> {
         _ => return Err("data.pkl holds no dict of tensors".into()),
     };
     // A training checkpoint's `{"state_dict": {...}, "epoch": …}` (Lightning, sd-scripts'
-    // `.ckpt`): its state dict.
-    let dict = match dict.iter().find_map(|(k, v)| match (k, v) {
-        (Val::Str(k), Val::Dict(d, _)) if &**k == "state_dict" => Some(d.clone()),
-        _ => None,
-    }) {
-        Some(inner) => inner,
-        None => dict,
+    // `.ckpt`), or `{"model": …}` / `{"module": …}` (DeepSpeed, many trainers): the nested state
+    // dict, when the top level holds no tensor itself.
+    let has_tensor = |d: &[(Val, Val)]| d.iter().any(|(_, v)| matches!(v, Val::Tensor(_)));
+    let dict = if has_tensor(&dict) {
+        dict
+    } else {
+        ["state_dict", "model", "module"]
+            .iter()
+            .find_map(|key| {
+                dict.iter().find_map(|(k, v)| match (k, v) {
+                    (Val::Str(k), Val::Dict(d, _)) if &**k == *key && has_tensor(d) => {
+                        Some(d.clone())
+                    }
+                    _ => None,
+                })
+            })
+            .ok_or_else(|| {
+                let keys: Vec<String> = dict
+                    .iter()
+                    .filter_map(|(k, _)| match k {
+                        Val::Str(k) => Some(format!("`{k}`")),
+                        _ => None,
+                    })
+                    .take(8)
+                    .collect();
+                format!(
+                    "data.pkl holds no tensor at its top level nor under `state_dict`, `model` or `module` (keys: {})",
+                    keys.join(", ")
+                )
+            })?
     };
     let storages: std::collections::HashMap<&str, &zip::Entry> = entries
         .iter()
@@ -116,7 +148,7 @@ pub fn header(file: &File, file_len: u64) -> Result<Header, String> {
         let bad = |msg: String| format!("tensor `{name}`: {msg}");
         let (dtype, esize) = storage_dtype(&t.class).ok_or_else(|| {
             bad(format!(
-                "storage type `{}` is not one lorakit reads",
+                "its element type `{}` is not one lorakit reads",
                 t.class
             ))
         })?;
@@ -126,21 +158,38 @@ pub fn header(file: &File, file_len: u64) -> Result<Header, String> {
                 t.key
             ))
         })?;
-        // Contiguous row-major: each stride the product of the sizes after it (a dimension of
-        // size 1 may carry any stride).
-        let mut want = 1u64;
-        for (&s, &st) in t.size.iter().zip(&t.stride).rev() {
-            if s != 1 && st != want {
-                return Err(bad(format!(
-                    "stored as a strided view (size {:?}, stride {:?}), not one contiguous run; save a .contiguous() copy",
-                    t.size, t.stride
-                )));
-            }
-            want = want
-                .checked_mul(s)
-                .ok_or_else(|| bad("its size overflows".into()))?;
+        // The record must hold what the persistent id says, as torch.load checks ("record
+        // size … does not match"): otherwise a range could run over other entries' headers.
+        let stated = t
+            .storage_numel
+            .checked_mul(if t.untyped { 1 } else { esize })
+            .ok_or_else(|| bad("its storage size overflows".into()))?;
+        if entry.len != stated {
+            return Err(bad(format!(
+                "its storage `data/{}` holds {} bytes, the pickle says {stated}",
+                t.key, entry.len
+            )));
         }
-        let numel = want;
+        let numel = if t.size.contains(&0) {
+            // No element: any strides (torch's contiguous ones use max(size, 1)).
+            0
+        } else {
+            // Contiguous row-major: each stride the product of the sizes after it (a dimension
+            // of size 1 may carry any stride).
+            let mut want = 1u64;
+            for (&s, &st) in t.size.iter().zip(&t.stride).rev() {
+                if s != 1 && st != want {
+                    return Err(bad(format!(
+                        "stored as a strided view (size {:?}, stride {:?}), not one contiguous run; save a .contiguous() copy",
+                        t.size, t.stride
+                    )));
+                }
+                want = want
+                    .checked_mul(s)
+                    .ok_or_else(|| bad("its size overflows".into()))?;
+            }
+            want
+        };
         let range = t
             .offset
             .checked_add(numel)
@@ -167,7 +216,26 @@ pub fn header(file: &File, file_len: u64) -> Result<Header, String> {
             end: entry.start + range,
         });
     }
+    drop_tied_lm_head(&mut tensors);
     Ok(Header::from_tensors(Vec::new(), tensors, 0, file_len))
+}
+
+/// transformers < 5 saved a tied model's `.bin` with both names of the shared weight
+/// (`torch.save` keeps aliases; only its safetensors path removes them): an `lm_head.weight`
+/// that is exactly another tensor's bytes (same range, dtype, shape) is the tie itself, and is
+/// dropped as the safetensors save drops it, so that the model reads as its safetensors twin
+/// (an embedding LoRA with `--tied-embeddings shared` merges once).
+fn drop_tied_lm_head(tensors: &mut Vec<TensorInfo>) {
+    let same = |a: &TensorInfo, b: &TensorInfo| {
+        a.start == b.start && a.end == b.end && a.dtype == b.dtype && a.shape == b.shape
+    };
+    let tied: Vec<String> = tensors
+        .iter()
+        .filter(|t| t.name.ends_with("lm_head.weight"))
+        .filter(|t| tensors.iter().any(|o| o.name != t.name && same(o, t)))
+        .map(|t| t.name.clone())
+        .collect();
+    tensors.retain(|t| !tied.contains(&t.name));
 }
 
 #[cfg(test)]

@@ -34,37 +34,100 @@ pub(super) enum Val {
     Storage {
         class: Rc<str>,
         key: Rc<str>,
+        numel: u64,
     },
-    /// `_rebuild_tensor_v2(storage, offset, size, stride, …)`.
+    /// `_rebuild_tensor_v2(storage, offset, size, stride, …)` or `_rebuild_tensor_v3`.
     Tensor(Rc<Tensor>),
 }
 
 /// A tensor as pickled: a view of a storage.
 #[derive(Debug)]
 pub(super) struct Tensor {
+    /// What fixes the element type: a typed storage class (`torch.FloatStorage`), or for
+    /// `_rebuild_tensor_v3` the dtype global (`torch.float8_e4m3fn`).
     pub class: Rc<str>,
     pub key: Rc<str>,
+    /// The storage's length as the persistent id states it: elements of a typed storage, bytes
+    /// of an untyped one.
+    pub storage_numel: u64,
+    /// Whether the storage is untyped (`_rebuild_tensor_v3`): its numel counts bytes.
+    pub untyped: bool,
     pub offset: u64,
     pub size: Vec<u64>,
     pub stride: Vec<u64>,
 }
 
-/// The globals a state dict's pickle may name.
+/// The globals a state dict's pickle may name: the rebuild functions, `OrderedDict`, the
+/// storage classes (those lorakit reads and those it refuses by dtype, so that a complex or
+/// quantized tensor is named as such, not as foreign code), and torch's dtypes, which
+/// `_rebuild_tensor_v3` takes (every dtype `torch.storage._new_dtypes()` lists: float8, uint16–64,
+/// float4 …, saved over an `UntypedStorage`).
 const ALLOWED: &[&str] = &[
     "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
     "torch._utils._rebuild_parameter",
     "collections.OrderedDict",
-    "torch.FloatStorage",
-    "torch.HalfStorage",
-    "torch.BFloat16Storage",
-    "torch.DoubleStorage",
-    "torch.LongStorage",
-    "torch.IntStorage",
-    "torch.ShortStorage",
-    "torch.CharStorage",
-    "torch.ByteStorage",
-    "torch.BoolStorage",
+    "torch.UntypedStorage",
+    "torch.storage.UntypedStorage",
 ];
+
+/// Storage classes and dtype names (`torch.NAME`) a state dict may name.
+const TORCH_NAMES: &[&str] = &[
+    "FloatStorage",
+    "HalfStorage",
+    "BFloat16Storage",
+    "DoubleStorage",
+    "LongStorage",
+    "IntStorage",
+    "ShortStorage",
+    "CharStorage",
+    "ByteStorage",
+    "BoolStorage",
+    "ComplexFloatStorage",
+    "ComplexDoubleStorage",
+    "QInt8Storage",
+    "QUInt8Storage",
+    "QInt32Storage",
+    "QUInt4x2Storage",
+    "QUInt2x4Storage",
+    "float32",
+    "float16",
+    "bfloat16",
+    "float64",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "float4_e2m1fn_x2",
+    "complex32",
+    "complex64",
+    "complex128",
+    "bits1x8",
+    "bits2x4",
+    "bits4x2",
+    "bits8",
+    "bits16",
+];
+
+/// Whether `module.name` may appear in a state dict's pickle.
+fn allowed(module: &str, name: &str) -> bool {
+    (module == "torch" && TORCH_NAMES.contains(&name))
+        || ALLOWED.iter().any(|a| {
+            a.strip_prefix(module)
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(|r| r == name)
+        })
+}
 
 /// The deepest nesting of containers accepted: a state dict's is 3 (dict, a tensor's
 /// arguments, its size). A pickle a byte per level deep would otherwise build values whose
@@ -108,6 +171,7 @@ pub(super) fn load(data: &[u8]) -> Result<Val, String> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        copies: data.len().saturating_mul(4),
     };
     m.run()
 }
@@ -118,6 +182,11 @@ struct Machine<'a> {
     stack: Vec<Val>,
     marks: Vec<usize>,
     memo: HashMap<u32, Val>,
+    /// Elements a mutation may still copy: a container shared with the memo (or a `DUP`) is
+    /// copied before it changes ([`Rc::make_mut`]), and a pickle re-storing a growing dict
+    /// before every `SETITEM` would copy it each time, quadratic in the pickle's length.
+    /// `torch.save` copies each container at most once, while empty.
+    copies: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -169,7 +238,7 @@ impl<'a> Machine<'a> {
 
     fn global(&mut self, module: &str, name: &str) -> Result<Val, String> {
         let full = format!("{module}.{name}");
-        if ALLOWED.contains(&full.as_str()) {
+        if allowed(module, name) {
             Ok(Val::Global(full.into()))
         } else {
             Err(format!(
@@ -338,22 +407,26 @@ impl<'a> Machine<'a> {
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
-                    set_items(self.top()?, vec![k, v])?;
+                    let copies = &mut self.copies;
+                    set_items(self.stack.last_mut(), vec![k, v], copies)?;
                 }
                 b'u' => {
                     let items = self.pop_mark(op)?;
                     if items.len() % 2 != 0 {
                         return Err("a pickle SETITEMS with an odd number of items".into());
                     }
-                    set_items(self.top()?, items)?;
+                    let copies = &mut self.copies;
+                    set_items(self.stack.last_mut(), items, copies)?;
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    append(self.top()?, vec![v])?;
+                    let copies = &mut self.copies;
+                    append(self.stack.last_mut(), vec![v], copies)?;
                 }
                 b'e' => {
                     let items = self.pop_mark(op)?;
-                    append(self.top()?, items)?;
+                    let copies = &mut self.copies;
+                    append(self.stack.last_mut(), items, copies)?;
                 }
                 other => {
                     return Err(format!(
@@ -369,11 +442,23 @@ impl<'a> Machine<'a> {
     }
 }
 
-fn set_items(target: &mut Val, items: Vec<Val>) -> Result<(), String> {
-    let Val::Dict(d, depth) = target else {
+/// Charges the copy [`Rc::make_mut`] is about to make of a shared container of `len`
+/// elements against the budget ([`Machine::copies`]).
+fn charge(shared: bool, len: usize, copies: &mut usize) -> Result<(), String> {
+    if shared {
+        *copies = copies
+            .checked_sub(len)
+            .ok_or("a pickle that copies its containers over and over (quadratic work)")?;
+    }
+    Ok(())
+}
+
+fn set_items(target: Option<&mut Val>, items: Vec<Val>, copies: &mut usize) -> Result<(), String> {
+    let Some(Val::Dict(d, depth)) = target else {
         return Err("a pickle SETITEM on something that is not a dict".into());
     };
     *depth = (*depth).max(depth_of(&items)?);
+    charge(Rc::strong_count(d) > 1, d.len(), copies)?;
     let d = Rc::make_mut(d);
     let mut it = items.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -382,11 +467,12 @@ fn set_items(target: &mut Val, items: Vec<Val>) -> Result<(), String> {
     Ok(())
 }
 
-fn append(target: &mut Val, items: Vec<Val>) -> Result<(), String> {
-    let Val::List(l, depth) = target else {
+fn append(target: Option<&mut Val>, items: Vec<Val>, copies: &mut usize) -> Result<(), String> {
+    let Some(Val::List(l, depth)) = target else {
         return Err("a pickle APPEND on something that is not a list".into());
     };
     *depth = (*depth).max(depth_of(&items)?);
+    charge(Rc::strong_count(l) > 1, l.len(), copies)?;
     Rc::make_mut(l).extend(items);
     Ok(())
 }
@@ -397,10 +483,13 @@ fn persistent(pid: Val) -> Result<Val, String> {
         return Err("a pickle persistent id that is not a tuple".into());
     };
     match t.as_slice() {
-        [Val::Str(kind), Val::Global(class), Val::Str(key), ..] if &**kind == "storage" => {
+        [Val::Str(kind), Val::Global(class), Val::Str(key), _, Val::Int(numel), ..]
+            if &**kind == "storage" && *numel >= 0 =>
+        {
             Ok(Val::Storage {
                 class: class.clone(),
                 key: key.clone(),
+                numel: *numel as u64,
             })
         }
         _ => Err("a pickle persistent id that is not a torch storage".into()),
@@ -430,22 +519,43 @@ fn reduce(f: Val, args: Val) -> Result<Val, String> {
     };
     match &*f {
         "collections.OrderedDict" => Ok(Val::Dict(Rc::new(Vec::new()), 1)),
-        "torch._utils._rebuild_tensor_v2" => match args.as_slice() {
-            [Val::Storage { class, key }, Val::Int(offset), size, stride, ..] if *offset >= 0 => {
-                let (size, stride) = (uints(size, "size")?, uints(stride, "stride")?);
-                if size.len() != stride.len() {
-                    return Err("a tensor whose size and stride differ in length".into());
-                }
-                Ok(Val::Tensor(Rc::new(Tensor {
-                    class: class.clone(),
-                    key: key.clone(),
-                    offset: *offset as u64,
-                    size,
-                    stride,
-                })))
+        "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor_v3" => {
+            let v3 = f.ends_with("v3");
+            let (storage, rest) = args
+                .split_first()
+                .ok_or_else(|| format!("`{f}` called without arguments"))?;
+            let (Val::Storage { class, key, numel }, [Val::Int(offset), size, stride, more @ ..]) =
+                (storage, rest)
+            else {
+                return Err(format!("`{f}` called with arguments of the wrong kinds"));
+            };
+            if *offset < 0 {
+                return Err(format!("`{f}` called with a negative storage offset"));
             }
-            _ => Err("`_rebuild_tensor_v2` called with arguments of the wrong kinds".into()),
-        },
+            // v3: `(storage, offset, size, stride, requires_grad, hooks, dtype, …)`, the element
+            // type from the dtype over an untyped storage.
+            let class = if v3 {
+                match more.get(2) {
+                    Some(Val::Global(dtype)) => dtype.clone(),
+                    _ => return Err(format!("`{f}` called without a dtype")),
+                }
+            } else {
+                class.clone()
+            };
+            let (size, stride) = (uints(size, "size")?, uints(stride, "stride")?);
+            if size.len() != stride.len() {
+                return Err("a tensor whose size and stride differ in length".into());
+            }
+            Ok(Val::Tensor(Rc::new(Tensor {
+                class,
+                key: key.clone(),
+                storage_numel: *numel,
+                untyped: v3,
+                offset: *offset as u64,
+                size,
+                stride,
+            })))
+        }
         "torch._utils._rebuild_parameter" => match args.first() {
             Some(t @ Val::Tensor(_)) => Ok(t.clone()),
             _ => Err("`_rebuild_parameter` of something that is not a tensor".into()),

@@ -232,3 +232,77 @@ fn hostile_pickles_are_refused() {
         "{e}"
     );
 }
+
+/// What the review of this reader found (rev17t), against files torch wrote
+/// (`fixtures/gen/torch_pickle_fixtures.py` section 6): the `_rebuild_tensor_v3` dtypes
+/// (float8, uint16–64) read with torch's bytes, zero-size tensors with a 0 after the first
+/// dimension, a complex tensor refused by its dtype and name, a `{"model": …}` checkpoint read,
+/// and a tied `lm_head.weight` dropped as transformers' safetensors save drops it.
+#[test]
+fn review_dtypes_nesting_and_ties() {
+    let want: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixture("dtypes.json")).unwrap()).unwrap();
+    let f = SafetensorsFile::open(fixture("dtypes.pt")).unwrap();
+    assert_eq!(f.tensors().len(), want.len());
+    for (name, w) in &want {
+        let v = f.view(name).unwrap();
+        let dtype = match v.dtype {
+            Dtype::F8_E4M3 => "float8_e4m3fn",
+            Dtype::F8_E5M2 => "float8_e5m2",
+            Dtype::F8_E8M0 => "float8_e8m0fnu",
+            Dtype::U16 => "uint16",
+            Dtype::U32 => "uint32",
+            Dtype::U64 => "uint64",
+            other => dtype_name(other),
+        };
+        assert_eq!(dtype, w["dtype"], "{name}");
+        let shape: Vec<usize> = serde_json::from_value(w["shape"].clone()).unwrap();
+        assert_eq!(v.shape, &shape[..], "{name}");
+        let hex: String = v.data.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, w["hex"], "{name}");
+    }
+    let e = open_err("complex.pt");
+    assert!(e.contains("tensor `c`") && e.contains("ComplexFloatStorage"), "{e}");
+    let f = SafetensorsFile::open(fixture("nested_model.pt")).unwrap();
+    assert_eq!(f.tensors().len(), 1);
+    assert_eq!(f.tensors()[0].name, "w");
+    let f = SafetensorsFile::open(fixture("tied.pt")).unwrap();
+    let names: Vec<&str> = f.tensors().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["model.embed_tokens.weight"]);
+}
+
+/// A pickle that stores a growing dict in the memo before each `SETITEM` (every mutation would
+/// copy the whole dict: 100 s for 200 KB before the copy budget) is refused at once; two zip
+/// entries of one name (torch reads the first) and a storage record longer than the pickle
+/// says (torch refuses: "record size … does not match") are refused.
+#[test]
+fn review_hostile_archives_are_refused() {
+    let mut p = b"\x80\x02}".to_vec();
+    for i in 0..20_000u32 {
+        p.extend(b"q\x00J");
+        p.extend(i.to_le_bytes());
+        p.extend(b"K\x01s");
+    }
+    p.push(b'.');
+    let t = std::time::Instant::now();
+    let e = open_bytes(&zip(&[("a/data.pkl", &p)])).unwrap_err();
+    assert!(e.contains("over and over"), "{e}");
+    assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+    let state = b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQK\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtRu.";
+    let e = open_bytes(&zip(&[
+        ("a/data.pkl", state),
+        ("a/data/0", &[0u8; 16]),
+        ("a/data/0", &[9u8; 16]),
+    ]))
+    .unwrap_err();
+    assert!(e.contains("appears twice"), "{e}");
+    let e = open_bytes(&zip(&[("a/data.pkl", state), ("a/data/0", &[0u8; 20])])).unwrap_err();
+    assert!(
+        e.contains("tensor `w`") && e.contains("holds 20 bytes, the pickle says 16"),
+        "{e}"
+    );
+    assert_eq!(
+        open_bytes(&zip(&[("a/data.pkl", state), ("a/data/0", &[0u8; 16])])),
+        Ok(1)
+    );
+}

@@ -89,6 +89,7 @@ pub(super) fn entries(file: &File, file_len: u64) -> Result<Vec<Entry>, String> 
     }
     let dir = read_at(file, dir_at, dir_len, file_len, "central directory")?;
     let mut out = Vec::with_capacity(count.min(1 << 20) as usize);
+    let mut seen = std::collections::HashSet::new();
     let mut at = 0usize;
     for n in 0..count {
         let head = dir.get(at..at + 46).filter(|h| u32_at(h, 0) == 0x0201_4b50);
@@ -114,6 +115,11 @@ pub(super) fn entries(file: &File, file_len: u64) -> Result<Vec<Entry>, String> 
             ));
         };
         let name = String::from_utf8_lossy(name).into_owned();
+        // torch.load reads the first of two same-named entries; a reader keeping the last
+        // would see other bytes than torch does.
+        if !seen.insert(name.clone()) {
+            return Err(format!("zip entry `{name}` appears twice"));
+        }
         let extra = dir
             .get(at + 46 + name_len..at + 46 + name_len + extra_len)
             .ok_or_else(|| {

@@ -67,6 +67,18 @@ pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -
                 ),
             ));
         }
+        let pickle_name = w.extension().is_some_and(|e| {
+            let e = e.to_string_lossy().to_ascii_lowercase();
+            ["bin", "pt", "pth", "ckpt"].contains(&e.as_str())
+        });
+        if !want_dir && pickle_name {
+            // lorakit writes safetensors; under a pickle's name torch.load, transformers and
+            // ComfyUI would open it as a pickle and fail.
+            return Err(InputError::invalid(
+                w,
+                "is a PyTorch pickle's name, but lorakit writes safetensors; name the output .safetensors",
+            ));
+        }
         if !want_dir && std::os::unix::ffi::OsStrExt::as_bytes(w.as_os_str()).ends_with(b"/") {
             // `--out k.safetensors/` for a one-file output: bad usage (exit 2), where the
             // file system's "Not a directory" would only come at write time (exit 3).

@@ -196,9 +196,10 @@ pub(super) fn extra_files(base: &Checkpoint, out: &Path) -> Result<Vec<(PathBuf,
 /// The name a merged shard is written under: the base shard's own, except that a `torch.save`
 /// shard (`pytorch_model-00001-of-00002.bin`, read through `io::torch`) becomes the safetensors
 /// shard transformers names it (`model-00001-of-00002.safetensors`; diffusers'
-/// `diffusion_pytorch_model-…` keeps its stem), and its index likewise
-/// (`pytorch_model.bin.index.json` → `model.safetensors.index.json`).
-pub(super) fn safetensors_name(name: &str) -> String {
+/// `diffusion_pytorch_model-…` keeps its stem), its index likewise
+/// (`pytorch_model.bin.index.json` → `model.safetensors.index.json`), and a lone `.pt`/`.pth`/
+/// `.ckpt` base file `NAME.safetensors`.
+pub(crate) fn safetensors_name(name: &str) -> String {
     let renamed = |stem: &str| {
         if stem.starts_with("pytorch_model") {
             stem.replacen("pytorch_model", "model", 1)
@@ -207,10 +208,12 @@ pub(super) fn safetensors_name(name: &str) -> String {
         }
     };
     if let Some(stem) = name.strip_suffix(".bin.index.json") {
-        format!("{}.safetensors.index.json", renamed(stem))
-    } else if let Some(stem) = name.strip_suffix(".bin") {
-        format!("{}.safetensors", renamed(stem))
-    } else {
-        name.to_owned()
+        return format!("{}.safetensors.index.json", renamed(stem));
     }
+    for ext in [".bin", ".pt", ".pth", ".ckpt"] {
+        if let Some(stem) = name.strip_suffix(ext) {
+            return format!("{}.safetensors", renamed(stem));
+        }
+    }
+    name.to_owned()
 }

@@ -546,7 +546,8 @@ impl MergePlan {
             (Layout::File, None) => {
                 // `--out DIR` or `--out new/` (trailing slash): the base's file name inside it.
                 let target = if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {
-                    out.join(base.root.file_name().expect("file has a name"))
+                    let name = base.root.file_name().expect("file has a name");
+                    out.join(safetensors_name(&name.to_string_lossy()))
                 } else {
                     out.clone()
                 };
