@@ -6,6 +6,15 @@
 
 use super::common::*;
 
+/// `got` and `want` hold the same tensors with the same bits.
+fn assert_same_bits(got: &TensorMap, want: &TensorMap, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (k, t) in got {
+        let bits = |t: &T| t.f32().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(bits(t) == bits(&want[k]), "{k} differs from {what}");
+    }
+}
+
 /// `merge --adapter qv_r8_bin/` (PEFT's `adapter_model.bin`) equals PEFT's merge_and_unload of
 /// the adapter (`llama/merged/qv_r8.safetensors`) within f32 rounding, and the merge of the same
 /// adapter as PEFT saved it in safetensors bit for bit; `convert` and `inspect` read it too.
@@ -21,16 +30,11 @@ fn peft_bin_adapter_merges_as_its_safetensors_twin() {
     let changed = assert_matches_reference(&got, &base, &peft, 1e-6);
     assert_eq!(changed, 4, "q/v of two layers");
     // The same tensors bit for bit (the files differ only in the provenance's adapter path).
-    let twin = read_checkpoint(&st_out);
-    assert_eq!(got.len(), twin.len());
-    for (k, t) in &got {
-        let same = t
-            .f32()
-            .iter()
-            .map(|v| v.to_bits())
-            .eq(twin[k].f32().iter().map(|v| v.to_bits()));
-        assert!(same, "{k} differs from the safetensors twin's merge");
-    }
+    assert_same_bits(
+        &got,
+        &read_checkpoint(&st_out),
+        "the safetensors twin's merge",
+    );
     let info = inspect_json(&fixture("torch/qv_r8_bin"), &[]);
     assert_eq!(info["format"], "peft", "{info}");
     let conv = dir.path().join("conv");
@@ -119,18 +123,7 @@ fn pickled_base_folders_merge_into_safetensors_named_as_transformers_names_them(
         assert_eq!(names, files, "{folder}");
         let got = read_checkpoint(&out);
         assert_eq!(assert_matches_reference(&got, &base, &peft, 1e-6), 4);
-        assert_eq!(got.len(), twin.len());
-        for (k, t) in &got {
-            let same = t
-                .f32()
-                .iter()
-                .map(|v| v.to_bits())
-                .eq(twin[k].f32().iter().map(|v| v.to_bits()));
-            assert!(
-                same,
-                "{folder}: {k} differs from the merge into the safetensors base"
-            );
-        }
+        assert_same_bits(&got, &twin, folder);
     }
 }
 
@@ -166,32 +159,37 @@ fn pickled_base_names_in_and_out() {
         assert!(e.contains("name the output .safetensors"), "{e}");
         assert!(!o.exists());
     }
-    let odd = dir.path().join("odd");
-    std::fs::create_dir(&odd).unwrap();
-    std::fs::copy(
-        fixture("torch/llama_bin/pytorch_model.bin"),
-        odd.join("gptq_model-4bit-128g.bin"),
-    )
-    .unwrap();
-    std::fs::copy(
-        fixture("torch/llama_bin/config.json"),
-        odd.join("config.json"),
-    )
-    .unwrap();
+    // A folder holding fixture files under new names.
+    let folder = |name: &str, files: &[(&str, &str)]| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        for (from, to) in files {
+            std::fs::copy(fixture(from), d.join(to)).unwrap();
+        }
+        d
+    };
+    let odd = folder(
+        "odd",
+        &[
+            (
+                "torch/llama_bin/pytorch_model.bin",
+                "gptq_model-4bit-128g.bin",
+            ),
+            ("torch/llama_bin/config.json", "config.json"),
+        ],
+    );
     let v = inspect_json(&odd, &[]);
     assert_eq!(v["tensor_count"], 21, "{v}");
-    let variant = dir.path().join("variant");
-    std::fs::create_dir(&variant).unwrap();
-    std::fs::copy(
-        fixture("torch/llama_bin/pytorch_model.bin"),
-        variant.join("pytorch_model.bin"),
-    )
-    .unwrap();
-    std::fs::copy(
-        fixture("llama/base_bf16/model.safetensors"),
-        variant.join("model.fp16.safetensors"),
-    )
-    .unwrap();
+    let variant = folder(
+        "variant",
+        &[
+            ("torch/llama_bin/pytorch_model.bin", "pytorch_model.bin"),
+            (
+                "llama/base_bf16/model.safetensors",
+                "model.fp16.safetensors",
+            ),
+        ],
+    );
     let v = inspect_json(&variant, &[]);
     assert!(
         v["dtypes"].get("F32").is_some() && v["dtypes"].get("BF16").is_none(),

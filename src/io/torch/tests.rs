@@ -262,7 +262,10 @@ fn review_dtypes_nesting_and_ties() {
         assert_eq!(hex, w["hex"], "{name}");
     }
     let e = open_err("complex.pt");
-    assert!(e.contains("tensor `c`") && e.contains("ComplexFloatStorage"), "{e}");
+    assert!(
+        e.contains("tensor `c`") && e.contains("ComplexFloatStorage"),
+        "{e}"
+    );
     let f = SafetensorsFile::open(fixture("nested_model.pt")).unwrap();
     assert_eq!(f.tensors().len(), 1);
     assert_eq!(f.tensors()[0].name, "w");
