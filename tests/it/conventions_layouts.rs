@@ -213,3 +213,39 @@ fn z_image_original_names_land_on_the_diffusers_layout() {
 fn z_image_diffusers_names_land_on_the_original_layout() {
     merges_as_reference_in("z_image_layout", "orig_base.safetensors", "aitk");
 }
+
+/// `convert --to peft --base` of kohya's SD3.5 file (its fused `qkv` modules split over three
+/// tensors, its final modulation's lora_up halves swapped): each such module written as one
+/// module per tensor, `B`'s rows in the tensor's order over the shared `A` (refused before,
+/// rev16c F7); the converted adapter's merge equals the original's bit for bit.
+#[test]
+fn kohya_sd3_converts_one_module_per_split_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("sd3_layout/base.safetensors");
+    let kohya = fixture("sd3_layout/kohya.safetensors");
+    let conv = dir.path().join("peft");
+    run_ok(convert_args(
+        &kohya,
+        "peft",
+        &conv,
+        &["--base", s(&base), "--quiet"],
+    ));
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    merge_ok(&base, &kohya, &a, &["--quiet"]);
+    merge_ok(&base, &conv, &b, &["--quiet"]);
+    let (a, b) = (read(&a), read(&b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    let mut changed = 0;
+    let base = read(&base);
+    for (k, t) in &a {
+        assert!(
+            t.data == b[k].data,
+            "{k}: the converted adapter merges otherwise"
+        );
+        changed += usize::from(t.data != base[k].data);
+    }
+    assert_eq!(changed, 22, "every tensor the kohya file changes");
+}

@@ -67,8 +67,8 @@ pub fn prepare(
     to: Format,
     base: Option<&Checkpoint>,
 ) -> InputResult<Prepared> {
-    let names_before: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
-    let alphas_before: Vec<f64> = adapter.modules.iter().map(|m| m.alpha).collect();
+    let mut names_before: Vec<String> = adapter.modules.iter().map(|m| m.name.clone()).collect();
+    let mut alphas_before: Vec<f64> = adapter.modules.iter().map(|m| m.alpha).collect();
     let mut names_from = NameSource::Adapter;
     let mut config_restored = false;
     // Names that lost the dots of the module paths (kohya) are restored for a format that
@@ -86,7 +86,10 @@ pub fn prepare(
         }
         match base {
             Some(base) if to_paths && restored < adapter.modules.len() => {
-                resolve_onto(adapter, base)?;
+                // A split module became several: each reports the module it came from.
+                let origin = resolve_onto(adapter, base)?;
+                names_before = origin.iter().map(|&i| names_before[i].clone()).collect();
+                alphas_before = origin.iter().map(|&i| alphas_before[i]).collect();
                 names_from = NameSource::Base;
             }
             Some(base) => check_onto(adapter, base)?,
@@ -267,13 +270,20 @@ pub fn check_onto(adapter: &Adapter, base: &Checkpoint) -> InputResult<()> {
 
 /// Renames modules to the base module paths they land on and gives 1×1 modules the base's
 /// layout (linear on a 2-D weight, 1×1 conv on a 4-D one).
-pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()> {
+/// Returns, per module of the result, the index of the module it came from (a split module
+/// gives several, [`split_parts`]).
+pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<Vec<usize>> {
     let res = mapping::resolve(adapter, base);
     unmatched_error(adapter, base, &res)?;
     // A module split over several tensors (BFL Flux `img_attn.qkv` on diffusers' to_q/to_k/to_v,
-    // `adapter::mapping::layouts`) has no one module path to be renamed to, and one whose rows the
-    // tensor holds in another order is not that tensor's module as it stands.
-    if let Some(p) = res.modules.iter().find(|p| p.part.is_some()) {
+    // `adapter::mapping::layouts`), or whose rows the tensor holds in another order (SD3's final
+    // adaLN halves), is written as one module per tensor after the renaming below
+    // ([`split_parts`]); what cannot be split that way is refused here.
+    if let Some(p) = res
+        .modules
+        .iter()
+        .find(|p| p.part.is_some() && splittable(adapter, p.module, &res).is_err())
+    {
         let m = &adapter.modules[p.module];
         let on: Vec<&str> = res
             .modules
@@ -291,10 +301,11 @@ pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()>
                 on.join(", ")
             ),
         };
+        let why = splittable(adapter, p.module, &res).expect_err("found as not splittable");
         return Err(InputError::invalid(
             &adapter.path,
             format!(
-                "module `{}` {how}; convert writes each module as it is, so merge it instead",
+                "module `{}` {how}, and {why}, so it cannot be written as one module per tensor; merge it instead",
                 m.name
             ),
         ));
@@ -313,7 +324,81 @@ pub fn resolve_onto(adapter: &mut Adapter, base: &Checkpoint) -> InputResult<()>
     }
     mapping::rename_to_base(adapter, &res);
     base_layouts(adapter, base, &res);
+    split_parts(adapter, &res)
+}
+
+/// Why a module whose placements split or reorder its rows cannot be written as one module per
+/// tensor: only a plain LoRA (`ΔW = s·B·A`) splits exactly, into `B`'s row bands over the shared
+/// `A` with the same alpha, as diffusers' own `_convert_to_ai_toolkit_cat` writes a fused
+/// kohya module (`loaders/lora_conversion_utils.py`).
+fn splittable(adapter: &Adapter, i: usize, res: &mapping::Resolution) -> Result<(), String> {
+    use crate::adapter::Factors;
+    let m = &adapter.modules[i];
+    if !matches!(m.factors, Factors::Lora { .. }) {
+        return Err("only a plain LoRA's lora_up splits into row bands".into());
+    }
+    if m.dora_magnitude.is_some() || m.bias.is_some() {
+        return Err("its DoRA magnitude or lora bias has no per-tensor form here".into());
+    }
+    if !matches!(m.kind, ModuleKind::Linear) {
+        return Err("it is not a linear module".into());
+    }
+    if res
+        .modules
+        .iter()
+        .any(|p| p.module == i && p.rows.is_some())
+    {
+        return Err("a band lands inside a fused base tensor".into());
+    }
     Ok(())
+}
+
+/// Replaces each module whose placements carry a [`mapping::Part`] by one module per base
+/// tensor: named after the tensor, `A` and alpha shared, `B` the tensor's rows of it in the
+/// tensor's order. `ΔW`'s rows are the same dot products of the same factors, so a merge of the
+/// result equals the merge of the original bit for bit.
+fn split_parts(adapter: &mut Adapter, res: &mapping::Resolution) -> InputResult<Vec<usize>> {
+    use crate::adapter::{Data, Factors};
+    if res.modules.iter().all(|p| p.part.is_none()) {
+        return Ok((0..adapter.modules.len()).collect());
+    }
+    let old = std::mem::take(&mut adapter.modules);
+    let mut modules = Vec::with_capacity(old.len());
+    let mut origin = Vec::with_capacity(old.len());
+    for (i, m) in old.into_iter().enumerate() {
+        let parts: Vec<&mapping::Placement> =
+            res.modules.iter().filter(|p| p.module == i).collect();
+        if parts.iter().all(|p| p.part.is_none()) {
+            modules.push(m);
+            origin.push(i);
+            continue;
+        }
+        let Factors::Lora { a, b } = &m.factors else {
+            unreachable!("checked by splittable");
+        };
+        let b_values = adapter.values(b)?;
+        for p in parts {
+            let rows = match &p.part {
+                Some(part) => part.gather(&b_values, m.rank),
+                None => b_values.to_vec(),
+            };
+            let mut n = m.clone();
+            n.name = p
+                .weight
+                .strip_suffix(".weight")
+                .unwrap_or(&p.weight)
+                .to_owned();
+            n.out_features = rows.len() / m.rank.max(1);
+            n.factors = Factors::Lora {
+                a: a.clone(),
+                b: Data::Owned(std::sync::Arc::new(rows)),
+            };
+            modules.push(n);
+            origin.push(i);
+        }
+    }
+    adapter.modules = modules;
+    Ok(origin)
 }
 
 /// Gives 1×1 modules and flat factors the base's layout: linear on a 2-D weight, conv with the
