@@ -2,9 +2,10 @@
 //! `conventions_layouts`): a fixture folder's MANIFEST.json and the merge of one of its adapters
 //! compared with the reference its generator wrote (diffusers' own fuse, or a converter's
 //! arithmetic in f64: `fixtures/gen/layout_fixture_common.py` and the generators beside it).
-//! It compares; it never writes a fixture.
+//! It compares (and converts into a temporary folder); it never writes a fixture.
 
 use super::common::*;
+use std::path::Path;
 
 /// `fixtures/{folder}/MANIFEST.json`.
 pub fn manifest_of(folder: &str) -> serde_json::Value {
@@ -67,4 +68,33 @@ pub fn merges_as_reference_on(folder: &str, base_name: &str, adapter: &str, gpu:
             "{adapter}: gpu output differs"
         );
     }
+}
+
+/// `convert --to peft --base` of `adapter` onto `base` succeeds, and the converted folder merges
+/// into `base` bit for bit as `adapter` does; returns the converted adapter's tensors and the
+/// merged checkpoint's.
+pub fn converted_merges_as_original(base: &Path, adapter: &Path) -> (TensorMap, TensorMap) {
+    let dir = tempfile::tempdir().unwrap();
+    let conv = dir.path().join("converted");
+    run_ok(convert_args(
+        adapter,
+        "peft",
+        &conv,
+        &["--base", s(base), "--quiet"],
+    ));
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    merge_ok(base, adapter, &a, &["--quiet"]);
+    merge_ok(base, &conv, &b, &["--quiet"]);
+    let (a, b) = (read(&a), read(&b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, t) in &a {
+        assert!(
+            t.data == b[k].data,
+            "{k}: the converted adapter merges otherwise"
+        );
+    }
+    (read(&conv.join("adapter_model.safetensors")), a)
 }

@@ -15,8 +15,9 @@
 
 use super::check::check_json;
 use super::common::*;
-use super::conventions_common::{manifest_of, merges_as_reference_in};
-use std::path::Path;
+use super::conventions_common::{
+    converted_merges_as_original, manifest_of, merges_as_reference_in,
+};
 
 fn manifest() -> serde_json::Value {
     manifest_of("diffusers_formats")
@@ -51,41 +52,13 @@ fn ai_toolkit_norm_out_lands_on_bfl_final_modulation_with_its_halves_swapped() {
     merges_as_reference_in("flux_final", "bfl_base.safetensors", "aitk");
 }
 
-/// `convert --to peft --base` of `adapter` onto `base` succeeds, and the converted folder merges
-/// into `base` bit for bit as `adapter` does; returns the converted adapter's tensors.
-fn converted_merges_as_original(base: &Path, adapter: &Path) -> TensorMap {
-    let dir = tempfile::tempdir().unwrap();
-    let conv = dir.path().join("converted");
-    run_ok(convert_args(
-        adapter,
-        "peft",
-        &conv,
-        &["--base", s(base), "--quiet"],
-    ));
-    let (a, b) = (
-        dir.path().join("a.safetensors"),
-        dir.path().join("b.safetensors"),
-    );
-    merge_ok(base, adapter, &a, &["--quiet"]);
-    merge_ok(base, &conv, &b, &["--quiet"]);
-    let (a, b) = (read(&a), read(&b));
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    for (k, t) in &a {
-        assert!(
-            t.data == b[k].data,
-            "{k}: the converted adapter merges otherwise"
-        );
-    }
-    read(&conv.join("adapter_model.safetensors"))
-}
-
 /// `convert --base` renames each module to the base tensor it lands on; a module whose rows that
 /// tensor holds in another order (kohya's BFL `final_layer.adaLN_modulation.1` on diffusers'
 /// `norm_out.linear`, halves swapped) is written with its lora_up's rows in the tensor's order
 /// (it was refused, rev16c F7): the converted adapter merges as the original does.
 #[test]
 fn convert_onto_a_base_reorders_a_module_with_swapped_halves() {
-    let conv = converted_merges_as_original(
+    let (conv, _) = converted_merges_as_original(
         &fixture("flux_final/base.safetensors"),
         &fixture("flux_final/kohya.safetensors"),
     );
@@ -198,7 +171,7 @@ fn a_split_module_missing_a_part_is_refused_by_module() {
             && err.contains("transformer_blocks.0.attn.to_v.weight"),
         "{err}"
     );
-    let conv = converted_merges_as_original(
+    let (conv, _) = converted_merges_as_original(
         &fixture("diffusers_formats/flux_base.safetensors"),
         &adapter,
     );

@@ -22,7 +22,9 @@
 
 use super::check::check_json;
 use super::common::*;
-use super::conventions_common::{manifest_of, merges_as_reference_in};
+use super::conventions_common::{
+    converted_merges_as_original, manifest_of, merges_as_reference_in,
+};
 
 /// kohya sd-scripts' SD3.5 file on the diffusers layout: every fused `qkv` split over its three
 /// tensors, the renamed projections, MLPs, embedders and the 2×2 patch-embedding conv; block 0's
@@ -220,32 +222,12 @@ fn z_image_diffusers_names_land_on_the_original_layout() {
 /// rev16c F7); the converted adapter's merge equals the original's bit for bit.
 #[test]
 fn kohya_sd3_converts_one_module_per_split_tensor() {
-    let dir = tempfile::tempdir().unwrap();
     let base = fixture("sd3_layout/base.safetensors");
-    let kohya = fixture("sd3_layout/kohya.safetensors");
-    let conv = dir.path().join("peft");
-    run_ok(convert_args(
-        &kohya,
-        "peft",
-        &conv,
-        &["--base", s(&base), "--quiet"],
-    ));
-    let (a, b) = (
-        dir.path().join("a.safetensors"),
-        dir.path().join("b.safetensors"),
-    );
-    merge_ok(&base, &kohya, &a, &["--quiet"]);
-    merge_ok(&base, &conv, &b, &["--quiet"]);
-    let (a, b) = (read(&a), read(&b));
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    let mut changed = 0;
+    let (_, merged) = converted_merges_as_original(&base, &fixture("sd3_layout/kohya.safetensors"));
     let base = read(&base);
-    for (k, t) in &a {
-        assert!(
-            t.data == b[k].data,
-            "{k}: the converted adapter merges otherwise"
-        );
-        changed += usize::from(t.data != base[k].data);
-    }
+    let changed = merged
+        .iter()
+        .filter(|(k, t)| t.data != base[*k].data)
+        .count();
     assert_eq!(changed, 22, "every tensor the kohya file changes");
 }
