@@ -69,6 +69,62 @@ fn convert_onto_a_base_reorders_a_module_with_swapped_halves() {
     );
 }
 
+/// `convert --to diffusers --base` of sd-scripts' Flux file (`lora_unet_double_blocks_…`): its
+/// modules go under `transformer.`, the component `FluxPipeline` loads (they went under `unet.`,
+/// which its loader leaves unread), each fused qkv split onto the diffusers layout's
+/// to_q/to_k/to_v, and the file merges bit for bit as the original does. Onto the BFL single
+/// file, whose module names no diffusers pipeline uses, it is refused and nothing written.
+#[test]
+fn kohya_flux_converts_to_diffusers_under_the_transformer() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("diffusers_formats/flux_base.safetensors");
+    let src = fixture("diffusers_formats/flux_kohya.safetensors");
+    let out = dir.path().join("diffusers.safetensors");
+    run_ok(convert_args(
+        &src,
+        "diffusers",
+        &out,
+        &["--base", s(&base), "--quiet"],
+    ));
+    let conv = read(&out);
+    assert!(
+        conv.contains_key("transformer.transformer_blocks.0.attn.to_q.lora_A.weight")
+            && conv.keys().all(|k| k.starts_with("transformer.")),
+        "{:?}",
+        conv.keys().collect::<Vec<_>>()
+    );
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    merge_ok(&base, &src, &a, &["--quiet"]);
+    merge_ok(&base, &out, &b, &["--quiet"]);
+    let (a, b) = (read(&a), read(&b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, t) in &a {
+        assert!(
+            t.data == b[k].data,
+            "{k}: the converted file merges otherwise"
+        );
+    }
+    // The modules the BFL fixture holds tensors for.
+    let mut on_bfl = read(&src);
+    on_bfl.retain(|k, _| k.contains("_attn_"));
+    let on_bfl_src = dir.path().join("on_bfl.safetensors");
+    write_tensors(&on_bfl_src, &on_bfl);
+    let bfl = fixture("diffusers_formats/flux_bfl_base.safetensors");
+    let refused_out = dir.path().join("bfl.safetensors");
+    let line = refused(
+        convert_args(&on_bfl_src, "diffusers", &refused_out, &["--base", s(&bfl)]),
+        &refused_out,
+    );
+    assert!(
+        line.contains("lands on `double_blocks.0.img_attn.")
+            && line.contains("original single-file layout"),
+        "{line}"
+    );
+}
+
 #[test]
 fn kohya_flux_fused_qkv_lands_on_diffusers_split_weights() {
     merges_as_reference("flux_base.safetensors", "flux_kohya");

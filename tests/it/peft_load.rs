@@ -175,6 +175,43 @@ fn diffusers_loads_convert_to_diffusers_output_and_fuses_like_lorakit() {
     }
 }
 
+/// diffusers' `FluxPipeline` loads what `convert --to diffusers --base` writes for sd-scripts'
+/// Flux file (`fixtures/diffusers_formats/flux_kohya`: BFL names, fused qkv), every module on a
+/// layer, and its fuse equals diffusers' own fuse of the original file (`assert_f32_close`: 1e-5
+/// of the update plus 4 ulps of the weight).
+#[test]
+fn diffusers_loads_a_kohya_flux_file_converted_to_diffusers() {
+    let Some(py) = peft_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("diffusers_formats/flux_base.safetensors");
+    let src = fixture("diffusers_formats/flux_kohya.safetensors");
+    let out = dir.path().join("flux.diffusers.safetensors");
+    run_ok(convert_args(&src, "diffusers", &out, &["--base", s(&base)]));
+    let fused = dir.path().join("fused.safetensors");
+    python_ok(
+        &py,
+        "check_diffusers_load.py",
+        &[
+            out.as_os_str(),
+            fused.as_os_str(),
+            OsStr::new("--flux"),
+            base.as_os_str(),
+        ],
+    );
+    let (got, want, base) = (
+        read(&fused),
+        read(&fixture(
+            "diffusers_formats/flux_kohya_reference.safetensors",
+        )),
+        read(&base),
+    );
+    for (name, w) in &want {
+        assert_f32_close(name, &got[name].f32(), &w.f32(), &base[name].f32());
+    }
+}
+
 /// PEFT loads the plain LoRA `convert --base` writes for a PiSSA / OLoRA / KaSA adapter (rank
 /// 2r, no init in its config) and merges it as lorakit does.
 #[test]

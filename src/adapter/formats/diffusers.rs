@@ -68,6 +68,54 @@ pub fn has_component(name: &str) -> bool {
     split(name, None).is_some()
 }
 
+/// The top-level modules of diffusers' `UNet2DConditionModel` (0.42.1
+/// `models/unets/unet_2d_condition.py` `__init__`): a module path under one of them is a UNet's.
+const UNET_ROOTS: &[&str] = &[
+    "conv_in",
+    "time_embedding",
+    "encoder_hid_proj",
+    "class_embedding",
+    "add_embedding",
+    "down_blocks",
+    "mid_block",
+    "up_blocks",
+    "conv_norm_out",
+    "conv_out",
+    "position_net",
+];
+
+/// The pipeline component a denoiser module at diffusers path `path` goes under. kohya names
+/// every denoiser's modules `lora_unet_`: SD's UNet and sd-scripts' Flux and SD3 transformers
+/// alike (`networks/lora_flux.py` and `lora_sd3.py`: `LORA_PREFIX_* = "lora_unet"`), while a
+/// diffusers pipeline calls a UNet `unet` and a transformer `transformer`
+/// (`FluxLoraLoaderMixin.transformer_name`; its `lora_state_dict` turns `lora_unet_` keys into
+/// `transformer.` ones). The path tells them apart: a UNet's starts at one of its top-level
+/// modules.
+pub fn denoiser_component(path: &str) -> &'static str {
+    let root = path.split('.').next().unwrap_or(path);
+    if UNET_ROOTS.contains(&root) {
+        "unet"
+    } else {
+        "transformer"
+    }
+}
+
+/// Whether module path `path` is named in a Stable Diffusion single file's layout (LDM/SGM:
+/// `model.diffusion_model.input_blocks…`, `cond_stage_model.…`, `conditioner.embedders.…`), which
+/// no diffusers pipeline component uses.
+pub fn original_layout(path: &str) -> bool {
+    let root = path.split('.').next().unwrap_or(path);
+    path.starts_with("model.diffusion_model.")
+        || [
+            "input_blocks",
+            "middle_block",
+            "output_blocks",
+            "cond_stage_model",
+            "conditioner",
+        ]
+        .contains(&root)
+}
+
 /// `(component, module name relative to it)` of a module, `component` when its name has none.
 fn split<'n>(name: &'n str, component: Option<&'n str>) -> Option<(&'n str, &'n str)> {
     if let Some((first, rest)) = name.split_once('.') {

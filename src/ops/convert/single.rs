@@ -11,6 +11,7 @@
 use super::names::{check_onto, prepare, NameSource};
 use super::options::{check_output, ConvertOptions, ConvertTo};
 use crate::adapter::formats::{diffusers as d, gguf as g, kohya};
+use crate::adapter::mapping::layouts;
 use crate::adapter::{Adapter, Format};
 use crate::error::{InputError, InputResult, Opt, OptionError};
 use crate::io::gguf::GgmlType;
@@ -90,15 +91,6 @@ impl DiffusersPlan {
             kohya_prefix: None,
         };
         check_output(&spec, &adapter, base.as_ref())?;
-        // The pipeline component of each module: a dotted name's own, else its kohya prefix's
-        // (lora_unet → unet, …), else the prefix option's.
-        let from_kohya: Vec<Option<&'static str>> = adapter
-            .modules
-            .iter()
-            .map(|m| {
-                kohya::split_prefix(&m.name).and_then(|(p, _)| d::component_of_kohya_prefix(p))
-            })
-            .collect();
         let fallback = match opts.prefix.as_deref() {
             None => None,
             Some(p) => Some(d::component_of_kohya_prefix(p).ok_or_else(|| {
@@ -113,18 +105,45 @@ impl DiffusersPlan {
         };
         let kohya_names = !adapter.format.layout().names_are_paths()
             && adapter.modules.iter().any(|m| !m.name.contains('.'));
-        let names_from = if kohya_names {
-            prepare(&mut adapter, Format::Peft, base.as_ref())?.names_from
+        // Each module's name as the input gave it (a module split over several base tensors
+        // reports the one it came from).
+        let (names_from, origins) = if kohya_names {
+            let p = prepare(&mut adapter, Format::Peft, base.as_ref())?;
+            (p.names_from, p.names_before)
         } else {
             if let Some(b) = base.as_ref() {
                 check_onto(&adapter, b)?;
             }
-            NameSource::Adapter
+            let names = adapter.modules.iter().map(|m| m.name.clone()).collect();
+            (NameSource::Adapter, names)
         };
-        for (m, comp) in adapter.modules.iter_mut().zip(from_kohya) {
-            if let (Some(c), false) = (comp, d::has_component(&m.name)) {
-                m.name = format!("{c}.{}", m.name);
+        // The pipeline component of each module: a dotted name's own, else its kohya prefix's
+        // (lora_unet → unet or transformer, …), else the prefix option's.
+        for (m, origin) in adapter.modules.iter_mut().zip(&origins) {
+            if d::has_component(&m.name) {
+                continue;
             }
+            let own =
+                kohya::split_prefix(origin).and_then(|(p, _)| d::component_of_kohya_prefix(p));
+            let Some(c) = own.or(fallback) else { continue };
+            if d::original_layout(&m.name) || layouts::original_layout_path(&m.name) {
+                return Err(InputError::invalid(
+                    &adapter.path,
+                    format!(
+                        "module `{origin}` lands on `{}`, a name of the model's original single-file layout, which diffusers names otherwise; convert onto the model in diffusers' layout (the pipeline's `unet/` or `transformer/` folder)",
+                        m.name
+                    ),
+                )
+                .into());
+            }
+            // ai-toolkit's `diffusion_model.` root is the denoiser itself, not a layer.
+            let rel = m.name.strip_prefix("diffusion_model.").unwrap_or(&m.name);
+            let c = if c == "unet" {
+                d::denoiser_component(rel)
+            } else {
+                c
+            };
+            m.name = format!("{c}.{rel}");
         }
         Ok(DiffusersPlan {
             opts,

@@ -28,6 +28,12 @@ pub(super) enum Model {
 }
 
 impl Model {
+    /// Whether the right side of this model's rows is diffusers' layout (for
+    /// [`Model::HunyuanVideoComfy`] it is ComfyUI's).
+    pub(super) fn rows_name_diffusers(self) -> bool {
+        self != Model::HunyuanVideoComfy
+    }
+
     /// Whether diffusers' own LoRA loader for this model converts names in its original layout
     /// (what `check --target diffusers` asks, `super::targets`): `FluxLoraLoaderMixin` and
     /// `WanLoraLoaderMixin` do (`lora_pipeline.py` 0.42.1, their `lora_state_dict`);
