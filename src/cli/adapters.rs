@@ -122,6 +122,8 @@ pub struct CombineArgs {
 ///   lorakit convert te.safetensors --to peft --out back/        # lorakit-written: no --base needed
 ///   lorakit convert a/ --to kohya --prefix lora_te1 --dtype f16 --out a.safetensors --json
 ///   lorakit convert lora.safetensors --to diffusers --base unet/ --out pytorch_lora_weights.safetensors
+///   lorakit convert fixtures/pipeline_sd1/kohya.safetensors --to diffusers \
+///       --base fixtures/pipeline_sd1 --out sd1_lora.safetensors    # UNet + text encoder modules
 ///   lorakit convert fixtures/peft_lycoris/loha --to lycoris --out loha.safetensors
 ///   lorakit convert loha.safetensors --to peft --out loha_peft/    # back to PEFT LOHA, exact
 ///   lorakit convert fixtures/lycoris/loha.safetensors --to comfy --out loha_comfy.safetensors
@@ -138,8 +140,10 @@ pub struct ConvertArgs {
     /// llama.cpp's one alpha per file cannot express are folded into B), or diffusers (the
     /// single file `pipe.load_lora_weights` reads: COMPONENT.MODULE.lora_A.weight with each
     /// component's LoraConfig in `lora_adapter_metadata`; the component comes from the names,
-    /// their kohya prefix, or --prefix as a kohya prefix: lora_unet → unet, lora_te →
-    /// text_encoder, lora_te2 → text_encoder_2, lora_transformer → transformer).
+    /// their kohya prefix, or --prefix as a kohya prefix: lora_unet → unet (transformer for a
+    /// model that is not a UNet: sd-scripts' Flux and SD3), lora_te → text_encoder, lora_te2 →
+    /// text_encoder_2, lora_transformer → transformer; --base may be one component's folder or
+    /// the whole pipeline folder, with model_index.json, each module resolved on its component).
     #[arg(long, value_enum)]
     pub to: crate::ops::convert::ConvertTo,
 

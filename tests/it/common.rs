@@ -753,17 +753,23 @@ fn key_kinds(v: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static 
     }
 }
 
+/// `fixtures/gen/{script}` run by `py` in the repository root with `args`: its output, whatever
+/// its exit status.
+pub fn python_run(py: &Path, script: &str, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(py)
+        .arg(fixture(&format!("gen/{script}")))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
 /// Runs the Python oracle `fixtures/gen/{script} ARGS…` with `py` (a [`peft_python`]) from the
 /// crate root and asserts that it succeeded, its stdout and stderr in the message otherwise;
 /// returns its stdout (the JSON verdict of most oracles).
 #[track_caller]
 pub fn python_ok(py: &Path, script: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
-    let o = std::process::Command::new(py)
-        .arg(fixture(&format!("gen/{script}")))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let o = python_run(py, script, args);
     assert!(
         o.status.success(),
         "{script} {args:?} failed:\n{}{}",

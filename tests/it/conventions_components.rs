@@ -255,3 +255,74 @@ fn comfy_text_encoder_names_land_on_their_encoder() {
     merge_ok(&pipe, &adapter, &out, &["--quiet"]);
     assert_merged(&pipe, &out, &[(&q1, &l), (&q2, &g)]);
 }
+
+/// `convert --to diffusers --base PIPELINE`: a diffusers pipeline folder (`model_index.json`,
+/// `unet/`, `text_encoder/`) is a base, each sd-scripts module resolved on its component's folder
+/// (rev16c F5: the folder was no base, and a file holding `lora_unet_` and `lora_te_` modules
+/// could be converted onto neither component alone). Each component merged from the converted
+/// file equals the f64 reference of `fixtures/gen/pipeline_base_fixtures.py`, every other weight
+/// keeps its bytes; a module of a component the folder lacks is refused, nothing written.
+#[test]
+fn kohya_modules_convert_onto_the_components_of_a_pipeline_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = fixture("pipeline_sd1");
+    let src = pipeline.join("kohya.safetensors");
+    let out = dir.path().join("diffusers.safetensors");
+    run_ok(convert_args(
+        &src,
+        "diffusers",
+        &out,
+        &["--base", s(&pipeline)],
+    ));
+    let want = read(&pipeline.join("reference.safetensors"));
+    for comp in ["unet", "text_encoder"] {
+        let merged = dir.path().join(format!("{comp}_merged"));
+        merge_ok(
+            &pipeline.join(comp),
+            &out,
+            &merged,
+            &["--allow-unmatched", "--quiet"],
+        );
+        let (got, base) = (
+            read_checkpoint(&merged),
+            read_checkpoint(&pipeline.join(comp)),
+        );
+        let mut adapted = 0;
+        for (name, b) in &base {
+            match want.get(&format!("{comp}.{name}")) {
+                Some(w) => {
+                    assert_f32_close(name, &got[name].f32(), &w.f32(), &b.f32());
+                    adapted += 1;
+                }
+                None => assert_eq!(got[name].data, b.data, "{comp}.{name}: same bytes"),
+            }
+        }
+        let expected = want
+            .keys()
+            .filter(|k| k.starts_with(&format!("{comp}.")))
+            .count();
+        assert_eq!(adapted, expected, "{comp}: every reference weight merged");
+    }
+    // A second text encoder's module on a pipeline with one.
+    let mut te2 = read(&src);
+    te2 = te2
+        .into_iter()
+        .map(|(k, t)| (k.replacen("lora_te_", "lora_te2_", 1), t))
+        .collect();
+    let te2_src = dir.path().join("te2.safetensors");
+    write_tensors(&te2_src, &te2);
+    let refused_out = dir.path().join("refused.safetensors");
+    let line = refused(
+        convert_args(
+            &te2_src,
+            "diffusers",
+            &refused_out,
+            &["--base", s(&pipeline)],
+        ),
+        &refused_out,
+    );
+    assert!(
+        line.contains("`text_encoder_2`") && line.contains("no `text_encoder_2/` folder"),
+        "{line}"
+    );
+}

@@ -212,6 +212,59 @@ fn diffusers_loads_a_kohya_flux_file_converted_to_diffusers() {
     }
 }
 
+/// diffusers' `StableDiffusionLoraLoaderMixin.load_lora_weights` loads every tensor of what
+/// `convert --to diffusers --base PIPELINE` writes for sd-scripts' SD1 file with UNet and text
+/// encoder modules (`fixtures/pipeline_sd1`), and fuses it to the f64 reference. The original
+/// kohya file it does not load whole (diffusers 0.42.1 with transformers 5.24 places the text
+/// encoder's `q_proj` module nowhere), which the script's own check catches.
+#[test]
+fn diffusers_loads_a_kohya_sd1_file_converted_onto_its_pipeline() {
+    let Some(py) = peft_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = fixture("pipeline_sd1");
+    let out = dir.path().join("sd1.diffusers.safetensors");
+    let src = pipeline.join("kohya.safetensors");
+    run_ok(convert_args(
+        &src,
+        "diffusers",
+        &out,
+        &["--base", s(&pipeline)],
+    ));
+    let fused = dir.path().join("fused.safetensors");
+    let args = |lora: &Path| {
+        [
+            lora.as_os_str().to_owned(),
+            fused.as_os_str().to_owned(),
+            "--pipeline".into(),
+            pipeline.as_os_str().to_owned(),
+        ]
+    };
+    let original = python_run(
+        &py,
+        "check_diffusers_load.py",
+        &args(&src).each_ref().map(|a| a.as_os_str()),
+    );
+    assert!(
+        !original.status.success()
+            && String::from_utf8_lossy(&original.stderr).contains("8 LoRA tensors for 10"),
+        "diffusers now loads the kohya file whole: {}",
+        String::from_utf8_lossy(&original.stderr)
+    );
+    python_ok(
+        &py,
+        "check_diffusers_load.py",
+        &args(&out).each_ref().map(|a| a.as_os_str()),
+    );
+    let (got, want) = (read(&fused), read(&pipeline.join("reference.safetensors")));
+    for (name, w) in &want {
+        let (comp, rest) = name.split_once('.').unwrap();
+        let base = read_checkpoint(&pipeline.join(comp));
+        assert_f32_close(name, &got[name].f32(), &w.f32(), &base[rest].f32());
+    }
+}
+
 /// PEFT loads the plain LoRA `convert --base` writes for a PiSSA / OLoRA / KaSA adapter (rank
 /// 2r, no init in its config) and merges it as lorakit does.
 #[test]

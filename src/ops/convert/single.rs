@@ -12,7 +12,7 @@ use super::names::{check_onto, prepare, NameSource};
 use super::options::{check_output, ConvertOptions, ConvertTo};
 use crate::adapter::formats::{diffusers as d, gguf as g, kohya};
 use crate::adapter::mapping::layouts;
-use crate::adapter::{Adapter, Format};
+use crate::adapter::{Adapter, Format, LoraModule};
 use crate::error::{InputError, InputResult, Opt, OptionError};
 use crate::io::gguf::GgmlType;
 use crate::io::Checkpoint;
@@ -63,6 +63,97 @@ fn show(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// Resolves `adapter`'s modules on a diffusers pipeline folder `dir` (`model_index.json`,
+/// `unet/`, `text_encoder/`, …; rev16c F5): each module on its component's folder (its dotted
+/// component, else its kohya prefix's, `lora_unet` being the folder's `unet/` or, without one,
+/// its `transformer/`, else `fallback`), named `{component}.{path}`. Returns where the names
+/// came from and each module's name as the input gave it.
+fn onto_pipeline(
+    adapter: &mut Adapter,
+    dir: &Path,
+    spec: &WriteSpec,
+    kohya_names: bool,
+    fallback: Option<&'static str>,
+) -> InputResult<(NameSource, Vec<String>)> {
+    let has = |c: &str| dir.join(c).is_dir();
+    let denoiser = if has("unet") { "unet" } else { "transformer" };
+    let format = adapter.format;
+    let mut groups: Vec<(&'static str, Vec<LoraModule>)> = Vec::new();
+    for mut m in std::mem::take(&mut adapter.modules) {
+        let dotted = d::COMPONENTS
+            .iter()
+            .find(|c| m.name.strip_prefix(**c).is_some_and(|r| r.starts_with('.')));
+        let comp = match dotted {
+            Some(c) => {
+                m.name = m.name[c.len() + 1..].to_owned();
+                Some(*c)
+            }
+            None => kohya::split_prefix(&m.name)
+                .and_then(|(p, _)| d::component_of_kohya_prefix(p))
+                .or(fallback),
+        };
+        let comp = match comp {
+            Some("unet") => denoiser,
+            Some(c) => c,
+            None => {
+                return Err(InputError::invalid(
+                    &adapter.path,
+                    format!(
+                        "module `{}` names no pipeline component ({})",
+                        m.name,
+                        d::COMPONENTS.join(", ")
+                    ),
+                ))
+            }
+        };
+        match groups.iter_mut().find(|(c, _)| *c == comp) {
+            Some((_, g)) => g.push(m),
+            None => groups.push((comp, vec![m])),
+        }
+    }
+    let (mut modules, mut origins) = (Vec::new(), Vec::new());
+    for (comp, group) in groups {
+        let folder = dir.join(comp);
+        if !folder.is_dir() {
+            return Err(InputError::invalid(
+                &adapter.path,
+                format!(
+                    "module `{}` is for the pipeline component `{comp}`, and {} has no `{comp}/` folder",
+                    group[0].name,
+                    dir.display()
+                ),
+            ));
+        }
+        let ck = Checkpoint::open(&folder)?;
+        check_output(spec, adapter, Some(&ck))?;
+        adapter.format = format;
+        adapter.modules = group;
+        let before = if kohya_names {
+            prepare(adapter, Format::Peft, Some(&ck))?.names_before
+        } else {
+            check_onto(adapter, &ck)?;
+            adapter
+                .modules
+                .iter()
+                .map(|m| format!("{comp}.{}", m.name))
+                .collect()
+        };
+        for mut m in std::mem::take(&mut adapter.modules) {
+            m.name = format!("{comp}.{}", m.name);
+            modules.push(m);
+        }
+        origins.extend(before);
+    }
+    adapter.modules = modules;
+    adapter.format = Format::Peft;
+    let from = if kohya_names {
+        NameSource::Base
+    } else {
+        NameSource::Adapter
+    };
+    Ok((from, origins))
+}
+
 /// A checked conversion to a diffusers single file: module names made dotted (kohya names
 /// resolved against the base) and given their pipeline component, the output checked.
 pub struct DiffusersPlan {
@@ -83,7 +174,15 @@ impl DiffusersPlan {
         let start = Instant::now();
         let mut adapter = Adapter::open(&opts.adapter)?;
         adapter.check_plain_base("converting it")?;
-        let base = opts.base.as_deref().map(Checkpoint::open).transpose()?;
+        // A diffusers pipeline folder: each module resolved on its component's folder.
+        let pipeline = opts
+            .base
+            .as_deref()
+            .filter(|b| b.join("model_index.json").is_file());
+        let base = match pipeline {
+            Some(_) => None,
+            None => opts.base.as_deref().map(Checkpoint::open).transpose()?,
+        };
         let spec = WriteSpec {
             format: Format::Kohya,
             out: opts.out.clone(),
@@ -107,7 +206,9 @@ impl DiffusersPlan {
             && adapter.modules.iter().any(|m| !m.name.contains('.'));
         // Each module's name as the input gave it (a module split over several base tensors
         // reports the one it came from).
-        let (names_from, origins) = if kohya_names {
+        let (names_from, origins) = if let Some(dir) = pipeline {
+            onto_pipeline(&mut adapter, dir, &spec, kohya_names, fallback)?
+        } else if kohya_names {
             let p = prepare(&mut adapter, Format::Peft, base.as_ref())?;
             (p.names_from, p.names_before)
         } else {
