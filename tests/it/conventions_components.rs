@@ -325,4 +325,26 @@ fn kohya_modules_convert_onto_the_components_of_a_pipeline_folder() {
         line.contains("`text_encoder_2`") && line.contains("no `text_encoder_2/` folder"),
         "{line}"
     );
+    // The pipeline's model_index.json is an input, never an output (on a copy of the folder).
+    let copy = dir.path().join("pipeline");
+    for rel in [
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "model_index.json",
+    ] {
+        std::fs::create_dir_all(copy.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(pipeline.join(rel), copy.join(rel)).unwrap();
+    }
+    let index = copy.join("model_index.json");
+    let before = std::fs::read(&index).unwrap();
+    let line = one_line_error(&run_err(convert_args(
+        &src,
+        "diffusers",
+        &index,
+        &["--base", s(&copy)],
+    )));
+    assert!(line.contains("model_index.json"), "{line}");
+    assert_eq!(std::fs::read(&index).unwrap(), before);
 }

@@ -75,6 +75,10 @@ fn onto_pipeline(
     kohya_names: bool,
     fallback: Option<&'static str>,
 ) -> InputResult<(NameSource, Vec<String>)> {
+    // The pipeline's own files are inputs too: no output may replace its model_index.json.
+    let mut inputs = output::adapter_inputs(adapter);
+    inputs.extend([dir.join("model_index.json"), dir.to_path_buf()]);
+    output::check_output_fixed(spec, &inputs)?;
     let has = |c: &str| dir.join(c).is_dir();
     let denoiser = if has("unet") { "unet" } else { "transformer" };
     let format = adapter.format;
