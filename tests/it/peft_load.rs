@@ -215,8 +215,8 @@ fn diffusers_loads_a_kohya_flux_file_converted_to_diffusers() {
 /// diffusers' `StableDiffusionLoraLoaderMixin.load_lora_weights` loads every tensor of what
 /// `convert --to diffusers --base PIPELINE` writes for sd-scripts' SD1 file with UNet and text
 /// encoder modules (`fixtures/pipeline_sd1`), and fuses it to the f64 reference. The original
-/// kohya file it does not load whole (diffusers 0.42.1 with transformers 5.24 places the text
-/// encoder's `q_proj` module nowhere), which the script's own check catches.
+/// kohya file it does not load whole (its text-encoder `q_proj` keys stay `to_q_lora`, which no
+/// layer has: `check`'s `diffusers.te_key`), which the script's own check catches.
 #[test]
 fn diffusers_loads_a_kohya_sd1_file_converted_onto_its_pipeline() {
     let Some(py) = peft_python() else {

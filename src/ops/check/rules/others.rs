@@ -334,7 +334,7 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::Diffusers,
         when: When::DiffusersAlphaLost,
         severity: Severity::Silent,
-        why: "diffusers names an attention processor module's alpha after its `…processor.to_k_lora.down.weight` key and a text encoder's after `text_model.…` paths transformers 5 no longer has: their alpha_pattern entries match no layer, so these modules get the component's most common alpha (a module without `.alpha` too); `lorakit convert --to diffusers --base <unet folder>` writes the scales diffusers applies",
+        why: "diffusers names an attention processor module's alpha after its `…processor.to_k_lora.down.weight` key and a text encoder's after `text_model.…` paths transformers 5 no longer has: their alpha_pattern entries match no layer, so these modules get the component's most common alpha (a module without `.alpha` too); `lorakit convert --to diffusers --base <pipeline or unet folder>` writes the scales diffusers applies",
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_get_alpha_name; utils/peft_utils.py get_peft_kwargs (Counter.most_common, alpha_pattern); fixtures/gen/review17_diffusion.py records what diffusers did"),
     },
     Rule {
