@@ -59,6 +59,8 @@ mod it {
     pub mod first_hour;
     /// fix13: review fixes to the PEFT tuners (HRA/BOFT bias, OSF ranks, QALoRA on GPTQ).
     pub mod fix13;
+    /// OneTrainer's Flux names (`lora_transformer_`): `check` against diffusers' Flux loader.
+    pub mod flux_mixture;
     /// The PEFT tuners of gaps10: VeRA, VB-LoRA, LN tuning, HRA, BOFT merged as PEFT; seeded
     /// buffers refused; GPT-2's `ensure_weight_tying`.
     pub mod gaps10;

@@ -103,7 +103,7 @@ impl<'a> Facts<'a> {
             When::NotSdPrefixed => {
                 // A transformer pipeline converts these names itself (diffusers_keys.rs); SD3's
                 // original names have their own rule.
-                if !unet_key_rules_apply(a) || self.own_loader() {
+                if !unet_key_rules_apply(a) || self.own_loader() || self.flux_mixture().is_some() {
                     vec![]
                 } else {
                     a.modules
@@ -122,6 +122,12 @@ impl<'a> Facts<'a> {
             }
             When::DiffusersLumina2OrZImage if self.plan.base.is_some() => vec![],
             When::DiffusersLumina2OrZImage => super::diffusers_pipelines::lumina2_or_z_image(a),
+            When::DiffusersFluxMixtureRefused => {
+                self.flux_mixture().map(|m| m.refused).unwrap_or_default()
+            }
+            When::DiffusersFluxMixtureDropped => {
+                self.flux_mixture().map(|m| m.dropped).unwrap_or_default()
+            }
             When::DiffusersFluxKohyaDropped if self.own_loader() => vec![],
             When::DiffusersFluxKohyaDropped => super::diffusers_keys::flux_kohya_dropped(a),
             When::DiffusersModelDropped(model) => {
@@ -665,6 +671,10 @@ impl<'a> Facts<'a> {
 
     /// Every module of a kohya file has an SD prefix.
     /// Whether a transformer pipeline's own loader reads this file (`diffusers_pipelines.rs`).
+    fn flux_mixture(&self) -> Option<super::diffusers_mixture::Mixture> {
+        super::diffusers_mixture::flux_mixture(&self.plan.adapter, self.plan.base.as_ref())
+    }
+
     fn own_loader(&self) -> bool {
         super::diffusers_pipelines::pipeline_of(&self.plan.adapter, self.plan.base.as_ref())
             .is_some()

@@ -23,6 +23,7 @@ mod diffusers_families;
 mod diffusers_keys;
 mod diffusers_kohya;
 mod diffusers_lokr;
+mod diffusers_mixture;
 mod diffusers_pipelines;
 mod facts;
 pub mod fix;

@@ -107,6 +107,11 @@ pub enum When {
     /// kohya Flux modules outside the blocks (`lora_unet_img_in`, …), which diffusers' Flux
     /// converter drops (`diffusers_keys.rs`).
     DiffusersFluxKohyaDropped,
+    /// In a OneTrainer Flux file (`lora_transformer_…`) for a Flux pipeline: the modules that
+    /// make diffusers' converter for those names raise (`diffusers_mixture.rs`).
+    DiffusersFluxMixtureRefused,
+    /// The same files: the `lora_unet_` modules that converter drops.
+    DiffusersFluxMixtureDropped,
     /// Without `--base`: every module of a file read as Flux's is named as HunyuanVideo names
     /// one too (`diffusers_pipelines.rs` `flux_hunyuan_video_shared`).
     DiffusersFluxOrHunyuanVideo,

@@ -294,6 +294,10 @@ const EXTRA: &[(&str, Option<&str>)] = &[
         "diffusion12/flux_control/diffusers.safetensors",
         Some("diffusion12/flux_control/base"),
     ),
+    // fixtures/gen/flux_mixture_fixtures.py: diffusers.flux_mixture (a block's norm1.linear)
+    // and diffusers.flux_mixture_unet (a lora_unet_ module beside them; tests/it/flux_mixture.rs).
+    ("flux_mixture/norm.safetensors", None),
+    ("flux_mixture/unet.safetensors", None),
     // diffusers.te_rank (fixtures/gen/sweep10_fixtures.py, tests/it/sweep10.rs).
     ("sweep10/te_projection_rank/rank2.safetensors", None),
     // fixtures/gen/sweep7_fixtures.py (MANIFEST.json): llama.cpp.expert_parameters.

@@ -354,6 +354,22 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_kohya_flux_lora_to_diffusers (_convert_sd_scripts_to_ai_toolkit); run by fixtures/gen/check_diffusers_formats_sweep.py"),
     },
     Rule {
+        id: "diffusers.flux_mixture",
+        target: Target::Diffusers,
+        when: When::DiffusersFluxMixtureRefused,
+        severity: Severity::Error,
+        why: "OneTrainer's Flux names (`lora_transformer_…`) go to diffusers' converter for them, which names only the blocks' attention projections and a few top-level modules: another block module is named as its block and loading raises, another top-level one raises NotImplementedError, a module without `.alpha` KeyError (`lorakit convert --to diffusers --base <transformer folder>` writes names FluxPipeline loads)",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_kohya_flux_lora_to_diffusers (_convert_mixture_state_dict_to_diffusers); fixtures/gen/flux_mixture_fixtures.py records what diffusers did"),
+    },
+    Rule {
+        id: "diffusers.flux_mixture_unet",
+        target: Target::Diffusers,
+        when: When::DiffusersFluxMixtureDropped,
+        severity: Severity::Silent,
+        why: "beside OneTrainer's Flux names, diffusers' converter pops every `lora_unet_` key unread: nothing of these modules is applied",
+        source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_convert_mixture_state_dict_to_diffusers (remaining_all_unet)"),
+    },
+    Rule {
         id: "diffusers.flux_or_hunyuan_video",
         target: Target::Diffusers,
         when: When::DiffusersFluxOrHunyuanVideo,
