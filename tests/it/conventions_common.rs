@@ -82,12 +82,20 @@ pub fn converted_merges_as_original(base: &Path, adapter: &Path) -> (TensorMap, 
         &conv,
         &["--base", s(base), "--quiet"],
     ));
+    let merged = merge_alike(base, adapter, &conv);
+    (read(&conv.join("adapter_model.safetensors")), merged)
+}
+
+/// Merges `adapter` and `converted` (its conversion) into `base` and asserts the two outputs
+/// hold the same tensors, byte for byte; returns the merge of `adapter`.
+pub fn merge_alike(base: &Path, adapter: &Path, converted: &Path) -> TensorMap {
+    let dir = tempfile::tempdir().unwrap();
     let (a, b) = (
         dir.path().join("a.safetensors"),
         dir.path().join("b.safetensors"),
     );
     merge_ok(base, adapter, &a, &["--quiet"]);
-    merge_ok(base, &conv, &b, &["--quiet"]);
+    merge_ok(base, converted, &b, &["--quiet"]);
     let (a, b) = (read(&a), read(&b));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (k, t) in &a {
@@ -96,5 +104,5 @@ pub fn converted_merges_as_original(base: &Path, adapter: &Path) -> (TensorMap, 
             "{k}: the converted adapter merges otherwise"
         );
     }
-    (read(&conv.join("adapter_model.safetensors")), a)
+    a
 }
