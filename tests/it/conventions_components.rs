@@ -337,14 +337,104 @@ fn kohya_modules_convert_onto_the_components_of_a_pipeline_folder() {
         std::fs::create_dir_all(copy.join(rel).parent().unwrap()).unwrap();
         std::fs::copy(pipeline.join(rel), copy.join(rel)).unwrap();
     }
-    let index = copy.join("model_index.json");
-    let before = std::fs::read(&index).unwrap();
-    let line = one_line_error(&run_err(convert_args(
+    // Nor are the weights of a component no module of the adapter uses (rev19 review: a UNet-only
+    // file's output replaced the text encoder's weights).
+    let mut unet_only = read(&src);
+    unet_only.retain(|k, _| k.starts_with("lora_unet_"));
+    let unet_src = dir.path().join("unet_only.safetensors");
+    write_tensors(&unet_src, &unet_only);
+    for (adapter, out) in [
+        (&src, copy.join("model_index.json")),
+        (&unet_src, copy.join("text_encoder/model.safetensors")),
+    ] {
+        let before = std::fs::read(&out).unwrap();
+        let line = one_line_error(&run_err(convert_args(
+            adapter,
+            "diffusers",
+            &out,
+            &["--base", s(&copy)],
+        )));
+        assert!(
+            line.contains(&*out.file_name().unwrap().to_string_lossy()),
+            "{line}"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), before, "{}", out.display());
+    }
+}
+
+/// `convert --to diffusers` gives the denoiser one component for the whole model, told by its
+/// paths (rev19 review): a transformer with a top-level `time_embedding` (CogVideoX) goes whole
+/// under `transformer.` (its `time_embedding` went under `unet.`, where CogVideoX's loader drops
+/// it), a UNet's modules under `unet.`; and text-encoder modules on a transformers 5 CLIP
+/// (`encoder.layers.…`, which a LoRA converter's table row reads as another model's original
+/// name) convert under `text_encoder.` (they were refused as an original layout).
+#[test]
+fn the_denoiser_takes_one_component_and_text_encoders_are_no_original_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], &str); 2] = [
+        (
+            "cog",
+            &["transformer_blocks.0.attn1.to_q", "time_embedding.linear_1"],
+            "transformer",
+        ),
+        (
+            "unet",
+            &[
+                "down_blocks.0.attentions.0.proj_in",
+                "time_embedding.linear_1",
+            ],
+            "unet",
+        ),
+    ];
+    for (case, paths, comp) in cases {
+        let weights: Vec<String> = paths.iter().map(|p| format!("{p}.weight")).collect();
+        let names: Vec<&str> = weights.iter().map(String::as_str).collect();
+        let b = base(dir.path(), &format!("{case}_base.safetensors"), &names);
+        let mods: Vec<Module> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                module(
+                    &format!("lora_unet_{}", p.replace('.', "_")),
+                    7 + i as u64,
+                    2.0,
+                )
+            })
+            .collect();
+        let src = kohya(
+            dir.path().join(format!("{case}.safetensors")),
+            &mods.iter().collect::<Vec<_>>(),
+        );
+        let out = dir.path().join(format!("{case}_diffusers.safetensors"));
+        run_ok(convert_args(
+            &src,
+            "diffusers",
+            &out,
+            &["--base", s(&b), "--quiet"],
+        ));
+        let keys: Vec<String> = read(&out).into_keys().collect();
+        assert_eq!(keys.len(), 2 * paths.len(), "{case}: {keys:?}");
+        assert!(
+            keys.iter().all(|k| k.starts_with(&format!("{comp}."))),
+            "{case}: {keys:?}"
+        );
+    }
+    let pipeline = fixture("pipeline_sd1");
+    let mut te = read(&pipeline.join("kohya.safetensors"));
+    te.retain(|k, _| k.starts_with("lora_te_"));
+    let src = dir.path().join("te.safetensors");
+    write_tensors(&src, &te);
+    let out = dir.path().join("te_diffusers.safetensors");
+    let encoder = pipeline.join("text_encoder");
+    run_ok(convert_args(
         &src,
         "diffusers",
-        &index,
-        &["--base", s(&copy)],
-    )));
-    assert!(line.contains("model_index.json"), "{line}");
-    assert_eq!(std::fs::read(&index).unwrap(), before);
+        &out,
+        &["--base", s(&encoder), "--quiet"],
+    ));
+    let keys: Vec<String> = read(&out).into_keys().collect();
+    assert!(
+        keys.contains(&"text_encoder.encoder.layers.0.self_attn.q_proj.lora_A.weight".to_owned()),
+        "{keys:?}"
+    );
 }

@@ -106,10 +106,34 @@ fn kohya_flux_converts_to_diffusers_under_the_transformer() {
         &refused_out,
     );
     assert!(
-        line.contains("lands on `double_blocks.0.img_attn.")
-            && line.contains("original single-file layout"),
+        line.contains("holds `double_blocks.0.") && line.contains("original single-file layout"),
         "{line}"
     );
+}
+
+/// A musubi-tuner Qwen-Image file (`lora_unet_img_in`, `lora_unet_txt_in`: BFL Flux's original
+/// names, and Qwen-Image's own diffusers ones) converts onto its diffusers base under
+/// `transformer.` and merges as the original (rev19 review: refused as an original layout).
+#[test]
+fn qwen_image_modules_named_as_bfl_originals_convert_to_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("diffusion8/qwen_image/base.safetensors");
+    let src = fixture("diffusion8/qwen_image/kohya.safetensors");
+    let out = dir.path().join("diffusers.safetensors");
+    run_ok(convert_args(
+        &src,
+        "diffusers",
+        &out,
+        &["--base", s(&base), "--quiet"],
+    ));
+    let conv = read(&out);
+    assert!(
+        conv.contains_key("transformer.img_in.lora_A.weight")
+            && conv.keys().all(|k| k.starts_with("transformer.")),
+        "{:?}",
+        conv.keys().collect::<Vec<_>>()
+    );
+    merge_alike(&base, &src, &out);
 }
 
 #[test]

@@ -59,3 +59,45 @@ fn check_says_what_the_flux_loader_does_with_onetrainer_names() {
         }
     }
 }
+
+/// AuraFlow names its blocks `single_transformer_blocks` too, without Flux's `proj_mlp`, and its
+/// loader converts no OneTrainer names (rev19 review: check said "loads" on it): such a base is
+/// no Flux pipeline, and the SD reader's rule stands.
+#[test]
+fn an_auraflow_base_is_no_flux_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |shape: &[usize]| T {
+        dtype: safetensors::Dtype::F32,
+        shape: shape.to_vec(),
+        data: vec![0; shape.iter().product::<usize>() * 4],
+    };
+    let base = dir.path().join("aura.safetensors");
+    write_tensors(
+        &base,
+        &[(
+            "single_transformer_blocks.0.attn.to_q.weight".to_owned(),
+            w(&[8, 8]),
+        )]
+        .into(),
+    );
+    let file = dir.path().join("ot.safetensors");
+    let m = "lora_transformer_single_transformer_blocks_0_attn_to_q";
+    write_tensors(
+        &file,
+        &[
+            (format!("{m}.lora_down.weight"), w(&[2, 8])),
+            (format!("{m}.lora_up.weight"), w(&[8, 2])),
+            (format!("{m}.alpha"), w(&[])),
+        ]
+        .into(),
+    );
+    let (_, r) = check_json(&file, &["--target", "diffusers", "--base", s(&base)]);
+    let t = &r["targets"][0];
+    let f = fired(t);
+    assert!(f.contains(&"diffusers.prefix".to_owned()), "{t}");
+    assert!(
+        !f.iter().any(|r| r.starts_with("diffusers.flux_mixture")),
+        "{t}"
+    );
+    assert_eq!(t["applies_all"], false, "{t}");
+}

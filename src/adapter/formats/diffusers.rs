@@ -84,16 +84,21 @@ const UNET_ROOTS: &[&str] = &[
     "position_net",
 ];
 
-/// The pipeline component a denoiser module at diffusers path `path` goes under. kohya names
-/// every denoiser's modules `lora_unet_`: SD's UNet and sd-scripts' Flux and SD3 transformers
-/// alike (`networks/lora_flux.py` and `lora_sd3.py`: `LORA_PREFIX_* = "lora_unet"`), while a
-/// diffusers pipeline calls a UNet `unet` and a transformer `transformer`
+/// The pipeline component a denoiser's modules go under, told from the module paths of the
+/// model (a base's tensors, or the adapter's own modules). kohya names every denoiser's modules
+/// `lora_unet_`: SD's UNet and sd-scripts' Flux and SD3 transformers alike
+/// (`networks/lora_flux.py` and `lora_sd3.py`: `LORA_PREFIX_* = "lora_unet"`), while a diffusers
+/// pipeline calls a UNet `unet` and a transformer `transformer`
 /// (`FluxLoraLoaderMixin.transformer_name`; its `lora_state_dict` turns `lora_unet_` keys into
-/// `transformer.` ones). The path tells them apart: a UNet's starts at one of its top-level
-/// modules.
-pub fn denoiser_component(path: &str) -> &'static str {
-    let root = path.split('.').next().unwrap_or(path);
-    if UNET_ROOTS.contains(&root) {
+/// `transformer.` ones). A UNet has its `down_blocks`/`mid_block`/`up_blocks`; without one, paths
+/// that all start at a UNet's top-level modules are a UNet's too. One answer for the whole model:
+/// CogVideoX's transformer has a top-level `time_embedding` as well.
+pub fn denoiser_of<'a>(paths: impl Iterator<Item = &'a str>) -> &'static str {
+    let roots: Vec<&str> = paths.map(|p| p.split('.').next().unwrap_or(p)).collect();
+    let blocks = roots
+        .iter()
+        .any(|r| ["down_blocks", "mid_block", "up_blocks"].contains(r));
+    if blocks || (!roots.is_empty() && roots.iter().all(|r| UNET_ROOTS.contains(r))) {
         "unet"
     } else {
         "transformer"

@@ -203,28 +203,35 @@ pub fn targets(name: &str, kohya_name: bool) -> Option<Vec<String>> {
         .map(|row| row.paths)
 }
 
-/// Whether module path `path` (of a base tensor) is named in a model's original layout rather
-/// than diffusers': a row of [`TABLES`] that diffusers names otherwise (BFL Flux's
-/// `double_blocks.0.img_attn.qkv`, Wan's `blocks.0.self_attn.q`), under any root, and no
-/// model's diffusers path (`x_embedder` is an original name of one model and Flux's diffusers
-/// name for BFL's `img_in`; a one-segment root is allowed, so MiniMax-H3's `time_embedder.proj_in`
-/// reads as LTX-Video's `proj_in` under `time_embedder.` and is not refused).
+/// Whether module path `path` (of a base tensor, or a module's dotted name) is a block module of
+/// a diffusion transformer's original checkpoint layout, which diffusers names otherwise (BFL
+/// Flux's `double_blocks.0.img_attn.qkv`, SD3's `joint_blocks.0.…`, Wan's
+/// `blocks.0.self_attn.q`), under any root, and no model's diffusers path. Only the block rows
+/// (`#`) of the checkpoint converters' tables ([`Model::checkpoint_layout`]) count: a top-level
+/// original name can be another model's diffusers name (BFL's `txt_in`/`img_in` are
+/// Qwen-Image's own), and the LoRA converters' rows (ACE-Step's `layers.#.self_attn.q_proj`)
+/// read as a text encoder's paths under a root.
 pub fn original_layout_path(path: &str) -> bool {
-    let diffusers_path = std::iter::once(0)
-        .chain(path.match_indices('.').map(|(i, _)| i + 1))
-        .filter(|&start| root_prefix(&path[..start]))
-        .any(|start| {
-            rows().any(|(model, _, difs)| {
-                model.rows_name_diffusers()
-                    && difs
-                        .iter()
-                        .any(|d| matches(&path[start..], d, '.').is_some())
-            })
-        });
+    let tails = || {
+        std::iter::once(0)
+            .chain(path.match_indices('.').map(|(i, _)| i + 1))
+            .filter(|&start| root_prefix(&path[..start]))
+            .map(|start| &path[start..])
+    };
+    let diffusers_path = tails().any(|tail| {
+        rows().any(|(model, _, difs)| {
+            model.rows_name_diffusers() && difs.iter().any(|d| matches(tail, d, '.').is_some())
+        })
+    });
     !diffusers_path
-        && lookup(path, false, false)
-            .iter()
-            .any(|row| !row.paths.iter().any(|p| path.ends_with(p.as_str())))
+        && tails().any(|tail| {
+            rows().any(|(model, orig, difs)| {
+                model.checkpoint_layout()
+                    && orig.contains('#')
+                    && matches(tail, orig, '.')
+                        .is_some_and(|i| !difs.iter().any(|d| d.replace('#', i) == tail))
+            })
+        })
 }
 
 /// The [`TABLES`] row a module name is in.

@@ -30,8 +30,9 @@ const PREFIX: &str = "lora_transformer_";
 /// What diffusers' Flux loader does with `adapter` when it is a OneTrainer Flux file for a Flux
 /// pipeline (`None` for any other file): the modules that make it raise, and the `lora_unet_`
 /// ones it drops without a word. A Flux pipeline: the base is diffusers' Flux transformer
-/// (`single_transformer_blocks.` without Flux.2's or HunyuanVideo's marks), or, without
-/// `--base`, the file has a single-stream block module.
+/// (`single_transformer_blocks.` with a `proj_mlp`, without Flux.2's or HunyuanVideo's marks),
+/// or, without `--base`, the file has a single-stream block module (without a base, a file of
+/// double-block modules alone is SD3's as much as Flux's, and stays with the SD reader's rule).
 pub(super) fn flux_mixture(a: &Adapter, base: Option<&Checkpoint>) -> Option<Mixture> {
     let keys: Vec<&str> = a
         .source
@@ -47,7 +48,10 @@ pub(super) fn flux_mixture(a: &Adapter, base: Option<&Checkpoint>) -> Option<Mix
     let flux = match base {
         Some(b) => {
             let has = |mark: &str| b.names().any(|n| n.contains(mark));
+            // Flux's single blocks have a `proj_mlp` (AuraFlow's, with the same block name,
+            // do not, and its loader converts nothing).
             has("single_transformer_blocks.")
+                && has(".proj_mlp.")
                 && !has("token_refiner.")
                 && !has("single_stream_modulation")
                 && !has(".to_qkv_mlp_proj.")

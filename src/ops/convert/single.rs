@@ -75,9 +75,17 @@ fn onto_pipeline(
     kohya_names: bool,
     fallback: Option<&'static str>,
 ) -> InputResult<(NameSource, Vec<String>)> {
-    // The pipeline's own files are inputs too: no output may replace its model_index.json.
+    // The pipeline's own files are inputs too, those of the components no module uses
+    // included: no output may replace its model_index.json or a component's weights.
     let mut inputs = output::adapter_inputs(adapter);
     inputs.extend([dir.join("model_index.json"), dir.to_path_buf()]);
+    let entries = std::fs::read_dir(dir).map_err(|e| InputError::io(dir, e))?;
+    for sub in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+        if let Ok(files) = std::fs::read_dir(&sub) {
+            inputs.extend(files.flatten().map(|e| e.path()));
+        }
+        inputs.push(sub);
+    }
     output::check_output_fixed(spec, &inputs)?;
     let has = |c: &str| dir.join(c).is_dir();
     let denoiser = if has("unet") { "unet" } else { "transformer" };
@@ -119,10 +127,14 @@ fn onto_pipeline(
     for (comp, group) in groups {
         let folder = dir.join(comp);
         if !folder.is_dir() {
+            let wanted = match comp {
+                "unet" | "transformer" => "`unet/` or `transformer/` folder".to_owned(),
+                _ => format!("`{comp}/` folder"),
+            };
             return Err(InputError::invalid(
                 &adapter.path,
                 format!(
-                    "module `{}` is for the pipeline component `{comp}`, and {} has no `{comp}/` folder",
+                    "module `{}` is for the pipeline component `{comp}`, and {} has no {wanted}",
                     group[0].name,
                     dir.display()
                 ),
@@ -223,32 +235,52 @@ impl DiffusersPlan {
             (NameSource::Adapter, names)
         };
         // The pipeline component of each module: a dotted name's own, else its kohya prefix's
-        // (lora_unet → unet or transformer, …), else the prefix option's.
-        for (m, origin) in adapter.modules.iter_mut().zip(&origins) {
+        // (lora_unet → the denoiser: unet or transformer), else the prefix option's.
+        let rel = |name: &str| -> String {
+            // ai-toolkit's `diffusion_model.` root is the denoiser itself, not a layer.
+            name.strip_prefix("diffusion_model.")
+                .unwrap_or(name)
+                .to_owned()
+        };
+        let paths: Vec<String> = adapter.modules.iter().map(|m| rel(&m.name)).collect();
+        let denoiser = match base.as_ref() {
+            Some(b) => d::denoiser_of(b.names()),
+            None => d::denoiser_of(paths.iter().map(String::as_str)),
+        };
+        // A base in an original single-file layout is refused whole: diffusers names none of
+        // its denoiser's modules (a top-level one like BFL's `img_in` included).
+        let original = |p: &str| d::original_layout(p) || layouts::original_layout_path(p);
+        let original_base = base.as_ref().and_then(|b| {
+            b.names()
+                .map(|n| n.strip_suffix(".weight").unwrap_or(n))
+                .find(|p| original(p))
+                .map(str::to_owned)
+        });
+        for ((m, origin), path) in adapter.modules.iter_mut().zip(&origins).zip(paths) {
             if d::has_component(&m.name) {
                 continue;
             }
             let own =
                 kohya::split_prefix(origin).and_then(|(p, _)| d::component_of_kohya_prefix(p));
             let Some(c) = own.or(fallback) else { continue };
-            if d::original_layout(&m.name) || layouts::original_layout_path(&m.name) {
-                return Err(InputError::invalid(
-                    &adapter.path,
-                    format!(
-                        "module `{origin}` lands on `{}`, a name of the model's original single-file layout, which diffusers names otherwise; convert onto the model in diffusers' layout (the pipeline's `unet/` or `transformer/` folder)",
-                        m.name
-                    ),
-                )
-                .into());
+            let c = if c == "unet" { denoiser } else { c };
+            if c == "unet" || c == "transformer" {
+                let on = match (&original_base, base.as_ref()) {
+                    (Some(t), Some(b)) => Some(format!("base {} holds `{t}`", b.root.display())),
+                    (None, None) if original(&path) => Some(format!("it is `{path}`")),
+                    _ => None,
+                };
+                if let Some(on) = on {
+                    return Err(InputError::invalid(
+                        &adapter.path,
+                        format!(
+                            "module `{origin}`: {on}, a name of the model's original single-file layout, which diffusers names otherwise; convert onto the model in diffusers' layout (the pipeline's `unet/` or `transformer/` folder)"
+                        ),
+                    )
+                    .into());
+                }
             }
-            // ai-toolkit's `diffusion_model.` root is the denoiser itself, not a layer.
-            let rel = m.name.strip_prefix("diffusion_model.").unwrap_or(&m.name);
-            let c = if c == "unet" {
-                d::denoiser_component(rel)
-            } else {
-                c
-            };
-            m.name = format!("{c}.{rel}");
+            m.name = format!("{c}.{path}");
         }
         Ok(DiffusersPlan {
             opts,

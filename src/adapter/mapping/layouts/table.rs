@@ -34,6 +34,22 @@ impl Model {
         self != Model::HunyuanVideoComfy
     }
 
+    /// Whether this model's rows are a checkpoint converter's (its original single files have
+    /// these names), not only a LoRA converter's renames.
+    pub(super) fn checkpoint_layout(self) -> bool {
+        matches!(
+            self,
+            Model::Flux
+                | Model::Wan
+                | Model::Sd3
+                | Model::Flux2
+                | Model::HunyuanVideo
+                | Model::ZImage
+                | Model::Lumina2
+                | Model::LtxVideo
+        )
+    }
+
     /// Whether diffusers' own LoRA loader for this model converts names in its original layout
     /// (what `check --target diffusers` asks, `super::targets`): `FluxLoraLoaderMixin` and
     /// `WanLoraLoaderMixin` do (`lora_pipeline.py` 0.42.1, their `lora_state_dict`);

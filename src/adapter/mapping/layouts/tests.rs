@@ -196,22 +196,12 @@ fn a_weight_is_found_under_at_most_one_root() {
 }
 
 /// `convert --to diffusers` refuses a module on a name of an original layout
-/// ([`original_layout_path`]), so no diffusers path of any table may be taken for one, and every
-/// original path of the checkpoint converters' tables that diffusers names otherwise is one (the
-/// LoRA converters' rows, `converted.rs`, may read as a diffusers path under a root).
+/// ([`original_layout_path`]), so no diffusers path of any table may be taken for one, nor a text
+/// encoder's or Qwen-Image's own paths, and every block path of the checkpoint converters' tables
+/// that diffusers names otherwise is one, under no root or `diffusion_model.`.
 #[test]
 fn diffusers_paths_are_not_taken_for_original_ones() {
     let at = |p: &str| p.replace('#', "3");
-    let converters = [
-        Model::Flux,
-        Model::Wan,
-        Model::Sd3,
-        Model::Flux2,
-        Model::HunyuanVideo,
-        Model::ZImage,
-        Model::Lumina2,
-        Model::LtxVideo,
-    ];
     for (model, orig, difs) in rows() {
         if !model.rows_name_diffusers() {
             continue;
@@ -224,11 +214,22 @@ fn diffusers_paths_are_not_taken_for_original_ones() {
         }
         let o = at(orig);
         let a_diffusers_path = rows().any(|(_, _, difs)| difs.iter().any(|d| at(d) == o));
-        if converters.contains(&model) && !a_diffusers_path {
+        if model.checkpoint_layout() && orig.contains('#') && !a_diffusers_path {
             assert!(
                 original_layout_path(&o) && original_layout_path(&format!("diffusion_model.{o}")),
                 "{model:?}: original path {o} not recognized"
             );
         }
+    }
+    for path in [
+        "encoder.layers.0.self_attn.q_proj",
+        "text_model.encoder.layers.0.self_attn.q_proj",
+        "model.layers.0.self_attn.k_proj",
+        "layers.0.self_attn.k_proj",
+        "txt_in",
+        "img_in",
+        "transformer_blocks.0.attn.to_q",
+    ] {
+        assert!(!original_layout_path(path), "{path}");
     }
 }
