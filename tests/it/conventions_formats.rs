@@ -18,6 +18,7 @@ use super::common::*;
 use super::conventions_common::{
     converted_merges_as_original, manifest_of, merge_alike, merges_as_reference_in,
 };
+use std::path::Path;
 
 fn manifest() -> serde_json::Value {
     manifest_of("diffusers_formats")
@@ -76,24 +77,13 @@ fn convert_onto_a_base_reorders_a_module_with_swapped_halves() {
 /// file, whose module names no diffusers pipeline uses, it is refused and nothing written.
 #[test]
 fn kohya_flux_converts_to_diffusers_under_the_transformer() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = fixture("diffusers_formats/flux_base.safetensors");
     let src = fixture("diffusers_formats/flux_kohya.safetensors");
-    let out = dir.path().join("diffusers.safetensors");
-    run_ok(convert_args(
+    converts_under_the_transformer(
+        "diffusers_formats/flux_base.safetensors",
         &src,
-        "diffusers",
-        &out,
-        &["--base", s(&base), "--quiet"],
-    ));
-    let conv = read(&out);
-    assert!(
-        conv.contains_key("transformer.transformer_blocks.0.attn.to_q.lora_A.weight")
-            && conv.keys().all(|k| k.starts_with("transformer.")),
-        "{:?}",
-        conv.keys().collect::<Vec<_>>()
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight",
     );
-    merge_alike(&base, &src, &out);
+    let dir = tempfile::tempdir().unwrap();
     // The modules the BFL fixture holds tensors for.
     let mut on_bfl = read(&src);
     on_bfl.retain(|k, _| k.contains("_attn_"));
@@ -116,24 +106,32 @@ fn kohya_flux_converts_to_diffusers_under_the_transformer() {
 /// `transformer.` and merges as the original (rev19 review: refused as an original layout).
 #[test]
 fn qwen_image_modules_named_as_bfl_originals_convert_to_diffusers() {
+    converts_under_the_transformer(
+        "diffusion8/qwen_image/base.safetensors",
+        &fixture("diffusion8/qwen_image/kohya.safetensors"),
+        "transformer.img_in.lora_A.weight",
+    );
+}
+
+/// `convert --to diffusers --base {base}` (under `fixtures/`) of `src`: every key under
+/// `transformer.`, `key` among them, and the file merges bit for bit as `src` does.
+fn converts_under_the_transformer(base: &str, src: &Path, key: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let base = fixture("diffusion8/qwen_image/base.safetensors");
-    let src = fixture("diffusion8/qwen_image/kohya.safetensors");
+    let base = fixture(base);
     let out = dir.path().join("diffusers.safetensors");
     run_ok(convert_args(
-        &src,
+        src,
         "diffusers",
         &out,
         &["--base", s(&base), "--quiet"],
     ));
     let conv = read(&out);
     assert!(
-        conv.contains_key("transformer.img_in.lora_A.weight")
-            && conv.keys().all(|k| k.starts_with("transformer.")),
+        conv.contains_key(key) && conv.keys().all(|k| k.starts_with("transformer.")),
         "{:?}",
         conv.keys().collect::<Vec<_>>()
     );
-    merge_alike(&base, &src, &out);
+    merge_alike(&base, src, &out);
 }
 
 #[test]
