@@ -339,19 +339,7 @@ fn direct_io_writes_the_bytes_of_the_buffered_path_and_falls_back_on_refusal() {
             );
         }
         let mut s = file::Stream::with_direct(&path, file, direct);
-        for &(o, n, copied) in &pieces {
-            if copied {
-                let extent = file::Extent {
-                    file: &src,
-                    path: &src_path,
-                    offset: o as u64,
-                    len: n as u64,
-                };
-                s.copy("t", extent).unwrap();
-            } else {
-                s.write_all(&input[o..o + n]).unwrap();
-            }
-        }
+        write_pieces(&mut s, (&src, &src_path), &input, &pieces);
         let direct_used = s.is_direct();
         // Refused at a buffer the I/O thread writes (at 0 or 8 MiB): buffered from there on.
         // At 16 MiB nothing is refused: the last, partial buffer is written buffered anyway.
@@ -362,12 +350,7 @@ fn direct_io_writes_the_bytes_of_the_buffered_path_and_falls_back_on_refusal() {
             direct_seen = true;
             assert_eq!(refused, refused_mid, "case {i} (refuse at {refuse_at:?})");
         }
-        let got = std::fs::read(&path).unwrap();
-        assert_eq!(got.len(), expected.len(), "case {i}: length");
-        assert!(
-            got == expected,
-            "case {i} (refuse at {refuse_at:?}): bytes differ"
-        );
+        assert_file_is(&path, &expected, i, refuse_at);
     }
     if !direct_seen {
         eprintln!("NOTE: direct I/O was not taken here; its refusals were not checked");
@@ -441,19 +424,7 @@ fn direct_io_writes_agreeing_copies_from_maps_of_the_input_and_falls_back_on_ref
             Some(d)
         });
         let mut s = file::Stream::with_direct(&path, file, direct);
-        for &(o, n, copied) in &extents {
-            if copied {
-                let extent = file::Extent {
-                    file: &src,
-                    path: &src_path,
-                    offset: o as u64,
-                    len: n as u64,
-                };
-                s.copy("t", extent).unwrap();
-            } else {
-                s.write_all(&input[o..o + n]).unwrap();
-            }
-        }
+        write_pieces(&mut s, (&src, &src_path), &input, &extents);
         let direct_used = s.is_direct();
         let mapped = s.mapped_bytes();
         // Direct writes start at 0, in both mapped extents (at most 8 MiB apart), and none at
@@ -466,14 +437,43 @@ fn direct_io_writes_agreeing_copies_from_maps_of_the_input_and_falls_back_on_ref
             assert_eq!(mapped, expected_mapped, "case {i}: bytes written from maps");
             assert_eq!(refused, refused_mid, "case {i} (refuse at {refuse_at:?})");
         }
-        let got = std::fs::read(&path).unwrap();
-        assert_eq!(got.len(), expected.len(), "case {i}: length");
-        assert!(
-            got == expected,
-            "case {i} (refuse at {refuse_at:?}): bytes differ"
-        );
+        assert_file_is(&path, &expected, i, refuse_at);
     }
     if !direct_seen {
         eprintln!("NOTE: direct I/O was not taken here; the mapped path was not checked");
     }
+}
+
+/// Writes `pieces` of `input` to `s` in order: (offset, length, copied from `src` — the file
+/// and its path, holding `input` — or written from memory).
+fn write_pieces(
+    s: &mut file::Stream,
+    src: (&File, &std::path::Path),
+    input: &[u8],
+    pieces: &[(usize, usize, bool)],
+) {
+    for &(o, n, copied) in pieces {
+        if copied {
+            let extent = file::Extent {
+                file: src.0,
+                path: src.1,
+                offset: o as u64,
+                len: n as u64,
+            };
+            s.copy("t", extent).unwrap();
+        } else {
+            s.write_all(&input[o..o + n]).unwrap();
+        }
+    }
+}
+
+/// Asserts that `path` holds exactly `expected` (case `i`, direct writes refused at
+/// `refuse_at`).
+fn assert_file_is(path: &std::path::Path, expected: &[u8], i: usize, refuse_at: Option<u64>) {
+    let got = std::fs::read(path).unwrap();
+    assert_eq!(got.len(), expected.len(), "case {i}: length");
+    assert!(
+        got == expected,
+        "case {i} (refuse at {refuse_at:?}): bytes differ"
+    );
 }
