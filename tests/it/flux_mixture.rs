@@ -101,3 +101,32 @@ fn an_auraflow_base_is_no_flux_pipeline() {
     );
     assert_eq!(t["applies_all"], false, "{t}");
 }
+
+/// Without `--base`, a OneTrainer file of double-block attention modules alone is SD3's as much
+/// as Flux's: Flux's loader would load it whole, SD3's converts none of it (rev19 review: check
+/// quoted the SD reader's "nothing is applied"). The SD reader's rule is then not evaluated
+/// (it needs `--base`); with the Flux base the file is judged by Flux's loader.
+#[test]
+fn double_block_attention_alone_needs_the_base_to_be_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = read(&fixture("flux_mixture/attn.safetensors"));
+    t.retain(|k, _| k.starts_with("lora_transformer_transformer_blocks_"));
+    let file = dir.path().join("double.safetensors");
+    write_tensors(&file, &t);
+    let (_, r) = check_json(&file, &["--target", "diffusers"]);
+    let t = &r["targets"][0];
+    assert!(!fired(t).contains(&"diffusers.prefix".to_owned()), "{t}");
+    assert_eq!(
+        t["not_evaluated"],
+        serde_json::json!(["diffusers.prefix"]),
+        "{t}"
+    );
+    let base = fixture("diffusers_formats/flux_base.safetensors");
+    let (_, r) = check_json(&file, &["--target", "diffusers", "--base", s(&base)]);
+    let t = &r["targets"][0];
+    assert_eq!(
+        (&t["loads"], &t["applies_all"]),
+        (&true.into(), &true.into()),
+        "{t}"
+    );
+}

@@ -34,6 +34,20 @@ const PREFIX: &str = "lora_transformer_";
 /// or, without `--base`, the file has a single-stream block module (without a base, a file of
 /// double-block modules alone is SD3's as much as Flux's, and stays with the SD reader's rule).
 pub(super) fn flux_mixture(a: &Adapter, base: Option<&Checkpoint>) -> Option<Mixture> {
+    judge(a, base, false)
+}
+
+/// Whether, without `--base`, `adapter` is a OneTrainer file whose verdict depends on the
+/// pipeline: nothing in it marks Flux (no single-stream block module), Flux's loader would load
+/// all of it, and SD3's (the same names) converts none of it.
+pub(super) fn pipeline_dependent(a: &Adapter, base: Option<&Checkpoint>) -> bool {
+    base.is_none()
+        && flux_mixture(a, None).is_none()
+        && judge(a, None, true).is_some_and(|m| m.refused.is_empty() && m.dropped.is_empty())
+}
+
+/// [`flux_mixture`], taking the pipeline for Flux's where `assume_flux`.
+fn judge(a: &Adapter, base: Option<&Checkpoint>, assume_flux: bool) -> Option<Mixture> {
     let keys: Vec<&str> = a
         .source
         .as_ref()?
@@ -61,7 +75,7 @@ pub(super) fn flux_mixture(a: &Adapter, base: Option<&Checkpoint>) -> Option<Mix
                 .starts_with("lora_transformer_single_transformer_blocks_")
         }),
     };
-    if !mixture || !flux {
+    if !mixture || !(flux || assume_flux) {
         return None;
     }
     let has_alpha = |m: &str| keys.iter().any(|k| k.strip_suffix(".alpha") == Some(m));

@@ -105,6 +105,8 @@ impl<'a> Facts<'a> {
                 // original names have their own rule.
                 if !unet_key_rules_apply(a) || self.own_loader() || self.flux_mixture().is_some() {
                     vec![]
+                } else if super::diffusers_mixture::pipeline_dependent(a, self.plan.base.as_ref()) {
+                    return Evaluated::NeedsBase;
                 } else {
                     a.modules
                         .iter()
@@ -122,12 +124,8 @@ impl<'a> Facts<'a> {
             }
             When::DiffusersLumina2OrZImage if self.plan.base.is_some() => vec![],
             When::DiffusersLumina2OrZImage => super::diffusers_pipelines::lumina2_or_z_image(a),
-            When::DiffusersFluxMixtureRefused => {
-                self.flux_mixture().map(|m| m.refused).unwrap_or_default()
-            }
-            When::DiffusersFluxMixtureDropped => {
-                self.flux_mixture().map(|m| m.dropped).unwrap_or_default()
-            }
+            When::DiffusersFluxMixtureRefused => self.flux_mixture().unwrap_or_default().refused,
+            When::DiffusersFluxMixtureDropped => self.flux_mixture().unwrap_or_default().dropped,
             When::DiffusersFluxKohyaDropped if self.own_loader() => vec![],
             When::DiffusersFluxKohyaDropped => super::diffusers_keys::flux_kohya_dropped(a),
             When::DiffusersModelDropped(model) => {
@@ -670,11 +668,12 @@ impl<'a> Facts<'a> {
     }
 
     /// Every module of a kohya file has an SD prefix.
-    /// Whether a transformer pipeline's own loader reads this file (`diffusers_pipelines.rs`).
+    /// What diffusers' Flux loader does with a OneTrainer Flux file (`diffusers_mixture.rs`).
     fn flux_mixture(&self) -> Option<super::diffusers_mixture::Mixture> {
         super::diffusers_mixture::flux_mixture(&self.plan.adapter, self.plan.base.as_ref())
     }
 
+    /// Whether a transformer pipeline's own loader reads this file (`diffusers_pipelines.rs`).
     fn own_loader(&self) -> bool {
         super::diffusers_pipelines::pipeline_of(&self.plan.adapter, self.plan.base.as_ref())
             .is_some()
