@@ -250,12 +250,18 @@ impl DiffusersPlan {
         // A base in an original single-file layout is refused whole: diffusers names none of
         // its denoiser's modules (a top-level one like BFL's `img_in` included).
         let original = |p: &str| d::original_layout(p) || layouts::original_layout_path(p);
-        let original_base = base.as_ref().and_then(|b| {
-            b.names()
-                .map(|n| n.strip_suffix(".weight").unwrap_or(n))
-                .find(|p| original(p))
-                .map(str::to_owned)
-        });
+        // Scanned once, and only if a denoiser module is converted onto a base.
+        let original_base = std::cell::OnceCell::new();
+        let original_base = || {
+            original_base.get_or_init(|| {
+                base.as_ref().and_then(|b| {
+                    b.names()
+                        .map(|n| n.strip_suffix(".weight").unwrap_or(n))
+                        .find(|p| original(p))
+                        .map(str::to_owned)
+                })
+            })
+        };
         for ((m, origin), path) in adapter.modules.iter_mut().zip(&origins).zip(paths) {
             if d::has_component(&m.name) {
                 continue;
@@ -265,7 +271,7 @@ impl DiffusersPlan {
             let Some(c) = own.or(fallback) else { continue };
             let c = if c == "unet" { denoiser } else { c };
             if c == "unet" || c == "transformer" {
-                let on = match (&original_base, base.as_ref()) {
+                let on = match (original_base(), base.as_ref()) {
                     (Some(t), Some(b)) => Some(format!("base {} holds `{t}`", b.root.display())),
                     (None, None) if original(&path) => Some(format!("it is `{path}`")),
                     _ => None,
