@@ -24,7 +24,7 @@ use crate::adapter::{Adapter, Format, LoraModule};
 use crate::io::Checkpoint;
 use std::collections::BTreeSet;
 
-/// The items of `when` (one of the four above), `None` when it needs the base and there is
+/// The items of `when` (one of the four above, or `DiffusersNotInBase`: `diffusers_base.rs`), `None` when it needs the base and there is
 /// none. `sd`: the file is a kohya file every key of which has an SD prefix, read by the SD/SDXL
 /// loader (not a transformer pipeline's own converter).
 pub(super) fn items(
@@ -50,6 +50,23 @@ pub(super) fn items(
             }
         }
         When::DiffusersAlphaLost if sd => alpha_lost(a),
+        // Files a transformer pipeline's own converter reads have their own rules.
+        When::DiffusersNotInBase
+            if super::diffusers_pipelines::pipeline_of(a, base).is_some()
+                || super::diffusers_mixture::flux_mixture(a, base).is_some() =>
+        {
+            vec![]
+        }
+        When::DiffusersNotInBase => match base {
+            Some(b) => {
+                let covered: Vec<String> = match sd {
+                    true => lost_unet_paths(a).into_iter().map(|(m, _)| m).collect(),
+                    false => vec![],
+                };
+                super::diffusers_base::not_in_base(a, b, placements, &covered)
+            }
+            None => return None,
+        },
         When::DiffusersConvFactors2d if a.format == Format::Kohya => match base {
             Some(b) => conv_factors_2d(a, b, placements),
             // Without the base only a module the SD UNet has as a 1×1 conv can be one.
@@ -65,6 +82,14 @@ pub(super) fn items(
 /// `lora_unet_text_encoder_…`, `lora_unet_transformer_…`: what older converters made of a
 /// diffusers-saved file), which become `unet.unet.…` and so `unet.…` inside the UNet.
 fn lost_unet(a: &Adapter) -> Vec<String> {
+    lost_unet_paths(a)
+        .into_iter()
+        .map(|(m, path)| format!("{m} (read as `{path}`)"))
+        .collect()
+}
+
+/// [`lost_unet`]'s (module, path read) pairs.
+fn lost_unet_paths(a: &Adapter) -> Vec<(String, String)> {
     a.modules
         .iter()
         .filter_map(|m| {
@@ -74,7 +99,7 @@ fn lost_unet(a: &Adapter) -> Vec<String> {
                 .any(|c| stem.starts_with(c));
             let path = lost_unet_module(&m.name)
                 .or_else(|| component.then(|| unet_module_path(&m.name)))?;
-            Some(format!("{} (read as `{path}`)", m.name))
+            Some((m.name.clone(), path))
         })
         .collect()
 }

@@ -165,7 +165,8 @@ impl<'a> Facts<'a> {
             When::DiffusersUnetKeyLost
             | When::DiffusersUnetNonePlaced
             | When::DiffusersAlphaLost
-            | When::DiffusersConvFactors2d => {
+            | When::DiffusersConvFactors2d
+            | When::DiffusersNotInBase => {
                 let sd = self.sd_prefixed() && unet_key_rules_apply(a) && !self.own_loader();
                 let (base, p) = (self.plan.base.as_ref(), &self.placements);
                 match super::diffusers_kohya::items(a, when, sd, base, p) {

@@ -18,6 +18,7 @@
 
 mod base;
 mod comfy_gaps;
+mod diffusers_base;
 mod diffusers_converted;
 mod diffusers_families;
 mod diffusers_keys;

@@ -104,6 +104,9 @@ pub enum When {
     DiffusersAlphaLost,
     /// With `--base`: modules whose file factors are 2-D on a 4-D (1×1 conv) base tensor.
     DiffusersConvFactors2d,
+    /// With `--base` one pipeline component: that component's modules it has no layer for
+    /// (`diffusers_base.rs`).
+    DiffusersNotInBase,
     /// kohya Flux modules outside the blocks (`lora_unet_img_in`, …), which diffusers' Flux
     /// converter drops (`diffusers_keys.rs`).
     DiffusersFluxKohyaDropped,

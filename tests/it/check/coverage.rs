@@ -170,6 +170,16 @@ const CASES: &[Case] = &[
         quiet: ("llama/adapters/qv_r8", BASE),
         quiet_verdict: "loads",
     },
+    // diffusers, run (pipeline_sd1/MANIFEST.json diffusers_load: 10 of the stray file's 12
+    // tensors loaded, "unexpected keys" logged for the module the UNet lacks; the clean file's
+    // text-encoder modules are not the UNet's, and load whole).
+    Case {
+        rule: "diffusers.not_in_base",
+        fires: ("pipeline_sd1/stray.safetensors", Some("pipeline_sd1/unet")),
+        verdict: "silent",
+        quiet: ("pipeline_sd1/clean.safetensors", Some("pipeline_sd1/unet")),
+        quiet_verdict: "loads",
+    },
     // PEFT, run (MANIFEST: silent, "Found missing adapter keys").
     Case {
         rule: "peft.key_prefix",

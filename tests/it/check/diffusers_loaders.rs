@@ -6,7 +6,7 @@
 //! `fixtures/diffusers_loaders/MANIFEST.json` (fixtures/gen/diffusers_loaders_fixtures.py) and
 //! the layout fixtures' MANIFEST.json (`fixtures/{flux2,hunyuan_video,z_image}_layout/`).
 
-use super::{check_json, fired, fixture, read_json, silent_modules, str_set, target};
+use super::{check_json, fired, fixture, read_json, s, silent_modules, str_set, target};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -169,5 +169,55 @@ fn lumina2_width_files_are_not_judged_by_the_z_image_loader() {
         let rules = super::fired(target(&rep, "diffusers"));
         let z = rules.iter().any(|r| r.starts_with("diffusers.z_image"));
         assert_eq!(z, z_image, "width {width}: {rules:?}");
+    }
+}
+
+/// `check --target diffusers --base COMPONENT` (rev19 review: a module the base lacks passed)
+/// against what `load_lora_weights` did with diffusers-named files on the tiny SD1 pipeline
+/// (`fixtures/pipeline_sd1/MANIFEST.json` `diffusers_load`, fixtures/gen/pipeline_base_fixtures.py).
+/// On the UNet folder, lorakit names as not applied exactly the modules whose keys diffusers
+/// logged as unexpected; on either component's folder, a module of the other component is that
+/// component's business and no finding (the clean file, which diffusers loads whole, loads).
+#[test]
+fn check_on_one_pipeline_component_names_the_modules_it_lacks() {
+    let m = read_json(fixture("pipeline_sd1/MANIFEST.json"));
+    let loads = m["diffusers_load"].as_object().unwrap();
+    assert_eq!(loads.len(), 2);
+    for (case, rec) in loads {
+        let file = fixture(&format!("pipeline_sd1/{case}.safetensors"));
+        // diffusers' log lists `path.lora_A.weight, path.lora_B.weight`: the modules.
+        let unexpected: BTreeSet<String> = rec["unexpected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|l| {
+                let l = l.as_str().unwrap();
+                let keys = l.split_once("in the model: ").unwrap().1;
+                keys.split(", ")
+                    .map(|k| format!("unet.{}", k.trim().split(".lora_").next().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let lost = rec["tensors"].as_u64().unwrap() - rec["loaded"].as_u64().unwrap();
+        assert_eq!(lost as usize, 2 * unexpected.len(), "{case}: {rec}");
+        for component in ["unet", "text_encoder"] {
+            let base = fixture(&format!("pipeline_sd1/{component}"));
+            let (_, r) = check_json(&file, &["--target", "diffusers", "--base", s(&base)]);
+            let t = target(&r, "diffusers");
+            let named = silent_modules(t);
+            let want = match component {
+                "unet" => unexpected.clone(),
+                _ => BTreeSet::new(),
+            };
+            assert_eq!(named, want, "{case} on {component}: {t}");
+            assert_eq!(t["loads"], true, "{case} on {component}: {t}");
+            assert_eq!(
+                t["applies_all"],
+                want.is_empty(),
+                "{case} on {component}: {t}"
+            );
+            let rule = fired(t).iter().any(|r| r == "diffusers.not_in_base");
+            assert_eq!(rule, !want.is_empty(), "{case} on {component}: {t}");
+        }
     }
 }

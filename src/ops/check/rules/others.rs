@@ -338,6 +338,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(DIFFUSERS, "src/diffusers/loaders/lora_conversion_utils.py", "0.42.1", "_get_alpha_name; utils/peft_utils.py get_peft_kwargs (Counter.most_common, alpha_pattern); fixtures/gen/review17_diffusion.py records what diffusers did"),
     },
     Rule {
+        id: "diffusers.not_in_base",
+        target: Target::Diffusers,
+        when: When::DiffusersNotInBase,
+        severity: Severity::Silent,
+        why: "the base component has no layer of this name: PEFT logs \"unexpected keys\" and the module is not applied",
+        source: src(DIFFUSERS, "src/diffusers/loaders/peft.py", "0.42.1", "PeftAdapterMixin.load_lora_adapter (set_peft_model_state_dict); fixtures/gen/pipeline_base_fixtures.py records it (MANIFEST diffusers_load)"),
+    },
+    Rule {
         id: "diffusers.conv_factors_2d",
         target: Target::Diffusers,
         when: When::DiffusersConvFactors2d,
