@@ -111,6 +111,9 @@ mod it {
     /// tensors, stale hf_quant_config.json, MXFP8 group scales, GLoRA C/D/E kinds, TinyLoRA and
     /// Super-Tuning config values, `--plot` formats.
     pub mod hostile15;
+    /// The sixteenth hostile round's findings: inputs inside the output folder, an old index's
+    /// non-shard files, ambiguous base folders, dense ΔW of small factor files, unbounded options.
+    pub mod hostile16;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.

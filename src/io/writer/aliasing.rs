@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 /// them). `files` are paths that will be written as files, `folders` paths that will be
 /// written as folders. A write is refused when it is, or resolves to, a read — compared by
 /// canonical path (symlinks followed, `..` resolved) and by (device, inode), so symlinks and
-/// hard links to an input are caught — or when it exists as the wrong kind (a folder where a
+/// hard links to an input are caught —, when an output folder holds a read (the base or the
+/// adapter inside `--out`), or when it exists as the wrong kind (a folder where a
 /// file goes, a file where a folder goes, a FIFO, socket or device anywhere).
 pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -> InputResult<()> {
     use std::os::unix::fs::MetadataExt;
@@ -42,6 +43,22 @@ pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -
                     }
                 }
             }
+        }
+    }
+    // An output folder must not hold an input: the commit removes an older checkpoint's shards
+    // and index there (`merge`), which could be the very files read.
+    for w in folders {
+        let Some(c) = canonical_target(w) else {
+            continue;
+        };
+        if let Some((_, r)) = canon.iter().find(|(r, _)| r != &c && r.starts_with(&c)) {
+            return Err(InputError::invalid(
+                w,
+                format!(
+                    "output folder holds an input ({}); give the output a folder of its own",
+                    r.display()
+                ),
+            ));
         }
     }
     let clash = |w: &Path| -> Option<PathBuf> {

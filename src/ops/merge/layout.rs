@@ -56,7 +56,9 @@ impl MergePlan {
                     if let Ok(idx) = crate::io::checkpoint::parse_index(&text) {
                         for (_, shard) in idx.weight_map {
                             let sp = dir.join(&shard);
+                            // Only safetensors shards: an index may list anything.
                             if crate::parts::is_plain_name(&shard)
+                                && shard.ends_with(".safetensors")
                                 && !new.contains(&sp.as_path())
                                 && !stale.contains(&sp)
                             {
