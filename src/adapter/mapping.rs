@@ -523,6 +523,22 @@ fn shape_fits_flat(m: &LoraModule, found: &[usize]) -> bool {
                 && found[0] == m.out_features
                 && found[1..].iter().product::<usize>() == m.in_features
         }
+        // A kernel that differs only in trailing 1s (PEFT's `use_effective_conv2d` LoHa/LoKr on
+        // an nn.Conv1d stores Tucker cores `[r, r, k, 1]`; `get_delta_weight` reshapes ΔW to
+        // the base's `[out, in, k]`): the same row-major values.
+        ModuleKind::Conv { kernel } => {
+            let trim = |k: &[usize]| -> Vec<usize> {
+                let mut v = k.to_vec();
+                while v.last() == Some(&1) {
+                    v.pop();
+                }
+                v
+            };
+            found.len() > 2
+                && found[0] == m.out_features
+                && found[1..].iter().product::<usize>() == m.in_features
+                && trim(kernel) == trim(&found[2..])
+        }
         _ => false,
     }
 }

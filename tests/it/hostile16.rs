@@ -2,22 +2,6 @@
 //! violations it found, each test failing before its fix.
 
 use super::common::*;
-use std::path::Path;
-
-/// The bytes of every file directly in `dir`, by name.
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_file())
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (name, std::fs::read(e.path()).unwrap())
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 /// An input inside the output folder was deleted by the commit, which removes an older
 /// checkpoint's shards and the files an old index lists: a single-file base or a kohya adapter

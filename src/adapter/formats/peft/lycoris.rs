@@ -339,3 +339,79 @@ fn lokr_settings(
     }
     Ok((ranks, alphas))
 }
+
+/// PEFT's LoKr `ΔW / scale` where it is not LyCORIS' Kronecker product: a whole `lokr_w2` of
+/// other than 2 or 4 dims (an `nn.Conv1d`'s `[b, d', k]`, an `nn.Conv3d`'s 5-D one).
+/// `tuners/lokr/layer.py` `make_kron` (0.21.2) unsqueezes `w1` only for a 4-D `w2`; for the
+/// others `torch.kron` prepends ones to `w1` (`[1, a, c]` against `[b, d', k]`) and
+/// `get_delta_weight` reshapes the `[b, a·d', c·k]` result to the base weight's shape, so that
+/// `ΔW[o, i, τ] = w2[o / a, i / c, τ] · w1[o % a, i % c]` — the halves swapped against LyCORIS'
+/// `w1[o / b, i / d'] · w2[o % b, i % d', τ]`. Returns the dense values in the base weight's
+/// row-major layout (what the reshape keeps), `None` for every other module.
+pub(super) fn peft_kron_dense(
+    file: &crate::io::SafetensorsFile,
+    m: &LoraModule,
+    w2_shape: &[usize],
+) -> InputResult<Option<Vec<f32>>> {
+    let Factors::Lokr {
+        w1,
+        w2: KronHalf::Whole(w2),
+        w1_shape: (a, c),
+        ..
+    } = &m.factors
+    else {
+        return Ok(None);
+    };
+    if w2_shape.len() == 2 || w2_shape.len() == 4 {
+        return Ok(None);
+    }
+    let stored = |d: &crate::adapter::data::Data| -> InputResult<Vec<f32>> {
+        match d {
+            crate::adapter::data::Data::Stored { key, .. } => super::config::stored_f32(file, key),
+            crate::adapter::data::Data::Owned(v) => Ok(v.to_vec()),
+        }
+    };
+    let (a, c) = (*a, *c);
+    let w1: Vec<f64> = match w1 {
+        KronHalf::Whole(x) => stored(x)?.into_iter().map(f64::from).collect(),
+        KronHalf::LowRank { a: x, b: y, rank } => {
+            let (x, y) = (stored(x)?, stored(y)?);
+            let mut w = vec![0f64; a * c];
+            for i in 0..a {
+                for j in 0..c {
+                    w[i * c + j] = (0..*rank)
+                        .map(|t| f64::from(x[i * rank + t]) * f64::from(y[t * c + j]))
+                        .sum();
+                }
+            }
+            w
+        }
+        KronHalf::Tucker { .. } => return Ok(None),
+    };
+    let w2 = stored(w2)?;
+    // torch.kron: `w1` as [1, …, 1, a, c] against `w2`'s dims; result dim j = s1[j]·s2[j].
+    let n = w2_shape.len();
+    let mut s1 = vec![1usize; n];
+    s1[n - 2] = a;
+    s1[n - 1] = c;
+    let dims: Vec<usize> = (0..n).map(|j| s1[j] * w2_shape[j]).collect();
+    let total: usize = dims.iter().product();
+    let mut out = vec![0f32; total];
+    let mut idx = vec![0usize; n];
+    for o in out.iter_mut() {
+        let (mut i1, mut i2) = (0usize, 0usize);
+        for j in 0..n {
+            i1 = i1 * s1[j] + idx[j] / w2_shape[j];
+            i2 = i2 * w2_shape[j] + idx[j] % w2_shape[j];
+        }
+        *o = (w1[i1] * f64::from(w2[i2])) as f32;
+        for j in (0..n).rev() {
+            idx[j] += 1;
+            if idx[j] < dims[j] {
+                break;
+            }
+            idx[j] = 0;
+        }
+    }
+    Ok(Some(out))
+}

@@ -245,6 +245,8 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
     let mut modules = Vec::with_capacity(parts.len());
     for (name, p) in &parts {
         let mut m = lycoris::module(&file, name, p)?;
+        let w2_shape = p.get("lokr_w2").map_or(&[][..], |(_, s)| &s[..]);
+        let peft_kron = super::lycoris::peft_kron_dense(&file, &m, w2_shape)?;
         let r = cfg.rank_for(name)?;
         let stored = match &m.factors {
             Factors::Lokr { w1, w2, .. } => [w1, w2].iter().find_map(|h| match h {
@@ -262,6 +264,13 @@ fn read_lycoris(path: &Path, file: SafetensorsFile, cfg: PeftConfig) -> InputRes
                     stored.unwrap_or(0)
                 ),
             ));
+        }
+        if let Some(dense) = peft_kron {
+            // PEFT's kron of a 3-D or 5-D `lokr_w2` is no LyCORIS Kronecker product: held
+            // as the dense ΔW / scale it is.
+            m.factors = Factors::Full {
+                diff: Data::Owned(std::sync::Arc::new(dense)),
+            };
         }
         m.rank = r;
         m.alpha = cfg.alpha_for(name)?;

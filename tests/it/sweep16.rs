@@ -1,0 +1,37 @@
+//! What an independent sweep against PEFT 0.21.2's own merges found (2026-12-07), each test
+//! failing before its fix; fixtures made by PEFT itself (`fixtures/gen/peft_conv1d_fixtures.py`).
+
+use super::common::*;
+
+/// PEFT LoKr and LoHa on an nn.Conv1d: a whole 3-D `lokr_w2` (PEFT's `make_kron` leaves `w1`
+/// 2-D, so `torch.kron` pairs it with `w2`'s last two dims: ΔW[o, i, τ] = w2[o/a, i/c, τ]·
+/// w1[o%a, i%c], not LyCORIS' product — lorakit was off by 1.28 on a ΔW of 1.01), a
+/// decomposed one, and `use_effective_conv2d`'s Tucker cores `[r, r, k, 1]` on the base's
+/// `[out, in, k]` (refused before). Each merge equals `merge_and_unload`'s weights.
+#[test]
+fn peft_lokr_and_loha_on_conv1d_merge_as_peft_merges_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture("peft_conv1d");
+    let base = root.join("base.safetensors");
+    let b = read(&base);
+    for case in ["lokr_full", "lokr_low", "loha_effective", "lokr_effective"] {
+        let out = dir.path().join(format!("{case}.safetensors"));
+        merge_ok(&base, &root.join(case), &out, &["--quiet"]);
+        let (got, want) = (
+            read(&out),
+            read(&root.join(case).join("merged.safetensors")),
+        );
+        assert_eq!(got.len(), want.len(), "{case}");
+        let mut changed = 0;
+        for (name, w) in &want {
+            assert_f32_close(
+                &format!("{case} {name}"),
+                &got[name].f32(),
+                &w.f32(),
+                &b[name].f32(),
+            );
+            changed += usize::from(w.data != b[name].data);
+        }
+        assert!(changed >= 1, "{case}: PEFT changed nothing");
+    }
+}
