@@ -209,7 +209,8 @@ mod it {
     pub mod sweep14;
     /// What the sweep against ComfyUI's own patcher with seeds 103/104 found (fixtures/sweep15).
     pub mod sweep15;
-    /// What an independent sweep against PEFT 0.21.2's merges found: LoKr/LoHa on Conv1d.
+    /// What independent sweeps against PEFT 0.21.2 and LyCORIS 4.1.3 found: LoKr/LoHa on
+    /// Conv1d, Tucker cores of Conv1d/Conv3d.
     pub mod sweep16;
     /// What the sweeps with seeds 21/22 and wider draws found (fixtures/sweep6).
     pub mod sweep6;

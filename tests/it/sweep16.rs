@@ -1,5 +1,6 @@
 //! What an independent sweep against PEFT 0.21.2's own merges found (2026-12-07), each test
-//! failing before its fix; fixtures made by PEFT itself (`fixtures/gen/peft_conv1d_fixtures.py`).
+//! failing before its fix; fixtures made by PEFT and LyCORIS themselves
+//! (`fixtures/gen/peft_conv1d_fixtures.py`, `fixtures/gen/lycoris_tucker_nd.py`).
 
 use super::common::*;
 
@@ -33,5 +34,42 @@ fn peft_lokr_and_loha_on_conv1d_merge_as_peft_merges_them() {
             changed += usize::from(w.data != b[name].data);
         }
         assert!(changed >= 1, "{case}: PEFT changed nothing");
+    }
+}
+
+/// LyCORIS LoCon and LoHa with `use_tucker` on an nn.Conv1d and an nn.Conv3d: 3-D and 5-D
+/// Tucker cores (`lora_mid`, `hada_t1/t2`), refused before as not `[r, r, kh, kw]`. Each merge
+/// equals the base plus the ΔW of LyCORIS' own forward (`fixtures/gen/lycoris_tucker_nd.py`).
+#[test]
+fn lycoris_tucker_cores_of_conv1d_and_conv3d_merge_as_lycoris_computes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture("lycoris_tucker_nd");
+    let base = root.join("base.safetensors");
+    let b = read(&base);
+    for algo in ["lora", "loha"] {
+        let out = dir.path().join(format!("{algo}.safetensors"));
+        merge_ok(
+            &base,
+            &root.join(format!("{algo}.safetensors")),
+            &out,
+            &["--quiet"],
+        );
+        let (got, want) = (
+            read(&out),
+            read(&root.join(format!("{algo}_merged.safetensors"))),
+        );
+        assert_eq!(want.len(), 2, "{algo}");
+        for (name, w) in &want {
+            assert_ne!(
+                w.data, b[name].data,
+                "{algo} {name}: LyCORIS changed nothing"
+            );
+            assert_f32_close(
+                &format!("{algo} {name}"),
+                &got[name].f32(),
+                &w.f32(),
+                &b[name].f32(),
+            );
+        }
     }
 }

@@ -176,20 +176,22 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                 }
                 Some(_) => {
                     let (mid, ms) = get("lora_mid.weight")?;
-                    if ds.len() != 4 || ds[2..].iter().any(|&x| x != 1) {
+                    // Conv1d/2d/3d alike (LyCORIS `LoConModule` with `use_tucker` builds the
+                    // core as the layer's conv: `[r, r, k…]`, down/up 1×…×1).
+                    if ds.len() < 3 || ds[2..].iter().any(|&x| x != 1) {
                         return Err(bad_shape(
                             "lora_down (with lora_mid)",
                             ds,
                             format!("[{r}, in, 1, 1]"),
                         ));
                     }
-                    if ms.len() != 4 || ms[0] != r || ms[1] != r {
+                    if ms.len() != ds.len() || ms[0] != r || ms[1] != r {
                         return Err(bad_shape("lora_mid", ms, format!("[{r}, {r}, kh, kw]")));
                     }
                     kind = ModuleKind::Conv {
                         kernel: ms[2..].to_vec(),
                     };
-                    k = ds[1] * ms[2] * ms[3];
+                    k = ds[1] * ms[2..].iter().product::<usize>();
                     factors = Factors::LoraTucker { up, mid, down };
                 }
             }
@@ -244,20 +246,20 @@ pub fn module(file: &SafetensorsFile, name: &str, parts: &Parts) -> InputResult<
                         && s1b[0] == r
                         && s2a == s1a
                         && s2b == s1b
-                        && t1s.len() == 4
+                        && t1s.len() >= 3
                         && t1s[0] == r
                         && t1s[1] == r
                         && t2s == t1s;
                     if !ok {
                         return Err(err(format!(
-                            "Tucker LoHa shapes do not fit: hada_w1_a {s1a:?}, hada_w1_b {s1b:?}, hada_w2_a {s2a:?}, hada_w2_b {s2b:?}, hada_t1 {t1s:?}, hada_t2 {t2s:?} (expected [r, out], [r, in], [r, r, kh, kw])"
+                            "Tucker LoHa shapes do not fit: hada_w1_a {s1a:?}, hada_w1_b {s1b:?}, hada_w2_a {s2a:?}, hada_w2_b {s2b:?}, hada_t1 {t1s:?}, hada_t2 {t2s:?} (expected [r, out], [r, in], [r, r, kernel…])"
                         )));
                     }
                     kind = ModuleKind::Conv {
                         kernel: t1s[2..].to_vec(),
                     };
                     out = s1a[1];
-                    k = s1b[1] * t1s[2] * t1s[3];
+                    k = s1b[1] * t1s[2..].iter().product::<usize>();
                     rank = r;
                 }
             }
