@@ -257,6 +257,9 @@ pub struct Linear<'c, T> {
     pub w: Matrix<'c>,
     pub bias: Option<Vec<T>>,
     pub loras: Vec<Lora<T>>,
+    /// The weight before the first in-memory merge changed `w` (`None` until then): PEFT takes
+    /// a DoRA adapter's norm from the unmerged base weight, whatever was merged before it.
+    pub base0: Option<Matrix<'c>>,
 }
 
 impl<'c, T: Real> Linear<'c, T> {

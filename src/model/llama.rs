@@ -274,6 +274,7 @@ impl<'c, T: Real> Model<'c, T> {
                     name,
                     bias,
                     loras: Vec::new(),
+                    base0: None,
                 })
             };
             layers.push(Layer {
@@ -296,6 +297,7 @@ impl<'c, T: Real> Model<'c, T> {
                 w: lm_w,
                 bias: None,
                 loras: Vec::new(),
+                base0: None,
             },
             embed,
             embed_loras: Vec::new(),

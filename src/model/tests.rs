@@ -566,6 +566,7 @@ fn linear_forward_matches_f64_reference() {
                     trainable: false,
                 })
                 .collect(),
+            base0: None,
         };
         let (got, _) = lin.forward(&x, n, Exec::Cpu, false).unwrap();
         for i in 0..n {

@@ -140,10 +140,22 @@ fn non_finite(row: &[f32], i: usize) -> Option<MergeError> {
 /// and encoded straight into its place in the output; the output tensor is the only
 /// whole-tensor buffer.
 pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
+    merge_scaled(job, dora_factors(job))
+}
+
+/// [`merge`] with each DoRA term's norms given (`norms[t]`, as [`dora_norms`] returns them) rather
+/// than taken from `job`'s own weight: PEFT takes a DoRA adapter's norm from the unmerged base
+/// weight (`_unmerged_base_weight`), while the weight it scales already holds the adapters
+/// merged before it (`eval` attaching several adapters to one layer).
+pub fn merge_with_norms(job: &MergeJob, norms: &[Option<Vec<f32>>]) -> Result<Vec<u8>, MergeError> {
+    job.validate()?;
+    merge_scaled(job, dora_factors_from(job, norms))
+}
+
+fn merge_scaled(job: &MergeJob, factors: Vec<Option<Vec<f32>>>) -> Result<Vec<u8>, MergeError> {
     job.validate()?;
     let (rows, cols) = (job.rows, job.cols);
     let out_size = job.out_dtype.bitsize() / 8;
-    let factors = dora_factors(job);
     let block_rows = (BLOCK_ELEMS / cols.max(1)).max(1);
     let mut out = vec![0u8; rows * cols * out_size];
     if rows == 0 || cols == 0 {

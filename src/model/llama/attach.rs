@@ -195,6 +195,7 @@ impl<'c, T: Real> Model<'c, T> {
                         let at = crate::adapter::transpose(&b, m.out_features, m.rank);
                         let merged = merge_matrix(
                             &self.embed,
+                            None,
                             &bt,
                             &at,
                             m.rank,
@@ -238,15 +239,26 @@ impl<'c, T: Real> Model<'c, T> {
                         )));
                     }
                     if merge || magnitude.is_some() {
+                        let module = |e: String| err(format!("module `{}`: {e}", m.name));
+                        if lin.base0.is_none() {
+                            lin.base0 = Some(lin.w.clone());
+                        }
+                        if magnitude.is_some() {
+                            // PEFT's DoRA forward scales the layer's output so far
+                            // (`base_result`), which holds every LoRA of the layer before it:
+                            // those are merged first, in order.
+                            fold_loras(lin).map_err(module)?;
+                        }
                         let merged = merge_matrix(
                             &lin.w,
+                            lin.base0.as_ref(),
                             &b,
                             &a,
                             m.rank,
                             scale,
                             magnitude.as_deref().map(|v| (v.as_slice(), NormAxis::Rows)),
                         )
-                        .map_err(|e| err(format!("module `{}`: {e}", m.name)))?;
+                        .map_err(module)?;
                         lin.w = merged;
                         if let Some(lb) = &lbias {
                             let d = lin.out_features();
@@ -344,6 +356,8 @@ impl<'c, T: Real> Model<'c, T> {
                 } else {
                     check(&[lin.out_features(), lin.in_features()])?;
                     lin.w = Matrix::owned(vals.to_vec(), lin.w.rows, lin.w.cols);
+                    // The replacement is the base later DoRA modules are normed on.
+                    lin.base0 = None;
                 }
             }
         }
@@ -351,10 +365,36 @@ impl<'c, T: Real> Model<'c, T> {
     }
 }
 
-/// `W0 + s·B·A` (with DoRA when a magnitude is given) as an owned f32 matrix, by the merge
-/// kernel `lorakit merge` uses.
+/// Merges the layer's unmerged (non-trainable) LoRAs into its weight, in the order attached,
+/// their `lora_B` biases into its bias.
+fn fold_loras<T: Real>(
+    lin: &mut crate::model::linear::Linear<'_, T>,
+) -> std::result::Result<(), String> {
+    let (keep, fold): (Vec<_>, Vec<_>) = std::mem::take(&mut lin.loras)
+        .into_iter()
+        .partition(|l| l.trainable);
+    lin.loras = keep;
+    for l in fold {
+        let f32s = |v: &[T]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+        let scale = l.scale.to_f32() as f64;
+        lin.w = merge_matrix(&lin.w, None, &f32s(&l.b), &f32s(&l.a), l.rank, scale, None)?;
+        if let Some(lb) = &l.bias {
+            let d = lin.out_features();
+            let bias = lin.bias.get_or_insert_with(|| vec![T::ZERO; d]);
+            for (o, v) in bias.iter_mut().zip(lb) {
+                *o = T::from_f32(o.to_f32() + (scale as f32) * v.to_f32());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `W + s·B·A` (with DoRA when a magnitude is given: its norm taken from `base0 + s·B·A` when
+/// `base0` is given, PEFT's unmerged base weight, else from `W + s·B·A`) as an owned f32
+/// matrix, by the merge kernel `lorakit merge` uses.
 fn merge_matrix<'c>(
     w: &Matrix<'c>,
+    base0: Option<&Matrix<'c>>,
     b: &[f32],
     a: &[f32],
     rank: usize,
@@ -373,7 +413,17 @@ fn merge_matrix<'c>(
     }];
     let job = MergeJob::new(bytes, in_dtype, (w.rows, w.cols), &terms, Dtype::F32);
     job.validate().map_err(|e| e.to_string())?;
-    let out = crate::backend::cpu::merge(&job).map_err(|e| e.to_string())?;
+    let out = match base0 {
+        Some(w0) if dora.is_some() => {
+            let (bytes0, dtype0) = w0.bytes();
+            let job0 = MergeJob::new(bytes0, dtype0, (w0.rows, w0.cols), &terms, Dtype::F32);
+            job0.validate().map_err(|e| e.to_string())?;
+            let norms = crate::backend::cpu::dora_norms(&job0);
+            crate::backend::cpu::merge_with_norms(&job, &norms)
+        }
+        _ => crate::backend::cpu::merge(&job),
+    }
+    .map_err(|e| e.to_string())?;
     let vals: Vec<f32> = stored_as::<f32>(&out, Dtype::F32).into_owned();
     Ok(Matrix::new(
         MatrixData::Owned(Arc::new(vals)),

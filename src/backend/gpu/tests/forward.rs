@@ -27,6 +27,7 @@ fn eval_forward(x: &[f32], n: usize, w0: &StoredMatrix, ads: &[ForwardAdapter]) 
                 trainable: false,
             })
             .collect(),
+        base0: None,
     };
     lin.forward(x, n, Exec::Cpu, false).unwrap().0
 }
