@@ -321,6 +321,7 @@ fn forward(n: usize, d: usize, rank: usize) -> Res<Value> {
             bias: None,
             trainable: false,
         }],
+        base0: None,
     };
     let cpu = best_of(3, || Ok(lin.forward(&x, n, Exec::Cpu, false)?))?;
     eprintln!(
