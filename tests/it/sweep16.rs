@@ -73,3 +73,43 @@ fn lycoris_tucker_cores_of_conv1d_and_conv3d_merge_as_lycoris_computes_them() {
         }
     }
 }
+
+/// `check --target diffusers` on kohya text-encoder modules with their own alphas, against what
+/// diffusers applied (`fixtures/gen/te_alpha_fixtures.py`, MANIFEST `diffusers`): lorakit names
+/// as not applied exactly the modules diffusers did not apply as trained. It used to call every
+/// text-encoder alpha lost, where diffusers applies an MLP module's wherever its `alpha_pattern`
+/// entry matches a layer (SDXL's usual `lora_te2_text_model_…`, and paths without `text_model_`).
+#[test]
+fn check_names_the_text_encoder_alphas_diffusers_loses() {
+    let m = read_json(fixture("te_alpha/MANIFEST.json"));
+    let mut outcomes = std::collections::BTreeSet::new();
+    for (case, rec) in m["diffusers"].as_object().unwrap() {
+        let file = fixture(&format!("te_alpha/{case}.safetensors"));
+        let out = bin()
+            .args(check_args(&file, &["--target", "diffusers", "--json"]))
+            .output()
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let t = r["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == "diffusers")
+            .unwrap();
+        let lost: std::collections::BTreeSet<String> = rec
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v["outcome"] == "lost")
+            .map(|(k, _)| k.clone())
+            .collect();
+        outcomes.extend(
+            rec.as_object()
+                .unwrap()
+                .values()
+                .map(|v| v["outcome"].clone().to_string()),
+        );
+        assert_eq!(silent_modules(t), lost, "{case}: {t}");
+    }
+    assert_eq!(outcomes.len(), 2, "both outcomes recorded: {outcomes:?}");
+}

@@ -20,6 +20,7 @@
 use super::diffusers_keys::{lost_unet_module, unet_module_path};
 use super::report::Placement;
 use super::when::When;
+use crate::adapter::formats::kohya;
 use crate::adapter::{Adapter, Format, LoraModule};
 use crate::io::Checkpoint;
 use std::collections::BTreeSet;
@@ -77,6 +78,34 @@ pub(super) fn items(
     })
 }
 
+/// In a kohya file some of whose keys have no SD prefix, which diffusers' SD/SDXL reader leaves
+/// unconverted (`lora_state_dict` converts only when every key has one): `NotSdPrefixed`, the
+/// modules without one (they fall under no pipeline component); `DiffusersKeyWithoutLora`, the
+/// keys without `lora` in them (`load_lora_weights`: "Invalid LoRA checkpoint. Make sure all
+/// LoRA param names contain `'lora'` substring." — a `lycoris_….alpha`; `dora_scale` keys are
+/// filtered out before).
+pub(super) fn not_sd_prefixed(a: &Adapter, when: When) -> Vec<String> {
+    use super::names::is_sd_prefixed;
+    let modules: Vec<String> = a
+        .modules
+        .iter()
+        .filter(|m| !is_sd_prefixed(&m.name))
+        .map(|m| m.name.clone())
+        .collect();
+    if when == When::NotSdPrefixed || modules.is_empty() {
+        return modules;
+    }
+    let Some(src) = a.source.as_ref() else {
+        return vec![];
+    };
+    src.tensors()
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|k| !k.contains("lora") && !k.contains("dora_scale"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The kohya UNet modules diffusers looks up under a path the UNet lacks, each with that path:
 /// [`lost_unet_module`], and names that keep a pipeline component (`lora_unet_unet_…`,
 /// `lora_unet_text_encoder_…`, `lora_unet_transformer_…`: what older converters made of a
@@ -120,12 +149,26 @@ fn component(name: &str) -> Option<&'static str> {
 /// Whether diffusers' `alpha_pattern` entry for this module's alpha matches no layer (module
 /// header): a UNet attention processor module (`_convert_unet_lora_key` makes `to.q.lora`,
 /// `to.k.lora`, `to.v.lora`, `to.out.0.lora` into `to_q_lora` … `to_out_lora`, leaving no
-/// `.lora.`), and every text-encoder module.
+/// `.lora.`); a text encoder's attention projection (its entry names the `self_attn` module);
+/// and any module of `text_encoder` named `lora_te{,1}_text_model_…`: transformers 5's
+/// `CLIPTextModel` (SD 1.x, SDXL's first encoder) has no `text_model.` level for the entry to
+/// match (`CLIPTextModelWithProjection`, SDXL's `text_encoder_2`, keeps it, and an entry without
+/// it matches either as a suffix). Checked against diffusers' fuse by the LyCORIS sweep of
+/// 2026-12-07 (`fixtures/gen/te_alpha_fixtures.py`).
 fn alpha_entry_unmatched(name: &str) -> bool {
-    component(name) != Some("unet")
-        || ["to_q", "to_k", "to_v", "to_out_0"]
+    match component(name) {
+        Some("unet") => ["to_q", "to_k", "to_v", "to_out_0"]
             .iter()
-            .any(|s| name.ends_with(s))
+            .any(|s| name.ends_with(s)),
+        Some(c) => {
+            let attn = ["q_proj", "k_proj", "v_proj", "out_proj"]
+                .iter()
+                .any(|s| name.ends_with(s));
+            let stem = kohya::split_prefix(name).map_or(name, |(_, r)| r);
+            attn || (c == "text_encoder" && stem.starts_with("text_model_"))
+        }
+        None => true,
+    }
 }
 
 /// `collections.Counter(values).most_common()[0][0]`: the most frequent, the first seen on a tie.

@@ -100,7 +100,7 @@ impl<'a> Facts<'a> {
                         .collect()
                 }
             }
-            When::NotSdPrefixed => {
+            When::NotSdPrefixed | When::DiffusersKeyWithoutLora => {
                 // A transformer pipeline converts these names itself (diffusers_keys.rs); SD3's
                 // original names have their own rule.
                 if !unet_key_rules_apply(a) || self.own_loader() || self.flux_mixture().is_some() {
@@ -108,11 +108,7 @@ impl<'a> Facts<'a> {
                 } else if super::diffusers_mixture::pipeline_dependent(a, self.plan.base.as_ref()) {
                     return Evaluated::NeedsBase;
                 } else {
-                    a.modules
-                        .iter()
-                        .filter(|m| !is_sd_prefixed(&m.name))
-                        .map(|m| m.name.clone())
-                        .collect()
+                    super::diffusers_kohya::not_sd_prefixed(a, when)
                 }
             }
             // Without `--base`, a file of names Flux and HunyuanVideo share is judged as Flux's.

@@ -25,13 +25,14 @@ pub use super::when::{ScaleRule, Severity, Supported, When};
 pub(crate) use rule::LLAMA_LINEAR;
 pub use rule::{Rule, Source};
 
+mod diffusers;
 mod llamacpp_archs;
 mod others;
 mod rule;
 mod serving;
 
 /// Every rule lorakit knows, in report order (per target, errors first).
-pub const RULES: &[&[Rule]] = &[serving::RULES, others::RULES];
+pub const RULES: &[&[Rule]] = &[serving::RULES, others::RULES, diffusers::RULES];
 
 /// The rules of one target, in table order.
 pub fn for_target(t: Target) -> impl Iterator<Item = &'static Rule> {

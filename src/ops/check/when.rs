@@ -92,6 +92,8 @@ pub enum When {
     NonLoraAlgoSdPrefixed,
     /// A kohya file with keys outside the SD prefixes (`lycoris_`, `lora_transformer_`, …).
     NotSdPrefixed,
+    /// The same files: keys without `lora` in them, which make diffusers' SD loader raise.
+    DiffusersKeyWithoutLora,
     /// In a kohya file whose every key has an SD prefix: a `lora_unet_` module whose name
     /// diffusers' key conversion turns into a path the UNet lacks (`diffusers_keys.rs`).
     DiffusersUnetKeyLost,

@@ -180,6 +180,16 @@ const CASES: &[Case] = &[
         quiet: ("pipeline_sd1/clean.safetensors", Some("pipeline_sd1/unet")),
         quiet_verdict: "loads",
     },
+    // diffusers, run (te_alpha/MANIFEST.json raised): LyCORIS' `lycoris_` prefix is not
+    // converted, and load_lora_weights raises on its `.alpha` keys ("… contain 'lora'
+    // substring"); without them it loads and builds no LoRA layer.
+    Case {
+        rule: "diffusers.key_without_lora",
+        fires: ("te_alpha/lycoris_prefix.safetensors", None),
+        verdict: "fails",
+        quiet: ("te_alpha/lycoris_prefix_noalpha.safetensors", None),
+        quiet_verdict: "silent",
+    },
     // PEFT, run (MANIFEST: silent, "Found missing adapter keys").
     Case {
         rule: "peft.key_prefix",
