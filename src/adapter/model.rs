@@ -466,6 +466,12 @@ impl Adapter {
                 ),
             ));
         }
+        let (d, k) = (m.out_features as u128, m.in_features as u128);
+        crate::io::memory::check_fits(
+            &self.path,
+            || format!("module `{}`: its dense ΔW ({d}×{k})", m.name),
+            d * k * 4,
+        )?;
         let values = self.factor_values(m)?;
         let kk = match &m.kind {
             ModuleKind::Conv { kernel } => kernel.iter().product::<usize>().max(1),

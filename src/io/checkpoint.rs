@@ -88,6 +88,18 @@ impl Checkpoint {
                     ),
                 ));
             }
+            // A stale whole file beside a sharded save: transformers loads `model.safetensors`
+            // before the index, diffusers the index before `diffusion_pytorch_model.safetensors`,
+            // so which model this is depends on the reader.
+            let whole = name.trim_end_matches(".index.json");
+            if singles.iter().any(|s| s == whole) {
+                return Err(InputError::invalid(
+                    path,
+                    format!(
+                        "holds both `{whole}` and the shard index `{name}` (transformers loads the first, diffusers the second); remove the stale one or name the file to read"
+                    ),
+                ));
+            }
             return Self::open_sharded(path, name);
         }
         let exact = SINGLE_NAMES

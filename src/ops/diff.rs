@@ -294,6 +294,10 @@ pub fn diff_gguf(
 
 fn summarize(a: String, b: String, opts: &DiffOptions, tensors: Vec<TensorDiff>) -> DiffReport {
     let failed = tensors.iter().filter(|t| !t.pass).count();
+    // `--common` with no tensor on both sides compared nothing: no pass (a recipe's check step
+    // would otherwise pass on two unrelated files).
+    let nothing_shared =
+        opts.common && !tensors.is_empty() && tensors.iter().all(|t| t.presence != "both");
     DiffReport {
         a,
         b,
@@ -317,7 +321,7 @@ fn summarize(a: String, b: String, opts: &DiffOptions, tensors: Vec<TensorDiff>)
             .iter()
             .filter_map(|t| t.max_abs_diff)
             .fold(0.0, f64::max),
-        pass: failed == 0,
+        pass: failed == 0 && !nothing_shared,
         tensors,
     }
 }

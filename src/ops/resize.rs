@@ -225,6 +225,12 @@ pub fn lower_module(
             // Full: the stored d×k difference itself, its SVD in f64 (an f32 one moves the
             // kept singular vectors by ε₃₂·σ₁/gap: 2e-5 off the truncation of a PEFT C3A at a
             // 1 % gap, sweep13, fixtures/sweep13/c3a_lowered; as extract's, sweep10).
+            // The f32 ΔW, its f64 copy and the SVD's factors.
+            crate::io::memory::check_fits(
+                &adapter.path,
+                || format!("module `{}`: the SVD of its dense ΔW ({d}×{k})", m.name),
+                (d as u128) * (k as u128) * 28,
+            )?;
             let dense = algo::delta(&loaded, d, k, m.rank, kk, 1.0);
             let svd = linalg::exact_svd_f64(super::output::view(&dense, d, k));
             let s = svd.s.clone();
@@ -232,6 +238,16 @@ pub fn lower_module(
         };
     let total = linalg::energy(&s);
     let new_rank = rule.choose(&s, total, s.len()).max(1);
+    crate::io::memory::check_fits(
+        &adapter.path,
+        || {
+            format!(
+                "module `{}`: rank-{new_rank} factors ({d}×{new_rank}, {new_rank}×{k})",
+                m.name
+            )
+        },
+        ((d + k) as u128) * (new_rank as u128) * 4,
+    )?;
     let tail = linalg::tail_energy(&s, new_rank);
     let alpha_after = if rslora {
         m.scale * (new_rank as f64).sqrt()

@@ -15,6 +15,9 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::path::PathBuf;
 
+/// The most power iterations an extraction runs per module.
+const MAX_POWER_ITERS: usize = 100;
+
 impl ExtractPlan {
     /// Checks both checkpoints against each other and classifies every selected tensor; reads
     /// headers only, writes nothing.
@@ -25,6 +28,20 @@ impl ExtractPlan {
         options: ExtractOptions,
     ) -> Result<Self> {
         let o = &options;
+        // The adaptive stop runs at least `power_iters` and at most `max_power_iters` passes
+        // over every ΔW (each two products with it); more than a hundred gain nothing.
+        let (q, max) = (o.power_iters, o.max_power_iters);
+        if q > max || max > MAX_POWER_ITERS {
+            let (opt, v) = match q > MAX_POWER_ITERS || q > max {
+                true => (Opt::PowerIters, q),
+                false => (Opt::MaxPowerIters, max),
+            };
+            bail!(OptionError::new(move |f| format!(
+                "{}: at most {} power iterations are run",
+                f.set(opt, &v.to_string()),
+                MAX_POWER_ITERS.min(max),
+            )));
+        }
         let layout = o.format.layout();
         let holds = layout.holds();
         // The format named with an option, and the first format that holds what it cannot.

@@ -298,6 +298,12 @@ fn check_options(a: &TrainOptions) -> Result<()> {
             )));
         }
     }
+    if a.alpha.is_some_and(|x| !x.is_finite()) {
+        bail!(OptionError::new(|o| format!(
+            "{} must be a finite number",
+            o.opt(Opt::Alpha)
+        )));
+    }
     if !(0.0..1.0).contains(&a.beta1) || !(0.0..1.0).contains(&a.beta2) {
         bail!(OptionError::new(|o| format!(
             "{} and {} must be in [0, 1)",

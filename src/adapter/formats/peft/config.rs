@@ -361,6 +361,17 @@ impl PeftConfig {
         };
         let alpha_pattern = pattern("alpha_pattern")?;
         let compile = |k: &str, keys: Vec<&str>| -> InputResult<Vec<Regex>> {
+            // Each key is a compiled regex (~20 kB): a config of millions of keys would take the
+            // machine's memory. A model has one entry per adapted module at most.
+            if keys.len() > MAX_PATTERN_KEYS {
+                return Err(bad(
+                    k,
+                    &format!(
+                        "has {} keys; at most {MAX_PATTERN_KEYS} are read (one per adapted module)",
+                        keys.len()
+                    ),
+                ));
+            }
             keys.into_iter()
                 .map(|key| {
                     compile_pattern(key).map_err(|e| {
@@ -436,6 +447,9 @@ impl PeftConfig {
         })
     }
 }
+
+/// The most `rank_pattern` / `alpha_pattern` keys a config may have.
+const MAX_PATTERN_KEYS: usize = 50_000;
 
 /// A `rank_pattern` / `alpha_pattern` key as PEFT's `get_pattern_key` matches it: the whole
 /// module name, or a suffix of it starting after a dot.

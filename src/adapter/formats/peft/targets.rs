@@ -167,13 +167,26 @@ impl Targets {
                                 .into_iter()
                                 .collect()
                         } else {
-                            patterns
-                                .iter()
-                                .map(|p| {
-                                    Regex::new(&format!(r"^(?:(?:^|.*?\.){p}\.(?P<idx>\d+)\.)"))
-                                })
-                                .collect::<Result<Vec<_>, _>>()
-                                .unwrap_or_default()
+                            let mut finders = Vec::new();
+                            for p in &patterns {
+                                let re = format!(r"^(?:(?:^|.*?\.){p}\.(?P<idx>\d+)\.)");
+                                match Regex::new(&re) {
+                                    Ok(f) => finders.push(f),
+                                    // PEFT's `re.match` on it raises when loading.
+                                    Err(_) => match python_refuses(p) {
+                                        Some(why) => {
+                                            return Err(format!(
+                                                "`layers_pattern` {p:?} is not a valid regex: {why}"
+                                            ))
+                                        }
+                                        None => {
+                                            finders.clear();
+                                            break;
+                                        }
+                                    },
+                                }
+                            }
+                            finders
                         };
                         if finders.is_empty() {
                             return Ok(all);
