@@ -317,48 +317,6 @@ impl Line {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_line_names_the_path_and_tensor_and_the_size() {
-        let mut c = Context::EMPTY;
-        c.set_path(b"dir/model.safetensors");
-        c.set_name(b"w\nq");
-        let mut l = Line::new();
-        l.context(&c);
-        l.number(0);
-        l.push(b" ");
-        l.number(18446744073709551615);
-        assert_eq!(
-            &l.buf[..l.len],
-            b"dir/model.safetensors: tensor `w q`: 0 18446744073709551615"
-        );
-    }
-
-    #[test]
-    fn a_long_name_is_cut_and_marked() {
-        let mut c = Context::EMPTY;
-        c.set_path(b"p");
-        c.set_name(&[b'x'; NAME_MAX + 5]);
-        assert!(c.name_cut);
-        assert_eq!(c.name_len, NAME_MAX);
-    }
-
-    #[test]
-    fn fallible_sections_nest_and_end() {
-        let depth = || FALLIBLE.with(|d| d.get());
-        assert_eq!(depth(), 0);
-        fallible(|| {
-            assert_eq!(depth(), 1);
-            fallible(|| assert_eq!(depth(), 2));
-            assert_eq!(depth(), 1);
-        });
-        assert_eq!(depth(), 0);
-    }
-}
-
 /// The bytes this process can still take: `MemAvailable` plus free swap, or less where a
 /// cgroup (v2 `memory.max` − `memory.current`, v1 `limit_in_bytes` − `usage_in_bytes`) leaves
 /// less. `None` where none of them can be read. With the kernel's overcommit an allocation past
@@ -408,5 +366,47 @@ pub fn check_fits(
             ),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_names_the_path_and_tensor_and_the_size() {
+        let mut c = Context::EMPTY;
+        c.set_path(b"dir/model.safetensors");
+        c.set_name(b"w\nq");
+        let mut l = Line::new();
+        l.context(&c);
+        l.number(0);
+        l.push(b" ");
+        l.number(18446744073709551615);
+        assert_eq!(
+            &l.buf[..l.len],
+            b"dir/model.safetensors: tensor `w q`: 0 18446744073709551615"
+        );
+    }
+
+    #[test]
+    fn a_long_name_is_cut_and_marked() {
+        let mut c = Context::EMPTY;
+        c.set_path(b"p");
+        c.set_name(&[b'x'; NAME_MAX + 5]);
+        assert!(c.name_cut);
+        assert_eq!(c.name_len, NAME_MAX);
+    }
+
+    #[test]
+    fn fallible_sections_nest_and_end() {
+        let depth = || FALLIBLE.with(|d| d.get());
+        assert_eq!(depth(), 0);
+        fallible(|| {
+            assert_eq!(depth(), 1);
+            fallible(|| assert_eq!(depth(), 2));
+            assert_eq!(depth(), 1);
+        });
+        assert_eq!(depth(), 0);
     }
 }

@@ -38,7 +38,7 @@ impl ExtractPlan {
             };
             bail!(OptionError::new(move |f| format!(
                 "{}: at most {} power iterations are run",
-                f.set(opt, &v.to_string()),
+                f.set(opt, v.to_string()),
                 MAX_POWER_ITERS.min(max),
             )));
         }
