@@ -88,18 +88,6 @@ impl Checkpoint {
                     ),
                 ));
             }
-            // A stale whole file beside a sharded save: transformers loads `model.safetensors`
-            // before the index, diffusers the index before `diffusion_pytorch_model.safetensors`,
-            // so which model this is depends on the reader.
-            let whole = name.trim_end_matches(".index.json");
-            if singles.iter().any(|s| s == whole) {
-                return Err(InputError::invalid(
-                    path,
-                    format!(
-                        "holds both `{whole}` and the shard index `{name}` (transformers loads the first, diffusers the second); remove the stale one or name the file to read"
-                    ),
-                ));
-            }
             return Self::open_sharded(path, name);
         }
         let exact = SINGLE_NAMES
@@ -236,6 +224,21 @@ impl Checkpoint {
         // Shards in name order (model-00001-of-…, model-00002-of-…) so that output mirrors input.
         sorted.sort();
         sorted.dedup();
+        // A stale `model.safetensors` beside a sharded save: transformers loads it before the
+        // index (`modeling_utils.py` `_get_resolved_checkpoint_files`), so the folder is another
+        // model there than here. (diffusers takes the index before
+        // `diffusion_pytorch_model.safetensors`, as lorakit does; mlx-lm's one-shard save names
+        // its shard `model.safetensors` in the index: no ambiguity.)
+        let whole = index_name.trim_end_matches(".index.json");
+        let stale = whole == "model.safetensors" && !sorted.iter().any(|s| s == whole);
+        if stale && dir.join(whole).is_file() {
+            return Err(InputError::invalid(
+                dir,
+                format!(
+                    "holds both `{whole}`, which transformers loads, and the shard index `{index_name}` over other files; remove the stale one (or name `{whole}` to read it alone)"
+                ),
+            ));
+        }
         let remap: HashMap<&str, usize> = sorted
             .iter()
             .enumerate()

@@ -317,30 +317,24 @@ impl Line {
     }
 }
 
-/// The bytes this process can still take: `MemAvailable` plus free swap, or less where a
-/// cgroup (v2 `memory.max` − `memory.current`, v1 `limit_in_bytes` − `usage_in_bytes`) leaves
-/// less. `None` where none of them can be read. With the kernel's overcommit an allocation past
-/// it succeeds and the process is killed later, with no message; [`check_fits`] refuses first.
-pub fn available_memory() -> Option<u128> {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    let meminfo = read("/proc/meminfo").and_then(|t| {
+/// The bytes this process can use at most: the machine's memory plus swap, or a cgroup v2/v1
+/// limit below it. `None` where none of them can be read. (Not what is free now: page cache,
+/// the maps of the inputs included, is reclaimable and counted as used.)
+pub fn memory_limit() -> Option<u128> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
         let kb = |key: &str| {
             t.lines()
                 .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB"))
                 .and_then(|v| v.trim().parse::<u128>().ok())
         };
-        Some((kb("MemAvailable:")? + kb("SwapFree:").unwrap_or(0)) * 1024)
+        Some((kb("MemTotal:")? + kb("SwapTotal:").unwrap_or(0)) * 1024)
     });
-    let num = |p: &str| read(p)?.trim().parse::<u128>().ok();
     let cgroup = [
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
     ]
     .iter()
-    .filter_map(|(max, cur)| Some(num(max)?.saturating_sub(num(cur).unwrap_or(0))))
+    .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u128>().ok())
     .min();
     match (meminfo, cgroup) {
         (Some(m), Some(c)) => Some(m.min(c)),
@@ -348,18 +342,19 @@ pub fn available_memory() -> Option<u128> {
     }
 }
 
-/// Refuses, naming `path` and `what`, a buffer of `bytes` that [`available_memory`] says this
-/// process cannot take (a small adapter file whose factors describe a huge dense ΔW).
+/// Refuses, naming `path` and `what`, a buffer of `bytes` larger than [`memory_limit`]: no run
+/// could hold it (a small adapter file whose factors describe a huge dense ΔW), and with the
+/// kernel's overcommit the allocation would succeed and the process be killed later, silently.
 pub fn check_fits(
     path: &std::path::Path,
     what: impl FnOnce() -> String,
     bytes: u128,
 ) -> crate::error::InputResult<()> {
-    match available_memory() {
+    match memory_limit() {
         Some(free) if bytes > free => Err(crate::error::InputError::invalid(
             path,
             format!(
-                "{} needs {:.1} GiB, more than the {:.1} GiB of memory available",
+                "{} needs {:.1} GiB, more than this machine's {:.1} GiB of memory and swap",
                 what(),
                 bytes as f64 / (1u64 << 30) as f64,
                 free as f64 / (1u64 << 30) as f64

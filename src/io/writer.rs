@@ -44,7 +44,7 @@ mod file;
 mod pipe;
 mod spec;
 use aliasing::parent_of;
-pub use aliasing::{check_writes, resolved_target};
+pub use aliasing::{check_removals, check_writes, resolved_target};
 pub use direct::ALIGN as DIRECT_IO_ALIGN;
 pub use file::{Extent, FileWriter, RawFile};
 pub use pipe::{pipelined, Pipe, Sink};

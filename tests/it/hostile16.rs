@@ -7,7 +7,8 @@ use super::common::*;
 /// checkpoint's shards and the files an old index lists: a single-file base or a kohya adapter
 /// named like a shard, an adapter an old index names, and `dequantize` of a shard into its own
 /// folder, all exit 0 with the input gone. Now each is refused in one line and the folder keeps
-/// every byte.
+/// every byte; an input the commit would not touch (beside the shards, or in a subfolder) still
+/// merges.
 #[test]
 fn an_input_inside_the_output_folder_is_refused_and_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,8 +43,6 @@ fn an_input_inside_the_output_folder_is_refused_and_kept() {
             &c,
             merge_args(&base, &c.join("my_lora.safetensors"), &c, &[]),
         ),
-        // The output a parent of both inputs' folders.
-        (&b, merge_args(&base, &b.join(shard), dir.path(), &[])),
     ];
     for (folder, args) in cases {
         let before = snapshot(folder);
@@ -64,6 +63,16 @@ fn an_input_inside_the_output_folder_is_refused_and_kept() {
     )));
     assert!(err.contains("holds an input"), "{err}");
     assert_eq!(snapshot(&e), before);
+    // An adapter the commit would not remove, inside the output folder: merged.
+    let f = dir.path().join("f");
+    run_ok(convert_args(
+        &adapter,
+        "kohya",
+        &f.join("lora.safetensors"),
+        &[],
+    ));
+    merge_ok(&base, &f.join("lora.safetensors"), &f, &["--quiet"]);
+    assert!(f.join("lora.safetensors").is_file() && f.join("model.safetensors").is_file());
 }
 
 /// An old index in the output folder listed `notes.txt`: the commit removed it with the
@@ -141,7 +150,7 @@ fn a_small_factor_file_with_a_huge_delta_is_refused_before_allocating() {
     );
     let err = one_line_error(&run_err(inspect_args(&file, &["--spectrum"])));
     assert!(
-        err.contains("lycoris_x_to_q") && err.contains("memory available"),
+        err.contains("lycoris_x_to_q") && err.contains("memory and swap"),
         "{err}"
     );
     let out = dir.path().join("svd.safetensors");
@@ -154,7 +163,7 @@ fn a_small_factor_file_with_a_huge_delta_is_refused_before_allocating() {
         &out,
     );
     assert!(
-        err.contains("lycoris_x_to_q") && err.contains("memory available"),
+        err.contains("lycoris_x_to_q") && err.contains("memory and swap"),
         "{err}"
     );
     let small = dir.path().join("r4.safetensors");

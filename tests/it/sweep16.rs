@@ -113,3 +113,41 @@ fn check_names_the_text_encoder_alphas_diffusers_loses() {
     }
     assert_eq!(outcomes.len(), 2, "both outcomes recorded: {outcomes:?}");
 }
+
+/// A PEFT SEQ_CLS LoRA with `bias = "all"`: PEFT also saves the `modules_to_save` wrapper's
+/// biases (`classifier.modules_to_save.bias`, `classifier.original_module.bias`), which merge
+/// refused as modules matching no base tensor and check called PEFT failing; PEFT loads it
+/// with no warning. The merge equals `merge_and_unload`'s weights and check says PEFT loads it.
+#[test]
+fn a_seq_cls_lora_with_every_bias_merges_as_peft_merges_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture("peft_seqcls_bias_all");
+    let (base, adapter) = (root.join("base"), root.join("adapter"));
+    let out = dir.path().join("merged");
+    merge_ok(&base, &adapter, &out, &["--quiet"]);
+    let (got, want, b) = (
+        read_checkpoint(&out),
+        read(&root.join("merged.safetensors")),
+        read_checkpoint(&base),
+    );
+    let mut changed = 0;
+    for (name, w) in &want {
+        assert_f32_close(name, &got[name].f32(), &w.f32(), &b[name].f32());
+        changed += usize::from(w.data != b[name].data);
+    }
+    assert!(changed > 4, "PEFT changed {changed} tensors");
+    let (code, r) = super::check::check_json(&adapter, &["--target", "peft", "--base", s(&base)]);
+    assert_eq!(code, 0, "{r}");
+}
+
+/// PEFT's own TRAINABLE_TOKENS type gives its rows in `token_indices`; check read only LoRA's
+/// `trainable_token_indices` and said PEFT fails on it (`peft.trainable_tokens`), though PEFT
+/// loads it and merge applies it exactly (`fixtures/gaps13a/tokens`).
+#[test]
+fn check_reads_the_rows_of_a_trainable_tokens_adapter() {
+    let (code, r) = super::check::check_json(
+        &fixture("gaps13a/tokens/adapter"),
+        &["--target", "peft", "--base", s(&fixture("llama/base"))],
+    );
+    assert_eq!(code, 0, "{r}");
+}

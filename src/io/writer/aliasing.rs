@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 /// them). `files` are paths that will be written as files, `folders` paths that will be
 /// written as folders. A write is refused when it is, or resolves to, a read — compared by
 /// canonical path (symlinks followed, `..` resolved) and by (device, inode), so symlinks and
-/// hard links to an input are caught —, when an output folder holds a read (the base or the
-/// adapter inside `--out`), or when it exists as the wrong kind (a folder where a
+/// hard links to an input are caught — or when it exists as the wrong kind (a folder where a
 /// file goes, a file where a folder goes, a FIFO, socket or device anywhere).
 pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -> InputResult<()> {
     use std::os::unix::fs::MetadataExt;
@@ -43,22 +42,6 @@ pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -
                     }
                 }
             }
-        }
-    }
-    // An output folder must not hold an input: the commit removes an older checkpoint's shards
-    // and index there (`merge`), which could be the very files read.
-    for w in folders {
-        let Some(c) = canonical_target(w) else {
-            continue;
-        };
-        if let Some((_, r)) = canon.iter().find(|(r, _)| r != &c && r.starts_with(&c)) {
-            return Err(InputError::invalid(
-                w,
-                format!(
-                    "output folder holds an input ({}); give the output a folder of its own",
-                    r.display()
-                ),
-            ));
         }
     }
     let clash = |w: &Path| -> Option<PathBuf> {
@@ -126,6 +109,40 @@ pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -
                 ))
             }
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a commit that would remove one of `reads` (by canonical path or (device, inode), a
+/// folder read standing for the files in it): a merge into a folder removes an older
+/// checkpoint's shards and index there, which must never be the base or adapter it reads
+/// (hostile round 16: a base or kohya file named like a shard inside `--out` was deleted).
+pub fn check_removals(reads: &[PathBuf], removals: &[PathBuf]) -> InputResult<()> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for r in reads {
+        files.push(r.clone());
+        if std::fs::metadata(r).is_ok_and(|m| m.is_dir()) {
+            if let Ok(rd) = std::fs::read_dir(r) {
+                files.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    for rm in removals {
+        let (rid, rc) = (id(rm), canonical_target(rm));
+        let hit = files.iter().find(|f| {
+            (rid.is_some() && id(f) == rid) || (rc.is_some() && canonical_target(f) == rc)
+        });
+        if let Some(f) = hit {
+            return Err(InputError::invalid(
+                rm,
+                format!(
+                    "the output folder holds an input ({}) that this run would remove as an older checkpoint's file; give the output a folder of its own",
+                    f.display()
+                ),
+            ));
         }
     }
     Ok(())

@@ -42,29 +42,7 @@ pub fn step_bytes(c: &ModelConfig, batch: usize, seq_len: usize) -> u128 {
     (batch as u128 * seq_len as u128).saturating_mul(per_token)
 }
 
-/// The bytes this process can use at most: the machine's memory plus swap, or a cgroup v2/v1
-/// limit below it. `None` where none of them can be read.
-pub fn memory_limit() -> Option<u128> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
-        let kb = |key: &str| {
-            t.lines()
-                .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB"))
-                .and_then(|v| v.trim().parse::<u128>().ok())
-        };
-        Some((kb("MemTotal:")? + kb("SwapTotal:").unwrap_or(0)) * 1024)
-    });
-    let cgroup = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u128>().ok())
-    .min();
-    match (meminfo, cgroup) {
-        (Some(m), Some(c)) => Some(m.min(c)),
-        (m, c) => m.or(c),
-    }
-}
+pub use crate::io::memory::memory_limit;
 
 /// Refuses `batch × seq_len` when one step's lower bound exceeds `limit` bytes, naming
 /// `--batch`, `--seq-len` and both figures.

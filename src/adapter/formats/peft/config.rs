@@ -489,10 +489,17 @@ pub fn tokens_module(name: &str) -> Option<&str> {
 /// `embed_tokens`, GPT-NeoX's `gpt_neox.embed_in`, GPT-2's `transformer.wte`), which is the
 /// module the file's token adapter names; a dict maps a module name (PEFT matches it as a name
 /// suffix) to its list (`tuners/lora/config.py` `LoraConfig.trainable_token_indices`).
+///
+/// A TRAINABLE_TOKENS adapter (`tuners/trainable_tokens/config.py`) gives every module it
+/// targets the one list `token_indices`.
 pub fn token_indices(cfg: Option<&Value>, module: &str) -> Option<Vec<u64>> {
-    let v = cfg?.get("trainable_token_indices")?;
+    let cfg = cfg?;
     let list =
         |v: &Value| -> Option<Vec<u64>> { v.as_array()?.iter().map(|x| x.as_u64()).collect() };
+    if cfg.get("peft_type").and_then(Value::as_str) == Some("TRAINABLE_TOKENS") {
+        return list(cfg.get("token_indices")?);
+    }
+    let v = cfg.get("trainable_token_indices")?;
     match v {
         Value::Array(_) => list(v),
         Value::Object(o) => o.iter().find_map(|(k, ids)| {

@@ -18,10 +18,14 @@ use crate::adapter::model::FullTensor;
 use crate::error::{InputError, InputResult};
 use crate::io::SafetensorsFile;
 
-const SAVED: &str = ".modules_to_save.weight";
-const ORIGINAL: &str = ".original_module.weight";
+const SAVED: &str = ".modules_to_save.";
+const ORIGINAL: &str = ".original_module.";
 
-/// Drops the wrapper copies of `full` that PEFT's merge does not use (module doc).
+/// Drops the wrapper copies of `full` that PEFT's merge does not use (module doc): any parameter
+/// of the wrapper (`.weight`, and with `bias = "all"` `.bias` too), of the module itself
+/// (`m.original_module.bias`, `m.modules_to_save.bias`) or of a submodule of a wrapped container
+/// (`m.original_module.0.bias`, `m.modules_to_save.default.0.bias`: PEFT strips the adapter name
+/// only from the last level).
 pub(super) fn drop_wrapper_copies(
     file: &SafetensorsFile,
     full: &mut Vec<FullTensor>,
@@ -30,17 +34,19 @@ pub(super) fn drop_wrapper_copies(
         Data::Stored { key, .. } => Some(key.clone()),
         Data::Owned(_) => None,
     };
-    let bare = |full: &[FullTensor], m: &str| {
-        full.iter()
-            .find(|f| f.name == format!("{m}.weight"))
-            .and_then(key)
-    };
+    let bare = |full: &[FullTensor], name: &str| full.iter().find(|f| f.name == name).and_then(key);
     let mut drop = vec![false; full.len()];
     for (i, f) in full.iter().enumerate() {
-        if let Some(m) = f.name.strip_suffix(ORIGINAL) {
-            drop[i] = bare(full, m).is_some();
-        } else if let Some(m) = f.name.strip_suffix(SAVED) {
-            let (Some(bare), Some(copy)) = (bare(full, m), key(f)) else {
+        if let Some((m, rest)) = f.name.split_once(ORIGINAL) {
+            drop[i] = bare(full, &format!("{m}.{rest}")).is_some();
+        } else if let Some((m, rest)) = f.name.split_once(SAVED) {
+            // `m.modules_to_save.p` (adapter name stripped), or `m.modules_to_save.ADAPTER.sub.p`.
+            let nested = rest.split_once('.').map(|(_, sub)| format!("{m}.{sub}"));
+            let found = [Some(format!("{m}.{rest}")), nested]
+                .into_iter()
+                .flatten()
+                .find_map(|n| bare(full, &n));
+            let (Some(bare), Some(copy)) = (found, key(f)) else {
                 continue;
             };
             let (a, b) = (file.view(&bare)?, file.view(&copy)?);
