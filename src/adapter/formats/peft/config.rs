@@ -207,8 +207,8 @@ pub struct PeftConfig {
     pub rank_pattern: Vec<(String, usize)>,
     pub alpha_pattern: Vec<(String, f64)>,
     /// `rank_pattern` / `alpha_pattern` keys compiled once per adapter (same order).
-    rank_re: Vec<Regex>,
-    alpha_re: Vec<Regex>,
+    rank_re: Vec<PatternKey>,
+    alpha_re: Vec<PatternKey>,
     pub target_modules: Value,
     pub modules_to_save: Vec<String>,
     /// Which modules PEFT injects layers into (`targets`): tensors of any other module are
@@ -360,15 +360,13 @@ impl PeftConfig {
             Some(_) => return Err(bad("modules_to_save", "must be a list")),
         };
         let alpha_pattern = pattern("alpha_pattern")?;
-        let compile = |k: &str, keys: Vec<&str>| -> InputResult<Vec<Regex>> {
-            // Each key is a compiled regex (~20 kB): a config of millions of keys would take the
-            // machine's memory. A model has one entry per adapted module at most.
-            if keys.len() > MAX_PATTERN_KEYS {
+        let compile = |k: &str, keys: Vec<&str>| -> InputResult<Vec<PatternKey>> {
+            let regexes = keys.iter().filter(|key| !plain_key(key)).count();
+            if regexes > MAX_REGEX_KEYS {
                 return Err(bad(
                     k,
                     &format!(
-                        "has {} keys; at most {MAX_PATTERN_KEYS} are read (one per adapted module)",
-                        keys.len()
+                        "has {regexes} regex keys; at most {MAX_REGEX_KEYS} are read (each is compiled; plain module names are not counted)"
                     ),
                 ));
             }
@@ -448,13 +446,55 @@ impl PeftConfig {
     }
 }
 
-/// The most `rank_pattern` / `alpha_pattern` keys a config may have.
-const MAX_PATTERN_KEYS: usize = 50_000;
+/// The most regex (not plain-name) `rank_pattern` / `alpha_pattern` keys a config may have:
+/// each is a compiled regex of ~20 kB, and millions of them would take the machine's memory.
+const MAX_REGEX_KEYS: usize = 50_000;
 
-/// A `rank_pattern` / `alpha_pattern` key as PEFT's `get_pattern_key` matches it: the whole
-/// module name, or a suffix of it starting after a dot.
-pub fn compile_pattern(key: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
+/// A `rank_pattern` / `alpha_pattern` key as PEFT's `get_pattern_key` matches it
+/// (`re.match(rf"(.*\.)?({key})$", name)`): the whole module name, or a suffix of it starting
+/// after a dot. A key of plain ASCII name characters (`.` still any character, as in the regex)
+/// is matched without compiling one: lorakit writes one such key per module whose rank differs,
+/// tens of thousands for an MoE model's experts.
+#[derive(Debug, Clone)]
+pub enum PatternKey {
+    Plain(String),
+    Regex(Regex),
+}
+
+impl PatternKey {
+    pub fn is_match(&self, name: &str) -> bool {
+        match self {
+            PatternKey::Plain(key) if name.is_ascii() => {
+                let (k, n) = (key.as_bytes(), name.as_bytes());
+                if n.len() < k.len() {
+                    return false;
+                }
+                let (head, tail) = n.split_at(n.len() - k.len());
+                (head.is_empty() || head.ends_with(b"."))
+                    && k.iter()
+                        .zip(tail)
+                        .all(|(&c, &x)| if c == b'.' { x != b'\n' } else { c == x })
+            }
+            PatternKey::Plain(key) => {
+                Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).is_ok_and(|re| re.is_match(name))
+            }
+            PatternKey::Regex(re) => re.is_match(name),
+        }
+    }
+}
+
+fn plain_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+pub fn compile_pattern(key: &str) -> Result<PatternKey, regex::Error> {
+    if plain_key(key) {
+        return Ok(PatternKey::Plain(key.to_owned()));
+    }
+    Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map(PatternKey::Regex)
 }
 
 /// The regex crate's errors span several lines (the pattern, a caret, the message); the last
@@ -469,7 +509,7 @@ pub(super) fn one_line_regex_error(e: &regex::Error) -> String {
 }
 
 /// Index of the first compiled pattern matching `name` (first match wins, as in PEFT).
-pub fn first_match(patterns: &[Regex], name: &str) -> Option<usize> {
+pub fn first_match(patterns: &[PatternKey], name: &str) -> Option<usize> {
     patterns.iter().position(|re| re.is_match(name))
 }
 
