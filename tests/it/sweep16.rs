@@ -151,3 +151,43 @@ fn check_reads_the_rows_of_a_trainable_tokens_adapter() {
     );
     assert_eq!(code, 0, "{r}");
 }
+
+/// The other way: a LyCORIS LoKr on an nn.Conv1d with a whole `lokr_w2` was written as a PEFT
+/// LOKR folder that PEFT multiplies otherwise (the test above); now refused, nothing written.
+#[test]
+fn a_lycoris_conv1d_lokr_with_a_whole_w2_is_not_written_as_peft() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lokr1d.safetensors");
+    let f32s = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+            .collect()
+    };
+    let (w1, w2) = (f32s(16), f32s(72));
+    write_views(
+        &file,
+        &[
+            ("lycoris_c1.lokr_w1", safetensors::Dtype::F32, &[4, 4], &w1),
+            (
+                "lycoris_c1.lokr_w2",
+                safetensors::Dtype::F32,
+                &[6, 4, 3],
+                &w2,
+            ),
+        ],
+    );
+    let out = dir.path().join("peft");
+    let base = fixture("peft_conv1d/base.safetensors");
+    let err = refused(
+        convert_args(&file, "peft", &out, &["--base", s(&base)]),
+        &out,
+    );
+    assert!(err.contains("c1") && err.contains("Conv1d"), "{err}");
+    // LyCORIS' own form of it merges (w1 broadcast over the kernel).
+    merge_ok(
+        &base,
+        &file,
+        &dir.path().join("m.safetensors"),
+        &["--quiet"],
+    );
+}

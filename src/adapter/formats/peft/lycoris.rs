@@ -128,6 +128,24 @@ pub fn plan(adapter: &Adapter) -> InputResult<Option<LycorisPeft>> {
                 "PEFT's LoHa/LoKr have no weight decomposition (dora_scale)",
             ));
         }
+        // PEFT's `make_kron` unsqueezes `w1` only for a 4-D `w2` ([`peft_kron_dense`]): a whole
+        // `w2` with a 1-D or 3-D kernel (Conv1d, Conv3d) would be multiplied otherwise.
+        let kernel = kernel_of(m).len();
+        if matches!(
+            &m.factors,
+            Factors::Lokr {
+                w2: KronHalf::Whole(_),
+                ..
+            }
+        ) && kernel != 0
+            && kernel != 2
+        {
+            return Err(refuse(
+                adapter,
+                m,
+                "PEFT's LoKr multiplies a whole w2 of a Conv1d/Conv3d layer with w1 otherwise than LyCORIS (torch.kron of a 2-D w1 against the kernel dims): it would not apply this ΔW",
+            ));
+        }
         if m.bias.is_some() || m.base_transposed || m.kind == ModuleKind::Embedding {
             return Err(refuse(
                 adapter,
