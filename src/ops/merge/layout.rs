@@ -13,6 +13,23 @@ use std::path::{Path, PathBuf};
 pub(crate) const MODELOPT_CONFIG: &str = "hf_quant_config.json";
 
 impl MergePlan {
+    /// The commit removes an older checkpoint's files from an output folder
+    /// ([`MergePlan::stale_files`], as `run` computes them): none may be one of `inputs`.
+    pub(super) fn check_no_input_removed(
+        &self,
+        folder_out: bool,
+        inputs: &[PathBuf],
+    ) -> crate::error::InputResult<()> {
+        if !(folder_out || self.index.is_some()) || self.options.part.is_some() {
+            return Ok(());
+        }
+        let dir = self
+            .files
+            .first()
+            .map_or_else(|| self.out.clone(), |f| crate::parts::out_dir(&f.path));
+        crate::io::writer::check_removals(inputs, &self.stale_files(&dir))
+    }
+
     /// Files of an older checkpoint in the output folder that would survive this run and make
     /// it open as the old model: an index lorakit would write (and the shards it lists),
     /// `{model,diffusion_pytorch_model}.safetensors` and `…-NNNNN-of-NNNNN.safetensors` shards

@@ -676,15 +676,7 @@ impl MergePlan {
             qlora_scope,
         };
         plan.check_slices()?;
-        // The commit removes an older checkpoint's files from an output folder
-        // (`stale_files`, as `run` computes them): none may be an input.
-        if (folder_out || plan.index.is_some()) && plan.options.part.is_none() {
-            let dir = plan
-                .files
-                .first()
-                .map_or_else(|| plan.out.clone(), |f| crate::parts::out_dir(&f.path));
-            crate::io::writer::check_removals(&inputs, &plan.stale_files(&dir))?;
-        }
+        plan.check_no_input_removed(folder_out, &inputs)?;
         Ok(plan)
     }
 
