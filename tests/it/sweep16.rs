@@ -3,6 +3,27 @@
 //! (`fixtures/gen/peft_conv1d_fixtures.py`, `fixtures/gen/lycoris_tucker_nd.py`).
 
 use super::common::*;
+use std::path::Path;
+
+/// Merges `adapter` into the single-file `base` and compares every tensor of the peer's merged
+/// weights `want` with lorakit's (`assert_f32_close`); returns the names the peer changed.
+fn merged_as(dir: &Path, base: &Path, adapter: &Path, want: &Path) -> Vec<String> {
+    let out = dir.join(format!(
+        "{}.merged.safetensors",
+        s(adapter).replace('/', "_")
+    ));
+    merge_ok(base, adapter, &out, &["--quiet"]);
+    let (got, want, b) = (read(&out), read(want), read(base));
+    let mut changed = Vec::new();
+    for (name, w) in &want {
+        let label = format!("{} {name}", adapter.display());
+        assert_f32_close(&label, &got[name].f32(), &w.f32(), &b[name].f32());
+        if w.data != b[name].data {
+            changed.push(name.clone());
+        }
+    }
+    changed
+}
 
 /// PEFT LoKr and LoHa on an nn.Conv1d: a whole 3-D `lokr_w2` (PEFT's `make_kron` leaves `w1`
 /// 2-D, so `torch.kron` pairs it with `w2`'s last two dims: ΔW[o, i, τ] = w2[o/a, i/c, τ]·
@@ -14,26 +35,10 @@ fn peft_lokr_and_loha_on_conv1d_merge_as_peft_merges_them() {
     let dir = tempfile::tempdir().unwrap();
     let root = fixture("peft_conv1d");
     let base = root.join("base.safetensors");
-    let b = read(&base);
     for case in ["lokr_full", "lokr_low", "loha_effective", "lokr_effective"] {
-        let out = dir.path().join(format!("{case}.safetensors"));
-        merge_ok(&base, &root.join(case), &out, &["--quiet"]);
-        let (got, want) = (
-            read(&out),
-            read(&root.join(case).join("merged.safetensors")),
-        );
-        assert_eq!(got.len(), want.len(), "{case}");
-        let mut changed = 0;
-        for (name, w) in &want {
-            assert_f32_close(
-                &format!("{case} {name}"),
-                &got[name].f32(),
-                &w.f32(),
-                &b[name].f32(),
-            );
-            changed += usize::from(w.data != b[name].data);
-        }
-        assert!(changed >= 1, "{case}: PEFT changed nothing");
+        let want = root.join(case).join("merged.safetensors");
+        let changed = merged_as(dir.path(), &base, &root.join(case), &want);
+        assert!(!changed.is_empty(), "{case}: PEFT changed nothing");
     }
 }
 
@@ -45,32 +50,15 @@ fn lycoris_tucker_cores_of_conv1d_and_conv3d_merge_as_lycoris_computes_them() {
     let dir = tempfile::tempdir().unwrap();
     let root = fixture("lycoris_tucker_nd");
     let base = root.join("base.safetensors");
-    let b = read(&base);
     for algo in ["lora", "loha"] {
-        let out = dir.path().join(format!("{algo}.safetensors"));
-        merge_ok(
-            &base,
-            &root.join(format!("{algo}.safetensors")),
-            &out,
-            &["--quiet"],
+        let adapter = root.join(format!("{algo}.safetensors"));
+        let want = root.join(format!("{algo}_merged.safetensors"));
+        // Both layers, the Conv1d and the Conv3d.
+        assert_eq!(
+            merged_as(dir.path(), &base, &adapter, &want).len(),
+            2,
+            "{algo}"
         );
-        let (got, want) = (
-            read(&out),
-            read(&root.join(format!("{algo}_merged.safetensors"))),
-        );
-        assert_eq!(want.len(), 2, "{algo}");
-        for (name, w) in &want {
-            assert_ne!(
-                w.data, b[name].data,
-                "{algo} {name}: LyCORIS changed nothing"
-            );
-            assert_f32_close(
-                &format!("{algo} {name}"),
-                &got[name].f32(),
-                &w.f32(),
-                &b[name].f32(),
-            );
-        }
     }
 }
 
