@@ -18,41 +18,8 @@ use std::path::{Path, PathBuf};
 /// hard links to an input are caught — or when it exists as the wrong kind (a folder where a
 /// file goes, a file where a folder goes, a FIFO, socket or device anywhere).
 pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -> InputResult<()> {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let mut ids: Vec<((u64, u64), PathBuf)> = Vec::new();
-    let mut canon: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut add = |p: &Path, shown: &Path| {
-        if let Some(i) = id(p) {
-            ids.push((i, shown.to_path_buf()));
-        }
-        if let Some(c) = canonical_target(p) {
-            canon.push((c, shown.to_path_buf()));
-        }
-    };
-    for r in reads {
-        add(r, r);
-        if std::fs::metadata(r).is_ok_and(|m| m.is_dir()) {
-            if let Ok(rd) = std::fs::read_dir(r) {
-                for e in rd.flatten() {
-                    // Files only: a subfolder (an output folder placed inside a model folder)
-                    // is not read unless it is listed itself.
-                    if std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()) {
-                        add(&e.path(), &e.path());
-                    }
-                }
-            }
-        }
-    }
-    let clash = |w: &Path| -> Option<PathBuf> {
-        if let Some(i) = id(w) {
-            if let Some((_, r)) = ids.iter().find(|(j, _)| *j == i) {
-                return Some(r.clone());
-            }
-        }
-        let c = canonical_target(w)?;
-        canon.iter().find(|(d, _)| *d == c).map(|(_, r)| r.clone())
-    };
+    let reads = Reads::of(reads);
+    let clash = |w: &Path| reads.clash(w);
     for (w, want_dir) in files
         .iter()
         .map(|f| (f, false))
@@ -119,23 +86,9 @@ pub fn check_writes(reads: &[PathBuf], files: &[PathBuf], folders: &[PathBuf]) -
 /// checkpoint's shards and index there, which must never be the base or adapter it reads
 /// (hostile round 16: a base or kohya file named like a shard inside `--out` was deleted).
 pub fn check_removals(reads: &[PathBuf], removals: &[PathBuf]) -> InputResult<()> {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let mut files: Vec<PathBuf> = Vec::new();
-    for r in reads {
-        files.push(r.clone());
-        if std::fs::metadata(r).is_ok_and(|m| m.is_dir()) {
-            if let Ok(rd) = std::fs::read_dir(r) {
-                files.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-    }
+    let reads = Reads::of(reads);
     for rm in removals {
-        let (rid, rc) = (id(rm), canonical_target(rm));
-        let hit = files.iter().find(|f| {
-            (rid.is_some() && id(f) == rid) || (rc.is_some() && canonical_target(f) == rc)
-        });
-        if let Some(f) = hit {
+        if let Some(f) = reads.clash(rm) {
             return Err(InputError::invalid(
                 rm,
                 format!(
@@ -146,6 +99,63 @@ pub fn check_removals(reads: &[PathBuf], removals: &[PathBuf]) -> InputResult<()
         }
     }
     Ok(())
+}
+
+/// Every path a run reads, by (device, inode) and by canonical path, each with the path to name:
+/// the reads themselves and the files directly inside a folder read (a subfolder — an output
+/// folder placed inside a model folder — is not read unless it is listed itself).
+struct Reads {
+    ids: Vec<((u64, u64), PathBuf)>,
+    canon: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Reads {
+    fn of(reads: &[PathBuf]) -> Reads {
+        let mut r = Reads {
+            ids: Vec::new(),
+            canon: Vec::new(),
+        };
+        let mut add = |p: &Path| {
+            if let Some(i) = file_id(p) {
+                r.ids.push((i, p.to_path_buf()));
+            }
+            if let Some(c) = canonical_target(p) {
+                r.canon.push((c, p.to_path_buf()));
+            }
+        };
+        for read in reads {
+            add(read);
+            if std::fs::metadata(read).is_ok_and(|m| m.is_dir()) {
+                if let Ok(rd) = std::fs::read_dir(read) {
+                    for e in rd.flatten() {
+                        if std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()) {
+                            add(&e.path());
+                        }
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// The read `p` is, or resolves to.
+    fn clash(&self, p: &Path) -> Option<PathBuf> {
+        if let Some(i) = file_id(p) {
+            if let Some((_, r)) = self.ids.iter().find(|(j, _)| *j == i) {
+                return Some(r.clone());
+            }
+        }
+        let c = canonical_target(p)?;
+        self.canon
+            .iter()
+            .find(|(d, _)| *d == c)
+            .map(|(_, r)| r.clone())
+    }
+}
+
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Where a write to `p` lands: its canonical form (for a path that may not exist yet, see
