@@ -140,6 +140,7 @@ fn non_finite(row: &[f32], i: usize) -> Option<MergeError> {
 /// and encoded straight into its place in the output; the output tensor is the only
 /// whole-tensor buffer.
 pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
+    job.validate()?;
     merge_scaled(job, dora_factors(job))
 }
 
@@ -152,8 +153,8 @@ pub fn merge_with_norms(job: &MergeJob, norms: &[Option<Vec<f32>>]) -> Result<Ve
     merge_scaled(job, dora_factors_from(job, norms))
 }
 
+/// The merge of a validated `job` with its DoRA terms' scale factors.
 fn merge_scaled(job: &MergeJob, factors: Vec<Option<Vec<f32>>>) -> Result<Vec<u8>, MergeError> {
-    job.validate()?;
     let (rows, cols) = (job.rows, job.cols);
     let out_size = job.out_dtype.bitsize() / 8;
     let block_rows = (BLOCK_ELEMS / cols.max(1)).max(1);
