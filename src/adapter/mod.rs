@@ -79,6 +79,13 @@ impl Adapter {
         formats::open(path.as_ref())
     }
 
+    /// A PEFT folder whose weights lorakit cannot read although PEFT loads it, as an adapter of
+    /// no modules, with the reason ([`formats::open_unread`]); `None` for any other input. For
+    /// `check`, after [`Adapter::open_for_check`] failed.
+    pub fn open_unread(path: impl AsRef<Path>) -> InputResult<Option<(Adapter, String)>> {
+        formats::open_unread(path.as_ref())
+    }
+
     /// Every path reading this adapter touches (its folder or file, the tensor file, the
     /// config beside it), for [`crate::io::writer::check_writes`].
     pub fn input_paths(&self) -> Vec<PathBuf> {

@@ -559,6 +559,21 @@ impl Adapter {
         Ok(())
     }
 
+    /// [`Adapter::check_finite`] of every tensor of the source file, whatever reads it (an
+    /// adapter whose factors lorakit does not read, [`Adapter::open_unread`]): integer tensors
+    /// hold no NaN.
+    pub fn check_source_finite(&self) -> InputResult<()> {
+        let keys = self.source.iter().flat_map(|s| s.tensors().iter());
+        for t in keys {
+            let d = Data::Stored {
+                key: t.name.clone(),
+                transpose: false,
+            };
+            self.data_finite(&d, &t.name)?;
+        }
+        Ok(())
+    }
+
     /// [`Adapter::check_finite`] of one tensor; `owner` names an owned one (it has no key).
     fn data_finite(&self, data: &Data, owner: &str) -> InputResult<()> {
         match data {

@@ -33,6 +33,12 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
         printer::print_report(a.json, "check", &report, || render(&report))?;
         return Ok(if report.pass { 0 } else { 1 });
     }
+    if let Some(why) = &report.unread {
+        anyhow::bail!(
+            "{}: --fix rewrites the adapter's weights, which lorakit cannot read: {why}",
+            report.adapter
+        );
+    }
     let out = a.out.clone().expect("clap: --fix requires --out");
     let fix_opts = FixOptions {
         out: out.clone(),
@@ -136,7 +142,12 @@ fn render(r: &Report) -> String {
             String::new()
         }
     );
-    if let Some(b) = &r.base {
+    if let Some(why) = &r.unread {
+        s.push_str(&format!(
+            "weights not read: {why}\n  the verdicts below come from the rules on its config and tensor names only (no module placed or judged)\n"
+        ));
+    }
+    if let Some(b) = r.base.as_ref().filter(|_| r.unread.is_none()) {
         let off: Vec<_> = r
             .modules
             .iter()
@@ -190,7 +201,9 @@ fn render(r: &Report) -> String {
             not_eval.join(", ")
         ));
     }
-    s.push_str(if r.pass && !not_eval.is_empty() {
+    s.push_str(if r.pass && r.unread.is_some() {
+        "PASS for the rules on its config and tensor names (its modules were not read: see above)\n"
+    } else if r.pass && !not_eval.is_empty() {
         "PASS for every rule evaluated (some were not: see above)\n"
     } else if r.pass {
         "PASS: every target loads and applies every tensor\n"

@@ -130,6 +130,44 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
     }
 }
 
+/// A PEFT folder (or a file with its adapter_config.json beside it) whose weights lorakit cannot
+/// read although PEFT loads it ([`peft::unread_weights`]: a tuner lorakit does not read, seeded
+/// projections not saved), as an adapter of no modules: its config, its tensor file (validated
+/// like any other; none for a folder with no tensor file, as PEFT saves prompt tuning with one),
+/// the reason. For `check`, which judges it from its config and tensor names; `None` for any
+/// other input, whose reader's error stands.
+pub fn open_unread(path: &Path) -> InputResult<Option<(Adapter, String)>> {
+    let (weights, config) = if path.is_dir() {
+        (path.join(peft::WEIGHTS_NAME), path.join(peft::CONFIG_NAME))
+    } else {
+        let Some(beside) = path.parent().map(|p| p.join(peft::CONFIG_NAME)) else {
+            return Ok(None);
+        };
+        (path.to_path_buf(), beside)
+    };
+    if !config.is_file() || !weights.is_file() {
+        return Ok(None);
+    }
+    let text = crate::io::read_json_file(&config)?;
+    let Some(why) = peft::unread_weights(&text) else {
+        return Ok(None);
+    };
+    let file = SafetensorsFile::open(&weights)?;
+    let cfg: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| InputError::invalid(&config, format!("not valid JSON: {e}")))?;
+    let adapter = Adapter {
+        base_model: cfg
+            .get("base_model_name_or_path")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        metadata: file.header().metadata.clone(),
+        config: Some(cfg),
+        source: Some(file),
+        ..Adapter::of_modules(Format::Peft, path.to_path_buf(), Vec::new())
+    };
+    Ok(Some((adapter, why)))
+}
+
 /// Guesses the format from tensor names.
 pub fn detect(file: &SafetensorsFile) -> Option<Format> {
     let names = || file.tensors().iter().map(|t| t.name.as_str());

@@ -158,6 +158,15 @@ pub(super) fn kind_of(a: &Adapter, base: Option<&BaseFacts>) -> Kind {
             return Kind::Other;
         }
     }
+    // No module read (`Plan::unread`): the config's task type says it.
+    if a.modules.is_empty() {
+        let task = a.config.as_ref().and_then(|c| c.get("task_type")?.as_str());
+        return if task == Some("CAUSAL_LM") {
+            Kind::Llm
+        } else {
+            Kind::Other
+        };
+    }
     const LLM_LEAVES: &[&str] = super::rules::LLAMA_LINEAR;
     // Decoder-only names (`model.layers.N.self_attn.q_proj`, `…mlp.gate_proj`, `lm_head`);
     // CLIP-style text encoders (`text_model.encoder.layers.N.self_attn.q_proj`) are not LLMs.

@@ -115,6 +115,7 @@ impl Plan {
             full_tensors_count: self.adapter.full_tensors.len(),
             modules: placements,
             targets,
+            unread: self.unread.clone(),
             pass,
         }
     }

@@ -36,15 +36,28 @@ pub struct Plan {
     /// `target_parameters` experts fitted to the base's layout ([`fitted_to_base`]). Module
     /// placement reads this one; the rules and `--fix` read [`Plan::adapter`].
     pub placed: Option<Adapter>,
+    /// Why lorakit could not read the adapter's weights although PEFT loads it
+    /// ([`Adapter::open_unread`]): `adapter` then has no module, and only the rules on its
+    /// config and tensor names can fire.
+    pub unread: Option<String>,
 }
 
 impl Plan {
     /// Opens the adapter and base and chooses the targets.
     pub fn new(adapter_path: &Path, opts: &Options) -> InputResult<Plan> {
-        let mut adapter = Adapter::open_for_check(adapter_path)?;
+        let (mut adapter, unread) = match Adapter::open_for_check(adapter_path) {
+            Ok(a) => (a, None),
+            Err(e) => match Adapter::open_unread(adapter_path)? {
+                Some((a, why)) => (a, Some(why)),
+                None => return Err(e),
+            },
+        };
         // Every loader would load and apply a NaN or ±∞ as it is, and the model's outputs would
         // be NaN: bad input, refused as the operations that read the values refuse it.
         adapter.check_finite()?;
+        if unread.is_some() {
+            adapter.check_source_finite()?;
+        }
         let base = opts.base.as_ref().map(Checkpoint::open).transpose()?;
         // The layout PEFT gives each module on this base (`fan_in_fan_out` reset on nn.Linear,
         // forced on Conv1D), as `merge` reads it.
@@ -73,6 +86,7 @@ impl Plan {
             targets,
             added_tokens,
             placed,
+            unread,
         })
     }
 }

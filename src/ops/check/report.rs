@@ -106,6 +106,11 @@ pub struct Report {
     /// (`status` says which), so `modules_count + full_tensors_count` entries.
     pub modules: Vec<Placement>,
     pub targets: Vec<TargetReport>,
+    /// Why lorakit could not read the adapter's weights although PEFT loads it (a tuner it does
+    /// not read, projections regenerated from a seed): the verdicts then come from the rules
+    /// on its config and tensor names only, and no module was placed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<String>,
     /// Every target loads and applies everything.
     pub pass: bool,
 }

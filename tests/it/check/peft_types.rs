@@ -11,7 +11,7 @@
 //! (fixtures/gen/check_peft_types_servers.py → check/peft_types_servers.json), compared here too.
 //! LoRAX a7394ba (with the PEFT 0.4.0 it pins) does not run here: its verdict is the lines cited.
 
-use super::{check_json, fired, fixture, outcome, read_json, s, target};
+use super::{check_json, fired, fixture, one_line_error, outcome, read_json, run_exit, s, target};
 use serde_json::Value;
 
 const CASES: [(&str, &str, &str); 3] = [
@@ -144,4 +144,109 @@ fn vllm_and_sglang_verdicts_match_what_their_readers_did() {
     }
     // qv_r8 loads in both: a constant verdict cannot pass.
     assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+/// Folders PEFT loads but whose weights lorakit cannot read (fixtures/gen/
+/// check_peft_types_fixtures.py, PEFT 0.21.2): VeRA with `save_projection=False` (PEFT
+/// regenerates `vera_A`/`vera_B` from a seed), FourierFT (only the spectrum is saved) and
+/// prompt tuning (no weight update). `check` judges them from the config and tensor names
+/// (`unread` says why, no module) instead of exiting 2: PEFT loads them (its VERDICT.json: no
+/// key warning, logits changed), the serving stacks refuse them by `peft_type`; `--fix`, which
+/// rewrites weights, is refused, and so is a NaN in a tensor lorakit does not otherwise read.
+#[test]
+fn unread_peft_types_are_judged_from_their_config() {
+    let base = fixture("llama/base");
+    for (adapter, peft_type, key) in [
+        ("check/peft_vera_noproj", "VERA", ".vera_lambda_b"),
+        ("check/peft_fourierft", "FOURIERFT", ".fourierft_spectrum"),
+        ("check/peft_prompt", "PROMPT_TUNING", "prompt_embeddings"),
+    ] {
+        let rec: Value = read_json(fixture(adapter).join("VERDICT.json"));
+        assert_eq!(rec["peft"]["verdict"], "loads", "{adapter}: {rec}");
+        for with_base in [false, true] {
+            let mut args = vec!["--target", SERVING];
+            if with_base {
+                args.extend(["--base", s(&base)]);
+            }
+            let (code, r) = check_json(&fixture(adapter), &args);
+            assert_eq!(code, 1, "{adapter}: {r}");
+            assert_eq!(r["modules_count"], 0, "{adapter}: {r}");
+            // A causal LM by the base's architecture, or without one by the config's
+            // task_type (only the prompt-tuning config has one).
+            let llm = with_base || peft_type == "PROMPT_TUNING";
+            assert_eq!(
+                r["kind"],
+                if llm { "llm" } else { "other" },
+                "{adapter}: {r}"
+            );
+            let why = r["unread"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{adapter}: {r}"));
+            assert!(why.contains(&format!("`{peft_type}`")), "{adapter}: {why}");
+            assert_eq!(outcome(target(&r, "peft")), rec["peft"]["verdict"], "{r}");
+            for (tgt, verdict) in [
+                ("vllm", "fails"),
+                ("sglang", "fails"),
+                ("llama.cpp", "fails"),
+                ("lorax", "silent"),
+            ] {
+                let t = target(&r, tgt);
+                assert_eq!(outcome(t), verdict, "{adapter} {tgt}: {t}");
+                let f = &t["findings"][0];
+                assert_eq!(f["rule"], format!("{tgt}.peft_type"), "{adapter}: {t}");
+                let item = f["items"][0].as_str().unwrap();
+                assert!(
+                    item.starts_with(&format!("peft_type {peft_type}: ")) && item.contains(key),
+                    "{adapter} {tgt}: {item}"
+                );
+            }
+        }
+        // Only PEFT asked for: it loads them, exit 0.
+        let (code, r) = check_json(&fixture(adapter), &["--target", "peft"]);
+        assert_eq!(
+            (code, r["pass"].as_bool()),
+            (0, Some(true)),
+            "{adapter}: {r}"
+        );
+    }
+    // A LoRA folder that fails to read keeps its reader's error (no fallback).
+    let (_dir, copy) = super::scratch("unread");
+    let broken = copy.join("lora");
+    super::copy_dir(&fixture("llama/adapters/qv_r8"), &broken);
+    std::fs::write(
+        broken.join("adapter_model.safetensors"),
+        b"\x08\0\0\0\0\0\0\0{}",
+    )
+    .unwrap();
+    let out = run_exit(["check", s(&broken), "--target", "peft"], 2);
+    assert!(one_line_error(&out).contains("adapter_model.safetensors"));
+    // --fix would rewrite weights lorakit did not read.
+    let fixed = copy.join("fixed");
+    let out = run_exit(
+        [
+            "check",
+            s(&fixture("check/peft_fourierft")),
+            "--target",
+            "vllm",
+            "--fix",
+            "--out",
+            s(&fixed),
+        ],
+        2,
+    );
+    let err = one_line_error(&out);
+    assert!(err.contains("cannot read") && !fixed.exists(), "{err}");
+    // A NaN in the FourierFT spectrum (f32): refused, naming the tensor.
+    let nan = copy.join("nan");
+    super::copy_dir(&fixture("check/peft_fourierft"), &nan);
+    let file = nan.join("adapter_model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let err = one_line_error(&run_exit(["check", s(&nan), "--target", "peft"], 2));
+    assert!(
+        err.contains("fourierft_spectrum") && err.contains("not finite"),
+        "{err}"
+    );
 }

@@ -92,6 +92,69 @@ pub enum PeftType {
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
 const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA, ROAD, OSF, HIRA, GLORA, TINYLORA, PVERA, UNILORA, TRAINABLE_TOKENS, FROD, BEFT, DEFT, PEANUT, SUPERTUNING and ADAMSS";
 
+/// The tuner a config's `peft_type` names, among those lorakit reads (absent is LORA, as PEFT
+/// reads it); `None` for every other type and for seeded buffers not saved ([`unread_type`]
+/// says why).
+fn read_type(t: Option<&str>, obj: &serde_json::Map<String, Value>) -> Option<PeftType> {
+    Some(match t {
+        None | Some("LORA") => PeftType::Lora,
+        Some("LOHA") => PeftType::Loha,
+        Some("LOKR") => PeftType::Lokr,
+        Some("IA3") => PeftType::Ia3,
+        Some("OFT") => PeftType::Oft,
+        Some("ADALORA") => PeftType::AdaLora,
+        Some("VERA") => PeftType::Vera,
+        Some("VBLORA") => PeftType::VbLora,
+        Some("LN_TUNING") => PeftType::LnTuning,
+        Some("HRA") => PeftType::Hra,
+        Some("BOFT") => PeftType::Boft,
+        Some("DELORA") => PeftType::Delora,
+        Some("MISS") => PeftType::Miss,
+        Some("BONE") => PeftType::Bone,
+        Some("SHIRA") => PeftType::Shira,
+        Some("C3A") => PeftType::C3a,
+        Some("GRALORA") => PeftType::Gralora,
+        Some("RANDLORA") => PeftType::RandLora,
+        Some("ROAD") => PeftType::Road,
+        Some("OSF") => PeftType::Osf,
+        Some("HIRA") => PeftType::Hira,
+        Some("GLORA") => PeftType::Glora,
+        // Refused by `unread_type` where their seeded buffers are not saved.
+        Some("TINYLORA") if !unsaved_buffers("TINYLORA", obj) => PeftType::TinyLora,
+        Some("PVERA") if !unsaved_buffers("PVERA", obj) => PeftType::Pvera,
+        Some("UNILORA") if !unsaved_buffers("UNILORA", obj) => PeftType::UniLora,
+        Some("TRAINABLE_TOKENS") => PeftType::TrainableTokens,
+        Some("FROD") if !unsaved_buffers("FROD", obj) => PeftType::Frod,
+        Some("BEFT") => PeftType::Beft,
+        Some("DEFT") => PeftType::Deft,
+        Some("PEANUT") => PeftType::Peanut,
+        Some("SUPERTUNING") => PeftType::Supertuning,
+        Some("ADAMSS") => PeftType::Adamss,
+        _ => return None,
+    })
+}
+
+/// Why lorakit cannot read the weights of a PEFT folder that PEFT itself loads: its config
+/// (`text`, from `path`) names a `peft_type` lorakit does not read ([`unread_type`]), or VeRA /
+/// RandLoRA projections PEFT regenerates from a seed (`save_projection` false; what
+/// [`saved_projections`] refuses). `check` judges such a folder from its config and tensor names
+/// alone. `None` for a LoRA config, every type lorakit reads, and a config that is not a JSON
+/// object (its reader says why).
+pub fn unread_weights(text: &[u8]) -> Option<String> {
+    let raw: Value = serde_json::from_slice(text).ok()?;
+    let obj = raw.as_object()?;
+    let t = obj.get("peft_type")?.as_str()?;
+    if read_type(Some(t), obj).is_none() {
+        return Some(format!("`peft_type` {}", unread_type(t, obj)));
+    }
+    let unsaved = obj.get("save_projection").and_then(Value::as_bool) == Some(false);
+    (unsaved && matches!(t, "VERA" | "RANDLORA")).then(|| {
+        format!(
+            "`peft_type` is `{t}` with `save_projection` false: its saved folder holds no shared projections; PEFT regenerates them with torch's random generator seeded by `projection_prng_key`, which lorakit cannot reproduce, so it cannot merge it"
+        )
+    })
+}
+
 /// Why lorakit refuses a `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py`) but lorakit
 /// does not read: the saved folder cannot give PEFT's merge (a buffer regenerated from a seed by
 /// torch's RNG, no weights at all, a per-input mixture), or the merge is not implemented yet.
@@ -235,41 +298,9 @@ impl PeftConfig {
             Some(Value::String(t)) => Some(t.as_str()),
             Some(_) => return Err(bad("peft_type", "must be a string")),
         };
-        let peft_type = match peft_type {
-            None | Some("LORA") => PeftType::Lora,
-            Some("LOHA") => PeftType::Loha,
-            Some("LOKR") => PeftType::Lokr,
-            Some("IA3") => PeftType::Ia3,
-            Some("OFT") => PeftType::Oft,
-            Some("ADALORA") => PeftType::AdaLora,
-            Some("VERA") => PeftType::Vera,
-            Some("VBLORA") => PeftType::VbLora,
-            Some("LN_TUNING") => PeftType::LnTuning,
-            Some("HRA") => PeftType::Hra,
-            Some("BOFT") => PeftType::Boft,
-            Some("DELORA") => PeftType::Delora,
-            Some("MISS") => PeftType::Miss,
-            Some("BONE") => PeftType::Bone,
-            Some("SHIRA") => PeftType::Shira,
-            Some("C3A") => PeftType::C3a,
-            Some("GRALORA") => PeftType::Gralora,
-            Some("RANDLORA") => PeftType::RandLora,
-            Some("ROAD") => PeftType::Road,
-            Some("OSF") => PeftType::Osf,
-            Some("HIRA") => PeftType::Hira,
-            Some("GLORA") => PeftType::Glora,
-            // Refused by `unread_type` where their seeded buffers are not saved.
-            Some("TINYLORA") if !unsaved_buffers("TINYLORA", obj) => PeftType::TinyLora,
-            Some("PVERA") if !unsaved_buffers("PVERA", obj) => PeftType::Pvera,
-            Some("UNILORA") if !unsaved_buffers("UNILORA", obj) => PeftType::UniLora,
-            Some("TRAINABLE_TOKENS") => PeftType::TrainableTokens,
-            Some("FROD") if !unsaved_buffers("FROD", obj) => PeftType::Frod,
-            Some("BEFT") => PeftType::Beft,
-            Some("DEFT") => PeftType::Deft,
-            Some("PEANUT") => PeftType::Peanut,
-            Some("SUPERTUNING") => PeftType::Supertuning,
-            Some("ADAMSS") => PeftType::Adamss,
-            Some(t) => return Err(bad("peft_type", &unread_type(t, obj))),
+        let peft_type = match (peft_type, read_type(peft_type, obj)) {
+            (_, Some(t)) => t,
+            (t, None) => return Err(bad("peft_type", &unread_type(t.unwrap_or("LORA"), obj))),
         };
         // LoHa/LoKr configs call it `alpha` (`tuners/loha/config.py`, `tuners/lokr/config.py`).
         let alpha_key = match peft_type {

@@ -59,8 +59,9 @@ mod vera;
 mod write;
 
 pub use config::{
-    compile_pattern, first_match, token_indices, tokens_module, tuner_tensor, PatternKey,
-    PeftConfig, PeftType, CONFIG_NAME, PICKLE_WEIGHTS_NAME, PREFIX, TOKENS_SUFFIX, WEIGHTS_NAME,
+    compile_pattern, first_match, token_indices, tokens_module, tuner_tensor, unread_weights,
+    PatternKey, PeftConfig, PeftType, CONFIG_NAME, PICKLE_WEIGHTS_NAME, PREFIX, TOKENS_SUFFIX,
+    WEIGHTS_NAME,
 };
 pub use init::{base_residual, ignored_training_tensor, init_refusal, BaseResidual};
 pub use layout::Peft;
