@@ -300,6 +300,7 @@ impl<'c, T: Real> Model<'c, T> {
                 base0: None,
             },
             embed,
+            embed_base0: None,
             embed_loras: Vec::new(),
             layers,
             tied,

@@ -163,6 +163,22 @@ impl<'c, T: Real> Model<'c, T> {
                 continue;
             }
             let vals = adapter.values(&f.data)?;
+            if base_copy {
+                // PEFT's saved copy of the base layer: loading it sets the layer's base, under
+                // every adapter's update. A copy equal to the base the model has changes nothing
+                // (what an earlier adapter merged into the weight stays); one that differs would
+                // replace the base under updates already merged into it: refused.
+                match self.base_as_loaded(adapter.format, &f.name) {
+                    Some((base, _)) if base.as_slice() == vals.as_slice() => continue,
+                    Some((_, true)) => {
+                        return Err(err(format!(
+                            "tensor `{}`: PEFT's saved copy of the base layer differs from the model's, and an earlier adapter is already merged into that layer; attach this adapter first",
+                            f.name
+                        )))
+                    }
+                    _ => {}
+                }
+            }
             self.replace_tensor(adapter.format, &f.name, &f.shape, &vals)
                 .map_err(|e| err(format!("tensor `{}` (modules_to_save): {e}", f.name)))?;
             rep.tensors_replaced += 1;
@@ -190,19 +206,28 @@ impl<'c, T: Real> Model<'c, T> {
                         )));
                     }
                     if merge || magnitude.is_some() {
+                        let module = |e: String| err(format!("module `{}`: {e}", m.name));
+                        if self.embed_base0.is_none() {
+                            self.embed_base0 = Some(self.embed.clone());
+                        }
+                        if magnitude.is_some() {
+                            // PEFT's DoRA embedding forward scales the rows looked up so far
+                            // (`mag_norm_scale * result`), earlier LoRAs included: merged first.
+                            self.fold_embed_loras().map_err(module)?;
+                        }
                         // Stored [vocab, hidden] = transposed: ΔW = s·(B·A)ᵀ = s·Aᵀ·Bᵀ.
                         let bt = crate::adapter::transpose(&a, m.rank, m.in_features);
                         let at = crate::adapter::transpose(&b, m.out_features, m.rank);
                         let merged = merge_matrix(
                             &self.embed,
-                            None,
+                            self.embed_base0.as_ref(),
                             &bt,
                             &at,
                             m.rank,
                             scale,
                             magnitude.as_deref().map(|v| (v.as_slice(), NormAxis::Cols)),
                         )
-                        .map_err(|e| err(format!("module `{}`: {e}", m.name)))?;
+                        .map_err(module)?;
                         self.embed = merged;
                         rep.modules_merged += 1;
                     } else {
@@ -288,6 +313,26 @@ impl<'c, T: Real> Model<'c, T> {
         Ok(rep)
     }
 
+    /// The weight named `name` (`….weight`, of an adapter in `format`) as loaded or last
+    /// replaced, in f32, and whether an update has been merged into it since (its `base0` is
+    /// kept). `None` where it names no embedding or linear layer.
+    fn base_as_loaded(&self, format: Format, name: &str) -> Option<(Vec<f32>, bool)> {
+        let module = name.strip_suffix(".weight")?;
+        Some(match self.find_module(format, module).ok()? {
+            Target::Embed => (
+                self.embed_base0.as_ref().unwrap_or(&self.embed).to_f32(),
+                self.embed_base0.is_some(),
+            ),
+            Target::Linear(slot) => {
+                let lin = self.linear(slot);
+                (
+                    lin.base0.as_ref().unwrap_or(&lin.w).to_f32(),
+                    lin.base0.is_some(),
+                )
+            }
+        })
+    }
+
     /// Replaces one of the model's tensors (a `modules_to_save` copy of an adapter in `format`).
     fn replace_tensor(
         &mut self,
@@ -346,6 +391,7 @@ impl<'c, T: Real> Model<'c, T> {
             Target::Embed if !is_bias => {
                 check(&[self.embed.rows, self.embed.cols])?;
                 self.embed = Matrix::owned(vals.to_vec(), self.embed.rows, self.embed.cols);
+                self.embed_base0 = None;
             }
             Target::Embed => return Err("the embedding has no bias".into()),
             Target::Linear(slot) => {
@@ -360,6 +406,22 @@ impl<'c, T: Real> Model<'c, T> {
                     lin.base0 = None;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl<T: Real> Model<'_, T> {
+    /// Merges the unmerged embedding LoRAs into [`Model::embed`], in the order attached.
+    fn fold_embed_loras(&mut self) -> std::result::Result<(), String> {
+        let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
+        for l in std::mem::take(&mut self.embed_loras) {
+            let f32s = |v: &[T]| v.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+            // `a` rank × vocab, `b` hidden × rank; stored [vocab, hidden]: s·Aᵀ·Bᵀ.
+            let bt = crate::adapter::transpose(&f32s(&l.a), l.rank, vocab);
+            let at = crate::adapter::transpose(&f32s(&l.b), hidden, l.rank);
+            let scale = l.scale.to_f32() as f64;
+            self.embed = merge_matrix(&self.embed, None, &bt, &at, l.rank, scale, None)?;
         }
         Ok(())
     }

@@ -36,6 +36,9 @@ pub struct Model<'c, T> {
     /// Tensor-name prefix of the decoder (`model.`, or empty for a bare `LlamaModel`).
     pub prefix: String,
     pub embed: Matrix<'c>,
+    /// The embedding as loaded, kept once an adapter is merged into [`Model::embed`]: PEFT's
+    /// DoRA norms `‖E0 + s·ΔE‖` come from it ([`super::super::linear::Linear::base0`]).
+    pub embed_base0: Option<Matrix<'c>>,
     pub embed_loras: Vec<EmbedLora<T>>,
     pub layers: Vec<Layer<'c, T>>,
     pub norm: Vec<T>,

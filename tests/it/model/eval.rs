@@ -60,11 +60,22 @@ fn logits_match_transformers_and_peft() {
 /// outside what DoRA scales (unmerged): 0.29 off on logits of 0.43.
 #[test]
 fn a_dora_adapter_after_a_plain_one_scales_it_as_peft_does() {
+    // The embedding's DoRA (`DoraEmbeddingVariant`) scales the rows looked up so far the same
+    // way: `embed` is a LoRA on embed_tokens and q_proj, `embed_dora` a DoRA on both.
+    let (embed, embed_dora) = ("llama/adapters/embed", "eval_dora_order/embed_dora");
     for (order, file) in [
-        (["qv_r8", "dora"], "plain_dora"),
-        (["dora", "qv_r8"], "dora_plain"),
+        (
+            ["llama/adapters/qv_r8", "llama/adapters/dora"],
+            "plain_dora",
+        ),
+        (
+            ["llama/adapters/dora", "llama/adapters/qv_r8"],
+            "dora_plain",
+        ),
+        ([embed, embed_dora], "embed_embeddora"),
+        ([embed_dora, embed], "embeddora_embed"),
     ] {
-        let paths = order.map(|a| format!("llama/adapters/{a}"));
+        let paths = order.map(str::to_owned);
         let adapters: Vec<(&str, f64)> = paths.iter().map(|p| (p.as_str(), 1.0)).collect();
         let want = tensor("eval_dora_order/logits.safetensors", file);
         for flags in [&[][..], &["--merged"][..]] {
@@ -72,6 +83,24 @@ fn a_dora_adapter_after_a_plain_one_scales_it_as_peft_does() {
             assert_close(&got, &want, TOL, &format!("{order:?} {flags:?}"));
         }
     }
+}
+
+/// PEFT saves a copy of the base embedding beside an embedding LoRA (`base_layer.weight`);
+/// loading it sets the layer's base under every adapter. With `--merged` the second adapter's
+/// copy replaced the embedding the first had been merged into, dropping that update (0.23 off
+/// the unmerged logits); a copy equal to the base now changes nothing.
+#[test]
+fn a_second_embedding_adapter_keeps_the_first_merged() {
+    let embed = ("llama/adapters/embed", 1.0);
+    let (u, _) = eval_logits("llama/base", &[embed, embed], &[]);
+    let (m, r) = eval_logits("llama/base", &[embed, embed], &["--merged"]);
+    assert_close(&u, &m, 1e-5, "two embedding LoRAs, merged vs unmerged");
+    let (one, _) = eval_logits("llama/base", &[embed], &[]);
+    assert!(
+        rel_err(&u, &one) > 1e-3,
+        "the second adapter changes the logits"
+    );
+    assert_eq!(r["adapters"][1]["tensors_replaced"], 0, "{r}");
 }
 
 #[test]
