@@ -217,6 +217,11 @@ pub struct Adapter {
     /// ([`super::formats::peft::targets`]): PEFT's loader drops them without a word. [`Adapter::open`]
     /// refuses such an adapter; [`Adapter::open_for_check`] keeps them for `check` to report.
     pub untargeted: Vec<String>,
+    /// Textual-inversion embeddings bundled in a kohya file (`bundle_emb.{name}.{key}`, the
+    /// A1111 bundle format HCP-Diffusion's `pack_to_bundle_lora` and sd-scripts users write):
+    /// their keys. No weight update: A1111 loads them as embeddings, ComfyUI skips them ("lora
+    /// key not loaded"), diffusers refuses the file; lorakit's operations leave them out, saying so.
+    pub bundled_embeddings: Vec<String>,
 }
 
 impl Adapter {
@@ -249,6 +254,7 @@ impl Adapter {
             metadata: Vec::new(),
             namings: Vec::new(),
             untargeted: Vec::new(),
+            bundled_embeddings: Vec::new(),
         }
     }
 

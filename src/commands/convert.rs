@@ -27,6 +27,7 @@ pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
         _ => {}
     }
     let plan = ConvertPlan::new(options(&a)).map_err(name_base_flag)?;
+    printer::warn_bundled(quiet, std::iter::once(plan.adapter()));
     let report = plan.run()?;
     if report.from == Format::Kohya && a.to == ConvertTo::Kohya
         || report.from == Format::Peft && a.to == ConvertTo::Peft

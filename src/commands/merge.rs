@@ -132,6 +132,7 @@ pub fn run(a: MergeArgs, quiet: bool) -> Result<i32> {
     }
     let plan = plan(&a, !quiet && !a.json)?;
     warn_unmatched(quiet, &plan.unmatched);
+    printer::warn_bundled(quiet, plan.adapters.iter().map(|w| &w.adapter));
     if a.dry_run {
         let d = plan.dry_run();
         printer::print_report(a.json, "merge", &d, || render_dry_run(&d))?;
@@ -440,6 +441,7 @@ fn hf_to_gguf(a: MergeArgs, quiet: bool) -> Result<i32> {
     unused.push(".lorakit-unused");
     let merge = plan_split(&a, false, unused.into(), None, None)?;
     warn_unmatched(quiet, &merge.unmatched);
+    printer::warn_bundled(quiet, merge.adapters.iter().map(|w| &w.adapter));
     let options = crate::merge::gguf_hf::HfGgufOptions {
         outtype,
         tokenizer_pre: a.gguf_tokenizer_pre.clone(),

@@ -238,6 +238,27 @@ pub fn warn(quiet: bool, msg: &str) {
     }
 }
 
+/// The warning for adapters holding textual-inversion embeddings
+/// ([`crate::adapter::Adapter::bundled_embeddings`]), which no operation applies.
+pub fn warn_bundled<'a>(quiet: bool, adapters: impl Iterator<Item = &'a crate::adapter::Adapter>) {
+    for a in adapters.filter(|a| !a.bundled_embeddings.is_empty()) {
+        let names: std::collections::BTreeSet<&str> = a
+            .bundled_embeddings
+            .iter()
+            .filter_map(|k| k.split('.').nth(1))
+            .collect();
+        warn(
+            quiet,
+            &format!(
+                "{}: {} bundled textual-inversion embedding tensor(s) ({}) are not weight updates and are left out (A1111 loads them as embeddings; ComfyUI skips them)",
+                a.path.display(),
+                a.bundled_embeddings.len(),
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+}
+
 /// Progress of a run: terminal bars on stderr when `shown` and stderr is a terminal, else
 /// silent.
 pub fn progress(shown: bool) -> crate::progress::Reporter {

@@ -39,6 +39,12 @@ pub const META_MODULE_NAMES: &str = "lorakit.module_names";
 /// Metadata key: the PEFT `adapter_config.json` (compact JSON) the adapter has as PEFT.
 pub const META_PEFT_CONFIG: &str = "lorakit.peft_config";
 
+/// The prefix of the textual-inversion embeddings bundled in a LoRA file
+/// ([`Adapter::bundled_embeddings`]): `bundle_emb.{embedding}.{key}` (A1111's
+/// `extensions-builtin/Lora/networks.py` loads them; HCP-Diffusion `pack_to_bundle_lora` writes
+/// them).
+pub const BUNDLE_PREFIX: &str = "bundle_emb.";
+
 /// Known prefixes, longest first so `lora_te1_` is not read as `lora_te_` + `1…`.
 pub const PREFIXES: &[&str] = &[
     "lora_unet",
@@ -66,8 +72,13 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
     let bfl_control = names.iter().any(|k| k.contains("query_norm.scale"));
     let mut biases: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
     let mut full_tensors = Vec::new();
+    let mut bundled_embeddings = Vec::new();
     for t in file.tensors() {
         let key = t.name.as_str();
+        if key.starts_with(BUNDLE_PREFIX) {
+            bundled_embeddings.push(key.to_owned());
+            continue;
+        }
         if let Some(m) = key.strip_suffix(".lora_B.bias").filter(|m| !m.is_empty()) {
             biases.insert(m.to_owned(), (t.name.clone(), t.shape.clone()));
             continue;
@@ -279,6 +290,7 @@ pub fn read(path: &Path, file: SafetensorsFile) -> InputResult<Adapter> {
         namings: used,
         untargeted: Vec::new(),
         full_tensors,
+        bundled_embeddings,
         ..Adapter::of_modules(Format::Kohya, path.to_path_buf(), modules)
     })
 }

@@ -162,6 +162,13 @@ pub fn render_text(r: &Report) -> String {
                 let _ = writeln!(s, "modules_to_save  {}", a.modules_to_save.join(", "));
                 let _ = writeln!(s, "full tensors     {}", a.full_tensors.join(", "));
             }
+            if !a.bundled_embeddings.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "bundled embeddings (not weight updates: left out by merge/convert)  {}",
+                    a.bundled_embeddings.join(", ")
+                );
+            }
             let spectrum = a.modules.iter().any(|m| m.spectrum.is_some());
             let mut head = vec!["module", "algo", "kind", "rank", "alpha", "scale", "out×in"];
             if spectrum {

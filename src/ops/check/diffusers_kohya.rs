@@ -82,16 +82,20 @@ pub(super) fn items(
 /// unconverted (`lora_state_dict` converts only when every key has one): `NotSdPrefixed`, the
 /// modules without one (they fall under no pipeline component); `DiffusersKeyWithoutLora`, the
 /// keys without `lora` in them (`load_lora_weights`: "Invalid LoRA checkpoint. Make sure all
-/// LoRA param names contain `'lora'` substring." — a `lycoris_….alpha`; `dora_scale` keys are
-/// filtered out before).
+/// LoRA param names contain `'lora'` substring." — a `lycoris_….alpha`, a bundled embedding's
+/// `bundle_emb.…`; `dora_scale` keys are filtered out before). Bundled embeddings alone keep the
+/// file from being converted too: then every module is `NotSdPrefixed` (none is converted).
 pub(super) fn not_sd_prefixed(a: &Adapter, when: When) -> Vec<String> {
     use super::names::is_sd_prefixed;
-    let modules: Vec<String> = a
+    let mut modules: Vec<String> = a
         .modules
         .iter()
         .filter(|m| !is_sd_prefixed(&m.name))
         .map(|m| m.name.clone())
         .collect();
+    if modules.is_empty() && !a.bundled_embeddings.is_empty() {
+        modules = a.modules.iter().map(|m| m.name.clone()).collect();
+    }
     if when == When::NotSdPrefixed || modules.is_empty() {
         return modules;
     }

@@ -571,6 +571,7 @@ impl<'a> Facts<'a> {
                 }
             }
             When::PeftTypeNotLora => self.peft_type_not_lora(),
+            When::BundledEmbeddings => a.bundled_embeddings.clone(),
             When::Comfy(gap) => super::comfy_gaps::items(a, gap),
         };
         Evaluated::Items(v)
@@ -676,12 +677,11 @@ impl<'a> Facts<'a> {
             .is_some()
     }
 
+    /// Every key has an SD prefix, so diffusers' SD/SDXL reader converts the file (a bundled
+    /// embedding's `bundle_emb.…` key has none).
     fn sd_prefixed(&self) -> bool {
-        self.plan
-            .adapter
-            .modules
-            .iter()
-            .all(|m| is_sd_prefixed(&m.name))
+        let a = &self.plan.adapter;
+        a.bundled_embeddings.is_empty() && a.modules.iter().all(|m| is_sd_prefixed(&m.name))
     }
 
     /// Modules whose scale in a loader differs from PEFT's (the adapter's own, per module).

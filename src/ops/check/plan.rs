@@ -123,6 +123,7 @@ fn fitted_to_base(adapter: &Adapter, base: &Checkpoint) -> Option<Adapter> {
         metadata: Vec::new(),
         namings: adapter.namings.clone(),
         untargeted: adapter.untargeted.clone(),
+        bundled_embeddings: adapter.bundled_embeddings.clone(),
     };
     crate::adapter::mapping::to_disk_names(&mut view, base).ok()?;
     params::fit_to_base(&mut view, base).ok()?;

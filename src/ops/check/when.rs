@@ -94,6 +94,9 @@ pub enum When {
     NotSdPrefixed,
     /// The same files: keys without `lora` in them, which make diffusers' SD loader raise.
     DiffusersKeyWithoutLora,
+    /// Textual-inversion embeddings bundled in a kohya file (`bundle_emb.…`,
+    /// [`crate::adapter::Adapter::bundled_embeddings`]).
+    BundledEmbeddings,
     /// In a kohya file whose every key has an SD prefix: a `lora_unet_` module whose name
     /// diffusers' key conversion turns into a path the UNet lacks (`diffusers_keys.rs`).
     DiffusersUnetKeyLost,

@@ -113,6 +113,11 @@ pub struct ConvertPlan {
 }
 
 impl ConvertPlan {
+    /// The adapter being converted, as read.
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
     /// Opens the adapter (and base), and checks everything before anything is written: the
     /// output is no input, every module has a form in the target, names resolve.
     pub fn new(opts: ConvertOptions) -> InputResult<ConvertPlan> {

@@ -337,6 +337,7 @@ fn adapter_report(a: &Adapter, opts: &InspectOptions) -> Result<AdapterReport> {
         modules,
         modules_to_save: a.modules_to_save.clone(),
         full_tensors: a.full_tensors.iter().map(|f| f.name.clone()).collect(),
+        bundled_embeddings: a.bundled_embeddings.clone(),
         parameters: a.parameter_count(),
         bytes,
         metadata: a.metadata.iter().cloned().collect(),

@@ -136,6 +136,10 @@ pub struct AdapterReport {
     pub modules: Vec<ModuleRow>,
     pub modules_to_save: Vec<String>,
     pub full_tensors: Vec<String>,
+    /// Textual-inversion embeddings bundled in a kohya file (`bundle_emb.…`), which no
+    /// operation applies ([`adapter::Adapter::bundled_embeddings`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bundled_embeddings: Vec<String>,
     pub parameters: usize,
     pub bytes: u64,
     pub metadata: BTreeMap<String, String>,

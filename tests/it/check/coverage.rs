@@ -255,6 +255,8 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("llama/adapters/dora", Some("quant/gptq4_v1")),
     // fixtures/gen/check_peft_types_fixtures.py (VERDICT.json): the `*.peft_type` rules.
     ("check/peft_loha", BASE),
+    // fixtures/gen/bundle_emb_fixtures.py: embeddings bundled in a kohya LoRA.
+    ("bundle_emb/bundle.safetensors", None),
     // fixtures/gen/diffusers_sweep_fixtures.py (MANIFEST.json): the diffusers key-conversion rules.
     ("diffusers_sweep/sdxl_kohya_add_embedding.safetensors", None),
     ("diffusers_sweep/sdxl_te2_untyped.safetensors", None),

@@ -13,6 +13,8 @@ use super::common::*;
 use serde_json::Value;
 use std::path::Path;
 
+/// A kohya LoRA with bundled textual-inversion embeddings (`bundle_emb.…`).
+mod bundle_emb;
 /// Every rule of the tables fires on some fixture; the audited rules on one case and not another.
 mod coverage;
 /// diffusers' Flux.2, HunyuanVideo and Z-Image loaders, against its recorded runs.

@@ -74,6 +74,7 @@ pub(super) fn assemble(
         config: Some(cfg.raw.clone()),
         namings: Vec::new(),
         untargeted,
+        bundled_embeddings: Vec::new(),
     })
 }
 

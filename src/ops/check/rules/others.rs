@@ -319,6 +319,14 @@ pub(super) const RULES: &[Rule] = &[
         source: COMFY_LORA,
     },
     Rule {
+        id: "comfy.bundled_embeddings",
+        target: Target::Comfy,
+        when: When::BundledEmbeddings,
+        severity: Severity::Warning,
+        why: "textual-inversion embeddings bundled in the LoRA (`bundle_emb.…`, which A1111 loads as embeddings) map to no model weight: each prints \"lora key not loaded\" and is skipped; the LoRA's weight updates apply, and the embeddings work only as separate embedding files",
+        source: COMFY_LORA,
+    },
+    Rule {
         id: "comfy.not_found",
         target: Target::Comfy,
         when: When::NameNotFound,

@@ -1,0 +1,103 @@
+//! A kohya LoRA with textual-inversion embeddings bundled as A1111 reads them
+//! (`bundle_emb.{name}.string_to_param.*`; fixtures/gen/bundle_emb_fixtures.py on the tiny SD1
+//! pipeline's kohya file). Every lorakit command refused such a file ("not a LoRA/LyCORIS
+//! tensor"); now the LoRA is read and the embeddings are left out, saying so.
+
+use super::{check_json, fired, fixture, outcome, read_json, s, target};
+use crate::it::common::{merge_args, ok_stderr, read_checkpoint, scratch_all};
+
+const KEYS: [&str; 2] = [
+    "bundle_emb.mytoken.string_to_param.*",
+    "bundle_emb.other.string_to_param.*",
+];
+
+/// diffusers 0.42.1 raised on the bundle file ("… contain `'lora'` substring": the `bundle_emb`
+/// keys have no SD prefix, so the file is not converted, and have no `lora`) and loaded the
+/// same file without them (MANIFEST `diffusers_load`); ComfyUI skips each embedding key with
+/// "lora key not loaded" (`comfy/lora.py` `load_lora`) and applies the rest.
+#[test]
+fn bundled_embeddings_fail_diffusers_and_warn_in_comfy() {
+    let rec = read_json(fixture("bundle_emb/MANIFEST.json"));
+    let did = &rec["diffusers_load"];
+    assert_eq!(did["bundle"]["outcome"], "raised", "{did}");
+    assert!(did["bundle"]["error"].as_str().unwrap().contains("'lora'"));
+    assert_eq!(did["kohya"]["outcome"], "ok", "{did}");
+    for (file, diffusers, comfy) in [
+        (
+            "bundle_emb/bundle.safetensors",
+            "fails",
+            "loads_with_warnings",
+        ),
+        ("pipeline_sd1/kohya.safetensors", "", "loads"),
+    ] {
+        let (_, r) = check_json(&fixture(file), &["--target", "diffusers,comfy"]);
+        assert_eq!(r["modules_count"], 5, "{file}: {r}");
+        let d = target(&r, "diffusers");
+        let c = target(&r, "comfy");
+        assert_eq!(c["verdict"], comfy, "{file}: {c}");
+        let bundled = file.starts_with("bundle_emb");
+        assert_eq!(
+            fired(d).contains(&"diffusers.key_without_lora".to_owned()),
+            bundled,
+            "{file}: {d}"
+        );
+        assert_eq!(
+            fired(c) == ["comfy.bundled_embeddings"],
+            bundled,
+            "{file}: {c}"
+        );
+        if bundled {
+            assert_eq!(outcome(d), diffusers, "{file}: {d}");
+            for f in [d, c]
+                .iter()
+                .flat_map(|t| t["findings"].as_array().unwrap())
+            {
+                if f["rule"] == "diffusers.key_without_lora"
+                    || f["rule"] == "comfy.bundled_embeddings"
+                {
+                    assert_eq!(f["items"], serde_json::json!(KEYS), "{f}");
+                }
+            }
+            // The file is not converted: no rule of converted SD files fires.
+            for rule in ["diffusers.alpha_lost", "diffusers.te_key"] {
+                assert!(!fired(d).contains(&rule.to_owned()), "{file}: {d}");
+            }
+        }
+    }
+}
+
+/// `merge` of the bundle file writes the same bytes as the file without the embeddings, and
+/// warns naming them; `inspect` lists them.
+#[test]
+fn merge_leaves_bundled_embeddings_out_and_says_so() {
+    let r = crate::it::common::inspect_json(&fixture("bundle_emb/bundle.safetensors"), &[]);
+    assert_eq!(r["bundled_embeddings"], serde_json::json!(KEYS), "{r}");
+    assert_eq!(r["modules"].as_array().map(Vec::len), Some(5), "{r}");
+    let (_dir, [with, without]) = scratch_all(["with", "without"]);
+    let unet = fixture("pipeline_sd1/unet");
+    let mut stderr = String::new();
+    for (adapter, out) in [
+        ("bundle_emb/bundle.safetensors", &with),
+        ("pipeline_sd1/kohya.safetensors", &without),
+    ] {
+        // The text-encoder modules are not the UNet's.
+        let args = merge_args(&unet, &fixture(adapter), out, &["--allow-unmatched"]);
+        stderr = ok_stderr(args);
+        if adapter.starts_with("bundle_emb") {
+            assert!(
+                stderr.contains("2 bundled textual-inversion embedding tensor(s) (mytoken, other)"),
+                "{stderr}"
+            );
+        }
+    }
+    assert!(!stderr.contains("bundled"), "{stderr}");
+    // The same tensors, byte for byte (the provenance metadata names each adapter).
+    let tensors = |d: &std::path::Path| {
+        read_checkpoint(d)
+            .into_iter()
+            .map(|(k, t)| (k, t.dtype, t.shape, t.data))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (tensors(&with), tensors(&without));
+    assert!(!a.is_empty() && a == b, "{} vs {}", s(&with), s(&without));
+}
