@@ -411,3 +411,45 @@ fn every_rule_in_the_tables_fires_on_the_fixture_matrix() {
         "{seen:?}"
     );
 }
+
+/// `diffusers.not_in_base`'s text-encoder branch: a module of a three-layer CLIP in a file
+/// loaded onto the tiny pipeline's two-layer encoder (`pipeline_sd1/stray_te.safetensors`,
+/// fixtures/gen/pipeline_base_fixtures.py; MANIFEST `diffusers_load`: 10 of its 12 tensors
+/// loaded). Judged with the text encoder as base; a UNet base cannot say (the file names one
+/// text encoder, which the UNet is not).
+#[test]
+fn a_text_encoder_module_the_encoder_base_lacks_is_not_in_base() {
+    let rec = read_json(fixture("pipeline_sd1/MANIFEST.json"));
+    let did = &rec["diffusers_load"]["stray_te"];
+    assert_eq!(
+        (&did["loaded"], &did["tensors"]),
+        (&10.into(), &12.into()),
+        "{did}"
+    );
+    let t = run(
+        "diffusers.not_in_base",
+        (
+            "pipeline_sd1/stray_te.safetensors",
+            Some("pipeline_sd1/text_encoder"),
+        ),
+    );
+    assert_eq!(outcome(&t), "silent", "{t}");
+    assert_eq!(fired(&t), ["diffusers.not_in_base"], "{t}");
+    let items = t["findings"][0]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{t}");
+    let item = items[0].as_str().unwrap();
+    assert!(
+        item.starts_with("text_encoder.encoder.layers.2.self_attn.q_proj (not in "),
+        "{item}"
+    );
+    for (adapter, base) in [
+        (
+            "pipeline_sd1/clean.safetensors",
+            "pipeline_sd1/text_encoder",
+        ),
+        ("pipeline_sd1/stray_te.safetensors", "pipeline_sd1/unet"),
+    ] {
+        let t = run("diffusers.not_in_base", (adapter, Some(base)));
+        assert_eq!(outcome(&t), "loads", "{adapter} on {base}: {t}");
+    }
+}
