@@ -220,6 +220,14 @@ fn unread_peft_types_are_judged_from_their_config() {
     .unwrap();
     let out = run_exit(["check", s(&broken), "--target", "peft"], 2);
     assert!(one_line_error(&out).contains("adapter_model.safetensors"));
+    // A `peft_type` PEFT itself does not define: PEFT raises, so the refusal stands (exit 2).
+    let unknown = copy.join("unknown");
+    super::copy_dir(&fixture("check/peft_fourierft"), &unknown);
+    super::edit_json(unknown.join("adapter_config.json"), |c| {
+        c["peft_type"] = "NOT_A_TUNER".into();
+    });
+    let out = run_exit(["check", s(&unknown), "--target", "peft"], 2);
+    assert!(one_line_error(&out).contains("NOT_A_TUNER"));
     // --fix would rewrite weights lorakit did not read.
     let fixed = copy.join("fixed");
     let out = run_exit(

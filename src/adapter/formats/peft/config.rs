@@ -92,6 +92,55 @@ pub enum PeftType {
 /// The lorakit-read PEFT types, as `peft_type` spells them, for the refusal of any other.
 const READ_TYPES: &str = "LORA, ADALORA, LOHA, LOKR, IA3, OFT, VERA, VBLORA, LN_TUNING, HRA, BOFT, DELORA, MISS, BONE, SHIRA, C3A, GRALORA, RANDLORA, ROAD, OSF, HIRA, GLORA, TINYLORA, PVERA, UNILORA, TRAINABLE_TOKENS, FROD, BEFT, DEFT, PEANUT, SUPERTUNING and ADAMSS";
 
+/// Every `peft_type` PEFT 0.21.2 defines (`utils/peft_types.py` `PeftType`).
+const PEFT_TYPES: &[&str] = &[
+    "ADALORA",
+    "ADAMSS",
+    "ADAPTION_PROMPT",
+    "BEFT",
+    "BOFT",
+    "C3A",
+    "CARTRIDGE",
+    "CPT",
+    "DEFT",
+    "DELORA",
+    "FOURIERFT",
+    "FROD",
+    "GLORA",
+    "GRALORA",
+    "HIRA",
+    "HRA",
+    "IA3",
+    "LILY",
+    "LN_TUNING",
+    "LOHA",
+    "LOKR",
+    "LORA",
+    "MISS",
+    "MULTITASK_PROMPT_TUNING",
+    "OFT",
+    "OSF",
+    "PEANUT",
+    "POLY",
+    "PREFIX_TUNING",
+    "PROMPT_TUNING",
+    "PSOFT",
+    "PVERA",
+    "P_TUNING",
+    "RANDLORA",
+    "ROAD",
+    "SHADOW",
+    "SHIRA",
+    "SUPERTUNING",
+    "TINYLORA",
+    "TRAINABLE_TOKENS",
+    "UNILORA",
+    "VBLORA",
+    "VERA",
+    "WAVEFT",
+    "XLORA",
+];
+
 /// The tuner a config's `peft_type` names, among those lorakit reads (absent is LORA, as PEFT
 /// reads it); `None` for every other type and for seeded buffers not saved ([`unread_type`]
 /// says why).
@@ -144,6 +193,11 @@ pub fn unread_weights(text: &[u8]) -> Option<String> {
     let raw: Value = serde_json::from_slice(text).ok()?;
     let obj = raw.as_object()?;
     let t = obj.get("peft_type")?.as_str()?;
+    // A type PEFT does not define fails in PEFT too (`PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]`):
+    // the reader's refusal stands.
+    if !PEFT_TYPES.contains(&t) {
+        return None;
+    }
     if read_type(Some(t), obj).is_none() {
         return Some(format!("`peft_type` {}", unread_type(t, obj)));
     }
