@@ -34,35 +34,46 @@ fn non_lora_peft_types_fail_the_serving_stacks_and_load_in_peft() {
         // rank_pattern masks fail __post_init__ :108-113) and utils.py:236 ("unsupported LoRA
         // weight"); sglang lora_config.py:43-44 (KeyError) and lora.py:67 (assert peft_type ==
         // "lora"); llama.cpp convert_lora_to_gguf.py:528 / :470-483, exit 1.
-        for (tgt, verdict) in [
-            ("vllm", "fails"),
-            ("sglang", "fails"),
-            ("llama.cpp", "fails"),
-            // lorax lora.py:75-84 reads the config with PEFT 0.4.0's LoraConfig.from_pretrained
-            // (peft_type ignored) and lora.py:45-48 maps only `lora_A/lora_B.weight`: it loads
-            // and applies nothing.
-            ("lorax", "silent"),
-        ] {
-            let t = target(&r, tgt);
-            assert_eq!(outcome(t), verdict, "{adapter} {tgt}: {t}");
-            let rule = format!("{tgt}.peft_type");
-            let f = t["findings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|f| f["rule"] == rule.as_str())
-                .unwrap_or_else(|| panic!("{adapter} {tgt}: no {rule} in {t}"));
-            let item = f["items"][0].as_str().unwrap();
-            assert!(
-                item.starts_with(&format!("peft_type {peft_type}: base_model.model."))
-                    && item.contains(key),
-                "{adapter} {tgt}: {item}"
-            );
-        }
+        serving_stacks_refuse_by_type(&r, adapter, peft_type, "base_model.model.", key);
         // PEFT itself loads every tuner it wrote: no rule.
         let t = target(&r, "peft");
         assert_eq!(outcome(t), "loads", "{adapter}: {t}");
         assert!(fired(t).is_empty(), "{adapter}: {t}");
+    }
+}
+
+/// vLLM, SGLang and llama.cpp refuse `r` by its `peft_type` and LoRAX loads it applying
+/// nothing (`*.peft_type`), each naming the type and its tensors (`prefix…`, one holding `key`).
+fn serving_stacks_refuse_by_type(
+    r: &Value,
+    adapter: &str,
+    peft_type: &str,
+    prefix: &str,
+    key: &str,
+) {
+    for (tgt, verdict) in [
+        ("vllm", "fails"),
+        ("sglang", "fails"),
+        ("llama.cpp", "fails"),
+        // lorax lora.py:75-84 reads the config with PEFT 0.4.0's LoraConfig.from_pretrained
+        // (peft_type ignored) and lora.py:45-48 maps only `lora_A/lora_B.weight`: it loads
+        // and applies nothing.
+        ("lorax", "silent"),
+    ] {
+        let t = target(r, tgt);
+        assert_eq!(outcome(t), verdict, "{adapter} {tgt}: {t}");
+        let rule = format!("{tgt}.peft_type");
+        let f = t["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["rule"] == rule.as_str())
+            .unwrap_or_else(|| panic!("{adapter} {tgt}: no {rule} in {t}"));
+        let item = f["items"][0].as_str().unwrap();
+        assert!(
+            item.starts_with(&format!("peft_type {peft_type}: {prefix}")) && item.contains(key),
+            "{adapter} {tgt}: {item}"
+        );
     }
 }
 
@@ -184,22 +195,7 @@ fn unread_peft_types_are_judged_from_their_config() {
                 .unwrap_or_else(|| panic!("{adapter}: {r}"));
             assert!(why.contains(&format!("`{peft_type}`")), "{adapter}: {why}");
             assert_eq!(outcome(target(&r, "peft")), rec["peft"]["verdict"], "{r}");
-            for (tgt, verdict) in [
-                ("vllm", "fails"),
-                ("sglang", "fails"),
-                ("llama.cpp", "fails"),
-                ("lorax", "silent"),
-            ] {
-                let t = target(&r, tgt);
-                assert_eq!(outcome(t), verdict, "{adapter} {tgt}: {t}");
-                let f = &t["findings"][0];
-                assert_eq!(f["rule"], format!("{tgt}.peft_type"), "{adapter}: {t}");
-                let item = f["items"][0].as_str().unwrap();
-                assert!(
-                    item.starts_with(&format!("peft_type {peft_type}: ")) && item.contains(key),
-                    "{adapter} {tgt}: {item}"
-                );
-            }
+            serving_stacks_refuse_by_type(&r, adapter, peft_type, "", key);
         }
         // Only PEFT asked for: it loads them, exit 0.
         let (code, r) = check_json(&fixture(adapter), &["--target", "peft"]);
