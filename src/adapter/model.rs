@@ -565,6 +565,17 @@ impl Adapter {
         Ok(())
     }
 
+    /// The keys of the source file's adapter tensors: every tensor but the bundled embeddings
+    /// ([`Adapter::bundled_embeddings`]), which loaders tell by their own rules.
+    pub fn adapter_keys(&self) -> Vec<&str> {
+        let bundled = |k: &str| self.bundled_embeddings.iter().any(|b| b == k);
+        self.source
+            .iter()
+            .flat_map(|f| f.tensors().iter().map(|t| t.name.as_str()))
+            .filter(|k| !bundled(k))
+            .collect()
+    }
+
     /// [`Adapter::check_finite`] of every tensor of the source file, whatever reads it (an
     /// adapter whose factors lorakit does not read, [`Adapter::open_unread`]): integer tensors
     /// hold no NaN.

@@ -19,7 +19,7 @@ struct Fixed<'a> {
     after: &'a Report,
 }
 
-pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
+pub fn run(a: CheckArgs, quiet: bool) -> Result<i32> {
     if a.drop_unmatched && a.base.is_none() {
         anyhow::bail!("--drop-unmatched needs --base (unmatched means: lands on no base tensor)");
     }
@@ -39,6 +39,7 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
             report.adapter
         );
     }
+    let bundled = printer::bundled_warning(&plan.adapter);
     let out = a.out.clone().expect("clap: --fix requires --out");
     let fix_opts = FixOptions {
         out: out.clone(),
@@ -75,6 +76,9 @@ pub fn run(a: CheckArgs, _quiet: bool) -> Result<i32> {
     }
     let targets = plan.targets.clone();
     let fixed = fix::fix(plan, &report, &fix_opts)?;
+    if let Some(w) = bundled {
+        printer::warn(quiet, &w);
+    }
     let after = Plan::new(
         &out,
         &Options {
@@ -197,7 +201,12 @@ fn render(r: &Report) -> String {
     }
     if !not_eval.is_empty() {
         s.push_str(&format!(
-            "not evaluated (needs --base, or a Llama-family base for module lists): {}\n",
+            "not evaluated ({}): {}\n",
+            if r.unread.is_some() {
+                "they need the adapter's modules, which were not read"
+            } else {
+                "needs --base, or a Llama-family base for module lists"
+            },
             not_eval.join(", ")
         ));
     }

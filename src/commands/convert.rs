@@ -22,8 +22,19 @@ use std::time::Instant;
 pub fn run(a: ConvertArgs, quiet: bool) -> Result<i32> {
     let start = Instant::now();
     match a.to {
-        ConvertTo::Diffusers => return diffusers(a),
-        ConvertTo::Gguf => return gguf(a),
+        ConvertTo::Diffusers | ConvertTo::Gguf => {
+            let adapter = a.adapter.clone();
+            let done = if a.to == ConvertTo::Gguf {
+                gguf(a)
+            } else {
+                diffusers(a)
+            };
+            // After the run, so that a failed run's stderr stays its one error line.
+            if done.is_ok() {
+                printer::warn_bundled_at(quiet, std::slice::from_ref(&adapter));
+            }
+            return done;
+        }
         _ => {}
     }
     let plan = ConvertPlan::new(options(&a)).map_err(name_base_flag)?;

@@ -241,22 +241,39 @@ pub fn warn(quiet: bool, msg: &str) {
 /// The warning for adapters holding textual-inversion embeddings
 /// ([`crate::adapter::Adapter::bundled_embeddings`]), which no operation applies.
 pub fn warn_bundled<'a>(quiet: bool, adapters: impl Iterator<Item = &'a crate::adapter::Adapter>) {
-    for a in adapters.filter(|a| !a.bundled_embeddings.is_empty()) {
-        let names: std::collections::BTreeSet<&str> = a
-            .bundled_embeddings
-            .iter()
-            .filter_map(|k| k.split('.').nth(1))
-            .collect();
-        warn(
-            quiet,
-            &format!(
-                "{}: {} bundled textual-inversion embedding tensor(s) ({}) are not weight updates and are left out (A1111 loads them as embeddings; ComfyUI skips them)",
-                a.path.display(),
-                a.bundled_embeddings.len(),
-                names.into_iter().collect::<Vec<_>>().join(", ")
-            ),
-        );
+    for w in adapters.filter_map(bundled_warning) {
+        warn(quiet, &w);
     }
+}
+
+/// [`warn_bundled`]'s text for one adapter; `None` without bundled embeddings.
+pub fn bundled_warning(a: &crate::adapter::Adapter) -> Option<String> {
+    if a.bundled_embeddings.is_empty() {
+        return None;
+    }
+    let names: std::collections::BTreeSet<&str> = a
+        .bundled_embeddings
+        .iter()
+        .filter_map(|k| k.split('.').nth(1))
+        .collect();
+    Some(format!(
+        "{}: {} bundled textual-inversion embedding tensor(s) ({}) are not weight updates and are left out (A1111 loads them as embeddings; ComfyUI skips them)",
+        a.path.display(),
+        a.bundled_embeddings.len(),
+        names.into_iter().collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// [`warn_bundled`] for the adapters at `paths`, read for their keys only (an adapter that does
+/// not open is the operation's to report, not this warning's). After the operation's plan
+/// validated its inputs.
+pub fn warn_bundled_at(quiet: bool, paths: &[std::path::PathBuf]) {
+    let opened: Vec<crate::adapter::Adapter> = paths
+        .iter()
+        .filter(|p| p.is_file())
+        .filter_map(|p| crate::adapter::Adapter::open_for_check(p).ok())
+        .collect();
+    warn_bundled(quiet, opened.iter());
 }
 
 /// Progress of a run: terminal bars on stderr when `shown` and stderr is a terminal, else

@@ -30,9 +30,10 @@ pub fn options(a: &ResizeArgs) -> Result<ResizeOptions> {
     })
 }
 
-pub fn run(a: ResizeArgs, _quiet: bool) -> Result<i32> {
+pub fn run(a: ResizeArgs, quiet: bool) -> Result<i32> {
     let plan = ResizePlan::new(options(&a)?).map_err(name_base_flag_any)?;
     let report = plan.run()?;
+    printer::warn_bundled_at(quiet, std::slice::from_ref(&a.adapter));
     printer::print_report(a.output.json, "resize", &report, || render(&report))?;
     Ok(0)
 }

@@ -123,6 +123,17 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
             })?;
             peft::read(path, file, &cfg)
         }
+        None if !file.tensors().is_empty()
+            && file
+                .tensors()
+                .iter()
+                .all(|t| t.name.starts_with(kohya::BUNDLE_PREFIX)) =>
+        {
+            Err(InputError::invalid(
+                &file_path,
+                "holds only textual-inversion embeddings (`bundle_emb.…`), no LoRA tensors: load it as an embedding",
+            ))
+        }
         None => Err(InputError::invalid(
             &file_path,
             "no LoRA tensors found (expected PEFT `lora_A`/`lora_B`, kohya `lora_down`/`lora_up` or LyCORIS `hada_`/`lokr_`/`diff`/`oft_blocks` names, PEFT `ia3_l`)",

@@ -172,7 +172,7 @@ impl<'c, T: Real> Model<'c, T> {
                     Some((base, _)) if base.as_slice() == vals.as_slice() => continue,
                     Some((_, true)) => {
                         return Err(err(format!(
-                            "tensor `{}`: PEFT's saved copy of the base layer differs from the model's, and an earlier adapter is already merged into that layer; attach this adapter first",
+                            "tensor `{}`: PEFT's saved copy of the base layer differs from the model's, and an earlier adapter is already merged into that layer (PEFT would put the copy under it); run without --merged, with no DoRA adapter on that layer before this one",
                             f.name
                         )))
                     }

@@ -29,15 +29,17 @@ enum Part {
 /// with the base; empty when the base is no single component lorakit can tell (a VAE, an
 /// all-in-one single file, a folder without `config.json` whose names are no denoiser's).
 /// `covered`: modules another rule already reports as lost (kohya names diffusers converts to a
-/// path no UNet has).
+/// path no UNet has). `None` (not evaluated) where none of the base's component is missing but
+/// some module the base lacks belongs to a component it cannot speak for (a text encoder's
+/// beside a UNet base): only that component's own base can say.
 pub(super) fn not_in_base(
     a: &Adapter,
     base: &Checkpoint,
     placements: &[Placement],
     covered: &[String],
-) -> Vec<String> {
+) -> Option<Vec<String>> {
     let Some(part) = part_of(base) else {
-        return vec![];
+        return Some(vec![]);
     };
     // Text encoders are numbered (`text_encoder`, `text_encoder_2`, …) and a base folder does not
     // say which it is: judged only when the adapter names one.
@@ -54,12 +56,16 @@ pub(super) fn not_in_base(
         }
         Some(_) => part == Part::Denoiser,
     };
-    placements
-        .iter()
-        .filter(|p| p.status == "not_found" && judged(&p.module))
-        .filter(|p| !covered.iter().any(|c| c == &p.module))
+    let missing = || placements.iter().filter(|p| p.status == "not_found");
+    let lost: Vec<String> = missing()
+        .filter(|p| judged(&p.module) && !covered.iter().any(|c| c == &p.module))
         .map(|p| format!("{} (not in {})", p.module, base.root.display()))
-        .collect()
+        .collect();
+    // No module of the base's component is missing, but others are, which it cannot judge.
+    if lost.is_empty() && missing().any(|p| !judged(&p.module)) {
+        return None;
+    }
+    Some(lost)
 }
 
 /// The pipeline component a module is named under: a dotted `unet.`/`transformer.`/

@@ -218,11 +218,7 @@ pub(super) fn ltx2_findings(
 
 /// The file's tensor names.
 fn keys_of(adapter: &crate::adapter::Adapter) -> Vec<&str> {
-    adapter
-        .source
-        .as_ref()
-        .map(|f| f.tensors().iter().map(|t| t.name.as_str()).collect())
-        .unwrap_or_default()
+    adapter.adapter_keys()
 }
 
 /// FLUX.1's block counts, width and `linear1` rows as fal's converter hard-codes them.

@@ -64,7 +64,7 @@ pub(super) fn items(
                     true => lost_unet_paths(a).into_iter().map(|(m, _)| m).collect(),
                     false => vec![],
                 };
-                super::diffusers_base::not_in_base(a, b, placements, &covered)
+                super::diffusers_base::not_in_base(a, b, placements, &covered)?
             }
             None => return None,
         },
@@ -83,8 +83,9 @@ pub(super) fn items(
 /// modules without one (they fall under no pipeline component); `DiffusersKeyWithoutLora`, the
 /// keys without `lora` in them (`load_lora_weights`: "Invalid LoRA checkpoint. Make sure all
 /// LoRA param names contain `'lora'` substring." — a `lycoris_….alpha`, a bundled embedding's
-/// `bundle_emb.…`; `dora_scale` keys are filtered out before). Bundled embeddings alone keep the
-/// file from being converted too: then every module is `NotSdPrefixed` (none is converted).
+/// `bundle_emb.…`; `dora_scale` keys are filtered out before). Bundled embeddings alone keep a
+/// kohya SD file from being converted too: then every module is `NotSdPrefixed` (none is
+/// converted); a file of diffusers' component names is not converted in any case.
 pub(super) fn not_sd_prefixed(a: &Adapter, when: When) -> Vec<String> {
     use super::names::is_sd_prefixed;
     let mut modules: Vec<String> = a
@@ -93,7 +94,15 @@ pub(super) fn not_sd_prefixed(a: &Adapter, when: When) -> Vec<String> {
         .filter(|m| !is_sd_prefixed(&m.name))
         .map(|m| m.name.clone())
         .collect();
-    if modules.is_empty() && !a.bundled_embeddings.is_empty() {
+    // Files of diffusers' own component names (`unet.…`, `transformer.…`) are not converted
+    // anyway (and Flux's loader wants `lora` in any key, not every one).
+    let kohya_sd = a.modules.iter().all(|m| {
+        matches!(
+            kohya::split_prefix(&m.name),
+            Some(("lora_unet" | "lora_te" | "lora_te1" | "lora_te2", _))
+        )
+    });
+    if modules.is_empty() && !a.bundled_embeddings.is_empty() && kohya_sd {
         modules = a.modules.iter().map(|m| m.name.clone()).collect();
     }
     if when == When::NotSdPrefixed || modules.is_empty() {

@@ -48,13 +48,8 @@ pub(super) fn pipeline_dependent(a: &Adapter, base: Option<&Checkpoint>) -> bool
 
 /// [`flux_mixture`], taking the pipeline for Flux's where `assume_flux`.
 fn judge(a: &Adapter, base: Option<&Checkpoint>, assume_flux: bool) -> Option<Mixture> {
-    let keys: Vec<&str> = a
-        .source
-        .as_ref()?
-        .tensors()
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect();
+    a.source.as_ref()?;
+    let keys: Vec<&str> = a.adapter_keys();
     let mixture = a.format == Format::Kohya
         && keys.iter().any(|k| k.ends_with(".lora_down.weight"))
         && !keys.iter().any(|k| k.starts_with("transformer."))

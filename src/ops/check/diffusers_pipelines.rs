@@ -217,11 +217,7 @@ pub(super) fn pipeline_findings(
     if pipeline_of(adapter, base) != Some(model) {
         return (vec![], vec![]);
     }
-    let keys: Vec<&str> = adapter
-        .source
-        .as_ref()
-        .map(|f| f.tensors().iter().map(|t| t.name.as_str()).collect())
-        .unwrap_or_default();
+    let keys: Vec<&str> = adapter.adapter_keys();
     match model {
         DiffusersModel::Flux2 => flux2_findings(adapter, &keys),
         DiffusersModel::HunyuanVideo => hunyuan_video_findings(adapter, &keys),

@@ -44,7 +44,7 @@ pub mod when;
 
 use facts::{Evaluated, Facts};
 use names::item_subject;
-use rules::{Rule, Severity};
+use rules::{Rule, Severity, When};
 
 pub use plan::{Options, Plan};
 pub use report::{BaseFacts, Finding, Placement, Report, TargetReport, Verdict};
@@ -59,6 +59,13 @@ impl Plan {
             let mut findings = Vec::new();
             let mut not_evaluated = Vec::new();
             for rule in rules::for_target(t) {
+                // No module read ([`Plan::unread`]): only the rules on the config and the
+                // file's keys can be judged; the others are not evaluated, not passed.
+                let config_only = matches!(rule.when, When::PeftTypeNotLora | When::LlmAdapter);
+                if self.unread.is_some() && !config_only {
+                    not_evaluated.push(rule.id);
+                    continue;
+                }
                 match facts.items(rule.when) {
                     Evaluated::Items(items) if !items.is_empty() => {
                         findings.push(Finding::new(rule, items))

@@ -66,6 +66,26 @@ fn bundled_embeddings_fail_diffusers_and_warn_in_comfy() {
     }
 }
 
+/// diffusers' Flux loader wants `lora` in any key, not every one, and its files of diffusers'
+/// own names are never converted: a bundled embedding beside them changes nothing (MANIFEST:
+/// FluxPipeline loaded all 5 modules; `check` had called it refused).
+#[test]
+fn a_bundled_embedding_beside_flux_diffusers_names_still_loads() {
+    let rec = read_json(fixture("bundle_emb/MANIFEST.json"));
+    let did = &rec["diffusers_load"]["flux_aitk_bundle"];
+    assert_eq!(
+        (&did["outcome"], &did["lora_layers"]),
+        (&"ok".into(), &5.into()),
+        "{did}"
+    );
+    let (_, r) = check_json(
+        &fixture("bundle_emb/flux_aitk_bundle.safetensors"),
+        &["--target", "diffusers"],
+    );
+    let d = target(&r, "diffusers");
+    assert_eq!(outcome(d), "loads", "{d}");
+}
+
 /// `merge` of the bundle file writes the same bytes as the file without the embeddings, and
 /// warns naming them; `inspect` lists them.
 #[test]
@@ -100,4 +120,35 @@ fn merge_leaves_bundled_embeddings_out_and_says_so() {
     };
     let (a, b) = (tensors(&with), tensors(&without));
     assert!(!a.is_empty() && a == b, "{} vs {}", s(&with), s(&without));
+    // The other commands that write an adapter say so too (review 2026-12-07).
+    let bundle = fixture("bundle_emb/bundle.safetensors");
+    let (dir, [r, c]) = scratch_all(["r.safetensors", "c.safetensors"]);
+    let kohya = fixture("pipeline_sd1/kohya.safetensors");
+    for args in [
+        vec!["resize", s(&bundle), "--rank", "1", "--out", s(&r)],
+        vec![
+            "combine",
+            "--adapter",
+            s(&bundle),
+            "--adapter",
+            s(&kohya),
+            "--method",
+            "cat",
+            "--out",
+            s(&c),
+        ],
+    ] {
+        let err = ok_stderr(&args);
+        assert!(err.contains("bundled textual-inversion"), "{args:?}: {err}");
+    }
+    // A file of embeddings only: no adapter, said so.
+    let only = dir.path().join("only.safetensors");
+    let zeros = [0u8; 16];
+    crate::it::common::write_views(
+        &only,
+        &[(KEYS[0], safetensors::Dtype::F32, &[1, 4], &zeros)],
+    );
+    let out = crate::it::common::run_exit(["check", s(&only)], 2);
+    let err = crate::it::common::one_line_error(&out);
+    assert!(err.contains("only textual-inversion embeddings"), "{err}");
 }

@@ -182,8 +182,10 @@ fn lumina2_width_files_are_not_judged_by_the_z_image_loader() {
 fn check_on_one_pipeline_component_names_the_modules_it_lacks() {
     let m = read_json(fixture("pipeline_sd1/MANIFEST.json"));
     let loads = m["diffusers_load"].as_object().unwrap();
-    assert_eq!(loads.len(), 2);
-    for (case, rec) in loads {
+    assert_eq!(loads.len(), 3);
+    // `stray_te` (a text-encoder module, which transformers' loader drops without a log):
+    // coverage.rs `a_text_encoder_module_the_encoder_base_lacks_is_not_in_base`.
+    for (case, rec) in loads.iter().filter(|(c, _)| *c != "stray_te") {
         let file = fixture(&format!("pipeline_sd1/{case}.safetensors"));
         // diffusers' log lists `path.lora_A.weight, path.lora_B.weight`: the modules.
         let unexpected: BTreeSet<String> = rec["unexpected"]

@@ -197,13 +197,22 @@ fn unread_peft_types_are_judged_from_their_config() {
             assert_eq!(outcome(target(&r, "peft")), rec["peft"]["verdict"], "{r}");
             serving_stacks_refuse_by_type(&r, adapter, peft_type, "", key);
         }
-        // Only PEFT asked for: it loads them, exit 0.
-        let (code, r) = check_json(&fixture(adapter), &["--target", "peft"]);
+        // Only PEFT asked for: no rule on the config fires (exit 0), and every rule on
+        // modules is listed as not evaluated rather than passed (review 2026-12-07: PEFT
+        // raises on a spectrum of another size or a base without the targets).
+        let (code, r) = check_json(&fixture(adapter), &["--target", "peft", "--base", s(&base)]);
         assert_eq!(
             (code, r["pass"].as_bool()),
             (0, Some(true)),
             "{adapter}: {r}"
         );
+        let skipped = target(&r, "peft")["not_evaluated"]
+            .as_array()
+            .unwrap()
+            .clone();
+        for rule in ["peft.not_found", "peft.shape", "peft.not_applied"] {
+            assert!(skipped.contains(&rule.into()), "{adapter}: {rule} in {r}");
+        }
     }
     // A LoRA folder that fails to read keeps its reader's error (no fallback).
     let (_dir, copy) = super::scratch("unread");
