@@ -149,7 +149,12 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
 /// other input, whose reader's error stands.
 pub fn open_unread(path: &Path) -> InputResult<Option<(Adapter, String)>> {
     let (weights, config) = if path.is_dir() {
-        (path.join(peft::WEIGHTS_NAME), path.join(peft::CONFIG_NAME))
+        let mut w = path.join(peft::WEIGHTS_NAME);
+        // PEFT's `safe_serialization=False`, read through `io::torch` as in [`open`].
+        if !w.exists() && path.join(peft::PICKLE_WEIGHTS_NAME).exists() {
+            w = path.join(peft::PICKLE_WEIGHTS_NAME);
+        }
+        (w, path.join(peft::CONFIG_NAME))
     } else {
         let Some(beside) = path.parent().map(|p| p.join(peft::CONFIG_NAME)) else {
             return Ok(None);

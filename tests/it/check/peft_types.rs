@@ -170,6 +170,12 @@ fn unread_peft_types_are_judged_from_their_config() {
     for (adapter, peft_type, key) in [
         ("check/peft_vera_noproj", "VERA", ".vera_lambda_b"),
         ("check/peft_fourierft", "FOURIERFT", ".fourierft_spectrum"),
+        // The same saved with `safe_serialization=False` (PEFT's pickle, `adapter_model.bin`).
+        (
+            "check/peft_fourierft_bin",
+            "FOURIERFT",
+            ".fourierft_spectrum",
+        ),
         ("check/peft_prompt", "PROMPT_TUNING", "prompt_embeddings"),
     ] {
         let rec: Value = read_json(fixture(adapter).join("VERDICT.json"));
