@@ -580,13 +580,22 @@ impl Adapter {
     /// adapter whose factors lorakit does not read, [`Adapter::open_unread`]): integer tensors
     /// hold no NaN.
     pub fn check_source_finite(&self) -> InputResult<()> {
-        let keys = self.source.iter().flat_map(|s| s.tensors().iter());
-        for t in keys {
+        let keys: Vec<&str> = self
+            .source
+            .iter()
+            .flat_map(|s| s.tensors().iter().map(|t| t.name.as_str()))
+            .collect();
+        self.check_stored_finite(&keys)
+    }
+
+    /// [`Adapter::check_finite`] of the stored tensors `keys` of the source file.
+    pub fn check_stored_finite(&self, keys: &[&str]) -> InputResult<()> {
+        for &key in keys {
             let d = Data::Stored {
-                key: t.name.clone(),
+                key: key.to_owned(),
                 transpose: false,
             };
-            self.data_finite(&d, &t.name)?;
+            self.data_finite(&d, key)?;
         }
         Ok(())
     }

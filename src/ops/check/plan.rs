@@ -58,6 +58,13 @@ impl Plan {
         if unread.is_some() {
             adapter.check_source_finite()?;
         }
+        // A1111 would load a bundled embedding's NaN as well (`bundle_emb.…`).
+        let bundled: Vec<&str> = adapter
+            .bundled_embeddings
+            .iter()
+            .map(String::as_str)
+            .collect();
+        adapter.check_stored_finite(&bundled)?;
         let base = opts.base.as_ref().map(Checkpoint::open).transpose()?;
         // The layout PEFT gives each module on this base (`fan_in_fan_out` reset on nn.Linear,
         // forced on Conv1D), as `merge` reads it.

@@ -151,4 +151,16 @@ fn merge_leaves_bundled_embeddings_out_and_says_so() {
     let out = crate::it::common::run_exit(["check", s(&only)], 2);
     let err = crate::it::common::one_line_error(&out);
     assert!(err.contains("only textual-inversion embeddings"), "{err}");
+    // A NaN in a bundled embedding (A1111 would load it): refused by check, naming it.
+    let nan = dir.path().join("nan.safetensors");
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    // Its first value, found through the safetensors header.
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let v: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header]).unwrap();
+    let start = v[KEYS[0]]["data_offsets"][0].as_u64().unwrap() as usize + 8 + header;
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&nan, bytes).unwrap();
+    let out = crate::it::common::run_exit(["check", s(&nan), "--target", "comfy"], 2);
+    let err = crate::it::common::one_line_error(&out);
+    assert!(err.contains(KEYS[0]) && err.contains("not finite"), "{err}");
 }
