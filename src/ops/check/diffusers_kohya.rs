@@ -105,7 +105,16 @@ pub(super) fn not_sd_prefixed(a: &Adapter, when: When) -> Vec<String> {
     if modules.is_empty() && !a.bundled_embeddings.is_empty() && kohya_sd {
         modules = a.modules.iter().map(|m| m.name.clone()).collect();
     }
-    if when == When::NotSdPrefixed || modules.is_empty() {
+    // The SD/SDXL loaders want `lora` in every key of any file, converted or not: a bundled
+    // embedding beside diffusers' own `unet.`/`text_encoder….` names raises as well (recorded by
+    // fixtures/gen/bundle_emb_fixtures.py).
+    let sd_named = !a.modules.is_empty()
+        && a.modules
+            .iter()
+            .all(|m| m.name.starts_with("unet.") || m.name.starts_with("text_encoder"));
+    if when == When::NotSdPrefixed
+        || modules.is_empty() && !(sd_named && !a.bundled_embeddings.is_empty())
+    {
         return modules;
     }
     let Some(src) = a.source.as_ref() else {

@@ -66,24 +66,34 @@ fn bundled_embeddings_fail_diffusers_and_warn_in_comfy() {
     }
 }
 
-/// diffusers' Flux loader wants `lora` in any key, not every one, and its files of diffusers'
-/// own names are never converted: a bundled embedding beside them changes nothing (MANIFEST:
-/// FluxPipeline loaded all 5 modules; `check` had called it refused).
+/// Beside diffusers' own names (never converted): the Flux loader wants `lora` in any key, not
+/// every one, and loads the file (MANIFEST: all 5 modules; `check` had called it refused); the
+/// SD loader wants it in every key and raises (`check` had said it loads).
 #[test]
-fn a_bundled_embedding_beside_flux_diffusers_names_still_loads() {
+fn a_bundled_embedding_beside_diffusers_names_fails_as_the_pipelines_loader_does() {
     let rec = read_json(fixture("bundle_emb/MANIFEST.json"));
-    let did = &rec["diffusers_load"]["flux_aitk_bundle"];
-    assert_eq!(
-        (&did["outcome"], &did["lora_layers"]),
-        (&"ok".into(), &5.into()),
-        "{did}"
-    );
-    let (_, r) = check_json(
-        &fixture("bundle_emb/flux_aitk_bundle.safetensors"),
-        &["--target", "diffusers"],
-    );
-    let d = target(&r, "diffusers");
-    assert_eq!(outcome(d), "loads", "{d}");
+    for (case, layers) in [("flux_aitk_bundle", Some(5)), ("sd_diffusers_bundle", None)] {
+        let did = &rec["diffusers_load"][case];
+        let (_, r) = check_json(
+            &fixture(&format!("bundle_emb/{case}.safetensors")),
+            &["--target", "diffusers"],
+        );
+        let d = target(&r, "diffusers");
+        match layers {
+            Some(n) => {
+                assert_eq!(
+                    (&did["outcome"], &did["lora_layers"]),
+                    (&"ok".into(), &n.into())
+                );
+                assert_eq!(outcome(d), "loads", "{case}: {d}");
+            }
+            None => {
+                assert_eq!(did["outcome"], "raised", "{did}");
+                assert_eq!(outcome(d), "fails", "{case}: {d}");
+                assert_eq!(fired(d), ["diffusers.key_without_lora"], "{case}: {d}");
+            }
+        }
+    }
 }
 
 /// `merge` of the bundle file writes the same bytes as the file without the embeddings, and
