@@ -112,9 +112,8 @@ pub(super) fn not_sd_prefixed(a: &Adapter, when: When) -> Vec<String> {
         && a.modules
             .iter()
             .all(|m| m.name.starts_with("unet.") || m.name.starts_with("text_encoder"));
-    if when == When::NotSdPrefixed
-        || modules.is_empty() && !(sd_named && !a.bundled_embeddings.is_empty())
-    {
+    let bundled_beside_sd_names = sd_named && !a.bundled_embeddings.is_empty();
+    if when == When::NotSdPrefixed || (modules.is_empty() && !bundled_beside_sd_names) {
         return modules;
     }
     let Some(src) = a.source.as_ref() else {
