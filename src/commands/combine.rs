@@ -51,8 +51,14 @@ pub fn options(a: &CombineArgs) -> Result<CombineOptions> {
 
 pub fn run(a: CombineArgs, quiet: bool) -> Result<i32> {
     let plan = CombinePlan::new(options(&a)?).map_err(name_base_flag_any)?;
+    let bundled: Vec<String> = plan
+        .adapters()
+        .filter_map(printer::bundled_warning)
+        .collect();
     let report = plan.run()?;
-    printer::warn_bundled_at(quiet, &a.adapters);
+    for w in bundled {
+        printer::warn(quiet, &w);
+    }
     if let Some((r, capped)) = report.svd_rank_capped() {
         printer::warn(
             quiet,

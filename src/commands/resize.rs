@@ -32,8 +32,12 @@ pub fn options(a: &ResizeArgs) -> Result<ResizeOptions> {
 
 pub fn run(a: ResizeArgs, quiet: bool) -> Result<i32> {
     let plan = ResizePlan::new(options(&a)?).map_err(name_base_flag_any)?;
+    let bundled = printer::bundled_warning(plan.adapter());
     let report = plan.run()?;
-    printer::warn_bundled_at(quiet, std::slice::from_ref(&a.adapter));
+    // After the run, so that a failed run's stderr stays its one error line.
+    if let Some(w) = bundled {
+        printer::warn(quiet, &w);
+    }
     printer::print_report(a.output.json, "resize", &report, || render(&report))?;
     Ok(0)
 }

@@ -408,6 +408,11 @@ impl ResizePlan {
 
     /// Resizes every module ([`resize`]) and writes the result atomically, stamped with its
     /// provenance.
+    /// The adapter being resized, as read.
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
     pub fn run(self) -> anyhow::Result<ResizeReport> {
         let (opts, spec) = (&self.opts, &self.spec);
         let (mut resized, modules) = resize(self.adapter, &opts.rule)?;

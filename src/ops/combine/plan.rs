@@ -227,6 +227,11 @@ impl CombinePlan {
 
     /// Combines the modules ([`combine`]) and writes the result atomically, stamped with its
     /// provenance.
+    /// The adapters being combined, as read.
+    pub fn adapters(&self) -> impl Iterator<Item = &Adapter> {
+        self.inputs.iter().map(|i| &i.adapter)
+    }
+
     pub fn run(self) -> Result<CombineReport> {
         let CombinePlan {
             opts,
