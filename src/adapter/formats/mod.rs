@@ -51,7 +51,7 @@ impl std::fmt::Display for Format {
 pub fn open(path: &Path) -> InputResult<Adapter> {
     let meta = std::fs::metadata(path).map_err(|e| InputError::io(path, e))?;
     let (file_path, config_path) = if meta.is_dir() {
-        let mut f = path.join(peft::WEIGHTS_NAME);
+        let f = peft_weights(path);
         let m = path.join(mlx::WEIGHTS_NAME);
         if !f.exists() && m.exists() {
             return mlx::read(
@@ -59,11 +59,6 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
                 SafetensorsFile::open(&m)?,
                 &path.join(peft::CONFIG_NAME),
             );
-        }
-        // PEFT's `safe_serialization=False` (its default before 0.6): the same state dict
-        // through `torch.save` (`io::torch`).
-        if !f.exists() && path.join(peft::PICKLE_WEIGHTS_NAME).exists() {
-            f = path.join(peft::PICKLE_WEIGHTS_NAME);
         }
         if !f.exists() {
             return Err(InputError::invalid(
@@ -144,17 +139,11 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
 /// A PEFT folder (or a file with its adapter_config.json beside it) whose weights lorakit cannot
 /// read although PEFT loads it ([`peft::unread_weights`]: a tuner lorakit does not read, seeded
 /// projections not saved), as an adapter of no modules: its config, its tensor file (validated
-/// like any other; none for a folder with no tensor file, as PEFT saves prompt tuning with one),
-/// the reason. For `check`, which judges it from its config and tensor names; `None` for any
+/// like any other; safetensors or PEFT's pickle), the reason. For `check`, which judges it from its config and tensor names; `None` for any
 /// other input, whose reader's error stands.
 pub fn open_unread(path: &Path) -> InputResult<Option<(Adapter, String)>> {
     let (weights, config) = if path.is_dir() {
-        let mut w = path.join(peft::WEIGHTS_NAME);
-        // PEFT's `safe_serialization=False`, read through `io::torch` as in [`open`].
-        if !w.exists() && path.join(peft::PICKLE_WEIGHTS_NAME).exists() {
-            w = path.join(peft::PICKLE_WEIGHTS_NAME);
-        }
-        (w, path.join(peft::CONFIG_NAME))
+        (peft_weights(path), path.join(peft::CONFIG_NAME))
     } else {
         let Some(beside) = path.parent().map(|p| p.join(peft::CONFIG_NAME)) else {
             return Ok(None);
@@ -165,12 +154,14 @@ pub fn open_unread(path: &Path) -> InputResult<Option<(Adapter, String)>> {
         return Ok(None);
     }
     let text = crate::io::read_json_file(&config)?;
-    let Some(why) = peft::unread_weights(&text) else {
+    // Not JSON: not such a folder (the reader's error stands).
+    let Ok(cfg) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return Ok(None);
+    };
+    let Some(why) = peft::unread_weights(&cfg) else {
         return Ok(None);
     };
     let file = SafetensorsFile::open(&weights)?;
-    let cfg: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| InputError::invalid(&config, format!("not valid JSON: {e}")))?;
     let adapter = Adapter {
         base_model: cfg
             .get("base_model_name_or_path")
@@ -182,6 +173,19 @@ pub fn open_unread(path: &Path) -> InputResult<Option<(Adapter, String)>> {
         ..Adapter::of_modules(Format::Peft, path.to_path_buf(), Vec::new())
     };
     Ok(Some((adapter, why)))
+}
+
+/// A PEFT folder's weights file: `adapter_model.safetensors`, or with PEFT's
+/// `safe_serialization=False` (its default before 0.6) the same state dict through `torch.save`
+/// (`adapter_model.bin`, read by `io::torch`) where only that one exists.
+fn peft_weights(folder: &Path) -> std::path::PathBuf {
+    let f = folder.join(peft::WEIGHTS_NAME);
+    let pickle = folder.join(peft::PICKLE_WEIGHTS_NAME);
+    if !f.exists() && pickle.exists() {
+        pickle
+    } else {
+        f
+    }
 }
 
 /// Guesses the format from tensor names.

@@ -184,14 +184,13 @@ fn read_type(t: Option<&str>, obj: &serde_json::Map<String, Value>) -> Option<Pe
 }
 
 /// Why lorakit cannot read the weights of a PEFT folder that PEFT itself loads: its config
-/// (`text`, from `path`) names a `peft_type` lorakit does not read ([`unread_type`]), or VeRA /
+/// names a `peft_type` lorakit does not read ([`unread_type`]), or VeRA /
 /// RandLoRA projections PEFT regenerates from a seed (`save_projection` false; what
 /// [`saved_projections`] refuses). `check` judges such a folder from its config and tensor names
 /// alone. `None` for a LoRA config, every type lorakit reads, and a config that is not a JSON
 /// object (its reader says why).
-pub fn unread_weights(text: &[u8]) -> Option<String> {
-    let raw: Value = serde_json::from_slice(text).ok()?;
-    let obj = raw.as_object()?;
+pub fn unread_weights(config: &Value) -> Option<String> {
+    let obj = config.as_object()?;
     let t = obj.get("peft_type")?.as_str()?;
     // A type PEFT does not define fails in PEFT too (`PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]`):
     // the reader's refusal stands.
