@@ -87,7 +87,7 @@ pub(super) fn items(
 /// kohya SD file from being converted too: then every module is `NotSdPrefixed` (none is
 /// converted); a file of diffusers' component names is not converted in any case.
 pub(super) fn not_sd_prefixed(a: &Adapter, when: When) -> Vec<String> {
-    use super::names::is_sd_prefixed;
+    use super::names::{is_kohya_sd_prefixed, is_sd_prefixed};
     let mut modules: Vec<String> = a
         .modules
         .iter()
@@ -96,12 +96,7 @@ pub(super) fn not_sd_prefixed(a: &Adapter, when: When) -> Vec<String> {
         .collect();
     // Files of diffusers' own component names (`unet.…`, `transformer.…`) are not converted
     // anyway (and Flux's loader wants `lora` in any key, not every one).
-    let kohya_sd = a.modules.iter().all(|m| {
-        matches!(
-            kohya::split_prefix(&m.name),
-            Some(("lora_unet" | "lora_te" | "lora_te1" | "lora_te2", _))
-        )
-    });
+    let kohya_sd = a.modules.iter().all(|m| is_kohya_sd_prefixed(&m.name));
     if modules.is_empty() && !a.bundled_embeddings.is_empty() && kohya_sd {
         modules = a.modules.iter().map(|m| m.name.clone()).collect();
     }

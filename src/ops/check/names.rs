@@ -33,10 +33,15 @@ pub(super) fn layer_kind(name: &str) -> Option<(String, usize)> {
 /// `transformer.`: diffusers' own single files, `lora_base.py` prefix filter) are placed as they
 /// are.
 pub(super) fn is_sd_prefixed(name: &str) -> bool {
+    is_kohya_sd_prefixed(name) || crate::adapter::formats::diffusers::has_component(name)
+}
+
+/// [`is_sd_prefixed`]'s kohya half: `lora_unet_`, `lora_te_`, `lora_te1_`, `lora_te2_`.
+pub(super) fn is_kohya_sd_prefixed(name: &str) -> bool {
     matches!(
         crate::adapter::formats::kohya::split_prefix(name),
         Some(("lora_unet" | "lora_te" | "lora_te1" | "lora_te2", _))
-    ) || crate::adapter::formats::diffusers::has_component(name)
+    )
 }
 
 /// The module or key a finding's item is about: the item up to its first ` (` or `: `.
