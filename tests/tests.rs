@@ -114,6 +114,9 @@ mod it {
     /// The sixteenth hostile round's findings: inputs inside the output folder, an old index's
     /// non-shard files, ambiguous base folders, dense ΔW of small factor files, unbounded options.
     pub mod hostile16;
+    /// The seventeenth hostile round's and the 2026-12-08 PEFT review's findings: trainable
+    /// tokens on a wrapped module, eval configs transformers refuses, lying metadata.
+    pub mod hostile17;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.

@@ -59,6 +59,7 @@ pub(super) fn assemble(
             ));
         }
     }
+    tokens_conflict(file.path(), cfg, &modules, &full)?;
     let lora = cfg.peft_type == PeftType::Lora;
     Ok(Adapter {
         format: Format::Peft,
@@ -164,4 +165,41 @@ pub(super) fn split_by_suffix<'f>(
 /// tensors that name the same base tensor are refused by [`assemble`].
 fn loose(rel: &str, t: &TensorInfo) -> FullTensor {
     stored_full(rel.replace(".base_layer.", "."), t)
+}
+
+/// Refuses trainable-token rows on a module that PEFT has already wrapped otherwise, which
+/// PEFT 0.21.2 cannot apply: on a LoRA target, `TrainableTokensWrapper.check_module` raises
+/// `TypeError` on load ("trainable_token_indices cannot be applied to modules of type
+/// lora.layer.Embedding", `utils/other.py`); on a `modules_to_save` module (a folder PEFT itself
+/// saves, the trained copy under `token_adapter.base_layer`), the forward raises `ValueError`
+/// ("TrainableTokensLayer wraps an unknown layer type", `tuners/trainable_tokens/layer.py`) and
+/// `merge_and_unload` leaves the wrapper unmerged. Applying both would be a guess.
+fn tokens_conflict(
+    path: &Path,
+    cfg: &PeftConfig,
+    modules: &[LoraModule],
+    full: &[FullTensor],
+) -> InputResult<()> {
+    for f in full {
+        let Some(m) = super::config::tokens_module(&f.name) else {
+            continue;
+        };
+        // PEFT's modules_to_save match: the name itself or a `.`-separated suffix of it.
+        let saved = cfg
+            .modules_to_save
+            .iter()
+            .find(|t| m == t.as_str() || m.ends_with(&format!(".{t}")));
+        let why = if modules.iter().any(|x| x.name == m) {
+            "is also a LoRA target: PEFT raises on load (TypeError: trainable_token_indices cannot be applied to a LoRA layer)".to_owned()
+        } else if let Some(t) = saved {
+            format!("is in modules_to_save (`{t}`): PEFT's forward raises (ValueError: TrainableTokensLayer wraps an unknown layer type) and its merge leaves the module unmerged")
+        } else {
+            continue;
+        };
+        return Err(InputError::invalid(
+            path,
+            format!("module `{m}` has trainable-token rows (trainable_token_indices) and {why}; keep one of the two"),
+        ));
+    }
+    Ok(())
 }
