@@ -9,7 +9,7 @@
 use anyhow::Result;
 
 /// `--weight` values paired with `--adapter` in order, checked once for merge and eval: at most
-/// one per adapter, each finite; missing ones are 1.0. Returns one weight per adapter.
+/// one per adapter, each finite in f32; missing ones are 1.0. Returns one weight per adapter.
 pub(crate) fn adapter_weights(adapters: usize, weights: &[f64]) -> Result<Vec<f64>> {
     if weights.len() > adapters {
         anyhow::bail!(
@@ -18,8 +18,13 @@ pub(crate) fn adapter_weights(adapters: usize, weights: &[f64]) -> Result<Vec<f6
             adapters
         );
     }
-    if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
-        anyhow::bail!("--weight {w} is not a finite number");
+    // Weights scale f32 values: one past f32's range is infinite there (as merge, which
+    // computes in f32, and eval's forward would find only after the arithmetic).
+    if let Some(w) = weights
+        .iter()
+        .find(|w| !(w.is_finite() && (**w as f32).is_finite()))
+    {
+        anyhow::bail!("--weight {w:e} is not a finite number in f32 (|w| ≤ 3.4e38)");
     }
     Ok((0..adapters)
         .map(|i| weights.get(i).copied().unwrap_or(1.0))

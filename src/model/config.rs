@@ -174,24 +174,53 @@ impl ModelConfig {
                 "hidden_act `{act}` is not supported (silu only)"
             )));
         }
-        // Rotary settings: transformers 5 `rope_parameters`, else top-level + `rope_scaling`.
-        let rope_obj = obj
-            .get("rope_parameters")
-            .filter(|v| v.is_object())
-            .or_else(|| obj.get("rope_scaling").filter(|v| v.is_object()));
+        // Rotary settings as transformers 5 reads them (`modeling_rope_utils.py`
+        // `convert_rope_params_to_dict`): `rope_parameters = rope_scaling or rope_parameters`
+        // (a non-empty `rope_scaling` wins), `rope_theta` from that dict, else the top level,
+        // else 10000; `rope_type`, else the older `type`, else `default`. A value of another
+        // JSON type is refused: transformers fails on it, and reading past it would be a guess.
+        let truthy = |v: &Value| match v {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(t) => !t.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+        };
+        let (rope_key, rope_val) = match obj.get("rope_scaling").filter(|v| truthy(v)) {
+            Some(v) => ("rope_scaling", Some(v)),
+            None => (
+                "rope_parameters",
+                obj.get("rope_parameters").filter(|v| !v.is_null()),
+            ),
+        };
+        let rope_obj = match rope_val {
+            None => None,
+            Some(Value::Object(o)) => Some(o),
+            Some(other) => {
+                return Err(bad(format!(
+                    "`{rope_key}` is {other}, not an object of rope settings"
+                )))
+            }
+        };
         let rope_theta = rope_obj
             .and_then(|r| r.get("rope_theta"))
             .or_else(|| obj.get("rope_theta"))
             .map_or(Ok(10000.0), |v| positive("rope_theta", v, false))?;
-        let rope_type = rope_obj
-            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
+        let rope_type = match rope_obj.and_then(|r| r.get("rope_type").or_else(|| r.get("type"))) {
+            None => "default",
+            Some(Value::String(t)) => t.as_str(),
+            Some(other) => {
+                return Err(bad(format!(
+                    "`{rope_key}.rope_type` is {other}, not a rope type name"
+                )))
+            }
+        };
         let rget = |k: &str| -> InputResult<f64> {
-            rope_obj
-                .and_then(|r| r.get(k))
-                .and_then(Value::as_f64)
-                .ok_or_else(|| bad(format!("rope `{rope_type}` needs `{k}`")))
+            match rope_obj.and_then(|r| r.get(k)) {
+                None => Err(bad(format!("rope `{rope_type}` needs `{rope_key}.{k}`"))),
+                Some(v) => positive(&format!("{rope_key}.{k}"), v, false),
+            }
         };
         let rope_scaling = match rope_type {
             "default" => RopeScaling::Default,
@@ -263,7 +292,7 @@ impl ModelConfig {
                 _ => None,
             }
         };
-        Ok(ModelConfig {
+        let config = ModelConfig {
             model_type,
             hidden_size,
             intermediate_size: uint("intermediate_size")?,
@@ -285,7 +314,21 @@ impl ModelConfig {
             sliding_windows,
             bos_token_id: token_id("bos_token_id"),
             eos_token_id: token_id("eos_token_id"),
-        })
+        };
+        // Settings each finite and positive can still overflow (a `rope_theta` of 1e-300 to the
+        // power −2i/d): every rotary frequency must be a finite positive f32, or every logit
+        // would be NaN.
+        if let Some(f) = config
+            .inv_freq()
+            .into_iter()
+            .find(|&f| !(f > 0.0 && (f as f32).is_finite()))
+        {
+            return Err(bad(format!(
+                "rope_theta {:e} with rope `{}` gives a rotary frequency of {f:e}, not a finite positive number",
+                config.rope_theta, rope_type
+            )));
+        }
+        Ok(config)
     }
 
     /// Holds the config to the checkpoint's tensors before a model is built from it: the

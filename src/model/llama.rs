@@ -284,7 +284,18 @@ impl<'c, T: Real> Model<'c, T> {
                 window: c.sliding_windows[l],
             });
         }
-        let tied = c.tie_word_embeddings || src.shape("lm_head.weight").is_none();
+        // transformers 5 `tie_weights` (`modeling_utils.py`, in `from_pretrained`): a missing
+        // `lm_head.weight` is the embedding; a stored one equal to it is tied to it; one that
+        // differs is kept, untied, whatever `tie_word_embeddings` says ("we will NOT tie them").
+        let tied = match src.shape("lm_head.weight") {
+            None => true,
+            Some(_) if !c.tie_word_embeddings => false,
+            Some(_) => {
+                let lm = src.matrix("lm_head.weight", c.vocab_size, h)?;
+                (0..c.vocab_size)
+                    .all(|r| lm.rows_as::<f32>(r, r + 1) == embed.rows_as::<f32>(r, r + 1))
+            }
+        };
         let lm_w = if tied {
             embed.clone()
         } else {

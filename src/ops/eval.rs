@@ -195,9 +195,13 @@ impl EvalPlan {
                 o.adapters.len()
             );
         }
-        if let Some(&w) = o.weights.iter().find(|w| !w.is_finite()) {
+        if let Some(&w) = o
+            .weights
+            .iter()
+            .find(|w| !(w.is_finite() && (**w as f32).is_finite()))
+        {
             bail!(OptionError::new(move |o| format!(
-                "{} is not a finite number",
+                "{} is not a finite number in f32",
                 o.set(Opt::Weight, w)
             )));
         }
@@ -215,9 +219,15 @@ impl EvalPlan {
     /// [`ModelConfig::past_context`] of this run: its windows of `seq_len` tokens, or with a
     /// prompt, at least the generated tokens.
     pub fn context_warning(&self) -> Option<String> {
-        match self.options.generate {
-            Some(n) => self.config.past_context(n, "a generation"),
-            None => self
+        match (&self.options.input, self.options.generate) {
+            (_, Some(n)) => self.config.past_context(n, "a generation"),
+            // `--input-ids` rows are scored whole: their length, not `--seq-len`, is the context
+            // (an unreadable file is the run's error to report, not the warning's).
+            (EvalInput::InputIds(p), None) => {
+                let cols = read_input_ids(p).ok()?.cols;
+                self.config.past_context(cols, "an input_ids row")
+            }
+            (_, None) => self
                 .config
                 .past_context(self.options.seq_len, "a sequence length"),
         }
@@ -378,6 +388,21 @@ fn evaluate(
         if let Some(e) = non_finite_weight(ck) {
             return Err(e);
         }
+        // Every base weight finite: the adapters' updates (times their weights) or the
+        // activations overflowed f32. An error, not a NaN perplexity or a file of NaN logits.
+        let what = if o.adapters.is_empty() {
+            "the model's activations".to_owned()
+        } else {
+            format!(
+                "the adapters' updates (--weight {:?}) or the activations",
+                o.weights
+            )
+        };
+        return Err(crate::error::InputError::invalid(
+            ck.folder(),
+            format!("the forward gave a non-finite loss or logit: {what} overflow f32"),
+        )
+        .into());
     }
     let mut logits_path = None;
     if let Some(out) = &o.logits {

@@ -298,9 +298,12 @@ fn check_options(a: &TrainOptions) -> Result<()> {
             )));
         }
     }
-    if a.alpha.is_some_and(|x| !x.is_finite()) {
+    // The adapter's `lora_alpha` is read back in f32 (merge refuses one past its range).
+    if a.alpha
+        .is_some_and(|x| !(x.is_finite() && (x as f32).is_finite()))
+    {
         bail!(OptionError::new(|o| format!(
-            "{} must be a finite number",
+            "{} must be a finite number in f32 (|alpha| ≤ 3.4e38)",
             o.opt(Opt::Alpha)
         )));
     }
