@@ -6,16 +6,18 @@
 use super::base::{last_component, output_bias};
 use super::diffusers_keys::unet_key_rules_apply;
 use super::diffusers_pipelines::converted;
-use super::names::{is_lm_head_tensor, is_sd_prefixed, layer_kind, layers_index, short};
+use super::names::{is_lm_head_tensor, is_sd_prefixed, layers_index};
 use super::plan::Plan;
 use super::qalora;
 use super::report::Placement;
-use super::rules::{ScaleRule, When};
+use super::rules::When;
 use super::target::Kind;
 use super::tokens::{tokens_mismatch, tokens_module};
 use crate::adapter::mapping::{self, Unmatched};
 use crate::adapter::{Data, Format, ModuleKind};
 use std::collections::{BTreeMap, BTreeSet};
+
+mod modules;
 
 pub(super) enum Evaluated {
     Items(Vec<String>),
@@ -189,6 +191,17 @@ impl<'a> Facts<'a> {
                     && matches!(m.dora_rule, crate::adapter::DoraRule::Lycoris { .. })
             }),
             When::LoraBias => names(&|m| has_lora_bias(m)),
+            // LoRA folders only: other tuners' tensors are the peft_type rules' business.
+            When::VariantTensors => match (&a.format, &a.source, &a.config) {
+                (Format::Peft, Some(f), Some(c))
+                    if c.get("peft_type").is_none_or(|t| t == "LORA") =>
+                {
+                    crate::adapter::formats::peft::variant_tensors(
+                        f.tensors().iter().map(|t| t.name.as_str()),
+                    )
+                }
+                _ => vec![],
+            },
             When::ModulesToSaveUnlessLmHeadOn(types) => {
                 let dropped =
                     self.plan.base_facts.as_ref().is_some_and(|b| {
@@ -303,6 +316,12 @@ impl<'a> Facts<'a> {
                     qalora::refused_variants(self.plan.placed.as_ref().unwrap_or(a), r, b)
                 }
                 _ => return Evaluated::NeedsBase,
+            },
+            When::ConfigMissing(key) => match (&a.format, &a.config) {
+                (Format::Peft, Some(c)) if c.get(key).is_none_or(|v| v.is_null()) => {
+                    vec![format!("adapter_config.json has no `{key}`")]
+                }
+                _ => vec![],
             },
             When::ConfigSet(keys) => keys
                 .iter()
@@ -682,101 +701,6 @@ impl<'a> Facts<'a> {
     fn sd_prefixed(&self) -> bool {
         let a = &self.plan.adapter;
         a.bundled_embeddings.is_empty() && a.modules.iter().all(|m| is_sd_prefixed(&m.name))
-    }
-
-    /// Modules whose scale in a loader differs from PEFT's (the adapter's own, per module).
-    fn scale_differs(&self, rule: ScaleRule) -> Vec<String> {
-        let a = &self.plan.adapter;
-        let mut out = Vec::new();
-        for m in &a.modules {
-            let loader = match rule {
-                ScaleRule::GlobalAlphaGlobalRank { rslora } => {
-                    let (Some(r), Some(alpha)) = (self.cfg_r, self.cfg_alpha) else {
-                        continue;
-                    };
-                    if rslora && a.use_rslora {
-                        alpha / (r as f64).sqrt()
-                    } else {
-                        alpha / r as f64
-                    }
-                }
-                ScaleRule::GlobalAlphaModuleRank => {
-                    let Some(alpha) = self.cfg_alpha else {
-                        continue;
-                    };
-                    // llama.cpp `src/llama-adapter.h` `get_scale` (llama-cpp-python 0.3.36's
-                    // vendor/llama.cpp): `alpha ? adapter_scale * alpha / rank : adapter_scale`,
-                    // so `lora_alpha = 0` (PEFT's scale 0) is applied at scale 1.
-                    if alpha == 0.0 {
-                        1.0
-                    } else {
-                        alpha / m.rank as f64
-                    }
-                }
-                ScaleRule::AlphaKeyOrOne => match a.format {
-                    // A single file's `{module}.alpha` is read; without one lorakit's alpha is
-                    // r (scale 1, the loader's 1) unless diffusers' `lora_adapter_metadata`
-                    // gave another, which ComfyUI does not read.
-                    Format::Kohya => {
-                        let key = format!("{}.alpha", m.name);
-                        if a.source.as_ref().is_some_and(|s| s.info(&key).is_some()) {
-                            continue;
-                        }
-                        1.0
-                    }
-                    Format::Peft | Format::Mlx => 1.0,
-                },
-            };
-            if m.factors.lora().is_none() {
-                continue;
-            }
-            let tol = 1e-9 * m.scale.abs().max(1e-30);
-            if (loader - m.scale).abs() > tol {
-                out.push(format!(
-                    "{}: scale {} instead of {}",
-                    m.name,
-                    short(loader),
-                    short(m.scale)
-                ));
-            }
-        }
-        out
-    }
-
-    /// Module kinds (the name with its layer index replaced) present in fewer decoder layers
-    /// than the model has (the base's `num_hidden_layers`, else every layer the adapter
-    /// touches).
-    fn partial_layers(&self) -> Vec<String> {
-        let a = &self.plan.adapter;
-        let mut by_kind: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-        let mut all: BTreeSet<usize> = BTreeSet::new();
-        for m in &a.modules {
-            if let Some((kind, idx)) = layer_kind(&m.name) {
-                by_kind.entry(kind).or_default().insert(idx);
-                all.insert(idx);
-            }
-        }
-        let n = self
-            .plan
-            .base_facts
-            .as_ref()
-            .and_then(|b| b.num_hidden_layers)
-            .unwrap_or(all.len());
-        by_kind
-            .into_iter()
-            .filter(|(_, layers)| layers.len() < n)
-            .map(|(kind, layers)| {
-                format!(
-                    "{kind} in {} of {n} layers ({})",
-                    layers.len(),
-                    layers
-                        .iter()
-                        .map(|l| l.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-            .collect()
     }
 }
 

@@ -161,6 +161,10 @@ pub enum When {
     DoraScale,
     /// `lora_B.bias` (PEFT `lora_bias=True`).
     LoraBias,
+    /// A PEFT LoRA file's tensors of a variant beyond plain LoRA and DoRA (KaSA `lora_diag`,
+    /// VeLoRA `lora_velora_embed`, MonteCLoRA `lora_monteclora_sampler.*`, any other `.lora_*`):
+    /// `peft::variant_tensors`.
+    VariantTensors,
     /// Full tensors replacing base tensors (`modules_to_save`), or `modules_to_save` configured.
     ModulesToSave,
     /// As [`When::ModulesToSave`], except that a configured `modules_to_save` of only
@@ -201,6 +205,8 @@ pub enum When {
     /// adapter_config.json fields set to a value other than their default (`null`, `false`,
     /// empty).
     ConfigSet(&'static [&'static str]),
+    /// A PEFT folder whose adapter_config.json lacks this key (or has it `null`).
+    ConfigMissing(&'static str),
     /// With `--base`: modules on a quantized weight whose PEFT layer class refuses the adapter's
     /// variant (DoRA or VeLoRA on GPTQ/AWQ, VeLoRA on bitsandbytes; `qalora.rs`).
     QuantLayerRefusesVariant,

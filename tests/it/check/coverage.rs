@@ -255,6 +255,10 @@ const EXTRA: &[(&str, Option<&str>)] = &[
     ("llama/adapters/dora", Some("quant/gptq4_v1")),
     // fixtures/gen/check_peft_types_fixtures.py (VERDICT.json): the `*.peft_type` rules.
     ("check/peft_loha", BASE),
+    // PEFT's KaSA save (lora_diag): the `*.variant_tensors` rules and `lorax.kasa`.
+    ("llama/adapters/init_kasa", None),
+    // fixtures/gen/review22_fixtures.py: a LoRA config without peft_type (`peft.peft_type`).
+    ("review22/no_peft_type", None),
     // fixtures/gen/bundle_emb_fixtures.py: embeddings bundled in a kohya LoRA.
     ("bundle_emb/bundle.safetensors", None),
     // fixtures/gen/diffusers_sweep_fixtures.py (MANIFEST.json): the diffusers key-conversion rules.

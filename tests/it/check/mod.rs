@@ -355,6 +355,12 @@ fn vllm_rules_read_from_its_source() {
         // alpha_pattern are matched as PEFT's get_pattern_key does, so every scale is PEFT's; the
         // largest rank (6) is within the default --max-lora-rank 16.
         loads("llama/adapters/patterns", "vllm"),
+        // utils.py parse_fine_tuned_lora_name on every key: a LoRA variant's own tensors (KaSA
+        // lora_diag, VeLoRA lora_velora_embed, MonteCLoRA lora_monteclora_sampler.*; PEFT's
+        // saves) are "unsupported LoRA weight" (check said LOADS before, 2026-12-08 review).
+        fails("llama/adapters/init_kasa", "vllm.variant_tensors"),
+        fails("llama/adapters/init_velora", "vllm.variant_tensors"),
+        fails("llama/adapters/init_monteclora", "vllm.variant_tensors"),
         // config/lora.py: max_lora_rank defaults to 16.
         warns("check/rank32", "vllm.rank_flag"),
         loads("check/rank7", "vllm"),
@@ -426,9 +432,23 @@ fn sglang_lorax_llamacpp_rules_read_from_their_source() {
         fails("llama/adapters/embed", "lorax.embedding"),
         // LoraWeights.load returns None when one layer lacks the module type.
         fails("check/partial_layers", "lorax.partial_layers").on("llama/base"),
+        // peft config.py _get_peft_type: KeyError without peft_type (fixtures/review22 MANIFEST);
+        // vLLM never reads it.
+        fails("review22/no_peft_type", "peft.peft_type"),
+        loads("review22/no_peft_type", "vllm"),
+        // … and kasa_config is not read: KaSA's lora_diag and truncated base are left out; VeLoRA's
+        // and MonteCLoRA's extra tensors are training-only (PEFT's merge is plain s·B·A too).
+        fails("llama/adapters/init_kasa", "lorax.kasa"),
+        loads("llama/adapters/init_velora", "lorax"),
+        loads("llama/adapters/init_monteclora", "lorax"),
         loads("check/rank7", "lorax").on("llama/base"),
         // convert_lora_to_gguf.py @56bf500: "Not a lora_A or lora_B tensor" → exit 1.
         fails("llama/adapters/bias", "llama.cpp.lora_bias"),
+        fails("llama/adapters/init_kasa", "llama.cpp.variant_tensors"),
+        fails(
+            "llama/adapters/init_monteclora",
+            "llama.cpp.variant_tensors",
+        ),
         fails(
             "llama/adapters/modules_to_save",
             "llama.cpp.modules_to_save",

@@ -79,19 +79,26 @@ fn serving_stacks_refuse_by_type(
 
 #[test]
 fn a_plain_lora_fires_no_peft_type_rule() {
-    // qv_r8 says "peft_type": "LORA"; the same folder without the field is LORA too (PEFT's
-    // default, and what vLLM/SGLang/LoRAX assume).
+    // qv_r8 says "peft_type": "LORA"; the same folder without the field is read as LORA by
+    // vLLM/SGLang/LoRAX/llama.cpp, which never look at it; PEFT raises KeyError on it
+    // (`peft.peft_type`, fixtures/review22/MANIFEST.json `no_peft_type`).
     let (_dir, copy) = super::scratch("no_type");
     super::copy_dir(&fixture("llama/adapters/qv_r8"), &copy);
     super::edit_json(copy.join("adapter_config.json"), |c| {
         c.as_object_mut().unwrap().remove("peft_type");
     });
-    for a in [fixture("llama/adapters/qv_r8"), copy] {
+    for (a, with_type) in [(fixture("llama/adapters/qv_r8"), true), (copy, false)] {
         let (code, r) = check_json(&a, &["--target", SERVING]);
-        assert_eq!(code, 0, "{r}");
+        assert_eq!(code, i32::from(!with_type), "{r}");
         for t in r["targets"].as_array().unwrap() {
-            assert_eq!(t["verdict"], "loads", "{t}");
-            assert!(!fired(t).iter().any(|x| x.ends_with(".peft_type")), "{t}");
+            let rules = fired(t);
+            if t["target"] == "peft" && !with_type {
+                assert_eq!(t["verdict"], "fails", "{t}");
+                assert_eq!(rules, ["peft.peft_type"], "{t}");
+            } else {
+                assert_eq!(t["verdict"], "loads", "{t}");
+                assert!(!rules.iter().any(|x| x.ends_with(".peft_type")), "{t}");
+            }
         }
     }
 }

@@ -134,6 +134,26 @@ pub fn ignored_training_tensor(config: &Value, rel: &str) -> bool {
         || (is_set(config, "monteclora_config") && rel.contains(".lora_monteclora_sampler."))
 }
 
+/// The stored tensors of a PEFT LoRA file that belong to a LoRA variant beyond `lora_A`/
+/// `lora_B` (`.weight`, `.bias`), `lora_embedding_A/B` and DoRA's `lora_magnitude_vector`:
+/// KaSA's `lora_diag`, VeLoRA's `lora_velora_embed`, MonteCLoRA's `lora_monteclora_sampler.*`
+/// and any other `.lora_*` tensor. Serving stacks that parse only the plain names refuse or
+/// skip them (`check`). Keys as stored.
+pub fn variant_tensors<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<String> {
+    const PLAIN: &[&str] = &[
+        ".lora_A.weight",
+        ".lora_B.weight",
+        ".lora_B.bias",
+        ".lora_embedding_A",
+        ".lora_embedding_B",
+        ".lora_magnitude_vector",
+        ".lora_magnitude_vector.weight",
+    ];
+    keys.filter(|k| k.contains(".lora_") && !PLAIN.iter().any(|p| k.ends_with(p)))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// KaSA (`KasaLinearVariant._get_delta_weight`): `ΔW = s·(B ⊙ diag)·A`, the learnable singular
 /// values `lora_diag` scaling B's columns, in f32 as PEFT computes it on the CPU (`weight_B *
 /// diag`, one rounding per element); folded into B here so the module is a plain LoRA on the

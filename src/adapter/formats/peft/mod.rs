@@ -63,7 +63,9 @@ pub use config::{
     PatternKey, PeftConfig, PeftType, CONFIG_NAME, PICKLE_WEIGHTS_NAME, PREFIX, TOKENS_SUFFIX,
     WEIGHTS_NAME,
 };
-pub use init::{base_residual, ignored_training_tensor, init_refusal, BaseResidual};
+pub use init::{
+    base_residual, ignored_training_tensor, init_refusal, variant_tensors, BaseResidual,
+};
 pub use layout::Peft;
 pub use lycoris::{factorization, plan as lycoris_plan, LycorisPeft};
 pub use read::read;

@@ -61,6 +61,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:45-48 LoraConfig.map_weights_for_model (only base_model.model.{name}.lora_A/B.weight)"),
     },
     Rule {
+        id: "lorax.kasa",
+        target: Target::Lorax,
+        when: When::ConfigSet(&["kasa_config"]),
+        severity: Severity::Silent,
+        why: "only lora_A/lora_B weights are looked up and kasa_config is not read: KaSA's singular values (`lora_diag`) and the truncated base PEFT builds on load (its r smallest singular directions removed) are left out, so the effect differs (VeLoRA's and MonteCLoRA's extra tensors are training-only: plain LoRA is what PEFT applies too)",
+        source: src(LORAX, "server/lorax_server/adapters/lora.py", "a7394ba", "lora.py:45-48 LoraConfig.map_weights_for_model (only base_model.model.{name}.lora_A/B.weight)"),
+    },
+    Rule {
         id: "lorax.dora",
         target: Target::Lorax,
         when: When::Dora,
@@ -172,6 +180,14 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Error,
         why: "convert_lora_to_gguf.py converts LoRA only and never reads peft_type: it takes lparams[\"lora_alpha\"] (a KeyError for LoHa/LoKr/OFT/IA3 configs, which have none), and every tensor but lora_A/lora_B.weight and lora_embedding_A/B is \"Not a lora_A or lora_B tensor\", exit 1 (AdaLoRA's lora_A/lora_E/lora_B)",
         source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:528 (lparams[\"lora_alpha\"]), :470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1)); run by fixtures/gen/check_peft_types_fixtures.py"),
+    },
+    Rule {
+        id: "llama.cpp.variant_tensors",
+        target: Target::LlamaCpp,
+        when: When::VariantTensors,
+        severity: Severity::Error,
+        why: "a LoRA variant's own tensors (KaSA `lora_diag`, VeLoRA `lora_velora_embed`, MonteCLoRA `lora_monteclora_sampler.*`) are \"Not a lora_A or lora_B tensor\": the converter exits 1; `lorakit merge --base MODEL.gguf` merges KaSA/VeLoRA/MonteCLoRA as PEFT does instead",
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:470-483 LoraModel.get_tensors (\"Not a lora_A or lora_B tensor\", sys.exit(1))"),
     },
     Rule {
         id: "llama.cpp.dora",
@@ -390,6 +406,14 @@ pub(super) const RULES: &[Rule] = &[
         severity: Severity::Error,
         why: "PeftModel.from_pretrained needs a PEFT adapter_config.json (with its peft_type) beside the weights (convert it to a PEFT folder with lorakit's convert operation and the base model)",
         source: src(PEFT, "src/peft/peft_model.py", "0.21.2", "PeftModel.from_pretrained"),
+    },
+    Rule {
+        id: "peft.peft_type",
+        target: Target::Peft,
+        when: When::ConfigMissing("peft_type"),
+        severity: Severity::Error,
+        why: "PeftModel.from_pretrained picks the config class by adapter_config.json's peft_type: without it, KeyError: 'peft_type' (lorakit reads such a folder as LoRA, as vLLM, which never reads peft_type, does)",
+        source: src(PEFT, "src/peft/config.py", "0.21.2", "config.py:330 PeftConfigMixin._get_peft_type (loaded_attributes[\"peft_type\"]), called by peft_model.py:492 PeftModel.from_pretrained"),
     },
     Rule {
         id: "peft.shape",

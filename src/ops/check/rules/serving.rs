@@ -78,6 +78,14 @@ pub(super) const RULES: &[Rule] = &[
         source: src(VLLM, "vllm/lora/peft_helper.py", V, "peft_helper.py:68 PEFTHelper._validate_features, raised by validate_legal:208-209"),
     },
     Rule {
+        id: "vllm.variant_tensors",
+        target: Target::Vllm,
+        when: When::VariantTensors,
+        severity: Severity::Error,
+        why: "a LoRA variant's own tensors (KaSA `lora_diag`, VeLoRA `lora_velora_embed`, MonteCLoRA `lora_monteclora_sampler.*`) are \"unsupported LoRA weight\": every key must be lora_A/lora_B.weight or lora_embedding_A/B",
+        source: src(VLLM, "vllm/lora/utils.py", V, "utils.py:223-236 parse_fine_tuned_lora_name (\"is unsupported LoRA weight\"), called for every key by lora_model.py:263 check_unexpected_modules"),
+    },
+    Rule {
         id: "vllm.modules_to_save",
         target: Target::Vllm,
         when: When::ModulesToSaveBeyondHead,
