@@ -91,6 +91,15 @@ impl SafetensorsFile {
                 map: OnceLock::new(),
             });
         }
+        let torch_named = path
+            .extension()
+            .is_some_and(|e| matches!(e.to_str(), Some("bin" | "pt" | "pth")));
+        if torch_named && header::header_len(&prefix[..got], file_len).is_err() {
+            return Err(InputError::invalid(
+                path,
+                "is neither a torch.save zip archive (PyTorch ≥ 1.6, what PEFT writes) nor safetensors: a legacy pickle or another file is not read",
+            ));
+        }
         let n = header::header_len(&prefix[..got], file_len).map_err(|e| {
             match foreign_format(&prefix[..got]) {
                 Some(what) => InputError::new(path, what),

@@ -177,3 +177,146 @@ fn weights_and_alphas_past_f32_are_refused_as_flags() {
     let err = refused(train, &out);
     assert_mentions(&err, &["--alpha", "f32"]);
 }
+
+/// `lorakit.module_names` (the module paths lorakit records in the kohya files it writes) was
+/// taken as it stood by `convert --to peft`: a path like `../../../tmp/evil`, `/etc/passwd`, one
+/// ending in `.lora_A`, or the paths of two modules swapped, went into the PEFT folder's tensor
+/// names, which lorakit itself then refused to read. Each is now refused naming the metadata
+/// key and the module; the untouched file still converts back exactly.
+#[test]
+fn module_paths_in_kohya_metadata_must_be_what_the_names_spell() {
+    let dir = tempfile::tempdir().unwrap();
+    let kohya = dir.path().join("k.safetensors");
+    run_ok(convert_args(
+        &fixture("llama/adapters/qv_r8"),
+        "kohya",
+        &kohya,
+        &[],
+    ));
+    let bytes = std::fs::read(&kohya).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    let names: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&meta["lorakit.module_names"]).unwrap();
+    let q = "lora_unet_model_layers_0_self_attn_q_proj";
+    assert_eq!(names[q], "model.layers.0.self_attn.q_proj", "{names:?}");
+    let back = dir.path().join("back");
+    run_ok(convert_args(&kohya, "peft", &back, &[]));
+    assert_eq!(
+        read(&back.join("adapter_model.safetensors")),
+        read(&fixture("llama/adapters/qv_r8/adapter_model.safetensors"))
+    );
+    for (i, (path, want)) in [
+        ("../../../tmp/evil", "is not a module path"),
+        ("/etc/passwd", "is not a module path"),
+        (
+            "model.layers.0.self_attn.q_proj.lora_A",
+            "is not a module path",
+        ),
+        (
+            "model.layers.0.self_attn.v_proj",
+            "is not the module this kohya name spells",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut lying = names.clone();
+        lying.insert(q.into(), path.into());
+        let mut m = meta.clone();
+        m.insert(
+            "lorakit.module_names".into(),
+            serde_json::Value::Object(lying).to_string(),
+        );
+        let file = dir.path().join(format!("lying{i}.safetensors"));
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            st.tensors().into_iter().collect();
+        safetensors::serialize_to_file(views, Some(m), &file).unwrap();
+        let out = dir.path().join(format!("out{i}"));
+        let err = refused(convert_args(&file, "peft", &out, &[]), &out);
+        assert_mentions(&err, &["lorakit.module_names", q, path, want]);
+    }
+}
+
+/// The first part of a split GGUF model under a name that is not a split name read as a whole
+/// model with most tensors missing: `inspect` showed it, `merge --allow-unmatched` wrote a
+/// partial model without its `split.*` keys. Its metadata now refuses it, naming the keys.
+#[test]
+fn a_split_part_under_another_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    run_ok(merge_args(
+        &fixture("gguf/llama_f32.gguf"),
+        &fixture("llama/adapters/qv_r8"),
+        &out,
+        &["--max-shard-size", "100KB"],
+    ));
+    let first = dir.path().join("m-00001-of-00004.gguf");
+    let odd = dir.path().join("first.gguf");
+    std::fs::rename(&first, &odd).unwrap();
+    for args in [
+        inspect_args(&odd, &[]),
+        merge_args(
+            &odd,
+            &fixture("llama/adapters/qv_r8"),
+            &dir.path().join("again.gguf"),
+            &["--allow-unmatched"],
+        ),
+    ] {
+        let err = one_line_error(&run_err(args));
+        assert_mentions(
+            &err,
+            &["first.gguf", "split.no=0 split.count=4", "split names"],
+        );
+    }
+    assert!(!dir.path().join("again.gguf").exists());
+    // Under its own name it opens as part of the whole model again.
+    std::fs::rename(&odd, &first).unwrap();
+    run_ok(inspect_args(&first, &[]));
+}
+
+/// A folder of non-LoRA tensors (prompt tuning's `prompt_embeddings`) with a broken
+/// adapter_config.json was refused as "no LoRA tensors found" in the weights file; the config
+/// is the fault and is now named. A `.bin` that is no torch.save archive was parsed as
+/// safetensors ("header length 7526676540175443304 exceeds …").
+#[test]
+fn a_broken_config_beside_other_tensors_is_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w.safetensors");
+    write_views(
+        &weights,
+        &[(
+            "prompt_embeddings",
+            safetensors::Dtype::F32,
+            &[4, 2],
+            &[0u8; 32],
+        )],
+    );
+    for (i, (config, want)) in [
+        ("[1, 2]", "not a JSON object"),
+        ("", "not JSON"),
+        (r#"{"task_type": "CAUSAL_LM"}"#, "has no `peft_type`"),
+        (r#"{"peft_type": 7}"#, "`peft_type` is 7"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let folder = dir.path().join(format!("p{i}"));
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::copy(&weights, folder.join("adapter_model.safetensors")).unwrap();
+        std::fs::write(folder.join("adapter_config.json"), config).unwrap();
+        let err = one_line_error(&run_err(check_args(&folder, &[])));
+        assert_mentions(&err, &["adapter_config.json", want]);
+    }
+    let bin = dir.path().join("b");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(
+        fixture("llama/adapters/qv_r8/adapter_config.json"),
+        bin.join("adapter_config.json"),
+    )
+    .unwrap();
+    std::fs::write(bin.join("adapter_model.bin"), b"hello, not a pickle at all").unwrap();
+    let err = one_line_error(&run_err(inspect_args(&bin, &[])));
+    assert_mentions(&err, &["adapter_model.bin", "torch.save zip archive"]);
+}

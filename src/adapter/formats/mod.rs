@@ -129,10 +129,32 @@ pub fn open(path: &Path) -> InputResult<Adapter> {
                 "holds only textual-inversion embeddings (`bundle_emb.…`), no LoRA tensors: load it as an embedding",
             ))
         }
-        None => Err(InputError::invalid(
-            &file_path,
-            "no LoRA tensors found (expected PEFT `lora_A`/`lora_B`, kohya `lora_down`/`lora_up` or LyCORIS `hada_`/`lokr_`/`diff`/`oft_blocks` names, PEFT `ia3_l`)",
-        )),
+        None => {
+            // In a PEFT folder the config decides what the tensors are: a broken one is the
+            // error to report, not the tensor names it would have explained.
+            if let Some(cfg) = config_path.as_ref().filter(|p| p.is_file()) {
+                let text = crate::io::read_json_file(cfg)?;
+                let problem = match serde_json::from_slice::<serde_json::Value>(&text) {
+                    Err(e) => Some(format!("not JSON: {e}")),
+                    Ok(v) if !v.is_object() => Some("not a JSON object".to_owned()),
+                    Ok(v) => match v.get("peft_type") {
+                        Some(serde_json::Value::String(_)) => None,
+                        None => Some("has no `peft_type` (PEFT raises KeyError on load)".to_owned()),
+                        Some(other) => Some(format!("`peft_type` is {other}, not a string")),
+                    },
+                };
+                if let Some(problem) = problem {
+                    return Err(InputError::invalid(
+                        cfg,
+                        format!("{problem}; and its weights hold no LoRA tensors to read without it"),
+                    ));
+                }
+            }
+            Err(InputError::invalid(
+                &file_path,
+                "no LoRA tensors found (expected PEFT `lora_A`/`lora_B`, kohya `lora_down`/`lora_up` or LyCORIS `hada_`/`lokr_`/`diff`/`oft_blocks` names, PEFT `ia3_l`)",
+            ))
+        }
     }
 }
 

@@ -224,6 +224,13 @@ impl GgufModel {
             _ => vec![path.to_path_buf()],
         };
         let split = paths.len() > 1 || split_name(path).is_some();
+        // Shown as stored: a `split.count` of another type is not "missing".
+        let shown = |v: Option<&Value>| {
+            v.map_or("missing".to_owned(), |v| match v.as_u64() {
+                Some(n) => n.to_string(),
+                None => format!("{v:?}"),
+            })
+        };
         let mut files = Vec::with_capacity(paths.len());
         for p in &paths {
             if !p.exists() {
@@ -233,6 +240,22 @@ impl GgufModel {
                 ));
             }
             files.push(GgufFile::open(p)?);
+        }
+        // A part of a split model under another name would read as a whole model with most
+        // tensors missing (and a merge into it would drop them): its metadata gives it away.
+        if !split {
+            let h = files[0].header();
+            let count = h.get(KEY_SPLIT_COUNT);
+            if count.is_some_and(|c| c.as_u64() != Some(1)) {
+                return Err(InputError::invalid(
+                    path,
+                    format!(
+                        "metadata says this is part of a split GGUF model ({KEY_SPLIT_NO}={} {KEY_SPLIT_COUNT}={}), but the file is not named PREFIX-0000I-of-0000N.gguf as llama.cpp's gguf-split names the parts: give the parts their split names",
+                        shown(h.get(KEY_SPLIT_NO)),
+                        shown(count)
+                    ),
+                ));
+            }
         }
         let mut order = Vec::new();
         let mut by_name = std::collections::HashMap::new();
@@ -246,8 +269,8 @@ impl GgufModel {
                         &f.path,
                         format!(
                             "split metadata {KEY_SPLIT_NO}={} {KEY_SPLIT_COUNT}={} does not match part {} of {} named by the file",
-                            no.map_or("missing".into(), |v| v.to_string()),
-                            count.map_or("missing".into(), |v| v.to_string()),
+                            shown(h.get(KEY_SPLIT_NO)),
+                            shown(h.get(KEY_SPLIT_COUNT)),
                             fi + 1,
                             files.len()
                         ),
@@ -274,7 +297,7 @@ impl GgufModel {
                     &files[0].path,
                     format!(
                         "{KEY_SPLIT_TENSORS_COUNT} is {}, but the {} parts hold {} tensors",
-                        want.map_or("missing".into(), |v| v.to_string()),
+                        shown(files[0].header().get(KEY_SPLIT_TENSORS_COUNT)),
                         files.len(),
                         order.len()
                     ),

@@ -200,12 +200,54 @@ pub fn restore_from_metadata(adapter: &mut Adapter) -> InputResult<(usize, bool)
             ))
         }
     };
+    // The metadata is the file's word, not lorakit's: a path is taken only where it is a module
+    // path (dot-separated identifiers, none a PEFT tensor suffix `lora_*`) that this kohya name
+    // spells (`{prefix}_{path with _ for .}`), and no two modules take the same one.
+    let bad = |name: &str, why: String| {
+        InputError::invalid(
+            &adapter.path,
+            format!(
+                "metadata `{}`: module `{name}`: {why}",
+                crate::ops::output::META_MODULE_NAMES
+            ),
+        )
+    };
+    let mut taken = std::collections::BTreeSet::new();
     let mut renamed = 0;
     for m in adapter.modules.iter_mut() {
-        if let Some(serde_json::Value::String(dotted)) = names.get(&m.name) {
-            m.name = dotted.clone();
-            renamed += 1;
+        let Some(v) = names.get(&m.name) else {
+            continue;
+        };
+        let Some(dotted) = v.as_str() else {
+            return Err(bad(&m.name, format!("{v} is not a module path")));
+        };
+        let ident = |c: &str| {
+            !c.is_empty()
+                && !c.starts_with("lora_")
+                && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        };
+        if !dotted.split('.').all(ident) {
+            return Err(bad(
+                &m.name,
+                format!("`{dotted}` is not a module path (dot-separated names of letters, digits and _)"),
+            ));
         }
+        let spelled = dotted.replace('.', "_");
+        let spells = m
+            .name
+            .strip_suffix(&spelled)
+            .is_some_and(|p| p.is_empty() || p.ends_with('_'));
+        if !spells {
+            return Err(bad(
+                &m.name,
+                format!("`{dotted}` is not the module this kohya name spells"),
+            ));
+        }
+        if !taken.insert(dotted.to_owned()) {
+            return Err(bad(&m.name, format!("`{dotted}` is given to two modules")));
+        }
+        m.name = dotted.to_owned();
+        renamed += 1;
     }
     let Some(text) = meta(crate::ops::output::META_PEFT_CONFIG) else {
         return Ok((renamed, false));
@@ -213,7 +255,12 @@ pub fn restore_from_metadata(adapter: &mut Adapter) -> InputResult<(usize, bool)
     let Ok(cfg) = PeftConfig::parse(&adapter.path, text.as_bytes()) else {
         return Ok((renamed, false));
     };
-    if renamed != adapter.modules.len() {
+    // A config that would not target every module (PEFT would drop the rest) is not restored.
+    let untargeted = crate::adapter::formats::peft::targets::untargeted(
+        &cfg.targets,
+        adapter.modules.iter().map(|m| m.name.as_str()),
+    );
+    if renamed != adapter.modules.len() || !untargeted.is_empty() {
         return Ok((renamed, false));
     }
     let mut alphas = Vec::with_capacity(adapter.modules.len());
