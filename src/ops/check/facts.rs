@@ -458,6 +458,13 @@ impl<'a> Facts<'a> {
                 }
                 _ => return Evaluated::NeedsBase,
             },
+            When::NameNotFoundAfterReplication => match self.items(When::NameNotFound) {
+                Evaluated::Items(v) => v
+                    .into_iter()
+                    .filter(|m| !self.replicated_layer_found(m))
+                    .collect(),
+                e => return e,
+            },
             When::NameNotFound => match &self.resolution {
                 None => return Evaluated::NeedsBase,
                 Some(r) => r

@@ -233,6 +233,9 @@ pub enum When {
     AdapterDtype(&'static [&'static str]),
     /// With `--base`: a module that names no base tensor at all.
     NameNotFound,
+    /// [`When::NameNotFound`] in the model PEFT builds: with `layer_replication`, a decoder
+    /// layer past the base's is the copy of a base layer (`tuners_utils.py` `replicate_layers`).
+    NameNotFoundAfterReplication,
     /// With `--base`: a module whose first `layers.N.` component has N at or past the base's
     /// `num_hidden_layers` (a loader that files weights into per-layer slots by that index).
     LayerPastBase,

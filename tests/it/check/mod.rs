@@ -435,6 +435,10 @@ fn sglang_lorax_llamacpp_rules_read_from_their_source() {
         // peft config.py _get_peft_type: KeyError without peft_type (fixtures/review22 MANIFEST);
         // vLLM never reads it.
         fails("review22/no_peft_type", "peft.peft_type"),
+        // tuners_utils.py replicate_layers: layer_replication builds layer 2 from layer 1 before
+        // loading, and PEFT loads its LoRA (MANIFEST `layer_repl`); LoRAX has no layer 2.
+        loads("review22/layer_repl", "peft").on("llama/base"),
+        fails("review22/layer_repl", "lorax.not_found").on("llama/base"),
         loads("review22/no_peft_type", "vllm"),
         // … and kasa_config is not read: KaSA's lora_diag and truncated base are left out; VeLoRA's
         // and MonteCLoRA's extra tensors are training-only (PEFT's merge is plain s·B·A too).

@@ -1,8 +1,9 @@
-//! Two per-module conditions of [`super::Facts`]: the scale a loader applies against PEFT's
-//! ([`ScaleRule`]) and module kinds present in only some decoder layers. Owns: those two item
-//! lists. Must not: decide a verdict or read tensor data.
+//! Per-module conditions of [`super::Facts`]: the scale a loader applies against PEFT's
+//! ([`ScaleRule`]), module kinds present in only some decoder layers, and the decoder layers
+//! PEFT's `layer_replication` adds. Owns: those item lists. Must not: decide a verdict or read
+//! tensor data.
 
-use super::super::names::{layer_kind, short};
+use super::super::names::{layer_kind, layers_index, short};
 use super::super::rules::ScaleRule;
 use super::Facts;
 use crate::adapter::Format;
@@ -102,5 +103,38 @@ impl Facts<'_> {
                 )
             })
             .collect()
+    }
+
+    /// Whether `module`, in a decoder layer the base lacks, is in the model PEFT builds with
+    /// `layer_replication` (`[[start, end), …]`: the new layers are those ranges of the base's
+    /// in order, `tuners_utils.py` `replicate_layers`), its base layer holding the tensor.
+    pub(super) fn replicated_layer_found(&self, module: &str) -> bool {
+        let a = &self.plan.adapter;
+        let Some(ranges) = a
+            .config
+            .as_ref()
+            .and_then(|c| c.get("layer_replication"))
+            .and_then(|v| v.as_array())
+        else {
+            return false;
+        };
+        let mut order = Vec::new();
+        for r in ranges {
+            let pair = r
+                .as_array()
+                .map(|p| p.iter().map(|x| x.as_u64()).collect::<Vec<_>>());
+            match pair.as_deref() {
+                Some([Some(s), Some(e)]) if s <= e && e - s <= 1 << 16 => order.extend(*s..*e),
+                _ => return false,
+            }
+        }
+        let (Some(i), Some(base)) = (layers_index(module), self.plan.base.as_ref()) else {
+            return false;
+        };
+        let Some(&orig) = order.get(i) else {
+            return false;
+        };
+        let copy = module.replacen(&format!("layers.{i}."), &format!("layers.{orig}."), 1);
+        base.info(&format!("{copy}.weight")).is_some()
     }
 }

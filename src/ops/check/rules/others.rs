@@ -450,7 +450,7 @@ pub(super) const RULES: &[Rule] = &[
     Rule {
         id: "peft.not_found",
         target: Target::Peft,
-        when: When::NameNotFound,
+        when: When::NameNotFoundAfterReplication,
         severity: Severity::Silent,
         why: "no module of the base has this name: its weights are unexpected keys, left out with a warning",
         source: src(PEFT, "src/peft/utils/save_and_load.py", "0.21.2", "set_peft_model_state_dict (unexpected_keys)"),
