@@ -94,10 +94,13 @@ impl SafetensorsFile {
         let torch_named = path
             .extension()
             .is_some_and(|e| matches!(e.to_str(), Some("bin" | "pt" | "pth")));
-        if torch_named && header::header_len(&prefix[..got], file_len).is_err() {
+        if torch_named
+            && header::header_len(&prefix[..got], file_len).is_err()
+            && foreign_format(&prefix[..got]).is_none()
+        {
             return Err(InputError::invalid(
                 path,
-                "is neither a torch.save zip archive (PyTorch ≥ 1.6, what PEFT writes) nor safetensors: a legacy pickle or another file is not read",
+                "is neither a torch.save zip archive (PyTorch ≥ 1.6, what PEFT writes) nor safetensors",
             ));
         }
         let n = header::header_len(&prefix[..got], file_len).map_err(|e| {

@@ -425,17 +425,27 @@ fn trainable_tokens_apply_in_eval_as_in_merge() {
 fn lengths_past_max_position_embeddings_are_warned_about() {
     let model = fixture("llama/base");
     let ids = fixture("llama/logits.safetensors");
+    let (tok, text) = (fixture("text/tokenizer.json"), fixture("text/tiny.txt"));
     let warned = ok_stderr(eval_cpu_args(
         &model,
-        &["--input-ids", s(&ids), "--seq-len", "100"],
+        &[
+            "--tokenizer",
+            s(&tok),
+            "--text",
+            s(&text),
+            "--seq-len",
+            "100",
+        ],
     ));
     assert_mentions(
         &warned,
         &["warning: a sequence length of 100 is past the model's max_position_embeddings (64)"],
     );
+    // `--input-ids` rows (8 tokens here) are scored whole: `--seq-len` does not apply to them.
     for extra in [
         &["--seq-len", "64"][..],
         &["--seq-len", "100", "--quiet"][..],
+        &["--seq-len", "100"][..],
     ] {
         let mut args = vec!["--input-ids", s(&ids)];
         args.extend_from_slice(extra);
