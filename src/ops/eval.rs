@@ -682,7 +682,12 @@ mod tests {
             (
                 with(&|o| o.weights = vec![f64::INFINITY]),
                 vec![Opt::Weight],
-                "--weight inf is not a finite number",
+                "--weight inf is not a finite number in f32",
+            ),
+            (
+                with(&|o| o.weights = vec![1e39]),
+                vec![Opt::Weight],
+                "--weight 1000000000000000000000000000000000000000 is not a finite number in f32",
             ),
         ] {
             let e = EvalPlan::new(o).err().expect("refused");
