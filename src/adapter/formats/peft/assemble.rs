@@ -184,15 +184,10 @@ fn tokens_conflict(
         let Some(m) = super::config::tokens_module(&f.name) else {
             continue;
         };
-        // PEFT's modules_to_save match: the name itself or a `.`-separated suffix of it.
-        let saved = cfg
-            .modules_to_save
-            .iter()
-            .find(|t| m == t.as_str() || m.ends_with(&format!(".{t}")));
         let why = if modules.iter().any(|x| x.name == m) {
-            "is also a LoRA target: PEFT raises on load (TypeError: trainable_token_indices cannot be applied to a LoRA layer)".to_owned()
-        } else if let Some(t) = saved {
-            format!("is in modules_to_save (`{t}`): PEFT's forward raises (ValueError: TrainableTokensLayer wraps an unknown layer type) and its merge leaves the module unmerged")
+            "is also a LoRA target: PEFT raises on load (TypeError: trainable_token_indices cannot be applied to a LoRA layer)"
+        } else if cfg.targets.saves(m) {
+            "is in modules_to_save: PEFT's forward raises (ValueError: TrainableTokensLayer wraps an unknown layer type) and its merge leaves the module unmerged"
         } else {
             continue;
         };

@@ -237,6 +237,11 @@ impl Targets {
         self.selects_untied(key) || self.tie_only(key)
     }
 
+    /// Whether `key` is in `modules_to_save` (PEFT's `(^|.*\.){m}($|\..*)`, `re.match`).
+    pub fn saves(&self, key: &str) -> bool {
+        self.to_save.iter().any(|re| re.is_match(key))
+    }
+
     /// [`Targets::selects`] without `ensure_weight_tying`'s tied modules.
     fn selects_untied(&self, key: &str) -> bool {
         let listed = |names: &[String]| {
@@ -252,7 +257,7 @@ impl Targets {
             Names::Regex(re) => re.is_match(key),
             Names::List(names) => listed(names),
         };
-        if excluded || self.to_save.iter().any(|re| re.is_match(key)) {
+        if excluded || self.saves(key) {
             return false;
         }
         match &self.rule {
