@@ -7,6 +7,12 @@
 
 pub use safetensors::Dtype;
 
+/// Whether `x` is a finite f32 once rounded to it (a weight, alpha or frequency that scales
+/// f32 values: one past f32's range is infinite there).
+pub fn finite_in_f32(x: f64) -> bool {
+    (x as f32).is_finite()
+}
+
 /// Whether lorakit can decode this dtype to `f32` for compute.
 pub fn is_float_compute(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)

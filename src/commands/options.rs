@@ -20,10 +20,7 @@ pub(crate) fn adapter_weights(adapters: usize, weights: &[f64]) -> Result<Vec<f6
     }
     // Weights scale f32 values: one past f32's range is infinite there (as merge, which
     // computes in f32, and eval's forward would find only after the arithmetic).
-    if let Some(w) = weights
-        .iter()
-        .find(|w| !(w.is_finite() && (**w as f32).is_finite()))
-    {
+    if let Some(w) = weights.iter().find(|w| !crate::dtype::finite_in_f32(**w)) {
         anyhow::bail!("--weight {w:e} is not a finite number in f32 (|w| ≤ 3.4e38)");
     }
     Ok((0..adapters)

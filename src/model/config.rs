@@ -321,7 +321,7 @@ impl ModelConfig {
         if let Some(f) = config
             .inv_freq()
             .into_iter()
-            .find(|&f| !(f > 0.0 && (f as f32).is_finite()))
+            .find(|&f| !(f > 0.0 && crate::dtype::finite_in_f32(f)))
         {
             return Err(bad(format!(
                 "rope_theta {:e} with rope `{}` gives a rotary frequency of {f:e}, not a finite positive number",

@@ -195,11 +195,7 @@ impl EvalPlan {
                 o.adapters.len()
             );
         }
-        if let Some(&w) = o
-            .weights
-            .iter()
-            .find(|w| !(w.is_finite() && (**w as f32).is_finite()))
-        {
+        if let Some(&w) = o.weights.iter().find(|w| !crate::dtype::finite_in_f32(**w)) {
             bail!(OptionError::new(move |o| format!(
                 "{} is not a finite number in f32",
                 o.set(Opt::Weight, w)

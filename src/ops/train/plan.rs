@@ -299,9 +299,7 @@ fn check_options(a: &TrainOptions) -> Result<()> {
         }
     }
     // The adapter's `lora_alpha` is read back in f32 (merge refuses one past its range).
-    if a.alpha
-        .is_some_and(|x| !(x.is_finite() && (x as f32).is_finite()))
-    {
+    if a.alpha.is_some_and(|x| !crate::dtype::finite_in_f32(x)) {
         bail!(OptionError::new(|o| format!(
             "{} must be a finite number in f32 (|alpha| ≤ 3.4e38)",
             o.opt(Opt::Alpha)
