@@ -39,6 +39,19 @@ fn trainable_tokens_on_a_wrapped_module_are_refused() {
     }
 }
 
+/// `fixtures/llama/base`'s weights with `config` as its config.json, in `dir/name`.
+fn base_with_config(dir: &std::path::Path, name: &str, config: &[u8]) -> std::path::PathBuf {
+    let model = dir.join(name);
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(
+        fixture("llama/base/model.safetensors"),
+        model.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(model.join("config.json"), config).unwrap();
+    model
+}
+
 /// config.json as transformers 5 reads it: a non-empty `rope_scaling` wins over
 /// `rope_parameters` (lorakit took `rope_parameters`: 4.7e-3 off), and `tie_word_embeddings`
 /// over a stored `lm_head.weight` that differs from the embedding leaves them untied (lorakit
@@ -50,18 +63,8 @@ fn eval_reads_rope_and_tie_settings_as_transformers_does() {
     let ids = fixture("llama/logits.safetensors");
     let base_logits = read(&ids)["logits_base"].f32();
     for case in ["rope_both", "tie_stored"] {
-        let model = dir.path().join(case);
-        std::fs::create_dir(&model).unwrap();
-        std::fs::copy(
-            fixture("llama/base/model.safetensors"),
-            model.join("model.safetensors"),
-        )
-        .unwrap();
-        std::fs::copy(
-            fixture(&format!("review22/eval_configs/{case}/config.json")),
-            model.join("config.json"),
-        )
-        .unwrap();
+        let config = fixture(&format!("review22/eval_configs/{case}/config.json"));
+        let model = base_with_config(dir.path(), case, &std::fs::read(config).unwrap());
         let out = dir.path().join(format!("{case}.safetensors"));
         run_ok(eval_cpu_args(
             &model,
@@ -136,18 +139,11 @@ fn eval_refuses_rope_settings_that_cannot_be_computed() {
         ),
     ];
     for (name, patch, want) in cases {
-        let model = dir.path().join(name);
-        std::fs::create_dir(&model).unwrap();
-        std::fs::copy(
-            fixture("llama/base/model.safetensors"),
-            model.join("model.safetensors"),
-        )
-        .unwrap();
         let mut cfg = cfg0.clone();
         for (k, v) in patch.as_object().unwrap() {
             cfg[k] = v.clone();
         }
-        std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+        let model = base_with_config(dir.path(), name, cfg.to_string().as_bytes());
         let err = one_line_error(&run_err(eval_cpu_args(&model, &["--input-ids", s(&ids)])));
         assert_mentions(&err, &["config.json", want]);
     }
