@@ -202,6 +202,8 @@ mod it {
     /// the most common one, `lora_unet_unet_…` names, 2-D factors on 1×1 convs, DoRA written
     /// to diffusers files.
     pub mod review17s;
+    /// The 2026-12-08 reviews' findings: LyCORIS DyLoRA convs diffusers cannot load.
+    pub mod review23;
     /// What the sweeps with seeds 61/62 and wider draws found (fixtures/sweep10).
     pub mod sweep10;
     /// What the sweeps with seeds 81/82 and wider draws found (fixtures/sweep12).

@@ -68,12 +68,18 @@ pub(super) fn items(
             }
             None => return None,
         },
-        When::DiffusersConvFactors2d if a.format == Format::Kohya => match base {
-            Some(b) => conv_factors_2d(a, b, placements),
-            // Without the base only a module the SD UNet has as a 1×1 conv can be one.
-            None if maybe_conv_2d(a) => return None,
-            None => vec![],
-        },
+        When::DiffusersConvFactors2d if a.format == Format::Kohya => {
+            // A 2-D `lora_up` beside a 4-D `lora_down` needs no base: the down factor says
+            // the module is a conv.
+            let mut items = flat_up_on_conv(a);
+            match base {
+                Some(b) => items.extend(conv_factors_2d(a, b, placements)),
+                // Without the base only a module the SD UNet has as a 1×1 conv can be one.
+                None if maybe_conv_2d(a) => return None,
+                None => {}
+            }
+            items
+        }
         _ => vec![],
     })
 }
@@ -251,6 +257,33 @@ fn alpha_lost(a: &Adapter) -> Vec<String> {
         }
     }
     out
+}
+
+/// Modules whose `lora_down` is 4-D (a conv's `[r, in, kh, kw]`) and whose `lora_up` is 2-D
+/// (`[out, r]`), as LyCORIS' DyLoRA writes every conv (`DyLoraModule.custom_state_dict`,
+/// `lycoris/modules/dylora.py`: the up blocks concatenated, never reshaped). PEFT's Conv2d LoRA
+/// layer has `lora_B` `[out, r, 1, 1]` and `load_state_dict` raises a size mismatch
+/// (`fixtures/review23/MANIFEST.json` records diffusers 0.42.1 doing so). ComfyUI and lorakit
+/// apply such a file (`mm(up.flatten(1), down.flatten(1))`).
+fn flat_up_on_conv(a: &Adapter) -> Vec<String> {
+    let Some(src) = a.source.as_ref() else {
+        return vec![];
+    };
+    let tensors = src.tensors();
+    let shape = |n: &str| tensors.iter().find(|t| t.name == n).map(|t| &t.shape);
+    tensors
+        .iter()
+        .filter_map(|t| {
+            let module = t.name.strip_suffix(".lora_down.weight")?;
+            let up = shape(&format!("{module}.lora_up.weight"))?;
+            (t.shape.len() == 4 && up.len() == 2).then(|| {
+                format!(
+                    "{module} (lora_up {up:?} is 2-D beside the conv's lora_down {:?})",
+                    t.shape
+                )
+            })
+        })
+        .collect()
 }
 
 /// Whether a module named as one of the SD UNet's 1×1 convs (`proj_in`, `proj_out`,

@@ -107,7 +107,8 @@ pub enum When {
     /// In the same files: modules diffusers applies at their component's most common alpha
     /// instead of their own (`diffusers_kohya.rs`).
     DiffusersAlphaLost,
-    /// With `--base`: modules whose file factors are 2-D on a 4-D (1×1 conv) base tensor.
+    /// Modules whose `lora_up` is 2-D beside a 4-D `lora_down` (LyCORIS DyLoRA's convs), and,
+    /// with `--base`, modules whose file factors are both 2-D on a 4-D (1×1 conv) base tensor.
     DiffusersConvFactors2d,
     /// With `--base` one pipeline component: that component's modules it has no layer for
     /// (`diffusers_base.rs`).

@@ -62,8 +62,8 @@ pub(super) const RULES: &[Rule] = &[
         target: Target::Diffusers,
         when: When::DiffusersConvFactors2d,
         severity: Severity::Error,
-        why: "2-D factors on a 1×1 conv: PEFT builds a Conv2d LoRA layer (`lora_A` [r, in, 1, 1]) and load_state_dict raises a size mismatch; `lorakit convert --to diffusers --base <unet folder>` writes them 4-D",
-        source: src(DIFFUSERS, "src/diffusers/loaders/peft.py", "0.42.1", "PeftAdapterMixin.load_lora_adapter (set_peft_model_state_dict); peft tuners/lora/layer.py Conv2d; fixtures/gen/review17_diffusion.py records what diffusers did"),
+        why: "2-D factors on a conv (both on a 1×1 conv, or a 2-D `lora_up` beside a conv's 4-D `lora_down`, as LyCORIS' DyLoRA writes every conv): PEFT builds a Conv2d LoRA layer (`lora_A` [r, in, kh, kw], `lora_B` [out, r, 1, 1]) and load_state_dict raises a size mismatch; `lorakit convert --to diffusers --base <unet folder>` writes them 4-D",
+        source: src(DIFFUSERS, "src/diffusers/loaders/peft.py", "0.42.1", "PeftAdapterMixin.load_lora_adapter (set_peft_model_state_dict); peft tuners/lora/layer.py Conv2d; lycoris/modules/dylora.py custom_state_dict; fixtures/gen/review17_diffusion.py and review23_fixtures.py record what diffusers did"),
     },
     Rule {
         id: "diffusers.flux_kohya_global",
