@@ -117,6 +117,9 @@ mod it {
     /// The seventeenth hostile round's and the 2026-12-08 PEFT review's findings: trainable
     /// tokens on a wrapped module, eval configs transformers refuses, lying metadata.
     pub mod hostile17;
+    /// The eighteenth hostile round's findings: part counts, BD-LoRA configs on dense factors,
+    /// f64 diffs and merges, infinities in diff, float rank_pattern values.
+    pub mod hostile18;
     /// The fifth hostile round's findings: GGUF adapters and parts, quantized configs.
     pub mod hostile5;
     /// The sixth hostile round's findings: LyCORIS DoRA/rescale shapes, PEFT config types, indexes.

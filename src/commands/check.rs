@@ -79,14 +79,31 @@ pub fn run(a: CheckArgs, quiet: bool) -> Result<i32> {
     if let Some(w) = bundled {
         printer::warn(quiet, &w);
     }
-    let after = Plan::new(
+    let reread = Plan::new(
         &out,
         &Options {
             targets,
             base: a.base.clone(),
         },
-    )?
-    .run();
+    );
+    let after = match reread {
+        Ok(p) => p.run(),
+        Err(e) => {
+            // The fix wrote something lorakit itself cannot read: a lorakit bug, and an
+            // output nobody can use, so it does not stay behind.
+            let format = match fix_opts.form {
+                FixForm::Peft => crate::adapter::Format::Peft,
+                FixForm::Kohya => crate::adapter::Format::Kohya,
+            };
+            for f in format.layout().files(&out) {
+                let _ = std::fs::remove_file(f);
+            }
+            if format == crate::adapter::Format::Peft {
+                let _ = std::fs::remove_dir(&out);
+            }
+            anyhow::bail!("{e} (the fixed adapter does not read back, so it was removed; please report this as a lorakit bug)");
+        }
+    };
     if a.json {
         printer::print_json(
             "check",

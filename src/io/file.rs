@@ -58,6 +58,19 @@ impl TensorView<'_> {
     pub fn to_f32(&self) -> Vec<f32> {
         dtype::decode(self.dtype, self.data)
     }
+
+    /// Decodes to `f64`: F64 exactly (little-endian, as safetensors stores it), the others
+    /// through [`Self::to_f32`], which holds them exactly.
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self.dtype {
+            Dtype::F64 => self
+                .data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            _ => self.to_f32().into_iter().map(f64::from).collect(),
+        }
+    }
 }
 
 /// An open safetensors file.

@@ -11,7 +11,7 @@
 //!
 //! Must not print or write anything: the report goes back to the caller.
 
-use crate::dtype;
+use crate::dtype::{self, Dtype};
 use crate::error::{Opt, OptionError};
 use crate::io::gguf::{self, GgufModel};
 use crate::io::Checkpoint;
@@ -145,7 +145,7 @@ impl TensorDiff {
 
     /// Records the value comparison of `x` (side a) against `y` (side b) and the verdict:
     /// identical, or within `tolerance` (relative Frobenius) and `max_abs`.
-    fn judge_values(&mut self, x: &[f32], y: &[f32], opts: &DiffOptions) {
+    fn judge_values<T: Copy + Into<f64>>(&mut self, x: &[T], y: &[T], opts: &DiffOptions) {
         let (mx, rel) = compare_values(x, y);
         self.max_abs_diff = Some(mx);
         self.rel_fro_diff = Some(rel);
@@ -202,7 +202,10 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
                 );
                 let (va, vb) = (fa.view_info(ia)?, fb.view_info(ib)?);
                 d.identical = ia.dtype == ib.dtype && va.data == vb.data;
-                if dtype::is_float_compute(ia.dtype) {
+                if ia.dtype == Dtype::F64 || ib.dtype == Dtype::F64 {
+                    // In f64: an f32 reading would round differences below 1e-7 away.
+                    d.judge_values(&va.to_f64(), &vb.to_f64(), opts);
+                } else if dtype::is_float_compute(ia.dtype) {
                     d.judge_values(&va.to_f32(), &vb.to_f32(), opts);
                 } else {
                     d.pass = d.identical;
@@ -221,23 +224,25 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, opts: &DiffOptions) -> Result<DiffRe
     ))
 }
 
-/// `(max |x − y|, ‖x − y‖_F / ‖y‖_F)` in f64 (`‖x − y‖_F` when `y` is zero); a NaN against a
-/// number is an infinite difference, two NaNs none.
-fn compare_values(x: &[f32], y: &[f32]) -> (f64, f64) {
+/// `(max |x − y|, ‖x − y‖_F / ‖y‖_F)` in f64 (`‖x − y‖_F` when `y` is zero). Equal values are
+/// no difference, equal infinities and two NaNs included; a NaN against anything else, or an
+/// infinity against another value, is an infinite one. `‖y‖_F` sums the finite values of `y`
+/// only, so an infinity both sides share does not hide the other elements' differences.
+fn compare_values<T: Copy + Into<f64>>(x: &[T], y: &[T]) -> (f64, f64) {
     let (mut num, mut den, mut mx) = (0f64, 0f64, 0f64);
-    for (p, q) in x.iter().zip(y) {
-        let e = (*p as f64 - *q as f64).abs();
-        let e = if e.is_nan() {
-            if p.is_nan() && q.is_nan() {
-                0.0
-            } else {
-                f64::INFINITY
-            }
+    for (&p, &q) in x.iter().zip(y) {
+        let (p, q): (f64, f64) = (p.into(), q.into());
+        let e = if p == q || (p.is_nan() && q.is_nan()) {
+            0.0
+        } else if p.is_nan() || q.is_nan() {
+            f64::INFINITY
         } else {
-            e
+            (p - q).abs()
         };
         num += e * e;
-        den += (*q as f64) * (*q as f64);
+        if q.is_finite() {
+            den += q * q;
+        }
         mx = mx.max(e);
     }
     let rel = if den > 0.0 {

@@ -201,6 +201,12 @@ fn read_parts<K: SplitOutput>(k: &K) -> Result<Manifests<K>> {
     manifests.sort_by_key(|(_, m)| m.part);
     let (first_path, first) = &manifests[0];
     let n = first.parts;
+    if n == 0 || n > MAX_PARTS {
+        bail!(InputError::invalid(
+            first_path,
+            format!("records {n} parts; a run has 1 to {MAX_PARTS}")
+        ));
+    }
     let mut seen = vec![false; n];
     for (p, m) in &manifests {
         if m.parts != n || m.plan != first.plan {
@@ -213,14 +219,20 @@ fn read_parts<K: SplitOutput>(k: &K) -> Result<Manifests<K>> {
             ));
         }
     }
-    let missing: Vec<String> = (1..=n)
-        .filter(|i| !seen[i - 1])
-        .map(|i| format!("{i}/{n}"))
-        .collect();
+    let missing: Vec<usize> = (1..=n).filter(|i| !seen[i - 1]).collect();
     if !missing.is_empty() {
+        const SHOWN: usize = 20;
+        let mut list: Vec<String> = missing
+            .iter()
+            .take(SHOWN)
+            .map(|i| format!("{i}/{n}"))
+            .collect();
+        if missing.len() > SHOWN {
+            list.push(format!("… ({} in all)", missing.len()));
+        }
         bail!(InputError::invalid(
             k.out(),
-            format!("parts not finished: {}", missing.join(", "))
+            format!("parts not finished: {}", list.join(", "))
         ));
     }
     Ok(manifests)
@@ -284,7 +296,12 @@ pub fn is_safe_relative(rel: &str) -> bool {
     !rel.is_empty() && rel.split('/').all(is_plain_name)
 }
 
-/// Parses `i/N` (1 ≤ i ≤ N).
+/// The most parts a run may be split into. Each part owns whole output files (or modules), so
+/// more parts than that leave parts with nothing to do; the bound keeps a mistyped or hostile
+/// `N` (a manifest's too) from sizing allocations and error lists.
+pub const MAX_PARTS: usize = 10_000;
+
+/// Parses `i/N` (1 ≤ i ≤ N ≤ [`MAX_PARTS`]).
 pub fn parse_part(s: &str) -> Result<(usize, usize), String> {
     let (i, n) = s
         .split_once('/')
@@ -299,6 +316,9 @@ pub fn parse_part(s: &str) -> Result<(usize, usize), String> {
     );
     if n == 0 || i == 0 || i > n {
         return Err(format!("part {i}/{n}: need 1 ≤ I ≤ N"));
+    }
+    if n > MAX_PARTS {
+        return Err(format!("part {i}/{n}: at most {MAX_PARTS} parts"));
     }
     Ok((i, n))
 }

@@ -417,6 +417,16 @@ impl PeftConfig {
         let rank_pattern = if matches!(peft_type, PeftType::AdaLora | PeftType::Osf) {
             Vec::new()
         } else {
+            // A JSON integer, as `r`: PEFT passes the value to the layer's shape, where a
+            // float (`8.0`) raises TypeError (`torch.empty`).
+            if let Some(Value::Object(o)) = obj.get("rank_pattern") {
+                if let Some((k, _)) = o.iter().find(|(_, v)| v.is_number() && !v.is_u64()) {
+                    return Err(bad(
+                        "rank_pattern",
+                        &format!("rank for `{k}` is not a positive integer"),
+                    ));
+                }
+            }
             pattern("rank_pattern")?
         }
         .into_iter()

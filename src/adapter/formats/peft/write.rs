@@ -315,7 +315,14 @@ pub fn config_json(adapter: &Adapter) -> Value {
             .filter(|(k, _)| PEFT_CONFIG_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        Some(orig) => orig.clone(),
+        Some(orig) => {
+            let mut cfg = orig.clone();
+            // BD-LoRA's block-diagonal factors were expanded into the full ones when read
+            // (`read.rs`, `BdLora`); left set, the flag makes PEFT build the compact layers
+            // and refuse the full factors (size mismatch).
+            cfg.remove("use_bdlora");
+            cfg
+        }
         None => Map::new(),
     };
     let mut set = |k: &str, v: Value| {
