@@ -62,3 +62,42 @@ fn dylora_conv_with_a_flat_up_fails_for_diffusers() {
     let (code, t) = diffusers(&out, &["--base", s(&base)]);
     assert_eq!((code, outcome(&t)), (0, "loads"), "{t}");
 }
+
+/// `bias="lora_only"` (PEFT's own save): the LoRA modules' trained biases are
+/// `{module}.base_layer.bias`. llama.cpp's converter exits 1 on them ("Unexpected name",
+/// recorded in the MANIFEST) and vLLM's `from_lora_tensors` raises "unsupported LoRA weight"
+/// (source read); `check` said LOADS for both. Now both fail, naming the keys; PEFT loads it.
+#[test]
+fn saved_base_layer_biases_fail_llama_cpp_and_vllm() {
+    let m = &manifest()["bias_lora_only"];
+    assert_eq!(m["peft_load"], "ok", "{m}");
+    let conv = &m["llama_cpp_convert"];
+    assert_eq!(conv["exit"], 1, "{m}");
+    assert!(
+        conv["last_line"]
+            .as_str()
+            .unwrap()
+            .contains("base_layer.bias': Not a lora_A or lora_B tensor"),
+        "{m}"
+    );
+    let base = fixture("sweep8/lora_bias_trained_bias/base");
+    let (code, r) = check_json(&f("bias_lora_only"), &["--base", s(&base)]);
+    assert_eq!(code, 1, "{r}");
+    let want = vec![
+        "base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias",
+        "base_model.model.model.layers.0.self_attn.v_proj.base_layer.bias",
+    ];
+    for (t, rule) in [
+        ("llama.cpp", "llama.cpp.base_layer_bias"),
+        ("vllm", "vllm.base_layer_bias"),
+    ] {
+        let t = target(&r, t);
+        assert_eq!(
+            (outcome(t), fired(t)),
+            ("fails", vec![rule.to_string()]),
+            "{t}"
+        );
+        assert_eq!(item_modules(entry(&t["findings"], "rule", rule)), want);
+    }
+    assert_eq!(outcome(target(&r, "peft")), "loads");
+}

@@ -377,6 +377,18 @@ impl<'a> Facts<'a> {
                         .then(|| key.clone())
                 })
                 .collect(),
+            When::SavedBaseLayerBias => a
+                .full_tensors
+                .iter()
+                .filter_map(|f| match &f.data {
+                    Data::Stored { key, .. }
+                        if a.format == Format::Peft && key.ends_with(".base_layer.bias") =>
+                    {
+                        Some(key.clone())
+                    }
+                    _ => None,
+                })
+                .collect(),
             When::PartialLayers => self.partial_layers(),
             When::LayerPastBase => {
                 let Some(n) = self

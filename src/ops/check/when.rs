@@ -223,6 +223,9 @@ pub enum When {
     /// PEFT keys `{module}.base_layer.bias` (a trained base bias saved beside a LoRA wrapper's
     /// factors) for a module the adapter holds no LoRA factors for.
     SavedBaseLayerUnwrapped,
+    /// PEFT keys `{module}.base_layer.bias`, wrapped or not (`bias="lora_only"`/`"all"` save a
+    /// LoRA module's trained bias so): loaders that parse every key as a LoRA factor refuse them.
+    SavedBaseLayerBias,
     /// A module kind present in some decoder layers but not all (base's `num_hidden_layers`).
     PartialLayers,
     /// `added_tokens.json` beside the adapter with ids at or past the base vocabulary.
