@@ -342,6 +342,10 @@ enum Side<'a> {
     Safetensors {
         ckpt: &'a Checkpoint,
         name: &'a str,
+        /// Gemma's `*norm.weight` against a GGUF: compared as llama.cpp's converter stores it,
+        /// `w + 1` rounded in the tensor's dtype (`conversion/gemma.py` `modify_tensors`, as
+        /// `ops::merge::gguf_hf` writes it), so an exact conversion compares equal.
+        plus_one: bool,
     },
 }
 
@@ -356,7 +360,7 @@ impl Side<'_> {
     fn shape(&self) -> Vec<usize> {
         match self {
             Side::Gguf { info, .. } => info.shape(),
-            Side::Safetensors { ckpt, name } => ckpt.info(name).expect("listed").shape.clone(),
+            Side::Safetensors { ckpt, name, .. } => ckpt.info(name).expect("listed").shape.clone(),
         }
     }
 
@@ -373,16 +377,30 @@ impl Side<'_> {
                     Some(h) if s.len() == 2 => {
                         crate::io::gguf::names::unpermute_rows(&v, s[0], s[1], *h)
                     }
+                    // A q/k bias: `LlamaModel.modify_tensors` permutes it as rows of one value.
+                    Some(h) if s.len() == 1 => {
+                        crate::io::gguf::names::unpermute_rows(&v, s[0], 1, *h)
+                    }
                     _ => v,
                 })
             }
-            Side::Safetensors { ckpt, name } => {
+            Side::Safetensors {
+                ckpt,
+                name,
+                plus_one,
+            } => {
                 let info = ckpt.info(name).expect("listed");
                 if !dtype::is_float_compute(info.dtype) {
                     return Ok(None);
                 }
                 let f = ckpt.file_of(name).expect("listed");
-                Some(f.view_info(info)?.to_f32())
+                let mut v = f.view_info(info)?.to_f32();
+                if *plus_one {
+                    for x in &mut v {
+                        *x = dtype::round_to(info.dtype, *x + 1.0);
+                    }
+                }
+                Some(v)
             }
         })
     }
@@ -443,6 +461,7 @@ pub fn diff_gguf_checkpoint(
         let cs = c.info(name).map(|_| Side::Safetensors {
             ckpt: c,
             name: name.as_str(),
+            plus_one: arch.starts_with("gemma") && name.ends_with("norm.weight"),
         });
         let (sa, sb) = if gguf_is_a {
             (gs, cs.as_ref())

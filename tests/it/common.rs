@@ -102,6 +102,15 @@ where
     out
 }
 
+/// `diff A B EXTRA --json`: (exit code, the report).
+pub fn diff_json(a: &Path, b: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut args = diff_args(a, b, extra);
+    args.push("--json".into());
+    let out = bin().args(args).output().expect("spawn lorakit");
+    let v = serde_json::from_slice(&out.stdout).expect("diff --json prints JSON");
+    (out.status.code().expect("exit code"), v)
+}
+
 /// The stderr of a failed run, checked to be a single `error: …` line without a panic.
 pub fn one_line_error(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -134,14 +134,6 @@ fn f32_file(path: &std::path::Path, v: &[f32]) {
     write_views(path, &[("t", safetensors::Dtype::F32, &[v.len()], &bytes)]);
 }
 
-fn diff_json(a: &std::path::Path, b: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value) {
-    let mut args = diff_args(a, b, extra);
-    args.push("--json".into());
-    let out = run_raw(args);
-    let v = serde_json::from_slice(&out.stdout).unwrap();
-    (out.status.code().unwrap(), v)
-}
-
 /// `diff` of F64 tensors compared them after rounding to f32: `[1, 2, 3, 4]` against
 /// `[1 + 1e-12, 2, 3, 4 + 1e-9]` passed at the default tolerance 0, as did 1e-60 against 0.
 /// Now F64 is compared in f64.

@@ -101,3 +101,70 @@ fn saved_base_layer_biases_fail_llama_cpp_and_vllm() {
     }
     assert_eq!(outcome(target(&r, "peft")), "loads");
 }
+
+/// llama.cpp's converter permutes q/k biases as it permutes their weights
+/// (`LlamaModel.modify_tensors`). `diff` in Hugging Face terms un-permuted the weights only, so
+/// the converter's exact output failed on `q_proj.bias`/`k_proj.bias` (max abs 0.28); `merge`
+/// into the GGUF refused PEFT's trained q/k biases (`bias="lora_only"`) as "cannot be permuted"
+/// and called them modules_to_save. Now the conversion compares identical and the merge equals
+/// the converter's output of PEFT's `merge_and_unload` (f32 rounding of ΔW aside).
+#[test]
+fn llama_q_k_biases_are_permuted_in_diff_and_merge() {
+    let d = f("llama_attn_bias");
+    let (code, r) = diff_json(&d.join("base.f32.gguf"), &d.join("base"), &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["identical"], r["tensors_compared"], "{r}");
+    for b in [
+        "model.layers.0.self_attn.q_proj.bias",
+        "model.layers.0.self_attn.k_proj.bias",
+    ] {
+        assert_eq!(entry(&r["tensors"], "name", b)["identical"], true, "{r}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.gguf");
+    run_ok(merge_args(
+        &d.join("base.f32.gguf"),
+        &d.join("lora_only"),
+        &out,
+        &["--quiet"],
+    ));
+    let (code, r) = diff_json(&out, &d.join("merged.f32.gguf"), &["--tolerance", "1e-6"]);
+    assert_eq!(code, 0, "{r}");
+    // The biases are replaced, not computed: bit for bit.
+    for b in [
+        "blk.0.attn_q.bias",
+        "blk.0.attn_k.bias",
+        "blk.0.attn_output.bias",
+    ] {
+        assert_eq!(
+            entry(&r["tensors"], "name", b)["identical"],
+            true,
+            "{b}: {r}"
+        );
+    }
+}
+
+/// Gemma's converters store every `*norm.weight` + 1 (`conversion/gemma.py`). `diff` in Hugging
+/// Face terms compared them unshifted: an exact conversion failed with max abs 1.000 on every
+/// norm. Now the checkpoint side is shifted as the converter shifts it, and the converter's
+/// norms (F32) compare identical.
+#[test]
+fn gemma_norms_compare_as_the_converter_stores_them() {
+    for g in ["gemma", "gemma2", "gemma3"] {
+        let gguf = fixture(&format!("gguf/llamacpp/hf_{g}_base.f16.gguf"));
+        let (code, r) = diff_json(
+            &gguf,
+            &fixture(&format!("gguf/hf_{g}")),
+            &["--tolerance", "1e-3"],
+        );
+        assert_eq!(code, 0, "{g}: {r}");
+        let norms: Vec<&Value> = r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"].as_str().unwrap().ends_with("norm.weight"))
+            .collect();
+        assert!(norms.len() >= 3, "{g}: {r}");
+        assert!(norms.iter().all(|t| t["identical"] == true), "{g}: {r}");
+    }
+}

@@ -124,7 +124,15 @@ pub(super) fn plan_full(
         let refuse = |why: String| -> Result<Vec<Target>> {
             Err(InputError::invalid(
                 &a.path,
-                format!("full tensor `{}` (modules_to_save): {why}", f.name),
+                format!(
+                    "full tensor `{}` ({}): {why}",
+                    f.name,
+                    if f.name.ends_with(".bias") {
+                        "a trained bias PEFT saves whole, bias=\"all\"/\"lora_only\""
+                    } else {
+                        "modules_to_save"
+                    }
+                ),
             )
             .into())
         };
@@ -212,7 +220,10 @@ pub(super) fn plan_full(
         let Some(permute) = permute.map_or(Some(None), |h| h.map(Some)) else {
             return refuse(format!("`{arch}.attention.head_count` is missing or not one integer; it is needed to permute the rows of `{tensor}` as llama.cpp's converter did"));
         };
-        if permute.is_some_and(|h| t.dims.len() != 2 || !names::permutable(t.shape()[0], h)) {
+        // A q/k weight, or its bias (`LlamaModel.modify_tensors` permutes both).
+        if permute
+            .is_some_and(|h| !matches!(t.dims.len(), 1 | 2) || !names::permutable(t.shape()[0], h))
+        {
             return refuse(format!(
                 "`{tensor}` cannot be permuted as llama.cpp permutes q/k"
             ));
