@@ -168,3 +168,32 @@ fn gemma_norms_compare_as_the_converter_stores_them() {
         assert!(norms.iter().all(|t| t["identical"] == true), "{g}: {r}");
     }
 }
+
+/// A LoRA on the quantized `lm_head` of a bitsandbytes NF4 model: PEFT saves the quantized base
+/// head beside it (`lm_head.base_layer.weight` U8 + `.absmax`, `.quant_map`, `.quant_state.…`).
+/// lorakit read those as full replacements: `merge` refused ("has shape [96, 64], the adapter
+/// needs [3072, 1]", the companions "no base tensor") and `check` said PEFT fails, which loads
+/// it. Now they are the base layer's copy, and the merge equals PEFT's `merge_and_unload`
+/// (requantized by PEFT) within f32 rounding of absmax.
+#[test]
+fn quantized_saved_base_head_is_the_base_layer() {
+    let m = &manifest()["bnb_lm_head"];
+    assert_eq!(strs(&m["saved_base_layer"]).len(), 4, "{m}");
+    let d = f("bnb_lm_head");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m");
+    run_ok(merge_args(&d.join("q"), &d.join("ad"), &out, &["--quiet"]));
+    let (code, r) = diff_json(&out, &d.join("peft_merged"), &["--tolerance", "1e-6"]);
+    assert_eq!(code, 0, "{r}");
+    // The head's packed 4-bit codes are PEFT's bytes.
+    assert_eq!(
+        entry(&r["tensors"], "name", "lm_head.weight")["identical"],
+        true,
+        "{r}"
+    );
+    let (code, r) = check_json(
+        &d.join("ad"),
+        &["--base", s(&d.join("q")), "--target", "peft"],
+    );
+    assert_eq!((code, outcome(target(&r, "peft"))), (0, "loads"), "{r}");
+}

@@ -106,7 +106,9 @@ pub fn read(path: &Path, file: SafetensorsFile, config_path: &Path) -> InputResu
             set(&mut parts.entry(m).or_default().magnitude, entry)?;
         } else if let Some(m) = slot(".lora_diag").filter(|_| kasa) {
             set(&mut parts.entry(m).or_default().diag, entry)?;
-        } else if super::init::ignored_training_tensor(&cfg.raw, rel) {
+        } else if super::init::ignored_training_tensor(&cfg.raw, rel)
+            || super::saved_layers::quantized_base_copy(rel, t.dtype)
+        {
             continue;
         } else if rel.contains(".lora_") {
             return Err(InputError::invalid(

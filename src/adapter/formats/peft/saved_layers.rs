@@ -66,3 +66,29 @@ pub(super) fn drop_wrapper_copies(
     });
     Ok(())
 }
+
+/// Whether `rel` (a key without PEFT's prefix, of dtype `dtype`) belongs to the quantized
+/// storage of a base layer PEFT saved beside a LoRA on an embedding or `lm_head`
+/// (`save_embedding_layers="auto"` on a bitsandbytes model whose head is quantized: the
+/// `Params4bit`/`Int8Params` state, `….base_layer.weight` packed as U8/I8 with its
+/// `.absmax`, `.quant_map`, `.nested_*`, `.quant_state.bitsandbytes__*`, or `.SCB` and
+/// `.weight_format`; FP8's scales). It is the base's own layer: PEFT loads it back into the same
+/// quantized layer, and lorakit takes the base's tensor, as it does for every saved base copy
+/// on a GGUF or MLX target ([`crate::adapter::Adapter::is_saved_base_copy`]). Reading it as a
+/// full replacement compared its packed shape with the layer's (hostile round 18's QLoRA sweep:
+/// "base tensor `lm_head.weight` has shape [100, 96], the adapter needs [4800, 1]").
+pub(super) fn quantized_base_copy(rel: &str, dtype: crate::dtype::Dtype) -> bool {
+    let Some((_, rest)) = rel.split_once(".base_layer.") else {
+        return false;
+    };
+    match rest {
+        "weight" => !crate::dtype::is_float_compute(dtype),
+        "SCB" | "weight_format" | "weight_scale" | "weight_scale_inv" | "input_scale" => true,
+        _ => rest.strip_prefix("weight.").is_some_and(|q| {
+            matches!(
+                q,
+                "absmax" | "quant_map" | "nested_absmax" | "nested_quant_map"
+            ) || q.starts_with("quant_state.bitsandbytes__")
+        }),
+    }
+}
