@@ -233,11 +233,14 @@ fn alora_tokens(adapter: &Adapter) -> InputResult<Option<Vec<u32>>> {
 }
 
 /// Writes `adapter` as a GGUF LoRA adapter at `out` (F32, F16 or BF16 factors), atomically.
-/// `extra` are provenance metadata entries.
+/// `keep_folds_exact` (`--dtype keep`): a B folded by a factor other than a power of two is
+/// written as F32, which holds `fold·B` to f32 rounding where a 16-bit type would round it again
+/// (a bf16 adapter's ΔW off PEFT's by ~2e-3 relative). `extra` are provenance metadata entries.
 pub fn write(
     adapter: &Adapter,
     target: &Target,
     ty: GgmlType,
+    keep_folds_exact: bool,
     out: &Path,
     extra: Vec<Vec<u8>>,
 ) -> InputResult<(Vec<Written>, u64)> {
@@ -353,9 +356,17 @@ pub fn write(
         } else {
             vec![m.in_features as u64, r]
         };
-        for (suffix, d) in [
-            ("lora_a", a_dims),
-            ("lora_b", vec![r, m.out_features as u64]),
+        // A fold by a power of two is exact in any float type; another one rounds B once more
+        // in a 16-bit type, so a folded B is written as F32 there unless the type was asked.
+        let exact = fold.abs().log2().fract() == 0.0;
+        let b_ty = if keep_folds_exact && !exact && ty != GgmlType::F32 {
+            GgmlType::F32
+        } else {
+            ty
+        };
+        for (suffix, d, ty) in [
+            ("lora_a", a_dims, ty),
+            ("lora_b", vec![r, m.out_features as u64], b_ty),
         ] {
             let t = OutTensor {
                 name: format!("{name}.{suffix}"),
@@ -373,7 +384,7 @@ pub fn write(
             }
             tensors.push(t);
         }
-        plan.push((m, name, heads, fold));
+        plan.push((m, name, heads, fold, b_ty));
     }
     let mut reads = adapter.input_paths();
     if let Some(b) = &target.base {
@@ -400,7 +411,7 @@ pub fn write(
     {
         let file = output.raw_file(out)?;
         let mut w = GgufWriter::new(file, out, &entries, tensors, 32)?;
-        for (m, name, heads, fold) in plan {
+        for (m, name, heads, fold, b_ty) in plan {
             let (b, a) = adapter.factors(m)?;
             let a = if m.kind == ModuleKind::Embedding {
                 crate::adapter::data::transpose(&a, m.rank, m.in_features)
@@ -414,7 +425,7 @@ pub fn write(
             if let Some(h) = heads {
                 b = names::permute_rows(&b, m.out_features, m.rank, h);
             }
-            for (suffix, v) in [("lora_a", &a), ("lora_b", &b)] {
+            for (suffix, v, ty) in [("lora_a", &a, ty), ("lora_b", &b, b_ty)] {
                 let mut enc = Vec::new();
                 quant::quantize_into(ty, v, &mut enc);
                 w.write_tensor(&format!("{name}.{suffix}"), &enc)?;

@@ -398,8 +398,14 @@ impl GgufPlan {
             "lorakit.inputs",
             &output::inputs_json(&[&self.opts.adapter], Some(&self.base)).to_string(),
         ));
-        let (modules, bytes) =
-            g::write(&self.adapter, &self.target, self.ty, &self.opts.out, extra)?;
+        let (modules, bytes) = g::write(
+            &self.adapter,
+            &self.target,
+            self.ty,
+            self.opts.dtype == DtypeChoice::Keep,
+            &self.opts.out,
+            extra,
+        )?;
         Ok(GgufConvertReport {
             operation: "convert",
             input: show(&self.opts.adapter),

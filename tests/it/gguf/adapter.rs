@@ -218,3 +218,58 @@ fn malformed_gguf_adapters_are_refused() {
         assert!(!o.exists());
     }
 }
+
+/// A bf16 adapter whose q_proj alpha differs (`alpha_pattern`: fold 1.5 into B): with
+/// `--dtype keep` the folded B was written back as BF16, so the ΔW llama.cpp applies missed
+/// PEFT's by ~2e-3 relative (no warning; `--dtype f32` was exact). Now a B folded by a factor
+/// other than a power of two is written F32 under `keep`, and the GGUF adapter merges to what
+/// the bf16 PEFT folder merges to, within f32 rounding.
+#[test]
+fn keep_writes_an_inexactly_folded_b_as_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("llama/adapters/qv_r8");
+    let ad = dir.path().join("bf16");
+    std::fs::create_dir_all(&ad).unwrap();
+    let mut cfg: serde_json::Value = read_json(src.join("adapter_config.json"));
+    cfg["alpha_pattern"] = serde_json::json!({"q_proj": 24});
+    std::fs::write(ad.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let bf16: Vec<(String, Vec<usize>, Vec<u8>)> = read(&src.join("adapter_model.safetensors"))
+        .into_iter()
+        .map(|(n, t)| {
+            let b = t
+                .data
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    let x = f32::from_le_bytes(c.try_into().unwrap());
+                    half::bf16::from_f32(x).to_le_bytes()
+                })
+                .collect();
+            (n, t.shape, b)
+        })
+        .collect();
+    write_all_as(
+        &ad.join("adapter_model.safetensors"),
+        safetensors::Dtype::BF16,
+        &bf16,
+        None,
+    );
+    let base = fixture("llama/base");
+    let gguf = dir.path().join("a.gguf");
+    run_ok(convert_args(
+        &ad,
+        "gguf",
+        &gguf,
+        &["--base", s(&base), "--quiet"],
+    ));
+    let m = GgufModel::open(&gguf).unwrap();
+    let types: BTreeMap<String, GgmlType> =
+        m.tensors().map(|(_, t)| (t.name.clone(), t.ty)).collect();
+    assert_eq!(types["blk.0.attn_q.weight.lora_b"], GgmlType::F32);
+    assert_eq!(types["blk.0.attn_q.weight.lora_a"], GgmlType::BF16);
+    // v_proj keeps alpha 16 = the file's: no fold, BF16 as stored.
+    assert_eq!(types["blk.0.attn_v.weight.lora_b"], GgmlType::BF16);
+    let (from_peft, from_gguf) = (dir.path().join("p"), dir.path().join("g"));
+    run_ok(merge_args(&base, &ad, &from_peft, &["--quiet"]));
+    run_ok(merge_args(&base, &gguf, &from_gguf, &["--quiet"]));
+    run_ok(diff_args(&from_gguf, &from_peft, &["--tolerance", "1e-6"]));
+}
