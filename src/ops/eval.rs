@@ -202,6 +202,7 @@ impl EvalPlan {
             )));
         }
         let ck = Checkpoint::open(&o.model)?;
+        crate::io::quant::QuantMap::refuse_for(&ck, "eval")?;
         let config = ModelConfig::for_checkpoint(&ck)?;
         check_logits_output(o, &ck)?;
         Ok(EvalPlan {

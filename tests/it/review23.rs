@@ -197,3 +197,46 @@ fn quantized_saved_base_head_is_the_base_layer() {
     );
     assert_eq!((code, outcome(target(&r, "peft"))), (0, "loads"), "{r}");
 }
+
+/// `eval` and `train` on a quantized checkpoint (bitsandbytes NF4 here) failed on the first
+/// packed tensor: "num_attention_heads and head_dim give [64, 64], the checkpoint has
+/// [2048, 1]" for NF4, "dtype I8 is not a float type" for int8 and FP8. Now both name the
+/// checkpoint and the way out (`dequantize`), whose output `eval` reads.
+#[test]
+fn eval_and_train_on_a_quantized_model_say_dequantize_first() {
+    let q = f("bnb_lm_head/q");
+    let tmp = tempfile::tempdir().unwrap();
+    // Token ids below the fixture's vocabulary of 96.
+    let ids = tmp.path().join("ids.safetensors");
+    let bytes: Vec<u8> = [1i64, 5, 9, 2, 7, 3]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    write_views(
+        &ids,
+        &[("input_ids", safetensors::Dtype::I64, &[1, 6], &bytes)],
+    );
+    let err = one_line_error(&run_err(eval_cpu_args(&q, &["--input-ids", s(&ids)])));
+    assert_mentions(
+        &err,
+        &[
+            "bnb_lm_head/q",
+            "quantized weight(s) (bitsandbytes",
+            "eval reads float weights",
+            "lorakit dequantize",
+        ],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ad");
+    let err = one_line_error(&run_err(one_step_train(
+        &q,
+        &fixture("text/tiny.txt"),
+        &out,
+        &[],
+    )));
+    assert_mentions(&err, &["quantized weight(s)", "train reads float weights"]);
+    assert!(!out.exists());
+    let dq = tmp.path().join("dq");
+    run_ok(vec!["dequantize", s(&q), "--out", s(&dq), "--quiet"]);
+    run_ok(eval_cpu_args(&dq, &["--input-ids", s(&ids)]));
+}

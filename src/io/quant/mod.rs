@@ -368,6 +368,32 @@ impl QuantMap {
         self.tensors.is_empty()
     }
 
+    /// For an operation that reads float weights only (`what`: "eval", "train"): an error
+    /// naming `ck` when it holds quantized weights (or ones lorakit recognises as quantized but
+    /// cannot read), with the way out, instead of a shape or dtype error on the first packed
+    /// tensor.
+    pub fn refuse_for(ck: &Checkpoint, what: &str) -> InputResult<()> {
+        let q = Self::scan(ck)?;
+        let Some(first) = q
+            .tensors
+            .keys()
+            .chain(q.unsupported_weights.keys())
+            .cloned()
+            .min()
+        else {
+            return Ok(());
+        };
+        let n = q.tensors.len() + q.unsupported_weights.len();
+        Err(InputError::invalid(
+            &ck.root,
+            format!(
+                "holds {n} quantized weight(s) ({}, e.g. `{first}`); {what} reads float weights: write a float copy with `lorakit dequantize {} --out FOLDER` and give that",
+                q.method().unwrap_or_else(|| "quantized".into()),
+                ck.root.display()
+            ),
+        ))
+    }
+
     /// Why the quantized weight `weight` (`P.weight`) cannot be read, where it is one lorakit
     /// recognises but cannot read: a merge whose module targets it reports this cause, not
     /// "no base tensor".

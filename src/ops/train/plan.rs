@@ -126,6 +126,7 @@ impl TrainPlan {
         check_options(&options)?;
         let a = &options;
         let ck = Checkpoint::open(&a.model)?;
+        crate::io::quant::QuantMap::refuse_for(&ck, "train")?;
         let config = ModelConfig::for_checkpoint(&ck)?;
         // Before the data is read: a batch no memory can hold is refused in one line.
         super::memory::check_step(&config, a.batch, a.seq_len, super::memory::memory_limit())?;
