@@ -90,7 +90,7 @@ fn bdlora_outputs_hold_dense_factors_without_the_flag() {
     ));
     for out in ["conv", "back", "rs", "cb"] {
         let cfg: serde_json::Value = read_json(p(out).join("adapter_config.json"));
-        assert!(cfg.get("use_bdlora").is_none(), "{out}: {cfg}");
+        assert!(cfg["use_bdlora"].is_null(), "{out}: {cfg}");
         let merged = p(&format!("m_{out}"));
         run_ok(merge_args(&base, &p(out), &merged, &["--quiet"]));
         if out == "conv" || out == "back" {
@@ -191,4 +191,78 @@ fn infinities_compare_like_the_values_they_are() {
 
 fn run_raw(args: Vec<String>) -> std::process::Output {
     bin().args(args).output().expect("spawn lorakit")
+}
+
+fn f64s(t: &T) -> Vec<f64> {
+    match t.dtype {
+        safetensors::Dtype::F64 => t
+            .data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        _ => t
+            .data
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+            .collect(),
+    }
+}
+
+/// `merge` into an F64 checkpoint wrote F64 but computed in f32: W0 rounded to f32, so every
+/// merged weight sat up to 1.1e-8 from `W0 + s·B·A` in f64, which PEFT's merge on the f64 model
+/// gives (it casts the adapter to f64). Now an F64 output is merged in f64: equal to that sum
+/// (the products of f32 factors are exact in f64; ascending k, as computed here), a 1e-12
+/// perturbation of W0 kept.
+#[test]
+fn an_f64_base_is_merged_in_f64() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("llama/base");
+    let base = dir.path().join("base");
+    copy_dir(&src, &base);
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = read(&src.join("model.safetensors"))
+        .into_iter()
+        .map(|(n, t)| {
+            let mut v = f64s(&t);
+            if n == q {
+                v[0] += 1e-12;
+            }
+            (n, t.shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
+    write_all_as(
+        &base.join("model.safetensors"),
+        safetensors::Dtype::F64,
+        &tensors,
+        None,
+    );
+    let ad = fixture("llama/adapters/qv_r8");
+    let out = dir.path().join("m");
+    run_ok(merge_args(
+        &base,
+        &ad,
+        &out,
+        &["--device", "cpu", "--quiet"],
+    ));
+    let merged = read(&out.join("model.safetensors"));
+    let got = f64s(&merged[q]);
+    let w0 = f64s(&read(&base.join("model.safetensors"))[q]);
+    let a = read(&ad.join("adapter_model.safetensors"));
+    let p = "base_model.model.model.layers.0.self_attn.q_proj";
+    let (b, at) = (
+        &a[&format!("{p}.lora_B.weight")],
+        &a[&format!("{p}.lora_A.weight")],
+    );
+    let (bv, av) = (f64s(b), f64s(at));
+    let (rows, r, cols) = (b.shape[0], b.shape[1], at.shape[1]);
+    let mut worst = 0f64;
+    for i in 0..rows {
+        for j in 0..cols {
+            let ba: f64 = (0..r).fold(0.0, |s, k| s + bv[i * r + k] * av[k * cols + j]);
+            let want = w0[i * cols + j] + 2.0 * ba;
+            worst = worst.max((got[i * cols + j] - want).abs());
+        }
+    }
+    assert_eq!(merged[q].dtype, safetensors::Dtype::F64);
+    assert!(worst <= 1e-15, "max |lorakit − f64 sum| = {worst:e}");
 }

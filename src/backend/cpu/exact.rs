@@ -279,7 +279,7 @@ super::super::simd::multiversion! {
 
 /// Decodes a row of the base into f64, exactly (every stored float is an f64).
 #[inline(always)]
-fn decode_f64(d: Dtype, bytes: &[u8], out: &mut [f64]) {
+pub(super) fn decode_f64(d: Dtype, bytes: &[u8], out: &mut [f64]) {
     if d == Dtype::F64 {
         for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
             *o = f64::from_le_bytes(c.try_into().expect("chunk of 8"));
@@ -295,7 +295,7 @@ fn decode_f64(d: Dtype, bytes: &[u8], out: &mut [f64]) {
 
 /// `acc[j] = Σₖ b[k]·a[k,j]` in f64, ascending k (the products are exact).
 #[inline(always)]
-fn low_rank_row_f64(b_row: &[f32], a: &[f32], cols: usize, acc: &mut [f64]) {
+pub(super) fn low_rank_row_f64(b_row: &[f32], a: &[f32], cols: usize, acc: &mut [f64]) {
     let full = cols / COL_BLOCK * COL_BLOCK;
     for (bi, out) in acc[..full].chunks_exact_mut(COL_BLOCK).enumerate() {
         let j0 = bi * COL_BLOCK;

@@ -141,7 +141,83 @@ fn non_finite(row: &[f32], i: usize) -> Option<MergeError> {
 /// whole-tensor buffer.
 pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
     job.validate()?;
+    if job.out_dtype == dtype::Dtype::F64
+        && job
+            .terms
+            .iter()
+            .all(|t| t.dora.is_none() && t.delta_dtype.is_none())
+    {
+        return merge_f64(job);
+    }
     merge_scaled(job, dora_factors(job))
+}
+
+/// An F64 output (an f64 checkpoint): each row of W0 decoded exactly into f64, each term's
+/// `Σₖ b·a` summed in f64 in ascending k ([`exact::low_rank_row_f64`]: every product of two f32
+/// is exact) and added as `w + scale·(B·A)`, the order of PEFT's merge on an f64 model, which
+/// casts the adapter to f64 (`_move_adapter_to_device_of_base_layer`) and adds
+/// `(B @ A) * scaling` to the weight. The f32 path rounded W0 and the sums to f32 (hostile round
+/// 18: up to 1.1e-8 off PEFT's f64 merge). The scale is the term's f32; DoRA terms and 16-bit
+/// deltas keep the f32 path.
+fn merge_f64(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
+    let (rows, cols) = (job.rows, job.cols);
+    let in_size = job.in_dtype.bitsize() / 8;
+    let mut out = vec![0u8; rows * cols * 8];
+    if rows == 0 || cols == 0 {
+        return Ok(out);
+    }
+    let first = out
+        .par_chunks_mut(cols * 8)
+        .enumerate()
+        .filter_map(|(i, out_row)| {
+            let mut w = vec![0f64; cols];
+            exact::decode_f64(
+                job.in_dtype,
+                &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
+                &mut w,
+            );
+            let mut acc = vec![0f64; cols];
+            for t in job.terms {
+                let s = f64::from(t.scale);
+                match t.dense {
+                    Some(d) => {
+                        for (x, &y) in w.iter_mut().zip(&d[i * cols..(i + 1) * cols]) {
+                            *x += s * f64::from(y);
+                        }
+                    }
+                    None => {
+                        exact::low_rank_row_f64(
+                            &t.b[i * t.rank..(i + 1) * t.rank],
+                            t.a,
+                            cols,
+                            &mut acc,
+                        );
+                        for (x, &y) in w.iter_mut().zip(&acc) {
+                            *x += s * y;
+                        }
+                    }
+                }
+            }
+            if let Some(j) = w.iter().position(|x| !x.is_finite()) {
+                return Some(MergeError::NonFinite {
+                    row: i,
+                    col: j,
+                    value: w[j] as f32,
+                });
+            }
+            for (o, x) in out_row.chunks_exact_mut(8).zip(&w) {
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+            None
+        })
+        .min_by_key(|e| match e {
+            MergeError::NonFinite { row, col, .. } => (*row, *col),
+            _ => (0, 0),
+        });
+    match first {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// [`merge`] with each DoRA term's norms given (`norms[t]`, as [`dora_norms`] returns them) rather

@@ -319,8 +319,10 @@ pub fn config_json(adapter: &Adapter) -> Value {
             let mut cfg = orig.clone();
             // BD-LoRA's block-diagonal factors were expanded into the full ones when read
             // (`read.rs`, `BdLora`); left set, the flag makes PEFT build the compact layers
-            // and refuse the full factors (size mismatch).
-            cfg.remove("use_bdlora");
+            // and refuse the full factors (size mismatch). PEFT's default is None.
+            if let Some(v) = cfg.get_mut("use_bdlora").filter(|v| v.is_object()) {
+                *v = Value::Null;
+            }
             cfg
         }
         None => Map::new(),

@@ -219,7 +219,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::SavedBaseLayerBias,
         severity: Severity::Error,
         why: "PEFT saves a LoRA module's trained bias (bias=\"lora_only\"/\"all\") as `{module}.base_layer.bias`; the converter skips only `.base_layer.weight` names and exits on the rest: \"Unexpected name … Not a lora_A or lora_B tensor\", exit 1; `lorakit merge --base MODEL.gguf` merges the biases into the GGUF model instead",
-        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "LoraModel.get_tensors (skips \".base_layer.weight\" only; \"Unexpected name\", sys.exit(1)); fixtures/gen/review23_fixtures.py records the converter's exit"),
+        source: src(LLAMACPP, "convert_lora_to_gguf.py", L, "convert_lora_to_gguf.py:473-483 LoraModel.get_tensors (skips \".base_layer.weight\" only; \"Unexpected name\", sys.exit(1)); fixtures/gen/review23_fixtures.py records the converter's exit"),
     },
     Rule {
         id: "llama.cpp.expert_parameters",

@@ -107,7 +107,7 @@ pub(super) const RULES: &[Rule] = &[
         when: When::SavedBaseLayerBias,
         severity: Severity::Error,
         why: "PEFT saves a LoRA module's trained bias (bias=\"lora_only\"/\"all\") as `{module}.base_layer.bias`: the unexpected-module scan skips `base_layer` names, but building the LoRA model parses every key and raises \"… is unsupported LoRA weight\" (only the embeddings' `base_layer.weight` is skipped there)",
-        source: src(VLLM, "vllm/lora/lora_model.py", V, "LoRAModel.from_lora_tensors (is_base_embedding_weights, then parse_fine_tuned_lora_name in utils.py: \"is unsupported LoRA weight\")"),
+        source: src(VLLM, "vllm/lora/lora_model.py", V, "LoRAModel.from_lora_tensors (skips is_base_embedding_weights only), then utils.py:236 parse_fine_tuned_lora_name (\"is unsupported LoRA weight\")"),
     },
     Rule {
         id: "vllm.trainable_tokens",
