@@ -173,7 +173,8 @@ pub struct ConvertArgs {
 /// Output: the input's format unless --format says otherwise (a PEFT folder with rank_pattern /
 /// alpha_pattern for modules that differ, or a kohya file); metadata is kept (kohya's
 /// ss_network_dim / ss_network_alpha updated as kohya's resize does). DoRA magnitudes, lora
-/// biases and modules_to_save tensors are kept as they are.
+/// biases and modules_to_save tensors are kept as they are (on a DoRA module the rank rule and
+/// the error reported are those of s·B·A, not of the DoRA update).
 ///
 /// Examples:
 ///   lorakit resize fixtures/llama/adapters/qv_r8 --rank 4 --out qv_r4/
