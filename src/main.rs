@@ -113,7 +113,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         line.push_str(l);
     }
     let line = line.strip_prefix("error: ").unwrap_or(&line);
-    eprintln!("error: {line} (see --help)");
+    // clap's suggestion for a mistyped flag or command (`tip: a similar argument exists:
+    // '--out'`) is what the user needs most; it stays on the line.
+    let tips: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:"))
+        .collect();
+    let tip = match tips.as_slice() {
+        [] => String::new(),
+        t => format!("; {}", t.join("; ")),
+    };
+    eprintln!("error: {line}{tip} (see --help)");
     ExitCode::from(2)
 }
 

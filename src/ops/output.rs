@@ -336,10 +336,27 @@ pub fn write_adapter(
 /// ([`Layout::folder`](crate::adapter::formats::Layout::folder)) created when missing (and removed again if the write fails), `out`
 /// (the adapter folder or file) locked against concurrent writers.
 pub fn adapter_output(format: Format, out: &Path) -> InputResult<Output> {
+    refuse_folder_named_like_a_file(format, out)?;
     let mut output = Output::new();
     output.create_dir_all(&format.layout().folder(out))?;
     output.lock(out, crate::io::writer::LockMode::Exclusive)?;
     Ok(output)
+}
+
+/// A folder format (PEFT, MLX) written to a new `out` that ends in `.safetensors`: refused, as
+/// `merge` refuses it for a folder checkpoint, instead of making a folder named like a file.
+pub fn refuse_folder_named_like_a_file(format: Format, out: &Path) -> InputResult<()> {
+    let folder = format.layout().folder(out) == out;
+    if folder && !out.exists() && out.extension().is_some_and(|e| e == "safetensors") {
+        return Err(InputError::invalid(
+            out,
+            format!(
+                "a {} adapter is a folder, so this would be a folder named like a file; give a folder name (one .safetensors file is the kohya format)",
+                format.layout().label()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An atomic output for one file at `out`: its missing parent folders are created (and removed

@@ -240,3 +240,41 @@ fn eval_and_train_on_a_quantized_model_say_dequantize_first() {
     run_ok(vec!["dequantize", s(&q), "--out", s(&dq), "--quiet"]);
     run_ok(eval_cpu_args(&dq, &["--input-ids", s(&ids)]));
 }
+
+/// A newcomer's first hour (2026-12-08 trial of a fresh clone): a mistyped flag or command lost
+/// clap's suggestion in the one-line error ("unexpected argument '--output' found (see --help)");
+/// `resize`/`extract --out x.safetensors` made a folder named like a file where `merge`
+/// refuses it. Now the tip stays on the line, and the adapter commands refuse the name and
+/// leave nothing behind.
+#[test]
+fn first_hour_mistakes_get_the_way_out() {
+    let err = one_line_error(&run_err(["merge", "--output", "x"]));
+    assert_mentions(
+        &err,
+        &["'--output'", "tip: a similar argument exists: '--out'"],
+    );
+    let err = one_line_error(&run_err(["inspec", "x"]));
+    assert_mentions(&err, &["tip: a similar subcommand exists: 'inspect'"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("small.safetensors");
+    let qv = fixture("llama/adapters/qv_r8");
+    let base = fixture("llama/base");
+    for args in [
+        resize_args(&qv, &out, &["--rank", "4"]),
+        extract_args(&base, &base, &out, &["--rank", "2"]),
+        combine_args(&[(&qv, None)], &out, &["--method", "cat"]),
+    ] {
+        let err = one_line_error(&run_err(args));
+        assert_mentions(
+            &err,
+            &["small.safetensors", "a PEFT adapter is a folder", "kohya"],
+        );
+        assert!(!out.exists());
+    }
+    run_ok(resize_args(
+        &qv,
+        &out,
+        &["--rank", "4", "--format", "kohya", "--quiet"],
+    ));
+    assert!(out.is_file());
+}

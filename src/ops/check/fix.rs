@@ -501,9 +501,9 @@ fn dora_to_plain(
         out.push(DoraToLora {
             module: name,
             rank: r,
-            fro_error: tail.sqrt(),
+            fro_error: tail.sqrt().abs(),
             rel_fro_error: if norm_sq > 0.0 {
-                (tail / norm_sq).sqrt()
+                (tail / norm_sq).sqrt().abs()
             } else {
                 0.0
             },

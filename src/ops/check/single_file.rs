@@ -170,9 +170,10 @@ pub(super) fn fix(plan: Plan, before: &Report, opts: &FixOptions) -> InputResult
             module: m.name.clone(),
             algo: algo.to_string(),
             rank: m.rank,
-            fro_error: rep.fro_error,
+            // A norm: never printed as "-0.000e0" (a lossless lowering's sign of zero).
+            fro_error: rep.fro_error.abs(),
             rel_fro_error: if rep.fro_norm > 0.0 {
-                rep.fro_error / rep.fro_norm
+                rep.fro_error.abs() / rep.fro_norm
             } else {
                 0.0
             },

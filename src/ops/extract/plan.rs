@@ -42,6 +42,7 @@ impl ExtractPlan {
                 MAX_POWER_ITERS.min(max),
             )));
         }
+        crate::ops::output::refuse_folder_named_like_a_file(o.format, &out)?;
         let layout = o.format.layout();
         let holds = layout.holds();
         // The format named with an option, and the first format that holds what it cannot.
