@@ -68,6 +68,23 @@ pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Decodes little-endian `bytes` of the float `dtype` into `out` in f64, exactly (every stored
+/// float is an f64): F64 as stored, the others widened from [`decode_into`]'s f32.
+pub fn decode_f64_into(dtype: Dtype, bytes: &[u8], out: &mut [f64]) {
+    if dtype == Dtype::F64 {
+        assert_eq!(bytes.len(), out.len() * 8);
+        for (o, c) in out.iter_mut().zip(bytes.as_chunks::<8>().0) {
+            *o = f64::from_le_bytes(*c);
+        }
+        return;
+    }
+    let mut row = vec![0f32; out.len()];
+    decode_into(dtype, bytes, &mut row);
+    for (o, x) in out.iter_mut().zip(row) {
+        *o = f64::from(x);
+    }
+}
+
 /// Decodes a whole tensor into a new `Vec<f32>`.
 pub fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
     let n = bytes.len() * 8 / dtype.bitsize();

@@ -59,17 +59,11 @@ impl TensorView<'_> {
         dtype::decode(self.dtype, self.data)
     }
 
-    /// Decodes to `f64`: F64 exactly (little-endian, as safetensors stores it), the others
-    /// through [`Self::to_f32`], which holds them exactly.
+    /// Decodes to `f64`, exactly ([`dtype::decode_f64_into`]; same dtypes as [`Self::to_f32`]).
     pub fn to_f64(&self) -> Vec<f64> {
-        match self.dtype {
-            Dtype::F64 => self
-                .data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-            _ => self.to_f32().into_iter().map(f64::from).collect(),
-        }
+        let mut out = vec![0f64; self.data.len() * 8 / self.dtype.bitsize()];
+        dtype::decode_f64_into(self.dtype, self.data, &mut out);
+        out
     }
 }
 

@@ -228,7 +228,7 @@ super::super::simd::multiversion! {
         for (li, out_row) in out_block.chunks_exact_mut(cols * out_size).enumerate() {
             let i = r0 + li;
             let w0 = &job.w0[i * cols * in_size..(i + 1) * cols * in_size];
-            decode_f64(job.in_dtype, w0, &mut v);
+            dtype::decode_f64_into(job.in_dtype, w0, &mut v);
             for (b, x) in bound.iter_mut().zip(&v) {
                 *b = x.abs();
             }
@@ -277,22 +277,6 @@ super::super::simd::multiversion! {
     }
 }
 
-/// Decodes a row of the base into f64, exactly (every stored float is an f64).
-#[inline(always)]
-pub(super) fn decode_f64(d: Dtype, bytes: &[u8], out: &mut [f64]) {
-    if d == Dtype::F64 {
-        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-            *o = f64::from_le_bytes(c.try_into().expect("chunk of 8"));
-        }
-        return;
-    }
-    let mut row = vec![0f32; out.len()];
-    dtype::decode_into(d, bytes, &mut row);
-    for (o, x) in out.iter_mut().zip(row) {
-        *o = x as f64;
-    }
-}
-
 /// `acc[j] = Σₖ b[k]·a[k,j]` in f64, ascending k (the products are exact).
 #[inline(always)]
 pub(super) fn low_rank_row_f64(b_row: &[f32], a: &[f32], cols: usize, acc: &mut [f64]) {
@@ -324,7 +308,7 @@ fn exact_element(job: &MergeJob, fmt: Format, i: usize, j: usize, approx: f64) -
     let (cols, in_size) = (job.cols, job.in_dtype.bitsize() / 8);
     let mut w0 = [0f64];
     let p = (i * cols + j) * in_size;
-    decode_f64(job.in_dtype, &job.w0[p..p + in_size], &mut w0);
+    dtype::decode_f64_into(job.in_dtype, &job.w0[p..p + in_size], &mut w0);
     let mut x = Expansion::default();
     x.add(w0[0]);
     for t in job.terms {

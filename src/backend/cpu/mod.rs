@@ -171,7 +171,7 @@ fn merge_f64(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
         .enumerate()
         .filter_map(|(i, out_row)| {
             let mut w = vec![0f64; cols];
-            exact::decode_f64(
+            dtype::decode_f64_into(
                 job.in_dtype,
                 &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
                 &mut w,
