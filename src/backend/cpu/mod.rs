@@ -161,55 +161,19 @@ pub fn merge(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
 /// deltas keep the f32 path.
 fn merge_f64(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
     let (rows, cols) = (job.rows, job.cols);
-    let in_size = job.in_dtype.bitsize() / 8;
     let mut out = vec![0u8; rows * cols * 8];
     if rows == 0 || cols == 0 {
         return Ok(out);
     }
+    // Two row buffers per rayon task, reused across its rows.
     let first = out
         .par_chunks_mut(cols * 8)
         .enumerate()
-        .filter_map(|(i, out_row)| {
-            let mut w = vec![0f64; cols];
-            dtype::decode_f64_into(
-                job.in_dtype,
-                &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
-                &mut w,
-            );
-            let mut acc = vec![0f64; cols];
-            for t in job.terms {
-                let s = f64::from(t.scale);
-                match t.dense {
-                    Some(d) => {
-                        for (x, &y) in w.iter_mut().zip(&d[i * cols..(i + 1) * cols]) {
-                            *x += s * f64::from(y);
-                        }
-                    }
-                    None => {
-                        exact::low_rank_row_f64(
-                            &t.b[i * t.rank..(i + 1) * t.rank],
-                            t.a,
-                            cols,
-                            &mut acc,
-                        );
-                        for (x, &y) in w.iter_mut().zip(&acc) {
-                            *x += s * y;
-                        }
-                    }
-                }
-            }
-            if let Some(j) = w.iter().position(|x| !x.is_finite()) {
-                return Some(MergeError::NonFinite {
-                    row: i,
-                    col: j,
-                    value: w[j] as f32,
-                });
-            }
-            for (o, x) in out_row.chunks_exact_mut(8).zip(&w) {
-                o.copy_from_slice(&x.to_le_bytes());
-            }
-            None
-        })
+        .map_init(
+            || (vec![0f64; cols], vec![0f64; cols]),
+            |(w, acc), (i, out_row)| merge_f64_row(job, i, w, acc, out_row),
+        )
+        .flatten()
         .min_by_key(|e| match e {
             MergeError::NonFinite { row, col, .. } => (*row, *col),
             _ => (0, 0),
@@ -218,6 +182,50 @@ fn merge_f64(job: &MergeJob) -> Result<Vec<u8>, MergeError> {
         Some(e) => Err(e),
         None => Ok(out),
     }
+}
+
+/// Row `i` of [`merge_f64`] into `out_row`, with the caller's buffers `w` and `acc` (`cols`
+/// each); the first non-finite value is the error.
+fn merge_f64_row(
+    job: &MergeJob,
+    i: usize,
+    w: &mut [f64],
+    acc: &mut [f64],
+    out_row: &mut [u8],
+) -> Option<MergeError> {
+    let (cols, in_size) = (job.cols, job.in_dtype.bitsize() / 8);
+    dtype::decode_f64_into(
+        job.in_dtype,
+        &job.w0[i * cols * in_size..(i + 1) * cols * in_size],
+        w,
+    );
+    for t in job.terms {
+        let s = f64::from(t.scale);
+        match t.dense {
+            Some(d) => {
+                for (x, &y) in w.iter_mut().zip(&d[i * cols..(i + 1) * cols]) {
+                    *x += s * f64::from(y);
+                }
+            }
+            None => {
+                exact::low_rank_row_f64(&t.b[i * t.rank..(i + 1) * t.rank], t.a, cols, acc);
+                for (x, &y) in w.iter_mut().zip(acc.iter()) {
+                    *x += s * y;
+                }
+            }
+        }
+    }
+    if let Some(j) = w.iter().position(|x| !x.is_finite()) {
+        return Some(MergeError::NonFinite {
+            row: i,
+            col: j,
+            value: w[j] as f32,
+        });
+    }
+    for (o, x) in out_row.chunks_exact_mut(8).zip(w.iter()) {
+        o.copy_from_slice(&x.to_le_bytes());
+    }
+    None
 }
 
 /// [`merge`] with each DoRA term's norms given (`norms[t]`, as [`dora_norms`] returns them) rather
